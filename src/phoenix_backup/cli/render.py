@@ -1,0 +1,101 @@
+"""Plain-text rendering of results (the JSON forms come from each result's `to_json`)."""
+
+from __future__ import annotations
+
+from phoenix_backup.ops.backup import BackupResult
+from phoenix_backup.ops.manage import SnapshotSummary
+from phoenix_backup.ops.restore import RestoreResult
+from phoenix_backup.ops.verify import VerifyResult
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def backup(r: BackupResult, verbose: bool) -> str:
+    if r.dry_run:
+        lines = [f"{p.kind:7} {size(p.size):>10}  {p.path}" for p in r.planned] if verbose else []
+        lines.append(f"would back up {r.files} files and databases, {size(r.size)} (dry run: nothing written)")
+        return "\n".join(lines + [f"warning: {w}" for w in r.warnings])
+    lines = [
+        f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files} files, {size(r.size)}, "
+        f"{size(r.added)} added, {r.duration:.1f} s"
+    ]
+    for db in r.databases:
+        rows = sum(db.tables.values())
+        lines.append(f"  database {db.path}: integrity {db.integrity}, {len(db.tables)} tables, {rows} rows")
+    for name, outcome in r.targets.items():
+        lines.append(f"  target {name}: {'ok' if outcome.ok else 'FAILED: ' + (outcome.error or '')}")
+    for item in r.incomplete:
+        lines.append(f"  not saved: {item['path']}: {item['error']}")
+    lines += [f"  warning: {w}" for w in r.warnings]
+    return "\n".join(lines)
+
+
+def snapshots(items: list[SnapshotSummary]) -> str:
+    if not items:
+        return "no snapshots yet; run `phx backup`"
+    rows = []
+    for item in items:
+        s = item.snapshot
+        rows.append(
+            [
+                s.id[:8],
+                s.name,
+                s.time,
+                s.scope,
+                str(s.stats.files),
+                size(s.stats.size),
+                size(s.stats.added),
+                str(len(s.databases)),
+                ",".join(s.tags),
+                ",".join(item.targets),
+            ]
+        )
+    return table(["ID", "NAME", "TIME", "SCOPE", "FILES", "SIZE", "ADDED", "DBS", "TAGS", "TARGETS"], rows)
+
+
+def restore(r: RestoreResult, verbose: bool) -> str:
+    counts = r.counts()
+    lines = []
+    if r.dry_run or verbose:
+        lines += [f"{i.action:9} {i.kind:7} {i.target}" for i in r.items]
+    summary = f"{counts['create']} to create, {counts['overwrite']} to overwrite, {counts['unchanged']} unchanged"
+    if r.dry_run:
+        lines.append(f"plan for {r.name} ({r.snapshot[:8]}) {r.destination}: {summary} (dry run: nothing written)")
+    else:
+        lines.append(f"restored {r.restored} files and databases from {r.name} ({r.snapshot[:8]}) {_dest(r)}")
+        for db in r.databases:
+            lines.append(f"  database {db['path']}: integrity {db['integrity']}")
+    for err in r.errors:
+        lines.append(f"  not restored: {err['path']}: {err['error']}")
+    return "\n".join(lines)
+
+
+def _dest(r: RestoreResult) -> str:
+    return "in place" if r.destination == "in place" else f"to {r.destination}"
+
+
+def verify(r: VerifyResult) -> str:
+    checked = ", ".join(f"{v} {k}" for k, v in r.checked.items())
+    lines = [f"notice: {n}" for n in r.notices]
+    for e in r.errors:
+        where = f" (snapshot {e.snapshot[:8]}, {e.path})" if e.snapshot else ""
+        lines.append(f"error: {e.object}{where}: {e.message}")
+    if r.ok:
+        lines.append(f"repository ok: checked {checked}{' and read every byte' if r.read_data else ''}")
+    else:
+        lines.append(f"repository has {len(r.errors)} error(s); checked {checked}")
+    return "\n".join(lines)

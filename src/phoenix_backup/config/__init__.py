@@ -1,0 +1,58 @@
+"""Phoenix configuration: find the JSON file, validate it into frozen dataclasses, write one."""
+
+from phoenix_backup.config.defaults import SEARCH_PATHS, default_config_dict
+from phoenix_backup.config.load import find_config_path, load_config, write_config
+from phoenix_backup.config.model import (
+    Algorithm,
+    Components,
+    Compression,
+    Config,
+    Databases,
+    Encryption,
+    EncryptionMethod,
+    Gateway,
+    GitTarget,
+    Hooks,
+    LocalTarget,
+    Notifications,
+    OnFailure,
+    OnSuccess,
+    PostgresDb,
+    R2Target,
+    RedisDb,
+    Retention,
+    S3Target,
+    Schedule,
+    Targets,
+)
+from phoenix_backup.config.parse import parse_config
+
+__all__ = [
+    "SEARCH_PATHS",
+    "Algorithm",
+    "Components",
+    "Compression",
+    "Config",
+    "Databases",
+    "Encryption",
+    "EncryptionMethod",
+    "Gateway",
+    "GitTarget",
+    "Hooks",
+    "LocalTarget",
+    "Notifications",
+    "OnFailure",
+    "OnSuccess",
+    "PostgresDb",
+    "R2Target",
+    "RedisDb",
+    "Retention",
+    "S3Target",
+    "Schedule",
+    "Targets",
+    "default_config_dict",
+    "find_config_path",
+    "load_config",
+    "parse_config",
+    "write_config",
+]

@@ -1,0 +1,190 @@
+"""The validated configuration: frozen dataclasses, snake_case twins of the camelCase JSON keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Algorithm = Literal["zstd", "gzip"]
+OnSuccess = Literal["silent", "notify"]
+OnFailure = Literal["alert", "silent"]
+EncryptionMethod = Literal["passphrase", "age", "gpg"]
+
+
+@dataclass(frozen=True)
+class LocalTarget:
+    enabled: bool
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class GitTarget:
+    enabled: bool
+    repo: str = ""
+    branch: str = "main"
+    auto_commit: bool = True
+
+
+@dataclass(frozen=True)
+class S3Target:
+    enabled: bool
+    bucket: str = ""
+    prefix: str = ""
+    storage_class: str = "STANDARD"
+    region: str | None = None
+    endpoint: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class R2Target:
+    enabled: bool
+    account_id: str | None = None
+    bucket: str = ""
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Targets:
+    local: LocalTarget
+    git: GitTarget
+    s3: S3Target
+    r2: R2Target
+
+    def enabled_names(self) -> list[str]:
+        """Enabled targets in the fixed order local, git, s3, r2: the first one is written, the
+        others are replicated to (DESIGN §8), so the order is part of the behaviour."""
+        candidates = (
+            ("local", self.local.enabled),
+            ("git", self.git.enabled),
+            ("s3", self.s3.enabled),
+            ("r2", self.r2.enabled),
+        )
+        return [name for name, enabled in candidates if enabled]
+
+
+@dataclass(frozen=True)
+class Compression:
+    enabled: bool = True
+    algorithm: Algorithm = "zstd"
+    level: int | None = None
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Counts per rule: -1 keeps every period, 0 switches the rule off (restic's `forget`)."""
+
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    last: int = 0
+    within: str | None = None
+    keep_safety_days: int = 7
+    prune: bool = True
+
+
+@dataclass(frozen=True)
+class Notifications:
+    enabled: bool = False
+    on_success: OnSuccess = "silent"
+    on_failure: OnFailure = "alert"
+    urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Encryption:
+    enabled: bool = False
+    method: EncryptionMethod = "passphrase"
+    key_id: str | None = None
+    recipients: tuple[str, ...] = ()
+    identity_file: Path | None = None
+    passphrase_env: str | None = None
+    passphrase_command: str | None = None
+
+
+@dataclass(frozen=True)
+class PostgresDb:
+    name: str
+    dsn: str | None = field(default=None, repr=False)
+    host: str = "localhost"
+    port: int = 5433  # the ArgentOS PostgreSQL port (seed 003), not PostgreSQL's 5432
+    database: str | None = None
+    user: str | None = None
+    password_env: str | None = None
+    pg_dump: Path | None = None
+    agent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RedisDb:
+    name: str
+    url: str = field(default="redis://localhost:6380/0", repr=False)
+    match: str = "*"
+
+
+@dataclass(frozen=True)
+class Databases:
+    sqlite: tuple[str, ...] = ()
+    postgres: tuple[PostgresDb, ...] = ()
+    redis: tuple[RedisDb, ...] = ()
+
+
+@dataclass(frozen=True)
+class Components:
+    """Paths making up each partial-restore scope; `databases` is every configured database."""
+
+    identity: tuple[str, ...]
+    memory: tuple[str, ...]
+    config: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    stop: str | None = None
+    start: str | None = None
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Hooks:
+    pre_backup: str | None = None
+    post_backup: str | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    every: str = "daily"
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path | None
+    workspace: Path
+    backup_dir: Path
+    targets: Targets
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    compression: Compression
+    retention: Retention
+    notifications: Notifications
+    encryption: Encryption
+    databases: Databases
+    components: Components
+    gateway: Gateway
+    hooks: Hooks
+    schedule: Schedule
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def repository_path(self) -> Path:
+        """Where the local repository lives: `targets.local.path` wins over `backupDir`."""
+        return self.targets.local.path if self.targets.local.path is not None else self.backup_dir

@@ -1,0 +1,723 @@
+"""Validates a decoded config document into a `Config`, or raises one ConfigError naming a field."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shlex
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from phoenix_backup.config.defaults import (
+    DEFAULT_CONFIG_PATHS,
+    DEFAULT_EXCLUDE,
+    DEFAULT_IDENTITY,
+    DEFAULT_INCLUDE,
+    DEFAULT_MEMORY,
+    DEFAULT_SQLITE,
+)
+from phoenix_backup.config.model import (
+    Algorithm,
+    Components,
+    Compression,
+    Config,
+    Databases,
+    Encryption,
+    EncryptionMethod,
+    Gateway,
+    GitTarget,
+    Hooks,
+    LocalTarget,
+    Notifications,
+    OnFailure,
+    OnSuccess,
+    PostgresDb,
+    R2Target,
+    RedisDb,
+    Retention,
+    S3Target,
+    Schedule,
+    Targets,
+)
+from phoenix_backup.errors import ConfigError
+
+_T = TypeVar("_T")
+
+_VAR = re.compile(r"\$(?:\{(?P<braced>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Database names become folder names in a snapshot (`postgres/<name>/`), hence no slashes.
+_DB_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+# restic's `--keep-within` syntax: numbers each followed by y, m, d or h.
+_DURATION = re.compile(r"(?:[0-9]+[ymdh])+\Z")
+_AGE_RECIPIENT = re.compile(r"age1[0-9a-z]{10,}\Z")
+_TIME_OF_DAY = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]\Z")
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+\Z")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_R2_ACCOUNT = re.compile(r"[0-9a-fA-F]{32}\Z")
+_CONNINFO_PASSWORD = re.compile(r"(?:^|\s)password\s*=")
+
+_S3_STORAGE_CLASSES = (
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "GLACIER_IR",
+    "DEEP_ARCHIVE",
+)
+# Typed maps rather than casts: the lookup itself turns a checked str into the Literal type.
+_ALGORITHMS: dict[str, Algorithm] = {"zstd": "zstd", "gzip": "gzip"}
+_LEVELS: dict[Algorithm, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9)}
+_ON_SUCCESS: dict[str, OnSuccess] = {"silent": "silent", "notify": "notify"}
+_ON_FAILURE: dict[str, OnFailure] = {"alert": "alert", "silent": "silent"}
+_METHODS: dict[str, EncryptionMethod] = {"passphrase": "passphrase", "age": "age", "gpg": "gpg"}
+_SCHEDULE_WORDS = ("hourly", "daily", "weekly")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+# Where the repository goes when no local path is configured; only used by the local target.
+_FALLBACK_BACKUP_DIR = "~/backups/argent"
+
+_TOP_KEYS = (
+    "workspace",
+    "backupDir",
+    "targets",
+    "include",
+    "exclude",
+    "compression",
+    "retention",
+    "notifications",
+    "encryption",
+    "databases",
+    "components",
+    "gateway",
+    "hooks",
+    "schedule",
+)
+_RETENTION_RULES = ("hourly", "daily", "weekly", "monthly", "yearly", "last")
+
+
+def _got(value: object, *, secret: bool = False) -> str:
+    """The offending value for an error message; a secret's value is never shown, only its type."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if secret:
+        return "a string" if isinstance(value, str) else "a non-string value"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:56] + '..."'
+
+
+def _quoted_choices(choices: tuple[str, ...] | list[str]) -> str:
+    quoted = [json.dumps(choice) for choice in choices]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
+def _unknown_key(key: object, where: str, known: tuple[str, ...]) -> ConfigError:
+    name = key if isinstance(key, str) else str(key)
+    full = f"{where}.{name}" if where else name
+    prefix = f"{where}." if where else ""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return ConfigError(f'unknown key "{full}"; did you mean "{prefix}{close[0]}"?')
+    return ConfigError(f'unknown key "{full}"; remove it (known keys: {", ".join(known)})')
+
+
+@dataclass
+class _Context:
+    env: Mapping[str, str]
+    home: str
+    base: Path | None  # the config file's folder: relative paths are relative to it
+    warnings: list[str] = field(default_factory=list)
+
+    def expand(self, text: str, where: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            name = match["braced"] if match["braced"] is not None else match["bare"]
+            if not _ENV_NAME.match(name):
+                raise ConfigError(
+                    f"{where} has a malformed variable reference ${{{name}}}; write it as $NAME or ${{NAME}}"
+                )
+            if name not in self.env:
+                raise ConfigError(
+                    f"{where} uses ${name}, which is not set in the environment; set it or write the value out"
+                )
+            return self.env[name]
+
+        text = _VAR.sub(substitute, text)
+        if text == "~" or text.startswith("~/"):
+            return self.home + text[1:]
+        if text.startswith("~"):
+            return os.path.expanduser(text)  # ~user: only the password database knows
+        return text
+
+    def path(self, text: str, where: str) -> Path:
+        return self.resolve(self.expand(text, where))
+
+    def resolve(self, expanded: str) -> Path:
+        path = Path(expanded)
+        if not path.is_absolute() and self.base is not None:
+            return self.base / path
+        return path
+
+
+class _Section:
+    """One JSON object of the config, read key by key with its field path for error messages."""
+
+    def __init__(self, data: object, where: str, known: tuple[str, ...], ctx: _Context) -> None:
+        if not isinstance(data, dict):
+            what = where or "the config"
+            raise ConfigError(f"{what} must be a JSON object (got {_got(data)})")
+        for key in data:
+            if key not in known:
+                raise _unknown_key(key, where, known)
+        self._data: dict[str, object] = data
+        self.where = where
+        self.ctx = ctx
+
+    def field(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def raw(self, key: str) -> object:
+        """The value, or None when absent: JSON null means "use the default" everywhere."""
+        return self._data.get(key)
+
+    def has(self, key: str) -> bool:
+        return self.raw(key) is not None
+
+    def section(self, key: str, known: tuple[str, ...]) -> _Section:
+        value = self.raw(key)
+        return _Section({} if value is None else value, self.field(key), known, self.ctx)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.field(key)} must be true or false (got {_got(value)})")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int) -> int:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"{self.field(key)} must be an integer >= {minimum} (got {_got(value)})")
+        return value
+
+    def string(self, key: str, default: str, *, secret: bool = False) -> str:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.field(key)} must be a string (got {_got(value, secret=secret)})")
+        return value
+
+    def optional_string(self, key: str, *, secret: bool = False) -> str | None:
+        # An empty string reads as "not set": `"region": ""` is how JSON users blank a field.
+        return self.string(key, "", secret=secret) or None
+
+    def choice(self, key: str, choices: Mapping[str, _T], default: _T) -> _T:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(f"{self.field(key)} must be {_quoted_choices(list(choices))} (got {_got(value)})")
+        return choices[value]
+
+    def env_name(self, key: str) -> str | None:
+        name = self.optional_string(key)
+        if name is not None and not _ENV_NAME.match(name):
+            raise ConfigError(
+                f"{self.field(key)} must name an environment variable such as PHX_PASSPHRASE (got {_got(name)})"
+            )
+        return name
+
+    def path(self, key: str) -> Path | None:
+        text = self.string(key, "")
+        if not text:
+            if self.raw(key) == "":
+                raise ConfigError(f"{self.field(key)} must not be empty; set a path or remove it")
+            return None
+        return self.ctx.path(text, self.field(key))
+
+    def strings(
+        self,
+        key: str,
+        default: tuple[str, ...],
+        *,
+        expand: Literal["none", "leading", "all"] = "none",
+        secret: bool = False,
+    ) -> tuple[str, ...]:
+        """A list of non-empty strings. expand: "none", "leading" (only entries starting with
+        ~ or $, so glob patterns stay as written) or "all"."""
+        value = self.raw(key)
+        if value is None:
+            value = list(default)
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.field(key)} must be a list of strings (got {_got(value)})")
+        items: list[str] = []
+        for index, item in enumerate(value):
+            where = f"{self.field(key)}[{index}]"
+            if not isinstance(item, str) or not item:
+                raise ConfigError(f"{where} must be a non-empty string (got {_got(item, secret=secret)})")
+            if expand == "all" or (expand == "leading" and item[:1] in ("~", "$")):
+                item = self.ctx.expand(item, where)
+            items.append(item)
+        return tuple(items)
+
+    def sections(self, key: str, known: tuple[str, ...]) -> list[_Section]:
+        value = self.raw(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.field(key)} must be a list of objects (got {_got(value)})")
+        return [_Section(item, f"{self.field(key)}[{index}]", known, self.ctx) for index, item in enumerate(value)]
+
+
+def parse_config(data: object, source: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a decoded config document. `source` is the file it came from (for relative paths
+    and the permission check); `env` supplies $VARS and HOME (default: the process environment)."""
+    environment: Mapping[str, str] = os.environ if env is None else env
+    home = environment.get("HOME") or str(Path.home())
+    base = Path(os.path.abspath(source)).parent if source is not None else None
+    ctx = _Context(environment, home, base)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f'the config must be a JSON object such as {{"workspace": "~/argent", ...}} '
+            f"(got {_got(data)}); `phx init` writes an example"
+        )
+    root = _Section(data, "", _TOP_KEYS, ctx)
+
+    workspace = root.path("workspace")
+    if workspace is None:
+        raise ConfigError('workspace is required; set it to the folder of the agent\'s workspace, e.g. "~/argent"')
+    backup_dir = root.path("backupDir")
+    targets = _targets(root.section("targets", ("local", "git", "s3", "r2")))
+    local_path = targets.local.path
+    if local_path is not None and backup_dir is not None:
+        if os.path.normpath(local_path) != os.path.normpath(backup_dir):
+            ctx.warnings.append(
+                f"targets.local.path ({local_path}) differs from backupDir ({backup_dir}); using targets.local.path"
+            )
+    elif local_path is None and backup_dir is None and targets.local.enabled:
+        raise ConfigError(
+            "backupDir is required when targets.local.enabled is true; set backupDir "
+            "(or targets.local.path) to the repository folder, or disable the local target"
+        )
+    if not targets.enabled_names():
+        raise ConfigError(
+            "no target is enabled in targets; set targets.local.enabled to true (or enable git, s3 or r2)"
+        )
+    resolved_backup_dir = backup_dir or local_path or ctx.path(_FALLBACK_BACKUP_DIR, "backupDir")
+
+    include = root.strings("include", DEFAULT_INCLUDE, expand="leading")
+    exclude = root.strings("exclude", DEFAULT_EXCLUDE, expand="leading")
+    compression = _compression(root.raw("compression"), ctx)
+    retention = _retention(root.section("retention", (*_RETENTION_RULES, "within", "keepSafetyDays", "prune")))
+    notifications = _notifications(root.section("notifications", ("enabled", "onSuccess", "onFailure", "urls")))
+    encryption = _encryption(
+        root.section(
+            "encryption",
+            (
+                "enabled",
+                "method",
+                "keyId",
+                "recipients",
+                "identityFile",
+                "passphraseEnv",
+                "passphraseCommand",
+            ),
+        )
+    )
+    databases = _databases(root.section("databases", ("sqlite", "postgres", "redis")))
+    components = _components(root.section("components", ("identity", "memory", "config", "databases")))
+    gateway = _gateway(root.section("gateway", ("stop", "start", "timeoutSeconds")))
+    hooks_section = root.section("hooks", ("preBackup", "postBackup"))
+    hooks = Hooks(
+        pre_backup=hooks_section.optional_string("preBackup"),
+        post_backup=hooks_section.optional_string("postBackup"),
+    )
+    schedule = _schedule(root.section("schedule", ("every", "at")))
+
+    if source is not None and _holds_secrets(data) and _readable_by_others(source):
+        ctx.warnings.append(
+            f"config file {source} holds secrets and is readable by others; run chmod 600 {shlex.quote(str(source))}"
+        )
+    return Config(
+        source=source,
+        workspace=workspace,
+        backup_dir=resolved_backup_dir,
+        targets=targets,
+        include=include,
+        exclude=exclude,
+        compression=compression,
+        retention=retention,
+        notifications=notifications,
+        encryption=encryption,
+        databases=databases,
+        components=components,
+        gateway=gateway,
+        hooks=hooks,
+        schedule=schedule,
+        warnings=tuple(ctx.warnings),
+    )
+
+
+def _targets(section: _Section) -> Targets:
+    local_section = section.section("local", ("enabled", "path"))
+    # No `local` object at all still means a local repository at backupDir, as in the seed.
+    local = LocalTarget(enabled=local_section.boolean("enabled", True), path=local_section.path("path"))
+
+    git_section = section.section("git", ("enabled", "repo", "branch", "autoCommit"))
+    repo = git_section.string("repo", "")
+    git = GitTarget(
+        enabled=git_section.boolean("enabled", False),
+        repo=git_section.ctx.expand(repo, git_section.field("repo")) if repo else "",
+        branch=git_section.string("branch", "main"),
+        auto_commit=git_section.boolean("autoCommit", True),
+    )
+    if git.enabled and not git.repo:
+        raise ConfigError(
+            "targets.git.repo is required when targets.git.enabled is true; "
+            "set it to a Git URL or path, or disable the target"
+        )
+    if not git.branch or any(char.isspace() for char in git.branch) or ".." in git.branch:
+        raise ConfigError(f'targets.git.branch must be a Git branch name such as "main" (got {_got(git.branch)})')
+
+    common = ("enabled", "bucket", "prefix", "endpoint", "region", "accessKeyId", "secretAccessKey")
+    s3_section = section.section("s3", (*common, "storageClass"))
+    storage_class = s3_section.string("storageClass", "STANDARD")
+    if storage_class not in _S3_STORAGE_CLASSES:
+        close = difflib.get_close_matches(storage_class.upper(), _S3_STORAGE_CLASSES, n=1)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
+        raise ConfigError(
+            f"targets.s3.storageClass must be one of {_quoted_choices(_S3_STORAGE_CLASSES)} "
+            f"(got {_got(storage_class)}){hint}"
+        )
+    s3 = S3Target(
+        enabled=s3_section.boolean("enabled", False),
+        bucket=s3_section.string("bucket", ""),
+        prefix=s3_section.string("prefix", ""),
+        storage_class=storage_class,
+        region=s3_section.optional_string("region"),
+        endpoint=_endpoint(s3_section),
+        access_key_id=s3_section.optional_string("accessKeyId"),
+        secret_access_key=s3_section.optional_string("secretAccessKey", secret=True),
+    )
+    _check_bucket_and_keys(s3_section, s3.enabled, s3.bucket, s3.access_key_id, s3.secret_access_key)
+
+    r2_section = section.section("r2", (*common, "accountId"))
+    r2 = R2Target(
+        enabled=r2_section.boolean("enabled", False),
+        account_id=r2_section.optional_string("accountId"),
+        bucket=r2_section.string("bucket", ""),
+        prefix=r2_section.string("prefix", ""),
+        endpoint=_endpoint(r2_section),
+        region=r2_section.optional_string("region"),
+        access_key_id=r2_section.optional_string("accessKeyId"),
+        secret_access_key=r2_section.optional_string("secretAccessKey", secret=True),
+    )
+    _check_bucket_and_keys(r2_section, r2.enabled, r2.bucket, r2.access_key_id, r2.secret_access_key)
+    # An endpoint replaces the account-derived URL (DESIGN §8), so then the account is not needed.
+    if r2.enabled and r2.endpoint is None:
+        if r2.account_id is None:
+            raise ConfigError(
+                "targets.r2.accountId is required when targets.r2.enabled is true; set it to "
+                "your Cloudflare account id, set targets.r2.endpoint, or disable the target"
+            )
+        if not _R2_ACCOUNT.match(r2.account_id):
+            raise ConfigError(
+                "targets.r2.accountId must be your 32-character Cloudflare account id "
+                f"(got {_got(r2.account_id)}); copy it from the Cloudflare dashboard"
+            )
+    return Targets(local=local, git=git, s3=s3, r2=r2)
+
+
+def _endpoint(section: _Section) -> str | None:
+    endpoint = section.optional_string("endpoint")
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise ConfigError(f"{section.field('endpoint')} must be an http:// or https:// URL (got {_got(endpoint)})")
+    return endpoint
+
+
+def _check_bucket_and_keys(
+    section: _Section, enabled: bool, bucket: str, key_id: str | None, secret: str | None
+) -> None:
+    target = section.where
+    if enabled and not bucket:
+        raise ConfigError(f"{target}.bucket is required when {target}.enabled is true; set it or disable the target")
+    if enabled and not _BUCKET.match(bucket):
+        raise ConfigError(
+            f"{target}.bucket must be a bucket name of 3 to 63 lowercase letters, digits, "
+            f"dots and hyphens (got {_got(bucket)})"
+        )
+    # One key without the other is always a mistake: the provider chain would not fill the gap.
+    if (key_id is None) != (secret is None):
+        missing = "secretAccessKey" if secret is None else "accessKeyId"
+        present = "accessKeyId" if secret is None else "secretAccessKey"
+        raise ConfigError(
+            f"{target}.{missing} is required when {target}.{present} is set; "
+            "set both or neither (then the environment or provider chain supplies them)"
+        )
+
+
+def _compression(value: object, ctx: _Context) -> Compression:
+    if value is None or value is True:
+        return Compression()
+    if value is False:
+        return Compression(enabled=False)
+    if isinstance(value, str) and value in _ALGORITHMS:
+        return Compression(algorithm=_ALGORITHMS[value])
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f'compression must be true, false, "zstd", "gzip" or {{"algorithm", "level"}} (got {_got(value)})'
+        )
+    section = _Section(value, "compression", ("enabled", "algorithm", "level"), ctx)
+    algorithm = section.choice("algorithm", _ALGORITHMS, "zstd")
+    level: int | None = None
+    if section.has("level"):
+        low, high = _LEVELS[algorithm]
+        raw = section.raw("level")
+        if not isinstance(raw, int) or isinstance(raw, bool) or not low <= raw <= high:
+            raise ConfigError(
+                f"compression.level must be an integer from {low} to {high} for {algorithm} (got {_got(raw)})"
+            )
+        level = raw
+    return Compression(enabled=section.boolean("enabled", True), algorithm=algorithm, level=level)
+
+
+def _retention(section: _Section) -> Retention:
+    within = section.optional_string("within")
+    if within is not None and not _DURATION.match(within):
+        raise ConfigError(
+            "retention.within must be a duration of numbers with units y, m, d or h, "
+            f'such as "30d" or "1y6m" (got {_got(within)})'
+        )
+    return Retention(
+        hourly=section.integer("hourly", 0, -1),
+        daily=section.integer("daily", 0, -1),
+        weekly=section.integer("weekly", 0, -1),
+        monthly=section.integer("monthly", 0, -1),
+        yearly=section.integer("yearly", 0, -1),
+        last=section.integer("last", 0, -1),
+        within=within,
+        keep_safety_days=section.integer("keepSafetyDays", 7, 0),
+        prune=section.boolean("prune", True),
+    )
+
+
+def _notifications(section: _Section) -> Notifications:
+    urls = section.strings("urls", (), secret=True)
+    for index, url in enumerate(urls):
+        # Apprise URLs carry tokens, so the value itself is never echoed.
+        if "://" not in url:
+            raise ConfigError(
+                f'notifications.urls[{index}] must be an Apprise URL such as "ntfy://topic"; fix that entry'
+            )
+    return Notifications(
+        enabled=section.boolean("enabled", False),
+        on_success=section.choice("onSuccess", _ON_SUCCESS, "silent"),
+        on_failure=section.choice("onFailure", _ON_FAILURE, "alert"),
+        urls=urls,
+    )
+
+
+def _encryption(section: _Section) -> Encryption:
+    recipients = section.strings("recipients", ())
+    for index, recipient in enumerate(recipients):
+        if not _AGE_RECIPIENT.match(recipient):
+            raise ConfigError(
+                f'encryption.recipients[{index}] must be an age public key starting with "age1" '
+                f"(got {_got(recipient)}); `age-keygen -y KEYFILE` prints it"
+            )
+    encryption = Encryption(
+        enabled=section.boolean("enabled", False),
+        method=section.choice("method", _METHODS, "passphrase"),
+        key_id=section.optional_string("keyId"),
+        recipients=recipients,
+        identity_file=section.path("identityFile"),
+        passphrase_env=section.env_name("passphraseEnv"),
+        passphrase_command=section.optional_string("passphraseCommand", secret=True),
+    )
+    if encryption.enabled and encryption.method == "gpg" and encryption.key_id is None:
+        raise ConfigError(
+            'encryption.keyId is required when encryption.method is "gpg"; set it to your GPG '
+            "key id or fingerprint (gpg --list-keys), or choose another method"
+        )
+    if encryption.enabled and encryption.method == "age" and not encryption.recipients:
+        raise ConfigError(
+            'encryption.recipients is required when encryption.method is "age"; add at least '
+            'one age public key ("age1...")'
+        )
+    return encryption
+
+
+def _databases(section: _Section) -> Databases:
+    sqlite = section.strings("sqlite", DEFAULT_SQLITE, expand="all")
+    postgres: list[PostgresDb] = []
+    for item in section.sections(
+        "postgres",
+        (
+            "name",
+            "dsn",
+            "host",
+            "port",
+            "database",
+            "user",
+            "passwordEnv",
+            "pgDump",
+            "agentId",
+        ),
+    ):
+        dsn = item.optional_string("dsn", secret=True)
+        if dsn is not None:
+            clashing = [key for key in ("host", "port", "database", "user") if item.has(key)]
+            if clashing:
+                raise ConfigError(
+                    f"{item.where} sets both dsn and {clashing[0]}; use dsn alone or host/port/database/user"
+                )
+        database = item.optional_string("database")
+        if dsn is None and database is None:
+            raise ConfigError(f"{item.where}.database is required when {item.where}.dsn is not set; set one of them")
+        port = item.integer("port", 5433, 1)
+        if port > 65535:
+            raise ConfigError(f"{item.field('port')} must be a port from 1 to 65535 (got {port})")
+        postgres.append(
+            PostgresDb(
+                name=_db_name(item),
+                dsn=dsn,
+                host=item.string("host", "localhost") or "localhost",
+                port=port,
+                database=database,
+                user=item.optional_string("user"),
+                password_env=item.env_name("passwordEnv"),
+                # A bare program name is looked up on PATH later; only a path is made absolute.
+                pg_dump=_program(item, "pgDump"),
+                agent_id=item.optional_string("agentId"),
+            )
+        )
+    redis: list[RedisDb] = []
+    for item in section.sections("redis", ("name", "url", "match")):
+        url = item.string("url", "redis://localhost:6380/0", secret=True)
+        if urlsplit(url).scheme not in _REDIS_SCHEMES:
+            raise ConfigError(f"{item.field('url')} must be a redis://, rediss:// or unix:// URL; fix it")
+        match = item.string("match", "*")
+        if not match:
+            raise ConfigError(f'{item.field("match")} must not be empty; use "*" for every key')
+        redis.append(RedisDb(name=_db_name(item), url=url, match=match))
+    for kind, names in (
+        ("postgres", [db.name for db in postgres]),
+        ("redis", [db.name for db in redis]),
+    ):
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigError(
+                f'databases.{kind} names the database "{duplicates[0]}" twice; give each entry a unique name'
+            )
+    return Databases(sqlite=sqlite, postgres=tuple(postgres), redis=tuple(redis))
+
+
+def _program(item: _Section, key: str) -> Path | None:
+    text = item.string(key, "")
+    if not text:
+        return None
+    expanded = item.ctx.expand(text, item.field(key))
+    # A bare program name ("pg_dump-17") is looked up on PATH when run; only a path is resolved.
+    return item.ctx.resolve(expanded) if "/" in expanded else Path(expanded)
+
+
+def _db_name(item: _Section) -> str:
+    name = item.string("name", "")
+    if not name:
+        raise ConfigError(f"{item.field('name')} is required; give the database a short name")
+    # "." and ".." would escape the database's folder in a snapshot.
+    if not _DB_NAME.match(name) or set(name) == {"."}:
+        raise ConfigError(f"{item.field('name')} must use only letters, digits, '_', '.' and '-' (got {_got(name)})")
+    return name
+
+
+def _components(section: _Section) -> Components:
+    if section.has("databases"):
+        raise ConfigError(
+            "components.databases cannot be set because it is always every configured "
+            "database; list the databases under databases instead"
+        )
+    return Components(
+        identity=section.strings("identity", DEFAULT_IDENTITY, expand="leading"),
+        memory=section.strings("memory", DEFAULT_MEMORY, expand="leading"),
+        config=section.strings("config", DEFAULT_CONFIG_PATHS, expand="leading"),
+    )
+
+
+def _gateway(section: _Section) -> Gateway:
+    timeout = section.raw("timeoutSeconds")
+    if timeout is None:
+        timeout = 60.0
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
+        raise ConfigError(f"gateway.timeoutSeconds must be a number of seconds > 0 (got {_got(timeout)})")
+    return Gateway(
+        stop=section.optional_string("stop"),
+        start=section.optional_string("start"),
+        timeout_seconds=float(timeout),
+    )
+
+
+def _schedule(section: _Section) -> Schedule:
+    every = section.string("every", "daily")
+    at = section.optional_string("at")
+    is_word = every in _SCHEDULE_WORDS
+    cron_fields = every.split()
+    if not is_word and not (len(cron_fields) == 5 and all(_CRON_FIELD.match(part) for part in cron_fields)):
+        raise ConfigError(
+            f'schedule.every must be "hourly", "daily", "weekly" or a 5-field cron expression (got {_got(every)})'
+        )
+    if at is not None:
+        if every not in ("daily", "weekly"):
+            raise ConfigError(
+                'schedule.at only applies when schedule.every is "daily" or "weekly"; '
+                "remove it or put the time into the cron expression"
+            )
+        if not _TIME_OF_DAY.match(at):
+            raise ConfigError(f'schedule.at must be a time "HH:MM" such as "02:00" (got {_got(at)})')
+    return Schedule(every=every, at=at)
+
+
+def _holds_secrets(data: Mapping[str, object]) -> bool:
+    targets = data.get("targets")
+    if isinstance(targets, dict):
+        for name in ("s3", "r2"):
+            target = targets.get(name)
+            if isinstance(target, dict) and target.get("secretAccessKey"):
+                return True
+    databases = data.get("databases")
+    if isinstance(databases, dict):
+        for entry in databases.get("postgres") or []:
+            dsn = entry.get("dsn") if isinstance(entry, dict) else None
+            if isinstance(dsn, str) and (_url_password(dsn) or _CONNINFO_PASSWORD.search(dsn)):
+                return True
+        for entry in databases.get("redis") or []:
+            url = entry.get("url") if isinstance(entry, dict) else None
+            if isinstance(url, str) and _url_password(url):
+                return True
+    return False
+
+
+def _url_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return bool(mode & (stat.S_IRGRP | stat.S_IROTH))

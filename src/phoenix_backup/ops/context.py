@@ -1,0 +1,154 @@
+"""What every use case needs: the caller's environment, credentials, and the opened repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ConfigError, MissingCredentials, RepositoryNotFound, UsageError
+from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo.cache import Cache
+from phoenix_backup.repo.crypto import Compressor
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.local import LocalBackend
+
+
+def _no_notice(_message: str) -> None:
+    pass
+
+
+@dataclass
+class Environment:
+    """The caller's world: environment variables, whether a person can be asked, where notices go.
+
+    Tests and the Python API pass their own; the CLI builds one from the real process.
+    """
+
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    interactive: bool = False
+    prompt: Callable[[str], str] | None = None  # asks for a secret
+    confirm: Callable[[str], bool] | None = None  # asks yes/no
+    notice: Callable[[str], None] = _no_notice  # one-line notices for stderr
+    progress: Callable[[str, int, int], None] | None = None  # (phase, done, total)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.env.get("HOME") or Path.home())
+
+
+def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "repository") -> str | None:
+    """PHX_PASSPHRASE, PHX_PASSPHRASE_FILE, passphraseEnv, passphraseCommand, then a prompt."""
+    env = envx.env
+    if env.get("PHX_PASSPHRASE"):
+        return env["PHX_PASSPHRASE"]
+    if env.get("PHX_PASSPHRASE_FILE"):
+        file = Path(env["PHX_PASSPHRASE_FILE"])
+        try:
+            return file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read PHX_PASSPHRASE_FILE {file}: {exc.strerror}; fix the path") from exc
+    enc = cfg.encryption if cfg else None
+    if enc and enc.passphrase_env:
+        value = env.get(enc.passphrase_env)
+        if value:
+            return value
+    if enc and enc.passphrase_command:
+        try:
+            out = subprocess.run(
+                enc.passphrase_command, shell=True, capture_output=True, text=True, timeout=60, check=True
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            raise UsageError(
+                "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
+            ) from exc
+        return out.stdout.rstrip("\r\n")
+    if envx.interactive and envx.prompt is not None:
+        return envx.prompt(f"Passphrase for the {purpose}: ")
+    return None
+
+
+def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
+    enc = cfg.encryption
+    identities: tuple[str, ...] = ()
+    if enc.identity_file is not None:
+        identities = keyslots.load_age_identities(enc.identity_file)
+    gnupg = envx.env.get("GNUPGHOME")
+    needs_passphrase = not enc.enabled or enc.method == "passphrase"
+    return keyslots.Credentials(
+        passphrase=passphrase(cfg, envx) if needs_passphrase and enc.enabled else _env_passphrase(envx),
+        age_identities=identities,
+        gpg_homedir=Path(gnupg) if gnupg else None,
+    )
+
+
+def _env_passphrase(envx: Environment) -> str | None:
+    """A passphrase given in the environment is tried even when the config names another method."""
+    return envx.env.get("PHX_PASSPHRASE") or None
+
+
+def new_key_slot(cfg: Config, envx: Environment) -> tuple[Callable[[keyslots.MasterSecrets], keyslots.KeySlot], bool]:
+    """How the first key slot of a new repository is made, and whether it is encrypted."""
+    enc = cfg.encryption
+    if not enc.enabled:
+        return keyslots.wrap_none, False
+    if enc.method == "passphrase":
+        secret = passphrase(cfg, envx, purpose="new repository")
+        if not secret:
+            raise MissingCredentials(
+                "encryption is on but no passphrase was given; set PHX_PASSPHRASE (or PHX_PASSPHRASE_FILE) "
+                "or run on a terminal to be asked"
+            )
+        if envx.interactive and envx.prompt is not None and not envx.env.get("PHX_PASSPHRASE"):
+            again = envx.prompt("Repeat the passphrase: ")
+            if again != secret:
+                raise UsageError("the passphrases do not match; run the command again")
+        return (lambda m: keyslots.wrap_passphrase(m, secret)), True
+    if enc.method == "age":
+        recipients = enc.recipients
+        return (lambda m: keyslots.wrap_age(m, recipients)), True
+    key_id = enc.key_id or ""
+    gnupg = envx.env.get("GNUPGHOME")
+    return (lambda m: keyslots.wrap_gpg(m, key_id, homedir=Path(gnupg) if gnupg else None)), True
+
+
+def compressor_for(cfg: Config) -> Compressor:
+    c = cfg.compression
+    return Compressor(c.enabled, c.level, c.algorithm)
+
+
+def local_backend(cfg: Config) -> LocalBackend:
+    if not cfg.targets.local.enabled:
+        raise ConfigError(
+            "targets.local is disabled and this Phoenix writes to local targets only; "
+            "enable targets.local in the config"
+        )
+    return LocalBackend(cfg.repository_path)
+
+
+def open_repository(cfg: Config, envx: Environment, *, create: bool = False) -> Repository:
+    """Open the repository of the first target; with `create`, initialise it on first use."""
+    backend = local_backend(cfg)
+    if not backend.exists():
+        if not create:
+            raise RepositoryNotFound(
+                f"no repository at {backend.location}; run `phx init` or `phx backup` to create it"
+            )
+        factory, encrypted = new_key_slot(cfg, envx)
+        repo = Repository.init(backend, factory, encrypted, compression=compressor_for(cfg), notice=envx.notice)
+        envx.notice(f"created a new repository at {backend.location}")
+        return repo
+    return Repository.open(backend, credentials(cfg, envx), compression=compressor_for(cfg), notice=envx.notice)
+
+
+def cache_for(repo: Repository, envx: Environment) -> Cache:
+    root = envx.env.get("PHX_CACHE_DIR")
+    return Cache(repo.config.id, Path(root) if root else None)
+
+
+def is_tty() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()

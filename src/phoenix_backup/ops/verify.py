@@ -1,0 +1,207 @@
+"""`phx verify`: structure (every snapshot, tree, blob and index entry resolvable), and with
+`--read-data` every pack read, every blob opened, decompressed and hash-checked.
+
+A damaged object is reported with the snapshots and paths it affects. Unreferenced packs and
+leftover temporary files are notices, not errors: a crashed backup leaves them, prune removes them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.pack import iter_blobs, pack_name, read_header
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.tree import Node
+
+
+@dataclass(frozen=True)
+class VerifyError:
+    object: str
+    snapshot: str | None
+    path: str | None
+    message: str
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"object": self.object, "snapshot": self.snapshot, "path": self.path, "message": self.message}
+
+
+@dataclass
+class VerifyResult:
+    checked: dict[str, int] = field(default_factory=dict)
+    errors: list[VerifyError] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    read_data: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.OK if self.ok else ExitStatus.FAILURE
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "readData": self.read_data,
+            "errors": [e.to_json() for e in self.errors],
+            "notices": self.notices,
+        }
+
+
+class _Users:
+    """Which snapshots and paths use each blob, to name what a damaged object affects."""
+
+    def __init__(self) -> None:
+        self.by_blob: dict[bytes, list[tuple[str, str]]] = defaultdict(list)
+
+    def add(self, blob: bytes, snapshot: str, path: str) -> None:
+        users = self.by_blob[blob]
+        if len(users) < 1000:
+            users.append((snapshot, path))
+
+
+def verify(cfg: Config, envx: Environment, *, ref: str | None = None, read_data: bool = False) -> VerifyResult:
+    repo = open_repository(cfg, envx)
+    with repo.lock(exclusive=False, command="verify"):
+        return verify_repository(repo, ref=ref, read_data=read_data)
+
+
+def verify_repository(repo: Repository, *, ref: str | None = None, read_data: bool = False) -> VerifyResult:
+    result = VerifyResult(read_data=read_data)
+    repo.load_index()
+    for name, message in repo.problems.index.items():
+        result.errors.append(VerifyError(name, None, None, message))
+    snapshots = repo.list_snapshots()
+    for name, message in repo.problems.snapshots.items():
+        result.errors.append(VerifyError(name, name.split("/")[-1], None, message))
+    if ref is not None:
+        snapshots = [repo.find_snapshot(ref, snapshots)]
+    users = _Users()
+    trees_seen: set[bytes] = set()
+    for snap in snapshots:
+        _walk(repo, snap, snap.tree, "", users, trees_seen, result)
+    result.checked["snapshots"] = len(snapshots)
+    result.checked["trees"] = len(trees_seen)
+    result.checked["blobs"] = len(users.by_blob)
+
+    # Packs the index names must exist and be long enough.
+    listed = {info.name: info.size for info in repo.backend.list("data/")}
+    referenced_packs: set[str] = set()
+    for blob, loc in repo.index.blobs():
+        name = pack_name(loc.pack_id)
+        size = listed.get(name)
+        if blob in users.by_blob:
+            referenced_packs.add(name)
+        if size is None or loc.offset + loc.stored > size:
+            _report_blob(result, users, blob, name, "pack is missing or shorter than the index says")
+    for name in sorted(set(listed) - {pack_name(p) for p in repo.index.pack_ids()}):
+        result.notices.append(f"{name} is not in the index (left by an interrupted backup; prune removes it)")
+    for tmp in repo.backend.list_temporary():
+        result.notices.append(f"{tmp} is a leftover temporary file (prune removes it)")
+
+    if read_data:
+        packs = sorted(set(listed) & {pack_name(p) for p in repo.index.pack_ids()})
+        if ref is not None:
+            packs = sorted(referenced_packs & set(packs))
+        for name in packs:
+            _read_pack(repo, name, users, result)
+        result.checked["packs"] = len(packs)
+    return result
+
+
+def _walk(
+    repo: Repository,
+    snap: Snapshot,
+    tree_id: bytes,
+    prefix: str,
+    users: _Users,
+    trees_seen: set[bytes],
+    result: VerifyResult,
+) -> None:
+    users.add(tree_id, snap.id, prefix or "/")
+    if tree_id in trees_seen:
+        return
+    try:
+        nodes: list[Node] = repo.load_tree(tree_id)
+    except (CorruptObject, ObjectNotFound) as exc:
+        loc = repo.index.get(tree_id)
+        obj = pack_name(loc.pack_id) if loc else f"tree {tree_id.hex()[:16]}"
+        result.errors.append(VerifyError(obj, snap.id, prefix or "/", str(exc)))
+        return
+    trees_seen.add(tree_id)
+    for node in nodes:
+        path = f"{prefix}/{node.name}" if prefix else node.name
+        if node.type == "dir" and node.subtree is not None:
+            _walk(repo, snap, node.subtree, path, users, trees_seen, result)
+        for ext in node.content:
+            users.add(ext.blob, snap.id, path)
+            if not repo.index.has(ext.blob):
+                result.errors.append(
+                    VerifyError(f"blob {ext.blob.hex()[:16]}", snap.id, path, "data blob is not in the index (missing)")
+                )
+
+
+def _report_blob(result: VerifyResult, users: _Users, blob: bytes, obj: str, message: str) -> None:
+    affected = users.by_blob.get(blob)
+    if not affected:
+        result.notices.append(f"{obj}: {message} (no snapshot uses this blob)")
+        return
+    for snapshot, path in affected:
+        result.errors.append(VerifyError(obj, snapshot, path, message))
+
+
+def _read_pack(repo: Repository, name: str, users: _Users, result: VerifyResult) -> None:
+    pack_id = name.split("/")[-1]
+    in_index = [(b, loc) for b, loc in repo.index.blobs() if loc.pack_id == pack_id]
+    try:
+        data = repo.backend.read(name)
+    except ObjectNotFound as exc:
+        for blob, _loc in in_index:
+            _report_blob(result, users, blob, name, str(exc))
+        return
+    if sha256_hex(data) != pack_id:
+        # The pack's bytes changed: find which blobs still open, and blame the others.
+        damaged = [b for b, loc in in_index if not _blob_ok(repo, data, b, loc)]
+        if not damaged:
+            try:
+                read_header(data, repo.sealer, name)
+                result.errors.append(
+                    VerifyError(name, None, None, "pack does not match its name (damaged bytes outside any blob)")
+                )
+            except CorruptObject as exc:
+                result.errors.append(VerifyError(name, None, None, str(exc)))
+        for blob in damaged:
+            _report_blob(result, users, blob, name, "blob is damaged (fails authentication or its hash)")
+        return
+    try:
+        entries = read_header(data, repo.sealer, name)
+    except CorruptObject as exc:
+        result.errors.append(VerifyError(name, None, None, str(exc)))
+        return
+    for entry, sealed in iter_blobs(data, entries):
+        try:
+            repo.open_blob(
+                entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
+            )
+        except CorruptObject as exc:
+            _report_blob(result, users, entry.id, name, str(exc))
+
+
+def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: object) -> bool:
+    from phoenix_backup.repo.index import BlobLocation
+
+    assert isinstance(loc, BlobLocation)
+    sealed = pack[loc.offset : loc.offset + loc.stored]
+    try:
+        repo.open_blob(BlobType(loc.type), blob, loc.compression, sealed, loc.raw, "blob")
+        return True
+    except CorruptObject:
+        return False

@@ -1,0 +1,160 @@
+"""Splitting content into blobs: FastCDC for files, page-aligned runs for SQLite copies.
+
+Page runs: a database copy is cut into regions of `run_pages` pages. A region that hashes as in
+the parent copy reuses the parent's extents; in a changed region every page is hashed, unchanged
+pages reuse the parent's extents and each run of changed pages becomes one new blob. A changed
+page therefore costs about one page in the repository, however large the database. The page
+hashes of the parent live in the local cache (`PageState`); without them a changed region is
+stored whole, which costs space, never correctness.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import blake3
+from pyfastcdc import FastCDC
+
+from phoenix_backup.repo.tree import Extent
+
+HASH_SIZE = 16
+
+
+def file_chunks(data: bytes | memoryview, chunker: dict[str, int], seed: int) -> Iterator[memoryview]:
+    """Content-defined chunks of `data` (the whole of it when smaller than the minimum size)."""
+    view = memoryview(data)
+    if len(view) <= chunker["min"]:
+        if len(view):
+            yield view
+        return
+    # pyfastcdc's effective average is avg_size + min_size (cut-point skipping), hence the difference.
+    cdc = FastCDC(
+        avg_size=max(256, chunker["avg"] - chunker["min"]),
+        min_size=chunker["min"],
+        max_size=chunker["max"],
+        seed=seed,
+    )
+    for c in cdc.cut_buf(view):
+        yield view[c.offset : c.offset + c.length]
+
+
+@dataclass
+class PageState:
+    """Keyed hashes of a database copy's regions and pages, for the next backup's comparison."""
+
+    sha256: str  # of the copy these hashes describe (ties them to one tree node)
+    page_size: int
+    run_pages: int
+    regions: bytes  # HASH_SIZE bytes per region
+    pages: bytes  # HASH_SIZE bytes per page
+
+    def region(self, i: int) -> bytes | None:
+        s = self.regions[i * HASH_SIZE : (i + 1) * HASH_SIZE]
+        return s if len(s) == HASH_SIZE else None
+
+
+class ExtentMap:
+    """Byte ranges of an earlier copy, resolved to its extents."""
+
+    def __init__(self, extents: list[Extent]) -> None:
+        self.extents = extents
+        self.starts: list[int] = []
+        pos = 0
+        for e in extents:
+            self.starts.append(pos)
+            pos += e.length
+        self.size = pos
+
+    def slice(self, offset: int, length: int) -> list[Extent]:
+        out: list[Extent] = []
+        i = bisect.bisect_right(self.starts, offset) - 1
+        end = offset + length
+        while length > 0 and 0 <= i < len(self.extents):
+            e, start = self.extents[i], self.starts[i]
+            lo = max(offset, start)
+            hi = min(end, start + e.length)
+            if hi > lo:
+                out.append(Extent(e.blob, e.offset + (lo - start), hi - lo))
+            if start + e.length >= end:
+                break
+            i += 1
+        return out
+
+
+def merge_extents(extents: list[Extent]) -> list[Extent]:
+    out: list[Extent] = []
+    for e in extents:
+        if out and out[-1].blob == e.blob and out[-1].offset + out[-1].length == e.offset:
+            last = out[-1]
+            out[-1] = Extent(last.blob, last.offset, last.length + e.length)
+        else:
+            out.append(e)
+    return out
+
+
+def page_runs(
+    data: memoryview,
+    page_size: int,
+    run_pages: int,
+    page_key: bytes,
+    save: Callable[[memoryview], bytes],
+    parent: tuple[list[Extent], PageState] | None,
+) -> tuple[list[Extent], PageState]:
+    """Extents for a database copy; `save` stores a new blob and returns its id."""
+    region_size = page_size * run_pages
+    prev_map = ExtentMap(parent[0]) if parent else None
+    prev_state = parent[1] if parent else None
+    usable = (
+        prev_state is not None
+        and prev_map is not None
+        and prev_state.page_size == page_size
+        and prev_state.run_pages == run_pages
+    )
+    extents: list[Extent] = []
+    regions = bytearray()
+    pages = bytearray()
+    for start in range(0, len(data), region_size):
+        region = data[start : start + region_size]
+        rhash = blake3.blake3(region, key=page_key).digest(length=HASH_SIZE)
+        regions += rhash
+        r = start // region_size
+        if usable:
+            assert prev_state is not None and prev_map is not None
+            if prev_state.region(r) == rhash and start + len(region) <= prev_map.size:
+                extents.extend(prev_map.slice(start, len(region)))
+                first = r * run_pages * HASH_SIZE
+                pages += prev_state.pages[first : first + (len(region) // page_size) * HASH_SIZE]
+                continue
+        hashes = [
+            blake3.blake3(region[o : o + page_size], key=page_key).digest(length=HASH_SIZE)
+            for o in range(0, len(region), page_size)
+        ]
+        for h in hashes:
+            pages += h
+        if not usable:
+            extents.append(Extent(save(region), 0, len(region)))
+            continue
+        assert prev_state is not None and prev_map is not None
+        first_page = start // page_size
+        i = 0
+        while i < len(hashes):
+            same = _same_page(prev_state, prev_map, first_page + i, hashes[i], page_size)
+            j = i + 1
+            while j < len(hashes) and _same_page(prev_state, prev_map, first_page + j, hashes[j], page_size) == same:
+                j += 1
+            lo, hi = i * page_size, min(j * page_size, len(region))
+            if same:
+                extents.extend(prev_map.slice(start + lo, hi - lo))
+            else:
+                extents.append(Extent(save(region[lo:hi]), 0, hi - lo))
+            i = j
+    state = PageState("", page_size, run_pages, bytes(regions), bytes(pages))
+    return merge_extents(extents), state
+
+
+def _same_page(state: PageState, prev: ExtentMap, page: int, h: bytes, page_size: int) -> bool:
+    if (page + 1) * page_size > prev.size:
+        return False
+    return state.pages[page * HASH_SIZE : (page + 1) * HASH_SIZE] == h

@@ -1,0 +1,128 @@
+"""The index: where every blob lives (pack, offset, lengths), in memory and as index objects.
+
+Index object plaintext (then zstd-compressed and sealed):
+
+    b"PHXI" || u8 version || u32le pack_count || packs || u32le superseded_count || 32-byte ids
+    pack   = 32-byte pack id || u32le entry_count || entries (the pack header's entry encoding)
+
+In memory each blob costs one dict slot and one small tuple, whatever the number of snapshots.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import zstandard
+
+from phoenix_backup.errors import CorruptObject
+from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import _ENTRY, PackEntry
+
+INDEX_MAGIC = b"PHXI"
+INDEX_VERSION = 1
+INDEX_AAD = b"phoenix v1 index"
+_HEAD = struct.Struct("<4sBI")
+_PACK = struct.Struct("<32sI")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    pack_id: str
+    type: BlobType
+    compression: Compression
+    offset: int
+    stored: int
+    raw: int
+
+
+def encode_index(packs: dict[str, list[PackEntry]], superseded: Iterable[str] = ()) -> bytes:
+    parts = [_HEAD.pack(INDEX_MAGIC, INDEX_VERSION, len(packs))]
+    for pack_id, entries in packs.items():
+        parts.append(_PACK.pack(bytes.fromhex(pack_id), len(entries)))
+        parts.extend(_ENTRY.pack(e.type, e.compression, e.id, e.offset, e.stored, e.raw) for e in entries)
+    sup = list(superseded)
+    parts.append(struct.pack("<I", len(sup)))
+    parts.extend(bytes.fromhex(s) for s in sup)
+    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+
+
+def decode_index(blob: bytes, what: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+    try:
+        data = zstandard.ZstdDecompressor().decompress(blob, max_output_size=1 << 31)
+    except zstandard.ZstdError as exc:
+        raise CorruptObject(f"{what} does not decompress") from exc
+    try:
+        magic, version, npacks = _HEAD.unpack_from(data)
+        if magic != INDEX_MAGIC or version != INDEX_VERSION:
+            raise CorruptObject(f"{what} has an unknown format (version {version})")
+        pos = _HEAD.size
+        packs: dict[str, list[PackEntry]] = {}
+        for _ in range(npacks):
+            pid, count = _PACK.unpack_from(data, pos)
+            pos += _PACK.size
+            entries = []
+            for _ in range(count):
+                t, c, bid, off, stored, raw = _ENTRY.unpack_from(data, pos)
+                pos += _ENTRY.size
+                entries.append(PackEntry(BlobType(t), Compression(c), bid, off, stored, raw))
+            packs[pid.hex()] = entries
+        (nsup,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        superseded = [data[pos + 32 * i : pos + 32 * (i + 1)].hex() for i in range(nsup)]
+        if pos + 32 * nsup != len(data):
+            raise CorruptObject(f"{what} has trailing bytes")
+    except (struct.error, ValueError) as exc:
+        raise CorruptObject(f"{what} is malformed") from exc
+    return packs, superseded
+
+
+class Index:
+    """Blob id -> location, plus the pending blobs of the running backup (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._packs: list[str] = []
+        self._pack_no: dict[str, int] = {}
+        # id -> (pack number, type, compression, offset, stored, raw)
+        self._blobs: dict[bytes, tuple[int, int, int, int, int, int]] = {}
+        self._lock = threading.Lock()
+
+    def add_pack(self, pack_id: str, entries: Iterable[PackEntry]) -> None:
+        with self._lock:
+            no = self._pack_no.get(pack_id)
+            if no is None:
+                no = len(self._packs)
+                self._packs.append(pack_id)
+                self._pack_no[pack_id] = no
+            for e in entries:
+                self._blobs.setdefault(e.id, (no, e.type, e.compression, e.offset, e.stored, e.raw))
+
+    def has(self, blob_id: bytes) -> bool:
+        return blob_id in self._blobs
+
+    def get(self, blob_id: bytes) -> BlobLocation | None:
+        loc = self._blobs.get(blob_id)
+        if loc is None:
+            return None
+        no, t, c, off, stored, raw = loc
+        return BlobLocation(self._packs[no], BlobType(t), Compression(c), off, stored, raw)
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def pack_ids(self) -> list[str]:
+        return list(self._packs)
+
+    def blobs(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        for blob_id in list(self._blobs):
+            loc = self.get(blob_id)
+            assert loc is not None
+            yield blob_id, loc
+
+    def stored_size(self) -> int:
+        return sum(v[4] for v in self._blobs.values())
+
+    def raw_size(self) -> int:
+        return sum(v[5] for v in self._blobs.values())

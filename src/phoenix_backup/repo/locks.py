@@ -1,0 +1,216 @@
+"""Repository locks: shared for backups, exclusive for prune; one object per lock under `locks/`.
+
+A lock names its host, boot id, pid and the process's start time. It is refreshed every
+REFRESH_SECONDS while held and counts as stale once older than STALE_SECONDS. A lock whose process
+is provably gone (same host, same boot, pid absent or started at another time) is removed with a
+notice; any other stale lock is reported with the command that removes it, never broken silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, RepositoryLocked
+from phoenix_backup.repo.crypto import Sealer
+from phoenix_backup.storage.base import Backend
+
+REFRESH_SECONDS = 300
+STALE_SECONDS = 1800
+LOCK_AAD = b"phoenix v1 lock"
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (Linux), or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return 0
+        return 0
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[19])
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    host: str
+    boot_id: str
+    pid: int
+    process_start: int
+    username: str
+    exclusive: bool
+    time: float  # last refresh, seconds since the epoch
+    command: str
+
+    def describe(self) -> str:
+        kind = "exclusive" if self.exclusive else "shared"
+        when = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="seconds")
+        return f"{kind} lock by {self.command} (pid {self.pid}) on {self.host} as {self.username}, refreshed {when}"
+
+    def is_stale(self, now: float) -> bool:
+        return now - self.time > STALE_SECONDS
+
+    def process_gone(self) -> bool:
+        """True only when we can prove the owner is dead: same host and boot, and no such process."""
+        if self.host != socket.gethostname() or not self.boot_id or self.boot_id != boot_id():
+            return False
+        start = process_start_time(self.pid)
+        return start is None or (start != 0 and start != self.process_start)
+
+
+class LockManager:
+    def __init__(self, backend: Backend, sealer: Sealer, notice: Callable[[str], None]) -> None:
+        self.backend = backend
+        self.sealer = sealer
+        self.notice = notice
+
+    def read(self, name: str) -> LockInfo:
+        raw = self.sealer.open(self.backend.read(name), LOCK_AAD, name)
+        try:
+            d: dict[str, Any] = json.loads(raw)
+            return LockInfo(
+                name=name,
+                host=d["host"],
+                boot_id=d["bootId"],
+                pid=int(d["pid"]),
+                process_start=int(d["processStart"]),
+                username=d["username"],
+                exclusive=bool(d["exclusive"]),
+                time=float(d["time"]),
+                command=d.get("command", "phx"),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptObject(f"lock {name} is malformed") from exc
+
+    def all(self) -> list[LockInfo]:
+        out = []
+        for info in self.backend.list("locks/"):
+            try:
+                out.append(self.read(info.name))
+            except ObjectNotFound:
+                continue  # released while we listed
+            except CorruptObject:
+                # A lock we cannot read still blocks: report it as held by an unknown owner.
+                out.append(LockInfo(info.name, "?", "", 0, 0, "?", True, time.time(), "unknown"))
+        return out
+
+    def acquire(self, exclusive: bool, command: str) -> HeldLock:
+        self._check_conflicts(exclusive)
+        name = f"locks/{secrets.token_hex(16)}"
+        lock = HeldLock(self, name, exclusive, command)
+        lock.write()
+        # Two processes may have passed the check at once: look again after our lock is visible.
+        try:
+            self._check_conflicts(exclusive, ignore=name)
+        except RepositoryLocked:
+            lock.release()
+            raise
+        lock.start_refresh()
+        return lock
+
+    def _check_conflicts(self, exclusive: bool, ignore: str | None = None) -> None:
+        now = time.time()
+        for info in self.all():
+            if info.name == ignore:
+                continue
+            if info.process_gone():
+                self.backend.delete(info.name)
+                self.notice(f"removed a lock left by a process that no longer runs: {info.describe()}")
+                continue
+            if not (exclusive or info.exclusive):
+                continue
+            if info.is_stale(now):
+                raise RepositoryLocked(
+                    f"the repository has a stale {info.describe()}; if no Phoenix runs there, "
+                    "remove it with `phx unlock`"
+                )
+            raise RepositoryLocked(f"the repository is locked: {info.describe()}; wait for it to finish and try again")
+
+    def unlock(self, remove_all: bool = False) -> list[LockInfo]:
+        """Remove stale or dead locks (all locks with `remove_all`); return what was removed."""
+        removed = []
+        now = time.time()
+        for info in self.all():
+            if remove_all or info.process_gone() or info.is_stale(now):
+                self.backend.delete(info.name)
+                removed.append(info)
+        return removed
+
+
+class HeldLock:
+    def __init__(self, manager: LockManager, name: str, exclusive: bool, command: str) -> None:
+        self.manager = manager
+        self.name = name
+        self.exclusive = exclusive
+        self.command = command
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def write(self) -> None:
+        doc = {
+            "host": socket.gethostname(),
+            "bootId": boot_id(),
+            "pid": os.getpid(),
+            "processStart": process_start_time(os.getpid()) or 0,
+            "username": _username(),
+            "exclusive": self.exclusive,
+            "time": time.time(),
+            "command": self.command,
+        }
+        data = self.manager.sealer.seal(json.dumps(doc).encode(), LOCK_AAD)
+        self.manager.backend.write(self.name, data)
+
+    def start_refresh(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(REFRESH_SECONDS):
+                try:
+                    self.write()
+                except Exception as exc:  # a refresh failure must not kill the backup
+                    self.manager.notice(f"could not refresh the repository lock: {exc}")
+
+        self._thread = threading.Thread(target=loop, name="phx-lock-refresh", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.manager.backend.delete(self.name)
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _username() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())

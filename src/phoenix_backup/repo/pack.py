@@ -1,0 +1,114 @@
+"""Packs: many sealed blobs in one object, followed by a sealed header that lists them.
+
+    pack   = blob_0 || blob_1 || ... || sealed(header) || u32le(len(sealed(header)))
+    header = b"PHXH" || u8 version || u32le count || count * entry
+    entry  = u8 type || u8 compression || 32-byte id || u32le offset || u32le stored || u32le raw
+
+A pack's object name is the SHA-256 of its bytes, so any copy can be checked without the key.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from phoenix_backup.errors import CorruptObject
+from phoenix_backup.repo.crypto import ID_SIZE, BlobType, Compression, Sealer, sha256_hex
+
+HEADER_MAGIC = b"PHXH"
+HEADER_VERSION = 1
+HEADER_AAD = b"phoenix v1 pack header"
+_ENTRY = struct.Struct("<BB32sIII")
+_HEAD = struct.Struct("<4sBI")
+# Packs stay well under Git hosts' 50 MB file limit and keep S3 object counts low.
+DATA_PACK_TARGET = 16 * 1024 * 1024
+TREE_PACK_TARGET = 4 * 1024 * 1024
+MAX_HEADER = 64 * 1024 * 1024
+
+
+def blob_aad(kind: BlobType, blob_id: bytes) -> bytes:
+    return bytes((kind,)) + blob_id
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    type: BlobType
+    compression: Compression
+    id: bytes
+    offset: int
+    stored: int  # sealed length in the pack
+    raw: int  # plaintext length
+
+
+def pack_name(pack_id: str) -> str:
+    return f"data/{pack_id[:2]}/{pack_id}"
+
+
+def encode_header(entries: list[PackEntry]) -> bytes:
+    parts = [_HEAD.pack(HEADER_MAGIC, HEADER_VERSION, len(entries))]
+    parts.extend(_ENTRY.pack(e.type, e.compression, e.id, e.offset, e.stored, e.raw) for e in entries)
+    return b"".join(parts)
+
+
+def decode_header(data: bytes, what: str) -> list[PackEntry]:
+    if len(data) < _HEAD.size:
+        raise CorruptObject(f"{what} has a truncated header")
+    magic, version, count = _HEAD.unpack_from(data)
+    if magic != HEADER_MAGIC or version != HEADER_VERSION:
+        raise CorruptObject(f"{what} has an unknown header (magic {magic!r}, version {version})")
+    if len(data) != _HEAD.size + count * _ENTRY.size:
+        raise CorruptObject(f"{what} header length does not match its {count} entries")
+    entries = []
+    for i in range(count):
+        t, c, bid, off, stored, raw = _ENTRY.unpack_from(data, _HEAD.size + i * _ENTRY.size)
+        try:
+            entries.append(PackEntry(BlobType(t), Compression(c), bid, off, stored, raw))
+        except ValueError as exc:
+            raise CorruptObject(f"{what} lists a blob of unknown type or compression") from exc
+    return entries
+
+
+class PackBuilder:
+    """Accumulates sealed blobs of one type; `finish` returns the pack's bytes and entries."""
+
+    def __init__(self, kind: BlobType) -> None:
+        self.kind = kind
+        self.parts: list[bytes] = []
+        self.entries: list[PackEntry] = []
+        self.size = 0
+
+    def add(self, blob_id: bytes, compression: Compression, sealed: bytes, raw_len: int) -> None:
+        assert len(blob_id) == ID_SIZE
+        self.entries.append(PackEntry(self.kind, compression, blob_id, self.size, len(sealed), raw_len))
+        self.parts.append(sealed)
+        self.size += len(sealed)
+
+    def finish(self, sealer: Sealer) -> tuple[str, bytes, list[PackEntry]]:
+        header = sealer.seal(encode_header(self.entries), HEADER_AAD)
+        self.parts.append(header)
+        self.parts.append(struct.pack("<I", len(header)))
+        data = b"".join(self.parts)
+        self.parts = []
+        return sha256_hex(data), data, self.entries
+
+
+def read_header(pack: bytes, sealer: Sealer, what: str) -> list[PackEntry]:
+    """Entries of a whole pack's bytes, checking they lie inside the blob area."""
+    if len(pack) < 4:
+        raise CorruptObject(f"{what} is truncated")
+    (hlen,) = struct.unpack_from("<I", pack, len(pack) - 4)
+    if hlen > min(MAX_HEADER, len(pack) - 4):
+        raise CorruptObject(f"{what} has an impossible header length")
+    body_end = len(pack) - 4 - hlen
+    header = sealer.open(pack[body_end : len(pack) - 4], HEADER_AAD, f"{what} header")
+    entries = decode_header(header, what)
+    for e in entries:
+        if e.offset + e.stored > body_end:
+            raise CorruptObject(f"{what} lists a blob beyond its end")
+    return entries
+
+
+def iter_blobs(pack: bytes, entries: list[PackEntry]) -> Iterator[tuple[PackEntry, bytes]]:
+    for e in entries:
+        yield e, pack[e.offset : e.offset + e.stored]

@@ -1,0 +1,370 @@
+"""The repository: config, key slots, packs, index and snapshots on one storage backend.
+
+Write order is what makes a crash harmless: packs are durable before the index object that lists
+them, and the index before the snapshot object that needs it. The snapshot object is the commit
+point; anything written before a crash and never committed is an unreferenced leftover that
+`verify` reports as a notice and prune removes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from phoenix_backup.errors import (
+    CorruptObject,
+    ObjectNotFound,
+    RepositoryError,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UnsupportedFormat,
+)
+from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo.crypto import (
+    BlobIds,
+    BlobType,
+    Compression,
+    Compressor,
+    Sealer,
+    decompress,
+    sha256_hex,
+)
+from phoenix_backup.repo.index import INDEX_AAD, Index, decode_index, encode_index
+from phoenix_backup.repo.locks import HeldLock, LockManager
+from phoenix_backup.repo.pack import (
+    DATA_PACK_TARGET,
+    TREE_PACK_TARGET,
+    PackBuilder,
+    PackEntry,
+    blob_aad,
+    pack_name,
+)
+from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Snapshot
+from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
+from phoenix_backup.storage.base import Backend
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "phoenix-repository"
+
+# FastCDC parameters for files: restic's proven sizes. Small agent notes are one chunk each.
+CHUNK_MIN = 512 * 1024
+CHUNK_AVG = 1024 * 1024
+CHUNK_MAX = 8 * 1024 * 1024
+# SQLite copies: a new blob holds a run of at most this many pages (256 KiB at 4 KiB pages).
+SQLITE_RUN_PAGES = 64
+
+
+# Trees are JSON and always compress well, whatever the config says about file data.
+_TREE_COMPRESSOR = Compressor(True)
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    id: str
+    version: int
+    created: str
+    encrypted: bool
+    chunker: dict[str, int]
+    sqlite_run_pages: int
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": FORMAT_NAME,
+            "version": self.version,
+            "id": self.id,
+            "created": self.created,
+            "encryption": "aes-256-gcm" if self.encrypted else "none",
+            "chunker": {"algorithm": "fastcdc-2020", **self.chunker},
+            "sqliteRunPages": self.sqlite_run_pages,
+        }
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> RepoConfig:
+        try:
+            d = json.loads(data)
+            if d.get("format") != FORMAT_NAME:
+                raise CorruptObject(f"{where} does not hold a Phoenix repository config")
+            version = d["version"]
+            if not isinstance(version, int):
+                raise CorruptObject(f"the repository config at {where} is malformed")
+            if version > FORMAT_VERSION:
+                raise UnsupportedFormat(
+                    f"the repository at {where} uses format version {version}, newer than this "
+                    f"Phoenix reads ({FORMAT_VERSION}); upgrade phoenix-backup (pip install -U phoenix-backup)"
+                )
+            ch = d["chunker"]
+            chunker = {"min": int(ch["min"]), "avg": int(ch["avg"]), "max": int(ch["max"])}
+            if not (64 <= chunker["min"] <= chunker["avg"] <= chunker["max"] <= 16 * 1024 * 1024):
+                raise CorruptObject(f"the repository config at {where} has impossible chunker sizes")
+            run = int(d["sqliteRunPages"])
+            if not 1 <= run <= 4096:
+                raise CorruptObject(f"the repository config at {where} has an impossible sqliteRunPages")
+            return cls(
+                id=str(d["id"]),
+                version=version,
+                created=str(d["created"]),
+                encrypted=d["encryption"] != "none",
+                chunker=chunker,
+                sqlite_run_pages=run,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptObject(f"the repository config at {where} is malformed: {exc}") from exc
+
+
+@dataclass
+class WriteStats:
+    blobs_added: int = 0
+    bytes_added: int = 0  # sealed bytes in new packs, headers and index objects
+    raw_added: int = 0
+
+
+@dataclass
+class LoadProblems:
+    """Objects that could not be read while loading; verify reports them, others carry on."""
+
+    index: dict[str, str] = field(default_factory=dict)
+    snapshots: dict[str, str] = field(default_factory=dict)
+
+
+class Repository:
+    def __init__(
+        self,
+        backend: Backend,
+        config: RepoConfig,
+        secrets_: keyslots.MasterSecrets,
+        compression: Compressor | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.secrets = secrets_
+        self.ids = BlobIds(secrets_.id_key)
+        self.sealer = Sealer(secrets_.encryption_key if config.encrypted else None)
+        self.compressor = compression or Compressor(True)
+        self.notice: Callable[[str], None] = notice or (lambda _msg: None)
+        self.index = Index()
+        self.problems = LoadProblems()
+        self.stats = WriteStats()
+        self._index_loaded = False
+        self._lock = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._packers = {t: PackBuilder(t) for t in BlobType}
+        self._new_packs: dict[str, list[PackEntry]] = {}
+        self.locks = LockManager(backend, self.sealer, self.notice)
+
+    # -- creation and opening -------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        slot_factory: Callable[[keyslots.MasterSecrets], keyslots.KeySlot],
+        encrypted: bool,
+        **kwargs: Any,
+    ) -> Repository:
+        """Create a new repository; its first key slot comes from `slot_factory`."""
+        backend.create()
+        master = keyslots.MasterSecrets.generate()
+        slot = slot_factory(master)
+        config = RepoConfig(
+            id=secrets.token_hex(16),
+            version=FORMAT_VERSION,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            encrypted=encrypted,
+            chunker={"min": CHUNK_MIN, "avg": CHUNK_AVG, "max": CHUNK_MAX},
+            sqlite_run_pages=SQLITE_RUN_PAGES,
+        )
+        backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
+        # The config is written last: a repository is "there" only once it is complete.
+        backend.write("config", config.to_bytes(), exclusive=True)
+        return cls(backend, config, master, **kwargs)
+
+    @staticmethod
+    def read_config(backend: Backend) -> RepoConfig:
+        if not backend.exists():
+            raise RepositoryNotFound(
+                f"no repository at {backend.location}; create one with `phx init` or check targets.local.path"
+            )
+        return RepoConfig.from_bytes(backend.read("config"), backend.location)
+
+    @classmethod
+    def open(cls, backend: Backend, creds: keyslots.Credentials, **kwargs: Any) -> Repository:
+        config = cls.read_config(backend)
+        slots = cls.read_key_slots(backend)
+        _slot, master = keyslots.open_any(slots, creds)
+        return cls(backend, config, master, **kwargs)
+
+    @staticmethod
+    def read_key_slots(backend: Backend) -> list[keyslots.KeySlot]:
+        slots = []
+        newer: UnsupportedFormat | None = None
+        for info in backend.list("keys/"):
+            try:
+                slots.append(keyslots.KeySlot.from_json(backend.read(info.name)))
+            except CorruptObject:
+                continue  # another slot may still open the repository
+            except UnsupportedFormat as exc:
+                newer = exc  # a slot type of a newer Phoenix: fine if another slot opens
+        if not slots:
+            if newer is not None:
+                raise newer
+            raise RepositoryError(f"the repository at {backend.location} has no readable key slot; it cannot be opened")
+        return slots
+
+    def lock(self, exclusive: bool, command: str) -> HeldLock:
+        return self.locks.acquire(exclusive, command)
+
+    # -- index -------------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        if self._index_loaded:
+            return
+        for info in self.backend.list("index/"):
+            name = info.name
+            try:
+                packs, _superseded = self._read_index_object(name)
+            except (CorruptObject, ObjectNotFound) as exc:
+                self.problems.index[name] = str(exc)
+                continue
+            for pack_id, entries in packs.items():
+                self.index.add_pack(pack_id, entries)
+        self._index_loaded = True
+
+    def _read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+        raw = self.backend.read(name)
+        if sha256_hex(raw) != name.split("/")[-1]:
+            raise CorruptObject(f"{name} does not match its name (damaged)")
+        return decode_index(self.sealer.open(raw, INDEX_AAD, name), name)
+
+    # -- blobs -------------------------------------------------------------------------
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return self.index.has(blob_id) or blob_id in self._pending
+
+    def save_blob(self, kind: BlobType, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, int]:
+        """Store a blob unless the repository has it; return its id and the sealed bytes added."""
+        bid = blob_id if blob_id is not None else self.ids.blob_id(kind, data)
+        with self._lock:
+            if self.index.has(bid) or bid in self._pending:
+                return bid, 0
+            self._pending.add(bid)
+        if kind == BlobType.TREE:
+            method, payload = _TREE_COMPRESSOR.compress(data)
+        else:
+            method, payload = self.compressor.compress(data)
+        sealed = self.sealer.seal(payload, blob_aad(kind, bid))
+        full: PackBuilder | None = None
+        with self._lock:
+            packer = self._packers[kind]
+            packer.add(bid, method, sealed, len(data))
+            self.stats.blobs_added += 1
+            self.stats.raw_added += len(data)
+            target = DATA_PACK_TARGET if kind == BlobType.DATA else TREE_PACK_TARGET
+            if packer.size >= target:
+                full = packer
+                self._packers[kind] = PackBuilder(kind)
+        if full is not None:
+            self._write_pack(full)
+        return bid, len(sealed)
+
+    def _write_pack(self, packer: PackBuilder) -> None:
+        pack_id, data, entries = packer.finish(self.sealer)
+        self.backend.write(pack_name(pack_id), data)
+        with self._lock:
+            self.index.add_pack(pack_id, entries)
+            self._new_packs[pack_id] = entries
+            for e in entries:
+                self._pending.discard(e.id)
+            self.stats.bytes_added += len(data)
+
+    def flush(self) -> None:
+        """Write partial packs, then one index object listing every pack written since the last flush."""
+        for kind in BlobType:
+            with self._lock:
+                packer = self._packers[kind]
+                self._packers[kind] = PackBuilder(kind)
+            if packer.entries:
+                self._write_pack(packer)
+        with self._lock:
+            new, self._new_packs = self._new_packs, {}
+        if new:
+            raw = self.sealer.seal(encode_index(new), INDEX_AAD)
+            self.backend.write(f"index/{sha256_hex(raw)}", raw)
+            self.stats.bytes_added += len(raw)
+
+    def load_blob(self, kind: BlobType, blob_id: bytes) -> bytes:
+        loc = self.index.get(blob_id)
+        if loc is None or loc.type != kind:
+            raise CorruptObject(f"{kind.name.lower()} blob {blob_id.hex()[:16]} is not in the index (missing data)")
+        what = f"blob {blob_id.hex()[:16]} in pack {loc.pack_id[:16]}"
+        sealed = self.backend.read_range(pack_name(loc.pack_id), loc.offset, loc.stored)
+        return self.open_blob(kind, blob_id, loc.compression, sealed, loc.raw, what)
+
+    def open_blob(
+        self, kind: BlobType, blob_id: bytes, method: Compression, sealed: bytes, raw: int, what: str
+    ) -> bytes:
+        payload = self.sealer.open(sealed, blob_aad(kind, blob_id), what)
+        data = decompress(method, payload, raw, what)
+        if len(data) != raw or self.ids.blob_id(kind, data) != blob_id:
+            raise CorruptObject(f"{what} does not match its id (damaged)")
+        return data
+
+    # -- trees -------------------------------------------------------------------------
+
+    def save_tree(self, nodes: list[Node]) -> tuple[bytes, int]:
+        return self.save_blob(BlobType.TREE, encode_tree(nodes))
+
+    def load_tree(self, tree_id: bytes) -> list[Node]:
+        return decode_tree(self.load_blob(BlobType.TREE, tree_id))
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> str:
+        raw = self.sealer.seal(snap.to_json_bytes(), SNAPSHOT_AAD)
+        sid = sha256_hex(raw)
+        self.backend.write(f"snapshots/{sid}", raw)
+        self.stats.bytes_added += len(raw)
+        return sid
+
+    def load_snapshot(self, sid: str) -> Snapshot:
+        name = f"snapshots/{sid}"
+        raw = self.backend.read(name)
+        if sha256_hex(raw) != sid:
+            raise CorruptObject(f"{name} does not match its name (damaged)")
+        return Snapshot.from_json_bytes(self.sealer.open(raw, SNAPSHOT_AAD, name), sid)
+
+    def list_snapshots(self) -> list[Snapshot]:
+        """Every readable snapshot, oldest first; unreadable ones are recorded in `problems`."""
+        out = []
+        for info in self.backend.list("snapshots/"):
+            sid = info.name.split("/")[-1]
+            try:
+                out.append(self.load_snapshot(sid))
+            except (CorruptObject, ObjectNotFound) as exc:
+                self.problems.snapshots[info.name] = str(exc)
+        out.sort(key=lambda s: (s.datetime.timestamp(), s.id))
+        return out
+
+    def find_snapshot(self, ref: str, snapshots: list[Snapshot] | None = None) -> Snapshot:
+        """A snapshot by id, unique id prefix (4+ characters), or seed-style name; `latest` too."""
+        snaps = snapshots if snapshots is not None else self.list_snapshots()
+        if not snaps:
+            raise SnapshotNotFound("the repository holds no snapshots yet; run `phx backup` first")
+        if ref == "latest":
+            return snaps[-1]
+        by_name = [s for s in snaps if s.name == ref]
+        if by_name:
+            return by_name[0]
+        if len(ref) >= 4:
+            matches = [s for s in snaps if s.id.startswith(ref.lower())]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise SnapshotNotFound(f"snapshot prefix {ref!r} is ambiguous; give more characters of the id")
+        raise SnapshotNotFound(f"no snapshot named {ref!r}; see `phx list` for ids and names")

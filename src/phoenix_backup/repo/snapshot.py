@@ -1,0 +1,156 @@
+"""Snapshot objects: the commit point of a backup (sealed canonical JSON under `snapshots/<id>`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from phoenix_backup.errors import CorruptObject, UnsupportedFormat
+
+SNAPSHOT_VERSION = 1
+SNAPSHOT_AAD = b"phoenix v1 snapshot"
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """What a snapshot knows of one database it holds."""
+
+    path: str  # logical path in the snapshot (home/.argentos/memory.db, postgres/main/...)
+    engine: str  # "sqlite"
+    version: str
+    integrity: str  # "ok" or the first problems reported
+    tables: dict[str, int]  # real tables (shadow tables of virtual ones included) -> rows
+    virtual_tables: dict[str, str] = field(default_factory=dict)  # name -> module
+    page_size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "engine": self.engine,
+            "version": self.version,
+            "integrity": self.integrity,
+            "tables": dict(sorted(self.tables.items())),
+            "virtualTables": dict(sorted(self.virtual_tables.items())),
+            "pageSize": self.page_size,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DatabaseInfo:
+        return cls(
+            path=d["path"],
+            engine=d["engine"],
+            version=d["version"],
+            integrity=d["integrity"],
+            tables={str(k): int(v) for k, v in d["tables"].items()},
+            virtual_tables=dict(d.get("virtualTables", {})),
+            page_size=int(d.get("pageSize", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotStats:
+    files: int = 0
+    dirs: int = 0
+    size: int = 0  # logical bytes of files and databases
+    added: int = 0  # bytes this backup added to the repository (sealed packs and index)
+    blobs_added: int = 0
+    files_read: int = 0  # files read again (not unchanged since the parent)
+    duration: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "dirs": self.dirs,
+            "size": self.size,
+            "added": self.added,
+            "blobsAdded": self.blobs_added,
+            "filesRead": self.files_read,
+            "duration": round(self.duration, 3),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SnapshotStats:
+        return cls(
+            files=int(d["files"]),
+            dirs=int(d["dirs"]),
+            size=int(d["size"]),
+            added=int(d["added"]),
+            blobs_added=int(d.get("blobsAdded", 0)),
+            files_read=int(d.get("filesRead", 0)),
+            duration=float(d.get("duration", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    time: str  # RFC 3339 with the UTC offset, exactly as recorded
+    name: str  # seed-style 2026-03-15-14-30, made unique with -2, -3
+    host: str
+    username: str
+    scope: str  # full | memory | databases | identity
+    tags: tuple[str, ...]
+    tree: bytes
+    parent: str | None
+    sources: dict[str, str]  # logical root -> absolute path at backup time (workspace, home)
+    databases: tuple[DatabaseInfo, ...]
+    stats: SnapshotStats
+    incomplete: tuple[dict[str, str], ...] = ()  # [{path, error}] files that vanished or failed
+    phoenix_version: str = ""
+    started: str = ""  # RFC 3339 UTC, when the backup began reading (for the unchanged-file rule)
+    id: str = ""  # object name; set when loaded or saved
+
+    @property
+    def datetime(self) -> datetime:
+        return datetime.fromisoformat(self.time)
+
+    def to_json_bytes(self) -> bytes:
+        doc = {
+            "version": SNAPSHOT_VERSION,
+            "time": self.time,
+            "name": self.name,
+            "host": self.host,
+            "username": self.username,
+            "scope": self.scope,
+            "tags": list(self.tags),
+            "tree": self.tree.hex(),
+            "parent": self.parent,
+            "sources": self.sources,
+            "databases": [d.to_json() for d in self.databases],
+            "stats": self.stats.to_json(),
+            "incomplete": list(self.incomplete),
+            "phoenixVersion": self.phoenix_version,
+            "started": self.started,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes, snapshot_id: str) -> Snapshot:
+        try:
+            d = json.loads(data)
+            version = d.get("version")
+            if not isinstance(version, int) or version > SNAPSHOT_VERSION:
+                raise UnsupportedFormat(
+                    f"snapshot {snapshot_id[:8]} was written by a newer Phoenix (snapshot format "
+                    f"{version}); upgrade phoenix-backup to read it"
+                )
+            return cls(
+                time=d["time"],
+                name=d["name"],
+                host=d["host"],
+                username=d.get("username", ""),
+                scope=d["scope"],
+                tags=tuple(d["tags"]),
+                tree=bytes.fromhex(d["tree"]),
+                parent=d.get("parent"),
+                sources=dict(d.get("sources", {})),
+                databases=tuple(DatabaseInfo.from_json(x) for x in d.get("databases", [])),
+                stats=SnapshotStats.from_json(d["stats"]),
+                incomplete=tuple(d.get("incomplete", [])),
+                phoenix_version=d.get("phoenixVersion", ""),
+                started=d.get("started", ""),
+                id=snapshot_id,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptObject(f"snapshot {snapshot_id[:8]} is malformed: {exc}") from exc

@@ -1,0 +1,148 @@
+"""Which files and databases a backup takes: includes expanded, excludes applied, databases found.
+
+The result is a flat, sorted list of entries with their logical paths; reading them is the backup
+op's job. A live SQLite database is never listed as a plain file, nor are its `-wal`, `-shm` and
+`-journal` companions.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from phoenix_backup.sources.layout import Layout
+from phoenix_backup.sources.patterns import ExcludeSet, Include
+
+EntryKind = Literal["dir", "file", "symlink", "sqlite"]
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+SQLITE_MAGIC = b"SQLite format 3\0"
+COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True)
+class Entry:
+    logical: str
+    path: Path
+    kind: EntryKind
+    st: os.stat_result
+
+
+@dataclass
+class Selection:
+    entries: dict[str, Entry]  # logical path -> entry (folders on the way included)
+    missing: list[str]  # configured paths that do not exist (reported, not fatal)
+    errors: list[tuple[str, str]]  # (path, message) for folders that could not be listed
+
+
+def is_sqlite_file(path: Path) -> bool:
+    if not path.name.endswith(SQLITE_SUFFIXES):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def select(
+    layout: Layout,
+    includes: Iterable[str],
+    excludes: Iterable[str],
+    databases: Iterable[Path],
+    *,
+    detect_databases: bool = True,
+) -> Selection:
+    """Walk the includes; `databases` are added (if they exist) whether or not they are included."""
+    exclude = ExcludeSet(tuple(excludes), layout.workspace)
+    sel = Selection({}, [], [])
+    db_paths = {Path(p) for p in databases}
+    roots: list[Path] = []
+    include_list = list(includes) or [""]
+    for raw in include_list:
+        inc = Include.parse(raw, layout.workspace)
+        found = list(inc.expand())
+        if not found and raw:
+            sel.missing.append(raw)
+        roots.extend(found)
+    for db in sorted(db_paths):
+        if os.path.lexists(db):
+            roots.append(db)
+        else:
+            sel.missing.append(str(db))
+
+    def add(path: Path, st: os.stat_result) -> None:
+        kind: EntryKind
+        if stat.S_ISLNK(st.st_mode):
+            kind = "symlink"
+        elif stat.S_ISDIR(st.st_mode):
+            kind = "dir"
+        elif stat.S_ISREG(st.st_mode):
+            if path in db_paths or (detect_databases and is_sqlite_file(path)):
+                kind = "sqlite"
+                db_paths.add(path)
+            else:
+                kind = "file"
+        else:
+            return  # sockets, fifos, devices: not agent data
+        logical = layout.to_logical(path)
+        sel.entries[logical] = Entry(logical, path, kind, st)
+        _add_parents(layout, path, sel)
+
+    def walk(path: Path) -> None:
+        try:
+            with os.scandir(path) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            sel.errors.append((str(path), exc.strerror or str(exc)))
+            return
+        for child in children:
+            cpath = Path(child.path)
+            try:
+                st = child.stat(follow_symlinks=False)
+            except OSError as exc:
+                sel.errors.append((str(cpath), exc.strerror or str(exc)))
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if exclude.excluded(cpath, is_dir):
+                continue
+            add(cpath, st)
+            if is_dir:
+                walk(cpath)
+
+    for root in roots:
+        try:
+            st = root.lstat()
+        except OSError as exc:
+            sel.errors.append((str(root), exc.strerror or str(exc)))
+            continue
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if root not in db_paths and exclude.excluded(root, is_dir) and root != layout.workspace:
+            continue
+        add(root, st)
+        if is_dir:
+            walk(root)
+
+    # A database's journal files are part of the database, read through SQLite, never as files.
+    for db in db_paths:
+        for suffix in COMPANIONS:
+            sel.entries.pop(layout.to_logical(Path(str(db) + suffix)), None)
+    return sel
+
+
+def _add_parents(layout: Layout, path: Path, sel: Selection) -> None:
+    """Record the folders between a logical root and `path`, with their real metadata."""
+    parent = path.parent
+    while True:
+        logical = layout.to_logical(parent)
+        if "/" not in logical or logical in sel.entries:
+            return
+        try:
+            st = parent.lstat()
+        except OSError:
+            return
+        sel.entries[logical] = Entry(logical, parent, "dir", st)
+        parent = parent.parent

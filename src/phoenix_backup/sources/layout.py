@@ -1,0 +1,47 @@
+"""Logical snapshot paths (DESIGN §7), so a snapshot restores onto another machine or user.
+
+workspace/...   relative to the configured workspace
+home/...        other paths under the home directory (~/.argentos/memory.db)
+root/...        any other absolute path
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from phoenix_backup.errors import UnsafePath
+
+ROOTS = ("workspace", "home", "root")
+
+
+@dataclass(frozen=True)
+class Layout:
+    workspace: Path
+    home: Path
+
+    def to_logical(self, path: Path) -> str:
+        """The logical path of an absolute path; the workspace wins over home when nested."""
+        p = Path(path)
+        for root, base in (("workspace", self.workspace), ("home", self.home)):
+            try:
+                rel = p.relative_to(base)
+            except ValueError:
+                continue
+            return root if rel == Path(".") else f"{root}/{rel.as_posix()}"
+        return "root" + p.as_posix() if p.as_posix() != "/" else "root"
+
+    def to_real(self, logical: str, dest: Path | None = None) -> Path:
+        """Where a logical path lands: in place, or below `dest` as `dest/<logical>`."""
+        parts = split_logical(logical)
+        if dest is not None:
+            return dest.joinpath(*parts)
+        base = {"workspace": self.workspace, "home": self.home, "root": Path("/")}[parts[0]]
+        return base.joinpath(*parts[1:])
+
+
+def split_logical(logical: str) -> list[str]:
+    parts = PurePosixPath(logical).parts
+    if not parts or parts[0] not in ROOTS or any(p in ("..", ".", "/") or "\0" in p for p in parts):
+        raise UnsafePath(f"snapshot path {logical!r} is not a safe logical path; it was not restored")
+    return list(parts)

@@ -1,0 +1,166 @@
+"""Include and exclude patterns (the README's "Choosing what is backed up" documents them).
+
+Includes are paths: relative ones start at the workspace, `~/...` and `/...` are absolute. A glob
+`*` or `?` stays inside one path segment, `**` spans any number of segments, `[abc]` is a class.
+A pattern that matches a folder includes everything below it; a trailing `/` says "folder".
+An empty include list means the whole workspace.
+
+Excludes follow .gitignore: a pattern with no slash (a trailing one aside) matches a name at any
+depth (`*.log`, `node_modules/`, `.DS_Store`); one with a slash is anchored like an include. A
+trailing `/` matches folders only. Excludes win over includes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+@lru_cache(maxsize=4096)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A full-match regex for a slash-separated glob where `*` never crosses `/`."""
+    out = []
+    i = 0
+    n = len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+                i += 1
+            else:
+                body = pattern[i + 1 : j]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def has_magic(segment: str) -> bool:
+    return any(ch in segment for ch in "*?[")
+
+
+@dataclass(frozen=True)
+class Include:
+    base: Path  # absolute folder the pattern is relative to ("/" for absolute patterns)
+    pattern: str  # relative to base, no leading or trailing slash
+    dir_only: bool
+
+    @classmethod
+    def parse(cls, raw: str, workspace: Path) -> Include:
+        if raw in ("", ".", "./"):
+            return cls(workspace, "", True)
+        dir_only = raw.endswith("/")
+        text = raw.rstrip("/") or "/"
+        if os.path.isabs(text):
+            return cls(Path("/"), text.lstrip("/"), dir_only)
+        text = text.removeprefix("./")
+        return cls(workspace, text, dir_only)
+
+    def expand(self) -> Iterator[Path]:
+        """Existing paths the pattern names (without following symlinks to folders)."""
+        if self.pattern == "":
+            yield self.base
+            return
+        yield from _expand(self.base, self.pattern.split("/"), self.dir_only)
+
+
+def _expand(base: Path, segments: list[str], dir_only: bool) -> Iterator[Path]:
+    head, rest = segments[0], segments[1:]
+    if head == "**":
+        # Zero segments, or descend one folder and keep "**" in front.
+        if rest:
+            yield from _expand(base, rest, dir_only)
+        else:
+            yield base
+        for entry in _scandir(base):
+            if entry.is_dir(follow_symlinks=False):
+                yield from _expand(Path(entry.path), segments, dir_only)
+        return
+    if has_magic(head):
+        rx = glob_regex(head)
+        candidates = [Path(e.path) for e in _scandir(base) if rx.fullmatch(e.name)]
+    else:
+        candidate = base / head
+        candidates = [candidate] if os.path.lexists(candidate) else []
+    for path in sorted(candidates):
+        if rest:
+            if path.is_dir() and not path.is_symlink():
+                yield from _expand(path, rest, dir_only)
+        elif not dir_only or (path.is_dir() and not path.is_symlink()):
+            yield path
+
+
+def _scandir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+@dataclass(frozen=True)
+class Exclude:
+    regex: re.Pattern[str]
+    anchored: bool
+    dir_only: bool
+    absolute: bool
+
+
+class ExcludeSet:
+    def __init__(self, patterns: tuple[str, ...] | list[str], workspace: Path) -> None:
+        self.workspace = workspace
+        self.rules: list[Exclude] = []
+        for raw in patterns:
+            dir_only = raw.endswith("/")
+            text = raw.rstrip("/")
+            if not text:
+                continue
+            absolute = os.path.isabs(text)
+            anchored = "/" in text
+            self.rules.append(
+                Exclude(
+                    glob_regex(text.lstrip("/") if absolute else text.removeprefix("./")), anchored, dir_only, absolute
+                )
+            )
+
+    def excluded(self, path: Path, is_dir: bool) -> bool:
+        name = path.name
+        rel: str | None = None
+        try:
+            rel = path.relative_to(self.workspace).as_posix()
+        except ValueError:
+            rel = None
+        for rule in self.rules:
+            if rule.dir_only and not is_dir:
+                continue
+            if not rule.anchored:
+                if rule.regex.fullmatch(name):
+                    return True
+            elif rule.absolute:
+                if rule.regex.fullmatch(path.as_posix().lstrip("/")):
+                    return True
+            elif rel is not None and rule.regex.fullmatch(rel):
+                return True
+        return False

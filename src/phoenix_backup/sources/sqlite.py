@@ -1,0 +1,198 @@
+"""Consistent SQLite copies: the online backup API in one step, then checks on the copy.
+
+The copy is taken with `backup(pages=-1)`, which reads every page inside one read transaction, so
+it is consistent even while the agent writes (WAL mode included). The live `.db`, `-wal` and
+`-shm` are never read as plain files. Checks run on the copy opened `immutable=1`, which never
+creates a `-wal` beside it and never changes its bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.errors import NoSpace, SourceError
+
+BUSY_TIMEOUT_MS = 30_000
+# Room kept free beyond the copy itself, so a backup never fills the cache's disk to the brim.
+FREE_SPACE_MARGIN = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SourceStat:
+    """What identifies a database's state on disk, for the skip-if-unchanged shortcut."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    wal_size: int
+    wal_mtime_ns: int
+    wal_ctime_ns: int
+    wal_inode: int
+    wal_header: str  # hex of the WAL header (checkpoint sequence and salts change on every reset)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "mtimeNs": self.mtime_ns,
+            "ctimeNs": self.ctime_ns,
+            "inode": self.inode,
+            "walSize": self.wal_size,
+            "walMtimeNs": self.wal_mtime_ns,
+            "walCtimeNs": self.wal_ctime_ns,
+            "walInode": self.wal_inode,
+            "walHeader": self.wal_header,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SourceStat:
+        return cls(
+            int(d["size"]),
+            int(d["mtimeNs"]),
+            int(d["ctimeNs"]),
+            int(d["inode"]),
+            int(d["walSize"]),
+            int(d["walMtimeNs"]),
+            int(d["walCtimeNs"]),
+            int(d["walInode"]),
+            str(d["walHeader"]),
+        )
+
+    def latest_change_ns(self) -> int:
+        return max(self.mtime_ns, self.ctime_ns, self.wal_mtime_ns, self.wal_ctime_ns)
+
+
+def source_stat(path: Path) -> SourceStat:
+    st = os.stat(path)
+    wal = Path(str(path) + "-wal")
+    try:
+        wst = os.stat(wal)
+        with open(wal, "rb") as f:
+            header = f.read(32).hex()
+        w = (wst.st_size, wst.st_mtime_ns, wst.st_ctime_ns, wst.st_ino)
+    except FileNotFoundError:
+        header, w = "", (0, 0, 0, 0)
+    return SourceStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, *w, header)
+
+
+@dataclass(frozen=True)
+class DatabaseCheck:
+    integrity: str  # "ok" or the first problems
+    tables: dict[str, int]
+    virtual_tables: dict[str, str]
+    version: str
+
+
+def page_size_of(copy: Path) -> int:
+    with open(copy, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        raise SourceError(f"{copy} is not an SQLite database")
+    size = int.from_bytes(header[16:18], "big")
+    return 65536 if size == 1 else size
+
+
+def copy_database(path: Path, dest: Path) -> None:
+    """Copy a live database consistently into `dest` (which must not exist)."""
+    need = os.stat(path).st_size
+    wal = Path(str(path) + "-wal")
+    if wal.exists():
+        need += wal.stat().st_size
+    free = shutil.disk_usage(dest.parent).free
+    if free < need + FREE_SPACE_MARGIN:
+        raise NoSpace(
+            f"not enough free space in {dest.parent} to copy {path} ({need // 2**20} MiB needed, "
+            f"{free // 2**20} MiB free); free some space or set XDG_CACHE_HOME to a larger disk"
+        )
+    try:
+        # Opened read-write (a WAL reader may need to create -shm) but only read from.
+        src = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        raise SourceError(f"cannot open database {path}: {exc}") from exc
+    try:
+        src.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        dst = sqlite3.connect(dest)
+        try:
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            while True:
+                try:
+                    src.backup(dst, pages=-1)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            dst.close()
+    except sqlite3.Error as exc:
+        _unlink(dest)
+        raise SourceError(f"cannot copy database {path}: {exc}") from exc
+    finally:
+        src.close()
+    # The backup API leaves a rollback journal only while it runs; nothing may stay beside the copy.
+    for suffix in ("-journal", "-wal", "-shm"):
+        _unlink(Path(str(dest) + suffix))
+
+
+def check_database(copy: Path) -> DatabaseCheck:
+    """`PRAGMA integrity_check` and row counts on a copy, without modifying it."""
+    con = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True)
+    try:
+        try:
+            rows = con.execute("PRAGMA integrity_check").fetchall()
+            problems = [str(r[0]) for r in rows]
+            integrity = "ok" if problems == ["ok"] else "; ".join(problems[:5])
+        except sqlite3.Error as exc:
+            integrity = f"integrity_check failed: {exc}"
+        tables, virtual = count_rows(con)
+        version = str(con.execute("SELECT sqlite_version()").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise SourceError(f"cannot read the copy of a database: {exc}") from exc
+    finally:
+        con.close()
+    return DatabaseCheck(integrity, tables, virtual, version)
+
+
+def count_rows(con: sqlite3.Connection) -> tuple[dict[str, int], dict[str, str]]:
+    """Rows per real table. Virtual tables (FTS5, vec0) are never queried, since their module may
+    be missing; their shadow tables are real tables and are counted like any other."""
+    tables: dict[str, int] = {}
+    virtual: dict[str, str] = {}
+    for name, sql in con.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+    ):
+        text = (sql or "").lstrip()
+        if text.upper().startswith("CREATE VIRTUAL TABLE"):
+            virtual[name] = _module_of(text)
+            continue
+        quoted = '"' + name.replace('"', '""') + '"'
+        tables[name] = int(con.execute(f"SELECT COUNT(*) FROM {quoted}").fetchone()[0])
+    return tables, virtual
+
+
+def _module_of(sql: str) -> str:
+    upper = sql.upper()
+    pos = upper.find(" USING ")
+    if pos < 0:
+        return "?"
+    rest = sql[pos + 7 :].strip()
+    end = len(rest)
+    for stop in ("(", " ", ";"):
+        i = rest.find(stop)
+        if 0 <= i < end:
+            end = i
+    return rest[:end].strip().lower()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

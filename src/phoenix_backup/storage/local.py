@@ -1,0 +1,160 @@
+"""Objects as files in a local directory: temp file, fsync, rename, fsync the folder."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from phoenix_backup.errors import NoSpace, ObjectNotFound, RepositoryExists, StorageError
+from phoenix_backup.storage.base import TEMP_MARKER, Backend, ObjectInfo, validate_name
+
+_FOLDERS = ("keys", "data", "index", "snapshots", "locks")
+
+
+def os_error(exc: OSError, what: str) -> StorageError:
+    """Turn an OSError into one sentence with the cause and the fix."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"no space left on the device while {what}; free some space and run again")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}")
+    if exc.errno == errno.EROFS:
+        return StorageError(f"read-only file system while {what}; choose a writable location")
+    return StorageError(f"{exc.strerror or exc} while {what}")
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def exists(self) -> bool:
+        return (self.root / "config").is_file()
+
+    def create(self) -> None:
+        if self.exists():
+            raise RepositoryExists(f"a repository already exists at {self.root}; it was left untouched")
+        try:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise RepositoryExists(
+                    f"{self.root} is not empty and holds no Phoenix repository; choose an empty or new folder"
+                )
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for folder in _FOLDERS:
+                (self.root / folder).mkdir(exist_ok=True, mode=0o700)
+            for i in range(256):
+                (self.root / "data" / f"{i:02x}").mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise os_error(exc, f"creating the repository folder {self.root}") from exc
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
+        except OSError as exc:
+            raise os_error(exc, f"reading {name} from {self.root}") from exc
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(name), "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
+        except OSError as exc:
+            raise os_error(exc, f"reading {name} from {self.root}") from exc
+        if len(data) != length:
+            raise ObjectNotFound(f"object {name} in {self.root} is shorter than the index says")
+        return data
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False) -> None:
+        path = self._path(name)
+        tmp = path.with_name(f"{TEMP_MARKER}{path.name}.{secrets.token_hex(4)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if exclusive:
+                # link() fails if the name exists: an atomic "create if absent" on POSIX.
+                os.link(tmp, path)
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except FileExistsError as exc:
+            _unlink_quietly(tmp)
+            raise StorageError(f"object {name} already exists in {self.root}") from exc
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise os_error(exc, f"writing {name} to {self.root}") from exc
+
+    def delete(self, name: str) -> None:
+        try:
+            self._path(name).unlink()
+            _fsync_dir(self._path(name).parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise os_error(exc, f"deleting {name} from {self.root}") from exc
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        try:
+            return ObjectInfo(name, self._path(name).stat().st_size)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise os_error(exc, f"reading {name} in {self.root}") from exc
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        folder = prefix.rstrip("/")
+        base = self.root / folder
+        try:
+            if folder == "data":
+                for sub in sorted(base.iterdir()):
+                    for entry in os.scandir(sub):
+                        if TEMP_MARKER not in entry.name:
+                            yield ObjectInfo(f"data/{sub.name}/{entry.name}", entry.stat().st_size)
+            else:
+                for entry in os.scandir(base):
+                    if TEMP_MARKER not in entry.name:
+                        yield ObjectInfo(f"{folder}/{entry.name}", entry.stat().st_size)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise os_error(exc, f"listing {prefix} in {self.root}") from exc
+
+    def list_temporary(self) -> Iterator[str]:
+        for dirpath, _dirs, files in os.walk(self.root):
+            for f in files:
+                if f.startswith(TEMP_MARKER):
+                    yield os.path.relpath(os.path.join(dirpath, f), self.root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
