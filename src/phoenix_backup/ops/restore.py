@@ -9,15 +9,18 @@ fsynced and renamed into place: a file is either old or new, never torn.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import secrets
 import sqlite3
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
@@ -39,6 +42,7 @@ from phoenix_backup.sources.layout import Layout, split_logical
 from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.storage.local import os_error
 
+T = TypeVar("T")
 Action = Literal["create", "overwrite", "unchanged"]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -169,25 +173,40 @@ def restore(
         _check_data(repo, selected)
         writer = _Writer(repo, layout, to)
         try:
+            # Folders first, then file contents in parallel (each file is written, checked, fsynced
+            # and renamed on its own), then links, then folder modes and times.
             for logical, node in selected:
-                try:
-                    if node.type == "dir":
-                        writer.directory(logical, node)
-                    elif node.type == "symlink":
-                        writer.symlink(logical, node)
-                    elif node.type == "file":
-                        writer.file(logical, node)
+                if node.type == "dir":
+                    _record(result, logical, functools.partial(writer.directory, logical, node))
+            workers = max(2, (os.cpu_count() or 2) + 1)
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-restore") as pool:
+                jobs = [
+                    (logical, node, pool.submit(writer.content, logical, node, to is None))
+                    for logical, node in selected
+                    if node.type in ("file", "sqlite")
+                ]
+                for logical, node, job in jobs:
+                    integrity = _record(result, logical, job.result)
+                    if integrity is not None:
                         result.restored += 1
-                    elif node.type == "sqlite":
-                        integrity = writer.database(logical, node, in_place=to is None)
-                        result.databases.append({"path": logical, "integrity": integrity})
-                        result.restored += 1
-                except UnsafePath as exc:
-                    result.errors.append({"path": logical, "error": str(exc)})
+                        if node.type == "sqlite":
+                            result.databases.append({"path": logical, "integrity": integrity})
+            for logical, node in selected:
+                if node.type == "symlink":
+                    _record(result, logical, functools.partial(writer.symlink, logical, node))
             writer.finish_dirs()
         finally:
             writer.close()
         return result
+
+
+def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T | None:
+    """Run one restore step; an unsafe path is reported for that path and the restore goes on."""
+    try:
+        return action()
+    except UnsafePath as exc:
+        result.errors.append({"path": logical, "error": str(exc)})
+        return None
 
 
 def _plan_item(layout: Layout, to: Path | None, logical: str, node: Node) -> PlanItem:
@@ -232,7 +251,7 @@ class _Writer:
         self.to = to
         self._roots: dict[str, int] = {}
         self._dir_meta: list[tuple[str, Node]] = []
-        self._blob_cache: tuple[bytes, bytes] | None = None
+        self._roots_lock = threading.Lock()
 
     def close(self) -> None:
         for fd in self._roots.values():
@@ -241,6 +260,10 @@ class _Writer:
 
     def _base(self, root: str) -> int:
         """A descriptor of the folder a logical root maps to (created below --to if needed)."""
+        with self._roots_lock:
+            return self._open_base(root)
+
+    def _open_base(self, root: str) -> int:
         if root not in self._roots:
             base = (self.to / root) if self.to is not None else self.layout.to_real(root)
             try:
@@ -314,21 +337,17 @@ class _Writer:
             with contextlib.suppress(OSError, NotImplementedError):
                 os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
-    def _blob(self, blob_id: bytes) -> bytes:
-        if self._blob_cache is not None and self._blob_cache[0] == blob_id:
-            return self._blob_cache[1]
-        data = self.repo.load_blob(BlobType.DATA, blob_id)
-        self._blob_cache = (blob_id, data)
-        return data
-
     def _write_temp(self, fd: int, logical: str, node: Node) -> str:
         """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
         tmp = f".phx-tmp-{secrets.token_hex(6)}"
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         digest = hashlib.sha256()
+        last: tuple[bytes, bytes] | None = None  # consecutive extents often share a blob
         try:
             for ext in node.content:
-                data = memoryview(self._blob(ext.blob))[ext.offset : ext.offset + ext.length]
+                if last is None or last[0] != ext.blob:
+                    last = (ext.blob, self.repo.load_blob(BlobType.DATA, ext.blob))
+                data = memoryview(last[1])[ext.offset : ext.offset + ext.length]
                 if len(data) != ext.length:
                     raise CorruptObject(f"data of {logical} is shorter than the snapshot says")
                 digest.update(data)
@@ -351,11 +370,15 @@ class _Writer:
         os.close(out)
         return tmp
 
-    def file(self, logical: str, node: Node) -> None:
+    def content(self, logical: str, node: Node, in_place: bool) -> str:
+        """Restore a file or database; returns "ok" or the database's integrity result."""
+        if node.type == "sqlite":
+            return self.database(logical, node, in_place=in_place)
         with self.parent_dir(logical) as (fd, name):
             tmp = self._write_temp(fd, logical, node)
             os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
             os.fsync(fd)
+        return "ok"
 
     def database(self, logical: str, node: Node, *, in_place: bool) -> str:
         """Write the database copy, check it, and put it in place; returns the integrity result."""

@@ -11,6 +11,7 @@ stored whole, which costs space, never correctness.
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -94,8 +95,31 @@ def merge_extents(extents: list[Extent]) -> list[Extent]:
     return out
 
 
+class FileView:
+    """Read-only, sliceable view of an open file, read with pread on demand (no mmap: a mapping
+    would count the whole database in the process's resident memory)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, item: slice) -> bytes:
+        start, stop, _ = item.indices(self.size)
+        parts = []
+        while start < stop:
+            block = os.pread(self.fd, stop - start, start)
+            if not block:
+                raise OSError(f"file shrank while reading at offset {start}")
+            parts.append(block)
+            start += len(block)
+        return b"".join(parts)
+
+
 def page_runs(
-    data: memoryview,
+    data: bytes | memoryview | FileView,
     page_size: int,
     run_pages: int,
     page_key: bytes,
@@ -116,7 +140,7 @@ def page_runs(
     regions = bytearray()
     pages = bytearray()
     for start in range(0, len(data), region_size):
-        region = data[start : start + region_size]
+        region = memoryview(data[start : start + region_size])
         rhash = blake3.blake3(region, key=page_key).digest(length=HASH_SIZE)
         regions += rhash
         r = start // region_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import zlib
 from enum import IntEnum
 
@@ -122,12 +123,20 @@ class Compressor:
         return self.method, out
 
 
+_local = threading.local()
+
+
 def decompress(method: int, data: bytes, raw_length: int, what: str) -> bytes:
     if method == Compression.NONE:
         return data
     if method == Compression.ZSTD:
+        # One decompression context per thread: they are not thread-safe, and reusing one
+        # avoids allocating its window for every blob.
+        dctx = getattr(_local, "dctx", None)
+        if dctx is None:
+            dctx = _local.dctx = zstandard.ZstdDecompressor()
         try:
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_length)
+            return dctx.decompress(data, max_output_size=raw_length)
         except zstandard.ZstdError as exc:
             raise CorruptObject(f"{what} does not decompress: {exc}") from exc
     if method == Compression.GZIP:

@@ -9,9 +9,11 @@ point; anything written before a crash and never committed is an unreferenced le
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +59,8 @@ CHUNK_AVG = 1024 * 1024
 CHUNK_MAX = 8 * 1024 * 1024
 # SQLite copies: a new blob holds a run of at most this many pages (256 KiB at 4 KiB pages).
 SQLITE_RUN_PAGES = 64
+# Plaintext bytes waiting for the sealing threads at most (bounds memory on fast reads).
+MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 
 
 # Trees are JSON and always compress well, whatever the config says about file data.
@@ -156,6 +160,11 @@ class Repository:
         self._pending: set[bytes] = set()
         self._packers = {t: PackBuilder(t) for t in BlobType}
         self._new_packs: dict[str, list[PackEntry]] = {}
+        self._workers: ThreadPoolExecutor | None = None
+        self._futures: list[Future[None]] = []
+        self._worker_error: BaseException | None = None
+        self._inflight = threading.Condition()
+        self._inflight_bytes = 0
         self.locks = LockManager(backend, self.sealer, self.notice)
 
     # -- creation and opening -------------------------------------------------------------
@@ -250,10 +259,53 @@ class Repository:
     def save_blob(self, kind: BlobType, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, int]:
         """Store a blob unless the repository has it; return its id and the sealed bytes added."""
         bid = blob_id if blob_id is not None else self.ids.blob_id(kind, data)
+        if not self._claim(bid):
+            return bid, 0
+        return bid, self._seal_and_pack(kind, bid, data)
+
+    def save_blob_async(self, kind: BlobType, data: bytes | memoryview) -> bytes:
+        """Like `save_blob`, but compressing and sealing run in the repository's worker threads;
+        returns the id at once. `flush` waits for them and raises the first error any of them met.
+        In-flight bytes are bounded, so a fast reader waits instead of filling memory."""
+        self._raise_worker_error()
+        bid = self.ids.blob_id(kind, data)
+        if not self._claim(bid):
+            return bid
+        payload = bytes(data)  # the caller may reuse its buffer
+        with self._inflight:
+            while self._inflight_bytes > 0 and self._inflight_bytes + len(payload) > MAX_INFLIGHT_BYTES:
+                self._inflight.wait()
+            self._inflight_bytes += len(payload)
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="phx-seal")
+        self._futures.append(self._workers.submit(self._seal_task, kind, bid, payload))
+        return bid
+
+    def _seal_task(self, kind: BlobType, bid: bytes, payload: bytes) -> None:
+        try:
+            self._seal_and_pack(kind, bid, payload)
+        except BaseException as exc:
+            with self._lock:
+                if self._worker_error is None:
+                    self._worker_error = exc
+        finally:
+            with self._inflight:
+                self._inflight_bytes -= len(payload)
+                self._inflight.notify_all()
+
+    def _raise_worker_error(self) -> None:
+        if self._worker_error is not None:
+            raise self._worker_error
+
+    def _claim(self, bid: bytes) -> bool:
+        """True when this caller must store the blob (no one has it or is storing it)."""
         with self._lock:
             if self.index.has(bid) or bid in self._pending:
-                return bid, 0
+                return False
             self._pending.add(bid)
+            return True
+
+    def _seal_and_pack(self, kind: BlobType, bid: bytes, data: bytes | memoryview) -> int:
         if kind == BlobType.TREE:
             method, payload = _TREE_COMPRESSOR.compress(data)
         else:
@@ -271,7 +323,19 @@ class Repository:
                 self._packers[kind] = PackBuilder(kind)
         if full is not None:
             self._write_pack(full)
-        return bid, len(sealed)
+        return len(sealed)
+
+    def wait(self) -> None:
+        """Wait for every blob handed to the worker threads; raise the first error they met."""
+        futures, self._futures = self._futures, []
+        for fut in futures:
+            fut.result()
+        self._raise_worker_error()
+
+    def close(self) -> None:
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
 
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data, entries = packer.finish(self.sealer)
@@ -285,6 +349,7 @@ class Repository:
 
     def flush(self) -> None:
         """Write partial packs, then one index object listing every pack written since the last flush."""
+        self.wait()
         for kind in BlobType:
             with self._lock:
                 packer = self._packers[kind]
@@ -304,14 +369,24 @@ class Repository:
             raise CorruptObject(f"{kind.name.lower()} blob {blob_id.hex()[:16]} is not in the index (missing data)")
         what = f"blob {blob_id.hex()[:16]} in pack {loc.pack_id[:16]}"
         sealed = self.backend.read_range(pack_name(loc.pack_id), loc.offset, loc.stored)
-        return self.open_blob(kind, blob_id, loc.compression, sealed, loc.raw, what)
+        return self.open_blob(kind, blob_id, loc.compression, sealed, loc.raw, what, check_id=False)
 
     def open_blob(
-        self, kind: BlobType, blob_id: bytes, method: Compression, sealed: bytes, raw: int, what: str
+        self,
+        kind: BlobType,
+        blob_id: bytes,
+        method: Compression,
+        sealed: bytes,
+        raw: int,
+        what: str,
+        *,
+        check_id: bool = True,
     ) -> bytes:
+        """Open a sealed blob. The AEAD tag (or checksum) binds the stored bytes to the blob's type
+        and id, so ordinary reads skip re-hashing the plaintext; `verify --read-data` does it."""
         payload = self.sealer.open(sealed, blob_aad(kind, blob_id), what)
         data = decompress(method, payload, raw, what)
-        if len(data) != raw or self.ids.blob_id(kind, data) != blob_id:
+        if len(data) != raw or (check_id and self.ids.blob_id(kind, data) != blob_id):
             raise CorruptObject(f"{what} does not match its id (damaged)")
         return data
 

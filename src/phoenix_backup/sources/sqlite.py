@@ -119,6 +119,9 @@ def copy_database(path: Path, dest: Path) -> None:
     try:
         src.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         dst = sqlite3.connect(dest)
+        # A temporary copy needs no durability: no journal, no fsync (the snapshot is durable later).
+        dst.execute("PRAGMA synchronous=OFF")
+        dst.execute("PRAGMA journal_mode=OFF")
         try:
             deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
             while True:
