@@ -1,8 +1,45 @@
 """Phoenix: backup and restore for AI agent workspaces.
 
-The Python API is the product; the `phx` command is a thin layer over it. Every function takes a
-validated `Config` (see `phoenix_backup.config.load_config`) and an `Environment`, and returns a
-typed result object.
+The Python API is the product; the `phx` command is a thin layer over it. Every use case takes a
+validated `Config` and an `Environment` (environment variables, whether a person can be asked,
+where notices go) and returns a typed result object::
+
+    from phoenix_backup import Environment, backup, find_config_path, load_config, restore
+
+    env = Environment()
+    cfg = load_config(find_config_path())
+    result = backup(cfg, env, tags=("nightly",))
+    print(result.id, result.added, result.exit_status)
+    restore(cfg, env, ref=result.id, to=Path("/tmp/check"))
+
+Errors are `phoenix_backup.errors.PhoenixError` subclasses whose message names cause and fix.
 """
 
 __version__ = "0.1.0"
+
+from phoenix_backup.config import Config, find_config_path, load_config, parse_config  # noqa: E402
+from phoenix_backup.ops.backup import BackupResult, backup  # noqa: E402
+from phoenix_backup.ops.context import Environment  # noqa: E402
+from phoenix_backup.ops.manage import InitResult, SnapshotSummary, init, list_snapshots, unlock  # noqa: E402
+from phoenix_backup.ops.restore import RestoreResult, restore  # noqa: E402
+from phoenix_backup.ops.verify import VerifyResult, verify  # noqa: E402
+
+__all__ = [
+    "BackupResult",
+    "Config",
+    "Environment",
+    "InitResult",
+    "RestoreResult",
+    "SnapshotSummary",
+    "VerifyResult",
+    "__version__",
+    "backup",
+    "find_config_path",
+    "init",
+    "list_snapshots",
+    "load_config",
+    "parse_config",
+    "restore",
+    "unlock",
+    "verify",
+]
