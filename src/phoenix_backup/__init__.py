@@ -17,12 +17,12 @@ Errors are `phoenix_backup.errors.PhoenixError` subclasses whose message names c
 
 __version__ = "0.1.0"
 
-from phoenix_backup.config import Config, find_config_path, load_config, parse_config  # noqa: E402
-from phoenix_backup.ops.backup import BackupResult, backup  # noqa: E402
-from phoenix_backup.ops.context import Environment  # noqa: E402
-from phoenix_backup.ops.manage import InitResult, SnapshotSummary, init, list_snapshots, unlock  # noqa: E402
-from phoenix_backup.ops.restore import RestoreResult, restore  # noqa: E402
-from phoenix_backup.ops.verify import VerifyResult, verify  # noqa: E402
+from phoenix_backup.config import Config, find_config_path, load_config, parse_config
+from phoenix_backup.ops.backup import BackupResult, backup
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.manage import InitResult, SnapshotSummary, init, list_snapshots, unlock
+from phoenix_backup.ops.restore import RestoreResult, restore
+from phoenix_backup.ops.verify import VerifyResult, verify
 
 __all__ = [
     "BackupResult",
