@@ -13,8 +13,9 @@ from phoenix_backup.config import (
     write_config,
 )
 from phoenix_backup.config.defaults import SEARCH_PATHS
-from phoenix_backup.errors import ConfigError
+from phoenix_backup.errors import ConfigError, MissingCredentials, UsageError
 from phoenix_backup.ops.context import Environment, local_backend, open_repository
+from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.locks import LockInfo
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -123,3 +124,93 @@ def list_snapshots(cfg: Config, envx: Environment) -> list[SnapshotSummary]:
 def unlock(cfg: Config, envx: Environment, *, remove_all: bool = False) -> list[LockInfo]:
     repo: Repository = open_repository(cfg, envx)
     return repo.locks.unlock(remove_all=remove_all)
+
+
+@dataclass(frozen=True)
+class KeySlotInfo:
+    id: str
+    type: str
+    label: str
+    created: str
+    host: str
+    username: str
+    current: bool  # the slot that opened the repository in this run
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "label": self.label,
+            "created": self.created,
+            "host": self.host,
+            "username": self.username,
+            "current": self.current,
+        }
+
+
+def key_list(cfg: Config, envx: Environment) -> list[KeySlotInfo]:
+    repo = open_repository(cfg, envx)
+    return [
+        KeySlotInfo(s.id, s.type, s.label, s.created, s.host, s.username, s.id == repo.opened_with)
+        for s in sorted(Repository.read_key_slots(repo.backend), key=lambda s: s.created)
+    ]
+
+
+def new_passphrase(envx: Environment) -> str:
+    """The new passphrase for `key add`/`key passwd`: PHX_NEW_PASSPHRASE, or asked twice."""
+    value = envx.env.get("PHX_NEW_PASSPHRASE")
+    if value:
+        return value
+    if envx.interactive and envx.prompt is not None:
+        first = envx.prompt("New passphrase: ")
+        if first and envx.prompt("Repeat the new passphrase: ") == first:
+            return first
+        raise UsageError("the new passphrases are empty or do not match; run the command again")
+    raise MissingCredentials("no new passphrase given; set PHX_NEW_PASSPHRASE or run on a terminal to be asked")
+
+
+def key_add(
+    cfg: Config,
+    envx: Environment,
+    *,
+    method: str,
+    recipients: tuple[str, ...] = (),
+    key_id: str | None = None,
+) -> KeySlotInfo:
+    """Add a key slot wrapping the same master secrets; no data is rewritten."""
+    repo = open_repository(cfg, envx)
+    if not repo.config.encrypted:
+        raise UsageError("the repository is not encrypted; key slots of other kinds would protect nothing")
+    if method == "passphrase":
+        slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))
+    elif method == "age":
+        if not recipients:
+            raise UsageError("give the age recipient with --recipient age1...")
+        slot = keyslots.wrap_age(repo.secrets, recipients)
+    elif method == "gpg":
+        if not key_id:
+            raise UsageError("give the GPG key with --key-id KEYID")
+        gnupg = envx.env.get("GNUPGHOME")
+        slot = keyslots.wrap_gpg(repo.secrets, key_id, homedir=Path(gnupg) if gnupg else None)
+    else:
+        raise UsageError(f"unknown key method {method!r}; use passphrase, age or gpg")
+    repo.add_key_slot(slot)
+    return KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, False)
+
+
+def key_remove(cfg: Config, envx: Environment, slot_id: str) -> None:
+    repo = open_repository(cfg, envx)
+    repo.remove_key_slot(slot_id)
+
+
+def key_passwd(cfg: Config, envx: Environment) -> KeySlotInfo:
+    """Replace the passphrase slot that opened the repository with one for a new passphrase."""
+    repo = open_repository(cfg, envx)
+    old = next(s for s in Repository.read_key_slots(repo.backend) if s.id == repo.opened_with)
+    if old.type != "passphrase":
+        raise UsageError(f"the repository was opened with a {old.type} key slot; `passwd` changes passphrases only")
+    slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))
+    # The new slot is durable before the old one goes: a crash in between leaves both.
+    repo.add_key_slot(slot)
+    repo.backend.delete(f"keys/{old.id}")
+    return KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, True)

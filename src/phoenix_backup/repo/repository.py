@@ -166,6 +166,7 @@ class Repository:
         self._inflight = threading.Condition()
         self._inflight_bytes = 0
         self.locks = LockManager(backend, self.sealer, self.notice)
+        self.opened_with: str | None = None  # the key slot that opened the repository
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -192,7 +193,9 @@ class Repository:
         backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
         # The config is written last: a repository is "there" only once it is complete.
         backend.write("config", config.to_bytes(), exclusive=True)
-        return cls(backend, config, master, **kwargs)
+        repo = cls(backend, config, master, **kwargs)
+        repo.opened_with = slot.id
+        return repo
 
     @staticmethod
     def read_config(backend: Backend) -> RepoConfig:
@@ -206,8 +209,10 @@ class Repository:
     def open(cls, backend: Backend, creds: keyslots.Credentials, **kwargs: Any) -> Repository:
         config = cls.read_config(backend)
         slots = cls.read_key_slots(backend)
-        _slot, master = keyslots.open_any(slots, creds)
-        return cls(backend, config, master, **kwargs)
+        slot, master = keyslots.open_any(slots, creds)
+        repo = cls(backend, config, master, **kwargs)
+        repo.opened_with = slot.id
+        return repo
 
     @staticmethod
     def read_key_slots(backend: Backend) -> list[keyslots.KeySlot]:
@@ -225,6 +230,17 @@ class Repository:
                 raise newer
             raise RepositoryError(f"the repository at {backend.location} has no readable key slot; it cannot be opened")
         return slots
+
+    def add_key_slot(self, slot: keyslots.KeySlot) -> None:
+        self.backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
+
+    def remove_key_slot(self, slot_id: str) -> None:
+        slots = self.read_key_slots(self.backend)
+        if slot_id not in {s.id for s in slots}:
+            raise RepositoryError(f"no key slot {slot_id}; see `phx key list`")
+        if len(slots) == 1:
+            raise RepositoryError("refusing to remove the last key slot: the repository could never be opened again")
+        self.backend.delete(f"keys/{slot_id}")
 
     def lock(self, exclusive: bool, command: str) -> HeldLock:
         return self.locks.acquire(exclusive, command)
