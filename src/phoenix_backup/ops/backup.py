@@ -236,8 +236,11 @@ class _Run:
         self.databases: list[DatabaseInfo] = []
         self.aux = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phx-check")
 
-    def save_data(self, data: memoryview | bytes) -> bytes:
-        return self.repo.save_blob_async(BlobType.DATA, data)
+    def save_data(self, data: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
+        return self.repo.save_blob_async(BlobType.DATA, data, blob_id)
+
+    def data_id(self, data: memoryview | bytes) -> bytes:
+        return self.repo.ids.blob_id(BlobType.DATA, data)
 
     def unchanged(self, node: Node | None, st: os.stat_result, kind: str) -> bool:
         return (
@@ -304,7 +307,7 @@ class _Run:
             # The integrity check and the SHA-256 read the copy in their own threads while this
             # one cuts it into page runs: the three overlap instead of adding up.
             check: Future[sqlite_source.DatabaseCheck] = self.aux.submit(sqlite_source.check_database, copy)
-            sha: Future[str] = self.aux.submit(_sha256_file, copy)
+            sha = hashlib.sha256()
             page_size = sqlite_source.page_size_of(copy)
             parent_state = None
             if prev is not None and prev.type == "sqlite" and prev.sha256:
@@ -321,10 +324,12 @@ class _Run:
                     self.repo.ids.page_key,
                     self.save_data,
                     parent_state,
+                    region_id=self.data_id,
+                    digest=sha,
                 )
             finally:
                 os.close(fd)
-            digest = sha.result()
+            digest = sha.hexdigest()
             result = check.result()
         finally:
             copy.unlink(missing_ok=True)
@@ -355,14 +360,6 @@ class _Run:
             sqlite={"pageSize": page_size, "integrity": result.integrity, "source": src.to_json()},
         )
         return node, info
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * 1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _windows(f: object) -> Iterator[bytes]:

@@ -14,6 +14,7 @@ import bisect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 from pyfastcdc import FastCDC
@@ -123,10 +124,18 @@ def page_runs(
     page_size: int,
     run_pages: int,
     page_key: bytes,
-    save: Callable[[memoryview], bytes],
+    save: Callable[..., bytes],
     parent: tuple[list[Extent], PageState] | None,
+    *,
+    region_id: Callable[[memoryview], bytes] | None = None,
+    digest: Any = None,
 ) -> tuple[list[Extent], PageState]:
-    """Extents for a database copy; `save` stores a new blob and returns its id."""
+    """Extents for a database copy; `save(bytes)` stores a new blob and returns its id.
+
+    With `region_id` (the repository's blob id function), a region's hash is the first bytes of
+    its blob id, and a whole region is saved with `save(region, blob_id=id)`: one hash pass, not
+    two. `digest` (a hashlib object) is fed every byte, so the copy is read only once.
+    """
     region_size = page_size * run_pages
     prev_map = ExtentMap(parent[0]) if parent else None
     prev_state = parent[1] if parent else None
@@ -141,7 +150,12 @@ def page_runs(
     pages = bytearray()
     for start in range(0, len(data), region_size):
         region = memoryview(data[start : start + region_size])
-        rhash = blake3.blake3(region, key=page_key).digest(length=HASH_SIZE)
+        if digest is not None:
+            digest.update(region)
+        full_id = region_id(region) if region_id is not None else None
+        rhash = (
+            full_id[:HASH_SIZE] if full_id is not None else blake3.blake3(region, key=page_key).digest(length=HASH_SIZE)
+        )
         regions += rhash
         r = start // region_size
         if usable:
@@ -158,7 +172,8 @@ def page_runs(
         for h in hashes:
             pages += h
         if not usable:
-            extents.append(Extent(save(region), 0, len(region)))
+            bid = save(region, blob_id=full_id) if full_id is not None else save(region)
+            extents.append(Extent(bid, 0, len(region)))
             continue
         assert prev_state is not None and prev_map is not None
         first_page = start // page_size

@@ -279,12 +279,12 @@ class Repository:
             return bid, 0
         return bid, self._seal_and_pack(kind, bid, data)
 
-    def save_blob_async(self, kind: BlobType, data: bytes | memoryview) -> bytes:
+    def save_blob_async(self, kind: BlobType, data: bytes | memoryview, blob_id: bytes | None = None) -> bytes:
         """Like `save_blob`, but compressing and sealing run in the repository's worker threads;
         returns the id at once. `flush` waits for them and raises the first error any of them met.
         In-flight bytes are bounded, so a fast reader waits instead of filling memory."""
         self._raise_worker_error()
-        bid = self.ids.blob_id(kind, data)
+        bid = blob_id if blob_id is not None else self.ids.blob_id(kind, data)
         if not self._claim(bid):
             return bid
         payload = bytes(data)  # the caller may reuse its buffer
