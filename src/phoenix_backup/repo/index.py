@@ -58,11 +58,16 @@ def decode_index(blob: bytes, what: str) -> tuple[dict[str, list[PackEntry]], li
         magic, version, npacks = _HEAD.unpack_from(data)
         if magic != INDEX_MAGIC or version != INDEX_VERSION:
             raise CorruptObject(f"{what} has an unknown format (version {version})")
+        if _HEAD.size + npacks * _PACK.size > len(data):
+            raise CorruptObject(f"{what} claims more packs than it holds")
         pos = _HEAD.size
         packs: dict[str, list[PackEntry]] = {}
         for _ in range(npacks):
             pid, count = _PACK.unpack_from(data, pos)
             pos += _PACK.size
+            # Counts come from storage: check them against the bytes before allocating anything.
+            if pos + count * _ENTRY.size > len(data):
+                raise CorruptObject(f"{what} claims more entries than it holds")
             entries = []
             for _ in range(count):
                 t, c, bid, off, stored, raw = _ENTRY.unpack_from(data, pos)
@@ -71,9 +76,9 @@ def decode_index(blob: bytes, what: str) -> tuple[dict[str, list[PackEntry]], li
             packs[pid.hex()] = entries
         (nsup,) = struct.unpack_from("<I", data, pos)
         pos += 4
-        superseded = [data[pos + 32 * i : pos + 32 * (i + 1)].hex() for i in range(nsup)]
         if pos + 32 * nsup != len(data):
-            raise CorruptObject(f"{what} has trailing bytes")
+            raise CorruptObject(f"{what} has a wrong length")
+        superseded = [data[pos + 32 * i : pos + 32 * (i + 1)].hex() for i in range(nsup)]
     except (struct.error, ValueError) as exc:
         raise CorruptObject(f"{what} is malformed") from exc
     return packs, superseded

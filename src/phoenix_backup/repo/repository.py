@@ -104,7 +104,11 @@ class RepoConfig:
                 )
             ch = d["chunker"]
             chunker = {"min": int(ch["min"]), "avg": int(ch["avg"]), "max": int(ch["max"])}
-            if not (64 <= chunker["min"] <= chunker["avg"] <= chunker["max"] <= 16 * 1024 * 1024):
+            # The ranges pyfastcdc accepts (its effective average is avg_size + min_size).
+            lo, avg, hi = chunker["min"], chunker["avg"], chunker["max"]
+            if not (64 <= lo <= 1024 * 1024 and 1024 <= hi <= 16 * 1024 * 1024 and lo <= avg <= hi):
+                raise CorruptObject(f"the repository config at {where} has impossible chunker sizes")
+            if not 256 <= avg - lo <= 4 * 1024 * 1024:
                 raise CorruptObject(f"the repository config at {where} has impossible chunker sizes")
             run = int(d["sqliteRunPages"])
             if not 1 <= run <= 4096:
@@ -117,7 +121,7 @@ class RepoConfig:
                 chunker=chunker,
                 sqlite_run_pages=run,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CorruptObject(f"the repository config at {where} is malformed: {exc}") from exc
 
 

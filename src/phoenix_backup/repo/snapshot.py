@@ -152,5 +152,5 @@ class Snapshot:
                 started=d.get("started", ""),
                 id=snapshot_id,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CorruptObject(f"snapshot {snapshot_id[:8]} is malformed: {exc}") from exc

@@ -148,7 +148,7 @@ class Node:
             if "sqlite" in d:
                 node.sqlite = dict(d["sqlite"])
             return node
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CorruptObject(f"a tree holds a malformed node: {exc}") from exc
 
 
@@ -165,7 +165,10 @@ def decode_tree(data: bytes) -> list[Node]:
         raise CorruptObject("a tree is not valid JSON") from exc
     if not isinstance(doc, dict) or doc.get("version") != TREE_VERSION:
         raise CorruptObject("a tree has an unknown version")
-    nodes = [Node.from_json(d) for d in doc.get("nodes", [])]
+    raw_nodes = doc.get("nodes", [])
+    if not isinstance(raw_nodes, list) or not all(isinstance(d, dict) for d in raw_nodes):
+        raise CorruptObject("a tree's nodes are not a list of objects")
+    nodes = [Node.from_json(d) for d in raw_nodes]
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise CorruptObject("a tree holds the same name twice")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from phoenix_backup.sources.layout import Layout
-from phoenix_backup.sources.patterns import ExcludeSet, Include
+from phoenix_backup.sources.patterns import ExcludeSet, Include, has_magic
 
 EntryKind = Literal["dir", "file", "symlink", "sqlite"]
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -67,7 +67,11 @@ def select(
         found = list(inc.expand())
         if not found and raw:
             sel.missing.append(raw)
-        roots.extend(found)
+        # A glob walks folders, and excludes apply on the way: a match below an excluded folder
+        # (`**/*.md` inside `node_modules/`) is dropped. The literal part of a pattern names what
+        # the user asked for, so folders above it are not checked.
+        literal = inc.base.joinpath(*_literal_prefix(inc.pattern))
+        roots.extend(p for p in found if not _excluded_between(exclude, literal, p))
     for db in sorted(db_paths):
         if os.path.lexists(db):
             roots.append(db)
@@ -75,6 +79,8 @@ def select(
             sel.missing.append(str(db))
 
     def add(path: Path, st: os.stat_result) -> None:
+        if _is_companion(path):
+            return  # a live database's journal, even when the database itself is excluded
         kind: EntryKind
         if stat.S_ISLNK(st.st_mode):
             kind = "symlink"
@@ -133,12 +139,46 @@ def select(
     return sel
 
 
+def _literal_prefix(pattern: str) -> list[str]:
+    parts: list[str] = []
+    for seg in pattern.split("/") if pattern else []:
+        if has_magic(seg):
+            break
+        parts.append(seg)
+    return parts
+
+
+def _excluded_between(exclude: ExcludeSet, top: Path, path: Path) -> bool:
+    """Whether a folder strictly between `top` and `path` is excluded."""
+    for parent in path.parents:
+        if parent == top or top not in parent.parents:
+            return False
+        if exclude.excluded(parent, True):
+            return True
+    return False
+
+
+def _is_companion(path: Path) -> bool:
+    name = path.name
+    return any(name.endswith(suffix) and is_sqlite_file(path.with_name(name[: -len(suffix)])) for suffix in COMPANIONS)
+
+
+def _root_base(layout: Layout, path: Path) -> Path:
+    """The folder a logical root stands for: the workspace, the home folder, or `/`."""
+    for base in (layout.workspace, layout.home):
+        if path == base or base in path.parents:
+            return base
+    return Path("/")
+
+
 def _add_parents(layout: Layout, path: Path, sel: Selection) -> None:
-    """Record the folders between a logical root and `path`, with their real metadata."""
+    """Record the folders between a logical root and `path`, with their real metadata (never the
+    root's own folder or what lies above it)."""
+    base = _root_base(layout, path)
     parent = path.parent
-    while True:
+    while path != base and parent != base and base in parent.parents:
         logical = layout.to_logical(parent)
-        if "/" not in logical or logical in sel.entries:
+        if logical in sel.entries:
             return
         try:
             st = parent.lstat()

@@ -47,9 +47,11 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
                 i += 1
             else:
                 body = pattern[i + 1 : j]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
+                negated = body.startswith("!")
+                body = body[1:] if negated else body
+                body = body.replace("\\", "\\\\")
+                # Like git's wildmatch, a bracket expression never matches "/".
+                out.append(("[^/" + body + "]") if negated else ("[" + body + "]"))
                 i = j + 1
         else:
             out.append(re.escape(c))

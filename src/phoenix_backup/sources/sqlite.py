@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -99,6 +100,12 @@ def page_size_of(copy: Path) -> int:
     return 65536 if size == 1 else size
 
 
+def sqlite_uri(path: Path | str, query: str) -> str:
+    """A `file:` URI for `path`; `#`, `?` and `%` in names are escaped (else SQLite would open
+    another file, or create an empty one)."""
+    return f"{Path(path).absolute().as_uri()}?{query}"
+
+
 def copy_database(path: Path, dest: Path) -> None:
     """Copy a live database consistently into `dest` (which must not exist)."""
     need = os.stat(path).st_size
@@ -113,7 +120,7 @@ def copy_database(path: Path, dest: Path) -> None:
         )
     try:
         # Opened read-write (a WAL reader may need to create -shm) but only read from.
-        src = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        src = sqlite3.connect(sqlite_uri(path, "mode=rw"), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as exc:
         raise SourceError(f"cannot open database {path}: {exc}") from exc
     try:
@@ -148,7 +155,7 @@ def copy_database(path: Path, dest: Path) -> None:
 
 def check_database(copy: Path) -> DatabaseCheck:
     """`PRAGMA integrity_check` and row counts on a copy, without modifying it."""
-    con = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True)
+    con = sqlite3.connect(sqlite_uri(copy, "mode=ro&immutable=1"), uri=True)
     try:
         try:
             rows = con.execute("PRAGMA integrity_check").fetchall()
@@ -156,7 +163,10 @@ def check_database(copy: Path) -> DatabaseCheck:
             integrity = "ok" if problems == ["ok"] else "; ".join(problems[:5])
         except sqlite3.Error as exc:
             integrity = f"integrity_check failed: {exc}"
-        tables, virtual = count_rows(con)
+        tables, virtual, unreadable = count_rows(con)
+        if unreadable:
+            problem = f"tables that cannot be read: {', '.join(unreadable)}"
+            integrity = problem if integrity == "ok" else f"{integrity}; {problem}"
         version = str(con.execute("SELECT sqlite_version()").fetchone()[0])
     except sqlite3.Error as exc:
         raise SourceError(f"cannot read the copy of a database: {exc}") from exc
@@ -165,35 +175,39 @@ def check_database(copy: Path) -> DatabaseCheck:
     return DatabaseCheck(integrity, tables, virtual, version)
 
 
-def count_rows(con: sqlite3.Connection) -> tuple[dict[str, int], dict[str, str]]:
-    """Rows per real table. Virtual tables (FTS5, vec0) are never queried, since their module may
-    be missing; their shadow tables are real tables and are counted like any other."""
+def count_rows(con: sqlite3.Connection) -> tuple[dict[str, int], dict[str, str], list[str]]:
+    """Rows per real table, virtual tables with their module, and tables that cannot be read.
+
+    Virtual tables (FTS5, vec0) are never queried, since their module may be missing; their
+    shadow tables are real tables and are counted like any other. A damaged table is reported,
+    not raised: the backup still keeps the database, marked with what is wrong.
+    """
     tables: dict[str, int] = {}
     virtual: dict[str, str] = {}
-    for name, sql in con.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-    ):
+    unreadable: list[str] = []
+    rows = con.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='table' AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
+    ).fetchall()
+    for name, sql in rows:
         text = (sql or "").lstrip()
-        if text.upper().startswith("CREATE VIRTUAL TABLE"):
+        if _VIRTUAL.match(text):
             virtual[name] = _module_of(text)
             continue
         quoted = '"' + name.replace('"', '""') + '"'
-        tables[name] = int(con.execute(f"SELECT COUNT(*) FROM {quoted}").fetchone()[0])
-    return tables, virtual
+        try:
+            tables[name] = int(con.execute(f"SELECT COUNT(*) FROM {quoted}").fetchone()[0])
+        except sqlite3.DatabaseError:
+            unreadable.append(name)
+    return tables, virtual, unreadable
+
+
+_VIRTUAL = re.compile(r"CREATE\s+VIRTUAL\s+TABLE\b", re.IGNORECASE)
+_USING = re.compile(r"\bUSING\s+([A-Za-z0-9_]+)", re.IGNORECASE)
 
 
 def _module_of(sql: str) -> str:
-    upper = sql.upper()
-    pos = upper.find(" USING ")
-    if pos < 0:
-        return "?"
-    rest = sql[pos + 7 :].strip()
-    end = len(rest)
-    for stop in ("(", " ", ";"):
-        i = rest.find(stop)
-        if 0 <= i < end:
-            end = i
-    return rest[:end].strip().lower()
+    m = _USING.search(sql)
+    return m.group(1).lower() if m else "?"
 
 
 def _unlink(path: Path) -> None:

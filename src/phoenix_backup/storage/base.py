@@ -23,7 +23,7 @@ TEMP_MARKER = ".tmp-"
 
 
 def validate_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise StorageError(f"invalid object name {name!r}; this is a bug or a corrupt listing")
     return name
 

@@ -1,0 +1,191 @@
+"""LocalBackend: objects as files, atomic writes, strict names, temp leftovers kept out of listings."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phoenix_backup.errors import ObjectNotFound, RepositoryExists, StorageError
+from phoenix_backup.storage.base import TEMP_MARKER, ObjectInfo, validate_name
+from phoenix_backup.storage.local import LocalBackend
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalBackend:
+    b = LocalBackend(tmp_path / "repo")
+    b.create()
+    return b
+
+
+def pack_name(data: bytes) -> str:
+    h = hashlib.sha256(data).hexdigest()
+    return f"data/{h[:2]}/{h}"
+
+
+def test_create_makes_the_layout_and_refuses_to_reuse(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path / "repo")
+    assert not b.exists()
+    b.create()
+    for folder in ("keys", "data", "index", "snapshots", "locks", "data/00", "data/ff"):
+        assert (tmp_path / "repo" / folder).is_dir()
+    assert not b.exists(), "a repository exists only once its config is written"
+    b.write("config", b"{}")
+    assert b.exists()
+    with pytest.raises(RepositoryExists):
+        b.create()
+    other = tmp_path / "not-empty"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(RepositoryExists):
+        LocalBackend(other).create()
+    assert (other / "notes.txt").read_text() == "mine"
+    assert b.location == str(tmp_path / "repo")
+
+
+def test_write_read_stat_list_delete(backend: LocalBackend) -> None:
+    blobs = [os.urandom(n) for n in (0, 1, 1000, 70_000)]
+    names = [pack_name(d) for d in blobs]
+    for name, data in zip(names, blobs, strict=True):
+        backend.write(name, data)
+    backend.write("index/" + "ab" * 32, b"index")
+    backend.write("snapshots/" + "cd" * 32, b"snapshot")
+    backend.write("keys/0123456789abcdef", b"slot")
+    backend.write("config", b"config")
+    for name, data in zip(names, blobs, strict=True):
+        assert backend.read(name) == data
+        assert backend.stat(name) == ObjectInfo(name, len(data))
+    assert sorted(backend.list("data/"), key=lambda i: i.name) == sorted(
+        (ObjectInfo(n, len(d)) for n, d in zip(names, blobs, strict=True)), key=lambda i: i.name
+    )
+    assert list(backend.list("index/")) == [ObjectInfo("index/" + "ab" * 32, 5)]
+    assert [i.name for i in backend.list("keys/")] == ["keys/0123456789abcdef"]
+    assert [i.name for i in backend.list("snapshots")] == ["snapshots/" + "cd" * 32]
+    assert list(backend.list("locks/")) == []
+    backend.delete(names[2])
+    assert backend.stat(names[2]) is None
+    with pytest.raises(ObjectNotFound):
+        backend.read(names[2])
+    backend.delete(names[2])  # deleting what is gone is fine
+    assert names[2] not in {i.name for i in backend.list("data/")}
+
+
+def test_overwrite_replaces_atomically(backend: LocalBackend) -> None:
+    name = "locks/" + "12" * 16
+    backend.write(name, b"first")
+    backend.write(name, b"second, longer")
+    assert backend.read(name) == b"second, longer"
+    assert list(backend.list_temporary()) == []
+
+
+@given(st.binary(min_size=1, max_size=5000), st.data())
+@settings(max_examples=40, deadline=None)
+def test_read_range(tmp_path_factory: pytest.TempPathFactory, data: bytes, draw: st.DataObject) -> None:
+    b = LocalBackend(tmp_path_factory.mktemp("range") / "repo")
+    name = "index/" + hashlib.sha256(data).hexdigest()
+    b.write(name, data)
+    offset = draw.draw(st.integers(0, len(data)))
+    length = draw.draw(st.integers(0, len(data) - offset))
+    assert b.read_range(name, offset, length) == data[offset : offset + length]
+    with pytest.raises(ObjectNotFound):
+        b.read_range(name, offset, len(data) - offset + 1)
+
+
+def test_missing_objects(backend: LocalBackend) -> None:
+    name = "snapshots/" + "00" * 32
+    with pytest.raises(ObjectNotFound):
+        backend.read(name)
+    with pytest.raises(ObjectNotFound):
+        backend.read_range(name, 0, 1)
+    assert backend.stat(name) is None
+    assert list(LocalBackend(backend.root / "nowhere").list("index/")) == []
+
+
+def test_exclusive_write_refuses_an_existing_name(backend: LocalBackend) -> None:
+    backend.write("config", b"original", exclusive=True)
+    with pytest.raises(StorageError, match="already exists"):
+        backend.write("config", b"intruder", exclusive=True)
+    assert backend.read("config") == b"original"
+    assert list(backend.list_temporary()) == [], "the refused write left no temp file"
+    backend.write("keys/" + "ab" * 8, b"slot", exclusive=True)
+    assert backend.read("keys/" + "ab" * 8) == b"slot"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "data/zz/short",
+        "/abs",
+        "/etc/passwd",
+        "",
+        "config/",
+        "keys/../../x",
+        "keys/ABCDEF12",
+        "keys/1234567",  # shorter than 8 hex digits
+        "index/" + "a" * 65,
+        "data/a/" + "c" * 64,
+        "snapshots/" + "g" * 64,
+        "locks",
+        "config\n",
+        "keys/abcdef12\n",
+        "index/abcdef12\x00",
+    ],
+)
+def test_invalid_names_raise_storage_error(backend: LocalBackend, name: str) -> None:
+    with pytest.raises(StorageError):
+        validate_name(name)
+    with pytest.raises(StorageError):
+        backend.write(name, b"x")
+    with pytest.raises(StorageError):
+        backend.read(name)
+    with pytest.raises(StorageError):
+        backend.delete(name)
+    assert not (backend.root.parent / "x").exists()
+
+
+def test_temp_leftovers_are_found_and_never_listed(backend: LocalBackend) -> None:
+    real = pack_name(b"real pack")
+    backend.write(real, b"real pack")
+    h = hashlib.sha256(b"interrupted").hexdigest()
+    leftovers = [
+        f"data/{h[:2]}/{TEMP_MARKER}{h}.deadbeef",
+        f"index/{TEMP_MARKER}{'ab' * 32}.0badf00d",
+        f"snapshots/{TEMP_MARKER}{'cd' * 32}.12345678",
+    ]
+    for rel in leftovers:
+        (backend.root / rel).write_bytes(b"half written")
+    assert sorted(backend.list_temporary()) == sorted(leftovers)
+    assert [i.name for i in backend.list("data/")] == [real]
+    assert list(backend.list("index/")) == []
+    assert list(backend.list("snapshots/")) == []
+
+
+def test_failed_write_leaves_nothing_under_the_real_name(backend: LocalBackend) -> None:
+    """A write that cannot complete (its folder is a file) leaves neither the object nor a temp file."""
+    h = hashlib.sha256(b"pack").hexdigest()
+    folder = backend.root / "data" / h[:2]
+    folder.rmdir()
+    folder.write_bytes(b"in the way")
+    with pytest.raises(StorageError):
+        backend.write(f"data/{h[:2]}/{h}", b"pack")
+    assert folder.read_bytes() == b"in the way"
+    assert list(backend.list_temporary()) == []
+
+
+def test_write_creates_a_missing_data_folder(backend: LocalBackend) -> None:
+    data = b"pack in a removed folder"
+    name = pack_name(data)
+    (backend.root / name).parent.rmdir()
+    backend.write(name, data)
+    assert backend.read(name) == data
+
+
+def test_written_files_are_private(backend: LocalBackend) -> None:
+    backend.write("config", b"c")
+    assert (backend.root / "config").stat().st_mode & 0o077 == 0
+    assert (backend.root / "data").stat().st_mode & 0o077 == 0
