@@ -483,7 +483,7 @@ def _run(
         scope=scope,
         files=files,
         size=size,
-        added=repo.stats.bytes_added,
+        added=added,
         files_read=run.files_read,
         databases=list(snap.databases),
         targets={},

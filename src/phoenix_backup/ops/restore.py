@@ -9,6 +9,7 @@ fsynced and renamed into place: a file is either old or new, never torn.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -105,18 +106,21 @@ def select_nodes(
     if scope not in ("full", "databases"):
         scope_matcher = LogicalMatcher.for_patterns(component_patterns(cfg, scope), layout)
     path_rx = [glob_regex(p.strip("/")) for p in paths]
+    wanted_dirs: set[str] = set()
     for logical, node in all_nodes:
-        if node.type == "dir":
-            continue
         if scope == "databases" and node.type != "sqlite":
             continue
         if scope_matcher is not None and not scope_matcher.matches(logical):
             continue
         if path_rx and not any(_path_matches(rx, logical) for rx in path_rx):
             continue
-        wanted.append((logical, node))
-    # Folders on the way to what is restored, with their modes and times.
-    keep_dirs = {a for logical, _ in wanted for a in _ancestors(logical)}
+        if node.type == "dir":
+            wanted_dirs.add(logical)  # folders are restored too, empty ones included
+        else:
+            wanted.append((logical, node))
+    # And the folders on the way to what is restored, with their modes and times.
+    keep_dirs = wanted_dirs | {a for logical, _ in wanted for a in _ancestors(logical)}
+    keep_dirs |= {a for d in wanted_dirs for a in _ancestors(d)}
     dirs = [(lg, n) for lg, n in all_nodes if n.type == "dir" and lg in keep_dirs]
     return dirs + wanted
 
@@ -264,14 +268,39 @@ class _Writer:
             return self._open_base(root)
 
     def _open_base(self, root: str) -> int:
-        if root not in self._roots:
-            base = (self.to / root) if self.to is not None else self.layout.to_real(root)
+        if root in self._roots:
+            return self._roots[root]
+        if self.to is None:
+            # In place the roots are the configured workspace, the home folder and "/": the
+            # user's own paths, opened as they are.
+            base = self.layout.to_real(root)
             try:
                 base.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._roots[root] = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
                 raise os_error(exc, f"opening the restore destination {base}") from exc
-        return self._roots[root]
+        else:
+            # Below --to, the root folder itself must not be a link leading out of DIR.
+            try:
+                self.to.mkdir(parents=True, exist_ok=True, mode=0o700)
+                top = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise os_error(exc, f"opening the restore destination {self.to}") from exc
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(root, 0o700, dir_fd=top)
+                fd = os.open(root, _DIR_FLAGS, dir_fd=top)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(
+                        f"{self.to / root} is a symlink or not a folder; Phoenix never writes through links "
+                        "— move it aside and restore again"
+                    ) from exc
+                raise os_error(exc, f"opening the restore destination {self.to / root}") from exc
+            finally:
+                os.close(top)
+        self._roots[root] = fd
+        return fd
 
     @contextlib.contextmanager
     def parent_dir(self, logical: str, create: bool = True) -> Iterator[tuple[int, str]]:
@@ -289,7 +318,7 @@ class _Writer:
                     os.mkdir(comp, 0o700, dir_fd=fd)
                     nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
-                    if exc.errno in (40, 20):  # ELOOP, ENOTDIR: a symlink or a file in the way
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file in the way
                         raise UnsafePath(
                             f"{comp} in the destination of {logical} is a symlink or not a folder; "
                             "Phoenix never writes through links — move it aside and restore again"
@@ -304,6 +333,10 @@ class _Writer:
     def directory(self, logical: str, node: Node) -> None:
         if "/" not in logical:
             self._base(logical)
+            # A root's own mode and time apply below --to and to the workspace in place; the real
+            # home folder and "/" are never changed.
+            if self.to is not None or logical == "workspace":
+                self._dir_meta.append((logical, node))
             return
         with self.parent_dir(logical) as (fd, name):
             try:
@@ -319,6 +352,12 @@ class _Writer:
     def finish_dirs(self) -> None:
         """Modes and times of folders last (deepest first), after their content is written."""
         for logical, node in sorted(self._dir_meta, key=lambda x: x[0].count("/"), reverse=True):
+            if "/" not in logical:
+                dfd = self._base(logical)
+                os.fchmod(dfd, node.mode)
+                _chown(dfd, node)
+                os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
+                continue
             with self.parent_dir(logical, create=False) as (fd, name):
                 dfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 try:

@@ -84,6 +84,13 @@ def verify_repository(repo: Repository, *, ref: str | None = None, read_data: bo
         result.errors.append(VerifyError(name, name.split("/")[-1], None, message))
     if ref is not None:
         snapshots = [repo.find_snapshot(ref, snapshots)]
+    # Packs no readable index lists: a crashed backup's leftovers, or the packs of a damaged
+    # index. Their own headers say what they hold, so trees can still be walked and the damage
+    # traced to the snapshots and paths that need them.
+    listed = {info.name: info.size for info in repo.backend.list("data/")}
+    for name, problem in sorted(repo.add_unindexed_packs().items()):
+        result.notices.append(f"{name} is in no index and its header cannot be read: {problem}")
+    unindexed = repo.unindexed_packs
     users = _Users()
     trees_seen: set[bytes] = set()
     for snap in snapshots:
@@ -92,23 +99,29 @@ def verify_repository(repo: Repository, *, ref: str | None = None, read_data: bo
     result.checked["trees"] = len(trees_seen)
     result.checked["blobs"] = len(users.by_blob)
 
-    # Packs the index names must exist and be long enough.
-    listed = {info.name: info.size for info in repo.backend.list("data/")}
+    # Packs the index names must exist and be long enough; snapshots must not need unindexed packs.
     referenced_packs: set[str] = set()
+    needed_unindexed: set[str] = set()
     for blob, loc in repo.index.blobs():
         name = pack_name(loc.pack_id)
         size = listed.get(name)
         if blob in users.by_blob:
             referenced_packs.add(name)
+            if loc.pack_id in unindexed:
+                needed_unindexed.add(loc.pack_id)
+                _report_blob(result, users, blob, name, "pack is listed in no readable index (a damaged index object)")
         if size is None or loc.offset + loc.stored > size:
             _report_blob(result, users, blob, name, "pack is missing or shorter than the index says")
-    for name in sorted(set(listed) - {pack_name(p) for p in repo.index.pack_ids()}):
-        result.notices.append(f"{name} is not in the index (left by an interrupted backup; prune removes it)")
+    for pack_id in sorted(unindexed - needed_unindexed):
+        result.notices.append(
+            f"{pack_name(pack_id)} is not in the index and no snapshot needs it "
+            "(left by an interrupted backup; prune removes it)"
+        )
     for tmp in repo.backend.list_temporary():
         result.notices.append(f"{tmp} is a leftover temporary file (prune removes it)")
 
     if read_data:
-        packs = sorted(set(listed) & {pack_name(p) for p in repo.index.pack_ids()})
+        packs = sorted(set(listed) & ({pack_name(p) for p in repo.index.pack_ids()}))
         if ref is not None:
             packs = sorted(referenced_packs & set(packs))
         for name in packs:

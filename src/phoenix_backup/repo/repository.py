@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,10 +41,13 @@ from phoenix_backup.repo.index import INDEX_AAD, Index, decode_index, encode_ind
 from phoenix_backup.repo.locks import HeldLock, LockManager
 from phoenix_backup.repo.pack import (
     DATA_PACK_TARGET,
+    HEADER_AAD,
+    MAX_HEADER,
     TREE_PACK_TARGET,
     PackBuilder,
     PackEntry,
     blob_aad,
+    decode_header,
     pack_name,
 )
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Snapshot
@@ -171,6 +175,7 @@ class Repository:
         self._inflight_bytes = 0
         self.locks = LockManager(backend, self.sealer, self.notice)
         self.opened_with: str | None = None  # the key slot that opened the repository
+        self.unindexed_packs: set[str] = set()  # packs known only from their own headers
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -264,6 +269,30 @@ class Repository:
             for pack_id, entries in packs.items():
                 self.index.add_pack(pack_id, entries)
         self._index_loaded = True
+        if self.problems.index:
+            # A damaged index object must not make intact packs unreachable: their own headers
+            # say what they hold, so restores keep working. `verify` still reports the damage.
+            self.add_unindexed_packs()
+            self.notice(
+                f"{len(self.problems.index)} index object(s) are damaged; read the headers of "
+                f"{len(self.unindexed_packs)} pack(s) instead (run `phx verify --read-data` to see what is affected)"
+            )
+
+    def add_unindexed_packs(self) -> dict[str, str]:
+        """Add the packs no readable index lists, from their headers; return {pack: problem} for
+        those whose header cannot be read."""
+        indexed = set(self.index.pack_ids())
+        unreadable: dict[str, str] = {}
+        for info in self.backend.list("data/"):
+            pack_id = info.name.split("/")[-1]
+            if pack_id in indexed:
+                continue
+            try:
+                self.index.add_pack(pack_id, self.read_pack_header(pack_id))
+                self.unindexed_packs.add(pack_id)
+            except (CorruptObject, ObjectNotFound) as exc:
+                unreadable[info.name] = str(exc)
+        return unreadable
 
     def _read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
         raw = self.backend.read(name)
@@ -383,6 +412,22 @@ class Repository:
             self.backend.write(f"index/{sha256_hex(raw)}", raw)
             self.stats.bytes_added += len(raw)
 
+    def read_pack_header(self, pack_id: str) -> list[PackEntry]:
+        """A pack's entries from its own header (two small reads), without the index."""
+        name = pack_name(pack_id)
+        info = self.backend.stat(name)
+        if info is None or info.size < 4:
+            raise CorruptObject(f"{name} is missing or truncated")
+        (hlen,) = struct.unpack("<I", self.backend.read_range(name, info.size - 4, 4))
+        if hlen > min(MAX_HEADER, info.size - 4):
+            raise CorruptObject(f"{name} has an impossible header length")
+        start = info.size - 4 - hlen
+        header = self.sealer.open(self.backend.read_range(name, start, hlen), HEADER_AAD, f"{name} header")
+        entries = decode_header(header, name)
+        if any(e.offset + e.stored > start for e in entries):
+            raise CorruptObject(f"{name} lists a blob beyond its end")
+        return entries
+
     def load_blob(self, kind: BlobType, blob_id: bytes) -> bytes:
         loc = self.index.get(blob_id)
         if loc is None or loc.type != kind:
@@ -443,7 +488,9 @@ class Repository:
                 out.append(self.load_snapshot(sid))
             except (CorruptObject, ObjectNotFound) as exc:
                 self.problems.snapshots[info.name] = str(exc)
-        out.sort(key=lambda s: (s.datetime.timestamp(), s.id))
+        # Equal recorded times (whole seconds, or the same --time) keep the order they were
+        # taken in: `started` has microseconds.
+        out.sort(key=lambda s: (s.datetime.timestamp(), _started(s), s.name, s.id))
         return out
 
     def find_snapshot(self, ref: str, snapshots: list[Snapshot] | None = None) -> Snapshot:
@@ -463,3 +510,10 @@ class Repository:
             if len(matches) > 1:
                 raise SnapshotNotFound(f"snapshot prefix {ref!r} is ambiguous; give more characters of the id")
         raise SnapshotNotFound(f"no snapshot named {ref!r}; see `phx list` for ids and names")
+
+
+def _started(snap: Snapshot) -> float:
+    try:
+        return datetime.fromisoformat(snap.started).timestamp()
+    except ValueError:
+        return 0.0

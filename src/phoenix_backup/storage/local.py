@@ -45,9 +45,15 @@ class LocalBackend(Backend):
             raise RepositoryExists(f"a repository already exists at {self.root}; it was left untouched")
         try:
             if self.root.exists() and any(self.root.iterdir()):
-                raise RepositoryExists(
-                    f"{self.root} is not empty and holds no Phoenix repository; choose an empty or new folder"
-                )
+                if not self._interrupted_init():
+                    raise RepositoryExists(
+                        f"{self.root} is not empty and holds no Phoenix repository; choose an empty or new folder"
+                    )
+                # An `init` killed before it wrote `config` left only folders and maybe a key slot
+                # for secrets that were never used: start over (a stale slot would open with the
+                # wrong secrets).
+                for entry in os.scandir(self.root / "keys"):
+                    os.unlink(entry.path)
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             for folder in _FOLDERS:
                 (self.root / folder).mkdir(exist_ok=True, mode=0o700)
@@ -55,6 +61,17 @@ class LocalBackend(Backend):
                 (self.root / "data" / f"{i:02x}").mkdir(exist_ok=True, mode=0o700)
         except OSError as exc:
             raise os_error(exc, f"creating the repository folder {self.root}") from exc
+
+    def _interrupted_init(self) -> bool:
+        """True when the folder holds exactly what an interrupted `create` + first key leaves."""
+        names = {e.name for e in os.scandir(self.root)}
+        if not names <= set(_FOLDERS) or "keys" not in names:
+            return False
+        for folder in ("index", "snapshots", "locks"):
+            if (self.root / folder).is_dir() and any((self.root / folder).iterdir()):
+                return False
+        data = self.root / "data"
+        return not data.is_dir() or not any(any(sub.iterdir()) for sub in data.iterdir() if sub.is_dir())
 
     def read(self, name: str) -> bytes:
         try:

@@ -1,0 +1,78 @@
+"""Fixtures for the end-to-end tests: a sandbox per test with a generated sample workspace, a fake
+HOME holding the sample's databases, a config file, a repository folder and a cache folder, and a
+`phx` runner that uses exactly that environment (subprocess, stdin closed, no mocks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox
+
+from phoenix_backup.sample import generate_workspace, layout_for
+
+
+def _make(root: Path, size: str | int, seed: int, encryption: bool) -> Sandbox:
+    layout = generate_workspace(root / "sample", size=size, seed=seed)
+    return Sandbox(root, layout, encryption)
+
+
+@pytest.fixture
+def make_sandbox(tmp_path: Path) -> Callable[..., Sandbox]:
+    """`make_sandbox(size="tiny", seed=7, encryption=True, root=None)`: a fresh sandbox."""
+    count = 0
+
+    def make(size: str | int = "tiny", seed: int = 7, encryption: bool = True, root: Path | None = None) -> Sandbox:
+        nonlocal count
+        count += 1
+        base = root if root is not None else tmp_path / f"sb{count}"
+        base.mkdir(parents=True, exist_ok=True)
+        return _make(base, size, seed, encryption)
+
+    return make
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    """A tiny encrypted sample with a config; no repository yet (the first backup creates it)."""
+    return make_sandbox()
+
+
+@pytest.fixture(scope="session")
+def _backed_up_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny sample with one snapshot, made once and copied by `backed_up`."""
+    root = tmp_path_factory.mktemp("template")
+    sb = _make(root, "tiny", 7, True)
+    sb.backup()
+    shutil.rmtree(sb.cache)
+    return root
+
+
+@pytest.fixture
+def backed_up(_backed_up_template: Path, tmp_path: Path) -> Sandbox:
+    """A tiny encrypted sample whose repository holds one snapshot (a copy of a shared template)."""
+    root = tmp_path / "backed-up"
+    shutil.copytree(_backed_up_template, root, symlinks=True)
+    return Sandbox(root, layout_for(root / "sample"))
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A folder below /tmp that other users can enter (pytest's tmp_path parents are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="phx-e2e-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                if not p.is_symlink():
+                    with contextlib.suppress(OSError):
+                        p.chmod(0o700 if p.is_dir() else 0o600)
+        shutil.rmtree(path, ignore_errors=True)

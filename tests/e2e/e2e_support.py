@@ -1,0 +1,384 @@
+"""Helpers shared by the end-to-end tests: running `phx`, snapshotting a folder's files and a
+database's rows, and comparing them with readable failure messages.
+
+Everything here works on real files and real SQLite databases; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.sample import SampleLayout
+
+# The `phx` of the interpreter running the tests (the project's venv), else the one on PATH.
+_BESIDE = Path(sys.executable).with_name("phx")
+PHX = str(_BESIDE) if _BESIDE.exists() else (shutil.which("phx") or "phx")
+
+# Files that belong to a database: never compared as files, only through SQLite.
+DB_SUFFIXES = (".db", ".db-wal", ".db-shm", ".db-journal")
+
+
+@dataclass
+class Result:
+    """One finished `phx` run."""
+
+    code: int
+    out: str
+    err: str
+    cmd: Sequence[str]
+
+    def __iter__(self):  # (code, stdout, stderr), so `code, out, err = phx(...)` works
+        return iter((self.code, self.out, self.err))
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.out)
+        except json.JSONDecodeError as exc:  # pragma: no cover - a failure message
+            raise AssertionError(f"stdout of {' '.join(self.cmd)} is not one JSON document: {exc}\n{self}") from exc
+
+    def __str__(self) -> str:
+        return f"$ {' '.join(self.cmd)}\nexit {self.code}\n--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}"
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith("phx: error:")]
+
+
+def run_phx(
+    args: Iterable[str],
+    env: Mapping[str, str],
+    *,
+    check: bool | int | None = True,
+    prefix: Sequence[str] = (),
+    timeout: float = 180,
+    cwd: Path | None = None,
+) -> Result:
+    """Run `phx ARGS` with exactly `env`, stdin closed. `check`: True = expect exit 0, an int = expect
+    that exit code, False/None = no check. Output never holds a traceback (unless --verbose)."""
+    args = [str(a) for a in args]
+    cmd = [PHX, *args]
+    if prefix:
+        # A wrapper (runuser/setpriv) may reset the environment: pass it explicitly through env(1).
+        cmd = [*prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()), *cmd]
+    proc = subprocess.run(
+        cmd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    res = Result(proc.returncode, proc.stdout, proc.stderr, ["phx", *args])
+    if "--verbose" not in args and "-v" not in args:
+        assert "Traceback" not in res.out + res.err, f"traceback in the output:\n{res}"
+    if check is True:
+        assert res.code == 0, f"expected exit 0:\n{res}"
+    elif check is not False and check is not None:
+        assert res.code == check, f"expected exit {check}:\n{res}"
+    return res
+
+
+def assert_error(res: Result, code: int, *needles: str) -> str:
+    """The run failed with `code`, said so in exactly one `phx: error:` line on stderr naming every
+    needle (case-insensitive), and printed no traceback. Returns that line."""
+    assert res.code == code, f"expected exit {code}:\n{res}"
+    lines = res.error_lines()
+    assert len(lines) == 1, f"expected exactly one 'phx: error:' line on stderr:\n{res}"
+    assert "Traceback" not in res.out + res.err, f"traceback in the output:\n{res}"
+    line = lines[0]
+    for needle in needles:
+        assert needle.lower() in line.lower(), f"the error line does not name {needle!r}: {line!r}\n{res}"
+    return line
+
+
+# --------------------------------------------------------------------------------------------
+# The sandbox
+# --------------------------------------------------------------------------------------------
+
+PASSPHRASE = "correct horse battery staple e2e"
+# Logical paths of the sample's databases inside a snapshot / below `restore --to DIR`.
+DATABASES = ("home/.argentos/memory.db", "home/.argentos/observations.db", "home/.argentos/data/dashboard.db")
+# Seconds to wait so that files are older than "modified within a second of the backup's start".
+RACY_WAIT = 1.1
+
+
+class Sandbox:
+    """One test's world. Layout below `root`:
+
+    sample/workspace/           the agent workspace (the config's `workspace`)
+    sample/home/                HOME (so ~/.argentos/*.db are the sample's databases)
+    repo/                       the local repository (`backupDir`)
+    cache/                      PHX_CACHE_DIR
+    phx.json                    the config (PHX_CONFIG)
+    """
+
+    def __init__(self, root: Path, layout: SampleLayout, encryption: bool = True) -> None:
+        self.root = root
+        self.layout = layout
+        self.workspace = layout.workspace
+        self.home = layout.home
+        self.repo = root / "repo"
+        self.cache = root / "cache"
+        self.config_path = root / "phx.json"
+        self.cache.mkdir(exist_ok=True)
+        self.env: dict[str, str] = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": str(self.home),
+            "PHX_CONFIG": str(self.config_path),
+            "PHX_PASSPHRASE": PASSPHRASE,
+            "PHX_CACHE_DIR": str(self.cache),
+            "XDG_CACHE_HOME": str(root / "xdg-cache"),
+            "XDG_CONFIG_HOME": str(root / "xdg-config"),
+            "XDG_DATA_HOME": str(root / "xdg-data"),
+        }
+        if "TZ" in os.environ:
+            self.env["TZ"] = os.environ["TZ"]
+        self.config: dict[str, Any] = {
+            "workspace": str(self.workspace),
+            "backupDir": str(self.repo),
+            "include": [],  # the whole workspace
+            "exclude": [],  # nothing dropped, so a restore must give back every file
+            "encryption": {"enabled": encryption, "method": "passphrase"},
+        }
+        self.write_config()
+        self.prefix: Sequence[str] = ()  # a runuser/setpriv wrapper, for permission tests
+
+    # -- config ------------------------------------------------------------------------
+
+    def write_config(self, **changes: Any) -> dict[str, Any]:
+        self.config.update(changes)
+        self.config_path.write_text(json.dumps(self.config, indent=2) + "\n")
+        return self.config
+
+    # -- running phx -------------------------------------------------------------------
+
+    def phx(
+        self,
+        *args: str | Path,
+        check: bool | int | None = True,
+        env: dict[str, str] | None = None,
+        timeout: float = 180,
+    ) -> Result:
+        return run_phx(
+            [str(a) for a in args], self.env if env is None else env, check=check, prefix=self.prefix, timeout=timeout
+        )
+
+    def env_with(self, **changes: str | None) -> dict[str, str]:
+        env = dict(self.env)
+        for k, v in changes.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def backup(self, *args: str, check: bool | int | None = True) -> dict[str, Any]:
+        res = self.phx("backup", "--json", *args, check=check)
+        doc: dict[str, Any] = res.json()
+        return doc
+
+    def restore_to(self, ref: str, dest: Path, *args: str, check: bool | int | None = True) -> dict[str, Any]:
+        res = self.phx("restore", "--backup", ref, "--to", dest, "--json", *args, check=check)
+        doc: dict[str, Any] = res.json()
+        return doc
+
+    def verify(self, *args: str, check: bool | int | None = True) -> dict[str, Any]:
+        res = self.phx("verify", "--json", *args, check=check)
+        doc: dict[str, Any] = res.json()
+        return doc
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        doc: list[dict[str, Any]] = self.phx("list", "--json").json()
+        return doc
+
+    # -- the state a restore must reproduce -------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The workspace's files (content, mode, mtime) and every database's rows, right now."""
+        return {
+            "workspace": file_manifest(self.workspace),
+            "databases": {logical: db_dump(self.db_path(logical)) for logical in DATABASES},
+        }
+
+    def db_path(self, logical: str) -> Path:
+        assert logical.startswith("home/")
+        return self.home / logical.removeprefix("home/")
+
+
+def wait_past_racy_window() -> None:
+    """Files changed within a second of a backup's start are read again by the next backup."""
+    time.sleep(RACY_WAIT)
+
+
+def assert_restored(state: Mapping[str, Any], dest: Path, what: str, *, ignore: Iterable[str] = ()) -> None:
+    """`restore --to DEST` gave back exactly `state`: every workspace file byte-equal with its mode
+    and mtime (folders too), nothing extra, and every database row-equal and intact. Workspace
+    paths in `ignore` are not compared."""
+    skip = set(ignore)
+    expected = {k: v for k, v in state["workspace"].items() if k not in skip}
+    actual = {k: v for k, v in file_manifest(dest / "workspace").items() if k not in skip}
+    assert_same_tree(expected, actual, f"{what}: workspace")
+    home_files = sorted(p.relative_to(dest).as_posix() for p in (dest / "home").rglob("*") if not p.is_dir())
+    assert home_files == sorted(state["databases"]), f"{what}: files below DEST/home: {home_files}"
+    for logical, expected in state["databases"].items():
+        path = dest / logical
+        assert integrity(path) == ["ok"], f"{what}: {logical} fails integrity_check"
+        assert_same_db(expected, db_dump(path), f"{what}: {logical}")
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def file_manifest(base: Path, *, skip_databases: bool = True) -> dict[str, tuple[Any, ...]]:
+    """Everything below `base` (not `base` itself), by relative path:
+    files (kind, mode, mtime_ns, size, sha256), folders (kind, mode, mtime_ns),
+    symlinks (kind, target, mtime_ns). Database files are left out when `skip_databases`."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(base).as_posix()
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", os.readlink(path), st.st_mtime_ns)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", oct(stat.S_IMODE(st.st_mode)), st.st_mtime_ns)
+            elif stat.S_ISREG(st.st_mode):
+                if skip_databases and name.endswith(DB_SUFFIXES):
+                    continue
+                out[rel] = ("file", oct(stat.S_IMODE(st.st_mode)), st.st_mtime_ns, st.st_size, sha256_file(path))
+            else:
+                out[rel] = ("other", st.st_mode)
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def only_files(manifest: Mapping[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    return {k: v for k, v in manifest.items() if v[0] == "file"}
+
+
+def assert_same_tree(expected: Mapping[str, tuple[Any, ...]], actual: Mapping[str, tuple[Any, ...]], what: str) -> None:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    differ = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
+    problems = []
+    if missing:
+        problems.append(f"missing: {missing[:20]}")
+    if extra:
+        problems.append(f"unexpected: {extra[:20]}")
+    for k in differ[:20]:
+        problems.append(f"differs: {k}: expected {expected[k]}, got {actual[k]}")
+    assert not problems, f"{what}:\n" + "\n".join(problems)
+
+
+# --------------------------------------------------------------------------------------------
+# Databases
+# --------------------------------------------------------------------------------------------
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def db_dump(path: Path) -> dict[str, Any]:
+    """Schema and, per real table, (row count, SHA-256 of every row in rowid/key order).
+    Virtual tables (FTS5, vec0) are skipped; their shadow tables are real and compared."""
+    assert path.is_file(), f"{path} does not exist"
+    con = sqlite3.connect(path)
+    try:
+        schema = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        tables: dict[str, tuple[int, str]] = {}
+        for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type='table' ORDER BY name"):
+            if (sql or "").lstrip().upper().startswith("CREATE VIRTUAL TABLE"):
+                continue
+            try:
+                rows = con.execute(f"SELECT * FROM {_quote(name)} ORDER BY rowid").fetchall()
+            except sqlite3.OperationalError:  # WITHOUT ROWID
+                rows = con.execute(f"SELECT * FROM {_quote(name)} ORDER BY 1").fetchall()
+            h = hashlib.sha256()
+            for row in rows:
+                h.update(repr(row).encode())
+                h.update(b"\n")
+            tables[name] = (len(rows), h.hexdigest())
+    finally:
+        con.close()
+    return {"schema": schema, "tables": tables}
+
+
+def assert_same_db(expected: Mapping[str, Any], actual: Mapping[str, Any], what: str) -> None:
+    assert expected["schema"] == actual["schema"], f"{what}: schema differs"
+    et, at = expected["tables"], actual["tables"]
+    assert set(et) == set(at), f"{what}: tables differ: {sorted(set(et) ^ set(at))}"
+    differ = {t: (et[t], at[t]) for t in et if et[t] != at[t]}
+    assert not differ, f"{what}: rows differ in tables (count, sha256) expected vs got: {differ}"
+
+
+def integrity(path: Path) -> list[str]:
+    con = sqlite3.connect(path)
+    try:
+        return [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
+    finally:
+        con.close()
+
+
+def row_count(path: Path, table: str) -> int:
+    con = sqlite3.connect(path, timeout=30)
+    try:
+        return int(con.execute(f"SELECT COUNT(*) FROM {_quote(table)}").fetchone()[0])
+    finally:
+        con.close()
+
+
+def scan_for(root: Path, needles: Sequence[bytes]) -> list[str]:
+    """Every (path, needle) where a needle occurs in a file's bytes or in a path name below root."""
+    hits = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            for needle in needles:
+                if needle in name.encode():
+                    hits.append(f"name {Path(dirpath, name)} holds {needle!r}")
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            data = path.read_bytes()
+            for needle in needles:
+                if needle in data:
+                    hits.append(f"{path} holds {needle!r} at byte {data.find(needle)}")
+    return hits
+
+
+def flip_byte(path: Path, offset: int | None = None) -> int:
+    """Invert one byte of a file (its middle byte by default); return the offset."""
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2 if offset is None else offset
+    data[at] ^= 0xFF
+    mode = stat.S_IMODE(path.stat().st_mode)
+    path.chmod(0o600)
+    path.write_bytes(bytes(data))
+    path.chmod(mode)
+    return at

@@ -1,0 +1,88 @@
+"""Acceptance 8: `phx init` writes the seed's config and creates the repository without asking;
+again without --force it refuses (exit 2) and changes nothing; with --force it replaces the config
+only, never the repository (its snapshots are still listed, its objects untouched)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from e2e_support import Sandbox, assert_error
+
+
+def repository_files(repo: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and not p.relative_to(repo).as_posix().startswith("locks/")
+    }
+
+
+def test_init_writes_config_and_repository(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    config = tmp_path / "conf" / "backup.json"
+    repo = tmp_path / "backups" / "argent"
+    env = sb.env_with(PHX_CONFIG=None)
+
+    res = sb.phx(
+        "init", "--config", config, "--workspace", sb.workspace, "--repo", repo, "--encryption", "passphrase", "--json",
+        env=env,
+    )  # fmt: skip
+    doc = res.json()
+    assert doc["repositoryCreated"] is True and doc["encryption"] == "passphrase", doc
+    assert Path(doc["config"]) == config
+
+    written = json.loads(config.read_text())
+    assert written["workspace"] == str(sb.workspace)
+    assert written["backupDir"] == str(repo)
+    assert written["retention"] == {"daily": 7, "weekly": 4, "monthly": 12}
+    assert written["compression"] is True
+    assert written["targets"]["local"]["enabled"] is True
+    assert written["targets"]["local"]["path"] == str(repo)
+    assert written["encryption"]["enabled"] is True and written["encryption"]["method"] == "passphrase"
+    assert stat.S_IMODE(config.stat().st_mode) & 0o077 == 0, "the config must not be readable by others"
+    repo_config = json.loads((repo / "config").read_text())
+    assert repo_config["encryption"] != "none"
+    assert (repo / "keys").is_dir() and len(list((repo / "keys").iterdir())) == 1
+    assert sb.phx("list", "--config", config, "--json", env=env).json() == []
+
+    # Again without --force: refused, config unchanged (bytes and file).
+    before_bytes, before_stat = config.read_bytes(), config.stat()
+    res = sb.phx("init", "--config", config, "--workspace", tmp_path / "elsewhere", "--repo", repo, env=env, check=None)
+    assert_error(res, 2, "already exists", "--force")
+    assert config.read_bytes() == before_bytes
+    assert (config.stat().st_ino, config.stat().st_mtime_ns) == (before_stat.st_ino, before_stat.st_mtime_ns)
+
+    # A backup into it, through the written config (the seed's default includes).
+    snap = sb.phx("backup", "--config", config, "--json", env=env).json()
+    assert snap["files"] > 10 and len(snap["databases"]) == 3, snap
+    before_repo = repository_files(repo)
+
+    # --force replaces the config, never the repository.
+    other_ws = tmp_path / "other-workspace"
+    res = sb.phx(
+        "init", "--config", config, "--workspace", other_ws, "--repo", repo, "--encryption", "passphrase", "--force",
+        "--json", env=env,
+    )  # fmt: skip
+    doc = res.json()
+    assert doc["repositoryCreated"] is False, doc
+    assert json.loads(config.read_text())["workspace"] == str(other_ws)
+    assert repository_files(repo) == before_repo, "init --force changed the repository"
+    listed = sb.phx("list", "--config", config, "--json", env=env).json()
+    assert [s["id"] for s in listed] == [snap["id"]]
+    assert sb.phx("verify", "--config", config, "--read-data", "--json", env=env).json()["ok"] is True
+
+
+def test_init_refuses_a_non_empty_folder_that_is_no_repository(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    folder = tmp_path / "not-a-repo"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me\n")
+    config = tmp_path / "c.json"
+    res = sb.phx("init", "--config", config, "--workspace", sb.workspace, "--repo", folder, check=None)
+    assert res.code in (1, 2), res
+    assert_error(res, res.code, str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == ["precious.txt"]
+    assert (folder / "precious.txt").read_text() == "keep me\n"
+    assert not config.exists(), "a failed init left a config pointing at a folder that is no repository"

@@ -1,0 +1,222 @@
+"""Acceptance 9: restores are safe. `--to DIR` never writes outside DIR, not even through a symlink
+found inside DIR; an in-place restore without --yes and without a terminal refuses and changes
+nothing; --dry-run writes nothing and shows create / overwrite / unchanged; --identity-only,
+--memory-only and --path restore only their parts."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import (
+    DATABASES,
+    Sandbox,
+    assert_error,
+    assert_restored,
+    assert_same_db,
+    assert_same_tree,
+    db_dump,
+    file_manifest,
+    only_files,
+)
+
+from phoenix_backup.sample import simulate_day
+
+
+def all_files(dest: Path) -> set[str]:
+    return {p.relative_to(dest).as_posix() for p in dest.rglob("*") if not p.is_dir()}
+
+
+# -- never outside the destination ----------------------------------------------------------
+
+
+def test_symlinked_folder_in_destination_is_not_written_through(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    state = sb.state()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    (dest / "workspace").mkdir(parents=True)
+    os.symlink(outside, dest / "workspace" / "memory")
+
+    res = sb.phx("restore", "--latest", "--to", dest, "--json", check=None)
+    assert list(outside.iterdir()) == [], f"the restore wrote outside its destination:\n{res}"
+    assert (dest / "workspace" / "memory").is_symlink(), "the symlink was replaced"
+    assert res.code in (1, 2, 3), f"a restore that could not write some paths must not exit 0:\n{res}"
+    if res.code == 3:
+        doc = res.json()
+        failed = {e["path"] for e in doc["errors"]}
+        expected = {f"workspace/{k}" for k in only_files(state["workspace"]) if k.startswith("memory/")}
+        assert expected <= failed <= expected | {"workspace/memory"}, (
+            f"errors should name the symlinked folder and the paths below it: {sorted(failed)}"
+        )
+        assert all("symlink" in e["error"] or "not a folder" in e["error"] for e in doc["errors"]), doc["errors"]
+        # Everything else was restored.
+        skip = {k for k in state["workspace"] if k == "memory" or k.startswith("memory/")}
+        assert_restored(state, dest, "restore beside a symlinked folder", ignore=skip)
+    else:
+        assert_error(res, res.code, "symlink")
+
+
+def test_symlinked_file_in_destination_is_replaced_not_followed(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    state = sb.state()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.md"
+    victim.write_text("not Phoenix's to overwrite\n")
+    dest = tmp_path / "dest"
+    (dest / "workspace").mkdir(parents=True)
+    os.symlink(victim, dest / "workspace" / "MEMORY.md")
+
+    res = sb.phx("restore", "--latest", "--to", dest, "--json", check=None)
+    assert victim.read_text() == "not Phoenix's to overwrite\n", f"the restore wrote through a symlink:\n{res}"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.md"]
+    if res.code == 0:
+        assert not (dest / "workspace" / "MEMORY.md").is_symlink()
+        assert_restored(state, dest, "restore over a symlinked file")
+    else:
+        assert res.code in (1, 2, 3), res
+
+
+@pytest.mark.parametrize("root", ["workspace", "home"])
+def test_symlinked_root_in_destination_is_not_written_through(backed_up: Sandbox, tmp_path: Path, root: str) -> None:
+    """DIR/workspace or DIR/home itself a symlink pointing outside DIR."""
+    sb = backed_up
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / root)
+
+    res = sb.phx("restore", "--latest", "--to", dest, "--json", check=None)
+    written = sorted(p.relative_to(outside).as_posix() for p in outside.rglob("*"))
+    assert written == [], f"the restore wrote {len(written)} paths outside {dest} through {dest / root}: {written[:5]}"
+    assert res.code != 0, res
+
+
+# -- in place -------------------------------------------------------------------------------
+
+
+def test_in_place_restore_needs_yes_without_a_terminal(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    # The reference: the snapshot restored elsewhere.
+    reference = tmp_path / "reference"
+    sb.phx("restore", "--latest", "--to", reference)
+    ref_files = only_files(file_manifest(reference / "workspace"))
+    ref_dbs = {db: db_dump(reference / db) for db in DATABASES}
+
+    simulate_day(sb.layout, 0, seed=7)
+    (sb.workspace / "SOUL.md").write_text("a changed soul\n")
+    (sb.workspace / "TOOLS.md").unlink()
+    before = sb.state()
+
+    res = sb.phx("restore", "--latest", check=None)
+    assert_error(res, 2, "--yes")
+    after = sb.state()
+    assert_same_tree(before["workspace"], after["workspace"], "workspace after a refused restore")
+    for db in DATABASES:
+        assert_same_db(before["databases"][db], after["databases"][db], f"{db} after a refused restore")
+
+    # With --yes it restores in place: the files and databases are the snapshot's again.
+    doc = sb.phx("restore", "--latest", "--yes", "--json").json()
+    assert doc["errors"] == [] and doc["destination"] == "in place"
+    now = only_files(file_manifest(sb.workspace))
+    for rel, entry in ref_files.items():
+        assert now.get(rel) == entry, f"{rel} after an in-place restore: {now.get(rel)} != {entry}"
+    for db in DATABASES:
+        assert_same_db(ref_dbs[db], db_dump(sb.db_path(db)), f"{db} after an in-place restore")
+
+
+# -- dry run --------------------------------------------------------------------------------
+
+
+def test_dry_run_writes_nothing_and_shows_the_plan(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    dest = tmp_path / "dest"
+    sb.phx("restore", "--latest", "--to", dest)
+    (dest / "workspace" / "USER.md").write_text("edited after the restore\n")
+    (dest / "workspace" / "SOUL.md").unlink()
+    con = sqlite3.connect(dest / "home/.argentos/data/dashboard.db")
+    con.execute("DELETE FROM tasks WHERE id IN (SELECT id FROM tasks LIMIT 3)")
+    con.commit()
+    con.close()
+    before = file_manifest(dest, skip_databases=False)
+
+    doc = sb.phx("restore", "--latest", "--to", dest, "--dry-run", "--json").json()
+    assert file_manifest(dest, skip_databases=False) == before, "--dry-run changed the destination"
+    assert doc["dryRun"] is True and doc["restored"] == 0
+    actions: dict[str, Any] = {i["path"]: i["action"] for i in doc["items"]}
+    assert actions["workspace/USER.md"] == "overwrite"
+    assert actions["workspace/SOUL.md"] == "create"
+    assert actions["workspace/MEMORY.md"] == "unchanged"
+    assert actions["home/.argentos/data/dashboard.db"] == "overwrite"
+    assert actions["home/.argentos/memory.db"] == "unchanged"
+    assert doc["counts"] == {
+        a: sum(1 for v in actions.values() if v == a) for a in ("create", "overwrite", "unchanged")
+    }
+    assert doc["counts"]["unchanged"] > 30
+
+    # The plain-text plan names each action too; a dry run into a new folder creates nothing.
+    fresh = tmp_path / "fresh"
+    text = sb.phx("restore", "--latest", "--to", fresh, "--dry-run").out
+    assert "create" in text and "dry run" in text
+    assert not fresh.exists(), "--dry-run created the destination folder"
+
+
+# -- partial restores -----------------------------------------------------------------------
+
+IDENTITY = {
+    "SOUL.md",
+    "IDENTITY.md",
+    "USER.md",
+    "AGENTS.md",
+    "HEARTBEAT.md",
+    "CONTEMPLATION.md",
+    "TOOLS.md",
+    ".argent-alignment-integrity.json",
+}
+
+
+def _scoped(sb: Sandbox, tmp_path: Path, *args: str) -> tuple[Path, set[str], dict[str, Any]]:
+    dest = tmp_path / "scoped"
+    doc = sb.phx("restore", "--latest", "--to", dest, "--json", *args).json()
+    assert doc["errors"] == []
+    return dest, all_files(dest), doc
+
+
+def test_identity_only(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    source = only_files(sb.state()["workspace"])
+    dest, files, _ = _scoped(sb, tmp_path, "--identity-only")
+    assert files == {f"workspace/{n}" for n in IDENTITY}
+    restored = only_files(file_manifest(dest / "workspace"))
+    assert restored == {k: v for k, v in source.items() if k in IDENTITY}
+
+
+def test_memory_only(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    state = sb.state()
+    source = only_files(state["workspace"])
+    dest, files, doc = _scoped(sb, tmp_path, "--memory-only")
+    memory_files = {k for k in source if k == "MEMORY.md" or k.startswith("memory/")}
+    assert len(memory_files) > 10
+    expected = {f"workspace/{k}" for k in memory_files} | {"home/.argentos/memory.db", "home/.argentos/observations.db"}
+    assert files == expected
+    assert only_files(file_manifest(dest / "workspace")) == {k: v for k, v in source.items() if k in memory_files}
+    for db in ("home/.argentos/memory.db", "home/.argentos/observations.db"):
+        assert_same_db(state["databases"][db], db_dump(dest / db), db)
+    assert {d["path"] for d in doc["databases"]} == {"home/.argentos/memory.db", "home/.argentos/observations.db"}
+
+
+def test_path_glob(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    source = only_files(sb.state()["workspace"])
+    dest, files, _ = _scoped(sb, tmp_path, "--path", "memory/*.md")
+    notes = {k for k in source if k.startswith("memory/") and k.endswith(".md")}
+    assert len(notes) > 10
+    assert files == {f"workspace/{k}" for k in notes}
+    assert only_files(file_manifest(dest / "workspace")) == {k: v for k, v in source.items() if k in notes}
