@@ -1,0 +1,128 @@
+"""The `phx` application: the command group, the options every command takes, output, and the one
+place where errors become exit codes. Each command lives in its own `cmd_<name>` module."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from phoenix_backup import __version__
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, PhoenixError
+from phoenix_backup.ops import manage
+from phoenix_backup.ops.context import Environment, is_tty
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Out:
+    """Where a command's output goes, and how (plain text or one JSON document)."""
+
+    def __init__(self, as_json: bool, verbose: bool) -> None:
+        self.as_json = as_json
+        self.verbose = verbose
+
+    def notice(self, message: str) -> None:
+        click.echo(f"phx: {message}", err=True)
+
+    def result(self, doc: object, text: str) -> None:
+        if self.as_json:
+            click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        elif text:
+            click.echo(text)
+
+
+def make_env(out: Out) -> Environment:
+    tty = is_tty()
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if total:
+            sys.stderr.write(f"\r{phase}: {done}/{total} ({100 * done // total}%)")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    return Environment(
+        env=dict(os.environ),
+        interactive=tty,
+        prompt=(lambda q: getpass.getpass(q)) if tty else None,
+        confirm=(lambda q: click.confirm(q, default=False, err=True)) if tty else None,
+        notice=out.notice,
+        progress=progress if sys.stderr.isatty() and not out.as_json else None,
+    )
+
+
+def common(f: F) -> F:
+    """--config, --json and --verbose on every command (DESIGN §2), and one error mapping."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="Config file (overrides PHX_CONFIG and the search paths).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+    @click.option("--verbose", "-v", is_flag=True, help="More detail; tracebacks on errors.")
+    @functools.wraps(f)
+    def wrapper(*args: Any, config_path: str | None, as_json: bool, verbose: bool, **kwargs: Any) -> None:
+        out = Out(as_json, verbose)
+        envx = make_env(out)
+        try:
+            status = f(*args, out=out, envx=envx, config_path=config_path, **kwargs)
+        except PhoenixError as exc:
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"phx: error: {exc}", err=True)
+            if as_json:
+                click.echo(json.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
+            sys.exit(int(exc.exit_status))
+        except KeyboardInterrupt:
+            click.echo("phx: interrupted; the repository is unchanged unless a snapshot was reported", err=True)
+            sys.exit(130)
+        sys.exit(int(status or ExitStatus.OK))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
+    cfg = manage.load(envx, config_path)
+    for warning in cfg.warnings:
+        out.notice(f"warning: {warning}")
+    return cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="phx")
+def cli() -> None:
+    """Phoenix: consistent, deduplicated, encrypted backups of an AI agent's workspace.
+
+    \b
+    Quick start:
+      phx init --workspace ~/argent --repo ~/backups/argent
+      phx backup && phx list && phx verify
+      phx restore --latest --to /tmp/restored
+    """
+
+
+def scope_options(f: F) -> F:
+    f = click.option("--memory-only", "scope", flag_value="memory", help="Memory files and memory databases only.")(f)
+    f = click.option("--databases-only", "scope", flag_value="databases", help="Databases only.")(f)
+    f = click.option(
+        "--identity-only", "scope", flag_value="identity", help="Identity files only (SOUL.md, IDENTITY.md, ...)."
+    )(f)
+    return f
+
+
+def check_target(target: str | None) -> None:
+    from phoenix_backup.errors import UsageError
+
+    if target not in (None, "local"):
+        raise UsageError(f"unknown target {target!r}; this version reads from the local target only")

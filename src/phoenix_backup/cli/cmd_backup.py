@@ -1,0 +1,36 @@
+"""`phx backup`."""
+
+from __future__ import annotations
+
+import click
+
+from phoenix_backup.cli import render
+from phoenix_backup.cli.app import Out, cli, common, load_config, scope_options
+from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import backup as backup_op
+from phoenix_backup.ops.context import Environment
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be saved, with sizes; write nothing.")
+@scope_options
+@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option("--time", "time_text", help="Record this time (RFC 3339 with offset) instead of now.")
+@common
+def backup(
+    out: Out,
+    envx: Environment,
+    config_path: str | None,
+    dry_run: bool,
+    scope: str | None,
+    tags: tuple[str, ...],
+    time_text: str | None,
+) -> ExitStatus:
+    """Take one snapshot of the workspace and its databases.
+
+    Example: phx backup --tag nightly
+    """
+    cfg = load_config(out, envx, config_path)
+    result = backup_op.backup(cfg, envx, scope=scope or "full", tags=tags, time_text=time_text, dry_run=dry_run)  # type: ignore[arg-type]
+    out.result(result.to_json(), render.backup(result, out.verbose))
+    return result.exit_status
