@@ -149,68 +149,95 @@ def backup(
 ) -> BackupResult:
     started = time.time()
     when = parse_time(time_text)
-    layout, sel = select_sources(cfg, scope, envx)
-    warnings = [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
-    if dry_run:
-        planned = [
-            PlannedItem(e.logical, e.kind, e.st.st_size if e.kind in ("file", "sqlite") else 0)
-            for e in sorted(sel.entries.values(), key=lambda e: e.logical)
-        ]
-        files = sum(1 for p in planned if p.kind in ("file", "sqlite", "symlink"))
-        return BackupResult(
-            None,
-            None,
-            when.isoformat(),
-            scope,
-            files,
-            sum(p.size for p in planned),
-            0,
-            0,
-            [],
-            {},
-            [{"path": p, "error": m} for p, m in sel.errors],
-            warnings,
-            True,
-            planned,
-            time.time() - started,
-        )
-    target = "local"
     try:
-        repo = open_repository(cfg, envx, create=True)
-        try:
-            with repo.lock(exclusive=False, command="backup"):
-                result = _run(repo, cfg, envx, layout, sel, scope, tags, when, started)
-        finally:
-            repo.close()
+        layout, sel = select_sources(cfg, scope, envx)
+        if dry_run:
+            return _plan(sel, when, scope, cfg, started)
+        result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
+        # After the commit point: later steps (replication, retention, notification) report into
+        # `result` and never undo the snapshot.
     except PhoenixError as exc:
-        write_state(
-            timestamp=started,
-            backup_path=str(cfg.repository_path),
-            compression=cfg.compression.enabled,
-            success=False,
-            snapshot_id=None,
-            snapshot_name=None,
-            error=str(exc),
-            targets={target: TargetOutcome(False, str(exc))},
-            scope=scope,
-            path=envx.home / ".argentos" / "backup" / ".last-backup",
-        )
+        _record_state(cfg, envx, started, scope, None, exc)
         raise
-    result.warnings[:0] = warnings
-    result.targets = {target: TargetOutcome(True)}
+    _record_state(cfg, envx, started, scope, result, None)
+    return result
+
+
+def _plan(sel: Selection, when: datetime, scope: Scope, cfg: Config, started: float) -> BackupResult:
+    """`--dry-run`: what would be saved, with sizes."""
+    planned = [
+        PlannedItem(e.logical, e.kind, e.st.st_size if e.kind in ("file", "sqlite") else 0)
+        for e in sorted(sel.entries.values(), key=lambda e: e.logical)
+    ]
+    files = sum(1 for p in planned if p.kind in ("file", "sqlite", "symlink"))
+    return BackupResult(
+        id=None,
+        name=None,
+        time=when.isoformat(),
+        scope=scope,
+        files=files,
+        size=sum(p.size for p in planned),
+        added=0,
+        files_read=0,
+        databases=[],
+        targets={},
+        incomplete=[{"path": p, "error": m} for p, m in sel.errors],
+        warnings=_missing_warnings(cfg, sel),
+        dry_run=True,
+        planned=planned,
+        duration=time.time() - started,
+    )
+
+
+def _snapshot(
+    cfg: Config,
+    envx: Environment,
+    layout: Layout,
+    sel: Selection,
+    scope: Scope,
+    tags: tuple[str, ...],
+    when: datetime,
+    started: float,
+) -> BackupResult:
+    """Take the snapshot into the first target's repository (created on first use)."""
+    repo = open_repository(cfg, envx, create=True)
+    try:
+        with repo.lock(exclusive=False, command="backup"):
+            result = _run(repo, cfg, envx, layout, sel, scope, tags, when, started)
+    finally:
+        repo.close()
+    result.warnings[:0] = _missing_warnings(cfg, sel)
+    result.targets = {"local": TargetOutcome(True)}
+    return result
+
+
+def _missing_warnings(cfg: Config, sel: Selection) -> list[str]:
+    return [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+
+
+def _record_state(
+    cfg: Config, envx: Environment, started: float, scope: str, result: BackupResult | None, error: PhoenixError | None
+) -> None:
+    """The state file, on success and on failure alike."""
+    if result is not None:
+        targets = result.targets
+        failed = [f"{name}: {t.error}" for name, t in targets.items() if not t.ok]
+        message = "; ".join(failed) or None
+    else:
+        targets = {name: TargetOutcome(False, str(error)) for name in cfg.targets.enabled_names()}
+        message = str(error)
     write_state(
         timestamp=started,
         backup_path=str(cfg.repository_path),
         compression=cfg.compression.enabled,
-        success=True,
-        snapshot_id=result.id,
-        snapshot_name=result.name,
-        error=None,
-        targets=result.targets,
+        success=result is not None,
+        snapshot_id=result.id if result else None,
+        snapshot_name=result.name if result else None,
+        error=message,
+        targets=targets,
         scope=scope,
         path=envx.home / ".argentos" / "backup" / ".last-backup",
     )
-    return result
 
 
 def _is_default_db(cfg: Config, path: str) -> bool:
