@@ -14,7 +14,7 @@ import bisect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import blake3
 from pyfastcdc import FastCDC
@@ -40,6 +40,29 @@ def file_chunks(data: bytes | memoryview, chunker: dict[str, int], seed: int) ->
     )
     for c in cdc.cut_buf(view):
         yield view[c.offset : c.offset + c.length]
+
+
+# Files up to this size are read in one piece; larger ones are streamed through the chunker.
+WHOLE_FILE_LIMIT = 32 * 1024 * 1024
+
+
+def file_chunks_of(f: BinaryIO, size_hint: int, chunker: dict[str, int], seed: int) -> Iterator[memoryview]:
+    """Content-defined chunks of an open file. Small files are read in one piece of their own
+    size (never a fixed large buffer); large ones stream through FastCDC, so cut points do not
+    depend on read boundaries and memory stays bounded."""
+    if size_hint <= WHOLE_FILE_LIMIT:
+        data = f.read(size_hint + 1)
+        rest = f.read()  # the file grew since it was stat'ed: take it all
+        yield from file_chunks(data + rest if rest else data, chunker, seed)
+        return
+    cdc = FastCDC(
+        avg_size=max(256, chunker["avg"] - chunker["min"]),
+        min_size=chunker["min"],
+        max_size=chunker["max"],
+        seed=seed,
+    )
+    for c in cdc.cut_stream(f):
+        yield memoryview(c.data)
 
 
 @dataclass
