@@ -105,3 +105,65 @@ class RestoreError(PhoenixError):
 
 class UnsafePath(RestoreError):
     """A path would leave the restore destination or write through a symlink."""
+
+
+# -- storage targets (issue #6) ----------------------------------------------------------------
+
+
+class ObjectExists(StorageError):
+    """An exclusive write found the object already there."""
+
+
+class TransientStorageError(StorageError):
+    """A failure worth retrying: a timeout, a dropped connection, a 5xx or throttling answer."""
+
+
+class TargetUnreachable(StorageError):
+    """The target refused the connection or could not be reached at all."""
+
+
+class TargetAuthError(StorageError):
+    """The target rejected the credentials (or there were none)."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class ThawPending(StorageError):
+    """Objects in a cold storage class are being restored (thawed) and are not readable yet."""
+
+
+class RetentionRefused(PhoenixError):
+    """A retention policy would remove every snapshot of a group; nothing was forgotten."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class SchedulerUnavailable(PhoenixError):
+    """No usable scheduler (systemd user session, crontab, launchd) was found."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class GatewayError(RestoreError):
+    """`gateway.stop` failed or timed out: the restore aborts with nothing changed."""
+
+
+# -- memory export / import / diff (issue #9) ----------------------------------------------------
+
+
+class ExportError(PhoenixError):
+    """An export could not be written (the output folder is not empty, a store cannot be read)."""
+
+
+class NotAnExport(PhoenixError):
+    """The folder given to `phx import` is not a Phoenix export this version can import."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class ChecksumMismatch(PhoenixError):
+    """An export's files do not match its `checksums.json`: nothing was imported."""
+
+
+class MergeFailed(PhoenixError):
+    """A merge into a live store failed its checks and was rolled back: the store is unchanged."""

@@ -2,7 +2,10 @@
 
 Seed fields: timestamp (Unix seconds), date (ISO), backupPath, compression, success.
 Added: snapshotId, snapshotName, error, targets ({name: {ok, error}}), scope, lastSuccess (the
-seed fields of the last successful run, so a failure never hides when the last good backup was).
+seed fields of the last successful run, so a failure never hides when the last good backup was),
+targetsLastSuccess ({name: {timestamp, date, snapshotId}}: when each target last received a
+snapshot) and lastFailure ({timestamp, date, error}: the last run that failed or reached only
+some targets).
 """
 
 from __future__ import annotations
@@ -69,6 +72,16 @@ def write_state(
         doc["lastSuccess"] = {k: doc[k] for k in ("timestamp", "date", "snapshotId", "snapshotName")}
     elif "lastSuccess" in previous:
         doc["lastSuccess"] = previous["lastSuccess"]
+    per_target = previous.get("targetsLastSuccess")
+    per_target = dict(per_target) if isinstance(per_target, dict) else {}
+    for name, outcome in targets.items():
+        if outcome.ok and snapshot_id:
+            per_target[name] = {"timestamp": doc["timestamp"], "date": doc["date"], "snapshotId": snapshot_id}
+    doc["targetsLastSuccess"] = per_target
+    if not success or any(not t.ok for t in targets.values()):
+        doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
+    elif "lastFailure" in previous:
+        doc["lastFailure"] = previous["lastFailure"]
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = target.with_name(f".last-backup.tmp{os.getpid()}")

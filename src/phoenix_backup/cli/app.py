@@ -121,8 +121,40 @@ def scope_options(f: F) -> F:
     return f
 
 
-def check_target(target: str | None) -> None:
+def check_target(target: str | None, cfg: Config | None = None, envx: Environment | None = None) -> None:
+    """Validate `--target NAME` (an enabled target of `cfg`) and make it the target that
+    `open_repository` reads from for this command (`envx.target`)."""
     from phoenix_backup.errors import UsageError
+    from phoenix_backup.storage.targets import TARGET_NAMES, check_target_name
 
-    if target not in (None, "local"):
-        raise UsageError(f"unknown target {target!r}; this version reads from the local target only")
+    if target is None:
+        return
+    if cfg is None:
+        if target not in TARGET_NAMES:
+            raise UsageError(f"unknown target {target!r}; use one of {', '.join(TARGET_NAMES)}")
+    else:
+        check_target_name(cfg, target)
+    if envx is not None:
+        envx.target = target
+
+
+def target_option(f: F) -> F:
+    """`--target NAME` for commands that read (list, restore, verify, ...)."""
+    return click.option(
+        "--target",
+        metavar="NAME",
+        help="Work from this target alone: local, git, s3 or r2 (default: the first enabled).",
+    )(f)
+
+
+def thaw_option(f: F) -> F:
+    """`--thaw-timeout SECONDS` for commands that read pack data (restore, verify --read-data, ...)."""
+    return click.option(
+        "--thaw-timeout",
+        "thaw_timeout",
+        type=click.FloatRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Packs in S3 GLACIER/DEEP_ARCHIVE: request their restore and wait up to this long.",
+    )(f)

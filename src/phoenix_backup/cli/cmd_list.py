@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import click
-
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config
+from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import manage
 from phoenix_backup.ops.context import Environment
 
 
 @cli.command(name="list")
-@click.option("--target", help="Read from this target only (only `local` in this version).")
+@target_option
 @common
 def list_cmd(out: Out, envx: Environment, config_path: str | None, target: str | None) -> ExitStatus:
     """List snapshots: id, name, time, size, bytes added, files, databases, tags, targets.
@@ -20,7 +18,7 @@ def list_cmd(out: Out, envx: Environment, config_path: str | None, target: str |
     Example: phx list --json
     """
     cfg = load_config(out, envx, config_path)
-    check_target(target)
-    snaps = manage.list_snapshots(cfg, envx)
+    check_target(target, cfg, envx)
+    snaps = manage.list_snapshots(cfg, envx, target=target)
     out.result([s.to_json() for s in snaps], render.snapshots(snaps))
     return ExitStatus.OK

@@ -7,7 +7,17 @@ from pathlib import Path
 import click
 
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, scope_options
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    common,
+    load_config,
+    scope_options,
+    target_option,
+    thaw_option,
+)
+from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.ops.context import Environment
@@ -20,9 +30,39 @@ from phoenix_backup.ops.context import Environment
 @click.option("--config-only", "scope", flag_value="config", help="Configuration files only.")
 @click.option("--path", "paths", multiple=True, help="Only paths matching this glob (repeatable).")
 @click.option("--to", "to", type=click.Path(file_okay=False), help="Restore below this folder instead of in place.")
-@click.option("--target", help="Read from this target only (only `local` in this version).")
+@target_option
+@thaw_option
 @click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
 @click.option("--yes", "--force", "yes", is_flag=True, help="Do not ask before overwriting.")
+@click.option(
+    "--delete", is_flag=True, help="In place: also delete what the restored scope holds and the snapshot lacks."
+)
+@click.option(
+    "--realign", is_flag=True, help="Rewrite the hashes of .argent-alignment-integrity.json if the restore breaks it."
+)
+@click.option(
+    "--no-safety-snapshot",
+    "no_safety",
+    is_flag=True,
+    help="In place: skip the pre-restore safety snapshot (the restore cannot be undone).",
+)
+@click.option(
+    "--to-database",
+    "to_database",
+    metavar="NAME",
+    help="Restore the snapshot's PostgreSQL database into a new database NAME on the configured server.",
+)
+@click.option(
+    "--conflict-mode",
+    type=click.Choice(["skip", "update"]),
+    default=None,
+    help="Rows (agent-scoped PostgreSQL) and Redis keys that exist: keep them (skip) or overwrite (update, default).",
+)
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Merge the snapshot's SQLite rows into the live stores by primary key (--conflict-mode, default skip).",
+)
 @common
 def restore(
     out: Out,
@@ -34,12 +74,24 @@ def restore(
     paths: tuple[str, ...],
     to: str | None,
     target: str | None,
+    thaw_timeout: float,
     dry_run: bool,
     yes: bool,
+    delete: bool,
+    realign: bool,
+    no_safety: bool,
+    to_database: str | None,
+    conflict_mode: str | None,
+    merge: bool,
 ) -> ExitStatus:
     """Restore all or part of a snapshot, in place or below --to.
 
-    Example: phx restore --latest --to /tmp/agent-restored
+    In place, the gateway is stopped first (gateway.stop) and started again afterwards
+    (gateway.start), and a safety snapshot tagged pre-restore holds what the restore overwrites or
+    deletes: `phx restore --backup <its id>` undoes the restore. SQLite databases are written
+    through the backup API so that open connections see the restored content.
+
+    Example: phx restore --latest --dry-run && phx restore --latest --yes
     """
     from phoenix_backup.errors import UsageError
 
@@ -48,7 +100,10 @@ def restore(
     if not latest and not ref:
         raise UsageError("say which snapshot to restore: --latest or --backup ID (see `phx list`)")
     cfg = load_config(out, envx, config_path)
-    check_target(target)
+    check_target(target, cfg, envx)
+    envx.thaw_timeout = thaw_timeout
+    if merge:
+        return _merge(out, envx, cfg, ref or "latest", conflict_mode, dry_run, yes, paths, to, target, no_safety)
     result = restore_op.restore(
         cfg,
         envx,
@@ -58,6 +113,47 @@ def restore(
         to=Path(to).absolute() if to else None,
         dry_run=dry_run,
         yes=yes,
+        delete=delete,
+        realign=realign,
+        safety_snapshot=not no_safety,
+        to_database=to_database,
+        conflict_mode="skip" if conflict_mode == "skip" else "update",
     )
     out.result(result.to_json(), render.restore(result, out.verbose))
+    return result.exit_status
+
+
+def _merge(
+    out: Out,
+    envx: Environment,
+    cfg: Config,
+    ref: str,
+    conflict_mode: str | None,
+    dry_run: bool,
+    yes: bool,
+    paths: tuple[str, ...],
+    to: str | None,
+    target: str | None,
+    no_safety: bool,
+) -> ExitStatus:
+    """`--merge`: the row merge of `phx import`, from the snapshot's copies of the stores (issue #9)."""
+    from phoenix_backup.cli.cmd_import import notices, text
+    from phoenix_backup.errors import UsageError
+    from phoenix_backup.ops.merge import merge_snapshot
+
+    if to:
+        raise UsageError("--merge writes into the live stores; leave out --to (or restore below --to without --merge)")
+    result = merge_snapshot(
+        cfg,
+        envx,
+        ref=ref,
+        conflict_mode="update" if conflict_mode == "update" else "skip",
+        dry_run=dry_run,
+        yes=yes,
+        paths=paths,
+        target=target,
+        safety_snapshot=not no_safety,
+    )
+    notices(out, result)
+    out.result(result.to_json(), text(result))
     return result.exit_status

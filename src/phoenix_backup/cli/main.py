@@ -8,12 +8,25 @@ import sys
 import click
 
 from phoenix_backup.cli import (  # noqa: F401 - importing a command module registers it
+    cmd_archive,
     cmd_backup,
     cmd_demo,
+    cmd_diff,
+    cmd_doctor,
+    cmd_drill,
+    cmd_dump,
+    cmd_export,
+    cmd_forget,
+    cmd_import,
     cmd_init,
     cmd_key,
     cmd_list,
+    cmd_ls,
+    cmd_prune,
     cmd_restore,
+    cmd_schedule,
+    cmd_status,
+    cmd_sync,
     cmd_unlock,
     cmd_verify,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from phoenix_backup.ops.backup import BackupResult
 from phoenix_backup.ops.manage import SnapshotSummary
+from phoenix_backup.ops.replicate import SyncResult
 from phoenix_backup.ops.restore import RestoreResult
 from phoenix_backup.ops.verify import VerifyResult
 
@@ -72,16 +73,53 @@ def restore(r: RestoreResult, verbose: bool) -> str:
     lines = []
     if r.dry_run or verbose:
         lines += [f"{i.action:9} {i.kind:7} {i.target}" for i in r.items]
-    summary = f"{counts['create']} to create, {counts['overwrite']} to overwrite, {counts['unchanged']} unchanged"
+    summary = ", ".join(
+        f"{n} to {a}" if a != "unchanged" else f"{n} unchanged" for a, n in counts.items() if n or a != "delete"
+    )
     if r.dry_run:
+        for db in r.databases:
+            lines.append(f"  database {db['path']}: {db['action']}{_row_deltas(db)}")
         lines.append(f"plan for {r.name} ({r.snapshot[:8]}) {r.destination}: {summary} (dry run: nothing written)")
     else:
-        lines.append(f"restored {r.restored} files and databases from {r.name} ({r.snapshot[:8]}) {_dest(r)}")
+        done = f"restored {r.restored} files and databases"
+        if r.deleted:
+            done += f", deleted {r.deleted}"
+        lines.append(f"{done} from {r.name} ({r.snapshot[:8]}) {_dest(r)}")
         for db in r.databases:
-            lines.append(f"  database {db['path']}: integrity {db['integrity']}")
+            fts = db.get("fts") or {}
+            bad = [t for t, m in fts.items() if m != "ok"]
+            checks = f", FTS5 {'ok' if not bad else 'FAILED: ' + ', '.join(bad)} ({len(fts)} tables)" if fts else ""
+            via = f" via {db['method']}" if db.get("method") else ""
+            lines.append(f"  database {db['path']}{via}: integrity {db['integrity']}{checks}")
+        for action, step in r.gateway.items():
+            state = "ok" if step.ok else "FAILED: " + step.describe()
+            lines.append(f"  gateway.{action}: {state}")
+        if r.safety_snapshot:
+            s = r.safety_snapshot
+            lines.append(
+                f"  safety snapshot {s['id'][:8]} ({s['name']}, tag pre-restore) holds the previous state; "
+                f"undo with: phx restore --backup {s['id'][:8]} --yes"
+            )
+    a = r.alignment
+    if a is not None and a.realigned:
+        lines.append(f"  realigned {a.manifest}: new hashes for {', '.join(a.rewritten)} (--realign)")
     for err in r.errors:
         lines.append(f"  not restored: {err['path']}: {err['error']}")
+    lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
+
+
+def _row_deltas(db: dict[str, object]) -> str:
+    if "error" in db:
+        return f" ({db['error']})"
+    tables = db.get("tables")
+    if not isinstance(tables, dict) or not tables:
+        return ""
+    parts = []
+    for name, d in tables.items():
+        if d["added"] or d["removed"] or d["changed"]:
+            parts.append(f"{name} +{d['added']} -{d['removed']} ~{d['changed']}")
+    return ": " + (", ".join(parts) if parts else "no row changes")
 
 
 def _dest(r: RestoreResult) -> str:
@@ -94,8 +132,31 @@ def verify(r: VerifyResult) -> str:
     for e in r.errors:
         where = f" (snapshot {e.snapshot[:8]}, {e.path})" if e.snapshot else ""
         lines.append(f"error: {e.object}{where}: {e.message}")
+    read = " and read every byte" if r.read_data else ""
+    if r.subset is not None:
+        read = f" and read every byte of {r.subset['packs']} of {r.subset['of']} packs ({r.subset['percent']:g}%)"
     if r.ok:
-        lines.append(f"repository ok: checked {checked}{' and read every byte' if r.read_data else ''}")
+        lines.append(f"repository ok: checked {checked}{read}")
     else:
         lines.append(f"repository has {len(r.errors)} error(s); checked {checked}")
+    return "\n".join(lines)
+
+
+def sync(r: SyncResult) -> str:
+    lines = []
+    for name, t in r.targets.items():
+        if not t.ok:
+            lines.append(f"target {name}: FAILED: {t.error}")
+            continue
+        what = f"{t.objects} objects, {size(t.bytes)}" if t.objects else "already up to date"
+        extra = []
+        if t.initialised:
+            extra.append("initialised")
+        if t.snapshots:
+            extra.append(f"{t.snapshots} snapshot(s)")
+        if t.uploads_aborted:
+            extra.append(f"{t.uploads_aborted} abandoned upload(s) aborted")
+        if t.throughput:
+            extra.append(f"{size(int(t.throughput))}/s")
+        lines.append(f"target {name}: ok, {what}" + (f" ({', '.join(extra)})" if extra else ""))
     return "\n".join(lines)

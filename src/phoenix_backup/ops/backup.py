@@ -7,6 +7,7 @@ once every entry is done, then the index, then the snapshot object (the commit p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -21,17 +22,21 @@ from pathlib import Path
 from phoenix_backup import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError, SourceError, UsageError
-from phoenix_backup.ops.context import Environment, cache_for, open_repository
+from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
+from phoenix_backup.ops import db_backup
+from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
+from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
+from phoenix_backup.ops.replicate import commit_first_target, replicate_all
 from phoenix_backup.ops.scope import Scope, source_plan
 from phoenix_backup.repo.cache import Cache
-from phoenix_backup.repo.chunker import FileView, file_chunks, page_runs
+from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import Extent, Node
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
-from phoenix_backup.sources.layout import Layout
+from phoenix_backup.sources.layout import DATABASE_ROOTS, Layout
 from phoenix_backup.state import TargetOutcome, write_state
 
 # Files up to this size are read in one piece; larger ones are read in windows of this size.
@@ -65,12 +70,17 @@ class BackupResult:
     dry_run: bool = False
     planned: list[PlannedItem] = field(default_factory=list)
     duration: float = 0.0
+    retention: RetentionOutcome | None = None  # forget/prune after the snapshot (issue 7)
+    notification: NotifyOutcome | None = None
 
     @property
     def exit_status(self) -> ExitStatus:
         failed_target = any(not t.ok for t in self.targets.values())
         bad_db = any(d.integrity != "ok" for d in self.databases)
-        return ExitStatus.PARTIAL if (self.incomplete or failed_target or bad_db) else ExitStatus.OK
+        # Retention failing after the snapshot is a partial success: the snapshot is safe, but old
+        # snapshots were not cleaned up.
+        bad_retention = self.retention is not None and not self.retention.ok
+        return ExitStatus.PARTIAL if (self.incomplete or failed_target or bad_db or bad_retention) else ExitStatus.OK
 
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -88,6 +98,8 @@ class BackupResult:
             "incomplete": self.incomplete,
             "warnings": self.warnings,
             "dryRun": self.dry_run,
+            "retention": self.retention.to_json() if self.retention else None,
+            "notification": self.notification.to_json() if self.notification else None,
         }
         if self.dry_run:
             doc["planned"] = [{"path": p.path, "kind": p.kind, "size": p.size} for p in self.planned]
@@ -156,11 +168,41 @@ def backup(
         result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
         # After the commit point: later steps (replication, retention, notification) report into
         # `result` and never undo the snapshot.
-    except PhoenixError as exc:
+    except Exception as exc:
+        # Any failure is recorded and alerts, a repository that cannot even be opened included.
         _record_state(cfg, envx, started, scope, None, exc)
+        _notify(cfg, envx, BackupEvent(ok=False, scope=scope, duration=time.time() - started, errors=(str(exc),)))
         raise
     _record_state(cfg, envx, started, scope, result, None)
+    result.notification = _notify(cfg, envx, _event(result))
+    result.warnings += [f"notification: {p}" for p in result.notification.problems]
     return result
+
+
+def _event(r: BackupResult) -> BackupEvent:
+    errors = [f"not saved: {i['path']}: {i['error']}" for i in r.incomplete]
+    errors += [f"database {d.path}: integrity {d.integrity}" for d in r.databases if d.integrity != "ok"]
+    errors += r.retention.errors if r.retention else []
+    return BackupEvent(
+        ok=r.exit_status == ExitStatus.OK,
+        scope=r.scope,
+        snapshot_id=r.id,
+        snapshot_name=r.name,
+        size=r.size,
+        added=r.added,
+        duration=r.duration,
+        targets_ok=tuple(name for name, t in r.targets.items() if t.ok),
+        failed_targets={name: t.error or "failed" for name, t in r.targets.items() if not t.ok},
+        errors=tuple(errors),
+    )
+
+
+def _notify(cfg: Config, envx: Environment, event: BackupEvent) -> NotifyOutcome:
+    """Send per `notifications`; a message that cannot be sent is a warning, never a failure."""
+    outcome = notify_event(cfg, dict(envx.env), event)
+    for problem in outcome.problems:
+        envx.notice(f"warning: notification not sent: {problem}")
+    return outcome
 
 
 def _plan(sel: Selection, when: datetime, scope: Scope, cfg: Config, started: float) -> BackupResult:
@@ -169,6 +211,8 @@ def _plan(sel: Selection, when: datetime, scope: Scope, cfg: Config, started: fl
         PlannedItem(e.logical, e.kind, e.st.st_size if e.kind in ("file", "sqlite") else 0)
         for e in sorted(sel.entries.values(), key=lambda e: e.logical)
     ]
+    # PostgreSQL and Redis: their size is known only once dumped.
+    planned += [PlannedItem(job.logical, job.engine, 0) for job in db_backup.database_jobs(cfg, scope)]
     files = sum(1 for p in planned if p.kind in ("file", "sqlite", "symlink"))
     return BackupResult(
         id=None,
@@ -199,15 +243,27 @@ def _snapshot(
     when: datetime,
     started: float,
 ) -> BackupResult:
-    """Take the snapshot into the first target's repository (created on first use)."""
-    repo = open_repository(cfg, envx, create=True)
+    """Take the snapshot into the first target's repository (created on first use), then
+    replicate it to every other enabled target; `result.targets` holds each target's outcome."""
+    first = enabled_targets(cfg)[0]
+    repo = open_repository(cfg, envx, create=True, target=first)
     try:
         with repo.lock(exclusive=False, command="backup"):
             result = _run(repo, cfg, envx, layout, sel, scope, tags, when, started)
+        assert result.id is not None and result.name is not None
+        # After the commit point. Replication reads this open repository (so a passphrase is
+        # asked once); each replica is initialised on first use, and one that fails is only its
+        # own outcome (exit 3), never the others' or the snapshot's.
+        result.targets = {first: commit_first_target(repo, first, result.id, result.name)}
+        result.targets.update({name: r.outcome() for name, r in replicate_all(repo, cfg, envx).items()})
+        # Retention on every target, only when every target has the snapshot (issue 7).
+        result.retention = retention_after_backup(cfg, envx, repo, dict(result.targets))
+        for error in result.retention.errors:
+            envx.notice(f"warning: {error}")
     finally:
         repo.close()
     result.warnings[:0] = _missing_warnings(cfg, sel)
-    result.targets = {"local": TargetOutcome(True)}
+    result.duration = time.time() - started
     return result
 
 
@@ -216,12 +272,16 @@ def _missing_warnings(cfg: Config, sel: Selection) -> list[str]:
 
 
 def _record_state(
-    cfg: Config, envx: Environment, started: float, scope: str, result: BackupResult | None, error: PhoenixError | None
+    cfg: Config, envx: Environment, started: float, scope: str, result: BackupResult | None, error: Exception | None
 ) -> None:
     """The state file, on success and on failure alike."""
     if result is not None:
         targets = result.targets
         failed = [f"{name}: {t.error}" for name, t in targets.items() if not t.ok]
+        # A database that could not be saved (PostgreSQL, Redis) is named too: the run was partial.
+        failed += [
+            f"{i['path']}: {i['error']}" for i in result.incomplete if i["path"].split("/", 1)[0] in DATABASE_ROOTS
+        ]
         message = "; ".join(failed) or None
     else:
         targets = {name: TargetOutcome(False, str(error)) for name in cfg.targets.enabled_names()}
@@ -261,7 +321,10 @@ class _Run:
         self.files_read = 0
         self.incomplete: list[dict[str, str]] = []
         self.databases: list[DatabaseInfo] = []
+        self.warnings: list[str] = []
         self.aux = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phx-check")
+        # A safety snapshot leaves the page hashes of the regular backups' chain in the cache.
+        self.keep_page_state = True
 
     def save_data(self, data: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
         return self.repo.save_blob_async(BlobType.DATA, data, blob_id)
@@ -294,11 +357,10 @@ class _Run:
             fst = os.fstat(f.fileno())
             if not stat.S_ISREG(fst.st_mode):
                 raise SourceError(f"{entry.path} is no longer a regular file")
-            for window in _windows(f):
-                digest.update(window)
-                size += len(window)
-                for chunk in file_chunks(window, self.repo.config.chunker, self.repo.secrets.chunker_seed):
-                    extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
+            for chunk in file_chunks_of(f, fst.st_size, self.repo.config.chunker, self.repo.secrets.chunker_seed):
+                digest.update(chunk)
+                size += len(chunk)
+                extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
         self.files_read += 1
         return Node(
             name=entry.path.name,
@@ -361,7 +423,8 @@ class _Run:
         finally:
             copy.unlink(missing_ok=True)
         state.sha256 = digest
-        self.cache.save_pages(entry.logical, state)
+        if self.keep_page_state:
+            self.cache.save_pages(entry.logical, state)
         info = DatabaseInfo(
             path=entry.logical,
             engine="sqlite",
@@ -389,29 +452,8 @@ class _Run:
         return node, info
 
 
-def _windows(f: object) -> Iterator[bytes]:
-    read = f.read  # type: ignore[attr-defined]
-    first = True
-    while True:
-        block: bytes = read(READ_WINDOW)
-        if not block:
-            if first:
-                yield b""
-            return
-        first = False
-        yield block
-
-
 def _renamed(node: Node, name: str) -> Node:
-    copy = Node(**{**node.__dict__}) if hasattr(node, "__dict__") else _copy_node(node)
-    copy.name = name
-    return copy
-
-
-def _copy_node(node: Node) -> Node:
-    import dataclasses
-
-    return dataclasses.replace(node)
+    return dataclasses.replace(node, name=name)
 
 
 def walk_tree(repo: Repository, tree_id: bytes, prefix: str = "") -> Iterator[tuple[str, Node]]:
@@ -429,17 +471,23 @@ def _run(
     envx: Environment,
     layout: Layout,
     sel: Selection,
-    scope: Scope,
+    scope: str,  # a Scope, or "pre-restore" for safety snapshots
     tags: tuple[str, ...],
     when: datetime,
     started: float,
+    *,
+    absent: tuple[str, ...] = (),
+    parent_scopes: tuple[str, ...] | None = None,
+    keep_page_state: bool = True,
+    databases: tuple[str, ...] = (),
 ) -> BackupResult:
     repo.load_index()
     snapshots = repo.list_snapshots()
     host = socket.gethostname()
-    parents = [s for s in snapshots if s.host == host and s.scope == scope]
+    parents = [s for s in snapshots if s.host == host and s.scope in (parent_scopes or (scope,))]
     parent = parents[-1] if parents else None
     run = _Run(repo, cache_for(repo, envx), parent, envx)
+    run.keep_page_state = keep_page_state
     nodes: dict[str, Node] = {}
     total = len(sel.entries)
     done = 0
@@ -455,6 +503,13 @@ def _run(
                 db_futures[entry.logical] = pool.submit(run.sqlite_node, entry)
             elif entry.kind == "symlink":
                 nodes[entry.logical] = _symlink_node(entry)
+        # PostgreSQL and Redis stream straight into the repository, beside the files.
+        env = dict(envx.env)
+        seed = repo.secrets.chunker_seed
+        db_jobs = {
+            job.logical: pool.submit(db_backup.back_up, job, env, seed, run.save_data)
+            for job in db_backup.database_jobs(cfg, scope, databases)
+        }
         for logical, fut in db_futures.items():
             try:
                 node, info = fut.result()
@@ -465,6 +520,16 @@ def _run(
             run.databases.append(info)
             done += 1
             _progress(envx, done, total)
+        for logical, jfut in db_jobs.items():
+            try:
+                outcome = jfut.result()
+            except (OSError, PhoenixError) as exc:
+                # Named in the result and the state file; the rest of the snapshot goes on (exit 3).
+                run.incomplete.append({"path": logical, "error": _reason(exc)})
+                continue
+            nodes.update(outcome.nodes)
+            run.databases.append(outcome.info)
+            run.warnings.extend(outcome.warnings)
         for logical, ffut in futures.items():
             try:
                 nodes[logical] = ffut.result()
@@ -497,6 +562,7 @@ def _run(
         incomplete=tuple(run.incomplete),
         phoenix_version=__version__,
         started=datetime.fromtimestamp(started).astimezone().isoformat(),
+        absent=absent,
     )
     # The snapshot records the bytes it added: packs and index are known; the snapshot object
     # itself is small and is counted by the repository after it is written.
@@ -515,6 +581,7 @@ def _run(
         databases=list(snap.databases),
         targets={},
         incomplete=run.incomplete,
+        warnings=run.warnings,
         duration=time.time() - started,
     )
 
@@ -544,7 +611,8 @@ def _write_trees(repo: Repository, layout: Layout, sel: Selection, nodes: dict[s
     dirs: dict[str, Entry] = {k: e for k, e in sel.entries.items() if e.kind == "dir"}
     for logical in nodes:
         for parent in _ancestors(logical):
-            dirs.setdefault(parent, Entry(parent, layout.to_real(parent), "dir", _stat_or_default(layout, parent)))
+            if parent not in dirs:
+                dirs[parent] = _dir_entry(layout, parent)
     for logical, node in nodes.items():
         children.setdefault(_parent_of(logical), []).append(node)
     for logical in sorted(dirs, key=lambda p: p.count("/"), reverse=True):
@@ -574,11 +642,27 @@ def _parent_of(logical: str) -> str:
     return logical.rsplit("/", 1)[0] if "/" in logical else ""
 
 
+def _dir_entry(layout: Layout, logical: str) -> Entry:
+    if logical.split("/", 1)[0] in DATABASE_ROOTS:
+        # postgres/<name>/ and redis/<name>/ have no folder on disk: private, dated now.
+        return Entry(logical, Path(logical), "dir", _dir_stat(0o40700, time.time_ns()))
+    return Entry(logical, layout.to_real(logical), "dir", _stat_or_default(layout, logical))
+
+
 def _stat_or_default(layout: Layout, logical: str) -> os.stat_result:
     try:
         return os.lstat(layout.to_real(logical))
     except OSError:
-        return os.stat_result((0o40755, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        return _dir_stat(0o40755, 0)
+
+
+def _dir_stat(mode: int, when_ns: int) -> os.stat_result:
+    """A stat of a folder that is not on disk; the nanosecond times must be given explicitly
+    (a 10-field stat_result leaves st_mtime_ns None)."""
+    sec = when_ns // 1_000_000_000
+    return os.stat_result(
+        (mode, 0, 0, 0, os.getuid(), os.getgid(), 0, sec, sec, sec, sec, sec, sec, when_ns, when_ns, when_ns)
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -599,3 +683,46 @@ def _username() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
+
+
+def snapshot_entries(
+    repo: Repository,
+    cfg: Config,
+    envx: Environment,
+    entries: list[Entry],
+    *,
+    absent: tuple[str, ...],
+    scope: str,
+    tags: tuple[str, ...],
+    parent_scopes: tuple[str, ...],
+    databases: tuple[str, ...] = (),
+) -> BackupResult:
+    """A snapshot of exactly `entries` (a folder entry stands for the folder's own mode and times,
+    not for its content), recording `absent` as paths that did not exist: the safety snapshot a
+    restore takes before it overwrites anything, so that restoring it undoes the restore.
+    `databases` (logical paths: postgres/<name>, redis/<name>) are saved from their servers too.
+
+    Runs in the caller's opened and locked repository. The newest snapshot of this host in one of
+    `parent_scopes` is the parent, so unchanged files are not read again and database pages
+    deduplicate against the regular backups; the cache's page hashes and the state file are left
+    to the regular backups.
+    """
+    started = time.time()
+    when = parse_time(None)
+    layout = Layout(cfg.workspace, envx.home)
+    sel = Selection({e.logical: e for e in entries}, [], [])
+    return _run(
+        repo,
+        cfg,
+        envx,
+        layout,
+        sel,
+        scope,
+        tags,
+        when,
+        started,
+        absent=absent,
+        parent_scopes=parent_scopes,
+        keep_page_state=False,
+        databases=databases,
+    )

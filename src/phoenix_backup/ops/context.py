@@ -15,6 +15,7 @@ from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
 
 
@@ -35,6 +36,11 @@ class Environment:
     confirm: Callable[[str], bool] | None = None  # asks yes/no
     notice: Callable[[str], None] = _no_notice  # one-line notices for stderr
     progress: Callable[[str, int, int], None] | None = None  # (phase, done, total)
+    # The target that read commands work from (`--target NAME`); None means the first enabled one.
+    target: str | None = None
+    # Seconds a read may wait for packs in a cold S3 storage class to thaw (`--thaw-timeout`);
+    # 0 requests the thaw and fails at once, saying to run again later.
+    thaw_timeout: float = 0.0
 
     @property
     def home(self) -> Path:
@@ -130,19 +136,69 @@ def local_backend(cfg: Config) -> LocalBackend:
     return LocalBackend(cfg.repository_path)
 
 
-def open_repository(cfg: Config, envx: Environment, *, create: bool = False) -> Repository:
-    """Open the repository of the first target; with `create`, initialise it on first use."""
-    backend = local_backend(cfg)
+def enabled_targets(cfg: Config) -> list[str]:
+    """The enabled targets in the fixed order local, git, s3, r2: backups write the first one and
+    replicate to the others (DESIGN §8)."""
+    return cfg.targets.enabled_names()
+
+
+def target_backend(cfg: Config, envx: Environment, name: str) -> Backend:
+    """The backend of one enabled target (UsageError for an unknown or disabled one), wrapped for
+    retries and a concurrency limit. Building it never touches the network."""
+    from phoenix_backup.storage.targets import backend_for
+
+    return backend_for(cfg, name, envx.env, notice=envx.notice, thaw_timeout=envx.thaw_timeout)
+
+
+def enabled_backends(cfg: Config, envx: Environment) -> list[tuple[str, Backend]]:
+    """(name, backend) of every enabled target in config order local, git, s3, r2: the first is
+    the one backups write, the others are its replicas. The caller closes the backends."""
+    return [(name, target_backend(cfg, envx, name)) for name in enabled_targets(cfg)]
+
+
+def open_repository(cfg: Config, envx: Environment, *, create: bool = False, target: str | None = None) -> Repository:
+    """Open the repository of one target: `target`, else `envx.target` (a read command's
+    `--target`), else the first enabled target. With `create`, initialise it on first use; a new
+    first target adopts the repository a replica already holds (same id and keys), so replication
+    carries on after the local disk was lost."""
+    names = enabled_targets(cfg)
+    name = target or envx.target or names[0]
+    backend = target_backend(cfg, envx, name)
     if not backend.exists():
         if not create:
-            raise RepositoryNotFound(
-                f"no repository at {backend.location}; run `phx init` or `phx backup` to create it"
-            )
+            hint = "run `phx init` or `phx backup` to create it"
+            if name != names[0]:
+                hint = f"run `phx sync --target {name}` to copy the repository there"
+            raise RepositoryNotFound(f"no repository at {backend.location} (target {name}); {hint}")
+        if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
+            return Repository.open(backend, credentials(cfg, envx), compression=compressor_for(cfg), notice=envx.notice)
         factory, encrypted = new_key_slot(cfg, envx)
         repo = Repository.init(backend, factory, encrypted, compression=compressor_for(cfg), notice=envx.notice)
         envx.notice(f"created a new repository at {backend.location}")
         return repo
     return Repository.open(backend, credentials(cfg, envx), compression=compressor_for(cfg), notice=envx.notice)
+
+
+def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:
+    """Seed an empty first target with the config and key slots of the first replica that holds
+    a repository. Unreachable replicas are skipped with a notice (a new repository is made)."""
+    from phoenix_backup.errors import StorageError
+    from phoenix_backup.ops.replicate import seed_repository
+
+    for other in replicas:
+        source = target_backend(cfg, envx, other)
+        try:
+            if not source.exists():
+                continue
+            seed_repository(source, backend)
+        except StorageError as exc:
+            envx.notice(f"could not check target {other} for an existing repository: {exc}")
+            continue
+        finally:
+            source.close()
+        envx.notice(f"target {other} already holds this repository; {backend.location} now continues it")
+        return True
+    return False
 
 
 def cache_for(repo: Repository, envx: Environment) -> Cache:

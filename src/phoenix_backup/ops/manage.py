@@ -13,8 +13,8 @@ from phoenix_backup.config import (
     write_config,
 )
 from phoenix_backup.config.defaults import SEARCH_PATHS
-from phoenix_backup.errors import ConfigError, MissingCredentials, UsageError
-from phoenix_backup.ops.context import Environment, local_backend, open_repository
+from phoenix_backup.errors import ConfigError, MissingCredentials, PhoenixError, UsageError
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.locks import LockInfo
 from phoenix_backup.repo.repository import Repository
@@ -74,7 +74,7 @@ def init(
     from phoenix_backup.config import parse_config
 
     cfg = parse_config(data, target, envx.env)  # validate before writing anything
-    backend = local_backend(cfg)
+    backend = target_backend(cfg, envx, enabled_targets(cfg)[0])
     created = False
     if not backend.exists():
         # Raises RepositoryExists for a non-empty folder that holds no repository.
@@ -116,9 +116,33 @@ class SnapshotSummary:
         }
 
 
-def list_snapshots(cfg: Config, envx: Environment) -> list[SnapshotSummary]:
-    repo = open_repository(cfg, envx)
-    return [SnapshotSummary(s, ("local",)) for s in repo.list_snapshots()]
+def list_snapshots(cfg: Config, envx: Environment, *, target: str | None = None) -> list[SnapshotSummary]:
+    """Snapshots of the first target, each with the enabled targets that hold it; with `target`
+    (or `envx.target`), the snapshots of that target alone. A target that cannot be listed is
+    reported as a notice and simply holds nothing in the column."""
+    name = target or envx.target
+    repo = open_repository(cfg, envx, target=name)
+    try:
+        snaps = repo.list_snapshots()
+    finally:
+        repo.close()
+    if name is not None:
+        return [SnapshotSummary(s, (name,)) for s in snaps]
+    names = enabled_targets(cfg)
+    holders: dict[str, list[str]] = {s.id: [names[0]] for s in snaps}
+    for other in names[1:]:
+        backend = target_backend(cfg, envx, other)
+        try:
+            held = {info.name.split("/")[-1] for info in backend.list("snapshots/")}
+        except PhoenixError as exc:
+            envx.notice(f"could not list target {other}: {exc}")
+            continue
+        finally:
+            backend.close()
+        for sid, where in holders.items():
+            if sid in held:
+                where.append(other)
+    return [SnapshotSummary(s, tuple(holders[s.id])) for s in snaps]
 
 
 def unlock(cfg: Config, envx: Environment, *, remove_all: bool = False) -> list[LockInfo]:

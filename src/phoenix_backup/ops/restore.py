@@ -1,9 +1,16 @@
 """`phx restore`: all or part of a snapshot, in place or below `--to DIR`.
 
+In place the order is: select → plan → confirm → read and authenticate every blob the restore needs
+→ check the live databases can take the restored copies → stop the gateway → safety snapshot of what
+will change → write files → delete → restore databases → check them → alignment manifest → folder
+modes and times → start the gateway (always, after a failure too). Nothing is touched before the
+gateway has stopped and the safety snapshot is committed.
+
 Every write goes through folder file descriptors opened with O_NOFOLLOW, one path component at a
 time, so a restore can never leave its destination or write through a symlink it finds there.
 Files are written to a temporary name in their folder, checked against the snapshot's SHA-256,
-fsynced and renamed into place: a file is either old or new, never torn.
+fsynced and renamed into place: a file is either old or new, never torn. Temporary names carry the
+writer's pid and start time, so a later restore removes those a killed run left behind.
 """
 
 from __future__ import annotations
@@ -13,48 +20,64 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import secrets
 import sqlite3
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     ConfirmationRequired,
     CorruptObject,
     ExitStatus,
+    GatewayError,
     PhoenixError,
     RestoreError,
+    SourceError,
     UnsafePath,
+    UsageError,
 )
-from phoenix_backup.ops.backup import walk_tree
-from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.ops.scope import LogicalMatcher, Scope, component_patterns
+from phoenix_backup.ops import alignment, db_restore, live_sqlite, safety
+from phoenix_backup.ops.backup import select_sources, walk_tree
+from phoenix_backup.ops.context import Environment, cache_for, open_repository
+from phoenix_backup.ops.gateway import GatewayStep, run_gateway
+from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
 from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.locks import process_start_time
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node, check_name
+from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, split_logical
 from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.storage.local import os_error
 
 T = TypeVar("T")
-Action = Literal["create", "overwrite", "unchanged"]
+Action = Literal["create", "overwrite", "delete", "unchanged"]
+ACTIONS: tuple[Action, ...] = ("create", "overwrite", "delete", "unchanged")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TMP_PREFIX = ".phx-tmp-"
+# .phx-tmp-<pid>-<process start>-<random>, and SQLite's companions of a temporary database copy.
+_TMP_NAME = re.compile(r"^\.phx-tmp-(\d+)-(\d+)-[0-9a-f]+(?:-wal|-shm|-journal)?$")
 
 
 @dataclass(frozen=True)
 class PlanItem:
     path: str  # logical
     target: str  # real path
-    kind: str
+    kind: str  # file | sqlite | symlink (| dir, for deletions)
     action: Action
     size: int
+    metadata: bool = False  # unchanged content whose mode or times the restore sets again
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": self.path, "target": self.target, "kind": self.kind, "action": self.action, "size": self.size}
 
 
 @dataclass
@@ -65,15 +88,24 @@ class RestoreResult:
     items: list[PlanItem]
     dry_run: bool
     restored: int = 0
-    databases: list[dict[str, str]] = field(default_factory=list)  # {path, integrity}
+    deleted: int = 0
+    # Restored: {path, integrity, method, fts}; dry run: {path, action, tables: {t: {added, removed, changed}}}.
+    databases: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    safety_snapshot: dict[str, Any] | None = None  # {id, name, files, absent}
+    gateway: dict[str, GatewayStep] = field(default_factory=dict)  # "stop", "start"
+    alignment: alignment.AlignmentReport | None = None
+    deleting: bool = False  # --delete was asked (the counts then name deletions even when there are none)
 
     @property
     def exit_status(self) -> ExitStatus:
-        return ExitStatus.PARTIAL if self.errors else ExitStatus.OK
+        start = self.gateway.get("start")
+        return ExitStatus.PARTIAL if self.errors or (start is not None and not start.ok) else ExitStatus.OK
 
     def counts(self) -> dict[str, int]:
-        out = {"create": 0, "overwrite": 0, "unchanged": 0}
+        keys = [a for a in ACTIONS if a != "delete" or self.deleting or any(i.action == "delete" for i in self.items)]
+        out: dict[str, int] = dict.fromkeys(keys, 0)
         for item in self.items:
             out[item.action] += 1
         return out
@@ -85,34 +117,36 @@ class RestoreResult:
             "destination": self.destination,
             "dryRun": self.dry_run,
             "restored": self.restored,
+            "deleted": self.deleted,
             "counts": self.counts(),
-            "items": [
-                {"path": i.path, "target": i.target, "kind": i.kind, "action": i.action, "size": i.size}
-                for i in self.items
-            ],
+            "items": [i.to_json() for i in self.items],
             "databases": self.databases,
             "errors": self.errors,
+            "warnings": self.warnings,
+            "safetySnapshot": self.safety_snapshot,
+            "gateway": {k: v.to_json() for k, v in self.gateway.items()},
+            "alignment": self.alignment.to_json() if self.alignment else None,
         }
 
 
 def select_nodes(
-    repo: Repository, snap: Snapshot, cfg: Config, envx: Environment, scope: Scope, paths: tuple[str, ...]
+    repo: Repository,
+    snap: Snapshot,
+    cfg: Config,
+    envx: Environment,
+    scope: Scope,
+    paths: tuple[str, ...],
+    *,
+    all_nodes: list[tuple[str, Node]] | None = None,
 ) -> list[tuple[str, Node]]:
     """The snapshot's nodes in the restore's scope, parents before children."""
-    layout = Layout(cfg.workspace, envx.home)
-    all_nodes = list(walk_tree(repo, snap.tree))
+    if all_nodes is None:
+        all_nodes = list(walk_tree(repo, snap.tree))
+    in_scope = _ScopeFilter(cfg, envx, scope, paths)
     wanted: list[tuple[str, Node]] = []
-    scope_matcher = None
-    if scope not in ("full", "databases"):
-        scope_matcher = LogicalMatcher.for_patterns(component_patterns(cfg, scope), layout)
-    path_rx = [glob_regex(p.strip("/")) for p in paths]
     wanted_dirs: set[str] = set()
     for logical, node in all_nodes:
-        if scope == "databases" and node.type != "sqlite":
-            continue
-        if scope_matcher is not None and not scope_matcher.matches(logical):
-            continue
-        if path_rx and not any(_path_matches(rx, logical) for rx in path_rx):
+        if not in_scope.matches(logical, node.type == "sqlite" or db_restore.is_database_path(logical)):
             continue
         if node.type == "dir":
             wanted_dirs.add(logical)  # folders are restored too, empty ones included
@@ -125,11 +159,30 @@ def select_nodes(
     return dirs + wanted
 
 
-def _path_matches(rx: object, logical: str) -> bool:
-    """`--path` globs match the logical path, or the path inside its root (workspace-relative)."""
-    import re
+class _ScopeFilter:
+    """A restore's scope (component) and `--path` globs, applied to logical paths."""
 
-    assert isinstance(rx, re.Pattern)
+    def __init__(self, cfg: Config, envx: Environment, scope: str, paths: tuple[str, ...]) -> None:
+        self.databases_only = scope == "databases"
+        patterns = {
+            "memory": cfg.components.memory,
+            "identity": cfg.components.identity,
+            "config": cfg.components.config,
+        }.get(scope)
+        layout = Layout(cfg.workspace, envx.home)
+        self.matcher = LogicalMatcher.for_patterns(patterns, layout) if patterns is not None else None
+        self.path_rx = [glob_regex(p.strip("/")) for p in paths]
+
+    def matches(self, logical: str, is_database: bool) -> bool:
+        if self.databases_only and not is_database:
+            return False
+        if self.matcher is not None and not self.matcher.matches(logical):
+            return False
+        return not self.path_rx or any(_path_matches(rx, logical) for rx in self.path_rx)
+
+
+def _path_matches(rx: re.Pattern[str], logical: str) -> bool:
+    """`--path` globs match the logical path, or the path inside its root (workspace-relative)."""
     parts = logical.split("/")
     for start in (0, 1):
         for end in range(len(parts), start, -1):
@@ -153,55 +206,656 @@ def restore(
     to: Path | None = None,
     dry_run: bool = False,
     yes: bool = False,
+    delete: bool = False,
+    realign: bool = False,
+    safety_snapshot: bool = True,
+    to_database: str | None = None,
+    conflict_mode: db_restore.ConflictMode = "update",
 ) -> RestoreResult:
+    """Restore all or part of a snapshot in place, or below `to` (a scratch or migration folder).
+
+    In place: the gateway is stopped and started around the restore, and a safety snapshot (tag
+    `pre-restore`) makes it undoable unless `safety_snapshot` is False. `delete` removes what the
+    restored scope holds and the snapshot lacks; `realign` rewrites the alignment manifest's hashes
+    when the restore leaves it inconsistent.
+    """
+    if delete and to is not None:
+        raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
     repo = open_repository(cfg, envx)
-    with repo.lock(exclusive=False, command="restore"):
-        repo.load_index()
-        snap = repo.find_snapshot(ref)
-        selected = select_nodes(repo, snap, cfg, envx, scope, paths)
-        layout = Layout(cfg.workspace, envx.home)
-        items = [_plan_item(layout, to, lg, n) for lg, n in selected if n.type != "dir"]
-        result = RestoreResult(snap.id, snap.name, str(to) if to else "in place", items, dry_run)
+    try:
+        with repo.lock(exclusive=False, command="restore"):
+            repo.load_index()
+            snaps = repo.list_snapshots()
+            if ref == "latest":
+                # The newest backup: a safety snapshot is named by its id (restoring it is an undo).
+                snaps = [s for s in snaps if not safety.is_safety(s.scope, s.tags)]
+            snap = repo.find_snapshot(ref, snaps)
+            job = _Restore(
+                cfg, envx, repo, snap, scope=scope, paths=paths, to=to, delete=delete, realign=realign, yes=yes
+            )
+            job.servers(to_database, conflict_mode)
+            return job.run(dry_run=dry_run, safety_snapshot=safety_snapshot)
+    finally:
+        repo.close()
+
+
+@dataclass
+class _Plan:
+    items: list[PlanItem]
+    nodes: dict[str, Node]  # logical -> snapshot node, for everything restored from the snapshot
+    dirs: list[tuple[str, Node]]  # the snapshot's folders on the way, parents first
+    dir_changes: int  # folders to create, or whose mode or time differs
+
+
+class _Restore:
+    """One restore run: the plan, then (unless a dry run) the checks, the gateway and the writes."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        envx: Environment,
+        repo: Repository,
+        snap: Snapshot,
+        *,
+        scope: Scope,
+        paths: tuple[str, ...],
+        to: Path | None,
+        delete: bool,
+        realign: bool,
+        yes: bool,
+    ) -> None:
+        self.cfg = cfg
+        self.envx = envx
+        self.repo = repo
+        self.snap = snap
+        self.scope = scope
+        self.paths = paths
+        self.to = to
+        self.delete = delete
+        self.realign = realign
+        self.yes = yes
+        self.in_place = to is None
+        self.layout = Layout(cfg.workspace, envx.home)
+        self.tree = list(walk_tree(repo, snap.tree))
+        self.filter = _ScopeFilter(cfg, envx, scope, paths)
+        self.selected = select_nodes(repo, snap, cfg, envx, scope, paths, all_nodes=self.tree)
+        self.server_dbs: list[tuple[str, Node]] = []
+        self.to_database: str | None = None
+        self.conflict_mode: db_restore.ConflictMode = "update"
+        self.warnings: list[str] = []
+        self.undo_hint = ""
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    # -- the run -----------------------------------------------------------------------
+
+    def run(self, *, dry_run: bool, safety_snapshot: bool) -> RestoreResult:
+        plan = self.plan()
+        snap = self.snap
+        result = RestoreResult(snap.id, snap.name, str(self.to) if self.to else "in place", plan.items, dry_run)
+        result.deleting = self.delete
+        result.warnings = self.warnings
         if dry_run:
-            return result
-        overwrites = [i for i in items if i.action == "overwrite"]
-        if to is None and overwrites and not yes:
-            question = f"Restore {snap.name} in place, overwriting {len(overwrites)} file(s)?"
-            if not envx.interactive or envx.confirm is None:
-                raise ConfirmationRequired(
-                    f"this restore would overwrite {len(overwrites)} file(s) in place; pass --yes to confirm "
-                    "(or --dry-run to see the plan)"
+            self.preview(plan, result)
+            if self.server_dbs:
+                result.databases += db_restore.preview_databases(
+                    self.repo, self.cfg, dict(self.envx.env), self.server_dbs, to_database=self.to_database
                 )
-            if not envx.confirm(question):
-                raise ConfirmationRequired("restore cancelled; nothing was changed")
-        _check_data(repo, selected)
-        writer = _Writer(repo, layout, to)
+            return result
+        if self.in_place:
+            self.confirm(plan)
+        _check_data(self.repo, self.envx, [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)])
+        if self.in_place:
+            for problem in self.database_problems(plan):
+                raise RestoreError(f"{problem}; nothing was restored")
+        if not self.has_work(plan):
+            self.warnings.append("nothing to restore: every selected path already matches the snapshot")
+            return result
+        if not self.in_place:
+            self.write(plan, result)
+            return result
+        stop = self.gateway("stop")
+        if stop is not None:
+            result.gateway["stop"] = stop
+            if not stop.ok:
+                self.fail_stop(stop)
         try:
-            # Folders first, then file contents in parallel (each file is written, checked, fsynced
-            # and renamed on its own), then links, then folder modes and times.
-            for logical, node in selected:
-                if node.type == "dir":
-                    _record(result, logical, functools.partial(writer.directory, logical, node))
-            workers = max(2, (os.cpu_count() or 2) + 1)
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-restore") as pool:
-                jobs = [
-                    (logical, node, pool.submit(writer.content, logical, node, to is None))
-                    for logical, node in selected
-                    if node.type in ("file", "sqlite")
-                ]
-                for logical, node, job in jobs:
-                    integrity = _record(result, logical, job.result)
-                    if integrity is not None:
-                        result.restored += 1
-                        if node.type == "sqlite":
-                            result.databases.append({"path": logical, "integrity": integrity})
-            for logical, node in selected:
-                if node.type == "symlink":
-                    _record(result, logical, functools.partial(writer.symlink, logical, node))
+            # The agent may have written since the plan was made: plan again now that it is stopped.
+            plan = self.plan()
+            result.items = plan.items
+            if safety_snapshot:
+                result.safety_snapshot = self.take_safety_snapshot(plan)
+            else:
+                self.warnings.append(
+                    "no safety snapshot was taken (--no-safety-snapshot): this restore cannot be undone"
+                )
+            try:
+                self.write(plan, result)
+            except PhoenixError as exc:
+                raise _with_hint(exc, self.undo_hint) from exc
+            except OSError as exc:
+                raise _with_hint(os_error(exc, "restoring in place"), self.undo_hint) from exc
+        finally:
+            start = self.gateway("start")
+            if start is not None:
+                result.gateway["start"] = start
+                if not start.ok:
+                    message = f"{start.describe()}: the agent is not running; start it yourself"
+                    self.warnings.append(message)
+                    self.envx.notice(f"warning: {message}")
+        return result
+
+    # -- planning ----------------------------------------------------------------------
+
+    def plan(self) -> _Plan:
+        items: list[PlanItem] = []
+        nodes: dict[str, Node] = {}
+        dirs: list[tuple[str, Node]] = []
+        dir_changes = 0
+        for logical, node in self.selected:
+            if node.type == "dir":
+                dirs.append((logical, node))
+                dir_changes += self.dir_changes(logical, node)
+                continue
+            nodes[logical] = node
+            items.append(self.plan_item(logical, node))
+        items += self.deletions({lg for lg, _ in self.tree})
+        return _Plan(items, nodes, dirs, dir_changes)
+
+    def plan_item(self, logical: str, node: Node) -> PlanItem:
+        target = self.layout.to_real(logical, self.to)
+        try:
+            st = os.lstat(target)
+        except OSError:
+            return PlanItem(logical, str(target), node.type, "create", node.size)
+        action: Action = "overwrite"
+        metadata = False
+        if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
+            if _sha256_file(target) == node.sha256:
+                action = "unchanged"
+                metadata = stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
+        elif node.type == "sqlite" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
+            # New commits of a WAL database live in its -wal: the .db alone says nothing then.
+            if not _pending_journal(target) and _sha256_file(target) == node.sha256:
+                action = "unchanged"
+        elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
+            action = "unchanged"
+            metadata = st.st_mtime_ns != node.mtime_ns
+        return PlanItem(logical, str(target), node.type, action, node.size, metadata)
+
+    def dir_changes(self, logical: str, node: Node) -> bool:
+        if self.in_place and logical in ("home", "root"):
+            return False  # the real home folder and "/" are never changed
+        try:
+            st = os.lstat(self.layout.to_real(logical, self.to))
+        except OSError:
+            return True
+        return not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
+
+    def deletions(self, snapshot_paths: set[str]) -> list[PlanItem]:
+        """What the restore deletes: the snapshot's absent paths (a safety snapshot undoing a
+        restore), and with --delete what the restored scope holds now and the snapshot lacks."""
+        out: dict[str, PlanItem] = {}
+        for logical in self.snap.absent:
+            if not self.filter.matches(logical, logical.endswith(SQLITE_SUFFIXES)):
+                continue
+            item = self.live_item(logical)
+            if item is not None:
+                out[logical] = item
+        if self.delete:
+            for logical in self.delete_candidates(snapshot_paths):
+                if logical not in out:
+                    item = self.live_item(logical)
+                    if item is not None:
+                        out[logical] = item
+        # A folder goes only when everything in it goes too (deepest first).
+        for logical in sorted((k for k, v in out.items() if v.kind == "dir"), key=lambda p: -p.count("/")):
+            try:
+                children = os.listdir(out[logical].target)
+            except OSError:
+                children = []
+            if any(f"{logical}/{name}" not in out for name in children):
+                del out[logical]
+                self.warn(f"kept {logical}: it holds files this restore does not delete")
+        return sorted(out.values(), key=lambda i: i.path)
+
+    def live_item(self, logical: str) -> PlanItem | None:
+        target = self.layout.to_real(logical, self.to)
+        try:
+            st = os.lstat(target)
+        except OSError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            if "/" not in logical:
+                return None  # a root (the workspace, home, /) is never deleted
+            kind = "dir"
+        elif stat.S_ISLNK(st.st_mode):
+            kind = "symlink"
+        elif target.name.endswith(SQLITE_SUFFIXES) and live_sqlite.probe(str(target)).exists:
+            kind = "sqlite" if _has_magic(target) else "file"
+        else:
+            kind = "file"
+        size = st.st_size if kind in ("file", "sqlite") else 0
+        return PlanItem(logical, str(target), kind, "delete", size)
+
+    def delete_candidates(self, snapshot_paths: set[str]) -> list[str]:
+        """Paths the restored scope covers now (the backup's own selection, excludes applied) that
+        the snapshot lacks. A snapshot of another scope bounds it too; a safety snapshot covers only
+        its own paths, so --delete deletes nothing more there."""
+        if self.snap.scope not in SCOPES:
+            return []
+        try:
+            _layout, sel = select_sources(self.cfg, self.scope, self.envx)
+        except SourceError:
+            return []  # no workspace yet: nothing to delete
+        snap_filter = _ScopeFilter(self.cfg, self.envx, self.snap.scope, ())
+        protected = [self.cfg.repository_path.absolute()]
+        if self.cfg.source is not None:
+            protected.append(self.cfg.source.absolute())
+        out = []
+        for logical, entry in sel.entries.items():
+            if logical in snapshot_paths or "/" not in logical or entry.path.name.startswith(_TMP_PREFIX):
+                continue
+            is_db = entry.kind == "sqlite"
+            if not self.filter.matches(logical, is_db) or not snap_filter.matches(logical, is_db):
+                continue
+            if any(entry.path == p or p in entry.path.parents or entry.path in p.parents for p in protected):
+                continue  # never the repository or the config file, wherever they live
+            out.append(logical)
+        return out
+
+    def has_work(self, plan: _Plan) -> bool:
+        changes = any(i.action != "unchanged" or i.metadata for i in plan.items)
+        return self.realign or plan.dir_changes > 0 or changes or bool(self.server_dbs)
+
+    def servers(self, to_database: str | None, conflict_mode: db_restore.ConflictMode) -> None:
+        """In place, PostgreSQL and Redis (postgres/…, redis/…) go into their servers through
+        ops/db_restore.py, after the files; below --to they are written as files like any other.
+        `--to DIR` cannot be combined with `--to-database`, which restores PostgreSQL only."""
+        self.to_database = to_database
+        self.conflict_mode = conflict_mode
+        if to_database is not None and not self.in_place:
+            raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
+        if not self.in_place:
+            return
+        self.server_dbs = [(lg, n) for lg, n in self.selected if db_restore.is_database_path(lg)]
+        self.selected = [(lg, n) for lg, n in self.selected if not db_restore.is_database_path(lg)]
+        if to_database is not None:
+            self.server_dbs = [(lg, n) for lg, n in self.server_dbs if lg.startswith("postgres/")]
+            self.selected = []  # a new database: nothing of the workspace is touched, so no gateway
+            self.in_place = False  # stop, confirmation or safety snapshot either
+
+    def write_server_databases(self, result: RestoreResult) -> None:
+        if not self.server_dbs:
+            return
+        if not self.to_database:
+            self.warn(
+                "the safety snapshot holds files only: take `phx backup --databases-only` before restoring "
+                "PostgreSQL or Redis in place if you may want their current state back"
+            )
+        for outcome in db_restore.restore_databases(
+            self.repo,
+            self.cfg,
+            dict(self.envx.env),
+            self.server_dbs,
+            to_database=self.to_database,
+            conflict_mode=self.conflict_mode,
+        ):
+            result.databases.append(outcome.to_json())
+            if outcome.ok:
+                result.restored += 1
+            else:
+                result.errors.append({"path": outcome.path, "error": outcome.error or "not restored"})
+            self.warnings.extend(outcome.warnings)
+
+    # -- before anything is touched ------------------------------------------------------
+
+    def confirm(self, plan: _Plan) -> None:
+        counts = _count(plan.items)
+        servers = sorted(db_restore.group_database_nodes(self.server_dbs)) if not self.to_database else []
+        risky = counts["overwrite"] + counts["delete"] + len(servers)
+        if risky == 0 or self.yes:
+            return
+        dbs = [i.path for i in plan.items if i.kind == "sqlite" and i.action == "overwrite"] + servers
+        summary = ", ".join(f"{counts[a]} to {a}" for a in ("create", "overwrite", "delete") if counts[a])
+        summary += f", {counts['unchanged']} unchanged"
+        if dbs:
+            summary += f"; databases overwritten: {', '.join(dbs)}"
+        if not self.envx.interactive or self.envx.confirm is None:
+            raise ConfirmationRequired(
+                f"this in-place restore would overwrite {counts['overwrite']} and delete {counts['delete']} path(s) "
+                "and there is no terminal to ask on; pass --yes to confirm (or --dry-run to see the plan)"
+            )
+        first = "the gateway is stopped and " if self.cfg.gateway.stop else ""
+        question = (
+            f"Restore {self.snap.name} ({self.snap.id[:8]}) in place: {summary}. "
+            f"Before writing, {first}a safety snapshot (tag pre-restore) is taken. Continue?"
+        )
+        if not self.envx.confirm(question):
+            raise ConfirmationRequired("restore cancelled; nothing was changed")
+
+    def database_problems(self, plan: _Plan) -> list[str]:
+        """Live databases the backup API cannot overwrite (a WAL database of another page size)."""
+        problems = []
+        for item in plan.items:
+            if item.kind != "sqlite" or item.action != "overwrite":
+                continue
+            node = plan.nodes[item.path]
+            live = live_sqlite.probe(item.target)
+            problem = live_sqlite.page_size_problem(
+                item.path, live, _page_size(node, self.snap, item.path), item.target
+            )
+            if problem:
+                problems.append(problem)
+        return problems
+
+    def gateway(self, action: str) -> GatewayStep | None:
+        command = self.cfg.gateway.stop if action == "stop" else self.cfg.gateway.start
+        if not command:
+            return None
+        self.envx.notice(f"running gateway.{action}")
+        return run_gateway(action, command, self.cfg.gateway.timeout_seconds, self.envx.env)
+
+    def fail_stop(self, stop: GatewayStep) -> None:
+        start = self.gateway("start")
+        if start is None:
+            after = ""
+        elif start.ok:
+            after = " (gateway.start was run to leave the agent as it was)"
+        else:
+            after = f", and {start.describe()}"
+        raise GatewayError(
+            f"{stop.describe()}, so nothing was restored{after}; fix gateway.stop or stop the agent yourself, then "
+            "restore again"
+        )
+
+    def take_safety_snapshot(self, plan: _Plan) -> dict[str, Any]:
+        wanted: dict[str, str] = {}
+        for item in plan.items:
+            if item.action != "unchanged" or item.metadata:
+                wanted[item.path] = item.kind
+        for logical, _node in plan.dirs:
+            wanted.setdefault(logical, "dir")
+        for item in plan.items:
+            if item.action == "delete":
+                for parent in _ancestors(item.path):
+                    wanted.setdefault(parent, "dir")
+        if self.realign:
+            wanted.setdefault(f"workspace/{alignment.MANIFEST}", "file")
+            wanted.setdefault("workspace", "dir")
+        taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted)
+        assert taken.id is not None
+        short = taken.id[:8]
+        self.undo_hint = f"`phx restore --backup {short} --yes` undoes what was restored"
+        self.envx.notice(f"safety snapshot {short} ({taken.name}) saved; `phx restore --backup {short}` undoes this")
+        absent = sum(1 for p in wanted if not os.path.lexists(self.layout.to_real(p)))
+        return {"id": taken.id, "name": taken.name, "files": taken.files, "absent": absent, "tags": [safety.SAFETY_TAG]}
+
+    # -- dry run -------------------------------------------------------------------------
+
+    def preview(self, plan: _Plan, result: RestoreResult) -> None:
+        """Row deltas per database table against the live database, and the alignment outcome."""
+        copies: Path | None = None
+        try:
+            for item in plan.items:
+                if item.kind != "sqlite":
+                    continue
+                entry: dict[str, Any] = {"path": item.path, "action": item.action}
+                info = next((d for d in self.snap.databases if d.path == item.path), None)
+                if item.action == "create":
+                    tables = info.tables if info else {}
+                    entry["tables"] = {t: {"added": n, "removed": 0, "changed": 0} for t, n in sorted(tables.items())}
+                elif item.action == "overwrite":
+                    live = live_sqlite.probe(item.target)
+                    if not live.readable:
+                        entry["error"] = f"the live database cannot be read ({live.reason}); it would be replaced"
+                    else:
+                        if copies is None:
+                            copies = cache_for(self.repo, self.envx).run_dir()
+                        entry["tables"] = self.row_deltas(item, plan.nodes[item.path], copies)
+                elif item.action == "unchanged":
+                    entry["tables"] = {}
+                result.databases.append(entry)
+        finally:
+            if copies is not None:
+                with contextlib.suppress(OSError):
+                    for leftover in copies.iterdir():
+                        leftover.unlink()
+                    copies.rmdir()
+        if self.in_place:
+            self.warnings.extend(self.database_problems(plan))
+        result.alignment = self.predict_alignment(plan)
+        if result.alignment is not None and not result.alignment.consistent:
+            self.warnings.append(_alignment_warning(result.alignment, predicted=True, realign=self.realign))
+
+    def row_deltas(self, item: PlanItem, node: Node, folder: Path) -> dict[str, dict[str, int]]:
+        copy = folder / f"{hashlib.sha256(item.path.encode()).hexdigest()[:16]}.db"
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _write_content(self.repo, fd, item.path, node)
+        except OSError as exc:
+            raise os_error(exc, f"copying {item.path} for the dry run into {folder}") from exc
+        finally:
+            os.close(fd)
+        try:
+            deltas = live_sqlite.row_deltas(str(copy), item.target)
+        except sqlite3.Error as exc:
+            raise RestoreError(f"cannot compare {item.path} with the live database ({exc}); restore with --to") from exc
+        finally:
+            copy.unlink(missing_ok=True)
+        return {t: d.to_json() for t, d in deltas.items()}
+
+    # -- the alignment manifest ------------------------------------------------------------
+
+    def _workspace_file(self, name: str) -> bytes | None:
+        path = self.layout.to_real("workspace", self.to) / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            return f.read()
+
+    def _alignment_relevant(self, plan: _Plan) -> bool:
+        names = {f"workspace/{n}" for n in alignment.RELEVANT}
+        return self.realign or any(i.path in names for i in plan.items)
+
+    def predict_alignment(self, plan: _Plan) -> alignment.AlignmentReport | None:
+        if not self._alignment_relevant(plan):
+            return None
+        by_path = {i.path: i for i in plan.items}
+
+        def after(name: str) -> bytes | None:
+            item = by_path.get(f"workspace/{name}")
+            if item is None:
+                return self._workspace_file(name)
+            if item.action == "delete":
+                return None
+            node = plan.nodes[item.path]
+            return _load_content(self.repo, item.path, node) if node.type == "file" else None
+
+        manifest = after(alignment.MANIFEST)
+        where = str(self.layout.to_real("workspace", self.to) / alignment.MANIFEST)
+        if manifest is None:
+            return alignment.AlignmentReport(where, False, True, predicted=True)
+        doc = alignment.parse(manifest)
+        names = set(alignment.FILES) | set(doc["files"] if doc else ())
+        hashes = {n: _sha_or_none(after(n)) for n in names}
+        mism = alignment.mismatches(doc, hashes)
+        return alignment.AlignmentReport(where, True, not mism, mism, predicted=True)
+
+    def align(self, writer: _Writer, plan: _Plan) -> alignment.AlignmentReport | None:
+        """After the writes: is the manifest consistent? With --realign, rewrite it if not."""
+        if not self._alignment_relevant(plan):
+            return None
+        where = self.layout.to_real("workspace", self.to) / alignment.MANIFEST
+        manifest = self._workspace_file(alignment.MANIFEST)
+        if manifest is None:
+            if self.realign:
+                self.warnings.append(f"--realign: there is no {alignment.MANIFEST} to realign; nothing was written")
+            return alignment.AlignmentReport(str(where), False, True)
+        doc = alignment.parse(manifest)
+        names = set(alignment.FILES) | set(doc["files"] if doc else ())
+        hashes = {n: _sha_or_none(self._workspace_file(n)) for n in names}
+        mism = alignment.mismatches(doc, hashes)
+        report = alignment.AlignmentReport(str(where), True, not mism, mism)
+        if mism and self.realign:
+            data, changed = alignment.realigned(doc, hashes)
+            mode = stat.S_IMODE(os.lstat(where).st_mode)
+            writer.write_bytes(f"workspace/{alignment.MANIFEST}", data, mode)
+            report.realigned = True
+            report.rewritten = changed
+            report.consistent = True
+        elif mism:
+            self.warnings.append(_alignment_warning(report, predicted=False, realign=False))
+        return report
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, plan: _Plan, result: RestoreResult) -> None:
+        writer = _Writer(self.repo, self.layout, self.to)
+        try:
+            writer.clean_leftovers([lg for lg, _ in plan.dirs])
+            for logical, node in plan.dirs:
+                _record(result, logical, functools.partial(writer.directory, logical, node))
+            self.write_files(writer, plan, result)
+            for item in plan.items:
+                if item.kind == "symlink" and item.action in ("create", "overwrite"):
+                    _record(result, item.path, functools.partial(writer.symlink, item.path, plan.nodes[item.path]))
+                elif item.kind == "symlink" and item.action == "unchanged" and item.metadata:
+                    _record(result, item.path, functools.partial(writer.link_times, item.path, plan.nodes[item.path]))
+            self.write_deletions(writer, plan, result)
+            self.write_databases(writer, plan, result)
+            self.write_server_databases(result)
+            result.alignment = self.align(writer, plan)
             writer.finish_dirs()
         finally:
             writer.close()
-        return result
+
+    def write_files(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
+        """File contents in parallel: each is written, checked, fsynced and renamed on its own."""
+        todo = [i for i in plan.items if i.kind == "file" and (i.action in ("create", "overwrite") or i.metadata)]
+        workers = max(2, (os.cpu_count() or 2) + 1)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-restore")
+        try:
+            jobs: list[tuple[PlanItem, Future[str]]] = []
+            for item in todo:
+                node = plan.nodes[item.path]
+                if item.action == "unchanged":
+                    jobs.append((item, pool.submit(writer.metadata, item.path, node)))
+                else:
+                    jobs.append((item, pool.submit(writer.content, item.path, node)))
+            for done, (item, job) in enumerate(jobs, 1):
+                if _record(result, item.path, job.result) is not None and item.action != "unchanged":
+                    result.restored += 1
+                _progress(self.envx, "restore", done, len(jobs))
+        finally:
+            # On the first failure nothing more is started; what is being written finishes.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def write_deletions(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
+        deletions = [i for i in plan.items if i.action == "delete"]
+        for item in deletions:
+            if item.kind != "dir" and _record(result, item.path, functools.partial(writer.remove, item)) is not None:
+                result.deleted += 1
+        for item in sorted((i for i in deletions if i.kind == "dir"), key=lambda i: -i.path.count("/")):
+            if _record(result, item.path, functools.partial(writer.remove, item)) is not None:
+                result.deleted += 1
+
+    def write_databases(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
+        for item in plan.items:
+            if item.kind != "sqlite" or item.action not in ("create", "overwrite"):
+                continue
+            node = plan.nodes[item.path]
+            try:
+                info = writer.database(item.path, node, in_place=self.in_place)
+            except UnsafePath as exc:
+                result.errors.append({"path": item.path, "error": str(exc)})
+                continue
+            except RestoreError as exc:
+                if isinstance(exc, GatewayError):
+                    raise
+                result.errors.append({"path": item.path, "error": str(exc)})
+                continue
+            result.restored += 1
+            if self.in_place:
+                check = live_sqlite.check_live(item.target)
+                info["integrity"] = check.integrity
+                info["fts"] = check.fts
+                bad = [f"{t}: {m}" for t, m in check.fts.items() if m != "ok"]
+                if check.integrity != "ok" or bad:
+                    problem = "; ".join(
+                        ([f"integrity_check: {check.integrity}"] if check.integrity != "ok" else []) + bad
+                    )
+                    result.errors.append(
+                        {"path": item.path, "error": f"the restored database fails its checks: {problem}"}
+                    )
+            result.databases.append(info)
+
+
+def _writes_content(item: PlanItem) -> bool:
+    return item.kind in ("file", "sqlite") and item.action in ("create", "overwrite")
+
+
+def _count(items: list[PlanItem]) -> dict[str, int]:
+    out: dict[str, int] = dict.fromkeys(ACTIONS, 0)
+    for item in items:
+        out[item.action] += 1
+    return out
+
+
+def _with_hint(exc: PhoenixError, hint: str) -> PhoenixError:
+    """The same error, saying how to undo the part of the restore that was done."""
+    return type(exc)(f"{exc} ({hint})") if hint else exc
+
+
+def _alignment_warning(report: alignment.AlignmentReport, *, predicted: bool, realign: bool) -> str:
+    names = ", ".join(report.mismatched)
+    if predicted and realign:
+        return f"this restore would leave {alignment.MANIFEST} inconsistent with {names}; --realign would rewrite it"
+    verb = "would leave" if predicted else "left"
+    return (
+        f"this restore {verb} {alignment.MANIFEST} inconsistent with {names}, and an enforcing gateway refuses to "
+        "start on that; if these files are the ones you want, restore again with --realign to rewrite its hashes"
+    )
+
+
+def _page_size(node: Node, snap: Snapshot, logical: str) -> int:
+    if node.sqlite and isinstance(node.sqlite.get("pageSize"), int):
+        return int(node.sqlite["pageSize"])
+    info = next((d for d in snap.databases if d.path == logical), None)
+    return info.page_size if info else 0
+
+
+def _pending_journal(path: Path) -> bool:
+    for suffix in ("-wal", "-journal"):
+        try:
+            if os.lstat(f"{path}{suffix}").st_size > 0:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _has_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == live_sqlite.SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _sha_or_none(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _progress(envx: Environment, phase: str, done: int, total: int) -> None:
+    if envx.progress is not None:
+        envx.progress(phase, done, total)
 
 
 def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T | None:
@@ -213,22 +867,6 @@ def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T |
         return None
 
 
-def _plan_item(layout: Layout, to: Path | None, logical: str, node: Node) -> PlanItem:
-    target = layout.to_real(logical, to)
-    action: Action = "create"
-    try:
-        st = os.lstat(target)
-        action = "overwrite"
-        if node.type in ("file", "sqlite") and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
-            if _sha256_file(target) == node.sha256:
-                action = "unchanged"
-        elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
-            action = "unchanged"
-    except OSError:
-        pass
-    return PlanItem(logical, str(target), node.type, action, node.size)
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -237,15 +875,88 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_data(repo: Repository, selected: list[tuple[str, Node]]) -> None:
-    """Every blob the restore needs must be in the index before anything is touched."""
-    for logical, node in selected:
+def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node]]) -> None:
+    """Read, decrypt and authenticate every blob the restore needs before anything is touched.
+
+    The AEAD tag (or, unencrypted, the checksum) binds each blob to its id, so a damaged or
+    substituted blob fails here, not halfway through the restore.
+    """
+    needed: dict[bytes, tuple[str, int]] = {}  # blob -> (a path using it, the end of its furthest extent)
+    for logical, node in nodes:
         for ext in node.content:
-            if not repo.index.has(ext.blob):
-                raise CorruptObject(
-                    f"data of {logical} is missing from the repository (blob {ext.blob.hex()[:16]}); "
-                    "run `phx verify` and restore from another snapshot or target"
-                )
+            end = ext.offset + ext.length
+            prev = needed.get(ext.blob)
+            if prev is None:
+                needed[ext.blob] = (logical, end)
+            elif prev[1] < end:
+                needed[ext.blob] = (prev[0], end)
+    for blob, (logical, _end) in needed.items():
+        if not repo.index.has(blob):
+            raise CorruptObject(
+                f"data of {logical} is missing from the repository (blob {blob.hex()[:16]}); nothing was restored "
+                "— run `phx verify` and restore from another snapshot or target"
+            )
+
+    def check(item: tuple[bytes, tuple[str, int]]) -> None:
+        blob, (logical, end) = item
+        try:
+            data = repo.load_blob(BlobType.DATA, blob)
+        except CorruptObject as exc:
+            raise CorruptObject(
+                f"data of {logical} is damaged in the repository ({exc}); nothing was restored — run "
+                "`phx verify --read-data` and restore from another snapshot or target"
+            ) from exc
+        if len(data) < end:
+            raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged); nothing was restored")
+
+    workers = max(2, os.cpu_count() or 2)
+    total = len(needed)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-check") as pool:
+        for done, _ in enumerate(pool.map(check, needed.items()), 1):
+            _progress(envx, "check", done, total)
+
+
+def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
+    """Write a node's bytes to the open file `out`, checking them against the snapshot's SHA-256."""
+    digest = hashlib.sha256()
+    last: tuple[bytes, bytes] | None = None  # consecutive extents often share a blob
+    for ext in node.content:
+        if last is None or last[0] != ext.blob:
+            last = (ext.blob, repo.load_blob(BlobType.DATA, ext.blob))
+        data = memoryview(last[1])[ext.offset : ext.offset + ext.length]
+        if len(data) != ext.length:
+            raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
+        digest.update(data)
+        while data:
+            n = os.write(out, data)
+            data = data[n:]
+    if digest.hexdigest() != node.sha256:
+        raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot (damaged)")
+
+
+def _load_content(repo: Repository, logical: str, node: Node) -> bytes:
+    parts = []
+    for ext in node.content:
+        parts.append(repo.load_blob(BlobType.DATA, ext.blob)[ext.offset : ext.offset + ext.length])
+    return b"".join(parts)
+
+
+@functools.cache
+def _own_start() -> int:
+    return process_start_time(os.getpid()) or 0
+
+
+def _tmp_name() -> str:
+    return f"{_TMP_PREFIX}{os.getpid()}-{_own_start()}-{secrets.token_hex(6)}"
+
+
+def _leftover(name: str) -> bool:
+    """A temporary file of a restore whose process no longer runs."""
+    m = _TMP_NAME.match(name)
+    if m is None:
+        return False
+    start = process_start_time(int(m.group(1)))
+    return start is None or (start != 0 and str(start) != m.group(2))
 
 
 class _Writer:
@@ -330,6 +1041,31 @@ class _Writer:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def open_dir(self, logical: str) -> Iterator[int]:
+        """A descriptor of the existing folder `logical` (no link followed)."""
+        if "/" not in logical:
+            yield os.dup(self._base(logical))
+            return
+        with self.parent_dir(logical, create=False) as (fd, name):
+            dfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        try:
+            yield dfd
+        finally:
+            os.close(dfd)
+
+    def clean_leftovers(self, folders: list[str]) -> None:
+        """Remove temporary files that killed restores left in the folders this one writes to."""
+        for logical in folders:
+            try:
+                with self.open_dir(logical) as dfd:
+                    for name in os.listdir(dfd):
+                        if _leftover(name):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(name, dir_fd=dfd)
+            except (OSError, UnsafePath):
+                continue  # not there yet, or not a folder: nothing of ours in it
+
     def directory(self, logical: str, node: Node) -> None:
         if "/" not in logical:
             self._base(logical)
@@ -352,49 +1088,50 @@ class _Writer:
     def finish_dirs(self) -> None:
         """Modes and times of folders last (deepest first), after their content is written."""
         for logical, node in sorted(self._dir_meta, key=lambda x: x[0].count("/"), reverse=True):
-            if "/" not in logical:
-                dfd = self._base(logical)
-                os.fchmod(dfd, node.mode)
-                _chown(dfd, node)
-                os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
-                continue
-            with self.parent_dir(logical, create=False) as (fd, name):
-                dfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                try:
+            try:
+                with self.open_dir(logical) as dfd:
                     os.fchmod(dfd, node.mode)
                     _chown(dfd, node)
                     os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
-                finally:
-                    os.close(dfd)
+            except FileNotFoundError:
+                continue  # removed since (its creation failed and was reported)
 
     def symlink(self, logical: str, node: Node) -> None:
         assert node.link_target is not None
         with self.parent_dir(logical) as (fd, name):
-            tmp = f".phx-tmp-{secrets.token_hex(6)}"
+            tmp = _tmp_name()
             os.symlink(node.link_target, tmp, dir_fd=fd)
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            try:
+                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=fd)
+                raise _unsafe_or_error(exc, logical) from exc
             with contextlib.suppress(OSError, NotImplementedError):
                 os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
+    def link_times(self, logical: str, node: Node) -> None:
+        with self.parent_dir(logical, create=False) as (fd, name), contextlib.suppress(OSError, NotImplementedError):
+            os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
+
+    def metadata(self, logical: str, node: Node) -> str:
+        """Mode, owner and times of a file whose content already matches."""
+        with self.parent_dir(logical, create=False) as (fd, name):
+            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            try:
+                os.fchmod(f, node.mode)
+                _chown(f, node)
+                os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
+            finally:
+                os.close(f)
+        return "ok"
+
     def _write_temp(self, fd: int, logical: str, node: Node) -> str:
         """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
-        tmp = f".phx-tmp-{secrets.token_hex(6)}"
+        tmp = _tmp_name()
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
-        digest = hashlib.sha256()
-        last: tuple[bytes, bytes] | None = None  # consecutive extents often share a blob
         try:
-            for ext in node.content:
-                if last is None or last[0] != ext.blob:
-                    last = (ext.blob, self.repo.load_blob(BlobType.DATA, ext.blob))
-                data = memoryview(last[1])[ext.offset : ext.offset + ext.length]
-                if len(data) != ext.length:
-                    raise CorruptObject(f"data of {logical} is shorter than the snapshot says")
-                digest.update(data)
-                while data:
-                    n = os.write(out, data)
-                    data = data[n:]
-            if digest.hexdigest() != node.sha256:
-                raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot")
+            _write_content(self.repo, out, logical, node)
             os.fchmod(out, node.mode)
             _chown(out, node)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
@@ -409,34 +1146,124 @@ class _Writer:
         os.close(out)
         return tmp
 
-    def content(self, logical: str, node: Node, in_place: bool) -> str:
-        """Restore a file or database; returns "ok" or the database's integrity result."""
+    def write_bytes(self, logical: str, data: bytes, mode: int) -> None:
+        """Replace a file with `data` atomically (temp file, fsync, rename)."""
+        with self.parent_dir(logical) as (fd, name):
+            tmp = _tmp_name()
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+                os.fchmod(out, mode)
+                os.fsync(out)
+            except OSError as exc:
+                os.close(out)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=fd)
+                raise os_error(exc, f"writing {logical}") from exc
+            os.close(out)
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            os.fsync(fd)
+
+    def content(self, logical: str, node: Node, in_place: bool = False) -> str:
+        """Restore a file: written beside its place, checked, fsynced, renamed. A database goes
+        through `database` (the drill of issue #8 calls this for both); returns its integrity."""
         if node.type == "sqlite":
-            return self.database(logical, node, in_place=in_place)
+            return str(self.database(logical, node, in_place=in_place)["integrity"])
         with self.parent_dir(logical) as (fd, name):
             tmp = self._write_temp(fd, logical, node)
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            try:
+                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=fd)
+                raise _unsafe_or_error(exc, logical) from exc
             os.fsync(fd)
         return "ok"
 
-    def database(self, logical: str, node: Node, *, in_place: bool) -> str:
-        """Write the database copy, check it, and put it in place; returns the integrity result."""
+    def remove(self, item: PlanItem) -> str:
+        """Delete a path the restore's plan deletes (a database with its -wal, -shm and -journal)."""
+        try:
+            with self.parent_dir(item.path, create=False) as (fd, name):
+                if item.kind == "dir":
+                    try:
+                        os.rmdir(name, dir_fd=fd)
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                            raise UnsafePath(f"{item.path} is not empty any more; it was kept") from exc
+                        raise
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+                    if item.kind == "sqlite":
+                        live_sqlite.remove_companions(fd, name)
+                os.fsync(fd)
+        except FileNotFoundError:
+            pass  # a folder on the way is gone already
+        except OSError as exc:
+            raise os_error(exc, f"deleting {item.path}") from exc
+        return "ok"
+
+    def database(self, logical: str, node: Node, *, in_place: bool) -> dict[str, Any]:
+        """Write the database copy beside its place, check it, and apply it: through the backup API
+        into a live database that can be read, else by rename (stale -wal/-shm removed first)."""
         with self.parent_dir(logical) as (fd, name):
             tmp = self._write_temp(fd, logical, node)
-            integrity = _integrity(f"/proc/self/fd/{fd}/{tmp}")
-            if integrity != "ok":
-                os.unlink(tmp, dir_fd=fd)
-                raise RestoreError(
-                    f"the restored copy of {logical} fails integrity_check ({integrity}); nothing replaced"
-                )
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-            if in_place:
-                # The old WAL and shared-memory index belong to the replaced file.
-                for suffix in ("-wal", "-shm"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name + suffix, dir_fd=fd)
+            tmp_path = f"/proc/self/fd/{fd}/{tmp}"
+            live_path = f"/proc/self/fd/{fd}/{name}"
+            try:
+                integrity = _integrity(tmp_path)
+                if integrity != "ok":
+                    raise RestoreError(
+                        f"the restored copy of {logical} fails integrity_check ({integrity}); the database was not "
+                        "replaced — restore it from another snapshot"
+                    )
+                live = live_sqlite.probe(live_path) if in_place else live_sqlite.LiveDb(False, False)
+                if live.readable:
+                    problem = live_sqlite.page_size_problem(logical, live, _page_size_of(tmp_path), live_path)
+                    if problem:
+                        raise RestoreError(problem)
+                    live_sqlite.apply_copy(tmp_path, live_path, logical)
+                    self._set_live_metadata(fd, name, node)
+                    method = "backup-api"
+                else:
+                    # Absent or unreadable: the new file replaces it, and journals of the old one go
+                    # first (SQLite would replay a stale -wal into the new file).
+                    live_sqlite.remove_companions(fd, name)
+                    try:
+                        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                    except OSError as exc:
+                        raise _unsafe_or_error(exc, logical) from exc
+                    method = "rename"
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=fd)
+                live_sqlite.remove_companions(fd, tmp)
             os.fsync(fd)
-        return integrity
+        return {"path": logical, "integrity": integrity, "method": method}
+
+    def _set_live_metadata(self, fd: int, name: str, node: Node) -> None:
+        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            os.fchmod(f, node.mode)
+            _chown(f, node)
+            os.fsync(f)
+        finally:
+            os.close(f)
+
+
+def _unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
+    if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR):
+        return UnsafePath(f"{logical} exists in the destination as a folder; move it aside and restore again")
+    return os_error(exc, f"restoring {logical}")
+
+
+def _page_size_of(path: str) -> int:
+    with open(path, "rb") as f:
+        header = f.read(18)
+    raw = int.from_bytes(header[16:18], "big")
+    return 65536 if raw == 1 else raw
 
 
 def _integrity(path: str) -> str:

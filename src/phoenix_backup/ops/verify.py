@@ -7,12 +7,17 @@ leftover temporary files are notices, not errors: a crashed backup leaves them, 
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound
-from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import iter_blobs, pack_name, read_header
 from phoenix_backup.repo.repository import Repository
@@ -37,6 +42,7 @@ class VerifyResult:
     errors: list[VerifyError] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     read_data: bool = False
+    subset: dict[str, object] | None = None  # with --subset: {percent, packs, of, first}
 
     @property
     def ok(self) -> bool:
@@ -53,6 +59,7 @@ class VerifyResult:
             "readData": self.read_data,
             "errors": [e.to_json() for e in self.errors],
             "notices": self.notices,
+            **({"subset": self.subset} if self.subset is not None else {}),
         }
 
 
@@ -68,13 +75,30 @@ class _Users:
             users.append((snapshot, path))
 
 
-def verify(cfg: Config, envx: Environment, *, ref: str | None = None, read_data: bool = False) -> VerifyResult:
+def verify(
+    cfg: Config,
+    envx: Environment,
+    *,
+    ref: str | None = None,
+    read_data: bool = False,
+    subset: float | None = None,
+) -> VerifyResult:
+    """`subset` (a percentage, 0 < PCT <= 100) reads only that share of the packs, continuing where
+    the previous subset run stopped (see `choose_subset`); it implies `read_data`."""
     repo = open_repository(cfg, envx)
     with repo.lock(exclusive=False, command="verify"):
-        return verify_repository(repo, ref=ref, read_data=read_data)
+        cursor = cache_for(repo, envx).dir / SUBSET_CURSOR if subset is not None else None
+        return verify_repository(repo, ref=ref, read_data=read_data or subset is not None, subset=subset, cursor=cursor)
 
 
-def verify_repository(repo: Repository, *, ref: str | None = None, read_data: bool = False) -> VerifyResult:
+def verify_repository(
+    repo: Repository,
+    *,
+    ref: str | None = None,
+    read_data: bool = False,
+    subset: float | None = None,
+    cursor: Path | None = None,
+) -> VerifyResult:
     result = VerifyResult(read_data=read_data)
     repo.load_index()
     for name, message in repo.problems.index.items():
@@ -124,6 +148,11 @@ def verify_repository(repo: Repository, *, ref: str | None = None, read_data: bo
         packs = sorted(set(listed) & ({pack_name(p) for p in repo.index.pack_ids()}))
         if ref is not None:
             packs = sorted(referenced_packs & set(packs))
+        if subset is not None:
+            key = snapshots[0].id if ref is not None and snapshots else "all"
+            packs, result.subset = choose_subset(packs, subset, cursor, key)
+        # Cold packs (S3 GLACIER/DEEP_ARCHIVE) are thawed in one batch, not one wait per pack.
+        repo.backend.prepare_read(packs)
         for name in packs:
             _read_pack(repo, name, users, result)
         result.checked["packs"] = len(packs)
@@ -218,3 +247,58 @@ def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: object) -> bool:
         return True
     except CorruptObject:
         return False
+
+
+# --------------------------------------------------------------------------------------------
+# --subset PCT: a share of the packs per run, so that regular runs cover the whole repository
+# --------------------------------------------------------------------------------------------
+
+SUBSET_CURSOR = "verify-subset.json"
+
+
+def choose_subset(
+    packs: list[str], percent: float, cursor: Path | None, key: str = "all"
+) -> tuple[list[str], dict[str, object]]:
+    """PCT percent of `packs` (at least one), consecutive in sorted pack-name order.
+
+    A run starts at the pack the previous run would have read next (a cursor kept in the cache,
+    per repository and per `--backup`), so ceil(100 / PCT) runs read every pack once: a weekly
+    `--subset 25` reads the whole repository each month. Packs added meanwhile fall somewhere in
+    the order and are read when the cursor passes them. Without a cursor (first run, lost cache)
+    the start is random, which still covers everything over time.
+    """
+    if not packs:
+        return [], {"percent": percent, "packs": 0, "of": 0, "first": None}
+    ordered = sorted(packs)
+    count = min(len(ordered), max(1, math.ceil(len(ordered) * percent / 100)))
+    saved = _read_cursor(cursor).get(key)
+    if isinstance(saved, str):
+        start = next((i for i, name in enumerate(ordered) if name >= saved), 0)
+    else:
+        start = secrets.randbelow(len(ordered))
+    chosen = [ordered[(start + i) % len(ordered)] for i in range(count)]
+    _write_cursor(cursor, key, ordered[(start + count) % len(ordered)])
+    return chosen, {"percent": percent, "packs": count, "of": len(ordered), "first": chosen[0]}
+
+
+def _read_cursor(cursor: Path | None) -> dict[str, object]:
+    if cursor is None:
+        return {}
+    try:
+        doc = json.loads(cursor.read_text())
+    except (OSError, ValueError):
+        return {}  # the cache is only an accelerator: a lost cursor means a random start
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_cursor(cursor: Path | None, key: str, next_pack: str) -> None:
+    if cursor is None:
+        return
+    doc = _read_cursor(cursor)
+    doc[key] = next_pack
+    try:
+        tmp = cursor.with_name(f".{cursor.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, cursor)
+    except OSError:
+        pass

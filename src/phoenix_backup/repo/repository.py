@@ -13,7 +13,7 @@ import os
 import secrets
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,7 +64,7 @@ CHUNK_MAX = 8 * 1024 * 1024
 # SQLite copies: a new blob holds a run of at most this many pages (256 KiB at 4 KiB pages).
 SQLITE_RUN_PAGES = 64
 # Plaintext bytes waiting for the sealing threads at most (bounds memory on fast reads).
-MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
 
 
 # Trees are JSON and always compress well, whatever the config says about file data.
@@ -259,12 +259,12 @@ class Repository:
     def load_index(self) -> None:
         if self._index_loaded:
             return
-        for info in self.backend.list("index/"):
-            name = info.name
-            try:
-                packs, _superseded = self._read_index_object(name)
-            except (CorruptObject, ObjectNotFound) as exc:
-                self.problems.index[name] = str(exc)
+        objects = self.read_index_objects()
+        # An index that a prune superseded may survive a crash between writing its replacement
+        # and deleting it; it may name packs that are already gone, so only the live ones count.
+        superseded = {f"index/{s}" for _packs, sup in objects.values() for s in sup}
+        for name, (packs, _sup) in objects.items():
+            if name in superseded:
                 continue
             for pack_id, entries in packs.items():
                 self.index.add_pack(pack_id, entries)
@@ -293,6 +293,57 @@ class Repository:
             except (CorruptObject, ObjectNotFound) as exc:
                 unreadable[info.name] = str(exc)
         return unreadable
+
+    def read_index_objects(self) -> dict[str, tuple[dict[str, list[PackEntry]], list[str]]]:
+        """Every readable index object: name -> (packs, superseded index ids); the unreadable ones
+        go to `problems.index`."""
+        out = {}
+        for info in self.backend.list("index/"):
+            try:
+                out[info.name] = self._read_index_object(info.name)
+            except (CorruptObject, ObjectNotFound) as exc:
+                self.problems.index[info.name] = str(exc)
+        return out
+
+    # -- prune: the only code that deletes packs, index objects and snapshots ---------------
+
+    def delete_snapshot(self, sid: str) -> None:
+        """Forget one snapshot: its data stays until prune finds it unreferenced."""
+        self.backend.delete(f"snapshots/{sid}")
+
+    def repack(self, blobs: Iterable[tuple[PackEntry, bytes]]) -> dict[str, list[PackEntry]]:
+        """Write sealed blobs, copied as they are, into new packs; return the new packs' entries.
+
+        A seal binds a blob to its type and id, not to its pack, so copying needs no decryption.
+        The packs are durable when this returns but listed in no index until `write_index`:
+        a crash before that leaves unreferenced leftovers, never a dangling reference."""
+        packers = {t: PackBuilder(t) for t in BlobType}
+        written: dict[str, list[PackEntry]] = {}
+
+        def put(kind: BlobType) -> None:
+            pack_id, data, entries = packers[kind].finish(self.sealer)
+            self.backend.write(pack_name(pack_id), data, cold=kind == BlobType.DATA)
+            written[pack_id] = entries
+            packers[kind] = PackBuilder(kind)
+
+        for entry, sealed in blobs:
+            packer = packers[entry.type]
+            packer.add(entry.id, entry.compression, sealed, entry.raw)
+            if packer.size >= (DATA_PACK_TARGET if entry.type == BlobType.DATA else TREE_PACK_TARGET):
+                put(entry.type)
+        for kind in BlobType:
+            if packers[kind].entries:
+                put(kind)
+        return written
+
+    def write_index(self, packs: dict[str, list[PackEntry]], superseded: list[str]) -> str:
+        """One index object listing `packs` that supersedes the index objects `superseded`
+        (bare ids); returns its name. It is written whole or not at all, so the old objects may
+        be deleted once this returns."""
+        raw = self.sealer.seal(encode_index(packs, superseded), INDEX_AAD)
+        name = f"index/{sha256_hex(raw)}"
+        self.backend.write(name, raw)
+        return name
 
     def _read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
         raw = self.backend.read(name)
@@ -388,7 +439,8 @@ class Repository:
 
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data, entries = packer.finish(self.sealer)
-        self.backend.write(pack_name(pack_id), data)
+        # Only data packs may go to a cold storage class: trees must stay readable for list/ls/verify.
+        self.backend.write(pack_name(pack_id), data, cold=packer.kind == BlobType.DATA)
         with self._lock:
             self.index.add_pack(pack_id, entries)
             self._new_packs[pack_id] = entries

@@ -24,9 +24,13 @@ class DatabaseInfo:
     tables: dict[str, int]  # real tables (shadow tables of virtual ones included) -> rows
     virtual_tables: dict[str, str] = field(default_factory=dict)  # name -> module
     page_size: int = 0
+    # PostgreSQL: extension -> version. Redis and PostgreSQL: engine-specific facts (agentId,
+    # serverVersionNum, key types...). Written only when set, so SQLite entries keep their bytes.
+    extensions: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "path": self.path,
             "engine": self.engine,
             "version": self.version,
@@ -35,6 +39,11 @@ class DatabaseInfo:
             "virtualTables": dict(sorted(self.virtual_tables.items())),
             "pageSize": self.page_size,
         }
+        if self.extensions:
+            doc["extensions"] = dict(sorted(self.extensions.items()))
+        if self.details:
+            doc["details"] = self.details
+        return doc
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> DatabaseInfo:
@@ -46,6 +55,8 @@ class DatabaseInfo:
             tables={str(k): int(v) for k, v in d["tables"].items()},
             virtual_tables=dict(d.get("virtualTables", {})),
             page_size=int(d.get("pageSize", 0)),
+            extensions={str(k): str(v) for k, v in d.get("extensions", {}).items()},
+            details=dict(d.get("details", {})),
         )
 
 
@@ -99,6 +110,9 @@ class Snapshot:
     incomplete: tuple[dict[str, str], ...] = ()  # [{path, error}] files that vanished or failed
     phoenix_version: str = ""
     started: str = ""  # RFC 3339 UTC, when the backup began reading (for the unchanged-file rule)
+    # Logical paths that did not exist when the snapshot was taken (safety snapshots record what a
+    # restore is about to create, so that restoring them deletes it again). Empty for backups.
+    absent: tuple[str, ...] = ()
     id: str = ""  # object name; set when loaded or saved
 
     @property
@@ -123,6 +137,8 @@ class Snapshot:
             "phoenixVersion": self.phoenix_version,
             "started": self.started,
         }
+        if self.absent:  # only safety snapshots carry it: ordinary snapshots keep their bytes
+            doc["absent"] = list(self.absent)
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -150,7 +166,14 @@ class Snapshot:
                 incomplete=tuple(d.get("incomplete", [])),
                 phoenix_version=d.get("phoenixVersion", ""),
                 started=d.get("started", ""),
+                absent=_absent(d.get("absent", [])),
                 id=snapshot_id,
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CorruptObject(f"snapshot {snapshot_id[:8]} is malformed: {exc}") from exc
+
+
+def _absent(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise ValueError("absent is not a list of paths")
+    return tuple(raw)

@@ -3,6 +3,11 @@
 workspace/...   relative to the configured workspace
 home/...        other paths under the home directory (~/.argentos/memory.db)
 root/...        any other absolute path
+postgres/<name>/...   the streams of a configured PostgreSQL database (dump, globals, manifest)
+redis/<name>/...      the record file and manifest of a configured Redis database
+
+Database roots have no place on disk in place: they are restored into their servers, and written
+as files only below `restore --to DIR`.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from pathlib import Path, PurePosixPath
 
 from phoenix_backup.errors import UnsafePath
 
-ROOTS = ("workspace", "home", "root")
+FILE_ROOTS = ("workspace", "home", "root")
+DATABASE_ROOTS = ("postgres", "redis")
+ROOTS = (*FILE_ROOTS, *DATABASE_ROOTS)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,11 @@ class Layout:
         parts = split_logical(logical)
         if dest is not None:
             return dest.joinpath(*parts)
+        if parts[0] in DATABASE_ROOTS:
+            raise UnsafePath(
+                f"{logical} is a database stream, not a file: it is restored into its server, or written as a "
+                "file below `phx restore --to DIR`"
+            )
         base = {"workspace": self.workspace, "home": self.home, "root": Path("/")}[parts[0]]
         return base.joinpath(*parts[1:])
 

@@ -2,15 +2,16 @@
 
 Object names are relative, slash-separated and fixed by the repository format: `config`,
 `keys/<id>`, `data/<2 hex>/<64 hex>`, `index/<64 hex>`, `snapshots/<64 hex>`, `locks/<id>`.
-Behaviour every backend needs (retries, a concurrency limit, caching) wraps a backend instead of
-living inside it.
+Every backend stores the same objects under the same names below its prefix, so any target can
+serve a restore on its own. Behaviour every backend needs (retries, a concurrency limit) wraps a
+backend instead of living inside it (storage/wrappers.py).
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from phoenix_backup.errors import StorageError
@@ -20,6 +21,9 @@ from phoenix_backup.errors import StorageError
 # path, or a key outside the repository's prefix.
 _NAME = re.compile(r"^(config|(keys|locks|index|snapshots)/[0-9a-f]{8,64}|data/[0-9a-f]{2}/[0-9a-f]{64})$")
 TEMP_MARKER = ".tmp-"
+# The folders of the format, in the order replication fills them (config and keys first, so a
+# half-copied target is already a valid, openable repository; snapshots last: the commit point).
+FOLDERS = ("keys", "data", "index", "snapshots", "locks")
 
 
 def validate_name(name: str) -> str:
@@ -28,14 +32,25 @@ def validate_name(name: str) -> str:
     return name
 
 
+def is_valid_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     name: str
     size: int
+    # Where the store knows them: the storage class (S3: "STANDARD", "GLACIER", ...) and the
+    # time of the last write (Unix seconds), so prune can respect minimum storage periods.
+    storage_class: str | None = None
+    modified: float | None = None
 
 
 class Backend(ABC):
     """A flat store of immutable objects. Writes are atomic: an object is wholly there or absent."""
+
+    #: short kind for messages and decisions that depend on the store ("local", "s3", "git")
+    kind: str = "local"
 
     @property
     @abstractmethod
@@ -57,8 +72,11 @@ class Backend(ABC):
     def read_range(self, name: str, offset: int, length: int) -> bytes: ...
 
     @abstractmethod
-    def write(self, name: str, data: bytes, *, exclusive: bool = False) -> None:
-        """Store `data` under `name` atomically. With `exclusive`, fail if `name` exists."""
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        """Store `data` under `name` atomically. With `exclusive`, fail with ObjectExists if `name`
+        exists. `cold` marks a data pack: a store with storage classes may put it in the configured
+        cold class; everything else (config, keys, index, snapshots, tree packs) stays readable
+        at once, so listing, browsing and structural checks never wait for a thaw."""
 
     @abstractmethod
     def delete(self, name: str) -> None: ...
@@ -74,6 +92,22 @@ class Backend(ABC):
     def list_temporary(self) -> Iterator[str]:
         """Leftover temporary files of interrupted writes (backends with atomic PUTs have none)."""
         return iter(())
+
+    def checkpoint(self, message: str) -> bool:
+        """Record what was written so far as one unit named `message` (Git: a commit); True when
+        something was recorded. Stores whose writes are final at once do nothing."""
+        return False
+
+    def publish(self) -> None:  # noqa: B027 - optional hook
+        """Send recorded units to where they are meant to live (Git: push when autoCommit)."""
+
+    def prepare_read(self, names: Iterable[str]) -> None:  # noqa: B027 - optional hook
+        """A hint that `names` will be read soon: a cold store requests their thaw in one go."""
+
+    def abort_abandoned_uploads(self, *, everything: bool) -> int:
+        """Remove what interrupted uploads left behind on the store (S3: multipart uploads);
+        `everything` when no other writer can be active. Returns how many were removed."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

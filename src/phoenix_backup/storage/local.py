@@ -9,10 +9,10 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from phoenix_backup.errors import NoSpace, ObjectNotFound, RepositoryExists, StorageError
-from phoenix_backup.storage.base import TEMP_MARKER, Backend, ObjectInfo, validate_name
+from phoenix_backup.errors import NoSpace, ObjectExists, ObjectNotFound, RepositoryExists, StorageError
+from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, validate_name
 
-_FOLDERS = ("keys", "data", "index", "snapshots", "locks")
+_FOLDERS = FOLDERS
 
 
 def os_error(exc: OSError, what: str) -> StorageError:
@@ -27,6 +27,8 @@ def os_error(exc: OSError, what: str) -> StorageError:
 
 
 class LocalBackend(Backend):
+    kind = "local"
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
@@ -94,7 +96,8 @@ class LocalBackend(Backend):
             raise ObjectNotFound(f"object {name} in {self.root} is shorter than the index says")
         return data
 
-    def write(self, name: str, data: bytes, *, exclusive: bool = False) -> None:
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        # `cold` means nothing on a local disk: every file is equally readable.
         path = self._path(name)
         tmp = path.with_name(f"{TEMP_MARKER}{path.name}.{secrets.token_hex(4)}")
         try:
@@ -117,7 +120,7 @@ class LocalBackend(Backend):
             _fsync_dir(path.parent)
         except FileExistsError as exc:
             _unlink_quietly(tmp)
-            raise StorageError(f"object {name} already exists in {self.root}") from exc
+            raise ObjectExists(f"object {name} already exists in {self.root}") from exc
         except OSError as exc:
             _unlink_quietly(tmp)
             raise os_error(exc, f"writing {name} to {self.root}") from exc

@@ -1,0 +1,1178 @@
+#!/usr/bin/env python3
+"""Phoenix against restic, borg, the seed's tar.gz and a `tar | zstd` floor (issue #3).
+
+One command, one generated workspace, every tool run side by side on the same state::
+
+    .venv/bin/python bench/run.py --size medium --days 7
+
+Steps per tool: full backup, no-change backup, one backup after each simulated day, full
+restore of the last snapshot into a fresh folder (checked equal to the source). Each step is
+timed with ``/usr/bin/time -v`` (wall, user+sys CPU, peak RSS) and followed by ``du -sb`` of the
+tool's repository. Each simulated day is also measured for the bytes that really changed:
+SQLite pages that differ between consistent copies taken before and after the day (plus pages
+added) and the sizes of new or changed workspace files.
+
+Results: ``bench/results/<size>.json`` (every raw figure), ``<size>.md`` (tables) and
+``<size>.png`` (plots). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+README = BENCH / "README.md"
+
+# The seed's default excludes; every tool gets the same set in its own syntax.
+EXCLUDES = ("*.log", "node_modules/", ".git/", "*.tmp", ".DS_Store")
+EXCLUDED_DIRS = {"node_modules", ".git"}
+EXCLUDED_FILE_SUFFIXES = (".log", ".tmp")
+EXCLUDED_FILE_NAMES = {".DS_Store"}
+RESTIC_EXCLUDES = ["*.log", "node_modules", ".git", "*.tmp", ".DS_Store"]
+BORG_EXCLUDES = ["sh:**/*.log", "sh:**/node_modules", "sh:**/.git", "sh:**/*.tmp", "sh:**/.DS_Store"]
+TAR_EXCLUDES = ["*.log", "node_modules", ".git", "*.tmp", ".DS_Store"]
+
+# The data set, relative to the sample root: the workspace and the three ArgentOS stores.
+DATABASES = ("home/.argentos/memory.db", "home/.argentos/observations.db", "home/.argentos/data/dashboard.db")
+
+PASSPHRASE = "phoenix-bench-passphrase"
+TOOLS = ("phoenix", "restic", "borg", "tar.gz", "tar|zstd")
+REFERENCE = "restic"
+FLOOR = "tar|zstd"
+COMMAND_TIMEOUT = 3600
+MB = 1_000_000
+
+# Targets of issue #3: figure -> (ratio limit, against what).
+TARGETS = {
+    "full": (0.6, "restic"),
+    "full_floor": (1.5, "tar|zstd"),
+    "nochange": (0.5, "restic"),
+    "daily": (0.6, "restic"),
+    "growth": (1.5, "real change"),
+    "restore": (0.5, "restic"),
+    "memory": (1.5, "restic"),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring one command
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measure:
+    wall: float
+    user: float
+    sys: float
+    rss_kb: int
+    rc: int
+    stdout: str = ""
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "wall": round(self.wall, 4),
+            "user": self.user,
+            "sys": self.sys,
+            "cpu": round(self.cpu, 3),
+            "maxRssKb": self.rss_kb,
+            "rc": self.rc,
+        }
+
+
+def _parse_time_v(text: str) -> tuple[float, float, int]:
+    user = sys_ = 0.0
+    rss = 0
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("User time (seconds):"):
+            user = float(line.rsplit(":", 1)[1])
+        elif line.startswith("System time (seconds):"):
+            sys_ = float(line.rsplit(":", 1)[1])
+        elif line.startswith("Maximum resident set size (kbytes):"):
+            rss = int(line.rsplit(":", 1)[1])
+    return user, sys_, rss
+
+
+def measure(cmd: list[str], *, env: dict[str, str], cwd: Path | None, log: Path) -> Measure:
+    """Run `cmd` under /usr/bin/time -v; wall time from a monotonic clock around it."""
+    timing = log.with_suffix(".time")
+    os.sync()  # write-back of the previous step is not charged to this one
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", "-o", str(timing), *cmd],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    wall = time.perf_counter() - start
+    out = proc.stdout.decode(errors="replace")
+    err = proc.stderr.decode(errors="replace")
+    log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
+    user, sys_, rss = _parse_time_v(timing.read_text() if timing.exists() else "")
+    return Measure(wall, user, sys_, rss, proc.returncode, out)
+
+
+def du_bytes(path: Path) -> int:
+    if not path.exists():
+        return 0
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# The data set
+# ------------------------------------------------------------------------------------------------
+
+
+def excluded_file(name: str) -> bool:
+    return name in EXCLUDED_FILE_NAMES or name.endswith(EXCLUDED_FILE_SUFFIXES)
+
+
+def workspace_files(root: Path) -> list[str]:
+    """Data-set files of the workspace, relative to the sample root, excludes applied."""
+    out: list[str] = []
+    base = root / "workspace"
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS)
+        for name in filenames:
+            if excluded_file(name):
+                continue
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                out.append(path.relative_to(root).as_posix())
+    return sorted(out)
+
+
+def dataset_paths(root: Path) -> list[str]:
+    """What the file-level tools are given: the workspace folder and the three databases, with a
+    -wal file when one exists (a raw copy of a WAL database needs it to be consistent)."""
+    paths = ["workspace"]
+    for db in DATABASES:
+        paths.append(db)
+        if (root / f"{db}-wal").exists():
+            paths.append(f"{db}-wal")
+    return paths
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_states(root: Path) -> dict[str, tuple[int, str]]:
+    return {rel: ((root / rel).stat().st_size, sha256_file(root / rel)) for rel in workspace_files(root)}
+
+
+def source_stats(root: Path) -> dict[str, tuple[int, int, int]]:
+    """(size, mtime_ns, inode) of every data-set file, and of any -wal or -shm beside a database:
+    a tool must not change its source (or leave a different one for the next tool)."""
+    out = {}
+    for rel in [*workspace_files(root), *DATABASES]:
+        st = (root / rel).stat()
+        out[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    for db in DATABASES:
+        for suffix in ("-wal", "-shm"):
+            side = root / f"{db}{suffix}"
+            if side.exists():
+                st = side.stat()
+                out[f"{db}{suffix}"] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def consistent_copy(src: Path, dst: Path) -> None:
+    """A consistent copy of a live database through the backup API. The source is opened
+    read-write, as SQLite's own tools do, so that closing the last connection removes the -wal and
+    -shm files again: a read-only connection would leave an empty -wal behind, and every tool
+    would then see a different source than the one before the copy."""
+    dst.unlink(missing_ok=True)
+    s = sqlite3.connect(f"file:{src}?mode=rw", uri=True)
+    d = sqlite3.connect(dst)
+    try:
+        s.backup(d)
+    finally:
+        d.close()
+        s.close()
+    left = [p for p in (Path(f"{src}-wal"), Path(f"{src}-shm")) if p.exists()]
+    if left:
+        raise SystemExit(f"copying {src} left {', '.join(map(str, left))} behind; is something else using it?")
+
+
+def page_size_of(path: Path) -> int:
+    with open(path, "rb") as f:
+        header = f.read(100)
+    size = int.from_bytes(header[16:18], "big")
+    return 65536 if size == 1 else size
+
+
+def changed_pages(before: Path, after: Path) -> dict[str, int]:
+    """Pages of `after` that differ from `before`, and pages added at the end."""
+    page = page_size_of(after)
+    a = before.read_bytes()
+    b = after.read_bytes()
+    na, nb = len(a) // page, len(b) // page
+    mva, mvb = memoryview(a), memoryview(b)
+    changed = 0
+    for i in range(min(na, nb)):
+        off = i * page
+        if mva[off : off + page] != mvb[off : off + page]:
+            changed += 1
+    added = max(0, nb - na)
+    return {
+        "pageSize": page,
+        "pagesBefore": na,
+        "pagesAfter": nb,
+        "changed": changed,
+        "added": added,
+        "bytes": (changed + added) * page,
+    }
+
+
+def table_digests(db: Path) -> dict[str, tuple[int, str]]:
+    """Row count and an order-independent digest of every real table (FTS shadow tables are real
+    tables; virtual tables themselves are never queried)."""
+    out: dict[str, tuple[int, str]] = {}
+    conn = sqlite3.connect(db)
+    try:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' "
+                "AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL%' ORDER BY name"
+            )
+        ]
+        for name in names:
+            hashes = []
+            for row in conn.execute(f'SELECT * FROM "{name}"'):
+                hashes.append(hashlib.blake2b(repr(row).encode(), digest_size=16).digest())
+            hashes.sort()
+            out[name] = (len(hashes), hashlib.sha256(b"".join(hashes)).hexdigest())
+    finally:
+        conn.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The tools
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tool:
+    name: str
+    repo: Path
+    env: dict[str, str]
+    root: Path  # the sample root
+    work: Path
+    snapshots: list[str] = field(default_factory=list)
+
+    def init(self) -> None: ...
+    def backup_cmd(self, step: str) -> list[str]:
+        raise NotImplementedError
+
+    def restore_cmd(self, dest: Path) -> tuple[list[str], Path | None]:
+        raise NotImplementedError
+
+    def restored_root(self, dest: Path) -> Path:
+        """Where the restored copy of the sample root (workspace/, home/...) is."""
+        return dest
+
+    def extra_sizes(self) -> dict[str, int]:
+        return {}
+
+
+def _run_checked(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+class Phoenix(Tool):
+    def __init__(self, root: Path, work: Path, base_env: dict[str, str], phx: list[str]) -> None:
+        env = dict(base_env)
+        env.update(
+            HOME=str(root / "home"),
+            PHX_PASSPHRASE=PASSPHRASE,
+            PHX_CACHE_DIR=str(work / "phoenix-cache"),
+        )
+        super().__init__("phoenix", work / "phoenix-repo", env, root, work)
+        self.phx = phx
+        self.config = work / "phoenix.json"
+
+    def init(self) -> None:
+        config = {
+            "workspace": str(self.root / "workspace"),
+            "backupDir": str(self.repo),
+            "targets": {"local": {"enabled": True, "path": str(self.repo)}},
+            "include": [],  # the whole workspace, excludes applied
+            "exclude": list(EXCLUDES),
+            "compression": True,
+            "encryption": {"enabled": True, "method": "passphrase"},
+            "databases": {
+                "sqlite": ["~/.argentos/observations.db", "~/.argentos/memory.db", "~/.argentos/data/dashboard.db"]
+            },
+            "retention": {"last": -1},
+        }
+        self.config.write_text(json.dumps(config, indent=2) + "\n")
+        # The repository is created untimed (restic and borg are initialised untimed too).
+        _run_checked(
+            [
+                *self.phx,
+                "init",
+                "--config",
+                str(self.work / "phoenix-init.json"),
+                "--workspace",
+                str(self.root / "workspace"),
+                "--repo",
+                str(self.repo),
+                "--encryption",
+                "passphrase",
+            ],
+            self.env,
+        )
+
+    def backup_cmd(self, step: str) -> list[str]:
+        return [*self.phx, "backup", "--config", str(self.config), "--json"]
+
+    def restore_cmd(self, dest: Path) -> tuple[list[str], Path | None]:
+        return [*self.phx, "restore", "--latest", "--to", str(dest), "--yes", "--config", str(self.config)], None
+
+    def extra_sizes(self) -> dict[str, int]:
+        return {"cache": du_bytes(self.work / "phoenix-cache")}
+
+
+class Restic(Tool):
+    def __init__(self, root: Path, work: Path, base_env: dict[str, str]) -> None:
+        env = dict(base_env)
+        env.update(
+            RESTIC_PASSWORD=PASSPHRASE,
+            RESTIC_REPOSITORY=str(work / "restic-repo"),
+            RESTIC_CACHE_DIR=str(work / "restic-cache"),
+        )
+        super().__init__("restic", work / "restic-repo", env, root, work)
+
+    def init(self) -> None:
+        _run_checked(["restic", "init", "--repository-version", "2"], self.env)
+
+    def backup_cmd(self, step: str) -> list[str]:
+        cmd = ["restic", "backup", "--quiet", "--compression", "auto", "--host", "bench"]
+        for pattern in RESTIC_EXCLUDES:
+            cmd += ["--exclude", pattern]
+        return cmd + [str(self.root / p) for p in dataset_paths(self.root)]
+
+    def restore_cmd(self, dest: Path) -> tuple[list[str], Path | None]:
+        return ["restic", "restore", "--quiet", "latest", "--target", str(dest)], None
+
+    def restored_root(self, dest: Path) -> Path:
+        return dest / self.root.relative_to("/")
+
+    def extra_sizes(self) -> dict[str, int]:
+        return {"cache": du_bytes(self.work / "restic-cache")}
+
+
+class Borg(Tool):
+    def __init__(self, root: Path, work: Path, base_env: dict[str, str]) -> None:
+        env = dict(base_env)
+        env.update(
+            BORG_PASSPHRASE=PASSPHRASE,
+            BORG_BASE_DIR=str(work / "borg-base"),
+            BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+            BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+        )
+        super().__init__("borg", work / "borg-repo", env, root, work)
+
+    def init(self) -> None:
+        _run_checked(["borg", "init", "--encryption", "repokey", str(self.repo)], self.env)
+
+    def backup_cmd(self, step: str) -> list[str]:
+        name = f"{len(self.snapshots):02d}-{step}"
+        self.snapshots.append(name)
+        cmd = ["borg", "create", "--compression", "zstd,3"]
+        for pattern in BORG_EXCLUDES:
+            cmd += ["--exclude", pattern]
+        return cmd + [f"{self.repo}::{name}"] + [str(self.root / p) for p in dataset_paths(self.root)]
+
+    def restore_cmd(self, dest: Path) -> tuple[list[str], Path | None]:
+        return ["borg", "extract", f"{self.repo}::{self.snapshots[-1]}"], dest
+
+    def restored_root(self, dest: Path) -> Path:
+        return dest / self.root.relative_to("/")
+
+    def extra_sizes(self) -> dict[str, int]:
+        return {"cache": du_bytes(self.work / "borg-base")}
+
+
+class TarGz(Tool):
+    """The seed's approach: one full tar.gz per snapshot."""
+
+    def __init__(self, root: Path, work: Path, base_env: dict[str, str]) -> None:
+        super().__init__("tar.gz", work / "targz-repo", dict(base_env), root, work)
+
+    def init(self) -> None:
+        self.repo.mkdir(parents=True, exist_ok=True)
+
+    def backup_cmd(self, step: str) -> list[str]:
+        name = f"{len(self.snapshots):02d}-{step}.tar.gz"
+        self.snapshots.append(name)
+        excludes = [f"--exclude={p}" for p in TAR_EXCLUDES]
+        return ["tar", "czf", str(self.repo / name), *excludes, "-C", str(self.root), *dataset_paths(self.root)]
+
+    def restore_cmd(self, dest: Path) -> tuple[list[str], Path | None]:
+        return ["tar", "xzf", str(self.repo / self.snapshots[-1]), "-C", str(dest)], None
+
+
+class TarZstd(Tool):
+    """The floor: the same files through `tar | zstd -T2 -3`, one archive, replaced each step."""
+
+    def __init__(self, root: Path, work: Path, base_env: dict[str, str]) -> None:
+        super().__init__("tar|zstd", work / "tarzstd-repo", dict(base_env), root, work)
+
+    def init(self) -> None:
+        self.repo.mkdir(parents=True, exist_ok=True)
+
+    def backup_cmd(self, step: str) -> list[str]:
+        excludes = " ".join(f"--exclude='{p}'" for p in TAR_EXCLUDES)
+        paths = " ".join(f"'{p}'" for p in dataset_paths(self.root))
+        out = self.repo / "latest.tar.zst"
+        return ["sh", "-c", f"tar cf - {excludes} -C '{self.root}' {paths} | zstd -T2 -3 -q -c > '{out}'"]
+
+    def restore_cmd(self, dest: Path) -> tuple[list[str], Path | None]:
+        archive = self.repo / "latest.tar.zst"
+        return ["sh", "-c", f"zstd -dc -q '{archive}' | tar xf - -C '{dest}'"], None
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+
+def versions(phx: list[str]) -> dict[str, str]:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "missing"
+
+    return {
+        "phoenix": first_line([*phx, "--version"]),
+        "restic": first_line(["restic", "version"]),
+        "borg": first_line(["borg", "--version"]),
+        "tar": first_line(["tar", "--version"]),
+        "gzip": first_line(["gzip", "--version"]),
+        "zstd": first_line(["zstd", "--version"]),
+        "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def live_package() -> Path:
+    """The folder of the installed `phoenix_backup` package (found without importing it)."""
+    spec = importlib.util.find_spec("phoenix_backup")
+    if spec is None or spec.origin is None:
+        raise SystemExit("phoenix_backup is not installed in this Python; run bench/run.sh")
+    return Path(spec.origin).parent
+
+
+def wait_until_quiet(base: Path, quiet: float, limit: float) -> None:
+    """Wait until no source file under `base` changed for `quiet` seconds (someone may be editing
+    src/ on a shared machine, and a copy taken mid-edit would not run), at most `limit` seconds."""
+    deadline = time.time() + limit
+    while True:
+        newest = max((p.stat().st_mtime for p in base.rglob("*.py")), default=0.0)
+        age = time.time() - newest
+        if age >= quiet or time.time() >= deadline:
+            return
+        log(f"{base} changed {age:.0f} s ago; waiting for {quiet:.0f} quiet seconds before copying it")
+        time.sleep(min(quiet - age + 0.5, max(0.0, deadline - time.time())))
+
+
+def phoenix_source_id(base: Path) -> str:
+    """A fingerprint of a Phoenix source tree. An editable install changes under a run when
+    someone edits src/ meanwhile, so by default the run measures a copy taken at its start."""
+    h = hashlib.sha256()
+    for path in sorted(base.rglob("*.py")):
+        h.update(path.relative_to(base).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def check_prerequisites() -> None:
+    missing = [t for t in ("restic", "borg", "tar", "zstd", "du") if shutil.which(t) is None]
+    if not Path("/usr/bin/time").exists():
+        missing.append("/usr/bin/time (Debian package `time`)")
+    if missing:
+        raise SystemExit(f"missing: {', '.join(missing)}; run bench/run.sh, which installs them")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def verify_restore(restored: Path, root: Path, ref_files: dict[str, str], ref_db: dict[str, dict]) -> list[str]:
+    problems: list[str] = []
+    got = set(workspace_files(restored)) if (restored / "workspace").is_dir() else set()
+    for rel in sorted(set(ref_files) - got):
+        problems.append(f"missing {rel}")
+    for rel in sorted(got - set(ref_files)):
+        problems.append(f"unexpected {rel}")
+    for rel in sorted(set(ref_files) & got):
+        if sha256_file(restored / rel) != ref_files[rel]:
+            problems.append(f"differs {rel}")
+    for db in DATABASES:
+        path = restored / db
+        if not path.is_file():
+            problems.append(f"missing {db}")
+            continue
+        digests = table_digests(path)
+        for table, (rows, digest) in ref_db[db].items():
+            if table not in digests:
+                problems.append(f"{db}: table {table} missing")
+            elif digests[table] != (rows, digest):
+                problems.append(f"{db}: table {table} differs ({digests[table][0]} rows, expected {rows})")
+        for table in sorted(set(digests) - set(ref_db[db])):
+            problems.append(f"{db}: unexpected table {table}")
+    return problems
+
+
+def run(args: argparse.Namespace) -> dict:
+    check_prerequisites()
+    work = Path(args.workdir or BENCH / "work" / args.size).absolute()
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "logs").mkdir(parents=True)
+    (work / "pages").mkdir()
+    root = work / "sample"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PHX_", "RESTIC_", "BORG_"))}
+    base_env["LC_ALL"] = "C.UTF-8"
+
+    live = live_package()
+    if args.live_source or args.phx:
+        # The installed phx, as it is at each step (each step records the source it ran).
+        pinned = None
+        exe = args.phx or str(Path(sys.executable).parent / "phx")
+        phx = [exe if Path(exe).exists() else (shutil.which("phx") or exe)]
+    else:
+        # A copy of the package taken now, first on the path of this process and of every phx run.
+        pinned = work / "phoenix-src"
+        wait_until_quiet(live, quiet=20, limit=600)
+        shutil.copytree(live, pinned / "phoenix_backup", ignore=shutil.ignore_patterns("__pycache__"))
+        sys.path.insert(0, str(pinned))
+        base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pinned), base_env.get("PYTHONPATH")]))
+        phx = [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv[0] = 'phx'; from phoenix_backup.cli.main import main; main()",
+        ]
+    source_id = phoenix_source_id(pinned / "phoenix_backup" if pinned else live)
+    from phoenix_backup.sample import generate_workspace, simulate_day
+
+    if pinned is not None:
+        import phoenix_backup
+
+        if Path(phoenix_backup.__file__).parent != pinned / "phoenix_backup":
+            raise SystemExit(f"the pinned copy of Phoenix was not used ({phoenix_backup.__file__})")
+        log(f"measuring a copy of {live} taken now (source {source_id}); --live-source runs the installed one")
+        probe = subprocess.run([*phx, "--help"], env=base_env, capture_output=True, text=True, check=False)
+        if probe.returncode != 0:
+            raise SystemExit(f"the copy of Phoenix does not start (is src/ being edited?):\n{probe.stderr[-2000:]}")
+
+    bench_start = time.perf_counter()
+    load_start = os.getloadavg()
+    log(f"generating the {args.size} workspace (seed {args.seed}) in {root}")
+    t = time.perf_counter()
+    layout = generate_workspace(root, size=args.size, seed=args.seed)
+    gen_seconds = time.perf_counter() - t
+    ws_files = workspace_files(root)
+    ws_bytes = sum((root / f).stat().st_size for f in ws_files)
+    db_bytes = {db: (root / db).stat().st_size for db in DATABASES}
+    log(
+        f"generated in {gen_seconds:.1f} s: {len(ws_files)} workspace files ({ws_bytes / MB:.1f} MB), "
+        f"databases {sum(db_bytes.values()) / MB:.1f} MB"
+    )
+
+    tools: list[Tool] = [
+        Phoenix(root, work, base_env, phx),
+        Restic(root, work, base_env),
+        Borg(root, work, base_env),
+        TarGz(root, work, base_env),
+        TarZstd(root, work, base_env),
+    ]
+    tools = [t for t in tools if t.name in args.tools]
+    for tool in tools:
+        tool.init()
+
+    # The reference state for counting real change: consistent copies and file hashes.
+    before_files = file_states(root)
+    for db in DATABASES:
+        consistent_copy(root / db, work / "pages" / (Path(db).name + ".before"))
+
+    steps = ["full", "nochange", *[f"day{d + 1}" for d in range(args.days)]]
+    results: dict[str, dict[str, dict]] = {tool.name: {} for tool in tools}
+    changes: list[dict] = []
+    source_warnings: list[str] = []
+
+    for step in steps:
+        if step.startswith("day"):
+            day = int(step[3:]) - 1
+            t = time.perf_counter()
+            stats = simulate_day(layout, day, seed=args.seed)
+            sim_seconds = time.perf_counter() - t
+            change: dict = {"day": day + 1, "simulateSeconds": round(sim_seconds, 3), "databases": {}}
+            for db in DATABASES:
+                name = Path(db).name
+                before = work / "pages" / (name + ".before")
+                after = work / "pages" / (name + ".after")
+                consistent_copy(root / db, after)
+                change["databases"][db] = changed_pages(before, after)
+                after.replace(before)
+            after_files = file_states(root)
+            changed_files = {
+                rel: size
+                for rel, (size, digest) in after_files.items()
+                if before_files.get(rel, (None, None))[1] != digest
+            }
+            before_files = after_files
+            change["files"] = changed_files
+            change["fileBytes"] = sum(changed_files.values())
+            change["pageBytes"] = sum(d["bytes"] for d in change["databases"].values())
+            change["realBytes"] = change["fileBytes"] + change["pageBytes"]
+            change["dayStats"] = {
+                "memoriesAdded": stats.memories_added,
+                "memoriesUpdated": stats.memories_updated,
+                "memoriesDeleted": stats.memories_deleted,
+                "observationsAdded": stats.observations_added,
+            }
+            changes.append(change)
+            log(
+                f"{step}: real change {change['realBytes'] / MB:.2f} MB "
+                f"(pages {change['pageBytes'] / MB:.2f} MB, files {change['fileBytes'] / 1e3:.1f} kB)"
+            )
+        for tool in tools:
+            state = source_stats(root)
+            logfile = work / "logs" / f"{_safe(tool.name)}-{step}.log"
+            m = measure(tool.backup_cmd(step), env=tool.env, cwd=None, log=logfile)
+            if source_stats(root) != state:
+                source_warnings.append(f"{tool.name} changed its source during {step}")
+            entry = m.to_json()
+            if tool.name == "phoenix":
+                entry["phxSource"] = source_id if pinned else phoenix_source_id(live)
+            entry["repoBytes"] = du_bytes(tool.repo)
+            entry.update({f"{k}Bytes": v for k, v in tool.extra_sizes().items()})
+            if tool.name == "phoenix" and m.rc == 0:
+                try:
+                    doc = json.loads(m.stdout)
+                    entry["phx"] = {k: doc.get(k) for k in ("added", "size", "files", "filesRead", "duration")}
+                except json.JSONDecodeError:
+                    pass
+            results[tool.name][step] = entry
+            if m.rc != 0:
+                log(f"  {tool.name} {step} FAILED (rc {m.rc}); see {work / 'logs'}")
+                if not args.keep_going:
+                    raise SystemExit(1)
+        log(
+            f"{step}: "
+            + ", ".join(
+                f"{t.name} {results[t.name][step]['wall']:.2f}s/{results[t.name][step]['repoBytes'] / MB:.0f}MB"
+                for t in tools
+            )
+        )
+
+    # Restore the last snapshot of every tool into a fresh folder and check it.
+    ref_files = {rel: sha for rel, (_, sha) in file_states(root).items()}
+    ref_db = {db: table_digests(work / "pages" / (Path(db).name + ".before")) for db in DATABASES}
+    for tool in tools:
+        dest = work / "restore" / _safe(tool.name)
+        dest.mkdir(parents=True)
+        cmd, cwd = tool.restore_cmd(dest)
+        m = measure(cmd, env=tool.env, cwd=cwd, log=work / "logs" / f"{_safe(tool.name)}-restore.log")
+        entry = m.to_json()
+        if tool.name == "phoenix":
+            entry["phxSource"] = source_id if pinned else phoenix_source_id(live)
+        problems = verify_restore(tool.restored_root(dest), root, ref_files, ref_db) if m.rc == 0 else ["failed"]
+        entry["verified"] = not problems
+        entry["problems"] = problems[:20]
+        entry["restoredBytes"] = du_bytes(dest)
+        results[tool.name]["restore"] = entry
+        verdict = "verified equal" if not problems else "MISMATCH: " + "; ".join(problems[:5])
+        log(f"restore: {tool.name} {m.wall:.2f}s, {verdict}")
+        shutil.rmtree(dest)
+
+    doc = {
+        "size": args.size,
+        "seed": args.seed,
+        "days": args.days,
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavgStart": load_start,
+        "loadavgEnd": os.getloadavg(),
+        "versions": versions(phx),
+        "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "generateSeconds": round(gen_seconds, 2),
+        "dataset": {
+            "workspaceFiles": len(ws_files),
+            "workspaceBytes": ws_bytes,
+            "databaseBytes": db_bytes,
+            "totalBytes": ws_bytes + sum(db_bytes.values()),
+            "excludes": list(EXCLUDES),
+        },
+        "steps": [*steps, "restore"],
+        "tools": [t.name for t in tools],
+        "results": results,
+        "realChange": changes,
+        "sourceWarnings": source_warnings,
+    }
+    doc["summary"] = summarize(doc)
+    doc["benchSeconds"] = round(time.perf_counter() - bench_start, 1)
+    sources = sorted({e["phxSource"] for e in results.get("phoenix", {}).values() if "phxSource" in e})
+    doc["phoenixSource"] = sources
+    doc["phoenixPinned"] = pinned is not None
+    doc["phoenixLiveSourceAtEnd"] = phoenix_source_id(live)
+    if len(sources) > 1:
+        source_warnings.append(
+            f"the Phoenix source changed during the run ({len(sources)} versions: {', '.join(sources)}); "
+            "its figures mix code versions, run again"
+        )
+    if not args.keep:
+        shutil.rmtree(work)
+        with contextlib.suppress(OSError):
+            work.parent.rmdir()  # bench/work, when nothing else is in it
+    return doc
+
+
+def _safe(name: str) -> str:
+    return name.replace("|", "-").replace(".", "-")
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary, table, plot
+# ------------------------------------------------------------------------------------------------
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def summarize(doc: dict) -> dict:
+    res = doc["results"]
+    days = [s for s in doc["steps"] if s.startswith("day")]
+    real = {f"day{c['day']}": c["realBytes"] for c in doc["realChange"]}
+    out: dict[str, dict] = {}
+    for tool, steps in res.items():
+        order = [s for s in doc["steps"] if s != "restore"]
+        growth = {}
+        for prev, step in zip(order, order[1:], strict=False):
+            if step in days:
+                growth[step] = steps[step]["repoBytes"] - steps[prev]["repoBytes"]
+        total_real = sum(real[d] for d in days)
+        s = {
+            "full": steps["full"]["wall"],
+            "nochange": steps["nochange"]["wall"],
+            "daily": _mean(steps[d]["wall"] for d in days),
+            "dailyMax": max((steps[d]["wall"] for d in days), default=float("nan")),
+            "restore": steps.get("restore", {}).get("wall", float("nan")),
+            "restoreVerified": steps.get("restore", {}).get("verified"),
+            "cpuFull": steps["full"]["cpu"],
+            "cpuDaily": _mean(steps[d]["cpu"] for d in days),
+            "cpuRestore": steps.get("restore", {}).get("cpu", float("nan")),
+            "memory": max(v["maxRssKb"] for v in steps.values()) * 1024,
+            "memoryFull": steps["full"]["maxRssKb"] * 1024,
+            "repoFull": steps["full"]["repoBytes"],
+            "repoLast": steps[order[-1]]["repoBytes"],
+            "growth": growth,
+            "growthPerDay": _mean(growth.values()),
+            "growthRatio": (sum(growth.values()) / total_real) if total_real else float("nan"),
+        }
+        out[tool] = s
+    ref = out.get(REFERENCE)
+    floor = out.get(FLOOR)
+    for s in out.values():
+        s["ratios"] = {}
+        if ref:
+            for key in ("full", "nochange", "daily", "restore", "memory"):
+                s["ratios"][key] = s[key] / ref[key] if ref[key] else float("nan")
+        if floor:
+            s["ratios"]["full_floor"] = s["full"] / floor["full"]
+        s["ratios"]["growth"] = s["growthRatio"]
+    return out
+
+
+def _fmt_bytes(n: float) -> str:
+    if n != n:  # nan
+        return "–"
+    if abs(n) >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if abs(n) >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    if abs(n) >= 1e3:
+        return f"{n / 1e3:.0f} kB"
+    return f"{n:.0f} B"
+
+
+def md(text: str) -> str:
+    """A table cell: a literal `|` would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def _fmt_ratio(x: float) -> str:
+    return "–" if x != x else f"{x:.2f}x"
+
+
+def markdown(doc: dict) -> str:
+    res, summ = doc["results"], doc["summary"]
+    tools = doc["tools"]
+    days = [s for s in doc["steps"] if s.startswith("day")]
+    ds = doc["dataset"]
+    lines: list[str] = []
+    add = lines.append
+    add(f"### `{doc['size']}` workspace — {doc['date']}")
+    add("")
+    add(
+        f"Data set: {ds['workspaceFiles']} workspace files ({_fmt_bytes(ds['workspaceBytes'])}) and three SQLite "
+        f"stores ({_fmt_bytes(sum(ds['databaseBytes'].values()))}), {_fmt_bytes(ds['totalBytes'])} in all; "
+        f"seed {doc['seed']}, {len(days)} simulated days. Host: {doc['cpus']} CPUs, load average "
+        f"{doc['loadavgStart'][0]:.2f} at start, {doc['loadavgEnd'][0]:.2f} at end. "
+        f"Command: `{doc['command']}` ({doc.get('benchSeconds', 0):.0f} s in all)."
+    )
+    add("")
+    add(
+        "Versions: "
+        + ", ".join(f"{k} `{v}`" for k, v in doc["versions"].items())
+        + (f", Phoenix source `{', '.join(doc['phoenixSource'])}`" if doc.get("phoenixSource") else "")
+        + (" (a copy of src/ taken at the start of the run)" if doc.get("phoenixPinned") else "")
+        + "."
+    )
+    add("")
+
+    add("#### Wall time per step (seconds)")
+    add("")
+    head = ["tool", "full", "no-change", *[f"day {d[3:]}" for d in days], "daily mean", "restore"]
+    add("| " + " | ".join(head) + " |")
+    add("|" + "---|" * len(head))
+    for t in tools:
+        r = res[t]
+        row = [md(t), *[f"{r[s]['wall']:.2f}" for s in ["full", "nochange", *days]], f"{summ[t]['daily']:.2f}"]
+        rs = r.get("restore")
+        row.append("–" if rs is None else f"{rs['wall']:.2f}" + ("" if rs["verified"] else " (MISMATCH)"))
+        add("| " + " | ".join(row) + " |")
+    add("")
+
+    add("#### CPU (user+sys seconds), peak memory, repository size")
+    add("")
+    head = [
+        "tool",
+        "CPU full",
+        "CPU no-change",
+        "CPU daily mean",
+        "CPU restore",
+        "peak RSS full",
+        "peak RSS any step",
+        "repo after full",
+        f"repo after day {len(days)}",
+        "restore checked",
+    ]
+    add("| " + " | ".join(head) + " |")
+    add("|" + "---|" * len(head))
+    for t in tools:
+        r, s = res[t], summ[t]
+        rs = r.get("restore", {})
+        add(
+            "| "
+            + " | ".join(
+                [
+                    md(t),
+                    f"{r['full']['cpu']:.2f}",
+                    f"{r['nochange']['cpu']:.2f}",
+                    f"{s['cpuDaily']:.2f}",
+                    f"{rs.get('cpu', float('nan')):.2f}",
+                    _fmt_bytes(s["memoryFull"]),
+                    _fmt_bytes(s["memory"]),
+                    _fmt_bytes(s["repoFull"]),
+                    _fmt_bytes(s["repoLast"]) + (" (one archive)" if t == FLOOR else ""),
+                    "files byte-equal, tables row-equal" if rs.get("verified") else "MISMATCH",
+                ]
+            )
+            + " |"
+        )
+    add("")
+
+    add("#### Repository growth per day against the bytes that really changed")
+    add("")
+    growth_tools = [t for t in tools if t != FLOOR]
+    head = ["day", "real change", "(SQLite pages + files)", *growth_tools]
+    add("| " + " | ".join(head) + " |")
+    add("|" + "---|" * len(head))
+    for c in doc["realChange"]:
+        d = f"day{c['day']}"
+        cells = [
+            str(c["day"]),
+            _fmt_bytes(c["realBytes"]),
+            f"{_fmt_bytes(c['pageBytes'])} + {_fmt_bytes(c['fileBytes'])}",
+        ]
+        for t in growth_tools:
+            g = summ[t]["growth"][d]
+            cells.append(f"{_fmt_bytes(g)} ({g / c['realBytes']:.1f}x)")
+        add("| " + " | ".join(cells) + " |")
+    total_real = sum(c["realBytes"] for c in doc["realChange"])
+    cells = ["mean", _fmt_bytes(total_real / max(1, len(doc["realChange"]))), ""]
+    for t in growth_tools:
+        cells.append(f"{_fmt_bytes(summ[t]['growthPerDay'])} ({summ[t]['growthRatio']:.1f}x)")
+    add("| " + " | ".join(cells) + " |")
+    add("")
+
+    add(f"#### Ratios (each tool against {REFERENCE} and the `{FLOOR}` floor, measured side by side in this run)")
+    add("")
+    head = [
+        "tool",
+        "full ×restic",
+        "full ×floor",
+        "no-change ×restic",
+        "daily ×restic",
+        "growth/day ×real change",
+        "restore ×restic",
+        "peak memory ×restic",
+    ]
+    add("| " + " | ".join(head) + " |")
+    add("|" + "---|" * len(head))
+    for t in tools:
+        r = summ[t]["ratios"]
+        add(
+            "| "
+            + " | ".join(
+                [
+                    md(t),
+                    *[_fmt_ratio(r.get(k, float("nan"))) for k in ("full", "full_floor", "nochange", "daily")],
+                    "–" if t == FLOOR else _fmt_ratio(r.get("growth", float("nan"))),
+                    _fmt_ratio(r.get("restore", float("nan"))),
+                    _fmt_ratio(r.get("memory", float("nan"))),
+                ]
+            )
+            + " |"
+        )
+    add("")
+
+    if "phoenix" in summ and REFERENCE in summ:
+        p, ref = summ["phoenix"], summ[REFERENCE]
+        fl = summ.get(FLOOR)
+        add("#### Phoenix against the targets of issue #3")
+        add("")
+        add("| figure | Phoenix | reference | ratio | target | met |")
+        add("|---|---|---|---|---|---|")
+        rows = [
+            ("full backup", "full", f"{p['full']:.2f} s", f"restic {ref['full']:.2f} s"),
+        ]
+        if fl:
+            rows.append(("full backup", "full_floor", f"{p['full']:.2f} s", f"tar\\|zstd {fl['full']:.2f} s"))
+        rows += [
+            ("no-change backup", "nochange", f"{p['nochange']:.2f} s", f"restic {ref['nochange']:.2f} s"),
+            ("daily backup (mean)", "daily", f"{p['daily']:.2f} s", f"restic {ref['daily']:.2f} s"),
+            (
+                "repository growth per day (mean)",
+                "growth",
+                _fmt_bytes(p["growthPerDay"]),
+                f"real change {_fmt_bytes(total_real / max(1, len(doc['realChange'])))}",
+            ),
+            ("restore", "restore", f"{p['restore']:.2f} s", f"restic {ref['restore']:.2f} s"),
+            ("peak memory", "memory", _fmt_bytes(p["memory"]), f"restic {_fmt_bytes(ref['memory'])}"),
+        ]
+        for label, key, mine, theirs in rows:
+            ratio = p["ratios"].get(key, float("nan"))
+            limit, _against = TARGETS[key]
+            met = "yes" if ratio <= limit else "**no**"
+            add(f"| {label} | {mine} | {theirs} | {_fmt_ratio(ratio)} | ≤ {limit}x | {met} |")
+        add("")
+    if doc["sourceWarnings"]:
+        add("**Warnings**: " + "; ".join(doc["sourceWarnings"]) + ".")
+        add("")
+    return "\n".join(lines)
+
+
+COLORS = {"phoenix": "#d1495b", "restic": "#00798c", "borg": "#edae49", "tar.gz": "#66a182", "tar|zstd": "#8d96a3"}
+
+
+def plot(doc: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda y, _pos: f"{y:g}")
+
+    res, summ = doc["results"], doc["summary"]
+    tools = doc["tools"]
+    steps = [s for s in doc["steps"] if s != "restore"]
+    labels = ["full", "no-change", *[f"day {s[3:]}" for s in steps if s.startswith("day")]]
+    fig, axes = plt.subplots(2, 2, figsize=(15, 11))
+    fig.suptitle(
+        f"Phoenix vs restic, borg, tar.gz — {doc['size']} workspace "
+        f"({_fmt_bytes(doc['dataset']['totalBytes'])}), {doc['cpus']} cores, {doc['date'][:10]}",
+        fontsize=13,
+    )
+
+    ax = axes[0][0]
+    for t in tools:
+        ys = [res[t][s]["repoBytes"] / MB for s in steps]
+        style = "--" if t == FLOOR else "-"
+        label = f"{t} (one archive)" if t == FLOOR else t
+        ax.plot(labels, ys, style, marker="o", label=label, color=COLORS.get(t))
+    ax.set_yscale("log")
+    ax.set_ylabel("repository size (MB, log scale)")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_title("Repository size after each backup")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.tick_params(axis="x", rotation=45)
+
+    ax = axes[0][1]
+    step_all = [*steps, "restore"]
+    all_labels = [*labels, "restore"]
+    width = 0.8 / len(tools)
+    for i, t in enumerate(tools):
+        xs = [j + (i - (len(tools) - 1) / 2) * width for j in range(len(step_all))]
+        ys = [res[t].get(s, {}).get("wall", 0) for s in step_all]
+        ax.bar(xs, ys, width, label=t, color=COLORS.get(t))
+    ax.set_xticks(range(len(step_all)), all_labels, rotation=45)
+    ax.set_yscale("log")
+    ax.set_ylabel("wall seconds (log scale)")
+    ax.yaxis.set_major_formatter(plain)
+    ax.set_title("Time per step")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(tools), loc="upper center", bbox_to_anchor=(0.5, -0.16))
+
+    ax = axes[1][0]
+    days = [c for c in doc["realChange"]]
+    growth_tools = [t for t in tools if t != FLOOR]
+    series = [("real change", [c["realBytes"] / MB for c in days], "#222222")]
+    series += [(t, [summ[t]["growth"][f"day{c['day']}"] / MB for c in days], COLORS.get(t)) for t in growth_tools]
+    width = 0.8 / len(series)
+    for i, (name, ys, color) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(days))]
+        ax.bar(xs, ys, width, label=name, color=color)
+    ax.set_xticks(range(len(days)), [f"day {c['day']}" for c in days])
+    ax.set_yscale("log")
+    ax.set_ylabel("MB added to the repository (log scale)")
+    ax.yaxis.set_major_formatter(plain)
+    ax.set_title("Growth per day vs bytes that really changed (SQLite pages + files)")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.08))
+
+    ax = axes[1][1]
+    kinds = [("full", "full"), ("no-change", "nochange"), ("daily max", None), ("restore", "restore")]
+    width = 0.8 / len(tools)
+    for i, t in enumerate(tools):
+        xs = [j + (i - (len(tools) - 1) / 2) * width for j in range(len(kinds))]
+        ys = []
+        for _, key in kinds:
+            if key is None:
+                ys.append(max(res[t][s]["maxRssKb"] for s in steps if s.startswith("day")) / 1024)
+            else:
+                ys.append(res[t].get(key, {}).get("maxRssKb", 0) / 1024)
+        ax.bar(xs, ys, width, label=t, color=COLORS.get(t))
+    ax.set_xticks(range(len(kinds)), [k for k, _ in kinds])
+    ax.set_ylabel("peak RSS (MiB)")
+    ax.set_title("Peak memory per step")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(tools), loc="upper center", bbox_to_anchor=(0.5, -0.08))
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(size: str, table: str) -> bool:
+    start, end = f"<!-- bench:{size}:start -->", f"<!-- bench:{size}:end -->"
+    if not README.exists():
+        return False
+    text = README.read_text()
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="medium", help="tiny, small (~60 MB), medium (~600 MB), large (~3 GB)")
+    parser.add_argument("--days", type=int, default=7, help="simulated days (default 7)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    parser.add_argument("--workdir", help="scratch folder (default bench/work/SIZE); emptied first")
+    parser.add_argument("--results", default=str(RESULTS), help="where to write SIZE.md/.json/.png")
+    parser.add_argument("--phx", help="run this phx executable (implies --live-source)")
+    parser.add_argument(
+        "--live-source",
+        action="store_true",
+        help="run the installed Phoenix as it is at each step, instead of a copy of its source taken at the start",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (repositories, logs)")
+    parser.add_argument("--keep-going", action="store_true", help="record a failing step and carry on")
+    parser.add_argument("--no-readme", action="store_true", help="do not update the table in bench/README.md")
+    parser.add_argument("--replot", metavar="JSON", help="only rewrite the table and plot from a results JSON")
+    args = parser.parse_args(argv)
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = set(args.tools) - set(TOOLS)
+    if unknown:
+        parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
+    if REFERENCE not in args.tools:
+        parser.error("restic is the reference of every ratio; keep it in --tools")
+    if args.days < 1:
+        parser.error("--days must be at least 1")
+
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        doc = json.loads(Path(args.replot).read_text())
+        doc["summary"] = summarize(doc)
+    else:
+        doc = run(args)
+    size = doc["size"]
+    (results / f"{size}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    table = markdown(doc)
+    (results / f"{size}.md").write_text(table + "\n")
+    plot(doc, results / f"{size}.png")
+    if not args.no_readme and update_readme(size, table):
+        log(f"updated the {size} table in {README}")
+    print()
+    print(table)
+    log(f"wrote {results / f'{size}.md'}, {results / f'{size}.json'}, {results / f'{size}.png'}")
+    failed = [t for t, r in doc["results"].items() if not r.get("restore", {}).get("verified", False)]
+    if failed:
+        log(f"restore check failed for: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

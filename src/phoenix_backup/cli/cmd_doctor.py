@@ -1,0 +1,37 @@
+"""`phx doctor`."""
+
+from __future__ import annotations
+
+from phoenix_backup.cli.app import Out, cli, common
+from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import doctor as doctor_op
+from phoenix_backup.ops.context import Environment
+
+SYMBOLS = {"ok": "✓", "fail": "✗", "warn": "!"}
+
+
+@cli.command()
+@common
+def doctor(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
+    """Check that backups and restores can work here: config, paths, disk space, tools,
+    credentials, targets (write, read back, delete a probe), locks, last backup and last drill.
+
+    One line per check: ✓ ok, ✗ a problem with its fix (exit 1), ! advice.
+
+    Example: phx doctor
+    """
+    result = doctor_op.doctor(envx, config_path)
+    out.result(result.to_json(), render(result))
+    return result.exit_status
+
+
+def render(r: doctor_op.DoctorResult) -> str:
+    lines = []
+    for c in r.checks:
+        line = f"{SYMBOLS[c.status]} {c.name}: {c.message}"
+        if c.fix and c.status != "ok":
+            line += f" — fix: {c.fix}"
+        lines.append(line)
+    failed = sum(1 for c in r.checks if c.status == "fail")
+    lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""`phx dump`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+
+import click
+
+from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option, thaw_option
+from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import browse
+from phoenix_backup.ops.context import Environment
+
+
+@cli.command()
+@click.argument("ref", metavar="ID")
+@click.argument("path")
+@target_option
+@thaw_option
+@common
+def dump(
+    out: Out,
+    envx: Environment,
+    config_path: str | None,
+    ref: str,
+    path: str,
+    target: str | None,
+    thaw_timeout: float,
+) -> ExitStatus:
+    """Write one file of a snapshot to stdout, byte for byte (a database as its consistent copy).
+
+    Nothing is written unless the whole file matches the snapshot's SHA-256. With --json, stdout
+    holds one JSON document with the file's metadata and its bytes in base64 (`contentBase64`).
+
+    Example: phx dump 2026-03-15-14-30 MEMORY.md > MEMORY-then.md
+    """
+    cfg = load_config(out, envx, config_path)
+    check_target(target, cfg, envx)
+    envx.thaw_timeout = thaw_timeout
+    if out.as_json:
+        buf = io.BytesIO()
+        result = browse.dump(cfg, envx, ref=ref, path=path, out=buf, target=target)
+        doc = {**result.to_json(), "contentBase64": base64.b64encode(buf.getvalue()).decode("ascii")}
+        out.result(doc, "")
+    else:
+        browse.dump(cfg, envx, ref=ref, path=path, out=sys.stdout.buffer, target=target)
+    return ExitStatus.OK

@@ -1,0 +1,56 @@
+"""`phx forget`."""
+
+from __future__ import annotations
+
+import click
+
+from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import forget as forget_op
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.retention import Candidate, render_plan
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be kept and removed, and why; remove nothing.")
+@click.option("--target", help="Apply retention on this target only (default: every enabled target).")
+@common
+def forget(out: Out, envx: Environment, config_path: str | None, dry_run: bool, target: str | None) -> ExitStatus:
+    """Apply the retention policy: remove the snapshots no rule keeps.
+
+    Each snapshot is listed with keep or remove and the rules that keep it. Only snapshot
+    objects are removed; `phx prune` then frees the data they alone used.
+
+    Example: phx forget --dry-run
+    """
+    cfg = load_config(out, envx, config_path)
+    result = forget_op.forget(cfg, envx, dry_run=dry_run, target=target)
+    out.result(result.to_json(), render(result))
+    return result.exit_status
+
+
+def _label(s: Candidate) -> str:
+    return f"{s.id[:8]}  {s.name:<19} {s.time}"
+
+
+def render(r: forget_op.ForgetResult) -> str:
+    lines = [f"policy: {r.policy.describe()}"]
+    for name, t in r.targets.items():
+        if not t.ok:
+            lines.append(f"target {name}: FAILED: {t.error}")
+            continue
+        plan = t.plan
+        if plan is None or not plan.decisions:
+            lines.append(f"target {name}: no snapshots")
+            continue
+        lines.append(f"target {name}:")
+        lines += [f"  {line}" for line in render_plan(plan, _label)]
+        lines += [f"  notice: {n}" for n in t.notices]
+        removed = len(plan.remove)
+        if r.dry_run:
+            lines.append(f"  would remove {removed} of {len(plan.decisions)} snapshots (dry run: nothing removed)")
+        else:
+            lines.append(
+                f"  removed {len(t.removed)} of {len(plan.decisions)} snapshots; run `phx prune` to free space"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""`phx ls`."""
+
+from __future__ import annotations
+
+import click
+
+from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
+from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import browse
+from phoenix_backup.ops.context import Environment
+
+
+@cli.command(name="ls")
+@click.argument("ref", metavar="ID")
+@click.argument("path", required=False)
+@click.option("--no-recursive", "flat", is_flag=True, help="List only the folder's own entries.")
+@target_option
+@common
+def ls_cmd(
+    out: Out, envx: Environment, config_path: str | None, ref: str, path: str | None, flat: bool, target: str | None
+) -> ExitStatus:
+    """List a snapshot's files and folders (modes, sizes, modification times), below PATH if given.
+
+    ID is a snapshot id, unique prefix, name or `latest`. PATH is a logical path
+    (workspace/memory, home/.argentos/memory.db), a path inside the workspace, or ~/...
+
+    Example: phx ls latest memory/
+    """
+    cfg = load_config(out, envx, config_path)
+    check_target(target, cfg, envx)
+    result = browse.ls(cfg, envx, ref=ref, path=path, recursive=not flat, target=target)
+    out.result(result.to_json(), render(result))
+    return ExitStatus.OK
+
+
+def render(r: browse.LsResult) -> str:
+    from phoenix_backup.ops.browse import permissions
+
+    rows = []
+    for e in r.entries:
+        n = e.node
+        size = str(n.size) if n.type in ("file", "sqlite") else "-"
+        when = browse.rfc3339_ns(n.mtime_ns).replace("+00:00", "Z")
+        name = e.path + ("/" if n.type == "dir" else "")
+        if n.type == "symlink":
+            name += f" -> {n.link_target}"
+        if n.type == "sqlite":
+            name += "  (sqlite)"
+        rows.append((permissions(n), size, when, name))
+    if not rows:
+        return f"{r.path or '/'} is empty in snapshot {r.snapshot.name}"
+    width = max(len(s) for _p, s, _w, _n in rows)
+    return "\n".join(f"{p}  {s.rjust(width)}  {w}  {n}" for p, s, w, n in rows)

@@ -1,0 +1,45 @@
+"""`phx prune`."""
+
+from __future__ import annotations
+
+import click
+
+from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.cli.render import size
+from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import prune as prune_op
+from phoenix_backup.ops.context import Environment
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be freed; change nothing.")
+@click.option("--target", help="Prune this target only (default: every enabled target).")
+@common
+def prune(out: Out, envx: Environment, config_path: str | None, dry_run: bool, target: str | None) -> ExitStatus:
+    """Free the data no snapshot references, and repack mostly unreferenced packs.
+
+    Runs under an exclusive lock; a crash at any point loses no referenced data.
+
+    Example: phx forget && phx prune
+    """
+    cfg = load_config(out, envx, config_path)
+    result = prune_op.prune(cfg, envx, dry_run=dry_run, target=target)
+    out.result(result.to_json(), render(result))
+    return result.exit_status
+
+
+def render(r: prune_op.PruneResult) -> str:
+    lines = []
+    verb = "would free" if r.dry_run else "freed"
+    for name, t in r.targets.items():
+        if not t.ok:
+            lines.append(f"target {name}: FAILED: {t.error}")
+            continue
+        lines += [f"notice: {n}" for n in t.notices]
+        lines.append(
+            f"target {name}: {t.snapshots} snapshots, {t.packs_before} packs, {size(t.bytes_before)}; "
+            f"{t.deleted_packs} unused packs deleted, {t.repacked_packs} repacked, "
+            f"{t.leftover_packs} leftovers removed; {verb} {size(max(0, t.bytes_freed - t.bytes_written))}, "
+            f"{size(t.bytes_after)} left" + (" (dry run: nothing changed)" if r.dry_run else "")
+        )
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Sending through Apprise, one URL at a time so a failure names which one (by scheme and host
+only: the rest of an Apprise URL is usually a token)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from phoenix_backup.config import Config
+from phoenix_backup.notify.message import BackupEvent, compose, secrets_of
+
+
+@dataclass
+class NotifyOutcome:
+    sent: int = 0
+    skipped: str | None = None  # why nothing was sent (disabled, silent, no URL)
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"sent": self.sent, "skipped": self.skipped, "problems": self.problems}
+
+
+def describe_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "an unparsable URL"
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}" if host else f"{parts.scheme}://"
+
+
+def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> NotifyOutcome:
+    """Send to every URL; never raises. Problems say which URL (scheme and host) and why."""
+    outcome = NotifyOutcome()
+    try:
+        import apprise
+    except ImportError:
+        outcome.problems.append("the apprise package is not installed; pip install apprise")
+        return outcome
+    # Apprise logs its failures (sometimes with URL details) through `logging`; Phoenix reports
+    # them itself, in one line without secrets, so its logger is silenced while sending.
+    logger = logging.getLogger("apprise")
+    saved = (logger.level, logger.propagate)
+    logger.setLevel(logging.CRITICAL + 1)
+    logger.propagate = False
+    try:
+        kind = apprise.NotifyType.FAILURE if failure else apprise.NotifyType.SUCCESS
+        for index, url in enumerate(urls):
+            where = f"notifications.urls[{index}] ({describe_url(url)})"
+            ap = apprise.Apprise()
+            try:
+                if not ap.add(url):
+                    outcome.problems.append(f"{where} is not a URL Apprise understands; fix it")
+                    continue
+                if ap.notify(title=title, body=body, notify_type=kind):
+                    outcome.sent += 1
+                else:
+                    outcome.problems.append(f"{where} could not be reached or refused the message")
+            except Exception as exc:  # a notifier bug must never fail the backup
+                outcome.problems.append(f"{where} failed: {type(exc).__name__}")
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    return outcome
+
+
+def notify_event(
+    cfg: Config,
+    env: dict[str, str] | None,
+    event: BackupEvent,
+    *,
+    sender: Callable[..., NotifyOutcome] = send,
+    extra_secrets: Iterable[str] = (),
+) -> NotifyOutcome:
+    """Send `event` if the config asks for it (onSuccess / onFailure)."""
+    n = cfg.notifications
+    if not n.enabled:
+        return NotifyOutcome(skipped="notifications are disabled")
+    if event.ok and n.on_success != "notify":
+        return NotifyOutcome(skipped="onSuccess is silent")
+    if not event.ok and n.on_failure != "alert":
+        return NotifyOutcome(skipped="onFailure is silent")
+    if not n.urls:
+        return NotifyOutcome(
+            skipped="no URL", problems=["notifications.enabled is true but notifications.urls is empty; add a URL"]
+        )
+    title, body = compose(event, [*secrets_of(cfg, env or {}), *extra_secrets])
+    result: NotifyOutcome = sender(n.urls, title, body, failure=not event.ok)
+    return result

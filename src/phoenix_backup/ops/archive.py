@@ -1,0 +1,307 @@
+"""`phx archive`: one snapshot as a plain `.zip` or `.tar.gz`, readable without Phoenix.
+
+Layout inside the archive, below one top folder named after the snapshot (`phoenix-<name>/`):
+
+    phoenix-2026-03-15-14-30/
+        SHA256SUMS               `sha256sum -c SHA256SUMS` checks every file after extraction
+        phoenix-manifest.json    the snapshot (id, time, host, tags), every entry, the databases
+        workspace/…              the logical paths as folders (home/…, root/… likewise)
+
+Databases are their consistent copies, as plain SQLite files. Modes and modification times are
+kept (zip: the Unix mode in the external attributes and an extended-timestamp field). Every
+file's bytes are checked against the snapshot's SHA-256 while they are written, and the archive
+is written to a temporary name and renamed only when complete: a damaged repository never leaves
+an archive that looks whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+import stat
+import struct
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup import __version__
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, UsageError
+from phoenix_backup.ops.backup import walk_tree
+from phoenix_backup.ops.browse import NodeReader, open_target
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.tree import Node
+from phoenix_backup.storage.local import os_error
+
+MANIFEST = "phoenix-manifest.json"
+SUMS = "SHA256SUMS"
+FORMATS = {".zip": "zip", ".tar.gz": "tar.gz", ".tgz": "tar.gz"}
+# zip stores local time in 2-second steps from 1980 on; the extended-timestamp field (0x5455)
+# carries the exact Unix second, which unzip restores.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    snapshot: str
+    name: str
+    output: str
+    format: str
+    top: str  # the top folder inside the archive
+    files: int
+    dirs: int
+    symlinks: int
+    databases: int
+    size: int  # logical bytes of the files and databases
+    archive_size: int
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.snapshot,
+            "name": self.name,
+            "output": self.output,
+            "format": self.format,
+            "top": self.top,
+            "files": self.files,
+            "dirs": self.dirs,
+            "symlinks": self.symlinks,
+            "databases": self.databases,
+            "size": self.size,
+            "archiveSize": self.archive_size,
+        }
+
+
+def archive_format(output: Path) -> str:
+    name = output.name.lower()
+    for suffix, fmt in FORMATS.items():
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return fmt
+    raise UsageError(f"cannot tell the archive format of {output.name}; name it FILE.zip or FILE.tar.gz")
+
+
+def archive(
+    cfg: Config,
+    envx: Environment,
+    *,
+    ref: str,
+    output: Path,
+    target: str | None = None,
+    force: bool = False,
+) -> ArchiveResult:
+    fmt = archive_format(output)
+    if output.exists() and not force:
+        raise UsageError(f"{output} already exists; choose another name or pass --force to replace it")
+    if not output.parent.is_dir():
+        raise UsageError(f"the folder {output.parent} does not exist; create it or choose another --output")
+    repo = open_target(cfg, envx, target)
+    with repo.lock(exclusive=False, command="archive"):
+        repo.load_index()
+        snap = repo.find_snapshot(ref)
+        nodes = list(walk_tree(repo, snap.tree))
+        top = f"phoenix-{snap.name}"
+        # Private by default: an agent's memory and config may hold secrets.
+        tmp = output.with_name(f".{output.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise os_error(exc, f"creating {output}") from exc
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                writer: _Writer = _ZipWriter(raw) if fmt == "zip" else _TarWriter(raw)
+                with writer:
+                    writer.add_bytes(f"{top}/{SUMS}", _sums(nodes), 0o644, time.time_ns())
+                    writer.add_bytes(f"{top}/{MANIFEST}", _manifest(snap, nodes), 0o644, time.time_ns())
+                    for logical, node in nodes:
+                        name = f"{top}/{logical}"
+                        if node.type == "dir":
+                            writer.add_dir(name, node)
+                        elif node.type == "symlink":
+                            writer.add_symlink(name, node)
+                        else:
+                            reader = NodeReader(repo, logical, node)
+                            writer.add_file(name, node, reader)
+                            reader.finish()
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp, output)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise os_error(exc, f"writing {output}") from exc
+            raise
+    counts = {t: sum(1 for _lg, n in nodes if n.type == t) for t in ("file", "dir", "symlink", "sqlite")}
+    return ArchiveResult(
+        snapshot=snap.id,
+        name=snap.name,
+        output=str(output),
+        format=fmt,
+        top=top,
+        files=counts["file"],
+        dirs=counts["dir"],
+        symlinks=counts["symlink"],
+        databases=counts["sqlite"],
+        size=sum(n.size for _lg, n in nodes if n.type in ("file", "sqlite")),
+        archive_size=output.stat().st_size,
+    )
+
+
+def _sums(nodes: list[tuple[str, Node]]) -> bytes:
+    """`sha256sum` format, paths relative to the top folder; GNU's escaping for odd names."""
+    lines = []
+    for logical, node in nodes:
+        if node.type not in ("file", "sqlite"):
+            continue
+        if "\\" in logical or "\n" in logical or "\r" in logical:
+            escaped = logical.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+            lines.append(f"\\{node.sha256}  {escaped}")
+        else:
+            lines.append(f"{node.sha256}  {logical}")
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _manifest(snap: Snapshot, nodes: list[tuple[str, Node]]) -> bytes:
+    entries = []
+    for logical, node in nodes:
+        entry: dict[str, Any] = {"path": logical, "type": node.type, "mode": f"{node.mode:04o}"}
+        entry["mtimeNs"] = node.mtime_ns
+        if node.type in ("file", "sqlite"):
+            entry["size"] = node.size
+            entry["sha256"] = node.sha256
+        if node.type == "symlink":
+            entry["linkTarget"] = node.link_target
+        entries.append(entry)
+    doc = {
+        "format": "phoenix-archive",
+        "version": 1,
+        "phoenixVersion": __version__,
+        "snapshot": {
+            "id": snap.id,
+            "name": snap.name,
+            "time": snap.time,
+            "host": snap.host,
+            "username": snap.username,
+            "scope": snap.scope,
+            "tags": list(snap.tags),
+            "sources": snap.sources,
+        },
+        "entries": entries,
+        "databases": [d.to_json() for d in snap.databases],
+        "incomplete": list(snap.incomplete),
+    }
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+class _Writer:
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def add_bytes(self, name: str, data: bytes, mode: int, mtime_ns: int) -> None:
+        raise NotImplementedError
+
+    def add_dir(self, name: str, node: Node) -> None:
+        raise NotImplementedError
+
+    def add_symlink(self, name: str, node: Node) -> None:
+        raise NotImplementedError
+
+    def add_file(self, name: str, node: Node, reader: NodeReader) -> None:
+        raise NotImplementedError
+
+
+class _TarWriter(_Writer):
+    def __init__(self, raw: io.BufferedWriter) -> None:
+        # PAX keeps long names, exact (sub-second) times and large sizes.
+        self.tar = tarfile.open(  # noqa: SIM115 - closed by `close`
+            fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=6
+        )
+
+    def close(self) -> None:
+        self.tar.close()
+
+    def _info(self, name: str, kind: bytes, mode: int, mtime_ns: int, node: Node | None = None) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.mode = mode
+        info.mtime = mtime_ns / 1e9
+        if node is not None:
+            info.uid, info.gid = node.uid, node.gid
+        return info
+
+    def add_bytes(self, name: str, data: bytes, mode: int, mtime_ns: int) -> None:
+        info = self._info(name, tarfile.REGTYPE, mode, mtime_ns)
+        info.size = len(data)
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def add_dir(self, name: str, node: Node) -> None:
+        self.tar.addfile(self._info(name, tarfile.DIRTYPE, node.mode, node.mtime_ns, node))
+
+    def add_symlink(self, name: str, node: Node) -> None:
+        info = self._info(name, tarfile.SYMTYPE, node.mode, node.mtime_ns, node)
+        info.linkname = node.link_target or ""
+        self.tar.addfile(info)
+
+    def add_file(self, name: str, node: Node, reader: NodeReader) -> None:
+        info = self._info(name, tarfile.REGTYPE, node.mode, node.mtime_ns, node)
+        info.size = node.size
+        self.tar.addfile(info, reader)  # tarfile only calls `read`
+
+
+class _ZipWriter(_Writer):
+    def __init__(self, raw: io.BufferedWriter) -> None:
+        self.zip = zipfile.ZipFile(raw, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+
+    def close(self) -> None:
+        self.zip.close()
+
+    @staticmethod
+    def _info(name: str, kind: int, mode: int, mtime_ns: int) -> zipfile.ZipInfo:
+        seconds = mtime_ns // 1_000_000_000
+        local = time.localtime(seconds)[:6]
+        info = zipfile.ZipInfo(name, date_time=max(local, _ZIP_EPOCH))
+        info.create_system = 3  # Unix: unzip applies the mode below
+        info.external_attr = (kind | mode) << 16
+        if kind == stat.S_IFDIR:
+            info.external_attr |= 0x10  # MS-DOS directory flag
+        # Extended timestamp (0x5455): flags "mtime present", the Unix time as a signed 32-bit int.
+        info.extra = struct.pack("<HHBl", 0x5455, 5, 1, max(-(2**31), min(seconds, 2**31 - 1)))
+        return info
+
+    def add_bytes(self, name: str, data: bytes, mode: int, mtime_ns: int) -> None:
+        info = self._info(name, stat.S_IFREG, mode, mtime_ns)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        self.zip.writestr(info, data)
+
+    def add_dir(self, name: str, node: Node) -> None:
+        info = self._info(name + "/", stat.S_IFDIR, node.mode, node.mtime_ns)
+        self.zip.writestr(info, b"")
+
+    def add_symlink(self, name: str, node: Node) -> None:
+        info = self._info(name, stat.S_IFLNK, node.mode or 0o777, node.mtime_ns)
+        info.compress_type = zipfile.ZIP_STORED
+        self.zip.writestr(info, (node.link_target or "").encode())
+
+    def add_file(self, name: str, node: Node, reader: NodeReader) -> None:
+        info = self._info(name, stat.S_IFREG, node.mode, node.mtime_ns)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.file_size = node.size  # lets zipfile choose ZIP64 up front for large databases
+        with self.zip.open(info, "w") as out:
+            for chunk in reader.chunks():
+                out.write(chunk)

@@ -1,0 +1,796 @@
+"""Restoring PostgreSQL and Redis databases from a snapshot into their servers, and checking them.
+
+The restore op (`ops/restore.py`) hands over the snapshot's `postgres/<name>/…` and
+`redis/<name>/…` nodes; each database is restored into the server of the current config's entry
+of the same name (in place), or, for PostgreSQL, into a new database (`--to-database NAME`).
+`restore --to DIR` needs none of this: the streams are written as files below DIR.
+
+PostgreSQL, whole database: roles missing on the server are created from `globals.sql` first (so
+ownership and policies restore onto a fresh server), then the dump is streamed into
+`pg_restore --clean --if-exists --single-transaction --exit-on-error`: the database is either
+wholly restored or left as it was. Row counts are compared with the manifest afterwards.
+
+PostgreSQL, agent-scoped: each table's rows go through a temporary table into the shared table by
+primary key (`--conflict-mode skip` keeps existing rows, `update` overwrites them), in one
+transaction with `app.agent_id` set, so row-level security applies; rows of other agents are never
+written. Afterwards every saved row must be present.
+
+Redis: `RESTORE … ABSTTL` per key (`REPLACE` unless `--conflict-mode skip`); a key whose expiry
+has passed is not restored; a payload the server refuses (from a newer Redis) is written back with
+ordinary commands. Afterwards every restored key must exist.
+
+`restore_pg_scratch` restores a snapshot's dump into a scratch database for `phx drill`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal
+
+import psycopg
+import redis as redis_lib
+from psycopg import sql
+
+from phoenix_backup.config import Config
+from phoenix_backup.config.model import PostgresDb, RedisDb
+from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, SourceError, UsageError
+from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import Node
+from phoenix_backup.sources import postgres as pg
+from phoenix_backup.sources import redis as rds
+from phoenix_backup.sources.layout import DATABASE_ROOTS
+from phoenix_backup.sources.streams import IterReader
+
+ConflictMode = Literal["skip", "update"]
+CONFLICT_MODES: tuple[ConflictMode, ...] = ("skip", "update")
+REDIS_BATCH = 200
+
+
+@dataclass
+class DbRestoreOutcome:
+    """What happened to one database; `ok` only when it was restored and its check passed."""
+
+    path: str  # postgres/<name> or redis/<name>
+    engine: str
+    target: str  # where it went: host:port/db
+    ok: bool = False
+    expected: dict[str, int] = field(default_factory=dict)  # the snapshot's rows (keys) per table
+    found: dict[str, int] = field(default_factory=dict)  # counted after the restore
+    stats: dict[str, Any] = field(default_factory=dict)  # inserted/updated/skipped/fallback...
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "engine": self.engine,
+            "target": self.target,
+            "ok": self.ok,
+            "integrity": "ok" if self.ok else (self.error or "failed"),
+            "expected": dict(sorted(self.expected.items())),
+            "found": dict(sorted(self.found.items())),
+            "stats": self.stats,
+            "warnings": self.warnings,
+            "error": self.error,
+        }
+
+
+# -- reading a snapshot's streams ---------------------------------------------------------------
+
+
+def node_blocks(repo: Repository, logical: str, node: Node) -> Iterator[bytes]:
+    """A node's bytes, block by block. The SHA-256 is checked before the last block is handed
+    over, so a consumer that commits only at the end of its input never commits damaged data."""
+    digest = hashlib.sha256()
+    pending: bytes | None = None
+    loaded: tuple[bytes, bytes] | None = None
+    for ext in node.content:
+        if loaded is None or loaded[0] != ext.blob:
+            loaded = (ext.blob, repo.load_blob(BlobType.DATA, ext.blob))
+        block = loaded[1][ext.offset : ext.offset + ext.length]
+        if len(block) != ext.length:
+            raise CorruptObject(f"data of {logical} is shorter than the snapshot says")
+        digest.update(block)
+        if pending is not None:
+            yield pending
+        pending = block
+    if digest.hexdigest() != node.sha256:
+        raise CorruptObject(f"{logical} does not match its SHA-256 in the snapshot; nothing of it was restored")
+    if pending is not None:
+        yield pending
+
+
+def node_reader(repo: Repository, logical: str, node: Node) -> BinaryIO:
+    return io.BufferedReader(IterReader(node_blocks(repo, logical, node)), buffer_size=1 << 20)
+
+
+def node_bytes(repo: Repository, logical: str, node: Node) -> bytes:
+    return b"".join(node_blocks(repo, logical, node))
+
+
+def group_database_nodes(nodes: Iterable[tuple[str, Node]]) -> dict[str, dict[str, Node]]:
+    """{"postgres/main": {"database.dump": node, "rows/public.t.csv": node, ...}, ...}"""
+    out: dict[str, dict[str, Node]] = {}
+    for logical, node in nodes:
+        parts = logical.split("/")
+        if len(parts) < 3 or parts[0] not in DATABASE_ROOTS or node.type != "file":
+            continue
+        out.setdefault("/".join(parts[:2]), {})["/".join(parts[2:])] = node
+    return out
+
+
+def is_database_path(logical: str) -> bool:
+    return logical.split("/", 1)[0] in DATABASE_ROOTS
+
+
+# -- entry point for the restore op -------------------------------------------------------------
+
+
+def restore_databases(
+    repo: Repository,
+    cfg: Config,
+    env: Mapping[str, str],
+    nodes: Iterable[tuple[str, Node]],
+    *,
+    to_database: str | None = None,
+    conflict_mode: ConflictMode = "update",
+) -> list[DbRestoreOutcome]:
+    """Restore every database among `nodes` in place (or into `to_database`); one outcome each.
+    A database that fails is reported in its outcome; the others are still restored."""
+    groups = group_database_nodes(nodes)
+    pg_groups = [k for k in groups if k.startswith("postgres/")]
+    if to_database is not None and len(pg_groups) != 1:
+        raise UsageError(
+            f"--to-database restores one PostgreSQL database, and this restore selects {len(pg_groups)}; "
+            "pick one with --path 'postgres/<name>/*'"
+        )
+    outcomes: list[DbRestoreOutcome] = []
+    for path, files in sorted(groups.items()):
+        root, name = path.split("/", 1)
+        try:
+            if root == "postgres":
+                entry = _entry(cfg.databases.postgres, "postgres", name)
+                assert isinstance(entry, PostgresDb)
+                outcomes.append(restore_postgres(repo, entry, path, files, env, to_database, conflict_mode))
+            else:
+                rentry = _entry(cfg.databases.redis, "redis", name)
+                assert isinstance(rentry, RedisDb)
+                outcomes.append(restore_redis(repo, rentry, path, files, conflict_mode))
+        except PhoenixError as exc:
+            if to_database is not None:
+                raise  # the one database asked for: its error is the command's
+            outcomes.append(DbRestoreOutcome(path, "postgresql" if root == "postgres" else "redis", "", error=str(exc)))
+    return outcomes
+
+
+def _entry(entries: Iterable[PostgresDb | RedisDb], kind: str, name: str) -> PostgresDb | RedisDb:
+    for e in entries:
+        if e.name == name:
+            return e
+    raise RestoreError(
+        f"the snapshot holds {kind}/{name} but the config has no databases.{kind} entry named {name}; add one "
+        f"pointing at the server to restore into, or write it as files with --to DIR"
+    )
+
+
+def _manifest(repo: Repository, path: str, files: dict[str, Node]) -> dict[str, Any]:
+    node = files.get(pg.MANIFEST)
+    if node is None:
+        raise CorruptObject(f"{path} has no manifest.json in the snapshot; it cannot be restored into a server")
+    try:
+        doc = json.loads(node_bytes(repo, f"{path}/{pg.MANIFEST}", node))
+    except ValueError as exc:
+        raise CorruptObject(f"{path}/manifest.json is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise CorruptObject(f"{path}/manifest.json is not a JSON object")
+    return doc
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def restore_postgres(
+    repo: Repository,
+    entry: PostgresDb,
+    path: str,
+    files: dict[str, Node],
+    env: Mapping[str, str],
+    to_database: str | None = None,
+    conflict_mode: ConflictMode = "update",
+) -> DbRestoreOutcome:
+    manifest = _manifest(repo, path, files)
+    conn = pg.connection_for(entry, env)
+    if manifest.get("kind") == "agent-rows":
+        if to_database is not None:
+            conn = conn.with_database(to_database)
+        return _restore_agent_rows(repo, conn, path, files, manifest, conflict_mode)
+    if to_database is not None:
+        return restore_pg_scratch(repo, conn, path, files, to_database, manifest=manifest, configured=entry.pg_dump)
+    return _restore_dump(repo, conn, path, files, manifest, clean=True, configured=entry.pg_dump)
+
+
+def restore_pg_scratch(
+    repo: Repository,
+    conn: pg.PgConn,
+    path: str,
+    files: dict[str, Node],
+    database: str,
+    *,
+    manifest: dict[str, Any] | None = None,
+    configured: Any = None,
+    drop_after: bool = False,
+) -> DbRestoreOutcome:
+    """Restore a snapshot's dump into a new database `database` on `conn`'s server and check its
+    row counts (for `--to-database` and `phx drill`). It refuses a database that exists; on failure
+    it drops what it created. With `drop_after`, the database is dropped once checked (a drill)."""
+    manifest = manifest if manifest is not None else _manifest(repo, path, files)
+    if manifest.get("kind") != "dump":
+        raise RestoreError(f"{path} holds one agent's rows, not a whole database; restore it in place instead")
+    with conn.connect() as con:
+        exists = con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if exists:
+            raise UsageError(
+                f"database {database} already exists on {conn.where.rsplit('/', 1)[0]}; choose another "
+                "--to-database name or drop it first"
+            )
+        try:
+            con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        except psycopg.Error as exc:
+            raise RestoreError(f"cannot create database {database}: {pg.pg_reason(exc)}") from exc
+    target = conn.with_database(database)
+    outcome = _restore_dump(repo, target, path, files, manifest, clean=False, configured=configured)
+    if not outcome.ok or drop_after:
+        _drop_database(conn, database, outcome)
+    return outcome
+
+
+def _drop_database(conn: pg.PgConn, database: str, outcome: DbRestoreOutcome) -> None:
+    try:
+        with conn.connect() as con:
+            con.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    except (psycopg.Error, PhoenixError) as exc:
+        outcome.warnings.append(f"database {database} could not be dropped: {exc}")
+
+
+def _restore_dump(
+    repo: Repository,
+    conn: pg.PgConn,
+    path: str,
+    files: dict[str, Node],
+    manifest: dict[str, Any],
+    *,
+    clean: bool,
+    configured: Any,
+) -> DbRestoreOutcome:
+    outcome = DbRestoreOutcome(path, "postgresql", conn.where, expected=dict(manifest.get("tables", {})))
+    dump = files.get(pg.DUMP)
+    if dump is None:
+        outcome.error = f"{path} has no {pg.DUMP} in the snapshot"
+        return outcome
+    try:
+        with conn.connect() as con:
+            _, num = pg.server_version(con)
+        dumped_by = tuple(int(p) for p in str(manifest.get("pgDump", {}).get("version", "0")).split(".")[:1])
+        need = max(pg.major_of_num(num), dumped_by)
+        if configured is not None:
+            tool = pg.find_pg_tool("pg_dump", path, need, conn.base_env, configured)
+            restore_tool = tool.sibling("pg_restore")
+            if restore_tool is None:
+                raise RestoreError(f"pg_restore is not beside {tool.path}; install the PostgreSQL client tools")
+        else:
+            restore_tool = pg.find_pg_tool("pg_restore", path, need, conn.base_env, None).path
+        if pg.GLOBALS in files:
+            outcome.stats["rolesCreated"] = _apply_globals(repo, conn, path, files[pg.GLOBALS], outcome)
+        args = [str(restore_tool), "-w", "--single-transaction", "--exit-on-error", f"--dbname={conn.conninfo}"]
+        if clean:
+            args[1:1] = ["--clean", "--if-exists"]
+        _feed(args, conn.tool_env(), node_blocks(repo, f"{path}/{pg.DUMP}", dump), what=f"pg_restore of {path}")
+        with conn.connect() as con:
+            outcome.found = pg.table_counts(con)
+    except (PhoenixError, psycopg.Error) as exc:
+        outcome.error = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        return outcome
+    wrong = {t: (n, outcome.found.get(t)) for t, n in outcome.expected.items() if outcome.found.get(t) != n}
+    if wrong:
+        shown = "; ".join(f"{t}: {have} rows, the snapshot {n}" for t, (n, have) in sorted(wrong.items())[:3])
+        outcome.error = f"row counts differ after the restore ({shown})"
+        return outcome
+    outcome.ok = True
+    return outcome
+
+
+def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what: str) -> None:
+    """Run a program with `blocks` on its stdin; raise its last error line if it fails. When the
+    blocks fail (damaged data), the program is killed before its input ends, so a single
+    transaction never commits."""
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stderr is not None
+    errors: list[bytes] = []
+    stderr = proc.stderr
+    drain = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+    drain.start()
+    try:
+        for block in blocks:
+            proc.stdin.write(block)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # it stopped reading: its exit code and stderr say why
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    code = proc.wait()
+    drain.join(10)
+    if code != 0:
+        text = b"".join(errors).decode("utf-8", "replace")
+        raise RestoreError(f"{what} failed (exit {code}): {_last_line(text)}; the database was left as it was")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("Command was:")]
+    for ln in lines:
+        if "error:" in ln:
+            return ln.split("error:", 1)[1].strip()
+    return lines[-1] if lines else "no message"
+
+
+_CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
+_ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) WITH ')
+_GRANT = re.compile(r"^GRANT .+ TO .+;$")
+
+
+def _role_name(token: str) -> str:
+    return token[1:-1].replace('""', '"') if token.startswith('"') else token
+
+
+def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, outcome: DbRestoreOutcome) -> list[str]:
+    """Create the roles of `globals.sql` that the server lacks, with their attributes, and their
+    memberships. Existing roles are left exactly as they are (their passwords included)."""
+    text = node_bytes(repo, f"{path}/{pg.GLOBALS}", node).decode("utf-8", "replace")
+    lines = [ln.strip() for ln in text.splitlines()]
+    created: list[str] = []
+    with conn.connect() as con:
+        existing = {str(r[0]) for r in con.execute("SELECT rolname FROM pg_roles")}
+        for ln in lines:
+            m = _CREATE_ROLE.match(ln)
+            if m and _role_name(m.group(1)) not in existing:
+                role = _role_name(m.group(1))
+                try:
+                    con.execute(ln.encode())
+                    created.append(role)
+                except psycopg.Error as exc:
+                    outcome.warnings.append(f"role {role} could not be created: {pg.pg_reason(exc)}")
+        for ln in lines:
+            m = _ALTER_ROLE.match(ln)
+            if m and _role_name(m.group(1)) in created:
+                try:
+                    con.execute(ln.encode())
+                except psycopg.Error as exc:
+                    outcome.warnings.append(f"role {_role_name(m.group(1))}: {pg.pg_reason(exc)}")
+            elif created and _GRANT.match(ln):
+                with contextlib.suppress(psycopg.Error):
+                    con.execute(ln.encode())  # memberships that exist already are only a notice
+    return created
+
+
+def _restore_agent_rows(
+    repo: Repository,
+    conn: pg.PgConn,
+    path: str,
+    files: dict[str, Node],
+    manifest: dict[str, Any],
+    mode: ConflictMode,
+) -> DbRestoreOutcome:
+    agent = str(manifest["agentId"])
+    setting = str(manifest.get("agentSetting", pg.AGENT_SETTING))
+    outcome = DbRestoreOutcome(path, "postgresql", f"{conn.where} (agent {agent})", expected=dict(manifest["tables"]))
+    tables = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
+    try:
+        with conn.connect() as con:
+            con.execute("SELECT set_config(%s, %s, false)", (setting, agent))
+            with con.transaction():
+                for t in tables:
+                    node = files.get(t.file)
+                    if node is None:
+                        raise CorruptObject(f"{path}/{t.file} is missing from the snapshot")
+                    stats = _merge_table(repo, con, f"{path}/{t.file}", node, t, agent, mode)
+                    outcome.stats[t.key] = stats
+                    outcome.found[t.key] = stats["present"]
+    except (PhoenixError, psycopg.Error) as exc:
+        outcome.error = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        outcome.error += "; nothing was changed (one transaction)"
+        return outcome
+    for t in tables:
+        if not t.primary_key:
+            outcome.warnings.append(f"{t.key} has no primary key: its rows were not restored")
+    wrong = {k: n for k, n in outcome.expected.items() if k in outcome.found and outcome.found[k] != n}
+    if wrong:
+        shown = "; ".join(f"{k}: {outcome.found[k]} of {n} rows present" for k, n in sorted(wrong.items())[:3])
+        outcome.error = f"after the restore not every saved row of agent {agent} is there ({shown})"
+        return outcome
+    outcome.ok = True
+    return outcome
+
+
+def _merge_table(
+    repo: Repository,
+    con: psycopg.Connection[Any],
+    logical: str,
+    node: Node,
+    t: pg.AgentTable,
+    agent: str,
+    mode: ConflictMode,
+) -> dict[str, int]:
+    target = sql.Identifier(t.schema, t.table)
+    tmp = sql.Identifier("phx_restore_rows")
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
+    con.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(tmp))
+    con.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(tmp, target))
+    with (
+        con.cursor() as cur,
+        cur.copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true)").format(tmp, cols)) as copy,
+    ):
+        for block in node_blocks(repo, logical, node):
+            copy.write(block)
+    row = con.execute(sql.SQL("SELECT count(*) FROM {}").format(tmp)).fetchone()
+    saved = int(row[0]) if row else 0
+    # Only this agent's rows are ever written, whatever the file holds.
+    cur = con.execute(sql.SQL("DELETE FROM {} WHERE NOT ({})").format(tmp, pg.agent_filter(t)), (agent,))
+    foreign = cur.rowcount
+    if not t.primary_key:
+        return {"saved": saved, "inserted": 0, "updated": 0, "skipped": saved, "present": saved - foreign}
+    pk = sql.SQL(", ").join(sql.Identifier(c) for c in t.primary_key)
+    match = sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in t.primary_key)
+    conflicts_row = con.execute(
+        sql.SQL("SELECT count(*) FROM {} r WHERE EXISTS (SELECT 1 FROM {} t WHERE {})").format(tmp, target, match)
+    ).fetchone()
+    conflicts = int(conflicts_row[0]) if conflicts_row else 0
+    overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if t.identity_always else sql.SQL("")
+    rest = [c for c in t.columns if c not in t.primary_key]
+    action: sql.Composable
+    if mode == "update" and rest:
+        action = sql.SQL("DO UPDATE SET ({}) = ROW({}) WHERE {}.{} = EXCLUDED.{}").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in rest),
+            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in rest),
+            target,
+            sql.Identifier("agent_id"),
+            sql.Identifier("agent_id"),
+        )
+    else:
+        action = sql.SQL("DO NOTHING")
+    written = con.execute(
+        sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} ON CONFLICT ({}) ").format(
+            target, cols, overriding, cols, tmp, pk
+        )
+        + action
+    ).rowcount
+    inserted = saved - foreign - conflicts
+    updated = max(0, written - inserted) if mode == "update" else 0
+    present_row = con.execute(
+        sql.SQL("SELECT count(*) FROM {} r JOIN {} t ON {} WHERE ").format(tmp, target, match)
+        + sql.SQL("t.{} = r.{}").format(sql.Identifier("agent_id"), sql.Identifier("agent_id"))
+    ).fetchone()
+    present = int(present_row[0]) if present_row else 0
+    return {
+        "saved": saved,
+        "inserted": inserted,
+        "updated": updated,
+        "skipped": saved - foreign - inserted - updated,
+        "otherAgents": foreign,
+        "present": present,
+    }
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+
+def _is_payload_refused(exc: BaseException) -> bool:
+    text = str(exc)
+    return "payload version or checksum" in text or "Bad data format" in text
+
+
+def restore_redis(
+    repo: Repository, entry: RedisDb, path: str, files: dict[str, Node], mode: ConflictMode = "update"
+) -> DbRestoreOutcome:
+    node = files.get(rds.RECORDS)
+    outcome = DbRestoreOutcome(path, "redis", entry.url.split("@")[-1])
+    if node is None:
+        outcome.error = f"{path} has no {rds.RECORDS} in the snapshot"
+        return outcome
+    stats = {"restored": 0, "skipped": 0, "expired": 0, "fallback": 0}
+    try:
+        client = rds.connect(entry)
+    except SourceError as exc:
+        outcome.error = str(exc)
+        return outcome
+    restored_keys: list[bytes] = []  # restored, or kept as they were (skip mode)
+    try:
+        # Redis restores key by key, not in one transaction: the record file is checked whole
+        # (SHA-256) before the first key is written.
+        for _ in node_blocks(repo, f"{path}/{rds.RECORDS}", node):
+            pass
+        header, records = rds.read_records(node_reader(repo, f"{path}/{rds.RECORDS}", node))
+        batch: list[rds.Record] = []
+        count = 0
+        for rec in records:
+            count += 1
+            batch.append(rec)
+            if len(batch) >= REDIS_BATCH:
+                restored_keys += _restore_batch(client, batch, mode, stats)
+                batch = []
+        if batch:
+            restored_keys += _restore_batch(client, batch, mode, stats)
+        outcome.expected = {"keys": count - stats["expired"]}
+        present = 0
+        for i in range(0, len(restored_keys), 1000):
+            present += int(rds.command(client, "EXISTS", *restored_keys[i : i + 1000]))
+        outcome.found = {"keys": present}
+        outcome.stats = {**stats, "sourceServerVersion": str(header.get("serverVersion"))}
+    except (PhoenixError, redis_lib.RedisError) as exc:
+        outcome.stats = dict(stats)
+        outcome.error = str(exc)
+        return outcome
+    finally:
+        client.close()
+    if present != len(restored_keys):
+        outcome.error = f"{len(restored_keys) - present} restored key(s) are missing right after the restore"
+        return outcome
+    outcome.ok = True
+    return outcome
+
+
+def _restore_batch(
+    client: redis_lib.Redis, batch: list[rds.Record], mode: ConflictMode, stats: dict[str, int]
+) -> list[bytes]:
+    now_ms = int(time.time() * 1000)
+    live = [r for r in batch if r.expire_at_ms == rds.NO_EXPIRY or r.expire_at_ms > now_ms]
+    stats["expired"] += len(batch) - len(live)
+    pipe = client.pipeline(transaction=False)
+    for r in live:
+        args: list[Any] = ["RESTORE", r.key, r.expire_at_ms if r.expire_at_ms != rds.NO_EXPIRY else 0, r.payload]
+        if r.expire_at_ms != rds.NO_EXPIRY:
+            args.append("ABSTTL")
+        if mode == "update":
+            args.append("REPLACE")
+        rds.command(pipe, *args)
+    replies = pipe.execute(raise_on_error=False)
+    done: list[bytes] = []
+    for r, reply in zip(live, replies, strict=True):
+        if not isinstance(reply, Exception):
+            stats["restored"] += 1
+            done.append(r.key)
+        elif "BUSYKEY" in str(reply):
+            stats["skipped"] += 1  # --conflict-mode skip: the live key stays
+            done.append(r.key)
+        elif _is_payload_refused(reply) and r.type in rds.TYPES:
+            if mode == "skip" and int(rds.command(client, "EXISTS", r.key)):
+                stats["skipped"] += 1
+                done.append(r.key)
+                continue
+            write_logical(client, r)
+            stats["fallback"] += 1
+            stats["restored"] += 1
+            done.append(r.key)
+        else:
+            raise RestoreError(f"restoring Redis key {r.key[:80]!r} failed: {reply}")
+    return done
+
+
+def write_logical(client: redis_lib.Redis, r: rds.Record) -> None:
+    """Write a key back with ordinary commands, atomically (MULTI/EXEC), replacing it."""
+    pipe = client.pipeline(transaction=True)
+    rds.command(pipe, "DEL", r.key)
+    value = r.logical
+    if r.type == "string":
+        rds.command(pipe, "SET", r.key, value)
+    elif r.type == "list":
+        for part in _chunks(value):
+            rds.command(pipe, "RPUSH", r.key, *part)
+    elif r.type == "set":
+        for part in _chunks(value):
+            rds.command(pipe, "SADD", r.key, *part)
+    elif r.type == "zset":
+        flat = [x for i in range(0, len(value), 2) for x in (value[i + 1], value[i])]  # score, member
+        for part in _chunks(flat, 2000):
+            rds.command(pipe, "ZADD", r.key, *part)
+    elif r.type == "hash":
+        for part in _chunks(value, 2000):
+            rds.command(pipe, "HSET", r.key, *part)
+    elif r.type == "stream":
+        _stream_commands(pipe, r.key, value)
+    if r.expire_at_ms != rds.NO_EXPIRY:
+        rds.command(pipe, "PEXPIREAT", r.key, r.expire_at_ms)
+    pipe.execute()
+
+
+def _chunks(items: list[Any], size: int = 1000) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _stream_commands(pipe: Any, key: bytes, value: list[Any]) -> None:
+    entries, meta, groups = value
+    for eid, fields in entries:
+        rds.command(pipe, "XADD", key, eid, *fields)
+    last_id, entries_added, max_deleted = meta
+    if not entries:
+        # An empty stream exists only through a group: MKSTREAM makes it, then the group is dropped
+        # and made again below with its own position.
+        rds.command(pipe, "XGROUP", "CREATE", key, "phx-restore-tmp", "$", "MKSTREAM")
+        rds.command(pipe, "XGROUP", "DESTROY", key, "phx-restore-tmp")
+    rds.command(pipe, "XSETID", key, last_id, "ENTRIESADDED", entries_added, "MAXDELETEDID", max_deleted)
+    for name, last_delivered, entries_read, consumers, pending in groups:
+        args: list[Any] = ["XGROUP", "CREATE", key, name, last_delivered]
+        if entries_read is not None:
+            args += ["ENTRIESREAD", entries_read]
+        rds.command(pipe, *args)
+        for consumer in consumers:
+            rds.command(pipe, "XGROUP", "CREATECONSUMER", key, name, consumer)
+        for eid, consumer, deliveries in pending:
+            rds.command(pipe, "XCLAIM", key, name, consumer, 0, eid, "FORCE", "JUSTID", "RETRYCOUNT", deliveries)
+
+
+def describe(outcomes: list[DbRestoreOutcome]) -> list[dict[str, Any]]:
+    return [o.to_json() for o in outcomes]
+
+
+def check_conflict_mode(value: str) -> ConflictMode:
+    if value not in CONFLICT_MODES:
+        raise UsageError(f"--conflict-mode must be skip or update (got {value!r})")
+    return value
+
+
+# Kept for callers that want one line per database.
+def summary_line(o: DbRestoreOutcome) -> str:
+    if o.ok:
+        total = sum(o.found.values())
+        return f"{o.path}: restored into {o.target}, {total} rows/keys checked"
+    return f"{o.path}: NOT restored: {o.error}"
+
+
+# -- for `phx drill` -----------------------------------------------------------------------------
+
+
+def drill_database(
+    repo: Repository, cfg: Config, env: Mapping[str, str], path: str, files: dict[str, Node], scratch: str
+) -> DbRestoreOutcome:
+    """Prove one database of a snapshot without touching the live one.
+
+    PostgreSQL (a whole-database dump): restored into the new database `scratch` on the configured
+    server, row counts compared with the manifest, then dropped. Agent-scoped rows and Redis: every
+    record parsed and counted against the manifest (a drill never writes into a shared server).
+    `files` is one entry of `group_database_nodes`."""
+    root, name = path.split("/", 1)
+    if root == "postgres":
+        manifest = _manifest(repo, path, files)
+        if manifest.get("kind") == "dump":
+            entry = _entry(cfg.databases.postgres, "postgres", name)
+            assert isinstance(entry, PostgresDb)
+            conn = pg.connection_for(entry, env)
+            return restore_pg_scratch(
+                repo, conn, path, files, scratch, manifest=manifest, configured=entry.pg_dump, drop_after=True
+            )
+        outcome = DbRestoreOutcome(path, "postgresql", "(records parsed)", expected=dict(manifest["tables"]))
+        for t in (pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()):
+            node = files.get(t.file)
+            if node is None:
+                outcome.error = f"{path}/{t.file} is missing from the snapshot"
+                return outcome
+            text = io.TextIOWrapper(node_reader(repo, f"{path}/{t.file}", node), encoding="utf-8", newline="")
+            outcome.found[t.key] = sum(1 for _ in csv.reader(text)) - 1
+        outcome.ok = outcome.found == outcome.expected
+        if not outcome.ok:
+            outcome.error = "row counts of the saved files differ from the manifest"
+        return outcome
+    outcome = DbRestoreOutcome(path, "redis", "(records parsed)")
+    node = files.get(rds.RECORDS)
+    try:
+        manifest = _manifest(repo, path, files)
+        if node is None:
+            raise CorruptObject(f"{path} has no {rds.RECORDS} in the snapshot")
+        _header, records = rds.read_records(node_reader(repo, f"{path}/{rds.RECORDS}", node))
+        outcome.expected = {"keys": int(manifest.get("keys", -1))}
+        outcome.found = {"keys": sum(1 for _ in records)}
+    except PhoenixError as exc:
+        outcome.error = str(exc)
+        return outcome
+    outcome.ok = outcome.found == outcome.expected
+    if not outcome.ok:
+        outcome.error = "the record file's key count differs from the manifest"
+    return outcome
+
+
+# -- for `phx restore --dry-run` -----------------------------------------------------------------
+
+
+def preview_databases(
+    repo: Repository,
+    cfg: Config,
+    env: Mapping[str, str],
+    nodes: Iterable[tuple[str, Node]],
+    *,
+    to_database: str | None = None,
+) -> list[dict[str, Any]]:
+    """Per database, what a restore would do: where it goes and, per table, the snapshot's rows
+    against the live rows (PostgreSQL) or keys (Redis). Reads the servers; writes nothing."""
+    out: list[dict[str, Any]] = []
+    for path, files in sorted(group_database_nodes(nodes).items()):
+        root, name = path.split("/", 1)
+        doc: dict[str, Any] = {"path": path, "engine": "postgresql" if root == "postgres" else "redis"}
+        try:
+            manifest = _manifest(repo, path, files)
+            snap_rows: dict[str, int] = (
+                dict(manifest.get("tables", {})) if root == "postgres" else {"keys": int(manifest.get("keys", 0))}
+            )
+            if root == "postgres":
+                entry = _entry(cfg.databases.postgres, "postgres", name)
+                assert isinstance(entry, PostgresDb)
+                conn = pg.connection_for(entry, env)
+                if to_database is not None:
+                    doc.update(action="create", target=f"{conn.where.rsplit('/', 1)[0]}/{to_database}")
+                    doc["tables"] = {t: _delta(n, 0) for t, n in sorted(snap_rows.items())}
+                    out.append(doc)
+                    continue
+                doc.update(action="restore", target=conn.where, kind=manifest.get("kind"))
+                live = _live_pg_rows(conn, manifest)
+            else:
+                rentry = _entry(cfg.databases.redis, "redis", name)
+                assert isinstance(rentry, RedisDb)
+                doc.update(action="restore", target=rentry.url.split("@")[-1])
+                client = rds.connect(rentry)
+                try:
+                    live = {"keys": _count_matching(client, str(manifest.get("match", rentry.match)))}
+                finally:
+                    client.close()
+            doc["tables"] = {t: _delta(snap_rows.get(t, 0), live.get(t, 0)) for t in sorted(set(snap_rows) | set(live))}
+        except (PhoenixError, psycopg.Error, redis_lib.RedisError) as exc:
+            doc["error"] = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        out.append(doc)
+    return out
+
+
+def _delta(snapshot: int, live: int) -> dict[str, int]:
+    """Counts only: a server database is not diffed row by row, so `changed` is not known (0)."""
+    return {
+        "snapshot": snapshot,
+        "live": live,
+        "added": max(0, snapshot - live),
+        "removed": max(0, live - snapshot),
+        "changed": 0,
+    }
+
+
+def _live_pg_rows(conn: pg.PgConn, manifest: dict[str, Any]) -> dict[str, int]:
+    with conn.connect() as con:
+        if manifest.get("kind") != "agent-rows":
+            return pg.table_counts(con)
+        agent = str(manifest["agentId"])
+        con.execute("SELECT set_config(%s, %s, false)", (str(manifest.get("agentSetting", pg.AGENT_SETTING)), agent))
+        out: dict[str, int] = {}
+        for d in manifest.get("tableInfo", {}).values():
+            t = pg.AgentTable.from_json(d)
+            query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(sql.Identifier(t.schema, t.table))
+            row = con.execute(query + pg.agent_filter(t), (agent,)).fetchone()
+            out[t.key] = int(row[0]) if row else 0
+        return out
+
+
+def _count_matching(client: redis_lib.Redis, match: str) -> int:
+    count, cursor = 0, 0
+    while True:
+        reply = rds.command(client, "SCAN", cursor, "MATCH", match, "COUNT", 1000)
+        cursor = int(reply[0])
+        count += len(reply[1])
+        if cursor == 0:
+            return count

@@ -1,0 +1,624 @@
+"""`phx doctor`: is this machine ready to back up and restore? One line per check, with the fix.
+
+Checks, in order: the config; the workspace and every configured database; free disk space for
+the repository and the cache; the tools the config needs (gpg, git, and pg_dump against each
+configured PostgreSQL server); credentials; each target reachable and writable (a probe object
+written, read back and deleted); stale locks; the age of the last successful backup and of the
+last restore drill.
+
+Each check is `ok`, `fail` (✗, with the fix; the command exits 1) or `warn` (!, advice that does
+not fail the run, such as "no restore drill yet"). Database engines plug their own checks into
+`DATABASE_CHECKS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+
+from phoenix_backup.config import Config, find_config_path
+from phoenix_backup.config.defaults import DEFAULT_SQLITE
+from phoenix_backup.config.model import PostgresDb
+from phoenix_backup.errors import (
+    ExitStatus,
+    MissingCredentials,
+    PhoenixError,
+    RepositoryNotFound,
+    WrongPassphrase,
+)
+from phoenix_backup.ops import manage
+from phoenix_backup.ops.browse import open_target
+from phoenix_backup.ops.context import Environment, passphrase
+from phoenix_backup.ops.drill import drills_dir, latest_reports
+from phoenix_backup.ops.scope import configured_databases
+from phoenix_backup.repo.locks import HeldLock
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
+from phoenix_backup.state import read_state, state_path
+
+Status = Literal["ok", "fail", "warn"]
+
+# A repository needs room for at least this much, whatever the databases' size.
+MIN_REPOSITORY_FREE = 64 * 1024 * 1024
+# The last backup is overdue after twice its schedule's interval.
+INTERVALS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 31 * 86400}
+# A restore drill a month, as seed 001 asks; older than this earns a warning.
+DRILL_MAX_AGE = 35 * 86400
+TOOL_TIMEOUT = 20
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    message: str
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "ok": self.status != "fail",
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+
+@dataclass
+class DoctorResult:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.OK if self.ok else ExitStatus.FAILURE
+
+    def add(self, name: str, status: Status, message: str, fix: str | None = None) -> None:
+        self.checks.append(Check(name, status, message, fix))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "failed": sum(1 for c in self.checks if c.status == "fail"),
+            "warnings": sum(1 for c in self.checks if c.status == "warn"),
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+
+def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
+    result = DoctorResult()
+    cfg = _config(envx, config_path, result)
+    if cfg is None:
+        return result
+    _workspace(cfg, result)
+    _sqlite(cfg, envx, result)
+    for check in DATABASE_CHECKS.values():
+        check(cfg, envx, result)
+    _disk(cfg, envx, result)
+    _tools(cfg, envx, result)
+    repo, envx = _credentials(cfg, envx, result)
+    try:
+        _targets(cfg, envx, result, repo)
+        _locks(repo, result)
+    finally:
+        if repo is not None:
+            repo.backend.close()
+    _last_backup(cfg, envx, result)
+    _last_drill(envx, result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Config, workspace, databases
+# --------------------------------------------------------------------------------------------
+
+
+def _config(envx: Environment, config_path: str | None, result: DoctorResult) -> Config | None:
+    try:
+        path = find_config_path(config_path, envx.env)
+        cfg = manage.load(envx, config_path)
+    except PhoenixError as exc:
+        message, _, fix = str(exc).partition("; ")
+        result.add("config", "fail", message, fix or "fix the config file")
+        return None
+    result.add("config", "ok", f"{path} is valid")
+    for warning in cfg.warnings:
+        message, _, fix = warning.partition("; ")
+        result.add("config", "warn", message, fix or None)
+    return cfg
+
+
+def _where(cfg: Config) -> str:
+    return str(cfg.source) if cfg.source else "the config"
+
+
+def _workspace(cfg: Config, result: DoctorResult) -> None:
+    ws = cfg.workspace
+    fix = f'create it, or set "workspace" in {_where(cfg)}'
+    if not ws.exists():
+        result.add("workspace", "fail", f"{ws} does not exist", fix)
+    elif not ws.is_dir():
+        result.add("workspace", "fail", f"{ws} is not a folder", fix)
+    elif not os.access(ws, os.R_OK | os.X_OK):
+        result.add("workspace", "fail", f"{ws} is not readable by this user", f"check the owner and mode of {ws}")
+    else:
+        result.add("workspace", "ok", f"{ws} exists and is readable")
+
+
+def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+    defaults = {envx.home / p.removeprefix("~/") for p in DEFAULT_SQLITE}
+    for path in configured_databases(cfg):
+        name = f"database {path}"
+        if not path.exists():
+            # The backup skips the ArgentOS default stores that do not exist; only a database the
+            # user named is missed.
+            if path not in defaults:
+                result.add(
+                    name, "fail", "does not exist", f"create it, or remove it from databases.sqlite in {_where(cfg)}"
+                )
+            continue
+        try:
+            with open(path, "rb") as f:
+                header = f.read(16)
+        except OSError as exc:
+            result.add(name, "fail", f"cannot be read ({exc.strerror})", f"check the owner and mode of {path}")
+            continue
+        if header != b"SQLite format 3\x00" and path.stat().st_size > 0:
+            result.add(name, "fail", "is not a SQLite database", f"fix the path in databases.sqlite in {_where(cfg)}")
+            continue
+        result.add(name, "ok", f"readable SQLite database ({_size(path.stat().st_size)})")
+
+
+def check_postgres(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+    """For each configured PostgreSQL database: pg_dump present, its version, and a schema-only
+    dump of no table against the server, which connects and applies pg_dump's own version check
+    (it refuses a server newer than itself)."""
+    for i, db in enumerate(cfg.databases.postgres):
+        where = f"databases.postgres[{i}] ({db.name})"
+        program = str(db.pg_dump) if db.pg_dump else shutil.which("pg_dump", path=envx.env.get("PATH"))
+        if not program or not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            result.add(
+                "tool pg_dump",
+                "fail",
+                f"pg_dump not found (needed for {where})",
+                "install the PostgreSQL client of the server's version or newer (apt-get install postgresql-client) "
+                f"or set pgDump in {where}",
+            )
+            continue
+        version = _version([program, "--version"], envx)
+        result.add("tool pg_dump", "ok", f"{program}: {version}")
+        _postgres_server(db, where, program, version, envx, result)
+
+
+def _postgres_server(
+    db: PostgresDb, where: str, program: str, version: str, envx: Environment, result: DoctorResult
+) -> None:
+    env = dict(envx.env)
+    env.setdefault("PGCONNECT_TIMEOUT", "5")
+    args = [program, "--schema-only", "--table=phx_doctor_probe_no_such_table"]
+    if db.dsn:
+        args.append(f"--dbname={db.dsn}")
+        server = f"{db.name} (dsn)"
+    else:
+        env.update(PGHOST=db.host, PGPORT=str(db.port), PGDATABASE=db.database or "")
+        if db.user:
+            env["PGUSER"] = db.user
+        server = f"{db.name} at {db.host}:{db.port}/{db.database}"
+    if db.password_env:
+        password = envx.env.get(db.password_env)
+        if not password:
+            result.add(
+                f"postgres {db.name}", "fail", f"{db.password_env} is not set", f"export {db.password_env} ({where})"
+            )
+            return
+        env["PGPASSWORD"] = password
+    try:
+        proc = subprocess.run(
+            args, env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        result.add(f"postgres {db.name}", "fail", f"pg_dump did not answer: {exc}", f"check {where}")
+        return
+    if proc.returncode == 0:
+        result.add(f"postgres {db.name}", "ok", f"{server} reachable; {version} can dump it")
+        return
+    err = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    # The first line says what failed ("connection to server at ... failed: Connection refused");
+    # later lines are libpq's hints.
+    detail = err[0] if err else f"exit {proc.returncode}"
+    detail = re.sub(r"^pg_dump: (error: )?", "", detail)
+    if "version mismatch" in proc.stderr:
+        result.add(
+            f"postgres {db.name}",
+            "fail",
+            f"{version} is older than the server {server}: {detail}",
+            f"install pg_dump of the server's version or newer, or set pgDump in {where}",
+        )
+    else:
+        result.add(
+            f"postgres {db.name}",
+            "fail",
+            f"cannot dump {server}: {detail}",
+            f"start the server, or fix host/port/database/user and passwordEnv in {where}",
+        )
+
+
+def _redis(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+    for db in cfg.databases.redis:
+        result.add(f"redis {db.name}", "warn", "not checked: this version does not back up Redis yet")
+
+
+# Checks per database engine beyond SQLite. PostgreSQL and Redis support replace or extend these.
+DATABASE_CHECKS: dict[str, Callable[[Config, Environment, DoctorResult], None]] = {
+    "postgres": check_postgres,
+    "redis": _redis,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Disk space and tools
+# --------------------------------------------------------------------------------------------
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _database_bytes(cfg: Config) -> int:
+    total = 0
+    for path in configured_databases(cfg):
+        for p in (path, Path(f"{path}-wal")):
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+    return total
+
+
+def _disk(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+    dbs = _database_bytes(cfg)
+    places: list[tuple[str, Path, int, str]] = []
+    if cfg.targets.local.enabled:
+        places.append(
+            (
+                "disk (repository)",
+                cfg.repository_path,
+                max(MIN_REPOSITORY_FREE, dbs),
+                "free some space there or move the repository (targets.local.path)",
+            )
+        )
+    cache = Path(envx.env.get("PHX_CACHE_DIR") or platformdirs.user_cache_dir("phoenix"))
+    places.append(
+        (
+            "disk (cache)",
+            cache,
+            dbs + FREE_SPACE_MARGIN,
+            "free some space there, or set PHX_CACHE_DIR (or XDG_CACHE_HOME) to a larger disk",
+        )
+    )
+    for name, path, need, fix in places:
+        try:
+            free = shutil.disk_usage(_existing(path)).free
+        except OSError as exc:
+            result.add(name, "fail", f"cannot read the free space of {path} ({exc.strerror})", fix)
+            continue
+        if free < need:
+            result.add(
+                name,
+                "fail",
+                f"only {_size(free)} free for {path}; a backup needs about {_size(need)} there",
+                fix,
+            )
+        else:
+            result.add(name, "ok", f"{_size(free)} free for {path}")
+
+
+def _version(args: list[str], envx: Environment) -> str:
+    try:
+        proc = subprocess.run(
+            args, env=dict(envx.env), capture_output=True, text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"version unknown ({exc})"
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0] if lines else "version unknown"
+
+
+def _tools(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+    path = envx.env.get("PATH")
+    wanted = [
+        (
+            "gpg",
+            cfg.encryption.enabled and cfg.encryption.method == "gpg",
+            "encryption.method is gpg",
+            "install GnuPG (apt-get install gnupg)",
+        ),
+        ("git", cfg.targets.git.enabled, "targets.git is enabled", "install Git (apt-get install git)"),
+    ]
+    for tool, needed, why, fix in wanted:
+        program = shutil.which(tool, path=path)
+        if program is None:
+            if needed:
+                result.add(f"tool {tool}", "fail", f"{tool} not found ({why})", fix)
+            continue
+        result.add(f"tool {tool}", "ok", f"{program}: {_version([program, '--version'], envx)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Credentials, targets, locks
+# --------------------------------------------------------------------------------------------
+
+
+def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[Repository | None, Environment]:
+    """Credential sources present, then the proof: the first target's repository opens. Returns
+    the repository and the environment to open other targets with (a passphrase typed at the
+    prompt is asked once)."""
+    enc = cfg.encryption
+    if enc.enabled and enc.method == "passphrase":
+        try:
+            secret = passphrase(cfg, envx)
+            if secret is not None:
+                envx = dataclasses.replace(envx, env={**envx.env, "PHX_PASSPHRASE": secret})
+            else:
+                result.add(
+                    "credentials",
+                    "fail",
+                    "encryption is on and no passphrase is available",
+                    "set PHX_PASSPHRASE or PHX_PASSPHRASE_FILE, or encryption.passphraseEnv/passphraseCommand",
+                )
+        except PhoenixError as exc:
+            message, _, fix = str(exc).partition("; ")
+            result.add("credentials", "fail", message, fix or None)
+    if (
+        enc.enabled
+        and enc.method == "age"
+        and enc.identity_file is not None
+        and not os.access(enc.identity_file, os.R_OK)
+    ):
+        result.add(
+            "credentials",
+            "fail",
+            f"the age identity file {enc.identity_file} cannot be read",
+            "fix encryption.identityFile (a file of AGE-SECRET-KEY-1... lines)",
+        )
+    for name, key_id, secret in (
+        ("s3", cfg.targets.s3.access_key_id, cfg.targets.s3.secret_access_key),
+        ("r2", cfg.targets.r2.access_key_id, cfg.targets.r2.secret_access_key),
+    ):
+        if name in cfg.targets.enabled_names():
+            _cloud_credentials(name, key_id, secret, envx, result)
+    if not cfg.targets.enabled_names():
+        result.add("targets", "fail", "no target is enabled", f"enable targets.local (or another) in {_where(cfg)}")
+        return None, envx
+    first = cfg.targets.enabled_names()[0]
+    try:
+        repo = open_target(cfg, envx, first)
+    except RepositoryNotFound:
+        return None, envx  # the target check says so, with the fix
+    except (MissingCredentials, WrongPassphrase) as exc:
+        message, _, fix = str(exc).partition("; ")
+        if not any(c.name == "credentials" and c.status == "fail" for c in result.checks):
+            result.add("credentials", "fail", message, fix or None)
+        return None, envx
+    except PhoenixError:
+        return None, envx  # reported by the target check
+    slot = repo.opened_with or "?"
+    result.add("credentials", "ok", f"the repository of target {first} opens (key slot {slot[:8]})")
+    return repo, envx
+
+
+def _cloud_credentials(
+    name: str, key_id: str | None, secret: str | None, envx: Environment, result: DoctorResult
+) -> None:
+    env = envx.env
+    if key_id and secret:
+        source = "the config"
+    elif env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        source = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    elif env.get("AWS_PROFILE"):
+        source = f"the AWS profile {env['AWS_PROFILE']}"
+    elif (Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or envx.home / ".aws" / "credentials")).is_file():
+        source = "the AWS credentials file"
+    elif env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        source = "the environment's web identity or container role"
+    else:
+        result.add(
+            f"credentials {name}",
+            "fail",
+            f"no credentials for targets.{name}",
+            f"set targets.{name}.accessKeyId/secretAccessKey, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a profile",
+        )
+        return
+    result.add(f"credentials {name}", "ok", f"credentials for targets.{name} from {source}")
+
+
+def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: Repository | None) -> None:
+    names = cfg.targets.enabled_names()
+    for i, name in enumerate(names):
+        check = f"target {name}"
+        repo = first_repo if i == 0 else None
+        if repo is None:
+            try:
+                repo = open_target(cfg, envx, name)
+            except RepositoryNotFound as exc:
+                message, _, _fix = str(exc).partition("; ")
+                result.add(
+                    check,
+                    "fail",
+                    message,
+                    "run `phx init` (or `phx backup`, which creates it), or fix the target's path",
+                )
+                continue
+            except (MissingCredentials, WrongPassphrase):
+                result.add(
+                    check, "warn", "not probed: the repository cannot be opened without its key (see credentials)"
+                )
+                continue
+            except PhoenixError as exc:
+                message, _, fix = str(exc).partition("; ")
+                result.add(check, "fail", message, fix or "check the target's settings")
+                continue
+        try:
+            probe(repo, check, result)
+        finally:
+            if i > 0:
+                repo.backend.close()
+
+
+def probe(repo: Repository, check: str, result: DoctorResult) -> None:
+    """Write a probe object, read it back, delete it. The probe is a genuine shared lock (sealed,
+    naming this process), so a backup running at the same moment is not disturbed by it, and a
+    probe left behind by a killed doctor is removed like any dead process's lock."""
+    name = f"locks/{secrets.token_hex(16)}"
+    lock = HeldLock(repo.locks, name, False, "doctor (probe)")
+    started = time.monotonic()
+    where = repo.backend.location
+    try:
+        lock.write()
+    except PhoenixError as exc:
+        message, _, fix = str(exc).partition("; ")
+        result.add(check, "fail", f"{where} is not writable: {message}", fix or f"check the owner and mode of {where}")
+        return
+    read_back: str | None = None
+    try:
+        info = repo.locks.read(name)
+        if info.pid != os.getpid() or info.command != lock.command:
+            read_back = "it differs from what was written"
+    except PhoenixError as exc:
+        read_back = str(exc)
+    try:
+        lock.release()
+    except PhoenixError as exc:
+        result.add(check, "fail", f"{where}: the probe object cannot be deleted: {exc}", f"check {where}")
+        return
+    if read_back is not None:
+        result.add(check, "fail", f"{where}: a probe object written there does not read back: {read_back}")
+        return
+    if repo.backend.stat(name) is not None:
+        result.add(check, "fail", f"{where}: the probe object is still there after deleting it", f"check {where}")
+        return
+    ms = (time.monotonic() - started) * 1000
+    result.add(check, "ok", f"{where} reachable and writable (probe written, read back, deleted in {ms:.0f} ms)")
+
+
+def _locks(repo: Repository | None, result: DoctorResult) -> None:
+    if repo is None:
+        return
+    now = time.time()
+    try:
+        locks = repo.locks.all()
+    except PhoenixError as exc:
+        result.add("locks", "fail", f"cannot list the locks: {exc}")
+        return
+    stale = [lk for lk in locks if lk.process_gone() or lk.is_stale(now)]
+    for lk in stale:
+        result.add(
+            "locks",
+            "fail",
+            f"stale {lk.describe()}",
+            f"`phx unlock` removes it (first make sure no Phoenix still runs on {lk.host})",
+        )
+    active = [lk for lk in locks if lk not in stale]
+    if not stale:
+        held = f"{len(active)} held by running commands" if active else "none held"
+        result.add("locks", "ok", f"no stale locks ({held})")
+
+
+# --------------------------------------------------------------------------------------------
+# Last backup, last drill
+# --------------------------------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{max(0, int(seconds // 60))} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+    path = state_path(envx.home)
+    state = read_state(path)
+    last: dict[str, Any] | None = None
+    if state is not None:
+        last = state.get("lastSuccess") or (state if state.get("success") else None)
+    if not last or not isinstance(last.get("timestamp"), (int, float)):
+        result.add("last backup", "fail", f"no successful backup recorded ({path})", "run `phx backup`")
+        return
+    age = time.time() - float(last["timestamp"])
+    every = cfg.schedule.every
+    limit = 2 * INTERVALS.get(every, 86400)
+    what = f"last successful backup {last.get('snapshotName') or ''} {_age(age)} ago".replace("  ", " ")
+    if age > limit:
+        result.add(
+            "last backup",
+            "fail",
+            f"{what}, overdue for a {every} schedule",
+            "run `phx backup`, and check the schedule (`phx schedule status`)",
+        )
+    else:
+        result.add("last backup", "ok", what)
+    if state is not None and state.get("success") is False:
+        result.add(
+            "last backup",
+            "warn",
+            f"the most recent run failed: {state.get('error') or 'see its output'}",
+            "run `phx backup` to see the error",
+        )
+
+
+def _last_drill(envx: Environment, result: DoctorResult) -> None:
+    folder = drills_dir(envx.home)
+    reports = latest_reports(folder)
+    if not reports:
+        result.add(
+            "last drill",
+            "warn",
+            "no restore drill yet: a backup you cannot restore is worthless",
+            "run `phx drill` (monthly: `phx schedule install --drill monthly`)",
+        )
+        return
+    newest = reports[0]
+    try:
+        from datetime import datetime
+
+        age = time.time() - datetime.fromisoformat(str(newest["started"])).timestamp()
+    except ValueError:
+        age = float("inf")
+    what = f"last drill ({newest.get('name')}) {_age(age)} ago"
+    if not newest.get("ok"):
+        result.add(
+            "last drill",
+            "fail",
+            f"{what} FAILED with {len(newest.get('errors') or [])} error(s)",
+            f"read {str(newest['_path']).removesuffix('.json')}.md, run `phx verify --read-data`, take a new backup",
+        )
+    elif age > DRILL_MAX_AGE:
+        result.add("last drill", "warn", f"{what} passed, but is older than a month", "run `phx drill`")
+    else:
+        result.add("last drill", "ok", f"{what} passed")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

@@ -1,0 +1,522 @@
+"""`phx export`: a portable export of the agent's memory, from the live stores or a snapshot.
+
+Layout of an export folder (every format):
+
+    metadata.json                   what, from where, when; per database its tables, rows, keys
+    checksums.json                  SHA-256 of every other file, and a combined digest
+    files/<logical path>            identity, memory notes and config files (workspace/SOUL.md,
+                                    home/.argentos/argent.json, ...)
+    json:      databases/<store>/<table>.json   a JSON array, one row object per line
+    csv:       databases/<store>/<table>.csv    a header line, then one line per row
+    markdown:  memories.md, observations.md, dashboard.md, identity.md, <store>.md
+    --sanitize: redactions.json (what was redacted where, never the values) and MIGRATION.md
+
+Live stores are read through the SQLite online backup API into private temporary copies, so the
+export is consistent even while the agent writes; a snapshot's copies are read from the
+repository and checked against their SHA-256. The export is written into a temporary folder
+beside `--output` and renamed into place at the end: the output is complete or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from phoenix_backup import __version__
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, ExportError, UsageError
+from phoenix_backup.memory import markdown
+from phoenix_backup.memory.checksums import write_checksums
+from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
+from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect, quote
+from phoenix_backup.memory.values import csv_value, json_value
+from phoenix_backup.ops.backup import walk_tree
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.merge import copy_snapshot_database, scratch_dir
+from phoenix_backup.ops.scope import LogicalMatcher, configured_databases
+from phoenix_backup.sources.files import COMPANIONS, is_sqlite_file
+from phoenix_backup.sources.layout import Layout
+from phoenix_backup.sources.patterns import ExcludeSet, Include
+from phoenix_backup.sources.sqlite import check_database, copy_database, sqlite_uri
+
+ExportFormat = Literal["json", "csv", "markdown"]
+FORMATS: tuple[ExportFormat, ...] = ("json", "csv", "markdown")
+EXPORT_FORMAT_NAME = "phoenix-memory-export"
+EXPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SourceDatabase:
+    logical: str
+    copy: Path  # a private, consistent copy
+    integrity: str
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    logical: str
+    size: int
+    read: Callable[[], Iterator[bytes]]
+
+
+@dataclass
+class Source:
+    kind: Literal["live", "snapshot"]
+    databases: list[SourceDatabase]
+    files: list[SourceFile]
+    info: dict[str, Any]
+
+
+@dataclass
+class ExportedDatabase:
+    path: str
+    name: str
+    kind: str
+    integrity: str
+    tables: dict[str, int]
+    derived: dict[str, str]
+    vector_columns: dict[str, list[str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "name": self.name,
+            "kind": self.kind,
+            "integrity": self.integrity,
+            "tables": self.tables,
+            "derived": self.derived,
+            "vectorColumns": self.vector_columns,
+        }
+
+
+@dataclass
+class ExportResult:
+    output: str
+    format: ExportFormat
+    source: dict[str, Any]
+    vectors: bool
+    sanitized: bool
+    databases: list[ExportedDatabase] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # copied files, relative to the export
+    redactions: list[Redaction] = field(default_factory=list)
+    combined: str = ""
+    size: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "format": self.format,
+            "source": self.source,
+            "vectors": self.vectors,
+            "sanitized": self.sanitized,
+            "databases": [d.to_json() for d in self.databases],
+            "files": self.files,
+            "redactions": [r.to_json() for r in self.redactions],
+            "checksums": {"algorithm": "sha256", "combined": self.combined},
+            "size": self.size,
+            "warnings": self.warnings,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+
+def _component_patterns(cfg: Config) -> tuple[str, ...]:
+    c = cfg.components
+    return (*c.identity, *c.memory, *c.config)
+
+
+@contextlib.contextmanager
+def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
+    """The configured SQLite stores (consistent copies) and the identity, memory and config files."""
+    layout = Layout(cfg.workspace, envx.home)
+    with scratch_dir("phx-export-") as scratch:
+        dbs: list[SourceDatabase] = []
+        for i, path in enumerate(p for p in configured_databases(cfg) if p.is_file()):
+            copy = scratch / f"{i}.db"
+            copy_database(path, copy)
+            dbs.append(SourceDatabase(layout.to_logical(path), copy, check_database(copy).integrity))
+        files = [
+            SourceFile(layout.to_logical(p), p.stat().st_size, _file_reader(p))
+            for p in _live_files(cfg, envx, {Path(d) for d in configured_databases(cfg)})
+        ]
+        info = {"kind": "live", "workspace": str(cfg.workspace), "home": str(envx.home)}
+        yield Source("live", dbs, files, info)
+
+
+def _file_reader(path: Path) -> Callable[[], Iterator[bytes]]:
+    def read() -> Iterator[bytes]:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                yield block
+
+    return read
+
+
+def _live_files(cfg: Config, envx: Environment, databases: set[Path]) -> list[Path]:
+    """Regular files named by the identity, memory and config components (symlinks and databases
+    never), with the config's excludes applied."""
+    exclude = ExcludeSet(cfg.exclude, cfg.workspace)
+    found: set[Path] = set()
+
+    def consider(p: Path) -> None:
+        if p.is_symlink() or not p.is_file() or p in databases or exclude.excluded(p, False):
+            return
+        if is_sqlite_file(p):
+            return
+        if p.name.endswith(COMPANIONS) and is_sqlite_file(p.with_name(p.name.rsplit("-", 1)[0])):
+            return  # the -wal/-shm/-journal of a database
+        found.add(p)
+
+    for raw in _component_patterns(cfg):
+        for match in Include.parse(raw, cfg.workspace).expand():
+            if match.is_symlink():
+                continue
+            if match.is_dir():
+                for dirpath, dirnames, filenames in os.walk(match):
+                    base = Path(dirpath)
+                    dirnames[:] = sorted(d for d in dirnames if not exclude.excluded(base / d, True))
+                    for name in filenames:
+                        consider(base / name)
+            else:
+                consider(match)
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None) -> Iterator[Source]:
+    """A snapshot's databases (copies checked against their SHA-256) and component files."""
+    from phoenix_backup.ops.browse import NodeReader, open_target
+
+    repo = open_target(cfg, envx, target)
+    layout = Layout(cfg.workspace, envx.home)
+    matcher = LogicalMatcher.for_patterns(_component_patterns(cfg), layout)
+    with repo.lock(exclusive=False, command="export"), scratch_dir("phx-export-") as scratch:
+        repo.load_index()
+        snap = repo.find_snapshot(ref)
+        dbs: list[SourceDatabase] = []
+        files: list[SourceFile] = []
+        for i, (logical, node) in enumerate(walk_tree(repo, snap.tree)):
+            if node.type == "sqlite":
+                copy = copy_snapshot_database(repo, logical, node, scratch / f"{i}.db")
+                dbs.append(SourceDatabase(logical, copy, check_database(copy).integrity))
+            elif node.type == "file" and matcher.matches(logical):
+
+                def read(lg: str = logical, nd: Any = node) -> Iterator[bytes]:
+                    reader = NodeReader(repo, lg, nd)
+                    yield from reader.chunks()
+                    reader.finish()
+
+                files.append(SourceFile(logical, node.size, read))
+        info = {
+            "kind": "snapshot",
+            "snapshot": snap.id,
+            "name": snap.name,
+            "time": snap.time,
+            "host": snap.host,
+            "workspace": snap.sources.get("workspace"),
+            "home": snap.sources.get("home"),
+        }
+        yield Source("snapshot", dbs, files, info)
+
+
+# --------------------------------------------------------------------------------------------
+# The export
+# --------------------------------------------------------------------------------------------
+
+
+def export(
+    cfg: Config,
+    envx: Environment,
+    *,
+    output: Path,
+    fmt: ExportFormat = "json",
+    ref: str | None = None,
+    vectors: bool = True,
+    sanitize: bool = False,
+    target: str | None = None,
+) -> ExportResult:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use json, csv or markdown")
+    output = output.absolute()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UsageError(f"{output} already exists and is not an empty folder; choose a new --output folder")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = output.parent / f".{output.name}.phx-tmp-{secrets.token_hex(4)}"
+    work.mkdir(mode=0o700)
+    try:
+        source_cm = live_source(cfg, envx) if ref is None else snapshot_source(cfg, envx, ref, target)
+        with source_cm as source:
+            result = ExportResult(str(output), fmt, source.info, vectors and fmt != "markdown", sanitize)
+            try:
+                _write_export(work, source, result, cfg, envx)
+            except sqlite3.Error as exc:
+                raise ExportError(f"a store could not be read for the export ({exc}); run `phx doctor`") from exc
+        with contextlib.suppress(FileNotFoundError):
+            output.rmdir()  # an empty folder given as --output
+        os.rename(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    result.size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
+    return result
+
+
+def _store_names(databases: list[SourceDatabase]) -> list[str]:
+    names: list[str] = []
+    for db in databases:
+        stem = _safe_name(db.logical.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "store")
+        name, n = stem, 2
+        while name in names:
+            name, n = f"{stem}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _safe_name(name: str) -> str:
+    """A file name for a table or store: letters, digits, `_`, `-`, `.`; anything else %XX."""
+    out = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_-.") else f"%{ord(ch):02X}" for ch in name)
+    return out if out not in ("", ".", "..") else out.replace(".", "%2E") or "_"
+
+
+def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config, envx: Environment) -> None:
+    fmt = result.format
+    metadata_dbs: list[dict[str, Any]] = []
+    names = _store_names(source.databases)
+    rendered: dict[str, str] = {}
+    for db, name in zip(source.databases, names, strict=True):
+        con = sqlite3.connect(sqlite_uri(db.copy, "mode=ro&immutable=1"), uri=True)
+        try:
+            schema = inspect(con)
+            counts = {
+                t.name: int(con.execute(f"SELECT count(*) FROM {quote(t.name)}").fetchone()[0]) for t in schema.tables
+            }
+            tables_meta: list[dict[str, Any]] = []
+            if fmt in ("json", "csv"):
+                folder = work / "databases" / name
+                folder.mkdir(parents=True)
+                for table in schema.tables:
+                    tables_meta.append(_write_table(con, table, folder, name, fmt, result.vectors, counts[table.name]))
+            else:
+                doc = _markdown_name(schema, name, rendered)
+                with open(work / doc, "w", encoding="utf-8") as out:
+                    markdown.render(con, schema, f"{db.logical.rsplit('/', 1)[-1]} ({db.logical})", out)
+                rendered[doc] = db.logical
+                tables_meta = [
+                    {"name": t.name, "rows": counts[t.name], "primaryKey": list(t.key)} for t in schema.tables
+                ]
+        finally:
+            con.close()
+        if db.integrity != "ok":
+            result.warnings.append(f"{db.logical} fails integrity_check ({db.integrity}); exported what could be read")
+        exported = ExportedDatabase(
+            db.logical,
+            name,
+            schema.kind,
+            db.integrity,
+            counts,
+            schema.derived,
+            {t.name: list(t.vector_columns) for t in schema.tables if t.vector_columns},
+        )
+        result.databases.append(exported)
+        metadata_dbs.append(
+            {
+                **exported.to_json(),
+                "tableFiles": tables_meta,
+                "schema": [s.to_json() for s in schema.statements],
+                "ftsRebuild": schema.fts_rebuild,
+                "virtualTables": schema.virtual,
+            }
+        )
+
+    identity = LogicalMatcher.for_patterns(cfg.components.identity, Layout(cfg.workspace, envx.home))
+    identity_files: list[tuple[str, bytes]] = []
+    unsanitized: list[Redaction] = []
+    for f in source.files:
+        rel = f"files/{f.logical}"
+        dest = work / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        data = b"".join(f.read())
+        if is_config_or_env(f.logical):
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+                if result.sanitized:
+                    result.warnings.append(f"{f.logical} is not UTF-8 text; it was not checked for secrets")
+            if text is not None:
+                cleaned, found = sanitize_text(text, rel)
+                if result.sanitized:
+                    data = cleaned.encode("utf-8")
+                    result.redactions.extend(found)
+                else:
+                    unsanitized.extend(found)
+        dest.write_bytes(data)
+        result.files.append(rel)
+        if identity.matches(f.logical):
+            identity_files.append((f.logical, data))
+    if unsanitized:
+        where = sorted({r.file for r in unsanitized})
+        result.warnings.append(
+            f"{len(unsanitized)} secret(s) in {', '.join(where)} were exported as they are; "
+            "export with --sanitize before the export leaves this machine"
+        )
+    if fmt == "markdown":
+        _identity_markdown(work / "identity.md", identity_files)
+
+    metadata = {
+        "format": EXPORT_FORMAT_NAME,
+        "version": EXPORT_VERSION,
+        "exportFormat": fmt,
+        "phoenixVersion": __version__,
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "source": source.info,
+        "vectors": result.vectors,
+        "sanitized": result.sanitized,
+        "counts": {d.path: d.tables for d in result.databases},
+        "databases": metadata_dbs,
+        "files": result.files,
+        "documents": rendered,
+    }
+    (work / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if result.sanitized:
+        redactions = {"count": len(result.redactions), "redactions": [r.to_json() for r in result.redactions]}
+        (work / "redactions.json").write_text(json.dumps(redactions, indent=2) + "\n", encoding="utf-8")
+        (work / "MIGRATION.md").write_text(migration_guide(result, source), encoding="utf-8")
+    checksums = write_checksums(work)
+    result.combined = str(checksums["combined"])
+
+
+def _markdown_name(schema: DatabaseSchema, store: str, taken: dict[str, str]) -> str:
+    base = {
+        "argentos-memory": "memories",
+        "argentos-observations": "observations",
+        "argentos-dashboard": "dashboard",
+    }.get(schema.kind, store)
+    name, n = f"{base}.md", 2
+    while name in taken or name in ("identity.md", "MIGRATION.md"):
+        name, n = f"{base}-{n}.md", n + 1
+    return name
+
+
+def _write_table(
+    con: sqlite3.Connection, table: TableInfo, folder: Path, store: str, fmt: str, vectors: bool, rows: int
+) -> dict[str, Any]:
+    columns = table.columns if vectors else tuple(c for c in table.columns if c not in table.vector_columns)
+    omitted = [c for c in table.columns if c not in columns]
+    vec = {c for c in table.vector_columns if c in columns}
+    file = f"{_safe_name(table.name)}.{fmt}"
+    cursor = con.execute(table.select_sql(columns, ordered=True))
+    with open(folder / file, "w", encoding="utf-8", newline="") as out:
+        if fmt == "json":
+            keys = [json.dumps(c, ensure_ascii=False) + ": " for c in columns]
+            flags = [c in vec for c in columns]
+            out.write("[\n")
+            first = True
+            for row in cursor:
+                body = ", ".join(k + json_value(v, f) for k, v, f in zip(keys, row, flags, strict=True))
+                out.write(("" if first else ",\n") + "{" + body + "}")
+                first = False
+            out.write("\n]\n" if not first else "]\n")
+        else:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(columns)
+            flags = [c in vec for c in columns]
+            for row in cursor:
+                writer.writerow([csv_value(v, f) for v, f in zip(row, flags, strict=True)])
+    meta = table.to_json()
+    meta.update(
+        {
+            "file": f"databases/{store}/{file}",
+            "rows": rows,
+            "exportedColumns": list(columns),
+            "omittedColumns": omitted,
+        }
+    )
+    return meta
+
+
+def _identity_markdown(path: Path, files: list[tuple[str, bytes]]) -> None:
+    """The identity files in one document, each under its own `##` heading with its headings
+    moved two levels down to nest below it."""
+    lines = ["# Identity", ""]
+    if not files:
+        lines.append("No identity files were found.")
+    for logical, data in files:
+        name = logical.split("/", 1)[-1]
+        lines += [f"## {name}", "", f"_Copy: [files/{logical}](files/{logical})_", ""]
+        text = data.decode("utf-8", errors="replace")
+        if name.endswith(".md"):
+            for line in text.splitlines():
+                if line.startswith("#"):
+                    hashes = len(line) - len(line.lstrip("#"))
+                    line = "#" * min(6, hashes + 2) + line[hashes:]
+                lines.append(line)
+        else:
+            lines += ["```", text.rstrip("\n"), "```"]
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def migration_guide(result: ExportResult, source: Source) -> str:
+    """MIGRATION.md: what the export holds, which secrets to set again, how to import it."""
+    origin = "live stores" if source.kind == "live" else f"snapshot {source.info.get('name')}"
+    lines = [
+        "# Migrating this agent to another machine",
+        "",
+        f"Exported by Phoenix {__version__} from the {origin}"
+        f" of `{source.info.get('workspace')}`, in {result.format} format"
+        + (", with embedding vectors." if result.vectors else ", without embedding vectors."),
+        "",
+        "## What is in it",
+        "",
+    ]
+    for db in result.databases:
+        rows = sum(db.tables.values())
+        lines.append(f"- `{db.path}` ({db.kind}): {len(db.tables)} tables, {rows} rows")
+    lines.append(f"- {len(result.files)} identity, memory and config files below `files/`")
+    lines += ["", "## Secrets that were removed", ""]
+    if result.redactions:
+        lines.append("These values were replaced by `REDACTED`. Set each one again on the new machine:")
+        lines.append("")
+        lines.append("| file | line | key | kind |")
+        lines.append("|---|---|---|---|")
+        for r in result.redactions:
+            lines.append(f"| `{r.file}` | {r.line} | {('`' + r.key + '`') if r.key else '—'} | {r.kind} |")
+    else:
+        lines.append("No secrets were found in the config and env files.")
+    lines += [
+        "",
+        "## Steps",
+        "",
+        "1. Install Phoenix on the new machine and run `phx init --workspace ~/argent` "
+        "(or write `~/.argentos/backup.json`).",
+        "2. Check the export: `phx import DIR --dry-run` verifies `checksums.json` and shows what would be merged.",
+        "3. Merge the memory stores: `phx import DIR --conflict-mode skip --force` (use `update` to let the export "
+        "win over rows that already exist).",
+        "4. Copy the files below `files/workspace/` into the workspace and `files/home/` into the home folder.",
+        "5. Put the secrets listed above back into the config files (or into environment variables).",
+        "6. Start the agent and check that memory search finds recent memories; full-text indexes are rebuilt by the "
+        "import, sqlite-vec indexes are rebuilt by the agent.",
+        "7. Run `phx backup` to take the first snapshot on the new machine.",
+    ]
+    if not result.vectors:
+        lines += ["", "This export holds no embedding vectors: re-embed the memories on the new machine."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,147 @@
+"""`phx forget`: apply the retention policy (ops/retention.py) on every target, saying why each
+snapshot is kept. Only snapshot objects are deleted; `prune` frees the data they alone used.
+
+Each target applies the same policy to its own snapshots (DESIGN §8), so a snapshot forgotten
+on one target is forgotten on all of them and replication never brings it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, PhoenixError, RetentionRefused, UsageError
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository
+from phoenix_backup.ops.retention import Plan, Policy, apply_policy
+from phoenix_backup.repo.repository import Repository
+
+# -- targets ------------------------------------------------------------------------------
+
+
+def target_names(cfg: Config, *, only: str | None = None) -> list[str]:
+    """The targets retention and prune apply to: every enabled one in config order; `only` picks one."""
+    names = enabled_targets(cfg)
+    if only is None:
+        return names
+    if only not in names:
+        enabled = ", ".join(names) or "none"
+        raise UsageError(f"target {only!r} is not an enabled target (enabled: {enabled}); pick one of those")
+    return [only]
+
+
+def open_target(cfg: Config, envx: Environment, name: str) -> Repository:
+    return open_repository(cfg, envx, target=name)
+
+
+def publish_changes(repo: Repository, message: str) -> None:
+    """Record deletions as one unit and send it on (Git: a commit, then a push when autoCommit);
+    stores whose writes are final at once do nothing."""
+    if repo.backend.checkpoint(message):
+        repo.backend.publish()
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+@dataclass
+class TargetForget:
+    target: str
+    ok: bool = True
+    error: str | None = None
+    plan: Plan | None = None
+    removed: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        plan = self.plan
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "keep": len(plan.keep) if plan else 0,
+            "remove": len(plan.remove) if plan else 0,
+            "removed": self.removed,
+            "snapshots": [d.to_json() for d in plan.decisions] if plan else [],
+            "notices": self.notices,
+        }
+
+
+@dataclass
+class ForgetResult:
+    dry_run: bool
+    policy: Policy
+    targets: dict[str, TargetForget]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.targets.values())
+
+    @property
+    def removed(self) -> int:
+        return sum(len(t.removed) for t in self.targets.values())
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        if self.ok:
+            return ExitStatus.OK
+        return ExitStatus.PARTIAL if any(t.ok for t in self.targets.values()) else ExitStatus.FAILURE
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "dryRun": self.dry_run,
+            "policy": self.policy.to_json(),
+            "description": self.policy.describe(),
+            "targets": {name: t.to_json() for name, t in self.targets.items()},
+        }
+
+
+# -- the use case -------------------------------------------------------------------------
+
+
+def forget(
+    cfg: Config,
+    envx: Environment,
+    *,
+    dry_run: bool = False,
+    target: str | None = None,
+    now: datetime | None = None,
+) -> ForgetResult:
+    policy = Policy.from_config(cfg.retention)
+    result = ForgetResult(dry_run, policy, {})
+    when = now or datetime.now(UTC)
+    for name in target_names(cfg, only=target):
+        report = TargetForget(name)
+        try:
+            repo = open_target(cfg, envx, name)
+            try:
+                forget_repository(repo, policy, report, dry_run=dry_run, now=when)
+            finally:
+                repo.close()
+        except RetentionRefused:
+            raise  # the same policy would be refused on every target: say so once
+        except PhoenixError as exc:
+            report.ok = False
+            report.error = str(exc)
+        result.targets[name] = report
+    return result
+
+
+def forget_repository(
+    repo: Repository, policy: Policy, report: TargetForget, *, dry_run: bool, now: datetime
+) -> TargetForget:
+    """Decide on every snapshot of `repo` and, unless `dry_run`, delete those not kept."""
+    # Forget deletes snapshot objects: exclusive, like restic, so no backup picks a parent that
+    # is being removed. A dry run only reads.
+    with repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"):
+        snapshots = repo.list_snapshots()
+        for name, problem in sorted(repo.problems.snapshots.items()):
+            report.notices.append(f"{name} cannot be read and was left alone: {problem}")
+        report.plan = apply_policy(snapshots, policy, now)
+        if not dry_run:
+            for decision in report.plan.remove:
+                repo.delete_snapshot(decision.snapshot.id)
+                report.removed.append(decision.snapshot.id)
+    if report.removed:
+        publish_changes(repo, f"phoenix forget: {len(report.removed)} snapshot(s) removed")
+    return report

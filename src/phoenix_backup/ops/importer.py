@@ -1,0 +1,171 @@
+"""`phx import DIR`: merge a JSON export back into the live stores.
+
+Order of work: `checksums.json` is verified first (a damaged or edited export imports nothing),
+then `metadata.json` is read, then — after a confirmation, unless `force` or `dry_run` — each
+store is merged by primary key in one transaction of its own (`ops/merge.py`). Stores are found
+through their logical paths (`home/.argentos/memory.db`), so an export made on one machine merges
+into the stores of another user or machine. Only JSON exports can be imported: CSV cannot tell
+NULL from an empty string and Markdown is for people.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ChecksumMismatch, NotAnExport, UnsafePath, UsageError
+from phoenix_backup.memory.checksums import verify_checksums
+from phoenix_backup.memory.schema import SchemaStatement, TableInfo
+from phoenix_backup.memory.values import SqlValue, from_json
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
+from phoenix_backup.ops.merge import ConflictMode, MergeResult, confirm_merge, merge_database
+from phoenix_backup.sources.layout import Layout
+
+_CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
+
+
+class ExportRowSource:
+    """One store of a JSON export: its schema statements, tables and rows (streamed)."""
+
+    def __init__(self, folder: Path, db: dict[str, Any]) -> None:
+        self.folder = folder
+        self.logical = str(db["path"])
+        self._statements = [SchemaStatement.from_json(s) for s in db.get("schema", [])]
+        for s in self._statements:
+            if s.type not in ("table", "index", "view", "trigger") or not _CREATE.match(s.sql):
+                raise NotAnExport(
+                    f"the export's schema for {self.logical} holds a statement that is not a CREATE ({s.name}); "
+                    "import only exports written by `phx export`"
+                )
+        self._tables: list[TableInfo] = []
+        self._files: dict[str, Path] = {}
+        for t in db.get("tableFiles", []):
+            info = TableInfo.from_json(t)
+            columns = tuple(str(c) for c in t.get("exportedColumns", info.columns))
+            info = TableInfo(info.name, columns, info.key, info.sql, info.virtual, info.vector_columns)
+            path = (folder / str(t["file"])).resolve()
+            if not path.is_relative_to(folder.resolve()):
+                raise NotAnExport(f"the export names a table file outside its folder ({t['file']}); import refused")
+            self._tables.append(info)
+            self._files[info.name] = path
+
+    @property
+    def statements(self) -> list[SchemaStatement]:
+        return self._statements
+
+    @property
+    def tables(self) -> list[TableInfo]:
+        return self._tables
+
+    def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
+        path = self._files[table.name]
+        columns = table.columns
+        try:
+            for obj in _json_objects(path):
+                yield tuple(from_json(obj.get(c)) for c in columns)
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise NotAnExport(f"{path.name} of the export cannot be read ({exc}); export again") from exc
+
+
+def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
+    """The row objects of a table file, one line at a time as `phx export` writes them (`[`, one
+    object per line, `]`); a file reformatted by hand is read whole instead."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+        if first.strip() != "[":
+            f.seek(0)
+            doc = json.load(f)
+            if not isinstance(doc, list):
+                raise ValueError("a table file must hold a JSON array")
+            yield from doc
+            return
+        for number, line in enumerate(f, start=2):
+            text = line.strip().removesuffix(",")
+            if text in ("", "]"):
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {number}: {exc.msg}") from exc
+            if not isinstance(obj, dict):
+                raise ValueError(f"line {number} is not a row object")
+            yield obj
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    path = folder / "metadata.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotAnExport(f"{folder} holds no metadata.json; give the folder `phx export` wrote") from None
+    except (OSError, ValueError) as exc:
+        raise NotAnExport(f"{path} cannot be read ({exc}); export again") from exc
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT_NAME:
+        raise NotAnExport(f"{folder} is not a Phoenix memory export; give the folder `phx export` wrote")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > EXPORT_VERSION:
+        raise NotAnExport(
+            f"{folder} was written by a newer Phoenix (export version {version}); upgrade phoenix-backup to import it"
+        )
+    return meta
+
+
+def import_export(
+    cfg: Config,
+    envx: Environment,
+    *,
+    folder: Path,
+    conflict_mode: ConflictMode = "skip",
+    dry_run: bool = False,
+    force: bool = False,
+) -> MergeResult:
+    folder = folder.absolute()
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder; give the folder `phx export --format json` wrote")
+    report = verify_checksums(folder)
+    if not report.ok:
+        shown = "; ".join(report.problems[:3]) + (
+            f"; and {len(report.problems) - 3} more" if len(report.problems) > 3 else ""
+        )
+        raise ChecksumMismatch(
+            f"the export in {folder} does not match its checksums.json ({shown}); nothing was imported — "
+            "copy the export again or export anew"
+        )
+    meta = read_metadata(folder)
+    fmt = meta.get("exportFormat")
+    if fmt != "json":
+        raise NotAnExport(
+            f"{folder} is a {fmt} export, which is for reading, not importing; import an export made with --format json"
+        )
+    result = MergeResult(str(folder), "export", conflict_mode, dry_run, name=str(meta.get("time", "")))
+    result.checked_files = report.checked
+    if not meta.get("vectors", True):
+        result.warnings.append(
+            "this export holds no embedding vectors: restored rows have none, existing rows keep theirs"
+        )
+    if meta.get("sanitized"):
+        result.warnings.append("this export was sanitized: config files in it hold REDACTED in place of secrets")
+    sources = [ExportRowSource(folder, db) for db in meta.get("databases", [])]
+    layout = Layout(cfg.workspace, envx.home)
+    targets: list[Path] = []
+    for src in sources:
+        try:
+            targets.append(layout.to_real(src.logical))
+        except UnsafePath as exc:
+            raise NotAnExport(f"the export names an unsafe store path {src.logical!r}; import refused") from exc
+    if not dry_run and not force and sources:
+        rows = sum(int(t.get("rows", 0)) for db in meta.get("databases", []) for t in db.get("tableFiles", []))
+        confirm_merge(
+            envx,
+            f"Merge {rows} rows of {len(sources)} store(s) from {folder} into the live stores "
+            f"(conflict mode {conflict_mode})?",
+            "--force",
+        )
+    for src, target in zip(sources, targets, strict=True):
+        result.databases.append(merge_database(src, src.logical, target, mode=conflict_mode, dry_run=dry_run))
+    return result

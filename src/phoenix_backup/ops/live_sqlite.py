@@ -1,0 +1,256 @@
+"""SQLite databases in place: probing the live database, applying a restored copy into it through
+the online backup API, checking it afterwards, and the row deltas of a dry run.
+
+Why the backup API and not a rename: a connection the agent still holds open keeps reading the
+inode it opened, so a renamed-in file stays invisible to it (and its next write lands in a file
+no one will see again). Writing through SQLite's own pager and locks instead changes the database
+those connections use, in one transaction: a crash leaves the old or the new content, never a mix.
+An idle connection holds no lock, so "is it open?" cannot be asked reliably: the backup API is used
+whenever the live database exists and can be read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from phoenix_backup.errors import RestoreError
+from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, sqlite_uri
+
+SQLITE_MAGIC = b"SQLite format 3\0"
+COMPANIONS = ("-wal", "-shm", "-journal")
+_VIRTUAL = re.compile(r"CREATE\s+VIRTUAL\s+TABLE\b", re.IGNORECASE)
+_USING = re.compile(r"\bUSING\s+([A-Za-z0-9_]+)", re.IGNORECASE)
+_WITHOUT_ROWID = re.compile(r"\bWITHOUT\s+ROWID\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LiveDb:
+    """What is at a database's place right now."""
+
+    exists: bool
+    readable: bool
+    reason: str = ""  # why it is not readable
+    page_size: int = 0
+    wal: bool = False  # the header says WAL mode
+
+
+def probe(path: str) -> LiveDb:
+    """Is there a live database at `path` that SQLite can open and read? Never follows a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return LiveDb(False, False, "absent")
+    except OSError as exc:
+        return LiveDb(True, False, exc.strerror or str(exc))
+    try:
+        if not _is_regular(fd):
+            return LiveDb(True, False, "not a regular file")
+        header = os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        return LiveDb(True, False, "not an SQLite database")
+    raw = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if raw == 1 else raw
+    wal = header[18] == 2 and header[19] == 2
+    try:
+        con = sqlite3.connect(sqlite_uri(path, "mode=ro" if _has_companion(path) else "mode=ro&immutable=1"), uri=True)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return LiveDb(True, False, str(exc), page_size, wal)
+    return LiveDb(True, True, "", page_size, wal)
+
+
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def _has_companion(path: str) -> bool:
+    return any(os.path.lexists(path + s) for s in ("-wal", "-journal"))
+
+
+def page_size_problem(logical: str, live: LiveDb, copy_page_size: int, real: str) -> str | None:
+    """The backup API cannot change the page size of a database in WAL mode: say what to do."""
+    if not (live.readable and live.wal and copy_page_size and live.page_size != copy_page_size):
+        return None
+    return (
+        f"{logical} uses {live.page_size}-byte pages in WAL mode but the snapshot's copy has {copy_page_size}-byte "
+        "pages, and SQLite cannot overwrite a live WAL database with another page size; stop everything that uses "
+        f"it and run `sqlite3 {real} 'PRAGMA journal_mode=DELETE'` (or move the database aside), then restore again"
+    )
+
+
+def apply_copy(copy: str, live: str, logical: str) -> None:
+    """Copy the checked restored copy into the live database through the backup API."""
+    src = sqlite3.connect(sqlite_uri(copy, "mode=ro&immutable=1"), uri=True)
+    try:
+        dst = sqlite3.connect(live, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            dst.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+
+            def progress(_status: int, _remaining: int, _total: int) -> None:
+                # Python retries a busy step forever; a writer that never lets go must not hang us.
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{logical} stayed locked by another process")
+
+            src.backup(dst, pages=-1, progress=progress)
+        finally:
+            dst.close()
+    except (sqlite3.Error, TimeoutError) as exc:
+        raise RestoreError(
+            f"cannot write the restored {logical} into the live database ({exc}); it is unchanged — stop the "
+            "processes that use it (or configure gateway.stop) and restore again"
+        ) from exc
+    finally:
+        src.close()
+
+
+@dataclass(frozen=True)
+class LiveCheck:
+    integrity: str
+    fts: dict[str, str]  # FTS5 table -> "ok" or the problem
+
+
+def check_live(path: str) -> LiveCheck:
+    """`PRAGMA integrity_check`, then FTS5's own `integrity-check` on every FTS5 table."""
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
+        integrity = "ok" if rows == ["ok"] else "; ".join(rows[:5])
+        fts: dict[str, str] = {}
+        for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type='table'").fetchall():
+            text = (sql or "").lstrip()
+            if not _VIRTUAL.match(text) or _module(text) != "fts5":
+                continue
+            q = _quote(name)
+            try:
+                con.execute(f"INSERT INTO {q}({q}) VALUES('integrity-check')")
+                fts[name] = "ok"
+            except sqlite3.Error as exc:
+                fts[name] = str(exc)
+        con.commit()
+    except sqlite3.Error as exc:
+        return LiveCheck(f"cannot be checked: {exc}", {})
+    finally:
+        con.close()
+    return LiveCheck(integrity, fts)
+
+
+def remove_companions(dir_fd: int, name: str) -> None:
+    """Stale -wal/-shm/-journal belong to the file being replaced: SQLite would apply them to the new one."""
+    for suffix in COMPANIONS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name + suffix, dir_fd=dir_fd)
+
+
+# -- dry run: row deltas -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableDelta:
+    added: int
+    removed: int
+    changed: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"added": self.added, "removed": self.removed, "changed": self.changed}
+
+
+def row_deltas(snapshot_copy: str, live: str) -> dict[str, TableDelta]:
+    """Rows the restore would add, remove and change per table, matched by primary key (or rowid).
+
+    Virtual tables and their shadow tables are left out: they are indexes of real tables. Both
+    databases are only read; the live one is opened `immutable` when no journal or WAL is beside it
+    (a read-only open of a WAL database would otherwise leave -wal/-shm files behind).
+    """
+    con = sqlite3.connect(sqlite_uri(snapshot_copy, "mode=ro&immutable=1"), uri=True)
+    try:
+        query = "mode=ro" if _has_companion(live) else "mode=ro&immutable=1"
+        con.execute("ATTACH DATABASE ? AS live", (sqlite_uri(live, query),))
+        snap_tables = _tables(con, "main")
+        live_tables = _tables(con, "live")
+        out: dict[str, TableDelta] = {}
+        for name in sorted(set(snap_tables) | set(live_tables)):
+            q = _quote(name)
+            if name not in live_tables:
+                out[name] = TableDelta(_count(con, f"main.{q}"), 0, 0)
+            elif name not in snap_tables:
+                out[name] = TableDelta(0, _count(con, f"live.{q}"), 0)
+            else:
+                out[name] = _delta(con, name, snap_tables[name], live_tables[name])
+        return out
+    finally:
+        con.close()
+
+
+def _tables(con: sqlite3.Connection, schema: str) -> dict[str, tuple[list[str], list[str]]]:
+    """Real tables of `schema`: name -> (columns, key columns; empty = rowid)."""
+    rows = con.execute(
+        f"SELECT name, sql FROM {schema}.sqlite_master WHERE type='table' AND substr(name, 1, 7) <> 'sqlite_'"
+    ).fetchall()
+    virtual = [n for n, sql in rows if _VIRTUAL.match((sql or "").lstrip())]
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for name, sql in rows:
+        if name in virtual or any(name.startswith(v + "_") for v in virtual):
+            continue
+        info = con.execute(f"PRAGMA {schema}.table_info({_quote(name)})").fetchall()
+        columns = [str(r[1]) for r in info]
+        pk = [str(r[1]) for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
+        if not _WITHOUT_ROWID.search(sql or "") and len(pk) == 1 and _is_rowid_alias(info, pk[0]):
+            pk = []  # INTEGER PRIMARY KEY is the rowid itself
+        out[name] = (columns, pk)
+    return out
+
+
+def _is_rowid_alias(info: list[tuple[object, ...]], column: str) -> bool:
+    return any(str(r[1]) == column and str(r[2]).upper() == "INTEGER" for r in info)
+
+
+def _delta(
+    con: sqlite3.Connection, name: str, snap: tuple[list[str], list[str]], live: tuple[list[str], list[str]]
+) -> TableDelta:
+    q = _quote(name)
+    keys = snap[1] if snap[1] == live[1] else []
+    on = " AND ".join(f"l.{_quote(k)} IS s.{_quote(k)}" for k in keys) if keys else "l.rowid = s.rowid"
+    common = [c for c in snap[0] if c in live[0] and c not in keys]
+    added = _scalar(
+        con, f"SELECT count(*) FROM main.{q} AS s WHERE NOT EXISTS (SELECT 1 FROM live.{q} AS l WHERE {on})"
+    )
+    removed = _scalar(
+        con, f"SELECT count(*) FROM live.{q} AS l WHERE NOT EXISTS (SELECT 1 FROM main.{q} AS s WHERE {on})"
+    )
+    changed = 0
+    if common or snap[0] != live[0]:
+        differs = " OR ".join(f"s.{_quote(c)} IS NOT l.{_quote(c)}" for c in common) or "1"
+        if snap[0] != live[0]:
+            differs = "1"  # other columns: every matched row changes
+        changed = _scalar(con, f"SELECT count(*) FROM main.{q} AS s JOIN live.{q} AS l ON {on} WHERE {differs}")
+    return TableDelta(added, removed, changed)
+
+
+def _count(con: sqlite3.Connection, table: str) -> int:
+    return _scalar(con, f"SELECT count(*) FROM {table}")
+
+
+def _scalar(con: sqlite3.Connection, sql: str) -> int:
+    return int(con.execute(sql).fetchone()[0])
+
+
+def _module(sql: str) -> str:
+    m = _USING.search(sql)
+    return m.group(1).lower() if m else "?"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

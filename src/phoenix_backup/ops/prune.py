@@ -1,0 +1,564 @@
+"""`phx prune`: free the data no snapshot references, on every target.
+
+Under an exclusive lock, prune walks every snapshot's trees to find the blobs in use, then:
+
+1. packs holding no used blob are deleted;
+2. packs that are mostly unreferenced are repacked: their used blobs are copied (still sealed)
+   into new packs, and the old packs deleted (the threshold is below);
+3. leftovers of interrupted backups (packs no index lists) are deleted once they are older than
+   the lock stale age, so a backup that may still be running can never lose what it wrote.
+
+The order is what makes a crash harmless at any point: new packs first, then one new index object
+that lists every pack still needed and names the index objects it supersedes, then the old index
+objects are deleted, and packs last. Before the new index exists the old one is complete; after,
+the new one is. Deleted packs are never referenced by a live index.
+
+Repack threshold. A pack is repacked when at least REPACK_MOSTLY_UNUSED (half) of its bytes are
+unreferenced: copying its used part then costs at most one byte written per byte freed, which keeps
+prune cheap on S3/R2 (every repack is a download and an upload) and on Git (where a rewritten pack
+stays in history forever). As a bound on waste, when the unreferenced bytes left in kept packs
+would still exceed MAX_UNUSED_FRACTION (10%) of the repository, further packs are repacked, the
+most unreferenced first, until they do not. restic's default bound is 5%; Phoenix's packs are
+large (16 MiB) next to a small workspace repository, so 5% would rewrite a whole pack on nearly
+every prune to free a few hundred kilobytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import (
+    CorruptObject,
+    ExitStatus,
+    ObjectNotFound,
+    PhoenixError,
+    RepositoryError,
+    RepositoryLocked,
+)
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.forget import open_target, publish_changes, target_names
+from phoenix_backup.repo.locks import STALE_SECONDS
+from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.base import ObjectInfo
+
+REPACK_MOSTLY_UNUSED = 0.5
+MAX_UNUSED_FRACTION = 0.10
+# Leftovers younger than this may belong to a backup that is still running (its lock refreshed
+# within the stale age): they are kept.
+LEFTOVER_MIN_AGE = STALE_SECONDS
+# After a backup, prune runs at most this often (it reads every tree; forget is cheap).
+AUTO_PRUNE_INTERVAL = 24 * 3600
+# Storage classes a pack cannot be read from without a thaw, and the minimum storage periods
+# (days) during which rewriting a pack is charged as if it had stayed (S3 pricing).
+_NEEDS_THAW = ("GLACIER", "DEEP_ARCHIVE")
+_MIN_DAYS = {"STANDARD_IA": 30, "ONEZONE_IA": 30, "GLACIER_IR": 90, "GLACIER": 90, "DEEP_ARCHIVE": 180}
+
+
+@dataclass
+class PackUse:
+    pack_id: str
+    size: int
+    entries: list[PackEntry]
+    used: list[PackEntry] = field(default_factory=list)
+    info: ObjectInfo | None = None
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.stored for e in self.used)
+
+    @property
+    def unused_bytes(self) -> int:
+        return max(0, self.size - self.used_bytes)
+
+    @property
+    def unused_ratio(self) -> float:
+        return self.unused_bytes / self.size if self.size else 1.0
+
+
+@dataclass
+class TargetPrune:
+    """What prune did (or, in a dry run, would do) on one target."""
+
+    target: str
+    ok: bool = True
+    error: str | None = None
+    snapshots: int = 0
+    packs_before: int = 0
+    bytes_before: int = 0
+    deleted_packs: int = 0
+    repacked_packs: int = 0
+    leftover_packs: int = 0
+    young_leftovers: int = 0
+    temporary_files: int = 0
+    bytes_freed: int = 0
+    bytes_written: int = 0
+    indexes_replaced: int = 0
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_after(self) -> int:
+        return self.bytes_before - self.bytes_freed + self.bytes_written
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "snapshots": self.snapshots,
+            "packs": {
+                "before": self.packs_before,
+                "deleted": self.deleted_packs,
+                "repacked": self.repacked_packs,
+                "leftovers": self.leftover_packs,
+                "youngLeftoversKept": self.young_leftovers,
+            },
+            "temporaryFiles": self.temporary_files,
+            "bytes": {
+                "before": self.bytes_before,
+                "freed": self.bytes_freed,
+                "written": self.bytes_written,
+                "after": self.bytes_after,
+            },
+            "indexesReplaced": self.indexes_replaced,
+            "notices": self.notices,
+        }
+
+
+@dataclass
+class PruneResult:
+    dry_run: bool
+    targets: dict[str, TargetPrune]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.targets.values())
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        if self.ok:
+            return ExitStatus.OK
+        return ExitStatus.PARTIAL if any(t.ok for t in self.targets.values()) else ExitStatus.FAILURE
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "dryRun": self.dry_run,
+            "freed": sum(t.bytes_freed - t.bytes_written for t in self.targets.values()),
+            "targets": {name: t.to_json() for name, t in self.targets.items()},
+        }
+
+
+# -- the record of leftovers and of the last prune (the state folder) ----------------------
+
+
+class PruneState:
+    """`~/.argentos/backup/prune.json`: per repository and target, when prune last ran and when
+    it first saw each leftover whose store does not say how old it is. Losing the file only
+    delays the removal of leftovers; it never makes prune delete anything sooner."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
+
+    @classmethod
+    def for_home(cls, home: Path) -> PruneState:
+        return cls(home / ".argentos" / "backup" / "prune.json")
+
+    def entry(self, key: str) -> dict[str, Any]:
+        entry = self.data.setdefault(key, {})
+        if not isinstance(entry, dict):
+            entry = self.data[key] = {}
+        return entry
+
+    def last_prune(self, key: str) -> float | None:
+        value = self.entry(key).get("lastPrune")
+        return float(value) if isinstance(value, int | float) else None
+
+    def save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.path.with_name(f".prune.json.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # only an accelerator of leftover removal and of the daily rhythm
+
+
+def state_key(repo: Repository, target: str) -> str:
+    return f"{repo.config.id}/{target}"
+
+
+# -- the use case -------------------------------------------------------------------------
+
+
+def prune(cfg: Config, envx: Environment, *, dry_run: bool = False, target: str | None = None) -> PruneResult:
+    """Prune every enabled target (or one), each under its own exclusive lock."""
+    state = PruneState.for_home(envx.home)
+    result = PruneResult(dry_run, {})
+    for name in target_names(cfg, only=target):
+        report = TargetPrune(name)
+        try:
+            repo = open_target(cfg, envx, name)
+            try:
+                prune_repository(repo, report, dry_run=dry_run, state=state, now=time.time())
+            finally:
+                repo.close()
+        except PhoenixError as exc:
+            report.ok = False
+            report.error = str(exc)
+        result.targets[name] = report
+    if not dry_run:
+        state.save()
+    return result
+
+
+def prune_repository(
+    repo: Repository, report: TargetPrune, *, dry_run: bool, state: PruneState, now: float
+) -> TargetPrune:
+    # A dry run changes nothing, so a shared lock is enough and it may run beside a backup.
+    with repo.lock(exclusive=not dry_run, command="prune --dry-run" if dry_run else "prune"):
+        _prune_locked(repo, report, dry_run=dry_run, state=state, now=now)
+    if not dry_run:
+        state.entry(state_key(repo, report.target))["lastPrune"] = now
+        if report.deleted_packs or report.repacked_packs or report.leftover_packs or report.indexes_replaced:
+            publish_changes(repo, f"phoenix prune: {report.deleted_packs + report.repacked_packs} pack(s) removed")
+    return report
+
+
+def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state: PruneState, now: float) -> None:
+    objects = repo.read_index_objects()
+    snapshots = repo.list_snapshots()
+    _refuse_if_damaged(repo)
+    report.snapshots = len(snapshots)
+    superseded = {f"index/{s}" for _p, sup in objects.values() for s in sup}
+    live = {name: packs for name, (packs, _sup) in objects.items() if name not in superseded}
+    repo.load_index()  # honours `superseded` the same way
+
+    used = _used_blobs(repo, snapshots)
+    listing = {info.name: info for info in repo.backend.list("data/")}
+    report.packs_before = len(listing)
+    report.bytes_before = sum(i.size for i in listing.values())
+
+    # Every pack a live index lists, with the used blobs it is the chosen home of (a blob stored
+    # twice, e.g. by a crashed run and a later one, is used in one pack only).
+    packs: dict[str, PackUse] = {}
+    home: dict[bytes, str] = {}
+    for name in sorted(live):
+        for pack_id, entries in sorted(live[name].items()):
+            use = packs.setdefault(pack_id, PackUse(pack_id, 0, []))
+            known = {e.id for e in use.entries}
+            use.entries.extend(e for e in entries if e.id not in known)
+    missing_needed = []
+    for pack_id, use in sorted(packs.items()):
+        info = listing.get(pack_name(pack_id))
+        use.info = info
+        use.size = info.size if info is not None else 0
+        for e in use.entries:
+            if e.id in used and e.id not in home and info is not None:
+                home[e.id] = pack_id
+                use.used.append(e)
+    lost = used - home.keys()
+    if lost:
+        missing_needed.extend(sorted(b.hex()[:16] for b in lost)[:5])
+        raise RepositoryError(
+            f"{len(lost)} blob(s) that snapshots need are in no pack (e.g. {', '.join(missing_needed)}); "
+            "prune refuses to run on a damaged repository; run `phx verify` to see what is affected"
+        )
+
+    delete = [u for u in packs.values() if u.info is not None and not u.used]
+    partial = [u for u in packs.values() if u.info is not None and u.used and u.unused_bytes > 0]
+    kept_bytes = sum(u.size for u in packs.values() if u.info is not None and u.used)
+    repack = _choose_repack(partial, report, now, kept_bytes)
+    vanished = [u for u in packs.values() if u.info is None]
+    for u in vanished:
+        report.notices.append(f"{pack_name(u.pack_id)} is listed in the index but absent; no snapshot needs it")
+
+    leftovers, young = _leftovers(repo, report, listing, set(packs), state, now)
+    temporary = _old_temporary_files(repo, now)
+
+    report.deleted_packs = len(delete)
+    report.repacked_packs = len(repack)
+    report.leftover_packs = len(leftovers)
+    report.young_leftovers = young
+    report.temporary_files = len(temporary)
+    report.bytes_freed = sum(u.size for u in delete + repack) + sum(i.size for i in leftovers)
+    report.bytes_written = sum(u.used_bytes for u in repack)  # the new packs' blobs (headers aside)
+    rewrite_index = bool(delete or repack or vanished or superseded & set(objects))
+    report.indexes_replaced = len(objects) if rewrite_index else 0
+    if dry_run:
+        return
+
+    # 1. New packs, durable before anything refers to them.
+    new_packs: dict[str, list[PackEntry]] = {}
+    if repack:
+        new_packs = repo.repack(_sealed_blobs(repo, repack))  # streamed: one old pack in memory at a time
+        report.bytes_written = sum(listing_size(repo, p) for p in new_packs)
+    # 2. One index for everything still needed, superseding every index object read.
+    if rewrite_index:
+        gone = {u.pack_id for u in delete + repack + vanished}
+        keep = {pid: u.entries for pid, u in packs.items() if pid not in gone}
+        keep.update(new_packs)
+        old = sorted(objects)
+        repo.write_index(keep, [n.split("/")[-1] for n in old])
+        # 3. The old index objects: the new one lists everything they list that is still needed.
+        for name in old:
+            repo.backend.delete(name)
+    # 4. Packs last: nothing live refers to them any more.
+    for u in delete + repack:
+        repo.backend.delete(pack_name(u.pack_id))
+    for info in leftovers:
+        repo.backend.delete(info.name)
+    for path in temporary:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    with contextlib.suppress(PhoenixError):
+        repo.backend.abort_abandoned_uploads(everything=False)
+    if leftovers:
+        seen = state.entry(state_key(repo, report.target)).get("seen", {})
+        for info in leftovers:
+            seen.pop(info.name, None)
+
+
+def listing_size(repo: Repository, pack_id: str) -> int:
+    info = repo.backend.stat(pack_name(pack_id))
+    return info.size if info is not None else 0
+
+
+def _refuse_if_damaged(repo: Repository) -> None:
+    """Prune decides what is garbage from what it can read: an unreadable snapshot's data would
+    look unreferenced, and an unreadable index hides where blobs live. It refuses instead."""
+    problems = {**repo.problems.snapshots, **repo.problems.index}
+    if problems:
+        first = sorted(problems)[0]
+        raise RepositoryError(
+            f"{len(problems)} snapshot or index object(s) cannot be read (first: {first}); prune would "
+            "delete data they may need, so it refuses; run `phx verify` to see what is damaged"
+        )
+
+
+def _used_blobs(repo: Repository, snapshots: list[Any]) -> set[bytes]:
+    used: set[bytes] = set()
+    stack = [s.tree for s in snapshots]
+    while stack:
+        tree_id = stack.pop()
+        if tree_id in used:
+            continue
+        used.add(tree_id)
+        try:
+            nodes = repo.load_tree(tree_id)
+        except (CorruptObject, ObjectNotFound) as exc:
+            raise RepositoryError(
+                f"tree {tree_id.hex()[:16]} cannot be read ({exc}); prune refuses to run on a damaged "
+                "repository; run `phx verify` to see what is affected"
+            ) from exc
+        for node in nodes:
+            if node.subtree is not None:
+                stack.append(node.subtree)
+            used.update(ext.blob for ext in node.content)
+    return used
+
+
+def _choose_repack(partial: list[PackUse], report: TargetPrune, now: float, kept_bytes: int) -> list[PackUse]:
+    """Packs at least half unreferenced; then the most unreferenced others while the waste left in
+    kept packs exceeds MAX_UNUSED_FRACTION of what the repository keeps."""
+    candidates = []
+    for u in partial:
+        reason = _cannot_repack(u, now)
+        if reason:
+            report.notices.append(f"{pack_name(u.pack_id)} is {u.unused_ratio:.0%} unreferenced but {reason}")
+        else:
+            candidates.append(u)
+    candidates.sort(key=lambda u: (-u.unused_ratio, u.pack_id))
+    total = kept_bytes
+    waste = sum(u.unused_bytes for u in partial)
+    chosen = []
+    for u in candidates:
+        if u.unused_ratio >= REPACK_MOSTLY_UNUSED or waste > MAX_UNUSED_FRACTION * total:
+            chosen.append(u)
+            waste -= u.unused_bytes
+            total -= u.unused_bytes
+    return chosen
+
+
+def _cannot_repack(u: PackUse, now: float) -> str | None:
+    info = u.info
+    if info is None or info.storage_class is None:
+        return None
+    if info.storage_class in _NEEDS_THAW:
+        return f"is in {info.storage_class} (reading it needs a thaw); it stays until it is entirely unused"
+    days = _MIN_DAYS.get(info.storage_class)
+    if days and info.modified is not None and now - info.modified < days * 86400:
+        return f"is within the {days}-day minimum storage period of {info.storage_class}"
+    return None
+
+
+def _sealed_blobs(repo: Repository, packs: list[PackUse]) -> Iterator[tuple[PackEntry, bytes]]:
+    """The used blobs of `packs`, still sealed, checked on the way (a damaged blob must fail the
+    prune before its only copy is replaced, not be copied on)."""
+    for u in packs:
+        data = repo.backend.read(pack_name(u.pack_id))
+        for e in sorted(u.used, key=lambda e: e.offset):
+            sealed = data[e.offset : e.offset + e.stored]
+            repo.sealer.open(sealed, blob_aad(e.type, e.id), f"blob {e.id.hex()[:16]} in {pack_name(u.pack_id)}")
+            yield e, sealed
+
+
+def _leftovers(
+    repo: Repository,
+    report: TargetPrune,
+    listing: dict[str, ObjectInfo],
+    indexed: set[str],
+    state: PruneState,
+    now: float,
+) -> tuple[list[ObjectInfo], int]:
+    """Packs no live index lists, old enough to delete; and how many are kept for being young."""
+    entry = state.entry(state_key(repo, report.target))
+    seen = entry.setdefault("seen", {})
+    if not isinstance(seen, dict):
+        seen = entry["seen"] = {}
+    old: list[ObjectInfo] = []
+    young = 0
+    current = set()
+    for name, info in sorted(listing.items()):
+        if name.split("/")[-1] in indexed:
+            continue
+        current.add(name)
+        # The store's own modification time when it has one; else when prune first saw it.
+        born = info.modified if info.modified is not None else float(seen.setdefault(name, now))
+        if now - born >= LEFTOVER_MIN_AGE:
+            old.append(info)
+        else:
+            young += 1
+    for name in list(seen):
+        if name not in current:
+            del seen[name]
+    if young:
+        report.notices.append(
+            f"{young} unindexed pack(s) younger than {LEFTOVER_MIN_AGE // 60} minutes were kept: they may "
+            "belong to a backup that is still running (a later prune removes them)"
+        )
+    return old, young
+
+
+def _old_temporary_files(repo: Repository, now: float) -> list[Path]:
+    """Temporary files of interrupted writes on a local store, older than the lock stale age.
+    Only a local store has them (remote PUTs are atomic); they are not objects, so the storage
+    interface cannot name them and they are removed by path."""
+    root = Path(repo.backend.location)
+    out = []
+    for rel in repo.backend.list_temporary():
+        path = root / rel
+        try:
+            if now - path.lstat().st_mtime >= LEFTOVER_MIN_AGE:
+                out.append(path)
+        except OSError:
+            continue
+    return out
+
+
+def prune_due(state: PruneState, repo: Repository, target: str, now: float) -> bool:
+    last = state.last_prune(state_key(repo, target))
+    return last is None or now - last >= AUTO_PRUNE_INTERVAL
+
+
+# -- after a backup -----------------------------------------------------------------------
+
+
+@dataclass
+class RetentionOutcome:
+    """What retention did after a backup: forget on every target, prune when due."""
+
+    skipped: str | None = None
+    forgotten: dict[str, int] = field(default_factory=dict)
+    pruned: dict[str, int] = field(default_factory=dict)  # target -> bytes freed
+    prune_skipped: str | None = None
+    busy: list[str] = field(default_factory=list)  # targets skipped because another process held a lock
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "skipped": self.skipped,
+            "forgotten": self.forgotten,
+            "pruned": self.pruned,
+            "pruneSkipped": self.prune_skipped,
+            "busy": self.busy,
+            "errors": self.errors,
+        }
+
+
+def retention_after_backup(
+    cfg: Config, envx: Environment, first: Repository, outcomes: dict[str, Any], *, now: float | None = None
+) -> RetentionOutcome:
+    """Forget (and prune, when `retention.prune` and the last prune is a day old) on every target,
+    only when the backup reached every target: a target that missed the snapshot would otherwise
+    forget by a different history. Replicas are opened with the first target's keys (they hold
+    the same repository), so nothing is asked twice."""
+    from phoenix_backup.ops.forget import TargetForget, forget_repository
+    from phoenix_backup.ops.retention import Policy
+
+    out = RetentionOutcome()
+    failed = sorted(name for name, o in outcomes.items() if not getattr(o, "ok", False))
+    if failed:
+        out.skipped = f"not every target received the snapshot (failed: {', '.join(failed)})"
+        return out
+    policy = Policy.from_config(cfg.retention)
+    moment = time.time() if now is None else now
+    state = PruneState.for_home(envx.home)
+    first_name = next(iter(outcomes), None)
+    for name in outcomes:
+        repo: Repository | None = None
+        try:
+            repo = first if name == first_name else _replica(cfg, envx, first, name)
+            if not policy.empty:
+                report = TargetForget(name)
+                forget_repository(repo, policy, report, dry_run=False, now=datetime.fromtimestamp(moment, UTC))
+                out.forgotten[name] = len(report.removed)
+            if not cfg.retention.prune:
+                out.prune_skipped = "retention.prune is false"
+            elif not prune_due(state, repo, name, moment):
+                out.prune_skipped = "the last prune ran less than a day ago"
+            else:
+                pruned = prune_repository(repo, TargetPrune(name), dry_run=False, state=state, now=moment)
+                out.pruned[name] = pruned.bytes_freed - pruned.bytes_written
+        except RepositoryLocked as exc:
+            # Another phx (a backup, a restore) is busy there: retention waits for a later backup
+            # rather than failing this one.
+            out.busy.append(name)
+            envx.notice(f"retention on target {name} skipped this time: {exc}")
+        except PhoenixError as exc:
+            out.errors.append(f"retention on target {name} failed: {exc}")
+        finally:
+            if repo is not None and repo is not first:
+                repo.close()
+    state.save()
+    return out
+
+
+def _replica(cfg: Config, envx: Environment, first: Repository, name: str) -> Repository:
+    from phoenix_backup.ops.context import target_backend
+
+    backend = target_backend(cfg, envx, name)
+    config = Repository.read_config(backend)
+    if config.id != first.config.id:
+        raise RepositoryError(
+            f"target {name} holds another repository (id {config.id[:8]}); point targets.{name} at this repository"
+        )
+    return Repository(backend, config, first.secrets, notice=envx.notice)

@@ -1,0 +1,293 @@
+"""Replication and `phx sync`: copy what a target lacks from the first target, snapshots last.
+
+Backups write the first enabled target; every other enabled target is a replica that receives
+the same objects under the same names. For each replica, in its own thread:
+
+1. initialise it on first use: key slots, then `config` (so a half-copied replica is already a
+   valid, openable repository), or check that it holds the same repository (same id);
+2. take a shared lock on it (locks belong to one target and are never copied);
+3. abort multipart uploads that interrupted runs left (all of them when no other process holds
+   a lock there, otherwise those older than a day);
+4. mirror the key slots (a slot removed with `phx key remove/passwd` must stop opening replicas);
+5. copy every index object the replica lacks together with the packs it lists that the replica
+   lacks (several uploads in flight; data packs marked cold for S3's storage class), then those
+   index objects;
+6. only when all of that succeeded, copy the snapshot objects it lacks, oldest first, each
+   followed by a checkpoint (Git: one commit naming the snapshot); then publish (Git: push).
+
+A crash or a failure at any step therefore leaves no replica holding a snapshot whose data is
+missing, and the next run (or `phx sync`) copies what is still missing. Every copied object is
+checked against its name (SHA-256) first, so damage on the first target is never replicated.
+Packs that no index lists (a crashed backup's leftovers, or a running backup's packs) are not
+copied. A failing replica never stops the others: its error is its outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import CorruptObject, ExitStatus, PhoenixError, RepositoryError, UsageError
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.index import INDEX_AAD, decode_index
+from phoenix_backup.repo.locks import LockManager
+from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.repository import RepoConfig, Repository
+from phoenix_backup.state import TargetOutcome
+from phoenix_backup.storage.base import Backend
+
+# Objects copied at once to one replica (each a pack of up to ~24 MiB in memory).
+COPY_WORKERS = 4
+
+
+@dataclass
+class TargetReport:
+    """What replication did to one target."""
+
+    name: str
+    location: str = ""
+    ok: bool = True
+    error: str | None = None
+    initialised: bool = False
+    objects: int = 0  # objects copied (packs, index, snapshots, keys)
+    bytes: int = 0
+    snapshots: int = 0  # snapshot objects copied
+    keys_removed: int = 0
+    uploads_aborted: int = 0
+    seconds: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Bytes per second copied to the target (0 when nothing was copied)."""
+        return self.bytes / self.seconds if self.seconds > 0 and self.bytes else 0.0
+
+    def outcome(self) -> TargetOutcome:
+        return TargetOutcome(self.ok, self.error)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "location": self.location,
+            "initialised": self.initialised,
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "snapshots": self.snapshots,
+            "keysRemoved": self.keys_removed,
+            "uploadsAborted": self.uploads_aborted,
+            "seconds": round(self.seconds, 3),
+            "bytesPerSecond": round(self.throughput),
+        }
+
+
+@dataclass
+class SyncResult:
+    source: str
+    targets: dict[str, TargetReport] = field(default_factory=dict)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        failed = [t for t in self.targets.values() if not t.ok]
+        if not failed:
+            return ExitStatus.OK
+        return ExitStatus.FAILURE if len(failed) == len(self.targets) else ExitStatus.PARTIAL
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": all(t.ok for t in self.targets.values()),
+            "source": self.source,
+            "targets": {k: v.to_json() for k, v in self.targets.items()},
+        }
+
+
+def seed_repository(source: Backend, dest: Backend) -> None:
+    """Make an empty `dest` hold the repository of `source`: key slots first, `config` last, so
+    `dest` counts as a repository only once it can be opened."""
+    dest.create()
+    for info in source.list("keys/"):
+        dest.write(info.name, source.read(info.name))
+    dest.write("config", source.read("config"), exclusive=True)
+
+
+def replicate(repo: Repository, name: str, dest: Backend, envx: Environment) -> TargetReport:
+    """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
+    failures: they are the report's error."""
+    report = TargetReport(name, dest.location)
+    started = time.monotonic()
+    try:
+        _replicate(repo, dest, envx, report)
+    except PhoenixError as exc:
+        report.ok, report.error = False, str(exc)
+    except OSError as exc:  # e.g. the Git clone's folder cannot be written
+        report.ok, report.error = False, f"{exc.strerror or exc} at {dest.location}"
+    finally:
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def _replicate(repo: Repository, dest: Backend, envx: Environment, report: TargetReport) -> None:
+    source = repo.backend
+    if not dest.exists():
+        seed_repository(source, dest)
+        report.initialised = True
+        report.objects += 2
+        envx.notice(f"initialised target {report.name} at {dest.location}")
+    else:
+        theirs = RepoConfig.from_bytes(dest.read("config"), dest.location)
+        if theirs.id != repo.config.id:
+            raise RepositoryError(
+                f"{dest.location} holds another repository (id {theirs.id[:8]}, not {repo.config.id[:8]}); "
+                f"point targets.{report.name} at an empty location or empty it"
+            )
+    locks = LockManager(dest, repo.sealer, envx.notice)
+    with locks.acquire(exclusive=False, command="replicate") as held:
+        # Every writer holds a lock: with no other lock present, every unfinished upload is a
+        # leftover of a killed run. (A writer locking right after this check and starting an
+        # upload before the listing could lose that upload; it then fails and the next sync
+        # copies the object again. Nothing is ever half-written.)
+        alone = all(info.name == held.name for info in locks.all())
+        report.uploads_aborted = dest.abort_abandoned_uploads(everything=alone)
+        _mirror_keys(source, dest, report)
+        present = {info.name for info in dest.list("data/")}
+        present_index = {info.name for info in dest.list("index/")}
+        missing_index = sorted({info.name for info in source.list("index/")} - present_index)
+        packs: dict[str, bool] = {}  # pack object name -> is a data pack (may go cold)
+        for index_name in missing_index:
+            for pack_id, entries in _index_packs(repo, index_name).items():
+                obj = pack_name(pack_id)
+                if obj not in present:
+                    packs[obj] = not entries or entries[0] == BlobType.DATA
+        _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report)
+        _copy_all(source, dest, [(n, False) for n in missing_index], report)
+        have = {info.name for info in dest.list("snapshots/")}
+        for snap in repo.list_snapshots():  # oldest first
+            obj = f"snapshots/{snap.id}"
+            if obj in have:
+                continue
+            _copy_one(source, dest, obj, False, report)
+            report.snapshots += 1
+            dest.checkpoint(f"phoenix snapshot {snap.name} ({snap.id[:8]})")
+        dest.checkpoint("phoenix: sync repository objects")
+    dest.publish()
+
+
+def _mirror_keys(source: Backend, dest: Backend, report: TargetReport) -> None:
+    ours = {info.name for info in source.list("keys/")}
+    theirs = {info.name for info in dest.list("keys/")}
+    for name in sorted(ours - theirs):
+        _copy_one(source, dest, name, False, report)
+    if ours:  # never leave a replica without a slot
+        for name in sorted(theirs - ours):
+            dest.delete(name)
+            report.keys_removed += 1
+
+
+def _index_packs(repo: Repository, name: str) -> dict[str, list[BlobType]]:
+    """The packs an index object lists, with the types of their blobs."""
+    raw = repo.backend.read(name)
+    if sha256_hex(raw) != name.split("/")[-1]:
+        raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
+    packs, _superseded = decode_index(repo.sealer.open(raw, INDEX_AAD, name), name)
+    return {pack_id: [e.type for e in entries] for pack_id, entries in packs.items()}
+
+
+def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
+    data = source.read(name)
+    if (name.startswith(("data/", "index/", "snapshots/"))) and sha256_hex(data) != name.split("/")[-1]:
+        raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
+    dest.write(name, data, cold=cold)
+    with _COUNT_LOCK:
+        report.objects += 1
+        report.bytes += len(data)
+
+
+_COUNT_LOCK = threading.Lock()
+
+
+def _copy_all(source: Backend, dest: Backend, items: list[tuple[str, bool]], report: TargetReport) -> None:
+    """Copy with several uploads in flight; the first failure cancels what has not started."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix=f"phx-copy-{report.name}") as pool:
+        futures: list[Future[None]] = [pool.submit(_copy_one, source, dest, n, cold, report) for n, cold in items]
+        _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for fut in pending:
+            fut.cancel()
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]
+
+
+def replicate_all(
+    repo: Repository, cfg: Config, envx: Environment, *, only: str | None = None
+) -> dict[str, TargetReport]:
+    """Replicate from `repo` (the first target) to every other enabled target (or `only`), all
+    targets in parallel, under a shared lock on the first target so a prune there cannot remove
+    what is being copied."""
+    names = enabled_targets(cfg)[1:]
+    if only is not None:
+        names = [n for n in names if n == only]
+    if not names:
+        return {}
+    reports: dict[str, TargetReport] = {}
+    backends: dict[str, Backend] = {}
+    for name in names:
+        try:
+            backends[name] = target_backend(cfg, envx, name)
+        except PhoenixError as exc:
+            reports[name] = TargetReport(name, ok=False, error=str(exc))
+    try:
+        with repo.lock(exclusive=False, command="replicate"):
+            repo.load_index()
+            with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
+                futures = {name: pool.submit(replicate, repo, name, b, envx) for name, b in backends.items()}
+                for name, fut in futures.items():
+                    reports[name] = fut.result()
+    except PhoenixError as exc:
+        # The first target itself could not be read or locked (say a prune holds it): every
+        # replica missed this round, and a later backup or `phx sync` catches them up.
+        for name in backends:
+            if name not in reports:
+                reports[name] = TargetReport(name, backends[name].location, ok=False, error=str(exc))
+    finally:
+        for b in backends.values():
+            b.close()
+    return {name: reports[name] for name in names}
+
+
+def commit_first_target(repo: Repository, name: str, snapshot_id: str, snapshot_name: str) -> TargetOutcome:
+    """After a backup wrote its snapshot into the first target: a store that records units (Git)
+    commits it, naming the snapshot, and publishes it (push). The snapshot is safe in the store
+    either way; a failed push is the target's error (exit 3), and the next run pushes again."""
+    try:
+        repo.backend.checkpoint(f"phoenix snapshot {snapshot_name} ({snapshot_id[:8]})")
+        repo.backend.publish()
+    except PhoenixError as exc:
+        return TargetOutcome(False, str(exc))
+    return TargetOutcome(True)
+
+
+def sync(cfg: Config, envx: Environment, *, target: str | None = None) -> SyncResult:
+    """`phx sync`: copy what each replica (or `target` alone) lacks from the first target."""
+    names = enabled_targets(cfg)
+    first = names[0]
+    if len(names) == 1:
+        raise UsageError(
+            f"only one target ({first}) is enabled, so there is nothing to sync; enable targets.git, s3 or r2"
+        )
+    if target is not None:
+        if target == first:
+            raise UsageError(
+                f"{first} is the first enabled target, the one sync copies from; name a replica: {', '.join(names[1:])}"
+            )
+        target_backend(cfg, envx, target).close()  # UsageError for an unknown or disabled target
+    repo = open_repository(cfg, envx, target=first)
+    try:
+        reports = replicate_all(repo, cfg, envx, only=target)
+    finally:
+        repo.close()
+    return SyncResult(first, reports)

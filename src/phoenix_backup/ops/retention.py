@@ -1,0 +1,367 @@
+"""The retention policy: which snapshots `forget` keeps, and why (pure: no repository, no clock).
+
+Semantics are restic's `forget` as of 0.16, so a restic user can reason about them:
+
+- Snapshots are grouped by host and scope (a `--memory-only` snapshot never pushes out a full
+  one); `pre-restore` safety snapshots form groups of their own, so an undo record taken after the
+  nightly backup never takes that day's slot from it.
+- Within a group, walking snapshots newest first, each rule (`last`, `hourly`, `daily`, `weekly`,
+  `monthly`, `yearly`) keeps the newest snapshot of each of the N most recent periods that hold
+  one. Periods are read in the snapshot's recorded UTC offset; weeks are ISO weeks (2021-01-01 is
+  in 2020-W53). `-1` means every period, `0` switches the rule off.
+- A rule that still has budget when it reaches the group's oldest snapshot keeps that one too,
+  which maximises the history kept while the budget allows.
+- `within` keeps every snapshot newer than the duration, counted back from the group's newest
+  snapshot that is not in the future (restic's `--keep-within`).
+- Rules are independent and OR-ed; every kept snapshot lists the rules that keep it.
+- `pre-restore` snapshots younger than `keepSafetyDays` days are kept whatever the rules say.
+- A policy with no positive or `-1` rule and no `within` is no policy: nothing is forgotten.
+- A plan that would remove every snapshot of a group is refused (`RetentionRefused`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+from phoenix_backup.config import Retention
+from phoenix_backup.errors import ConfigError, RetentionRefused
+
+SAFETY_TAG = "pre-restore"
+# The rules that count periods, in restic's order (which is also the order reasons are listed in).
+COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+_DURATION_PART = re.compile(r"([0-9]+)([ymdh])")
+
+
+class Candidate(Protocol):
+    """What the policy needs to know of a snapshot (a `Snapshot` has all of it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def time(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def scope(self) -> str: ...
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class Duration:
+    """restic's duration: years, months, days and hours (`1y6m`, `30d`, `36h`)."""
+
+    years: int = 0
+    months: int = 0
+    days: int = 0
+    hours: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        parts = _DURATION_PART.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise ConfigError(f'retention.within must look like "30d" or "1y6m" (got {text!r}); fix the config')
+        values = {"y": 0, "m": 0, "d": 0, "h": 0}
+        for number, unit in parts:
+            values[unit] = int(number)  # a repeated unit wins, as in restic
+        return cls(values["y"], values["m"], values["d"], values["h"])
+
+    @property
+    def zero(self) -> bool:
+        return not (self.years or self.months or self.days or self.hours)
+
+    def before(self, when: datetime) -> datetime:
+        """`when` minus this duration, with Go's `AddDate` normalisation (restic's arithmetic):
+        2026-03-31 minus one month is "2026-02-31", that is 2026-03-03."""
+        month_index = when.year * 12 + (when.month - 1) - self.years * 12 - self.months
+        year, month0 = divmod(month_index, 12)
+        # Day overflow rolls into the next month, exactly like Go's time.Date.
+        base = date(year, month0 + 1, 1) + timedelta(days=when.day - 1 - self.days)
+        return when.replace(year=base.year, month=base.month, day=base.day) - timedelta(hours=self.hours)
+
+    def __str__(self) -> str:
+        out = ""
+        for value, unit in ((self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h")):
+            if value:
+                out += f"{value}{unit}"
+        return out or "0h"
+
+
+@dataclass(frozen=True)
+class Policy:
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    within: Duration | None = None
+    keep_safety_days: int = 7
+
+    @classmethod
+    def from_config(cls, retention: Retention) -> Policy:
+        within = Duration.parse(retention.within) if retention.within else None
+        return cls(
+            last=retention.last,
+            hourly=retention.hourly,
+            daily=retention.daily,
+            weekly=retention.weekly,
+            monthly=retention.monthly,
+            yearly=retention.yearly,
+            within=within,
+            keep_safety_days=retention.keep_safety_days,
+        )
+
+    def count(self, rule: str) -> int:
+        value: int = getattr(self, rule)
+        return value
+
+    @property
+    def empty(self) -> bool:
+        """No positive or -1 rule and no `within`: no policy at all, so nothing is forgotten."""
+        return all(self.count(r) == 0 for r in COUNT_RULES) and (self.within is None or self.within.zero)
+
+    def describe(self) -> str:
+        keeps = []
+        for rule in COUNT_RULES:
+            n = self.count(rule)
+            label = "latest" if rule == "last" else rule
+            if n > 0:
+                keeps.append(f"{n} {label}")
+            elif n == -1:
+                keeps.append(f"all {label}")
+        parts = [f"keep {', '.join(keeps)} snapshots"] if keeps else []
+        if self.within is not None and not self.within.zero:
+            parts.append(f"keep all snapshots within {self.within} of the newest")
+        if not parts:
+            parts.append("no retention rule (nothing is forgotten)")
+        if self.keep_safety_days > 0:
+            parts.append(f"keep {SAFETY_TAG} snapshots {self.keep_safety_days} days")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "last": self.last,
+            "hourly": self.hourly,
+            "daily": self.daily,
+            "weekly": self.weekly,
+            "monthly": self.monthly,
+            "yearly": self.yearly,
+            "within": str(self.within) if self.within is not None else None,
+            "keepSafetyDays": self.keep_safety_days,
+        }
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a snapshot is kept: one rule, the period it stands for, and whether it is kept as the
+    oldest snapshot of a rule that still had budget."""
+
+    rule: str  # last|hourly|daily|weekly|monthly|yearly|within|safety|empty
+    period: str | None = None
+    oldest: bool = False
+    detail: str | None = None
+
+    def text(self) -> str:
+        if self.rule == "empty":
+            return "no retention rule: nothing is forgotten"
+        if self.rule == "within":
+            return f"within {self.detail} of the newest"
+        if self.rule == "safety":
+            return f"{SAFETY_TAG} safety snapshot, kept {self.detail}"
+        label = "last" if self.rule == "last" else self.rule
+        if self.oldest:
+            return f"oldest snapshot, {label} budget left ({self.period})"
+        return f"{label} {self.period}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"rule": self.rule, "period": self.period, "oldest": self.oldest, "text": self.text()}
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    host: str
+    scope: str
+    safety: bool
+
+    def __str__(self) -> str:
+        return f"host {self.host}, scope {self.scope}" + (f", {SAFETY_TAG}" if self.safety else "")
+
+    def to_json(self) -> dict[str, object]:
+        return {"host": self.host, "scope": self.scope, "safety": self.safety}
+
+
+@dataclass(frozen=True)
+class Decision:
+    snapshot: Candidate
+    group: GroupKey
+    keep: bool
+    reasons: tuple[Reason, ...]
+
+    def to_json(self) -> dict[str, object]:
+        s = self.snapshot
+        return {
+            "id": s.id,
+            "name": s.name,
+            "time": s.time,
+            "host": s.host,
+            "scope": s.scope,
+            "tags": list(s.tags),
+            "keep": self.keep,
+            "reasons": [r.to_json() for r in self.reasons],
+        }
+
+
+@dataclass
+class Plan:
+    """Every snapshot's decision, groups in a stable order, newest first within a group."""
+
+    policy: Policy
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def keep(self) -> list[Decision]:
+        return [d for d in self.decisions if d.keep]
+
+    @property
+    def remove(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.keep]
+
+    def groups(self) -> list[tuple[GroupKey, list[Decision]]]:
+        out: dict[GroupKey, list[Decision]] = {}
+        for d in self.decisions:
+            out.setdefault(d.group, []).append(d)
+        return list(out.items())
+
+
+# -- periods ------------------------------------------------------------------------------
+
+
+def _period(rule: str, when: datetime, rank: int) -> str:
+    """The period a snapshot falls in, in its own recorded offset (`when` keeps its tzinfo)."""
+    if rule == "last":
+        return f"#{rank + 1}"
+    if rule == "hourly":
+        return when.strftime("%Y-%m-%d %H:00")
+    if rule == "daily":
+        return when.strftime("%Y-%m-%d")
+    if rule == "weekly":
+        iso = when.isocalendar()
+        return f"{iso.year}-W{iso.week:02d}"
+    if rule == "monthly":
+        return when.strftime("%Y-%m")
+    return f"{when.year:04d}"
+
+
+def parse_time(text: str) -> datetime:
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        # A snapshot always records its offset; treat a bare time as UTC rather than fail.
+        when = when.replace(tzinfo=UTC)
+    return when
+
+
+def group_key(s: Candidate) -> GroupKey:
+    return GroupKey(s.host, s.scope, SAFETY_TAG in s.tags)
+
+
+# -- the policy ---------------------------------------------------------------------------
+
+
+def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime) -> Plan:
+    """Decide keep/remove for every snapshot. `snapshots` are given oldest first (the repository's
+    order); of snapshots with equal times the one given later counts as newer."""
+    groups: dict[GroupKey, list[Candidate]] = {}
+    for s in snapshots:
+        groups.setdefault(group_key(s), []).append(s)
+    plan = Plan(policy)
+    for key in sorted(groups, key=lambda k: (k.host, k.scope, k.safety)):
+        decisions = _apply_group(key, groups[key], policy, now)
+        refuse_if_everything_removed(key, decisions)
+        plan.decisions.extend(decisions)
+    return plan
+
+
+def refuse_if_everything_removed(key: GroupKey, decisions: Sequence[Decision]) -> None:
+    """The last line of defence: with restic's rules any positive rule keeps a group's newest
+    snapshot, so this only fires on a bug, and then nothing at all is forgotten."""
+    if decisions and not any(d.keep for d in decisions):
+        raise RetentionRefused(
+            f"the retention policy would remove every snapshot of {key} ({len(decisions)}); "
+            "nothing was forgotten; add a rule that keeps something, such as retention.last: 1"
+        )
+
+
+def _apply_group(key: GroupKey, members: Sequence[Candidate], policy: Policy, now: datetime) -> list[Decision]:
+    # Newest first; `sorted` is stable, so reversing first makes later-given ties count as newer.
+    ordered = sorted(reversed(members), key=lambda s: parse_time(s.time).timestamp(), reverse=True)
+    if policy.empty:
+        return [Decision(s, key, True, (Reason("empty"),)) for s in ordered]
+
+    budgets = {rule: policy.count(rule) for rule in COUNT_RULES}
+    last_period: dict[str, str | None] = dict.fromkeys(COUNT_RULES)
+    within_start = _within_start(ordered, policy.within, now)
+    safety_until = timedelta(days=policy.keep_safety_days)
+
+    decisions = []
+    for rank, snap in enumerate(ordered):
+        when = parse_time(snap.time)
+        reasons: list[Reason] = []
+        if key.safety and policy.keep_safety_days > 0 and now - when < safety_until:
+            until = (when + safety_until).isoformat()
+            reasons.append(Reason("safety", detail=f"{policy.keep_safety_days} days (until {until})"))
+        if within_start is not None and when > within_start:
+            reasons.append(Reason("within", detail=str(policy.within)))
+        is_oldest = rank == len(ordered) - 1
+        for rule in COUNT_RULES:
+            if budgets[rule] == 0:
+                continue
+            period = _period(rule, when, rank)
+            if period != last_period[rule] or is_oldest:
+                reasons.append(Reason(rule, period, oldest=period == last_period[rule]))
+                last_period[rule] = period
+                if budgets[rule] > 0:
+                    budgets[rule] -= 1
+        decisions.append(Decision(snap, key, bool(reasons), tuple(reasons)))
+    return decisions
+
+
+def _within_start(ordered: Sequence[Candidate], within: Duration | None, now: datetime) -> datetime | None:
+    """Snapshots after this instant are kept by `within`; None when the rule is off."""
+    if within is None or within.zero:
+        return None
+    latest: datetime | None = None
+    for s in ordered:
+        when = parse_time(s.time)
+        # The newest snapshot that is not in the future, like restic: a clock set wrong on one run
+        # must not make `within` forget everything else.
+        if when < now and (latest is None or when > latest):
+            latest = when
+    if latest is None:
+        return datetime.min.replace(tzinfo=UTC)  # every snapshot is in the future: keep them all
+    return within.before(latest)
+
+
+def render_plan(plan: Plan, show: Callable[[Candidate], str] | None = None) -> list[str]:
+    """Plain-text lines: per group a header, then one line per snapshot with its reasons."""
+    label = show or (lambda s: f"{s.id[:8]} {s.time}")
+    lines: list[str] = []
+    for key, decisions in plan.groups():
+        kept = sum(1 for d in decisions if d.keep)
+        lines.append(f"{key}: keep {kept}, remove {len(decisions) - kept}")
+        for d in decisions:
+            why = ", ".join(r.text() for r in d.reasons)
+            lines.append(f"  {'keep  ' if d.keep else 'remove'}  {label(d.snapshot)}" + (f"  {why}" if why else ""))
+    return lines

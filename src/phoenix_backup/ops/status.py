@@ -1,0 +1,242 @@
+"""`phx status`: the last backup (state file) and its age, the next one due, each target's last
+success, snapshot count, size and deduplication ratio, and a clear warning when the last
+successful backup is older than the schedule implies.
+
+Nothing here asks for a passphrase: sizes and snapshot counts come from object listings, which
+need no key; the deduplication ratio needs the snapshots' logical sizes and is given only when
+the repository opens without a prompt (PHX_PASSPHRASE, a passphrase file or command, age, gpg).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from phoenix_backup import schedule
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, PhoenixError
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.schedule.spec import ScheduleSpec
+from phoenix_backup.state import read_state, state_path
+
+# A scheduled run may start a little late or take a while: the warning waits this long (at most
+# a quarter of the schedule's interval) after a due time before calling a backup missed.
+MAX_GRACE = timedelta(hours=1)
+
+
+@dataclass
+class TargetStatus:
+    name: str
+    last_success: float | None = None
+    snapshots: int | None = None
+    stored: int | None = None  # bytes of every object in the repository
+    logical: int | None = None  # bytes the snapshots hold, before deduplication and compression
+    error: str | None = None
+    notice: str | None = None
+
+    @property
+    def dedup_ratio(self) -> float | None:
+        if self.logical is None or not self.stored:
+            return None
+        return self.logical / self.stored
+
+    def to_json(self, now: float) -> dict[str, object]:
+        return {
+            "lastSuccess": _iso(self.last_success),
+            "lastSuccessAge": _age(self.last_success, now),
+            "snapshots": self.snapshots,
+            "size": self.stored,
+            "logicalSize": self.logical,
+            "dedupRatio": round(self.dedup_ratio, 2) if self.dedup_ratio is not None else None,
+            "error": self.error,
+            "notice": self.notice,
+        }
+
+
+@dataclass
+class StatusResult:
+    now: float
+    state: dict[str, Any] | None
+    spec: ScheduleSpec
+    schedule_installed: bool
+    scheduler: str | None
+    next_due: datetime | None
+    targets: dict[str, TargetStatus] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    overdue: bool = False
+    alert: str | None = None  # the overdue (or never-succeeded) warning, said first and loudest
+
+    @property
+    def last_run(self) -> float | None:
+        return _number((self.state or {}).get("timestamp"))
+
+    @property
+    def last_success(self) -> float | None:
+        return _number(((self.state or {}).get("lastSuccess") or {}).get("timestamp"))
+
+    @property
+    def healthy(self) -> bool:
+        return not self.overdue and bool(self.state) and bool((self.state or {}).get("success"))
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        # Scriptable: `phx status || alert` catches a failed or missed backup.
+        return ExitStatus.OK if self.healthy else ExitStatus.FAILURE
+
+    def to_json(self) -> dict[str, object]:
+        state = self.state or {}
+        last_success = state.get("lastSuccess") or {}
+        return {
+            "ok": self.healthy,
+            "lastBackup": None
+            if not state
+            else {
+                "time": _iso(self.last_run),
+                "age": _age(self.last_run, self.now),
+                "success": bool(state.get("success")),
+                "snapshotId": state.get("snapshotId"),
+                "snapshotName": state.get("snapshotName"),
+                "error": state.get("error"),
+                "targets": state.get("targets", {}),
+            },
+            "lastSuccess": None
+            if not last_success
+            else {
+                "time": _iso(self.last_success),
+                "age": _age(self.last_success, self.now),
+                "snapshotId": last_success.get("snapshotId"),
+                "snapshotName": last_success.get("snapshotName"),
+            },
+            "lastFailure": state.get("lastFailure"),
+            "schedule": {
+                "installed": self.schedule_installed,
+                "scheduler": self.scheduler,
+                "every": self.spec.every,
+                "at": self.spec.at,
+                "description": self.spec.describe(),
+                "nextDue": self.next_due.isoformat(timespec="seconds") if self.next_due else None,
+            },
+            "overdue": self.overdue,
+            "alert": self.alert,
+            "targets": {name: t.to_json(self.now) for name, t in self.targets.items()},
+            "warnings": self.warnings,
+        }
+
+
+def status(cfg: Config, envx: Environment, *, now: float | None = None) -> StatusResult:
+    moment = time.time() if now is None else now
+    state = read_state(state_path(envx.home))
+    spec, installed = schedule.expected_spec(cfg, envx.home)
+    sched = schedule.status(envx.env, envx.home) if installed else None
+    when = datetime.fromtimestamp(moment).astimezone()
+    result = StatusResult(
+        now=moment,
+        state=state,
+        spec=spec,
+        schedule_installed=installed,
+        scheduler=sched.scheduler if sched else None,
+        next_due=spec.next_after(when),
+    )
+    if sched is not None and not sched.installed:
+        result.warnings.append(
+            "schedule.json says a schedule was installed but no scheduler holds it any more; "
+            "run `phx schedule install` again"
+        )
+    elif not installed:
+        result.warnings.append(
+            f"no schedule is installed; `phx schedule install` backs up {spec.describe()} (the config's schedule)"
+        )
+    _check_age(result, when)
+    per_target = (state or {}).get("targetsLastSuccess") or {}
+    quiet = dataclasses.replace(envx, interactive=False, prompt=None)  # status never asks
+    for name in enabled_targets(cfg):
+        target = TargetStatus(name, last_success=_number((per_target.get(name) or {}).get("timestamp")))
+        _inspect_target(cfg, quiet, target)
+        result.targets[name] = target
+        if target.error:
+            result.warnings.append(f"target {name}: {target.error}")
+    return result
+
+
+def _check_age(result: StatusResult, when: datetime) -> None:
+    state = result.state
+    if not state:
+        result.overdue = True
+        result.alert = "no backup has run yet (no state file); run `phx backup`"
+        return
+    if not state.get("success"):
+        result.warnings.append(f"the last backup failed: {state.get('error')}")
+    elif state.get("error"):
+        result.warnings.append(f"the last backup reached only some targets: {state.get('error')}")
+    last = result.last_success
+    if last is None:
+        result.overdue = True
+        result.alert = "no backup has succeeded yet"
+        return
+    grace = min(MAX_GRACE, result.spec.period(when) / 4)
+    due = result.spec.previous_before(when - grace)
+    last_dt = datetime.fromtimestamp(last).astimezone()
+    if due is not None and last_dt < due - grace:
+        result.overdue = True
+        result.alert = (
+            f"the last successful backup is {human_age(result.now - last)} old "
+            f"({last_dt.isoformat(timespec='minutes')}), "
+            f"but the schedule ({result.spec.describe()}) expected one at {due.isoformat(timespec='minutes')}; "
+            "check the scheduler and ~/.argentos/backup/logs/backup.log"
+        )
+
+
+def _inspect_target(cfg: Config, envx: Environment, target: TargetStatus) -> None:
+    try:
+        backend = target_backend(cfg, envx, target.name)
+        try:
+            if not backend.exists():
+                target.error = "no repository there yet (the next backup creates it)"
+                return
+            infos = [i for prefix in ("data/", "index/", "snapshots/", "keys/") for i in backend.list(prefix)]
+            target.stored = sum(i.size for i in infos) + (_size(backend, "config"))
+            target.snapshots = sum(1 for i in infos if i.name.startswith("snapshots/"))
+        finally:
+            backend.close()
+    except PhoenixError as exc:
+        target.error = f"cannot be read: {exc}"
+        return
+    try:
+        repo = open_repository(cfg, envx, target=target.name)
+        try:
+            target.logical = sum(s.stats.size for s in repo.list_snapshots())
+        finally:
+            repo.close()
+    except PhoenixError as exc:
+        target.notice = f"deduplication ratio unknown: {exc}"
+
+
+def _size(backend: Any, name: str) -> int:
+    info = backend.stat(name)
+    return int(info.size) if info is not None else 0
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds") if ts is not None else None
+
+
+def _age(ts: float | None, now: float) -> float | None:
+    return round(now - ts, 1) if ts is not None else None
+
+
+def human_age(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 90:
+        return f"{s} s"
+    if s < 90 * 60:
+        return f"{s // 60} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"

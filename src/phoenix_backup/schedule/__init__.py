@@ -1,0 +1,262 @@
+"""Scheduled backups: a systemd user timer where a user systemd runs, else a crontab entry, and
+a launchd agent on macOS. `install`, `remove` and `status` work on whichever holds Phoenix's
+schedule; `~/.argentos/backup/schedule.json` records what was installed (for `phx status`).
+Scheduled runs execute `phx schedule run`, which logs to ~/.argentos/backup/logs/ (rotated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import SchedulerUnavailable, UsageError
+from phoenix_backup.schedule import cron, launchd, systemd
+from phoenix_backup.schedule.job import Job
+from phoenix_backup.schedule.runlog import log_dir
+from phoenix_backup.schedule.spec import ScheduleSpec
+
+SCHEDULERS = ("systemd", "cron", "launchd")
+
+__all__ = [
+    "SCHEDULERS",
+    "InstallResult",
+    "RemoveResult",
+    "ScheduleSpec",
+    "ScheduleStatus",
+    "detect",
+    "expected_spec",
+    "install",
+    "record_path",
+    "remove",
+    "status",
+]
+
+
+def record_path(home: Path) -> Path:
+    return home / ".argentos" / "backup" / "schedule.json"
+
+
+def read_record(home: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(record_path(home).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def detect(env: Mapping[str, str], *, platform: str = sys.platform) -> str:
+    """The scheduler to use here: launchd on macOS, else systemd --user when it answers, else cron."""
+    if platform == "darwin":
+        return "launchd"
+    why_not_systemd = systemd.available(env)
+    if why_not_systemd is None:
+        return "systemd"
+    why_not_cron = cron.available(env)
+    if why_not_cron is None:
+        return "cron"
+    raise SchedulerUnavailable(
+        f"no scheduler is usable: {why_not_systemd}, and {why_not_cron}; install cron "
+        "(apt-get install cron) or run in a session with systemd --user, then try again"
+    )
+
+
+@dataclass
+class InstallResult:
+    scheduler: str
+    spec: ScheduleSpec
+    command: list[str]
+    next_due: datetime
+    log: Path
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "scheduler": self.scheduler,
+            "every": self.spec.every,
+            "at": self.spec.at,
+            "description": self.spec.describe(),
+            "command": self.command,
+            "nextDue": self.next_due.isoformat(timespec="seconds"),
+            "log": str(self.log),
+            "warnings": self.warnings,
+        }
+
+
+def install(
+    cfg: Config,
+    env: Mapping[str, str],
+    home: Path,
+    *,
+    every: str | None = None,
+    at: str | None = None,
+    scheduler: str | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> InstallResult:
+    """Install (or replace) the schedule; `notice` hears the warnings before anything is
+    attempted, so they are said even when installing fails."""
+    if cfg.source is None:
+        raise UsageError("the config has no file to point the schedule at; write one with `phx init`")
+    chosen_every = every or cfg.schedule.every
+    # The config's time applies to the config's (or a given) daily/weekly schedule unless --at says.
+    chosen_at = at if at is not None else (cfg.schedule.at if chosen_every in ("daily", "weekly") else None)
+    spec = ScheduleSpec.parse(chosen_every, chosen_at)
+    job = Job.for_config(cfg.source.resolve(), env, home)
+    warnings = _warnings(cfg, env)
+    for warning in warnings:
+        (notice or (lambda _w: None))(warning)
+    chosen = scheduler or detect(env)
+    # One schedule at a time: switching scheduler (or re-installing) replaces the old entry.
+    _remove_all(env, home, keep=None)
+    record = {
+        "scheduler": chosen,
+        "every": spec.every,
+        "at": spec.at,
+        "config": str(cfg.source.resolve()),
+        "installed": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    if chosen == "systemd":
+        try:
+            systemd.install(spec, job, env)
+        except SchedulerUnavailable:
+            _write_record(home, record)  # the unit files stay, ready to be enabled by hand
+            raise
+    elif chosen == "cron":
+        why_not = cron.available(env)
+        if why_not is not None:
+            raise SchedulerUnavailable(f"cannot use cron: {why_not}")
+        cron.install(spec, job, env)
+    elif chosen == "launchd":
+        try:
+            launchd.install(spec, job)
+        except SchedulerUnavailable:
+            _write_record(home, record)
+            raise
+    else:
+        raise UsageError(f"unknown scheduler {chosen!r}; use one of {', '.join(SCHEDULERS)}")
+    _write_record(home, record)
+    log_dir(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    return InstallResult(
+        chosen, spec, list(job.argv), spec.next_after(datetime.now().astimezone()), log_dir(home), warnings
+    )
+
+
+def _write_record(home: Path, record: Mapping[str, object]) -> None:
+    path = record_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".schedule.json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:
+    enc = cfg.encryption
+    if enc.enabled and enc.method == "passphrase" and not (enc.passphrase_command or env.get("PHX_PASSPHRASE_FILE")):
+        return [
+            "scheduled runs have no terminal and no PHX_PASSPHRASE: set encryption.passphraseCommand in the "
+            "config, or install again with PHX_PASSPHRASE_FILE set, or the scheduled backups will fail"
+        ]
+    return []
+
+
+@dataclass
+class RemoveResult:
+    removed: list[str]
+
+    def to_json(self) -> dict[str, object]:
+        return {"removed": self.removed}
+
+
+def _remove_all(env: Mapping[str, str], home: Path, keep: str | None) -> list[str]:
+    removed = []
+    if keep != "systemd" and systemd.remove(env, home):
+        removed.append("systemd")
+    if keep != "cron" and cron.available(env) is None and cron.remove(env):
+        removed.append("cron")
+    if keep != "launchd" and launchd.remove(home):
+        removed.append("launchd")
+    return removed
+
+
+def remove(env: Mapping[str, str], home: Path) -> RemoveResult:
+    removed = _remove_all(env, home, keep=None)
+    record_path(home).unlink(missing_ok=True)
+    return RemoveResult(removed)
+
+
+@dataclass
+class ScheduleStatus:
+    installed: dict[str, object]  # scheduler -> details, for each that holds Phoenix's schedule
+    spec: ScheduleSpec | None  # the installed schedule, when known
+    next_due: datetime | None
+    log: Path
+    last_log_line: str | None
+
+    @property
+    def scheduler(self) -> str | None:
+        return next(iter(self.installed), None)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "installed": bool(self.installed),
+            "scheduler": self.scheduler,
+            "details": self.installed,
+            "every": self.spec.every if self.spec else None,
+            "at": self.spec.at if self.spec else None,
+            "description": self.spec.describe() if self.spec else None,
+            "nextDue": self.next_due.isoformat(timespec="seconds") if self.next_due else None,
+            "log": str(self.log),
+            "lastLogLine": self.last_log_line,
+        }
+
+
+def status(env: Mapping[str, str], home: Path) -> ScheduleStatus:
+    found: dict[str, object] = {}
+    unit = systemd.installed(env, home)
+    if unit is not None:
+        found["systemd"] = unit
+    entry = cron.installed(env) if cron.available(env) is None else None
+    if entry is not None:
+        found["cron"] = {"entry": next((line for line in entry if not line.startswith("#")), "")}
+    plist = launchd.installed(home)
+    if plist is not None:
+        found["launchd"] = plist
+    spec = installed_spec(home) if found else None
+    next_due = spec.next_after(datetime.now().astimezone()) if spec else None
+    return ScheduleStatus(found, spec, next_due, log_dir(home), _last_line(log_dir(home) / "backup.log"))
+
+
+def installed_spec(home: Path) -> ScheduleSpec | None:
+    record = read_record(home)
+    if not record or not isinstance(record.get("every"), str):
+        return None
+    try:
+        return ScheduleSpec.parse(record["every"], record.get("at"))
+    except UsageError:
+        return None
+
+
+def expected_spec(cfg: Config, home: Path) -> tuple[ScheduleSpec, bool]:
+    """The schedule backups are expected on: the installed one, else the config's `schedule`;
+    and whether it is installed."""
+    spec = installed_spec(home)
+    if spec is not None:
+        return spec, True
+    return ScheduleSpec.parse(cfg.schedule.every, cfg.schedule.at), False
+
+
+def _last_line(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    return lines[-1] if lines else None

@@ -1,0 +1,113 @@
+"""The crontab path: one marked block in the user's crontab, edited through `crontab` itself
+(never by writing the spool file), so cron's own checks and permissions apply."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping
+
+from phoenix_backup.errors import SchedulerUnavailable
+from phoenix_backup.schedule.job import NAME, Job
+from phoenix_backup.schedule.spec import ScheduleSpec
+
+BEGIN = f"# BEGIN {NAME} (written by `phx schedule install`; remove with `phx schedule remove`)"
+END = f"# END {NAME}"
+_TIMEOUT = 20
+
+
+def available(env: Mapping[str, str]) -> str | None:
+    """None when crontab can be used, else why not."""
+    if shutil.which("crontab", path=env.get("PATH")) is None:
+        return "the crontab command is not installed (Debian: apt-get install cron)"
+    try:
+        _read(env)
+    except SchedulerUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def line(spec: ScheduleSpec, job: Job) -> str:
+    parts = [f"{k}={shlex.quote(v)}" for k, v in job.env]
+    parts += [shlex.quote(a) for a in job.argv]
+    # Output goes to Phoenix's own rotated log; cron would otherwise mail it (or drop it).
+    command = " ".join(parts) + " >/dev/null 2>&1"
+    # `%` ends a cron command (the rest becomes stdin) unless escaped.
+    return f"{spec.cron()} {command.replace('%', chr(92) + '%')}"
+
+
+def block(spec: ScheduleSpec, job: Job) -> list[str]:
+    return [BEGIN, f"# {NAME}: {spec.describe()}", line(spec, job), END]
+
+
+def _run(args: list[str], env: Mapping[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["crontab", *args], input=stdin, capture_output=True, text=True, timeout=_TIMEOUT, env=dict(env)
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SchedulerUnavailable(f"crontab could not be run ({exc}); check that cron is installed") from exc
+
+
+def _read(env: Mapping[str, str]) -> list[str]:
+    proc = _run(["-l"], env)
+    if proc.returncode == 0:
+        return proc.stdout.splitlines()
+    if "no crontab" in proc.stderr.lower():
+        return []
+    raise SchedulerUnavailable(
+        f"crontab -l failed: {proc.stderr.strip() or proc.returncode}; check /etc/cron.allow and /etc/cron.deny"
+    )
+
+
+def _write(lines: list[str], env: Mapping[str, str]) -> None:
+    if not lines:
+        proc = _run(["-r"], env)
+        if proc.returncode != 0 and "no crontab" not in proc.stderr.lower():
+            raise SchedulerUnavailable(f"crontab -r failed: {proc.stderr.strip()}")
+        return
+    proc = _run(["-"], env, "\n".join(lines) + "\n")
+    if proc.returncode != 0:
+        raise SchedulerUnavailable(f"crontab refused the new table: {proc.stderr.strip()}; nothing was changed")
+
+
+def _without_block(lines: list[str]) -> tuple[list[str], list[str]]:
+    """(the other lines, Phoenix's block)."""
+    keep: list[str] = []
+    ours: list[str] = []
+    inside = False
+    for text in lines:
+        if text.startswith(f"# BEGIN {NAME}"):
+            inside = True
+        if inside:
+            ours.append(text)
+        else:
+            keep.append(text)
+        if inside and text.startswith(END):
+            inside = False
+    return keep, ours
+
+
+def install(spec: ScheduleSpec, job: Job, env: Mapping[str, str]) -> str:
+    others, _old = _without_block(_read(env))
+    _write(others + block(spec, job), env)
+    return "crontab"
+
+
+def remove(env: Mapping[str, str]) -> bool:
+    lines = _read(env)
+    others, ours = _without_block(lines)
+    if not ours:
+        return False
+    _write(others, env)
+    return True
+
+
+def installed(env: Mapping[str, str]) -> list[str] | None:
+    """Phoenix's crontab block, or None."""
+    try:
+        _others, ours = _without_block(_read(env))
+    except SchedulerUnavailable:
+        return None
+    return ours or None

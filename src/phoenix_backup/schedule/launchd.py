@@ -1,0 +1,73 @@
+"""The macOS path: a launchd agent in ~/Library/LaunchAgents, loaded with `launchctl`."""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import subprocess
+from pathlib import Path
+
+from phoenix_backup.errors import SchedulerUnavailable
+from phoenix_backup.schedule.job import Job
+from phoenix_backup.schedule.spec import ScheduleSpec
+
+LABEL = "com.argentos.phoenix-backup"
+_TIMEOUT = 30
+
+
+def plist_path(home: Path) -> Path:
+    return home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+
+
+def render(spec: ScheduleSpec, job: Job) -> bytes:
+    intervals = spec.launchd_intervals()
+    doc: dict[str, object] = {
+        "Label": LABEL,
+        "ProgramArguments": list(job.argv),
+        "StartCalendarInterval": intervals[0] if len(intervals) == 1 else intervals,
+        "EnvironmentVariables": dict(job.env),
+        # The runner writes its own rotated log; launchd's output files would grow forever.
+        "StandardOutPath": "/dev/null",
+        "StandardErrorPath": "/dev/null",
+        "ProcessType": "Background",
+        "LowPriorityIO": True,
+    }
+    if not job.env:
+        del doc["EnvironmentVariables"]
+    return plistlib.dumps(doc)
+
+
+def _launchctl(args: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["launchctl", *args], capture_output=True, text=True, timeout=_TIMEOUT)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return subprocess.CompletedProcess(["launchctl"], 127, "", str(exc))
+
+
+def install(spec: ScheduleSpec, job: Job) -> str:
+    path = plist_path(job.home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    domain = f"gui/{os.getuid()}"
+    _launchctl(["bootout", domain, str(path)])  # an older version, if loaded
+    path.write_bytes(render(spec, job))
+    proc = _launchctl(["bootstrap", domain, str(path)])
+    if proc.returncode != 0:
+        raise SchedulerUnavailable(
+            f"wrote {path} but `launchctl bootstrap {domain}` failed ({proc.stderr.strip() or proc.returncode}); "
+            f"load it from a logged-in session with `launchctl bootstrap {domain} {path}`"
+        )
+    return "launchd"
+
+
+def remove(home: Path) -> bool:
+    path = plist_path(home)
+    if not path.exists():
+        return False
+    _launchctl(["bootout", f"gui/{os.getuid()}", str(path)])
+    path.unlink()
+    return True
+
+
+def installed(home: Path) -> dict[str, object] | None:
+    path = plist_path(home)
+    return {"plist": str(path)} if path.exists() else None

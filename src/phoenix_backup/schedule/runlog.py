@@ -1,0 +1,49 @@
+"""The log of scheduled runs: ~/.argentos/backup/logs/backup.log, rotated at MAX_BYTES with KEEP
+older files (backup.log.1 is the newest of them), so a schedule never fills the disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import datetime
+from pathlib import Path
+
+LOG_NAME = "backup.log"
+MAX_BYTES = 1024 * 1024
+KEEP = 5
+
+
+def log_dir(home: Path) -> Path:
+    return home / ".argentos" / "backup" / "logs"
+
+
+class RunLog:
+    def __init__(self, folder: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
+        self.folder = folder
+        self.path = folder / LOG_NAME
+        self.max_bytes = max_bytes
+        self.keep = keep
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.rotate_if_needed()
+
+    def rotate_if_needed(self) -> bool:
+        try:
+            if self.path.stat().st_size < self.max_bytes:
+                return False
+        except FileNotFoundError:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / f"{LOG_NAME}.{self.keep}").unlink()
+        for n in range(self.keep - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.folder / f"{LOG_NAME}.{n}", self.folder / f"{LOG_NAME}.{n + 1}")
+        os.replace(self.path, self.folder / f"{LOG_NAME}.1")
+        return True
+
+    def write(self, text: str) -> None:
+        stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+        lines = text.splitlines() or [""]
+        # O_APPEND keeps concurrent writers' lines whole; 0600 because errors may name paths.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write("".join(f"{stamp} {line}\n" for line in lines))

@@ -1,0 +1,745 @@
+"""PostgreSQL: a consistent `pg_dump`, or one agent's rows, read as named streams.
+
+Whole database (`databases.postgres[]` without `agentId`):
+
+- one connection opens a REPEATABLE READ transaction and exports its snapshot; `pg_dump
+  --snapshot` dumps exactly that snapshot while the same transaction counts every table's rows,
+  so the counts in the manifest are the rows in the dump;
+- the dump is custom format without compression (`-Fc -Z0`), streamed from pg_dump's stdout:
+  no temporary copy, and the repository's content-defined chunking sees the table data as it is,
+  so unchanged rows deduplicate from day to day;
+- `pg_dumpall --globals-only` (roles, memberships, tablespaces) is kept beside it;
+- `manifest.json` records the server version, extensions, row counts and how it was made.
+
+Agent-scoped (`agentId` set): every table with an `agent_id` column contributes that agent's rows
+(`COPY (SELECT … WHERE agent_id = …) TO STDOUT` as CSV with a header, ordered by primary key),
+read in one REPEATABLE READ transaction with `app.agent_id` set so row-level security applies.
+
+pg_dump must be at least the server's major version; it is looked for at `pgDump`, on PATH and in
+the usual install places, and the newest one found is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from phoenix_backup.config.model import PostgresDb
+from phoenix_backup.errors import SourceError, ToolMissing
+from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
+
+MANIFEST = "manifest.json"
+DUMP = "database.dump"
+GLOBALS = "globals.sql"
+ROWS_DIR = "rows"
+MANIFEST_FORMAT = "phoenix-postgres"
+MANIFEST_VERSION = 1
+CONNECT_TIMEOUT = 10
+LOCK_WAIT = "120s"
+# The setting ArgentOS's row-level security policies read (seed 003).
+AGENT_SETTING = "app.agent_id"
+
+# Where PostgreSQL's client programs usually live, besides PATH (Debian/Ubuntu, RHEL's PGDG
+# packages, source builds, Homebrew, Postgres.app).
+USUAL_PLACES = (
+    "/usr/lib/postgresql/*/bin",
+    "/usr/pgsql-*/bin",
+    "/usr/local/pgsql/bin",
+    "/usr/local/opt/postgresql@*/bin",
+    "/opt/homebrew/opt/postgresql@*/bin",
+    "/opt/homebrew/bin",
+    "/Applications/Postgres.app/Contents/Versions/*/bin",
+)
+
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+
+
+# -- connecting ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgConn:
+    """How to reach one configured database; the password never goes into a command line."""
+
+    name: str  # the config entry's name
+    conninfo: str  # libpq connection string without the password
+    password: str | None
+    base_env: Mapping[str, str]
+
+    @property
+    def where(self) -> str:
+        d = conninfo_to_dict(self.conninfo)
+        host = d.get("host") or "localhost"
+        port = d.get("port") or "5432"
+        return f"{host}:{port}/{d.get('dbname') or d.get('user') or ''}"
+
+    def with_database(self, database: str) -> PgConn:
+        d = conninfo_to_dict(self.conninfo)
+        d["dbname"] = database
+        return PgConn(self.name, make_conninfo("", **d), self.password, self.base_env)
+
+    def tool_env(self) -> dict[str, str]:
+        """The environment for pg_dump and friends: the caller's, plus the password."""
+        env = dict(self.base_env)
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        env.setdefault("PGCONNECT_TIMEOUT", str(CONNECT_TIMEOUT))
+        return env
+
+    def connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(
+                self.conninfo,
+                password=self.password,
+                connect_timeout=CONNECT_TIMEOUT,
+                autocommit=True,
+                application_name="phoenix-backup",
+            )
+        except psycopg.Error as exc:
+            raise SourceError(
+                f"cannot connect to PostgreSQL database `{self.name}` ({self.where}): {pg_reason(exc)}; "
+                "check that the server runs and the credentials (user, passwordEnv) are right"
+            ) from exc
+
+
+def connection_for(entry: PostgresDb, env: Mapping[str, str]) -> PgConn:
+    """The connection of a `databases.postgres[]` entry: `dsn`, or host/port/database/user."""
+    password: str | None = None
+    if entry.password_env:
+        password = env.get(entry.password_env)
+        if password is None:
+            raise SourceError(
+                f"PostgreSQL database `{entry.name}` takes its password from ${entry.password_env}, which is "
+                f"not set; export {entry.password_env} before running phx"
+            )
+    try:
+        if entry.dsn:
+            params = conninfo_to_dict(entry.dsn)
+            if entry.user:
+                params["user"] = entry.user
+            if entry.database:
+                params["dbname"] = entry.database
+        else:
+            params = {"host": entry.host, "port": str(entry.port)}
+            if entry.database:
+                params["dbname"] = entry.database
+            if entry.user:
+                params["user"] = entry.user
+    except psycopg.ProgrammingError as exc:
+        raise SourceError(f"the dsn of PostgreSQL database `{entry.name}` is malformed ({exc}); fix it") from exc
+    inline = params.pop("password", None)
+    if password is None and inline is not None:
+        password = str(inline)
+    return PgConn(entry.name, make_conninfo("", **params), password, env)
+
+
+def pg_reason(exc: BaseException) -> str:
+    """The server's or libpq's own words, on one line, without psycopg's preamble."""
+    text = str(exc).strip()
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return str(primary)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "FATAL:" in ln:
+            return ln.split("FATAL:", 1)[1].strip()
+    last = lines[-1] if lines else type(exc).__name__
+    return re.sub(r"^connection (failed|is bad):\s*", "", last)
+
+
+def server_version(con: psycopg.Connection[Any]) -> tuple[str, int]:
+    row = con.execute("SELECT current_setting('server_version'), current_setting('server_version_num')::int").fetchone()
+    assert row is not None
+    return str(row[0]).split()[0], int(row[1])
+
+
+def major_of_num(num: int) -> tuple[int, ...]:
+    """Major version from server_version_num: 180006 -> (18,), 90624 -> (9, 6)."""
+    return (num // 10000,) if num >= 100000 else (num // 10000, num // 100 % 100)
+
+
+def major_text(major: tuple[int, ...]) -> str:
+    return ".".join(str(p) for p in major)
+
+
+# -- finding pg_dump -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tool:
+    path: Path
+    version: str  # e.g. "18.6"
+    major: tuple[int, ...]
+
+    def sibling(self, name: str) -> Path | None:
+        """pg_restore, pg_dumpall, psql of the same installation."""
+        p = self.path.parent / name
+        return p if p.exists() and os.access(p, os.X_OK) else None
+
+
+def tool_version(path: Path, env: Mapping[str, str] | None = None) -> Tool | None:
+    try:
+        out = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False, env=env
+        ).stdout
+    except OSError:
+        return None
+    m = _VERSION.search(out)
+    if m is None:
+        return None
+    first, second = int(m.group(1)), int(m.group(2) or 0)
+    major = (first,) if first >= 10 else (first, second)
+    version = f"{first}.{second}" if m.group(2) else str(first)
+    return Tool(path, version, major)
+
+
+def _candidates(name: str, env: Mapping[str, str]) -> list[Path]:
+    found: list[Path] = []
+    on_path = shutil.which(name, path=env.get("PATH", os.defpath))
+    if on_path:
+        found.append(Path(on_path))
+    for pattern in USUAL_PLACES:
+        for folder in sorted(glob.glob(pattern)):
+            p = Path(folder) / name
+            if p.exists() and os.access(p, os.X_OK) and p not in found:
+                found.append(p)
+    return found
+
+
+def find_pg_tool(
+    name: str, entry_name: str, server_major: tuple[int, ...], env: Mapping[str, str], configured: Path | None
+) -> Tool:
+    """A `name` (pg_dump, pg_restore) of at least the server's major version, or a clear error."""
+    need = major_text(server_major)
+    if configured is not None:
+        path = Path(configured) if os.sep in str(configured) else None
+        if path is None:
+            which = shutil.which(str(configured), path=env.get("PATH", os.defpath))
+            path = Path(which) if which else None
+        if path is None or not path.exists():
+            raise ToolMissing(
+                f"{name} for PostgreSQL database `{entry_name}`: {configured}: No such file or directory; "
+                f"install the PostgreSQL {need} client tools or fix databases.postgres[].pgDump"
+            )
+        tool = tool_version(path)
+        if tool is None:
+            raise ToolMissing(
+                f"{path} (databases.postgres[].pgDump of `{entry_name}`) does not run as {name}; "
+                f"point pgDump at the {name} of PostgreSQL {need} or newer"
+            )
+        if tool.major < server_major:
+            raise ToolMissing(_too_old(name, entry_name, tool, need))
+        return tool
+    tools = [t for t in (tool_version(p) for p in _candidates(name, env)) if t is not None]
+    if not tools:
+        raise ToolMissing(
+            f"{name}: No such file or directory (needed for PostgreSQL database `{entry_name}`); install the "
+            f"PostgreSQL {need} client tools (e.g. apt install postgresql-client-{need}, brew install "
+            f"postgresql@{need}) or set databases.postgres[].pgDump to its path"
+        )
+    best = max(tools, key=lambda t: t.major)
+    if best.major < server_major:
+        raise ToolMissing(_too_old(name, entry_name, best, need))
+    return best
+
+
+def _too_old(name: str, entry_name: str, tool: Tool, need: str) -> str:
+    return (
+        f"{name} {tool.version} ({tool.path}) is older than the server of PostgreSQL database `{entry_name}` "
+        f"(PostgreSQL {need}) and cannot dump it; install the PostgreSQL {need} client tools (e.g. apt install "
+        f"postgresql-client-{need}) or set databases.postgres[].pgDump to a pg_dump of version {need} or newer"
+    )
+
+
+# -- what a database holds -----------------------------------------------------------------------
+
+
+def extensions(con: psycopg.Connection[Any]) -> dict[str, str]:
+    return {str(n): str(v) for n, v in con.execute("SELECT extname, extversion FROM pg_extension ORDER BY 1")}
+
+
+def user_tables(con: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(schema, table) of every ordinary table pg_dump dumps the data of (extension members aside)."""
+    rows = con.execute(
+        """
+        SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r' AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg_temp%%'
+          AND n.nspname NOT LIKE 'pg_toast_temp%%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                          AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2
+        """,
+        (list(_SYSTEM_SCHEMAS),),
+    ).fetchall()
+    return [(str(s), str(t)) for s, t in rows]
+
+
+def count_rows(con: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for schema, table in tables:
+        row = con.execute(
+            sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        ).fetchone()
+        out[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return out
+
+
+def table_counts(con: psycopg.Connection[Any]) -> dict[str, int]:
+    """Rows of every user table, read with row security off (as pg_dump reads them)."""
+    con.execute("SET row_security = off")
+    return count_rows(con, user_tables(con))
+
+
+def rls_blockers(con: psycopg.Connection[Any]) -> tuple[str, list[str]]:
+    """(role, tables) whose row-level security would stop pg_dump: it reads with row security off,
+    which fails for a role that neither owns a table with RLS (forced RLS binds owners too) nor has
+    BYPASSRLS or superuser."""
+    row = con.execute(
+        "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    role, superuser, bypass = str(row[0]), bool(row[1]), bool(row[2])
+    if superuser or bypass:
+        return role, []
+    rows = con.execute(
+        """
+        SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relrowsecurity AND c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s)
+          AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+        ORDER BY 1
+        """,
+        (list(_SYSTEM_SCHEMAS),),
+    ).fetchall()
+    return role, [str(r[0]) for r in rows]
+
+
+def rls_error(name: str, role: str, tables: list[str]) -> SourceError:
+    shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+    return SourceError(
+        f"PostgreSQL database `{name}` cannot be dumped by role {role}: {shown} use row-level security and "
+        f"{role} neither owns them nor has BYPASSRLS, and pg_dump reads with row security off; back up as the "
+        f"tables' owner, grant it (ALTER ROLE {role} BYPASSRLS), or set agentId to back up one agent's rows"
+    )
+
+
+# -- the whole-database dump ---------------------------------------------------------------------
+
+
+@dataclass
+class PgSummary:
+    """What the manifest and the snapshot's database entry say."""
+
+    database: str
+    server_version: str
+    server_version_num: int
+    extensions: dict[str, str]
+    tables: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class _Tail:
+    """The last bytes a child wrote to stderr, read in a thread so the child never blocks on it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.data = b""
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream: Any) -> None:
+        for block in iter(lambda: stream.read(65536), b""):
+            self.data = (self.data + block)[-65536:]
+
+    def text(self) -> str:
+        self._thread.join(10)
+        return self.data.decode("utf-8", "replace").strip()
+
+
+def _last_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error:" in ln:
+            return ln.split("error:", 1)[1].strip()
+    return lines[-1] if lines else "no message"
+
+
+class PostgresDump:
+    """A whole-database backup of one entry; use as a context manager, then iterate `streams()`."""
+
+    def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
+        self.entry = entry
+        self.env = env
+        self.conn = connection_for(entry, env)
+        self._con: psycopg.Connection[Any] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.summary: PgSummary | None = None
+        self.tool: Tool | None = None
+
+    def __enter__(self) -> PostgresDump:
+        con = self.conn.connect()
+        self._con = con
+        try:
+            version, num = server_version(con)
+            self.tool = find_pg_tool("pg_dump", self.entry.name, major_of_num(num), self.env, self.entry.pg_dump)
+            role, blocked = rls_blockers(con)
+            if blocked:
+                raise rls_error(self.entry.name, role, blocked)
+            row = con.execute("SELECT current_database()").fetchone()
+            assert row is not None
+            self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
+        except psycopg.Error as exc:
+            self.close()
+            raise SourceError(f"reading PostgreSQL database `{self.entry.name}` failed: {pg_reason(exc)}") from exc
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._con is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._con.close()
+            self._con = None
+
+    def streams(self) -> Iterator[Stream]:
+        """database.dump, then globals.sql (when it can be read), then manifest.json."""
+        assert self._con is not None and self.summary is not None and self.tool is not None
+        con, summary, tool = self._con, self.summary, self.tool
+        try:
+            con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = con.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            snapshot = str(row[0])
+        except psycopg.Error as exc:
+            raise SourceError(f"reading PostgreSQL database `{self.entry.name}` failed: {pg_reason(exc)}") from exc
+        # A table locked exclusively (ALTER TABLE, VACUUM FULL) makes pg_dump fail after a while
+        # instead of hanging the whole backup.
+        cmd = [
+            str(tool.path),
+            "-Fc",
+            "-Z0",
+            "-w",
+            f"--lock-wait-timeout={LOCK_WAIT}",
+            f"--snapshot={snapshot}",
+            f"--dbname={self.conn.conninfo}",
+        ]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.conn.tool_env()
+        )
+        self._proc = proc
+        assert proc.stdout is not None and proc.stderr is not None
+        tail = _Tail(proc.stderr)
+        # The counts read the same snapshot as pg_dump, in parallel with it.
+        counted: dict[str, Any] = {}
+
+        def count() -> None:
+            try:
+                counted["tables"] = table_counts(con)
+            except psycopg.Error as exc:
+                counted["error"] = exc
+
+        counter = threading.Thread(target=count, name="phx-pg-count", daemon=True)
+        counter.start()
+
+        def finish() -> None:
+            code = proc.wait()
+            counter.join()
+            with contextlib.suppress(psycopg.Error):
+                con.execute("COMMIT")
+            if code != 0:
+                raise SourceError(
+                    f"pg_dump of PostgreSQL database `{self.entry.name}` failed (exit {code}): "
+                    f"{_last_error(tail.text())}; nothing of it was kept in this snapshot"
+                )
+            if "error" in counted:
+                raise SourceError(
+                    f"counting the rows of PostgreSQL database `{self.entry.name}` failed: "
+                    f"{pg_reason(counted['error'])}"
+                )
+            summary.tables = counted["tables"]
+
+        yield Stream(DUMP, proc.stdout, finish)  # type: ignore[arg-type]  # a pipe is a BinaryIO
+        self._proc = None
+        globals_sql = self._globals(tool)
+        if globals_sql is not None:
+            yield bytes_stream(GLOBALS, globals_sql)
+        summary.manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "kind": "dump",
+            "name": self.entry.name,
+            "database": summary.database,
+            "serverVersion": summary.server_version,
+            "serverVersionNum": summary.server_version_num,
+            "pgDump": {"path": str(tool.path), "version": tool.version},
+            "dumpFormat": "custom, uncompressed (pg_dump -Fc -Z0)",
+            "extensions": summary.extensions,
+            "tables": summary.tables,
+            "files": [DUMP, *([GLOBALS] if globals_sql is not None else [])],
+            "warnings": summary.warnings,
+        }
+        yield bytes_stream(MANIFEST, manifest_bytes(summary.manifest))
+
+    def _globals(self, tool: Tool) -> bytes | None:
+        """Roles and tablespaces; without role passwords when the role may not read pg_authid."""
+        dumpall = tool.sibling("pg_dumpall")
+        if dumpall is None:
+            self._warn(f"pg_dumpall is not beside {tool.path}; roles and grants were not saved")
+            return None
+        attempts: list[list[str]] = [[], ["--no-role-passwords"]]
+        reason = ""
+        for extra in attempts:
+            res = subprocess.run(
+                [str(dumpall), "--globals-only", "-w", *extra, f"--dbname={self.conn.conninfo}"],
+                capture_output=True,
+                env=self.conn.tool_env(),
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+            if res.returncode == 0:
+                if extra:
+                    self._warn("roles were saved without their passwords (the role may not read pg_authid)")
+                return res.stdout
+            reason = _last_error(res.stderr.decode("utf-8", "replace"))
+        self._warn(f"roles and grants were not saved: pg_dumpall failed: {reason}")
+        return None
+
+    def _warn(self, message: str) -> None:
+        assert self.summary is not None
+        self.summary.warnings.append(f"PostgreSQL database `{self.entry.name}`: {message}")
+
+
+def manifest_bytes(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+# -- one agent's rows ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentTable:
+    schema: str
+    table: str
+    columns: tuple[str, ...]  # copied columns (generated ones left out: they are recomputed)
+    primary_key: tuple[str, ...]
+    agent_type: str  # the agent_id column's type, for comparing with a typed literal
+    identity_always: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def file(self) -> str:
+        return f"{ROWS_DIR}/{self.schema}.{self.table}.csv"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "table": self.table,
+            "columns": list(self.columns),
+            "primaryKey": list(self.primary_key),
+            "agentIdType": self.agent_type,
+            "identityAlways": self.identity_always,
+            "file": self.file,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AgentTable:
+        return cls(
+            str(d["schema"]),
+            str(d["table"]),
+            tuple(str(c) for c in d["columns"]),
+            tuple(str(c) for c in d["primaryKey"]),
+            str(d["agentIdType"]),
+            bool(d.get("identityAlways", False)),
+        )
+
+
+def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
+    """Every table (the role may read) with an `agent_id` column."""
+    rows = con.execute(
+        """
+        SELECT n.nspname, c.relname, c.oid, format_type(a.atttypid, a.atttypmod)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'agent_id' AND NOT a.attisdropped
+        WHERE c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s) AND has_table_privilege(c.oid, 'SELECT')
+          AND NOT c.relispartition
+        ORDER BY 1, 2
+        """,
+        (list(_SYSTEM_SCHEMAS),),
+    ).fetchall()
+    out: list[AgentTable] = []
+    for schema, table, oid, agent_type in rows:
+        cols = con.execute(
+            """
+            SELECT attname, attidentity FROM pg_attribute
+            WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+            ORDER BY attnum
+            """,
+            (oid,),
+        ).fetchall()
+        pk = con.execute(
+            """
+            SELECT a.attname FROM pg_index i
+            JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord
+            """,
+            (oid,),
+        ).fetchall()
+        out.append(
+            AgentTable(
+                str(schema),
+                str(table),
+                tuple(str(c[0]) for c in cols),
+                tuple(str(p[0]) for p in pk),
+                str(agent_type),
+                any(c[1] == "a" for c in cols),
+            )
+        )
+    return out
+
+
+def agent_filter(t: AgentTable) -> sql.Composable:
+    """`agent_id = %s::<its type>`: a typed comparison, so an index on agent_id is used."""
+    return sql.SQL("{} = CAST(%s AS {})").format(sql.Identifier("agent_id"), sql.SQL(t.agent_type))
+
+
+class AgentRows:
+    """One agent's rows of a shared database; use as a context manager, then iterate `streams()`."""
+
+    def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
+        assert entry.agent_id is not None
+        self.entry = entry
+        self.agent_id: str = entry.agent_id
+        self.conn = connection_for(entry, env)
+        self._con: psycopg.Connection[Any] | None = None
+        self.summary: PgSummary | None = None
+        self.tables: list[AgentTable] = []
+
+    def __enter__(self) -> AgentRows:
+        con = self.conn.connect()
+        self._con = con
+        try:
+            version, num = server_version(con)
+            # Session-wide, so the policies see it in every statement of the transaction below.
+            con.execute("SELECT set_config(%s, %s, false)", (AGENT_SETTING, self.agent_id))
+            con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = con.execute("SELECT current_database()").fetchone()
+            assert row is not None
+            self.tables = agent_tables(con)
+            self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
+            if not self.tables:
+                self.summary.warnings.append(
+                    f"PostgreSQL database `{self.entry.name}`: no table with an agent_id column is readable; "
+                    f"nothing of agent {self.agent_id} was saved"
+                )
+        except psycopg.Error as exc:
+            self.close()
+            raise SourceError(f"reading PostgreSQL database `{self.entry.name}` failed: {pg_reason(exc)}") from exc
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._con.close()
+            self._con = None
+
+    def streams(self) -> Iterator[Stream]:
+        assert self._con is not None and self.summary is not None
+        con, summary = self._con, self.summary
+        for t in self.tables:
+            where = agent_filter(t)
+            try:
+                row = con.execute(
+                    sql.SQL("SELECT count(*) FROM {}.{} WHERE ").format(
+                        sql.Identifier(t.schema), sql.Identifier(t.table)
+                    )
+                    + where,
+                    (self.agent_id,),
+                ).fetchone()
+            except psycopg.Error as exc:
+                raise SourceError(
+                    f"reading table {t.key} of PostgreSQL database `{self.entry.name}` failed: {pg_reason(exc)}"
+                ) from exc
+            summary.tables[t.key] = int(row[0]) if row else 0
+            order = sql.SQL(", ").join(sql.Identifier(c) for c in (t.primary_key or t.columns))
+            query = sql.SQL(
+                "COPY (SELECT {} FROM {}.{} WHERE {} ORDER BY {}) TO STDOUT WITH (FORMAT csv, HEADER true)"
+            ).format(
+                sql.SQL(", ").join(sql.Identifier(c) for c in t.columns),
+                sql.Identifier(t.schema),
+                sql.Identifier(t.table),
+                where,
+                order,
+            )
+            yield self._copy_stream(con, t, query)
+        summary.manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "kind": "agent-rows",
+            "name": self.entry.name,
+            "database": summary.database,
+            "agentId": self.agent_id,
+            "agentSetting": AGENT_SETTING,
+            "serverVersion": summary.server_version,
+            "serverVersionNum": summary.server_version_num,
+            "extensions": summary.extensions,
+            "tables": summary.tables,
+            "tableInfo": {t.key: t.to_json() for t in self.tables},
+            "rowFormat": "CSV with a header row (COPY ... WITH (FORMAT csv, HEADER true)), ordered by primary key",
+            "files": [t.file for t in self.tables],
+            "warnings": summary.warnings,
+        }
+        with contextlib.suppress(psycopg.Error):
+            con.execute("COMMIT")
+        yield bytes_stream(MANIFEST, manifest_bytes(summary.manifest))
+
+    def _copy_stream(self, con: psycopg.Connection[Any], t: AgentTable, query: sql.Composed) -> Stream:
+        failed: list[BaseException] = []
+
+        def blocks() -> Iterator[bytes]:
+            try:
+                with con.cursor() as cur, cur.copy(query, (self.agent_id,)) as copy:
+                    for block in copy:
+                        yield bytes(block)
+            except psycopg.Error as exc:
+                failed.append(exc)
+
+        def finish() -> None:
+            if failed:
+                raise SourceError(
+                    f"reading table {t.key} of PostgreSQL database `{self.entry.name}` failed midway: "
+                    f"{pg_reason(failed[0])}; nothing of it was kept in this snapshot"
+                )
+
+        return iter_stream(t.file, blocks(), finish)

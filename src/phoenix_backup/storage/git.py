@@ -1,0 +1,353 @@
+"""Objects as files in a working clone of a Git repository, one commit per snapshot.
+
+The working clone lives in the platform data dir (not the cache: without `autoCommit` it is the
+only copy), one per remote and branch. Objects are plain files at the same names as on every
+other target, written like the local target does (temp file, fsync, rename). `checkpoint`
+commits what was written (replication calls it after each snapshot object, naming the snapshot)
+and `publish` pushes when `autoCommit` is on.
+
+- Locks live in the working tree only (`locks/` is in `.gitignore`): they belong to this clone
+  and are never committed, like every target's locks are never copied.
+- `.gitattributes` marks every object `binary -delta`: packs are compressed and encrypted, so
+  delta compression only costs CPU and memory on both ends. Objects stay far below the 50 MB
+  that Git hosts warn about (packs are cut at 16 MiB); a larger object is refused.
+- Objects are immutable, so nothing is ever amended or force-pushed: history is never rewritten,
+  and for the same reason deleting an object (prune) never frees space in the remote.
+- Every `git` runs without a terminal prompt (GIT_TERMINAL_PROMPT=0, ssh in batch mode), so a
+  missing credential fails at once with a clear error instead of hanging a scheduled backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import platformdirs
+
+from phoenix_backup.errors import (
+    RepositoryExists,
+    StorageError,
+    TargetAuthError,
+    TargetUnreachable,
+    ToolMissing,
+)
+from phoenix_backup.storage.base import FOLDERS, Backend, ObjectInfo
+from phoenix_backup.storage.local import LocalBackend
+from phoenix_backup.storage.s3 import redact_url
+
+# Git hosts warn above 50 MB per file and GitHub refuses above 100 MB.
+MAX_OBJECT = 50 * 1000 * 1000
+NETWORK_TIMEOUT = 1800  # seconds for one fetch or push of a large first commit
+LOCAL_TIMEOUT = 600
+
+GITATTRIBUTES = """\
+# Written by Phoenix (phx). Every object is compressed and encrypted and never changes, so Git's
+# delta compression cannot shrink it: it would only cost time and memory on both ends.
+config binary -delta
+keys/** binary -delta
+data/** binary -delta
+index/** binary -delta
+snapshots/** binary -delta
+"""
+GITIGNORE = """\
+# Written by Phoenix (phx): locks belong to this clone only; temp files are unfinished writes.
+/locks/
+.tmp-*
+"""
+_OURS = {".git", ".gitattributes", ".gitignore", *FOLDERS, "config"}
+
+
+def data_dir(env: Mapping[str, str]) -> Path:
+    """Phoenix's data dir: PHX_DATA_DIR, else the platform's user data dir (XDG on Linux)."""
+    if env.get("PHX_DATA_DIR"):
+        return Path(env["PHX_DATA_DIR"])
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"]) / "phoenix"
+    return Path(platformdirs.user_data_dir("phoenix"))
+
+
+def clone_dir(env: Mapping[str, str], url: str, branch: str) -> Path:
+    digest = hashlib.sha256(f"{url}\0{branch}".encode()).hexdigest()[:16]
+    return data_dir(env) / "git" / digest
+
+
+class GitBackend(Backend):
+    kind = "git"
+
+    def __init__(
+        self,
+        url: str,
+        branch: str,
+        auto_commit: bool,
+        workdir: Path,
+        env: Mapping[str, str],
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.branch = branch
+        self.auto_commit = auto_commit
+        self.workdir = Path(workdir)
+        self.files = LocalBackend(self.workdir)
+        self.notice = notice or (lambda _m: None)
+        self._env = _git_env(env)
+        self._ready = False
+        self._mutex = threading.RLock()
+
+    @property
+    def location(self) -> str:
+        return f"{redact_url(self.url)} (branch {self.branch}, clone {self.workdir})"
+
+    # -- running git ------------------------------------------------------------------------
+
+    def _git(self, *args: str, network: bool = False, check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = subprocess.run(
+                ["git", *args],
+                cwd=self.workdir,
+                env=self._env,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=NETWORK_TIMEOUT if network else LOCAL_TIMEOUT,
+            )
+        except FileNotFoundError as exc:
+            raise ToolMissing("git is not installed; install it (apt-get install git) or disable targets.git") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise TargetUnreachable(f"git {args[0]} timed out for {self.location}; check the network") from exc
+        if check and proc.returncode != 0:
+            raise self._error(args[0], proc.stderr)
+        return proc
+
+    def _error(self, command: str, stderr: str) -> StorageError:
+        text = self._redact(stderr)
+        low = text.lower()
+        where = redact_url(self.url)
+        if command == "push" and ("[rejected]" in low or "[remote rejected]" in low or "failed to push" in low):
+            reason = _reason(text)
+            return StorageError(
+                f"the Git remote {where} rejected the push of branch {self.branch} ({reason}); check the "
+                "branch's protection rules and your write access (Phoenix never force-pushes)"
+            )
+        auth_markers = (
+            "authentication failed",
+            "could not read username",
+            "could not read password",
+            "permission denied",
+            "terminal prompts disabled",
+            "access denied",
+            "invalid username or password",
+            "403",
+            "401",
+        )
+        if any(m in low for m in auth_markers):
+            return TargetAuthError(
+                f"the Git remote {where} refused authentication ({_reason(text)}); set up an SSH key, a "
+                "credential helper or a token for it, or fix targets.git.repo"
+            )
+        unreachable_markers = (
+            "connection refused",
+            "could not resolve host",
+            "connection timed out",
+            "network is unreachable",
+            "no route to host",
+            "failed to connect",
+        )
+        if any(m in low for m in unreachable_markers):
+            return TargetUnreachable(f"cannot reach the Git remote {where} ({_reason(text)}); check the network")
+        if "does not appear to be a git repository" in low or "repository not found" in low or "not found" in low:
+            return StorageError(
+                f"there is no Git repository at {where}; create it (an empty one is fine) or fix targets.git.repo"
+            )
+        return StorageError(f"git {command} failed for {where}: {_reason(text)}")
+
+    def _redact(self, text: str) -> str:
+        safe = redact_url(self.url)
+        if safe != self.url:
+            text = text.replace(self.url, safe)
+        return text
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Serialise git commands on this clone across threads and processes."""
+        with self._mutex:
+            self.workdir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock_path = self.workdir.parent / f"{self.workdir.name}.lock"
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    # -- the working clone ------------------------------------------------------------------
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        with self._exclusive():
+            if self._ready:
+                return
+            if not (self.workdir / ".git").is_dir():
+                self._clone()
+            self._write_meta()
+            self._ready = True
+
+    def _clone(self) -> None:
+        """Start a clone: init, add the remote, and take the remote branch's history if it has one
+        (an empty remote, or one without the branch, starts an unborn branch)."""
+        if self.workdir.exists() and any(self.workdir.iterdir()):
+            raise StorageError(
+                f"{self.workdir} is not empty and is no Git clone; move it away (Phoenix keeps its Git "
+                "clones there) or set PHX_DATA_DIR"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._git("init", "-q")
+            self._git("symbolic-ref", "HEAD", f"refs/heads/{self.branch}")
+            self._git("remote", "add", "origin", self.url)
+            self._git("config", "core.autocrlf", "false")
+            heads = self._git("ls-remote", "--heads", "origin", self.branch, network=True).stdout
+            if heads.strip():
+                self._git("fetch", "-q", "origin", self.branch, network=True)
+                self._git("merge", "-q", "--ff-only", "FETCH_HEAD")
+        except BaseException:
+            # A half-made clone would be taken for a good one next time.
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+
+    def _write_meta(self) -> None:
+        for name, text in ((".gitattributes", GITATTRIBUTES), (".gitignore", GITIGNORE)):
+            path = self.workdir / name
+            if not path.is_file() or path.read_text() != text:
+                path.write_text(text)
+
+    # -- the interface ----------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        self._ensure()
+        return self.files.exists()
+
+    def create(self) -> None:
+        self._ensure()
+        if self.files.exists():
+            raise RepositoryExists(f"a repository already exists at {self.location}; it was left untouched")
+        foreign = sorted(e.name for e in os.scandir(self.workdir) if e.name not in _OURS)
+        if foreign or any(self.files.list("data/")) or any(self.files.list("snapshots/")):
+            raise RepositoryExists(
+                f"the Git repository {redact_url(self.url)} (branch {self.branch}) already holds other files "
+                f"({', '.join(foreign[:3]) or 'objects without a config'}); use an empty repository or another branch"
+            )
+        for name in self.files.list("keys/"):
+            self.files.delete(name.name)  # an interrupted init's unused key slots
+        for folder in FOLDERS:
+            (self.workdir / folder).mkdir(exist_ok=True, mode=0o700)
+
+    def read(self, name: str) -> bytes:
+        self._ensure()
+        return self.files.read(name)
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        self._ensure()
+        return self.files.read_range(name, offset, length)
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        self._ensure()
+        if len(data) > MAX_OBJECT:
+            raise StorageError(
+                f"object {name} is {len(data)} bytes, above the 50 MB Git hosts accept; this is a bug, please report it"
+            )
+        self.files.write(name, data, exclusive=exclusive)
+
+    def delete(self, name: str) -> None:
+        self._ensure()
+        self.files.delete(name)
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        self._ensure()
+        return self.files.stat(name)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self._ensure()
+        return self.files.list(prefix)
+
+    def list_temporary(self) -> Iterator[str]:
+        self._ensure()
+        for name in self.files.list_temporary():
+            if not name.startswith(".git/"):
+                yield name
+
+    def checkpoint(self, message: str) -> bool:
+        """Commit everything written since the last commit (objects, deletions, .gitattributes)."""
+        self._ensure()
+        with self._exclusive():
+            self._git("add", "-A")
+            if self._git("diff", "--cached", "--quiet", check=False).returncode == 0:
+                return False
+            self._git("commit", "-q", "--no-verify", "-m", message)
+            return True
+
+    def publish(self) -> None:
+        """Push when autoCommit is on. A remote that moved on (another clone pushed) is merged
+        first: objects are content-addressed, so the merge never conflicts and nothing is
+        rewritten."""
+        if not self.auto_commit:
+            return
+        self._ensure()
+        with self._exclusive():
+            if self._git("rev-parse", "-q", "--verify", "HEAD", check=False).returncode != 0:
+                return  # nothing committed yet
+            push = self._git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", network=True, check=False)
+            if push.returncode == 0:
+                return
+            low = push.stderr.lower()
+            if "fetch first" in low or "non-fast-forward" in low:
+                self._git("fetch", "-q", "origin", self.branch, network=True)
+                self._git("merge", "-q", "--no-edit", "FETCH_HEAD")
+                push = self._git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", network=True, check=False)
+                if push.returncode == 0:
+                    return
+            raise self._error("push", push.stderr)
+
+    def unpublished(self) -> int:
+        """How many commits the remote branch lacks (what `publish` would push), as far as known."""
+        self._ensure()
+        proc = self._git("rev-list", "--count", "HEAD", f"^refs/remotes/origin/{self.branch}", check=False)
+        if proc.returncode != 0:
+            proc = self._git("rev-list", "--count", "HEAD", check=False)
+        return int(proc.stdout.strip() or 0) if proc.returncode == 0 else 0
+
+
+def _git_env(env: Mapping[str, str]) -> dict[str, str]:
+    out = {k: v for k, v in env.items() if not k.startswith("GIT_") or k in ("GIT_SSH_COMMAND", "GIT_SSH")}
+    out.update(
+        {
+            "GIT_TERMINAL_PROMPT": "0",
+            "LC_ALL": "C",
+            "LANG": "C",
+            "GIT_AUTHOR_NAME": "Phoenix (phx)",
+            "GIT_COMMITTER_NAME": "Phoenix (phx)",
+            "GIT_AUTHOR_EMAIL": f"phx@{socket.gethostname()}",
+            "GIT_COMMITTER_EMAIL": f"phx@{socket.gethostname()}",
+        }
+    )
+    out.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10")
+    out.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
+    return out
+
+
+def _reason(stderr: str) -> str:
+    """The most telling line of git's stderr, for a one-line error."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        low = line.lower()
+        if line.startswith(("!", "fatal:", "error:", "remote: error")) or "rejected" in low or "denied" in low:
+            return line.removeprefix("fatal: ").removeprefix("error: ").rstrip(".")
+    return lines[-1].rstrip(".") if lines else "no message"

@@ -1,0 +1,516 @@
+"""Objects in an S3 bucket below a prefix: Amazon S3, Cloudflare R2, or any S3-compatible service.
+
+- Every write is one request that makes the object appear whole (a PUT, or for large objects a
+  multipart upload, which S3 also only shows once it is completed), so an object is either
+  wholly there or absent.
+- Exclusive creation (`config`, key slots) sends `If-None-Match: *`, which S3 (since 2024), R2 and
+  moto enforce. A service that answers "not implemented" gets a HEAD-then-PUT instead, which is
+  not atomic; the fallback is noted once. A service that silently ignores the header cannot be
+  detected and behaves like the fallback.
+- Data packs go to the configured storage class; every other object stays STANDARD, so listing,
+  browsing and structural checks never need a thaw. Reading a pack in GLACIER or DEEP_ARCHIVE
+  requests a restore and waits up to the thaw timeout, saying so.
+- Errors are classified for the retry wrapper: refused connections and connect timeouts are
+  TargetUnreachable, timeouts/5xx/throttling TransientStorageError, the rest permanent. Messages
+  never contain credentials (only the error code is shown for authentication failures).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import botocore.exceptions as bex
+from botocore.config import Config as BotoConfig
+
+from phoenix_backup.errors import (
+    ObjectExists,
+    ObjectNotFound,
+    RepositoryExists,
+    StorageError,
+    TargetAuthError,
+    TargetUnreachable,
+    ThawPending,
+    TransientStorageError,
+)
+from phoenix_backup.storage.base import Backend, ObjectInfo, is_valid_name, validate_name
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+else:
+    S3Client = Any
+
+T = TypeVar("T")
+
+# Objects larger than this are sent as a multipart upload in parts of PART_SIZE. Packs are cut at
+# 16 MiB (plus at most one 8 MiB chunk), so ordinary packs are one PUT and only unusually large
+# objects take the multipart path; both are parameters so tests can exercise multipart cheaply.
+MULTIPART_THRESHOLD = 32 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
+# Storage classes whose objects cannot be read before a restore (thaw).
+COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+# The minimum storage duration AWS bills per class, in days: prune must not repack a pack in one
+# of these classes earlier (it would pay the rest of the period anyway, and again for the copy).
+MIN_STORAGE_DAYS = {"STANDARD_IA": 30, "ONEZONE_IA": 30, "GLACIER_IR": 90, "GLACIER": 90, "DEEP_ARCHIVE": 180}
+# How long a thawed copy stays readable.
+THAW_DAYS = 3
+# Multipart uploads older than this are abandoned even if another writer holds a lock.
+ABANDONED_AFTER = 24 * 3600
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "OperationAborted",
+    }
+)
+_AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "AuthorizationHeaderMalformed",
+        "InvalidSecurity",
+        "403",
+        "Forbidden",
+    }
+)
+
+
+def within_minimum_storage(info: ObjectInfo, now: float | None = None) -> bool:
+    """True while `info` is younger than the minimum storage period of its class (prune uses
+    this to leave cold packs alone)."""
+    days = MIN_STORAGE_DAYS.get(info.storage_class or "STANDARD")
+    if days is None or info.modified is None:
+        return False
+    return (now if now is not None else time.time()) - info.modified < days * 86400
+
+
+def redact_url(url: str) -> str:
+    """A URL without user name and password, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+@dataclass
+class S3Settings:
+    """Everything needed to reach one bucket. `secret_access_key` never appears in repr."""
+
+    target: str  # "s3" or "r2": names the config section in messages
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    profile: str | None = None
+    storage_class: str = "STANDARD"
+    max_connections: int = 8
+    thaw_timeout: float = 0.0
+    multipart_threshold: int = MULTIPART_THRESHOLD
+    part_size: int = PART_SIZE
+
+
+def normalize_prefix(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+class S3Backend(Backend):
+    kind = "s3"
+
+    def __init__(self, settings: S3Settings, notice: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.prefix = normalize_prefix(settings.prefix)
+        self.notice = notice or (lambda _m: None)
+        self.field = f"targets.{settings.target}"
+        self._conditional = True  # whether the service honours If-None-Match
+        self._thaw_deadline: float | None = None
+        self._thaw_announced = False
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=settings.access_key_id,
+                aws_secret_access_key=settings.secret_access_key,
+                aws_session_token=settings.session_token,
+                profile_name=settings.profile if settings.access_key_id is None else None,
+                region_name=settings.region,
+            )
+        except bex.ProfileNotFound as exc:
+            raise TargetAuthError(
+                f"the AWS profile {settings.profile!r} (AWS_PROFILE) does not exist; fix AWS_PROFILE or set "
+                f"{self.field}.accessKeyId and secretAccessKey"
+            ) from exc
+        config = BotoConfig(
+            # The retry wrapper is the only retry layer: botocore's own retries would multiply
+            # its attempts and blow the 10 s budget for a refused connection.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=3,
+            read_timeout=60,
+            max_pool_connections=max(4, settings.max_connections + 2),
+            s3={"addressing_style": "path" if settings.endpoint else "auto"},
+            user_agent_extra="phoenix-backup",
+        )
+        self.client: S3Client = session.client("s3", endpoint_url=settings.endpoint, config=config)
+
+    # -- naming ----------------------------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}"
+        if self.settings.endpoint:
+            where += f" at {redact_url(self.settings.endpoint)}"
+        return where
+
+    def _key(self, name: str) -> str:
+        return self.prefix + validate_name(name)
+
+    # -- error mapping ----------------------------------------------------------------------
+
+    def _error(self, exc: Exception, what: str) -> StorageError:
+        where = self.location
+        if isinstance(exc, bex.ConnectTimeoutError | bex.EndpointConnectionError):
+            return TargetUnreachable(
+                f"cannot connect to {where} while {what}; check {self.field}.endpoint and that the service is up"
+            )
+        if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError | bex.CredentialRetrievalError):
+            return TargetAuthError(
+                f"no credentials for {self.field}; set {self.field}.accessKeyId and secretAccessKey, "
+                "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or an AWS profile"
+            )
+        if isinstance(exc, bex.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in ("NoSuchKey", "NotFound", "404") or (status == 404 and code != "NoSuchBucket"):
+                return ObjectNotFound(f"object {what} is missing from {where}")
+            if code == "NoSuchBucket":
+                return self._no_bucket()
+            if code in ("PreconditionFailed", "412") or status == 412:
+                return ObjectExists(f"object {what} already exists in {where}")
+            if code in _AUTH_CODES or status == 403:
+                return TargetAuthError(
+                    f"{where} refused the credentials while {what} ({code or status}); check "
+                    f"{self.field}.accessKeyId/secretAccessKey, the environment or the AWS profile, "
+                    "and the bucket's permissions"
+                )
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return TransientStorageError(f"{where} answered {code or status} while {what}")
+            return StorageError(f"{where} answered {code or status} while {what}")
+        if isinstance(exc, bex.BotoCoreError | ConnectionError | TimeoutError):
+            # Read timeouts, dropped connections, truncated bodies: worth another attempt.
+            return TransientStorageError(f"the connection to {where} failed while {what} ({type(exc).__name__})")
+        return StorageError(f"{type(exc).__name__} while {what} at {where}")
+
+    def _no_bucket(self) -> StorageError:
+        return StorageError(
+            f"the bucket {self.bucket} does not exist at {self.location}; create it or fix {self.field}.bucket"
+        )
+
+    def _do(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (bex.BotoCoreError, bex.ClientError, ConnectionError, TimeoutError) as exc:
+            raise self._error(exc, what) from None
+
+    @staticmethod
+    def _code(exc: bex.ClientError) -> str:
+        return str(exc.response.get("Error", {}).get("Code", ""))
+
+    # -- repository presence ----------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self._head("config") is not None
+
+    def _head(self, name: str) -> dict[str, Any] | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except bex.ClientError as exc:
+            mapped = self._error(exc, name)
+            if isinstance(mapped, ObjectNotFound):
+                return None
+            raise mapped from None
+        except (bex.BotoCoreError, ConnectionError, TimeoutError) as exc:
+            raise self._error(exc, name) from None
+        return dict(head)
+
+    def create(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except bex.ClientError as exc:
+            # HEAD answers carry no body, so a missing bucket is a bare 404 here.
+            if isinstance(self._error(exc, "bucket"), ObjectNotFound):
+                raise self._no_bucket() from None
+            raise self._error(exc, "checking the bucket") from None
+        except (bex.BotoCoreError, ConnectionError, TimeoutError) as exc:
+            raise self._error(exc, "checking the bucket") from None
+        if self.exists():
+            raise RepositoryExists(f"a repository already exists at {self.location}; it was left untouched")
+        found = [info.name for info in self._list_raw(self.prefix, limit=100)]
+        if not found:
+            return
+        if all(name.startswith("keys/") for name in found) and len(found) < 100:
+            # An init killed before it wrote `config`: its key slots wrap secrets nobody used.
+            for name in found:
+                self.delete(name)
+            return
+        raise RepositoryExists(
+            f"{self.location} is not empty and holds no Phoenix repository; choose an empty prefix "
+            f"({self.field}.prefix) or another bucket"
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def read(self, name: str) -> bytes:
+        key = self._key(name)
+
+        def get() -> bytes:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+
+        return self._read_thawing(name, get)
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        key = self._key(name)
+
+        def get() -> bytes:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")
+            body = resp["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+
+        data = self._read_thawing(name, get)
+        if len(data) != length:
+            raise ObjectNotFound(f"object {name} in {self.location} is shorter than the index says")
+        return data
+
+    def _read_thawing(self, name: str, get: Callable[[], bytes]) -> bytes:
+        try:
+            return get()
+        except bex.ClientError as exc:
+            if self._code(exc) != "InvalidObjectState":
+                raise self._error(exc, name) from None
+        except (bex.BotoCoreError, ConnectionError, TimeoutError) as exc:
+            raise self._error(exc, name) from None
+        self._thaw([name])
+        return self._do(name, get)
+
+    # -- cold storage -----------------------------------------------------------------------
+
+    def prepare_read(self, names: Iterable[str]) -> None:
+        wanted = set(names)
+        if not wanted:
+            return
+        # One listing tells the storage class of every pack (a lifecycle rule may have moved
+        # packs even when the config says STANDARD); only cold ones cost a HEAD and a restore.
+        folders = {n.split("/", 1)[0] + "/" for n in wanted}
+        candidates = [
+            info.name
+            for folder in sorted(folders)
+            for info in self.list(folder)
+            if info.name in wanted and info.storage_class in COLD_CLASSES
+        ]
+        cold = [n for n in candidates if not _restored(self._head(n) or {})]
+        if cold:
+            self._thaw(cold)
+
+    def _thaw(self, names: list[str]) -> None:
+        """Request a restore of each object, then wait for all of them up to the thaw timeout."""
+        if self._thaw_deadline is None:
+            self._thaw_deadline = time.monotonic() + self.settings.thaw_timeout
+        for name in names:
+            try:
+                self.client.restore_object(
+                    Bucket=self.bucket,
+                    Key=self._key(name),
+                    RestoreRequest={"Days": THAW_DAYS, "GlacierJobParameters": {"Tier": "Standard"}},
+                )
+            except bex.ClientError as exc:
+                if self._code(exc) == "RestoreAlreadyInProgress":
+                    continue
+                mapped = self._error(exc, f"requesting a restore of {name}")
+                if not isinstance(mapped, ObjectNotFound):  # a missing object is the reader's error
+                    raise mapped from None
+            except (bex.BotoCoreError, ConnectionError, TimeoutError) as exc:
+                raise self._error(exc, f"requesting a restore of {name}") from None
+        if not self._thaw_announced:
+            self._thaw_announced = True
+            self.notice(
+                f"{len(names)} object(s) in {self.location} are in a cold storage class; requested a restore "
+                f"(thaw) and waiting up to {self.settings.thaw_timeout:.0f} s (--thaw-timeout)"
+            )
+        pending = list(names)
+        delay = 1.0
+        while True:
+            pending = [n for n in pending if not _restored(self._head(n) or {"Restore": 'ongoing-request="false"'})]
+            if not pending:
+                return
+            remaining = self._thaw_deadline - time.monotonic()
+            if remaining <= 0:
+                raise ThawPending(
+                    f"{len(pending)} object(s) in {self.location} are still being restored from cold storage "
+                    f"(first: {pending[0]}); run the command again once S3 has thawed them (hours for GLACIER, "
+                    "up to 48 h for DEEP_ARCHIVE), or give a longer --thaw-timeout"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 60.0)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _class_args(self, cold: bool) -> dict[str, str]:
+        cls = self.settings.storage_class
+        return {"StorageClass": cls} if cold and cls and cls != "STANDARD" else {}
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        key = self._key(name)
+        if exclusive and not self._conditional and self._head(name) is not None:
+            raise ObjectExists(f"object {name} already exists in {self.location}")
+        conditional = {"IfNoneMatch": "*"} if exclusive and self._conditional else {}
+        extra = self._class_args(cold)
+        try:
+            if len(data) > self.settings.multipart_threshold:
+                self._multipart(key, name, data, extra, conditional)
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra, **conditional)  # type: ignore[arg-type]
+        except bex.ClientError as exc:
+            if conditional and self._code(exc) in ("NotImplemented", "501"):
+                self._conditional = False
+                self.notice(
+                    f"{self.location} does not support conditional writes (If-None-Match); exclusive "
+                    "creation falls back to check-then-write, which is not atomic"
+                )
+                return self.write(name, data, exclusive=exclusive, cold=cold)
+            raise self._error(exc, name) from None
+        except (bex.BotoCoreError, ConnectionError, TimeoutError) as exc:
+            raise self._error(exc, name) from None
+
+    def _multipart(self, key: str, name: str, data: bytes, extra: dict[str, str], conditional: dict[str, str]) -> None:
+        """Parts in order, then complete; on any failure the upload is aborted, so no half object
+        and no billed leftover parts remain (a killed process's uploads are aborted later by
+        `abort_abandoned_uploads`)."""
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)  # type: ignore[arg-type]
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            view = memoryview(data)
+            size = self.settings.part_size
+            for number, start in enumerate(range(0, len(data), size), start=1):
+                resp = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=bytes(view[start : start + size]),
+                )
+                parts.append({"ETag": resp["ETag"], "PartNumber": number})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                **conditional,  # type: ignore[arg-type]
+            )
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except (bex.BotoCoreError, bex.ClientError, ConnectionError, TimeoutError):
+                self.notice(f"could not abort the multipart upload of {name}; a later run cleans it up")
+            raise
+
+    def abort_abandoned_uploads(self, *, everything: bool) -> int:
+        cutoff = time.time() - ABANDONED_AFTER
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for up in page.get("Uploads", []):
+                    started = up.get("Initiated")
+                    old = started is not None and started.timestamp() < cutoff
+                    if everything or old:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                        aborted += 1
+        except (bex.BotoCoreError, bex.ClientError, ConnectionError, TimeoutError) as exc:
+            raise self._error(exc, "cleaning up abandoned multipart uploads") from None
+        return aborted
+
+    # -- the rest ---------------------------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        key = self._key(name)
+        self._do(name, lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        head = self._head(name)
+        if head is None:
+            return None
+        modified = head.get("LastModified")
+        return ObjectInfo(
+            name,
+            int(head["ContentLength"]),
+            storage_class=str(head.get("StorageClass") or "STANDARD"),
+            modified=modified.timestamp() if isinstance(modified, datetime) else None,
+        )
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for info in self._list_raw(self.prefix + prefix):
+            if is_valid_name(info.name):  # foreign objects below the prefix are none of ours
+                yield info
+
+    def _list_raw(self, key_prefix: str, limit: int | None = None) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        count = 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=key_prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    modified = obj.get("LastModified")
+                    yield ObjectInfo(
+                        key[len(self.prefix) :],
+                        int(obj.get("Size", 0)),
+                        storage_class=str(obj.get("StorageClass") or "STANDARD"),
+                        modified=modified.timestamp() if isinstance(modified, datetime) else None,
+                    )
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
+        except (bex.BotoCoreError, bex.ClientError, ConnectionError, TimeoutError) as exc:
+            raise self._error(exc, f"listing {key_prefix or 'the bucket'}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _restored(head: dict[str, Any]) -> bool:
+    """Whether a HEAD answer says a cold object's thawed copy is readable."""
+    restore = str(head.get("Restore") or "")
+    return 'ongoing-request="false"' in restore
+
+
+def r2_endpoint(account_id: str) -> str:
+    return f"https://{account_id}.r2.cloudflarestorage.com"

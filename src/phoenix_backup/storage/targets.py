@@ -1,0 +1,113 @@
+"""Backends for the config's targets: `local`, `git`, `s3`, `r2`, each wrapped in the standard
+retry and concurrency-limit stack.
+
+Credentials for S3 and R2 come, in this order, from the config (`accessKeyId`/`secretAccessKey`),
+the environment (R2 also reads `R2_ACCESS_KEY_ID`/`R2_SECRET_ACCESS_KEY`; both read
+`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` and `AWS_PROFILE`), then the AWS
+SDK's usual chain (shared credentials file, SSO, instance roles). They are handed to the SDK and
+never formatted into any message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import UsageError
+from phoenix_backup.storage.base import Backend
+from phoenix_backup.storage.local import LocalBackend
+from phoenix_backup.storage.wrappers import wrap
+
+if TYPE_CHECKING:
+    from phoenix_backup.storage.s3 import S3Settings
+
+TARGET_NAMES = ("local", "git", "s3", "r2")
+# Requests in flight per remote target: several uploads at once hide the latency of each.
+REMOTE_CONNECTIONS = 8
+LOCAL_CONNECTIONS = 16
+
+
+def check_target_name(cfg: Config, name: str) -> None:
+    enabled = cfg.targets.enabled_names()
+    if name not in TARGET_NAMES:
+        raise UsageError(f"unknown target {name!r}; use one of {', '.join(TARGET_NAMES)}")
+    if name not in enabled:
+        raise UsageError(
+            f"target {name!r} is not enabled; set targets.{name}.enabled to true in the config, "
+            f"or use one of the enabled targets: {', '.join(enabled)}"
+        )
+
+
+def backend_for(
+    cfg: Config,
+    name: str,
+    env: Mapping[str, str],
+    *,
+    notice: Callable[[str], None] | None = None,
+    thaw_timeout: float = 0.0,
+) -> Backend:
+    """The backend of target `name` (which must be enabled), wrapped for retries and a
+    concurrency limit."""
+    check_target_name(cfg, name)
+    t = cfg.targets
+    inner: Backend
+    if name == "local":
+        return wrap(LocalBackend(cfg.repository_path), limit=LOCAL_CONNECTIONS, notice=notice)
+    if name == "git":
+        from phoenix_backup.storage.git import GitBackend, clone_dir
+
+        workdir = clone_dir(env, t.git.repo, t.git.branch)
+        inner = GitBackend(t.git.repo, t.git.branch, t.git.auto_commit, workdir, env, notice)
+        return wrap(inner, limit=REMOTE_CONNECTIONS, notice=notice)
+    from phoenix_backup.storage.s3 import S3Backend, S3Settings, r2_endpoint
+
+    if name == "s3":
+        s3 = t.s3
+        settings = S3Settings(
+            target="s3",
+            bucket=s3.bucket,
+            prefix=s3.prefix,
+            endpoint=s3.endpoint,
+            region=s3.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            storage_class=s3.storage_class,
+            thaw_timeout=thaw_timeout,
+            max_connections=REMOTE_CONNECTIONS,
+        )
+        _credentials(settings, s3.access_key_id, s3.secret_access_key, env, ())
+    else:
+        r2 = t.r2
+        settings = S3Settings(
+            target="r2",
+            bucket=r2.bucket,
+            prefix=r2.prefix,
+            # The endpoint, when given, replaces the account's URL (then accountId is not needed).
+            endpoint=r2.endpoint or r2_endpoint(r2.account_id or ""),
+            region=r2.region or "auto",
+            thaw_timeout=thaw_timeout,
+            max_connections=REMOTE_CONNECTIONS,
+        )
+        _credentials(settings, r2.access_key_id, r2.secret_access_key, env, ("R2_",))
+    inner = S3Backend(settings, notice)
+    return wrap(inner, limit=REMOTE_CONNECTIONS, notice=notice)
+
+
+def _credentials(
+    settings: S3Settings,
+    key_id: str | None,
+    secret: str | None,
+    env: Mapping[str, str],
+    env_prefixes: tuple[str, ...],
+) -> None:
+    """Fill the settings' keys: the config's, else the caller's environment (which may differ from
+    this process's when Phoenix is used as a library), else leave them to the SDK's chain."""
+    if key_id and secret:
+        settings.access_key_id, settings.secret_access_key = key_id, secret
+        return
+    for prefix in (*env_prefixes, "AWS_"):
+        env_id, env_secret = env.get(f"{prefix}ACCESS_KEY_ID"), env.get(f"{prefix}SECRET_ACCESS_KEY")
+        if env_id and env_secret:
+            settings.access_key_id, settings.secret_access_key = env_id, env_secret
+            settings.session_token = env.get(f"{prefix}SESSION_TOKEN") or None
+            return
+    settings.profile = env.get("AWS_PROFILE") or None

@@ -1,0 +1,108 @@
+"""`phx archive`: a snapshot as a plain zip or tar.gz, extracted with the real `unzip` and `tar`.
+
+Extraction yields exactly the snapshot's files (logical paths as folders below one top folder),
+byte-equal with their modes (and modification times), the databases as intact SQLite files equal
+row for row, plus SHA256SUMS (which the real `sha256sum -c` accepts) and phoenix-manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from e2e_support import DATABASES, Sandbox, assert_error, assert_same_db, db_dump, file_manifest, flip_byte, integrity
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.browse import find_node
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.pack import pack_name
+
+
+def extract(archive: Path, dest: Path) -> None:
+    dest.mkdir()
+    if archive.name.endswith(".zip"):
+        tool = shutil.which("unzip")
+        if tool is None:
+            pytest.skip("unzip is not installed (scripts/test.sh installs it)")
+        cmd = [tool, "-q", str(archive), "-d", str(dest)]
+    else:
+        tool = shutil.which("tar")
+        if tool is None:
+            pytest.skip("tar is not installed")
+        cmd = [tool, "-xzf", str(archive), "-C", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_archive_extracts_to_exactly_the_snapshots_files(backed_up: Sandbox, tmp_path: Path, suffix: str) -> None:
+    sb = backed_up
+    snap = sb.snapshots()[0]
+    archive = tmp_path / f"agent{suffix}"
+    doc = sb.phx("archive", snap["name"], "--output", archive, "--json").json()
+    assert doc["output"] == str(archive) and archive.is_file() and doc["archiveSize"] == archive.stat().st_size
+    assert archive.stat().st_mode & 0o077 == 0, "the archive holds the agent's secrets: private by default"
+    top = f"phoenix-{snap['name']}"
+    assert doc["top"] == top
+
+    out = tmp_path / "extracted"
+    extract(archive, out)
+    assert sorted(p.name for p in out.iterdir()) == [top], "one top folder"
+    root = out / top
+    assert sorted(p.name for p in root.iterdir()) == ["SHA256SUMS", "home", "phoenix-manifest.json", "workspace"]
+
+    # The workspace: every file byte-equal with its mode; times to the second (zip keeps seconds).
+    expected = sb.state()["workspace"]
+    actual = file_manifest(root / "workspace")
+    assert set(actual) == set(expected), sorted(set(actual) ^ set(expected))
+    for rel, want in expected.items():
+        got = actual[rel]
+        assert got[:2] == want[:2] and got[3:] == want[3:], (rel, want, got)
+        assert got[2] // 10**9 == want[2] // 10**9, f"{rel}: mtime {got[2]} vs {want[2]}"
+
+    # The databases: plain SQLite files, intact, row-equal with the live ones; nothing else below home/.
+    home_files = sorted(p.relative_to(root).as_posix() for p in (root / "home").rglob("*") if p.is_file())
+    assert home_files == sorted(DATABASES)
+    for logical in DATABASES:
+        assert integrity(root / logical) == ["ok"]
+        assert_same_db(db_dump(sb.db_path(logical)), db_dump(root / logical), f"{suffix}: {logical}")
+
+    # The manifest files check the rest, with standard tools.
+    proc = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checked = [line for line in proc.stdout.splitlines() if line.endswith(": OK")]
+    assert len(checked) == len([v for v in expected.values() if v[0] == "file"]) + len(DATABASES)
+    manifest = json.loads((root / "phoenix-manifest.json").read_text())
+    assert manifest["snapshot"]["id"] == snap["id"] and manifest["format"] == "phoenix-archive"
+    paths = {e["path"] for e in manifest["entries"] if e["type"] in ("file", "sqlite")}
+    assert paths == {f"workspace/{k}" for k, v in expected.items() if v[0] == "file"} | set(DATABASES)
+
+
+def test_archive_refuses_what_it_cannot_do(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    assert_error(sb.phx("archive", "latest", "--output", tmp_path / "agent.rar", check=None), 2, "FILE.zip")
+    existing = tmp_path / "taken.zip"
+    existing.write_bytes(b"keep me")
+    assert_error(sb.phx("archive", "latest", "--output", existing, check=None), 2, "--force")
+    assert existing.read_bytes() == b"keep me"
+    sb.phx("archive", "latest", "--output", existing, "--force")
+    assert existing.read_bytes()[:2] == b"PK"
+
+
+def test_archive_of_damaged_data_fails_and_leaves_no_archive(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    node = find_node(repo, repo.find_snapshot("latest"), "workspace/MEMORY.md")
+    assert node is not None
+    loc = repo.index.get(node.content[0].blob)
+    assert loc is not None
+    flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = sb.phx("archive", "latest", "--output", out / "agent.tar.gz", check=None)
+    assert_error(res, 1)
+    assert list(out.iterdir()) == [], "neither the archive nor a temporary file is left"

@@ -1,0 +1,121 @@
+"""`phx ls` and `phx dump`: browse a snapshot without restoring it.
+
+`ls` lists exactly the snapshot's paths with their sizes, modes and modification times; `dump`
+writes one file's exact bytes to stdout (a database as its consistent copy), including an older
+version of a file ("MEMORY.md as of last Tuesday"), and writes nothing when the data is damaged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import sqlite3
+import stat
+import subprocess
+from pathlib import Path
+
+from e2e_support import DATABASES, PHX, Sandbox, assert_error, assert_same_db, db_dump, flip_byte
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.browse import find_node
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.pack import pack_name
+
+
+def dump_bytes(sb: Sandbox, *args: str) -> tuple[int, bytes, str]:
+    """`phx dump ARGS` with stdout captured as bytes (the files are binary)."""
+    proc = subprocess.run([PHX, "dump", *args], env=sb.env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr.decode()
+
+
+def test_ls_lists_every_path_with_size_mode_and_mtime(backed_up: Sandbox) -> None:
+    sb = backed_up
+    doc = sb.phx("ls", "latest", "--json").json()
+    entries = {e["path"]: e for e in doc["entries"]}
+    expected = {f"workspace/{k}": v for k, v in sb.state()["workspace"].items()}
+    for logical in expected:
+        assert logical in entries, f"ls does not list {logical}"
+    for logical in DATABASES:
+        assert entries[logical]["type"] == "sqlite"
+    listed = {p for p, e in entries.items() if e["type"] != "dir" or p.startswith("workspace/")}
+    assert listed == set(expected) | set(DATABASES), sorted(listed ^ (set(expected) | set(DATABASES)))
+    for logical, value in expected.items():
+        e = entries[logical]
+        path = sb.workspace / logical.removeprefix("workspace/")
+        st = path.lstat()
+        assert e["mode"] == stat.S_IMODE(st.st_mode) and e["mtimeNs"] == st.st_mtime_ns, (logical, e)
+        if value[0] == "file":
+            assert e["size"] == st.st_size and e["sha256"] == value[4], (logical, e)
+            assert e["permissions"] == stat.filemode(st.st_mode)
+
+    # A path inside the workspace, given as the user would type it, lists only what is below it.
+    sub = sb.phx("ls", "latest", "memory", "--json").json()
+    assert sub["path"] == "workspace/memory"
+    assert sub["entries"] and all(e["path"].startswith("workspace/memory") for e in sub["entries"])
+    names = sorted(p.name for p in (sb.workspace / "memory").iterdir())
+    flat = sb.phx("ls", "latest", "workspace/memory", "--no-recursive", "--json").json()
+    assert sorted(e["name"] for e in flat["entries"][1:]) == names
+
+    # Plain text: one line per entry with mode, size, time and path.
+    text = sb.phx("ls", "latest", "MEMORY.md").out.strip()
+    size = (sb.workspace / "MEMORY.md").stat().st_size
+    assert text.startswith("-rw") and f" {size} " in text and text.endswith("workspace/MEMORY.md"), text
+
+    res = sb.phx("ls", "latest", "no/such/file.md", check=None)
+    assert_error(res, 2, "workspace/no/such/file.md")
+
+
+def test_dump_writes_the_exact_bytes_of_a_file_and_a_database(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    code, out, err = dump_bytes(sb, "latest", "MEMORY.md")
+    assert code == 0, err
+    assert out == (sb.workspace / "MEMORY.md").read_bytes()
+
+    logical = "home/.argentos/memory.db"
+    code, out, err = dump_bytes(sb, "latest", "~/.argentos/memory.db")
+    assert code == 0, err
+    entry = next(e for e in sb.phx("ls", "latest", logical, "--json").json()["entries"] if e["path"] == logical)
+    assert hashlib.sha256(out).hexdigest() == entry["sha256"] and len(out) == entry["size"]
+    copy = tmp_path / "memory.db"
+    copy.write_bytes(out)
+    con = sqlite3.connect(copy)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    assert_same_db(db_dump(sb.db_path(logical)), db_dump(copy), "dumped memory.db")
+
+    doc = sb.phx("dump", "latest", "MEMORY.md", "--json").json()
+    assert base64.b64decode(doc["contentBase64"]) == (sb.workspace / "MEMORY.md").read_bytes()
+    assert doc["path"] == "workspace/MEMORY.md" and doc["size"] == (sb.workspace / "MEMORY.md").stat().st_size
+
+    assert_error(sb.phx("dump", "latest", "memory", check=None), 2, "folder")
+    assert_error(sb.phx("dump", "latest", "nothing-here.md", check=None), 2, "nothing-here.md")
+
+
+def test_dump_gives_an_older_version_of_a_file(backed_up: Sandbox) -> None:
+    sb = backed_up
+    before = (sb.workspace / "MEMORY.md").read_bytes()
+    first = sb.snapshots()[0]
+    (sb.workspace / "MEMORY.md").write_text("# MEMORY\n\nrewritten on Wednesday\n")
+    sb.backup()
+    code, out, err = dump_bytes(sb, first["name"], "MEMORY.md")
+    assert code == 0 and out == before, err
+    code, out, err = dump_bytes(sb, "latest", "MEMORY.md")
+    assert code == 0 and out == b"# MEMORY\n\nrewritten on Wednesday\n", err
+
+
+def test_dump_writes_nothing_when_the_data_is_damaged(backed_up: Sandbox) -> None:
+    sb = backed_up
+    cfg = load_config(sb.config_path, sb.env)
+    repo = open_repository(cfg, Environment(env=sb.env))
+    repo.load_index()
+    snap = repo.find_snapshot("latest")
+    node = find_node(repo, snap, "workspace/MEMORY.md")
+    assert node is not None
+    loc = repo.index.get(node.content[0].blob)
+    assert loc is not None
+    flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
+    code, out, err = dump_bytes(sb, "latest", "MEMORY.md")
+    assert code == 1 and out == b"", (code, out[:100], err)
+    assert err.startswith("phx: error:") and "Traceback" not in err, err
+    assert not any(name.startswith(".") for name in os.listdir(sb.workspace.parent)), "no leftovers"

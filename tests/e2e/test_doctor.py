@@ -1,0 +1,194 @@
+"""`phx doctor`: one line per check, ✓ or ✗ with its fix, exit 1 when anything is ✗.
+
+Each broken condition is made for real and must be reported with its fix: a missing workspace,
+an unreachable target (a missing repository folder; a repository this user cannot write, run as
+an unprivileged user since root ignores file modes), a configured PostgreSQL database without
+pg_dump (and with pg_dump but no server listening), no free space (a small tmpfs mounted as the
+repository's disk; skipped where mounting is not allowed), a stale lock, no backup yet, and a
+failed drill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import Sandbox
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.locks import LOCK_AAD
+
+
+def doctor(sb: Sandbox, check: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = sb.phx("doctor", "--json", check=check, env=env).json()
+    assert doc["ok"] is (check == 0), doc
+    return doc
+
+
+def checks(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    found = [c for c in doc["checks"] if c["name"] == name]
+    assert found, f"no {name!r} check in {[c['name'] for c in doc['checks']]}"
+    return found
+
+
+def failed(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in doc["checks"] if c["status"] == "fail"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_healthy_setup_passes_every_check(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    sb.phx("drill", "--scratch", tmp_path)
+    doc = doctor(sb, 0)
+    assert failed(doc) == [] and doc["warnings"] == 0, doc["checks"]
+    for name in ("config", "workspace", "disk (repository)", "disk (cache)", "credentials", "target local", "locks"):
+        assert checks(doc, name)[0]["status"] == "ok"
+    assert "written, read back, deleted" in checks(doc, "target local")[0]["message"]
+    assert list((sb.repo / "locks").iterdir()) == [], "the probe object was deleted"
+    assert "passed" in checks(doc, "last drill")[0]["message"]
+    text = sb.phx("doctor").out.splitlines()
+    assert text[-1] == "all checks passed" and all(line.startswith("✓ ") for line in text[:-1]), text
+
+
+def test_missing_workspace(backed_up: Sandbox) -> None:
+    sb = backed_up
+    shutil.rmtree(sb.workspace)
+    doc = doctor(sb, 1)
+    [bad] = failed(doc)
+    assert bad["name"] == "workspace" and "does not exist" in bad["message"] and "workspace" in bad["fix"], bad
+    line = next(x for x in sb.phx("doctor", check=1).out.splitlines() if x.startswith("✗"))
+    assert line.startswith(f"✗ workspace: {sb.workspace} does not exist — fix: create it"), line
+
+
+def test_missing_repository_folder(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    sb.write_config(backupDir=str(tmp_path / "gone"))
+    doc = doctor(sb, 1)
+    bad = checks(doc, "target local")[0]
+    assert bad["status"] == "fail" and "no repository at" in bad["message"] and "phx init" in bad["fix"], bad
+
+
+def test_repository_this_user_cannot_write(make_sandbox: Any, public_tmp: Path) -> None:
+    from test_unreadable_file import unprivileged
+
+    sb: Sandbox = make_sandbox(root=public_tmp / "sb")
+    sb.backup()
+    prefix, who = unprivileged(public_tmp)
+    # The repository readable by the doctor's user, but owned by someone else and not writable.
+    owner = 0 if prefix and "runuser" in prefix[0] else 65534
+    for dirpath, dirnames, filenames in os.walk(sb.repo):
+        for name in [".", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            os.lchown(path, owner, owner)
+            os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
+    sb.prefix = prefix
+    print(f"running phx doctor as {who}")
+    doc = doctor(sb, 1)
+    bad = checks(doc, "target local")[0]
+    assert bad["status"] == "fail" and "not writable" in bad["message"], bad
+    assert "permission denied" in bad["message"].lower() and bad["fix"], bad
+    assert checks(doc, "credentials")[0]["status"] == "ok", "reading still works"
+
+
+def test_postgres_configured_without_pg_dump(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    port = free_port()
+    sb.write_config(databases={"postgres": [{"name": "agentdb", "host": "127.0.0.1", "port": port, "database": "a"}]})
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    doc = doctor(sb, 1, env=sb.env_with(PATH=str(empty)))
+    [bad] = failed(doc)
+    assert bad["name"] == "tool pg_dump" and "pg_dump not found" in bad["message"], bad
+    assert "postgresql-client" in bad["fix"] and "pgDump" in bad["fix"], bad
+
+    # With pg_dump but no server on that port: the probe dump reports the refused connection.
+    if shutil.which("pg_dump", path=sb.env["PATH"]) is None:
+        pytest.skip("pg_dump is not installed (scripts/test.sh installs postgresql-client)")
+    doc = doctor(sb, 1)
+    assert checks(doc, "tool pg_dump")[0]["status"] == "ok"
+    bad = checks(doc, "postgres agentdb")[0]
+    assert bad["status"] == "fail" and f"127.0.0.1:{port}" in bad["message"], bad
+    assert "start the server" in bad["fix"], bad
+
+
+def test_no_free_space_on_the_repository_disk(make_sandbox: Any, tmp_path: Path) -> None:
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    mount = shutil.which("mount")
+    proc = subprocess.run(
+        [mount or "mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'not permitted'})")
+    try:
+        sb: Sandbox = make_sandbox()
+        sb.write_config(backupDir=str(mnt / "repo"))
+        open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env), create=True)
+        doc = doctor(sb, 1)
+        bad = checks(doc, "disk (repository)")[0]
+        assert bad["status"] == "fail" and "free" in bad["message"] and str(mnt) in bad["message"], bad
+        assert "free some space" in bad["fix"], bad
+        assert checks(doc, "disk (cache)")[0]["status"] == "ok"
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_stale_lock_no_backup_and_failed_drill(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env), create=True)
+
+    # No backup yet; no drill yet (advice, not a failure).
+    doc = doctor(sb, 1)
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and "phx backup" in bad["fix"], bad
+    drill = checks(doc, "last drill")[0]
+    assert drill["status"] == "warn" and "phx drill" in drill["fix"], drill
+
+    # A lock of another host, not refreshed for an hour.
+    lock = {
+        "host": "elsewhere",
+        "bootId": "x",
+        "pid": 4242,
+        "processStart": 1,
+        "username": "agent",
+        "exclusive": False,
+        "time": time.time() - 3600,
+        "command": "backup",
+    }
+    repo.backend.write("locks/" + "ab" * 16, repo.sealer.seal(json.dumps(lock).encode(), LOCK_AAD))
+    sb.backup()
+    doc = doctor(sb, 1)
+    [bad] = failed(doc)
+    assert bad["name"] == "locks" and "stale" in bad["message"] and "elsewhere" in bad["message"], bad
+    assert "phx unlock" in bad["fix"], bad
+    sb.phx("unlock")
+
+    # A drill that failed.
+    reports = sb.home / ".argentos" / "backup" / "drills"
+    reports.mkdir(parents=True)
+    (reports / "29990101T000000Z-x.json").write_text(
+        json.dumps({"ok": False, "started": "2999-01-01T00:00:00+00:00", "name": "x", "errors": [{}]})
+    )
+    doc = doctor(sb, 1)
+    [bad] = failed(doc)
+    assert bad["name"] == "last drill" and "FAILED" in bad["message"] and "verify" in bad["fix"], bad
+
+
+def test_invalid_config(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.write_config(retention={"daily": "seven"})
+    doc = doctor(sb, 1)
+    assert [c["name"] for c in doc["checks"]] == ["config"] and "retention.daily" in doc["checks"][0]["message"]

@@ -1,0 +1,244 @@
+"""`phx export` in each format, from the live stores and from a snapshot: every file listed in
+checksums.json with its SHA-256, rows complete, embeddings decoded to the exact float32 values,
+derived FTS tables left out, `--no-vectors` at most half the size, and a Markdown export a
+person can read (categories, heat indicators, a Mermaid graph, reflections, lessons, identity)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any
+
+from e2e_support import Sandbox, assert_error, row_count
+
+STORES = {"memory": "home/.argentos/memory.db", "observations": "home/.argentos/observations.db"}
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def assert_checksums(export: Path) -> dict[str, Any]:
+    """checksums.json lists every other file with its SHA-256, and the combined digest is the
+    SHA-256 of the sha256sum-style listing."""
+    doc: dict[str, Any] = json.loads((export / "checksums.json").read_text())
+    assert doc["algorithm"] == "sha256"
+    on_disk = sorted(
+        p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file() and p.name != "checksums.json"
+    )
+    assert sorted(doc["files"]) == on_disk
+    for rel, digest in doc["files"].items():
+        assert hashlib.sha256((export / rel).read_bytes()).hexdigest() == digest, rel
+    listing = "".join(f"{doc['files'][p]}  {p}\n" for p in sorted(doc["files"]))
+    assert doc["combined"] == hashlib.sha256(listing.encode()).hexdigest()
+    return doc
+
+
+def test_json_export_is_complete_and_checksummed(sandbox: Sandbox, tmp_path: Path) -> None:
+    out = tmp_path / "export-json"
+    res = sandbox.phx("export", "--format", "json", "--output", out, "--json")
+    doc = res.json()
+    assert doc["format"] == "json" and doc["vectors"] is True and doc["source"]["kind"] == "live"
+    checks = assert_checksums(out)
+    assert checks["combined"] == doc["checksums"]["combined"]
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["format"] == "phoenix-memory-export" and meta["exportFormat"] == "json"
+    # Every table of every store, with its row count; FTS shadow tables are left out.
+    memory_db = sandbox.db_path(STORES["memory"])
+    counts = meta["counts"][STORES["memory"]]
+    assert set(counts) == {
+        "categories",
+        "memory_items",
+        "item_categories",
+        "entities",
+        "relations",
+        "reflections",
+        "lessons",
+    }
+    for table, rows in counts.items():
+        assert rows == row_count(memory_db, table), table
+        rows_in_file = json.loads((out / "databases" / "memory" / f"{table}.json").read_text())
+        assert len(rows_in_file) == rows
+    assert not list((out / "databases" / "memory").glob("memory_fts*"))
+    mem_meta = next(d for d in meta["databases"] if d["path"] == STORES["memory"])
+    assert "memory_fts_data" in mem_meta["derived"] and mem_meta["ftsRebuild"] == ["memory_fts"]
+    assert mem_meta["vectorColumns"] == {"memory_items": ["embedding"], "entities": ["embedding"]}
+    # Embeddings are arrays holding exactly the stored float32 values.
+    items = json.loads((out / "databases" / "memory" / "memory_items.json").read_text())
+    con = sqlite3.connect(memory_db)
+    try:
+        for item in items[:25]:
+            (blob,) = con.execute("SELECT embedding FROM memory_items WHERE id = ?", (item["id"],)).fetchone()
+            assert len(item["embedding"]) == 768
+            assert struct.pack("<768f", *item["embedding"]) == blob
+    finally:
+        con.close()
+    # The identity, memory notes and config files come along.
+    for rel in ("files/workspace/SOUL.md", "files/workspace/MEMORY.md", "files/home/.argentos/argent.json"):
+        assert (out / rel).is_file(), rel
+    assert (out / "files/workspace/SOUL.md").read_bytes() == (sandbox.workspace / "SOUL.md").read_bytes()
+    assert not (out / "files/workspace/debug.log").exists()  # not part of identity, memory or config
+    # Not sanitized: the sample's fake API key is exported as it is, and the user is told.
+    assert "--sanitize" in res.err
+
+
+def test_no_vectors_is_at_most_half_the_size(sandbox: Sandbox, tmp_path: Path) -> None:
+    full, lean = tmp_path / "full", tmp_path / "lean"
+    sandbox.phx("export", "--output", full)
+    sandbox.phx("export", "--no-vectors", "--output", lean)
+    assert_checksums(lean)
+    assert dir_size(lean) * 2 <= dir_size(full), (dir_size(lean), dir_size(full))
+    item = json.loads((lean / "databases/memory/memory_items.json").read_text())[0]
+    assert "embedding" not in item and "content" in item
+    meta = json.loads((lean / "metadata.json").read_text())
+    tables = next(d for d in meta["databases"] if d["path"] == STORES["memory"])["tableFiles"]
+    assert next(t for t in tables if t["name"] == "memory_items")["omittedColumns"] == ["embedding"]
+
+
+def test_csv_export_one_file_per_table(sandbox: Sandbox, tmp_path: Path) -> None:
+    out = tmp_path / "csv"
+    sandbox.phx("export", "--format", "csv", "--output", out)
+    assert_checksums(out)
+    memory_db = sandbox.db_path(STORES["memory"])
+    files = sorted(p.name for p in (out / "databases" / "memory").iterdir())
+    assert files == sorted(
+        f"{t}.csv"
+        for t in ("categories", "memory_items", "item_categories", "entities", "relations", "reflections", "lessons")
+    )
+    with open(out / "databases/memory/memory_items.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == row_count(memory_db, "memory_items")
+    con = sqlite3.connect(memory_db)
+    try:
+        row = rows[0]
+        content, blob = con.execute("SELECT content, embedding FROM memory_items WHERE id = ?", (row["id"],)).fetchone()
+    finally:
+        con.close()
+    assert row["content"] == content
+    assert struct.pack("<768f", *json.loads(row["embedding"])) == blob  # vectors as JSON arrays
+    obs = out / "databases" / "observations" / "observations.csv"
+    with open(obs, newline="", encoding="utf-8") as f:
+        assert sum(1 for _ in csv.reader(f)) == 1 + row_count(sandbox.db_path(STORES["observations"]), "observations")
+
+
+def test_markdown_export_for_a_person(sandbox: Sandbox, tmp_path: Path) -> None:
+    out = tmp_path / "md"
+    doc = sandbox.phx("export", "--format", "markdown", "--output", out, "--json").json()
+    assert doc["format"] == "markdown"
+    assert_checksums(out)
+    assert {"memories.md", "observations.md", "dashboard.md", "identity.md"} <= {p.name for p in out.iterdir()}
+    text = (out / "memories.md").read_text()
+    con = sqlite3.connect(sandbox.db_path(STORES["memory"]))
+    try:
+        categories = [r[0] for r in con.execute("SELECT DISTINCT category FROM memory_items")]
+        hot = con.execute("SELECT count(*) FROM memory_items WHERE heat > 0.7").fetchone()[0]
+        cold = con.execute("SELECT count(*) FROM memory_items WHERE heat < 0.3").fetchone()[0]
+        warm = con.execute("SELECT count(*) FROM memory_items WHERE heat BETWEEN 0.3 AND 0.7").fetchone()[0]
+        lesson = con.execute("SELECT lesson FROM lessons LIMIT 1").fetchone()[0]
+        entity = con.execute("SELECT name FROM entities e JOIN relations r ON r.source_id = e.id LIMIT 1").fetchone()[0]
+    finally:
+        con.close()
+    for category in categories:
+        assert f"\n### {category} (" in text, category
+    bullets = [line for line in text.splitlines() if line.startswith("- ") and "_(heat " in line]
+    assert sum(line.startswith("- 🔥 ") for line in bullets) == hot
+    assert sum(line.startswith("- ❄️ ") for line in bullets) == cold
+    assert sum(line.startswith("- • ") for line in bullets) == warm
+    assert "```mermaid\ngraph LR\n" in text and entity.split(" ")[0] in text
+    assert "## Reflections" in text and "## Lessons" in text and lesson in text
+    identity = (out / "identity.md").read_text()
+    assert "\n## SOUL.md\n" in identity and "\n### SOUL\n" in identity  # headings moved below the file's own
+    assert "## Tasks: " in (out / "dashboard.md").read_text()
+    assert "### Session sess-" in (out / "observations.md").read_text()
+
+
+def test_snapshot_export_matches_live_export(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    snap = sb.snapshots()[0]
+    live, from_snap = tmp_path / "live", tmp_path / "snap"
+    sb.phx("export", "--output", live)
+    doc = sb.phx("export", "--backup", snap["name"], "--output", from_snap, "--json").json()
+    assert doc["source"]["kind"] == "snapshot" and doc["source"]["snapshot"] == snap["id"]
+    assert_checksums(from_snap)
+    # Rows are written in key order, so the same data gives the same bytes.
+    for path in sorted((live / "databases").rglob("*.json")):
+        rel = path.relative_to(live)
+        assert (from_snap / rel).read_bytes() == path.read_bytes(), rel
+    # The sandbox backs up the whole workspace (not ~/.argentos/argent.json): the same files come out.
+    assert sorted(p.relative_to(live).as_posix() for p in (live / "files/workspace").rglob("*")) == sorted(
+        p.relative_to(from_snap).as_posix() for p in (from_snap / "files/workspace").rglob("*")
+    )
+
+
+def test_output_must_be_new_or_empty(sandbox: Sandbox, tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = sandbox.phx("export", "--output", out, check=2)
+    assert_error(res, 2, str(out), "--output")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sandbox.phx("export", "--format", "markdown", "--output", empty)
+    assert (empty / "checksums.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]  # no temporary folder left
+
+
+PLANTED = {
+    "openai": "sk-proj-Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp",
+    "github": "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    "slack": "xoxb-2222222222-3333333333333-aBcDeFgHiJkLmNoPqRsTuVwX",
+    "aws": "AKIAZZZZZZZZZZZZZZZZ",
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJhZ2VudCI6ImFyZ2VudCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWc",
+    "password": "tr0ub4dor&3-plus-more",
+    "bearer": "YmVhcmVyLXRva2VuLWZvci10ZXN0cw",
+}
+
+
+def test_sanitize_removes_planted_secrets_and_nothing_else(sandbox: Sandbox, tmp_path: Path) -> None:
+    ws = sandbox.workspace
+    (ws / "config" / "secrets.env").write_text(
+        f"OPENAI_API_KEY={PLANTED['openai']}\nAWS_ACCESS_KEY_ID={PLANTED['aws']}\nLOG_LEVEL=info\n"
+    )
+    (ws / "config" / "providers.yaml").write_text(
+        f"github:\n  token: {PLANTED['github']}\n  org: example\nslack:\n  hook_note: uses {PLANTED['slack']}\n"
+        f'db:\n  password: "{PLANTED["password"]}"\n  passwordEnv: PG_PASSWORD\n'
+    )
+    (ws / "config" / "http.json").write_text(
+        json.dumps({"headers": {"X-Debug": f"Bearer {PLANTED['bearer']}"}, "session": PLANTED["jwt"], "retries": 3})
+    )
+    # The same token in a memory note is not a config or env file: it is exported as it is.
+    (ws / "memory" / "2026-09-30.md").write_text(f"note: rotate {PLANTED['github']} soon\n")
+    out = tmp_path / "migrate"
+    doc = sandbox.phx("export", "--sanitize", "--no-vectors", "--output", out, "--json").json()
+    assert doc["sanitized"] is True
+    assert_checksums(out)
+    configs = [p for p in (out / "files").rglob("*") if p.is_file() and p.suffix in (".json", ".env", ".yaml")]
+    for path in configs:
+        for name, secret in PLANTED.items():
+            assert secret not in path.read_text(), (name, path)
+    # Nothing else changed: each exported config equals its source with the secrets replaced.
+    apikey = json.loads((sandbox.home / ".argentos" / "argent.json").read_text())["providers"]["anthropic"]["apiKey"]
+    for path in configs:
+        source = sandbox.root / "sample" / path.relative_to(out / "files")
+        expected = source.read_text().replace(apikey, "REDACTED")
+        for secret in PLANTED.values():
+            expected = expected.replace(secret, "REDACTED")
+        assert path.read_text() == expected, path
+    assert PLANTED["github"] in (out / "files/workspace/memory/2026-09-30.md").read_text()
+    report = json.loads((out / "redactions.json").read_text())
+    assert report["count"] == len(doc["redactions"]) == 8  # the seven planted + the sample's apiKey
+    assert {r["file"] for r in report["redactions"]} == {
+        "files/workspace/config/secrets.env",
+        "files/workspace/config/providers.yaml",
+        "files/workspace/config/http.json",
+        "files/home/.argentos/argent.json",
+    }
+    text = (out / "redactions.json").read_text() + (out / "MIGRATION.md").read_text()
+    assert not any(secret in text for secret in [*PLANTED.values(), apikey])
+    migration = (out / "MIGRATION.md").read_text()
+    assert "`files/workspace/config/providers.yaml`" in migration and "phx import" in migration

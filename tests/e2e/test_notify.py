@@ -1,0 +1,173 @@
+"""Notifications through Apprise, received by a real HTTP server on loopback through a `json://`
+URL: a failed backup alerts (a repository that cannot be opened, or cannot be created), a
+partial one too (naming the failed target), a success is silent under `onSuccess: silent` and
+reported under `notify`, no message ever holds a secret, and a notification that cannot be sent
+only warns. The state file records the failures."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from e2e_support import PASSPHRASE, Sandbox
+
+CANARY = "pw-CANARY-4711"
+TOKEN = "tok-CANARY-0815"
+
+
+class Receiver:
+    """A loopback HTTP server that records every POSTed JSON body."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                received.append({"path": self.path, "body": json.loads(body), "raw": body.decode()})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "hook") -> str:
+        # The token is part of the URL, as in real Apprise URLs: it must never be echoed.
+        return f"json://127.0.0.1:{self.port}/{path}?token={TOKEN}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def notifying(sb: Sandbox, receiver: Receiver, **settings: Any) -> None:
+    sb.write_config(notifications={"enabled": True, "urls": [receiver.url()], **settings})
+
+
+def assert_no_secret(message: dict[str, Any]) -> None:
+    for secret in (CANARY, PASSPHRASE, TOKEN):
+        assert secret not in message["raw"], f"{secret!r} leaked into a notification: {message['raw']}"
+
+
+def test_failed_backup_alerts_and_is_recorded(make_sandbox: Callable[..., Sandbox], receiver: Receiver) -> None:
+    sb = make_sandbox()
+    notifying(sb, receiver)  # onFailure defaults to alert
+    good = sb.backup()
+    assert receiver.received == [], "onSuccess defaults to silent"
+    # The repository cannot be opened: the wrong passphrase.
+    res = sb.phx("backup", env=sb.env_with(PHX_PASSPHRASE=CANARY), check=1)
+    assert "passphrase" in res.err
+    assert len(receiver.received) == 1
+    message = receiver.received[0]
+    body = message["body"]
+    assert message["path"].startswith("/hook")
+    assert body["type"] == "failure" and "FAILED" in body["title"] and socket.gethostname() in body["title"]
+    assert "No snapshot was saved" in body["message"] and "passphrase" in body["message"]
+    assert "Duration:" in body["message"]
+    assert_no_secret(message)
+    state = json.loads((sb.home / ".argentos" / "backup" / ".last-backup").read_text())
+    assert state["success"] is False and "passphrase" in state["lastFailure"]["error"]
+    assert state["lastSuccess"]["snapshotId"] == good["id"]
+    assert CANARY not in json.dumps(state)
+
+
+def test_a_repository_that_cannot_be_created_alerts(make_sandbox: Callable[..., Sandbox], receiver: Receiver) -> None:
+    sb = make_sandbox()
+    blocker = sb.root / "not-a-folder"
+    blocker.write_text("a file where the repository folder should go\n")
+    sb.write_config(backupDir=str(blocker / "repo"))
+    notifying(sb, receiver)
+    sb.phx("backup", check=1)
+    assert len(receiver.received) == 1
+    body = receiver.received[0]["body"]
+    assert body["type"] == "failure" and str(blocker) in body["message"]
+    assert_no_secret(receiver.received[0])
+
+
+def test_success_is_silent_or_reported_as_configured(make_sandbox: Callable[..., Sandbox], receiver: Receiver) -> None:
+    sb = make_sandbox()
+    notifying(sb, receiver, onSuccess="silent")
+    first = sb.backup()
+    assert first["notification"] == {"sent": 0, "skipped": "onSuccess is silent", "problems": []}
+    assert receiver.received == []
+    notifying(sb, receiver, onSuccess="notify")
+    doc = sb.backup()
+    assert doc["notification"]["sent"] == 1
+    assert len(receiver.received) == 1
+    body = receiver.received[0]["body"]
+    assert body["type"] == "success" and "OK" in body["title"]
+    text = body["message"]
+    assert f"Snapshot: {doc['name']} ({doc['id'][:8]})" in text
+    assert "Size:" in text and "added:" in text and "Duration:" in text and "Targets OK: local" in text
+    assert_no_secret(receiver.received[0])
+    # onFailure silent: a failure sends nothing.
+    notifying(sb, receiver, onFailure="silent")
+    sb.phx("backup", env=sb.env_with(PHX_PASSPHRASE=CANARY), check=1)
+    assert len(receiver.received) == 1
+
+
+def test_a_partial_backup_alerts_naming_the_failed_target(
+    make_sandbox: Callable[..., Sandbox], receiver: Receiver
+) -> None:
+    sb = make_sandbox()
+    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
+    missing_remote = sb.root / "no-such-remote.git"
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(missing_remote), "branch": "main", "autoCommit": True},
+        }
+    )
+    notifying(sb, receiver)
+    doc = sb.backup(check=3)
+    assert doc["targets"]["local"]["ok"] and not doc["targets"]["git"]["ok"]
+    assert doc["retention"]["skipped"].startswith("not every target received the snapshot")
+    assert len(receiver.received) == 1
+    body = receiver.received[0]["body"]
+    assert body["type"] == "failure" and "INCOMPLETE" in body["title"]
+    assert "Failed targets:" in body["message"] and "git:" in body["message"]
+    assert f"({doc['id'][:8]})" in body["message"]
+    assert_no_secret(receiver.received[0])
+
+
+def test_a_notification_that_cannot_be_sent_only_warns(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sb.write_config(
+        notifications={
+            "enabled": True,
+            "onSuccess": "notify",
+            "urls": [f"json://127.0.0.1:{port}/x?token={TOKEN}", "unknown-scheme://whatever"],
+        }
+    )
+    res = sb.phx("backup", "--json")
+    doc = res.json()
+    assert doc["id"] and doc["notification"]["sent"] == 0
+    problems = doc["notification"]["problems"]
+    assert "notifications.urls[0] (json://127.0.0.1) could not be reached" in problems[0]
+    assert "notifications.urls[1]" in problems[1] and "not a URL Apprise understands" in problems[1]
+    assert "warning: notification not sent" in res.err
+    assert TOKEN not in res.out + res.err

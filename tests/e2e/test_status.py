@@ -1,0 +1,96 @@
+"""`phx status` through the command: the last backup from the state file and its age, the next one
+due, per target the last success, snapshot count, size and deduplication ratio, and the warning
+(exit 1) when the last successful backup is older than the schedule implies."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from e2e_support import Sandbox
+
+
+def repo_bytes(repo: Path) -> int:
+    return sum(p.stat().st_size for p in repo.rglob("*") if p.is_file() and "locks" not in p.parts)
+
+
+def age_state(sb: Sandbox, seconds: float) -> None:
+    """Make the recorded backups `seconds` older, as if no backup had run since."""
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    state = json.loads(path.read_text())
+    for entry in (state, state["lastSuccess"], *state["targetsLastSuccess"].values()):
+        entry["timestamp"] -= seconds
+    path.write_text(json.dumps(state))
+
+
+def test_status_before_any_backup_says_so(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    res = sb.phx("status", check=1)
+    assert res.out.startswith("WARNING: no backup has run yet")
+    doc = sb.phx("status", "--json", check=1).json()
+    assert doc["ok"] is False and doc["lastBackup"] is None and doc["overdue"] is True
+    assert doc["targets"]["local"]["error"].startswith("no repository there yet")
+
+
+def test_status_reports_last_backup_targets_and_dedup(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    first = sb.backup()
+    with open(sb.workspace / "MEMORY.md", "a") as f:
+        f.write("\n- one more thing\n")
+    second = sb.backup()
+    doc = sb.phx("status", "--json").json()
+    assert doc["ok"] is True and doc["overdue"] is False and doc["alert"] is None
+    last = doc["lastBackup"]
+    assert last["success"] is True and last["snapshotId"] == second["id"] and 0 <= last["age"] < 120
+    assert doc["lastSuccess"]["snapshotName"] == second["name"]
+    local = doc["targets"]["local"]
+    assert local["snapshots"] == 2
+    assert local["size"] == repo_bytes(sb.repo)
+    assert local["logicalSize"] == first["size"] + second["size"]
+    # Two nearly identical snapshots stored once: close to 2x, more with compression.
+    assert local["dedupRatio"] > 1.8, local
+    assert local["lastSuccessAge"] < 120
+    schedule = doc["schedule"]
+    assert schedule["installed"] is False and schedule["description"] == "daily at 02:00"
+    due = datetime.fromisoformat(schedule["nextDue"])
+    assert 0 < due.timestamp() - time.time() <= 24 * 3600
+    assert any("no schedule is installed" in w for w in doc["warnings"])
+    text = sb.phx("status").out
+    assert "last backup:" in text and "target local:" in text and "deduplication" in text
+
+    # Status never asks for a passphrase: without one it still counts and sizes.
+    quiet = sb.phx("status", "--json", env=sb.env_with(PHX_PASSPHRASE=None)).json()
+    assert quiet["targets"]["local"]["snapshots"] == 2 and quiet["targets"]["local"]["dedupRatio"] is None
+    assert "passphrase" in quiet["targets"]["local"]["notice"].lower()
+
+
+def test_status_warns_when_the_last_success_is_older_than_the_schedule(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    sb.backup()
+    age_state(sb, 2 * 3600)
+    # Two hours is fine for a daily schedule...
+    assert sb.phx("status", "--json").json()["overdue"] is False
+    # ...but not for an hourly one.
+    sb.write_config(schedule={"every": "hourly"})
+    res = sb.phx("status", check=1)
+    assert res.out.startswith("WARNING: the last successful backup is 2.0 h old")
+    assert "hourly" in res.out and "expected one at" in res.out
+    sb.write_config(schedule={"every": "daily", "at": "02:00"})
+    age_state(sb, 3 * 86400)
+    doc = sb.phx("status", "--json", check=1).json()
+    assert doc["overdue"] is True and "3.1 days old" in doc["alert"] and "daily at 02:00" in doc["alert"]
+
+
+def test_status_reports_a_failed_last_backup(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    good = sb.backup()
+    sb.phx("backup", env=sb.env_with(PHX_PASSPHRASE="not the passphrase"), check=1)
+    doc = sb.phx("status", "--json", check=1).json()
+    assert doc["lastBackup"]["success"] is False and "passphrase" in doc["lastBackup"]["error"]
+    assert doc["lastSuccess"]["snapshotId"] == good["id"]
+    assert "passphrase" in doc["lastFailure"]["error"]
+    assert any(w.startswith("the last backup failed") for w in doc["warnings"])
+    assert doc["overdue"] is False, "the last success is recent; the failure is its own warning"

