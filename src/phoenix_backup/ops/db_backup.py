@@ -24,7 +24,6 @@ from phoenix_backup.errors import ConfigError
 from phoenix_backup.repo.chunker import stream_chunks
 from phoenix_backup.repo.snapshot import DatabaseInfo
 from phoenix_backup.repo.tree import Extent, Node
-from phoenix_backup.sources import postgres, redis
 from phoenix_backup.sources.streams import Stream
 
 STREAM_MODE = 0o600
@@ -106,6 +105,10 @@ def _save_all(
 
 def back_up(job: DbJob, env: dict[str, str], seed: int, save: Callable[[memoryview], bytes]) -> DbOutcome:
     """Back up one database; raises a PhoenixError naming it when any part fails."""
+    # The database drivers are imported here, not at module level: every `phx` run would
+    # otherwise pay for psycopg and redis (~0.15 s), even with no server configured.
+    from phoenix_backup.sources import postgres, redis
+
     if isinstance(job.entry, PostgresDb):
         source: AbstractContextManager[Any]
         if job.entry.agent_id is not None:

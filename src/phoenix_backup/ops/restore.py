@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
@@ -43,7 +44,7 @@ from phoenix_backup.errors import (
     UnsafePath,
     UsageError,
 )
-from phoenix_backup.ops import alignment, db_restore, live_sqlite, safety
+from phoenix_backup.ops import alignment, live_sqlite, safety
 from phoenix_backup.ops.backup import select_sources, walk_tree
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.ops.gateway import GatewayStep, run_gateway
@@ -57,6 +58,9 @@ from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, split_logical
 from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.storage.local import os_error
+
+if TYPE_CHECKING:
+    from phoenix_backup.ops.db_restore import ConflictMode
 
 T = TypeVar("T")
 Action = Literal["create", "overwrite", "delete", "unchanged"]
@@ -129,6 +133,13 @@ class RestoreResult:
         }
 
 
+def _db() -> ModuleType:
+    """PostgreSQL and Redis restore, imported on first use: most restores never need the drivers."""
+    from phoenix_backup.ops import db_restore
+
+    return db_restore
+
+
 def select_nodes(
     repo: Repository,
     snap: Snapshot,
@@ -146,7 +157,7 @@ def select_nodes(
     wanted: list[tuple[str, Node]] = []
     wanted_dirs: set[str] = set()
     for logical, node in all_nodes:
-        if not in_scope.matches(logical, node.type == "sqlite" or db_restore.is_database_path(logical)):
+        if not in_scope.matches(logical, node.type == "sqlite" or _db().is_database_path(logical)):
             continue
         if node.type == "dir":
             wanted_dirs.add(logical)  # folders are restored too, empty ones included
@@ -210,7 +221,7 @@ def restore(
     realign: bool = False,
     safety_snapshot: bool = True,
     to_database: str | None = None,
-    conflict_mode: db_restore.ConflictMode = "update",
+    conflict_mode: ConflictMode = "update",
 ) -> RestoreResult:
     """Restore all or part of a snapshot in place, or below `to` (a scratch or migration folder).
 
@@ -281,7 +292,7 @@ class _Restore:
         self.selected = select_nodes(repo, snap, cfg, envx, scope, paths, all_nodes=self.tree)
         self.server_dbs: list[tuple[str, Node]] = []
         self.to_database: str | None = None
-        self.conflict_mode: db_restore.ConflictMode = "update"
+        self.conflict_mode: ConflictMode = "update"
         self.warnings: list[str] = []
         self.undo_hint = ""
 
@@ -300,7 +311,7 @@ class _Restore:
         if dry_run:
             self.preview(plan, result)
             if self.server_dbs:
-                result.databases += db_restore.preview_databases(
+                result.databases += _db().preview_databases(
                     self.repo, self.cfg, dict(self.envx.env), self.server_dbs, to_database=self.to_database
                 )
             return result
@@ -470,9 +481,9 @@ class _Restore:
         changes = any(i.action != "unchanged" or i.metadata for i in plan.items)
         return self.realign or plan.dir_changes > 0 or changes or bool(self.server_dbs)
 
-    def servers(self, to_database: str | None, conflict_mode: db_restore.ConflictMode) -> None:
+    def servers(self, to_database: str | None, conflict_mode: ConflictMode) -> None:
         """In place, PostgreSQL and Redis (postgres/…, redis/…) go into their servers through
-        ops/db_restore.py, after the files; below --to they are written as files like any other.
+        ops/_db().py, after the files; below --to they are written as files like any other.
         `--to DIR` cannot be combined with `--to-database`, which restores PostgreSQL only."""
         self.to_database = to_database
         self.conflict_mode = conflict_mode
@@ -480,8 +491,8 @@ class _Restore:
             raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
         if not self.in_place:
             return
-        self.server_dbs = [(lg, n) for lg, n in self.selected if db_restore.is_database_path(lg)]
-        self.selected = [(lg, n) for lg, n in self.selected if not db_restore.is_database_path(lg)]
+        self.server_dbs = [(lg, n) for lg, n in self.selected if _db().is_database_path(lg)]
+        self.selected = [(lg, n) for lg, n in self.selected if not _db().is_database_path(lg)]
         if to_database is not None:
             self.server_dbs = [(lg, n) for lg, n in self.server_dbs if lg.startswith("postgres/")]
             self.selected = []  # a new database: nothing of the workspace is touched, so no gateway
@@ -495,7 +506,7 @@ class _Restore:
                 "the safety snapshot holds files only: take `phx backup --databases-only` before restoring "
                 "PostgreSQL or Redis in place if you may want their current state back"
             )
-        for outcome in db_restore.restore_databases(
+        for outcome in _db().restore_databases(
             self.repo,
             self.cfg,
             dict(self.envx.env),
@@ -514,7 +525,7 @@ class _Restore:
 
     def confirm(self, plan: _Plan) -> None:
         counts = _count(plan.items)
-        servers = sorted(db_restore.group_database_nodes(self.server_dbs)) if not self.to_database else []
+        servers = sorted(_db().group_database_nodes(self.server_dbs)) if not self.to_database else []
         risky = counts["overwrite"] + counts["delete"] + len(servers)
         if risky == 0 or self.yes:
             return
