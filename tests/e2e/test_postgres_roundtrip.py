@@ -59,6 +59,12 @@ def test_vector_hnsw_rls_database_round_trips_in_place_and_to_a_new_database(
     drill = services.drill(sandbox, env, doc["id"], "postgres/main", f"{db}_drill")
     assert drill.ok and drill.found == info["tables"], drill
     assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (f"{db}_drill",)) == [(0,)]
+    # And `phx drill` itself, end to end: the dump restored into a scratch database and proved.
+    report = sandbox.phx("drill", "--backup", doc["id"], "--json", env=env).json()
+    assert report["ok"], report
+    pg_report = next(d for d in report["databases"] if d["path"] == "postgres/main")
+    assert {t: v["restored"] for t, v in pg_report["tables"].items()} == info["tables"], pg_report
+    assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'phx_drill_%'") == [(0,)]
 
     # Damage: rows gone, vectors changed, a policy dropped, the HNSW index dropped, RLS off.
     pg.sql(

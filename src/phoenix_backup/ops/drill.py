@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import stat
@@ -110,6 +111,8 @@ class DrillContext:
     envx: Environment
     snapshot: Snapshot
     scratch: Path
+    repo: Repository | None = None
+    nodes: list[tuple[str, Node]] = field(default_factory=list)
 
 
 class DatabaseDrill(Protocol):
@@ -208,9 +211,44 @@ class SqliteDrill:
             report.problems.append((f"table:{name}", f"virtual table {name} is missing"))
 
 
-# The checker of each database engine. PostgreSQL (a dump restored into a scratch database, its row
-# counts compared) and Redis (records parsed) plug in here when those sources land.
-ENGINES: dict[str, DatabaseDrill] = {"sqlite": SqliteDrill()}
+class ServerDrill:
+    """PostgreSQL: the dump restored into a scratch database on the configured server, its row
+    counts compared with the manifest, the scratch database dropped. Agent-scoped rows and Redis:
+    every saved record parsed and counted (a drill never writes into a shared server)."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+
+    def check(self, ctx: DrillContext, info: DatabaseInfo | None, restored: Path) -> DatabaseReport:
+        from phoenix_backup.ops import db_restore
+
+        assert info is not None and ctx.repo is not None
+        report = DatabaseReport(info.path, self.engine)
+        files = db_restore.group_database_nodes(ctx.nodes).get(info.path)
+        if not files:
+            report.problems.append(("database", "is listed in the snapshot's databases but absent from its tree"))
+            return report
+        scratch = f"phx_drill_{secrets.token_hex(4)}"
+        try:
+            outcome = db_restore.drill_database(ctx.repo, ctx.cfg, ctx.envx.env, info.path, files, scratch)
+        except PhoenixError as exc:
+            report.problems.append(("database", str(exc)))
+            return report
+        report.integrity = "ok" if outcome.ok else (outcome.error or "failed")
+        for table in sorted(set(outcome.expected) | set(outcome.found)):
+            report.tables[table] = (outcome.expected.get(table), outcome.found.get(table))
+        if not outcome.ok:
+            report.problems.append(("database", outcome.error or "the restored row counts differ from the manifest"))
+        report.notes += outcome.warnings
+        return report
+
+
+# The checker of each database engine.
+ENGINES: dict[str, DatabaseDrill] = {
+    "sqlite": SqliteDrill(),
+    "postgresql": ServerDrill("postgresql"),
+    "redis": ServerDrill("redis"),
+}
 
 
 @dataclass
@@ -296,7 +334,7 @@ def drill(
         try:
             written = _restore(repo, cfg, envx, folder, nodes, result)
             _check_files(folder, nodes, written, result)
-            _check_databases(DrillContext(cfg, envx, snap, folder), nodes, written, result)
+            _check_databases(DrillContext(cfg, envx, snap, folder, repo, nodes), nodes, written, result)
         finally:
             _remove(folder)
     result.duration = time.monotonic() - clock
