@@ -79,10 +79,17 @@ def test_vector_hnsw_rls_database_round_trips_in_place_and_to_a_new_database(
     )
     assert db_state(pg, db) != before
 
+    damaged = db_state(pg, db)
     res = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", env=env).json()
     restored = next(d for d in res["databases"] if d["path"] == "postgres/main")
     assert restored["ok"], restored
     assert restored["found"] == restored["expected"] == info["tables"]
+    assert db_state(pg, db) == before
+    # The safety snapshot saved the server's state before the restore: restoring it undoes it.
+    safety_id = res["safetySnapshot"]["id"]
+    sandbox.phx("restore", "--backup", safety_id, "--databases-only", "--yes", "--no-safety-snapshot", env=env)
+    assert db_state(pg, db) == damaged
+    sandbox.phx("restore", "--backup", doc["id"], "--databases-only", "--yes", "--no-safety-snapshot", env=env)
     assert db_state(pg, db) == before
 
     copy = f"{db}_copy"

@@ -501,11 +501,6 @@ class _Restore:
     def write_server_databases(self, result: RestoreResult) -> None:
         if not self.server_dbs:
             return
-        if not self.to_database:
-            self.warn(
-                "the safety snapshot holds files only: take `phx backup --databases-only` before restoring "
-                "PostgreSQL or Redis in place if you may want their current state back"
-            )
         for outcome in _db().restore_databases(
             self.repo,
             self.cfg,
@@ -596,7 +591,9 @@ class _Restore:
         if self.realign:
             wanted.setdefault(f"workspace/{alignment.MANIFEST}", "file")
             wanted.setdefault("workspace", "dir")
-        taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted)
+        # Server databases restored in place are saved from their servers first, like files.
+        servers = tuple(sorted(_db().group_database_nodes(self.server_dbs))) if not self.to_database else ()
+        taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted, servers)
         assert taken.id is not None
         short = taken.id[:8]
         self.undo_hint = f"`phx restore --backup {short} --yes` undoes what was restored"

@@ -40,8 +40,10 @@ def take(
     envx: Environment,
     layout: Layout,
     paths: Mapping[str, str],
+    databases: tuple[str, ...] = (),
 ) -> BackupResult:
-    """Snapshot `paths` (logical path -> the kind the restore writes there) as they are now.
+    """Snapshot `paths` (logical path -> the kind the restore writes there) as they are now, and
+    the server `databases` (postgres/<name>, redis/<name>) the restore will overwrite.
 
     Paths that do not exist are recorded as absent. A path that cannot be saved aborts the restore
     before anything is written: without it the restore could not be undone.
@@ -70,6 +72,7 @@ def take(
         scope=SAFETY_SCOPE,
         tags=(SAFETY_TAG,),
         parent_scopes=SCOPES,
+        databases=databases,
     )
     if result.incomplete:
         first = result.incomplete[0]
