@@ -223,7 +223,8 @@ def merge_database(
             _merge_all(con, source, result, mode=mode, write=True)
             _rebuild_and_check(con, result)
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:  # SQLite may already have rolled back (a full disk, say)
+                con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
     except sqlite3.Error as exc:
