@@ -25,6 +25,7 @@ import secrets
 import sqlite3
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -317,7 +318,11 @@ class _Restore:
             return result
         if self.in_place:
             self.confirm(plan)
-        _check_data(self.repo, self.envx, [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)])
+        if self.in_place or any(i.action == "overwrite" for i in plan.items):
+            # Before anything existing is replaced, every blob must open. A restore that only
+            # creates new files below --to checks each blob as it writes it (a failure leaves
+            # whole new files and temporary files, never a damaged one under its real name).
+            _check_data(self.repo, self.envx, [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)])
         if self.in_place:
             for problem in self.database_problems(plan):
                 raise RestoreError(f"{problem}; nothing was restored")
@@ -924,14 +929,27 @@ def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node
             _progress(envx, "check", done, total)
 
 
+_BLOB_CACHE_BYTES = 16 * 1024 * 1024
+
+
 def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
     """Write a node's bytes to the open file `out`, checking them against the snapshot's SHA-256."""
     digest = hashlib.sha256()
-    last: tuple[bytes, bytes] | None = None  # consecutive extents often share a blob
+    # A database's extents come back to the same page-run blobs again and again (the pages that
+    # did not change since it was first stored): keep recent blobs instead of opening them anew.
+    cache: OrderedDict[bytes, bytes] = OrderedDict()
+    cached = 0
     for ext in node.content:
-        if last is None or last[0] != ext.blob:
-            last = (ext.blob, repo.load_blob(BlobType.DATA, ext.blob))
-        data = memoryview(last[1])[ext.offset : ext.offset + ext.length]
+        blob = cache.get(ext.blob)
+        if blob is None:
+            blob = repo.load_blob(BlobType.DATA, ext.blob)
+            cache[ext.blob] = blob
+            cached += len(blob)
+            while cached > _BLOB_CACHE_BYTES and len(cache) > 1:
+                cached -= len(cache.popitem(last=False)[1])
+        else:
+            cache.move_to_end(ext.blob)
+        data = memoryview(blob)[ext.offset : ext.offset + ext.length]
         if len(data) != ext.length:
             raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
         digest.update(data)
