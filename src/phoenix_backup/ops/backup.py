@@ -39,8 +39,6 @@ from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import DATABASE_ROOTS, Layout
 from phoenix_backup.state import TargetOutcome, write_state
 
-# Files up to this size are read in one piece; larger ones are read in windows of this size.
-READ_WINDOW = 64 * 1024 * 1024
 # A file modified this close to the parent backup's start may have changed within the same
 # timestamp tick after it was read, so it is read again.
 RACY_NS = 1_000_000_000
