@@ -38,7 +38,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-README = BENCH / "README.md"
+# The latest table goes into the project's README and into bench/README.md, between markers.
+READMES = (BENCH.parent / "README.md", BENCH / "README.md")
 
 # The seed's default excludes; every tool gets the same set in its own syntax.
 EXCLUDES = ("*.log", "node_modules/", ".git/", "*.tmp", ".DS_Store")
@@ -1124,15 +1125,18 @@ def plot(doc: dict, out: Path) -> None:
 
 def update_readme(size: str, table: str) -> bool:
     start, end = f"<!-- bench:{size}:start -->", f"<!-- bench:{size}:end -->"
-    if not README.exists():
-        return False
-    text = README.read_text()
-    if start not in text or end not in text:
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{table}\n{end}{tail}")
-    return True
+    updated = False
+    for readme in READMES:
+        if not readme.exists():
+            continue
+        text = readme.read_text()
+        if start not in text or end not in text:
+            continue
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+        updated = True
+    return updated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1151,7 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (repositories, logs)")
     parser.add_argument("--keep-going", action="store_true", help="record a failing step and carry on")
-    parser.add_argument("--no-readme", action="store_true", help="do not update the table in bench/README.md")
+    parser.add_argument("--no-readme", action="store_true", help="do not update the table in README.md and bench/README.md")
     parser.add_argument("--replot", metavar="JSON", help="only rewrite the table and plot from a results JSON")
     args = parser.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -1176,7 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
     (results / f"{size}.md").write_text(table + "\n")
     plot(doc, results / f"{size}.png")
     if not args.no_readme and update_readme(size, table):
-        log(f"updated the {size} table in {README}")
+        log(f"updated the {size} table in " + " and ".join(str(r) for r in READMES))
     print()
     print(table)
     log(f"wrote {results / f'{size}.md'}, {results / f'{size}.json'}, {results / f'{size}.png'}")
