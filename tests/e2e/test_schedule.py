@@ -2,7 +2,8 @@
 
 - cron, for real: as a throwaway user this test creates (never the crontab of the user running
   the tests), install, status, the entry's command run exactly as cron would run it (a backup
-  lands and is logged), replace, and remove, leaving the user's own crontab lines alone;
+  lands and is logged), replace, and remove, leaving the user's own crontab lines alone; and the
+  drill job (`install --drill monthly`) beside the backup job, its entry run as cron would;
 - systemd: the user service and timer written below a temporary HOME and checked with
   `systemd-analyze verify`; systemd --user does not run in CI, so activation fails with a clear
   error and the files stay, ready to enable;
@@ -94,10 +95,11 @@ def python_for(user: ThrowawayUser, shims: Path) -> tuple[list[str], dict[str, s
     pytest.skip(f"the throwaway user can run neither {sys.executable} nor {system} with Phoenix ({why})")
 
 
-def test_cron_install_run_status_remove_as_a_throwaway_user(
-    throwaway_user: ThrowawayUser, make_sandbox: Callable[..., Sandbox], public_tmp: Path
-) -> None:
-    user = throwaway_user
+def cron_sandbox(
+    user: ThrowawayUser, make_sandbox: Callable[..., Sandbox], public_tmp: Path
+) -> tuple[Sandbox, list[str], dict[str, str], dict[str, str]]:
+    """A sandbox owned by `user` (its HOME theirs), with their own crontab line: (sandbox, how to
+    start phx, the user's environment, and that with PHX_PASSPHRASE_FILE for installing)."""
     sb = make_sandbox(root=public_tmp / "sb")
     # The sandbox's HOME (with the sample's databases) becomes the user's home.
     subprocess.run(["usermod", "--home", str(sb.home), user.name], check=True)
@@ -118,8 +120,27 @@ def test_cron_install_run_status_remove_as_a_throwaway_user(
     )
     if user.run(["systemctl", "--user", "show-environment"], env).returncode == 0:
         pytest.skip("systemd --user runs for the throwaway user: install would (rightly) pick it over cron")
+    return sb, phx, env, {**env, "PHX_PASSPHRASE_FILE": str(passfile)}
 
-    install_env = {**env, "PHX_PASSPHRASE_FILE": str(passfile)}
+
+def crontab_entries(user: ThrowawayUser) -> list[str]:
+    table = subprocess.run(["crontab", "-l", "-u", user.name], capture_output=True, text=True, check=True).stdout
+    return [line for line in table.splitlines() if line and not line.startswith("#")]
+
+
+def run_as_cron(user: ThrowawayUser, sb: Sandbox, entry: str) -> subprocess.CompletedProcess[str]:
+    """The entry's command run exactly as cron does: /bin/sh -c, a minimal environment."""
+    command = entry.split(" ", 5)[5]
+    cron_env = {"HOME": str(sb.home), "LOGNAME": user.name, "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
+    return user.run(["/bin/sh", "-c", command], cron_env)
+
+
+def test_cron_install_run_status_remove_as_a_throwaway_user(
+    throwaway_user: ThrowawayUser, make_sandbox: Callable[..., Sandbox], public_tmp: Path
+) -> None:
+    user = throwaway_user
+    sb, phx, env, install_env = cron_sandbox(user, make_sandbox, public_tmp)
+    passfile = sb.root / "passphrase"
     res = user.run([*phx, "schedule", "install", "--config", str(sb.config_path), "--json"], install_env)
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
@@ -136,9 +157,7 @@ def test_cron_install_run_status_remove_as_a_throwaway_user(
     assert status["installed"] and status["scheduler"] == "cron" and status["at"] == "03:30"
 
     # Run the entry's command exactly as cron does: /bin/sh -c, a minimal environment.
-    command = entries[1].split(" ", 5)[5]
-    cron_env = {"HOME": str(sb.home), "LOGNAME": user.name, "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
-    ran = user.run(["/bin/sh", "-c", command], cron_env)
+    ran = run_as_cron(user, sb, entries[1])
     assert ran.returncode == 0, ran.stderr
     log = (sb.home / ".argentos" / "backup" / "logs" / "backup.log").read_text()
     assert "scheduled backup starting" in log and "scheduled backup finished: exit 0" in log
@@ -160,6 +179,67 @@ def test_cron_install_run_status_remove_as_a_throwaway_user(
     assert table.strip() == "17 4 * * * /bin/true # my own job"
     status = json.loads(user.run([*phx, "schedule", "status", "--json"], env).stdout)
     assert status["installed"] is False
+
+
+def test_cron_drill_job_beside_the_backup_job_as_a_throwaway_user(
+    throwaway_user: ThrowawayUser, make_sandbox: Callable[..., Sandbox], public_tmp: Path
+) -> None:
+    user = throwaway_user
+    sb, phx, env, install_env = cron_sandbox(user, make_sandbox, public_tmp)
+    config = ["--config", str(sb.config_path)]
+    res = user.run([*phx, "schedule", "install", *config], install_env)
+    assert res.returncode == 0, res.stderr
+    res = user.run([*phx, "schedule", "install", "--drill", "monthly", *config, "--json"], install_env)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["job"] == "drill" and doc["scheduler"] == "cron" and doc["description"] == "monthly on the 1st at 03:00"
+    assert datetime.fromisoformat(doc["nextDue"]).strftime("%d %H:%M") == "01 03:00"
+    # A second entry of its own: the user's line and the backup entry stay.
+    entries = crontab_entries(user)
+    assert len(entries) == 3 and entries[0] == "17 4 * * * /bin/true # my own job"
+    assert entries[1].startswith("30 3 * * * ") and "schedule run --config" in entries[1]
+    assert entries[2].startswith("0 3 1 * * ") and "schedule run --drill --config" in entries[2]
+    table = subprocess.run(["crontab", "-l", "-u", user.name], capture_output=True, text=True, check=True).stdout
+    assert "# BEGIN phoenix-backup" in table and "# BEGIN phoenix-drill" in table
+    entries_before = entries
+
+    status = json.loads(user.run([*phx, "schedule", "status", "--json"], env).stdout)
+    assert status["installed"] and status["description"] == "daily at 03:30"
+    assert status["drill"]["installed"] and status["drill"]["scheduler"] == "cron"
+    assert status["drill"]["description"] == "monthly on the 1st at 03:00"
+    text = user.run([*phx, "schedule", "status"], env).stdout
+    assert "installed with cron: daily at 03:30" in text and "drill installed with cron: monthly on the 1st" in text
+
+    # Installing the backup again replaces its entry and leaves the drill entry alone.
+    res = user.run([*phx, "schedule", "install", *config, "--every", "hourly"], install_env)
+    assert res.returncode == 0, res.stderr
+    entries = crontab_entries(user)
+    backup = [e for e in entries if "schedule run --config" in e]
+    drill = [e for e in entries if "schedule run --drill --config" in e]
+    assert len(entries) == 3 and len(backup) == 1 and len(drill) == 1
+    assert backup[0].startswith("0 * * * * ") and drill[0] == entries_before[2]
+
+    # The backup entry, then the drill entry, run exactly as cron runs them: the drill passes.
+    assert run_as_cron(user, sb, backup[0]).returncode == 0
+    ran = run_as_cron(user, sb, drill[0])
+    assert ran.returncode == 0, ran.stderr
+    logs = sb.home / ".argentos" / "backup" / "logs"
+    log = (logs / "drill.log").read_text()
+    assert "scheduled drill starting" in log and "drill passed" in log and "scheduled drill finished: exit 0" in log
+    assert sb.env["PHX_PASSPHRASE"] not in log and "scheduled drill" not in (logs / "backup.log").read_text()
+    assert oct((logs / "drill.log").stat().st_mode & 0o777) == "0o600"
+    reports = list((sb.home / ".argentos" / "backup" / "drills").glob("*.json"))
+    assert len(reports) == 1 and json.loads(reports[0].read_text())["ok"] is True
+
+    # remove --drill removes only the drill entry; remove then the backup's.
+    res = user.run([*phx, "schedule", "remove", "--drill"], env)
+    assert res.returncode == 0 and res.stdout.strip() == "removed the drill schedule from cron"
+    assert crontab_entries(user) == ["17 4 * * * /bin/true # my own job", backup[0]]
+    status = json.loads(user.run([*phx, "schedule", "status", "--json"], env).stdout)
+    assert status["installed"] and status["drill"]["installed"] is False
+    res = user.run([*phx, "schedule", "remove"], env)
+    assert res.returncode == 0 and res.stdout.strip() == "removed the schedule from cron"
+    assert crontab_entries(user) == ["17 4 * * * /bin/true # my own job"]
 
 
 # -- systemd and launchd files below a temporary HOME ---------------------------------------
@@ -202,8 +282,29 @@ def test_systemd_units_are_written_below_home_and_removed(make_sandbox: Callable
     status = sb.phx("schedule", "status", "--json", env=env).json()
     assert status["installed"] and status["scheduler"] == "systemd"
     assert status["description"] == "weekly on Sunday at 04:15"
-    assert sb.phx("schedule", "remove", env=env).out.strip() == "removed the schedule from systemd"
+    # The drill job: units of its own beside the backup's.
+    res = sb.phx("schedule", "install", "--scheduler", "systemd", "--drill", "monthly", env=env, check=2)
+    assert_error(res, 2, "enable --now phoenix-drill.timer")
+    drill_service = (unit_dir / "phoenix-drill.service").read_text()
+    drill_timer = (unit_dir / "phoenix-drill.timer").read_text()
+    assert f"schedule run --drill --config {sb.config_path}" in drill_service
+    assert "OnCalendar=*-*-01 03:00:00" in drill_timer and "Unit=phoenix-drill.service" in drill_timer
+    assert "OnCalendar=Sun *-*-* 04:15:00" in (unit_dir / "phoenix-backup.timer").read_text()
+    if analyze:
+        check = subprocess.run(
+            [analyze, "verify", str(unit_dir / "phoenix-drill.timer"), str(unit_dir / "phoenix-drill.service")],
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0 and check.stderr == "", check.stderr
+    drill_status = sb.phx("schedule", "status", "--json", env=env).json()["drill"]
+    assert drill_status["installed"] and drill_status["description"] == "monthly on the 1st at 03:00"
+    assert sb.phx("schedule", "remove", env=env).out.strip().splitlines() == [
+        "removed the schedule from systemd",
+        "removed the drill schedule from systemd",
+    ]
     assert not (unit_dir / "phoenix-backup.timer").exists() and not (unit_dir / "phoenix-backup.service").exists()
+    assert not (unit_dir / "phoenix-drill.timer").exists()
     assert sb.phx("schedule", "status", "--json", env=env).json()["installed"] is False
 
 

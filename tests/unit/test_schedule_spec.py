@@ -26,6 +26,8 @@ BASE = datetime(2026, 3, 15, 12, 7)  # a Sunday
         ("daily", None, "0 2 * * *", ["*-*-* 02:00:00"]),
         ("daily", "23:45", "45 23 * * *", ["*-*-* 23:45:00"]),
         ("weekly", "04:15", "15 4 * * 0", ["Sun *-*-* 04:15:00"]),
+        ("monthly", None, "0 2 1 * *", ["*-*-01 02:00:00"]),
+        ("monthly", "03:00", "0 3 1 * *", ["*-*-01 03:00:00"]),
         ("*/20 8-9 * * mon-fri", None, "*/20 8-9 * * mon-fri", ["Mon,Tue,Wed,Thu,Fri *-*-* 08,09:00,20,40:00"]),
         ("0 0 1,15 * 5", None, "0 0 1,15 * 5", ["*-*-01,15 00:00:00", "Fri *-*-* 00:00:00"]),
         ("30 4 29 feb *", None, "30 4 29 feb *", ["*-02-29 04:30:00"]),
@@ -41,7 +43,7 @@ def test_forms(every: str, at: str | None, cron: str, calendar: list[str]) -> No
 @pytest.mark.parametrize(
     ("every", "at", "message"),
     [
-        ("monthly", None, "5-field cron"),
+        ("yearly", None, "5-field cron"),
         ("* * * *", None, "5-field cron"),
         ("61 * * * *", None, "minute field"),
         ("0 24 * * *", None, "hour field"),
@@ -50,8 +52,9 @@ def test_forms(every: str, at: str | None, cron: str, calendar: list[str]) -> No
         ("0 0 * * 8", None, "day of week field"),
         ("*/0 * * * *", None, "minute field"),
         ("daily", "25:00", "HH:MM"),
-        ("hourly", "02:00", "only applies to daily and weekly"),
-        ("0 2 * * *", "02:00", "only applies to daily and weekly"),
+        ("monthly", "3am", "HH:MM"),
+        ("hourly", "02:00", "only applies to daily, weekly and monthly"),
+        ("0 2 * * *", "02:00", "only applies to daily, weekly and monthly"),
     ],
 )
 def test_bad_schedules_are_refused_with_the_field(every: str, at: str | None, message: str) -> None:
@@ -73,6 +76,24 @@ def test_due_times() -> None:
     # Aware times come back aware, in local time.
     aware = daily.next_after(BASE.astimezone())
     assert aware.tzinfo is not None and aware > BASE.astimezone()
+
+
+def test_monthly_is_the_first_of_the_month_across_month_ends() -> None:
+    monthly = ScheduleSpec.parse("monthly", "03:00")
+    assert monthly.describe() == "monthly on the 1st at 03:00"
+    assert monthly.next_after(BASE) == datetime(2026, 4, 1, 3, 0)
+    assert monthly.previous_before(BASE) == datetime(2026, 3, 1, 3, 0)
+    # From the last day of a month, of a short February, at the due time itself, and over a year end.
+    assert monthly.next_after(datetime(2026, 1, 31, 23, 59)) == datetime(2026, 2, 1, 3, 0)
+    assert monthly.next_after(datetime(2026, 2, 1, 3, 0)) == datetime(2026, 3, 1, 3, 0)
+    assert monthly.next_after(datetime(2026, 2, 1, 2, 59)) == datetime(2026, 2, 1, 3, 0)
+    assert monthly.next_after(datetime(2026, 12, 31, 12, 0)) == datetime(2027, 1, 1, 3, 0)
+    assert monthly.next_after(datetime(2028, 2, 29, 12, 0)) == datetime(2028, 3, 1, 3, 0)
+    assert monthly.period(datetime(2026, 2, 15)).days == 28
+    assert monthly.period(BASE).days == 31
+    assert monthly.period(datetime(2026, 4, 15)).days == 30
+    assert monthly.launchd_intervals() == [{"Minute": 0, "Hour": 3, "Day": 1}]
+    assert ScheduleSpec.parse("monthly").at is None and ScheduleSpec.parse("monthly").cron() == "0 2 1 * *"
 
 
 def test_launchd_intervals() -> None:
@@ -104,7 +125,16 @@ def systemd_next(calendar: str, base: datetime, n: int) -> list[datetime]:
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize(
     "every",
-    ["hourly", "daily", "weekly", "*/20 8-9 * * mon-fri", "0 0 1,15 * 5", "30 4 29 2 *", "15 3 * jan,jul sat"],
+    [
+        "hourly",
+        "daily",
+        "weekly",
+        "monthly",
+        "*/20 8-9 * * mon-fri",
+        "0 0 1,15 * 5",
+        "30 4 29 2 *",
+        "15 3 * jan,jul sat",
+    ],
 )
 def test_next_due_matches_systemd(every: str) -> None:
     """systemd itself computes the due times of our OnCalendar= lines: they must be ours."""

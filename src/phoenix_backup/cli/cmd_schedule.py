@@ -1,4 +1,5 @@
-"""`phx schedule install|status|remove` and `phx schedule run` (what the scheduler runs)."""
+"""`phx schedule install|status|remove` and `phx schedule run` (what the scheduler runs), for the
+backup job and, with `--drill`, the restore-drill job."""
 
 from __future__ import annotations
 
@@ -9,24 +10,35 @@ import click
 from phoenix_backup import schedule as schedule_lib
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, cli, common, load_config
-from phoenix_backup.errors import ExitStatus, PhoenixError
+from phoenix_backup.cli.cmd_drill import render as render_drill
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
 from phoenix_backup.ops import backup as backup_op
+from phoenix_backup.ops import drill as drill_op
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.schedule.runlog import RunLog, log_dir
+from phoenix_backup.schedule.runlog import RunLog, log_dir, log_name
 from phoenix_backup.state import state_path, write_state
 
 
 @cli.group()
 def schedule() -> None:
-    """Scheduled backups: a systemd user timer, a crontab entry, or a launchd agent on macOS."""
+    """Scheduled backups (and restore drills): a systemd user timer, a crontab entry, or a launchd agent."""
 
 
 @schedule.command()
 @click.option(
     "--every",
-    help="hourly, daily, weekly or a 5-field cron expression (default: the config's schedule.every, else daily).",
+    help="hourly, daily, weekly, monthly or a 5-field cron expression (default: the config's schedule.every, "
+    "else daily).",
 )
-@click.option("--at", "at", help="Time of day HH:MM for daily and weekly (default: schedule.at, else 02:00).")
+@click.option(
+    "--drill",
+    "drill_every",
+    metavar="EVERY",
+    help="Install the restore-drill job instead (`phx drill` of the latest snapshot), beside the backup job: "
+    "monthly (the 1st), weekly, daily or a 5-field cron expression; --at defaults to 03:00.",
+)
+@click.option("--at", "at", help="Time of day HH:MM for daily, weekly and monthly (default: schedule.at, else 02:00).")
 @click.option(
     "--scheduler",
     type=click.Choice(schedule_lib.SCHEDULERS),
@@ -34,28 +46,42 @@ def schedule() -> None:
 )
 @common
 def install(
-    out: Out, envx: Environment, config_path: str | None, every: str | None, at: str | None, scheduler: str | None
+    out: Out,
+    envx: Environment,
+    config_path: str | None,
+    every: str | None,
+    drill_every: str | None,
+    at: str | None,
+    scheduler: str | None,
 ) -> ExitStatus:
-    """Install (or replace) the backup schedule for the current user.
+    """Install (or replace) the backup schedule, or with --drill the restore-drill schedule.
 
-    Scheduled runs log to ~/.argentos/backup/logs/backup.log (rotated). They need a passphrase
-    without a terminal: encryption.passphraseCommand, or PHX_PASSPHRASE_FILE set when installing.
+    Scheduled runs log to ~/.argentos/backup/logs/backup.log (drills: drill.log; rotated). They
+    need a passphrase without a terminal: encryption.passphraseCommand, or PHX_PASSPHRASE_FILE set
+    when installing. Each job is installed and replaced on its own; the other one stays.
 
     Example: phx schedule install --every daily --at 02:30
+
+    Example: phx schedule install --drill monthly
     """
+    if drill_every is not None and every is not None:
+        raise UsageError("--every is the backup's schedule; give the drill's schedule to --drill alone")
+    kind = "backup" if drill_every is None else "drill"
     cfg = load_config(out, envx, config_path)
     result = schedule_lib.install(
         cfg,
         envx.env,
         envx.home,
-        every=every,
+        every=every if drill_every is None else drill_every,
         at=at,
         scheduler=scheduler,
         notice=lambda warning: out.notice(f"warning: {warning}"),
+        kind=kind,
     )
+    what = "the drill " if kind == "drill" else ""
     text = (
-        f"installed with {result.scheduler}: {result.spec.describe()}; next run "
-        f"{result.next_due.isoformat(timespec='minutes')}; log {result.log}/backup.log"
+        f"installed {what}with {result.scheduler}: {result.spec.describe()}; next run "
+        f"{result.next_due.isoformat(timespec='minutes')}; log {result.log}/{log_name(kind)}"
     )
     out.result(result.to_json(), text)
     return ExitStatus.OK
@@ -64,83 +90,110 @@ def install(
 @schedule.command(name="status")
 @common
 def status_cmd(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
-    """Show which scheduler holds the backup schedule and when it runs next.
+    """Show which scheduler holds the backup (and drill) schedule and when each runs next.
 
     Example: phx schedule status
     """
     result = schedule_lib.status(envx.env, envx.home)
+    drill = schedule_lib.status(envx.env, envx.home, "drill")
+    lines = [_status_text(result, "backup")]
+    if drill.installed:
+        lines.append(_status_text(drill, "drill"))
+    out.result({**result.to_json(), "drill": drill.to_json()}, "\n".join(lines))
+    return ExitStatus.OK
+
+
+def _status_text(result: schedule_lib.ScheduleStatus, kind: str) -> str:
     if not result.installed:
-        text = "no backup schedule is installed; run `phx schedule install`"
-    else:
-        due = result.next_due.isoformat(timespec="minutes") if result.next_due else "unknown"
-        what = result.spec.describe() if result.spec else "unknown schedule"
-        text = f"installed with {', '.join(result.installed)}: {what}; next run {due}"
-        if result.last_log_line:
-            text += f"\nlast log line: {result.last_log_line}"
-    out.result(result.to_json(), text)
-    return ExitStatus.OK
+        return f"no {kind} schedule is installed; run `phx schedule install`"
+    due = result.next_due.isoformat(timespec="minutes") if result.next_due else "unknown"
+    what = result.spec.describe() if result.spec else "unknown schedule"
+    prefix = "drill " if kind == "drill" else ""
+    text = f"{prefix}installed with {', '.join(result.installed)}: {what}; next run {due}"
+    if result.last_log_line:
+        text += f"\nlast {prefix}log line: {result.last_log_line}"
+    return text
 
 
 @schedule.command()
+@click.option("--drill", is_flag=True, help="Remove only the restore-drill job; the backup schedule stays.")
 @common
-def remove(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
-    """Remove the backup schedule (timer, crontab entry or launchd agent).
+def remove(out: Out, envx: Environment, config_path: str | None, drill: bool) -> ExitStatus:
+    """Remove the backup and drill schedules (timers, crontab entries or launchd agents).
 
-    Example: phx schedule remove
+    Example: phx schedule remove --drill
     """
-    result = schedule_lib.remove(envx.env, envx.home)
-    text = f"removed the schedule from {', '.join(result.removed)}" if result.removed else "no schedule was installed"
+    result = schedule_lib.remove(envx.env, envx.home, ("drill",) if drill else schedule_lib.KINDS)
+    parts = []
+    if result.removed:
+        parts.append(f"removed the schedule from {', '.join(result.removed)}")
+    if result.drill_removed:
+        parts.append(f"removed the drill schedule from {', '.join(result.drill_removed)}")
+    text = "\n".join(parts) or f"no {'drill ' if drill else ''}schedule was installed"
     out.result(result.to_json(), text)
     return ExitStatus.OK
 
 
 @schedule.command()
+@click.option("--drill", is_flag=True, help="Run a restore drill of the latest snapshot instead of a backup.")
 @common
-def run(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
-    """Run one backup as the scheduler does, logging to ~/.argentos/backup/logs/backup.log.
+def run(out: Out, envx: Environment, config_path: str | None, drill: bool) -> ExitStatus:
+    """Run one backup (or drill) as the scheduler does, logging to ~/.argentos/backup/logs/backup.log
+    (drill.log); a failed drill exits 1, its report in ~/.argentos/backup/drills/.
 
     Example: phx schedule run --config ~/.argentos/backup.json
     """
-    log = RunLog(log_dir(envx.home))
+    kind = "drill" if drill else "backup"
+    log = RunLog(log_dir(envx.home), name=log_name(kind))
     # No terminal: notices and the result go to the log; the exit code tells the scheduler.
     envx.interactive = False
     envx.prompt = None
     envx.confirm = None
     envx.progress = None
     envx.notice = lambda message: log.write(f"phx: {message}")
-    log.write(f"scheduled backup starting (config {config_path or 'default'})")
+    log.write(f"scheduled {kind} starting (config {config_path or 'default'})")
     try:
         cfg = load_config(Out(False, False), envx, config_path)
     except PhoenixError as exc:
         # Without a config there is no notification setting either: the log and the state file
         # (which `phx status` reads) are the only places to say it.
         log.write(f"phx: error: {exc}")
-        log.write(f"scheduled backup finished: exit {int(exc.exit_status)}")
-        write_state(
-            timestamp=time.time(),
-            backup_path="",
-            compression=False,
-            success=False,
-            snapshot_id=None,
-            snapshot_name=None,
-            error=str(exc),
-            targets={},
-            scope="full",
-            path=state_path(envx.home),
-        )
+        log.write(f"scheduled {kind} finished: exit {int(exc.exit_status)}")
+        if kind == "backup":  # the state file is the last backup's
+            write_state(
+                timestamp=time.time(),
+                backup_path="",
+                compression=False,
+                success=False,
+                snapshot_id=None,
+                snapshot_name=None,
+                error=str(exc),
+                targets={},
+                scope="full",
+                path=state_path(envx.home),
+            )
         return exc.exit_status
     try:
-        result = backup_op.backup(cfg, envx)
+        status, doc, text = _run_job(kind, cfg, envx)
     except PhoenixError as exc:
         log.write(f"phx: error: {exc}")
-        log.write(f"scheduled backup finished: exit {int(exc.exit_status)}")
+        log.write(f"scheduled {kind} finished: exit {int(exc.exit_status)}")
         return exc.exit_status
     except Exception as exc:  # the log is the only place a scheduled run can say what happened
         log.write(f"phx: error: unexpected {type(exc).__name__}: {exc}")
-        log.write(f"scheduled backup finished: exit {int(ExitStatus.FAILURE)}")
+        log.write(f"scheduled {kind} finished: exit {int(ExitStatus.FAILURE)}")
         return ExitStatus.FAILURE
-    log.write(render.backup(result, False))
-    log.write(f"scheduled backup finished: exit {int(result.exit_status)}")
+    log.write(text)
+    log.write(f"scheduled {kind} finished: exit {int(status)}")
     if out.as_json:
-        out.result(result.to_json(), "")
-    return result.exit_status
+        out.result(doc, "")
+    return status
+
+
+def _run_job(kind: str, cfg: Config, envx: Environment) -> tuple[ExitStatus, dict[str, object], str]:
+    """One scheduled backup or drill (of the latest snapshot): exit status, JSON and log text."""
+    if kind == "drill":
+        drilled = drill_op.drill(cfg, envx)
+        return drilled.exit_status, drilled.to_json(), render_drill(drilled, False)
+    result = backup_op.backup(cfg, envx)
+    return result.exit_status, result.to_json(), render.backup(result, False)

@@ -2,6 +2,10 @@
 a launchd agent on macOS. `install`, `remove` and `status` work on whichever holds Phoenix's
 schedule; `~/.argentos/backup/schedule.json` records what was installed (for `phx status`).
 Scheduled runs execute `phx schedule run`, which logs to ~/.argentos/backup/logs/ (rotated).
+
+Two jobs can be scheduled, each by the same code under its own name (see `job.KINDS`): the
+backup (`phoenix-backup`) and a restore drill of the latest snapshot (`phoenix-drill`, `phx
+schedule install --drill monthly`; recorded in drill-schedule.json, logged to drill.log).
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from typing import Any
 from phoenix_backup.config import Config
 from phoenix_backup.errors import SchedulerUnavailable, UsageError
 from phoenix_backup.schedule import cron, launchd, systemd
-from phoenix_backup.schedule.job import Job
-from phoenix_backup.schedule.runlog import log_dir
-from phoenix_backup.schedule.spec import ScheduleSpec
+from phoenix_backup.schedule.job import KINDS, Job, job_name
+from phoenix_backup.schedule.runlog import log_dir, log_name
+from phoenix_backup.schedule.spec import AT_WORDS, ScheduleSpec
 
 SCHEDULERS = ("systemd", "cron", "launchd")
+# A drill restores the latest snapshot: by default an hour after the default 02:00 backup.
+DRILL_AT = "03:00"
 
 __all__ = [
+    "DRILL_AT",
+    "KINDS",
     "SCHEDULERS",
     "InstallResult",
     "RemoveResult",
@@ -39,13 +47,14 @@ __all__ = [
 ]
 
 
-def record_path(home: Path) -> Path:
-    return home / ".argentos" / "backup" / "schedule.json"
+def record_path(home: Path, kind: str = "backup") -> Path:
+    """schedule.json for the backup job, drill-schedule.json for the drill job."""
+    return home / ".argentos" / "backup" / ("drill-schedule.json" if kind == "drill" else "schedule.json")
 
 
-def read_record(home: Path) -> dict[str, Any] | None:
+def read_record(home: Path, kind: str = "backup") -> dict[str, Any] | None:
     try:
-        data = json.loads(record_path(home).read_text())
+        data = json.loads(record_path(home, kind).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -75,9 +84,11 @@ class InstallResult:
     next_due: datetime
     log: Path
     warnings: list[str] = field(default_factory=list)
+    kind: str = "backup"
 
     def to_json(self) -> dict[str, object]:
         return {
+            "job": self.kind,
             "scheduler": self.scheduler,
             "every": self.spec.every,
             "at": self.spec.at,
@@ -98,23 +109,30 @@ def install(
     at: str | None = None,
     scheduler: str | None = None,
     notice: Callable[[str], None] | None = None,
+    kind: str = "backup",
 ) -> InstallResult:
-    """Install (or replace) the schedule; `notice` hears the warnings before anything is
-    attempted, so they are said even when installing fails."""
+    """Install (or replace) the schedule of the job `kind` (the other job's stays); `notice`
+    hears the warnings before anything is attempted, so they are said even when installing fails."""
     if cfg.source is None:
         raise UsageError("the config has no file to point the schedule at; write one with `phx init`")
-    chosen_every = every or cfg.schedule.every
-    # The config's time applies to the config's (or a given) daily/weekly schedule unless --at says.
-    chosen_at = at if at is not None else (cfg.schedule.at if chosen_every in ("daily", "weekly") else None)
+    if kind == "drill":
+        # The config's `schedule` is the backup's; a drill runs at --at, else DRILL_AT.
+        chosen_every = every or "monthly"
+        chosen_at = at if at is not None else (DRILL_AT if chosen_every in AT_WORDS else None)
+    else:
+        chosen_every = every or cfg.schedule.every
+        # The config's time applies to the config's (or a given) daily/weekly schedule unless --at says.
+        chosen_at = at if at is not None else (cfg.schedule.at if chosen_every in AT_WORDS else None)
     spec = ScheduleSpec.parse(chosen_every, chosen_at)
-    job = Job.for_config(cfg.source.resolve(), env, home)
+    job = Job.for_config(cfg.source.resolve(), env, home, kind)
     warnings = _warnings(cfg, env)
     for warning in warnings:
         (notice or (lambda _w: None))(warning)
     chosen = scheduler or detect(env)
-    # One schedule at a time: switching scheduler (or re-installing) replaces the old entry.
-    _remove_all(env, home, keep=None)
+    # One schedule per job: switching scheduler (or re-installing) replaces the job's old entry.
+    _remove_job(env, home, kind)
     record = {
+        "job": kind,
         "scheduler": chosen,
         "every": spec.every,
         "at": spec.at,
@@ -125,7 +143,7 @@ def install(
         try:
             systemd.install(spec, job, env)
         except SchedulerUnavailable:
-            _write_record(home, record)  # the unit files stay, ready to be enabled by hand
+            _write_record(home, kind, record)  # the unit files stay, ready to be enabled by hand
             raise
     elif chosen == "cron":
         why_not = cron.available(env)
@@ -136,21 +154,21 @@ def install(
         try:
             launchd.install(spec, job)
         except SchedulerUnavailable:
-            _write_record(home, record)
+            _write_record(home, kind, record)
             raise
     else:
         raise UsageError(f"unknown scheduler {chosen!r}; use one of {', '.join(SCHEDULERS)}")
-    _write_record(home, record)
+    _write_record(home, kind, record)
     log_dir(home).mkdir(parents=True, exist_ok=True, mode=0o700)
     return InstallResult(
-        chosen, spec, list(job.argv), spec.next_after(datetime.now().astimezone()), log_dir(home), warnings
+        chosen, spec, list(job.argv), spec.next_after(datetime.now().astimezone()), log_dir(home), warnings, kind
     )
 
 
-def _write_record(home: Path, record: Mapping[str, object]) -> None:
-    path = record_path(home)
+def _write_record(home: Path, kind: str, record: Mapping[str, object]) -> None:
+    path = record_path(home, kind)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".schedule.json.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
 
@@ -160,34 +178,44 @@ def _warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:
     if enc.enabled and enc.method == "passphrase" and not (enc.passphrase_command or env.get("PHX_PASSPHRASE_FILE")):
         return [
             "scheduled runs have no terminal and no PHX_PASSPHRASE: set encryption.passphraseCommand in the "
-            "config, or install again with PHX_PASSPHRASE_FILE set, or the scheduled backups will fail"
+            "config, or install again with PHX_PASSPHRASE_FILE set, or the scheduled runs will fail"
         ]
     return []
 
 
 @dataclass
 class RemoveResult:
-    removed: list[str]
+    removed: list[str]  # the schedulers the backup job was removed from
+    drill_removed: list[str] = field(default_factory=list)  # ... and the drill job
 
     def to_json(self) -> dict[str, object]:
-        return {"removed": self.removed}
+        return {"removed": self.removed, "drillRemoved": self.drill_removed}
 
 
-def _remove_all(env: Mapping[str, str], home: Path, keep: str | None) -> list[str]:
+def _remove_job(env: Mapping[str, str], home: Path, kind: str) -> list[str]:
+    """Remove the job `kind` from every scheduler that holds it; return those."""
+    name = job_name(kind)
     removed = []
-    if keep != "systemd" and systemd.remove(env, home):
+    if systemd.remove(env, home, name):
         removed.append("systemd")
-    if keep != "cron" and cron.available(env) is None and cron.remove(env):
+    if cron.available(env) is None and cron.remove(env, name):
         removed.append("cron")
-    if keep != "launchd" and launchd.remove(home):
+    if launchd.remove(home, name):
         removed.append("launchd")
     return removed
 
 
-def remove(env: Mapping[str, str], home: Path) -> RemoveResult:
-    removed = _remove_all(env, home, keep=None)
-    record_path(home).unlink(missing_ok=True)
-    return RemoveResult(removed)
+def remove(env: Mapping[str, str], home: Path, kinds: tuple[str, ...] = KINDS) -> RemoveResult:
+    """Remove the jobs `kinds` (both by default) everywhere, with their records."""
+    result = RemoveResult([])
+    for kind in kinds:
+        removed = _remove_job(env, home, kind)
+        record_path(home, kind).unlink(missing_ok=True)
+        if kind == "drill":
+            result.drill_removed = removed
+        else:
+            result.removed = removed
+    return result
 
 
 @dataclass
@@ -216,24 +244,26 @@ class ScheduleStatus:
         }
 
 
-def status(env: Mapping[str, str], home: Path) -> ScheduleStatus:
+def status(env: Mapping[str, str], home: Path, kind: str = "backup") -> ScheduleStatus:
+    """Where the job `kind` is installed, and when it runs next."""
+    name = job_name(kind)
     found: dict[str, object] = {}
-    unit = systemd.installed(env, home)
+    unit = systemd.installed(env, home, name)
     if unit is not None:
         found["systemd"] = unit
-    entry = cron.installed(env) if cron.available(env) is None else None
+    entry = cron.installed(env, name) if cron.available(env) is None else None
     if entry is not None:
         found["cron"] = {"entry": next((line for line in entry if not line.startswith("#")), "")}
-    plist = launchd.installed(home)
+    plist = launchd.installed(home, name)
     if plist is not None:
         found["launchd"] = plist
-    spec = installed_spec(home) if found else None
+    spec = installed_spec(home, kind) if found else None
     next_due = spec.next_after(datetime.now().astimezone()) if spec else None
-    return ScheduleStatus(found, spec, next_due, log_dir(home), _last_line(log_dir(home) / "backup.log"))
+    return ScheduleStatus(found, spec, next_due, log_dir(home), _last_line(log_dir(home) / log_name(kind)))
 
 
-def installed_spec(home: Path) -> ScheduleSpec | None:
-    record = read_record(home)
+def installed_spec(home: Path, kind: str = "backup") -> ScheduleSpec | None:
+    record = read_record(home, kind)
     if not record or not isinstance(record.get("every"), str):
         return None
     try:

@@ -1,4 +1,5 @@
-"""The crontab path: one marked block in the user's crontab, edited through `crontab` itself
+"""The crontab path: one marked block per job (`phoenix-backup`, `phoenix-drill`) in the user's
+crontab, edited through `crontab` itself
 (never by writing the spool file), so cron's own checks and permissions apply."""
 
 from __future__ import annotations
@@ -9,12 +10,18 @@ import subprocess
 from collections.abc import Mapping
 
 from phoenix_backup.errors import SchedulerUnavailable
-from phoenix_backup.schedule.job import NAME, Job
+from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
 
-BEGIN = f"# BEGIN {NAME} (written by `phx schedule install`; remove with `phx schedule remove`)"
-END = f"# END {NAME}"
 _TIMEOUT = 20
+
+
+def begin(name: str) -> str:
+    return f"# BEGIN {name} (written by `phx schedule install`; remove with `phx schedule remove`)"
+
+
+def end(name: str) -> str:
+    return f"# END {name}"
 
 
 def available(env: Mapping[str, str]) -> str | None:
@@ -38,7 +45,7 @@ def line(spec: ScheduleSpec, job: Job) -> str:
 
 
 def block(spec: ScheduleSpec, job: Job) -> list[str]:
-    return [BEGIN, f"# {NAME}: {spec.describe()}", line(spec, job), END]
+    return [begin(job.name), f"# {job.name}: {spec.describe()}", line(spec, job), end(job.name)]
 
 
 def _run(args: list[str], env: Mapping[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,42 +79,42 @@ def _write(lines: list[str], env: Mapping[str, str]) -> None:
         raise SchedulerUnavailable(f"crontab refused the new table: {proc.stderr.strip()}; nothing was changed")
 
 
-def _without_block(lines: list[str]) -> tuple[list[str], list[str]]:
-    """(the other lines, Phoenix's block)."""
+def _without_block(lines: list[str], name: str) -> tuple[list[str], list[str]]:
+    """(the other lines, the block of the job `name`)."""
     keep: list[str] = []
     ours: list[str] = []
     inside = False
     for text in lines:
-        if text.startswith(f"# BEGIN {NAME}"):
+        if text.startswith(f"# BEGIN {name} ") or text == f"# BEGIN {name}":
             inside = True
         if inside:
             ours.append(text)
         else:
             keep.append(text)
-        if inside and text.startswith(END):
+        if inside and text.startswith(end(name)):
             inside = False
     return keep, ours
 
 
 def install(spec: ScheduleSpec, job: Job, env: Mapping[str, str]) -> str:
-    others, _old = _without_block(_read(env))
+    others, _old = _without_block(_read(env), job.name)
     _write(others + block(spec, job), env)
     return "crontab"
 
 
-def remove(env: Mapping[str, str]) -> bool:
+def remove(env: Mapping[str, str], name: str) -> bool:
     lines = _read(env)
-    others, ours = _without_block(lines)
+    others, ours = _without_block(lines, name)
     if not ours:
         return False
     _write(others, env)
     return True
 
 
-def installed(env: Mapping[str, str]) -> list[str] | None:
-    """Phoenix's crontab block, or None."""
+def installed(env: Mapping[str, str], name: str) -> list[str] | None:
+    """The crontab block of the job `name`, or None."""
     try:
-        _others, ours = _without_block(_read(env))
+        _others, ours = _without_block(_read(env), name)
     except SchedulerUnavailable:
         return None
     return ours or None

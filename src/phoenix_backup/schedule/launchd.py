@@ -1,4 +1,5 @@
-"""The macOS path: a launchd agent in ~/Library/LaunchAgents, loaded with `launchctl`."""
+"""The macOS path: a launchd agent per job (`com.argentos.phoenix-backup`, `…phoenix-drill`) in
+~/Library/LaunchAgents, loaded with `launchctl`."""
 
 from __future__ import annotations
 
@@ -11,18 +12,21 @@ from phoenix_backup.errors import SchedulerUnavailable
 from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
 
-LABEL = "com.argentos.phoenix-backup"
 _TIMEOUT = 30
 
 
-def plist_path(home: Path) -> Path:
-    return home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+def label(name: str) -> str:
+    return f"com.argentos.{name}"
+
+
+def plist_path(home: Path, name: str) -> Path:
+    return home / "Library" / "LaunchAgents" / f"{label(name)}.plist"
 
 
 def render(spec: ScheduleSpec, job: Job) -> bytes:
     intervals = spec.launchd_intervals()
     doc: dict[str, object] = {
-        "Label": LABEL,
+        "Label": label(job.name),
         "ProgramArguments": list(job.argv),
         "StartCalendarInterval": intervals[0] if len(intervals) == 1 else intervals,
         "EnvironmentVariables": dict(job.env),
@@ -45,7 +49,7 @@ def _launchctl(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def install(spec: ScheduleSpec, job: Job) -> str:
-    path = plist_path(job.home)
+    path = plist_path(job.home, job.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     domain = f"gui/{os.getuid()}"
     _launchctl(["bootout", domain, str(path)])  # an older version, if loaded
@@ -59,8 +63,8 @@ def install(spec: ScheduleSpec, job: Job) -> str:
     return "launchd"
 
 
-def remove(home: Path) -> bool:
-    path = plist_path(home)
+def remove(home: Path, name: str) -> bool:
+    path = plist_path(home, name)
     if not path.exists():
         return False
     _launchctl(["bootout", f"gui/{os.getuid()}", str(path)])
@@ -68,6 +72,6 @@ def remove(home: Path) -> bool:
     return True
 
 
-def installed(home: Path) -> dict[str, object] | None:
-    path = plist_path(home)
+def installed(home: Path, name: str) -> dict[str, object] | None:
+    path = plist_path(home, name)
     return {"plist": str(path)} if path.exists() else None

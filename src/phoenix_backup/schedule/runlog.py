@@ -1,5 +1,6 @@
-"""The log of scheduled runs: ~/.argentos/backup/logs/backup.log, rotated at MAX_BYTES with KEEP
-older files (backup.log.1 is the newest of them), so a schedule never fills the disk."""
+"""The logs of scheduled runs: ~/.argentos/backup/logs/backup.log (drill.log for drills), each
+rotated at MAX_BYTES with KEEP older files (backup.log.1 is the newest of them), so a schedule never
+fills the disk."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 LOG_NAME = "backup.log"
+DRILL_LOG_NAME = "drill.log"
 MAX_BYTES = 1024 * 1024
 KEEP = 5
 
@@ -17,10 +19,16 @@ def log_dir(home: Path) -> Path:
     return home / ".argentos" / "backup" / "logs"
 
 
+def log_name(kind: str) -> str:
+    """The log of a scheduled job: backup.log, or drill.log for the drill job."""
+    return DRILL_LOG_NAME if kind == "drill" else LOG_NAME
+
+
 class RunLog:
-    def __init__(self, folder: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
+    def __init__(self, folder: Path, *, name: str = LOG_NAME, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
         self.folder = folder
-        self.path = folder / LOG_NAME
+        self.name = name
+        self.path = folder / name
         self.max_bytes = max_bytes
         self.keep = keep
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -33,11 +41,11 @@ class RunLog:
         except FileNotFoundError:
             return False
         with contextlib.suppress(FileNotFoundError):
-            (self.folder / f"{LOG_NAME}.{self.keep}").unlink()
+            (self.folder / f"{self.name}.{self.keep}").unlink()
         for n in range(self.keep - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
-                os.replace(self.folder / f"{LOG_NAME}.{n}", self.folder / f"{LOG_NAME}.{n + 1}")
-        os.replace(self.path, self.folder / f"{LOG_NAME}.1")
+                os.replace(self.folder / f"{self.name}.{n}", self.folder / f"{self.name}.{n + 1}")
+        os.replace(self.path, self.folder / f"{self.name}.1")
         return True
 
     def write(self, text: str) -> None:

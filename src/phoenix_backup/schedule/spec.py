@@ -1,8 +1,8 @@
-"""When scheduled backups run: `hourly`, `daily`, `weekly` (with `--at HH:MM`) or a 5-field cron
-expression, in the machine's local time. One model (the sets of minutes, hours, days of the
-month, months and days of the week a cron line allows) gives the crontab line, systemd's
-`OnCalendar=`, launchd's `StartCalendarInterval`, and the next and previous due times that
-`phx status` reports.
+"""When scheduled backups (and drills) run: `hourly`, `daily`, `weekly`, `monthly` (the 1st of the
+month; these three with `--at HH:MM`) or a 5-field cron expression, in the machine's local time.
+One model (the sets of minutes, hours, days of the month, months and days of the week a cron line
+allows) gives the crontab line, systemd's `OnCalendar=`, launchd's `StartCalendarInterval`, and
+the next and previous due times that `phx status` reports.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from itertools import product
 
 from phoenix_backup.errors import UsageError
 
-WORDS = ("hourly", "daily", "weekly")
+WORDS = ("hourly", "daily", "weekly", "monthly")
+# The words that take a time of day (`--at`).
+AT_WORDS = ("daily", "weekly", "monthly")
 DEFAULT_AT = "02:00"
 _TIME = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 _MONTHS = {
@@ -31,8 +33,8 @@ MAX_LAUNCHD_ENTRIES = 1000
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    every: str  # hourly | daily | weekly | a cron expression
-    at: str | None = None  # HH:MM for daily and weekly
+    every: str  # hourly | daily | weekly | monthly | a cron expression
+    at: str | None = None  # HH:MM for daily, weekly and monthly
 
     @classmethod
     def parse(cls, every: str, at: str | None = None) -> ScheduleSpec:
@@ -41,16 +43,18 @@ class ScheduleSpec:
             fields = every.split(" ")
             if len(fields) != 5:
                 raise UsageError(
-                    f'--every must be hourly, daily, weekly or a 5-field cron expression such as "30 3 * * *" '
+                    f'--every must be hourly, daily, weekly, monthly or a 5-field cron expression such as "30 3 * * *" '
                     f"(got {every!r})"
                 )
             if at is not None:
-                raise UsageError("--at only applies to daily and weekly; put the time into the cron expression")
+                raise UsageError(
+                    "--at only applies to daily, weekly and monthly; put the time into the cron expression"
+                )
             spec = cls(every)
             spec.fields()  # validate
             return spec
         if at is not None and every == "hourly":
-            raise UsageError("--at only applies to daily and weekly; hourly runs at minute 0")
+            raise UsageError("--at only applies to daily, weekly and monthly; hourly runs at minute 0")
         if at is not None and not _TIME.match(at):
             raise UsageError(f'--at must be a time "HH:MM" such as "02:00" (got {at!r})')
         return cls(every, at if every != "hourly" else None)
@@ -65,9 +69,10 @@ class ScheduleSpec:
         """The five cron fields."""
         if self.every == "hourly":
             return "0 * * * *"
-        if self.every in ("daily", "weekly"):
+        if self.every in AT_WORDS:
             hour, minute = self.time_of_day
-            return f"{minute} {hour} * * {'0' if self.every == 'weekly' else '*'}"
+            day_of_month = "1" if self.every == "monthly" else "*"
+            return f"{minute} {hour} {day_of_month} * {'0' if self.every == 'weekly' else '*'}"
         return self.every
 
     def describe(self) -> str:
@@ -77,6 +82,8 @@ class ScheduleSpec:
             return f"daily at {self.at or DEFAULT_AT}"
         if self.every == "weekly":
             return f"weekly on Sunday at {self.at or DEFAULT_AT}"
+        if self.every == "monthly":
+            return f"monthly on the 1st at {self.at or DEFAULT_AT}"
         return f"cron {self.every!r}"
 
     def fields(self) -> tuple[frozenset[int], ...]:
@@ -135,7 +142,7 @@ class ScheduleSpec:
 
     def period(self, around: datetime) -> timedelta:
         """The gap between the due time before `around` and the next one: the interval the
-        schedule implies there (constant for hourly/daily/weekly)."""
+        schedule implies there (constant for hourly/daily/weekly; 28 to 31 days for monthly)."""
         prev = self.previous_before(around)
         if prev is None:
             return timedelta(days=366)

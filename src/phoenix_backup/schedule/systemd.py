@@ -1,6 +1,6 @@
-"""The systemd path: a user service and timer in ~/.config/systemd/user (or $XDG_CONFIG_HOME),
-enabled with `systemctl --user`. `Persistent=true` runs a backup missed while the machine was off
-as soon as it is on again."""
+"""The systemd path: a user service and timer per job (`phoenix-backup`, `phoenix-drill`) in
+~/.config/systemd/user (or $XDG_CONFIG_HOME), enabled with `systemctl --user`. `Persistent=true`
+runs a backup (or drill) missed while the machine was off as soon as it is on again."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from phoenix_backup.errors import SchedulerUnavailable
-from phoenix_backup.schedule.job import NAME, Job
+from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
 
-SERVICE = f"{NAME}.service"
-TIMER = f"{NAME}.timer"
 _TIMEOUT = 30
+
+
+def service_name(name: str) -> str:
+    return f"{name}.service"
+
+
+def timer_name(name: str) -> str:
+    return f"{name}.timer"
 
 
 def unit_dir(env: Mapping[str, str], home: Path) -> Path:
@@ -50,11 +56,12 @@ def _quote(arg: str) -> str:
 
 def render(spec: ScheduleSpec, job: Job) -> dict[str, str]:
     """The two unit files, by name."""
+    service_file, timer_file = service_name(job.name), timer_name(job.name)
     env_lines = "".join(f"Environment={_quote(f'{k}={v}')}\n" for k, v in job.env)
     service = (
         "# Written by `phx schedule install`; remove with `phx schedule remove`.\n"
         "[Unit]\n"
-        "Description=Phoenix backup of the agent workspace\n"
+        f"Description={job.title} of the agent workspace\n"
         "\n"
         "[Service]\n"
         "Type=oneshot\n"
@@ -67,19 +74,19 @@ def render(spec: ScheduleSpec, job: Job) -> dict[str, str]:
     calendars = "".join(f"OnCalendar={c}\n" for c in spec.on_calendar())
     timer = (
         "# Written by `phx schedule install`; remove with `phx schedule remove`.\n"
-        f"# {NAME}: {spec.describe()}\n"
+        f"# {job.name}: {spec.describe()}\n"
         "[Unit]\n"
-        f"Description=Phoenix backup, {spec.describe()}\n"
+        f"Description={job.title}, {spec.describe()}\n"
         "\n"
         "[Timer]\n"
         f"{calendars}"
         "Persistent=true\n"
-        f"Unit={SERVICE}\n"
+        f"Unit={service_file}\n"
         "\n"
         "[Install]\n"
         "WantedBy=timers.target\n"
     )
-    return {SERVICE: service, TIMER: timer}
+    return {service_file: service, timer_file: timer}
 
 
 def write_units(spec: ScheduleSpec, job: Job, env: Mapping[str, str]) -> list[Path]:
@@ -97,33 +104,34 @@ def write_units(spec: ScheduleSpec, job: Job, env: Mapping[str, str]) -> list[Pa
 
 def install(spec: ScheduleSpec, job: Job, env: Mapping[str, str]) -> str:
     paths = write_units(spec, job, env)
-    for args in (["daemon-reload"], ["enable", "--now", TIMER]):
+    timer = timer_name(job.name)
+    for args in (["daemon-reload"], ["enable", "--now", timer]):
         proc = _systemctl(args, env)
         if proc.returncode != 0:
             raise SchedulerUnavailable(
-                f"wrote {paths[0].parent}/{NAME}.{{service,timer}} but `systemctl --user {' '.join(args)}` failed "
+                f"wrote {paths[0].parent}/{job.name}.{{service,timer}} but `systemctl --user {' '.join(args)}` failed "
                 f"({proc.stderr.strip() or proc.returncode}); start a user session with systemd (or "
-                f"`loginctl enable-linger`), then run `systemctl --user enable --now {TIMER}`"
+                f"`loginctl enable-linger`), then run `systemctl --user enable --now {timer}`"
             )
     return "systemd"
 
 
-def remove(env: Mapping[str, str], home: Path) -> bool:
+def remove(env: Mapping[str, str], home: Path, name: str) -> bool:
     folder = unit_dir(env, home)
-    paths = [folder / SERVICE, folder / TIMER]
+    paths = [folder / service_name(name), folder / timer_name(name)]
     if not any(p.exists() for p in paths):
         return False
-    _systemctl(["disable", "--now", TIMER], env)  # may fail when no user manager runs: files go anyway
+    _systemctl(["disable", "--now", timer_name(name)], env)  # may fail when no user manager runs: files go anyway
     for p in paths:
         p.unlink(missing_ok=True)
     _systemctl(["daemon-reload"], env)
     return True
 
 
-def installed(env: Mapping[str, str], home: Path) -> dict[str, object] | None:
+def installed(env: Mapping[str, str], home: Path, name: str) -> dict[str, object] | None:
     folder = unit_dir(env, home)
-    timer = folder / TIMER
+    timer = folder / timer_name(name)
     if not timer.exists():
         return None
-    active = _systemctl(["is-active", TIMER], env).stdout.strip() or "unknown"
+    active = _systemctl(["is-active", timer.name], env).stdout.strip() or "unknown"
     return {"unitDir": str(folder), "active": active}
