@@ -393,3 +393,18 @@ def test_run_dir_clears_leftovers_of_dead_runs_only(tmp_path: Path) -> None:
     assert mine.name.startswith(f"run-{os.getpid()}-")
     (mine / "copy.db").write_bytes(b"in use")
     assert cache.run_dir() == mine and (mine / "copy.db").exists(), "a live run's copies stay"
+
+
+def test_large_files_stream_to_the_same_chunks_as_one_buffer() -> None:
+    """Above WHOLE_FILE_LIMIT a file streams through FastCDC: cut points must not depend on how
+    it was read, so the chunks equal those of the file read in one piece."""
+    import io
+
+    from phoenix_backup.repo.chunker import WHOLE_FILE_LIMIT, file_chunks_of
+
+    chunker = {"min": CHUNK_MIN, "avg": CHUNK_AVG, "max": CHUNK_MAX}
+    data = rand_bytes(5, WHOLE_FILE_LIMIT + 3 * CHUNK_MAX + 12345)
+    streamed = [bytes(c) for c in file_chunks_of(io.BytesIO(data), len(data), chunker, 99)]
+    assert streamed == [bytes(c) for c in file_chunks(data, chunker, 99)]
+    small = rand_bytes(6, 3 * CHUNK_MAX)
+    assert b"".join(bytes(c) for c in file_chunks_of(io.BytesIO(small), len(small), chunker, 99)) == small

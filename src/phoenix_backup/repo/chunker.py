@@ -24,6 +24,16 @@ from phoenix_backup.repo.tree import Extent
 HASH_SIZE = 16
 
 
+def _fastcdc(chunker: dict[str, int], seed: int) -> FastCDC:
+    # pyfastcdc's effective average is avg_size + min_size (cut-point skipping), hence the difference.
+    return FastCDC(
+        avg_size=max(256, chunker["avg"] - chunker["min"]),
+        min_size=chunker["min"],
+        max_size=chunker["max"],
+        seed=seed,
+    )
+
+
 def file_chunks(data: bytes | memoryview, chunker: dict[str, int], seed: int) -> Iterator[memoryview]:
     """Content-defined chunks of `data` (the whole of it when smaller than the minimum size)."""
     view = memoryview(data)
@@ -31,14 +41,7 @@ def file_chunks(data: bytes | memoryview, chunker: dict[str, int], seed: int) ->
         if len(view):
             yield view
         return
-    # pyfastcdc's effective average is avg_size + min_size (cut-point skipping), hence the difference.
-    cdc = FastCDC(
-        avg_size=max(256, chunker["avg"] - chunker["min"]),
-        min_size=chunker["min"],
-        max_size=chunker["max"],
-        seed=seed,
-    )
-    for c in cdc.cut_buf(view):
+    for c in _fastcdc(chunker, seed).cut_buf(view):
         yield view[c.offset : c.offset + c.length]
 
 
@@ -55,14 +58,7 @@ def file_chunks_of(f: BinaryIO, size_hint: int, chunker: dict[str, int], seed: i
         rest = f.read()  # the file grew since it was stat'ed: take it all
         yield from file_chunks(data + rest if rest else data, chunker, seed)
         return
-    cdc = FastCDC(
-        avg_size=max(256, chunker["avg"] - chunker["min"]),
-        min_size=chunker["min"],
-        max_size=chunker["max"],
-        seed=seed,
-    )
-    for c in cdc.cut_stream(f):
-        yield memoryview(c.data)
+    yield from stream_chunks(f, seed, chunker)
 
 
 @dataclass
@@ -234,11 +230,5 @@ def stream_chunks(f: BinaryIO, seed: int, chunker: dict[str, int] = STREAM_CHUNK
     """Content-defined chunks of a stream read to its end (a pipe, a generated file): cut points
     depend only on the content, never on how the producer's writes happened to arrive.
     Each chunk is valid until the next one is requested."""
-    cdc = FastCDC(
-        avg_size=max(256, chunker["avg"] - chunker["min"]),
-        min_size=chunker["min"],
-        max_size=chunker["max"],
-        seed=seed,
-    )
-    for c in cdc.cut_stream(f):
+    for c in _fastcdc(chunker, seed).cut_stream(f):
         yield memoryview(c.data)
