@@ -19,7 +19,7 @@ prune cheap on S3/R2 (every repack is a download and an upload) and on Git (wher
 stays in history forever). As a bound on waste, when the unreferenced bytes left in kept packs
 would still exceed MAX_UNUSED_FRACTION (10%) of the repository, further packs are repacked, the
 most unreferenced first, until they do not. restic's default bound is 5%; Phoenix's packs are
-large (16 MiB) next to a small workspace repository, so 5% would rewrite a whole pack on nearly
+large (8 MiB) next to a small workspace repository, so 5% would rewrite a whole pack on nearly
 every prune to free a few hundred kilobytes.
 """
 

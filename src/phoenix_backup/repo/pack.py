@@ -21,8 +21,10 @@ HEADER_VERSION = 1
 HEADER_AAD = b"phoenix v1 pack header"
 _ENTRY = struct.Struct("<BB32sIII")
 _HEAD = struct.Struct("<4sBI")
-# Packs stay well under Git hosts' 50 MB file limit and keep S3 object counts low.
-DATA_PACK_TARGET = 16 * 1024 * 1024
+# Packs stay well under Git hosts' 50 MB file limit and keep S3 object counts low. 8 MiB rather
+# than 16: two packs are sealed at once, and 16 MiB packs cost ~35 MB more peak memory for no
+# measurable speed (medium sample: 131 MB against 166 MB RSS).
+DATA_PACK_TARGET = 8 * 1024 * 1024
 TREE_PACK_TARGET = 4 * 1024 * 1024
 MAX_HEADER = 64 * 1024 * 1024
 

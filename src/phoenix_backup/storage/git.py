@@ -10,7 +10,7 @@ and `publish` pushes when `autoCommit` is on.
   and are never committed, like every target's locks are never copied.
 - `.gitattributes` marks every object `binary -delta`: packs are compressed and encrypted, so
   delta compression only costs CPU and memory on both ends. Objects stay far below the 50 MB
-  that Git hosts warn about (packs are cut at 16 MiB); a larger object is refused.
+  that Git hosts warn about (packs are cut at 8 MiB); a larger object is refused.
 - Objects are immutable, so nothing is ever amended or force-pushed: history is never rewritten,
   and for the same reason deleting an object (prune) never frees space in the remote.
 - Every `git` runs without a terminal prompt (GIT_TERMINAL_PROMPT=0, ssh in batch mode), so a

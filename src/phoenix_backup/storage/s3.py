@@ -48,7 +48,7 @@ else:
 T = TypeVar("T")
 
 # Objects larger than this are sent as a multipart upload in parts of PART_SIZE. Packs are cut at
-# 16 MiB (plus at most one 8 MiB chunk), so ordinary packs are one PUT and only unusually large
+# 8 MiB (plus at most one 8 MiB chunk), so ordinary packs are one PUT and only unusually large
 # objects take the multipart path; both are parameters so tests can exercise multipart cheaply.
 MULTIPART_THRESHOLD = 32 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
