@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import importlib
 import json
 import os
 import sys
@@ -99,7 +100,45 @@ def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
     return cfg
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Every command lives in cli/cmd_<name>.py and registers itself on `cli` when imported. Only the
+# command being run is imported: a scheduled `phx backup` should not pay for loading `export`,
+# `archive` or `doctor` (about 50 ms of a 0.4 s no-change backup).
+COMMANDS = (
+    "archive",
+    "backup",
+    "demo",
+    "diff",
+    "doctor",
+    "drill",
+    "dump",
+    "export",
+    "forget",
+    "import",
+    "init",
+    "key",
+    "list",
+    "ls",
+    "prune",
+    "restore",
+    "schedule",
+    "status",
+    "sync",
+    "unlock",
+    "verify",
+)
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"phoenix_backup.cli.cmd_{cmd_name}")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="phx")
 def cli() -> None:
     """Phoenix: consistent, deduplicated, encrypted backups of an AI agent's workspace.

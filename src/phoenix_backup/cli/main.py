@@ -1,5 +1,5 @@
-"""The `phx` entry point: the application with every command registered, and click's own errors
-turned into Phoenix's one-line format."""
+"""The `phx` entry point: the application (its commands are imported when run, see `cli.app`),
+and click's own errors turned into Phoenix's one-line format."""
 
 from __future__ import annotations
 
@@ -7,29 +7,6 @@ import sys
 
 import click
 
-from phoenix_backup.cli import (  # noqa: F401 - importing a command module registers it
-    cmd_archive,
-    cmd_backup,
-    cmd_demo,
-    cmd_diff,
-    cmd_doctor,
-    cmd_drill,
-    cmd_dump,
-    cmd_export,
-    cmd_forget,
-    cmd_import,
-    cmd_init,
-    cmd_key,
-    cmd_list,
-    cmd_ls,
-    cmd_prune,
-    cmd_restore,
-    cmd_schedule,
-    cmd_status,
-    cmd_sync,
-    cmd_unlock,
-    cmd_verify,
-)
 from phoenix_backup.cli.app import cli
 from phoenix_backup.errors import ExitStatus
 
