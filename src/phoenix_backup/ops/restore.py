@@ -54,7 +54,7 @@ from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.locks import process_start_time
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
-from phoenix_backup.repo.tree import Extent, Node, check_name
+from phoenix_backup.repo.tree import Node, check_name
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, split_logical
 from phoenix_backup.sources.patterns import glob_regex
@@ -645,7 +645,7 @@ class _Restore:
 
     def row_deltas(self, item: PlanItem, node: Node, folder: Path) -> dict[str, dict[str, int]]:
         copy = folder / f"{hashlib.sha256(item.path.encode()).hexdigest()[:16]}.db"
-        fd = os.open(copy, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             _write_content(self.repo, fd, item.path, node)
         except OSError as exc:
@@ -930,91 +930,33 @@ def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node
 
 
 _BLOB_CACHE_BYTES = 16 * 1024 * 1024
-# Files at least this large are written by several threads at once, each its own byte range.
-_PARALLEL_WRITE_BYTES = 64 * 1024 * 1024
-_WRITERS = 3
-
-
-class _BlobCache:
-    """Recent blobs of one writer. A database's extents come back to the same page-run blobs
-    again and again (the pages that did not change since they were first stored)."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-        self.blobs: OrderedDict[bytes, bytes] = OrderedDict()
-        self.size = 0
-
-    def slice(self, logical: str, ext: Extent) -> memoryview:
-        blob = self.blobs.get(ext.blob)
-        if blob is None:
-            blob = self.repo.load_blob(BlobType.DATA, ext.blob)
-            self.blobs[ext.blob] = blob
-            self.size += len(blob)
-            while self.size > _BLOB_CACHE_BYTES and len(self.blobs) > 1:
-                self.size -= len(self.blobs.popitem(last=False)[1])
-        else:
-            self.blobs.move_to_end(ext.blob)
-        data = memoryview(blob)[ext.offset : ext.offset + ext.length]
-        if len(data) != ext.length:
-            raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
-        return data
 
 
 def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
     """Write a node's bytes to the open file `out`, checking them against the snapshot's SHA-256."""
-    if node.size >= _PARALLEL_WRITE_BYTES and len(node.content) >= _WRITERS:
-        _write_content_parallel(repo, out, logical, node)
-        return
     digest = hashlib.sha256()
-    cache = _BlobCache(repo)
+    # A database's extents come back to the same page-run blobs again and again (the pages that
+    # did not change since it was first stored): keep recent blobs instead of opening them anew.
+    cache: OrderedDict[bytes, bytes] = OrderedDict()
+    cached = 0
     for ext in node.content:
-        data = cache.slice(logical, ext)
+        blob = cache.get(ext.blob)
+        if blob is None:
+            blob = repo.load_blob(BlobType.DATA, ext.blob)
+            cache[ext.blob] = blob
+            cached += len(blob)
+            while cached > _BLOB_CACHE_BYTES and len(cache) > 1:
+                cached -= len(cache.popitem(last=False)[1])
+        else:
+            cache.move_to_end(ext.blob)
+        data = memoryview(blob)[ext.offset : ext.offset + ext.length]
+        if len(data) != ext.length:
+            raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
         digest.update(data)
         while data:
             n = os.write(out, data)
             data = data[n:]
     if digest.hexdigest() != node.sha256:
-        raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot (damaged)")
-
-
-def _write_content_parallel(repo: Repository, out: int, logical: str, node: Node) -> None:
-    """A large file (a memory database) in byte ranges written by several threads with pwrite,
-    then read back whole for its SHA-256: opening and decompressing blobs is the costly part,
-    and one thread left the other core idle."""
-    starts = []
-    pos = 0
-    for ext in node.content:
-        starts.append(pos)
-        pos += ext.length
-    if pos != node.size:
-        raise CorruptObject(f"the extents of {logical} do not add up to its size (damaged snapshot)")
-    os.ftruncate(out, node.size)
-    share = -(-node.size // _WRITERS)
-    groups: list[list[int]] = [[] for _ in range(_WRITERS)]
-    for i, start in enumerate(starts):
-        groups[min(start // share, _WRITERS - 1)].append(i)
-
-    def write(indexes: list[int]) -> None:
-        cache = _BlobCache(repo)
-        for i in indexes:
-            data = cache.slice(logical, node.content[i])
-            offset = starts[i]
-            while data:
-                n = os.pwrite(out, data, offset)
-                data, offset = data[n:], offset + n
-
-    with ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="phx-write") as pool:
-        for job in [pool.submit(write, g) for g in groups if g]:
-            job.result()
-    digest = hashlib.sha256()
-    offset = 0
-    while offset < node.size:
-        block = os.pread(out, min(8 * 1024 * 1024, node.size - offset), offset)
-        if not block:
-            break
-        digest.update(block)
-        offset += len(block)
-    if offset != node.size or digest.hexdigest() != node.sha256:
         raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot (damaged)")
 
 
@@ -1213,7 +1155,7 @@ class _Writer:
     def _write_temp(self, fd: int, logical: str, node: Node) -> str:
         """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
         tmp = _tmp_name()
-        out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
             _write_content(self.repo, out, logical, node)
             os.fchmod(out, node.mode)
