@@ -40,6 +40,7 @@ from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, ObjectNotF
 from phoenix_backup.ops.browse import damaged_pack, open_target
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.restore import _Writer  # the restore op's writer: the drill proves that code
+from phoenix_backup.ops.verify import VerifyError
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot
@@ -58,19 +59,10 @@ def drills_dir(home: Path) -> Path:
     return home / ".argentos" / "backup" / "drills"
 
 
-@dataclass(frozen=True)
-class DrillError:
-    """One thing the drill could not prove. `object` names the repository object at fault when the
-    damage was traced to one (a pack), else what was checked (`file`, `database`, `table:NAME`,
-    `fts5:NAME`, `tree`)."""
-
-    object: str
-    snapshot: str | None
-    path: str | None
-    message: str
-
-    def to_json(self) -> dict[str, str | None]:
-        return {"object": self.object, "snapshot": self.snapshot, "path": self.path, "message": self.message}
+# One thing the drill could not prove, in verify's shape (DESIGN §2: both give `{object, snapshot,
+# path, message}`). `object` names the repository object at fault when the damage was traced to
+# one (a pack), else what was checked (`file`, `database`, `table:NAME`, `fts5:NAME`, `tree`).
+DrillError = VerifyError
 
 
 @dataclass
