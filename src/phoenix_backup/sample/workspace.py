@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from phoenix_backup.ops import alignment
+
 __all__ = [
     "ALIGNMENT_FILES",
     "ALIGNMENT_MANIFEST",
@@ -51,17 +53,9 @@ SIZES: dict[str, int] = {
 EMBEDDING_DIM = 768
 EMBEDDING_BYTES = EMBEDDING_DIM * 4
 
-ALIGNMENT_MANIFEST = ".argent-alignment-integrity.json"
-ALIGNMENT_FILES: tuple[str, ...] = (
-    "SOUL.md",
-    "IDENTITY.md",
-    "AGENTS.md",
-    "USER.md",
-    "HEARTBEAT.md",
-    "CONTEMPLATION.md",
-    "TOOLS.md",
-    "MEMORY.md",
-)
+# The agent keeps its alignment manifest over the files Phoenix checks after a restore: one list.
+ALIGNMENT_MANIFEST = alignment.MANIFEST
+ALIGNMENT_FILES: tuple[str, ...] = alignment.FILES
 
 AGENT_ID = "argent"
 
