@@ -25,7 +25,7 @@ import secrets
 import sqlite3
 import stat
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,7 +54,7 @@ from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.locks import process_start_time
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
-from phoenix_backup.repo.tree import Node, check_name
+from phoenix_backup.repo.tree import Extent, Node, check_name
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, split_logical
 from phoenix_backup.sources.patterns import glob_regex
@@ -731,44 +731,52 @@ class _Restore:
 
     def write(self, plan: _Plan, result: RestoreResult) -> None:
         writer = _Writer(self.repo, self.layout, self.to)
+        workers = max(2, (os.cpu_count() or 2) + 1)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-restore")
+        copies: dict[str, Future[str]] = {}
         try:
             writer.clean_leftovers([lg for lg, _ in plan.dirs])
             for logical, node in plan.dirs:
                 _record(result, logical, functools.partial(writer.directory, logical, node))
-            self.write_files(writer, plan, result)
+            # Database copies are written and checked beside their places while the files are
+            # restored, largest first; they are applied one by one after the deletions.
+            databases = [i for i in plan.items if i.kind == "sqlite" and i.action in ("create", "overwrite")]
+            for item in sorted(databases, key=lambda i: -plan.nodes[i.path].size):
+                copies[item.path] = pool.submit(writer.database_copy, item.path, plan.nodes[item.path])
+            self.write_files(writer, plan, result, pool)
             for item in plan.items:
                 if item.kind == "symlink" and item.action in ("create", "overwrite"):
                     _record(result, item.path, functools.partial(writer.symlink, item.path, plan.nodes[item.path]))
                 elif item.kind == "symlink" and item.action == "unchanged" and item.metadata:
                     _record(result, item.path, functools.partial(writer.link_times, item.path, plan.nodes[item.path]))
             self.write_deletions(writer, plan, result)
-            self.write_databases(writer, plan, result)
+            self.write_databases(writer, plan, result, copies)
             self.write_server_databases(result)
             result.alignment = self.align(writer, plan)
             writer.finish_dirs()
         finally:
+            # On the first failure nothing more is started; what is being written finishes, and
+            # database copies that were not applied are removed.
+            pool.shutdown(wait=True, cancel_futures=True)
+            for logical, fut in copies.items():
+                if not fut.cancelled() and fut.exception() is None:
+                    writer.discard_copy(logical, fut.result())
             writer.close()
 
-    def write_files(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
+    def write_files(self, writer: _Writer, plan: _Plan, result: RestoreResult, pool: ThreadPoolExecutor) -> None:
         """File contents in parallel: each is written, checked, fsynced and renamed on its own."""
         todo = [i for i in plan.items if i.kind == "file" and (i.action in ("create", "overwrite") or i.metadata)]
-        workers = max(2, (os.cpu_count() or 2) + 1)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-restore")
-        try:
-            jobs: list[tuple[PlanItem, Future[str]]] = []
-            for item in todo:
-                node = plan.nodes[item.path]
-                if item.action == "unchanged":
-                    jobs.append((item, pool.submit(writer.metadata, item.path, node)))
-                else:
-                    jobs.append((item, pool.submit(writer.content, item.path, node)))
-            for done, (item, job) in enumerate(jobs, 1):
-                if _record(result, item.path, job.result) is not None and item.action != "unchanged":
-                    result.restored += 1
-                _progress(self.envx, "restore", done, len(jobs))
-        finally:
-            # On the first failure nothing more is started; what is being written finishes.
-            pool.shutdown(wait=True, cancel_futures=True)
+        jobs: list[tuple[PlanItem, Future[str]]] = []
+        for item in todo:
+            node = plan.nodes[item.path]
+            if item.action == "unchanged":
+                jobs.append((item, pool.submit(writer.metadata, item.path, node)))
+            else:
+                jobs.append((item, pool.submit(writer.content, item.path, node)))
+        for done, (item, job) in enumerate(jobs, 1):
+            if _record(result, item.path, job.result) is not None and item.action != "unchanged":
+                result.restored += 1
+            _progress(self.envx, "restore", done, len(jobs))
 
     def write_deletions(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
         deletions = [i for i in plan.items if i.action == "delete"]
@@ -779,13 +787,16 @@ class _Restore:
             if _record(result, item.path, functools.partial(writer.remove, item)) is not None:
                 result.deleted += 1
 
-    def write_databases(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
+    def write_databases(
+        self, writer: _Writer, plan: _Plan, result: RestoreResult, copies: dict[str, Future[str]]
+    ) -> None:
         for item in plan.items:
             if item.kind != "sqlite" or item.action not in ("create", "overwrite"):
                 continue
             node = plan.nodes[item.path]
             try:
-                info = writer.database(item.path, node, in_place=self.in_place)
+                copy = copies.pop(item.path).result()
+                info = writer.database(item.path, node, in_place=self.in_place, copy=copy)
             except UnsafePath as exc:
                 result.errors.append({"path": item.path, "error": str(exc)})
                 continue
@@ -929,29 +940,82 @@ def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node
             _progress(envx, "check", done, total)
 
 
+# A database's extents come back to the same page-run blobs again and again (the pages that did
+# not change since it was first stored): recent blobs are kept instead of being opened anew.
 _BLOB_CACHE_BYTES = 16 * 1024 * 1024
+# Blobs decrypted and decompressed by the loader threads ahead of the writer.
+_READ_AHEAD_BYTES = 8 * 1024 * 1024
 
 
-def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
-    """Write a node's bytes to the open file `out`, checking them against the snapshot's SHA-256."""
-    digest = hashlib.sha256()
-    # A database's extents come back to the same page-run blobs again and again (the pages that
-    # did not change since it was first stored): keep recent blobs instead of opening them anew.
-    cache: OrderedDict[bytes, bytes] = OrderedDict()
-    cached = 0
-    for ext in node.content:
-        blob = cache.get(ext.blob)
-        if blob is None:
-            blob = repo.load_blob(BlobType.DATA, ext.blob)
-            cache[ext.blob] = blob
-            cached += len(blob)
-            while cached > _BLOB_CACHE_BYTES and len(cache) > 1:
-                cached -= len(cache.popitem(last=False)[1])
-        else:
-            cache.move_to_end(ext.blob)
-        data = memoryview(blob)[ext.offset : ext.offset + ext.length]
+def _load_steps(repo: Repository, extents: list[Extent]) -> list[tuple[bool, list[bytes]]]:
+    """For each extent: whether its blob is loaded there, and the blobs the cache drops after it.
+
+    Decided up front from the blob sizes in the index, so the loads can be started ahead of the
+    writer while the cache still holds exactly what the writer will ask for."""
+    held: OrderedDict[bytes, int] = OrderedDict()
+    size = 0
+    steps: list[tuple[bool, list[bytes]]] = []
+    for ext in extents:
+        if ext.blob in held:
+            held.move_to_end(ext.blob)
+            steps.append((False, []))
+            continue
+        loc = repo.index.get(ext.blob)
+        held[ext.blob] = loc.raw if loc is not None else 0
+        size += held[ext.blob]
+        dropped = []
+        while size > _BLOB_CACHE_BYTES and len(held) > 1:
+            blob, n = held.popitem(last=False)
+            size -= n
+            dropped.append(blob)
+        steps.append((True, dropped))
+    return steps
+
+
+def _extent_bytes(
+    repo: Repository, logical: str, extents: list[Extent], loader: ThreadPoolExecutor | None = None
+) -> Iterator[memoryview]:
+    """The bytes of each extent in order. With `loader`, blobs are read, authenticated and
+    decompressed by its threads up to _READ_AHEAD_BYTES ahead, while the caller writes."""
+    steps = _load_steps(repo, extents)
+    loads = [ext.blob for ext, (load, _) in zip(extents, steps, strict=True) if load]
+    pending: deque[tuple[int, Future[bytes]]] = deque()
+    ahead = 0
+    started = 0
+
+    def load(blob: bytes) -> Future[bytes]:
+        if loader is not None:
+            return loader.submit(repo.load_blob, BlobType.DATA, blob)
+        done: Future[bytes] = Future()
+        done.set_result(repo.load_blob(BlobType.DATA, blob))
+        return done
+
+    cache: dict[bytes, bytes] = {}
+    for ext, (needs_load, dropped) in zip(extents, steps, strict=True):
+        if needs_load:
+            while started < len(loads) and (not pending or (loader is not None and ahead < _READ_AHEAD_BYTES)):
+                loc = repo.index.get(loads[started])
+                n = loc.raw if loc is not None else 0
+                pending.append((n, load(loads[started])))
+                ahead += n
+                started += 1
+            n, fut = pending.popleft()
+            ahead -= n
+            cache[ext.blob] = fut.result()
+            for blob in dropped:
+                del cache[blob]
+        data = memoryview(cache[ext.blob])[ext.offset : ext.offset + ext.length]
         if len(data) != ext.length:
             raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
+        yield data
+
+
+def _write_content(
+    repo: Repository, out: int, logical: str, node: Node, loader: ThreadPoolExecutor | None = None
+) -> None:
+    """Write a node's bytes to the open file `out`, checking them against the snapshot's SHA-256."""
+    digest = hashlib.sha256()
+    for data in _extent_bytes(repo, logical, node.content, loader):
         digest.update(data)
         while data:
             n = os.write(out, data)
@@ -961,10 +1025,7 @@ def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None
 
 
 def _load_content(repo: Repository, logical: str, node: Node) -> bytes:
-    parts = []
-    for ext in node.content:
-        parts.append(repo.load_blob(BlobType.DATA, ext.blob)[ext.offset : ext.offset + ext.length])
-    return b"".join(parts)
+    return b"".join(_extent_bytes(repo, logical, node.content))
 
 
 @functools.cache
@@ -993,8 +1054,11 @@ class _Writer:
         self._roots: dict[str, int] = {}
         self._dir_meta: list[tuple[str, Node]] = []
         self._roots_lock = threading.Lock()
+        # Reads, authenticates and decompresses blobs ahead of the threads that write files.
+        self.loader = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="phx-load")
 
     def close(self) -> None:
+        self.loader.shutdown(wait=True, cancel_futures=True)
         for fd in self._roots.values():
             os.close(fd)
         self._roots.clear()
@@ -1157,7 +1221,7 @@ class _Writer:
         tmp = _tmp_name()
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
-            _write_content(self.repo, out, logical, node)
+            _write_content(self.repo, out, logical, node, self.loader)
             os.fchmod(out, node.mode)
             _chown(out, node)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
@@ -1231,20 +1295,38 @@ class _Writer:
             raise os_error(exc, f"deleting {item.path}") from exc
         return "ok"
 
-    def database(self, logical: str, node: Node, *, in_place: bool) -> dict[str, Any]:
-        """Write the database copy beside its place, check it, and apply it: through the backup API
-        into a live database that can be read, else by rename (stale -wal/-shm removed first)."""
-        with self.parent_dir(logical) as (fd, name):
+    def database_copy(self, logical: str, node: Node) -> str:
+        """Write a database's copy beside its place and check it with integrity_check; return the
+        copy's temporary name. Nothing else is touched: `database` applies the copy."""
+        with self.parent_dir(logical) as (fd, _name):
             tmp = self._write_temp(fd, logical, node)
+            try:
+                integrity = _integrity(f"/proc/self/fd/{fd}/{tmp}")
+            except BaseException:
+                _discard(fd, tmp)
+                raise
+            if integrity != "ok":
+                _discard(fd, tmp)
+                raise RestoreError(
+                    f"the restored copy of {logical} fails integrity_check ({integrity}); the database was not "
+                    "replaced — restore it from another snapshot"
+                )
+        return tmp
+
+    def discard_copy(self, logical: str, tmp: str) -> None:
+        """Remove a copy `database_copy` wrote that will not be applied."""
+        with contextlib.suppress(OSError), self.parent_dir(logical, create=False) as (fd, _name):
+            _discard(fd, tmp)
+
+    def database(self, logical: str, node: Node, *, in_place: bool, copy: str | None = None) -> dict[str, Any]:
+        """Apply a checked copy of a database (written now, or earlier by `database_copy`): through
+        the backup API into a live database that can be read, else by rename (stale -wal/-shm
+        removed first)."""
+        tmp = copy if copy is not None else self.database_copy(logical, node)
+        with self.parent_dir(logical) as (fd, name):
             tmp_path = f"/proc/self/fd/{fd}/{tmp}"
             live_path = f"/proc/self/fd/{fd}/{name}"
             try:
-                integrity = _integrity(tmp_path)
-                if integrity != "ok":
-                    raise RestoreError(
-                        f"the restored copy of {logical} fails integrity_check ({integrity}); the database was not "
-                        "replaced — restore it from another snapshot"
-                    )
                 live = live_sqlite.probe(live_path) if in_place else live_sqlite.LiveDb(False, False)
                 if live.readable:
                     problem = live_sqlite.page_size_problem(logical, live, _page_size_of(tmp_path), live_path)
@@ -1263,11 +1345,9 @@ class _Writer:
                         raise _unsafe_or_error(exc, logical) from exc
                     method = "rename"
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=fd)
-                live_sqlite.remove_companions(fd, tmp)
+                _discard(fd, tmp)
             os.fsync(fd)
-        return {"path": logical, "integrity": integrity, "method": method}
+        return {"path": logical, "integrity": "ok", "method": method}
 
     def _set_live_metadata(self, fd: int, name: str, node: Node) -> None:
         f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -1283,6 +1363,13 @@ def _unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
     if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR):
         return UnsafePath(f"{logical} exists in the destination as a folder; move it aside and restore again")
     return os_error(exc, f"restoring {logical}")
+
+
+def _discard(fd: int, tmp: str) -> None:
+    """Remove a temporary database copy and any journal SQLite left beside it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=fd)
+    live_sqlite.remove_companions(fd, tmp)
 
 
 def _page_size_of(path: str) -> int:
