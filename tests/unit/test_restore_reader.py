@@ -1,10 +1,9 @@
-"""The restore's extent reader on a real repository: blobs loaded ahead by threads and kept in a
-bounded cache still give back exactly the bytes of each extent, in order."""
+"""The restore's extent reader on a real repository: with blobs kept in a bounded cache, it still
+gives back exactly the bytes of each extent, in order."""
 
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -50,19 +49,15 @@ def extent_lists(draw: st.DrawFn) -> list[tuple[int, float, float]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(picks=extent_lists(), cache_kib=st.sampled_from([1, 24, 64, 1024]), ahead_kib=st.sampled_from([1, 30, 200]))
-@pytest.mark.parametrize("threaded", [False, True])
+@given(picks=extent_lists(), cache_kib=st.sampled_from([1, 24, 64, 1024]))
 def test_extent_bytes_match_the_blobs(
     stored: tuple[Repository, list[tuple[bytes, bytes]]],
     monkeypatch: pytest.MonkeyPatch,
     picks: list[tuple[int, float, float]],
     cache_kib: int,
-    ahead_kib: int,
-    threaded: bool,
 ) -> None:
     repo, blobs = stored
     monkeypatch.setattr(restore, "_BLOB_CACHE_BYTES", cache_kib * KIB)
-    monkeypatch.setattr(restore, "_READ_AHEAD_BYTES", ahead_kib * KIB)
     extents, expected = [], []
     for n, start, length in picks:
         bid, data = blobs[n]
@@ -70,9 +65,7 @@ def test_extent_bytes_match_the_blobs(
         size = max(1, int(length * (len(data) - offset)))
         extents.append(Extent(bid, offset, size))
         expected.append(data[offset : offset + size])
-    with ThreadPoolExecutor(max_workers=2) as loader:
-        got = [bytes(v) for v in restore._extent_bytes(repo, "x", extents, loader if threaded else None)]
-    assert got == expected
+    assert [bytes(v) for v in restore._extent_bytes(repo, "x", extents)] == expected
 
 
 def test_an_extent_beyond_its_blob_is_damage(stored: tuple[Repository, list[tuple[bytes, bytes]]]) -> None:
