@@ -73,7 +73,7 @@ _S3_STORAGE_CLASSES = (
 )
 # Typed maps rather than casts: the lookup itself turns a checked str into the Literal type.
 _ALGORITHMS: dict[str, Algorithm] = {"zstd": "zstd", "gzip": "gzip"}
-_LEVELS: dict[Algorithm, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9)}
+_LEVELS: dict[Algorithm, tuple[int, int]] = {"zstd": (-7, 22), "gzip": (1, 9)}
 _ON_SUCCESS: dict[str, OnSuccess] = {"silent": "silent", "notify": "notify"}
 _ON_FAILURE: dict[str, OnFailure] = {"alert": "alert", "silent": "silent"}
 _METHODS: dict[str, EncryptionMethod] = {"passphrase": "passphrase", "age": "age", "gpg": "gpg"}
