@@ -5,6 +5,7 @@ The CLI maps these to exit codes in one place (`cli.main`); the Python API raise
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
 
 
@@ -15,6 +16,15 @@ class ExitStatus(IntEnum):
     FAILURE = 1
     USAGE = 2  # bad usage or bad config
     PARTIAL = 3  # some part failed (a file unreadable, a target down), the rest was done
+
+    @classmethod
+    def of_targets(cls, succeeded: Iterable[bool]) -> ExitStatus:
+        """A command run on each target: OK when every one succeeded, PARTIAL when some did,
+        FAILURE when none did."""
+        results = list(succeeded)
+        if all(results):
+            return cls.OK
+        return cls.PARTIAL if any(results) else cls.FAILURE
 
 
 class PhoenixError(Exception):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option, thaw_option
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import archive as archive_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.units import human_size
 
 
 @cli.command()
@@ -53,7 +53,7 @@ def archive(
     text = (
         f"archived {result.name} ({result.snapshot[:8]}) to {result.output}: {result.files} files, "
         f"{result.databases} databases, {result.symlinks} symlinks, {result.dirs} folders "
-        f"({render.size(result.size)} in, {render.size(result.archive_size)} archive)\n"
+        f"({human_size(result.size)} in, {human_size(result.archive_size)} archive)\n"
         f"check it after extraction: cd {result.top} && sha256sum -c SHA256SUMS"
     )
     out.result(result.to_json(), text)

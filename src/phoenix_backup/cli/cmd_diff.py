@@ -9,6 +9,7 @@ from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, 
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import diff as diff_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.units import human_size
 
 
 @cli.command(name="diff")
@@ -35,18 +36,18 @@ def diff_cmd(
 
 
 def _delta(n: int) -> str:
-    return ("+" if n >= 0 else "−") + render.size(abs(n))
+    return ("+" if n >= 0 else "−") + human_size(abs(n))
 
 
 def text(r: diff_op.DiffResult, verbose: bool) -> str:
     lines = [f"diff {r.old.name} ({r.old.id[:8]}) -> {r.new.name} ({r.new.id[:8]})"]
     for f in r.files:
         if f.change == "added":
-            size = render.size(f.new_size)
+            size = human_size(f.new_size)
         elif f.change == "removed":
-            size = render.size(f.old_size)
+            size = human_size(f.old_size)
         else:
-            size = f"{_delta(f.new_size - f.old_size)} ({render.size(f.old_size)} -> {render.size(f.new_size)})"
+            size = f"{_delta(f.new_size - f.old_size)} ({human_size(f.old_size)} -> {human_size(f.new_size)})"
         kind = "" if f.type == "file" else f" [{f.type}]"
         lines.append(f"  {f.change:8} {f.path}{kind}  {size}")
     for db in r.databases:

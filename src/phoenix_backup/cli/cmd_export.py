@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import export as export_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.units import human_size
 
 
 @cli.command(name="export")
@@ -71,7 +71,7 @@ def text(r: export_op.ExportResult) -> str:
         if src.get("kind") == "live"
         else f"snapshot {src.get('name')} ({str(src.get('snapshot'))[:8]})"
     )
-    lines = [f"exported {where} as {r.format} to {r.output} ({render.size(r.size)})"]
+    lines = [f"exported {where} as {r.format} to {r.output} ({human_size(r.size)})"]
     for db in r.databases:
         rows = sum(db.tables.values())
         derived = f", {len(db.derived)} derived tables left out" if db.derived else ""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli.app import Out, cli, common, load_config
-from phoenix_backup.cli.render import size
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import prune as prune_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.units import human_size
 
 
 @cli.command()
@@ -37,9 +37,9 @@ def render(r: prune_op.PruneResult) -> str:
             continue
         lines += [f"notice: {n}" for n in t.notices]
         lines.append(
-            f"target {name}: {t.snapshots} snapshots, {t.packs_before} packs, {size(t.bytes_before)}; "
+            f"target {name}: {t.snapshots} snapshots, {t.packs_before} packs, {human_size(t.bytes_before)}; "
             f"{t.deleted_packs} unused packs deleted, {t.repacked_packs} repacked, "
-            f"{t.leftover_packs} leftovers removed; {verb} {size(max(0, t.bytes_freed - t.bytes_written))}, "
-            f"{size(t.bytes_after)} left" + (" (dry run: nothing changed)" if r.dry_run else "")
+            f"{t.leftover_packs} leftovers removed; {verb} {human_size(max(0, t.bytes_freed - t.bytes_written))}, "
+            f"{human_size(t.bytes_after)} left" + (" (dry run: nothing changed)" if r.dry_run else "")
         )
     return "\n".join(lines)

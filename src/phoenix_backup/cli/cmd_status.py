@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from phoenix_backup.cli.app import Out, cli, common, load_config
-from phoenix_backup.cli.render import size
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import status as status_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.units import human_size
 
 
 @cli.command()
@@ -52,9 +52,9 @@ def render(r: status_op.StatusResult) -> str:
         if t.snapshots is not None:
             parts.append(f"{t.snapshots} snapshots")
         if t.stored is not None:
-            parts.append(f"{size(t.stored)} stored")
+            parts.append(f"{human_size(t.stored)} stored")
         if t.dedup_ratio is not None and t.logical is not None:
-            parts.append(f"{size(t.logical)} in snapshots (deduplication {t.dedup_ratio:.1f}x)")
+            parts.append(f"{human_size(t.logical)} in snapshots (deduplication {t.dedup_ratio:.1f}x)")
         lines.append(f"target {name}: " + ", ".join(parts))
     lines += [f"warning: {w}" for w in r.warnings]
     if r.alert:

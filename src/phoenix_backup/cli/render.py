@@ -7,15 +7,7 @@ from phoenix_backup.ops.manage import SnapshotSummary
 from phoenix_backup.ops.replicate import SyncResult
 from phoenix_backup.ops.restore import RestoreResult
 from phoenix_backup.ops.verify import VerifyResult
-
-
-def size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+from phoenix_backup.units import human_size
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -27,12 +19,12 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def backup(r: BackupResult, verbose: bool) -> str:
     if r.dry_run:
-        lines = [f"{p.kind:7} {size(p.size):>10}  {p.path}" for p in r.planned] if verbose else []
-        lines.append(f"would back up {r.files} files and databases, {size(r.size)} (dry run: nothing written)")
+        lines = [f"{p.kind:7} {human_size(p.size):>10}  {p.path}" for p in r.planned] if verbose else []
+        lines.append(f"would back up {r.files} files and databases, {human_size(r.size)} (dry run: nothing written)")
         return "\n".join(lines + [f"warning: {w}" for w in r.warnings])
     lines = [
-        f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files} files, {size(r.size)}, "
-        f"{size(r.added)} added, {r.duration:.1f} s"
+        f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files} files, {human_size(r.size)}, "
+        f"{human_size(r.added)} added, {r.duration:.1f} s"
     ]
     for db in r.databases:
         rows = sum(db.tables.values())
@@ -58,8 +50,8 @@ def snapshots(items: list[SnapshotSummary]) -> str:
                 s.time,
                 s.scope,
                 str(s.stats.files),
-                size(s.stats.size),
-                size(s.stats.added),
+                human_size(s.stats.size),
+                human_size(s.stats.added),
                 str(len(s.databases)),
                 ",".join(s.tags),
                 ",".join(item.targets),
@@ -148,7 +140,7 @@ def sync(r: SyncResult) -> str:
         if not t.ok:
             lines.append(f"target {name}: FAILED: {t.error}")
             continue
-        what = f"{t.objects} objects, {size(t.bytes)}" if t.objects else "already up to date"
+        what = f"{t.objects} objects, {human_size(t.bytes)}" if t.objects else "already up to date"
         extra = []
         if t.initialised:
             extra.append("initialised")
@@ -157,6 +149,6 @@ def sync(r: SyncResult) -> str:
         if t.uploads_aborted:
             extra.append(f"{t.uploads_aborted} abandoned upload(s) aborted")
         if t.throughput:
-            extra.append(f"{size(int(t.throughput))}/s")
+            extra.append(f"{human_size(int(t.throughput))}/s")
         lines.append(f"target {name}: ok, {what}" + (f" ({', '.join(extra)})" if extra else ""))
     return "\n".join(lines)

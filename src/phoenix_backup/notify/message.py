@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config
+from phoenix_backup.units import human_size
 
 # user:password@ in any URL, and token-like query parameters.
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
@@ -38,15 +39,6 @@ class BackupEvent:
     errors: tuple[str, ...] = ()
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def compose(event: BackupEvent, secrets: Iterable[str] = ()) -> tuple[str, str]:
     """(title, body) of the message, redacted."""
     if event.ok:
@@ -61,7 +53,7 @@ def compose(event: BackupEvent, secrets: Iterable[str] = ()) -> tuple[str, str]:
     else:
         lines.append(f"No snapshot was saved (scope {event.scope}).")
     if event.size is not None:
-        lines.append(f"Size: {_size(event.size)}, added: {_size(event.added or 0)}")
+        lines.append(f"Size: {human_size(event.size)}, added: {human_size(event.added or 0)}")
     if event.duration is not None:
         lines.append(f"Duration: {event.duration:.1f} s")
     if event.targets_ok:

@@ -47,6 +47,7 @@ from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
 from phoenix_backup.state import read_state, state_path
+from phoenix_backup.units import human_size
 
 Status = Literal["ok", "fail", "warn"]
 
@@ -181,7 +182,7 @@ def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
         if header != b"SQLite format 3\x00" and path.stat().st_size > 0:
             result.add(name, "fail", "is not a SQLite database", f"fix the path in databases.sqlite in {_where(cfg)}")
             continue
-        result.add(name, "ok", f"readable SQLite database ({_size(path.stat().st_size)})")
+        result.add(name, "ok", f"readable SQLite database ({human_size(path.stat().st_size)})")
 
 
 def check_postgres(cfg: Config, envx: Environment, result: DoctorResult) -> None:
@@ -321,11 +322,11 @@ def _disk(cfg: Config, envx: Environment, result: DoctorResult) -> None:
             result.add(
                 name,
                 "fail",
-                f"only {_size(free)} free for {path}; a backup needs about {_size(need)} there",
+                f"only {human_size(free)} free for {path}; a backup needs about {human_size(need)} there",
                 fix,
             )
         else:
-            result.add(name, "ok", f"{_size(free)} free for {path}")
+            result.add(name, "ok", f"{human_size(free)} free for {path}")
 
 
 def _version(args: list[str], envx: Environment) -> str:
@@ -613,12 +614,3 @@ def _last_drill(envx: Environment, result: DoctorResult) -> None:
         result.add("last drill", "warn", f"{what} passed, but is older than a month", "run `phx drill`")
     else:
         result.add("last drill", "ok", f"{what} passed")
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

@@ -144,9 +144,7 @@ class PruneResult:
 
     @property
     def exit_status(self) -> ExitStatus:
-        if self.ok:
-            return ExitStatus.OK
-        return ExitStatus.PARTIAL if any(t.ok for t in self.targets.values()) else ExitStatus.FAILURE
+        return ExitStatus.of_targets(t.ok for t in self.targets.values())
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -91,10 +91,7 @@ class SyncResult:
 
     @property
     def exit_status(self) -> ExitStatus:
-        failed = [t for t in self.targets.values() if not t.ok]
-        if not failed:
-            return ExitStatus.OK
-        return ExitStatus.FAILURE if len(failed) == len(self.targets) else ExitStatus.PARTIAL
+        return ExitStatus.of_targets(t.ok for t in self.targets.values())
 
     def to_json(self) -> dict[str, object]:
         return {
