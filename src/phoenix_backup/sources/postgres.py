@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg import sql
@@ -379,30 +379,25 @@ def _last_error(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-class PostgresDump:
-    """A whole-database backup of one entry; use as a context manager, then iterate `streams()`."""
+class _Reader:
+    """A read of one configured database over one connection: a context manager that opens the
+    connection and lets the subclass inspect the server in `_prepare`; any failure closes it and
+    becomes one SourceError naming the database."""
 
     def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
         self.entry = entry
         self.env = env
         self.conn = connection_for(entry, env)
         self._con: psycopg.Connection[Any] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
         self.summary: PgSummary | None = None
-        self.tool: Tool | None = None
 
-    def __enter__(self) -> PostgresDump:
-        con = self.conn.connect()
-        self._con = con
+    def _prepare(self, con: psycopg.Connection[Any]) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._con = self.conn.connect()
         try:
-            version, num = server_version(con)
-            self.tool = find_pg_tool("pg_dump", self.entry.name, major_of_num(num), self.env, self.entry.pg_dump)
-            role, blocked = rls_blockers(con)
-            if blocked:
-                raise rls_error(self.entry.name, role, blocked)
-            row = con.execute("SELECT current_database()").fetchone()
-            assert row is not None
-            self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
+            self._prepare(self._con)
         except psycopg.Error as exc:
             self.close()
             raise SourceError(f"reading PostgreSQL database `{self.entry.name}` failed: {pg_reason(exc)}") from exc
@@ -415,13 +410,35 @@ class PostgresDump:
         self.close()
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
         if self._con is not None:
             with contextlib.suppress(psycopg.Error):
                 self._con.close()
             self._con = None
+
+
+class PostgresDump(_Reader):
+    """A whole-database backup of one entry; use as a context manager, then iterate `streams()`."""
+
+    def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
+        super().__init__(entry, env)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.tool: Tool | None = None
+
+    def _prepare(self, con: psycopg.Connection[Any]) -> None:
+        version, num = server_version(con)
+        self.tool = find_pg_tool("pg_dump", self.entry.name, major_of_num(num), self.env, self.entry.pg_dump)
+        role, blocked = rls_blockers(con)
+        if blocked:
+            raise rls_error(self.entry.name, role, blocked)
+        row = con.execute("SELECT current_database()").fetchone()
+        assert row is not None
+        self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        super().close()
 
     def streams(self) -> Iterator[Stream]:
         """database.dump, then globals.sql (when it can be read), then manifest.json."""
@@ -628,51 +645,29 @@ def agent_filter(t: AgentTable) -> sql.Composable:
     return sql.SQL("{} = CAST(%s AS {})").format(sql.Identifier("agent_id"), sql.SQL(t.agent_type))
 
 
-class AgentRows:
+class AgentRows(_Reader):
     """One agent's rows of a shared database; use as a context manager, then iterate `streams()`."""
 
     def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
         assert entry.agent_id is not None
-        self.entry = entry
+        super().__init__(entry, env)
         self.agent_id: str = entry.agent_id
-        self.conn = connection_for(entry, env)
-        self._con: psycopg.Connection[Any] | None = None
-        self.summary: PgSummary | None = None
         self.tables: list[AgentTable] = []
 
-    def __enter__(self) -> AgentRows:
-        con = self.conn.connect()
-        self._con = con
-        try:
-            version, num = server_version(con)
-            # Session-wide, so the policies see it in every statement of the transaction below.
-            con.execute("SELECT set_config(%s, %s, false)", (AGENT_SETTING, self.agent_id))
-            con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            row = con.execute("SELECT current_database()").fetchone()
-            assert row is not None
-            self.tables = agent_tables(con)
-            self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
-            if not self.tables:
-                self.summary.warnings.append(
-                    f"PostgreSQL database `{self.entry.name}`: no table with an agent_id column is readable; "
-                    f"nothing of agent {self.agent_id} was saved"
-                )
-        except psycopg.Error as exc:
-            self.close()
-            raise SourceError(f"reading PostgreSQL database `{self.entry.name}` failed: {pg_reason(exc)}") from exc
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._con is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._con.close()
-            self._con = None
+    def _prepare(self, con: psycopg.Connection[Any]) -> None:
+        version, num = server_version(con)
+        # Session-wide, so the policies see it in every statement of the transaction below.
+        con.execute("SELECT set_config(%s, %s, false)", (AGENT_SETTING, self.agent_id))
+        con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = con.execute("SELECT current_database()").fetchone()
+        assert row is not None
+        self.tables = agent_tables(con)
+        self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
+        if not self.tables:
+            self.summary.warnings.append(
+                f"PostgreSQL database `{self.entry.name}`: no table with an agent_id column is readable; "
+                f"nothing of agent {self.agent_id} was saved"
+            )
 
     def streams(self) -> Iterator[Stream]:
         assert self._con is not None and self.summary is not None
