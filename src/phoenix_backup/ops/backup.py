@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from phoenix_backup import __version__
 from phoenix_backup.config import Config
@@ -33,7 +34,7 @@ from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot, SnapshotStats
-from phoenix_backup.repo.tree import Extent, Node
+from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import DATABASE_ROOTS, Layout
@@ -360,19 +361,7 @@ class _Run:
                 size += len(chunk)
                 extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
         self.files_read += 1
-        return Node(
-            name=entry.path.name,
-            type="file",
-            mode=stat.S_IMODE(fst.st_mode),
-            mtime_ns=fst.st_mtime_ns,
-            size=size,
-            inode=fst.st_ino,
-            ctime_ns=fst.st_ctime_ns,
-            uid=fst.st_uid,
-            gid=fst.st_gid,
-            content=extents,
-            sha256=digest.hexdigest(),
-        )
+        return _content_node(entry.path.name, "file", fst, size, extents, digest.hexdigest())
 
     def sqlite_node(self, entry: Entry) -> tuple[Node, DatabaseInfo]:
         src = sqlite_source.source_stat(entry.path)
@@ -433,21 +422,34 @@ class _Run:
             page_size=page_size,
         )
         st = os.stat(entry.path)
-        node = Node(
-            name=entry.path.name,
-            type="sqlite",
-            mode=stat.S_IMODE(st.st_mode),
-            mtime_ns=st.st_mtime_ns,
-            size=size,
-            inode=st.st_ino,
-            ctime_ns=st.st_ctime_ns,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            content=extents,
-            sha256=digest,
-            sqlite={"pageSize": page_size, "integrity": result.integrity, "source": src.to_json()},
-        )
-        return node, info
+        sqlite = {"pageSize": page_size, "integrity": result.integrity, "source": src.to_json()}
+        return _content_node(entry.path.name, "sqlite", st, size, extents, digest, sqlite), info
+
+
+def _content_node(
+    name: str,
+    kind: NodeType,
+    st: os.stat_result,
+    size: int,
+    content: list[Extent],
+    sha256: str,
+    sqlite: dict[str, Any] | None = None,
+) -> Node:
+    """A file's or a database's node: metadata and identity from `st`, the bytes as extents."""
+    return Node(
+        name=name,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        size=size,
+        inode=st.st_ino,
+        ctime_ns=st.st_ctime_ns,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        content=content,
+        sha256=sha256,
+        sqlite=sqlite,
+    )
 
 
 def _renamed(node: Node, name: str) -> Node:
