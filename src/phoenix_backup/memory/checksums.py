@@ -17,15 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phoenix_backup.repo.crypto import sha256_file
+
 CHECKSUMS = "checksums.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def combined_digest(files: dict[str, str]) -> str:

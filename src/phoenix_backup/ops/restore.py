@@ -50,7 +50,7 @@ from phoenix_backup.ops.backup import select_sources, walk_tree
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.ops.gateway import GatewayStep, run_gateway
 from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
-from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.crypto import BlobType, sha256_file
 from phoenix_backup.repo.locks import process_start_time
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -389,12 +389,12 @@ class _Restore:
         action: Action = "overwrite"
         metadata = False
         if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
-            if _sha256_file(target) == node.sha256:
+            if sha256_file(target) == node.sha256:
                 action = "unchanged"
                 metadata = stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
         elif node.type == "sqlite" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
             # New commits of a WAL database live in its -wal: the .db alone says nothing then.
-            if not _pending_journal(target) and _sha256_file(target) == node.sha256:
+            if not _pending_journal(target) and sha256_file(target) == node.sha256:
                 action = "unchanged"
         elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
             action = "unchanged"
@@ -892,14 +892,6 @@ def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T |
         return None
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node]]) -> None:
     """Read, decrypt and authenticate every blob the restore needs before anything is touched.
 
@@ -1143,12 +1135,7 @@ class _Writer:
         with self.parent_dir(logical) as (fd, name):
             tmp = _tmp_name()
             os.symlink(node.link_target, tmp, dir_fd=fd)
-            try:
-                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=fd)
-                raise _unsafe_or_error(exc, logical) from exc
+            _replace(fd, tmp, name, logical)
             with contextlib.suppress(OSError, NotImplementedError):
                 os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
@@ -1205,7 +1192,7 @@ class _Writer:
                     os.unlink(tmp, dir_fd=fd)
                 raise os_error(exc, f"writing {logical}") from exc
             os.close(out)
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            _replace(fd, tmp, name, logical)
             os.fsync(fd)
 
     def content(self, logical: str, node: Node, in_place: bool = False) -> str:
@@ -1215,12 +1202,7 @@ class _Writer:
             return str(self.database(logical, node, in_place=in_place)["integrity"])
         with self.parent_dir(logical) as (fd, name):
             tmp = self._write_temp(fd, logical, node)
-            try:
-                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=fd)
-                raise _unsafe_or_error(exc, logical) from exc
+            _replace(fd, tmp, name, logical)
             os.fsync(fd)
         return "ok"
 
@@ -1291,10 +1273,7 @@ class _Writer:
                     # Absent or unreadable: the new file replaces it, and journals of the old one go
                     # first (SQLite would replay a stale -wal into the new file).
                     live_sqlite.remove_companions(fd, name)
-                    try:
-                        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-                    except OSError as exc:
-                        raise _unsafe_or_error(exc, logical) from exc
+                    _replace(fd, tmp, name, logical)
                     method = "rename"
             finally:
                 _discard(fd, tmp)
@@ -1309,6 +1288,16 @@ class _Writer:
             os.fsync(f)
         finally:
             os.close(f)
+
+
+def _replace(fd: int, tmp: str, name: str, logical: str) -> None:
+    """Rename `tmp` over `name` in the folder `fd`; when that fails, `tmp` is removed."""
+    try:
+        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=fd)
+        raise _unsafe_or_error(exc, logical) from exc
 
 
 def _unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
