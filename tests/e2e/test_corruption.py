@@ -73,6 +73,9 @@ def test_flipped_byte_in_the_largest_data_pack(pristine: dict[str, Any], tmp_pat
     victim = named[0]
     res = sb.phx("restore", "--backup", victim["snapshot"], "--to", tmp_path / "out", check=None)
     assert_error(res, 1, "damaged")
+    # Database copies written at the same time as the damaged one are removed, not left behind.
+    out = tmp_path / "out"
+    assert not out.exists() or [p.name for p in out.rglob(".phx-tmp-*")] == []
 
 
 def test_flipped_byte_in_every_other_pack(pristine: dict[str, Any], tmp_path: Path) -> None:
