@@ -17,12 +17,38 @@ Errors are `phoenix_backup.errors.PhoenixError` subclasses whose message names c
 
 __version__ = "0.1.0"
 
-from phoenix_backup.config import Config, find_config_path, load_config, parse_config
-from phoenix_backup.ops.backup import BackupResult, backup
-from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.manage import InitResult, SnapshotSummary, init, list_snapshots, unlock
-from phoenix_backup.ops.restore import RestoreResult, restore
-from phoenix_backup.ops.verify import VerifyResult, verify
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from phoenix_backup.config import Config, find_config_path, load_config, parse_config
+    from phoenix_backup.ops.backup import BackupResult, backup
+    from phoenix_backup.ops.context import Environment
+    from phoenix_backup.ops.manage import InitResult, SnapshotSummary, init, list_snapshots, unlock
+    from phoenix_backup.ops.restore import RestoreResult, restore
+    from phoenix_backup.ops.verify import VerifyResult, verify
+
+# The API's names are imported on first use (PEP 562), so `phx backup` does not load the restore
+# and verify code, nor `phx list` the backup code.
+_API = {
+    "phoenix_backup.config": ("Config", "find_config_path", "load_config", "parse_config"),
+    "phoenix_backup.ops.backup": ("BackupResult", "backup"),
+    "phoenix_backup.ops.context": ("Environment",),
+    "phoenix_backup.ops.manage": ("InitResult", "SnapshotSummary", "init", "list_snapshots", "unlock"),
+    "phoenix_backup.ops.restore": ("RestoreResult", "restore"),
+    "phoenix_backup.ops.verify": ("VerifyResult", "verify"),
+}
+_WHERE = {name: module for module, names in _API.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'phoenix_backup' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BackupResult",

@@ -453,7 +453,7 @@ def _content_node(
 
 
 def _renamed(node: Node, name: str) -> Node:
-    return dataclasses.replace(node, name=name)
+    return node if node.name == name else dataclasses.replace(node, name=name)
 
 
 def walk_tree(repo: Repository, tree_id: bytes, prefix: str = "") -> Iterator[tuple[str, Node]]:
@@ -540,7 +540,7 @@ def _run(
     run.aux.shutdown()
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
-    root = _write_trees(repo, layout, sel, nodes)
+    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes)
     repo.flush()
     files = sum(1 for n in nodes.values() if n.type in ("file", "sqlite", "symlink"))
     size = sum(n.size for n in nodes.values() if n.type in ("file", "sqlite"))
@@ -605,8 +605,31 @@ def _symlink_node(entry: Entry) -> Node:
     )
 
 
-def _write_trees(repo: Repository, layout: Layout, sel: Selection, nodes: dict[str, Node]) -> bytes:
-    """Write directory trees bottom-up; return the root tree's id."""
+def _write_trees(
+    repo: Repository,
+    layout: Layout,
+    sel: Selection,
+    nodes: dict[str, Node],
+    previous: Snapshot | None = None,
+    previous_nodes: dict[str, Node] | None = None,
+) -> bytes:
+    """Write directory trees bottom-up; return the root tree's id. A folder whose nodes equal
+    those it had in the parent snapshot keeps the parent's tree (the same bytes, so the same id)
+    without encoding it again."""
+    before: dict[str, list[Node]] = {}
+    for logical, node in (previous_nodes or {}).items():
+        before.setdefault(_parent_of(logical), []).append(node)
+
+    def save(logical: str, kids: list[Node]) -> bytes:
+        old = before.get(logical)
+        if old is not None and previous is not None and _same_nodes(kids, old):
+            if logical == "":
+                return previous.tree
+            prev = (previous_nodes or {}).get(logical)
+            if prev is not None and prev.subtree is not None:
+                return prev.subtree
+        return repo.save_tree(kids)[0]
+
     children: dict[str, list[Node]] = {}
     dirs: dict[str, Entry] = {k: e for k, e in sel.entries.items() if e.kind == "dir"}
     for logical in nodes:
@@ -617,7 +640,7 @@ def _write_trees(repo: Repository, layout: Layout, sel: Selection, nodes: dict[s
         children.setdefault(_parent_of(logical), []).append(node)
     for logical in sorted(dirs, key=lambda p: p.count("/"), reverse=True):
         entry = dirs[logical]
-        subtree, _ = repo.save_tree(children.get(logical, []))
+        subtree = save(logical, children.get(logical, []))
         st = entry.st
         node = Node(
             name=logical.rsplit("/", 1)[-1],
@@ -629,8 +652,14 @@ def _write_trees(repo: Repository, layout: Layout, sel: Selection, nodes: dict[s
             subtree=subtree,
         )
         children.setdefault(_parent_of(logical), []).append(node)
-    root, _ = repo.save_tree(children.get("", []))
-    return root
+    return save("", children.get("", []))
+
+
+def _same_nodes(a: list[Node], b: list[Node]) -> bool:
+    if len(a) != len(b):
+        return False
+    by_name = {n.name: n for n in b}
+    return all((old := by_name.get(n.name)) is n or old == n for n in a)
 
 
 def _ancestors(logical: str) -> list[str]:
