@@ -26,6 +26,8 @@ INDEX_VERSION = 1
 INDEX_AAD = b"phoenix v1 index"
 _HEAD = struct.Struct("<4sBI")
 _PACK = struct.Struct("<32sI")
+_TYPES = {int(t): t for t in BlobType}
+_COMPRESSIONS = {int(c): c for c in Compression}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +71,17 @@ def decode_index(blob: bytes, what: str) -> tuple[dict[str, list[PackEntry]], li
             if pos + count * _ENTRY.size > len(data):
                 raise CorruptObject(f"{what} claims more entries than it holds")
             entries = []
-            for _ in range(count):
-                t, c, bid, off, stored, raw = _ENTRY.unpack_from(data, pos)
-                pos += _ENTRY.size
-                entries.append(PackEntry(BlobType(t), Compression(c), bid, off, stored, raw))
+            for t, c, bid, off, stored, raw in _ENTRY.iter_unpack(data[pos : pos + count * _ENTRY.size]):
+                # Dict lookups, not enum calls: an index lists every blob of the repository.
+                entries.append(PackEntry(_TYPES[t], _COMPRESSIONS[c], bid, off, stored, raw))
+            pos += count * _ENTRY.size
             packs[pid.hex()] = entries
         (nsup,) = struct.unpack_from("<I", data, pos)
         pos += 4
         if pos + 32 * nsup != len(data):
             raise CorruptObject(f"{what} has a wrong length")
         superseded = [data[pos + 32 * i : pos + 32 * (i + 1)].hex() for i in range(nsup)]
-    except (struct.error, ValueError) as exc:
+    except (struct.error, ValueError, KeyError) as exc:
         raise CorruptObject(f"{what} is malformed") from exc
     return packs, superseded
 
