@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -790,7 +791,7 @@ def summarize(doc: dict) -> dict:
     for tool, steps in res.items():
         order = [s for s in doc["steps"] if s != "restore"]
         growth = {}
-        for prev, step in zip(order, order[1:], strict=False):
+        for prev, step in itertools.pairwise(order):
             if step in days:
                 growth[step] = steps[step]["repoBytes"] - steps[prev]["repoBytes"]
         total_real = sum(real[d] for d in days)
@@ -1155,7 +1156,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (repositories, logs)")
     parser.add_argument("--keep-going", action="store_true", help="record a failing step and carry on")
-    parser.add_argument("--no-readme", action="store_true", help="do not update the table in README.md and bench/README.md")
+    parser.add_argument(
+        "--no-readme", action="store_true", help="do not update the table in README.md and bench/README.md"
+    )
     parser.add_argument("--replot", metavar="JSON", help="only rewrite the table and plot from a results JSON")
     args = parser.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]

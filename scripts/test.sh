@@ -15,7 +15,7 @@ cd "$ROOT"
 apt_install gpg:gnupg sqlite3:sqlite3 runuser:util-linux setpriv:util-linux crontab:cron useradd:passwd \
   unzip:unzip tar:tar sha256sum:coreutils pg_dump:postgresql-client git:git redis-server:redis-server
 ensure_venv "[test]"
-"$VENV/bin/ruff" check src tests
-"$VENV/bin/ruff" format --check src tests
+"$VENV/bin/ruff" check src tests bench
+"$VENV/bin/ruff" format --check src tests bench
 "$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
