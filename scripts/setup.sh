@@ -15,14 +15,19 @@ apt_install() {
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
+  apt_get_install "${missing[@]}"
+}
+
+apt_get_install() {
+  # Install these Debian packages (as root, or through sudo).
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
-      echo "phx setup: please install: ${missing[*]} (apt-get install ${missing[*]})" >&2; return 1
+      echo "phx setup: please install: $* (apt-get install $*)" >&2; return 1
     fi
   else SUDO=""; fi
-  echo "phx setup: installing ${missing[*]}" >&2
+  echo "phx setup: installing $*" >&2
   $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 
 ensure_venv() {
@@ -32,7 +37,7 @@ ensure_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
       # Debian splits venv out of the interpreter package.
-      apt_install "false:python3-venv"
+      apt_get_install python3-venv
       rm -rf "$VENV"
       "$PYTHON" -m venv "$VENV"
     fi
