@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,10 @@ import pytest
 from e2e_support import Sandbox
 
 from phoenix_backup.sample import generate_workspace, layout_for
+
+# The S3 API server (moto), one per session, shared with the integration tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from moto_support import moto  # noqa: F401
 
 
 def _make(root: Path, size: str | int, seed: int, encryption: bool) -> Sandbox:

@@ -10,7 +10,6 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,6 @@ from phoenix_backup.repo.pack import pack_name
 pytestmark = pytest.mark.skipif(
     shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)"
 )
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Targets:

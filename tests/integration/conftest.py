@@ -14,4 +14,5 @@ pg_server = services.pg_server
 redis_server = services.redis_server
 
 # The storage tests' S3 server and backends (issue #6).
-from storage_support import bucket, make_backend, moto  # noqa: E402, F401
+from moto_support import moto  # noqa: E402, F401
+from storage_support import bucket, make_backend  # noqa: E402, F401

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
 # Credentials the tests give Phoenix: moto accepts any, and the distinctive secret lets tests
 # prove it never shows up in output, logs, errors or the state file.
@@ -92,6 +94,16 @@ class MotoServer:
         self.log.close()
         with contextlib.suppress(OSError):
             os.unlink(self.log.name)
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """One moto server for the whole test session; every user makes its own buckets."""
+    server = MotoServer()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def git_env() -> dict[str, str]:

@@ -1,7 +1,7 @@
-"""Fixtures and helpers of the storage integration tests (issue #6): a real S3 API server (moto,
-server mode) for the session, bare Git repositories on disk, and `make_backend(kind)` giving a
-fresh, empty backend of each kind, wrapped like Phoenix wraps it (retries and a concurrency
-limit). conftest.py imports the fixtures from here."""
+"""Fixtures and helpers of the storage integration tests (issue #6): the S3 API server is the
+session's `moto` fixture (moto_support.py); here are a bucket, bare Git repositories on disk, and
+`make_backend(kind)` giving a fresh, empty backend of each kind, wrapped like Phoenix wraps it
+(retries and a concurrency limit). conftest.py imports the fixtures."""
 
 from __future__ import annotations
 
@@ -21,15 +21,6 @@ from phoenix_backup.storage.s3 import S3Backend, S3Settings
 from phoenix_backup.storage.wrappers import wrap
 
 KINDS = ("local", "s3", "git")
-
-
-@pytest.fixture(scope="session")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
