@@ -180,11 +180,8 @@ def dataset_paths(root: Path) -> list[str]:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_states(root: Path) -> dict[str, tuple[int, str]]:

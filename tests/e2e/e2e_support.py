@@ -270,11 +270,8 @@ def file_manifest(base: Path, *, skip_databases: bool = True) -> dict[str, tuple
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def only_files(manifest: Mapping[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
