@@ -116,3 +116,16 @@ def test_same_second_snapshots_keep_their_order(sandbox: Sandbox, tmp_path: Path
     doc = sb.phx("restore", "--latest", "--to", dest, "--json").json()
     assert doc["snapshot"] == taken[-1]["id"], f"--latest restored {doc['name']}, not {taken[-1]['name']}"
     assert (dest / "workspace" / "MEMORY.md").read_text() == "version 3\n"
+
+
+def test_a_restore_of_files_and_sqlite_loads_no_server_drivers(backed_up: Sandbox, tmp_path: Path) -> None:
+    """psycopg and redis take tens of milliseconds to import; a snapshot without PostgreSQL or
+    Redis restores without them (PYTHONPROFILEIMPORTTIME makes Python list every import)."""
+    dest = tmp_path / "out"
+    res = backed_up.phx(
+        "restore", "--latest", "--to", dest, "--yes", env=backed_up.env_with(PYTHONPROFILEIMPORTTIME="1")
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.err.splitlines() if line.startswith("import time:")}
+    assert "phoenix_backup.ops.restore" in imported  # the listing works
+    assert not imported & {"psycopg", "redis"}
+    assert (dest / "workspace" / "MEMORY.md").is_file()

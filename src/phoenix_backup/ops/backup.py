@@ -37,7 +37,7 @@ from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
-from phoenix_backup.sources.layout import DATABASE_ROOTS, Layout
+from phoenix_backup.sources.layout import Layout, is_database_path
 from phoenix_backup.state import TargetOutcome, write_state
 
 # A file modified this close to the parent backup's start may have changed within the same
@@ -278,9 +278,7 @@ def _record_state(
         targets = result.targets
         failed = [f"{name}: {t.error}" for name, t in targets.items() if not t.ok]
         # A database that could not be saved (PostgreSQL, Redis) is named too: the run was partial.
-        failed += [
-            f"{i['path']}: {i['error']}" for i in result.incomplete if i["path"].split("/", 1)[0] in DATABASE_ROOTS
-        ]
+        failed += [f"{i['path']}: {i['error']}" for i in result.incomplete if is_database_path(i["path"])]
         message = "; ".join(failed) or None
     else:
         targets = {name: TargetOutcome(False, str(error)) for name in cfg.targets.enabled_names()}
@@ -672,7 +670,7 @@ def _parent_of(logical: str) -> str:
 
 
 def _dir_entry(layout: Layout, logical: str) -> Entry:
-    if logical.split("/", 1)[0] in DATABASE_ROOTS:
+    if is_database_path(logical):
         # postgres/<name>/ and redis/<name>/ have no folder on disk: private, dated now.
         return Entry(logical, Path(logical), "dir", _dir_stat(0o40700, time.time_ns()))
     return Entry(logical, layout.to_real(logical), "dir", _stat_or_default(layout, logical))

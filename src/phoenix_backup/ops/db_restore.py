@@ -130,10 +130,6 @@ def group_database_nodes(nodes: Iterable[tuple[str, Node]]) -> dict[str, dict[st
     return out
 
 
-def is_database_path(logical: str) -> bool:
-    return logical.split("/", 1)[0] in DATABASE_ROOTS
-
-
 # -- entry point for the restore op -------------------------------------------------------------
 
 

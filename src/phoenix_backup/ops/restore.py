@@ -56,7 +56,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Extent, Node, check_name
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
-from phoenix_backup.sources.layout import Layout, split_logical
+from phoenix_backup.sources.layout import Layout, is_database_path, split_logical
 from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.storage.local import os_error
 
@@ -158,7 +158,7 @@ def select_nodes(
     wanted: list[tuple[str, Node]] = []
     wanted_dirs: set[str] = set()
     for logical, node in all_nodes:
-        if not in_scope.matches(logical, node.type == "sqlite" or _db().is_database_path(logical)):
+        if not in_scope.matches(logical, node.type == "sqlite" or is_database_path(logical)):
             continue
         if node.type == "dir":
             wanted_dirs.add(logical)  # folders are restored too, empty ones included
@@ -496,12 +496,18 @@ class _Restore:
             raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
         if not self.in_place:
             return
-        self.server_dbs = [(lg, n) for lg, n in self.selected if _db().is_database_path(lg)]
-        self.selected = [(lg, n) for lg, n in self.selected if not _db().is_database_path(lg)]
+        self.server_dbs = [(lg, n) for lg, n in self.selected if is_database_path(lg)]
+        self.selected = [(lg, n) for lg, n in self.selected if not is_database_path(lg)]
         if to_database is not None:
             self.server_dbs = [(lg, n) for lg, n in self.server_dbs if lg.startswith("postgres/")]
             self.selected = []  # a new database: nothing of the workspace is touched, so no gateway
             self.in_place = False  # stop, confirmation or safety snapshot either
+
+    def _servers(self) -> list[str]:
+        """The server databases restored in place (none with `--to-database`)."""
+        if not self.server_dbs or self.to_database:
+            return []
+        return sorted(_db().group_database_nodes(self.server_dbs))
 
     def write_server_databases(self, result: RestoreResult) -> None:
         if not self.server_dbs:
@@ -525,7 +531,7 @@ class _Restore:
 
     def confirm(self, plan: _Plan) -> None:
         counts = _count(plan.items)
-        servers = sorted(_db().group_database_nodes(self.server_dbs)) if not self.to_database else []
+        servers = self._servers()
         risky = counts["overwrite"] + counts["delete"] + len(servers)
         if risky == 0 or self.yes:
             return
@@ -597,7 +603,7 @@ class _Restore:
             wanted.setdefault(f"workspace/{alignment.MANIFEST}", "file")
             wanted.setdefault("workspace", "dir")
         # Server databases restored in place are saved from their servers first, like files.
-        servers = tuple(sorted(_db().group_database_nodes(self.server_dbs))) if not self.to_database else ()
+        servers = tuple(self._servers())
         taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted, servers)
         assert taken.id is not None
         short = taken.id[:8]

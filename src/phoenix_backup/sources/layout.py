@@ -22,6 +22,11 @@ DATABASE_ROOTS = ("postgres", "redis")
 ROOTS = (*FILE_ROOTS, *DATABASE_ROOTS)
 
 
+def is_database_path(logical: str) -> bool:
+    """A PostgreSQL or Redis stream (postgres/<name>/..., redis/<name>/...), not a file path."""
+    return logical.split("/", 1)[0] in DATABASE_ROOTS
+
+
 @dataclass(frozen=True)
 class Layout:
     workspace: Path
