@@ -1054,7 +1054,6 @@ def markdown(doc: dict) -> str:
             "daily": lambda t: summ[t]["cpuDaily"],
             "restore": lambda t: summ[t]["cpuRestore"],
         }
-        timed = {"full": "full", "full_floor": "full", "nochange": "nochange", "daily": "daily", "restore": "restore"}
         safety = summ.get(SAFETY)
         for label, key, mine, theirs in rows:
             ratio = p["ratios"].get(key, float("nan"))
@@ -1063,12 +1062,13 @@ def markdown(doc: dict) -> str:
             target = f"≤ {limit}x"
             other = FLOOR if key == "full_floor" else REFERENCE
             cpu = alone = "–"
-            if key in timed:
-                target += f" ({limit * summ[other][timed[key]]:.2f} s)" if other in summ else ""
+            if key in cpu_of:  # a timed step: the target in seconds, and the safety steps' time
+                step = "full" if key == "full_floor" else key
+                target += f" ({limit * summ[other][step]:.2f} s)" if other in summ else ""
                 if safety is not None:
-                    alone = f"{safety[timed[key]]:.2f} s"
-            if key in cpu_of and other in res and cpu_of[key](other):
-                cpu = _fmt_ratio(cpu_of[key]("phoenix") / cpu_of[key](other))
+                    alone = f"{safety[step]:.2f} s"
+                if other in res and cpu_of[key](other):
+                    cpu = _fmt_ratio(cpu_of[key]("phoenix") / cpu_of[key](other))
             add(f"| {label} | {mine} | {theirs} | {_fmt_ratio(ratio)} | {target} | {met} | {cpu} | {alone} |")
         add("")
     if doc["sourceWarnings"]:

@@ -32,16 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # bench/run.py, beside this script (so first on the path): the one definition of the data set.
-from run import DATABASES, workspace_files
+from run import DATABASES, sha256_file, workspace_files
 
 from phoenix_backup.sources import sqlite as sqlite_source
 
 CHUNK = 1 << 20
-
-
-def _sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _copy_and_check(db: Path, tmp: Path) -> str:
@@ -51,7 +46,7 @@ def _copy_and_check(db: Path, tmp: Path) -> str:
         # As in a Phoenix backup: the check runs beside the SHA-256 of the copy.
         with ThreadPoolExecutor(max_workers=1) as aux:
             check = aux.submit(sqlite_source.check_database, copy)
-            digest = _sha256_of(copy)
+            digest = sha256_file(copy)
             integrity = check.result().integrity
     finally:
         copy.unlink(missing_ok=True)
@@ -82,7 +77,7 @@ def backup(root: Path, state_dir: Path) -> dict[str, object]:
 
     def one(job: tuple[int, str, Path, str]) -> str:
         _size, _rel, path, kind = job
-        return _copy_and_check(path, tmp) if kind == "db" else _sha256_of(path)
+        return _copy_and_check(path, tmp) if kind == "db" else sha256_file(path)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         list(pool.map(one, jobs))
