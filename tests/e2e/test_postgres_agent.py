@@ -58,7 +58,9 @@ def test_agent_rows_round_trip_without_touching_other_agents(sandbox: Sandbox, p
     out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
     assert out["ok"], out
     assert out["stats"]["public.memory_items"]["inserted"] == 6
-    assert out["stats"]["public.memory_items"]["skipped"] == 24
+    # The 6 edited rows are kept as they are now; the other 18 already were as saved.
+    assert out["stats"]["public.memory_items"]["skipped"] == 6
+    assert out["stats"]["public.memory_items"]["unchanged"] == 18
     now = {r[0]: r for r in agent_rows(pg, db, "argent")}
     assert len(now) == 30
     assert all(now[i] == edited[i] for i in edited)
@@ -71,7 +73,9 @@ def test_agent_rows_round_trip_without_touching_other_agents(sandbox: Sandbox, p
     )
     out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
     assert out["ok"], out
-    assert out["stats"]["public.memory_items"]["updated"] == 30
+    # Only the 6 rows that differ are rewritten.
+    assert out["stats"]["public.memory_items"]["updated"] == 6
+    assert out["stats"]["public.memory_items"]["unchanged"] == 24
     assert agent_rows(pg, db, "argent") == saved
     assert {a: agent_rows(pg, db, a) for a in ("scout", "scribe")} == others
     pg.drop_database(db)

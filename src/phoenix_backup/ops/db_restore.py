@@ -25,7 +25,6 @@ ordinary commands. Afterwards every restored key must exist.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import io
 import json
@@ -44,6 +43,8 @@ from psycopg import sql
 from phoenix_backup.config import Config
 from phoenix_backup.config.model import PostgresDb, RedisDb
 from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, SourceError, UsageError
+from phoenix_backup.ops import agent_merge
+from phoenix_backup.ops.agent_merge import KeylessMode
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
@@ -141,6 +142,7 @@ def restore_databases(
     *,
     to_database: str | None = None,
     conflict_mode: ConflictMode = "update",
+    keyless: KeylessMode = "add",
 ) -> list[DbRestoreOutcome]:
     """Restore every database among `nodes` in place (or into `to_database`); one outcome each.
     A database that fails is reported in its outcome; the others are still restored."""
@@ -158,7 +160,7 @@ def restore_databases(
             if root == "postgres":
                 entry = _entry(cfg.databases.postgres, "postgres", name)
                 assert isinstance(entry, PostgresDb)
-                outcomes.append(restore_postgres(repo, entry, path, files, env, to_database, conflict_mode))
+                outcomes.append(restore_postgres(repo, entry, path, files, env, to_database, conflict_mode, keyless))
             else:
                 rentry = _entry(cfg.databases.redis, "redis", name)
                 assert isinstance(rentry, RedisDb)
@@ -204,13 +206,14 @@ def restore_postgres(
     env: Mapping[str, str],
     to_database: str | None = None,
     conflict_mode: ConflictMode = "update",
+    keyless: KeylessMode = "add",
 ) -> DbRestoreOutcome:
     manifest = _manifest(repo, path, files)
     conn = pg.connection_for(entry, env)
     if manifest.get("kind") == "agent-rows":
         if to_database is not None:
             conn = conn.with_database(to_database)
-        return _restore_agent_rows(repo, conn, path, files, manifest, conflict_mode)
+        return _restore_agent_rows(repo, conn, path, files, manifest, conflict_mode, keyless)
     if to_database is not None:
         return restore_pg_scratch(repo, conn, path, files, to_database, manifest=manifest, configured=entry.pg_dump)
     return _restore_dump(repo, conn, path, files, manifest, clean=True, configured=entry.pg_dump)
@@ -387,105 +390,85 @@ def _restore_agent_rows(
     files: dict[str, Node],
     manifest: dict[str, Any],
     mode: ConflictMode,
+    keyless: KeylessMode = "add",
+    *,
+    drill: bool = False,
 ) -> DbRestoreOutcome:
+    """The agent's saved rows merged into the shared tables (`ops/agent_merge.py`), in one
+    transaction; with `drill`, into a scratch copy of them, always rolled back."""
     agent = str(manifest["agentId"])
     setting = str(manifest.get("agentSetting", pg.AGENT_SETTING))
-    outcome = DbRestoreOutcome(path, "postgresql", f"{conn.where} (agent {agent})", expected=dict(manifest["tables"]))
+    where = f"{conn.where} (agent {agent}{', scratch copy of the live tables' if drill else ''})"
+    outcome = DbRestoreOutcome(path, "postgresql", where, expected=dict(manifest["tables"]))
     tables = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
+    for t in tables:
+        if t.file not in files:
+            outcome.error = f"{path}/{t.file} is missing from the snapshot"
+            return outcome
+
+    def rows_of(t: pg.AgentTable) -> Iterator[bytes]:
+        return node_blocks(repo, f"{path}/{t.file}", files[t.file])
+
     try:
         with conn.connect() as con:
             con.execute("SELECT set_config(%s, %s, false)", (setting, agent))
-            with con.transaction():
-                for t in tables:
-                    node = files.get(t.file)
-                    if node is None:
-                        raise CorruptObject(f"{path}/{t.file} is missing from the snapshot")
-                    stats = _merge_table(repo, con, f"{path}/{t.file}", node, t, agent, mode)
-                    outcome.stats[t.key] = stats
-                    outcome.found[t.key] = stats["present"]
+            with con.transaction(force_rollback=drill):
+                result = agent_merge.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
+            if not drill:
+                written = [
+                    k for k, st in result.stats.items() if st["inserted"] or st.get("updated") or st.get("deleted")
+                ]
+                outcome.warnings += _analyze(con, written)
     except (PhoenixError, psycopg.Error) as exc:
         outcome.error = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
-        outcome.error += "; nothing was changed (one transaction)"
+        outcome.error += (
+            "; the merge would fail (nothing was written)" if drill else "; nothing was changed (one transaction)"
+        )
         return outcome
-    for t in tables:
-        if not t.primary_key:
-            outcome.warnings.append(f"{t.key} has no primary key: its rows were not restored")
-    wrong = {k: n for k, n in outcome.expected.items() if k in outcome.found and outcome.found[k] != n}
-    if wrong:
-        shown = "; ".join(f"{k}: {outcome.found[k]} of {n} rows present" for k, n in sorted(wrong.items())[:3])
-        outcome.error = f"after the restore not every saved row of agent {agent} is there ({shown})"
+    outcome.stats = {**result.stats, "userTriggers": "not fired" if result.triggers_off else "fired"}
+    outcome.found = result.found
+    outcome.warnings += result.warnings
+    for key, n in outcome.expected.items():
+        if key in result.stats and result.stats[key]["saved"] != n:
+            result.problems.append(
+                f"{key}: the snapshot's file holds {result.stats[key]['saved']} rows, its manifest {n}"
+            )
+    if result.problems:
+        shown = "; ".join(result.problems[:3]) + (
+            f"; and {len(result.problems) - 3} more" if len(result.problems) > 3 else ""
+        )
+        outcome.error = (
+            f"after the {'drill' if drill else 'restore'} not every saved row of agent {agent} is as saved ({shown})"
+        )
         return outcome
     outcome.ok = True
     return outcome
 
 
-def _merge_table(
-    repo: Repository,
-    con: psycopg.Connection[Any],
-    logical: str,
-    node: Node,
-    t: pg.AgentTable,
-    agent: str,
-    mode: ConflictMode,
-) -> dict[str, int]:
-    target = sql.Identifier(t.schema, t.table)
-    tmp = sql.Identifier("phx_restore_rows")
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
-    con.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(tmp))
-    con.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(tmp, target))
-    with (
-        con.cursor() as cur,
-        cur.copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true)").format(tmp, cols)) as copy,
-    ):
-        for block in node_blocks(repo, logical, node):
-            copy.write(block)
-    row = con.execute(sql.SQL("SELECT count(*) FROM {}").format(tmp)).fetchone()
-    saved = int(row[0]) if row else 0
-    # Only this agent's rows are ever written, whatever the file holds.
-    cur = con.execute(sql.SQL("DELETE FROM {} WHERE NOT ({})").format(tmp, pg.agent_filter(t)), (agent,))
-    foreign = cur.rowcount
-    if not t.primary_key:
-        return {"saved": saved, "inserted": 0, "updated": 0, "skipped": saved, "present": saved - foreign}
-    pk = sql.SQL(", ").join(sql.Identifier(c) for c in t.primary_key)
-    match = sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in t.primary_key)
-    conflicts_row = con.execute(
-        sql.SQL("SELECT count(*) FROM {} r WHERE EXISTS (SELECT 1 FROM {} t WHERE {})").format(tmp, target, match)
-    ).fetchone()
-    conflicts = int(conflicts_row[0]) if conflicts_row else 0
-    overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if t.identity_always else sql.SQL("")
-    rest = [c for c in t.columns if c not in t.primary_key]
-    action: sql.Composable
-    if mode == "update" and rest:
-        action = sql.SQL("DO UPDATE SET ({}) = ROW({}) WHERE {}.{} = EXCLUDED.{}").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in rest),
-            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in rest),
-            target,
-            sql.Identifier("agent_id"),
-            sql.Identifier("agent_id"),
-        )
-    else:
-        action = sql.SQL("DO NOTHING")
-    written = con.execute(
-        sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} ON CONFLICT ({}) ").format(
-            target, cols, overriding, cols, tmp, pk
-        )
-        + action
-    ).rowcount
-    inserted = saved - foreign - conflicts
-    updated = max(0, written - inserted) if mode == "update" else 0
-    present_row = con.execute(
-        sql.SQL("SELECT count(*) FROM {} r JOIN {} t ON {} WHERE ").format(tmp, target, match)
-        + sql.SQL("t.{} = r.{}").format(sql.Identifier("agent_id"), sql.Identifier("agent_id"))
-    ).fetchone()
-    present = int(present_row[0]) if present_row else 0
-    return {
-        "saved": saved,
-        "inserted": inserted,
-        "updated": updated,
-        "skipped": saved - foreign - inserted - updated,
-        "otherAgents": foreign,
-        "present": present,
-    }
+def _analyze(con: psycopg.Connection[Any], tables: list[str] | None) -> list[str]:
+    """ANALYZE what a restore wrote (`None`: the whole database), so the planner knows the new rows
+    at once (an HNSW index is used from the first query, not after autovacuum's next round). A
+    table the role may not analyze is a warning, never a failure."""
+    skipped: list[str] = []
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized == "WARNING" and diag.message_primary:
+            skipped.append(diag.message_primary)
+
+    con.add_notice_handler(notice)
+    try:
+        if tables is None:
+            con.execute("ANALYZE")
+        for key in tables or []:
+            con.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*key.split(".", 1))))
+    except psycopg.Error as exc:
+        return [f"ANALYZE after the restore failed ({pg.pg_reason(exc)}); autovacuum will analyze the tables later"]
+    finally:
+        con.remove_notice_handler(notice)
+    if skipped:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        return [f"ANALYZE after the restore: {skipped[0]}{more}; autovacuum will analyze them later"]
+    return []
 
 
 # -- Redis ---------------------------------------------------------------------------------------
@@ -663,32 +646,23 @@ def drill_database(
 ) -> DbRestoreOutcome:
     """Prove one database of a snapshot without touching the live one.
 
-    PostgreSQL (a whole-database dump): restored into the new database `scratch` on the configured
-    server, row counts compared with the manifest, then dropped. Agent-scoped rows and Redis: every
-    record parsed and counted against the manifest (a drill never writes into a shared server).
+    PostgreSQL, a whole-database dump: restored into the new database `scratch` on the configured
+    server, row counts compared with the manifest, then dropped. Agent-scoped rows: the restore's
+    own merge run against a scratch copy of the live tables (temporary tables of the configured
+    database, rolled back), so the drill fails where the restore would. Redis: every record parsed
+    and counted against the manifest (a drill never writes into a shared server).
     `files` is one entry of `group_database_nodes`."""
     root, name = path.split("/", 1)
     if root == "postgres":
         manifest = _manifest(repo, path, files)
+        entry = _entry(cfg.databases.postgres, "postgres", name)
+        assert isinstance(entry, PostgresDb)
+        conn = pg.connection_for(entry, env)
         if manifest.get("kind") == "dump":
-            entry = _entry(cfg.databases.postgres, "postgres", name)
-            assert isinstance(entry, PostgresDb)
-            conn = pg.connection_for(entry, env)
             return restore_pg_scratch(
                 repo, conn, path, files, scratch, manifest=manifest, configured=entry.pg_dump, drop_after=True
             )
-        outcome = DbRestoreOutcome(path, "postgresql", "(records parsed)", expected=dict(manifest["tables"]))
-        for t in (pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()):
-            node = files.get(t.file)
-            if node is None:
-                outcome.error = f"{path}/{t.file} is missing from the snapshot"
-                return outcome
-            text = io.TextIOWrapper(node_reader(repo, f"{path}/{t.file}", node), encoding="utf-8", newline="")
-            outcome.found[t.key] = sum(1 for _ in csv.reader(text)) - 1
-        outcome.ok = outcome.found == outcome.expected
-        if not outcome.ok:
-            outcome.error = "row counts of the saved files differ from the manifest"
-        return outcome
+        return _restore_agent_rows(repo, conn, path, files, manifest, "update", "add", drill=True)
     outcome = DbRestoreOutcome(path, "redis", "(records parsed)")
     node = files.get(rds.RECORDS)
     try:
