@@ -70,3 +70,189 @@ def test_deleted_parents_come_back_with_their_children(sandbox: Sandbox, pg_serv
     assert now == {k: v for k, v in saved.items() if k != "audit_log"}
     assert argentos_rows(pg, db, AGENT_B) == other
     pg.drop_database(db)
+
+
+def _edit_tasks(pg: PgServer, db: str, n: int = 30) -> None:
+    """agent_a renames `n` tasks since the backup (the version trigger bumps them, the audit
+    trigger logs them), and agent_b changes its own rows."""
+    pg.sql(
+        db,
+        f"""
+        UPDATE tasks SET title = title || ' (renamed)' WHERE agent_id = '{AGENT_A}'
+            AND id IN (SELECT id FROM tasks WHERE agent_id = '{AGENT_A}' ORDER BY id LIMIT {n});
+        UPDATE memory_items SET content = 'agent_b learned more' WHERE agent_id = '{AGENT_B}';
+        """,
+    )
+
+
+def _audit_rows(pg: PgServer, db: str) -> int:
+    return int(pg.query(db, "SELECT count(*) FROM audit_log WHERE agent_id = %s", (AGENT_A,))[0][0])
+
+
+def test_merge_rewrites_only_changed_rows_and_fires_no_trigger(sandbox: Sandbox, pg_server: PgServer) -> None:
+    pg = pg_server
+    db = make_argentos_db(pg)
+    env = _agent_config(sandbox, pg, db, role=None)  # a superuser: may turn user triggers off
+    saved = argentos_rows(pg, db, AGENT_A)
+    sandbox.phx("backup", env=env)
+    _edit_tasks(pg, db)
+    other = argentos_rows(pg, db, AGENT_B)
+    audit = _audit_rows(pg, db)
+
+    out = _restore(sandbox, env)
+    assert out["ok"], out
+    assert out["stats"]["userTriggers"] == "not fired"
+    tasks = out["stats"]["public.tasks"]
+    assert (tasks["updated"], tasks["inserted"], tasks["unchanged"]) == (30, 0, 30), tasks
+    assert out["stats"]["public.task_events"]["updated"] == 0
+    assert out["found"]["public.tasks"] == 60
+    # The rows are exactly as saved (the version trigger did not bump them), no audit row was
+    # added, and agent_b's rows are untouched.
+    now = argentos_rows(pg, db, AGENT_A)
+    assert now.pop("audit_log")[: len(saved["audit_log"])] and _audit_rows(pg, db) == audit
+    assert now == {k: v for k, v in saved.items() if k != "audit_log"}
+    assert argentos_rows(pg, db, AGENT_B) == other
+
+    # The agent's own role, granted SET on session_replication_role (PostgreSQL 15+): the same.
+    role = AGENT_ROLES[AGENT_A]
+    env = _agent_config(sandbox, pg, db, role=role)
+    _edit_tasks(pg, db)
+    audit = _audit_rows(pg, db)
+    pg.sql("postgres", f'GRANT SET ON PARAMETER session_replication_role TO "{role}"')
+    try:
+        out = _restore(sandbox, env)
+    finally:
+        pg.sql("postgres", f'REVOKE SET ON PARAMETER session_replication_role FROM "{role}"')
+    assert out["ok"] and out["stats"]["userTriggers"] == "not fired", out
+    assert out["stats"]["public.tasks"]["updated"] == 30
+    assert _audit_rows(pg, db) == audit
+
+    # Without it the triggers fire: said before anything is written, and a restore without a
+    # terminal needs --yes.
+    _edit_tasks(pg, db)
+    audit = _audit_rows(pg, db)
+    res = sandbox.phx("restore", "--latest", "--databases-only", env=env, check=2)
+    for needle in ("tasks_bump_version (BEFORE UPDATE)", "tasks_audit (AFTER INSERT OR UPDATE)", role, "--yes"):
+        assert needle in res.err, res
+    plan = sandbox.phx("restore", "--latest", "--databases-only", "--dry-run", env=env)
+    assert "memory_audit" in plan.out and "session_replication_role" in plan.out, plan
+    out = _restore(sandbox, env)
+    assert out["ok"] and out["stats"]["userTriggers"] == "fired", out
+    assert out["stats"]["public.tasks"]["updated"] == 30  # only the rows that differ
+    assert _audit_rows(pg, db) == audit + 30
+    bumped = pg.query(db, "SELECT count(*) FROM tasks WHERE agent_id = %s AND version > 1", (AGENT_A,))
+    assert bumped == [(30,)]
+    assert any("30 of 60 rows differ" in w and "triggers" in w for w in out["warnings"]), out
+    pg.drop_database(db)
+
+
+def test_a_table_without_primary_key_is_counted_truthfully_and_can_be_replaced(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    pg = pg_server
+    db = make_argentos_db(pg)
+    env = _agent_config(sandbox, pg, db, role=None)
+    saved = argentos_rows(pg, db, AGENT_A)["agent_metrics"]
+    other = argentos_rows(pg, db, AGENT_B)
+    sandbox.phx("backup", env=env)
+    pg.sql(
+        db,
+        f"""
+        DELETE FROM agent_metrics WHERE agent_id = '{AGENT_A}' AND value IN (0, 3);
+        UPDATE agent_metrics SET value = -1 WHERE agent_id = '{AGENT_A}' AND value = 6;
+        """,
+    )
+    assert len(argentos_rows(pg, db, AGENT_A)["agent_metrics"]) == 48
+
+    # add (the default): the 3 saved rows missing come back; the changed row is kept and said.
+    out = _restore(sandbox, env)
+    assert out["ok"], out
+    metrics = out["stats"]["public.agent_metrics"]
+    assert (metrics["inserted"], metrics["present"], metrics["extra"]) == (3, 50, 1), metrics
+    assert out["found"]["public.agent_metrics"] == 50
+    assert any("agent_metrics has no primary key" in w and "--keyless replace" in w for w in out["warnings"]), out
+    rows = argentos_rows(pg, db, AGENT_A)["agent_metrics"]
+    assert len(rows) == 51 and all(r in rows for r in saved)
+
+    # replace: the agent's rows of the table are exactly the saved ones; agent_b's stay.
+    out = _restore(sandbox, env, "--keyless", "replace")
+    assert out["ok"], out
+    metrics = out["stats"]["public.agent_metrics"]
+    assert (metrics["deleted"], metrics["inserted"], metrics["present"], metrics["extra"]) == (51, 50, 50, 0)
+    assert argentos_rows(pg, db, AGENT_A)["agent_metrics"] == saved
+    assert argentos_rows(pg, db, AGENT_B) == other
+    pg.drop_database(db)
+
+
+def test_the_drill_runs_the_merge_and_fails_where_the_restore_would(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path
+) -> None:
+    pg = pg_server
+    db = make_argentos_db(pg)
+    env = _agent_config(sandbox, pg, db)
+    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+    pg.sql(db, f"DELETE FROM tasks WHERE agent_id = '{AGENT_A}' AND id % 6 = 1")
+    before = argentos_rows(pg, db, AGENT_A)
+
+    drill = sandbox.phx("drill", "--json", "--backup", snap, "--scratch", tmp_path, env=env).json()
+    report = next(d for d in drill["databases"] if d["path"] == "postgres/main")
+    assert report["ok"] and report["tables"]["public.tasks"] == {"recorded": 60, "restored": 60}, report
+    assert argentos_rows(pg, db, AGENT_A) == before  # the drill wrote nothing to the shared tables
+
+    # A column added since the backup, NOT NULL without a default: the saved rows cannot go back.
+    pg.sql(db, "ALTER TABLE tasks ADD COLUMN owner text; UPDATE tasks SET owner = 'x'")
+    pg.sql(db, "ALTER TABLE tasks ALTER COLUMN owner SET NOT NULL")
+    before = argentos_rows(pg, db, AGENT_A)
+    out = _restore(sandbox, env, check=3)
+    assert not out["ok"] and "owner" in out["error"] and "nothing was changed" in out["error"], out
+    drill = sandbox.phx("drill", "--json", "--backup", snap, "--scratch", tmp_path, env=env, check=1).json()
+    report = next(d for d in drill["databases"] if d["path"] == "postgres/main")
+    message = report["problems"][0]["message"]
+    assert not report["ok"] and "owner" in message and "public.tasks" in message, report
+    assert "phx_scratch" not in message
+    assert argentos_rows(pg, db, AGENT_A) == before
+    pg.drop_database(db)
+
+
+def _cycle_db(pg: PgServer, deferrable: bool) -> str:
+    """Two agent tables referencing each other, filled with agent_a's rows."""
+    db = pg.create_database("cycle")
+    flag = "DEFERRABLE" if deferrable else ""
+    role = AGENT_ROLES[AGENT_A]
+    pg.sql(
+        db,
+        f"""
+        CREATE TABLE a (id int PRIMARY KEY, agent_id text NOT NULL, b_id int);
+        CREATE TABLE b (id int PRIMARY KEY, agent_id text NOT NULL, a_id int NOT NULL REFERENCES a(id) {flag});
+        ALTER TABLE a ADD CONSTRAINT a_b_fkey FOREIGN KEY (b_id) REFERENCES b(id) {flag};
+        INSERT INTO a SELECT i, '{AGENT_A}', NULL FROM generate_series(1, 5) i;
+        INSERT INTO b SELECT i, '{AGENT_A}', i FROM generate_series(1, 5) i;
+        UPDATE a SET b_id = id;
+        GRANT USAGE ON SCHEMA public TO "{role}";
+        GRANT SELECT, INSERT, UPDATE ON a, b TO "{role}";
+        """,
+    )
+    return db
+
+
+def test_tables_referencing_each_other(sandbox: Sandbox, pg_server: PgServer, tmp_path: Path) -> None:
+    pg = pg_server
+    for deferrable in (True, False):
+        db = _cycle_db(pg, deferrable)
+        env = _agent_config(sandbox, pg, db)
+        snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+        saved = pg.query(db, "SELECT a.*, b.* FROM a JOIN b ON b.id = a.b_id ORDER BY a.id")
+        pg.sql(db, "UPDATE a SET b_id = NULL; DELETE FROM b; DELETE FROM a")
+        if deferrable:
+            out = _restore(sandbox, env)
+            assert out["ok"] and out["stats"]["public.a"]["inserted"] == 5, out
+            assert pg.query(db, "SELECT a.*, b.* FROM a JOIN b ON b.id = a.b_id ORDER BY a.id") == saved
+        else:
+            out = _restore(sandbox, env, check=3)
+            for needle in ("public.a -> public.b -> public.a", "a_b_fkey", "b_a_id_fkey", "DEFERRABLE", "nothing"):
+                assert needle in out["error"], out
+            assert pg.query(db, "SELECT count(*) FROM a") == [(0,)]
+            drill = sandbox.phx("drill", "--json", "--backup", snap, "--scratch", tmp_path, env=env, check=1).json()
+            report = next(d for d in drill["databases"] if d["path"] == "postgres/main")
+            assert "public.a -> public.b -> public.a" in report["problems"][0]["message"], report
+        pg.drop_database(db)

@@ -59,6 +59,14 @@ from phoenix_backup.ops.context import Environment
     help="Rows (agent-scoped PostgreSQL) and Redis keys that exist: keep them (skip) or overwrite (update, default).",
 )
 @click.option(
+    "--keyless",
+    type=click.Choice(["add", "replace"]),
+    default="add",
+    show_default=True,
+    help="Agent-scoped PostgreSQL tables without a primary key: add the saved rows that are missing (matched on "
+    "all columns), or replace the agent's rows with the saved ones.",
+)
+@click.option(
     "--merge",
     is_flag=True,
     help="Merge the snapshot's SQLite rows into the live stores by primary key (--conflict-mode, default skip).",
@@ -82,6 +90,7 @@ def restore(
     no_safety: bool,
     to_database: str | None,
     conflict_mode: str | None,
+    keyless: str,
     merge: bool,
 ) -> ExitStatus:
     """Restore all or part of a snapshot, in place or below --to.
@@ -118,6 +127,7 @@ def restore(
         safety_snapshot=not no_safety,
         to_database=to_database,
         conflict_mode="skip" if conflict_mode == "skip" else "update",
+        keyless="replace" if keyless == "replace" else "add",
     )
     out.result(result.to_json(), render.restore(result, out.verbose))
     return result.exit_status

@@ -297,9 +297,10 @@ def merge(
     if not result.triggers_off:
         firing = user_triggers(con, keys, replica=False)
         if firing:
+            done = "will fire for the rows the restore writes (the drill's copies have none)" if drill else "fired"
             result.warnings.append(
-                f"user triggers fired for the rows written (role {_role(con)} may not set "
-                f"session_replication_role): {describe_triggers(firing)}"
+                f"user triggers {done}, as role {_role(con)} may not set session_replication_role: "
+                f"{describe_triggers(firing)}"
             )
     order, cycles = merge_order(keys, fks)
     if cycles and not result.triggers_off:
@@ -618,8 +619,15 @@ def _scratch_copies(
             ).format(s.target, s.live)
         )
         _copy_keys(con, s.live, s.target)
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
-        overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if t.identity_always else sql.SQL("")
+        # Every column the live table has now (a column added since the backup too).
+        live_cols = con.execute(
+            "SELECT attname, attidentity FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            (s.live.as_string(con),),
+        ).fetchall()
+        cols = sql.SQL(", ").join(sql.Identifier(str(c[0])) for c in live_cols)
+        always = any(c[1] == "a" for c in live_cols)
+        overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if always else sql.SQL("")
         con.execute(
             sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} t WHERE ").format(s.target, cols, overriding, cols, s.live)
             + _t_filter(t),

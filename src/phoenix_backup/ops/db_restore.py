@@ -681,6 +681,37 @@ def drill_database(
     return outcome
 
 
+# -- said before an in-place restore ------------------------------------------------------------
+
+
+def server_warnings(
+    repo: Repository, cfg: Config, env: Mapping[str, str], nodes: Iterable[tuple[str, Node]]
+) -> list[str]:
+    """What restoring these server databases in place will do besides restoring them, to be said
+    before it starts (the restore asks, or needs --yes): the user triggers an agent-scoped merge
+    will fire because the role may not turn them off. Reads the servers; writes nothing. A server
+    that cannot be asked is left to the restore, which reports it."""
+    out: list[str] = []
+    for path, files in sorted(group_database_nodes(nodes).items()):
+        root, name = path.split("/", 1)
+        if root != "postgres":
+            continue
+        try:
+            manifest = _manifest(repo, path, files)
+            if manifest.get("kind") != "agent-rows":
+                continue
+            entry = _entry(cfg.databases.postgres, "postgres", name)
+            assert isinstance(entry, PostgresDb)
+            tables = [pg.AgentTable.from_json(d).key for d in manifest.get("tableInfo", {}).values()]
+            with pg.connection_for(entry, env).connect() as con, con.transaction(force_rollback=True):
+                warning = agent_merge.trigger_warning(con, tables)
+        except (PhoenixError, psycopg.Error):
+            continue
+        if warning:
+            out.append(f"{path}: {warning}")
+    return out
+
+
 # -- for `phx restore --dry-run` -----------------------------------------------------------------
 
 

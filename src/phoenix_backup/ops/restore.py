@@ -61,6 +61,7 @@ from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.storage.local import os_error
 
 if TYPE_CHECKING:
+    from phoenix_backup.ops.agent_merge import KeylessMode
     from phoenix_backup.ops.db_restore import ConflictMode
 
 T = TypeVar("T")
@@ -223,13 +224,15 @@ def restore(
     safety_snapshot: bool = True,
     to_database: str | None = None,
     conflict_mode: ConflictMode = "update",
+    keyless: KeylessMode = "add",
 ) -> RestoreResult:
     """Restore all or part of a snapshot in place, or below `to` (a scratch or migration folder).
 
     In place: the gateway is stopped and started around the restore, and a safety snapshot (tag
     `pre-restore`) makes it undoable unless `safety_snapshot` is False. `delete` removes what the
     restored scope holds and the snapshot lacks; `realign` rewrites the alignment manifest's hashes
-    when the restore leaves it inconsistent.
+    when the restore leaves it inconsistent. `conflict_mode` and `keyless` say how agent-scoped
+    PostgreSQL rows and Redis keys are merged (ops/agent_merge.py, ops/db_restore.py).
     """
     if delete and to is not None:
         raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
@@ -245,7 +248,7 @@ def restore(
             job = _Restore(
                 cfg, envx, repo, snap, scope=scope, paths=paths, to=to, delete=delete, realign=realign, yes=yes
             )
-            job.servers(to_database, conflict_mode)
+            job.servers(to_database, conflict_mode, keyless)
             return job.run(dry_run=dry_run, safety_snapshot=safety_snapshot)
     finally:
         repo.close()
@@ -294,6 +297,7 @@ class _Restore:
         self.server_dbs: list[tuple[str, Node]] = []
         self.to_database: str | None = None
         self.conflict_mode: ConflictMode = "update"
+        self.keyless: KeylessMode = "add"
         self.warnings: list[str] = []
         self.undo_hint = ""
 
@@ -315,6 +319,9 @@ class _Restore:
                 result.databases += _db().preview_databases(
                     self.repo, self.cfg, dict(self.envx.env), self.server_dbs, to_database=self.to_database
                 )
+                if self._servers():
+                    for notice in _db().server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs):
+                        self.warn(notice)
             return result
         if self.in_place:
             self.confirm(plan)
@@ -486,12 +493,13 @@ class _Restore:
         changes = any(i.action != "unchanged" or i.metadata for i in plan.items)
         return self.realign or plan.dir_changes > 0 or changes or bool(self.server_dbs)
 
-    def servers(self, to_database: str | None, conflict_mode: ConflictMode) -> None:
+    def servers(self, to_database: str | None, conflict_mode: ConflictMode, keyless: KeylessMode = "add") -> None:
         """In place, PostgreSQL and Redis (postgres/…, redis/…) go into their servers through
         ops/_db().py, after the files; below --to they are written as files like any other.
         `--to DIR` cannot be combined with `--to-database`, which restores PostgreSQL only."""
         self.to_database = to_database
         self.conflict_mode = conflict_mode
+        self.keyless = keyless
         if to_database is not None and not self.in_place:
             raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
         if not self.in_place:
@@ -519,6 +527,7 @@ class _Restore:
             self.server_dbs,
             to_database=self.to_database,
             conflict_mode=self.conflict_mode,
+            keyless=self.keyless,
         ):
             result.databases.append(outcome.to_json())
             if outcome.ok:
@@ -532,6 +541,10 @@ class _Restore:
     def confirm(self, plan: _Plan) -> None:
         counts = _count(plan.items)
         servers = self._servers()
+        # Said before anything is written, and kept in the result: user triggers that will fire.
+        notices = _db().server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs) if servers else []
+        for notice in notices:
+            self.warn(notice)
         risky = counts["overwrite"] + counts["delete"] + len(servers)
         if risky == 0 or self.yes:
             return
@@ -540,14 +553,16 @@ class _Restore:
         summary += f", {counts['unchanged']} unchanged"
         if dbs:
             summary += f"; databases overwritten: {', '.join(dbs)}"
+        also = "".join(f"; {n}" for n in notices)
         if not self.envx.interactive or self.envx.confirm is None:
             raise ConfirmationRequired(
-                f"this in-place restore would overwrite {counts['overwrite']} and delete {counts['delete']} path(s) "
-                "and there is no terminal to ask on; pass --yes to confirm (or --dry-run to see the plan)"
+                f"this in-place restore would overwrite {counts['overwrite']} and delete {counts['delete']} path(s)"
+                f"{'' if not servers else ' and restore ' + ', '.join(servers)}{also}; there is no terminal to ask "
+                "on: pass --yes to confirm (or --dry-run to see the plan)"
             )
         first = "the gateway is stopped and " if self.cfg.gateway.stop else ""
         question = (
-            f"Restore {self.snap.name} ({self.snap.id[:8]}) in place: {summary}. "
+            f"Restore {self.snap.name} ({self.snap.id[:8]}) in place: {summary}{also}. "
             f"Before writing, {first}a safety snapshot (tag pre-restore) is taken. Continue?"
         )
         if not self.envx.confirm(question):
