@@ -4,8 +4,13 @@ Seed fields: timestamp (Unix seconds), date (ISO), backupPath, compression, succ
 Added: snapshotId, snapshotName, error, targets ({name: {ok, error}}), scope, lastSuccess (the
 seed fields of the last successful run, so a failure never hides when the last good backup was),
 targetsLastSuccess ({name: {timestamp, date, snapshotId}}: when each target last received a
-snapshot) and lastFailure ({timestamp, date, error}: the last run that failed or reached only
-some targets).
+snapshot) and lastFailure ({timestamp, date, error}: the last run that failed, was partial or
+reached only some targets).
+
+A partial backup (a snapshot was made, but some of its parts could not be saved: a PostgreSQL or
+Redis database, a file) has `success: false`, `partial: true` and `failedParts` ([{path, error}],
+logical paths such as `postgres/main`); `lastSuccess` does not move. `failedParts` is empty and
+`partial` false otherwise. `targets` are only ever the repository's targets, never a database.
 """
 
 from __future__ import annotations
@@ -49,12 +54,17 @@ def write_state(
     error: str | None,
     targets: dict[str, TargetOutcome],
     scope: str,
+    failed_parts: list[dict[str, str]] | None = None,
     path: Path | None = None,
 ) -> None:
-    """Write atomically; a state file that cannot be written never fails the backup itself."""
+    """Write atomically; a state file that cannot be written never fails the backup itself.
+    `success`: the run made its snapshot; with `failed_parts` it is recorded as partial."""
     from datetime import UTC, datetime
 
     target = path or state_path()
+    parts = [{"path": str(p["path"]), "error": str(p["error"])} for p in failed_parts or []]
+    partial = success and bool(parts)
+    success = success and not parts
     doc: dict[str, Any] = {
         "timestamp": int(timestamp),
         "date": datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds"),
@@ -66,6 +76,8 @@ def write_state(
         "error": error,
         "targets": {k: v.to_json() for k, v in targets.items()},
         "scope": scope,
+        "partial": partial,
+        "failedParts": parts,
     }
     previous = read_state(target) or {}
     if success:

@@ -139,3 +139,44 @@ def test_dump_failing_midway_leaves_no_database_in_the_snapshot(sandbox: Sandbox
     assert killed[0] != -1, "the dump finished before it could be interrupted"
     assert "nothing of it was kept" in doc["incomplete"][0]["error"]
     pg.drop_database(db)
+
+
+def test_a_backup_without_its_database_is_partial_alerts_and_fails_status(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    from test_notify import Receiver
+
+    receiver = Receiver()
+    try:
+        db = make_memory_db(pg_server, rows_per_agent=2, dims=8)
+        sandbox.write_config(
+            databases={"postgres": [postgres_entry(pg_server, db)]},
+            notifications={"enabled": True, "urls": [receiver.url()]},
+        )
+        good = sandbox.phx("backup", "--json", env=sandbox.env_with(PHX_TEST_PGPASSWORD=pg_server.password)).json()
+        assert receiver.received == []
+        res = sandbox.phx("backup", "--json", env=sandbox.env_with(PHX_TEST_PGPASSWORD="not-the-password"), check=3)
+        doc = res.json()
+        # The failed part is said on stderr too, beside the JSON on stdout.
+        assert "phx: not saved: postgres/main: " in res.err and "password authentication failed" in res.err, res
+
+        state = json.loads((sandbox.home / ".argentos" / "backup" / ".last-backup").read_text())
+        assert state["success"] is False and state["partial"] is True, state
+        assert [p["path"] for p in state["failedParts"]] == ["postgres/main"]
+        assert "password authentication failed" in state["failedParts"][0]["error"]
+        assert state["snapshotId"] == doc["id"] and state["lastSuccess"]["snapshotId"] == good["id"]
+        assert all(t["ok"] for t in state["targets"].values()), "a database is not a target"
+        assert "postgres/main" in state["lastFailure"]["error"]
+
+        status = sandbox.phx("status", check=1)
+        assert "PARTIAL" in status.out and "were not saved: postgres/main" in status.out, status
+        assert "target" not in " ".join(ln for ln in status.out.splitlines() if "postgres/main" in ln)
+        last = sandbox.phx("status", "--json", check=1).json()["lastBackup"]
+        assert last["partial"] is True and last["failedParts"][0]["path"] == "postgres/main"
+
+        assert len(receiver.received) == 1
+        body = receiver.received[0]["body"]
+        assert body["type"] == "failure" and "INCOMPLETE" in body["title"]
+        assert "not saved: postgres/main" in body["message"]
+    finally:
+        receiver.stop()

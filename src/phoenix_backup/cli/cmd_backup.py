@@ -33,4 +33,10 @@ def backup(
     cfg = load_config(out, envx, config_path)
     result = backup_op.backup(cfg, envx, scope=scope or "full", tags=tags, time_text=time_text, dry_run=dry_run)  # type: ignore[arg-type]
     out.result(result.to_json(), render.backup(result, out.verbose))
+    # What failed goes to stderr as well, where a wrapper script or a terminal sees it beside --json.
+    for item in result.incomplete:
+        out.notice(f"not saved: {item['path']}: {item['error']}")
+    for name, target in result.targets.items():
+        if not target.ok:
+            out.notice(f"target {name} failed: {target.error}")
     return result.exit_status

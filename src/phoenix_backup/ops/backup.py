@@ -274,11 +274,14 @@ def _record_state(
     cfg: Config, envx: Environment, started: float, scope: str, result: BackupResult | None, error: Exception | None
 ) -> None:
     """The state file, on success and on failure alike."""
+    parts: list[dict[str, str]] = []
     if result is not None:
         targets = result.targets
-        failed = [f"{name}: {t.error}" for name, t in targets.items() if not t.ok]
-        # A database that could not be saved (PostgreSQL, Redis) is named too: the run was partial.
-        failed += [f"{i['path']}: {i['error']}" for i in result.incomplete if is_database_path(i["path"])]
+        failed = [f"target {name}: {t.error}" for name, t in targets.items() if not t.ok]
+        # A part that could not be saved (a PostgreSQL or Redis database, a file) makes the run
+        # partial: recorded as such, never as a success.
+        parts = [{"path": i["path"], "error": i["error"]} for i in result.incomplete]
+        failed += [f"not saved: {p['path']}: {p['error']}" for p in parts]
         message = "; ".join(failed) or None
     else:
         targets = {name: TargetOutcome(False, str(error)) for name in cfg.targets.enabled_names()}
@@ -293,6 +296,7 @@ def _record_state(
         error=message,
         targets=targets,
         scope=scope,
+        failed_parts=parts,
         path=envx.home / ".argentos" / "backup" / ".last-backup",
     )
 

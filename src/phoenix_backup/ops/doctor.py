@@ -576,10 +576,11 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
     else:
         result.add("last backup", "ok", what)
     if state is not None and state.get("success") is False:
+        how = "was partial" if state.get("partial") else "failed"
         result.add(
             "last backup",
             "warn",
-            f"the most recent run failed: {state.get('error') or 'see its output'}",
+            f"the most recent run {how}: {state.get('error') or 'see its output'}",
             "run `phx backup` to see the error",
         )
 

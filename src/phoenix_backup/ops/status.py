@@ -97,6 +97,8 @@ class StatusResult:
                 "time": _iso(self.last_run),
                 "age": _age(self.last_run, self.now),
                 "success": bool(state.get("success")),
+                "partial": bool(state.get("partial")),
+                "failedParts": state.get("failedParts") or [],
                 "snapshotId": state.get("snapshotId"),
                 "snapshotName": state.get("snapshotName"),
                 "error": state.get("error"),
@@ -167,10 +169,16 @@ def _check_age(result: StatusResult, when: datetime) -> None:
         result.overdue = True
         result.alert = "no backup has run yet (no state file); run `phx backup`"
         return
-    if not state.get("success"):
+    parts = [p for p in state.get("failedParts") or [] if isinstance(p, dict)]
+    targets = state.get("targets") or {}
+    failed_targets = [f"{n}: {t.get('error')}" for n, t in targets.items() if isinstance(t, dict) and not t.get("ok")]
+    if state.get("partial"):
+        shown = "; ".join(f"{p.get('path')}: {p.get('error')}" for p in parts)
+        result.warnings.append(f"the last backup was partial, these parts were not saved: {shown}")
+    elif not state.get("success"):
         result.warnings.append(f"the last backup failed: {state.get('error')}")
-    elif state.get("error"):
-        result.warnings.append(f"the last backup reached only some targets: {state.get('error')}")
+    if (state.get("success") or state.get("partial")) and failed_targets:
+        result.warnings.append(f"the last backup reached only some targets: {'; '.join(failed_targets)}")
     last = result.last_success
     if last is None:
         result.overdue = True
