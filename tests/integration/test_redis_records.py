@@ -34,8 +34,10 @@ def _fill(r: Any, prefix: str = "agent:") -> None:
     r.xgroup_createconsumer(f"{prefix}events", "auditors", "carol")
 
 
-def _snapshot(r: Any, keys: list[bytes]) -> dict[bytes, Any]:
-    """Every key's value through ordinary commands, its TTL rounded to a minute, and stream groups."""
+def _snapshot(r: Any, keys: list[bytes], counters: bool = True) -> dict[bytes, Any]:
+    """Every key's value through ordinary commands, its TTL rounded to a minute, and stream groups
+    (without `counters`: leaving out the entries-read and entries-added of Redis 7, which an older
+    server does not keep)."""
     out: dict[bytes, Any] = {}
     for k in sorted(keys):
         kind = r.type(k).decode()
@@ -59,9 +61,11 @@ def _snapshot(r: Any, keys: list[bytes]) -> dict[bytes, Any]:
                     for p in r.xpending_range(k, g["name"], "-", "+", 100)
                 ]
                 consumers = sorted(c["name"] for c in r.xinfo_consumers(k, g["name"]))
-                groups.append((g["name"], g["last-delivered-id"], g.get("entries-read"), consumers, pending))
+                read = g.get("entries-read") if counters else None
+                groups.append((g["name"], g["last-delivered-id"], read, consumers, pending))
             info = r.xinfo_stream(k)
-            value = (r.xrange(k), sorted(groups), info["last-generated-id"], info.get("entries-added"))
+            added = info.get("entries-added") if counters else None
+            value = (r.xrange(k), sorted(groups), info["last-generated-id"], added)
         out[k] = (kind, value, -1 if ttl < 0 else round(ttl / 60_000))
     return out
 
@@ -76,10 +80,19 @@ def _read(entry: RedisDb) -> tuple[bytes, rds.RedisSummary]:
 
 
 def _restore(client: Any, data: bytes, mode: db_restore.ConflictMode = "update") -> dict[str, int]:
-    stats = {"restored": 0, "skipped": 0, "expired": 0, "fallback": 0}
     _header, records = rds.read_records(io.BytesIO(data))
-    db_restore._restore_batch(client, list(records), mode, stats)
-    return stats
+    writer = _writer(client, mode)
+    writer.restore(list(records))
+    assert writer.failed == []
+    return writer.stats
+
+
+def _writer(
+    client: Any, mode: db_restore.ConflictMode = "update", version: str | None = None
+) -> db_restore.RedisWriter:
+    """A writer for `client`'s server, or for a server of `version` (what the writer may send)."""
+    features = db_restore.RedisFeatures.of(version or rds.server_info(client)["redis_version"])
+    return db_restore.RedisWriter(client, mode, features)
 
 
 def test_every_type_with_ttls_and_stream_groups_round_trips(redis_server: Any) -> None:
@@ -116,11 +129,41 @@ def test_refused_payloads_fall_back_to_ordinary_commands(redis_server: Any) -> N
     with pytest.raises(Exception, match="payload version or checksum"):
         dst.restore("probe", 0, newer[0].payload)
     raw = rds.connect(RedisDb("x", redis_server.url(4)))
-    stats = {"restored": 0, "skipped": 0, "expired": 0, "fallback": 0}
-    db_restore._restore_batch(raw, newer, "update", stats)
-    assert stats["fallback"] == stats["restored"] == 8
+    writer = _writer(raw)
+    writer.restore(newer)
+    assert writer.failed == [] and writer.stats["fallback"] == writer.stats["restored"] == 8
     keys = src.keys("agent:*")
     assert _snapshot(dst, keys) == _snapshot(src, keys)
+
+
+def test_the_fallback_sends_only_what_an_older_server_has(redis_server: Any) -> None:
+    """Written as for Redis 6.0 (no XGROUP CREATECONSUMER, no stream counters) and for 4.0 (no
+    streams, no ABSTTL, no multi-field HSET): only those servers' commands are sent, a key the
+    server cannot hold is reported alone, and every other key is written."""
+    src, dst = redis_server.client(7), redis_server.client(8)
+    src.flushdb()
+    _fill(src)
+    data, _ = _read(RedisDb("hot", redis_server.url(7), "agent:*"))
+    _header, records = rds.read_records(io.BytesIO(data))
+    newer = [_from_newer_redis(r) for r in records]
+    keys = src.keys("agent:*")
+    raw = rds.connect(RedisDb("x", redis_server.url(8)))
+
+    dst.flushdb()
+    writer = _writer(raw, version="6.0.16")
+    writer.restore(newer)
+    assert writer.failed == [] and writer.stats["fallback"] == 8
+    assert _snapshot(dst, keys, counters=False) == _snapshot(src, keys, counters=False)
+    assert dst.xinfo_consumers("agent:events", "auditors")[0]["name"] == b"carol"  # made by XREADGROUP
+
+    dst.flushdb()
+    writer = _writer(raw, version="4.0.14")
+    writer.restore(newer)
+    assert writer.failed == [(b"agent:events", "streams need Redis 5.0 or newer, and this server is 4.0.14")]
+    assert writer.stats["restored"] == 7
+    streamless = [k for k in keys if k != b"agent:events"]
+    assert _snapshot(dst, streamless) == _snapshot(src, streamless)
+    assert dst.keys("*phx-restore*") == []  # no temporary key left behind
 
 
 def test_skip_keeps_live_keys_and_expired_keys_are_not_restored(redis_server: Any) -> None:

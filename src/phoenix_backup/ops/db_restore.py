@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import re
+import secrets
 import subprocess
 import threading
 import time
@@ -71,6 +72,7 @@ class DbRestoreOutcome:
     stats: dict[str, Any] = field(default_factory=dict)  # inserted/updated/skipped/fallback...
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    not_restored: list[dict[str, str]] = field(default_factory=list)  # Redis: {key, error} per key
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class DbRestoreOutcome:
             "stats": self.stats,
             "warnings": self.warnings,
             "error": self.error,
+            "notRestored": self.not_restored,
         }
 
 
@@ -473,10 +476,114 @@ def _analyze(con: psycopg.Connection[Any], tables: list[str] | None) -> list[str
 
 # -- Redis ---------------------------------------------------------------------------------------
 
+# How many keys not restored are named one by one in the warnings (all are in --json).
+SHOWN_KEYS = 50
+
 
 def _is_payload_refused(exc: BaseException) -> bool:
     text = str(exc)
     return "payload version or checksum" in text or "Bad data format" in text
+
+
+@dataclass(frozen=True)
+class RedisFeatures:
+    """What the server restored into can do, by its version (INFO server's redis_version), so the
+    fallback sends only commands it has: XSETID's ENTRIESADDED/MAXDELETEDID and XGROUP CREATE's
+    ENTRIESREAD came with 7.0, XGROUP CREATECONSUMER with 6.2, streams and RESTORE ... ABSTTL
+    with 5.0, HSET of several fields with 4.0."""
+
+    version: tuple[int, ...]
+
+    @classmethod
+    def of(cls, text: str) -> RedisFeatures:
+        parts = tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+        return cls(parts or (0,))
+
+    @property
+    def text(self) -> str:
+        return ".".join(str(p) for p in self.version)
+
+    def has(self, *version: int) -> bool:
+        return self.version >= version
+
+
+class RedisWriter:
+    """Writes records into one server: `RESTORE` (exact), or the logical form when the server
+    refuses the payload. One key that cannot be written is recorded in `failed` and the others
+    carry on."""
+
+    def __init__(self, client: redis_lib.Redis, mode: ConflictMode, features: RedisFeatures) -> None:
+        self.client = client
+        self.mode = mode
+        self.features = features
+        self.stats = {"restored": 0, "skipped": 0, "expired": 0, "fallback": 0}
+        self.failed: list[tuple[bytes, str]] = []
+
+    def restore(self, batch: list[rds.Record]) -> list[bytes]:
+        """Write a batch; the keys restored, or kept as they were (skip mode)."""
+        now_ms = int(time.time() * 1000)
+        live = [r for r in batch if r.expire_at_ms == rds.NO_EXPIRY or r.expire_at_ms > now_ms]
+        self.stats["expired"] += len(batch) - len(live)
+        pipe = self.client.pipeline(transaction=False)
+        for r in live:
+            rds.command(pipe, *self._restore_args(r, now_ms))
+        replies = pipe.execute(raise_on_error=False)
+        done: list[bytes] = []
+        for r, reply in zip(live, replies, strict=True):
+            if not isinstance(reply, Exception):
+                self.stats["restored"] += 1
+                done.append(r.key)
+            elif "BUSYKEY" in str(reply):
+                self.stats["skipped"] += 1  # --conflict-mode skip: the live key stays
+                done.append(r.key)
+            elif _is_payload_refused(reply) and r.type in rds.TYPES:
+                if self._fallback(r):
+                    done.append(r.key)
+            elif _is_payload_refused(reply):
+                self.failed.append(
+                    (r.key, f"Redis {self.features.text} refuses its payload and a module type has no other form")
+                )
+            else:
+                self.failed.append((r.key, _redis_reason(reply)))
+        return done
+
+    def _restore_args(self, r: rds.Record, now_ms: int) -> list[Any]:
+        expires = r.expire_at_ms != rds.NO_EXPIRY
+        if not expires:
+            ttl = 0
+        elif self.features.has(5, 0):
+            ttl = r.expire_at_ms
+        else:
+            ttl = max(1, r.expire_at_ms - now_ms)  # no ABSTTL before 5.0: the time left
+        args: list[Any] = ["RESTORE", r.key, ttl, r.payload]
+        if expires and self.features.has(5, 0):
+            args.append("ABSTTL")
+        if self.mode == "update":
+            args.append("REPLACE")
+        return args
+
+    def _fallback(self, r: rds.Record) -> bool:
+        """The logical form of a refused payload; False when it could not be written."""
+        try:
+            if self.mode == "skip" and int(rds.command(self.client, "EXISTS", r.key)):
+                self.stats["skipped"] += 1
+                return True
+            write_logical(self.client, r, self.features)
+        except (RestoreError, redis_lib.RedisError) as exc:
+            self.failed.append((r.key, _redis_reason(exc)))
+            return False
+        self.stats["fallback"] += 1
+        self.stats["restored"] += 1
+        return True
+
+
+def _redis_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _key_text(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")
 
 
 def restore_redis(
@@ -487,14 +594,16 @@ def restore_redis(
     if node is None:
         outcome.error = f"{path} has no {rds.RECORDS} in the snapshot"
         return outcome
-    stats = {"restored": 0, "skipped": 0, "expired": 0, "fallback": 0}
     try:
         client = rds.connect(entry)
     except SourceError as exc:
         outcome.error = str(exc)
         return outcome
     restored_keys: list[bytes] = []  # restored, or kept as they were (skip mode)
+    writer: RedisWriter | None = None
     try:
+        features = RedisFeatures.of(rds.server_info(client).get("redis_version", ""))
+        writer = RedisWriter(client, mode, features)
         # Redis restores key by key, not in one transaction: the record file is checked whole
         # (SHA-256) before the first key is written.
         for _ in node_blocks(repo, f"{path}/{rds.RECORDS}", node):
@@ -506,22 +615,38 @@ def restore_redis(
             count += 1
             batch.append(rec)
             if len(batch) >= REDIS_BATCH:
-                restored_keys += _restore_batch(client, batch, mode, stats)
+                restored_keys += writer.restore(batch)
                 batch = []
         if batch:
-            restored_keys += _restore_batch(client, batch, mode, stats)
-        outcome.expected = {"keys": count - stats["expired"]}
+            restored_keys += writer.restore(batch)
+        outcome.expected = {"keys": count - writer.stats["expired"]}
         present = 0
         for i in range(0, len(restored_keys), 1000):
             present += int(rds.command(client, "EXISTS", *restored_keys[i : i + 1000]))
         outcome.found = {"keys": present}
-        outcome.stats = {**stats, "sourceServerVersion": str(header.get("serverVersion"))}
+        outcome.stats = {
+            **writer.stats,
+            "notRestored": len(writer.failed),
+            "sourceServerVersion": str(header.get("serverVersion")),
+            "serverVersion": features.text,
+        }
     except (PhoenixError, redis_lib.RedisError) as exc:
-        outcome.stats = dict(stats)
+        outcome.stats = dict(writer.stats) if writer else {}
         outcome.error = str(exc)
         return outcome
     finally:
         client.close()
+    failed = writer.failed
+    outcome.not_restored = [{"key": _key_text(k), "error": e} for k, e in failed]
+    outcome.warnings += [f"{path}: key {_key_text(k)!r} not restored: {e}" for k, e in failed[:SHOWN_KEYS]]
+    if len(failed) > SHOWN_KEYS:
+        outcome.warnings.append(f"{path}: {len(failed) - SHOWN_KEYS} more keys not restored (all in --json)")
+    if failed:
+        first = f"{_key_text(failed[0][0])!r}: {failed[0][1]}"
+        outcome.error = (
+            f"{len(failed)} of {outcome.expected['keys']} keys were not restored (the first, {first}); the others were"
+        )
+        return outcome
     if present != len(restored_keys):
         outcome.error = f"{len(restored_keys) - present} restored key(s) are missing right after the restore"
         return outcome
@@ -529,65 +654,42 @@ def restore_redis(
     return outcome
 
 
-def _restore_batch(
-    client: redis_lib.Redis, batch: list[rds.Record], mode: ConflictMode, stats: dict[str, int]
-) -> list[bytes]:
-    now_ms = int(time.time() * 1000)
-    live = [r for r in batch if r.expire_at_ms == rds.NO_EXPIRY or r.expire_at_ms > now_ms]
-    stats["expired"] += len(batch) - len(live)
-    pipe = client.pipeline(transaction=False)
-    for r in live:
-        args: list[Any] = ["RESTORE", r.key, r.expire_at_ms if r.expire_at_ms != rds.NO_EXPIRY else 0, r.payload]
-        if r.expire_at_ms != rds.NO_EXPIRY:
-            args.append("ABSTTL")
-        if mode == "update":
-            args.append("REPLACE")
-        rds.command(pipe, *args)
-    replies = pipe.execute(raise_on_error=False)
-    done: list[bytes] = []
-    for r, reply in zip(live, replies, strict=True):
-        if not isinstance(reply, Exception):
-            stats["restored"] += 1
-            done.append(r.key)
-        elif "BUSYKEY" in str(reply):
-            stats["skipped"] += 1  # --conflict-mode skip: the live key stays
-            done.append(r.key)
-        elif _is_payload_refused(reply) and r.type in rds.TYPES:
-            if mode == "skip" and int(rds.command(client, "EXISTS", r.key)):
-                stats["skipped"] += 1
-                done.append(r.key)
-                continue
-            write_logical(client, r)
-            stats["fallback"] += 1
-            stats["restored"] += 1
-            done.append(r.key)
-        else:
-            raise RestoreError(f"restoring Redis key {r.key[:80]!r} failed: {reply}")
-    return done
-
-
-def write_logical(client: redis_lib.Redis, r: rds.Record) -> None:
-    """Write a key back with ordinary commands, atomically (MULTI/EXEC), replacing it."""
+def write_logical(client: redis_lib.Redis, r: rds.Record, features: RedisFeatures) -> None:
+    """Write a key back with ordinary commands that `features` has. The value is built under a
+    temporary name and renamed onto the key only when every command succeeded, so a key is
+    replaced whole or not at all."""
+    if r.type == "stream" and not features.has(5, 0):
+        raise RestoreError(f"streams need Redis 5.0 or newer, and this server is {features.text}")
+    tmp = r.key + b".phx-restore." + secrets.token_hex(4).encode()
     pipe = client.pipeline(transaction=True)
-    rds.command(pipe, "DEL", r.key)
     value = r.logical
     if r.type == "string":
-        rds.command(pipe, "SET", r.key, value)
+        rds.command(pipe, "SET", tmp, value)
     elif r.type == "list":
         for part in _chunks(value):
-            rds.command(pipe, "RPUSH", r.key, *part)
+            rds.command(pipe, "RPUSH", tmp, *part)
     elif r.type == "set":
         for part in _chunks(value):
-            rds.command(pipe, "SADD", r.key, *part)
+            rds.command(pipe, "SADD", tmp, *part)
     elif r.type == "zset":
         flat = [x for i in range(0, len(value), 2) for x in (value[i + 1], value[i])]  # score, member
         for part in _chunks(flat, 2000):
-            rds.command(pipe, "ZADD", r.key, *part)
+            rds.command(pipe, "ZADD", tmp, *part)
     elif r.type == "hash":
         for part in _chunks(value, 2000):
-            rds.command(pipe, "HSET", r.key, *part)
+            rds.command(pipe, "HSET" if features.has(4, 0) else "HMSET", tmp, *part)
     elif r.type == "stream":
-        _stream_commands(pipe, r.key, value)
+        _stream_commands(pipe, tmp, value, features)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+        problem = next((x for x in replies if isinstance(x, Exception)), None)
+    except redis_lib.RedisError as exc:  # refused when queued (EXECABORT): nothing was written
+        problem = exc
+    if problem is not None:
+        rds.command(client, "DEL", tmp)
+        raise RestoreError(_redis_reason(problem))
+    pipe = client.pipeline(transaction=True)
+    rds.command(pipe, "RENAME", tmp, r.key)
     if r.expire_at_ms != rds.NO_EXPIRY:
         rds.command(pipe, "PEXPIREAT", r.key, r.expire_at_ms)
     pipe.execute()
@@ -598,7 +700,7 @@ def _chunks(items: list[Any], size: int = 1000) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
-def _stream_commands(pipe: Any, key: bytes, value: list[Any]) -> None:
+def _stream_commands(pipe: Any, key: bytes, value: list[Any], features: RedisFeatures) -> None:
     entries, meta, groups = value
     for eid, fields in entries:
         rds.command(pipe, "XADD", key, eid, *fields)
@@ -608,14 +710,22 @@ def _stream_commands(pipe: Any, key: bytes, value: list[Any]) -> None:
         # and made again below with its own position.
         rds.command(pipe, "XGROUP", "CREATE", key, "phx-restore-tmp", "$", "MKSTREAM")
         rds.command(pipe, "XGROUP", "DESTROY", key, "phx-restore-tmp")
-    rds.command(pipe, "XSETID", key, last_id, "ENTRIESADDED", entries_added, "MAXDELETEDID", max_deleted)
+    if features.has(7, 0):
+        rds.command(pipe, "XSETID", key, last_id, "ENTRIESADDED", entries_added, "MAXDELETEDID", max_deleted)
+    else:
+        rds.command(pipe, "XSETID", key, last_id)  # before 7.0 a stream keeps neither counter
     for name, last_delivered, entries_read, consumers, pending in groups:
         args: list[Any] = ["XGROUP", "CREATE", key, name, last_delivered]
-        if entries_read is not None:
+        if entries_read is not None and features.has(7, 0):
             args += ["ENTRIESREAD", entries_read]
         rds.command(pipe, *args)
         for consumer in consumers:
-            rds.command(pipe, "XGROUP", "CREATECONSUMER", key, name, consumer)
+            if features.has(6, 2):
+                rds.command(pipe, "XGROUP", "CREATECONSUMER", key, name, consumer)
+            else:
+                # Before 6.2 a consumer is made by naming it; reading its own (still empty)
+                # history delivers nothing.
+                rds.command(pipe, "XREADGROUP", "GROUP", name, consumer, "COUNT", 1, "STREAMS", key, "0")
         for eid, consumer, deliveries in pending:
             rds.command(pipe, "XCLAIM", key, name, consumer, 0, eid, "FORCE", "JUSTID", "RETRYCOUNT", deliveries)
 
