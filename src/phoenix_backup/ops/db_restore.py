@@ -234,35 +234,94 @@ def restore_pg_scratch(
     drop_after: bool = False,
 ) -> DbRestoreOutcome:
     """Restore a snapshot's dump into a new database `database` on `conn`'s server and check its
-    row counts (for `--to-database` and `phx drill`). It refuses a database that exists; on failure
-    it drops what it created. With `drop_after`, the database is dropped once checked (a drill)."""
+    row counts (for `--to-database` and `phx drill`); the configured database need not exist. It
+    refuses a database that exists; on failure it drops what it created. With `drop_after`, the
+    database is dropped once checked (a drill), and is owned by the connecting role; otherwise it
+    is owned as the original was."""
     manifest = manifest if manifest is not None else _manifest(repo, path, files)
     if manifest.get("kind") != "dump":
         raise RestoreError(f"{path} holds one agent's rows, not a whole database; restore it in place instead")
-    with conn.connect() as con:
-        exists = con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
-        if exists:
+    with conn.connect_server() as con:
+        if _database_exists(con, database):
             raise UsageError(
-                f"database {database} already exists on {conn.where.rsplit('/', 1)[0]}; choose another "
-                "--to-database name or drop it first"
+                f"database {database} already exists on {_server(conn)}; choose another --to-database name or "
+                "drop it first"
             )
-        try:
-            con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-        except psycopg.Error as exc:
-            raise RestoreError(f"cannot create database {database}: {pg.pg_reason(exc)}") from exc
     target = conn.with_database(database)
-    outcome = _restore_dump(repo, target, path, files, manifest, clean=False, configured=configured)
-    if not outcome.ok or drop_after:
+    outcome = _restore_dump(
+        repo, target, path, files, manifest, clean=False, configured=configured, as_original=not drop_after
+    )
+    if (drop_after or not outcome.ok) and outcome.stats.get("databaseCreated"):
         _drop_database(conn, database, outcome)
     return outcome
 
 
+def _server(conn: pg.PgConn) -> str:
+    return conn.where.rsplit("/", 1)[0]
+
+
+def _database_exists(con: psycopg.Connection[Any], database: str) -> bool:
+    return con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
+
+
 def _drop_database(conn: pg.PgConn, database: str, outcome: DbRestoreOutcome) -> None:
     try:
-        with conn.connect() as con:
+        with conn.connect_server() as con:
             con.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
     except (psycopg.Error, PhoenixError) as exc:
         outcome.warnings.append(f"database {database} could not be dropped: {exc}")
+
+
+def _create_database(
+    conn: pg.PgConn, manifest: dict[str, Any], outcome: DbRestoreOutcome, *, as_original: bool
+) -> None:
+    """Create `conn`'s database, owned as the original was (when that role exists here and this
+    role may give it a database), with its encoding and, where this server has it, its locale."""
+    name = conn.database
+    owner = str(manifest.get("databaseOwner") or "") if as_original else ""
+    encoding = str(manifest.get("encoding") or "")
+    collate, ctype = str(manifest.get("lcCollate") or ""), str(manifest.get("lcCtype") or "")
+    with conn.connect_server() as con:
+        me = str((con.execute("SELECT current_user").fetchone() or ("",))[0])
+        if owner and not con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)).fetchone():
+            outcome.warnings.append(f"role {owner}, the owner of database {name}, does not exist here; {me} owns it")
+            owner = ""
+        while True:
+            parts: list[sql.Composable] = [
+                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+            ]
+            if owner and owner != me:
+                parts.append(sql.SQL(" OWNER {}").format(sql.Identifier(owner)))
+            if encoding:
+                parts.append(sql.SQL(" ENCODING {}").format(sql.Literal(encoding)))
+            if collate and ctype:
+                parts.append(sql.SQL(" LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(collate), sql.Literal(ctype)))
+            try:
+                con.execute(sql.Composed(parts))
+                break
+            except psycopg.errors.InsufficientPrivilege as exc:
+                if not owner or owner == me:
+                    raise RestoreError(
+                        f"cannot create database {name} on {_server(conn)}: {pg.pg_reason(exc)}; create it (CREATE "
+                        f"DATABASE {name}{' OWNER ' + str(manifest.get('databaseOwner')) if as_original else ''}) "
+                        "or restore as a role with CREATEDB"
+                    ) from exc
+                outcome.warnings.append(f"{me} may not give database {name} to {owner}; {me} owns it")
+                owner = ""
+            except psycopg.Error as exc:
+                if not (collate and ctype) or "locale" not in pg.pg_reason(exc).lower() + str(exc).lower():
+                    raise RestoreError(
+                        f"cannot create database {name} on {_server(conn)}: {pg.pg_reason(exc)}"
+                    ) from exc
+                outcome.warnings.append(
+                    f"this server has no locale {collate!r}/{ctype!r} of the original database {name}; it uses its own"
+                )
+                collate = ctype = ""
+    outcome.stats["databaseCreated"] = True
+    outcome.warnings.append(
+        f"database {name} did not exist on {_server(conn)}; it was created (owner {owner or me}"
+        f"{', encoding ' + encoding if encoding else ''})"
+    )
 
 
 def _restore_dump(
@@ -274,15 +333,19 @@ def _restore_dump(
     *,
     clean: bool,
     configured: Any,
+    as_original: bool = True,
 ) -> DbRestoreOutcome:
+    """pg_restore the dump into `conn`'s database, creating it first when the server lacks it
+    (after the roles of globals.sql, so its owner can be one of them); then ANALYZE and count."""
     outcome = DbRestoreOutcome(path, "postgresql", conn.where, expected=dict(manifest.get("tables", {})))
     dump = files.get(pg.DUMP)
     if dump is None:
         outcome.error = f"{path} has no {pg.DUMP} in the snapshot"
         return outcome
     try:
-        with conn.connect() as con:
+        with conn.connect_server() as con:
             _, num = pg.server_version(con)
+            exists = _database_exists(con, conn.database)
         dumped_by = tuple(int(p) for p in str(manifest.get("pgDump", {}).get("version", "0")).split(".")[:1])
         need = max(pg.major_of_num(num), dumped_by)
         if configured is not None:
@@ -294,14 +357,19 @@ def _restore_dump(
             restore_tool = pg.find_pg_tool("pg_restore", path, need, conn.base_env, None).path
         if pg.GLOBALS in files:
             outcome.stats["rolesCreated"] = _apply_globals(repo, conn, path, files[pg.GLOBALS], outcome)
+        if not exists:
+            _create_database(conn, manifest, outcome, as_original=as_original)
         args = [str(restore_tool), "-w", "--single-transaction", "--exit-on-error", f"--dbname={conn.conninfo}"]
         if clean:
             args[1:1] = ["--clean", "--if-exists"]
         _feed(args, conn.tool_env(), node_blocks(repo, f"{path}/{pg.DUMP}", dump), what=f"pg_restore of {path}")
         with conn.connect() as con:
+            outcome.warnings += _analyze(con, None)
             outcome.found = pg.table_counts(con)
     except (PhoenixError, psycopg.Error) as exc:
         outcome.error = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        if outcome.stats.get("databaseCreated"):
+            _drop_database(conn, conn.database, outcome)  # it did not exist: it is left so
         return outcome
     wrong = {t: (n, outcome.found.get(t)) for t, n in outcome.expected.items() if outcome.found.get(t) != n}
     if wrong:
@@ -362,7 +430,7 @@ def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, out
     text = node_bytes(repo, f"{path}/{pg.GLOBALS}", node).decode("utf-8", "replace")
     lines = [ln.strip() for ln in text.splitlines()]
     created: list[str] = []
-    with conn.connect() as con:
+    with conn.connect_server() as con:
         existing = {str(r[0]) for r in con.execute("SELECT rolname FROM pg_roles")}
         for ln in lines:
             m = _CREATE_ROLE.match(ln)
@@ -822,6 +890,28 @@ def server_warnings(
     return out
 
 
+def absent_databases(cfg: Config, env: Mapping[str, str], paths: Iterable[str]) -> dict[str, str]:
+    """The PostgreSQL databases among `paths` (postgres/<name>) that do not exist on their server,
+    each with the sentence saying so: a restore creates them, and there is nothing of them to save
+    beforehand. A server that cannot be asked is left to whoever connects next, to report."""
+    out: dict[str, str] = {}
+    for path in paths:
+        root, name = path.split("/", 1)
+        if root != "postgres":
+            continue
+        try:
+            entry = _entry(cfg.databases.postgres, "postgres", name)
+            assert isinstance(entry, PostgresDb)
+            conn = pg.connection_for(entry, env)
+            with conn.connect_server() as con:
+                exists = _database_exists(con, conn.database)
+        except (PhoenixError, psycopg.Error):
+            continue
+        if not exists:
+            out[path] = f"database {conn.database} does not exist on {_server(conn)}"
+    return out
+
+
 # -- for `phx restore --dry-run` -----------------------------------------------------------------
 
 
@@ -854,6 +944,11 @@ def preview_databases(
                     out.append(doc)
                     continue
                 doc.update(action="restore", target=conn.where, kind=manifest.get("kind"))
+                if manifest.get("kind") == "dump" and path in absent_databases(cfg, env, [path]):
+                    doc["action"] = "create"  # nothing there yet: every row is added
+                    doc["tables"] = {t: _delta(n, 0) for t, n in sorted(snap_rows.items())}
+                    out.append(doc)
+                    continue
                 live = _live_pg_rows(conn, manifest)
             else:
                 rentry = _entry(cfg.databases.redis, "redis", name)

@@ -617,8 +617,18 @@ class _Restore:
         if self.realign:
             wanted.setdefault(f"workspace/{alignment.MANIFEST}", "file")
             wanted.setdefault("workspace", "dir")
-        # Server databases restored in place are saved from their servers first, like files.
+        # Server databases restored in place are saved from their servers first, like files; one
+        # that does not exist yet has nothing to save (the restore creates it).
         servers = tuple(self._servers())
+        absent = _db().absent_databases(self.cfg, dict(self.envx.env), servers) if servers else {}
+        for path, why in absent.items():
+            message = (
+                f"{path}: {why}, so the safety snapshot holds nothing of it; the restore creates it (undoing the "
+                "restore does not drop it)"
+            )
+            self.envx.notice(message)
+            self.warn(message)
+        servers = tuple(s for s in servers if s not in absent)
         taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted, servers)
         assert taken.id is not None
         short = taken.id[:8]

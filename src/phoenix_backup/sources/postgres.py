@@ -88,6 +88,24 @@ class PgConn:
         port = d.get("port") or "5432"
         return f"{host}:{port}/{d.get('dbname') or d.get('user') or ''}"
 
+    @property
+    def database(self) -> str:
+        """The database this connects to (libpq's default: the user's name)."""
+        d = conninfo_to_dict(self.conninfo)
+        return str(d.get("dbname") or d.get("user") or os.environ.get("USER", ""))
+
+    def connect_server(self) -> psycopg.Connection[Any]:
+        """A connection to the same server for what is done outside the database itself (create
+        it, check it exists): to the `postgres` maintenance database, else `template1`."""
+        error: SourceError | None = None
+        for maintenance in ("postgres", "template1"):
+            try:
+                return self.with_database(maintenance).connect()
+            except SourceError as exc:
+                error = error or exc
+        assert error is not None
+        raise error
+
     def with_database(self, database: str) -> PgConn:
         d = conninfo_to_dict(self.conninfo)
         d["dbname"] = database
@@ -290,6 +308,18 @@ def user_tables(con: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     return [(str(s), str(t)) for s, t in rows]
 
 
+def database_settings(con: psycopg.Connection[Any]) -> dict[str, str]:
+    """The current database's owner, encoding and locale: what CREATE DATABASE needs to make it
+    again as it was."""
+    row = con.execute(
+        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype "
+        "FROM pg_database WHERE datname = current_database()"
+    ).fetchone()
+    if row is None:
+        return {}
+    return {"owner": str(row[0]), "encoding": str(row[1]), "collate": str(row[2]), "ctype": str(row[3])}
+
+
 def count_rows(con: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for schema, table in tables:
@@ -423,6 +453,7 @@ class PostgresDump(_Reader):
         super().__init__(entry, env)
         self._proc: subprocess.Popen[bytes] | None = None
         self.tool: Tool | None = None
+        self.database: dict[str, str] = {}
 
     def _prepare(self, con: psycopg.Connection[Any]) -> None:
         version, num = server_version(con)
@@ -433,6 +464,7 @@ class PostgresDump(_Reader):
         row = con.execute("SELECT current_database()").fetchone()
         assert row is not None
         self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
+        self.database = database_settings(con)
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -511,6 +543,11 @@ class PostgresDump(_Reader):
             "serverVersion": summary.server_version,
             "serverVersionNum": summary.server_version_num,
             "pgDump": {"path": str(tool.path), "version": tool.version},
+            # How to create the database again on a server that lacks it (a restore does).
+            "databaseOwner": self.database.get("owner"),
+            "encoding": self.database.get("encoding"),
+            "lcCollate": self.database.get("collate"),
+            "lcCtype": self.database.get("ctype"),
             "dumpFormat": "custom, uncompressed (pg_dump -Fc -Z0)",
             "extensions": summary.extensions,
             "tables": summary.tables,
