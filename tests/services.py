@@ -350,15 +350,24 @@ def vector_text(i: int, dims: int) -> str:
     return "[" + ",".join(f"{math.sin(i * 0.37 + d * 0.011):.6f}" for d in range(dims)) + "]"
 
 
+def _shared_database(pg: PgServer, prefix: str, agent_roles: tuple[str, ...], extensions: str) -> str:
+    """A new database with `extensions`, whose public schema OWNER_ROLE may use fully and the
+    agent roles (made without BYPASSRLS) may use."""
+    pg.ensure_role(OWNER_ROLE, ROLE_PASSWORD)
+    for role in agent_roles:
+        pg.ensure_role(role, ROLE_PASSWORD, "NOBYPASSRLS")
+    name = pg.create_database(prefix)
+    pg.sql(name, extensions)
+    users = ", ".join(f'"{r}"' for r in agent_roles)
+    pg.sql(name, f'GRANT ALL ON SCHEMA public TO "{OWNER_ROLE}"; GRANT USAGE ON SCHEMA public TO {users}')
+    return name
+
+
 def make_memory_db(pg: PgServer, *, rows_per_agent: int = 20, dims: int = 768) -> str:
     """A database with pgvector and pg_trgm, `memory_items` (vector(dims), HNSW and trigram
     indexes, row-level security by app.agent_id), `entities` (also agent-scoped) and `agents` (not);
     owned by OWNER_ROLE, used by AGENT_ROLE. Returns its name."""
-    pg.ensure_role(OWNER_ROLE, ROLE_PASSWORD)
-    pg.ensure_role(AGENT_ROLE, ROLE_PASSWORD, "NOBYPASSRLS")
-    name = pg.create_database("mem")
-    pg.sql(name, "CREATE EXTENSION vector; CREATE EXTENSION pg_trgm")
-    pg.sql(name, f'GRANT ALL ON SCHEMA public TO "{OWNER_ROLE}"; GRANT USAGE ON SCHEMA public TO "{AGENT_ROLE}"')
+    name = _shared_database(pg, "mem", (AGENT_ROLE,), "CREATE EXTENSION vector; CREATE EXTENSION pg_trgm")
     pg.sql(
         name,
         f"""
@@ -518,13 +527,8 @@ def make_argentos_db(pg: PgServer, *, scale: int = 1, dims: int = 768) -> str:
     trigger, and `agent_metrics` without a primary key. Per agent (times `scale`): 10 sessions,
     60 tasks (every sixth a subtask), 3 events and 1 tool call per task, 30 memories, 20 links,
     8 entities, 25 mentions, 50 metrics and the audit rows the triggers wrote. Returns its name."""
-    pg.ensure_role(OWNER_ROLE, ROLE_PASSWORD)
-    for role in AGENT_ROLES.values():
-        pg.ensure_role(role, ROLE_PASSWORD, "NOBYPASSRLS")
+    name = _shared_database(pg, "argentos", tuple(AGENT_ROLES.values()), "CREATE EXTENSION vector")
     roles = ", ".join(f'"{r}"' for r in AGENT_ROLES.values())
-    name = pg.create_database("argentos")
-    pg.sql(name, "CREATE EXTENSION vector")
-    pg.sql(name, f'GRANT ALL ON SCHEMA public TO "{OWNER_ROLE}"; GRANT USAGE ON SCHEMA public TO {roles}')
     pg.sql(
         name,
         f"""
