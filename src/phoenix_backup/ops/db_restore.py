@@ -546,6 +546,7 @@ def _analyze(con: psycopg.Connection[Any], tables: list[str] | None) -> list[str
 
 # How many keys not restored are named one by one in the warnings (all are in --json).
 SHOWN_KEYS = 50
+_UNKNOWN_REDIS = (99,)  # a server that does not say its version: every command is tried
 
 
 def _is_payload_refused(exc: BaseException) -> bool:
@@ -564,12 +565,13 @@ class RedisFeatures:
 
     @classmethod
     def of(cls, text: str) -> RedisFeatures:
+        """From a version text; a server that does not say is taken to have every command."""
         parts = tuple(int(p) for p in re.findall(r"\d+", text)[:3])
-        return cls(parts or (0,))
+        return cls(parts or _UNKNOWN_REDIS)
 
     @property
     def text(self) -> str:
-        return ".".join(str(p) for p in self.version)
+        return "of an unknown version" if self.version == _UNKNOWN_REDIS else ".".join(map(str, self.version))
 
     def has(self, *version: int) -> bool:
         return self.version >= version
