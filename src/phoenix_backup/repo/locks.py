@@ -14,7 +14,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,13 +82,28 @@ class LockInfo:
 
 
 class LockManager:
-    def __init__(self, backend: Backend, sealer: Sealer, notice: Callable[[str], None]) -> None:
+    def __init__(
+        self, backend: Backend, sealer: Sealer, notice: Callable[[str], None], also: Sequence[Sealer] = ()
+    ) -> None:
         self.backend = backend
         self.sealer = sealer
         self.notice = notice
+        # Other keys a lock may be sealed under: a `phx key rotate` killed on this machine left
+        # its lock under the key it was moving from or to (see Repository.__init__).
+        self.also = tuple(also)
 
     def read(self, name: str) -> LockInfo:
-        raw = self.sealer.open(self.backend.read(name), LOCK_AAD, name)
+        sealed = self.backend.read(name)
+        for other in self.also:
+            try:
+                raw = other.open(sealed, LOCK_AAD, name)
+            except CorruptObject:
+                continue
+            return self._parse(name, raw)
+        return self._parse(name, self.sealer.open(sealed, LOCK_AAD, name))
+
+    @staticmethod
+    def _parse(name: str, raw: bytes) -> LockInfo:
         try:
             d: dict[str, Any] = json.loads(raw)
             return LockInfo(
