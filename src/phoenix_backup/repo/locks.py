@@ -183,8 +183,24 @@ class HeldLock:
         self.command = command
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
+
+    def rekey(self, sealer: Sealer) -> None:
+        """Move this lock under another key (`phx key rotate` past its commit point, so that
+        readers with the new key can read it). The new lock object is written before the old one
+        goes: the repository is never unlocked in between."""
+        with self._mutex:
+            old = self.name
+            self.manager.sealer = sealer
+            self.name = f"locks/{secrets.token_hex(16)}"
+            self._write()
+            self.manager.backend.delete(old)
 
     def write(self) -> None:
+        with self._mutex:
+            self._write()
+
+    def _write(self) -> None:
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
@@ -213,7 +229,8 @@ class HeldLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.manager.backend.delete(self.name)
+        with self._mutex:
+            self.manager.backend.delete(self.name)
 
     def __enter__(self) -> HeldLock:
         return self

@@ -56,7 +56,7 @@ from phoenix_backup.repo.pack import (
     decode_header,
     pack_name,
 )
-from phoenix_backup.repo.pins import Pins
+from phoenix_backup.repo.pins import Pin, Pins
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Snapshot
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.storage.base import Backend
@@ -305,15 +305,22 @@ class Repository:
 
     @classmethod
     def open(
-        cls, backend: Backend, creds: keyslots.Credentials, *, pins: Pins | None = None, **kwargs: Any
+        cls,
+        backend: Backend,
+        creds: keyslots.Credentials,
+        *,
+        pins: Pins | None = None,
+        expect: str | None = None,
+        **kwargs: Any,
     ) -> Repository:
         """Open with the slot that holds the repository's secrets: a slot of an allowed method
         (`creds.methods`) that these credentials open, whose secrets authenticate the config and,
-        with `pins`, have the fingerprint this user pinned (pinned now if this is a first use)."""
+        with `pins`, have the fingerprint this user pinned (pinned now if this is a first use).
+        `expect` checks against that fingerprint instead of a pin (for `phx key trust`)."""
         config = cls.read_config(backend)
         slots = cls.read_key_slots(backend)
         notice = kwargs.get("notice") or (lambda _m: None)
-        slot, master, also = _choose_secrets(backend.location, config, slots, creds, pins, notice)
+        slot, master, also = _choose_secrets(backend.location, config, slots, creds, pins, notice, expect)
         repo = cls(backend, config, master, also=also, **kwargs)
         repo.opened_with = slot.id
         return repo
@@ -700,6 +707,29 @@ def _started(snap: Snapshot) -> float:
         return 0.0
 
 
+def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:
+    """Whether object `name` (a pack, index or snapshot) authenticates under `sealer`: how a key
+    rotation tells the objects of one key from those of another."""
+    try:
+        if name.startswith("data/"):
+            info = backend.stat(name)
+            if info is None or info.size < 4:
+                return False
+            (hlen,) = struct.unpack("<I", backend.read_range(name, info.size - 4, 4))
+            if hlen > min(MAX_HEADER, info.size - 4):
+                return False
+            sealer.open(backend.read_range(name, info.size - 4 - hlen, hlen), HEADER_AAD, name)
+        elif name.startswith("index/"):
+            sealer.open(backend.read(name), INDEX_AAD, name)
+        elif name.startswith("snapshots/"):
+            sealer.open(backend.read(name), SNAPSHOT_AAD, name)
+        else:
+            return False
+    except (CorruptObject, ObjectNotFound):
+        return False
+    return True
+
+
 # -- which secrets are the repository's ----------------------------------------------------
 
 
@@ -710,6 +740,7 @@ def _choose_secrets(
     creds: keyslots.Credentials,
     pins: Pins | None,
     notice: Callable[[str], None],
+    expect: str | None = None,
 ) -> tuple[keyslots.KeySlot, keyslots.MasterSecrets, list[keyslots.MasterSecrets]]:
     """The slot and secrets that open the repository, and the other secrets of an unfinished
     rotation (for its leftover locks).
@@ -720,6 +751,8 @@ def _choose_secrets(
     (first use on this machine) every slot that opens is looked at: two different keys are
     refused rather than guessed between."""
     pin = pins.get(config.id) if pins is not None else None
+    if expect is not None:
+        pin, pins = Pin(config.id, expect, format=config.version), None
     if pins is not None and pin is None:
         other = pins.id_at(location)
         if other is not None:

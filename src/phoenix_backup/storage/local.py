@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from phoenix_backup.errors import NoSpace, ObjectExists, ObjectNotFound, RepositoryExists, StorageError
-from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, validate_name
+from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, is_valid_name, validate_name
 
 _FOLDERS = FOLDERS
 
@@ -150,15 +150,21 @@ class LocalBackend(Backend):
         folder = prefix.rstrip("/")
         base = self.root / folder
         try:
+            # Only names of the format's shapes: a planted `keys/evil` or `snapshots/x y` is none of
+            # ours, and must neither reach the file system nor stop the repository from opening.
             if folder == "data":
                 for sub in sorted(base.iterdir()):
+                    if not sub.is_dir() or sub.is_symlink():
+                        continue
                     for entry in os.scandir(sub):
-                        if TEMP_MARKER not in entry.name:
-                            yield ObjectInfo(f"data/{sub.name}/{entry.name}", entry.stat().st_size)
+                        name = f"data/{sub.name}/{entry.name}"
+                        if TEMP_MARKER not in entry.name and is_valid_name(name):
+                            yield ObjectInfo(name, entry.stat().st_size)
             else:
                 for entry in os.scandir(base):
-                    if TEMP_MARKER not in entry.name:
-                        yield ObjectInfo(f"{folder}/{entry.name}", entry.stat().st_size)
+                    name = f"{folder}/{entry.name}"
+                    if TEMP_MARKER not in entry.name and is_valid_name(name):
+                        yield ObjectInfo(name, entry.stat().st_size)
         except FileNotFoundError:
             return
         except OSError as exc:
