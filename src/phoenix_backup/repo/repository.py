@@ -177,6 +177,8 @@ class RepoConfig:
             run = _int(d["sqliteRunPages"])
             if not 1 <= run <= 4096:
                 raise CorruptObject(f"the repository config at {where} has an impossible sqliteRunPages")
+            if not isinstance(d["created"], str):
+                raise CorruptObject(f"the repository config at {where} has no creation time")
             encryption = d["encryption"]
             if encryption not in ("aes-256-gcm", "none"):
                 raise CorruptObject(f"the repository config at {where} names unknown encryption {encryption!r}")
@@ -786,7 +788,11 @@ def _choose_secrets(
         if pin is not None and pin.next is None:
             break  # pinned, and no rotation to look for: the first match is the one
     distinct = {m.fingerprint for _s, m in found}
-    if found and pin is None and (len(distinct) > 1 or unauthenticated):
+    # Without a pin, an age or gpg slot that opens but does not authenticate the config may be the
+    # owner's, beside a config the attacker replaced: refuse rather than guess. (Anyone can write
+    # such a slot; nobody but the owner can write a passphrase slot the owner's passphrase opens.)
+    public_key = any(s.type in ("age", "gpg") for s, _p in unauthenticated)
+    if found and pin is None and (len(distinct) > 1 or public_key):
         raise KeyChanged(
             f"the key slots of the repository at {location} open different keys and this machine has not "
             "used it before: someone who can write the storage may have added slots of their own; check "
