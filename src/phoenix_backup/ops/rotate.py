@@ -44,9 +44,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import RepositoryError, UsageError
+from phoenix_backup.errors import UsageError
 from phoenix_backup.ops.context import Environment, credentials, open_repository, pins
-from phoenix_backup.ops.prune import _used_blobs
+from phoenix_backup.ops.prune import _refuse_if_damaged, _used_blobs
 from phoenix_backup.ops.replicate import TargetReport, replicate_all
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
@@ -124,13 +124,7 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
 
         snapshots = repo.list_snapshots()
         repo.load_index()
-        problems = {**repo.problems.snapshots, **repo.problems.index}
-        if problems:
-            first = sorted(problems)[0]
-            raise RepositoryError(
-                f"{len(problems)} snapshot or index object(s) cannot be read (first: {first}); a rotation "
-                "would lose what they hold, so nothing was changed; run `phx verify` to see what is damaged"
-            )
+        _refuse_if_damaged(repo, "a rotation would lose what they hold, so nothing was changed")
         used = _used_blobs(repo, snapshots)
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]

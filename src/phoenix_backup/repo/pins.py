@@ -37,6 +37,7 @@ from typing import Any
 
 from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import ConfigError
+from phoenix_backup.storage.local import fsync_dir
 
 PINS_FILE = "pins.json"
 PINS_VERSION = 1
@@ -147,11 +148,7 @@ class Pins:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.path.parent)
 
     def record(
         self,

@@ -121,7 +121,7 @@ class LocalBackend(Backend):
                 os.unlink(tmp)
             else:
                 os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except FileExistsError as exc:
             _unlink_quietly(tmp)
             raise ObjectExists(f"object {name} already exists in {self.root}") from exc
@@ -132,7 +132,7 @@ class LocalBackend(Backend):
     def delete(self, name: str) -> None:
         try:
             self._path(name).unlink()
-            _fsync_dir(self._path(name).parent)
+            fsync_dir(self._path(name).parent)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -187,7 +187,8 @@ def _drop_cached(fd: int) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (the folder entry is written too)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
