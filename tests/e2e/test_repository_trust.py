@@ -284,3 +284,30 @@ def test_gpg_slot_names_no_key_and_opens_only_with_the_configured_key(make_sandb
     finally:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_format_1_repository_is_read_and_upgraded_by_the_next_backup(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A repository as Phoenix wrote it before format 2: config without MAC, key slot with host,
+    user and label in the clear. It still lists and restores; the next backup upgrades it."""
+    sb = backed_up
+    doc = json.loads((sb.repo / "config").read_text())
+    doc["version"] = 1
+    del doc["mac"]
+    (sb.repo / "config").write_text(json.dumps(doc, indent=2))
+    for path in (sb.repo / "keys").iterdir():
+        slot = keys.KeySlot.from_json(path.read_bytes())
+        info = keys.SlotInfo("2026-01-01T00:00:00Z", "old-host", "old-user", "passphrase", authenticated=False)
+        old = keys.KeySlot(slot.id, slot.type, slot.params, slot.data, info=info, version=1)
+        path.write_bytes(old.to_json())
+        assert b"old-host" in path.read_bytes()
+    fresh = sb.env_with(XDG_DATA_HOME=str(tmp_path / "data"))
+    assert len(sb.phx("list", "--json", env=fresh).json()) == 1
+    assert sb.phx("key", "list", "--json", env=fresh).json()[0]["status"] == "unverified"
+    res = sb.phx("backup", "--json", env=fresh)
+    assert "upgraded the repository" in res.err, res
+    assert json.loads((sb.repo / "config").read_text())["version"] == 2
+    for path in (sb.repo / "keys").iterdir():
+        assert b"old-host" not in path.read_bytes()
+    listing = sb.phx("key", "list", "--json", env=fresh).json()
+    assert [(s["status"], s["host"]) for s in listing] == [("ok", "old-host")], listing
+    assert len(sb.snapshots()) == 2 and sb.verify()["ok"]
