@@ -134,7 +134,7 @@ DEFAULT_POINTS = ["the first new pack written", "the config rewritten (commit po
 def test_rotation_killed_at_any_point_leaves_every_snapshot_restorable(
     make_sandbox, tmp_path: Path, point: str
 ) -> None:
-    sb: Sandbox = make_sandbox(size=12_000_000, seed=5)
+    sb: Sandbox = make_sandbox(size=8_000_000, seed=5)
     _two_snapshots(sb)
     names = [s["name"] for s in sb.snapshots()]
     expected = {n: _restored(sb, n, tmp_path / "expected") for n in names}
