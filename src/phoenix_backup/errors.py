@@ -75,6 +75,15 @@ class MissingCredentials(RepositoryError):
     exit_status = ExitStatus.USAGE
 
 
+class KeyChanged(RepositoryError):
+    """The repository's key (or identity) is not the one this machine pinned: it may have been
+    replaced by someone who can write the storage. `phx key trust` re-pins it once checked."""
+
+
+class ConfigNotAuthenticated(RepositoryError):
+    """The repository's `config` is not authenticated by the key that opened it."""
+
+
 class CorruptObject(RepositoryError):
     """An object's bytes do not match its name, checksum or authentication tag."""
 

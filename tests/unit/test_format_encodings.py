@@ -35,6 +35,7 @@ from phoenix_backup.repo.crypto import (
     sha256_hex,
 )
 from phoenix_backup.repo.index import INDEX_AAD, Index, decode_index, encode_index
+from phoenix_backup.repo.keys import MasterSecrets
 from phoenix_backup.repo.pack import (
     HEADER_AAD,
     PackBuilder,
@@ -594,14 +595,15 @@ def repo_configs(draw: st.DrawFn) -> RepoConfig:
     lo = draw(st.integers(64, 2**20))
     avg = draw(st.integers(lo + 256, lo + 4 * 2**20))
     hi = draw(st.integers(max(avg, 1024), 16 * 2**20))
+    secrets = MasterSecrets(draw(ids), draw(ids), draw(st.integers(1, 2**63 - 1)))
     return RepoConfig(
-        id=draw(hex_ids),
+        id=draw(st.binary(min_size=16, max_size=16)).hex(),
         version=FORMAT_VERSION,
         created=draw(times),
         encrypted=draw(st.booleans()),
         chunker={"min": lo, "avg": avg, "max": hi},
         sqlite_run_pages=draw(st.integers(1, 4096)),
-    )
+    ).signed(secrets)
 
 
 @given(repo_configs())
@@ -611,7 +613,7 @@ def test_repo_config_round_trip(config: RepoConfig) -> None:
     assert json.loads(raw)["format"] == "phoenix-repository"
 
 
-@pytest.mark.parametrize("version", [2, 99, 2**40])
+@pytest.mark.parametrize("version", [3, 99, 2**40])
 def test_repo_config_of_a_newer_version_is_unsupported(version: int) -> None:
     config = RepoConfig(
         "ab" * 16, FORMAT_VERSION, "2026-01-01T00:00:00+00:00", False, {"min": 64, "avg": 128, "max": 256}, 64

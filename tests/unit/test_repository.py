@@ -58,7 +58,9 @@ def init_repo(path: Path, kind: str, **kwargs) -> Repository:
 
 
 def open_repo(path: Path, **kwargs) -> Repository:
-    return Repository.open(LocalBackend(path), keys.Credentials(passphrase=PASSPHRASE), **kwargs)
+    return Repository.open(
+        LocalBackend(path), keys.Credentials(passphrase=PASSPHRASE, methods=frozenset({"passphrase", "none"})), **kwargs
+    )
 
 
 @pytest.fixture

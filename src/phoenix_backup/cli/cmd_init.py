@@ -49,7 +49,8 @@ def init(
         identity_file=identity_file,
     )
     text = f"wrote {result.config_path}\n" + (
-        f"created repository {result.repository} (encryption: {result.encryption})"
+        f"created repository {result.repository} (encryption: {result.encryption})\n"
+        f"key fingerprint {result.fingerprint} (note it: a new machine can check it with `phx key trust`)"
         if result.repository_created
         else f"kept existing repository {result.repository}"
     )

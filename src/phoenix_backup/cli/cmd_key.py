@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import manage
 from phoenix_backup.ops.context import Environment
@@ -27,9 +27,37 @@ def key_list(out: Out, envx: Environment, config_path: str | None) -> ExitStatus
     Example: phx key list --json
     """
     cfg = load_config(out, envx, config_path)
-    slots = manage.key_list(cfg, envx)
-    rows = [[s.id, s.type, s.label, s.created, s.host, "*" if s.current else ""] for s in slots]
-    out.result([s.to_json() for s in slots], render.table(["ID", "TYPE", "LABEL", "CREATED", "HOST", "CURRENT"], rows))
+    listing = manage.key_list(cfg, envx)
+    rows = [[s.id, s.type, s.label, s.created, s.host, s.status, "*" if s.current else ""] for s in listing.slots]
+    header = f"repository {listing.repository}, key fingerprint {listing.fingerprint}\n"
+    out.result(
+        [{**s.to_json(), "repository": listing.repository, "fingerprint": listing.fingerprint} for s in listing.slots],
+        header + render.table(["ID", "TYPE", "LABEL", "CREATED", "HOST", "STATUS", "CURRENT"], rows),
+    )
+    return ExitStatus.OK
+
+
+@key.command(name="trust")
+@click.argument("fingerprint")
+@target_option
+@common
+def key_trust(out: Out, envx: Environment, config_path: str | None, fingerprint: str, target: str | None) -> ExitStatus:
+    """Trust the repository's key after you checked its fingerprint (a key rotated on another
+    machine, a repository re-created on purpose, or before a first use on a new machine).
+
+    Phoenix records each repository's key fingerprint the first time it opens it, and refuses a
+    repository whose key changed. This opens it, and trusts it only if its key has FINGERPRINT.
+
+    Example: phx key trust 3f2a:91c0:5d7e:0b44:c1a9:7e20:8f53:6d1b
+    """
+    cfg = load_config(out, envx, config_path)
+    check_target(target, cfg, envx)
+    result = manage.key_trust(cfg, envx, fingerprint)
+    before = f" (was {result.previous})" if result.previous and result.previous != result.fingerprint else ""
+    out.result(
+        result.to_json(),
+        f"trusting key {result.fingerprint}{before} for repository {result.repository} at {result.location}",
+    )
     return ExitStatus.OK
 
 
@@ -76,3 +104,38 @@ def key_passwd(out: Out, envx: Environment, config_path: str | None) -> ExitStat
     slot = manage.key_passwd(cfg, envx)
     out.result(slot.to_json(), f"passphrase changed (new key slot {slot.id})")
     return ExitStatus.OK
+
+
+@key.command(name="rotate")
+@common
+def key_rotate(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
+    """Replace the repository's encryption key: old key slots (and copies of them, such as a Git
+    target's history) then open nothing written afterwards.
+
+    Every blob a snapshot still needs is re-sealed into new packs, the index and snapshots are
+    re-written, and the old objects and slots are deleted, under the exclusive lock; then every
+    other target is brought over. Slots whose credential is not known here (other passphrases)
+    are dropped and listed: add them again with `phx key add`. Other machines that use the
+    repository must then trust the new fingerprint (`phx key trust`).
+
+    Example: PHX_PASSPHRASE=... phx key rotate
+    """
+    from phoenix_backup.ops import rotate
+
+    cfg = load_config(out, envx, config_path)
+    result = rotate.rotate(cfg, envx)
+    if result.finished_earlier:
+        text = f"finished the interrupted key rotation: key fingerprint {result.fingerprint}"
+    else:
+        text = (
+            f"rotated the key of repository {result.repository} in {result.seconds:.1f} s: {result.snapshots} "
+            f"snapshot(s), {result.blobs} blob(s) re-sealed into {result.packs} pack(s)\n"
+            f"new key fingerprint {result.fingerprint} (was {result.previous}); on every other machine that "
+            f"uses this repository, check it and run `phx key trust {result.fingerprint}`"
+        )
+        if result.dropped:
+            text += f"\ndropped key slot(s) {', '.join(result.dropped)}: add them again with `phx key add`"
+    for name, report in result.targets.items():
+        text += f"\ntarget {name}: " + ("ok" if report.ok else f"failed ({report.error}); `phx sync` retries")
+    out.result(result.to_json(), text)
+    return ExitStatus.of_targets([True, *(r.ok for r in result.targets.values())])

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ConfigError, MissingCredentials, RepositoryNotFound, UsageError
+from phoenix_backup.errors import ConfigError, MissingCredentials, RepositoryLocked, RepositoryNotFound, UsageError
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
+from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -79,16 +80,26 @@ def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "reposit
 
 
 def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
+    """The user's credentials, and the slot methods allowed to open the repository: the configured
+    one, plus passphrase slots when a passphrase is given in the environment (a passphrase slot
+    proves the passphrase; a `none`, age or gpg slot of a method the owner did not choose proves
+    nothing)."""
     enc = cfg.encryption
     identities: tuple[str, ...] = ()
     if enc.identity_file is not None:
         identities = keyslots.load_age_identities(enc.identity_file)
     gnupg = envx.env.get("GNUPGHOME")
     needs_passphrase = not enc.enabled or enc.method == "passphrase"
+    secret = passphrase(cfg, envx) if needs_passphrase and enc.enabled else _env_passphrase(envx)
+    methods = {enc.method} if enc.enabled else {"none"}
+    if secret is not None:
+        methods.add("passphrase")
     return keyslots.Credentials(
-        passphrase=passphrase(cfg, envx) if needs_passphrase and enc.enabled else _env_passphrase(envx),
+        passphrase=secret,
         age_identities=identities,
         gpg_homedir=Path(gnupg) if gnupg else None,
+        gpg_key_ids=(enc.key_id,) if enc.enabled and enc.method == "gpg" and enc.key_id else (),
+        methods=frozenset(methods),
     )
 
 
@@ -171,12 +182,34 @@ def open_repository(cfg: Config, envx: Environment, *, create: bool = False, tar
                 hint = f"run `phx sync --target {name}` to copy the repository there"
             raise RepositoryNotFound(f"no repository at {backend.location} (target {name}); {hint}")
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
-            return Repository.open(backend, credentials(cfg, envx), compression=compressor_for(cfg), notice=envx.notice)
+            return _open(cfg, envx, backend, upgrade=True)
         factory, encrypted = new_key_slot(cfg, envx)
-        repo = Repository.init(backend, factory, encrypted, compression=compressor_for(cfg), notice=envx.notice)
+        repo = Repository.init(
+            backend, factory, encrypted, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
+        )
         envx.notice(f"created a new repository at {backend.location}")
         return repo
-    return Repository.open(backend, credentials(cfg, envx), compression=compressor_for(cfg), notice=envx.notice)
+    return _open(cfg, envx, backend, upgrade=create)
+
+
+def pins(envx: Environment) -> Pins:
+    """This user's pins of repository keys (in the data dir)."""
+    return Pins.for_env(envx.env)
+
+
+def _open(cfg: Config, envx: Environment, backend: Backend, *, upgrade: bool) -> Repository:
+    """Open with the configured credentials, checked against this user's pin. A command that
+    writes (`upgrade`) brings a format 1 repository to the current format first, unless another
+    process holds a lock there (then a later run does it)."""
+    repo = Repository.open(
+        backend, credentials(cfg, envx), pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
+    )
+    if upgrade:
+        try:
+            repo.upgrade()
+        except RepositoryLocked:
+            envx.notice("the repository is busy; its upgrade to the current format waits for a later run")
+    return repo
 
 
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:

@@ -32,7 +32,9 @@ from phoenix_backup.config import Config, find_config_path
 from phoenix_backup.config.defaults import DEFAULT_SQLITE
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import (
+    ConfigNotAuthenticated,
     ExitStatus,
+    KeyChanged,
     MissingCredentials,
     PhoenixError,
     RepositoryNotFound,
@@ -416,10 +418,17 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
         if not any(c.name == "credentials" and c.status == "fail" for c in result.checks):
             result.add("credentials", "fail", message, fix or None)
         return None, envx
+    except (KeyChanged, ConfigNotAuthenticated) as exc:
+        message, _, fix = str(exc).partition("; ")
+        result.add("key", "fail", message, fix or None)
+        return None, envx
     except PhoenixError:
         return None, envx  # reported by the target check
     slot = repo.opened_with or "?"
     result.add("credentials", "ok", f"the repository of target {first} opens (key slot {slot[:8]})")
+    result.add(
+        "key", "ok", f"repository {repo.config.id[:8]} has the key this machine trusts: {repo.secrets.fingerprint}"
+    )
     return repo, envx
 
 

@@ -13,7 +13,7 @@ from phoenix_backup.config import (
     write_config,
 )
 from phoenix_backup.config.defaults import SEARCH_PATHS
-from phoenix_backup.errors import ConfigError, MissingCredentials, PhoenixError, UsageError
+from phoenix_backup.errors import ConfigError, KeyChanged, MissingCredentials, PhoenixError, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.locks import LockInfo
@@ -28,6 +28,7 @@ class InitResult:
     repository: str
     repository_created: bool
     encryption: str
+    fingerprint: str | None = None  # of the new repository's key (None when it was kept as it was)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -36,6 +37,7 @@ class InitResult:
             "repository": self.repository,
             "repositoryCreated": self.repository_created,
             "encryption": self.encryption,
+            "fingerprint": self.fingerprint,
         }
 
 
@@ -76,14 +78,15 @@ def init(
     cfg = parse_config(data, target, envx.env)  # validate before writing anything
     backend = target_backend(cfg, envx, enabled_targets(cfg)[0])
     created = False
+    fingerprint = None
     if not backend.exists():
         # Raises RepositoryExists for a non-empty folder that holds no repository.
-        open_repository(cfg, envx, create=True)
+        fingerprint = open_repository(cfg, envx, create=True).secrets.fingerprint
         created = True
     else:
         envx.notice(f"a repository already exists at {backend.location}; it was left as it is")
     write_config(target, data, force=force)
-    return InitResult(target, True, backend.location, created, encryption)
+    return InitResult(target, True, backend.location, created, encryption, fingerprint)
 
 
 def load(envx: Environment, config_path: str | None) -> Config:
@@ -159,6 +162,10 @@ class KeySlotInfo:
     host: str
     username: str
     current: bool  # the slot that opened the repository in this run
+    # "ok": its sealed metadata is authenticated by the repository's key; "unverified": a format 1
+    # slot (metadata in the clear); "other key": sealed under other secrets (a planted slot, or
+    # a leftover of an interrupted `phx key rotate`).
+    status: str = "ok"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -169,15 +176,74 @@ class KeySlotInfo:
             "host": self.host,
             "username": self.username,
             "current": self.current,
+            "status": self.status,
         }
 
 
-def key_list(cfg: Config, envx: Environment) -> list[KeySlotInfo]:
+@dataclass(frozen=True)
+class KeyListing:
+    repository: str  # the repository id
+    fingerprint: str  # of the key that opened it (the pinned one)
+    slots: list[KeySlotInfo]
+
+
+def key_list(cfg: Config, envx: Environment) -> KeyListing:
     repo = open_repository(cfg, envx)
-    return [
-        KeySlotInfo(s.id, s.type, s.label, s.created, s.host, s.username, s.id == repo.opened_with)
-        for s in sorted(Repository.read_key_slots(repo.backend), key=lambda s: s.created)
-    ]
+    slots = []
+    for raw in Repository.read_key_slots(repo.backend):
+        s = raw.with_info(repo.secrets)
+        status = "unverified" if s.version == 1 else ("ok" if s.info is not None else "other key")
+        current = s.id == repo.opened_with
+        slots.append(KeySlotInfo(s.id, s.type, s.label, s.created, s.host, s.username, current, status))
+    slots.sort(key=lambda s: (s.created, s.id))
+    return KeyListing(repo.config.id, repo.secrets.fingerprint, slots)
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    repository: str
+    location: str
+    fingerprint: str
+    previous: str | None  # the fingerprint pinned before, if any
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "repository": self.repository,
+            "location": self.location,
+            "fingerprint": self.fingerprint,
+            "previous": self.previous,
+        }
+
+
+def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
+    """`phx key trust FINGERPRINT`: pin the repository of the first target (or `--target`) to the
+    key with this fingerprint, after the user checked it (a rotation on another machine, a
+    repository re-created on purpose, or ahead of a first use on a new machine). Opens the
+    repository without the pin, and pins only when its key has exactly this fingerprint."""
+    from phoenix_backup.ops.context import credentials, pins
+
+    try:
+        wanted = keyslots.format_fingerprint(fingerprint)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; copy it from `phx key list` or `phx key rotate` on a machine you trust") from None
+    name = envx.target or enabled_targets(cfg)[0]
+    backend = target_backend(cfg, envx, name)
+    try:
+        config = Repository.read_config(backend)
+        store = pins(envx)
+        previous = store.get(config.id)
+        try:
+            # Checked as if `wanted` were pinned: a slot of any other key is refused as always.
+            repo = Repository.open(backend, credentials(cfg, envx), expect=wanted)
+        except KeyChanged:
+            raise KeyChanged(
+                f"the repository at {backend.location} does not have the key {wanted}; nothing was trusted "
+                "(check the fingerprint again on the machine that created or rotated it)"
+            ) from None
+        store.record(config.id, backend.location, wanted, format=repo.config.version, retrust=True)
+    finally:
+        backend.close()
+    return TrustResult(config.id, backend.location, wanted, previous.fingerprint if previous else None)
 
 
 def new_passphrase(envx: Environment) -> str:

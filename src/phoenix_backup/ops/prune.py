@@ -335,15 +335,18 @@ def listing_size(repo: Repository, pack_id: str) -> int:
     return info.size if info is not None else 0
 
 
-def _refuse_if_damaged(repo: Repository) -> None:
+def _refuse_if_damaged(
+    repo: Repository, consequence: str = "prune would delete data they may need, so it refuses"
+) -> None:
     """Prune decides what is garbage from what it can read: an unreadable snapshot's data would
-    look unreferenced, and an unreadable index hides where blobs live. It refuses instead."""
+    look unreferenced, and an unreadable index hides where blobs live. It refuses instead (and so
+    does a key rotation, which would leave them behind under the retired key)."""
     problems = {**repo.problems.snapshots, **repo.problems.index}
     if problems:
         first = sorted(problems)[0]
         raise RepositoryError(
-            f"{len(problems)} snapshot or index object(s) cannot be read (first: {first}); prune would "
-            "delete data they may need, so it refuses; run `phx verify` to see what is damaged"
+            f"{len(problems)} snapshot or index object(s) cannot be read (first: {first}); {consequence}; "
+            "run `phx verify` to see what is damaged"
         )
 
 

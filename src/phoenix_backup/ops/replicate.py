@@ -8,12 +8,18 @@ the same objects under the same names. For each replica, in its own thread:
 2. take a shared lock on it (locks belong to one target and are never copied);
 3. abort multipart uploads that interrupted runs left (all of them when no other process holds
    a lock there, otherwise those older than a day);
-4. mirror the key slots (a slot removed with `phx key remove/passwd` must stop opening replicas);
+4. copy the key slots it lacks (or holds in another version);
 5. copy every index object the replica lacks together with the packs it lists that the replica
    lacks (several uploads in flight; data packs marked cold for S3's storage class), then those
    index objects;
 6. only when all of that succeeded, copy the snapshot objects it lacks, oldest first, each
-   followed by a checkpoint (Git: one commit naming the snapshot); then publish (Git: push).
+   followed by a checkpoint (Git: one commit naming the snapshot);
+7. when the first target's config differs (after `phx key rotate`, or a format upgrade), copy it:
+   the replica's commit point. Then (and whenever the replica still holds slots the first target
+   does not) delete the replica's packs, index objects and snapshots that the first target lacks
+   and that the current key does not authenticate: what the retired key sealed;
+8. delete the key slots the first target no longer has (a slot removed with `phx key
+   remove/passwd/rotate` must stop opening replicas); then publish (Git: push).
 
 A crash or a failure at any step therefore leaves no replica holding a snapshot whose data is
 missing, and the next run (or `phx sync`) copies what is still missing. Every copied object is
@@ -36,7 +42,7 @@ from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.index import INDEX_AAD, decode_index
 from phoenix_backup.repo.locks import LockManager
 from phoenix_backup.repo.pack import pack_name
-from phoenix_backup.repo.repository import RepoConfig, Repository
+from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend
 
@@ -57,6 +63,7 @@ class TargetReport:
     bytes: int = 0
     snapshots: int = 0  # snapshot objects copied
     keys_removed: int = 0
+    retired: int = 0  # objects of a retired key deleted (after `phx key rotate`)
     uploads_aborted: int = 0
     seconds: float = 0.0
 
@@ -78,6 +85,7 @@ class TargetReport:
             "bytes": self.bytes,
             "snapshots": self.snapshots,
             "keysRemoved": self.keys_removed,
+            "retired": self.retired,
             "uploadsAborted": self.uploads_aborted,
             "seconds": round(self.seconds, 3),
             "bytesPerSecond": round(self.throughput),
@@ -128,18 +136,21 @@ def replicate(repo: Repository, name: str, dest: Backend, envx: Environment) -> 
 
 def _replicate(repo: Repository, dest: Backend, envx: Environment, report: TargetReport) -> None:
     source = repo.backend
+    switched = False
     if not dest.exists():
         seed_repository(source, dest)
         report.initialised = True
         report.objects += 2
         envx.notice(f"initialised target {report.name} at {dest.location}")
     else:
-        theirs = RepoConfig.from_bytes(dest.read("config"), dest.location)
+        raw = dest.read("config")
+        theirs = RepoConfig.from_bytes(raw, dest.location)
         if theirs.id != repo.config.id:
             raise RepositoryError(
                 f"{dest.location} holds another repository (id {theirs.id[:8]}, not {repo.config.id[:8]}); "
                 f"point targets.{report.name} at an empty location or empty it"
             )
+        switched = raw != source.read("config")
     locks = LockManager(dest, repo.sealer, envx.notice)
     with locks.acquire(exclusive=False, command="replicate") as held:
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
@@ -148,7 +159,7 @@ def _replicate(repo: Repository, dest: Backend, envx: Environment, report: Targe
         # copies the object again. Nothing is ever half-written.)
         alone = all(info.name == held.name for info in locks.all())
         report.uploads_aborted = dest.abort_abandoned_uploads(everything=alone)
-        _mirror_keys(source, dest, report)
+        stale_keys = _add_keys(source, dest, report)
         present = {info.name for info in dest.list("data/")}
         present_index = {info.name for info in dest.list("index/")}
         missing_index = sorted({info.name for info in source.list("index/")} - present_index)
@@ -168,19 +179,40 @@ def _replicate(repo: Repository, dest: Backend, envx: Environment, report: Targe
             _copy_one(source, dest, obj, False, report)
             report.snapshots += 1
             dest.checkpoint(f"phoenix snapshot {snap.name} ({snap.id[:8]})")
+        if switched:
+            dest.write("config", source.read("config"))
+            report.objects += 1
+        if switched or stale_keys:
+            _remove_retired(repo, dest, report)
+        for name in stale_keys:
+            dest.delete(name)
+            report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
     dest.publish()
 
 
-def _mirror_keys(source: Backend, dest: Backend, report: TargetReport) -> None:
+def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]:
+    """Copy the slots `dest` lacks or holds in another version; return the slots only `dest`
+    holds, which go once the config is the first target's (a replica is never left without a
+    slot that opens it)."""
     ours = {info.name for info in source.list("keys/")}
     theirs = {info.name for info in dest.list("keys/")}
-    for name in sorted(ours - theirs):
-        _copy_one(source, dest, name, False, report)
-    if ours:  # never leave a replica without a slot
-        for name in sorted(theirs - ours):
-            dest.delete(name)
-            report.keys_removed += 1
+    for name in sorted(ours):
+        if name not in theirs or dest.read(name) != source.read(name):
+            _copy_one(source, dest, name, False, report)
+    return sorted(theirs - ours) if ours else []
+
+
+def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> None:
+    """Delete the replica's packs, index objects and snapshots that the first target lacks and the
+    repository's key does not authenticate: after a key rotation, what the retired key sealed
+    (its snapshots were re-sealed under the new key and copied before)."""
+    for prefix in ("snapshots/", "index/", "data/"):
+        ours = {info.name for info in repo.backend.list(prefix)}
+        for info in list(dest.list(prefix)):
+            if info.name not in ours and not sealed_with(dest, info.name, repo.sealer):
+                dest.delete(info.name)
+                report.retired += 1
 
 
 def _index_packs(repo: Repository, name: str) -> dict[str, list[BlobType]]:

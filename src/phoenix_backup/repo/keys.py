@@ -1,9 +1,20 @@
 """Master secrets and the key slots that wrap them (passphrase, age, gpg, none).
 
-A repository has one set of random master secrets, chosen once at `init` and never changed: they
-key the AEAD of every object, the BLAKE3 blob ids and the FastCDC gear table. Each key slot (one
-`keys/…` object) holds those secrets wrapped for one way of opening the repository, so slots can
-be added and removed (`phx key add|remove|passwd`) without rewriting a single data pack.
+A repository has one set of random master secrets: they key the AEAD of every object, the
+BLAKE3 blob ids and the FastCDC gear table. Each key slot (one `keys/…` object) holds those
+secrets wrapped for one way of opening the repository, so slots can be added and removed
+(`phx key add|remove|passwd`) without rewriting a single data pack; `phx key rotate` replaces the
+encryption key (ops/rotate.py).
+
+A slot keeps in the clear only what opening needs (the scrypt parameters of a passphrase slot).
+Its label, creator and age recipients or GPG key are sealed under the master secrets
+(`SlotInfo`), so a reader of the storage learns nothing about who opens the repository, and
+only someone holding the secrets can write slot metadata that authenticates.
+
+Opening proves less than it seems for public-key slots: anyone can encrypt a fresh set of secrets
+to the owner's age recipient or GPG key. Which secrets are the repository's is therefore decided
+by the repository's authenticated `config` and the client's pin (repo/repository.py,
+repo/pins.py), never by the first slot that opens.
 """
 
 from __future__ import annotations
@@ -18,12 +29,13 @@ import shutil
 import socket
 import subprocess
 import unicodedata
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+import blake3
 import pyrage
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -45,9 +57,12 @@ __all__ = [
     "Credentials",
     "KeySlot",
     "MasterSecrets",
+    "SlotInfo",
     "SlotType",
+    "format_fingerprint",
     "load_age_identities",
     "open_any",
+    "open_slots",
     "unwrap",
     "wrap_age",
     "wrap_gpg",
@@ -59,7 +74,9 @@ SlotType = Literal["passphrase", "age", "gpg", "none"]
 SLOT_TYPES: tuple[str, ...] = get_args(SlotType)
 
 MASTER_SECRETS_FORMAT_VERSION = 1
-KEY_SLOT_FORMAT_VERSION = 1
+# Version 2 keeps in the clear only what opening needs; the rest is the sealed `meta` (SlotInfo).
+# Version 1 slots (host, username, label and recipients in the clear) are still read.
+KEY_SLOT_FORMAT_VERSION = 2
 
 KEY_LENGTH = 32
 SEED_LIMIT = 2**63  # the chunker seed is a positive signed 64-bit integer (0 < seed < 2**63)
@@ -69,8 +86,15 @@ TAG_LENGTH = 16
 SALT_LENGTH = 16
 
 # The domain string bound into every passphrase slot's AEAD (followed by the slot id, see
-# `_slot_aad`): a version bump of the slot format changes it, so old code cannot misread new data.
+# `_slot_aad`). Format 2 kept it: the wrapped secrets did not change shape, and a slot upgraded
+# from format 1 keeps its data as it is.
 SLOT_AAD_PREFIX = b"phoenix-key-slot-v1"
+# The AEAD domain of a slot's sealed metadata (followed by the slot id).
+SLOT_META_AAD_PREFIX = b"phoenix v2 key slot meta"
+# blake3 derive_key contexts: each derived key serves one purpose only.
+_FINGERPRINT_CONTEXT = "phoenix v2 master key fingerprint"
+_SLOT_META_CONTEXT = "phoenix v2 key slot metadata key"
+FINGERPRINT_BYTES = 16
 
 # scrypt n=2**15, r=8, p=1 costs about 100 ms and 32 MiB (128 * n * r bytes) on a current laptop:
 # slow enough that guessing passphrases offline is expensive, cheap enough for a Raspberry Pi or a
@@ -132,7 +156,8 @@ def _load_json_object(raw: bytes, what: str) -> dict[str, Any]:
     return loaded
 
 
-def _check_version(document: Mapping[str, Any], supported: int, what: str) -> None:
+def _check_version(document: Mapping[str, Any], supported: int, what: str, *, oldest: int | None = None) -> int:
+    """The document's format version, between `oldest` (default: `supported`) and `supported`."""
     version = document.get("version")
     if not _is_int(version):
         raise CorruptObject(
@@ -142,11 +167,12 @@ def _check_version(document: Mapping[str, Any], supported: int, what: str) -> No
     assert isinstance(version, int)
     if version > supported:
         raise UnsupportedFormat(f"{what} written by a newer Phoenix (format {version}); upgrade phoenix-backup")
-    if version != supported:
+    if version < (supported if oldest is None else oldest):
         raise CorruptObject(
             f"{what} has unknown format version {version}; it is damaged, open the repository "
             "with another key slot or restore the keys/ object from another target"
         )
+    return version
 
 
 def _canonical_json(document: Mapping[str, object]) -> bytes:
@@ -191,6 +217,17 @@ class MasterSecrets:
             }
         )
 
+    def derive(self, context: str) -> bytes:
+        """A 32-byte key for one purpose (`context`), derived from all the secrets (BLAKE3
+        derive_key mode): replacing any secret changes every derived key."""
+        return blake3.blake3(self.to_bytes(), derive_key_context=context).digest()
+
+    @property
+    def fingerprint(self) -> str:
+        """What `init`, `key list` and `doctor` show and the client pins: 128 bits derived from
+        the secrets (revealing nothing about them), as 8 groups of 4 hex digits."""
+        return format_fingerprint(self.derive(_FINGERPRINT_CONTEXT)[:FINGERPRINT_BYTES].hex())
+
     @classmethod
     def from_bytes(cls, data: bytes) -> MasterSecrets:
         what = "the master secrets in the key slot"
@@ -214,6 +251,15 @@ class MasterSecrets:
         return cls(encryption_key=encryption_key, id_key=id_key, chunker_seed=seed)
 
 
+def format_fingerprint(text: str) -> str:
+    """`a1b2c3…` (any case, any `:`, `-` or space separators) as `a1b2:c3d4:…`; ValueError when it
+    is not 32 hex digits."""
+    digits = "".join(c for c in text.lower() if c not in ": -")
+    if len(digits) != 2 * FINGERPRINT_BYTES or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"{text!r} is not a key fingerprint (32 hex digits, as `phx key list` shows)")
+    return ":".join(digits[i : i + 4] for i in range(0, len(digits), 4))
+
+
 def _master_secrets_problem(encryption_key: object, id_key: object, seed: object) -> str | None:
     if not isinstance(encryption_key, bytes) or len(encryption_key) != KEY_LENGTH:
         return f"encryptionKey must be {KEY_LENGTH} bytes"
@@ -229,37 +275,116 @@ def _master_secrets_problem(encryption_key: object, id_key: object, seed: object
 
 
 @dataclass(frozen=True)
-class KeySlot:
-    """One way to open the repository: metadata in the clear, the master secrets wrapped."""
+class SlotInfo:
+    """What `phx key list` shows of a slot and `phx key rotate` needs to re-create it. Sealed under
+    the master secrets in format 2 slots; read from the clear (unauthenticated) in format 1 ones."""
 
-    id: str  # 16 random hex characters; also the AEAD associated data of passphrase slots
-    type: SlotType
     created: str  # RFC 3339, UTC
     host: str
     username: str
-    label: str  # what `phx key list` shows: "passphrase", "age age1abc…", "gpg KEYID"
-    params: dict[str, object]  # kdf parameters, age recipients or gpg key id (never secret)
+    label: str  # "passphrase", "age age1abc…", "gpg KEYID"
+    recipients: tuple[str, ...] = ()  # an age slot's recipients
+    key_id: str | None = None  # a gpg slot's key
+    # True only when read from sealed metadata that the master secrets authenticate (or made
+    # here): only such recipients are trusted to re-wrap new secrets to.
+    authenticated: bool = True
+
+    def to_bytes(self) -> bytes:
+        doc: dict[str, object] = {
+            "created": self.created,
+            "host": self.host,
+            "username": self.username,
+            "label": self.label,
+        }
+        if self.recipients:
+            doc["recipients"] = list(self.recipients)
+        if self.key_id is not None:
+            doc["keyId"] = self.key_id
+        return _canonical_json(doc)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, what: str) -> SlotInfo:
+        document = _load_json_object(raw, what)
+        strings: dict[str, str] = {}
+        for name in ("created", "host", "username", "label"):
+            value = document.get(name, "")
+            if not isinstance(value, str):
+                raise CorruptObject(f"{what} has no string {name!r}; remove the slot with `phx key remove`")
+            strings[name] = value
+        recipients = document.get("recipients", [])
+        key_id = document.get("keyId")
+        if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+            raise CorruptObject(f"{what} has malformed recipients; remove the slot with `phx key remove`")
+        if key_id is not None and not isinstance(key_id, str):
+            raise CorruptObject(f"{what} has a malformed keyId; remove the slot with `phx key remove`")
+        return cls(
+            strings["created"], strings["host"], strings["username"], strings["label"], tuple(recipients), key_id
+        )
+
+
+@dataclass(frozen=True)
+class KeySlot:
+    """One way to open the repository: the master secrets wrapped, and (format 2) the slot's
+    metadata sealed under them."""
+
+    id: str  # 16 random hex characters; also bound into the AEAD of the data and the metadata
+    type: SlotType
+    params: dict[str, object]  # what opening needs and nothing else: a passphrase slot's kdf
     data: bytes = field(repr=False)  # the wrapped master secrets
+    meta: bytes = field(default=b"", repr=False)  # format 2: SlotInfo sealed under the master secrets
+    # The metadata when known: the slot was made here, its `meta` was opened (`with_info`), or
+    # (format 1) the clear fields, unauthenticated. Not part of the stored form.
+    info: SlotInfo | None = field(default=None, compare=False)
+    version: int = KEY_SLOT_FORMAT_VERSION
+
+    # What older callers and `key list` read; "?" when the metadata cannot be opened.
+    @property
+    def label(self) -> str:
+        return self.info.label if self.info else "?"
+
+    @property
+    def created(self) -> str:
+        return self.info.created if self.info else ""
+
+    @property
+    def host(self) -> str:
+        return self.info.host if self.info else "?"
+
+    @property
+    def username(self) -> str:
+        return self.info.username if self.info else "?"
 
     def to_json(self) -> bytes:
+        if self.version == 1:  # a format 1 slot read from an old repository, written back as it was
+            info = self.info or SlotInfo("", "", "", "", authenticated=False)
+            return _canonical_json(
+                {
+                    "version": 1,
+                    "id": self.id,
+                    "type": self.type,
+                    "created": info.created,
+                    "host": info.host,
+                    "username": info.username,
+                    "label": info.label,
+                    "params": self.params,
+                    "data": _b64encode(self.data),
+                }
+            )
         return _canonical_json(
             {
                 "version": KEY_SLOT_FORMAT_VERSION,
                 "id": self.id,
                 "type": self.type,
-                "created": self.created,
-                "host": self.host,
-                "username": self.username,
-                "label": self.label,
                 "params": self.params,
                 "data": _b64encode(self.data),
+                "meta": _b64encode(self.meta),
             }
         )
 
     @classmethod
     def from_json(cls, raw: bytes) -> KeySlot:
         document = _load_json_object(raw, "key slot")
-        _check_version(document, KEY_SLOT_FORMAT_VERSION, "key slot")
+        version = _check_version(document, KEY_SLOT_FORMAT_VERSION, "key slot", oldest=1)
 
         def damaged(problem: str) -> CorruptObject:
             return CorruptObject(
@@ -268,7 +393,7 @@ class KeySlot:
             )
 
         slot_id = document.get("id")
-        if not isinstance(slot_id, str) or not _is_slot_id(slot_id):
+        if not isinstance(slot_id, str) or not is_slot_id(slot_id):
             raise damaged(f"id must be {SLOT_ID_HEX_LENGTH} lowercase hex characters")
         slot_type = document.get("type")
         if not isinstance(slot_type, str):
@@ -278,43 +403,99 @@ class KeySlot:
             raise UnsupportedFormat(
                 f"key slot {slot_id} has type {slot_type!r}, unknown to this version; upgrade phoenix-backup"
             )
-        strings: dict[str, str] = {}
-        for name in ("created", "host", "username", "label"):
-            value = document.get(name)
-            if not isinstance(value, str):
-                raise damaged(f"{slot_id} has no string {name!r}")
-            strings[name] = value
         params = document.get("params")
         if not isinstance(params, dict):
             raise damaged(f"{slot_id} has no params object")
         data = _b64decode(document.get("data"), f"key slot {slot_id} data")
-        return cls(
-            id=slot_id,
-            type=cast(SlotType, slot_type),
-            created=strings["created"],
-            host=strings["host"],
-            username=strings["username"],
-            label=strings["label"],
-            params=params,
-            data=data,
-        )
+        if version == 1:
+            strings: dict[str, str] = {}
+            for name in ("created", "host", "username", "label"):
+                value = document.get(name)
+                if not isinstance(value, str):
+                    raise damaged(f"{slot_id} has no string {name!r}")
+                strings[name] = value
+            recipients = params.get("recipients") if slot_type == "age" else None
+            key_id = params.get("keyId") if slot_type == "gpg" else None
+            info = SlotInfo(
+                strings["created"],
+                strings["host"],
+                strings["username"],
+                strings["label"],
+                recipients=tuple(r for r in recipients if isinstance(r, str)) if isinstance(recipients, list) else (),
+                key_id=key_id if isinstance(key_id, str) else None,
+                authenticated=False,
+            )
+            return cls(slot_id, cast(SlotType, slot_type), params, data, info=info, version=1)
+        meta = _b64decode(document.get("meta"), f"key slot {slot_id} meta")
+        return cls(slot_id, cast(SlotType, slot_type), params, data, meta=meta)
+
+    def with_info(self, secrets: MasterSecrets) -> KeySlot:
+        """This slot with its sealed metadata opened, if these secrets authenticate it; else as
+        it is (`info` None for a format 2 slot: it belongs to other secrets, or is damaged)."""
+        if self.version == 1 or self.info is not None:
+            return self
+        try:
+            plain = AESGCM(secrets.derive(_SLOT_META_CONTEXT)).decrypt(
+                self.meta[:NONCE_LENGTH], self.meta[NONCE_LENGTH:], SLOT_META_AAD_PREFIX + self.id.encode("ascii")
+            )
+        except (InvalidTag, ValueError):
+            return self
+        try:
+            info = SlotInfo.from_bytes(plain, f"the metadata of key slot {self.id}")
+        except CorruptObject:
+            return self
+        return replace(self, info=info)
+
+    def upgraded(self, secrets: MasterSecrets) -> KeySlot:
+        """A format 1 slot in format 2: the same id, type and wrapped secrets, its clear fields
+        sealed. Recipients and GPG keys read from the clear are not carried over: they were never
+        authenticated, and `phx key rotate` must not re-wrap new secrets to them."""
+        if self.version != 1:
+            return self
+        old = self.info or SlotInfo("", "", "", self.type, authenticated=False)
+        info = SlotInfo(old.created, old.host, old.username, old.label)
+        params = {k: v for k, v in self.params.items() if k in _OPENING_PARAMS.get(self.type, ())}
+        return _sealed(self.id, self.type, params, self.data, info, secrets)
 
 
-def _is_slot_id(value: str) -> bool:
+# The params each slot type needs to open; nothing else stays in the clear.
+_OPENING_PARAMS: dict[str, tuple[str, ...]] = {"passphrase": ("kdf", "n", "r", "p", "salt")}
+
+
+def is_slot_id(value: str) -> bool:
     return len(value) == SLOT_ID_HEX_LENGTH and all(c in "0123456789abcdef" for c in value)
 
 
-def _new_slot(slot_id: str, slot_type: SlotType, label: str, params: dict[str, object], data: bytes) -> KeySlot:
-    return KeySlot(
-        id=slot_id,
-        type=slot_type,
+def _sealed(
+    slot_id: str, slot_type: SlotType, params: dict[str, object], data: bytes, info: SlotInfo, secrets: MasterSecrets
+) -> KeySlot:
+    nonce = os.urandom(NONCE_LENGTH)
+    meta = nonce + AESGCM(secrets.derive(_SLOT_META_CONTEXT)).encrypt(
+        nonce, info.to_bytes(), SLOT_META_AAD_PREFIX + slot_id.encode("ascii")
+    )
+    return KeySlot(slot_id, slot_type, params, data, meta=meta, info=info)
+
+
+def _new_slot(
+    secrets: MasterSecrets,
+    slot_id: str,
+    slot_type: SlotType,
+    label: str,
+    params: dict[str, object],
+    data: bytes,
+    *,
+    recipients: tuple[str, ...] = (),
+    key_id: str | None = None,
+) -> KeySlot:
+    info = SlotInfo(
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=socket.gethostname(),
         username=_username(),
         label=label,
-        params=params,
-        data=data,
+        recipients=recipients,
+        key_id=key_id,
     )
+    return _sealed(slot_id, slot_type, params, data, info, secrets)
 
 
 def _username() -> str:
@@ -391,7 +572,7 @@ def wrap_passphrase(secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapp
         "p": chosen["p"],
         "salt": _b64encode(salt),
     }
-    return _new_slot(slot_id, "passphrase", "passphrase", params, nonce + sealed)
+    return _new_slot(secrets, slot_id, "passphrase", "passphrase", params, nonce + sealed)
 
 
 def _unwrap_passphrase(slot: KeySlot, passphrase: str) -> MasterSecrets | None:
@@ -464,8 +645,8 @@ def wrap_age(secrets: MasterSecrets, recipients: Sequence[str]) -> KeySlot:
     label = f"age {cleaned[0][:12]}…"
     if len(cleaned) > 1:
         label += f" (+{len(cleaned) - 1} more)"
-    params: dict[str, object] = {"recipients": list(cleaned)}
-    return _new_slot(_new_slot_id(), "age", label, params, bytes(data))
+    # The recipients live in the sealed metadata only: an age file names none of them.
+    return _new_slot(secrets, _new_slot_id(), "age", label, {}, bytes(data), recipients=tuple(cleaned))
 
 
 def _unwrap_age(slot: KeySlot, identities: Sequence[str]) -> MasterSecrets | None:
@@ -544,14 +725,19 @@ def _run_gpg(command: list[str], data: bytes) -> subprocess.CompletedProcess[byt
 
 
 def wrap_gpg(secrets: MasterSecrets, key_id: str, *, gpg: str = "gpg", homedir: Path | None = None) -> KeySlot:
-    """Encrypt the secrets to a GnuPG public key; opening needs its secret key (gpg-agent)."""
+    """Encrypt the secrets to a GnuPG public key; opening needs its secret key (gpg-agent).
+
+    `--throw-keyids` leaves the recipient's key id out of the message (gpg tries the secret keys
+    it has when decrypting), so the slot does not say whose key opens it."""
     key_id = key_id.strip()
     if not key_id or key_id.startswith("-") or any(c in key_id for c in "\r\n\0"):
         raise UsageError(
             f"gpg key id {key_id!r} is not a key id; set encryption.keyId to a fingerprint, "
             "key id or e-mail from `gpg --list-keys`"
         )
-    command = _gpg_command(gpg, homedir, "--yes", "--trust-model", "always", "--encrypt", "--recipient", key_id)
+    command = _gpg_command(
+        gpg, homedir, "--yes", "--trust-model", "always", "--throw-keyids", "--encrypt", "--recipient", key_id
+    )
     result = _run_gpg(command, secrets.to_bytes())
     if result.returncode != 0 or not result.stdout:
         detail = _gpg_detail(result.stderr)
@@ -559,21 +745,103 @@ def wrap_gpg(secrets: MasterSecrets, key_id: str, *, gpg: str = "gpg", homedir: 
             f"gpg cannot encrypt to key {key_id!r} ({detail}); check that the public key is in "
             "your keyring and can encrypt with `gpg --list-keys " + key_id + "`"
         )
-    params: dict[str, object] = {"keyId": key_id}
-    return _new_slot(_new_slot_id(), "gpg", f"gpg {key_id}", params, result.stdout)
+    return _new_slot(secrets, _new_slot_id(), "gpg", f"gpg {key_id}", {}, result.stdout, key_id=key_id)
 
 
 def _gpg_detail(stderr: bytes) -> str:
     lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
-    lines = [line.removeprefix("gpg: ") for line in lines if line]
+    lines = [line.removeprefix("gpg: ") for line in lines if line and not line.startswith("[GNUPG:]")]
     return "; ".join(lines[-2:]) if lines else "no error message"
 
 
+# OpenPGP packet tags (RFC 4880 §4.3, RFC 9580 §5)
+_PKESK, _SKESK = 1, 3
+_ENCRYPTED_DATA = {9, 18, 20}  # symmetrically encrypted data, SEIPD, AEAD encrypted data
+
+
+def _public_key_message(data: bytes) -> bool:
+    """Whether `data` is an OpenPGP message encrypted to public keys only: one or more
+    public-key session-key packets, no passphrase (symmetric) session key, then encrypted data.
+    A literal or compressed packet (`gpg --store`), or a symmetric one, proves no key: gpg would
+    "decrypt" it with no secret key at all, or ask for a passphrase."""
+    pos, seen_pkesk = 0, False
+    while pos < len(data):
+        header = data[pos]
+        if not header & 0x80:
+            return False
+        if header & 0x40:  # new format: tag in 6 bits, then a length of 1, 2 or 5 bytes
+            tag = header & 0x3F
+            if pos + 1 >= len(data):
+                return False
+            first = data[pos + 1]
+            if first < 192:
+                length, pos = first, pos + 2
+            elif first < 224:
+                if pos + 2 >= len(data):
+                    return False
+                length, pos = ((first - 192) << 8) + data[pos + 2] + 192, pos + 3
+            elif first == 255:
+                if pos + 6 > len(data):
+                    return False
+                length, pos = int.from_bytes(data[pos + 2 : pos + 6], "big"), pos + 6
+            else:  # a partial body length: only data packets use it
+                return tag in _ENCRYPTED_DATA and seen_pkesk
+        else:  # old format: tag in 4 bits, length type in 2
+            tag, kind = (header >> 2) & 0x0F, header & 0x03
+            if kind == 3:
+                return tag in _ENCRYPTED_DATA and seen_pkesk
+            size = 1 << kind
+            if pos + 1 + size > len(data):
+                return False
+            length, pos = int.from_bytes(data[pos + 1 : pos + 1 + size], "big"), pos + 1 + size
+        if tag == _PKESK:
+            seen_pkesk = True
+        elif tag in _ENCRYPTED_DATA:
+            return seen_pkesk
+        else:
+            return False  # SKESK, literal, compressed, marker, anything else
+        pos += length
+    return False
+
+
+def _gpg_key_fingerprints(creds: Credentials) -> set[str] | None:
+    """Fingerprints (primary and subkeys) of the configured GPG keys; None when none is
+    configured (then any key in the keyring counts)."""
+    if not creds.gpg_key_ids:
+        return None
+    found: set[str] = set()
+    for key_id in creds.gpg_key_ids:
+        command = _gpg_command(creds.gpg_binary, creds.gpg_homedir, "--with-colons", "--list-keys", "--", key_id)
+        result = _run_gpg(command, b"")
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            fields = line.split(":")
+            if fields[0] == "fpr" and len(fields) > 9 and fields[9]:
+                found.add(fields[9].upper())
+    return found
+
+
 def _unwrap_gpg(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
-    command = _gpg_command(creds.gpg_binary, creds.gpg_homedir, "--decrypt")
+    command = _gpg_command(creds.gpg_binary, creds.gpg_homedir, "--status-fd", "2", "--decrypt")
+    if not _public_key_message(slot.data):
+        raise CorruptObject(
+            f"key slot {slot.id} is not encrypted to a public key (a plain or passphrase-encrypted "
+            "OpenPGP message proves no key); it is hostile or damaged, remove it with `phx key remove`"
+        )
     result = _run_gpg(command, slot.data)
     if result.returncode != 0 or not result.stdout:
         return None  # no secret key here, agent refused, or damaged data: the slot did not open
+    # gpg must say that one of its secret keys decrypted the session key, and which one.
+    used: set[str] = set()
+    okay = False
+    for line in result.stderr.decode("utf-8", "replace").splitlines():
+        words = line.split()
+        if words[:2] == ["[GNUPG:]", "DECRYPTION_KEY"]:
+            used.update(w.upper() for w in words[2:4])
+        elif words[:2] == ["[GNUPG:]", "DECRYPTION_OKAY"]:
+            okay = True
+    wanted = _gpg_key_fingerprints(creds)
+    if not okay or not used or (wanted is not None and not used & wanted):
+        return None
     return MasterSecrets.from_bytes(result.stdout)
 
 
@@ -587,7 +855,7 @@ def wrap_none(secrets: MasterSecrets) -> KeySlot:
     They still key the blob ids and seed the chunker, and keeping them in a slot gives every
     repository the same opening path.
     """
-    return _new_slot(_new_slot_id(), "none", "none (unencrypted)", {}, secrets.to_bytes())
+    return _new_slot(secrets, _new_slot_id(), "none", "none (unencrypted)", {}, secrets.to_bytes())
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,12 +864,31 @@ def wrap_none(secrets: MasterSecrets) -> KeySlot:
 
 @dataclass(frozen=True)
 class Credentials:
-    """What the user supplied to open a repository; gpg needs nothing but a usable keyring."""
+    """What the user supplied to open a repository, and which kinds of slot may open it.
+
+    `methods` is the security decision: the configured method (plus `passphrase` when one was
+    given explicitly). A `none` slot holds no secret and an age or gpg slot can be written by
+    anyone who knows the owner's public key, so a slot of a method the owner did not choose must
+    never open the repository. None means the methods these credentials are for (and `none` only
+    when nothing at all was supplied): what a library caller without a config expects.
+    """
 
     passphrase: str | None = field(default=None, repr=False)
     age_identities: tuple[str, ...] = field(default=(), repr=False)  # AGE-SECRET-KEY-1… strings
     gpg_homedir: Path | None = None
     gpg_binary: str = "gpg"
+    gpg_key_ids: tuple[str, ...] = ()  # configured GPG keys: only their decryption counts
+    methods: frozenset[str] | None = None
+
+    def allowed(self) -> frozenset[str]:
+        if self.methods is not None:
+            return self.methods
+        supplied = {"passphrase"} if self.passphrase is not None else set()
+        if self.age_identities:
+            supplied.add("age")
+        if self.gpg_homedir is not None or self.gpg_key_ids:
+            supplied.add("gpg")
+        return frozenset(supplied) if supplied else frozenset({"passphrase", "age", "gpg", "none"})
 
 
 def unwrap(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
@@ -609,7 +896,7 @@ def unwrap(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
 
     Raises CorruptObject for a damaged or hostile slot, ToolMissing when a gpg slot is tried
     without gpg, UsageError for a malformed age identity; never WrongPassphrase (that is
-    `open_any`'s verdict over all slots).
+    `open_slots`' verdict over all slots). It does not check that the method is allowed.
     """
     if slot.type == "none":
         return MasterSecrets.from_bytes(slot.data)
@@ -632,20 +919,35 @@ def unwrap(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
 _TRY_ORDER: dict[str, int] = {"none": 0, "age": 1, "passphrase": 2, "gpg": 3}
 
 
-def open_any(slots: Sequence[KeySlot], creds: Credentials) -> tuple[KeySlot, MasterSecrets]:
-    """Open the repository with the first slot these credentials fit."""
+def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[KeySlot, MasterSecrets]]:
+    """Every slot of an allowed method that these credentials open, with its secrets, cheap
+    slots first. Which of them is the repository's is the caller's decision (the config's
+    authentication and the pin). When none opens, raises why: wrong passphrase, missing
+    credentials, a damaged slot, gpg missing, or no slot of the allowed methods at all."""
     if not slots:
         raise CorruptObject("the repository has no key slots; restore the keys/ objects from another target")
+    allowed = creds.allowed()
+    usable = [s for s in slots if s.type in allowed]
+    if not usable:
+        kinds = ", ".join(sorted({s.type for s in slots}, key=lambda t: _TRY_ORDER.get(t, 99)))
+        wanted = ", ".join(sorted(allowed, key=lambda t: _TRY_ORDER.get(t, 99)))
+        raise WrongPassphrase(
+            f"the repository has no key slot of the configured encryption ({wanted}), only {kinds}; "
+            "fix encryption.enabled/encryption.method in the config (a slot of another kind must never "
+            "open the repository: anyone who can write the storage can add one)"
+        )
     supplied = {
         "passphrase": creds.passphrase is not None,
         "age": bool(creds.age_identities),
-        # gpg credentials live in the keyring/agent: only an explicit homedir counts as supplied.
-        "gpg": creds.gpg_homedir is not None,
+        # gpg credentials live in the keyring/agent: only an explicit homedir or key counts as supplied.
+        "gpg": creds.gpg_homedir is not None or bool(creds.gpg_key_ids),
+        "none": True,
     }
     tried_supplied = False
+    opened_any = False
     corrupt: CorruptObject | None = None
     tool_missing: ToolMissing | None = None
-    for slot in sorted(slots, key=lambda s: _TRY_ORDER.get(s.type, len(_TRY_ORDER))):
+    for slot in sorted(usable, key=lambda s: _TRY_ORDER.get(s.type, len(_TRY_ORDER))):
         if supplied.get(slot.type, False):
             tried_supplied = True
         try:
@@ -658,7 +960,10 @@ def open_any(slots: Sequence[KeySlot], creds: Credentials) -> tuple[KeySlot, Mas
             tool_missing = error
             continue
         if opened is not None:
-            return slot, opened
+            opened_any = True
+            yield slot, opened
+    if opened_any:
+        return
     if tried_supplied:
         if corrupt is not None:
             raise corrupt
@@ -666,11 +971,18 @@ def open_any(slots: Sequence[KeySlot], creds: Credentials) -> tuple[KeySlot, Mas
             "wrong passphrase (or age identity / gpg key) for the repository; check "
             "PHX_PASSPHRASE or encryption.identityFile and try again"
         )
-    if tool_missing is not None and all(s.type in ("gpg", "none") for s in slots):
+    if tool_missing is not None and all(s.type in ("gpg", "none") for s in usable):
         raise tool_missing  # gpg was the only way in
     if corrupt is not None:
         raise corrupt
-    raise MissingCredentials(_missing_message(slots))
+    raise MissingCredentials(_missing_message(usable))
+
+
+def open_any(slots: Sequence[KeySlot], creds: Credentials) -> tuple[KeySlot, MasterSecrets]:
+    """The first slot of an allowed method these credentials open. Only for a caller that has
+    other means to know the secrets are the right ones (the repository checks the config's
+    authentication and the pin, see `Repository.open`)."""
+    return next(iter(open_slots(slots, creds)))
 
 
 def _missing_message(slots: Sequence[KeySlot]) -> str:
@@ -681,6 +993,5 @@ def _missing_message(slots: Sequence[KeySlot]) -> str:
     if "age" in kinds:
         fixes.append("set encryption.identityFile to your age identity file")
     if "gpg" in kinds:
-        key_ids = sorted({str(s.params.get("keyId", "?")) for s in slots if s.type == "gpg"})
-        fixes.append(f"make the secret key for gpg {', '.join(key_ids)} available (`gpg --list-secret-keys`)")
+        fixes.append("make the secret key of encryption.keyId available (`gpg --list-secret-keys`)")
     return f"the repository is encrypted ({', '.join(kinds)}); " + ", or ".join(fixes)

@@ -14,7 +14,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,13 +82,28 @@ class LockInfo:
 
 
 class LockManager:
-    def __init__(self, backend: Backend, sealer: Sealer, notice: Callable[[str], None]) -> None:
+    def __init__(
+        self, backend: Backend, sealer: Sealer, notice: Callable[[str], None], also: Sequence[Sealer] = ()
+    ) -> None:
         self.backend = backend
         self.sealer = sealer
         self.notice = notice
+        # Other keys a lock may be sealed under: a `phx key rotate` killed on this machine left
+        # its lock under the key it was moving from or to (see Repository.__init__).
+        self.also = tuple(also)
 
     def read(self, name: str) -> LockInfo:
-        raw = self.sealer.open(self.backend.read(name), LOCK_AAD, name)
+        sealed = self.backend.read(name)
+        for other in self.also:
+            try:
+                raw = other.open(sealed, LOCK_AAD, name)
+            except CorruptObject:
+                continue
+            return self._parse(name, raw)
+        return self._parse(name, self.sealer.open(sealed, LOCK_AAD, name))
+
+    @staticmethod
+    def _parse(name: str, raw: bytes) -> LockInfo:
         try:
             d: dict[str, Any] = json.loads(raw)
             return LockInfo(
@@ -168,8 +183,24 @@ class HeldLock:
         self.command = command
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
+
+    def rekey(self, sealer: Sealer) -> None:
+        """Move this lock under another key (`phx key rotate` past its commit point, so that
+        readers with the new key can read it). The new lock object is written before the old one
+        goes: the repository is never unlocked in between."""
+        with self._mutex:
+            old = self.name
+            self.manager.sealer = sealer
+            self.name = f"locks/{secrets.token_hex(16)}"
+            self._write()
+            self.manager.backend.delete(old)
 
     def write(self) -> None:
+        with self._mutex:
+            self._write()
+
+    def _write(self) -> None:
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
@@ -198,7 +229,8 @@ class HeldLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.manager.backend.delete(self.name)
+        with self._mutex:
+            self.manager.backend.delete(self.name)
 
     def __enter__(self) -> HeldLock:
         return self

@@ -8,19 +8,25 @@ point; anything written before a crash and never committed is an unreferenced le
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import re
 import secrets
 import struct
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import blake3
+
 from phoenix_backup.errors import (
+    ConfigNotAuthenticated,
     CorruptObject,
+    KeyChanged,
     ObjectNotFound,
     RepositoryError,
     RepositoryNotFound,
@@ -50,11 +56,12 @@ from phoenix_backup.repo.pack import (
     decode_header,
     pack_name,
 )
+from phoenix_backup.repo.pins import Pin, Pins
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Snapshot
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.storage.base import Backend
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT_NAME = "phoenix-repository"
 
 # FastCDC parameters for files: restic's proven sizes. Small agent notes are one chunk each.
@@ -72,6 +79,12 @@ MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
 _TREE_COMPRESSOR = Compressor(True, 3)
 
 
+# Format 2 authenticates the config (its `mac`) and seals key slot metadata; format 1
+# repositories are read, and upgraded by the first backup with the owner's secret (`upgrade`).
+_ID = re.compile(r"[0-9a-f]{32}")
+_CONFIG_MAC_CONTEXT = "phoenix v2 config mac key"
+
+
 @dataclass(frozen=True)
 class RepoConfig:
     id: str
@@ -80,9 +93,12 @@ class RepoConfig:
     encrypted: bool
     chunker: dict[str, int]
     sqlite_run_pages: int
+    mac: bytes | None = field(default=None, repr=False)  # format 2: BLAKE3 MAC of everything else
+    raw: bytes = field(default=b"", repr=False, compare=False)  # the bytes it was read from
 
-    def to_bytes(self) -> bytes:
-        doc = {
+    def document(self) -> dict[str, Any]:
+        """The config without its MAC: what the MAC authenticates."""
+        return {
             "format": FORMAT_NAME,
             "version": self.version,
             "id": self.id,
@@ -91,43 +107,107 @@ class RepoConfig:
             "chunker": {"algorithm": "fastcdc-2020", **self.chunker},
             "sqliteRunPages": self.sqlite_run_pages,
         }
+
+    def to_bytes(self) -> bytes:
+        doc = self.document()
+        if self.mac is not None:
+            doc["mac"] = self.mac.hex()
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    def _mac(self, secrets_: keyslots.MasterSecrets) -> bytes:
+        canonical = json.dumps(self.document(), sort_keys=True, separators=(",", ":")).encode()
+        return blake3.blake3(canonical, key=secrets_.derive(_CONFIG_MAC_CONTEXT)).digest()
+
+    def signed(self, secrets_: keyslots.MasterSecrets) -> RepoConfig:
+        """This config in the current format, authenticated by `secrets_`."""
+        config = replace(self, version=FORMAT_VERSION)
+        config = replace(config, mac=config._mac(secrets_))
+        return replace(config, raw=config.to_bytes())
+
+    def problem(self, secrets_: keyslots.MasterSecrets, slot_type: str) -> str | None:
+        """Why these secrets (from a slot of `slot_type`) are not this repository's, or None.
+
+        Format 2: the MAC must verify, so no parameter (encryption on or off, chunker sizes, id)
+        can be changed, and no slot planted, by anyone without the secrets. Format 1 has no MAC:
+        at least a `none` slot and an encrypted config (or the reverse) must not go together."""
+        if self.version >= 2:
+            if self.mac is None or not hmac.compare_digest(self.mac, self._mac(secrets_)):
+                return "the repository config is not authenticated by this key"
+            if self.encrypted == (slot_type == "none"):
+                return "a none key slot in an encrypted repository (or the reverse)"
+            return None
+        if self.encrypted == (slot_type == "none"):
+            return (
+                "the repository config says it is unencrypted but it opened through an encrypted key slot"
+                if not self.encrypted
+                else "a none key slot in an encrypted repository"
+            )
+        return None
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> RepoConfig:
         try:
             d = json.loads(data)
-            if d.get("format") != FORMAT_NAME:
+            if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
                 raise CorruptObject(f"{where} does not hold a Phoenix repository config")
             version = d["version"]
-            if not isinstance(version, int):
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
                 raise CorruptObject(f"the repository config at {where} is malformed")
             if version > FORMAT_VERSION:
                 raise UnsupportedFormat(
                     f"the repository at {where} uses format version {version}, newer than this "
                     f"Phoenix reads ({FORMAT_VERSION}); upgrade phoenix-backup (pip install -U phoenix-backup)"
                 )
+            repo_id = d["id"]
+            # The id names the cache folder and the temporary database copies: a hostile one
+            # ("/home/victim", "../..") must never reach the file system.
+            if not isinstance(repo_id, str) or not _ID.fullmatch(repo_id):
+                raise CorruptObject(
+                    f"the repository config at {where} has an invalid id (not 32 lowercase hex digits); "
+                    "it is damaged or hostile, restore the config object from another target"
+                )
             ch = d["chunker"]
-            chunker = {"min": int(ch["min"]), "avg": int(ch["avg"]), "max": int(ch["max"])}
+            chunker = {"min": _int(ch["min"]), "avg": _int(ch["avg"]), "max": _int(ch["max"])}
             # The ranges pyfastcdc accepts (its effective average is avg_size + min_size).
             lo, avg, hi = chunker["min"], chunker["avg"], chunker["max"]
             if not (64 <= lo <= 1024 * 1024 and 1024 <= hi <= 16 * 1024 * 1024 and lo <= avg <= hi):
                 raise CorruptObject(f"the repository config at {where} has impossible chunker sizes")
             if not 256 <= avg - lo <= 4 * 1024 * 1024:
                 raise CorruptObject(f"the repository config at {where} has impossible chunker sizes")
-            run = int(d["sqliteRunPages"])
+            run = _int(d["sqliteRunPages"])
             if not 1 <= run <= 4096:
                 raise CorruptObject(f"the repository config at {where} has an impossible sqliteRunPages")
-            return cls(
-                id=str(d["id"]),
+            if not isinstance(d["created"], str):
+                raise CorruptObject(f"the repository config at {where} has no creation time")
+            encryption = d["encryption"]
+            if encryption not in ("aes-256-gcm", "none"):
+                raise CorruptObject(f"the repository config at {where} names unknown encryption {encryption!r}")
+            mac = None
+            if version >= 2:
+                mac = bytes.fromhex(d["mac"])
+                if len(mac) != 32:
+                    raise ValueError("mac is not 32 bytes")
+            config = cls(
+                id=repo_id,
                 version=version,
                 created=str(d["created"]),
-                encrypted=d["encryption"] != "none",
+                encrypted=encryption != "none",
                 chunker=chunker,
                 sqlite_run_pages=run,
+                mac=mac,
+                raw=bytes(data),
             )
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            if version >= 2 and set(d) - {"mac"} != set(config.document()):
+                raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
+            return config
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
             raise CorruptObject(f"the repository config at {where} is malformed: {exc}") from exc
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{value!r} is not an integer")
+    return value
 
 
 @dataclass
@@ -153,6 +233,7 @@ class Repository:
         secrets_: keyslots.MasterSecrets,
         compression: Compressor | None = None,
         notice: Callable[[str], None] | None = None,
+        also: Iterable[keyslots.MasterSecrets] = (),
     ) -> None:
         self.backend = backend
         self.config = config
@@ -174,7 +255,11 @@ class Repository:
         self._worker_error: BaseException | None = None
         self._inflight = threading.Condition()
         self._inflight_bytes = 0
-        self.locks = LockManager(backend, self.sealer, self.notice)
+        # `also`: the other secrets of an unfinished `phx key rotate` on this machine. Only the
+        # locks its killed run left are read with them (so they can be cleaned up); no data.
+        self.locks = LockManager(
+            backend, self.sealer, self.notice, also=[Sealer(m.encryption_key) for m in also if config.encrypted]
+        )
         self.opened_with: str | None = None  # the key slot that opened the repository
         self.unindexed_packs: set[str] = set()  # packs known only from their own headers
 
@@ -186,9 +271,12 @@ class Repository:
         backend: Backend,
         slot_factory: Callable[[keyslots.MasterSecrets], keyslots.KeySlot],
         encrypted: bool,
+        *,
+        pins: Pins | None = None,
         **kwargs: Any,
     ) -> Repository:
-        """Create a new repository; its first key slot comes from `slot_factory`."""
+        """Create a new repository; its first key slot comes from `slot_factory`. With `pins`,
+        this user trusts its key from now on (it made it)."""
         backend.create()
         master = keyslots.MasterSecrets.generate()
         slot = slot_factory(master)
@@ -199,10 +287,12 @@ class Repository:
             encrypted=encrypted,
             chunker={"min": CHUNK_MIN, "avg": CHUNK_AVG, "max": CHUNK_MAX},
             sqlite_run_pages=SQLITE_RUN_PAGES,
-        )
+        ).signed(master)
         backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
         # The config is written last: a repository is "there" only once it is complete.
         backend.write("config", config.to_bytes(), exclusive=True)
+        if pins is not None:
+            pins.record(config.id, backend.location, master.fingerprint, format=config.version, retrust=True)
         repo = cls(backend, config, master, **kwargs)
         repo.opened_with = slot.id
         return repo
@@ -216,11 +306,24 @@ class Repository:
         return RepoConfig.from_bytes(backend.read("config"), backend.location)
 
     @classmethod
-    def open(cls, backend: Backend, creds: keyslots.Credentials, **kwargs: Any) -> Repository:
+    def open(
+        cls,
+        backend: Backend,
+        creds: keyslots.Credentials,
+        *,
+        pins: Pins | None = None,
+        expect: str | None = None,
+        **kwargs: Any,
+    ) -> Repository:
+        """Open with the slot that holds the repository's secrets: a slot of an allowed method
+        (`creds.methods`) that these credentials open, whose secrets authenticate the config and,
+        with `pins`, have the fingerprint this user pinned (pinned now if this is a first use).
+        `expect` checks against that fingerprint instead of a pin (for `phx key trust`)."""
         config = cls.read_config(backend)
         slots = cls.read_key_slots(backend)
-        slot, master = keyslots.open_any(slots, creds)
-        repo = cls(backend, config, master, **kwargs)
+        notice = kwargs.get("notice") or (lambda _m: None)
+        slot, master, also = _choose_secrets(backend.location, config, slots, creds, pins, notice, expect)
+        repo = cls(backend, config, master, also=also, **kwargs)
         repo.opened_with = slot.id
         return repo
 
@@ -253,7 +356,41 @@ class Repository:
         self.backend.delete(f"keys/{slot_id}")
 
     def lock(self, exclusive: bool, command: str) -> HeldLock:
-        return self.locks.acquire(exclusive, command)
+        """Take a lock; then check that the config is still the one this process opened: a
+        `phx key rotate` (or a format upgrade) that finished between opening and locking would
+        otherwise have this process write objects sealed under the retired key."""
+        held = self.locks.acquire(exclusive, command)
+        try:
+            current = self.backend.read("config")
+        except BaseException:
+            held.release()
+            raise
+        if self.config.raw and current != self.config.raw:
+            held.release()
+            raise RepositoryError(
+                f"the repository at {self.backend.location} changed while this command was starting "
+                "(its key was rotated or its format upgraded); run the command again"
+            )
+        return held
+
+    def upgrade(self) -> bool:
+        """Bring a format 1 repository to format 2 under an exclusive lock: authenticate the
+        config and seal the key slots' metadata (their wrapped secrets stay as they are). True
+        when something was written. Each object is replaced atomically, so a crash leaves a
+        repository of either format, both readable."""
+        slots = self.read_key_slots(self.backend)
+        if self.config.version >= FORMAT_VERSION and all(s.version >= 2 for s in slots):
+            return False
+        with self.lock(exclusive=True, command="upgrade"):
+            for slot in slots:
+                if slot.version < 2:
+                    self.backend.write(f"keys/{slot.id}", slot.upgraded(self.secrets).to_json())
+            if self.config.version < FORMAT_VERSION:
+                config = self.config.signed(self.secrets)
+                self.backend.write("config", config.to_bytes())
+                self.config = config
+        self.notice(f"upgraded the repository at {self.backend.location} to format {FORMAT_VERSION}")
+        return True
 
     # -- index -------------------------------------------------------------------------
 
@@ -570,3 +707,126 @@ def _started(snap: Snapshot) -> float:
         return datetime.fromisoformat(snap.started).timestamp()
     except ValueError:
         return 0.0
+
+
+def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:
+    """Whether object `name` (a pack, index or snapshot) authenticates under `sealer`: how a key
+    rotation tells the objects of one key from those of another."""
+    try:
+        if name.startswith("data/"):
+            info = backend.stat(name)
+            if info is None or info.size < 4:
+                return False
+            (hlen,) = struct.unpack("<I", backend.read_range(name, info.size - 4, 4))
+            if hlen > min(MAX_HEADER, info.size - 4):
+                return False
+            sealer.open(backend.read_range(name, info.size - 4 - hlen, hlen), HEADER_AAD, name)
+        elif name.startswith("index/"):
+            sealer.open(backend.read(name), INDEX_AAD, name)
+        elif name.startswith("snapshots/"):
+            sealer.open(backend.read(name), SNAPSHOT_AAD, name)
+        else:
+            return False
+    except (CorruptObject, ObjectNotFound):
+        return False
+    return True
+
+
+# -- which secrets are the repository's ----------------------------------------------------
+
+
+def _choose_secrets(
+    location: str,
+    config: RepoConfig,
+    slots: list[keyslots.KeySlot],
+    creds: keyslots.Credentials,
+    pins: Pins | None,
+    notice: Callable[[str], None],
+    expect: str | None = None,
+) -> tuple[keyslots.KeySlot, keyslots.MasterSecrets, list[keyslots.MasterSecrets]]:
+    """The slot and secrets that open the repository, and the other secrets of an unfinished
+    rotation (for its leftover locks).
+
+    A slot that opens proves little by itself: anyone who can write the storage can add a `none`
+    slot, or an age or GPG slot encrypted to the owner's public key. So the secrets must also
+    authenticate the config (format 2), and have the fingerprint this user pinned. Without a pin
+    (first use on this machine) every slot that opens is looked at: two different keys are
+    refused rather than guessed between."""
+    pin = pins.get(config.id) if pins is not None else None
+    if expect is not None:
+        pin, pins = Pin(config.id, expect, format=config.version), None
+    if pins is not None and pin is None:
+        other = pins.id_at(location)
+        if other is not None:
+            raise KeyChanged(
+                f"the repository at {location} is not the one this machine used before (its id was "
+                f"{other[:8]}, now {config.id[:8]}): someone who can write the storage may have replaced it; "
+                "use it only if you re-created it yourself, after checking its key fingerprint (`phx key "
+                "trust FINGERPRINT`, with the fingerprint `phx key list` shows on a machine you trust)"
+            )
+    if pin is not None and config.version < pin.format:
+        raise ConfigNotAuthenticated(
+            f"the repository config at {location} is format {config.version} without authentication, but "
+            f"this machine saw it authenticated (format {pin.format}): someone may have downgraded it to "
+            "change how data is written; restore the config object from another target or a copy"
+        )
+    unauthenticated: list[tuple[keyslots.KeySlot, str]] = []
+    mismatched: list[keyslots.MasterSecrets] = []
+    found: list[tuple[keyslots.KeySlot, keyslots.MasterSecrets]] = []
+    also: dict[str, keyslots.MasterSecrets] = {}
+    for slot, master in keyslots.open_slots(slots, creds):
+        problem = config.problem(master, slot.type)
+        if pin is not None and pin.next is not None and pin.accepts(master.fingerprint):
+            also[master.fingerprint] = master  # both keys of this machine's unfinished rotation
+        if problem is not None:
+            unauthenticated.append((slot, problem))
+            continue
+        if pin is not None and not pin.accepts(master.fingerprint):
+            mismatched.append(master)
+            continue
+        found.append((slot, master))
+        if pin is not None and pin.next is None:
+            break  # pinned, and no rotation to look for: the first match is the one
+    distinct = {m.fingerprint for _s, m in found}
+    # Without a pin, an age or gpg slot that opens but does not authenticate the config may be the
+    # owner's, beside a config the attacker replaced: refuse rather than guess. (Anyone can write
+    # such a slot; nobody but the owner can write a passphrase slot the owner's passphrase opens.)
+    public_key = any(s.type in ("age", "gpg") for s, _p in unauthenticated)
+    if found and pin is None and (len(distinct) > 1 or public_key):
+        raise KeyChanged(
+            f"the key slots of the repository at {location} open different keys and this machine has not "
+            "used it before: someone who can write the storage may have added slots of their own; check "
+            "the key fingerprint on a machine you trust (`phx key list`) and run `phx key trust FINGERPRINT`"
+        )
+    if not found:
+        if mismatched:
+            shown = mismatched[0].fingerprint
+            assert pin is not None
+            raise KeyChanged(
+                f"the key of the repository at {location} changed: it is {shown}, but this machine pinned "
+                f"{pin.fingerprint}; someone who can write the storage may have replaced it, so nothing was "
+                "read or written; if you rotated the key yourself (`phx key rotate` on another machine), check "
+                f"the fingerprint it printed and run `phx key trust {shown}`"
+            )
+        slot, problem = unauthenticated[0]
+        raise ConfigNotAuthenticated(
+            f"the repository at {location} cannot be trusted: {problem} (key slot {slot.id}); its config or key "
+            "slots were changed by someone without the key (for example to turn encryption off), so nothing "
+            "was read or written; restore the config and keys/ objects from another target or a copy"
+        )
+    slot, master = found[0]
+    if pins is not None:
+        fingerprint = master.fingerprint
+        if pin is None:
+            pins.record(config.id, location, fingerprint, format=config.version)
+            notice(
+                f"first use of repository {config.id[:8]} at {location} on this machine: its key fingerprint "
+                f"{fingerprint} is now trusted here (compare it with `phx key list` on a machine you trust)"
+            )
+        elif fingerprint != pin.fingerprint or location not in pin.locations or config.version > pin.format:
+            # A rotation reached its commit point (the config is authenticated by the new key):
+            # from now on only the new key is accepted, but `next` still says it is unfinished.
+            pins.record(config.id, location, fingerprint, format=config.version, keep_next=True)
+        if pin is not None and pin.next is not None:
+            notice("a `phx key rotate` on this machine did not finish; run `phx key rotate` again to finish it")
+    return slot, master, [m for fp, m in also.items() if fp != master.fingerprint]

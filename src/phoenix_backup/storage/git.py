@@ -24,14 +24,12 @@ import fcntl
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-import platformdirs
-
+from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
     RepositoryExists,
     StorageError,
@@ -45,6 +43,7 @@ from phoenix_backup.storage.s3 import redact_url
 
 # Git hosts warn above 50 MB per file and GitHub refuses above 100 MB.
 MAX_OBJECT = 50 * 1000 * 1000
+GIT_EMAIL = "phx@phoenix.invalid"  # RFC 2606: a name that can never be anyone's address
 NETWORK_TIMEOUT = 1800  # seconds for one fetch or push of a large first commit
 LOCAL_TIMEOUT = 600
 
@@ -63,15 +62,6 @@ GITIGNORE = """\
 .tmp-*
 """
 _OURS = {".git", ".gitattributes", ".gitignore", *FOLDERS, "config"}
-
-
-def data_dir(env: Mapping[str, str]) -> Path:
-    """Phoenix's data dir: PHX_DATA_DIR, else the platform's user data dir (XDG on Linux)."""
-    if env.get("PHX_DATA_DIR"):
-        return Path(env["PHX_DATA_DIR"])
-    if env.get("XDG_DATA_HOME"):
-        return Path(env["XDG_DATA_HOME"]) / "phoenix"
-    return Path(platformdirs.user_data_dir("phoenix"))
 
 
 def clone_dir(env: Mapping[str, str], url: str, branch: str) -> Path:
@@ -334,8 +324,9 @@ def _git_env(env: Mapping[str, str]) -> dict[str, str]:
             "LANG": "C",
             "GIT_AUTHOR_NAME": "Phoenix (phx)",
             "GIT_COMMITTER_NAME": "Phoenix (phx)",
-            "GIT_AUTHOR_EMAIL": f"phx@{socket.gethostname()}",
-            "GIT_COMMITTER_EMAIL": f"phx@{socket.gethostname()}",
+            # Never the host name: the commits are visible to whoever can read the remote.
+            "GIT_AUTHOR_EMAIL": GIT_EMAIL,
+            "GIT_COMMITTER_EMAIL": GIT_EMAIL,
         }
     )
     out.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from phoenix_backup.errors import NoSpace, ObjectExists, ObjectNotFound, RepositoryExists, StorageError
-from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, validate_name
+from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, is_valid_name, validate_name
 
 _FOLDERS = FOLDERS
 
@@ -121,7 +121,7 @@ class LocalBackend(Backend):
                 os.unlink(tmp)
             else:
                 os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except FileExistsError as exc:
             _unlink_quietly(tmp)
             raise ObjectExists(f"object {name} already exists in {self.root}") from exc
@@ -132,7 +132,7 @@ class LocalBackend(Backend):
     def delete(self, name: str) -> None:
         try:
             self._path(name).unlink()
-            _fsync_dir(self._path(name).parent)
+            fsync_dir(self._path(name).parent)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -150,15 +150,21 @@ class LocalBackend(Backend):
         folder = prefix.rstrip("/")
         base = self.root / folder
         try:
+            # Only names of the format's shapes: a planted `keys/evil` or `snapshots/x y` is none of
+            # ours, and must neither reach the file system nor stop the repository from opening.
             if folder == "data":
                 for sub in sorted(base.iterdir()):
+                    if not sub.is_dir() or sub.is_symlink():
+                        continue
                     for entry in os.scandir(sub):
-                        if TEMP_MARKER not in entry.name:
-                            yield ObjectInfo(f"data/{sub.name}/{entry.name}", entry.stat().st_size)
+                        name = f"data/{sub.name}/{entry.name}"
+                        if TEMP_MARKER not in entry.name and is_valid_name(name):
+                            yield ObjectInfo(name, entry.stat().st_size)
             else:
                 for entry in os.scandir(base):
-                    if TEMP_MARKER not in entry.name:
-                        yield ObjectInfo(f"{folder}/{entry.name}", entry.stat().st_size)
+                    name = f"{folder}/{entry.name}"
+                    if TEMP_MARKER not in entry.name and is_valid_name(name):
+                        yield ObjectInfo(name, entry.stat().st_size)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -181,7 +187,8 @@ def _drop_cached(fd: int) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (the folder entry is written too)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -1,0 +1,183 @@
+"""The client's pins: each repository's id and master-key fingerprint as this user first saw them.
+
+Anyone who can write a repository's storage can replace its key slots and objects with ones of
+their own; an age or GPG slot can even be made to open with the owner's own identity. What they
+cannot do is make their secrets have the owner's fingerprint. So the first time a user opens a
+repository, the fingerprint is recorded here (trust on first use, as SSH's `known_hosts`), and a
+later change is a hard error (`KeyChanged`) until the user says, with `phx key trust`, that they
+checked it.
+
+    <data dir>/pins.json   {"version": 1, "repositories": {id: {fingerprint, next, format,
+                           pinned, locations: [...]}}}
+
+It lives in the data dir, not the cache: losing it silently would turn every repository back into
+a first use. It is per user, mode 0600, rewritten atomically (temp file, fsync, rename, fsync of
+the folder) under an flock, so two `phx` processes never lose each other's pins.
+
+- `locations` are where the repository was opened (target locations): a different repository
+  id showing up at a pinned location is an error too, so replacing the whole repository (new id,
+  new secrets) does not turn into a new first use.
+- `next` is the fingerprint a `phx key rotate` is moving to: accepted beside `fingerprint` until
+  the rotation finishes, so a rotation killed at any point leaves a repository this machine opens.
+- `format` is the highest repository format seen authenticated: a config that loses its
+  authentication (format 2 back to 1) is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.dirs import data_dir
+from phoenix_backup.errors import ConfigError
+from phoenix_backup.storage.local import fsync_dir
+
+PINS_FILE = "pins.json"
+PINS_VERSION = 1
+
+
+@dataclass
+class Pin:
+    repo_id: str
+    fingerprint: str
+    next: str | None = None  # the fingerprint an unfinished `phx key rotate` moves to
+    format: int = 1
+    pinned: str = ""  # RFC 3339, when this user first trusted the repository (or last re-trusted it)
+    locations: list[str] = field(default_factory=list)
+
+    def accepts(self, fingerprint: str) -> bool:
+        return fingerprint in (self.fingerprint, self.next)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "fingerprint": self.fingerprint,
+            "format": self.format,
+            "pinned": self.pinned,
+            "locations": sorted(set(self.locations)),
+        }
+        if self.next is not None:
+            doc["next"] = self.next
+        return doc
+
+
+class Pins:
+    """The pin file of one user. Every change is one locked read-modify-write of the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def for_env(cls, env: Mapping[str, str]) -> Pins:
+        return cls(data_dir(env) / PINS_FILE)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Pin]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the pin file {self.path} ({exc.strerror}); fix its permissions (it must "
+                "belong to you, mode 0600)"
+            ) from None
+        try:
+            doc = json.loads(raw)
+            if doc.get("version") != PINS_VERSION:
+                raise ValueError(f"unknown version {doc.get('version')!r}")
+            pins: dict[str, Pin] = {}
+            for repo_id, entry in doc["repositories"].items():
+                pins[str(repo_id)] = Pin(
+                    repo_id=str(repo_id),
+                    fingerprint=str(entry["fingerprint"]),
+                    next=str(entry["next"]) if entry.get("next") else None,
+                    format=int(entry.get("format", 1)),
+                    pinned=str(entry.get("pinned", "")),
+                    locations=[str(x) for x in entry.get("locations", [])],
+                )
+            return pins
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                f"the pin file {self.path} is damaged ({exc}); repair it from a backup of your home, or "
+                "move it away (then every repository is trusted again on first use, so check its key "
+                "fingerprint with `phx key list`)"
+            ) from None
+
+    def get(self, repo_id: str) -> Pin | None:
+        return self._load().get(repo_id)
+
+    def id_at(self, location: str) -> str | None:
+        """The repository pinned at `location`, if any."""
+        for pin in self._load().values():
+            if location in pin.locations:
+                return pin.repo_id
+        return None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Pin]]:
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(folder / ".pins.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            pins = self._load()
+            yield pins
+            self._write(pins)
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _write(self, pins: dict[str, Pin]) -> None:
+        doc = {"version": PINS_VERSION, "repositories": {k: pins[k].to_json() for k in sorted(pins)}}
+        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+        tmp = self.path.with_name(f".{PINS_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def record(
+        self,
+        repo_id: str,
+        location: str,
+        fingerprint: str,
+        *,
+        format: int,
+        next: str | None = None,
+        keep_next: bool = False,
+        retrust: bool = False,
+    ) -> Pin:
+        """Pin `repo_id` at `location` to `fingerprint`. `location` moves to this repository (a
+        location holds one repository). `next` sets the fingerprint a rotation moves to; with
+        `keep_next` the one recorded stays. `retrust` marks an explicit `phx key trust`."""
+        with self._locked() as pins:
+            for other in pins.values():
+                if other.repo_id != repo_id and location in other.locations:
+                    other.locations.remove(location)
+            pin = pins.get(repo_id)
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            if pin is None:
+                pin = pins[repo_id] = Pin(repo_id, fingerprint, pinned=now)
+            elif retrust or pin.fingerprint != fingerprint:
+                pin.pinned = now
+            previous_next = pin.next
+            pin.fingerprint = fingerprint
+            pin.next = previous_next if keep_next else next
+            pin.format = max(pin.format, format)
+            if location not in pin.locations:
+                pin.locations.append(location)
+            return pin
