@@ -46,7 +46,7 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.ops import alignment, live_sqlite, safety
-from phoenix_backup.ops.backup import select_sources, walk_tree
+from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.ops.gateway import GatewayStep, run_gateway
 from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
@@ -55,6 +55,7 @@ from phoenix_backup.repo.locks import process_start_time
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Extent, Node, check_name
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, is_database_path, split_logical
 from phoenix_backup.sources.patterns import glob_regex
