@@ -530,7 +530,7 @@ stats = st.builds(
     duration=st.integers(0, 10**9).map(lambda ms: ms / 1000),
 )
 # Every time a snapshot records can be sorted and printed: years well inside the calendar.
-times = st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.timezones()).map(
+times = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.timezones()).map(
     lambda d: d.isoformat()
 )
 # Timestamp names, and the plain words older tests used: never a path separator or control character.

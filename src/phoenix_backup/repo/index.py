@@ -28,8 +28,11 @@ _HEAD = struct.Struct("<4sBI")
 _PACK = struct.Struct("<32sI")
 _TYPES = {int(t): t for t in BlobType}
 _COMPRESSIONS = {int(c): c for c in Compression}
-# An index object's plaintext at most (46 bytes per blob: tens of millions of blobs).
+# An index object's plaintext at most (46 bytes per blob: tens of millions of blobs). Its entries
+# are mostly random ids, which do not compress: a plaintext more than 16 times its stored size (plus
+# a little for tiny ones) is refused before it is inflated.
 MAX_INDEX_SIZE = 1 << 31
+MAX_INDEX_RATIO = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,10 @@ def decode_index(blob: bytes, what: str) -> tuple[dict[str, list[PackEntry]], li
     try:
         # A frame that records its size is decompressed into a buffer of that size whatever
         # `max_output_size` says: check the recorded size first.
-        if zstandard.frame_content_size(blob) > MAX_INDEX_SIZE:
-            raise CorruptObject(f"{what} claims to inflate beyond {MAX_INDEX_SIZE} bytes (damaged or hostile)")
-        data = zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_INDEX_SIZE)
+        limit = min(MAX_INDEX_SIZE, MAX_INDEX_RATIO * len(blob) + (1 << 20))
+        if zstandard.frame_content_size(blob) > limit:
+            raise CorruptObject(f"{what} claims to inflate beyond {limit} bytes (damaged or hostile)")
+        data = zstandard.ZstdDecompressor().decompress(blob, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise CorruptObject(f"{what} does not decompress") from exc
     try:

@@ -632,12 +632,12 @@ def unwrap(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
 
 
 # Key-derivation work, in scrypt's own unit n*r*p (128*r bytes mixed n*p times): the default slot
-# costs 2**18, about 0.1 s on one core. One slot may cost at most 16 times that, and one opening
-# spends at most 32 times that across every slot it tries, and tries at most 32 passphrase slots:
-# a keys/ folder stuffed with expensive or numerous slots (n=2**20, p=16 took 36 s a slot) costs
-# seconds, never minutes.
-SCRYPT_MAX_SLOT_COST = 2**22
-SCRYPT_MAX_TOTAL_COST = 2**23
+# costs 2**18, 0.1 to 0.3 s on one core. One slot may cost at most 8 times that (age's own scrypt
+# work factor), one opening spends at most 16 times that across every slot it tries, and tries at
+# most 32 passphrase slots: a keys/ folder stuffed with expensive or numerous slots (n=2**20, p=16
+# took 36 s a slot) costs seconds, never minutes.
+SCRYPT_MAX_SLOT_COST = 2**21
+SCRYPT_MAX_TOTAL_COST = 2**22
 MAX_PASSPHRASE_SLOTS_TRIED = 32
 DEFAULT_COST = DEFAULT_SCRYPT_PARAMS["n"] * DEFAULT_SCRYPT_PARAMS["r"] * DEFAULT_SCRYPT_PARAMS["p"]
 

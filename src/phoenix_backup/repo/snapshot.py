@@ -204,12 +204,18 @@ def _is_hex_id(value: object) -> bool:
     return isinstance(value, str) and _HEX_ID.fullmatch(value) is not None
 
 
+# The years a snapshot's time may name: every command can sort, shift and print these (the ends of
+# the calendar overflow when a UTC offset moves them past year 1 or 9999).
+MIN_YEAR, MAX_YEAR = 1900, 9998
+
+
 def _time(value: object) -> str:
-    """RFC 3339 with a UTC offset, within the years every command can sort and print."""
+    """RFC 3339 with a UTC offset, within MIN_YEAR..MAX_YEAR."""
     when = datetime.fromisoformat(_text(value))
     if when.tzinfo is None:
         raise ValueError("time has no UTC offset")
-    when.timestamp()  # OverflowError at the ends of the calendar
+    if not MIN_YEAR <= when.year <= MAX_YEAR:
+        raise ValueError(f"time {value!r} is outside the years {MIN_YEAR} to {MAX_YEAR}")
     return _text(value)
 
 
