@@ -27,11 +27,9 @@ from typing import Any
 import zstandard
 
 from phoenix_backup.errors import CorruptObject, NotAnExport, UnsafePath, UnsupportedFormat
-from phoenix_backup.ops.importer import ExportRowSource, parse_metadata
 from phoenix_backup.repo.crypto import BlobType, Compression, Sealer, sha256_hex
 from phoenix_backup.repo.index import decode_index
 from phoenix_backup.repo.keys import Credentials
-from phoenix_backup.repo.locks import decode_lock
 from phoenix_backup.repo.pack import HEADER_AAD, PackBuilder, blob_aad, pack_name, read_header
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Snapshot
@@ -54,6 +52,9 @@ _CHECKSUM = Sealer(None)
 
 def decode(kind: str, data: bytes) -> None:
     """Decode `data` as `kind` arrives in a repository (or an export); raise only CLEAN[kind]."""
+    from phoenix_backup.ops.importer import ExportRowSource, parse_metadata
+    from phoenix_backup.repo.locks import decode_lock
+
     if kind == "pack_header":
         # A plaintext pack header, sealed and appended to a body as a writer of the storage could.
         sealed = _CHECKSUM.seal(data, HEADER_AAD)
