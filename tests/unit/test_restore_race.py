@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +69,17 @@ def make_db(path: Path, table: str, rows: int) -> None:
     con.executemany(f"INSERT INTO {table}(body) VALUES (?)", [(f"{table} {i}",) for i in range(rows)])
     con.commit()
     con.close()
+
+
+@pytest.fixture
+def public() -> Iterator[Path]:
+    """A folder below /tmp that other users can enter (pytest's tmp_path parents are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="phx-race-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -132,3 +145,36 @@ def test_a_root_restore_never_writes_through_a_swapped_in_link(world: dict[str, 
     # The race was real: the restore both wrote the folder and met the link.
     assert sum(outcomes.values()) == ATTEMPTS
     print(outcomes)
+
+
+# Run as `nobody`: a restore by a user who is not root cannot confine SQLite, so a folder someone
+# else can change is refused before SQLite is given a name in it.
+AS_USER = """
+import os, sys
+from phoenix_backup.errors import RestoreError
+from phoenix_backup.ops import sqlite_folder
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+try:
+    print(sqlite_folder.run(fd, "integrity", ["memory.db"]))
+except RestoreError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize(("mode", "owner", "verdict"), [(0o755, ATTACKER, "ok"), (0o777, ATTACKER, "refused")])
+def test_a_user_is_refused_a_folder_others_can_change(public: Path, mode: int, owner: int, verdict: str) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    folder = public / "shared"
+    folder.mkdir()
+    make_db(folder / "memory.db", "memories", 3)
+    os.chown(folder / "memory.db", owner, owner)
+    os.chown(folder, owner, owner)
+    folder.chmod(mode)  # 0777: any user may rename and link in it
+    run = [setpriv, f"--reuid={ATTACKER}", f"--regid={ATTACKER}", "--clear-groups", sys.executable, "-c", AS_USER]
+    proc = subprocess.run([*run, str(folder)], capture_output=True, text=True)
+    out = proc.stdout
+    assert proc.returncode == 0 and out.startswith(verdict), proc
+    if verdict == "refused":
+        assert "can be changed by another user" in out and "chmod go-w" in out
