@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from moto_support import bare_repo
@@ -201,3 +202,50 @@ def test_a_killed_clone_is_never_taken_for_a_good_one(tmp_path: Path, host: GitH
     b = GitBackend(host.url("agent.git"), "main", True, clone, env)
     assert b.read(SNAP) == b"a snapshot"
     assert sorted(p.name for p in clone.parent.iterdir() if not p.name.endswith(".lock")) == ["clone"]
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Another host: records any Authorization it is sent and asks for one."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        _Recorder.seen.append(self.headers.get("Authorization", ""))
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="elsewhere"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_redirect_to_another_host_never_receives_the_token(tmp_path: Path, env: dict[str, str]) -> None:
+    require_git()
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    other = elsewhere.server_address[1]
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{other}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    redirecting = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (elsewhere, redirecting):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://{USER}:{TOKEN}@127.0.0.1:{redirecting.server_address[1]}/agent.git"
+        with pytest.raises(TargetAuthError):
+            GitBackend(url, "main", True, tmp_path / "clone", env).exists()
+    finally:
+        for server in (elsewhere, redirecting):
+            server.shutdown()
+            server.server_close()
+    assert _Recorder.seen, "git never followed the redirect"
+    sent = [base64.b64decode(h.split()[1]).decode() for h in _Recorder.seen if h.startswith("Basic ")]
+    assert all(TOKEN not in s for s in sent), sent

@@ -188,9 +188,9 @@ class Snapshot:
         return snap
 
 
-# A timestamp name (2026-03-15-14-30, -2, -3 ...) or any such plain word: it names archive folders
-# and drill reports, so it may never hold a path separator, "..", or a control character.
-_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
+# A timestamp name (2026-03-15-14-30, -2, -3 ...): it names archive folders and drill reports and
+# is printed to terminals, so it may never hold a path separator or a control character.
+_NAME = re.compile(r"[^/\\\x00-\x1f\x7f]{1,64}")
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 
