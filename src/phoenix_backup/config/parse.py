@@ -741,16 +741,15 @@ def _url_password(url: str) -> bool:
 
 
 def _writable_by_others(path: Path) -> bool:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return bool(mode & (stat.S_IWGRP | stat.S_IWOTH))
+    return _mode_has(path, stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _readable_by_others(path: Path) -> bool:
+    return _mode_has(path, stat.S_IRGRP | stat.S_IROTH)
+
+
+def _mode_has(path: Path, bits: int) -> bool:
     try:
-        mode = os.stat(path).st_mode
+        return bool(os.stat(path).st_mode & bits)
     except OSError:
         return False
-    return bool(mode & (stat.S_IRGRP | stat.S_IROTH))

@@ -17,7 +17,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,17 +68,6 @@ def make_db(path: Path, table: str, rows: int) -> None:
     con.executemany(f"INSERT INTO {table}(body) VALUES (?)", [(f"{table} {i}",) for i in range(rows)])
     con.commit()
     con.close()
-
-
-@pytest.fixture
-def public() -> Iterator[Path]:
-    """A folder below /tmp that other users can enter (pytest's tmp_path parents are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="phx-race-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -162,11 +150,11 @@ except RestoreError as exc:
 
 
 @pytest.mark.parametrize(("mode", "owner", "verdict"), [(0o755, ATTACKER, "ok"), (0o777, ATTACKER, "refused")])
-def test_a_user_is_refused_a_folder_others_can_change(public: Path, mode: int, owner: int, verdict: str) -> None:
+def test_a_user_is_refused_a_folder_others_can_change(public_tmp: Path, mode: int, owner: int, verdict: str) -> None:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    folder = public / "shared"
+    folder = public_tmp / "shared"
     folder.mkdir()
     make_db(folder / "memory.db", "memories", 3)
     os.chown(folder / "memory.db", owner, owner)
