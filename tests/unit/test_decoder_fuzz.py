@@ -64,7 +64,8 @@ def _usable(kind: str, data: bytes) -> None:
         snap = Snapshot.from_json_bytes(data, "ab" * 32)
         snap.datetime.astimezone(UTC).isoformat()
         snap.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
-        assert "/" not in snap.name and ".." not in snap.name and len(snap.tree) == 32
+        # It names archive folders and drill reports (always after a prefix) and is printed.
+        assert "/" not in snap.name and snap.name.isprintable() and len(snap.tree) == 32
     elif kind == "lock":
         decode_lock(data, "locks/x").describe()
 

@@ -35,7 +35,8 @@ from typing import Any
 from phoenix_backup.errors import RestoreError
 from phoenix_backup.ops import live_sqlite
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_PATH: a folder above may be searchable without being readable (a home folder of mode 0711).
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 # The operations a child may run: each takes the paths of its files in the folder, then strings.
 _OPS: dict[str, Callable[..., Any]] = {
@@ -98,7 +99,7 @@ def _others_may_write(fd: int, st: os.stat_result, euid: int, *, sticky_enough: 
     # Group-writable: fine only for a group of this user alone, and without an ACL (whose mask
     # shows in the group bits while naming other users).
     try:
-        os.getxattr(fd, "system.posix_acl_access")
+        os.getxattr(f"/proc/self/fd/{fd}", "system.posix_acl_access")  # the folder itself, not a name
         return True
     except OSError as exc:
         if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
