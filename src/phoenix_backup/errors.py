@@ -88,6 +88,10 @@ class CorruptObject(RepositoryError):
     """An object's bytes do not match its name, checksum or authentication tag."""
 
 
+class KdfBudgetExceeded(RepositoryError):
+    """Opening would spend more key-derivation work than allowed (too many or too costly slots)."""
+
+
 class RepositoryLocked(RepositoryError):
     """Another process holds a conflicting lock."""
 

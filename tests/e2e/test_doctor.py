@@ -124,6 +124,25 @@ def test_postgres_configured_without_pg_dump(backed_up: Sandbox, tmp_path: Path)
     assert "start the server" in bad["fix"], bad
 
 
+def test_a_dsn_password_never_reaches_pg_dumps_command_line(backed_up: Sandbox, tmp_path: Path) -> None:
+    """Issue 14, point 6: a command line is readable by every local user (/proc/*/cmdline)."""
+    real = shutil.which("pg_dump")
+    if real is None:
+        pytest.skip("pg_dump is not installed (scripts/test.sh installs postgresql-client)")
+    sb = backed_up
+    log = tmp_path / "argv.log"
+    wrapper = tmp_path / "pg_dump"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s|%s\\n" "$*" "${{PGPASSWORD:-}}" >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    dsn = f"postgresql://agent:CANARY-pw-0815@127.0.0.1:{free_port()}/argentos"
+    sb.write_config(databases={"postgres": [{"name": "agentdb", "dsn": dsn, "pgDump": str(wrapper)}]})
+    doc = doctor(sb, 1)
+    assert checks(doc, "postgres agentdb")[0]["status"] == "fail"  # nothing listens there
+    calls = [line.partition("|") for line in log.read_text().splitlines() if "--schema-only" in line]
+    assert calls and all("CANARY" not in argv and password == "CANARY-pw-0815" for argv, _, password in calls), calls
+    assert "CANARY" not in json.dumps(doc)
+
+
 def test_no_free_space_on_the_repository_disk(make_sandbox: Any, tmp_path: Path) -> None:
     mnt = tmp_path / "small-disk"
     mnt.mkdir()

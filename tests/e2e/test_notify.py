@@ -171,3 +171,29 @@ def test_a_notification_that_cannot_be_sent_only_warns(make_sandbox: Callable[..
     assert "notifications.urls[1]" in problems[1] and "not a URL Apprise understands" in problems[1]
     assert "warning: notification not sent" in res.err
     assert TOKEN not in res.out + res.err
+
+
+# Apprise services whose host part is itself the token (issue 14, point 6).
+TOKEN_HOSTS = [
+    "prowl://CANARYprowl0000000000000000000000000000001",
+    "pbul://o.CANARYpushbullet",
+    "pover://CANARYuser@CANARYpushover",
+    "join://CANARYjoinapikey0000000000000001/device",
+    "ntfy://CANARYtopic",
+    "ntfys://ntfy.sh/CANARYtopic",
+    "tgram://123456789:CANARYbot/987654",
+]
+
+
+def test_no_url_form_shows_its_token(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    sb.write_config(notifications={"enabled": True, "onSuccess": "notify", "urls": TOKEN_HOSTS})
+    # Requests go to a closed local port, never to the real services.
+    env = sb.env_with(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY=None)
+    res = sb.phx("backup", "--json", env=env)
+    problems = res.json()["notification"]["problems"]
+    assert len(problems) == len(TOKEN_HOSTS), problems
+    for i, url in enumerate(TOKEN_HOSTS):
+        scheme = url.split("://")[0]
+        assert f"notifications.urls[{i}] ({scheme}://***)" in problems[i], problems[i]
+    assert "CANARY" not in res.out + res.err

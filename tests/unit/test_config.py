@@ -738,3 +738,38 @@ def test_write_config_replaces_with_force(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == {"workspace": "/w"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.json"]
+
+
+# Issue 14, point 10: every kind of secret a config may hold makes a readable file warn.
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"notifications": {"enabled": True, "urls": ["pbul://o.ACCESSTOKEN"]}},
+        {"targets": {"git": {"enabled": True, "repo": "https://x-access-token:ghp_TOKEN@github.com/me/a.git"}}},
+        {"targets": {"git": {"enabled": True, "repo": "https://ghp_TOKEN@github.com/me/a.git"}}},
+        {"encryption": {"enabled": True, "method": "passphrase", "passphraseCommand": "echo hunter2"}},
+    ],
+)
+def test_every_kind_of_secret_warns_in_a_readable_file(tmp_path: Path, changes: dict[str, Any]) -> None:
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps(minimal(**changes)))
+    path.chmod(0o644)
+    warnings = load_config(path, env={"HOME": str(tmp_path)}).warnings
+    assert warnings == (f"config file {path} holds secrets and is readable by others; run chmod 600 {path}",)
+    path.chmod(0o600)
+    assert load_config(path, env={"HOME": str(tmp_path)}).warnings == ()
+
+
+def test_an_ssh_git_remote_is_no_secret(tmp_path: Path) -> None:
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps(minimal(targets={"git": {"enabled": True, "repo": "ssh://git@github.com/me/a.git"}})))
+    path.chmod(0o644)
+    assert load_config(path, env={"HOME": str(tmp_path)}).warnings == ()
+
+
+def test_a_config_others_can_change_warns(tmp_path: Path) -> None:
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps(minimal(hooks={"preBackup": "sync"})))
+    path.chmod(0o666)
+    (warning,) = load_config(path, env={"HOME": str(tmp_path)}).warnings
+    assert "can be changed by other users" in warning and f"chmod go-w {path}" in warning

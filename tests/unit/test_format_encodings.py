@@ -15,6 +15,7 @@ import json
 import struct
 import tracemalloc
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 import zstandard
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from phoenix_backup.errors import CorruptObject, UnsafePath, UnsupportedFormat
 from phoenix_backup.repo.crypto import (
     CHECKSUM_SIZE,
+    MAX_BLOB_SIZE,
     NONCE_SIZE,
     TAG_SIZE,
     BlobIds,
@@ -59,11 +61,16 @@ ids = st.binary(min_size=32, max_size=32)
 hex_ids = ids.map(bytes.hex)
 blob_types = st.sampled_from(list(BlobType))
 compressions = st.sampled_from(list(Compression))
-pack_entries = st.builds(PackEntry, blob_types, compressions, ids, U32, U32, U32)
+# A stored blob's raw length never exceeds MAX_BLOB_SIZE: decoders refuse larger claims.
+pack_entries = st.builds(PackEntry, blob_types, compressions, ids, U32, U32, st.integers(0, MAX_BLOB_SIZE))
 extents = st.builds(Extent, ids, st.integers(0, 2**40), st.integers(0, 2**40))
+blob_extents = st.builds(Extent, ids, st.integers(0, MAX_BLOB_SIZE // 2), st.integers(0, MAX_BLOB_SIZE // 2))
 
 # Names a tree may hold: one path component, never "", ".", "..", nor containing "/" or NUL.
-names = st.text(st.characters(exclude_characters="/\0"), min_size=1, max_size=40).filter(lambda s: s not in (".", ".."))
+# (A lone surrogate other than the \udc80-\udcff a file system name decodes to is no name: it has no bytes.)
+names = st.text(st.characters(exclude_characters="/\0", exclude_categories=("Cs",)), min_size=1, max_size=40).filter(
+    lambda s: s not in (".", "..")
+)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(
     json_scalars,
@@ -419,20 +426,21 @@ def nodes(draw: st.DrawFn, name: st.SearchStrategy[str] = names) -> Node:
         name=draw(name),
         type=kind,
         mode=draw(st.integers(0, 0o7777)),
-        mtime_ns=draw(st.integers(-(2**63), 2**63)),
-        uid=draw(st.integers(0, 2**32 - 1)),
-        gid=draw(st.integers(0, 2**32 - 1)),
+        mtime_ns=draw(st.integers(-(2**63), 2**63 - 1)),
+        uid=draw(st.integers(0, 2**32 - 2)),
+        gid=draw(st.integers(0, 2**32 - 2)),
     )
     if kind in ("file", "sqlite"):
-        node.size = draw(st.integers(0, 2**50))
+        # A node's size is exactly its content, and every extent lies within a blob.
+        node.content = draw(st.lists(blob_extents, max_size=6))
+        node.size = sum(e.length for e in node.content)
         node.inode = draw(st.integers(0, 2**64 - 1))
-        node.ctime_ns = draw(st.integers(0, 2**63))
-        node.content = draw(st.lists(extents, max_size=6))
-        node.sha256 = draw(st.none() | ids.map(bytes.hex))
+        node.ctime_ns = draw(st.integers(0, 2**63 - 1))
+        node.sha256 = draw(ids.map(bytes.hex))
     if kind == "dir":
         node.subtree = draw(ids)
     if kind == "symlink":
-        node.link_target = draw(st.text(st.characters(exclude_characters="\0"), max_size=60))
+        node.link_target = draw(st.text(st.characters(exclude_characters="\0"), min_size=1, max_size=60))
     if kind == "sqlite" or draw(st.booleans()):
         node.sqlite = draw(st.dictionaries(st.text(max_size=12), json_values, max_size=4))
     return node
@@ -525,11 +533,16 @@ stats = st.builds(
     files_read=st.integers(0, 2**40),
     duration=st.integers(0, 10**9).map(lambda ms: ms / 1000),
 )
-times = st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+# Every time a snapshot records can be sorted and printed: years well inside the calendar.
+times = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.timezones()).map(
+    lambda d: d.isoformat()
+)
+# Timestamp names, and the plain words older tests used: never a path separator or control character.
+snapshot_names = st.from_regex(r"[0-9A-Za-z][0-9A-Za-z._-]{0,30}", fullmatch=True)
 snapshots = st.builds(
     Snapshot,
     time=times,
-    name=st.text(max_size=30),
+    name=snapshot_names,
     host=st.text(max_size=30),
     username=st.text(max_size=20),
     scope=st.sampled_from(["full", "memory", "databases", "identity"]),

@@ -221,7 +221,9 @@ def test_saving_the_same_data_twice_adds_nothing(tmp_path: Path, kind: str) -> N
 
 
 def test_trees_round_trip_through_the_repository(repo: Repository) -> None:
-    child, _ = repo.save_tree([Node(name="a.md", type="file", size=3, content=[Extent(b"\x01" * 32, 0, 3)])])
+    child, _ = repo.save_tree(
+        [Node(name="a.md", type="file", size=3, content=[Extent(b"\x01" * 32, 0, 3)], sha256="ab" * 32)]
+    )
     root_nodes = [
         Node(name="memory", type="dir", subtree=child),
         Node(name="link", type="symlink", link_target="memory/a.md"),

@@ -25,6 +25,13 @@ from phoenix_backup.ops.merge import CONFLICT_MODES, ConflictMode, MergeResult
 )
 @click.option("--dry-run", is_flag=True, help="Verify and count what would be merged; write nothing.")
 @click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--to",
+    "to",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Merge into stores below DIR (DIR/home/.argentos/memory.db ...), not into the live stores.",
+)
 @common
 def import_cmd(
     out: Out,
@@ -34,17 +41,26 @@ def import_cmd(
     conflict_mode: ConflictMode,
     dry_run: bool,
     force: bool,
+    to: str | None,
 ) -> ExitStatus:
     """Merge a JSON export (`phx export --format json`) into the live stores, row by primary key.
 
     checksums.json is verified first; each store is merged in one transaction, its full-text
-    indexes rebuilt and `PRAGMA integrity_check` run before it commits.
+    indexes rebuilt and `PRAGMA integrity_check` run before it commits. Only the SQLite stores
+    this config backs up are written (or stores below --to DIR): the export's checksums detect
+    damage, not tampering, so its metadata never chooses where data goes.
 
     Example: phx import ~/agent-export --conflict-mode skip --dry-run
     """
     cfg = load_config(out, envx, config_path)
     result = importer.import_export(
-        cfg, envx, folder=Path(folder), conflict_mode=conflict_mode, dry_run=dry_run, force=force
+        cfg,
+        envx,
+        folder=Path(folder),
+        conflict_mode=conflict_mode,
+        dry_run=dry_run,
+        force=force,
+        to=Path(to) if to is not None else None,
     )
     notices(out, result)
     out.result(result.to_json(), text(result))

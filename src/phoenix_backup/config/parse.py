@@ -349,6 +349,11 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
         ctx.warnings.append(
             f"config file {source} holds secrets and is readable by others; run chmod 600 {shlex.quote(str(source))}"
         )
+    if source is not None and _writable_by_others(source):
+        ctx.warnings.append(
+            f"config file {source} can be changed by other users, who could make Phoenix run their commands as you "
+            f"(hooks, gateway, passphraseCommand); run chmod go-w {shlex.quote(str(source))}"
+        )
     return Config(
         source=source,
         workspace=workspace,
@@ -689,12 +694,18 @@ def _schedule(section: _Section) -> Schedule:
 
 
 def _holds_secrets(data: Mapping[str, object]) -> bool:
+    """Does the config file itself hold a secret: a key, a password in a URL or DSN, a Git URL's
+    token, an Apprise URL (its token is part of it), or a command that prints the passphrase?"""
     targets = data.get("targets")
     if isinstance(targets, dict):
         for name in ("s3", "r2"):
             target = targets.get(name)
             if isinstance(target, dict) and target.get("secretAccessKey"):
                 return True
+        git = targets.get("git")
+        repo = git.get("repo") if isinstance(git, dict) else None
+        if isinstance(repo, str) and _url_credentials(repo):
+            return True
     databases = data.get("databases")
     if isinstance(databases, dict):
         for entry in databases.get("postgres") or []:
@@ -705,7 +716,21 @@ def _holds_secrets(data: Mapping[str, object]) -> bool:
             url = entry.get("url") if isinstance(entry, dict) else None
             if isinstance(url, str) and _url_password(url):
                 return True
-    return False
+    notifications = data.get("notifications")
+    if isinstance(notifications, dict) and any(isinstance(u, str) and u for u in notifications.get("urls") or []):
+        return True
+    encryption = data.get("encryption")
+    return isinstance(encryption, dict) and bool(encryption.get("passphraseCommand"))
+
+
+def _url_credentials(url: str) -> bool:
+    """A user name or password in an http(s) URL (a Git host's token may stand in either place;
+    ssh's `git@` names an account, not a secret)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and (parts.username is not None or parts.password is not None)
+    except ValueError:
+        return False
 
 
 def _url_password(url: str) -> bool:
@@ -715,9 +740,16 @@ def _url_password(url: str) -> bool:
         return False
 
 
+def _writable_by_others(path: Path) -> bool:
+    return _mode_has(path, stat.S_IWGRP | stat.S_IWOTH)
+
+
 def _readable_by_others(path: Path) -> bool:
+    return _mode_has(path, stat.S_IRGRP | stat.S_IROTH)
+
+
+def _mode_has(path: Path, bits: int) -> bool:
     try:
-        mode = os.stat(path).st_mode
+        return bool(os.stat(path).st_mode & bits)
     except OSError:
         return False
-    return bool(mode & (stat.S_IRGRP | stat.S_IROTH))

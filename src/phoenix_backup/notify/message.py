@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config
+from phoenix_backup.redaction import redact
 from phoenix_backup.units import human_size
-
-# user:password@ in any URL, and token-like query parameters.
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
-_QUERY_SECRET = re.compile(
-    r"((?:[?&;]|\b)(?:token|key|secret|password|passwd|pass|apikey|api_key|sig|signature)=)[^&\s;]+", re.I
-)
-# A secret shorter than this is not searched for: "pw" would redact half the message.
-_MIN_SECRET = 4
-REDACTED = "***"
 
 
 @dataclass(frozen=True)
@@ -66,13 +57,6 @@ def compose(event: BackupEvent, secrets: Iterable[str] = ()) -> tuple[str, str]:
         lines += [f"  {error}" for error in event.errors]
     secret_list = list(secrets)
     return redact(title, secret_list), redact("\n".join(lines), secret_list)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    text = _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
-    return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
 
 
 def secrets_of(cfg: Config, env: Mapping[str, str]) -> list[str]:

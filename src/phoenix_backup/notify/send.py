@@ -1,15 +1,15 @@
-"""Sending through Apprise, one URL at a time so a failure names which one (by scheme and host
-only: the rest of an Apprise URL is usually a token)."""
+"""Sending through Apprise, one URL at a time so a failure names which one (by its index, and the
+URL as `redact_url` shows it: for many services even the host part is a token)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from phoenix_backup.config import Config
 from phoenix_backup.notify.message import BackupEvent, compose, secrets_of
+from phoenix_backup.redaction import redact_url
 
 
 @dataclass
@@ -20,15 +20,6 @@ class NotifyOutcome:
 
     def to_json(self) -> dict[str, object]:
         return {"sent": self.sent, "skipped": self.skipped, "problems": self.problems}
-
-
-def describe_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "an unparsable URL"
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}" if host else f"{parts.scheme}://"
 
 
 def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> NotifyOutcome:
@@ -48,7 +39,7 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
     try:
         kind = apprise.NotifyType.FAILURE if failure else apprise.NotifyType.SUCCESS
         for index, url in enumerate(urls):
-            where = f"notifications.urls[{index}] ({describe_url(url)})"
+            where = f"notifications.urls[{index}] ({redact_url(url)})"
             ap = apprise.Apprise()
             try:
                 if not ap.add(url):

@@ -33,11 +33,11 @@ from typing import Any
 from phoenix_backup import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError
-from phoenix_backup.ops.backup import walk_tree
 from phoenix_backup.ops.browse import NodeReader, open_target
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.storage.local import os_error
 
 MANIFEST = "phoenix-manifest.json"

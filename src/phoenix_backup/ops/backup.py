@@ -13,7 +13,6 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,8 +32,9 @@ from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot, SnapshotStats
+from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import Extent, Node, NodeType
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import Layout, is_database_path
@@ -114,6 +114,8 @@ def parse_time(text: str | None) -> datetime:
         raise UsageError(f"--time {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
     if when.tzinfo is None:
         raise UsageError(f"--time {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
+    if not MIN_YEAR <= when.year <= MAX_YEAR:
+        raise UsageError(f"--time {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
     return when
 
 
@@ -456,15 +458,6 @@ def _content_node(
 
 def _renamed(node: Node, name: str) -> Node:
     return node if node.name == name else dataclasses.replace(node, name=name)
-
-
-def walk_tree(repo: Repository, tree_id: bytes, prefix: str = "") -> Iterator[tuple[str, Node]]:
-    """(logical path, node) for every node below a tree, depth first."""
-    for node in repo.load_tree(tree_id):
-        path = f"{prefix}/{node.name}" if prefix else node.name
-        yield path, node
-        if node.type == "dir" and node.subtree is not None:
-            yield from walk_tree(repo, node.subtree, path)
 
 
 def _run(

@@ -20,13 +20,13 @@ from typing import Any, BinaryIO, cast
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, UsageError
 from phoenix_backup.ops import context
-from phoenix_backup.ops.backup import walk_tree
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.layout import ROOTS
 
 # `phx dump` holds a file in memory up to this size before spilling to a temporary file: nothing

@@ -29,6 +29,7 @@ from phoenix_backup.ops.merge import copy_snapshot_database, scratch_dir
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.walker import Trees
 from phoenix_backup.sources.sqlite import sqlite_uri
 
 
@@ -166,7 +167,11 @@ def diff(
         old, new = repo.find_snapshot(ref1, snaps), repo.find_snapshot(ref2, snaps)
         changes: list[FileChange] = []
         db_nodes: dict[str, tuple[Node | None, Node | None]] = {}
-        _compare(repo, old.tree, new.tree, "", changes, db_nodes)
+        trees = Trees(repo)
+        for snap in (old, new):
+            trees.load(snap.tree)
+            trees.check(snap.tree)
+        _compare(trees, old.tree, new.tree, changes, db_nodes)
         result = DiffResult(old, new, sorted(changes, key=lambda f: f.path), rows)
         if rows:
             _row_diffs(repo, db_nodes, result)
@@ -174,40 +179,43 @@ def diff(
 
 
 def _compare(
-    repo: Repository,
+    trees: Trees,
     a: bytes | None,
     b: bytes | None,
-    prefix: str,
     out: list[FileChange],
     dbs: dict[str, tuple[Node | None, Node | None]],
 ) -> None:
-    if a == b:
-        return
-    left = {n.name: n for n in repo.load_tree(a)} if a is not None else {}
-    right = {n.name: n for n in repo.load_tree(b)} if b is not None else {}
-    for name in sorted(set(left) | set(right)):
-        path = f"{prefix}/{name}" if prefix else name
-        x, y = left.get(name), right.get(name)
-        if x is not None and y is not None and x.type == y.type == "dir":
-            _compare(repo, x.subtree, y.subtree, path, out, dbs)
+    """Files added, removed and changed between two loaded trees; equal subtrees are skipped."""
+    stack: list[tuple[bytes | None, bytes | None, str]] = [(a, b, "")]
+    while stack:
+        a, b, prefix = stack.pop()
+        if a == b:
             continue
-        if x is not None and y is not None and x.type == y.type:
-            if x.type == "symlink":
-                if x.link_target != y.link_target:
-                    out.append(FileChange(path, "changed", "symlink", 0, 0))
-            elif x.sha256 != y.sha256 or x.size != y.size:
-                out.append(FileChange(path, "changed", x.type, x.size, y.size))
-                if x.type == "sqlite":
-                    dbs[path] = (x, y)
-            continue
-        if x is not None:
-            _gone(repo, x, path, "removed", out, dbs)
-        if y is not None:
-            _gone(repo, y, path, "added", out, dbs)
+        left = {n.name: n for n in trees.nodes.get(a, ())} if a is not None else {}
+        right = {n.name: n for n in trees.nodes.get(b, ())} if b is not None else {}
+        for name in sorted(set(left) | set(right)):
+            path = f"{prefix}/{name}" if prefix else name
+            x, y = left.get(name), right.get(name)
+            if x is not None and y is not None and x.type == y.type == "dir":
+                stack.append((x.subtree, y.subtree, path))
+                continue
+            if x is not None and y is not None and x.type == y.type:
+                if x.type == "symlink":
+                    if x.link_target != y.link_target:
+                        out.append(FileChange(path, "changed", "symlink", 0, 0))
+                elif x.sha256 != y.sha256 or x.size != y.size:
+                    out.append(FileChange(path, "changed", x.type, x.size, y.size))
+                    if x.type == "sqlite":
+                        dbs[path] = (x, y)
+                continue
+            if x is not None:
+                _gone(trees, x, path, "removed", out, dbs)
+            if y is not None:
+                _gone(trees, y, path, "added", out, dbs)
 
 
 def _gone(
-    repo: Repository,
+    trees: Trees,
     node: Node,
     path: str,
     change: str,
@@ -215,18 +223,17 @@ def _gone(
     dbs: dict[str, tuple[Node | None, Node | None]],
 ) -> None:
     """Record `node` (and everything below a folder) as added or removed."""
-    if node.type == "dir":
-        if node.subtree is not None:
-            for child in repo.load_tree(node.subtree):
-                _gone(repo, child, f"{path}/{child.name}", change, out, dbs)
-        return
-    size = node.size if node.type != "symlink" else 0
-    out.append(
-        FileChange(path, change, node.type, size if change == "removed" else 0, size if change == "added" else 0)
-    )
-    if node.type == "sqlite":
-        old, new = dbs.get(path, (None, None))
-        dbs[path] = (node, new) if change == "removed" else (old, node)
+    below = trees.walk(node.subtree, path) if node.type == "dir" and node.subtree is not None else iter(())
+    for logical, item in [(path, node), *below]:
+        if item.type == "dir":
+            continue
+        size = item.size if item.type != "symlink" else 0
+        out.append(
+            FileChange(logical, change, item.type, size if change == "removed" else 0, size if change == "added" else 0)
+        )
+        if item.type == "sqlite":
+            old, new = dbs.get(logical, (None, None))
+            dbs[logical] = (item, new) if change == "removed" else (old, item)
 
 
 def _row_diffs(repo: Repository, dbs: dict[str, tuple[Node | None, Node | None]], result: DiffResult) -> None:

@@ -38,6 +38,7 @@ from phoenix_backup.errors import (
     MissingCredentials,
     PhoenixError,
     RepositoryNotFound,
+    SourceError,
     WrongPassphrase,
 )
 from phoenix_backup.ops import manage
@@ -211,25 +212,24 @@ def check_postgres(cfg: Config, envx: Environment, result: DoctorResult) -> None
 def _postgres_server(
     db: PostgresDb, where: str, program: str, version: str, envx: Environment, result: DoctorResult
 ) -> None:
-    env = dict(envx.env)
-    env.setdefault("PGCONNECT_TIMEOUT", "5")
-    args = [program, "--schema-only", "--table=phx_doctor_probe_no_such_table"]
-    if db.dsn:
-        args.append(f"--dbname={db.dsn}")
-        server = f"{db.name} (dsn)"
-    else:
-        env.update(PGHOST=db.host, PGPORT=str(db.port), PGDATABASE=db.database or "")
-        if db.user:
-            env["PGUSER"] = db.user
-        server = f"{db.name} at {db.host}:{db.port}/{db.database}"
-    if db.password_env:
-        password = envx.env.get(db.password_env)
-        if not password:
-            result.add(
-                f"postgres {db.name}", "fail", f"{db.password_env} is not set", f"export {db.password_env} ({where})"
-            )
-            return
-        env["PGPASSWORD"] = password
+    if db.password_env and not envx.env.get(db.password_env):
+        result.add(
+            f"postgres {db.name}", "fail", f"{db.password_env} is not set", f"export {db.password_env} ({where})"
+        )
+        return
+    from phoenix_backup.sources.postgres import connection_for
+
+    # The connection string without its password (which goes into PGPASSWORD): a command line is
+    # readable by every local user.
+    try:
+        conn = connection_for(db, envx.env)
+    except SourceError as exc:
+        result.add(f"postgres {db.name}", "fail", str(exc), f"fix {where}")
+        return
+    env = conn.tool_env()
+    env["PGCONNECT_TIMEOUT"] = envx.env.get("PGCONNECT_TIMEOUT", "5")
+    args = [program, "--schema-only", "--table=phx_doctor_probe_no_such_table", f"--dbname={conn.conninfo}"]
+    server = f"{db.name} at {conn.where}"
     try:
         proc = subprocess.run(
             args, env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL

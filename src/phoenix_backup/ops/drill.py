@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, ObjectNotFound, PhoenixError
+from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.browse import damaged_pack, open_target
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.restore import _Writer  # the restore op's writer: the drill proves that code
@@ -45,6 +45,7 @@ from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import count_rows, sqlite_uri
 
@@ -336,24 +337,13 @@ def drill(
 
 def _walk(repo: Repository, snap: Snapshot, result: DrillResult) -> list[tuple[str, Node]]:
     """(logical path, node), parents first; a tree that cannot be read is an error for its folder."""
-    out: list[tuple[str, Node]] = []
 
-    def visit(tree_id: bytes, prefix: str) -> None:
-        try:
-            children = repo.load_tree(tree_id)
-        except (CorruptObject, ObjectNotFound) as exc:
-            loc = repo.index.get(tree_id)
-            obj = pack_name(loc.pack_id) if loc else "tree"
-            result.error(obj, prefix or "/", f"the folder's tree cannot be read, nothing below it restored: {exc}")
-            return
-        for node in children:
-            path = f"{prefix}/{node.name}" if prefix else node.name
-            out.append((path, node))
-            if node.type == "dir" and node.subtree is not None:
-                visit(node.subtree, path)
+    def unreadable(tree_id: bytes, prefix: str, exc: PhoenixError) -> None:
+        loc = repo.index.get(tree_id)
+        obj = pack_name(loc.pack_id) if loc else "tree"
+        result.error(obj, prefix or "/", f"the folder's tree cannot be read, nothing below it restored: {exc}")
 
-    visit(snap.tree, "")
-    return out
+    return list(walk_tree(repo, snap.tree, on_error=unreadable))
 
 
 def _check_space(base: Path, snap: Snapshot) -> None:

@@ -1,29 +1,34 @@
 """`phx import DIR`: merge a JSON export back into the live stores.
 
-Order of work: `checksums.json` is verified first (a damaged or edited export imports nothing),
-then `metadata.json` is read, then — after a confirmation, unless `force` or `dry_run` — each
-store is merged by primary key in one transaction of its own (`ops/merge.py`). Stores are found
-through their logical paths (`home/.argentos/memory.db`), so an export made on one machine merges
-into the stores of another user or machine. Only JSON exports can be imported: CSV cannot tell
-NULL from an empty string and Markdown is for people.
+Order of work: `checksums.json` is verified first (a damaged export imports nothing; the checksums
+are unkeyed, so they detect damage, not tampering), then `metadata.json` is read and every store
+it names must be one this config backs up (or lie below `--to DIR`), then — after a confirmation,
+unless `force` or `dry_run` — each store is merged by primary key in one transaction of its own
+(`ops/merge.py`). Stores are found through their logical paths (`home/.argentos/memory.db`), so an
+export made on one machine merges into the stores of another user or machine. Only JSON exports
+can be imported: CSV cannot tell NULL from an empty string and Markdown is for people.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ChecksumMismatch, NotAnExport, UnsafePath, UsageError
+from phoenix_backup.errors import ChecksumMismatch, NotAnExport, SourceError, UnsafePath, UsageError
 from phoenix_backup.memory.checksums import verify_checksums
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue, from_json
+from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
 from phoenix_backup.ops.merge import ConflictMode, MergeResult, confirm_merge, merge_database
+from phoenix_backup.ops.scope import configured_databases
 from phoenix_backup.sources.layout import Layout
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
@@ -33,9 +38,19 @@ class ExportRowSource:
     """One store of a JSON export: its schema statements, tables and rows (streamed)."""
 
     def __init__(self, folder: Path, db: dict[str, Any]) -> None:
+        try:
+            self._read(folder, db)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise NotAnExport(
+                f"metadata.json of the export in {folder} describes a store it cannot hold ({exc}); export again"
+            ) from exc
+
+    def _read(self, folder: Path, db: dict[str, Any]) -> None:
         self.folder = folder
-        self.logical = str(db["path"])
-        self._statements = [SchemaStatement.from_json(s) for s in db.get("schema", [])]
+        if not isinstance(db, dict) or not isinstance(db.get("path"), str):
+            raise TypeError("a store without a path")
+        self.logical = db["path"]
+        self._statements = [SchemaStatement.from_json(s) for s in _list(db.get("schema", []))]
         for s in self._statements:
             if s.type not in ("table", "index", "view", "trigger") or not _CREATE.match(s.sql):
                 raise NotAnExport(
@@ -44,11 +59,13 @@ class ExportRowSource:
                 )
         self._tables: list[TableInfo] = []
         self._files: dict[str, Path] = {}
-        for t in db.get("tableFiles", []):
+        for t in _list(db.get("tableFiles", [])):
             info = TableInfo.from_json(t)
-            columns = tuple(str(c) for c in t.get("exportedColumns", info.columns))
+            columns = tuple(str(c) for c in _list(t.get("exportedColumns", list(info.columns))))
             info = TableInfo(info.name, columns, info.key, info.sql, info.virtual, info.vector_columns)
-            path = (folder / str(t["file"])).resolve()
+            if not isinstance(t["file"], str) or not isinstance(t.get("rows", 0), int):
+                raise TypeError("a table file without a name or row count")
+            path = (folder / t["file"]).resolve()
             if not path.is_relative_to(folder.resolve()):
                 raise NotAnExport(f"the export names a table file outside its folder ({t['file']}); import refused")
             self._tables.append(info)
@@ -97,14 +114,30 @@ def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
             yield obj
 
 
+def _list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("expected a JSON array")
+    return value
+
+
 def read_metadata(folder: Path) -> dict[str, Any]:
     path = folder / "metadata.json"
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise NotAnExport(f"{folder} holds no metadata.json; give the folder `phx export` wrote") from None
     except (OSError, ValueError) as exc:
         raise NotAnExport(f"{path} cannot be read ({exc}); export again") from exc
+    return parse_metadata(text, folder)
+
+
+def parse_metadata(text: str, folder: Path) -> dict[str, Any]:
+    """The export's metadata.json, checked as far as import relies on it; any fault is one
+    NotAnExport naming the folder. (Its stores are checked by `ExportRowSource`.)"""
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise NotAnExport(f"metadata.json of the export in {folder} is not valid JSON ({exc}); export again") from exc
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT_NAME:
         raise NotAnExport(f"{folder} is not a Phoenix memory export; give the folder `phx export` wrote")
     version = meta.get("version")
@@ -112,7 +145,19 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         raise NotAnExport(
             f"{folder} was written by a newer Phoenix (export version {version}); upgrade phoenix-backup to import it"
         )
+    if not isinstance(meta.get("databases", []), list):
+        raise NotAnExport(f"metadata.json of the export in {folder} lists no stores; export again")
     return meta
+
+
+def configured_stores(cfg: Config, envx: Environment) -> set[str]:
+    """The real paths of the SQLite stores a `--databases-only` backup of this config covers:
+    `databases.sqlite` (those that do not exist yet too) and the databases found in the workspace."""
+    out = {os.path.normpath(p) for p in configured_databases(cfg)}
+    with contextlib.suppress(SourceError):
+        _layout, sel = select_sources(cfg, "databases", envx)
+        out |= {os.path.normpath(e.path) for e in sel.entries.values() if e.kind == "sqlite"}
+    return out
 
 
 def import_export(
@@ -123,7 +168,12 @@ def import_export(
     conflict_mode: ConflictMode = "skip",
     dry_run: bool = False,
     force: bool = False,
+    to: Path | None = None,
 ) -> MergeResult:
+    """Merge the export in `folder` into the configured SQLite stores, or into stores below `to`
+    (at their logical paths, as `restore --to` writes them). An export only names stores: a store
+    that is not one this config backs up is refused, whatever metadata.json says, because the
+    export's checksums are unkeyed and detect damage, not tampering."""
     folder = folder.absolute()
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder; give the folder `phx export --format json` wrote")
@@ -153,11 +203,19 @@ def import_export(
     sources = [ExportRowSource(folder, db) for db in meta.get("databases", [])]
     layout = Layout(cfg.workspace, envx.home)
     targets: list[Path] = []
+    stores = configured_stores(cfg, envx) if to is None else set()
     for src in sources:
         try:
-            targets.append(layout.to_real(src.logical))
+            target = layout.to_real(src.logical, to.absolute() if to is not None else None)
         except UnsafePath as exc:
             raise NotAnExport(f"the export names an unsafe store path {src.logical!r}; import refused") from exc
+        if to is None and os.path.normpath(target) not in stores:
+            raise NotAnExport(
+                f"the export names the store {src.logical} ({target}), which is not one of the SQLite stores this "
+                "config backs up; nothing was imported — import into a folder with --to DIR, or add the store to "
+                "databases.sqlite"
+            )
+        targets.append(target)
     if not dry_run and not force and sources:
         rows = sum(int(t.get("rows", 0)) for db in meta.get("databases", []) for t in db.get("tableFiles", []))
         confirm_merge(

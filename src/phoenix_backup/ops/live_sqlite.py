@@ -90,6 +90,41 @@ def page_size_problem(logical: str, live: LiveDb, copy_page_size: int, real: str
     )
 
 
+def page_size_of(path: str) -> int:
+    """The page size a database file's header records."""
+    with open(path, "rb") as f:
+        header = f.read(18)
+    raw = int.from_bytes(header[16:18], "big")
+    return 65536 if raw == 1 else raw
+
+
+def integrity(path: str) -> str:
+    """`PRAGMA integrity_check` of a database file no one else uses (a restored copy), read-only."""
+    try:
+        con = sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)
+        try:
+            rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return "ok" if rows == ["ok"] else "; ".join(rows[:5])
+
+
+def apply_if_readable(copy: str, live: str, logical: str, shown: str) -> bool:
+    """Write the checked `copy` into the live database through the backup API when there is one
+    SQLite can read (True). False when there is none, or it cannot be read: the caller replaces it
+    by rename. `shown` is the live database's path as the user knows it, for messages."""
+    state = probe(live)
+    if not state.readable:
+        return False
+    problem = page_size_problem(logical, state, page_size_of(copy), shown)
+    if problem:
+        raise RestoreError(problem)
+    apply_copy(copy, live, logical)
+    return True
+
+
 def apply_copy(copy: str, live: str, logical: str) -> None:
     """Copy the checked restored copy into the live database through the backup API."""
     src = sqlite3.connect(sqlite_uri(copy, "mode=ro&immutable=1"), uri=True)
@@ -124,7 +159,10 @@ class LiveCheck:
 
 def check_live(path: str) -> LiveCheck:
     """`PRAGMA integrity_check`, then FTS5's own `integrity-check` on every FTS5 table."""
-    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        return LiveCheck(f"cannot be checked: {exc}", {})
     try:
         rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
         integrity = "ok" if rows == ["ok"] else "; ".join(rows[:5])

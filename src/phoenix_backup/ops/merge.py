@@ -40,11 +40,11 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ConfirmationRequired, ExitStatus, MergeFailed
 from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect, quote
 from phoenix_backup.memory.values import SqlValue
-from phoenix_backup.ops.backup import walk_tree
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import sqlite_uri
 

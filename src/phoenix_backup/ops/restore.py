@@ -45,8 +45,8 @@ from phoenix_backup.errors import (
     UnsafePath,
     UsageError,
 )
-from phoenix_backup.ops import alignment, live_sqlite, safety
-from phoenix_backup.ops.backup import select_sources, walk_tree
+from phoenix_backup.ops import alignment, live_sqlite, safety, sqlite_folder
+from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.ops.gateway import GatewayStep, run_gateway
 from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
@@ -55,6 +55,7 @@ from phoenix_backup.repo.locks import process_start_time
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Extent, Node, check_name
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, is_database_path, split_logical
 from phoenix_backup.sources.patterns import glob_regex
@@ -839,13 +840,10 @@ class _Restore:
                 continue
             result.restored += 1
             if self.in_place:
-                check = live_sqlite.check_live(item.target)
-                info["integrity"] = check.integrity
-                info["fts"] = check.fts
-                bad = [f"{t}: {m}" for t, m in check.fts.items() if m != "ok"]
-                if check.integrity != "ok" or bad:
+                bad = [f"{t}: {m}" for t, m in info["fts"].items() if m != "ok"]
+                if info["integrity"] != "ok" or bad:
                     problem = "; ".join(
-                        ([f"integrity_check: {check.integrity}"] if check.integrity != "ok" else []) + bad
+                        ([f"integrity_check: {info['integrity']}"] if info["integrity"] != "ok" else []) + bad
                     )
                     result.errors.append(
                         {"path": item.path, "error": f"the restored database fails its checks: {problem}"}
@@ -1266,7 +1264,7 @@ class _Writer:
         with self.parent_dir(logical) as (fd, _name):
             tmp = self._write_temp(fd, logical, node)
             try:
-                integrity = _integrity(f"/proc/self/fd/{fd}/{tmp}")
+                integrity = sqlite_folder.run(fd, "integrity", [tmp])
             except BaseException:
                 _discard(fd, tmp)
                 raise
@@ -1286,19 +1284,16 @@ class _Writer:
     def database(self, logical: str, node: Node, *, in_place: bool, copy: str | None = None) -> dict[str, Any]:
         """Apply a checked copy of a database (written now, or earlier by `database_copy`): through
         the backup API into a live database that can be read, else by rename (stale -wal/-shm
-        removed first)."""
+        removed first). In place the live database is checked afterwards (`integrity`, `fts`).
+
+        Every step works in the one folder descriptor opened here, and SQLite reaches the files
+        only as `sqlite_folder` allows: never through a path someone else can redirect."""
         tmp = copy if copy is not None else self.database_copy(logical, node)
         with self.parent_dir(logical) as (fd, name):
-            tmp_path = f"/proc/self/fd/{fd}/{tmp}"
-            live_path = f"/proc/self/fd/{fd}/{name}"
             try:
-                live = live_sqlite.probe(live_path) if in_place else live_sqlite.LiveDb(False, False)
-                if live.readable:
-                    problem = live_sqlite.page_size_problem(logical, live, _page_size_of(tmp_path), live_path)
-                    if problem:
-                        raise RestoreError(problem)
-                    live_sqlite.apply_copy(tmp_path, live_path, logical)
-                    self._set_live_metadata(fd, name, node)
+                shown = str(self.layout.to_real(logical, self.to))
+                if in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown):
+                    self._set_live_metadata(fd, name, node, logical)
                     method = "backup-api"
                 else:
                     # Absent or unreadable: the new file replaces it, and journals of the old one go
@@ -1309,11 +1304,23 @@ class _Writer:
             finally:
                 _discard(fd, tmp)
             os.fsync(fd)
-        return {"path": logical, "integrity": "ok", "method": method}
+            info: dict[str, Any] = {"path": logical, "integrity": "ok", "method": method}
+            if in_place:
+                check: live_sqlite.LiveCheck = sqlite_folder.run(fd, "check_live", [name])
+                info["integrity"] = check.integrity
+                info["fts"] = check.fts
+        return info
 
-    def _set_live_metadata(self, fd: int, name: str, node: Node) -> None:
-        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    def _set_live_metadata(self, fd: int, name: str, node: Node, logical: str) -> None:
         try:
+            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+        except OSError as exc:
+            raise _unsafe_or_error(exc, logical) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(f).st_mode):
+                raise UnsafePath(
+                    f"{logical} in the destination is not a file any more; move it aside and restore again"
+                )
             os.fchmod(f, node.mode)
             _chown(f, node)
             os.fsync(f)
@@ -1334,6 +1341,11 @@ def _replace(fd: int, tmp: str, name: str, logical: str) -> None:
 def _unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
     if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR):
         return UnsafePath(f"{logical} exists in the destination as a folder; move it aside and restore again")
+    if exc.errno == errno.ELOOP:
+        return UnsafePath(
+            f"{logical} in the destination is a symlink now; Phoenix never writes through links — move it aside "
+            "and restore again"
+        )
     return os_error(exc, f"restoring {logical}")
 
 
@@ -1342,25 +1354,6 @@ def _discard(fd: int, tmp: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp, dir_fd=fd)
     live_sqlite.remove_companions(fd, tmp)
-
-
-def _page_size_of(path: str) -> int:
-    with open(path, "rb") as f:
-        header = f.read(18)
-    raw = int.from_bytes(header[16:18], "big")
-    return 65536 if raw == 1 else raw
-
-
-def _integrity(path: str) -> str:
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-        try:
-            rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        return str(exc)
-    return "ok" if rows == ["ok"] else "; ".join(rows[:5])
 
 
 def _chown(fd: int, node: Node) -> None:

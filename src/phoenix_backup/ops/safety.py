@@ -46,12 +46,16 @@ def take(
     the server `databases` (postgres/<name>, redis/<name>) the restore will overwrite.
 
     Paths that do not exist are recorded as absent. A path that cannot be saved aborts the restore
-    before anything is written: without it the restore could not be undone.
+    before anything is written: without it the restore could not be undone. A path below a symlink
+    (or a file) in the live tree is neither saved nor absent: the restore never writes through a
+    link, so nothing there changes, and the link itself is saved as a link, never followed.
     """
     entries: list[Entry] = []
     absent: list[str] = []
     for logical, hint in sorted(paths.items()):
         real = layout.to_real(logical)
+        if _behind_a_link(layout, logical):
+            continue
         try:
             st = os.lstat(real)
         except (FileNotFoundError, NotADirectoryError):
@@ -81,6 +85,19 @@ def take(
             "that or pass --no-safety-snapshot to restore without a way back"
         )
     return result
+
+
+def _behind_a_link(layout: Layout, logical: str) -> bool:
+    """Is a folder on the way to `logical`, below its logical root, a symlink or not a folder?"""
+    parts = logical.split("/")
+    for i in range(2, len(parts)):
+        try:
+            st = os.lstat(layout.to_real("/".join(parts[:i])))
+        except OSError:
+            return False  # absent: the path is absent too
+        if not stat.S_ISDIR(st.st_mode):
+            return True
+    return False
 
 
 def _kind(real: Path, st: os.stat_result, hint: str) -> EntryKind:

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound
+from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import iter_blobs, pack_name, read_header
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
-from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.walker import Trees
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,11 @@ def verify_repository(
         result.notices.append(f"{name} is in no index and its header cannot be read: {problem}")
     unindexed = repo.unindexed_packs
     users = _Users()
-    trees_seen: set[bytes] = set()
+    trees = Trees(repo)
     for snap in snapshots:
-        _walk(repo, snap, snap.tree, "", users, trees_seen, result)
+        _walk(repo, snap, trees, users, result)
     result.checked["snapshots"] = len(snapshots)
-    result.checked["trees"] = len(trees_seen)
+    result.checked["trees"] = len(trees.nodes)
     result.checked["blobs"] = len(users.by_blob)
 
     # Packs the index names must exist and be long enough; snapshots must not need unindexed packs.
@@ -159,36 +159,37 @@ def verify_repository(
     return result
 
 
-def _walk(
-    repo: Repository,
-    snap: Snapshot,
-    tree_id: bytes,
-    prefix: str,
-    users: _Users,
-    trees_seen: set[bytes],
-    result: VerifyResult,
-) -> None:
-    users.add(tree_id, snap.id, prefix or "/")
-    if tree_id in trees_seen:
-        return
-    try:
-        nodes: list[Node] = repo.load_tree(tree_id)
-    except (CorruptObject, ObjectNotFound) as exc:
+def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result: VerifyResult) -> None:
+    """Check one snapshot's trees (those no earlier snapshot had), recording which paths use each
+    blob. A tree that cannot be read, or a snapshot whose trees exceed the walk's budget, is an
+    error of that snapshot; verify goes on with the next one."""
+
+    def unreadable(tree_id: bytes, path: str, exc: PhoenixError) -> None:
         loc = repo.index.get(tree_id)
         obj = pack_name(loc.pack_id) if loc else f"tree {tree_id.hex()[:16]}"
-        result.errors.append(VerifyError(obj, snap.id, prefix or "/", str(exc)))
+        result.errors.append(VerifyError(obj, snap.id, path or "/", str(exc)))
+
+    users.add(snap.tree, snap.id, "/")
+    try:
+        new = trees.load(snap.tree, "", unreadable)
+        trees.check(snap.tree)
+    except (CorruptObject, UnsafePath) as exc:
+        result.errors.append(VerifyError(f"snapshots/{snap.id}", snap.id, "/", str(exc)))
         return
-    trees_seen.add(tree_id)
-    for node in nodes:
-        path = f"{prefix}/{node.name}" if prefix else node.name
-        if node.type == "dir" and node.subtree is not None:
-            _walk(repo, snap, node.subtree, path, users, trees_seen, result)
-        for ext in node.content:
-            users.add(ext.blob, snap.id, path)
-            if not repo.index.has(ext.blob):
-                result.errors.append(
-                    VerifyError(f"blob {ext.blob.hex()[:16]}", snap.id, path, "data blob is not in the index (missing)")
-                )
+    for tree_id in new:
+        prefix = trees.first_path[tree_id]
+        for node in trees.nodes[tree_id]:
+            path = f"{prefix}/{node.name}" if prefix else node.name
+            if node.type == "dir" and node.subtree is not None:
+                users.add(node.subtree, snap.id, path)
+            for ext in node.content:
+                users.add(ext.blob, snap.id, path)
+                if not repo.index.has(ext.blob):
+                    result.errors.append(
+                        VerifyError(
+                            f"blob {ext.blob.hex()[:16]}", snap.id, path, "data blob is not in the index (missing)"
+                        )
+                    )
 
 
 def _report_blob(result: VerifyResult, users: _Users, blob: bytes, obj: str, message: str) -> None:

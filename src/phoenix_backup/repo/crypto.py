@@ -23,6 +23,11 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 CHECKSUM_SIZE = 16
 ID_SIZE = 32
+# The largest plaintext any blob may have. The largest a Phoenix writes is a run of changed SQLite
+# pages: at most 4096 pages (the `sqliteRunPages` ceiling) of 64 KiB; file chunks stop at 16 MiB.
+# A pack header or index entry is repository data, so its raw length is checked against this
+# before anything is allocated for it.
+MAX_BLOB_SIZE = 4096 * 65536
 
 
 class BlobType(IntEnum):
@@ -143,9 +148,22 @@ class Compressor:
 
 
 def decompress(method: int, data: bytes, raw_length: int, what: str) -> bytes:
+    """The plaintext of a stored blob, never more than `raw_length` bytes (which the pack header or
+    index declares, at most MAX_BLOB_SIZE): a blob that would inflate further is refused before the
+    memory is allocated."""
+    if not 0 <= raw_length <= MAX_BLOB_SIZE:
+        raise CorruptObject(f"{what} claims {raw_length} bytes, more than any blob holds (damaged or hostile)")
     if method == Compression.NONE:
         return data
     if method == Compression.ZSTD:
+        # A frame that records its size is decompressed into a buffer of that size whatever
+        # `max_output_size` says: check the recorded size first.
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(f"{what} does not decompress: {exc}") from exc
+        if declared > raw_length:
+            raise CorruptObject(f"{what} would inflate to {declared} bytes, more than the {raw_length} it claims")
         # One decompression context per thread: they are not thread-safe, and reusing one
         # avoids allocating its window for every blob.
         dctx = getattr(_local, "dctx", None)
@@ -156,8 +174,12 @@ def decompress(method: int, data: bytes, raw_length: int, what: str) -> bytes:
         except zstandard.ZstdError as exc:
             raise CorruptObject(f"{what} does not decompress: {exc}") from exc
     if method == Compression.GZIP:
+        inflater = zlib.decompressobj()
         try:
-            return zlib.decompress(data)
+            out = inflater.decompress(data, raw_length + 1)
         except zlib.error as exc:
             raise CorruptObject(f"{what} does not decompress: {exc}") from exc
+        if len(out) > raw_length or inflater.unconsumed_tail:
+            raise CorruptObject(f"{what} inflates to more than the {raw_length} bytes it claims")
+        return out
     raise CorruptObject(f"{what} uses unknown compression {method}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import zstandard
 
 from phoenix_backup.errors import CorruptObject
-from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.crypto import MAX_BLOB_SIZE, BlobType, Compression
 from phoenix_backup.repo.pack import _ENTRY, PackEntry
 
 INDEX_MAGIC = b"PHXI"
@@ -28,6 +28,11 @@ _HEAD = struct.Struct("<4sBI")
 _PACK = struct.Struct("<32sI")
 _TYPES = {int(t): t for t in BlobType}
 _COMPRESSIONS = {int(c): c for c in Compression}
+# An index object's plaintext at most (46 bytes per blob: tens of millions of blobs). Its entries
+# are mostly random ids, which do not compress: a plaintext more than 16 times its stored size (plus
+# a little for tiny ones) is refused before it is inflated.
+MAX_INDEX_SIZE = 1 << 31
+MAX_INDEX_RATIO = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,12 @@ def encode_index(packs: dict[str, list[PackEntry]], superseded: Iterable[str] = 
 
 def decode_index(blob: bytes, what: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
     try:
-        data = zstandard.ZstdDecompressor().decompress(blob, max_output_size=1 << 31)
+        # A frame that records its size is decompressed into a buffer of that size whatever
+        # `max_output_size` says: check the recorded size first.
+        limit = min(MAX_INDEX_SIZE, MAX_INDEX_RATIO * len(blob) + (1 << 20))
+        if zstandard.frame_content_size(blob) > limit:
+            raise CorruptObject(f"{what} claims to inflate beyond {limit} bytes (damaged or hostile)")
+        data = zstandard.ZstdDecompressor().decompress(blob, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise CorruptObject(f"{what} does not decompress") from exc
     try:
@@ -74,6 +84,8 @@ def decode_index(blob: bytes, what: str) -> tuple[dict[str, list[PackEntry]], li
             for t, c, bid, off, stored, raw in _ENTRY.iter_unpack(data[pos : pos + count * _ENTRY.size]):
                 # Dict lookups, not enum calls: an index lists every blob of the repository.
                 entries.append(PackEntry(_TYPES[t], _COMPRESSIONS[c], bid, off, stored, raw))
+                if raw > MAX_BLOB_SIZE:
+                    raise CorruptObject(f"{what} lists a blob of {raw} bytes, more than any blob holds")
             pos += count * _ENTRY.size
             packs[pid.hex()] = entries
         (nsup,) = struct.unpack_from("<I", data, pos)

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from phoenix_backup.errors import (
     CorruptObject,
+    KdfBudgetExceeded,
     MissingCredentials,
     ToolMissing,
     UnsupportedFormat,
@@ -558,6 +559,8 @@ def wrap_passphrase(secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapp
             raise UsageError(f"unknown scrypt parameter(s) {', '.join(unknown)}; use only n, r and p")
         chosen.update(kdf_params)
     problem = _scrypt_problem(chosen["n"], chosen["r"], chosen["p"])
+    if problem is None and chosen["n"] * chosen["r"] * chosen["p"] > SCRYPT_MAX_SLOT_COST:
+        problem = "n*r*p is above the work Phoenix spends on opening one slot"
     if problem is not None:
         raise UsageError(f"invalid scrypt parameters: {problem}; choose saner values")
     slot_id = _new_slot_id()
@@ -915,6 +918,46 @@ def unwrap(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
     )
 
 
+# Key-derivation work, in scrypt's own unit n*r*p (128*r bytes mixed n*p times): the default slot
+# costs 2**18, 0.1 to 0.3 s on one core. One slot may cost at most 8 times that (age's own scrypt
+# work factor), one opening spends at most 16 times that across every slot it tries, and tries at
+# most 32 passphrase slots: a keys/ folder stuffed with expensive or numerous slots (n=2**20, p=16
+# took 36 s a slot) costs seconds, never minutes.
+SCRYPT_MAX_SLOT_COST = 2**21
+SCRYPT_MAX_TOTAL_COST = 2**22
+MAX_PASSPHRASE_SLOTS_TRIED = 32
+DEFAULT_COST = DEFAULT_SCRYPT_PARAMS["n"] * DEFAULT_SCRYPT_PARAMS["r"] * DEFAULT_SCRYPT_PARAMS["p"]
+
+
+class KdfBudget:
+    """The key-derivation work one opening may still spend; `charge` before each scrypt run."""
+
+    def __init__(self) -> None:
+        self.spent = 0
+        self.tried = 0
+
+    def charge(self, slot: KeySlot) -> None:
+        """CorruptObject when this slot alone asks for more than a slot may (it is skipped);
+        KdfBudgetExceeded when the opening has spent its budget (nothing more is tried)."""
+        n, r, p = (slot.params.get(k) for k in ("n", "r", "p"))
+        # Malformed parameters cost nothing here: the slot itself refuses them before any scrypt.
+        cost = n * r * p if isinstance(n, int) and isinstance(r, int) and isinstance(p, int) else 0
+        if cost > SCRYPT_MAX_SLOT_COST:
+            raise CorruptObject(
+                f"key slot {slot.id} asks for {cost // DEFAULT_COST}x the default key-derivation work, more than the "
+                f"{SCRYPT_MAX_SLOT_COST // DEFAULT_COST}x Phoenix spends on one slot; it is damaged or hostile and "
+                "was skipped"
+            )
+        if self.tried >= MAX_PASSPHRASE_SLOTS_TRIED or self.spent + cost > SCRYPT_MAX_TOTAL_COST:
+            raise KdfBudgetExceeded(
+                f"the repository's key slots ask for more key-derivation work than Phoenix spends on one opening "
+                f"({self.tried} passphrase slot(s) tried); delete the keys/ objects you did not create from the "
+                "repository's storage and try again"
+            )
+        self.tried += 1
+        self.spent += cost
+
+
 # Cheap, credential-free slots first; gpg last because it may start an agent or a pinentry.
 _TRY_ORDER: dict[str, int] = {"none": 0, "age": 1, "passphrase": 2, "gpg": 3}
 
@@ -947,10 +990,13 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
     opened_any = False
     corrupt: CorruptObject | None = None
     tool_missing: ToolMissing | None = None
+    budget = KdfBudget()
     for slot in sorted(usable, key=lambda s: _TRY_ORDER.get(s.type, len(_TRY_ORDER))):
         if supplied.get(slot.type, False):
             tried_supplied = True
         try:
+            if slot.type == "passphrase" and creds.passphrase is not None:
+                budget.charge(slot)
             opened = unwrap(slot, creds)
         except CorruptObject as error:
             # One damaged slot must not lock the user out when another slot still opens.

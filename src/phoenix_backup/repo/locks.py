@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, RepositoryLocked
 from phoenix_backup.repo.crypto import Sealer
@@ -81,6 +80,46 @@ class LockInfo:
         return start is None or (start != 0 and start != self.process_start)
 
 
+# Linux's pid_max ceiling; a lock naming another pid is damaged (and 0 or a negative pid would make
+# the liveness check signal a whole process group).
+MAX_PID = 2**22
+
+
+def decode_lock(raw: bytes, name: str) -> LockInfo:
+    """A lock from its plaintext; any fault is one CorruptObject naming the lock."""
+    try:
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise TypeError("it is not a JSON object")
+        texts = {k: d[k] for k in ("host", "bootId", "username")}
+        command = d.get("command", "phx")
+        pid, start, when, exclusive = d["pid"], d["processStart"], d["time"], d["exclusive"]
+        if not all(isinstance(v, str) for v in (*texts.values(), command)) or not isinstance(exclusive, bool):
+            raise TypeError("a field has the wrong type")
+        if not (_is_int(pid) and 0 < pid <= MAX_PID and _is_int(start) and start >= 0):
+            raise ValueError("pid or processStart is out of range")
+        # Seconds since the epoch, within what datetime can print (the year 9999).
+        if not isinstance(when, int | float) or isinstance(when, bool) or not 0 <= when < 253402300799:
+            raise ValueError("time is out of range")
+        return LockInfo(
+            name=name,
+            host=texts["host"],
+            boot_id=texts["bootId"],
+            pid=pid,
+            process_start=start,
+            username=texts["username"],
+            exclusive=exclusive,
+            time=float(when),
+            command=command,
+        )
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise CorruptObject(f"lock {name} is malformed: {exc}") from exc
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class LockManager:
     def __init__(
         self, backend: Backend, sealer: Sealer, notice: Callable[[str], None], also: Sequence[Sealer] = ()
@@ -99,26 +138,8 @@ class LockManager:
                 raw = other.open(sealed, LOCK_AAD, name)
             except CorruptObject:
                 continue
-            return self._parse(name, raw)
-        return self._parse(name, self.sealer.open(sealed, LOCK_AAD, name))
-
-    @staticmethod
-    def _parse(name: str, raw: bytes) -> LockInfo:
-        try:
-            d: dict[str, Any] = json.loads(raw)
-            return LockInfo(
-                name=name,
-                host=d["host"],
-                boot_id=d["bootId"],
-                pid=int(d["pid"]),
-                process_start=int(d["processStart"]),
-                username=d["username"],
-                exclusive=bool(d["exclusive"]),
-                time=float(d["time"]),
-                command=d.get("command", "phx"),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CorruptObject(f"lock {name} is malformed") from exc
+            return decode_lock(raw, name)
+        return decode_lock(self.sealer.open(sealed, LOCK_AAD, name), name)
 
     def all(self) -> list[LockInfo]:
         out = []

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from phoenix_backup.errors import CorruptObject
-from phoenix_backup.repo.crypto import ID_SIZE, BlobType, Compression, Sealer, sha256_hex
+from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE, BlobType, Compression, Sealer, sha256_hex
 
 HEADER_MAGIC = b"PHXH"
 HEADER_VERSION = 1
@@ -68,6 +68,8 @@ def decode_header(data: bytes, what: str) -> list[PackEntry]:
             entries.append(PackEntry(BlobType(t), Compression(c), bid, off, stored, raw))
         except ValueError as exc:
             raise CorruptObject(f"{what} lists a blob of unknown type or compression") from exc
+        if raw > MAX_BLOB_SIZE:
+            raise CorruptObject(f"{what} lists a blob of {raw} bytes, more than any blob holds")
     return entries
 
 

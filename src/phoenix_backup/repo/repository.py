@@ -651,7 +651,7 @@ class Repository:
         return self.save_blob(BlobType.TREE, encode_tree(nodes))
 
     def load_tree(self, tree_id: bytes) -> list[Node]:
-        return decode_tree(self.load_blob(BlobType.TREE, tree_id))
+        return decode_tree(self.load_blob(BlobType.TREE, tree_id), f"tree {tree_id.hex()[:16]}")
 
     # -- snapshots ---------------------------------------------------------------------
 
@@ -705,7 +705,7 @@ class Repository:
 def _started(snap: Snapshot) -> float:
     try:
         return datetime.fromisoformat(snap.started).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return 0.0
 
 

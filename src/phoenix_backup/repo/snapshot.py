@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -48,15 +49,15 @@ class DatabaseInfo:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> DatabaseInfo:
         return cls(
-            path=d["path"],
-            engine=d["engine"],
-            version=d["version"],
-            integrity=d["integrity"],
-            tables={str(k): int(v) for k, v in d["tables"].items()},
-            virtual_tables=dict(d.get("virtualTables", {})),
-            page_size=int(d.get("pageSize", 0)),
-            extensions={str(k): str(v) for k, v in d.get("extensions", {}).items()},
-            details=dict(d.get("details", {})),
+            path=_text(d["path"]),
+            engine=_text(d["engine"]),
+            version=_text(d["version"]),
+            integrity=_text(d["integrity"]),
+            tables={_text(k): _count(v) for k, v in _object(d["tables"]).items()},
+            virtual_tables={_text(k): _text(v) for k, v in _object(d.get("virtualTables", {})).items()},
+            page_size=_count(d.get("pageSize", 0)),
+            extensions={_text(k): _text(v) for k, v in _object(d.get("extensions", {})).items()},
+            details=_object(d.get("details", {})),
         )
 
 
@@ -83,14 +84,17 @@ class SnapshotStats:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SnapshotStats:
+        duration = d.get("duration", 0.0)
+        if not isinstance(duration, int | float) or isinstance(duration, bool) or not 0 <= duration < 2**63:
+            raise ValueError("duration is not a number of seconds")
         return cls(
-            files=int(d["files"]),
-            dirs=int(d["dirs"]),
-            size=int(d["size"]),
-            added=int(d["added"]),
-            blobs_added=int(d.get("blobsAdded", 0)),
-            files_read=int(d.get("filesRead", 0)),
-            duration=float(d.get("duration", 0.0)),
+            files=_count(d["files"]),
+            dirs=_count(d["dirs"]),
+            size=_count(d["size"]),
+            added=_count(d["added"]),
+            blobs_added=_count(d.get("blobsAdded", 0)),
+            files_read=_count(d.get("filesRead", 0)),
+            duration=float(duration),
         )
 
 
@@ -143,34 +147,106 @@ class Snapshot:
 
     @classmethod
     def from_json_bytes(cls, data: bytes, snapshot_id: str) -> Snapshot:
+        """A snapshot from its plaintext; every field is checked, and any fault is one
+        CorruptObject naming the snapshot (UnsupportedFormat for a newer format)."""
         try:
             d = json.loads(data)
+            if not isinstance(d, dict):
+                raise ValueError("it is not a JSON object")
             version = d.get("version")
-            if not isinstance(version, int) or version > SNAPSHOT_VERSION:
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise ValueError(f"unknown version {version!r}")
+            if version > SNAPSHOT_VERSION:
                 raise UnsupportedFormat(
                     f"snapshot {snapshot_id[:8]} was written by a newer Phoenix (snapshot format "
                     f"{version}); upgrade phoenix-backup to read it"
                 )
-            return cls(
-                time=d["time"],
-                name=d["name"],
-                host=d["host"],
-                username=d.get("username", ""),
-                scope=d["scope"],
-                tags=tuple(d["tags"]),
-                tree=bytes.fromhex(d["tree"]),
-                parent=d.get("parent"),
-                sources=dict(d.get("sources", {})),
-                databases=tuple(DatabaseInfo.from_json(x) for x in d.get("databases", [])),
-                stats=SnapshotStats.from_json(d["stats"]),
-                incomplete=tuple(d.get("incomplete", [])),
-                phoenix_version=d.get("phoenixVersion", ""),
-                started=d.get("started", ""),
+            tree = bytes.fromhex(_text(d["tree"]))
+            parent = d.get("parent")
+            if len(tree) != 32 or not (parent is None or _is_hex_id(parent)):
+                raise ValueError("tree or parent is not a 64-character hex id")
+            snap = cls(
+                time=_time(d["time"]),
+                name=_snapshot_name(d["name"]),
+                host=_text(d["host"]),
+                username=_text(d.get("username", "")),
+                scope=_text(d["scope"]),
+                tags=tuple(_text(t) for t in _array(d["tags"])),
+                tree=tree,
+                parent=parent,
+                sources={_text(k): _text(v) for k, v in _object(d.get("sources", {})).items()},
+                databases=tuple(DatabaseInfo.from_json(_object(x)) for x in _array(d.get("databases", []))),
+                stats=SnapshotStats.from_json(_object(d["stats"])),
+                incomplete=tuple(_incomplete(x) for x in _array(d.get("incomplete", []))),
+                phoenix_version=_text(d.get("phoenixVersion", "")),
+                started=_text(d.get("started", "")),
                 absent=_absent(d.get("absent", [])),
                 id=snapshot_id,
             )
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
             raise CorruptObject(f"snapshot {snapshot_id[:8]} is malformed: {exc}") from exc
+        return snap
+
+
+def _snapshot_name(value: object) -> str:
+    """A timestamp name (2026-03-15-14-30, -2, -3 ...), or any printable text of at most 64
+    characters without a path separator: it names archive folders and drill reports, and is
+    printed to terminals."""
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isprintable():
+        raise ValueError(f"name {value!r} is not a timestamp name")
+    if "/" in value or "\\" in value:
+        raise ValueError(f"name {value!r} is not a timestamp name")
+    return value
+
+
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_hex_id(value: object) -> bool:
+    return isinstance(value, str) and _HEX_ID.fullmatch(value) is not None
+
+
+# The years a snapshot's time may name: every command can sort, shift and print these (the ends of
+# the calendar overflow when a UTC offset moves them past year 1 or 9999).
+MIN_YEAR, MAX_YEAR = 1900, 9998
+
+
+def _time(value: object) -> str:
+    """RFC 3339 with a UTC offset, within MIN_YEAR..MAX_YEAR."""
+    when = datetime.fromisoformat(_text(value))
+    if when.tzinfo is None:
+        raise ValueError("time has no UTC offset")
+    if not MIN_YEAR <= when.year <= MAX_YEAR:
+        raise ValueError(f"time {value!r} is outside the years {MIN_YEAR} to {MAX_YEAR}")
+    return _text(value)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def _object(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError("expected a JSON object")
+    return value
+
+
+def _array(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("expected a JSON array")
+    return value
+
+
+def _incomplete(value: object) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in _object(value).items()}
 
 
 def _absent(raw: object) -> tuple[str, ...]:

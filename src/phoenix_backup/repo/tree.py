@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from phoenix_backup.errors import CorruptObject, UnsafePath
+from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE
 
 NodeType = Literal["dir", "file", "symlink", "sqlite"]
 TREE_VERSION = 1
@@ -39,12 +41,12 @@ def decode_extents(text: str) -> list[Extent]:
     try:
         data = base64.b64decode(text, validate=True)
     except ValueError as exc:
-        raise CorruptObject("a tree holds malformed content extents") from exc
+        raise CorruptObject("malformed content extents") from exc
     out: list[Extent] = []
     pos = 0
     while pos < len(data):
         if pos + 32 > len(data):
-            raise CorruptObject("a tree holds truncated content extents")
+            raise CorruptObject("truncated content extents")
         blob = data[pos : pos + 32]
         offset, pos = _read_varint(data, pos + 32)
         length, pos = _read_varint(data, pos)
@@ -63,7 +65,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
-            raise CorruptObject("a tree holds a malformed varint")
+            raise CorruptObject("a malformed varint in content extents")
         b = data[pos]
         pos += 1
         value |= (b & 0x7F) << shift
@@ -123,33 +125,80 @@ class Node:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Node:
+        """A node from its JSON, every field checked against what a restore, an archive or a
+        dump can take: ids, hashes and owners of the right shape, times within 64 bits, a size
+        that is exactly its content. Raises CorruptObject (or UnsafePath for a bad name)."""
         try:
             t = d["type"]
             if t not in ("dir", "file", "symlink", "sqlite"):
-                raise CorruptObject(f"a tree holds a node of unknown type {t!r}")
+                raise CorruptObject(f"a node of unknown type {t!r}")
             node = cls(
-                name=check_name(str(d["name"])),
+                name=_name(d["name"]),
                 type=t,
-                mode=int(d["mode"]) & 0o7777,
-                mtime_ns=int(d["mtimeNs"]),
-                uid=int(d.get("uid", 0)),
-                gid=int(d.get("gid", 0)),
+                mode=_int(d, "mode", 0, 2**32 - 1) & 0o7777,
+                mtime_ns=_int(d, "mtimeNs", -(2**63), 2**63 - 1),
+                uid=_int(d, "uid", 0, MAX_ID, 0),
+                gid=_int(d, "gid", 0, MAX_ID, 0),
             )
             if t in ("file", "sqlite"):
-                node.size = int(d["size"])
-                node.inode = int(d.get("inode", 0))
-                node.ctime_ns = int(d.get("ctimeNs", 0))
-                node.content = decode_extents(d["content"])
-                node.sha256 = d["sha256"]
+                node.size = _int(d, "size", 0, 2**63 - 1)
+                node.inode = _int(d, "inode", 0, 2**64 - 1, 0)
+                node.ctime_ns = _int(d, "ctimeNs", -(2**63), 2**63 - 1, 0)
+                node.content = decode_extents(_str(d, "content"))
+                node.sha256 = _str(d, "sha256")
+                if len(node.sha256) != 64 or node.sha256.strip("0123456789abcdef"):
+                    raise CorruptObject(f"{node.name!r} has a malformed sha256")
+                if any(e.offset + e.length > MAX_BLOB_SIZE for e in node.content):
+                    raise CorruptObject(f"{node.name!r} points beyond the end of a blob")
+                if sum(e.length for e in node.content) != node.size:
+                    raise CorruptObject(f"{node.name!r} claims {node.size} bytes but its content differs")
             if t == "dir":
-                node.subtree = bytes.fromhex(d["subtree"])
+                subtree = bytes.fromhex(_str(d, "subtree"))
+                if len(subtree) != ID_SIZE:
+                    raise CorruptObject(f"{node.name!r} has a malformed subtree id")
+                node.subtree = subtree
             if t == "symlink":
-                node.link_target = str(d["linkTarget"])
+                target = _str(d, "linkTarget")
+                if not target or "\0" in target or len(target) > 4095:
+                    raise CorruptObject(f"{node.name!r} has an impossible link target")
+                node.link_target = target
             if "sqlite" in d:
+                if not isinstance(d["sqlite"], dict):
+                    raise CorruptObject(f"{node.name!r} has malformed database details")
                 node.sqlite = dict(d["sqlite"])
             return node
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise CorruptObject(f"a tree holds a malformed node: {exc}") from exc
+            raise CorruptObject(f"a malformed node: {exc}") from exc
+
+
+# uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown.
+MAX_ID = 2**32 - 2
+# NAME_MAX: no file system takes a longer name.
+NAME_MAX = 255
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str):
+        raise CorruptObject("a node name that is not a string")
+    name = check_name(value)
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise CorruptObject(f"a node name longer than {NAME_MAX} bytes")
+    return name
+
+
+def _int(d: dict[str, Any], key: str, low: int, high: int, default: int | None = None) -> int:
+    value = d.get(key, default)
+    # JSON true/false load as bool, a subclass of int: never numbers here.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise CorruptObject(f"{key} is not an integer between {low} and {high}")
+    return value
+
+
+def _str(d: dict[str, Any], key: str) -> str:
+    value = d[key]
+    if not isinstance(value, str):
+        raise CorruptObject(f"{key} is not a string")
+    return value
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
@@ -158,18 +207,24 @@ def encode_tree(nodes: list[Node]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode_tree(data: bytes) -> list[Node]:
+def decode_tree(data: bytes, what: str = "a tree") -> list[Node]:
+    """The nodes of a tree blob; any fault is one CorruptObject (or UnsafePath) naming `what`."""
     try:
         doc = json.loads(data)
-    except ValueError as exc:
-        raise CorruptObject("a tree is not valid JSON") from exc
+    except (ValueError, RecursionError) as exc:
+        raise CorruptObject(f"{what} is not valid JSON") from exc
     if not isinstance(doc, dict) or doc.get("version") != TREE_VERSION:
-        raise CorruptObject("a tree has an unknown version")
+        raise CorruptObject(f"{what} has an unknown version")
     raw_nodes = doc.get("nodes", [])
     if not isinstance(raw_nodes, list) or not all(isinstance(d, dict) for d in raw_nodes):
-        raise CorruptObject("a tree's nodes are not a list of objects")
-    nodes = [Node.from_json(d) for d in raw_nodes]
+        raise CorruptObject(f"{what}'s nodes are not a list of objects")
+    try:
+        nodes = [Node.from_json(d) for d in raw_nodes]
+    except CorruptObject as exc:
+        raise CorruptObject(f"{what} holds {exc}") from exc
+    except UnsafePath as exc:
+        raise UnsafePath(f"{what}: {exc}") from exc
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
-        raise CorruptObject("a tree holds the same name twice")
+        raise CorruptObject(f"{what} holds the same name twice")
     return nodes

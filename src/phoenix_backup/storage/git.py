@@ -15,6 +15,13 @@ and `publish` pushes when `autoCommit` is on.
   and for the same reason deleting an object (prune) never frees space in the remote.
 - Every `git` runs without a terminal prompt (GIT_TERMINAL_PROMPT=0, ssh in batch mode), so a
   missing credential fails at once with a clear error instead of hanging a scheduled backup.
+- A user name and password (or token) in an http(s) URL never reach git's command line (which
+  every local user can read in /proc) nor any file: the clone's remote is the URL without them,
+  and git gets them from a credential helper that reads them from its environment, answers only
+  for that scheme and host, and ignores "store" (configured through GIT_CONFIG_*, with the user's
+  own helpers reset, so none of them saves the token either).
+- A clone is made in a temporary folder beside its place and renamed there when complete; the
+  leftovers of a killed clone are removed by the next one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
@@ -37,9 +45,9 @@ from phoenix_backup.errors import (
     TargetUnreachable,
     ToolMissing,
 )
+from phoenix_backup.redaction import redact, redact_url
 from phoenix_backup.storage.base import FOLDERS, Backend, ObjectInfo
 from phoenix_backup.storage.local import LocalBackend
-from phoenix_backup.storage.s3 import redact_url
 
 # Git hosts warn above 50 MB per file and GitHub refuses above 100 MB.
 MAX_OBJECT = 50 * 1000 * 1000
@@ -64,6 +72,45 @@ GITIGNORE = """\
 _OURS = {".git", ".gitattributes", ".gitignore", *FOLDERS, "config"}
 
 
+# The credential helper: `get` answers with the user name and password from the environment when
+# git asks about the URL's own scheme and host; `store` and `erase` do nothing.
+_HELPER = (
+    '!f() { test "$1" = get || exit 0; p=; h=; '
+    'while IFS= read -r line && test -n "$line"; do case "$line" in '
+    'protocol=*) p="${line#protocol=}";; host=*) h="${line#host=}";; esac; done; '
+    'test "$(printf %s "$p://$h" | tr A-Z a-z)" = "$PHX_GIT_ORIGIN" || exit 0; '
+    'printf \'username=%s\\npassword=%s\\n\' "$PHX_GIT_USERNAME" "$PHX_GIT_PASSWORD"; }; f'
+)
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """An http(s) URL without its user name and password, and the environment that hands them to
+    git's credential helper instead. Other URLs are returned as they are."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or (parts.username is None and parts.password is None):
+            return url, {}
+        port = parts.port
+    except ValueError:
+        return url, {}
+    host = parts.netloc.rpartition("@")[2]
+    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    hostname = parts.hostname or ""
+    origin = f"{parts.scheme}://{hostname}" + (f":{port}" if port else "")
+    env = {
+        # Reset the helpers of the user's own config (one may "store" what it is given), then ours.
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_0": "credential.helper",
+        "GIT_CONFIG_VALUE_0": "",
+        "GIT_CONFIG_KEY_1": "credential.helper",
+        "GIT_CONFIG_VALUE_1": _HELPER,
+        "PHX_GIT_ORIGIN": origin.lower(),
+        "PHX_GIT_USERNAME": unquote(parts.username or ""),
+        "PHX_GIT_PASSWORD": unquote(parts.password or ""),
+    }
+    return clean, env
+
+
 def clone_dir(env: Mapping[str, str], url: str, branch: str) -> Path:
     digest = hashlib.sha256(f"{url}\0{branch}".encode()).hexdigest()[:16]
     return data_dir(env) / "git" / digest
@@ -82,26 +129,31 @@ class GitBackend(Backend):
         notice: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
+        # What git sees: the URL without credentials; they travel in its environment only.
+        self.remote, credentials = split_credentials(url)
         self.branch = branch
         self.auto_commit = auto_commit
         self.workdir = Path(workdir)
         self.files = LocalBackend(self.workdir)
         self.notice = notice or (lambda _m: None)
-        self._env = _git_env(env)
+        self._env = {**_git_env(env), **credentials}
+        self._secrets = [v for k, v in credentials.items() if k in ("PHX_GIT_USERNAME", "PHX_GIT_PASSWORD")]
         self._ready = False
         self._mutex = threading.RLock()
 
     @property
     def location(self) -> str:
-        return f"{redact_url(self.url)} (branch {self.branch}, clone {self.workdir})"
+        return f"{redact_url(self.url, path=True)} (branch {self.branch}, clone {self.workdir})"
 
     # -- running git ------------------------------------------------------------------------
 
-    def _git(self, *args: str, network: bool = False, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _git(
+        self, *args: str, network: bool = False, check: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         try:
             proc = subprocess.run(
                 ["git", *args],
-                cwd=self.workdir,
+                cwd=cwd or self.workdir,
                 env=self._env,
                 capture_output=True,
                 text=True,
@@ -117,9 +169,9 @@ class GitBackend(Backend):
         return proc
 
     def _error(self, command: str, stderr: str) -> StorageError:
-        text = self._redact(stderr)
+        text = redact(stderr, self._secrets)
         low = text.lower()
-        where = redact_url(self.url)
+        where = redact_url(self.url, path=True)
         if command == "push" and ("[rejected]" in low or "[remote rejected]" in low or "failed to push" in low):
             reason = _reason(text)
             return StorageError(
@@ -158,12 +210,6 @@ class GitBackend(Backend):
             )
         return StorageError(f"git {command} failed for {where}: {_reason(text)}")
 
-    def _redact(self, text: str) -> str:
-        safe = redact_url(self.url)
-        if safe != self.url:
-            text = text.replace(self.url, safe)
-        return text
-
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """Serialise git commands on this clone across threads and processes."""
@@ -187,31 +233,47 @@ class GitBackend(Backend):
                 return
             if not (self.workdir / ".git").is_dir():
                 self._clone()
+            else:
+                self._forget_credentials()
             self._write_meta()
             self._ready = True
 
     def _clone(self) -> None:
         """Start a clone: init, add the remote, and take the remote branch's history if it has one
-        (an empty remote, or one without the branch, starts an unborn branch)."""
+        (an empty remote, or one without the branch, starts an unborn branch). It is made in a
+        folder beside its place and renamed there once complete, so a killed run never leaves a
+        half-made clone that would pass for a good one (its leftovers go at the next clone; this
+        runs under the clone's lock, so no other process is making one)."""
+        parent = self.workdir.parent
+        for leftover in parent.glob(f".{self.workdir.name}.partial-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         if self.workdir.exists() and any(self.workdir.iterdir()):
             raise StorageError(
                 f"{self.workdir} is not empty and is no Git clone; move it away (Phoenix keeps its Git "
                 "clones there) or set PHX_DATA_DIR"
             )
-        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = parent / f".{self.workdir.name}.partial-{os.getpid()}"
+        partial.mkdir(mode=0o700)
         try:
-            self._git("init", "-q")
-            self._git("symbolic-ref", "HEAD", f"refs/heads/{self.branch}")
-            self._git("remote", "add", "origin", self.url)
-            self._git("config", "core.autocrlf", "false")
-            heads = self._git("ls-remote", "--heads", "origin", self.branch, network=True).stdout
+            self._git("init", "-q", cwd=partial)
+            self._git("symbolic-ref", "HEAD", f"refs/heads/{self.branch}", cwd=partial)
+            self._git("remote", "add", "origin", self.remote, cwd=partial)
+            self._git("config", "core.autocrlf", "false", cwd=partial)
+            heads = self._git("ls-remote", "--heads", "origin", self.branch, network=True, cwd=partial).stdout
             if heads.strip():
-                self._git("fetch", "-q", "origin", self.branch, network=True)
-                self._git("merge", "-q", "--ff-only", "FETCH_HEAD")
+                self._git("fetch", "-q", "origin", self.branch, network=True, cwd=partial)
+                self._git("merge", "-q", "--ff-only", "FETCH_HEAD", cwd=partial)
+            os.rename(partial, self.workdir)
         except BaseException:
-            # A half-made clone would be taken for a good one next time.
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            shutil.rmtree(partial, ignore_errors=True)
             raise
+
+    def _forget_credentials(self) -> None:
+        """A clone made by an older Phoenix keeps the URL with its credentials in .git/config:
+        replace it by the URL without them."""
+        current = self._git("config", "--get", "remote.origin.url", check=False).stdout.strip()
+        if current and current != self.remote and split_credentials(current)[0] == self.remote:
+            self._git("remote", "set-url", "origin", self.remote)
 
     def _write_meta(self) -> None:
         for name, text in ((".gitattributes", GITATTRIBUTES), (".gitignore", GITIGNORE)):

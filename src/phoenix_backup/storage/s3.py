@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import botocore.exceptions as bex
@@ -38,6 +37,7 @@ from phoenix_backup.errors import (
     ThawPending,
     TransientStorageError,
 )
+from phoenix_backup.redaction import redact_url
 from phoenix_backup.storage.base import Backend, ObjectInfo, is_valid_name, validate_name
 
 if TYPE_CHECKING:
@@ -97,17 +97,6 @@ def within_minimum_storage(info: ObjectInfo, now: float | None = None) -> bool:
     if days is None or info.modified is None:
         return False
     return (now if now is not None else time.time()) - info.modified < days * 86400
-
-
-def redact_url(url: str) -> str:
-    """A URL without user name and password, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 @dataclass
@@ -178,7 +167,7 @@ class S3Backend(Backend):
     def location(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}"
         if self.settings.endpoint:
-            where += f" at {redact_url(self.settings.endpoint)}"
+            where += f" at {redact_url(self.settings.endpoint, path=True)}"
         return where
 
     def _key(self, name: str) -> str:

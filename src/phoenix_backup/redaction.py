@@ -1,0 +1,89 @@
+"""Keeping secrets out of everything Phoenix prints: `redact_url` for every URL it shows, and
+`redact` for free text (messages that may quote a URL or a secret the run knows).
+
+A URL's user name and password are credentials (a Git host's `user:TOKEN@`, a database's
+`:password@`), and so are its query and fragment (`?token=`). For many Apprise services the host
+part itself is the token: `prowl://APIKEY`, `pbul://ACCESS_TOKEN`, `pover://USER@TOKEN`,
+`join://APIKEY/DEVICE`, `ntfy://TOPIC`, `tgram://BOT_TOKEN/CHAT`. So a host is shown only for the
+schemes whose host is a network host, and a path only where the caller asks (a Git remote's path
+names the repository; a webhook's path is usually its secret).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+REDACTED = "***"
+
+# Schemes whose host part names a machine. Every other scheme shows as `scheme://***`.
+_HOST_SCHEMES = frozenset(
+    {
+        "http",
+        "https",
+        "ssh",
+        "git",
+        "git+ssh",
+        "ssh+git",
+        "ftp",
+        "ftps",
+        "file",
+        "s3",
+        "redis",
+        "rediss",
+        "postgres",
+        "postgresql",
+        # Apprise: webhooks and e-mail, whose host is the server.
+        "json",
+        "jsons",
+        "xml",
+        "xmls",
+        "form",
+        "forms",
+        "mailto",
+        "mailtos",
+    }
+)
+# scp-like Git remotes: user@host:path.
+_SCP = re.compile(r"^[^/@:\s]+@([^/:\s]+):(.*)$")
+# Anything that looks like a URL inside free text, up to whitespace or a quote.
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_QUERY_SECRET = re.compile(
+    r"((?:[?&;]|\b)(?:token|key|secret|password|passwd|pass|apikey|api_key|sig|signature)=)[^&\s;]+", re.I
+)
+# A secret shorter than this is not searched for: "pw" would redact half the message.
+_MIN_SECRET = 4
+
+
+def redact_url(url: str, *, path: bool = False) -> str:
+    """`url` as it may be shown: never its user name, password, query or fragment; its host only
+    when the scheme's host is a network host; its port and path only with `path`."""
+    scp = _SCP.match(url)
+    if scp is not None and "://" not in url:
+        return f"{scp.group(1)}:{scp.group(2)}" if path else scp.group(1)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        return f"{scheme}://{REDACTED}" if scheme.isalnum() else "an unparsable URL"
+    if not parts.scheme:
+        return REDACTED if "@" in url else url  # a local path, or user:secret@host without a scheme
+    scheme = parts.scheme.lower()
+    if scheme not in _HOST_SCHEMES:
+        return f"{scheme}://{REDACTED}"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    if not path:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}" + (f":{port}" if port else "") + parts.path
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` without the given secrets, and with every URL in it shown as `redact_url` shows it."""
+    for secret in sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0), path=True), text)
+    return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)

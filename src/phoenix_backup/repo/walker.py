@@ -1,0 +1,171 @@
+"""Walking a snapshot's trees: the one traversal the commands share, with a budget.
+
+Trees are content-addressed, so one subtree may be named many times. A damaged or hostile
+repository can name the same subtree from both entries of a folder, 33 levels deep, and so
+describe 2^33 paths in a few kilobytes (a "DAG bomb"); or nest folders thousands deep. A walk
+therefore loads each distinct tree once, iteratively (depth is data, not Python's stack), then
+counts the paths and the depth below its root from those trees alone, and refuses a tree that
+names more than MAX_PATHS paths or is deeper than MAX_DEPTH folders before it yields anything.
+The cost of a walk is then bounded by what the repository really stores, and by the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, UnsafePath
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import Node
+
+# Paths one walk may visit (and distinct nodes it may load): far more than any agent workspace
+# holds, and small enough that a restore's plan of that many paths fits in memory.
+MAX_PATHS = 4_000_000
+# PATH_MAX is 4096 bytes, so no tree that a backup read from disk is deeper than this.
+MAX_DEPTH = 2048
+
+# (tree id, the logical path where it was met, the error): a walk that is given one reports
+# unreadable trees through it and goes on as if they were empty.
+OnError = Callable[[bytes, str, PhoenixError], None]
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+class Trees:
+    """The distinct trees below one or more roots, loaded once and shared by the walks of one
+    command (verify walks every snapshot through one `Trees`)."""
+
+    def __init__(self, repo: Repository, *, max_paths: int = MAX_PATHS, max_depth: int = MAX_DEPTH) -> None:
+        self.repo = repo
+        self.max_paths = max_paths
+        self.max_depth = max_depth
+        self.nodes: dict[bytes, list[Node]] = {}
+        self.first_path: dict[bytes, str] = {}  # where each tree was first met
+        self._sizes: dict[bytes, tuple[int, int]] = {}  # tree -> (paths below it, its depth)
+
+    def load(self, root: bytes, prefix: str = "", on_error: OnError | None = None) -> list[bytes]:
+        """Load every tree below `root` that is not loaded yet; return them in the order met
+        (parents first). Without `on_error` an unreadable tree raises."""
+        new: list[bytes] = []
+        failed: set[bytes] = set()
+        loaded = 0
+        stack = [(root, prefix, 0)]
+        while stack:
+            tree_id, path, depth = stack.pop()
+            if tree_id in self.nodes or tree_id in failed:
+                continue
+            if depth > self.max_depth:
+                raise self._too_deep(tree_id, path)
+            try:
+                nodes = self.repo.load_tree(tree_id)
+            except (CorruptObject, ObjectNotFound, UnsafePath) as exc:
+                if on_error is None:
+                    raise
+                failed.add(tree_id)
+                on_error(tree_id, path, exc)
+                continue
+            loaded += len(nodes)
+            if loaded > self.max_paths:
+                raise self._too_many(tree_id, path)
+            self.nodes[tree_id] = nodes
+            self.first_path[tree_id] = path
+            new.append(tree_id)
+            for node in reversed(nodes):
+                if node.type == "dir" and node.subtree is not None:
+                    stack.append((node.subtree, _join(path, node.name), depth + 1))
+        return new
+
+    def check(self, root: bytes, prefix: str = "") -> int:
+        """Raise CorruptObject when the loaded trees below `root` name more than `max_paths`
+        paths or nest deeper than `max_depth`; return the number of paths."""
+        paths, depth = self._size(root, prefix)
+        if depth > self.max_depth:
+            raise self._too_deep(root, prefix)
+        if paths > self.max_paths:
+            raise self._too_many(root, prefix)
+        return paths
+
+    def _size(self, root: bytes, prefix: str) -> tuple[int, int]:
+        """(paths, depth) below `root`, bottom-up over distinct trees (post-order, no recursion).
+        A tree that could not be loaded counts as empty. A tree that names itself is damage."""
+        sizes = self._sizes
+        open_: set[bytes] = set()
+        stack: list[tuple[bytes, bool]] = [(root, False)]
+        while stack:
+            tree_id, children_done = stack.pop()
+            if tree_id in sizes:
+                continue
+            nodes = self.nodes.get(tree_id)
+            if nodes is None:
+                sizes[tree_id] = (0, 0)
+                continue
+            subtrees = [n.subtree for n in nodes if n.type == "dir" and n.subtree is not None]
+            if not children_done:
+                if tree_id in open_:
+                    raise CorruptObject(
+                        f"tree {tree_id.hex()[:16]} (below {prefix or '/'}) contains itself; the repository is "
+                        "damaged or was tampered with — run `phx verify`"
+                    )
+                open_.add(tree_id)
+                stack.append((tree_id, True))
+                for sub in subtrees:
+                    if sub not in sizes:
+                        if sub in open_:
+                            raise CorruptObject(
+                                f"tree {sub.hex()[:16]} (below {prefix or '/'}) contains itself; the repository "
+                                "is damaged or was tampered with — run `phx verify`"
+                            )
+                        stack.append((sub, False))
+                continue
+            open_.discard(tree_id)
+            paths = len(nodes)
+            depth = 0
+            for sub in subtrees:
+                sub_paths, sub_depth = sizes[sub]
+                # Capped: the exact count of a bomb is of no use, and the numbers stay small.
+                paths = min(paths + sub_paths, self.max_paths + 1)
+                depth = max(depth, sub_depth + 1)
+            sizes[tree_id] = (paths, depth)
+        return sizes[root]
+
+    def walk(self, root: bytes, prefix: str = "") -> Iterator[tuple[str, Node]]:
+        """(logical path, node) for every node below `root`, depth first, parents before
+        children, from the loaded trees (an unloaded tree is empty)."""
+        stack: list[tuple[str, Iterator[Node]]] = [(prefix, iter(self.nodes.get(root, ())))]
+        while stack:
+            path, children = stack[-1]
+            node = next(children, None)
+            if node is None:
+                stack.pop()
+                continue
+            child = _join(path, node.name)
+            yield child, node
+            if node.type == "dir" and node.subtree is not None:
+                stack.append((child, iter(self.nodes.get(node.subtree, ()))))
+
+    def _too_many(self, tree_id: bytes, path: str) -> CorruptObject:
+        return CorruptObject(
+            f"tree {tree_id.hex()[:16]} (at {path or '/'}) names more than the {self.max_paths:,} paths a walk "
+            "allows; the snapshot is damaged or hostile and was not read — `phx verify` names it and "
+            "`phx forget ID` removes it"
+        )
+
+    def _too_deep(self, tree_id: bytes, path: str) -> CorruptObject:
+        return CorruptObject(
+            f"tree {tree_id.hex()[:16]} (at {path or '/'}) nests folders more than {self.max_depth:,} deep, "
+            "deeper than any file system path; the snapshot is damaged or hostile and was not read — "
+            "`phx verify` names it and `phx forget ID` removes it"
+        )
+
+
+def walk_tree(
+    repo: Repository, tree_id: bytes, prefix: str = "", *, on_error: OnError | None = None
+) -> Iterator[tuple[str, Node]]:
+    """(logical path, node) for every node below a tree, depth first, parents before children.
+
+    Every tree is loaded and the budget checked before the first node is yielded."""
+    trees = Trees(repo)
+    trees.load(tree_id, prefix, on_error)
+    trees.check(tree_id, prefix)
+    yield from trees.walk(tree_id, prefix)

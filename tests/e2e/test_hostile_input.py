@@ -1,0 +1,161 @@
+"""Hostile repository input through the `phx` command (issue 14, point 8), and `phx import` of a
+tampered export (point 7).
+
+The attacker can write the storage of an unencrypted repository: the checksums are unkeyed and the
+id key sits in the `none` key slot, so every forged object below passes as the repository's own.
+Every command that reads one ends in one clean error naming it, in bounded time and memory, and
+`verify` reports the bad snapshots and checks the others. On the code before issue 14 the DAG bomb
+kept `ls`, `restore --dry-run` and `archive` running past 25 s, the 5,000-level tree raised
+RecursionError, the bad fields raised OverflowError/ValueError tracebacks and the deflate bomb
+inflated to hundreds of MB.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import PHX, Result, Sandbox, assert_error
+
+from phoenix_backup.memory.checksums import write_checksums
+from phoenix_backup.repo.crypto import Compression
+from phoenix_backup.sample import generate_workspace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hostile import Forger, deflate_bomb, dir_node, extents, file_node
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One unencrypted repository: a real backup, then forged snapshots of every kind of attack."""
+    root = tmp_path_factory.mktemp("hostile")
+    sb = Sandbox(root, generate_workspace(root / "sample", size="tiny", seed=5), encryption=False)
+    good = sb.backup()["id"]
+    forger = Forger(sb.repo)
+
+    def in_workspace(*nodes: dict[str, Any]) -> bytes:
+        return forger.tree(dir_node("workspace", forger.tree(*nodes)))
+
+    below = forger.tree(file_node("leaf.md"))
+    for _ in range(33):  # 2^33 paths in 34 small trees
+        below = forger.tree(dir_node("a", below), dir_node("b", below))
+    ids = {"good": good, "bomb": forger.snapshot(in_workspace(dir_node("memory", below)), name="bomb")}
+    below = forger.tree(file_node("deep.md"))
+    for _ in range(5000):
+        below = forger.tree(dir_node("d", below))
+    ids["deep"] = forger.snapshot(in_workspace(dir_node("memory", below)), name="deep")
+    for name, changes in {"uid": {"uid": -5}, "mtime": {"mtimeNs": 2**80}, "size": {"size": 2**50}}.items():
+        ids[name] = forger.snapshot(in_workspace(forger.file_node("MEMORY.md", b"hello\n", **changes)), name=name)
+    # A file whose one blob claims 10 bytes and inflates to 256 MiB.
+    blob = b"\x5a" * 32
+    forger.raw_blob(blob, deflate_bomb(10, 256 * MB), Compression.GZIP, 10)
+    node = file_node("bomb.bin", b"0123456789", content=extents((blob, 0, 10)))
+    ids["inflate"] = forger.snapshot(in_workspace(node), name="inflate")
+    yield {"sb": sb, "ids": ids, "root": root}
+
+
+def timed(sb: Sandbox, *args: str | Path, limit: float = 20) -> Result:
+    started = time.monotonic()
+    res = sb.phx(*args, check=None, timeout=120)
+    elapsed = time.monotonic() - started
+    assert elapsed < limit, f"phx {' '.join(map(str, args))} took {elapsed:.1f} s:\n{res}"
+    return res
+
+
+@pytest.mark.parametrize("attack", ["bomb", "deep"])
+def test_every_command_refuses_a_tree_bomb_quickly(hostile: dict[str, Any], attack: str, tmp_path: Path) -> None:
+    sb, sid = hostile["sb"], hostile["ids"][attack]
+    needle = "paths a walk allows" if attack == "bomb" else "2,048 deep"
+    for args in (
+        ("ls", sid),
+        ("restore", "--backup", sid, "--to", tmp_path / "out", "--dry-run"),
+        ("restore", "--backup", sid, "--to", tmp_path / "out"),
+        ("archive", sid, "--output", tmp_path / "a.zip"),
+        ("diff", hostile["ids"]["good"], sid),
+        ("export", "--format", "json", "--backup", sid, "--output", tmp_path / "export"),
+    ):
+        assert_error(timed(sb, *args), 1, needle, "phx forget")
+    assert not (tmp_path / "out" / "workspace" / "memory").exists()
+    assert not (tmp_path / "a.zip").exists()
+
+
+@pytest.mark.parametrize(("attack", "field"), [("uid", "uid"), ("mtime", "mtimeNs"), ("size", "claims")])
+def test_a_node_with_an_impossible_field_is_one_clean_error(
+    hostile: dict[str, Any], attack: str, field: str, tmp_path: Path
+) -> None:
+    sb, sid = hostile["sb"], hostile["ids"][attack]
+    for args in (
+        ("ls", sid),
+        ("dump", sid, "MEMORY.md"),
+        ("restore", "--backup", sid, "--to", tmp_path / "out"),
+        ("archive", sid, "--output", tmp_path / "a.tar.gz"),
+    ):
+        assert_error(timed(sb, *args), 1, "tree", field)
+    assert not (tmp_path / "out" / "workspace" / "MEMORY.md").exists()
+
+
+def test_a_blob_inflating_past_its_claim_is_refused_in_little_memory(hostile: dict[str, Any], tmp_path: Path) -> None:
+    sb, sid = hostile["sb"], hostile["ids"]["inflate"]
+    # A wrapper whose only child is `phx`: its RUSAGE_CHILDREN peak is phx's own.
+    measure = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); " + (
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", measure, PHX, "dump", sid, "bomb.bin"],
+        env=sb.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *messages, peak_kib = proc.stderr.splitlines()
+    res = Result(proc.returncode, proc.stdout, "\n".join(messages), ["phx", "dump", sid, "bomb.bin"])
+    assert_error(res, 1, "inflates to more than the 10 bytes")
+    assert int(peak_kib) * 1024 < 150 * MB, f"phx dump peaked at {int(peak_kib) // 1024} MiB"
+    restore = timed(sb, "restore", "--backup", sid, "--to", tmp_path / "out")
+    assert_error(restore, 1, "inflates to more than the 10 bytes")
+
+
+def test_verify_names_every_bad_snapshot_and_checks_the_good_one(hostile: dict[str, Any]) -> None:
+    sb, ids = hostile["sb"], hostile["ids"]
+    res = timed(sb, "verify", "--json", limit=60)
+    assert res.code == 1, res
+    doc = res.json()
+    assert doc["checked"]["snapshots"] == len(ids)
+    bad = {e["snapshot"] for e in doc["errors"]}
+    assert bad == {ids[k] for k in ("bomb", "deep", "uid", "mtime", "size")}, doc["errors"]
+    good = timed(sb, "verify", "--backup", ids["good"], "--read-data", "--json", limit=60)
+    assert good.code == 0 and good.json()["ok"] is True, good
+
+
+# ---------------------------------------------------------------------------------------------
+# phx import (point 7)
+
+
+def test_import_writes_only_into_the_configured_stores(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx("export", "--format", "json", "--output", export)
+    # The attacker moves a store to a path of their choosing and recomputes the unkeyed checksums.
+    meta_path = export / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    victim = tmp_path / "outside" / "planted.db"
+    meta["databases"][0]["path"] = "root" + str(victim)
+    meta_path.write_text(json.dumps(meta))
+    write_checksums(export)
+    res = sb.phx("import", export, "--force", check=None)
+    assert_error(res, 2, "root" + str(victim), "not one of the SQLite stores", "--to DIR")
+    assert not victim.exists() and not victim.parent.exists()
+    # With --to DIR the same export lands below DIR, and nowhere else.
+    dest = tmp_path / "dest"
+    sb.phx("import", export, "--force", "--to", dest)
+    assert (dest / "root" / str(victim).lstrip("/")).is_file()
+    assert not victim.exists()

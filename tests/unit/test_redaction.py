@@ -1,0 +1,60 @@
+"""One redaction for every URL Phoenix shows (issue 14, point 6): user names, passwords, queries and
+fragments never, the host only where it names a machine (for many Apprise services the host part is
+the token), the path only where asked (a Git remote's path names the repository)."""
+
+from __future__ import annotations
+
+import pytest
+
+from phoenix_backup.redaction import redact, redact_url
+
+SECRET = "CANARY"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "with_path"),
+    [
+        # Apprise services whose host part is the token
+        ("prowl://CANARYapikey0000000000000000000000000001", "prowl://***", "prowl://***"),
+        ("pbul://o.CANARYaccesstoken", "pbul://***", "pbul://***"),
+        ("pover://CANARYuser@CANARYtoken", "pover://***", "pover://***"),
+        ("join://CANARYapikey/device", "join://***", "join://***"),
+        ("ntfy://CANARYtopic", "ntfy://***", "ntfy://***"),
+        ("ntfys://ntfy.sh/CANARYtopic", "ntfys://***", "ntfys://***"),
+        ("tgram://123456:CANARYbot/987654", "tgram://***", "tgram://***"),
+        ("discord://1234/CANARYwebhook", "discord://***", "discord://***"),
+        ("slack://CANARYa/CANARYb/CANARYc", "slack://***", "slack://***"),
+        # Hosts that name a machine: shown, without credentials, query or (unless asked) path
+        ("json://127.0.0.1:8080/hook?token=CANARY", "json://127.0.0.1", "json://127.0.0.1:8080/hook"),
+        ("mailtos://me:CANARYpass@mail.example.com", "mailtos://mail.example.com", "mailtos://mail.example.com"),
+        (
+            "https://hooks.slack.com/services/T0/B0/CANARY",
+            "https://hooks.slack.com",
+            "https://hooks.slack.com/services/T0/B0/CANARY",
+        ),
+        ("https://me:CANARY@github.com/me/agent.git", "https://github.com", "https://github.com/me/agent.git"),
+        ("https://CANARYtoken@github.com/me/agent.git", "https://github.com", "https://github.com/me/agent.git"),
+        ("https://x-access-token:CANARY@[::1]:8443/a.git", "https://[::1]", "https://[::1]:8443/a.git"),
+        ("redis://:CANARY@localhost:6380/0", "redis://localhost", "redis://localhost:6380/0"),
+        ("postgresql://agent:CANARY@db:5433/argentos", "postgresql://db", "postgresql://db:5433/argentos"),
+        ("git@github.com:me/agent.git", "github.com", "github.com:me/agent.git"),
+        ("/srv/git/agent.git", "/srv/git/agent.git", "/srv/git/agent.git"),
+        ("me:CANARY@host/x", "me://***", "me://***"),
+        ("CANARY@host/x", "***", "***"),
+        ("tgram://CANARY:notaport", "tgram://***", "tgram://***"),
+        ("http://[CANARY", "http://***", "http://***"),
+    ],
+)
+def test_redact_url(url: str, shown: str, with_path: str) -> None:
+    assert redact_url(url) == shown
+    assert redact_url(url, path=True) == with_path
+
+
+def test_redact_text_hides_known_secrets_and_every_url_form() -> None:
+    text = (
+        "push to https://me:CANARY1@github.com/me/a.git failed; ntfy://CANARY2topic unreachable; "
+        "json://127.0.0.1:9/x?token=CANARY3 refused; the passphrase CANARY4-long leaked; apikey=CANARY5"
+    )
+    out = redact(text, ["CANARY4-long"])
+    assert SECRET not in out, out
+    assert "https://github.com/me/a.git" in out and "ntfy://***" in out and "json://127.0.0.1:9/x" in out
