@@ -67,6 +67,8 @@ class ForeignKey:
     on_delete: str  # pg_constraint.confdeltype
     on_update: str
     match_full: bool
+    child_name: tuple[str, str]  # (schema, table): `child` is ambiguous when a name holds a dot
+    parent_name: tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def foreign_keys(con: psycopg.Connection[Any], tables: Iterable[str]) -> list[Fo
                      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
                ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, o)
                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o),
-               c.condeferrable, c.condeferred, c.confdeltype, c.confupdtype, c.confmatchtype = 'f'
+               c.condeferrable, c.condeferred, c.confdeltype, c.confupdtype, c.confmatchtype = 'f',
+               cn.nspname, cc.relname, pn.nspname, pc.relname
         FROM pg_constraint c
         JOIN pg_class cc ON cc.oid = c.conrelid JOIN pg_namespace cn ON cn.oid = cc.relnamespace
         JOIN pg_class pc ON pc.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace
@@ -132,6 +135,8 @@ def foreign_keys(con: psycopg.Connection[Any], tables: Iterable[str]) -> list[Fo
             str(r[7]),
             str(r[8]),
             bool(r[9]),
+            (str(r[10]), str(r[11])),
+            (str(r[12]), str(r[13])),
         )
         for r in rows
     ]
@@ -312,7 +317,8 @@ def merge(
     saved: dict[str, _Saved] = {}
     names: dict[str, str] = {}  # temporary tables by the live table they stand for, for messages
     for i, key in enumerate(order):
-        s = _Saved(i, by_key[key], sql.Identifier(_SCRATCH.format(i)) if drill else sql.Identifier(*key.split(".", 1)))
+        t = by_key[key]
+        s = _Saved(i, t, sql.Identifier(_SCRATCH.format(i)) if drill else sql.Identifier(t.schema, t.table))
         names[_STAGED.format(i)] = key
         try:
             _stage(con, s, rows_of(s.table), agent)
@@ -535,7 +541,7 @@ def _orphans(
     problems: list[str] = []
     for fk in fks:
         parent_s = saved.get(fk.parent)
-        parent = parent_s.target if parent_s else parents.get(fk.parent, sql.Identifier(*fk.parent.split(".", 1)))
+        parent = parent_s.target if parent_s else parents.get(fk.parent, sql.Identifier(*fk.parent_name))
         refs = sql.SQL(" AND ").join(
             sql.SQL("p.{} = c.{}").format(sql.Identifier(p), sql.Identifier(c))
             for p, c in zip(fk.parent_columns, fk.child_columns, strict=True)
@@ -572,7 +578,7 @@ def _orphans(
             continue  # rows were only added
         if child is None and drill:
             continue  # the drill copies no table outside the agent's
-        target = child.target if child is not None else sql.Identifier(*fk.child.split(".", 1))
+        target = child.target if child is not None else sql.Identifier(*fk.child_name)
         n = _count(con, sql.SQL("SELECT count(*) FROM {} c WHERE {}").format(target, orphan))
         if n:
             problems.append(
@@ -638,7 +644,7 @@ def _scratch_copies(
         child = saved.get(fk.child)
         if child is None or fk.parent in saved:
             continue
-        live = sql.Identifier(*fk.parent.split(".", 1))
+        live = sql.Identifier(*fk.parent_name)
         if fk.parent not in parents:
             name = _PARENT.format(len(parents))
             names[name] = fk.parent

@@ -487,7 +487,9 @@ def _restore_agent_rows(
                 result = agent_merge.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
             if not drill:
                 written = [
-                    k for k, st in result.stats.items() if st["inserted"] or st.get("updated") or st.get("deleted")
+                    sql.Identifier(t.schema, t.table)
+                    for t in tables
+                    if (st := result.stats[t.key])["inserted"] or st.get("updated") or st.get("deleted")
                 ]
                 outcome.warnings += _analyze(con, written)
     except (PhoenixError, psycopg.Error) as exc:
@@ -516,7 +518,7 @@ def _restore_agent_rows(
     return outcome
 
 
-def _analyze(con: psycopg.Connection[Any], tables: list[str] | None) -> list[str]:
+def _analyze(con: psycopg.Connection[Any], tables: list[sql.Identifier] | None) -> list[str]:
     """ANALYZE what a restore wrote (`None`: the whole database), so the planner knows the new rows
     at once (an HNSW index is used from the first query, not after autovacuum's next round). A
     table the role may not analyze is a warning, never a failure."""
@@ -530,8 +532,8 @@ def _analyze(con: psycopg.Connection[Any], tables: list[str] | None) -> list[str
     try:
         if tables is None:
             con.execute("ANALYZE")
-        for key in tables or []:
-            con.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*key.split(".", 1))))
+        for table in tables or []:
+            con.execute(sql.SQL("ANALYZE {}").format(table))
     except psycopg.Error as exc:
         return [f"ANALYZE after the restore failed ({pg.pg_reason(exc)}); autovacuum will analyze the tables later"]
     finally:

