@@ -75,3 +75,61 @@ def test_schema_and_table_names_holding_dots(sandbox: Sandbox, pg_server: PgServ
     assert out["ok"] and out["stats"]["my.space.kids"]["inserted"] == 2, out
     assert _rows(pg, db, *tables) == saved
     pg.drop_database(db)
+
+
+def test_partitioned_tables_identity_and_types_without_equality(sandbox: Sandbox, pg_server: PgServer) -> None:
+    pg = pg_server
+    db = pg.create_database("parted")
+    pg.ensure_role(ROLE, ROLE_PASSWORD, "NOBYPASSRLS")
+    pg.sql(
+        db,
+        f"""
+        CREATE TABLE parted (id int, agent_id text, v text, doc json, pt point, PRIMARY KEY (id, agent_id))
+            PARTITION BY LIST (agent_id);
+        CREATE TABLE parted_a PARTITION OF parted FOR VALUES IN ('{AGENT_A}');
+        CREATE TABLE parted_b PARTITION OF parted FOR VALUES IN ('{AGENT_B}');
+        CREATE TABLE parted_log (agent_id text, v text) PARTITION BY LIST (agent_id);
+        CREATE TABLE parted_log_a PARTITION OF parted_log FOR VALUES IN ('{AGENT_A}');
+        CREATE TABLE parted_log_b PARTITION OF parted_log FOR VALUES IN ('{AGENT_B}');
+        CREATE TABLE notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, agent_id text NOT NULL,
+            body text NOT NULL, len int GENERATED ALWAYS AS (length(body)) STORED);
+        CREATE TABLE hits (n serial, what text);
+        CREATE FUNCTION hit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO hits (what) VALUES (TG_TABLE_NAME || ' ' || NEW.id); RETURN NEW; END $$;
+        CREATE TRIGGER notes_hit BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION hit();
+        INSERT INTO parted SELECT i, a, 'v' || i, ('{{"n": ' || i || '}}')::json, point(i, -i)
+            FROM generate_series(1, 3) i, unnest(ARRAY['{AGENT_A}', '{AGENT_B}']) a;
+        INSERT INTO parted_log VALUES ('{AGENT_A}', 'x'), ('{AGENT_A}', 'x'), ('{AGENT_A}', 'y'), ('{AGENT_B}', 'x');
+        INSERT INTO notes (agent_id, body) VALUES ('{AGENT_A}', 'one'), ('{AGENT_A}', 'two'), ('{AGENT_B}', 'b'),
+            ('{AGENT_A}', 'three');
+        GRANT SELECT, INSERT, UPDATE, DELETE ON parted, parted_log, notes, hits TO "{ROLE}";
+        GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{ROLE}";
+        """,
+    )
+    tables = ("parted", "parted_log", "notes")
+    env = _config(sandbox, pg, db, ROLE)
+    sandbox.phx("backup", env=env)
+    saved = _rows(pg, db, *tables)
+    hits = pg.query(db, "SELECT count(*) FROM hits")[0][0]
+    pg.sql(
+        db,
+        f"""
+        UPDATE parted SET v = 'changed', pt = point(0, 0) WHERE agent_id = '{AGENT_A}' AND id = 1;
+        UPDATE parted SET doc = '{{"n":2}}' WHERE id = 2;  -- the same JSON value, spelt otherwise
+        DELETE FROM parted_log WHERE agent_id = '{AGENT_A}' AND v = 'x' AND ctid = (
+            SELECT min(ctid) FROM parted_log_a WHERE v = 'x');
+        DELETE FROM notes WHERE body = 'two';
+        """,
+    )
+    out = _restore(sandbox, env)
+    assert out["ok"], out
+    assert out["stats"]["public.parted"]["updated"] == 2 and out["stats"]["public.notes"]["inserted"] == 1, out
+    assert out["stats"]["public.parted_log"]["inserted"] == 1, out
+    now = _rows(pg, db, *tables)
+    b_doc = pg.query(db, f"SELECT doc::text FROM parted WHERE agent_id = '{AGENT_B}' AND id = 2")
+    assert b_doc == [('{"n":2}',)]  # agent_b's row keeps its own spelling
+    assert now == saved | {"parted": now["parted"]}
+    assert [r for r in now["parted"] if AGENT_A in r[1]] == [r for r in saved["parted"] if AGENT_A in r[1]]
+    # The BEFORE INSERT trigger fired for the one note written, not for every saved note.
+    assert pg.query(db, "SELECT count(*) FROM hits")[0][0] == hits + 1
+    pg.drop_database(db)

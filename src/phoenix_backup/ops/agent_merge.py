@@ -14,10 +14,11 @@ A merge runs in one transaction, with `app.agent_id` set so that row-level secur
    with its constraints deferred when they are DEFERRABLE, and otherwise stops the merge before
    anything is written, naming the cycle (with triggers off, a cycle needs neither);
 4. write: a table with a primary key by key, updating only rows whose contents differ (`IS
-   DISTINCT FROM` on the text of every column: types without an equality operator compare too),
-   `skip` keeping rows that exist; a table without a primary key gets the saved rows that are
-   missing from the agent's rows (matched on the whole row, duplicates counted) or, with
-   `keyless="replace"`, the agent's rows replaced by the saved ones;
+   DISTINCT FROM` on the text of every column: types without an equality operator compare too)
+   and inserting only rows whose key is not there (no system column is read, so a partitioned
+   table merges like any other), `skip` keeping rows that exist; a table without a primary key
+   gets the saved rows that are missing from the agent's rows (matched on the whole row,
+   duplicates counted) or, with `keyless="replace"`, the agent's rows replaced by the saved ones;
 5. check: the foreign keys of every written row (with triggers off), then every saved row must be
    there, with the saved contents (`update`) or at least its key (`skip`).
 
@@ -497,25 +498,38 @@ def _write(con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyle
     present, identical = _keyed_state(con, s)
     pk = sql.SQL(", ").join(sql.Identifier(c) for c in t.primary_key)
     rest = [c for c in t.columns if c not in t.primary_key]
-    action: sql.Composable = sql.SQL("DO NOTHING")
+    updated = 0
     if mode == "update" and rest:
         # Only rows that differ are rewritten: an unchanged row keeps its tuple, fires nothing and
-        # costs no WAL.
-        action = sql.SQL("DO UPDATE SET ({}) = ROW({}) WHERE t.{} = EXCLUDED.{} AND {} IS DISTINCT FROM {}").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in rest),
-            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in rest),
-            sql.Identifier("agent_id"),
-            sql.Identifier("agent_id"),
-            _text_row("t", t.columns),
-            _text_row("excluded", t.columns),
-        )
-    row = con.execute(
+        # costs no WAL. Another agent's row with the same key is no match.
+        updated = con.execute(
+            sql.SQL("UPDATE {} AS t SET ({}) = ROW({}) FROM {} r WHERE {} AND {} IS DISTINCT FROM {}").format(
+                s.target,
+                sql.SQL(", ").join(sql.Identifier(c) for c in rest),
+                sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in rest),
+                s.staged,
+                _key_match(t),
+                _text_row("t", t.columns),
+                _text_row("r", t.columns),
+            )
+        ).rowcount
+    # Only the rows whose key is not there are offered to INSERT, so that a BEFORE INSERT trigger
+    # fires for nothing else (a key held by a row this role cannot see is left by ON CONFLICT).
+    inserted = con.execute(
         sql.SQL(
-            "WITH w AS (INSERT INTO {} AS t ({}){} SELECT {} FROM {} ON CONFLICT ({}) {} RETURNING t.xmax = 0 AS ins) "
-            "SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM w"
-        ).format(s.target, cols, overriding, cols, s.staged, pk, action)
-    ).fetchone()
-    inserted, updated = (int(row[0]), int(row[1])) if row else (0, 0)
+            "INSERT INTO {} ({}){} SELECT {} FROM {} r WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {}) "
+            "ON CONFLICT ({}) DO NOTHING"
+        ).format(
+            s.target,
+            cols,
+            overriding,
+            cols,
+            s.staged,
+            s.target,
+            sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in t.primary_key),
+            pk,
+        )
+    ).rowcount
     return {
         **stats,
         "inserted": inserted,
