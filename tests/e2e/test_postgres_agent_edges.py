@@ -133,3 +133,38 @@ def test_partitioned_tables_identity_and_types_without_equality(sandbox: Sandbox
     # The BEFORE INSERT trigger fired for the one note written, not for every saved note.
     assert pg.query(db, "SELECT count(*) FROM hits")[0][0] == hits + 1
     pg.drop_database(db)
+
+
+def test_inherited_tables_are_saved_and_merged_each_on_its_own(sandbox: Sandbox, pg_server: PgServer) -> None:
+    pg = pg_server
+    db = pg.create_database("inherit")
+    pg.sql(
+        db,
+        f"""
+        CREATE TABLE notes (id int PRIMARY KEY, agent_id text NOT NULL, body text);
+        CREATE TABLE old_notes (PRIMARY KEY (id)) INHERITS (notes);
+        CREATE TABLE events (agent_id text NOT NULL, v text);
+        CREATE TABLE old_events () INHERITS (events);
+        INSERT INTO notes VALUES (1, '{AGENT_A}', 'new'), (2, '{AGENT_B}', 'b');
+        INSERT INTO old_notes VALUES (1, '{AGENT_A}', 'archived'), (3, '{AGENT_A}', 'old');
+        INSERT INTO events VALUES ('{AGENT_A}', 'now'), ('{AGENT_B}', 'b');
+        INSERT INTO old_events VALUES ('{AGENT_A}', 'then'), ('{AGENT_A}', 'then');
+        """,
+    )
+    tables = ("notes", "events")  # each with the rows of the table inheriting from it
+    env = _config(sandbox, pg, db)
+    saved = _rows(pg, db, *tables)
+    sandbox.phx("backup", env=env)
+    pg.sql(db, "UPDATE old_notes SET body = 'edited' WHERE id = 3; DELETE FROM ONLY notes WHERE id = 1")
+
+    out = _restore(sandbox, env)
+    assert out["ok"] and out["found"] == out["expected"] == {
+        "public.events": 1,
+        "public.notes": 1,
+        "public.old_events": 2,
+        "public.old_notes": 2,
+    }, out
+    assert _rows(pg, db, *tables) == saved
+    out = _restore(sandbox, env, "--keyless", "replace")
+    assert out["ok"] and _rows(pg, db, *tables) == saved, out
+    pg.drop_database(db)

@@ -32,6 +32,7 @@ tables. What it cannot see: other agents' rows (a key held by another agent) and
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ class _Saved:
         self.table = table
         self.live = sql.Identifier(table.schema, table.table)
         self.target = target  # the live table, or the drill's scratch copy
+        # Its own rows, not those of tables inheriting from it (a partitioned table's are its own).
+        self.rows = target if table.partitioned else sql.SQL("ONLY {}").format(target)
         self.staged = sql.Identifier(_STAGED.format(index))
         self.saved = 0
         self.foreign = 0
@@ -296,7 +299,7 @@ def merge(
     done; the caller rolls back. `drill`: into scratch copies (the caller always rolls back)."""
     result = MergeResult()
     keys = [t.key for t in tables]
-    _check_columns(con, tables)
+    tables = live_tables(con, tables)
     _check_privileges(con, tables, mode, keyless)
     fks = foreign_keys(con, keys)
     result.triggers_off = try_replica(con)
@@ -355,10 +358,14 @@ def _named(text: str, names: dict[str, str]) -> str:
     return text
 
 
-def _check_columns(con: psycopg.Connection[Any], tables: list[pg.AgentTable]) -> None:
+def live_tables(con: psycopg.Connection[Any], tables: list[pg.AgentTable]) -> list[pg.AgentTable]:
+    """The saved tables as the live database has them: each must still have every saved column;
+    whether it is partitioned comes from the catalog."""
+    out: list[pg.AgentTable] = []
     for t in tables:
         rows = con.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            "SELECT a.attname, c.relkind FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+            "WHERE c.oid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
             (sql.Identifier(t.schema, t.table).as_string(con),),
         ).fetchall()
         live = {str(r[0]) for r in rows}
@@ -368,6 +375,8 @@ def _check_columns(con: psycopg.Connection[Any], tables: list[pg.AgentTable]) ->
                 f"{t.key} has no column {', '.join(gone)} any more, which the snapshot's rows have; add it back, or "
                 "write the rows as files with --to DIR and load what still fits by hand"
             )
+        out.append(dataclasses.replace(t, partitioned=bool(rows) and rows[0][1] == "p"))
+    return out
 
 
 def _check_privileges(
@@ -443,7 +452,7 @@ def _keyed_state(con: psycopg.Connection[Any], s: _Saved) -> tuple[int, int]:
     row = con.execute(
         sql.SQL(
             "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {} AND {}) FROM {} r LEFT JOIN {} t ON {}"
-        ).format(there, there, same, s.staged, s.target, _key_match(t))
+        ).format(there, there, same, s.staged, s.rows, _key_match(t))
     ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
@@ -456,7 +465,7 @@ def _multiset(s: _Saved, agent_filter: sql.Composable) -> sql.Composable:
     return sql.SQL(
         "WITH live AS (SELECT {lr} AS v, row_number() OVER (PARTITION BY {lr}) AS n FROM {target} t WHERE {f}), "
         "saved AS (SELECT r.{row} AS id, {sr} AS v, row_number() OVER (PARTITION BY {sr}) AS n FROM {staged} r) "
-    ).format(lr=live_row, sr=saved_row, target=s.target, f=agent_filter, row=sql.Identifier(_ROW), staged=s.staged)
+    ).format(lr=live_row, sr=saved_row, target=s.rows, f=agent_filter, row=sql.Identifier(_ROW), staged=s.staged)
 
 
 def _t_filter(t: pg.AgentTable) -> sql.Composable:
@@ -472,7 +481,7 @@ def _keyless_present(con: psycopg.Connection[Any], s: _Saved, agent: str) -> tup
         + sql.SQL("SELECT count(*) FROM saved s WHERE EXISTS (SELECT 1 FROM live l WHERE l.v = s.v AND l.n = s.n)"),
         (agent,),
     )
-    live = _count(con, sql.SQL("SELECT count(*) FROM {} t WHERE ").format(s.target) + _t_filter(s.table), (agent,))
+    live = _count(con, sql.SQL("SELECT count(*) FROM {} t WHERE ").format(s.rows) + _t_filter(s.table), (agent,))
     return present, live - present
 
 
@@ -484,7 +493,7 @@ def _write(con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyle
     stats = {"saved": s.saved, "otherAgents": s.foreign}
     if not t.primary_key:
         if keyless == "replace":
-            deleted = con.execute(sql.SQL("DELETE FROM {} t WHERE ").format(s.target) + _t_filter(t), (agent,)).rowcount
+            deleted = con.execute(sql.SQL("DELETE FROM {} t WHERE ").format(s.rows) + _t_filter(t), (agent,)).rowcount
             inserted = con.execute(
                 sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {}").format(s.target, cols, overriding, cols, s.staged)
             ).rowcount
@@ -504,7 +513,7 @@ def _write(con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyle
         # costs no WAL. Another agent's row with the same key is no match.
         updated = con.execute(
             sql.SQL("UPDATE {} AS t SET ({}) = ROW({}) FROM {} r WHERE {} AND {} IS DISTINCT FROM {}").format(
-                s.target,
+                s.rows,
                 sql.SQL(", ").join(sql.Identifier(c) for c in rest),
                 sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in rest),
                 s.staged,
@@ -525,7 +534,7 @@ def _write(con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyle
             overriding,
             cols,
             s.staged,
-            s.target,
+            s.rows,
             sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in t.primary_key),
             pk,
         )
@@ -555,7 +564,7 @@ def _orphans(
     problems: list[str] = []
     for fk in fks:
         parent_s = saved.get(fk.parent)
-        parent = parent_s.target if parent_s else parents.get(fk.parent, sql.Identifier(*fk.parent_name))
+        parent = parent_s.rows if parent_s else parents.get(fk.parent, sql.Identifier(*fk.parent_name))
         refs = sql.SQL(" AND ").join(
             sql.SQL("p.{} = c.{}").format(sql.Identifier(p), sql.Identifier(c))
             for p, c in zip(fk.parent_columns, fk.child_columns, strict=True)
@@ -570,12 +579,12 @@ def _orphans(
                     sql.SQL("c.{k} = r.{k}").format(k=sql.Identifier(k)) for k in t.primary_key
                 )
                 query = sql.SQL("SELECT count(*) FROM {} c JOIN {} r ON {} WHERE {}").format(
-                    child.target, child.staged, match, orphan
+                    child.rows, child.staged, match, orphan
                 )
                 n = _count(con, query)
             else:
                 query = sql.SQL("SELECT count(*) FROM {} c WHERE c.{} = CAST(%s AS {}) AND {}").format(
-                    child.target, sql.Identifier("agent_id"), sql.SQL(t.agent_type), orphan
+                    child.rows, sql.Identifier("agent_id"), sql.SQL(t.agent_type), orphan
                 )
                 n = _count(con, query, (agent,))
             if n:
@@ -592,7 +601,7 @@ def _orphans(
             continue  # rows were only added
         if child is None and drill:
             continue  # the drill copies no table outside the agent's
-        target = child.target if child is not None else sql.Identifier(*fk.child_name)
+        target = child.rows if child is not None else sql.Identifier(*fk.child_name)
         n = _count(con, sql.SQL("SELECT count(*) FROM {} c WHERE {}").format(target, orphan))
         if n:
             problems.append(
@@ -649,7 +658,7 @@ def _scratch_copies(
         always = any(c[1] == "a" for c in live_cols)
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if always else sql.SQL("")
         con.execute(
-            sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} t WHERE ").format(s.target, cols, overriding, cols, s.live)
+            sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} t WHERE ").format(s.target, cols, overriding, cols, t.rows)
             + _t_filter(t),
             (agent,),
         )

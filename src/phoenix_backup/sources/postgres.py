@@ -600,6 +600,15 @@ class AgentTable:
     primary_key: tuple[str, ...]
     agent_type: str  # the agent_id column's type, for comparing with a typed literal
     identity_always: bool
+    # Read from the catalog, never kept in the manifest: a partitioned table is read whole, any
+    # other without the tables that inherit from it (they are saved as tables of their own).
+    partitioned: bool = False
+
+    @property
+    def rows(self) -> sql.Composable:
+        """The table's own rows, for FROM, UPDATE and DELETE."""
+        name = sql.Identifier(self.schema, self.table)
+        return name if self.partitioned else sql.SQL("ONLY {}").format(name)
 
     @property
     def key(self) -> str:
@@ -636,7 +645,7 @@ def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
     """Every table (the role may read) with an `agent_id` column."""
     rows = con.execute(
         """
-        SELECT n.nspname, c.relname, c.oid, format_type(a.atttypid, a.atttypmod)
+        SELECT n.nspname, c.relname, c.oid, format_type(a.atttypid, a.atttypmod), c.relkind = 'p'
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'agent_id' AND NOT a.attisdropped
         WHERE c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s) AND has_table_privilege(c.oid, 'SELECT')
@@ -646,7 +655,7 @@ def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
         (list(_SYSTEM_SCHEMAS),),
     ).fetchall()
     out: list[AgentTable] = []
-    for schema, table, oid, agent_type in rows:
+    for schema, table, oid, agent_type, partitioned in rows:
         cols = con.execute(
             """
             SELECT attname, attidentity FROM pg_attribute
@@ -672,6 +681,7 @@ def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
                 tuple(str(p[0]) for p in pk),
                 str(agent_type),
                 any(c[1] == "a" for c in cols),
+                bool(partitioned),
             )
         )
     return out
@@ -713,10 +723,7 @@ class AgentRows(_Reader):
             where = agent_filter(t)
             try:
                 row = con.execute(
-                    sql.SQL("SELECT count(*) FROM {}.{} WHERE ").format(
-                        sql.Identifier(t.schema), sql.Identifier(t.table)
-                    )
-                    + where,
+                    sql.SQL("SELECT count(*) FROM {} WHERE ").format(t.rows) + where,
                     (self.agent_id,),
                 ).fetchone()
             except psycopg.Error as exc:
@@ -726,11 +733,10 @@ class AgentRows(_Reader):
             summary.tables[t.key] = int(row[0]) if row else 0
             order = sql.SQL(", ").join(sql.Identifier(c) for c in (t.primary_key or t.columns))
             query = sql.SQL(
-                "COPY (SELECT {} FROM {}.{} WHERE {} ORDER BY {}) TO STDOUT WITH (FORMAT csv, HEADER true)"
+                "COPY (SELECT {} FROM {} WHERE {} ORDER BY {}) TO STDOUT WITH (FORMAT csv, HEADER true)"
             ).format(
                 sql.SQL(", ").join(sql.Identifier(c) for c in t.columns),
-                sql.Identifier(t.schema),
-                sql.Identifier(t.table),
+                t.rows,
                 where,
                 order,
             )
