@@ -168,3 +168,82 @@ def test_inherited_tables_are_saved_and_merged_each_on_its_own(sandbox: Sandbox,
     out = _restore(sandbox, env, "--keyless", "replace")
     assert out["ok"] and _rows(pg, db, *tables) == saved, out
     pg.drop_database(db)
+
+
+def _craft_manifest(sandbox: Sandbox, env: dict[str, str], edit: Any) -> str:
+    """A copy of the latest snapshot whose postgres/main/manifest.json is `edit(manifest)`, as
+    anyone holding the repository key could write it; returns its id."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from phoenix_backup import Environment, load_config
+    from phoenix_backup.ops.context import open_repository
+    from phoenix_backup.ops.db_restore import node_bytes
+    from phoenix_backup.repo.crypto import BlobType
+    from phoenix_backup.repo.tree import Extent
+
+    repo = open_repository(load_config(sandbox.config_path), Environment(env=env))
+    try:
+        repo.load_index()
+        snap = repo.find_snapshot("latest")
+
+        def rewrite(tree: bytes, parts: list[str]) -> bytes:
+            nodes = []
+            for n in repo.load_tree(tree):
+                if n.name == parts[0] and len(parts) == 1:
+                    data = json.dumps(edit(json.loads(node_bytes(repo, n.name, n)))).encode()
+                    blob, _ = repo.save_blob(BlobType.DATA, data)
+                    sha = hashlib.sha256(data).hexdigest()
+                    n = dataclasses.replace(n, size=len(data), content=[Extent(blob, 0, len(data))], sha256=sha)
+                elif n.name == parts[0]:
+                    assert n.subtree is not None
+                    n = dataclasses.replace(n, subtree=rewrite(n.subtree, parts[1:]))
+                nodes.append(n)
+            return repo.save_tree(nodes)[0]
+
+        root = rewrite(snap.tree, ["postgres", "main", "manifest.json"])
+        repo.flush()
+        return repo.save_snapshot(dataclasses.replace(snap, tree=root, name="crafted"))
+    finally:
+        repo.close()
+
+
+def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server: PgServer) -> None:
+    pg = pg_server
+    db = pg.create_database("tamper")
+    pg.sql(
+        db,
+        f"""
+        CREATE TABLE metrics (agent_id text NOT NULL, v int);
+        CREATE TABLE notes (id int PRIMARY KEY, agent_id text NOT NULL, body text);
+        INSERT INTO metrics VALUES ('{AGENT_A}', 1), ('{AGENT_A}', 2), ('{AGENT_B}', 3), ('{AGENT_B}', 4);
+        INSERT INTO notes VALUES (1, '{AGENT_A}', 'a'), (2, '{AGENT_B}', 'b');
+        """,
+    )
+    env = _config(sandbox, pg, db)
+    sandbox.phx("backup", env=env)
+    before = _rows(pg, db, "metrics", "notes")
+
+    def inject(doc: dict[str, Any]) -> dict[str, Any]:
+        for info in doc["tableInfo"].values():
+            info["agentIdType"] = "text) OR (true"
+        return doc
+
+    crafted = _craft_manifest(sandbox, env, inject)
+    res = sandbox.phx(
+        "restore", "--backup", crafted, "--databases-only", "--yes", "--json", "--keyless", "replace", env=env
+    )
+    out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
+    assert out["ok"], out
+    assert _rows(pg, db, "metrics", "notes") == before
+
+    # Rows saved for another agent than the one configured: refused, by the drill too.
+    crafted = _craft_manifest(sandbox, env, lambda doc: doc | {"agentId": AGENT_B})
+    for args in (["restore", "--databases-only", "--yes"], ["drill", "--scratch", str(sandbox.root)]):
+        res = sandbox.phx(*args, "--backup", crafted, "--json", env=env, check=None)
+        out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
+        message = out.get("error") or out["problems"][0]["message"]
+        assert res.code != 0 and f"holds the rows of agent {AGENT_B}" in message and AGENT_A in message, res
+    assert _rows(pg, db, "metrics", "notes") == before
+    pg.drop_database(db)

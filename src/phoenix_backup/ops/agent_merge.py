@@ -360,22 +360,24 @@ def _named(text: str, names: dict[str, str]) -> str:
 
 def live_tables(con: psycopg.Connection[Any], tables: list[pg.AgentTable]) -> list[pg.AgentTable]:
     """The saved tables as the live database has them: each must still have every saved column;
-    whether it is partitioned comes from the catalog."""
+    the type of agent_id and whether the table is partitioned come from the catalog, never from
+    the snapshot's manifest (its `agentIdType` is written into SQL, and a manifest is only data)."""
     out: list[pg.AgentTable] = []
     for t in tables:
         rows = con.execute(
-            "SELECT a.attname, c.relkind FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
-            "WHERE c.oid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            "SELECT a.attname, c.relkind, format_type(a.atttypid, a.atttypmod) FROM pg_class c "
+            "JOIN pg_attribute a ON a.attrelid = c.oid WHERE c.oid = %s::regclass AND a.attnum > 0 "
+            "AND NOT a.attisdropped",
             (sql.Identifier(t.schema, t.table).as_string(con),),
         ).fetchall()
-        live = {str(r[0]) for r in rows}
-        gone = [c for c in t.columns if c not in live]
+        live = {str(r[0]): str(r[2]) for r in rows}
+        gone = [c for c in dict.fromkeys((*t.columns, "agent_id")) if c not in live]
         if gone:
             raise RestoreError(
                 f"{t.key} has no column {', '.join(gone)} any more, which the snapshot's rows have; add it back, or "
                 "write the rows as files with --to DIR and load what still fits by hand"
             )
-        out.append(dataclasses.replace(t, partitioned=bool(rows) and rows[0][1] == "p"))
+        out.append(dataclasses.replace(t, agent_type=live["agent_id"], partitioned=rows[0][1] == "p"))
     return out
 
 

@@ -216,7 +216,7 @@ def restore_postgres(
     if manifest.get("kind") == "agent-rows":
         if to_database is not None:
             conn = conn.with_database(to_database)
-        return _restore_agent_rows(repo, conn, path, files, manifest, conflict_mode, keyless)
+        return _restore_agent_rows(repo, conn, path, files, manifest, conflict_mode, keyless, agent=entry.agent_id)
     if to_database is not None:
         return restore_pg_scratch(repo, conn, path, files, to_database, manifest=manifest, configured=entry.pg_dump)
     return _restore_dump(repo, conn, path, files, manifest, clean=True, configured=entry.pg_dump)
@@ -463,14 +463,23 @@ def _restore_agent_rows(
     mode: ConflictMode,
     keyless: KeylessMode = "add",
     *,
+    agent: str | None,
     drill: bool = False,
 ) -> DbRestoreOutcome:
     """The agent's saved rows merged into the shared tables (`ops/agent_merge.py`), in one
-    transaction; with `drill`, into a scratch copy of them, always rolled back."""
-    agent = str(manifest["agentId"])
+    transaction; with `drill`, into a scratch copy of them, always rolled back. `agent`: the
+    agentId configured now; rows saved for another agent are refused."""
+    saved_agent = str(manifest["agentId"])
     setting = str(manifest.get("agentSetting", pg.AGENT_SETTING))
-    where = f"{conn.where} (agent {agent}{', scratch copy of the live tables' if drill else ''})"
+    where = f"{conn.where} (agent {saved_agent}{', scratch copy of the live tables' if drill else ''})"
     outcome = DbRestoreOutcome(path, "postgresql", where, expected=dict(manifest["tables"]))
+    if agent is not None and agent != saved_agent:
+        outcome.error = (
+            f"{path} holds the rows of agent {saved_agent}, and the configuration names agent {agent}; restore a "
+            f"snapshot of agent {agent}, or set agentId to {saved_agent} to restore that agent's rows"
+        )
+        return outcome
+    agent = saved_agent
     tables = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
     for t in tables:
         if t.file not in files:
@@ -844,7 +853,7 @@ def drill_database(
             return restore_pg_scratch(
                 repo, conn, path, files, scratch, manifest=manifest, configured=entry.pg_dump, drop_after=True
             )
-        return _restore_agent_rows(repo, conn, path, files, manifest, "update", "add", drill=True)
+        return _restore_agent_rows(repo, conn, path, files, manifest, "update", "add", agent=entry.agent_id, drill=True)
     outcome = DbRestoreOutcome(path, "redis", "(records parsed)")
     node = files.get(rds.RECORDS)
     try:
@@ -988,9 +997,9 @@ def _live_pg_rows(conn: pg.PgConn, manifest: dict[str, Any]) -> dict[str, int]:
         agent = str(manifest["agentId"])
         con.execute("SELECT set_config(%s, %s, false)", (str(manifest.get("agentSetting", pg.AGENT_SETTING)), agent))
         out: dict[str, int] = {}
-        for d in manifest.get("tableInfo", {}).values():
-            t = pg.AgentTable.from_json(d)
-            query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(sql.Identifier(t.schema, t.table))
+        saved = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
+        for t in agent_merge.live_tables(con, saved):
+            query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(t.rows)
             row = con.execute(query + pg.agent_filter(t), (agent,)).fetchone()
             out[t.key] = int(row[0]) if row else 0
         return out
