@@ -247,3 +247,50 @@ def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server:
         assert res.code != 0 and f"holds the rows of agent {AGENT_B}" in message and AGENT_A in message, res
     assert _rows(pg, db, "metrics", "notes") == before
     pg.drop_database(db)
+
+
+def test_keyless_replace_never_reaches_rows_that_reference_it(sandbox: Sandbox, pg_server: PgServer) -> None:
+    pg = pg_server
+    db = pg.create_database("keyless")
+    pg.ensure_role(ROLE, ROLE_PASSWORD, "NOBYPASSRLS")
+    pg.sql(
+        db,
+        f"""
+        CREATE TABLE notes (uid int UNIQUE NOT NULL, agent_id text NOT NULL, body text);
+        CREATE TABLE shares (id int PRIMARY KEY, agent_id text NOT NULL,
+            note_uid int REFERENCES notes (uid) ON DELETE CASCADE);
+        INSERT INTO notes VALUES (1, '{AGENT_A}', 'x'), (2, '{AGENT_A}', 'y'), (3, '{AGENT_B}', 'z');
+        INSERT INTO shares VALUES (10, '{AGENT_B}', 1), (11, '{AGENT_B}', 2);
+        GRANT SELECT, INSERT, UPDATE, DELETE ON notes, shares TO "{ROLE}";
+        """,
+    )
+    tables = ("notes", "shares")
+    for role in (ROLE, None):  # user triggers (and ON DELETE actions) on, then off
+        env = _config(sandbox, pg, db, role)
+        sandbox.phx("backup", env=env)
+        before = _rows(pg, db, *tables)
+        # Nothing changed: nothing is deleted (agent_b's shares of agent_a's notes stay).
+        out = _restore(sandbox, env, "--keyless", "replace")
+        assert out["ok"] and out["stats"]["public.notes"]["deleted"] == 0, out
+        assert _rows(pg, db, *tables) == before
+        # A note the snapshot lacks, shared by agent_b: replacing would delete agent_b's share.
+        pg.sql(db, f"INSERT INTO notes VALUES (4, '{AGENT_A}', 'new'); INSERT INTO shares VALUES (12, '{AGENT_B}', 4)")
+        changed = _rows(pg, db, *tables)
+        out = _restore(sandbox, env, "--keyless", "replace", check=3)
+        assert "1 row(s) of public.shares reference them (foreign key shares_note_uid_fkey" in out["error"], out
+        assert _rows(pg, db, *tables) == changed
+        pg.sql(db, "DELETE FROM shares WHERE id = 12; DELETE FROM notes WHERE uid = 4")
+    # agent_b's shares hidden from the role by row-level security: they cannot be ruled out.
+    pg.sql(
+        db,
+        f"""
+        ALTER TABLE shares ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY own ON shares USING (agent_id = current_setting('app.agent_id', true));
+        INSERT INTO notes VALUES (4, '{AGENT_A}', 'new'); INSERT INTO shares VALUES (12, '{AGENT_B}', 4);
+        """,
+    )
+    changed = _rows(pg, db, *tables)
+    out = _restore(sandbox, _config(sandbox, pg, db, ROLE), "--keyless", "replace", check=3)
+    assert f"row-level security hides rows of public.shares from role {ROLE}" in out["error"], out
+    assert _rows(pg, db, *tables) == changed
+    pg.drop_database(db)

@@ -335,7 +335,7 @@ def merge(
     for key in order:
         s = saved[key]
         try:
-            result.stats[key] = _write(con, s, agent, mode, keyless)
+            result.stats[key] = _write(con, s, agent, mode, keyless, fks)
         except psycopg.Error as exc:
             raise RestoreError(f"{key}: {_named(pg.pg_reason(exc), names)}") from exc
     if cycles and not result.triggers_off:
@@ -435,7 +435,7 @@ def _stage(con: psycopg.Connection[Any], s: _Saved, blocks: Iterator[bytes], age
     ).rowcount
 
 
-def _count(con: psycopg.Connection[Any], query: sql.Composed, params: tuple[Any, ...] = ()) -> int:
+def _count(con: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: tuple[Any, ...] = ()) -> int:
     row = con.execute(query, params).fetchone()
     return int(row[0] or 0) if row else 0
 
@@ -460,12 +460,14 @@ def _keyed_state(con: psycopg.Connection[Any], s: _Saved) -> tuple[int, int]:
 
 
 def _multiset(s: _Saved, agent_filter: sql.Composable) -> sql.Composable:
-    """WITH live, saved: each row's text and its number among equal rows (duplicates count)."""
+    """WITH live, saved: each row's text and its number among equal rows (duplicates count); a
+    live row also where it is (tableoid, ctid), a saved one its row number."""
     t = s.table
     live_row = sql.SQL("{}::text").format(_text_row("t", t.columns))
     saved_row = sql.SQL("{}::text").format(_text_row("r", t.columns))
     return sql.SQL(
-        "WITH live AS (SELECT {lr} AS v, row_number() OVER (PARTITION BY {lr}) AS n FROM {target} t WHERE {f}), "
+        "WITH live AS (SELECT {lr} AS v, row_number() OVER (PARTITION BY {lr}) AS n, t.tableoid AS rel, "
+        "t.ctid AS at FROM {target} t WHERE {f}), "
         "saved AS (SELECT r.{row} AS id, {sr} AS v, row_number() OVER (PARTITION BY {sr}) AS n FROM {staged} r) "
     ).format(lr=live_row, sr=saved_row, target=s.rows, f=agent_filter, row=sql.Identifier(_ROW), staged=s.staged)
 
@@ -487,25 +489,22 @@ def _keyless_present(con: psycopg.Connection[Any], s: _Saved, agent: str) -> tup
     return present, live - present
 
 
-def _write(con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyless: KeylessMode) -> dict[str, int]:
+def _write(
+    con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyless: KeylessMode, fks: list[ForeignKey]
+) -> dict[str, int]:
     t = s.table
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
     overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if t.identity_always else sql.SQL("")
     mine = s.saved - s.foreign
     stats = {"saved": s.saved, "otherAgents": s.foreign}
     if not t.primary_key:
-        if keyless == "replace":
-            deleted = con.execute(sql.SQL("DELETE FROM {} t WHERE ").format(s.rows) + _t_filter(t), (agent,)).rowcount
-            inserted = con.execute(
-                sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {}").format(s.target, cols, overriding, cols, s.staged)
-            ).rowcount
-            return {**stats, "inserted": inserted, "deleted": deleted, "unchanged": 0}
+        deleted = _delete_extra(con, s, agent, fks) if keyless == "replace" else 0
         missing = _multiset(s, _t_filter(t)) + sql.SQL(
             "INSERT INTO {} ({}){} SELECT {} FROM {} r WHERE r.{} IN (SELECT s.id FROM saved s "
             "WHERE NOT EXISTS (SELECT 1 FROM live l WHERE l.v = s.v AND l.n = s.n))"
         ).format(s.target, cols, overriding, cols, s.staged, sql.Identifier(_ROW))
         inserted = con.execute(missing, (agent,)).rowcount
-        return {**stats, "inserted": inserted, "deleted": 0, "unchanged": mine - inserted}
+        return {**stats, "inserted": inserted, "deleted": deleted, "unchanged": mine - inserted}
     present, identical = _keyed_state(con, s)
     pk = sql.SQL(", ").join(sql.Identifier(c) for c in t.primary_key)
     rest = [c for c in t.columns if c not in t.primary_key]
@@ -549,6 +548,53 @@ def _write(con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyle
         # Rows whose key is there with other contents, kept as they are (--conflict-mode skip).
         "skipped": present - identical - updated,
     }
+
+
+def _delete_extra(con: psycopg.Connection[Any], s: _Saved, agent: str, fks: list[ForeignKey]) -> int:
+    """--keyless replace: delete the agent's rows of a table without a primary key that the
+    snapshot does not have (rows it has stay as they are: nothing is deleted to be written
+    again). Refused, before anything is deleted, when other rows may reference them: an ON DELETE
+    action would reach rows of other agents, or (triggers off) leave references dangling."""
+    gone = sql.Identifier(f"phx_gone_{s.index}")
+    con.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(gone)
+        + _multiset(s, _t_filter(s.table))
+        + sql.SQL(
+            "SELECT l.rel, l.at FROM live l WHERE NOT EXISTS (SELECT 1 FROM saved s WHERE s.v = l.v AND s.n = l.n)"
+        ),
+        (agent,),
+    )
+    doomed = _count(con, sql.SQL("SELECT count(*) FROM {}").format(gone))
+    for fk in fks if doomed else []:
+        if fk.parent != s.table.key:
+            continue
+        child = sql.Identifier(*fk.child_name)
+        refs = sql.SQL(" AND ").join(
+            sql.SQL("p.{} = c.{}").format(sql.Identifier(p), sql.Identifier(c))
+            for p, c in zip(fk.parent_columns, fk.child_columns, strict=True)
+        )
+        n = _count(
+            con,
+            sql.SQL(
+                "SELECT count(*) FROM {} c WHERE EXISTS (SELECT 1 FROM {} p JOIN {} g ON p.tableoid = g.rel "
+                "AND p.ctid = g.at WHERE {})"
+            ).format(child, s.rows, gone, refs),
+        )
+        hidden = _count(con, sql.SQL("SELECT row_security_active(%s::regclass)::int"), (child.as_string(con),))
+        if n or hidden:
+            seen = (
+                f"{n} row(s) of {fk.child} reference them"
+                if n
+                else f"row-level security hides rows of {fk.child} from role {_role(con)}, which may reference them"
+            )
+            raise RestoreError(
+                f"--keyless replace would delete {doomed} row(s) of agent {agent} in {s.table.key} that the snapshot "
+                f"does not have, and {seen} (foreign key {fk.name}, ON DELETE {_FK_ACTIONS.get(fk.on_delete)}); "
+                "restore with --keyless add, or remove those references first"
+            )
+    return con.execute(
+        sql.SQL("DELETE FROM {} t USING {} g WHERE t.tableoid = g.rel AND t.ctid = g.at").format(s.rows, gone)
+    ).rowcount
 
 
 def _orphans(
