@@ -294,3 +294,35 @@ def test_keyless_replace_never_reaches_rows_that_reference_it(sandbox: Sandbox, 
     assert f"row-level security hides rows of public.shares from role {ROLE}" in out["error"], out
     assert _rows(pg, db, *tables) == changed
     pg.drop_database(db)
+
+
+def test_the_drill_fails_on_every_unique_rule_the_restore_fails_on(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path
+) -> None:
+    pg = pg_server
+    db = pg.create_database("unique")
+    pg.sql(
+        db,
+        f"""
+        CREATE TABLE pages (id int PRIMARY KEY, agent_id text NOT NULL, slug text, gone bool NOT NULL DEFAULT false);
+        CREATE UNIQUE INDEX pages_live_slug ON pages (agent_id, lower(slug)) WHERE NOT gone;
+        CREATE TABLE slots (id int PRIMARY KEY, agent_id text NOT NULL, span int4range,
+            CONSTRAINT slots_apart EXCLUDE USING gist (span WITH &&));
+        INSERT INTO pages VALUES (1, '{AGENT_A}', 'Home'), (2, '{AGENT_B}', 'home');
+        INSERT INTO slots VALUES (1, '{AGENT_A}', '[1,5)');
+        """,
+    )
+    env = _config(sandbox, pg, db)
+    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+    for change, rule in (
+        (f"DELETE FROM pages WHERE id = 1; INSERT INTO pages VALUES (3, '{AGENT_A}', 'HOME')", "pages_live_slug"),
+        ("UPDATE pages SET gone = true WHERE id = 3; UPDATE slots SET id = 2, span = '[3,8)'", "exclusion"),
+    ):
+        pg.sql(db, change)
+        out = _restore(sandbox, env, check=3)
+        assert rule in out["error"] and "nothing was changed" in out["error"], out
+        report = _drill(sandbox, env, snap, tmp_path / "scratch", check=1)
+        assert not report["ok"] and rule in report["problems"][0]["message"], report
+    pg.sql(db, "DELETE FROM slots")
+    assert _drill(sandbox, env, snap, tmp_path / "scratch")["ok"]
+    pg.drop_database(db)

@@ -23,7 +23,8 @@ A merge runs in one transaction, with `app.agent_id` set so that row-level secur
    there, with the saved contents (`update`) or at least its key (`skip`).
 
 The drill copies each agent table into a temporary table (columns, defaults, CHECK, NOT NULL,
-primary and unique keys, identity, generated columns), with the agent's live rows, the rows of
+primary, unique and exclusion constraints, unique indexes with a predicate or on expressions,
+identity, generated columns), with the agent's live rows, the rows of
 other tables they reference, and the foreign keys between them, then runs steps 2-5 against the
 copies and rolls back: it fails where the merge of the same rows into the live tables would fail
 (order, foreign keys, constraints, changed columns, privileges), and never writes to the shared
@@ -659,25 +660,48 @@ def _orphans(
     return problems
 
 
-def _copy_keys(con: psycopg.Connection[Any], live: sql.Identifier, copy: sql.Identifier) -> None:
-    """The primary key and the plain unique indexes of `live`, on `copy` (ON CONFLICT and the
-    foreign keys need them; other indexes change no outcome of a merge)."""
-    rows = con.execute(
-        """
-        SELECT i.indisprimary, ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY AS k(n, o)
-                                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
-        FROM pg_index i WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL
-          AND i.indexprs IS NULL
-        ORDER BY NOT i.indisprimary, i.indexrelid
-        """,
-        (live.as_string(con),),
+def _copy_keys(con: psycopg.Connection[Any], live: sql.Identifier, copy: sql.Identifier, names: dict[str, str]) -> None:
+    """The primary key, unique and exclusion constraints and the other unique indexes (with a
+    predicate or on expressions too) of `live`, on `copy`: whatever can refuse a row the merge
+    writes, and what ON CONFLICT and the foreign keys need. Other indexes change no outcome.
+    Each is named `phx_key_<n>`, which `names` maps to the live one's name for messages."""
+    name = live.as_string(con)
+    constraints = con.execute(
+        "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c WHERE c.conrelid = %s::regclass "
+        "AND c.contype IN ('p', 'u', 'x') ORDER BY c.contype <> 'p', c.oid",
+        (name,),
     ).fetchall()
-    for primary, columns in rows:
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-        if primary:
-            con.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(copy, cols))
-        else:
-            con.execute(sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(copy, cols))
+    for live_name, definition in constraints:
+        key = f"phx_key_{len(names)}"
+        names[key] = str(live_name)
+        # The server's own text of the live table's constraint (no name, no table in it).
+        con.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(copy, sql.Identifier(key), sql.SQL(str(definition)))
+        )
+    indexes = con.execute(
+        """
+        SELECT i.indexrelid::regclass::text,
+               ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) k),
+               coalesce(to_jsonb(i) ->> 'indnullsnotdistinct', 'false') = 'true',
+               pg_get_expr(i.indpred, i.indrelid, true)
+        FROM pg_index i WHERE i.indrelid = %s::regclass AND i.indisunique
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)
+        ORDER BY i.indexrelid
+        """,
+        (name,),
+    ).fetchall()
+    for live_name, keys, nulls_not_distinct, predicate in indexes:
+        key = f"phx_key_{len(names)}"
+        names[key] = str(live_name)
+        con.execute(
+            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}){}{}").format(
+                sql.Identifier(key),
+                copy,
+                sql.SQL(", ").join(sql.SQL(str(k)) for k in keys),
+                sql.SQL(" NULLS NOT DISTINCT" if nulls_not_distinct else ""),
+                sql.SQL(f" WHERE {predicate}" if predicate else ""),
+            )
+        )
 
 
 def _scratch_copies(
@@ -695,7 +719,7 @@ def _scratch_copies(
                 "INCLUDING IDENTITY) ON COMMIT DROP"
             ).format(s.target, s.live)
         )
-        _copy_keys(con, s.live, s.target)
+        _copy_keys(con, s.live, s.target, names)
         # Every column the live table has now (a column added since the backup too).
         live_cols = con.execute(
             "SELECT attname, attidentity FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
@@ -721,7 +745,7 @@ def _scratch_copies(
             names[name] = fk.parent
             parents[fk.parent] = sql.Identifier(name)
             con.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(parents[fk.parent], live))
-            _copy_keys(con, live, parents[fk.parent])
+            _copy_keys(con, live, parents[fk.parent], names)
         pcols = sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in fk.parent_columns)
         ccols = sql.SQL(", ").join(sql.Identifier(c) for c in fk.child_columns)
         con.execute(
