@@ -183,6 +183,35 @@ def test_skip_keeps_live_keys_and_expired_keys_are_not_restored(redis_server: An
     assert dst.get("agent:a") == b"saved"
 
 
+def test_expiry_is_judged_on_the_servers_clock(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This host's clock a minute behind the server's: a key whose saved expiry has passed on the
+    server is not restored (RESTORE would drop it silently), and one that expires while the
+    restore runs is counted expired, not missing."""
+    dst = redis_server.client(9)
+    dst.flushdb()
+    dst.set("payload", "v")
+    payload = dst.dump("payload")
+    dst.delete("payload")
+    raw = rds.connect(RedisDb("x", redis_server.url(9)))
+    writer = _writer(raw)
+    seconds, micros = dst.time()
+    now = seconds * 1000 + micros // 1000  # the server's clock
+    late = time.time
+
+    monkeypatch.setattr(time, "time", lambda: late() - 60)
+    writer.restore(
+        [
+            rds.Record(b"agent:gone", "string", now - 1000, payload, b"v"),
+            rds.Record(b"agent:soon", "string", now + 300, payload, b"v"),
+            rds.Record(b"agent:kept", "string", rds.NO_EXPIRY, payload, b"v"),
+        ]
+    )
+    assert writer.stats == {"restored": 2, "skipped": 0, "expired": 1, "fallback": 0}
+    time.sleep(0.4)
+    assert writer.check() == (1, 0) and writer.stats["expired"] == 2
+    assert dst.keys("agent:*") == [b"agent:kept"]
+
+
 def test_a_truncated_record_file_is_refused() -> None:
     rec = rds.Record(b"k", "string", rds.NO_EXPIRY, b"payload", b"v")
     whole = rds.header_bytes({"serverVersion": "7.0.0"}) + rec.encode() + rds.trailer_bytes(1)

@@ -32,7 +32,6 @@ import re
 import secrets
 import subprocess
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
@@ -599,10 +598,16 @@ class RedisWriter:
         self.features = features
         self.stats = {"restored": 0, "skipped": 0, "expired": 0, "fallback": 0}
         self.failed: list[tuple[bytes, str]] = []
+        self.done: list[tuple[bytes, int]] = []  # (key, saved expiry): restored, or kept (skip mode)
+
+    def now_ms(self) -> int:
+        """The server's clock, which decides when a key expires (this host's may differ)."""
+        seconds, micros = rds.command(self.client, "TIME")
+        return int(seconds) * 1000 + int(micros) // 1000
 
     def restore(self, batch: list[rds.Record]) -> list[bytes]:
         """Write a batch; the keys restored, or kept as they were (skip mode)."""
-        now_ms = int(time.time() * 1000)
+        now_ms = self.now_ms()
         live = [r for r in batch if r.expire_at_ms == rds.NO_EXPIRY or r.expire_at_ms > now_ms]
         self.stats["expired"] += len(batch) - len(live)
         pipe = self.client.pipeline(transaction=False)
@@ -626,7 +631,27 @@ class RedisWriter:
                 )
             else:
                 self.failed.append((r.key, _redis_reason(reply)))
+        expiry = {r.key: r.expire_at_ms for r in live}
+        self.done += [(k, expiry[k]) for k in done]
         return done
+
+    def check(self) -> tuple[int, int]:
+        """(keys there, keys missing) of those written or kept: each must exist now, unless its
+        saved expiry has passed since on the server's clock (it expired as it would have; counted
+        in `expired`)."""
+        missing: list[tuple[bytes, int]] = []
+        for i in range(0, len(self.done), 1000):
+            chunk = self.done[i : i + 1000]
+            if int(rds.command(self.client, "EXISTS", *(k for k, _ in chunk))) == len(chunk):
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for k, _ in chunk:
+                rds.command(pipe, "EXISTS", k)
+            missing += [c for c, there in zip(chunk, pipe.execute(), strict=True) if not int(there)]
+        now = self.now_ms()
+        expired = sum(1 for _, at in missing if at != rds.NO_EXPIRY and at <= now)
+        self.stats["expired"] += expired
+        return len(self.done) - len(missing), len(missing) - expired
 
     def _restore_args(self, r: rds.Record, now_ms: int) -> list[Any]:
         expires = r.expire_at_ms != rds.NO_EXPIRY
@@ -680,7 +705,6 @@ def restore_redis(
     except SourceError as exc:
         outcome.error = str(exc)
         return outcome
-    restored_keys: list[bytes] = []  # restored, or kept as they were (skip mode)
     writer: RedisWriter | None = None
     try:
         features = RedisFeatures.of(rds.server_info(client).get("redis_version", ""))
@@ -696,14 +720,12 @@ def restore_redis(
             count += 1
             batch.append(rec)
             if len(batch) >= REDIS_BATCH:
-                restored_keys += writer.restore(batch)
+                writer.restore(batch)
                 batch = []
         if batch:
-            restored_keys += writer.restore(batch)
+            writer.restore(batch)
+        present, missing = writer.check()
         outcome.expected = {"keys": count - writer.stats["expired"]}
-        present = 0
-        for i in range(0, len(restored_keys), 1000):
-            present += int(rds.command(client, "EXISTS", *restored_keys[i : i + 1000]))
         outcome.found = {"keys": present}
         outcome.stats = {
             **writer.stats,
@@ -728,8 +750,8 @@ def restore_redis(
             f"{len(failed)} of {outcome.expected['keys']} keys were not restored (the first, {first}); the others were"
         )
         return outcome
-    if present != len(restored_keys):
-        outcome.error = f"{len(restored_keys) - present} restored key(s) are missing right after the restore"
+    if missing:
+        outcome.error = f"{missing} restored key(s) are missing right after the restore"
         return outcome
     outcome.ok = True
     return outcome
