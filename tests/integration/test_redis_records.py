@@ -166,6 +166,33 @@ def test_the_fallback_sends_only_what_an_older_server_has(redis_server: Any) -> 
     assert dst.keys("*phx-restore*") == []  # no temporary key left behind
 
 
+def test_the_fallback_leaves_no_temporary_key_behind(redis_server: Any) -> None:
+    """A user the server lets build a key but not RENAME it: each key is reported and its
+    temporary copy deleted; one that may not DEL either leaves copies that expire on their own."""
+    src, dst = redis_server.client(10), redis_server.client(11)
+    src.flushdb()
+    dst.flushdb()
+    _fill(src)
+    data, _ = _read(RedisDb("hot", redis_server.url(10), "agent:*"))
+    _header, records = rds.read_records(io.BytesIO(data))
+    newer = [_from_newer_redis(r) for r in records]
+    user = "phx-no-rename"
+    dst.execute_command("ACL", "SETUSER", user, "on", ">pw", "+@all", "-rename", "~*")
+    try:
+        raw = rds.connect(RedisDb("x", f"redis://{user}:pw@127.0.0.1:{redis_server.port}/11"))
+        writer = _writer(raw)
+        writer.restore(newer)
+        assert len(writer.failed) == 8 and all("'rename'" in e for _, e in writer.failed), writer.failed
+        assert dst.keys("*") == []
+        dst.execute_command("ACL", "SETUSER", user, "-del", "-unlink")
+        writer.restore(newer)
+        left = dst.keys("*phx-restore*")
+        assert len(left) == 8 and all(0 < dst.pttl(k) <= db_restore.TEMP_KEY_TTL_MS for k in left)
+    finally:
+        dst.execute_command("ACL", "DELUSER", user)
+        dst.flushdb()
+
+
 def test_skip_keeps_live_keys_and_expired_keys_are_not_restored(redis_server: Any) -> None:
     src, dst = redis_server.client(5), redis_server.client(6)
     src.flushdb()

@@ -557,6 +557,8 @@ def _analyze(con: psycopg.Connection[Any], tables: list[sql.Identifier] | None) 
 # How many keys not restored are named one by one in the warnings (all are in --json).
 SHOWN_KEYS = 50
 _UNKNOWN_REDIS = (99,)  # a server that does not say its version: every command is tried
+# How long the fallback's temporary key outlives a restore that dies before renaming it.
+TEMP_KEY_TTL_MS = 3_600_000
 
 
 def _is_payload_refused(exc: BaseException) -> bool:
@@ -760,7 +762,8 @@ def restore_redis(
 def write_logical(client: redis_lib.Redis, r: rds.Record, features: RedisFeatures) -> None:
     """Write a key back with ordinary commands that `features` has. The value is built under a
     temporary name and renamed onto the key only when every command succeeded, so a key is
-    replaced whole or not at all."""
+    replaced whole or not at all. The temporary key expires on its own (TEMP_KEY_TTL_MS) should
+    this process die before the rename, and is deleted when the rename is refused."""
     if r.type == "stream" and not features.has(5, 0):
         raise RestoreError(f"streams need Redis 5.0 or newer, and this server is {features.text}")
     tmp = r.key + b".phx-restore." + secrets.token_hex(4).encode()
@@ -783,6 +786,7 @@ def write_logical(client: redis_lib.Redis, r: rds.Record, features: RedisFeature
             rds.command(pipe, "HSET" if features.has(4, 0) else "HMSET", tmp, *part)
     elif r.type == "stream":
         _stream_commands(pipe, tmp, value, features)
+    rds.command(pipe, "PEXPIRE", tmp, TEMP_KEY_TTL_MS)
     try:
         replies = pipe.execute(raise_on_error=False)
         problem = next((x for x in replies if isinstance(x, Exception)), None)
@@ -795,7 +799,14 @@ def write_logical(client: redis_lib.Redis, r: rds.Record, features: RedisFeature
     rds.command(pipe, "RENAME", tmp, r.key)
     if r.expire_at_ms != rds.NO_EXPIRY:
         rds.command(pipe, "PEXPIREAT", r.key, r.expire_at_ms)
-    pipe.execute()
+    else:
+        rds.command(pipe, "PERSIST", r.key)  # RENAME kept the temporary key's expiry
+    try:
+        pipe.execute()
+    except redis_lib.RedisError:
+        with contextlib.suppress(redis_lib.RedisError):
+            rds.command(client, "DEL", tmp)
+        raise
 
 
 def _chunks(items: list[Any], size: int = 1000) -> Iterator[list[Any]]:
