@@ -60,3 +60,25 @@ def test_a_database_the_server_lacks_is_created_as_it_was(sandbox: Sandbox, pg_s
     assert db_state(pg, db) == before
     assert _analyzed(pg, db) == ["agents", "entities", "memory_items"]
     pg.drop_database(db)
+
+
+def test_a_sql_ascii_database_is_saved_and_created_again(sandbox: Sandbox, pg_server: PgServer) -> None:
+    """A legacy SQL_ASCII database (its text came back as bytes, and pg_dump was handed
+    b'...' as the snapshot to read): saved, then made again with its encoding and locale."""
+    pg = pg_server
+    db = f"ascii_{pg.create_database('x')}"
+    pg.sql("postgres", f"CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    pg.sql(db, "CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'plain'), (2, 'more')")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    rows = "SELECT * FROM notes ORDER BY id"  # text comes back as bytes from a SQL_ASCII database
+    before = pg.query(db, rows)
+    sandbox.phx("backup", env=env)
+    pg.drop_database(db)
+    res = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", env=env)
+    out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
+    assert out["ok"] and out["stats"]["databaseCreated"] and out["found"] == {"public.notes": 2}, out
+    encoding = "SELECT pg_encoding_to_char(encoding), datcollate FROM pg_database WHERE datname = %s"
+    assert pg.query("postgres", encoding, (db,)) == [("SQL_ASCII", "C")]
+    assert pg.query(db, rows) == before
+    pg.drop_database(db)

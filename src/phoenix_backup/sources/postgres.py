@@ -127,6 +127,9 @@ class PgConn:
                 connect_timeout=CONNECT_TIMEOUT,
                 autocommit=True,
                 application_name="phoenix-backup",
+                # Text as str whatever the database's encoding: a SQL_ASCII database would
+                # otherwise give bytes (names, the snapshot id handed to pg_dump).
+                client_encoding="UTF8",
             )
         except psycopg.Error as exc:
             raise SourceError(
