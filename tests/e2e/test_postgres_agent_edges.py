@@ -170,8 +170,8 @@ def test_inherited_tables_are_saved_and_merged_each_on_its_own(sandbox: Sandbox,
     pg.drop_database(db)
 
 
-def _craft_manifest(sandbox: Sandbox, env: dict[str, str], edit: Any) -> str:
-    """A copy of the latest snapshot whose postgres/main/manifest.json is `edit(manifest)`, as
+def _craft_manifest(sandbox: Sandbox, env: dict[str, str], edit: Any, snapshot: str = "latest") -> str:
+    """A copy of `snapshot` whose postgres/main/manifest.json is `edit(manifest)`, as
     anyone holding the repository key could write it; returns its id."""
     import dataclasses
     import hashlib
@@ -186,7 +186,7 @@ def _craft_manifest(sandbox: Sandbox, env: dict[str, str], edit: Any) -> str:
     repo = open_repository(load_config(sandbox.config_path), Environment(env=env))
     try:
         repo.load_index()
-        snap = repo.find_snapshot("latest")
+        snap = repo.find_snapshot(snapshot)
 
         def rewrite(tree: bytes, parts: list[str]) -> bytes:
             nodes = []
@@ -222,7 +222,7 @@ def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server:
         """,
     )
     env = _config(sandbox, pg, db)
-    sandbox.phx("backup", env=env)
+    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
     before = _rows(pg, db, "metrics", "notes")
 
     def inject(doc: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +230,7 @@ def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server:
             info["agentIdType"] = "text) OR (true"
         return doc
 
-    crafted = _craft_manifest(sandbox, env, inject)
+    crafted = _craft_manifest(sandbox, env, inject, snap)
     res = sandbox.phx(
         "restore", "--backup", crafted, "--databases-only", "--yes", "--json", "--keyless", "replace", env=env
     )
@@ -239,7 +239,7 @@ def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server:
     assert _rows(pg, db, "metrics", "notes") == before
 
     # Rows saved for another agent than the one configured: refused, by the drill too.
-    crafted = _craft_manifest(sandbox, env, lambda doc: doc | {"agentId": AGENT_B})
+    crafted = _craft_manifest(sandbox, env, lambda doc: doc | {"agentId": AGENT_B}, snap)
     for args in (["restore", "--databases-only", "--yes"], ["drill", "--scratch", str(sandbox.root)]):
         res = sandbox.phx(*args, "--backup", crafted, "--json", env=env, check=None)
         out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
