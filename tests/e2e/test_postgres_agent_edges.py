@@ -97,16 +97,19 @@ def test_partitioned_tables_identity_and_types_without_equality(sandbox: Sandbox
         CREATE FUNCTION hit() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN INSERT INTO hits (what) VALUES (TG_TABLE_NAME || ' ' || NEW.id); RETURN NEW; END $$;
         CREATE TRIGGER notes_hit BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION hit();
+        CREATE TABLE steps (id int PRIMARY KEY, agent_id text NOT NULL,
+            parent int REFERENCES steps (id) ON DELETE SET NULL);
+        INSERT INTO steps VALUES (1, '{AGENT_A}', NULL), (2, '{AGENT_A}', 1);
         INSERT INTO parted SELECT i, a, 'v' || i, ('{{"n": ' || i || '}}')::json, point(i, -i)
             FROM generate_series(1, 3) i, unnest(ARRAY['{AGENT_A}', '{AGENT_B}']) a;
         INSERT INTO parted_log VALUES ('{AGENT_A}', 'x'), ('{AGENT_A}', 'x'), ('{AGENT_A}', 'y'), ('{AGENT_B}', 'x');
         INSERT INTO notes (agent_id, body) VALUES ('{AGENT_A}', 'one'), ('{AGENT_A}', 'two'), ('{AGENT_B}', 'b'),
             ('{AGENT_A}', 'three');
-        GRANT SELECT, INSERT, UPDATE, DELETE ON parted, parted_log, notes, hits TO "{ROLE}";
+        GRANT SELECT, INSERT, UPDATE, DELETE ON parted, parted_log, notes, hits, steps TO "{ROLE}";
         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{ROLE}";
         """,
     )
-    tables = ("parted", "parted_log", "notes")
+    tables = ("parted", "parted_log", "notes", "steps")
     env = _config(sandbox, pg, db, ROLE)
     sandbox.phx("backup", env=env)
     saved = _rows(pg, db, *tables)
@@ -119,6 +122,7 @@ def test_partitioned_tables_identity_and_types_without_equality(sandbox: Sandbox
         DELETE FROM parted_log WHERE agent_id = '{AGENT_A}' AND v = 'x' AND ctid = (
             SELECT min(ctid) FROM parted_log_a WHERE v = 'x');
         DELETE FROM notes WHERE body = 'two';
+        DELETE FROM steps WHERE id = 1;  -- its child loses its parent
         """,
     )
     out = _restore(sandbox, env)

@@ -509,38 +509,44 @@ def _write(
     present, identical = _keyed_state(con, s)
     pk = sql.SQL(", ").join(sql.Identifier(c) for c in t.primary_key)
     rest = [c for c in t.columns if c not in t.primary_key]
-    updated = 0
-    if mode == "update" and rest:
-        # Only rows that differ are rewritten: an unchanged row keeps its tuple, fires nothing and
-        # costs no WAL. Another agent's row with the same key is no match.
-        updated = con.execute(
-            sql.SQL("UPDATE {} AS t SET ({}) = ROW({}) FROM {} r WHERE {} AND {} IS DISTINCT FROM {}").format(
-                s.rows,
-                sql.SQL(", ").join(sql.Identifier(c) for c in rest),
-                sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in rest),
-                s.staged,
-                _key_match(t),
-                _text_row("t", t.columns),
-                _text_row("r", t.columns),
-            )
-        ).rowcount
+    # One statement, so that its foreign keys are checked once both parts are written (a row
+    # updated may come to reference one inserted, a parent in the same table, or the reverse).
     # Only the rows whose key is not there are offered to INSERT, so that a BEFORE INSERT trigger
     # fires for nothing else (a key held by a row this role cannot see is left by ON CONFLICT).
-    inserted = con.execute(
-        sql.SQL(
-            "INSERT INTO {} ({}){} SELECT {} FROM {} r WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {}) "
-            "ON CONFLICT ({}) DO NOTHING"
+    insert = sql.SQL(
+        "INSERT INTO {} ({}){} SELECT {} FROM {} r WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {}) "
+        "ON CONFLICT ({}) DO NOTHING RETURNING 1"
+    ).format(
+        s.target,
+        cols,
+        overriding,
+        cols,
+        s.staged,
+        s.rows,
+        sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in t.primary_key),
+        pk,
+    )
+    # Only rows that differ are rewritten: an unchanged row keeps its tuple, fires nothing and
+    # costs no WAL. Another agent's row with the same key is no match.
+    update: sql.Composable = sql.SQL("SELECT WHERE false")
+    if mode == "update" and rest:
+        update = sql.SQL(
+            "UPDATE {} AS t SET ({}) = ROW({}) FROM {} r WHERE {} AND {} IS DISTINCT FROM {} RETURNING 1"
         ).format(
-            s.target,
-            cols,
-            overriding,
-            cols,
-            s.staged,
             s.rows,
-            sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in t.primary_key),
-            pk,
+            sql.SQL(", ").join(sql.Identifier(c) for c in rest),
+            sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in rest),
+            s.staged,
+            _key_match(t),
+            _text_row("t", t.columns),
+            _text_row("r", t.columns),
         )
-    ).rowcount
+    row = con.execute(
+        sql.SQL("WITH ins AS ({}), upd AS ({}) SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)").format(
+            insert, update
+        )
+    ).fetchone()
+    inserted, updated = (int(row[0]), int(row[1])) if row else (0, 0)
     return {
         **stats,
         "inserted": inserted,
