@@ -330,3 +330,30 @@ def test_the_drill_fails_on_every_unique_rule_the_restore_fails_on(
     pg.sql(db, "DELETE FROM slots")
     assert _drill(sandbox, env, snap, tmp_path / "scratch")["ok"]
     pg.drop_database(db)
+
+
+def test_values_come_back_exact_whatever_the_sessions_text_settings(sandbox: Sandbox, pg_server: PgServer) -> None:
+    """Backed up from a session with day-first SQL dates, an Indian time zone, sql_standard
+    intervals and floats cut to 15 digits (set through the libpq environment, as a database or
+    role setting would), restored from a default session: every value is as it was."""
+    pg = pg_server
+    db = pg.create_database("datestyle")
+    pg.sql(
+        db,
+        f"""
+        CREATE TABLE events (id int PRIMARY KEY, agent_id text NOT NULL, day date, at timestamptz,
+            took interval, score float8);
+        INSERT INTO events VALUES
+            (1, '{AGENT_A}', '2026-03-05', '2026-03-05 10:00+00', '-1 day 2 hours', 0.1 + 0.2),
+            (2, '{AGENT_A}', '2026-12-31', '2026-07-01 23:59:59.5+00', '3 mons -4 days', 1e-300);
+        """,
+    )
+    env = _config(sandbox, pg, db)
+    before = _rows(pg, db, "events")
+    settings = {"PGDATESTYLE": "SQL, DMY", "PGTZ": "Asia/Kolkata", "PGOPTIONS": "-c IntervalStyle=sql_standard"}
+    sandbox.phx("backup", env={**env, **settings, "PGOPTIONS": settings["PGOPTIONS"] + " -c extra_float_digits=0"})
+    pg.sql(db, "DELETE FROM events")
+    out = _restore(sandbox, env)
+    assert out["ok"] and out["stats"]["public.events"]["inserted"] == 2, out
+    assert _rows(pg, db, "events") == before
+    pg.drop_database(db)

@@ -491,6 +491,7 @@ def _restore_agent_rows(
     try:
         with conn.connect() as con:
             con.execute("SELECT set_config(%s, %s, false)", (setting, agent))
+            pg.exact_text(con)
             with con.transaction(force_rollback=drill):
                 result = agent_merge.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
             if not drill:

@@ -690,6 +690,17 @@ def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
     return out
 
 
+def exact_text(con: psycopg.Connection[Any]) -> None:
+    """Fix how this session writes and reads values as text (agent rows' CSV), whatever the
+    server, database, role or environment (PGDATESTYLE, PGTZ, PGOPTIONS) set: ISO dates (a
+    `SQL, DMY` date read back as `MDY` swaps day and month), UTC with numeric offsets (a zone
+    abbreviation can be read back as another zone), and floats with every digit."""
+    con.execute(
+        "SELECT set_config('DateStyle', 'ISO, MDY', false), set_config('IntervalStyle', 'postgres', false), "
+        "set_config('TimeZone', 'UTC', false), set_config('extra_float_digits', '3', false)"
+    )
+
+
 def agent_filter(t: AgentTable) -> sql.Composable:
     """`agent_id = %s::<its type>`: a typed comparison, so an index on agent_id is used."""
     return sql.SQL("{} = CAST(%s AS {})").format(sql.Identifier("agent_id"), sql.SQL(t.agent_type))
@@ -708,6 +719,7 @@ class AgentRows(_Reader):
         version, num = server_version(con)
         # Session-wide, so the policies see it in every statement of the transaction below.
         con.execute("SELECT set_config(%s, %s, false)", (AGENT_SETTING, self.agent_id))
+        exact_text(con)
         con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         row = con.execute("SELECT current_database()").fetchone()
         assert row is not None
