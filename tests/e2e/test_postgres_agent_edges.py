@@ -242,13 +242,19 @@ def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server:
     assert out["ok"], out
     assert _rows(pg, db, "metrics", "notes") == before
 
-    # Rows saved for another agent than the one configured: refused, by the drill too.
-    crafted = _craft_manifest(sandbox, env, lambda doc: doc | {"agentId": AGENT_B}, snap)
-    for args in (["restore", "--databases-only", "--yes"], ["drill", "--scratch", str(sandbox.root)]):
-        res = sandbox.phx(*args, "--backup", crafted, "--json", env=env, check=None)
-        out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
-        message = out.get("error") or out["problems"][0]["message"]
-        assert res.code != 0 and f"holds the rows of agent {AGENT_B}" in message and AGENT_A in message, res
+    # Rows saved for another agent than the configured one, or a setting other than
+    # app.agent_id to name the agent in (search_path: the restore's operators from anywhere):
+    # refused, by the drill too.
+    for edit, needle in (
+        ({"agentId": AGENT_B}, f"holds the rows of agent {AGENT_B}, and the configuration names agent {AGENT_A}"),
+        ({"agentSetting": "search_path"}, "names the setting 'search_path' for the agent"),
+    ):
+        crafted = _craft_manifest(sandbox, env, lambda doc, edit=edit: doc | edit, snap)
+        for args in (["restore", "--databases-only", "--yes"], ["drill", "--scratch", str(sandbox.root)]):
+            res = sandbox.phx(*args, "--backup", crafted, "--json", env=env, check=None)
+            out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
+            message = out.get("error") or out["problems"][0]["message"]
+            assert res.code != 0 and needle in message, res
     assert _rows(pg, db, "metrics", "notes") == before
     pg.drop_database(db)
 

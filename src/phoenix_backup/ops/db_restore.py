@@ -469,9 +469,13 @@ def _restore_agent_rows(
     transaction; with `drill`, into a scratch copy of them, always rolled back. `agent`: the
     agentId configured now; rows saved for another agent are refused."""
     saved_agent = str(manifest["agentId"])
-    setting = str(manifest.get("agentSetting", pg.AGENT_SETTING))
     where = f"{conn.where} (agent {saved_agent}{', scratch copy of the live tables' if drill else ''})"
     outcome = DbRestoreOutcome(path, "postgresql", where, expected=dict(manifest["tables"]))
+    try:
+        setting = _agent_setting(path, manifest)
+    except CorruptObject as exc:
+        outcome.error = str(exc)
+        return outcome
     if agent is not None and agent != saved_agent:
         outcome.error = (
             f"{path} holds the rows of agent {saved_agent}, and the configuration names agent {agent}; restore a "
@@ -525,6 +529,18 @@ def _restore_agent_rows(
         return outcome
     outcome.ok = True
     return outcome
+
+
+def _agent_setting(path: str, manifest: dict[str, Any]) -> str:
+    """The setting the policies read the agent from: always `app.agent_id`. A manifest naming
+    another (search_path, a setting of an extension) is refused, not obeyed."""
+    setting = str(manifest.get("agentSetting", pg.AGENT_SETTING))
+    if setting != pg.AGENT_SETTING:
+        raise CorruptObject(
+            f"{path or 'the snapshot'}/manifest.json names the setting {setting[:80]!r} for the agent, where "
+            f"Phoenix sets {pg.AGENT_SETTING} only; the snapshot was altered: restore another one"
+        )
+    return setting
 
 
 def _analyze(con: psycopg.Connection[Any], tables: list[sql.Identifier] | None) -> list[str]:
@@ -1029,7 +1045,7 @@ def _live_pg_rows(conn: pg.PgConn, manifest: dict[str, Any]) -> dict[str, int]:
         if manifest.get("kind") != "agent-rows":
             return pg.table_counts(con)
         agent = str(manifest["agentId"])
-        con.execute("SELECT set_config(%s, %s, false)", (str(manifest.get("agentSetting", pg.AGENT_SETTING)), agent))
+        con.execute("SELECT set_config(%s, %s, false)", (_agent_setting("", manifest), agent))
         out: dict[str, int] = {}
         saved = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
         for t in agent_merge.live_tables(con, saved):
