@@ -82,3 +82,24 @@ def test_a_sql_ascii_database_is_saved_and_created_again(sandbox: Sandbox, pg_se
     assert pg.query("postgres", encoding, (db,)) == [("SQL_ASCII", "C")]
     assert pg.query(db, rows) == before
     pg.drop_database(db)
+
+
+def test_a_database_on_the_builtin_locale_provider_is_created_on_it_again(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    """PostgreSQL 17's builtin provider (C.UTF-8 knows the case of é; libc's C does not): the
+    database made again on a server that lacks it uses the same provider and locale."""
+    pg = pg_server
+    db = f"builtin_{pg.create_database('x')}"
+    pg.sql("postgres", f"CREATE DATABASE {db} LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' TEMPLATE template0")
+    pg.sql(db, "CREATE TABLE names (id int PRIMARY KEY, name text); INSERT INTO names VALUES (1, 'élan')")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sandbox.phx("backup", env=env)
+    pg.drop_database(db)
+    out = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", env=env).json()["databases"]
+    assert next(d for d in out if d["path"] == "postgres/main")["ok"], out
+    provider = "SELECT datlocprovider::text, datlocale FROM pg_database WHERE datname = %s"
+    assert pg.query("postgres", provider, (db,)) == [("b", "C.UTF-8")]
+    assert pg.query(db, "SELECT upper(name) FROM names") == [("ÉLAN",)]
+    pg.drop_database(db)

@@ -275,11 +275,14 @@ def _create_database(
     conn: pg.PgConn, manifest: dict[str, Any], outcome: DbRestoreOutcome, *, as_original: bool
 ) -> None:
     """Create `conn`'s database, owned as the original was (when that role exists here and this
-    role may give it a database), with its encoding and, where this server has it, its locale."""
+    role may give it a database), with its encoding and, where this server has them, its locale
+    and locale provider (icu, builtin)."""
     name = conn.database
     owner = str(manifest.get("databaseOwner") or "") if as_original else ""
     encoding = str(manifest.get("encoding") or "")
     collate, ctype = str(manifest.get("lcCollate") or ""), str(manifest.get("lcCtype") or "")
+    provider = str(manifest.get("localeProvider") or "libc")
+    locale = str(manifest.get("locale") or "") if provider in ("icu", "builtin") else ""
     with conn.connect_server() as con:
         me = str((con.execute("SELECT current_user").fetchone() or ("",))[0])
         if owner and not con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)).fetchone():
@@ -295,6 +298,12 @@ def _create_database(
                 parts.append(sql.SQL(" ENCODING {}").format(sql.Literal(encoding)))
             if collate and ctype:
                 parts.append(sql.SQL(" LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(collate), sql.Literal(ctype)))
+            if locale:
+                parts.append(
+                    sql.SQL(" LOCALE_PROVIDER {} {} {}").format(
+                        sql.SQL(provider), sql.SQL(f"{provider.upper()}_LOCALE"), sql.Literal(locale)
+                    )
+                )
             try:
                 con.execute(sql.Composed(parts))
                 break
@@ -308,6 +317,13 @@ def _create_database(
                 outcome.warnings.append(f"{me} may not give database {name} to {owner}; {me} owns it")
                 owner = ""
             except psycopg.Error as exc:
+                if locale:
+                    outcome.warnings.append(
+                        f"this server cannot create database {name} with the {provider} locale {locale!r} of the "
+                        f"original ({pg.pg_reason(exc)}); it uses the libc locale"
+                    )
+                    locale = ""
+                    continue
                 if not (collate and ctype) or "locale" not in pg.pg_reason(exc).lower() + str(exc).lower():
                     raise RestoreError(
                         f"cannot create database {name} on {_server(conn)}: {pg.pg_reason(exc)}"

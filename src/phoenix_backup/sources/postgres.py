@@ -312,15 +312,24 @@ def user_tables(con: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 
 
 def database_settings(con: psycopg.Connection[Any]) -> dict[str, str]:
-    """The current database's owner, encoding and locale: what CREATE DATABASE needs to make it
-    again as it was."""
+    """The current database's owner, encoding and locale (with its provider, PostgreSQL 15+:
+    `icu` or, 17+, `builtin`; libc otherwise): what CREATE DATABASE needs to make it again as it
+    was."""
     row = con.execute(
-        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype "
-        "FROM pg_database WHERE datname = current_database()"
+        """
+        SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype,
+               coalesce(to_jsonb(d) ->> 'datlocprovider', 'c'),
+               coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale', '')
+        FROM pg_database d WHERE datname = current_database()
+        """
     ).fetchone()
     if row is None:
         return {}
-    return {"owner": str(row[0]), "encoding": str(row[1]), "collate": str(row[2]), "ctype": str(row[3])}
+    provider = {"i": "icu", "b": "builtin"}.get(str(row[4]), "libc")
+    out = {"owner": str(row[0]), "encoding": str(row[1]), "collate": str(row[2]), "ctype": str(row[3])}
+    if provider != "libc" and row[5]:
+        out |= {"provider": provider, "locale": str(row[5])}
+    return out
 
 
 def count_rows(con: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
@@ -551,6 +560,8 @@ class PostgresDump(_Reader):
             "encoding": self.database.get("encoding"),
             "lcCollate": self.database.get("collate"),
             "lcCtype": self.database.get("ctype"),
+            "localeProvider": self.database.get("provider", "libc"),
+            "locale": self.database.get("locale"),  # icu and builtin: the provider's own locale
             "dumpFormat": "custom, uncompressed (pg_dump -Fc -Z0)",
             "extensions": summary.extensions,
             "tables": summary.tables,
