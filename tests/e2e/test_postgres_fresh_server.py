@@ -95,11 +95,20 @@ def test_a_database_on_the_builtin_locale_provider_is_created_on_it_again(
     pg.sql(db, "CREATE TABLE names (id int PRIMARY KEY, name text); INSERT INTO names VALUES (1, 'élan')")
     sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
     env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    sandbox.phx("backup", env=env)
+    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
     pg.drop_database(db)
     out = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", env=env).json()["databases"]
     assert next(d for d in out if d["path"] == "postgres/main")["ok"], out
     provider = "SELECT datlocprovider::text, datlocale FROM pg_database WHERE datname = %s"
     assert pg.query("postgres", provider, (db,)) == [("b", "C.UTF-8")]
     assert pg.query(db, "SELECT upper(name) FROM names") == [("ÉLAN",)]
+    pg.drop_database(db)
+
+    # An ICU database, onto a server built without ICU (this one): made on libc, and said.
+    from test_postgres_agent_edges import _craft_manifest
+
+    icu = _craft_manifest(sandbox, env, lambda doc: doc | {"localeProvider": "icu", "locale": "en-US"}, snap)
+    res = sandbox.phx("restore", "--backup", icu, "--to-database", db, "--json", env=env).json()["databases"][0]
+    assert res["ok"] and any("icu locale 'en-US'" in w and "libc" in w for w in res["warnings"]), res
+    assert pg.query("postgres", provider, (db,)) == [("c", None)]
     pg.drop_database(db)
