@@ -18,14 +18,16 @@ A merge runs in one transaction, with `app.agent_id` set so that row-level secur
    and inserting only rows whose key is not there (no system column is read, so a partitioned
    table merges like any other), `skip` keeping rows that exist; a table without a primary key
    gets the saved rows that are missing from the agent's rows (matched on the whole row,
-   duplicates counted) or, with `keyless="replace"`, the agent's rows replaced by the saved ones;
+   duplicates counted) and, with `keyless="replace"`, loses the agent's rows the snapshot lacks
+   (refused when other rows may reference them). Only a table's own rows are read and written
+   (`ONLY`: not those of tables inheriting from it); agent_id's type comes from the catalog;
 5. check: the foreign keys of every written row (with triggers off), then every saved row must be
    there, with the saved contents (`update`) or at least its key (`skip`).
 
 The drill copies each agent table into a temporary table (columns, defaults, CHECK, NOT NULL,
 primary, unique and exclusion constraints, unique indexes with a predicate or on expressions,
-identity, generated columns), with the agent's live rows, the rows of
-other tables they reference, and the foreign keys between them, then runs steps 2-5 against the
+identity, generated columns), with the agent's live rows, the rows of other tables they
+reference, and the foreign keys between them, then runs steps 2-5 against the
 copies and rolls back: it fails where the merge of the same rows into the live tables would fail
 (order, foreign keys, constraints, changed columns, privileges), and never writes to the shared
 tables. What it cannot see: other agents' rows (a key held by another agent) and user triggers.
