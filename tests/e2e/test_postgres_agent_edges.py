@@ -13,6 +13,8 @@ from e2e_support import Sandbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from test_postgres_agent_merge import _agent_config, _restore
+
 import services
 from services import AGENT_A, AGENT_B, ROLE_PASSWORD, PgServer
 
@@ -22,20 +24,9 @@ ROLE = "phx_edges"  # a plain role: may not set session_replication_role, so tri
 
 def _config(sandbox: Sandbox, pg: PgServer, db: str, role: str | None = None) -> dict[str, str]:
     """`postgres/main` as agent_a's rows of `db`, as `role` (None: the superuser)."""
-    if role is None:
-        entry = services.postgres_entry(pg, db, agentId=AGENT_A)
-        env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    else:
+    if role is not None:
         pg.ensure_role(role, ROLE_PASSWORD, "NOBYPASSRLS")
-        entry = services.postgres_entry(pg, db, user=role, passwordEnv="PHX_TEST_ROLE_PW", agentId=AGENT_A)
-        env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
-    sandbox.write_config(databases={"postgres": [entry]})
-    return env
-
-
-def _restore(sandbox: Sandbox, env: dict[str, str], *extra: str, check: int = 0) -> dict[str, Any]:
-    res = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", *extra, env=env, check=check)
-    return next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
+    return _agent_config(sandbox, pg, db, role)
 
 
 def _drill(sandbox: Sandbox, env: dict[str, str], snap: str, scratch: Path, check: int = 0) -> dict[str, Any]:

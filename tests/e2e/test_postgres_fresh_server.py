@@ -4,6 +4,7 @@ skips what does not exist and says so; and the restored tables are analyzed at o
 
 from __future__ import annotations
 
+import secrets
 import sys
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_a_sql_ascii_database_is_saved_and_created_again(sandbox: Sandbox, pg_se
     """A legacy SQL_ASCII database (its text came back as bytes, and pg_dump was handed
     b'...' as the snapshot to read): saved, then made again with its encoding and locale."""
     pg = pg_server
-    db = f"ascii_{pg.create_database('x')}"
+    db = f"ascii_{secrets.token_hex(4)}"
     pg.sql("postgres", f"CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
     pg.sql(db, "CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'plain'), (2, 'more')")
     sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
@@ -90,7 +91,7 @@ def test_a_database_on_the_builtin_locale_provider_is_created_on_it_again(
     """PostgreSQL 17's builtin provider (C.UTF-8 knows the case of é; libc's C does not): the
     database made again on a server that lacks it uses the same provider and locale."""
     pg = pg_server
-    db = f"builtin_{pg.create_database('x')}"
+    db = f"builtin_{secrets.token_hex(4)}"
     pg.sql("postgres", f"CREATE DATABASE {db} LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' TEMPLATE template0")
     pg.sql(db, "CREATE TABLE names (id int PRIMARY KEY, name text); INSERT INTO names VALUES (1, 'élan')")
     sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
