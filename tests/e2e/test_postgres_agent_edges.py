@@ -266,21 +266,21 @@ def test_keyless_replace_never_reaches_rows_that_reference_it(sandbox: Sandbox, 
         """,
     )
     tables = ("notes", "shares")
-    for role in (ROLE, None):  # user triggers (and ON DELETE actions) on, then off
-        env = _config(sandbox, pg, db, role)
-        sandbox.phx("backup", env=env)
-        before = _rows(pg, db, *tables)
-        # Nothing changed: nothing is deleted (agent_b's shares of agent_a's notes stay).
-        out = _restore(sandbox, env, "--keyless", "replace")
-        assert out["ok"] and out["stats"]["public.notes"]["deleted"] == 0, out
-        assert _rows(pg, db, *tables) == before
-        # A note the snapshot lacks, shared by agent_b: replacing would delete agent_b's share.
-        pg.sql(db, f"INSERT INTO notes VALUES (4, '{AGENT_A}', 'new'); INSERT INTO shares VALUES (12, '{AGENT_B}', 4)")
-        changed = _rows(pg, db, *tables)
-        out = _restore(sandbox, env, "--keyless", "replace", check=3)
-        assert "1 row(s) of public.shares reference them (foreign key shares_note_uid_fkey" in out["error"], out
-        assert _rows(pg, db, *tables) == changed
-        pg.sql(db, "DELETE FROM shares WHERE id = 12; DELETE FROM notes WHERE uid = 4")
+    # A role whose ON DELETE actions fire (the check is the same with triggers off).
+    env = _config(sandbox, pg, db, ROLE)
+    sandbox.phx("backup", env=env)
+    before = _rows(pg, db, *tables)
+    # Nothing changed: nothing is deleted (agent_b's shares of agent_a's notes stay).
+    out = _restore(sandbox, env, "--keyless", "replace")
+    assert out["ok"] and out["stats"]["public.notes"]["deleted"] == 0, out
+    assert _rows(pg, db, *tables) == before
+    # A note the snapshot lacks, shared by agent_b: replacing would delete agent_b's share.
+    pg.sql(db, f"INSERT INTO notes VALUES (4, '{AGENT_A}', 'new'); INSERT INTO shares VALUES (12, '{AGENT_B}', 4)")
+    changed = _rows(pg, db, *tables)
+    out = _restore(sandbox, env, "--keyless", "replace", check=3)
+    assert "1 row(s) of public.shares reference them (foreign key shares_note_uid_fkey" in out["error"], out
+    assert _rows(pg, db, *tables) == changed
+    pg.sql(db, "DELETE FROM shares WHERE id = 12; DELETE FROM notes WHERE uid = 4")
     # agent_b's shares hidden from the role by row-level security: they cannot be ruled out.
     pg.sql(
         db,
@@ -291,7 +291,7 @@ def test_keyless_replace_never_reaches_rows_that_reference_it(sandbox: Sandbox, 
         """,
     )
     changed = _rows(pg, db, *tables)
-    out = _restore(sandbox, _config(sandbox, pg, db, ROLE), "--keyless", "replace", check=3)
+    out = _restore(sandbox, env, "--keyless", "replace", check=3)
     assert f"row-level security hides rows of public.shares from role {ROLE}" in out["error"], out
     assert _rows(pg, db, *tables) == changed
     pg.drop_database(db)
