@@ -8,9 +8,10 @@ snapshot) and lastFailure ({timestamp, date, error}: the last run that failed, w
 reached only some targets).
 
 A partial backup (a snapshot was made, but some of its parts could not be saved: a PostgreSQL or
-Redis database, a file) has `success: false`, `partial: true` and `failedParts` ([{path, error}],
-logical paths such as `postgres/main`); `lastSuccess` does not move. `failedParts` is empty and
-`partial` false otherwise. `targets` are only ever the repository's targets, never a database.
+Redis database, a file; or a database was saved damaged, its integrity check failed) has
+`success: false`, `partial: true` and `failedParts` ([{path, error}], logical paths such as
+`postgres/main`); `lastSuccess` does not move. `failedParts` is empty and `partial` false
+otherwise. `targets` are only ever the repository's targets, never a database.
 """
 
 from __future__ import annotations

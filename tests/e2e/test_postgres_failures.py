@@ -169,7 +169,7 @@ def test_a_backup_without_its_database_is_partial_alerts_and_fails_status(
         assert "postgres/main" in state["lastFailure"]["error"]
 
         status = sandbox.phx("status", check=1)
-        assert "PARTIAL" in status.out and "were not saved: postgres/main" in status.out, status
+        assert "PARTIAL" in status.out and "not saved or are damaged: postgres/main" in status.out, status
         assert "target" not in " ".join(ln for ln in status.out.splitlines() if "postgres/main" in ln)
         last = sandbox.phx("status", "--json", check=1).json()["lastBackup"]
         assert last["partial"] is True and last["failedParts"][0]["path"] == "postgres/main"

@@ -94,3 +94,29 @@ def test_status_reports_a_failed_last_backup(make_sandbox: Callable[..., Sandbox
     assert "passphrase" in doc["lastFailure"]["error"]
     assert any(w.startswith("the last backup failed") for w in doc["warnings"])
     assert doc["overdue"] is False, "the last success is recent; the failure is its own warning"
+
+
+def test_a_database_saved_damaged_makes_the_backup_partial(make_sandbox: Callable[..., Sandbox]) -> None:
+    """memory.db fails SQLite's integrity_check (an index out of step with its table): the backup
+    exits 3, names it on stderr, and the state and `phx status` say partial, not success."""
+    import sqlite3
+
+    sb = make_sandbox()
+    good = sb.backup()
+    path = "home/.argentos/memory.db"
+    con = sqlite3.connect(sb.db_path(path))
+    con.executescript("CREATE TABLE zz (a, b); CREATE INDEX zz_a ON zz (a); INSERT INTO zz VALUES (1, 2), (3, 4);")
+    con.close()
+    con = sqlite3.connect(sb.db_path(path))
+    con.executescript(
+        "PRAGMA writable_schema = ON; UPDATE sqlite_master SET sql = 'CREATE INDEX zz_a ON zz (b)' WHERE name = 'zz_a';"
+    )
+    con.close()
+    res = sb.phx("backup", check=3)
+    assert f"phx: damaged: {path}: integrity check failed: row 1 missing from index zz_a" in res.err, res
+    doc = sb.phx("status", "--json", check=1).json()
+    last = doc["lastBackup"]
+    assert last["success"] is False and last["partial"] is True, last
+    assert [p["path"] for p in last["failedParts"]] == [path]
+    assert doc["lastSuccess"]["snapshotId"] == good["id"]
+    assert any(w.startswith("the last backup was partial") and path in w for w in doc["warnings"]), doc

@@ -166,6 +166,33 @@ def test_the_fallback_sends_only_what_an_older_server_has(redis_server: Any) -> 
     assert dst.keys("*phx-restore*") == []  # no temporary key left behind
 
 
+def test_the_fallback_leaves_no_temporary_key_behind(redis_server: Any) -> None:
+    """A user the server lets build a key but not RENAME it: each key is reported and its
+    temporary copy deleted; one that may not DEL either leaves copies that expire on their own."""
+    src, dst = redis_server.client(10), redis_server.client(11)
+    src.flushdb()
+    dst.flushdb()
+    _fill(src)
+    data, _ = _read(RedisDb("hot", redis_server.url(10), "agent:*"))
+    _header, records = rds.read_records(io.BytesIO(data))
+    newer = [_from_newer_redis(r) for r in records]
+    user = "phx-no-rename"
+    dst.execute_command("ACL", "SETUSER", user, "on", ">pw", "+@all", "-rename", "~*")
+    try:
+        raw = rds.connect(RedisDb("x", f"redis://{user}:pw@127.0.0.1:{redis_server.port}/11"))
+        writer = _writer(raw)
+        writer.restore(newer)
+        assert len(writer.failed) == 8 and all("'rename'" in e for _, e in writer.failed), writer.failed
+        assert dst.keys("*") == []
+        dst.execute_command("ACL", "SETUSER", user, "-del", "-unlink")
+        writer.restore(newer)
+        left = dst.keys("*phx-restore*")
+        assert len(left) == 8 and all(0 < dst.pttl(k) <= db_restore.TEMP_KEY_TTL_MS for k in left)
+    finally:
+        dst.execute_command("ACL", "DELUSER", user)
+        dst.flushdb()
+
+
 def test_skip_keeps_live_keys_and_expired_keys_are_not_restored(redis_server: Any) -> None:
     src, dst = redis_server.client(5), redis_server.client(6)
     src.flushdb()
@@ -181,6 +208,35 @@ def test_skip_keeps_live_keys_and_expired_keys_are_not_restored(redis_server: An
     assert dst.get("agent:a") == b"live" and dst.get("agent:b") == b"saved" and dst.get("agent:lock") is None
     assert _restore(raw, data, "update")["restored"] == 2
     assert dst.get("agent:a") == b"saved"
+
+
+def test_expiry_is_judged_on_the_servers_clock(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This host's clock a minute behind the server's: a key whose saved expiry has passed on the
+    server is not restored (RESTORE would drop it silently), and one that expires while the
+    restore runs is counted expired, not missing."""
+    dst = redis_server.client(9)
+    dst.flushdb()
+    dst.set("payload", "v")
+    payload = dst.dump("payload")
+    dst.delete("payload")
+    raw = rds.connect(RedisDb("x", redis_server.url(9)))
+    writer = _writer(raw)
+    seconds, micros = dst.time()
+    now = seconds * 1000 + micros // 1000  # the server's clock
+    late = time.time
+
+    monkeypatch.setattr(time, "time", lambda: late() - 60)
+    writer.restore(
+        [
+            rds.Record(b"agent:gone", "string", now - 1000, payload, b"v"),
+            rds.Record(b"agent:soon", "string", now + 300, payload, b"v"),
+            rds.Record(b"agent:kept", "string", rds.NO_EXPIRY, payload, b"v"),
+        ]
+    )
+    assert writer.stats == {"restored": 2, "skipped": 0, "expired": 1, "fallback": 0}
+    time.sleep(0.4)
+    assert writer.check() == (1, 0) and writer.stats["expired"] == 2
+    assert dst.keys("agent:*") == [b"agent:kept"]
 
 
 def test_a_truncated_record_file_is_refused() -> None:

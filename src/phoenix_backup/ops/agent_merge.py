@@ -14,16 +14,20 @@ A merge runs in one transaction, with `app.agent_id` set so that row-level secur
    with its constraints deferred when they are DEFERRABLE, and otherwise stops the merge before
    anything is written, naming the cycle (with triggers off, a cycle needs neither);
 4. write: a table with a primary key by key, updating only rows whose contents differ (`IS
-   DISTINCT FROM` on the text of every column: types without an equality operator compare too),
-   `skip` keeping rows that exist; a table without a primary key gets the saved rows that are
-   missing from the agent's rows (matched on the whole row, duplicates counted) or, with
-   `keyless="replace"`, the agent's rows replaced by the saved ones;
+   DISTINCT FROM` on the text of every column: types without an equality operator compare too)
+   and inserting only rows whose key is not there (no system column is read, so a partitioned
+   table merges like any other), `skip` keeping rows that exist; a table without a primary key
+   gets the saved rows that are missing from the agent's rows (matched on the whole row,
+   duplicates counted) and, with `keyless="replace"`, loses the agent's rows the snapshot lacks
+   (refused when other rows may reference them). Only a table's own rows are read and written
+   (`ONLY`: not those of tables inheriting from it); agent_id's type comes from the catalog;
 5. check: the foreign keys of every written row (with triggers off), then every saved row must be
    there, with the saved contents (`update`) or at least its key (`skip`).
 
 The drill copies each agent table into a temporary table (columns, defaults, CHECK, NOT NULL,
-primary and unique keys, identity, generated columns), with the agent's live rows, the rows of
-other tables they reference, and the foreign keys between them, then runs steps 2-5 against the
+primary, unique and exclusion constraints, unique indexes with a predicate or on expressions,
+identity, generated columns), with the agent's live rows, the rows of other tables they
+reference, and the foreign keys between them, then runs steps 2-5 against the
 copies and rolls back: it fails where the merge of the same rows into the live tables would fail
 (order, foreign keys, constraints, changed columns, privileges), and never writes to the shared
 tables. What it cannot see: other agents' rows (a key held by another agent) and user triggers.
@@ -31,6 +35,7 @@ tables. What it cannot see: other agents' rows (a key held by another agent) and
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -67,6 +72,8 @@ class ForeignKey:
     on_delete: str  # pg_constraint.confdeltype
     on_update: str
     match_full: bool
+    child_name: tuple[str, str]  # (schema, table): `child` is ambiguous when a name holds a dot
+    parent_name: tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class _Saved:
         self.table = table
         self.live = sql.Identifier(table.schema, table.table)
         self.target = target  # the live table, or the drill's scratch copy
+        # Its own rows, not those of tables inheriting from it (a partitioned table's are its own).
+        self.rows = target if table.partitioned else sql.SQL("ONLY {}").format(target)
         self.staged = sql.Identifier(_STAGED.format(index))
         self.saved = 0
         self.foreign = 0
@@ -110,7 +119,8 @@ def foreign_keys(con: psycopg.Connection[Any], tables: Iterable[str]) -> list[Fo
                      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
                ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, o)
                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o),
-               c.condeferrable, c.condeferred, c.confdeltype, c.confupdtype, c.confmatchtype = 'f'
+               c.condeferrable, c.condeferred, c.confdeltype, c.confupdtype, c.confmatchtype = 'f',
+               cn.nspname, cc.relname, pn.nspname, pc.relname
         FROM pg_constraint c
         JOIN pg_class cc ON cc.oid = c.conrelid JOIN pg_namespace cn ON cn.oid = cc.relnamespace
         JOIN pg_class pc ON pc.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace
@@ -132,6 +142,8 @@ def foreign_keys(con: psycopg.Connection[Any], tables: Iterable[str]) -> list[Fo
             str(r[7]),
             str(r[8]),
             bool(r[9]),
+            (str(r[10]), str(r[11])),
+            (str(r[12]), str(r[13])),
         )
         for r in rows
     ]
@@ -290,7 +302,7 @@ def merge(
     done; the caller rolls back. `drill`: into scratch copies (the caller always rolls back)."""
     result = MergeResult()
     keys = [t.key for t in tables]
-    _check_columns(con, tables)
+    tables = live_tables(con, tables)
     _check_privileges(con, tables, mode, keyless)
     fks = foreign_keys(con, keys)
     result.triggers_off = try_replica(con)
@@ -312,7 +324,8 @@ def merge(
     saved: dict[str, _Saved] = {}
     names: dict[str, str] = {}  # temporary tables by the live table they stand for, for messages
     for i, key in enumerate(order):
-        s = _Saved(i, by_key[key], sql.Identifier(_SCRATCH.format(i)) if drill else sql.Identifier(*key.split(".", 1)))
+        t = by_key[key]
+        s = _Saved(i, t, sql.Identifier(_SCRATCH.format(i)) if drill else sql.Identifier(t.schema, t.table))
         names[_STAGED.format(i)] = key
         try:
             _stage(con, s, rows_of(s.table), agent)
@@ -325,7 +338,7 @@ def merge(
     for key in order:
         s = saved[key]
         try:
-            result.stats[key] = _write(con, s, agent, mode, keyless)
+            result.stats[key] = _write(con, s, agent, mode, keyless, fks)
         except psycopg.Error as exc:
             raise RestoreError(f"{key}: {_named(pg.pg_reason(exc), names)}") from exc
     if cycles and not result.triggers_off:
@@ -348,19 +361,27 @@ def _named(text: str, names: dict[str, str]) -> str:
     return text
 
 
-def _check_columns(con: psycopg.Connection[Any], tables: list[pg.AgentTable]) -> None:
+def live_tables(con: psycopg.Connection[Any], tables: list[pg.AgentTable]) -> list[pg.AgentTable]:
+    """The saved tables as the live database has them: each must still have every saved column;
+    the type of agent_id and whether the table is partitioned come from the catalog, never from
+    the snapshot's manifest (its `agentIdType` is written into SQL, and a manifest is only data)."""
+    out: list[pg.AgentTable] = []
     for t in tables:
         rows = con.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            "SELECT a.attname, c.relkind, format_type(a.atttypid, a.atttypmod) FROM pg_class c "
+            "JOIN pg_attribute a ON a.attrelid = c.oid WHERE c.oid = %s::regclass AND a.attnum > 0 "
+            "AND NOT a.attisdropped",
             (sql.Identifier(t.schema, t.table).as_string(con),),
         ).fetchall()
-        live = {str(r[0]) for r in rows}
-        gone = [c for c in t.columns if c not in live]
+        live = {str(r[0]): str(r[2]) for r in rows}
+        gone = [c for c in dict.fromkeys((*t.columns, "agent_id")) if c not in live]
         if gone:
             raise RestoreError(
                 f"{t.key} has no column {', '.join(gone)} any more, which the snapshot's rows have; add it back, or "
                 "write the rows as files with --to DIR and load what still fits by hand"
             )
+        out.append(dataclasses.replace(t, agent_type=live["agent_id"], partitioned=rows[0][1] == "p"))
+    return out
 
 
 def _check_privileges(
@@ -417,7 +438,7 @@ def _stage(con: psycopg.Connection[Any], s: _Saved, blocks: Iterator[bytes], age
     ).rowcount
 
 
-def _count(con: psycopg.Connection[Any], query: sql.Composed, params: tuple[Any, ...] = ()) -> int:
+def _count(con: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: tuple[Any, ...] = ()) -> int:
     row = con.execute(query, params).fetchone()
     return int(row[0] or 0) if row else 0
 
@@ -436,20 +457,22 @@ def _keyed_state(con: psycopg.Connection[Any], s: _Saved) -> tuple[int, int]:
     row = con.execute(
         sql.SQL(
             "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {} AND {}) FROM {} r LEFT JOIN {} t ON {}"
-        ).format(there, there, same, s.staged, s.target, _key_match(t))
+        ).format(there, there, same, s.staged, s.rows, _key_match(t))
     ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def _multiset(s: _Saved, agent_filter: sql.Composable) -> sql.Composable:
-    """WITH live, saved: each row's text and its number among equal rows (duplicates count)."""
+    """WITH live, saved: each row's text and its number among equal rows (duplicates count); a
+    live row also where it is (tableoid, ctid), a saved one its row number."""
     t = s.table
     live_row = sql.SQL("{}::text").format(_text_row("t", t.columns))
     saved_row = sql.SQL("{}::text").format(_text_row("r", t.columns))
     return sql.SQL(
-        "WITH live AS (SELECT {lr} AS v, row_number() OVER (PARTITION BY {lr}) AS n FROM {target} t WHERE {f}), "
+        "WITH live AS (SELECT {lr} AS v, row_number() OVER (PARTITION BY {lr}) AS n, t.tableoid AS rel, "
+        "t.ctid AS at FROM {target} t WHERE {f}), "
         "saved AS (SELECT r.{row} AS id, {sr} AS v, row_number() OVER (PARTITION BY {sr}) AS n FROM {staged} r) "
-    ).format(lr=live_row, sr=saved_row, target=s.target, f=agent_filter, row=sql.Identifier(_ROW), staged=s.staged)
+    ).format(lr=live_row, sr=saved_row, target=s.rows, f=agent_filter, row=sql.Identifier(_ROW), staged=s.staged)
 
 
 def _t_filter(t: pg.AgentTable) -> sql.Composable:
@@ -465,49 +488,65 @@ def _keyless_present(con: psycopg.Connection[Any], s: _Saved, agent: str) -> tup
         + sql.SQL("SELECT count(*) FROM saved s WHERE EXISTS (SELECT 1 FROM live l WHERE l.v = s.v AND l.n = s.n)"),
         (agent,),
     )
-    live = _count(con, sql.SQL("SELECT count(*) FROM {} t WHERE ").format(s.target) + _t_filter(s.table), (agent,))
+    live = _count(con, sql.SQL("SELECT count(*) FROM {} t WHERE ").format(s.rows) + _t_filter(s.table), (agent,))
     return present, live - present
 
 
-def _write(con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyless: KeylessMode) -> dict[str, int]:
+def _write(
+    con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyless: KeylessMode, fks: list[ForeignKey]
+) -> dict[str, int]:
     t = s.table
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
     overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if t.identity_always else sql.SQL("")
     mine = s.saved - s.foreign
     stats = {"saved": s.saved, "otherAgents": s.foreign}
     if not t.primary_key:
-        if keyless == "replace":
-            deleted = con.execute(sql.SQL("DELETE FROM {} t WHERE ").format(s.target) + _t_filter(t), (agent,)).rowcount
-            inserted = con.execute(
-                sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {}").format(s.target, cols, overriding, cols, s.staged)
-            ).rowcount
-            return {**stats, "inserted": inserted, "deleted": deleted, "unchanged": 0}
+        deleted = _delete_extra(con, s, agent, fks) if keyless == "replace" else 0
         missing = _multiset(s, _t_filter(t)) + sql.SQL(
             "INSERT INTO {} ({}){} SELECT {} FROM {} r WHERE r.{} IN (SELECT s.id FROM saved s "
             "WHERE NOT EXISTS (SELECT 1 FROM live l WHERE l.v = s.v AND l.n = s.n))"
         ).format(s.target, cols, overriding, cols, s.staged, sql.Identifier(_ROW))
         inserted = con.execute(missing, (agent,)).rowcount
-        return {**stats, "inserted": inserted, "deleted": 0, "unchanged": mine - inserted}
+        return {**stats, "inserted": inserted, "deleted": deleted, "unchanged": mine - inserted}
     present, identical = _keyed_state(con, s)
     pk = sql.SQL(", ").join(sql.Identifier(c) for c in t.primary_key)
     rest = [c for c in t.columns if c not in t.primary_key]
-    action: sql.Composable = sql.SQL("DO NOTHING")
+    # One statement, so that its foreign keys are checked once both parts are written (a row
+    # updated may come to reference one inserted, a parent in the same table, or the reverse).
+    # Only the rows whose key is not there are offered to INSERT, so that a BEFORE INSERT trigger
+    # fires for nothing else (a key held by a row this role cannot see is left by ON CONFLICT).
+    insert = sql.SQL(
+        "INSERT INTO {} ({}){} SELECT {} FROM {} r WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {}) "
+        "ON CONFLICT ({}) DO NOTHING RETURNING 1"
+    ).format(
+        s.target,
+        cols,
+        overriding,
+        cols,
+        s.staged,
+        s.rows,
+        sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in t.primary_key),
+        pk,
+    )
+    # Only rows that differ are rewritten: an unchanged row keeps its tuple, fires nothing and
+    # costs no WAL. Another agent's row with the same key is no match.
+    update: sql.Composable = sql.SQL("SELECT WHERE false")
     if mode == "update" and rest:
-        # Only rows that differ are rewritten: an unchanged row keeps its tuple, fires nothing and
-        # costs no WAL.
-        action = sql.SQL("DO UPDATE SET ({}) = ROW({}) WHERE t.{} = EXCLUDED.{} AND {} IS DISTINCT FROM {}").format(
+        update = sql.SQL(
+            "UPDATE {} AS t SET ({}) = ROW({}) FROM {} r WHERE {} AND {} IS DISTINCT FROM {} RETURNING 1"
+        ).format(
+            s.rows,
             sql.SQL(", ").join(sql.Identifier(c) for c in rest),
-            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in rest),
-            sql.Identifier("agent_id"),
-            sql.Identifier("agent_id"),
+            sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in rest),
+            s.staged,
+            _key_match(t),
             _text_row("t", t.columns),
-            _text_row("excluded", t.columns),
+            _text_row("r", t.columns),
         )
     row = con.execute(
-        sql.SQL(
-            "WITH w AS (INSERT INTO {} AS t ({}){} SELECT {} FROM {} ON CONFLICT ({}) {} RETURNING t.xmax = 0 AS ins) "
-            "SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM w"
-        ).format(s.target, cols, overriding, cols, s.staged, pk, action)
+        sql.SQL("WITH ins AS ({}), upd AS ({}) SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)").format(
+            insert, update
+        )
     ).fetchone()
     inserted, updated = (int(row[0]), int(row[1])) if row else (0, 0)
     return {
@@ -518,6 +557,53 @@ def _write(con: psycopg.Connection[Any], s: _Saved, agent: str, mode: str, keyle
         # Rows whose key is there with other contents, kept as they are (--conflict-mode skip).
         "skipped": present - identical - updated,
     }
+
+
+def _delete_extra(con: psycopg.Connection[Any], s: _Saved, agent: str, fks: list[ForeignKey]) -> int:
+    """--keyless replace: delete the agent's rows of a table without a primary key that the
+    snapshot does not have (rows it has stay as they are: nothing is deleted to be written
+    again). Refused, before anything is deleted, when other rows may reference them: an ON DELETE
+    action would reach rows of other agents, or (triggers off) leave references dangling."""
+    gone = sql.Identifier(f"phx_gone_{s.index}")
+    con.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(gone)
+        + _multiset(s, _t_filter(s.table))
+        + sql.SQL(
+            "SELECT l.rel, l.at FROM live l WHERE NOT EXISTS (SELECT 1 FROM saved s WHERE s.v = l.v AND s.n = l.n)"
+        ),
+        (agent,),
+    )
+    doomed = _count(con, sql.SQL("SELECT count(*) FROM {}").format(gone))
+    for fk in fks if doomed else []:
+        if fk.parent != s.table.key:
+            continue
+        child = sql.Identifier(*fk.child_name)
+        refs = sql.SQL(" AND ").join(
+            sql.SQL("p.{} = c.{}").format(sql.Identifier(p), sql.Identifier(c))
+            for p, c in zip(fk.parent_columns, fk.child_columns, strict=True)
+        )
+        n = _count(
+            con,
+            sql.SQL(
+                "SELECT count(*) FROM {} c WHERE EXISTS (SELECT 1 FROM {} p JOIN {} g ON p.tableoid = g.rel "
+                "AND p.ctid = g.at WHERE {})"
+            ).format(child, s.rows, gone, refs),
+        )
+        hidden = _count(con, sql.SQL("SELECT row_security_active(%s::regclass)::int"), (child.as_string(con),))
+        if n or hidden:
+            seen = (
+                f"{n} row(s) of {fk.child} reference them"
+                if n
+                else f"row-level security hides rows of {fk.child} from role {_role(con)}, which may reference them"
+            )
+            raise RestoreError(
+                f"--keyless replace would delete {doomed} row(s) of agent {agent} in {s.table.key} that the snapshot "
+                f"does not have, and {seen} (foreign key {fk.name}, ON DELETE {_FK_ACTIONS.get(fk.on_delete)}); "
+                "restore with --keyless add, or remove those references first"
+            )
+    return con.execute(
+        sql.SQL("DELETE FROM {} t USING {} g WHERE t.tableoid = g.rel AND t.ctid = g.at").format(s.rows, gone)
+    ).rowcount
 
 
 def _orphans(
@@ -535,7 +621,7 @@ def _orphans(
     problems: list[str] = []
     for fk in fks:
         parent_s = saved.get(fk.parent)
-        parent = parent_s.target if parent_s else parents.get(fk.parent, sql.Identifier(*fk.parent.split(".", 1)))
+        parent = parent_s.rows if parent_s else parents.get(fk.parent, sql.Identifier(*fk.parent_name))
         refs = sql.SQL(" AND ").join(
             sql.SQL("p.{} = c.{}").format(sql.Identifier(p), sql.Identifier(c))
             for p, c in zip(fk.parent_columns, fk.child_columns, strict=True)
@@ -550,12 +636,12 @@ def _orphans(
                     sql.SQL("c.{k} = r.{k}").format(k=sql.Identifier(k)) for k in t.primary_key
                 )
                 query = sql.SQL("SELECT count(*) FROM {} c JOIN {} r ON {} WHERE {}").format(
-                    child.target, child.staged, match, orphan
+                    child.rows, child.staged, match, orphan
                 )
                 n = _count(con, query)
             else:
                 query = sql.SQL("SELECT count(*) FROM {} c WHERE c.{} = CAST(%s AS {}) AND {}").format(
-                    child.target, sql.Identifier("agent_id"), sql.SQL(t.agent_type), orphan
+                    child.rows, sql.Identifier("agent_id"), sql.SQL(t.agent_type), orphan
                 )
                 n = _count(con, query, (agent,))
             if n:
@@ -572,7 +658,7 @@ def _orphans(
             continue  # rows were only added
         if child is None and drill:
             continue  # the drill copies no table outside the agent's
-        target = child.target if child is not None else sql.Identifier(*fk.child.split(".", 1))
+        target = child.rows if child is not None else sql.Identifier(*fk.child_name)
         n = _count(con, sql.SQL("SELECT count(*) FROM {} c WHERE {}").format(target, orphan))
         if n:
             problems.append(
@@ -582,25 +668,48 @@ def _orphans(
     return problems
 
 
-def _copy_keys(con: psycopg.Connection[Any], live: sql.Identifier, copy: sql.Identifier) -> None:
-    """The primary key and the plain unique indexes of `live`, on `copy` (ON CONFLICT and the
-    foreign keys need them; other indexes change no outcome of a merge)."""
-    rows = con.execute(
-        """
-        SELECT i.indisprimary, ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY AS k(n, o)
-                                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
-        FROM pg_index i WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL
-          AND i.indexprs IS NULL
-        ORDER BY NOT i.indisprimary, i.indexrelid
-        """,
-        (live.as_string(con),),
+def _copy_keys(con: psycopg.Connection[Any], live: sql.Identifier, copy: sql.Identifier, names: dict[str, str]) -> None:
+    """The primary key, unique and exclusion constraints and the other unique indexes (with a
+    predicate or on expressions too) of `live`, on `copy`: whatever can refuse a row the merge
+    writes, and what ON CONFLICT and the foreign keys need. Other indexes change no outcome.
+    Each is named `phx_key_<n>`, which `names` maps to the live one's name for messages."""
+    name = live.as_string(con)
+    constraints = con.execute(
+        "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c WHERE c.conrelid = %s::regclass "
+        "AND c.contype IN ('p', 'u', 'x') ORDER BY c.contype <> 'p', c.oid",
+        (name,),
     ).fetchall()
-    for primary, columns in rows:
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-        if primary:
-            con.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(copy, cols))
-        else:
-            con.execute(sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(copy, cols))
+    for live_name, definition in constraints:
+        key = f"phx_key_{len(names)}"
+        names[key] = str(live_name)
+        # The server's own text of the live table's constraint (no name, no table in it).
+        con.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(copy, sql.Identifier(key), sql.SQL(str(definition)))
+        )
+    indexes = con.execute(
+        """
+        SELECT i.indexrelid::regclass::text,
+               ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) k),
+               coalesce(to_jsonb(i) ->> 'indnullsnotdistinct', 'false') = 'true',
+               pg_get_expr(i.indpred, i.indrelid, true)
+        FROM pg_index i WHERE i.indrelid = %s::regclass AND i.indisunique
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)
+        ORDER BY i.indexrelid
+        """,
+        (name,),
+    ).fetchall()
+    for live_name, keys, nulls_not_distinct, predicate in indexes:
+        key = f"phx_key_{len(names)}"
+        names[key] = str(live_name)
+        con.execute(
+            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}){}{}").format(
+                sql.Identifier(key),
+                copy,
+                sql.SQL(", ").join(sql.SQL(str(k)) for k in keys),
+                sql.SQL(" NULLS NOT DISTINCT" if nulls_not_distinct else ""),
+                sql.SQL(f" WHERE {predicate}" if predicate else ""),
+            )
+        )
 
 
 def _scratch_copies(
@@ -618,7 +727,7 @@ def _scratch_copies(
                 "INCLUDING IDENTITY) ON COMMIT DROP"
             ).format(s.target, s.live)
         )
-        _copy_keys(con, s.live, s.target)
+        _copy_keys(con, s.live, s.target, names)
         # Every column the live table has now (a column added since the backup too).
         live_cols = con.execute(
             "SELECT attname, attidentity FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
@@ -629,7 +738,7 @@ def _scratch_copies(
         always = any(c[1] == "a" for c in live_cols)
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if always else sql.SQL("")
         con.execute(
-            sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} t WHERE ").format(s.target, cols, overriding, cols, s.live)
+            sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} t WHERE ").format(s.target, cols, overriding, cols, t.rows)
             + _t_filter(t),
             (agent,),
         )
@@ -638,13 +747,13 @@ def _scratch_copies(
         child = saved.get(fk.child)
         if child is None or fk.parent in saved:
             continue
-        live = sql.Identifier(*fk.parent.split(".", 1))
+        live = sql.Identifier(*fk.parent_name)
         if fk.parent not in parents:
             name = _PARENT.format(len(parents))
             names[name] = fk.parent
             parents[fk.parent] = sql.Identifier(name)
             con.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(parents[fk.parent], live))
-            _copy_keys(con, live, parents[fk.parent])
+            _copy_keys(con, live, parents[fk.parent], names)
         pcols = sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in fk.parent_columns)
         ccols = sql.SQL(", ").join(sql.Identifier(c) for c in fk.child_columns)
         con.execute(

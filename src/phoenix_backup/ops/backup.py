@@ -73,6 +73,15 @@ class BackupResult:
     notification: NotifyOutcome | None = None
 
     @property
+    def damaged(self) -> list[dict[str, str]]:
+        """The databases saved as they were, whose integrity check failed ({path, error})."""
+        return [
+            {"path": d.path, "error": f"integrity check failed: {d.integrity}"}
+            for d in self.databases
+            if d.integrity != "ok"
+        ]
+
+    @property
     def exit_status(self) -> ExitStatus:
         failed_target = any(not t.ok for t in self.targets.values())
         bad_db = any(d.integrity != "ok" for d in self.databases)
@@ -280,10 +289,12 @@ def _record_state(
     if result is not None:
         targets = result.targets
         failed = [f"target {name}: {t.error}" for name, t in targets.items() if not t.ok]
-        # A part that could not be saved (a PostgreSQL or Redis database, a file) makes the run
-        # partial: recorded as such, never as a success.
+        # A part that could not be saved (a PostgreSQL or Redis database, a file), or a database
+        # saved damaged, makes the run partial: recorded as such, never as a success.
         parts = [{"path": i["path"], "error": i["error"]} for i in result.incomplete]
         failed += [f"not saved: {p['path']}: {p['error']}" for p in parts]
+        failed += [f"damaged: {p['path']}: {p['error']}" for p in result.damaged]
+        parts += result.damaged
         message = "; ".join(failed) or None
     else:
         targets = {name: TargetOutcome(False, str(error)) for name in cfg.targets.enabled_names()}

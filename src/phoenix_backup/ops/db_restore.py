@@ -32,7 +32,6 @@ import re
 import secrets
 import subprocess
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
@@ -216,7 +215,7 @@ def restore_postgres(
     if manifest.get("kind") == "agent-rows":
         if to_database is not None:
             conn = conn.with_database(to_database)
-        return _restore_agent_rows(repo, conn, path, files, manifest, conflict_mode, keyless)
+        return _restore_agent_rows(repo, conn, path, files, manifest, conflict_mode, keyless, agent=entry.agent_id)
     if to_database is not None:
         return restore_pg_scratch(repo, conn, path, files, to_database, manifest=manifest, configured=entry.pg_dump)
     return _restore_dump(repo, conn, path, files, manifest, clean=True, configured=entry.pg_dump)
@@ -276,11 +275,14 @@ def _create_database(
     conn: pg.PgConn, manifest: dict[str, Any], outcome: DbRestoreOutcome, *, as_original: bool
 ) -> None:
     """Create `conn`'s database, owned as the original was (when that role exists here and this
-    role may give it a database), with its encoding and, where this server has it, its locale."""
+    role may give it a database), with its encoding and, where this server has them, its locale
+    and locale provider (icu, builtin)."""
     name = conn.database
     owner = str(manifest.get("databaseOwner") or "") if as_original else ""
     encoding = str(manifest.get("encoding") or "")
     collate, ctype = str(manifest.get("lcCollate") or ""), str(manifest.get("lcCtype") or "")
+    provider = str(manifest.get("localeProvider") or "libc")
+    locale = str(manifest.get("locale") or "") if provider in ("icu", "builtin") else ""
     with conn.connect_server() as con:
         me = str((con.execute("SELECT current_user").fetchone() or ("",))[0])
         if owner and not con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)).fetchone():
@@ -296,6 +298,12 @@ def _create_database(
                 parts.append(sql.SQL(" ENCODING {}").format(sql.Literal(encoding)))
             if collate and ctype:
                 parts.append(sql.SQL(" LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(collate), sql.Literal(ctype)))
+            if locale:
+                parts.append(
+                    sql.SQL(" LOCALE_PROVIDER {} {} {}").format(
+                        sql.SQL(provider), sql.SQL(f"{provider.upper()}_LOCALE"), sql.Literal(locale)
+                    )
+                )
             try:
                 con.execute(sql.Composed(parts))
                 break
@@ -309,6 +317,13 @@ def _create_database(
                 outcome.warnings.append(f"{me} may not give database {name} to {owner}; {me} owns it")
                 owner = ""
             except psycopg.Error as exc:
+                if locale:
+                    outcome.warnings.append(
+                        f"this server cannot create database {name} with the {provider} locale {locale!r} of the "
+                        f"original ({pg.pg_reason(exc)}); it uses the libc locale"
+                    )
+                    locale = ""
+                    continue
                 if not (collate and ctype) or "locale" not in pg.pg_reason(exc).lower() + str(exc).lower():
                     raise RestoreError(
                         f"cannot create database {name} on {_server(conn)}: {pg.pg_reason(exc)}"
@@ -463,14 +478,27 @@ def _restore_agent_rows(
     mode: ConflictMode,
     keyless: KeylessMode = "add",
     *,
+    agent: str | None,
     drill: bool = False,
 ) -> DbRestoreOutcome:
     """The agent's saved rows merged into the shared tables (`ops/agent_merge.py`), in one
-    transaction; with `drill`, into a scratch copy of them, always rolled back."""
-    agent = str(manifest["agentId"])
-    setting = str(manifest.get("agentSetting", pg.AGENT_SETTING))
-    where = f"{conn.where} (agent {agent}{', scratch copy of the live tables' if drill else ''})"
+    transaction; with `drill`, into a scratch copy of them, always rolled back. `agent`: the
+    agentId configured now; rows saved for another agent are refused."""
+    saved_agent = str(manifest["agentId"])
+    where = f"{conn.where} (agent {saved_agent}{', scratch copy of the live tables' if drill else ''})"
     outcome = DbRestoreOutcome(path, "postgresql", where, expected=dict(manifest["tables"]))
+    try:
+        setting = _agent_setting(path, manifest)
+    except CorruptObject as exc:
+        outcome.error = str(exc)
+        return outcome
+    if agent is not None and agent != saved_agent:
+        outcome.error = (
+            f"{path} holds the rows of agent {saved_agent}, and the configuration names agent {agent}; restore a "
+            f"snapshot of agent {agent}, or set agentId to {saved_agent} to restore that agent's rows"
+        )
+        return outcome
+    agent = saved_agent
     tables = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
     for t in tables:
         if t.file not in files:
@@ -483,11 +511,14 @@ def _restore_agent_rows(
     try:
         with conn.connect() as con:
             con.execute("SELECT set_config(%s, %s, false)", (setting, agent))
+            pg.exact_text(con)
             with con.transaction(force_rollback=drill):
                 result = agent_merge.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
             if not drill:
                 written = [
-                    k for k, st in result.stats.items() if st["inserted"] or st.get("updated") or st.get("deleted")
+                    sql.Identifier(t.schema, t.table)
+                    for t in tables
+                    if (st := result.stats[t.key])["inserted"] or st.get("updated") or st.get("deleted")
                 ]
                 outcome.warnings += _analyze(con, written)
     except (PhoenixError, psycopg.Error) as exc:
@@ -516,7 +547,19 @@ def _restore_agent_rows(
     return outcome
 
 
-def _analyze(con: psycopg.Connection[Any], tables: list[str] | None) -> list[str]:
+def _agent_setting(path: str, manifest: dict[str, Any]) -> str:
+    """The setting the policies read the agent from: always `app.agent_id`. A manifest naming
+    another (search_path, a setting of an extension) is refused, not obeyed."""
+    setting = str(manifest.get("agentSetting", pg.AGENT_SETTING))
+    if setting != pg.AGENT_SETTING:
+        raise CorruptObject(
+            f"{path or 'the snapshot'}/manifest.json names the setting {setting[:80]!r} for the agent, where "
+            f"Phoenix sets {pg.AGENT_SETTING} only; the snapshot was altered: restore another one"
+        )
+    return setting
+
+
+def _analyze(con: psycopg.Connection[Any], tables: list[sql.Identifier] | None) -> list[str]:
     """ANALYZE what a restore wrote (`None`: the whole database), so the planner knows the new rows
     at once (an HNSW index is used from the first query, not after autovacuum's next round). A
     table the role may not analyze is a warning, never a failure."""
@@ -530,8 +573,8 @@ def _analyze(con: psycopg.Connection[Any], tables: list[str] | None) -> list[str
     try:
         if tables is None:
             con.execute("ANALYZE")
-        for key in tables or []:
-            con.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*key.split(".", 1))))
+        for table in tables or []:
+            con.execute(sql.SQL("ANALYZE {}").format(table))
     except psycopg.Error as exc:
         return [f"ANALYZE after the restore failed ({pg.pg_reason(exc)}); autovacuum will analyze the tables later"]
     finally:
@@ -547,6 +590,8 @@ def _analyze(con: psycopg.Connection[Any], tables: list[str] | None) -> list[str
 # How many keys not restored are named one by one in the warnings (all are in --json).
 SHOWN_KEYS = 50
 _UNKNOWN_REDIS = (99,)  # a server that does not say its version: every command is tried
+# How long the fallback's temporary key outlives a restore that dies before renaming it.
+TEMP_KEY_TTL_MS = 3_600_000
 
 
 def _is_payload_refused(exc: BaseException) -> bool:
@@ -588,10 +633,16 @@ class RedisWriter:
         self.features = features
         self.stats = {"restored": 0, "skipped": 0, "expired": 0, "fallback": 0}
         self.failed: list[tuple[bytes, str]] = []
+        self.done: list[tuple[bytes, int]] = []  # (key, saved expiry): restored, or kept (skip mode)
+
+    def now_ms(self) -> int:
+        """The server's clock, which decides when a key expires (this host's may differ)."""
+        seconds, micros = rds.command(self.client, "TIME")
+        return int(seconds) * 1000 + int(micros) // 1000
 
     def restore(self, batch: list[rds.Record]) -> list[bytes]:
         """Write a batch; the keys restored, or kept as they were (skip mode)."""
-        now_ms = int(time.time() * 1000)
+        now_ms = self.now_ms()
         live = [r for r in batch if r.expire_at_ms == rds.NO_EXPIRY or r.expire_at_ms > now_ms]
         self.stats["expired"] += len(batch) - len(live)
         pipe = self.client.pipeline(transaction=False)
@@ -615,7 +666,27 @@ class RedisWriter:
                 )
             else:
                 self.failed.append((r.key, _redis_reason(reply)))
+        expiry = {r.key: r.expire_at_ms for r in live}
+        self.done += [(k, expiry[k]) for k in done]
         return done
+
+    def check(self) -> tuple[int, int]:
+        """(keys there, keys missing) of those written or kept: each must exist now, unless its
+        saved expiry has passed since on the server's clock (it expired as it would have; counted
+        in `expired`)."""
+        missing: list[tuple[bytes, int]] = []
+        for i in range(0, len(self.done), 1000):
+            chunk = self.done[i : i + 1000]
+            if int(rds.command(self.client, "EXISTS", *(k for k, _ in chunk))) == len(chunk):
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for k, _ in chunk:
+                rds.command(pipe, "EXISTS", k)
+            missing += [c for c, there in zip(chunk, pipe.execute(), strict=True) if not int(there)]
+        now = self.now_ms()
+        expired = sum(1 for _, at in missing if at != rds.NO_EXPIRY and at <= now)
+        self.stats["expired"] += expired
+        return len(self.done) - len(missing), len(missing) - expired
 
     def _restore_args(self, r: rds.Record, now_ms: int) -> list[Any]:
         expires = r.expire_at_ms != rds.NO_EXPIRY
@@ -669,7 +740,6 @@ def restore_redis(
     except SourceError as exc:
         outcome.error = str(exc)
         return outcome
-    restored_keys: list[bytes] = []  # restored, or kept as they were (skip mode)
     writer: RedisWriter | None = None
     try:
         features = RedisFeatures.of(rds.server_info(client).get("redis_version", ""))
@@ -685,14 +755,12 @@ def restore_redis(
             count += 1
             batch.append(rec)
             if len(batch) >= REDIS_BATCH:
-                restored_keys += writer.restore(batch)
+                writer.restore(batch)
                 batch = []
         if batch:
-            restored_keys += writer.restore(batch)
+            writer.restore(batch)
+        present, missing = writer.check()
         outcome.expected = {"keys": count - writer.stats["expired"]}
-        present = 0
-        for i in range(0, len(restored_keys), 1000):
-            present += int(rds.command(client, "EXISTS", *restored_keys[i : i + 1000]))
         outcome.found = {"keys": present}
         outcome.stats = {
             **writer.stats,
@@ -717,8 +785,8 @@ def restore_redis(
             f"{len(failed)} of {outcome.expected['keys']} keys were not restored (the first, {first}); the others were"
         )
         return outcome
-    if present != len(restored_keys):
-        outcome.error = f"{len(restored_keys) - present} restored key(s) are missing right after the restore"
+    if missing:
+        outcome.error = f"{missing} restored key(s) are missing right after the restore"
         return outcome
     outcome.ok = True
     return outcome
@@ -727,7 +795,8 @@ def restore_redis(
 def write_logical(client: redis_lib.Redis, r: rds.Record, features: RedisFeatures) -> None:
     """Write a key back with ordinary commands that `features` has. The value is built under a
     temporary name and renamed onto the key only when every command succeeded, so a key is
-    replaced whole or not at all."""
+    replaced whole or not at all. The temporary key expires on its own (TEMP_KEY_TTL_MS) should
+    this process die before the rename, and is deleted when the rename is refused."""
     if r.type == "stream" and not features.has(5, 0):
         raise RestoreError(f"streams need Redis 5.0 or newer, and this server is {features.text}")
     tmp = r.key + b".phx-restore." + secrets.token_hex(4).encode()
@@ -750,6 +819,7 @@ def write_logical(client: redis_lib.Redis, r: rds.Record, features: RedisFeature
             rds.command(pipe, "HSET" if features.has(4, 0) else "HMSET", tmp, *part)
     elif r.type == "stream":
         _stream_commands(pipe, tmp, value, features)
+    rds.command(pipe, "PEXPIRE", tmp, TEMP_KEY_TTL_MS)
     try:
         replies = pipe.execute(raise_on_error=False)
         problem = next((x for x in replies if isinstance(x, Exception)), None)
@@ -762,7 +832,14 @@ def write_logical(client: redis_lib.Redis, r: rds.Record, features: RedisFeature
     rds.command(pipe, "RENAME", tmp, r.key)
     if r.expire_at_ms != rds.NO_EXPIRY:
         rds.command(pipe, "PEXPIREAT", r.key, r.expire_at_ms)
-    pipe.execute()
+    else:
+        rds.command(pipe, "PERSIST", r.key)  # RENAME kept the temporary key's expiry
+    try:
+        pipe.execute()
+    except redis_lib.RedisError:
+        with contextlib.suppress(redis_lib.RedisError):
+            rds.command(client, "DEL", tmp)
+        raise
 
 
 def _chunks(items: list[Any], size: int = 1000) -> Iterator[list[Any]]:
@@ -842,7 +919,7 @@ def drill_database(
             return restore_pg_scratch(
                 repo, conn, path, files, scratch, manifest=manifest, configured=entry.pg_dump, drop_after=True
             )
-        return _restore_agent_rows(repo, conn, path, files, manifest, "update", "add", drill=True)
+        return _restore_agent_rows(repo, conn, path, files, manifest, "update", "add", agent=entry.agent_id, drill=True)
     outcome = DbRestoreOutcome(path, "redis", "(records parsed)")
     node = files.get(rds.RECORDS)
     try:
@@ -984,11 +1061,11 @@ def _live_pg_rows(conn: pg.PgConn, manifest: dict[str, Any]) -> dict[str, int]:
         if manifest.get("kind") != "agent-rows":
             return pg.table_counts(con)
         agent = str(manifest["agentId"])
-        con.execute("SELECT set_config(%s, %s, false)", (str(manifest.get("agentSetting", pg.AGENT_SETTING)), agent))
+        con.execute("SELECT set_config(%s, %s, false)", (_agent_setting("", manifest), agent))
         out: dict[str, int] = {}
-        for d in manifest.get("tableInfo", {}).values():
-            t = pg.AgentTable.from_json(d)
-            query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(sql.Identifier(t.schema, t.table))
+        saved = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
+        for t in agent_merge.live_tables(con, saved):
+            query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(t.rows)
             row = con.execute(query + pg.agent_filter(t), (agent,)).fetchone()
             out[t.key] = int(row[0]) if row else 0
         return out

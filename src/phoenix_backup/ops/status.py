@@ -174,7 +174,7 @@ def _check_age(result: StatusResult, when: datetime) -> None:
     failed_targets = [f"{n}: {t.get('error')}" for n, t in targets.items() if isinstance(t, dict) and not t.get("ok")]
     if state.get("partial"):
         shown = "; ".join(f"{p.get('path')}: {p.get('error')}" for p in parts)
-        result.warnings.append(f"the last backup was partial, these parts were not saved: {shown}")
+        result.warnings.append(f"the last backup was partial, these parts were not saved or are damaged: {shown}")
     elif not state.get("success"):
         result.warnings.append(f"the last backup failed: {state.get('error')}")
     if (state.get("success") or state.get("partial")) and failed_targets:

@@ -127,6 +127,9 @@ class PgConn:
                 connect_timeout=CONNECT_TIMEOUT,
                 autocommit=True,
                 application_name="phoenix-backup",
+                # Text as str whatever the database's encoding: a SQL_ASCII database would
+                # otherwise give bytes (names, the snapshot id handed to pg_dump).
+                client_encoding="UTF8",
             )
         except psycopg.Error as exc:
             raise SourceError(
@@ -309,15 +312,24 @@ def user_tables(con: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 
 
 def database_settings(con: psycopg.Connection[Any]) -> dict[str, str]:
-    """The current database's owner, encoding and locale: what CREATE DATABASE needs to make it
-    again as it was."""
+    """The current database's owner, encoding and locale (with its provider, PostgreSQL 15+:
+    `icu` or, 17+, `builtin`; libc otherwise): what CREATE DATABASE needs to make it again as it
+    was."""
     row = con.execute(
-        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype "
-        "FROM pg_database WHERE datname = current_database()"
+        """
+        SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype,
+               coalesce(to_jsonb(d) ->> 'datlocprovider', 'c'),
+               coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale', '')
+        FROM pg_database d WHERE datname = current_database()
+        """
     ).fetchone()
     if row is None:
         return {}
-    return {"owner": str(row[0]), "encoding": str(row[1]), "collate": str(row[2]), "ctype": str(row[3])}
+    provider = {"i": "icu", "b": "builtin"}.get(str(row[4]), "libc")
+    out = {"owner": str(row[0]), "encoding": str(row[1]), "collate": str(row[2]), "ctype": str(row[3])}
+    if provider != "libc" and row[5]:
+        out |= {"provider": provider, "locale": str(row[5])}
+    return out
 
 
 def count_rows(con: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
@@ -548,6 +560,8 @@ class PostgresDump(_Reader):
             "encoding": self.database.get("encoding"),
             "lcCollate": self.database.get("collate"),
             "lcCtype": self.database.get("ctype"),
+            "localeProvider": self.database.get("provider", "libc"),
+            "locale": self.database.get("locale"),  # icu and builtin: the provider's own locale
             "dumpFormat": "custom, uncompressed (pg_dump -Fc -Z0)",
             "extensions": summary.extensions,
             "tables": summary.tables,
@@ -600,6 +614,15 @@ class AgentTable:
     primary_key: tuple[str, ...]
     agent_type: str  # the agent_id column's type, for comparing with a typed literal
     identity_always: bool
+    # Read from the catalog, never kept in the manifest: a partitioned table is read whole, any
+    # other without the tables that inherit from it (they are saved as tables of their own).
+    partitioned: bool = False
+
+    @property
+    def rows(self) -> sql.Composable:
+        """The table's own rows, for FROM, UPDATE and DELETE."""
+        name = sql.Identifier(self.schema, self.table)
+        return name if self.partitioned else sql.SQL("ONLY {}").format(name)
 
     @property
     def key(self) -> str:
@@ -636,7 +659,7 @@ def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
     """Every table (the role may read) with an `agent_id` column."""
     rows = con.execute(
         """
-        SELECT n.nspname, c.relname, c.oid, format_type(a.atttypid, a.atttypmod)
+        SELECT n.nspname, c.relname, c.oid, format_type(a.atttypid, a.atttypmod), c.relkind = 'p'
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'agent_id' AND NOT a.attisdropped
         WHERE c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s) AND has_table_privilege(c.oid, 'SELECT')
@@ -646,7 +669,7 @@ def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
         (list(_SYSTEM_SCHEMAS),),
     ).fetchall()
     out: list[AgentTable] = []
-    for schema, table, oid, agent_type in rows:
+    for schema, table, oid, agent_type, partitioned in rows:
         cols = con.execute(
             """
             SELECT attname, attidentity FROM pg_attribute
@@ -672,9 +695,21 @@ def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
                 tuple(str(p[0]) for p in pk),
                 str(agent_type),
                 any(c[1] == "a" for c in cols),
+                bool(partitioned),
             )
         )
     return out
+
+
+def exact_text(con: psycopg.Connection[Any]) -> None:
+    """Fix how this session writes and reads values as text (agent rows' CSV), whatever the
+    server, database, role or environment (PGDATESTYLE, PGTZ, PGOPTIONS) set: ISO dates (a
+    `SQL, DMY` date read back as `MDY` swaps day and month), UTC with numeric offsets (a zone
+    abbreviation can be read back as another zone), and floats with every digit."""
+    con.execute(
+        "SELECT set_config('DateStyle', 'ISO, MDY', false), set_config('IntervalStyle', 'postgres', false), "
+        "set_config('TimeZone', 'UTC', false), set_config('extra_float_digits', '3', false)"
+    )
 
 
 def agent_filter(t: AgentTable) -> sql.Composable:
@@ -695,6 +730,7 @@ class AgentRows(_Reader):
         version, num = server_version(con)
         # Session-wide, so the policies see it in every statement of the transaction below.
         con.execute("SELECT set_config(%s, %s, false)", (AGENT_SETTING, self.agent_id))
+        exact_text(con)
         con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         row = con.execute("SELECT current_database()").fetchone()
         assert row is not None
@@ -713,10 +749,7 @@ class AgentRows(_Reader):
             where = agent_filter(t)
             try:
                 row = con.execute(
-                    sql.SQL("SELECT count(*) FROM {}.{} WHERE ").format(
-                        sql.Identifier(t.schema), sql.Identifier(t.table)
-                    )
-                    + where,
+                    sql.SQL("SELECT count(*) FROM {} WHERE ").format(t.rows) + where,
                     (self.agent_id,),
                 ).fetchone()
             except psycopg.Error as exc:
@@ -726,11 +759,10 @@ class AgentRows(_Reader):
             summary.tables[t.key] = int(row[0]) if row else 0
             order = sql.SQL(", ").join(sql.Identifier(c) for c in (t.primary_key or t.columns))
             query = sql.SQL(
-                "COPY (SELECT {} FROM {}.{} WHERE {} ORDER BY {}) TO STDOUT WITH (FORMAT csv, HEADER true)"
+                "COPY (SELECT {} FROM {} WHERE {} ORDER BY {}) TO STDOUT WITH (FORMAT csv, HEADER true)"
             ).format(
                 sql.SQL(", ").join(sql.Identifier(c) for c in t.columns),
-                sql.Identifier(t.schema),
-                sql.Identifier(t.table),
+                t.rows,
                 where,
                 order,
             )
