@@ -140,7 +140,8 @@ class LocalBackend(Backend):
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
-            return ObjectInfo(name, self._path(name).stat().st_size)
+            st = self._path(name).stat()
+            return ObjectInfo(name, st.st_size, modified=st.st_mtime)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -154,11 +155,13 @@ class LocalBackend(Backend):
                 for sub in sorted(base.iterdir()):
                     for entry in os.scandir(sub):
                         if TEMP_MARKER not in entry.name:
-                            yield ObjectInfo(f"data/{sub.name}/{entry.name}", entry.stat().st_size)
+                            st = entry.stat()
+                            yield ObjectInfo(f"data/{sub.name}/{entry.name}", st.st_size, modified=st.st_mtime)
             else:
                 for entry in os.scandir(base):
                     if TEMP_MARKER not in entry.name:
-                        yield ObjectInfo(f"{folder}/{entry.name}", entry.stat().st_size)
+                        st = entry.stat()
+                        yield ObjectInfo(f"{folder}/{entry.name}", st.st_size, modified=st.st_mtime)
         except FileNotFoundError:
             return
         except OSError as exc:
