@@ -27,7 +27,7 @@ from phoenix_backup.ops.prune import (
 from phoenix_backup.ops.verify import verify_repository
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.pack import PackEntry, blob_aad
+from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import Extent, Node
@@ -155,9 +155,12 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     bid = repo.ids.blob_id(BlobType.DATA, leftover_data)
     method, payload = repo.compressor.compress(leftover_data)
     sealed = repo.sealer.seal(payload, blob_aad(BlobType.DATA, bid))
-    repo.repack([(PackEntry(BlobType.DATA, method, bid, 0, len(sealed), len(leftover_data)), sealed)])
+    (leftover,) = repo.repack([(PackEntry(BlobType.DATA, method, bid, 0, len(sealed), len(leftover_data)), sealed)])
     repo.delete_snapshot(old)  # what forget does
     repo.close()
+    # Prune runs at T0: the backups' packs were written two hours before, the leftover a minute.
+    age_packs(root, T0 - 7200)
+    os.utime(root / pack_name(leftover), (T0 - 60, T0 - 60))
     expected = contents(open_fresh(root)[0])
     assert len(expected) == 2
     return root, expected, old
@@ -207,13 +210,17 @@ def test_prune_dry_run_changes_nothing(pristine, tmp_path: Path) -> None:
     assert backend.mutations == 2  # its shared lock, written and removed
 
 
+def age_packs(path: Path, when: float) -> None:
+    for pack in (path / "data").rglob("*"):
+        if pack.is_file():
+            os.utime(pack, (when, when))
+
+
 def primed(path: Path, file: Path) -> PruneState:
-    """A state in which the leftover pack was first seen long ago (by a dry run), so a prune
-    deletes it too and every kind of mutation happens."""
-    state = PruneState(file)
-    repo, _ = open_fresh(path)
-    prune_repository(repo, TargetPrune("local"), dry_run=True, state=state, now=T0 - LEFTOVER_MIN_AGE - 10)
-    return state
+    """The leftover pack written long ago too, so a prune deletes it and every kind of mutation
+    happens."""
+    age_packs(path, T0 - 7200)
+    return PruneState(file)
 
 
 def test_a_crash_at_any_point_loses_nothing(pristine, tmp_path: Path) -> None:
