@@ -115,6 +115,16 @@ class Index:
                 del self._blobs[bid]
             return len(gone)
 
+    def by_pack(self) -> dict[str, list[PackEntry]]:
+        """Every pack with the entries of the blobs located in it."""
+        out: dict[str, list[PackEntry]] = {}
+        with self._lock:
+            for bid, (no, t, c, off, stored, raw) in self._blobs.items():
+                out.setdefault(self._packs[no], []).append(
+                    PackEntry(_TYPES[t], _COMPRESSIONS[c], bid, off, stored, raw)
+                )
+        return out
+
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self._blobs
 

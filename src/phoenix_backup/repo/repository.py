@@ -185,6 +185,7 @@ class Repository:
         # Packs that only index objects superseded by a prune list: a prune that stopped between
         # writing its new index and deleting them left them (they are garbage).
         self.retired_packs: set[str] = set()
+        self.index_objects: list[str] = []  # the index objects `load_index` found, readable or not
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -218,10 +219,22 @@ class Repository:
     @staticmethod
     def read_config(backend: Backend) -> RepoConfig:
         if not backend.exists():
+            Repository.refuse_lost_config(backend)
             raise RepositoryNotFound(
                 f"no repository at {backend.location}; create one with `phx init` or check targets.local.path"
             )
         return RepoConfig.from_bytes(backend.read("config"), backend.location)
+
+    @staticmethod
+    def refuse_lost_config(backend: Backend) -> None:
+        """A store without `config` that holds index or snapshot objects is a repository that
+        lost its config (an interrupted `init` leaves a key slot at most): say so, never start a
+        new repository there."""
+        if any(next(iter(backend.list(folder)), None) is not None for folder in ("index/", "snapshots/")):
+            raise CorruptObject(
+                f"the repository at {backend.location} has lost its config object (its other objects are "
+                "there); copy it back from another target with `phx repair objects --from TARGET`"
+            )
 
     @classmethod
     def open(cls, backend: Backend, creds: keyslots.Credentials, **kwargs: Any) -> Repository:
@@ -236,17 +249,22 @@ class Repository:
     def read_key_slots(backend: Backend) -> list[keyslots.KeySlot]:
         slots = []
         newer: UnsupportedFormat | None = None
+        damaged: list[str] = []
         for info in backend.list("keys/"):
             try:
                 slots.append(keyslots.KeySlot.from_json(backend.read(info.name)))
             except CorruptObject:
-                continue  # another slot may still open the repository
+                damaged.append(info.name)  # another slot may still open the repository
             except UnsupportedFormat as exc:
                 newer = exc  # a slot type of a newer Phoenix: fine if another slot opens
         if not slots:
             if newer is not None:
                 raise newer
-            raise RepositoryError(f"the repository at {backend.location} has no readable key slot; it cannot be opened")
+            which = f" ({', '.join(sorted(damaged))} cannot be read)" if damaged else ""
+            raise RepositoryError(
+                f"the repository at {backend.location} has no readable key slot{which}; it cannot be opened; "
+                "copy the slots back from another target with `phx repair objects --from TARGET`"
+            )
         return slots
 
     def add_key_slot(self, slot: keyslots.KeySlot) -> None:
@@ -273,6 +291,7 @@ class Repository:
         objects = self.read_index_objects()
         # An index that a prune superseded may survive a crash between writing its replacement
         # and deleting it; it may name packs that are already gone, so only the live ones count.
+        self.index_objects = sorted(objects) + sorted(self.problems.index)
         superseded = {f"index/{s}" for _packs, sup in objects.values() for s in sup}
         retired: set[str] = set()
         for name, (packs, _sup) in objects.items():
@@ -326,16 +345,22 @@ class Repository:
                     self._packers[kind] = PackBuilder(kind, origin)
 
     def drop_missing_packs(self) -> list[str]:
-        """Forget, in memory, the blobs of indexed packs the store no longer holds (or holds
-        shorter than the index says), so that a backup stores them again instead of referring to
-        lost data. One listing of `data/`; returns the names of the missing packs."""
+        """Forget the blobs of indexed packs the store no longer holds (or holds shorter than the
+        index says), so that a backup stores them again instead of referring to lost data. One
+        listing of `data/`; returns the names of the missing packs.
+
+        When some are missing, one index object without them is written, superseding every index
+        object loaded: a blob stored again then has one location, not a lost one that readers
+        might find first. Index objects written meanwhile by other backups are not superseded."""
         listing = {info.name: info.size for info in self.backend.list("data/")}
         missing = set()
         for _blob, loc in self.index.blobs():
             size = listing.get(pack_name(loc.pack_id))
             if size is None or loc.offset + loc.stored > size:
                 missing.add(loc.pack_id)
-        self.index.remove_packs(missing)
+        if missing:
+            self.index.remove_packs(missing)
+            self.write_index(self.index.by_pack(), [name.split("/")[-1] for name in self.index_objects])
         return sorted(pack_name(p) for p in missing)
 
     def confirm_present(self, blob_ids: Iterable[bytes]) -> None:
