@@ -233,3 +233,20 @@ def test_two_key_removes_at_once_never_leave_no_slot(sandbox: Sandbox, tmp_path:
     assert len(sb.phx("list", "--json", env=env_b).json()) == 1
     last = sb.phx("key", "remove", slot_b, env=env_b, check=None)
     assert_error(last, 1, "last key slot")
+
+
+def test_an_unreadable_lock_is_named_and_phx_unlock_removes_it(backed_up: Sandbox) -> None:
+    """Issue 15, failure 6: an empty lock object blocked every command for ever ("exclusive lock
+    by unknown (pid 0) ... refreshed <now>") and `phx unlock` said there were no stale locks."""
+    sb = backed_up
+    lock = sb.repo / "locks" / ("0f" * 16)
+    lock.write_bytes(b"")
+    line = assert_error(sb.phx("backup", check=None), 1, f"locks/{lock.name}", "empty", "phx unlock")
+    assert "refreshed" not in line
+    old = lock.stat().st_mtime - 3600
+    os.utime(lock, (old, old))
+    assert_error(sb.phx("backup", check=None), 1, "stale unreadable lock", f"locks/{lock.name}", "phx unlock")
+    res = sb.phx("unlock")
+    assert f"removed unreadable lock locks/{lock.name} (empty)" in res.out, res
+    assert not lock.exists()
+    sb.backup()

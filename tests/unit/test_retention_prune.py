@@ -269,3 +269,69 @@ def test_thresholds_are_what_the_docs_say() -> None:
     assert REPACK_MOSTLY_UNUSED == 0.5
     assert MAX_UNUSED_FRACTION == 0.10
     assert LEFTOVER_MIN_AGE == 30 * 60
+
+
+# ------------------------------------------------------------------------------------------
+# what verify says of unindexed packs (issue 15, failure 7)
+
+
+def unindexed_notices(path: Path) -> dict[str, str]:
+    result = verify_repository(open_fresh(path)[0])
+    assert result.ok, result.to_json()
+    return {n.split()[0]: n for n in result.notices if "is not in the index" in n}
+
+
+def crashed_prune(src: Path, path: Path, fail_at: int) -> None:
+    shutil.copytree(src, path)
+    with pytest.raises(StorageError, match="injected crash"):
+        run_prune(path, primed(path, path.with_suffix(".json")), T0, fail_at=fail_at)
+    for lock in (path / "locks").iterdir():
+        lock.unlink()
+
+
+def test_verify_says_an_interrupted_prune_left_its_repacked_pack(pristine, tmp_path: Path) -> None:
+    """Killed after writing its new pack, before its index: the pack's origin record says prune."""
+    src, _expected, _old = pristine
+    before = {i.name for i in LocalBackend(src).list("data/")}
+    path = tmp_path / "repo"
+    crashed_prune(src, path, fail_at=3)  # lock, new pack, then the index write fails
+    (new,) = {i.name for i in LocalBackend(path).list("data/")} - before
+    notices = unindexed_notices(path)
+    assert "written by a prune (repacked blobs)" in notices[new] and "interrupted" in notices[new], notices
+    assert "backup" not in notices[new]
+
+
+def test_verify_says_an_interrupted_prune_left_the_packs_it_was_deleting(pristine, tmp_path: Path) -> None:
+    """Killed after its new index, while deleting packs: a superseded index object names them."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    crashed_prune(src, path, fail_at=4)  # lock, new pack, new index, then the first delete fails
+    notices = unindexed_notices(path)
+    retired = [n for n in notices.values() if "interrupted prune, which had already replaced the index" in n]
+    assert len(retired) == 2, notices  # the forgotten snapshot's tree pack and the repacked pack
+    assert all("backup" not in n for n in retired)
+
+
+def test_verify_says_a_backup_left_a_pack_it_did_not_commit(tmp_path: Path) -> None:
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    repo.save_blob(BlobType.DATA, os.urandom(1000))
+    repo.flush()
+    for index in (tmp_path / "repo" / "index").iterdir():
+        index.unlink()  # as if killed between its packs and its index
+    (notice,) = unindexed_notices(tmp_path / "repo").values()
+    assert "written by a backup at" in notice and "did not commit it" in notice, notice
+
+
+def test_verify_says_when_an_older_phoenix_wrote_the_pack(tmp_path: Path) -> None:
+    from phoenix_backup.repo.pack import PackBuilder
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    data = os.urandom(1000)
+    bid = repo.ids.blob_id(BlobType.DATA, data)
+    builder = PackBuilder(BlobType.DATA)  # no origin record, as before the format recorded one
+    method, payload = repo.compressor.compress(data)
+    builder.add(bid, method, repo.sealer.seal(payload, blob_aad(BlobType.DATA, bid)), len(data))
+    pack_id, raw, _entries = builder.finish(repo.sealer)
+    repo.backend.write(pack_name(pack_id), raw)
+    (notice,) = unindexed_notices(tmp_path / "repo").values()
+    assert "older Phoenix" in notice and "backup or prune" in notice, notice
