@@ -24,14 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 
 NO_UNSHARE = can_unshare_pid()
-namespaces = pytest.mark.parametrize(
-    "other_ns",
-    [
-        False,
-        pytest.param(True, marks=pytest.mark.skipif(NO_UNSHARE is not None, reason=NO_UNSHARE or "")),
-    ],
-    ids=["same-pid-ns", "other-pid-ns"],
-)
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+
+
+def namespaces(default: str = "other-pid-ns") -> pytest.MarkDecorator:
+    """Both variants (`other_ns`: the first process in the same PID namespace as the second, or in
+    its own) with PHX_TEST_HEAVY=1; the default run takes `default` alone (CI time budget)."""
+    params = [
+        pytest.param(False, id="same-pid-ns"),
+        pytest.param(
+            True, id="other-pid-ns", marks=pytest.mark.skipif(NO_UNSHARE is not None, reason=NO_UNSHARE or "")
+        ),
+    ]
+    return pytest.mark.parametrize("other_ns", [p for p in params if HEAVY or p.id == default])
 
 
 def new_data(sb: Sandbox, name: str = "notes/fresh.md", size: int = 300_000) -> None:
@@ -62,7 +67,7 @@ def assert_whole(sb: Sandbox) -> None:
     assert doc["ok"], doc
 
 
-@namespaces
+@namespaces()
 def test_prune_beside_a_running_backup_loses_nothing(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
     """Issue 15, failure 1, end to end: a backup (in a container sharing the host name: another
     PID namespace, where its pid names an unrelated process here) has written and indexed its packs
@@ -92,7 +97,7 @@ def test_prune_beside_a_running_backup_loses_nothing(sandbox: Sandbox, tmp_path:
     assert_restored(expected, tmp_path / "out", "the snapshot taken beside a prune")
 
 
-@namespaces
+@namespaces("same-pid-ns")
 def test_a_backup_whose_lock_was_removed_does_not_commit(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
     """`phx unlock --all` by mistake while a backup runs, then a prune: the prune keeps the young
     packs, and the backup, finding its lock gone, commits nothing (exit 1); what was committed
@@ -138,7 +143,7 @@ def test_a_backup_whose_packs_vanish_does_not_commit(sandbox: Sandbox, tmp_path:
     sb.restore_to(again["id"], tmp_path / "out")
 
 
-@namespaces
+@namespaces()
 def test_two_backups_at_once(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
     sb = sandbox
     sb.backup()
@@ -156,7 +161,7 @@ def test_two_backups_at_once(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -
     assert_restored(expected, tmp_path / "out", "the second of two backups at once")
 
 
-@namespaces
+@namespaces()
 def test_a_backup_waits_for_nothing_while_prune_holds_the_lock(
     sandbox: Sandbox, tmp_path: Path, other_ns: bool
 ) -> None:
@@ -209,7 +214,7 @@ def test_sync_beside_a_running_backup_copies_only_what_is_committed(
     assert held == {first["id"], second["id"]}
 
 
-@namespaces
+@namespaces()
 def test_two_key_removes_at_once_never_leave_no_slot(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
     """Issue 15, failure 2: two `phx key remove` at once (slots A and B of two) used to both
     succeed and leave `keys/` empty. Under the exclusive lock the second is refused."""

@@ -215,3 +215,24 @@ def test_damage_is_detected_named_and_repaired_from_another_target(
             assert [i.name for i in removed] == [held.name] and not removed[0].readable
         held.release()
         assert_whole(case)
+
+
+def test_a_damaged_key_slot_beside_a_good_one_is_named_and_can_be_removed(
+    pristine: dict[str, Any], tmp_path: Path
+) -> None:
+    """The repository still opens with the other slot; verify names the damaged one, and
+    `phx key remove` takes it away (never the last readable one)."""
+    from phoenix_backup.ops.manage import key_add, key_list, key_remove
+
+    case = Case(pristine, tmp_path)
+    added = key_add(case.cfg, Environment(env={**case.sb.env, "PHX_NEW_PASSPHRASE": "another"}), method="passphrase")
+    flip_byte(case.repo / "keys" / added.id)
+    result = case.verify()
+    (error,) = result.errors
+    assert error.object == f"keys/{added.id}" and "key slot cannot be read" in error.message, result.to_json()
+    key_remove(case.cfg, case.envx, added.id)
+    assert [s.id for s in key_list(case.cfg, case.envx)] == [p.name for p in case.objects("keys")]
+    assert_whole(case)
+    (last,) = case.objects("keys")
+    with pytest.raises(RepositoryError, match="last key slot"):
+        key_remove(case.cfg, case.envx, last.name)
