@@ -4,21 +4,17 @@ removes it; a holder learns that its lock was removed or overwritten and never r
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from test_repository import dead_pid, plant_lock
 
 from phoenix_backup.errors import RepositoryError, RepositoryLocked
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.locks import (
-    LOCK_AAD,
     STALE_SECONDS,
     boot_id,
     own_start_time,
@@ -38,34 +34,6 @@ def new_repo(path: Path, notices: list[str] | None = None) -> Repository:
     return Repository.init(LocalBackend(path), keys.wrap_none, False, notice=sink)
 
 
-def plant(repo: Repository, **changes: object) -> str:
-    """A lock as a current Phoenix writes it, for this process unless `changes` say otherwise."""
-    doc = {
-        "host": socket.gethostname(),
-        "bootId": boot_id(),
-        "pidNs": pid_namespace(),
-        "timeNs": time_namespace(),
-        "pid": os.getpid(),
-        "processStart": own_start_time(),
-        "username": "agent",
-        "exclusive": False,
-        "created": time.time(),
-        "time": time.time(),
-        "command": "backup",
-        **changes,
-    }
-    doc = {k: v for k, v in doc.items() if v is not None}
-    name = f"locks/{secrets.token_hex(16)}"
-    repo.backend.write(name, repo.sealer.seal(json.dumps(doc).encode(), LOCK_AAD))
-    return name
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def lock_names(repo: Repository) -> set[str]:
     return {info.name for info in repo.backend.list("locks/")}
 
@@ -82,7 +50,7 @@ def lock_names(repo: Repository) -> set[str]:
 def test_a_pid_that_means_nothing_here_proves_nothing(tmp_path: Path, changes: dict[str, object]) -> None:
     notices: list[str] = []
     repo = new_repo(tmp_path / "repo", notices)
-    planted = plant(repo, pid=dead_pid(), processStart=1, **changes)
+    planted = plant_lock(repo, pid=dead_pid(), processStart=1, **changes)
     with pytest.raises(RepositoryLocked, match="wait for it to finish"):
         repo.lock(True, "prune")
     assert lock_names(repo) == {planted} and notices == []
@@ -92,7 +60,7 @@ def test_a_pid_that_means_nothing_here_proves_nothing(tmp_path: Path, changes: d
 @needs_proc
 def test_start_times_seen_through_another_time_namespace_prove_nothing(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "repo")
-    planted = plant(repo, exclusive=True, processStart=own_start_time() + 1000, timeNs=time_namespace() + 1)
+    planted = plant_lock(repo, exclusive=True, processStart=own_start_time() + 1000, timeNs=time_namespace() + 1)
     with pytest.raises(RepositoryLocked):
         repo.lock(False, "backup")
     assert lock_names(repo) == {planted}
@@ -102,7 +70,7 @@ def test_start_times_seen_through_another_time_namespace_prove_nothing(tmp_path:
 def test_a_dead_process_in_our_own_namespace_is_proved_dead(tmp_path: Path) -> None:
     notices: list[str] = []
     repo = new_repo(tmp_path / "repo", notices)
-    plant(repo, pid=dead_pid(), processStart=1, exclusive=True)
+    plant_lock(repo, pid=dead_pid(), processStart=1, exclusive=True)
     with repo.lock(True, "prune") as held:
         assert lock_names(repo) == {held.name}
     assert len(notices) == 1 and "no longer runs" in notices[0]
@@ -135,7 +103,7 @@ def test_an_unreadable_lock_ages_by_its_object_time_and_unlock_removes_it(tmp_pa
 def test_unlock_removes_a_fresh_unreadable_lock_too(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "repo")
     repo.backend.write(f"locks/{secrets.token_hex(16)}", b"")
-    live = plant(repo, host="elsewhere")
+    live = plant_lock(repo, host="elsewhere")
     assert [i.readable for i in repo.locks.unlock()] == [False]
     assert lock_names(repo) == {live}, "a fresh readable lock stays"
 
@@ -157,7 +125,7 @@ def test_a_holder_learns_its_lock_was_overwritten(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "repo")
     other = new_repo(tmp_path / "other")
     held = repo.lock(False, "backup")
-    foreign = plant(other, host="elsewhere")
+    foreign = plant_lock(other, host="elsewhere")
     repo.backend.write(held.name, other.backend.read(foreign))
     with pytest.raises(RepositoryError, match="lock is gone"):
         held.confirm()

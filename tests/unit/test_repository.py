@@ -392,10 +392,12 @@ def plant_lock(repo: Repository, **changes) -> str:
         "processStart": process_start_time(os.getpid()) or 0,
         "username": "agent",
         "exclusive": False,
+        "created": time.time(),
         "time": time.time(),
         "command": "backup",
         **changes,
     }
+    doc = {k: v for k, v in doc.items() if v is not None}  # None: a field an older Phoenix did not write
     name = f"locks/{secrets.token_hex(16)}"
     repo.backend.write(name, repo.sealer.seal(json.dumps(doc).encode(), LOCK_AAD))
     return name

@@ -38,7 +38,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +58,7 @@ from phoenix_backup.ops.forget import open_target, publish_changes, target_names
 from phoenix_backup.repo.locks import STALE_SECONDS
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import Node
 from phoenix_backup.storage.base import ObjectInfo
 
 REPACK_MOSTLY_UNUSED = 0.5
@@ -379,6 +380,20 @@ def _refuse_if_damaged(repo: Repository) -> None:
 
 
 def _used_blobs(repo: Repository, snapshots: list[Any]) -> set[bytes]:
+    def load(tree_id: bytes) -> list[Node]:
+        try:
+            return repo.load_tree(tree_id)
+        except (CorruptObject, ObjectNotFound) as exc:
+            raise RepositoryError(
+                f"tree {tree_id.hex()[:16]} cannot be read ({exc}); prune refuses to run on a damaged "
+                "repository; run `phx verify` to see what is affected"
+            ) from exc
+
+    return used_blobs(snapshots, load)
+
+
+def used_blobs(snapshots: list[Any], load_tree: Callable[[bytes], list[Node]]) -> set[bytes]:
+    """Every blob the snapshots refer to: their trees and the content of every file."""
     used: set[bytes] = set()
     stack = [s.tree for s in snapshots]
     while stack:
@@ -386,14 +401,7 @@ def _used_blobs(repo: Repository, snapshots: list[Any]) -> set[bytes]:
         if tree_id in used:
             continue
         used.add(tree_id)
-        try:
-            nodes = repo.load_tree(tree_id)
-        except (CorruptObject, ObjectNotFound) as exc:
-            raise RepositoryError(
-                f"tree {tree_id.hex()[:16]} cannot be read ({exc}); prune refuses to run on a damaged "
-                "repository; run `phx verify` to see what is affected"
-            ) from exc
-        for node in nodes:
+        for node in load_tree(tree_id):
             if node.subtree is not None:
                 stack.append(node.subtree)
             used.update(ext.blob for ext in node.content)

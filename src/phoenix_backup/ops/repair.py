@@ -39,6 +39,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.ops.backup import seed_name
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.ops.prune import used_blobs
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import PackEntry, PackOrigin, pack_name
@@ -528,23 +529,14 @@ def _repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, 
 
 def _needed_blobs(repo: Repository, other: Repository, snapshots: list[Snapshot]) -> set[bytes]:
     """Every blob (trees and content) the snapshots refer to. A tree this target cannot read is
-    read from the other target."""
-    needed: set[bytes] = set()
-    stack = [s.tree for s in snapshots]
-    while stack:
-        tree_id = stack.pop()
-        if tree_id in needed:
-            continue
-        needed.add(tree_id)
-        nodes = None
+    read from the other target; one that neither can read hides what lies below it."""
+
+    def load(tree_id: bytes) -> list[Node]:
         for source in (repo, other):
             try:
-                nodes = source.load_tree(tree_id)
-                break
+                return source.load_tree(tree_id)
             except (CorruptObject, ObjectNotFound):
                 continue
-        for node in nodes or []:
-            if node.subtree is not None:
-                stack.append(node.subtree)
-            needed.update(ext.blob for ext in node.content)
-    return needed
+        return []
+
+    return used_blobs(snapshots, load)
