@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e_support import Sandbox, assert_restored
 
 
@@ -105,6 +106,7 @@ def test_repair_index_rebuilds_it_from_the_packs(backed_up: Sandbox, tmp_path: P
     )
 
 
+@pytest.mark.skipif(os.environ.get("PHX_TEST_HEAVY") != "1", reason="PHX_TEST_HEAVY=1 runs it (CI time budget)")
 def test_repair_index_after_a_lost_pack_lets_backups_heal(backed_up: Sandbox, tmp_path: Path) -> None:
     """The index lists a pack that is gone: `repair index` drops it (saying how many blobs), and
     the next backup stores that data again."""
