@@ -32,6 +32,7 @@ def test_a_backup_after_a_lost_pack_stores_its_data_again(backed_up: Sandbox, tm
     sb.restore_to(new["id"], tmp_path / "out")
     assert_restored(expected, tmp_path / "out", "the backup taken after a pack was lost")
     assert "pack(s) the index lists are missing" in res.err and "stores their data again" in res.err, res.err
+    assert any("pack(s) the index lists are missing" in w for w in new["warnings"]), new["warnings"]
     assert sb.verify("--read-data")["ok"], "the older snapshot is whole again"
     sb.restore_to(old["id"], tmp_path / "old")
     assert_restored(expected, tmp_path / "old", "the older snapshot, healed")

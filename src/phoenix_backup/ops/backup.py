@@ -499,18 +499,22 @@ def _run(
     repo.load_index()
     # Deduplicate only against data the store still holds: blobs of lost packs are stored again.
     lost = repo.drop_missing_packs()
-    if lost:
-        envx.notice(
-            f"warning: {len(lost)} pack(s) the index lists are missing (e.g. {lost[0]}); this backup stores "
-            "their data again where the workspace still has it; run `phx repair snapshots` to see which "
-            "older snapshots lost data"
-        )
+    lost_warning = (
+        f"{len(lost)} pack(s) the index lists are missing (e.g. {lost[0]}); this backup stores their data "
+        "again where the workspace still has it; run `phx repair snapshots` to see which older snapshots lost data"
+        if lost
+        else None
+    )
+    if lost_warning:
+        envx.notice(f"warning: {lost_warning}")
     snapshots = repo.list_snapshots()
     host = socket.gethostname()
     parents = [s for s in snapshots if s.host == host and s.scope in (parent_scopes or (scope,))]
     parent = parents[-1] if parents else None
     run = _Run(repo, cache_for(repo, envx), parent, envx)
     run.keep_page_state = keep_page_state
+    if lost_warning:
+        run.warnings.append(lost_warning)
     nodes: dict[str, Node] = {}
     total = len(sel.entries)
     done = 0
