@@ -29,7 +29,14 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.locks import LOCK_AAD, STALE_SECONDS, boot_id, process_start_time
+from phoenix_backup.repo.locks import (
+    LOCK_AAD,
+    STALE_SECONDS,
+    boot_id,
+    pid_namespace,
+    process_start_time,
+    time_namespace,
+)
 from phoenix_backup.repo.pack import read_header
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, DatabaseInfo, Snapshot, SnapshotStats
@@ -241,7 +248,9 @@ def test_damaged_pack_is_detected_on_load(tmp_path: Path, kind: str) -> None:
     (pack,) = names(repo, "data/")
     path = tmp_path / "repo" / pack
     raw = bytearray(path.read_bytes())
-    raw[5] ^= 0x40
+    loc = repo.index.get(bid)
+    assert loc is not None
+    raw[loc.offset + 5] ^= 0x40  # inside the blob (a pack begins with its origin record)
     path.write_bytes(bytes(raw))
     fresh = open_repo(tmp_path / "repo")
     fresh.load_index()
@@ -381,14 +390,18 @@ def plant_lock(repo: Repository, **changes) -> str:
     doc = {
         "host": socket.gethostname(),
         "bootId": boot_id(),
+        "pidNs": pid_namespace(),
+        "timeNs": time_namespace(),
         "pid": os.getpid(),
         "processStart": process_start_time(os.getpid()) or 0,
         "username": "agent",
         "exclusive": False,
+        "created": time.time(),
         "time": time.time(),
         "command": "backup",
         **changes,
     }
+    doc = {k: v for k, v in doc.items() if v is not None}  # None: a field an older Phoenix did not write
     name = f"locks/{secrets.token_hex(16)}"
     repo.backend.write(name, repo.sealer.seal(json.dumps(doc).encode(), LOCK_AAD))
     return name

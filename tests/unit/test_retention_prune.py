@@ -27,7 +27,7 @@ from phoenix_backup.ops.prune import (
 from phoenix_backup.ops.verify import verify_repository
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.pack import PackEntry, blob_aad
+from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import Extent, Node
@@ -155,9 +155,12 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     bid = repo.ids.blob_id(BlobType.DATA, leftover_data)
     method, payload = repo.compressor.compress(leftover_data)
     sealed = repo.sealer.seal(payload, blob_aad(BlobType.DATA, bid))
-    repo.repack([(PackEntry(BlobType.DATA, method, bid, 0, len(sealed), len(leftover_data)), sealed)])
+    (leftover,) = repo.repack([(PackEntry(BlobType.DATA, method, bid, 0, len(sealed), len(leftover_data)), sealed)])
     repo.delete_snapshot(old)  # what forget does
     repo.close()
+    # Prune runs at T0: the backups' packs were written two hours before, the leftover a minute.
+    age_packs(root, T0 - 7200)
+    os.utime(root / pack_name(leftover), (T0 - 60, T0 - 60))
     expected = contents(open_fresh(root)[0])
     assert len(expected) == 2
     return root, expected, old
@@ -207,13 +210,17 @@ def test_prune_dry_run_changes_nothing(pristine, tmp_path: Path) -> None:
     assert backend.mutations == 2  # its shared lock, written and removed
 
 
+def age_packs(path: Path, when: float) -> None:
+    for pack in (path / "data").rglob("*"):
+        if pack.is_file():
+            os.utime(pack, (when, when))
+
+
 def primed(path: Path, file: Path) -> PruneState:
-    """A state in which the leftover pack was first seen long ago (by a dry run), so a prune
-    deletes it too and every kind of mutation happens."""
-    state = PruneState(file)
-    repo, _ = open_fresh(path)
-    prune_repository(repo, TargetPrune("local"), dry_run=True, state=state, now=T0 - LEFTOVER_MIN_AGE - 10)
-    return state
+    """The leftover pack written long ago too, so a prune deletes it and every kind of mutation
+    happens."""
+    age_packs(path, T0 - 7200)
+    return PruneState(file)
 
 
 def test_a_crash_at_any_point_loses_nothing(pristine, tmp_path: Path) -> None:
@@ -262,3 +269,69 @@ def test_thresholds_are_what_the_docs_say() -> None:
     assert REPACK_MOSTLY_UNUSED == 0.5
     assert MAX_UNUSED_FRACTION == 0.10
     assert LEFTOVER_MIN_AGE == 30 * 60
+
+
+# ------------------------------------------------------------------------------------------
+# what verify says of unindexed packs (issue 15, failure 7)
+
+
+def unindexed_notices(path: Path) -> dict[str, str]:
+    result = verify_repository(open_fresh(path)[0])
+    assert result.ok, result.to_json()
+    return {n.split()[0]: n for n in result.notices if "is not in the index" in n}
+
+
+def crashed_prune(src: Path, path: Path, fail_at: int) -> None:
+    shutil.copytree(src, path)
+    with pytest.raises(StorageError, match="injected crash"):
+        run_prune(path, primed(path, path.with_suffix(".json")), T0, fail_at=fail_at)
+    for lock in (path / "locks").iterdir():
+        lock.unlink()
+
+
+def test_verify_says_an_interrupted_prune_left_its_repacked_pack(pristine, tmp_path: Path) -> None:
+    """Killed after writing its new pack, before its index: the pack's origin record says prune."""
+    src, _expected, _old = pristine
+    before = {i.name for i in LocalBackend(src).list("data/")}
+    path = tmp_path / "repo"
+    crashed_prune(src, path, fail_at=3)  # lock, new pack, then the index write fails
+    (new,) = {i.name for i in LocalBackend(path).list("data/")} - before
+    notices = unindexed_notices(path)
+    assert "written by a prune (repacked blobs)" in notices[new] and "interrupted" in notices[new], notices
+    assert "backup" not in notices[new]
+
+
+def test_verify_says_an_interrupted_prune_left_the_packs_it_was_deleting(pristine, tmp_path: Path) -> None:
+    """Killed after its new index, while deleting packs: a superseded index object names them."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    crashed_prune(src, path, fail_at=4)  # lock, new pack, new index, then the first delete fails
+    notices = unindexed_notices(path)
+    retired = [n for n in notices.values() if "interrupted prune, which had already replaced the index" in n]
+    assert len(retired) == 2, notices  # the forgotten snapshot's tree pack and the repacked pack
+    assert all("backup" not in n for n in retired)
+
+
+def test_verify_says_a_backup_left_a_pack_it_did_not_commit(tmp_path: Path) -> None:
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    repo.save_blob(BlobType.DATA, os.urandom(1000))
+    repo.flush()
+    for index in (tmp_path / "repo" / "index").iterdir():
+        index.unlink()  # as if killed between its packs and its index
+    (notice,) = unindexed_notices(tmp_path / "repo").values()
+    assert "written by a backup at" in notice and "did not commit it" in notice, notice
+
+
+def test_verify_says_when_an_older_phoenix_wrote_the_pack(tmp_path: Path) -> None:
+    from phoenix_backup.repo.pack import PackBuilder
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    data = os.urandom(1000)
+    bid = repo.ids.blob_id(BlobType.DATA, data)
+    builder = PackBuilder(BlobType.DATA)  # no origin record, as before the format recorded one
+    method, payload = repo.compressor.compress(data)
+    builder.add(bid, method, repo.sealer.seal(payload, blob_aad(BlobType.DATA, bid)), len(data))
+    pack_id, raw, _entries = builder.finish(repo.sealer)
+    repo.backend.write(pack_name(pack_id), raw)
+    (notice,) = unindexed_notices(tmp_path / "repo").values()
+    assert "older Phoenix" in notice and "backup or prune" in notice, notice

@@ -119,6 +119,7 @@ COMMANDS = (
     "list",
     "ls",
     "prune",
+    "repair",
     "restore",
     "schedule",
     "status",

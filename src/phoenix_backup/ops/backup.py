@@ -318,6 +318,10 @@ def _is_default_db(cfg: Config, path: str) -> bool:
     return path.endswith(("observations.db", "memory.db", "dashboard.db")) and ".argentos" in path
 
 
+def _read_again(tree_id: bytes, path: str, exc: PhoenixError) -> None:
+    """A parent tree that cannot be read only means its files are read again."""
+
+
 class _Run:
     """The state of one backup run, shared by the worker threads."""
 
@@ -329,7 +333,8 @@ class _Run:
         self.parent_nodes: dict[str, Node] = {}
         self.parent_started_ns = 0
         if parent is not None:
-            self.parent_nodes = dict(walk_tree(repo, parent.tree))
+            # A parent whose trees are partly lost still helps: what cannot be read is read again.
+            self.parent_nodes = dict(walk_tree(repo, parent.tree, on_error=_read_again))
             self.parent_started_ns = int(datetime.fromisoformat(parent.started or parent.time).timestamp() * 1e9)
         self.tmp = cache.run_dir()
         self.files_read = 0
@@ -355,7 +360,13 @@ class _Run:
             and node.ctime_ns == st.st_ctime_ns
             and node.inode == st.st_ino
             and max(st.st_mtime_ns, st.st_ctime_ns) < self.parent_started_ns - RACY_NS
+            and self.present(node)
         )
+
+    def present(self, node: Node) -> bool:
+        """Whether every blob of a parent's node is still indexed in a pack the store holds
+        (`Repository.drop_missing_packs` forgot those of lost packs): only then may it be reused."""
+        return all(self.repo.index.has(ext.blob) for ext in node.content)
 
     def file_node(self, entry: Entry) -> Node:
         st = entry.st
@@ -388,6 +399,7 @@ class _Run:
             and prev.sqlite.get("source") == src.to_json()
             and src.latest_change_ns() < self.parent_started_ns - RACY_NS
             and self.parent is not None
+            and self.present(prev)
         ):
             info = next((d for d in self.parent.databases if d.path == entry.logical), None)
             if info is not None:
@@ -401,7 +413,7 @@ class _Run:
             sha = hashlib.sha256()
             page_size = sqlite_source.page_size_of(copy)
             parent_state = None
-            if prev is not None and prev.type == "sqlite" and prev.sha256:
+            if prev is not None and prev.type == "sqlite" and prev.sha256 and self.present(prev):
                 pages = self.cache.load_pages(entry.logical, prev.sha256)
                 if pages is not None:
                     parent_state = (prev.content, pages)
@@ -488,12 +500,24 @@ def _run(
     databases: tuple[str, ...] = (),
 ) -> BackupResult:
     repo.load_index()
+    # Deduplicate only against data the store still holds: blobs of lost packs are stored again.
+    lost = repo.drop_missing_packs()
+    lost_warning = (
+        f"{len(lost)} pack(s) the index lists are missing (e.g. {lost[0]}); this backup stores their data "
+        "again where the workspace still has it; run `phx repair snapshots` to see which older snapshots lost data"
+        if lost
+        else None
+    )
+    if lost_warning:
+        envx.notice(f"warning: {lost_warning}")
     snapshots = repo.list_snapshots()
     host = socket.gethostname()
     parents = [s for s in snapshots if s.host == host and s.scope in (parent_scopes or (scope,))]
     parent = parents[-1] if parents else None
     run = _Run(repo, cache_for(repo, envx), parent, envx)
     run.keep_page_state = keep_page_state
+    if lost_warning:
+        run.warnings.append(lost_warning)
     nodes: dict[str, Node] = {}
     total = len(sel.entries)
     done = 0
@@ -546,7 +570,8 @@ def _run(
     run.aux.shutdown()
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
-    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes)
+    trees: set[bytes] = set()
+    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees)
     repo.flush()
     files = sum(1 for n in nodes.values() if n.type in ("file", "sqlite", "symlink"))
     size = sum(n.size for n in nodes.values() if n.type in ("file", "sqlite"))
@@ -574,6 +599,10 @@ def _run(
     # itself is small and is counted by the repository after it is written.
     added = repo.stats.bytes_added
     snap = _with_added(snap, added)
+    # The commit point. Before it: every pack the snapshot refers to is still in the store, and
+    # our lock is still there and ours (had another process removed it, a prune may have run).
+    repo.confirm_present(trees | {ext.blob for node in nodes.values() for ext in node.content})
+    repo.locks.confirm_held()
     sid = repo.save_snapshot(snap)
     return BackupResult(
         id=sid,
@@ -618,15 +647,24 @@ def _write_trees(
     nodes: dict[str, Node],
     previous: Snapshot | None = None,
     previous_nodes: dict[str, Node] | None = None,
+    trees: set[bytes] | None = None,
 ) -> bytes:
-    """Write directory trees bottom-up; return the root tree's id. A folder whose nodes equal
-    those it had in the parent snapshot keeps the parent's tree (the same bytes, so the same id)
-    without encoding it again."""
+    """Write directory trees bottom-up; return the root tree's id (every tree id goes into
+    `trees`). A folder whose nodes equal those it had in the parent snapshot keeps the parent's
+    tree (the same bytes, so the same id) without encoding it again, while the store holds it."""
+    used = trees if trees is not None else set()
     before: dict[str, list[Node]] = {}
     for logical, node in (previous_nodes or {}).items():
         before.setdefault(_parent_of(logical), []).append(node)
 
     def save(logical: str, kids: list[Node]) -> bytes:
+        tree_id = reuse(logical, kids)
+        if tree_id is None or not repo.has_blob(tree_id):
+            tree_id = repo.save_tree(kids)[0]
+        used.add(tree_id)
+        return tree_id
+
+    def reuse(logical: str, kids: list[Node]) -> bytes | None:
         old = before.get(logical)
         if old is not None and previous is not None and _same_nodes(kids, old):
             if logical == "":
@@ -634,7 +672,7 @@ def _write_trees(
             prev = (previous_nodes or {}).get(logical)
             if prev is not None and prev.subtree is not None:
                 return prev.subtree
-        return repo.save_tree(kids)[0]
+        return None
 
     children: dict[str, list[Node]] = {}
     dirs: dict[str, Entry] = {k: e for k, e in sel.entries.items() if e.kind == "dir"}

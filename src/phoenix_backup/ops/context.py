@@ -176,6 +176,7 @@ def open_repository(cfg: Config, envx: Environment, *, create: bool = False, tar
     name = target or envx.target or names[0]
     backend = target_backend(cfg, envx, name)
     if not backend.exists():
+        Repository.refuse_lost_config(backend)
         if not create:
             hint = "run `phx init` or `phx backup` to create it"
             if name != names[0]:

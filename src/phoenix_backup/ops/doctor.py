@@ -535,8 +535,11 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
     except PhoenixError as exc:
         result.add("locks", "fail", f"cannot list the locks: {exc}")
         return
-    stale = [lk for lk in locks if lk.process_gone() or lk.is_stale(now)]
+    stale = [lk for lk in locks if not lk.readable or lk.process_gone() or lk.is_stale(now)]
     for lk in stale:
+        if not lk.readable:  # it blocks every command until it is removed
+            result.add("locks", "fail", lk.describe(), "`phx unlock` removes it")
+            continue
         result.add(
             "locks",
             "fail",

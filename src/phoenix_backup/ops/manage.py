@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from phoenix_backup.config import (
     write_config,
 )
 from phoenix_backup.config.defaults import SEARCH_PATHS
-from phoenix_backup.errors import ConfigError, KeyChanged, MissingCredentials, PhoenixError, UsageError
+from phoenix_backup.errors import ConfigError, KeyChanged, MissingCredentials, PhoenixError, RepositoryError, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.locks import LockInfo
@@ -180,6 +182,20 @@ class KeySlotInfo:
         }
 
 
+@contextmanager
+def locked_exclusively(cfg: Config, envx: Environment, command: str) -> Iterator[Repository]:
+    """The repository of the first target, opened and held under an exclusive lock for the
+    block: what key commands need, so that their checks (the last slot, the slot that opened the
+    repository) still hold when they write. Two key commands at once: the second waits for
+    nothing and fails with `RepositoryLocked`, naming the first."""
+    repo = open_repository(cfg, envx)
+    try:
+        with repo.lock(exclusive=True, command=command):
+            yield repo
+    finally:
+        repo.close()
+
+
 @dataclass(frozen=True)
 class KeyListing:
     repository: str  # the repository id
@@ -268,7 +284,13 @@ def key_add(
     key_id: str | None = None,
 ) -> KeySlotInfo:
     """Add a key slot wrapping the same master secrets; no data is rewritten."""
-    repo = open_repository(cfg, envx)
+    with locked_exclusively(cfg, envx, "key add") as repo:
+        return _key_add(repo, envx, method=method, recipients=recipients, key_id=key_id)
+
+
+def _key_add(
+    repo: Repository, envx: Environment, *, method: str, recipients: tuple[str, ...], key_id: str | None
+) -> KeySlotInfo:
     if not repo.config.encrypted:
         raise UsageError("the repository is not encrypted; key slots of other kinds would protect nothing")
     if method == "passphrase":
@@ -289,14 +311,25 @@ def key_add(
 
 
 def key_remove(cfg: Config, envx: Environment, slot_id: str) -> None:
-    repo = open_repository(cfg, envx)
-    repo.remove_key_slot(slot_id)
+    # Under the exclusive lock the count of slots cannot change between the last-slot check
+    # and the delete: two removals at once can never leave `keys/` empty.
+    with locked_exclusively(cfg, envx, "key remove") as repo:
+        repo.remove_key_slot(slot_id)
 
 
 def key_passwd(cfg: Config, envx: Environment) -> KeySlotInfo:
     """Replace the passphrase slot that opened the repository with one for a new passphrase."""
-    repo = open_repository(cfg, envx)
-    old = next(s for s in Repository.read_key_slots(repo.backend) if s.id == repo.opened_with)
+    with locked_exclusively(cfg, envx, "key passwd") as repo:
+        return _key_passwd(repo, envx)
+
+
+def _key_passwd(repo: Repository, envx: Environment) -> KeySlotInfo:
+    old = next((s for s in Repository.read_key_slots(repo.backend) if s.id == repo.opened_with), None)
+    if old is None:
+        raise RepositoryError(
+            f"the key slot {repo.opened_with} that opened the repository was removed meanwhile; "
+            "see `phx key list` and run the command again"
+        )
     if old.type != "passphrase":
         raise UsageError(f"the repository was opened with a {old.type} key slot; `passwd` changes passphrases only")
     slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))

@@ -5,13 +5,22 @@ Under an exclusive lock, prune walks every snapshot's trees to find the blobs in
 1. packs holding no used blob are deleted;
 2. packs that are mostly unreferenced are repacked: their used blobs are copied (still sealed)
    into new packs, and the old packs deleted (the threshold is below);
-3. leftovers of interrupted backups (packs no index lists) are deleted once they are older than
-   the lock stale age, so a backup that may still be running can never lose what it wrote.
+3. leftovers of interrupted backups and prunes (packs no index lists) are deleted.
+
+No pack written less than LEFTOVER_MIN_AGE (the lock stale age, 30 minutes) ago, or after the
+oldest other lock present was taken, is deleted or repacked: a backup whose lock was lost (removed
+by `phx unlock`, or judged dead by mistake) may still be about to commit it. Such a backup also
+checks, before it commits, that its lock is still there and that the packs it refers to exist, so
+it fails rather than commit a snapshot whose data a prune removed. And a snapshot that appears
+while prune runs (written by a process that did not see prune's lock) stops prune before it
+changes the index or deletes anything.
 
 The order is what makes a crash harmless at any point: new packs first, then one new index object
-that lists every pack still needed and names the index objects it supersedes, then the old index
-objects are deleted, and packs last. Before the new index exists the old one is complete; after,
-the new one is. Deleted packs are never referenced by a live index.
+that lists every pack still needed and names the index objects it supersedes, then the packs no
+longer needed, and the old index objects last. Before the new index exists the old one is
+complete; after, the new one is. Deleted packs are never referenced by a live index, and a pack a
+crash left behind is still named by a superseded index object, so `verify` can say that a prune
+left it.
 
 Repack threshold. A pack is repacked when at least REPACK_MOSTLY_UNUSED (half) of its bytes are
 unreferenced: copying its used part then costs at most one byte written per byte freed, which keeps
@@ -29,7 +38,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,12 +58,13 @@ from phoenix_backup.ops.forget import open_target, publish_changes, target_names
 from phoenix_backup.repo.locks import STALE_SECONDS
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import Node
 from phoenix_backup.storage.base import ObjectInfo
 
 REPACK_MOSTLY_UNUSED = 0.5
 MAX_UNUSED_FRACTION = 0.10
-# Leftovers younger than this may belong to a backup that is still running (its lock refreshed
-# within the stale age): they are kept.
+# Packs younger than this (leftovers and unused packs alike) may belong to a backup that is
+# still running (its lock refreshed within the stale age): they are kept.
 LEFTOVER_MIN_AGE = STALE_SECONDS
 # After a backup, prune runs at most this often (it reads every tree; forget is cheap).
 AUTO_PRUNE_INTERVAL = 24 * 3600
@@ -99,6 +109,7 @@ class TargetPrune:
     repacked_packs: int = 0
     leftover_packs: int = 0
     young_leftovers: int = 0
+    young_packs: int = 0  # indexed packs no snapshot uses, kept for being young
     temporary_files: int = 0
     bytes_freed: int = 0
     bytes_written: int = 0
@@ -120,6 +131,7 @@ class TargetPrune:
                 "repacked": self.repacked_packs,
                 "leftovers": self.leftover_packs,
                 "youngLeftoversKept": self.young_leftovers,
+                "youngUnusedKept": self.young_packs,
             },
             "temporaryFiles": self.temporary_files,
             "bytes": {
@@ -276,21 +288,34 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
             "prune refuses to run on a damaged repository; run `phx verify` to see what is affected"
         )
 
-    delete = [u for u in packs.values() if u.info is not None and not u.used]
-    partial = [u for u in packs.values() if u.info is not None and u.used and u.unused_bytes > 0]
+    young = _young_packs(repo, report, listing, state, now)
+    unused = [u for u in packs.values() if u.info is not None and not u.used]
+    delete = [u for u in unused if pack_name(u.pack_id) not in young]
+    report.young_packs = len(unused) - len(delete)
+    if report.young_packs:
+        report.notices.append(
+            f"{report.young_packs} pack(s) no snapshot uses were written less than {LEFTOVER_MIN_AGE // 60} "
+            "minutes ago (or after another lock was taken) and were kept: a running backup may still "
+            "commit them (a later prune removes them)"
+        )
+    partial = [
+        u
+        for u in packs.values()
+        if u.info is not None and u.used and u.unused_bytes > 0 and pack_name(u.pack_id) not in young
+    ]
     kept_bytes = sum(u.size for u in packs.values() if u.info is not None and u.used)
     repack = _choose_repack(partial, report, now, kept_bytes)
     vanished = [u for u in packs.values() if u.info is None]
     for u in vanished:
         report.notices.append(f"{pack_name(u.pack_id)} is listed in the index but absent; no snapshot needs it")
 
-    leftovers, young = _leftovers(repo, report, listing, set(packs), state, now)
+    leftovers, young_leftovers = _leftovers(report, listing, set(packs), young)
     temporary = _old_temporary_files(repo, now)
 
     report.deleted_packs = len(delete)
     report.repacked_packs = len(repack)
     report.leftover_packs = len(leftovers)
-    report.young_leftovers = young
+    report.young_leftovers = young_leftovers
     report.temporary_files = len(temporary)
     report.bytes_freed = sum(u.size for u in delete + repack) + sum(i.size for i in leftovers)
     report.bytes_written = sum(u.used_bytes for u in repack)  # the new packs' blobs (headers aside)
@@ -304,30 +329,37 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
     if repack:
         new_packs = repo.repack(_sealed_blobs(repo, repack))  # streamed: one old pack in memory at a time
         report.bytes_written = sum(listing_size(repo, p) for p in new_packs)
+    committed = {s.id for s in snapshots}
+    _stop_if_new_snapshots(repo, committed, "before changing the index or deleting anything; run it again")
     # 2. One index for everything still needed, superseding every index object read.
+    old: list[str] = []
     if rewrite_index:
         gone = {u.pack_id for u in delete + repack + vanished}
         keep = {pid: u.entries for pid, u in packs.items() if pid not in gone}
         keep.update(new_packs)
         old = sorted(objects)
         repo.write_index(keep, [n.split("/")[-1] for n in old])
-        # 3. The old index objects: the new one lists everything they list that is still needed.
-        for name in old:
-            repo.backend.delete(name)
-    # 4. Packs last: nothing live refers to them any more.
+    _stop_if_new_snapshots(repo, committed, "before deleting anything; run `phx repair index`, then prune again")
+    # 3. Packs: nothing live refers to them any more.
     for u in delete + repack:
         repo.backend.delete(pack_name(u.pack_id))
     for info in leftovers:
-        repo.backend.delete(info.name)
+        # A repack may have just written the very same bytes as a leftover of an earlier,
+        # interrupted prune (same blobs, and in an unencrypted repository the same seals).
+        if info.name.split("/")[-1] not in new_packs:
+            repo.backend.delete(info.name)
+    # 4. The old index objects last: the new one lists everything they list that is still needed,
+    # and while they exist they name what a prune stopped before deleting.
+    for name in old:
+        repo.backend.delete(name)
     for path in temporary:
         with contextlib.suppress(OSError):
             path.unlink()
     with contextlib.suppress(PhoenixError):
         repo.backend.abort_abandoned_uploads(everything=False)
-    if leftovers:
-        seen = state.entry(state_key(repo, report.target)).get("seen", {})
-        for info in leftovers:
-            seen.pop(info.name, None)
+    seen = state.entry(state_key(repo, report.target)).get("seen", {})
+    for name in [pack_name(u.pack_id) for u in delete + repack] + [i.name for i in leftovers]:
+        seen.pop(name, None)
 
 
 def listing_size(repo: Repository, pack_id: str) -> int:
@@ -351,6 +383,20 @@ def _refuse_if_damaged(
 
 
 def _used_blobs(repo: Repository, snapshots: list[Any]) -> set[bytes]:
+    def load(tree_id: bytes) -> list[Node]:
+        try:
+            return repo.load_tree(tree_id)
+        except (CorruptObject, ObjectNotFound) as exc:
+            raise RepositoryError(
+                f"tree {tree_id.hex()[:16]} cannot be read ({exc}); prune refuses to run on a damaged "
+                "repository; run `phx verify` to see what is affected"
+            ) from exc
+
+    return used_blobs(snapshots, load)
+
+
+def used_blobs(snapshots: list[Any], load_tree: Callable[[bytes], list[Node]]) -> set[bytes]:
+    """Every blob the snapshots refer to: their trees and the content of every file."""
     used: set[bytes] = set()
     stack = [s.tree for s in snapshots]
     while stack:
@@ -358,14 +404,7 @@ def _used_blobs(repo: Repository, snapshots: list[Any]) -> set[bytes]:
         if tree_id in used:
             continue
         used.add(tree_id)
-        try:
-            nodes = repo.load_tree(tree_id)
-        except (CorruptObject, ObjectNotFound) as exc:
-            raise RepositoryError(
-                f"tree {tree_id.hex()[:16]} cannot be read ({exc}); prune refuses to run on a damaged "
-                "repository; run `phx verify` to see what is affected"
-            ) from exc
-        for node in nodes:
+        for node in load_tree(tree_id):
             if node.subtree is not None:
                 stack.append(node.subtree)
             used.update(ext.blob for ext in node.content)
@@ -417,35 +456,54 @@ def _sealed_blobs(repo: Repository, packs: list[PackUse]) -> Iterator[tuple[Pack
             yield e, sealed
 
 
-def _leftovers(
-    repo: Repository,
-    report: TargetPrune,
-    listing: dict[str, ObjectInfo],
-    indexed: set[str],
-    state: PruneState,
-    now: float,
-) -> tuple[list[ObjectInfo], int]:
-    """Packs no live index lists, old enough to delete; and how many are kept for being young."""
+def _stop_if_new_snapshots(repo: Repository, known: set[str], then: str) -> None:
+    """Under prune's exclusive lock no snapshot may appear; one that did was written by a process
+    that did not see the lock, and its data may look unused: stop before deleting anything."""
+    new = sorted({info.name.split("/")[-1] for info in repo.backend.list("snapshots/")} - known)
+    if new:
+        raise RepositoryError(
+            f"snapshot {new[0][:8]} was written while prune ran, by a process that did not see prune's lock; "
+            f"prune stopped {then}"
+        )
+
+
+def _young_packs(
+    repo: Repository, report: TargetPrune, listing: dict[str, ObjectInfo], state: PruneState, now: float
+) -> set[str]:
+    """The packs prune must keep whatever they hold: written less than LEFTOVER_MIN_AGE ago, or
+    after the oldest other lock present was taken (a dry run may run beside backups)."""
     entry = state.entry(state_key(repo, report.target))
     seen = entry.setdefault("seen", {})
     if not isinstance(seen, dict):
         seen = entry["seen"] = {}
+    cutoff = now - LEFTOVER_MIN_AGE
+    for lock in repo.locks.others():
+        cutoff = min(cutoff, lock.created or 0.0)  # an older Phoenix's lock: its start is unknown
+    young = set()
+    for name, info in listing.items():
+        # The store's own modification time when it has one; else when prune first saw it.
+        born = info.modified if info.modified is not None else float(seen.setdefault(name, now))
+        if born >= cutoff:
+            young.add(name)
+    for name in list(seen):
+        if name not in listing:
+            del seen[name]
+    return young
+
+
+def _leftovers(
+    report: TargetPrune, listing: dict[str, ObjectInfo], indexed: set[str], young_packs: set[str]
+) -> tuple[list[ObjectInfo], int]:
+    """Packs no live index lists, old enough to delete; and how many are kept for being young."""
     old: list[ObjectInfo] = []
     young = 0
-    current = set()
     for name, info in sorted(listing.items()):
         if name.split("/")[-1] in indexed:
             continue
-        current.add(name)
-        # The store's own modification time when it has one; else when prune first saw it.
-        born = info.modified if info.modified is not None else float(seen.setdefault(name, now))
-        if now - born >= LEFTOVER_MIN_AGE:
-            old.append(info)
-        else:
+        if name in young_packs:
             young += 1
-    for name in list(seen):
-        if name not in current:
-            del seen[name]
+        else:
+            old.append(info)
     if young:
         report.notices.append(
             f"{young} unindexed pack(s) younger than {LEFTOVER_MIN_AGE // 60} minutes were kept: they may "

@@ -2,7 +2,10 @@
 `--read-data` every pack read, every blob opened, decompressed and hash-checked.
 
 A damaged object is reported with the snapshots and paths it affects. Unreferenced packs and
-leftover temporary files are notices, not errors: a crashed backup leaves them, prune removes them.
+leftover temporary files are notices, not errors: an interrupted backup or prune leaves them,
+prune removes them. Each notice says what is known of who left the pack: a prune (a superseded
+index object still names it, or its origin record says it was repacked), a backup, or, for packs
+of an older Phoenix without an origin record, either.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import os
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath
+from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
+from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
-from phoenix_backup.repo.pack import iter_blobs, pack_name, read_header
+from phoenix_backup.repo.pack import PackOrigin, iter_blobs, pack_name, read_header
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.walker import Trees
@@ -100,6 +105,7 @@ def verify_repository(
     cursor: Path | None = None,
 ) -> VerifyResult:
     result = VerifyResult(read_data=read_data)
+    _check_key_slots(repo, result)
     repo.load_index()
     for name, message in repo.problems.index.items():
         result.errors.append(VerifyError(name, None, None, message))
@@ -138,8 +144,8 @@ def verify_repository(
             _report_blob(result, users, blob, name, "pack is missing or shorter than the index says")
     for pack_id in sorted(unindexed - needed_unindexed):
         result.notices.append(
-            f"{pack_name(pack_id)} is not in the index and no snapshot needs it "
-            "(left by an interrupted backup; prune removes it)"
+            f"{pack_name(pack_id)} is not in the index and no snapshot needs it ({_left_by(repo, pack_id)}; "
+            "prune removes it)"
         )
     for tmp in repo.backend.list_temporary():
         result.notices.append(f"{tmp} is a leftover temporary file (prune removes it)")
@@ -157,6 +163,44 @@ def verify_repository(
             _read_pack(repo, name, users, result)
         result.checked["packs"] = len(packs)
     return result
+
+
+def _left_by(repo: Repository, pack_id: str) -> str:
+    """What is known of who left an unindexed pack: a superseded index object naming it (a prune
+    stopped before deleting it), else the origin record at the pack's start."""
+    if pack_id in repo.retired_packs:
+        return "left by an interrupted prune, which had already replaced the index that lists it"
+    try:
+        origin = repo.read_pack_origin(pack_id, repo.read_pack_header(pack_id))
+    except (CorruptObject, ObjectNotFound) as exc:
+        return f"its origin record cannot be read: {exc}"
+    if origin is None:
+        return "written by an older Phoenix, which did not record what wrote it: an interrupted backup or prune"
+    kind, when = origin
+    written = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
+    if kind == PackOrigin.BACKUP:
+        return f"written by a backup at {written} that did not commit it: interrupted, or still running"
+    return f"written by {kind.describe()} at {written} that was interrupted"
+
+
+def _check_key_slots(repo: Repository, result: VerifyResult) -> None:
+    """Every key slot must decode: a damaged one opens nothing (the others still do)."""
+    for info in repo.backend.list("keys/"):
+        try:
+            keyslots.KeySlot.from_json(repo.backend.read(info.name))
+        except UnsupportedFormat as exc:
+            result.notices.append(f"{info.name}: {exc}")
+        except (CorruptObject, ObjectNotFound) as exc:
+            result.errors.append(
+                VerifyError(
+                    info.name,
+                    None,
+                    None,
+                    f"key slot cannot be read ({exc}); it opens nothing, the other slots still do; copy it back "
+                    f"with `phx repair objects --from TARGET` or remove it with `phx key remove {info.name[5:]}`",
+                )
+            )
+    result.checked["keys"] = sum(1 for _ in repo.backend.list("keys/"))
 
 
 def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result: VerifyResult) -> None:

@@ -118,6 +118,25 @@ class Index:
             for e in entries:
                 self._blobs.setdefault(e.id, (no, e.type, e.compression, e.offset, e.stored, e.raw))
 
+    def remove_packs(self, pack_ids: Iterable[str]) -> int:
+        """Forget every blob located in `pack_ids` (packs found missing); returns how many."""
+        with self._lock:
+            numbers = {self._pack_no[p] for p in pack_ids if p in self._pack_no}
+            gone = [bid for bid, loc in self._blobs.items() if loc[0] in numbers]
+            for bid in gone:
+                del self._blobs[bid]
+            return len(gone)
+
+    def by_pack(self) -> dict[str, list[PackEntry]]:
+        """Every pack with the entries of the blobs located in it."""
+        out: dict[str, list[PackEntry]] = {}
+        with self._lock:
+            for bid, (no, t, c, off, stored, raw) in self._blobs.items():
+                out.setdefault(self._packs[no], []).append(
+                    PackEntry(_TYPES[t], _COMPRESSIONS[c], bid, off, stored, raw)
+                )
+        return out
+
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self._blobs
 

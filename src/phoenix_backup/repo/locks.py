@@ -1,9 +1,20 @@
-"""Repository locks: shared for backups, exclusive for prune; one object per lock under `locks/`.
+"""Repository locks: shared for backups, exclusive for prune and key changes; one object per lock
+under `locks/`.
 
-A lock names its host, boot id, pid and the process's start time. It is refreshed every
-REFRESH_SECONDS while held and counts as stale once older than STALE_SECONDS. A lock whose process
-is provably gone (same host, same boot, pid absent or started at another time) is removed with a
-notice; any other stale lock is reported with the command that removes it, never broken silently.
+A lock names its host, boot id, PID namespace, pid and the process's start time. It is refreshed
+every REFRESH_SECONDS while held and counts as stale once older than STALE_SECONDS. A lock whose
+process is provably gone is removed with a notice; any other stale lock is reported with the
+command that removes it, never broken silently.
+
+"Provably gone" needs all of: the same host name, the same boot, the same PID namespace (a pid
+means nothing in another one: containers that share the host name, e.g. `--uts=host`, number
+their processes from 1), and a pid that no longer runs or runs with another start time. A lock
+that cannot be decoded (empty, random bytes, sealed with other keys) ages by its object's time
+in the store; `phx unlock` removes it.
+
+A holder confirms its lock before it commits (`HeldLock.confirm`): a lock that another process
+removed (`phx unlock`, a prune that judged it dead) means that prune may have run meanwhile, so
+the holder does not commit.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, RepositoryLocked
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, RepositoryError, RepositoryLocked
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.storage.base import Backend
 
@@ -35,21 +46,65 @@ def boot_id() -> str:
         return ""
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks since boot (Linux), or None when there is no such process."""
+def _namespace(kind: str) -> int:
+    """The inode of this process's `kind` namespace (Linux), 0 when unknown. Inodes are unique
+    among the namespaces alive on one boot."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return os.stat(f"/proc/self/ns/{kind}").st_ino
     except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return 0
         return 0
+
+
+def pid_namespace() -> int:
+    return _namespace("pid")
+
+
+def time_namespace() -> int:
+    # Start times in /proc/<pid>/stat are shifted by a time namespace's boot-time offset.
+    return _namespace("time")
+
+
+def _proc_is_ours() -> bool:
+    """Whether /proc shows our PID namespace's pids (`unshare --pid` without a new /proc mount
+    leaves the parent's /proc in place, where our pids name other processes)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
+def _start_of(stat: str) -> int:
     # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[19])
+    return int(stat[stat.rfind(")") + 2 :].split()[19])
+
+
+def own_start_time() -> int:
+    """This process's start time in clock ticks since boot, 0 when unknown."""
+    try:
+        return _start_of(Path("/proc/self/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of `pid` (in our PID namespace) in clock ticks since boot; None when there is no
+    such process; 0 when it runs but its start time cannot be read."""
+    if pid <= 0:
+        return 0  # not a process id: nothing can be proved (kill(0) would mean our group)
+    if _proc_is_ours():
+        try:
+            return _start_of(Path(f"/proc/{pid}/stat").read_text())
+        except (ValueError, IndexError):
+            return 0
+        except OSError:
+            pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return 0
+    return 0
 
 
 @dataclass(frozen=True)
@@ -61,23 +116,52 @@ class LockInfo:
     process_start: int
     username: str
     exclusive: bool
-    time: float  # last refresh, seconds since the epoch
+    time: float  # last refresh (an unreadable lock: its object's time), seconds since the epoch
     command: str
+    pid_ns: int = 0  # 0: not recorded (a lock of an older Phoenix): death is unprovable
+    time_ns: int = 0
+    created: float = 0.0  # when the lock was taken; 0 when unknown
+    problem: str | None = None  # why the lock cannot be decoded; None for a readable lock
+
+    @property
+    def readable(self) -> bool:
+        return self.problem is None
 
     def describe(self) -> str:
-        kind = "exclusive" if self.exclusive else "shared"
         when = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="seconds")
+        if not self.readable:
+            return f"unreadable lock {self.name} ({self.problem}), written {when}"
+        kind = "exclusive" if self.exclusive else "shared"
         return f"{kind} lock by {self.command} (pid {self.pid}) on {self.host} as {self.username}, refreshed {when}"
 
     def is_stale(self, now: float) -> bool:
         return now - self.time > STALE_SECONDS
 
     def process_gone(self) -> bool:
-        """True only when we can prove the owner is dead: same host and boot, and no such process."""
-        if self.host != socket.gethostname() or not self.boot_id or self.boot_id != boot_id():
+        """True only when we can prove the owner is dead: same host, boot and PID namespace, and
+        no such process (or one that started at another time)."""
+        if not self.readable or self.host != socket.gethostname():
+            return False
+        if not self.boot_id or self.boot_id != boot_id():
+            return False
+        if not self.pid_ns or self.pid_ns != pid_namespace():
             return False
         start = process_start_time(self.pid)
-        return start is None or (start != 0 and start != self.process_start)
+        if start is None:
+            return True
+        # A start time is comparable only when both saw the same boot-time offset.
+        return start != 0 and start != self.process_start and self.time_ns == time_namespace()
+
+    def is_ours(self) -> bool:
+        """Whether this lock was written by this very process."""
+        return (
+            self.readable
+            and self.host == socket.gethostname()
+            and self.boot_id == boot_id()
+            and self.pid_ns == pid_namespace()
+            and self.pid == os.getpid()
+            and self.process_start == own_start_time()
+        )
 
 
 # Linux's pid_max ceiling; a lock naming another pid is damaged (and 0 or a negative pid would make
@@ -94,13 +178,18 @@ def decode_lock(raw: bytes, name: str) -> LockInfo:
         texts = {k: d[k] for k in ("host", "bootId", "username")}
         command = d.get("command", "phx")
         pid, start, when, exclusive = d["pid"], d["processStart"], d["time"], d["exclusive"]
+        # Absent in locks of an older Phoenix (0: unknown, so the owner's death is never provable).
+        pid_ns, time_ns, created = d.get("pidNs", 0), d.get("timeNs", 0), d.get("created", 0)
         if not all(isinstance(v, str) for v in (*texts.values(), command)) or not isinstance(exclusive, bool):
             raise TypeError("a field has the wrong type")
         if not (_is_int(pid) and 0 < pid <= MAX_PID and _is_int(start) and start >= 0):
             raise ValueError("pid or processStart is out of range")
+        if not (_is_int(pid_ns) and 0 <= pid_ns < 2**64 and _is_int(time_ns) and 0 <= time_ns < 2**64):
+            raise ValueError("pidNs or timeNs is out of range")
         # Seconds since the epoch, within what datetime can print (the year 9999).
-        if not isinstance(when, int | float) or isinstance(when, bool) or not 0 <= when < 253402300799:
-            raise ValueError("time is out of range")
+        for value in (when, created):
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 253402300799:
+                raise ValueError("time or created is out of range")
         return LockInfo(
             name=name,
             host=texts["host"],
@@ -111,6 +200,9 @@ def decode_lock(raw: bytes, name: str) -> LockInfo:
             exclusive=exclusive,
             time=float(when),
             command=command,
+            pid_ns=pid_ns,
+            time_ns=time_ns,
+            created=float(created),
         )
     except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CorruptObject(f"lock {name} is malformed: {exc}") from exc
@@ -130,6 +222,7 @@ class LockManager:
         # Other keys a lock may be sealed under: a `phx key rotate` killed on this machine left
         # its lock under the key it was moving from or to (see Repository.__init__).
         self.also = tuple(also)
+        self.held: list[HeldLock] = []  # the locks this process holds through this manager
 
     def read(self, name: str) -> LockInfo:
         sealed = self.backend.read(name)
@@ -149,8 +242,12 @@ class LockManager:
             except ObjectNotFound:
                 continue  # released while we listed
             except CorruptObject:
-                # A lock we cannot read still blocks: report it as held by an unknown owner.
-                out.append(LockInfo(info.name, "?", "", 0, 0, "?", True, time.time(), "unknown"))
+                # A lock we cannot read still blocks, as an exclusive one, but it ages by the time
+                # the store gives its object (a store that gives none: now, so it never goes stale
+                # by itself and `phx unlock` is the way out).
+                written = info.modified if info.modified is not None else time.time()
+                problem = "empty" if info.size == 0 else f"{info.size} bytes that cannot be decoded"
+                out.append(LockInfo(info.name, "?", "", 0, 0, "?", True, written, "unknown", problem=problem))
         return out
 
     def acquire(self, exclusive: bool, command: str) -> HeldLock:
@@ -165,6 +262,7 @@ class LockManager:
             lock.release()
             raise
         lock.start_refresh()
+        self.held.append(lock)
         return lock
 
     def _check_conflicts(self, exclusive: bool, ignore: str | None = None) -> None:
@@ -183,14 +281,30 @@ class LockManager:
                     f"the repository has a stale {info.describe()}; if no Phoenix runs there, "
                     "remove it with `phx unlock`"
                 )
+            if not info.readable:
+                raise RepositoryLocked(
+                    f"the repository has an {info.describe()}; it blocks every command until it is "
+                    f"{STALE_SECONDS // 60} minutes old; if no Phoenix runs, remove it with `phx unlock`"
+                )
             raise RepositoryLocked(f"the repository is locked: {info.describe()}; wait for it to finish and try again")
 
+    def others(self) -> list[LockInfo]:
+        """Every lock present except those this process holds here."""
+        mine = {lock.name for lock in self.held}
+        return [info for info in self.all() if info.name not in mine]
+
+    def confirm_held(self) -> None:
+        """Raise unless every lock this process holds here is still in the store and its own."""
+        for lock in list(self.held):
+            lock.confirm()
+
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
-        """Remove stale or dead locks (all locks with `remove_all`); return what was removed."""
+        """Remove stale, dead and unreadable locks (all locks with `remove_all`); return what was
+        removed."""
         removed = []
         now = time.time()
         for info in self.all():
-            if remove_all or info.process_gone() or info.is_stale(now):
+            if remove_all or not info.readable or info.process_gone() or info.is_stale(now):
                 self.backend.delete(info.name)
                 removed.append(info)
         return removed
@@ -202,6 +316,8 @@ class HeldLock:
         self.name = name
         self.exclusive = exclusive
         self.command = command
+        self.created = time.time()
+        self.lost: str | None = None  # why the lock is no longer ours, once a refresh found out
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
@@ -225,22 +341,48 @@ class HeldLock:
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
+            "pidNs": pid_namespace(),
+            "timeNs": time_namespace(),
             "pid": os.getpid(),
-            "processStart": process_start_time(os.getpid()) or 0,
+            "processStart": own_start_time(),
             "username": _username(),
             "exclusive": self.exclusive,
+            "created": self.created,
             "time": time.time(),
             "command": self.command,
         }
         data = self.manager.sealer.seal(json.dumps(doc).encode(), LOCK_AAD)
         self.manager.backend.write(self.name, data)
 
+    def confirm(self) -> None:
+        """Raise RepositoryError unless the lock is still in the store and still ours: another
+        process that removed it may have pruned meanwhile, so nothing may be committed."""
+        if self.lost is None:
+            try:
+                info = self.manager.read(self.name)
+                if not info.is_ours():
+                    self.lost = f"{self.name} now holds another process's lock"
+            except ObjectNotFound:
+                self.lost = f"{self.name} was removed by another process (`phx unlock` or a prune)"
+            except CorruptObject:
+                self.lost = f"{self.name} was overwritten with bytes that cannot be decoded"
+        if self.lost is not None:
+            raise RepositoryError(
+                f"this {self.command}'s repository lock is gone: {self.lost}; nothing was committed; "
+                "run the command again"
+            )
+
     def start_refresh(self) -> None:
         def loop() -> None:
             while not self._stop.wait(REFRESH_SECONDS):
                 try:
+                    # Never recreate a lock someone removed: the holder must learn it lost it.
+                    self.confirm()
                     self.write()
-                except Exception as exc:  # a refresh failure must not kill the backup
+                except RepositoryError as exc:
+                    self.manager.notice(str(exc))
+                    return
+                except Exception as exc:  # a refresh failure must not kill the run
                     self.manager.notice(f"could not refresh the repository lock: {exc}")
 
         self._thread = threading.Thread(target=loop, name="phx-lock-refresh", daemon=True)
@@ -251,7 +393,10 @@ class HeldLock:
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._mutex:
-            self.manager.backend.delete(self.name)
+            if self in self.manager.held:
+                self.manager.held.remove(self)
+            if self.lost is None:
+                self.manager.backend.delete(self.name)
 
     def __enter__(self) -> HeldLock:
         return self

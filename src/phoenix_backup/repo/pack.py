@@ -1,17 +1,23 @@
 """Packs: many sealed blobs in one object, followed by a sealed header that lists them.
 
-    pack   = blob_0 || blob_1 || ... || sealed(header) || u32le(len(sealed(header)))
+    pack   = [sealed(origin)] || blob_0 || blob_1 || ... || sealed(header) || u32le(len(sealed(header)))
     header = b"PHXH" || u8 version || u32le count || count * entry
     entry  = u8 type || u8 compression || 32-byte id || u32le offset || u32le stored || u32le raw
+    origin = b"PHXO" || u8 version || u8 origin || u64le unix time
 
 A pack's object name is the SHA-256 of its bytes, so any copy can be checked without the key.
+The origin record (which command wrote the pack, and when) lies before the first blob, where no
+header entry points: readers that do not know it never read it, so packs with and without one
+are read alike. It lets `verify` say what left a pack that no index lists.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import IntEnum
 
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE, BlobType, Compression, Sealer, sha256_hex
@@ -27,6 +33,37 @@ _HEAD = struct.Struct("<4sBI")
 DATA_PACK_TARGET = 8 * 1024 * 1024
 TREE_PACK_TARGET = 4 * 1024 * 1024
 MAX_HEADER = 64 * 1024 * 1024
+
+ORIGIN_MAGIC = b"PHXO"
+ORIGIN_VERSION = 1
+ORIGIN_AAD = b"phoenix v1 pack origin"
+_ORIGIN = struct.Struct("<4sBBQ")
+MAX_ORIGIN = 256  # sealed; a first blob further in means there is no origin record to read
+
+
+class PackOrigin(IntEnum):
+    """The command that wrote a pack."""
+
+    BACKUP = 1
+    PRUNE = 2  # a repack: the used blobs of mostly unused packs, copied still sealed
+    REPAIR = 3  # `phx repair snapshots --rewrite`: the trees of repaired snapshots
+
+    def describe(self) -> str:
+        return {1: "a backup", 2: "a prune (repacked blobs)", 3: "a repair"}[int(self)]
+
+
+def encode_origin(origin: PackOrigin, when: float) -> bytes:
+    return _ORIGIN.pack(ORIGIN_MAGIC, ORIGIN_VERSION, origin, int(when))
+
+
+def decode_origin(data: bytes, what: str) -> tuple[PackOrigin, float]:
+    try:
+        magic, version, origin, when = _ORIGIN.unpack(data)
+        if magic != ORIGIN_MAGIC or version != ORIGIN_VERSION:
+            raise CorruptObject(f"{what} has an unknown origin record (version {version})")
+        return PackOrigin(origin), float(when)
+    except (struct.error, ValueError) as exc:
+        raise CorruptObject(f"{what} has a malformed origin record") from exc
 
 
 def blob_aad(kind: BlobType, blob_id: bytes) -> bytes:
@@ -74,10 +111,12 @@ def decode_header(data: bytes, what: str) -> list[PackEntry]:
 
 
 class PackBuilder:
-    """Accumulates sealed blobs of one type; `finish` returns the pack's bytes and entries."""
+    """Accumulates sealed blobs of one type; `finish` returns the pack's bytes and entries.
+    With an `origin`, the pack begins with a sealed origin record."""
 
-    def __init__(self, kind: BlobType) -> None:
+    def __init__(self, kind: BlobType, origin: PackOrigin | None = None) -> None:
         self.kind = kind
+        self.origin = origin
         self.parts: list[bytes] = []
         self.entries: list[PackEntry] = []
         self.size = 0
@@ -89,12 +128,23 @@ class PackBuilder:
         self.size += len(sealed)
 
     def finish(self, sealer: Sealer) -> tuple[str, bytes, list[PackEntry]]:
-        header = sealer.seal(encode_header(self.entries), HEADER_AAD)
+        entries = self.entries
+        if self.origin is not None:
+            record = sealer.seal(encode_origin(self.origin, time.time()), ORIGIN_AAD)
+            self.parts.insert(0, record)
+            entries = [replace(e, offset=e.offset + len(record)) for e in entries]
+        header = sealer.seal(encode_header(entries), HEADER_AAD)
         self.parts.append(header)
         self.parts.append(struct.pack("<I", len(header)))
         data = b"".join(self.parts)
         self.parts = []
-        return sha256_hex(data), data, self.entries
+        return sha256_hex(data), data, entries
+
+
+def origin_length(entries: list[PackEntry]) -> int:
+    """The length of a pack's sealed origin record (0: the pack has none), from its entries."""
+    first = min((e.offset for e in entries), default=0)
+    return first if 0 < first <= MAX_ORIGIN else 0
 
 
 def read_header(pack: bytes, sealer: Sealer, what: str) -> list[PackEntry]:

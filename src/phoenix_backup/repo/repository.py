@@ -49,11 +49,15 @@ from phoenix_backup.repo.pack import (
     DATA_PACK_TARGET,
     HEADER_AAD,
     MAX_HEADER,
+    ORIGIN_AAD,
     TREE_PACK_TARGET,
     PackBuilder,
     PackEntry,
+    PackOrigin,
     blob_aad,
     decode_header,
+    decode_origin,
+    origin_length,
     pack_name,
 )
 from phoenix_backup.repo.pins import Pin, Pins
@@ -248,7 +252,8 @@ class Repository:
         self._index_loaded = False
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
-        self._packers = {t: PackBuilder(t) for t in BlobType}
+        self.pack_origin = PackOrigin.BACKUP  # what new packs record as their origin
+        self._packers = {t: PackBuilder(t, self.pack_origin) for t in BlobType}
         self._new_packs: dict[str, list[PackEntry]] = {}
         self._workers: ThreadPoolExecutor | None = None
         self._futures: list[Future[None]] = []
@@ -262,6 +267,10 @@ class Repository:
         )
         self.opened_with: str | None = None  # the key slot that opened the repository
         self.unindexed_packs: set[str] = set()  # packs known only from their own headers
+        # Packs that only index objects superseded by a prune list: a prune that stopped between
+        # writing its new index and deleting them left them (they are garbage).
+        self.retired_packs: set[str] = set()
+        self.index_objects: list[str] = []  # the index objects `load_index` found, readable or not
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -300,10 +309,22 @@ class Repository:
     @staticmethod
     def read_config(backend: Backend) -> RepoConfig:
         if not backend.exists():
+            Repository.refuse_lost_config(backend)
             raise RepositoryNotFound(
                 f"no repository at {backend.location}; create one with `phx init` or check targets.local.path"
             )
         return RepoConfig.from_bytes(backend.read("config"), backend.location)
+
+    @staticmethod
+    def refuse_lost_config(backend: Backend) -> None:
+        """A store without `config` that holds index or snapshot objects is a repository that
+        lost its config (an interrupted `init` leaves a key slot at most): say so, never start a
+        new repository there."""
+        if any(next(iter(backend.list(folder)), None) is not None for folder in ("index/", "snapshots/")):
+            raise CorruptObject(
+                f"the repository at {backend.location} has lost its config object (its other objects are "
+                "there); copy it back from another target with `phx repair objects --from TARGET`"
+            )
 
     @classmethod
     def open(
@@ -331,17 +352,22 @@ class Repository:
     def read_key_slots(backend: Backend) -> list[keyslots.KeySlot]:
         slots = []
         newer: UnsupportedFormat | None = None
+        damaged: list[str] = []
         for info in backend.list("keys/"):
             try:
                 slots.append(keyslots.KeySlot.from_json(backend.read(info.name)))
             except CorruptObject:
-                continue  # another slot may still open the repository
+                damaged.append(info.name)  # another slot may still open the repository
             except UnsupportedFormat as exc:
                 newer = exc  # a slot type of a newer Phoenix: fine if another slot opens
         if not slots:
             if newer is not None:
                 raise newer
-            raise RepositoryError(f"the repository at {backend.location} has no readable key slot; it cannot be opened")
+            which = f" ({', '.join(sorted(damaged))} cannot be read)" if damaged else ""
+            raise RepositoryError(
+                f"the repository at {backend.location} has no readable key slot{which}; it cannot be opened; "
+                "copy the slots back from another target with `phx repair objects --from TARGET`"
+            )
         return slots
 
     def add_key_slot(self, slot: keyslots.KeySlot) -> None:
@@ -349,9 +375,11 @@ class Repository:
 
     def remove_key_slot(self, slot_id: str) -> None:
         slots = self.read_key_slots(self.backend)
-        if slot_id not in {s.id for s in slots}:
+        present = {info.name.split("/")[-1] for info in self.backend.list("keys/")}
+        if slot_id not in present:
             raise RepositoryError(f"no key slot {slot_id}; see `phx key list`")
-        if len(slots) == 1:
+        # A damaged slot may always go; a readable one never when it is the last readable one.
+        if len(slots) == 1 and slots[0].id == slot_id:
             raise RepositoryError("refusing to remove the last key slot: the repository could never be opened again")
         self.backend.delete(f"keys/{slot_id}")
 
@@ -400,12 +428,16 @@ class Repository:
         objects = self.read_index_objects()
         # An index that a prune superseded may survive a crash between writing its replacement
         # and deleting it; it may name packs that are already gone, so only the live ones count.
+        self.index_objects = sorted(objects) + sorted(self.problems.index)
         superseded = {f"index/{s}" for _packs, sup in objects.values() for s in sup}
+        retired: set[str] = set()
         for name, (packs, _sup) in objects.items():
             if name in superseded:
+                retired.update(packs)
                 continue
             for pack_id, entries in packs.items():
                 self.index.add_pack(pack_id, entries)
+        self.retired_packs = retired - set(self.index.pack_ids())
         self._index_loaded = True
         if self.problems.index:
             # A damaged index object must not make intact packs unreachable: their own headers
@@ -415,6 +447,15 @@ class Repository:
                 f"{len(self.problems.index)} index object(s) are damaged; read the headers of "
                 f"{len(self.unindexed_packs)} pack(s) instead (run `phx verify --read-data` to see what is affected)"
             )
+
+    def reload_index(self) -> None:
+        """Load the index again from the store (after it was rebuilt or objects were copied back)."""
+        self.index = Index()
+        self._index_loaded = False
+        self.problems.index.clear()
+        self.unindexed_packs.clear()
+        self.retired_packs = set()
+        self.load_index()
 
     def add_unindexed_packs(self) -> dict[str, str]:
         """Add the packs no readable index lists, from their headers; return {pack: problem} for
@@ -431,6 +472,65 @@ class Repository:
             except (CorruptObject, ObjectNotFound) as exc:
                 unreadable[info.name] = str(exc)
         return unreadable
+
+    def write_packs_as(self, origin: PackOrigin) -> None:
+        """Record `origin` in the packs written from now on (before any blob is saved)."""
+        with self._lock:
+            self.pack_origin = origin
+            for kind, packer in self._packers.items():
+                if not packer.entries:
+                    self._packers[kind] = PackBuilder(kind, origin)
+
+    def drop_missing_packs(self) -> list[str]:
+        """Forget the blobs of indexed packs the store no longer holds (or holds shorter than the
+        index says), so that a backup stores them again instead of referring to lost data. One
+        listing of `data/`; returns the names of the missing packs.
+
+        When some are missing, one index object without them is written, superseding every index
+        object loaded: a blob stored again then has one location, not a lost one that readers
+        might find first. Index objects written meanwhile by other backups are not superseded."""
+        listing = {info.name: info.size for info in self.backend.list("data/")}
+        missing = set()
+        for _blob, loc in self.index.blobs():
+            size = listing.get(pack_name(loc.pack_id))
+            if size is None or loc.offset + loc.stored > size:
+                missing.add(loc.pack_id)
+        if missing:
+            self.index.remove_packs(missing)
+            self.write_index(self.index.by_pack(), [name.split("/")[-1] for name in self.index_objects])
+        return sorted(pack_name(p) for p in missing)
+
+    def confirm_present(self, blob_ids: Iterable[bytes]) -> None:
+        """Raise unless every blob of `blob_ids` is indexed in a pack the store holds, long
+        enough (one listing of `data/`): what a new snapshot refers to must be there."""
+        listing = {info.name: info.size for info in self.backend.list("data/")}
+        lost: set[str] = set()
+        unknown = 0
+        for bid in blob_ids:
+            loc = self.index.get(bid)
+            if loc is None:
+                unknown += 1
+                continue
+            size = listing.get(pack_name(loc.pack_id))
+            if size is None or loc.offset + loc.stored > size:
+                lost.add(pack_name(loc.pack_id))
+        if lost or unknown:
+            what = f"{len(lost)} pack(s) it refers to vanished (e.g. {sorted(lost)[0]})" if lost else ""
+            what += (", and " if what else "") + (f"{unknown} blob(s) are in no index" if unknown else "")
+            raise RepositoryError(
+                f"the snapshot was not written: {what} while this run wrote it, probably removed by a "
+                "prune or by hand; the repository is unchanged and the next backup stores the data again"
+            )
+
+    def read_pack_origin(self, pack_id: str, entries: list[PackEntry]) -> tuple[PackOrigin, float] | None:
+        """What wrote a pack and when, from its origin record; None for a pack without one
+        (written by an older Phoenix). Raises CorruptObject for a damaged record."""
+        length = origin_length(entries)
+        if not length:
+            return None
+        name = pack_name(pack_id)
+        plain = self.sealer.open(self.backend.read_range(name, 0, length), ORIGIN_AAD, f"{name} origin record")
+        return decode_origin(plain, name)
 
     def read_index_objects(self) -> dict[str, tuple[dict[str, list[PackEntry]], list[str]]]:
         """Every readable index object: name -> (packs, superseded index ids); the unreadable ones
@@ -455,14 +555,14 @@ class Repository:
         A seal binds a blob to its type and id, not to its pack, so copying needs no decryption.
         The packs are durable when this returns but listed in no index until `write_index`:
         a crash before that leaves unreferenced leftovers, never a dangling reference."""
-        packers = {t: PackBuilder(t) for t in BlobType}
+        packers = {t: PackBuilder(t, PackOrigin.PRUNE) for t in BlobType}
         written: dict[str, list[PackEntry]] = {}
 
         def put(kind: BlobType) -> None:
             pack_id, data, entries = packers[kind].finish(self.sealer)
             self.backend.write(pack_name(pack_id), data, cold=kind == BlobType.DATA)
             written[pack_id] = entries
-            packers[kind] = PackBuilder(kind)
+            packers[kind] = PackBuilder(kind, PackOrigin.PRUNE)
 
         for entry, sealed in blobs:
             packer = packers[entry.type]
@@ -558,7 +658,7 @@ class Repository:
             target = DATA_PACK_TARGET if kind == BlobType.DATA else TREE_PACK_TARGET
             if packer.size >= target:
                 full = packer
-                self._packers[kind] = PackBuilder(kind)
+                self._packers[kind] = PackBuilder(kind, self.pack_origin)
         if full is not None:
             self._write_pack(full)
         return len(sealed)
@@ -592,7 +692,7 @@ class Repository:
         for kind in BlobType:
             with self._lock:
                 packer = self._packers[kind]
-                self._packers[kind] = PackBuilder(kind)
+                self._packers[kind] = PackBuilder(kind, self.pack_origin)
             if packer.entries:
                 self._write_pack(packer)
         with self._lock:

@@ -140,7 +140,8 @@ class LocalBackend(Backend):
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
-            return ObjectInfo(name, self._path(name).stat().st_size)
+            st = self._path(name).stat()
+            return ObjectInfo(name, st.st_size, modified=st.st_mtime)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -159,12 +160,14 @@ class LocalBackend(Backend):
                     for entry in os.scandir(sub):
                         name = f"data/{sub.name}/{entry.name}"
                         if TEMP_MARKER not in entry.name and is_valid_name(name):
-                            yield ObjectInfo(name, entry.stat().st_size)
+                            st = entry.stat()
+                            yield ObjectInfo(name, st.st_size, modified=st.st_mtime)
             else:
                 for entry in os.scandir(base):
                     name = f"{folder}/{entry.name}"
                     if TEMP_MARKER not in entry.name and is_valid_name(name):
-                        yield ObjectInfo(name, entry.stat().st_size)
+                        st = entry.stat()
+                        yield ObjectInfo(name, st.st_size, modified=st.st_mtime)
         except FileNotFoundError:
             return
         except OSError as exc:

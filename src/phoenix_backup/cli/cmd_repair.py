@@ -1,0 +1,118 @@
+"""`phx repair index|snapshots|objects`."""
+
+from __future__ import annotations
+
+import click
+
+from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import repair as repair_op
+from phoenix_backup.ops.context import Environment
+
+
+@cli.group()
+def repair() -> None:
+    """Put a damaged repository back in order: rebuild the index, deal with snapshots whose data
+    is lost, or copy lost objects back from another target.
+
+    Example: phx repair objects --from s3 && phx repair snapshots
+    """
+
+
+@repair.command(name="index")
+@common
+def repair_index(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
+    """Rebuild the index from the packs' own headers (after index objects or packs were lost).
+
+    Example: phx repair index
+    """
+    cfg = load_config(out, envx, config_path)
+    r = repair_op.repair_index(cfg, envx)
+    lines = [f"notice: {name} left out: {why}" for name, why in sorted(r.unreadable.items())]
+    lines.append(
+        f"index rebuilt from {r.packs} packs ({r.blobs} blobs), replacing {r.replaced} index object(s)"
+        + (f"; {r.dropped} blob(s) the old index listed are in no pack" if r.dropped else "")
+    )
+    if r.dropped or r.unreadable:
+        lines.append("run `phx repair snapshots` to see which snapshots lost data")
+    out.result(r.to_json(), "\n".join(lines))
+    return r.exit_status
+
+
+@repair.command(name="snapshots")
+@click.option("--rewrite", is_flag=True, help="Write a repaired copy of each damaged snapshot, tagged 'repaired'.")
+@click.option("--forget", is_flag=True, help="Forget the damaged snapshots (with --rewrite: once their copies exist).")
+@click.option("--read-data", is_flag=True, help="Also read every blob they use (finds damaged bytes, not only loss).")
+@common
+def repair_snapshots(
+    out: Out, envx: Environment, config_path: str | None, rewrite: bool, forget: bool, read_data: bool
+) -> ExitStatus:
+    """Name the snapshots whose data is lost, with the paths affected; forget or rewrite them.
+
+    Without --rewrite or --forget nothing changes (exit 1 when a snapshot lost data). A repaired
+    copy leaves out the files whose data is lost and keeps unreadable folders empty; each is
+    listed as incomplete in the copy.
+
+    Example: phx repair snapshots --rewrite --forget
+    """
+    cfg = load_config(out, envx, config_path)
+    r = repair_op.repair_snapshots(cfg, envx, rewrite=rewrite, forget=forget, read_data=read_data)
+    out.result(r.to_json(), render_snapshots(r))
+    return r.exit_status
+
+
+def render_snapshots(r: repair_op.SnapshotRepair) -> str:
+    if not r.damaged:
+        return f"{r.checked} snapshot(s) checked: none refers to lost data"
+    lines = []
+    for d in r.damaged:
+        head = f"snapshot {d.id[:8]} {d.name}"
+        if d.unreadable:
+            lines.append(f"{head}: the snapshot object cannot be read ({d.unreadable})")
+        else:
+            lines.append(f"{head}: data lost for {len(d.lost)} path(s):")
+            lines += [f"  {p}" for p in d.lost[:20]] + (
+                [f"  ... and {len(d.lost) - 20} more"] if len(d.lost) > 20 else []
+            )
+        if d.repaired_as:
+            lines.append(f"  repaired copy written: {d.repaired_as[:8]}")
+        if d.forgotten:
+            lines.append("  forgotten")
+    if not (r.rewrite or r.forget):
+        lines.append(
+            f"{len(r.damaged)} of {r.checked} snapshot(s) refer to lost data; copy it back with "
+            "`phx repair objects --from TARGET` if another target has it, else run again with --rewrite "
+            "(keep what is left) and/or --forget"
+        )
+    return "\n".join(lines)
+
+
+@repair.command(name="objects")
+@click.option("--from", "source", required=True, metavar="TARGET", help="The target to copy from (a replica).")
+@click.option("--read-data", is_flag=True, help="Also hash every pack here to find damaged bytes.")
+@common
+def repair_objects(out: Out, envx: Environment, config_path: str | None, source: str, read_data: bool) -> ExitStatus:
+    """Copy back from another target what the first target lost or holds damaged.
+
+    The config and key slots when they cannot be read, damaged snapshot and index objects, and
+    every pack holding data a snapshot needs that is missing here, truncated, or (with
+    --read-data) does not match its name; then the index is rebuilt.
+
+    Example: phx repair objects --from s3 --read-data
+    """
+    cfg = load_config(out, envx, config_path)
+    r = repair_op.repair_objects(cfg, envx, source=source, read_data=read_data)
+    lines = [f"notice: {n}" for n in r.notices]
+    lines += [f"copied {name} from {r.source}" for name in r.copied]
+    lines += [f"deleted damaged {name} (its data was copied from {r.source})" for name in r.deleted]
+    if r.index is not None:
+        lines.append(f"index rebuilt from {r.index.packs} packs")
+    if r.unrecoverable:
+        lines.append(
+            f"{r.unrecoverable} blob(s) that snapshots need are intact on neither target; "
+            "run `phx repair snapshots` to see which snapshots lost data"
+        )
+    elif not r.copied and not r.deleted:
+        lines.append(f"nothing to repair: target {r.target} holds every object its snapshots need")
+    out.result(r.to_json(), "\n".join(lines))
+    return r.exit_status

@@ -1,0 +1,257 @@
+"""Concurrency (issue 15, suite 3): two backups; backup with prune; backup with sync; key commands;
+each from the same PID namespace and from another one (`unshare --pid --fork --mount-proc`, as a
+container that shares the host name would run).
+
+A run is held still at a chosen I/O call (pause_support) while the other acts, so every race is
+reproduced exactly, not hoped for. After each, nothing committed is lost: `verify --read-data`
+passes, and a snapshot either restores exactly or was never written (its run exited non-zero).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import Sandbox, assert_error, assert_restored
+from pause_support import Paused, can_unshare_pid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
+
+NO_UNSHARE = can_unshare_pid()
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+
+
+def namespaces(default: str = "other-pid-ns") -> pytest.MarkDecorator:
+    """Both variants (`other_ns`: the first process in the same PID namespace as the second, or in
+    its own) with PHX_TEST_HEAVY=1; the default run takes `default` alone (CI time budget)."""
+    params = [
+        pytest.param(False, id="same-pid-ns"),
+        pytest.param(
+            True, id="other-pid-ns", marks=pytest.mark.skipif(NO_UNSHARE is not None, reason=NO_UNSHARE or "")
+        ),
+    ]
+    return pytest.mark.parametrize("other_ns", [p for p in params if HEAVY or p.id == default])
+
+
+def new_data(sb: Sandbox, name: str = "notes/fresh.md", size: int = 300_000) -> None:
+    """Content the repository does not hold yet, so the next backup writes new packs."""
+    path = sb.workspace / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(os.urandom(size // 2).hex())
+
+
+def backup_doc(run: Paused) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(run.out)
+    return doc
+
+
+def s3_target(moto: MotoServer, bucket: str) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "bucket": bucket,
+        "prefix": "argent/",
+        "endpoint": moto.endpoint,
+        "accessKeyId": ACCESS_KEY_ID,
+        "secretAccessKey": SECRET_ACCESS_KEY,
+    }
+
+
+def assert_whole(sb: Sandbox) -> None:
+    doc = sb.verify("--read-data")
+    assert doc["ok"], doc
+
+
+@namespaces()
+def test_prune_beside_a_running_backup_loses_nothing(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
+    """Issue 15, failure 1, end to end: a backup (in a container sharing the host name: another
+    PID namespace, where its pid names an unrelated process here) has written and indexed its packs
+    but not yet its snapshot; a prune runs. The prune must not take the backup's lock for dead,
+    nor delete its packs; the backup then commits a snapshot that restores exactly. With `last: 1`
+    the previous snapshot goes only once the new one is whole."""
+    sb = sandbox
+    sb.write_config(retention={"last": 1})
+    first = sb.backup()
+    new_data(sb)
+    expected = sb.state()
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:index/", namespace=other_ns) as run:
+        pid = run.wait_paused()
+        assert other_ns is (pid <= 2), pid
+        prune = sb.phx("prune", "--json", check=None)
+        assert prune.code == 1, prune
+        report = prune.json()["targets"]["local"]
+        assert not report["ok"] and "locked" in report["error"] and "backup" in report["error"], report
+        assert "no longer runs" not in prune.err, prune.err
+        code = run.finish()
+    assert code == 0, run.err
+    doc = backup_doc(run)
+    assert [s["id"] for s in sb.snapshots()] == [doc["id"]], "last: 1 keeps the new snapshot only"
+    assert doc["id"] != first["id"]
+    assert_whole(sb)
+    sb.restore_to(doc["id"], tmp_path / "out")
+    assert_restored(expected, tmp_path / "out", "the snapshot taken beside a prune")
+
+
+@namespaces("same-pid-ns")
+def test_a_backup_whose_lock_was_removed_does_not_commit(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
+    """`phx unlock --all` by mistake while a backup runs, then a prune: the prune keeps the young
+    packs, and the backup, finding its lock gone, commits nothing (exit 1); what was committed
+    before still restores."""
+    sb = sandbox
+    first = sb.backup()
+    before = sb.state()
+    new_data(sb)
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:index/", namespace=other_ns) as run:
+        run.wait_paused()
+        removed = sb.phx("unlock", "--all", "--json").json()
+        assert len(removed) == 1, removed
+        pruned = sb.phx("prune", "--json").json()["targets"]["local"]
+        assert run.finish() == 1, "the backup committed although its lock was gone"
+    assert "lock is gone" in run.err and "nothing was committed" in run.err, run.err
+    assert pruned["packs"]["youngUnusedKept"] >= 1, pruned
+    assert [s["id"] for s in sb.snapshots()] == [first["id"]]
+    assert_whole(sb)
+    sb.restore_to(first["id"], tmp_path / "out")
+    assert_restored(before, tmp_path / "out", "the snapshot taken before")
+    # The next backup stores everything again and is whole.
+    again = sb.backup()
+    assert_whole(sb)
+    sb.restore_to(again["id"], tmp_path / "again")
+
+
+def test_a_backup_whose_packs_vanish_does_not_commit(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A pack the running backup wrote disappears before it commits (an older Phoenix pruning, a
+    hand): the backup names it and commits nothing."""
+    sb = sandbox
+    sb.backup()
+    new_data(sb)
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:index/") as run:
+        run.wait_paused()
+        newest = max((p for p in (sb.repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+        newest.unlink()
+        assert run.finish() == 1
+    assert "snapshot was not written" in run.err and "vanished" in run.err, run.err
+    assert len(sb.snapshots()) == 1
+    # The next backup finds the lost pack, stores its data again, and is whole.
+    again = sb.backup()
+    assert_whole(sb)
+    sb.restore_to(again["id"], tmp_path / "out")
+
+
+@namespaces()
+def test_two_backups_at_once(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
+    sb = sandbox
+    sb.backup()
+    new_data(sb, "a.md")
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:index/", namespace=other_ns) as run:
+        run.wait_paused()
+        new_data(sb, "b.md")
+        expected = sb.state()
+        second = sb.backup()
+        assert run.finish() == 0, run.err
+    first = backup_doc(run)
+    assert {s["id"] for s in sb.snapshots()} >= {first["id"], second["id"]}
+    assert_whole(sb)
+    sb.restore_to(second["id"], tmp_path / "out")
+    assert_restored(expected, tmp_path / "out", "the second of two backups at once")
+
+
+@namespaces()
+def test_a_backup_waits_for_nothing_while_prune_holds_the_lock(
+    sandbox: Sandbox, tmp_path: Path, other_ns: bool
+) -> None:
+    """Prune (exclusive) is deleting; a backup at that moment is refused with the prune named, and
+    the prune, finishing, leaves a whole repository."""
+    sb = sandbox
+    sb.write_config(retention={"last": 1, "prune": False})
+    sb.backup()
+    (sb.workspace / "MEMORY.md").write_text("changed\n")
+    sb.backup()  # forgets the first: prune has packs to delete
+    for pack in (sb.repo / "data").rglob("*"):  # ...written long enough ago to be deleted
+        if pack.is_file():
+            os.utime(pack, (pack.stat().st_mtime - 7200,) * 2)
+    with Paused(["prune", "--json"], sb.env, tmp_path / "pause", at="before:delete:data/", namespace=other_ns) as run:
+        run.wait_paused()
+        refused = sb.phx("backup", check=None)
+        assert_error(refused, 1, "locked", "prune")
+        assert run.finish() == 0, run.err
+    packs = json.loads(run.out)["targets"]["local"]["packs"]
+    assert packs["deleted"] + packs["repacked"] >= 1, packs
+    assert_whole(sb)
+    sb.backup()
+    assert_whole(sb)
+
+
+def test_sync_beside_a_running_backup_copies_only_what_is_committed(
+    make_sandbox: Callable[..., Sandbox], moto: MotoServer, tmp_path: Path
+) -> None:
+    """A replica never holds a snapshot without its data: sync while a backup is between its
+    index and its snapshot copies the committed snapshots only; the next sync the rest."""
+    sb = make_sandbox()
+    bucket = moto.make_bucket("conc")
+    sb.env["AWS_EC2_METADATA_DISABLED"] = "true"
+    sb.write_config(targets={"local": {"enabled": True}, "s3": s3_target(moto, bucket)})
+    sb.config_path.chmod(0o600)
+    first = sb.backup()
+    new_data(sb)
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:index/") as run:
+        run.wait_paused()
+        synced = sb.phx("sync", "--json").json()
+        assert synced["ok"] and synced["targets"]["s3"]["snapshots"] == 0, synced
+        replica = sb.phx("verify", "--target", "s3", "--read-data", "--json").json()
+        assert replica["ok"] and replica["checked"]["snapshots"] == 1, replica
+        assert run.finish() == 0, run.err
+    second = backup_doc(run)
+    assert second["targets"]["s3"]["ok"], second
+    replica = sb.phx("verify", "--target", "s3", "--read-data", "--json").json()
+    assert replica["ok"] and replica["checked"]["snapshots"] == 2, replica
+    held = {s["id"] for s in sb.phx("list", "--target", "s3", "--json").json()}
+    assert held == {first["id"], second["id"]}
+
+
+@namespaces()
+def test_two_key_removes_at_once_never_leave_no_slot(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
+    """Issue 15, failure 2: two `phx key remove` at once (slots A and B of two) used to both
+    succeed and leave `keys/` empty. Under the exclusive lock the second is refused."""
+    sb = sandbox
+    sb.backup()
+    other = "a second passphrase for slot b"
+    added = sb.phx("key", "add", "--method", "passphrase", "--json", env=sb.env_with(PHX_NEW_PASSPHRASE=other)).json()
+    slots = {s["id"]: s for s in sb.phx("key", "list", "--json").json()}
+    (slot_a,) = [sid for sid in slots if sid != added["id"]]
+    slot_b = added["id"]
+    env_b = sb.env_with(PHX_PASSPHRASE=other)
+    with Paused(
+        ["key", "remove", slot_a], sb.env, tmp_path / "pause", at="before:delete:keys/", namespace=other_ns
+    ) as run:
+        run.wait_paused()
+        second = sb.phx("key", "remove", slot_b, env=env_b, check=None)
+        assert_error(second, 1, "locked", "key remove")
+        assert run.finish() == 0, run.err
+    assert sorted(p.name for p in (sb.repo / "keys").iterdir()) == [slot_b]
+    # The repository still opens, with the slot that is left.
+    assert len(sb.phx("list", "--json", env=env_b).json()) == 1
+    last = sb.phx("key", "remove", slot_b, env=env_b, check=None)
+    assert_error(last, 1, "last key slot")
+
+
+def test_an_unreadable_lock_is_named_and_phx_unlock_removes_it(backed_up: Sandbox) -> None:
+    """Issue 15, failure 6: an empty lock object blocked every command for ever ("exclusive lock
+    by unknown (pid 0) ... refreshed <now>") and `phx unlock` said there were no stale locks."""
+    sb = backed_up
+    lock = sb.repo / "locks" / ("0f" * 16)
+    lock.write_bytes(b"")
+    line = assert_error(sb.phx("backup", check=None), 1, f"locks/{lock.name}", "empty", "phx unlock")
+    assert "refreshed" not in line
+    old = lock.stat().st_mtime - 3600
+    os.utime(lock, (old, old))
+    assert_error(sb.phx("backup", check=None), 1, "stale unreadable lock", f"locks/{lock.name}", "phx unlock")
+    res = sb.phx("unlock")
+    assert f"removed unreadable lock locks/{lock.name} (empty)" in res.out, res
+    assert not lock.exists()
+    sb.backup()

@@ -1,0 +1,142 @@
+"""Locks (issue 15, failures 1 and 6): a lock is judged dead only when that is provable (same host,
+boot and PID namespace); an unreadable lock ages by its object's time, is named, and `unlock`
+removes it; a holder learns that its lock was removed or overwritten and never recreates it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+from test_repository import dead_pid, plant_lock
+
+from phoenix_backup.errors import RepositoryError, RepositoryLocked
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.locks import (
+    STALE_SECONDS,
+    boot_id,
+    own_start_time,
+    pid_namespace,
+    time_namespace,
+)
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.local import LocalBackend
+
+needs_proc = pytest.mark.skipif(
+    not boot_id() or not pid_namespace(), reason="no /proc boot id or PID namespace: death is never provable"
+)
+
+
+def new_repo(path: Path, notices: list[str] | None = None) -> Repository:
+    sink = notices.append if notices is not None else None
+    return Repository.init(LocalBackend(path), keys.wrap_none, False, notice=sink)
+
+
+def lock_names(repo: Repository) -> set[str]:
+    return {info.name for info in repo.backend.list("locks/")}
+
+
+@needs_proc
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"pidNs": pid_namespace() + 1},  # a container sharing the host name: its pids are not ours
+        {"pidNs": None},  # a lock of an older Phoenix: the namespace is unknown
+    ],
+    ids=["other-pid-namespace", "no-pid-namespace"],
+)
+def test_a_pid_that_means_nothing_here_proves_nothing(tmp_path: Path, changes: dict[str, object]) -> None:
+    notices: list[str] = []
+    repo = new_repo(tmp_path / "repo", notices)
+    planted = plant_lock(repo, pid=dead_pid(), processStart=1, **changes)
+    with pytest.raises(RepositoryLocked, match="wait for it to finish"):
+        repo.lock(True, "prune")
+    assert lock_names(repo) == {planted} and notices == []
+    assert [i.name for i in repo.locks.unlock()] == [], "a fresh lock is not stale"
+
+
+@needs_proc
+def test_start_times_seen_through_another_time_namespace_prove_nothing(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    planted = plant_lock(repo, exclusive=True, processStart=own_start_time() + 1000, timeNs=time_namespace() + 1)
+    with pytest.raises(RepositoryLocked):
+        repo.lock(False, "backup")
+    assert lock_names(repo) == {planted}
+
+
+@needs_proc
+def test_a_dead_process_in_our_own_namespace_is_proved_dead(tmp_path: Path) -> None:
+    notices: list[str] = []
+    repo = new_repo(tmp_path / "repo", notices)
+    plant_lock(repo, pid=dead_pid(), processStart=1, exclusive=True)
+    with repo.lock(True, "prune") as held:
+        assert lock_names(repo) == {held.name}
+    assert len(notices) == 1 and "no longer runs" in notices[0]
+
+
+@pytest.mark.parametrize("content", [b"", os.urandom(64)], ids=["empty", "random"])
+def test_an_unreadable_lock_ages_by_its_object_time_and_unlock_removes_it(tmp_path: Path, content: bytes) -> None:
+    repo = new_repo(tmp_path / "repo")
+    name = f"locks/{secrets.token_hex(16)}"
+    repo.backend.write(name, content)
+    # Fresh: it blocks (it might be anything), named, with the way out.
+    with pytest.raises(RepositoryLocked) as fresh:
+        repo.lock(False, "backup")
+    assert f"unreadable lock {name}" in str(fresh.value) and "phx unlock" in str(fresh.value)
+    # Old: it is stale by the time the store gives its object, not "refreshed now".
+    old = time.time() - STALE_SECONDS - 120
+    os.utime(tmp_path / "repo" / name, (old, old))
+    with pytest.raises(RepositoryLocked, match="stale unreadable lock") as stale:
+        repo.lock(True, "prune")
+    assert name in str(stale.value)
+    (info,) = repo.locks.all()
+    assert info.is_stale(time.time()) and abs(info.time - old) < 2
+    # unlock removes it and says what it was.
+    (removed,) = repo.locks.unlock()
+    assert removed.name == name and not removed.readable
+    assert name in removed.describe() and ("empty" in removed.describe()) == (content == b"")
+    repo.lock(True, "prune").release()
+
+
+def test_unlock_removes_a_fresh_unreadable_lock_too(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    repo.backend.write(f"locks/{secrets.token_hex(16)}", b"")
+    live = plant_lock(repo, host="elsewhere")
+    assert [i.readable for i in repo.locks.unlock()] == [False]
+    assert lock_names(repo) == {live}, "a fresh readable lock stays"
+
+
+def test_a_holder_learns_its_lock_was_removed_and_never_recreates_it(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    held = repo.lock(False, "backup")
+    held.confirm()  # present and ours
+    repo.backend.delete(held.name)
+    with pytest.raises(RepositoryError, match="removed by another process"):
+        held.confirm()
+    with pytest.raises(RepositoryError, match="nothing was committed"):
+        repo.locks.confirm_held()
+    held.release()
+    assert lock_names(repo) == set()
+
+
+def test_a_holder_learns_its_lock_was_overwritten(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    other = new_repo(tmp_path / "other")
+    held = repo.lock(False, "backup")
+    foreign = plant_lock(other, host="elsewhere")
+    repo.backend.write(held.name, other.backend.read(foreign))
+    with pytest.raises(RepositoryError, match="lock is gone"):
+        held.confirm()
+    held.release()
+    assert lock_names(repo) == {held.name}, "a lock that is not ours is not deleted by us"
+
+
+def test_a_lock_records_where_and_when_it_was_taken(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    before = time.time()
+    with repo.lock(False, "backup"):
+        (info,) = repo.locks.all()
+        assert info.is_ours() and info.pid_ns == pid_namespace() and info.time_ns == time_namespace()
+        assert before - 1 <= info.created <= time.time()
