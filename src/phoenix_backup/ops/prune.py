@@ -277,7 +277,10 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
         )
 
     delete = [u for u in packs.values() if u.info is not None and not u.used]
-    partial = [u for u in packs.values() if u.info is not None and u.used and u.unused_bytes > 0]
+    # A pack whose every blob is used is never repacked: its header alone is no waste, and in an
+    # unencrypted repository the copy would have the same bytes, so the same name as the pack
+    # that step 4 deletes.
+    partial = [u for u in packs.values() if u.info is not None and u.used and len(u.used) < len(u.entries)]
     kept_bytes = sum(u.size for u in packs.values() if u.info is not None and u.used)
     repack = _choose_repack(partial, report, now, kept_bytes)
     vanished = [u for u in packs.values() if u.info is None]
@@ -316,7 +319,8 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
             repo.backend.delete(name)
     # 4. Packs last: nothing live refers to them any more.
     for u in delete + repack:
-        repo.backend.delete(pack_name(u.pack_id))
+        if u.pack_id not in new_packs:  # never a pack a copy has just been written under
+            repo.backend.delete(pack_name(u.pack_id))
     for info in leftovers:
         repo.backend.delete(info.name)
     for path in temporary:
