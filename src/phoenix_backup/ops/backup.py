@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -493,8 +493,11 @@ def _run(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool:
         futures: dict[str, Future[Node]] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
+        links = hardlink_groups(sel.entries.values())
         # Databases first: they are the largest items, so they start while files fill the gaps.
         for entry in sorted(sel.entries.values(), key=lambda e: (e.kind != "sqlite", e.logical)):
+            if entry.logical in links:
+                continue  # another name of a file read once, below
             if entry.kind == "file":
                 futures[entry.logical] = pool.submit(run.file_node, entry)
             elif entry.kind == "sqlite":
@@ -536,6 +539,7 @@ def _run(
             done += 1
             _progress(envx, done, total)
     run.aux.shutdown()
+    _link_nodes(nodes, links, run.incomplete)
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
     root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes)
@@ -582,6 +586,34 @@ def _run(
         warnings=run.warnings,
         duration=time.time() - started,
     )
+
+
+def hardlink_groups(entries: Iterable[Entry]) -> dict[str, str]:
+    """Regular files with several names in this selection (the same device and inode): each
+    name but the first in path order -> that first name."""
+    by_inode: dict[tuple[int, int], list[str]] = {}
+    for e in entries:
+        if e.kind == "file" and e.st.st_nlink > 1:
+            by_inode.setdefault((e.st.st_dev, e.st.st_ino), []).append(e.logical)
+    out: dict[str, str] = {}
+    for names in by_inode.values():
+        first, *others = sorted(names)
+        out.update(dict.fromkeys(others, first))
+    return out
+
+
+def _link_nodes(nodes: dict[str, Node], links: dict[str, str], incomplete: list[dict[str, str]]) -> None:
+    """Give every other name of a hard-linked file the first name's node (one inode, one content),
+    marked with `hardlink`; a file no longer linked loses the mark its parent's node carried."""
+    for logical, node in nodes.items():
+        if node.type == "file" and node.hardlink is not None:
+            nodes[logical] = dataclasses.replace(node, hardlink=None)
+    for logical, first in sorted(links.items()):
+        read = nodes.get(first)
+        if read is None:
+            incomplete.append({"path": logical, "error": f"a hard link of {first}, which could not be read"})
+            continue
+        nodes[logical] = dataclasses.replace(read, name=logical.rsplit("/", 1)[-1], hardlink=first)
 
 
 def _with_added(snap: Snapshot, added: int) -> Snapshot:

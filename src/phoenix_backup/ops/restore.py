@@ -16,6 +16,7 @@ writer's pid and start time, so a later restore removes those a killed run left 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -67,6 +68,9 @@ T = TypeVar("T")
 Action = Literal["create", "overwrite", "delete", "unchanged"]
 ACTIONS: tuple[Action, ...] = ("create", "overwrite", "delete", "unchanged")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Why os.link can fail where copying the content still works: another file system, a file system
+# without hard links, too many links to one inode, the first name gone or not ours to link.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT})
 _TMP_PREFIX = ".phx-tmp-"
 # .phx-tmp-<pid>-<process start>-<random>, and SQLite's companions of a temporary database copy.
 _TMP_NAME = re.compile(r"^\.phx-tmp-(\d+)-(\d+)-[0-9a-f]+(?:-wal|-shm|-journal)?$")
@@ -257,6 +261,8 @@ class _Plan:
     nodes: dict[str, Node]  # logical -> snapshot node, for everything restored from the snapshot
     dirs: list[tuple[str, Node]]  # the snapshot's folders on the way, parents first
     dir_changes: int  # folders to create, or whose mode or time differs
+    # Hard links: a file -> the first name of its link group, when both are restored.
+    links: dict[str, str] = field(default_factory=dict)
 
 
 class _Restore:
@@ -377,8 +383,11 @@ class _Restore:
                 continue
             nodes[logical] = node
             items.append(self.plan_item(logical, node))
+        links = _restored_links(nodes)
+        if links:
+            items = _relink_items(items, links)
         items += self.deletions({lg for lg, _ in self.tree})
-        return _Plan(items, nodes, dirs, dir_changes)
+        return _Plan(items, nodes, dirs, dir_changes, links)
 
     def plan_item(self, logical: str, node: Node) -> PlanItem:
         target = self.layout.to_real(logical, self.to)
@@ -771,8 +780,16 @@ class _Restore:
             writer.close()
 
     def write_files(self, writer: _Writer, plan: _Plan, result: RestoreResult, pool: ThreadPoolExecutor) -> None:
-        """File contents in parallel: each is written, checked, fsynced and renamed on its own."""
-        todo = [i for i in plan.items if i.kind == "file" and (i.action in ("create", "overwrite") or i.metadata)]
+        """File contents in parallel: each is written, checked, fsynced and renamed on its own.
+        Then the other names of hard-linked files, linked to their first name."""
+        firsts = set(plan.links.values())  # linked to: their inodes are noted, unchanged or not
+        todo = [
+            i
+            for i in plan.items
+            if i.kind == "file" and (i.action in ("create", "overwrite") or i.metadata or i.path in firsts)
+        ]
+        linked = [i for i in todo if i.path in plan.links]
+        todo = [i for i in todo if i.path not in plan.links]
         jobs: list[tuple[PlanItem, Future[str]]] = []
         for item in todo:
             node = plan.nodes[item.path]
@@ -784,6 +801,12 @@ class _Restore:
             if _record(result, item.path, job.result) is not None and item.action != "unchanged":
                 result.restored += 1
             _progress(self.envx, "restore", done, len(jobs))
+        for item in linked:
+            if item.action == "unchanged":
+                continue  # already a name of the first file's inode, whose metadata were set
+            node, first = plan.nodes[item.path], plan.links[item.path]
+            if _record(result, item.path, functools.partial(writer.hardlink, item.path, node, first)) is not None:
+                result.restored += 1
 
     def write_deletions(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
         deletions = [i for i in plan.items if i.action == "delete"]
@@ -826,6 +849,40 @@ class _Restore:
                         {"path": item.path, "error": f"the restored database fails its checks: {problem}"}
                     )
             result.databases.append(info)
+
+
+def _restored_links(nodes: dict[str, Node]) -> dict[str, str]:
+    """The hard links a restore can make: a file whose `hardlink` names a file restored with it,
+    of the same content (a hostile or odd tree gets copies, never a link to something else)."""
+    out: dict[str, str] = {}
+    for logical, node in nodes.items():
+        first = nodes.get(node.hardlink) if node.type == "file" and node.hardlink else None
+        if first is not None and first.type == "file" and first.hardlink is None and first.sha256 == node.sha256:
+            assert node.hardlink is not None
+            out[logical] = node.hardlink
+    return out
+
+
+def _relink_items(items: list[PlanItem], links: dict[str, str]) -> list[PlanItem]:
+    """A linked file is unchanged only when it is already the very inode of its first name, and
+    that one is unchanged too; equal content in a separate file is overwritten by the link."""
+    by_path = {i.path: i for i in items}
+    out = []
+    for item in items:
+        first = by_path.get(links.get(item.path, ""))
+        relink = first is not None and (first.action != "unchanged" or not _same_inode(item.target, first.target))
+        if relink and item.action == "unchanged":
+            item = dataclasses.replace(item, action="overwrite", metadata=False)
+        out.append(item)
+    return out
+
+
+def _same_inode(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _writes_content(item: PlanItem) -> bool:
@@ -947,6 +1004,12 @@ _BLOB_CACHE_BYTES = 4 * 1024 * 1024
 
 def _extent_bytes(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[memoryview]:
     """The bytes of each extent in order; each is valid until the next one is asked for."""
+    for blob, start, end in _extent_ranges(repo, logical, extents):
+        yield memoryview(blob)[start:end]
+
+
+def _extent_ranges(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[tuple[bytes, int, int]]:
+    """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
     cache: OrderedDict[bytes, bytes] = OrderedDict()
     cached = 0
     for ext in extents:
@@ -959,22 +1022,56 @@ def _extent_bytes(repo: Repository, logical: str, extents: list[Extent]) -> Iter
                 cached -= len(cache.popitem(last=False)[1])
         else:
             cache.move_to_end(ext.blob)
-        data = memoryview(blob)[ext.offset : ext.offset + ext.length]
-        if len(data) != ext.length:
+        if ext.offset + ext.length > len(blob):
             raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
-        yield data
+        yield blob, ext.offset, ext.offset + ext.length
+
+
+# Holes: a whole aligned block of zeros is skipped with lseek instead of written, so a sparse file
+# (a VM image, a preallocated log) comes back sparse. 4 KiB is the block of the common Linux file
+# systems; a smaller run of zeros costs a block anyway.
+_HOLE = 4096
+_ZERO_BLOCK = bytes(_HOLE)
 
 
 def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
-    """Write a node's bytes to the open file `out`, checking them against the snapshot's SHA-256."""
+    """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
+    checking them against the snapshot's SHA-256."""
     digest = hashlib.sha256()
-    for data in _extent_bytes(repo, logical, node.content):
-        digest.update(data)
-        while data:
-            n = os.write(out, data)
-            data = data[n:]
+    pos = 0
+    for blob, start, end in _extent_ranges(repo, logical, node.content):
+        digest.update(memoryview(blob)[start:end])
+        _write_sparse(out, blob, start, end, pos)
+        pos += end - start
+    if os.lseek(out, 0, os.SEEK_CUR) != pos:
+        os.ftruncate(out, pos)  # the file ends in a hole
     if digest.hexdigest() != node.sha256:
         raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot (damaged)")
+
+
+def _write_sparse(out: int, blob: bytes, start: int, end: int, pos: int) -> None:
+    """Write blob[start:end] at the current position `pos` of `out`, seeking over every block of
+    zeros aligned in the file. Data without a block of zeros (the usual case) is one search."""
+    shift = pos - start  # file offset of blob offset i: i + shift
+    i = start
+    while i < end:
+        z = blob.find(_ZERO_BLOCK, i, end)
+        if z < 0:
+            _write_all(out, memoryview(blob)[i:end])
+            return
+        first = z + (-(z + shift)) % _HOLE  # the first block boundary in the file at or after z
+        j = first
+        while j + _HOLE <= end and blob.startswith(_ZERO_BLOCK, j):
+            j += _HOLE
+        _write_all(out, memoryview(blob)[i:first])
+        if j > first:
+            os.lseek(out, j - first, os.SEEK_CUR)
+        i = max(j, first)
+
+
+def _write_all(out: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(out, data) :]
 
 
 def _load_content(repo: Repository, logical: str, node: Node) -> bytes:
@@ -1007,6 +1104,9 @@ class _Writer:
         self._roots: dict[str, int] = {}
         self._dir_meta: list[tuple[str, Node]] = []
         self._roots_lock = threading.Lock()
+        # (device, inode) of each file written or checked, so that a hard link is made only to
+        # the very file this restore put there.
+        self._inodes: dict[str, tuple[int, int]] = {}
 
     def close(self) -> None:
         for fd in self._roots.values():
@@ -1130,8 +1230,7 @@ class _Writer:
         for logical, node in sorted(self._dir_meta, key=lambda x: x[0].count("/"), reverse=True):
             try:
                 with self.open_dir(logical) as dfd:
-                    os.fchmod(dfd, node.mode)
-                    _chown(dfd, node)
+                    _set_owner_mode(dfd, node)
                     os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
             except FileNotFoundError:
                 continue  # removed since (its creation failed and was reported)
@@ -1154,12 +1253,38 @@ class _Writer:
         with self.parent_dir(logical, create=False) as (fd, name):
             f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
             try:
-                os.fchmod(f, node.mode)
-                _chown(f, node)
+                _set_owner_mode(f, node)
                 os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
+                self._remember(logical, f)
             finally:
                 os.close(f)
         return "ok"
+
+    def _remember(self, logical: str, fd: int) -> None:
+        st = os.fstat(fd)
+        self._inodes[logical] = (st.st_dev, st.st_ino)
+
+    def hardlink(self, logical: str, node: Node, first: str) -> str:
+        """Make `logical` another name of the file just restored at `first` (a temporary link,
+        checked to be that very inode, renamed into place). Where no link can be made (another
+        file system, a file system without links, `first` not restored), the content is written."""
+        inode = self._inodes.get(first)
+        if inode is not None:
+            try:
+                with self.parent_dir(first, create=False) as (src, src_name), self.parent_dir(logical) as (fd, name):
+                    tmp = _tmp_name()
+                    os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=fd, follow_symlinks=False)
+                    st = os.stat(tmp, dir_fd=fd, follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) != inode:
+                        _discard(fd, tmp)  # `first` was swapped since it was written: copy instead
+                    else:
+                        _replace(fd, tmp, name, logical)
+                        os.fsync(fd)
+                        return "ok"
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise _unsafe_or_error(exc, logical) from exc
+        return self.content(logical, node)
 
     def _write_temp(self, fd: int, logical: str, node: Node) -> str:
         """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
@@ -1167,10 +1292,10 @@ class _Writer:
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
             _write_content(self.repo, out, logical, node)
-            os.fchmod(out, node.mode)
-            _chown(out, node)
+            _set_owner_mode(out, node)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
             os.fsync(out)
+            self._remember(logical, out)
         except BaseException as exc:
             os.close(out)
             with contextlib.suppress(OSError):
@@ -1289,8 +1414,7 @@ class _Writer:
     def _set_live_metadata(self, fd: int, name: str, node: Node) -> None:
         f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         try:
-            os.fchmod(f, node.mode)
-            _chown(f, node)
+            _set_owner_mode(f, node)
             os.fsync(f)
         finally:
             os.close(f)
@@ -1338,10 +1462,13 @@ def _integrity(path: str) -> str:
     return "ok" if rows == ["ok"] else "; ".join(rows[:5])
 
 
-def _chown(fd: int, node: Node) -> None:
+def _set_owner_mode(fd: int, node: Node) -> None:
+    """The owner (as root) first, then the mode: Linux clears the setuid and setgid bits on every
+    chown, root's included, so the other order loses them (tar and restic chown first too)."""
     if os.geteuid() == 0:
         with contextlib.suppress(OSError):
             os.fchown(fd, node.uid, node.gid)
+    os.fchmod(fd, node.mode)
 
 
 def describe_error(exc: PhoenixError) -> str:

@@ -95,6 +95,9 @@ class Node:
     content: list[Extent] = field(default_factory=list)  # file, sqlite
     sha256: str | None = None  # file, sqlite (of the consistent copy)
     link_target: str | None = None  # symlink
+    # file: the logical path of the first file (in path order) of its hard-link group in this
+    # snapshot, on every other member; a restore links it to that file instead of copying.
+    hardlink: str | None = None
     sqlite: dict[str, Any] | None = None  # sqlite: pageSize, integrity, tables, source stats
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +120,8 @@ class Node:
             d["subtree"] = self.subtree.hex()
         if self.type == "symlink":
             d["linkTarget"] = self.link_target
+        if self.hardlink is not None:
+            d["hardlink"] = self.hardlink  # only when set: other trees keep their bytes and ids
         if self.sqlite is not None:
             d["sqlite"] = self.sqlite
         return d
@@ -145,6 +150,8 @@ class Node:
                 node.subtree = bytes.fromhex(d["subtree"])
             if t == "symlink":
                 node.link_target = str(d["linkTarget"])
+            if t == "file" and d.get("hardlink") is not None:
+                node.hardlink = "/".join(check_name(part) for part in str(d["hardlink"]).split("/"))
             if "sqlite" in d:
                 node.sqlite = dict(d["sqlite"])
             return node
