@@ -14,6 +14,7 @@ from phoenix_backup.config import (
 )
 from phoenix_backup.config.defaults import SEARCH_PATHS
 from phoenix_backup.errors import ConfigError, MissingCredentials, PhoenixError, UsageError
+from phoenix_backup.ops import leftovers
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.locks import LockInfo
@@ -87,6 +88,10 @@ def init(
 
 
 def load(envx: Environment, config_path: str | None) -> Config:
+    """The config; first, every command removes what killed restores left in the user's folders."""
+    removed = leftovers.clean(envx.home)
+    if removed:
+        envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
     return load_config(find_config_path(config_path, envx.env), envx.env)
 
 

@@ -46,7 +46,7 @@ from phoenix_backup.errors import (
     UnsafePath,
     UsageError,
 )
-from phoenix_backup.ops import alignment, live_sqlite, safety
+from phoenix_backup.ops import alignment, leftovers, live_sqlite, safety
 from phoenix_backup.ops.backup import select_sources, walk_tree
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.ops.gateway import GatewayStep, run_gateway
@@ -56,7 +56,7 @@ from phoenix_backup.repo.locks import process_start_time
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Extent, Node, check_name
-from phoenix_backup.sources.files import SQLITE_SUFFIXES
+from phoenix_backup.sources.files import RESTORE_TEMP, SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, is_database_path, split_logical
 from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.storage.local import os_error
@@ -72,8 +72,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # without hard links, too many links to one inode, the first name gone or not ours to link.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT})
 _TMP_PREFIX = ".phx-tmp-"
-# .phx-tmp-<pid>-<process start>-<random>, and SQLite's companions of a temporary database copy.
-_TMP_NAME = re.compile(r"^\.phx-tmp-(\d+)-(\d+)-[0-9a-f]+(?:-wal|-shm|-journal)?$")
 
 
 @dataclass(frozen=True)
@@ -1078,18 +1076,13 @@ def _load_content(repo: Repository, logical: str, node: Node) -> bytes:
     return b"".join(_extent_bytes(repo, logical, node.content))
 
 
-@functools.cache
-def _own_start() -> int:
-    return process_start_time(os.getpid()) or 0
-
-
 def _tmp_name() -> str:
-    return f"{_TMP_PREFIX}{os.getpid()}-{_own_start()}-{secrets.token_hex(6)}"
+    return f"{_TMP_PREFIX}{os.getpid()}-{leftovers.own_start()}-{secrets.token_hex(6)}"
 
 
 def _leftover(name: str) -> bool:
     """A temporary file of a restore whose process no longer runs."""
-    m = _TMP_NAME.match(name)
+    m = RESTORE_TEMP.match(name)
     if m is None:
         return False
     start = process_start_time(int(m.group(1)))
@@ -1107,11 +1100,20 @@ class _Writer:
         # (device, inode) of each file written or checked, so that a hard link is made only to
         # the very file this restore put there.
         self._inodes: dict[str, tuple[int, int]] = {}
+        # The folders holding this restore's temporary files, for the next command should it be
+        # killed (ops/leftovers.py).
+        self.journal = leftovers.Journal(layout.home)
+
+    def _temp_name(self, logical: str) -> str:
+        """A new temporary name for `logical`'s folder, noted in the journal first."""
+        self.journal.record(self.layout.to_real(logical, self.to).parent)
+        return _tmp_name()
 
     def close(self) -> None:
         for fd in self._roots.values():
             os.close(fd)
         self._roots.clear()
+        self.journal.close()
 
     def _base(self, root: str) -> int:
         """A descriptor of the folder a logical root maps to (created below --to if needed)."""
@@ -1238,7 +1240,7 @@ class _Writer:
     def symlink(self, logical: str, node: Node) -> None:
         assert node.link_target is not None
         with self.parent_dir(logical) as (fd, name):
-            tmp = _tmp_name()
+            tmp = self._temp_name(logical)
             os.symlink(node.link_target, tmp, dir_fd=fd)
             _replace(fd, tmp, name, logical)
             with contextlib.suppress(OSError, NotImplementedError):
@@ -1272,7 +1274,7 @@ class _Writer:
         if inode is not None:
             try:
                 with self.parent_dir(first, create=False) as (src, src_name), self.parent_dir(logical) as (fd, name):
-                    tmp = _tmp_name()
+                    tmp = self._temp_name(logical)
                     os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=fd, follow_symlinks=False)
                     st = os.stat(tmp, dir_fd=fd, follow_symlinks=False)
                     if (st.st_dev, st.st_ino) != inode:
@@ -1288,7 +1290,7 @@ class _Writer:
 
     def _write_temp(self, fd: int, logical: str, node: Node) -> str:
         """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
-        tmp = _tmp_name()
+        tmp = self._temp_name(logical)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
             _write_content(self.repo, out, logical, node)
@@ -1309,7 +1311,7 @@ class _Writer:
     def write_bytes(self, logical: str, data: bytes, mode: int) -> None:
         """Replace a file with `data` atomically (temp file, fsync, rename)."""
         with self.parent_dir(logical) as (fd, name):
-            tmp = _tmp_name()
+            tmp = self._temp_name(logical)
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
             try:
                 view = memoryview(data)
