@@ -12,9 +12,10 @@ backup API), and afterwards:
 - no sequence of key commands leaves the repository without a slot that opens it.
 
 Each command is a `Scenario` in `SCENARIOS`; adding a command (say `key rotate`) is one entry.
-The kill point of each trial is drawn, with a fixed seed, from the number of calls an uninterrupted
-run of the same command makes on the same data. The default run does TRIALS_DEFAULT trial(s) per
-command; PHX_TEST_HEAVY=1 does TRIALS_HEAVY and prints the figures docs/reliability.md quotes.
+The kill points are drawn, with a fixed seed and without repeats, from the calls an uninterrupted
+run of the same command makes on the same data (every call, when there are no more than trials).
+The default run does TRIALS_DEFAULT trial per command; PHX_TEST_HEAVY=1 does TRIALS_HEAVY and
+prints the figures docs/reliability.md quotes (PHX_KILL_FIGURES=FILE also writes them as JSON).
 """
 
 from __future__ import annotations
@@ -319,8 +320,9 @@ def test_killed_at_a_random_io_call(
     shutil.rmtree(calibration.sb.root)
 
     tally = TALLY.setdefault(name, {"trials": 0, "killed": 0, "completed": 0, "calls": total})
-    for trial in range(TRIALS):
-        at = rng.randint(1, total)
+    # Every call when there are no more than trials; else distinct calls drawn with the seed.
+    points = list(range(1, total + 1)) if total <= TRIALS else sorted(rng.sample(range(1, total + 1), TRIALS))
+    for trial, at in enumerate(points):
         w = fresh(f"trial-{trial}")
         kind, _n, call = run_hooked(w, scenario.args(w), kill_at=at, env=scenario.env(w))
         what = f"{name}, trial {trial}: killed at I/O call {at} of {total}, {call}"

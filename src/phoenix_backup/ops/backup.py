@@ -43,6 +43,8 @@ from phoenix_backup.state import TargetOutcome, write_state
 # A file modified this close to the parent backup's start may have changed within the same
 # timestamp tick after it was read, so it is read again.
 RACY_NS = 1_000_000_000
+# Reads of a file that changes while it is read, before it is saved as it was last read.
+READ_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -346,19 +348,32 @@ class _Run:
         if self.unchanged(prev, st, "file"):
             assert prev is not None
             return _renamed(prev, entry.path.name)
-        extents: list[Extent] = []
-        digest = hashlib.sha256()
-        size = 0
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
-            fst = os.fstat(f.fileno())
-            if not stat.S_ISREG(fst.st_mode):
-                raise SourceError(f"{entry.path} is no longer a regular file")
-            for chunk in file_chunks_of(f, fst.st_size, self.repo.config.chunker, self.repo.secrets.chunker_seed):
-                digest.update(chunk)
-                size += len(chunk)
-                extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
+            # A file written while it is read may hold a mix of old and new bytes: it is read
+            # again (what was already stored costs space, nothing else), and saved with a
+            # warning when it never holds still.
+            for attempt in range(1, READ_ATTEMPTS + 1):
+                fst = os.fstat(f.fileno())
+                if not stat.S_ISREG(fst.st_mode):
+                    raise SourceError(f"{entry.path} is no longer a regular file")
+                f.seek(0)
+                extents: list[Extent] = []
+                digest = hashlib.sha256()
+                size = 0
+                for chunk in file_chunks_of(f, fst.st_size, self.repo.config.chunker, self.repo.secrets.chunker_seed):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
+                if size == fst.st_size and _same_version(fst, os.fstat(f.fileno())):
+                    break
+                if attempt == READ_ATTEMPTS:
+                    self.warnings.append(
+                        f"{entry.logical} changed while it was read ({READ_ATTEMPTS} times); the snapshot holds the "
+                        "bytes of the last read, which may mix old and new content, and the next backup reads it again"
+                    )
         self.files_read += 1
+        # The stat from before the read: a change during it makes the next backup read the file.
         return _content_node(entry.path.name, "file", fst, size, extents, digest.hexdigest())
 
     def sqlite_node(self, entry: Entry) -> tuple[Node, DatabaseInfo]:
@@ -448,6 +463,10 @@ def _content_node(
         sha256=sha256,
         sqlite=sqlite,
     )
+
+
+def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
 def _renamed(node: Node, name: str) -> Node:

@@ -1041,8 +1041,8 @@ def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None
         digest.update(memoryview(blob)[start:end])
         _write_sparse(out, blob, start, end, pos)
         pos += end - start
-    if os.lseek(out, 0, os.SEEK_CUR) != pos:
-        os.ftruncate(out, pos)  # the file ends in a hole
+    if os.fstat(out).st_size != pos:
+        os.ftruncate(out, pos)  # the file ends in a hole: seeking alone does not extend it
     if digest.hexdigest() != node.sha256:
         raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot (damaged)")
 

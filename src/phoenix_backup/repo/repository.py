@@ -8,6 +8,7 @@ point; anything written before a crash and never committed is an unreferenced le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from typing import Any
 from phoenix_backup.errors import (
     CorruptObject,
     ObjectNotFound,
+    ReadOnlyStorage,
     RepositoryError,
     RepositoryNotFound,
     SnapshotNotFound,
@@ -252,8 +254,18 @@ class Repository:
             raise RepositoryError("refusing to remove the last key slot: the repository could never be opened again")
         self.backend.delete(f"keys/{slot_id}")
 
-    def lock(self, exclusive: bool, command: str) -> HeldLock:
-        return self.locks.acquire(exclusive, command)
+    def lock(self, exclusive: bool, command: str) -> HeldLock | contextlib.nullcontext[None]:
+        """A shared or exclusive lock for `command`. On a read-only store a shared lock cannot be
+        written and is not needed: this process cannot change the repository there, and what it
+        reads is authenticated (a concurrent prune elsewhere makes a read fail, never lie). So it
+        reads without one, saying so; its writes, if any, fail with the read-only error."""
+        try:
+            return self.locks.acquire(exclusive, command)
+        except ReadOnlyStorage:
+            if exclusive:
+                raise
+            self.notice(f"{self.backend.location} is read-only: reading it without a lock")
+            return contextlib.nullcontext()
 
     # -- index -------------------------------------------------------------------------
 
