@@ -52,7 +52,8 @@ class Request:
 
 @dataclass
 class Plan:
-    rate: float = 0.0  # share of requests that meet a fault
+    rate: float = 0.0  # share of requests that meet a fault (a seeded hash of each request decides)
+    every: int = 0  # or: the first attempt of every Nth new request meets one (a fixed count)
     kinds: tuple[str, ...] = FAULTS
     max_faults: int = 2  # faults in a row for one request, at most
     seed: int = 0
@@ -69,11 +70,16 @@ class Plan:
         with self.lock:
             attempt = self.seen[req.key]
             self.seen[req.key] += 1
-        if attempt >= self.max_faults or not self.rate:
-            return None
-        digest = hashlib.sha256(f"{self.seed}|{req.key}|{attempt}".encode()).digest()
-        if int.from_bytes(digest[:4], "big") / 2**32 >= self.rate:
-            return None
+            new = len(self.seen) if attempt == 0 else 0
+        if self.every:
+            if not new or new % self.every != self.every // 2:
+                return None
+        else:
+            if attempt >= self.max_faults or not self.rate:
+                return None
+            digest = hashlib.sha256(f"{self.seed}|{req.key}|{attempt}".encode()).digest()
+            if int.from_bytes(digest[:4], "big") / 2**32 >= self.rate:
+                return None
         with self.lock:  # the kinds in turn, so that a few faults already cover every kind
             kind = self.kinds[sum(self.injected.values()) % len(self.kinds)]
             self.injected[kind] += 1

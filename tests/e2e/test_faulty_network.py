@@ -65,7 +65,7 @@ def test_transient_faults_are_retried(sandbox: Sandbox, moto: MotoServer, tmp_pa
     sb = sandbox
     # Every retry waits about a second (the retry policy's backoff): the default run keeps the
     # faults few; PHX_TEST_HEAVY=1 makes them dense.
-    plan = Plan(rate=0.3, max_faults=2, seed=15) if HEAVY else Plan(rate=0.04, max_faults=1, seed=15)
+    plan = Plan(rate=0.3, max_faults=2, seed=15) if HEAVY else Plan(every=15)
     proxy = FaultyProxy(moto.port, plan)
     try:
         bucket = use_s3(sb, moto, proxy.endpoint)
