@@ -13,52 +13,31 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error, assert_restored, wait_past_racy_window
+from e2e_support import Sandbox, assert_error, assert_restored, mount, wait_past_racy_window
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 MIB = 1024 * 1024
 
 
-def _mount(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 MiB tmpfs that the test may remount read-only; unmounted afterwards."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    proc = _mount("-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs", str(mnt))
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, stdin=subprocess.DEVNULL)
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, stdin=subprocess.DEVNULL)
-
-
 # -- a read-only repository ----------------------------------------------------------------------
 
 
-def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Path, tmp_path: Path) -> None:
+def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Callable[[str], Path], tmp_path: Path) -> None:
     sb = sandbox
-    repo = tmpfs / "repo"
+    fs = tmpfs("256m")
+    repo = fs / "repo"
     sb.write_config(backupDir=str(repo))
     state = sb.state()
     doc = sb.backup()
     before = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*"))
-    proc = _mount("-o", "remount,ro", str(tmpfs))
+    proc = mount("-o", "remount,ro", str(fs))
     assert proc.returncode == 0, proc.stderr
 
     res = sb.phx("verify", "--read-data", "--json")
@@ -75,7 +54,7 @@ def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Path, tmp_p
     assert "target local: FAILED: read-only file system" in res.out, res
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == before
 
-    proc = _mount("-o", "remount,rw", str(tmpfs))
+    proc = mount("-o", "remount,rw", str(fs))
     assert proc.returncode == 0, proc.stderr
     assert sb.verify("--read-data")["ok"] is True
     sb.backup()
