@@ -13,7 +13,7 @@ backup API), and afterwards:
 
 Each command is a `Scenario` in `SCENARIOS`; adding a command (say `key rotate`) is one entry.
 The kill points are drawn, with a fixed seed and without repeats, from the calls an uninterrupted
-run of the same command makes on the same data (every call, when there are no more than trials).
+run of the same command makes on the same data (every call in turn, when there are fewer).
 The default run does TRIALS_DEFAULT trial per command; PHX_TEST_HEAVY=1 does TRIALS_HEAVY and
 prints the figures docs/reliability.md quotes (PHX_KILL_FIGURES=FILE also writes them as JSON).
 """
@@ -104,7 +104,7 @@ def run_hooked(
     """Run `phx ARGS` under the hook; ("killed", N, the call) or ("calls", total, "")."""
     report = w.sb.root / f"kill-report-{time.monotonic_ns()}"
     run_env = dict(env or w.sb.env)
-    run_env.update(PHX_KILL_AT=str(kill_at), PHX_KILL_REPORT=str(report), PHX_KILL_SEED=str(kill_at))
+    run_env.update(PHX_KILL_AT=str(kill_at), PHX_KILL_REPORT=str(report), PHX_KILL_SEED=str(w.sb.root))
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         env=run_env,
@@ -358,8 +358,11 @@ def test_killed_at_a_random_io_call(
     shutil.rmtree(calibration.sb.root)
 
     tally = TALLY.setdefault(name, {"trials": 0, "killed": 0, "completed": 0, "calls": total})
-    # Every call when there are no more than trials; else distinct calls drawn with the seed.
-    points = list(range(1, total + 1)) if total <= TRIALS else sorted(rng.sample(range(1, total + 1), TRIALS))
+    # Distinct calls drawn with the seed; every call, in turn, when there are fewer than trials.
+    if total < TRIALS:
+        points = [1 + i % total for i in range(TRIALS)]
+    else:
+        points = sorted(rng.sample(range(1, total + 1), TRIALS))
     for trial, at in enumerate(points):
         w = fresh(f"trial-{trial}")
         kind, _n, call = run_hooked(w, scenario.args(w), kill_at=at, env=scenario.env(w))
