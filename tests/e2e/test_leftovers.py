@@ -56,9 +56,7 @@ def test_the_next_command_removes_a_killed_restores_database_copies(backed_up: S
     res = sb.phx("list")  # any command
     assert leftovers(sb) == [], f"still there after `phx list`: {leftovers(sb)}"
     assert "temporary file(s) a killed restore left behind" in res.err
-    assert not (sb.home / ".argentos" / "backup" / "restore-journal").exists() or not any(
-        (sb.home / ".argentos" / "backup" / "restore-journal").iterdir()
-    )
+    assert not (sb.cache / "restore-journal").exists() or not any((sb.cache / "restore-journal").iterdir())
     sb.phx("restore", "--backup", ref, "--yes")  # and the restore completes
     assert leftovers(sb) == []
 
@@ -92,7 +90,7 @@ def test_the_journal_removes_only_a_dead_restores_own_files(sandbox: Sandbox, tm
     plain = folder / "notes.md"
     for p in (mine, mine_wal, other_start, alive, plain):
         p.write_bytes(b"data")
-    journal = sb.home / ".argentos" / "backup" / "restore-journal"
+    journal = sb.cache / "restore-journal"
     journal.mkdir(parents=True)
     ns = os.readlink("/proc/self/ns/pid")
     head = {"bootId": boot_id(), "pidNamespace": ns, "pid": dead_pid, "start": 123}

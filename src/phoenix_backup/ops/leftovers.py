@@ -3,9 +3,10 @@
 A restore writes each file, and each database's full-size copy, to `.phx-tmp-<pid>-<start>-<hex>`
 beside its place, then renames it. Killed (SIGKILL, a power cut), it cannot remove them; they
 would stay in the user's folders, where nothing looks for them. So before its first temporary
-file in a folder, a restore appends that folder to its journal,
-`~/.argentos/backup/restore-journal/<pid>-<start>`, whose first line names the process (boot id,
-PID namespace, pid, start time). Every command that loads the config then reads the journals:
+file in a folder, a restore appends that folder to its journal, `restore-journal/<pid>-<start>`
+in the cache folder (`PHX_CACHE_DIR`, else e.g. `~/.cache/phoenix`), whose first line names the
+process (boot id, PID namespace, pid, start time). Every command that loads the config then reads
+the journals:
 
 - a journal whose process provably no longer runs (another boot; or the same boot and PID
   namespace, and the pid gone or started at another time) has that process's temporary files
@@ -28,14 +29,17 @@ import os
 import threading
 from pathlib import Path
 
+from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.repo.locks import boot_id, process_start_time
 from phoenix_backup.sources.files import RESTORE_TEMP
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def journal_dir(home: Path) -> Path:
-    return home / ".argentos" / "backup" / "restore-journal"
+def journal_dir() -> Path:
+    """In the cache folder: losing it costs at most some leftover files, never data, and the user's
+    folders (which an undo must be able to empty) stay free of it."""
+    return cache_root() / "restore-journal"
 
 
 def pid_namespace() -> str:
@@ -54,8 +58,8 @@ def own_start() -> int:
 class Journal:
     """The folders one restore writes temporary files into, recorded before the first one."""
 
-    def __init__(self, home: Path) -> None:
-        self.path = journal_dir(home) / f"{os.getpid()}-{own_start()}"
+    def __init__(self) -> None:
+        self.path = journal_dir() / f"{os.getpid()}-{own_start()}"
         self._folders: set[str] = set()
         self._lock = threading.Lock()
 
@@ -85,9 +89,9 @@ class Journal:
             self._folders.clear()
 
 
-def clean(home: Path) -> list[str]:
+def clean() -> list[str]:
     """Remove what killed restores left (see the module docstring); return the paths removed."""
-    folder = journal_dir(home)
+    folder = journal_dir()
     try:
         journals = sorted(folder.iterdir())
     except OSError:

@@ -89,7 +89,7 @@ def init(
 
 def load(envx: Environment, config_path: str | None) -> Config:
     """The config; first, every command removes what killed restores left in the user's folders."""
-    removed = leftovers.clean(envx.home)
+    removed = leftovers.clean()
     if removed:
         envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
     return load_config(find_config_path(config_path, envx.env), envx.env)
