@@ -63,7 +63,7 @@ def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Callable[[s
 # -- files changing while they are read ----------------------------------------------------------
 
 WRITER = """
-import os, sys, time
+import os, sys
 path, stop = sys.argv[1], sys.argv[2]
 size = os.path.getsize(path)
 i = 0
@@ -73,14 +73,13 @@ with open(path, "r+b") as f:
         f.write(os.urandom(4096))
         f.flush()
         i += 1
-        time.sleep(0.001)
 """
 
 
 def test_files_changing_while_read(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     busy = sb.workspace / "busy.log"
-    busy.write_bytes(os.urandom(12 * MIB))
+    busy.write_bytes(os.urandom(16 * MIB))  # read for long enough to be written meanwhile
     stop = tmp_path / "stop"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(busy), str(stop)])
     try:
