@@ -112,6 +112,10 @@ class NoSpace(StorageError):
     pass
 
 
+class ReadOnlyStorage(StorageError):
+    """The store cannot be written (a read-only file system): reading it still works."""
+
+
 class SourceError(PhoenixError):
     """A source (file, database) could not be read consistently."""
 

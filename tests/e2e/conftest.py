@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import Sandbox, tmpfs_at
 
 from phoenix_backup.sample import generate_workspace, layout_for
 
@@ -81,3 +81,11 @@ def public_tmp() -> Iterator[Path]:
                     with contextlib.suppress(OSError):
                         p.chmod(0o700 if p.is_dir() else 0o600)
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`tmpfs("8m")`: a size-limited tmpfs for this test, unmounted afterwards (the test is skipped,
+    with the reason, where mounting is not allowed)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda size: stack.enter_context(tmpfs_at(tmp_path / f"tmpfs-{size}", size))

@@ -6,6 +6,7 @@ Everything here works on real files and real SQLite databases; nothing is mocked
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,33 @@ def flip_byte(path: Path, offset: int | None = None) -> int:
     path.write_bytes(bytes(data))
     path.chmod(mode)
     return at
+
+
+# --------------------------------------------------------------------------------------------
+# File systems
+# --------------------------------------------------------------------------------------------
+
+
+def mount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def tmpfs_at(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (`8m`) mounted at `mnt` (created), unmounted afterwards; the test is
+    skipped, with the reason, where mounting is not allowed (not root, a container)."""
+    import pytest
+
+    if not shutil.which("mount") or not shutil.which("umount"):
+        pytest.skip("mount/umount are not installed")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, stdin=subprocess.DEVNULL)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, stdin=subprocess.DEVNULL)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import getpass
 import importlib
-import json
 import os
 import sys
 import traceback
@@ -15,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from phoenix_backup import __version__
+from phoenix_backup import __version__, jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
 from phoenix_backup.ops import manage
@@ -36,7 +35,7 @@ class Out:
 
     def result(self, doc: object, text: str) -> None:
         if self.as_json:
-            click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+            click.echo(jsontext.dumps(doc, indent=2))
         elif text:
             click.echo(text)
 
@@ -83,7 +82,7 @@ def common(f: F) -> F:
                 traceback.print_exc()
             click.echo(f"phx: error: {exc}", err=True)
             if as_json:
-                click.echo(json.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
+                click.echo(jsontext.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
             sys.exit(int(exc.exit_status))
         except KeyboardInterrupt:
             click.echo("phx: interrupted; the repository is unchanged unless a snapshot was reported", err=True)

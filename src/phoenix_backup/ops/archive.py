@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import secrets
 import stat
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup import __version__
+from phoenix_backup import __version__, jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops.browse import NodeReader, open_target
@@ -200,7 +199,7 @@ def _manifest(snap: Snapshot, nodes: list[tuple[str, Node]]) -> bytes:
         "databases": [d.to_json() for d in snap.databases],
         "incomplete": list(snap.incomplete),
     }
-    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+    return (jsontext.dumps(doc, indent=2) + "\n").encode()
 
 
 class _Writer:

@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +44,8 @@ from phoenix_backup.state import TargetOutcome, write_state
 # A file modified this close to the parent backup's start may have changed within the same
 # timestamp tick after it was read, so it is read again.
 RACY_NS = 1_000_000_000
+# Reads of a file that changes while it is read, before it is saved as it was last read.
+READ_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -374,19 +377,32 @@ class _Run:
         if self.unchanged(prev, st, "file"):
             assert prev is not None
             return _renamed(prev, entry.path.name)
-        extents: list[Extent] = []
-        digest = hashlib.sha256()
-        size = 0
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
-            fst = os.fstat(f.fileno())
-            if not stat.S_ISREG(fst.st_mode):
-                raise SourceError(f"{entry.path} is no longer a regular file")
-            for chunk in file_chunks_of(f, fst.st_size, self.repo.config.chunker, self.repo.secrets.chunker_seed):
-                digest.update(chunk)
-                size += len(chunk)
-                extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
+            # A file written while it is read may hold a mix of old and new bytes: it is read
+            # again (what was already stored costs space, nothing else), and saved with a
+            # warning when it never holds still.
+            for attempt in range(1, READ_ATTEMPTS + 1):
+                fst = os.fstat(f.fileno())
+                if not stat.S_ISREG(fst.st_mode):
+                    raise SourceError(f"{entry.path} is no longer a regular file")
+                f.seek(0)
+                extents: list[Extent] = []
+                digest = hashlib.sha256()
+                size = 0
+                for chunk in file_chunks_of(f, fst.st_size, self.repo.config.chunker, self.repo.secrets.chunker_seed):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
+                if size == fst.st_size and _same_version(fst, os.fstat(f.fileno())):
+                    break
+                if attempt == READ_ATTEMPTS:
+                    self.warnings.append(
+                        f"{entry.logical} changed while it was read ({READ_ATTEMPTS} times); the snapshot holds the "
+                        "bytes of the last read, which may mix old and new content, and the next backup reads it again"
+                    )
         self.files_read += 1
+        # The stat from before the read: a change during it makes the next backup read the file.
         return _content_node(entry.path.name, "file", fst, size, extents, digest.hexdigest())
 
     def sqlite_node(self, entry: Entry) -> tuple[Node, DatabaseInfo]:
@@ -479,6 +495,10 @@ def _content_node(
     )
 
 
+def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
 def _renamed(node: Node, name: str) -> Node:
     return node if node.name == name else dataclasses.replace(node, name=name)
 
@@ -525,8 +545,11 @@ def _run(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool:
         futures: dict[str, Future[Node]] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
+        links = hardlink_groups(sel.entries.values())
         # Databases first: they are the largest items, so they start while files fill the gaps.
         for entry in sorted(sel.entries.values(), key=lambda e: (e.kind != "sqlite", e.logical)):
+            if entry.logical in links:
+                continue  # another name of a file read once, below
             if entry.kind == "file":
                 futures[entry.logical] = pool.submit(run.file_node, entry)
             elif entry.kind == "sqlite":
@@ -568,6 +591,7 @@ def _run(
             done += 1
             _progress(envx, done, total)
     run.aux.shutdown()
+    _link_nodes(nodes, links, run.incomplete)
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
     trees: set[bytes] = set()
@@ -619,6 +643,34 @@ def _run(
         warnings=run.warnings,
         duration=time.time() - started,
     )
+
+
+def hardlink_groups(entries: Iterable[Entry]) -> dict[str, str]:
+    """Regular files with several names in this selection (the same device and inode): each
+    name but the first in path order -> that first name."""
+    by_inode: dict[tuple[int, int], list[str]] = {}
+    for e in entries:
+        if e.kind == "file" and e.st.st_nlink > 1:
+            by_inode.setdefault((e.st.st_dev, e.st.st_ino), []).append(e.logical)
+    out: dict[str, str] = {}
+    for names in by_inode.values():
+        first, *others = sorted(names)
+        out.update(dict.fromkeys(others, first))
+    return out
+
+
+def _link_nodes(nodes: dict[str, Node], links: dict[str, str], incomplete: list[dict[str, str]]) -> None:
+    """Give every other name of a hard-linked file the first name's node (one inode, one content),
+    marked with `hardlink`; a file no longer linked loses the mark its parent's node carried."""
+    for logical, node in nodes.items():
+        if node.type == "file" and node.hardlink is not None:
+            nodes[logical] = dataclasses.replace(node, hardlink=None)
+    for logical, first in sorted(links.items()):
+        read = nodes.get(first)
+        if read is None:
+            incomplete.append({"path": logical, "error": f"a hard link of {first}, which could not be read"})
+            continue
+        nodes[logical] = dataclasses.replace(read, name=logical.rsplit("/", 1)[-1], hardlink=first)
 
 
 def _with_added(snap: Snapshot, added: int) -> Snapshot:

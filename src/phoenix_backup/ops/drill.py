@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.browse import damaged_pack, open_target
@@ -512,7 +513,7 @@ def _write_reports(result: DrillResult, folder: Path, envx: Environment) -> None
     result.report_markdown, result.report_json = str(md), str(js)
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _atomic_write(js, json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+        _atomic_write(js, jsontext.dumps(result.to_json(), indent=2) + "\n")
         _atomic_write(md, markdown(result))
     except OSError as exc:
         result.report_markdown = result.report_json = None

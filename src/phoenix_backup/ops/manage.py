@@ -16,6 +16,7 @@ from phoenix_backup.config import (
 )
 from phoenix_backup.config.defaults import SEARCH_PATHS
 from phoenix_backup.errors import ConfigError, KeyChanged, MissingCredentials, PhoenixError, RepositoryError, UsageError
+from phoenix_backup.ops import leftovers
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.locks import LockInfo
@@ -92,6 +93,10 @@ def init(
 
 
 def load(envx: Environment, config_path: str | None) -> Config:
+    """The config; first, every command removes what killed restores left in the user's folders."""
+    removed = leftovers.clean()
+    if removed:
+        envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
     return load_config(find_config_path(config_path, envx.env), envx.env)
 
 

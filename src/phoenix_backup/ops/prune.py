@@ -298,10 +298,13 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
             "minutes ago (or after another lock was taken) and were kept: a running backup may still "
             "commit them (a later prune removes them)"
         )
+    # A pack whose every blob is used is never repacked: its header alone is no waste, and in an
+    # unencrypted repository the copy would have the same bytes, so the same name as the pack
+    # that step 3 deletes.
     partial = [
         u
         for u in packs.values()
-        if u.info is not None and u.used and u.unused_bytes > 0 and pack_name(u.pack_id) not in young
+        if u.info is not None and u.used and len(u.used) < len(u.entries) and pack_name(u.pack_id) not in young
     ]
     kept_bytes = sum(u.size for u in packs.values() if u.info is not None and u.used)
     repack = _choose_repack(partial, report, now, kept_bytes)
@@ -342,7 +345,8 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
     _stop_if_new_snapshots(repo, committed, "before deleting anything; run `phx repair index`, then prune again")
     # 3. Packs: nothing live refers to them any more.
     for u in delete + repack:
-        repo.backend.delete(pack_name(u.pack_id))
+        if u.pack_id not in new_packs:  # never a pack a copy has just been written under
+            repo.backend.delete(pack_name(u.pack_id))
     for info in leftovers:
         # A repack may have just written the very same bytes as a leftover of an earlier,
         # interrupted prune (same blobs, and in an unencrypted repository the same seals).

@@ -16,6 +16,7 @@ writer's pid and start time, so a later restore removes those a killed run left 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -45,18 +46,18 @@ from phoenix_backup.errors import (
     UnsafePath,
     UsageError,
 )
-from phoenix_backup.ops import alignment, live_sqlite, safety, sqlite_folder
+from phoenix_backup.ops import alignment, leftovers, live_sqlite, safety, sqlite_folder
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.ops.gateway import GatewayStep, run_gateway
 from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
 from phoenix_backup.repo.crypto import BlobType, sha256_file
-from phoenix_backup.repo.locks import process_start_time
+from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Extent, Node, check_name
 from phoenix_backup.repo.walker import walk_tree
-from phoenix_backup.sources.files import SQLITE_SUFFIXES
+from phoenix_backup.sources.files import RESTORE_TEMP, SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, is_database_path, split_logical
 from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.storage.local import os_error
@@ -69,9 +70,10 @@ T = TypeVar("T")
 Action = Literal["create", "overwrite", "delete", "unchanged"]
 ACTIONS: tuple[Action, ...] = ("create", "overwrite", "delete", "unchanged")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Why os.link can fail where copying the content still works: another file system, a file system
+# without hard links, too many links to one inode, the first name gone or not ours to link.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT})
 _TMP_PREFIX = ".phx-tmp-"
-# .phx-tmp-<pid>-<process start>-<random>, and SQLite's companions of a temporary database copy.
-_TMP_NAME = re.compile(r"^\.phx-tmp-(\d+)-(\d+)-[0-9a-f]+(?:-wal|-shm|-journal)?$")
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,8 @@ class _Plan:
     nodes: dict[str, Node]  # logical -> snapshot node, for everything restored from the snapshot
     dirs: list[tuple[str, Node]]  # the snapshot's folders on the way, parents first
     dir_changes: int  # folders to create, or whose mode or time differs
+    # Hard links: a file -> the first name of its link group, when both are restored.
+    links: dict[str, str] = field(default_factory=dict)
 
 
 class _Restore:
@@ -385,8 +389,11 @@ class _Restore:
                 continue
             nodes[logical] = node
             items.append(self.plan_item(logical, node))
+        links = _restored_links(nodes)
+        if links:
+            items = _relink_items(items, links)
         items += self.deletions({lg for lg, _ in self.tree})
-        return _Plan(items, nodes, dirs, dir_changes)
+        return _Plan(items, nodes, dirs, dir_changes, links)
 
     def plan_item(self, logical: str, node: Node) -> PlanItem:
         target = self.layout.to_real(logical, self.to)
@@ -797,8 +804,16 @@ class _Restore:
             writer.close()
 
     def write_files(self, writer: _Writer, plan: _Plan, result: RestoreResult, pool: ThreadPoolExecutor) -> None:
-        """File contents in parallel: each is written, checked, fsynced and renamed on its own."""
-        todo = [i for i in plan.items if i.kind == "file" and (i.action in ("create", "overwrite") or i.metadata)]
+        """File contents in parallel: each is written, checked, fsynced and renamed on its own.
+        Then the other names of hard-linked files, linked to their first name."""
+        firsts = set(plan.links.values())  # linked to: their inodes are noted, unchanged or not
+        todo = [
+            i
+            for i in plan.items
+            if i.kind == "file" and (i.action in ("create", "overwrite") or i.metadata or i.path in firsts)
+        ]
+        linked = [i for i in todo if i.path in plan.links]
+        todo = [i for i in todo if i.path not in plan.links]
         jobs: list[tuple[PlanItem, Future[str]]] = []
         for item in todo:
             node = plan.nodes[item.path]
@@ -810,6 +825,12 @@ class _Restore:
             if _record(result, item.path, job.result) is not None and item.action != "unchanged":
                 result.restored += 1
             _progress(self.envx, "restore", done, len(jobs))
+        for item in linked:
+            if item.action == "unchanged":
+                continue  # already a name of the first file's inode, whose metadata were set
+            node, first = plan.nodes[item.path], plan.links[item.path]
+            if _record(result, item.path, functools.partial(writer.hardlink, item.path, node, first)) is not None:
+                result.restored += 1
 
     def write_deletions(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
         deletions = [i for i in plan.items if i.action == "delete"]
@@ -849,6 +870,40 @@ class _Restore:
                         {"path": item.path, "error": f"the restored database fails its checks: {problem}"}
                     )
             result.databases.append(info)
+
+
+def _restored_links(nodes: dict[str, Node]) -> dict[str, str]:
+    """The hard links a restore can make: a file whose `hardlink` names a file restored with it,
+    of the same content (a hostile or odd tree gets copies, never a link to something else)."""
+    out: dict[str, str] = {}
+    for logical, node in nodes.items():
+        first = nodes.get(node.hardlink) if node.type == "file" and node.hardlink else None
+        if first is not None and first.type == "file" and first.hardlink is None and first.sha256 == node.sha256:
+            assert node.hardlink is not None
+            out[logical] = node.hardlink
+    return out
+
+
+def _relink_items(items: list[PlanItem], links: dict[str, str]) -> list[PlanItem]:
+    """A linked file is unchanged only when it is already the very inode of its first name, and
+    that one is unchanged too; equal content in a separate file is overwritten by the link."""
+    by_path = {i.path: i for i in items}
+    out = []
+    for item in items:
+        first = by_path.get(links.get(item.path, ""))
+        relink = first is not None and (first.action != "unchanged" or not _same_inode(item.target, first.target))
+        if relink and item.action == "unchanged":
+            item = dataclasses.replace(item, action="overwrite", metadata=False)
+        out.append(item)
+    return out
+
+
+def _same_inode(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _writes_content(item: PlanItem) -> bool:
@@ -970,6 +1025,12 @@ _BLOB_CACHE_BYTES = 4 * 1024 * 1024
 
 def _extent_bytes(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[memoryview]:
     """The bytes of each extent in order; each is valid until the next one is asked for."""
+    for blob, start, end in _extent_ranges(repo, logical, extents):
+        yield memoryview(blob)[start:end]
+
+
+def _extent_ranges(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[tuple[bytes, int, int]]:
+    """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
     cache: OrderedDict[bytes, bytes] = OrderedDict()
     cached = 0
     for ext in extents:
@@ -982,40 +1043,69 @@ def _extent_bytes(repo: Repository, logical: str, extents: list[Extent]) -> Iter
                 cached -= len(cache.popitem(last=False)[1])
         else:
             cache.move_to_end(ext.blob)
-        data = memoryview(blob)[ext.offset : ext.offset + ext.length]
-        if len(data) != ext.length:
+        if ext.offset + ext.length > len(blob):
             raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
-        yield data
+        yield blob, ext.offset, ext.offset + ext.length
+
+
+# Holes: a whole aligned block of zeros is skipped with lseek instead of written, so a sparse file
+# (a VM image, a preallocated log) comes back sparse. 4 KiB is the block of the common Linux file
+# systems; a smaller run of zeros costs a block anyway.
+_HOLE = 4096
+_ZERO_BLOCK = bytes(_HOLE)
 
 
 def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
-    """Write a node's bytes to the open file `out`, checking them against the snapshot's SHA-256."""
+    """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
+    checking them against the snapshot's SHA-256."""
     digest = hashlib.sha256()
-    for data in _extent_bytes(repo, logical, node.content):
-        digest.update(data)
-        while data:
-            n = os.write(out, data)
-            data = data[n:]
+    pos = 0
+    for blob, start, end in _extent_ranges(repo, logical, node.content):
+        digest.update(memoryview(blob)[start:end])
+        _write_sparse(out, blob, start, end, pos)
+        pos += end - start
+    if os.fstat(out).st_size != pos:
+        os.ftruncate(out, pos)  # the file ends in a hole: seeking alone does not extend it
     if digest.hexdigest() != node.sha256:
         raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot (damaged)")
+
+
+def _write_sparse(out: int, blob: bytes, start: int, end: int, pos: int) -> None:
+    """Write blob[start:end] at the current position `pos` of `out`, seeking over every block of
+    zeros aligned in the file. Data without a block of zeros (the usual case) is one search."""
+    shift = pos - start  # file offset of blob offset i: i + shift
+    i = start
+    while i < end:
+        z = blob.find(_ZERO_BLOCK, i, end)
+        if z < 0:
+            _write_all(out, memoryview(blob)[i:end])
+            return
+        first = z + (-(z + shift)) % _HOLE  # the first block boundary in the file at or after z
+        j = first
+        while j + _HOLE <= end and blob.startswith(_ZERO_BLOCK, j):
+            j += _HOLE
+        _write_all(out, memoryview(blob)[i:first])
+        if j > first:
+            os.lseek(out, j - first, os.SEEK_CUR)
+        i = max(j, first)
+
+
+def _write_all(out: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(out, data) :]
 
 
 def _load_content(repo: Repository, logical: str, node: Node) -> bytes:
     return b"".join(_extent_bytes(repo, logical, node.content))
 
 
-@functools.cache
-def _own_start() -> int:
-    return process_start_time(os.getpid()) or 0
-
-
 def _tmp_name() -> str:
-    return f"{_TMP_PREFIX}{os.getpid()}-{_own_start()}-{secrets.token_hex(6)}"
+    return f"{_TMP_PREFIX}{os.getpid()}-{own_start_time()}-{secrets.token_hex(6)}"
 
 
 def _leftover(name: str) -> bool:
     """A temporary file of a restore whose process no longer runs."""
-    m = _TMP_NAME.match(name)
+    m = RESTORE_TEMP.match(name)
     if m is None:
         return False
     start = process_start_time(int(m.group(1)))
@@ -1030,11 +1120,23 @@ class _Writer:
         self._roots: dict[str, int] = {}
         self._dir_meta: list[tuple[str, Node]] = []
         self._roots_lock = threading.Lock()
+        # (device, inode) of each file written or checked, so that a hard link is made only to
+        # the very file this restore put there.
+        self._inodes: dict[str, tuple[int, int]] = {}
+        # The folders holding this restore's temporary files, for the next command should it be
+        # killed (ops/leftovers.py).
+        self.journal = leftovers.Journal()
+
+    def _temp_name(self, logical: str) -> str:
+        """A new temporary name for `logical`'s folder, noted in the journal first."""
+        self.journal.record(self.layout.to_real(logical, self.to).parent)
+        return _tmp_name()
 
     def close(self) -> None:
         for fd in self._roots.values():
             os.close(fd)
         self._roots.clear()
+        self.journal.close()
 
     def _base(self, root: str) -> int:
         """A descriptor of the folder a logical root maps to (created below --to if needed)."""
@@ -1153,8 +1255,7 @@ class _Writer:
         for logical, node in sorted(self._dir_meta, key=lambda x: x[0].count("/"), reverse=True):
             try:
                 with self.open_dir(logical) as dfd:
-                    os.fchmod(dfd, node.mode)
-                    _chown(dfd, node)
+                    _set_owner_mode(dfd, node)
                     os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
             except FileNotFoundError:
                 continue  # removed since (its creation failed and was reported)
@@ -1162,7 +1263,7 @@ class _Writer:
     def symlink(self, logical: str, node: Node) -> None:
         assert node.link_target is not None
         with self.parent_dir(logical) as (fd, name):
-            tmp = _tmp_name()
+            tmp = self._temp_name(logical)
             os.symlink(node.link_target, tmp, dir_fd=fd)
             _replace(fd, tmp, name, logical)
             with contextlib.suppress(OSError, NotImplementedError):
@@ -1177,23 +1278,49 @@ class _Writer:
         with self.parent_dir(logical, create=False) as (fd, name):
             f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
             try:
-                os.fchmod(f, node.mode)
-                _chown(f, node)
+                _set_owner_mode(f, node)
                 os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
+                self._remember(logical, f)
             finally:
                 os.close(f)
         return "ok"
 
+    def _remember(self, logical: str, fd: int) -> None:
+        st = os.fstat(fd)
+        self._inodes[logical] = (st.st_dev, st.st_ino)
+
+    def hardlink(self, logical: str, node: Node, first: str) -> str:
+        """Make `logical` another name of the file just restored at `first` (a temporary link,
+        checked to be that very inode, renamed into place). Where no link can be made (another
+        file system, a file system without links, `first` not restored), the content is written."""
+        inode = self._inodes.get(first)
+        if inode is not None:
+            try:
+                with self.parent_dir(first, create=False) as (src, src_name), self.parent_dir(logical) as (fd, name):
+                    tmp = self._temp_name(logical)
+                    os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=fd, follow_symlinks=False)
+                    st = os.stat(tmp, dir_fd=fd, follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) != inode:
+                        _discard(fd, tmp)  # `first` was swapped since it was written: copy instead
+                    else:
+                        _replace(fd, tmp, name, logical)
+                        os.fsync(fd)
+                        return "ok"
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise _unsafe_or_error(exc, logical) from exc
+        return self.content(logical, node)
+
     def _write_temp(self, fd: int, logical: str, node: Node) -> str:
         """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
-        tmp = _tmp_name()
+        tmp = self._temp_name(logical)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
             _write_content(self.repo, out, logical, node)
-            os.fchmod(out, node.mode)
-            _chown(out, node)
+            _set_owner_mode(out, node)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
             os.fsync(out)
+            self._remember(logical, out)
         except BaseException as exc:
             os.close(out)
             with contextlib.suppress(OSError):
@@ -1207,7 +1334,7 @@ class _Writer:
     def write_bytes(self, logical: str, data: bytes, mode: int) -> None:
         """Replace a file with `data` atomically (temp file, fsync, rename)."""
         with self.parent_dir(logical) as (fd, name):
-            tmp = _tmp_name()
+            tmp = self._temp_name(logical)
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
             try:
                 view = memoryview(data)
@@ -1321,8 +1448,7 @@ class _Writer:
                 raise UnsafePath(
                     f"{logical} in the destination is not a file any more; move it aside and restore again"
                 )
-            os.fchmod(f, node.mode)
-            _chown(f, node)
+            _set_owner_mode(f, node)
             os.fsync(f)
         finally:
             os.close(f)
@@ -1356,10 +1482,13 @@ def _discard(fd: int, tmp: str) -> None:
     live_sqlite.remove_companions(fd, tmp)
 
 
-def _chown(fd: int, node: Node) -> None:
+def _set_owner_mode(fd: int, node: Node) -> None:
+    """The owner (as root) first, then the mode: Linux clears the setuid and setgid bits on every
+    chown, root's included, so the other order loses them (tar and restic chown first too)."""
     if os.geteuid() == 0:
         with contextlib.suppress(OSError):
             os.fchown(fd, node.uid, node.gid)
+    os.fchmod(fd, node.mode)
 
 
 def describe_error(exc: PhoenixError) -> str:

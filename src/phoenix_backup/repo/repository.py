@@ -8,6 +8,7 @@ point; anything written before a crash and never committed is an unreferenced le
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 import blake3
 
@@ -28,6 +29,7 @@ from phoenix_backup.errors import (
     CorruptObject,
     KeyChanged,
     ObjectNotFound,
+    ReadOnlyStorage,
     RepositoryError,
     RepositoryNotFound,
     SnapshotNotFound,
@@ -383,11 +385,26 @@ class Repository:
             raise RepositoryError("refusing to remove the last key slot: the repository could never be opened again")
         self.backend.delete(f"keys/{slot_id}")
 
-    def lock(self, exclusive: bool, command: str) -> HeldLock:
+    @overload
+    def lock(self, exclusive: Literal[True], command: str) -> HeldLock: ...
+    @overload
+    def lock(self, exclusive: bool, command: str) -> HeldLock | contextlib.nullcontext[None]: ...
+    def lock(self, exclusive: bool, command: str) -> HeldLock | contextlib.nullcontext[None]:
         """Take a lock; then check that the config is still the one this process opened: a
         `phx key rotate` (or a format upgrade) that finished between opening and locking would
-        otherwise have this process write objects sealed under the retired key."""
-        held = self.locks.acquire(exclusive, command)
+        otherwise have this process write objects sealed under the retired key.
+
+        On a read-only store a shared lock cannot be written and is not needed: this process
+        cannot change the repository there, and what it reads is authenticated (a concurrent prune
+        elsewhere makes a read fail, never lie). So it reads without one, saying so; its writes, if
+        any, fail with the read-only error."""
+        try:
+            held = self.locks.acquire(exclusive, command)
+        except ReadOnlyStorage:
+            if exclusive:
+                raise
+            self.notice(f"{self.backend.location} is read-only: reading it without a lock")
+            return contextlib.nullcontext()
         try:
             current = self.backend.read("config")
         except BaseException:

@@ -97,6 +97,9 @@ class Node:
     content: list[Extent] = field(default_factory=list)  # file, sqlite
     sha256: str | None = None  # file, sqlite (of the consistent copy)
     link_target: str | None = None  # symlink
+    # file: the logical path of the first file (in path order) of its hard-link group in this
+    # snapshot, on every other member; a restore links it to that file instead of copying.
+    hardlink: str | None = None
     sqlite: dict[str, Any] | None = None  # sqlite: pageSize, integrity, tables, source stats
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +122,8 @@ class Node:
             d["subtree"] = self.subtree.hex()
         if self.type == "symlink":
             d["linkTarget"] = self.link_target
+        if self.hardlink is not None:
+            d["hardlink"] = self.hardlink  # only when set: other trees keep their bytes and ids
         if self.sqlite is not None:
             d["sqlite"] = self.sqlite
         return d
@@ -162,6 +167,8 @@ class Node:
                 if not target or "\0" in target or len(target) > 4095:
                     raise CorruptObject(f"{node.name!r} has an impossible link target")
                 node.link_target = target
+            if t == "file" and d.get("hardlink") is not None:
+                node.hardlink = "/".join(check_name(part) for part in _str(d, "hardlink").split("/"))
             if "sqlite" in d:
                 if not isinstance(d["sqlite"], dict):
                     raise CorruptObject(f"{node.name!r} has malformed database details")

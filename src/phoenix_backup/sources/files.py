@@ -8,6 +8,7 @@ op's job. A live SQLite database is never listed as a plain file, nor are its `-
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.patterns import ExcludeSet, Include, has_magic
 
 EntryKind = Literal["dir", "file", "symlink", "sqlite"]
+# A restore's temporary file: .phx-tmp-<pid>-<process start>-<random>, and SQLite's companions of
+# a temporary database copy. Never saved (a killed restore's leftover is not the user's data);
+# ops/leftovers.py removes those of dead processes.
+RESTORE_TEMP = re.compile(r"^\.phx-tmp-(\d+)-(\d+)-[0-9a-f]+(?:-wal|-shm|-journal)?$")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_MAGIC = b"SQLite format 3\0"
 COMPANIONS = ("-wal", "-shm", "-journal")
@@ -81,6 +86,8 @@ def select(
     def add(path: Path, st: os.stat_result) -> None:
         if _is_companion(path):
             return  # a live database's journal, even when the database itself is excluded
+        if RESTORE_TEMP.match(path.name):
+            return  # a temporary file of a restore
         kind: EntryKind
         if stat.S_ISLNK(st.st_mode):
             kind = "symlink"

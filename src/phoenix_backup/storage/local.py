@@ -9,7 +9,14 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from phoenix_backup.errors import NoSpace, ObjectExists, ObjectNotFound, RepositoryExists, StorageError
+from phoenix_backup.errors import (
+    NoSpace,
+    ObjectExists,
+    ObjectNotFound,
+    ReadOnlyStorage,
+    RepositoryExists,
+    StorageError,
+)
 from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, is_valid_name, validate_name
 
 _FOLDERS = FOLDERS
@@ -22,7 +29,7 @@ def os_error(exc: OSError, what: str) -> StorageError:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}")
     if exc.errno == errno.EROFS:
-        return StorageError(f"read-only file system while {what}; choose a writable location")
+        return ReadOnlyStorage(f"read-only file system while {what}; choose a writable location")
     return StorageError(f"{exc.strerror or exc} while {what}")
 
 

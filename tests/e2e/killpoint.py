@@ -1,0 +1,175 @@
+"""Run `phx` and SIGKILL it at its Nth I/O call: the crash-consistency suite's fault hook.
+
+    python tests/e2e/killpoint.py ARGS...        # the same as `phx ARGS...`, with the hook
+
+Everything lives here, in test support; Phoenix's code has no hook of its own. The script wraps,
+in the `phx` process only, the calls through which Phoenix changes anything on disk or in a
+store, counts them, and kills the process with SIGKILL just before the Nth one:
+
+- os.write, os.pwrite, os.fsync, os.fdatasync, os.ftruncate, os.replace, os.rename, os.link,
+  os.symlink, os.unlink, os.rmdir, os.mkdir (local repositories, restores, the cache, state files);
+- every object a target writes or deletes (S3, R2 and Git as well as local disk);
+- SQLite's backup API into a live database (`live_sqlite.apply_copy`) and the consistent copy of
+  a database (`sqlite.copy_database`): there the kill comes after a seeded delay of up to 20 ms,
+  from another thread, so that it lands inside SQLite's own writes.
+
+Environment:
+
+- PHX_KILL_AT=N: kill before the Nth counted call (unset or 0: only count);
+- PHX_KILL_MATCH=TEXT: count only calls whose arguments (paths; a descriptor's path) hold TEXT;
+- PHX_KILL_REPORT=FILE: written at exit with the number of calls counted (a run that was not
+  killed), or at the kill with `killed at call N: <call>`;
+- PHX_KILL_SEED: seeds the delay inside SQLite calls.
+
+Threads share one counter, so with parallel writers the Nth call is not always the same one; the
+seed fixes N, and the report names the call that was hit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_ORIGINAL_WRITE = os.write
+_ORIGINAL_OPEN = os.open
+_ORIGINAL_CLOSE = os.close
+_lock = threading.Lock()
+_count = 0
+_kill_at = int(os.environ.get("PHX_KILL_AT") or 0)
+_match = os.environ.get("PHX_KILL_MATCH") or ""
+_report = os.environ.get("PHX_KILL_REPORT") or ""
+_rng = random.Random(os.environ.get("PHX_KILL_SEED") or 0)
+
+OS_CALLS = (
+    "write",
+    "pwrite",
+    "fsync",
+    "fdatasync",
+    "ftruncate",
+    "replace",
+    "rename",
+    "link",
+    "symlink",
+    "unlink",
+    "rmdir",
+    "mkdir",
+)
+
+
+def _describe(name: str, args: tuple[Any, ...]) -> str:
+    parts = []
+    for a in args[:2]:
+        if isinstance(a, int) and name in ("write", "pwrite", "fsync", "fdatasync", "ftruncate"):
+            try:
+                parts.append(os.readlink(f"/proc/self/fd/{a}"))
+            except OSError:
+                parts.append(f"fd {a}")
+        elif isinstance(a, str | bytes | os.PathLike):
+            parts.append(os.fsdecode(a))
+    return f"{name}({', '.join(parts)})"
+
+
+def _write_report(text: str) -> None:
+    if not _report:
+        return
+    fd = _ORIGINAL_OPEN(_report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _ORIGINAL_WRITE(fd, text.encode(errors="replace"))
+    finally:
+        _ORIGINAL_CLOSE(fd)
+
+
+def _counted(name: str, args: tuple[Any, ...]) -> int:
+    """Count this call if it matches; return its number (0 when not counted)."""
+    global _count
+    what = _describe(name, args) if (_match or _kill_at) else name
+    if _match and _match not in what:
+        return 0
+    with _lock:
+        _count += 1
+        n = _count
+    if n == _kill_at:
+        _write_report(f"killed at call {n}: {what}\n")
+    return n
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(10)  # never returns: the signal is delivered at once
+
+
+def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        if _counted(name, args) == _kill_at and _kill_at:
+            _kill()
+        return fn(*args, **kwargs)
+
+    return hooked
+
+
+def _wrap_inside(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Kill from another thread a few milliseconds into the call (inside native code)."""
+
+    @functools.wraps(fn)
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        if _counted(name, args) == _kill_at and _kill_at:
+            threading.Timer(_rng.uniform(0, 0.02), _kill).start()
+        return fn(*args, **kwargs)
+
+    return hooked
+
+
+def install() -> None:
+    for name in OS_CALLS:
+        setattr(os, name, _wrap(name, getattr(os, name)))
+    # Every backend's mutating calls (remote stores write nothing through os.*), counted on the
+    # outermost wrapper of the standard stack every target is opened with (storage/wrappers.py),
+    # so that S3 and Git are not imported where they are not used.
+    from phoenix_backup.storage.wrappers import LimitedBackend
+
+    for method in ("write", "delete"):
+        setattr(LimitedBackend, method, _wrap(f"store.{method}", getattr(LimitedBackend, method)))
+    from phoenix_backup.ops import live_sqlite
+    from phoenix_backup.sources import sqlite as sqlite_source
+
+    live_sqlite.apply_copy = _wrap_inside("apply_copy", live_sqlite.apply_copy)
+    sqlite_source.copy_database = _wrap_inside("copy_database", sqlite_source.copy_database)
+    atexit.register(lambda: _write_report(f"calls {_count}\n"))
+
+
+def main() -> None:
+    install()
+    from phoenix_backup.cli.main import main as phx_main
+
+    sys.argv = ["phx", *sys.argv[1:]]
+    phx_main()
+
+
+# -- used by the tests -------------------------------------------------------------------------
+
+SCRIPT = Path(__file__).resolve()
+
+
+def read_report(path: Path) -> tuple[str, int, str]:
+    """("calls", total, "") for a run that ended, ("killed", N, the call) for a killed one."""
+    text = path.read_text().strip() if path.exists() else ""
+    if text.startswith("killed at call "):
+        head, _, call = text.partition(": ")
+        return "killed", int(head.split()[-1]), call
+    if text.startswith("calls "):
+        return "calls", int(text.split()[1]), ""
+    return "none", 0, ""
+
+
+if __name__ == "__main__":
+    main()

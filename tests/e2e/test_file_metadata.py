@@ -1,0 +1,189 @@
+"""Issue 15, failure 8: odd files come back as they were.
+
+- setuid and setgid bits survive a restore as root that restores ownership (Linux clears them on
+  every chown, so the owner must be set before the mode);
+- hard links come back as links, in place and below --to, and a second backup keeps them;
+- a sparse file comes back sparse (64 MiB with 12 KiB of data);
+- `--json` output stays valid UTF-8 JSON for file names that are not UTF-8, and carries their
+  exact bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from e2e_support import PHX, Sandbox
+
+MIB = 1024 * 1024
+
+
+def inode(path: Path) -> tuple[int, int]:
+    st = path.lstat()
+    return st.st_dev, st.st_ino
+
+
+# -- setuid / setgid ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring ownership (and so the setuid bit) needs root")
+def test_setuid_and_setgid_survive_a_restore_as_root(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    tools = sb.workspace / "tools"
+    tools.mkdir()
+    suid = tools / "helper"
+    suid.write_bytes(b"#!/bin/sh\necho helper\n")
+    os.chown(suid, 4321, 4321)
+    suid.chmod(0o6755)  # setuid and setgid, executable
+    shared = sb.workspace / "shared"
+    shared.mkdir()
+    os.chown(shared, 4321, 4321)
+    shared.chmod(0o2775)  # a setgid folder
+    (shared / "note.md").write_text("shared\n")
+    doc = sb.backup()
+
+    for dest in (tmp_path / "to", None):
+        if dest is None:  # in place, after the bits were lost on disk
+            suid.chmod(0o755)
+            os.chown(suid, 0, 0)
+            shared.chmod(0o775)
+            sb.phx("restore", "--backup", doc["id"], "--yes")
+            base = sb.workspace
+        else:
+            sb.restore_to(doc["id"], dest)
+            base = dest / "workspace"
+        st = (base / "tools" / "helper").lstat()
+        assert (st.st_uid, st.st_gid) == (4321, 4321)
+        assert stat.S_IMODE(st.st_mode) == 0o6755, f"{base}: mode {oct(stat.S_IMODE(st.st_mode))}, not 0o6755"
+        st = (base / "shared").lstat()
+        assert (st.st_uid, st.st_gid) == (4321, 4321)
+        assert stat.S_IMODE(st.st_mode) == 0o2775, f"{base}: folder mode {oct(stat.S_IMODE(st.st_mode))}"
+
+
+# -- hard links --------------------------------------------------------------------------------
+
+
+def test_hard_links_come_back_as_links(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    ws = sb.workspace
+    (ws / "a").mkdir()
+    (ws / "b").mkdir()
+    first = ws / "a" / "log.md"
+    first.write_bytes(os.urandom(300_000))
+    os.link(first, ws / "b" / "log-link.md")  # another folder
+    os.link(first, ws / "a" / "same-folder.md")  # the same folder
+    single = ws / "a" / "copy.md"
+    single.write_bytes(first.read_bytes())  # equal content, not a link
+    doc = sb.backup()
+    assert doc["incomplete"] == []
+
+    dest = tmp_path / "restored"
+    sb.restore_to(doc["id"], dest)
+    r = dest / "workspace"
+    group = [r / "a" / "log.md", r / "b" / "log-link.md", r / "a" / "same-folder.md"]
+    assert len({inode(p) for p in group}) == 1, "the hard-link group came back as separate files"
+    assert group[0].stat().st_nlink == 3
+    assert inode(r / "a" / "copy.md") != inode(group[0])
+    assert all(p.read_bytes() == first.read_bytes() for p in [*group, r / "a" / "copy.md"])
+
+    # In place: the links were broken (one replaced by a copy, one deleted); the restore relinks.
+    (ws / "b" / "log-link.md").unlink()
+    (ws / "b" / "log-link.md").write_bytes(first.read_bytes())
+    (ws / "a" / "same-folder.md").unlink()
+    sb.phx("restore", "--backup", doc["id"], "--yes")
+    assert len({inode(ws / "a" / "log.md"), inode(ws / "b" / "log-link.md"), inode(ws / "a" / "same-folder.md")}) == 1
+    assert inode(ws / "a" / "copy.md") != inode(ws / "a" / "log.md")
+
+    # A second backup (files unchanged, read from the parent) keeps the group; a link removed on
+    # disk is not claimed any more.
+    os.unlink(ws / "a" / "same-folder.md")
+    doc2 = sb.backup()
+    dest2 = tmp_path / "restored2"
+    sb.restore_to(doc2["id"], dest2)
+    r2 = dest2 / "workspace"
+    assert inode(r2 / "a" / "log.md") == inode(r2 / "b" / "log-link.md")
+    assert not (r2 / "a" / "same-folder.md").exists()
+    assert (r2 / "a" / "log.md").stat().st_nlink == 2
+
+
+# -- sparse files ------------------------------------------------------------------------------
+
+
+def _holes_supported(folder: Path) -> bool:
+    probe = folder / "hole-probe"
+    with open(probe, "wb") as f:
+        f.truncate(8 * MIB)
+    try:
+        return probe.stat().st_blocks * 512 < MIB
+    finally:
+        probe.unlink()
+
+
+def test_a_sparse_file_comes_back_sparse(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    if not _holes_supported(tmp_path) or not _holes_supported(sb.workspace):
+        pytest.skip("this file system does not keep holes in files")
+    image = sb.workspace / "disk.img"
+    data = [os.urandom(4096) for _ in range(3)]
+    with open(image, "wb") as f:  # 64 MiB, 12 KiB of data: at the start, the middle and the end
+        f.write(data[0])
+        f.seek(32 * MIB)
+        f.write(data[1])
+        f.seek(64 * MIB - 4096)
+        f.write(data[2])
+    expected = image.read_bytes()
+    doc = sb.backup()
+
+    dest = tmp_path / "restored"
+    sb.restore_to(doc["id"], dest)
+    restored = dest / "workspace" / "disk.img"
+    assert restored.read_bytes() == expected
+    allocated = restored.stat().st_blocks * 512
+    print(f"64 MiB file with 12 KiB of data: {allocated} bytes allocated after the restore")
+    assert allocated <= 64 * 1024, f"{allocated} bytes allocated: the holes were written as zeros"
+
+    image.write_bytes(b"changed")  # in place too
+    sb.phx("restore", "--backup", doc["id"], "--yes")
+    assert image.read_bytes() == expected
+    assert image.stat().st_blocks * 512 <= 64 * 1024
+
+
+# -- non-UTF-8 names in JSON -----------------------------------------------------------------------
+
+
+def _json_of(sb: Sandbox, *args: str) -> dict:
+    """Run phx with --json; stdout must be valid UTF-8 and one JSON document."""
+    proc = subprocess.run([PHX, *args, "--json"], env=sb.env, capture_output=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    text = proc.stdout.decode("utf-8")  # strict: raw non-UTF-8 bytes fail here
+    return json.loads(text)
+
+
+def test_non_utf8_names_in_json_are_valid_and_lossless(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    raw_name = b"caf\xe9-\xff.md"  # Latin-1 and a byte that is never UTF-8
+    ws = os.fsencode(sb.workspace)
+    with open(ws + b"/" + raw_name, "wb") as f:
+        f.write(b"latin-1 name\n")
+    os.symlink(raw_name, ws + b"/link-" + raw_name)
+
+    backup = _json_of(sb, "backup")
+    listing = _json_of(sb, "ls", backup["id"])
+    entry = next(e for e in listing["entries"] if e.get("pathBytes"))
+    assert base64.b64decode(entry["pathBytes"]) == b"workspace/" + raw_name
+    assert entry["path"] == "workspace/caf\ufffd-\ufffd.md"  # readable, and valid Unicode
+    link = next(e for e in listing["entries"] if e["name"].startswith("link-"))
+    assert base64.b64decode(link["linkTargetBytes"]) == raw_name
+
+    dest = tmp_path / "restored"
+    doc = _json_of(sb, "restore", "--backup", backup["id"], "--to", str(dest))
+    item = next(i for i in doc["items"] if "pathBytes" in i)
+    assert base64.b64decode(item["pathBytes"]) == b"workspace/" + raw_name
+    assert base64.b64decode(item["targetBytes"]) == os.fsencode(dest) + b"/workspace/" + raw_name
+    # The name itself comes back byte for byte.
+    assert raw_name in os.listdir(os.fsencode(dest / "workspace"))

@@ -1,0 +1,107 @@
+"""Issue 15, failure 9: what a killed in-place restore leaves in the user's folders.
+
+An in-place restore writes full-size copies of the databases beside them (`.phx-tmp-…`) before
+applying them. Killed there, the next command of any kind removes them (it finds them through the
+restore's journal), and no backup ever saves such names. Files of a restore that may still run,
+of another process, or of another shape are never touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from e2e_support import Sandbox
+from killpoint import SCRIPT, read_report
+
+from phoenix_backup.repo.locks import boot_id, process_start_time
+from phoenix_backup.sample import simulate_day
+
+TMP_MARK = ".phx-tmp-"
+
+
+def leftovers(sb: Sandbox) -> list[Path]:
+    return sorted(p for base in (sb.workspace, sb.home) for p in base.rglob(f"{TMP_MARK}*"))
+
+
+def kill_restore_at_first_discard(sb: Sandbox, ref: str) -> None:
+    """Run the in-place restore and SIGKILL it just before it removes its first applied database
+    copy: every database copy is then on disk beside its database."""
+    report = sb.root / "kill-report"
+    # The hook counts only the calls whose description holds the match: the first unlink of a
+    # temporary name is the first applied copy's removal (files are renamed, not unlinked).
+    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=f"unlink({TMP_MARK}", PHX_KILL_REPORT=str(report))
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "restore", "--backup", ref, "--yes"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+    )
+    kind, _n, _call = read_report(report)
+    assert kind == "killed", f"the restore was not killed: {report.read_text() if report.exists() else ''}"
+
+
+def test_the_next_command_removes_a_killed_restores_database_copies(backed_up: Sandbox) -> None:
+    sb = backed_up
+    ref = sb.snapshots()[-1]["id"]
+    simulate_day(sb.layout, 0, seed=7)  # the databases change: the restore must write them
+    kill_restore_at_first_discard(sb, ref)
+    left = leftovers(sb)
+    copies = [p for p in left if p.stat().st_size >= 64 * 1024]
+    assert copies, f"the kill left no database copy to clean up: {left}"
+
+    res = sb.phx("list")  # any command
+    assert leftovers(sb) == [], f"still there after `phx list`: {leftovers(sb)}"
+    assert "temporary file(s) a killed restore left behind" in res.err
+    assert not (sb.cache / "restore-journal").exists() or not any((sb.cache / "restore-journal").iterdir())
+    sb.phx("restore", "--backup", ref, "--yes")  # and the restore completes
+    assert leftovers(sb) == []
+
+
+def test_backups_never_save_restore_temporary_names(backed_up: Sandbox) -> None:
+    sb = backed_up
+    me = os.getpid()
+    start = process_start_time(me)
+    # A restore's temporary file of a process that runs (this test), and a SQLite companion of one.
+    live = sb.workspace / f"{TMP_MARK}{me}-{start}-0123456789ab"
+    live.write_bytes(b"half a file")
+    (sb.home / ".argentos" / f"{TMP_MARK}{me}-{start}-abcdef012345-wal").write_bytes(b"x")
+    (sb.workspace / ".phx-tmp-notes.md").write_text("a user's own file with a similar name\n")
+    doc = sb.backup()
+    names = [e["path"] for e in sb.phx("ls", doc["id"], "--json").json()["entries"]]
+    assert not [n for n in names if "0123456789ab" in n or "abcdef012345" in n], names
+    assert "workspace/.phx-tmp-notes.md" in names
+    assert live.exists(), "a running restore's temporary file was removed"
+
+
+def test_the_journal_removes_only_a_dead_restores_own_files(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    dead_pid = 2**22 + 7  # above pid_max's default: no such process
+    mine = folder / f"{TMP_MARK}{dead_pid}-123-00aa11bb22cc"
+    mine_wal = folder / f"{TMP_MARK}{dead_pid}-123-00aa11bb22cc-wal"
+    other_start = folder / f"{TMP_MARK}{dead_pid}-124-00aa11bb22cc"  # another process of that pid
+    me = os.getpid()
+    alive = folder / f"{TMP_MARK}{me}-{process_start_time(me)}-00aa11bb22cc"
+    plain = folder / "notes.md"
+    for p in (mine, mine_wal, other_start, alive, plain):
+        p.write_bytes(b"data")
+    journal = sb.cache / "restore-journal"
+    journal.mkdir(parents=True)
+    ns = os.readlink("/proc/self/ns/pid")
+    head = {"bootId": boot_id(), "pidNamespace": ns, "pid": dead_pid, "start": 123}
+    (journal / f"{dead_pid}-123").write_text(json.dumps(head) + "\n" + json.dumps(str(folder)) + "\n")
+    # A restore still running (this process) and one in another PID namespace: left alone.
+    live_head = {**head, "pid": me, "start": process_start_time(me)}
+    (journal / f"{me}-x").write_text(json.dumps(live_head) + "\n" + json.dumps(str(folder)) + "\n")
+    foreign = {**head, "pidNamespace": "pid:[1]"}
+    (journal / "foreign").write_text(json.dumps(foreign) + "\n" + json.dumps(str(folder)) + "\n")
+
+    sb.phx("list", check=None)
+    assert not mine.exists() and not mine_wal.exists()
+    assert other_start.exists() and alive.exists() and plain.exists()
+    assert sorted(p.name for p in journal.iterdir()) == sorted([f"{me}-x", "foreign"])
