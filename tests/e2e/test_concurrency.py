@@ -169,9 +169,11 @@ def test_a_backup_waits_for_nothing_while_prune_holds_the_lock(
     the prune, finishing, leaves a whole repository."""
     sb = sandbox
     sb.write_config(retention={"last": 1, "prune": False})
+    scratch = sb.workspace / "memory" / "scratch.bin"
+    scratch.write_bytes(os.urandom(12 * 1024 * 1024))  # most of the first backup's data
     sb.backup()
-    (sb.workspace / "MEMORY.md").write_text("changed\n")
-    sb.backup()  # forgets the first: prune has packs to delete
+    scratch.unlink()
+    sb.backup()  # forgets the first: prune has packs to delete or repack
     for pack in (sb.repo / "data").rglob("*"):  # ...written long enough ago to be deleted
         if pack.is_file():
             os.utime(pack, (pack.stat().st_mtime - 7200,) * 2)

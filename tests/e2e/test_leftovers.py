@@ -16,7 +16,7 @@ from pathlib import Path
 from e2e_support import Sandbox
 from killpoint import SCRIPT, read_report
 
-from phoenix_backup.repo.locks import boot_id, process_start_time
+from phoenix_backup.repo.locks import boot_id, pid_namespace, process_start_time
 from phoenix_backup.sample import simulate_day
 
 TMP_MARK = ".phx-tmp-"
@@ -92,13 +92,13 @@ def test_the_journal_removes_only_a_dead_restores_own_files(sandbox: Sandbox, tm
         p.write_bytes(b"data")
     journal = sb.cache / "restore-journal"
     journal.mkdir(parents=True)
-    ns = os.readlink("/proc/self/ns/pid")
+    ns = pid_namespace()
     head = {"bootId": boot_id(), "pidNamespace": ns, "pid": dead_pid, "start": 123}
     (journal / f"{dead_pid}-123").write_text(json.dumps(head) + "\n" + json.dumps(str(folder)) + "\n")
     # A restore still running (this process) and one in another PID namespace: left alone.
     live_head = {**head, "pid": me, "start": process_start_time(me)}
     (journal / f"{me}-x").write_text(json.dumps(live_head) + "\n" + json.dumps(str(folder)) + "\n")
-    foreign = {**head, "pidNamespace": "pid:[1]"}
+    foreign = {**head, "pidNamespace": ns + 1}
     (journal / "foreign").write_text(json.dumps(foreign) + "\n" + json.dumps(str(folder)) + "\n")
 
     sb.phx("list", check=None)
