@@ -5,14 +5,21 @@ Phoenix's own code against a real repository; the owner's side runs as `phx`."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyrage
 import pytest
-from e2e_support import Sandbox, file_manifest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from e2e_support import Sandbox, assert_error, file_manifest
+
+from phoenix_backup.repo import keys
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 KILLER = Path(__file__).with_name("kill_at_io.py")
@@ -37,7 +44,7 @@ def _restored(sb: Sandbox, name: str, dest: Path) -> dict[str, tuple[object, ...
 # Every change `phx key rotate` makes to the file system, in order, on the tiny sample with two
 # snapshots and two passphrase slots (found by a counting run; the test checks the count).
 ROTATE_CHANGES = 25
-DEFAULT_KILLS = (12, 23)  # every new object written, the config not yet; after it, one old slot left
+DEFAULT_KILLS = (12,)  # every new object written and the lock moved to the new key; the config not yet
 
 
 @pytest.mark.parametrize("point", range(1, ROTATE_CHANGES + 1) if HEAVY else DEFAULT_KILLS)
@@ -85,3 +92,50 @@ def test_rotation_killed_before_any_change_keeps_every_snapshot_and_revokes_the_
     res2 = sb.phx("list", "--json", env=thief, check=None)
     assert after not in res2.out, res2
     assert sb.phx("dump", after, "workspace/MEMORY.md", env=thief, check=None).code != 0
+
+
+def _age_sandbox(make_sandbox, tmp_path: Path) -> tuple[Sandbox, str]:
+    sb: Sandbox = make_sandbox()
+    identity = pyrage.x25519.Identity.generate()
+    identity_file = tmp_path / "age.txt"
+    identity_file.write_text(str(identity) + "\n")
+    recipient = str(identity.to_public())
+    sb.write_config(
+        encryption={"enabled": True, "method": "age", "recipients": [recipient], "identityFile": str(identity_file)}
+    )
+    sb.backup()
+    return sb, recipient
+
+
+def _forged_slot(attacker: keys.MasterSecrets, recipient: str, slot_id: str) -> bytes:
+    """An age slot to the owner's public recipient, holding the attacker's secrets, that claims
+    the id `slot_id`; its metadata sealed (as the format says) under the attacker's secrets."""
+    doc = json.loads(keys.wrap_age(attacker, [recipient]).to_json())
+    nonce = os.urandom(12)
+    info = b'{"created":"","host":"","label":"age","username":""}'
+    aad = b"phoenix v2 key slot meta" + slot_id.encode()
+    meta = nonce + AESGCM(attacker.derive("phoenix v2 key slot metadata key")).encrypt(nonce, info, aad)
+    doc.update(id=slot_id, meta=base64.b64encode(meta).decode())
+    return json.dumps(doc).encode()
+
+
+def test_a_slot_stored_under_another_name_removes_no_slot_of_the_owner(make_sandbox, tmp_path: Path) -> None:
+    """A slot object whose name is not its id: `keys/0123…` claims to be the owner's slot. A
+    rotation (which deletes the slots of other keys first) must not delete the owner's slot
+    through it: a rotation that then stops (here: a damaged snapshot, as well a network error
+    or a kill) would leave no slot that opens the repository's key."""
+    sb, recipient = _age_sandbox(make_sandbox, tmp_path)
+    (owner_slot,) = [p.name for p in (sb.repo / "keys").iterdir()]
+    names = [s["name"] for s in sb.snapshots()]
+    attacker = keys.MasterSecrets.generate()
+    (sb.repo / "keys" / "0123456789abcdef").write_bytes(_forged_slot(attacker, recipient, owner_slot))
+    junk = os.urandom(100)
+    (sb.repo / "snapshots" / hashlib.sha256(junk).hexdigest()).write_bytes(junk)
+
+    res = sb.phx("key", "rotate", check=None)
+    assert_error(res, 1, "cannot be read")
+    assert (sb.repo / "keys" / owner_slot).exists(), "the owner's only key slot was deleted"
+    assert [s["name"] for s in sb.snapshots()] == names
+    # `key list` and `key remove` speak of slots by the names they have in the storage.
+    listing = sb.phx("key", "list", "--json").json()
+    assert [s["id"] for s in listing] == [owner_slot], listing

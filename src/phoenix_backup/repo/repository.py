@@ -333,7 +333,13 @@ class Repository:
         newer: UnsupportedFormat | None = None
         for info in backend.list("keys/"):
             try:
-                slots.append(keyslots.KeySlot.from_json(backend.read(info.name)))
+                slot = keyslots.KeySlot.from_json(backend.read(info.name))
+                # A slot is removed, replaced and copied by its name: one stored under another
+                # slot's id (a copy that outlives a rotation, or a planted slot whose removal
+                # would remove the owner's) is not a slot.
+                if info.name != f"keys/{slot.id}":
+                    continue
+                slots.append(slot)
             except CorruptObject:
                 continue  # another slot may still open the repository
             except UnsupportedFormat as exc:
