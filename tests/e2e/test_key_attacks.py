@@ -17,7 +17,7 @@ from pathlib import Path
 import pyrage
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from e2e_support import Sandbox, assert_error, file_manifest
+from e2e_support import Sandbox, assert_error, file_manifest, run_phx
 
 from phoenix_backup.repo import keys
 
@@ -139,3 +139,34 @@ def test_a_slot_stored_under_another_name_removes_no_slot_of_the_owner(make_sand
     # `key list` and `key remove` speak of slots by the names they have in the storage.
     listing = sb.phx("key", "list", "--json").json()
     assert [s["id"] for s in listing] == [owner_slot], listing
+
+
+def _without_privileges() -> list[str]:
+    """A prefix under which file modes apply to this user (root ignores them)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv to drop the capabilities that ignore file modes")
+    return [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+
+def test_a_pin_file_that_cannot_be_written_or_read_is_one_clear_error(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A careless setup: the data dir is read-only, its pin file damaged, or relative. Each is one
+    error line (never a traceback), and nothing is pinned anywhere else."""
+    sb = backed_up
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o500)
+    sb.prefix = _without_privileges()
+    try:
+        res = sb.phx("list", env=sb.env_with(PHX_DATA_DIR=str(readonly)), check=None)
+    finally:
+        sb.prefix = ()
+    assert_error(res, 2, "cannot write the pin file", str(readonly))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "pins.json").write_text('{"version": 1, "repositories": {"x": {"fingerprint": "x", "format": 1e400}}}')
+    assert_error(sb.phx("list", env=sb.env_with(PHX_DATA_DIR=str(damaged)), check=None), 2, "is damaged")
+    res = run_phx(["list"], sb.env_with(PHX_DATA_DIR="data"), check=None, cwd=tmp_path)
+    assert_error(res, 2, "not an absolute path", "PHX_DATA_DIR")
+    assert not (tmp_path / "data").exists()

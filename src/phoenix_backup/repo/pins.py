@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.dirs import data_dir
-from phoenix_backup.errors import ConfigError
+from phoenix_backup.errors import ConfigError, KeyChanged
 from phoenix_backup.storage.local import fsync_dir
 
 PINS_FILE = "pins.json"
@@ -104,7 +104,7 @@ class Pins:
                     locations=[str(x) for x in entry.get("locations", [])],
                 )
             return pins
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise ConfigError(
                 f"the pin file {self.path} is damaged ({exc}); repair it from a backup of your home, or "
                 "move it away (then every repository is trusted again on first use, so check its key "
@@ -126,15 +126,29 @@ class Pins:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Pin]]:
         folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(folder / ".pins.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(folder / ".pins.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             pins = self._load()
             yield pins
-            self._write(pins)
+            try:
+                self._write(pins)
+            except OSError as exc:
+                raise self._unwritable(exc) from None
         finally:
             os.close(fd)  # closing releases the flock
+
+    def _unwritable(self, exc: OSError) -> ConfigError:
+        # Without its pin file Phoenix cannot tell a replaced repository from the owner's: an
+        # error, never a silent first use on every run.
+        return ConfigError(
+            f"cannot write the pin file {self.path} ({exc.strerror or exc}); make {self.path.parent} a folder "
+            "you can write, or set PHX_DATA_DIR to one"
+        )
 
     def _write(self, pins: dict[str, Pin]) -> None:
         doc = {"version": PINS_VERSION, "repositories": {k: pins[k].to_json() for k in sorted(pins)}}
@@ -160,15 +174,26 @@ class Pins:
         next: str | None = None,
         keep_next: bool = False,
         retrust: bool = False,
+        first: bool = False,
     ) -> Pin:
         """Pin `repo_id` at `location` to `fingerprint`. `location` moves to this repository (a
         location holds one repository). `next` sets the fingerprint a rotation moves to; with
-        `keep_next` the one recorded stays. `retrust` marks an explicit `phx key trust`."""
+        `keep_next` the one recorded stays. `retrust` marks an explicit `phx key trust`. `first`:
+        a first use, refused if another process pinned another key in the meantime."""
         with self._locked() as pins:
+            pin = pins.get(repo_id)
+            if first and pin is not None:
+                if pin.accepts(fingerprint):  # the same key, pinned by another process meanwhile
+                    return pin
+                raise KeyChanged(
+                    f"repository {repo_id[:8]} at {location} has key {fingerprint} here, but another phx process "
+                    f"pinned key {pin.fingerprint} for it at the same time: someone who can write the storage may "
+                    "have replaced it in between; check the key fingerprint on a machine you trust (`phx key list`) "
+                    "and run `phx key trust FINGERPRINT`"
+                )
             for other in pins.values():
                 if other.repo_id != repo_id and location in other.locations:
                     other.locations.remove(location)
-            pin = pins.get(repo_id)
             now = datetime.now(UTC).isoformat(timespec="seconds")
             if pin is None:
                 pin = pins[repo_id] = Pin(repo_id, fingerprint, pinned=now)

@@ -824,7 +824,7 @@ def _choose_secrets(
     if pins is not None:
         fingerprint = master.fingerprint
         if pin is None:
-            pins.record(config.id, location, fingerprint, format=config.version)
+            pins.record(config.id, location, fingerprint, format=config.version, first=True)
             notice(
                 f"first use of repository {config.id[:8]} at {location} on this machine: its key fingerprint "
                 f"{fingerprint} is now trusted here (compare it with `phx key list` on a machine you trust)"
