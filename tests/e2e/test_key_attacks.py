@@ -21,6 +21,9 @@ from e2e_support import Sandbox, assert_error, file_manifest, run_phx
 
 from phoenix_backup.repo import keys
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, closed_port
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 KILLER = Path(__file__).with_name("kill_at_io.py")
 LEAKED = "the old passphrase that leaked"
@@ -170,3 +173,44 @@ def test_a_pin_file_that_cannot_be_written_or_read_is_one_clear_error(backed_up:
     res = run_phx(["list"], sb.env_with(PHX_DATA_DIR="data"), check=None, cwd=tmp_path)
     assert_error(res, 2, "not an absolute path", "PHX_DATA_DIR")
     assert not (tmp_path / "data").exists()
+
+
+def test_a_replica_that_missed_the_rotation_or_a_rolled_back_copy_is_not_trusted_again(
+    make_sandbox, moto, tmp_path: Path
+) -> None:
+    """An S3 replica is down while the key is rotated. Reading it afterwards, or the first target
+    with its old config and slots put back (a rollback by someone holding the retired key), shows
+    the retired key: the error says so, and never tells the owner to trust it again."""
+    sb: Sandbox = make_sandbox()
+    bucket = moto.make_bucket("s3")
+    sb.env.update(PHX_DATA_DIR=str(sb.root / "data"), AWS_EC2_METADATA_DISABLED="true")
+    s3 = {"enabled": True, "bucket": bucket, "prefix": "argent/", "endpoint": moto.endpoint}
+    s3 |= {"accessKeyId": ACCESS_KEY_ID, "secretAccessKey": SECRET_ACCESS_KEY}
+
+    def s3_at(endpoint: str) -> None:
+        sb.write_config(targets={"local": {"enabled": True}, "s3": {**s3, "endpoint": endpoint}})
+        sb.config_path.chmod(0o600)
+
+    s3_at(moto.endpoint)
+    sb.backup()
+    kept = tmp_path / "kept"
+    shutil.copytree(sb.repo, kept)
+    s3_at(f"http://127.0.0.1:{closed_port()}")
+    doc = sb.phx("key", "rotate", "--json", check=3).json()
+    old, new = doc["previous"], doc["fingerprint"]
+    s3_at(moto.endpoint)
+
+    res = sb.phx("list", "--target", "s3", check=None)
+    line = assert_error(res, 1, f"has the key {old}", "retired", "phx sync")
+    assert f"trust {old}" not in line, line
+    # The first target rolled back: the old config and slots put back.
+    shutil.copytree(kept / "keys", sb.repo / "keys", dirs_exist_ok=True)
+    shutil.copy(sb.repo / "config", tmp_path / "config-now")
+    shutil.copy(kept / "config", sb.repo / "config")
+    line = assert_error(sb.phx("backup", check=None), 1, "retired", "put an old copy back")
+    assert f"trust {old}" not in line, line
+    shutil.copy(tmp_path / "config-now", sb.repo / "config")
+    # Once synced, the replica has the new key, and nothing was pinned to the old one.
+    sb.phx("sync")
+    assert len(sb.phx("list", "--target", "s3", "--json").json()) == 1
+    assert sb.phx("key", "list", "--json").json()[0]["fingerprint"] == new

@@ -8,7 +8,7 @@ later change is a hard error (`KeyChanged`) until the user says, with `phx key t
 checked it.
 
     <data dir>/pins.json   {"version": 1, "repositories": {id: {fingerprint, next, format,
-                           pinned, locations: [...]}}}
+                           pinned, locations: [...], retired: [...]}}}
 
 It lives in the data dir, not the cache: losing it silently would turn every repository back into
 a first use. It is per user, mode 0600, rewritten atomically (temp file, fsync, rename, fsync of
@@ -21,6 +21,9 @@ the folder) under an flock, so two `phx` processes never lose each other's pins.
   the rotation finishes, so a rotation killed at any point leaves a repository this machine opens.
 - `format` is the highest repository format seen authenticated: a config that loses its
   authentication (format 2 back to 1) is refused.
+- `retired` are the fingerprints this user moved away from: a repository that shows one again
+  missed a rotation (a replica that was down) or was put back by someone; the error says so and
+  never suggests trusting it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class Pin:
     format: int = 1
     pinned: str = ""  # RFC 3339, when this user first trusted the repository (or last re-trusted it)
     locations: list[str] = field(default_factory=list)
+    # Fingerprints this user moved away from (`phx key rotate`, `phx key trust`): a repository
+    # that shows one again is a copy that missed the rotation, or an old copy put back.
+    retired: list[str] = field(default_factory=list)
 
     def accepts(self, fingerprint: str) -> bool:
         return fingerprint in (self.fingerprint, self.next)
@@ -64,6 +70,8 @@ class Pin:
         }
         if self.next is not None:
             doc["next"] = self.next
+        if self.retired:
+            doc["retired"] = self.retired
         return doc
 
 
@@ -102,6 +110,7 @@ class Pins:
                     format=int(entry.get("format", 1)),
                     pinned=str(entry.get("pinned", "")),
                     locations=[str(x) for x in entry.get("locations", [])],
+                    retired=[str(x) for x in entry.get("retired", [])],
                 )
             return pins
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
@@ -200,6 +209,10 @@ class Pins:
             elif retrust or pin.fingerprint != fingerprint:
                 pin.pinned = now
             previous_next = pin.next
+            if pin.fingerprint != fingerprint and pin.fingerprint not in pin.retired:
+                pin.retired.append(pin.fingerprint)
+            if fingerprint in pin.retired:  # trusted again, explicitly
+                pin.retired.remove(fingerprint)
             pin.fingerprint = fingerprint
             pin.next = previous_next if keep_next else next
             pin.format = max(pin.format, format)

@@ -808,6 +808,13 @@ def _choose_secrets(
         if mismatched:
             shown = mismatched[0].fingerprint
             assert pin is not None
+            if shown in pin.retired:
+                raise KeyChanged(
+                    f"the repository at {location} has the key {shown}, which this machine retired (`phx key "
+                    f"rotate`, or `phx key trust` of {pin.fingerprint}): it is a copy that missed the rotation, or "
+                    "someone who can write the storage put an old copy back; nothing was read or written. If it is "
+                    "a target that was unreachable during the rotation, `phx sync` brings the rotation there"
+                )
             raise KeyChanged(
                 f"the key of the repository at {location} changed: it is {shown}, but this machine pinned "
                 f"{pin.fingerprint}; someone who can write the storage may have replaced it, so nothing was "
