@@ -214,3 +214,16 @@ def test_a_replica_that_missed_the_rotation_or_a_rolled_back_copy_is_not_trusted
     sb.phx("sync")
     assert len(sb.phx("list", "--target", "s3", "--json").json()) == 1
     assert sb.phx("key", "list", "--json").json()[0]["fingerprint"] == new
+
+
+def test_a_planted_object_that_blocks_a_rotation_names_the_way_out(backed_up: Sandbox) -> None:
+    """Anyone who can write the storage can plant an object no key opens; a rotation (the remedy
+    for a leaked key) then refuses, as it must for a damaged one. The refusal says how to go on."""
+    sb = backed_up
+    junk = os.urandom(100)
+    planted = sb.repo / "snapshots" / hashlib.sha256(junk).hexdigest()
+    planted.write_bytes(junk)
+    assert_error(sb.phx("key", "rotate", check=None), 1, planted.name, "delete them from the storage")
+    planted.unlink()
+    sb.phx("key", "rotate")
+    assert sb.verify()["ok"]

@@ -124,7 +124,14 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
 
         snapshots = repo.list_snapshots()
         repo.load_index()
-        _refuse_if_damaged(repo, "a rotation would lose what they hold, so nothing was changed")
+        # Damaged, or planted to block the revocation (anyone who can write the storage can):
+        # only the owner can tell, so the message says what to do in either case.
+        _refuse_if_damaged(
+            repo,
+            "a rotation would lose what they hold, so nothing was changed; copy a readable one back from "
+            "another target, or, if you did not write them, delete them from the storage and run `phx key "
+            "rotate` again",
+        )
         used = _used_blobs(repo, snapshots)
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
