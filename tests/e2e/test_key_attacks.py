@@ -6,6 +6,7 @@ Phoenix's own code against a real repository; the owner's side runs as `phx`."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -227,3 +228,30 @@ def test_a_planted_object_that_blocks_a_rotation_names_the_way_out(backed_up: Sa
     planted.unlink()
     sb.phx("key", "rotate")
     assert sb.verify()["ok"]
+
+
+def test_a_rotation_lists_every_slot_it_does_not_carry_over(make_sandbox, tmp_path: Path) -> None:
+    """An age repository from before format 2 with a second age slot (a recovery key). Its
+    recipients were in the clear, so the upgrade drops them (they were never authenticated) and a
+    rotation cannot wrap the new key for it: it must say that it dropped the slot, not lose it
+    silently."""
+    sb, _recipient = _age_sandbox(make_sandbox, tmp_path)
+    recovery = pyrage.x25519.Identity.generate()
+    sb.phx("key", "add", "--method", "age", "--recipient", str(recovery.to_public()))
+    doc = json.loads((sb.repo / "config").read_text())  # back to format 1, as an older Phoenix wrote it
+    doc["version"] = 1
+    del doc["mac"]
+    (sb.repo / "config").write_text(json.dumps(doc, indent=2))
+    recovery_slot = ""
+    for path in (sb.repo / "keys").iterdir():
+        slot = keys.KeySlot.from_json(path.read_bytes())
+        info = keys.SlotInfo("2026-01-01T00:00:00Z", "h", "u", "age", authenticated=False)
+        path.write_bytes(keys.KeySlot(slot.id, slot.type, slot.params, slot.data, info=info, version=1).to_json())
+        with contextlib.suppress(keys.WrongPassphrase):
+            keys.open_any([slot], keys.Credentials(age_identities=(str(recovery),)))
+            recovery_slot = slot.id
+    assert recovery_slot
+    fresh = sb.env_with(XDG_DATA_HOME=str(tmp_path / "data"))  # a machine that saw only format 1
+    assert "upgraded the repository" in sb.phx("backup", env=fresh).err
+    res = sb.phx("key", "rotate", "--json", env=fresh)
+    assert res.json()["dropped"] == [recovery_slot], res

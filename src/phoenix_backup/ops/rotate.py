@@ -208,8 +208,8 @@ def _new_slots(
 ) -> tuple[list[keyslots.KeySlot], list[str]]:
     """The slots wrapping the new secrets: the passphrase given now (if it opened the repository),
     the configured age recipients or GPG key, and the age and GPG slots whose authenticated
-    metadata names their recipients or key. Other passphrase slots cannot be re-created (their
-    passphrase is not known here): they are dropped, and listed."""
+    metadata names their recipients or key. Every other slot cannot be re-created (another
+    passphrase, or recipients never authenticated): it is dropped, and listed."""
     enc = cfg.encryption
     wanted: dict[tuple[str, ...], tuple[str, ...] | str | dict[str, int]] = {}
     dropped = []
@@ -223,8 +223,11 @@ def _new_slots(
             wanted[("age", *info.recipients)] = info.recipients
         elif slot.type == "gpg" and info is not None and info.key_id:
             wanted[("gpg", info.key_id)] = info.key_id
-        elif slot.type not in ("age", "gpg") or slot.type != enc.method:
-            dropped.append(slot.id)  # its credential is not known here: `phx key add` it again
+        elif slot.id != repo.opened_with or slot.type not in ("age", "gpg") or slot.type != enc.method:
+            # Its credential is not known here (another passphrase, recipients never authenticated
+            # or unreadable metadata): `phx key add` it again. Only the slot that opened the
+            # repository with the configured age recipients or GPG key is made again below.
+            dropped.append(slot.id)
     if enc.enabled and enc.method == "age" and enc.recipients:
         wanted[("age", *enc.recipients)] = tuple(enc.recipients)
     if enc.enabled and enc.method == "gpg" and enc.key_id:
