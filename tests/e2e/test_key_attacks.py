@@ -20,6 +20,10 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from e2e_support import Sandbox, assert_error, file_manifest, run_phx
 
+from phoenix_backup.config import load_config
+from phoenix_backup.errors import RepositoryError
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.prune import _replica
 from phoenix_backup.repo import keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -255,3 +259,34 @@ def test_a_rotation_lists_every_slot_it_does_not_carry_over(make_sandbox, tmp_pa
     assert "upgraded the repository" in sb.phx("backup", env=fresh).err
     res = sb.phx("key", "rotate", "--json", env=fresh)
     assert res.json()["dropped"] == [recovery_slot], res
+
+
+def test_retention_never_uses_a_replica_config_the_first_target_does_not_have(make_sandbox, moto) -> None:
+    """Retention after a backup opens each replica with the first target's keys. A replica whose
+    `config` someone changed (encryption off, here) after the backup copied it must be refused,
+    not opened with that config (its locks would be written in the clear)."""
+    sb: Sandbox = make_sandbox()
+    bucket = moto.make_bucket("s3")
+    sb.env.update(PHX_DATA_DIR=str(sb.root / "data"), AWS_EC2_METADATA_DISABLED="true")
+    s3 = {"enabled": True, "bucket": bucket, "prefix": "argent/", "endpoint": moto.endpoint}
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "s3": {**s3, "accessKeyId": ACCESS_KEY_ID, "secretAccessKey": SECRET_ACCESS_KEY},
+        }
+    )
+    sb.config_path.chmod(0o600)
+    sb.backup()
+    client = moto.client()
+    doc = json.loads(client.get_object(Bucket=bucket, Key="argent/config")["Body"].read())
+    doc["encryption"] = "none"
+    client.put_object(Bucket=bucket, Key="argent/config", Body=json.dumps(doc).encode())
+
+    envx = Environment(env=sb.env)
+    cfg = load_config(sb.config_path, sb.env)
+    first = open_repository(cfg, envx)
+    try:
+        with pytest.raises(RepositoryError, match="differs from the first target's"):
+            _replica(cfg, envx, first, "s3")
+    finally:
+        first.close()
