@@ -27,7 +27,7 @@ from phoenix_backup.ops.prune import _replica
 from phoenix_backup.repo import keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, closed_port
+from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, closed_port
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 KILLER = Path(__file__).with_name("kill_at_io.py")
@@ -49,31 +49,71 @@ def _restored(sb: Sandbox, name: str, dest: Path) -> dict[str, tuple[object, ...
     return file_manifest(dest, skip_databases=False)
 
 
-# Every change `phx key rotate` makes to the file system, in order, on the tiny sample with two
-# snapshots and two passphrase slots (found by a counting run; the test checks the count).
-ROTATE_CHANGES = 25
-DEFAULT_KILLS = (12,)  # every new object written and the lock moved to the new key; the config not yet
+class _Store:
+    """Where the repository lives, as its thief sees it: the slots and config to keep, and to put
+    back later (a rollback)."""
+
+    def __init__(self, sb: Sandbox, moto: MotoServer | None) -> None:
+        self.sb, self.moto, self.bucket = sb, moto, ""
+        if moto is not None:
+            self.bucket = moto.make_bucket("s3")
+            sb.env.update(PHX_DATA_DIR=str(sb.root / "data"), AWS_EC2_METADATA_DISABLED="true")
+            s3 = {"enabled": True, "bucket": self.bucket, "prefix": "argent/", "endpoint": moto.endpoint}
+            s3 |= {"accessKeyId": ACCESS_KEY_ID, "secretAccessKey": SECRET_ACCESS_KEY}
+            sb.write_config(targets={"local": {"enabled": False}, "s3": s3})
+            sb.config_path.chmod(0o600)
+
+    def keys_and_config(self) -> dict[str, bytes]:
+        if self.moto is None:
+            names = ["config", *(f"keys/{p.name}" for p in (self.sb.repo / "keys").iterdir())]
+            return {n: (self.sb.repo / n).read_bytes() for n in names}
+        client = self.moto.client()
+        names = ["config", *(k.removeprefix("argent/") for k in self.moto.keys(self.bucket, "argent/keys/"))]
+        return {n: client.get_object(Bucket=self.bucket, Key=f"argent/{n}")["Body"].read() for n in names}
+
+    def put_back(self, saved: dict[str, bytes]) -> None:
+        if self.moto is None:
+            shutil.rmtree(self.sb.repo / "keys")
+            (self.sb.repo / "keys").mkdir()
+            for name, data in saved.items():
+                (self.sb.repo / name).write_bytes(data)
+            return
+        client = self.moto.client()
+        for key in self.moto.keys(self.bucket, "argent/keys/"):
+            client.delete_object(Bucket=self.bucket, Key=key)
+        for name, data in saved.items():
+            client.put_object(Bucket=self.bucket, Key=f"argent/{name}", Body=data)
 
 
-@pytest.mark.parametrize("point", range(1, ROTATE_CHANGES + 1) if HEAVY else DEFAULT_KILLS)
+# Every change `phx key rotate` makes, in order, on the tiny sample with two snapshots and two
+# passphrase slots (found by a counting run; the test checks the count): on local disk, and on
+# S3 (its requests, and the pin file's renames).
+ROTATE_CHANGES = {"local": 25, "s3": 24}
+KILLS = [("local", 12)]  # every new object written and the lock moved to the new key; the config not yet
+if HEAVY:
+    KILLS = [(where, point) for where, count in ROTATE_CHANGES.items() for point in range(1, count + 1)]
+
+
+@pytest.mark.parametrize(("where", "point"), KILLS)
 def test_rotation_killed_before_any_change_keeps_every_snapshot_and_revokes_the_old_key(
-    make_sandbox, tmp_path: Path, point: int
+    make_sandbox, request: pytest.FixtureRequest, tmp_path: Path, where: str, point: int
 ) -> None:
     sb: Sandbox = make_sandbox()
+    store = _Store(sb, request.getfixturevalue("moto") if where == "s3" else None)
     sb.backup()
     sb.phx("key", "add", "--method", "passphrase", env=sb.env_with(PHX_NEW_PASSPHRASE=LEAKED))
     (sb.workspace / "MEMORY.md").write_text("# Memory\nsecond\n")
     sb.backup()
     names = [s["name"] for s in sb.snapshots()]
     expected = {n: _restored(sb, n, tmp_path / "expected") for n in names}
-    kept = tmp_path / "kept"  # what a thief of the old key keeps: the slots and config of today
-    shutil.copytree(sb.repo, kept)
+    kept = store.keys_and_config()  # what a thief of the old key keeps
 
     log = tmp_path / "changes.log"
     res = _phx_killed_at(sb, point, "key", "rotate", log=log)
     changes = log.read_text().splitlines()
     assert res.returncode == -9, f"the rotation made only {len(changes)} changes:\n{res.stderr}"
-    assert point < ROTATE_CHANGES or len(changes) == ROTATE_CHANGES, "the rotation changes more: update ROTATE_CHANGES"
+    count = ROTATE_CHANGES[where]
+    assert point < count or len(changes) == count, "the rotation changes more: update ROTATE_CHANGES"
 
     # Killed: the owner opens it on this machine, and every snapshot restores exactly.
     assert [s["name"] for s in sb.snapshots()] == names, f"killed before change {point}: {changes[-1]}"
@@ -90,13 +130,8 @@ def test_rotation_killed_before_any_change_keeps_every_snapshot_and_revokes_the_
         assert _restored(sb, name, tmp_path / "after-rerun") == expected[name], name
 
     # The old key opens nothing written later, even with the old slots and config put back.
-    thief_repo = tmp_path / "thief"
-    shutil.copytree(sb.repo, thief_repo)
-    shutil.rmtree(thief_repo / "keys")
-    shutil.copytree(kept / "keys", thief_repo / "keys")
-    shutil.copy(kept / "config", thief_repo / "config")
-    sb.write_config(backupDir=str(thief_repo))
-    thief = sb.env_with(PHX_PASSPHRASE=LEAKED, XDG_DATA_HOME=str(tmp_path / "thief-data"))
+    store.put_back(kept)
+    thief = sb.env_with(PHX_PASSPHRASE=LEAKED, PHX_DATA_DIR=str(tmp_path / "thief-data"))
     res2 = sb.phx("list", "--json", env=thief, check=None)
     assert after not in res2.out, res2
     assert sb.phx("dump", after, "workspace/MEMORY.md", env=thief, check=None).code != 0
