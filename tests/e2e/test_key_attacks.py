@@ -325,3 +325,21 @@ def test_retention_never_uses_a_replica_config_the_first_target_does_not_have(ma
             _replica(cfg, envx, first, "s3")
     finally:
         first.close()
+
+
+def test_another_repository_of_the_owner_at_a_pinned_location_is_refused(make_sandbox, tmp_path: Path) -> None:
+    """Two agents, two repositories, one user (one pin file, one passphrase). Whoever can write
+    the second one's storage (and read the first's) puts a copy of the first repository there:
+    authentic objects, the owner's key, an id this machine knows. The second agent's
+    `restore --latest` would then write the first agent's workspace over its own."""
+    data = str(tmp_path / "data")
+    first: Sandbox = make_sandbox(seed=1)
+    second: Sandbox = make_sandbox(seed=2)
+    for sb in (first, second):
+        sb.env["PHX_DATA_DIR"] = data
+        sb.backup()
+    shutil.rmtree(second.repo)
+    shutil.copytree(first.repo, second.repo)
+    res = second.phx("restore", "--latest", "--yes", check=None)
+    assert_error(res, 1, "not the one this machine used before")
+    assert second.phx("list", check=None).code == 1

@@ -761,9 +761,11 @@ def _choose_secrets(
     pin = pins.get(config.id) if pins is not None else None
     if expect is not None:
         pin, pins = Pin(config.id, expect, format=config.version), None
-    if pins is not None and pin is None:
+    if pins is not None:
+        # A location holds one repository: another one there (new, or one this machine knows from
+        # elsewhere, such as a copy of the owner's other repository) is refused alike.
         other = pins.id_at(location)
-        if other is not None:
+        if other is not None and other != config.id:
             raise KeyChanged(
                 f"the repository at {location} is not the one this machine used before (its id was "
                 f"{other[:8]}, now {config.id[:8]}): someone who can write the storage may have replaced it; "
