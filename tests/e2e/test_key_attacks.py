@@ -343,3 +343,19 @@ def test_another_repository_of_the_owner_at_a_pinned_location_is_refused(make_sa
     res = second.phx("restore", "--latest", "--yes", check=None)
     assert_error(res, 1, "not the one this machine used before")
     assert second.phx("list", check=None).code == 1
+
+
+def test_a_planted_slot_of_format_1_is_not_upgraded_into_an_authenticated_one(make_sandbox, tmp_path: Path) -> None:
+    """In a format 2 repository every slot is of format 2 (an upgrade writes the slots before the
+    config). A format 1 slot planted there (its label, host and user in the clear, the
+    attacker's choice) must not be sealed under the owner's key by the next backup's upgrade,
+    which would make `key list` show it as the owner's own ("ok")."""
+    sb, recipient = _age_sandbox(make_sandbox, tmp_path)
+    attacker = keys.MasterSecrets.generate()
+    slot = keys.wrap_age(attacker, [recipient])
+    info = keys.SlotInfo("2026-01-01T00:00:00Z", "owner-laptop", "owner", "age (recovery)", authenticated=False)
+    planted = keys.KeySlot(slot.id, "age", {}, slot.data, info=info, version=1)
+    (sb.repo / "keys" / slot.id).write_bytes(planted.to_json())
+    sb.backup()
+    listing = {s["id"]: s["status"] for s in sb.phx("key", "list", "--json").json()}
+    assert listing[slot.id] != "ok", listing

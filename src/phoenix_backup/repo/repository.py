@@ -384,17 +384,19 @@ class Repository:
         config and seal the key slots' metadata (their wrapped secrets stay as they are). True
         when something was written. Each object is replaced atomically, so a crash leaves a
         repository of either format, both readable."""
-        slots = self.read_key_slots(self.backend)
-        if self.config.version >= FORMAT_VERSION and all(s.version >= 2 for s in slots):
+        # A format 2 config is written after every slot was upgraded: a format 1 slot beside it
+        # was put there by someone else, and sealing its metadata under this key would make it
+        # look like one of the owner's.
+        if self.config.version >= FORMAT_VERSION:
             return False
+        slots = self.read_key_slots(self.backend)
         with self.lock(exclusive=True, command="upgrade"):
             for slot in slots:
                 if slot.version < 2:
                     self.backend.write(f"keys/{slot.id}", slot.upgraded(self.secrets).to_json())
-            if self.config.version < FORMAT_VERSION:
-                config = self.config.signed(self.secrets)
-                self.backend.write("config", config.to_bytes())
-                self.config = config
+            config = self.config.signed(self.secrets)
+            self.backend.write("config", config.to_bytes())
+            self.config = config
         self.notice(f"upgraded the repository at {self.backend.location} to format {FORMAT_VERSION}")
         return True
 
