@@ -359,3 +359,17 @@ def test_a_planted_slot_of_format_1_is_not_upgraded_into_an_authenticated_one(ma
     sb.backup()
     listing = {s["id"]: s["status"] for s in sb.phx("key", "list", "--json").json()}
     assert listing[slot.id] != "ok", listing
+
+
+def test_key_trust_does_not_accept_a_downgraded_config(backed_up: Sandbox) -> None:
+    """The config put back to format 1 (no MAC, so its parameters are anyone's), the owner's key
+    and id kept. Every command refuses it; `phx key trust` with the right fingerprint must too,
+    rather than report that it trusts the repository."""
+    sb = backed_up
+    fingerprint = sb.phx("key", "list", "--json").json()[0]["fingerprint"]
+    doc = json.loads((sb.repo / "config").read_text())
+    doc["version"] = 1
+    del doc["mac"]
+    (sb.repo / "config").write_text(json.dumps(doc))
+    assert_error(sb.phx("list", check=None), 1, "downgraded")
+    assert_error(sb.phx("key", "trust", fingerprint, check=None), 1, "downgraded")

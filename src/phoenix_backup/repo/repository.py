@@ -762,7 +762,10 @@ def _choose_secrets(
     refused rather than guessed between."""
     pin = pins.get(config.id) if pins is not None else None
     if expect is not None:
-        pin, pins = Pin(config.id, expect, format=config.version), None
+        # `phx key trust` replaces the fingerprint, never the format this machine saw: a config
+        # downgraded to format 1 (no MAC) stays refused.
+        seen = pin.format if pin is not None else config.version
+        pin, pins = Pin(config.id, expect, format=seen), None
     if pins is not None:
         # A location holds one repository: another one there (new, or one this machine knows from
         # elsewhere, such as a copy of the owner's other repository) is refused alike.
