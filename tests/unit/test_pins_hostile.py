@@ -86,3 +86,18 @@ def test_the_data_dir_is_never_relative(tmp_path: Path) -> None:
     assert data_dir({"XDG_DATA_HOME": str(tmp_path)}) == tmp_path / "phoenix"
     with pytest.raises(ConfigError, match=r"not an absolute path.*PHX_DATA_DIR"):
         data_dir({"PHX_DATA_DIR": "somewhere"})
+
+
+@pytest.mark.parametrize(("owner", "mode"), [(65534, 0o600), (None, 0o666), (None, 0o620)])
+def test_a_pin_file_someone_else_can_write_is_not_trusted(tmp_path: Path, owner: int | None, mode: int) -> None:
+    """Whoever can write the pin file decides which repository keys are trusted: another user's
+    file (a shared data dir, say) pinning their own key is refused, not used."""
+    pins = Pins(tmp_path / "pins.json")
+    pins.record(REPO, "/repo", KEY, format=2)
+    if owner is not None:
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a file to another user")
+        os.chown(pins.path, owner, -1)
+    pins.path.chmod(mode)
+    with pytest.raises(ConfigError, match="belongs to another user or others can write it"):
+        pins.get(REPO)

@@ -89,7 +89,9 @@ class Pins:
 
     def _load(self) -> dict[str, Pin]:
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
         except FileNotFoundError:
             return {}
         except OSError as exc:
@@ -97,6 +99,12 @@ class Pins:
                 f"cannot read the pin file {self.path} ({exc.strerror}); fix its permissions (it must "
                 "belong to you, mode 0600)"
             ) from None
+        # Whoever can write the pin file decides which keys are trusted (as with ssh's StrictModes).
+        if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+            raise ConfigError(
+                f"the pin file {self.path} belongs to another user or others can write it, so it cannot be "
+                f"trusted; check its content, then make it yours with mode 0600 (chown, chmod 600)"
+            )
         try:
             doc = json.loads(raw)
             if doc.get("version") != PINS_VERSION:
