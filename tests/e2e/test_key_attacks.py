@@ -373,3 +373,34 @@ def test_key_trust_does_not_accept_a_downgraded_config(backed_up: Sandbox) -> No
     (sb.repo / "config").write_text(json.dumps(doc))
     assert_error(sb.phx("list", check=None), 1, "downgraded")
     assert_error(sb.phx("key", "trust", fingerprint, check=None), 1, "downgraded")
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
+def test_a_rotation_that_cannot_make_its_slots_leaves_no_unfinished_rotation(make_sandbox) -> None:
+    """A careless user: a second gpg slot for a colleague whose public key has since left the
+    keyring. The rotation cannot wrap the new key for it and stops, changing nothing; later
+    commands must not report an unfinished rotation (there is none to finish)."""
+    sb: Sandbox = make_sandbox()
+    home = Path(subprocess.run(["mktemp", "-d", "/tmp/phxgpgXXXX"], capture_output=True, text=True).stdout.strip())
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--yes", "--passphrase", ""]
+    try:
+        for email in ("owner@example.invalid", "colleague@example.invalid"):
+            subprocess.run([*gpg, "--quick-gen-key", email, "default"], check=True, capture_output=True)
+        sb.env["GNUPGHOME"] = str(home)
+        sb.write_config(encryption={"enabled": True, "method": "gpg", "keyId": "owner@example.invalid"})
+        sb.backup()
+        sb.phx("key", "add", "--method", "gpg", "--key-id", "colleague@example.invalid")
+        listing = subprocess.run(
+            [*gpg, "--with-colons", "--list-keys", "colleague@example.invalid"], capture_output=True
+        )
+        fpr = next(line.split(":")[9] for line in listing.stdout.decode().splitlines() if line.startswith("fpr"))
+        subprocess.run([*gpg, "--delete-secret-and-public-key", fpr], check=True, capture_output=True)
+        before = sorted(p.name for p in (sb.repo / "keys").iterdir())
+
+        assert_error(sb.phx("key", "rotate", check=None), 2, "colleague@example.invalid")
+        assert sorted(p.name for p in (sb.repo / "keys").iterdir()) == before
+        res = sb.phx("list")
+        assert "did not finish" not in res.err, res
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+        shutil.rmtree(home, ignore_errors=True)

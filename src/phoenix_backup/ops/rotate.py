@@ -137,10 +137,12 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
 
         new = keyslots.MasterSecrets(os.urandom(keyslots.KEY_LENGTH), old.id_key, old.chunker_seed)
+        # Made (not yet written) before the pin names the new key: a slot that cannot be made
+        # stops the rotation here, with nothing left unfinished.
+        new_slots, dropped = _new_slots(repo, old_slots, new, cfg, creds)
         store.record(
             repo.config.id, backend.location, old.fingerprint, format=repo.config.version, next=new.fingerprint
         )
-        new_slots, dropped = _new_slots(repo, old_slots, new, cfg, creds)
         for slot in new_slots:
             backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
         result.slots = [s.label for s in new_slots]
