@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pyrage
 import pytest
+from attack_support import age_sandbox, assert_rotation_recovers, restored
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from e2e_support import Sandbox, assert_error, file_manifest, run_phx
+from e2e_support import Sandbox, assert_error, run_phx
 
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import RepositoryError
@@ -41,12 +42,6 @@ def _phx_killed_at(sb: Sandbox, point: int, *args: str, log: Path | None = None)
     return subprocess.run(
         [sys.executable, str(KILLER), *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
-
-
-def _restored(sb: Sandbox, name: str, dest: Path) -> dict[str, tuple[object, ...]]:
-    shutil.rmtree(dest, ignore_errors=True)
-    sb.phx("restore", "--backup", name, "--to", dest)
-    return file_manifest(dest, skip_databases=False)
 
 
 class _Store:
@@ -105,7 +100,7 @@ def test_rotation_killed_before_any_change_keeps_every_snapshot_and_revokes_the_
     (sb.workspace / "MEMORY.md").write_text("# Memory\nsecond\n")
     sb.backup()
     names = [s["name"] for s in sb.snapshots()]
-    expected = {n: _restored(sb, n, tmp_path / "expected") for n in names}
+    expected = {n: restored(sb, n, tmp_path / "expected") for n in names}
     kept = store.keys_and_config()  # what a thief of the old key keeps
 
     log = tmp_path / "changes.log"
@@ -115,19 +110,9 @@ def test_rotation_killed_before_any_change_keeps_every_snapshot_and_revokes_the_
     count = ROTATE_CHANGES[where]
     assert point < count or len(changes) == count, "the rotation changes more: update ROTATE_CHANGES"
 
-    # Killed: the owner opens it on this machine, and every snapshot restores exactly.
-    assert [s["name"] for s in sb.snapshots()] == names, f"killed before change {point}: {changes[-1]}"
-    for name in names:
-        assert _restored(sb, name, tmp_path / "after-kill") == expected[name], f"killed before {changes[-1]}"
-    # Again: the rotation is finished, every byte reads, and one key is left.
-    sb.phx("key", "rotate")
-    doc = sb.verify("--read-data")
-    assert doc["ok"] and [n for n in doc["notices"] if "leftover temporary file" not in n] == [], doc
-    assert [s["status"] for s in sb.phx("key", "list", "--json").json()] == ["ok"]
+    assert_rotation_recovers(sb, names, expected, tmp_path, f"before change {point}: {changes[-1]}")
     (sb.workspace / "MEMORY.md").write_text("# Memory\nwritten after the rotation\n")
     after = sb.backup()["name"]
-    for name in names:
-        assert _restored(sb, name, tmp_path / "after-rerun") == expected[name], name
 
     # The old key opens nothing written later, even with the old slots and config put back.
     store.put_back(kept)
@@ -135,19 +120,6 @@ def test_rotation_killed_before_any_change_keeps_every_snapshot_and_revokes_the_
     res2 = sb.phx("list", "--json", env=thief, check=None)
     assert after not in res2.out, res2
     assert sb.phx("dump", after, "workspace/MEMORY.md", env=thief, check=None).code != 0
-
-
-def _age_sandbox(make_sandbox, tmp_path: Path) -> tuple[Sandbox, str]:
-    sb: Sandbox = make_sandbox()
-    identity = pyrage.x25519.Identity.generate()
-    identity_file = tmp_path / "age.txt"
-    identity_file.write_text(str(identity) + "\n")
-    recipient = str(identity.to_public())
-    sb.write_config(
-        encryption={"enabled": True, "method": "age", "recipients": [recipient], "identityFile": str(identity_file)}
-    )
-    sb.backup()
-    return sb, recipient
 
 
 def _forged_slot(attacker: keys.MasterSecrets, recipient: str, slot_id: str) -> bytes:
@@ -167,7 +139,7 @@ def test_a_slot_stored_under_another_name_removes_no_slot_of_the_owner(make_sand
     rotation (which deletes the slots of other keys first) must not delete the owner's slot
     through it: a rotation that then stops (here: a damaged snapshot, as well a network error
     or a kill) would leave no slot that opens the repository's key."""
-    sb, recipient = _age_sandbox(make_sandbox, tmp_path)
+    sb, recipient = age_sandbox(make_sandbox, tmp_path)
     (owner_slot,) = [p.name for p in (sb.repo / "keys").iterdir()]
     names = [s["name"] for s in sb.snapshots()]
     attacker = keys.MasterSecrets.generate()
@@ -274,7 +246,7 @@ def test_a_rotation_lists_every_slot_it_does_not_carry_over(make_sandbox, tmp_pa
     recipients were in the clear, so the upgrade drops them (they were never authenticated) and a
     rotation cannot wrap the new key for it: it must say that it dropped the slot, not lose it
     silently."""
-    sb, _recipient = _age_sandbox(make_sandbox, tmp_path)
+    sb, _recipient = age_sandbox(make_sandbox, tmp_path)
     recovery = pyrage.x25519.Identity.generate()
     sb.phx("key", "add", "--method", "age", "--recipient", str(recovery.to_public()))
     doc = json.loads((sb.repo / "config").read_text())  # back to format 1, as an older Phoenix wrote it
@@ -350,7 +322,7 @@ def test_a_planted_slot_of_format_1_is_not_upgraded_into_an_authenticated_one(ma
     config). A format 1 slot planted there (its label, host and user in the clear, the
     attacker's choice) must not be sealed under the owner's key by the next backup's upgrade,
     which would make `key list` show it as the owner's own ("ok")."""
-    sb, recipient = _age_sandbox(make_sandbox, tmp_path)
+    sb, recipient = age_sandbox(make_sandbox, tmp_path)
     attacker = keys.MasterSecrets.generate()
     slot = keys.wrap_age(attacker, [recipient])
     info = keys.SlotInfo("2026-01-01T00:00:00Z", "owner-laptop", "owner", "age (recovery)", authenticated=False)
