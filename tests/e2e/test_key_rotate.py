@@ -15,19 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import PHX, Sandbox, assert_error, file_manifest
+from attack_support import assert_rotation_recovers, restored
+from e2e_support import PHX, Sandbox, assert_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import bare_repo, git
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 LEAKED = "the old passphrase that leaked"
-
-
-def _restored(sb: Sandbox, name: str, dest: Path, env: dict[str, str] | None = None) -> dict[str, tuple[object, ...]]:
-    shutil.rmtree(dest, ignore_errors=True)
-    sb.phx("restore", "--backup", name, "--to", dest, "--json", env=env)
-    return file_manifest(dest, skip_databases=False)
 
 
 def _two_snapshots(sb: Sandbox) -> None:
@@ -73,7 +68,7 @@ def test_rotation_reaches_a_git_replica_and_its_history_opens_nothing_new(make_s
     sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
     _two_snapshots(sb)
     names = [s["name"] for s in sb.snapshots()]
-    expected = {n: _restored(sb, n, tmp_path / "before") for n in names}
+    expected = {n: restored(sb, n, tmp_path / "before") for n in names}
     first_commit = git("rev-list", "--max-parents=0", "main", cwd=remote).strip()
 
     doc = sb.phx("key", "rotate", "--json").json()
@@ -84,10 +79,7 @@ def test_rotation_reaches_a_git_replica_and_its_history_opens_nothing_new(make_s
     git_only = sb.env_with(PHX_DATA_DIR=str(tmp_path / "fresh-clone"))
     sb.phx("key", "trust", doc["fingerprint"], "--target", "git", env=git_only)
     for name in names:
-        restored = tmp_path / "from-git"
-        shutil.rmtree(restored, ignore_errors=True)
-        sb.phx("restore", "--backup", name, "--to", restored, "--target", "git", env=git_only)
-        assert file_manifest(restored, skip_databases=False) == expected[name], name
+        assert restored(sb, name, tmp_path / "from-git", "--target", "git", env=git_only) == expected[name], name
     tree = git("ls-tree", "-r", "--name-only", "main", cwd=remote).split()
     assert len([n for n in tree if n.startswith("snapshots/")]) == 3, tree  # the old ones are gone
 
@@ -137,25 +129,12 @@ def test_rotation_killed_at_any_point_leaves_every_snapshot_restorable(
     sb: Sandbox = make_sandbox(size=8_000_000, seed=5)
     _two_snapshots(sb)
     names = [s["name"] for s in sb.snapshots()]
-    expected = {n: _restored(sb, n, tmp_path / "expected") for n in names}
+    expected = {n: restored(sb, n, tmp_path / "expected") for n in names}
     before = {k: _files(sb.repo / k) for k in ("keys", "data", "snapshots")}
     before["config_raw"] = (sb.repo / "config").read_bytes()  # type: ignore[assignment]
     condition = KILL_POINTS[point]
     assert _kill_when(sb, lambda: condition(sb.repo, before)), f"the rotation finished before {point}"
 
-    # The owner's passphrase opens it, on this machine, and every snapshot restores exactly.
-    res = sb.phx("list", "--json")
-    assert [s["name"] for s in res.json()] == names, f"killed at {point}:\n{res}"
-    for name in names:
-        assert _restored(sb, name, tmp_path / "after-kill") == expected[name], f"killed at {point}: {name}"
-    # Running it again finishes the job: one key, no leftovers, every byte readable.
-    sb.phx("key", "rotate")
-    doc = sb.verify("--read-data")
-    # A write the kill cut short may leave its temporary file (prune removes it); nothing else.
-    assert doc["ok"] and [n for n in doc["notices"] if "leftover temporary file" not in n] == [], doc
-    listing = sb.phx("key", "list", "--json").json()
-    assert [s["status"] for s in listing] == ["ok"], listing
+    assert_rotation_recovers(sb, names, expected, tmp_path, f"at {point}")
     assert [p for p in (sb.repo / "locks").iterdir() if not p.name.startswith(".tmp-")] == []
-    for name in names:
-        assert _restored(sb, name, tmp_path / "after-rerun") == expected[name], f"killed at {point}: {name}"
     sb.backup()  # and backups go on

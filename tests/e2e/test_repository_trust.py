@@ -22,9 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyrage
 import pytest
-from attack_support import gpg_store_packet, plant_snapshot, slot_document, write_slot
+from attack_support import age_sandbox, gpg_store_packet, plant_snapshot, slot_document, write_slot
 from e2e_support import Sandbox, assert_error, scan_for
 
 from phoenix_backup.repo import keys
@@ -94,21 +93,8 @@ def test_a_gpg_store_slot_does_not_open_even_with_a_wrong_passphrase(backed_up: 
     assert "not encrypted to a public key" in res.err or "no key slot" in res.err, res
 
 
-def _age_sandbox(make_sandbox, tmp_path: Path) -> tuple[Sandbox, str]:
-    sb: Sandbox = make_sandbox()
-    identity = pyrage.x25519.Identity.generate()
-    identity_file = tmp_path / "age.txt"
-    identity_file.write_text(str(identity) + "\n")
-    recipient = str(identity.to_public())
-    sb.write_config(
-        encryption={"enabled": True, "method": "age", "recipients": [recipient], "identityFile": str(identity_file)}
-    )
-    sb.backup()
-    return sb, recipient
-
-
 def test_an_age_slot_to_the_owners_recipient_does_not_win(make_sandbox, tmp_path: Path) -> None:
-    sb, recipient = _age_sandbox(make_sandbox, tmp_path)
+    sb, recipient = age_sandbox(make_sandbox, tmp_path)
     owner_latest = sb.snapshots()[-1]["id"]
     attacker = keys.MasterSecrets.generate()
     # Anyone can encrypt to a public recipient; several copies, so one is surely listed first.
@@ -123,7 +109,7 @@ def test_an_age_slot_to_the_owners_recipient_does_not_win(make_sandbox, tmp_path
 def test_a_replaced_config_is_a_changed_key(make_sandbox, tmp_path: Path) -> None:
     """The attacker replaces config and slots with their own (same id, their key, authenticated
     by it): the owner's pin says the key changed, and nothing is restored."""
-    sb, recipient = _age_sandbox(make_sandbox, tmp_path)
+    sb, recipient = age_sandbox(make_sandbox, tmp_path)
     attacker = keys.MasterSecrets.generate()
     backend = LocalBackend(sb.repo)
     config = Repository.read_config(backend)
@@ -230,7 +216,7 @@ def test_foreign_names_in_listings_are_ignored(backed_up: Sandbox) -> None:
 
 def test_key_slots_keep_no_identity_in_the_clear(make_sandbox, tmp_path: Path) -> None:
     """Point 11: a slot shows neither host, user, age recipient nor GPG key id to a storage reader."""
-    sb, recipient = _age_sandbox(make_sandbox, tmp_path)
+    sb, recipient = age_sandbox(make_sandbox, tmp_path)
     sb.phx("key", "add", "--method", "passphrase", env=sb.env_with(PHX_NEW_PASSPHRASE="second"))
     for slot in (sb.repo / "keys").iterdir():
         doc = json.loads(slot.read_bytes())

@@ -255,7 +255,7 @@ def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
         previous = store.get(config.id)
         try:
             # Checked as if `wanted` were pinned: a slot of any other key is refused as always.
-            repo = Repository.open(backend, credentials(cfg, envx), expect=wanted)
+            repo = Repository.open(backend, credentials(cfg, envx), pins=store, expect=wanted)
         except KeyChanged:
             raise KeyChanged(
                 f"the repository at {backend.location} does not have the key {wanted}; nothing was trusted "

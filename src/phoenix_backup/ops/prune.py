@@ -624,4 +624,11 @@ def _replica(cfg: Config, envx: Environment, first: Repository, name: str) -> Re
         raise RepositoryError(
             f"target {name} holds another repository (id {config.id[:8]}); point targets.{name} at this repository"
         )
+    # The replica's config is not checked against the key here, and replication has just made it
+    # the first target's: anything else (encryption turned off, say) was changed since.
+    if config.raw != first.config.raw:
+        raise RepositoryError(
+            f"the config of target {name} differs from the first target's (changed since it was copied); "
+            "run `phx sync` to copy it again"
+        )
     return Repository(backend, config, first.secrets, notice=envx.notice)

@@ -124,16 +124,25 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
 
         snapshots = repo.list_snapshots()
         repo.load_index()
-        _refuse_if_damaged(repo, "a rotation would lose what they hold, so nothing was changed")
+        # Damaged, or planted to block the revocation (anyone who can write the storage can):
+        # only the owner can tell, so the message says what to do in either case.
+        _refuse_if_damaged(
+            repo,
+            "a rotation would lose what they hold, so nothing was changed; copy a readable one back from "
+            "another target, or, if you did not write them, delete them from the storage and run `phx key "
+            "rotate` again",
+        )
         used = _used_blobs(repo, snapshots)
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
 
         new = keyslots.MasterSecrets(os.urandom(keyslots.KEY_LENGTH), old.id_key, old.chunker_seed)
+        # Made (not yet written) before the pin names the new key: a slot that cannot be made
+        # stops the rotation here, with nothing left unfinished.
+        new_slots, dropped = _new_slots(repo, old_slots, new, cfg, creds)
         store.record(
             repo.config.id, backend.location, old.fingerprint, format=repo.config.version, next=new.fingerprint
         )
-        new_slots, dropped = _new_slots(repo, old_slots, new, cfg, creds)
         for slot in new_slots:
             backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
         result.slots = [s.label for s in new_slots]
@@ -201,8 +210,8 @@ def _new_slots(
 ) -> tuple[list[keyslots.KeySlot], list[str]]:
     """The slots wrapping the new secrets: the passphrase given now (if it opened the repository),
     the configured age recipients or GPG key, and the age and GPG slots whose authenticated
-    metadata names their recipients or key. Other passphrase slots cannot be re-created (their
-    passphrase is not known here): they are dropped, and listed."""
+    metadata names their recipients or key. Every other slot cannot be re-created (another
+    passphrase, or recipients never authenticated): it is dropped, and listed."""
     enc = cfg.encryption
     wanted: dict[tuple[str, ...], tuple[str, ...] | str | dict[str, int]] = {}
     dropped = []
@@ -216,8 +225,11 @@ def _new_slots(
             wanted[("age", *info.recipients)] = info.recipients
         elif slot.type == "gpg" and info is not None and info.key_id:
             wanted[("gpg", info.key_id)] = info.key_id
-        elif slot.type not in ("age", "gpg") or slot.type != enc.method:
-            dropped.append(slot.id)  # its credential is not known here: `phx key add` it again
+        elif slot.id != repo.opened_with or slot.type not in ("age", "gpg") or slot.type != enc.method:
+            # Its credential is not known here (another passphrase, recipients never authenticated
+            # or unreadable metadata): `phx key add` it again. Only the slot that opened the
+            # repository with the configured age recipients or GPG key is made again below.
+            dropped.append(slot.id)
     if enc.enabled and enc.method == "age" and enc.recipients:
         wanted[("age", *enc.recipients)] = tuple(enc.recipients)
     if enc.enabled and enc.method == "gpg" and enc.key_id:

@@ -8,7 +8,7 @@ later change is a hard error (`KeyChanged`) until the user says, with `phx key t
 checked it.
 
     <data dir>/pins.json   {"version": 1, "repositories": {id: {fingerprint, next, format,
-                           pinned, locations: [...]}}}
+                           pinned, locations: [...], retired: [...]}}}
 
 It lives in the data dir, not the cache: losing it silently would turn every repository back into
 a first use. It is per user, mode 0600, rewritten atomically (temp file, fsync, rename, fsync of
@@ -21,6 +21,9 @@ the folder) under an flock, so two `phx` processes never lose each other's pins.
   the rotation finishes, so a rotation killed at any point leaves a repository this machine opens.
 - `format` is the highest repository format seen authenticated: a config that loses its
   authentication (format 2 back to 1) is refused.
+- `retired` are the fingerprints this user moved away from: a repository that shows one again
+  missed a rotation (a replica that was down) or was put back by someone; the error says so and
+  never suggests trusting it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.dirs import data_dir
-from phoenix_backup.errors import ConfigError
+from phoenix_backup.errors import ConfigError, KeyChanged
 from phoenix_backup.storage.local import fsync_dir
 
 PINS_FILE = "pins.json"
@@ -51,6 +54,9 @@ class Pin:
     format: int = 1
     pinned: str = ""  # RFC 3339, when this user first trusted the repository (or last re-trusted it)
     locations: list[str] = field(default_factory=list)
+    # Fingerprints this user moved away from (`phx key rotate`, `phx key trust`): a repository
+    # that shows one again is a copy that missed the rotation, or an old copy put back.
+    retired: list[str] = field(default_factory=list)
 
     def accepts(self, fingerprint: str) -> bool:
         return fingerprint in (self.fingerprint, self.next)
@@ -64,6 +70,8 @@ class Pin:
         }
         if self.next is not None:
             doc["next"] = self.next
+        if self.retired:
+            doc["retired"] = self.retired
         return doc
 
 
@@ -81,7 +89,9 @@ class Pins:
 
     def _load(self) -> dict[str, Pin]:
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
         except FileNotFoundError:
             return {}
         except OSError as exc:
@@ -89,6 +99,12 @@ class Pins:
                 f"cannot read the pin file {self.path} ({exc.strerror}); fix its permissions (it must "
                 "belong to you, mode 0600)"
             ) from None
+        # Whoever can write the pin file decides which keys are trusted (as with ssh's StrictModes).
+        if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+            raise ConfigError(
+                f"the pin file {self.path} belongs to another user or others can write it, so it cannot be "
+                f"trusted; check its content, then make it yours with mode 0600 (chown, chmod 600)"
+            )
         try:
             doc = json.loads(raw)
             if doc.get("version") != PINS_VERSION:
@@ -102,9 +118,10 @@ class Pins:
                     format=int(entry.get("format", 1)),
                     pinned=str(entry.get("pinned", "")),
                     locations=[str(x) for x in entry.get("locations", [])],
+                    retired=[str(x) for x in entry.get("retired", [])],
                 )
             return pins
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise ConfigError(
                 f"the pin file {self.path} is damaged ({exc}); repair it from a backup of your home, or "
                 "move it away (then every repository is trusted again on first use, so check its key "
@@ -126,15 +143,29 @@ class Pins:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Pin]]:
         folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(folder / ".pins.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(folder / ".pins.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             pins = self._load()
             yield pins
-            self._write(pins)
+            try:
+                self._write(pins)
+            except OSError as exc:
+                raise self._unwritable(exc) from None
         finally:
             os.close(fd)  # closing releases the flock
+
+    def _unwritable(self, exc: OSError) -> ConfigError:
+        # Without its pin file Phoenix cannot tell a replaced repository from the owner's: an
+        # error, never a silent first use on every run.
+        return ConfigError(
+            f"cannot write the pin file {self.path} ({exc.strerror or exc}); make {self.path.parent} a folder "
+            "you can write, or set PHX_DATA_DIR to one"
+        )
 
     def _write(self, pins: dict[str, Pin]) -> None:
         doc = {"version": PINS_VERSION, "repositories": {k: pins[k].to_json() for k in sorted(pins)}}
@@ -160,21 +191,36 @@ class Pins:
         next: str | None = None,
         keep_next: bool = False,
         retrust: bool = False,
+        first: bool = False,
     ) -> Pin:
         """Pin `repo_id` at `location` to `fingerprint`. `location` moves to this repository (a
         location holds one repository). `next` sets the fingerprint a rotation moves to; with
-        `keep_next` the one recorded stays. `retrust` marks an explicit `phx key trust`."""
+        `keep_next` the one recorded stays. `retrust` marks an explicit `phx key trust`. `first`:
+        a first use, refused if another process pinned another key in the meantime."""
         with self._locked() as pins:
+            pin = pins.get(repo_id)
+            if first and pin is not None:
+                if pin.accepts(fingerprint):  # the same key, pinned by another process meanwhile
+                    return pin
+                raise KeyChanged(
+                    f"repository {repo_id[:8]} at {location} has key {fingerprint} here, but another phx process "
+                    f"pinned key {pin.fingerprint} for it at the same time: someone who can write the storage may "
+                    "have replaced it in between; check the key fingerprint on a machine you trust (`phx key list`) "
+                    "and run `phx key trust FINGERPRINT`"
+                )
             for other in pins.values():
                 if other.repo_id != repo_id and location in other.locations:
                     other.locations.remove(location)
-            pin = pins.get(repo_id)
             now = datetime.now(UTC).isoformat(timespec="seconds")
             if pin is None:
                 pin = pins[repo_id] = Pin(repo_id, fingerprint, pinned=now)
             elif retrust or pin.fingerprint != fingerprint:
                 pin.pinned = now
             previous_next = pin.next
+            if pin.fingerprint != fingerprint and pin.fingerprint not in pin.retired:
+                pin.retired.append(pin.fingerprint)
+            if fingerprint in pin.retired:  # trusted again, explicitly
+                pin.retired.remove(fingerprint)
             pin.fingerprint = fingerprint
             pin.next = previous_next if keep_next else next
             pin.format = max(pin.format, format)

@@ -357,7 +357,13 @@ class Repository:
         damaged: list[str] = []
         for info in backend.list("keys/"):
             try:
-                slots.append(keyslots.KeySlot.from_json(backend.read(info.name)))
+                slot = keyslots.KeySlot.from_json(backend.read(info.name))
+                # A slot is removed, replaced and copied by its name: one stored under another
+                # slot's id (a copy that outlives a rotation, or a planted slot whose removal
+                # would remove the owner's) is not a slot.
+                if info.name != f"keys/{slot.id}":
+                    continue
+                slots.append(slot)
             except CorruptObject:
                 damaged.append(info.name)  # another slot may still open the repository
             except UnsupportedFormat as exc:
@@ -423,17 +429,19 @@ class Repository:
         config and seal the key slots' metadata (their wrapped secrets stay as they are). True
         when something was written. Each object is replaced atomically, so a crash leaves a
         repository of either format, both readable."""
-        slots = self.read_key_slots(self.backend)
-        if self.config.version >= FORMAT_VERSION and all(s.version >= 2 for s in slots):
+        # A format 2 config is written after every slot was upgraded: a format 1 slot beside it
+        # was put there by someone else, and sealing its metadata under this key would make it
+        # look like one of the owner's.
+        if self.config.version >= FORMAT_VERSION:
             return False
+        slots = self.read_key_slots(self.backend)
         with self.lock(exclusive=True, command="upgrade"):
             for slot in slots:
                 if slot.version < 2:
                     self.backend.write(f"keys/{slot.id}", slot.upgraded(self.secrets).to_json())
-            if self.config.version < FORMAT_VERSION:
-                config = self.config.signed(self.secrets)
-                self.backend.write("config", config.to_bytes())
-                self.config = config
+            config = self.config.signed(self.secrets)
+            self.backend.write("config", config.to_bytes())
+            self.config = config
         self.notice(f"upgraded the repository at {self.backend.location} to format {FORMAT_VERSION}")
         return True
 
@@ -871,10 +879,15 @@ def _choose_secrets(
     refused rather than guessed between."""
     pin = pins.get(config.id) if pins is not None else None
     if expect is not None:
-        pin, pins = Pin(config.id, expect, format=config.version), None
-    if pins is not None and pin is None:
+        # `phx key trust` replaces the fingerprint, never the format this machine saw: a config
+        # downgraded to format 1 (no MAC) stays refused.
+        seen = pin.format if pin is not None else config.version
+        pin, pins = Pin(config.id, expect, format=seen), None
+    if pins is not None:
+        # A location holds one repository: another one there (new, or one this machine knows from
+        # elsewhere, such as a copy of the owner's other repository) is refused alike.
         other = pins.id_at(location)
-        if other is not None:
+        if other is not None and other != config.id:
             raise KeyChanged(
                 f"the repository at {location} is not the one this machine used before (its id was "
                 f"{other[:8]}, now {config.id[:8]}): someone who can write the storage may have replaced it; "
@@ -919,6 +932,13 @@ def _choose_secrets(
         if mismatched:
             shown = mismatched[0].fingerprint
             assert pin is not None
+            if shown in pin.retired:
+                raise KeyChanged(
+                    f"the repository at {location} has the key {shown}, which this machine retired (`phx key "
+                    f"rotate`, or `phx key trust` of {pin.fingerprint}): it is a copy that missed the rotation, or "
+                    "someone who can write the storage put an old copy back; nothing was read or written. If it is "
+                    "a target that was unreachable during the rotation, `phx sync` brings the rotation there"
+                )
             raise KeyChanged(
                 f"the key of the repository at {location} changed: it is {shown}, but this machine pinned "
                 f"{pin.fingerprint}; someone who can write the storage may have replaced it, so nothing was "
@@ -935,7 +955,7 @@ def _choose_secrets(
     if pins is not None:
         fingerprint = master.fingerprint
         if pin is None:
-            pins.record(config.id, location, fingerprint, format=config.version)
+            pins.record(config.id, location, fingerprint, format=config.version, first=True)
             notice(
                 f"first use of repository {config.id[:8]} at {location} on this machine: its key fingerprint "
                 f"{fingerprint} is now trusted here (compare it with `phx key list` on a machine you trust)"
