@@ -231,7 +231,7 @@ def test_a_damaged_key_slot_beside_a_good_one_is_named_and_can_be_removed(
     (error,) = result.errors
     assert error.object == f"keys/{added.id}" and "key slot cannot be read" in error.message, result.to_json()
     key_remove(case.cfg, case.envx, added.id)
-    assert [s.id for s in key_list(case.cfg, case.envx)] == [p.name for p in case.objects("keys")]
+    assert [s.id for s in key_list(case.cfg, case.envx).slots] == [p.name for p in case.objects("keys")]
     assert_whole(case)
     (last,) = case.objects("keys")
     with pytest.raises(RepositoryError, match="last key slot"):
