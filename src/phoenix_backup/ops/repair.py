@@ -62,6 +62,7 @@ class IndexRepair:
     replaced: int = 0  # index objects superseded and deleted
     dropped: int = 0  # blobs the old index listed that no readable pack holds
     unreadable: dict[str, str] = field(default_factory=dict)  # pack -> why its header cannot be read
+    kept: dict[str, int] = field(default_factory=dict)  # unreadable pack -> blobs kept from the old index
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -75,6 +76,7 @@ class IndexRepair:
             "indexesReplaced": self.replaced,
             "blobsDropped": self.dropped,
             "unreadablePacks": self.unreadable,
+            "keptFromOldIndex": self.kept,
         }
 
 
@@ -89,7 +91,9 @@ def repair_index(cfg: Config, envx: Environment) -> IndexRepair:
 
 def rebuild_index(repo: Repository) -> IndexRepair:
     """Replace every index object by one built from the packs' headers (the caller holds an
-    exclusive lock). Packs whose header cannot be read are left out and named."""
+    exclusive lock). A pack whose header cannot be read is named; the entries the old index
+    objects list in it (within its length) are kept, since its blobs may well be intact (each is
+    checked when read), and are its only map. A pack neither lists is left out."""
     report = IndexRepair()
     old = repo.read_index_objects()
     present = sorted(info.name for info in repo.backend.list("index/"))  # damaged ones too
@@ -100,6 +104,10 @@ def rebuild_index(repo: Repository) -> IndexRepair:
             packs[pack_id] = repo.read_pack_header(pack_id)
         except (CorruptObject, ObjectNotFound) as exc:
             report.unreadable[info.name] = str(exc)
+            known = _listed_in(old, pack_id, info.size)
+            if known:
+                packs[pack_id] = known
+                report.kept[info.name] = len(known)
     held = {e.id for entries in packs.values() for e in entries}
     listed = {e.id for listing, _sup in old.values() for entries in listing.values() for e in entries}
     report.packs, report.blobs, report.dropped = len(packs), len(held), len(listed - held)
@@ -112,6 +120,19 @@ def rebuild_index(repo: Repository) -> IndexRepair:
     report.replaced = len([n for n in present if n != new])
     repo.reload_index()
     return report
+
+
+def _listed_in(
+    objects: dict[str, tuple[dict[str, list[PackEntry]], list[str]]], pack_id: str, size: int
+) -> list[PackEntry]:
+    """The entries any index object (superseded ones too) lists in `pack_id` that lie within
+    `size` bytes, one per blob."""
+    out: dict[bytes, PackEntry] = {}
+    for listing, _sup in objects.values():
+        for e in listing.get(pack_id, ()):
+            if e.offset + e.stored <= size:
+                out.setdefault(e.id, e)
+    return list(out.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,11 +169,15 @@ class SnapshotRepair:
     rewrite: bool = False
     forget: bool = False
     read_data: bool = False
+    unindexed: int = 0  # packs no index lists whose headers were read: their data is not lost
+    index_rebuilt: bool = False  # --rewrite rebuilt the index from the packs first
 
     @property
     def exit_status(self) -> ExitStatus:
-        # Naming damage without being asked to act is a finding, like `verify`'s.
-        return ExitStatus.FAILURE if self.damaged and not (self.rewrite or self.forget) else ExitStatus.OK
+        # Naming damage without acting on it is a finding, like `verify`'s: without a flag, or
+        # with --rewrite for a snapshot of which nothing can be read (no copy can be written).
+        left = [d for d in self.damaged if not (d.repaired_as or d.forgotten)]
+        return ExitStatus.FAILURE if left else ExitStatus.OK
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -161,6 +186,8 @@ class SnapshotRepair:
             "rewrite": self.rewrite,
             "forget": self.forget,
             "readData": self.read_data,
+            "unindexedPacks": self.unindexed,
+            "indexRebuilt": self.index_rebuilt,
             "damaged": [d.to_json() for d in self.damaged],
         }
 
@@ -275,13 +302,24 @@ def repair_snapshots(
 def _repair_snapshots(repo: Repository, *, rewrite: bool, forget: bool, read_data: bool) -> SnapshotRepair:
     report = SnapshotRepair(rewrite=rewrite, forget=forget, read_data=read_data)
     repo.load_index()
+    # Packs no index lists (index objects lost) still hold their data: read their headers, so
+    # that what they hold is not taken for lost (and forgotten).
+    repo.add_unindexed_packs()
+    report.unindexed = len(repo.unindexed_packs)
+    present = _Present(repo, read_data)
+    if rewrite and (repo.unindexed_packs or repo.lost_packs(present.sizes)):
+        # The copies' new trees must not be deduplicated against trees in lost packs, and what
+        # they reuse from unindexed packs must be indexed: the index is first rebuilt from the
+        # packs, as `phx repair index` does.
+        rebuild_index(repo)
+        report.index_rebuilt = True
+        present = _Present(repo, read_data)
     snapshots = repo.list_snapshots()
     report.checked = len(snapshots) + len(repo.problems.snapshots)
     for name, problem in sorted(repo.problems.snapshots.items()):
         sid = name.split("/")[-1]
         report.damaged.append(DamagedSnapshot(sid, "?", "?", ["/"], unreadable=problem))
     repo.write_packs_as(PackOrigin.REPAIR)
-    present = _Present(repo, read_data)
     scanner = _Scanner(repo, present, (lambda nodes: repo.save_tree(nodes)[0]) if rewrite else None)
     taken = {s.name for s in snapshots}
     copies: list[tuple[DamagedSnapshot, Snapshot]] = []
@@ -469,6 +507,9 @@ def _repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, 
         repo.reload_index()
         snapshots = repo.list_snapshots()
     other.load_index()
+    # A pack the other target holds but its index does not list (its index objects lost, or
+    # superseded by an index copied from here that no longer lists it) is read from its header.
+    other.add_unindexed_packs()
     theirs = {s.id for s in other.list_snapshots()}
     lacking = sorted(theirs - {s.id for s in snapshots} - {n.split("/")[-1] for n in repo.problems.snapshots})
     if lacking:

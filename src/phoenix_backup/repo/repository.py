@@ -490,15 +490,21 @@ class Repository:
         object loaded: a blob stored again then has one location, not a lost one that readers
         might find first. Index objects written meanwhile by other backups are not superseded."""
         listing = {info.name: info.size for info in self.backend.list("data/")}
-        missing = set()
-        for _blob, loc in self.index.blobs():
-            size = listing.get(pack_name(loc.pack_id))
-            if size is None or loc.offset + loc.stored > size:
-                missing.add(loc.pack_id)
+        missing = self.lost_packs(listing)
         if missing:
             self.index.remove_packs(missing)
             self.write_index(self.index.by_pack(), [name.split("/")[-1] for name in self.index_objects])
         return sorted(pack_name(p) for p in missing)
+
+    def lost_packs(self, sizes: dict[str, int]) -> set[str]:
+        """The ids of indexed packs that `sizes` (object name -> size, a listing of `data/`) lacks
+        or holds shorter than the index says."""
+        lost = set()
+        for _blob, loc in self.index.blobs():
+            size = sizes.get(pack_name(loc.pack_id))
+            if size is None or loc.offset + loc.stored > size:
+                lost.add(loc.pack_id)
+        return lost
 
     def confirm_present(self, blob_ids: Iterable[bytes]) -> None:
         """Raise unless every blob of `blob_ids` is indexed in a pack the store holds, long
@@ -538,7 +544,7 @@ class Repository:
         out = {}
         for info in self.backend.list("index/"):
             try:
-                out[info.name] = self._read_index_object(info.name)
+                out[info.name] = self.read_index_object(info.name)
             except (CorruptObject, ObjectNotFound) as exc:
                 self.problems.index[info.name] = str(exc)
         return out
@@ -583,7 +589,7 @@ class Repository:
         self.backend.write(name, raw)
         return name
 
-    def _read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+    def read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
         raw = self.backend.read(name)
         if sha256_hex(raw) != name.split("/")[-1]:
             raise CorruptObject(f"{name} does not match its name (damaged)")
