@@ -257,6 +257,27 @@ def replicated(make_sandbox: Callable[..., Sandbox], moto: MotoServer) -> tuple[
     return sb, bucket
 
 
+def test_a_replica_keeps_indexing_the_packs_the_first_target_lost(
+    make_sandbox: Callable[..., Sandbox], moto: MotoServer, tmp_path: Path
+) -> None:
+    """A pack lost on the first target; the next backup writes an index object there without it
+    that supersedes the old ones, and replication copies it to S3, where it superseded the
+    replica's copies too: the replica, which holds the pack, then had its snapshot's data in no
+    index (verify failed there) and `repair objects --from s3` found nothing to copy back."""
+    sb, _bucket = replicated(make_sandbox, moto)
+    _before, snap, _pack = lose_a_new_file(sb)
+    later = sb.backup()  # finds the pack lost, supersedes the index; replicates
+    assert later["targets"]["s3"]["ok"], later
+    replica = sb.phx("verify", "--target", "s3", "--read-data", "--json", check=None).json()
+    assert replica["ok"], replica
+    sb.restore_to(snap["id"], tmp_path / "from-s3", "--target", "s3")
+    repaired = sb.phx("repair", "objects", "--from", "s3", "--json").json()
+    assert repaired["unrecoverable"] == 0 and repaired["copied"], repaired
+    assert sb.verify("--read-data")["ok"]
+    sb.restore_to(snap["id"], tmp_path / "healed")
+    assert (tmp_path / "healed" / "workspace" / "notes" / "new.md").exists()
+
+
 def test_repair_objects_reads_packs_the_other_target_holds_but_does_not_index(
     make_sandbox: Callable[..., Sandbox], moto: MotoServer, tmp_path: Path
 ) -> None:
