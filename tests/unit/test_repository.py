@@ -511,3 +511,32 @@ def test_held_lock_names_this_process(tmp_path: Path) -> None:
         assert info.boot_id == boot_id()
         assert not info.process_gone()
         assert not info.is_stale(time.time())
+
+
+class ListingLags(LocalBackend):
+    """A store whose listing does not show the objects named in `hidden` yet (an eventually
+    consistent listing), while reading them works."""
+
+    def __init__(self, root: Path, hidden: set[str]) -> None:
+        super().__init__(root)
+        self.hidden = hidden
+
+    def list(self, prefix: str):  # type: ignore[no-untyped-def]
+        return (info for info in super().list(prefix) if info.name not in self.hidden)
+
+
+def test_a_pack_a_listing_does_not_show_yet_is_not_taken_for_lost(tmp_path: Path) -> None:
+    """Another backup has just written a pack and the index object listing it; this backup's
+    listing of `data/` lags behind. It used to take the pack for lost and write an index object
+    without it that superseded the other backup's: that backup's snapshot then referred to data
+    that no index lists."""
+    other = init_repo(tmp_path / "repo", "unencrypted")
+    blob, _ = other.save_blob(BlobType.DATA, b"written by the other backup" * 100)
+    other.flush()
+    (pack,) = names(other, "data/")
+    this = Repository.open(ListingLags(tmp_path / "repo", {pack}), keys.Credentials(methods=frozenset({"none"})))
+    this.load_index()
+    assert this.drop_missing_packs() == []
+    fresh = open_repo(tmp_path / "repo")
+    fresh.load_index()
+    assert fresh.index.has(blob) and fresh.load_blob(BlobType.DATA, blob) == b"written by the other backup" * 100

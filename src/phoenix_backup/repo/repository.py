@@ -492,6 +492,14 @@ class Repository:
         listing = {info.name: info.size for info in self.backend.list("data/")}
         missing = self.lost_packs(listing)
         if missing:
+            # A listing may lag behind writes (an eventually consistent store): a pack another
+            # backup has just written and indexed must not be taken for lost. Ask for each.
+            for pack_id in missing:
+                info = self.backend.stat(pack_name(pack_id))
+                if info is not None:
+                    listing[info.name] = info.size
+            missing = self.lost_packs(listing)
+        if missing:
             self.index.remove_packs(missing)
             self.write_index(self.index.by_pack(), [name.split("/")[-1] for name in self.index_objects])
         return sorted(pack_name(p) for p in missing)
