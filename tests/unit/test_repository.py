@@ -407,6 +407,13 @@ def plant_lock(repo: Repository, **changes) -> str:
     return name
 
 
+def age_lock(repo: Repository, name: str, when: float) -> str:
+    """Make the store's time of a planted lock object `when`: a lock its holder stopped
+    refreshing then (a refresh rewrites the object)."""
+    os.utime(Path(repo.backend.location) / name, (when, when))
+    return name
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -454,7 +461,8 @@ def test_live_or_foreign_locks_are_never_broken_silently(tmp_path: Path) -> None
 
 def test_stale_foreign_lock_names_phx_unlock(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo", "unencrypted")
-    stale = plant_lock(repo, host="elsewhere", time=time.time() - STALE_SECONDS - 60)
+    old = time.time() - STALE_SECONDS - 60
+    stale = age_lock(repo, plant_lock(repo, host="elsewhere", time=old), old)
     with pytest.raises(RepositoryLocked, match="phx unlock"):
         repo.lock(True, "prune")
     # A stale shared lock does not block another shared one.
@@ -464,7 +472,8 @@ def test_stale_foreign_lock_names_phx_unlock(tmp_path: Path) -> None:
 
 def test_unlock_removes_stale_and_dead_locks_only(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo", "encrypted")
-    stale = plant_lock(repo, host="elsewhere", time=time.time() - STALE_SECONDS - 60)
+    old = time.time() - STALE_SECONDS - 60
+    stale = age_lock(repo, plant_lock(repo, host="elsewhere", time=old), old)
     live = plant_lock(repo, host="elsewhere")
     removed = repo.locks.unlock()
     assert [info.name for info in removed] == [stale]
