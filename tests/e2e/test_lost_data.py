@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Sandbox, assert_restored, file_manifest, flip_byte
+from e2e_support import Sandbox, assert_error, assert_restored, file_manifest, flip_byte
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
@@ -293,3 +293,29 @@ def test_repair_objects_reads_packs_the_other_target_holds_but_does_not_index(
     assert sb.verify("--read-data")["ok"]
     sb.restore_to(snap["id"], tmp_path / "healed")
     assert (tmp_path / "healed" / "workspace" / "notes" / "new.md").exists()
+
+
+def test_repair_objects_from_a_target_holding_another_repository_copies_nothing(
+    make_sandbox: Callable[..., Sandbox], moto: MotoServer, tmp_path: Path
+) -> None:
+    """The config here is lost and targets.s3 names a bucket holding another repository. Repair
+    used to copy that repository's config here: every command then called the repository
+    replaced, and no later repair put the right config back (ours was "readable")."""
+    sb, ours = replicated(make_sandbox, moto)
+    (snap,) = sb.snapshots()
+    _other, theirs = replicated(make_sandbox, moto)
+    (sb.repo / "config").unlink()
+    s3 = dict(sb.config["targets"]["s3"])
+    sb.write_config(targets={"local": {"enabled": True}, "s3": {**s3, "bucket": theirs}})
+    assert_error(sb.phx("repair", "objects", "--from", "s3", check=None), 1, "another repository", "nothing was copied")
+    assert not (sb.repo / "config").exists()
+    # On a machine that never used it (no pin), the other repository's config does not open with
+    # the key slots here: it is not kept either.
+    new_machine = sb.env_with(XDG_DATA_HOME=str(tmp_path / "new-machine"))
+    refused = sb.phx("repair", "objects", "--from", "s3", env=new_machine, check=None)
+    assert_error(refused, 1, "does not open the repository", "not kept")
+    assert not (sb.repo / "config").exists()
+    sb.write_config(targets={"local": {"enabled": True}, "s3": {**s3, "bucket": ours}})
+    repaired = sb.phx("repair", "objects", "--from", "s3", "--json").json()
+    assert repaired["copied"] == ["config"], repaired
+    sb.restore_to(snap["id"], tmp_path / "out")

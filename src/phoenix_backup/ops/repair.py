@@ -32,13 +32,14 @@ from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
     ObjectNotFound,
+    PhoenixError,
     RepositoryError,
     RepositoryNotFound,
     UnsupportedFormat,
     UsageError,
 )
 from phoenix_backup.ops.backup import seed_name
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, pins, target_backend
 from phoenix_backup.ops.prune import used_blobs
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
@@ -423,14 +424,23 @@ def repair_objects(cfg: Config, envx: Environment, *, source: str, read_data: bo
         if not src.exists():
             raise RepositoryNotFound(f"target {source} holds no repository at {src.location}; nothing to copy from")
         report = ObjectsRepair(source, first)
-        _repair_config_and_keys(src, dest, report)
-        repo = open_repository(cfg, envx)
-        other = Repository(src, Repository.read_config(src), repo.secrets, notice=envx.notice)
-        if other.config.id != repo.config.id:
+        previous = _repair_config_and_keys(src, dest, report, pins(envx).id_at(dest.location))
+        try:
+            repo = open_repository(cfg, envx)
+        except PhoenixError as exc:
+            if "config" not in report.copied:
+                raise
+            # Nothing here said which repository this is (no readable config, no pin): the
+            # copied config does not open with the key slots here, so it goes again.
+            if previous is None:
+                dest.delete("config")
+            else:
+                dest.write("config", previous)
             raise RepositoryError(
-                f"target {source} holds another repository (id {other.config.id[:8]}, not {repo.config.id[:8]}); "
-                "it cannot repair this one"
-            )
+                f"the config of target {source} does not open the repository at {dest.location} ({exc}); "
+                "it was not kept"
+            ) from exc
+        other = Repository(src, Repository.read_config(src), repo.secrets, notice=envx.notice)
         try:
             with repo.lock(exclusive=True, command="repair objects"):
                 _repair_data(repo, other, report, read_data=read_data)
@@ -455,15 +465,28 @@ def _copy_checked(src: Backend, dest: Backend, name: str, *, cold: bool = False)
     return True
 
 
-def _repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair) -> None:
+def _repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair, pinned: str | None) -> bytes | None:
     """Config and key slots are not named by their hash: a copy replaces them only when ours
-    cannot be read and the source's can."""
+    cannot be read and the source's can, and only from the same repository: the id of our config,
+    or when it cannot be read, the id this user pinned here (`pinned`). Otherwise a target holding
+    another repository would leave its config here, which no later repair replaces. Returns the
+    bytes of a damaged config that was replaced (None: there was none)."""
+    theirs_config = src.read("config")
+    source_id = RepoConfig.from_bytes(theirs_config, src.location).id  # raises if the source's is unreadable
+    previous: bytes | None = None
     try:
-        RepoConfig.from_bytes(dest.read("config"), dest.location)
+        previous = dest.read("config")
+        ours_id: str | None = RepoConfig.from_bytes(previous, dest.location).id
+        lost = False
     except (ObjectNotFound, CorruptObject):
-        data = src.read("config")
-        RepoConfig.from_bytes(data, src.location)  # raises if the source's is no better
-        dest.write("config", data)
+        ours_id, lost = pinned, True
+    if ours_id is not None and ours_id != source_id:
+        raise RepositoryError(
+            f"target {report.source} holds another repository (id {source_id[:8]}) than {dest.location} "
+            f"(id {ours_id[:8]}); it cannot repair it; nothing was copied"
+        )
+    if lost:
+        dest.write("config", theirs_config)
         report.copied.append("config")
     ours = {info.name for info in dest.list("keys/")}
     readable = 0
@@ -490,6 +513,7 @@ def _repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair) 
             continue
         dest.write(name, data)
         report.copied.append(name)
+    return previous if lost else None
 
 
 def _repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, read_data: bool) -> None:
