@@ -143,6 +143,27 @@ def test_a_backup_whose_packs_vanish_does_not_commit(sandbox: Sandbox, tmp_path:
     sb.restore_to(again["id"], tmp_path / "out")
 
 
+def test_a_backup_whose_index_object_vanishes_does_not_commit(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The index object a running backup wrote disappears before it commits (an older Phoenix
+    pruning, a hand): the backup used to exit 0 with a snapshot whose trees no index lists, which
+    could not be restored. It names the object and commits nothing."""
+    sb = sandbox
+    sb.backup()
+    new_data(sb)
+    before = set((sb.repo / "index").iterdir())
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:index/") as run:
+        run.wait_paused()
+        for index in set((sb.repo / "index").iterdir()) - before:
+            index.unlink()
+        assert run.finish() == 1, run.out
+    assert "snapshot was not written" in run.err and "index object(s) listing its data vanished" in run.err, run.err
+    assert len(sb.snapshots()) == 1
+    assert_whole(sb)
+    again = sb.backup()
+    assert_whole(sb)
+    sb.restore_to(again["id"], tmp_path / "out")
+
+
 @namespaces()
 def test_two_backups_at_once(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
     sb = sandbox

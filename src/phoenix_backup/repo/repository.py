@@ -271,6 +271,9 @@ class Repository:
         # writing its new index and deleting them left them (they are garbage).
         self.retired_packs: set[str] = set()
         self.index_objects: list[str] = []  # the index objects `load_index` found, readable or not
+        # The index objects the index in memory comes from: the live ones loaded and those written
+        # here. A new snapshot relies on them being in the store (`confirm_present`).
+        self.relied_on: set[str] = set()
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -435,6 +438,7 @@ class Repository:
             if name in superseded:
                 retired.update(packs)
                 continue
+            self.relied_on.add(name)
             for pack_id, entries in packs.items():
                 self.index.add_pack(pack_id, entries)
         self.retired_packs = retired - set(self.index.pack_ids())
@@ -455,6 +459,7 @@ class Repository:
         self.problems.index.clear()
         self.unindexed_packs.clear()
         self.retired_packs = set()
+        self.relied_on = set()
         self.load_index()
 
     def add_unindexed_packs(self) -> dict[str, str]:
@@ -516,8 +521,11 @@ class Repository:
 
     def confirm_present(self, blob_ids: Iterable[bytes]) -> None:
         """Raise unless every blob of `blob_ids` is indexed in a pack the store holds, long
-        enough (one listing of `data/`): what a new snapshot refers to must be there."""
+        enough (one listing of `data/`), and every index object the index in memory comes from
+        is still in the store (one listing of `index/`): what a new snapshot refers to must be
+        there, and findable. (No command deletes index objects while a shared lock is held.)"""
         listing = {info.name: info.size for info in self.backend.list("data/")}
+        vanished = sorted(self.relied_on - {info.name for info in self.backend.list("index/")})
         lost: set[str] = set()
         unknown = 0
         for bid in blob_ids:
@@ -528,9 +536,12 @@ class Repository:
             size = listing.get(pack_name(loc.pack_id))
             if size is None or loc.offset + loc.stored > size:
                 lost.add(pack_name(loc.pack_id))
-        if lost or unknown:
-            what = f"{len(lost)} pack(s) it refers to vanished (e.g. {sorted(lost)[0]})" if lost else ""
-            what += (", and " if what else "") + (f"{unknown} blob(s) are in no index" if unknown else "")
+        if lost or unknown or vanished:
+            parts = [f"{len(lost)} pack(s) it refers to vanished (e.g. {sorted(lost)[0]})"] if lost else []
+            parts += [f"{unknown} blob(s) are in no index"] if unknown else []
+            if vanished:
+                parts.append(f"{len(vanished)} index object(s) listing its data vanished (e.g. {vanished[0]})")
+            what = ", and ".join(parts)
             raise RepositoryError(
                 f"the snapshot was not written: {what} while this run wrote it, probably removed by a "
                 "prune or by hand; the repository is unchanged and the next backup stores the data again"
@@ -595,6 +606,7 @@ class Repository:
         raw = self.sealer.seal(encode_index(packs, superseded), INDEX_AAD)
         name = f"index/{sha256_hex(raw)}"
         self.backend.write(name, raw)
+        self.relied_on.add(name)
         return name
 
     def read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
@@ -714,6 +726,7 @@ class Repository:
         if new:
             raw = self.sealer.seal(encode_index(new), INDEX_AAD)
             self.backend.write(f"index/{sha256_hex(raw)}", raw)
+            self.relied_on.add(f"index/{sha256_hex(raw)}")
             self.stats.bytes_added += len(raw)
 
     def read_pack_header(self, pack_id: str) -> list[PackEntry]:
