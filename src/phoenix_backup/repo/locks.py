@@ -14,7 +14,8 @@ command that removes it, never broken silently.
 means nothing in another one: containers that share the host name, e.g. `--uts=host`, number
 their processes from 1), and a pid that no longer runs or runs with another start time. A lock
 that cannot be decoded (empty, random bytes, sealed with other keys) ages by its object's time
-in the store; `phx unlock` removes it.
+in the store; `phx unlock` removes it once stale (a fresh one may be the live lock of a `phx key
+rotate` elsewhere, moved under the new key before its commit point), `phx unlock --all` at once.
 
 A holder confirms its lock before it commits (`HeldLock.confirm`): a lock that another process
 removed (`phx unlock`, a prune that judged it dead) means that prune may have run meanwhile, so
@@ -304,7 +305,9 @@ class LockManager:
             if not info.readable:
                 raise RepositoryLocked(
                     f"the repository has an {info.describe()}; it blocks every command until it is "
-                    f"{STALE_SECONDS // 60} minutes old; if no Phoenix runs, remove it with `phx unlock`"
+                    f"{STALE_SECONDS // 60} minutes old, then `phx unlock` removes it (it may be the live lock of "
+                    "a `phx key rotate` running elsewhere); if no Phoenix runs anywhere on this repository, "
+                    "`phx unlock --all` removes it now"
                 )
             raise RepositoryLocked(f"the repository is locked: {info.describe()}; wait for it to finish and try again")
 
@@ -319,14 +322,21 @@ class LockManager:
             lock.confirm()
 
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
-        """Remove stale, dead and unreadable locks (all locks with `remove_all`); return what was
-        removed."""
+        """Remove stale and dead locks (all locks with `remove_all`); return what was removed. An
+        unreadable lock goes once stale by its object's time: until then it may be live (a
+        `phx key rotate` elsewhere moved its lock under the new key before its commit point)."""
         removed = []
         now = time.time()
         for info in self.all():
-            if remove_all or not info.readable or info.process_gone() or info.is_stale(now):
+            if remove_all or info.process_gone() or info.is_stale(now):
                 self.backend.delete(info.name)
                 removed.append(info)
+            elif not info.readable:
+                self.notice(
+                    f"kept the {info.describe()}: it may be a live lock under another key (a `phx key rotate` "
+                    f"running elsewhere); `phx unlock` removes it once {STALE_SECONDS // 60} minutes old, "
+                    "`phx unlock --all` now (only if no Phoenix runs anywhere on this repository)"
+                )
         return removed
 
 
@@ -345,7 +355,9 @@ class HeldLock:
     def rekey(self, sealer: Sealer) -> None:
         """Move this lock under another key (`phx key rotate` past its commit point, so that
         readers with the new key can read it). The new lock object is written before the old one
-        goes: the repository is never unlocked in between."""
+        goes: the repository is never unlocked in between. A lock that was removed meanwhile is
+        not moved (that would hide the removal): RepositoryError, as `confirm` says."""
+        self.confirm()
         with self._mutex:
             old = self.name
             self.manager.sealer = sealer
