@@ -549,3 +549,17 @@ def test_a_pack_a_listing_does_not_show_yet_is_not_taken_for_lost(tmp_path: Path
     fresh = open_repo(tmp_path / "repo")
     fresh.load_index()
     assert fresh.index.has(blob) and fresh.load_blob(BlobType.DATA, blob) == b"written by the other backup" * 100
+
+
+def test_a_backup_whose_own_objects_a_listing_does_not_show_yet_commits(tmp_path: Path) -> None:
+    """Right before its commit point a backup lists data/ and index/; a lagging listing that does
+    not show the pack and index object it has just written made it fail for nothing."""
+    init_repo(tmp_path / "repo", "unencrypted")
+    lagging = ListingLags(tmp_path / "repo", set())
+    this = Repository.open(lagging, keys.Credentials(methods=frozenset({"none"})))
+    this.load_index()
+    blob, _ = this.save_blob(BlobType.DATA, b"this backup's new data" * 100)
+    this.flush()
+    lagging.hidden = names(this, "data/") | names(this, "index/")
+    assert lagging.hidden and not names(this, "data/")
+    this.confirm_present([blob])

@@ -497,17 +497,21 @@ class Repository:
         listing = {info.name: info.size for info in self.backend.list("data/")}
         missing = self.lost_packs(listing)
         if missing:
-            # A listing may lag behind writes (an eventually consistent store): a pack another
-            # backup has just written and indexed must not be taken for lost. Ask for each.
-            for pack_id in missing:
-                info = self.backend.stat(pack_name(pack_id))
-                if info is not None:
-                    listing[info.name] = info.size
+            # A pack another backup has just written and indexed must not be taken for lost.
+            self._look_up(listing, [pack_name(p) for p in missing])
             missing = self.lost_packs(listing)
         if missing:
             self.index.remove_packs(missing)
             self.write_index(self.index.by_pack(), [name.split("/")[-1] for name in self.index_objects])
         return sorted(pack_name(p) for p in missing)
+
+    def _look_up(self, listing: dict[str, int], names: Iterable[str]) -> None:
+        """Ask for each of `names` by name and add those that exist to `listing` (name -> size):
+        a listing may lag behind writes (an eventually consistent store)."""
+        for name in names:
+            info = self.backend.stat(name)
+            if info is not None:
+                listing[name] = info.size
 
     def lost_packs(self, sizes: dict[str, int]) -> set[str]:
         """The ids of indexed packs that `sizes` (object name -> size, a listing of `data/`) lacks
@@ -525,10 +529,14 @@ class Repository:
         is still in the store (one listing of `index/`): what a new snapshot refers to must be
         there, and findable. (No command deletes index objects while a shared lock is held.)"""
         listing = {info.name: info.size for info in self.backend.list("data/")}
-        vanished = sorted(self.relied_on - {info.name for info in self.backend.list("index/")})
+        indexes = {info.name: info.size for info in self.backend.list("index/")}
+        self._look_up(indexes, self.relied_on - indexes.keys())
+        vanished = sorted(self.relied_on - indexes.keys())
+        ids = set(blob_ids)
+        self._look_up(listing, {pack_name(loc.pack_id) for b in ids if (loc := self.index.get(b))} - listing.keys())
         lost: set[str] = set()
         unknown = 0
-        for bid in blob_ids:
+        for bid in ids:
             loc = self.index.get(bid)
             if loc is None:
                 unknown += 1
