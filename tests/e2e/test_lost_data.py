@@ -19,7 +19,8 @@ from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.crypto import BlobType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
+from moto_support import MotoServer
+from test_concurrency import s3_target
 
 
 def data_packs(sb: Sandbox) -> list[Path]:
@@ -243,18 +244,20 @@ def replicated(make_sandbox: Callable[..., Sandbox], moto: MotoServer) -> tuple[
     sb = make_sandbox()
     bucket = moto.make_bucket("lost")
     sb.env["AWS_EC2_METADATA_DISABLED"] = "true"
-    s3 = {
-        "enabled": True,
-        "bucket": bucket,
-        "prefix": "argent/",
-        "endpoint": moto.endpoint,
-        "accessKeyId": ACCESS_KEY_ID,
-        "secretAccessKey": SECRET_ACCESS_KEY,
-    }
-    sb.write_config(targets={"local": {"enabled": True}, "s3": s3})
+    sb.write_config(targets={"local": {"enabled": True}, "s3": s3_target(moto, bucket)})
     sb.config_path.chmod(0o600)
     sb.backup()
     return sb, bucket
+
+
+def assert_healed_from_s3(sb: Sandbox, snapshot_id: str, dest: Path) -> None:
+    """`repair objects --from s3` copies back what was lost here: everything verifies, and the
+    snapshot that lost notes/new.md restores it."""
+    repaired = sb.phx("repair", "objects", "--from", "s3", "--json", check=None).json()
+    assert repaired["unrecoverable"] == 0 and repaired["copied"], repaired
+    assert sb.verify("--read-data")["ok"]
+    sb.restore_to(snapshot_id, dest)
+    assert (dest / "workspace" / "notes" / "new.md").exists()
 
 
 def test_a_replica_keeps_indexing_the_packs_the_first_target_lost(
@@ -271,11 +274,7 @@ def test_a_replica_keeps_indexing_the_packs_the_first_target_lost(
     replica = sb.phx("verify", "--target", "s3", "--read-data", "--json", check=None).json()
     assert replica["ok"], replica
     sb.restore_to(snap["id"], tmp_path / "from-s3", "--target", "s3")
-    repaired = sb.phx("repair", "objects", "--from", "s3", "--json").json()
-    assert repaired["unrecoverable"] == 0 and repaired["copied"], repaired
-    assert sb.verify("--read-data")["ok"]
-    sb.restore_to(snap["id"], tmp_path / "healed")
-    assert (tmp_path / "healed" / "workspace" / "notes" / "new.md").exists()
+    assert_healed_from_s3(sb, snap["id"], tmp_path / "healed")
 
 
 def test_repair_objects_reads_packs_the_other_target_holds_but_does_not_index(
@@ -288,11 +287,7 @@ def test_repair_objects_reads_packs_the_other_target_holds_but_does_not_index(
     client = moto.client()
     for key in moto.keys(bucket, "argent/index/"):
         client.delete_object(Bucket=bucket, Key=key)
-    repaired = sb.phx("repair", "objects", "--from", "s3", "--json", check=None).json()
-    assert repaired["unrecoverable"] == 0 and repaired["copied"], repaired
-    assert sb.verify("--read-data")["ok"]
-    sb.restore_to(snap["id"], tmp_path / "healed")
-    assert (tmp_path / "healed" / "workspace" / "notes" / "new.md").exists()
+    assert_healed_from_s3(sb, snap["id"], tmp_path / "healed")
 
 
 def test_repair_objects_from_a_target_holding_another_repository_copies_nothing(
