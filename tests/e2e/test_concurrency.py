@@ -143,6 +143,27 @@ def test_a_backup_whose_packs_vanish_does_not_commit(sandbox: Sandbox, tmp_path:
     sb.restore_to(again["id"], tmp_path / "out")
 
 
+def test_a_backup_whose_index_object_vanishes_does_not_commit(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The index object a running backup wrote disappears before it commits (an older Phoenix
+    pruning, a hand): the backup used to exit 0 with a snapshot whose trees no index lists, which
+    could not be restored. It names the object and commits nothing."""
+    sb = sandbox
+    sb.backup()
+    new_data(sb)
+    before = set((sb.repo / "index").iterdir())
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:index/") as run:
+        run.wait_paused()
+        for index in set((sb.repo / "index").iterdir()) - before:
+            index.unlink()
+        assert run.finish() == 1, run.out
+    assert "snapshot was not written" in run.err and "index object(s) listing its data vanished" in run.err, run.err
+    assert len(sb.snapshots()) == 1
+    assert_whole(sb)
+    again = sb.backup()
+    assert_whole(sb)
+    sb.restore_to(again["id"], tmp_path / "out")
+
+
 @namespaces()
 def test_two_backups_at_once(sandbox: Sandbox, tmp_path: Path, other_ns: bool) -> None:
     sb = sandbox
@@ -240,6 +261,38 @@ def test_two_key_removes_at_once_never_leave_no_slot(sandbox: Sandbox, tmp_path:
     assert len(sb.phx("list", "--json", env=env_b).json()) == 1
     last = sb.phx("key", "remove", slot_b, env=env_b, check=None)
     assert_error(last, 1, "last key slot")
+
+
+def test_a_key_rotation_elsewhere_never_loses_a_backup(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx key rotate` moves its lock under the new key before its commit point; on another
+    machine (the old key) it is an unreadable lock. `phx unlock` there removed it at once, a
+    backup there then wrote its snapshot under the old key, the rotation committed and deleted
+    the old key: the backup had exited 0, its snapshot could not be read, and prune refused to run
+    for ever. Now `phx unlock` keeps a fresh unreadable lock, and a rotation whose lock was removed
+    anyway (`--all`) commits nothing."""
+    sb = sandbox
+    sb.backup()
+    machine_b = sb.env_with(XDG_DATA_HOME=str(tmp_path / "machine-b"))
+    sb.phx("list", env=machine_b)  # machine B has used the repository (its pin)
+    new_data(sb)
+    with Paused(["key", "rotate", "--json"], sb.env, tmp_path / "rotate", at="after:delete:locks/") as rotate:
+        rotate.wait_paused()  # its lock is under the new key; the config is not written yet
+        kept = sb.phx("unlock", "--json", env=machine_b)
+        assert kept.json() == [] and "kept the unreadable lock" in kept.err, kept
+        assert_error(sb.phx("backup", env=machine_b, check=None), 1, "unreadable lock", "phx unlock --all")
+        sb.phx("unlock", "--all", env=machine_b)  # by mistake
+        with Paused(["backup", "--json"], machine_b, tmp_path / "b", at="after:write:snapshots/") as backup:
+            backup.wait_paused()
+            assert rotate.finish() == 1, rotate.out
+            assert backup.finish() == 0, backup.err
+    assert "lock is gone" in rotate.err and "nothing was committed" in rotate.err, rotate.err
+    written_on_b = backup_doc(backup)["id"]
+    expected = sb.state()
+    sb.phx("key", "rotate")  # run again: removes what the stopped rotation wrote, then rotates
+    assert_whole(sb)
+    (renamed,) = [s for s in sb.snapshots() if s["time"] == backup_doc(backup)["time"]]
+    sb.restore_to(renamed["id"], tmp_path / "out")
+    assert_restored(expected, tmp_path / "out", f"the snapshot machine B wrote ({written_on_b[:8]})")
 
 
 def test_an_unreadable_lock_is_named_and_phx_unlock_removes_it(backed_up: Sandbox) -> None:

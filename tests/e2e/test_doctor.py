@@ -188,6 +188,7 @@ def test_stale_lock_no_backup_and_failed_drill(sandbox: Sandbox, tmp_path: Path)
         "command": "backup",
     }
     repo.backend.write("locks/" + "ab" * 16, repo.sealer.seal(json.dumps(lock).encode(), LOCK_AAD))
+    os.utime(sb.repo / "locks" / ("ab" * 16), (lock["time"],) * 2)  # its object was written then too
     sb.backup()
     doc = doctor(sb, 1)
     [bad] = failed(doc)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_repository import dead_pid, plant_lock
+from test_repository import age_lock, dead_pid, plant_lock
 
 from phoenix_backup.errors import RepositoryError, RepositoryLocked
 from phoenix_backup.repo import keys
@@ -100,12 +100,50 @@ def test_an_unreadable_lock_ages_by_its_object_time_and_unlock_removes_it(tmp_pa
     repo.lock(True, "prune").release()
 
 
-def test_unlock_removes_a_fresh_unreadable_lock_too(tmp_path: Path) -> None:
-    repo = new_repo(tmp_path / "repo")
-    repo.backend.write(f"locks/{secrets.token_hex(16)}", b"")
+def test_unlock_keeps_a_fresh_unreadable_lock_until_it_is_stale(tmp_path: Path) -> None:
+    """A fresh unreadable lock may be live (a `phx key rotate` elsewhere moved its lock under the
+    new key): `phx unlock` says so and keeps it; `--all` removes it."""
+    notices: list[str] = []
+    repo = new_repo(tmp_path / "repo", notices)
+    unreadable = f"locks/{secrets.token_hex(16)}"
+    repo.backend.write(unreadable, b"")
     live = plant_lock(repo, host="elsewhere")
-    assert [i.readable for i in repo.locks.unlock()] == [False]
-    assert lock_names(repo) == {live}, "a fresh readable lock stays"
+    assert repo.locks.unlock() == []
+    assert lock_names(repo) == {unreadable, live}
+    assert len(notices) == 1 and unreadable in notices[0] and "phx unlock --all" in notices[0], notices
+    assert {i.name for i in repo.locks.unlock(remove_all=True)} == {unreadable, live}
+
+
+def test_a_lock_from_a_clock_ahead_blocks_only_while_it_is_refreshed(tmp_path: Path) -> None:
+    """A host whose clock is a day ahead took a lock and died: the lock's time lies in the future,
+    so it was never stale, `phx unlock` removed nothing and every prune was told to wait, for a
+    day. Its time is not believed; the store's time of its object says when it was last
+    refreshed."""
+    repo = new_repo(tmp_path / "repo")
+    ahead = time.time() + 86400
+    planted = plant_lock(repo, host="elsewhere", exclusive=True, time=ahead, created=ahead)
+    with pytest.raises(RepositoryLocked, match="1440 minutes ahead of this machine's clock"):
+        repo.lock(False, "backup")
+    assert repo.locks.unlock() == [], "refreshed a moment ago (by the store's clock): it may be live"
+    age_lock(repo, planted, time.time() - STALE_SECONDS - 60)
+    with pytest.raises(RepositoryLocked, match=r"stale .*phx unlock"):
+        repo.lock(False, "backup")
+    assert [i.name for i in repo.locks.unlock()] == [planted]
+    repo.lock(True, "prune").release()
+
+
+def test_a_lock_from_a_clock_behind_is_not_stale_while_it_is_refreshed(tmp_path: Path) -> None:
+    """A live backup on a host whose clock is an hour behind: its lock's time looked an hour old,
+    so `phx unlock` removed the live lock. The store's time of its object (rewritten by every
+    refresh) says it is live."""
+    repo = new_repo(tmp_path / "repo")
+    behind = time.time() - 3600
+    planted = plant_lock(repo, host="elsewhere", exclusive=True, time=behind, created=behind)
+    assert repo.locks.unlock() == []
+    with pytest.raises(RepositoryLocked, match="wait for it to finish"):
+        repo.lock(False, "backup")
+    age_lock(repo, planted, behind)  # no refresh since: every clock agrees it is stale
+    assert [i.name for i in repo.locks.unlock()] == [planted]
 
 
 def test_a_holder_learns_its_lock_was_removed_and_never_recreates_it(tmp_path: Path) -> None:

@@ -407,6 +407,13 @@ def plant_lock(repo: Repository, **changes) -> str:
     return name
 
 
+def age_lock(repo: Repository, name: str, when: float) -> str:
+    """Make the store's time of a planted lock object `when`: a lock its holder stopped
+    refreshing then (a refresh rewrites the object)."""
+    os.utime(Path(repo.backend.location) / name, (when, when))
+    return name
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -454,7 +461,8 @@ def test_live_or_foreign_locks_are_never_broken_silently(tmp_path: Path) -> None
 
 def test_stale_foreign_lock_names_phx_unlock(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo", "unencrypted")
-    stale = plant_lock(repo, host="elsewhere", time=time.time() - STALE_SECONDS - 60)
+    old = time.time() - STALE_SECONDS - 60
+    stale = age_lock(repo, plant_lock(repo, host="elsewhere", time=old), old)
     with pytest.raises(RepositoryLocked, match="phx unlock"):
         repo.lock(True, "prune")
     # A stale shared lock does not block another shared one.
@@ -464,7 +472,8 @@ def test_stale_foreign_lock_names_phx_unlock(tmp_path: Path) -> None:
 
 def test_unlock_removes_stale_and_dead_locks_only(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo", "encrypted")
-    stale = plant_lock(repo, host="elsewhere", time=time.time() - STALE_SECONDS - 60)
+    old = time.time() - STALE_SECONDS - 60
+    stale = age_lock(repo, plant_lock(repo, host="elsewhere", time=old), old)
     live = plant_lock(repo, host="elsewhere")
     removed = repo.locks.unlock()
     assert [info.name for info in removed] == [stale]
@@ -511,3 +520,46 @@ def test_held_lock_names_this_process(tmp_path: Path) -> None:
         assert info.boot_id == boot_id()
         assert not info.process_gone()
         assert not info.is_stale(time.time())
+
+
+class ListingLags(LocalBackend):
+    """A store whose listing does not show the objects named in `hidden` yet (an eventually
+    consistent listing), while reading them works."""
+
+    def __init__(self, root: Path, hidden: set[str]) -> None:
+        super().__init__(root)
+        self.hidden = hidden
+
+    def list(self, prefix: str):  # type: ignore[no-untyped-def]
+        return (info for info in super().list(prefix) if info.name not in self.hidden)
+
+
+def test_a_pack_a_listing_does_not_show_yet_is_not_taken_for_lost(tmp_path: Path) -> None:
+    """Another backup has just written a pack and the index object listing it; this backup's
+    listing of `data/` lags behind. It used to take the pack for lost and write an index object
+    without it that superseded the other backup's: that backup's snapshot then referred to data
+    that no index lists."""
+    other = init_repo(tmp_path / "repo", "unencrypted")
+    blob, _ = other.save_blob(BlobType.DATA, b"written by the other backup" * 100)
+    other.flush()
+    (pack,) = names(other, "data/")
+    this = Repository.open(ListingLags(tmp_path / "repo", {pack}), keys.Credentials(methods=frozenset({"none"})))
+    this.load_index()
+    assert this.drop_missing_packs() == []
+    fresh = open_repo(tmp_path / "repo")
+    fresh.load_index()
+    assert fresh.index.has(blob) and fresh.load_blob(BlobType.DATA, blob) == b"written by the other backup" * 100
+
+
+def test_a_backup_whose_own_objects_a_listing_does_not_show_yet_commits(tmp_path: Path) -> None:
+    """Right before its commit point a backup lists data/ and index/; a lagging listing that does
+    not show the pack and index object it has just written made it fail for nothing."""
+    init_repo(tmp_path / "repo", "unencrypted")
+    lagging = ListingLags(tmp_path / "repo", set())
+    this = Repository.open(lagging, keys.Credentials(methods=frozenset({"none"})))
+    this.load_index()
+    blob, _ = this.save_blob(BlobType.DATA, b"this backup's new data" * 100)
+    this.flush()
+    lagging.hidden = names(this, "data/") | names(this, "index/")
+    assert lagging.hidden and not names(this, "data/")
+    this.confirm_present([blob])

@@ -28,7 +28,11 @@ def repair_index(out: Out, envx: Environment, config_path: str | None) -> ExitSt
     """
     cfg = load_config(out, envx, config_path)
     r = repair_op.repair_index(cfg, envx)
-    lines = [f"notice: {name} left out: {why}" for name, why in sorted(r.unreadable.items())]
+    lines = [
+        f"notice: {name}: {why}; "
+        + (f"kept the {r.kept[name]} blob(s) the old index listed in it" if name in r.kept else "left out")
+        for name, why in sorted(r.unreadable.items())
+    ]
     lines.append(
         f"index rebuilt from {r.packs} packs ({r.blobs} blobs), replacing {r.replaced} index object(s)"
         + (f"; {r.dropped} blob(s) the old index listed are in no pack" if r.dropped else "")
@@ -62,9 +66,16 @@ def repair_snapshots(
 
 
 def render_snapshots(r: repair_op.SnapshotRepair) -> str:
-    if not r.damaged:
-        return f"{r.checked} snapshot(s) checked: none refers to lost data"
     lines = []
+    if r.index_rebuilt:
+        lines.append("index rebuilt from the packs first (as `phx repair index` does)")
+    elif r.unindexed:
+        lines.append(
+            f"notice: {r.unindexed} pack(s) that no index lists were read from their own headers (their data is "
+            "not lost); run `phx repair index` so that every command finds it"
+        )
+    if not r.damaged:
+        return "\n".join([*lines, f"{r.checked} snapshot(s) checked: none refers to lost data"])
     for d in r.damaged:
         head = f"snapshot {d.id[:8]} {d.name}"
         if d.unreadable:
@@ -76,6 +87,8 @@ def render_snapshots(r: repair_op.SnapshotRepair) -> str:
             )
         if d.repaired_as:
             lines.append(f"  repaired copy written: {d.repaired_as[:8]}")
+        elif r.rewrite and not d.forgotten:
+            lines.append("  nothing of it can be read, so no copy was written; --forget removes it")
         if d.forgotten:
             lines.append("  forgotten")
     if not (r.rewrite or r.forget):

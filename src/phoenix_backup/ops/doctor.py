@@ -538,7 +538,13 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
     stale = [lk for lk in locks if not lk.readable or lk.process_gone() or lk.is_stale(now)]
     for lk in stale:
         if not lk.readable:  # it blocks every command until it is removed
-            result.add("locks", "fail", lk.describe(), "`phx unlock` removes it")
+            fix = (
+                "`phx unlock` removes it"
+                if lk.is_stale(now)
+                else "it may be the live lock of a `phx key rotate` elsewhere: `phx unlock` removes it once "
+                "30 minutes old, `phx unlock --all` now (only if no Phoenix runs anywhere on this repository)"
+            )
+            result.add("locks", "fail", lk.describe(), fix)
             continue
         result.add(
             "locks",

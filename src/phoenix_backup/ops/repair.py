@@ -32,13 +32,14 @@ from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
     ObjectNotFound,
+    PhoenixError,
     RepositoryError,
     RepositoryNotFound,
     UnsupportedFormat,
     UsageError,
 )
 from phoenix_backup.ops.backup import seed_name
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, pins, target_backend
 from phoenix_backup.ops.prune import used_blobs
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
@@ -62,6 +63,7 @@ class IndexRepair:
     replaced: int = 0  # index objects superseded and deleted
     dropped: int = 0  # blobs the old index listed that no readable pack holds
     unreadable: dict[str, str] = field(default_factory=dict)  # pack -> why its header cannot be read
+    kept: dict[str, int] = field(default_factory=dict)  # unreadable pack -> blobs kept from the old index
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -75,6 +77,7 @@ class IndexRepair:
             "indexesReplaced": self.replaced,
             "blobsDropped": self.dropped,
             "unreadablePacks": self.unreadable,
+            "keptFromOldIndex": self.kept,
         }
 
 
@@ -89,7 +92,9 @@ def repair_index(cfg: Config, envx: Environment) -> IndexRepair:
 
 def rebuild_index(repo: Repository) -> IndexRepair:
     """Replace every index object by one built from the packs' headers (the caller holds an
-    exclusive lock). Packs whose header cannot be read are left out and named."""
+    exclusive lock). A pack whose header cannot be read is named; the entries the old index
+    objects list in it (within its length) are kept, since its blobs may well be intact (each is
+    checked when read), and are its only map. A pack neither lists is left out."""
     report = IndexRepair()
     old = repo.read_index_objects()
     present = sorted(info.name for info in repo.backend.list("index/"))  # damaged ones too
@@ -100,6 +105,10 @@ def rebuild_index(repo: Repository) -> IndexRepair:
             packs[pack_id] = repo.read_pack_header(pack_id)
         except (CorruptObject, ObjectNotFound) as exc:
             report.unreadable[info.name] = str(exc)
+            known = _listed_in(old, pack_id, info.size)
+            if known:
+                packs[pack_id] = known
+                report.kept[info.name] = len(known)
     held = {e.id for entries in packs.values() for e in entries}
     listed = {e.id for listing, _sup in old.values() for entries in listing.values() for e in entries}
     report.packs, report.blobs, report.dropped = len(packs), len(held), len(listed - held)
@@ -112,6 +121,19 @@ def rebuild_index(repo: Repository) -> IndexRepair:
     report.replaced = len([n for n in present if n != new])
     repo.reload_index()
     return report
+
+
+def _listed_in(
+    objects: dict[str, tuple[dict[str, list[PackEntry]], list[str]]], pack_id: str, size: int
+) -> list[PackEntry]:
+    """The entries any index object (superseded ones too) lists in `pack_id` that lie within
+    `size` bytes, one per blob."""
+    out: dict[bytes, PackEntry] = {}
+    for listing, _sup in objects.values():
+        for e in listing.get(pack_id, ()):
+            if e.offset + e.stored <= size:
+                out.setdefault(e.id, e)
+    return list(out.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,11 +170,15 @@ class SnapshotRepair:
     rewrite: bool = False
     forget: bool = False
     read_data: bool = False
+    unindexed: int = 0  # packs no index lists whose headers were read: their data is not lost
+    index_rebuilt: bool = False  # --rewrite rebuilt the index from the packs first
 
     @property
     def exit_status(self) -> ExitStatus:
-        # Naming damage without being asked to act is a finding, like `verify`'s.
-        return ExitStatus.FAILURE if self.damaged and not (self.rewrite or self.forget) else ExitStatus.OK
+        # Naming damage without acting on it is a finding, like `verify`'s: without a flag, or
+        # with --rewrite for a snapshot of which nothing can be read (no copy can be written).
+        left = [d for d in self.damaged if not (d.repaired_as or d.forgotten)]
+        return ExitStatus.FAILURE if left else ExitStatus.OK
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -161,6 +187,8 @@ class SnapshotRepair:
             "rewrite": self.rewrite,
             "forget": self.forget,
             "readData": self.read_data,
+            "unindexedPacks": self.unindexed,
+            "indexRebuilt": self.index_rebuilt,
             "damaged": [d.to_json() for d in self.damaged],
         }
 
@@ -275,13 +303,24 @@ def repair_snapshots(
 def _repair_snapshots(repo: Repository, *, rewrite: bool, forget: bool, read_data: bool) -> SnapshotRepair:
     report = SnapshotRepair(rewrite=rewrite, forget=forget, read_data=read_data)
     repo.load_index()
+    # Packs no index lists (index objects lost) still hold their data: read their headers, so
+    # that what they hold is not taken for lost (and forgotten).
+    repo.add_unindexed_packs()
+    report.unindexed = len(repo.unindexed_packs)
+    present = _Present(repo, read_data)
+    if rewrite and (repo.unindexed_packs or repo.lost_packs(present.sizes)):
+        # The copies' new trees must not be deduplicated against trees in lost packs, and what
+        # they reuse from unindexed packs must be indexed: the index is first rebuilt from the
+        # packs, as `phx repair index` does.
+        rebuild_index(repo)
+        report.index_rebuilt = True
+        present = _Present(repo, read_data)
     snapshots = repo.list_snapshots()
     report.checked = len(snapshots) + len(repo.problems.snapshots)
     for name, problem in sorted(repo.problems.snapshots.items()):
         sid = name.split("/")[-1]
         report.damaged.append(DamagedSnapshot(sid, "?", "?", ["/"], unreadable=problem))
     repo.write_packs_as(PackOrigin.REPAIR)
-    present = _Present(repo, read_data)
     scanner = _Scanner(repo, present, (lambda nodes: repo.save_tree(nodes)[0]) if rewrite else None)
     taken = {s.name for s in snapshots}
     copies: list[tuple[DamagedSnapshot, Snapshot]] = []
@@ -385,14 +424,23 @@ def repair_objects(cfg: Config, envx: Environment, *, source: str, read_data: bo
         if not src.exists():
             raise RepositoryNotFound(f"target {source} holds no repository at {src.location}; nothing to copy from")
         report = ObjectsRepair(source, first)
-        _repair_config_and_keys(src, dest, report)
-        repo = open_repository(cfg, envx)
-        other = Repository(src, Repository.read_config(src), repo.secrets, notice=envx.notice)
-        if other.config.id != repo.config.id:
+        previous = _repair_config_and_keys(src, dest, report, pins(envx).id_at(dest.location))
+        try:
+            repo = open_repository(cfg, envx)
+        except PhoenixError as exc:
+            if "config" not in report.copied:
+                raise
+            # Nothing here said which repository this is (no readable config, no pin): the
+            # copied config does not open with the key slots here, so it goes again.
+            if previous is None:
+                dest.delete("config")
+            else:
+                dest.write("config", previous)
             raise RepositoryError(
-                f"target {source} holds another repository (id {other.config.id[:8]}, not {repo.config.id[:8]}); "
-                "it cannot repair this one"
-            )
+                f"the config of target {source} does not open the repository at {dest.location} ({exc}); "
+                "it was not kept"
+            ) from exc
+        other = Repository(src, Repository.read_config(src), repo.secrets, notice=envx.notice)
         try:
             with repo.lock(exclusive=True, command="repair objects"):
                 _repair_data(repo, other, report, read_data=read_data)
@@ -417,15 +465,28 @@ def _copy_checked(src: Backend, dest: Backend, name: str, *, cold: bool = False)
     return True
 
 
-def _repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair) -> None:
+def _repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair, pinned: str | None) -> bytes | None:
     """Config and key slots are not named by their hash: a copy replaces them only when ours
-    cannot be read and the source's can."""
+    cannot be read and the source's can, and only from the same repository: the id of our config,
+    or when it cannot be read, the id this user pinned here (`pinned`). Otherwise a target holding
+    another repository would leave its config here, which no later repair replaces. Returns the
+    bytes of a damaged config that was replaced (None: there was none)."""
+    theirs_config = src.read("config")
+    source_id = RepoConfig.from_bytes(theirs_config, src.location).id  # raises if the source's is unreadable
+    previous: bytes | None = None
     try:
-        RepoConfig.from_bytes(dest.read("config"), dest.location)
+        previous = dest.read("config")
+        ours_id: str | None = RepoConfig.from_bytes(previous, dest.location).id
+        lost = False
     except (ObjectNotFound, CorruptObject):
-        data = src.read("config")
-        RepoConfig.from_bytes(data, src.location)  # raises if the source's is no better
-        dest.write("config", data)
+        ours_id, lost = pinned, True
+    if ours_id is not None and ours_id != source_id:
+        raise RepositoryError(
+            f"target {report.source} holds another repository (id {source_id[:8]}) than {dest.location} "
+            f"(id {ours_id[:8]}); it cannot repair it; nothing was copied"
+        )
+    if lost:
+        dest.write("config", theirs_config)
         report.copied.append("config")
     ours = {info.name for info in dest.list("keys/")}
     readable = 0
@@ -452,6 +513,7 @@ def _repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair) 
             continue
         dest.write(name, data)
         report.copied.append(name)
+    return previous if lost else None
 
 
 def _repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, read_data: bool) -> None:
@@ -469,6 +531,9 @@ def _repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, 
         repo.reload_index()
         snapshots = repo.list_snapshots()
     other.load_index()
+    # A pack the other target holds but its index does not list (its index objects lost, or
+    # superseded by an index copied from here that no longer lists it) is read from its header.
+    other.add_unindexed_packs()
     theirs = {s.id for s in other.list_snapshots()}
     lacking = sorted(theirs - {s.id for s in snapshots} - {n.split("/")[-1] for n in repo.problems.snapshots})
     if lacking:

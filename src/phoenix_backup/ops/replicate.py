@@ -11,7 +11,9 @@ the same objects under the same names. For each replica, in its own thread:
 4. copy the key slots it lacks (or holds in another version);
 5. copy every index object the replica lacks together with the packs it lists that the replica
    lacks (several uploads in flight; data packs marked cold for S3's storage class), then those
-   index objects;
+   index objects. One that supersedes index objects the replica holds (a prune's, or a backup's
+   that found packs lost on the first target) is preceded by an index object of the replica's
+   own listing the packs the replica holds that would otherwise be listed by no index there;
 6. only when all of that succeeded, copy the snapshot objects it lacks, oldest first, each
    followed by a checkpoint (Git: one commit naming the snapshot);
 7. when the first target's config differs (after `phx key rotate`, or a format upgrade), copy it:
@@ -36,12 +38,18 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import CorruptObject, ExitStatus, PhoenixError, RepositoryError, UsageError
+from phoenix_backup.errors import (
+    CorruptObject,
+    ExitStatus,
+    ObjectNotFound,
+    PhoenixError,
+    RepositoryError,
+    UsageError,
+)
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
-from phoenix_backup.repo.index import INDEX_AAD, decode_index
 from phoenix_backup.repo.locks import LockManager
-from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.pack import PackEntry, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend
@@ -164,12 +172,18 @@ def _replicate(repo: Repository, dest: Backend, envx: Environment, report: Targe
         present_index = {info.name for info in dest.list("index/")}
         missing_index = sorted({info.name for info in source.list("index/")} - present_index)
         packs: dict[str, bool] = {}  # pack object name -> is a data pack (may go cold)
+        listed: set[bytes] = set()  # blobs the copied index objects list
+        superseded: set[str] = set()  # index objects they supersede
         for index_name in missing_index:
-            for pack_id, entries in _index_packs(repo, index_name).items():
+            listing, sup = _index_packs(repo, index_name)
+            superseded.update(f"index/{s}" for s in sup)
+            for pack_id, entries in listing.items():
+                listed.update(e.id for e in entries)
                 obj = pack_name(pack_id)
                 if obj not in present:
-                    packs[obj] = not entries or entries[0] == BlobType.DATA
+                    packs[obj] = not entries or entries[0].type == BlobType.DATA
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report)
+        _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         _copy_all(source, dest, [(n, False) for n in missing_index], report)
         have = {info.name for info in dest.list("snapshots/")}
         for snap in repo.list_snapshots():  # oldest first
@@ -215,13 +229,41 @@ def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> No
                 report.retired += 1
 
 
-def _index_packs(repo: Repository, name: str) -> dict[str, list[BlobType]]:
-    """The packs an index object lists, with the types of their blobs."""
-    raw = repo.backend.read(name)
-    if sha256_hex(raw) != name.split("/")[-1]:
-        raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
-    packs, _superseded = decode_index(repo.sealer.open(raw, INDEX_AAD, name), name)
-    return {pack_id: [e.type for e in entries] for pack_id, entries in packs.items()}
+def _index_packs(repo: Repository, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+    """The packs an index object of the first target lists, with their entries, and the index
+    objects it supersedes (bare ids)."""
+    try:
+        return repo.read_index_object(name)
+    except CorruptObject as exc:
+        raise CorruptObject(f"the first target's {exc}; run `phx verify`") from exc
+
+
+def _keep_indexed(
+    repo: Repository, dest: Backend, superseded: list[str], listed: set[bytes], present: set[str], report: TargetReport
+) -> None:
+    """An index object of the first target supersedes others there (a prune's, or a backup's
+    that found packs lost there); copied, it supersedes the replica's copies of them too. The
+    blobs those list in packs the replica holds that the new objects do not list (lost on the
+    first target, or garbage pruned there) would then be listed by no index on the replica: its
+    snapshots that need them would look damaged, and `phx repair objects --from` it would not find
+    them. Before the new objects are copied, one index object of the replica's own lists them
+    (the replica's own prune deletes what no snapshot there uses)."""
+    replica = Repository(dest, repo.config, repo.secrets, notice=repo.notice)
+    keep: dict[str, dict[bytes, PackEntry]] = {}
+    for name in superseded:
+        try:
+            listing, _sup = replica.read_index_object(name)
+        except (CorruptObject, ObjectNotFound):
+            continue  # damaged there (verify names it), or sealed under a retired key
+        for pack_id, entries in listing.items():
+            if pack_name(pack_id) in present:
+                for e in entries:
+                    if e.id not in listed:
+                        keep.setdefault(pack_id, {}).setdefault(e.id, e)
+    if keep:
+        replica.write_index({pack_id: list(entries.values()) for pack_id, entries in keep.items()}, [])
+        with _COUNT_LOCK:
+            report.objects += 1
 
 
 def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:

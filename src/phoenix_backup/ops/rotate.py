@@ -162,7 +162,11 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
 
         # The lock moves to the new key first: whichever key a reader ends up with (this
         # machine's pin accepts both until the end), a killed run's lock stays readable.
+        # A lock removed meanwhile (`phx unlock --all` elsewhere) may have let a backup in that
+        # writes under the old key: it would be lost past this point, so nothing is committed
+        # (`rekey` checks the lock first, `confirm` once more right before the commit point).
         held.rekey(fresh.sealer)
+        held.confirm()
         backend.write("config", config.to_bytes())  # the commit point
         store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
         for name in old_objects:  # snapshots first: never a snapshot whose data is gone

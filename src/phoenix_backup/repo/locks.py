@@ -2,7 +2,11 @@
 under `locks/`.
 
 A lock names its host, boot id, PID namespace, pid and the process's start time. It is refreshed
-every REFRESH_SECONDS while held and counts as stale once older than STALE_SECONDS. A lock whose
+every REFRESH_SECONDS while held and counts as stale once not refreshed for STALE_SECONDS by
+every clock that can tell: its own time (its holder's clock; not believed when it lies ahead of
+ours) and the store's time of its object, which each refresh rewrites. So a holder whose clock
+is behind is not taken for gone while it refreshes, and one whose clock is ahead does not block
+for ever once it stops. A lock whose
 process is provably gone is removed with a notice; any other stale lock is reported with the
 command that removes it, never broken silently.
 
@@ -10,7 +14,8 @@ command that removes it, never broken silently.
 means nothing in another one: containers that share the host name, e.g. `--uts=host`, number
 their processes from 1), and a pid that no longer runs or runs with another start time. A lock
 that cannot be decoded (empty, random bytes, sealed with other keys) ages by its object's time
-in the store; `phx unlock` removes it.
+in the store; `phx unlock` removes it once stale (a fresh one may be the live lock of a `phx key
+rotate` elsewhere, moved under the new key before its commit point), `phx unlock --all` at once.
 
 A holder confirms its lock before it commits (`HeldLock.confirm`): a lock that another process
 removed (`phx unlock`, a prune that judged it dead) means that prune may have run meanwhile, so
@@ -26,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +41,8 @@ from phoenix_backup.storage.base import Backend
 
 REFRESH_SECONDS = 300
 STALE_SECONDS = 1800
+# A lock's time further ahead of our clock than this is not believed (its holder's clock is ahead).
+MAX_CLOCK_AHEAD = REFRESH_SECONDS
 LOCK_AAD = b"phoenix v1 lock"
 
 
@@ -122,6 +129,7 @@ class LockInfo:
     time_ns: int = 0
     created: float = 0.0  # when the lock was taken; 0 when unknown
     problem: str | None = None  # why the lock cannot be decoded; None for a readable lock
+    written: float | None = None  # when the store says the object was last written; None: unknown
 
     @property
     def readable(self) -> bool:
@@ -132,10 +140,21 @@ class LockInfo:
         if not self.readable:
             return f"unreadable lock {self.name} ({self.problem}), written {when}"
         kind = "exclusive" if self.exclusive else "shared"
-        return f"{kind} lock by {self.command} (pid {self.pid}) on {self.host} as {self.username}, refreshed {when}"
+        ahead = self.time - time.time()
+        skew = f" ({ahead / 60:.0f} minutes ahead of this machine's clock)" if ahead > MAX_CLOCK_AHEAD else ""
+        return (
+            f"{kind} lock by {self.command} (pid {self.pid}) on {self.host} as {self.username}, refreshed {when}{skew}"
+        )
 
     def is_stale(self, now: float) -> bool:
-        return now - self.time > STALE_SECONDS
+        """Not refreshed for STALE_SECONDS by every clock that can tell: the lock's own time (its
+        holder's clock), unless it lies in the future, and the store's time of its object (which
+        every refresh rewrites). A holder whose clock is behind is not taken for gone while it
+        refreshes; one whose clock is ahead does not block for ever once it stops."""
+        times = [] if self.written is None else [self.written]
+        if self.time <= now + MAX_CLOCK_AHEAD:
+            times.append(self.time)
+        return bool(times) and all(now - t > STALE_SECONDS for t in times)
 
     def process_gone(self) -> bool:
         """True only when we can prove the owner is dead: same host, boot and PID namespace, and
@@ -238,7 +257,7 @@ class LockManager:
         out = []
         for info in self.backend.list("locks/"):
             try:
-                out.append(self.read(info.name))
+                out.append(replace(self.read(info.name), written=info.modified))
             except ObjectNotFound:
                 continue  # released while we listed
             except CorruptObject:
@@ -247,7 +266,9 @@ class LockManager:
                 # by itself and `phx unlock` is the way out).
                 written = info.modified if info.modified is not None else time.time()
                 problem = "empty" if info.size == 0 else f"{info.size} bytes that cannot be decoded"
-                out.append(LockInfo(info.name, "?", "", 0, 0, "?", True, written, "unknown", problem=problem))
+                out.append(
+                    LockInfo(info.name, "?", "", 0, 0, "?", True, written, "unknown", problem=problem, written=written)
+                )
         return out
 
     def acquire(self, exclusive: bool, command: str) -> HeldLock:
@@ -284,7 +305,9 @@ class LockManager:
             if not info.readable:
                 raise RepositoryLocked(
                     f"the repository has an {info.describe()}; it blocks every command until it is "
-                    f"{STALE_SECONDS // 60} minutes old; if no Phoenix runs, remove it with `phx unlock`"
+                    f"{STALE_SECONDS // 60} minutes old, then `phx unlock` removes it (it may be the live lock of "
+                    "a `phx key rotate` running elsewhere); if no Phoenix runs anywhere on this repository, "
+                    "`phx unlock --all` removes it now"
                 )
             raise RepositoryLocked(f"the repository is locked: {info.describe()}; wait for it to finish and try again")
 
@@ -299,14 +322,21 @@ class LockManager:
             lock.confirm()
 
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
-        """Remove stale, dead and unreadable locks (all locks with `remove_all`); return what was
-        removed."""
+        """Remove stale and dead locks (all locks with `remove_all`); return what was removed. An
+        unreadable lock goes once stale by its object's time: until then it may be live (a
+        `phx key rotate` elsewhere moved its lock under the new key before its commit point)."""
         removed = []
         now = time.time()
         for info in self.all():
-            if remove_all or not info.readable or info.process_gone() or info.is_stale(now):
+            if remove_all or info.process_gone() or info.is_stale(now):
                 self.backend.delete(info.name)
                 removed.append(info)
+            elif not info.readable:
+                self.notice(
+                    f"kept the {info.describe()}: it may be a live lock under another key (a `phx key rotate` "
+                    f"running elsewhere); `phx unlock` removes it once {STALE_SECONDS // 60} minutes old, "
+                    "`phx unlock --all` now (only if no Phoenix runs anywhere on this repository)"
+                )
         return removed
 
 
@@ -325,7 +355,9 @@ class HeldLock:
     def rekey(self, sealer: Sealer) -> None:
         """Move this lock under another key (`phx key rotate` past its commit point, so that
         readers with the new key can read it). The new lock object is written before the old one
-        goes: the repository is never unlocked in between."""
+        goes: the repository is never unlocked in between. A lock that was removed meanwhile is
+        not moved (that would hide the removal): RepositoryError, as `confirm` says."""
+        self.confirm()
         with self._mutex:
             old = self.name
             self.manager.sealer = sealer

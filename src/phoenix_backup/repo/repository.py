@@ -273,6 +273,9 @@ class Repository:
         # writing its new index and deleting them left them (they are garbage).
         self.retired_packs: set[str] = set()
         self.index_objects: list[str] = []  # the index objects `load_index` found, readable or not
+        # The index objects the index in memory comes from: the live ones loaded and those written
+        # here. A new snapshot relies on them being in the store (`confirm_present`).
+        self.relied_on: set[str] = set()
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -460,6 +463,7 @@ class Repository:
             if name in superseded:
                 retired.update(packs)
                 continue
+            self.relied_on.add(name)
             for pack_id, entries in packs.items():
                 self.index.add_pack(pack_id, entries)
         self.retired_packs = retired - set(self.index.pack_ids())
@@ -480,6 +484,7 @@ class Repository:
         self.problems.index.clear()
         self.unindexed_packs.clear()
         self.retired_packs = set()
+        self.relied_on = set()
         self.load_index()
 
     def add_unindexed_packs(self) -> dict[str, str]:
@@ -515,23 +520,48 @@ class Repository:
         object loaded: a blob stored again then has one location, not a lost one that readers
         might find first. Index objects written meanwhile by other backups are not superseded."""
         listing = {info.name: info.size for info in self.backend.list("data/")}
-        missing = set()
-        for _blob, loc in self.index.blobs():
-            size = listing.get(pack_name(loc.pack_id))
-            if size is None or loc.offset + loc.stored > size:
-                missing.add(loc.pack_id)
+        missing = self.lost_packs(listing)
+        if missing:
+            # A pack another backup has just written and indexed must not be taken for lost.
+            self._look_up(listing, [pack_name(p) for p in missing])
+            missing = self.lost_packs(listing)
         if missing:
             self.index.remove_packs(missing)
             self.write_index(self.index.by_pack(), [name.split("/")[-1] for name in self.index_objects])
         return sorted(pack_name(p) for p in missing)
 
+    def _look_up(self, listing: dict[str, int], names: Iterable[str]) -> None:
+        """Ask for each of `names` by name and add those that exist to `listing` (name -> size):
+        a listing may lag behind writes (an eventually consistent store)."""
+        for name in names:
+            info = self.backend.stat(name)
+            if info is not None:
+                listing[name] = info.size
+
+    def lost_packs(self, sizes: dict[str, int]) -> set[str]:
+        """The ids of indexed packs that `sizes` (object name -> size, a listing of `data/`) lacks
+        or holds shorter than the index says."""
+        lost = set()
+        for _blob, loc in self.index.blobs():
+            size = sizes.get(pack_name(loc.pack_id))
+            if size is None or loc.offset + loc.stored > size:
+                lost.add(loc.pack_id)
+        return lost
+
     def confirm_present(self, blob_ids: Iterable[bytes]) -> None:
         """Raise unless every blob of `blob_ids` is indexed in a pack the store holds, long
-        enough (one listing of `data/`): what a new snapshot refers to must be there."""
+        enough (one listing of `data/`), and every index object the index in memory comes from
+        is still in the store (one listing of `index/`): what a new snapshot refers to must be
+        there, and findable. (No command deletes index objects while a shared lock is held.)"""
         listing = {info.name: info.size for info in self.backend.list("data/")}
+        indexes = {info.name: info.size for info in self.backend.list("index/")}
+        self._look_up(indexes, self.relied_on - indexes.keys())
+        vanished = sorted(self.relied_on - indexes.keys())
+        ids = set(blob_ids)
+        self._look_up(listing, {pack_name(loc.pack_id) for b in ids if (loc := self.index.get(b))} - listing.keys())
         lost: set[str] = set()
         unknown = 0
-        for bid in blob_ids:
+        for bid in ids:
             loc = self.index.get(bid)
             if loc is None:
                 unknown += 1
@@ -539,9 +569,12 @@ class Repository:
             size = listing.get(pack_name(loc.pack_id))
             if size is None or loc.offset + loc.stored > size:
                 lost.add(pack_name(loc.pack_id))
-        if lost or unknown:
-            what = f"{len(lost)} pack(s) it refers to vanished (e.g. {sorted(lost)[0]})" if lost else ""
-            what += (", and " if what else "") + (f"{unknown} blob(s) are in no index" if unknown else "")
+        if lost or unknown or vanished:
+            parts = [f"{len(lost)} pack(s) it refers to vanished (e.g. {sorted(lost)[0]})"] if lost else []
+            parts += [f"{unknown} blob(s) are in no index"] if unknown else []
+            if vanished:
+                parts.append(f"{len(vanished)} index object(s) listing its data vanished (e.g. {vanished[0]})")
+            what = ", and ".join(parts)
             raise RepositoryError(
                 f"the snapshot was not written: {what} while this run wrote it, probably removed by a "
                 "prune or by hand; the repository is unchanged and the next backup stores the data again"
@@ -563,7 +596,7 @@ class Repository:
         out = {}
         for info in self.backend.list("index/"):
             try:
-                out[info.name] = self._read_index_object(info.name)
+                out[info.name] = self.read_index_object(info.name)
             except (CorruptObject, ObjectNotFound) as exc:
                 self.problems.index[info.name] = str(exc)
         return out
@@ -606,9 +639,10 @@ class Repository:
         raw = self.sealer.seal(encode_index(packs, superseded), INDEX_AAD)
         name = f"index/{sha256_hex(raw)}"
         self.backend.write(name, raw)
+        self.relied_on.add(name)
         return name
 
-    def _read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+    def read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
         raw = self.backend.read(name)
         if sha256_hex(raw) != name.split("/")[-1]:
             raise CorruptObject(f"{name} does not match its name (damaged)")
@@ -725,6 +759,7 @@ class Repository:
         if new:
             raw = self.sealer.seal(encode_index(new), INDEX_AAD)
             self.backend.write(f"index/{sha256_hex(raw)}", raw)
+            self.relied_on.add(f"index/{sha256_hex(raw)}")
             self.stats.bytes_added += len(raw)
 
     def read_pack_header(self, pack_id: str) -> list[PackEntry]:
