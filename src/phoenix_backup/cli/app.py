@@ -20,8 +20,12 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
 from phoenix_backup.ops import manage
 from phoenix_backup.ops.context import Environment, is_tty
+from phoenix_backup.repo.snapshot import Latest
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Where `latest_options` leaves its rule in the click context for `make_env`.
+_LATEST_KEY = "phx.latest"
 
 
 class Out:
@@ -51,6 +55,8 @@ def make_env(out: Out) -> Environment:
                 sys.stderr.write("\n")
             sys.stderr.flush()
 
+    ctx = click.get_current_context(silent=True)
+    latest = ctx.meta.get(_LATEST_KEY) if ctx is not None else None
     return Environment(
         env=dict(os.environ),
         interactive=tty,
@@ -58,6 +64,7 @@ def make_env(out: Out) -> Environment:
         confirm=(lambda q: click.confirm(q, default=False, err=True)) if tty else None,
         notice=out.notice,
         progress=progress if sys.stderr.isatty() and not out.as_json else None,
+        latest=latest if isinstance(latest, Latest) else Latest(),
     )
 
 
@@ -151,13 +158,69 @@ def cli() -> None:
     """
 
 
-def scope_options(f: F) -> F:
-    f = click.option("--memory-only", "scope", flag_value="memory", help="Memory files and memory databases only.")(f)
-    f = click.option("--databases-only", "scope", flag_value="databases", help="Databases only.")(f)
-    f = click.option(
-        "--identity-only", "scope", flag_value="identity", help="Identity files only (SOUL.md, IDENTITY.md, ...)."
-    )(f)
-    return f
+_SCOPE_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("memory", "--memory-only", "Memory files and memory databases only."),
+    ("databases", "--databases-only", "Databases only."),
+    ("identity", "--identity-only", "Identity files only (SOUL.md, IDENTITY.md, ...)."),
+    ("config", "--config-only", "Configuration files only."),
+)
+
+
+def scope_options(*, config: bool = False) -> Callable[[F], F]:
+    """`--memory-only`, `--databases-only`, `--identity-only` (and `--config-only`), passed to the
+    command as `scope` (None when none is given). They exclude each other: two are a usage error."""
+    flags = [flag for flag in _SCOPE_FLAGS if config or flag[0] != "config"]
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            chosen = [(scope, opt) for scope, opt, _help in flags if kwargs.pop(f"only_{scope}")]
+            if len(chosen) > 1:
+                raise click.UsageError(
+                    f"{' and '.join(opt for _s, opt in chosen)} cannot be used together; choose one scope",
+                    ctx=click.get_current_context(silent=True),
+                )
+            return f(*args, scope=chosen[0][0] if chosen else None, **kwargs)
+
+        for scope, opt, text in reversed(flags):
+            click.option(opt, f"only_{scope}", is_flag=True, help=text)(wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def latest_options(f: F) -> F:
+    """`--scope`, `--tag` and `--host`: what `latest` selects (DESIGN §2: by default the newest
+    complete full-scope snapshot from this host). Kept in the click context for `make_env`."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        rule = Latest(
+            host=kwargs.pop("latest_host"), scope=kwargs.pop("latest_scope") or "full", tags=kwargs.pop("latest_tags")
+        )
+        click.get_current_context().meta[_LATEST_KEY] = rule
+        return f(*args, **kwargs)
+
+    click.option(
+        "--host",
+        "latest_host",
+        metavar="HOST",
+        help="`latest` is the newest snapshot of this host (default: this host's).",
+    )(wrapper)
+    click.option(
+        "--tag",
+        "latest_tags",
+        multiple=True,
+        metavar="TAG",
+        help="`latest` is the newest snapshot carrying this tag (repeatable).",
+    )(wrapper)
+    click.option(
+        "--scope",
+        "latest_scope",
+        type=click.Choice(["full", "memory", "databases", "identity", "config", "pre-restore"]),
+        help="`latest` is the newest snapshot of this scope (default: full; pre-restore picks safety snapshots).",
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 def check_target(target: str | None, cfg: Config | None = None, envx: Environment | None = None) -> None:

@@ -12,6 +12,7 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    latest_options,
     load_config,
     scope_options,
     target_option,
@@ -24,10 +25,15 @@ from phoenix_backup.ops.context import Environment
 
 
 @cli.command()
-@click.option("--latest", "latest", is_flag=True, help="Restore the most recent snapshot.")
+@click.option(
+    "--latest",
+    "latest",
+    is_flag=True,
+    help="Restore the newest complete full snapshot of this host (--scope, --tag, --host select others).",
+)
 @click.option("--backup", "ref", help="Snapshot id, unique id prefix or name (2026-03-15-14-30).")
-@scope_options
-@click.option("--config-only", "scope", flag_value="config", help="Configuration files only.")
+@scope_options(config=True)
+@latest_options
 @click.option("--path", "paths", multiple=True, help="Only paths matching this glob (repeatable).")
 @click.option("--to", "to", type=click.Path(file_okay=False), help="Restore below this folder instead of in place.")
 @target_option

@@ -42,6 +42,7 @@ from phoenix_backup.ops import manage
 from phoenix_backup.ops.browse import open_target
 from phoenix_backup.ops.context import Environment, passphrase
 from phoenix_backup.ops.drill import drills_dir, latest_reports
+from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.scope import configured_databases
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
@@ -575,7 +576,14 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
         )
     else:
         result.add("last backup", "ok", what)
-    if state is not None and state.get("success") is False:
+    if state is not None and state.get("partial"):
+        result.add(
+            "last backup",
+            "warn",
+            f"the most recent run was partial: {state.get('error')}",
+            "make those paths readable (or exclude them), then run `phx backup`",
+        )
+    elif state is not None and state.get("success") is False:
         result.add(
             "last backup",
             "warn",
@@ -586,7 +594,8 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
 
 def _last_drill(envx: Environment, result: DoctorResult) -> None:
     folder = drills_dir(envx.home)
-    reports = latest_reports(folder)
+    # A drill of a safety snapshot proves nothing about the backups: only drills of backups count.
+    reports = [r for r in latest_reports(folder) if r.get("scope") != SAFETY_SCOPE]
     if not reports:
         result.add(
             "last drill",

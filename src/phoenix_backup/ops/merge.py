@@ -506,7 +506,7 @@ def merge_snapshot(
     layout = Layout(cfg.workspace, envx.home)
     with repo.lock(exclusive=False, command="restore --merge"):
         repo.load_index()
-        snap = repo.find_snapshot(ref)
+        snap = repo.find_snapshot(ref, latest=envx.latest)
         dbs = [
             (lg, n)
             for lg, n in snapshot_databases(repo, snap)

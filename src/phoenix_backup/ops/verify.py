@@ -21,7 +21,7 @@ from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import iter_blobs, pack_name, read_header
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.tree import Node
 
 
@@ -88,7 +88,9 @@ def verify(
     repo = open_repository(cfg, envx)
     with repo.lock(exclusive=False, command="verify"):
         cursor = cache_for(repo, envx).dir / SUBSET_CURSOR if subset is not None else None
-        return verify_repository(repo, ref=ref, read_data=read_data or subset is not None, subset=subset, cursor=cursor)
+        return verify_repository(
+            repo, ref=ref, read_data=read_data or subset is not None, subset=subset, cursor=cursor, latest=envx.latest
+        )
 
 
 def verify_repository(
@@ -98,6 +100,7 @@ def verify_repository(
     read_data: bool = False,
     subset: float | None = None,
     cursor: Path | None = None,
+    latest: Latest | None = None,
 ) -> VerifyResult:
     result = VerifyResult(read_data=read_data)
     repo.load_index()
@@ -107,7 +110,7 @@ def verify_repository(
     for name, message in repo.problems.snapshots.items():
         result.errors.append(VerifyError(name, name.split("/")[-1], None, message))
     if ref is not None:
-        snapshots = [repo.find_snapshot(ref, snapshots)]
+        snapshots = [repo.find_snapshot(ref, snapshots, latest)]
     # Packs no readable index lists: a crashed backup's leftovers, or the packs of a damaged
     # index. Their own headers say what they hold, so trees can still be walked and the damage
     # traced to the snapshots and paths that need them.
