@@ -4,8 +4,11 @@ Seed fields: timestamp (Unix seconds), date (ISO), backupPath, compression, succ
 Added: snapshotId, snapshotName, error, targets ({name: {ok, error}}), scope, lastSuccess (the
 seed fields of the last successful run, so a failure never hides when the last good backup was),
 targetsLastSuccess ({name: {timestamp, date, snapshotId}}: when each target last received a
-snapshot) and lastFailure ({timestamp, date, error}: the last run that failed or reached only
-some targets).
+snapshot), lastFailure ({timestamp, date, error}: the last run that failed, was partial or
+reached only some targets), and for a partial run (a snapshot was made, but something it should
+hold was not saved: an unreadable file or folder, a database that could not be dumped) `partial:
+true` with `notSaved` ([{path, error}], logical paths such as `workspace/memory` or
+`postgres/main`); a partial run is not a success.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def write_state(
     targets: dict[str, TargetOutcome],
     scope: str,
     path: Path | None = None,
+    not_saved: list[dict[str, str]] | None = None,
 ) -> None:
     """Write atomically; a state file that cannot be written never fails the backup itself."""
     from datetime import UTC, datetime
@@ -66,6 +70,8 @@ def write_state(
         "error": error,
         "targets": {k: v.to_json() for k, v in targets.items()},
         "scope": scope,
+        "partial": bool(not_saved),
+        "notSaved": list(not_saved or []),
     }
     previous = read_state(target) or {}
     if success:

@@ -16,8 +16,9 @@ from phoenix_backup.units import human_size
 def status(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
     """Show the last backup, its age, the next one due and each target's health.
 
-    Exits 1 when the last backup failed or the last successful one is older than the schedule
-    implies, so `phx status || alert` works in monitoring. Never asks for a passphrase.
+    Exits 1 when the last backup failed or was partial (something it should hold was not saved),
+    or when the last successful one is older than the schedule implies, so `phx status || alert`
+    works in monitoring. Never asks for a passphrase.
 
     Example: phx status --json
     """
@@ -38,7 +39,7 @@ def render(r: status_op.StatusResult) -> str:
     state = r.state or {}
     lines = []
     if state:
-        outcome = "ok" if state.get("success") else "FAILED"
+        outcome = "PARTIAL" if state.get("partial") else "ok" if state.get("success") else "FAILED"
         snap = f", snapshot {state.get('snapshotName')}" if state.get("snapshotName") else ""
         lines.append(f"last backup:   {_ago(r.last_run, r.now)}, {outcome}{snap}")
         lines.append(f"last success:  {_ago(r.last_success, r.now)}")

@@ -237,11 +237,9 @@ def restore(
     try:
         with repo.lock(exclusive=False, command="restore"):
             repo.load_index()
-            snaps = repo.list_snapshots()
-            if ref == "latest":
-                # The newest backup: a safety snapshot is named by its id (restoring it is an undo).
-                snaps = [s for s in snaps if not safety.is_safety(s.scope, s.tags)]
-            snap = repo.find_snapshot(ref, snaps)
+            # `latest` never picks a safety snapshot (its scope is its own): restoring one is an
+            # undo, named by its id.
+            snap = repo.find_snapshot(ref, latest=envx.latest)
             job = _Restore(
                 cfg, envx, repo, snap, scope=scope, paths=paths, to=to, delete=delete, realign=realign, yes=yes
             )
@@ -291,11 +289,27 @@ class _Restore:
         self.tree = list(walk_tree(repo, snap.tree))
         self.filter = _ScopeFilter(cfg, envx, scope, paths)
         self.selected = select_nodes(repo, snap, cfg, envx, scope, paths, all_nodes=self.tree)
+        if self.in_place:
+            self.selected = self._without_live_config(self.selected)
         self.server_dbs: list[tuple[str, Node]] = []
         self.to_database: str | None = None
         self.conflict_mode: ConflictMode = "update"
         self.warnings: list[str] = []
         self.undo_hint = ""
+
+    def _without_live_config(self, selected: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
+        """In place, the config file this restore runs with is never overwritten: it says where the
+        repository is. Its copy in the snapshot (a full backup saves it) is there for `--to DIR`."""
+        if self.cfg.source is None:
+            return selected
+        live = self.layout.to_logical(self.cfg.source.absolute())
+        kept = [(lg, n) for lg, n in selected if lg != live]
+        if len(kept) != len(selected) and self.plan_item(live, dict(selected)[live]).action != "unchanged":
+            self.envx.notice(
+                f"the config file in use ({self.cfg.source}) is not restored in place; the snapshot's copy: "
+                f"`phx dump {self.snap.id[:8]} {live}`"
+            )
+        return kept
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:

@@ -97,6 +97,8 @@ class StatusResult:
                 "time": _iso(self.last_run),
                 "age": _age(self.last_run, self.now),
                 "success": bool(state.get("success")),
+                "partial": bool(state.get("partial")),
+                "notSaved": state.get("notSaved") or [],
                 "snapshotId": state.get("snapshotId"),
                 "snapshotName": state.get("snapshotName"),
                 "error": state.get("error"),
@@ -167,7 +169,10 @@ def _check_age(result: StatusResult, when: datetime) -> None:
         result.overdue = True
         result.alert = "no backup has run yet (no state file); run `phx backup`"
         return
-    if not state.get("success"):
+    if state.get("partial"):
+        missed = "; ".join(f"{i.get('path')} ({i.get('error')})" for i in state.get("notSaved") or [])
+        result.warnings.append(f"the last backup was partial: not saved: {missed}; fix the cause and run `phx backup`")
+    elif not state.get("success"):
         result.warnings.append(f"the last backup failed: {state.get('error')}")
     elif state.get("error"):
         result.warnings.append(f"the last backup reached only some targets: {state.get('error')}")
@@ -194,7 +199,9 @@ def _inspect_target(cfg: Config, envx: Environment, target: TargetStatus) -> Non
         backend = target_backend(cfg, envx, target.name)
         try:
             if not backend.exists():
-                target.error = "no repository there yet (the next backup creates it)"
+                first = target.name == enabled_targets(cfg)[0]
+                fix = "create it with `phx init`" if first else "the next backup or `phx sync` copies it there"
+                target.error = f"no repository there yet; {fix}"
                 return
             infos = [i for prefix in ("data/", "index/", "snapshots/", "keys/") for i in backend.list(prefix)]
             target.stored = sum(i.size for i in infos) + (_size(backend, "config"))
