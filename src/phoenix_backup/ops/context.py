@@ -15,6 +15,7 @@ from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
 
@@ -38,6 +39,8 @@ class Environment:
     progress: Callable[[str, int, int], None] | None = None  # (phase, done, total)
     # The target that read commands work from (`--target NAME`); None means the first enabled one.
     target: str | None = None
+    # What `latest` selects for this command (`--scope`, `--tag`, `--host`; DESIGN §2).
+    latest: Latest = field(default_factory=Latest)
     # Seconds a read may wait for packs in a cold S3 storage class to thaw (`--thaw-timeout`);
     # 0 requests the thaw and fails at once, saying to run again later.
     thaw_timeout: float = 0.0
@@ -97,7 +100,9 @@ def _env_passphrase(envx: Environment) -> str | None:
     return envx.env.get("PHX_PASSPHRASE") or None
 
 
-def new_key_slot(cfg: Config, envx: Environment) -> tuple[Callable[[keyslots.MasterSecrets], keyslots.KeySlot], bool]:
+def new_key_slot(
+    cfg: Config, envx: Environment, kdf_params: Mapping[str, int] | None = None
+) -> tuple[Callable[[keyslots.MasterSecrets], keyslots.KeySlot], bool]:
     """How the first key slot of a new repository is made, and whether it is encrypted."""
     enc = cfg.encryption
     if not enc.enabled:
@@ -107,13 +112,13 @@ def new_key_slot(cfg: Config, envx: Environment) -> tuple[Callable[[keyslots.Mas
         if not secret:
             raise MissingCredentials(
                 "encryption is on but no passphrase was given; set PHX_PASSPHRASE (or PHX_PASSPHRASE_FILE) "
-                "or run on a terminal to be asked"
+                "or run on a terminal to be asked (or choose --encryption none, unencrypted)"
             )
         if envx.interactive and envx.prompt is not None and not envx.env.get("PHX_PASSPHRASE"):
             again = envx.prompt("Repeat the passphrase: ")
             if again != secret:
                 raise UsageError("the passphrases do not match; run the command again")
-        return (lambda m: keyslots.wrap_passphrase(m, secret)), True
+        return (lambda m: keyslots.wrap_passphrase(m, secret, kdf_params=kdf_params)), True
     if enc.method == "age":
         recipients = enc.recipients
         return (lambda m: keyslots.wrap_age(m, recipients)), True
@@ -156,27 +161,45 @@ def enabled_backends(cfg: Config, envx: Environment) -> list[tuple[str, Backend]
     return [(name, target_backend(cfg, envx, name)) for name in enabled_targets(cfg)]
 
 
-def open_repository(cfg: Config, envx: Environment, *, create: bool = False, target: str | None = None) -> Repository:
+def open_repository(
+    cfg: Config,
+    envx: Environment,
+    *,
+    create: bool = False,
+    target: str | None = None,
+    kdf_params: Mapping[str, int] | None = None,
+) -> Repository:
     """Open the repository of one target: `target`, else `envx.target` (a read command's
-    `--target`), else the first enabled target. With `create`, initialise it on first use; a new
-    first target adopts the repository a replica already holds (same id and keys), so replication
-    carries on after the local disk was lost."""
+    `--target`), else the first enabled target. With `create` (only `phx init` asks for it),
+    initialise it; a new first target adopts the repository a replica already holds (same id and
+    keys), so replication carries on after the local disk was lost."""
     names = enabled_targets(cfg)
     name = target or envx.target or names[0]
     backend = target_backend(cfg, envx, name)
     if not backend.exists():
         if not create:
-            hint = "run `phx init` or `phx backup` to create it"
-            if name != names[0]:
-                hint = f"run `phx sync --target {name}` to copy the repository there"
-            raise RepositoryNotFound(f"no repository at {backend.location} (target {name}); {hint}")
+            raise RepositoryNotFound(_no_repository(backend, name, first=name == names[0]))
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
             return Repository.open(backend, credentials(cfg, envx), compression=compressor_for(cfg), notice=envx.notice)
-        factory, encrypted = new_key_slot(cfg, envx)
+        factory, encrypted = new_key_slot(cfg, envx, kdf_params)
         repo = Repository.init(backend, factory, encrypted, compression=compressor_for(cfg), notice=envx.notice)
         envx.notice(f"created a new repository at {backend.location}")
         return repo
     return Repository.open(backend, credentials(cfg, envx), compression=compressor_for(cfg), notice=envx.notice)
+
+
+def _no_repository(backend: Backend, name: str, *, first: bool) -> str:
+    """Why there is no repository, and the fix: a missing folder may be a disk that is not mounted,
+    so nothing but `phx init` ever creates the first target's repository."""
+    where = f"no repository at {backend.location} (target {name})"
+    if not first:
+        return f"{where}; run `phx sync --target {name}` to copy the repository there"
+    if name == "local" and not os.path.isdir(backend.location):
+        return (
+            f"{where}: the folder does not exist; if the repository is on a disk that is not mounted, mount it "
+            "and run again, or create a new repository there with `phx init`"
+        )
+    return f"{where}; create it with `phx init`"
 
 
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:
