@@ -131,14 +131,14 @@ class StatusResult:
 def status(cfg: Config, envx: Environment, *, now: float | None = None) -> StatusResult:
     moment = time.time() if now is None else now
     state = read_state(state_path(envx.home))
-    spec, installed = schedule.expected_spec(cfg, envx.home)
-    sched = schedule.status(envx.env, envx.home) if installed else None
+    spec, recorded = schedule.expected_spec(cfg, envx.home)
+    sched = schedule.status(envx.env, envx.home) if recorded else None
     when = datetime.fromtimestamp(moment).astimezone()
     result = StatusResult(
         now=moment,
         state=state,
         spec=spec,
-        schedule_installed=installed,
+        schedule_installed=recorded and sched is not None and bool(sched.installed),
         scheduler=sched.scheduler if sched else None,
         next_due=spec.next_after(when),
     )
@@ -147,7 +147,7 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
             "schedule.json says a schedule was installed but no scheduler holds it any more; "
             "run `phx schedule install` again"
         )
-    elif not installed:
+    elif not recorded:
         result.warnings.append(
             f"no schedule is installed; `phx schedule install` backs up {spec.describe()} (the config's schedule)"
         )
