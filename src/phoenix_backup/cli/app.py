@@ -24,8 +24,10 @@ from phoenix_backup.repo.snapshot import Latest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Where `latest_options` leaves its rule in the click context for `make_env`.
+# Where `latest_options` leaves its rule in the click context for `make_env`, and `repo_option`
+# its location for `load_config`.
 _LATEST_KEY = "phx.latest"
+_REPO_KEY = "phx.repo"
 
 
 class Out:
@@ -101,10 +103,35 @@ def common(f: F) -> F:
 
 
 def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
-    cfg = manage.load(envx, config_path)
+    """The command's config; for a command with `--repo` (`repo_option`), reading from that
+    repository (or PHX_REPOSITORY's) alone, with no config file needed."""
+    ctx = click.get_current_context(silent=True)
+    location = ctx.meta.get(_REPO_KEY) if ctx is not None else None
+    cfg = manage.load(envx, config_path, location if isinstance(location, str) else None)
     for warning in cfg.warnings:
         out.notice(f"warning: {warning}")
     return cfg
+
+
+def repo_option(f: F) -> F:
+    """`--repo LOCATION` (else `PHX_REPOSITORY`) for the commands that read: a folder, s3://BUCKET/PREFIX,
+    r2://ACCOUNT/BUCKET/PREFIX or a Git URL, so that a new machine with nothing but the repository
+    and its key can list and restore (config/location.py). Kept in the click context for `load_config`."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        location = kwargs.pop("repo_location") or os.environ.get("PHX_REPOSITORY") or None
+        click.get_current_context().meta[_REPO_KEY] = location
+        return f(*args, **kwargs)
+
+    click.option(
+        "--repo",
+        "repo_location",
+        metavar="LOCATION",
+        help="Read this repository alone, with or without a config file: a folder, s3://BUCKET/PREFIX, "
+        "r2://ACCOUNT_ID/BUCKET/PREFIX or a Git URL (default: PHX_REPOSITORY, else the config's targets).",
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 # Every command lives in cli/cmd_<name>.py and registers itself on `cli` when imported. Only the

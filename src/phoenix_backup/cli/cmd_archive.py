@@ -14,6 +14,7 @@ from phoenix_backup.cli.app import (
     common,
     latest_options,
     load_config,
+    repo_option,
     target_option,
     thaw_option,
 )
@@ -36,6 +37,7 @@ from phoenix_backup.units import human_size
 @thaw_option
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @latest_options
+@repo_option
 @common
 def archive(
     out: Out,

@@ -13,6 +13,7 @@ from phoenix_backup.cli.app import (
     common,
     latest_options,
     load_config,
+    repo_option,
     target_option,
     thaw_option,
 )
@@ -31,6 +32,7 @@ from phoenix_backup.ops.context import Environment
     help="Folder below which the scratch restore is made (default: the system's temporary folder).",
 )
 @latest_options
+@repo_option
 @common
 def drill(
     out: Out,

@@ -15,6 +15,7 @@ from phoenix_backup.cli.app import (
     common,
     latest_options,
     load_config,
+    repo_option,
     target_option,
     thaw_option,
 )
@@ -29,6 +30,7 @@ from phoenix_backup.ops.context import Environment
 @target_option
 @thaw_option
 @latest_options
+@repo_option
 @common
 def dump(
     out: Out,

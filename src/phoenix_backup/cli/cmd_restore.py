@@ -14,6 +14,7 @@ from phoenix_backup.cli.app import (
     common,
     latest_options,
     load_config,
+    repo_option,
     scope_options,
     target_option,
     thaw_option,
@@ -69,6 +70,7 @@ from phoenix_backup.ops.context import Environment
     is_flag=True,
     help="Merge the snapshot's SQLite rows into the live stores by primary key (--conflict-mode, default skip).",
 )
+@repo_option
 @common
 def restore(
     out: Out,

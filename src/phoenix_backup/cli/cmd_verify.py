@@ -12,6 +12,7 @@ from phoenix_backup.cli.app import (
     common,
     latest_options,
     load_config,
+    repo_option,
     target_option,
     thaw_option,
 )
@@ -32,6 +33,7 @@ from phoenix_backup.ops.context import Environment
     help="Read only PCT percent of the packs (implies --read-data); each run continues where the last one stopped.",
 )
 @latest_options
+@repo_option
 @common
 def verify(
     out: Out,

@@ -121,6 +121,11 @@ def restore(r: RestoreResult, verbose: bool) -> str:
         lines.append(f"  realigned {a.manifest}: new hashes for {', '.join(a.rewritten)} (--realign)")
     for err in r.errors:
         lines.append(f"  not restored: {err['path']}: {err['error']}")
+    if r.phoenix_config:
+        lines.append(
+            f"  the Phoenix config this backup ran with: {r.phoenix_config} (check its paths, then copy it to "
+            "~/.argentos/backup.json to back up to this repository again)"
+        )
     lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 

@@ -185,6 +185,8 @@ class Config:
     hooks: Hooks
     schedule: Schedule
     warnings: tuple[str, ...] = ()
+    # `--repo LOCATION` (config/location.py): the one target read from, as the user named it.
+    location: str | None = None
 
     @property
     def repository_path(self) -> Path:

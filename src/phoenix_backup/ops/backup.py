@@ -566,7 +566,9 @@ def _run(
         tags=tags,
         tree=root,
         parent=parent.id if parent else None,
-        sources={"workspace": str(layout.workspace), "home": str(layout.home)},
+        # The config file too, so that `restore --to` can say where its copy landed.
+        sources={"workspace": str(layout.workspace), "home": str(layout.home)}
+        | ({"config": str(cfg.source.absolute())} if cfg.source is not None else {}),
         databases=tuple(sorted(run.databases, key=lambda d: d.path)),
         stats=SnapshotStats(files, dirs, size, 0, repo.stats.blobs_added, run.files_read, duration),
         incomplete=tuple(run.incomplete),

@@ -224,6 +224,16 @@ def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replic
     return False
 
 
+def require_config_file(cfg: Config, what: str) -> None:
+    """A config made from `--repo LOCATION` alone (no config file) knows no workspace: `what`,
+    which writes the live agent, needs the real one."""
+    if cfg.location is not None and cfg.source is None:
+        raise UsageError(
+            f"{what} needs a config file: without one Phoenix does not know where the workspace is; restore "
+            "below a folder with --to DIR (the snapshot's own config comes back there too)"
+        )
+
+
 def cache_for(repo: Repository, envx: Environment) -> Cache:
     root = envx.env.get("PHX_CACHE_DIR")
     return Cache(repo.config.id, Path(root) if root else None)

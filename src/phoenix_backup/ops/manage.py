@@ -157,8 +157,21 @@ def _init_repository(
     )
 
 
-def load(envx: Environment, config_path: str | None) -> Config:
-    return load_config(find_config_path(config_path, envx.env), envx.env)
+def load(envx: Environment, config_path: str | None, location: str | None = None) -> Config:
+    """The config; with `location` (`--repo`, `PHX_REPOSITORY`) reading from that repository alone,
+    from the config file when there is one, else from the ArgentOS defaults (a new machine)."""
+    if location is None:
+        return load_config(find_config_path(config_path, envx.env), envx.env)
+    from phoenix_backup.config.location import config_for_location
+
+    explicit = config_path or envx.env.get("PHX_CONFIG")
+    try:
+        base: Config | None = load_config(find_config_path(config_path, envx.env), envx.env)
+    except ConfigError:
+        if explicit:
+            raise  # a config that was asked for must exist
+        base = None
+    return config_for_location(location, envx.env, base)
 
 
 @dataclass(frozen=True)

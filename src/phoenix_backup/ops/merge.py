@@ -41,7 +41,7 @@ from phoenix_backup.errors import ConfirmationRequired, ExitStatus, MergeFailed
 from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect, quote
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.ops.backup import walk_tree
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, require_config_file
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
@@ -502,6 +502,7 @@ def merge_snapshot(
     """
     from phoenix_backup.ops.browse import open_target
 
+    require_config_file(cfg, "a merge into the live stores")
     repo = open_target(cfg, envx, target)
     layout = Layout(cfg.workspace, envx.home)
     with repo.lock(exclusive=False, command="restore --merge"):

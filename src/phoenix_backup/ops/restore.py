@@ -47,7 +47,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.ops import alignment, live_sqlite, safety
 from phoenix_backup.ops.backup import select_sources, walk_tree
-from phoenix_backup.ops.context import Environment, cache_for, open_repository
+from phoenix_backup.ops.context import Environment, cache_for, open_repository, require_config_file
 from phoenix_backup.ops.gateway import GatewayStep, run_gateway
 from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
 from phoenix_backup.repo.crypto import BlobType, sha256_file
@@ -102,6 +102,9 @@ class RestoreResult:
     gateway: dict[str, GatewayStep] = field(default_factory=dict)  # "stop", "start"
     alignment: alignment.AlignmentReport | None = None
     deleting: bool = False  # --delete was asked (the counts then name deletions even when there are none)
+    # Below --to: where the Phoenix config the backup ran with was written (a new machine's way back
+    # to a working config), when the snapshot holds it.
+    phoenix_config: str | None = None
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -131,6 +134,7 @@ class RestoreResult:
             "safetySnapshot": self.safety_snapshot,
             "gateway": {k: v.to_json() for k, v in self.gateway.items()},
             "alignment": self.alignment.to_json() if self.alignment else None,
+            "phoenixConfig": self.phoenix_config,
         }
 
 
@@ -233,6 +237,8 @@ def restore(
     """
     if delete and to is not None:
         raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
+    if to is None:
+        require_config_file(cfg, "a restore in place")
     repo = open_repository(cfg, envx)
     try:
         with repo.lock(exclusive=False, command="restore"):
@@ -297,6 +303,18 @@ class _Restore:
         self.warnings: list[str] = []
         self.undo_hint = ""
 
+    def restored_config(self, plan: _Plan, result: RestoreResult) -> str | None:
+        """Where below --to the snapshot's copy of Phoenix's config landed, if it holds one."""
+        recorded = self.snap.sources.get("config")
+        workspace, home = self.snap.sources.get("workspace"), self.snap.sources.get("home")
+        if not recorded or not workspace or not home or self.to is None:
+            return None
+        logical = Layout(Path(workspace), Path(home)).to_logical(Path(recorded))
+        failed = {e.get("path") for e in result.errors}
+        if logical not in plan.nodes or logical in failed:
+            return None
+        return str(self.layout.to_real(logical, self.to))
+
     def _without_live_config(self, selected: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
         """In place, the config file this restore runs with is never overwritten: it says where the
         repository is. Its copy in the snapshot (a full backup saves it) is there for `--to DIR`."""
@@ -345,6 +363,7 @@ class _Restore:
             return result
         if not self.in_place:
             self.write(plan, result)
+            result.phoenix_config = self.restored_config(plan, result)
             return result
         stop = self.gateway("stop")
         if stop is not None:
