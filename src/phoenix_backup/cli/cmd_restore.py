@@ -128,6 +128,15 @@ def restore(
         conflict_mode="skip" if conflict_mode == "skip" else "update",
     )
     out.result(result.to_json(), render.restore(result, out.verbose))
+    if result.damaged:
+        lost = [str(d["path"]) for d in result.damaged]
+        named = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        click.echo(
+            f"phx: error: {len(lost)} file(s) or database(s) not restored because their data is damaged or missing "
+            f"({named}); everything else was restored; see the output for the targets that may hold them, and run "
+            "`phx verify --read-data`",
+            err=True,
+        )
     return result.exit_status
 
 
