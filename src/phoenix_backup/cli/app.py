@@ -113,25 +113,32 @@ def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
     return cfg
 
 
-def repo_option(f: F) -> F:
-    """`--repo LOCATION` (else `PHX_REPOSITORY`) for the commands that read: a folder, s3://BUCKET/PREFIX,
-    r2://ACCOUNT/BUCKET/PREFIX or a Git URL, so that a new machine with nothing but the repository
-    and its key can list and restore (config/location.py). Kept in the click context for `load_config`."""
+def _stash(f: F, key: str, build: Callable[[dict[str, Any]], object], options: list[click.Option]) -> F:
+    """Add `options` to the command `f`; their values go, through `build`, into the click context
+    under `key` instead of into `f`'s arguments (`load_config` and `make_env` read them there)."""
+    names = [str(o.name) for o in options]
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        location = kwargs.pop("repo_location") or os.environ.get("PHX_REPOSITORY") or None
-        click.get_current_context().meta[_REPO_KEY] = location
+        click.get_current_context().meta[key] = build({name: kwargs.pop(name) for name in names})
         return f(*args, **kwargs)
 
-    click.option(
-        "--repo",
-        "repo_location",
+    params = wrapper.__dict__.setdefault("__click_params__", [])
+    params.extend(reversed(options))
+    return wrapper  # type: ignore[return-value]
+
+
+def repo_option(f: F) -> F:
+    """`--repo LOCATION` (else `PHX_REPOSITORY`) for the commands that read: a folder, s3://BUCKET/PREFIX,
+    r2://ACCOUNT/BUCKET/PREFIX or a Git URL, so that a new machine with nothing but the repository
+    and its key can list and restore (config/location.py)."""
+    option = click.Option(
+        ["--repo", "repo_location"],
         metavar="LOCATION",
         help="Read this repository alone, with or without a config file: a folder, s3://BUCKET/PREFIX, "
         "r2://ACCOUNT_ID/BUCKET/PREFIX or a Git URL (default: PHX_REPOSITORY, else the config's targets).",
-    )(wrapper)
-    return wrapper  # type: ignore[return-value]
+    )
+    return _stash(f, _REPO_KEY, lambda v: v["repo_location"] or os.environ.get("PHX_REPOSITORY") or None, [option])
 
 
 # Every command lives in cli/cmd_<name>.py and registers itself on `cli` when imported. Only the
@@ -218,36 +225,30 @@ def scope_options(*, config: bool = False) -> Callable[[F], F]:
 
 def latest_options(f: F) -> F:
     """`--scope`, `--tag` and `--host`: what `latest` selects (DESIGN §2: by default the newest
-    complete full-scope snapshot from this host). Kept in the click context for `make_env`."""
+    complete full-scope snapshot from this host)."""
+    options = [
+        click.Option(
+            ["--scope", "latest_scope"],
+            type=click.Choice(["full", "memory", "databases", "identity", "config", "pre-restore"]),
+            help="`latest` is the newest snapshot of this scope (default: full; pre-restore picks safety snapshots).",
+        ),
+        click.Option(
+            ["--tag", "latest_tags"],
+            multiple=True,
+            metavar="TAG",
+            help="`latest` is the newest snapshot carrying this tag (repeatable).",
+        ),
+        click.Option(
+            ["--host", "latest_host"],
+            metavar="HOST",
+            help="`latest` is the newest snapshot of this host (default: this host's).",
+        ),
+    ]
 
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        rule = Latest(
-            host=kwargs.pop("latest_host"), scope=kwargs.pop("latest_scope") or "full", tags=kwargs.pop("latest_tags")
-        )
-        click.get_current_context().meta[_LATEST_KEY] = rule
-        return f(*args, **kwargs)
+    def build(v: dict[str, Any]) -> Latest:
+        return Latest(host=v["latest_host"], scope=v["latest_scope"] or "full", tags=tuple(v["latest_tags"]))
 
-    click.option(
-        "--host",
-        "latest_host",
-        metavar="HOST",
-        help="`latest` is the newest snapshot of this host (default: this host's).",
-    )(wrapper)
-    click.option(
-        "--tag",
-        "latest_tags",
-        multiple=True,
-        metavar="TAG",
-        help="`latest` is the newest snapshot carrying this tag (repeatable).",
-    )(wrapper)
-    click.option(
-        "--scope",
-        "latest_scope",
-        type=click.Choice(["full", "memory", "databases", "identity", "config", "pre-restore"]),
-        help="`latest` is the newest snapshot of this scope (default: full; pre-restore picks safety snapshots).",
-    )(wrapper)
-    return wrapper  # type: ignore[return-value]
+    return _stash(f, _LATEST_KEY, build, options)
 
 
 def check_target(target: str | None, cfg: Config | None = None, envx: Environment | None = None) -> None:
