@@ -124,6 +124,7 @@ def test_a_snapshot_tagged_by_hand_is_forgotten_only_by_name(sandbox: Sandbox) -
     assert [r["rule"] for r in reason] == ["tag"], reason
     assert any("removed only by `phx forget ID`" in line for line in sb.phx("forget", "--dry-run").out.splitlines())
 
+    assert_error(sb.phx("forget", "no-such-snapshot", check=None), 2, "no-such-snapshot")
     res = sb.phx("forget", tagged["id"][:8])
     assert f"removed {tagged['id'][:8]}" in res.out
     assert tagged["id"] not in {s["id"] for s in sb.snapshots()}

@@ -45,9 +45,10 @@ def render(r: forget_op.ForgetResult) -> str:
         if not t.ok:
             lines.append(f"target {name}: FAILED: {t.error}")
             continue
-        if t.named:
+        if t.named or (t.plan is None and t.notices):
             verb = "would remove" if r.dry_run else "removed"
             lines += [f"target {name}: {verb} {_label(s)}" for s in t.named]
+            lines += [f"target {name}: {n}" for n in t.notices]
             continue
         plan = t.plan
         if plan is None or not plan.decisions:

@@ -121,6 +121,7 @@ def forget(
     policy = Policy.from_config(cfg.retention)
     result = ForgetResult(dry_run, policy, {})
     when = now or datetime.now(UTC)
+    missing = SnapshotNotFound("no snapshot to forget")
     for name in target_names(cfg, only=target):
         report = TargetForget(name)
         try:
@@ -134,12 +135,17 @@ def forget(
                 repo.close()
         except RetentionRefused:
             raise  # the same policy would be refused on every target: say so once
-        except SnapshotNotFound:
-            raise  # a name that is not there is the caller's mistake, not one target's failure
+        except SnapshotNotFound as exc:
+            if not ids:
+                raise
+            missing = exc  # a replica that never received it (or forgot it already)
+            report.notices.append(f"target {name} does not hold it: {exc}")
         except PhoenixError as exc:
             report.ok = False
             report.error = str(exc)
         result.targets[name] = report
+    if ids and not any(t.named for t in result.targets.values()) and all(t.ok for t in result.targets.values()):
+        raise missing  # no target holds what was named: the caller's mistake, said once
     return result
 
 
