@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from e2e_support import PHX, Sandbox, assert_error, run_phx
 from test_notify import Receiver
@@ -297,12 +298,10 @@ def _help_texts() -> dict[str, str]:
     texts = {"phx": runner.invoke(cli, ["--help"]).output}
     for name in cli.list_commands(None):  # type: ignore[arg-type]
         texts[name] = runner.invoke(cli, [name, "--help"]).output
-    for group, subs in (
-        ("schedule", ("install", "status", "remove", "run")),
-        ("key", ("list", "add", "remove", "passwd")),
-    ):
-        for sub in subs:
-            texts[f"{group} {sub}"] = runner.invoke(cli, [group, sub, "--help"]).output
+        group = cli.get_command(None, name)  # type: ignore[arg-type]
+        if isinstance(group, click.Group):  # schedule, key, repair: every subcommand too
+            for sub in group.list_commands(None):  # type: ignore[arg-type]
+                texts[f"{name} {sub}"] = runner.invoke(cli, [name, sub, "--help"]).output
     assert all("Usage: " in text for text in texts.values()), texts
     return texts
 
