@@ -189,6 +189,13 @@ class Sandbox:
         self.config_path.write_text(json.dumps(self.config, indent=2) + "\n")
         return self.config
 
+    def reinit(self, **changes: Any) -> None:
+        """The config with `changes` (another encryption, say) and a new, empty repository made for
+        it as `phx init` would (the sandbox's own is removed; the new key is pinned)."""
+        self.write_config(**changes)
+        shutil.rmtree(self.repo, ignore_errors=True)
+        self.init_repository()
+
     # -- running phx -------------------------------------------------------------------
 
     def phx(
@@ -305,6 +312,13 @@ def file_manifest(base: Path, *, skip_databases: bool = True) -> dict[str, tuple
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def retention_only(**rules: Any) -> dict[str, Any]:
+    """A retention section with these rules alone: the defaults (the last day, the last 10, daily 7,
+    weekly 4, monthly 12) switched off."""
+    off = {"within": "0h", "last": 0, "hourly": 0, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}
+    return {**off, **rules}
 
 
 def only_files(manifest: Mapping[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Sandbox, assert_error
-from test_prune_forget import day, only
+from e2e_support import Sandbox, assert_error, retention_only
+from test_prune_forget import day
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
@@ -106,7 +106,7 @@ def test_an_ambiguous_snapshot_name_is_an_error_listing_the_ids(backed_up: Sandb
 
 def test_a_snapshot_tagged_by_hand_is_forgotten_only_by_name(sandbox: Sandbox) -> None:
     sb = sandbox
-    sb.write_config(retention=only(last=2, prune=False))
+    sb.write_config(retention=retention_only(last=2, prune=False))
     morning = (datetime.fromisoformat(day(5)) + timedelta(hours=8)).isoformat()
     evening = (datetime.fromisoformat(day(5)) + timedelta(hours=16)).isoformat()
     tagged = sb.backup("--tag", "before-upgrade", "--time", morning)
@@ -149,7 +149,7 @@ def test_a_snapshot_from_the_future_never_pushes_out_the_present(sandbox: Sandbo
     """Issue 15.3: after one snapshot dated a year ahead, every backup under a `last` policy was
     forgotten and pruned right after it was taken, exit 0."""
     sb = sandbox
-    sb.write_config(retention=only(last=1))
+    sb.write_config(retention=retention_only(last=1))
     ahead = (datetime.now().astimezone() + timedelta(days=365)).replace(microsecond=0)
     future = sb.backup("--time", ahead.isoformat())
     res = sb.phx("backup", "--json")

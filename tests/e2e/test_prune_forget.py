@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Sandbox, assert_restored
+from e2e_support import Sandbox, assert_restored, retention_only
 
 MB = 1024 * 1024
 
@@ -32,13 +32,6 @@ def age_packs(repo: Path, hours: float = 2) -> None:
     for pack in (repo / "data").rglob("*"):
         if pack.is_file():
             os.utime(pack, (when, when))
-
-
-def only(**rules: Any) -> dict[str, Any]:
-    """A retention section with these rules alone: the defaults (the last day, the last 10, daily 7,
-    weekly 4, monthly 12) switched off."""
-    off = {"within": "0h", "last": 0, "hourly": 0, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}
-    return {**off, **rules}
 
 
 def day(n: int) -> str:
@@ -71,7 +64,7 @@ def test_forget_and_prune_free_space_and_the_rest_restores(
     d = sb.backup("--time", day(1))
     assert all(x["retention"]["forgotten"] == {"local": 0} for x in (a, b, c, d)), "the defaults keep all four"
 
-    sb.write_config(retention=only(daily=2, prune=False))
+    sb.write_config(retention=retention_only(daily=2, prune=False))
     # Dry run: every snapshot with its decision and reasons; nothing removed.
     plan = sb.phx("forget", "--dry-run", "--json").json()
     decisions = {s["id"]: s for s in plan["targets"]["local"]["snapshots"]}
@@ -113,7 +106,7 @@ def test_forget_and_prune_free_space_and_the_rest_restores(
 
 def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
-    sb.write_config(retention=only(last=1))
+    sb.write_config(retention=retention_only(last=1))
     first = sb.backup()
     assert first["retention"]["pruned"] == {"local": 0} and first["retention"]["ok"]
     second = sb.backup()
@@ -130,7 +123,7 @@ def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: 
     third = sb.backup()
     assert third["retention"]["forgotten"] == {"local": 1} and "local" in third["retention"]["pruned"]
     assert third["retention"]["pruned"]["local"] > 0, "the forgotten snapshots' trees are freed"
-    sb.write_config(retention=only(last=1, prune=False))
+    sb.write_config(retention=retention_only(last=1, prune=False))
     fourth = sb.backup()
     assert fourth["retention"]["pruneSkipped"] == "retention.prune is false"
     assert sb.verify("--read-data")["ok"]
@@ -138,7 +131,7 @@ def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: 
 
 def test_pre_restore_snapshots_are_kept_keep_safety_days(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
-    sb.write_config(retention=only(last=1, keepSafetyDays=7, prune=False))
+    sb.write_config(retention=retention_only(last=1, keepSafetyDays=7, prune=False))
     old_safety = sb.backup("--tag", "pre-restore", "--time", day(10))
     recent_safety = sb.backup("--tag", "pre-restore", "--time", day(3))
     newest_safety = sb.backup("--tag", "pre-restore", "--time", day(2))
@@ -166,7 +159,7 @@ def test_retention_applies_on_every_target(make_sandbox: Callable[..., Sandbox])
             "local": {"enabled": True},
             "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
         },
-        retention=only(last=2),
+        retention=retention_only(last=2),
     )
     ids = [sb.backup("--time", day(n))["id"] for n in (3, 2, 1)]
     last = sb.backup("--json")
