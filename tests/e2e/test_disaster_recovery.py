@@ -55,9 +55,13 @@ def test_restore_from_nothing_but_the_repository(sandbox: Sandbox, moto: MotoSer
         "git": str(t.remote),
         "git-url": f"file://{t.remote}",
     }
+    fingerprint = sb.phx("key", "list", "--json").json()[0]["fingerprint"]
     for kind, location in locations.items():
-        listed = run_phx(["list", "--repo", location, "--json"], env).json()
+        res = run_phx(["list", "--repo", location, "--json"], env)
+        listed = res.json()
         assert [s["id"] for s in listed] == [snap["id"]], (kind, listed)
+        if kind == "folder":  # the new machine trusts the repository's key on first use, and says so
+            assert "first use" in res.err and fingerprint in res.err, res
         dest = tmp_path / f"restored-{kind}"
         doc = run_phx(["restore", "--repo", location, "--latest", "--to", dest, "--json"], env).json()
         assert doc["snapshot"] == snap["id"] and doc["errors"] == [], (kind, doc)
@@ -66,6 +70,8 @@ def test_restore_from_nothing_but_the_repository(sandbox: Sandbox, moto: MotoSer
         assert doc["phoenixConfig"] == str(dest / "home" / ".argentos" / "backup.json"), doc["phoenixConfig"]
         assert Path(doc["phoenixConfig"]).read_bytes() == config_bytes
     assert not (Path(env["HOME"]) / ".argentos").exists(), "a read wrote into the new machine's ~/.argentos"
+    pins = json.loads((Path(env["XDG_DATA_HOME"]) / "phoenix" / "pins.json").read_text())
+    assert [p["fingerprint"] for p in pins["repositories"].values()] == [fingerprint], pins
 
     # PHX_REPOSITORY instead of --repo; in place needs a config file (the workspace's place).
     with_env = {**env, "PHX_REPOSITORY": locations["s3"]}
