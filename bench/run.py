@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Phoenix against restic, borg, the seed's tar.gz and a `tar | zstd` floor (issue #3).
+"""Phoenix against restic, borg, the ArgentOS tar.gz approach and a `tar | zstd` floor (issue #3).
 
 One command, one generated workspace, every tool run side by side on the same state::
 
@@ -42,7 +42,7 @@ RESULTS = BENCH / "results"
 # The latest table goes into the project's README and into bench/README.md, between markers.
 READMES = (BENCH.parent / "README.md", BENCH / "README.md")
 
-# The seed's default excludes; every tool gets the same set in its own syntax.
+# The ArgentOS default excludes; every tool gets the same set in its own syntax.
 EXCLUDES = ("*.log", "node_modules/", ".git/", "*.tmp", ".DS_Store")
 EXCLUDED_DIRS = {"node_modules", ".git"}
 EXCLUDED_FILE_SUFFIXES = (".log", ".tmp")
@@ -443,7 +443,7 @@ class Borg(Tool):
 
 
 class TarGz(Tool):
-    """The seed's approach: one full tar.gz per snapshot."""
+    """The ArgentOS documentation's approach: one full tar.gz per snapshot."""
 
     def __init__(self, root: Path, work: Path, base_env: dict[str, str]) -> None:
         super().__init__("tar.gz", work / "targz-repo", dict(base_env), root, work)
@@ -893,7 +893,7 @@ def markdown(doc: dict) -> str:
     add(
         f"Data set: {ds['workspaceFiles']} workspace files ({_fmt_bytes(ds['workspaceBytes'])}) and three SQLite "
         f"stores ({_fmt_bytes(sum(ds['databaseBytes'].values()))}), {_fmt_bytes(ds['totalBytes'])} in all; "
-        f"seed {doc['seed']}, {len(days)} simulated days. Host: {doc['cpus']} CPUs, load average "
+        f"sample {doc['seed']}, {len(days)} simulated days. Host: {doc['cpus']} CPUs, load average "
         f"{doc['loadavgStart'][0]:.2f} at start, {doc['loadavgEnd'][0]:.2f} at end. "
         f"Command: `{doc['command']}` ({doc.get('benchSeconds', 0):.0f} s in all)."
     )

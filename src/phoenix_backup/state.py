@@ -44,6 +44,12 @@ def read_state(path: Path | None = None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def failed_parts_text(state: dict[str, Any]) -> str:
+    """The state's `failedParts` as one line (`path: error; ...`), for status and doctor."""
+    parts = [p for p in state.get("failedParts") or [] if isinstance(p, dict)]
+    return "; ".join(f"{p.get('path')}: {p.get('error')}" for p in parts)
+
+
 def write_state(
     *,
     timestamp: float,

@@ -131,7 +131,7 @@ def age_sandbox(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> tuple[S
     identity_file = tmp_path / "age.txt"
     identity_file.write_text(str(identity) + "\n")
     recipient = str(identity.to_public())
-    sb.write_config(
+    sb.reinit(
         encryption={"enabled": True, "method": "age", "recipients": [recipient], "identityFile": str(identity_file)}
     )
     sb.backup()

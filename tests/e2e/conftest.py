@@ -44,7 +44,7 @@ def make_sandbox(tmp_path: Path) -> Callable[..., Sandbox]:
 
 @pytest.fixture
 def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
-    """A tiny encrypted sample with a config; no repository yet (the first backup creates it)."""
+    """A tiny encrypted sample with a config and its repository (made as `phx init` does); no snapshot."""
     return make_sandbox()
 
 

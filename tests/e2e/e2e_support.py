@@ -109,8 +109,12 @@ def assert_error(res: Result, code: int, *needles: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 PASSPHRASE = "correct horse battery staple e2e"
+# scrypt parameters of the sandboxes' passphrase slots (see Sandbox.init_repository).
+TEST_KDF = {"n": 2**12, "r": 8, "p": 1}
 # Logical paths of the sample's databases inside a snapshot / below `restore --to DIR`.
 DATABASES = ("home/.argentos/memory.db", "home/.argentos/observations.db", "home/.argentos/data/dashboard.db")
+# The config component's files below HOME that a full backup saves beside the databases.
+HOME_CONFIG_FILES = ("home/.argentos/argent.json", "home/.argentos/backup.json")
 # Seconds to wait so that files are older than "modified within a second of the backup's start".
 RACY_WAIT = 1.1
 
@@ -120,9 +124,9 @@ class Sandbox:
 
     sample/workspace/           the agent workspace (the config's `workspace`)
     sample/home/                HOME (so ~/.argentos/*.db are the sample's databases)
+    sample/home/.argentos/backup.json   the config (PHX_CONFIG), where `phx init` writes it
     repo/                       the local repository (`backupDir`)
     cache/                      PHX_CACHE_DIR
-    phx.json                    the config (PHX_CONFIG)
     """
 
     def __init__(self, root: Path, layout: SampleLayout, encryption: bool = True) -> None:
@@ -132,7 +136,7 @@ class Sandbox:
         self.home = layout.home
         self.repo = root / "repo"
         self.cache = root / "cache"
-        self.config_path = root / "phx.json"
+        self.config_path = self.home / ".argentos" / "backup.json"
         self.cache.mkdir(exist_ok=True)
         self.env: dict[str, str] = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -157,6 +161,26 @@ class Sandbox:
         }
         self.write_config()
         self.prefix: Sequence[str] = ()  # a runuser/setpriv wrapper, for permission tests
+        self.init_repository()
+
+    def init_repository(self) -> None:
+        """Create the repository of the config's first target, as `phx init` does (only init creates
+        it; a backup refuses a missing one), pinning its key for this sandbox's user. Passphrase
+        slots get scrypt n=2**12 instead of the default 2**15: every `phx` run of the suite derives
+        the key again, and the default cost (0.1-0.5 s per run here) would add minutes. Tests of
+        init itself run `phx init`."""
+        from phoenix_backup.config import load_config
+        from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+
+        cfg = load_config(self.config_path, self.env)
+        envx = Environment(env=self.env)
+        backend = target_backend(cfg, envx, enabled_targets(cfg)[0])
+        try:
+            exists = backend.exists()
+        finally:
+            backend.close()
+        if not exists:
+            open_repository(cfg, envx, create=True, kdf_params=TEST_KDF).close()
 
     # -- config ------------------------------------------------------------------------
 
@@ -164,6 +188,13 @@ class Sandbox:
         self.config.update(changes)
         self.config_path.write_text(json.dumps(self.config, indent=2) + "\n")
         return self.config
+
+    def reinit(self, **changes: Any) -> None:
+        """The config with `changes` (another encryption, say) and a new, empty repository made for
+        it as `phx init` would (the sandbox's own is removed; the new key is pinned)."""
+        self.write_config(**changes)
+        shutil.rmtree(self.repo, ignore_errors=True)
+        self.init_repository()
 
     # -- running phx -------------------------------------------------------------------
 
@@ -210,9 +241,11 @@ class Sandbox:
 
     def state(self) -> dict[str, Any]:
         """The workspace's files (content, mode, mtime) and every database's rows, right now."""
+        argent = self.home / ".argentos" / "argent.json"
         return {
             "workspace": file_manifest(self.workspace),
             "databases": {logical: db_dump(self.db_path(logical)) for logical in DATABASES},
+            "home": {"home/.argentos/argent.json": sha256_file(argent)} if argent.exists() else {},
         }
 
     def db_path(self, logical: str) -> Path:
@@ -234,7 +267,13 @@ def assert_restored(state: Mapping[str, Any], dest: Path, what: str, *, ignore: 
     actual = {k: v for k, v in file_manifest(dest / "workspace").items() if k not in skip}
     assert_same_tree(expected, actual, f"{what}: workspace")
     home_files = sorted(p.relative_to(dest).as_posix() for p in (dest / "home").rglob("*") if not p.is_dir())
-    assert home_files == sorted(state["databases"]), f"{what}: files below DEST/home: {home_files}"
+    # Besides the databases, home holds the config component: the agent's argent.json and
+    # Phoenix's own config (a full backup saves both; the config may change between snapshots).
+    others = [f for f in home_files if f not in HOME_CONFIG_FILES]
+    assert others == sorted(state["databases"]), f"{what}: files below DEST/home: {home_files}"
+    for logical, digest in state.get("home", {}).items():
+        if (dest / logical).exists():
+            assert sha256_file(dest / logical) == digest, f"{what}: {logical} differs"
     for logical, expected in state["databases"].items():
         path = dest / logical
         assert integrity(path) == ["ok"], f"{what}: {logical} fails integrity_check"
@@ -273,6 +312,13 @@ def file_manifest(base: Path, *, skip_databases: bool = True) -> dict[str, tuple
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def retention_only(**rules: Any) -> dict[str, Any]:
+    """A retention section with these rules alone: the defaults (the last day, the last 10, daily 7,
+    weekly 4, monthly 12) switched off."""
+    off = {"within": "0h", "last": 0, "hourly": 0, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}
+    return {**off, **rules}
 
 
 def only_files(manifest: Mapping[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:

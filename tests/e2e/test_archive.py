@@ -13,7 +13,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import DATABASES, Sandbox, assert_error, assert_same_db, db_dump, file_manifest, flip_byte, integrity
+from e2e_support import (
+    DATABASES,
+    HOME_CONFIG_FILES,
+    Sandbox,
+    assert_error,
+    assert_same_db,
+    db_dump,
+    file_manifest,
+    flip_byte,
+    integrity,
+)
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.browse import find_node
@@ -63,9 +73,10 @@ def test_archive_extracts_to_exactly_the_snapshots_files(backed_up: Sandbox, tmp
         assert got[:2] == want[:2] and got[3:] == want[3:], (rel, want, got)
         assert got[2] // 10**9 == want[2] // 10**9, f"{rel}: mtime {got[2]} vs {want[2]}"
 
-    # The databases: plain SQLite files, intact, row-equal with the live ones; nothing else below home/.
+    # The databases: plain SQLite files, intact, row-equal with the live ones; beside them below
+    # home/ only the config component's argent.json and Phoenix's own config.
     home_files = sorted(p.relative_to(root).as_posix() for p in (root / "home").rglob("*") if p.is_file())
-    assert home_files == sorted(DATABASES)
+    assert home_files == sorted(DATABASES + HOME_CONFIG_FILES)
     for logical in DATABASES:
         assert integrity(root / logical) == ["ok"]
         assert_same_db(db_dump(sb.db_path(logical)), db_dump(root / logical), f"{suffix}: {logical}")
@@ -74,11 +85,12 @@ def test_archive_extracts_to_exactly_the_snapshots_files(backed_up: Sandbox, tmp
     proc = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     checked = [line for line in proc.stdout.splitlines() if line.endswith(": OK")]
-    assert len(checked) == len([v for v in expected.values() if v[0] == "file"]) + len(DATABASES)
+    assert len(checked) == len([v for v in expected.values() if v[0] == "file"]) + len(DATABASES + HOME_CONFIG_FILES)
     manifest = json.loads((root / "phoenix-manifest.json").read_text())
     assert manifest["snapshot"]["id"] == snap["id"] and manifest["format"] == "phoenix-archive"
     paths = {e["path"] for e in manifest["entries"] if e["type"] in ("file", "sqlite")}
-    assert paths == {f"workspace/{k}" for k, v in expected.items() if v[0] == "file"} | set(DATABASES)
+    workspace_files = {f"workspace/{k}" for k, v in expected.items() if v[0] == "file"}
+    assert paths == workspace_files | set(DATABASES) | set(HOME_CONFIG_FILES)
 
 
 def test_archive_refuses_what_it_cannot_do(backed_up: Sandbox, tmp_path: Path) -> None:

@@ -65,12 +65,13 @@ def test_no_config_anywhere(sandbox: Sandbox, tmp_path: Path) -> None:
     empty_home = tmp_path / "empty-home"
     empty_home.mkdir()
     env = sandbox.env_with(PHX_CONFIG=None, HOME=str(empty_home))
+    before = repository_files(sandbox)
     for command in ("backup", "list"):
         res = sandbox.phx(command, env=env, check=None)
         line = assert_error(res, 2, "config", "phx init")
         assert "~/.argentos/backup.json" in line or str(empty_home) in line, line
     assert list(empty_home.iterdir()) == [], "a failed command wrote into HOME"
-    assert not sandbox.repo.exists()
+    assert repository_files(sandbox) == before
 
 
 # -- invalid config -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from e2e_support import DATABASES, PHX, Sandbox, assert_error, assert_same_db, db_dump, flip_byte
+from e2e_support import DATABASES, HOME_CONFIG_FILES, PHX, Sandbox, assert_error, assert_same_db, db_dump, flip_byte
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.browse import find_node
@@ -39,7 +39,8 @@ def test_ls_lists_every_path_with_size_mode_and_mtime(backed_up: Sandbox) -> Non
     for logical in DATABASES:
         assert entries[logical]["type"] == "sqlite"
     listed = {p for p, e in entries.items() if e["type"] != "dir" or p.startswith("workspace/")}
-    assert listed == set(expected) | set(DATABASES), sorted(listed ^ (set(expected) | set(DATABASES)))
+    want = set(expected) | set(DATABASES) | set(HOME_CONFIG_FILES)
+    assert listed == want, sorted(listed ^ want)
     for logical, value in expected.items():
         e = entries[logical]
         path = sb.workspace / logical.removeprefix("workspace/")

@@ -38,12 +38,13 @@ def test_key_add_passwd_remove(make_sandbox: Callable[..., Sandbox]) -> None:
 
 def test_dry_run_backup_writes_nothing(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
+    before = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*"))
     doc = sb.backup("--dry-run")
     assert doc["dryRun"] is True and doc["id"] is None
     paths = {p["path"] for p in doc["planned"]}
     assert "workspace/MEMORY.md" in paths and set(DATABASES) <= paths
     assert all(p["size"] >= 0 for p in doc["planned"])
-    assert not sb.repo.exists()
+    assert sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*")) == before
 
 
 def test_scoped_backups_hold_only_their_part(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Sandbox, assert_error, assert_restored
+from e2e_support import Sandbox, assert_error, assert_restored, retention_only
 from pause_support import Paused, can_unshare_pid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -75,7 +75,7 @@ def test_prune_beside_a_running_backup_loses_nothing(sandbox: Sandbox, tmp_path:
     nor delete its packs; the backup then commits a snapshot that restores exactly. With `last: 1`
     the previous snapshot goes only once the new one is whole."""
     sb = sandbox
-    sb.write_config(retention={"last": 1})
+    sb.write_config(retention=retention_only(last=1))
     first = sb.backup()
     new_data(sb)
     expected = sb.state()
@@ -189,7 +189,7 @@ def test_a_backup_waits_for_nothing_while_prune_holds_the_lock(
     """Prune (exclusive) is deleting; a backup at that moment is refused with the prune named, and
     the prune, finishing, leaves a whole repository."""
     sb = sandbox
-    sb.write_config(retention={"last": 1, "prune": False})
+    sb.write_config(retention=retention_only(last=1, prune=False))
     scratch = sb.workspace / "memory" / "scratch.bin"
     scratch.write_bytes(os.urandom(12 * 1024 * 1024))  # most of the first backup's data
     sb.backup()

@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from e2e_support import DATABASES, Sandbox, assert_error, flip_byte
+from e2e_support import DATABASES, HOME_CONFIG_FILES, Sandbox, assert_error, flip_byte
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.browse import find_node
@@ -62,7 +62,8 @@ def test_drill_passes_on_a_good_snapshot(backed_up: Sandbox, tmp_path: Path) -> 
     doc = run_drill(sb, tmp_path / "scratch")
     assert doc["ok"] is True and doc["errors"] == [], doc["errors"]
     files = [k for k, v in sb.state()["workspace"].items() if v[0] == "file"]
-    assert doc["checked"]["files"] == len(files), doc["checked"]
+    # The workspace's files and the config component's argent.json and backup.json below HOME.
+    assert doc["checked"]["files"] == len(files) + len(HOME_CONFIG_FILES), doc["checked"]
     assert doc["checked"]["databases"] == len(DATABASES)
     assert doc["checked"]["fts5"] == 3, "each sample database has one FTS5 table"
     by_path = {d["path"]: d for d in doc["databases"]}

@@ -22,6 +22,7 @@ def test_backup_to_a_full_disk(sandbox: Sandbox, tmpfs: Callable[[str], Path], t
     (sb.workspace / "attachments" / "recording.bin").write_bytes(random.Random(5).randbytes(12_000_000))
     repo = small_fs / "repo"
     sb.write_config(backupDir=str(repo))
+    sb.init_repository()
 
     res = sb.phx("backup", check=None)
     assert_error(res, 1, "no space", "free")  # the cause, and the fix

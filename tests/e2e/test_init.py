@@ -1,4 +1,4 @@
-"""Acceptance 8: `phx init` writes the seed's config and creates the repository without asking;
+"""Acceptance 8: `phx init` writes the ArgentOS config and creates the repository without asking;
 again without --force it refuses (exit 2) and changes nothing; with --force it replaces the config
 only, never the repository (its snapshots are still listed, its objects untouched)."""
 
@@ -36,7 +36,7 @@ def test_init_writes_config_and_repository(sandbox: Sandbox, tmp_path: Path) -> 
     written = json.loads(config.read_text())
     assert written["workspace"] == str(sb.workspace)
     assert written["backupDir"] == str(repo)
-    assert written["retention"] == {"daily": 7, "weekly": 4, "monthly": 12}
+    assert written["retention"] == {"within": "1d", "last": 10, "daily": 7, "weekly": 4, "monthly": 12}
     assert written["compression"] is True
     assert written["targets"]["local"]["enabled"] is True
     assert written["targets"]["local"]["path"] == str(repo)
@@ -54,7 +54,7 @@ def test_init_writes_config_and_repository(sandbox: Sandbox, tmp_path: Path) -> 
     assert config.read_bytes() == before_bytes
     assert (config.stat().st_ino, config.stat().st_mtime_ns) == (before_stat.st_ino, before_stat.st_mtime_ns)
 
-    # A backup into it, through the written config (the seed's default includes).
+    # A backup into it, through the written config (the ArgentOS example includes).
     snap = sb.phx("backup", "--config", config, "--json", env=env).json()
     assert snap["files"] > 10 and len(snap["databases"]) == 3, snap
     before_repo = repository_files(repo)

@@ -359,7 +359,7 @@ def test_a_rotation_that_cannot_make_its_slots_leaves_no_unfinished_rotation(mak
         for email in ("owner@example.invalid", "colleague@example.invalid"):
             subprocess.run([*gpg, "--quick-gen-key", email, "default"], check=True, capture_output=True)
         sb.env["GNUPGHOME"] = str(home)
-        sb.write_config(encryption={"enabled": True, "method": "gpg", "keyId": "owner@example.invalid"})
+        sb.reinit(encryption={"enabled": True, "method": "gpg", "keyId": "owner@example.invalid"})
         sb.backup()
         sb.phx("key", "add", "--method", "gpg", "--key-id", "colleague@example.invalid")
         listing = subprocess.run(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import PASSPHRASE, Result, Sandbox, assert_restored
+from e2e_support import PASSPHRASE, Result, Sandbox, assert_restored, retention_only
 from killpoint import SCRIPT, read_report
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 from safe_restore_support import assert_state
@@ -191,7 +191,7 @@ def _backup_check(w: World, what: str) -> None:
 
 
 def _prune_setup(w: World) -> None:
-    w.sb.write_config(retention={"last": 1, "prune": False})
+    w.sb.write_config(retention=retention_only(last=1, prune=False))
     w.phx("forget")  # A goes: prune has its data to delete
 
 
@@ -203,7 +203,7 @@ def _prune_check(w: World, what: str) -> None:
 
 
 def _forget_setup(w: World) -> None:
-    w.sb.write_config(retention={"last": 1, "prune": False})
+    w.sb.write_config(retention=retention_only(last=1, prune=False))
 
 
 def _forget_check(w: World, what: str) -> None:

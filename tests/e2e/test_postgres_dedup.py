@@ -55,7 +55,8 @@ def test_one_percent_changed_rows_add_a_small_part_of_the_dump(sandbox: Sandbox,
 
     first = sandbox.phx("backup", "--json", env=env).json()
     size = _dump_size(sandbox, env, first["id"])
-    assert first["databases"][0]["tables"] == {"public.memory_items": ROWS}
+    pg_info = next(d for d in first["databases"] if d["path"] == "postgres/main")
+    assert pg_info["tables"] == {"public.memory_items": ROWS}
 
     # 1% of the rows, the way an agent revises its most recent memories: one block of ids.
     pg.sql(

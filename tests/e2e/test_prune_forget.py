@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Sandbox, assert_restored
+from e2e_support import Sandbox, assert_restored, retention_only
 
 MB = 1024 * 1024
 
@@ -62,9 +62,9 @@ def test_forget_and_prune_free_space_and_the_rest_restores(
         f.write("\n- a fact learned on day 1\n")
     states["d"] = sb.state()
     d = sb.backup("--time", day(1))
-    assert all(x["retention"]["forgotten"] == {} for x in (a, b, c, d)), "no rule yet: nothing forgotten"
+    assert all(x["retention"]["forgotten"] == {"local": 0} for x in (a, b, c, d)), "the defaults keep all four"
 
-    sb.write_config(retention={"daily": 2, "prune": False})
+    sb.write_config(retention=retention_only(daily=2, prune=False))
     # Dry run: every snapshot with its decision and reasons; nothing removed.
     plan = sb.phx("forget", "--dry-run", "--json").json()
     decisions = {s["id"]: s for s in plan["targets"]["local"]["snapshots"]}
@@ -106,7 +106,7 @@ def test_forget_and_prune_free_space_and_the_rest_restores(
 
 def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
-    sb.write_config(retention={"last": 1})
+    sb.write_config(retention=retention_only(last=1))
     first = sb.backup()
     assert first["retention"]["pruned"] == {"local": 0} and first["retention"]["ok"]
     second = sb.backup()
@@ -123,7 +123,7 @@ def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: 
     third = sb.backup()
     assert third["retention"]["forgotten"] == {"local": 1} and "local" in third["retention"]["pruned"]
     assert third["retention"]["pruned"]["local"] > 0, "the forgotten snapshots' trees are freed"
-    sb.write_config(retention={"last": 1, "prune": False})
+    sb.write_config(retention=retention_only(last=1, prune=False))
     fourth = sb.backup()
     assert fourth["retention"]["pruneSkipped"] == "retention.prune is false"
     assert sb.verify("--read-data")["ok"]
@@ -131,7 +131,7 @@ def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: 
 
 def test_pre_restore_snapshots_are_kept_keep_safety_days(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
-    sb.write_config(retention={"last": 1, "keepSafetyDays": 7, "prune": False})
+    sb.write_config(retention=retention_only(last=1, keepSafetyDays=7, prune=False))
     old_safety = sb.backup("--tag", "pre-restore", "--time", day(10))
     recent_safety = sb.backup("--tag", "pre-restore", "--time", day(3))
     newest_safety = sb.backup("--tag", "pre-restore", "--time", day(2))
@@ -159,7 +159,7 @@ def test_retention_applies_on_every_target(make_sandbox: Callable[..., Sandbox])
             "local": {"enabled": True},
             "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
         },
-        retention={"last": 2},
+        retention=retention_only(last=2),
     )
     ids = [sb.backup("--time", day(n))["id"] for n in (3, 2, 1)]
     last = sb.backup("--json")

@@ -252,7 +252,7 @@ def test_gpg_slot_names_no_key_and_opens_only_with_the_configured_key(make_sandb
                 capture_output=True,
             )
         sb.env["GNUPGHOME"] = str(home)
-        sb.write_config(encryption={"enabled": True, "method": "gpg", "keyId": "owner@example.invalid"})
+        sb.reinit(encryption={"enabled": True, "method": "gpg", "keyId": "owner@example.invalid"})
         sb.backup()
         slot = next((sb.repo / "keys").iterdir())
         data = json.loads(slot.read_text())

@@ -34,6 +34,7 @@ def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Callable[[s
     fs = tmpfs("256m")
     repo = fs / "repo"
     sb.write_config(backupDir=str(repo))
+    sb.init_repository()
     state = sb.state()
     doc = sb.backup()
     before = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*"))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import DATABASES, PHX, Sandbox, assert_error, file_manifest, flip_byte
+from e2e_support import DATABASES, PHX, Sandbox, assert_error, assert_same_db, file_manifest, flip_byte
 from safe_restore_support import (
     Reader,
     assert_state,
@@ -159,17 +159,32 @@ def test_failed_gateway_start_is_reported(sb: Sandbox, tmp_path: Path) -> None:
     assert_state(snapshot_state, sb.state(), "restore with a failing gateway.start")
 
 
-def test_damaged_data_is_found_before_the_gateway_stops(sb: Sandbox, tmp_path: Path) -> None:
+def test_damaged_data_is_found_before_anything_is_written_and_left_alone(sb: Sandbox, tmp_path: Path) -> None:
+    """Every blob is checked before the gateway stops; what is damaged is left as it is (never
+    half-written), everything else is restored after the safety snapshot, and the run exits 1
+    naming what was not restored (issue 16.8)."""
     log = tmp_path / "gateway.log"
     install_gateway(sb, log)
+    snapshot_state = sb.state()
     change_workspace(sb)
     before = sb.state()
     packs = sorted((sb.repo / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
     flip_byte(packs[-1])
-    res = sb.phx("restore", "--latest", "--yes", check=None)
-    assert_error(res, 1, "damaged", "nothing was restored")
-    assert gateway_calls(log) == []
-    assert_state(before, sb.state(), "after a restore from damaged data")
+    res = sb.phx("restore", "--latest", "--yes", "--json", check=None)
+    line = assert_error(res, 1, "damaged", "everything else was restored")
+    damaged = [d["path"] for d in res.json()["damaged"]]
+    assert damaged and all(path in line for path in damaged), (damaged, line)
+    assert [c.split()[0] for c in gateway_calls(log)] == ["stop", "start"]
+    after = sb.state()
+    for path in damaged:  # left exactly as they were before the restore
+        if path in before["databases"]:
+            assert_same_db(before["databases"][path], after["databases"][path], f"the damaged {path}, untouched")
+        else:
+            rel = path.removeprefix("workspace/")
+            assert after["workspace"].get(rel) == before["workspace"].get(rel), path
+    for db in DATABASES:
+        if db not in damaged:
+            assert_same_db(snapshot_state["databases"][db], after["databases"][db], f"{db}, restored")
 
 
 # -- dry run and confirmation ------------------------------------------------------------------

@@ -155,10 +155,20 @@ def test_cron_install_run_status_remove_as_a_throwaway_user(
 
     status = json.loads(user.run([*phx, "schedule", "status", "--json"], env).stdout)
     assert status["installed"] and status["scheduler"] == "cron" and status["at"] == "03:30"
+    assert status["lastRun"] is None
 
     # Run the entry's command exactly as cron does: /bin/sh -c, a minimal environment.
     ran = run_as_cron(user, sb, entries[1])
     assert ran.returncode == 0, ran.stderr
+    status = json.loads(user.run([*phx, "schedule", "status", "--json"], env).stdout)
+    assert (datetime.now().astimezone() - datetime.fromisoformat(status["lastRun"])).total_seconds() < 300
+    # Doctor: an entry runs only where a cron daemon does; then it says when the job last ran.
+    report = json.loads(user.run([*phx, "doctor", "--json", "--config", str(sb.config_path)], install_env).stdout)
+    check = next(c for c in report["checks"] if c["name"] == "schedule")
+    if status["details"]["cron"]["daemonRunning"]:
+        assert check["status"] == "ok" and "last scheduled run" in check["message"], check
+    else:
+        assert check["status"] == "fail" and "no cron daemon runs" in check["message"], check
     log = (sb.home / ".argentos" / "backup" / "logs" / "backup.log").read_text()
     assert "scheduled backup starting" in log and "scheduled backup finished: exit 0" in log
     assert "saved:" in log and sb.env["PHX_PASSPHRASE"] not in log
@@ -279,9 +289,27 @@ def test_systemd_units_are_written_below_home_and_removed(make_sandbox: Callable
             text=True,
         )
         assert check.returncode == 0 and check.stderr == "", check.stderr
+    # Issue 16.10: what did not install is not reported installed, nor recorded.
     status = sb.phx("schedule", "status", "--json", env=env).json()
-    assert status["installed"] and status["scheduler"] == "systemd"
-    assert status["description"] == "weekly on Sunday at 04:15"
+    assert status["installed"] is False and status["scheduler"] is None, status
+    assert set(status["inactive"]) == {"systemd"} and status["inactive"]["systemd"]["active"] != "active"
+    assert "systemd holds the backup job's files but does not run them" in sb.phx("schedule", "status", env=env).out
+    assert not (sb.home / ".argentos" / "backup" / "schedule.json").exists()
+    overview = sb.phx("status", "--json", env=env, check=None).json()
+    assert overview["schedule"]["installed"] is False and overview["schedule"]["nextDue"] is not None
+    assert any("no schedule is installed" in w for w in overview["warnings"]), overview["warnings"]
+    doctor = {c["name"]: c for c in sb.phx("doctor", "--json", env=env, check=None).json()["checks"]}
+    assert doctor["schedule"]["status"] == "warn", doctor["schedule"]
+    assert "no backup schedule is installed" in doctor["schedule"]["message"]
+    assert "systemd holds its files" in doctor["schedule"]["message"]
+    # A record left by an older Phoenix (or written by hand) that no scheduler runs: doctor fails.
+    record = sb.home / ".argentos" / "backup" / "schedule.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"job": "backup", "scheduler": "systemd", "every": "weekly", "at": "04:15"}))
+    doctor = {c["name"]: c for c in sb.phx("doctor", "--json", env=env, check=1).json()["checks"]}
+    assert doctor["schedule"]["status"] == "fail" and "no scheduler runs it" in doctor["schedule"]["message"]
+    assert "enable --now phoenix-backup.timer" in doctor["schedule"]["fix"]
+    record.unlink()
     # The drill job: units of its own beside the backup's.
     res = sb.phx("schedule", "install", "--scheduler", "systemd", "--drill", "monthly", env=env, check=2)
     assert_error(res, 2, "enable --now phoenix-drill.timer")
@@ -298,7 +326,7 @@ def test_systemd_units_are_written_below_home_and_removed(make_sandbox: Callable
         )
         assert check.returncode == 0 and check.stderr == "", check.stderr
     drill_status = sb.phx("schedule", "status", "--json", env=env).json()["drill"]
-    assert drill_status["installed"] and drill_status["description"] == "monthly on the 1st at 03:00"
+    assert drill_status["installed"] is False and "systemd" in drill_status["inactive"]
     assert sb.phx("schedule", "remove", env=env).out.strip().splitlines() == [
         "removed the schedule from systemd",
         "removed the drill schedule from systemd",

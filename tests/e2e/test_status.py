@@ -5,6 +5,7 @@ due, per target the last success, snapshot count, size and deduplication ratio, 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -32,7 +33,11 @@ def test_status_before_any_backup_says_so(make_sandbox: Callable[..., Sandbox]) 
     assert res.out.startswith("WARNING: no backup has run yet")
     doc = sb.phx("status", "--json", check=1).json()
     assert doc["ok"] is False and doc["lastBackup"] is None and doc["overdue"] is True
-    assert doc["targets"]["local"]["error"].startswith("no repository there yet")
+    assert doc["targets"]["local"]["error"] is None and doc["targets"]["local"]["snapshots"] == 0
+    # Without a repository (the sandbox makes one as `phx init` does): the fix is `phx init`.
+    shutil.rmtree(sb.repo)
+    doc = sb.phx("status", "--json", check=1).json()
+    assert doc["targets"]["local"]["error"] == "no repository there yet; create it with `phx init`"
 
 
 def test_status_reports_last_backup_targets_and_dedup(make_sandbox: Callable[..., Sandbox]) -> None:

@@ -285,6 +285,8 @@ def test_a_remote_first_target_is_written_directly(sandbox: Sandbox, moto: MotoS
     t.targets["local"]["enabled"] = False
     del t.targets["r2"]
     t.write()
+    shutil.rmtree(sb.repo)  # the sandbox made the local one; this config's first target is s3
+    sb.phx("init")  # the existing config's first target: s3
     state = sb.state()
     doc = sb.phx("backup", "--json").json()
     assert _outcomes(doc) == {"git": True, "s3": True}, doc
@@ -295,14 +297,19 @@ def test_a_remote_first_target_is_written_directly(sandbox: Sandbox, moto: MotoS
 
 
 def test_a_new_local_repository_continues_the_replicas(targets: Targets) -> None:
-    """The local disk is lost: the next backup adopts the repository the replicas hold instead of
-    starting another one that they would refuse."""
+    """The local disk is lost: a backup refuses to start a new repository there (the disk may just
+    not be mounted); `phx init` adopts the repository the replicas hold instead of starting
+    another one that they would refuse, and backups carry on."""
     sb = targets.sb
     first = sb.phx("backup", "--json").json()
     shutil.rmtree(sb.repo)
+    assert_error(sb.phx("backup", check=1), 1, "mounted", "phx init")
+    assert not sb.repo.exists()
+    res = sb.phx("init", "--json")
+    assert "already holds this repository" in res.err
+    assert res.json()["repositoryCreated"] is True
     res = sb.phx("backup", "--json")
     second = res.json()
-    assert "already holds this repository" in res.err
     assert _outcomes(second) == {"local": True, "git": True, "s3": True, "r2": True}, res
     ids = [s["id"] for s in sb.phx("list", "--target", "s3", "--json").json()]
     assert ids == [first["id"], second["id"]]

@@ -23,8 +23,8 @@ from phoenix_backup.config import (
 )
 from phoenix_backup.errors import ConfigError
 
-# The example config of seeds/000, verbatim.
-SEED_EXAMPLE = """{
+# The ArgentOS example config (ArgentOS's backup documentation), verbatim.
+ARGENTOS_EXAMPLE = """{
 "workspace": "~/argent",
 "backupDir": "~/backups/argent",
 "targets": {
@@ -168,11 +168,15 @@ def test_missing_chosen_file_is_an_error(home: Path, tmp_path: Path, via: str) -
     )
 
 
-# --- defaults and the seed ----------------------------------------------------------------------
+# --- defaults and the ArgentOS example ----------------------------------------------------------------------
 
 
-def test_default_dict_is_the_seed_example_plus_databases() -> None:
-    expected = json.loads(SEED_EXAMPLE)
+def test_default_dict_is_the_argentos_example_encrypted_with_retention_and_databases() -> None:
+    """`phx init` writes the example with passphrase encryption (issue 16.6), the retention
+    defaults spelled out (16.4) and the databases."""
+    expected = json.loads(ARGENTOS_EXAMPLE)
+    expected["encryption"] = {"enabled": True, "method": "passphrase"}
+    expected["retention"] = {"within": "1d", "last": 10, "daily": 7, "weekly": 4, "monthly": 12}
     expected["databases"] = {
         "sqlite": [
             "~/.argentos/observations.db",
@@ -185,7 +189,7 @@ def test_default_dict_is_the_seed_example_plus_databases() -> None:
     assert default_config_dict() == expected
 
 
-def test_default_dict_round_trips_to_the_seed_values(home: Path) -> None:
+def test_default_dict_round_trips_to_the_example_values(home: Path) -> None:
     config = parse(default_config_dict(), home)
     assert config.workspace == home / "argent"
     assert config.backup_dir == home / "backups/argent"
@@ -212,12 +216,12 @@ def test_default_dict_round_trips_to_the_seed_values(home: Path) -> None:
     assert config.compression == Compression(enabled=True, algorithm="zstd", level=None)
     retention = config.retention
     assert (retention.daily, retention.weekly, retention.monthly) == (7, 4, 12)
-    assert (retention.hourly, retention.yearly, retention.last) == (0, 0, 0)
+    assert (retention.hourly, retention.yearly, retention.last, retention.within) == (0, 0, 10, "1d")
     assert retention.keep_safety_days == 7 and retention.prune is True
     assert config.notifications.enabled is False
     assert config.notifications.on_success == "silent"
     assert config.notifications.on_failure == "alert"
-    assert config.encryption.enabled is False and config.encryption.method == "gpg"
+    assert config.encryption.enabled is True and config.encryption.method == "passphrase"
     assert config.databases.sqlite == (
         str(home / ".argentos/observations.db"),
         str(home / ".argentos/memory.db"),
@@ -226,8 +230,8 @@ def test_default_dict_round_trips_to_the_seed_values(home: Path) -> None:
     assert config.warnings == ()
 
 
-def test_seed_example_parses(home: Path) -> None:
-    config = parse(json.loads(SEED_EXAMPLE), home)
+def test_argentos_example_parses(home: Path) -> None:
+    config = parse(json.loads(ARGENTOS_EXAMPLE), home)
     assert config.targets.local.path == home / "backups/argent"
     assert config.warnings == ()
 
@@ -269,7 +273,9 @@ def test_default_dict_rejects_unknown_encryption() -> None:
 def test_absent_sections_get_their_defaults() -> None:
     config = parse(minimal(), Path("/home/agent"))
     assert config.targets.enabled_names() == ["local"]
-    assert config.retention.daily == 0 and config.retention.monthly == 0
+    # DESIGN §3: the last day and the last 10 besides daily 7 / weekly 4 / monthly 12.
+    r = config.retention
+    assert (r.within, r.last, r.hourly, r.daily, r.weekly, r.monthly, r.yearly) == ("1d", 10, 0, 7, 4, 12, 0)
     assert config.compression.enabled and config.compression.algorithm == "zstd"
     assert not config.encryption.enabled
     assert config.components.identity[-1] == ".argent-alignment-integrity.json"
@@ -611,7 +617,7 @@ def test_gateway_hooks_schedule_notifications() -> None:
 
 def test_null_means_default() -> None:
     config = parse(minimal(retention={"daily": None}, encryption=None, compression=None))
-    assert config.retention.daily == 0 and not config.encryption.enabled
+    assert config.retention.daily == 7 and not config.encryption.enabled
 
 
 # --- secrets ------------------------------------------------------------------------------------

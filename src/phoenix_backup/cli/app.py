@@ -19,8 +19,14 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
 from phoenix_backup.ops import manage
 from phoenix_backup.ops.context import Environment, is_tty
+from phoenix_backup.repo.snapshot import Latest
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Where `latest_options` leaves its rule in the click context for `make_env`, and `repo_option`
+# its location for `load_config`.
+_LATEST_KEY = "phx.latest"
+_REPO_KEY = "phx.repo"
 
 
 class Out:
@@ -50,6 +56,8 @@ def make_env(out: Out) -> Environment:
                 sys.stderr.write("\n")
             sys.stderr.flush()
 
+    ctx = click.get_current_context(silent=True)
+    latest = ctx.meta.get(_LATEST_KEY) if ctx is not None else None
     return Environment(
         env=dict(os.environ),
         interactive=tty,
@@ -57,6 +65,7 @@ def make_env(out: Out) -> Environment:
         confirm=(lambda q: click.confirm(q, default=False, err=True)) if tty else None,
         notice=out.notice,
         progress=progress if sys.stderr.isatty() and not out.as_json else None,
+        latest=latest if isinstance(latest, Latest) else Latest(),
     )
 
 
@@ -93,10 +102,42 @@ def common(f: F) -> F:
 
 
 def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
-    cfg = manage.load(envx, config_path)
+    """The command's config; for a command with `--repo` (`repo_option`), reading from that
+    repository (or PHX_REPOSITORY's) alone, with no config file needed."""
+    ctx = click.get_current_context(silent=True)
+    location = ctx.meta.get(_REPO_KEY) if ctx is not None else None
+    cfg = manage.load(envx, config_path, location if isinstance(location, str) else None)
     for warning in cfg.warnings:
         out.notice(f"warning: {warning}")
     return cfg
+
+
+def _stash(f: F, key: str, build: Callable[[dict[str, Any]], object], options: list[click.Option]) -> F:
+    """Add `options` to the command `f`; their values go, through `build`, into the click context
+    under `key` instead of into `f`'s arguments (`load_config` and `make_env` read them there)."""
+    names = [str(o.name) for o in options]
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        click.get_current_context().meta[key] = build({name: kwargs.pop(name) for name in names})
+        return f(*args, **kwargs)
+
+    params = wrapper.__dict__.setdefault("__click_params__", [])
+    params.extend(reversed(options))
+    return wrapper  # type: ignore[return-value]
+
+
+def repo_option(f: F) -> F:
+    """`--repo LOCATION` (else `PHX_REPOSITORY`) for the commands that read: a folder, s3://BUCKET/PREFIX,
+    r2://ACCOUNT/BUCKET/PREFIX or a Git URL, so that a new machine with nothing but the repository
+    and its key can list and restore (config/location.py)."""
+    option = click.Option(
+        ["--repo", "repo_location"],
+        metavar="LOCATION",
+        help="Read this repository alone, with or without a config file: a folder, s3://BUCKET/PREFIX, "
+        "r2://ACCOUNT_ID/BUCKET/PREFIX or a Git URL (default: PHX_REPOSITORY, else the config's targets).",
+    )
+    return _stash(f, _REPO_KEY, lambda v: v["repo_location"] or os.environ.get("PHX_REPOSITORY") or None, [option])
 
 
 # Every command lives in cli/cmd_<name>.py and registers itself on `cli` when imported. Only the
@@ -151,13 +192,63 @@ def cli() -> None:
     """
 
 
-def scope_options(f: F) -> F:
-    f = click.option("--memory-only", "scope", flag_value="memory", help="Memory files and memory databases only.")(f)
-    f = click.option("--databases-only", "scope", flag_value="databases", help="Databases only.")(f)
-    f = click.option(
-        "--identity-only", "scope", flag_value="identity", help="Identity files only (SOUL.md, IDENTITY.md, ...)."
-    )(f)
-    return f
+_SCOPE_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("memory", "--memory-only", "Memory files and memory databases only."),
+    ("databases", "--databases-only", "Databases only."),
+    ("identity", "--identity-only", "Identity files only (SOUL.md, IDENTITY.md, ...)."),
+    ("config", "--config-only", "Configuration files only."),
+)
+
+
+def scope_options(*, config: bool = False) -> Callable[[F], F]:
+    """`--memory-only`, `--databases-only`, `--identity-only` (and `--config-only`), passed to the
+    command as `scope` (None when none is given). They exclude each other: two are a usage error."""
+    flags = [flag for flag in _SCOPE_FLAGS if config or flag[0] != "config"]
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            chosen = [(scope, opt) for scope, opt, _help in flags if kwargs.pop(f"only_{scope}")]
+            if len(chosen) > 1:
+                raise click.UsageError(
+                    f"{' and '.join(opt for _s, opt in chosen)} cannot be used together; choose one scope",
+                    ctx=click.get_current_context(silent=True),
+                )
+            return f(*args, scope=chosen[0][0] if chosen else None, **kwargs)
+
+        for scope, opt, text in reversed(flags):
+            click.option(opt, f"only_{scope}", is_flag=True, help=text)(wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def latest_options(f: F) -> F:
+    """`--scope`, `--tag` and `--host`: what `latest` selects (DESIGN §2: by default the newest
+    complete full-scope snapshot from this host)."""
+    options = [
+        click.Option(
+            ["--scope", "latest_scope"],
+            type=click.Choice(["full", "memory", "databases", "identity", "config", "pre-restore"]),
+            help="`latest` is the newest snapshot of this scope (default: full; pre-restore picks safety snapshots).",
+        ),
+        click.Option(
+            ["--tag", "latest_tags"],
+            multiple=True,
+            metavar="TAG",
+            help="`latest` is the newest snapshot carrying this tag (repeatable).",
+        ),
+        click.Option(
+            ["--host", "latest_host"],
+            metavar="HOST",
+            help="`latest` is the newest snapshot of this host (default: this host's).",
+        ),
+    ]
+
+    def build(v: dict[str, Any]) -> Latest:
+        return Latest(host=v["latest_host"], scope=v["latest_scope"] or "full", tags=tuple(v["latest_tags"]))
+
+    return _stash(f, _LATEST_KEY, build, options)
 
 
 def check_target(target: str | None, cfg: Config | None = None, envx: Environment | None = None) -> None:

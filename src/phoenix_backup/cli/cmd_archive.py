@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option, thaw_option
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    common,
+    latest_options,
+    load_config,
+    repo_option,
+    target_option,
+    thaw_option,
+)
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import archive as archive_op
 from phoenix_backup.ops.context import Environment
@@ -26,6 +36,8 @@ from phoenix_backup.units import human_size
 @target_option
 @thaw_option
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@latest_options
+@repo_option
 @common
 def archive(
     out: Out,

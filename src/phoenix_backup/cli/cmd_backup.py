@@ -13,7 +13,7 @@ from phoenix_backup.ops.context import Environment
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be saved, with sizes; write nothing.")
-@scope_options
+@scope_options()
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @click.option("--time", "time_text", help="Record this time (RFC 3339 with offset) instead of now.")
 @common

@@ -5,7 +5,16 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    common,
+    latest_options,
+    load_config,
+    repo_option,
+    target_option,
+)
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import diff as diff_op
 from phoenix_backup.ops.context import Environment
@@ -17,6 +26,8 @@ from phoenix_backup.units import human_size
 @click.argument("ref2", metavar="ID2")
 @click.option("--rows", is_flag=True, help="Also compare the rows of every database table, by primary key.")
 @target_option
+@latest_options
+@repo_option
 @common
 def diff_cmd(
     out: Out, envx: Environment, config_path: str | None, ref1: str, ref2: str, rows: bool, target: str | None

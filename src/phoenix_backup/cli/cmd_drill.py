@@ -6,7 +6,17 @@ from pathlib import Path
 
 import click
 
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option, thaw_option
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    common,
+    latest_options,
+    load_config,
+    repo_option,
+    target_option,
+    thaw_option,
+)
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import drill as drill_op
 from phoenix_backup.ops.context import Environment
@@ -21,6 +31,8 @@ from phoenix_backup.ops.context import Environment
     type=click.Path(file_okay=False, exists=True),
     help="Folder below which the scratch restore is made (default: the system's temporary folder).",
 )
+@latest_options
+@repo_option
 @common
 def drill(
     out: Out,

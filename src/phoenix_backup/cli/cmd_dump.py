@@ -8,7 +8,17 @@ import sys
 
 import click
 
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option, thaw_option
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    common,
+    latest_options,
+    load_config,
+    repo_option,
+    target_option,
+    thaw_option,
+)
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import browse
 from phoenix_backup.ops.context import Environment
@@ -19,6 +29,8 @@ from phoenix_backup.ops.context import Environment
 @click.argument("path")
 @target_option
 @thaw_option
+@latest_options
+@repo_option
 @common
 def dump(
     out: Out,

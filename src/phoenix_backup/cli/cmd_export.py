@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    common,
+    latest_options,
+    load_config,
+    repo_option,
+    target_option,
+)
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import export as export_op
 from phoenix_backup.ops.context import Environment
@@ -27,6 +36,8 @@ from phoenix_backup.units import human_size
 @click.option("--sanitize", is_flag=True, help="Redact secrets in config and env files; add MIGRATION.md.")
 @click.option("--output", "output", required=True, type=click.Path(file_okay=False), help="A new (or empty) folder.")
 @target_option
+@latest_options
+@repo_option
 @common
 def export_cmd(
     out: Out,

@@ -12,19 +12,25 @@ from phoenix_backup.ops.retention import Candidate, render_plan
 
 
 @cli.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--dry-run", is_flag=True, help="Show what would be kept and removed, and why; remove nothing.")
 @click.option("--target", help="Apply retention on this target only (default: every enabled target).")
 @common
-def forget(out: Out, envx: Environment, config_path: str | None, dry_run: bool, target: str | None) -> ExitStatus:
-    """Apply the retention policy: remove the snapshots no rule keeps.
+def forget(
+    out: Out, envx: Environment, config_path: str | None, ids: tuple[str, ...], dry_run: bool, target: str | None
+) -> ExitStatus:
+    """Apply the retention policy (remove the snapshots no rule keeps), or forget the snapshots named.
 
-    Each snapshot is listed with keep or remove and the rules that keep it. Only snapshot
-    objects are removed; `phx prune` then frees the data they alone used.
+    Each snapshot is listed with keep or remove and the rules that keep it, or why none does.
+    A snapshot with a tag of yours is kept by the policy: name it (ID: id, unique prefix or name)
+    to forget it. Only snapshot objects are removed; `phx prune` then frees the data they alone used.
 
     Example: phx forget --dry-run
+
+    Example: phx forget 3f2a9c1e
     """
     cfg = load_config(out, envx, config_path)
-    result = forget_op.forget(cfg, envx, dry_run=dry_run, target=target)
+    result = forget_op.forget(cfg, envx, dry_run=dry_run, target=target, ids=ids)
     out.result(result.to_json(), render(result))
     return result.exit_status
 
@@ -38,6 +44,11 @@ def render(r: forget_op.ForgetResult) -> str:
     for name, t in r.targets.items():
         if not t.ok:
             lines.append(f"target {name}: FAILED: {t.error}")
+            continue
+        if t.named or (t.plan is None and t.notices):
+            verb = "would remove" if r.dry_run else "removed"
+            lines += [f"target {name}: {verb} {_label(s)}" for s in t.named]
+            lines += [f"target {name}: {n}" for n in t.notices]
             continue
         plan = t.plan
         if plan is None or not plan.decisions:

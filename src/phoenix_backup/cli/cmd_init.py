@@ -9,12 +9,17 @@ from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import manage
 from phoenix_backup.ops.context import Environment
 
+# What the key of each method is called when saying that losing it loses the backups.
+_SECRET = {"passphrase": "passphrase", "age": "age identity", "gpg": "GPG key"}
+
 
 @cli.command()
 @click.option("--workspace", help="The agent workspace (default ~/argent).")
 @click.option("--repo", help="Where the local repository lives (default ~/backups/argent).")
 @click.option(
-    "--encryption", type=click.Choice(["none", "passphrase", "age", "gpg"]), default="none", show_default=True
+    "--encryption",
+    type=click.Choice(["passphrase", "age", "gpg", "none"]),
+    help="How the repository is encrypted (default passphrase; none stores everything readable, with a warning).",
 )
 @click.option("--recipient", "recipients", multiple=True, help="age recipient (age1...) for --encryption age.")
 @click.option("--key-id", help="GPG key id for --encryption gpg.")
@@ -27,15 +32,20 @@ def init(
     config_path: str | None,
     workspace: str | None,
     repo: str | None,
-    encryption: str,
+    encryption: str | None,
     recipients: tuple[str, ...],
     key_id: str | None,
     identity_file: str | None,
     force: bool,
 ) -> ExitStatus:
-    """Write a config with the seed's defaults and create the repository.
+    """Write a config with the ArgentOS defaults and create the encrypted repository.
 
-    Example: PHX_PASSPHRASE=... phx init --encryption passphrase --workspace ~/argent
+    The passphrase is asked twice on a terminal, else read from PHX_PASSPHRASE or
+    PHX_PASSPHRASE_FILE. With an existing config file (and no option that shapes a new one),
+    init creates that config's repository. Only init creates the first target's repository:
+    a backup never does, so a disk that is not mounted is an error, not a new repository.
+
+    Example: PHX_PASSPHRASE=... phx init --workspace ~/argent --repo ~/backups/argent
     """
     result = manage.init(
         envx,
@@ -48,11 +58,34 @@ def init(
         key_id=key_id,
         identity_file=identity_file,
     )
-    text = f"wrote {result.config_path}\n" + (
-        f"created repository {result.repository} (encryption: {result.encryption})\n"
-        f"key fingerprint {result.fingerprint} (note it: a new machine can check it with `phx key trust`)"
-        if result.repository_created
-        else f"kept existing repository {result.repository}"
-    )
-    out.result(result.to_json(), text)
+    out.result(result.to_json(), render(result))
     return ExitStatus.OK
+
+
+def render(r: manage.InitResult) -> str:
+    lines = [f"wrote {r.config_path}" if r.config_written else f"using the existing config {r.config_path}"]
+    if r.repository_created:
+        lines.append(f"created repository {r.repository} (encryption: {r.encryption})")
+    else:
+        lines.append(f"kept existing repository {r.repository}")
+    lines.append(f"key fingerprint: {r.fingerprint} (note it: a new machine can check it with `phx key trust`)")
+    secret = _SECRET.get(r.encryption)
+    if secret is not None:
+        lines.append(
+            f"Keep the {secret} safe, apart from this machine: a lost {secret} cannot be recovered, "
+            "and without it no backup can be read."
+        )
+    else:
+        lines.append(
+            "warning: the repository is NOT encrypted; `phx init --force --encryption passphrase` "
+            "with a new --repo starts an encrypted one"
+        )
+    lines += [
+        "next steps:",
+        *([f"  mkdir -p {r.workspace}             the workspace does not exist yet"] if not r.workspace_exists else []),
+        "  phx backup --dry-run      what a backup will save, per component",
+        "  phx backup                take the first snapshot",
+        "  phx schedule install      back up every day at 02:00",
+        "  phx drill                 prove that the snapshot restores",
+    ]
+    return "\n".join(lines)

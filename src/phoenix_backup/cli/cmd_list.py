@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
+from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, repo_option, target_option
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import manage
 from phoenix_backup.ops.context import Environment
@@ -11,6 +11,7 @@ from phoenix_backup.ops.context import Environment
 
 @cli.command(name="list")
 @target_option
+@repo_option
 @common
 def list_cmd(out: Out, envx: Environment, config_path: str | None, target: str | None) -> ExitStatus:
     """List snapshots: id, name, time, size, bytes added, files, databases, tags, targets.

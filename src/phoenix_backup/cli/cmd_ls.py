@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    common,
+    latest_options,
+    load_config,
+    repo_option,
+    target_option,
+)
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import browse
 from phoenix_backup.ops.context import Environment
@@ -15,6 +24,8 @@ from phoenix_backup.ops.context import Environment
 @click.argument("path", required=False)
 @click.option("--no-recursive", "flat", is_flag=True, help="List only the folder's own entries.")
 @target_option
+@latest_options
+@repo_option
 @common
 def ls_cmd(
     out: Out, envx: Environment, config_path: str | None, ref: str, path: str | None, flat: bool, target: str | None

@@ -12,7 +12,9 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    latest_options,
     load_config,
+    repo_option,
     scope_options,
     target_option,
     thaw_option,
@@ -24,10 +26,15 @@ from phoenix_backup.ops.context import Environment
 
 
 @cli.command()
-@click.option("--latest", "latest", is_flag=True, help="Restore the most recent snapshot.")
+@click.option(
+    "--latest",
+    "latest",
+    is_flag=True,
+    help="Restore the newest complete full snapshot of this host (--scope, --tag, --host select others).",
+)
 @click.option("--backup", "ref", help="Snapshot id, unique id prefix or name (2026-03-15-14-30).")
-@scope_options
-@click.option("--config-only", "scope", flag_value="config", help="Configuration files only.")
+@scope_options(config=True)
+@latest_options
 @click.option("--path", "paths", multiple=True, help="Only paths matching this glob (repeatable).")
 @click.option("--to", "to", type=click.Path(file_okay=False), help="Restore below this folder instead of in place.")
 @target_option
@@ -71,6 +78,7 @@ from phoenix_backup.ops.context import Environment
     is_flag=True,
     help="Merge the snapshot's SQLite rows into the live stores by primary key (--conflict-mode, default skip).",
 )
+@repo_option
 @common
 def restore(
     out: Out,
@@ -130,6 +138,17 @@ def restore(
         keyless="replace" if keyless == "replace" else "add",
     )
     out.result(result.to_json(), render.restore(result, out.verbose))
+    if result.damaged:
+        lost = [str(d["path"]) for d in result.damaged]
+        named = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        # The cause, of the first one (the output names each).
+        why = f"{lost[0]}: {result.damaged[0]['error']}"
+        click.echo(
+            f"phx: error: {len(lost)} file(s) or database(s) not restored because their data is damaged or missing "
+            f"({why if len(lost) == 1 else f'{named}; {why}'}); everything else was restored; see the output for "
+            "the targets that may hold them, and run `phx verify --read-data`",
+            err=True,
+        )
     return result.exit_status
 
 

@@ -105,7 +105,11 @@ def status_cmd(out: Out, envx: Environment, config_path: str | None) -> ExitStat
 
 def _status_text(result: schedule_lib.ScheduleStatus, kind: str) -> str:
     if not result.installed:
-        return f"no {kind} schedule is installed; run `phx schedule install`"
+        text = f"no {kind} schedule is installed; run `phx schedule install`"
+        for scheduler, details in result.inactive.items():
+            state = details.get("active") if isinstance(details, dict) else None
+            text += f"\n{scheduler} holds the {kind} job's files but does not run them ({state})"
+        return text
     due = result.next_due.isoformat(timespec="minutes") if result.next_due else "unknown"
     what = result.spec.describe() if result.spec else "unknown schedule"
     prefix = "drill " if kind == "drill" else ""

@@ -16,9 +16,9 @@ from phoenix_backup.units import human_size
 def status(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
     """Show the last backup, its age, the next one due and each target's health.
 
-    Exits 1 when the last backup failed or was partial (a database or file not saved), or the
-    last successful one is older than the schedule implies, so `phx status || alert` works in
-    monitoring. Never asks for a passphrase.
+    Exits 1 when the last backup failed or was partial (something it should hold was not saved,
+    or a database was saved damaged), or when the last successful one is older than the schedule
+    implies, so `phx status || alert` works in monitoring. Never asks for a passphrase.
 
     Example: phx status --json
     """

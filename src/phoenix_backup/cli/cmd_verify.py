@@ -5,7 +5,17 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option, thaw_option
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    common,
+    latest_options,
+    load_config,
+    repo_option,
+    target_option,
+    thaw_option,
+)
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import verify as verify_op
 from phoenix_backup.ops.context import Environment
@@ -22,6 +32,8 @@ from phoenix_backup.ops.context import Environment
     metavar="PCT",
     help="Read only PCT percent of the packs (implies --read-data); each run continues where the last one stopped.",
 )
+@latest_options
+@repo_option
 @common
 def verify(
     out: Out,

@@ -21,9 +21,25 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# Paths named per component in a dry run without --verbose: all of the identity's, a sample of the rest.
+_SHOWN = 12
+
+
 def backup(r: BackupResult, verbose: bool) -> str:
     if r.dry_run:
         lines = [f"{p.kind:7} {human_size(p.size):>10}  {p.path}" for p in r.planned] if verbose else []
+        for c in r.components:
+            if c.name == "include" and not c.paths:
+                continue
+            what = "added by `include`" if c.name == "include" else c.name
+            line = f"{what}: {len(c.paths)} {'databases' if c.name == 'databases' else 'files'}, {human_size(c.size)}"
+            if c.paths and not verbose:
+                shown = [p.split("/", 1)[-1] for p in c.paths[:_SHOWN]]
+                line += f" ({', '.join(shown)}{', ...' if len(c.paths) > _SHOWN else ''})"
+            if c.absent:
+                line += f"; not present here: {', '.join(c.absent)}"
+            lines.append(line)
+        lines += [f"NOT SAVED: {i['path']}: {i['error']}" for i in r.incomplete]
         lines.append(f"would back up {r.files} files and databases, {human_size(r.size)} (dry run: nothing written)")
         return "\n".join(lines + [f"warning: {w}" for w in r.warnings])
     lines = [
@@ -37,6 +53,10 @@ def backup(r: BackupResult, verbose: bool) -> str:
         lines.append(f"  target {name}: {'ok' if outcome.ok else 'FAILED: ' + (outcome.error or '')}")
     for item in r.incomplete:
         lines.append(f"  not saved: {item['path']}: {item['error']}")
+    if r.retention is not None:
+        for target, removed in r.retention.removed.items():
+            for snap in removed:
+                lines.append(f"  forgot {snap['id'][:8]} ({snap['name']}) on {target}: {snap['why']}")
     lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 
@@ -101,6 +121,11 @@ def restore(r: RestoreResult, verbose: bool) -> str:
         lines.append(f"  realigned {a.manifest}: new hashes for {', '.join(a.rewritten)} (--realign)")
     for err in r.errors:
         lines.append(f"  not restored: {err['path']}: {err['error']}")
+    if r.phoenix_config:
+        lines.append(
+            f"  the Phoenix config this backup ran with: {r.phoenix_config} (check its paths, then copy it to "
+            "~/.argentos/backup.json to back up to this repository again)"
+        )
     lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Where the config file is looked for, and the defaults it starts from (the seed's example)."""
+"""Where the config file is looked for, and the defaults it starts from (the ArgentOS example config)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ SEARCH_PATHS: tuple[str, ...] = (
     "~/.config/argentos/backup.json",
 )
 
-# The ArgentOS SQLite stores (seed 000, "Database Backup").
+# The ArgentOS SQLite stores (the ArgentOS backup documentation, "Database Backup").
 DEFAULT_SQLITE: tuple[str, ...] = (
     "~/.argentos/observations.db",
     "~/.argentos/memory.db",
     "~/.argentos/data/dashboard.db",
 )
 
-# The seed's example `include`/`exclude`; also what a config without those keys gets.
+# The ArgentOS example `include`/`exclude`; also what a config without those keys gets. A full
+# backup adds every component (below) to `include`, so these need not list them.
 DEFAULT_INCLUDE: tuple[str, ...] = (
     "MEMORY.md",
     "SOUL.md",
@@ -60,12 +61,13 @@ def default_config_dict(
     *,
     workspace: str = "~/argent",
     repo: str = "~/backups/argent",
-    encryption: str = "none",
+    encryption: str = "passphrase",
     recipients: Sequence[str] = (),
     key_id: str | None = None,
     identity_file: str | None = None,
 ) -> dict[str, object]:
-    """The seed's example config with `workspace`/`repo` filled in, plus `databases`.
+    """The ArgentOS example config with `workspace`/`repo` filled in, plus `databases` and the
+    retention defaults spelled out.
 
     `recipients` (age) and `key_id` (gpg) are written when given; without them an age or gpg
     config does not validate yet, which is right: `phx init` must supply the key it set up.
@@ -74,7 +76,7 @@ def default_config_dict(
         raise ConfigError(f"encryption must be none, passphrase, age or gpg (got {encryption!r}); pick one of those")
     encryption_section: dict[str, object] = {
         "enabled": encryption != "none",
-        # The seed's example says "gpg" for a disabled section; keep it so `init` matches the docs.
+        # The ArgentOS example says "gpg" for a disabled section; keep it so `init` matches the docs.
         "method": "gpg" if encryption == "none" else encryption,
     }
     if encryption == "age":
@@ -110,7 +112,7 @@ def default_config_dict(
         "include": list(DEFAULT_INCLUDE),
         "exclude": list(DEFAULT_EXCLUDE),
         "compression": True,
-        "retention": {"daily": 7, "weekly": 4, "monthly": 12},
+        "retention": {"within": "1d", "last": 10, "daily": 7, "weekly": 4, "monthly": 12},
         "notifications": {"enabled": False, "onSuccess": "silent", "onFailure": "alert"},
         "encryption": encryption_section,
         "databases": {"sqlite": list(DEFAULT_SQLITE), "postgres": [], "redis": []},

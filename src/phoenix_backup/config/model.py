@@ -78,15 +78,17 @@ class Compression:
 
 @dataclass(frozen=True)
 class Retention:
-    """Counts per rule: -1 keeps every period, 0 switches the rule off (restic's `forget`)."""
+    """Counts per rule: -1 keeps every period, 0 switches the rule off (restic's `forget`). The
+    defaults (DESIGN §3) keep every snapshot of the last day and the last 10 besides daily 7,
+    weekly 4 and monthly 12."""
 
     hourly: int = 0
-    daily: int = 0
-    weekly: int = 0
-    monthly: int = 0
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 12
     yearly: int = 0
-    last: int = 0
-    within: str | None = None
+    last: int = 10
+    within: str | None = "1d"
     keep_safety_days: int = 7
     prune: bool = True
 
@@ -183,6 +185,8 @@ class Config:
     hooks: Hooks
     schedule: Schedule
     warnings: tuple[str, ...] = ()
+    # `--repo LOCATION` (config/location.py): the one target read from, as the user named it.
+    location: str | None = None
 
     @property
     def repository_path(self) -> Path:

@@ -498,19 +498,20 @@ def _compression(value: object, ctx: _Context) -> Compression:
 
 
 def _retention(section: _Section) -> Retention:
-    within = section.optional_string("within")
+    defaults = Retention()
+    within = section.optional_string("within") if section.has("within") else defaults.within
     if within is not None and not _DURATION.match(within):
         raise ConfigError(
             "retention.within must be a duration of numbers with units y, m, d or h, "
             f'such as "30d" or "1y6m" (got {_got(within)})'
         )
     return Retention(
-        hourly=section.integer("hourly", 0, -1),
-        daily=section.integer("daily", 0, -1),
-        weekly=section.integer("weekly", 0, -1),
-        monthly=section.integer("monthly", 0, -1),
-        yearly=section.integer("yearly", 0, -1),
-        last=section.integer("last", 0, -1),
+        hourly=section.integer("hourly", defaults.hourly, -1),
+        daily=section.integer("daily", defaults.daily, -1),
+        weekly=section.integer("weekly", defaults.weekly, -1),
+        monthly=section.integer("monthly", defaults.monthly, -1),
+        yearly=section.integer("yearly", defaults.yearly, -1),
+        last=section.integer("last", defaults.last, -1),
         within=within,
         keep_safety_days=section.integer("keepSafetyDays", 7, 0),
         prune=section.boolean("prune", True),

@@ -106,7 +106,7 @@ def archive(
     repo = open_target(cfg, envx, target)
     with repo.lock(exclusive=False, command="archive"):
         repo.load_index()
-        snap = repo.find_snapshot(ref)
+        snap = repo.find_snapshot(ref, latest=envx.latest)
         nodes = list(walk_tree(repo, snap.tree))
         top = f"phoenix-{snap.name}"
         # Private by default: an agent's memory and config may hold secrets.

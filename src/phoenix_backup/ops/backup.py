@@ -28,7 +28,7 @@ from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.replicate import commit_first_target, replicate_all
-from phoenix_backup.ops.scope import Scope, source_plan
+from phoenix_backup.ops.scope import ComponentPlan, Scope, plan_components, source_plan
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
@@ -74,6 +74,7 @@ class BackupResult:
     duration: float = 0.0
     retention: RetentionOutcome | None = None  # forget/prune after the snapshot (issue 7)
     notification: NotifyOutcome | None = None
+    components: list[ComponentPlan] = field(default_factory=list)  # dry run: what each component saves
 
     @property
     def damaged(self) -> list[dict[str, str]]:
@@ -114,6 +115,7 @@ class BackupResult:
         }
         if self.dry_run:
             doc["planned"] = [{"path": p.path, "kind": p.kind, "size": p.size} for p in self.planned]
+            doc["components"] = {c.name: c.to_json() for c in self.components}
         return doc
 
 
@@ -131,7 +133,8 @@ def parse_time(text: str | None) -> datetime:
     return when
 
 
-def seed_name(when: datetime, taken: set[str]) -> str:
+def timestamp_name(when: datetime, taken: set[str]) -> str:
+    """The ArgentOS timestamp name (`2026-03-15-14-30`), made unique with `-2`, `-3`."""
     base = when.strftime("%Y-%m-%d-%H-%M")
     if base not in taken:
         return base
@@ -150,7 +153,7 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
     layout = Layout(cfg.workspace, envx.home)
     plan = source_plan(cfg, scope)
     if plan.walk_files:
-        sel = select(layout, plan.includes, cfg.exclude, plan.databases)
+        sel = select(layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional)
     else:
         sel = select(layout, [], cfg.exclude, plan.databases)
         # Databases only: drop the workspace walk that an empty include list implies.
@@ -177,7 +180,7 @@ def backup(
     try:
         layout, sel = select_sources(cfg, scope, envx)
         if dry_run:
-            return _plan(sel, when, scope, cfg, started)
+            return _plan(sel, layout, when, scope, cfg, started)
         result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
         # After the commit point: later steps (replication, retention, notification) report into
         # `result` and never undo the snapshot.
@@ -218,7 +221,7 @@ def _notify(cfg: Config, envx: Environment, event: BackupEvent) -> NotifyOutcome
     return outcome
 
 
-def _plan(sel: Selection, when: datetime, scope: Scope, cfg: Config, started: float) -> BackupResult:
+def _plan(sel: Selection, layout: Layout, when: datetime, scope: Scope, cfg: Config, started: float) -> BackupResult:
     """`--dry-run`: what would be saved, with sizes."""
     planned = [
         PlannedItem(e.logical, e.kind, e.st.st_size if e.kind in ("file", "sqlite") else 0)
@@ -227,6 +230,8 @@ def _plan(sel: Selection, when: datetime, scope: Scope, cfg: Config, started: fl
     # PostgreSQL and Redis: their size is known only once dumped.
     planned += [PlannedItem(job.logical, job.engine, 0) for job in db_backup.database_jobs(cfg, scope)]
     files = sum(1 for p in planned if p.kind in ("file", "sqlite", "symlink"))
+    unreadable = [(layout.to_logical(Path(path)), "dir", 0) for path, _message in sel.errors]
+    components = plan_components(cfg, layout, [(p.path, p.kind, p.size) for p in planned] + unreadable)
     return BackupResult(
         id=None,
         name=None,
@@ -238,11 +243,12 @@ def _plan(sel: Selection, when: datetime, scope: Scope, cfg: Config, started: fl
         files_read=0,
         databases=[],
         targets={},
-        incomplete=[{"path": p, "error": m} for p, m in sel.errors],
+        incomplete=[{"path": layout.to_logical(Path(p)), "error": m} for p, m in sel.errors],
         warnings=_missing_warnings(cfg, sel),
         dry_run=True,
         planned=planned,
         duration=time.time() - started,
+        components=components if scope == "full" else [],
     )
 
 
@@ -256,10 +262,11 @@ def _snapshot(
     when: datetime,
     started: float,
 ) -> BackupResult:
-    """Take the snapshot into the first target's repository (created on first use), then
-    replicate it to every other enabled target; `result.targets` holds each target's outcome."""
+    """Take the snapshot into the first target's repository (which `phx init` made: a backup never
+    creates it, so a disk that is not mounted is an error, not a new repository on the root disk),
+    then replicate it to every other enabled target; `result.targets` holds each target's outcome."""
     first = enabled_targets(cfg)[0]
-    repo = open_repository(cfg, envx, create=True, target=first)
+    repo = open_repository(cfg, envx, target=first, upgrade=True)
     try:
         with repo.lock(exclusive=False, command="backup"):
             result = _run(repo, cfg, envx, layout, sel, scope, tags, when, started)
@@ -270,9 +277,10 @@ def _snapshot(
         result.targets = {first: commit_first_target(repo, first, result.id, result.name)}
         result.targets.update({name: r.outcome() for name, r in replicate_all(repo, cfg, envx).items()})
         # Retention on every target, only when every target has the snapshot (issue 7).
-        result.retention = retention_after_backup(cfg, envx, repo, dict(result.targets))
+        result.retention = retention_after_backup(cfg, envx, repo, dict(result.targets), protect=(result.id,))
         for error in result.retention.errors:
             envx.notice(f"warning: {error}")
+        result.warnings += [f"clock: {n}" for n in result.retention.notices]
     finally:
         repo.close()
     result.warnings[:0] = _missing_warnings(cfg, sel)
@@ -287,7 +295,9 @@ def _missing_warnings(cfg: Config, sel: Selection) -> list[str]:
 def _record_state(
     cfg: Config, envx: Environment, started: float, scope: str, result: BackupResult | None, error: Exception | None
 ) -> None:
-    """The state file, on success and on failure alike."""
+    """The state file, on success and on failure alike. A snapshot that lacks something it should
+    hold (a file or folder that could not be read, a database that could not be saved) or holds a
+    database saved damaged is a partial run: not a success, every such path named in `failedParts`."""
     parts: list[dict[str, str]] = []
     if result is not None:
         targets = result.targets
@@ -600,7 +610,7 @@ def _run(
     files = sum(1 for n in nodes.values() if n.type in ("file", "sqlite", "symlink"))
     size = sum(n.size for n in nodes.values() if n.type in ("file", "sqlite"))
     dirs = sum(1 for e in sel.entries.values() if e.kind == "dir")
-    name = seed_name(when, {s.name for s in snapshots})
+    name = timestamp_name(when, {s.name for s in snapshots} | _names_since(repo, snapshots))
     duration = time.time() - started
     snap = Snapshot(
         time=when.isoformat(),
@@ -611,7 +621,9 @@ def _run(
         tags=tags,
         tree=root,
         parent=parent.id if parent else None,
-        sources={"workspace": str(layout.workspace), "home": str(layout.home)},
+        # The config file too, so that `restore --to` can say where its copy landed.
+        sources={"workspace": str(layout.workspace), "home": str(layout.home)}
+        | ({"config": str(cfg.source.absolute())} if cfg.source is not None else {}),
         databases=tuple(sorted(run.databases, key=lambda d: d.path)),
         stats=SnapshotStats(files, dirs, size, 0, repo.stats.blobs_added, run.files_read, duration),
         incomplete=tuple(run.incomplete),
@@ -671,6 +683,22 @@ def _link_nodes(nodes: dict[str, Node], links: dict[str, str], incomplete: list[
             incomplete.append({"path": logical, "error": f"a hard link of {first}, which could not be read"})
             continue
         nodes[logical] = dataclasses.replace(read, name=logical.rsplit("/", 1)[-1], hardlink=first)
+
+
+def _names_since(repo: Repository, known: list[Snapshot]) -> set[str]:
+    """Names of the snapshots committed since `known` was listed (another backup running at the
+    same time), so that two backups of the same minute still get different names. Only the new
+    snapshot objects are read."""
+    seen = {s.id for s in known}
+    names = set()
+    for info in repo.backend.list("snapshots/"):
+        sid = info.name.split("/")[-1]
+        if sid not in seen:
+            try:
+                names.add(repo.load_snapshot(sid).name)
+            except PhoenixError:
+                continue  # unreadable: `verify` names it; it cannot be named by its name anyway
+    return names
 
 
 def _with_added(snap: Snapshot, added: int) -> Snapshot:

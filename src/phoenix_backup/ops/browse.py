@@ -256,7 +256,7 @@ def ls(
     repo = open_target(cfg, envx, target)
     with repo.lock(exclusive=False, command="ls"):
         repo.load_index()
-        snap = repo.find_snapshot(ref)
+        snap = repo.find_snapshot(ref, latest=envx.latest)
         logical = logical_path(snap, path)
         node = find_node(repo, snap, logical)
         if node is None:
@@ -322,7 +322,7 @@ def dump(
     repo = open_target(cfg, envx, target)
     with repo.lock(exclusive=False, command="dump"):
         repo.load_index()
-        snap = repo.find_snapshot(ref)
+        snap = repo.find_snapshot(ref, latest=envx.latest)
         logical = logical_path(snap, path)
         if not logical:
             raise UsageError("name a file to dump (see `phx ls ID`); use `phx archive` for the whole snapshot")

@@ -16,6 +16,7 @@ from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
 
@@ -39,6 +40,8 @@ class Environment:
     progress: Callable[[str, int, int], None] | None = None  # (phase, done, total)
     # The target that read commands work from (`--target NAME`); None means the first enabled one.
     target: str | None = None
+    # What `latest` selects for this command (`--scope`, `--tag`, `--host`; DESIGN §2).
+    latest: Latest = field(default_factory=Latest)
     # Seconds a read may wait for packs in a cold S3 storage class to thaw (`--thaw-timeout`);
     # 0 requests the thaw and fails at once, saying to run again later.
     thaw_timeout: float = 0.0
@@ -108,7 +111,9 @@ def _env_passphrase(envx: Environment) -> str | None:
     return envx.env.get("PHX_PASSPHRASE") or None
 
 
-def new_key_slot(cfg: Config, envx: Environment) -> tuple[Callable[[keyslots.MasterSecrets], keyslots.KeySlot], bool]:
+def new_key_slot(
+    cfg: Config, envx: Environment, kdf_params: Mapping[str, int] | None = None
+) -> tuple[Callable[[keyslots.MasterSecrets], keyslots.KeySlot], bool]:
     """How the first key slot of a new repository is made, and whether it is encrypted."""
     enc = cfg.encryption
     if not enc.enabled:
@@ -118,13 +123,13 @@ def new_key_slot(cfg: Config, envx: Environment) -> tuple[Callable[[keyslots.Mas
         if not secret:
             raise MissingCredentials(
                 "encryption is on but no passphrase was given; set PHX_PASSPHRASE (or PHX_PASSPHRASE_FILE) "
-                "or run on a terminal to be asked"
+                "or run on a terminal to be asked (or choose --encryption none, unencrypted)"
             )
         if envx.interactive and envx.prompt is not None and not envx.env.get("PHX_PASSPHRASE"):
             again = envx.prompt("Repeat the passphrase: ")
             if again != secret:
                 raise UsageError("the passphrases do not match; run the command again")
-        return (lambda m: keyslots.wrap_passphrase(m, secret)), True
+        return (lambda m: keyslots.wrap_passphrase(m, secret, kdf_params=kdf_params)), True
     if enc.method == "age":
         recipients = enc.recipients
         return (lambda m: keyslots.wrap_age(m, recipients)), True
@@ -167,30 +172,36 @@ def enabled_backends(cfg: Config, envx: Environment) -> list[tuple[str, Backend]
     return [(name, target_backend(cfg, envx, name)) for name in enabled_targets(cfg)]
 
 
-def open_repository(cfg: Config, envx: Environment, *, create: bool = False, target: str | None = None) -> Repository:
+def open_repository(
+    cfg: Config,
+    envx: Environment,
+    *,
+    create: bool = False,
+    target: str | None = None,
+    kdf_params: Mapping[str, int] | None = None,
+    upgrade: bool = False,
+) -> Repository:
     """Open the repository of one target: `target`, else `envx.target` (a read command's
-    `--target`), else the first enabled target. With `create`, initialise it on first use; a new
-    first target adopts the repository a replica already holds (same id and keys), so replication
-    carries on after the local disk was lost."""
+    `--target`), else the first enabled target. With `create` (only `phx init` asks for it),
+    initialise it; a new first target adopts the repository a replica already holds (same id and
+    keys), so replication carries on after the local disk was lost. With `upgrade` (a backup), a
+    format 1 repository is brought to the current format."""
     names = enabled_targets(cfg)
     name = target or envx.target or names[0]
     backend = target_backend(cfg, envx, name)
     if not backend.exists():
         Repository.refuse_lost_config(backend)
         if not create:
-            hint = "run `phx init` or `phx backup` to create it"
-            if name != names[0]:
-                hint = f"run `phx sync --target {name}` to copy the repository there"
-            raise RepositoryNotFound(f"no repository at {backend.location} (target {name}); {hint}")
+            raise RepositoryNotFound(_no_repository(backend, name, first=name == names[0]))
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
             return _open(cfg, envx, backend, upgrade=True)
-        factory, encrypted = new_key_slot(cfg, envx)
+        factory, encrypted = new_key_slot(cfg, envx, kdf_params)
         repo = Repository.init(
             backend, factory, encrypted, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
         )
         envx.notice(f"created a new repository at {backend.location}")
         return repo
-    return _open(cfg, envx, backend, upgrade=create)
+    return _open(cfg, envx, backend, upgrade=upgrade)
 
 
 def pins(envx: Environment) -> Pins:
@@ -213,6 +224,20 @@ def _open(cfg: Config, envx: Environment, backend: Backend, *, upgrade: bool) ->
     return repo
 
 
+def _no_repository(backend: Backend, name: str, *, first: bool) -> str:
+    """Why there is no repository, and the fix: a missing folder may be a disk that is not mounted,
+    so nothing but `phx init` ever creates the first target's repository."""
+    where = f"no repository at {backend.location} (target {name})"
+    if not first:
+        return f"{where}; run `phx sync --target {name}` to copy the repository there"
+    if name == "local" and not os.path.isdir(backend.location):
+        return (
+            f"{where}: the folder does not exist; if the repository is on a disk that is not mounted, mount it "
+            "and run again, or create a new repository there with `phx init`"
+        )
+    return f"{where}; create it with `phx init`"
+
+
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:
     """Seed an empty first target with the config and key slots of the first replica that holds
     a repository. Unreachable replicas are skipped with a notice (a new repository is made)."""
@@ -233,6 +258,16 @@ def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replic
         envx.notice(f"target {other} already holds this repository; {backend.location} now continues it")
         return True
     return False
+
+
+def require_config_file(cfg: Config, what: str) -> None:
+    """A config made from `--repo LOCATION` alone (no config file) knows no workspace: `what`,
+    which writes the live agent, needs the real one."""
+    if cfg.location is not None and cfg.source is None:
+        raise UsageError(
+            f"{what} needs a config file: without one Phoenix does not know where the workspace is; restore "
+            "below a folder with --to DIR (the snapshot's own config comes back there too)"
+        )
 
 
 def cache_for(repo: Repository, envx: Environment) -> Cache:

@@ -20,7 +20,7 @@ from phoenix_backup.ops import backup as backup_op
 from phoenix_backup.ops import manage
 from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.ops import verify as verify_op
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.sample import generate_workspace
 
 
@@ -59,10 +59,13 @@ def run(envx: Environment, directory: Path | None, size: str, notice: Callable[[
     env = dict(envx.env)
     env["HOME"] = str(home)
     env.setdefault("PHX_CACHE_DIR", str(root / "cache"))
+    # Encrypted like any repository `phx init` makes; a throwaway passphrase unless one is set.
+    env.setdefault("PHX_PASSPHRASE", "phoenix demo passphrase")
     denv = Environment(env=env, notice=notice)
     data = default_config_dict(workspace=str(layout.workspace), repo=str(root / "repo"))
     data["include"] = []  # the whole workspace, excludes applied
     cfg = parse_config(data, root / "backup.json", env)
+    open_repository(cfg, denv, create=True).close()  # what `phx init` does
 
     b = backup_op.backup(cfg, denv)
     result.steps.append(

@@ -164,7 +164,7 @@ def diff(
     with repo.lock(exclusive=False, command="diff"):
         repo.load_index()
         snaps = repo.list_snapshots()
-        old, new = repo.find_snapshot(ref1, snaps), repo.find_snapshot(ref2, snaps)
+        old, new = repo.find_snapshot(ref1, snaps, envx.latest), repo.find_snapshot(ref2, snaps, envx.latest)
         changes: list[FileChange] = []
         db_nodes: dict[str, tuple[Node | None, Node | None]] = {}
         trees = Trees(repo)

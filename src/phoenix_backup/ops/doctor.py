@@ -45,11 +45,12 @@ from phoenix_backup.ops import manage
 from phoenix_backup.ops.browse import open_target
 from phoenix_backup.ops.context import Environment, passphrase
 from phoenix_backup.ops.drill import drills_dir, latest_reports
+from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.scope import configured_databases
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
-from phoenix_backup.state import read_state, state_path
+from phoenix_backup.state import failed_parts_text, read_state, state_path
 from phoenix_backup.units import human_size
 
 Status = Literal["ok", "fail", "warn"]
@@ -123,6 +124,7 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
         if repo is not None:
             repo.backend.close()
     _last_backup(cfg, envx, result)
+    _schedule(envx, result)
     _last_drill(envx, result)
     return result
 
@@ -593,19 +595,92 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
         )
     else:
         result.add("last backup", "ok", what)
-    if state is not None and state.get("success") is False:
-        how = "was partial" if state.get("partial") else "failed"
+    if state is not None and state.get("partial"):
+        shown = failed_parts_text(state) or state.get("error")
         result.add(
             "last backup",
             "warn",
-            f"the most recent run {how}: {state.get('error') or 'see its output'}",
+            f"the most recent run was partial, these parts were not saved or are damaged: {shown}",
+            "make those paths readable (or exclude them), or repair the damaged database, then run `phx backup`",
+        )
+    elif state is not None and state.get("success") is False:
+        result.add(
+            "last backup",
+            "warn",
+            f"the most recent run failed: {state.get('error') or 'see its output'}",
             "run `phx backup` to see the error",
         )
 
 
+def _schedule(envx: Environment, result: DoctorResult) -> None:
+    """The backup schedule is recorded only when a scheduler took it; here doctor checks that the
+    scheduler still runs it, and when it last did (the run log)."""
+    from datetime import datetime
+
+    from phoenix_backup import schedule
+
+    record = schedule.read_record(envx.home)
+    held = schedule.status(envx.env, envx.home)
+    if record is None and not held.installed:
+        idle = "".join(f"; {k} holds its files but does not run them" for k in held.inactive)
+        result.add(
+            "schedule", "warn", f"no backup schedule is installed: backups run only when started{idle}",
+            "run `phx schedule install`",
+        )  # fmt: skip
+        return
+    if not held.installed:
+        states = ", ".join(f"{k}: {d.get('active')}" for k, d in held.inactive.items() if isinstance(d, dict))
+        result.add(
+            "schedule",
+            "fail",
+            f"a schedule was installed ({schedule.record_path(envx.home)}) but no scheduler runs it"
+            + (f" ({states})" if states else ""),
+            "run `phx schedule install` again (systemd: `systemctl --user enable --now phoenix-backup.timer`)",
+        )
+        return
+    scheduler = held.scheduler or "?"
+    details = held.installed.get(scheduler)
+    if scheduler == "cron" and isinstance(details, dict) and not details.get("daemonRunning"):
+        result.add(
+            "schedule", "fail", "the crontab entry is installed, but no cron daemon runs on this machine",
+            "start cron (`systemctl enable --now cron`, or `service cron start`)",
+        )  # fmt: skip
+        return
+    now = datetime.now().astimezone()
+    spec = held.spec
+    what = f"active with {scheduler}: {spec.describe() if spec else 'schedule unknown'}"
+    limit = 2 * spec.period(now) if spec is not None else None
+    last = held.last_run
+    if last is None:
+        try:
+            since = datetime.fromisoformat(str((record or {}).get("installed")))
+        except ValueError:
+            since = now
+        if limit is not None and now - since > limit:
+            ago = _age((now - since).total_seconds())
+            result.add(
+                "schedule", "fail", f"{what}, but it has not run since it was installed {ago} ago",
+                "check the scheduler's own log and ~/.argentos/backup/logs/backup.log",
+            )  # fmt: skip
+        else:
+            due = held.next_due.isoformat(timespec="minutes") if held.next_due else "?"
+            result.add("schedule", "ok", f"{what}; not run yet, next run {due}")
+        return
+    age = (now - last).total_seconds()
+    if limit is not None and now - last > limit:
+        started = last.isoformat(timespec="minutes")
+        result.add(
+            "schedule", "fail", f"{what}, but the last scheduled run started {_age(age)} ago ({started})",
+            "check the scheduler and ~/.argentos/backup/logs/backup.log",
+        )  # fmt: skip
+    else:
+        result.add("schedule", "ok", f"{what}; last scheduled run {_age(age)} ago")
+
+
 def _last_drill(envx: Environment, result: DoctorResult) -> None:
     folder = drills_dir(envx.home)
-    reports = latest_reports(folder)
+    # A drill of a safety snapshot proves nothing about the backups: only drills of backups count.
+    reports = [r for r in latest_reports(folder) if r.get("scope") != SAFETY_SCOPE]
     if not reports:
         result.add(
             "last drill",

@@ -253,6 +253,7 @@ class DrillResult:
     host: str
     target: str
     started: str
+    scope: str = "full"
     checked: dict[str, int] = field(default_factory=dict)
     errors: list[DrillError] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -285,6 +286,7 @@ class DrillResult:
             "name": self.name,
             "time": self.time,
             "host": self.host,
+            "scope": self.scope,
             "target": self.target,
             "started": self.started,
             "duration": round(self.duration, 3),
@@ -309,7 +311,7 @@ def drill(
     repo = open_target(cfg, envx, target)
     with repo.lock(exclusive=False, command="drill"):
         repo.load_index()
-        snap = repo.find_snapshot(ref)
+        snap = repo.find_snapshot(ref, latest=envx.latest)
         result = DrillResult(
             snapshot=snap.id,
             name=snap.name,
@@ -317,10 +319,14 @@ def drill(
             host=snap.host,
             target=target or envx.target or (cfg.targets.enabled_names() or ["local"])[0],
             started=started.isoformat(timespec="seconds"),
+            scope=snap.scope,
         )
         for item in snap.incomplete:
             result.notices.append(f"{item.get('path')} was not saved by this backup: {item.get('error')}")
         nodes = _walk(repo, snap, result)
+        if not any(n.type in ("file", "sqlite", "symlink") for _p, n in nodes):
+            # Nothing to restore proves nothing: such a drill must not count as a passed one.
+            result.error("snapshot", None, "the snapshot holds no files or databases, so a restore cannot be proven")
         base = scratch if scratch is not None else Path(tempfile.gettempdir())
         _check_space(base, snap)
         folder = Path(tempfile.mkdtemp(prefix="phx-drill-", dir=base))

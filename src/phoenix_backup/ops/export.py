@@ -210,7 +210,7 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
     matcher = LogicalMatcher.for_patterns(_component_patterns(cfg), layout)
     with repo.lock(exclusive=False, command="export"), scratch_dir("phx-export-") as scratch:
         repo.load_index()
-        snap = repo.find_snapshot(ref)
+        snap = repo.find_snapshot(ref, latest=envx.latest)
         dbs: list[SourceDatabase] = []
         files: list[SourceFile] = []
         for i, (logical, node) in enumerate(walk_tree(repo, snap.tree)):

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, PhoenixError, RetentionRefused, UsageError
+from phoenix_backup.errors import ExitStatus, PhoenixError, RetentionRefused, SnapshotNotFound, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository
-from phoenix_backup.ops.retention import Plan, Policy, apply_policy
+from phoenix_backup.ops.retention import Candidate, Plan, Policy, apply_policy
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Snapshot
 
 # -- targets ------------------------------------------------------------------------------
 
@@ -52,6 +53,13 @@ class TargetForget:
     plan: Plan | None = None
     removed: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    named: list[Snapshot] = field(default_factory=list)  # `phx forget ID...`: the snapshots named
+
+    def removals(self) -> list[tuple[Snapshot | Candidate, str]]:
+        """Each snapshot removed (or, in a dry run, to be removed) with the reason, for printing."""
+        if self.named:
+            return [(s, "named on the command line") for s in self.named]
+        return [(d.snapshot, d.removal_text()) for d in self.plan.remove] if self.plan else []
 
     def to_json(self) -> dict[str, object]:
         plan = self.plan
@@ -59,9 +67,10 @@ class TargetForget:
             "ok": self.ok,
             "error": self.error,
             "keep": len(plan.keep) if plan else 0,
-            "remove": len(plan.remove) if plan else 0,
+            "remove": len(plan.remove) if plan else len(self.named),
             "removed": self.removed,
             "snapshots": [d.to_json() for d in plan.decisions] if plan else [],
+            "named": [{"id": s.id, "name": s.name, "time": s.time} for s in self.named],
             "notices": self.notices,
         }
 
@@ -104,38 +113,79 @@ def forget(
     dry_run: bool = False,
     target: str | None = None,
     now: datetime | None = None,
+    ids: tuple[str, ...] = (),
 ) -> ForgetResult:
+    """Apply the retention policy on every target (or `target`); with `ids`, forget exactly those
+    snapshots instead (by id, unique prefix or name): the only way a snapshot carrying a user's tag
+    is ever forgotten."""
     policy = Policy.from_config(cfg.retention)
     result = ForgetResult(dry_run, policy, {})
     when = now or datetime.now(UTC)
+    missing = SnapshotNotFound("no snapshot to forget")
     for name in target_names(cfg, only=target):
         report = TargetForget(name)
         try:
             repo = open_target(cfg, envx, name)
             try:
-                forget_repository(repo, policy, report, dry_run=dry_run, now=when)
+                if ids:
+                    forget_named(repo, ids, report, dry_run=dry_run)
+                else:
+                    forget_repository(repo, policy, report, dry_run=dry_run, now=when)
             finally:
                 repo.close()
         except RetentionRefused:
             raise  # the same policy would be refused on every target: say so once
+        except SnapshotNotFound as exc:
+            if not ids:
+                raise
+            missing = exc  # a replica that never received it (or forgot it already)
+            report.notices.append(f"target {name} does not hold it: {exc}")
         except PhoenixError as exc:
             report.ok = False
             report.error = str(exc)
         result.targets[name] = report
+    if ids and not any(t.named for t in result.targets.values()) and all(t.ok for t in result.targets.values()):
+        raise missing  # no target holds what was named: the caller's mistake, said once
     return result
 
 
+def forget_named(repo: Repository, refs: tuple[str, ...], report: TargetForget, *, dry_run: bool) -> TargetForget:
+    """Forget the snapshots `refs` names, whatever the retention rules and tags say."""
+    with repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"):
+        snapshots = repo.list_snapshots()
+        chosen = {}
+        for ref in refs:
+            snap = repo.find_snapshot(ref, snapshots)
+            chosen[snap.id] = snap
+        report.named = [chosen[sid] for sid in sorted(chosen, key=lambda sid: chosen[sid].time)]
+        if not dry_run:
+            for sid in chosen:
+                repo.delete_snapshot(sid)
+                report.removed.append(sid)
+    if report.removed:
+        publish_changes(repo, f"phoenix forget: {len(report.removed)} snapshot(s) removed")
+    return report
+
+
 def forget_repository(
-    repo: Repository, policy: Policy, report: TargetForget, *, dry_run: bool, now: datetime
+    repo: Repository,
+    policy: Policy,
+    report: TargetForget,
+    *,
+    dry_run: bool,
+    now: datetime,
+    protect: tuple[str, ...] = (),
 ) -> TargetForget:
-    """Decide on every snapshot of `repo` and, unless `dry_run`, delete those not kept."""
+    """Decide on every snapshot of `repo` and, unless `dry_run`, delete those not kept; `protect`
+    holds the ids that are kept whatever the rules say (the snapshot a backup just made)."""
     # Forget deletes snapshot objects: exclusive, like restic, so no backup picks a parent that
     # is being removed. A dry run only reads.
     with repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"):
         snapshots = repo.list_snapshots()
         for name, problem in sorted(repo.problems.snapshots.items()):
             report.notices.append(f"{name} cannot be read and was left alone: {problem}")
-        report.plan = apply_policy(snapshots, policy, now)
+        report.plan = apply_policy(snapshots, policy, now, protect=protect)
+        report.notices += report.plan.notices
         if not dry_run:
             for decision in report.plan.remove:
                 repo.delete_snapshot(decision.snapshot.id)

@@ -40,7 +40,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ConfirmationRequired, ExitStatus, MergeFailed
 from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect, quote
 from phoenix_backup.memory.values import SqlValue
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, require_config_file
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
@@ -502,11 +502,12 @@ def merge_snapshot(
     """
     from phoenix_backup.ops.browse import open_target
 
+    require_config_file(cfg, "a merge into the live stores")
     repo = open_target(cfg, envx, target)
     layout = Layout(cfg.workspace, envx.home)
     with repo.lock(exclusive=False, command="restore --merge"):
         repo.load_index()
-        snap = repo.find_snapshot(ref)
+        snap = repo.find_snapshot(ref, latest=envx.latest)
         dbs = [
             (lg, n)
             for lg, n in snapshot_databases(repo, snap)

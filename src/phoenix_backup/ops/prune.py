@@ -550,6 +550,9 @@ class RetentionOutcome:
     prune_skipped: str | None = None
     busy: list[str] = field(default_factory=list)  # targets skipped because another process held a lock
     errors: list[str] = field(default_factory=list)
+    # target -> [{id, name, time, why}]: every snapshot forgotten, and why no rule kept it
+    removed: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # clock skew: snapshots dated in the future
 
     @property
     def ok(self) -> bool:
@@ -564,16 +567,25 @@ class RetentionOutcome:
             "pruneSkipped": self.prune_skipped,
             "busy": self.busy,
             "errors": self.errors,
+            "removed": self.removed,
+            "notices": self.notices,
         }
 
 
 def retention_after_backup(
-    cfg: Config, envx: Environment, first: Repository, outcomes: dict[str, Any], *, now: float | None = None
+    cfg: Config,
+    envx: Environment,
+    first: Repository,
+    outcomes: dict[str, Any],
+    *,
+    now: float | None = None,
+    protect: tuple[str, ...] = (),
 ) -> RetentionOutcome:
     """Forget (and prune, when `retention.prune` and the last prune is a day old) on every target,
     only when the backup reached every target: a target that missed the snapshot would otherwise
     forget by a different history. Replicas are opened with the first target's keys (they hold
-    the same repository), so nothing is asked twice."""
+    the same repository), so nothing is asked twice. `protect`: the snapshot the backup just made,
+    never forgotten by the run it triggers. Every snapshot forgotten is reported with its reason."""
     from phoenix_backup.ops.forget import TargetForget, forget_repository
     from phoenix_backup.ops.retention import Policy
 
@@ -592,8 +604,16 @@ def retention_after_backup(
             repo = first if name == first_name else _replica(cfg, envx, first, name)
             if not policy.empty:
                 report = TargetForget(name)
-                forget_repository(repo, policy, report, dry_run=False, now=datetime.fromtimestamp(moment, UTC))
+                forget_repository(
+                    repo, policy, report, dry_run=False, now=datetime.fromtimestamp(moment, UTC), protect=protect
+                )
                 out.forgotten[name] = len(report.removed)
+                out.removed[name] = [
+                    {"id": snap.id, "name": snap.name, "time": snap.time, "why": why}
+                    for snap, why in report.removals()
+                    if snap.id in report.removed
+                ]
+                out.notices += [n for n in report.plan.notices if n not in out.notices] if report.plan else []
             if not cfg.retention.prune:
                 out.prune_skipped = "retention.prune is false"
             elif not prune_due(state, repo, name, moment):

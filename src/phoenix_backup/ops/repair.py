@@ -38,7 +38,7 @@ from phoenix_backup.errors import (
     UnsupportedFormat,
     UsageError,
 )
-from phoenix_backup.ops.backup import seed_name
+from phoenix_backup.ops.backup import timestamp_name
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, pins, target_backend
 from phoenix_backup.ops.prune import used_blobs
 from phoenix_backup.repo import keys as keyslots
@@ -336,7 +336,7 @@ def _repair_snapshots(repo: Repository, *, rewrite: bool, forget: bool, read_dat
         if rewrite and scanned.tree is not None:
             if forget:
                 taken.discard(snap.name)  # the original goes: its copy may keep its name
-            copy = _repaired_copy(snap, scanned, seed_name(snap.datetime, taken))
+            copy = _repaired_copy(snap, scanned, timestamp_name(snap.datetime, taken))
             taken.add(copy.name)
             copies.append((damaged, copy))
     if rewrite and copies:

@@ -40,6 +40,7 @@ from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
     GatewayError,
+    ObjectNotFound,
     PhoenixError,
     RestoreError,
     SourceError,
@@ -48,11 +49,19 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.ops import alignment, leftovers, live_sqlite, safety, sqlite_folder
 from phoenix_backup.ops.backup import select_sources
-from phoenix_backup.ops.context import Environment, cache_for, open_repository
+from phoenix_backup.ops.context import (
+    Environment,
+    cache_for,
+    enabled_targets,
+    open_repository,
+    require_config_file,
+    target_backend,
+)
 from phoenix_backup.ops.gateway import GatewayStep, run_gateway
 from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
 from phoenix_backup.repo.crypto import BlobType, sha256_file
 from phoenix_backup.repo.locks import own_start_time, process_start_time
+from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Extent, Node, check_name
@@ -106,9 +115,17 @@ class RestoreResult:
     gateway: dict[str, GatewayStep] = field(default_factory=dict)  # "stop", "start"
     alignment: alignment.AlignmentReport | None = None
     deleting: bool = False  # --delete was asked (the counts then name deletions even when there are none)
+    # Below --to: where the Phoenix config the backup ran with was written (a new machine's way back
+    # to a working config), when the snapshot holds it.
+    phoenix_config: str | None = None
+    # Files and databases not restored because their data is damaged or missing: {path, error,
+    # otherTargets} (the enabled targets that may hold them intact).
+    damaged: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_status(self) -> ExitStatus:
+        if self.damaged:
+            return ExitStatus.FAILURE  # data is lost here; what could be restored was
         start = self.gateway.get("start")
         return ExitStatus.PARTIAL if self.errors or (start is not None and not start.ok) else ExitStatus.OK
 
@@ -135,6 +152,8 @@ class RestoreResult:
             "safetySnapshot": self.safety_snapshot,
             "gateway": {k: v.to_json() for k, v in self.gateway.items()},
             "alignment": self.alignment.to_json() if self.alignment else None,
+            "phoenixConfig": self.phoenix_config,
+            "damaged": self.damaged,
         }
 
 
@@ -239,15 +258,15 @@ def restore(
     """
     if delete and to is not None:
         raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
+    if to is None:
+        require_config_file(cfg, "a restore in place")
     repo = open_repository(cfg, envx)
     try:
         with repo.lock(exclusive=False, command="restore"):
             repo.load_index()
-            snaps = repo.list_snapshots()
-            if ref == "latest":
-                # The newest backup: a safety snapshot is named by its id (restoring it is an undo).
-                snaps = [s for s in snaps if not safety.is_safety(s.scope, s.tags)]
-            snap = repo.find_snapshot(ref, snaps)
+            # `latest` never picks a safety snapshot (its scope is its own): restoring one is an
+            # undo, named by its id.
+            snap = repo.find_snapshot(ref, latest=envx.latest)
             job = _Restore(
                 cfg, envx, repo, snap, scope=scope, paths=paths, to=to, delete=delete, realign=realign, yes=yes
             )
@@ -299,12 +318,78 @@ class _Restore:
         self.tree = list(walk_tree(repo, snap.tree))
         self.filter = _ScopeFilter(cfg, envx, scope, paths)
         self.selected = select_nodes(repo, snap, cfg, envx, scope, paths, all_nodes=self.tree)
+        if self.in_place:
+            self.selected = self._without_live_config(self.selected)
         self.server_dbs: list[tuple[str, Node]] = []
         self.to_database: str | None = None
         self.conflict_mode: ConflictMode = "update"
         self.keyless: KeylessMode = "add"
         self.warnings: list[str] = []
         self.undo_hint = ""
+        self.damaged: dict[str, str] = {}  # logical -> why its data could not be read (not restored)
+
+    def restored_config(self, plan: _Plan, result: RestoreResult) -> str | None:
+        """Where below --to the snapshot's copy of Phoenix's config landed, if it holds one."""
+        recorded = self.snap.sources.get("config")
+        workspace, home = self.snap.sources.get("workspace"), self.snap.sources.get("home")
+        if not recorded or not workspace or not home or self.to is None:
+            return None
+        logical = Layout(Path(workspace), Path(home)).to_logical(Path(recorded))
+        failed = {e.get("path") for e in result.errors}
+        if logical not in plan.nodes or logical in failed:
+            return None
+        return str(self.layout.to_real(logical, self.to))
+
+    def _without_live_config(self, selected: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
+        """In place, the config file this restore runs with is never overwritten: it says where the
+        repository is. Its copy in the snapshot (a full backup saves it) is there for `--to DIR`."""
+        if self.cfg.source is None:
+            return selected
+        live = self.layout.to_logical(self.cfg.source.absolute())
+        kept = [(lg, n) for lg, n in selected if lg != live]
+        if len(kept) != len(selected) and self.plan_item(live, dict(selected)[live]).action != "unchanged":
+            self.envx.notice(
+                f"the config file in use ({self.cfg.source}) is not restored in place; the snapshot's copy: "
+                f"`phx dump {self.snap.id[:8]} {live}`"
+            )
+        return kept
+
+    def report_damage(self, result: RestoreResult) -> None:
+        """One error per file or database whose data is damaged or missing, naming the other
+        enabled targets that hold the snapshot and every pack it needs (they may hold it intact)."""
+        if not self.damaged:
+            return
+        nodes = dict(self.selected)
+        others = self.other_targets()
+        for logical, why in sorted(self.damaged.items()):
+            packs = {pack_name(loc.pack_id) for e in nodes[logical].content if (loc := self.repo.index.get(e.blob))}
+            holders = [name for name, held in others.items() if packs <= held]
+            hint = (
+                f"; target {' or '.join(holders)} may hold it intact: `phx restore --target {holders[0]} "
+                f"--backup {self.snap.id[:8]} --path '{logical}'`"
+                if holders
+                else "; no other target holds its data"
+            )
+            result.errors.append({"path": logical, "error": f"{why}{hint}"})
+            result.damaged.append({"path": logical, "error": why, "otherTargets": holders})
+
+    def other_targets(self) -> dict[str, set[str]]:
+        """The other enabled targets that hold this snapshot, each with the data packs it holds."""
+        names = enabled_targets(self.cfg)
+        reading = self.envx.target or names[0]
+        out: dict[str, set[str]] = {}
+        for name in names:
+            if name == reading:
+                continue
+            backend = target_backend(self.cfg, self.envx, name)
+            try:
+                if backend.stat(f"snapshots/{self.snap.id}") is not None:
+                    out[name] = {info.name for info in backend.list("data/")}
+            except PhoenixError as exc:
+                self.envx.notice(f"could not ask target {name} for the damaged data: {exc}")
+            finally:
+                backend.close()
+        return out
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -313,6 +398,13 @@ class _Restore:
     # -- the run -----------------------------------------------------------------------
 
     def run(self, *, dry_run: bool, safety_snapshot: bool) -> RestoreResult:
+        """The restore; whatever damaged data kept from being restored is reported at the end (with
+        the targets that may hold it intact), whether it was found before writing or while."""
+        result = self.run_steps(dry_run=dry_run, safety_snapshot=safety_snapshot)
+        self.report_damage(result)
+        return result
+
+    def run_steps(self, *, dry_run: bool, safety_snapshot: bool) -> RestoreResult:
         plan = self.plan()
         snap = self.snap
         result = RestoreResult(snap.id, snap.name, str(self.to) if self.to else "in place", plan.items, dry_run)
@@ -331,10 +423,17 @@ class _Restore:
         if self.in_place:
             self.confirm(plan)
         if self.in_place or any(i.action == "overwrite" for i in plan.items):
-            # Before anything existing is replaced, every blob must open. A restore that only
-            # creates new files below --to checks each blob as it writes it (a failure leaves
-            # whole new files and temporary files, never a damaged one under its real name).
-            _check_data(self.repo, self.envx, [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)])
+            # Before anything existing is replaced, every blob must open: a path whose data is
+            # damaged is left as it is (never half-written) and the rest is restored. A restore
+            # that only creates new files below --to checks each blob as it writes it (a failure
+            # leaves whole new files and removes its temporary file, never a damaged one under its
+            # real name).
+            self.damaged = _check_data(
+                self.repo, self.envx, [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)]
+            )
+            if self.damaged:
+                plan = self.plan()
+                result.items = plan.items
         if self.in_place:
             for problem in self.database_problems(plan):
                 raise RestoreError(f"{problem}; nothing was restored")
@@ -343,6 +442,7 @@ class _Restore:
             return result
         if not self.in_place:
             self.write(plan, result)
+            result.phoenix_config = self.restored_config(plan, result)
             return result
         stop = self.gateway("stop")
         if stop is not None:
@@ -383,6 +483,8 @@ class _Restore:
         dirs: list[tuple[str, Node]] = []
         dir_changes = 0
         for logical, node in self.selected:
+            if logical in self.damaged:
+                continue  # left as it is: its data cannot be read
             if node.type == "dir":
                 dirs.append((logical, node))
                 dir_changes += self.dir_changes(logical, node)
@@ -821,16 +923,24 @@ class _Restore:
                 jobs.append((item, pool.submit(writer.metadata, item.path, node)))
             else:
                 jobs.append((item, pool.submit(writer.content, item.path, node)))
+
+        def attempt(item: PlanItem, action: Callable[[], str]) -> None:
+            try:
+                if _record(result, item.path, action) is not None and item.action != "unchanged":
+                    result.restored += 1
+            except (CorruptObject, ObjectNotFound) as exc:
+                self.damaged[item.path] = _damage_text(exc)  # its temporary file is gone; the rest goes on
+
         for done, (item, job) in enumerate(jobs, 1):
-            if _record(result, item.path, job.result) is not None and item.action != "unchanged":
-                result.restored += 1
+            attempt(item, job.result)
             _progress(self.envx, "restore", done, len(jobs))
         for item in linked:
             if item.action == "unchanged":
                 continue  # already a name of the first file's inode, whose metadata were set
             node, first = plan.nodes[item.path], plan.links[item.path]
-            if _record(result, item.path, functools.partial(writer.hardlink, item.path, node, first)) is not None:
-                result.restored += 1
+            # A first name whose data was damaged was not written: the link writes the content, and
+            # is named damaged in turn.
+            attempt(item, functools.partial(writer.hardlink, item.path, node, first))
 
     def write_deletions(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
         deletions = [i for i in plan.items if i.action == "delete"]
@@ -851,6 +961,9 @@ class _Restore:
             try:
                 copy = copies.pop(item.path).result()
                 info = writer.database(item.path, node, in_place=self.in_place, copy=copy)
+            except (CorruptObject, ObjectNotFound) as exc:
+                self.damaged[item.path] = _damage_text(exc)
+                continue
             except UnsafePath as exc:
                 result.errors.append({"path": item.path, "error": str(exc)})
                 continue
@@ -976,45 +1089,50 @@ def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T |
         return None
 
 
-def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node]]) -> None:
-    """Read, decrypt and authenticate every blob the restore needs before anything is touched.
+def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node]]) -> dict[str, str]:
+    """Read, decrypt and authenticate every blob the restore needs before anything is touched;
+    return the paths whose data is damaged or missing, each with the reason.
 
     The AEAD tag (or, unencrypted, the checksum) binds each blob to its id, so a damaged or
-    substituted blob fails here, not halfway through the restore.
+    substituted blob is found here, not halfway through the restore. Every path that needs a bad
+    blob is named, not only the first.
     """
-    needed: dict[bytes, tuple[str, int]] = {}  # blob -> (a path using it, the end of its furthest extent)
+    needed: dict[bytes, tuple[list[str], int]] = {}  # blob -> (the paths using it, the end of its furthest extent)
     for logical, node in nodes:
         for ext in node.content:
             end = ext.offset + ext.length
-            prev = needed.get(ext.blob)
-            if prev is None:
-                needed[ext.blob] = (logical, end)
-            elif prev[1] < end:
-                needed[ext.blob] = (prev[0], end)
-    for blob, (logical, _end) in needed.items():
+            users, prev = needed.get(ext.blob, ([], 0))
+            if not users or users[-1] != logical:
+                users.append(logical)
+            needed[ext.blob] = (users, max(prev, end))
+    damaged: dict[str, str] = {}
+    for blob, (users, _end) in needed.items():
         if not repo.index.has(blob):
-            raise CorruptObject(
-                f"data of {logical} is missing from the repository (blob {blob.hex()[:16]}); nothing was restored "
-                "— run `phx verify` and restore from another snapshot or target"
-            )
+            for logical in users:
+                damaged.setdefault(logical, f"its data is missing from the repository (blob {blob.hex()[:16]})")
 
-    def check(item: tuple[bytes, tuple[str, int]]) -> None:
-        blob, (logical, end) = item
+    def check(item: tuple[bytes, tuple[list[str], int]]) -> None:
+        blob, (users, end) = item
         try:
             data = repo.load_blob(BlobType.DATA, blob)
-        except CorruptObject as exc:
-            raise CorruptObject(
-                f"data of {logical} is damaged in the repository ({exc}); nothing was restored — run "
-                "`phx verify --read-data` and restore from another snapshot or target"
-            ) from exc
+        except (CorruptObject, ObjectNotFound) as exc:
+            for logical in users:
+                damaged.setdefault(logical, _damage_text(exc))
+            return
         if len(data) < end:
-            raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged); nothing was restored")
+            for logical in users:
+                damaged.setdefault(logical, "its data is shorter than the snapshot says (damaged)")
 
+    present = [(b, u) for b, u in needed.items() if repo.index.has(b)]
     workers = max(2, os.cpu_count() or 2)
-    total = len(needed)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-check") as pool:
-        for done, _ in enumerate(pool.map(check, needed.items()), 1):
-            _progress(envx, "check", done, total)
+        for done, _ in enumerate(pool.map(check, present), 1):
+            _progress(envx, "check", done, len(present))
+    return damaged
+
+
+def _damage_text(exc: PhoenixError) -> str:
+    return f"its data is damaged or missing in the repository ({exc})"
 
 
 # A database's extents come back to the same page-run blobs again and again (the pages that did

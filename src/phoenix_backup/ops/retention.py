@@ -15,8 +15,14 @@ Semantics are restic's `forget` as of 0.16, so a restic user can reason about th
   snapshot that is not in the future (restic's `--keep-within`).
 - Rules are independent and OR-ed; every kept snapshot lists the rules that keep it.
 - `pre-restore` snapshots younger than `keepSafetyDays` days are kept whatever the rules say.
+- A snapshot carrying a user's tag (any tag but `pre-restore`) is kept: only an explicit
+  `phx forget ID` removes it. The snapshot a backup has just made is kept by that backup's run.
+- A snapshot dated in the future (more than FUTURE_SLACK ahead of `now`: a clock set wrong, or
+  `--time`) is kept, takes no period and no budget, and is reported: it never pushes out the
+  snapshots of the present.
 - A policy with no positive or `-1` rule and no `within` is no policy: nothing is forgotten.
 - A plan that would remove every snapshot of a group is refused (`RetentionRefused`).
+- Every removed snapshot says why no rule kept it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ SAFETY_TAG = "pre-restore"
 COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 _DURATION_PART = re.compile(r"([0-9]+)([ymdh])")
+
+# How far ahead of the clock a snapshot may be dated before it counts as "from the future": clocks
+# of one host drift by seconds, not minutes.
+FUTURE_SLACK = timedelta(minutes=5)
 
 
 class Candidate(Protocol):
@@ -169,7 +179,7 @@ class Reason:
     """Why a snapshot is kept: one rule, the period it stands for, and whether it is kept as the
     oldest snapshot of a rule that still had budget."""
 
-    rule: str  # last|hourly|daily|weekly|monthly|yearly|within|safety|empty
+    rule: str  # last|hourly|daily|weekly|monthly|yearly|within|safety|empty|tag|new|future
     period: str | None = None
     oldest: bool = False
     detail: str | None = None
@@ -177,6 +187,12 @@ class Reason:
     def text(self) -> str:
         if self.rule == "empty":
             return "no retention rule: nothing is forgotten"
+        if self.rule == "tag":
+            return f"tagged {self.detail} (removed only by `phx forget ID`)"
+        if self.rule == "new":
+            return "just taken by this backup"
+        if self.rule == "future":
+            return f"dated {self.detail} in the future (kept, not counted)"
         if self.rule == "within":
             return f"within {self.detail} of the newest"
         if self.rule == "safety":
@@ -209,10 +225,14 @@ class Decision:
     group: GroupKey
     keep: bool
     reasons: tuple[Reason, ...]
+    why_removed: tuple[str, ...] = ()  # a removed snapshot: why each rule passed it over
+
+    def removal_text(self) -> str:
+        return "; ".join(self.why_removed) or "no rule keeps it"
 
     def to_json(self) -> dict[str, object]:
         s = self.snapshot
-        return {
+        doc: dict[str, object] = {
             "id": s.id,
             "name": s.name,
             "time": s.time,
@@ -222,6 +242,9 @@ class Decision:
             "keep": self.keep,
             "reasons": [r.to_json() for r in self.reasons],
         }
+        if not self.keep:
+            doc["why"] = self.removal_text()
+        return doc
 
 
 @dataclass
@@ -230,6 +253,7 @@ class Plan:
 
     policy: Policy
     decisions: list[Decision] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # clock skew: snapshots dated in the future
 
     @property
     def keep(self) -> list[Decision]:
@@ -280,18 +304,44 @@ def group_key(s: Candidate) -> GroupKey:
 # -- the policy ---------------------------------------------------------------------------
 
 
-def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime) -> Plan:
+def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime, *, protect: Iterable[str] = ()) -> Plan:
     """Decide keep/remove for every snapshot. `snapshots` are given oldest first (the repository's
-    order); of snapshots with equal times the one given later counts as newer."""
+    order); of snapshots with equal times the one given later counts as newer. The ids in
+    `protect` (the snapshot a backup has just made) are always kept."""
     groups: dict[GroupKey, list[Candidate]] = {}
     for s in snapshots:
         groups.setdefault(group_key(s), []).append(s)
     plan = Plan(policy)
+    kept = frozenset(protect)
     for key in sorted(groups, key=lambda k: (k.host, k.scope, k.safety)):
-        decisions = _apply_group(key, groups[key], policy, now)
+        decisions = _apply_group(key, groups[key], policy, now, kept)
         refuse_if_everything_removed(key, decisions)
         plan.decisions.extend(decisions)
+        plan.notices += [_future_notice(d.snapshot, now) for d in decisions if _is_future(d.snapshot, now)]
     return plan
+
+
+def user_tags(s: Candidate) -> tuple[str, ...]:
+    """The tags a user gave (`--tag`); `pre-restore` is Phoenix's own."""
+    return tuple(t for t in s.tags if t != SAFETY_TAG)
+
+
+def _is_future(s: Candidate, now: datetime) -> bool:
+    return parse_time(s.time) - now > FUTURE_SLACK
+
+
+def _future_notice(s: Candidate, now: datetime) -> str:
+    ahead = _span(parse_time(s.time) - now)
+    return (
+        f"snapshot {s.name} ({s.id[:8]}) of host {s.host} is dated {s.time}, {ahead} ahead of this clock: "
+        f"it is kept and does not count for the retention rules; check the clock of {s.host}, and if its "
+        f"date is wrong remove it with `phx forget {s.id[:8]}`"
+    )
+
+
+def _span(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
 
 
 def refuse_if_everything_removed(key: GroupKey, decisions: Sequence[Decision]) -> None:
@@ -304,38 +354,73 @@ def refuse_if_everything_removed(key: GroupKey, decisions: Sequence[Decision]) -
         )
 
 
-def _apply_group(key: GroupKey, members: Sequence[Candidate], policy: Policy, now: datetime) -> list[Decision]:
+def _apply_group(
+    key: GroupKey, members: Sequence[Candidate], policy: Policy, now: datetime, protect: frozenset[str] = frozenset()
+) -> list[Decision]:
     # Newest first; `sorted` is stable, so reversing first makes later-given ties count as newer.
     ordered = sorted(reversed(members), key=lambda s: parse_time(s.time).timestamp(), reverse=True)
     if policy.empty:
         return [Decision(s, key, True, (Reason("empty"),)) for s in ordered]
 
+    # Snapshots from the future are kept and set aside: counted, they would take the newest
+    # periods and budget from the snapshots of the present.
+    decisions = [
+        Decision(s, key, True, (Reason("future", detail=_span(parse_time(s.time) - now)),))
+        for s in ordered
+        if _is_future(s, now)
+    ]
+    present = [s for s in ordered if not _is_future(s, now)]
     budgets = {rule: policy.count(rule) for rule in COUNT_RULES}
     last_period: dict[str, str | None] = dict.fromkeys(COUNT_RULES)
+    holder: dict[str, str] = {}  # rule -> the snapshot kept for its current period
     within_start = _within_start(ordered, policy.within, now)
     safety_until = timedelta(days=policy.keep_safety_days)
 
-    decisions = []
-    for rank, snap in enumerate(ordered):
+    for rank, snap in enumerate(present):
         when = parse_time(snap.time)
         reasons: list[Reason] = []
+        passed: list[str] = []
         if key.safety and policy.keep_safety_days > 0 and now - when < safety_until:
             until = (when + safety_until).isoformat()
             reasons.append(Reason("safety", detail=f"{policy.keep_safety_days} days (until {until})"))
-        if within_start is not None and when > within_start:
-            reasons.append(Reason("within", detail=str(policy.within)))
-        is_oldest = rank == len(ordered) - 1
+        if within_start is not None:
+            if when > within_start:
+                reasons.append(Reason("within", detail=str(policy.within)))
+            else:
+                passed.append(f"older than {policy.within} before the newest")
+        is_oldest = rank == len(present) - 1
         for rule in COUNT_RULES:
             if budgets[rule] == 0:
+                if policy.count(rule) > 0:
+                    passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
                 continue
             period = _period(rule, when, rank)
             if period != last_period[rule] or is_oldest:
                 reasons.append(Reason(rule, period, oldest=period == last_period[rule]))
                 last_period[rule] = period
+                holder[rule] = snap.name
                 if budgets[rule] > 0:
                     budgets[rule] -= 1
-        decisions.append(Decision(snap, key, bool(reasons), tuple(reasons)))
+            else:
+                passed.append(f"{rule} keeps a newer snapshot of {period} ({holder[rule]})")
+        tags = user_tags(snap)
+        if tags:
+            reasons.append(Reason("tag", detail=", ".join(tags)))
+        if snap.id in protect:
+            reasons.append(Reason("new"))
+        decisions.append(Decision(snap, key, bool(reasons), tuple(reasons), () if reasons else tuple(passed)))
     return decisions
+
+
+def _unit(rule: str) -> str:
+    return {
+        "last": "latest snapshots",
+        "hourly": "hourly snapshots",
+        "daily": "daily snapshots",
+        "weekly": "weekly snapshots",
+        "monthly": "monthly snapshots",
+        "yearly": "yearly snapshots",
+    }[rule]
 
 
 def _within_start(ordered: Sequence[Candidate], within: Duration | None, now: datetime) -> datetime | None:
@@ -362,6 +447,6 @@ def render_plan(plan: Plan, show: Callable[[Candidate], str] | None = None) -> l
         kept = sum(1 for d in decisions if d.keep)
         lines.append(f"{key}: keep {kept}, remove {len(decisions) - kept}")
         for d in decisions:
-            why = ", ".join(r.text() for r in d.reasons)
+            why = ", ".join(r.text() for r in d.reasons) if d.keep else d.removal_text()
             lines.append(f"  {'keep  ' if d.keep else 'remove'}  {label(d.snapshot)}" + (f"  {why}" if why else ""))
     return lines

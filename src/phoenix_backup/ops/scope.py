@@ -30,11 +30,17 @@ def configured_databases(cfg: Config) -> list[Path]:
 
 @dataclass(frozen=True)
 class SourcePlan:
-    """What to walk for a scope: include patterns and the databases to copy."""
+    """What to walk for a scope: include patterns, the databases to copy, and the patterns that
+    may match nothing without a warning (the components' defaults: not every agent has TOOLS.md)."""
 
     includes: tuple[str, ...]
     databases: tuple[Path, ...]
     walk_files: bool
+    optional: tuple[str, ...] = ()
+
+
+# The components a full backup always saves, whatever `include` says (DESIGN §3): `include` adds.
+FILE_COMPONENTS: tuple[Scope, ...] = ("identity", "memory", "config")
 
 
 def component_patterns(cfg: Config, scope: Scope) -> tuple[str, ...]:
@@ -43,20 +49,29 @@ def component_patterns(cfg: Config, scope: Scope) -> tuple[str, ...]:
     if scope == "identity":
         return cfg.components.identity
     if scope == "config":
-        return cfg.components.config
+        # Phoenix's own config file travels with the agent's, so that a new machine with nothing
+        # but the repository gets a working config back (`restore --repo`).
+        own = (str(cfg.source),) if cfg.source is not None else ()
+        return _unique((*cfg.components.config, *own))
     return ()
 
 
 def source_plan(cfg: Config, scope: Scope) -> SourcePlan:
     dbs = configured_databases(cfg)
     if scope == "full":
-        return SourcePlan(cfg.include, tuple(dbs), True)
+        components = _unique(tuple(p for c in FILE_COMPONENTS for p in component_patterns(cfg, c)))
+        # An empty `include` is the whole workspace; the components add what lies outside it.
+        return SourcePlan(_unique((*(cfg.include or ("",)), *components)), tuple(dbs), True, components)
     if scope == "databases":
         return SourcePlan((), tuple(dbs), False)
     patterns = component_patterns(cfg, scope)
     matcher = LogicalMatcher.for_patterns(patterns, Layout(cfg.workspace, Path.home()))
     scoped_dbs = tuple(d for d in dbs if matcher.matches(Layout(cfg.workspace, Path.home()).to_logical(d)))
-    return SourcePlan(patterns, scoped_dbs, True)
+    return SourcePlan(patterns, scoped_dbs, True, patterns)
+
+
+def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
 
 
 class LogicalMatcher:
@@ -83,3 +98,42 @@ class LogicalMatcher:
                 if rx.fullmatch("/".join(parts[:i])):
                     return True
         return False
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    """What a full backup will save of one component (`backup --dry-run`): its paths and their
+    size, and the component's patterns that match nothing here."""
+
+    name: str
+    paths: tuple[str, ...]
+    size: int
+    absent: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {"paths": list(self.paths), "count": len(self.paths), "size": self.size, "absent": list(self.absent)}
+
+
+def plan_components(cfg: Config, layout: Layout, items: list[tuple[str, str, int]]) -> list[ComponentPlan]:
+    """Group planned (logical path, kind, size) items by component: identity, memory, config,
+    databases (every SQLite, PostgreSQL and Redis database), and `include` for what only the
+    config's `include` adds. A path may belong to two components (memory.db: memory and
+    databases); folders are not listed."""
+    files = [(path, kind, size) for path, kind, size in items if kind != "dir"]
+    out = []
+    for name in FILE_COMPONENTS:
+        patterns = component_patterns(cfg, name)
+        matcher = LogicalMatcher.for_patterns(patterns, layout)
+        held = [(path, size) for path, _kind, size in files if matcher.matches(path)]
+        absent = tuple(
+            raw
+            for raw in patterns
+            if not any(LogicalMatcher.for_patterns((raw,), layout).matches(path) for path, _kind, _size in items)
+        )
+        out.append(ComponentPlan(name, tuple(p for p, _ in held), sum(size for _, size in held), absent))
+    dbs = [(path, size) for path, kind, size in files if kind not in ("file", "symlink")]
+    out.append(ComponentPlan("databases", tuple(p for p, _ in dbs), sum(size for _, size in dbs)))
+    covered = {path for c in out for path in c.paths}
+    rest = [(path, size) for path, _kind, size in files if path not in covered]
+    out.append(ComponentPlan("include", tuple(p for p, _ in rest), sum(size for _, size in rest)))
+    return out

@@ -20,7 +20,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.schedule.spec import ScheduleSpec
-from phoenix_backup.state import read_state, state_path
+from phoenix_backup.state import failed_parts_text, read_state, state_path
 
 # A scheduled run may start a little late or take a while: the warning waits this long (at most
 # a quarter of the schedule's interval) after a due time before calling a backup missed.
@@ -131,14 +131,14 @@ class StatusResult:
 def status(cfg: Config, envx: Environment, *, now: float | None = None) -> StatusResult:
     moment = time.time() if now is None else now
     state = read_state(state_path(envx.home))
-    spec, installed = schedule.expected_spec(cfg, envx.home)
-    sched = schedule.status(envx.env, envx.home) if installed else None
+    spec, recorded = schedule.expected_spec(cfg, envx.home)
+    sched = schedule.status(envx.env, envx.home) if recorded else None
     when = datetime.fromtimestamp(moment).astimezone()
     result = StatusResult(
         now=moment,
         state=state,
         spec=spec,
-        schedule_installed=installed,
+        schedule_installed=recorded and sched is not None and bool(sched.installed),
         scheduler=sched.scheduler if sched else None,
         next_due=spec.next_after(when),
     )
@@ -147,7 +147,7 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
             "schedule.json says a schedule was installed but no scheduler holds it any more; "
             "run `phx schedule install` again"
         )
-    elif not installed:
+    elif not recorded:
         result.warnings.append(
             f"no schedule is installed; `phx schedule install` backs up {spec.describe()} (the config's schedule)"
         )
@@ -169,12 +169,14 @@ def _check_age(result: StatusResult, when: datetime) -> None:
         result.overdue = True
         result.alert = "no backup has run yet (no state file); run `phx backup`"
         return
-    parts = [p for p in state.get("failedParts") or [] if isinstance(p, dict)]
     targets = state.get("targets") or {}
     failed_targets = [f"{n}: {t.get('error')}" for n, t in targets.items() if isinstance(t, dict) and not t.get("ok")]
     if state.get("partial"):
-        shown = "; ".join(f"{p.get('path')}: {p.get('error')}" for p in parts)
-        result.warnings.append(f"the last backup was partial, these parts were not saved or are damaged: {shown}")
+        shown = failed_parts_text(state)
+        result.warnings.append(
+            f"the last backup was partial, these parts were not saved or are damaged: {shown}; "
+            "fix the cause and run `phx backup`"
+        )
     elif not state.get("success"):
         result.warnings.append(f"the last backup failed: {state.get('error')}")
     if (state.get("success") or state.get("partial")) and failed_targets:
@@ -202,7 +204,9 @@ def _inspect_target(cfg: Config, envx: Environment, target: TargetStatus) -> Non
         backend = target_backend(cfg, envx, target.name)
         try:
             if not backend.exists():
-                target.error = "no repository there yet (the next backup creates it)"
+                first = target.name == enabled_targets(cfg)[0]
+                fix = "create it with `phx init`" if first else "the next backup or `phx sync` copies it there"
+                target.error = f"no repository there yet; {fix}"
                 return
             infos = [i for prefix in ("data/", "index/", "snapshots/", "keys/") for i in backend.list(prefix)]
             target.stored = sum(i.size for i in infos) + (_size(backend, "config"))

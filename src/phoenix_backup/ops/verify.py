@@ -26,7 +26,7 @@ from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, pack_name, read_header
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.walker import Trees
 
 
@@ -93,7 +93,9 @@ def verify(
     repo = open_repository(cfg, envx)
     with repo.lock(exclusive=False, command="verify"):
         cursor = cache_for(repo, envx).dir / SUBSET_CURSOR if subset is not None else None
-        return verify_repository(repo, ref=ref, read_data=read_data or subset is not None, subset=subset, cursor=cursor)
+        return verify_repository(
+            repo, ref=ref, read_data=read_data or subset is not None, subset=subset, cursor=cursor, latest=envx.latest
+        )
 
 
 def verify_repository(
@@ -103,6 +105,7 @@ def verify_repository(
     read_data: bool = False,
     subset: float | None = None,
     cursor: Path | None = None,
+    latest: Latest | None = None,
 ) -> VerifyResult:
     result = VerifyResult(read_data=read_data)
     _check_key_slots(repo, result)
@@ -113,7 +116,7 @@ def verify_repository(
     for name, message in repo.problems.snapshots.items():
         result.errors.append(VerifyError(name, name.split("/")[-1], None, message))
     if ref is not None:
-        snapshots = [repo.find_snapshot(ref, snapshots)]
+        snapshots = [repo.find_snapshot(ref, snapshots, latest)]
     # Packs no readable index lists: a crashed backup's leftovers, or the packs of a damaged
     # index. Their own headers say what they hold, so trees can still be walked and the damage
     # traced to the snapshots and paths that need them.

@@ -267,7 +267,7 @@ def _master_secrets_problem(encryption_key: object, id_key: object, seed: object
     if not isinstance(id_key, bytes) or len(id_key) != KEY_LENGTH:
         return f"idKey must be {KEY_LENGTH} bytes"
     if not _is_int(seed) or not 0 < cast(int, seed) < SEED_LIMIT:
-        return "chunkerSeed must be an integer with 0 < seed < 2**63"
+        return "chunkerSeed must be an integer with 0 < chunkerSeed < 2**63"
     return None
 
 

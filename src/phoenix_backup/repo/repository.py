@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -63,7 +64,7 @@ from phoenix_backup.repo.pack import (
     pack_name,
 )
 from phoenix_backup.repo.pins import Pin, Pins
-from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Snapshot
+from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_latest
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.storage.base import Backend
 
@@ -843,14 +844,22 @@ class Repository:
         out.sort(key=lambda s: (s.datetime.timestamp(), _started(s), s.name, s.id))
         return out
 
-    def find_snapshot(self, ref: str, snapshots: list[Snapshot] | None = None) -> Snapshot:
-        """A snapshot by id, unique id prefix (4+ characters), or seed-style name; `latest` too."""
+    def find_snapshot(
+        self, ref: str, snapshots: list[Snapshot] | None = None, latest: Latest | None = None
+    ) -> Snapshot:
+        """A snapshot by id, unique id prefix (4+ characters) or timestamp name; `latest` is the
+        newest snapshot `latest` selects (by default: complete, full scope, this host)."""
         snaps = snapshots if snapshots is not None else self.list_snapshots()
         if not snaps:
             raise SnapshotNotFound("the repository holds no snapshots yet; run `phx backup` first")
         if ref == "latest":
-            return snaps[-1]
+            return self._latest(snaps, latest or Latest())
         by_name = [s for s in snaps if s.name == ref]
+        if len(by_name) > 1:
+            ids = ", ".join(s.id[:12] for s in by_name)
+            raise SnapshotNotFound(
+                f"the name {ref!r} is ambiguous: it names {len(by_name)} snapshots ({ids}); give the id"
+            )
         if by_name:
             return by_name[0]
         if len(ref) >= 4:
@@ -860,6 +869,21 @@ class Repository:
             if len(matches) > 1:
                 raise SnapshotNotFound(f"snapshot prefix {ref!r} is ambiguous; give more characters of the id")
         raise SnapshotNotFound(f"no snapshot named {ref!r}; see `phx list` for ids and names")
+
+    def _latest(self, snaps: list[Snapshot], rule: Latest) -> Snapshot:
+        this_host = socket.gethostname()
+        found, host = choose_latest(snaps, rule, this_host)
+        if found is None:
+            newest = snaps[-1]
+            what = "partial " if newest.incomplete else ""
+            raise SnapshotNotFound(
+                f"no {rule.describe(host)} for `latest` (the newest snapshot, {newest.name} {newest.id[:8]}, "
+                f"is a {what}{newest.scope} snapshot of host {newest.host}); name one with --backup ID, "
+                "or select with --scope, --tag or --host"
+            )
+        if host != this_host and rule.host is None:
+            self.notice(f"this host ({this_host}) has no snapshot of its own here; `latest` is host {host}'s")
+        return found
 
 
 def _started(snap: Snapshot) -> float:

@@ -101,7 +101,7 @@ class SnapshotStats:
 @dataclass(frozen=True)
 class Snapshot:
     time: str  # RFC 3339 with the UTC offset, exactly as recorded
-    name: str  # seed-style 2026-03-15-14-30, made unique with -2, -3
+    name: str  # a timestamp name, 2026-03-15-14-30, made unique with -2, -3
     host: str
     username: str
     scope: str  # full | memory | databases | identity
@@ -253,3 +253,42 @@ def _absent(raw: object) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         raise ValueError("absent is not a list of paths")
     return tuple(raw)
+
+
+@dataclass(frozen=True)
+class Latest:
+    """What `latest` means (DESIGN §2): the newest complete snapshot of scope `scope` from `host`
+    (None: this host) carrying every tag in `tags`. Safety snapshots have a scope of their own, so
+    they are chosen only when that scope is asked for (or when named by id or name)."""
+
+    host: str | None = None
+    scope: str = "full"
+    tags: tuple[str, ...] = ()
+
+    def describe(self, host: str) -> str:
+        tags = f" tagged {', '.join(self.tags)}" if self.tags else ""
+        return f"complete {self.scope} snapshot{tags} from host {host}"
+
+    def matches(self, snap: Snapshot, host: str) -> bool:
+        return (
+            snap.host == host
+            and snap.scope == self.scope
+            and all(t in snap.tags for t in self.tags)
+            and not snap.incomplete
+        )
+
+
+def choose_latest(snaps: list[Snapshot], rule: Latest, this_host: str) -> tuple[Snapshot | None, str]:
+    """The snapshot `latest` names among `snaps` (oldest first), and the host it was looked for on.
+
+    Without `rule.host`, the host is this one; when no snapshot of this host matches but those that
+    do all come from one other host, that host is used: a new machine restoring from the
+    repository alone (its host name differs) still has a `latest`."""
+    host = rule.host or this_host
+    found = [s for s in snaps if rule.matches(s, host)]
+    if not found and rule.host is None:
+        others = {s.host for s in snaps if rule.matches(s, s.host)}
+        if len(others) == 1:
+            host = others.pop()
+            found = [s for s in snaps if rule.matches(s, host)]
+    return (found[-1] if found else None), host

@@ -41,6 +41,7 @@ __all__ = [
     "detect",
     "expected_spec",
     "install",
+    "last_scheduled_run",
     "record_path",
     "remove",
     "status",
@@ -139,23 +140,17 @@ def install(
         "config": str(cfg.source.resolve()),
         "installed": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
+    # The record is written only once the scheduler has taken the job: a job whose activation
+    # failed is not installed (its unit files or plist stay, ready to be enabled by hand).
     if chosen == "systemd":
-        try:
-            systemd.install(spec, job, env)
-        except SchedulerUnavailable:
-            _write_record(home, kind, record)  # the unit files stay, ready to be enabled by hand
-            raise
+        systemd.install(spec, job, env)
     elif chosen == "cron":
         why_not = cron.available(env)
         if why_not is not None:
             raise SchedulerUnavailable(f"cannot use cron: {why_not}")
         cron.install(spec, job, env)
     elif chosen == "launchd":
-        try:
-            launchd.install(spec, job)
-        except SchedulerUnavailable:
-            _write_record(home, kind, record)
-            raise
+        launchd.install(spec, job)
     else:
         raise UsageError(f"unknown scheduler {chosen!r}; use one of {', '.join(SCHEDULERS)}")
     _write_record(home, kind, record)
@@ -220,11 +215,15 @@ def remove(env: Mapping[str, str], home: Path, kinds: tuple[str, ...] = KINDS) -
 
 @dataclass
 class ScheduleStatus:
-    installed: dict[str, object]  # scheduler -> details, for each that holds Phoenix's schedule
+    installed: dict[str, object]  # scheduler -> details, for each that holds the job and runs it
     spec: ScheduleSpec | None  # the installed schedule, when known
     next_due: datetime | None
     log: Path
     last_log_line: str | None
+    # scheduler -> details, for each that holds the job's files but does not run them (a systemd
+    # timer that is not active, a plist launchd has not loaded)
+    inactive: dict[str, object] = field(default_factory=dict)
+    last_run: datetime | None = None  # the start of the last scheduled run, from its log
 
     @property
     def scheduler(self) -> str | None:
@@ -235,6 +234,8 @@ class ScheduleStatus:
             "installed": bool(self.installed),
             "scheduler": self.scheduler,
             "details": self.installed,
+            "inactive": self.inactive,
+            "lastRun": self.last_run.isoformat(timespec="seconds") if self.last_run else None,
             "every": self.spec.every if self.spec else None,
             "at": self.spec.at if self.spec else None,
             "description": self.spec.describe() if self.spec else None,
@@ -248,18 +249,40 @@ def status(env: Mapping[str, str], home: Path, kind: str = "backup") -> Schedule
     """Where the job `kind` is installed, and when it runs next."""
     name = job_name(kind)
     found: dict[str, object] = {}
-    unit = systemd.installed(env, home, name)
-    if unit is not None:
-        found["systemd"] = unit
+    inactive: dict[str, object] = {}
+    for scheduler, details in (
+        ("systemd", systemd.installed(env, home, name)),
+        ("launchd", launchd.installed(home, name)),
+    ):
+        if details is not None:
+            (found if details.get("active") == "active" else inactive)[scheduler] = details
     entry = cron.installed(env, name) if cron.available(env) is None else None
     if entry is not None:
-        found["cron"] = {"entry": next((line for line in entry if not line.startswith("#")), "")}
-    plist = launchd.installed(home, name)
-    if plist is not None:
-        found["launchd"] = plist
+        line = next((line for line in entry if not line.startswith("#")), "")
+        found["cron"] = {"entry": line, "daemonRunning": cron.daemon_running()}
     spec = installed_spec(home, kind) if found else None
     next_due = spec.next_after(datetime.now().astimezone()) if spec else None
-    return ScheduleStatus(found, spec, next_due, log_dir(home), _last_line(log_dir(home) / log_name(kind)))
+    log = log_dir(home) / log_name(kind)
+    return ScheduleStatus(
+        found, spec, next_due, log_dir(home), _last_line(log), inactive, last_scheduled_run(log, kind)
+    )
+
+
+def last_scheduled_run(log: Path, kind: str = "backup") -> datetime | None:
+    """When the last scheduled run of the job started, from its log (and the newest rotated one)."""
+    marker = f" scheduled {kind} starting"
+    for path in (log, log.with_name(f"{log.name}.1")):
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in reversed(lines):
+            if marker in line:
+                try:
+                    return datetime.fromisoformat(line.split(" ", 1)[0])
+                except ValueError:
+                    continue
+    return None
 
 
 def installed_spec(home: Path, kind: str = "backup") -> ScheduleSpec | None:

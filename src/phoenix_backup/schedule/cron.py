@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
 from phoenix_backup.errors import SchedulerUnavailable
 from phoenix_backup.schedule.job import Job
@@ -118,3 +119,14 @@ def installed(env: Mapping[str, str], name: str) -> list[str] | None:
     except SchedulerUnavailable:
         return None
     return ours or None
+
+
+def daemon_running() -> bool:
+    """Whether a cron daemon runs on this machine (a crontab entry alone runs nothing)."""
+    for entry in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if entry.read_text().strip() in ("cron", "crond", "cronie", "busybox-crond"):
+                return True
+        except OSError:
+            continue
+    return False

@@ -73,5 +73,9 @@ def remove(home: Path, name: str) -> bool:
 
 
 def installed(home: Path, name: str) -> dict[str, object] | None:
+    """The agent's plist, and whether launchd has it loaded (`active`)."""
     path = plist_path(home, name)
-    return {"plist": str(path)} if path.exists() else None
+    if not path.exists():
+        return None
+    loaded = _launchctl(["print", f"gui/{os.getuid()}/{label(name)}"]).returncode == 0
+    return {"plist": str(path), "active": "active" if loaded else "not loaded"}

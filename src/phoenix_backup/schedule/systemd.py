@@ -133,5 +133,7 @@ def installed(env: Mapping[str, str], home: Path, name: str) -> dict[str, object
     timer = folder / timer_name(name)
     if not timer.exists():
         return None
-    active = _systemctl(["is-active", timer.name], env).stdout.strip() or "unknown"
+    proc = _systemctl(["is-active", timer.name], env)
+    # `active` only when systemd says so: unreachable (no user manager) is not running.
+    active = proc.stdout.strip() or f"unknown ({(proc.stderr.strip().splitlines() or ['no answer'])[0]})"
     return {"unitDir": str(folder), "active": active}

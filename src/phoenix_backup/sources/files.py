@@ -7,6 +7,7 @@ op's job. A live SQLite database is never listed as a plain file, nor are its `-
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -60,17 +61,27 @@ def select(
     databases: Iterable[Path],
     *,
     detect_databases: bool = True,
+    optional: Iterable[str] = (),
 ) -> Selection:
-    """Walk the includes; `databases` are added (if they exist) whether or not they are included."""
+    """Walk the includes; `databases` are added (if they exist) whether or not they are included.
+    Includes in `optional` that match nothing are not reported as missing.
+
+    What exists but cannot be read (a folder without permission) goes into `errors`, never into
+    `missing`: "does not exist" is said only of what does not exist."""
     exclude = ExcludeSet(tuple(excludes), layout.workspace)
     sel = Selection({}, [], [])
     db_paths = {Path(p) for p in databases}
+    quiet = set(optional)
     roots: list[Path] = []
     include_list = list(includes) or [""]
     for raw in include_list:
         inc = Include.parse(raw, layout.workspace)
-        found = list(inc.expand())
-        if not found and raw:
+        unreadable: list[tuple[str, str]] = []
+        found = list(inc.expand(unreadable))
+        for error in unreadable:
+            if error not in sel.errors:
+                sel.errors.append(error)
+        if not found and raw and not unreadable and raw not in quiet:
             sel.missing.append(raw)
         # A glob walks folders, and excludes apply on the way: a match below an excluded folder
         # (`**/*.md` inside `node_modules/`) is dropped. The literal part of a pattern names what
@@ -78,10 +89,16 @@ def select(
         literal = inc.base.joinpath(*_literal_prefix(inc.pattern))
         roots.extend(p for p in found if not _excluded_between(exclude, literal, p))
     for db in sorted(db_paths):
-        if os.path.lexists(db):
-            roots.append(db)
-        else:
-            sel.missing.append(str(db))
+        try:
+            os.lstat(db)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                sel.missing.append(str(db))
+            else:
+                sel.errors.append((str(db), exc.strerror or str(exc)))
+            continue
+        roots.append(db)
+    roots = _outermost(roots, db_paths, exclude, layout.workspace)
 
     def add(path: Path, st: os.stat_result) -> None:
         if _is_companion(path):
@@ -143,7 +160,30 @@ def select(
     for db in db_paths:
         for suffix in COMPANIONS:
             sel.entries.pop(layout.to_logical(Path(str(db) + suffix)), None)
+    # A folder both a pattern and a walk could not read is one problem.
+    sel.errors = list(dict.fromkeys(sel.errors))
     return sel
+
+
+def _outermost(roots: list[Path], databases: set[Path], exclude: ExcludeSet, workspace: Path) -> list[Path]:
+    """The roots in order, without duplicates and without those the walk of another root reaches
+    (a full backup includes the whole workspace and SOUL.md): each folder is walked once.
+    Databases stay, since they are marked as databases when added."""
+    # Roots that are walked (an excluded root is not, unless it is the workspace itself).
+    folders = {r for r in roots if r not in databases and (r == workspace or not exclude.excluded(r, True))}
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for root in roots:
+        if root in seen:
+            continue
+        seen.add(root)
+        if root not in databases and any(
+            parent in folders and not _excluded_between(exclude, parent, root) and parent != root
+            for parent in root.parents
+        ):
+            continue
+        out.append(root)
+    return out
 
 
 def _literal_prefix(pattern: str) -> list[str]:

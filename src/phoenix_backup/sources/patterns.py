@@ -12,6 +12,7 @@ trailing `/` matches folders only. Excludes win over includes.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -80,45 +81,63 @@ class Include:
         text = text.removeprefix("./")
         return cls(workspace, text, dir_only)
 
-    def expand(self) -> Iterator[Path]:
-        """Existing paths the pattern names (without following symlinks to folders)."""
+    def expand(self, errors: list[tuple[str, str]] | None = None) -> Iterator[Path]:
+        """Existing paths the pattern names (without following symlinks to folders). A folder on
+        the way that exists but cannot be read goes into `errors` as (path, reason): it is not
+        missing, and must not be reported as if it were."""
         if self.pattern == "":
             yield self.base
             return
-        yield from _expand(self.base, self.pattern.split("/"), self.dir_only)
+        yield from _expand(self.base, self.pattern.split("/"), self.dir_only, [] if errors is None else errors)
 
 
-def _expand(base: Path, segments: list[str], dir_only: bool) -> Iterator[Path]:
+def _expand(base: Path, segments: list[str], dir_only: bool, errors: list[tuple[str, str]]) -> Iterator[Path]:
     head, rest = segments[0], segments[1:]
     if head == "**":
         # Zero segments, or descend one folder and keep "**" in front.
         if rest:
-            yield from _expand(base, rest, dir_only)
+            yield from _expand(base, rest, dir_only, errors)
         else:
             yield base
-        for entry in _scandir(base):
+        for entry in _scandir(base, errors):
             if entry.is_dir(follow_symlinks=False):
-                yield from _expand(Path(entry.path), segments, dir_only)
+                yield from _expand(Path(entry.path), segments, dir_only, errors)
         return
     if has_magic(head):
         rx = glob_regex(head)
-        candidates = [Path(e.path) for e in _scandir(base) if rx.fullmatch(e.name)]
+        candidates = [Path(e.path) for e in _scandir(base, errors) if rx.fullmatch(e.name)]
     else:
         candidate = base / head
-        candidates = [candidate] if os.path.lexists(candidate) else []
+        candidates = [candidate] if _lexists(candidate, errors) else []
     for path in sorted(candidates):
         if rest:
             if path.is_dir() and not path.is_symlink():
-                yield from _expand(path, rest, dir_only)
+                yield from _expand(path, rest, dir_only, errors)
         elif not dir_only or (path.is_dir() and not path.is_symlink()):
             yield path
 
 
-def _scandir(path: Path) -> list[os.DirEntry[str]]:
+# What "there is nothing there" looks like; any other error means something is there but unreadable.
+_ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+
+def _lexists(path: Path, errors: list[tuple[str, str]]) -> bool:
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno not in _ABSENT:
+            errors.append((str(path.parent), exc.strerror or str(exc)))
+        return False
+    return True
+
+
+def _scandir(path: Path, errors: list[tuple[str, str]]) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(path) as it:
             return list(it)
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in _ABSENT:
+            errors.append((str(path), exc.strerror or str(exc)))
         return []
 
 
