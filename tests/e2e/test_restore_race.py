@@ -166,3 +166,29 @@ def test_a_user_is_refused_a_folder_others_can_change(public_tmp: Path, mode: in
     assert proc.returncode == 0 and out.startswith(verdict), proc
     if verdict == "refused":
         assert "can be changed by another user" in out and "chmod go-w" in out
+
+
+def test_the_confined_step_runs_no_code_from_the_working_folder(
+    world: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sudo phx restore` keeps the user's working folder: the root child that runs SQLite must not
+    import a module the user left there (`python -m` puts the working folder first on sys.path)."""
+    live = world["live"]
+    assert isinstance(live, Path)
+    folder = live.parent  # the attacker's own folder, and the folder root runs phx from
+    marker = Path(str(world["victim"])).with_name("ran-as-root")
+    for module in ("json.py", "grp.py", "dataclasses.py"):
+        (folder / module).write_text(f"open({str(marker)!r}, 'w').write('owned')\nraise SystemExit(0)\n")
+        os.chown(folder / module, ATTACKER, ATTACKER)
+    monkeypatch.chdir(folder)
+    writer = _Writer(world["repo"], world["layout"], None)  # type: ignore[arg-type]
+    node = world["node"]
+    assert isinstance(node, Node)
+    try:
+        info = writer.database(LOGICAL, node, in_place=True)
+    finally:
+        writer.close()
+    assert not marker.exists(), "the confined SQLite step ran the attacker's module as root"
+    assert info["method"] == "backup-api" and info["integrity"] == "ok"
+    rows = sqlite3.connect(f"file:{live}?mode=ro", uri=True).execute("SELECT count(*) FROM memories").fetchone()
+    assert rows == (50,)

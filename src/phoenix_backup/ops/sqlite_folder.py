@@ -120,7 +120,9 @@ def _confined(dir_fd: int, op: str, names: list[str], extra: tuple[str, ...]) ->
     request = json.dumps({"fd": dir_fd, "op": op, "names": names, "extra": list(extra)})
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", __name__],
+            # -P: `python -m` would put the working folder first on sys.path, and `sudo phx restore`
+            # keeps the user's: a json.py left there would run as root before the chroot.
+            [sys.executable, "-P", "-m", __name__],
             input=request,
             capture_output=True,
             text=True,
