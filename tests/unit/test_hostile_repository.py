@@ -58,6 +58,29 @@ def test_a_dag_bomb_is_refused_before_a_single_path_is_walked(forger: Forger) ->
     assert time.monotonic() - started < 2
 
 
+def test_a_dag_bomb_within_the_path_budget_is_refused_too(forger: Forger) -> None:
+    # 20 levels: 3.1 million paths from 21 small trees. Under the path budget, this walked for
+    # minutes in gigabytes: `ls` 56 s and 4 GB, `restore --dry-run` 183 s, `archive` 310 s and 5 GB.
+    root = dag_bomb(forger, 20)
+    sid = forger.snapshot(root, name="bomb")
+    forger.repo.flush()
+    started = time.monotonic()
+    with pytest.raises(CorruptObject, match=r"names \d[\d,]* paths but only \d+ entries are stored below it"):
+        next(walk_tree(forger.repo, root))
+    assert time.monotonic() - started < 2
+    result = verify_repository(Repository.open(forger.repo.backend, keys.Credentials()))
+    assert [e.snapshot for e in result.errors] == [sid], result.errors
+
+
+def test_folders_shared_a_few_times_are_walked(forger: Forger) -> None:
+    # Equal folders are one tree (folders of empty folders with the same times, say): a real
+    # snapshot may name one tree from a few places, and is walked.
+    skeleton = forger.tree(dir_node("x", forger.tree(dir_node("y", forger.tree(dir_node("z", forger.tree()))))))
+    root = forger.tree(*(dir_node(f"copy{i:05}", skeleton) for i in range(30_000)))
+    forger.repo.flush()
+    assert sum(1 for _ in walk_tree(forger.repo, root)) == 120_000
+
+
 def test_folders_nested_deeper_than_any_path_are_refused_without_recursion(forger: Forger) -> None:
     root = chain(forger, 5000)
     forger.repo.flush()
