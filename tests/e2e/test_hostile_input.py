@@ -159,3 +159,22 @@ def test_import_writes_only_into_the_configured_stores(sandbox: Sandbox, tmp_pat
     sb.phx("import", export, "--force", "--to", dest)
     assert (dest / "root" / str(victim).lstrip("/")).is_file()
     assert not victim.exists()
+
+
+@pytest.mark.parametrize("link", ["home", "home/.argentos"])
+def test_import_to_a_folder_never_writes_through_a_link_in_it(sandbox: Sandbox, tmp_path: Path, link: str) -> None:
+    # DIR may hold links: `restore --to DIR` writes a snapshot's symlinks as they were, and others
+    # may be able to write there. A store path through one must not lead the import out of DIR.
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx("export", "--format", "json", "--output", export)
+    store = json.loads((export / "metadata.json").read_text())["databases"][0]["path"]
+    assert store.startswith("home/.argentos/"), store
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    (dest / link).parent.mkdir(parents=True, exist_ok=True)
+    (dest / link).symlink_to(outside)
+    res = sb.phx("import", export, "--force", "--to", dest, check=None)
+    assert_error(res, 1, link, "link")
+    assert list(outside.iterdir()) == []
