@@ -45,8 +45,8 @@ _HOST_SCHEMES = frozenset(
         "mailtos",
     }
 )
-# scp-like Git remotes: user@host:path.
-_SCP = re.compile(r"^[^/@:\s]+@([^/:\s]+):(.*)$")
+# scp-like Git remotes: user@host:path (a careless user:password@host:path too).
+_SCP = re.compile(r"^[^/@\s]+@([^/:\s]+):(.*)$")
 # Anything that looks like a URL inside free text, up to whitespace or a quote.
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _QUERY_SECRET = re.compile(
@@ -72,7 +72,8 @@ def redact_url(url: str, *, path: bool = False) -> str:
     if not parts.scheme:
         return REDACTED if "@" in url else url  # a local path, or user:secret@host without a scheme
     scheme = parts.scheme.lower()
-    if scheme not in _HOST_SCHEMES:
+    # An "@" after the host part: a password holding "/" or "?" that ended the user info early.
+    if scheme not in _HOST_SCHEMES or "@" in parts.path + parts.query + parts.fragment:
         return f"{scheme}://{REDACTED}"
     if ":" in host:
         host = f"[{host}]"  # IPv6

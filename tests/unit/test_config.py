@@ -748,6 +748,10 @@ def test_write_config_replaces_with_force(tmp_path: Path) -> None:
         {"targets": {"git": {"enabled": True, "repo": "https://x-access-token:ghp_TOKEN@github.com/me/a.git"}}},
         {"targets": {"git": {"enabled": True, "repo": "https://ghp_TOKEN@github.com/me/a.git"}}},
         {"encryption": {"enabled": True, "method": "passphrase", "passphraseCommand": "echo hunter2"}},
+        {"targets": {"git": {"enabled": True, "repo": "ftps://me:ghp_TOKEN@ftp.example.com/a.git"}}},
+        # libpq and redis-py take a password from the query string too
+        {"databases": {"postgres": [{"name": "main", "dsn": "postgresql://agent@db:5433/argentos?password=hunter2"}]}},
+        {"databases": {"redis": [{"name": "state", "url": "redis://localhost:6380/0?password=hunter2"}]}},
     ],
 )
 def test_every_kind_of_secret_warns_in_a_readable_file(tmp_path: Path, changes: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from phoenix_backup.config.defaults import (
     DEFAULT_CONFIG_PATHS,
@@ -724,18 +724,22 @@ def _holds_secrets(data: Mapping[str, object]) -> bool:
 
 
 def _url_credentials(url: str) -> bool:
-    """A user name or password in an http(s) URL (a Git host's token may stand in either place;
-    ssh's `git@` names an account, not a secret)."""
+    """A user name or password in an http(s) or ftp(s) URL (a Git host's token may stand in either
+    place; ssh's `git@` names an account, not a secret)."""
     try:
         parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and (parts.username is not None or parts.password is not None)
+        return parts.scheme in ("http", "https", "ftp", "ftps") and (
+            parts.username is not None or parts.password is not None
+        )
     except ValueError:
         return False
 
 
 def _url_password(url: str) -> bool:
+    """A password in a database URL: its user info, or (libpq and redis-py take it there too) its query."""
     try:
-        return bool(urlsplit(url).password)
+        parts = urlsplit(url)
+        return bool(parts.password) or any(k.lower() == "password" for k, _v in parse_qsl(parts.query))
     except ValueError:
         return False
 

@@ -180,7 +180,7 @@ def connect(entry: RedisDb) -> redis_lib.Redis:
         command(client, "PING")
     except redis_lib.RedisError as exc:
         raise SourceError(
-            f"cannot connect to Redis database `{entry.name}` ({_where(entry.url)}): {_reason(exc)}; check that the "
+            f"cannot connect to Redis database `{entry.name}` ({where(entry.url)}): {_reason(exc)}; check that the "
             "server runs and the url (and its password) in databases.redis"
         ) from exc
     except ValueError as exc:
@@ -188,11 +188,15 @@ def connect(entry: RedisDb) -> redis_lib.Redis:
     return client
 
 
-def _where(url: str) -> str:
+def where(url: str) -> str:
+    """host:port/db of a Redis URL (a unix socket's path), for messages: never its user info or
+    query (`?password=`)."""
     from urllib.parse import urlsplit
 
     try:
         u = urlsplit(url)
+        if u.scheme == "unix":
+            return u.path
         return f"{u.hostname or 'localhost'}:{u.port or 6379}{u.path or ''}"
     except ValueError:
         return "?"

@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -39,6 +40,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
+    ConfigError,
     RepositoryExists,
     StorageError,
     TargetAuthError,
@@ -83,12 +85,27 @@ _HELPER = (
 )
 
 
+# The schemes git reaches through curl, which asks the credential helper; any other (ssh, scp-like
+# `user@host:path`, git://, file://) puts the URL's user and password on ssh's command line or
+# nowhere useful.
+_HELPER_SCHEMES = ("http", "https", "ftp", "ftps")
+_SCP_USERINFO = re.compile(r"^([^/@]*)@[^/:]+:")
+
+
 def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     """An http(s) URL without its user name and password, and the environment that hands them to
-    git's credential helper instead. Other URLs are returned as they are."""
+    git's credential helper instead. Other URLs are returned as they are; a password in one is
+    refused (ConfigError), since git would pass it to ssh on its command line."""
+    scp = _SCP_USERINFO.match(url) if "://" not in url else None
     try:
         parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or (parts.username is None and parts.password is None):
+        password = ":" in scp.group(1) if scp else parts.password is not None
+        if password and (scp or parts.scheme.lower() not in _HELPER_SCHEMES):
+            raise ConfigError(
+                "targets.git.repo holds a password in an address git hands to ssh (or to no one), where every local "
+                "user could read it on the command line; remove it and use an SSH key, or an https URL with the token"
+            )
+        if parts.scheme.lower() not in _HELPER_SCHEMES or (parts.username is None and parts.password is None):
             return url, {}
         port = parts.port
     except ValueError:
