@@ -18,7 +18,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hostile import Forger, deflate_bomb, dir_node, file_node, tree
-from phoenix_backup.errors import CorruptObject, KdfBudgetExceeded
+from phoenix_backup.errors import CorruptObject, KdfBudgetExceeded, ObjectNotFound
 from phoenix_backup.ops.verify import verify_repository
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.crypto import BlobType, Compression
@@ -178,6 +178,24 @@ def test_a_blob_claiming_more_than_any_blob_holds_is_refused(forger: Forger) -> 
     assert [m for m in fresh.problems.index.values() if "more than any blob holds" in m]
     with pytest.raises(CorruptObject, match="not in the index"):
         fresh.load_blob(BlobType.DATA, b"\x09" * 32)
+
+
+def test_an_index_entry_past_the_end_of_its_pack_allocates_nothing(forger: Forger) -> None:
+    # An index entry may claim 4 GiB of stored bytes in a pack of a few hundred: reading it
+    # allocated those 4 GiB first (a MemoryError traceback on a machine with less).
+    forger.raw_blob(b"\x0b" * 32, b"0123456789", Compression.NONE, 10)
+    pack_id = forger.repo.index.pack_ids()[-1]
+    forger.repo.write_index({pack_id: [PackEntry(BlobType.DATA, Compression.NONE, b"\x0c" * 32, 0, 2**32 - 1, 10)]}, [])
+    fresh = Repository.open(forger.repo.backend, keys.Credentials())
+    fresh.load_index()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ObjectNotFound, match="shorter than the index says"):
+            fresh.load_blob(BlobType.DATA, b"\x0c" * 32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MB
 
 
 # ---------------------------------------------------------------------------------------------
