@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from phoenix_backup.errors import (
     CorruptObject,
+    KdfBudgetExceeded,
     MissingCredentials,
     ToolMissing,
     UnsupportedFormat,
@@ -581,6 +583,33 @@ def test_gpg_unknown_key(secrets: MasterSecrets, gpg_home: Path) -> None:
         wrap_gpg(secrets, "nobody@example.invalid", homedir=gpg_home)
     message = str(caught.value)
     assert "nobody@example.invalid" in message and "gpg --list-keys" in message
+
+
+def test_a_pile_of_planted_gpg_slots_costs_a_second_not_minutes(
+    secrets: MasterSecrets, gpg_home: Path, tmp_path: Path
+) -> None:
+    # Anyone can encrypt to a key of their own and hide the recipient: each such slot costs one gpg
+    # run (about 14 ms), and a thousand planted slots made every opening take 14 s.
+    assert GPG is not None
+    attacker = Path(tempfile.mkdtemp(prefix="phxgpgA"))
+    try:
+        subprocess.run(
+            [GPG, "--homedir", str(attacker), "--batch", "--passphrase", "", "--quick-gen-key", "a@example.invalid"],
+            check=True,
+            capture_output=True,
+        )
+        foreign = wrap_gpg(MasterSecrets.generate(), "a@example.invalid", homedir=attacker)
+    finally:
+        _kill_agent(attacker)
+        shutil.rmtree(attacker, ignore_errors=True)
+    pile = [replace(foreign, id=f"{i:016x}") for i in range(300)]
+    own = wrap_gpg(secrets, GPG_EMAIL, homedir=gpg_home)
+    creds = Credentials(gpg_homedir=gpg_home)
+    started = time.monotonic()
+    with pytest.raises(KdfBudgetExceeded, match="delete the keys/ objects you did not create"):
+        open_any([*pile, own], creds)
+    assert time.monotonic() - started < 3  # 4 s before, and 14 s for a thousand
+    assert open_any([*pile[:5], own], creds) == (own, secrets)
 
 
 @pytest.mark.parametrize("key_id", ["", "   ", "--armor", "a\nb"])

@@ -921,8 +921,9 @@ def unwrap(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
 # Key-derivation work, in scrypt's own unit n*r*p (128*r bytes mixed n*p times): the default slot
 # costs 2**18, 0.1 to 0.3 s on one core. One slot may cost at most 8 times that (age's own scrypt
 # work factor), one opening spends at most 16 times that across every slot it tries, and tries at
-# most 32 passphrase slots: a keys/ folder stuffed with expensive or numerous slots (n=2**20, p=16
-# took 36 s a slot) costs seconds, never minutes.
+# most 32 passphrase or gpg slots (a gpg slot costs a gpg run, 14 ms): a keys/ folder stuffed with
+# expensive or numerous slots (n=2**20, p=16 took 36 s a slot; a thousand gpg slots, 14 s) costs
+# seconds, never minutes.
 SCRYPT_MAX_SLOT_COST = 2**21
 SCRYPT_MAX_TOTAL_COST = 2**22
 MAX_PASSPHRASE_SLOTS_TRIED = 32
@@ -940,7 +941,8 @@ class KdfBudget:
         """CorruptObject when this slot alone asks for more than a slot may (it is skipped);
         KdfBudgetExceeded when the opening has spent its budget (nothing more is tried)."""
         n, r, p = (slot.params.get(k) for k in ("n", "r", "p"))
-        # Malformed parameters cost nothing here: the slot itself refuses them before any scrypt.
+        # Malformed parameters (and gpg's, which has none) cost nothing here: the slot itself
+        # refuses them before any scrypt.
         cost = n * r * p if isinstance(n, int) and isinstance(r, int) and isinstance(p, int) else 0
         if cost > SCRYPT_MAX_SLOT_COST:
             raise CorruptObject(
@@ -951,7 +953,7 @@ class KdfBudget:
         if self.tried >= MAX_PASSPHRASE_SLOTS_TRIED or self.spent + cost > SCRYPT_MAX_TOTAL_COST:
             raise KdfBudgetExceeded(
                 f"the repository's key slots ask for more key-derivation work than Phoenix spends on one opening "
-                f"({self.tried} passphrase slot(s) tried); delete the keys/ objects you did not create from the "
+                f"({self.tried} passphrase or gpg slot(s) tried); delete the keys/ objects you did not create from the "
                 "repository's storage and try again"
             )
         self.tried += 1
@@ -995,8 +997,8 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
         if supplied.get(slot.type, False):
             tried_supplied = True
         try:
-            if slot.type == "passphrase" and creds.passphrase is not None:
-                budget.charge(slot)
+            if (slot.type == "passphrase" and creds.passphrase is not None) or slot.type == "gpg":
+                budget.charge(slot)  # a gpg slot costs a gpg run: anyone can plant one
             opened = unwrap(slot, creds)
         except CorruptObject as error:
             # One damaged slot must not lock the user out when another slot still opens.
