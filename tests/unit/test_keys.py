@@ -499,6 +499,37 @@ def test_age_several_recipients_and_identities(secrets: MasterSecrets) -> None:
     assert unwrap(slot, Credentials(age_identities=(stranger, str(alice)))) == secrets
 
 
+def _age_to_strangers(count: int) -> bytes:
+    """An age file to `count` recipients nobody here holds: what anyone can write into keys/."""
+    return bytes(pyrage.encrypt(b"x" * 64, [pyrage.x25519.Identity.generate().to_public() for _ in range(count)]))
+
+
+def test_an_age_slot_naming_hundreds_of_recipients_is_skipped_unread(secrets: MasterSecrets) -> None:
+    # age's decryption time grows with the square of the recipients a file names: 1,000 of them
+    # (98 KB) took 17 s, 2,000 took 65 s, on every opening of an age repository.
+    identity = pyrage.x25519.Identity.generate()
+    own = wrap_age(secrets, [str(identity.to_public())])
+    planted = replace(own, id="0" * 16, data=_age_to_strangers(600))
+    started = time.monotonic()
+    assert open_any([planted, own], Credentials(age_identities=(str(identity),))) == (own, secrets)
+    assert time.monotonic() - started < 1  # 5 s before
+    with pytest.raises(UsageError, match="at most 32"):
+        wrap_age(secrets, [str(pyrage.x25519.Identity.generate().to_public()) for _ in range(33)])
+
+
+def test_a_pile_of_planted_age_slots_costs_a_second_not_minutes(secrets: MasterSecrets) -> None:
+    identity = pyrage.x25519.Identity.generate()
+    own = wrap_age(secrets, [str(identity.to_public())])
+    data = _age_to_strangers(32)  # each try costs 25 ms
+    pile = [replace(own, id=f"{i:016x}", data=data) for i in range(300)]
+    creds = Credentials(age_identities=(str(identity),))
+    started = time.monotonic()
+    with pytest.raises(KdfBudgetExceeded, match="delete the keys/ objects you did not create"):
+        open_any([*pile, own], creds)
+    assert time.monotonic() - started < 3  # 8 s before
+    assert open_any([*pile[:5], own], creds) == (own, secrets)
+
+
 @pytest.mark.parametrize("recipient", ["age1notarecipient", "", "ssh-ed25519 AAAA", "AGE-SECRET"])
 def test_age_bad_recipient_is_a_usage_error(secrets: MasterSecrets, recipient: str) -> None:
     with pytest.raises(UsageError) as caught:

@@ -640,6 +640,11 @@ def wrap_age(secrets: MasterSecrets, recipients: Sequence[str]) -> KeySlot:
     cleaned = [r.strip() for r in recipients]
     if not cleaned:
         raise UsageError("no age recipient given; set encryption.recipients to at least one 'age1…' public key")
+    if len(cleaned) > MAX_AGE_RECIPIENTS:
+        raise UsageError(
+            f"{len(cleaned)} age recipients for one key slot; give at most {MAX_AGE_RECIPIENTS} (add another slot "
+            "with `phx key add` for more)"
+        )
     parsed = [_parse_recipient(r) for r in cleaned]
     try:
         data = pyrage.encrypt(secrets.to_bytes(), parsed)
@@ -652,8 +657,21 @@ def wrap_age(secrets: MasterSecrets, recipients: Sequence[str]) -> KeySlot:
     return _new_slot(secrets, _new_slot_id(), "age", label, {}, bytes(data), recipients=tuple(cleaned))
 
 
+# age's decryption time grows with the square of the recipients a file names (1,000: 17 s), and
+# anyone can write an age file to thousands of keys: a slot naming more than Phoenix writes is
+# skipped unread. Phoenix writes binary age files only.
+MAX_AGE_RECIPIENTS = 32
+_AGE_MAGIC = b"age-encryption.org/v1\n"
+
+
 def _unwrap_age(slot: KeySlot, identities: Sequence[str]) -> MasterSecrets | None:
     parsed = [_parse_identity(identity, i) for i, identity in enumerate(identities)]
+    header, end, _payload = slot.data.partition(b"\n--- ")
+    if not slot.data.startswith(_AGE_MAGIC) or not end or header.count(b"\n-> ") > MAX_AGE_RECIPIENTS:
+        raise CorruptObject(
+            f"key slot {slot.id} is not an age file Phoenix writes (binary, at most {MAX_AGE_RECIPIENTS} "
+            "recipients); it is damaged or hostile and was skipped"
+        )
     try:
         plain = pyrage.decrypt(slot.data, parsed)
     except pyrage.DecryptError:
@@ -921,9 +939,9 @@ def unwrap(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
 # Key-derivation work, in scrypt's own unit n*r*p (128*r bytes mixed n*p times): the default slot
 # costs 2**18, 0.1 to 0.3 s on one core. One slot may cost at most 8 times that (age's own scrypt
 # work factor), one opening spends at most 16 times that across every slot it tries, and tries at
-# most 32 passphrase or gpg slots (a gpg slot costs a gpg run, 14 ms): a keys/ folder stuffed with
-# expensive or numerous slots (n=2**20, p=16 took 36 s a slot; a thousand gpg slots, 14 s) costs
-# seconds, never minutes.
+# most 32 passphrase, age or gpg slots (an age slot costs up to 25 ms, a gpg slot a gpg run of 14 ms):
+# a keys/ folder stuffed with expensive or numerous slots (n=2**20, p=16 took 36 s a slot; a
+# thousand gpg slots, 14 s) costs seconds, never minutes.
 SCRYPT_MAX_SLOT_COST = 2**21
 SCRYPT_MAX_TOTAL_COST = 2**22
 MAX_PASSPHRASE_SLOTS_TRIED = 32
@@ -953,7 +971,7 @@ class KdfBudget:
         if self.tried >= MAX_PASSPHRASE_SLOTS_TRIED or self.spent + cost > SCRYPT_MAX_TOTAL_COST:
             raise KdfBudgetExceeded(
                 f"the repository's key slots ask for more key-derivation work than Phoenix spends on one opening "
-                f"({self.tried} passphrase or gpg slot(s) tried); delete the keys/ objects you did not create from the "
+                f"({self.tried} passphrase, age or gpg slot(s) tried); delete the keys/ objects you did not create from the "
                 "repository's storage and try again"
             )
         self.tried += 1
@@ -997,8 +1015,8 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
         if supplied.get(slot.type, False):
             tried_supplied = True
         try:
-            if (slot.type == "passphrase" and creds.passphrase is not None) or slot.type == "gpg":
-                budget.charge(slot)  # a gpg slot costs a gpg run: anyone can plant one
+            if slot.type == "gpg" or (slot.type in ("passphrase", "age") and supplied[slot.type]):
+                budget.charge(slot)  # an age or gpg slot costs milliseconds too, and anyone can plant one
             opened = unwrap(slot, creds)
         except CorruptObject as error:
             # One damaged slot must not lock the user out when another slot still opens.
