@@ -780,12 +780,18 @@ _PKESK, _SKESK = 1, 3
 _ENCRYPTED_DATA = {9, 18, 20}  # symmetrically encrypted data, SEIPD, AEAD encrypted data
 
 
+# gpg tries every public-key session key packet on every secret key it holds (4 ms each for a
+# Curve25519 key, 20 ms for RSA), and anyone can write a message with thousands of them. A slot
+# holds one, or a few when gpg.conf adds recipients (encrypt-to).
+MAX_GPG_SESSION_KEYS = 8
+
+
 def _public_key_message(data: bytes) -> bool:
-    """Whether `data` is an OpenPGP message encrypted to public keys only: one or more
-    public-key session-key packets, no passphrase (symmetric) session key, then encrypted data.
-    A literal or compressed packet (`gpg --store`), or a symmetric one, proves no key: gpg would
-    "decrypt" it with no secret key at all, or ask for a passphrase."""
-    pos, seen_pkesk = 0, False
+    """Whether `data` is an OpenPGP message encrypted to public keys only: one to
+    MAX_GPG_SESSION_KEYS public-key session-key packets, no passphrase (symmetric) session key,
+    then encrypted data. A literal or compressed packet (`gpg --store`), or a symmetric one,
+    proves no key: gpg would "decrypt" it with no secret key at all, or ask for a passphrase."""
+    pos, seen_pkesk, pkesks = 0, False, 0
     while pos < len(data):
         header = data[pos]
         if not header & 0x80:
@@ -816,7 +822,9 @@ def _public_key_message(data: bytes) -> bool:
                 return False
             length, pos = int.from_bytes(data[pos + 1 : pos + 1 + size], "big"), pos + 1 + size
         if tag == _PKESK:
-            seen_pkesk = True
+            seen_pkesk, pkesks = True, pkesks + 1
+            if pkesks > MAX_GPG_SESSION_KEYS:
+                return False
         elif tag in _ENCRYPTED_DATA:
             return seen_pkesk
         else:
@@ -845,8 +853,9 @@ def _unwrap_gpg(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
     command = _gpg_command(creds.gpg_binary, creds.gpg_homedir, "--status-fd", "2", "--decrypt")
     if not _public_key_message(slot.data):
         raise CorruptObject(
-            f"key slot {slot.id} is not encrypted to a public key (a plain or passphrase-encrypted "
-            "OpenPGP message proves no key); it is hostile or damaged, remove it with `phx key remove`"
+            f"key slot {slot.id} is not encrypted to a public key, or to more than {MAX_GPG_SESSION_KEYS} (a plain "
+            "or passphrase-encrypted OpenPGP message proves no key, and gpg would try each of thousands); it is "
+            "hostile or damaged, remove it with `phx key remove`"
         )
     result = _run_gpg(command, slot.data)
     if result.returncode != 0 or not result.stdout:
