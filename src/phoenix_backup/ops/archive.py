@@ -109,6 +109,8 @@ def archive(
         repo.load_index()
         snap = repo.find_snapshot(ref)
         nodes = list(walk_tree(repo, snap.tree))
+        if fmt == "zip":
+            _zip_names(nodes)
         top = f"phoenix-{snap.name}"
         # Private by default: an agent's memory and config may hold secrets.
         tmp = output.with_name(f".{output.name}.tmp-{secrets.token_hex(4)}")
@@ -157,6 +159,20 @@ def archive(
     )
 
 
+def _zip_names(nodes: list[tuple[str, Node]]) -> None:
+    """A zip names its entries in UTF-8: a name or link target that is not (a file from a Latin-1
+    system) cannot be written, and tar can."""
+    for logical, node in nodes:
+        for text in (logical, node.link_target or ""):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(
+                    f"{logical.encode('utf-8', 'backslashreplace').decode()} has a name or link target that is not "
+                    "UTF-8, which a zip archive cannot hold; write FILE.tar.gz instead"
+                ) from None
+
+
 def _sums(nodes: list[tuple[str, Node]]) -> bytes:
     """`sha256sum` format, paths relative to the top folder; GNU's escaping for odd names."""
     lines = []
@@ -168,7 +184,8 @@ def _sums(nodes: list[tuple[str, Node]]) -> bytes:
             lines.append(f"\\{node.sha256}  {escaped}")
         else:
             lines.append(f"{node.sha256}  {logical}")
-    return ("\n".join(lines) + "\n").encode() if lines else b""
+    # A name that is not UTF-8 (kept as surrogates) is written as its bytes, as sha256sum reads it.
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape") if lines else b""
 
 
 def _manifest(snap: Snapshot, nodes: list[tuple[str, Node]]) -> bytes:
@@ -200,7 +217,8 @@ def _manifest(snap: Snapshot, nodes: list[tuple[str, Node]]) -> bytes:
         "databases": [d.to_json() for d in snap.databases],
         "incomplete": list(snap.incomplete),
     }
-    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+    # backslashreplace writes a name that is not UTF-8 as JSON's own \\udcXX escapes.
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 class _Writer:
