@@ -178,3 +178,26 @@ def test_import_to_a_folder_never_writes_through_a_link_in_it(sandbox: Sandbox, 
     res = sb.phx("import", export, "--force", "--to", dest, check=None)
     assert_error(res, 1, link, "link")
     assert list(outside.iterdir()) == []
+
+
+def test_a_lone_surrogate_in_a_snapshot_or_tree_is_one_clean_error(make_sandbox: Any, tmp_path: Path) -> None:
+    # JSON's "\ud800" escape decodes to a character no terminal and no system call takes: `list`,
+    # `ls`, `forget`, `restore`, `archive` and `drill` each ended in a UnicodeEncodeError traceback.
+    sb = make_sandbox(encryption=False)
+    good = sb.backup()["id"]
+    forger = Forger(sb.repo)
+    tree = forger.tree(forger.file_node("MEMORY.md", b"hello\n"))
+    forger.snapshot(forger.tree(dir_node("workspace", tree)), name="host", host="h\ud800", tags=["t\ud800"])
+    link = {"name": "link", "type": "symlink", "mode": 0o777, "mtimeNs": 0, "linkTarget": "a\ud800b"}
+    sid = forger.snapshot(forger.tree(dir_node("workspace", forger.tree(link))), name="link")
+    listed = sb.phx("list", "--json").json()
+    assert {s["id"] for s in listed} == {good, sid}  # the snapshot with the bad host is left out
+    sb.phx("forget", "--dry-run")
+    for args in (
+        ("ls", sid),
+        ("restore", "--backup", sid, "--to", tmp_path / "out"),
+        ("archive", sid, "--output", tmp_path / "a.tar.gz"),
+        ("drill", "--backup", sid),
+    ):
+        res = timed(sb, *args)
+        assert res.code != 0 and "Traceback" not in res.err, res

@@ -96,6 +96,8 @@ def decode_lock(raw: bytes, name: str) -> LockInfo:
         pid, start, when, exclusive = d["pid"], d["processStart"], d["time"], d["exclusive"]
         if not all(isinstance(v, str) for v in (*texts.values(), command)) or not isinstance(exclusive, bool):
             raise TypeError("a field has the wrong type")
+        for text in (*texts.values(), command):
+            text.encode("utf-8", "surrogateescape")  # printed: no lone surrogate (JSON's \ud800)
         if not (_is_int(pid) and 0 < pid <= MAX_PID and _is_int(start) and start >= 0):
             raise ValueError("pid or processStart is out of range")
         # Seconds since the epoch, within what datetime can print (the year 9999).
