@@ -201,3 +201,21 @@ def test_a_lone_surrogate_in_a_snapshot_or_tree_is_one_clean_error(make_sandbox:
     ):
         res = timed(sb, *args)
         assert res.code != 0 and "Traceback" not in res.err, res
+
+
+def test_an_export_with_a_lone_surrogate_is_imported_without_a_traceback(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A hostile export's names reach the terminal: a lone surrogate (JSON's "\ud800") in a table
+    # name made `import` end in a UnicodeEncodeError traceback when it printed its table.
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx("export", "--format", "json", "--output", export)
+    meta = json.loads((export / "metadata.json").read_text())
+    meta["time"] = "2026\ud800"
+    meta["databases"][0]["tableFiles"][0]["name"] = "notes\ud800"
+    (export / "metadata.json").write_text(json.dumps(meta))
+    write_checksums(export)
+    for fmt in ((), ("--json",)):
+        res = sb.phx("import", export, "--dry-run", *fmt, check=None)
+        assert res.code in (0, 3) and "\\ud800" in res.out, res
+        if fmt:
+            res.json()
