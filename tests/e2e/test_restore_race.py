@@ -192,3 +192,66 @@ def test_the_confined_step_runs_no_code_from_the_working_folder(
     assert info["method"] == "backup-api" and info["integrity"] == "ok"
     rows = sqlite3.connect(f"file:{live}?mode=ro", uri=True).execute("SELECT count(*) FROM memories").fetchone()
     assert rows == (50,)
+
+
+# The owner of the folder moves a deep folder out of it while the confined child resolves a link
+# through it: in a plain chroot the ".." that climb back out of the moved folder are never checked
+# against the new root, and lead anywhere (0.6% of opens through a 500-level folder).
+MOVER = """
+import os, sys
+inside, outside = sys.argv[1], sys.argv[2]
+while True:
+    for a, b in ((inside, outside), (outside, inside)):
+        try:
+            os.rename(a, b)
+        except OSError:
+            pass
+"""
+OPENER = """
+import os, sys, time
+from phoenix_backup.ops import sqlite_folder
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+sqlite_folder.confine(fd)  # what the SQLite child does first
+tries = escaped = 0
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    tries += 1
+    try:
+        with open("/link", "rb") as f:
+            escaped += f.read(6) == b"VICTIM"
+    except OSError:
+        pass
+print(tries, escaped)
+"""
+
+
+def test_the_confined_child_cannot_be_walked_out_of_its_folder(public_tmp: Path) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    tmp_path = public_tmp  # the attacker must reach their folders
+    victim = tmp_path / "root-only" / "victim.db"
+    victim.parent.mkdir(mode=0o700)
+    victim.write_bytes(b"VICTIM, root's own")
+    jail, elsewhere = tmp_path / "home" / "jail", tmp_path / "home" / "elsewhere"
+    deep = jail / "d" / "/".join(["a"] * 500)
+    deep.mkdir(parents=True)
+    elsewhere.mkdir()
+    for dirpath, _dirs, _files in os.walk(tmp_path / "home"):
+        os.chown(dirpath, ATTACKER, ATTACKER)  # the user's own folders
+    up = "../" * (501 + len(jail.parts))
+    (jail / "link").symlink_to("d/" + "a/" * 500 + up + str(victim).lstrip("/"))
+    as_attacker = [setpriv, f"--reuid={ATTACKER}", f"--regid={ATTACKER}", "--clear-groups", sys.executable, "-c"]
+    mover = subprocess.Popen([*as_attacker, MOVER, str(jail / "d"), str(elsewhere / "d")])
+    try:
+        time.sleep(0.3)
+        proc = subprocess.run(
+            [sys.executable, "-c", OPENER, str(jail), "3" if not HEAVY else "60"], capture_output=True, text=True
+        )
+    finally:
+        mover.kill()
+        mover.wait()
+    assert proc.returncode == 0, proc.stderr
+    tries, escaped = map(int, proc.stdout.split())
+    print(f"{escaped} of {tries} opens escaped")
+    assert tries > 1000 and escaped == 0, f"{escaped} of {tries} opens reached the victim"
