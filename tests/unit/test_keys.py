@@ -625,8 +625,10 @@ def foreign_gpg_slot() -> Iterator[KeySlot]:
     try:
         subprocess.run(
             # The owner's key algorithm (gpg_home's), so that gpg tries each session key packet.
-            [GPG, "--homedir", str(attacker), "--batch", "--passphrase", "", "--quick-gen-key", "a@example.invalid"]
-            + ["future-default", "default", "never"],
+            [
+                *(GPG, "--homedir", str(attacker), "--batch", "--passphrase", ""),
+                *("--quick-gen-key", "a@example.invalid", "future-default", "default", "never"),
+            ],
             check=True,
             capture_output=True,
         )

@@ -980,8 +980,8 @@ class KdfBudget:
         if self.tried >= MAX_PASSPHRASE_SLOTS_TRIED or self.spent + cost > SCRYPT_MAX_TOTAL_COST:
             raise KdfBudgetExceeded(
                 f"the repository's key slots ask for more key-derivation work than Phoenix spends on one opening "
-                f"({self.tried} passphrase, age or gpg slot(s) tried); delete the keys/ objects you did not create from the "
-                "repository's storage and try again"
+                f"({self.tried} passphrase, age or gpg slot(s) tried); delete the keys/ objects you did not create "
+                "from the repository's storage and try again"
             )
         self.tried += 1
         self.spent += cost
