@@ -88,3 +88,13 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         text = text.replace(secret, REDACTED)
     text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0), path=True), text)
     return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+
+
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def redact_quoted(message: str) -> str:
+    """A library's message about a URL or connection string it could not parse, without the parts
+    it quotes: the part it could not parse may be the password (libpq: `invalid percent-encoded
+    token: "pa%ss"`, urllib: `Port could not be cast to integer value as 'pa'`)."""
+    return _QUOTED.sub(lambda m: m.group(0)[0] + REDACTED + m.group(0)[0], message)

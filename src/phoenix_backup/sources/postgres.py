@@ -40,7 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import SourceError, ToolMissing
-from phoenix_backup.redaction import REDACTED
+from phoenix_backup.redaction import redact_quoted
 from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
 
 MANIFEST = "manifest.json"
@@ -66,7 +66,6 @@ USUAL_PLACES = (
     "/Applications/Postgres.app/Contents/Versions/*/bin",
 )
 
-_QUOTED = re.compile(r'"[^"]*"')
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -162,7 +161,7 @@ def connection_for(entry: PostgresDb, env: Mapping[str, str]) -> PgConn:
                 params["user"] = entry.user
     except psycopg.ProgrammingError as exc:
         # libpq quotes the part it could not parse, and that part may be the password.
-        reason = _QUOTED.sub(f'"{REDACTED}"', str(exc))
+        reason = redact_quoted(str(exc))
         raise SourceError(f"the dsn of PostgreSQL database `{entry.name}` is malformed ({reason}); fix it") from None
     inline = params.pop("password", None)
     if password is None and inline is not None:

@@ -25,6 +25,7 @@ import redis as redis_lib
 
 from phoenix_backup.config.model import RedisDb
 from phoenix_backup.errors import CorruptObject, SourceError
+from phoenix_backup.redaction import redact_quoted
 from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
 
 RECORDS = "keys.phxr"
@@ -184,7 +185,9 @@ def connect(entry: RedisDb) -> redis_lib.Redis:
             "server runs and the url (and its password) in databases.redis"
         ) from exc
     except ValueError as exc:
-        raise SourceError(f"the url of Redis database `{entry.name}` is malformed ({exc}); fix it") from exc
+        raise SourceError(
+            f"the url of Redis database `{entry.name}` is malformed ({redact_quoted(str(exc))}); fix it"
+        ) from None
     return client
 
 
