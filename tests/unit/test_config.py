@@ -777,3 +777,18 @@ def test_a_config_others_can_change_warns(tmp_path: Path) -> None:
     path.chmod(0o666)
     (warning,) = load_config(path, env={"HOME": str(tmp_path)}).warnings
     assert "can be changed by other users" in warning and f"chmod go-w {path}" in warning
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"targets": {"s3": {"enabled": True, "bucket": "bucket1", "endpoint": "htps//AK:CANARY@s3.example.com"}}},
+        {"targets": {"s3": {"enabled": True, "bucket": "bucket1", "endpoint": "https://AK:CANARY@[::1:9/"}}},
+        {"databases": {"redis": [{"name": "hot", "url": "redis://:CANARY@[::1/0"}]}},
+    ],
+)
+def test_a_malformed_url_is_one_config_error_without_its_credentials(changes: dict[str, Any]) -> None:
+    # An endpoint was echoed as it was (user name and secret included); an unclosed "[" in an
+    # endpoint or a Redis url ended in a ValueError traceback.
+    message = config_error(minimal(**changes))
+    assert "CANARY" not in message and ("endpoint" in message or "url" in message), message

@@ -46,6 +46,7 @@ from phoenix_backup.config.model import (
     Targets,
 )
 from phoenix_backup.errors import ConfigError
+from phoenix_backup.redaction import redact_url
 
 _T = TypeVar("_T")
 
@@ -446,9 +447,20 @@ def _targets(section: _Section) -> Targets:
 
 def _endpoint(section: _Section) -> str | None:
     endpoint = section.optional_string("endpoint")
-    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-        raise ConfigError(f"{section.field('endpoint')} must be an http:// or https:// URL (got {_got(endpoint)})")
+    if endpoint is not None and _scheme(endpoint) not in ("http", "https"):
+        # Shown as every URL is: an endpoint may carry a user name and secret.
+        raise ConfigError(
+            f"{section.field('endpoint')} must be an http:// or https:// URL (got {_got(redact_url(endpoint))})"
+        )
     return endpoint
+
+
+def _scheme(url: str) -> str | None:
+    """A URL's scheme; None when it is not a URL at all (an unclosed "[", say)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return None
 
 
 def _check_bucket_and_keys(
@@ -610,7 +622,7 @@ def _databases(section: _Section) -> Databases:
     redis: list[RedisDb] = []
     for item in section.sections("redis", ("name", "url", "match")):
         url = item.string("url", "redis://localhost:6380/0", secret=True)
-        if urlsplit(url).scheme not in _REDIS_SCHEMES:
+        if _scheme(url) not in _REDIS_SCHEMES:
             raise ConfigError(f"{item.field('url')} must be a redis://, rediss:// or unix:// URL; fix it")
         match = item.string("match", "*")
         if not match:
