@@ -39,6 +39,23 @@ LOGICAL = "home/.argentos/memory.db"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a root restore into another user's folder")
 
+CAN_CONFINE = """
+import os, tempfile
+from phoenix_backup.ops import sqlite_folder
+sqlite_folder.confine(os.open(tempfile.mkdtemp(), os.O_RDONLY | os.O_DIRECTORY))
+"""
+
+
+@pytest.fixture(scope="module")
+def confinable() -> None:
+    """The confined SQLite step needs open_tree (Linux 5.2, CAP_SYS_ADMIN): without it, it refuses."""
+    proc = subprocess.run([sys.executable, "-c", CAN_CONFINE], capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"cannot confine here: {reason}")
+        pytest.skip(f"this machine cannot confine SQLite to a folder: {reason}")
+
+
 # The attacker's loop: the live database becomes a symlink to the victim and back, as fast as it can.
 FLIPPER = """
 import os, sys, time
@@ -169,7 +186,7 @@ def test_a_user_is_refused_a_folder_others_can_change(public_tmp: Path, mode: in
 
 
 def test_the_confined_step_runs_no_code_from_the_working_folder(
-    world: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    world: dict[str, object], monkeypatch: pytest.MonkeyPatch, confinable: None
 ) -> None:
     """`sudo phx restore` keeps the user's working folder: the root child that runs SQLite must not
     import a module the user left there (`python -m` puts the working folder first on sys.path)."""
@@ -225,7 +242,7 @@ print(tries, escaped)
 """
 
 
-def test_the_confined_child_cannot_be_walked_out_of_its_folder(public_tmp: Path) -> None:
+def test_the_confined_child_cannot_be_walked_out_of_its_folder(public_tmp: Path, confinable: None) -> None:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv (util-linux) is not installed")
