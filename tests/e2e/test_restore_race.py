@@ -39,10 +39,12 @@ LOGICAL = "home/.argentos/memory.db"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a root restore into another user's folder")
 
+# open_tree(2) of a folder, as the confined SQLite step makes its root.
 CAN_CONFINE = """
-import os, tempfile
-from phoenix_backup.ops import sqlite_folder
-sqlite_folder.confine(os.open(tempfile.mkdtemp(), os.O_RDONLY | os.O_DIRECTORY))
+import ctypes, os, tempfile
+fd = os.open(tempfile.mkdtemp(), os.O_RDONLY | os.O_DIRECTORY)
+if ctypes.CDLL(None, use_errno=True).syscall(428, fd, b"", 1 | 0x1000 | os.O_CLOEXEC) < 0:
+    raise SystemExit(f"open_tree: {os.strerror(ctypes.get_errno())}")
 """
 
 
