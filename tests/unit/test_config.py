@@ -779,6 +779,20 @@ def test_a_config_others_can_change_warns(tmp_path: Path) -> None:
     assert "can be changed by other users" in warning and f"chmod go-w {path}" in warning
 
 
+def test_a_config_in_a_folder_others_can_write_warns(tmp_path: Path) -> None:
+    # A 0600 file in a folder anyone can write: anyone can rename it away and put their own there.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = shared / "backup.json"
+    path.write_text(json.dumps(minimal(hooks={"preBackup": "sync"})))
+    path.chmod(0o600)
+    shared.chmod(0o777)
+    (warning,) = load_config(path, env={"HOME": str(tmp_path)}).warnings
+    assert "can be changed by other users" in warning and f"chmod o-w {shared}" in warning
+    shared.chmod(0o1777)  # sticky, as /tmp: others cannot replace the file
+    assert load_config(path, env={"HOME": str(tmp_path)}).warnings == ()
+
+
 @pytest.mark.parametrize(
     "changes",
     [

@@ -355,6 +355,12 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
             f"config file {source} can be changed by other users, who could make Phoenix run their commands as you "
             f"(hooks, gateway, passphraseCommand); run chmod go-w {shlex.quote(str(source))}"
         )
+    elif source is not None and (folder := _open_folder(source)) is not None:
+        ctx.warnings.append(
+            f"config file {source} can be changed by other users: anyone may replace it in {folder}, and make Phoenix "
+            f"run their commands as you (hooks, gateway, passphraseCommand); run chmod o-w {shlex.quote(str(folder))} "
+            "or move the config"
+        )
     return Config(
         source=source,
         workspace=workspace,
@@ -758,6 +764,19 @@ def _url_password(url: str) -> bool:
 
 def _writable_by_others(path: Path) -> bool:
     return _mode_has(path, stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _open_folder(path: Path) -> Path | None:
+    """The folder holding the config (or the file a link names) when anyone may rename entries in
+    it: world-writable and not sticky (as /tmp is)."""
+    for folder in dict.fromkeys((path.parent, path.resolve().parent)):
+        try:
+            mode = os.stat(folder).st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            return folder
+    return None
 
 
 def _readable_by_others(path: Path) -> bool:
