@@ -280,3 +280,29 @@ def test_every_scheme_git_asks_a_helper_for_gets_the_token_through_the_environme
     remote, env = split_credentials(f"{scheme}://{USER}:{TOKEN}@127.0.0.1:9/agent.git")
     assert remote == f"{scheme}://127.0.0.1:9/agent.git"
     assert env["PHX_GIT_USERNAME"] == USER and env["PHX_GIT_PASSWORD"] == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("url", "asked", "answers"),
+    [
+        ("http://u:TOKEN@[::1]:8443/a.git", ("http", "[::1]:8443"), True),  # never answered before
+        ("https://u:TOKEN@Git.Example.COM/a.git", ("https", "git.example.com"), True),
+        ("https://u:TOKEN@git.example.com/a.git", ("https", "git.example.com:8443"), False),
+        ("https://u:TOKEN@git.example.com/a.git", ("http", "git.example.com"), False),
+        ("https://u:TOKEN@git.example.com/a.git", ("https", "elsewhere.example.com"), False),
+    ],
+)
+def test_the_helper_answers_for_the_urls_own_host_only(
+    tmp_path: Path, url: str, asked: tuple[str, str], answers: bool
+) -> None:
+    require_git()
+    _remote, helper_env = split_credentials(url)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **helper_env}
+    proc = subprocess.run(
+        ["git", "credential", "fill"],
+        input=f"protocol={asked[0]}\nhost={asked[1]}\n\n",
+        env={**env, "GIT_TERMINAL_PROMPT": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert ("password=TOKEN" in proc.stdout) is answers, proc

@@ -107,13 +107,13 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
             )
         if parts.scheme.lower() not in _HELPER_SCHEMES or (parts.username is None and parts.password is None):
             return url, {}
-        port = parts.port
+        _ = parts.port  # a port that is no number: no URL git can use either
     except ValueError:
         return url, {}
     host = parts.netloc.rpartition("@")[2]
     clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    hostname = parts.hostname or ""
-    origin = f"{parts.scheme}://{hostname}" + (f":{port}" if port else "")
+    # What git asks the helper about: the URL's host part as written, port included ([::1]:8443).
+    origin = f"{parts.scheme}://{host}"
     env = {
         # Reset the helpers of the user's own config (one may "store" what it is given), then ours.
         "GIT_CONFIG_COUNT": "2",
