@@ -13,6 +13,7 @@ inflated to hundreds of MB.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import PHX, Result, Sandbox, assert_error
+from e2e_support import PHX, Result, Sandbox, assert_error, assert_restored
 
 from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.repo.crypto import Compression
@@ -219,3 +220,23 @@ def test_an_export_with_a_lone_surrogate_is_imported_without_a_traceback(sandbox
         assert res.code in (0, 3) and "\\ud800" in res.out, res
         if fmt:
             res.json()
+
+
+def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_path: Path) -> None:
+    # A bomb with this host's name and a later time is the next backup's parent: every backup
+    # failed on it until someone forgot it. Now the backup reads every file and says why.
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    forger = Forger(sb.repo)
+    below = forger.tree(file_node("leaf.md"))
+    for _ in range(33):
+        below = forger.tree(dir_node("a", below), dir_node("b", below))
+    later = "2099-01-01T00:00:00+00:00"
+    bomb = forger.snapshot(
+        forger.tree(dir_node("workspace", below)), name="bomb", host=socket.gethostname(), time=later, started=later
+    )
+    state = sb.state()
+    doc = sb.backup()
+    assert any(bomb[:8] in w and "every file was read" in w for w in doc["warnings"]), doc["warnings"]
+    sb.restore_to(doc["id"], tmp_path / "out")
+    assert_restored(state, tmp_path / "out", "the backup made after a planted parent")
