@@ -240,3 +240,19 @@ def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_
     assert any(bomb[:8] in w and "every file was read" in w for w in doc["warnings"]), doc["warnings"]
     sb.restore_to(doc["id"], tmp_path / "out")
     assert_restored(state, tmp_path / "out", "the backup made after a planted parent")
+
+
+def test_a_path_longer_than_a_zip_can_name_is_one_clean_error(make_sandbox: Any, tmp_path: Path) -> None:
+    # 300 folders of 255-byte names: 77 KB, beyond the 65,535 bytes of a zip entry's name (a
+    # struct.error traceback). tar names any length.
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    forger = Forger(sb.repo)
+    below = forger.tree(forger.file_node("leaf.md", b"deep\n"))
+    for i in range(300):
+        below = forger.tree(dir_node(f"d{i:03}" + "x" * 251, below))
+    sid = forger.snapshot(forger.tree(dir_node("workspace", below)), name="long")
+    assert_error(timed(sb, "archive", sid, "--output", tmp_path / "a.zip"), 2, "longer than a zip", ".tar.gz")
+    assert not (tmp_path / "a.zip").exists()
+    timed(sb, "archive", sid, "--output", tmp_path / "a.tar.gz")
+    assert (tmp_path / "a.tar.gz").stat().st_size > 0
