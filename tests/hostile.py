@@ -290,6 +290,7 @@ def crafted() -> dict[str, dict[str, bytes]]:
             "not-an-object": b"[1,2,3]",
             "host-lone-surrogate": canonical(snapshot_doc(sub, host="h\ud800")),
             "tag-lone-surrogate": canonical(snapshot_doc(sub, tags=["t\udfff"])),
+            "absent-lone-surrogate": canonical(snapshot_doc(sub, absent=["workspace/a\ud800"])),
         },
         "lock": {
             "pid-zero": canonical(lock_doc(pid=0)),

@@ -255,4 +255,4 @@ def _incomplete(value: object) -> dict[str, str]:
 def _absent(raw: object) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         raise ValueError("absent is not a list of paths")
-    return tuple(raw)
+    return tuple(_text(p) for p in raw)
