@@ -15,11 +15,12 @@ and `publish` pushes when `autoCommit` is on.
   and for the same reason deleting an object (prune) never frees space in the remote.
 - Every `git` runs without a terminal prompt (GIT_TERMINAL_PROMPT=0, ssh in batch mode), so a
   missing credential fails at once with a clear error instead of hanging a scheduled backup.
-- A user name and password (or token) in an http(s) URL never reach git's command line (which
-  every local user can read in /proc) nor any file: the clone's remote is the URL without them,
-  and git gets them from a credential helper that reads them from its environment, answers only
-  for that scheme and host, and ignores "store" (configured through GIT_CONFIG_*, with the user's
-  own helpers reset, so none of them saves the token either).
+- A user name and password (or token) in an http(s) or ftp(s) URL never reach git's command line
+  (which every local user can read in /proc) nor any file: the clone's remote is the URL without
+  them, and git gets them from a credential helper that reads them from its environment, answers
+  only for that scheme and host, and ignores "store" (configured through GIT_CONFIG_*, with the
+  user's own helpers reset, so none of them saves the token either). A password in an ssh
+  address is refused: git would put it on ssh's command line.
 - A clone is made in a temporary folder beside its place and renamed there when complete; the
   leftovers of a killed clone are removed by the next one.
 """
