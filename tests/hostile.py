@@ -249,6 +249,11 @@ def crafted() -> dict[str, dict[str, bytes]]:
             "nesting-100000": ('{"version":1,"nodes":' + nested(100_000) + "}").encode(),
             "nodes-not-list": canonical({"version": 1, "nodes": {"a": 1}}),
             "not-utf8": b'{"version":1,"nodes":[{"name":"\xff"}]}',
+            # JSON's \ud800 escape decodes to a lone surrogate, which no file system call or
+            # terminal takes (\udc80-\udcff are a non-UTF-8 name's bytes, and fine).
+            "link-target-lone-surrogate": tree(
+                {"name": "l", "type": "symlink", "mode": 0o777, "mtimeNs": 0, "linkTarget": "a\ud800b"}
+            ),
         },
         "snapshot": {
             "name-path-traversal": canonical(snapshot_doc(sub, name="../../../../etc/cron.d/phx")),
@@ -283,6 +288,9 @@ def crafted() -> dict[str, dict[str, bytes]]:
             "absent-not-paths": canonical(snapshot_doc(sub, absent=[1])),
             "version-bool": canonical(snapshot_doc(sub, version=True)),
             "not-an-object": b"[1,2,3]",
+            "host-lone-surrogate": canonical(snapshot_doc(sub, host="h\ud800")),
+            "tag-lone-surrogate": canonical(snapshot_doc(sub, tags=["t\udfff"])),
+            "absent-lone-surrogate": canonical(snapshot_doc(sub, absent=["workspace/a\ud800"])),
         },
         "lock": {
             "pid-zero": canonical(lock_doc(pid=0)),
@@ -294,6 +302,7 @@ def crafted() -> dict[str, dict[str, bytes]]:
             "host-number": canonical(lock_doc(host=5)),
             "nesting-100000": ('{"host":' + nested(100_000) + "}").encode(),
             "not-an-object": b"7",
+            "host-lone-surrogate": canonical(lock_doc(host="h\ud800")),
         },
         "pack_header": {
             "count-2-32": header(count=2**32 - 1),

@@ -45,8 +45,8 @@ _HOST_SCHEMES = frozenset(
         "mailtos",
     }
 )
-# scp-like Git remotes: user@host:path.
-_SCP = re.compile(r"^[^/@:\s]+@([^/:\s]+):(.*)$")
+# scp-like Git remotes: user@host:path (a careless user:password@host:path too).
+_SCP = re.compile(r"^[^/@\s]+@([^/:\s]+):(.*)$")
 # Anything that looks like a URL inside free text, up to whitespace or a quote.
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _QUERY_SECRET = re.compile(
@@ -72,7 +72,8 @@ def redact_url(url: str, *, path: bool = False) -> str:
     if not parts.scheme:
         return REDACTED if "@" in url else url  # a local path, or user:secret@host without a scheme
     scheme = parts.scheme.lower()
-    if scheme not in _HOST_SCHEMES:
+    # An "@" after the host part: a password holding "/" or "?" that ended the user info early.
+    if scheme not in _HOST_SCHEMES or "@" in parts.path + parts.query + parts.fragment:
         return f"{scheme}://{REDACTED}"
     if ":" in host:
         host = f"[{host}]"  # IPv6
@@ -87,3 +88,13 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         text = text.replace(secret, REDACTED)
     text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0), path=True), text)
     return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+
+
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def redact_quoted(message: str) -> str:
+    """A library's message about a URL or connection string it could not parse, without the parts
+    it quotes: the part it could not parse may be the password (libpq: `invalid percent-encoded
+    token: "pa%ss"`, urllib: `Port could not be cast to integer value as 'pa'`)."""
+    return _QUOTED.sub(lambda m: m.group(0)[0] + REDACTED + m.group(0)[0], message)

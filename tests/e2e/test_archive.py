@@ -8,6 +8,7 @@ row for row, plus SHA256SUMS (which the real `sha256sum -c` accepts) and phoenix
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -118,3 +119,24 @@ def test_archive_of_damaged_data_fails_and_leaves_no_archive(backed_up: Sandbox,
     res = sb.phx("archive", "latest", "--output", out / "agent.tar.gz", check=None)
     assert_error(res, 1)
     assert list(out.iterdir()) == [], "neither the archive nor a temporary file is left"
+
+
+def test_a_file_name_that_is_not_utf8_is_archived_as_its_bytes(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A name from a Latin-1 system (or a forged tree): tar keeps its bytes, zip cannot hold it.
+    sb = sandbox
+    name = b"caf\xe9.md"
+    (sb.workspace / os.fsdecode(name)).write_bytes(b"latin1 name\n")
+    sb.backup()
+    archive = tmp_path / "agent.tar.gz"
+    sb.phx("archive", "latest", "--output", archive)
+    out = tmp_path / "extracted"
+    extract(archive, out)
+    (root,) = out.iterdir()
+    assert (root / "workspace" / os.fsdecode(name)).read_bytes() == b"latin1 name\n"
+    check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root, capture_output=True)
+    assert check.returncode == 0, check
+    manifest = json.loads((root / "phoenix-manifest.json").read_bytes())
+    assert "workspace/" + os.fsdecode(name) in {e["path"] for e in manifest["entries"]}
+    res = sb.phx("archive", "latest", "--output", tmp_path / "agent.zip", check=None)
+    assert_error(res, 2, "not UTF-8", ".tar.gz")
+    assert not (tmp_path / "agent.zip").exists()

@@ -215,3 +215,23 @@ def test_invalid_config(sandbox: Sandbox) -> None:
     sb.write_config(retention={"daily": "seven"})
     doc = doctor(sb, 1)
     assert [c["name"] for c in doc["checks"]] == ["config"] and "retention.daily" in doc["checks"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://agent:CANARY%zz-pw@127.0.0.1:5433/argentos",  # a "%" that is no escape
+        "postgresql://agent:CANARY-pw@[::1/argentos",  # an unclosed IPv6 bracket
+        "host=127.0.0.1 password=CANARY pw",  # a space in an unquoted password
+    ],
+)
+def test_a_malformed_dsn_is_reported_without_its_password(backed_up: Sandbox, dsn: str) -> None:
+    # libpq quotes the part of a connection string it cannot parse, and that part is the password.
+    sb = backed_up
+    sb.write_config(databases={"postgres": [{"name": "agentdb", "dsn": dsn}]})
+    doc = doctor(sb, 1)
+    bad = checks(doc, "postgres agentdb")[0]
+    assert bad["status"] == "fail" and "malformed" in bad["message"], bad
+    assert "CANARY" not in json.dumps(doc) and "pw" not in bad["message"]
+    res = sb.phx("backup", "--databases-only", check=None)
+    assert res.code != 0 and "malformed" in res.err and "CANARY" not in res.out + res.err, res

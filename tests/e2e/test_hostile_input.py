@@ -13,6 +13,7 @@ inflated to hundreds of MB.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import PHX, Result, Sandbox, assert_error
+from e2e_support import PHX, Result, Sandbox, assert_error, assert_restored
 
 from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.repo.crypto import Compression
@@ -159,3 +160,99 @@ def test_import_writes_only_into_the_configured_stores(sandbox: Sandbox, tmp_pat
     sb.phx("import", export, "--force", "--to", dest)
     assert (dest / "root" / str(victim).lstrip("/")).is_file()
     assert not victim.exists()
+
+
+@pytest.mark.parametrize("link", ["home", "home/.argentos"])
+def test_import_to_a_folder_never_writes_through_a_link_in_it(sandbox: Sandbox, tmp_path: Path, link: str) -> None:
+    # DIR may hold links: `restore --to DIR` writes a snapshot's symlinks as they were, and others
+    # may be able to write there. A store path through one must not lead the import out of DIR.
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx("export", "--format", "json", "--output", export)
+    store = json.loads((export / "metadata.json").read_text())["databases"][0]["path"]
+    assert store.startswith("home/.argentos/"), store
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    (dest / link).parent.mkdir(parents=True, exist_ok=True)
+    (dest / link).symlink_to(outside)
+    res = sb.phx("import", export, "--force", "--to", dest, check=None)
+    assert_error(res, 1, link, "link")
+    assert list(outside.iterdir()) == []
+
+
+def test_a_lone_surrogate_in_a_snapshot_or_tree_is_one_clean_error(make_sandbox: Any, tmp_path: Path) -> None:
+    # JSON's "\ud800" escape decodes to a character no terminal and no system call takes: `list`,
+    # `ls`, `forget`, `restore`, `archive` and `drill` each ended in a UnicodeEncodeError traceback.
+    sb = make_sandbox(encryption=False)
+    good = sb.backup()["id"]
+    forger = Forger(sb.repo)
+    tree = forger.tree(forger.file_node("MEMORY.md", b"hello\n"))
+    forger.snapshot(forger.tree(dir_node("workspace", tree)), name="host", host="h\ud800", tags=["t\ud800"])
+    link = {"name": "link", "type": "symlink", "mode": 0o777, "mtimeNs": 0, "linkTarget": "a\ud800b"}
+    sid = forger.snapshot(forger.tree(dir_node("workspace", forger.tree(link))), name="link")
+    listed = sb.phx("list", "--json").json()
+    assert {s["id"] for s in listed} == {good, sid}  # the snapshot with the bad host is left out
+    sb.phx("forget", "--dry-run")
+    for args in (
+        ("ls", sid),
+        ("restore", "--backup", sid, "--to", tmp_path / "out"),
+        ("archive", sid, "--output", tmp_path / "a.tar.gz"),
+        ("drill", "--backup", sid),
+    ):
+        res = timed(sb, *args)
+        assert res.code != 0 and "Traceback" not in res.err, res
+
+
+def test_an_export_with_a_lone_surrogate_is_imported_without_a_traceback(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A hostile export's names reach the terminal: a lone surrogate (JSON's "\ud800") in a table
+    # name made `import` end in a UnicodeEncodeError traceback when it printed its table.
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx("export", "--format", "json", "--output", export)
+    meta = json.loads((export / "metadata.json").read_text())
+    meta["time"] = "2026\ud800"
+    meta["databases"][0]["tableFiles"][0]["name"] = "notes\ud800"
+    (export / "metadata.json").write_text(json.dumps(meta))
+    write_checksums(export)
+    for fmt in ((), ("--json",)):
+        res = sb.phx("import", export, "--dry-run", *fmt, check=None)
+        assert res.code in (0, 3) and "\\ud800" in res.out, res
+        if fmt:
+            res.json()
+
+
+def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_path: Path) -> None:
+    # A bomb with this host's name and a later time is the next backup's parent: every backup
+    # failed on it until someone forgot it. Now the backup reads every file and says why.
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    forger = Forger(sb.repo)
+    below = forger.tree(file_node("leaf.md"))
+    for _ in range(33):
+        below = forger.tree(dir_node("a", below), dir_node("b", below))
+    later = "2099-01-01T00:00:00+00:00"
+    bomb = forger.snapshot(
+        forger.tree(dir_node("workspace", below)), name="bomb", host=socket.gethostname(), time=later, started=later
+    )
+    state = sb.state()
+    doc = sb.backup()
+    assert any(bomb[:8] in w and "every file was read" in w for w in doc["warnings"]), doc["warnings"]
+    sb.restore_to(doc["id"], tmp_path / "out")
+    assert_restored(state, tmp_path / "out", "the backup made after a planted parent")
+
+
+def test_a_path_longer_than_a_zip_can_name_is_one_clean_error(make_sandbox: Any, tmp_path: Path) -> None:
+    # 300 folders of 255-byte names: 77 KB, beyond the 65,535 bytes of a zip entry's name (a
+    # struct.error traceback). tar names any length.
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    forger = Forger(sb.repo)
+    below = forger.tree(forger.file_node("leaf.md", b"deep\n"))
+    for i in range(300):
+        below = forger.tree(dir_node(f"d{i:03}" + "x" * 251, below))
+    sid = forger.snapshot(forger.tree(dir_node("workspace", below)), name="long")
+    assert_error(timed(sb, "archive", sid, "--output", tmp_path / "a.zip"), 2, "longer than a zip", ".tar.gz")
+    assert not (tmp_path / "a.zip").exists()
+    timed(sb, "archive", sid, "--output", tmp_path / "a.tar.gz")
+    assert (tmp_path / "a.tar.gz").stat().st_size > 0

@@ -121,3 +121,20 @@ def _safety_snapshot_holds_the_database(sandbox: Sandbox) -> None:
         repo.close()
     assert [d.path for d in result.databases] == ["redis/hot"]
     assert result.databases[0].tables == {"keys": 8}
+
+
+def test_a_password_in_the_urls_query_is_never_shown(sandbox: Sandbox, redis_server: Any) -> None:
+    # redis-py takes the password from `?password=` as well as from the user info.
+    r = redis_server.client(10)
+    r.flushdb()
+    r.set("agent:state", "thinking")
+    sandbox.write_config(databases={"redis": [{"name": "hot", "url": redis_server.url(10), "match": "agent:*"}]})
+    sandbox.backup()
+    secret = "CANARYredispw"
+    url = redis_server.url(10) + f"?password={secret}"  # a server without a password refuses AUTH
+    sandbox.write_config(databases={"redis": [{"name": "hot", "url": url, "match": "agent:*"}]})
+    for args in (("--dry-run",), ("--yes",)):
+        for fmt in ((), ("--json",)):
+            res = sandbox.phx("restore", "--latest", "--databases-only", *args, *fmt, check=None)
+            assert "redis/hot" in res.out + res.err, res
+            assert secret not in res.out + res.err, res

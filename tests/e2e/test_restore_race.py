@@ -39,6 +39,25 @@ LOGICAL = "home/.argentos/memory.db"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a root restore into another user's folder")
 
+# open_tree(2) of a folder, as the confined SQLite step makes its root.
+CAN_CONFINE = """
+import ctypes, os, tempfile
+fd = os.open(tempfile.mkdtemp(), os.O_RDONLY | os.O_DIRECTORY)
+if ctypes.CDLL(None, use_errno=True).syscall(428, fd, b"", 1 | 0x1000 | os.O_CLOEXEC) < 0:
+    raise SystemExit(f"open_tree: {os.strerror(ctypes.get_errno())}")
+"""
+
+
+@pytest.fixture(scope="module")
+def confinable() -> None:
+    """The confined SQLite step needs open_tree (Linux 5.2, CAP_SYS_ADMIN): without it, it refuses."""
+    proc = subprocess.run([sys.executable, "-c", CAN_CONFINE], capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"cannot confine here: {reason}")
+        pytest.skip(f"this machine cannot confine SQLite to a folder: {reason}")
+
+
 # The attacker's loop: the live database becomes a symlink to the victim and back, as fast as it can.
 FLIPPER = """
 import os, sys, time
@@ -166,3 +185,92 @@ def test_a_user_is_refused_a_folder_others_can_change(public_tmp: Path, mode: in
     assert proc.returncode == 0 and out.startswith(verdict), proc
     if verdict == "refused":
         assert "can be changed by another user" in out and "chmod go-w" in out
+
+
+def test_the_confined_step_runs_no_code_from_the_working_folder(
+    world: dict[str, object], monkeypatch: pytest.MonkeyPatch, confinable: None
+) -> None:
+    """`sudo phx restore` keeps the user's working folder: the root child that runs SQLite must not
+    import a module the user left there (`python -m` puts the working folder first on sys.path)."""
+    live = world["live"]
+    assert isinstance(live, Path)
+    folder = live.parent  # the attacker's own folder, and the folder root runs phx from
+    marker = Path(str(world["victim"])).with_name("ran-as-root")
+    for module in ("json.py", "grp.py", "dataclasses.py"):
+        (folder / module).write_text(f"open({str(marker)!r}, 'w').write('owned')\nraise SystemExit(0)\n")
+        os.chown(folder / module, ATTACKER, ATTACKER)
+    monkeypatch.chdir(folder)
+    writer = _Writer(world["repo"], world["layout"], None)  # type: ignore[arg-type]
+    node = world["node"]
+    assert isinstance(node, Node)
+    try:
+        info = writer.database(LOGICAL, node, in_place=True)
+    finally:
+        writer.close()
+    assert not marker.exists(), "the confined SQLite step ran the attacker's module as root"
+    assert info["method"] == "backup-api" and info["integrity"] == "ok"
+    rows = sqlite3.connect(f"file:{live}?mode=ro", uri=True).execute("SELECT count(*) FROM memories").fetchone()
+    assert rows == (50,)
+
+
+# The owner of the folder moves a deep folder out of it while the confined child resolves a link
+# through it: in a plain chroot the ".." that climb back out of the moved folder are never checked
+# against the new root, and lead anywhere (0.6% of opens through a 500-level folder).
+MOVER = """
+import os, sys
+inside, outside = sys.argv[1], sys.argv[2]
+while True:
+    for a, b in ((inside, outside), (outside, inside)):
+        try:
+            os.rename(a, b)
+        except OSError:
+            pass
+"""
+OPENER = """
+import os, sys, time
+from phoenix_backup.ops import sqlite_folder
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+sqlite_folder.confine(fd)  # what the SQLite child does first
+tries = escaped = 0
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    tries += 1
+    try:
+        with open("/link", "rb") as f:
+            escaped += f.read(6) == b"VICTIM"
+    except OSError:
+        pass
+print(tries, escaped)
+"""
+
+
+def test_the_confined_child_cannot_be_walked_out_of_its_folder(public_tmp: Path, confinable: None) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    tmp_path = public_tmp  # the attacker must reach their folders
+    victim = tmp_path / "root-only" / "victim.db"
+    victim.parent.mkdir(mode=0o700)
+    victim.write_bytes(b"VICTIM, root's own")
+    jail, elsewhere = tmp_path / "home" / "jail", tmp_path / "home" / "elsewhere"
+    deep = jail / "d" / "/".join(["a"] * 500)
+    deep.mkdir(parents=True)
+    elsewhere.mkdir()
+    for dirpath, _dirs, _files in os.walk(tmp_path / "home"):
+        os.chown(dirpath, ATTACKER, ATTACKER)  # the user's own folders
+    up = "../" * (501 + len(jail.parts))
+    (jail / "link").symlink_to("d/" + "a/" * 500 + up + str(victim).lstrip("/"))
+    as_attacker = [setpriv, f"--reuid={ATTACKER}", f"--regid={ATTACKER}", "--clear-groups", sys.executable, "-c"]
+    mover = subprocess.Popen([*as_attacker, MOVER, str(jail / "d"), str(elsewhere / "d")])
+    try:
+        time.sleep(0.3)
+        proc = subprocess.run(
+            [sys.executable, "-c", OPENER, str(jail), "3" if not HEAVY else "60"], capture_output=True, text=True
+        )
+    finally:
+        mover.kill()
+        mover.wait()
+    assert proc.returncode == 0, proc.stderr
+    tries, escaped = map(int, proc.stdout.split())
+    print(f"{escaped} of {tries} opens escaped")
+    assert tries > 1000 and escaped == 0, f"{escaped} of {tries} opens reached the victim"

@@ -25,8 +25,8 @@ import pytest
 from moto_support import bare_repo
 from storage_support import require_git
 
-from phoenix_backup.errors import TargetAuthError
-from phoenix_backup.storage.git import GitBackend
+from phoenix_backup.errors import ConfigError, TargetAuthError
+from phoenix_backup.storage.git import GitBackend, split_credentials
 
 USER = "phx-user"
 TOKEN = "ghp_CANARY0token0never0shown0815"
@@ -177,7 +177,7 @@ def test_a_clone_of_an_older_phoenix_forgets_its_token(tmp_path: Path, host: Git
 
 KILLED_CLONE = """
 import sys
-from phoenix_backup.storage.git import GitBackend
+from phoenix_backup.storage.git import GitBackend, split_credentials
 GitBackend(sys.argv[1], "main", True, __import__("pathlib").Path(sys.argv[2]), {"PATH": sys.argv[3]}).exists()
 """
 
@@ -249,3 +249,60 @@ def test_a_redirect_to_another_host_never_receives_the_token(tmp_path: Path, env
     assert _Recorder.seen, "git never followed the redirect"
     sent = [base64.b64decode(h.split()[1]).decode() for h in _Recorder.seen if h.startswith("Basic ")]
     assert all(TOKEN not in s for s in sent), sent
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"ssh://{USER}:{TOKEN}@127.0.0.1:9/agent.git",
+        f"{USER}:{TOKEN}@127.0.0.1:agent.git",  # scp-like
+        f"git+ssh://{USER}:{TOKEN}@127.0.0.1/agent.git",
+    ],
+)
+def test_a_password_in_an_ssh_address_is_refused_before_git_runs(tmp_path: Path, env: dict[str, str], url: str) -> None:
+    # git hands ssh `user:TOKEN@host` on its command line (and keeps the URL in .git/config); ssh
+    # never uses a password from there. The address is refused, and shown without the token.
+    require_git()
+    ssh_log = tmp_path / "ssh-argv.log"
+    fake_ssh = tmp_path / "bin" / "ssh"
+    fake_ssh.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {ssh_log}\nexit 255\n')
+    fake_ssh.chmod(0o755)
+    with pytest.raises(ConfigError) as err:
+        GitBackend(url, "main", True, tmp_path / "data" / "clone", {**env, "GIT_SSH_COMMAND": str(fake_ssh)}).exists()
+    assert TOKEN not in str(err.value) and "targets.git.repo" in str(err.value)
+    for log in (ssh_log, Path(env["PHX_ARGV_LOG"])):
+        assert not log.exists() or TOKEN not in log.read_text()
+    assert not (tmp_path / "data").exists() or files_holding(tmp_path / "data", TOKEN) == []
+
+
+@pytest.mark.parametrize("scheme", ["http", "https", "ftp", "ftps"])
+def test_every_scheme_git_asks_a_helper_for_gets_the_token_through_the_environment(scheme: str) -> None:
+    remote, env = split_credentials(f"{scheme}://{USER}:{TOKEN}@127.0.0.1:9/agent.git")
+    assert remote == f"{scheme}://127.0.0.1:9/agent.git"
+    assert env["PHX_GIT_USERNAME"] == USER and env["PHX_GIT_PASSWORD"] == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("url", "asked", "answers"),
+    [
+        ("http://u:TOKEN@[::1]:8443/a.git", ("http", "[::1]:8443"), True),  # never answered before
+        ("https://u:TOKEN@Git.Example.COM/a.git", ("https", "git.example.com"), True),
+        ("https://u:TOKEN@git.example.com/a.git", ("https", "git.example.com:8443"), False),
+        ("https://u:TOKEN@git.example.com/a.git", ("http", "git.example.com"), False),
+        ("https://u:TOKEN@git.example.com/a.git", ("https", "elsewhere.example.com"), False),
+    ],
+)
+def test_the_helper_answers_for_the_urls_own_host_only(
+    tmp_path: Path, url: str, asked: tuple[str, str], answers: bool
+) -> None:
+    require_git()
+    _remote, helper_env = split_credentials(url)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **helper_env}
+    proc = subprocess.run(
+        ["git", "credential", "fill"],
+        input=f"protocol={asked[0]}\nhost={asked[1]}\n\n",
+        env={**env, "GIT_TERMINAL_PROMPT": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert ("password=TOKEN" in proc.stdout) is answers, proc

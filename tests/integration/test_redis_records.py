@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from phoenix_backup.config.model import RedisDb
-from phoenix_backup.errors import CorruptObject
+from phoenix_backup.errors import CorruptObject, SourceError
 from phoenix_backup.ops import db_restore
 from phoenix_backup.sources import redis as rds
 
@@ -275,3 +275,15 @@ def _from_newer_redis(r: rds.Record) -> rds.Record:
     body = r.payload[:-10] + (99).to_bytes(2, "little")
     payload = body + _crc64_jones(body).to_bytes(8, "little")
     return rds.Record(r.key, r.type, r.expire_at_ms, payload, r.logical)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:pa/CANARY@127.0.0.1:6380/0", "redis://:CANARY@127.0.0.1:CANARYport/0", "redis://:CANARY@[::1/0"]
+)
+def test_a_malformed_url_is_reported_without_its_password(url: str) -> None:
+    # urllib quotes the part it cannot parse ("Port could not be cast ... as 'pa'"): a password
+    # holding "/" showed its first part.
+    with pytest.raises(SourceError, match="malformed") as err:
+        rds.connect(RedisDb(name="hot", url=url))
+    assert "CANARY" not in str(err.value) and "'pa'" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # --verbose shows no chain

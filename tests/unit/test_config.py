@@ -754,6 +754,10 @@ def test_write_config_replaces_with_force(tmp_path: Path) -> None:
         {"targets": {"git": {"enabled": True, "repo": "https://x-access-token:ghp_TOKEN@github.com/me/a.git"}}},
         {"targets": {"git": {"enabled": True, "repo": "https://ghp_TOKEN@github.com/me/a.git"}}},
         {"encryption": {"enabled": True, "method": "passphrase", "passphraseCommand": "echo hunter2"}},
+        {"targets": {"git": {"enabled": True, "repo": "ftps://me:ghp_TOKEN@ftp.example.com/a.git"}}},
+        # libpq and redis-py take a password from the query string too
+        {"databases": {"postgres": [{"name": "main", "dsn": "postgresql://agent@db:5433/argentos?password=hunter2"}]}},
+        {"databases": {"redis": [{"name": "state", "url": "redis://localhost:6380/0?password=hunter2"}]}},
     ],
 )
 def test_every_kind_of_secret_warns_in_a_readable_file(tmp_path: Path, changes: dict[str, Any]) -> None:
@@ -779,3 +783,32 @@ def test_a_config_others_can_change_warns(tmp_path: Path) -> None:
     path.chmod(0o666)
     (warning,) = load_config(path, env={"HOME": str(tmp_path)}).warnings
     assert "can be changed by other users" in warning and f"chmod go-w {path}" in warning
+
+
+def test_a_config_in_a_folder_others_can_write_warns(tmp_path: Path) -> None:
+    # A 0600 file in a folder anyone can write: anyone can rename it away and put their own there.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = shared / "backup.json"
+    path.write_text(json.dumps(minimal(hooks={"preBackup": "sync"})))
+    path.chmod(0o600)
+    shared.chmod(0o777)
+    (warning,) = load_config(path, env={"HOME": str(tmp_path)}).warnings
+    assert "can be changed by other users" in warning and f"chmod o-w {shared}" in warning
+    shared.chmod(0o1777)  # sticky, as /tmp: others cannot replace the file
+    assert load_config(path, env={"HOME": str(tmp_path)}).warnings == ()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"targets": {"s3": {"enabled": True, "bucket": "bucket1", "endpoint": "htps//AK:CANARY@s3.example.com"}}},
+        {"targets": {"s3": {"enabled": True, "bucket": "bucket1", "endpoint": "https://AK:CANARY@[::1:9/"}}},
+        {"databases": {"redis": [{"name": "hot", "url": "redis://:CANARY@[::1/0"}]}},
+    ],
+)
+def test_a_malformed_url_is_one_config_error_without_its_credentials(changes: dict[str, Any]) -> None:
+    # An endpoint was echoed as it was (user name and secret included); an unclosed "[" in an
+    # endpoint or a Redis url ended in a ValueError traceback.
+    message = config_error(minimal(**changes))
+    assert "CANARY" not in message and ("endpoint" in message or "url" in message), message

@@ -60,14 +60,17 @@ def _usable(kind: str, data: bytes) -> None:
             assert -(2**63) <= node.mtime_ns < 2**63 and -(2**63) <= node.ctime_ns < 2**63
             assert node.size == sum(e.length for e in node.content)
             assert node.type != "dir" or (node.subtree is not None and len(node.subtree) == 32)
+            os.fsencode(node.link_target or "")  # os.symlink takes it
     elif kind == "snapshot":
         snap = Snapshot.from_json_bytes(data, "ab" * 32)
         snap.datetime.astimezone(UTC).isoformat()
         snap.datetime.astimezone().strftime("%Y-%m-%d %H:%M")
         # It names archive folders and drill reports (always after a prefix) and is printed.
         assert "/" not in snap.name and snap.name.isprintable() and len(snap.tree) == 32
+        for text in (snap.host, snap.username, *snap.tags, *snap.sources.values()):
+            text.encode("utf-8", "surrogateescape")  # printable: no lone surrogate
     elif kind == "lock":
-        decode_lock(data, "locks/x").describe()
+        decode_lock(data, "locks/x").describe().encode("utf-8", "surrogateescape")
 
 
 def check(kind: str, data: bytes) -> None:

@@ -18,10 +18,11 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hostile import Forger, deflate_bomb, dir_node, file_node, tree
-from phoenix_backup.errors import CorruptObject, KdfBudgetExceeded
+from phoenix_backup.errors import CorruptObject, KdfBudgetExceeded, ObjectNotFound
 from phoenix_backup.ops.verify import verify_repository
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import MAX_DEPTH, walk_tree
 from phoenix_backup.storage.local import LocalBackend
@@ -56,6 +57,29 @@ def test_a_dag_bomb_is_refused_before_a_single_path_is_walked(forger: Forger) ->
     with pytest.raises(CorruptObject, match=r"names more than the 4,000,000 paths a walk allows"):
         next(walk_tree(forger.repo, root))
     assert time.monotonic() - started < 2
+
+
+def test_a_dag_bomb_within_the_path_budget_is_refused_too(forger: Forger) -> None:
+    # 20 levels: 3.1 million paths from 21 small trees. Under the path budget, this walked for
+    # minutes in gigabytes: `ls` 56 s and 4 GB, `restore --dry-run` 183 s, `archive` 310 s and 5 GB.
+    root = dag_bomb(forger, 20)
+    sid = forger.snapshot(root, name="bomb")
+    forger.repo.flush()
+    started = time.monotonic()
+    with pytest.raises(CorruptObject, match=r"names \d[\d,]* paths but only \d+ entries are stored below it"):
+        next(walk_tree(forger.repo, root))
+    assert time.monotonic() - started < 2
+    result = verify_repository(Repository.open(forger.repo.backend, keys.Credentials()))
+    assert [e.snapshot for e in result.errors] == [sid], result.errors
+
+
+def test_folders_shared_a_few_times_are_walked(forger: Forger) -> None:
+    # Equal folders are one tree (folders of empty folders with the same times, say): a real
+    # snapshot may name one tree from a few places, and is walked.
+    skeleton = forger.tree(dir_node("x", forger.tree(dir_node("y", forger.tree(dir_node("z", forger.tree()))))))
+    root = forger.tree(*(dir_node(f"copy{i:05}", skeleton) for i in range(30_000)))
+    forger.repo.flush()
+    assert sum(1 for _ in walk_tree(forger.repo, root)) == 120_000
 
 
 def test_folders_nested_deeper_than_any_path_are_refused_without_recursion(forger: Forger) -> None:
@@ -101,6 +125,28 @@ def test_verify_reports_each_bad_snapshot_and_checks_the_rest(forger: Forger) ->
     assert good_sid not in bad
 
 
+def test_verify_reads_many_tiny_packs_in_time_linear_in_their_number(forger: Forger, tmp_path: Path) -> None:
+    # A writer of the storage adds thousands of packs of one small blob each (a megabyte in all).
+    # verify --read-data scanned the whole index once per pack: 8,000 such packs took 169 s.
+    repo = forger.repo
+    packs: dict[str, list[PackEntry]] = {}
+    for i in range(2500):
+        data = i.to_bytes(4, "little") * 4
+        blob_id = repo.ids.blob_id(BlobType.DATA, data)
+        packer = PackBuilder(BlobType.DATA)
+        packer.add(blob_id, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob_id)), len(data))
+        pack_id, raw, entries = packer.finish(repo.sealer)
+        path = tmp_path / "repo" / pack_name(pack_id)  # as the storage writer does, without an fsync each
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(raw)
+        packs[pack_id] = entries
+    repo.write_index(packs, [])
+    started = time.monotonic()
+    result = verify_repository(Repository.open(repo.backend, keys.Credentials()), read_data=True)
+    assert time.monotonic() - started < 3  # 10 s before, growing with the square of the count
+    assert result.ok and result.checked["packs"] == 2500
+
+
 # ---------------------------------------------------------------------------------------------
 # Decompression is bounded by the declared length and a global cap
 
@@ -134,6 +180,24 @@ def test_a_blob_claiming_more_than_any_blob_holds_is_refused(forger: Forger) -> 
     assert [m for m in fresh.problems.index.values() if "more than any blob holds" in m]
     with pytest.raises(CorruptObject, match="not in the index"):
         fresh.load_blob(BlobType.DATA, b"\x09" * 32)
+
+
+def test_an_index_entry_past_the_end_of_its_pack_allocates_nothing(forger: Forger) -> None:
+    # An index entry may claim 4 GiB of stored bytes in a pack of a few hundred: reading it
+    # allocated those 4 GiB first (a MemoryError traceback on a machine with less).
+    forger.raw_blob(b"\x0b" * 32, b"0123456789", Compression.NONE, 10)
+    pack_id = forger.repo.index.pack_ids()[-1]
+    forger.repo.write_index({pack_id: [PackEntry(BlobType.DATA, Compression.NONE, b"\x0c" * 32, 0, 2**32 - 1, 10)]}, [])
+    fresh = Repository.open(forger.repo.backend, keys.Credentials())
+    fresh.load_index()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ObjectNotFound, match="shorter than the index says"):
+            fresh.load_blob(BlobType.DATA, b"\x0c" * 32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MB
 
 
 # ---------------------------------------------------------------------------------------------

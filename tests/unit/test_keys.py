@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from phoenix_backup.errors import (
     CorruptObject,
+    KdfBudgetExceeded,
     MissingCredentials,
     ToolMissing,
     UnsupportedFormat,
@@ -497,6 +499,37 @@ def test_age_several_recipients_and_identities(secrets: MasterSecrets) -> None:
     assert unwrap(slot, Credentials(age_identities=(stranger, str(alice)))) == secrets
 
 
+def _age_to_strangers(count: int) -> bytes:
+    """An age file to `count` recipients nobody here holds: what anyone can write into keys/."""
+    return bytes(pyrage.encrypt(b"x" * 64, [pyrage.x25519.Identity.generate().to_public() for _ in range(count)]))
+
+
+def test_an_age_slot_naming_hundreds_of_recipients_is_skipped_unread(secrets: MasterSecrets) -> None:
+    # age's decryption time grows with the square of the recipients a file names: 1,000 of them
+    # (98 KB) took 17 s, 2,000 took 65 s, on every opening of an age repository.
+    identity = pyrage.x25519.Identity.generate()
+    own = wrap_age(secrets, [str(identity.to_public())])
+    planted = replace(own, id="0" * 16, data=_age_to_strangers(600))
+    started = time.monotonic()
+    assert open_any([planted, own], Credentials(age_identities=(str(identity),))) == (own, secrets)
+    assert time.monotonic() - started < 1  # 5 s before
+    with pytest.raises(UsageError, match="at most 32"):
+        wrap_age(secrets, [str(pyrage.x25519.Identity.generate().to_public()) for _ in range(33)])
+
+
+def test_a_pile_of_planted_age_slots_costs_a_second_not_minutes(secrets: MasterSecrets) -> None:
+    identity = pyrage.x25519.Identity.generate()
+    own = wrap_age(secrets, [str(identity.to_public())])
+    data = _age_to_strangers(32)  # each try costs 25 ms
+    pile = [replace(own, id=f"{i:016x}", data=data) for i in range(300)]
+    creds = Credentials(age_identities=(str(identity),))
+    started = time.monotonic()
+    with pytest.raises(KdfBudgetExceeded, match="delete the keys/ objects you did not create"):
+        open_any([*pile, own], creds)
+    assert time.monotonic() - started < 3  # 8 s before
+    assert open_any([*pile[:5], own], creds) == (own, secrets)
+
+
 @pytest.mark.parametrize("recipient", ["age1notarecipient", "", "ssh-ed25519 AAAA", "AGE-SECRET"])
 def test_age_bad_recipient_is_a_usage_error(secrets: MasterSecrets, recipient: str) -> None:
     with pytest.raises(UsageError) as caught:
@@ -581,6 +614,59 @@ def test_gpg_unknown_key(secrets: MasterSecrets, gpg_home: Path) -> None:
         wrap_gpg(secrets, "nobody@example.invalid", homedir=gpg_home)
     message = str(caught.value)
     assert "nobody@example.invalid" in message and "gpg --list-keys" in message
+
+
+@pytest.fixture(scope="module")
+def foreign_gpg_slot() -> Iterator[KeySlot]:
+    """A gpg slot anyone can write: encrypted to a key of their own, its recipient hidden."""
+    if GPG is None:
+        pytest.skip("gpg is not installed")
+    attacker = Path(tempfile.mkdtemp(prefix="phxgpgA"))
+    try:
+        subprocess.run(
+            # The owner's key algorithm (gpg_home's), so that gpg tries each session key packet.
+            [
+                *(GPG, "--homedir", str(attacker), "--batch", "--passphrase", ""),
+                *("--quick-gen-key", "a@example.invalid", "future-default", "default", "never"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        yield wrap_gpg(MasterSecrets.generate(), "a@example.invalid", homedir=attacker)
+    finally:
+        _kill_agent(attacker)
+        shutil.rmtree(attacker, ignore_errors=True)
+
+
+def test_a_pile_of_planted_gpg_slots_costs_a_second_not_minutes(
+    secrets: MasterSecrets, gpg_home: Path, foreign_gpg_slot: KeySlot
+) -> None:
+    # Each such slot costs one gpg run (about 14 ms): a thousand made every opening take 14 s.
+    pile = [replace(foreign_gpg_slot, id=f"{i:016x}") for i in range(300)]
+    own = wrap_gpg(secrets, GPG_EMAIL, homedir=gpg_home)
+    creds = Credentials(gpg_homedir=gpg_home)
+    started = time.monotonic()
+    with pytest.raises(KdfBudgetExceeded, match="delete the keys/ objects you did not create"):
+        open_any([*pile, own], creds)
+    assert time.monotonic() - started < 3  # 4 s before, and 14 s for a thousand
+    assert open_any([*pile[:5], own], creds) == (own, secrets)
+
+
+def test_a_gpg_slot_of_hundreds_of_session_keys_is_skipped_unread(
+    secrets: MasterSecrets, gpg_home: Path, foreign_gpg_slot: KeySlot
+) -> None:
+    # gpg tries every public-key session key packet of a message on the secret keys it holds,
+    # 4 ms each for this key (20 ms for an RSA key): one slot of 1,000 of them (400 KB) took 4 s
+    # (24 s), and an opening tries 32 slots. Phoenix writes one.
+    data = foreign_gpg_slot.data
+    assert not data[0] & 0x40 and data[0] & 0x03 < 3, "gpg writes its session key packet in the old format"
+    size = 1 << (data[0] & 0x03)  # old format: a length of 1, 2 or 4 bytes
+    first = 1 + size + int.from_bytes(data[1 : 1 + size], "big")
+    planted = replace(foreign_gpg_slot, id="0" * 16, data=data[:first] * 1000 + data[first:])
+    own = wrap_gpg(secrets, GPG_EMAIL, homedir=gpg_home)
+    started = time.monotonic()
+    assert open_any([planted, own], Credentials(gpg_homedir=gpg_home)) == (own, secrets)
+    assert time.monotonic() - started < 1.5  # 4 s before
 
 
 @pytest.mark.parametrize("key_id", ["", "   ", "--armor", "a\nb"])

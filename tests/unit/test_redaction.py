@@ -38,6 +38,8 @@ SECRET = "CANARY"
         ("redis://:CANARY@localhost:6380/0", "redis://localhost", "redis://localhost:6380/0"),
         ("postgresql://agent:CANARY@db:5433/argentos", "postgresql://db", "postgresql://db:5433/argentos"),
         ("git@github.com:me/agent.git", "github.com", "github.com:me/agent.git"),
+        ("git:CANARY@github.com:me/agent.git", "github.com", "github.com:me/agent.git"),
+        ("https://me:12/CANARY@github.com/a.git", "https://***", "https://***"),
         ("/srv/git/agent.git", "/srv/git/agent.git", "/srv/git/agent.git"),
         ("me:CANARY@host/x", "me://***", "me://***"),
         ("CANARY@host/x", "***", "***"),

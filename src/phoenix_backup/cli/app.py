@@ -37,13 +37,23 @@ class Out:
         self.verbose = verbose
 
     def notice(self, message: str) -> None:
-        click.echo(f"phx: {message}", err=True)
+        click.echo(printable(f"phx: {message}"), err=True)
 
     def result(self, doc: object, text: str) -> None:
         if self.as_json:
             click.echo(jsontext.dumps(doc, indent=2))
         elif text:
-            click.echo(text)
+            click.echo(printable(text))
+
+
+def printable(text: str) -> str:
+    """`text` as a terminal takes it: a name that is not UTF-8 as its bytes (surrogateescape), and
+    a lone surrogate from hostile input (JSON's \\ud800, which no encoding takes) as an escape."""
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def make_env(out: Out) -> Environment:
@@ -89,7 +99,7 @@ def common(f: F) -> F:
         except PhoenixError as exc:
             if verbose:
                 traceback.print_exc()
-            click.echo(f"phx: error: {exc}", err=True)
+            click.echo(printable(f"phx: error: {exc}"), err=True)
             if as_json:
                 click.echo(jsontext.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
             sys.exit(int(exc.exit_status))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from phoenix_backup.config.defaults import (
     DEFAULT_CONFIG_PATHS,
@@ -46,6 +46,7 @@ from phoenix_backup.config.model import (
     Targets,
 )
 from phoenix_backup.errors import ConfigError
+from phoenix_backup.redaction import redact_url
 
 _T = TypeVar("_T")
 
@@ -354,6 +355,12 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
             f"config file {source} can be changed by other users, who could make Phoenix run their commands as you "
             f"(hooks, gateway, passphraseCommand); run chmod go-w {shlex.quote(str(source))}"
         )
+    elif source is not None and (folder := _open_folder(source)) is not None:
+        ctx.warnings.append(
+            f"config file {source} can be changed by other users: anyone may replace it in {folder}, and make Phoenix "
+            f"run their commands as you (hooks, gateway, passphraseCommand); run chmod o-w {shlex.quote(str(folder))} "
+            "or move the config"
+        )
     return Config(
         source=source,
         workspace=workspace,
@@ -446,9 +453,20 @@ def _targets(section: _Section) -> Targets:
 
 def _endpoint(section: _Section) -> str | None:
     endpoint = section.optional_string("endpoint")
-    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-        raise ConfigError(f"{section.field('endpoint')} must be an http:// or https:// URL (got {_got(endpoint)})")
+    if endpoint is not None and _scheme(endpoint) not in ("http", "https"):
+        # Shown as every URL is: an endpoint may carry a user name and secret.
+        raise ConfigError(
+            f"{section.field('endpoint')} must be an http:// or https:// URL (got {_got(redact_url(endpoint))})"
+        )
     return endpoint
+
+
+def _scheme(url: str) -> str | None:
+    """A URL's scheme; None when it is not a URL at all (an unclosed "[", say)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return None
 
 
 def _check_bucket_and_keys(
@@ -611,7 +629,7 @@ def _databases(section: _Section) -> Databases:
     redis: list[RedisDb] = []
     for item in section.sections("redis", ("name", "url", "match")):
         url = item.string("url", "redis://localhost:6380/0", secret=True)
-        if urlsplit(url).scheme not in _REDIS_SCHEMES:
+        if _scheme(url) not in _REDIS_SCHEMES:
             raise ConfigError(f"{item.field('url')} must be a redis://, rediss:// or unix:// URL; fix it")
         match = item.string("match", "*")
         if not match:
@@ -725,24 +743,41 @@ def _holds_secrets(data: Mapping[str, object]) -> bool:
 
 
 def _url_credentials(url: str) -> bool:
-    """A user name or password in an http(s) URL (a Git host's token may stand in either place;
-    ssh's `git@` names an account, not a secret)."""
+    """A user name or password in an http(s) or ftp(s) URL (a Git host's token may stand in either
+    place; ssh's `git@` names an account, not a secret)."""
     try:
         parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and (parts.username is not None or parts.password is not None)
+        return parts.scheme in ("http", "https", "ftp", "ftps") and (
+            parts.username is not None or parts.password is not None
+        )
     except ValueError:
         return False
 
 
 def _url_password(url: str) -> bool:
+    """A password in a database URL: its user info, or (libpq and redis-py take it there too) its query."""
     try:
-        return bool(urlsplit(url).password)
+        parts = urlsplit(url)
+        return bool(parts.password) or any(k.lower() == "password" for k, _v in parse_qsl(parts.query))
     except ValueError:
         return False
 
 
 def _writable_by_others(path: Path) -> bool:
     return _mode_has(path, stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _open_folder(path: Path) -> Path | None:
+    """The folder holding the config (or the file a link names) when anyone may rename entries in
+    it: world-writable and not sticky (as /tmp is)."""
+    for folder in dict.fromkeys((path.parent, path.resolve().parent)):
+        try:
+            mode = os.stat(folder).st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            return folder
+    return None
 
 
 def _readable_by_others(path: Path) -> bool:

@@ -109,6 +109,8 @@ def archive(
         snap = repo.find_snapshot(ref, latest=envx.latest)
         nodes = list(walk_tree(repo, snap.tree))
         top = f"phoenix-{snap.name}"
+        if fmt == "zip":
+            _zip_names(top, nodes)
         # Private by default: an agent's memory and config may hold secrets.
         tmp = output.with_name(f".{output.name}.tmp-{secrets.token_hex(4)}")
         try:
@@ -156,6 +158,33 @@ def archive(
     )
 
 
+def _zip_names(top: str, nodes: list[tuple[str, Node]]) -> None:
+    """A zip names its entries in UTF-8, in at most 65,535 bytes: a name or link target that is not
+    UTF-8 (a file from a Latin-1 system) or a longer path (a forged tree) cannot be written, and
+    tar can."""
+    for logical, node in nodes:
+        shown = logical.encode("utf-8", "backslashreplace").decode()
+        if not (_is_utf8(logical) and _is_utf8(node.link_target or "")):
+            raise UsageError(
+                f"{shown} has a name or link target that is not UTF-8, which a zip archive cannot hold; write "
+                "FILE.tar.gz instead"
+            )
+        length = len(f"{top}/{logical}/".encode())
+        if length > 0xFFFF:
+            raise UsageError(
+                f"{shown[:200]}… is a path of {length} bytes, longer than a zip archive can name; write FILE.tar.gz "
+                "instead"
+            )
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _sums(nodes: list[tuple[str, Node]]) -> bytes:
     """`sha256sum` format, paths relative to the top folder; GNU's escaping for odd names."""
     lines = []
@@ -167,7 +196,8 @@ def _sums(nodes: list[tuple[str, Node]]) -> bytes:
             lines.append(f"\\{node.sha256}  {escaped}")
         else:
             lines.append(f"{node.sha256}  {logical}")
-    return ("\n".join(lines) + "\n").encode() if lines else b""
+    # A name that is not UTF-8 (kept as surrogates) is written as its bytes, as sha256sum reads it.
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape") if lines else b""
 
 
 def _manifest(snap: Snapshot, nodes: list[tuple[str, Node]]) -> bytes:

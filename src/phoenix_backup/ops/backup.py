@@ -22,7 +22,15 @@ from typing import Any
 
 from phoenix_backup import __version__
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, PhoenixError, SourceError, UsageError
+from phoenix_backup.errors import (
+    CorruptObject,
+    ExitStatus,
+    ObjectNotFound,
+    PhoenixError,
+    SourceError,
+    UnsafePath,
+    UsageError,
+)
 from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
 from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
@@ -345,15 +353,23 @@ class _Run:
         self.envx = envx
         self.parent_nodes: dict[str, Node] = {}
         self.parent_started_ns = 0
+        self.warnings: list[str] = []
         if parent is not None:
-            # A parent whose trees are partly lost still helps: what cannot be read is read again.
-            self.parent_nodes = dict(walk_tree(repo, parent.tree, on_error=_read_again))
+            try:
+                # A parent whose trees are partly lost still helps: what cannot be read is read again.
+                self.parent_nodes = dict(walk_tree(repo, parent.tree, on_error=_read_again))
+            except (CorruptObject, ObjectNotFound, UnsafePath) as exc:
+                # Damaged, or planted by a writer of the storage: it must not stop every backup.
+                self.warnings.append(
+                    f"the parent snapshot {parent.id[:8]} cannot be read, so every file was read ({exc})"
+                )
+                self.parent = parent = None
+        if parent is not None:
             self.parent_started_ns = int(datetime.fromisoformat(parent.started or parent.time).timestamp() * 1e9)
         self.tmp = cache.run_dir()
         self.files_read = 0
         self.incomplete: list[dict[str, str]] = []
         self.databases: list[DatabaseInfo] = []
-        self.warnings: list[str] = []
         self.aux = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phx-check")
         # A safety snapshot leaves the page hashes of the regular backups' chain in the cache.
         self.keep_page_state = True
@@ -545,6 +561,7 @@ def _run(
     parents = [s for s in snapshots if s.host == host and s.scope in (parent_scopes or (scope,))]
     parent = parents[-1] if parents else None
     run = _Run(repo, cache_for(repo, envx), parent, envx)
+    parent = run.parent
     run.keep_page_state = keep_page_state
     if lost_warning:
         run.warnings.append(lost_warning)

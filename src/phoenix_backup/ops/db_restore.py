@@ -731,7 +731,7 @@ def restore_redis(
     repo: Repository, entry: RedisDb, path: str, files: dict[str, Node], mode: ConflictMode = "update"
 ) -> DbRestoreOutcome:
     node = files.get(rds.RECORDS)
-    outcome = DbRestoreOutcome(path, "redis", entry.url.split("@")[-1])
+    outcome = DbRestoreOutcome(path, "redis", rds.where(entry.url))
     if node is None:
         outcome.error = f"{path} has no {rds.RECORDS} in the snapshot"
         return outcome
@@ -1032,7 +1032,7 @@ def preview_databases(
             else:
                 rentry = _entry(cfg.databases.redis, "redis", name)
                 assert isinstance(rentry, RedisDb)
-                doc.update(action="restore", target=rentry.url.split("@")[-1])
+                doc.update(action="restore", target=rds.where(rentry.url))
                 client = rds.connect(rentry)
                 try:
                     live = {"keys": _count_matching(client, str(manifest.get("match", rentry.match)))}

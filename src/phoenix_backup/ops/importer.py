@@ -160,6 +160,19 @@ def configured_stores(cfg: Config, envx: Environment) -> set[str]:
     return out
 
 
+def _refuse_links(top: Path, target: Path) -> None:
+    """A store below --to DIR is reached through no symlink: DIR may hold links (`restore --to`
+    writes a snapshot's links as they were), and SQLite would follow them out of DIR."""
+    here = top
+    for part in target.relative_to(top).parts:
+        here = here / part
+        if here.is_symlink():
+            raise UnsafePath(
+                f"{here} is a symlink, and the store {target} would be written through it; Phoenix never writes "
+                "through links — move it aside, or import into another folder with --to DIR"
+            )
+
+
 def import_export(
     cfg: Config,
     envx: Environment,
@@ -209,6 +222,8 @@ def import_export(
             target = layout.to_real(src.logical, to.absolute() if to is not None else None)
         except UnsafePath as exc:
             raise NotAnExport(f"the export names an unsafe store path {src.logical!r}; import refused") from exc
+        if to is not None:
+            _refuse_links(to.absolute(), target)
         if to is None and os.path.normpath(target) not in stores:
             raise NotAnExport(
                 f"the export names the store {src.logical} ({target}), which is not one of the SQLite stores this "

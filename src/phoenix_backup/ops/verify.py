@@ -24,6 +24,7 @@ from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, Pho
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, pack_name, read_header
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
@@ -162,8 +163,13 @@ def verify_repository(
             packs, result.subset = choose_subset(packs, subset, cursor, key)
         # Cold packs (S3 GLACIER/DEEP_ARCHIVE) are thawed in one batch, not one wait per pack.
         repo.backend.prepare_read(packs)
+        # Each pack's blobs, found in one pass over the index (not one pass per pack: 8,000 tiny
+        # packs, a megabyte of storage, took 169 s that way).
+        by_pack: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
+        for blob, loc in repo.index.blobs():
+            by_pack[loc.pack_id].append((blob, loc))
         for name in packs:
-            _read_pack(repo, name, users, result)
+            _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
         result.checked["packs"] = len(packs)
     return result
 
@@ -248,9 +254,10 @@ def _report_blob(result: VerifyResult, users: _Users, blob: bytes, obj: str, mes
         result.errors.append(VerifyError(obj, snapshot, path, message))
 
 
-def _read_pack(repo: Repository, name: str, users: _Users, result: VerifyResult) -> None:
+def _read_pack(
+    repo: Repository, name: str, in_index: list[tuple[bytes, BlobLocation]], users: _Users, result: VerifyResult
+) -> None:
     pack_id = name.split("/")[-1]
-    in_index = [(b, loc) for b, loc in repo.index.blobs() if loc.pack_id == pack_id]
     try:
         data = repo.backend.read(name)
     except ObjectNotFound as exc:
@@ -285,10 +292,7 @@ def _read_pack(repo: Repository, name: str, users: _Users, result: VerifyResult)
             _report_blob(result, users, entry.id, name, str(exc))
 
 
-def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: object) -> bool:
-    from phoenix_backup.repo.index import BlobLocation
-
-    assert isinstance(loc, BlobLocation)
+def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation) -> bool:
     sealed = pack[loc.offset : loc.offset + loc.stored]
     try:
         repo.open_blob(BlobType(loc.type), blob, loc.compression, sealed, loc.raw, "blob")

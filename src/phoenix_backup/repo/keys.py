@@ -640,6 +640,11 @@ def wrap_age(secrets: MasterSecrets, recipients: Sequence[str]) -> KeySlot:
     cleaned = [r.strip() for r in recipients]
     if not cleaned:
         raise UsageError("no age recipient given; set encryption.recipients to at least one 'age1…' public key")
+    if len(cleaned) > MAX_AGE_RECIPIENTS:
+        raise UsageError(
+            f"{len(cleaned)} age recipients for one key slot; give at most {MAX_AGE_RECIPIENTS} (add another slot "
+            "with `phx key add` for more)"
+        )
     parsed = [_parse_recipient(r) for r in cleaned]
     try:
         data = pyrage.encrypt(secrets.to_bytes(), parsed)
@@ -652,8 +657,21 @@ def wrap_age(secrets: MasterSecrets, recipients: Sequence[str]) -> KeySlot:
     return _new_slot(secrets, _new_slot_id(), "age", label, {}, bytes(data), recipients=tuple(cleaned))
 
 
+# age's decryption time grows with the square of the recipients a file names (1,000: 17 s), and
+# anyone can write an age file to thousands of keys: a slot naming more than Phoenix writes is
+# skipped unread. Phoenix writes binary age files only.
+MAX_AGE_RECIPIENTS = 32
+_AGE_MAGIC = b"age-encryption.org/v1\n"
+
+
 def _unwrap_age(slot: KeySlot, identities: Sequence[str]) -> MasterSecrets | None:
     parsed = [_parse_identity(identity, i) for i, identity in enumerate(identities)]
+    header, end, _payload = slot.data.partition(b"\n--- ")
+    if not slot.data.startswith(_AGE_MAGIC) or not end or header.count(b"\n-> ") > MAX_AGE_RECIPIENTS:
+        raise CorruptObject(
+            f"key slot {slot.id} is not an age file Phoenix writes (binary, at most {MAX_AGE_RECIPIENTS} "
+            "recipients); it is damaged or hostile and was skipped"
+        )
     try:
         plain = pyrage.decrypt(slot.data, parsed)
     except pyrage.DecryptError:
@@ -762,12 +780,18 @@ _PKESK, _SKESK = 1, 3
 _ENCRYPTED_DATA = {9, 18, 20}  # symmetrically encrypted data, SEIPD, AEAD encrypted data
 
 
+# gpg tries every public-key session key packet on every secret key it holds (4 ms each for a
+# Curve25519 key, 20 ms for RSA), and anyone can write a message with thousands of them. A slot
+# holds one, or a few when gpg.conf adds recipients (encrypt-to).
+MAX_GPG_SESSION_KEYS = 8
+
+
 def _public_key_message(data: bytes) -> bool:
-    """Whether `data` is an OpenPGP message encrypted to public keys only: one or more
-    public-key session-key packets, no passphrase (symmetric) session key, then encrypted data.
-    A literal or compressed packet (`gpg --store`), or a symmetric one, proves no key: gpg would
-    "decrypt" it with no secret key at all, or ask for a passphrase."""
-    pos, seen_pkesk = 0, False
+    """Whether `data` is an OpenPGP message encrypted to public keys only: one to
+    MAX_GPG_SESSION_KEYS public-key session-key packets, no passphrase (symmetric) session key,
+    then encrypted data. A literal or compressed packet (`gpg --store`), or a symmetric one,
+    proves no key: gpg would "decrypt" it with no secret key at all, or ask for a passphrase."""
+    pos, seen_pkesk, pkesks = 0, False, 0
     while pos < len(data):
         header = data[pos]
         if not header & 0x80:
@@ -798,7 +822,9 @@ def _public_key_message(data: bytes) -> bool:
                 return False
             length, pos = int.from_bytes(data[pos + 1 : pos + 1 + size], "big"), pos + 1 + size
         if tag == _PKESK:
-            seen_pkesk = True
+            seen_pkesk, pkesks = True, pkesks + 1
+            if pkesks > MAX_GPG_SESSION_KEYS:
+                return False
         elif tag in _ENCRYPTED_DATA:
             return seen_pkesk
         else:
@@ -827,8 +853,9 @@ def _unwrap_gpg(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
     command = _gpg_command(creds.gpg_binary, creds.gpg_homedir, "--status-fd", "2", "--decrypt")
     if not _public_key_message(slot.data):
         raise CorruptObject(
-            f"key slot {slot.id} is not encrypted to a public key (a plain or passphrase-encrypted "
-            "OpenPGP message proves no key); it is hostile or damaged, remove it with `phx key remove`"
+            f"key slot {slot.id} is not encrypted to a public key, or to more than {MAX_GPG_SESSION_KEYS} (a plain "
+            "or passphrase-encrypted OpenPGP message proves no key, and gpg would try each of thousands); it is "
+            "hostile or damaged, remove it with `phx key remove`"
         )
     result = _run_gpg(command, slot.data)
     if result.returncode != 0 or not result.stdout:
@@ -921,8 +948,9 @@ def unwrap(slot: KeySlot, creds: Credentials) -> MasterSecrets | None:
 # Key-derivation work, in scrypt's own unit n*r*p (128*r bytes mixed n*p times): the default slot
 # costs 2**18, 0.1 to 0.3 s on one core. One slot may cost at most 8 times that (age's own scrypt
 # work factor), one opening spends at most 16 times that across every slot it tries, and tries at
-# most 32 passphrase slots: a keys/ folder stuffed with expensive or numerous slots (n=2**20, p=16
-# took 36 s a slot) costs seconds, never minutes.
+# most 32 passphrase, age or gpg slots (an age slot costs up to 25 ms, a gpg slot a gpg run of 14 ms):
+# a keys/ folder stuffed with expensive or numerous slots (n=2**20, p=16 took 36 s a slot; a
+# thousand gpg slots, 14 s) costs seconds, never minutes.
 SCRYPT_MAX_SLOT_COST = 2**21
 SCRYPT_MAX_TOTAL_COST = 2**22
 MAX_PASSPHRASE_SLOTS_TRIED = 32
@@ -940,7 +968,8 @@ class KdfBudget:
         """CorruptObject when this slot alone asks for more than a slot may (it is skipped);
         KdfBudgetExceeded when the opening has spent its budget (nothing more is tried)."""
         n, r, p = (slot.params.get(k) for k in ("n", "r", "p"))
-        # Malformed parameters cost nothing here: the slot itself refuses them before any scrypt.
+        # Malformed parameters (and gpg's, which has none) cost nothing here: the slot itself
+        # refuses them before any scrypt.
         cost = n * r * p if isinstance(n, int) and isinstance(r, int) and isinstance(p, int) else 0
         if cost > SCRYPT_MAX_SLOT_COST:
             raise CorruptObject(
@@ -951,8 +980,8 @@ class KdfBudget:
         if self.tried >= MAX_PASSPHRASE_SLOTS_TRIED or self.spent + cost > SCRYPT_MAX_TOTAL_COST:
             raise KdfBudgetExceeded(
                 f"the repository's key slots ask for more key-derivation work than Phoenix spends on one opening "
-                f"({self.tried} passphrase slot(s) tried); delete the keys/ objects you did not create from the "
-                "repository's storage and try again"
+                f"({self.tried} passphrase, age or gpg slot(s) tried); delete the keys/ objects you did not create "
+                "from the repository's storage and try again"
             )
         self.tried += 1
         self.spent += cost
@@ -995,8 +1024,8 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
         if supplied.get(slot.type, False):
             tried_supplied = True
         try:
-            if slot.type == "passphrase" and creds.passphrase is not None:
-                budget.charge(slot)
+            if slot.type == "gpg" or (slot.type in ("passphrase", "age") and supplied[slot.type]):
+                budget.charge(slot)  # an age or gpg slot costs milliseconds too, and anyone can plant one
             opened = unwrap(slot, creds)
         except CorruptObject as error:
             # One damaged slot must not lock the user out when another slot still opens.

@@ -201,6 +201,8 @@ def decode_lock(raw: bytes, name: str) -> LockInfo:
         pid_ns, time_ns, created = d.get("pidNs", 0), d.get("timeNs", 0), d.get("created", 0)
         if not all(isinstance(v, str) for v in (*texts.values(), command)) or not isinstance(exclusive, bool):
             raise TypeError("a field has the wrong type")
+        for text in (*texts.values(), command):
+            text.encode("utf-8", "surrogateescape")  # printed: no lone surrogate (JSON's \ud800)
         if not (_is_int(pid) and 0 < pid <= MAX_PID and _is_int(start) and start >= 0):
             raise ValueError("pid or processStart is out of range")
         if not (_is_int(pid_ns) and 0 <= pid_ns < 2**64 and _is_int(time_ns) and 0 <= time_ns < 2**64):

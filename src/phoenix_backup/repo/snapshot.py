@@ -224,6 +224,9 @@ def _time(value: object) -> str:
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{value!r} is not a string")
+    # JSON's \ud800 escapes decode to lone surrogates, which no terminal or file system call
+    # takes (\udc80-\udcff stand for the bytes of a name that is not UTF-8, and are fine).
+    value.encode("utf-8", "surrogateescape")
     return value
 
 
@@ -252,7 +255,7 @@ def _incomplete(value: object) -> dict[str, str]:
 def _absent(raw: object) -> tuple[str, ...]:
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         raise ValueError("absent is not a list of paths")
-    return tuple(raw)
+    return tuple(_text(p) for p in raw)
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,7 @@ def _str(d: dict[str, Any], key: str) -> str:
     value = d[key]
     if not isinstance(value, str):
         raise CorruptObject(f"{key} is not a string")
+    os.fsencode(value)  # a lone surrogate (JSON's \ud800) reaches no system call: UnicodeEncodeError
     return value
 
 

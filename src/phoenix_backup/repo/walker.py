@@ -6,7 +6,10 @@ describe 2^33 paths in a few kilobytes (a "DAG bomb"); or nest folders thousands
 therefore loads each distinct tree once, iteratively (depth is data, not Python's stack), then
 counts the paths and the depth below its root from those trees alone, and refuses a tree that
 names more than MAX_PATHS paths or is deeper than MAX_DEPTH folders before it yields anything.
-The cost of a walk is then bounded by what the repository really stores, and by the budget.
+Within that budget, a tree naming more than MAX_REUSE times as many paths as the entries stored
+below it is refused too (beyond FREE_PATHS paths): a bomb of 20 levels names 3 million paths from
+21 trees, and walking them took minutes and gigabytes. The cost of a walk is then bounded by what
+the repository really stores, and by the budget.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from phoenix_backup.repo.tree import Node
 MAX_PATHS = 4_000_000
 # PATH_MAX is 4096 bytes, so no tree that a backup read from disk is deeper than this.
 MAX_DEPTH = 2048
+# A backup stores each folder's entries once per distinct folder: a path is named twice only when two
+# folders are equal to the byte (same names, modes, times and files), and a file node records its
+# inode, so only folders of folders can be. Beyond FREE_PATHS, a walk may name at most MAX_REUSE
+# paths per entry stored below its root.
+FREE_PATHS = 65_536
+MAX_REUSE = 8
 
 # (tree id, the logical path where it was met, the error): a walk that is given one reports
 # unreadable trees through it and goes on as if they were empty.
@@ -84,7 +93,30 @@ class Trees:
             raise self._too_deep(root, prefix)
         if paths > self.max_paths:
             raise self._too_many(root, prefix)
+        if paths > FREE_PATHS:
+            stored = self._stored(root, enough=-(-paths // MAX_REUSE))
+            if paths > MAX_REUSE * stored:
+                raise CorruptObject(
+                    f"tree {root.hex()[:16]} (at {prefix or '/'}) names {paths:,} paths but only {stored} entries are "
+                    "stored below it: the same folders are named over and over; the snapshot is damaged or hostile "
+                    "and was not read — `phx verify` names it and `phx forget ID` removes it"
+                )
         return paths
+
+    def _stored(self, root: bytes, enough: int) -> int:
+        """The entries of the distinct loaded trees below `root` (each tree counted once), counted
+        until there are `enough`."""
+        seen = {root}
+        stack = [root]
+        total = 0
+        while stack and total < enough:
+            nodes = self.nodes.get(stack.pop(), ())
+            total += len(nodes)
+            for node in nodes:
+                if node.type == "dir" and node.subtree is not None and node.subtree not in seen:
+                    seen.add(node.subtree)
+                    stack.append(node.subtree)
+        return total
 
     def _size(self, root: bytes, prefix: str) -> tuple[int, int]:
         """(paths, depth) below `root`, bottom-up over distinct trees (post-order, no recursion).

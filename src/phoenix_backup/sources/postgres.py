@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import SourceError, ToolMissing
+from phoenix_backup.redaction import redact_quoted
 from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
 
 MANIFEST = "manifest.json"
@@ -162,7 +163,9 @@ def connection_for(entry: PostgresDb, env: Mapping[str, str]) -> PgConn:
             if entry.user:
                 params["user"] = entry.user
     except psycopg.ProgrammingError as exc:
-        raise SourceError(f"the dsn of PostgreSQL database `{entry.name}` is malformed ({exc}); fix it") from exc
+        # libpq quotes the part it could not parse, and that part may be the password.
+        reason = redact_quoted(str(exc))
+        raise SourceError(f"the dsn of PostgreSQL database `{entry.name}` is malformed ({reason}); fix it") from None
     inline = params.pop("password", None)
     if password is None and inline is not None:
         password = str(inline)

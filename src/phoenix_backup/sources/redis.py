@@ -25,6 +25,7 @@ import redis as redis_lib
 
 from phoenix_backup.config.model import RedisDb
 from phoenix_backup.errors import CorruptObject, SourceError
+from phoenix_backup.redaction import redact_quoted
 from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
 
 RECORDS = "keys.phxr"
@@ -180,19 +181,25 @@ def connect(entry: RedisDb) -> redis_lib.Redis:
         command(client, "PING")
     except redis_lib.RedisError as exc:
         raise SourceError(
-            f"cannot connect to Redis database `{entry.name}` ({_where(entry.url)}): {_reason(exc)}; check that the "
+            f"cannot connect to Redis database `{entry.name}` ({where(entry.url)}): {_reason(exc)}; check that the "
             "server runs and the url (and its password) in databases.redis"
         ) from exc
     except ValueError as exc:
-        raise SourceError(f"the url of Redis database `{entry.name}` is malformed ({exc}); fix it") from exc
+        raise SourceError(
+            f"the url of Redis database `{entry.name}` is malformed ({redact_quoted(str(exc))}); fix it"
+        ) from None
     return client
 
 
-def _where(url: str) -> str:
+def where(url: str) -> str:
+    """host:port/db of a Redis URL (a unix socket's path), for messages: never its user info or
+    query (`?password=`)."""
     from urllib.parse import urlsplit
 
     try:
         u = urlsplit(url)
+        if u.scheme == "unix":
+            return u.path
         return f"{u.hostname or 'localhost'}:{u.port or 6379}{u.path or ''}"
     except ValueError:
         return "?"

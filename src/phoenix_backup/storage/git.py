@@ -15,11 +15,12 @@ and `publish` pushes when `autoCommit` is on.
   and for the same reason deleting an object (prune) never frees space in the remote.
 - Every `git` runs without a terminal prompt (GIT_TERMINAL_PROMPT=0, ssh in batch mode), so a
   missing credential fails at once with a clear error instead of hanging a scheduled backup.
-- A user name and password (or token) in an http(s) URL never reach git's command line (which
-  every local user can read in /proc) nor any file: the clone's remote is the URL without them,
-  and git gets them from a credential helper that reads them from its environment, answers only
-  for that scheme and host, and ignores "store" (configured through GIT_CONFIG_*, with the user's
-  own helpers reset, so none of them saves the token either).
+- A user name and password (or token) in an http(s) or ftp(s) URL never reach git's command line
+  (which every local user can read in /proc) nor any file: the clone's remote is the URL without
+  them, and git gets them from a credential helper that reads them from its environment, answers
+  only for that scheme and host, and ignores "store" (configured through GIT_CONFIG_*, with the
+  user's own helpers reset, so none of them saves the token either). A password in an ssh
+  address is refused: git would put it on ssh's command line.
 - A clone is made in a temporary folder beside its place and renamed there when complete; the
   leftovers of a killed clone are removed by the next one.
 """
@@ -30,6 +31,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -39,6 +41,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
+    ConfigError,
     RepositoryExists,
     StorageError,
     TargetAuthError,
@@ -83,20 +86,35 @@ _HELPER = (
 )
 
 
+# The schemes git reaches through curl, which asks the credential helper; any other (ssh, scp-like
+# `user@host:path`, git://, file://) puts the URL's user and password on ssh's command line or
+# nowhere useful.
+_HELPER_SCHEMES = ("http", "https", "ftp", "ftps")
+_SCP_USERINFO = re.compile(r"^([^/@]*)@[^/:]+:")
+
+
 def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     """An http(s) URL without its user name and password, and the environment that hands them to
-    git's credential helper instead. Other URLs are returned as they are."""
+    git's credential helper instead. Other URLs are returned as they are; a password in one is
+    refused (ConfigError), since git would pass it to ssh on its command line."""
+    scp = _SCP_USERINFO.match(url) if "://" not in url else None
     try:
         parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or (parts.username is None and parts.password is None):
+        password = ":" in scp.group(1) if scp else parts.password is not None
+        if password and (scp or parts.scheme.lower() not in _HELPER_SCHEMES):
+            raise ConfigError(
+                "targets.git.repo holds a password in an address git hands to ssh (or to no one), where every local "
+                "user could read it on the command line; remove it and use an SSH key, or an https URL with the token"
+            )
+        if parts.scheme.lower() not in _HELPER_SCHEMES or (parts.username is None and parts.password is None):
             return url, {}
-        port = parts.port
+        _ = parts.port  # a port that is no number: no URL git can use either
     except ValueError:
         return url, {}
     host = parts.netloc.rpartition("@")[2]
     clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    hostname = parts.hostname or ""
-    origin = f"{parts.scheme}://{hostname}" + (f":{port}" if port else "")
+    # What git asks the helper about: the URL's host part as written, port included ([::1]:8443).
+    origin = f"{parts.scheme}://{host}"
     env = {
         # Reset the helpers of the user's own config (one may "store" what it is given), then ours.
         "GIT_CONFIG_COUNT": "2",

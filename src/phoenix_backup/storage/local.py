@@ -95,7 +95,9 @@ class LocalBackend(Backend):
             # A restore reads thousands of small blobs: one pread, without a buffered file object.
             fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                data = os.pread(fd, length, offset)
+                # pread allocates `length` first: an index entry may claim gigabytes past the end.
+                short = offset + length > os.fstat(fd).st_size
+                data = b"" if short else os.pread(fd, length, offset)
             finally:
                 os.close(fd)
         except FileNotFoundError as exc:
