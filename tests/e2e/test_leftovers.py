@@ -13,10 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from e2e_support import Sandbox
 from killpoint import SCRIPT, read_report
 
-from phoenix_backup.repo.locks import boot_id, process_start_time
+from phoenix_backup.repo.locks import boot_id, pid_namespace, process_start_time
 from phoenix_backup.sample import simulate_day
 
 TMP_MARK = ".phx-tmp-"
@@ -92,16 +93,89 @@ def test_the_journal_removes_only_a_dead_restores_own_files(sandbox: Sandbox, tm
         p.write_bytes(b"data")
     journal = sb.cache / "restore-journal"
     journal.mkdir(parents=True)
-    ns = os.readlink("/proc/self/ns/pid")
-    head = {"bootId": boot_id(), "pidNamespace": ns, "pid": dead_pid, "start": 123}
+    head = {"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": dead_pid, "start": 123}
     (journal / f"{dead_pid}-123").write_text(json.dumps(head) + "\n" + json.dumps(str(folder)) + "\n")
     # A restore still running (this process) and one in another PID namespace: left alone.
     live_head = {**head, "pid": me, "start": process_start_time(me)}
     (journal / f"{me}-x").write_text(json.dumps(live_head) + "\n" + json.dumps(str(folder)) + "\n")
-    foreign = {**head, "pidNamespace": "pid:[1]"}
+    foreign = {**head, "pidNamespace": pid_namespace() + 1}
     (journal / "foreign").write_text(json.dumps(foreign) + "\n" + json.dumps(str(folder)) + "\n")
 
     sb.phx("list", check=None)
     assert not mine.exists() and not mine_wal.exists()
     assert other_start.exists() and alive.exists() and plain.exists()
     assert sorted(p.name for p in journal.iterdir()) == sorted([f"{me}-x", "foreign"])
+
+
+def _plant_dead_journal(journals: Path, folder: Path) -> Path:
+    """A journal of a dead restore naming `folder`, and its temporary file there; the file's path."""
+    dead_pid = 2**22 + 9
+    leftover = folder / f"{TMP_MARK}{dead_pid}-77-00aa11bb22cc"
+    leftover.write_bytes(b"a file of someone else's, shaped like a temporary file")
+    head = {"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": dead_pid, "start": 77}
+    (journals / f"{dead_pid}-77").write_text(json.dumps(head) + "\n" + json.dumps(str(folder)) + "\n")
+    return leftover
+
+
+@pytest.mark.parametrize("how", ["world-writable", "another-users", "symlink"])
+def test_a_journal_folder_others_can_write_is_not_obeyed(sandbox: Sandbox, tmp_path: Path, how: str) -> None:
+    """Another local user who can write the journal folder (a shared PHX_CACHE_DIR, `sudo -E` with
+    the user's cache, a symlink planted in its place) names no folder that phx cleans, and receives
+    no journal from it; the restore still works and says it keeps none."""
+    if how == "another-users" and os.geteuid() != 0:
+        pytest.skip("giving the folder to another user needs root")
+    sb = sandbox
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    journals = sb.cache / "restore-journal"
+    if how == "symlink":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        journals.symlink_to(elsewhere)
+    else:
+        journals.mkdir(mode=0o700)
+        if how == "world-writable":
+            journals.chmod(0o777)
+        else:
+            os.chown(journals, 4321, 4321)
+    planted = _plant_dead_journal(journals, victim)
+
+    doc = sb.backup()
+    assert planted.exists(), "a journal in a folder others can write made phx delete a file"
+    res = sb.phx("restore", "--backup", doc["id"], "--to", tmp_path / "out")
+    assert "keeps no journal" in res.err, res
+    assert (tmp_path / "out" / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
+    assert sorted(p.name for p in journals.iterdir()) == [f"{2**22 + 9}-77"]
+    assert planted.exists()
+
+
+def test_a_damaged_journal_never_stops_a_command(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Journals cut short by a power cut, or garbage: every command still runs, without a
+    traceback; undecodable journals are removed; an overlong line is skipped, unread, and the
+    lines after it still count."""
+    sb = sandbox
+    journals = sb.cache / "restore-journal"
+    journals.mkdir(parents=True, mode=0o700)
+    damaged = {
+        "no-start": b'{"pid": 5}\n"/tmp"\n',
+        "a-list": b"[1, 2]\n",
+        "a-string": b'"x"\n',
+        "text-pid": json.dumps({"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": "7", "start": 1}).encode(),
+        "bool-pid": json.dumps({"bootId": 1, "pidNamespace": True, "pid": 7, "start": 1}).encode(),
+        "binary": os.urandom(256) + b"\n",
+        "torn": b'{"bootId": "ab',
+    }
+    for name, data in damaged.items():
+        (journals / name).write_bytes(data)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    leftover = _plant_dead_journal(journals, folder)
+    journal = journals / f"{2**22 + 9}-77"
+    head, line = journal.read_text().splitlines()
+    long_line = json.dumps("/" + "x" * (1024 * 1024))  # 1 MiB: damage, never a folder
+    journal.write_text(f"{head}\n{long_line}\n{line}\n")
+
+    res = sb.phx("doctor", check=None)  # any command; there is no repository yet
+    assert "Traceback" not in res.err and res.code == 1, res
+    assert not leftover.exists(), "the line after an overlong one was not obeyed"
+    assert sorted(p.name for p in journals.iterdir()) == []

@@ -1125,7 +1125,7 @@ class _Writer:
         self._inodes: dict[str, tuple[int, int]] = {}
         # The folders holding this restore's temporary files, for the next command should it be
         # killed (ops/leftovers.py).
-        self.journal = leftovers.Journal()
+        self.journal = leftovers.Journal(repo.notice)
 
     def _temp_name(self, logical: str) -> str:
         """A new temporary name for `logical`'s folder, noted in the journal first."""
