@@ -15,10 +15,11 @@ import json
 import os
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
-from e2e_support import PHX, Sandbox
+from e2e_support import PHX, Sandbox, assert_error
 
 MIB = 1024 * 1024
 
@@ -187,3 +188,71 @@ def test_non_utf8_names_in_json_are_valid_and_lossless(sandbox: Sandbox, tmp_pat
     assert base64.b64decode(item["targetBytes"]) == os.fsencode(dest) + b"/workspace/" + raw_name
     # The name itself comes back byte for byte.
     assert raw_name in os.listdir(os.fsencode(dest / "workspace"))
+
+
+# Names a file system allows and JSON cannot hold as they are: Latin-1 bytes and a byte never in
+# UTF-8 (both shown as caf\ufffd.md), a real name holding U+FFFD itself, a UTF-8-encoded lone
+# surrogate, and a name equal to the sibling key jsontext adds.
+ODD = (b"caf\xe9.md", b"caf\xff.md", "caf\ufffd.md".encode(), b"\xed\xa0\x80lone.md", b"pathBytes")
+
+
+def _names(entries: list[dict]) -> set[bytes]:
+    """The exact name of every entry with a `path`: its `pathBytes`, else its text."""
+    return {base64.b64decode(e["pathBytes"]) if "pathBytes" in e else e["path"].encode() for e in entries}
+
+
+def _strict_json(data: bytes) -> dict:
+    return json.loads(data.decode("utf-8"))  # strict: raw non-UTF-8 bytes fail here
+
+
+def test_odd_names_survive_every_output(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Every JSON a command prints or writes is valid UTF-8 and names each odd file apart from the
+    others, and the files come back byte for byte: ls, diff, restore (also --dry-run), list,
+    verify, the drill report, an archive's manifest and SHA256SUMS, and an export that `phx
+    import` then accepts. Before, `archive` and `export` ended in a UnicodeEncodeError traceback."""
+    sb = sandbox
+    first = _json_of(sb, "backup")
+    notes = os.fsencode(sb.workspace) + b"/memory/"
+    for name in ODD:
+        with open(notes + name, "wb") as f:
+            f.write(b"content of " + name + b"\n")
+    expect = {b"workspace/memory/" + n for n in ODD}
+    doc = _json_of(sb, "backup")
+
+    assert expect <= _names(_json_of(sb, "ls", doc["id"])["entries"])
+    assert expect <= _names(_json_of(sb, "diff", first["id"], doc["id"])["files"]["added"])
+    dry = _json_of(sb, "restore", "--backup", doc["id"], "--to", tmp_path / "dry", "--dry-run")
+    assert expect <= _names(dry["items"])
+    dest = tmp_path / "restored"
+    assert expect <= _names(_json_of(sb, "restore", "--backup", doc["id"], "--to", dest)["items"])
+    for name in ODD:
+        with open(os.fsencode(dest) + b"/workspace/memory/" + name, "rb") as f:
+            assert f.read() == b"content of " + name + b"\n"
+    _json_of(sb, "list")
+    _json_of(sb, "verify", "--read-data")
+    (tmp_path / "scratch").mkdir()
+    drill = _json_of(sb, "drill", "--scratch", tmp_path / "scratch")
+    _strict_json(Path(drill["report"]["json"]).read_bytes())
+
+    # An archive: a tar.gz keeps the names' bytes; a zip cannot, and says so.
+    tar = tmp_path / "a.tar.gz"
+    sb.phx("archive", doc["id"], "--output", tar)
+    top = f"phoenix-{doc['name']}".encode()
+    with tarfile.open(tar, encoding="utf-8", errors="surrogateescape") as t:
+        members = {os.fsencode(m.name) for m in t.getmembers()}
+        manifest = _strict_json(t.extractfile(f"{top.decode()}/phoenix-manifest.json").read())  # type: ignore[union-attr]
+        sums = t.extractfile(f"{top.decode()}/SHA256SUMS").read()  # type: ignore[union-attr]
+    assert {top + b"/" + n for n in expect} <= members
+    assert expect <= _names(manifest["entries"])
+    assert all(b"  " + n + b"\n" in sums for n in expect)
+    res = sb.phx("archive", doc["id"], "--output", tmp_path / "a.zip", check=None)
+    assert_error(res, 2, "not UTF-8", "tar.gz")
+    assert not (tmp_path / "a.zip").exists()
+
+    # An export: its metadata.json and checksums.json are valid UTF-8 and read back exactly.
+    export = tmp_path / "export"
+    sb.phx("export", "--format", "json", "--output", export)
+    _strict_json((export / "metadata.json").read_bytes())
+    files = _strict_json((export / "checksums.json").read_bytes())["files"]
+    assert {b"files/" + n for n in expect} <= {os.fsencode(k) for k in files}
+    sb.phx("import", export, "--dry-run", "--force")

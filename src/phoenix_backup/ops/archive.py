@@ -108,6 +108,8 @@ def archive(
         repo.load_index()
         snap = repo.find_snapshot(ref)
         nodes = list(walk_tree(repo, snap.tree))
+        if fmt == "zip":
+            _zip_can_hold(nodes)
         top = f"phoenix-{snap.name}"
         # Private by default: an agent's memory and config may hold secrets.
         tmp = output.with_name(f".{output.name}.tmp-{secrets.token_hex(4)}")
@@ -156,8 +158,24 @@ def archive(
     )
 
 
+def _zip_can_hold(nodes: list[tuple[str, Node]]) -> None:
+    """A zip names its members in UTF-8 (or CP437): a name, or a link target, that is not UTF-8
+    has no place in one. A tar.gz keeps the bytes."""
+    for logical, node in nodes:
+        for what, text in (("the name", logical), ("the link target", node.link_target or "")):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = logical.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                raise UsageError(
+                    f"{what} of {shown} is not UTF-8, which a zip cannot hold; write a tar.gz instead "
+                    "(--output NAME.tar.gz), which keeps such names byte for byte"
+                ) from None
+
+
 def _sums(nodes: list[tuple[str, Node]]) -> bytes:
-    """`sha256sum` format, paths relative to the top folder; GNU's escaping for odd names."""
+    """`sha256sum` format, paths relative to the top folder; GNU's escaping for odd names, and the
+    bytes of a name that is not UTF-8 as they are (as sha256sum prints them)."""
     lines = []
     for logical, node in nodes:
         if node.type not in ("file", "sqlite"):
@@ -167,7 +185,7 @@ def _sums(nodes: list[tuple[str, Node]]) -> bytes:
             lines.append(f"\\{node.sha256}  {escaped}")
         else:
             lines.append(f"{node.sha256}  {logical}")
-    return ("\n".join(lines) + "\n").encode() if lines else b""
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape") if lines else b""
 
 
 def _manifest(snap: Snapshot, nodes: list[tuple[str, Node]]) -> bytes:
