@@ -15,11 +15,16 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from e2e_support import PHX, Sandbox, assert_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hostile import Forger, dir_node
 
 MIB = 1024 * 1024
 
@@ -64,6 +69,28 @@ def test_setuid_and_setgid_survive_a_restore_as_root(sandbox: Sandbox, tmp_path:
         st = (base / "shared").lstat()
         assert (st.st_uid, st.st_gid) == (4321, 4321)
         assert stat.S_IMODE(st.st_mode) == 0o2775, f"{base}: folder mode {oct(stat.S_IMODE(st.st_mode))}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring ownership (and so the setuid bit) needs root")
+def test_a_forged_setuid_root_file_is_not_restored_setuid(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:
+    """Whoever can write an unencrypted repository's storage can forge its trees (tests/hostile.py):
+    a file of mode 04755 owned by root, restored by root with --to, would be a root shell for any
+    local user who can reach it. From an unencrypted repository the setuid and setgid bits of
+    files are not restored, with a warning; an encrypted one keeps them (the test above)."""
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    forger = Forger(sb.repo)
+    payload = b"#!/bin/sh\nexec /bin/sh -p\n"
+    tools = forger.tree(
+        forger.file_node("rootshell", payload, mode=0o4755, uid=0, gid=0),
+        forger.file_node("groupshell", payload, mode=0o2755, uid=0, gid=0),
+    )
+    sid = forger.snapshot(forger.tree(dir_node("workspace", forger.tree(dir_node("tools", tools)))), name="forged")
+    doc = sb.restore_to(sid, tmp_path / "out")
+    for name in ("rootshell", "groupshell"):
+        st = (tmp_path / "out" / "workspace" / "tools" / name).lstat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755), f"{name}: {oct(stat.S_IMODE(st.st_mode))}"
+    assert any("setuid/setgid" in w and "unencrypted" in w for w in doc["warnings"]), doc["warnings"]
 
 
 # -- hard links --------------------------------------------------------------------------------

@@ -305,6 +305,26 @@ class _Restore:
         self.keyless: KeylessMode = "add"
         self.warnings: list[str] = []
         self.undo_hint = ""
+        if not repo.config.encrypted:
+            self.selected = self.without_privileges(self.selected)
+
+    def without_privileges(self, nodes: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
+        """An unencrypted repository's trees are not authenticated: whoever can write its storage
+        can forge them. So the setuid and setgid bits of its files, which would hand whoever runs
+        them the owner's rights (root's, in a restore as root), are not restored from it."""
+        out, dropped = [], []
+        for logical, node in nodes:
+            if node.type in ("file", "sqlite") and node.mode & (stat.S_ISUID | stat.S_ISGID):
+                node = dataclasses.replace(node, mode=node.mode & ~(stat.S_ISUID | stat.S_ISGID))
+                dropped.append(logical)
+            out.append((logical, node))
+        if dropped:
+            self.warn(
+                f"{len(dropped)} file(s) restored without their setuid/setgid bits (e.g. {dropped[0]}): the "
+                "repository is unencrypted, so whoever can write its storage could have set them; check the "
+                "files, then set the bits yourself (chmod u+s / g+s)"
+            )
+        return out
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
