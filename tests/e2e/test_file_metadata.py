@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import stat
@@ -137,6 +138,47 @@ def test_hard_links_come_back_as_links(sandbox: Sandbox, tmp_path: Path) -> None
     assert inode(r2 / "a" / "log.md") == inode(r2 / "b" / "log-link.md")
     assert not (r2 / "a" / "same-folder.md").exists()
     assert (r2 / "a" / "log.md").stat().st_nlink == 2
+
+
+def test_forged_hard_links_get_copies_never_another_files_bytes(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """A forged tree's `hardlink` may name itself, a folder, a symlink, another link (a chain), a
+    path restored later, a path the snapshot lacks, or a file of other content under a copied
+    SHA-256. A link is made only to a file of the very same content; everything else gets its own
+    bytes, checked against its own SHA-256. Before, the last case came back as a link to the other
+    file: bytes that `phx dump` of the same path does not give."""
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    forger = Forger(sb.repo)
+    a, b = b"first content\n", b"other content\n"
+    link = {"name": "l", "type": "symlink", "mode": 0o777, "mtimeNs": 0, "uid": 0, "gid": 0, "linkTarget": "a"}
+    nodes = [
+        forger.file_node("a", a),
+        forger.file_node("self", a, hardlink="workspace/self"),
+        forger.file_node("to-dir", a, hardlink="workspace/d"),
+        dir_node("d", forger.tree(forger.file_node("x", a))),
+        forger.file_node("to-symlink", a, hardlink="workspace/l"),
+        link,
+        forger.file_node("b", a, hardlink="workspace/a"),
+        forger.file_node("chain", a, hardlink="workspace/b"),
+        forger.file_node("0-later", a, hardlink="workspace/z"),
+        forger.file_node("z", a),
+        forger.file_node("outside", a, hardlink="home/.argentos/missing"),
+    ]
+    sid = forger.snapshot(forger.tree(dir_node("workspace", forger.tree(*nodes))), name="links")
+    sb.restore_to(sid, tmp_path / "out")
+    w = tmp_path / "out" / "workspace"
+    assert inode(w / "b") == inode(w / "a") and inode(w / "0-later") == inode(w / "z")
+    for name in ("self", "to-dir", "to-symlink", "chain", "outside"):
+        assert (w / name).read_bytes() == a and (w / name).lstat().st_nlink == 1, name
+    assert (w / "l").is_symlink() and (w / "d" / "x").lstat().st_nlink == 1
+
+    lie = forger.file_node("b", b, hardlink="workspace/a", sha256=hashlib.sha256(a).hexdigest(), size=len(a))
+    sid = forger.snapshot(forger.tree(dir_node("workspace", forger.tree(forger.file_node("a", a), lie))), name="lie")
+    res = sb.phx("restore", "--backup", sid, "--to", tmp_path / "lie", check=None)
+    assert_error(res, 1, "workspace/b", "SHA-256")
+    assert not (tmp_path / "lie" / "workspace" / "b").exists(), "b came back with a's bytes"
 
 
 # -- sparse files ------------------------------------------------------------------------------

@@ -894,11 +894,17 @@ class _Restore:
 
 def _restored_links(nodes: dict[str, Node]) -> dict[str, str]:
     """The hard links a restore can make: a file whose `hardlink` names a file restored with it,
-    of the same content (a hostile or odd tree gets copies, never a link to something else)."""
+    of the same content, the very same extents as a backup records them (a hostile or odd tree
+    gets copies, each checked against its own SHA-256, never a link to something else)."""
     out: dict[str, str] = {}
     for logical, node in nodes.items():
         first = nodes.get(node.hardlink) if node.type == "file" and node.hardlink else None
-        if first is not None and first.type == "file" and first.hardlink is None and first.sha256 == node.sha256:
+        if (
+            first is not None
+            and first.type == "file"
+            and first.hardlink is None
+            and (first.sha256, first.size, first.content) == (node.sha256, node.size, node.content)
+        ):
             assert node.hardlink is not None
             out[logical] = node.hardlink
     return out
