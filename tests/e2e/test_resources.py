@@ -50,6 +50,15 @@ def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Callable[[s
 
     (sb.workspace / "new.md").write_text("written after the repository went read-only\n")
     assert_error(sb.phx("backup", check=None), 1, "read-only file system", "writable")
+    # In place, the safety snapshot cannot be written: nothing is restored, and the error names
+    # the way on (before: "choose a writable location", as if the restore wrote the repository).
+    soul = (sb.workspace / "SOUL.md").read_bytes()
+    (sb.workspace / "SOUL.md").write_text("changed\n")
+    res = sb.phx("restore", "--backup", doc["id"], "--yes", check=None)
+    assert_error(res, 1, "read-only", "safety snapshot", "--no-safety-snapshot")
+    assert (sb.workspace / "SOUL.md").read_text() == "changed\n"
+    sb.phx("restore", "--backup", doc["id"], "--yes", "--no-safety-snapshot", "--path", "workspace/SOUL.md")
+    assert (sb.workspace / "SOUL.md").read_bytes() == soul
     res = sb.phx("prune", check=1)  # prune reports per target, on stdout
     assert "target local: FAILED: read-only file system" in res.out, res
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == before

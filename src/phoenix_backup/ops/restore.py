@@ -41,6 +41,7 @@ from phoenix_backup.errors import (
     ExitStatus,
     GatewayError,
     PhoenixError,
+    ReadOnlyStorage,
     RestoreError,
     SourceError,
     UnsafePath,
@@ -657,7 +658,13 @@ class _Restore:
             self.envx.notice(message)
             self.warn(message)
         servers = tuple(s for s in servers if s not in absent)
-        taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted, servers)
+        try:
+            taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted, servers)
+        except ReadOnlyStorage as exc:
+            raise RestoreError(
+                f"the safety snapshot cannot be written ({exc}), so nothing was restored; restore with "
+                "--no-safety-snapshot (the restore then cannot be undone), or make the repository writable"
+            ) from exc
         assert taken.id is not None
         short = taken.id[:8]
         self.undo_hint = f"`phx restore --backup {short} --yes` undoes what was restored"
