@@ -181,6 +181,42 @@ def test_forged_hard_links_get_copies_never_another_files_bytes(
     assert not (tmp_path / "lie" / "workspace" / "b").exists(), "b came back with a's bytes"
 
 
+def test_a_hard_link_whose_first_name_goes_away_is_still_saved(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The first name of a link group (in path order) is the one read. When it is gone between the
+    walk and the read (a log rotated away), the other names were lost with it, reported as "a hard
+    link of ..., which could not be read", though their bytes were right there. Now the next name
+    is read itself, and the rest of the group links to it."""
+    from phoenix_backup import Environment, load_config
+    from phoenix_backup.ops.backup import select_sources, snapshot_entries
+    from phoenix_backup.ops.context import open_repository
+
+    sb = sandbox
+    sb.backup()
+    ws = sb.workspace
+    data = os.urandom(100_000)
+    (ws / "a.log").write_bytes(data)
+    for name in ("b.log", "c.log"):
+        os.link(ws / "a.log", ws / name)
+    cfg = load_config(sb.config_path)
+    envx = Environment(env=sb.env)
+    _layout, sel = select_sources(cfg, "full", envx)
+    (ws / "a.log").unlink()  # after the walk, before the read
+    repo = open_repository(cfg, envx)
+    try:
+        with repo.lock(exclusive=False, command="test"):
+            entries = list(sel.entries.values())
+            result = snapshot_entries(
+                repo, cfg, envx, entries, absent=(), scope="full", tags=(), parent_scopes=("full",)
+            )
+    finally:
+        repo.close()
+    lost = [i["path"] for i in result.incomplete]
+    assert lost == ["workspace/a.log"], result.incomplete
+    sb.restore_to(result.id, tmp_path / "out")
+    r = tmp_path / "out" / "workspace"
+    assert (r / "b.log").read_bytes() == data and inode(r / "b.log") == inode(r / "c.log")
+
+
 # -- sparse files ------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -598,7 +598,7 @@ def _run(
             done += 1
             _progress(envx, done, total)
     run.aux.shutdown()
-    _link_nodes(nodes, links, run.incomplete)
+    _link_nodes(nodes, links, run.incomplete, lambda logical: run.file_node(sel.entries[logical]))
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
     trees: set[bytes] = set()
@@ -666,18 +666,29 @@ def hardlink_groups(entries: Iterable[Entry]) -> dict[str, str]:
     return out
 
 
-def _link_nodes(nodes: dict[str, Node], links: dict[str, str], incomplete: list[dict[str, str]]) -> None:
+def _link_nodes(
+    nodes: dict[str, Node], links: dict[str, str], incomplete: list[dict[str, str]], read: Callable[[str], Node]
+) -> None:
     """Give every other name of a hard-linked file the first name's node (one inode, one content),
-    marked with `hardlink`; a file no longer linked loses the mark its parent's node carried."""
+    marked with `hardlink`; a file no longer linked loses the mark its parent's node carried.
+    A first name that could not be read (gone since the walk, a log rotated away) does not take
+    the others with it: the next name is read itself and stands in for it."""
     for logical, node in nodes.items():
         if node.type == "file" and node.hardlink is not None:
             nodes[logical] = dataclasses.replace(node, hardlink=None)
+    stand_in: dict[str, str] = {}  # a first name that could not be read -> the name read instead
     for logical, first in sorted(links.items()):
-        read = nodes.get(first)
-        if read is None:
-            incomplete.append({"path": logical, "error": f"a hard link of {first}, which could not be read"})
+        first = stand_in.get(first, first)
+        got = nodes.get(first)
+        if got is None:
+            try:
+                nodes[logical] = read(logical)
+            except (OSError, PhoenixError) as exc:
+                incomplete.append({"path": logical, "error": _reason(exc)})
+                continue
+            stand_in[first] = logical
             continue
-        nodes[logical] = dataclasses.replace(read, name=logical.rsplit("/", 1)[-1], hardlink=first)
+        nodes[logical] = dataclasses.replace(got, name=logical.rsplit("/", 1)[-1], hardlink=first)
 
 
 def _with_added(snap: Snapshot, added: int) -> Snapshot:
