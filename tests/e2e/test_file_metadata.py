@@ -14,10 +14,12 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +72,72 @@ def test_setuid_and_setgid_survive_a_restore_as_root(sandbox: Sandbox, tmp_path:
         st = (base / "shared").lstat()
         assert (st.st_uid, st.st_gid) == (4321, 4321)
         assert stat.S_IMODE(st.st_mode) == 0o2775, f"{base}: folder mode {oct(stat.S_IMODE(st.st_mode))}"
+
+
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")  # not below /root
+HOLDER = """
+import mmap, os, sys, time
+path, ready, go = sys.argv[1:4]
+fd = os.open(path, os.O_RDWR)
+view = mmap.mmap(fd, os.fstat(fd).st_size)  # a writable mapping outlives any chown and chmod
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.02)
+view[:12] = b"#!/bin/sh\\nid"
+view.flush()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring ownership (and so the setuid bit) needs root")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) runs the attacker's process")
+@pytest.mark.skipif(SYSTEM_PYTHON is None, reason="the attacker's process needs a python3 any user can run")
+def test_a_setuid_file_is_never_granted_to_a_users_own_inode(
+    make_sandbox: Callable[..., Sandbox], public_tmp: Path
+) -> None:
+    """The workspace holds a root-owned setuid helper in a folder its user (uid 4321) controls. The
+    user puts their own file there, with the helper's content (so an in-place restore finds it
+    "unchanged") and keeps a writable mapping of it. Root's in-place restore chowned that very
+    inode to root and made it 04755; the user then wrote their own program through the mapping
+    (writes through a mapping keep the bits): a root shell. A file to get the bits is now
+    written anew; the user's inode is left as it was."""
+    sb = make_sandbox(root=public_tmp / "sb")  # below folders any user can enter
+    tmp_path = public_tmp
+    tools = sb.workspace / "tools"
+    tools.mkdir()
+    helper = tools / "helper"
+    content = b"#!/bin/sh\necho the real helper\n" + b"#" * 4096
+    helper.write_bytes(content)
+    helper.chmod(0o4755)
+    os.chown(tools, 4321, 4321)
+    doc = sb.backup()
+
+    # The user's move: their own copy in the helper's place, mapped writable by their process.
+    planted = tmp_path / "mine"
+    planted.write_bytes(content)
+    os.chown(planted, 4321, 4321)
+    planted.chmod(0o755)
+    os.link(planted, tmp_path / "keep")
+    os.replace(planted, helper)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    tmp_path.chmod(0o777)
+    user = ["setpriv", "--reuid=4321", "--regid=4321", "--clear-groups", str(SYSTEM_PYTHON)]
+    holder = subprocess.Popen([*user, "-c", HOLDER, str(helper), str(ready), str(go)])
+    try:
+        for _ in range(500):
+            if ready.exists() or holder.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert ready.exists(), "the user's process did not map the file"
+        sb.phx("restore", "--backup", doc["id"], "--yes")
+    finally:
+        go.touch()
+        holder.wait(timeout=30)
+    st = helper.lstat()
+    assert helper.read_bytes() == content, "the setuid root program holds the user's bytes"
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o4755)
+    assert inode(helper) != inode(tmp_path / "keep"), "the user's own inode was made setuid root"
+    kept = (tmp_path / "keep").lstat()
+    assert (kept.st_uid, stat.S_IMODE(kept.st_mode)) == (4321, 0o755)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="restoring ownership (and so the setuid bit) needs root")

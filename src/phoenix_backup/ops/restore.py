@@ -425,7 +425,7 @@ class _Restore:
         action: Action = "overwrite"
         metadata = False
         if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
-            if sha256_file(target) == node.sha256:
+            if sha256_file(target) == node.sha256 and not _grants_privilege(node, st):
                 action = "unchanged"
                 metadata = stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
         elif node.type == "sqlite" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
@@ -1311,6 +1311,11 @@ class _Writer:
         with self.parent_dir(logical, create=False) as (fd, name):
             f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
             try:
+                if _grants_privilege(node, os.fstat(f)):  # swapped in since the plan saw it
+                    raise UnsafePath(
+                        f"{logical} in the destination changed since this restore planned it, and it would have "
+                        "been given the setuid/setgid bits; it was left alone: restore again"
+                    )
                 _set_owner_mode(f, node)
                 os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
                 self._remember(logical, f)
@@ -1513,6 +1518,16 @@ def _discard(fd: int, tmp: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp, dir_fd=fd)
     live_sqlite.remove_companions(fd, tmp)
+
+
+def _grants_privilege(node: Node, st: os.stat_result) -> bool:
+    """Whether restoring `node`'s owner and mode onto the existing file `st` (as root) would give it
+    setuid or setgid rights it does not have now. Such a file is written anew, never changed in
+    place: whoever could write the old inode (its owner; a writable mapping outlives a chown, and
+    writes through it keep the bits) would own a program running with another's rights."""
+    if os.geteuid() != 0 or not node.mode & (stat.S_ISUID | stat.S_ISGID):
+        return False
+    return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, node.mode)
 
 
 def _set_owner_mode(fd: int, node: Node) -> None:
