@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error, assert_restored, mount, wait_past_racy_window
+from e2e_support import Result, Sandbox, assert_error, assert_restored, mount, run_phx, wait_past_racy_window
+from pause_support import Paused
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 MIB = 1024 * 1024
@@ -67,6 +69,65 @@ def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Callable[[s
     assert proc.returncode == 0, proc.stderr
     assert sb.verify("--read-data")["ok"] is True
     sb.backup()
+
+
+def test_a_prune_elsewhere_never_makes_a_lockless_read_lie(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A repository this host sees read-only (a bind mount) while another host prunes it: the
+    restore and verify here take no lock, so nothing stops the prune. Held at their first pack
+    read while a prune repacks and deletes what they planned to read, they fail with one error
+    naming the missing object, never write a wrong byte; run again, they succeed."""
+    sb = sandbox
+    ws = sb.workspace
+    y, z = os.urandom(200_000), os.urandom(200_000)
+    (ws / "x.bin").write_bytes(os.urandom(3_000_000))  # only in the first snapshot: pruned away
+    (ws / "y.bin").write_bytes(y)
+    sb.backup()
+    (ws / "x.bin").unlink()
+    (ws / "z.bin").write_bytes(z)
+    doc = sb.backup()
+    view = tmp_path / "view"
+    view.mkdir()
+    if mount("--bind", str(sb.repo), str(view)).returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        proc = mount("-o", "remount,ro,bind", str(view))
+        assert proc.returncode == 0, proc.stderr
+        reader = {**sb.config, "backupDir": str(view)}
+        (tmp_path / "reader.json").write_text(json.dumps(reader))
+        env = {**sb.env, "PHX_CONFIG": str(tmp_path / "reader.json"), "PHX_CACHE_DIR": str(tmp_path / "reader-cache")}
+        dest = tmp_path / "out"
+        rounds = [["restore", "--backup", doc["id"], "--to", str(dest)], ["verify", "--read-data"]]
+        for n, args in enumerate(rounds):
+            if n:  # something new for the next prune to move
+                (ws / "x.bin").write_bytes(os.urandom(3_000_000))
+                sb.backup()
+                (ws / "x.bin").unlink()
+                doc = sb.backup()
+            aged = time.time() - 7200  # older than prune's grace period for young packs
+            for p in (sb.repo / "data").rglob("*"):
+                os.utime(p, (aged, aged))
+            with Paused(args, env, tmp_path / f"pause-{n}", at="before:read_range:data/") as run:
+                run.wait_paused()
+                sb.write_config(retention={"last": 1})
+                sb.phx("forget")
+                pruned = sb.phx("prune").out
+                assert "freed 0 B" not in pruned, pruned
+                code = run.finish()
+            res = Result(code, run.out, run.err, args)
+            if args[0] == "restore":
+                assert_error(res, 1, "missing")
+            else:  # verify reports on stdout
+                assert code == 1 and "is missing from" in res.out and "Traceback" not in res.err, res
+            assert "a prune run elsewhere" in res.err
+            for name, data in (("y.bin", y), ("z.bin", z)):
+                got = dest / "workspace" / name
+                assert not got.exists() or got.read_bytes() == data, f"{name}: wrong bytes restored"
+        env["PHX_CACHE_DIR"] = str(tmp_path / "reader-cache-2")
+        assert run_phx(["restore", "--backup", doc["id"], "--to", str(tmp_path / "again")], env).code == 0
+        assert (tmp_path / "again" / "workspace" / "y.bin").read_bytes() == y
+        assert run_phx(["verify", "--read-data"], env).code == 0
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True, stdin=subprocess.DEVNULL)
 
 
 # -- files changing while they are read ----------------------------------------------------------
