@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import Sandbox, assert_error, mount
 from killpoint import SCRIPT, read_report
 
 from phoenix_backup.repo.locks import boot_id, pid_namespace, process_start_time
@@ -179,3 +180,35 @@ def test_a_damaged_journal_never_stops_a_command(sandbox: Sandbox, tmp_path: Pat
     assert "Traceback" not in res.err and res.code == 1, res
     assert not leftover.exists(), "the line after an overlong one was not obeyed"
     assert sorted(p.name for p in journals.iterdir()) == []
+
+
+def test_a_read_only_cache_folder_does_not_stop_a_restore(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A rescue system with the home folder mounted read-only: the restore journal cannot be
+    written, and the restore goes on without it, saying so; what needs the cache (a backup, the
+    safety snapshot of an in-place restore) fails with one error naming it and PHX_CACHE_DIR.
+    Before, `restore --to` ended in an OSError traceback and the others in tracebacks too."""
+    sb = sandbox
+    doc = sb.backup()
+    cache = tmp_path / "cache"
+    shutil.copytree(sb.cache, cache)
+    if mount("--bind", str(cache), str(cache)).returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        assert mount("-o", "remount,ro,bind", str(cache)).returncode == 0
+        env = sb.env_with(PHX_CACHE_DIR=str(cache))
+        res = sb.phx("restore", "--backup", doc["id"], "--to", tmp_path / "out", env=env)
+        assert "keeps no journal" in res.err
+        assert (tmp_path / "out" / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
+        # In place, the safety snapshot needs the cache for its copies: one error with the fix.
+        soul = (sb.workspace / "SOUL.md").read_bytes()
+        (sb.workspace / "SOUL.md").write_text("changed\n")
+        res = sb.phx("restore", "--backup", doc["id"], "--yes", "--path", "workspace/SOUL.md", env=env, check=None)
+        assert_error(res, 1, "cache folder", "PHX_CACHE_DIR")
+        assert (sb.workspace / "SOUL.md").read_text() == "changed\n"
+        assert_error(sb.phx("backup", env=env, check=None), 1, "cache folder", "PHX_CACHE_DIR")
+        sb.phx(
+            "restore", "--backup", doc["id"], "--yes", "--no-safety-snapshot", "--path", "workspace/SOUL.md", env=env
+        )
+        assert (sb.workspace / "SOUL.md").read_bytes() == soul
+    finally:
+        subprocess.run(["umount", str(cache)], capture_output=True, stdin=subprocess.DEVNULL)

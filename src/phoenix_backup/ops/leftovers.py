@@ -75,9 +75,9 @@ class Journal:
                 if self._dir is None:
                     self._off = True
                     self._notice(
-                        f"warning: {self.path.parent} is not a folder of this user that only it can write, so this "
-                        "restore keeps no journal there: were it killed, its temporary files (.phx-tmp-…) would stay; "
-                        "set PHX_CACHE_DIR to a folder of your own"
+                        f"warning: {self.path.parent} cannot be created, or is not a folder of this user that only it "
+                        "can write, so this restore keeps no journal: were it killed, its temporary files (.phx-tmp-…) "
+                        "would stay; set PHX_CACHE_DIR to a writable folder of your own"
                     )
                     return
             assert self._dir is not None
