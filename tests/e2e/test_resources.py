@@ -175,6 +175,24 @@ def test_files_changing_while_read(sandbox: Sandbox, tmp_path: Path) -> None:
     assert_restored(state, tmp_path / "second", "the backup after the writes stopped")
 
 
+def test_a_file_holding_more_than_its_size_says_is_read_whole(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Reads stop near a file's stat size, so that a file appended for ever cannot keep a backup
+    reading; a file whose size says less than it holds (0, on virtual file systems such as
+    /proc, and some FUSE ones) must still be saved whole, not as an empty file."""
+    sb = sandbox
+    target = sb.workspace / "version.txt"
+    target.write_text("")
+    if mount("--bind", "/proc/version", str(target)).returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        assert target.stat().st_size == 0
+        doc = sb.backup()
+        sb.restore_to(doc["id"], tmp_path / "out")
+        assert (tmp_path / "out" / "workspace" / "version.txt").read_bytes() == Path("/proc/version").read_bytes()
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True, stdin=subprocess.DEVNULL)
+
+
 # -- many small files ----------------------------------------------------------------------------
 
 

@@ -46,8 +46,8 @@ from phoenix_backup.state import TargetOutcome, write_state
 RACY_NS = 1_000_000_000
 # Reads of a file that changes while it is read, before it is saved as it was last read.
 READ_ATTEMPTS = 3
-# A read again reads at most twice the size of the first, and this much more (a small file).
-RACY_GROWTH = 1024 * 1024
+# How far past its stat size a file is read (see _Run.file_node).
+READ_SLACK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -383,10 +383,12 @@ class _Run:
         with os.fdopen(fd, "rb") as f:
             # A file written while it is read may hold a mix of old and new bytes: it is read
             # again (what was already stored costs space, nothing else), and saved with a
-            # warning when it never holds still. Each read stops at the size the file had when it
-            # began, and a read again at twice the first one's: a file appended for ever (faster
-            # than it is read) costs a bounded time and space, never the whole disk.
-            limit: int | None = None
+            # warning when it never holds still. Each read stops READ_SLACK past the size the file
+            # had when it began (past it: a file whose size says less than it holds, as on some
+            # virtual file systems, is still read whole), and a read again at twice the first
+            # one's: a file appended for ever (faster than it is read) costs a bounded time and
+            # space, never the whole disk.
+            cap: int | None = None
             for attempt in range(1, READ_ATTEMPTS + 1):
                 fst = os.fstat(f.fileno())
                 if not stat.S_ISREG(fst.st_mode):
@@ -395,8 +397,9 @@ class _Run:
                 extents: list[Extent] = []
                 digest = hashlib.sha256()
                 size = 0
-                want = fst.st_size if limit is None else min(fst.st_size, limit)
-                limit = limit or 2 * fst.st_size + RACY_GROWTH
+                want = fst.st_size + READ_SLACK
+                cap = cap or 2 * want
+                want = min(want, cap)
                 for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.secrets.chunker_seed):
                     digest.update(chunk)
                     size += len(chunk)
