@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,8 +153,8 @@ def test_a_journal_folder_others_can_write_is_not_obeyed(sandbox: Sandbox, tmp_p
 
 def test_a_damaged_journal_never_stops_a_command(sandbox: Sandbox, tmp_path: Path) -> None:
     """Journals cut short by a power cut, or garbage: every command still runs, without a
-    traceback; undecodable journals are removed; an overlong line is skipped, unread, and the
-    lines after it still count."""
+    traceback; undecodable journals are removed, but not one a restore has only just created; an
+    overlong line is skipped, unread, and the lines after it still count."""
     sb = sandbox
     journals = sb.cache / "restore-journal"
     journals.mkdir(parents=True, mode=0o700)
@@ -166,8 +167,13 @@ def test_a_damaged_journal_never_stops_a_command(sandbox: Sandbox, tmp_path: Pat
         "binary": os.urandom(256) + b"\n",
         "torn": b'{"bootId": "ab',
     }
+    aged = time.time() - 120
     for name, data in damaged.items():
         (journals / name).write_bytes(data)
+        os.utime(journals / name, (aged, aged))
+    # A restore that has just created its journal and not yet written its first line.
+    being_written = journals / f"{os.getpid()}-1"
+    being_written.write_bytes(b"")
     folder = tmp_path / "folder"
     folder.mkdir()
     leftover = _plant_dead_journal(journals, folder)
@@ -179,7 +185,7 @@ def test_a_damaged_journal_never_stops_a_command(sandbox: Sandbox, tmp_path: Pat
     res = sb.phx("doctor", check=None)  # any command; there is no repository yet
     assert "Traceback" not in res.err and res.code == 1, res
     assert not leftover.exists(), "the line after an overlong one was not obeyed"
-    assert sorted(p.name for p in journals.iterdir()) == []
+    assert sorted(p.name for p in journals.iterdir()) == [being_written.name]
 
 
 def test_a_read_only_cache_folder_does_not_stop_a_restore(sandbox: Sandbox, tmp_path: Path) -> None:

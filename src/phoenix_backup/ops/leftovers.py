@@ -18,7 +18,8 @@ the journals:
 - journals are trusted only in a journal folder of this user that no one else can write (reached
   without following a symlink at its last step): a folder another user planted, or shared, names
   no folder this process cleans and receives no journal of it (the restore then keeps none, and
-  says so). A journal that cannot be decoded is removed; its lines are read at most 64 KiB each.
+  says so). A journal that cannot be decoded is removed once a minute old (a restore may be writing
+  its first line); its lines are read at most 64 KiB each.
 
 A restore that ends, failed or not, deletes its own journal: its temporary files are gone by then.
 Backups never save such names (sources/files.py).
@@ -30,6 +31,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -41,6 +43,8 @@ from phoenix_backup.sources.files import RESTORE_TEMP
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A journal line is one folder path as JSON: PATH_MAX bytes, each escaped in at most 6 characters.
 _MAX_LINE = 64 * 1024
+# Seconds during which a journal that cannot be decoded may still be getting its first line.
+_WRITING = 60
 
 
 def journal_dir() -> Path:
@@ -136,8 +140,11 @@ def _clean_one(folder: int, name: str) -> list[str]:
     with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as f:
         lines = _lines(f)
         head = _header(next(lines, ""))
-        if head is None:  # empty, or damaged beyond use: it can name no file to remove
-            os.unlink(name, dir_fd=folder)
+        if head is None:
+            # Empty, or damaged beyond use: it can name no file to remove. Unless a restore is
+            # writing its first line right now (its file exists before its header is complete).
+            if time.time() - os.fstat(fd).st_mtime > _WRITING:
+                os.unlink(name, dir_fd=folder)
             return []
         boot, namespace, pid, start = head
         if not _gone(boot, namespace, pid, start):
