@@ -161,6 +161,22 @@ def test_a_forged_setuid_root_file_is_not_restored_setuid(make_sandbox: Callable
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755), f"{name}: {oct(stat.S_IMODE(st.st_mode))}"
     assert any("setuid/setgid" in w and "unencrypted" in w for w in doc["warnings"]), doc["warnings"]
 
+    # In place, a file that already is what the snapshot says, bits and all, keeps them: leaving
+    # it grants nothing. One whose content the restore writes anew gets none.
+    helper = sb.workspace / "helper"
+    helper.write_bytes(payload)
+    os.chown(helper, 4321, 4321)
+    helper.chmod(0o4755)
+    own = sb.backup()
+    doc = sb.phx("restore", "--backup", own["id"], "--yes", "--json").json()
+    assert stat.S_IMODE(helper.lstat().st_mode) == 0o4755
+    assert not any("setuid/setgid" in w for w in doc["warnings"]), doc["warnings"]
+    helper.write_bytes(b"changed since\n")
+    helper.chmod(0o4755)
+    doc = sb.phx("restore", "--backup", own["id"], "--yes", "--json").json()
+    assert helper.read_bytes() == payload and stat.S_IMODE(helper.lstat().st_mode) == 0o755
+    assert any("1 file(s) restored without their setuid/setgid bits" in w for w in doc["warnings"]), doc["warnings"]
+
 
 # -- hard links --------------------------------------------------------------------------------
 

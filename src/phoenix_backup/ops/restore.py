@@ -75,6 +75,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # without hard links, too many links to one inode, the first name gone or not ours to link.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT})
 _TMP_PREFIX = ".phx-tmp-"
+_NO_PRIVILEGES = "restored without their setuid/setgid bits"
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,7 @@ class _Restore:
         self.keyless: KeylessMode = "add"
         self.warnings: list[str] = []
         self.undo_hint = ""
+        self.untrusted_modes: dict[str, int] = {}  # file -> the mode with bits not restored
         if not repo.config.encrypted:
             self.selected = self.without_privileges(self.selected)
 
@@ -313,19 +315,36 @@ class _Restore:
         """An unencrypted repository's trees are not authenticated: whoever can write its storage
         can forge them. So the setuid and setgid bits of its files, which would hand whoever runs
         them the owner's rights (root's, in a restore as root), are not restored from it."""
-        out, dropped = [], []
+        out = []
         for logical, node in nodes:
             if node.type in ("file", "sqlite") and node.mode & (stat.S_ISUID | stat.S_ISGID):
+                self.untrusted_modes[logical] = node.mode
                 node = dataclasses.replace(node, mode=node.mode & ~(stat.S_ISUID | stat.S_ISGID))
-                dropped.append(logical)
             out.append((logical, node))
-        if dropped:
-            self.warn(
-                f"{len(dropped)} file(s) restored without their setuid/setgid bits (e.g. {dropped[0]}): the "
-                "repository is unencrypted, so whoever can write its storage could have set them; check the "
-                "files, then set the bits yourself (chmod u+s / g+s)"
-            )
         return out
+
+    def warn_privileges(self, nodes: dict[str, Node]) -> None:
+        """Name the files `without_privileges` restores without their bits (once per plan)."""
+        dropped = sorted(lg for lg, mode in self.untrusted_modes.items() if lg in nodes and nodes[lg].mode != mode)
+        self.warnings[:] = [w for w in self.warnings if _NO_PRIVILEGES not in w]
+        if dropped:
+            self.warnings.append(
+                f"{len(dropped)} file(s) {_NO_PRIVILEGES} (e.g. {dropped[0]}): the repository is unencrypted, so "
+                "whoever can write its storage could have set them; check the files, then set the bits yourself "
+                "(chmod u+s / g+s)"
+            )
+
+    def keep_privileges(self, item: PlanItem, node: Node) -> tuple[Node, PlanItem]:
+        """A file whose bits `without_privileges` dropped, that is already in place with the same
+        content, owner, group and those very bits: nothing is granted by leaving it as it is."""
+        mode = self.untrusted_modes[item.path]
+        try:
+            st = os.lstat(item.target)
+        except OSError:
+            return node, item
+        if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, mode):
+            return node, item
+        return dataclasses.replace(node, mode=mode), dataclasses.replace(item, metadata=st.st_mtime_ns != node.mtime_ns)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -408,8 +427,13 @@ class _Restore:
                 dirs.append((logical, node))
                 dir_changes += self.dir_changes(logical, node)
                 continue
+            item = self.plan_item(logical, node)
+            if logical in self.untrusted_modes and item.action == "unchanged":
+                node, item = self.keep_privileges(item, node)
             nodes[logical] = node
-            items.append(self.plan_item(logical, node))
+            items.append(item)
+        if self.untrusted_modes:
+            self.warn_privileges(nodes)
         links = _restored_links(nodes)
         if links:
             items = _relink_items(items, links)
