@@ -8,17 +8,25 @@ document Phoenix prints is made valid Unicode first, and the exact bytes travel 
 - an object member `"path": <name>` becomes `"path": <name with each undecodable byte as U+FFFD>`
   plus `"pathBytes": <base64 of the exact bytes>`;
 - an array element becomes `{"text": <the U+FFFD form>, "bytes": <base64>}`;
-- an object key becomes its U+FFFD form, and the object gets `"keyBytes": {<that form>: <base64>}`.
+- an object key becomes its U+FFFD form (numbered, ` (2)`, when another key already shows so),
+  and the object gets `"keyBytes": {<that form>: <base64>}`.
 
 Strings that are valid UTF-8, which is every string of an ordinary workspace, are left exactly as
 they were, so documents without such names do not change.
+
+A file Phoenix reads back itself (an export's `metadata.json` and `checksums.json`) needs the name
+itself, also as an object key, which cannot take a sibling: `dumps_exact` writes the undecodable
+bytes as JSON's `\\udcXX` escapes instead, which `json.loads` turns back into the same name.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def portable(doc: Any) -> Any:
@@ -26,9 +34,16 @@ def portable(doc: Any) -> Any:
     if isinstance(doc, dict):
         out: dict[str, Any] = {}
         key_bytes: dict[str, str] = {}
+        # Keys are names here: two undecodable ones (caf\xe9, caf\xff) or one and a real name
+        # holding U+FFFD would show alike, so a shown key already taken gets a number.
+        taken = {k for k in doc if not isinstance(k, str) or _undecodable(k) is None}
         for key, value in doc.items():
             if isinstance(key, str) and (raw := _undecodable(key)) is not None:
-                key = _display(raw)
+                key = shown = _display(raw)
+                n = 2
+                while key in taken:
+                    key, n = f"{shown} ({n})", n + 1
+                taken.add(key)
                 key_bytes[key] = _b64(raw)
             if isinstance(value, str) and (raw := _undecodable(value)) is not None:
                 out[key] = _display(raw)
@@ -46,6 +61,13 @@ def portable(doc: Any) -> Any:
 def dumps(doc: Any, **kwargs: Any) -> str:
     """`json.dumps` of the portable form; non-ASCII text stays readable (ensure_ascii off)."""
     return json.dumps(portable(doc), ensure_ascii=False, **kwargs)
+
+
+def dumps_exact(doc: Any, **kwargs: Any) -> str:
+    """`json.dumps` with non-ASCII text readable and every surrogate (a byte of a name that is not
+    UTF-8) as its `\\uXXXX` escape: valid UTF-8 text that `json.loads` reads back exactly."""
+    text = json.dumps(doc, ensure_ascii=False, **kwargs)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _element(value: Any) -> Any:

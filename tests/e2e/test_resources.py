@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error, assert_restored, mount, wait_past_racy_window
+from e2e_support import Result, Sandbox, assert_error, assert_restored, mount, run_phx, wait_past_racy_window
+from pause_support import Paused
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 MIB = 1024 * 1024
@@ -51,6 +53,15 @@ def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Callable[[s
 
     (sb.workspace / "new.md").write_text("written after the repository went read-only\n")
     assert_error(sb.phx("backup", check=None), 1, "read-only file system", "writable")
+    # In place, the safety snapshot cannot be written: nothing is restored, and the error names
+    # the way on (before: "choose a writable location", as if the restore wrote the repository).
+    soul = (sb.workspace / "SOUL.md").read_bytes()
+    (sb.workspace / "SOUL.md").write_text("changed\n")
+    res = sb.phx("restore", "--backup", doc["id"], "--yes", check=None)
+    assert_error(res, 1, "read-only", "safety snapshot", "--no-safety-snapshot")
+    assert (sb.workspace / "SOUL.md").read_text() == "changed\n"
+    sb.phx("restore", "--backup", doc["id"], "--yes", "--no-safety-snapshot", "--path", "workspace/SOUL.md")
+    assert (sb.workspace / "SOUL.md").read_bytes() == soul
     res = sb.phx("prune", check=1)  # prune reports per target, on stdout
     assert "target local: FAILED: read-only file system" in res.out, res
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == before
@@ -59,6 +70,65 @@ def test_a_read_only_repository_can_be_read(sandbox: Sandbox, tmpfs: Callable[[s
     assert proc.returncode == 0, proc.stderr
     assert sb.verify("--read-data")["ok"] is True
     sb.backup()
+
+
+def test_a_prune_elsewhere_never_makes_a_lockless_read_lie(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A repository this host sees read-only (a bind mount) while another host prunes it: the
+    restore and verify here take no lock, so nothing stops the prune. Held at their first pack
+    read while a prune repacks and deletes what they planned to read, they fail with one error
+    naming the missing object, never write a wrong byte; run again, they succeed."""
+    sb = sandbox
+    ws = sb.workspace
+    y, z = os.urandom(200_000), os.urandom(200_000)
+    (ws / "x.bin").write_bytes(os.urandom(3_000_000))  # only in the first snapshot: pruned away
+    (ws / "y.bin").write_bytes(y)
+    sb.backup()
+    (ws / "x.bin").unlink()
+    (ws / "z.bin").write_bytes(z)
+    doc = sb.backup()
+    view = tmp_path / "view"
+    view.mkdir()
+    if mount("--bind", str(sb.repo), str(view)).returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        proc = mount("-o", "remount,ro,bind", str(view))
+        assert proc.returncode == 0, proc.stderr
+        reader = {**sb.config, "backupDir": str(view)}
+        (tmp_path / "reader.json").write_text(json.dumps(reader))
+        env = {**sb.env, "PHX_CONFIG": str(tmp_path / "reader.json"), "PHX_CACHE_DIR": str(tmp_path / "reader-cache")}
+        dest = tmp_path / "out"
+        rounds = [["restore", "--backup", doc["id"], "--to", str(dest)], ["verify", "--read-data"]]
+        for n, args in enumerate(rounds):
+            if n:  # something new for the next prune to move
+                (ws / "x.bin").write_bytes(os.urandom(3_000_000))
+                sb.backup()
+                (ws / "x.bin").unlink()
+                doc = sb.backup()
+            aged = time.time() - 7200  # older than prune's grace period for young packs
+            for p in (sb.repo / "data").rglob("*"):
+                os.utime(p, (aged, aged))
+            with Paused(args, env, tmp_path / f"pause-{n}", at="before:read_range:data/") as run:
+                run.wait_paused()
+                sb.write_config(retention={"last": 1})
+                sb.phx("forget")
+                pruned = sb.phx("prune").out
+                assert "freed 0 B" not in pruned, pruned
+                code = run.finish()
+            res = Result(code, run.out, run.err, args)
+            if args[0] == "restore":
+                assert_error(res, 1, "missing")
+            else:  # verify reports on stdout
+                assert code == 1 and "is missing from" in res.out and "Traceback" not in res.err, res
+            assert "a prune run elsewhere" in res.err
+            for name, data in (("y.bin", y), ("z.bin", z)):
+                got = dest / "workspace" / name
+                assert not got.exists() or got.read_bytes() == data, f"{name}: wrong bytes restored"
+        env["PHX_CACHE_DIR"] = str(tmp_path / "reader-cache-2")
+        assert run_phx(["restore", "--backup", doc["id"], "--to", str(tmp_path / "again")], env).code == 0
+        assert (tmp_path / "again" / "workspace" / "y.bin").read_bytes() == y
+        assert run_phx(["verify", "--read-data"], env).code == 0
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True, stdin=subprocess.DEVNULL)
 
 
 # -- files changing while they are read ----------------------------------------------------------
@@ -104,6 +174,24 @@ def test_files_changing_while_read(sandbox: Sandbox, tmp_path: Path) -> None:
     assert not [w for w in doc2["warnings"] if "changed while it was read" in w]
     sb.restore_to(doc2["id"], tmp_path / "second")
     assert_restored(state, tmp_path / "second", "the backup after the writes stopped")
+
+
+def test_a_file_holding_more_than_its_size_says_is_read_whole(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Reads stop near a file's stat size, so that a file appended for ever cannot keep a backup
+    reading; a file whose size says less than it holds (0, on virtual file systems such as
+    /proc, and some FUSE ones) must still be saved whole, not as an empty file."""
+    sb = sandbox
+    target = sb.workspace / "version.txt"
+    target.write_text("")
+    if mount("--bind", "/proc/version", str(target)).returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        assert target.stat().st_size == 0
+        doc = sb.backup()
+        sb.restore_to(doc["id"], tmp_path / "out")
+        assert (tmp_path / "out" / "workspace" / "version.txt").read_bytes() == Path("/proc/version").read_bytes()
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True, stdin=subprocess.DEVNULL)
 
 
 # -- many small files ----------------------------------------------------------------------------

@@ -408,3 +408,20 @@ def test_large_files_stream_to_the_same_chunks_as_one_buffer() -> None:
     assert streamed == [bytes(c) for c in file_chunks(data, chunker, 99)]
     small = rand_bytes(6, 3 * CHUNK_MAX)
     assert b"".join(bytes(c) for c in file_chunks_of(io.BytesIO(small), len(small), chunker, 99)) == small
+
+
+@pytest.mark.parametrize("size", [3 * CHUNK_MAX, 32 * 1024 * 1024 + 3 * CHUNK_MAX])
+def test_a_file_that_grew_after_its_stat_is_read_only_to_that_size(tmp_path: Path, size: int) -> None:
+    """A backup reads the size it stat'ed, never what was appended since: a writer appending faster
+    than the backup reads (a log, `yes > file`) kept it reading, and storing, until the disk was
+    full (a 40 MiB file was stored as 640 MiB). The retry then sees the change; see
+    tests/e2e/test_resources.py::test_files_changing_while_read."""
+    from phoenix_backup.repo.chunker import file_chunks_of
+
+    chunker = {"min": CHUNK_MIN, "avg": CHUNK_AVG, "max": CHUNK_MAX}
+    data = rand_bytes(7, size)
+    path = tmp_path / "growing.log"
+    path.write_bytes(data + rand_bytes(8, 5 * CHUNK_MAX))  # appended after the stat that said `size`
+    with open(path, "rb") as f:
+        read = b"".join(bytes(c) for c in file_chunks_of(f, size, chunker, 99))
+    assert len(read) == size and read == data

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phoenix_backup.errors import UnsafePath
-from phoenix_backup.jsontext import dumps, portable
+from phoenix_backup.jsontext import dumps, dumps_exact, portable
 from phoenix_backup.repo.tree import Node
 
 
@@ -50,3 +50,23 @@ def test_tree_hardlink_field_is_checked() -> None:
     for bad in ("workspace/../etc/passwd", "/abs", "workspace//a"):
         with pytest.raises(UnsafePath):
             Node.from_json({**base, "hardlink": bad})
+
+
+def test_keys_that_show_alike_all_stay() -> None:
+    """caf\\xe9 and caf\\xff both show as caf\\ufffd, and a real name may hold U+FFFD: as keys none
+    may overwrite another (the first two each lost a file's entry)."""
+    a, b, real = os.fsdecode(b"caf\xe9"), os.fsdecode(b"caf\xff"), "caf\ufffd"
+    doc = json.loads(dumps({a: 1, real: 2, b: 3}))
+    assert doc[real] == 2
+    by_bytes = {raw(v): doc[k] for k, v in doc["keyBytes"].items()}
+    assert by_bytes == {b"caf\xe9": 1, b"caf\xff": 3}
+
+
+def test_dumps_exact_reads_back_every_name() -> None:
+    """The form of the files Phoenix reads back (an export's metadata.json and checksums.json):
+    valid UTF-8, and json.loads gives the very names back, as keys too."""
+    names = [os.fsdecode(n) for n in (b"caf\xe9", b"caf\xff", "caf\ufffd".encode(), b"\xed\xa0\x80", "é".encode())]
+    doc = {"files": {n: i for i, n in enumerate(names)}, "list": names}
+    text = dumps_exact(doc, indent=2)
+    assert json.loads(text.encode("utf-8").decode("utf-8")) == doc
+    assert "é" in text  # readable, not escaped

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phoenix_backup import jsontext
 from phoenix_backup.repo.crypto import sha256_file
 
 CHECKSUMS = "checksums.json"
@@ -25,7 +26,7 @@ CHECKSUMS = "checksums.json"
 def combined_digest(files: dict[str, str]) -> str:
     h = hashlib.sha256()
     for path in sorted(files):
-        h.update(f"{files[path]}  {path}\n".encode())
+        h.update(f"{files[path]}  {path}\n".encode("utf-8", "surrogateescape"))  # sha256sum's bytes
     return h.hexdigest()
 
 
@@ -44,7 +45,7 @@ def export_files(root: Path) -> list[str]:
 def write_checksums(root: Path) -> dict[str, object]:
     files = {rel: sha256_file(root / rel) for rel in export_files(root)}
     doc: dict[str, object] = {"algorithm": "sha256", "files": files, "combined": combined_digest(files)}
-    (root / CHECKSUMS).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (root / CHECKSUMS).write_text(jsontext.dumps_exact(doc, indent=2) + "\n", encoding="utf-8")
     return doc
 
 

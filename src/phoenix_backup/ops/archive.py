@@ -186,7 +186,8 @@ def _is_utf8(text: str) -> bool:
 
 
 def _sums(nodes: list[tuple[str, Node]]) -> bytes:
-    """`sha256sum` format, paths relative to the top folder; GNU's escaping for odd names."""
+    """`sha256sum` format, paths relative to the top folder; GNU's escaping for odd names, and the
+    bytes of a name that is not UTF-8 as they are (as sha256sum prints them)."""
     lines = []
     for logical, node in nodes:
         if node.type not in ("file", "sqlite"):

@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +54,8 @@ from phoenix_backup.state import TargetOutcome, write_state
 RACY_NS = 1_000_000_000
 # Reads of a file that changes while it is read, before it is saved as it was last read.
 READ_ATTEMPTS = 3
+# How far past its stat size a file is read (see _Run.file_node).
+READ_SLACK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -407,7 +409,12 @@ class _Run:
         with os.fdopen(fd, "rb") as f:
             # A file written while it is read may hold a mix of old and new bytes: it is read
             # again (what was already stored costs space, nothing else), and saved with a
-            # warning when it never holds still.
+            # warning when it never holds still. Each read stops READ_SLACK past the size the file
+            # had when it began (past it: a file whose size says less than it holds, as on some
+            # virtual file systems, is still read whole), and a read again at twice the first
+            # one's: a file appended for ever (faster than it is read) costs a bounded time and
+            # space, never the whole disk.
+            cap: int | None = None
             for attempt in range(1, READ_ATTEMPTS + 1):
                 fst = os.fstat(f.fileno())
                 if not stat.S_ISREG(fst.st_mode):
@@ -416,7 +423,10 @@ class _Run:
                 extents: list[Extent] = []
                 digest = hashlib.sha256()
                 size = 0
-                for chunk in file_chunks_of(f, fst.st_size, self.repo.config.chunker, self.repo.secrets.chunker_seed):
+                want = fst.st_size + READ_SLACK
+                cap = cap or 2 * want
+                want = min(want, cap)
+                for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.secrets.chunker_seed):
                     digest.update(chunk)
                     size += len(chunk)
                     extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
@@ -618,7 +628,7 @@ def _run(
             done += 1
             _progress(envx, done, total)
     run.aux.shutdown()
-    _link_nodes(nodes, links, run.incomplete)
+    _link_nodes(nodes, links, run.incomplete, lambda logical: run.file_node(sel.entries[logical]))
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
     trees: set[bytes] = set()
@@ -688,18 +698,29 @@ def hardlink_groups(entries: Iterable[Entry]) -> dict[str, str]:
     return out
 
 
-def _link_nodes(nodes: dict[str, Node], links: dict[str, str], incomplete: list[dict[str, str]]) -> None:
+def _link_nodes(
+    nodes: dict[str, Node], links: dict[str, str], incomplete: list[dict[str, str]], read: Callable[[str], Node]
+) -> None:
     """Give every other name of a hard-linked file the first name's node (one inode, one content),
-    marked with `hardlink`; a file no longer linked loses the mark its parent's node carried."""
+    marked with `hardlink`; a file no longer linked loses the mark its parent's node carried.
+    A first name that could not be read (gone since the walk, a log rotated away) does not take
+    the others with it: the next name is read itself and stands in for it."""
     for logical, node in nodes.items():
         if node.type == "file" and node.hardlink is not None:
             nodes[logical] = dataclasses.replace(node, hardlink=None)
+    stand_in: dict[str, str] = {}  # a first name that could not be read -> the name read instead
     for logical, first in sorted(links.items()):
-        read = nodes.get(first)
-        if read is None:
-            incomplete.append({"path": logical, "error": f"a hard link of {first}, which could not be read"})
+        first = stand_in.get(first, first)
+        got = nodes.get(first)
+        if got is None:
+            try:
+                nodes[logical] = read(logical)
+            except (OSError, PhoenixError) as exc:
+                incomplete.append({"path": logical, "error": _reason(exc)})
+                continue
+            stand_in[first] = logical
             continue
-        nodes[logical] = dataclasses.replace(read, name=logical.rsplit("/", 1)[-1], hardlink=first)
+        nodes[logical] = dataclasses.replace(got, name=logical.rsplit("/", 1)[-1], hardlink=first)
 
 
 def _names_since(repo: Repository, known: list[Snapshot]) -> set[str]:

@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from phoenix_backup import __version__
+from phoenix_backup import __version__, jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, ExportError, UsageError
 from phoenix_backup.memory import markdown
@@ -395,7 +395,8 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
         "files": result.files,
         "documents": rendered,
     }
-    (work / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Read back by `phx import`: a name that is not UTF-8 must come back exact (jsontext.dumps_exact).
+    (work / "metadata.json").write_text(jsontext.dumps_exact(metadata, indent=2) + "\n", encoding="utf-8")
     if result.sanitized:
         redactions = {"count": len(result.redactions), "redactions": [r.to_json() for r in result.redactions]}
         (work / "redactions.json").write_text(json.dumps(redactions, indent=2) + "\n", encoding="utf-8")

@@ -14,7 +14,12 @@ the journals:
 - only names of that exact shape, with that pid and start time, are removed; a folder that is
   gone, not a folder or a symlink is skipped;
 - a journal of a process that may still run (it runs, or runs in another PID namespace, where its
-  pid means nothing here) is left alone.
+  pid means nothing here) is left alone;
+- journals are trusted only in a journal folder of this user that no one else can write (reached
+  without following a symlink at its last step): a folder another user planted, or shared, names
+  no folder this process cleans and receives no journal of it (the restore then keeps none, and
+  says so). A journal that cannot be decoded is removed once a minute old (a restore may be writing
+  its first line); its lines are read at most 64 KiB each.
 
 A restore that ends, failed or not, deletes its own journal: its temporary files are gone by then.
 Backups never save such names (sources/files.py).
@@ -26,13 +31,20 @@ import contextlib
 import json
 import os
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.repo.locks import boot_id, own_start_time, pid_namespace, process_start_time
 from phoenix_backup.sources.files import RESTORE_TEMP
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A journal line is one folder path as JSON: PATH_MAX bytes, each escaped in at most 6 characters.
+_MAX_LINE = 64 * 1024
+# Seconds during which a journal that cannot be decoded may still be getting its first line.
+_WRITING = 60
 
 
 def journal_dir() -> Path:
@@ -44,21 +56,37 @@ def journal_dir() -> Path:
 class Journal:
     """The folders one restore writes temporary files into, recorded before the first one."""
 
-    def __init__(self) -> None:
-        self.path = journal_dir() / f"{os.getpid()}-{own_start_time()}"
+    def __init__(self, notice: Callable[[str], None] | None = None) -> None:
+        self.name = f"{os.getpid()}-{own_start_time()}"
+        self.path = journal_dir() / self.name
+        self._notice = notice or (lambda _msg: None)
         self._folders: set[str] = set()
+        self._dir: int | None = None  # the journal folder, once it was found to be ours
+        self._off = False  # the journal folder is not ours alone: no journal is kept
         self._lock = threading.Lock()
 
     def record(self, folder: Path) -> None:
         """Note `folder` (once); the line is written before the caller creates its file there."""
-        key = str(folder)
+        key = str(folder.absolute())
         with self._lock:
-            if key in self._folders:
+            if key in self._folders or self._off:
                 return
             new = not self._folders
             if new:
-                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(self.path, "a", encoding="utf-8") as f:
+                with contextlib.suppress(OSError):
+                    self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._dir = own_folder(self.path.parent)
+                if self._dir is None:
+                    self._off = True
+                    self._notice(
+                        f"warning: {self.path.parent} cannot be created, or is not a folder of this user that only it "
+                        "can write, so this restore keeps no journal: were it killed, its temporary files (.phx-tmp-…) "
+                        "would stay; set PHX_CACHE_DIR to a writable folder of your own"
+                    )
+                    return
+            assert self._dir is not None
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(self.name, flags, 0o600, dir_fd=self._dir), "a", encoding="utf-8") as f:
                 if new:
                     header = {"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": os.getpid()}
                     f.write(json.dumps({**header, "start": own_start_time()}) + "\n")
@@ -70,39 +98,95 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
-            if self._folders:
-                self.path.unlink(missing_ok=True)
+            if self._dir is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.name, dir_fd=self._dir)
+                os.close(self._dir)
+                self._dir = None
             self._folders.clear()
+
+
+def own_folder(path: Path) -> int | None:
+    """A descriptor of the folder `path` when it is this user's and no one else can write it, and
+    its last step is no symlink; else None. What such a folder holds was written by this user."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        return None
+    return fd
 
 
 def clean() -> list[str]:
     """Remove what killed restores left (see the module docstring); return the paths removed."""
-    folder = journal_dir()
-    try:
-        journals = sorted(folder.iterdir())
-    except OSError:
+    folder = own_folder(journal_dir())
+    if folder is None:
         return []
     removed: list[str] = []
-    for journal in journals:
-        with contextlib.suppress(OSError, ValueError):
-            removed += _clean_one(journal)
+    try:
+        for name in sorted(os.listdir(folder)):
+            with contextlib.suppress(OSError):
+                removed += _clean_one(folder, name)
+    finally:
+        os.close(folder)
     return removed
 
 
-def _clean_one(journal: Path) -> list[str]:
-    lines = journal.read_text(encoding="utf-8").splitlines()
-    if not lines:
-        journal.unlink()
-        return []
-    head = json.loads(lines[0])
-    pid, start = int(head["pid"]), int(head["start"])
-    if not _gone(str(head.get("bootId", "")), int(head.get("pidNamespace", 0)), pid, start):
-        return []
-    removed = []
-    for line in lines[1:]:
-        removed += _remove_temporaries(Path(json.loads(line)), pid, start)
-    journal.unlink()
+def _clean_one(folder: int, name: str) -> list[str]:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as f:
+        lines = _lines(f)
+        head = _header(next(lines, ""))
+        if head is None:
+            # Empty, or damaged beyond use: it can name no file to remove. Unless a restore is
+            # writing its first line right now (its file exists before its header is complete).
+            if time.time() - os.fstat(fd).st_mtime > _WRITING:
+                os.unlink(name, dir_fd=folder)
+            return []
+        boot, namespace, pid, start = head
+        if not _gone(boot, namespace, pid, start):
+            return []
+        removed = []
+        seen: set[str] = set()
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                path = json.loads(line)
+                if isinstance(path, str) and path.startswith("/") and path not in seen:
+                    seen.add(path)
+                    removed += _remove_temporaries(Path(path), pid, start)
+    os.unlink(name, dir_fd=folder)
     return removed
+
+
+def _lines(f: IO[str]) -> Iterator[str]:
+    """The lines of `f`, each at most _MAX_LINE characters; a longer one is skipped, unread."""
+    while line := f.readline(_MAX_LINE + 1):
+        if len(line) <= _MAX_LINE or line.endswith("\n"):
+            yield line
+            continue
+        while (rest := f.readline(_MAX_LINE)) and not rest.endswith("\n"):
+            pass
+
+
+def _header(line: str) -> tuple[str, int, int, int] | None:
+    """(boot id, PID namespace, pid, start) of a journal's first line; None when it is not one."""
+    try:
+        head = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(head, dict):
+        return None
+    boot, namespace, pid, start = (head.get(k) for k in ("bootId", "pidNamespace", "pid", "start"))
+    numbers = (namespace, pid, start)
+    if not isinstance(boot, str) or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        return None
+    assert isinstance(namespace, int) and isinstance(pid, int) and isinstance(start, int)
+    if pid <= 0 or start < 0 or namespace < 0:
+        return None
+    return boot, namespace, pid, start
 
 
 def _gone(boot: str, namespace: int, pid: int, start: int) -> bool:

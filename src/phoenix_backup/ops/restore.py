@@ -42,6 +42,7 @@ from phoenix_backup.errors import (
     GatewayError,
     ObjectNotFound,
     PhoenixError,
+    ReadOnlyStorage,
     RestoreError,
     SourceError,
     UnsafePath,
@@ -83,6 +84,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # without hard links, too many links to one inode, the first name gone or not ours to link.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT})
 _TMP_PREFIX = ".phx-tmp-"
+_NO_PRIVILEGES = "restored without their setuid/setgid bits"
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,10 @@ class _Restore:
         self.warnings: list[str] = []
         self.undo_hint = ""
         self.damaged: dict[str, str] = {}  # logical -> why its data could not be read (not restored)
+        self.untrusted_modes: dict[str, int] = {}  # file -> the mode with bits not restored
+        if not repo.config.encrypted:
+            self.selected = self.without_privileges(self.selected)
+
 
     def restored_config(self, plan: _Plan, result: RestoreResult) -> str | None:
         """Where below --to the snapshot's copy of Phoenix's config landed, if it holds one."""
@@ -390,6 +396,41 @@ class _Restore:
             finally:
                 backend.close()
         return out
+
+    def without_privileges(self, nodes: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
+        """An unencrypted repository's trees are not authenticated: whoever can write its storage
+        can forge them. So the setuid and setgid bits of its files, which would hand whoever runs
+        them the owner's rights (root's, in a restore as root), are not restored from it."""
+        out = []
+        for logical, node in nodes:
+            if node.type in ("file", "sqlite") and node.mode & (stat.S_ISUID | stat.S_ISGID):
+                self.untrusted_modes[logical] = node.mode
+                node = dataclasses.replace(node, mode=node.mode & ~(stat.S_ISUID | stat.S_ISGID))
+            out.append((logical, node))
+        return out
+
+    def warn_privileges(self, nodes: dict[str, Node]) -> None:
+        """Name the files `without_privileges` restores without their bits (once per plan)."""
+        dropped = sorted(lg for lg, mode in self.untrusted_modes.items() if lg in nodes and nodes[lg].mode != mode)
+        self.warnings[:] = [w for w in self.warnings if _NO_PRIVILEGES not in w]
+        if dropped:
+            self.warnings.append(
+                f"{len(dropped)} file(s) {_NO_PRIVILEGES} (e.g. {dropped[0]}): the repository is unencrypted, so "
+                "whoever can write its storage could have set them; check the files, then set the bits yourself "
+                "(chmod u+s / g+s)"
+            )
+
+    def keep_privileges(self, item: PlanItem, node: Node) -> tuple[Node, PlanItem]:
+        """A file whose bits `without_privileges` dropped, that is already in place with the same
+        content, owner, group and those very bits: nothing is granted by leaving it as it is."""
+        mode = self.untrusted_modes[item.path]
+        try:
+            st = os.lstat(item.target)
+        except OSError:
+            return node, item
+        if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, mode):
+            return node, item
+        return dataclasses.replace(node, mode=mode), dataclasses.replace(item, metadata=st.st_mtime_ns != node.mtime_ns)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -489,8 +530,13 @@ class _Restore:
                 dirs.append((logical, node))
                 dir_changes += self.dir_changes(logical, node)
                 continue
+            item = self.plan_item(logical, node)
+            if logical in self.untrusted_modes and item.action == "unchanged":
+                node, item = self.keep_privileges(item, node)
             nodes[logical] = node
-            items.append(self.plan_item(logical, node))
+            items.append(item)
+        if self.untrusted_modes:
+            self.warn_privileges(nodes)
         links = _restored_links(nodes)
         if links:
             items = _relink_items(items, links)
@@ -506,7 +552,7 @@ class _Restore:
         action: Action = "overwrite"
         metadata = False
         if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
-            if sha256_file(target) == node.sha256:
+            if sha256_file(target) == node.sha256 and not _grants_privilege(node, st):
                 action = "unchanged"
                 metadata = stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
         elif node.type == "sqlite" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
@@ -739,7 +785,13 @@ class _Restore:
             self.envx.notice(message)
             self.warn(message)
         servers = tuple(s for s in servers if s not in absent)
-        taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted, servers)
+        try:
+            taken = safety.take(self.repo, self.cfg, self.envx, self.layout, wanted, servers)
+        except ReadOnlyStorage as exc:
+            raise RestoreError(
+                f"the safety snapshot cannot be written ({exc}), so nothing was restored; restore with "
+                "--no-safety-snapshot (the restore then cannot be undone), or make the repository writable"
+            ) from exc
         assert taken.id is not None
         short = taken.id[:8]
         self.undo_hint = f"`phx restore --backup {short} --yes` undoes what was restored"
@@ -987,11 +1039,17 @@ class _Restore:
 
 def _restored_links(nodes: dict[str, Node]) -> dict[str, str]:
     """The hard links a restore can make: a file whose `hardlink` names a file restored with it,
-    of the same content (a hostile or odd tree gets copies, never a link to something else)."""
+    of the same content, the very same extents as a backup records them (a hostile or odd tree
+    gets copies, each checked against its own SHA-256, never a link to something else)."""
     out: dict[str, str] = {}
     for logical, node in nodes.items():
         first = nodes.get(node.hardlink) if node.type == "file" and node.hardlink else None
-        if first is not None and first.type == "file" and first.hardlink is None and first.sha256 == node.sha256:
+        if (
+            first is not None
+            and first.type == "file"
+            and first.hardlink is None
+            and (first.sha256, first.size, first.content) == (node.sha256, node.size, node.content)
+        ):
             assert node.hardlink is not None
             out[logical] = node.hardlink
     return out
@@ -1243,7 +1301,7 @@ class _Writer:
         self._inodes: dict[str, tuple[int, int]] = {}
         # The folders holding this restore's temporary files, for the next command should it be
         # killed (ops/leftovers.py).
-        self.journal = leftovers.Journal()
+        self.journal = leftovers.Journal(repo.notice)
 
     def _temp_name(self, logical: str) -> str:
         """A new temporary name for `logical`'s folder, noted in the journal first."""
@@ -1396,6 +1454,11 @@ class _Writer:
         with self.parent_dir(logical, create=False) as (fd, name):
             f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
             try:
+                if _grants_privilege(node, os.fstat(f)):  # swapped in since the plan saw it
+                    raise UnsafePath(
+                        f"{logical} in the destination changed since this restore planned it, and it would have "
+                        "been given the setuid/setgid bits; it was left alone: restore again"
+                    )
                 _set_owner_mode(f, node)
                 os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
                 self._remember(logical, f)
@@ -1598,6 +1661,16 @@ def _discard(fd: int, tmp: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp, dir_fd=fd)
     live_sqlite.remove_companions(fd, tmp)
+
+
+def _grants_privilege(node: Node, st: os.stat_result) -> bool:
+    """Whether restoring `node`'s owner and mode onto the existing file `st` (as root) would give it
+    setuid or setgid rights it does not have now. Such a file is written anew, never changed in
+    place: whoever could write the old inode (its owner; a writable mapping outlives a chown, and
+    writes through it keep the bits) would own a program running with another's rights."""
+    if os.geteuid() != 0 or not node.mode & (stat.S_ISUID | stat.S_ISGID):
+        return False
+    return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, node.mode)
 
 
 def _set_owner_mode(fd: int, node: Node) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import platformdirs
 
+from phoenix_backup.errors import StorageError
 from phoenix_backup.repo.chunker import HASH_SIZE, PageState
 from phoenix_backup.repo.locks import process_start_time
 
@@ -33,14 +34,19 @@ class Cache:
     def run_dir(self) -> Path:
         """A fresh 0700 folder for this run's temporary copies, after clearing dead runs' leftovers."""
         tmp = self.dir / "tmp"
-        tmp.mkdir(exist_ok=True, mode=0o700)
-        for entry in tmp.iterdir():
-            if entry.name.startswith("run-") and not _run_alive(entry.name):
-                shutil.rmtree(entry, ignore_errors=True)
-        start = process_start_time(os.getpid()) or 0
-        path = tmp / f"run-{os.getpid()}-{start}"
-        path.mkdir(exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
+        try:
+            tmp.mkdir(exist_ok=True, mode=0o700)
+            for entry in tmp.iterdir():
+                if entry.name.startswith("run-") and not _run_alive(entry.name):
+                    shutil.rmtree(entry, ignore_errors=True)
+            start = process_start_time(os.getpid()) or 0
+            path = tmp / f"run-{os.getpid()}-{start}"
+            path.mkdir(exist_ok=True, mode=0o700)
+            os.chmod(path, 0o700)
+        except OSError as exc:  # a home folder mounted read-only (a rescue system), a full disk
+            raise StorageError(
+                f"cannot write the cache folder {tmp} ({exc.strerror or exc}); set PHX_CACHE_DIR to a writable folder"
+            ) from exc
         return path
 
     # -- page hashes ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ import bisect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import blake3
 from pyfastcdc import FastCDC
@@ -49,16 +49,31 @@ def file_chunks(data: bytes | memoryview, chunker: dict[str, int], seed: int) ->
 WHOLE_FILE_LIMIT = 32 * 1024 * 1024
 
 
-def file_chunks_of(f: BinaryIO, size_hint: int, chunker: dict[str, int], seed: int) -> Iterator[memoryview]:
-    """Content-defined chunks of an open file. Small files are read in one piece of their own
-    size (never a fixed large buffer); large ones stream through FastCDC, so cut points do not
-    depend on read boundaries and memory stays bounded."""
-    if size_hint <= WHOLE_FILE_LIMIT:
-        data = f.read(size_hint + 1)
-        rest = f.read()  # the file grew since it was stat'ed: take it all
-        yield from file_chunks(data + rest if rest else data, chunker, seed)
+def file_chunks_of(f: BinaryIO, size: int, chunker: dict[str, int], seed: int) -> Iterator[memoryview]:
+    """Content-defined chunks of the first `size` bytes of an open file (its size when it was
+    stat'ed; fewer if it shrank). A file that grows while it is read is not chased: a writer that
+    appends faster than a backup reads would otherwise keep it reading, and storing, for ever.
+    Small files are read in one piece of their own size (never a fixed large buffer); large ones
+    stream through FastCDC, so cut points do not depend on read boundaries and memory stays bounded."""
+    if size <= WHOLE_FILE_LIMIT:
+        yield from file_chunks(f.read(size), chunker, seed)
         return
-    yield from stream_chunks(f, seed, chunker)
+    yield from stream_chunks(cast(BinaryIO, _Prefix(f, size)), seed, chunker)
+
+
+class _Prefix:
+    """The first `left` bytes of a file, as a stream."""
+
+    def __init__(self, f: BinaryIO, left: int) -> None:
+        self.f = f
+        self.left = left
+
+    def readinto(self, buf: memoryview) -> int:
+        if self.left <= 0:
+            return 0
+        n = self.f.readinto(buf[: self.left]) or 0  # type: ignore[attr-defined]
+        self.left -= n
+        return n
 
 
 @dataclass

@@ -413,7 +413,10 @@ class Repository:
         except ReadOnlyStorage:
             if exclusive:
                 raise
-            self.notice(f"{self.backend.location} is read-only: reading it without a lock")
+            self.notice(
+                f"{self.backend.location} is read-only: reading it without a lock (should a prune run elsewhere "
+                "meanwhile, data it moves shows as missing: run again)"
+            )
             return contextlib.nullcontext()
         try:
             current = self.backend.read("config")
