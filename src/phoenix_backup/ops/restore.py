@@ -333,7 +333,6 @@ class _Restore:
         if not repo.config.encrypted:
             self.selected = self.without_privileges(self.selected)
 
-
     def restored_config(self, plan: _Plan, result: RestoreResult) -> str | None:
         """Where below --to the snapshot's copy of Phoenix's config landed, if it holds one."""
         recorded = self.snap.sources.get("config")
