@@ -7,6 +7,7 @@ row for row, plus SHA256SUMS (which the real `sha256sum -c` accepts) and phoenix
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -136,7 +137,9 @@ def test_a_file_name_that_is_not_utf8_is_archived_as_its_bytes(sandbox: Sandbox,
     check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root, capture_output=True)
     assert check.returncode == 0, check
     manifest = json.loads((root / "phoenix-manifest.json").read_bytes())
-    assert "workspace/" + os.fsdecode(name) in {e["path"] for e in manifest["entries"]}
+    # The manifest is valid Unicode: the name shown with U+FFFD, its exact bytes in pathBytes.
+    (entry,) = [e for e in manifest["entries"] if e["path"] == "workspace/caf\ufffd.md"]
+    assert base64.b64decode(entry["pathBytes"]) == b"workspace/" + name
     res = sb.phx("archive", "latest", "--output", tmp_path / "agent.zip", check=None)
     assert_error(res, 2, "not UTF-8", ".tar.gz")
     assert not (tmp_path / "agent.zip").exists()

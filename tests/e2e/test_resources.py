@@ -21,7 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import Result, Sandbox, assert_error, assert_restored, mount, run_phx, wait_past_racy_window
+from e2e_support import (
+    Result,
+    Sandbox,
+    assert_error,
+    assert_restored,
+    mount,
+    retention_only,
+    run_phx,
+    wait_past_racy_window,
+)
 from pause_support import Paused
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
@@ -109,7 +118,7 @@ def test_a_prune_elsewhere_never_makes_a_lockless_read_lie(sandbox: Sandbox, tmp
                 os.utime(p, (aged, aged))
             with Paused(args, env, tmp_path / f"pause-{n}", at="before:read_range:data/") as run:
                 run.wait_paused()
-                sb.write_config(retention={"last": 1})
+                sb.write_config(retention=retention_only(last=1))
                 sb.phx("forget")
                 pruned = sb.phx("prune").out
                 assert "freed 0 B" not in pruned, pruned
