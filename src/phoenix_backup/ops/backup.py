@@ -163,7 +163,7 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
     layout = Layout(cfg.workspace, envx.home)
     plan = source_plan(cfg, scope)
     if plan.walk_files:
-        sel = select(layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional)
+        sel = select(layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional)
     else:
         sel = select(layout, [], cfg.exclude, plan.databases)
         # Databases only: drop the workspace walk that an empty include list implies.
@@ -241,7 +241,7 @@ def _plan(sel: Selection, layout: Layout, when: datetime, scope: Scope, cfg: Con
     planned += [PlannedItem(job.logical, job.engine, 0) for job in db_backup.database_jobs(cfg, scope)]
     files = sum(1 for p in planned if p.kind in ("file", "sqlite", "symlink"))
     unreadable = [(layout.to_logical(Path(path)), "dir", 0) for path, _message in sel.errors]
-    components = plan_components(cfg, layout, [(p.path, p.kind, p.size) for p in planned] + unreadable)
+    components = plan_components(cfg, layout, [(p.path, p.kind, p.size) for p in planned] + unreadable, sel.followed)
     return BackupResult(
         id=None,
         name=None,
@@ -299,7 +299,21 @@ def _snapshot(
 
 
 def _missing_warnings(cfg: Config, sel: Selection) -> list[str]:
-    return [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+    out = [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+    out += [
+        f"{raw} goes through the symlink {link}, which is saved as a link and never followed (skipped); "
+        "add the folder it points to to `include` to save what is there"
+        for raw, link in sel.behind_links
+    ]
+    overridden = list(dict.fromkeys(sel.overridden))
+    if overridden:
+        more = f" and {len(overridden) - 5} more" if len(overridden) > 5 else ""
+        shown = ", ".join(overridden[:5]) + more
+        out.append(
+            f"`exclude` matches component paths, which were saved all the same ({shown}): a backup saves "
+            "every component whole; to leave one of them out, remove it from `components`"
+        )
+    return out
 
 
 def _record_state(

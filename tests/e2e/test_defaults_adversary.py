@@ -1,0 +1,191 @@
+"""Issue 16, tried by an adversary: a careless user and a hostile environment against each of its
+guarantees, through the `phx` command.
+
+- A full backup saves every component whatever `include` *and* `exclude` say, when the workspace
+  is a symlink, and when a component's own path is a symlink to where the data really lives.
+- What cannot be read stays named until a good full backup: a narrower backup does not turn
+  `status` green; a restore over an unreadable file is one error, not a traceback.
+- `latest` is never a snapshot dated in the future while one of the present exists.
+- Retention never forgets the newest complete snapshot because newer ones are partial.
+- A dry run writes nothing: not the state file, not a notification.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from e2e_support import Sandbox, assert_restored, sha256_file
+from test_defaults import as_init_writes_it, state_file
+
+from phoenix_backup.config.defaults import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+
+IDENTITY = (
+    "SOUL.md",
+    "IDENTITY.md",
+    "USER.md",
+    "AGENTS.md",
+    "HEARTBEAT.md",
+    "CONTEMPLATION.md",
+    "TOOLS.md",
+    ".argent-alignment-integrity.json",
+)
+
+
+def saved_paths(sb: Sandbox, ref: str) -> dict[str, dict[str, Any]]:
+    return {e["path"]: e for e in sb.phx("ls", ref, "--json").json()["entries"]}
+
+
+def memory_notes(sb: Sandbox, folder: Path | None = None) -> dict[str, str]:
+    base = folder or sb.workspace / "memory"
+    return {p.name: sha256_file(p) for p in sorted(base.glob("*.md"))}
+
+
+# -- components against `exclude` -------------------------------------------------------------
+
+
+def test_an_exclude_never_drops_a_component(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`exclude: ["*.md", "*.json", "memory/"]` (meant for scripts/ and caches) took every identity
+    file, every memory note, the agent's config and Phoenix's own out of the full backup, exit 0,
+    and the dry run called them "not present here"."""
+    sb = sandbox
+    as_init_writes_it(sb, exclude=[*DEFAULT_EXCLUDE, "*.md", "*.json", "memory/", "config/"])
+    notes = memory_notes(sb)
+    assert notes
+
+    dry = sb.phx("backup", "--dry-run", "--json").json()
+    components = dry["components"]
+    assert components["identity"]["absent"] == [], components["identity"]
+    assert components["identity"]["count"] == len(IDENTITY)
+    assert {f"workspace/memory/{n}" for n in notes} <= set(components["memory"]["paths"])
+    text = sb.phx("backup", "--dry-run").out
+    assert "not present here" not in text, text
+
+    res = sb.phx("backup", "--json")
+    doc = res.json()
+    saved = saved_paths(sb, doc["id"])
+    for name in IDENTITY:
+        assert f"workspace/{name}" in saved, f"the exclude dropped the component file {name}"
+    for name in notes:
+        assert f"workspace/memory/{name}" in saved, f"the exclude dropped the memory note {name}"
+    assert {"workspace/MEMORY.md", "workspace/config/models.json", "home/.argentos/argent.json"} <= set(saved)
+    # Saying so: the exclude matched component paths, which were saved anyway.
+    said = [w for w in doc["warnings"] if "exclude" in w]
+    assert said and "workspace/SOUL.md" in said[0] and "components" in said[0], doc["warnings"]
+    # Outside the components the exclude still applies.
+    assert "workspace/scripts/daily-reflection.sh" in saved
+    (sb.workspace / "scripts" / "README.md").write_text("excluded by *.md, no component\n")
+    assert "workspace/scripts/README.md" not in saved_paths(sb, sb.backup()["id"])
+
+    dest = tmp_path / "r"
+    sb.restore_to(doc["id"], dest)
+    for name in IDENTITY:
+        assert (dest / "workspace" / name).read_bytes() == (sb.workspace / name).read_bytes()
+    assert memory_notes(sb, dest / "workspace" / "memory") == notes
+
+
+# -- symlinks ----------------------------------------------------------------------------------
+
+
+def test_a_workspace_that_is_a_symlink_is_saved_whole(sandbox: Sandbox, tmp_path: Path) -> None:
+    """~/argent -> /data/argent (another disk), with `include: []` (the whole workspace): the full
+    backup saved the link alone, no identity file, no memory note, exit 0, with no warning."""
+    sb = sandbox
+    assert sb.config["include"] == [], "the whole workspace"
+    state = sb.state()
+    real = sb.root / "data-disk" / "argent"
+    real.parent.mkdir()
+    sb.workspace.rename(real)
+    sb.workspace.symlink_to(real)
+
+    dry = sb.phx("backup", "--dry-run", "--json").json()
+    assert dry["components"]["identity"]["count"] == len(IDENTITY), dry["components"]["identity"]
+    doc = sb.backup()
+    saved = saved_paths(sb, doc["id"])
+    assert saved["workspace"]["type"] == "dir", saved.get("workspace")
+    for name in (*IDENTITY, "MEMORY.md", "debug.log"):
+        assert f"workspace/{name}" in saved, f"{name} is not in the snapshot of a linked workspace"
+    assert doc["warnings"] == [], doc["warnings"]
+
+    dest = tmp_path / "r"
+    sb.restore_to(doc["id"], dest)
+    assert_restored(state, dest, "restore of a linked workspace")
+
+
+def test_a_component_that_is_a_symlink_saves_what_it_points_to(sandbox: Sandbox, tmp_path: Path) -> None:
+    """memory/ -> a synced folder elsewhere, SOUL.md -> a file elsewhere: the backup saved two
+    links and no note, said "memory/*.md does not exist (skipped)" and the dry run called memory/
+    "not present here", exit 0. A restore on a new machine gave back two dangling links."""
+    sb = sandbox
+    as_init_writes_it(sb)
+    elsewhere = sb.root / "synced"
+    elsewhere.mkdir()
+    notes = memory_notes(sb)
+    soul = (sb.workspace / "SOUL.md").read_bytes()
+    (sb.workspace / "memory").rename(elsewhere / "memory")
+    (sb.workspace / "memory").symlink_to(elsewhere / "memory")
+    (sb.workspace / "SOUL.md").rename(elsewhere / "SOUL.md")
+    (sb.workspace / "SOUL.md").symlink_to(Path("..", "..", "synced", "SOUL.md"))  # relative
+
+    dry = sb.phx("backup", "--dry-run", "--json")
+    memory = dry.json()["components"]["memory"]
+    assert "memory/" not in memory["absent"], memory
+    target = "root" + (elsewhere / "memory").as_posix()
+    assert {f"{target}/{n}" for n in notes} <= set(memory["paths"]), memory["paths"]
+
+    res = sb.phx("backup", "--json")
+    doc = res.json()
+    assert not [w for w in doc["warnings"] if "does not exist" in w], doc["warnings"]
+    saved = saved_paths(sb, doc["id"])
+    assert saved["workspace/memory"]["type"] == "symlink" and saved["workspace/SOUL.md"]["type"] == "symlink"
+    for name in notes:
+        assert f"{target}/{name}" in saved, f"memory note {name} behind the link was not saved"
+    assert "root" + (elsewhere / "SOUL.md").as_posix() in saved
+
+    # A new machine: what the links point to comes back beside them.
+    dest = tmp_path / "r"
+    sb.restore_to(doc["id"], dest)
+    assert memory_notes(sb, dest / target) == notes
+    assert (dest / ("root" + (elsewhere / "SOUL.md").as_posix())).read_bytes() == soul
+    assert os.readlink(dest / "workspace" / "memory") == str(elsewhere / "memory")
+
+    # In place, one component: a note lost from the synced folder comes back there, behind the
+    # same link, and so does SOUL.md.
+    lost = sorted(notes)[0]
+    (elsewhere / "memory" / lost).unlink()
+    sb.phx("restore", "--latest", "--memory-only", "--yes")
+    assert memory_notes(sb) == notes and (sb.workspace / "memory").is_symlink()
+    (elsewhere / "SOUL.md").write_text("overwritten by mistake\n")
+    sb.phx("restore", "--latest", "--identity-only", "--yes")
+    assert (sb.workspace / "SOUL.md").read_bytes() == soul and (sb.workspace / "SOUL.md").is_symlink()
+
+
+def test_a_broken_or_looping_component_link_is_named(sandbox: Sandbox) -> None:
+    sb = sandbox
+    as_init_writes_it(sb)
+    (sb.workspace / "TOOLS.md").unlink()
+    (sb.workspace / "TOOLS.md").symlink_to(sb.root / "unmounted" / "TOOLS.md")
+    (sb.workspace / "HEARTBEAT.md").unlink()
+    (sb.workspace / "HEARTBEAT.md").symlink_to("HEARTBEAT.md")  # points at itself: ELOOP
+    res = sb.phx("backup", "--json", check=3)
+    doc = res.json()
+    incomplete = {i["path"]: i["error"] for i in doc["incomplete"]}
+    assert set(incomplete) == {"workspace/HEARTBEAT.md"}, incomplete
+    assert "symbolic links" in incomplete["workspace/HEARTBEAT.md"]
+    dangling = [w for w in doc["warnings"] if "TOOLS.md" in w]
+    assert dangling and "does not exist" in dangling[0] and str(sb.root / "unmounted") in dangling[0], doc["warnings"]
+    assert state_file(sb)["partial"] is True
+
+
+def test_include_behind_a_link_is_not_called_missing(sandbox: Sandbox) -> None:
+    """An include below a symlinked folder that is no component: the link is saved as a link, and
+    the warning says so instead of "does not exist"."""
+    sb = sandbox
+    elsewhere = sb.root / "scripts-elsewhere"
+    (sb.workspace / "scripts").rename(elsewhere)
+    (sb.workspace / "scripts").symlink_to(elsewhere)
+    as_init_writes_it(sb, include=[*DEFAULT_INCLUDE, "scripts/*.sh"])
+    res = sb.phx("backup")
+    assert "does not exist" not in res.out, res
+    assert "scripts/*.sh" in res.out and "symlink" in res.out, res
