@@ -12,12 +12,16 @@ guarantees, through the `phx` command.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from e2e_support import Sandbox, assert_restored, sha256_file
 from test_defaults import as_init_writes_it, state_file
+from test_notify import Receiver
+from test_unreadable_file import unprivileged
 
 from phoenix_backup.config.defaults import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 
@@ -189,3 +193,63 @@ def test_include_behind_a_link_is_not_called_missing(sandbox: Sandbox) -> None:
     res = sb.phx("backup")
     assert "does not exist" not in res.out, res
     assert "scripts/*.sh" in res.out and "symlink" in res.out, res
+
+
+# -- what could not be saved stays named -------------------------------------------------------
+
+
+def test_a_narrower_backup_does_not_turn_status_green(make_sandbox: Callable[..., Sandbox], public_tmp: Path) -> None:
+    """memory/ unreadable: the full backup was partial (exit 3), then `backup --identity-only`
+    succeeded and `phx status` said ok, exit 0, though no backup has held the memory notes since."""
+    sb = make_sandbox(root=public_tmp / "sb")
+    as_init_writes_it(sb)
+    prefix, who = unprivileged(public_tmp)
+    print(f"running phx as {who}")
+    memory = sb.workspace / "memory"
+    memory.chmod(0o000)
+    sb.prefix = prefix
+    try:
+        sb.phx("backup", check=3)
+        sb.phx("backup", "--identity-only")
+        status = sb.phx("status", check=1)
+        doc = sb.phx("status", "--json", check=1).json()
+        doctor = {c["name"]: c for c in sb.phx("doctor", "--json", check=None).json()["checks"] if c["status"] != "ok"}
+    finally:
+        sb.prefix = ()
+        memory.chmod(0o755)
+    assert doc["ok"] is False, doc
+    said = [w for w in doc["warnings"] if "full backup" in w]
+    assert said and "workspace/memory" in said[0] and "partial" in said[0], doc["warnings"]
+    assert "workspace/memory" in status.out, status
+    assert "workspace/memory" in json.dumps(doctor), doctor
+    assert state_file(sb)["lastFull"]["partial"] is True
+
+    # A good full backup, and only that, turns it green.
+    sb.phx("backup", "--memory-only")
+    assert sb.phx("status", "--json", check=1).json()["ok"] is False
+    sb.phx("backup")
+    assert sb.phx("status", "--json", check=None).json()["ok"] is True
+
+
+def test_a_dry_run_writes_no_state_and_sends_nothing(backed_up: Sandbox) -> None:
+    """A dry run of a backup whose workspace is missing (a disk not mounted) wrote a failure into
+    the state file and sent a failure notification, though it promises to write nothing."""
+    sb = backed_up
+    receiver = Receiver()
+    try:
+        sb.write_config(notifications={"enabled": True, "urls": [receiver.url()]})
+        sb.phx("backup")
+        before = state_file(sb)
+        sent = len(receiver.received)
+        moved = sb.workspace.with_name("moved")
+        sb.workspace.rename(moved)
+        try:
+            res = sb.phx("backup", "--dry-run", check=1)
+        finally:
+            moved.rename(sb.workspace)
+        assert "does not exist" in res.err
+        assert state_file(sb) == before, "a dry run changed the state file"
+        assert len(receiver.received) == sent, receiver.received[sent:]
+    finally:
+        receiver.stop()
+    assert sb.phx("status", "--json", check=None).json()["ok"] is True

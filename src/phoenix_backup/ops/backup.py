@@ -195,7 +195,10 @@ def backup(
         # After the commit point: later steps (replication, retention, notification) report into
         # `result` and never undo the snapshot.
     except Exception as exc:
-        # Any failure is recorded and alerts, a repository that cannot even be opened included.
+        # Any failure is recorded and alerts, a repository that cannot even be opened included;
+        # a dry run writes nothing, not even that.
+        if dry_run:
+            raise
         _record_state(cfg, envx, started, scope, None, exc)
         _notify(cfg, envx, BackupEvent(ok=False, scope=scope, duration=time.time() - started, errors=(str(exc),)))
         raise
