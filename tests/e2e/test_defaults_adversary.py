@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Sandbox, assert_restored, sha256_file
+from e2e_support import Sandbox, assert_error, assert_restored, sha256_file
 from test_defaults import as_init_writes_it, state_file
 from test_notify import Receiver
 from test_unreadable_file import unprivileged
@@ -253,3 +253,35 @@ def test_a_dry_run_writes_no_state_and_sends_nothing(backed_up: Sandbox) -> None
     finally:
         receiver.stop()
     assert sb.phx("status", "--json", check=None).json()["ok"] is True
+
+
+def test_a_restore_over_an_unreadable_file_is_one_error(make_sandbox: Callable[..., Sandbox], public_tmp: Path) -> None:
+    """A live file the user cannot read (mode 000): `restore --latest --dry-run` and the restore
+    itself ended in a PermissionError traceback while planning."""
+    sb = make_sandbox(root=public_tmp / "sb")
+    sb.backup()
+    prefix, who = unprivileged(public_tmp)
+    print(f"running phx as {who}")
+    locked = sb.home / ".argentos" / "argent.json"
+    before = locked.read_bytes()
+    changed = before.replace(b"{", b" ", 1)  # the same size: only its bytes tell it apart
+    locked.write_bytes(changed)
+    locked.chmod(0o000)
+    dest = public_tmp / "to"
+    dest.mkdir()
+    (dest / "workspace").mkdir()
+    (dest / "workspace" / "SOUL.md").write_bytes(b"x" * (sb.workspace / "SOUL.md").stat().st_size)
+    (dest / "workspace" / "SOUL.md").chmod(0o000)
+    sb.prefix = prefix
+    try:
+        plan = sb.phx("restore", "--latest", "--dry-run", "--json").json()
+        res = sb.phx("restore", "--latest", "--yes", check=None)
+        to = sb.phx("restore", "--latest", "--to", dest, "--dry-run", "--json").json()
+    finally:
+        sb.prefix = ()
+        locked.chmod(0o644)
+    actions = {i["path"]: i["action"] for i in plan["items"]}
+    assert actions["home/.argentos/argent.json"] == "overwrite", actions
+    assert {i["path"]: i["action"] for i in to["items"]}["workspace/SOUL.md"] == "overwrite"
+    assert_error(res, 1, "home/.argentos/argent.json", "safety snapshot", "Permission denied")
+    assert locked.read_bytes() == changed != before, "a refused restore changed the file"

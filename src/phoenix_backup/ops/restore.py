@@ -222,6 +222,15 @@ def _link_targets(snap: Snapshot, links: list[tuple[str, Node]]) -> set[str]:
     return out
 
 
+def _digest(path: Path) -> str | None:
+    """The SHA-256 of a file in the way, or None when it cannot be read (mode 000): then it is
+    overwritten, and the safety snapshot, which must save it first, names the problem."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
 class _ScopeFilter:
     """A restore's scope (component) and `--path` globs, applied to logical paths."""
 
@@ -577,12 +586,12 @@ class _Restore:
         action: Action = "overwrite"
         metadata = False
         if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
-            if sha256_file(target) == node.sha256 and not _grants_privilege(node, st):
+            if _digest(target) == node.sha256 and not _grants_privilege(node, st):
                 action = "unchanged"
                 metadata = stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
         elif node.type == "sqlite" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
             # New commits of a WAL database live in its -wal: the .db alone says nothing then.
-            if not _pending_journal(target) and sha256_file(target) == node.sha256:
+            if not _pending_journal(target) and _digest(target) == node.sha256:
                 action = "unchanged"
         elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
             action = "unchanged"
