@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +286,26 @@ def test_a_restore_over_an_unreadable_file_is_one_error(make_sandbox: Callable[.
     assert {i["path"]: i["action"] for i in to["items"]}["workspace/SOUL.md"] == "overwrite"
     assert_error(res, 1, "home/.argentos/argent.json", "safety snapshot", "Permission denied")
     assert locked.read_bytes() == changed != before, "a refused restore changed the file"
+
+
+# -- `latest` ----------------------------------------------------------------------------------
+
+
+def test_latest_is_never_a_snapshot_from_the_future(backed_up: Sandbox, tmp_path: Path) -> None:
+    """One backup taken while the clock said 2030 (a dead RTC battery, or `--time`): every later
+    `restore --latest`, `drill`, `dump latest` took that stale snapshot, silently, until 2030."""
+    sb = backed_up
+    ahead = (datetime.now().astimezone() + timedelta(days=400)).replace(microsecond=0)
+    stale = sb.backup("--time", ahead.isoformat())
+    (sb.workspace / "MEMORY.md").write_text("written after the clock was fixed\n")
+    present = sb.backup()
+
+    for args in (("ls", "latest"), ("restore", "--latest", "--dry-run"), ("drill", "--scratch", tmp_path)):
+        res = sb.phx(*args, "--json")
+        doc = res.json()
+        got = doc["snapshot"] if isinstance(doc["snapshot"], str) else doc["snapshot"]["id"]
+        assert got == present["id"], f"`latest` of {args[0]} is {got[:8]}, not the newest of the present"
+        assert stale["id"][:8] in res.err and "ahead of this clock" in res.err, res
+    assert sb.phx("dump", "latest", "MEMORY.md").out == "written after the clock was fixed\n"
+    # Named, it is still there.
+    assert sb.phx("ls", stale["id"], "--json").json()["snapshot"] == stale["id"]

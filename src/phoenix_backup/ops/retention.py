@@ -35,16 +35,13 @@ from typing import Protocol
 
 from phoenix_backup.config import Retention
 from phoenix_backup.errors import ConfigError, RetentionRefused
+from phoenix_backup.repo.snapshot import FUTURE_SLACK
 
 SAFETY_TAG = "pre-restore"
 # The rules that count periods, in restic's order (which is also the order reasons are listed in).
 COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 _DURATION_PART = re.compile(r"([0-9]+)([ymdh])")
-
-# How far ahead of the clock a snapshot may be dated before it counts as "from the future": clocks
-# of one host drift by seconds, not minutes.
-FUTURE_SLACK = timedelta(minutes=5)
 
 
 class Candidate(Protocol):
