@@ -309,3 +309,42 @@ def test_latest_is_never_a_snapshot_from_the_future(backed_up: Sandbox, tmp_path
     assert sb.phx("dump", "latest", "MEMORY.md").out == "written after the clock was fixed\n"
     # Named, it is still there.
     assert sb.phx("ls", stale["id"], "--json").json()["snapshot"] == stale["id"]
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def test_retention_keeps_the_newest_complete_snapshot(make_sandbox: Callable[..., Sandbox], public_tmp: Path) -> None:
+    """memory/ became unreadable; the daily backups went on, partial (exit 3), and `daily: 2`
+    forgot the last snapshot that held the memory notes: no snapshot held them any more, and
+    `restore --latest` had nothing to restore."""
+    from e2e_support import retention_only
+    from test_prune_forget import day
+
+    sb = make_sandbox(root=public_tmp / "sb")
+    sb.write_config(retention=retention_only(daily=2, prune=False))
+    good = sb.backup("--time", day(6))
+    prefix, who = unprivileged(public_tmp)
+    print(f"running phx as {who}")
+    memory = sb.workspace / "memory"
+    memory.chmod(0o000)
+    sb.prefix = prefix
+    try:
+        for n in (5, 4, 3, 2):
+            sb.backup("--time", day(n), check=3)
+    finally:
+        sb.prefix = ()
+        memory.chmod(0o755)
+    kept = [s["id"] for s in sb.snapshots()]
+    assert good["id"] in kept, "retention forgot the only snapshot holding the memory notes"
+    assert len(kept) == 3, kept  # the good one, and the two daily ones
+    plan = sb.phx("forget", "--dry-run", "--json").json()["targets"]["local"]["snapshots"]
+    reasons = next(s for s in plan if s["id"] == good["id"])["reasons"]
+    assert [r["rule"] for r in reasons] == ["complete"], reasons
+    assert "newest complete" in sb.phx("forget", "--dry-run").out
+    res = sb.phx("restore", "--latest", "--dry-run", "--json").json()
+    assert res["snapshot"] == good["id"]
+
+    # Once a complete backup is newer, the old one goes by the rules again.
+    sb.backup("--time", day(1))
+    assert good["id"] not in {s["id"] for s in sb.snapshots()}
