@@ -348,3 +348,22 @@ def test_retention_keeps_the_newest_complete_snapshot(make_sandbox: Callable[...
     # Once a complete backup is newer, the old one goes by the rules again.
     sb.backup("--time", day(1))
     assert good["id"] not in {s["id"] for s in sb.snapshots()}
+
+
+# -- no repository on a missing disk -------------------------------------------------------------
+
+
+def test_status_and_doctor_never_advise_a_repository_on_the_root_disk(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The USB disk is not mounted: `phx doctor` advised "run `phx init` (or `phx backup`, which
+    creates it)" (a backup no longer does; init would put a new repository on the root disk) and
+    `phx status` only "create it with `phx init`"; neither said the disk may not be mounted."""
+    sb = sandbox
+    repo = tmp_path / "media" / "usb" / "argent"
+    sb.write_config(backupDir=str(repo))
+    status = sb.phx("status", "--json", check=1).json()["targets"]["local"]["error"]
+    checks = sb.phx("doctor", "--json", check=1).json()["checks"]
+    doctor = next(c for c in checks if c["name"] == "target local")
+    for said in (status, doctor["message"] + " " + (doctor.get("fix") or "")):
+        assert "not mounted" in said and str(repo) in said and "phx init" in said, said
+        assert "phx backup" not in said, said
+    assert not (tmp_path / "media").exists()

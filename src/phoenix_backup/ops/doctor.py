@@ -468,13 +468,9 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: R
             try:
                 repo = open_target(cfg, envx, name)
             except RepositoryNotFound as exc:
-                message, _, _fix = str(exc).partition("; ")
-                result.add(
-                    check,
-                    "fail",
-                    message,
-                    "run `phx init` (or `phx backup`, which creates it), or fix the target's path",
-                )
+                # Its fix names the disk that may not be mounted: only `phx init` creates it.
+                message, _, fix = str(exc).partition("; ")
+                result.add(check, "fail", message, f"{fix}, or fix the target's path")
                 continue
             except (MissingCredentials, WrongPassphrase):
                 result.add(

@@ -18,7 +18,7 @@ from typing import Any
 from phoenix_backup import schedule
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.ops.context import Environment, enabled_targets, no_repository, open_repository, target_backend
 from phoenix_backup.schedule.spec import ScheduleSpec
 from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 
@@ -208,9 +208,11 @@ def _inspect_target(cfg: Config, envx: Environment, target: TargetStatus) -> Non
         backend = target_backend(cfg, envx, target.name)
         try:
             if not backend.exists():
-                first = target.name == enabled_targets(cfg)[0]
-                fix = "create it with `phx init`" if first else "the next backup or `phx sync` copies it there"
-                target.error = f"no repository there yet; {fix}"
+                if target.name == enabled_targets(cfg)[0]:
+                    # Perhaps a disk that is not mounted: never only "run `phx init`".
+                    target.error = no_repository(backend, target.name, first=True)
+                else:
+                    target.error = "no repository there yet; the next backup or `phx sync` copies it there"
                 return
             infos = [i for prefix in ("data/", "index/", "snapshots/", "keys/") for i in backend.list(prefix)]
             target.stored = sum(i.size for i in infos) + (_size(backend, "config"))
