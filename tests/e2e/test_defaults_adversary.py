@@ -367,3 +367,27 @@ def test_status_and_doctor_never_advise_a_repository_on_the_root_disk(sandbox: S
         assert "not mounted" in said and str(repo) in said and "phx init" in said, said
         assert "phx backup" not in said, said
     assert not (tmp_path / "media").exists()
+
+
+# -- what init writes ------------------------------------------------------------------------------
+
+
+def test_init_takes_relative_paths_from_where_it_runs(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`cd ~ && phx init --workspace argent --repo backups/argent`: init wrote the paths as given,
+    which a config reads from its own folder: the workspace became ~/.argentos/argent (the next
+    steps said to `mkdir -p` it, and backups of that empty folder then passed) and the repository
+    landed in ~/.argentos/backups/argent."""
+    from e2e_support import run_phx
+
+    sb = sandbox
+    home = tmp_path / "home"
+    (home / "argent").mkdir(parents=True)
+    (home / "argent" / "SOUL.md").write_text("the real workspace\n")
+    env = sb.env_with(HOME=str(home), PHX_CONFIG=None)
+    res = run_phx(["init", "--workspace", "argent", "--repo", "backups/argent"], env, cwd=home)
+    assert "does not exist" not in res.out + res.err, res
+    written = json.loads((home / ".argentos" / "backup.json").read_text())
+    assert written["workspace"] == str(home / "argent") and written["backupDir"] == str(home / "backups" / "argent")
+    assert (home / "backups" / "argent" / "config").is_file() and not (home / ".argentos" / "backups").exists()
+    doc = run_phx(["backup", "--json"], env, cwd=tmp_path).json()
+    assert "workspace/SOUL.md" in {e["path"] for e in run_phx(["ls", doc["id"], "--json"], env).json()["entries"]}
