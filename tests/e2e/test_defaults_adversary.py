@@ -391,3 +391,17 @@ def test_init_takes_relative_paths_from_where_it_runs(sandbox: Sandbox, tmp_path
     assert (home / "backups" / "argent" / "config").is_file() and not (home / ".argentos" / "backups").exists()
     doc = run_phx(["backup", "--json"], env, cwd=tmp_path).json()
     assert "workspace/SOUL.md" in {e["path"] for e in run_phx(["ls", doc["id"], "--json"], env).json()["entries"]}
+
+
+def test_a_workspace_without_any_identity_file_is_warned_about(sandbox: Sandbox, tmp_path: Path) -> None:
+    """init's next steps say `mkdir -p WORKSPACE` when it does not exist; a user whose agent lives
+    elsewhere follows them, and every backup of that empty folder passed, exit 0, without a word."""
+    sb = sandbox
+    empty = tmp_path / "argent"
+    empty.mkdir()
+    sb.write_config(workspace=str(empty))
+    for args in (("backup", "--dry-run"), ("backup",), ("backup", "--identity-only")):
+        res = sb.phx(*args)
+        said = [line for line in res.out.splitlines() if "identity" in line and "warning" in line]
+        assert said and str(empty) in said[0] and "SOUL.md" in said[0] and "workspace" in said[0], res
+    assert "identity" not in sb.phx("backup", "--memory-only").out

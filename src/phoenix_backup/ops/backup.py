@@ -36,7 +36,7 @@ from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.replicate import commit_first_target, replicate_all
-from phoenix_backup.ops.scope import ComponentPlan, Scope, plan_components, source_plan
+from phoenix_backup.ops.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
@@ -257,7 +257,7 @@ def _plan(sel: Selection, layout: Layout, when: datetime, scope: Scope, cfg: Con
         databases=[],
         targets={},
         incomplete=[{"path": layout.to_logical(Path(p)), "error": m} for p, m in sel.errors],
-        warnings=_missing_warnings(cfg, sel),
+        warnings=_missing_warnings(cfg, sel, layout, scope),
         dry_run=True,
         planned=planned,
         duration=time.time() - started,
@@ -296,13 +296,20 @@ def _snapshot(
         result.warnings += [f"clock: {n}" for n in result.retention.notices]
     finally:
         repo.close()
-    result.warnings[:0] = _missing_warnings(cfg, sel)
+    result.warnings[:0] = _missing_warnings(cfg, sel, layout, scope)
     result.duration = time.time() - started
     return result
 
 
-def _missing_warnings(cfg: Config, sel: Selection) -> list[str]:
+def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope) -> list[str]:
     out = [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+    identity = LogicalMatcher.for_patterns(cfg.components.identity, layout)
+    if scope in ("full", "identity") and not any(identity.matches(logical) for logical in sel.entries):
+        # Each identity file may be absent on its own; none at all is a workspace set wrong.
+        out.append(
+            f"the workspace {cfg.workspace} holds no identity file ({', '.join(cfg.components.identity[:4])}, ...): "
+            f"is it the agent's workspace? fix `workspace` in {cfg.source or 'the config'} if not"
+        )
     out += [
         f"{raw} goes through the symlink {link}, which is saved as a link and never followed (skipped); "
         "add the folder it points to to `include` to save what is there"
