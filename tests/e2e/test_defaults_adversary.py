@@ -405,3 +405,40 @@ def test_a_workspace_without_any_identity_file_is_warned_about(sandbox: Sandbox,
         said = [line for line in res.out.splitlines() if "identity" in line and "warning" in line]
         assert said and str(empty) in said[0] and "SOUL.md" in said[0] and "workspace" in said[0], res
     assert "identity" not in sb.phx("backup", "--memory-only").out
+
+
+def test_an_unreadable_database_never_has_its_journal_saved_as_files(
+    make_sandbox: Callable[..., Sandbox], public_tmp: Path
+) -> None:
+    """agent.db (WAL mode, a commit still in its -wal) with mode 000: the backup named agent.db as
+    not saved, but saved agent.db-wal and agent.db-shm as plain files, which an in-place restore
+    would then write beside the live database (a stale WAL replayed onto newer pages)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    sb = make_sandbox(root=public_tmp / "sb")
+    db = sb.workspace / "agent.db"
+    writer = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1]); c.execute('pragma journal_mode=wal')\n"
+        "c.execute('pragma wal_autocheckpoint=0'); c.execute('create table t(x)')\n"
+        "c.execute(\"insert into t values ('only in the wal')\"); c.commit(); os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(db)], check=True)
+    assert Path(f"{db}-wal").stat().st_size > 0, "the commit should still be in the -wal"
+    prefix, who = unprivileged(public_tmp)
+    print(f"running phx as {who}")
+    db.chmod(0o000)
+    sb.prefix = prefix
+    try:
+        doc = sb.backup(check=3)
+    finally:
+        sb.prefix = ()
+        db.chmod(0o644)
+    assert [i["path"] for i in doc["incomplete"]] == ["workspace/agent.db"], doc["incomplete"]
+    saved = saved_paths(sb, doc["id"])
+    assert not [p for p in saved if p.startswith("workspace/agent.db")], sorted(saved)
+    con = sqlite3.connect(db)
+    assert con.execute("select x from t").fetchall() == [("only in the wal",)]
+    con.close()

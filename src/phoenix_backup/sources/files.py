@@ -279,7 +279,22 @@ def _excluded_between(exclude: ExcludeSet, top: Path, path: Path) -> bool:
 
 def _is_companion(path: Path) -> bool:
     name = path.name
-    return any(name.endswith(suffix) and is_sqlite_file(path.with_name(name[: -len(suffix)])) for suffix in COMPANIONS)
+    for suffix in COMPANIONS:
+        if name.endswith(suffix):
+            base = path.with_name(name[: -len(suffix)])
+            # A database that cannot be read is still a database: its journal is never a file.
+            if is_sqlite_file(base) or (base.name.endswith(SQLITE_SUFFIXES) and _unreadable(base)):
+                return True
+    return False
+
+
+def _unreadable(path: Path) -> bool:
+    """Whether `path` exists but this user may not read it (mode 000, say)."""
+    try:
+        with open(path, "rb"):
+            return False
+    except OSError as exc:
+        return exc.errno in (errno.EACCES, errno.EPERM)
 
 
 def _root_base(layout: Layout, path: Path) -> Path:
