@@ -442,3 +442,18 @@ def test_an_unreadable_database_never_has_its_journal_saved_as_files(
     con = sqlite3.connect(db)
     assert con.execute("select x from t").fetchall() == [("only in the wal",)]
     con.close()
+
+
+def test_a_backup_never_saves_its_own_repository_or_cache(sandbox: Sandbox) -> None:
+    """`phx init --repo ~/argent/backups` with the whole workspace included: every backup saved
+    the repository into itself (the second snapshot held the first's packs, its lock files and
+    snapshot objects, which an in-place restore would write back), and the cache with it."""
+    sb = sandbox
+    sb.env["PHX_CACHE_DIR"] = str(sb.workspace / ".cache" / "phoenix")
+    sb.reinit(backupDir=str(sb.workspace / "backups"))
+    first = sb.backup()
+    second = sb.backup()
+    for doc in (first, second):
+        inside = [p for p in saved_paths(sb, doc["id"]) if p.startswith(("workspace/backups", "workspace/.cache/"))]
+        assert inside == [], inside[:5]
+    assert second["size"] == first["size"], (first["size"], second["size"])

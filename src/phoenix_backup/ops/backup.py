@@ -22,6 +22,7 @@ from typing import Any
 
 from phoenix_backup import __version__
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
@@ -37,7 +38,7 @@ from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, 
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.replicate import commit_first_target, replicate_all
 from phoenix_backup.ops.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
-from phoenix_backup.repo.cache import Cache
+from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
@@ -162,8 +163,14 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
         )
     layout = Layout(cfg.workspace, envx.home)
     plan = source_plan(cfg, scope)
+    # Never the repository into itself, nor the cache (its temporary database copies).
+    own = [Path(envx.env.get("PHX_CACHE_DIR") or cache_root()), data_dir(envx.env)]
+    if cfg.targets.local.enabled:
+        own.append(cfg.repository_path)
     if plan.walk_files:
-        sel = select(layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional)
+        sel = select(
+            layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional, skip=own
+        )
     else:
         sel = select(layout, [], cfg.exclude, plan.databases)
         # Databases only: drop the workspace walk that an empty include list implies.

@@ -69,6 +69,7 @@ def select(
     detect_databases: bool = True,
     optional: Iterable[str] = (),
     keep: Iterable[str] = (),
+    skip: Iterable[Path] = (),
 ) -> Selection:
     """Walk the includes; `databases` are added (if they exist) whether or not they are included.
     Includes in `optional` that match nothing are not reported as missing.
@@ -77,6 +78,9 @@ def select(
     symlink is saved as a link, and what it points to is saved too, at its own logical path: a
     memory folder kept on another disk and linked into the workspace is still the agent's memory.
     The workspace itself is walked through a symlink (~/argent -> /data/argent).
+
+    Folders in `skip` (Phoenix's own repository and cache) are never saved, whatever includes
+    them: a backup must not store itself.
 
     What exists but cannot be read (a folder without permission) goes into `errors`, never into
     `missing`: "does not exist" is said only of what does not exist."""
@@ -130,7 +134,8 @@ def select(
         roots.append(db)
     # A followed component link is saved with what it points to: nothing behind it is skipped.
     sel.behind_links = [(raw, link) for raw, link in sel.behind_links if Path(link) not in kept]
-    roots = _outermost(roots, db_paths, exclude, layout.workspace, kept)
+    never = {Path(os.path.abspath(p)) for p in skip}
+    roots = [r for r in _outermost(roots, db_paths, exclude, layout.workspace, kept) if not _below(r, never)]
 
     def add(path: Path, st: os.stat_result) -> None:
         if _is_companion(path):
@@ -169,6 +174,8 @@ def select(
                 sel.errors.append((str(cpath), exc.strerror or str(exc)))
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
+            if cpath in never:
+                continue
             keep_it = whole or cpath in kept
             if not keep_it and exclude.excluded(cpath, is_dir):
                 continue
@@ -222,6 +229,10 @@ def _outermost(
             continue
         out.append(root)
     return out
+
+
+def _below(path: Path, folders: set[Path]) -> bool:
+    return path in folders or any(p in folders for p in path.parents)
 
 
 def _link_on_the_way(inc: Include) -> Path | None:
