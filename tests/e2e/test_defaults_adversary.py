@@ -457,3 +457,19 @@ def test_a_backup_never_saves_its_own_repository_or_cache(sandbox: Sandbox) -> N
         inside = [p for p in saved_paths(sb, doc["id"]) if p.startswith(("workspace/backups", "workspace/.cache/"))]
         assert inside == [], inside[:5]
     assert second["size"] == first["size"], (first["size"], second["size"])
+
+
+def test_a_narrow_backup_that_finds_nothing_is_an_error(sandbox: Sandbox) -> None:
+    """`backup --databases-only` with no database configured (or every one missing) made an empty
+    snapshot, exit 0, which then became `latest --scope databases`, and its drill failed."""
+    from e2e_support import assert_error
+
+    sb = sandbox
+    sb.write_config(databases={"sqlite": [str(sb.home / "gone.db")]})
+    assert_error(sb.phx("backup", "--databases-only", check=None), 1, "--databases-only", "gone.db")
+    for name in IDENTITY:
+        (sb.workspace / name).unlink(missing_ok=True)
+    assert_error(sb.phx("backup", "--identity-only", check=None), 1, "--identity-only", "SOUL.md")
+    assert sb.snapshots() == [], "an empty snapshot was made"
+    assert state_file(sb)["success"] is False
+    assert len(sb.phx("backup", "--memory-only", "--json").json()["id"]) == 64

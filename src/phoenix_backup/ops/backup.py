@@ -180,6 +180,15 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             if v.kind == "sqlite"
             or any(e.logical.startswith(k + "/") and e.kind == "sqlite" for e in sel.entries.values())
         }
+    empty = not sel.errors and not any(e.kind != "dir" for e in sel.entries.values())
+    if scope != "full" and empty and not db_backup.database_jobs(cfg, scope):
+        # An empty snapshot would become `latest` of its scope and prove nothing.
+        looked = plan.includes or tuple(str(d) for d in plan.databases) or ("no database is configured",)
+        raise SourceError(
+            f"a --{scope}-only backup found nothing to save ({', '.join(looked)}): nothing was saved; fix "
+            f"{'`databases`' if scope == 'databases' else f'`components.{scope}`'} in "
+            f"{cfg.source or 'the config'}, or run a full backup"
+        )
     return layout, sel
 
 
