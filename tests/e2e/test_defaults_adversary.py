@@ -12,30 +12,44 @@ guarantees, through the `phx` command.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import sqlite3
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Sandbox, assert_error, assert_restored, sha256_file
+from e2e_support import Sandbox, assert_error, assert_restored, retention_only, run_phx, sha256_file
 from test_defaults import as_init_writes_it, state_file
 from test_notify import Receiver
+from test_prune_forget import day
 from test_unreadable_file import unprivileged
 
-from phoenix_backup.config.defaults import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from phoenix_backup.config.defaults import DEFAULT_EXCLUDE, DEFAULT_IDENTITY, DEFAULT_INCLUDE
 
-IDENTITY = (
-    "SOUL.md",
-    "IDENTITY.md",
-    "USER.md",
-    "AGENTS.md",
-    "HEARTBEAT.md",
-    "CONTEMPLATION.md",
-    "TOOLS.md",
-    ".argent-alignment-integrity.json",
-)
+IDENTITY = DEFAULT_IDENTITY
+
+
+@contextlib.contextmanager
+def locked_away(sb: Sandbox, public_tmp: Path, *paths: Path) -> Iterator[None]:
+    """Run the sandbox's `phx` where file modes apply (not as root), `paths` at mode 000 meanwhile."""
+    prefix, who = unprivileged(public_tmp)
+    print(f"running phx as {who}")
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in paths}
+    for p in paths:
+        p.chmod(0o000)
+    sb.prefix = prefix
+    try:
+        yield
+    finally:
+        sb.prefix = ()
+        for p, mode in modes.items():
+            p.chmod(mode)
 
 
 def saved_paths(sb: Sandbox, ref: str) -> dict[str, dict[str, Any]]:
@@ -204,20 +218,12 @@ def test_a_narrower_backup_does_not_turn_status_green(make_sandbox: Callable[...
     succeeded and `phx status` said ok, exit 0, though no backup has held the memory notes since."""
     sb = make_sandbox(root=public_tmp / "sb")
     as_init_writes_it(sb)
-    prefix, who = unprivileged(public_tmp)
-    print(f"running phx as {who}")
-    memory = sb.workspace / "memory"
-    memory.chmod(0o000)
-    sb.prefix = prefix
-    try:
+    with locked_away(sb, public_tmp, sb.workspace / "memory"):
         sb.phx("backup", check=3)
         sb.phx("backup", "--identity-only")
         status = sb.phx("status", check=1)
         doc = sb.phx("status", "--json", check=1).json()
         doctor = {c["name"]: c for c in sb.phx("doctor", "--json", check=None).json()["checks"] if c["status"] != "ok"}
-    finally:
-        sb.prefix = ()
-        memory.chmod(0o755)
     assert doc["ok"] is False, doc
     said = [w for w in doc["warnings"] if "full backup" in w]
     assert said and "workspace/memory" in said[0] and "partial" in said[0], doc["warnings"]
@@ -261,26 +267,18 @@ def test_a_restore_over_an_unreadable_file_is_one_error(make_sandbox: Callable[.
     itself ended in a PermissionError traceback while planning."""
     sb = make_sandbox(root=public_tmp / "sb")
     sb.backup()
-    prefix, who = unprivileged(public_tmp)
-    print(f"running phx as {who}")
     locked = sb.home / ".argentos" / "argent.json"
     before = locked.read_bytes()
     changed = before.replace(b"{", b" ", 1)  # the same size: only its bytes tell it apart
     locked.write_bytes(changed)
-    locked.chmod(0o000)
     dest = public_tmp / "to"
-    dest.mkdir()
-    (dest / "workspace").mkdir()
-    (dest / "workspace" / "SOUL.md").write_bytes(b"x" * (sb.workspace / "SOUL.md").stat().st_size)
-    (dest / "workspace" / "SOUL.md").chmod(0o000)
-    sb.prefix = prefix
-    try:
+    (dest / "workspace").mkdir(parents=True)
+    in_the_way = dest / "workspace" / "SOUL.md"
+    in_the_way.write_bytes(b"x" * (sb.workspace / "SOUL.md").stat().st_size)
+    with locked_away(sb, public_tmp, locked, in_the_way):
         plan = sb.phx("restore", "--latest", "--dry-run", "--json").json()
         res = sb.phx("restore", "--latest", "--yes", check=None)
         to = sb.phx("restore", "--latest", "--to", dest, "--dry-run", "--json").json()
-    finally:
-        sb.prefix = ()
-        locked.chmod(0o644)
     actions = {i["path"]: i["action"] for i in plan["items"]}
     assert actions["home/.argentos/argent.json"] == "overwrite", actions
     assert {i["path"]: i["action"] for i in to["items"]}["workspace/SOUL.md"] == "overwrite"
@@ -318,23 +316,13 @@ def test_retention_keeps_the_newest_complete_snapshot(make_sandbox: Callable[...
     """memory/ became unreadable; the daily backups went on, partial (exit 3), and `daily: 2`
     forgot the last snapshot that held the memory notes: no snapshot held them any more, and
     `restore --latest` had nothing to restore."""
-    from e2e_support import retention_only
-    from test_prune_forget import day
 
     sb = make_sandbox(root=public_tmp / "sb")
     sb.write_config(retention=retention_only(daily=2, prune=False))
     good = sb.backup("--time", day(6))
-    prefix, who = unprivileged(public_tmp)
-    print(f"running phx as {who}")
-    memory = sb.workspace / "memory"
-    memory.chmod(0o000)
-    sb.prefix = prefix
-    try:
+    with locked_away(sb, public_tmp, sb.workspace / "memory"):
         for n in (5, 4, 3, 2):
             sb.backup("--time", day(n), check=3)
-    finally:
-        sb.prefix = ()
-        memory.chmod(0o755)
     kept = [s["id"] for s in sb.snapshots()]
     assert good["id"] in kept, "retention forgot the only snapshot holding the memory notes"
     assert len(kept) == 3, kept  # the good one, and the two daily ones
@@ -377,7 +365,6 @@ def test_init_takes_relative_paths_from_where_it_runs(sandbox: Sandbox, tmp_path
     which a config reads from its own folder: the workspace became ~/.argentos/argent (the next
     steps said to `mkdir -p` it, and backups of that empty folder then passed) and the repository
     landed in ~/.argentos/backups/argent."""
-    from e2e_support import run_phx
 
     sb = sandbox
     home = tmp_path / "home"
@@ -400,10 +387,11 @@ def test_a_workspace_without_any_identity_file_is_warned_about(sandbox: Sandbox,
     empty = tmp_path / "argent"
     empty.mkdir()
     sb.write_config(workspace=str(empty))
-    for args in (("backup", "--dry-run"), ("backup",), ("backup", "--identity-only")):
+    for args in (("backup", "--dry-run"), ("backup",)):
         res = sb.phx(*args)
         said = [line for line in res.out.splitlines() if "identity" in line and "warning" in line]
         assert said and str(empty) in said[0] and "SOUL.md" in said[0] and "workspace" in said[0], res
+    assert_error(sb.phx("backup", "--identity-only", check=None), 1, str(empty), "SOUL.md", "`workspace`")
     assert "identity" not in sb.phx("backup", "--memory-only").out
 
 
@@ -413,9 +401,6 @@ def test_an_unreadable_database_never_has_its_journal_saved_as_files(
     """agent.db (WAL mode, a commit still in its -wal) with mode 000: the backup named agent.db as
     not saved, but saved agent.db-wal and agent.db-shm as plain files, which an in-place restore
     would then write beside the live database (a stale WAL replayed onto newer pages)."""
-    import sqlite3
-    import subprocess
-    import sys
 
     sb = make_sandbox(root=public_tmp / "sb")
     db = sb.workspace / "agent.db"
@@ -427,15 +412,8 @@ def test_an_unreadable_database_never_has_its_journal_saved_as_files(
     )
     subprocess.run([sys.executable, "-c", writer, str(db)], check=True)
     assert Path(f"{db}-wal").stat().st_size > 0, "the commit should still be in the -wal"
-    prefix, who = unprivileged(public_tmp)
-    print(f"running phx as {who}")
-    db.chmod(0o000)
-    sb.prefix = prefix
-    try:
+    with locked_away(sb, public_tmp, db):
         doc = sb.backup(check=3)
-    finally:
-        sb.prefix = ()
-        db.chmod(0o644)
     assert [i["path"] for i in doc["incomplete"]] == ["workspace/agent.db"], doc["incomplete"]
     saved = saved_paths(sb, doc["id"])
     assert not [p for p in saved if p.startswith("workspace/agent.db")], sorted(saved)
@@ -462,7 +440,6 @@ def test_a_backup_never_saves_its_own_repository_or_cache(sandbox: Sandbox) -> N
 def test_a_narrow_backup_that_finds_nothing_is_an_error(sandbox: Sandbox) -> None:
     """`backup --databases-only` with no database configured (or every one missing) made an empty
     snapshot, exit 0, which then became `latest --scope databases`, and its drill failed."""
-    from e2e_support import assert_error
 
     sb = sandbox
     sb.write_config(databases={"sqlite": [str(sb.home / "gone.db")]})

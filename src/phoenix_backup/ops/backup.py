@@ -184,10 +184,11 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
     if scope != "full" and empty and not db_backup.database_jobs(cfg, scope):
         # An empty snapshot would become `latest` of its scope and prove nothing.
         looked = plan.includes or tuple(str(d) for d in plan.databases) or ("no database is configured",)
+        where = "" if scope == "databases" else f" in the workspace {cfg.workspace}"
+        fix = "`databases`" if scope == "databases" else f"`components.{scope}` or `workspace`"
         raise SourceError(
-            f"a --{scope}-only backup found nothing to save ({', '.join(looked)}): nothing was saved; fix "
-            f"{'`databases`' if scope == 'databases' else f'`components.{scope}`'} in "
-            f"{cfg.source or 'the config'}, or run a full backup"
+            f"a --{scope}-only backup found nothing to save{where} ({', '.join(looked)}): nothing was saved; "
+            f"fix {fix} in {cfg.source or 'the config'}, or run a full backup"
         )
     return layout, sel
 
