@@ -4,8 +4,9 @@ Seed fields: timestamp (Unix seconds), date (ISO), backupPath, compression, succ
 Added: snapshotId, snapshotName, error, targets ({name: {ok, error}}), scope, lastSuccess (the
 seed fields of the last successful run, so a failure never hides when the last good backup was),
 targetsLastSuccess ({name: {timestamp, date, snapshotId}}: when each target last received a
-snapshot) and lastFailure ({timestamp, date, error}: the last run that failed, was partial or
-reached only some targets).
+snapshot), lastFailure ({timestamp, date, error}: the last run that failed, was partial or
+reached only some targets) and lastFull ({timestamp, date, success, partial, failedParts, error}:
+the last full-scope run, kept through narrower ones).
 
 A partial backup (a snapshot was made, but some of its parts could not be saved: a PostgreSQL or
 Redis database, a file; or a database was saved damaged, its integrity check failed) has
@@ -48,6 +49,18 @@ def failed_parts_text(state: dict[str, Any]) -> str:
     """The state's `failedParts` as one line (`path: error; ...`), for status and doctor."""
     parts = [p for p in state.get("failedParts") or [] if isinstance(p, dict)]
     return "; ".join(f"{p.get('path')}: {p.get('error')}" for p in parts)
+
+
+def full_backup_problem(state: dict[str, Any]) -> str | None:
+    """What the last full backup missed, when a narrower one ran since (its own outcome is the
+    state's): a successful `--identity-only` run never makes a partial full backup look done."""
+    full = state.get("lastFull")
+    if state.get("scope") == "full" or not isinstance(full, dict) or full.get("success"):
+        return None
+    since = f"the {state.get('scope')} backup since does not cover them; fix the cause and run `phx backup`"
+    if full.get("partial"):
+        return f"the last full backup ({full.get('date')}) was partial, not saved: {failed_parts_text(full)}; {since}"
+    return f"the last full backup ({full.get('date')}) failed: {full.get('error')}; {since}"
 
 
 def write_state(
@@ -101,6 +114,11 @@ def write_state(
         doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
     elif "lastFailure" in previous:
         doc["lastFailure"] = previous["lastFailure"]
+    # A narrower backup (--identity-only) proves nothing about what the last full one missed.
+    if scope == "full":
+        doc["lastFull"] = {k: doc[k] for k in ("timestamp", "date", "success", "partial", "failedParts", "error")}
+    elif isinstance(previous.get("lastFull"), dict):
+        doc["lastFull"] = previous["lastFull"]
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = target.with_name(f".last-backup.tmp{os.getpid()}")

@@ -13,12 +13,15 @@ from e2e_support import Sandbox
 
 
 def test_empty_snapshot_survives_prune(make_sandbox, tmp_path: Path) -> None:
-    """The smallest case: a snapshot of nothing (the databases alone, and none is configured) is
-    one tree."""
+    """The smallest case: a snapshot of one small file, whose tree pack is a few hundred bytes.
+    (A snapshot of nothing at all is refused now: a narrow backup that finds nothing is an error.)"""
     sb: Sandbox = make_sandbox(encryption=False)
-    sb.write_config(databases={"sqlite": []})
-    doc = sb.backup("--databases-only")  # the first backup prunes right after it
-    assert doc["files"] == 0 and doc["retention"]["ok"] is True
+    for path in sb.workspace.glob("*.md"):
+        path.unlink()
+    (sb.workspace / ".argent-alignment-integrity.json").unlink()
+    (sb.workspace / "SOUL.md").write_text("s\n")
+    doc = sb.backup("--identity-only")  # the first backup prunes right after it
+    assert doc["files"] == 1 and doc["retention"]["ok"] is True
     sb.phx("prune")
     check = sb.verify("--read-data")
     assert check["ok"] is True and check["errors"] == [], check

@@ -37,7 +37,8 @@ def test_status_before_any_backup_says_so(make_sandbox: Callable[..., Sandbox]) 
     # Without a repository (the sandbox makes one as `phx init` does): the fix is `phx init`.
     shutil.rmtree(sb.repo)
     doc = sb.phx("status", "--json", check=1).json()
-    assert doc["targets"]["local"]["error"] == "no repository there yet; create it with `phx init`"
+    error = doc["targets"]["local"]["error"]
+    assert error.startswith(f"no repository at {sb.repo}") and "not mounted" in error and "`phx init`" in error
 
 
 def test_status_reports_last_backup_targets_and_dedup(make_sandbox: Callable[..., Sandbox]) -> None:

@@ -32,6 +32,7 @@ class Snap:
     host: str
     scope: str
     tags: tuple[str, ...]
+    incomplete: tuple[object, ...] = ()  # a partial snapshot's unsaved parts
 
 
 def load_scenario(path: Path) -> tuple[list[Snap], Policy, datetime]:

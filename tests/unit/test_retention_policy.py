@@ -30,6 +30,7 @@ class Snap:
     host: str = "host"
     scope: str = "full"
     tags: tuple[str, ...] = ()
+    incomplete: tuple[object, ...] = ()  # a partial snapshot's unsaved parts
 
 
 def snaps_at(times: list[datetime]) -> list[Snap]:

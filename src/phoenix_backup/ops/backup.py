@@ -22,6 +22,7 @@ from typing import Any
 
 from phoenix_backup import __version__
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
@@ -36,8 +37,8 @@ from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.replicate import commit_first_target, replicate_all
-from phoenix_backup.ops.scope import ComponentPlan, Scope, plan_components, source_plan
-from phoenix_backup.repo.cache import Cache
+from phoenix_backup.ops.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
+from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
@@ -162,8 +163,14 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
         )
     layout = Layout(cfg.workspace, envx.home)
     plan = source_plan(cfg, scope)
+    # Never the repository into itself, nor the cache (its temporary database copies).
+    own = [Path(envx.env.get("PHX_CACHE_DIR") or cache_root()), data_dir(envx.env)]
+    if cfg.targets.local.enabled:
+        own.append(cfg.repository_path)
     if plan.walk_files:
-        sel = select(layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional)
+        sel = select(
+            layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional, skip=own
+        )
     else:
         sel = select(layout, [], cfg.exclude, plan.databases)
         # Databases only: drop the workspace walk that an empty include list implies.
@@ -173,6 +180,16 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             if v.kind == "sqlite"
             or any(e.logical.startswith(k + "/") and e.kind == "sqlite" for e in sel.entries.values())
         }
+    empty = not sel.errors and not any(e.kind != "dir" for e in sel.entries.values())
+    if scope != "full" and empty and not db_backup.database_jobs(cfg, scope):
+        # An empty snapshot would become `latest` of its scope and prove nothing.
+        looked = plan.includes or tuple(str(d) for d in plan.databases) or ("no database is configured",)
+        where = "" if scope == "databases" else f" in the workspace {cfg.workspace}"
+        fix = "`databases`" if scope == "databases" else f"`components.{scope}` or `workspace`"
+        raise SourceError(
+            f"a --{scope}-only backup found nothing to save{where} ({', '.join(looked)}): nothing was saved; "
+            f"fix {fix} in {cfg.source or 'the config'}, or run a full backup"
+        )
     return layout, sel
 
 
@@ -195,7 +212,10 @@ def backup(
         # After the commit point: later steps (replication, retention, notification) report into
         # `result` and never undo the snapshot.
     except Exception as exc:
-        # Any failure is recorded and alerts, a repository that cannot even be opened included.
+        # Any failure is recorded and alerts, a repository that cannot even be opened included;
+        # a dry run writes nothing, not even that.
+        if dry_run:
+            raise
         _record_state(cfg, envx, started, scope, None, exc)
         _notify(cfg, envx, BackupEvent(ok=False, scope=scope, duration=time.time() - started, errors=(str(exc),)))
         raise
@@ -241,7 +261,7 @@ def _plan(sel: Selection, layout: Layout, when: datetime, scope: Scope, cfg: Con
     planned += [PlannedItem(job.logical, job.engine, 0) for job in db_backup.database_jobs(cfg, scope)]
     files = sum(1 for p in planned if p.kind in ("file", "sqlite", "symlink"))
     unreadable = [(layout.to_logical(Path(path)), "dir", 0) for path, _message in sel.errors]
-    components = plan_components(cfg, layout, [(p.path, p.kind, p.size) for p in planned] + unreadable)
+    components = plan_components(cfg, layout, [(p.path, p.kind, p.size) for p in planned] + unreadable, sel.followed)
     return BackupResult(
         id=None,
         name=None,
@@ -254,7 +274,7 @@ def _plan(sel: Selection, layout: Layout, when: datetime, scope: Scope, cfg: Con
         databases=[],
         targets={},
         incomplete=[{"path": layout.to_logical(Path(p)), "error": m} for p, m in sel.errors],
-        warnings=_missing_warnings(cfg, sel),
+        warnings=_missing_warnings(cfg, sel, layout, scope),
         dry_run=True,
         planned=planned,
         duration=time.time() - started,
@@ -293,13 +313,34 @@ def _snapshot(
         result.warnings += [f"clock: {n}" for n in result.retention.notices]
     finally:
         repo.close()
-    result.warnings[:0] = _missing_warnings(cfg, sel)
+    result.warnings[:0] = _missing_warnings(cfg, sel, layout, scope)
     result.duration = time.time() - started
     return result
 
 
-def _missing_warnings(cfg: Config, sel: Selection) -> list[str]:
-    return [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope) -> list[str]:
+    out = [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+    identity = LogicalMatcher.for_patterns(cfg.components.identity, layout)
+    if scope in ("full", "identity") and not any(identity.matches(logical) for logical in sel.entries):
+        # Each identity file may be absent on its own; none at all is a workspace set wrong.
+        out.append(
+            f"the workspace {cfg.workspace} holds no identity file ({', '.join(cfg.components.identity[:4])}, ...): "
+            f"is it the agent's workspace? fix `workspace` in {cfg.source or 'the config'} if not"
+        )
+    out += [
+        f"{raw} goes through the symlink {link}, which is saved as a link and never followed (skipped); "
+        "add the folder it points to to `include` to save what is there"
+        for raw, link in sel.behind_links
+    ]
+    overridden = list(dict.fromkeys(sel.overridden))
+    if overridden:
+        more = f" and {len(overridden) - 5} more" if len(overridden) > 5 else ""
+        shown = ", ".join(overridden[:5]) + more
+        out.append(
+            f"`exclude` matches component paths, which were saved all the same ({shown}): a backup saves "
+            "every component whole; to leave one of them out, remove it from `components`"
+        )
+    return out
 
 
 def _record_state(

@@ -192,7 +192,7 @@ def open_repository(
     if not backend.exists():
         Repository.refuse_lost_config(backend)
         if not create:
-            raise RepositoryNotFound(_no_repository(backend, name, first=name == names[0]))
+            raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
             return _open(cfg, envx, backend, upgrade=True)
         factory, encrypted = new_key_slot(cfg, envx, kdf_params)
@@ -224,7 +224,7 @@ def _open(cfg: Config, envx: Environment, backend: Backend, *, upgrade: bool) ->
     return repo
 
 
-def _no_repository(backend: Backend, name: str, *, first: bool) -> str:
+def no_repository(backend: Backend, name: str, *, first: bool) -> str:
     """Why there is no repository, and the fix: a missing folder may be a disk that is not mounted,
     so nothing but `phx init` ever creates the first target's repository."""
     where = f"no repository at {backend.location} (target {name})"

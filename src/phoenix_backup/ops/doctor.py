@@ -50,7 +50,7 @@ from phoenix_backup.ops.scope import configured_databases
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
-from phoenix_backup.state import failed_parts_text, read_state, state_path
+from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 from phoenix_backup.units import human_size
 
 Status = Literal["ok", "fail", "warn"]
@@ -468,13 +468,9 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: R
             try:
                 repo = open_target(cfg, envx, name)
             except RepositoryNotFound as exc:
-                message, _, _fix = str(exc).partition("; ")
-                result.add(
-                    check,
-                    "fail",
-                    message,
-                    "run `phx init` (or `phx backup`, which creates it), or fix the target's path",
-                )
+                # Its fix names the disk that may not be mounted: only `phx init` creates it.
+                message, _, fix = str(exc).partition("; ")
+                result.add(check, "fail", message, f"{fix}, or fix the target's path")
                 continue
             except (MissingCredentials, WrongPassphrase):
                 result.add(
@@ -610,6 +606,9 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
             f"the most recent run failed: {state.get('error') or 'see its output'}",
             "run `phx backup` to see the error",
         )
+    full = full_backup_problem(state) if state is not None else None
+    if full is not None:
+        result.add("last backup", "warn", full, "make those paths readable, then run `phx backup`")
 
 
 def _schedule(envx: Environment, result: DoctorResult) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ def init(
         cfg = load_config(target, envx.env)
         return _init_repository(cfg, envx, target, False, _method(cfg), kdf_params)
     method = encryption or "passphrase"
+    # Paths typed on the command line are relative to where it runs; a config reads relative paths
+    # from its own folder, so they are written out whole (`cd ~ && phx init --workspace argent`).
+    workspace, repo, identity_file = (_from_here(p) for p in (workspace, repo, identity_file))
     kwargs: dict[str, object] = {}
     if recipients:
         kwargs["recipients"] = list(recipients)
@@ -102,6 +106,12 @@ def init(
     result = _init_repository(cfg, envx, target, True, method, kdf_params)
     write_config(target, data, force=force)
     return result
+
+
+def _from_here(path: str | None) -> str | None:
+    if not path or path.startswith(("~", "$")) or os.path.isabs(path):
+        return path
+    return os.path.abspath(path)
 
 
 def _method(cfg: Config) -> str:

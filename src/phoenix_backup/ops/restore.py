@@ -189,11 +189,46 @@ def select_nodes(
             wanted_dirs.add(logical)  # folders are restored too, empty ones included
         else:
             wanted.append((logical, node))
+    # A component that is a symlink was saved with what it points to: restored with it.
+    targets = _link_targets(snap, [(lg, n) for lg, n in wanted if n.type == "symlink"])
+    if targets:
+        chosen = wanted_dirs | {lg for lg, _ in wanted}
+        for logical, node in all_nodes:
+            if logical not in chosen and any(logical == t or logical.startswith(t + "/") for t in targets):
+                if node.type == "dir":
+                    wanted_dirs.add(logical)
+                else:
+                    wanted.append((logical, node))
     # And the folders on the way to what is restored, with their modes and times.
     keep_dirs = wanted_dirs | {a for logical, _ in wanted for a in _ancestors(logical)}
     keep_dirs |= {a for d in wanted_dirs for a in _ancestors(d)}
     dirs = [(lg, n) for lg, n in all_nodes if n.type == "dir" and lg in keep_dirs]
     return dirs + wanted
+
+
+def _link_targets(snap: Snapshot, links: list[tuple[str, Node]]) -> set[str]:
+    """The logical paths `links` point to, read as the backup that saved them did (its workspace
+    and home): where a backup put what a component's symlink points to."""
+    workspace, home = snap.sources.get("workspace"), snap.sources.get("home")
+    if not links or not workspace or not home:
+        return set()
+    layout = Layout(Path(workspace), Path(home))
+    out = set()
+    for logical, node in links:
+        if node.link_target is None or is_database_path(logical):
+            continue
+        real = layout.to_real(logical)
+        out.add(layout.to_logical(Path(os.path.normpath(real.parent / node.link_target))))
+    return out
+
+
+def _digest(path: Path) -> str | None:
+    """The SHA-256 of a file in the way, or None when it cannot be read (mode 000): then it is
+    overwritten, and the safety snapshot, which must save it first, names the problem."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 class _ScopeFilter:
@@ -551,12 +586,12 @@ class _Restore:
         action: Action = "overwrite"
         metadata = False
         if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
-            if sha256_file(target) == node.sha256 and not _grants_privilege(node, st):
+            if _digest(target) == node.sha256 and not _grants_privilege(node, st):
                 action = "unchanged"
                 metadata = stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
         elif node.type == "sqlite" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
             # New commits of a WAL database live in its -wal: the .db alone says nothing then.
-            if not _pending_journal(target) and sha256_file(target) == node.sha256:
+            if not _pending_journal(target) and _digest(target) == node.sha256:
                 action = "unchanged"
         elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
             action = "unchanged"

@@ -17,6 +17,8 @@ Semantics are restic's `forget` as of 0.16, so a restic user can reason about th
 - `pre-restore` snapshots younger than `keepSafetyDays` days are kept whatever the rules say.
 - A snapshot carrying a user's tag (any tag but `pre-restore`) is kept: only an explicit
   `phx forget ID` removes it. The snapshot a backup has just made is kept by that backup's run.
+- The newest complete snapshot of a group is kept while newer ones are partial (they lack what
+  could not be read): partial runs never push out the last snapshot that holds everything.
 - A snapshot dated in the future (more than FUTURE_SLACK ahead of `now`: a clock set wrong, or
   `--time`) is kept, takes no period and no budget, and is reported: it never pushes out the
   snapshots of the present.
@@ -35,16 +37,13 @@ from typing import Protocol
 
 from phoenix_backup.config import Retention
 from phoenix_backup.errors import ConfigError, RetentionRefused
+from phoenix_backup.repo.snapshot import FUTURE_SLACK
 
 SAFETY_TAG = "pre-restore"
 # The rules that count periods, in restic's order (which is also the order reasons are listed in).
 COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 _DURATION_PART = re.compile(r"([0-9]+)([ymdh])")
-
-# How far ahead of the clock a snapshot may be dated before it counts as "from the future": clocks
-# of one host drift by seconds, not minutes.
-FUTURE_SLACK = timedelta(minutes=5)
 
 
 class Candidate(Protocol):
@@ -67,6 +66,9 @@ class Candidate(Protocol):
 
     @property
     def tags(self) -> tuple[str, ...]: ...
+
+    @property
+    def incomplete(self) -> Sequence[object]: ...
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ class Reason:
     """Why a snapshot is kept: one rule, the period it stands for, and whether it is kept as the
     oldest snapshot of a rule that still had budget."""
 
-    rule: str  # last|hourly|daily|weekly|monthly|yearly|within|safety|empty|tag|new|future
+    rule: str  # last|hourly|daily|weekly|monthly|yearly|within|safety|empty|tag|new|future|complete
     period: str | None = None
     oldest: bool = False
     detail: str | None = None
@@ -193,6 +195,8 @@ class Reason:
             return "just taken by this backup"
         if self.rule == "future":
             return f"dated {self.detail} in the future (kept, not counted)"
+        if self.rule == "complete":
+            return "the newest complete snapshot (the newer ones are partial)"
         if self.rule == "within":
             return f"within {self.detail} of the newest"
         if self.rule == "safety":
@@ -375,6 +379,8 @@ def _apply_group(
     holder: dict[str, str] = {}  # rule -> the snapshot kept for its current period
     within_start = _within_start(ordered, policy.within, now)
     safety_until = timedelta(days=policy.keep_safety_days)
+    complete = next((s for s in present if not s.incomplete), None)
+    newest_complete = complete.id if complete is not None and complete is not present[0] else None
 
     for rank, snap in enumerate(present):
         when = parse_time(snap.time)
@@ -408,6 +414,8 @@ def _apply_group(
             reasons.append(Reason("tag", detail=", ".join(tags)))
         if snap.id in protect:
             reasons.append(Reason("new"))
+        if snap.id == newest_complete:
+            reasons.append(Reason("complete"))
         decisions.append(Decision(snap, key, bool(reasons), tuple(reasons), () if reasons else tuple(passed)))
     return decisions
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -114,17 +115,25 @@ class ComponentPlan:
         return {"paths": list(self.paths), "count": len(self.paths), "size": self.size, "absent": list(self.absent)}
 
 
-def plan_components(cfg: Config, layout: Layout, items: list[tuple[str, str, int]]) -> list[ComponentPlan]:
+def plan_components(
+    cfg: Config, layout: Layout, items: list[tuple[str, str, int]], followed: Mapping[str, str] | None = None
+) -> list[ComponentPlan]:
     """Group planned (logical path, kind, size) items by component: identity, memory, config,
     databases (every SQLite, PostgreSQL and Redis database), and `include` for what only the
     config's `include` adds. A path may belong to two components (memory.db: memory and
-    databases); folders are not listed."""
+    databases); folders are not listed. `followed` (a component's symlink -> what it points to,
+    both logical) puts what a component's link points to in that component."""
     files = [(path, kind, size) for path, kind, size in items if kind != "dir"]
     out = []
     for name in FILE_COMPONENTS:
         patterns = component_patterns(cfg, name)
         matcher = LogicalMatcher.for_patterns(patterns, layout)
-        held = [(path, size) for path, _kind, size in files if matcher.matches(path)]
+        targets = [t for link, t in (followed or {}).items() if matcher.matches(link)]
+        held = [
+            (path, size)
+            for path, _kind, size in files
+            if matcher.matches(path) or any(path == t or path.startswith(t + "/") for t in targets)
+        ]
         absent = tuple(
             raw
             for raw in patterns

@@ -18,9 +18,9 @@ from typing import Any
 from phoenix_backup import schedule
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.ops.context import Environment, enabled_targets, no_repository, open_repository, target_backend
 from phoenix_backup.schedule.spec import ScheduleSpec
-from phoenix_backup.state import failed_parts_text, read_state, state_path
+from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 
 # A scheduled run may start a little late or take a while: the warning waits this long (at most
 # a quarter of the schedule's interval) after a due time before calling a backup missed.
@@ -79,7 +79,8 @@ class StatusResult:
 
     @property
     def healthy(self) -> bool:
-        return not self.overdue and bool(self.state) and bool((self.state or {}).get("success"))
+        state = self.state or {}
+        return not self.overdue and bool(state.get("success")) and full_backup_problem(state) is None
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -179,6 +180,9 @@ def _check_age(result: StatusResult, when: datetime) -> None:
         )
     elif not state.get("success"):
         result.warnings.append(f"the last backup failed: {state.get('error')}")
+    full = full_backup_problem(state)
+    if full is not None:
+        result.warnings.append(full)
     if (state.get("success") or state.get("partial")) and failed_targets:
         result.warnings.append(f"the last backup reached only some targets: {'; '.join(failed_targets)}")
     last = result.last_success
@@ -204,9 +208,11 @@ def _inspect_target(cfg: Config, envx: Environment, target: TargetStatus) -> Non
         backend = target_backend(cfg, envx, target.name)
         try:
             if not backend.exists():
-                first = target.name == enabled_targets(cfg)[0]
-                fix = "create it with `phx init`" if first else "the next backup or `phx sync` copies it there"
-                target.error = f"no repository there yet; {fix}"
+                if target.name == enabled_targets(cfg)[0]:
+                    # Perhaps a disk that is not mounted: never only "run `phx init`".
+                    target.error = no_repository(backend, target.name, first=True)
+                else:
+                    target.error = "no repository there yet; the next backup or `phx sync` copies it there"
                 return
             infos = [i for prefix in ("data/", "index/", "snapshots/", "keys/") for i in backend.list(prefix)]
             target.stored = sum(i.size for i in infos) + (_size(backend, "config"))

@@ -64,7 +64,7 @@ from phoenix_backup.repo.pack import (
     pack_name,
 )
 from phoenix_backup.repo.pins import Pin, Pins
-from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_latest
+from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_latest, is_future
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.storage.base import Backend
 
@@ -875,7 +875,8 @@ class Repository:
 
     def _latest(self, snaps: list[Snapshot], rule: Latest) -> Snapshot:
         this_host = socket.gethostname()
-        found, host = choose_latest(snaps, rule, this_host)
+        now = datetime.now().astimezone()
+        found, host = choose_latest(snaps, rule, this_host, now)
         if found is None:
             newest = snaps[-1]
             what = "partial " if newest.incomplete else ""
@@ -886,6 +887,12 @@ class Repository:
             )
         if host != this_host and rule.host is None:
             self.notice(f"this host ({this_host}) has no snapshot of its own here; `latest` is host {host}'s")
+        for ahead in (s for s in snaps if rule.matches(s, host) and s.datetime > found.datetime and is_future(s, now)):
+            self.notice(
+                f"snapshot {ahead.name} ({ahead.id[:8]}) is dated {ahead.time}, ahead of this clock; `latest` is "
+                f"{found.name} ({found.id[:8]}), the newest of the present; name the other with its id, or remove "
+                f"it with `phx forget {ahead.id[:8]}` if its date is wrong"
+            )
         return found
 
 

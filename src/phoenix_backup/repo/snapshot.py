@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from phoenix_backup.errors import CorruptObject, UnsupportedFormat
@@ -281,12 +281,25 @@ class Latest:
         )
 
 
-def choose_latest(snaps: list[Snapshot], rule: Latest, this_host: str) -> tuple[Snapshot | None, str]:
+# How far ahead of the clock a snapshot may be dated before it counts as "from the future" (a
+# clock set wrong on one run, or `--time`): clocks of one host drift by seconds, not minutes.
+FUTURE_SLACK = timedelta(minutes=5)
+
+
+def is_future(snap: Snapshot, now: datetime) -> bool:
+    return snap.datetime - now > FUTURE_SLACK
+
+
+def choose_latest(
+    snaps: list[Snapshot], rule: Latest, this_host: str, now: datetime | None = None
+) -> tuple[Snapshot | None, str]:
     """The snapshot `latest` names among `snaps` (oldest first), and the host it was looked for on.
 
     Without `rule.host`, the host is this one; when no snapshot of this host matches but those that
     do all come from one other host, that host is used: a new machine restoring from the
-    repository alone (its host name differs) still has a `latest`."""
+    repository alone (its host name differs) still has a `latest`. A snapshot dated in the future
+    (given `now`) is `latest` only when no snapshot of the present matches: one run under a clock
+    set years ahead must not stand for every later backup."""
     host = rule.host or this_host
     found = [s for s in snaps if rule.matches(s, host)]
     if not found and rule.host is None:
@@ -294,4 +307,5 @@ def choose_latest(snaps: list[Snapshot], rule: Latest, this_host: str) -> tuple[
         if len(others) == 1:
             host = others.pop()
             found = [s for s in snaps if rule.matches(s, host)]
-    return (found[-1] if found else None), host
+    present = [s for s in found if now is None or not is_future(s, now)]
+    return ((present or found)[-1] if found else None), host

@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +42,12 @@ class Selection:
     entries: dict[str, Entry]  # logical path -> entry (folders on the way included)
     missing: list[str]  # configured paths that do not exist (reported, not fatal)
     errors: list[tuple[str, str]]  # (path, message) for folders that could not be listed
+    # Kept paths (components) that are symlinks: the link's logical path -> its target's, saved too.
+    followed: dict[str, str] = field(default_factory=dict)
+    # Kept paths that an exclude matches (saved all the same), and includes that lie behind a
+    # symlink which is saved as a link, never followed: (pattern, link).
+    overridden: list[str] = field(default_factory=list)
+    behind_links: list[tuple[str, str]] = field(default_factory=list)
 
 
 def is_sqlite_file(path: Path) -> bool:
@@ -62,9 +68,19 @@ def select(
     *,
     detect_databases: bool = True,
     optional: Iterable[str] = (),
+    keep: Iterable[str] = (),
+    skip: Iterable[Path] = (),
 ) -> Selection:
     """Walk the includes; `databases` are added (if they exist) whether or not they are included.
     Includes in `optional` that match nothing are not reported as missing.
+
+    Includes in `keep` (the components) are saved whole whatever `excludes` say. One that is a
+    symlink is saved as a link, and what it points to is saved too, at its own logical path: a
+    memory folder kept on another disk and linked into the workspace is still the agent's memory.
+    The workspace itself is walked through a symlink (~/argent -> /data/argent).
+
+    Folders in `skip` (Phoenix's own repository and cache) are never saved, whatever includes
+    them: a backup must not store itself.
 
     What exists but cannot be read (a folder without permission) goes into `errors`, never into
     `missing`: "does not exist" is said only of what does not exist."""
@@ -72,22 +88,40 @@ def select(
     sel = Selection({}, [], [])
     db_paths = {Path(p) for p in databases}
     quiet = set(optional)
+    kept_patterns = set(keep)
+    kept: set[Path] = set()  # paths saved with everything below them, excludes or not
     roots: list[Path] = []
     include_list = list(includes) or [""]
     for raw in include_list:
         inc = Include.parse(raw, layout.workspace)
         unreadable: list[tuple[str, str]] = []
         found = list(inc.expand(unreadable))
+        link = _link_on_the_way(inc)
+        if raw in kept_patterns and not found and link is not None and link == inc.base / inc.pattern:
+            found = [link]  # `memory/` is a symlink to a folder: the component is what it points to
         for error in unreadable:
             if error not in sel.errors:
                 sel.errors.append(error)
-        if not found and raw and not unreadable and raw not in quiet:
-            sel.missing.append(raw)
+        if raw in kept_patterns:
+            for path in found:
+                kept.add(path)
+                if _excluded_on_the_way(layout, exclude, path):
+                    sel.overridden.append(layout.to_logical(path))
+                if path.is_symlink():
+                    target = _follow(layout, path, sel)
+                    if target is not None:
+                        kept.add(target)
+                        found = [*found, target]
+        elif not found and raw and not unreadable and raw not in quiet:
+            if link is not None:
+                sel.behind_links.append((raw, str(link)))
+            else:
+                sel.missing.append(raw)
         # A glob walks folders, and excludes apply on the way: a match below an excluded folder
         # (`**/*.md` inside `node_modules/`) is dropped. The literal part of a pattern names what
         # the user asked for, so folders above it are not checked.
         literal = inc.base.joinpath(*_literal_prefix(inc.pattern))
-        roots.extend(p for p in found if not _excluded_between(exclude, literal, p))
+        roots.extend(p for p in found if p in kept or not _excluded_between(exclude, literal, p))
     for db in sorted(db_paths):
         try:
             os.lstat(db)
@@ -98,7 +132,10 @@ def select(
                 sel.errors.append((str(db), exc.strerror or str(exc)))
             continue
         roots.append(db)
-    roots = _outermost(roots, db_paths, exclude, layout.workspace)
+    # A followed component link is saved with what it points to: nothing behind it is skipped.
+    sel.behind_links = [(raw, link) for raw, link in sel.behind_links if Path(link) not in kept]
+    never = {Path(os.path.abspath(p)) for p in skip}
+    roots = [r for r in _outermost(roots, db_paths, exclude, layout.workspace, kept) if not _below(r, never)]
 
     def add(path: Path, st: os.stat_result) -> None:
         if _is_companion(path):
@@ -122,7 +159,7 @@ def select(
         sel.entries[logical] = Entry(logical, path, kind, st)
         _add_parents(layout, path, sel)
 
-    def walk(path: Path) -> None:
+    def walk(path: Path, whole: bool) -> None:
         try:
             with os.scandir(path) as it:
                 children = sorted(it, key=lambda e: e.name)
@@ -137,24 +174,28 @@ def select(
                 sel.errors.append((str(cpath), exc.strerror or str(exc)))
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
-            if exclude.excluded(cpath, is_dir):
+            if cpath in never:
+                continue
+            keep_it = whole or cpath in kept
+            if not keep_it and exclude.excluded(cpath, is_dir):
                 continue
             add(cpath, st)
             if is_dir:
-                walk(cpath)
+                walk(cpath, keep_it)
 
     for root in roots:
         try:
-            st = root.lstat()
+            # The workspace is the user's own folder, wherever a link puts it.
+            st = root.stat() if root == layout.workspace else root.lstat()
         except OSError as exc:
             sel.errors.append((str(root), exc.strerror or str(exc)))
             continue
         is_dir = stat.S_ISDIR(st.st_mode)
-        if root not in db_paths and exclude.excluded(root, is_dir) and root != layout.workspace:
+        if root not in db_paths and root not in kept and exclude.excluded(root, is_dir) and root != layout.workspace:
             continue
         add(root, st)
         if is_dir:
-            walk(root)
+            walk(root, root in kept)
 
     # A database's journal files are part of the database, read through SQLite, never as files.
     for db in db_paths:
@@ -165,12 +206,16 @@ def select(
     return sel
 
 
-def _outermost(roots: list[Path], databases: set[Path], exclude: ExcludeSet, workspace: Path) -> list[Path]:
+def _outermost(
+    roots: list[Path], databases: set[Path], exclude: ExcludeSet, workspace: Path, kept: set[Path]
+) -> list[Path]:
     """The roots in order, without duplicates and without those the walk of another root reaches
     (a full backup includes the whole workspace and SOUL.md): each folder is walked once.
     Databases stay, since they are marked as databases when added."""
-    # Roots that are walked (an excluded root is not, unless it is the workspace itself).
-    folders = {r for r in roots if r not in databases and (r == workspace or not exclude.excluded(r, True))}
+    # Roots that are walked (an excluded root is not, unless it is the workspace or kept).
+    folders = {
+        r for r in roots if r not in databases and (r == workspace or r in kept or not exclude.excluded(r, True))
+    }
     out: list[Path] = []
     seen: set[Path] = set()
     for root in roots:
@@ -184,6 +229,44 @@ def _outermost(roots: list[Path], databases: set[Path], exclude: ExcludeSet, wor
             continue
         out.append(root)
     return out
+
+
+def _below(path: Path, folders: set[Path]) -> bool:
+    return path in folders or any(p in folders for p in path.parents)
+
+
+def _link_on_the_way(inc: Include) -> Path | None:
+    """The first symlink along the literal part of a pattern (`memory` of `memory/*.md`), if any:
+    links are saved as links, so nothing behind one is found."""
+    path = inc.base
+    for part in _literal_prefix(inc.pattern):
+        path = path / part
+        if path.is_symlink():
+            return path
+    return None
+
+
+def _follow(layout: Layout, link: Path, sel: Selection) -> Path | None:
+    """What a kept symlink points to, followed to the end; a target that does not exist is
+    reported as missing, one that cannot be reached (a loop, no permission) as not saved."""
+    try:
+        target = Path(os.path.realpath(link, strict=True))
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            sel.missing.append(f"{os.path.realpath(link)}, which the symlink {layout.to_logical(link)} points to,")
+        else:
+            sel.errors.append((str(link), exc.strerror or str(exc)))
+        return None
+    sel.followed[layout.to_logical(link)] = layout.to_logical(target)
+    return target
+
+
+def _excluded_on_the_way(layout: Layout, exclude: ExcludeSet, path: Path) -> bool:
+    """Whether an exclude matches `path` or a folder between its logical root and it."""
+    base = _root_base(layout, path)
+    if exclude.excluded(path, path.is_dir() and not path.is_symlink()):
+        return True
+    return any(exclude.excluded(p, True) for p in path.parents if base in p.parents)
 
 
 def _literal_prefix(pattern: str) -> list[str]:
@@ -207,7 +290,22 @@ def _excluded_between(exclude: ExcludeSet, top: Path, path: Path) -> bool:
 
 def _is_companion(path: Path) -> bool:
     name = path.name
-    return any(name.endswith(suffix) and is_sqlite_file(path.with_name(name[: -len(suffix)])) for suffix in COMPANIONS)
+    for suffix in COMPANIONS:
+        if name.endswith(suffix):
+            base = path.with_name(name[: -len(suffix)])
+            # A database that cannot be read is still a database: its journal is never a file.
+            if is_sqlite_file(base) or (base.name.endswith(SQLITE_SUFFIXES) and _unreadable(base)):
+                return True
+    return False
+
+
+def _unreadable(path: Path) -> bool:
+    """Whether `path` exists but this user may not read it (mode 000, say)."""
+    try:
+        with open(path, "rb"):
+            return False
+    except OSError as exc:
+        return exc.errno in (errno.EACCES, errno.EPERM)
 
 
 def _root_base(layout: Layout, path: Path) -> Path:
