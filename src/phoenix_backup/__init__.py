@@ -15,10 +15,10 @@ where notices go) and returns a typed result object::
 Errors are `phoenix_backup.errors.PhoenixError` subclasses whose message names cause and fix.
 """
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from phoenix_backup._version import __version__
 
 if TYPE_CHECKING:
     from phoenix_backup.config import Config, find_config_path, load_config, parse_config

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
-from phoenix_backup import __version__, jsontext
+from phoenix_backup import jsontext
+from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
 from phoenix_backup.ops import manage

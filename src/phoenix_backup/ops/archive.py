@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup import __version__, jsontext
+from phoenix_backup import jsontext
+from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops.browse import NodeReader, open_target
