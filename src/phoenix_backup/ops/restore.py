@@ -34,6 +34,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from phoenix_backup.argentos import alignment
+from phoenix_backup.argentos.gateway import GatewayStep, run_gateway
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     ConfirmationRequired,
@@ -48,7 +50,7 @@ from phoenix_backup.errors import (
     UnsafePath,
     UsageError,
 )
-from phoenix_backup.ops import alignment, leftovers, live_sqlite, safety, sqlite_folder
+from phoenix_backup.ops import leftovers, live_sqlite, safety, sqlite_folder
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
@@ -58,7 +60,6 @@ from phoenix_backup.ops.context import (
     require_config_file,
     target_backend,
 )
-from phoenix_backup.ops.gateway import GatewayStep, run_gateway
 from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
 from phoenix_backup.repo.crypto import BlobType, sha256_file
 from phoenix_backup.repo.locks import own_start_time, process_start_time
