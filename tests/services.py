@@ -485,9 +485,9 @@ def postgres_entry(pg: PgServer, database: str, **extra: Any) -> dict[str, Any]:
 def drill(sandbox: Any, env: dict[str, str], snapshot: str, path: str, scratch: str) -> Any:
     """`phx drill`'s database check (ops/db_restore.py `drill_database`), through the Python API."""
     from phoenix_backup import Environment, load_config
-    from phoenix_backup.ops import db_restore
     from phoenix_backup.ops.context import open_repository
     from phoenix_backup.repo.walker import walk_tree
+    from phoenix_backup.sinks import databases as db_restore
 
     cfg = load_config(sandbox.config_path)
     repo = open_repository(cfg, Environment(env=env))

@@ -174,9 +174,9 @@ def _craft_manifest(sandbox: Sandbox, env: dict[str, str], edit: Any, snapshot: 
 
     from phoenix_backup import Environment, load_config
     from phoenix_backup.ops.context import open_repository
-    from phoenix_backup.ops.db_restore import node_bytes
     from phoenix_backup.repo.crypto import BlobType
     from phoenix_backup.repo.tree import Extent
+    from phoenix_backup.sinks.databases import node_bytes
 
     repo = open_repository(load_config(sandbox.config_path), Environment(env=env))
     try:

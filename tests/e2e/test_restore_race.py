@@ -159,7 +159,7 @@ def test_a_root_restore_never_writes_through_a_swapped_in_link(world: dict[str, 
 AS_USER = """
 import os, sys
 from phoenix_backup.errors import RestoreError
-from phoenix_backup.ops import sqlite_folder
+from phoenix_backup.sinks import sqlite_folder
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 try:
     print(sqlite_folder.run(fd, "integrity", ["memory.db"]))
@@ -228,7 +228,7 @@ while True:
 """
 OPENER = """
 import os, sys, time
-from phoenix_backup.ops import sqlite_folder
+from phoenix_backup.sinks import sqlite_folder
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 sqlite_folder.confine(fd)  # what the SQLite child does first
 tries = escaped = 0

@@ -12,7 +12,7 @@ import pytest
 
 from phoenix_backup.config.model import RedisDb
 from phoenix_backup.errors import CorruptObject, SourceError
-from phoenix_backup.ops import db_restore
+from phoenix_backup.sinks import databases as db_restore
 from phoenix_backup.sources import redis as rds
 
 

@@ -36,7 +36,6 @@ from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.replicate import commit_first_target, replicate_all
-from phoenix_backup.ops.scope import ComponentPlan, Scope, plan_components, source_plan
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
@@ -47,6 +46,7 @@ from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import Layout, is_database_path
+from phoenix_backup.sources.scope import ComponentPlan, Scope, plan_components, source_plan
 from phoenix_backup.state import TargetOutcome, write_state
 
 # A file modified this close to the parent backup's start may have changed within the same

@@ -46,9 +46,9 @@ from phoenix_backup.ops.browse import open_target
 from phoenix_backup.ops.context import Environment, passphrase
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
-from phoenix_backup.ops.scope import configured_databases
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sources.scope import configured_databases
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
 from phoenix_backup.state import failed_parts_text, read_state, state_path
 from phoenix_backup.units import human_size

@@ -214,7 +214,7 @@ class ServerDrill:
         self.engine = engine
 
     def check(self, ctx: DrillContext, info: DatabaseInfo | None, restored: Path) -> DatabaseReport:
-        from phoenix_backup.ops import db_restore
+        from phoenix_backup.sinks import databases as db_restore
 
         assert info is not None and ctx.repo is not None
         report = DatabaseReport(info.path, self.engine)

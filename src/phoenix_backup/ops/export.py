@@ -43,11 +43,11 @@ from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect, quo
 from phoenix_backup.memory.values import csv_value, json_value
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.merge import copy_snapshot_database, scratch_dir
-from phoenix_backup.ops.scope import LogicalMatcher, configured_databases
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import COMPANIONS, is_sqlite_file
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.patterns import ExcludeSet, Include
+from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, copy_database, sqlite_uri
 
 ExportFormat = Literal["json", "csv", "markdown"]

@@ -28,8 +28,8 @@ from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
 from phoenix_backup.ops.merge import ConflictMode, MergeResult, confirm_merge, merge_database
-from phoenix_backup.ops.scope import configured_databases
 from phoenix_backup.sources.layout import Layout
+from phoenix_backup.sources.scope import configured_databases
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
 

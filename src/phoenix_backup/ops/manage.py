@@ -16,12 +16,12 @@ from phoenix_backup.config import (
 )
 from phoenix_backup.config.defaults import SEARCH_PATHS
 from phoenix_backup.errors import ConfigError, KeyChanged, MissingCredentials, PhoenixError, RepositoryError, UsageError
-from phoenix_backup.ops import leftovers
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.locks import LockInfo
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.sinks import leftovers
 
 
 @dataclass(frozen=True)

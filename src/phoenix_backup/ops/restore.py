@@ -50,7 +50,7 @@ from phoenix_backup.errors import (
     UnsafePath,
     UsageError,
 )
-from phoenix_backup.ops import leftovers, live_sqlite, safety, sqlite_folder
+from phoenix_backup.ops import safety
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
@@ -60,7 +60,6 @@ from phoenix_backup.ops.context import (
     require_config_file,
     target_backend,
 )
-from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
 from phoenix_backup.repo.crypto import BlobType, sha256_file
 from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.pack import pack_name
@@ -68,14 +67,17 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Extent, Node, check_name
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.sinks import leftovers, sqlite_folder
+from phoenix_backup.sinks import sqlite as live_sqlite
 from phoenix_backup.sources.files import RESTORE_TEMP, SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, is_database_path, split_logical
 from phoenix_backup.sources.patterns import glob_regex
+from phoenix_backup.sources.scope import SCOPES, LogicalMatcher, Scope
 from phoenix_backup.storage.local import os_error
 
 if TYPE_CHECKING:
-    from phoenix_backup.ops.agent_merge import KeylessMode
-    from phoenix_backup.ops.db_restore import ConflictMode
+    from phoenix_backup.sinks.databases import ConflictMode
+    from phoenix_backup.sinks.postgres_agent import KeylessMode
 
 T = TypeVar("T")
 Action = Literal["create", "overwrite", "delete", "unchanged"]
@@ -162,7 +164,7 @@ class RestoreResult:
 
 def _db() -> ModuleType:
     """PostgreSQL and Redis restore, imported on first use: most restores never need the drivers."""
-    from phoenix_backup.ops import db_restore
+    from phoenix_backup.sinks import databases as db_restore
 
     return db_restore
 

@@ -43,11 +43,11 @@ from psycopg import sql
 from phoenix_backup.config import Config
 from phoenix_backup.config.model import PostgresDb, RedisDb
 from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, SourceError, UsageError
-from phoenix_backup.ops import agent_merge
-from phoenix_backup.ops.agent_merge import KeylessMode
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.sinks import postgres_agent as agent_merge
+from phoenix_backup.sinks.postgres_agent import KeylessMode
 from phoenix_backup.sources import postgres as pg
 from phoenix_backup.sources import redis as rds
 from phoenix_backup.sources.layout import DATABASE_ROOTS
