@@ -15,8 +15,8 @@ from e2e_support import Sandbox, assert_restored, assert_same_db, db_dump, file_
 from moto_support import bare_repo
 
 from phoenix_backup.config import load_config
-from phoenix_backup.ops.browse import find_node
 from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.ls import find_node
 from phoenix_backup.repo.pack import pack_name
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -120,10 +120,10 @@ def key_rotate(out: Out, envx: Environment, config_path: str | None) -> ExitStat
 
     Example: PHX_PASSPHRASE=... phx key rotate
     """
-    from phoenix_backup.ops import rotate
+    from phoenix_backup.ops import key as key_op
 
     cfg = load_config(out, envx, config_path)
-    result = rotate.rotate(cfg, envx)
+    result = key_op.rotate(cfg, envx)
     if result.finished_earlier:
         text = f"finished the interrupted key rotation: key fingerprint {result.fingerprint}"
     else:

@@ -242,7 +242,7 @@ def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replic
     """Seed an empty first target with the config and key slots of the first replica that holds
     a repository. Unreachable replicas are skipped with a notice (a new repository is made)."""
     from phoenix_backup.errors import StorageError
-    from phoenix_backup.ops.replicate import seed_repository
+    from phoenix_backup.ops.sync import seed_repository
 
     for other in replicas:
         source = target_backend(cfg, envx, other)

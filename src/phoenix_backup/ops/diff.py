@@ -25,11 +25,11 @@ from phoenix_backup.errors import ExitStatus
 from phoenix_backup.memory.schema import TableInfo, inspect, quote, row_noun
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.merge import copy_snapshot_database, scratch_dir
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import Trees
+from phoenix_backup.sinks.sqlite_merge import copy_snapshot_database, scratch_dir
 from phoenix_backup.sources.sqlite import sqlite_uri
 
 
@@ -158,7 +158,7 @@ class DiffResult:
 def diff(
     cfg: Config, envx: Environment, *, ref1: str, ref2: str, rows: bool = False, target: str | None = None
 ) -> DiffResult:
-    from phoenix_backup.ops.browse import open_target
+    from phoenix_backup.ops.ls import open_target
 
     repo = open_target(cfg, envx, target)
     with repo.lock(exclusive=False, command="diff"):

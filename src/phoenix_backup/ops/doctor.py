@@ -42,9 +42,9 @@ from phoenix_backup.errors import (
     WrongPassphrase,
 )
 from phoenix_backup.ops import manage
-from phoenix_backup.ops.browse import open_target
 from phoenix_backup.ops.context import Environment, passphrase
 from phoenix_backup.ops.drill import drills_dir, latest_reports
+from phoenix_backup.ops.ls import open_target
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository

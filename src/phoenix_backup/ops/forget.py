@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError, RetentionRefused, SnapshotNotFound, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository
-from phoenix_backup.ops.retention import Candidate, Plan, Policy, apply_policy
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy
 from phoenix_backup.repo.snapshot import Snapshot
 
 # -- targets ------------------------------------------------------------------------------

@@ -587,7 +587,7 @@ def retention_after_backup(
     the same repository), so nothing is asked twice. `protect`: the snapshot the backup just made,
     never forgotten by the run it triggers. Every snapshot forgotten is reported with its reason."""
     from phoenix_backup.ops.forget import TargetForget, forget_repository
-    from phoenix_backup.ops.retention import Policy
+    from phoenix_backup.repo.retention import Policy
 
     out = RetentionOutcome()
     failed = sorted(name for name, o in outcomes.items() if not getattr(o, "ok", False))

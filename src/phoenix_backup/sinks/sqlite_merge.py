@@ -451,7 +451,7 @@ def snapshot_databases(repo: Repository, snap: Snapshot) -> list[tuple[str, Node
 
 def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Path) -> Path:
     """Write a snapshot's copy of a database to `dest`, checked against its SHA-256."""
-    from phoenix_backup.ops.browse import NodeReader  # browse is read-only and shared
+    from phoenix_backup.ops.ls import NodeReader  # browse is read-only and shared
 
     need = node.size + 16 * 1024 * 1024
     free = shutil.disk_usage(dest.parent).free
@@ -500,7 +500,7 @@ def merge_snapshot(
     saved in a `pre-restore` safety snapshot (as an in-place restore does), so restoring that
     snapshot undoes the merge.
     """
-    from phoenix_backup.ops.browse import open_target
+    from phoenix_backup.ops.ls import open_target
 
     require_config_file(cfg, "a merge into the live stores")
     repo = open_target(cfg, envx, target)
