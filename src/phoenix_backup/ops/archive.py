@@ -34,7 +34,8 @@ from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.ls import NodeReader, open_target
+from phoenix_backup.ops.ls import open_target
+from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree

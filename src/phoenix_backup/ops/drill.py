@@ -39,10 +39,11 @@ from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.ls import damaged_pack, open_target
+from phoenix_backup.ops.ls import open_target
 from phoenix_backup.ops.restore import _Writer  # the restore op's writer: the drill proves that code
 from phoenix_backup.ops.verify import VerifyError
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.reader import damaged_pack
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot
 from phoenix_backup.repo.tree import Node

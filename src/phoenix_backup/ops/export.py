@@ -42,8 +42,9 @@ from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize
 from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect, quote
 from phoenix_backup.memory.values import csv_value, json_value
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
-from phoenix_backup.sinks.sqlite_merge import copy_snapshot_database, scratch_dir
+from phoenix_backup.sinks.sqlite_merge import scratch_dir
 from phoenix_backup.sources.files import COMPANIONS, is_sqlite_file
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.patterns import ExcludeSet, Include
@@ -204,7 +205,7 @@ def _live_files(cfg: Config, envx: Environment, databases: set[Path]) -> list[Pa
 @contextlib.contextmanager
 def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None) -> Iterator[Source]:
     """A snapshot's databases (copies checked against their SHA-256) and component files."""
-    from phoenix_backup.ops.ls import NodeReader, open_target
+    from phoenix_backup.ops.ls import open_target
 
     repo = open_target(cfg, envx, target)
     layout = Layout(cfg.workspace, envx.home)
@@ -221,9 +222,7 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
             elif node.type == "file" and matcher.matches(logical):
 
                 def read(lg: str = logical, nd: Any = node) -> Iterator[bytes]:
-                    reader = NodeReader(repo, lg, nd)
-                    yield from reader.chunks()
-                    reader.finish()
+                    yield from NodeReader(repo, lg, nd).blocks()
 
                 files.append(SourceFile(logical, node.size, read))
         info = {

@@ -1,28 +1,24 @@
 """`phx ls` and `phx dump`: browse a snapshot without restoring it.
 
 Also the small pieces the other read-only use cases (drill, archive, doctor) share: opening the
-repository of one target, naming a path inside a snapshot, and streaming a file's bytes out of the
-repository with its SHA-256 checked.
+repository of one target and naming a path inside a snapshot.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import CorruptObject, UsageError
+from phoenix_backup.errors import UsageError
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
@@ -102,84 +98,6 @@ def find_node(repo: Repository, snap: Snapshot, logical: str) -> Node | None:
 
 def _not_found(snap: Snapshot, logical: str) -> UsageError:
     return UsageError(f"snapshot {snap.name} holds no {logical}; see `phx ls {snap.id[:8]}` for its paths")
-
-
-# --------------------------------------------------------------------------------------------
-# Reading a file's bytes
-# --------------------------------------------------------------------------------------------
-
-
-class NodeReader:
-    """A file's or database's bytes, read extent by extent from the repository, hashed as they go.
-
-    `read` is a file-like read (for tarfile); `finish` raises when the bytes did not match the
-    snapshot's SHA-256, naming the path.
-    """
-
-    def __init__(self, repo: Repository, logical: str, node: Node) -> None:
-        self.repo = repo
-        self.logical = logical
-        self.node = node
-        self.digest = hashlib.sha256()
-        self._chunks = self._iter()
-        self._buffer = b""
-        self.total = 0
-
-    def _iter(self) -> Iterator[bytes]:
-        last: tuple[bytes, bytes] | None = None  # consecutive extents often share a blob
-        for ext in self.node.content:
-            if last is None or last[0] != ext.blob:
-                last = (ext.blob, self.repo.load_blob(BlobType.DATA, ext.blob))
-            data = last[1][ext.offset : ext.offset + ext.length]
-            if len(data) != ext.length:
-                raise CorruptObject(f"data of {self.logical} is shorter than the snapshot says")
-            yield data
-
-    def _next(self) -> bytes | None:
-        data = next(self._chunks, None)
-        if data is not None:
-            self.digest.update(data)
-            self.total += len(data)
-        return data
-
-    def chunks(self) -> Iterator[bytes]:
-        while (data := self._next()) is not None:
-            yield data
-
-    def read(self, n: int = -1) -> bytes:
-        out = bytearray(self._buffer)
-        self._buffer = b""
-        while n < 0 or len(out) < n:
-            data = self._next()
-            if data is None:
-                break
-            out += data
-        if n >= 0 and len(out) > n:
-            self._buffer = bytes(out[n:])
-            del out[n:]
-        return bytes(out)
-
-    def finish(self) -> None:
-        if self.total != self.node.size or self.digest.hexdigest() != self.node.sha256:
-            raise CorruptObject(
-                f"{self.logical} read from the repository does not match its SHA-256 in the snapshot; "
-                "run `phx verify --read-data` and use another snapshot or target"
-            )
-
-
-def damaged_pack(repo: Repository, node: Node) -> str | None:
-    """The pack holding the first blob of `node` that cannot be read, to name the damaged object."""
-    for ext in node.content:
-        loc = repo.index.get(ext.blob)
-        if loc is None:
-            return f"blob {ext.blob.hex()[:16]}"
-        try:
-            repo.load_blob(BlobType.DATA, ext.blob)
-        except CorruptObject:
-            return pack_name(loc.pack_id)
-        except Exception:  # a storage error names the pack just as well
-            return pack_name(loc.pack_id)
-    return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import secrets
 import sqlite3
 import stat
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,12 +59,13 @@ from phoenix_backup.ops.context import (
     require_config_file,
     target_backend,
 )
-from phoenix_backup.repo.crypto import BlobType, sha256_file
+from phoenix_backup.repo.crypto import sha256_file
 from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.reader import NodeReader, check_data, damage_text, read_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
-from phoenix_backup.repo.tree import Extent, Node, check_name
+from phoenix_backup.repo.tree import Node, check_name
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers, sqlite_folder
 from phoenix_backup.sinks import sqlite as live_sqlite
@@ -471,8 +471,10 @@ class _Restore:
             # that only creates new files below --to checks each blob as it writes it (a failure
             # leaves whole new files and removes its temporary file, never a damaged one under its
             # real name).
-            self.damaged = _check_data(
-                self.repo, self.envx, [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)]
+            self.damaged = check_data(
+                self.repo,
+                [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)],
+                functools.partial(_progress, self.envx, "check"),
             )
             if self.damaged:
                 plan = self.plan()
@@ -884,7 +886,7 @@ class _Restore:
             if item.action == "delete":
                 return None
             node = plan.nodes[item.path]
-            return _load_content(self.repo, item.path, node) if node.type == "file" else None
+            return read_node(self.repo, item.path, node) if node.type == "file" else None
 
         manifest = after(alignment.MANIFEST)
         where = str(self.layout.to_real("workspace", self.to) / alignment.MANIFEST)
@@ -983,7 +985,7 @@ class _Restore:
                 if _record(result, item.path, action) is not None and item.action != "unchanged":
                     result.restored += 1
             except (CorruptObject, ObjectNotFound) as exc:
-                self.damaged[item.path] = _damage_text(exc)  # its temporary file is gone; the rest goes on
+                self.damaged[item.path] = damage_text(exc)  # its temporary file is gone; the rest goes on
 
         for done, (item, job) in enumerate(jobs, 1):
             attempt(item, job.result)
@@ -1016,7 +1018,7 @@ class _Restore:
                 copy = copies.pop(item.path).result()
                 info = writer.database(item.path, node, in_place=self.in_place, copy=copy)
             except (CorruptObject, ObjectNotFound) as exc:
-                self.damaged[item.path] = _damage_text(exc)
+                self.damaged[item.path] = damage_text(exc)
                 continue
             except UnsafePath as exc:
                 result.errors.append({"path": item.path, "error": str(exc)})
@@ -1149,83 +1151,6 @@ def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T |
         return None
 
 
-def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node]]) -> dict[str, str]:
-    """Read, decrypt and authenticate every blob the restore needs before anything is touched;
-    return the paths whose data is damaged or missing, each with the reason.
-
-    The AEAD tag (or, unencrypted, the checksum) binds each blob to its id, so a damaged or
-    substituted blob is found here, not halfway through the restore. Every path that needs a bad
-    blob is named, not only the first.
-    """
-    needed: dict[bytes, tuple[list[str], int]] = {}  # blob -> (the paths using it, the end of its furthest extent)
-    for logical, node in nodes:
-        for ext in node.content:
-            end = ext.offset + ext.length
-            users, prev = needed.get(ext.blob, ([], 0))
-            if not users or users[-1] != logical:
-                users.append(logical)
-            needed[ext.blob] = (users, max(prev, end))
-    damaged: dict[str, str] = {}
-    for blob, (users, _end) in needed.items():
-        if not repo.index.has(blob):
-            for logical in users:
-                damaged.setdefault(logical, f"its data is missing from the repository (blob {blob.hex()[:16]})")
-
-    def check(item: tuple[bytes, tuple[list[str], int]]) -> None:
-        blob, (users, end) = item
-        try:
-            data = repo.load_blob(BlobType.DATA, blob)
-        except (CorruptObject, ObjectNotFound) as exc:
-            for logical in users:
-                damaged.setdefault(logical, _damage_text(exc))
-            return
-        if len(data) < end:
-            for logical in users:
-                damaged.setdefault(logical, "its data is shorter than the snapshot says (damaged)")
-
-    present = [(b, u) for b, u in needed.items() if repo.index.has(b)]
-    workers = max(2, os.cpu_count() or 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-check") as pool:
-        for done, _ in enumerate(pool.map(check, present), 1):
-            _progress(envx, "check", done, len(present))
-    return damaged
-
-
-def _damage_text(exc: PhoenixError) -> str:
-    return f"its data is damaged or missing in the repository ({exc})"
-
-
-# A database's extents come back to the same page-run blobs again and again (the pages that did
-# not change since it was first stored): recent blobs are kept instead of being opened anew. On the
-# 7-day benchmark repository 2 MiB already avoids all but 8 of 5,839 loads of memory.db.
-_BLOB_CACHE_BYTES = 4 * 1024 * 1024
-
-
-def _extent_bytes(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[memoryview]:
-    """The bytes of each extent in order; each is valid until the next one is asked for."""
-    for blob, start, end in _extent_ranges(repo, logical, extents):
-        yield memoryview(blob)[start:end]
-
-
-def _extent_ranges(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[tuple[bytes, int, int]]:
-    """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
-    cache: OrderedDict[bytes, bytes] = OrderedDict()
-    cached = 0
-    for ext in extents:
-        blob = cache.get(ext.blob)
-        if blob is None:
-            blob = repo.load_blob(BlobType.DATA, ext.blob)
-            cache[ext.blob] = blob
-            cached += len(blob)
-            while cached > _BLOB_CACHE_BYTES and len(cache) > 1:
-                cached -= len(cache.popitem(last=False)[1])
-        else:
-            cache.move_to_end(ext.blob)
-        if ext.offset + ext.length > len(blob):
-            raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
-        yield blob, ext.offset, ext.offset + ext.length
-
-
 # Holes: a whole aligned block of zeros is skipped with lseek instead of written, so a sparse file
 # (a VM image, a preallocated log) comes back sparse. 4 KiB is the block of the common Linux file
 # systems; a smaller run of zeros costs a block anyway.
@@ -1236,16 +1161,14 @@ _ZERO_BLOCK = bytes(_HOLE)
 def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
     """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
     checking them against the snapshot's SHA-256."""
-    digest = hashlib.sha256()
+    reader = NodeReader(repo, logical, node)
     pos = 0
-    for blob, start, end in _extent_ranges(repo, logical, node.content):
-        digest.update(memoryview(blob)[start:end])
+    for blob, start, end in reader.ranges():
         _write_sparse(out, blob, start, end, pos)
         pos += end - start
     if os.fstat(out).st_size != pos:
         os.ftruncate(out, pos)  # the file ends in a hole: seeking alone does not extend it
-    if digest.hexdigest() != node.sha256:
-        raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot (damaged)")
+    reader.finish()
 
 
 def _write_sparse(out: int, blob: bytes, start: int, end: int, pos: int) -> None:
@@ -1271,10 +1194,6 @@ def _write_sparse(out: int, blob: bytes, start: int, end: int, pos: int) -> None
 def _write_all(out: int, data: memoryview) -> None:
     while data:
         data = data[os.write(out, data) :]
-
-
-def _load_content(repo: Repository, logical: str, node: Node) -> bytes:
-    return b"".join(_extent_bytes(repo, logical, node.content))
 
 
 def _tmp_name() -> str:

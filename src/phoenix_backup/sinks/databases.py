@@ -25,7 +25,6 @@ ordinary commands. Afterwards every restored key must exist.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import re
@@ -43,7 +42,7 @@ from psycopg import sql
 from phoenix_backup.config import Config
 from phoenix_backup.config.model import PostgresDb, RedisDb
 from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, SourceError, UsageError
-from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.reader import NodeReader, read_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.sinks import postgres_agent as agent_merge
@@ -92,34 +91,9 @@ class DbRestoreOutcome:
 # -- reading a snapshot's streams ---------------------------------------------------------------
 
 
-def node_blocks(repo: Repository, logical: str, node: Node) -> Iterator[bytes]:
-    """A node's bytes, block by block. The SHA-256 is checked before the last block is handed
-    over, so a consumer that commits only at the end of its input never commits damaged data."""
-    digest = hashlib.sha256()
-    pending: bytes | None = None
-    loaded: tuple[bytes, bytes] | None = None
-    for ext in node.content:
-        if loaded is None or loaded[0] != ext.blob:
-            loaded = (ext.blob, repo.load_blob(BlobType.DATA, ext.blob))
-        block = loaded[1][ext.offset : ext.offset + ext.length]
-        if len(block) != ext.length:
-            raise CorruptObject(f"data of {logical} is shorter than the snapshot says")
-        digest.update(block)
-        if pending is not None:
-            yield pending
-        pending = block
-    if digest.hexdigest() != node.sha256:
-        raise CorruptObject(f"{logical} does not match its SHA-256 in the snapshot; nothing of it was restored")
-    if pending is not None:
-        yield pending
-
-
 def node_reader(repo: Repository, logical: str, node: Node) -> BinaryIO:
-    return io.BufferedReader(IterReader(node_blocks(repo, logical, node)), buffer_size=1 << 20)
-
-
-def node_bytes(repo: Repository, logical: str, node: Node) -> bytes:
-    return b"".join(node_blocks(repo, logical, node))
+    """A node's bytes as a buffered file, checked before its last block is read."""
+    return io.BufferedReader(IterReader(NodeReader(repo, logical, node).blocks()), buffer_size=1 << 20)
 
 
 def group_database_nodes(nodes: Iterable[tuple[str, Node]]) -> dict[str, dict[str, Node]]:
@@ -189,7 +163,7 @@ def _manifest(repo: Repository, path: str, files: dict[str, Node]) -> dict[str, 
     if node is None:
         raise CorruptObject(f"{path} has no manifest.json in the snapshot; it cannot be restored into a server")
     try:
-        doc = json.loads(node_bytes(repo, f"{path}/{pg.MANIFEST}", node))
+        doc = json.loads(read_node(repo, f"{path}/{pg.MANIFEST}", node))
     except ValueError as exc:
         raise CorruptObject(f"{path}/manifest.json is not valid JSON") from exc
     if not isinstance(doc, dict):
@@ -377,7 +351,7 @@ def _restore_dump(
         args = [str(restore_tool), "-w", "--single-transaction", "--exit-on-error", f"--dbname={conn.conninfo}"]
         if clean:
             args[1:1] = ["--clean", "--if-exists"]
-        _feed(args, conn.tool_env(), node_blocks(repo, f"{path}/{pg.DUMP}", dump), what=f"pg_restore of {path}")
+        _feed(args, conn.tool_env(), NodeReader(repo, f"{path}/{pg.DUMP}", dump).blocks(), what=f"pg_restore of {path}")
         with conn.connect() as con:
             outcome.warnings += _analyze(con, None)
             outcome.found = pg.table_counts(con)
@@ -442,7 +416,7 @@ def _role_name(token: str) -> str:
 def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, outcome: DbRestoreOutcome) -> list[str]:
     """Create the roles of `globals.sql` that the server lacks, with their attributes, and their
     memberships. Existing roles are left exactly as they are (their passwords included)."""
-    text = node_bytes(repo, f"{path}/{pg.GLOBALS}", node).decode("utf-8", "replace")
+    text = read_node(repo, f"{path}/{pg.GLOBALS}", node).decode("utf-8", "replace")
     lines = [ln.strip() for ln in text.splitlines()]
     created: list[str] = []
     with conn.connect_server() as con:
@@ -506,7 +480,7 @@ def _restore_agent_rows(
             return outcome
 
     def rows_of(t: pg.AgentTable) -> Iterator[bytes]:
-        return node_blocks(repo, f"{path}/{t.file}", files[t.file])
+        return NodeReader(repo, f"{path}/{t.file}", files[t.file]).blocks()
 
     try:
         with conn.connect() as con:
@@ -746,7 +720,7 @@ def restore_redis(
         writer = RedisWriter(client, mode, features)
         # Redis restores key by key, not in one transaction: the record file is checked whole
         # (SHA-256) before the first key is written.
-        for _ in node_blocks(repo, f"{path}/{rds.RECORDS}", node):
+        for _ in NodeReader(repo, f"{path}/{rds.RECORDS}", node).blocks():
             pass
         header, records = rds.read_records(node_reader(repo, f"{path}/{rds.RECORDS}", node))
         batch: list[rds.Record] = []

@@ -41,6 +41,7 @@ from phoenix_backup.errors import ConfirmationRequired, ExitStatus, MergeFailed
 from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect, quote
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.ops.context import Environment, require_config_file
+from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
@@ -447,27 +448,6 @@ def _rebuild_and_check(con: sqlite3.Connection, result: DatabaseMerge) -> None:
 def snapshot_databases(repo: Repository, snap: Snapshot) -> list[tuple[str, Node]]:
     """(logical path, node) of every database a snapshot holds."""
     return [(lg, n) for lg, n in walk_tree(repo, snap.tree) if n.type == "sqlite"]
-
-
-def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Path) -> Path:
-    """Write a snapshot's copy of a database to `dest`, checked against its SHA-256."""
-    from phoenix_backup.ops.ls import NodeReader  # browse is read-only and shared
-
-    need = node.size + 16 * 1024 * 1024
-    free = shutil.disk_usage(dest.parent).free
-    if free < need:
-        from phoenix_backup.errors import NoSpace
-
-        raise NoSpace(
-            f"not enough free space in {dest.parent} for a copy of {logical} ({node.size // 2**20} MiB); "
-            "free some space or set TMPDIR to a larger disk"
-        )
-    reader = NodeReader(repo, logical, node)
-    with open(dest, "wb") as f:
-        for chunk in reader.chunks():
-            f.write(chunk)
-    reader.finish()
-    return dest
 
 
 @contextlib.contextmanager
