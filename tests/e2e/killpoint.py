@@ -139,7 +139,7 @@ def install() -> None:
 
     for method in ("write", "delete"):
         setattr(LimitedBackend, method, _wrap(f"store.{method}", getattr(LimitedBackend, method)))
-    from phoenix_backup.sinks import sqlite as live_sqlite
+    from phoenix_backup.sinks import sqlite_live as live_sqlite
     from phoenix_backup.sources import sqlite as sqlite_source
 
     live_sqlite.apply_copy = _wrap_inside("apply_copy", live_sqlite.apply_copy)

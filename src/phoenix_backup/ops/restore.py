@@ -68,7 +68,7 @@ from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node, check_name
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers, sqlite_folder
-from phoenix_backup.sinks import sqlite as live_sqlite
+from phoenix_backup.sinks import sqlite_live as live_sqlite
 from phoenix_backup.sources.files import RESTORE_TEMP, SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, is_database_path, split_logical
 from phoenix_backup.sources.patterns import glob_regex

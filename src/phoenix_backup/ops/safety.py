@@ -21,7 +21,7 @@ from phoenix_backup.errors import RestoreError
 from phoenix_backup.ops.backup import BackupResult, snapshot_entries
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.sinks import sqlite as live_sqlite
+from phoenix_backup.sinks import sqlite_live as live_sqlite
 from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry, EntryKind
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import SCOPES

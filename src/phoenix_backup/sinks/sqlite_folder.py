@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from phoenix_backup.errors import RestoreError
-from phoenix_backup.sinks import sqlite as live_sqlite
+from phoenix_backup.sinks import sqlite_live as live_sqlite
 
 # O_PATH: a folder above may be searchable without being readable (a home folder of mode 0711).
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
