@@ -45,7 +45,7 @@ from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
-from phoenix_backup.sources.layout import Layout, is_database_path
+from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, Scope, plan_components, source_plan
 from phoenix_backup.state import TargetOutcome, write_state
 
@@ -795,7 +795,7 @@ def _write_trees(
     children: dict[str, list[Node]] = {}
     dirs: dict[str, Entry] = {k: e for k, e in sel.entries.items() if e.kind == "dir"}
     for logical in nodes:
-        for parent in _ancestors(logical):
+        for parent in ancestors(logical):
             if parent not in dirs:
                 dirs[parent] = _dir_entry(layout, parent)
     for logical, node in nodes.items():
@@ -822,11 +822,6 @@ def _same_nodes(a: list[Node], b: list[Node]) -> bool:
         return False
     by_name = {n.name: n for n in b}
     return all((old := by_name.get(n.name)) is n or old == n for n in a)
-
-
-def _ancestors(logical: str) -> list[str]:
-    parts = logical.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _parent_of(logical: str) -> str:

@@ -40,7 +40,6 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.ls import open_target
-from phoenix_backup.ops.restore import _Writer  # the restore op's writer: the drill proves that code
 from phoenix_backup.ops.verify import VerifyError
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.reader import damaged_pack
@@ -48,6 +47,8 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.sinks import sqlite as sqlite_sink
+from phoenix_backup.sinks.files import FileWriter  # the restore's writer: the drill proves that code
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import count_rows, sqlite_uri
 
@@ -372,7 +373,7 @@ def _restore(
 ) -> set[str]:
     """Write every node below `folder` with the restore op's writer; return what was written.
     A node that fails is an error naming its path (and the damaged pack), and the rest goes on."""
-    writer = _Writer(repo, Layout(cfg.workspace, envx.home), folder)
+    writer = FileWriter(repo, Layout(cfg.workspace, envx.home), folder)
     written: set[str] = set()
 
     def attempt(logical: str, node: Node, action: Callable[[], object]) -> None:
@@ -394,9 +395,7 @@ def _restore(
         workers = max(2, (os.cpu_count() or 2) + 1)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-drill") as pool:
             jobs = [
-                pool.submit(attempt, lg, n, functools.partial(writer.content, lg, n, False))
-                for lg, n in nodes
-                if n.type in ("file", "sqlite")
+                pool.submit(attempt, lg, n, _write(writer, lg, n)) for lg, n in nodes if n.type in ("file", "sqlite")
             ]
             for job in jobs:
                 job.result()
@@ -410,6 +409,13 @@ def _restore(
     finally:
         writer.close()
     return written
+
+
+def _write(writer: FileWriter, logical: str, node: Node) -> Callable[[], object]:
+    """What writes a file or a database below the drill's folder, as a restore writes them."""
+    if node.type == "sqlite":
+        return functools.partial(sqlite_sink.restore_database, writer, logical, node, in_place=False)
+    return functools.partial(writer.content, logical, node)
 
 
 def _check_files(folder: Path, nodes: list[tuple[str, Node]], written: set[str], result: DrillResult) -> None:

@@ -57,6 +57,12 @@ class Layout:
         return base.joinpath(*parts[1:])
 
 
+def ancestors(logical: str) -> list[str]:
+    """The folders above a logical path, outermost first (`workspace`, `workspace/memory`)."""
+    parts = logical.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def split_logical(logical: str) -> list[str]:
     parts = PurePosixPath(logical).parts
     if not parts or parts[0] not in ROOTS or any(p in ("..", ".", "/") or "\0" in p for p in parts):
