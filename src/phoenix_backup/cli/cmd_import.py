@@ -11,7 +11,8 @@ from phoenix_backup.cli.app import Out, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import import_ as import_op
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.sinks.sqlite_merge import CONFLICT_MODES, ConflictMode, MergeResult
+from phoenix_backup.sinks import CONFLICT_MODES, ConflictMode
+from phoenix_backup.sinks.sqlite_merge import MergeResult
 
 
 @cli.command(name="import")

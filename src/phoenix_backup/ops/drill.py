@@ -217,10 +217,11 @@ class ServerDrill:
 
     def check(self, ctx: DrillContext, info: DatabaseInfo | None, restored: Path) -> DatabaseReport:
         from phoenix_backup.sinks import databases as db_restore
+        from phoenix_backup.sinks.streams import group_database_nodes
 
         assert info is not None and ctx.repo is not None
         report = DatabaseReport(info.path, self.engine)
-        files = db_restore.group_database_nodes(ctx.nodes).get(info.path)
+        files = group_database_nodes(ctx.nodes).get(info.path)
         if not files:
             report.problems.append(("database", "is listed in the snapshot's databases but absent from its tree"))
             return report

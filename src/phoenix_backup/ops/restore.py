@@ -24,7 +24,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from phoenix_backup.argentos import alignment
@@ -70,7 +69,7 @@ from phoenix_backup.sources.scope import SCOPES, Scope
 from phoenix_backup.storage.local import os_error
 
 if TYPE_CHECKING:
-    from phoenix_backup.sinks.databases import ConflictMode
+    from phoenix_backup.sinks import ConflictMode
     from phoenix_backup.sinks.postgres_agent import KeylessMode
 
 T = TypeVar("T")
@@ -149,13 +148,6 @@ class RestoreResult:
             "phoenixConfig": self.phoenix_config,
             "damaged": self.damaged,
         }
-
-
-def _db() -> ModuleType:
-    """PostgreSQL and Redis restore, imported on first use: most restores never need the drivers."""
-    from phoenix_backup.sinks import databases as db_restore
-
-    return db_restore
 
 
 def restore(
@@ -378,11 +370,13 @@ class _Restore:
         if dry_run:
             self.preview(plan, result)
             if self.server_dbs:
-                result.databases += _db().preview_databases(
+                from phoenix_backup.sinks import databases  # the database drivers: imported when needed
+
+                result.databases += databases.preview_databases(
                     self.repo, self.cfg, dict(self.envx.env), self.server_dbs, to_database=self.to_database
                 )
                 if self._servers():
-                    for notice in _db().server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs):
+                    for notice in databases.server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs):
                         self.warn(notice)
             return result
         if self.in_place:
@@ -577,7 +571,7 @@ class _Restore:
 
     def servers(self, to_database: str | None, conflict_mode: ConflictMode, keyless: KeylessMode = "add") -> None:
         """In place, PostgreSQL and Redis (postgres/…, redis/…) go into their servers through
-        ops/_db().py, after the files; below --to they are written as files like any other.
+        sinks/databases.py, after the files; below --to they are written as files like any other.
         `--to DIR` cannot be combined with `--to-database`, which restores PostgreSQL only."""
         self.to_database = to_database
         self.conflict_mode = conflict_mode
@@ -597,12 +591,16 @@ class _Restore:
         """The server databases restored in place (none with `--to-database`)."""
         if not self.server_dbs or self.to_database:
             return []
-        return sorted(_db().group_database_nodes(self.server_dbs))
+        from phoenix_backup.sinks.streams import group_database_nodes
+
+        return sorted(group_database_nodes(self.server_dbs))
 
     def write_server_databases(self, result: RestoreResult) -> None:
         if not self.server_dbs:
             return
-        for outcome in _db().restore_databases(
+        from phoenix_backup.sinks import databases  # the database drivers: imported when needed
+
+        for outcome in databases.restore_databases(
             self.repo,
             self.cfg,
             dict(self.envx.env),
@@ -624,7 +622,11 @@ class _Restore:
         counts = _count(plan.items)
         servers = self._servers()
         # Said before anything is written, and kept in the result: user triggers that will fire.
-        notices = _db().server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs) if servers else []
+        from phoenix_backup.sinks import databases  # the database drivers: imported when needed
+
+        notices = (
+            databases.server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs) if servers else []
+        )
         for notice in notices:
             self.warn(notice)
         risky = counts["overwrite"] + counts["delete"] + len(servers)
@@ -702,7 +704,9 @@ class _Restore:
         # Server databases restored in place are saved from their servers first, like files; one
         # that does not exist yet has nothing to save (the restore creates it).
         servers = tuple(self._servers())
-        absent = _db().absent_databases(self.cfg, dict(self.envx.env), servers) if servers else {}
+        from phoenix_backup.sinks import databases  # the database drivers: imported when needed
+
+        absent = databases.absent_databases(self.cfg, dict(self.envx.env), servers) if servers else {}
         for path, why in absent.items():
             message = (
                 f"{path}: {why}, so the safety snapshot holds nothing of it; the restore creates it (undoing the "
@@ -722,8 +726,14 @@ class _Restore:
         short = taken.id[:8]
         self.undo_hint = f"`phx restore --backup {short} --yes` undoes what was restored"
         self.envx.notice(f"safety snapshot {short} ({taken.name}) saved; `phx restore --backup {short}` undoes this")
-        absent = sum(1 for p in wanted if not os.path.lexists(self.layout.to_real(p)))
-        return {"id": taken.id, "name": taken.name, "files": taken.files, "absent": absent, "tags": [safety.SAFETY_TAG]}
+        missing = sum(1 for p in wanted if not os.path.lexists(self.layout.to_real(p)))
+        return {
+            "id": taken.id,
+            "name": taken.name,
+            "files": taken.files,
+            "absent": missing,
+            "tags": [safety.SAFETY_TAG],
+        }
 
     # -- dry run -------------------------------------------------------------------------
 

@@ -46,11 +46,10 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import sqlite_uri
 
-ConflictMode = Literal["skip", "update"]
-CONFLICT_MODES: tuple[ConflictMode, ...] = ("skip", "update")
 BUSY_TIMEOUT_S = 30.0
 _BATCH = 500
 _MAX_WARNINGS_PER_TABLE = 5
