@@ -168,7 +168,7 @@ def _merge(
     """`--merge`: the row merge of `phx import`, from the snapshot's copies of the stores (issue #9)."""
     from phoenix_backup.cli.cmd_import import notices, text
     from phoenix_backup.errors import UsageError
-    from phoenix_backup.sinks.sqlite_merge import merge_snapshot
+    from phoenix_backup.ops.merge import merge_snapshot
 
     if to:
         raise UsageError("--merge writes into the live stores; leave out --to (or restore below --to without --merge)")

@@ -24,13 +24,12 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.memory.schema import TableInfo, inspect, quote, row_noun
 from phoenix_backup.memory.values import SqlValue
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import Trees
-from phoenix_backup.sinks.sqlite_merge import scratch_dir
 from phoenix_backup.sources.sqlite import sqlite_uri
 
 

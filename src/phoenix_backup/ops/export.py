@@ -41,10 +41,9 @@ from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
 from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect, quote
 from phoenix_backup.memory.values import csv_value, json_value
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, scratch_dir
 from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
-from phoenix_backup.sinks.sqlite_merge import scratch_dir
 from phoenix_backup.sources.files import COMPANIONS, is_sqlite_file
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.patterns import ExcludeSet, Include

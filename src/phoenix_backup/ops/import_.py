@@ -27,8 +27,9 @@ from phoenix_backup.memory.values import SqlValue, from_json
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
+from phoenix_backup.ops.merge import confirm_merge
 from phoenix_backup.sinks import ConflictMode
-from phoenix_backup.sinks.sqlite_merge import MergeResult, confirm_merge, merge_database
+from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import configured_databases
 
