@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from phoenix_backup.config import Config, find_config_path, load_config, parse_config
     from phoenix_backup.ops.backup import BackupResult, backup
     from phoenix_backup.ops.context import Environment
-    from phoenix_backup.ops.manage import InitResult, SnapshotSummary, init, list_snapshots, unlock
+    from phoenix_backup.ops.key import InitResult, SnapshotSummary, init, list_snapshots, unlock
     from phoenix_backup.ops.restore import RestoreResult, restore
     from phoenix_backup.ops.verify import VerifyResult, verify
 
@@ -34,7 +34,7 @@ _API = {
     "phoenix_backup.config": ("Config", "find_config_path", "load_config", "parse_config"),
     "phoenix_backup.ops.backup": ("BackupResult", "backup"),
     "phoenix_backup.ops.context": ("Environment",),
-    "phoenix_backup.ops.manage": ("InitResult", "SnapshotSummary", "init", "list_snapshots", "unlock"),
+    "phoenix_backup.ops.key": ("InitResult", "SnapshotSummary", "init", "list_snapshots", "unlock"),
     "phoenix_backup.ops.restore": ("RestoreResult", "restore"),
     "phoenix_backup.ops.verify": ("VerifyResult", "verify"),
 }

@@ -26,7 +26,7 @@ from phoenix_backup.config import load_config
 from phoenix_backup.errors import PhoenixError, RepositoryError, RepositoryLocked
 from phoenix_backup.ops import repair
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.ops.manage import unlock
+from phoenix_backup.ops.key import unlock
 from phoenix_backup.ops.verify import VerifyResult, verify
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name
@@ -225,7 +225,7 @@ def test_a_damaged_key_slot_beside_a_good_one_is_named_and_can_be_removed(
 ) -> None:
     """The repository still opens with the other slot; verify names the damaged one, and
     `phx key remove` takes it away (never the last readable one)."""
-    from phoenix_backup.ops.manage import key_add, key_list, key_remove
+    from phoenix_backup.ops.key import key_add, key_list, key_remove
 
     case = Case(pristine, tmp_path)
     added = key_add(case.cfg, Environment(env={**case.sb.env, "PHX_NEW_PASSPHRASE": "another"}), method="passphrase")

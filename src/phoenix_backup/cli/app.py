@@ -18,7 +18,7 @@ from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import key as manage
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.repo.snapshot import Latest
 

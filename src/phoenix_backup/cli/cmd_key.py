@@ -7,7 +7,7 @@ import click
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import key as manage
 from phoenix_backup.ops.context import Environment
 
 
@@ -120,10 +120,10 @@ def key_rotate(out: Out, envx: Environment, config_path: str | None) -> ExitStat
 
     Example: PHX_PASSPHRASE=... phx key rotate
     """
-    from phoenix_backup.ops import key as key_op
+    from phoenix_backup.ops import key_rotate
 
     cfg = load_config(out, envx, config_path)
-    result = key_op.rotate(cfg, envx)
+    result = key_rotate.rotate(cfg, envx)
     if result.finished_earlier:
         text = f"finished the interrupted key rotation: key fingerprint {result.fingerprint}"
     else:

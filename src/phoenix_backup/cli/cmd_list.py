@@ -5,7 +5,7 @@ from __future__ import annotations
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, repo_option, target_option
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import key as manage
 from phoenix_backup.ops.context import Environment
 
 

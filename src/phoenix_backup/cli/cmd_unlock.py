@@ -6,7 +6,7 @@ import click
 
 from phoenix_backup.cli.app import Out, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import key as manage
 from phoenix_backup.ops.context import Environment
 
 

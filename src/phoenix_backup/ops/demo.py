@@ -17,7 +17,7 @@ from pathlib import Path
 
 from phoenix_backup.config import default_config_dict, parse_config
 from phoenix_backup.ops import backup as backup_op
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import key as manage
 from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.ops import verify as verify_op
 from phoenix_backup.ops.context import Environment, open_repository

@@ -41,7 +41,7 @@ from phoenix_backup.errors import (
     SourceError,
     WrongPassphrase,
 )
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import key as manage
 from phoenix_backup.ops.context import Environment, passphrase
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.ls import open_target

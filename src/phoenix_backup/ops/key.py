@@ -1,275 +1,416 @@
-"""`phx key rotate`: a new encryption key, so that old key slots (and copies of them, such as a Git
-target's history) open nothing written from now on.
-
-`key passwd` and `key remove` only replace or drop a wrapping of the same secrets: whoever kept an
-old slot (or read it from Git history) still opens everything. Rotation draws a new encryption key,
-re-seals every blob a snapshot still needs into new packs, writes a new index and re-seals the
-snapshots, then makes the config authenticated by the new key: that single atomic write is the
-commit point. Afterwards the old objects and slots are deleted.
-
-The id key and the chunker parameter are kept. They only name and cut blobs inside sealed objects,
-so a holder of the old secrets learns nothing from them without the encryption key; keeping them
-keeps every blob id (trees are re-sealed, not rewritten), deduplication with the next backup and
-the local page-hash cache. The fingerprint, the config's authentication and the slots' metadata
-key derive from all the secrets, so they change with the encryption key.
-
-Crash safety, under the exclusive lock, in this order:
-
-1. objects and slots of another key that the owner's credentials open are deleted first: the
-   leftovers of an earlier interrupted rotation (before or after its commit point), or a slot and
-   objects planted under another key;
-2. this user's pin records the new fingerprint as `next` (accepted beside the old one);
-3. new slots, new packs, the new index, the re-sealed snapshots: readers with the old key ignore
-   them (they do not authenticate), so the repository is the old one, whole;
-4. the config, authenticated by the new key: from here on the new key is the repository's;
-5. the pin moves to the new fingerprint; the old snapshots, index objects and packs go, the lock
-   moves to the new key, the old slots go last (while one is left, so is the old key: step 1 of a
-   re-run can still find what it sealed).
-
-A SIGKILL anywhere leaves a repository that opens with the owner's secret and restores every
-snapshot; `phx key rotate` run again finishes (or redoes) the job.
-
-Other targets: replication (at the end of the rotation, and on every later backup or `phx sync`)
-copies the new slots and objects to each replica first, then its config (the replica's commit
-point), then deletes what there is sealed under the old key and the old slots. A replica that
-was down keeps the old key until then: its old slots still open its old objects, and nothing
-written later.
-"""
+"""Small use cases: `init`, `list`, `unlock`."""
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
-from phoenix_backup.config import Config
-from phoenix_backup.errors import UsageError
-from phoenix_backup.ops.context import Environment, credentials, open_repository, pins
-from phoenix_backup.ops.prune import _refuse_if_damaged, _used_blobs
-from phoenix_backup.ops.sync import TargetReport, replicate_all
+from phoenix_backup.config import (
+    Config,
+    default_config_dict,
+    find_config_path,
+    load_config,
+    write_config,
+)
+from phoenix_backup.config.defaults import SEARCH_PATHS
+from phoenix_backup.errors import ConfigError, KeyChanged, MissingCredentials, PhoenixError, RepositoryError, UsageError
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import Sealer
-from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
-from phoenix_backup.repo.repository import Repository, sealed_with
+from phoenix_backup.repo.locks import LockInfo
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.sinks import leftovers
 
 
-@dataclass
-class RotateResult:
+@dataclass(frozen=True)
+class InitResult:
+    config_path: Path
+    config_written: bool
     repository: str
-    fingerprint: str  # the new key's
-    previous: str
-    snapshots: int = 0
-    blobs: int = 0
-    packs: int = 0
-    bytes: int = 0  # bytes of new packs
-    slots: list[str] = field(default_factory=list)  # labels of the slots re-created
-    dropped: list[str] = field(default_factory=list)  # slots that could not be re-created (ids)
-    leftovers: int = 0  # objects of another key deleted first (an interrupted rotation's)
-    finished_earlier: bool = False  # only finished a rotation that had passed its commit point
-    seconds: float = 0.0
-    targets: dict[str, TargetReport] = field(default_factory=dict)
+    repository_created: bool
+    encryption: str
+    fingerprint: str = ""  # the repository's key fingerprint (`MasterSecrets.fingerprint`)
+    workspace: Path | None = None
+    workspace_exists: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "config": str(self.config_path),
+            "configWritten": self.config_written,
+            "repository": self.repository,
+            "repositoryCreated": self.repository_created,
+            "encryption": self.encryption,
+            "fingerprint": self.fingerprint,
+            "workspace": str(self.workspace) if self.workspace is not None else None,
+            "workspaceExists": self.workspace_exists,
+        }
+
+
+# Options that shape a new config file: given with an existing config, they need --force.
+_CONFIG_OPTIONS = ("workspace", "repo", "encryption", "recipients", "key_id", "identity_file")
+
+
+def init(
+    envx: Environment,
+    *,
+    config_path: str | None = None,
+    workspace: str | None = None,
+    repo: str | None = None,
+    encryption: str | None = None,
+    force: bool = False,
+    recipients: tuple[str, ...] = (),
+    key_id: str | None = None,
+    identity_file: str | None = None,
+    kdf_params: Mapping[str, int] | None = None,
+) -> InitResult:
+    """Write a config with the ArgentOS defaults (passphrase encryption unless `encryption` says
+    otherwise) and create the repository at its first target: the only command that creates a
+    first target's repository, so a backup never makes one on a disk that is not mounted.
+
+    With an existing config file and none of the options that shape a new one, the repository of
+    that config is created (a hand-written or restored config). `kdf_params` are the scrypt
+    parameters of a passphrase slot (default n=2**15, r=8, p=1)."""
+    target = Path(config_path or envx.env.get("PHX_CONFIG") or str(envx.home / SEARCH_PATHS[0].removeprefix("~/")))
+    given = {"workspace": workspace, "repo": repo, "encryption": encryption, "recipients": recipients}
+    given |= {"key_id": key_id, "identity_file": identity_file}
+    if target.exists() and not force:
+        if any(given[name] for name in _CONFIG_OPTIONS):
+            raise ConfigError(
+                f"config file {target} already exists; pass --force to replace it (the repository is left as it is)"
+            )
+        cfg = load_config(target, envx.env)
+        return _init_repository(cfg, envx, target, False, _method(cfg), kdf_params)
+    method = encryption or "passphrase"
+    kwargs: dict[str, object] = {}
+    if recipients:
+        kwargs["recipients"] = list(recipients)
+    if key_id:
+        kwargs["key_id"] = key_id
+    if identity_file:
+        kwargs["identity_file"] = identity_file
+    data = default_config_dict(
+        workspace=workspace or "~/argent",
+        repo=repo or "~/backups/argent",
+        encryption=method,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    from phoenix_backup.config import parse_config
+
+    cfg = parse_config(data, target, envx.env)  # validate before writing anything
+    result = _init_repository(cfg, envx, target, True, method, kdf_params)
+    write_config(target, data, force=force)
+    return result
+
+
+def _method(cfg: Config) -> str:
+    return cfg.encryption.method if cfg.encryption.enabled else "none"
+
+
+def _init_repository(
+    cfg: Config,
+    envx: Environment,
+    config_file: Path,
+    writes_config: bool,
+    method: str,
+    kdf_params: Mapping[str, int] | None,
+) -> InitResult:
+    if method == "none":
+        envx.notice(
+            "warning: the repository is not encrypted (--encryption none): anyone who can read it can read "
+            "the agent's memory and identity"
+        )
+    if not cfg.workspace.is_dir():
+        envx.notice(
+            f"warning: the workspace {cfg.workspace} does not exist yet; create it, or fix `workspace` in "
+            f"{config_file}, before the first backup"
+        )
+    backend = target_backend(cfg, envx, enabled_targets(cfg)[0])
+    try:
+        exists = backend.exists()
+    finally:
+        backend.close()
+    if exists:
+        envx.notice(f"a repository already exists at {backend.location}; it was left as it is")
+    # Raises RepositoryExists for a non-empty folder that holds no repository.
+    repository = open_repository(cfg, envx, create=not exists, kdf_params=kdf_params)
+    try:
+        fingerprint = repository.secrets.fingerprint
+    finally:
+        repository.close()
+    return InitResult(
+        config_file,
+        writes_config,
+        backend.location,
+        not exists,
+        method,
+        fingerprint,
+        cfg.workspace,
+        cfg.workspace.is_dir(),
+    )
+
+
+def load(envx: Environment, config_path: str | None, location: str | None = None) -> Config:
+    """The config; with `location` (`--repo`, `PHX_REPOSITORY`) reading from that repository alone,
+    from the config file when there is one, else from the ArgentOS defaults (a new machine).
+    First, every command removes what killed restores left in the user's folders."""
+    removed = leftovers.clean()
+    if removed:
+        envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
+    if location is None:
+        return load_config(find_config_path(config_path, envx.env), envx.env)
+    from phoenix_backup.config.location import config_for_location
+
+    explicit = config_path or envx.env.get("PHX_CONFIG")
+    try:
+        base: Config | None = load_config(find_config_path(config_path, envx.env), envx.env)
+    except ConfigError:
+        if explicit:
+            raise  # a config that was asked for must exist
+        base = None
+    return config_for_location(location, envx.env, base)
+
+
+@dataclass(frozen=True)
+class SnapshotSummary:
+    snapshot: Snapshot
+    targets: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        s = self.snapshot
+        return {
+            "id": s.id,
+            "shortId": s.id[:8],
+            "name": s.name,
+            "time": s.time,
+            "host": s.host,
+            "username": s.username,
+            "scope": s.scope,
+            "tags": list(s.tags),
+            "files": s.stats.files,
+            "size": s.stats.size,
+            "added": s.stats.added,
+            "databases": [d.path for d in s.databases],
+            "incomplete": len(s.incomplete),
+            "targets": list(self.targets),
+            "parent": s.parent,
+        }
+
+
+def list_snapshots(cfg: Config, envx: Environment, *, target: str | None = None) -> list[SnapshotSummary]:
+    """Snapshots of the first target, each with the enabled targets that hold it; with `target`
+    (or `envx.target`), the snapshots of that target alone. A target that cannot be listed is
+    reported as a notice and simply holds nothing in the column."""
+    name = target or envx.target
+    repo = open_repository(cfg, envx, target=name)
+    try:
+        snaps = repo.list_snapshots()
+    finally:
+        repo.close()
+    if name is not None:
+        return [SnapshotSummary(s, (name,)) for s in snaps]
+    names = enabled_targets(cfg)
+    holders: dict[str, list[str]] = {s.id: [names[0]] for s in snaps}
+    for other in names[1:]:
+        backend = target_backend(cfg, envx, other)
+        try:
+            held = {info.name.split("/")[-1] for info in backend.list("snapshots/")}
+        except PhoenixError as exc:
+            envx.notice(f"could not list target {other}: {exc}")
+            continue
+        finally:
+            backend.close()
+        for sid, where in holders.items():
+            if sid in held:
+                where.append(other)
+    return [SnapshotSummary(s, tuple(holders[s.id])) for s in snaps]
+
+
+def unlock(cfg: Config, envx: Environment, *, remove_all: bool = False) -> list[LockInfo]:
+    repo: Repository = open_repository(cfg, envx)
+    return repo.locks.unlock(remove_all=remove_all)
+
+
+@dataclass(frozen=True)
+class KeySlotInfo:
+    id: str
+    type: str
+    label: str
+    created: str
+    host: str
+    username: str
+    current: bool  # the slot that opened the repository in this run
+    # "ok": its sealed metadata is authenticated by the repository's key; "unverified": a format 1
+    # slot (metadata in the clear); "other key": sealed under other secrets (a planted slot, or
+    # a leftover of an interrupted `phx key rotate`).
+    status: str = "ok"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "label": self.label,
+            "created": self.created,
+            "host": self.host,
+            "username": self.username,
+            "current": self.current,
+            "status": self.status,
+        }
+
+
+@contextmanager
+def locked_exclusively(cfg: Config, envx: Environment, command: str) -> Iterator[Repository]:
+    """The repository of the first target, opened and held under an exclusive lock for the
+    block: what key commands need, so that their checks (the last slot, the slot that opened the
+    repository) still hold when they write. Two key commands at once: the second waits for
+    nothing and fails with `RepositoryLocked`, naming the first."""
+    repo = open_repository(cfg, envx)
+    try:
+        with repo.lock(exclusive=True, command=command):
+            yield repo
+    finally:
+        repo.close()
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    repository: str  # the repository id
+    fingerprint: str  # of the key that opened it (the pinned one)
+    slots: list[KeySlotInfo]
+
+
+def key_list(cfg: Config, envx: Environment) -> KeyListing:
+    repo = open_repository(cfg, envx)
+    slots = []
+    for raw in Repository.read_key_slots(repo.backend):
+        s = raw.with_info(repo.secrets)
+        status = "unverified" if s.version == 1 else ("ok" if s.info is not None else "other key")
+        current = s.id == repo.opened_with
+        slots.append(KeySlotInfo(s.id, s.type, s.label, s.created, s.host, s.username, current, status))
+    slots.sort(key=lambda s: (s.created, s.id))
+    return KeyListing(repo.config.id, repo.secrets.fingerprint, slots)
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    repository: str
+    location: str
+    fingerprint: str
+    previous: str | None  # the fingerprint pinned before, if any
 
     def to_json(self) -> dict[str, object]:
         return {
             "repository": self.repository,
+            "location": self.location,
             "fingerprint": self.fingerprint,
             "previous": self.previous,
-            "snapshots": self.snapshots,
-            "blobs": self.blobs,
-            "packs": self.packs,
-            "bytes": self.bytes,
-            "slots": self.slots,
-            "dropped": self.dropped,
-            "leftovers": self.leftovers,
-            "finishedEarlier": self.finished_earlier,
-            "seconds": round(self.seconds, 3),
-            "targets": {k: v.to_json() for k, v in self.targets.items()},
         }
 
 
-def rotate(cfg: Config, envx: Environment) -> RotateResult:
-    started = time.monotonic()
-    repo = open_repository(cfg, envx)
+def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
+    """`phx key trust FINGERPRINT`: pin the repository of the first target (or `--target`) to the
+    key with this fingerprint, after the user checked it (a rotation on another machine, a
+    repository re-created on purpose, or ahead of a first use on a new machine). Opens the
+    repository without the pin, and pins only when its key has exactly this fingerprint."""
+    from phoenix_backup.ops.context import credentials, pins
+
     try:
-        repo.upgrade()  # format 2 first: the new key must authenticate the config
-        if not repo.config.encrypted:
-            raise UsageError("the repository is not encrypted, so there is no key to rotate")
-        result = _rotate_first_target(repo, cfg, envx)
-        new_repo = Repository.open(repo.backend, credentials(cfg, envx), pins=pins(envx), notice=envx.notice)
+        wanted = keyslots.format_fingerprint(fingerprint)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; copy it from `phx key list` or `phx key rotate` on a machine you trust") from None
+    name = envx.target or enabled_targets(cfg)[0]
+    backend = target_backend(cfg, envx, name)
+    try:
+        config = Repository.read_config(backend)
+        store = pins(envx)
+        previous = store.get(config.id)
         try:
-            result.targets = replicate_all(new_repo, cfg, envx)
-        finally:
-            new_repo.close()
+            # Checked as if `wanted` were pinned: a slot of any other key is refused as always.
+            repo = Repository.open(backend, credentials(cfg, envx), pins=store, expect=wanted)
+        except KeyChanged:
+            raise KeyChanged(
+                f"the repository at {backend.location} does not have the key {wanted}; nothing was trusted "
+                "(check the fingerprint again on the machine that created or rotated it)"
+            ) from None
+        store.record(config.id, backend.location, wanted, format=repo.config.version, retrust=True)
     finally:
-        repo.close()
-    result.seconds = time.monotonic() - started
-    return result
+        backend.close()
+    return TrustResult(config.id, backend.location, wanted, previous.fingerprint if previous else None)
 
 
-def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> RotateResult:
-    backend = repo.backend
-    store = pins(envx)
-    creds = credentials(cfg, envx)
-    old = repo.secrets
-    with repo.lock(exclusive=True, command="key rotate") as held:
-        result = RotateResult(repo.config.id, old.fingerprint, old.fingerprint)
-        result.leftovers = _delete_other_keys(repo, creds)
-        pin = store.get(repo.config.id)
-        if pin is not None and pin.next == old.fingerprint:
-            # An interrupted rotation had passed its commit point; step 1 removed the rest.
-            store.record(repo.config.id, backend.location, old.fingerprint, format=repo.config.version)
-            result.finished_earlier = True
-            return result
-
-        snapshots = repo.list_snapshots()
-        repo.load_index()
-        # Damaged, or planted to block the revocation (anyone who can write the storage can):
-        # only the owner can tell, so the message says what to do in either case.
-        _refuse_if_damaged(
-            repo,
-            "a rotation would lose what they hold, so nothing was changed; copy a readable one back from "
-            "another target, or, if you did not write them, delete them from the storage and run `phx key "
-            "rotate` again",
-        )
-        used = _used_blobs(repo, snapshots)
-        old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
-        old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
-
-        new = keyslots.MasterSecrets(os.urandom(keyslots.KEY_LENGTH), old.id_key, old.chunker_seed)
-        # Made (not yet written) before the pin names the new key: a slot that cannot be made
-        # stops the rotation here, with nothing left unfinished.
-        new_slots, dropped = _new_slots(repo, old_slots, new, cfg, creds)
-        store.record(
-            repo.config.id, backend.location, old.fingerprint, format=repo.config.version, next=new.fingerprint
-        )
-        for slot in new_slots:
-            backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
-        result.slots = [s.label for s in new_slots]
-        result.dropped = dropped
-
-        config = repo.config.signed(new)
-        fresh = Repository(backend, config, new, notice=envx.notice)
-        packs = fresh.repack(_resealed(repo, used, Sealer(new.encryption_key), result))
-        fresh.write_index(packs, [])
-        result.packs = len(packs)
-        result.bytes = sum(info.size for info in backend.list("data/") if info.name in {pack_name(p) for p in packs})
-        renamed: dict[str, str] = {}
-        for snap in snapshots:  # oldest first, so each parent is renamed before its children
-            parent = renamed.get(snap.parent, snap.parent) if snap.parent else None
-            renamed[snap.id] = fresh.save_snapshot(replace(snap, parent=parent))
-        result.snapshots = len(snapshots)
-
-        # The lock moves to the new key first: whichever key a reader ends up with (this
-        # machine's pin accepts both until the end), a killed run's lock stays readable.
-        # A lock removed meanwhile (`phx unlock --all` elsewhere) may have let a backup in that
-        # writes under the old key: it would be lost past this point, so nothing is committed
-        # (`rekey` checks the lock first, `confirm` once more right before the commit point).
-        held.rekey(fresh.sealer)
-        held.confirm()
-        backend.write("config", config.to_bytes())  # the commit point
-        store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
-        for name in old_objects:  # snapshots first: never a snapshot whose data is gone
-            backend.delete(name)
-        for slot in sorted(old_slots, key=lambda s: s.id == repo.opened_with):
-            backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
-        store.record(repo.config.id, backend.location, new.fingerprint, format=config.version)
-        result.fingerprint = new.fingerprint
-    backend.checkpoint(f"phoenix: key rotated to {new.fingerprint}")
-    backend.publish()
-    return result
+def new_passphrase(envx: Environment) -> str:
+    """The new passphrase for `key add`/`key passwd`: PHX_NEW_PASSPHRASE, or asked twice."""
+    value = envx.env.get("PHX_NEW_PASSPHRASE")
+    if value:
+        return value
+    if envx.interactive and envx.prompt is not None:
+        first = envx.prompt("New passphrase: ")
+        if first and envx.prompt("Repeat the new passphrase: ") == first:
+            return first
+        raise UsageError("the new passphrases are empty or do not match; run the command again")
+    raise MissingCredentials("no new passphrase given; set PHX_NEW_PASSPHRASE or run on a terminal to be asked")
 
 
-def _delete_other_keys(repo: Repository, creds: keyslots.Credentials) -> int:
-    """Delete the slots the owner's credentials open to other secrets than the repository's, and
-    every snapshot, index object and pack sealed under those secrets. Returns how many objects."""
-    backend = repo.backend
-    slots = Repository.read_key_slots(backend)
-    others: dict[str, keyslots.MasterSecrets] = {}
-    for _slot, master in keyslots.open_slots(slots, creds):
-        if master.fingerprint != repo.secrets.fingerprint:
-            others[master.fingerprint] = master
-    deleted = 0
-    for master in others.values():
-        sealer = Sealer(master.encryption_key)
-        for prefix in ("snapshots/", "index/", "data/"):
-            for info in list(backend.list(prefix)):
-                if sealed_with(backend, info.name, sealer):
-                    backend.delete(info.name)
-                    deleted += 1
-        for slot in slots:
-            if slot.version >= 2 and slot.with_info(master).info is not None:
-                backend.delete(f"keys/{slot.id}")
-    if others:
-        repo.notice(f"removed {deleted} object(s) and the key slots of {len(others)} other key(s)")
-    return deleted
-
-
-def _new_slots(
-    repo: Repository,
-    old_slots: list[keyslots.KeySlot],
-    new: keyslots.MasterSecrets,
+def key_add(
     cfg: Config,
-    creds: keyslots.Credentials,
-) -> tuple[list[keyslots.KeySlot], list[str]]:
-    """The slots wrapping the new secrets: the passphrase given now (if it opened the repository),
-    the configured age recipients or GPG key, and the age and GPG slots whose authenticated
-    metadata names their recipients or key. Every other slot cannot be re-created (another
-    passphrase, or recipients never authenticated): it is dropped, and listed."""
-    enc = cfg.encryption
-    wanted: dict[tuple[str, ...], tuple[str, ...] | str | dict[str, int]] = {}
-    dropped = []
-    for slot in old_slots:
-        info = slot.info if slot.info is not None and slot.info.authenticated else None
-        if slot.type == "passphrase" and slot.id == repo.opened_with and creds.passphrase is not None:
-            wanted[("passphrase",)] = {
-                k: v for k, v in slot.params.items() if k in ("n", "r", "p") and isinstance(v, int)
-            }
-        elif slot.type == "age" and info is not None and info.recipients:
-            wanted[("age", *info.recipients)] = info.recipients
-        elif slot.type == "gpg" and info is not None and info.key_id:
-            wanted[("gpg", info.key_id)] = info.key_id
-        elif slot.id != repo.opened_with or slot.type not in ("age", "gpg") or slot.type != enc.method:
-            # Its credential is not known here (another passphrase, recipients never authenticated
-            # or unreadable metadata): `phx key add` it again. Only the slot that opened the
-            # repository with the configured age recipients or GPG key is made again below.
-            dropped.append(slot.id)
-    if enc.enabled and enc.method == "age" and enc.recipients:
-        wanted[("age", *enc.recipients)] = tuple(enc.recipients)
-    if enc.enabled and enc.method == "gpg" and enc.key_id:
-        wanted[("gpg", enc.key_id)] = enc.key_id
-    out: list[keyslots.KeySlot] = []
-    for key, value in wanted.items():
-        if key[0] == "passphrase" and isinstance(value, dict) and creds.passphrase is not None:
-            out.append(keyslots.wrap_passphrase(new, creds.passphrase, kdf_params=value))
-        elif key[0] == "age" and isinstance(value, tuple):
-            out.append(keyslots.wrap_age(new, value))
-        elif key[0] == "gpg" and isinstance(value, str):
-            out.append(keyslots.wrap_gpg(new, value, homedir=creds.gpg_homedir))
-    if not out:
-        raise UsageError(
-            "no key slot could be made for the new key (no passphrase was given and no age recipient or GPG key "
-            "is configured); run with PHX_PASSPHRASE or set encryption.recipients / encryption.keyId"
+    envx: Environment,
+    *,
+    method: str,
+    recipients: tuple[str, ...] = (),
+    key_id: str | None = None,
+) -> KeySlotInfo:
+    """Add a key slot wrapping the same master secrets; no data is rewritten."""
+    with locked_exclusively(cfg, envx, "key add") as repo:
+        return _key_add(repo, envx, method=method, recipients=recipients, key_id=key_id)
+
+
+def _key_add(
+    repo: Repository, envx: Environment, *, method: str, recipients: tuple[str, ...], key_id: str | None
+) -> KeySlotInfo:
+    if not repo.config.encrypted:
+        raise UsageError("the repository is not encrypted; key slots of other kinds would protect nothing")
+    if method == "passphrase":
+        slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))
+    elif method == "age":
+        if not recipients:
+            raise UsageError("give the age recipient with --recipient age1...")
+        slot = keyslots.wrap_age(repo.secrets, recipients)
+    elif method == "gpg":
+        if not key_id:
+            raise UsageError("give the GPG key with --key-id KEYID")
+        gnupg = envx.env.get("GNUPGHOME")
+        slot = keyslots.wrap_gpg(repo.secrets, key_id, homedir=Path(gnupg) if gnupg else None)
+    else:
+        raise UsageError(f"unknown key method {method!r}; use passphrase, age or gpg")
+    repo.add_key_slot(slot)
+    return KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, False)
+
+
+def key_remove(cfg: Config, envx: Environment, slot_id: str) -> None:
+    # Under the exclusive lock the count of slots cannot change between the last-slot check
+    # and the delete: two removals at once can never leave `keys/` empty.
+    with locked_exclusively(cfg, envx, "key remove") as repo:
+        repo.remove_key_slot(slot_id)
+
+
+def key_passwd(cfg: Config, envx: Environment) -> KeySlotInfo:
+    """Replace the passphrase slot that opened the repository with one for a new passphrase."""
+    with locked_exclusively(cfg, envx, "key passwd") as repo:
+        return _key_passwd(repo, envx)
+
+
+def _key_passwd(repo: Repository, envx: Environment) -> KeySlotInfo:
+    old = next((s for s in Repository.read_key_slots(repo.backend) if s.id == repo.opened_with), None)
+    if old is None:
+        raise RepositoryError(
+            f"the key slot {repo.opened_with} that opened the repository was removed meanwhile; "
+            "see `phx key list` and run the command again"
         )
-    return out, dropped
-
-
-def _resealed(
-    repo: Repository, used: set[bytes], sealer: Sealer, result: RotateResult
-) -> Iterator[tuple[PackEntry, bytes]]:
-    """Every used blob once, opened with the old key and sealed with the new one, pack by pack
-    (one old pack in memory at a time). Each is authenticated on the way: a damaged blob stops the
-    rotation before anything is committed."""
-    done: set[bytes] = set()
-    for pack_id in sorted(repo.index.pack_ids()):
-        name = pack_name(pack_id)
-        entries = [e for e in repo.read_pack_header(pack_id) if e.id in used and e.id not in done]
-        if not entries:
-            continue
-        data = repo.backend.read(name)
-        for e in sorted(entries, key=lambda e: e.offset):
-            aad = blob_aad(e.type, e.id)
-            payload = repo.sealer.open(data[e.offset : e.offset + e.stored], aad, f"blob {e.id.hex()[:16]} in {name}")
-            done.add(e.id)
-            result.blobs += 1
-            yield e, sealer.seal(payload, aad)
+    if old.type != "passphrase":
+        raise UsageError(f"the repository was opened with a {old.type} key slot; `passwd` changes passphrases only")
+    slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))
+    # The new slot is durable before the old one goes: a crash in between leaves both.
+    repo.add_key_slot(slot)
+    repo.backend.delete(f"keys/{old.id}")
+    return KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, True)

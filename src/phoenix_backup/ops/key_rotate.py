@@ -1,0 +1,275 @@
+"""`phx key rotate`: a new encryption key, so that old key slots (and copies of them, such as a Git
+target's history) open nothing written from now on.
+
+`key passwd` and `key remove` only replace or drop a wrapping of the same secrets: whoever kept an
+old slot (or read it from Git history) still opens everything. Rotation draws a new encryption key,
+re-seals every blob a snapshot still needs into new packs, writes a new index and re-seals the
+snapshots, then makes the config authenticated by the new key: that single atomic write is the
+commit point. Afterwards the old objects and slots are deleted.
+
+The id key and the chunker parameter are kept. They only name and cut blobs inside sealed objects,
+so a holder of the old secrets learns nothing from them without the encryption key; keeping them
+keeps every blob id (trees are re-sealed, not rewritten), deduplication with the next backup and
+the local page-hash cache. The fingerprint, the config's authentication and the slots' metadata
+key derive from all the secrets, so they change with the encryption key.
+
+Crash safety, under the exclusive lock, in this order:
+
+1. objects and slots of another key that the owner's credentials open are deleted first: the
+   leftovers of an earlier interrupted rotation (before or after its commit point), or a slot and
+   objects planted under another key;
+2. this user's pin records the new fingerprint as `next` (accepted beside the old one);
+3. new slots, new packs, the new index, the re-sealed snapshots: readers with the old key ignore
+   them (they do not authenticate), so the repository is the old one, whole;
+4. the config, authenticated by the new key: from here on the new key is the repository's;
+5. the pin moves to the new fingerprint; the old snapshots, index objects and packs go, the lock
+   moves to the new key, the old slots go last (while one is left, so is the old key: step 1 of a
+   re-run can still find what it sealed).
+
+A SIGKILL anywhere leaves a repository that opens with the owner's secret and restores every
+snapshot; `phx key rotate` run again finishes (or redoes) the job.
+
+Other targets: replication (at the end of the rotation, and on every later backup or `phx sync`)
+copies the new slots and objects to each replica first, then its config (the replica's commit
+point), then deletes what there is sealed under the old key and the old slots. A replica that
+was down keeps the old key until then: its old slots still open its old objects, and nothing
+written later.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import UsageError
+from phoenix_backup.ops.context import Environment, credentials, open_repository, pins
+from phoenix_backup.ops.prune import _refuse_if_damaged, _used_blobs
+from phoenix_backup.ops.sync import TargetReport, replicate_all
+from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo.crypto import Sealer
+from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
+from phoenix_backup.repo.repository import Repository, sealed_with
+
+
+@dataclass
+class RotateResult:
+    repository: str
+    fingerprint: str  # the new key's
+    previous: str
+    snapshots: int = 0
+    blobs: int = 0
+    packs: int = 0
+    bytes: int = 0  # bytes of new packs
+    slots: list[str] = field(default_factory=list)  # labels of the slots re-created
+    dropped: list[str] = field(default_factory=list)  # slots that could not be re-created (ids)
+    leftovers: int = 0  # objects of another key deleted first (an interrupted rotation's)
+    finished_earlier: bool = False  # only finished a rotation that had passed its commit point
+    seconds: float = 0.0
+    targets: dict[str, TargetReport] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "repository": self.repository,
+            "fingerprint": self.fingerprint,
+            "previous": self.previous,
+            "snapshots": self.snapshots,
+            "blobs": self.blobs,
+            "packs": self.packs,
+            "bytes": self.bytes,
+            "slots": self.slots,
+            "dropped": self.dropped,
+            "leftovers": self.leftovers,
+            "finishedEarlier": self.finished_earlier,
+            "seconds": round(self.seconds, 3),
+            "targets": {k: v.to_json() for k, v in self.targets.items()},
+        }
+
+
+def rotate(cfg: Config, envx: Environment) -> RotateResult:
+    started = time.monotonic()
+    repo = open_repository(cfg, envx)
+    try:
+        repo.upgrade()  # format 2 first: the new key must authenticate the config
+        if not repo.config.encrypted:
+            raise UsageError("the repository is not encrypted, so there is no key to rotate")
+        result = _rotate_first_target(repo, cfg, envx)
+        new_repo = Repository.open(repo.backend, credentials(cfg, envx), pins=pins(envx), notice=envx.notice)
+        try:
+            result.targets = replicate_all(new_repo, cfg, envx)
+        finally:
+            new_repo.close()
+    finally:
+        repo.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> RotateResult:
+    backend = repo.backend
+    store = pins(envx)
+    creds = credentials(cfg, envx)
+    old = repo.secrets
+    with repo.lock(exclusive=True, command="key rotate") as held:
+        result = RotateResult(repo.config.id, old.fingerprint, old.fingerprint)
+        result.leftovers = _delete_other_keys(repo, creds)
+        pin = store.get(repo.config.id)
+        if pin is not None and pin.next == old.fingerprint:
+            # An interrupted rotation had passed its commit point; step 1 removed the rest.
+            store.record(repo.config.id, backend.location, old.fingerprint, format=repo.config.version)
+            result.finished_earlier = True
+            return result
+
+        snapshots = repo.list_snapshots()
+        repo.load_index()
+        # Damaged, or planted to block the revocation (anyone who can write the storage can):
+        # only the owner can tell, so the message says what to do in either case.
+        _refuse_if_damaged(
+            repo,
+            "a rotation would lose what they hold, so nothing was changed; copy a readable one back from "
+            "another target, or, if you did not write them, delete them from the storage and run `phx key "
+            "rotate` again",
+        )
+        used = _used_blobs(repo, snapshots)
+        old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
+        old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
+
+        new = keyslots.MasterSecrets(os.urandom(keyslots.KEY_LENGTH), old.id_key, old.chunker_seed)
+        # Made (not yet written) before the pin names the new key: a slot that cannot be made
+        # stops the rotation here, with nothing left unfinished.
+        new_slots, dropped = _new_slots(repo, old_slots, new, cfg, creds)
+        store.record(
+            repo.config.id, backend.location, old.fingerprint, format=repo.config.version, next=new.fingerprint
+        )
+        for slot in new_slots:
+            backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
+        result.slots = [s.label for s in new_slots]
+        result.dropped = dropped
+
+        config = repo.config.signed(new)
+        fresh = Repository(backend, config, new, notice=envx.notice)
+        packs = fresh.repack(_resealed(repo, used, Sealer(new.encryption_key), result))
+        fresh.write_index(packs, [])
+        result.packs = len(packs)
+        result.bytes = sum(info.size for info in backend.list("data/") if info.name in {pack_name(p) for p in packs})
+        renamed: dict[str, str] = {}
+        for snap in snapshots:  # oldest first, so each parent is renamed before its children
+            parent = renamed.get(snap.parent, snap.parent) if snap.parent else None
+            renamed[snap.id] = fresh.save_snapshot(replace(snap, parent=parent))
+        result.snapshots = len(snapshots)
+
+        # The lock moves to the new key first: whichever key a reader ends up with (this
+        # machine's pin accepts both until the end), a killed run's lock stays readable.
+        # A lock removed meanwhile (`phx unlock --all` elsewhere) may have let a backup in that
+        # writes under the old key: it would be lost past this point, so nothing is committed
+        # (`rekey` checks the lock first, `confirm` once more right before the commit point).
+        held.rekey(fresh.sealer)
+        held.confirm()
+        backend.write("config", config.to_bytes())  # the commit point
+        store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
+        for name in old_objects:  # snapshots first: never a snapshot whose data is gone
+            backend.delete(name)
+        for slot in sorted(old_slots, key=lambda s: s.id == repo.opened_with):
+            backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
+        store.record(repo.config.id, backend.location, new.fingerprint, format=config.version)
+        result.fingerprint = new.fingerprint
+    backend.checkpoint(f"phoenix: key rotated to {new.fingerprint}")
+    backend.publish()
+    return result
+
+
+def _delete_other_keys(repo: Repository, creds: keyslots.Credentials) -> int:
+    """Delete the slots the owner's credentials open to other secrets than the repository's, and
+    every snapshot, index object and pack sealed under those secrets. Returns how many objects."""
+    backend = repo.backend
+    slots = Repository.read_key_slots(backend)
+    others: dict[str, keyslots.MasterSecrets] = {}
+    for _slot, master in keyslots.open_slots(slots, creds):
+        if master.fingerprint != repo.secrets.fingerprint:
+            others[master.fingerprint] = master
+    deleted = 0
+    for master in others.values():
+        sealer = Sealer(master.encryption_key)
+        for prefix in ("snapshots/", "index/", "data/"):
+            for info in list(backend.list(prefix)):
+                if sealed_with(backend, info.name, sealer):
+                    backend.delete(info.name)
+                    deleted += 1
+        for slot in slots:
+            if slot.version >= 2 and slot.with_info(master).info is not None:
+                backend.delete(f"keys/{slot.id}")
+    if others:
+        repo.notice(f"removed {deleted} object(s) and the key slots of {len(others)} other key(s)")
+    return deleted
+
+
+def _new_slots(
+    repo: Repository,
+    old_slots: list[keyslots.KeySlot],
+    new: keyslots.MasterSecrets,
+    cfg: Config,
+    creds: keyslots.Credentials,
+) -> tuple[list[keyslots.KeySlot], list[str]]:
+    """The slots wrapping the new secrets: the passphrase given now (if it opened the repository),
+    the configured age recipients or GPG key, and the age and GPG slots whose authenticated
+    metadata names their recipients or key. Every other slot cannot be re-created (another
+    passphrase, or recipients never authenticated): it is dropped, and listed."""
+    enc = cfg.encryption
+    wanted: dict[tuple[str, ...], tuple[str, ...] | str | dict[str, int]] = {}
+    dropped = []
+    for slot in old_slots:
+        info = slot.info if slot.info is not None and slot.info.authenticated else None
+        if slot.type == "passphrase" and slot.id == repo.opened_with and creds.passphrase is not None:
+            wanted[("passphrase",)] = {
+                k: v for k, v in slot.params.items() if k in ("n", "r", "p") and isinstance(v, int)
+            }
+        elif slot.type == "age" and info is not None and info.recipients:
+            wanted[("age", *info.recipients)] = info.recipients
+        elif slot.type == "gpg" and info is not None and info.key_id:
+            wanted[("gpg", info.key_id)] = info.key_id
+        elif slot.id != repo.opened_with or slot.type not in ("age", "gpg") or slot.type != enc.method:
+            # Its credential is not known here (another passphrase, recipients never authenticated
+            # or unreadable metadata): `phx key add` it again. Only the slot that opened the
+            # repository with the configured age recipients or GPG key is made again below.
+            dropped.append(slot.id)
+    if enc.enabled and enc.method == "age" and enc.recipients:
+        wanted[("age", *enc.recipients)] = tuple(enc.recipients)
+    if enc.enabled and enc.method == "gpg" and enc.key_id:
+        wanted[("gpg", enc.key_id)] = enc.key_id
+    out: list[keyslots.KeySlot] = []
+    for key, value in wanted.items():
+        if key[0] == "passphrase" and isinstance(value, dict) and creds.passphrase is not None:
+            out.append(keyslots.wrap_passphrase(new, creds.passphrase, kdf_params=value))
+        elif key[0] == "age" and isinstance(value, tuple):
+            out.append(keyslots.wrap_age(new, value))
+        elif key[0] == "gpg" and isinstance(value, str):
+            out.append(keyslots.wrap_gpg(new, value, homedir=creds.gpg_homedir))
+    if not out:
+        raise UsageError(
+            "no key slot could be made for the new key (no passphrase was given and no age recipient or GPG key "
+            "is configured); run with PHX_PASSPHRASE or set encryption.recipients / encryption.keyId"
+        )
+    return out, dropped
+
+
+def _resealed(
+    repo: Repository, used: set[bytes], sealer: Sealer, result: RotateResult
+) -> Iterator[tuple[PackEntry, bytes]]:
+    """Every used blob once, opened with the old key and sealed with the new one, pack by pack
+    (one old pack in memory at a time). Each is authenticated on the way: a damaged blob stops the
+    rotation before anything is committed."""
+    done: set[bytes] = set()
+    for pack_id in sorted(repo.index.pack_ids()):
+        name = pack_name(pack_id)
+        entries = [e for e in repo.read_pack_header(pack_id) if e.id in used and e.id not in done]
+        if not entries:
+            continue
+        data = repo.backend.read(name)
+        for e in sorted(entries, key=lambda e: e.offset):
+            aad = blob_aad(e.type, e.id)
+            payload = repo.sealer.open(data[e.offset : e.offset + e.stored], aad, f"blob {e.id.hex()[:16]} in {name}")
+            done.add(e.id)
+            result.blobs += 1
+            yield e, sealer.seal(payload, aad)
