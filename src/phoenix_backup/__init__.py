@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from phoenix_backup.config import Config, find_config_path, load_config, parse_config
     from phoenix_backup.ops.backup import BackupResult, backup
     from phoenix_backup.ops.context import Environment
-    from phoenix_backup.ops.key import InitResult, SnapshotSummary, init, list_snapshots, unlock
+    from phoenix_backup.ops.init import InitResult, init
+    from phoenix_backup.ops.list import SnapshotSummary, list_snapshots
     from phoenix_backup.ops.restore import RestoreResult, restore
+    from phoenix_backup.ops.unlock import unlock
     from phoenix_backup.ops.verify import VerifyResult, verify
 
 # The API's names are imported on first use (PEP 562), so `phx backup` does not load the restore
@@ -34,7 +36,9 @@ _API = {
     "phoenix_backup.config": ("Config", "find_config_path", "load_config", "parse_config"),
     "phoenix_backup.ops.backup": ("BackupResult", "backup"),
     "phoenix_backup.ops.context": ("Environment",),
-    "phoenix_backup.ops.key": ("InitResult", "SnapshotSummary", "init", "list_snapshots", "unlock"),
+    "phoenix_backup.ops.init": ("InitResult", "init"),
+    "phoenix_backup.ops.list": ("SnapshotSummary", "list_snapshots"),
+    "phoenix_backup.ops.unlock": ("unlock",),
     "phoenix_backup.ops.restore": ("RestoreResult", "restore"),
     "phoenix_backup.ops.verify": ("VerifyResult", "verify"),
 }

@@ -26,7 +26,7 @@ from phoenix_backup.config import load_config
 from phoenix_backup.errors import PhoenixError, RepositoryError, RepositoryLocked
 from phoenix_backup.ops import repair
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.ops.key import unlock
+from phoenix_backup.ops.unlock import unlock
 from phoenix_backup.ops.verify import VerifyResult, verify
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name

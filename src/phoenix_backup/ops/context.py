@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phoenix_backup.config import Config
+from phoenix_backup.config import Config, find_config_path, load_config
 from phoenix_backup.errors import ConfigError, MissingCredentials, RepositoryLocked, RepositoryNotFound, UsageError
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
@@ -20,6 +20,7 @@ from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest
+from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
 
@@ -291,3 +292,24 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def load(envx: Environment, config_path: str | None, location: str | None = None) -> Config:
+    """The config; with `location` (`--repo`, `PHX_REPOSITORY`) reading from that repository alone,
+    from the config file when there is one, else from the ArgentOS defaults (a new machine).
+    First, every command removes what killed restores left in the user's folders."""
+    removed = leftovers.clean()
+    if removed:
+        envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
+    if location is None:
+        return load_config(find_config_path(config_path, envx.env), envx.env)
+    from phoenix_backup.config.location import config_for_location
+
+    explicit = config_path or envx.env.get("PHX_CONFIG")
+    try:
+        base: Config | None = load_config(find_config_path(config_path, envx.env), envx.env)
+    except ConfigError:
+        if explicit:
+            raise  # a config that was asked for must exist
+        base = None
+    return config_for_location(location, envx.env, base)

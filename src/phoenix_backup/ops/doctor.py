@@ -41,8 +41,7 @@ from phoenix_backup.errors import (
     SourceError,
     WrongPassphrase,
 )
-from phoenix_backup.ops import key as manage
-from phoenix_backup.ops.context import Environment, passphrase
+from phoenix_backup.ops.context import Environment, load, passphrase
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.ls import open_target
 from phoenix_backup.ops.safety import SAFETY_SCOPE
@@ -137,7 +136,7 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
 def _config(envx: Environment, config_path: str | None, result: DoctorResult) -> Config | None:
     try:
         path = find_config_path(config_path, envx.env)
-        cfg = manage.load(envx, config_path)
+        cfg = load(envx, config_path)
     except PhoenixError as exc:
         message, _, fix = str(exc).partition("; ")
         result.add("config", "fail", message, fix or "fix the config file")
