@@ -19,8 +19,8 @@ from e2e_support import DATABASES, HOME_CONFIG_FILES, PHX, Sandbox, assert_error
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.ops.ls import find_node
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.walker import find_node
 
 
 def dump_bytes(sb: Sandbox, *args: str) -> tuple[int, bytes, str]:

@@ -16,8 +16,8 @@ from moto_support import bare_repo
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.ops.ls import find_node
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.walker import find_node
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

@@ -23,9 +23,9 @@ from e2e_support import DATABASES, HOME_CONFIG_FILES, Sandbox, assert_error, fli
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.ops.ls import find_node
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.walker import find_node
 
 MEMORY_DB = "home/.argentos/memory.db"
 

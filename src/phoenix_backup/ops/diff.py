@@ -24,7 +24,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.memory.schema import TableInfo, inspect, quote, row_noun
 from phoenix_backup.memory.values import SqlValue
-from phoenix_backup.ops.context import Environment, scratch_dir
+from phoenix_backup.ops.context import Environment, open_repository, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -158,9 +158,8 @@ class DiffResult:
 def diff(
     cfg: Config, envx: Environment, *, ref1: str, ref2: str, rows: bool = False, target: str | None = None
 ) -> DiffResult:
-    from phoenix_backup.ops.ls import open_target
 
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     with repo.lock(exclusive=False, command="diff"):
         repo.load_index()
         snaps = repo.list_snapshots()

@@ -41,9 +41,8 @@ from phoenix_backup.errors import (
     SourceError,
     WrongPassphrase,
 )
-from phoenix_backup.ops.context import Environment, load, passphrase
+from phoenix_backup.ops.context import Environment, load, open_repository, passphrase
 from phoenix_backup.ops.drill import drills_dir, latest_reports
-from phoenix_backup.ops.ls import open_target
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
@@ -411,7 +410,7 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
         return None, envx
     first = cfg.targets.enabled_names()[0]
     try:
-        repo = open_target(cfg, envx, first)
+        repo = open_repository(cfg, envx, target=first)
     except RepositoryNotFound:
         return None, envx  # the target check says so, with the fix
     except (MissingCredentials, WrongPassphrase) as exc:
@@ -465,7 +464,7 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: R
         repo = first_repo if i == 0 else None
         if repo is None:
             try:
-                repo = open_target(cfg, envx, name)
+                repo = open_repository(cfg, envx, target=name)
             except RepositoryNotFound as exc:
                 message, _, _fix = str(exc).partition("; ")
                 result.add(

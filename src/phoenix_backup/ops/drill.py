@@ -38,8 +38,7 @@ from typing import Any, Protocol
 from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
-from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.ls import open_target
+from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.verify import VerifyError
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.reader import damaged_pack
@@ -311,7 +310,7 @@ def drill(
     default), prove it, remove it, and write the report to `reports` (`drills_dir` by default)."""
     started = datetime.now(UTC)
     clock = time.monotonic()
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     with repo.lock(exclusive=False, command="drill"):
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)

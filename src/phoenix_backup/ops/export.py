@@ -41,7 +41,7 @@ from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
 from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect, quote
 from phoenix_backup.memory.values import csv_value, json_value
-from phoenix_backup.ops.context import Environment, scratch_dir
+from phoenix_backup.ops.context import Environment, open_repository, scratch_dir
 from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import COMPANIONS, is_sqlite_file
@@ -204,9 +204,8 @@ def _live_files(cfg: Config, envx: Environment, databases: set[Path]) -> list[Pa
 @contextlib.contextmanager
 def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None) -> Iterator[Source]:
     """A snapshot's databases (copies checked against their SHA-256) and component files."""
-    from phoenix_backup.ops.ls import open_target
 
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     layout = Layout(cfg.workspace, envx.home)
     matcher = LogicalMatcher.for_patterns(_component_patterns(cfg), layout)
     with repo.lock(exclusive=False, command="export"), scratch_dir("phx-export-") as scratch:

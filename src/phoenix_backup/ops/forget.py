@@ -31,10 +31,6 @@ def target_names(cfg: Config, *, only: str | None = None) -> list[str]:
     return [only]
 
 
-def open_target(cfg: Config, envx: Environment, name: str) -> Repository:
-    return open_repository(cfg, envx, target=name)
-
-
 def publish_changes(repo: Repository, message: str) -> None:
     """Record deletions as one unit and send it on (Git: a commit, then a push when autoCommit);
     stores whose writes are final at once do nothing."""
@@ -125,7 +121,7 @@ def forget(
     for name in target_names(cfg, only=target):
         report = TargetForget(name)
         try:
-            repo = open_target(cfg, envx, name)
+            repo = open_repository(cfg, envx, target=name)
             try:
                 if ids:
                     forget_named(repo, ids, report, dry_run=dry_run)

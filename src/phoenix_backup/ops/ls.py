@@ -1,104 +1,18 @@
-"""`phx ls` and `phx dump`: browse a snapshot without restoring it.
-
-Also the small pieces the other read-only use cases (drill, archive, doctor) share: opening the
-repository of one target and naming a path inside a snapshot.
-"""
+"""`phx ls`: browse a snapshot without restoring it (`phx dump` prints one file: ops/dump.py)."""
 
 from __future__ import annotations
 
-import shutil
 import stat
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import UsageError
-from phoenix_backup.ops import context
-from phoenix_backup.ops.context import Environment
-from phoenix_backup.repo.reader import NodeReader
-from phoenix_backup.repo.repository import Repository
+from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
-from phoenix_backup.repo.walker import walk_tree
-from phoenix_backup.sources.layout import ROOTS
-
-# `phx dump` holds a file in memory up to this size before spilling to a temporary file: nothing
-# reaches stdout until the whole file matched its SHA-256.
-_SPOOL_BYTES = 32 * 1024 * 1024
-
-
-# --------------------------------------------------------------------------------------------
-# Opening the repository of one target
-# --------------------------------------------------------------------------------------------
-
-
-def open_target(cfg: Config, envx: Environment, target: str | None) -> Repository:
-    """The repository of `target`; without one, of `envx.target` (the command's `--target`) or the
-    first enabled target."""
-    return context.open_repository(cfg, envx, target=target)
-
-
-# --------------------------------------------------------------------------------------------
-# Paths inside a snapshot
-# --------------------------------------------------------------------------------------------
-
-
-def logical_path(snap: Snapshot, path: str | None) -> str:
-    """The logical path (`workspace/MEMORY.md`) a user means by PATH.
-
-    Accepted: a logical path (`workspace/…`, `home/…`, `root/…`), a path relative to the workspace
-    (`MEMORY.md`), `~/…` (the home folder), or an absolute path as it was on the machine that took
-    the snapshot (mapped through the snapshot's recorded sources). Empty means the whole snapshot.
-    """
-    raw = (path or "").strip()
-    if raw in ("", "/", "."):
-        return ""
-    if raw.startswith("~/") or raw == "~":
-        rel = raw[2:].strip("/")
-        return f"home/{rel}" if rel else "home"
-    if raw.startswith("/"):
-        # Longest recorded source first: the workspace usually lives below the home folder.
-        for root, base in sorted(snap.sources.items(), key=lambda kv: -len(kv[1])):
-            try:
-                rel_path = PurePosixPath(raw).relative_to(base)
-            except ValueError:
-                continue
-            rel = rel_path.as_posix()
-            return root if rel == "." else f"{root}/{rel}"
-        return "root" + raw.rstrip("/")
-    raw = raw.removeprefix("./").strip("/")
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise UsageError(f"path {path!r} holds '..'; name a path inside the snapshot (see `phx ls ID`)")
-    if parts and parts[0] in ROOTS:
-        return "/".join(parts)
-    return "/".join(["workspace", *parts])
-
-
-def find_node(repo: Repository, snap: Snapshot, logical: str) -> Node | None:
-    """The node at `logical`, or None. The empty path is the snapshot's root (returned as a dir)."""
-    if not logical:
-        return Node(name="", type="dir", subtree=snap.tree)
-    tree = snap.tree
-    parts = logical.split("/")
-    for i, part in enumerate(parts):
-        match = next((n for n in repo.load_tree(tree) if n.name == part), None)
-        if match is None:
-            return None
-        if i == len(parts) - 1:
-            return match
-        if match.type != "dir" or match.subtree is None:
-            return None
-        tree = match.subtree
-    return None
-
-
-def _not_found(snap: Snapshot, logical: str) -> UsageError:
-    return UsageError(f"snapshot {snap.name} holds no {logical}; see `phx ls {snap.id[:8]}` for its paths")
-
+from phoenix_backup.repo.walker import node_at, walk_tree
+from phoenix_backup.sources.layout import logical_path
 
 # --------------------------------------------------------------------------------------------
 # phx ls
@@ -171,14 +85,12 @@ def ls(
     target: str | None = None,
 ) -> LsResult:
     """The nodes at and below PATH (everything when PATH is empty), parents before children."""
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     with repo.lock(exclusive=False, command="ls"):
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)
-        logical = logical_path(snap, path)
-        node = find_node(repo, snap, logical)
-        if node is None:
-            raise _not_found(snap, logical)
+        logical = logical_path(snap.sources, path)
+        node = node_at(repo, snap, logical)
         entries: list[LsEntry] = []
         if node.type != "dir" or node.subtree is None:
             entries.append(LsEntry(logical, node))
@@ -192,77 +104,3 @@ def ls(
                     LsEntry(f"{logical}/{n.name}" if logical else n.name, n) for n in repo.load_tree(node.subtree)
                 ]
         return LsResult(snap, logical, entries)
-
-
-# --------------------------------------------------------------------------------------------
-# phx dump
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DumpResult:
-    snapshot: str
-    name: str
-    path: str
-    type: str
-    size: int
-    sha256: str
-
-    @property
-    def exit_status(self) -> int:
-        return 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "snapshot": self.snapshot,
-            "name": self.name,
-            "path": self.path,
-            "type": self.type,
-            "size": self.size,
-            "sha256": self.sha256,
-        }
-
-
-def dump(
-    cfg: Config,
-    envx: Environment,
-    *,
-    ref: str,
-    path: str,
-    out: BinaryIO,
-    target: str | None = None,
-) -> DumpResult:
-    """Write one file's (or database copy's) exact bytes to `out`.
-
-    The bytes are gathered (in memory, spilling to a temporary file past 32 MiB) and checked
-    against the snapshot's SHA-256 first, so `out` never receives a damaged or partial file.
-    """
-    repo = open_target(cfg, envx, target)
-    with repo.lock(exclusive=False, command="dump"):
-        repo.load_index()
-        snap = repo.find_snapshot(ref, latest=envx.latest)
-        logical = logical_path(snap, path)
-        if not logical:
-            raise UsageError("name a file to dump (see `phx ls ID`); use `phx archive` for the whole snapshot")
-        node = find_node(repo, snap, logical)
-        if node is None:
-            raise _not_found(snap, logical)
-        if node.type == "dir":
-            raise UsageError(f"{logical} is a folder; list it with `phx ls` or take it whole with `phx archive`")
-        if node.type == "symlink":
-            raise UsageError(f"{logical} is a symlink to {node.link_target!r}; dump the file it points to")
-        reader = NodeReader(repo, logical, node)
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
-            for chunk in reader.chunks():
-                spool.write(chunk)
-            reader.finish()
-            spool.seek(0)
-            shutil.copyfileobj(cast(BinaryIO, spool), out, 1 << 20)
-        out.flush()
-        assert node.sha256 is not None
-        return DumpResult(snap.id, snap.name, logical, node.type, node.size, node.sha256)
-
-
-def node_real_path(scratch: Path, logical: str) -> Path:
-    """Where `logical` lands below a restore destination (`DIR/workspace/…`)."""
-    return scratch.joinpath(*logical.split("/"))

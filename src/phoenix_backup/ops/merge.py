@@ -8,7 +8,7 @@ import fnmatch
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ConfirmationRequired
-from phoenix_backup.ops.context import Environment, require_config_file, scratch_dir
+from phoenix_backup.ops.context import Environment, open_repository, require_config_file, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -54,10 +54,9 @@ def merge_snapshot(
     saved in a `pre-restore` safety snapshot (as an in-place restore does), so restoring that
     snapshot undoes the merge.
     """
-    from phoenix_backup.ops.ls import open_target
 
     require_config_file(cfg, "a merge into the live stores")
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     layout = Layout(cfg.workspace, envx.home)
     with repo.lock(exclusive=False, command="restore --merge"):
         repo.load_index()

@@ -53,8 +53,8 @@ from phoenix_backup.errors import (
     RepositoryError,
     RepositoryLocked,
 )
-from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.forget import open_target, publish_changes, target_names
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.forget import publish_changes, target_names
 from phoenix_backup.repo.locks import STALE_SECONDS
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
@@ -221,7 +221,7 @@ def prune(cfg: Config, envx: Environment, *, dry_run: bool = False, target: str 
     for name in target_names(cfg, only=target):
         report = TargetPrune(name)
         try:
-            repo = open_target(cfg, envx, name)
+            repo = open_repository(cfg, envx, target=name)
             try:
                 prune_repository(repo, report, dry_run=dry_run, state=state, now=time.time())
             finally:
