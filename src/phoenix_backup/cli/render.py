@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # only annotations: a command imports the use cases it runs, 
     from phoenix_backup.ops.list import SnapshotSummary
     from phoenix_backup.ops.restore import RestoreResult
     from phoenix_backup.ops.sync import SyncResult
-    from phoenix_backup.ops.verify import VerifyResult
+    from phoenix_backup.repo.checker import VerifyResult
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

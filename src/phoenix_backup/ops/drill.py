@@ -39,7 +39,7 @@ from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.ops.verify import VerifyError
+from phoenix_backup.repo.checker import VerifyError
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.reader import damaged_pack
 from phoenix_backup.repo.repository import Repository

@@ -40,10 +40,10 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.ops.backup import timestamp_name
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, pins, target_backend
-from phoenix_backup.ops.prune import used_blobs
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import PackEntry, PackOrigin, pack_name
+from phoenix_backup.repo.prune import used_blobs
 from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
