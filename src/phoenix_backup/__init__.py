@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from phoenix_backup.ops.list import SnapshotSummary, list_snapshots
     from phoenix_backup.ops.restore import RestoreResult, restore
     from phoenix_backup.ops.unlock import unlock
-    from phoenix_backup.repo.checker import VerifyResult, verify
+    from phoenix_backup.ops.verify import verify
+    from phoenix_backup.repo.checker import VerifyResult
 
 # The API's names are imported on first use (PEP 562), so `phx backup` does not load the restore
 # and verify code, nor `phx list` the backup code.
@@ -40,7 +41,8 @@ _API = {
     "phoenix_backup.ops.list": ("SnapshotSummary", "list_snapshots"),
     "phoenix_backup.ops.unlock": ("unlock",),
     "phoenix_backup.ops.restore": ("RestoreResult", "restore"),
-    "phoenix_backup.repo.checker": ("VerifyResult", "verify"),
+    "phoenix_backup.ops.verify": ("verify",),
+    "phoenix_backup.repo.checker": ("VerifyResult",),
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 

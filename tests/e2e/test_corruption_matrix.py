@@ -27,7 +27,8 @@ from phoenix_backup.errors import PhoenixError, RepositoryError, RepositoryLocke
 from phoenix_backup.ops import repair
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.unlock import unlock
-from phoenix_backup.repo.checker import VerifyResult, verify
+from phoenix_backup.ops.verify import verify
+from phoenix_backup.repo.checker import VerifyResult
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.sample import generate_workspace, layout_for, simulate_day

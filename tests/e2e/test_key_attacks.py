@@ -24,8 +24,8 @@ from e2e_support import Sandbox, assert_error, run_phx
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import RepositoryError
 from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.prune import _replica
 from phoenix_backup.repo import keys
-from phoenix_backup.repo.prune import _replica
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, closed_port

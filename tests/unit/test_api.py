@@ -30,7 +30,7 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 def test_a_backup_command_does_not_load_restore_code() -> None:
     code = (
         "import sys, phoenix_backup.cli.app, phoenix_backup.cli.cmd_backup; "
-        "print('phoenix_backup.ops.restore' in sys.modules, 'phoenix_backup.repo.checker' in sys.modules)"
+        "print('phoenix_backup.ops.restore' in sys.modules, 'phoenix_backup.ops.verify' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -17,8 +17,8 @@ from phoenix_backup.cli.app import (
     thaw_option,
 )
 from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import verify as verify_op
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.repo import checker as verify_op
 
 
 @cli.command()

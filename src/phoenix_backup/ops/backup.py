@@ -34,11 +34,11 @@ from phoenix_backup.errors import (
 from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
 from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
+from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import Extent, Node, NodeType

@@ -162,6 +162,17 @@ def enabled_targets(cfg: Config) -> list[str]:
     return cfg.targets.enabled_names()
 
 
+def target_names(cfg: Config, *, only: str | None = None) -> list[str]:
+    """The targets retention and prune apply to: every enabled one in config order; `only` picks one."""
+    names = enabled_targets(cfg)
+    if only is None:
+        return names
+    if only not in names:
+        enabled = ", ".join(names) or "none"
+        raise UsageError(f"target {only!r} is not an enabled target (enabled: {enabled}); pick one of those")
+    return [only]
+
+
 def target_backend(cfg: Config, envx: Environment, name: str) -> Backend:
     """The backend of one enabled target (UsageError for an unknown or disabled one), wrapped for
     retries and a concurrency limit. Building it never touches the network."""

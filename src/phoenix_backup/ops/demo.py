@@ -19,8 +19,8 @@ from phoenix_backup.config import default_config_dict, parse_config
 from phoenix_backup.ops import backup as backup_op
 from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops import restore as restore_op
+from phoenix_backup.ops import verify as verify_op
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.repo import checker as verify_op
 from phoenix_backup.sample import generate_workspace
 
 

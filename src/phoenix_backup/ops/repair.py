@@ -43,10 +43,10 @@ from phoenix_backup.ops.context import Environment, enabled_targets, open_reposi
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import PackEntry, PackOrigin, pack_name
-from phoenix_backup.repo.prune import used_blobs
 from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.walker import used_blobs
 from phoenix_backup.storage.base import Backend
 
 REPAIRED_TAG = "repaired"

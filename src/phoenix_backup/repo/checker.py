@@ -1,5 +1,6 @@
-"""`phx verify`: structure (every snapshot, tree, blob and index entry resolvable), and with
-`--read-data` every pack read, every blob opened, decompressed and hash-checked.
+"""The repository checker behind `phx verify` (ops/verify.py): structure (every snapshot, tree,
+blob and index entry resolvable), and with `--read-data` every pack read, every blob opened,
+decompressed and hash-checked.
 
 A damaged object is reported with the snapshots and paths it affects. Unreferenced packs and
 leftover temporary files are notices, not errors: an interrupted backup or prune leaves them,
@@ -19,9 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
-from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.index import BlobLocation
@@ -79,24 +78,6 @@ class _Users:
         users = self.by_blob[blob]
         if len(users) < 1000:
             users.append((snapshot, path))
-
-
-def verify(
-    cfg: Config,
-    envx: Environment,
-    *,
-    ref: str | None = None,
-    read_data: bool = False,
-    subset: float | None = None,
-) -> VerifyResult:
-    """`subset` (a percentage, 0 < PCT <= 100) reads only that share of the packs, continuing where
-    the previous subset run stopped (see `choose_subset`); it implies `read_data`."""
-    repo = open_repository(cfg, envx)
-    with repo.lock(exclusive=False, command="verify"):
-        cursor = cache_for(repo, envx).dir / SUBSET_CURSOR if subset is not None else None
-        return verify_repository(
-            repo, ref=ref, read_data=read_data or subset is not None, subset=subset, cursor=cursor, latest=envx.latest
-        )
 
 
 def verify_repository(

@@ -14,7 +14,7 @@ the repository really stores, and by the budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, UnsafePath, UsageError
 from phoenix_backup.repo.repository import Repository
@@ -228,3 +228,20 @@ def node_at(repo: Repository, snap: Snapshot, logical: str) -> Node:
     if node is None:
         raise UsageError(f"snapshot {snap.name} holds no {logical}; see `phx ls {snap.id[:8]}` for its paths")
     return node
+
+
+def used_blobs(snapshots: Iterable[Snapshot], load_tree: Callable[[bytes], list[Node]]) -> set[bytes]:
+    """Every blob the snapshots refer to: their trees and the content of every file. Each distinct
+    tree is loaded once (`load_tree` says how, and what an unreadable one does); no paths, no budget."""
+    used: set[bytes] = set()
+    stack = [s.tree for s in snapshots]
+    while stack:
+        tree_id = stack.pop()
+        if tree_id in used:
+            continue
+        used.add(tree_id)
+        for node in load_tree(tree_id):
+            if node.subtree is not None:
+                stack.append(node.subtree)
+            used.update(ext.blob for ext in node.content)
+    return used

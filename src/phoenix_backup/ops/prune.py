@@ -1,0 +1,175 @@
+"""`phx prune`: free the data no snapshot references, on every target (the engine is
+repo/prune.py); and the retention a backup applies afterwards: forget, then prune when due."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, PhoenixError, RepositoryError, RepositoryLocked
+from phoenix_backup.ops.context import Environment, open_repository, target_names
+from phoenix_backup.repo.prune import PruneState, TargetPrune, prune_due, prune_repository
+from phoenix_backup.repo.repository import Repository
+
+
+@dataclass
+class PruneResult:
+    dry_run: bool
+    targets: dict[str, TargetPrune]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.targets.values())
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.of_targets(t.ok for t in self.targets.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "dryRun": self.dry_run,
+            "freed": sum(t.bytes_freed - t.bytes_written for t in self.targets.values()),
+            "targets": {name: t.to_json() for name, t in self.targets.items()},
+        }
+
+
+def prune(cfg: Config, envx: Environment, *, dry_run: bool = False, target: str | None = None) -> PruneResult:
+    """Prune every enabled target (or one), each under its own exclusive lock."""
+    state = PruneState.for_home(envx.home)
+    result = PruneResult(dry_run, {})
+    for name in target_names(cfg, only=target):
+        report = TargetPrune(name)
+        try:
+            repo = open_repository(cfg, envx, target=name)
+            try:
+                prune_repository(repo, report, dry_run=dry_run, state=state, now=time.time())
+            finally:
+                repo.close()
+        except PhoenixError as exc:
+            report.ok = False
+            report.error = str(exc)
+        result.targets[name] = report
+    if not dry_run:
+        state.save()
+    return result
+
+
+# -- after a backup -----------------------------------------------------------------------
+
+
+@dataclass
+class RetentionOutcome:
+    """What retention did after a backup: forget on every target, prune when due."""
+
+    skipped: str | None = None
+    forgotten: dict[str, int] = field(default_factory=dict)
+    pruned: dict[str, int] = field(default_factory=dict)  # target -> bytes freed
+    prune_skipped: str | None = None
+    busy: list[str] = field(default_factory=list)  # targets skipped because another process held a lock
+    errors: list[str] = field(default_factory=list)
+    # target -> [{id, name, time, why}]: every snapshot forgotten, and why no rule kept it
+    removed: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # clock skew: snapshots dated in the future
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "skipped": self.skipped,
+            "forgotten": self.forgotten,
+            "pruned": self.pruned,
+            "pruneSkipped": self.prune_skipped,
+            "busy": self.busy,
+            "errors": self.errors,
+            "removed": self.removed,
+            "notices": self.notices,
+        }
+
+
+def retention_after_backup(
+    cfg: Config,
+    envx: Environment,
+    first: Repository,
+    outcomes: dict[str, Any],
+    *,
+    now: float | None = None,
+    protect: tuple[str, ...] = (),
+) -> RetentionOutcome:
+    """Forget (and prune, when `retention.prune` and the last prune is a day old) on every target,
+    only when the backup reached every target: a target that missed the snapshot would otherwise
+    forget by a different history. Replicas are opened with the first target's keys (they hold
+    the same repository), so nothing is asked twice. `protect`: the snapshot the backup just made,
+    never forgotten by the run it triggers. Every snapshot forgotten is reported with its reason."""
+    from phoenix_backup.ops.forget import TargetForget, forget_repository
+    from phoenix_backup.repo.retention import Policy
+
+    out = RetentionOutcome()
+    failed = sorted(name for name, o in outcomes.items() if not getattr(o, "ok", False))
+    if failed:
+        out.skipped = f"not every target received the snapshot (failed: {', '.join(failed)})"
+        return out
+    policy = Policy.from_config(cfg.retention)
+    moment = time.time() if now is None else now
+    state = PruneState.for_home(envx.home)
+    first_name = next(iter(outcomes), None)
+    for name in outcomes:
+        repo: Repository | None = None
+        try:
+            repo = first if name == first_name else _replica(cfg, envx, first, name)
+            if not policy.empty:
+                report = TargetForget(name)
+                forget_repository(
+                    repo, policy, report, dry_run=False, now=datetime.fromtimestamp(moment, UTC), protect=protect
+                )
+                out.forgotten[name] = len(report.removed)
+                out.removed[name] = [
+                    {"id": snap.id, "name": snap.name, "time": snap.time, "why": why}
+                    for snap, why in report.removals()
+                    if snap.id in report.removed
+                ]
+                out.notices += [n for n in report.plan.notices if n not in out.notices] if report.plan else []
+            if not cfg.retention.prune:
+                out.prune_skipped = "retention.prune is false"
+            elif not prune_due(state, repo, name, moment):
+                out.prune_skipped = "the last prune ran less than a day ago"
+            else:
+                pruned = prune_repository(repo, TargetPrune(name), dry_run=False, state=state, now=moment)
+                out.pruned[name] = pruned.bytes_freed - pruned.bytes_written
+        except RepositoryLocked as exc:
+            # Another phx (a backup, a restore) is busy there: retention waits for a later backup
+            # rather than failing this one.
+            out.busy.append(name)
+            envx.notice(f"retention on target {name} skipped this time: {exc}")
+        except PhoenixError as exc:
+            out.errors.append(f"retention on target {name} failed: {exc}")
+        finally:
+            if repo is not None and repo is not first:
+                repo.close()
+    state.save()
+    return out
+
+
+def _replica(cfg: Config, envx: Environment, first: Repository, name: str) -> Repository:
+    from phoenix_backup.ops.context import target_backend
+
+    backend = target_backend(cfg, envx, name)
+    config = Repository.read_config(backend)
+    if config.id != first.config.id:
+        raise RepositoryError(
+            f"target {name} holds another repository (id {config.id[:8]}); point targets.{name} at this repository"
+        )
+    # The replica's config is not checked against the key here, and replication has just made it
+    # the first target's: anything else (encryption turned off, say) was changed since.
+    if config.raw != first.config.raw:
+        raise RepositoryError(
+            f"the config of target {name} differs from the first target's (changed since it was copied); "
+            "run `phx sync` to copy it again"
+        )
+    return Repository(backend, config, first.secrets, notice=envx.notice)

@@ -1,0 +1,26 @@
+"""`phx verify [--backup ID] [--read-data [--subset PCT]]`: the repository checker (repo/checker.py)
+run under a shared lock, with the `--subset` cursor kept in the cache."""
+
+from __future__ import annotations
+
+from phoenix_backup.config import Config
+from phoenix_backup.ops.context import Environment, cache_for, open_repository
+from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyResult, verify_repository
+
+
+def verify(
+    cfg: Config,
+    envx: Environment,
+    *,
+    ref: str | None = None,
+    read_data: bool = False,
+    subset: float | None = None,
+) -> VerifyResult:
+    """`subset` (a percentage, 0 < PCT <= 100) reads only that share of the packs, continuing where
+    the previous subset run stopped (see `choose_subset`); it implies `read_data`."""
+    repo = open_repository(cfg, envx)
+    with repo.lock(exclusive=False, command="verify"):
+        cursor = cache_for(repo, envx).dir / SUBSET_CURSOR if subset is not None else None
+        return verify_repository(
+            repo, ref=ref, read_data=read_data or subset is not None, subset=subset, cursor=cursor, latest=envx.latest
+        )
