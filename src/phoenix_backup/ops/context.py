@@ -13,11 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config, find_config_path, load_config
-from phoenix_backup.errors import ConfigError, MissingCredentials, RepositoryLocked, RepositoryNotFound, UsageError
+from phoenix_backup.errors import (
+    ConfigError,
+    MissingCredentials,
+    RepositoryLocked,
+    RepositoryNotFound,
+    StorageError,
+    UsageError,
+)
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.pins import Pins
+from phoenix_backup.repo.replicate import seed_repository
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.sinks import leftovers
@@ -256,9 +264,6 @@ def _no_repository(backend: Backend, name: str, *, first: bool) -> str:
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:
     """Seed an empty first target with the config and key slots of the first replica that holds
     a repository. Unreachable replicas are skipped with a notice (a new repository is made)."""
-    from phoenix_backup.errors import StorageError
-    from phoenix_backup.ops.sync import seed_repository
-
     for other in replicas:
         source = target_backend(cfg, envx, other)
         try:

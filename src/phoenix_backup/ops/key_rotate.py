@@ -46,11 +46,12 @@ from dataclasses import dataclass, field, replace
 from phoenix_backup.config import Config
 from phoenix_backup.errors import UsageError
 from phoenix_backup.ops.context import Environment, credentials, open_repository, pins
-from phoenix_backup.ops.sync import TargetReport, replicate_all
+from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.prune import refuse_if_damaged, snapshot_blobs
+from phoenix_backup.repo.replicate import TargetReport
 from phoenix_backup.repo.repository import Repository, sealed_with
 
 

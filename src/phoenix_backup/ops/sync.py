@@ -1,103 +1,18 @@
-"""Replication and `phx sync`: copy what a target lacks from the first target, snapshots last.
-
-Backups write the first enabled target; every other enabled target is a replica that receives
-the same objects under the same names. For each replica, in its own thread:
-
-1. initialise it on first use: key slots, then `config` (so a half-copied replica is already a
-   valid, openable repository), or check that it holds the same repository (same id);
-2. take a shared lock on it (locks belong to one target and are never copied);
-3. abort multipart uploads that interrupted runs left (all of them when no other process holds
-   a lock there, otherwise those older than a day);
-4. copy the key slots it lacks (or holds in another version);
-5. copy every index object the replica lacks together with the packs it lists that the replica
-   lacks (several uploads in flight; data packs marked cold for S3's storage class), then those
-   index objects. One that supersedes index objects the replica holds (a prune's, or a backup's
-   that found packs lost on the first target) is preceded by an index object of the replica's
-   own listing the packs the replica holds that would otherwise be listed by no index there;
-6. only when all of that succeeded, copy the snapshot objects it lacks, oldest first, each
-   followed by a checkpoint (Git: one commit naming the snapshot);
-7. when the first target's config differs (after `phx key rotate`, or a format upgrade), copy it:
-   the replica's commit point. Then (and whenever the replica still holds slots the first target
-   does not) delete the replica's packs, index objects and snapshots that the first target lacks
-   and that the current key does not authenticate: what the retired key sealed;
-8. delete the key slots the first target no longer has (a slot removed with `phx key
-   remove/passwd/rotate` must stop opening replicas); then publish (Git: push).
-
-A crash or a failure at any step therefore leaves no replica holding a snapshot whose data is
-missing, and the next run (or `phx sync`) copies what is still missing. Every copied object is
-checked against its name (SHA-256) first, so damage on the first target is never replicated.
-Packs that no index lists (a crashed backup's leftovers, or a running backup's packs) are not
-copied. A failing replica never stops the others: its error is its outcome.
-"""
+"""`phx sync [--target NAME]` and the replication after every backup: the first target's
+repository copied to every other enabled target in parallel, each by repo/replicate.py."""
 
 from __future__ import annotations
 
-import threading
-import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import (
-    CorruptObject,
-    ExitStatus,
-    ObjectNotFound,
-    PhoenixError,
-    RepositoryError,
-    UsageError,
-)
+from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
-from phoenix_backup.repo.crypto import BlobType, sha256_hex
-from phoenix_backup.repo.locks import LockManager
-from phoenix_backup.repo.pack import PackEntry, pack_name
-from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
+from phoenix_backup.repo.replicate import TargetReport, replicate
+from phoenix_backup.repo.repository import Repository
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend
-
-# Objects copied at once to one replica (each a pack of up to ~24 MiB in memory).
-COPY_WORKERS = 4
-
-
-@dataclass
-class TargetReport:
-    """What replication did to one target."""
-
-    name: str
-    location: str = ""
-    ok: bool = True
-    error: str | None = None
-    initialised: bool = False
-    objects: int = 0  # objects copied (packs, index, snapshots, keys)
-    bytes: int = 0
-    snapshots: int = 0  # snapshot objects copied
-    keys_removed: int = 0
-    retired: int = 0  # objects of a retired key deleted (after `phx key rotate`)
-    uploads_aborted: int = 0
-    seconds: float = 0.0
-
-    @property
-    def throughput(self) -> float:
-        """Bytes per second copied to the target (0 when nothing was copied)."""
-        return self.bytes / self.seconds if self.seconds > 0 and self.bytes else 0.0
-
-    def outcome(self) -> TargetOutcome:
-        return TargetOutcome(self.ok, self.error)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "ok": self.ok,
-            "error": self.error,
-            "location": self.location,
-            "initialised": self.initialised,
-            "objects": self.objects,
-            "bytes": self.bytes,
-            "snapshots": self.snapshots,
-            "keysRemoved": self.keys_removed,
-            "retired": self.retired,
-            "uploadsAborted": self.uploads_aborted,
-            "seconds": round(self.seconds, 3),
-            "bytesPerSecond": round(self.throughput),
-        }
 
 
 @dataclass
@@ -115,182 +30,6 @@ class SyncResult:
             "source": self.source,
             "targets": {k: v.to_json() for k, v in self.targets.items()},
         }
-
-
-def seed_repository(source: Backend, dest: Backend) -> None:
-    """Make an empty `dest` hold the repository of `source`: key slots first, `config` last, so
-    `dest` counts as a repository only once it can be opened."""
-    dest.create()
-    for info in source.list("keys/"):
-        dest.write(info.name, source.read(info.name))
-    dest.write("config", source.read("config"), exclusive=True)
-
-
-def replicate(repo: Repository, name: str, dest: Backend, envx: Environment) -> TargetReport:
-    """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
-    failures: they are the report's error."""
-    report = TargetReport(name, dest.location)
-    started = time.monotonic()
-    try:
-        _replicate(repo, dest, envx, report)
-    except PhoenixError as exc:
-        report.ok, report.error = False, str(exc)
-    except OSError as exc:  # e.g. the Git clone's folder cannot be written
-        report.ok, report.error = False, f"{exc.strerror or exc} at {dest.location}"
-    finally:
-        report.seconds = time.monotonic() - started
-    return report
-
-
-def _replicate(repo: Repository, dest: Backend, envx: Environment, report: TargetReport) -> None:
-    source = repo.backend
-    switched = False
-    if not dest.exists():
-        seed_repository(source, dest)
-        report.initialised = True
-        report.objects += 2
-        envx.notice(f"initialised target {report.name} at {dest.location}")
-    else:
-        raw = dest.read("config")
-        theirs = RepoConfig.from_bytes(raw, dest.location)
-        if theirs.id != repo.config.id:
-            raise RepositoryError(
-                f"{dest.location} holds another repository (id {theirs.id[:8]}, not {repo.config.id[:8]}); "
-                f"point targets.{report.name} at an empty location or empty it"
-            )
-        switched = raw != source.read("config")
-    locks = LockManager(dest, repo.sealer, envx.notice)
-    with locks.acquire(exclusive=False, command="replicate") as held:
-        # Every writer holds a lock: with no other lock present, every unfinished upload is a
-        # leftover of a killed run. (A writer locking right after this check and starting an
-        # upload before the listing could lose that upload; it then fails and the next sync
-        # copies the object again. Nothing is ever half-written.)
-        alone = all(info.name == held.name for info in locks.all())
-        report.uploads_aborted = dest.abort_abandoned_uploads(everything=alone)
-        stale_keys = _add_keys(source, dest, report)
-        present = {info.name for info in dest.list("data/")}
-        present_index = {info.name for info in dest.list("index/")}
-        missing_index = sorted({info.name for info in source.list("index/")} - present_index)
-        packs: dict[str, bool] = {}  # pack object name -> is a data pack (may go cold)
-        listed: set[bytes] = set()  # blobs the copied index objects list
-        superseded: set[str] = set()  # index objects they supersede
-        for index_name in missing_index:
-            listing, sup = _index_packs(repo, index_name)
-            superseded.update(f"index/{s}" for s in sup)
-            for pack_id, entries in listing.items():
-                listed.update(e.id for e in entries)
-                obj = pack_name(pack_id)
-                if obj not in present:
-                    packs[obj] = not entries or entries[0].type == BlobType.DATA
-        _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report)
-        _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
-        _copy_all(source, dest, [(n, False) for n in missing_index], report)
-        have = {info.name for info in dest.list("snapshots/")}
-        for snap in repo.list_snapshots():  # oldest first
-            obj = f"snapshots/{snap.id}"
-            if obj in have:
-                continue
-            _copy_one(source, dest, obj, False, report)
-            report.snapshots += 1
-            dest.checkpoint(f"phoenix snapshot {snap.name} ({snap.id[:8]})")
-        if switched:
-            dest.write("config", source.read("config"))
-            report.objects += 1
-        if switched or stale_keys:
-            _remove_retired(repo, dest, report)
-        for name in stale_keys:
-            dest.delete(name)
-            report.keys_removed += 1
-        dest.checkpoint("phoenix: sync repository objects")
-    dest.publish()
-
-
-def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]:
-    """Copy the slots `dest` lacks or holds in another version; return the slots only `dest`
-    holds, which go once the config is the first target's (a replica is never left without a
-    slot that opens it)."""
-    ours = {info.name for info in source.list("keys/")}
-    theirs = {info.name for info in dest.list("keys/")}
-    for name in sorted(ours):
-        if name not in theirs or dest.read(name) != source.read(name):
-            _copy_one(source, dest, name, False, report)
-    return sorted(theirs - ours) if ours else []
-
-
-def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> None:
-    """Delete the replica's packs, index objects and snapshots that the first target lacks and the
-    repository's key does not authenticate: after a key rotation, what the retired key sealed
-    (its snapshots were re-sealed under the new key and copied before)."""
-    for prefix in ("snapshots/", "index/", "data/"):
-        ours = {info.name for info in repo.backend.list(prefix)}
-        for info in list(dest.list(prefix)):
-            if info.name not in ours and not sealed_with(dest, info.name, repo.sealer):
-                dest.delete(info.name)
-                report.retired += 1
-
-
-def _index_packs(repo: Repository, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
-    """The packs an index object of the first target lists, with their entries, and the index
-    objects it supersedes (bare ids)."""
-    try:
-        return repo.read_index_object(name)
-    except CorruptObject as exc:
-        raise CorruptObject(f"the first target's {exc}; run `phx verify`") from exc
-
-
-def _keep_indexed(
-    repo: Repository, dest: Backend, superseded: list[str], listed: set[bytes], present: set[str], report: TargetReport
-) -> None:
-    """An index object of the first target supersedes others there (a prune's, or a backup's
-    that found packs lost there); copied, it supersedes the replica's copies of them too. The
-    blobs those list in packs the replica holds that the new objects do not list (lost on the
-    first target, or garbage pruned there) would then be listed by no index on the replica: its
-    snapshots that need them would look damaged, and `phx repair objects --from` it would not find
-    them. Before the new objects are copied, one index object of the replica's own lists them
-    (the replica's own prune deletes what no snapshot there uses)."""
-    replica = Repository(dest, repo.config, repo.secrets, notice=repo.notice)
-    keep: dict[str, dict[bytes, PackEntry]] = {}
-    for name in superseded:
-        try:
-            listing, _sup = replica.read_index_object(name)
-        except (CorruptObject, ObjectNotFound):
-            continue  # damaged there (verify names it), or sealed under a retired key
-        for pack_id, entries in listing.items():
-            if pack_name(pack_id) in present:
-                for e in entries:
-                    if e.id not in listed:
-                        keep.setdefault(pack_id, {}).setdefault(e.id, e)
-    if keep:
-        replica.write_index({pack_id: list(entries.values()) for pack_id, entries in keep.items()}, [])
-        with _COUNT_LOCK:
-            report.objects += 1
-
-
-def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
-    data = source.read(name)
-    if (name.startswith(("data/", "index/", "snapshots/"))) and sha256_hex(data) != name.split("/")[-1]:
-        raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
-    dest.write(name, data, cold=cold)
-    with _COUNT_LOCK:
-        report.objects += 1
-        report.bytes += len(data)
-
-
-_COUNT_LOCK = threading.Lock()
-
-
-def _copy_all(source: Backend, dest: Backend, items: list[tuple[str, bool]], report: TargetReport) -> None:
-    """Copy with several uploads in flight; the first failure cancels what has not started."""
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix=f"phx-copy-{report.name}") as pool:
-        futures: list[Future[None]] = [pool.submit(_copy_one, source, dest, n, cold, report) for n, cold in items]
-        _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for fut in pending:
-            fut.cancel()
-        for fut in futures:
-            if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                raise fut.exception()  # type: ignore[misc]
 
 
 def replicate_all(
@@ -315,7 +54,7 @@ def replicate_all(
         with repo.lock(exclusive=False, command="replicate"):
             repo.load_index()
             with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
-                futures = {name: pool.submit(replicate, repo, name, b, envx) for name, b in backends.items()}
+                futures = {name: pool.submit(replicate, repo, name, b, envx.notice) for name, b in backends.items()}
                 for name, fut in futures.items():
                     reports[name] = fut.result()
     except PhoenixError as exc:
