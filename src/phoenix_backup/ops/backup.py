@@ -48,6 +48,7 @@ from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, Scope, plan_components, source_plan
 from phoenix_backup.state import TargetOutcome, write_state
+from phoenix_backup.users import username
 
 # A file modified this close to the parent backup's start may have changed within the same
 # timestamp tick after it was read, so it is read again.
@@ -643,7 +644,7 @@ def _run(
         time=when.isoformat(),
         name=name,
         host=socket.gethostname(),
-        username=_username(),
+        username=username(),
         scope=scope,
         tags=tags,
         tree=root,
@@ -860,15 +861,6 @@ def _reason(exc: BaseException) -> str:
 def _progress(envx: Environment, done: int, total: int) -> None:
     if envx.progress is not None:
         envx.progress("backup", done, total)
-
-
-def _username() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def snapshot_entries(

@@ -22,7 +22,7 @@ from typing import Any
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.memory.schema import TableInfo, inspect, quote, row_noun
+from phoenix_backup.memory.schema import TableInfo, inspect, row_noun
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.ops.context import Environment, open_repository, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
@@ -31,6 +31,7 @@ from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import Trees
 from phoenix_backup.sources.sqlite import sqlite_uri
+from phoenix_backup.sql import quote
 
 
 @dataclass(frozen=True)

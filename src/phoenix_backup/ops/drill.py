@@ -50,6 +50,7 @@ from phoenix_backup.sinks import sqlite as sqlite_sink
 from phoenix_backup.sinks.files import FileWriter  # the restore's writer: the drill proves that code
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import count_rows, sqlite_uri
+from phoenix_backup.sql import quote
 
 # Scratch space must hold the whole snapshot, plus room for SQLite's journals while checking.
 SCRATCH_MARGIN = 16 * 1024 * 1024
@@ -163,7 +164,7 @@ class SqliteDrill:
                     "its shadow tables are counted"
                 )
                 continue
-            quoted = '"' + name.replace('"', '""') + '"'
+            quoted = quote(name)
             try:
                 # rank 1: also compare the index with an external content table, which is where a
                 # full-text index silently goes stale.

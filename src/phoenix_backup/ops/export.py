@@ -39,7 +39,7 @@ from phoenix_backup.errors import ExitStatus, ExportError, UsageError
 from phoenix_backup.memory import markdown
 from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
-from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect, quote
+from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect
 from phoenix_backup.memory.values import csv_value, json_value
 from phoenix_backup.ops.context import Environment, open_repository, scratch_dir
 from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
@@ -49,6 +49,7 @@ from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.patterns import ExcludeSet, Include
 from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, copy_database, sqlite_uri
+from phoenix_backup.sql import quote
 
 ExportFormat = Literal["json", "csv", "markdown"]
 FORMATS: tuple[ExportFormat, ...] = ("json", "csv", "markdown")

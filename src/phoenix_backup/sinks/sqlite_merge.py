@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from phoenix_backup.errors import ExitStatus, MergeFailed
-from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect, quote
+from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sources.sqlite import sqlite_uri
+from phoenix_backup.sql import quote
 
 BUSY_TIMEOUT_S = 30.0
 _BATCH = 500
