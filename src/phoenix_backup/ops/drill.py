@@ -216,7 +216,7 @@ class ServerDrill:
         self.engine = engine
 
     def check(self, ctx: DrillContext, info: DatabaseInfo | None, restored: Path) -> DatabaseReport:
-        from phoenix_backup.sinks import databases as db_restore
+        from phoenix_backup.sinks import databases
         from phoenix_backup.sinks.streams import group_database_nodes
 
         assert info is not None and ctx.repo is not None
@@ -227,7 +227,7 @@ class ServerDrill:
             return report
         scratch = f"phx_drill_{secrets.token_hex(4)}"
         try:
-            outcome = db_restore.drill_database(ctx.repo, ctx.cfg, ctx.envx.env, info.path, files, scratch)
+            outcome = databases.drill_database(ctx.repo, ctx.cfg, ctx.envx.env, info.path, files, scratch)
         except PhoenixError as exc:
             report.problems.append(("database", str(exc)))
             return report

@@ -1,4 +1,4 @@
-"""`phx forget`: apply the retention policy (ops/retention.py) on every target, saying why each
+"""`phx forget`: apply the retention policy (repo/retention.py) on every target, saying why each
 snapshot is kept. Only snapshot objects are deleted; `prune` frees the data they alone used.
 
 Each target applies the same policy to its own snapshots (DESIGN §8), so a snapshot forgotten

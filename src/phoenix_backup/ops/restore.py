@@ -173,7 +173,7 @@ def restore(
     `pre-restore`) makes it undoable unless `safety_snapshot` is False. `delete` removes what the
     restored scope holds and the snapshot lacks; `realign` rewrites the alignment manifest's hashes
     when the restore leaves it inconsistent. `conflict_mode` and `keyless` say how agent-scoped
-    PostgreSQL rows and Redis keys are merged (ops/agent_merge.py, ops/db_restore.py).
+    PostgreSQL rows and Redis keys are merged (sinks/postgres_agent.py, sinks/databases.py).
     """
     if delete and to is not None:
         raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")

@@ -4,7 +4,7 @@ A repository has one set of random master secrets: they key the AEAD of every ob
 BLAKE3 blob ids and the FastCDC gear table. Each key slot (one `keys/…` object) holds those
 secrets wrapped for one way of opening the repository, so slots can be added and removed
 (`phx key add|remove|passwd`) without rewriting a single data pack; `phx key rotate` replaces the
-encryption key (ops/rotate.py).
+encryption key (ops/key_rotate.py).
 
 A slot keeps in the clear only what opening needs (the scrypt parameters of a passphrase slot).
 Its label, creator and age recipients or GPG key are sealed under the master secrets

@@ -22,8 +22,7 @@ from phoenix_backup.config.model import PostgresDb, RedisDb
 from phoenix_backup.errors import PhoenixError, UsageError
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
-from phoenix_backup.sinks import ConflictMode, postgres, redis
-from phoenix_backup.sinks import postgres_agent as agent_merge
+from phoenix_backup.sinks import ConflictMode, postgres, postgres_agent, redis
 from phoenix_backup.sinks.postgres_agent import KeylessMode
 from phoenix_backup.sinks.streams import (
     DbRestoreOutcome,
@@ -95,7 +94,7 @@ def server_warnings(
             assert isinstance(entry, PostgresDb)
             tables = [pg.AgentTable.from_json(d).key for d in manifest.get("tableInfo", {}).values()]
             with pg.connection_for(entry, env).connect() as con, con.transaction(force_rollback=True):
-                warning = agent_merge.trigger_warning(con, tables)
+                warning = postgres_agent.trigger_warning(con, tables)
         except (PhoenixError, psycopg.Error):
             continue
         if warning:

@@ -107,7 +107,7 @@ class FileWriter:
         # the very file this restore put there.
         self._inodes: dict[str, tuple[int, int]] = {}
         # The folders holding this restore's temporary files, for the next command should it be
-        # killed (ops/leftovers.py).
+        # killed (sinks/leftovers.py).
         self.journal = leftovers.Journal(repo.notice)
 
     def _temp_name(self, logical: str) -> str:

@@ -30,8 +30,7 @@ from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, Usa
 from phoenix_backup.repo.reader import NodeReader, read_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
-from phoenix_backup.sinks import ConflictMode
-from phoenix_backup.sinks import postgres_agent as agent_merge
+from phoenix_backup.sinks import ConflictMode, postgres_agent
 from phoenix_backup.sinks.postgres_agent import KeylessMode
 from phoenix_backup.sinks.streams import (
     DbRestoreOutcome,
@@ -321,7 +320,7 @@ def restore_agent_rows(
     agent: str | None,
     drill: bool = False,
 ) -> DbRestoreOutcome:
-    """The agent's saved rows merged into the shared tables (`ops/agent_merge.py`), in one
+    """The agent's saved rows merged into the shared tables (`sinks/postgres_agent.py`), in one
     transaction; with `drill`, into a scratch copy of them, always rolled back. `agent`: the
     agentId configured now; rows saved for another agent are refused."""
     saved_agent = str(manifest["agentId"])
@@ -353,7 +352,7 @@ def restore_agent_rows(
             con.execute("SELECT set_config(%s, %s, false)", (setting, agent))
             pg.exact_text(con)
             with con.transaction(force_rollback=drill):
-                result = agent_merge.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
+                result = postgres_agent.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
             if not drill:
                 written = [
                     sql.Identifier(t.schema, t.table)
@@ -442,7 +441,7 @@ def live_rows(conn: pg.PgConn, manifest: dict[str, Any]) -> dict[str, int]:
         con.execute("SELECT set_config(%s, %s, false)", (_agent_setting("", manifest), agent))
         out: dict[str, int] = {}
         saved = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
-        for t in agent_merge.live_tables(con, saved):
+        for t in postgres_agent.live_tables(con, saved):
             query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(t.rows)
             row = con.execute(query + pg.agent_filter(t), (agent,)).fetchone()
             out[t.key] = int(row[0]) if row else 0
