@@ -24,10 +24,10 @@ from e2e_support import Sandbox, flip_byte
 
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import PhoenixError, RepositoryError, RepositoryLocked
-from phoenix_backup.ops import repair
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.unlock import unlock
 from phoenix_backup.ops.verify import verify
+from phoenix_backup.repo import repair
 from phoenix_backup.repo.checker import VerifyResult
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name

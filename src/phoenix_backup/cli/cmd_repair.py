@@ -6,8 +6,8 @@ import click
 
 from phoenix_backup.cli.app import Out, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import repair as repair_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.repo import repair as repair_op
 
 
 @cli.group()
