@@ -24,13 +24,14 @@ from e2e_support import Sandbox, flip_byte
 
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import PhoenixError, RepositoryError, RepositoryLocked
+from phoenix_backup.ops import repair
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.unlock import unlock
 from phoenix_backup.ops.verify import verify
-from phoenix_backup.repo import repair
 from phoenix_backup.repo.checker import VerifyResult
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.repair import ObjectsRepair
 from phoenix_backup.sample import generate_workspace, layout_for, simulate_day
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -134,7 +135,7 @@ def located(result: VerifyResult, ids: set[str]) -> list[Any]:
     return [e for e in result.errors if e.object and e.snapshot in ids and e.path]
 
 
-def repair_from_s3(case: Case) -> repair.ObjectsRepair:
+def repair_from_s3(case: Case) -> ObjectsRepair:
     report = repair.repair_objects(case.cfg, case.envx, source="s3", read_data=True)
     assert report.unrecoverable == 0, report.to_json()
     return report

@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "list": "ops.list",
     "ls": "ops.ls",
     "prune": "ops.prune",
-    "repair": "repo.repair",
+    "repair": "ops.repair",
     "restore": "ops.restore",
     "restore --merge": "ops.merge",
     "schedule": "schedule",  # no repository involved: the scheduler package itself

@@ -40,7 +40,7 @@ from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats
+from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats, timestamp_name
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources import sqlite as sqlite_source
@@ -142,17 +142,6 @@ def parse_time(text: str | None) -> datetime:
     if not MIN_YEAR <= when.year <= MAX_YEAR:
         raise UsageError(f"--time {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
     return when
-
-
-def timestamp_name(when: datetime, taken: set[str]) -> str:
-    """The ArgentOS timestamp name (`2026-03-15-14-30`), made unique with `-2`, `-3`."""
-    base = when.strftime("%Y-%m-%d-%H-%M")
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}-{n}" in taken:
-        n += 1
-    return f"{base}-{n}"
 
 
 def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout, Selection]:

@@ -1,4 +1,4 @@
-"""`phx repair`: put a damaged repository back in order, naming what was lost.
+"""Repairing a damaged repository, naming what was lost (the engines of `phx repair`, ops/repair.py).
 
 - `repair index` rebuilds the index from the packs' own headers: one new index object lists
   every pack the store holds whose header can be read, and supersedes every index object present.
@@ -27,24 +27,18 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
     ObjectNotFound,
-    PhoenixError,
     RepositoryError,
-    RepositoryNotFound,
     UnsupportedFormat,
-    UsageError,
 )
-from phoenix_backup.ops.backup import timestamp_name
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, pins, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import PackEntry, PackOrigin, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository
-from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.snapshot import Snapshot, timestamp_name
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import used_blobs
 from phoenix_backup.storage.base import Backend
@@ -79,15 +73,6 @@ class IndexRepair:
             "unreadablePacks": self.unreadable,
             "keptFromOldIndex": self.kept,
         }
-
-
-def repair_index(cfg: Config, envx: Environment) -> IndexRepair:
-    repo = open_repository(cfg, envx)
-    try:
-        with repo.lock(exclusive=True, command="repair index"):
-            return rebuild_index(repo)
-    finally:
-        repo.close()
 
 
 def rebuild_index(repo: Repository) -> IndexRepair:
@@ -288,19 +273,7 @@ class _Scanner:
         return self.save(nodes) if self.save is not None else self.CHANGED
 
 
-def repair_snapshots(
-    cfg: Config, envx: Environment, *, rewrite: bool = False, forget: bool = False, read_data: bool = False
-) -> SnapshotRepair:
-    repo = open_repository(cfg, envx)
-    changing = rewrite or forget
-    try:
-        with repo.lock(exclusive=changing, command="repair snapshots"):
-            return _repair_snapshots(repo, rewrite=rewrite, forget=forget, read_data=read_data)
-    finally:
-        repo.close()
-
-
-def _repair_snapshots(repo: Repository, *, rewrite: bool, forget: bool, read_data: bool) -> SnapshotRepair:
+def scan_snapshots(repo: Repository, *, rewrite: bool, forget: bool, read_data: bool) -> SnapshotRepair:
     report = SnapshotRepair(rewrite=rewrite, forget=forget, read_data=read_data)
     repo.load_index()
     # Packs no index lists (index objects lost) still hold their data: read their headers, so
@@ -410,49 +383,6 @@ class ObjectsRepair:
         }
 
 
-def repair_objects(cfg: Config, envx: Environment, *, source: str, read_data: bool = False) -> ObjectsRepair:
-    names = enabled_targets(cfg)
-    first = names[0]
-    if source not in names or source == first:
-        others = ", ".join(names[1:]) or "none"
-        raise UsageError(
-            f"--from names the target to copy from: an enabled target other than {first} (enabled replicas: {others})"
-        )
-    src = target_backend(cfg, envx, source)
-    dest = target_backend(cfg, envx, first)
-    try:
-        if not src.exists():
-            raise RepositoryNotFound(f"target {source} holds no repository at {src.location}; nothing to copy from")
-        report = ObjectsRepair(source, first)
-        previous = _repair_config_and_keys(src, dest, report, pins(envx).id_at(dest.location))
-        try:
-            repo = open_repository(cfg, envx)
-        except PhoenixError as exc:
-            if "config" not in report.copied:
-                raise
-            # Nothing here said which repository this is (no readable config, no pin): the
-            # copied config does not open with the key slots here, so it goes again.
-            if previous is None:
-                dest.delete("config")
-            else:
-                dest.write("config", previous)
-            raise RepositoryError(
-                f"the config of target {source} does not open the repository at {dest.location} ({exc}); "
-                "it was not kept"
-            ) from exc
-        other = Repository(src, Repository.read_config(src), repo.secrets, notice=envx.notice)
-        try:
-            with repo.lock(exclusive=True, command="repair objects"):
-                _repair_data(repo, other, report, read_data=read_data)
-        finally:
-            repo.close()
-            other.close()
-        return report
-    finally:
-        src.close()
-        dest.close()
-
-
 def _copy_checked(src: Backend, dest: Backend, name: str, *, cold: bool = False) -> bool:
     """Copy one content-addressed object when the source's copy matches its name."""
     try:
@@ -465,7 +395,7 @@ def _copy_checked(src: Backend, dest: Backend, name: str, *, cold: bool = False)
     return True
 
 
-def _repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair, pinned: str | None) -> bytes | None:
+def repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair, pinned: str | None) -> bytes | None:
     """Config and key slots are not named by their hash: a copy replaces them only when ours
     cannot be read and the source's can, and only from the same repository: the id of our config,
     or when it cannot be read, the id this user pinned here (`pinned`). Otherwise a target holding
@@ -516,7 +446,7 @@ def _repair_config_and_keys(src: Backend, dest: Backend, report: ObjectsRepair, 
     return previous if lost else None
 
 
-def _repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, read_data: bool) -> None:
+def repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, read_data: bool) -> None:
     repo.load_index()
     snapshots = repo.list_snapshots()
     for name in sorted(repo.problems.snapshots):

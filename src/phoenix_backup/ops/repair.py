@@ -1,0 +1,83 @@
+"""`phx repair index|snapshots|objects`: the repair engines of repo/repair.py run under an
+exclusive lock (a shared one when only looking), on the first target; `objects` copies from a
+replica."""
+
+from __future__ import annotations
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import PhoenixError, RepositoryError, RepositoryNotFound, UsageError
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, pins, target_backend
+from phoenix_backup.repo.repair import (
+    IndexRepair,
+    ObjectsRepair,
+    SnapshotRepair,
+    rebuild_index,
+    repair_config_and_keys,
+    repair_data,
+    scan_snapshots,
+)
+from phoenix_backup.repo.repository import Repository
+
+
+def repair_index(cfg: Config, envx: Environment) -> IndexRepair:
+    repo = open_repository(cfg, envx)
+    try:
+        with repo.lock(exclusive=True, command="repair index"):
+            return rebuild_index(repo)
+    finally:
+        repo.close()
+
+
+def repair_snapshots(
+    cfg: Config, envx: Environment, *, rewrite: bool = False, forget: bool = False, read_data: bool = False
+) -> SnapshotRepair:
+    repo = open_repository(cfg, envx)
+    changing = rewrite or forget
+    try:
+        with repo.lock(exclusive=changing, command="repair snapshots"):
+            return scan_snapshots(repo, rewrite=rewrite, forget=forget, read_data=read_data)
+    finally:
+        repo.close()
+
+
+def repair_objects(cfg: Config, envx: Environment, *, source: str, read_data: bool = False) -> ObjectsRepair:
+    names = enabled_targets(cfg)
+    first = names[0]
+    if source not in names or source == first:
+        others = ", ".join(names[1:]) or "none"
+        raise UsageError(
+            f"--from names the target to copy from: an enabled target other than {first} (enabled replicas: {others})"
+        )
+    src = target_backend(cfg, envx, source)
+    dest = target_backend(cfg, envx, first)
+    try:
+        if not src.exists():
+            raise RepositoryNotFound(f"target {source} holds no repository at {src.location}; nothing to copy from")
+        report = ObjectsRepair(source, first)
+        previous = repair_config_and_keys(src, dest, report, pins(envx).id_at(dest.location))
+        try:
+            repo = open_repository(cfg, envx)
+        except PhoenixError as exc:
+            if "config" not in report.copied:
+                raise
+            # Nothing here said which repository this is (no readable config, no pin): the
+            # copied config does not open with the key slots here, so it goes again.
+            if previous is None:
+                dest.delete("config")
+            else:
+                dest.write("config", previous)
+            raise RepositoryError(
+                f"the config of target {source} does not open the repository at {dest.location} ({exc}); "
+                "it was not kept"
+            ) from exc
+        other = Repository(src, Repository.read_config(src), repo.secrets, notice=envx.notice)
+        try:
+            with repo.lock(exclusive=True, command="repair objects"):
+                repair_data(repo, other, report, read_data=read_data)
+        finally:
+            repo.close()
+            other.close()
+        return report
+    finally:
+        src.close()
+        dest.close()
