@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Everything the tests need, installed, then every check: ruff, mypy, and the whole pytest suite
-# (unit, integration against real services, end-to-end through the `phx` command).
+# Everything the tests need, installed, then every check: ruff, mypy, the layers contract
+# (import-linter, pyproject.toml), and the whole pytest suite (unit, integration against real
+# services, end-to-end through the `phx` command).
 set -euo pipefail
 . "$(dirname "$0")/setup.sh"
 cd "$ROOT"
@@ -18,4 +19,5 @@ ensure_venv "[test]"
 "$VENV/bin/ruff" check src tests bench
 "$VENV/bin/ruff" format --check src tests bench
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache --no-logo
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

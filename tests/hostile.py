@@ -52,7 +52,7 @@ _CHECKSUM = Sealer(None)
 
 def decode(kind: str, data: bytes) -> None:
     """Decode `data` as `kind` arrives in a repository (or an export); raise only CLEAN[kind]."""
-    from phoenix_backup.ops.importer import ExportRowSource, parse_metadata
+    from phoenix_backup.ops.import_ import ExportRowSource, parse_metadata
     from phoenix_backup.repo.locks import decode_lock
 
     if kind == "pack_header":

@@ -483,19 +483,20 @@ def postgres_entry(pg: PgServer, database: str, **extra: Any) -> dict[str, Any]:
 
 
 def drill(sandbox: Any, env: dict[str, str], snapshot: str, path: str, scratch: str) -> Any:
-    """`phx drill`'s database check (ops/db_restore.py `drill_database`), through the Python API."""
+    """`phx drill`'s database check (sinks/databases.py `drill_database`), through the Python API."""
     from phoenix_backup import Environment, load_config
-    from phoenix_backup.ops import db_restore
     from phoenix_backup.ops.context import open_repository
     from phoenix_backup.repo.walker import walk_tree
+    from phoenix_backup.sinks import databases
+    from phoenix_backup.sinks.streams import group_database_nodes
 
     cfg = load_config(sandbox.config_path)
     repo = open_repository(cfg, Environment(env=env))
     try:
         repo.load_index()
         snap = repo.find_snapshot(snapshot)
-        groups = db_restore.group_database_nodes(walk_tree(repo, snap.tree))
-        return db_restore.drill_database(repo, cfg, env, path, groups[path], scratch)
+        groups = group_database_nodes(walk_tree(repo, snap.tree))
+        return databases.drill_database(repo, cfg, env, path, groups[path], scratch)
     finally:
         repo.close()
 

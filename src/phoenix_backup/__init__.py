@@ -15,18 +15,21 @@ where notices go) and returns a typed result object::
 Errors are `phoenix_backup.errors.PhoenixError` subclasses whose message names cause and fix.
 """
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from phoenix_backup._version import __version__
 
 if TYPE_CHECKING:
     from phoenix_backup.config import Config, find_config_path, load_config, parse_config
     from phoenix_backup.ops.backup import BackupResult, backup
     from phoenix_backup.ops.context import Environment
-    from phoenix_backup.ops.manage import InitResult, SnapshotSummary, init, list_snapshots, unlock
+    from phoenix_backup.ops.init import InitResult, init
+    from phoenix_backup.ops.list import SnapshotSummary, list_snapshots
     from phoenix_backup.ops.restore import RestoreResult, restore
-    from phoenix_backup.ops.verify import VerifyResult, verify
+    from phoenix_backup.ops.unlock import unlock
+    from phoenix_backup.ops.verify import verify
+    from phoenix_backup.repo.checker import VerifyResult
 
 # The API's names are imported on first use (PEP 562), so `phx backup` does not load the restore
 # and verify code, nor `phx list` the backup code.
@@ -34,9 +37,12 @@ _API = {
     "phoenix_backup.config": ("Config", "find_config_path", "load_config", "parse_config"),
     "phoenix_backup.ops.backup": ("BackupResult", "backup"),
     "phoenix_backup.ops.context": ("Environment",),
-    "phoenix_backup.ops.manage": ("InitResult", "SnapshotSummary", "init", "list_snapshots", "unlock"),
+    "phoenix_backup.ops.init": ("InitResult", "init"),
+    "phoenix_backup.ops.list": ("SnapshotSummary", "list_snapshots"),
+    "phoenix_backup.ops.unlock": ("unlock",),
     "phoenix_backup.ops.restore": ("RestoreResult", "restore"),
-    "phoenix_backup.ops.verify": ("VerifyResult", "verify"),
+    "phoenix_backup.ops.verify": ("verify",),
+    "phoenix_backup.repo.checker": ("VerifyResult",),
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 

@@ -28,9 +28,9 @@ from e2e_support import (
 )
 
 from phoenix_backup.config import load_config
-from phoenix_backup.ops.browse import find_node
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.walker import find_node
 
 
 def extract(archive: Path, dest: Path) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 from e2e_support import DATABASES, HOME_CONFIG_FILES, PHX, Sandbox, assert_error, assert_same_db, db_dump, flip_byte
 
 from phoenix_backup.config import load_config
-from phoenix_backup.ops.browse import find_node
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.walker import find_node
 
 
 def dump_bytes(sb: Sandbox, *args: str) -> tuple[int, bytes, str]:

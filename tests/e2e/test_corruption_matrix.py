@@ -26,10 +26,12 @@ from phoenix_backup.config import load_config
 from phoenix_backup.errors import PhoenixError, RepositoryError, RepositoryLocked
 from phoenix_backup.ops import repair
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.ops.manage import unlock
-from phoenix_backup.ops.verify import VerifyResult, verify
+from phoenix_backup.ops.unlock import unlock
+from phoenix_backup.ops.verify import verify
+from phoenix_backup.repo.checker import VerifyResult
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.repair import ObjectsRepair
 from phoenix_backup.sample import generate_workspace, layout_for, simulate_day
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -133,7 +135,7 @@ def located(result: VerifyResult, ids: set[str]) -> list[Any]:
     return [e for e in result.errors if e.object and e.snapshot in ids and e.path]
 
 
-def repair_from_s3(case: Case) -> repair.ObjectsRepair:
+def repair_from_s3(case: Case) -> ObjectsRepair:
     report = repair.repair_objects(case.cfg, case.envx, source="s3", read_data=True)
     assert report.unrecoverable == 0, report.to_json()
     return report
@@ -225,7 +227,7 @@ def test_a_damaged_key_slot_beside_a_good_one_is_named_and_can_be_removed(
 ) -> None:
     """The repository still opens with the other slot; verify names the damaged one, and
     `phx key remove` takes it away (never the last readable one)."""
-    from phoenix_backup.ops.manage import key_add, key_list, key_remove
+    from phoenix_backup.ops.key import key_add, key_list, key_remove
 
     case = Case(pristine, tmp_path)
     added = key_add(case.cfg, Environment(env={**case.sb.env, "PHX_NEW_PASSPHRASE": "another"}), method="passphrase")

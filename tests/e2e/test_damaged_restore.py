@@ -15,9 +15,9 @@ from e2e_support import Sandbox, assert_restored, assert_same_db, db_dump, file_
 from moto_support import bare_repo
 
 from phoenix_backup.config import load_config
-from phoenix_backup.ops.browse import find_node
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.walker import find_node
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

@@ -22,10 +22,10 @@ from typing import Any
 from e2e_support import DATABASES, HOME_CONFIG_FILES, Sandbox, assert_error, flip_byte
 
 from phoenix_backup.config import load_config
-from phoenix_backup.ops.browse import find_node
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.walker import find_node
 
 MEMORY_DB = "home/.argentos/memory.db"
 

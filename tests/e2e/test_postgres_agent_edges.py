@@ -174,8 +174,8 @@ def _craft_manifest(sandbox: Sandbox, env: dict[str, str], edit: Any, snapshot: 
 
     from phoenix_backup import Environment, load_config
     from phoenix_backup.ops.context import open_repository
-    from phoenix_backup.ops.db_restore import node_bytes
     from phoenix_backup.repo.crypto import BlobType
+    from phoenix_backup.repo.reader import read_node
     from phoenix_backup.repo.tree import Extent
 
     repo = open_repository(load_config(sandbox.config_path), Environment(env=env))
@@ -187,7 +187,7 @@ def _craft_manifest(sandbox: Sandbox, env: dict[str, str], edit: Any, snapshot: 
             nodes = []
             for n in repo.load_tree(tree):
                 if n.name == parts[0] and len(parts) == 1:
-                    data = json.dumps(edit(json.loads(node_bytes(repo, n.name, n)))).encode()
+                    data = json.dumps(edit(json.loads(read_node(repo, n.name, n)))).encode()
                     blob, _ = repo.save_blob(BlobType.DATA, data)
                     sha = hashlib.sha256(data).hexdigest()
                     n = dataclasses.replace(n, size=len(data), content=[Extent(blob, 0, len(data))], sha256=sha)

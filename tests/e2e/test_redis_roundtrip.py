@@ -99,7 +99,7 @@ def _safety_snapshot_holds_the_database(sandbox: Sandbox) -> None:
     from phoenix_backup import Environment, load_config
     from phoenix_backup.ops.backup import snapshot_entries
     from phoenix_backup.ops.context import open_repository
-    from phoenix_backup.ops.scope import SCOPES
+    from phoenix_backup.sources.scope import SCOPES
 
     cfg = load_config(sandbox.config_path)
     envx = Environment(env=sandbox.env)

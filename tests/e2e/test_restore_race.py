@@ -24,11 +24,12 @@ from pathlib import Path
 import pytest
 
 from phoenix_backup.errors import PhoenixError
-from phoenix_backup.ops.restore import _Writer
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Node
+from phoenix_backup.sinks import sqlite as sqlite_sink
+from phoenix_backup.sinks.files import FileWriter
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.storage.local import LocalBackend
 
@@ -127,7 +128,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, object]]:
 def test_a_root_restore_never_writes_through_a_swapped_in_link(world: dict[str, object]) -> None:
     live, victim = world["live"], world["victim"]
     assert isinstance(live, Path) and isinstance(victim, Path)
-    writer = _Writer(world["repo"], world["layout"], None)  # type: ignore[arg-type]
+    writer = FileWriter(world["repo"], world["layout"], None)  # type: ignore[arg-type]
     node = world["node"]
     assert isinstance(node, Node)
     flipper = subprocess.Popen([sys.executable, "-c", FLIPPER, str(live), str(victim)])
@@ -136,8 +137,8 @@ def test_a_root_restore_never_writes_through_a_swapped_in_link(world: dict[str, 
         time.sleep(0.2)
         for _ in range(ATTEMPTS):
             try:
-                copy = writer.database_copy(LOGICAL, node)
-                info = writer.database(LOGICAL, node, in_place=True, copy=copy)
+                copy = sqlite_sink.write_copy(writer, LOGICAL, node)
+                info = sqlite_sink.restore_database(writer, LOGICAL, node, in_place=True, copy=copy)
                 outcomes[info["method"]] = outcomes.get(info["method"], 0) + 1
             except (PhoenixError, OSError) as exc:
                 outcomes[str(exc)[:150]] = outcomes.get(str(exc)[:150], 0) + 1
@@ -159,7 +160,7 @@ def test_a_root_restore_never_writes_through_a_swapped_in_link(world: dict[str, 
 AS_USER = """
 import os, sys
 from phoenix_backup.errors import RestoreError
-from phoenix_backup.ops import sqlite_folder
+from phoenix_backup.sinks import sqlite_folder
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 try:
     print(sqlite_folder.run(fd, "integrity", ["memory.db"]))
@@ -200,11 +201,11 @@ def test_the_confined_step_runs_no_code_from_the_working_folder(
         (folder / module).write_text(f"open({str(marker)!r}, 'w').write('owned')\nraise SystemExit(0)\n")
         os.chown(folder / module, ATTACKER, ATTACKER)
     monkeypatch.chdir(folder)
-    writer = _Writer(world["repo"], world["layout"], None)  # type: ignore[arg-type]
+    writer = FileWriter(world["repo"], world["layout"], None)  # type: ignore[arg-type]
     node = world["node"]
     assert isinstance(node, Node)
     try:
-        info = writer.database(LOGICAL, node, in_place=True)
+        info = sqlite_sink.restore_database(writer, LOGICAL, node, in_place=True)
     finally:
         writer.close()
     assert not marker.exists(), "the confined SQLite step ran the attacker's module as root"
@@ -228,7 +229,7 @@ while True:
 """
 OPENER = """
 import os, sys, time
-from phoenix_backup.ops import sqlite_folder
+from phoenix_backup.sinks import sqlite_folder
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 sqlite_folder.confine(fd)  # what the SQLite child does first
 tries = escaped = 0

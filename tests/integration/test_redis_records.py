@@ -12,7 +12,8 @@ import pytest
 
 from phoenix_backup.config.model import RedisDb
 from phoenix_backup.errors import CorruptObject, SourceError
-from phoenix_backup.ops import db_restore
+from phoenix_backup.sinks import ConflictMode
+from phoenix_backup.sinks import redis as redis_sink
 from phoenix_backup.sources import redis as rds
 
 
@@ -79,7 +80,7 @@ def _read(entry: RedisDb) -> tuple[bytes, rds.RedisSummary]:
         return data, reader.summary
 
 
-def _restore(client: Any, data: bytes, mode: db_restore.ConflictMode = "update") -> dict[str, int]:
+def _restore(client: Any, data: bytes, mode: ConflictMode = "update") -> dict[str, int]:
     _header, records = rds.read_records(io.BytesIO(data))
     writer = _writer(client, mode)
     writer.restore(list(records))
@@ -87,12 +88,10 @@ def _restore(client: Any, data: bytes, mode: db_restore.ConflictMode = "update")
     return writer.stats
 
 
-def _writer(
-    client: Any, mode: db_restore.ConflictMode = "update", version: str | None = None
-) -> db_restore.RedisWriter:
+def _writer(client: Any, mode: ConflictMode = "update", version: str | None = None) -> redis_sink.RedisWriter:
     """A writer for `client`'s server, or for a server of `version` (what the writer may send)."""
-    features = db_restore.RedisFeatures.of(version or rds.server_info(client)["redis_version"])
-    return db_restore.RedisWriter(client, mode, features)
+    features = redis_sink.RedisFeatures.of(version or rds.server_info(client)["redis_version"])
+    return redis_sink.RedisWriter(client, mode, features)
 
 
 def test_every_type_with_ttls_and_stream_groups_round_trips(redis_server: Any) -> None:
@@ -187,7 +186,7 @@ def test_the_fallback_leaves_no_temporary_key_behind(redis_server: Any) -> None:
         dst.execute_command("ACL", "SETUSER", user, "-del", "-unlink")
         writer.restore(newer)
         left = dst.keys("*phx-restore*")
-        assert len(left) == 8 and all(0 < dst.pttl(k) <= db_restore.TEMP_KEY_TTL_MS for k in left)
+        assert len(left) == 8 and all(0 < dst.pttl(k) <= redis_sink.TEMP_KEY_TTL_MS for k in left)
     finally:
         dst.execute_command("ACL", "DELUSER", user)
         dst.flushdb()

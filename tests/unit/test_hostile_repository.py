@@ -19,8 +19,8 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hostile import Forger, deflate_bomb, dir_node, file_node, tree
 from phoenix_backup.errors import CorruptObject, KdfBudgetExceeded, ObjectNotFound
-from phoenix_backup.ops.verify import verify_repository
 from phoenix_backup.repo import keys
+from phoenix_backup.repo.checker import verify_repository
 from phoenix_backup.repo.crypto import BlobType, Compression
 from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository

@@ -14,8 +14,8 @@ import pytest
 from phoenix_backup.errors import MergeFailed
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue
-from phoenix_backup.ops.merge import SqliteRowSource, merge_database
 from phoenix_backup.sample import generate_workspace
+from phoenix_backup.sinks.sqlite_merge import SqliteRowSource, merge_database
 
 
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:

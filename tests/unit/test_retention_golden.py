@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from phoenix_backup.config.model import Retention
-from phoenix_backup.ops.retention import Plan, Policy, apply_policy
+from phoenix_backup.repo.retention import Plan, Policy, apply_policy
 
 GOLDEN = Path(__file__).parent / "golden" / "retention"
 SCENARIOS = sorted(GOLDEN.glob("*.json"))

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phoenix_backup.errors import ConfigError, RetentionRefused
-from phoenix_backup.ops.retention import (
+from phoenix_backup.repo.retention import (
     Decision,
     Duration,
     GroupKey,

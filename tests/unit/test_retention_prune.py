@@ -16,7 +16,11 @@ from pathlib import Path
 import pytest
 
 from phoenix_backup.errors import RepositoryError, StorageError
-from phoenix_backup.ops.prune import (
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.checker import verify_repository
+from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
+from phoenix_backup.repo.prune import (
     LEFTOVER_MIN_AGE,
     MAX_UNUSED_FRACTION,
     REPACK_MOSTLY_UNUSED,
@@ -24,10 +28,6 @@ from phoenix_backup.ops.prune import (
     TargetPrune,
     prune_repository,
 )
-from phoenix_backup.ops.verify import verify_repository
-from phoenix_backup.repo import keys
-from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import Extent, Node

@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 
 import click
 
-from phoenix_backup import __version__, jsontext
+from phoenix_backup import jsontext
+from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.repo.snapshot import Latest
 
@@ -116,7 +117,7 @@ def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
     repository (or PHX_REPOSITORY's) alone, with no config file needed."""
     ctx = click.get_current_context(silent=True)
     location = ctx.meta.get(_REPO_KEY) if ctx is not None else None
-    cfg = manage.load(envx, config_path, location if isinstance(location, str) else None)
+    cfg = context.load(envx, config_path, location if isinstance(location, str) else None)
     for warning in cfg.warnings:
         out.notice(f"warning: {warning}")
     return cfg

@@ -20,7 +20,7 @@ from phoenix_backup.cli.app import (
     thaw_option,
 )
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import browse
+from phoenix_backup.ops import dump as dump_op
 from phoenix_backup.ops.context import Environment
 
 
@@ -53,9 +53,9 @@ def dump(
     envx.thaw_timeout = thaw_timeout
     if out.as_json:
         buf = io.BytesIO()
-        result = browse.dump(cfg, envx, ref=ref, path=path, out=buf, target=target)
+        result = dump_op.dump(cfg, envx, ref=ref, path=path, out=buf, target=target)
         doc = {**result.to_json(), "contentBase64": base64.b64encode(buf.getvalue()).decode("ascii")}
         out.result(doc, "")
     else:
-        browse.dump(cfg, envx, ref=ref, path=path, out=sys.stdout.buffer, target=target)
+        dump_op.dump(cfg, envx, ref=ref, path=path, out=sys.stdout.buffer, target=target)
     return ExitStatus.OK

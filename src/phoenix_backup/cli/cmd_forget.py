@@ -8,7 +8,7 @@ from phoenix_backup.cli.app import Out, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import forget as forget_op
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.retention import Candidate, render_plan
+from phoenix_backup.repo.retention import Candidate, render_plan
 
 
 @cli.command()

@@ -9,9 +9,10 @@ import click
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import importer
+from phoenix_backup.ops import import_ as import_op
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.merge import CONFLICT_MODES, ConflictMode, MergeResult
+from phoenix_backup.sinks import CONFLICT_MODES, ConflictMode
+from phoenix_backup.sinks.sqlite_merge import MergeResult
 
 
 @cli.command(name="import")
@@ -53,7 +54,7 @@ def import_cmd(
     Example: phx import ~/agent-export --conflict-mode skip --dry-run
     """
     cfg = load_config(out, envx, config_path)
-    result = importer.import_export(
+    result = import_op.import_export(
         cfg,
         envx,
         folder=Path(folder),

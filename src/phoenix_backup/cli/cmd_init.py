@@ -6,7 +6,7 @@ import click
 
 from phoenix_backup.cli.app import Out, cli, common
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import init as init_op
 from phoenix_backup.ops.context import Environment
 
 # What the key of each method is called when saying that losing it loses the backups.
@@ -47,7 +47,7 @@ def init(
 
     Example: PHX_PASSPHRASE=... phx init --workspace ~/argent --repo ~/backups/argent
     """
-    result = manage.init(
+    result = init_op.init(
         envx,
         config_path=config_path,
         workspace=workspace,
@@ -62,7 +62,7 @@ def init(
     return ExitStatus.OK
 
 
-def render(r: manage.InitResult) -> str:
+def render(r: init_op.InitResult) -> str:
     lines = [f"wrote {r.config_path}" if r.config_written else f"using the existing config {r.config_path}"]
     if r.repository_created:
         lines.append(f"created repository {r.repository} (encryption: {r.encryption})")

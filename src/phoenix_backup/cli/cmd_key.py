@@ -7,7 +7,7 @@ import click
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import key as key_op
 from phoenix_backup.ops.context import Environment
 
 
@@ -27,7 +27,7 @@ def key_list(out: Out, envx: Environment, config_path: str | None) -> ExitStatus
     Example: phx key list --json
     """
     cfg = load_config(out, envx, config_path)
-    listing = manage.key_list(cfg, envx)
+    listing = key_op.key_list(cfg, envx)
     rows = [[s.id, s.type, s.label, s.created, s.host, s.status, "*" if s.current else ""] for s in listing.slots]
     header = f"repository {listing.repository}, key fingerprint {listing.fingerprint}\n"
     out.result(
@@ -52,7 +52,7 @@ def key_trust(out: Out, envx: Environment, config_path: str | None, fingerprint:
     """
     cfg = load_config(out, envx, config_path)
     check_target(target, cfg, envx)
-    result = manage.key_trust(cfg, envx, fingerprint)
+    result = key_op.key_trust(cfg, envx, fingerprint)
     before = f" (was {result.previous})" if result.previous and result.previous != result.fingerprint else ""
     out.result(
         result.to_json(),
@@ -74,7 +74,7 @@ def key_add(
     Example: phx key add --method age --recipient age1...
     """
     cfg = load_config(out, envx, config_path)
-    slot = manage.key_add(cfg, envx, method=method, recipients=recipients, key_id=key_id)
+    slot = key_op.key_add(cfg, envx, method=method, recipients=recipients, key_id=key_id)
     out.result(slot.to_json(), f"added key slot {slot.id} ({slot.label})")
     return ExitStatus.OK
 
@@ -88,7 +88,7 @@ def key_remove(out: Out, envx: Environment, config_path: str | None, slot_id: st
     Example: phx key remove 0123456789abcdef
     """
     cfg = load_config(out, envx, config_path)
-    manage.key_remove(cfg, envx, slot_id)
+    key_op.key_remove(cfg, envx, slot_id)
     out.result({"removed": slot_id}, f"removed key slot {slot_id}")
     return ExitStatus.OK
 
@@ -101,7 +101,7 @@ def key_passwd(out: Out, envx: Environment, config_path: str | None) -> ExitStat
     Example: PHX_PASSPHRASE=old PHX_NEW_PASSPHRASE=new phx key passwd
     """
     cfg = load_config(out, envx, config_path)
-    slot = manage.key_passwd(cfg, envx)
+    slot = key_op.key_passwd(cfg, envx)
     out.result(slot.to_json(), f"passphrase changed (new key slot {slot.id})")
     return ExitStatus.OK
 
@@ -120,10 +120,10 @@ def key_rotate(out: Out, envx: Environment, config_path: str | None) -> ExitStat
 
     Example: PHX_PASSPHRASE=... phx key rotate
     """
-    from phoenix_backup.ops import rotate
+    from phoenix_backup.ops import key_rotate
 
     cfg = load_config(out, envx, config_path)
-    result = rotate.rotate(cfg, envx)
+    result = key_rotate.rotate(cfg, envx)
     if result.finished_earlier:
         text = f"finished the interrupted key rotation: key fingerprint {result.fingerprint}"
     else:

@@ -15,7 +15,7 @@ from phoenix_backup.cli.app import (
     target_option,
 )
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import browse
+from phoenix_backup.ops import ls as ls_op
 from phoenix_backup.ops.context import Environment
 
 
@@ -39,19 +39,19 @@ def ls_cmd(
     """
     cfg = load_config(out, envx, config_path)
     check_target(target, cfg, envx)
-    result = browse.ls(cfg, envx, ref=ref, path=path, recursive=not flat, target=target)
+    result = ls_op.ls(cfg, envx, ref=ref, path=path, recursive=not flat, target=target)
     out.result(result.to_json(), render(result))
     return ExitStatus.OK
 
 
-def render(r: browse.LsResult) -> str:
-    from phoenix_backup.ops.browse import permissions
+def render(r: ls_op.LsResult) -> str:
+    from phoenix_backup.ops.ls import permissions
 
     rows = []
     for e in r.entries:
         n = e.node
         size = str(n.size) if n.type in ("file", "sqlite") else "-"
-        when = browse.rfc3339_ns(n.mtime_ns).replace("+00:00", "Z")
+        when = ls_op.rfc3339_ns(n.mtime_ns).replace("+00:00", "Z")
         name = e.path + ("/" if n.type == "dir" else "")
         if n.type == "symlink":
             name += f" -> {n.link_target}"

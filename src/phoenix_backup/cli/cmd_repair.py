@@ -8,6 +8,7 @@ from phoenix_backup.cli.app import Out, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import repair as repair_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.repo.repair import SnapshotRepair
 
 
 @cli.group()
@@ -65,7 +66,7 @@ def repair_snapshots(
     return r.exit_status
 
 
-def render_snapshots(r: repair_op.SnapshotRepair) -> str:
+def render_snapshots(r: SnapshotRepair) -> str:
     lines = []
     if r.index_rebuilt:
         lines.append("index rebuilt from the packs first (as `phx repair index` does)")

@@ -7,7 +7,7 @@ import click
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, check_target, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import replicate
+from phoenix_backup.ops import sync as sync_op
 from phoenix_backup.ops.context import Environment
 
 
@@ -24,6 +24,6 @@ def sync(out: Out, envx: Environment, config_path: str | None, target: str | Non
     """
     cfg = load_config(out, envx, config_path)
     check_target(target, cfg)
-    result = replicate.sync(cfg, envx, target=target)
+    result = sync_op.sync(cfg, envx, target=target)
     out.result(result.to_json(), render.sync(result))
     return result.exit_status

@@ -6,7 +6,7 @@ import click
 
 from phoenix_backup.cli.app import Out, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import unlock as unlock_op
 from phoenix_backup.ops.context import Environment
 
 
@@ -21,7 +21,7 @@ def unlock(out: Out, envx: Environment, config_path: str | None, remove_all: boo
     Example: phx unlock
     """
     cfg = load_config(out, envx, config_path)
-    removed = manage.unlock(cfg, envx, remove_all=remove_all)
+    removed = unlock_op.unlock(cfg, envx, remove_all=remove_all)
     text = "\n".join(f"removed {info.describe()}" for info in removed) or "no stale locks"
     out.result([{"name": i.name, "description": i.describe()} for i in removed], text)
     return ExitStatus.OK

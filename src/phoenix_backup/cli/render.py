@@ -8,10 +8,10 @@ from phoenix_backup.units import human_size
 
 if TYPE_CHECKING:  # only annotations: a command imports the use cases it runs, not all of them
     from phoenix_backup.ops.backup import BackupResult
-    from phoenix_backup.ops.manage import SnapshotSummary
-    from phoenix_backup.ops.replicate import SyncResult
+    from phoenix_backup.ops.list import SnapshotSummary
     from phoenix_backup.ops.restore import RestoreResult
-    from phoenix_backup.ops.verify import VerifyResult
+    from phoenix_backup.ops.sync import SyncResult
+    from phoenix_backup.repo.checker import VerifyResult
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -8,6 +8,6 @@
 - `sanitize`: secrets found and redacted in config and env files;
 - `markdown`: the person-readable rendering of the known schemas.
 
-The use cases built on these live in `ops/export.py`, `ops/importer.py`, `ops/merge.py` and
+The use cases built on these live in `ops/export.py`, `ops/import_.py`, `sinks/sqlite_merge.py` and
 `ops/diff.py`.
 """

@@ -15,8 +15,9 @@ import sqlite3
 from collections.abc import Iterable
 from typing import TextIO
 
-from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, quote
+from phoenix_backup.memory.schema import DatabaseSchema, TableInfo
 from phoenix_backup.memory.values import decode_vector
+from phoenix_backup.sql import quote
 
 MAX_GRAPH_EDGES = 150
 MAX_TABLE_ROWS = 1000

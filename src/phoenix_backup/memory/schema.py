@@ -23,6 +23,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from phoenix_backup.sql import quote
+
 MIN_VECTOR_DIM = 64
 
 KnownKind = Literal["argentos-memory", "argentos-observations", "argentos-dashboard", "unknown"]
@@ -67,11 +69,6 @@ _CONTENT_OPTION = re.compile(
     r"[(,]\s*content\s*=\s*(?:'((?:[^']|'')*)'|\"((?:[^\"]|\"\")*)\"|([A-Za-z_][A-Za-z0-9_]*))", re.IGNORECASE
 )
 _VECTOR_NAME = re.compile(r"embed|vector", re.IGNORECASE)
-
-
-def quote(name: str) -> str:
-    """An SQL identifier, quoted."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup import __version__, jsontext
+from phoenix_backup import jsontext
+from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError
-from phoenix_backup.ops.browse import NodeReader, open_target
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
@@ -103,7 +104,7 @@ def archive(
         raise UsageError(f"{output} already exists; choose another name or pass --force to replace it")
     if not output.parent.is_dir():
         raise UsageError(f"the folder {output.parent} does not exist; create it or choose another --output")
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     with repo.lock(exclusive=False, command="archive"):
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)

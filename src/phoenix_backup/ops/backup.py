@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup import __version__
+from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
@@ -36,19 +36,20 @@ from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
 from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
-from phoenix_backup.ops.replicate import commit_first_target, replicate_all
-from phoenix_backup.ops.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
+from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats
+from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats, timestamp_name
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
-from phoenix_backup.sources.layout import Layout, is_database_path
+from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
+from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
 from phoenix_backup.state import TargetOutcome, write_state
+from phoenix_backup.users import username
 
 # A file modified this close to the parent backup's start may have changed within the same
 # timestamp tick after it was read, so it is read again.
@@ -142,17 +143,6 @@ def parse_time(text: str | None) -> datetime:
     if not MIN_YEAR <= when.year <= MAX_YEAR:
         raise UsageError(f"--time {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
     return when
-
-
-def timestamp_name(when: datetime, taken: set[str]) -> str:
-    """The ArgentOS timestamp name (`2026-03-15-14-30`), made unique with `-2`, `-3`."""
-    base = when.strftime("%Y-%m-%d-%H-%M")
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}-{n}" in taken:
-        n += 1
-    return f"{base}-{n}"
 
 
 def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout, Selection]:
@@ -684,7 +674,7 @@ def _run(
         time=when.isoformat(),
         name=name,
         host=socket.gethostname(),
-        username=_username(),
+        username=username(),
         scope=scope,
         tags=tags,
         tree=root,
@@ -836,7 +826,7 @@ def _write_trees(
     children: dict[str, list[Node]] = {}
     dirs: dict[str, Entry] = {k: e for k, e in sel.entries.items() if e.kind == "dir"}
     for logical in nodes:
-        for parent in _ancestors(logical):
+        for parent in ancestors(logical):
             if parent not in dirs:
                 dirs[parent] = _dir_entry(layout, parent)
     for logical, node in nodes.items():
@@ -863,11 +853,6 @@ def _same_nodes(a: list[Node], b: list[Node]) -> bool:
         return False
     by_name = {n.name: n for n in b}
     return all((old := by_name.get(n.name)) is n or old == n for n in a)
-
-
-def _ancestors(logical: str) -> list[str]:
-    parts = logical.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _parent_of(logical: str) -> str:
@@ -906,15 +891,6 @@ def _reason(exc: BaseException) -> str:
 def _progress(envx: Environment, done: int, total: int) -> None:
     if envx.progress is not None:
         envx.progress("backup", done, total)
-
-
-def _username() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def snapshot_entries(

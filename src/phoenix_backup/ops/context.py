@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phoenix_backup.config import Config
-from phoenix_backup.errors import ConfigError, MissingCredentials, RepositoryLocked, RepositoryNotFound, UsageError
+from phoenix_backup.config import Config, find_config_path, load_config
+from phoenix_backup.errors import (
+    ConfigError,
+    MissingCredentials,
+    RepositoryLocked,
+    RepositoryNotFound,
+    StorageError,
+    UsageError,
+)
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.pins import Pins
+from phoenix_backup.repo.replicate import seed_repository
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest
+from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
 
@@ -158,6 +170,17 @@ def enabled_targets(cfg: Config) -> list[str]:
     return cfg.targets.enabled_names()
 
 
+def target_names(cfg: Config, *, only: str | None = None) -> list[str]:
+    """The targets retention and prune apply to: every enabled one in config order; `only` picks one."""
+    names = enabled_targets(cfg)
+    if only is None:
+        return names
+    if only not in names:
+        enabled = ", ".join(names) or "none"
+        raise UsageError(f"target {only!r} is not an enabled target (enabled: {enabled}); pick one of those")
+    return [only]
+
+
 def target_backend(cfg: Config, envx: Environment, name: str) -> Backend:
     """The backend of one enabled target (UsageError for an unknown or disabled one), wrapped for
     retries and a concurrency limit. Building it never touches the network."""
@@ -241,9 +264,6 @@ def no_repository(backend: Backend, name: str, *, first: bool) -> str:
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:
     """Seed an empty first target with the config and key slots of the first replica that holds
     a repository. Unreachable replicas are skipped with a notice (a new repository is made)."""
-    from phoenix_backup.errors import StorageError
-    from phoenix_backup.ops.replicate import seed_repository
-
     for other in replicas:
         source = target_backend(cfg, envx, other)
         try:
@@ -277,3 +297,35 @@ def cache_for(repo: Repository, envx: Environment) -> Cache:
 
 def is_tty() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A private temporary folder (mode 0700), removed afterwards whatever happened."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load(envx: Environment, config_path: str | None, location: str | None = None) -> Config:
+    """The config; with `location` (`--repo`, `PHX_REPOSITORY`) reading from that repository alone,
+    from the config file when there is one, else from the ArgentOS defaults (a new machine).
+    First, every command removes what killed restores left in the user's folders."""
+    removed = leftovers.clean()
+    if removed:
+        envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
+    if location is None:
+        return load_config(find_config_path(config_path, envx.env), envx.env)
+    from phoenix_backup.config.location import config_for_location
+
+    explicit = config_path or envx.env.get("PHX_CONFIG")
+    try:
+        base: Config | None = load_config(find_config_path(config_path, envx.env), envx.env)
+    except ConfigError:
+        if explicit:
+            raise  # a config that was asked for must exist
+        base = None
+    return config_for_location(location, envx.env, base)

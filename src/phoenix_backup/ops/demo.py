@@ -17,7 +17,7 @@ from pathlib import Path
 
 from phoenix_backup.config import default_config_dict, parse_config
 from phoenix_backup.ops import backup as backup_op
-from phoenix_backup.ops import manage
+from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.ops import verify as verify_op
 from phoenix_backup.ops.context import Environment, open_repository
@@ -75,7 +75,7 @@ def run(envx: Environment, directory: Path | None, size: str, notice: Callable[[
             f"{b.added} bytes stored, {b.duration:.1f} s",
         )
     )
-    snaps = manage.list_snapshots(cfg, denv)
+    snaps = list_op.list_snapshots(cfg, denv)
     result.steps.append(("list", f"{len(snaps)} snapshot(s): " + ", ".join(s.snapshot.name for s in snaps)))
     v = verify_op.verify(cfg, denv, read_data=True)
     result.steps.append(("verify", "ok" if v.ok else f"{len(v.errors)} error(s)"))

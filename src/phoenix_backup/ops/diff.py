@@ -22,15 +22,16 @@ from typing import Any
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.memory.schema import TableInfo, inspect, quote, row_noun
+from phoenix_backup.memory.schema import TableInfo, inspect, row_noun
 from phoenix_backup.memory.values import SqlValue
-from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.merge import copy_snapshot_database, scratch_dir
+from phoenix_backup.ops.context import Environment, open_repository, scratch_dir
+from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import Trees
 from phoenix_backup.sources.sqlite import sqlite_uri
+from phoenix_backup.sql import quote
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,8 @@ class DiffResult:
 def diff(
     cfg: Config, envx: Environment, *, ref1: str, ref2: str, rows: bool = False, target: str | None = None
 ) -> DiffResult:
-    from phoenix_backup.ops.browse import open_target
 
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     with repo.lock(exclusive=False, command="diff"):
         repo.load_index()
         snaps = repo.list_snapshots()

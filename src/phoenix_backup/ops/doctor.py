@@ -41,14 +41,12 @@ from phoenix_backup.errors import (
     SourceError,
     WrongPassphrase,
 )
-from phoenix_backup.ops import manage
-from phoenix_backup.ops.browse import open_target
-from phoenix_backup.ops.context import Environment, passphrase
+from phoenix_backup.ops.context import Environment, load, open_repository, passphrase
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
-from phoenix_backup.ops.scope import configured_databases
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sources.scope import configured_databases
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
 from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 from phoenix_backup.units import human_size
@@ -137,7 +135,7 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
 def _config(envx: Environment, config_path: str | None, result: DoctorResult) -> Config | None:
     try:
         path = find_config_path(config_path, envx.env)
-        cfg = manage.load(envx, config_path)
+        cfg = load(envx, config_path)
     except PhoenixError as exc:
         message, _, fix = str(exc).partition("; ")
         result.add("config", "fail", message, fix or "fix the config file")
@@ -412,7 +410,7 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
         return None, envx
     first = cfg.targets.enabled_names()[0]
     try:
-        repo = open_target(cfg, envx, first)
+        repo = open_repository(cfg, envx, target=first)
     except RepositoryNotFound:
         return None, envx  # the target check says so, with the fix
     except (MissingCredentials, WrongPassphrase) as exc:
@@ -466,7 +464,7 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: R
         repo = first_repo if i == 0 else None
         if repo is None:
             try:
-                repo = open_target(cfg, envx, name)
+                repo = open_repository(cfg, envx, target=name)
             except RepositoryNotFound as exc:
                 # Its fix names the disk that may not be mounted: only `phx init` creates it.
                 message, _, fix = str(exc).partition("; ")

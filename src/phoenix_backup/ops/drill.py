@@ -38,17 +38,19 @@ from typing import Any, Protocol
 from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
-from phoenix_backup.ops.browse import damaged_pack, open_target
-from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.restore import _Writer  # the restore op's writer: the drill proves that code
-from phoenix_backup.ops.verify import VerifyError
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.checker import VerifyError
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.reader import damaged_pack
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.sinks import sqlite as sqlite_sink
+from phoenix_backup.sinks.files import FileWriter  # the restore's writer: the drill proves that code
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import count_rows, sqlite_uri
+from phoenix_backup.sql import quote
 
 # Scratch space must hold the whole snapshot, plus room for SQLite's journals while checking.
 SCRATCH_MARGIN = 16 * 1024 * 1024
@@ -162,7 +164,7 @@ class SqliteDrill:
                     "its shadow tables are counted"
                 )
                 continue
-            quoted = '"' + name.replace('"', '""') + '"'
+            quoted = quote(name)
             try:
                 # rank 1: also compare the index with an external content table, which is where a
                 # full-text index silently goes stale.
@@ -214,17 +216,18 @@ class ServerDrill:
         self.engine = engine
 
     def check(self, ctx: DrillContext, info: DatabaseInfo | None, restored: Path) -> DatabaseReport:
-        from phoenix_backup.ops import db_restore
+        from phoenix_backup.sinks import databases
+        from phoenix_backup.sinks.streams import group_database_nodes
 
         assert info is not None and ctx.repo is not None
         report = DatabaseReport(info.path, self.engine)
-        files = db_restore.group_database_nodes(ctx.nodes).get(info.path)
+        files = group_database_nodes(ctx.nodes).get(info.path)
         if not files:
             report.problems.append(("database", "is listed in the snapshot's databases but absent from its tree"))
             return report
         scratch = f"phx_drill_{secrets.token_hex(4)}"
         try:
-            outcome = db_restore.drill_database(ctx.repo, ctx.cfg, ctx.envx.env, info.path, files, scratch)
+            outcome = databases.drill_database(ctx.repo, ctx.cfg, ctx.envx.env, info.path, files, scratch)
         except PhoenixError as exc:
             report.problems.append(("database", str(exc)))
             return report
@@ -308,7 +311,7 @@ def drill(
     default), prove it, remove it, and write the report to `reports` (`drills_dir` by default)."""
     started = datetime.now(UTC)
     clock = time.monotonic()
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     with repo.lock(exclusive=False, command="drill"):
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)
@@ -371,7 +374,7 @@ def _restore(
 ) -> set[str]:
     """Write every node below `folder` with the restore op's writer; return what was written.
     A node that fails is an error naming its path (and the damaged pack), and the rest goes on."""
-    writer = _Writer(repo, Layout(cfg.workspace, envx.home), folder)
+    writer = FileWriter(repo, Layout(cfg.workspace, envx.home), folder)
     written: set[str] = set()
 
     def attempt(logical: str, node: Node, action: Callable[[], object]) -> None:
@@ -393,9 +396,7 @@ def _restore(
         workers = max(2, (os.cpu_count() or 2) + 1)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-drill") as pool:
             jobs = [
-                pool.submit(attempt, lg, n, functools.partial(writer.content, lg, n, False))
-                for lg, n in nodes
-                if n.type in ("file", "sqlite")
+                pool.submit(attempt, lg, n, _write(writer, lg, n)) for lg, n in nodes if n.type in ("file", "sqlite")
             ]
             for job in jobs:
                 job.result()
@@ -409,6 +410,13 @@ def _restore(
     finally:
         writer.close()
     return written
+
+
+def _write(writer: FileWriter, logical: str, node: Node) -> Callable[[], object]:
+    """What writes a file or a database below the drill's folder, as a restore writes them."""
+    if node.type == "sqlite":
+        return functools.partial(sqlite_sink.restore_database, writer, logical, node, in_place=False)
+    return functools.partial(writer.content, logical, node)
 
 
 def _check_files(folder: Path, nodes: list[tuple[str, Node]], written: set[str], result: DrillResult) -> None:

@@ -32,22 +32,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from phoenix_backup import __version__, jsontext
+from phoenix_backup import jsontext
+from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, ExportError, UsageError
 from phoenix_backup.memory import markdown
 from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
-from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect, quote
+from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect
 from phoenix_backup.memory.values import csv_value, json_value
-from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.merge import copy_snapshot_database, scratch_dir
-from phoenix_backup.ops.scope import LogicalMatcher, configured_databases
+from phoenix_backup.ops.context import Environment, open_repository, scratch_dir
+from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import COMPANIONS, is_sqlite_file
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.patterns import ExcludeSet, Include
+from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, copy_database, sqlite_uri
+from phoenix_backup.sql import quote
 
 ExportFormat = Literal["json", "csv", "markdown"]
 FORMATS: tuple[ExportFormat, ...] = ("json", "csv", "markdown")
@@ -203,9 +205,8 @@ def _live_files(cfg: Config, envx: Environment, databases: set[Path]) -> list[Pa
 @contextlib.contextmanager
 def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None) -> Iterator[Source]:
     """A snapshot's databases (copies checked against their SHA-256) and component files."""
-    from phoenix_backup.ops.browse import NodeReader, open_target
 
-    repo = open_target(cfg, envx, target)
+    repo = open_repository(cfg, envx, target=target)
     layout = Layout(cfg.workspace, envx.home)
     matcher = LogicalMatcher.for_patterns(_component_patterns(cfg), layout)
     with repo.lock(exclusive=False, command="export"), scratch_dir("phx-export-") as scratch:
@@ -220,9 +221,7 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
             elif node.type == "file" and matcher.matches(logical):
 
                 def read(lg: str = logical, nd: Any = node) -> Iterator[bytes]:
-                    reader = NodeReader(repo, lg, nd)
-                    yield from reader.chunks()
-                    reader.finish()
+                    yield from NodeReader(repo, lg, nd).blocks()
 
                 files.append(SourceFile(logical, node.size, read))
         info = {

@@ -1,4 +1,4 @@
-"""`phx forget`: apply the retention policy (ops/retention.py) on every target, saying why each
+"""`phx forget`: apply the retention policy (repo/retention.py) on every target, saying why each
 snapshot is kept. Only snapshot objects are deleted; `prune` frees the data they alone used.
 
 Each target applies the same policy to its own snapshots (DESIGN §8), so a snapshot forgotten
@@ -11,36 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, PhoenixError, RetentionRefused, SnapshotNotFound, UsageError
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository
-from phoenix_backup.ops.retention import Candidate, Plan, Policy, apply_policy
+from phoenix_backup.errors import ExitStatus, PhoenixError, RetentionRefused, SnapshotNotFound
+from phoenix_backup.ops.context import Environment, open_repository, target_names
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy
 from phoenix_backup.repo.snapshot import Snapshot
-
-# -- targets ------------------------------------------------------------------------------
-
-
-def target_names(cfg: Config, *, only: str | None = None) -> list[str]:
-    """The targets retention and prune apply to: every enabled one in config order; `only` picks one."""
-    names = enabled_targets(cfg)
-    if only is None:
-        return names
-    if only not in names:
-        enabled = ", ".join(names) or "none"
-        raise UsageError(f"target {only!r} is not an enabled target (enabled: {enabled}); pick one of those")
-    return [only]
-
-
-def open_target(cfg: Config, envx: Environment, name: str) -> Repository:
-    return open_repository(cfg, envx, target=name)
-
-
-def publish_changes(repo: Repository, message: str) -> None:
-    """Record deletions as one unit and send it on (Git: a commit, then a push when autoCommit);
-    stores whose writes are final at once do nothing."""
-    if repo.backend.checkpoint(message):
-        repo.backend.publish()
-
 
 # -- results ------------------------------------------------------------------------------
 
@@ -125,7 +100,7 @@ def forget(
     for name in target_names(cfg, only=target):
         report = TargetForget(name)
         try:
-            repo = open_target(cfg, envx, name)
+            repo = open_repository(cfg, envx, target=name)
             try:
                 if ids:
                     forget_named(repo, ids, report, dry_run=dry_run)
@@ -163,7 +138,7 @@ def forget_named(repo: Repository, refs: tuple[str, ...], report: TargetForget, 
                 repo.delete_snapshot(sid)
                 report.removed.append(sid)
     if report.removed:
-        publish_changes(repo, f"phoenix forget: {len(report.removed)} snapshot(s) removed")
+        repo.publish_changes(f"phoenix forget: {len(report.removed)} snapshot(s) removed")
     return report
 
 
@@ -191,5 +166,5 @@ def forget_repository(
                 repo.delete_snapshot(decision.snapshot.id)
                 report.removed.append(decision.snapshot.id)
     if report.removed:
-        publish_changes(repo, f"phoenix forget: {len(report.removed)} snapshot(s) removed")
+        repo.publish_changes(f"phoenix forget: {len(report.removed)} snapshot(s) removed")
     return report

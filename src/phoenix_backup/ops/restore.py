@@ -6,34 +6,28 @@ will change → write files → delete → restore databases → check them → 
 modes and times → start the gateway (always, after a failure too). Nothing is touched before the
 gateway has stopped and the safety snapshot is committed.
 
-Every write goes through folder file descriptors opened with O_NOFOLLOW, one path component at a
-time, so a restore can never leave its destination or write through a symlink it finds there.
-Files are written to a temporary name in their folder, checked against the snapshot's SHA-256,
-fsynced and renamed into place: a file is either old or new, never torn. Temporary names carry the
-writer's pid and start time, so a later restore removes those a killed run left behind.
+This module keeps that order; the work is done by the sinks: sinks/select.py picks the nodes,
+repo/reader.py reads and checks their bytes, sinks/files.py writes files (never through a link,
+never torn), sinks/sqlite.py, sinks/databases.py write databases; ops/safety.py takes the safety
+snapshot and argentos/ knows the gateway and the alignment manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import functools
 import hashlib
 import os
-import re
-import secrets
-import sqlite3
 import stat
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from phoenix_backup.argentos import alignment
+from phoenix_backup.argentos.gateway import GatewayStep, run_gateway
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     ConfirmationRequired,
@@ -48,7 +42,7 @@ from phoenix_backup.errors import (
     UnsafePath,
     UsageError,
 )
-from phoenix_backup.ops import alignment, leftovers, live_sqlite, safety, sqlite_folder
+from phoenix_backup.ops import safety
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
@@ -58,32 +52,29 @@ from phoenix_backup.ops.context import (
     require_config_file,
     target_backend,
 )
-from phoenix_backup.ops.gateway import GatewayStep, run_gateway
-from phoenix_backup.ops.scope import SCOPES, LogicalMatcher, Scope
-from phoenix_backup.repo.crypto import BlobType, sha256_file
-from phoenix_backup.repo.locks import own_start_time, process_start_time
+from phoenix_backup.repo.crypto import sha256_file
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.reader import check_data, damage_text, read_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
-from phoenix_backup.repo.tree import Extent, Node, check_name
+from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
-from phoenix_backup.sources.files import RESTORE_TEMP, SQLITE_SUFFIXES
-from phoenix_backup.sources.layout import Layout, is_database_path, split_logical
-from phoenix_backup.sources.patterns import glob_regex
+from phoenix_backup.sinks import sqlite as sqlite_sink
+from phoenix_backup.sinks import sqlite_live
+from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, grants_privilege
+from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
+from phoenix_backup.sources.files import SQLITE_SUFFIXES
+from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
+from phoenix_backup.sources.scope import SCOPES, Scope
 from phoenix_backup.storage.local import os_error
 
 if TYPE_CHECKING:
-    from phoenix_backup.ops.agent_merge import KeylessMode
-    from phoenix_backup.ops.db_restore import ConflictMode
+    from phoenix_backup.sinks import ConflictMode
+    from phoenix_backup.sinks.postgres_agent import KeylessMode
 
 T = TypeVar("T")
 Action = Literal["create", "overwrite", "delete", "unchanged"]
 ACTIONS: tuple[Action, ...] = ("create", "overwrite", "delete", "unchanged")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Why os.link can fail where copying the content still works: another file system, a file system
-# without hard links, too many links to one inode, the first name gone or not ours to link.
-_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT})
-_TMP_PREFIX = ".phx-tmp-"
 _NO_PRIVILEGES = "restored without their setuid/setgid bits"
 
 
@@ -159,115 +150,6 @@ class RestoreResult:
         }
 
 
-def _db() -> ModuleType:
-    """PostgreSQL and Redis restore, imported on first use: most restores never need the drivers."""
-    from phoenix_backup.ops import db_restore
-
-    return db_restore
-
-
-def select_nodes(
-    repo: Repository,
-    snap: Snapshot,
-    cfg: Config,
-    envx: Environment,
-    scope: Scope,
-    paths: tuple[str, ...],
-    *,
-    all_nodes: list[tuple[str, Node]] | None = None,
-) -> list[tuple[str, Node]]:
-    """The snapshot's nodes in the restore's scope, parents before children."""
-    if all_nodes is None:
-        all_nodes = list(walk_tree(repo, snap.tree))
-    in_scope = _ScopeFilter(cfg, envx, scope, paths)
-    wanted: list[tuple[str, Node]] = []
-    wanted_dirs: set[str] = set()
-    for logical, node in all_nodes:
-        if not in_scope.matches(logical, node.type == "sqlite" or is_database_path(logical)):
-            continue
-        if node.type == "dir":
-            wanted_dirs.add(logical)  # folders are restored too, empty ones included
-        else:
-            wanted.append((logical, node))
-    # A component that is a symlink was saved with what it points to: restored with it.
-    targets = _link_targets(snap, [(lg, n) for lg, n in wanted if n.type == "symlink"])
-    if targets:
-        chosen = wanted_dirs | {lg for lg, _ in wanted}
-        for logical, node in all_nodes:
-            if logical not in chosen and any(logical == t or logical.startswith(t + "/") for t in targets):
-                if node.type == "dir":
-                    wanted_dirs.add(logical)
-                else:
-                    wanted.append((logical, node))
-    # And the folders on the way to what is restored, with their modes and times.
-    keep_dirs = wanted_dirs | {a for logical, _ in wanted for a in _ancestors(logical)}
-    keep_dirs |= {a for d in wanted_dirs for a in _ancestors(d)}
-    dirs = [(lg, n) for lg, n in all_nodes if n.type == "dir" and lg in keep_dirs]
-    return dirs + wanted
-
-
-def _link_targets(snap: Snapshot, links: list[tuple[str, Node]]) -> set[str]:
-    """The logical paths `links` point to, read as the backup that saved them did (its workspace
-    and home): where a backup put what a component's symlink points to."""
-    workspace, home = snap.sources.get("workspace"), snap.sources.get("home")
-    if not links or not workspace or not home:
-        return set()
-    layout = Layout(Path(workspace), Path(home))
-    out = set()
-    for logical, node in links:
-        if node.link_target is None or is_database_path(logical):
-            continue
-        real = layout.to_real(logical)
-        out.add(layout.to_logical(Path(os.path.normpath(real.parent / node.link_target))))
-    return out
-
-
-def _digest(path: Path) -> str | None:
-    """The SHA-256 of a file in the way, or None when it cannot be read (mode 000): then it is
-    overwritten, and the safety snapshot, which must save it first, names the problem."""
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
-
-
-class _ScopeFilter:
-    """A restore's scope (component) and `--path` globs, applied to logical paths."""
-
-    def __init__(self, cfg: Config, envx: Environment, scope: str, paths: tuple[str, ...]) -> None:
-        self.databases_only = scope == "databases"
-        patterns = {
-            "memory": cfg.components.memory,
-            "identity": cfg.components.identity,
-            "config": cfg.components.config,
-        }.get(scope)
-        layout = Layout(cfg.workspace, envx.home)
-        self.matcher = LogicalMatcher.for_patterns(patterns, layout) if patterns is not None else None
-        self.path_rx = [glob_regex(p.strip("/")) for p in paths]
-
-    def matches(self, logical: str, is_database: bool) -> bool:
-        if self.databases_only and not is_database:
-            return False
-        if self.matcher is not None and not self.matcher.matches(logical):
-            return False
-        return not self.path_rx or any(_path_matches(rx, logical) for rx in self.path_rx)
-
-
-def _path_matches(rx: re.Pattern[str], logical: str) -> bool:
-    """`--path` globs match the logical path, or the path inside its root (workspace-relative)."""
-    parts = logical.split("/")
-    for start in (0, 1):
-        for end in range(len(parts), start, -1):
-            if rx.fullmatch("/".join(parts[start:end])):
-                return True
-    return False
-
-
-def _ancestors(logical: str) -> list[str]:
-    parts = logical.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
 def restore(
     cfg: Config,
     envx: Environment,
@@ -291,7 +173,7 @@ def restore(
     `pre-restore`) makes it undoable unless `safety_snapshot` is False. `delete` removes what the
     restored scope holds and the snapshot lacks; `realign` rewrites the alignment manifest's hashes
     when the restore leaves it inconsistent. `conflict_mode` and `keyless` say how agent-scoped
-    PostgreSQL rows and Redis keys are merged (ops/agent_merge.py, ops/db_restore.py).
+    PostgreSQL rows and Redis keys are merged (sinks/postgres_agent.py, sinks/databases.py).
     """
     if delete and to is not None:
         raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
@@ -353,8 +235,8 @@ class _Restore:
         self.in_place = to is None
         self.layout = Layout(cfg.workspace, envx.home)
         self.tree = list(walk_tree(repo, snap.tree))
-        self.filter = _ScopeFilter(cfg, envx, scope, paths)
-        self.selected = select_nodes(repo, snap, cfg, envx, scope, paths, all_nodes=self.tree)
+        self.filter = ScopeFilter(cfg, self.layout, scope, paths)
+        self.selected = select_nodes(snap, self.tree, cfg, self.layout, scope, paths)
         if self.in_place:
             self.selected = self._without_live_config(self.selected)
         self.server_dbs: list[tuple[str, Node]] = []
@@ -488,11 +370,13 @@ class _Restore:
         if dry_run:
             self.preview(plan, result)
             if self.server_dbs:
-                result.databases += _db().preview_databases(
+                from phoenix_backup.sinks import databases  # the database drivers: imported when needed
+
+                result.databases += databases.preview_databases(
                     self.repo, self.cfg, dict(self.envx.env), self.server_dbs, to_database=self.to_database
                 )
                 if self._servers():
-                    for notice in _db().server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs):
+                    for notice in databases.server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs):
                         self.warn(notice)
             return result
         if self.in_place:
@@ -503,8 +387,10 @@ class _Restore:
             # that only creates new files below --to checks each blob as it writes it (a failure
             # leaves whole new files and removes its temporary file, never a damaged one under its
             # real name).
-            self.damaged = _check_data(
-                self.repo, self.envx, [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)]
+            self.damaged = check_data(
+                self.repo,
+                [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)],
+                functools.partial(_progress, self.envx, "check"),
             )
             if self.damaged:
                 plan = self.plan()
@@ -571,7 +457,7 @@ class _Restore:
             items.append(item)
         if self.untrusted_modes:
             self.warn_privileges(nodes)
-        links = _restored_links(nodes)
+        links = restored_links(nodes)
         if links:
             items = _relink_items(items, links)
         items += self.deletions({lg for lg, _ in self.tree})
@@ -586,12 +472,12 @@ class _Restore:
         action: Action = "overwrite"
         metadata = False
         if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
-            if _digest(target) == node.sha256 and not _grants_privilege(node, st):
+            if _digest(target) == node.sha256 and not grants_privilege(node, st):
                 action = "unchanged"
                 metadata = stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
         elif node.type == "sqlite" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
             # New commits of a WAL database live in its -wal: the .db alone says nothing then.
-            if not _pending_journal(target) and _digest(target) == node.sha256:
+            if not sqlite_sink.pending_journal(target) and _digest(target) == node.sha256:
                 action = "unchanged"
         elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
             action = "unchanged"
@@ -646,8 +532,8 @@ class _Restore:
             kind = "dir"
         elif stat.S_ISLNK(st.st_mode):
             kind = "symlink"
-        elif target.name.endswith(SQLITE_SUFFIXES) and live_sqlite.probe(str(target)).exists:
-            kind = "sqlite" if _has_magic(target) else "file"
+        elif target.name.endswith(SQLITE_SUFFIXES) and sqlite_live.probe(str(target)).exists:
+            kind = "sqlite" if sqlite_sink.has_magic(target) else "file"
         else:
             kind = "file"
         size = st.st_size if kind in ("file", "sqlite") else 0
@@ -663,13 +549,13 @@ class _Restore:
             _layout, sel = select_sources(self.cfg, self.scope, self.envx)
         except SourceError:
             return []  # no workspace yet: nothing to delete
-        snap_filter = _ScopeFilter(self.cfg, self.envx, self.snap.scope, ())
+        snap_filter = ScopeFilter(self.cfg, self.layout, self.snap.scope, ())
         protected = [self.cfg.repository_path.absolute()]
         if self.cfg.source is not None:
             protected.append(self.cfg.source.absolute())
         out = []
         for logical, entry in sel.entries.items():
-            if logical in snapshot_paths or "/" not in logical or entry.path.name.startswith(_TMP_PREFIX):
+            if logical in snapshot_paths or "/" not in logical or entry.path.name.startswith(TMP_PREFIX):
                 continue
             is_db = entry.kind == "sqlite"
             if not self.filter.matches(logical, is_db) or not snap_filter.matches(logical, is_db):
@@ -685,7 +571,7 @@ class _Restore:
 
     def servers(self, to_database: str | None, conflict_mode: ConflictMode, keyless: KeylessMode = "add") -> None:
         """In place, PostgreSQL and Redis (postgres/…, redis/…) go into their servers through
-        ops/_db().py, after the files; below --to they are written as files like any other.
+        sinks/databases.py, after the files; below --to they are written as files like any other.
         `--to DIR` cannot be combined with `--to-database`, which restores PostgreSQL only."""
         self.to_database = to_database
         self.conflict_mode = conflict_mode
@@ -705,12 +591,16 @@ class _Restore:
         """The server databases restored in place (none with `--to-database`)."""
         if not self.server_dbs or self.to_database:
             return []
-        return sorted(_db().group_database_nodes(self.server_dbs))
+        from phoenix_backup.sinks.streams import group_database_nodes
+
+        return sorted(group_database_nodes(self.server_dbs))
 
     def write_server_databases(self, result: RestoreResult) -> None:
         if not self.server_dbs:
             return
-        for outcome in _db().restore_databases(
+        from phoenix_backup.sinks import databases  # the database drivers: imported when needed
+
+        for outcome in databases.restore_databases(
             self.repo,
             self.cfg,
             dict(self.envx.env),
@@ -732,7 +622,11 @@ class _Restore:
         counts = _count(plan.items)
         servers = self._servers()
         # Said before anything is written, and kept in the result: user triggers that will fire.
-        notices = _db().server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs) if servers else []
+        from phoenix_backup.sinks import databases  # the database drivers: imported when needed
+
+        notices = (
+            databases.server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs) if servers else []
+        )
         for notice in notices:
             self.warn(notice)
         risky = counts["overwrite"] + counts["delete"] + len(servers)
@@ -765,9 +659,9 @@ class _Restore:
             if item.kind != "sqlite" or item.action != "overwrite":
                 continue
             node = plan.nodes[item.path]
-            live = live_sqlite.probe(item.target)
-            problem = live_sqlite.page_size_problem(
-                item.path, live, _page_size(node, self.snap, item.path), item.target
+            live = sqlite_live.probe(item.target)
+            problem = sqlite_live.page_size_problem(
+                item.path, live, sqlite_sink.page_size(node, self.snap, item.path), item.target
             )
             if problem:
                 problems.append(problem)
@@ -802,7 +696,7 @@ class _Restore:
             wanted.setdefault(logical, "dir")
         for item in plan.items:
             if item.action == "delete":
-                for parent in _ancestors(item.path):
+                for parent in ancestors(item.path):
                     wanted.setdefault(parent, "dir")
         if self.realign:
             wanted.setdefault(f"workspace/{alignment.MANIFEST}", "file")
@@ -810,7 +704,9 @@ class _Restore:
         # Server databases restored in place are saved from their servers first, like files; one
         # that does not exist yet has nothing to save (the restore creates it).
         servers = tuple(self._servers())
-        absent = _db().absent_databases(self.cfg, dict(self.envx.env), servers) if servers else {}
+        from phoenix_backup.sinks import databases  # the database drivers: imported when needed
+
+        absent = databases.absent_databases(self.cfg, dict(self.envx.env), servers) if servers else {}
         for path, why in absent.items():
             message = (
                 f"{path}: {why}, so the safety snapshot holds nothing of it; the restore creates it (undoing the "
@@ -830,8 +726,14 @@ class _Restore:
         short = taken.id[:8]
         self.undo_hint = f"`phx restore --backup {short} --yes` undoes what was restored"
         self.envx.notice(f"safety snapshot {short} ({taken.name}) saved; `phx restore --backup {short}` undoes this")
-        absent = sum(1 for p in wanted if not os.path.lexists(self.layout.to_real(p)))
-        return {"id": taken.id, "name": taken.name, "files": taken.files, "absent": absent, "tags": [safety.SAFETY_TAG]}
+        missing = sum(1 for p in wanted if not os.path.lexists(self.layout.to_real(p)))
+        return {
+            "id": taken.id,
+            "name": taken.name,
+            "files": taken.files,
+            "absent": missing,
+            "tags": [safety.SAFETY_TAG],
+        }
 
     # -- dry run -------------------------------------------------------------------------
 
@@ -848,13 +750,15 @@ class _Restore:
                     tables = info.tables if info else {}
                     entry["tables"] = {t: {"added": n, "removed": 0, "changed": 0} for t, n in sorted(tables.items())}
                 elif item.action == "overwrite":
-                    live = live_sqlite.probe(item.target)
+                    live = sqlite_live.probe(item.target)
                     if not live.readable:
                         entry["error"] = f"the live database cannot be read ({live.reason}); it would be replaced"
                     else:
                         if copies is None:
                             copies = cache_for(self.repo, self.envx).run_dir()
-                        entry["tables"] = self.row_deltas(item, plan.nodes[item.path], copies)
+                        entry["tables"] = sqlite_sink.row_deltas(
+                            self.repo, item.path, plan.nodes[item.path], item.target, copies
+                        )
                 elif item.action == "unchanged":
                     entry["tables"] = {}
                 result.databases.append(entry)
@@ -869,23 +773,6 @@ class _Restore:
         result.alignment = self.predict_alignment(plan)
         if result.alignment is not None and not result.alignment.consistent:
             self.warnings.append(_alignment_warning(result.alignment, predicted=True, realign=self.realign))
-
-    def row_deltas(self, item: PlanItem, node: Node, folder: Path) -> dict[str, dict[str, int]]:
-        copy = folder / f"{hashlib.sha256(item.path.encode()).hexdigest()[:16]}.db"
-        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            _write_content(self.repo, fd, item.path, node)
-        except OSError as exc:
-            raise os_error(exc, f"copying {item.path} for the dry run into {folder}") from exc
-        finally:
-            os.close(fd)
-        try:
-            deltas = live_sqlite.row_deltas(str(copy), item.target)
-        except sqlite3.Error as exc:
-            raise RestoreError(f"cannot compare {item.path} with the live database ({exc}); restore with --to") from exc
-        finally:
-            copy.unlink(missing_ok=True)
-        return {t: d.to_json() for t, d in deltas.items()}
 
     # -- the alignment manifest ------------------------------------------------------------
 
@@ -916,7 +803,7 @@ class _Restore:
             if item.action == "delete":
                 return None
             node = plan.nodes[item.path]
-            return _load_content(self.repo, item.path, node) if node.type == "file" else None
+            return read_node(self.repo, item.path, node) if node.type == "file" else None
 
         manifest = after(alignment.MANIFEST)
         where = str(self.layout.to_real("workspace", self.to) / alignment.MANIFEST)
@@ -928,7 +815,7 @@ class _Restore:
         mism = alignment.mismatches(doc, hashes)
         return alignment.AlignmentReport(where, True, not mism, mism, predicted=True)
 
-    def align(self, writer: _Writer, plan: _Plan) -> alignment.AlignmentReport | None:
+    def align(self, writer: FileWriter, plan: _Plan) -> alignment.AlignmentReport | None:
         """After the writes: is the manifest consistent? With --realign, rewrite it if not."""
         if not self._alignment_relevant(plan):
             return None
@@ -957,7 +844,7 @@ class _Restore:
     # -- writing ---------------------------------------------------------------------------
 
     def write(self, plan: _Plan, result: RestoreResult) -> None:
-        writer = _Writer(self.repo, self.layout, self.to)
+        writer = FileWriter(self.repo, self.layout, self.to)
         # One writer per core: the largest database keeps a core to itself instead of sharing it
         # with a third writer (measured 2.59 -> 2.51 s median on the 7-day benchmark repository).
         pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="phx-restore")
@@ -970,7 +857,7 @@ class _Restore:
             # restored, largest first; they are applied one by one after the deletions.
             databases = [i for i in plan.items if i.kind == "sqlite" and i.action in ("create", "overwrite")]
             for item in sorted(databases, key=lambda i: -plan.nodes[i.path].size):
-                copies[item.path] = pool.submit(writer.database_copy, item.path, plan.nodes[item.path])
+                copies[item.path] = pool.submit(sqlite_sink.write_copy, writer, item.path, plan.nodes[item.path])
             self.write_files(writer, plan, result, pool)
             for item in plan.items:
                 if item.kind == "symlink" and item.action in ("create", "overwrite"):
@@ -988,10 +875,10 @@ class _Restore:
             pool.shutdown(wait=True, cancel_futures=True)
             for logical, fut in copies.items():
                 if not fut.cancelled() and fut.exception() is None:
-                    writer.discard_copy(logical, fut.result())
+                    sqlite_sink.discard_copy(writer, logical, fut.result())
             writer.close()
 
-    def write_files(self, writer: _Writer, plan: _Plan, result: RestoreResult, pool: ThreadPoolExecutor) -> None:
+    def write_files(self, writer: FileWriter, plan: _Plan, result: RestoreResult, pool: ThreadPoolExecutor) -> None:
         """File contents in parallel: each is written, checked, fsynced and renamed on its own.
         Then the other names of hard-linked files, linked to their first name."""
         firsts = set(plan.links.values())  # linked to: their inodes are noted, unchanged or not
@@ -1015,7 +902,7 @@ class _Restore:
                 if _record(result, item.path, action) is not None and item.action != "unchanged":
                     result.restored += 1
             except (CorruptObject, ObjectNotFound) as exc:
-                self.damaged[item.path] = _damage_text(exc)  # its temporary file is gone; the rest goes on
+                self.damaged[item.path] = damage_text(exc)  # its temporary file is gone; the rest goes on
 
         for done, (item, job) in enumerate(jobs, 1):
             attempt(item, job.result)
@@ -1028,17 +915,20 @@ class _Restore:
             # is named damaged in turn.
             attempt(item, functools.partial(writer.hardlink, item.path, node, first))
 
-    def write_deletions(self, writer: _Writer, plan: _Plan, result: RestoreResult) -> None:
+    def write_deletions(self, writer: FileWriter, plan: _Plan, result: RestoreResult) -> None:
         deletions = [i for i in plan.items if i.action == "delete"]
         for item in deletions:
-            if item.kind != "dir" and _record(result, item.path, functools.partial(writer.remove, item)) is not None:
+            if (
+                item.kind != "dir"
+                and _record(result, item.path, functools.partial(writer.remove, item.path, item.kind)) is not None
+            ):
                 result.deleted += 1
         for item in sorted((i for i in deletions if i.kind == "dir"), key=lambda i: -i.path.count("/")):
-            if _record(result, item.path, functools.partial(writer.remove, item)) is not None:
+            if _record(result, item.path, functools.partial(writer.remove, item.path, item.kind)) is not None:
                 result.deleted += 1
 
     def write_databases(
-        self, writer: _Writer, plan: _Plan, result: RestoreResult, copies: dict[str, Future[str]]
+        self, writer: FileWriter, plan: _Plan, result: RestoreResult, copies: dict[str, Future[str]]
     ) -> None:
         for item in plan.items:
             if item.kind != "sqlite" or item.action not in ("create", "overwrite"):
@@ -1046,9 +936,9 @@ class _Restore:
             node = plan.nodes[item.path]
             try:
                 copy = copies.pop(item.path).result()
-                info = writer.database(item.path, node, in_place=self.in_place, copy=copy)
+                info = sqlite_sink.restore_database(writer, item.path, node, in_place=self.in_place, copy=copy)
             except (CorruptObject, ObjectNotFound) as exc:
-                self.damaged[item.path] = _damage_text(exc)
+                self.damaged[item.path] = damage_text(exc)
                 continue
             except UnsafePath as exc:
                 result.errors.append({"path": item.path, "error": str(exc)})
@@ -1069,24 +959,6 @@ class _Restore:
                         {"path": item.path, "error": f"the restored database fails its checks: {problem}"}
                     )
             result.databases.append(info)
-
-
-def _restored_links(nodes: dict[str, Node]) -> dict[str, str]:
-    """The hard links a restore can make: a file whose `hardlink` names a file restored with it,
-    of the same content, the very same extents as a backup records them (a hostile or odd tree
-    gets copies, each checked against its own SHA-256, never a link to something else)."""
-    out: dict[str, str] = {}
-    for logical, node in nodes.items():
-        first = nodes.get(node.hardlink) if node.type == "file" and node.hardlink else None
-        if (
-            first is not None
-            and first.type == "file"
-            and first.hardlink is None
-            and (first.sha256, first.size, first.content) == (node.sha256, node.size, node.content)
-        ):
-            assert node.hardlink is not None
-            out[logical] = node.hardlink
-    return out
 
 
 def _relink_items(items: list[PlanItem], links: dict[str, str]) -> list[PlanItem]:
@@ -1138,29 +1010,13 @@ def _alignment_warning(report: alignment.AlignmentReport, *, predicted: bool, re
     )
 
 
-def _page_size(node: Node, snap: Snapshot, logical: str) -> int:
-    if node.sqlite and isinstance(node.sqlite.get("pageSize"), int):
-        return int(node.sqlite["pageSize"])
-    info = next((d for d in snap.databases if d.path == logical), None)
-    return info.page_size if info else 0
-
-
-def _pending_journal(path: Path) -> bool:
-    for suffix in ("-wal", "-journal"):
-        try:
-            if os.lstat(f"{path}{suffix}").st_size > 0:
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def _has_magic(path: Path) -> bool:
+def _digest(path: Path) -> str | None:
+    """The SHA-256 of a file in the way, or None when it cannot be read (mode 000): then it is
+    overwritten, and the safety snapshot, which must save it first, names the problem."""
     try:
-        with open(path, "rb") as f:
-            return f.read(16) == live_sqlite.SQLITE_MAGIC
+        return sha256_file(path)
     except OSError:
-        return False
+        return None
 
 
 def _sha_or_none(data: bytes | None) -> str | None:
@@ -1179,542 +1035,3 @@ def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T |
     except UnsafePath as exc:
         result.errors.append({"path": logical, "error": str(exc)})
         return None
-
-
-def _check_data(repo: Repository, envx: Environment, nodes: list[tuple[str, Node]]) -> dict[str, str]:
-    """Read, decrypt and authenticate every blob the restore needs before anything is touched;
-    return the paths whose data is damaged or missing, each with the reason.
-
-    The AEAD tag (or, unencrypted, the checksum) binds each blob to its id, so a damaged or
-    substituted blob is found here, not halfway through the restore. Every path that needs a bad
-    blob is named, not only the first.
-    """
-    needed: dict[bytes, tuple[list[str], int]] = {}  # blob -> (the paths using it, the end of its furthest extent)
-    for logical, node in nodes:
-        for ext in node.content:
-            end = ext.offset + ext.length
-            users, prev = needed.get(ext.blob, ([], 0))
-            if not users or users[-1] != logical:
-                users.append(logical)
-            needed[ext.blob] = (users, max(prev, end))
-    damaged: dict[str, str] = {}
-    for blob, (users, _end) in needed.items():
-        if not repo.index.has(blob):
-            for logical in users:
-                damaged.setdefault(logical, f"its data is missing from the repository (blob {blob.hex()[:16]})")
-
-    def check(item: tuple[bytes, tuple[list[str], int]]) -> None:
-        blob, (users, end) = item
-        try:
-            data = repo.load_blob(BlobType.DATA, blob)
-        except (CorruptObject, ObjectNotFound) as exc:
-            for logical in users:
-                damaged.setdefault(logical, _damage_text(exc))
-            return
-        if len(data) < end:
-            for logical in users:
-                damaged.setdefault(logical, "its data is shorter than the snapshot says (damaged)")
-
-    present = [(b, u) for b, u in needed.items() if repo.index.has(b)]
-    workers = max(2, os.cpu_count() or 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-check") as pool:
-        for done, _ in enumerate(pool.map(check, present), 1):
-            _progress(envx, "check", done, len(present))
-    return damaged
-
-
-def _damage_text(exc: PhoenixError) -> str:
-    return f"its data is damaged or missing in the repository ({exc})"
-
-
-# A database's extents come back to the same page-run blobs again and again (the pages that did
-# not change since it was first stored): recent blobs are kept instead of being opened anew. On the
-# 7-day benchmark repository 2 MiB already avoids all but 8 of 5,839 loads of memory.db.
-_BLOB_CACHE_BYTES = 4 * 1024 * 1024
-
-
-def _extent_bytes(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[memoryview]:
-    """The bytes of each extent in order; each is valid until the next one is asked for."""
-    for blob, start, end in _extent_ranges(repo, logical, extents):
-        yield memoryview(blob)[start:end]
-
-
-def _extent_ranges(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[tuple[bytes, int, int]]:
-    """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
-    cache: OrderedDict[bytes, bytes] = OrderedDict()
-    cached = 0
-    for ext in extents:
-        blob = cache.get(ext.blob)
-        if blob is None:
-            blob = repo.load_blob(BlobType.DATA, ext.blob)
-            cache[ext.blob] = blob
-            cached += len(blob)
-            while cached > _BLOB_CACHE_BYTES and len(cache) > 1:
-                cached -= len(cache.popitem(last=False)[1])
-        else:
-            cache.move_to_end(ext.blob)
-        if ext.offset + ext.length > len(blob):
-            raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
-        yield blob, ext.offset, ext.offset + ext.length
-
-
-# Holes: a whole aligned block of zeros is skipped with lseek instead of written, so a sparse file
-# (a VM image, a preallocated log) comes back sparse. 4 KiB is the block of the common Linux file
-# systems; a smaller run of zeros costs a block anyway.
-_HOLE = 4096
-_ZERO_BLOCK = bytes(_HOLE)
-
-
-def _write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
-    """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
-    checking them against the snapshot's SHA-256."""
-    digest = hashlib.sha256()
-    pos = 0
-    for blob, start, end in _extent_ranges(repo, logical, node.content):
-        digest.update(memoryview(blob)[start:end])
-        _write_sparse(out, blob, start, end, pos)
-        pos += end - start
-    if os.fstat(out).st_size != pos:
-        os.ftruncate(out, pos)  # the file ends in a hole: seeking alone does not extend it
-    if digest.hexdigest() != node.sha256:
-        raise CorruptObject(f"restored {logical} does not match its SHA-256 in the snapshot (damaged)")
-
-
-def _write_sparse(out: int, blob: bytes, start: int, end: int, pos: int) -> None:
-    """Write blob[start:end] at the current position `pos` of `out`, seeking over every block of
-    zeros aligned in the file. Data without a block of zeros (the usual case) is one search."""
-    shift = pos - start  # file offset of blob offset i: i + shift
-    i = start
-    while i < end:
-        z = blob.find(_ZERO_BLOCK, i, end)
-        if z < 0:
-            _write_all(out, memoryview(blob)[i:end])
-            return
-        first = z + (-(z + shift)) % _HOLE  # the first block boundary in the file at or after z
-        j = first
-        while j + _HOLE <= end and blob.startswith(_ZERO_BLOCK, j):
-            j += _HOLE
-        _write_all(out, memoryview(blob)[i:first])
-        if j > first:
-            os.lseek(out, j - first, os.SEEK_CUR)
-        i = max(j, first)
-
-
-def _write_all(out: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(out, data) :]
-
-
-def _load_content(repo: Repository, logical: str, node: Node) -> bytes:
-    return b"".join(_extent_bytes(repo, logical, node.content))
-
-
-def _tmp_name() -> str:
-    return f"{_TMP_PREFIX}{os.getpid()}-{own_start_time()}-{secrets.token_hex(6)}"
-
-
-def _leftover(name: str) -> bool:
-    """A temporary file of a restore whose process no longer runs."""
-    m = RESTORE_TEMP.match(name)
-    if m is None:
-        return False
-    start = process_start_time(int(m.group(1)))
-    return start is None or (start != 0 and str(start) != m.group(2))
-
-
-class _Writer:
-    def __init__(self, repo: Repository, layout: Layout, to: Path | None) -> None:
-        self.repo = repo
-        self.layout = layout
-        self.to = to
-        self._roots: dict[str, int] = {}
-        self._dir_meta: list[tuple[str, Node]] = []
-        self._roots_lock = threading.Lock()
-        # (device, inode) of each file written or checked, so that a hard link is made only to
-        # the very file this restore put there.
-        self._inodes: dict[str, tuple[int, int]] = {}
-        # The folders holding this restore's temporary files, for the next command should it be
-        # killed (ops/leftovers.py).
-        self.journal = leftovers.Journal(repo.notice)
-
-    def _temp_name(self, logical: str) -> str:
-        """A new temporary name for `logical`'s folder, noted in the journal first."""
-        self.journal.record(self.layout.to_real(logical, self.to).parent)
-        return _tmp_name()
-
-    def close(self) -> None:
-        for fd in self._roots.values():
-            os.close(fd)
-        self._roots.clear()
-        self.journal.close()
-
-    def _base(self, root: str) -> int:
-        """A descriptor of the folder a logical root maps to (created below --to if needed)."""
-        with self._roots_lock:
-            return self._open_base(root)
-
-    def _open_base(self, root: str) -> int:
-        if root in self._roots:
-            return self._roots[root]
-        if self.to is None:
-            # In place the roots are the configured workspace, the home folder and "/": the
-            # user's own paths, opened as they are.
-            base = self.layout.to_real(root)
-            try:
-                base.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise os_error(exc, f"opening the restore destination {base}") from exc
-        else:
-            # Below --to, the root folder itself must not be a link leading out of DIR.
-            try:
-                self.to.mkdir(parents=True, exist_ok=True, mode=0o700)
-                top = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise os_error(exc, f"opening the restore destination {self.to}") from exc
-            try:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(root, 0o700, dir_fd=top)
-                fd = os.open(root, _DIR_FLAGS, dir_fd=top)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePath(
-                        f"{self.to / root} is a symlink or not a folder; Phoenix never writes through links "
-                        "— move it aside and restore again"
-                    ) from exc
-                raise os_error(exc, f"opening the restore destination {self.to / root}") from exc
-            finally:
-                os.close(top)
-        self._roots[root] = fd
-        return fd
-
-    @contextlib.contextmanager
-    def parent_dir(self, logical: str, create: bool = True) -> Iterator[tuple[int, str]]:
-        """(descriptor of the folder holding `logical`, its last component), never following links."""
-        parts = split_logical(logical)
-        fd = os.dup(self._base(parts[0]))
-        try:
-            for comp in parts[1:-1]:
-                check_name(comp)
-                try:
-                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(comp, 0o700, dir_fd=fd)
-                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file in the way
-                        raise UnsafePath(
-                            f"{comp} in the destination of {logical} is a symlink or not a folder; "
-                            "Phoenix never writes through links — move it aside and restore again"
-                        ) from exc
-                    raise
-                os.close(fd)
-                fd = nfd
-            yield fd, check_name(parts[-1])
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def open_dir(self, logical: str) -> Iterator[int]:
-        """A descriptor of the existing folder `logical` (no link followed)."""
-        if "/" not in logical:
-            yield os.dup(self._base(logical))
-            return
-        with self.parent_dir(logical, create=False) as (fd, name):
-            dfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-        try:
-            yield dfd
-        finally:
-            os.close(dfd)
-
-    def clean_leftovers(self, folders: list[str]) -> None:
-        """Remove temporary files that killed restores left in the folders this one writes to."""
-        for logical in folders:
-            try:
-                with self.open_dir(logical) as dfd:
-                    for name in os.listdir(dfd):
-                        if _leftover(name):
-                            with contextlib.suppress(FileNotFoundError):
-                                os.unlink(name, dir_fd=dfd)
-            except (OSError, UnsafePath):
-                continue  # not there yet, or not a folder: nothing of ours in it
-
-    def directory(self, logical: str, node: Node) -> None:
-        if "/" not in logical:
-            self._base(logical)
-            # A root's own mode and time apply below --to and to the workspace in place; the real
-            # home folder and "/" are never changed.
-            if self.to is not None or logical == "workspace":
-                self._dir_meta.append((logical, node))
-            return
-        with self.parent_dir(logical) as (fd, name):
-            try:
-                os.mkdir(name, 0o700, dir_fd=fd)
-            except FileExistsError:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
-                    raise UnsafePath(
-                        f"{logical} exists in the destination and is not a folder; move it aside and restore again"
-                    ) from None
-        self._dir_meta.append((logical, node))
-
-    def finish_dirs(self) -> None:
-        """Modes and times of folders last (deepest first), after their content is written."""
-        for logical, node in sorted(self._dir_meta, key=lambda x: x[0].count("/"), reverse=True):
-            try:
-                with self.open_dir(logical) as dfd:
-                    _set_owner_mode(dfd, node)
-                    os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
-            except FileNotFoundError:
-                continue  # removed since (its creation failed and was reported)
-
-    def symlink(self, logical: str, node: Node) -> None:
-        assert node.link_target is not None
-        with self.parent_dir(logical) as (fd, name):
-            tmp = self._temp_name(logical)
-            os.symlink(node.link_target, tmp, dir_fd=fd)
-            _replace(fd, tmp, name, logical)
-            with contextlib.suppress(OSError, NotImplementedError):
-                os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
-
-    def link_times(self, logical: str, node: Node) -> None:
-        with self.parent_dir(logical, create=False) as (fd, name), contextlib.suppress(OSError, NotImplementedError):
-            os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
-
-    def metadata(self, logical: str, node: Node) -> str:
-        """Mode, owner and times of a file whose content already matches."""
-        with self.parent_dir(logical, create=False) as (fd, name):
-            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
-            try:
-                if _grants_privilege(node, os.fstat(f)):  # swapped in since the plan saw it
-                    raise UnsafePath(
-                        f"{logical} in the destination changed since this restore planned it, and it would have "
-                        "been given the setuid/setgid bits; it was left alone: restore again"
-                    )
-                _set_owner_mode(f, node)
-                os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
-                self._remember(logical, f)
-            finally:
-                os.close(f)
-        return "ok"
-
-    def _remember(self, logical: str, fd: int) -> None:
-        st = os.fstat(fd)
-        self._inodes[logical] = (st.st_dev, st.st_ino)
-
-    def hardlink(self, logical: str, node: Node, first: str) -> str:
-        """Make `logical` another name of the file just restored at `first` (a temporary link,
-        checked to be that very inode, renamed into place). Where no link can be made (another
-        file system, a file system without links, `first` not restored), the content is written."""
-        inode = self._inodes.get(first)
-        if inode is not None:
-            try:
-                with self.parent_dir(first, create=False) as (src, src_name), self.parent_dir(logical) as (fd, name):
-                    tmp = self._temp_name(logical)
-                    os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=fd, follow_symlinks=False)
-                    st = os.stat(tmp, dir_fd=fd, follow_symlinks=False)
-                    if (st.st_dev, st.st_ino) != inode:
-                        _discard(fd, tmp)  # `first` was swapped since it was written: copy instead
-                    else:
-                        _replace(fd, tmp, name, logical)
-                        os.fsync(fd)
-                        return "ok"
-            except OSError as exc:
-                if exc.errno not in _NO_LINK:
-                    raise _unsafe_or_error(exc, logical) from exc
-        return self.content(logical, node)
-
-    def _write_temp(self, fd: int, logical: str, node: Node) -> str:
-        """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
-        tmp = self._temp_name(logical)
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
-        try:
-            _write_content(self.repo, out, logical, node)
-            _set_owner_mode(out, node)
-            os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
-            os.fsync(out)
-            self._remember(logical, out)
-        except BaseException as exc:
-            os.close(out)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=fd)
-            if isinstance(exc, OSError):
-                raise os_error(exc, f"restoring {logical}") from exc
-            raise
-        os.close(out)
-        return tmp
-
-    def write_bytes(self, logical: str, data: bytes, mode: int) -> None:
-        """Replace a file with `data` atomically (temp file, fsync, rename)."""
-        with self.parent_dir(logical) as (fd, name):
-            tmp = self._temp_name(logical)
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out, view) :]
-                os.fchmod(out, mode)
-                os.fsync(out)
-            except OSError as exc:
-                os.close(out)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=fd)
-                raise os_error(exc, f"writing {logical}") from exc
-            os.close(out)
-            _replace(fd, tmp, name, logical)
-            os.fsync(fd)
-
-    def content(self, logical: str, node: Node, in_place: bool = False) -> str:
-        """Restore a file: written beside its place, checked, fsynced, renamed. A database goes
-        through `database` (the drill of issue #8 calls this for both); returns its integrity."""
-        if node.type == "sqlite":
-            return str(self.database(logical, node, in_place=in_place)["integrity"])
-        with self.parent_dir(logical) as (fd, name):
-            tmp = self._write_temp(fd, logical, node)
-            _replace(fd, tmp, name, logical)
-            os.fsync(fd)
-        return "ok"
-
-    def remove(self, item: PlanItem) -> str:
-        """Delete a path the restore's plan deletes (a database with its -wal, -shm and -journal)."""
-        try:
-            with self.parent_dir(item.path, create=False) as (fd, name):
-                if item.kind == "dir":
-                    try:
-                        os.rmdir(name, dir_fd=fd)
-                    except OSError as exc:
-                        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                            raise UnsafePath(f"{item.path} is not empty any more; it was kept") from exc
-                        raise
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=fd)
-                    if item.kind == "sqlite":
-                        live_sqlite.remove_companions(fd, name)
-                os.fsync(fd)
-        except FileNotFoundError:
-            pass  # a folder on the way is gone already
-        except OSError as exc:
-            raise os_error(exc, f"deleting {item.path}") from exc
-        return "ok"
-
-    def database_copy(self, logical: str, node: Node) -> str:
-        """Write a database's copy beside its place and check it with integrity_check; return the
-        copy's temporary name. Nothing else is touched: `database` applies the copy."""
-        with self.parent_dir(logical) as (fd, _name):
-            tmp = self._write_temp(fd, logical, node)
-            try:
-                integrity = sqlite_folder.run(fd, "integrity", [tmp])
-            except BaseException:
-                _discard(fd, tmp)
-                raise
-            if integrity != "ok":
-                _discard(fd, tmp)
-                raise RestoreError(
-                    f"the restored copy of {logical} fails integrity_check ({integrity}); the database was not "
-                    "replaced — restore it from another snapshot"
-                )
-        return tmp
-
-    def discard_copy(self, logical: str, tmp: str) -> None:
-        """Remove a copy `database_copy` wrote that will not be applied."""
-        with contextlib.suppress(OSError), self.parent_dir(logical, create=False) as (fd, _name):
-            _discard(fd, tmp)
-
-    def database(self, logical: str, node: Node, *, in_place: bool, copy: str | None = None) -> dict[str, Any]:
-        """Apply a checked copy of a database (written now, or earlier by `database_copy`): through
-        the backup API into a live database that can be read, else by rename (stale -wal/-shm
-        removed first). In place the live database is checked afterwards (`integrity`, `fts`).
-
-        Every step works in the one folder descriptor opened here, and SQLite reaches the files
-        only as `sqlite_folder` allows: never through a path someone else can redirect."""
-        tmp = copy if copy is not None else self.database_copy(logical, node)
-        with self.parent_dir(logical) as (fd, name):
-            try:
-                shown = str(self.layout.to_real(logical, self.to))
-                if in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown):
-                    self._set_live_metadata(fd, name, node, logical)
-                    method = "backup-api"
-                else:
-                    # Absent or unreadable: the new file replaces it, and journals of the old one go
-                    # first (SQLite would replay a stale -wal into the new file).
-                    live_sqlite.remove_companions(fd, name)
-                    _replace(fd, tmp, name, logical)
-                    method = "rename"
-            finally:
-                _discard(fd, tmp)
-            os.fsync(fd)
-            info: dict[str, Any] = {"path": logical, "integrity": "ok", "method": method}
-            if in_place:
-                check: live_sqlite.LiveCheck = sqlite_folder.run(fd, "check_live", [name])
-                info["integrity"] = check.integrity
-                info["fts"] = check.fts
-        return info
-
-    def _set_live_metadata(self, fd: int, name: str, node: Node, logical: str) -> None:
-        try:
-            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
-        except OSError as exc:
-            raise _unsafe_or_error(exc, logical) from exc
-        try:
-            if not stat.S_ISREG(os.fstat(f).st_mode):
-                raise UnsafePath(
-                    f"{logical} in the destination is not a file any more; move it aside and restore again"
-                )
-            _set_owner_mode(f, node)
-            os.fsync(f)
-        finally:
-            os.close(f)
-
-
-def _replace(fd: int, tmp: str, name: str, logical: str) -> None:
-    """Rename `tmp` over `name` in the folder `fd`; when that fails, `tmp` is removed."""
-    try:
-        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=fd)
-        raise _unsafe_or_error(exc, logical) from exc
-
-
-def _unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
-    if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR):
-        return UnsafePath(f"{logical} exists in the destination as a folder; move it aside and restore again")
-    if exc.errno == errno.ELOOP:
-        return UnsafePath(
-            f"{logical} in the destination is a symlink now; Phoenix never writes through links — move it aside "
-            "and restore again"
-        )
-    return os_error(exc, f"restoring {logical}")
-
-
-def _discard(fd: int, tmp: str) -> None:
-    """Remove a temporary database copy and any journal SQLite left beside it."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp, dir_fd=fd)
-    live_sqlite.remove_companions(fd, tmp)
-
-
-def _grants_privilege(node: Node, st: os.stat_result) -> bool:
-    """Whether restoring `node`'s owner and mode onto the existing file `st` (as root) would give it
-    setuid or setgid rights it does not have now. Such a file is written anew, never changed in
-    place: whoever could write the old inode (its owner; a writable mapping outlives a chown, and
-    writes through it keep the bits) would own a program running with another's rights."""
-    if os.geteuid() != 0 or not node.mode & (stat.S_ISUID | stat.S_ISGID):
-        return False
-    return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, node.mode)
-
-
-def _set_owner_mode(fd: int, node: Node) -> None:
-    """The owner (as root) first, then the mode: Linux clears the setuid and setgid bits on every
-    chown, root's included, so the other order loses them (tar and restic chown first too)."""
-    if os.geteuid() == 0:
-        with contextlib.suppress(OSError):
-            os.fchown(fd, node.uid, node.gid)
-    os.fchmod(fd, node.mode)
-
-
-def describe_error(exc: PhoenixError) -> str:
-    return str(exc)

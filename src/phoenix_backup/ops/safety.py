@@ -18,13 +18,13 @@ from pathlib import Path
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import RestoreError
-from phoenix_backup.ops import live_sqlite
 from phoenix_backup.ops.backup import BackupResult, snapshot_entries
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.ops.scope import SCOPES
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry, EntryKind
 from phoenix_backup.sources.layout import Layout
+from phoenix_backup.sources.scope import SCOPES
 
 SAFETY_TAG = "pre-restore"
 SAFETY_SCOPE = "pre-restore"
@@ -113,4 +113,4 @@ def _kind(real: Path, st: os.stat_result, hint: str) -> EntryKind:
     # A database that SQLite can read is saved through the backup API (consistent, WAL included);
     # one it cannot read is saved byte for byte, so the undo gives it back as it was.
     is_db = hint == "sqlite" or real.name.endswith(SQLITE_SUFFIXES)
-    return "sqlite" if is_db and live_sqlite.probe(str(real)).readable else "file"
+    return "sqlite" if is_db and sqlite_live.probe(str(real)).readable else "file"

@@ -19,7 +19,7 @@ import zstandard
 
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo.crypto import MAX_BLOB_SIZE, BlobType, Compression
-from phoenix_backup.repo.pack import _ENTRY, PackEntry
+from phoenix_backup.repo.pack import ENTRY, PackEntry
 
 INDEX_MAGIC = b"PHXI"
 INDEX_VERSION = 1
@@ -49,7 +49,7 @@ def encode_index(packs: dict[str, list[PackEntry]], superseded: Iterable[str] = 
     parts = [_HEAD.pack(INDEX_MAGIC, INDEX_VERSION, len(packs))]
     for pack_id, entries in packs.items():
         parts.append(_PACK.pack(bytes.fromhex(pack_id), len(entries)))
-        parts.extend(_ENTRY.pack(e.type, e.compression, e.id, e.offset, e.stored, e.raw) for e in entries)
+        parts.extend(ENTRY.pack(e.type, e.compression, e.id, e.offset, e.stored, e.raw) for e in entries)
     sup = list(superseded)
     parts.append(struct.pack("<I", len(sup)))
     parts.extend(bytes.fromhex(s) for s in sup)
@@ -78,15 +78,15 @@ def decode_index(blob: bytes, what: str) -> tuple[dict[str, list[PackEntry]], li
             pid, count = _PACK.unpack_from(data, pos)
             pos += _PACK.size
             # Counts come from storage: check them against the bytes before allocating anything.
-            if pos + count * _ENTRY.size > len(data):
+            if pos + count * ENTRY.size > len(data):
                 raise CorruptObject(f"{what} claims more entries than it holds")
             entries = []
-            for t, c, bid, off, stored, raw in _ENTRY.iter_unpack(data[pos : pos + count * _ENTRY.size]):
+            for t, c, bid, off, stored, raw in ENTRY.iter_unpack(data[pos : pos + count * ENTRY.size]):
                 # Dict lookups, not enum calls: an index lists every blob of the repository.
                 entries.append(PackEntry(_TYPES[t], _COMPRESSIONS[c], bid, off, stored, raw))
                 if raw > MAX_BLOB_SIZE:
                     raise CorruptObject(f"{what} lists a blob of {raw} bytes, more than any blob holds")
-            pos += count * _ENTRY.size
+            pos += count * ENTRY.size
             packs[pid.hex()] = entries
         (nsup,) = struct.unpack_from("<I", data, pos)
         pos += 4

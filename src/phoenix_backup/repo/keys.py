@@ -4,7 +4,7 @@ A repository has one set of random master secrets: they key the AEAD of every ob
 BLAKE3 blob ids and the FastCDC gear table. Each key slot (one `keys/…` object) holds those
 secrets wrapped for one way of opening the repository, so slots can be added and removed
 (`phx key add|remove|passwd`) without rewriting a single data pack; `phx key rotate` replaces the
-encryption key (ops/rotate.py).
+encryption key (ops/key_rotate.py).
 
 A slot keeps in the clear only what opening needs (the scrypt parameters of a passphrase slot).
 Its label, creator and age recipients or GPG key are sealed under the master secrets
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import getpass
 import json
 import os
 import secrets as _random
@@ -50,6 +49,7 @@ from phoenix_backup.errors import (
     UsageError,
     WrongPassphrase,
 )
+from phoenix_backup.users import username
 
 __all__ = [
     "DEFAULT_SCRYPT_PARAMS",
@@ -491,20 +491,12 @@ def _new_slot(
     info = SlotInfo(
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=socket.gethostname(),
-        username=_username(),
+        username=username(),
         label=label,
         recipients=recipients,
         key_id=key_id,
     )
     return _sealed(slot_id, slot_type, params, data, info, secrets)
-
-
-def _username() -> str:
-    # getpass.getuser() fails in containers whose uid has no passwd entry and no $USER.
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
 def _new_slot_id() -> str:

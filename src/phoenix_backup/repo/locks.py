@@ -38,6 +38,7 @@ from pathlib import Path
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, RepositoryError, RepositoryLocked
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.storage.base import Backend
+from phoenix_backup.users import username
 
 REFRESH_SECONDS = 300
 STALE_SECONDS = 1800
@@ -379,7 +380,7 @@ class HeldLock:
             "timeNs": time_namespace(),
             "pid": os.getpid(),
             "processStart": own_start_time(),
-            "username": _username(),
+            "username": username(),
             "exclusive": self.exclusive,
             "created": self.created,
             "time": time.time(),
@@ -437,12 +438,3 @@ class HeldLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _username() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (KeyError, ImportError):
-        return str(os.getuid())

@@ -25,7 +25,9 @@ from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE, BlobType, Compres
 HEADER_MAGIC = b"PHXH"
 HEADER_VERSION = 1
 HEADER_AAD = b"phoenix v1 pack header"
-_ENTRY = struct.Struct("<BB32sIII")
+# One blob entry (type, compression, id, offset, stored, raw): the same bytes in a pack header and
+# in an index object (repo/index.py).
+ENTRY = struct.Struct("<BB32sIII")
 _HEAD = struct.Struct("<4sBI")
 # Packs stay well under Git hosts' 50 MB file limit and keep S3 object counts low. 8 MiB rather
 # than 16: two packs are sealed at once, and 16 MiB packs cost ~35 MB more peak memory for no
@@ -86,7 +88,7 @@ def pack_name(pack_id: str) -> str:
 
 def encode_header(entries: list[PackEntry]) -> bytes:
     parts = [_HEAD.pack(HEADER_MAGIC, HEADER_VERSION, len(entries))]
-    parts.extend(_ENTRY.pack(e.type, e.compression, e.id, e.offset, e.stored, e.raw) for e in entries)
+    parts.extend(ENTRY.pack(e.type, e.compression, e.id, e.offset, e.stored, e.raw) for e in entries)
     return b"".join(parts)
 
 
@@ -96,11 +98,11 @@ def decode_header(data: bytes, what: str) -> list[PackEntry]:
     magic, version, count = _HEAD.unpack_from(data)
     if magic != HEADER_MAGIC or version != HEADER_VERSION:
         raise CorruptObject(f"{what} has an unknown header (magic {magic!r}, version {version})")
-    if len(data) != _HEAD.size + count * _ENTRY.size:
+    if len(data) != _HEAD.size + count * ENTRY.size:
         raise CorruptObject(f"{what} header length does not match its {count} entries")
     entries = []
     for i in range(count):
-        t, c, bid, off, stored, raw = _ENTRY.unpack_from(data, _HEAD.size + i * _ENTRY.size)
+        t, c, bid, off, stored, raw = ENTRY.unpack_from(data, _HEAD.size + i * ENTRY.size)
         try:
             entries.append(PackEntry(BlobType(t), Compression(c), bid, off, stored, raw))
         except ValueError as exc:

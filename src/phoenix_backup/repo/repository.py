@@ -738,6 +738,12 @@ class Repository:
             self._workers.shutdown(wait=True)
             self._workers = None
 
+    def publish_changes(self, message: str) -> None:
+        """Record deletions (forget, prune) as one unit and send it on (Git: a commit, then a push
+        when autoCommit); stores whose writes are final at once do nothing."""
+        if self.backend.checkpoint(message):
+            self.backend.publish()
+
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data, entries = packer.finish(self.sealer)
         # Only data packs may go to a cold storage class: trees must stay readable for list/ls/verify.

@@ -309,3 +309,14 @@ def choose_latest(
             found = [s for s in snaps if rule.matches(s, host)]
     present = [s for s in found if now is None or not is_future(s, now)]
     return ((present or found)[-1] if found else None), host
+
+
+def timestamp_name(when: datetime, taken: set[str]) -> str:
+    """The ArgentOS timestamp name (`2026-03-15-14-30`), made unique with `-2`, `-3`."""
+    base = when.strftime("%Y-%m-%d-%H-%M")
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"

@@ -14,10 +14,11 @@ the repository really stores, and by the budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, UnsafePath
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, UnsafePath, UsageError
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 
 # Paths one walk may visit (and distinct nodes it may load): far more than any agent workspace
@@ -201,3 +202,46 @@ def walk_tree(
     trees.load(tree_id, prefix, on_error)
     trees.check(tree_id, prefix)
     yield from trees.walk(tree_id, prefix)
+
+
+def find_node(repo: Repository, snap: Snapshot, logical: str) -> Node | None:
+    """The node at `logical`, or None. The empty path is the snapshot's root (returned as a dir)."""
+    if not logical:
+        return Node(name="", type="dir", subtree=snap.tree)
+    tree = snap.tree
+    parts = logical.split("/")
+    for i, part in enumerate(parts):
+        match = next((n for n in repo.load_tree(tree) if n.name == part), None)
+        if match is None:
+            return None
+        if i == len(parts) - 1:
+            return match
+        if match.type != "dir" or match.subtree is None:
+            return None
+        tree = match.subtree
+    return None
+
+
+def node_at(repo: Repository, snap: Snapshot, logical: str) -> Node:
+    """The node at `logical`; a UsageError naming the snapshot when it holds no such path."""
+    node = find_node(repo, snap, logical)
+    if node is None:
+        raise UsageError(f"snapshot {snap.name} holds no {logical}; see `phx ls {snap.id[:8]}` for its paths")
+    return node
+
+
+def used_blobs(snapshots: Iterable[Snapshot], load_tree: Callable[[bytes], list[Node]]) -> set[bytes]:
+    """Every blob the snapshots refer to: their trees and the content of every file. Each distinct
+    tree is loaded once (`load_tree` says how, and what an unreadable one does); no paths, no budget."""
+    used: set[bytes] = set()
+    stack = [s.tree for s in snapshots]
+    while stack:
+        tree_id = stack.pop()
+        if tree_id in used:
+            continue
+        used.add(tree_id)
+        for node in load_tree(tree_id):
+            if node.subtree is not None:
+                stack.append(node.subtree)
+            used.update(ext.blob for ext in node.content)
+    return used

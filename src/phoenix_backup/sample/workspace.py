@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from phoenix_backup.ops import alignment
+from phoenix_backup.argentos import alignment
 
 __all__ = [
     "ALIGNMENT_FILES",

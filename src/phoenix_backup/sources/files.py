@@ -22,7 +22,7 @@ from phoenix_backup.sources.patterns import ExcludeSet, Include, has_magic
 EntryKind = Literal["dir", "file", "symlink", "sqlite"]
 # A restore's temporary file: .phx-tmp-<pid>-<process start>-<random>, and SQLite's companions of
 # a temporary database copy. Never saved (a killed restore's leftover is not the user's data);
-# ops/leftovers.py removes those of dead processes.
+# sinks/leftovers.py removes those of dead processes.
 RESTORE_TEMP = re.compile(r"^\.phx-tmp-(\d+)-(\d+)-[0-9a-f]+(?:-wal|-shm|-journal)?$")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_MAGIC = b"SQLite format 3\0"

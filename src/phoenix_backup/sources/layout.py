@@ -12,10 +12,11 @@ as files only below `restore --to DIR`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from phoenix_backup.errors import UnsafePath
+from phoenix_backup.errors import UnsafePath, UsageError
 
 FILE_ROOTS = ("workspace", "home", "root")
 DATABASE_ROOTS = ("postgres", "redis")
@@ -57,8 +58,46 @@ class Layout:
         return base.joinpath(*parts[1:])
 
 
+def ancestors(logical: str) -> list[str]:
+    """The folders above a logical path, outermost first (`workspace`, `workspace/memory`)."""
+    parts = logical.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def split_logical(logical: str) -> list[str]:
     parts = PurePosixPath(logical).parts
     if not parts or parts[0] not in ROOTS or any(p in ("..", ".", "/") or "\0" in p for p in parts):
         raise UnsafePath(f"snapshot path {logical!r} is not a safe logical path; it was not restored")
     return list(parts)
+
+
+def logical_path(sources: Mapping[str, str], path: str | None) -> str:
+    """The logical path (`workspace/MEMORY.md`) a user means by PATH.
+
+    Accepted: a logical path (`workspace/…`, `home/…`, `root/…`), a path relative to the workspace
+    (`MEMORY.md`), `~/…` (the home folder), or an absolute path as it was on the machine that took
+    the snapshot (mapped through `sources`, the snapshot's recorded roots). Empty means the whole snapshot.
+    """
+    raw = (path or "").strip()
+    if raw in ("", "/", "."):
+        return ""
+    if raw.startswith("~/") or raw == "~":
+        rel = raw[2:].strip("/")
+        return f"home/{rel}" if rel else "home"
+    if raw.startswith("/"):
+        # Longest recorded source first: the workspace usually lives below the home folder.
+        for root, base in sorted(sources.items(), key=lambda kv: -len(kv[1])):
+            try:
+                rel_path = PurePosixPath(raw).relative_to(base)
+            except ValueError:
+                continue
+            rel = rel_path.as_posix()
+            return root if rel == "." else f"{root}/{rel}"
+        return "root" + raw.rstrip("/")
+    raw = raw.removeprefix("./").strip("/")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UsageError(f"path {path!r} holds '..'; name a path inside the snapshot (see `phx ls ID`)")
+    if parts and parts[0] in ROOTS:
+        return "/".join(parts)
+    return "/".join(["workspace", *parts])

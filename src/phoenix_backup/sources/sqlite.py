@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.errors import NoSpace, SourceError
+from phoenix_backup.sql import quote
 
 BUSY_TIMEOUT_MS = 30_000
 # Room kept free beyond the copy itself, so a backup never fills the cache's disk to the brim.
@@ -193,7 +194,7 @@ def count_rows(con: sqlite3.Connection) -> tuple[dict[str, int], dict[str, str],
         if _VIRTUAL.match(text):
             virtual[name] = _module_of(text)
             continue
-        quoted = '"' + name.replace('"', '""') + '"'
+        quoted = quote(name)
         try:
             tables[name] = int(con.execute(f"SELECT COUNT(*) FROM {quoted}").fetchone()[0])
         except sqlite3.DatabaseError:

@@ -1,4 +1,4 @@
-"""The restore's extent reader on a real repository: with blobs kept in a bounded cache, it still
+"""The node reader's extents on a real repository: with blobs kept in a bounded cache, it still
 gives back exactly the bytes of each extent, in order."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from phoenix_backup.errors import CorruptObject
-from phoenix_backup.ops import restore
-from phoenix_backup.repo import keys
+from phoenix_backup.repo import keys, reader
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent
@@ -57,7 +56,7 @@ def test_extent_bytes_match_the_blobs(
     cache_kib: int,
 ) -> None:
     repo, blobs = stored
-    monkeypatch.setattr(restore, "_BLOB_CACHE_BYTES", cache_kib * KIB)
+    monkeypatch.setattr(reader, "BLOB_CACHE_BYTES", cache_kib * KIB)
     extents, expected = [], []
     for n, start, length in picks:
         bid, data = blobs[n]
@@ -65,11 +64,39 @@ def test_extent_bytes_match_the_blobs(
         size = max(1, int(length * (len(data) - offset)))
         extents.append(Extent(bid, offset, size))
         expected.append(data[offset : offset + size])
-    assert [bytes(v) for v in restore._extent_bytes(repo, "x", extents)] == expected
+    assert [bytes(v) for v in reader.extent_bytes(repo, "x", extents)] == expected
 
 
 def test_an_extent_beyond_its_blob_is_damage(stored: tuple[Repository, list[tuple[bytes, bytes]]]) -> None:
     repo, blobs = stored
     bid, data = blobs[0]
     with pytest.raises(CorruptObject, match="shorter than the snapshot says"):
-        list(restore._extent_bytes(repo, "workspace/x", [Extent(bid, len(data) - 10, 20)]))
+        list(reader.extent_bytes(repo, "workspace/x", [Extent(bid, len(data) - 10, 20)]))
+
+
+def test_a_node_whose_bytes_differ_from_its_sha256_is_damage(
+    stored: tuple[Repository, list[tuple[bytes, bytes]]],
+) -> None:
+    """A tree that names the right blobs with the wrong SHA-256 (or size): the reader hands over
+    every block but the last, then refuses, so a consumer that commits at the end commits nothing."""
+    import hashlib
+
+    from phoenix_backup.repo.reader import NodeReader, read_node
+    from phoenix_backup.repo.tree import Node
+
+    repo, blobs = stored
+    (b1, d1), (b2, d2) = blobs[0], blobs[1]
+    content = [Extent(b1, 0, len(d1)), Extent(b2, 0, len(d2))]
+    good = Node(
+        name="f", type="file", size=len(d1) + len(d2), content=content, sha256=hashlib.sha256(d1 + d2).hexdigest()
+    )
+    assert read_node(repo, "workspace/f", good) == d1 + d2
+    for bad in (
+        Node(name="f", type="file", size=good.size, content=content, sha256=hashlib.sha256(d2 + d1).hexdigest()),
+        Node(name="f", type="file", size=good.size + 1, content=content, sha256=good.sha256),
+    ):
+        got: list[bytes] = []
+        with pytest.raises(CorruptObject, match=r"workspace/f read from the repository does not match its SHA-256"):
+            for block in NodeReader(repo, "workspace/f", bad).blocks():
+                got.append(block)
+        assert got == [d1]  # the last block never came

@@ -1,4 +1,5 @@
-"""Replication and `phx sync`: copy what a target lacks from the first target, snapshots last.
+"""Replication: copy what a target lacks from the first target, snapshots last (the engine of every
+backup's replication and of `phx sync`, ops/sync.py).
 
 Backups write the first enabled target; every other enabled target is a replica that receives
 the same objects under the same names. For each replica, in its own thread:
@@ -34,19 +35,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     CorruptObject,
-    ExitStatus,
     ObjectNotFound,
     PhoenixError,
     RepositoryError,
-    UsageError,
 )
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.locks import LockManager
 from phoenix_backup.repo.pack import PackEntry, pack_name
@@ -100,23 +98,6 @@ class TargetReport:
         }
 
 
-@dataclass
-class SyncResult:
-    source: str
-    targets: dict[str, TargetReport] = field(default_factory=dict)
-
-    @property
-    def exit_status(self) -> ExitStatus:
-        return ExitStatus.of_targets(t.ok for t in self.targets.values())
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "ok": all(t.ok for t in self.targets.values()),
-            "source": self.source,
-            "targets": {k: v.to_json() for k, v in self.targets.items()},
-        }
-
-
 def seed_repository(source: Backend, dest: Backend) -> None:
     """Make an empty `dest` hold the repository of `source`: key slots first, `config` last, so
     `dest` counts as a repository only once it can be opened."""
@@ -126,13 +107,13 @@ def seed_repository(source: Backend, dest: Backend) -> None:
     dest.write("config", source.read("config"), exclusive=True)
 
 
-def replicate(repo: Repository, name: str, dest: Backend, envx: Environment) -> TargetReport:
+def replicate(repo: Repository, name: str, dest: Backend, notice: Callable[[str], None]) -> TargetReport:
     """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
     failures: they are the report's error."""
     report = TargetReport(name, dest.location)
     started = time.monotonic()
     try:
-        _replicate(repo, dest, envx, report)
+        _replicate(repo, dest, notice, report)
     except PhoenixError as exc:
         report.ok, report.error = False, str(exc)
     except OSError as exc:  # e.g. the Git clone's folder cannot be written
@@ -142,14 +123,14 @@ def replicate(repo: Repository, name: str, dest: Backend, envx: Environment) -> 
     return report
 
 
-def _replicate(repo: Repository, dest: Backend, envx: Environment, report: TargetReport) -> None:
+def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], report: TargetReport) -> None:
     source = repo.backend
     switched = False
     if not dest.exists():
         seed_repository(source, dest)
         report.initialised = True
         report.objects += 2
-        envx.notice(f"initialised target {report.name} at {dest.location}")
+        notice(f"initialised target {report.name} at {dest.location}")
     else:
         raw = dest.read("config")
         theirs = RepoConfig.from_bytes(raw, dest.location)
@@ -159,7 +140,7 @@ def _replicate(repo: Repository, dest: Backend, envx: Environment, report: Targe
                 f"point targets.{report.name} at an empty location or empty it"
             )
         switched = raw != source.read("config")
-    locks = LockManager(dest, repo.sealer, envx.notice)
+    locks = LockManager(dest, repo.sealer, notice)
     with locks.acquire(exclusive=False, command="replicate") as held:
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
@@ -291,74 +272,3 @@ def _copy_all(source: Backend, dest: Backend, items: list[tuple[str, bool]], rep
         for fut in futures:
             if fut.done() and not fut.cancelled() and fut.exception() is not None:
                 raise fut.exception()  # type: ignore[misc]
-
-
-def replicate_all(
-    repo: Repository, cfg: Config, envx: Environment, *, only: str | None = None
-) -> dict[str, TargetReport]:
-    """Replicate from `repo` (the first target) to every other enabled target (or `only`), all
-    targets in parallel, under a shared lock on the first target so a prune there cannot remove
-    what is being copied."""
-    names = enabled_targets(cfg)[1:]
-    if only is not None:
-        names = [n for n in names if n == only]
-    if not names:
-        return {}
-    reports: dict[str, TargetReport] = {}
-    backends: dict[str, Backend] = {}
-    for name in names:
-        try:
-            backends[name] = target_backend(cfg, envx, name)
-        except PhoenixError as exc:
-            reports[name] = TargetReport(name, ok=False, error=str(exc))
-    try:
-        with repo.lock(exclusive=False, command="replicate"):
-            repo.load_index()
-            with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
-                futures = {name: pool.submit(replicate, repo, name, b, envx) for name, b in backends.items()}
-                for name, fut in futures.items():
-                    reports[name] = fut.result()
-    except PhoenixError as exc:
-        # The first target itself could not be read or locked (say a prune holds it): every
-        # replica missed this round, and a later backup or `phx sync` catches them up.
-        for name in backends:
-            if name not in reports:
-                reports[name] = TargetReport(name, backends[name].location, ok=False, error=str(exc))
-    finally:
-        for b in backends.values():
-            b.close()
-    return {name: reports[name] for name in names}
-
-
-def commit_first_target(repo: Repository, name: str, snapshot_id: str, snapshot_name: str) -> TargetOutcome:
-    """After a backup wrote its snapshot into the first target: a store that records units (Git)
-    commits it, naming the snapshot, and publishes it (push). The snapshot is safe in the store
-    either way; a failed push is the target's error (exit 3), and the next run pushes again."""
-    try:
-        repo.backend.checkpoint(f"phoenix snapshot {snapshot_name} ({snapshot_id[:8]})")
-        repo.backend.publish()
-    except PhoenixError as exc:
-        return TargetOutcome(False, str(exc))
-    return TargetOutcome(True)
-
-
-def sync(cfg: Config, envx: Environment, *, target: str | None = None) -> SyncResult:
-    """`phx sync`: copy what each replica (or `target` alone) lacks from the first target."""
-    names = enabled_targets(cfg)
-    first = names[0]
-    if len(names) == 1:
-        raise UsageError(
-            f"only one target ({first}) is enabled, so there is nothing to sync; enable targets.git, s3 or r2"
-        )
-    if target is not None:
-        if target == first:
-            raise UsageError(
-                f"{first} is the first enabled target, the one sync copies from; name a replica: {', '.join(names[1:])}"
-            )
-        target_backend(cfg, envx, target).close()  # UsageError for an unknown or disabled target
-    repo = open_repository(cfg, envx, target=first)
-    try:
-        reports = replicate_all(repo, cfg, envx, only=target)
-    finally:
-        repo.close()
-    return SyncResult(first, reports)

@@ -35,16 +35,16 @@ from collections.abc import Callable
 from typing import Any
 
 from phoenix_backup.errors import RestoreError
-from phoenix_backup.ops import live_sqlite
+from phoenix_backup.sinks import sqlite_live
 
 # O_PATH: a folder above may be searchable without being readable (a home folder of mode 0711).
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 # The operations a child may run: each takes the paths of its files in the folder, then strings.
 _OPS: dict[str, Callable[..., Any]] = {
-    "integrity": live_sqlite.integrity,
-    "apply_if_readable": live_sqlite.apply_if_readable,
-    "check_live": live_sqlite.check_live,
+    "integrity": sqlite_live.integrity,
+    "apply_if_readable": sqlite_live.apply_if_readable,
+    "check_live": sqlite_live.check_live,
 }
 
 
@@ -145,7 +145,7 @@ def _confined(dir_fd: int, op: str, names: list[str], extra: tuple[str, ...]) ->
         raise RestoreError(str(answer["error"]))
     result = answer["result"]
     if isinstance(result, dict):
-        return live_sqlite.LiveCheck(**result)
+        return sqlite_live.LiveCheck(**result)
     return result
 
 
@@ -185,7 +185,7 @@ def _serve() -> None:
     try:
         confine(request["fd"])
         result = _OPS[request["op"]](*("/" + n for n in request["names"]), *request["extra"])
-        out = {"result": dataclasses.asdict(result) if isinstance(result, live_sqlite.LiveCheck) else result}
+        out = {"result": dataclasses.asdict(result) if isinstance(result, sqlite_live.LiveCheck) else result}
     except RestoreError as exc:
         out = {"error": str(exc)}
     except (OSError, sqlite3.Error) as exc:

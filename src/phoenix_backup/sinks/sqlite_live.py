@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from phoenix_backup.errors import RestoreError
 from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, sqlite_uri
+from phoenix_backup.sql import quote
 
 SQLITE_MAGIC = b"SQLite format 3\0"
 COMPANIONS = ("-wal", "-shm", "-journal")
@@ -171,7 +172,7 @@ def check_live(path: str) -> LiveCheck:
             text = (sql or "").lstrip()
             if not _VIRTUAL.match(text) or _module(text) != "fts5":
                 continue
-            q = _quote(name)
+            q = quote(name)
             try:
                 con.execute(f"INSERT INTO {q}({q}) VALUES('integrity-check')")
                 fts[name] = "ok"
@@ -220,7 +221,7 @@ def row_deltas(snapshot_copy: str, live: str) -> dict[str, TableDelta]:
         live_tables = _tables(con, "live")
         out: dict[str, TableDelta] = {}
         for name in sorted(set(snap_tables) | set(live_tables)):
-            q = _quote(name)
+            q = quote(name)
             if name not in live_tables:
                 out[name] = TableDelta(_count(con, f"main.{q}"), 0, 0)
             elif name not in snap_tables:
@@ -242,7 +243,7 @@ def _tables(con: sqlite3.Connection, schema: str) -> dict[str, tuple[list[str], 
     for name, sql in rows:
         if name in virtual or any(name.startswith(v + "_") for v in virtual):
             continue
-        info = con.execute(f"PRAGMA {schema}.table_info({_quote(name)})").fetchall()
+        info = con.execute(f"PRAGMA {schema}.table_info({quote(name)})").fetchall()
         columns = [str(r[1]) for r in info]
         pk = [str(r[1]) for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
         if not _WITHOUT_ROWID.search(sql or "") and len(pk) == 1 and _is_rowid_alias(info, pk[0]):
@@ -258,9 +259,9 @@ def _is_rowid_alias(info: list[tuple[object, ...]], column: str) -> bool:
 def _delta(
     con: sqlite3.Connection, name: str, snap: tuple[list[str], list[str]], live: tuple[list[str], list[str]]
 ) -> TableDelta:
-    q = _quote(name)
+    q = quote(name)
     keys = snap[1] if snap[1] == live[1] else []
-    on = " AND ".join(f"l.{_quote(k)} IS s.{_quote(k)}" for k in keys) if keys else "l.rowid = s.rowid"
+    on = " AND ".join(f"l.{quote(k)} IS s.{quote(k)}" for k in keys) if keys else "l.rowid = s.rowid"
     common = [c for c in snap[0] if c in live[0] and c not in keys]
     added = _scalar(
         con, f"SELECT count(*) FROM main.{q} AS s WHERE NOT EXISTS (SELECT 1 FROM live.{q} AS l WHERE {on})"
@@ -270,7 +271,7 @@ def _delta(
     )
     changed = 0
     if common or snap[0] != live[0]:
-        differs = " OR ".join(f"s.{_quote(c)} IS NOT l.{_quote(c)}" for c in common) or "1"
+        differs = " OR ".join(f"s.{quote(c)} IS NOT l.{quote(c)}" for c in common) or "1"
         if snap[0] != live[0]:
             differs = "1"  # other columns: every matched row changes
         changed = _scalar(con, f"SELECT count(*) FROM main.{q} AS s JOIN live.{q} AS l ON {on} WHERE {differs}")
@@ -288,7 +289,3 @@ def _scalar(con: sqlite3.Connection, sql: str) -> int:
 def _module(sql: str) -> str:
     m = _USING.search(sql)
     return m.group(1).lower() if m else "?"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

@@ -46,11 +46,12 @@ from dataclasses import dataclass, field, replace
 from phoenix_backup.config import Config
 from phoenix_backup.errors import UsageError
 from phoenix_backup.ops.context import Environment, credentials, open_repository, pins
-from phoenix_backup.ops.prune import _refuse_if_damaged, _used_blobs
-from phoenix_backup.ops.replicate import TargetReport, replicate_all
+from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
+from phoenix_backup.repo.prune import refuse_if_damaged, snapshot_blobs
+from phoenix_backup.repo.replicate import TargetReport
 from phoenix_backup.repo.repository import Repository, sealed_with
 
 
@@ -126,13 +127,13 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
         repo.load_index()
         # Damaged, or planted to block the revocation (anyone who can write the storage can):
         # only the owner can tell, so the message says what to do in either case.
-        _refuse_if_damaged(
+        refuse_if_damaged(
             repo,
             "a rotation would lose what they hold, so nothing was changed; copy a readable one back from "
             "another target, or, if you did not write them, delete them from the storage and run `phx key "
             "rotate` again",
         )
-        used = _used_blobs(repo, snapshots)
+        used = snapshot_blobs(repo, snapshots)
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
 

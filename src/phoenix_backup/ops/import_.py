@@ -4,7 +4,7 @@ Order of work: `checksums.json` is verified first (a damaged export imports noth
 are unkeyed, so they detect damage, not tampering), then `metadata.json` is read and every store
 it names must be one this config backs up (or lie below `--to DIR`), then — after a confirmation,
 unless `force` or `dry_run` — each store is merged by primary key in one transaction of its own
-(`ops/merge.py`). Stores are found through their logical paths (`home/.argentos/memory.db`), so an
+(`sinks/sqlite_merge.py`). Stores are found through their logical paths (`home/.argentos/memory.db`), so an
 export made on one machine merges into the stores of another user or machine. Only JSON exports
 can be imported: CSV cannot tell NULL from an empty string and Markdown is for people.
 """
@@ -27,9 +27,11 @@ from phoenix_backup.memory.values import SqlValue, from_json
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
-from phoenix_backup.ops.merge import ConflictMode, MergeResult, confirm_merge, merge_database
-from phoenix_backup.ops.scope import configured_databases
+from phoenix_backup.ops.merge import confirm_merge
+from phoenix_backup.sinks import ConflictMode
+from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout
+from phoenix_backup.sources.scope import configured_databases
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
 

@@ -1,0 +1,199 @@
+"""`phx key list|add|remove|passwd|trust`: the repository's key slots, and this user's pin of its key
+(`phx key rotate` is ops/key_rotate.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import KeyChanged, MissingCredentials, RepositoryError, UsageError
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo.repository import Repository
+
+
+@dataclass(frozen=True)
+class KeySlotInfo:
+    id: str
+    type: str
+    label: str
+    created: str
+    host: str
+    username: str
+    current: bool  # the slot that opened the repository in this run
+    # "ok": its sealed metadata is authenticated by the repository's key; "unverified": a format 1
+    # slot (metadata in the clear); "other key": sealed under other secrets (a planted slot, or
+    # a leftover of an interrupted `phx key rotate`).
+    status: str = "ok"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "label": self.label,
+            "created": self.created,
+            "host": self.host,
+            "username": self.username,
+            "current": self.current,
+            "status": self.status,
+        }
+
+
+@contextmanager
+def locked_exclusively(cfg: Config, envx: Environment, command: str) -> Iterator[Repository]:
+    """The repository of the first target, opened and held under an exclusive lock for the
+    block: what key commands need, so that their checks (the last slot, the slot that opened the
+    repository) still hold when they write. Two key commands at once: the second waits for
+    nothing and fails with `RepositoryLocked`, naming the first."""
+    repo = open_repository(cfg, envx)
+    try:
+        with repo.lock(exclusive=True, command=command):
+            yield repo
+    finally:
+        repo.close()
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    repository: str  # the repository id
+    fingerprint: str  # of the key that opened it (the pinned one)
+    slots: list[KeySlotInfo]
+
+
+def key_list(cfg: Config, envx: Environment) -> KeyListing:
+    repo = open_repository(cfg, envx)
+    slots = []
+    for raw in Repository.read_key_slots(repo.backend):
+        s = raw.with_info(repo.secrets)
+        status = "unverified" if s.version == 1 else ("ok" if s.info is not None else "other key")
+        current = s.id == repo.opened_with
+        slots.append(KeySlotInfo(s.id, s.type, s.label, s.created, s.host, s.username, current, status))
+    slots.sort(key=lambda s: (s.created, s.id))
+    return KeyListing(repo.config.id, repo.secrets.fingerprint, slots)
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    repository: str
+    location: str
+    fingerprint: str
+    previous: str | None  # the fingerprint pinned before, if any
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "repository": self.repository,
+            "location": self.location,
+            "fingerprint": self.fingerprint,
+            "previous": self.previous,
+        }
+
+
+def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
+    """`phx key trust FINGERPRINT`: pin the repository of the first target (or `--target`) to the
+    key with this fingerprint, after the user checked it (a rotation on another machine, a
+    repository re-created on purpose, or ahead of a first use on a new machine). Opens the
+    repository without the pin, and pins only when its key has exactly this fingerprint."""
+    from phoenix_backup.ops.context import credentials, pins
+
+    try:
+        wanted = keyslots.format_fingerprint(fingerprint)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; copy it from `phx key list` or `phx key rotate` on a machine you trust") from None
+    name = envx.target or enabled_targets(cfg)[0]
+    backend = target_backend(cfg, envx, name)
+    try:
+        config = Repository.read_config(backend)
+        store = pins(envx)
+        previous = store.get(config.id)
+        try:
+            # Checked as if `wanted` were pinned: a slot of any other key is refused as always.
+            repo = Repository.open(backend, credentials(cfg, envx), pins=store, expect=wanted)
+        except KeyChanged:
+            raise KeyChanged(
+                f"the repository at {backend.location} does not have the key {wanted}; nothing was trusted "
+                "(check the fingerprint again on the machine that created or rotated it)"
+            ) from None
+        store.record(config.id, backend.location, wanted, format=repo.config.version, retrust=True)
+    finally:
+        backend.close()
+    return TrustResult(config.id, backend.location, wanted, previous.fingerprint if previous else None)
+
+
+def new_passphrase(envx: Environment) -> str:
+    """The new passphrase for `key add`/`key passwd`: PHX_NEW_PASSPHRASE, or asked twice."""
+    value = envx.env.get("PHX_NEW_PASSPHRASE")
+    if value:
+        return value
+    if envx.interactive and envx.prompt is not None:
+        first = envx.prompt("New passphrase: ")
+        if first and envx.prompt("Repeat the new passphrase: ") == first:
+            return first
+        raise UsageError("the new passphrases are empty or do not match; run the command again")
+    raise MissingCredentials("no new passphrase given; set PHX_NEW_PASSPHRASE or run on a terminal to be asked")
+
+
+def key_add(
+    cfg: Config,
+    envx: Environment,
+    *,
+    method: str,
+    recipients: tuple[str, ...] = (),
+    key_id: str | None = None,
+) -> KeySlotInfo:
+    """Add a key slot wrapping the same master secrets; no data is rewritten."""
+    with locked_exclusively(cfg, envx, "key add") as repo:
+        return _key_add(repo, envx, method=method, recipients=recipients, key_id=key_id)
+
+
+def _key_add(
+    repo: Repository, envx: Environment, *, method: str, recipients: tuple[str, ...], key_id: str | None
+) -> KeySlotInfo:
+    if not repo.config.encrypted:
+        raise UsageError("the repository is not encrypted; key slots of other kinds would protect nothing")
+    if method == "passphrase":
+        slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))
+    elif method == "age":
+        if not recipients:
+            raise UsageError("give the age recipient with --recipient age1...")
+        slot = keyslots.wrap_age(repo.secrets, recipients)
+    elif method == "gpg":
+        if not key_id:
+            raise UsageError("give the GPG key with --key-id KEYID")
+        gnupg = envx.env.get("GNUPGHOME")
+        slot = keyslots.wrap_gpg(repo.secrets, key_id, homedir=Path(gnupg) if gnupg else None)
+    else:
+        raise UsageError(f"unknown key method {method!r}; use passphrase, age or gpg")
+    repo.add_key_slot(slot)
+    return KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, False)
+
+
+def key_remove(cfg: Config, envx: Environment, slot_id: str) -> None:
+    # Under the exclusive lock the count of slots cannot change between the last-slot check
+    # and the delete: two removals at once can never leave `keys/` empty.
+    with locked_exclusively(cfg, envx, "key remove") as repo:
+        repo.remove_key_slot(slot_id)
+
+
+def key_passwd(cfg: Config, envx: Environment) -> KeySlotInfo:
+    """Replace the passphrase slot that opened the repository with one for a new passphrase."""
+    with locked_exclusively(cfg, envx, "key passwd") as repo:
+        return _key_passwd(repo, envx)
+
+
+def _key_passwd(repo: Repository, envx: Environment) -> KeySlotInfo:
+    old = next((s for s in Repository.read_key_slots(repo.backend) if s.id == repo.opened_with), None)
+    if old is None:
+        raise RepositoryError(
+            f"the key slot {repo.opened_with} that opened the repository was removed meanwhile; "
+            "see `phx key list` and run the command again"
+        )
+    if old.type != "passphrase":
+        raise UsageError(f"the repository was opened with a {old.type} key slot; `passwd` changes passphrases only")
+    slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))
+    # The new slot is durable before the old one goes: a crash in between leaves both.
+    repo.add_key_slot(slot)
+    repo.backend.delete(f"keys/{old.id}")
+    return KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, True)

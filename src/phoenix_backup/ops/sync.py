@@ -1,0 +1,103 @@
+"""`phx sync [--target NAME]` and the replication after every backup: the first target's
+repository copied to every other enabled target in parallel, each by repo/replicate.py."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.repo.replicate import TargetReport, replicate
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.state import TargetOutcome
+from phoenix_backup.storage.base import Backend
+
+
+@dataclass
+class SyncResult:
+    source: str
+    targets: dict[str, TargetReport] = field(default_factory=dict)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.of_targets(t.ok for t in self.targets.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": all(t.ok for t in self.targets.values()),
+            "source": self.source,
+            "targets": {k: v.to_json() for k, v in self.targets.items()},
+        }
+
+
+def replicate_all(
+    repo: Repository, cfg: Config, envx: Environment, *, only: str | None = None
+) -> dict[str, TargetReport]:
+    """Replicate from `repo` (the first target) to every other enabled target (or `only`), all
+    targets in parallel, under a shared lock on the first target so a prune there cannot remove
+    what is being copied."""
+    names = enabled_targets(cfg)[1:]
+    if only is not None:
+        names = [n for n in names if n == only]
+    if not names:
+        return {}
+    reports: dict[str, TargetReport] = {}
+    backends: dict[str, Backend] = {}
+    for name in names:
+        try:
+            backends[name] = target_backend(cfg, envx, name)
+        except PhoenixError as exc:
+            reports[name] = TargetReport(name, ok=False, error=str(exc))
+    try:
+        with repo.lock(exclusive=False, command="replicate"):
+            repo.load_index()
+            with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
+                futures = {name: pool.submit(replicate, repo, name, b, envx.notice) for name, b in backends.items()}
+                for name, fut in futures.items():
+                    reports[name] = fut.result()
+    except PhoenixError as exc:
+        # The first target itself could not be read or locked (say a prune holds it): every
+        # replica missed this round, and a later backup or `phx sync` catches them up.
+        for name in backends:
+            if name not in reports:
+                reports[name] = TargetReport(name, backends[name].location, ok=False, error=str(exc))
+    finally:
+        for b in backends.values():
+            b.close()
+    return {name: reports[name] for name in names}
+
+
+def commit_first_target(repo: Repository, name: str, snapshot_id: str, snapshot_name: str) -> TargetOutcome:
+    """After a backup wrote its snapshot into the first target: a store that records units (Git)
+    commits it, naming the snapshot, and publishes it (push). The snapshot is safe in the store
+    either way; a failed push is the target's error (exit 3), and the next run pushes again."""
+    try:
+        repo.backend.checkpoint(f"phoenix snapshot {snapshot_name} ({snapshot_id[:8]})")
+        repo.backend.publish()
+    except PhoenixError as exc:
+        return TargetOutcome(False, str(exc))
+    return TargetOutcome(True)
+
+
+def sync(cfg: Config, envx: Environment, *, target: str | None = None) -> SyncResult:
+    """`phx sync`: copy what each replica (or `target` alone) lacks from the first target."""
+    names = enabled_targets(cfg)
+    first = names[0]
+    if len(names) == 1:
+        raise UsageError(
+            f"only one target ({first}) is enabled, so there is nothing to sync; enable targets.git, s3 or r2"
+        )
+    if target is not None:
+        if target == first:
+            raise UsageError(
+                f"{first} is the first enabled target, the one sync copies from; name a replica: {', '.join(names[1:])}"
+            )
+        target_backend(cfg, envx, target).close()  # UsageError for an unknown or disabled target
+    repo = open_repository(cfg, envx, target=first)
+    try:
+        reports = replicate_all(repo, cfg, envx, only=target)
+    finally:
+        repo.close()
+    return SyncResult(first, reports)

@@ -1,0 +1,337 @@
+"""The repository checker behind `phx verify` (ops/verify.py): structure (every snapshot, tree,
+blob and index entry resolvable), and with `--read-data` every pack read, every blob opened,
+decompressed and hash-checked.
+
+A damaged object is reported with the snapshots and paths it affects. Unreferenced packs and
+leftover temporary files are notices, not errors: an interrupted backup or prune leaves them,
+prune removes them. Each notice says what is known of who left the pack: a prune (a superseded
+index object still names it, or its origin record says it was repacked), a backup, or, for packs
+of an older Phoenix without an origin record, either.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
+from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.index import BlobLocation
+from phoenix_backup.repo.pack import PackOrigin, iter_blobs, pack_name, read_header
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Latest, Snapshot
+from phoenix_backup.repo.walker import Trees
+
+
+@dataclass(frozen=True)
+class VerifyError:
+    object: str
+    snapshot: str | None
+    path: str | None
+    message: str
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"object": self.object, "snapshot": self.snapshot, "path": self.path, "message": self.message}
+
+
+@dataclass
+class VerifyResult:
+    checked: dict[str, int] = field(default_factory=dict)
+    errors: list[VerifyError] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    read_data: bool = False
+    subset: dict[str, object] | None = None  # with --subset: {percent, packs, of, first}
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.OK if self.ok else ExitStatus.FAILURE
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "readData": self.read_data,
+            "errors": [e.to_json() for e in self.errors],
+            "notices": self.notices,
+            **({"subset": self.subset} if self.subset is not None else {}),
+        }
+
+
+class _Users:
+    """Which snapshots and paths use each blob, to name what a damaged object affects."""
+
+    def __init__(self) -> None:
+        self.by_blob: dict[bytes, list[tuple[str, str]]] = defaultdict(list)
+
+    def add(self, blob: bytes, snapshot: str, path: str) -> None:
+        users = self.by_blob[blob]
+        if len(users) < 1000:
+            users.append((snapshot, path))
+
+
+def verify_repository(
+    repo: Repository,
+    *,
+    ref: str | None = None,
+    read_data: bool = False,
+    subset: float | None = None,
+    cursor: Path | None = None,
+    latest: Latest | None = None,
+) -> VerifyResult:
+    result = VerifyResult(read_data=read_data)
+    _check_key_slots(repo, result)
+    repo.load_index()
+    for name, message in repo.problems.index.items():
+        result.errors.append(VerifyError(name, None, None, message))
+    snapshots = repo.list_snapshots()
+    for name, message in repo.problems.snapshots.items():
+        result.errors.append(VerifyError(name, name.split("/")[-1], None, message))
+    if ref is not None:
+        snapshots = [repo.find_snapshot(ref, snapshots, latest)]
+    # Packs no readable index lists: a crashed backup's leftovers, or the packs of a damaged
+    # index. Their own headers say what they hold, so trees can still be walked and the damage
+    # traced to the snapshots and paths that need them.
+    listed = {info.name: info.size for info in repo.backend.list("data/")}
+    for name, problem in sorted(repo.add_unindexed_packs().items()):
+        result.notices.append(f"{name} is in no index and its header cannot be read: {problem}")
+    unindexed = repo.unindexed_packs
+    users = _Users()
+    trees = Trees(repo)
+    for snap in snapshots:
+        _walk(repo, snap, trees, users, result)
+    result.checked["snapshots"] = len(snapshots)
+    result.checked["trees"] = len(trees.nodes)
+    result.checked["blobs"] = len(users.by_blob)
+
+    # Packs the index names must exist and be long enough; snapshots must not need unindexed packs.
+    referenced_packs: set[str] = set()
+    needed_unindexed: set[str] = set()
+    for blob, loc in repo.index.blobs():
+        name = pack_name(loc.pack_id)
+        size = listed.get(name)
+        if blob in users.by_blob:
+            referenced_packs.add(name)
+            if loc.pack_id in unindexed:
+                needed_unindexed.add(loc.pack_id)
+                _report_blob(result, users, blob, name, "pack is listed in no readable index (a damaged index object)")
+        if size is None or loc.offset + loc.stored > size:
+            _report_blob(result, users, blob, name, "pack is missing or shorter than the index says")
+    for pack_id in sorted(unindexed - needed_unindexed):
+        result.notices.append(
+            f"{pack_name(pack_id)} is not in the index and no snapshot needs it ({_left_by(repo, pack_id)}; "
+            "prune removes it)"
+        )
+    for tmp in repo.backend.list_temporary():
+        result.notices.append(f"{tmp} is a leftover temporary file (prune removes it)")
+
+    if read_data:
+        packs = sorted(set(listed) & ({pack_name(p) for p in repo.index.pack_ids()}))
+        if ref is not None:
+            packs = sorted(referenced_packs & set(packs))
+        if subset is not None:
+            key = snapshots[0].id if ref is not None and snapshots else "all"
+            packs, result.subset = choose_subset(packs, subset, cursor, key)
+        # Cold packs (S3 GLACIER/DEEP_ARCHIVE) are thawed in one batch, not one wait per pack.
+        repo.backend.prepare_read(packs)
+        # Each pack's blobs, found in one pass over the index (not one pass per pack: 8,000 tiny
+        # packs, a megabyte of storage, took 169 s that way).
+        by_pack: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
+        for blob, loc in repo.index.blobs():
+            by_pack[loc.pack_id].append((blob, loc))
+        for name in packs:
+            _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
+        result.checked["packs"] = len(packs)
+    return result
+
+
+def _left_by(repo: Repository, pack_id: str) -> str:
+    """What is known of who left an unindexed pack: a superseded index object naming it (a prune
+    stopped before deleting it), else the origin record at the pack's start."""
+    if pack_id in repo.retired_packs:
+        return "left by an interrupted prune, which had already replaced the index that lists it"
+    try:
+        origin = repo.read_pack_origin(pack_id, repo.read_pack_header(pack_id))
+    except (CorruptObject, ObjectNotFound) as exc:
+        return f"its origin record cannot be read: {exc}"
+    if origin is None:
+        return "written by an older Phoenix, which did not record what wrote it: an interrupted backup or prune"
+    kind, when = origin
+    written = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
+    if kind == PackOrigin.BACKUP:
+        return f"written by a backup at {written} that did not commit it: interrupted, or still running"
+    return f"written by {kind.describe()} at {written} that was interrupted"
+
+
+def _check_key_slots(repo: Repository, result: VerifyResult) -> None:
+    """Every key slot must decode: a damaged one opens nothing (the others still do)."""
+    for info in repo.backend.list("keys/"):
+        try:
+            keyslots.KeySlot.from_json(repo.backend.read(info.name))
+        except UnsupportedFormat as exc:
+            result.notices.append(f"{info.name}: {exc}")
+        except (CorruptObject, ObjectNotFound) as exc:
+            result.errors.append(
+                VerifyError(
+                    info.name,
+                    None,
+                    None,
+                    f"key slot cannot be read ({exc}); it opens nothing, the other slots still do; copy it back "
+                    f"with `phx repair objects --from TARGET` or remove it with `phx key remove {info.name[5:]}`",
+                )
+            )
+    result.checked["keys"] = sum(1 for _ in repo.backend.list("keys/"))
+
+
+def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result: VerifyResult) -> None:
+    """Check one snapshot's trees (those no earlier snapshot had), recording which paths use each
+    blob. A tree that cannot be read, or a snapshot whose trees exceed the walk's budget, is an
+    error of that snapshot; verify goes on with the next one."""
+
+    def unreadable(tree_id: bytes, path: str, exc: PhoenixError) -> None:
+        loc = repo.index.get(tree_id)
+        obj = pack_name(loc.pack_id) if loc else f"tree {tree_id.hex()[:16]}"
+        result.errors.append(VerifyError(obj, snap.id, path or "/", str(exc)))
+
+    users.add(snap.tree, snap.id, "/")
+    try:
+        new = trees.load(snap.tree, "", unreadable)
+        trees.check(snap.tree)
+    except (CorruptObject, UnsafePath) as exc:
+        result.errors.append(VerifyError(f"snapshots/{snap.id}", snap.id, "/", str(exc)))
+        return
+    for tree_id in new:
+        prefix = trees.first_path[tree_id]
+        for node in trees.nodes[tree_id]:
+            path = f"{prefix}/{node.name}" if prefix else node.name
+            if node.type == "dir" and node.subtree is not None:
+                users.add(node.subtree, snap.id, path)
+            for ext in node.content:
+                users.add(ext.blob, snap.id, path)
+                if not repo.index.has(ext.blob):
+                    result.errors.append(
+                        VerifyError(
+                            f"blob {ext.blob.hex()[:16]}", snap.id, path, "data blob is not in the index (missing)"
+                        )
+                    )
+
+
+def _report_blob(result: VerifyResult, users: _Users, blob: bytes, obj: str, message: str) -> None:
+    affected = users.by_blob.get(blob)
+    if not affected:
+        result.notices.append(f"{obj}: {message} (no snapshot uses this blob)")
+        return
+    for snapshot, path in affected:
+        result.errors.append(VerifyError(obj, snapshot, path, message))
+
+
+def _read_pack(
+    repo: Repository, name: str, in_index: list[tuple[bytes, BlobLocation]], users: _Users, result: VerifyResult
+) -> None:
+    pack_id = name.split("/")[-1]
+    try:
+        data = repo.backend.read(name)
+    except ObjectNotFound as exc:
+        for blob, _loc in in_index:
+            _report_blob(result, users, blob, name, str(exc))
+        return
+    if sha256_hex(data) != pack_id:
+        # The pack's bytes changed: find which blobs still open, and blame the others.
+        damaged = [b for b, loc in in_index if not _blob_ok(repo, data, b, loc)]
+        if not damaged:
+            try:
+                read_header(data, repo.sealer, name)
+                result.errors.append(
+                    VerifyError(name, None, None, "pack does not match its name (damaged bytes outside any blob)")
+                )
+            except CorruptObject as exc:
+                result.errors.append(VerifyError(name, None, None, str(exc)))
+        for blob in damaged:
+            _report_blob(result, users, blob, name, "blob is damaged (fails authentication or its hash)")
+        return
+    try:
+        entries = read_header(data, repo.sealer, name)
+    except CorruptObject as exc:
+        result.errors.append(VerifyError(name, None, None, str(exc)))
+        return
+    for entry, sealed in iter_blobs(data, entries):
+        try:
+            repo.open_blob(
+                entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
+            )
+        except CorruptObject as exc:
+            _report_blob(result, users, entry.id, name, str(exc))
+
+
+def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation) -> bool:
+    sealed = pack[loc.offset : loc.offset + loc.stored]
+    try:
+        repo.open_blob(BlobType(loc.type), blob, loc.compression, sealed, loc.raw, "blob")
+        return True
+    except CorruptObject:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# --subset PCT: a share of the packs per run, so that regular runs cover the whole repository
+# --------------------------------------------------------------------------------------------
+
+SUBSET_CURSOR = "verify-subset.json"
+
+
+def choose_subset(
+    packs: list[str], percent: float, cursor: Path | None, key: str = "all"
+) -> tuple[list[str], dict[str, object]]:
+    """PCT percent of `packs` (at least one), consecutive in sorted pack-name order.
+
+    A run starts at the pack the previous run would have read next (a cursor kept in the cache,
+    per repository and per `--backup`), so ceil(100 / PCT) runs read every pack once: a weekly
+    `--subset 25` reads the whole repository each month. Packs added meanwhile fall somewhere in
+    the order and are read when the cursor passes them. Without a cursor (first run, lost cache)
+    the start is random, which still covers everything over time.
+    """
+    if not packs:
+        return [], {"percent": percent, "packs": 0, "of": 0, "first": None}
+    ordered = sorted(packs)
+    count = min(len(ordered), max(1, math.ceil(len(ordered) * percent / 100)))
+    saved = _read_cursor(cursor).get(key)
+    if isinstance(saved, str):
+        start = next((i for i, name in enumerate(ordered) if name >= saved), 0)
+    else:
+        start = secrets.randbelow(len(ordered))
+    chosen = [ordered[(start + i) % len(ordered)] for i in range(count)]
+    _write_cursor(cursor, key, ordered[(start + count) % len(ordered)])
+    return chosen, {"percent": percent, "packs": count, "of": len(ordered), "first": chosen[0]}
+
+
+def _read_cursor(cursor: Path | None) -> dict[str, object]:
+    if cursor is None:
+        return {}
+    try:
+        doc = json.loads(cursor.read_text())
+    except (OSError, ValueError):
+        return {}  # the cache is only an accelerator: a lost cursor means a random start
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_cursor(cursor: Path | None, key: str, next_pack: str) -> None:
+    if cursor is None:
+        return
+    doc = _read_cursor(cursor)
+    doc[key] = next_pack
+    try:
+        tmp = cursor.with_name(f".{cursor.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, cursor)
+    except OSError:
+        pass

@@ -1,0 +1,419 @@
+"""Writing a snapshot's files to disk safely: the restore's writer (and the drill's, which proves it).
+
+Every write goes through folder file descriptors opened with O_NOFOLLOW, one path component at a
+time, so a restore can never leave its destination or write through a symlink it finds there.
+Files are written to a temporary name in their folder, checked against the snapshot's SHA-256,
+fsynced and renamed into place: a file is either old or new, never torn. The owner (as root), mode
+and times follow the snapshot. Temporary names carry the writer's pid and start time, so a later
+restore removes those a killed run left behind (sinks/leftovers.py keeps the journal of the
+folders they are in). Databases are written by sinks/sqlite.py through this writer's folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from phoenix_backup.errors import PhoenixError, UnsafePath
+from phoenix_backup.repo.locks import own_start_time, process_start_time
+from phoenix_backup.repo.reader import NodeReader
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import Node, check_name
+from phoenix_backup.sinks import leftovers, sqlite_live
+from phoenix_backup.sources.files import RESTORE_TEMP
+from phoenix_backup.sources.layout import Layout, split_logical
+from phoenix_backup.storage.local import os_error
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Why os.link can fail where copying the content still works: another file system, a file system
+# without hard links, too many links to one inode, the first name gone or not ours to link.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT})
+TMP_PREFIX = ".phx-tmp-"
+
+
+# Holes: a whole aligned block of zeros is skipped with lseek instead of written, so a sparse file
+# (a VM image, a preallocated log) comes back sparse. 4 KiB is the block of the common Linux file
+# systems; a smaller run of zeros costs a block anyway.
+_HOLE = 4096
+_ZERO_BLOCK = bytes(_HOLE)
+
+
+def write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
+    """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
+    checking them against the snapshot's SHA-256."""
+    reader = NodeReader(repo, logical, node)
+    pos = 0
+    for blob, start, end in reader.ranges():
+        _write_sparse(out, blob, start, end, pos)
+        pos += end - start
+    if os.fstat(out).st_size != pos:
+        os.ftruncate(out, pos)  # the file ends in a hole: seeking alone does not extend it
+    reader.finish()
+
+
+def _write_sparse(out: int, blob: bytes, start: int, end: int, pos: int) -> None:
+    """Write blob[start:end] at the current position `pos` of `out`, seeking over every block of
+    zeros aligned in the file. Data without a block of zeros (the usual case) is one search."""
+    shift = pos - start  # file offset of blob offset i: i + shift
+    i = start
+    while i < end:
+        z = blob.find(_ZERO_BLOCK, i, end)
+        if z < 0:
+            _write_all(out, memoryview(blob)[i:end])
+            return
+        first = z + (-(z + shift)) % _HOLE  # the first block boundary in the file at or after z
+        j = first
+        while j + _HOLE <= end and blob.startswith(_ZERO_BLOCK, j):
+            j += _HOLE
+        _write_all(out, memoryview(blob)[i:first])
+        if j > first:
+            os.lseek(out, j - first, os.SEEK_CUR)
+        i = max(j, first)
+
+
+def _write_all(out: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(out, data) :]
+
+
+def _tmp_name() -> str:
+    return f"{TMP_PREFIX}{os.getpid()}-{own_start_time()}-{secrets.token_hex(6)}"
+
+
+def _leftover(name: str) -> bool:
+    """A temporary file of a restore whose process no longer runs."""
+    m = RESTORE_TEMP.match(name)
+    if m is None:
+        return False
+    start = process_start_time(int(m.group(1)))
+    return start is None or (start != 0 and str(start) != m.group(2))
+
+
+class FileWriter:
+    def __init__(self, repo: Repository, layout: Layout, to: Path | None) -> None:
+        self.repo = repo
+        self.layout = layout
+        self.to = to
+        self._roots: dict[str, int] = {}
+        self._dir_meta: list[tuple[str, Node]] = []
+        self._roots_lock = threading.Lock()
+        # (device, inode) of each file written or checked, so that a hard link is made only to
+        # the very file this restore put there.
+        self._inodes: dict[str, tuple[int, int]] = {}
+        # The folders holding this restore's temporary files, for the next command should it be
+        # killed (sinks/leftovers.py).
+        self.journal = leftovers.Journal(repo.notice)
+
+    def _temp_name(self, logical: str) -> str:
+        """A new temporary name for `logical`'s folder, noted in the journal first."""
+        self.journal.record(self.layout.to_real(logical, self.to).parent)
+        return _tmp_name()
+
+    def close(self) -> None:
+        for fd in self._roots.values():
+            os.close(fd)
+        self._roots.clear()
+        self.journal.close()
+
+    def _base(self, root: str) -> int:
+        """A descriptor of the folder a logical root maps to (created below --to if needed)."""
+        with self._roots_lock:
+            return self._open_base(root)
+
+    def _open_base(self, root: str) -> int:
+        if root in self._roots:
+            return self._roots[root]
+        if self.to is None:
+            # In place the roots are the configured workspace, the home folder and "/": the
+            # user's own paths, opened as they are.
+            base = self.layout.to_real(root)
+            try:
+                base.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise os_error(exc, f"opening the restore destination {base}") from exc
+        else:
+            # Below --to, the root folder itself must not be a link leading out of DIR.
+            try:
+                self.to.mkdir(parents=True, exist_ok=True, mode=0o700)
+                top = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise os_error(exc, f"opening the restore destination {self.to}") from exc
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(root, 0o700, dir_fd=top)
+                fd = os.open(root, _DIR_FLAGS, dir_fd=top)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(
+                        f"{self.to / root} is a symlink or not a folder; Phoenix never writes through links "
+                        "— move it aside and restore again"
+                    ) from exc
+                raise os_error(exc, f"opening the restore destination {self.to / root}") from exc
+            finally:
+                os.close(top)
+        self._roots[root] = fd
+        return fd
+
+    @contextlib.contextmanager
+    def parent_dir(self, logical: str, create: bool = True) -> Iterator[tuple[int, str]]:
+        """(descriptor of the folder holding `logical`, its last component), never following links."""
+        parts = split_logical(logical)
+        fd = os.dup(self._base(parts[0]))
+        try:
+            for comp in parts[1:-1]:
+                check_name(comp)
+                try:
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(comp, 0o700, dir_fd=fd)
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file in the way
+                        raise UnsafePath(
+                            f"{comp} in the destination of {logical} is a symlink or not a folder; "
+                            "Phoenix never writes through links — move it aside and restore again"
+                        ) from exc
+                    raise
+                os.close(fd)
+                fd = nfd
+            yield fd, check_name(parts[-1])
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def open_dir(self, logical: str) -> Iterator[int]:
+        """A descriptor of the existing folder `logical` (no link followed)."""
+        if "/" not in logical:
+            yield os.dup(self._base(logical))
+            return
+        with self.parent_dir(logical, create=False) as (fd, name):
+            dfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        try:
+            yield dfd
+        finally:
+            os.close(dfd)
+
+    def clean_leftovers(self, folders: list[str]) -> None:
+        """Remove temporary files that killed restores left in the folders this one writes to."""
+        for logical in folders:
+            try:
+                with self.open_dir(logical) as dfd:
+                    for name in os.listdir(dfd):
+                        if _leftover(name):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(name, dir_fd=dfd)
+            except (OSError, UnsafePath):
+                continue  # not there yet, or not a folder: nothing of ours in it
+
+    def directory(self, logical: str, node: Node) -> None:
+        if "/" not in logical:
+            self._base(logical)
+            # A root's own mode and time apply below --to and to the workspace in place; the real
+            # home folder and "/" are never changed.
+            if self.to is not None or logical == "workspace":
+                self._dir_meta.append((logical, node))
+            return
+        with self.parent_dir(logical) as (fd, name):
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise UnsafePath(
+                        f"{logical} exists in the destination and is not a folder; move it aside and restore again"
+                    ) from None
+        self._dir_meta.append((logical, node))
+
+    def finish_dirs(self) -> None:
+        """Modes and times of folders last (deepest first), after their content is written."""
+        for logical, node in sorted(self._dir_meta, key=lambda x: x[0].count("/"), reverse=True):
+            try:
+                with self.open_dir(logical) as dfd:
+                    set_owner_mode(dfd, node)
+                    os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
+            except FileNotFoundError:
+                continue  # removed since (its creation failed and was reported)
+
+    def symlink(self, logical: str, node: Node) -> None:
+        assert node.link_target is not None
+        with self.parent_dir(logical) as (fd, name):
+            tmp = self._temp_name(logical)
+            os.symlink(node.link_target, tmp, dir_fd=fd)
+            rename_over(fd, tmp, name, logical)
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
+
+    def link_times(self, logical: str, node: Node) -> None:
+        with self.parent_dir(logical, create=False) as (fd, name), contextlib.suppress(OSError, NotImplementedError):
+            os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
+
+    def metadata(self, logical: str, node: Node) -> str:
+        """Mode, owner and times of a file whose content already matches."""
+        with self.parent_dir(logical, create=False) as (fd, name):
+            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            try:
+                if grants_privilege(node, os.fstat(f)):  # swapped in since the plan saw it
+                    raise UnsafePath(
+                        f"{logical} in the destination changed since this restore planned it, and it would have "
+                        "been given the setuid/setgid bits; it was left alone: restore again"
+                    )
+                set_owner_mode(f, node)
+                os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
+                self.remember(logical, f)
+            finally:
+                os.close(f)
+        return "ok"
+
+    def remember(self, logical: str, fd: int) -> None:
+        st = os.fstat(fd)
+        self._inodes[logical] = (st.st_dev, st.st_ino)
+
+    def hardlink(self, logical: str, node: Node, first: str) -> str:
+        """Make `logical` another name of the file just restored at `first` (a temporary link,
+        checked to be that very inode, renamed into place). Where no link can be made (another
+        file system, a file system without links, `first` not restored), the content is written."""
+        inode = self._inodes.get(first)
+        if inode is not None:
+            try:
+                with self.parent_dir(first, create=False) as (src, src_name), self.parent_dir(logical) as (fd, name):
+                    tmp = self._temp_name(logical)
+                    os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=fd, follow_symlinks=False)
+                    st = os.stat(tmp, dir_fd=fd, follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) != inode:
+                        discard(fd, tmp)  # `first` was swapped since it was written: copy instead
+                    else:
+                        rename_over(fd, tmp, name, logical)
+                        os.fsync(fd)
+                        return "ok"
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise unsafe_or_error(exc, logical) from exc
+        return self.content(logical, node)
+
+    def write_temp(self, fd: int, logical: str, node: Node) -> str:
+        """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
+        tmp = self._temp_name(logical)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        try:
+            write_content(self.repo, out, logical, node)
+            set_owner_mode(out, node)
+            os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
+            os.fsync(out)
+            self.remember(logical, out)
+        except BaseException as exc:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            if isinstance(exc, OSError):
+                raise os_error(exc, f"restoring {logical}") from exc
+            raise
+        os.close(out)
+        return tmp
+
+    def write_bytes(self, logical: str, data: bytes, mode: int) -> None:
+        """Replace a file with `data` atomically (temp file, fsync, rename)."""
+        with self.parent_dir(logical) as (fd, name):
+            tmp = self._temp_name(logical)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+                os.fchmod(out, mode)
+                os.fsync(out)
+            except OSError as exc:
+                os.close(out)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=fd)
+                raise os_error(exc, f"writing {logical}") from exc
+            os.close(out)
+            rename_over(fd, tmp, name, logical)
+            os.fsync(fd)
+
+    def content(self, logical: str, node: Node) -> str:
+        """Restore a file: written beside its place, checked, fsynced, renamed. A database goes
+        through sinks/sqlite.py instead (`restore_database`)."""
+        with self.parent_dir(logical) as (fd, name):
+            tmp = self.write_temp(fd, logical, node)
+            rename_over(fd, tmp, name, logical)
+            os.fsync(fd)
+        return "ok"
+
+    def remove(self, logical: str, kind: str) -> str:
+        """Delete a path the restore's plan deletes (a database with its -wal, -shm and -journal)."""
+        try:
+            with self.parent_dir(logical, create=False) as (fd, name):
+                if kind == "dir":
+                    try:
+                        os.rmdir(name, dir_fd=fd)
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                            raise UnsafePath(f"{logical} is not empty any more; it was kept") from exc
+                        raise
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+                    if kind == "sqlite":
+                        sqlite_live.remove_companions(fd, name)
+                os.fsync(fd)
+        except FileNotFoundError:
+            pass  # a folder on the way is gone already
+        except OSError as exc:
+            raise os_error(exc, f"deleting {logical}") from exc
+        return "ok"
+
+
+def rename_over(fd: int, tmp: str, name: str, logical: str) -> None:
+    """Rename `tmp` over `name` in the folder `fd`; when that fails, `tmp` is removed."""
+    try:
+        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=fd)
+        raise unsafe_or_error(exc, logical) from exc
+
+
+def unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
+    if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR):
+        return UnsafePath(f"{logical} exists in the destination as a folder; move it aside and restore again")
+    if exc.errno == errno.ELOOP:
+        return UnsafePath(
+            f"{logical} in the destination is a symlink now; Phoenix never writes through links — move it aside "
+            "and restore again"
+        )
+    return os_error(exc, f"restoring {logical}")
+
+
+def discard(fd: int, tmp: str) -> None:
+    """Remove a temporary database copy and any journal SQLite left beside it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=fd)
+    sqlite_live.remove_companions(fd, tmp)
+
+
+def grants_privilege(node: Node, st: os.stat_result) -> bool:
+    """Whether restoring `node`'s owner and mode onto the existing file `st` (as root) would give it
+    setuid or setgid rights it does not have now. Such a file is written anew, never changed in
+    place: whoever could write the old inode (its owner; a writable mapping outlives a chown, and
+    writes through it keep the bits) would own a program running with another's rights."""
+    if os.geteuid() != 0 or not node.mode & (stat.S_ISUID | stat.S_ISGID):
+        return False
+    return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, node.mode)
+
+
+def set_owner_mode(fd: int, node: Node) -> None:
+    """The owner (as root) first, then the mode: Linux clears the setuid and setgid bits on every
+    chown, root's included, so the other order loses them (tar and restic chown first too)."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            os.fchown(fd, node.uid, node.gid)
+    os.fchmod(fd, node.mode)

@@ -1,0 +1,462 @@
+"""Restoring a PostgreSQL database from a snapshot into its server (the sink of sources/postgres.py).
+
+Whole database: roles missing on the server are created from `globals.sql` first (so ownership and
+policies restore onto a fresh server), then the dump is streamed into
+`pg_restore --clean --if-exists --single-transaction --exit-on-error`: the database is either
+wholly restored or left as it was. Row counts are compared with the manifest afterwards.
+
+Agent-scoped: each table's rows go through a temporary table into the shared table by primary key
+(`--conflict-mode skip` keeps existing rows, `update` overwrites them), in one transaction with
+`app.agent_id` set, so row-level security applies; rows of other agents are never written
+(sinks/postgres_agent.py). Afterwards every saved row must be present.
+
+`restore_pg_scratch` restores a snapshot's dump into a scratch database for `phx drill`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from phoenix_backup.config.model import PostgresDb
+from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, UsageError
+from phoenix_backup.repo.reader import NodeReader, read_node
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import Node
+from phoenix_backup.sinks import ConflictMode, postgres_agent
+from phoenix_backup.sinks.postgres_agent import KeylessMode
+from phoenix_backup.sinks.streams import (
+    DbRestoreOutcome,
+    read_manifest,
+)
+from phoenix_backup.sources import postgres as pg
+
+
+def restore_postgres(
+    repo: Repository,
+    entry: PostgresDb,
+    path: str,
+    files: dict[str, Node],
+    env: Mapping[str, str],
+    to_database: str | None = None,
+    conflict_mode: ConflictMode = "update",
+    keyless: KeylessMode = "add",
+) -> DbRestoreOutcome:
+    manifest = read_manifest(repo, path, files)
+    conn = pg.connection_for(entry, env)
+    if manifest.get("kind") == "agent-rows":
+        if to_database is not None:
+            conn = conn.with_database(to_database)
+        return restore_agent_rows(repo, conn, path, files, manifest, conflict_mode, keyless, agent=entry.agent_id)
+    if to_database is not None:
+        return restore_pg_scratch(repo, conn, path, files, to_database, manifest=manifest, configured=entry.pg_dump)
+    return _restore_dump(repo, conn, path, files, manifest, clean=True, configured=entry.pg_dump)
+
+
+def restore_pg_scratch(
+    repo: Repository,
+    conn: pg.PgConn,
+    path: str,
+    files: dict[str, Node],
+    database: str,
+    *,
+    manifest: dict[str, Any] | None = None,
+    configured: Any = None,
+    drop_after: bool = False,
+) -> DbRestoreOutcome:
+    """Restore a snapshot's dump into a new database `database` on `conn`'s server and check its
+    row counts (for `--to-database` and `phx drill`); the configured database need not exist. It
+    refuses a database that exists; on failure it drops what it created. With `drop_after`, the
+    database is dropped once checked (a drill), and is owned by the connecting role; otherwise it
+    is owned as the original was."""
+    manifest = manifest if manifest is not None else read_manifest(repo, path, files)
+    if manifest.get("kind") != "dump":
+        raise RestoreError(f"{path} holds one agent's rows, not a whole database; restore it in place instead")
+    with conn.connect_server() as con:
+        if _database_exists(con, database):
+            raise UsageError(
+                f"database {database} already exists on {_server(conn)}; choose another --to-database name or "
+                "drop it first"
+            )
+    target = conn.with_database(database)
+    outcome = _restore_dump(
+        repo, target, path, files, manifest, clean=False, configured=configured, as_original=not drop_after
+    )
+    if (drop_after or not outcome.ok) and outcome.stats.get("databaseCreated"):
+        _drop_database(conn, database, outcome)
+    return outcome
+
+
+def _server(conn: pg.PgConn) -> str:
+    return conn.where.rsplit("/", 1)[0]
+
+
+def _database_exists(con: psycopg.Connection[Any], database: str) -> bool:
+    return con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
+
+
+def _drop_database(conn: pg.PgConn, database: str, outcome: DbRestoreOutcome) -> None:
+    try:
+        with conn.connect_server() as con:
+            con.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    except (psycopg.Error, PhoenixError) as exc:
+        outcome.warnings.append(f"database {database} could not be dropped: {exc}")
+
+
+def _create_database(
+    conn: pg.PgConn, manifest: dict[str, Any], outcome: DbRestoreOutcome, *, as_original: bool
+) -> None:
+    """Create `conn`'s database, owned as the original was (when that role exists here and this
+    role may give it a database), with its encoding and, where this server has them, its locale
+    and locale provider (icu, builtin)."""
+    name = conn.database
+    owner = str(manifest.get("databaseOwner") or "") if as_original else ""
+    encoding = str(manifest.get("encoding") or "")
+    collate, ctype = str(manifest.get("lcCollate") or ""), str(manifest.get("lcCtype") or "")
+    provider = str(manifest.get("localeProvider") or "libc")
+    locale = str(manifest.get("locale") or "") if provider in ("icu", "builtin") else ""
+    with conn.connect_server() as con:
+        me = str((con.execute("SELECT current_user").fetchone() or ("",))[0])
+        if owner and not con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)).fetchone():
+            outcome.warnings.append(f"role {owner}, the owner of database {name}, does not exist here; {me} owns it")
+            owner = ""
+        while True:
+            parts: list[sql.Composable] = [
+                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+            ]
+            if owner and owner != me:
+                parts.append(sql.SQL(" OWNER {}").format(sql.Identifier(owner)))
+            if encoding:
+                parts.append(sql.SQL(" ENCODING {}").format(sql.Literal(encoding)))
+            if collate and ctype:
+                parts.append(sql.SQL(" LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(collate), sql.Literal(ctype)))
+            if locale:
+                parts.append(
+                    sql.SQL(" LOCALE_PROVIDER {} {} {}").format(
+                        sql.SQL(provider), sql.SQL(f"{provider.upper()}_LOCALE"), sql.Literal(locale)
+                    )
+                )
+            try:
+                con.execute(sql.Composed(parts))
+                break
+            except psycopg.errors.InsufficientPrivilege as exc:
+                if not owner or owner == me:
+                    raise RestoreError(
+                        f"cannot create database {name} on {_server(conn)}: {pg.pg_reason(exc)}; create it (CREATE "
+                        f"DATABASE {name}{' OWNER ' + str(manifest.get('databaseOwner')) if as_original else ''}) "
+                        "or restore as a role with CREATEDB"
+                    ) from exc
+                outcome.warnings.append(f"{me} may not give database {name} to {owner}; {me} owns it")
+                owner = ""
+            except psycopg.Error as exc:
+                if locale:
+                    outcome.warnings.append(
+                        f"this server cannot create database {name} with the {provider} locale {locale!r} of the "
+                        f"original ({pg.pg_reason(exc)}); it uses the libc locale"
+                    )
+                    locale = ""
+                    continue
+                if not (collate and ctype) or "locale" not in pg.pg_reason(exc).lower() + str(exc).lower():
+                    raise RestoreError(
+                        f"cannot create database {name} on {_server(conn)}: {pg.pg_reason(exc)}"
+                    ) from exc
+                outcome.warnings.append(
+                    f"this server has no locale {collate!r}/{ctype!r} of the original database {name}; it uses its own"
+                )
+                collate = ctype = ""
+    outcome.stats["databaseCreated"] = True
+    outcome.warnings.append(
+        f"database {name} did not exist on {_server(conn)}; it was created (owner {owner or me}"
+        f"{', encoding ' + encoding if encoding else ''})"
+    )
+
+
+def _restore_dump(
+    repo: Repository,
+    conn: pg.PgConn,
+    path: str,
+    files: dict[str, Node],
+    manifest: dict[str, Any],
+    *,
+    clean: bool,
+    configured: Any,
+    as_original: bool = True,
+) -> DbRestoreOutcome:
+    """pg_restore the dump into `conn`'s database, creating it first when the server lacks it
+    (after the roles of globals.sql, so its owner can be one of them); then ANALYZE and count."""
+    outcome = DbRestoreOutcome(path, "postgresql", conn.where, expected=dict(manifest.get("tables", {})))
+    dump = files.get(pg.DUMP)
+    if dump is None:
+        outcome.error = f"{path} has no {pg.DUMP} in the snapshot"
+        return outcome
+    try:
+        with conn.connect_server() as con:
+            _, num = pg.server_version(con)
+            exists = _database_exists(con, conn.database)
+        dumped_by = tuple(int(p) for p in str(manifest.get("pgDump", {}).get("version", "0")).split(".")[:1])
+        need = max(pg.major_of_num(num), dumped_by)
+        if configured is not None:
+            tool = pg.find_pg_tool("pg_dump", path, need, conn.base_env, configured)
+            restore_tool = tool.sibling("pg_restore")
+            if restore_tool is None:
+                raise RestoreError(f"pg_restore is not beside {tool.path}; install the PostgreSQL client tools")
+        else:
+            restore_tool = pg.find_pg_tool("pg_restore", path, need, conn.base_env, None).path
+        if pg.GLOBALS in files:
+            outcome.stats["rolesCreated"] = _apply_globals(repo, conn, path, files[pg.GLOBALS], outcome)
+        if not exists:
+            _create_database(conn, manifest, outcome, as_original=as_original)
+        args = [str(restore_tool), "-w", "--single-transaction", "--exit-on-error", f"--dbname={conn.conninfo}"]
+        if clean:
+            args[1:1] = ["--clean", "--if-exists"]
+        _feed(args, conn.tool_env(), NodeReader(repo, f"{path}/{pg.DUMP}", dump).blocks(), what=f"pg_restore of {path}")
+        with conn.connect() as con:
+            outcome.warnings += _analyze(con, None)
+            outcome.found = pg.table_counts(con)
+    except (PhoenixError, psycopg.Error) as exc:
+        outcome.error = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        if outcome.stats.get("databaseCreated"):
+            _drop_database(conn, conn.database, outcome)  # it did not exist: it is left so
+        return outcome
+    wrong = {t: (n, outcome.found.get(t)) for t, n in outcome.expected.items() if outcome.found.get(t) != n}
+    if wrong:
+        shown = "; ".join(f"{t}: {have} rows, the snapshot {n}" for t, (n, have) in sorted(wrong.items())[:3])
+        outcome.error = f"row counts differ after the restore ({shown})"
+        return outcome
+    outcome.ok = True
+    return outcome
+
+
+def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what: str) -> None:
+    """Run a program with `blocks` on its stdin; raise its last error line if it fails. When the
+    blocks fail (damaged data), the program is killed before its input ends, so a single
+    transaction never commits."""
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stderr is not None
+    errors: list[bytes] = []
+    stderr = proc.stderr
+    drain = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+    drain.start()
+    try:
+        for block in blocks:
+            proc.stdin.write(block)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # it stopped reading: its exit code and stderr say why
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    code = proc.wait()
+    drain.join(10)
+    if code != 0:
+        text = b"".join(errors).decode("utf-8", "replace")
+        raise RestoreError(f"{what} failed (exit {code}): {_last_line(text)}; the database was left as it was")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("Command was:")]
+    for ln in lines:
+        if "error:" in ln:
+            return ln.split("error:", 1)[1].strip()
+    return lines[-1] if lines else "no message"
+
+
+_CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
+_ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) WITH ')
+_GRANT = re.compile(r"^GRANT .+ TO .+;$")
+
+
+def _role_name(token: str) -> str:
+    return token[1:-1].replace('""', '"') if token.startswith('"') else token
+
+
+def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, outcome: DbRestoreOutcome) -> list[str]:
+    """Create the roles of `globals.sql` that the server lacks, with their attributes, and their
+    memberships. Existing roles are left exactly as they are (their passwords included)."""
+    text = read_node(repo, f"{path}/{pg.GLOBALS}", node).decode("utf-8", "replace")
+    lines = [ln.strip() for ln in text.splitlines()]
+    created: list[str] = []
+    with conn.connect_server() as con:
+        existing = {str(r[0]) for r in con.execute("SELECT rolname FROM pg_roles")}
+        for ln in lines:
+            m = _CREATE_ROLE.match(ln)
+            if m and _role_name(m.group(1)) not in existing:
+                role = _role_name(m.group(1))
+                try:
+                    con.execute(ln.encode())
+                    created.append(role)
+                except psycopg.Error as exc:
+                    outcome.warnings.append(f"role {role} could not be created: {pg.pg_reason(exc)}")
+        for ln in lines:
+            m = _ALTER_ROLE.match(ln)
+            if m and _role_name(m.group(1)) in created:
+                try:
+                    con.execute(ln.encode())
+                except psycopg.Error as exc:
+                    outcome.warnings.append(f"role {_role_name(m.group(1))}: {pg.pg_reason(exc)}")
+            elif created and _GRANT.match(ln):
+                with contextlib.suppress(psycopg.Error):
+                    con.execute(ln.encode())  # memberships that exist already are only a notice
+    return created
+
+
+def restore_agent_rows(
+    repo: Repository,
+    conn: pg.PgConn,
+    path: str,
+    files: dict[str, Node],
+    manifest: dict[str, Any],
+    mode: ConflictMode,
+    keyless: KeylessMode = "add",
+    *,
+    agent: str | None,
+    drill: bool = False,
+) -> DbRestoreOutcome:
+    """The agent's saved rows merged into the shared tables (`sinks/postgres_agent.py`), in one
+    transaction; with `drill`, into a scratch copy of them, always rolled back. `agent`: the
+    agentId configured now; rows saved for another agent are refused."""
+    saved_agent = str(manifest["agentId"])
+    where = f"{conn.where} (agent {saved_agent}{', scratch copy of the live tables' if drill else ''})"
+    outcome = DbRestoreOutcome(path, "postgresql", where, expected=dict(manifest["tables"]))
+    try:
+        setting = _agent_setting(path, manifest)
+    except CorruptObject as exc:
+        outcome.error = str(exc)
+        return outcome
+    if agent is not None and agent != saved_agent:
+        outcome.error = (
+            f"{path} holds the rows of agent {saved_agent}, and the configuration names agent {agent}; restore a "
+            f"snapshot of agent {agent}, or set agentId to {saved_agent} to restore that agent's rows"
+        )
+        return outcome
+    agent = saved_agent
+    tables = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
+    for t in tables:
+        if t.file not in files:
+            outcome.error = f"{path}/{t.file} is missing from the snapshot"
+            return outcome
+
+    def rows_of(t: pg.AgentTable) -> Iterator[bytes]:
+        return NodeReader(repo, f"{path}/{t.file}", files[t.file]).blocks()
+
+    try:
+        with conn.connect() as con:
+            con.execute("SELECT set_config(%s, %s, false)", (setting, agent))
+            pg.exact_text(con)
+            with con.transaction(force_rollback=drill):
+                result = postgres_agent.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
+            if not drill:
+                written = [
+                    sql.Identifier(t.schema, t.table)
+                    for t in tables
+                    if (st := result.stats[t.key])["inserted"] or st.get("updated") or st.get("deleted")
+                ]
+                outcome.warnings += _analyze(con, written)
+    except (PhoenixError, psycopg.Error) as exc:
+        outcome.error = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        outcome.error += (
+            "; the merge would fail (nothing was written)" if drill else "; nothing was changed (one transaction)"
+        )
+        return outcome
+    outcome.stats = {**result.stats, "userTriggers": "not fired" if result.triggers_off else "fired"}
+    outcome.found = result.found
+    outcome.warnings += result.warnings
+    for key, n in outcome.expected.items():
+        if key in result.stats and result.stats[key]["saved"] != n:
+            result.problems.append(
+                f"{key}: the snapshot's file holds {result.stats[key]['saved']} rows, its manifest {n}"
+            )
+    if result.problems:
+        shown = "; ".join(result.problems[:3]) + (
+            f"; and {len(result.problems) - 3} more" if len(result.problems) > 3 else ""
+        )
+        outcome.error = (
+            f"after the {'drill' if drill else 'restore'} not every saved row of agent {agent} is as saved ({shown})"
+        )
+        return outcome
+    outcome.ok = True
+    return outcome
+
+
+def _agent_setting(path: str, manifest: dict[str, Any]) -> str:
+    """The setting the policies read the agent from: always `app.agent_id`. A manifest naming
+    another (search_path, a setting of an extension) is refused, not obeyed."""
+    setting = str(manifest.get("agentSetting", pg.AGENT_SETTING))
+    if setting != pg.AGENT_SETTING:
+        raise CorruptObject(
+            f"{path or 'the snapshot'}/manifest.json names the setting {setting[:80]!r} for the agent, where "
+            f"Phoenix sets {pg.AGENT_SETTING} only; the snapshot was altered: restore another one"
+        )
+    return setting
+
+
+def _analyze(con: psycopg.Connection[Any], tables: list[sql.Identifier] | None) -> list[str]:
+    """ANALYZE what a restore wrote (`None`: the whole database), so the planner knows the new rows
+    at once (an HNSW index is used from the first query, not after autovacuum's next round). A
+    table the role may not analyze is a warning, never a failure."""
+    skipped: list[str] = []
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized == "WARNING" and diag.message_primary:
+            skipped.append(diag.message_primary)
+
+    con.add_notice_handler(notice)
+    try:
+        if tables is None:
+            con.execute("ANALYZE")
+        for table in tables or []:
+            con.execute(sql.SQL("ANALYZE {}").format(table))
+    except psycopg.Error as exc:
+        return [f"ANALYZE after the restore failed ({pg.pg_reason(exc)}); autovacuum will analyze the tables later"]
+    finally:
+        con.remove_notice_handler(notice)
+    if skipped:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        return [f"ANALYZE after the restore: {skipped[0]}{more}; autovacuum will analyze them later"]
+    return []
+
+
+def absence(conn: pg.PgConn) -> str | None:
+    """Why there is nothing of `conn`'s database to save before a restore (it does not exist on
+    its server: the restore creates it), or None when it exists."""
+    with conn.connect_server() as con:
+        if _database_exists(con, conn.database):
+            return None
+    return f"database {conn.database} does not exist on {_server(conn)}"
+
+
+def live_rows(conn: pg.PgConn, manifest: dict[str, Any]) -> dict[str, int]:
+    with conn.connect() as con:
+        if manifest.get("kind") != "agent-rows":
+            return pg.table_counts(con)
+        agent = str(manifest["agentId"])
+        con.execute("SELECT set_config(%s, %s, false)", (_agent_setting("", manifest), agent))
+        out: dict[str, int] = {}
+        saved = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
+        for t in postgres_agent.live_tables(con, saved):
+            query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(t.rows)
+            row = con.execute(query + pg.agent_filter(t), (agent,)).fetchone()
+            out[t.key] = int(row[0]) if row else 0
+        return out
+
+
+def drill_postgres(
+    repo: Repository, entry: PostgresDb, env: Mapping[str, str], path: str, files: dict[str, Node], scratch: str
+) -> DbRestoreOutcome:
+    """A whole-database dump restored into the new database `scratch` and dropped once checked;
+    agent-scoped rows merged into a scratch copy of the live tables, rolled back."""
+    manifest = read_manifest(repo, path, files)
+    conn = pg.connection_for(entry, env)
+    if manifest.get("kind") == "dump":
+        return restore_pg_scratch(
+            repo, conn, path, files, scratch, manifest=manifest, configured=entry.pg_dump, drop_after=True
+        )
+    return restore_agent_rows(repo, conn, path, files, manifest, "update", "add", agent=entry.agent_id, drill=True)

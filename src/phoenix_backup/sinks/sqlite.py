@@ -1,0 +1,145 @@
+"""Restoring an SQLite database from a snapshot, beside the file writer of sinks/files.py.
+
+The snapshot's copy is written beside the database's place under a temporary name, checked
+against its SHA-256 and with `PRAGMA integrity_check`, then applied: through the online backup API
+into a live database that can be read, so that connections the agent holds open see the restored
+content (sinks/sqlite_live.py says why), else by rename, stale -wal/-shm removed first. In place
+the live database is checked afterwards. Every step works in one folder descriptor, and SQLite
+reaches the files only as sinks/sqlite_folder.py allows: never through a path someone else can
+redirect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.errors import RestoreError, UnsafePath
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.tree import Node
+from phoenix_backup.sinks import sqlite_folder, sqlite_live
+from phoenix_backup.sinks.files import FileWriter, discard, rename_over, set_owner_mode, unsafe_or_error, write_content
+from phoenix_backup.storage.local import os_error
+
+
+def write_copy(writer: FileWriter, logical: str, node: Node) -> str:
+    """Write a database's copy beside its place and check it with integrity_check; return the
+    copy's temporary name. Nothing else is touched: `restore_database` applies the copy."""
+    with writer.parent_dir(logical) as (fd, _name):
+        tmp = writer.write_temp(fd, logical, node)
+        try:
+            integrity = sqlite_folder.run(fd, "integrity", [tmp])
+        except BaseException:
+            discard(fd, tmp)
+            raise
+        if integrity != "ok":
+            discard(fd, tmp)
+            raise RestoreError(
+                f"the restored copy of {logical} fails integrity_check ({integrity}); the database was not "
+                "replaced — restore it from another snapshot"
+            )
+    return tmp
+
+
+def discard_copy(writer: FileWriter, logical: str, tmp: str) -> None:
+    """Remove a copy `write_copy` wrote that will not be applied."""
+    with contextlib.suppress(OSError), writer.parent_dir(logical, create=False) as (fd, _name):
+        discard(fd, tmp)
+
+
+def restore_database(
+    writer: FileWriter, logical: str, node: Node, *, in_place: bool, copy: str | None = None
+) -> dict[str, Any]:
+    """Apply a checked copy of a database (written now, or earlier by `write_copy`): through the
+    backup API into a live database that can be read, else by rename (stale -wal/-shm removed
+    first). In place the live database is checked afterwards (`integrity`, `fts`)."""
+    tmp = copy if copy is not None else write_copy(writer, logical, node)
+    with writer.parent_dir(logical) as (fd, name):
+        try:
+            shown = str(writer.layout.to_real(logical, writer.to))
+            if in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown):
+                _set_live_metadata(fd, name, node, logical)
+                method = "backup-api"
+            else:
+                # Absent or unreadable: the new file replaces it, and journals of the old one go
+                # first (SQLite would replay a stale -wal into the new file).
+                sqlite_live.remove_companions(fd, name)
+                rename_over(fd, tmp, name, logical)
+                method = "rename"
+        finally:
+            discard(fd, tmp)
+        os.fsync(fd)
+        info: dict[str, Any] = {"path": logical, "integrity": "ok", "method": method}
+        if in_place:
+            check: sqlite_live.LiveCheck = sqlite_folder.run(fd, "check_live", [name])
+            info["integrity"] = check.integrity
+            info["fts"] = check.fts
+    return info
+
+
+def _set_live_metadata(fd: int, name: str, node: Node, logical: str) -> None:
+    try:
+        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as exc:
+        raise unsafe_or_error(exc, logical) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(f).st_mode):
+            raise UnsafePath(f"{logical} in the destination is not a file any more; move it aside and restore again")
+        set_owner_mode(f, node)
+        os.fsync(f)
+    finally:
+        os.close(f)
+
+
+def row_deltas(repo: Repository, logical: str, node: Node, live: str, folder: Path) -> dict[str, dict[str, int]]:
+    """A dry run's row deltas per table: the snapshot's copy (written to `folder`, removed
+    afterwards) against the live database at `live`."""
+    copy = folder / f"{hashlib.sha256(logical.encode()).hexdigest()[:16]}.db"
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        write_content(repo, fd, logical, node)
+    except OSError as exc:
+        raise os_error(exc, f"copying {logical} for the dry run into {folder}") from exc
+    finally:
+        os.close(fd)
+    try:
+        deltas = sqlite_live.row_deltas(str(copy), live)
+    except sqlite3.Error as exc:
+        raise RestoreError(f"cannot compare {logical} with the live database ({exc}); restore with --to") from exc
+    finally:
+        copy.unlink(missing_ok=True)
+    return {t: d.to_json() for t, d in deltas.items()}
+
+
+def page_size(node: Node, snap: Snapshot, logical: str) -> int:
+    """The page size of a database's copy in a snapshot (0 when the snapshot does not say)."""
+    if node.sqlite and isinstance(node.sqlite.get("pageSize"), int):
+        return int(node.sqlite["pageSize"])
+    info = next((d for d in snap.databases if d.path == logical), None)
+    return info.page_size if info else 0
+
+
+def pending_journal(path: Path) -> bool:
+    """Whether the database at `path` has commits in its -wal or -journal (the .db alone then
+    says nothing of its content)."""
+    for suffix in ("-wal", "-journal"):
+        try:
+            if os.lstat(f"{path}{suffix}").st_size > 0:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def has_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == sqlite_live.SQLITE_MAGIC
+    except OSError:
+        return False

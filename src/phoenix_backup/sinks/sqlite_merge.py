@@ -1,0 +1,411 @@
+"""Merging rows into a live SQLite store by primary key: the core of `phx import` and of
+`phx restore --merge --conflict-mode skip|update` (ops/import_.py, ops/merge.py).
+
+For each data table of the source (an export's JSON files, or a snapshot's copy of the store):
+
+- a row whose key is absent from the live table is inserted (**restored**);
+- a row whose key is present with the same values is **unchanged**;
+- a row whose key is present with other values is kept as it is with `skip` (**skipped**) or
+  overwritten with `update` (**updated**; only the columns the source has are written, so an
+  export made with `--no-vectors` never blanks an embedding);
+- a row that breaks another constraint of the live table (a UNIQUE column) is **failed**, named
+  in a warning, and the merge goes on.
+
+Tables without a primary key are merged as multisets: a source row counts as present when an
+equal row exists. Tables, indexes, virtual tables, views and triggers missing from the live store
+are created from the source's schema first (triggers and views after the rows). Everything for
+one store happens in one transaction: after the rows, external-content FTS indexes are rebuilt
+(`INSERT INTO fts(fts) VALUES('rebuild')`), FTS5 `integrity-check` and `PRAGMA integrity_check`
+run, and only when both pass is the transaction committed; otherwise it is rolled back and the
+store is exactly as before. `dry_run` opens the store read-only and counts what would happen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from phoenix_backup.errors import ExitStatus, MergeFailed
+from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect
+from phoenix_backup.memory.values import SqlValue
+from phoenix_backup.sinks import ConflictMode
+from phoenix_backup.sources.sqlite import sqlite_uri
+from phoenix_backup.sql import quote
+
+BUSY_TIMEOUT_S = 30.0
+_BATCH = 500
+_MAX_WARNINGS_PER_TABLE = 5
+
+
+class RowSource(Protocol):
+    """Where merged rows come from: an export's JSON files or a snapshot's copy of a store."""
+
+    @property
+    def statements(self) -> list[SchemaStatement]: ...
+
+    @property
+    def tables(self) -> list[TableInfo]: ...
+
+    def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
+        """The table's rows, values in `table.columns` order."""
+        ...
+
+
+class SqliteRowSource:
+    """A store read from a (temporary) database file, opened read-only and immutable."""
+
+    def __init__(self, path: Path) -> None:
+        self.con = sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)
+        self.schema: DatabaseSchema = inspect(self.con, detect_vectors=False)
+
+    @property
+    def statements(self) -> list[SchemaStatement]:
+        return self.schema.statements
+
+    @property
+    def tables(self) -> list[TableInfo]:
+        return self.schema.tables
+
+    def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
+        yield from self.con.execute(table.select_sql())
+
+    def close(self) -> None:
+        self.con.close()
+
+
+@dataclass
+class TableMerge:
+    table: str
+    restored: int = 0
+    skipped: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    created: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "restored": self.restored,
+            "skipped": self.skipped,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "created": self.created,
+        }
+
+
+@dataclass
+class DatabaseMerge:
+    path: str  # logical
+    target: str  # real path of the live store
+    created: bool = False
+    tables: list[TableMerge] = field(default_factory=list)
+    fts_rebuilt: list[str] = field(default_factory=list)
+    integrity: str = "not checked"
+    warnings: list[str] = field(default_factory=list)
+
+    def total(self, what: str) -> int:
+        return sum(int(getattr(t, what)) for t in self.tables)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "target": self.target,
+            "created": self.created,
+            "tables": {t.table: t.to_json() for t in self.tables},
+            "ftsRebuilt": self.fts_rebuilt,
+            "integrity": self.integrity,
+            "warnings": self.warnings,
+        }
+
+
+COUNTS = ("restored", "skipped", "updated", "unchanged", "failed")
+
+
+@dataclass
+class MergeResult:
+    """What `phx import` or `phx restore --merge` did (or, with dry_run, would do)."""
+
+    source: str  # the export folder, or the snapshot id
+    source_kind: Literal["export", "snapshot"]
+    conflict_mode: ConflictMode
+    dry_run: bool
+    name: str = ""  # the snapshot's name, or the export's time
+    databases: list[DatabaseMerge] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    checked_files: int = 0  # files checked against checksums.json (imports)
+    safety_snapshot: str | None = None  # restore --merge: the pre-restore snapshot that undoes it
+
+    def totals(self) -> dict[str, int]:
+        return {what: sum(db.total(what) for db in self.databases) for what in COUNTS}
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.PARTIAL if self.totals()["failed"] else ExitStatus.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "sourceKind": self.source_kind,
+            "name": self.name,
+            "conflictMode": self.conflict_mode,
+            "dryRun": self.dry_run,
+            "checkedFiles": self.checked_files,
+            "safetySnapshot": self.safety_snapshot,
+            "totals": self.totals(),
+            "databases": [db.to_json() for db in self.databases],
+            "warnings": self.warnings,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Merging one store
+# --------------------------------------------------------------------------------------------
+
+
+def merge_database(
+    source: RowSource, logical: str, target: Path, *, mode: ConflictMode, dry_run: bool
+) -> DatabaseMerge:
+    """Merge every data table of `source` into the store at `target` (created when missing)."""
+    result = DatabaseMerge(logical, str(target), created=not target.exists())
+    if dry_run:
+        if result.created:
+            for table in source.tables:
+                result.tables.append(TableMerge(table.name, restored=sum(1 for _ in source.rows(table)), created=True))
+            return result
+        con = sqlite3.connect(sqlite_uri(target, "mode=ro"), uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            _merge_all(con, source, result, mode=mode, write=False)
+        finally:
+            con.close()
+        return result
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            _merge_all(con, source, result, mode=mode, write=True)
+            _rebuild_and_check(con, result)
+        except BaseException:
+            if con.in_transaction:  # SQLite may already have rolled back (a full disk, say)
+                con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise MergeFailed(
+            f"merging into {target} failed ({exc}); the transaction was rolled back and the store is unchanged — "
+            "check that the file is a writable SQLite database and try again"
+        ) from exc
+    finally:
+        con.close()
+    return result
+
+
+def _merge_all(
+    con: sqlite3.Connection, source: RowSource, result: DatabaseMerge, *, mode: ConflictMode, write: bool
+) -> None:
+    existing = {str(r[0]) for r in con.execute("SELECT name FROM sqlite_master")}
+    missing = [s for s in source.statements if s.name not in existing]
+    late = [s for s in missing if s.type in ("view", "trigger")]
+    created_tables: set[str] = set()
+    for stmt in missing:
+        if stmt.type in ("view", "trigger"):
+            continue
+        if not write:
+            if stmt.type == "table":
+                created_tables.add(stmt.name)
+            continue
+        try:
+            con.execute(stmt.sql)
+            if stmt.type == "table":
+                created_tables.add(stmt.name)
+        except sqlite3.OperationalError as exc:
+            result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc}); its rows were not merged")
+    target = inspect(con, detect_vectors=False)
+    for table in source.tables:
+        tm = TableMerge(table.name, created=table.name in created_tables)
+        result.tables.append(tm)
+        live = target.table(table.name)
+        if live is None:
+            if not write and table.name in created_tables:
+                tm.restored = sum(1 for _ in source.rows(table))
+            else:
+                result.warnings.append(f"table {table.name} is not in the live store and could not be created")
+            continue
+        _merge_table(con, table, live, source.rows(table), tm, result, mode=mode, write=write)
+    if write:
+        for stmt in late:
+            try:
+                con.execute(stmt.sql)
+            except sqlite3.OperationalError as exc:
+                result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
+
+
+def _merge_table(
+    con: sqlite3.Connection,
+    table: TableInfo,
+    live: TableInfo,
+    rows: Iterable[tuple[SqlValue, ...]],
+    tm: TableMerge,
+    result: DatabaseMerge,
+    *,
+    mode: ConflictMode,
+    write: bool,
+) -> None:
+    live_cols = set(live.columns) | {"rowid"}
+    positions = [i for i, c in enumerate(table.columns) if c in live_cols]
+    common = tuple(table.columns[i] for i in positions)
+    dropped = [c for c in table.columns if c not in live_cols]
+    if dropped:
+        result.warnings.append(
+            f"{table.name}: column(s) {', '.join(dropped)} are not in the live table; their values were not merged"
+        )
+    key = table.key if table.key and all(k in common for k in table.key) else ()
+    if table.key and not key:
+        result.warnings.append(f"{table.name}: the live table lacks key column(s); rows were merged as whole rows")
+    q = quote(table.name)
+    col_sql = ", ".join("rowid" if c == "rowid" else quote(c) for c in common)
+    insert_sql = f"INSERT INTO {q} ({col_sql}) VALUES ({', '.join('?' * len(common))})"
+    warned = 0
+
+    def insert(values: tuple[SqlValue, ...]) -> None:
+        nonlocal warned
+        if not write:
+            tm.restored += 1
+            return
+        try:
+            con.execute(insert_sql, values)
+            tm.restored += 1
+        except sqlite3.IntegrityError as exc:
+            tm.failed += 1
+            if warned < _MAX_WARNINGS_PER_TABLE:
+                warned += 1
+                result.warnings.append(f"{table.name}: a row could not be inserted ({exc})")
+
+    projected = (tuple(row[i] for i in positions) for row in rows)
+    if not key:
+        _merge_multiset(con, table.name, common, projected, tm, insert)
+        return
+
+    key_idx = [common.index(k) for k in key]
+    value_idx = [i for i, c in enumerate(common) if c not in key]
+    where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
+    update_sql = (
+        f"UPDATE {q} SET {', '.join(quote(common[i]) + ' = ?' for i in value_idx)} WHERE {where}" if value_idx else ""
+    )
+    for batch in _batched(projected, _BATCH):
+        existing = _existing(con, q, col_sql, key, key_idx, batch)
+        for values in batch:
+            k = tuple(values[i] for i in key_idx)
+            old = existing.get(k)
+            if old is None:
+                insert(values)
+            elif old == values:
+                tm.unchanged += 1
+            elif mode == "skip":
+                tm.skipped += 1
+            else:
+                if write and update_sql:
+                    try:
+                        con.execute(update_sql, [values[i] for i in value_idx] + list(k))
+                    except sqlite3.IntegrityError as exc:
+                        tm.failed += 1
+                        if warned < _MAX_WARNINGS_PER_TABLE:
+                            warned += 1
+                            result.warnings.append(f"{table.name}: a row could not be updated ({exc})")
+                        continue
+                tm.updated += 1
+
+
+def _existing(
+    con: sqlite3.Connection,
+    q: str,
+    col_sql: str,
+    key: tuple[str, ...],
+    key_idx: list[int],
+    batch: Sequence[tuple[SqlValue, ...]],
+) -> dict[tuple[SqlValue, ...], tuple[SqlValue, ...]]:
+    """The live rows (common columns) of a batch's keys."""
+    found: dict[tuple[SqlValue, ...], tuple[SqlValue, ...]] = {}
+    if len(key) == 1:
+        col = "rowid" if key[0] == "rowid" else quote(key[0])
+        keys = [v[key_idx[0]] for v in batch]
+        sql = f"SELECT {col_sql} FROM {q} WHERE {col} IN ({', '.join('?' * len(keys))})"
+        for row in con.execute(sql, keys):
+            found[(row[key_idx[0]],)] = tuple(row)
+        return found
+    where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
+    sql = f"SELECT {col_sql} FROM {q} WHERE {where}"
+    for values in batch:
+        k = tuple(values[i] for i in key_idx)
+        row = con.execute(sql, k).fetchone()
+        if row is not None:
+            found[k] = tuple(row)
+    return found
+
+
+def _row_hash(values: Sequence[SqlValue]) -> bytes:
+    return hashlib.blake2b(repr(tuple(values)).encode(), digest_size=16).digest()
+
+
+def _merge_multiset(
+    con: sqlite3.Connection,
+    name: str,
+    common: tuple[str, ...],
+    rows: Iterable[tuple[SqlValue, ...]],
+    tm: TableMerge,
+    insert: Any,
+) -> None:
+    cols = ", ".join(quote(c) for c in common)
+    live: Counter[bytes] = Counter(_row_hash(r) for r in con.execute(f"SELECT {cols} FROM {quote(name)}"))
+    for values in rows:
+        h = _row_hash(values)
+        if live[h] > 0:
+            live[h] -= 1
+            tm.unchanged += 1
+        else:
+            insert(values)
+
+
+def _batched(rows: Iterable[tuple[SqlValue, ...]], n: int) -> Iterator[list[tuple[SqlValue, ...]]]:
+    it = iter(rows)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+def _rebuild_and_check(con: sqlite3.Connection, result: DatabaseMerge) -> None:
+    """Rebuild external-content FTS indexes, then check them and the whole store, inside the
+    merge's transaction: a failure rolls everything back."""
+    schema = inspect(con, detect_vectors=False)
+    changed = any(t.restored or t.updated or t.created for t in result.tables)
+    for fts in schema.fts_rebuild:
+        if changed:
+            con.execute(f"INSERT INTO {quote(fts)}({quote(fts)}) VALUES('rebuild')")
+            result.fts_rebuilt.append(fts)
+    for name, module in schema.virtual.items():
+        if module == "fts5" and name in schema.fts_rebuild:
+            try:
+                con.execute(f"INSERT INTO {quote(name)}({quote(name)}, rank) VALUES('integrity-check', 1)")
+            except sqlite3.DatabaseError as exc:
+                raise MergeFailed(
+                    f"the full-text index {name} of {result.target} is inconsistent after the merge ({exc}); "
+                    "the merge was rolled back"
+                ) from exc
+        elif module == "vec0":
+            result.warnings.append(
+                f"{name} is a sqlite-vec index that Phoenix cannot load; let the agent re-index it after the merge"
+            )
+    problems = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
+    result.integrity = "ok" if problems == ["ok"] else "; ".join(problems[:5])
+    if result.integrity != "ok":
+        raise MergeFailed(
+            f"{result.target} fails integrity_check after the merge ({result.integrity}); the merge was rolled back"
+        )
