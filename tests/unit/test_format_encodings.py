@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import struct
 import tracemalloc
 from dataclasses import replace
@@ -440,7 +441,9 @@ def nodes(draw: st.DrawFn, name: st.SearchStrategy[str] = names) -> Node:
     if kind == "dir":
         node.subtree = draw(ids)
     if kind == "symlink":
-        node.link_target = draw(st.text(st.characters(exclude_characters="\0"), min_size=1, max_size=60))
+        # What readlink gives: bytes without NUL, as Python decodes them (surrogateescape).
+        raw = draw(st.binary(min_size=1, max_size=60).filter(lambda b: b"\0" not in b))
+        node.link_target = os.fsdecode(raw)
     if kind == "sqlite" or draw(st.booleans()):
         node.sqlite = draw(st.dictionaries(st.text(max_size=12), json_values, max_size=4))
     return node
