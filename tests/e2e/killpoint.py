@@ -19,7 +19,10 @@ Environment:
 - PHX_KILL_MATCH=TEXT: count only calls whose arguments (paths; a descriptor's path) hold TEXT;
 - PHX_KILL_REPORT=FILE: written at exit with the number of calls counted (a run that was not
   killed), or at the kill with `killed at call N: <call>`;
-- PHX_KILL_SEED: seeds the delay inside SQLite calls.
+- PHX_KILL_SEED: seeds the delay inside SQLite calls;
+- PHX_KILL_ONLY=changes: count only the calls that change what is visible (a rename, link,
+  unlink or rmdir; a target's object written or deleted), the points between which a crash
+  leaves one state or the next (the key rotation's kill test walks every one of them).
 
 Threads share one counter, so with parallel writers the Nth call is not always the same one; the
 seed fixes N, and the report names the call that was hit.
@@ -48,6 +51,7 @@ _kill_at = int(os.environ.get("PHX_KILL_AT") or 0)
 _match = os.environ.get("PHX_KILL_MATCH") or ""
 _report = os.environ.get("PHX_KILL_REPORT") or ""
 _rng = random.Random(os.environ.get("PHX_KILL_SEED") or 0)
+_changes_only = os.environ.get("PHX_KILL_ONLY") == "changes"
 
 OS_CALLS = (
     "write",
@@ -63,6 +67,7 @@ OS_CALLS = (
     "rmdir",
     "mkdir",
 )
+CHANGE_CALLS = ("replace", "rename", "link", "unlink", "rmdir")
 
 
 def _describe(name: str, args: tuple[Any, ...]) -> str:
@@ -130,7 +135,7 @@ def _wrap_inside(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install() -> None:
-    for name in OS_CALLS:
+    for name in CHANGE_CALLS if _changes_only else OS_CALLS:
         setattr(os, name, _wrap(name, getattr(os, name)))
     # Every backend's mutating calls (remote stores write nothing through os.*), counted on the
     # outermost wrapper of the standard stack every target is opened with (storage/wrappers.py),
@@ -139,11 +144,12 @@ def install() -> None:
 
     for method in ("write", "delete"):
         setattr(LimitedBackend, method, _wrap(f"store.{method}", getattr(LimitedBackend, method)))
-    from phoenix_backup.sinks import sqlite_live
-    from phoenix_backup.sources import sqlite as sqlite_source
+    if not _changes_only:
+        from phoenix_backup.sinks import sqlite_live
+        from phoenix_backup.sources import sqlite as sqlite_source
 
-    sqlite_live.apply_copy = _wrap_inside("apply_copy", sqlite_live.apply_copy)
-    sqlite_source.copy_database = _wrap_inside("copy_database", sqlite_source.copy_database)
+        sqlite_live.apply_copy = _wrap_inside("apply_copy", sqlite_live.apply_copy)
+        sqlite_source.copy_database = _wrap_inside("copy_database", sqlite_source.copy_database)
     atexit.register(lambda: _write_report(f"calls {_count}\n"))
 
 

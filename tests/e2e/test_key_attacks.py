@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import killpoint
 import pyrage
 import pytest
 from attack_support import age_sandbox, assert_rotation_recovers, restored
@@ -31,17 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, closed_port
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
-KILLER = Path(__file__).with_name("kill_at_io.py")
 LEAKED = "the old passphrase that leaked"
 
 
-def _phx_killed_at(sb: Sandbox, point: int, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**sb.env, "PHX_TEST_KILL_AT": str(point)}
-    if log is not None:
-        env["PHX_TEST_KILL_LOG"] = str(log)
-    return subprocess.run(
-        [sys.executable, str(KILLER), *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
+def _phx_killed_at(sb: Sandbox, point: int, *args: str, report: Path) -> subprocess.CompletedProcess[str]:
+    """`phx ARGS` SIGKILLed just before its `point`th change (tests/e2e/killpoint.py)."""
+    env = sb.env_with(PHX_KILL_AT=str(point), PHX_KILL_ONLY="changes", PHX_KILL_REPORT=str(report))
+    argv = [sys.executable, str(killpoint.SCRIPT), *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
 
 class _Store:
@@ -57,6 +55,7 @@ class _Store:
             s3 |= {"accessKeyId": ACCESS_KEY_ID, "secretAccessKey": SECRET_ACCESS_KEY}
             sb.write_config(targets={"local": {"enabled": False}, "s3": s3})
             sb.config_path.chmod(0o600)
+            sb.init_repository()
 
     def keys_and_config(self) -> dict[str, bytes]:
         if self.moto is None:
@@ -81,12 +80,27 @@ class _Store:
 
 
 # Every change `phx key rotate` makes, in order, on the tiny sample with two snapshots and two
-# passphrase slots (found by a counting run; the test checks the count): on local disk, and on
-# S3 (its requests, and the pin file's renames).
-ROTATE_CHANGES = {"local": 25, "s3": 24}
-KILLS = [("local", 12)]  # every new object written and the lock moved to the new key; the config not yet
+# passphrase slots (killpoint's changes: renames, links, unlinks, rmdirs and the target's object
+# writes and deletes), on local disk and on S3; test_rotation_changes_are_counted keeps it true.
+ROTATE_CHANGES = {"local": 46, "s3": 24}
+KILLS = [("local", 21)]  # every new object written and the lock moved to the new key; the config not yet
 if HEAVY:
     KILLS = [(where, point) for where, count in ROTATE_CHANGES.items() for point in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"] if HEAVY else ["local"])
+def test_rotation_changes_are_counted(make_sandbox, request: pytest.FixtureRequest, tmp_path: Path, where: str) -> None:
+    """The kill test below walks every change of a rotation: its count must be the real one."""
+    sb: Sandbox = make_sandbox()
+    _Store(sb, request.getfixturevalue("moto") if where == "s3" else None)
+    sb.backup()
+    sb.phx("key", "add", "--method", "passphrase", env=sb.env_with(PHX_NEW_PASSPHRASE=LEAKED))
+    (sb.workspace / "MEMORY.md").write_text("# Memory\nsecond\n")
+    sb.backup()
+    report = tmp_path / "count"
+    res = _phx_killed_at(sb, 0, "key", "rotate", report=report)
+    assert res.returncode == 0, res.stderr
+    assert killpoint.read_report(report)[:2] == ("calls", ROTATE_CHANGES[where])
 
 
 @pytest.mark.parametrize(("where", "point"), KILLS)
@@ -103,14 +117,12 @@ def test_rotation_killed_before_any_change_keeps_every_snapshot_and_revokes_the_
     expected = {n: restored(sb, n, tmp_path / "expected") for n in names}
     kept = store.keys_and_config()  # what a thief of the old key keeps
 
-    log = tmp_path / "changes.log"
-    res = _phx_killed_at(sb, point, "key", "rotate", log=log)
-    changes = log.read_text().splitlines()
-    assert res.returncode == -9, f"the rotation made only {len(changes)} changes:\n{res.stderr}"
-    count = ROTATE_CHANGES[where]
-    assert point < count or len(changes) == count, "the rotation changes more: update ROTATE_CHANGES"
+    report = tmp_path / "kill-report"
+    res = _phx_killed_at(sb, point, "key", "rotate", report=report)
+    outcome, n, call = killpoint.read_report(report)
+    assert res.returncode == -9 and outcome == "killed", f"the rotation made only {n} changes:\n{res.stderr}"
 
-    assert_rotation_recovers(sb, names, expected, tmp_path, f"before change {point}: {changes[-1]}")
+    assert_rotation_recovers(sb, names, expected, tmp_path, f"before change {point}: {call}")
     (sb.workspace / "MEMORY.md").write_text("# Memory\nwritten after the rotation\n")
     after = sb.backup()["name"]
 
