@@ -49,6 +49,12 @@ class ConfirmationRequired(PhoenixError):
     exit_status = ExitStatus.USAGE
 
 
+class Cancelled(PhoenixError):
+    """The user answered "no" at a prompt: nothing was done, as asked, which is not a failure."""
+
+    exit_status = ExitStatus.OK
+
+
 class RepositoryError(PhoenixError):
     """The repository cannot be used as asked."""
 
@@ -97,6 +103,12 @@ class RepositoryLocked(RepositoryError):
 
 
 class SnapshotNotFound(RepositoryError):
+    exit_status = ExitStatus.USAGE
+
+
+class KeySlotNotFound(RepositoryError):
+    """A key slot named on the command line does not exist: a usage error, like an unknown snapshot."""
+
     exit_status = ExitStatus.USAGE
 
 

@@ -42,9 +42,12 @@ def backup(r: BackupResult, verbose: bool) -> str:
         lines += [f"NOT SAVED: {i['path']}: {i['error']}" for i in r.incomplete]
         lines.append(f"would back up {r.files} files and databases, {human_size(r.size)} (dry run: nothing written)")
         return "\n".join(lines + [f"warning: {w}" for w in r.warnings])
+    # Counted as `phx drill` counts them: SQLite databases apart, a PostgreSQL or Redis dump's files as files.
+    sqlite = sum(1 for db in r.databases if db.engine == "sqlite")
+    dbs = f", {sqlite} {'database' if sqlite == 1 else 'databases'}" if sqlite else ""
     lines = [
-        f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files} files, {human_size(r.size)}, "
-        f"{human_size(r.added)} added, {r.duration:.1f} s"
+        f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files - sqlite} files{dbs}, "
+        f"{human_size(r.size)}, {human_size(r.added)} added, {r.duration:.1f} s"
     ]
     for db in r.databases:
         rows = sum(db.tables.values())

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ConfirmationRequired, ExitStatus, MergeFailed
+from phoenix_backup.errors import Cancelled, ConfirmationRequired, ExitStatus, MergeFailed
 from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect, quote
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.ops.context import Environment, require_config_file
@@ -189,7 +189,7 @@ def confirm_merge(envx: Environment, question: str, flag: str) -> None:
             "(or --dry-run to see what it would do)"
         )
     if not envx.confirm(question):
-        raise ConfirmationRequired("merge cancelled; nothing was changed")
+        raise Cancelled("merge cancelled; nothing was changed")
 
 
 # --------------------------------------------------------------------------------------------

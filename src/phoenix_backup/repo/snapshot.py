@@ -281,6 +281,28 @@ class Latest:
         )
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which snapshots a listing shows (`phx list --host --scope --tag --last`): those of `host` and
+    `scope` (None: any) carrying every tag in `tags`, and of those the `last` newest (None: all)."""
+
+    host: str | None = None
+    scope: str | None = None
+    tags: tuple[str, ...] = ()
+    last: int | None = None
+
+    def apply(self, snaps: list[Snapshot]) -> list[Snapshot]:
+        """The selected snapshots of `snaps` (oldest first), in the same order."""
+        found = [
+            s
+            for s in snaps
+            if (self.host is None or s.host == self.host)
+            and (self.scope is None or s.scope == self.scope)
+            and all(t in s.tags for t in self.tags)
+        ]
+        return found[len(found) - self.last :] if self.last is not None and self.last < len(found) else found
+
+
 def choose_latest(snaps: list[Snapshot], rule: Latest, this_host: str) -> tuple[Snapshot | None, str]:
     """The snapshot `latest` names among `snaps` (oldest first), and the host it was looked for on.
 
