@@ -117,6 +117,7 @@ def _roff(text: str) -> str:
     """Text as roff reads it: backslashes and hyphens escaped, no line starting with a control
     character."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in text)  # troff reads ASCII
     return "\n".join("\\&" + line if line[:1] in (".", "'") else line for line in text.split("\n"))
 
 
@@ -189,7 +190,7 @@ def man_page() -> str:
 def _option_items(entry: Entry) -> list[str]:
     out: list[str] = []
     for param in entry.command.get_params(entry.ctx):
-        record = param.get_help_record(entry.ctx)
+        record = param.get_help_record(entry.ctx) if isinstance(param, click.Option) else None
         if record is None:
             continue
         names, text = record
