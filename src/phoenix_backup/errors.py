@@ -10,7 +10,7 @@ from enum import IntEnum
 
 
 class ExitStatus(IntEnum):
-    """The exit codes of `phx`, a scripting contract (README, "Exit codes")."""
+    """The exit codes of `phx`, a scripting contract (docs/cli.md, "Exit codes")."""
 
     OK = 0
     FAILURE = 1
