@@ -228,3 +228,23 @@ def test_backup_and_drill_count_the_same_files(backed_up: Sandbox) -> None:
     assert f"saved: {files} files, {checked['databases']} databases" in text, text
     drilled = sb.phx("drill").out
     assert f" {files} files ({checked['symlinks']} of them symlinks)" in drilled, drilled
+
+
+def test_verify_says_a_notice_once_with_its_count(backed_up: Sandbox) -> None:
+    """After an interrupted backup every pack it left is a notice; the text groups them."""
+    sb = backed_up
+    index_before = set((sb.repo / "index").iterdir())
+    (sb.workspace / "MEMORY.md").write_text("a change whose backup is then undone\n")
+    doc = sb.backup()
+    # Undo the commit: the snapshot and the index it wrote go, its packs stay (as after Ctrl-C).
+    (sb.repo / "snapshots" / doc["id"]).unlink()
+    for obj in set((sb.repo / "index").iterdir()) - index_before:
+        obj.unlink()
+    every = sb.phx("verify", "--json").json()["notices"]
+    left = [n for n in every if "is not in the index and no snapshot needs it" in n]
+    assert len(left) >= 2, every
+    text = [line for line in sb.phx("verify").out.splitlines() if line.startswith("notice:")]
+    grouped = [line for line in text if "no snapshot needs it" in line]
+    assert len(grouped) == 1 and grouped[0].startswith(f"notice: {len(left)} objects are not in the index"), text
+    verbose = sb.phx("verify", "--verbose").out
+    assert all(n in verbose for n in left), verbose

@@ -58,7 +58,7 @@ def verify(
     envx.thaw_timeout = thaw_timeout
     percent = _percent(subset) if subset is not None else None
     result = verify_op.verify(cfg, envx, ref=ref, read_data=read_data, subset=percent)
-    out.result(result.to_json(), render.verify(result), data=not result.ok)
+    out.result(result.to_json(), render.verify(result, out.verbose), data=not result.ok)
     return result.exit_status
 
 
