@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import PASSPHRASE, PHX
+from e2e_support import PASSPHRASE, PHX, TEST_KDF
 
+from phoenix_backup import init
+from phoenix_backup.ops.context import Environment
 from phoenix_backup.sample import generate_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,17 +43,12 @@ def runnable_blocks(page: Path) -> list[tuple[int, str]]:
 PAGES_WITH_EXAMPLES = [p for p in PAGES if runnable_blocks(p)]
 
 
-def _home(root: Path) -> dict[str, str]:
-    """A sample agent in `root/home` as ArgentOS lays it out, and the environment to run in."""
-    layout = generate_workspace(root / "sample", size="tiny", seed=3)
-    home = root / "home"
-    home.mkdir()
-    shutil.move(layout.workspace, home / "argent")
-    shutil.move(layout.argentos, home / ".argentos")
+def _env(root: Path) -> dict[str, str]:
+    """The environment of a throwaway home below `root`, with this checkout's `phx` first on PATH."""
     venv_bin = os.path.dirname(PHX)
     return {
         "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "HOME": str(home),
+        "HOME": str(root / "home"),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PHX_PASSPHRASE": PASSPHRASE,
@@ -61,6 +58,32 @@ def _home(root: Path) -> dict[str, str]:
         "XDG_DATA_HOME": str(root / "xdg-data"),
         "TMPDIR": str(root / "tmp"),
     }
+
+
+@pytest.fixture(scope="session")
+def _fresh_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sample agent as ArgentOS lays it out: workspace in ~/argent, stores in ~/.argentos."""
+    root = tmp_path_factory.mktemp("docs-fresh")
+    layout = generate_workspace(root / "sample", size="tiny", seed=3)
+    (root / "home").mkdir()
+    shutil.move(layout.workspace, root / "home" / "argent")
+    shutil.move(layout.argentos, root / "home" / ".argentos")
+    shutil.rmtree(root / "sample")
+    (root / "tmp").mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def _initialised_home(_fresh_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same agent after `phx init` (its config says `~/argent` and `~/backups/argent`, so a copy
+    works anywhere), a snapshot named 2026-03-10-02-00 (a Tuesday) and a newer one. The passphrase
+    slot has the tests' cheap scrypt parameters; `phx init` in a page's own examples has the real ones."""
+    root = tmp_path_factory.mktemp("docs-initialised") / "root"
+    shutil.copytree(_fresh_home, root, symlinks=True)
+    env = _env(root)
+    init(Environment(env=env), kdf_params=TEST_KDF)
+    _run("phx backup --time 2026-03-10T02:00:00+01:00 && phx backup", env, "setup")
+    return root
 
 
 def _run(script: str, env: dict[str, str], where: str) -> None:
@@ -80,12 +103,14 @@ def _run(script: str, env: dict[str, str], where: str) -> None:
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_the_runnable_examples_of_a_page_run(page: Path, tmp_path: Path) -> None:
-    env = _home(tmp_path)
-    (tmp_path / "tmp").mkdir()
+def test_the_runnable_examples_of_a_page_run(
+    page: Path, tmp_path: Path, _fresh_home: Path, _initialised_home: Path
+) -> None:
     blocks = runnable_blocks(page)
-    if not re.search(r"^phx init\b", blocks[0][1], flags=re.M):
-        _run("phx init && phx backup --time 2026-03-10T02:00:00+01:00 && phx backup", env, "setup")
+    starts_fresh = re.search(r"^phx init\b", blocks[0][1], flags=re.M) is not None
+    root = tmp_path / "root"
+    shutil.copytree(_fresh_home if starts_fresh else _initialised_home, root, symlinks=True)
+    env = _env(root)
     for line, script in blocks:
         _run(script, env, f"{page.relative_to(ROOT)}:{line}")
 

@@ -44,7 +44,8 @@ class Entry:
 
 def commands() -> list[Entry]:
     """`phx` and every command and subcommand below it, in the order `--help` lists them."""
-    root = click.Context(cli, info_name="phx", terminal_width=WIDTH, max_content_width=WIDTH)
+    settings = cli.context_settings  # as `phx` itself makes its context (-h as well as --help)
+    root = click.Context(cli, info_name="phx", terminal_width=WIDTH, max_content_width=WIDTH, **settings)
     return list(_walk(cli, root, "phx"))
 
 
