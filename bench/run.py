@@ -39,8 +39,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-# The latest table goes into the project's README and into bench/README.md, between markers.
-READMES = (BENCH.parent / "README.md", BENCH / "README.md")
+# The latest table goes into the benchmarks page of the docs and into bench/README.md, between markers.
+READMES = (BENCH.parent / "docs" / "benchmarks.md", BENCH / "README.md")
 
 # The ArgentOS default excludes; every tool gets the same set in its own syntax.
 EXCLUDES = ("*.log", "node_modules/", ".git/", "*.tmp", ".DS_Store")
@@ -1212,7 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (repositories, logs)")
     parser.add_argument("--keep-going", action="store_true", help="record a failing step and carry on")
     parser.add_argument(
-        "--no-readme", action="store_true", help="do not update the table in README.md and bench/README.md"
+        "--no-readme", action="store_true", help="do not update the table in docs/benchmarks.md and bench/README.md"
     )
     parser.add_argument("--replot", metavar="JSON", help="only rewrite the table and plot from a results JSON")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the tests need, installed, then every check: ruff, mypy, the layers contract
-# (import-linter, pyproject.toml), and the whole pytest suite (unit, integration against real
-# services, end-to-end through the `phx` command).
+# (import-linter, pyproject.toml), the documentation build, and the whole pytest suite (unit,
+# integration against real services, end-to-end through the `phx` command).
 set -euo pipefail
 . "$(dirname "$0")/setup.sh"
 cd "$ROOT"
@@ -15,9 +15,13 @@ cd "$ROOT"
 #   test extras, run as an unprivileged user the tests create.
 apt_install gpg:gnupg sqlite3:sqlite3 runuser:util-linux setpriv:util-linux crontab:cron useradd:passwd \
   unzip:unzip tar:tar sha256sum:coreutils pg_dump:postgresql-client git:git redis-server:redis-server
-ensure_venv "[test]"
+ensure_venv "[test,docs]"
 "$VENV/bin/ruff" check src tests bench
 "$VENV/bin/ruff" format --check src tests bench
 "$VENV/bin/mypy"
 "$VENV/bin/lint-imports" --no-cache --no-logo
+# The user guide: a broken link, page or anchor fails here (mkdocs.yml sets strict).
+SITE="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --config-file "$ROOT/mkdocs.yml" --site-dir "$SITE"
+rm -rf "$SITE"
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -10,7 +10,7 @@ from enum import IntEnum
 
 
 class ExitStatus(IntEnum):
-    """The exit codes of `phx`, a scripting contract (README, "Exit codes")."""
+    """The exit codes of `phx`, a scripting contract (docs/cli.md, "Exit codes")."""
 
     OK = 0
     FAILURE = 1
@@ -47,6 +47,12 @@ class ConfirmationRequired(PhoenixError):
     """An action that overwrites data needs `--yes` when there is no terminal to ask on."""
 
     exit_status = ExitStatus.USAGE
+
+
+class Cancelled(PhoenixError):
+    """The user answered "no" at a prompt: nothing was done, as asked, which is not a failure."""
+
+    exit_status = ExitStatus.OK
 
 
 class RepositoryError(PhoenixError):
@@ -97,6 +103,12 @@ class RepositoryLocked(RepositoryError):
 
 
 class SnapshotNotFound(RepositoryError):
+    exit_status = ExitStatus.USAGE
+
+
+class KeySlotNotFound(RepositoryError):
+    """A key slot named on the command line does not exist: a usage error, like an unknown snapshot."""
+
     exit_status = ExitStatus.USAGE
 
 

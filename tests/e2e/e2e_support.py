@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -456,3 +457,112 @@ def tmpfs_at(mnt: Path, size: str) -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, stdin=subprocess.DEVNULL)
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+# --------------------------------------------------------------------------------------------
+# A terminal
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TerminalRun:
+    """One `phx` run on a pseudo-terminal: its exit code and every byte it wrote there."""
+
+    code: int
+    raw: str
+
+    @property
+    def screen(self) -> list[str]:
+        return screen_lines(self.raw)
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- screen ---\n" + "\n".join(self.screen)
+
+
+def screen_lines(raw: str) -> list[str]:
+    """The lines a person sees on a terminal after `raw` was written to it: a carriage return goes
+    back to the start of the line and overwrites, `ESC[2K` / `ESC[K` erase, a newline moves on."""
+    lines: list[list[str]] = [[]]
+    col = 0
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\x1b":
+            match = re.match(r"\x1b\[([0-9;]*)([A-Za-z])", raw[i:])
+            if match:
+                if match.group(2) == "K":
+                    line = lines[-1]
+                    mode = match.group(1) or "0"
+                    if mode == "2":
+                        lines[-1] = [" "] * len(line)
+                    elif mode == "0":
+                        del line[col:]
+                i += len(match.group(0))
+                continue
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            lines.append([])
+            col = 0
+        else:
+            line = lines[-1]
+            if col < len(line):
+                line[col] = ch
+            else:
+                line.extend(" " * (col - len(line)))
+                line.append(ch)
+            col += 1
+        i += 1
+    return [text for text in ("".join(line).rstrip() for line in lines) if text]
+
+
+def on_a_terminal(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    answers: Sequence[str] = (),
+    *,
+    interrupt_after: str | None = None,
+    timeout: float = 120,
+) -> TerminalRun:
+    """Run `phx ARGS` with a pseudo-terminal as its controlling terminal (stdin, stdout and stderr),
+    typing each of `answers` at each prompt in turn (a line ending in ':' since the last answer),
+    and typing Ctrl-C once the output shows `interrupt_after`."""
+    import pty
+    import select
+    import signal
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: phx with exactly `env`
+        os.execve(PHX, [PHX, *[str(a) for a in args]], dict(env))
+    output = b""
+    pending = list(answers)
+    answered = 0
+    interrupted = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _w, _x = select.select([fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child has exited
+                break
+            if not chunk:
+                break
+            output += chunk
+            # A new prompt since the last answer: answer it (earlier input would be discarded).
+            if pending and output[answered:].rstrip().endswith(b":"):
+                os.write(fd, pending.pop(0).encode() + b"\n")
+                answered = len(output)
+            if interrupt_after is not None and not interrupted and interrupt_after.encode() in output:
+                os.write(fd, b"\x03")  # the terminal turns it into SIGINT and echoes ^C
+                interrupted = True
+    finally:
+        os.close(fd)
+    if time.monotonic() >= deadline:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"phx {' '.join(map(str, args))} on a terminal did not finish:\n{output.decode()}")
+    _pid, status = os.waitpid(pid, 0)
+    return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"))

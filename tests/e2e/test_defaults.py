@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import pty
 import re
-import select
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
-from e2e_support import PHX, Sandbox, assert_error, run_phx
+from e2e_support import Sandbox, assert_error, on_a_terminal, run_phx
 from test_notify import Receiver
 from test_unreadable_file import unprivileged
 
@@ -226,47 +222,15 @@ def test_init_without_encryption_is_explicit_and_warned(sandbox: Sandbox, tmp_pa
     assert json.loads((tmp_path / "repo" / "config").read_text())["encryption"] == "none"
 
 
-def _on_a_terminal(args: list[str], env: dict[str, str], answers: list[str], timeout: float = 60) -> tuple[int, str]:
-    """Run phx with a pseudo-terminal as its controlling terminal, answering each prompt in turn."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: stdin, stdout and stderr are the terminal
-        os.execve(PHX, [PHX, *args], env)
-    output = b""
-    pending = list(answers)
-    answered = 0
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _w, _x = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                output += chunk
-                # A new prompt since the last answer: answer it (earlier input would be discarded).
-                if pending and output[answered:].rstrip().endswith(b":"):
-                    os.write(fd, pending.pop(0).encode() + b"\n")
-                    answered = len(output)
-    finally:
-        os.close(fd)
-    if time.monotonic() >= deadline:
-        os.kill(pid, 9)
-    _pid, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
-
-
 def test_init_asks_for_the_passphrase_twice_on_a_terminal(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     env = sb.env_with(PHX_CONFIG=None, PHX_PASSPHRASE=None)
     base = ["init", "--config", str(tmp_path / "c.json"), "--workspace", str(sb.workspace)]
-    code, out = _on_a_terminal([*base, "--repo", str(tmp_path / "r1")], env, ["typed once", "typed twice"])
-    assert code == 2 and "do not match" in out, out
+    run = on_a_terminal([*base, "--repo", str(tmp_path / "r1")], env, ["typed once", "typed twice"])
+    assert run.code == 2 and "do not match" in run.raw, run
     assert not (tmp_path / "c.json").exists()
-    code, out = _on_a_terminal([*base, "--repo", str(tmp_path / "r2")], env, ["typed right", "typed right"])
-    assert code == 0 and out.count("assphrase") >= 2 and "key fingerprint" in out, out
+    run = on_a_terminal([*base, "--repo", str(tmp_path / "r2")], env, ["typed right", "typed right"])
+    assert run.code == 0 and run.raw.count("assphrase") >= 2 and "key fingerprint" in run.raw, run
     listed = run_phx(["list", "--config", tmp_path / "c.json", "--json"], sb.env_with(PHX_PASSPHRASE="typed right"))
     assert listed.json() == []
 

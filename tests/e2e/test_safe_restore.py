@@ -10,16 +10,13 @@ test_safe_restore_full_disk.py.
 from __future__ import annotations
 
 import os
-import pty
-import select
-import signal
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import DATABASES, PHX, Sandbox, assert_error, assert_same_db, file_manifest, flip_byte
+from e2e_support import DATABASES, Sandbox, assert_error, assert_same_db, file_manifest, flip_byte, on_a_terminal
 from safe_restore_support import (
     Reader,
     assert_state,
@@ -231,49 +228,21 @@ def test_no_terminal_and_no_yes_refuses(sb: Sandbox) -> None:
     assert_state(before, sb.state(), "after a refused restore")
 
 
-def _on_a_terminal(sb: Sandbox, args: list[str], answer: str) -> tuple[int, str]:
-    """Run `phx ARGS` on a pseudo-terminal, answer its question, return (exit code, output)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: phx with the sandbox's environment
-        os.execve(PHX, [PHX, *args], sb.env)
-    output = b""
-    answered = False
-    deadline = time.monotonic() + 120
-    while True:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"phx on a terminal did not finish:\n{output.decode(errors='replace')}")
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if not ready:
-            continue
-        try:
-            data = os.read(fd, 4096)
-        except OSError:  # EIO: the child has exited
-            break
-        if not data:
-            break
-        output += data
-        if not answered and b"Continue?" in output:
-            os.write(fd, answer.encode() + b"\n")
-            answered = True
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
-
-
 def test_confirmation_on_a_terminal_shows_the_plan(sb: Sandbox) -> None:
     snapshot_state = sb.state()
     change_workspace(sb)
     before = sb.state()
 
-    code, out = _on_a_terminal(sb, ["restore", "--latest", "--delete"], "n")
-    assert code == 2 and "Continue?" in out, out
+    run = on_a_terminal(["restore", "--latest", "--delete"], sb.env, ["n"])
+    out = run.raw
+    # "n" is an answer, not an error: nothing is done, as asked, and the exit code says success.
+    assert run.code == 0 and "Continue?" in out and "restore cancelled; nothing was changed" in out, run
     assert "to overwrite" in out and "to delete" in out and "safety snapshot" in out, out
     assert "home/.argentos/data/dashboard.db" in out, "the question names the databases it overwrites"
     assert_state(before, sb.state(), "after answering no")
 
-    code, out = _on_a_terminal(sb, ["restore", "--latest", "--delete"], "y")
-    assert code == 0, out
+    run = on_a_terminal(["restore", "--latest", "--delete"], sb.env, ["y"])
+    assert run.code == 0, run
     assert_state(snapshot_state, sb.state(), "after answering yes")
 
 

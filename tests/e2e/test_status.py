@@ -30,7 +30,7 @@ def age_state(sb: Sandbox, seconds: float) -> None:
 def test_status_before_any_backup_says_so(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
     res = sb.phx("status", check=1)
-    assert res.out.startswith("WARNING: no backup has run yet")
+    assert res.out.startswith("warning: no backup has run yet")
     doc = sb.phx("status", "--json", check=1).json()
     assert doc["ok"] is False and doc["lastBackup"] is None and doc["overdue"] is True
     assert doc["targets"]["local"]["error"] is None and doc["targets"]["local"]["snapshots"] == 0
@@ -82,7 +82,7 @@ def test_status_warns_when_the_last_success_is_older_than_the_schedule(make_sand
     # ...but not for an hourly one.
     sb.write_config(schedule={"every": "hourly"})
     res = sb.phx("status", check=1)
-    assert res.out.startswith("WARNING: the last successful backup is 2.0 h old")
+    assert res.out.startswith("warning: the last successful backup is 2.0 h old")
     assert "hourly" in res.out and "expected one at" in res.out
     sb.write_config(schedule={"every": "daily", "at": "02:00"})
     age_state(sb, 3 * 86400)

@@ -1,4 +1,4 @@
-"""Include/exclude patterns and file selection on real trees (README, "Choosing what is backed up")."""
+"""Include/exclude patterns and file selection on real trees (docs/configuration.md, "Choosing what is backed up")."""
 
 from __future__ import annotations
 

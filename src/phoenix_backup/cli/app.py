@@ -10,14 +10,17 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
+from phoenix_backup.cli.progress import Progress
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, PhoenixError
+from phoenix_backup.errors import Cancelled, ExitStatus, PhoenixError
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.repo.snapshot import Latest
@@ -28,23 +31,44 @@ F = TypeVar("F", bound=Callable[..., Any])
 # its location for `load_config`.
 _LATEST_KEY = "phx.latest"
 _REPO_KEY = "phx.repo"
+# Where the group leaves the options given before the command (`GlobalOptions`).
+_GLOBAL_KEY = "phx.global"
 
 
 class Out:
-    """Where a command's output goes, and how (plain text or one JSON document)."""
+    """Where a command's output goes, and how (plain text or one JSON document).
 
-    def __init__(self, as_json: bool, verbose: bool) -> None:
+    `--quiet` leaves errors only: notices and progress are dropped, and so is the plain-text report
+    of a command that changes something (a command whose result is data, such as `list`, still
+    prints it). What failed (`problem`) and errors are always printed."""
+
+    def __init__(self, as_json: bool, verbose: bool, quiet: bool = False, progress: Progress | None = None) -> None:
         self.as_json = as_json
         self.verbose = verbose
+        self.quiet = quiet
+        self.progress = progress if progress is not None else Progress()
 
     def notice(self, message: str) -> None:
-        click.echo(printable(f"phx: {message}"), err=True)
+        if not self.quiet:
+            self._say(f"phx: {message}")
 
-    def result(self, doc: object, text: str) -> None:
+    def problem(self, message: str) -> None:
+        """Something the command could not do (a file not saved, a target down): even with --quiet."""
+        self._say(f"phx: {message}")
+
+    def error(self, message: str) -> None:
+        self._say(f"phx: error: {message}")
+
+    def result(self, doc: object, text: str, *, data: bool = False) -> None:
+        self.progress.clear()
         if self.as_json:
             click.echo(jsontext.dumps(doc, indent=2))
-        elif text:
+        elif text and (data or not self.quiet):
             click.echo(printable(text))
+
+    def _say(self, line: str) -> None:
+        self.progress.clear()
+        click.echo(printable(line), err=True)
 
 
 def printable(text: str) -> str:
@@ -60,56 +84,113 @@ def printable(text: str) -> str:
 def make_env(out: Out) -> Environment:
     tty = is_tty()
 
-    def progress(phase: str, done: int, total: int) -> None:
-        if total:
-            sys.stderr.write(f"\r{phase}: {done}/{total} ({100 * done // total}%)")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+    def prompt(question: str) -> str:
+        out.progress.clear()
+        return getpass.getpass(question)
+
+    def confirm(question: str) -> bool:
+        out.progress.clear()
+        return click.confirm(question, default=False, err=True)
 
     ctx = click.get_current_context(silent=True)
     latest = ctx.meta.get(_LATEST_KEY) if ctx is not None else None
     return Environment(
         env=dict(os.environ),
         interactive=tty,
-        prompt=(lambda q: getpass.getpass(q)) if tty else None,
-        confirm=(lambda q: click.confirm(q, default=False, err=True)) if tty else None,
+        prompt=prompt if tty else None,
+        confirm=confirm if tty else None,
         notice=out.notice,
-        progress=progress if sys.stderr.isatty() and not out.as_json else None,
+        progress=out.progress.update if out.progress.active else None,
         latest=latest if isinstance(latest, Latest) else Latest(),
     )
 
 
-def common(f: F) -> F:
-    """--config, --json and --verbose on every command (DESIGN §2), and one error mapping."""
+@dataclass(frozen=True)
+class GlobalOptions:
+    """The options given before the command (`phx --json list`), which hold for the command as if
+    given after it (`phx list --json`)."""
 
-    @click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False),
-        help="Config file (overrides PHX_CONFIG and the search paths).",
-    )
-    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-    @click.option("--verbose", "-v", is_flag=True, help="More detail; tracebacks on errors.")
+    config_path: str | None = None
+    as_json: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    repo: str | None = None
+
+
+def global_options() -> GlobalOptions:
+    ctx = click.get_current_context(silent=True)
+    found = ctx.meta.get(_GLOBAL_KEY) if ctx is not None else None
+    return found if isinstance(found, GlobalOptions) else GlobalOptions()
+
+
+_CONFIG_HELP = "Config file (overrides PHX_CONFIG and the search paths)."
+_JSON_HELP = "Print one JSON document on stdout (progress, if any, as JSON lines on stderr)."
+_VERBOSE_HELP = "More detail; tracebacks on errors."
+_QUIET_HELP = "Print errors only (and the data a listing command exists to show)."
+_REPO_HELP = (
+    "Read this repository alone, with or without a config file: a folder, s3://BUCKET/PREFIX, "
+    "r2://ACCOUNT_ID/BUCKET/PREFIX or a Git URL (default: PHX_REPOSITORY, else the config's targets)."
+)
+
+
+def common(f: F) -> F:
+    """--config, --json, --verbose and --quiet on every command (DESIGN §2), given before the
+    command (`phx --json list`) or after it, and one error mapping."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+    @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+    @click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)
+    @click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)
     @functools.wraps(f)
-    def wrapper(*args: Any, config_path: str | None, as_json: bool, verbose: bool, **kwargs: Any) -> None:
-        out = Out(as_json, verbose)
+    def wrapper(*args: Any, config_path: str | None, as_json: bool, verbose: bool, quiet: bool, **kwargs: Any) -> None:
+        given = global_options()
+        as_json = as_json or given.as_json
+        verbose = verbose or given.verbose
+        quiet = quiet or given.quiet
+        _check_globals(given, config_path, verbose, quiet)
+        config_path = config_path or given.config_path
+        progress = Progress(
+            sys.stderr, terminal=sys.stderr.isatty() and not as_json and not quiet, json_lines=as_json and not quiet
+        )
+        out = Out(as_json, verbose, quiet, progress)
         envx = make_env(out)
         try:
             status = f(*args, out=out, envx=envx, config_path=config_path, **kwargs)
+        except Cancelled as exc:
+            # "n" at a prompt: nothing was done, as asked; not a failure.
+            out.problem(str(exc))
+            if as_json:
+                click.echo(jsontext.dumps({"cancelled": True, "message": str(exc)}))
+            sys.exit(int(exc.exit_status))
         except PhoenixError as exc:
             if verbose:
+                out.progress.clear()
                 traceback.print_exc()
-            click.echo(printable(f"phx: error: {exc}"), err=True)
+            out.error(str(exc))
             if as_json:
                 click.echo(jsontext.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
             sys.exit(int(exc.exit_status))
         except KeyboardInterrupt:
+            out.progress.interrupted()
             click.echo("phx: interrupted; the repository is unchanged unless a snapshot was reported", err=True)
             sys.exit(130)
         sys.exit(int(status or ExitStatus.OK))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_globals(given: GlobalOptions, config_path: str | None, verbose: bool, quiet: bool) -> None:
+    ctx = click.get_current_context()
+    if given.config_path and config_path and given.config_path != config_path:
+        raise click.UsageError(f"--config is given twice ({given.config_path} and {config_path}); give it once", ctx)
+    if verbose and quiet:
+        raise click.UsageError("--quiet and --verbose cannot be used together; choose one", ctx)
+    if given.repo and not any(p.name == "repo_location" for p in ctx.command.params):
+        raise click.UsageError(
+            f"`{ctx.command_path}` does not take --repo: it works on the config's targets; "
+            "drop --repo (or give a config with --config)",
+            ctx,
+        )
 
 
 def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
@@ -142,13 +223,12 @@ def repo_option(f: F) -> F:
     """`--repo LOCATION` (else `PHX_REPOSITORY`) for the commands that read: a folder, s3://BUCKET/PREFIX,
     r2://ACCOUNT/BUCKET/PREFIX or a Git URL, so that a new machine with nothing but the repository
     and its key can list and restore (config/location.py)."""
-    option = click.Option(
-        ["--repo", "repo_location"],
-        metavar="LOCATION",
-        help="Read this repository alone, with or without a config file: a folder, s3://BUCKET/PREFIX, "
-        "r2://ACCOUNT_ID/BUCKET/PREFIX or a Git URL (default: PHX_REPOSITORY, else the config's targets).",
-    )
-    return _stash(f, _REPO_KEY, lambda v: v["repo_location"] or os.environ.get("PHX_REPOSITORY") or None, [option])
+    option = click.Option(["--repo", "repo_location"], metavar="LOCATION", help=_REPO_HELP)
+
+    def build(v: dict[str, Any]) -> str | None:
+        return v["repo_location"] or global_options().repo or os.environ.get("PHX_REPOSITORY") or None
+
+    return _stash(f, _REPO_KEY, build, [option])
 
 
 # Every command lives in cli/cmd_<name>.py and registers itself on `cli` when imported. Only the
@@ -157,6 +237,7 @@ def repo_option(f: F) -> F:
 COMMANDS = (
     "archive",
     "backup",
+    "completion",
     "demo",
     "diff",
     "doctor",
@@ -192,8 +273,18 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="phx")
-def cli() -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)
+@click.option("--repo", "repo", metavar="LOCATION", help=_REPO_HELP + " Only for the commands that read.")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: str | None, as_json: bool, verbose: bool, quiet: bool, repo: str | None
+) -> None:
     """Phoenix: consistent, deduplicated, encrypted backups of an AI agent's workspace.
+
+    The options below may also be given after the command (`phx list --json`).
 
     \b
     Quick start:
@@ -201,7 +292,11 @@ def cli() -> None:
       phx backup && phx list && phx verify
       phx restore --latest --to /tmp/restored
     """
+    ctx.meta[_GLOBAL_KEY] = GlobalOptions(config_path, as_json, verbose, quiet, repo)
 
+
+# Every scope a snapshot can have: a backup's, and a restore's safety snapshot.
+SCOPES = ("full", "memory", "databases", "identity", "config", "pre-restore")
 
 _SCOPE_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("memory", "--memory-only", "Memory files and memory databases only."),
@@ -240,7 +335,7 @@ def latest_options(f: F) -> F:
     options = [
         click.Option(
             ["--scope", "latest_scope"],
-            type=click.Choice(["full", "memory", "databases", "identity", "config", "pre-restore"]),
+            type=click.Choice(SCOPES),
             help="`latest` is the newest snapshot of this scope (default: full; pre-restore picks safety snapshots).",
         ),
         click.Option(
@@ -260,6 +355,49 @@ def latest_options(f: F) -> F:
         return Latest(host=v["latest_host"], scope=v["latest_scope"] or "full", tags=tuple(v["latest_tags"]))
 
     return _stash(f, _LATEST_KEY, build, options)
+
+
+def complete_snapshots(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of a snapshot: the ids in the repository that start with what was typed,
+    as 8-character prefixes (the whole id once 8 characters are typed), and `latest`. Snapshot
+    objects are named by their id, so listing them needs no passphrase and decrypts nothing. Only
+    a local or S3/R2 repository is listed (a Git target would need a clone); a failure completes
+    nothing, silently: a shell's Tab must never print an error or ask for a passphrase."""
+    from phoenix_backup.ops.context import enabled_targets, target_backend
+
+    params: dict[str, Any] = {}
+    for c in reversed(_context_chain(ctx)):
+        params.update({k: v for k, v in c.params.items() if v not in (None, False, ())})
+    config_path = params.get("config_path")
+    location = params.get("repo_location") or params.get("repo") or os.environ.get("PHX_REPOSITORY")
+    envx = Environment(env=dict(os.environ))
+    try:
+        cfg = context.load(envx, config_path, location)
+        name = params.get("target") or enabled_targets(cfg)[0]
+        if name == "git":
+            return []
+        backend = target_backend(cfg, envx, name)
+        try:
+            ids = sorted(info.name.rsplit("/", 1)[-1] for info in backend.list("snapshots/"))
+        finally:
+            backend.close()
+    except Exception:  # completion is a convenience: whatever fails, offer nothing
+        return []
+    typed = incomplete.lower()
+    shown = {i if len(typed) >= 8 else i[:8] for i in ids if i.startswith(typed)}
+    found = [CompletionItem(v) for v in sorted(shown)]
+    if "latest".startswith(incomplete):
+        found.append(CompletionItem("latest"))
+    return found
+
+
+def _context_chain(ctx: click.Context) -> list[click.Context]:
+    chain: list[click.Context] = []
+    at: click.Context | None = ctx
+    while at is not None:
+        chain.append(at)
+        at = at.parent
+    return chain
 
 
 def check_target(target: str | None, cfg: Config | None = None, envx: Environment | None = None) -> None:

@@ -35,10 +35,10 @@ def backup(
     out.result(result.to_json(), render.backup(result, out.verbose))
     # What failed goes to stderr as well, where a wrapper script or a terminal sees it beside --json.
     for item in result.incomplete:
-        out.notice(f"not saved: {item['path']}: {item['error']}")
+        out.problem(f"not saved: {item['path']}: {item['error']}")
     for item in result.damaged:
-        out.notice(f"damaged: {item['path']}: {item['error']}")
+        out.problem(f"damaged: {item['path']}: {item['error']}")
     for name, target in result.targets.items():
         if not target.ok:
-            out.notice(f"target {name} failed: {target.error}")
+            out.problem(f"target {name} failed: {target.error}")
     return result.exit_status

@@ -10,6 +10,7 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    complete_snapshots,
     latest_options,
     load_config,
     repo_option,
@@ -22,8 +23,8 @@ from phoenix_backup.units import human_size
 
 
 @cli.command(name="diff")
-@click.argument("ref1", metavar="ID1")
-@click.argument("ref2", metavar="ID2")
+@click.argument("ref1", metavar="ID1", shell_complete=complete_snapshots)
+@click.argument("ref2", metavar="ID2", shell_complete=complete_snapshots)
 @click.option("--rows", is_flag=True, help="Also compare the rows of every database table, by primary key.")
 @target_option
 @latest_options
@@ -42,7 +43,7 @@ def diff_cmd(
     cfg = load_config(out, envx, config_path)
     check_target(target, cfg, envx)
     result = diff_op.diff(cfg, envx, ref1=ref1, ref2=ref2, rows=rows, target=target)
-    out.result(result.to_json(), text(result, out.verbose))
+    out.result(result.to_json(), text(result, out.verbose), data=True)
     return result.exit_status
 
 

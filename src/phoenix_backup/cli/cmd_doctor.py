@@ -21,7 +21,7 @@ def doctor(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
     Example: phx doctor
     """
     result = doctor_op.doctor(envx, config_path)
-    out.result(result.to_json(), render(result))
+    out.result(result.to_json(), render(result), data=True)
     return result.exit_status
 
 

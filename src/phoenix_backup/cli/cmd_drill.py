@@ -11,6 +11,7 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    complete_snapshots,
     latest_options,
     load_config,
     repo_option,
@@ -23,7 +24,14 @@ from phoenix_backup.ops.context import Environment
 
 
 @cli.command()
-@click.option("--backup", "ref", default="latest", show_default=True, help="Snapshot id, unique prefix or name.")
+@click.option(
+    "--backup",
+    "ref",
+    default="latest",
+    show_default=True,
+    help="Snapshot id, unique prefix or name.",
+    shell_complete=complete_snapshots,
+)
 @target_option
 @thaw_option
 @click.option(
@@ -53,7 +61,7 @@ def drill(
     check_target(target, cfg, envx)
     envx.thaw_timeout = thaw_timeout
     result = drill_op.drill(cfg, envx, ref=ref, target=target, scratch=Path(scratch).absolute() if scratch else None)
-    out.result(result.to_json(), render(result, out.verbose))
+    out.result(result.to_json(), render(result, out.verbose), data=not result.ok)
     return result.exit_status
 
 
@@ -61,8 +69,10 @@ def render(r: drill_op.DrillResult, verbose: bool) -> str:
     c = r.checked
     lines = [
         f"drill of {r.name} ({r.snapshot[:8]}) from {r.target}: restored into scratch space in {r.duration:.1f} s",
-        f"  {'✓' if not _file_errors(r) else '✗'} {c.get('files', 0)} files, {c.get('symlinks', 0)} symlinks, "
-        f"{c.get('dirs', 0)} folders: present, with their recorded size, mode and SHA-256",
+        # Files as `phx backup` counts them: symlinks among them, SQLite databases apart (below).
+        f"  {'✓' if not _file_errors(r) else '✗'} {c.get('files', 0) + c.get('symlinks', 0)} files "
+        f"({c.get('symlinks', 0)} of them symlinks), {c.get('dirs', 0)} folders: present, with their recorded "
+        "size, mode and SHA-256",
     ]
     for d in r.databases:
         rows = sum(a for _e, a in d.tables.values() if a is not None)

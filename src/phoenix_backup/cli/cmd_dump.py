@@ -13,6 +13,7 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    complete_snapshots,
     latest_options,
     load_config,
     repo_option,
@@ -25,7 +26,7 @@ from phoenix_backup.ops.context import Environment
 
 
 @cli.command()
-@click.argument("ref", metavar="ID")
+@click.argument("ref", metavar="ID", shell_complete=complete_snapshots)
 @click.argument("path")
 @target_option
 @thaw_option

@@ -11,6 +11,7 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    complete_snapshots,
     latest_options,
     load_config,
     repo_option,
@@ -31,7 +32,13 @@ from phoenix_backup.units import human_size
     show_default=True,
     help="json: complete, importable; csv: one file per table; markdown: for a person.",
 )
-@click.option("--backup", "ref", metavar="ID", help="Export this snapshot instead of the live stores.")
+@click.option(
+    "--backup",
+    "ref",
+    metavar="ID",
+    help="Export this snapshot instead of the live stores.",
+    shell_complete=complete_snapshots,
+)
 @click.option("--no-vectors", is_flag=True, help="Leave embedding vectors out (a much smaller export).")
 @click.option("--sanitize", is_flag=True, help="Redact secrets in config and env files; add MIGRATION.md.")
 @click.option("--output", "output", required=True, type=click.Path(file_okay=False), help="A new (or empty) folder.")

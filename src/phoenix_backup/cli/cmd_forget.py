@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.cli.app import Out, cli, common, complete_snapshots, load_config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import forget as forget_op
 from phoenix_backup.ops.context import Environment
@@ -12,7 +12,7 @@ from phoenix_backup.repo.retention import Candidate, render_plan
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.argument("ids", nargs=-1, metavar="[ID]...", shell_complete=complete_snapshots)
 @click.option("--dry-run", is_flag=True, help="Show what would be kept and removed, and why; remove nothing.")
 @click.option("--target", help="Apply retention on this target only (default: every enabled target).")
 @common
@@ -31,7 +31,7 @@ def forget(
     """
     cfg = load_config(out, envx, config_path)
     result = forget_op.forget(cfg, envx, dry_run=dry_run, target=target, ids=ids)
-    out.result(result.to_json(), render(result))
+    out.result(result.to_json(), render(result), data=result.exit_status != ExitStatus.OK)
     return result.exit_status
 
 

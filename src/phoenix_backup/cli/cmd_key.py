@@ -33,6 +33,7 @@ def key_list(out: Out, envx: Environment, config_path: str | None) -> ExitStatus
     out.result(
         [{**s.to_json(), "repository": listing.repository, "fingerprint": listing.fingerprint} for s in listing.slots],
         header + render.table(["ID", "TYPE", "LABEL", "CREATED", "HOST", "STATUS", "CURRENT"], rows),
+        data=True,
     )
     return ExitStatus.OK
 

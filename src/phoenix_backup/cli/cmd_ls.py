@@ -9,6 +9,7 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    complete_snapshots,
     latest_options,
     load_config,
     repo_option,
@@ -20,7 +21,7 @@ from phoenix_backup.ops.context import Environment
 
 
 @cli.command(name="ls")
-@click.argument("ref", metavar="ID")
+@click.argument("ref", metavar="ID", shell_complete=complete_snapshots)
 @click.argument("path", required=False)
 @click.option("--no-recursive", "flat", is_flag=True, help="List only the folder's own entries.")
 @target_option
@@ -40,7 +41,7 @@ def ls_cmd(
     cfg = load_config(out, envx, config_path)
     check_target(target, cfg, envx)
     result = ls_op.ls(cfg, envx, ref=ref, path=path, recursive=not flat, target=target)
-    out.result(result.to_json(), render(result))
+    out.result(result.to_json(), render(result), data=True)
     return ExitStatus.OK
 
 

@@ -24,22 +24,30 @@ def prune(out: Out, envx: Environment, config_path: str | None, dry_run: bool, t
     """
     cfg = load_config(out, envx, config_path)
     result = prune_op.prune(cfg, envx, dry_run=dry_run, target=target)
-    out.result(result.to_json(), render(result))
+    out.result(result.to_json(), render(result), data=result.exit_status != ExitStatus.OK)
     return result.exit_status
 
 
 def render(r: prune_op.PruneResult) -> str:
     lines = []
-    verb = "would free" if r.dry_run else "freed"
     for name, t in r.targets.items():
         if not t.ok:
             lines.append(f"target {name}: FAILED: {t.error}")
             continue
         lines += [f"notice: {n}" for n in t.notices]
+        freed = human_size(max(0, t.bytes_freed - t.bytes_written))
+        if r.dry_run:
+            what = (
+                f"would delete {t.deleted_packs} unused packs, repack {t.repacked_packs} and remove "
+                f"{t.leftover_packs} leftovers; would free {freed}, leaving {human_size(t.bytes_after)} "
+                "(dry run: nothing changed)"
+            )
+        else:
+            what = (
+                f"deleted {t.deleted_packs} unused packs, repacked {t.repacked_packs}, removed {t.leftover_packs} "
+                f"leftovers; freed {freed}, {human_size(t.bytes_after)} left"
+            )
         lines.append(
-            f"target {name}: {t.snapshots} snapshots, {t.packs_before} packs, {human_size(t.bytes_before)}; "
-            f"{t.deleted_packs} unused packs deleted, {t.repacked_packs} repacked, "
-            f"{t.leftover_packs} leftovers removed; {verb} {human_size(max(0, t.bytes_freed - t.bytes_written))}, "
-            f"{human_size(t.bytes_after)} left" + (" (dry run: nothing changed)" if r.dry_run else "")
+            f"target {name}: {t.snapshots} snapshots, {t.packs_before} packs, {human_size(t.bytes_before)}; {what}"
         )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    complete_snapshots,
     latest_options,
     load_config,
     repo_option,
@@ -32,7 +33,12 @@ from phoenix_backup.ops.context import Environment
     is_flag=True,
     help="Restore the newest complete full snapshot of this host (--scope, --tag, --host select others).",
 )
-@click.option("--backup", "ref", help="Snapshot id, unique id prefix or name (2026-03-15-14-30).")
+@click.option(
+    "--backup",
+    "ref",
+    help="Snapshot id, unique id prefix or name (2026-03-15-14-30).",
+    shell_complete=complete_snapshots,
+)
 @scope_options(config=True)
 @latest_options
 @click.option("--path", "paths", multiple=True, help="Only paths matching this glob (repeatable).")
@@ -137,7 +143,7 @@ def restore(
         conflict_mode="skip" if conflict_mode == "skip" else "update",
         keyless="replace" if keyless == "replace" else "add",
     )
-    out.result(result.to_json(), render.restore(result, out.verbose))
+    out.result(result.to_json(), render.restore(result, out.verbose), data=result.exit_status != ExitStatus.OK)
     if result.damaged:
         lost = [str(d["path"]) for d in result.damaged]
         named = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")

@@ -99,7 +99,7 @@ def status_cmd(out: Out, envx: Environment, config_path: str | None) -> ExitStat
     lines = [_status_text(result, "backup")]
     if drill.installed:
         lines.append(_status_text(drill, "drill"))
-    out.result({**result.to_json(), "drill": drill.to_json()}, "\n".join(lines))
+    out.result({**result.to_json(), "drill": drill.to_json()}, "\n".join(lines), data=True)
     return ExitStatus.OK
 
 

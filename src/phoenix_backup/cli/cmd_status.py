@@ -24,7 +24,7 @@ def status(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
     """
     cfg = load_config(out, envx, config_path)
     result = status_op.status(cfg, envx)
-    out.result(result.to_json(), render(result))
+    out.result(result.to_json(), render(result), data=True)
     return result.exit_status
 
 
@@ -59,5 +59,5 @@ def render(r: status_op.StatusResult) -> str:
         lines.append(f"target {name}: " + ", ".join(parts))
     lines += [f"warning: {w}" for w in r.warnings]
     if r.alert:
-        lines.insert(0, f"WARNING: {r.alert}")
+        lines.insert(0, f"warning: {r.alert}")
     return "\n".join(lines)

@@ -25,5 +25,5 @@ def sync(out: Out, envx: Environment, config_path: str | None, target: str | Non
     cfg = load_config(out, envx, config_path)
     check_target(target, cfg)
     result = sync_op.sync(cfg, envx, target=target)
-    out.result(result.to_json(), render.sync(result))
+    out.result(result.to_json(), render.sync(result), data=result.exit_status != ExitStatus.OK)
     return result.exit_status

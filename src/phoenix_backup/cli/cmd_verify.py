@@ -10,6 +10,7 @@ from phoenix_backup.cli.app import (
     check_target,
     cli,
     common,
+    complete_snapshots,
     latest_options,
     load_config,
     repo_option,
@@ -22,7 +23,7 @@ from phoenix_backup.ops.context import Environment
 
 
 @cli.command()
-@click.option("--backup", "ref", help="Check this snapshot only.")
+@click.option("--backup", "ref", help="Check this snapshot only.", shell_complete=complete_snapshots)
 @target_option
 @thaw_option
 @click.option("--read-data", is_flag=True, help="Read and check every byte of every pack.")
@@ -57,7 +58,7 @@ def verify(
     envx.thaw_timeout = thaw_timeout
     percent = _percent(subset) if subset is not None else None
     result = verify_op.verify(cfg, envx, ref=ref, read_data=read_data, subset=percent)
-    out.result(result.to_json(), render.verify(result))
+    out.result(result.to_json(), render.verify(result, out.verbose), data=not result.ok)
     return result.exit_status
 
 

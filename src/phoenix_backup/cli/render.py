@@ -42,9 +42,12 @@ def backup(r: BackupResult, verbose: bool) -> str:
         lines += [f"NOT SAVED: {i['path']}: {i['error']}" for i in r.incomplete]
         lines.append(f"would back up {r.files} files and databases, {human_size(r.size)} (dry run: nothing written)")
         return "\n".join(lines + [f"warning: {w}" for w in r.warnings])
+    # Counted as `phx drill` counts them: SQLite databases apart, a PostgreSQL or Redis dump's files as files.
+    sqlite = sum(1 for db in r.databases if db.engine == "sqlite")
+    dbs = f", {sqlite} {'database' if sqlite == 1 else 'databases'}" if sqlite else ""
     lines = [
-        f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files} files, {human_size(r.size)}, "
-        f"{human_size(r.added)} added, {r.duration:.1f} s"
+        f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files - sqlite} files{dbs}, "
+        f"{human_size(r.size)}, {human_size(r.added)} added, {r.duration:.1f} s"
     ]
     for db in r.databases:
         rows = sum(db.tables.values())
@@ -147,9 +150,9 @@ def _dest(r: RestoreResult) -> str:
     return "in place" if r.destination == "in place" else f"to {r.destination}"
 
 
-def verify(r: VerifyResult) -> str:
+def verify(r: VerifyResult, verbose: bool = False) -> str:
     checked = ", ".join(f"{v} {k}" for k, v in r.checked.items())
-    lines = [f"notice: {n}" for n in r.notices]
+    lines = [f"notice: {n}" for n in (r.notices if verbose else grouped_notices(r.notices))]
     for e in r.errors:
         where = f" (snapshot {e.snapshot[:8]}, {e.path})" if e.snapshot else ""
         lines.append(f"error: {e.object}{where}: {e.message}")
@@ -181,3 +184,22 @@ def sync(r: SyncResult) -> str:
             extra.append(f"{human_size(int(t.throughput))}/s")
         lines.append(f"target {name}: ok, {what}" + (f" ({', '.join(extra)})" if extra else ""))
     return "\n".join(lines)
+
+
+def grouped_notices(notices: list[str]) -> list[str]:
+    """Notices that differ only in the object they name ("data/ab/… is not in the index …", one per
+    leftover pack of an interrupted backup) as one line with their count and the first object;
+    `--verbose` and `--json` keep every one."""
+    groups: dict[str, list[str]] = {}
+    for notice in notices:
+        head, sep, rest = notice.partition(" ")
+        key = rest if sep and "/" in head else notice
+        groups.setdefault(key, []).append(head if key == rest else notice)
+    lines = []
+    for key, objects in groups.items():
+        if len(objects) == 1:
+            lines.append(objects[0] if objects[0] == key else f"{objects[0]} {key}")
+        else:
+            what = f"are {key[3:]}" if key.startswith("is ") else f"have this notice: {key}"
+            lines.append(f"{len(objects)} objects {what} (the first: {objects[0]}; --verbose names each)")
+    return lines

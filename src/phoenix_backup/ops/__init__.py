@@ -12,6 +12,7 @@ Docs: docs/architecture.md.
 COMMANDS: dict[str, str] = {
     "archive": "ops.archive",
     "backup": "ops.backup",
+    "completion": "cli.cmd_completion",  # the shell's completion script: about the command line itself
     "demo": "ops.demo",
     "diff": "ops.diff",
     "doctor": "ops.doctor",

@@ -607,7 +607,9 @@ def _run(
     if lost_warning:
         run.warnings.append(lost_warning)
     nodes: dict[str, Node] = {}
-    total = len(sel.entries)
+    # Counted as the summary counts them (files, databases and symlinks; not folders), so that the
+    # progress ends at the number the result reports: links and symlinks are done at once.
+    total = sum(1 for e in sel.entries.values() if e.kind in ("file", "sqlite", "symlink"))
     done = 0
     workers = max(2, min(8, (os.cpu_count() or 2) + 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool:
@@ -617,6 +619,7 @@ def _run(
         # Databases first: they are the largest items, so they start while files fill the gaps.
         for entry in sorted(sel.entries.values(), key=lambda e: (e.kind != "sqlite", e.logical)):
             if entry.logical in links:
+                done += 1
                 continue  # another name of a file read once, below
             if entry.kind == "file":
                 futures[entry.logical] = pool.submit(run.file_node, entry)
@@ -624,6 +627,7 @@ def _run(
                 db_futures[entry.logical] = pool.submit(run.sqlite_node, entry)
             elif entry.kind == "symlink":
                 nodes[entry.logical] = _symlink_node(entry)
+                done += 1
         # PostgreSQL and Redis stream straight into the repository, beside the files.
         env = dict(envx.env)
         seed = repo.secrets.chunker_seed
@@ -651,6 +655,9 @@ def _run(
             nodes.update(outcome.nodes)
             run.databases.append(outcome.info)
             run.warnings.extend(outcome.warnings)
+            total += len(outcome.nodes)  # a dump's files count as the summary counts them
+            done += len(outcome.nodes)
+            _progress(envx, done, total)
         for logical, ffut in futures.items():
             try:
                 nodes[logical] = ffut.result()

@@ -20,6 +20,7 @@ from phoenix_backup.errors import (
     RepositoryNotFound,
     StorageError,
     UsageError,
+    WrongPassphrase,
 )
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
@@ -236,15 +237,50 @@ def _open(cfg: Config, envx: Environment, backend: Backend, *, upgrade: bool) ->
     """Open with the configured credentials, checked against this user's pin. A command that
     writes (`upgrade`) brings a format 1 repository to the current format first, unless another
     process holds a lock there (then a later run does it)."""
-    repo = Repository.open(
-        backend, credentials(cfg, envx), pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
-    )
+    repo = _open_asking(cfg, envx, backend)
     if upgrade:
         try:
             repo.upgrade()
         except RepositoryLocked:
             envx.notice("the repository is busy; its upgrade to the current format waits for a later run")
     return repo
+
+
+# Tries of a passphrase typed at a prompt, as sudo and ssh give.
+PROMPT_TRIES = 3
+
+
+def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository:
+    """`Repository.open`; a wrong passphrase typed at the prompt (not one from the environment or
+    a command) may be typed again, up to PROMPT_TRIES times in all."""
+    asked = 0
+    prompt = envx.prompt
+    if prompt is not None:
+
+        def counting(question: str) -> str:
+            nonlocal asked
+            asked += 1
+            return prompt(question)
+
+        envx.prompt = counting
+    try:
+        for attempt in range(1, PROMPT_TRIES + 1):
+            before = asked
+            try:
+                return Repository.open(
+                    backend,
+                    credentials(cfg, envx),
+                    pins=pins(envx),
+                    compression=compressor_for(cfg),
+                    notice=envx.notice,
+                )
+            except WrongPassphrase:
+                if asked == before or attempt == PROMPT_TRIES:
+                    raise
+                envx.notice(f"wrong passphrase; try again ({PROMPT_TRIES - attempt} more)")
+        raise AssertionError("unreachable")
+    finally:
+        envx.prompt = prompt
 
 
 def no_repository(backend: Backend, name: str, *, first: bool) -> str:

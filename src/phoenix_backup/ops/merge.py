@@ -7,7 +7,7 @@ from __future__ import annotations
 import fnmatch
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ConfirmationRequired
+from phoenix_backup.errors import Cancelled, ConfirmationRequired
 from phoenix_backup.ops.context import Environment, open_repository, require_config_file, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
@@ -27,7 +27,7 @@ def confirm_merge(envx: Environment, question: str, flag: str) -> None:
             "(or --dry-run to see what it would do)"
         )
     if not envx.confirm(question):
-        raise ConfirmationRequired("merge cancelled; nothing was changed")
+        raise Cancelled("merge cancelled; nothing was changed")
 
 
 def snapshot_databases(repo: Repository, snap: Snapshot) -> list[tuple[str, Node]]:

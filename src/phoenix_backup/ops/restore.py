@@ -30,6 +30,7 @@ from phoenix_backup.argentos import alignment
 from phoenix_backup.argentos.gateway import GatewayStep, run_gateway
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
+    Cancelled,
     ConfirmationRequired,
     CorruptObject,
     ExitStatus,
@@ -650,7 +651,7 @@ class _Restore:
             f"Before writing, {first}a safety snapshot (tag pre-restore) is taken. Continue?"
         )
         if not self.envx.confirm(question):
-            raise ConfirmationRequired("restore cancelled; nothing was changed")
+            raise Cancelled("restore cancelled; nothing was changed")
 
     def database_problems(self, plan: _Plan) -> list[str]:
         """Live databases the backup API cannot overwrite (a WAL database of another page size)."""

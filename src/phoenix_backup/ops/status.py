@@ -39,7 +39,7 @@ class TargetStatus:
 
     @property
     def dedup_ratio(self) -> float | None:
-        if self.logical is None or not self.stored:
+        if not self.logical or not self.stored:  # no snapshot yet: no ratio to speak of
             return None
         return self.logical / self.stored
 

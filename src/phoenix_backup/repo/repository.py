@@ -29,6 +29,7 @@ from phoenix_backup.errors import (
     ConfigNotAuthenticated,
     CorruptObject,
     KeyChanged,
+    KeySlotNotFound,
     ObjectNotFound,
     ReadOnlyStorage,
     RepositoryError,
@@ -389,7 +390,7 @@ class Repository:
         slots = self.read_key_slots(self.backend)
         present = {info.name.split("/")[-1] for info in self.backend.list("keys/")}
         if slot_id not in present:
-            raise RepositoryError(f"no key slot {slot_id}; see `phx key list`")
+            raise KeySlotNotFound(f"no key slot {slot_id}; see `phx key list` for the slot ids")
         # A damaged slot may always go; a readable one never when it is the last readable one.
         if len(slots) == 1 and slots[0].id == slot_id:
             raise RepositoryError("refusing to remove the last key slot: the repository could never be opened again")
@@ -871,12 +872,16 @@ class Repository:
             )
         if by_name:
             return by_name[0]
-        if len(ref) >= 4:
-            matches = [s for s in snaps if s.id.startswith(ref.lower())]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise SnapshotNotFound(f"snapshot prefix {ref!r} is ambiguous; give more characters of the id")
+        if len(ref) < 4:
+            raise SnapshotNotFound(
+                f"no snapshot named {ref!r}, and an id prefix needs at least 4 characters; "
+                "give 4 or more characters of the id (see `phx list`)"
+            )
+        matches = [s for s in snaps if s.id.startswith(ref.lower())]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise SnapshotNotFound(f"snapshot prefix {ref!r} is ambiguous; give more characters of the id")
         raise SnapshotNotFound(f"no snapshot named {ref!r}; see `phx list` for ids and names")
 
     def _latest(self, snaps: list[Snapshot], rule: Latest) -> Snapshot:

@@ -455,6 +455,24 @@ def render_plan(plan: Plan, show: Callable[[Candidate], str] | None = None) -> l
         kept = sum(1 for d in decisions if d.keep)
         lines.append(f"{key}: keep {kept}, remove {len(decisions) - kept}")
         for d in decisions:
-            why = ", ".join(r.text() for r in d.reasons) if d.keep else d.removal_text()
+            why = reasons_text(d.reasons) if d.keep else d.removal_text()
             lines.append(f"  {'keep  ' if d.keep else 'remove'}  {label(d.snapshot)}" + (f"  {why}" if why else ""))
     return lines
+
+
+def reasons_text(reasons: Sequence[Reason]) -> str:
+    """The reasons a snapshot is kept, each said once: several rules that keep it as the oldest
+    snapshot while they have budget left are named together ("oldest snapshot, daily (2026-12-05)
+    and weekly (2026-W49) budget left"), not each with the same words."""
+    oldest = [r for r in reasons if r.oldest]
+    if len(oldest) < 2:
+        return ", ".join(r.text() for r in reasons)
+    rules = [f"{r.rule} ({r.period})" for r in oldest]
+    combined = f"oldest snapshot, {', '.join(rules[:-1])} and {rules[-1]} budget left"
+    parts: list[str] = []
+    for r in reasons:
+        if not r.oldest:
+            parts.append(r.text())
+        elif r is oldest[0]:
+            parts.append(combined)
+    return ", ".join(parts)

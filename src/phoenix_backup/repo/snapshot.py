@@ -281,6 +281,28 @@ class Latest:
         )
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which snapshots a listing shows (`phx list --host --scope --tag --last`): those of `host` and
+    `scope` (None: any) carrying every tag in `tags`, and of those the `last` newest (None: all)."""
+
+    host: str | None = None
+    scope: str | None = None
+    tags: tuple[str, ...] = ()
+    last: int | None = None
+
+    def apply(self, snaps: list[Snapshot]) -> list[Snapshot]:
+        """The selected snapshots of `snaps` (oldest first), in the same order."""
+        found = [
+            s
+            for s in snaps
+            if (self.host is None or s.host == self.host)
+            and (self.scope is None or s.scope == self.scope)
+            and all(t in s.tags for t in self.tags)
+        ]
+        return found[len(found) - self.last :] if self.last is not None and self.last < len(found) else found
+
+
 # How far ahead of the clock a snapshot may be dated before it counts as "from the future" (a
 # clock set wrong on one run, or `--time`): clocks of one host drift by seconds, not minutes.
 FUTURE_SLACK = timedelta(minutes=5)

@@ -1,4 +1,4 @@
-"""Include and exclude patterns (the README's "Choosing what is backed up" documents them).
+"""Include and exclude patterns (docs/configuration.md, "Choosing what is backed up", documents them).
 
 Includes are paths: relative ones start at the workspace, `~/...` and `/...` are absolute. A glob
 `*` or `?` stays inside one path segment, `**` spans any number of segments, `[abc]` is a class.

@@ -1,0 +1,31 @@
+"""`phx completion`."""
+
+from __future__ import annotations
+
+import click
+from click.shell_completion import get_completion_class
+
+from phoenix_backup.cli.app import cli
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the shell code that completes `phx` commands, options and snapshot ids.
+
+    Commands and options are completed everywhere; snapshot ids (ID, --backup) from the
+    repository of the config (or --repo), local or S3/R2, without asking for a passphrase.
+
+    \b
+    bash: add to ~/.bashrc:            eval "$(phx completion bash)"
+    zsh:  add to ~/.zshrc:             eval "$(phx completion zsh)"
+    fish: write it once:               phx completion fish > ~/.config/fish/completions/phx.fish
+
+    Example: phx completion bash > ~/.local/share/bash-completion/completions/phx
+    """
+    complete = get_completion_class(shell)
+    if complete is None:  # click knows every name in SHELLS; a future click might not
+        raise click.UsageError(f"no completion for {shell}; use one of {', '.join(SHELLS)}")
+    click.echo(complete(cli, {}, "phx", "_PHX_COMPLETE").source())

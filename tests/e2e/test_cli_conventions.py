@@ -1,0 +1,249 @@
+"""The conventions a restic, borg or kopia user expects of `phx` (issue 18): options before or after
+the command, --quiet, progress that never runs into other output, selecting snapshots, shell
+completion, one meaning per exit code, prompts that forgive a typo, and wording that says what is
+meant. Every run is the real `phx` in a subprocess or on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from e2e_support import PASSPHRASE, PHX, Sandbox, assert_error, on_a_terminal, run_phx
+
+# -- 5. global options anywhere -------------------------------------------------------------------
+
+
+def test_global_options_before_the_command_mean_what_they_mean_after_it(backed_up: Sandbox) -> None:
+    sb = backed_up
+    after = sb.phx("list", "--json").json()
+    before = sb.phx("--json", "list").json()
+    assert before == after and len(before) == 1
+
+    # --config before the command, with PHX_CONFIG unset: the config named is the one used.
+    env = sb.env_with(PHX_CONFIG=None)
+    doc = run_phx(["--config", sb.config_path, "--json", "backup"], env).json()
+    assert doc["id"] and doc["targets"]["local"]["ok"] is True
+    assert [s["id"] for s in run_phx(["--config", sb.config_path, "list", "--json"], env).json()][-1] == doc["id"]
+
+    # --repo before a reading command, with no config at all: a new machine's first command.
+    listed = run_phx(["--repo", sb.repo, "--json", "list"], env).json()
+    assert {s["id"] for s in listed} == {s["id"] for s in after} | {doc["id"]}
+
+    # --repo before a command that writes the config's targets is refused, not ignored.
+    res = run_phx(["--repo", sb.repo, "backup"], sb.env, check=2)
+    assert_error(res, 2, "does not take --repo")
+    # Contradictions are usage errors.
+    assert_error(sb.phx("--config", "/a.json", "list", "--config", "/b.json", check=2), 2, "--config is given twice")
+    assert_error(sb.phx("-q", "list", "--verbose", check=2), 2, "--quiet and --verbose")
+
+
+def test_quiet_prints_errors_only(backed_up: Sandbox) -> None:
+    sb = backed_up
+    res = sb.phx("backup", "-q")
+    assert res.out == "" and res.err == "", res
+    res = sb.phx("--quiet", "forget", "--dry-run")
+    assert res.out == "" and res.err == "", res
+    # A listing still shows what it exists to show.
+    assert "NAME" in sb.phx("list", "-q").out
+    # An error is still one line.
+    assert_error(sb.phx("-q", "ls", "nosuchsnapshot", check=2), 2, "no snapshot named")
+    # A part that could not be saved is still named (exit 3): a database server that is not there.
+    sb.write_config(
+        databases={"postgres": [{"name": "main", "host": "127.0.0.1", "port": 9, "database": "x", "user": "x"}]}
+    )
+    res = sb.phx("backup", "-q", check=3)
+    assert res.out == "" and "phx: not saved: postgres/main" in res.err, res
+
+
+def test_json_backup_streams_progress_lines_on_stderr(backed_up: Sandbox) -> None:
+    sb = backed_up
+    (sb.workspace / "MEMORY.md").write_text("changed\n")
+    res = sb.phx("backup", "--json")
+    doc = res.json()  # stdout is still one document
+    lines = [json.loads(line) for line in res.err.splitlines()]
+    assert lines and all(d["type"] == "progress" and d["phase"] == "backup" for d in lines), res.err
+    # The progress ends where the result does: the counts agree.
+    assert lines[-1]["done"] == lines[-1]["total"] == doc["files"], (lines[-1], doc["files"])
+    assert sb.phx("backup", "--json", "--quiet").err == ""
+
+
+# -- 6. selecting snapshots ----------------------------------------------------------------------
+
+
+def test_list_selects_by_host_scope_tag_and_last(backed_up: Sandbox) -> None:
+    sb = backed_up
+    first = sb.snapshots()[0]
+    tagged = sb.backup("--tag", "before-upgrade", "--time", "2030-01-01T10:00:00+00:00")
+    memory = sb.backup("--memory-only", "--tag", "before-upgrade", "--time", "2030-01-02T10:00:00+00:00")
+
+    def ids(*args: str) -> list[str]:
+        return [s["id"] for s in sb.phx("list", "--json", *args).json()]
+
+    assert ids() == [first["id"], tagged["id"], memory["id"]]
+    assert ids("--tag", "before-upgrade") == [tagged["id"], memory["id"]]
+    assert ids("--tag", "before-upgrade", "--scope", "full") == [tagged["id"]]
+    assert ids("--scope", "memory") == [memory["id"]]
+    assert ids("--last", "2") == [tagged["id"], memory["id"]]
+    assert ids("--scope", "full", "--last", "1") == [tagged["id"]]
+    assert ids("--host", first["host"], "--tag", "before-upgrade", "--last", "1") == [memory["id"]]
+    assert ids("--host", "another-machine") == []
+    assert "none of the 3 snapshots is selected" in sb.phx("list", "--host", "another-machine").out
+    assert_error(sb.phx("list", "--last", "0", check=2), 2, "--last")
+
+
+def test_a_prefix_shorter_than_4_characters_says_so(backed_up: Sandbox) -> None:
+    sb = backed_up
+    sid = sb.snapshots()[0]["id"]
+    assert_error(sb.phx("ls", sid[:3], check=2), 2, "at least 4 characters")
+    assert sb.phx("ls", sid[:4], "--json").json()["snapshot"] == sid
+
+
+def test_an_unknown_snapshot_and_an_unknown_key_slot_exit_alike(backed_up: Sandbox) -> None:
+    sb = backed_up
+    snapshot = sb.phx("forget", "00000000deadbeef", check=None)
+    slot = sb.phx("key", "remove", "00000000deadbeef", check=None)
+    assert snapshot.code == slot.code == 2, (snapshot, slot)
+    assert_error(slot, 2, "no key slot 00000000deadbeef", "phx key list")
+
+
+# -- 7. shell completion -----------------------------------------------------------------------
+
+
+def _complete(sb: Sandbox, words: str, cword: int, **env: str | None) -> list[str]:
+    res = run_phx([], sb.env_with(_PHX_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD=str(cword), **env))
+    return [line.split(",", 1)[1] for line in res.out.splitlines() if line]
+
+
+def test_snapshot_ids_complete_without_a_passphrase(backed_up: Sandbox) -> None:
+    sb = backed_up
+    second = sb.backup()
+    ids = sorted(s["id"] for s in sb.snapshots())
+    # No passphrase: the ids are the names of the snapshot objects, nothing is decrypted or asked.
+    assert _complete(sb, "phx ls ", 2, PHX_PASSPHRASE=None) == [i[:8] for i in ids] + ["latest"]
+    assert _complete(sb, f"phx restore --backup {second['id'][:3]}", 3) == [second["id"][:8]]
+    assert _complete(sb, f"phx forget {second['id'][:10]}", 2) == [second["id"]]
+    # Commands and options are completed too, global options before the command included.
+    assert "list" in _complete(sb, "phx --json l", 2)
+    assert "--last" in _complete(sb, "phx list --la", 2)
+    # A broken config completes nothing and prints nothing.
+    assert _complete(sb, "phx ls ", 2, PHX_CONFIG=str(sb.root / "missing.json")) == []
+
+
+def test_completion_script_completes_in_bash(backed_up: Sandbox) -> None:
+    sb = backed_up
+    sid = sb.snapshots()[0]["id"]
+    script = run_phx(["completion", "bash"], sb.env).out
+    env = dict(sb.env, PATH=f"{os.path.dirname(PHX)}:{sb.env['PATH']}")
+    shell = (
+        f"eval \"$(cat <<'EOF'\n{script}\nEOF\n)\"\n"
+        'COMP_WORDS=(phx dump ""); COMP_CWORD=2; _phx_completion phx; printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    out = subprocess.run(["bash", "-c", shell], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == [sid[:8], "latest"], out
+    for name in ("zsh", "fish"):
+        text = run_phx(["completion", name], sb.env).out
+        assert "_PHX_COMPLETE" in text and f"{name}_complete" in text
+    assert_error(sb.phx("completion", "tcsh", check=2), 2, "tcsh")
+
+
+# -- 8. prompts ---------------------------------------------------------------------------------
+
+
+def test_a_wrong_passphrase_typed_at_the_prompt_may_be_typed_again(backed_up: Sandbox) -> None:
+    sb = backed_up
+    env = sb.env_with(PHX_PASSPHRASE=None)
+    run = on_a_terminal(["list"], env, ["typo one", "typo two", PASSPHRASE])
+    assert run.code == 0, run
+    assert run.raw.count("Passphrase for the repository:") == 3, run
+    assert "wrong passphrase; try again (2 more)" in run.raw and "NAME" in run.raw, run
+    # Three wrong tries: one error, exit 1, no fourth question.
+    run = on_a_terminal(["list"], env, ["no", "no", "no", "no"])
+    assert run.code == 1 and run.raw.count("Passphrase for the repository:") == 3, run
+    assert sum("phx: error: wrong passphrase" in line for line in run.screen) == 1, run
+    # A wrong passphrase from the environment is not asked again (no terminal question at all).
+    run = on_a_terminal(["list"], sb.env_with(PHX_PASSPHRASE="wrong"), [])
+    assert run.code == 1 and "Passphrase for" not in run.raw, run
+
+
+# -- 2. clean lines ------------------------------------------------------------------------------
+
+
+def test_the_progress_line_is_gone_before_the_summary(backed_up: Sandbox) -> None:
+    sb = backed_up
+    (sb.workspace / "MEMORY.md").write_text("changed again\n")
+    run = on_a_terminal(["backup"], sb.env)
+    assert run.code == 0, run
+    assert "backup: " in run.raw, "a terminal shows progress"
+    summary = [line for line in run.screen if "saved:" in line]
+    assert len(summary) == 1 and summary[0].startswith("snapshot "), run
+    assert not any(line.startswith("backup: ") for line in run.screen), run
+
+
+def test_ctrl_c_leaves_one_clean_line(backed_up: Sandbox) -> None:
+    sb = backed_up
+    # A large sparse file keeps the backup busy after the small files are done.
+    with open(sb.workspace / "big.bin", "wb") as f:
+        f.truncate(300 << 20)
+    run = on_a_terminal(["backup"], sb.env, interrupt_after="backup: ")
+    assert run.code == 130, run
+    last = run.screen[-1]
+    assert last.startswith("phx: interrupted"), run
+    assert not any("^C" in line and "phx:" in line for line in run.screen), run
+
+
+# -- 9. wording, and counts that agree -------------------------------------------------------------
+
+
+def test_dry_runs_say_what_would_happen_and_reasons_are_said_once(backed_up: Sandbox) -> None:
+    sb = backed_up
+    sb.backup()
+    out = sb.phx("prune", "--dry-run").out
+    assert "would delete" in out and "would free" in out, out
+    assert " deleted" not in out.replace("would delete", ""), out
+    out = sb.phx("forget", "--dry-run").out
+    for line in out.splitlines():
+        assert line.count("oldest snapshot") <= 1, line
+    assert "oldest snapshot, daily (" in out and "budget left" in out, out
+
+
+def test_status_of_an_empty_repository(sandbox: Sandbox) -> None:
+    res = sandbox.phx("status", check=1)
+    assert "0.0x" not in res.out and "deduplication" not in res.out, res
+    prefixes = {line.split(":", 1)[0] for line in res.out.splitlines() if line.lower().startswith("warning")}
+    assert prefixes == {"warning"}, res
+    assert sandbox.phx("status", "--json", check=1).json()["targets"]["local"]["dedupRatio"] is None
+
+
+def test_backup_and_drill_count_the_same_files(backed_up: Sandbox) -> None:
+    sb = backed_up
+    os.symlink("MEMORY.md", sb.workspace / "memory-link.md")
+    doc = sb.backup()
+    drill = sb.phx("drill", "--json").json()
+    checked = drill["checked"]
+    assert doc["files"] == checked["files"] + checked["symlinks"] + checked["databases"], (doc["files"], checked)
+    text = sb.phx("backup").out.splitlines()[0]
+    files = checked["files"] + checked["symlinks"]
+    assert f"saved: {files} files, {checked['databases']} databases" in text, text
+    drilled = sb.phx("drill").out
+    assert f" {files} files ({checked['symlinks']} of them symlinks)" in drilled, drilled
+
+
+def test_verify_says_a_notice_once_with_its_count(backed_up: Sandbox) -> None:
+    """After an interrupted backup every pack it left is a notice; the text groups them."""
+    sb = backed_up
+    index_before = set((sb.repo / "index").iterdir())
+    (sb.workspace / "MEMORY.md").write_text("a change whose backup is then undone\n")
+    doc = sb.backup()
+    # Undo the commit: the snapshot and the index it wrote go, its packs stay (as after Ctrl-C).
+    (sb.repo / "snapshots" / doc["id"]).unlink()
+    for obj in set((sb.repo / "index").iterdir()) - index_before:
+        obj.unlink()
+    every = sb.phx("verify", "--json").json()["notices"]
+    left = [n for n in every if "is not in the index and no snapshot needs it" in n]
+    assert len(left) >= 2, every
+    text = [line for line in sb.phx("verify").out.splitlines() if line.startswith("notice:")]
+    grouped = [line for line in text if "no snapshot needs it" in line]
+    assert len(grouped) == 1 and grouped[0].startswith(f"notice: {len(left)} objects are not in the index"), text
+    verbose = sb.phx("verify", "--verbose").out
+    assert all(n in verbose for n in left), verbose
