@@ -105,6 +105,8 @@ WRITER = (
         con.execute("COMMIT")
         out.write(f"{k}\\n")
         out.flush()
+        if slow:
+            time.sleep(rng.uniform(0, slow))  # between transactions, as an agent pauses
         roll = rng.random()
         if roll < 0.04:
             mode = rng.choice(["PASSIVE", "RESTART", "TRUNCATE"])
@@ -133,14 +135,14 @@ class Simulation:
         self.con.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
         scope: dict[str, object] = {"value": value}
         exec(TRANSACTION, scope)
-        self._transaction = scope["transaction"]
+        self.transaction = scope["transaction"]  # (connection, k): transaction k on any database
 
     def items_at(self, k: int) -> list[tuple[int, bytes]]:
         if k < self.k:
             raise AssertionError(f"states went backwards: {k} after {self.k}")
         while self.k < k:
             self.k += 1
-            self._transaction(self.con, self.k)  # type: ignore[operator]
+            self.transaction(self.con, self.k)  # type: ignore[operator]
         return self.con.execute("SELECT id, v FROM items ORDER BY id").fetchall()
 
 

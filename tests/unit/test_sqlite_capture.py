@@ -203,6 +203,24 @@ def test_continuity_while_held_even_through_a_restart(tmp_path: Path) -> None:
     con.close()
 
 
+def test_pages_only_a_checkpoint_read_are_named_in_the_next_image(tmp_path: Path) -> None:
+    """checkpoint() reads the last commits itself (under the write lock): the caller's next image
+    still names their pages, or they would be missing from everything built on the images."""
+    db = tmp_path / "carry.db"
+    con = fresh(db)
+    for _ in range(200):
+        con.execute("INSERT INTO t(v) VALUES (?)", (os.urandom(300),))
+    checker = Checker(db, tmp_path / "oracle")
+    with SqliteCapture(db) as capture:
+        checker.check(capture.capture())
+        con.execute("UPDATE t SET v = x'05' WHERE id = 9")
+        assert capture.checkpoint() is not None
+        image = capture.capture()
+        checker.check(image)
+        assert image.changed
+    con.close()
+
+
 def test_resumes_from_a_saved_position_when_the_wal_kept_its_generation(tmp_path: Path) -> None:
     """Across processes: the position proves continuity when the WAL was only appended to, and
     not after another process checkpointed and restarted it."""

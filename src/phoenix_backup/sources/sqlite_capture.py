@@ -57,6 +57,7 @@ the same file, descriptors are parked until the last of them closes (as SQLite d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -252,6 +253,10 @@ class SqliteCapture:
         self._page_size = 0
         self._page_count = 0
         self._file_stamp: tuple[int, int] = (0, 0)  # database file (size, mtime) when pinned
+        # Pages changed in images the caller never saw (taken inside checkpoint()); None with a
+        # reason once such an image could not prove continuity.
+        self._carry: set[int] | None = set()
+        self._carry_reason = ""
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -303,7 +308,19 @@ class SqliteCapture:
     # -- capturing ------------------------------------------------------------------------
 
     def capture(self) -> Image:
-        """The database's current committed state (see the class and module docstrings)."""
+        """The database's current committed state (see the class and module docstrings); its
+        `changed` pages are those since the previous image this method returned."""
+        image = self._capture()
+        carry, reason = self._carry, self._carry_reason
+        self._carry, self._carry_reason = set(), ""
+        if image.changed is None or (carry is not None and not carry):
+            return image
+        if carry is None:
+            return dataclasses.replace(image, changed=None, reason=reason)
+        merged = frozenset(p for p in image.changed | carry if p <= image.page_count)
+        return dataclasses.replace(image, changed=merged)
+
+    def _capture(self) -> Image:
         self._generation += 1
         if self._con is None:
             self._open()
@@ -317,6 +334,13 @@ class SqliteCapture:
         self.release()
         self._generation += 1
         return self._pin()
+
+    def _unseen(self, image: Image) -> None:
+        """An image taken for the capture's own purposes: its changes go to the caller's next one."""
+        if image.changed is None:
+            self._carry, self._carry_reason = None, image.reason
+        elif self._carry is not None:
+            self._carry |= image.changed
 
     def checkpoint(self) -> CheckpointResult | None:
         """A PASSIVE checkpoint without losing the position (WAL mode, after a capture). None when
@@ -339,7 +363,8 @@ class SqliteCapture:
         try:
             # Nobody can commit now: this poll reaches the last commit there will be until the
             # write lock is released, so nothing can be missed across the gap below.
-            before = self.capture()
+            before = self._capture()
+            self._unseen(before)
             index = self._index
             self.release()
             busy, log, done = self._con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -598,7 +623,9 @@ class SqliteCapture:
                 break
             time.sleep(0.0005)
         if index is None:
-            raise CaptureError(f"cannot read the wal-index of {self.path}")
+            # Left half-written by a writer that was killed: SQLite rebuilds it when a read
+            # transaction begins, and the position tells whether continuity survived.
+            return self._rescan("")
         self._pinned_state = False
         self._index = index
         wal: WalHeader | None
@@ -648,6 +675,7 @@ class SqliteCapture:
         return self._image(frozenset(p for p in changed if p <= page_count), "", self._frame)
 
     def _rescan(self, reason: str) -> Image:
+        """Pin again; with no reason, continuity is then proven (or not) from the position."""
         self.release()
         self._generation += 1
         return self._pin(reason)
