@@ -18,6 +18,8 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -122,6 +124,32 @@ WRITER = (
     """
     )
 )
+
+
+def pages_differing(old: bytes, new: bytes, page_size: int) -> set[int]:
+    """Pages (from 1) of `new` that `old` does not hold the same (added pages included)."""
+    count = len(new) // page_size
+    return {
+        p + 1
+        for p in range(count)
+        if old[p * page_size : (p + 1) * page_size] != new[p * page_size : (p + 1) * page_size]
+    }
+
+
+def start_writer(db: Path, log: Path, seed: int, slow: float) -> subprocess.Popen[str]:
+    """The writer running on `db`, once it has opened it; `slow` seconds at most of sleep inside
+    each transaction and between them (so that a kill lands mid-transaction)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), str(log), str(seed), str(slow)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise AssertionError(f"the writer did not start: {proc.stderr.read() if proc.stderr else ''}")
+    return proc
 
 
 class Simulation:

@@ -23,8 +23,7 @@ import pytest
 from e2e_support import Sandbox, integrity, row_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sqlite_states import WRITER as RECORDING_WRITER
-from sqlite_states import Simulation, checkpointed_bytes, create_schema, logged
+from sqlite_states import Simulation, checkpointed_bytes, create_schema, logged, start_writer
 
 # Inserts observations (with their FTS trigger) one transaction at a time until STOP exists;
 # checkpoints often so the WAL is reset and the .db rewritten while the backup reads.
@@ -114,18 +113,6 @@ def writer_database(sb: Sandbox, journal: str) -> Path:
         Path(str(db) + suffix).unlink(missing_ok=True)
     create_schema(db, journal)
     return db
-
-
-def start_writer(db: Path, log: Path, seed: int, slow: float) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RECORDING_WRITER, str(db), str(log), str(seed), str(slow)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
-    return proc
 
 
 def restored_state(sb: Sandbox, doc: dict[str, object], dest: Path) -> tuple[int, list[tuple[int, bytes]], int]:

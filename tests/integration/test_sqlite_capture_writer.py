@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,35 +27,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
-from sqlite_states import WRITER, Simulation, create_schema, logged, state_of
+from sqlite_states import Simulation, create_schema, logged, pages_differing, start_writer, state_of
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 TRIALS = [(seed, 25.0, 6) for seed in range(6)] if HEAVY else [(1, 4.0, 2)]
 PAGE_SIZES = [1024, 4096, 65536] if HEAVY else [4096]
-
-
-def start_writer(db: Path, log: Path, seed: int, slow: float) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(db), str(log), str(seed), str(slow)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        proc.kill()
-        raise AssertionError(f"the writer did not start: {proc.stderr.read() if proc.stderr else ''}")
-    return proc
-
-
-def pages_differing(old: bytes, new: bytes, page_size: int) -> set[int]:
-    count = len(new) // page_size
-    return {
-        p + 1
-        for p in range(count)
-        if old[p * page_size : (p + 1) * page_size] != new[p * page_size : (p + 1) * page_size]
-    }
 
 
 @pytest.mark.parametrize(("seed", "seconds", "kills"), TRIALS)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from phoenix_backup.sources.sqlite_capture import CaptureError, Image, Position, SqliteCapture
-from sqlite_states import checkpointed_bytes
+from sqlite_states import checkpointed_bytes, pages_differing
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 EXAMPLES = 250 if HEAVY else 20
@@ -51,15 +51,6 @@ WRITE_ONCE = (
 )
 
 
-def pages_of(data: bytes, page_size: int) -> list[bytes]:
-    return [data[i : i + page_size] for i in range(0, len(data), page_size)]
-
-
-def differing(old: bytes, new: bytes, page_size: int) -> set[int]:
-    a, b = pages_of(old, page_size), pages_of(new, page_size)
-    return {i + 1 for i in range(len(b)) if i >= len(a) or a[i] != b[i]}
-
-
 def whole(image: Image) -> bytes:
     return image[0 : len(image)]
 
@@ -79,7 +70,7 @@ class Checker:
         assert data == expected, "the image differs from the state SQLite itself writes"
         if image.changed is not None and self.previous is not None:
             self.claims += 1
-            missed = differing(self.previous, data, image.page_size) - image.changed
+            missed = pages_differing(self.previous, data, image.page_size) - image.changed
             assert not missed, f"pages {sorted(missed)} changed but the capture did not say so"
         self.previous = data
         return data
@@ -365,3 +356,19 @@ def test_a_second_capture_of_the_same_file_keeps_the_first_ones_lock(tmp_path: P
         assert whole(image)[:16] == b"SQLite format 3\0"
     done = subprocess.run([sys.executable, "-c", writer, str(db)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_database_named_through_a_symbolic_link(tmp_path: Path) -> None:
+    """SQLite keeps -wal and -shm beside the file a link points to: the capture reads them there."""
+    real = tmp_path / "data" / "real.db"
+    real.parent.mkdir()
+    con = fresh(real)
+    con.executemany("INSERT INTO t(v) VALUES (?)", [(os.urandom(700),) for _ in range(30)])
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    with SqliteCapture(link) as capture:
+        image = capture.capture()
+        assert image.wal_frames > 0, "setup: commits live in the -wal"
+        assert whole(image) == checkpointed_bytes(real, tmp_path / "oracle")
+    assert not Path(str(link) + "-wal").exists()
+    con.close()

@@ -1,5 +1,8 @@
 """Consistent SQLite copies: the online backup API in one step, then checks on the copy.
 
+(A backup reads databases in place instead, see `sqlite_capture`; the copy serves exports. The
+checks run on either: `check_connection` takes any connection that reads the state to check.)
+
 The copy is taken with `backup(pages=-1)`, which reads every page inside one read transaction, so
 it is consistent even while the agent writes (WAL mode included). The live `.db`, `-wal` and
 `-shm` are never read as plain files. Checks run on the copy opened `immutable=1`, which never

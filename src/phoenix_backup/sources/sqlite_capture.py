@@ -704,22 +704,30 @@ class SqliteCapture:
         ps = self._page_size
         first, last = start // ps, (stop - 1) // ps  # pages from 0
         span = (last - first + 1) * ps
-        data = bytearray(_pread_exactly(self._db_fd, span, first * ps))
-        if len(data) < span:
-            data += bytes(span - len(data))  # never-written pages (the lock-byte page) read as zeros
-        if self._frames:
-            wal_page = self._page_size
-            for page in range(first + 1, last + 2):
-                number = self._frames.get(page)
-                if number is None:
-                    continue
-                offset = frame_offset(number, wal_page) + FRAME_HEADER_SIZE
-                content = _pread_exactly(self._wal_fd, ps, offset)
-                if len(content) != ps:
-                    raise CaptureError(f"{self.path}-wal ended while a read transaction held it")
+        data = bytearray(span)  # never-written pages (the lock-byte page) stay zeros
+        view = memoryview(data)
+        _read_into(self._db_fd, view, first * ps)
+        for page in range(first + 1, last + 2) if self._frames else ():
+            number = self._frames.get(page)
+            if number is not None:
                 at = (page - 1 - first) * ps
-                data[at : at + ps] = content
-        return bytes(memoryview(data)[start - first * ps : stop - first * ps])
+                offset = frame_offset(number, ps) + FRAME_HEADER_SIZE
+                if _read_into(self._wal_fd, view[at : at + ps], offset) != ps:
+                    raise CaptureError(f"{self.path}-wal ended while a read transaction held it")
+        if start == first * ps and stop == first * ps + span:
+            return bytes(data)
+        return bytes(view[start - first * ps : stop - first * ps])
+
+
+def _read_into(fd: int, buffer: memoryview, offset: int) -> int:
+    """Fill `buffer` from `offset` as far as the file goes; the number of bytes read."""
+    done = 0
+    while done < len(buffer):
+        n = os.preadv(fd, [buffer[done:]], offset + done)
+        if n <= 0:
+            break
+        done += n
+    return done
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
