@@ -372,3 +372,12 @@ def test_a_database_named_through_a_symbolic_link(tmp_path: Path) -> None:
         assert whole(image) == checkpointed_bytes(real, tmp_path / "oracle")
     assert not Path(str(link) + "-wal").exists()
     con.close()
+
+
+def test_a_saved_position_round_trips_and_a_damaged_one_is_refused() -> None:
+    position = Position(1, 2, 4096, 10, "00ff" * 4, 7, (3, 4))
+    assert Position.from_json(json.loads(json.dumps(position.to_json()))) == position
+    good = position.to_json()
+    for bad in ({}, [], {**good, "checksum": [1]}, {**good, "frame": "x"}, {**good, "checksum": None}):
+        with pytest.raises(ValueError, match="not a capture position"):
+            Position.from_json(bad)  # type: ignore[arg-type]

@@ -122,16 +122,20 @@ class Position:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Position:
-        c0, c1 = (int(x) for x in d["checksum"])
-        return cls(
-            int(d["device"]),
-            int(d["inode"]),
-            int(d["pageSize"]),
-            int(d["pageCount"]),
-            str(d["salt"]),
-            int(d["frame"]),
-            (c0, c1),
-        )
+        """ValueError when `d` is not a position (a damaged state file: capture without one)."""
+        try:
+            c0, c1 = (int(x) for x in d["checksum"])
+            return cls(
+                int(d["device"]),
+                int(d["inode"]),
+                int(d["pageSize"]),
+                int(d["pageCount"]),
+                str(d["salt"]),
+                int(d["frame"]),
+                (c0, c1),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a capture position: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -472,9 +476,11 @@ class SqliteCapture:
         except WalFormatError:
             return None
 
-    def _same_files(self) -> bool:
-        """The files the descriptors hold are still the ones at the database's path."""
-        for fd, suffix in ((self._db_fd, ""), (self._wal_fd, "-wal"), (self._shm_fd, "-shm")):
+    def _same_files(self, companions: bool = True) -> bool:
+        """The files the descriptors hold are still the ones at the database's path (the -wal
+        and -shm too, unless `companions` is false: a rollback-journal database has none)."""
+        held = ((self._db_fd, ""), (self._wal_fd, "-wal"), (self._shm_fd, "-shm"))
+        for fd, suffix in held if companions else held[:1]:
             if fd < 0:
                 continue
             try:
@@ -500,7 +506,7 @@ class SqliteCapture:
         return page_size, page_count
 
     def _rollback_image(self) -> Image:
-        if not self._same_files():
+        if not self._same_files(companions=False):
             raise CaptureError(f"{self.path} was replaced while it was opened; try again")
         self._pinned_state = True
         self._page_size, self._page_count = self._geometry()
