@@ -251,6 +251,9 @@ def test_the_restored_database_is_byte_identical_to_the_state_sqlite_writes(sand
     dest = tmp_path / "restored"
     sb.restore_to(doc["id"], dest)
     assert (dest / LOGICAL).read_bytes() == expected
+    # Its connection closed, the live file is that state too: a restore in place leaves it alone.
+    plan = sb.phx("restore", "--latest", "--dry-run", "--json").json()
+    assert {i["path"]: i["action"] for i in plan["items"]}[LOGICAL] == "unchanged"
 
 
 def test_no_temporary_copy_of_a_database_is_written(sandbox: Sandbox, tmpfs: Callable[[str], Path]) -> None:
