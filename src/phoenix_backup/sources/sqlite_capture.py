@@ -87,8 +87,9 @@ PIN_ATTEMPTS = 200
 # How long checkpoint() waits for another writer to finish before it leaves the checkpoint for
 # the next call: a writer in the middle of a long transaction is not worth blocking for.
 CHECKPOINT_WAIT_MS = 1000
-# How far the database file is read at a time when pages are read in sequence.
-READ_BLOCK = 1 << 20
+# The WAL size (frames) at which a capture that follows a database takes over a checkpoint:
+# SQLite's own automatic checkpoint threshold, which the held read transaction keeps from finishing.
+CHECKPOINT_FRAMES = 1000
 
 
 class CaptureError(SourceError):
@@ -229,6 +230,22 @@ def _pread_exactly(fd: int, length: int, offset: int) -> bytes:
 
 class SqliteCapture:
     """Captures of one database, each continuing from the last (see the module's docstring).
+
+    A process that follows a database polls it, consumes each image before the next call, and
+    takes over checkpoints::
+
+        capture = SqliteCapture(path, saved_position)  # None: the first capture scans every page
+        while running:
+            image = capture.capture()
+            pages = image.changed if image.changed is not None else range(1, image.page_count + 1)
+            ...  # read image.page(n) for n in pages (compare hashes when changed is None)
+            saved_position = capture.position  # persisted: a restart resumes from it
+            if image.wal_frames >= CHECKPOINT_FRAMES:
+                capture.checkpoint()
+            sleep(...)
+
+    In rollback-journal mode the read transaction blocks writers: call `release()` as soon as
+    the image is consumed (the next capture compares every page anyway).
 
     Not thread-safe: one thread calls its methods, though `connection` may be used by another
     thread (an integrity check) while the first one reads the image.
@@ -371,7 +388,10 @@ class SqliteCapture:
             self._unseen(before)
             index = self._index
             self.release()
-            busy, log, done = self._con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            try:
+                busy, log, done = self._con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                raise CaptureError(f"cannot checkpoint {self.path}: {exc}") from exc
             after = self._pin(expect=index)
             if after.changed != frozenset() or after.position != before.position:
                 raise CaptureError(f"{self.path} changed while its write lock was held for a checkpoint")
@@ -451,7 +471,10 @@ class SqliteCapture:
 
     def _pragma(self, name: str) -> Any:
         assert self._con is not None
-        return self._con.execute(f"PRAGMA {name}").fetchone()[0]
+        try:
+            return self._con.execute(f"PRAGMA {name}").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise CaptureError(f"cannot read database {self.path}: {exc}") from exc
 
     def _open_companions(self) -> None:
         """The -wal and -shm exist once a WAL read transaction began; opened once, kept open."""
