@@ -8,6 +8,7 @@ the damaged database is left as it is and everything else is restored, after the
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,12 @@ def test_a_damaged_pack_does_not_stop_a_restore(sandbox: Sandbox, tmp_path: Path
     sb.phx("restore", "--target", "git", "--backup", snap["id"][:8], "--path", VICTIM, "--to", dest)
     assert_restored(state, dest, "after restoring the damaged database from the other target")
 
-    # In place: memory.db is left as it is (the live one, changed since), the rest restored.
+    # In place: memory.db is left as it is (the live one, changed since), the rest restored. (An
+    # unchanged one would need no data: its bytes equal the snapshot's.)
+    con = sqlite3.connect(sb.db_path(VICTIM))
+    con.execute("CREATE TABLE changed_since(x)")
+    con.commit()
+    con.close()
     live_before = db_dump(sb.db_path(VICTIM))
     (sb.workspace / "MEMORY.md").write_text("the agent forgot everything\n")
     res = sb.phx("restore", "--latest", "--yes", "--json", check=1)

@@ -273,6 +273,10 @@ def test_unreadable_live_database_is_replaced_and_comes_back_on_undo(sb: Sandbox
     garbage = os.urandom(50_000)
     db.write_bytes(garbage)
     Path(f"{db}-wal").write_bytes(os.urandom(8192))  # a stale WAL SQLite must not replay
+    con = sqlite3.connect(sb.layout.observations_db)  # changed since: restored through the backup API
+    con.execute("DELETE FROM observations WHERE rowid IN (SELECT rowid FROM observations LIMIT 1)")
+    con.commit()
+    con.close()
 
     doc = sb.phx("restore", "--latest", "--databases-only", "--yes", "--json").json()
     methods = {d["path"]: d["method"] for d in doc["databases"]}

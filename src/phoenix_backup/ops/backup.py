@@ -14,7 +14,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, 
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache, cache_root
-from phoenix_backup.repo.chunker import FileView, file_chunks_of, page_runs
+from phoenix_backup.repo.chunker import file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats, timestamp_name
@@ -48,6 +48,7 @@ from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
+from phoenix_backup.sources.sqlite_capture import SqliteCapture
 from phoenix_backup.state import TargetOutcome, write_state
 from phoenix_backup.users import username
 
@@ -399,7 +400,8 @@ class _Run:
                 self.parent = parent = None
         if parent is not None:
             self.parent_started_ns = int(datetime.fromisoformat(parent.started or parent.time).timestamp() * 1e9)
-        self.tmp = cache.run_dir()
+        # Leftovers of killed runs go, and a cache that cannot be written is named at the start.
+        cache.run_dir()
         self.files_read = 0
         self.incomplete: list[dict[str, str]] = []
         self.databases: list[DatabaseInfo] = []
@@ -487,25 +489,24 @@ class _Run:
             info = next((d for d in self.parent.databases if d.path == entry.logical), None)
             if info is not None:
                 return _renamed(prev, entry.path.name), info
-        copy = self.tmp / f"{hashlib.sha256(entry.logical.encode()).hexdigest()[:16]}.db"
-        sqlite_source.copy_database(entry.path, copy)
-        try:
-            # The integrity check and the SHA-256 read the copy in their own threads while this
-            # one cuts it into page runs: the three overlap instead of adding up.
-            check: Future[sqlite_source.DatabaseCheck] = self.aux.submit(sqlite_source.check_database, copy)
+        parent_state = None
+        if prev is not None and prev.type == "sqlite" and prev.sha256 and self.present(prev):
+            pages = self.cache.load_pages(entry.logical, prev.sha256)
+            if pages is not None:
+                parent_state = (prev.content, pages)
+        # Read in place, in one read transaction (no temporary copy): the integrity check and row
+        # counts run in their own thread on that transaction, so they see exactly the pages this
+        # thread cuts into page runs, while the SHA-256 is fed the same bytes.
+        with SqliteCapture(entry.path) as capture:
+            image = capture.capture()
+            check: Future[sqlite_source.DatabaseCheck] = self.aux.submit(
+                sqlite_source.check_connection, capture.connection
+            )
             sha = hashlib.sha256()
-            page_size = sqlite_source.page_size_of(copy)
-            parent_state = None
-            if prev is not None and prev.type == "sqlite" and prev.sha256 and self.present(prev):
-                pages = self.cache.load_pages(entry.logical, prev.sha256)
-                if pages is not None:
-                    parent_state = (prev.content, pages)
-            fd = os.open(copy, os.O_RDONLY)
             try:
-                size = os.fstat(fd).st_size
                 extents, state = page_runs(
-                    FileView(fd, size),
-                    page_size,
+                    image,
+                    image.page_size,
                     self.repo.config.sqlite_run_pages,
                     self.repo.ids.page_key,
                     self.save_data,
@@ -514,11 +515,9 @@ class _Run:
                     digest=sha,
                 )
             finally:
-                os.close(fd)
-            digest = sha.hexdigest()
+                wait([check])  # the connection closes only once the check is done with it
             result = check.result()
-        finally:
-            copy.unlink(missing_ok=True)
+        page_size, size, digest = image.page_size, len(image), sha.hexdigest()
         state.sha256 = digest
         if self.keep_page_state:
             self.cache.save_pages(entry.logical, state)

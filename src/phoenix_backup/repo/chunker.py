@@ -11,10 +11,9 @@ stored whole, which costs space, never correctness.
 from __future__ import annotations
 
 import bisect
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 import blake3
 from pyfastcdc import FastCDC
@@ -130,31 +129,17 @@ def merge_extents(extents: list[Extent]) -> list[Extent]:
     return out
 
 
-class FileView:
-    """Read-only, sliceable view of an open file, read with pread on demand (no mmap: a mapping
-    would count the whole database in the process's resident memory)."""
+class PageData(Protocol):
+    """What page_runs reads: a database's bytes, sliced region by region (bytes, or a captured
+    image of a live database, read in place)."""
 
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
+    def __len__(self) -> int: ...
 
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, item: slice) -> bytes:
-        start, stop, _ = item.indices(self.size)
-        parts = []
-        while start < stop:
-            block = os.pread(self.fd, stop - start, start)
-            if not block:
-                raise OSError(f"file shrank while reading at offset {start}")
-            parts.append(block)
-            start += len(block)
-        return b"".join(parts)
+    def __getitem__(self, item: slice, /) -> bytes | memoryview: ...
 
 
 def page_runs(
-    data: bytes | memoryview | FileView,
+    data: PageData,
     page_size: int,
     run_pages: int,
     page_key: bytes,

@@ -1,5 +1,8 @@
 """Consistent SQLite copies: the online backup API in one step, then checks on the copy.
 
+(A backup reads databases in place instead, see `sqlite_capture`; the copy serves exports. The
+checks run on either: `check_connection` takes any connection that reads the state to check.)
+
 The copy is taken with `backup(pages=-1)`, which reads every page inside one read transaction, so
 it is consistent even while the agent writes (WAL mode included). The live `.db`, `-wal` and
 `-shm` are never read as plain files. Checks run on the copy opened `immutable=1`, which never
@@ -158,6 +161,15 @@ def check_database(copy: Path) -> DatabaseCheck:
     """`PRAGMA integrity_check` and row counts on a copy, without modifying it."""
     con = sqlite3.connect(sqlite_uri(copy, "mode=ro&immutable=1"), uri=True)
     try:
+        return check_connection(con)
+    finally:
+        con.close()
+
+
+def check_connection(con: sqlite3.Connection) -> DatabaseCheck:
+    """`PRAGMA integrity_check` and row counts of the state `con` reads (a copy, or the read
+    transaction a capture holds on the live database)."""
+    try:
         try:
             rows = con.execute("PRAGMA integrity_check").fetchall()
             problems = [str(r[0]) for r in rows]
@@ -170,9 +182,7 @@ def check_database(copy: Path) -> DatabaseCheck:
             integrity = problem if integrity == "ok" else f"{integrity}; {problem}"
         version = str(con.execute("SELECT sqlite_version()").fetchone()[0])
     except sqlite3.Error as exc:
-        raise SourceError(f"cannot read the copy of a database: {exc}") from exc
-    finally:
-        con.close()
+        raise SourceError(f"cannot read a database to check it: {exc}") from exc
     return DatabaseCheck(integrity, tables, virtual, version)
 
 
