@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix_backup.errors import CorruptObject, RestoreError
-from phoenix_backup.repo import keys
+from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError
+from phoenix_backup.repo import keys, reader
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
@@ -165,3 +165,30 @@ def test_a_damaged_blob_inside_a_coalesced_range_fails_with_no_byte_written(
     assert w.content("workspace/g.bin", good) == "ok"
     assert (to / "workspace/g.bin").read_bytes() == beside
     assert _left(to) == ["g.bin"]
+
+
+def test_a_pack_cut_short_fails_only_the_blobs_it_lost(writer: tuple[Repository, FileWriter, Path]) -> None:
+    """When a coalesced range cannot be read whole, each blob is read on its own: those before the
+    cut come back intact, each lost one gets its own error, none gets another's bytes."""
+    repo, _w, _to = writer
+    rng = random.Random(5)
+    parts = [rng.randbytes(20 * 1024) for _ in range(6)]
+    extents = _store(repo, b"".join(parts), 20 * 1024)
+    located = []
+    for ext in extents:
+        loc = repo.index.get(ext.blob)
+        assert loc is not None
+        located.append((ext.blob, loc))
+    assert len({loc.pack_id for _b, loc in located}) == 1
+    assert isinstance(repo.backend, LocalBackend)
+    pack = pack_name(located[0][1].pack_id)
+    ordered = sorted(located, key=lambda x: x[1].offset)
+    cut = ordered[3][1].offset + 10
+    os.truncate(repo.backend.root / pack, cut)
+    got = reader.read_blobs(repo, pack, ordered)
+    for (blob, loc), data in zip(located, parts, strict=True):
+        if loc.offset + loc.stored <= cut:
+            assert got[blob] == data
+        else:
+            assert isinstance(got[blob], PhoenixError)
+    assert sum(isinstance(v, PhoenixError) for v in got.values()) == 3
