@@ -65,8 +65,9 @@ Opened = dict[bytes, "bytes | PhoenixError"]
 def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocation]]) -> Opened:
     """Read `blobs` (neighbours in one pack, in offset order) with one ranged read and open each.
     Each blob gets its bytes or its own error: a damaged blob fails itself, never its neighbours.
-    When the range cannot be read whole (a pack cut short, a storage error), each blob is read on
-    its own, so every one ends exactly as a read of that blob alone would."""
+    When the range cannot be read whole (a pack cut short or missing), each blob is read on its
+    own, so every one ends exactly as a read of that blob alone would; a failing store (a network
+    error) raises, as a read of one blob does."""
     start = blobs[0][1].offset
     end = max(loc.offset + loc.stored for _b, loc in blobs)
     out: Opened = {}
