@@ -48,15 +48,29 @@ def extent_lists(draw: st.DrawFn) -> list[tuple[int, float, float]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(picks=extent_lists(), cache_kib=st.sampled_from([1, 24, 64, 1024]))
+@given(
+    picks=extent_lists(),
+    cache_kib=st.sampled_from([1, 24, 64, 1024]),
+    ahead_kib=st.sampled_from([1, 50, 4096]),
+    range_kib=st.sampled_from([1, 64, 4096]),
+    gap_kib=st.sampled_from([0, 64]),
+)
 def test_extent_bytes_match_the_blobs(
     stored: tuple[Repository, list[tuple[bytes, bytes]]],
     monkeypatch: pytest.MonkeyPatch,
     picks: list[tuple[int, float, float]],
     cache_kib: int,
+    ahead_kib: int,
+    range_kib: int,
+    gap_kib: int,
 ) -> None:
+    """Whatever the cache, the read-ahead batch, the range and the gap merged, each extent gets
+    exactly its bytes, in order."""
     repo, blobs = stored
     monkeypatch.setattr(reader, "BLOB_CACHE_BYTES", cache_kib * KIB)
+    monkeypatch.setattr(reader, "READ_AHEAD", ahead_kib * KIB)
+    monkeypatch.setattr(reader, "READ_RANGE", range_kib * KIB)
+    monkeypatch.setattr(reader, "READ_GAP", gap_kib * KIB)
     extents, expected = [], []
     for n, start, length in picks:
         bid, data = blobs[n]

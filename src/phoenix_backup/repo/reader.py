@@ -14,39 +14,181 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from phoenix_backup.errors import CorruptObject, NoSpace, ObjectNotFound, PhoenixError
 from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Node
 
 # A database's extents come back to the same page-run blobs again and again (the pages that did
-# not change since it was first stored): recent blobs are kept instead of being opened anew. On the
-# 7-day benchmark repository 2 MiB already avoids all but 8 of 5,839 loads of memory.db.
+# not change since it was first stored): blobs the node needs again are kept instead of being
+# loaded anew, up to this many bytes. On the 7-day benchmark repository 2 MiB already avoids all
+# but 8 of 5,839 loads of memory.db. A blob the node does not need again is dropped at once.
 BLOB_CACHE_BYTES = 4 * 1024 * 1024
+# Reading ahead (restic's restorer schedules by pack too): the blobs a node needs next are read
+# pack by pack, in the order they sit in each pack, neighbours less than READ_GAP apart merged into
+# one range of at most READ_RANGE bytes, and opened (decrypted, decompressed) on the decode pool
+# while the consumer writes and hashes the bytes before them. A new batch of READ_AHEAD bytes
+# starts when less than half a batch is still on the way, so at most one and a half batches (and
+# the range being read) of a node's blobs are in memory at once: the bound on what reading ahead
+# adds.
+READ_AHEAD = 4 * 1024 * 1024
+READ_RANGE = 4 * 1024 * 1024
+READ_GAP = 64 * 1024
 # A scratch copy of a database (diff, export, restore --merge) needs this much room besides.
 COPY_MARGIN = 16 * 1024 * 1024
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    """The process-wide threads that read and open blobs ahead of every node reader: one per core,
+    at least two (so that reading overlaps opening). Their tasks never wait for one another."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="phx-decode")
+        return _pool
+
+
+Opened = dict[bytes, "bytes | PhoenixError"]
+
+
+def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocation]]) -> Opened:
+    """Read `blobs` (neighbours in one pack, in offset order) with one ranged read and open each.
+    Each blob gets its bytes or its own error: a damaged blob fails itself, never its neighbours.
+    When the range cannot be read whole (a pack cut short or missing), each blob is read on its
+    own, so every one ends exactly as a read of that blob alone would; a failing store (a network
+    error) raises, as a read of one blob does."""
+    start = blobs[0][1].offset
+    end = max(loc.offset + loc.stored for _b, loc in blobs)
+    out: Opened = {}
+    try:
+        data = repo.backend.read_range(pack, start, end - start)
+    except (CorruptObject, ObjectNotFound):
+        for blob, _loc in blobs:
+            try:
+                out[blob] = repo.load_blob(BlobType.DATA, blob)
+            except PhoenixError as exc:
+                out[blob] = exc
+        return out
+    view = memoryview(data)
+    for blob, loc in blobs:
+        sealed = view[loc.offset - start : loc.offset - start + loc.stored]
+        what = f"blob {blob.hex()[:16]} in pack {loc.pack_id[:16]}"
+        try:
+            out[blob] = repo.open_blob(BlobType.DATA, blob, loc.compression, sealed, loc.raw, what, check_id=False)
+        except PhoenixError as exc:
+            out[blob] = exc
+    return out
+
+
+def _ranges(located: list[tuple[bytes, BlobLocation]]) -> list[tuple[str, list[tuple[bytes, BlobLocation]]]]:
+    """Blobs grouped by pack, in offset order, cut into ranges: a new range where the gap to the
+    previous blob exceeds READ_GAP or the range would exceed READ_RANGE."""
+    by_pack: dict[str, list[tuple[bytes, BlobLocation]]] = {}
+    for item in located:
+        by_pack.setdefault(item[1].pack_id, []).append(item)
+    out: list[tuple[str, list[tuple[bytes, BlobLocation]]]] = []
+    for pack_id, items in by_pack.items():
+        items.sort(key=lambda x: x[1].offset)
+        run: list[tuple[bytes, BlobLocation]] = []
+        for blob, loc in items:
+            if run:
+                first, last = run[0][1], run[-1][1]
+                if (
+                    loc.offset - (last.offset + last.stored) > READ_GAP
+                    or loc.offset + loc.stored - first.offset > READ_RANGE
+                ):
+                    out.append((pack_name(pack_id), run))
+                    run = []
+            run.append((blob, loc))
+        out.append((pack_name(pack_id), run))
+    return out
+
+
+class _Ahead:
+    """A node's blobs, read ahead in coalesced ranges and opened on the decode pool, handed out in
+    the order of its extents; blobs needed again later are kept (bounded), others dropped."""
+
+    def __init__(self, repo: Repository, extents: list[Extent]) -> None:
+        self.repo = repo
+        self.extents = extents
+        self.uses: dict[bytes, int] = {}
+        for ext in extents:
+            self.uses[ext.blob] = self.uses.get(ext.blob, 0) + 1
+        self.planned = 0  # extents[:planned] have their blobs kept, ready or on the way
+        self.pending: dict[bytes, tuple[Future[Opened], int]] = {}  # blob -> (its range, raw size)
+        self.in_flight = 0  # raw bytes planned and not yet handed out the first time
+        self.kept: OrderedDict[bytes, bytes] = OrderedDict()
+        self.kept_bytes = 0
+
+    def plan(self) -> None:
+        """Start reading the next READ_AHEAD bytes of blobs."""
+        located: list[tuple[bytes, BlobLocation]] = []
+        seen: set[bytes] = set()
+        budget = READ_AHEAD
+        while self.planned < len(self.extents) and budget > 0:
+            blob = self.extents[self.planned].blob
+            self.planned += 1
+            if blob in self.kept or blob in self.pending or blob in seen:
+                continue
+            loc = self.repo.index.get(blob)
+            if loc is None or loc.type != BlobType.DATA:
+                continue  # loaded on its own when its turn comes, which names the problem
+            seen.add(blob)
+            located.append((blob, loc))
+            budget -= loc.raw
+        pool = _decode_pool()
+        for pack, run in _ranges(located):
+            fut = pool.submit(read_blobs, self.repo, pack, run)
+            for blob, loc in run:
+                self.pending[blob] = (fut, loc.raw)
+                self.in_flight += loc.raw
+
+    def get(self, index: int) -> bytes:
+        """The blob of extent `index` (called in order)."""
+        if self.in_flight < READ_AHEAD // 2:
+            self.plan()
+        blob = self.extents[index].blob
+        self.uses[blob] -= 1
+        data = self.kept.get(blob)
+        if data is not None:
+            self.kept.move_to_end(blob)
+            if not self.uses[blob]:
+                self.kept_bytes -= len(self.kept.pop(blob))
+            return data
+        waiting = self.pending.pop(blob, None)
+        if waiting is None:  # never planned (not in the index) or dropped from the kept ones
+            data = self.repo.load_blob(BlobType.DATA, blob)
+        else:
+            fut, raw = waiting
+            self.in_flight -= raw
+            got = fut.result().pop(blob)  # the range's other blobs stay for their turn
+            if isinstance(got, PhoenixError):
+                raise got
+            data = got
+        if self.uses[blob]:
+            self.kept[blob] = data
+            self.kept_bytes += len(data)
+            while self.kept_bytes > BLOB_CACHE_BYTES and len(self.kept) > 1:
+                self.kept_bytes -= len(self.kept.popitem(last=False)[1])
+        return data
 
 
 def extent_ranges(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[tuple[bytes, int, int]]:
     """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
-    cache: OrderedDict[bytes, bytes] = OrderedDict()
-    cached = 0
-    for ext in extents:
-        blob = cache.get(ext.blob)
-        if blob is None:
-            blob = repo.load_blob(BlobType.DATA, ext.blob)
-            cache[ext.blob] = blob
-            cached += len(blob)
-            while cached > BLOB_CACHE_BYTES and len(cache) > 1:
-                cached -= len(cache.popitem(last=False)[1])
-        else:
-            cache.move_to_end(ext.blob)
+    ahead = _Ahead(repo, extents)
+    for i, ext in enumerate(extents):
+        blob = ahead.get(i)
         if ext.offset + ext.length > len(blob):
             raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
         yield blob, ext.offset, ext.offset + ext.length
@@ -77,6 +219,7 @@ class NodeReader:
         self._buffer = b""
 
     def ranges(self) -> Iterator[tuple[bytes, int, int]]:
+        """Each extent's bytes as (blob, start, end), hashed from that very buffer."""
         for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content):
             self.digest.update(memoryview(blob)[start:end])
             self.total += end - start
@@ -183,22 +326,39 @@ def check_data(
             for logical in users:
                 damaged.setdefault(logical, f"its data is missing from the repository (blob {blob.hex()[:16]})")
 
-    def check(item: tuple[bytes, tuple[list[str], int]]) -> None:
-        blob, (users, end) = item
-        try:
-            data = repo.load_blob(BlobType.DATA, blob)
-        except (CorruptObject, ObjectNotFound) as exc:
-            for logical in users:
-                damaged.setdefault(logical, damage_text(exc))
-            return
-        if len(data) < end:
-            for logical in users:
-                damaged.setdefault(logical, "its data is shorter than the snapshot says (damaged)")
+    def check(item: tuple[str, list[tuple[bytes, BlobLocation]]]) -> int:
+        pack, run = item
+        for blob, got in read_blobs(repo, pack, run).items():
+            users, end = needed[blob]
+            if isinstance(got, (CorruptObject, ObjectNotFound)):
+                for logical in users:
+                    damaged.setdefault(logical, damage_text(got))
+            elif isinstance(got, PhoenixError):
+                raise got  # the storage failed, not the data: the command stops, as for any read
+            elif len(got) < end:
+                for logical in users:
+                    damaged.setdefault(logical, "its data is shorter than the snapshot says (damaged)")
+        return len(run)
 
-    present = [(b, u) for b, u in needed.items() if repo.index.has(b)]
+    # Read pack by pack in coalesced ranges, as a restore does (extent_ranges).
+    located: list[tuple[bytes, BlobLocation]] = []
+    for blob in needed:
+        loc = repo.index.get(blob)
+        if loc is None:
+            continue
+        if loc.type != BlobType.DATA:  # load_blob refuses it and says why
+            try:
+                repo.load_blob(BlobType.DATA, blob)
+            except (CorruptObject, ObjectNotFound) as exc:
+                for logical in needed[blob][0]:
+                    damaged.setdefault(logical, damage_text(exc))
+            continue
+        located.append((blob, loc))
     workers = max(2, os.cpu_count() or 2)
+    done = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-check") as pool:
-        for done, _ in enumerate(pool.map(check, present), 1):
+        for count in pool.map(check, _ranges(located)):
+            done += count
             if progress is not None:
-                progress(done, len(present))
+                progress(done, len(located))
     return damaged

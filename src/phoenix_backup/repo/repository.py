@@ -802,7 +802,7 @@ class Repository:
         kind: BlobType,
         blob_id: bytes,
         method: Compression,
-        sealed: bytes,
+        sealed: bytes | memoryview,
         raw: int,
         what: str,
         *,

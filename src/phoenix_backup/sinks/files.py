@@ -42,16 +42,23 @@ TMP_PREFIX = ".phx-tmp-"
 # systems; a smaller run of zeros costs a block anyway.
 _HOLE = 4096
 _ZERO_BLOCK = bytes(_HOLE)
+# Written pages are handed to the disk every this many bytes (see write_content).
+WRITEBACK = 8 * 1024 * 1024
 
 
 def write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
     """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
     checking them against the snapshot's SHA-256."""
     reader = NodeReader(repo, logical, node)
-    pos = 0
+    pos = flushed = 0
     for blob, start, end in reader.ranges():
         _write_sparse(out, blob, start, end, pos)
         pos += end - start
+        if pos - flushed >= WRITEBACK:
+            # Start writing these pages to disk now, while the next ones are decoded and hashed:
+            # the fsync at the end then waits for the tail only, not for the whole file.
+            os.posix_fadvise(out, flushed, pos - flushed, os.POSIX_FADV_DONTNEED)
+            flushed = pos
     if os.fstat(out).st_size != pos:
         os.ftruncate(out, pos)  # the file ends in a hole: seeking alone does not extend it
     reader.finish()

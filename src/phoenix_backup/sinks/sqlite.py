@@ -1,7 +1,10 @@
 """Restoring an SQLite database from a snapshot, beside the file writer of sinks/files.py.
 
-The snapshot's copy is written beside the database's place under a temporary name, checked
-against its SHA-256 and with `PRAGMA integrity_check`, then applied: through the online backup API
+The snapshot's copy is written beside the database's place under a temporary name, hashed from
+the very buffers it is written from and checked against its SHA-256, then applied. `PRAGMA
+integrity_check` ran on that same copy at backup time (the snapshot records the result): bytes
+equal to it hash for hash give the same answer, so the check is run again only when the snapshot
+does not say it passed (docs/restore-checks.md). The copy is applied: through the online backup API
 into a live database that can be read, so that connections the agent holds open see the restored
 content (sinks/sqlite_live.py says why), else by rename, stale -wal/-shm removed first. In place
 the live database is checked afterwards. Every step works in one folder descriptor, and SQLite
@@ -28,11 +31,20 @@ from phoenix_backup.sinks.files import FileWriter, discard, rename_over, set_own
 from phoenix_backup.storage.local import os_error
 
 
+def checked_at_backup(node: Node) -> bool:
+    """Whether the snapshot records that the copy it holds passed `integrity_check` at backup time."""
+    return node.sqlite is not None and node.sqlite.get("integrity") == "ok"
+
+
 def write_copy(writer: FileWriter, logical: str, node: Node) -> str:
-    """Write a database's copy beside its place and check it with integrity_check; return the
-    copy's temporary name. Nothing else is touched: `restore_database` applies the copy."""
+    """Write a database's copy beside its place, its bytes proven against the snapshot's SHA-256
+    as they are written; run integrity_check on it unless those very bytes passed it at backup
+    time. Return the copy's temporary name. Nothing else is touched: `restore_database` applies
+    the copy."""
     with writer.parent_dir(logical) as (fd, _name):
         tmp = writer.write_temp(fd, logical, node)
+        if checked_at_backup(node):
+            return tmp
         try:
             integrity = sqlite_folder.run(fd, "integrity", [tmp])
         except BaseException:
