@@ -58,9 +58,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import sqlite3
 import stat
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,6 +92,9 @@ CHECKPOINT_WAIT_MS = 1000
 # The WAL size (frames) at which a capture that follows a database takes over a checkpoint:
 # SQLite's own automatic checkpoint threshold, which the held read transaction keeps from finishing.
 CHECKPOINT_FRAMES = 1000
+# The wal-index's "dead man switch" lock byte (WALINDEX_LOCK_OFFSET 120 + 8): every process that
+# uses the -shm holds a lock on it (SQLite's os_unix.c).
+SHM_DMS_BYTE = 128
 
 
 class CaptureError(SourceError):
@@ -453,6 +458,7 @@ class SqliteCapture:
         """Begin a read transaction and describe exactly the state it sees."""
         assert self._con is not None
         for _attempt in range(PIN_ATTEMPTS):
+            live = self._index_is_live()
             before = self._read_index()
             self._begin()
             self._journal = "wal" if self._pragma("journal_mode") == "wal" else "rollback"
@@ -461,6 +467,13 @@ class SqliteCapture:
             self._open_companions()
             after = self._read_index()
             if before is not None and after is not None and before.same_snapshot(after):
+                if not (live and self._index_is_live()):
+                    self.release()
+                    raise CaptureError(
+                        f"cannot capture {self.path}: its wal-index ({self.path}-shm) is read-only for this user "
+                        "and no other process has the database open, so it may be out of date; run the backup "
+                        "as the database's owner, or while the application has it open"
+                    )
                 return self._wal_image(after, reason, expect)
             self.release()
             time.sleep(0.0005)
@@ -490,6 +503,21 @@ class SqliteCapture:
                 self._shm_fd = fd
             else:
                 self._wal_fd = fd
+
+    def _index_is_live(self) -> bool:
+        """Whether SQLite reads the -shm file itself (checked before and after BEGIN). One this
+        process cannot write is used by SQLite only while another process has it open and keeps
+        it current; otherwise SQLite rebuilds a private wal-index from the WAL, and the file's
+        header, left by a writer that stopped updating it (a killed one in exclusive locking
+        mode, a copied -shm), may describe an older state than the one SQLite reads."""
+        if self._shm_fd < 0 or os.access(self._real + "-shm", os.W_OK):
+            return True  # SQLite opens it read-write, and rebuilds it when it is the first to use it
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, SHM_DMS_BYTE, 1, 0)
+        try:
+            answer = fcntl.fcntl(self._shm_fd, fcntl.F_GETLK, query)
+        except OSError:
+            return False
+        return bool(struct.unpack("hhqqi4x", answer)[0] != fcntl.F_UNLCK)
 
     def _read_index(self) -> IndexHeader | None:
         if self._shm_fd < 0:
