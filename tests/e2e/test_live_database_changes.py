@@ -10,6 +10,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
 from e2e_support import Sandbox, integrity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -100,3 +101,28 @@ def test_structural_changes_between_backups_restore_sqlites_own_bytes(sandbox: S
     doc = sb.backup()
     sb.restore_to(doc["id"], tmp_path / "restored-swap")
     assert (tmp_path / "restored-swap" / LOGICAL).read_bytes() == expected
+
+
+@pytest.mark.skipif(
+    os.environ.get("PHX_TEST_HEAVY") != "1", reason="waits the 30 s busy timeout"
+)
+def test_a_writer_in_exclusive_locking_mode_leaves_the_database_named_not_saved(sandbox: Sandbox) -> None:
+    """An application holding the database with `locking_mode=EXCLUSIVE` lets no reader in: the
+    backup waits the busy timeout, then names the database as not saved (exit 3) and keeps the
+    rest."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _fresh(db)
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("PRAGMA locking_mode=EXCLUSIVE")
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        _fill(con, 0, 50)
+        doc = sb.backup(check=3)
+    finally:
+        con.close()
+    incomplete = {i["path"]: i["error"] for i in doc["incomplete"]}
+    assert set(incomplete) == {LOGICAL}, incomplete
+    assert "locked" in incomplete[LOGICAL]
+    assert doc["files"] > 0
