@@ -103,9 +103,7 @@ def test_structural_changes_between_backups_restore_sqlites_own_bytes(sandbox: S
     assert (tmp_path / "restored-swap" / LOGICAL).read_bytes() == expected
 
 
-@pytest.mark.skipif(
-    os.environ.get("PHX_TEST_HEAVY") != "1", reason="waits the 30 s busy timeout"
-)
+@pytest.mark.skipif(os.environ.get("PHX_TEST_HEAVY") != "1", reason="waits the 30 s busy timeout")
 def test_a_writer_in_exclusive_locking_mode_leaves_the_database_named_not_saved(sandbox: Sandbox) -> None:
     """An application holding the database with `locking_mode=EXCLUSIVE` lets no reader in: the
     backup waits the busy timeout, then names the database as not saved (exit 3) and keeps the
