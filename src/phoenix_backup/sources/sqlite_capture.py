@@ -63,6 +63,7 @@ import os
 import sqlite3
 import stat
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -512,12 +513,11 @@ class SqliteCapture:
         mode, a copied -shm), may describe an older state than the one SQLite reads."""
         if self._shm_fd < 0 or os.access(self._real + "-shm", os.W_OK):
             return True  # SQLite opens it read-write, and rebuilds it when it is the first to use it
-        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, SHM_DMS_BYTE, 1, 0)
         try:
-            answer = fcntl.fcntl(self._shm_fd, fcntl.F_GETLK, query)
+            answer = fcntl.fcntl(self._shm_fd, fcntl.F_GETLK, _flock(fcntl.F_WRLCK, SHM_DMS_BYTE))
         except OSError:
             return False
-        return bool(struct.unpack("hhqqi4x", answer)[0] != fcntl.F_UNLCK)
+        return _flock_type(answer) != fcntl.F_UNLCK
 
     def _read_index(self) -> IndexHeader | None:
         if self._shm_fd < 0:
@@ -785,6 +785,22 @@ def _read_into(fd: int, buffer: memoryview, offset: int) -> int:
             break
         done += n
     return done
+
+
+# struct flock: Linux orders l_type, l_whence, l_start, l_len, l_pid; the BSDs and macOS l_start,
+# l_len, l_pid, l_type, l_whence.
+_LINUX_FLOCK = sys.platform.startswith("linux")
+
+
+def _flock(kind: int, offset: int) -> bytes:
+    """A struct flock for one byte at `offset`, for fcntl(F_GETLK)."""
+    if _LINUX_FLOCK:
+        return struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
+    return struct.pack("qqihh", offset, 1, 0, kind, os.SEEK_SET)
+
+
+def _flock_type(raw: bytes) -> int:
+    return int(struct.unpack("hhqqi4x", raw)[0] if _LINUX_FLOCK else struct.unpack("qqihh", raw)[3])
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
