@@ -58,9 +58,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import sqlite3
 import stat
+import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,6 +93,9 @@ CHECKPOINT_WAIT_MS = 1000
 # The WAL size (frames) at which a capture that follows a database takes over a checkpoint:
 # SQLite's own automatic checkpoint threshold, which the held read transaction keeps from finishing.
 CHECKPOINT_FRAMES = 1000
+# The wal-index's "dead man switch" lock byte (WALINDEX_LOCK_OFFSET 120 + 8): every process that
+# uses the -shm holds a lock on it (SQLite's os_unix.c).
+SHM_DMS_BYTE = 128
 
 
 class CaptureError(SourceError):
@@ -453,6 +459,7 @@ class SqliteCapture:
         """Begin a read transaction and describe exactly the state it sees."""
         assert self._con is not None
         for _attempt in range(PIN_ATTEMPTS):
+            live = self._index_is_live()
             before = self._read_index()
             self._begin()
             self._journal = "wal" if self._pragma("journal_mode") == "wal" else "rollback"
@@ -461,6 +468,13 @@ class SqliteCapture:
             self._open_companions()
             after = self._read_index()
             if before is not None and after is not None and before.same_snapshot(after):
+                if not (live and self._index_is_live()):
+                    self.release()
+                    raise CaptureError(
+                        f"cannot capture {self.path}: its wal-index ({self.path}-shm) is read-only for this user "
+                        "and no other process has the database open, so it may be out of date; run the backup "
+                        "as the database's owner, or while the application has it open"
+                    )
                 return self._wal_image(after, reason, expect)
             self.release()
             time.sleep(0.0005)
@@ -490,6 +504,20 @@ class SqliteCapture:
                 self._shm_fd = fd
             else:
                 self._wal_fd = fd
+
+    def _index_is_live(self) -> bool:
+        """Whether SQLite reads the -shm file itself (checked before and after BEGIN). One this
+        process cannot write is used by SQLite only while another process has it open and keeps
+        it current; otherwise SQLite rebuilds a private wal-index from the WAL, and the file's
+        header, left by a writer that stopped updating it (a killed one in exclusive locking
+        mode, a copied -shm), may describe an older state than the one SQLite reads."""
+        if self._shm_fd < 0 or os.access(self._real + "-shm", os.W_OK):
+            return True  # SQLite opens it read-write, and rebuilds it when it is the first to use it
+        try:
+            answer = fcntl.fcntl(self._shm_fd, fcntl.F_GETLK, _flock(fcntl.F_WRLCK, SHM_DMS_BYTE))
+        except OSError:
+            return False
+        return _flock_type(answer) != fcntl.F_UNLCK
 
     def _read_index(self) -> IndexHeader | None:
         if self._shm_fd < 0:
@@ -757,6 +785,22 @@ def _read_into(fd: int, buffer: memoryview, offset: int) -> int:
             break
         done += n
     return done
+
+
+# struct flock: Linux orders l_type, l_whence, l_start, l_len, l_pid; the BSDs and macOS l_start,
+# l_len, l_pid, l_type, l_whence.
+_LINUX_FLOCK = sys.platform.startswith("linux")
+
+
+def _flock(kind: int, offset: int) -> bytes:
+    """A struct flock for one byte at `offset`, for fcntl(F_GETLK)."""
+    if _LINUX_FLOCK:
+        return struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
+    return struct.pack("qqihh", offset, 1, 0, kind, os.SEEK_SET)
+
+
+def _flock_type(raw: bytes) -> int:
+    return int(struct.unpack("hhqqi4x", raw)[0] if _LINUX_FLOCK else struct.unpack("qqihh", raw)[3])
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
