@@ -75,6 +75,11 @@ class MissingCredentials(RepositoryError):
     exit_status = ExitStatus.USAGE
 
 
+class IdentityRequired(MissingCredentials):
+    """A write-only repository's data is read only with its age identity, which this machine
+    (a backing-up machine holds only the recipients) was not given."""
+
+
 class KeyChanged(RepositoryError):
     """The repository's key (or identity) is not the one this machine pinned: it may have been
     replaced by someone who can write the storage. `phx key trust` re-pins it once checked."""
@@ -151,6 +156,14 @@ class TargetUnreachable(StorageError):
 
 class TargetAuthError(StorageError):
     """The target rejected the credentials (or there were none)."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class AppendOnlyRefused(StorageError):
+    """Phoenix was about to delete or overwrite an object on an append-only target (or to run a
+    command that does, such as forget or prune): they run on another machine, with credentials
+    that may delete."""
 
     exit_status = ExitStatus.USAGE
 

@@ -487,9 +487,23 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: R
                 continue
         try:
             probe(repo, check, result)
+            if repo.backend.append_only:
+                _protection(repo, check, result)
         finally:
             if i > 0:
                 repo.backend.close()
+
+
+def _protection(repo: Repository, check: str, result: DoctorResult) -> None:
+    """An append-only target: what the store itself enforces against these credentials."""
+    try:
+        found = repo.backend.protection()
+    except PhoenixError as exc:
+        message, _, fix = str(exc).partition("; ")
+        result.add(f"{check} append-only", "fail", message, fix or None)
+        return
+    status: Status = "ok" if found.enforced else ("fail" if found.enforced is False else "warn")
+    result.add(f"{check} append-only", status, found.message, found.fix)
 
 
 def probe(repo: Repository, check: str, result: DoctorResult) -> None:

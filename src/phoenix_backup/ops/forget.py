@@ -11,11 +11,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, PhoenixError, RetentionRefused, SnapshotNotFound, UsageError
+from phoenix_backup.errors import (
+    AppendOnlyRefused,
+    ExitStatus,
+    PhoenixError,
+    RetentionRefused,
+    SnapshotNotFound,
+    UsageError,
+)
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository
 from phoenix_backup.ops.retention import Candidate, Plan, Policy, apply_policy
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.storage.targets import refuse_append_only
 
 # -- targets ------------------------------------------------------------------------------
 
@@ -122,9 +130,13 @@ def forget(
     result = ForgetResult(dry_run, policy, {})
     when = now or datetime.now(UTC)
     missing = SnapshotNotFound("no snapshot to forget")
-    for name in target_names(cfg, only=target):
+    names = target_names(cfg, only=target)
+    refused = {} if dry_run else refuse_append_only(cfg, names, "forget")
+    for name in names:
         report = TargetForget(name)
         try:
+            if name in refused:
+                raise AppendOnlyRefused(refused[name])
             repo = open_target(cfg, envx, name)
             try:
                 if ids:

@@ -46,6 +46,7 @@ from typing import Any
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
+    AppendOnlyRefused,
     CorruptObject,
     ExitStatus,
     ObjectNotFound,
@@ -59,7 +60,9 @@ from phoenix_backup.repo.locks import STALE_SECONDS
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.storage.appendonly import refusal
 from phoenix_backup.storage.base import ObjectInfo
+from phoenix_backup.storage.targets import refuse_append_only
 
 REPACK_MOSTLY_UNUSED = 0.5
 MAX_UNUSED_FRACTION = 0.10
@@ -218,9 +221,13 @@ def prune(cfg: Config, envx: Environment, *, dry_run: bool = False, target: str 
     """Prune every enabled target (or one), each under its own exclusive lock."""
     state = PruneState.for_home(envx.home)
     result = PruneResult(dry_run, {})
-    for name in target_names(cfg, only=target):
+    names = target_names(cfg, only=target)
+    refused = {} if dry_run else refuse_append_only(cfg, names, "prune")
+    for name in names:
         report = TargetPrune(name)
         try:
+            if name in refused:
+                raise AppendOnlyRefused(refused[name])
             repo = open_target(cfg, envx, name)
             try:
                 prune_repository(repo, report, dry_run=dry_run, state=state, now=time.time())
@@ -553,6 +560,7 @@ class RetentionOutcome:
     # target -> [{id, name, time, why}]: every snapshot forgotten, and why no rule kept it
     removed: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # clock skew: snapshots dated in the future
+    elsewhere: dict[str, str] = field(default_factory=dict)  # target -> why its retention runs on another machine
 
     @property
     def ok(self) -> bool:
@@ -569,6 +577,7 @@ class RetentionOutcome:
             "errors": self.errors,
             "removed": self.removed,
             "notices": self.notices,
+            "elsewhere": self.elsewhere,
         }
 
 
@@ -600,6 +609,9 @@ def retention_after_backup(
     first_name = next(iter(outcomes), None)
     for name in outcomes:
         repo: Repository | None = None
+        if cfg.targets.append_only(name):
+            out.elsewhere[name] = refusal(name, "retention (`phx forget`, `phx prune`)")
+            continue
         try:
             repo = first if name == first_name else _replica(cfg, envx, first, name)
             if not policy.empty:

@@ -37,6 +37,18 @@ def is_valid_name(name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Protection:
+    """What keeps the objects of a store from being deleted or overwritten by whoever holds the
+    credentials Phoenix uses there (`phx doctor` shows it for append-only targets). `enforced` is
+    True when the store itself refuses (S3 Object Lock, a Git remote refusing force pushes),
+    False when nothing but Phoenix's own restraint does, None when Phoenix cannot tell."""
+
+    enforced: bool | None
+    message: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     name: str
     size: int
@@ -51,6 +63,8 @@ class Backend(ABC):
 
     #: short kind for messages and decisions that depend on the store ("local", "s3", "git")
     kind: str = "local"
+    #: Phoenix never deletes or overwrites objects here, locks aside (storage/appendonly.py)
+    append_only: bool = False
 
     @property
     @abstractmethod
@@ -108,6 +122,15 @@ class Backend(ABC):
         """Remove what interrupted uploads left behind on the store (S3: multipart uploads);
         `everything` when no other writer can be active. Returns how many were removed."""
         return 0
+
+    def protection(self) -> Protection:
+        """What, besides Phoenix, keeps objects here from being deleted or overwritten."""
+        return Protection(
+            False,
+            f"nothing but file permissions protects {self.location}: whoever can write it can delete objects",
+            "keep a second target the backing-up user cannot change (an S3 bucket with Object Lock, a Git "
+            "host that refuses force pushes, a folder of another user)",
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
