@@ -77,7 +77,30 @@ class MissingCredentials(RepositoryError):
 
 class IdentityRequired(MissingCredentials):
     """A write-only repository's data is read only with its age identity, which this machine
-    (a backing-up machine holds only the recipients) was not given."""
+    (a backing-up machine holds only the recipients) was not given. The CLI names its command
+    (`command`) in the message."""
+
+    def __init__(self, location: str, reading: str, *, wrong: bool = False) -> None:
+        self.location = location
+        self.reading = reading
+        self.wrong = wrong
+        self.command: str | None = None
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        who = f"`{self.command}`" if self.command else "this"
+        where = f" at {self.location}" if self.location else ""
+        if self.wrong:
+            return (
+                f"{who} needs the age identity of the write-only repository{where} to read {self.reading}, and the "
+                "identity given is not one of its recipients; give the right one with --identity FILE or "
+                "PHX_IDENTITY_FILE"
+            )
+        return (
+            f"{who} needs the age identity of the write-only repository{where} to read {self.reading}: this machine "
+            "holds only its recipients; on a machine you trust, give --identity FILE or set PHX_IDENTITY_FILE "
+            "(or run on a terminal to be asked)"
+        )
 
 
 class KeyChanged(RepositoryError):

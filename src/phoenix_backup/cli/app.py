@@ -16,7 +16,7 @@ import click
 
 from phoenix_backup import __version__, jsontext
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, PhoenixError
+from phoenix_backup.errors import ExitStatus, IdentityRequired, PhoenixError
 from phoenix_backup.ops import manage
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.repo.snapshot import Latest
@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # its location for `load_config`.
 _LATEST_KEY = "phx.latest"
 _REPO_KEY = "phx.repo"
+_IDENTITY_KEY = "phx.identity"
 
 
 class Out:
@@ -68,8 +69,12 @@ def make_env(out: Out) -> Environment:
 
     ctx = click.get_current_context(silent=True)
     latest = ctx.meta.get(_LATEST_KEY) if ctx is not None else None
+    env = dict(os.environ)
+    identity = ctx.meta.get(_IDENTITY_KEY) if ctx is not None else None
+    if isinstance(identity, str):
+        env["PHX_IDENTITY_FILE"] = identity  # --identity FILE: one way in for the ops layer
     return Environment(
-        env=dict(os.environ),
+        env=env,
         interactive=tty,
         prompt=(lambda q: getpass.getpass(q)) if tty else None,
         confirm=(lambda q: click.confirm(q, default=False, err=True)) if tty else None,
@@ -99,6 +104,9 @@ def common(f: F) -> F:
         except PhoenixError as exc:
             if verbose:
                 traceback.print_exc()
+            if isinstance(exc, IdentityRequired):
+                ctx = click.get_current_context(silent=True)
+                exc.command = ctx.command_path if ctx is not None else None
             click.echo(printable(f"phx: error: {exc}"), err=True)
             if as_json:
                 click.echo(jsontext.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
@@ -147,7 +155,22 @@ def repo_option(f: F) -> F:
         help="Read this repository alone, with or without a config file: a folder, s3://BUCKET/PREFIX, "
         "r2://ACCOUNT_ID/BUCKET/PREFIX or a Git URL (default: PHX_REPOSITORY, else the config's targets).",
     )
+    f = identity_option(f)
     return _stash(f, _REPO_KEY, lambda v: v["repo_location"] or os.environ.get("PHX_REPOSITORY") or None, [option])
+
+
+def identity_option(f: F) -> F:
+    """`--identity FILE` (else `PHX_IDENTITY_FILE`, else a prompt on a terminal): the age identity that
+    reads a write-only repository, whose machine that backs up holds only its recipients
+    (docs/write-only.md). Every command that reads takes it."""
+    option = click.Option(
+        ["--identity", "identity_file"],
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="The age identity file that reads the repository (default: PHX_IDENTITY_FILE, "
+        "encryption.identityFile; a write-only repository asks for it on a terminal).",
+    )
+    return _stash(f, _IDENTITY_KEY, lambda v: v["identity_file"], [option])
 
 
 # Every command lives in cli/cmd_<name>.py and registers itself on `cli` when imported. Only the

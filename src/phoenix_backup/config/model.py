@@ -131,6 +131,8 @@ class Encryption:
     identity_file: Path | None = None
     passphrase_env: str | None = None
     passphrase_command: str | None = None
+    # age only: this machine backs up with the recipients and a write key, never the identity.
+    write_only: bool = False
 
 
 @dataclass(frozen=True)

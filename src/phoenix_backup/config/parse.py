@@ -336,6 +336,7 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
                 "identityFile",
                 "passphraseEnv",
                 "passphraseCommand",
+                "writeOnly",
             ),
         )
     )
@@ -602,7 +603,13 @@ def _encryption(section: _Section) -> Encryption:
         identity_file=section.path("identityFile"),
         passphrase_env=section.env_name("passphraseEnv"),
         passphrase_command=section.optional_string("passphraseCommand", secret=True),
+        write_only=section.boolean("writeOnly", False),
     )
+    if encryption.write_only and not (encryption.enabled and encryption.method == "age"):
+        raise ConfigError(
+            'encryption.writeOnly needs encryption.enabled true and encryption.method "age" (the recipients of the '
+            "machine you restore on); see docs/write-only.md"
+        )
     if encryption.enabled and encryption.method == "gpg" and encryption.key_id is None:
         raise ConfigError(
             'encryption.keyId is required when encryption.method is "gpg"; set it to your GPG '

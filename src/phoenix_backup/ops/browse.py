@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import CorruptObject, UsageError
+from phoenix_backup.errors import CorruptObject, IdentityRequired, UsageError
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.crypto import BlobType
@@ -41,8 +41,13 @@ _SPOOL_BYTES = 32 * 1024 * 1024
 
 def open_target(cfg: Config, envx: Environment, target: str | None) -> Repository:
     """The repository of `target`; without one, of `envx.target` (the command's `--target`) or the
-    first enabled target."""
-    return context.open_repository(cfg, envx, target=target)
+    first enabled target. Every command that opens it reads snapshots' trees and data, which a
+    machine that backs up a write-only repository cannot: it is told so before anything is done."""
+    repo = context.open_repository(cfg, envx, target=target)
+    if not repo.can_read:
+        repo.close()
+        raise IdentityRequired(repo.backend.location, "the trees and data of its snapshots")
+    return repo
 
 
 # --------------------------------------------------------------------------------------------

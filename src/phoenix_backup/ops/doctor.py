@@ -428,9 +428,7 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
         return None, envx  # reported by the target check
     slot = repo.opened_with or "?"
     result.add("credentials", "ok", f"the repository of target {first} opens (key slot {slot[:8]})")
-    result.add(
-        "key", "ok", f"repository {repo.config.id[:8]} has the key this machine trusts: {repo.secrets.fingerprint}"
-    )
+    result.add("key", "ok", f"repository {repo.config.id[:8]} has the key this machine trusts: {repo.fingerprint}")
     return repo, envx
 
 

@@ -14,6 +14,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     AppendOnlyRefused,
     ExitStatus,
+    IdentityRequired,
     PhoenixError,
     RetentionRefused,
     SnapshotNotFound,
@@ -139,14 +140,16 @@ def forget(
                 raise AppendOnlyRefused(refused[name])
             repo = open_target(cfg, envx, name)
             try:
+                if not repo.can_read:
+                    raise IdentityRequired(repo.backend.location, "every snapshot (forget decides on all of them)")
                 if ids:
                     forget_named(repo, ids, report, dry_run=dry_run)
                 else:
                     forget_repository(repo, policy, report, dry_run=dry_run, now=when)
             finally:
                 repo.close()
-        except RetentionRefused:
-            raise  # the same policy would be refused on every target: say so once
+        except (RetentionRefused, IdentityRequired):
+            raise  # the same on every target: say so once
         except SnapshotNotFound as exc:
             if not ids:
                 raise

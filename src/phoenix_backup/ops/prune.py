@@ -49,6 +49,7 @@ from phoenix_backup.errors import (
     AppendOnlyRefused,
     CorruptObject,
     ExitStatus,
+    IdentityRequired,
     ObjectNotFound,
     PhoenixError,
     RepositoryError,
@@ -230,9 +231,13 @@ def prune(cfg: Config, envx: Environment, *, dry_run: bool = False, target: str 
                 raise AppendOnlyRefused(refused[name])
             repo = open_target(cfg, envx, name)
             try:
+                if not repo.can_read:
+                    raise IdentityRequired(repo.backend.location, "every snapshot's trees (prune keeps what they use)")
                 prune_repository(repo, report, dry_run=dry_run, state=state, now=time.time())
             finally:
                 repo.close()
+        except IdentityRequired:
+            raise  # the same on every target: said once
         except PhoenixError as exc:
             report.ok = False
             report.error = str(exc)
@@ -599,6 +604,12 @@ def retention_after_backup(
     from phoenix_backup.ops.retention import Policy
 
     out = RetentionOutcome()
+    if not first.can_read:
+        out.skipped = (
+            "this machine backs up a write-only repository without its identity: `phx forget` and `phx prune` run on "
+            "a machine with it"
+        )
+        return out
     failed = sorted(name for name, o in outcomes.items() if not getattr(o, "ok", False))
     if failed:
         out.skipped = f"not every target received the snapshot (failed: {', '.join(failed)})"
@@ -663,4 +674,4 @@ def _replica(cfg: Config, envx: Environment, first: Repository, name: str) -> Re
             f"the config of target {name} differs from the first target's (changed since it was copied); "
             "run `phx sync` to copy it again"
         )
-    return Repository(backend, config, first.secrets, notice=envx.notice)
+    return first.sibling(backend, config)

@@ -95,6 +95,12 @@ def rotate(cfg: Config, envx: Environment) -> RotateResult:
         repo.upgrade()  # format 2 first: the new key must authenticate the config
         if not repo.config.encrypted:
             raise UsageError("the repository is not encrypted, so there is no key to rotate")
+        if repo.config.write_only is not None:
+            raise UsageError(
+                "`phx key rotate` does not rotate a write-only repository: its data is sealed under a new key each "
+                "run already; to stop an identity from reading what comes next, give the repository new recipients "
+                "with `phx key add --method age --write-only --recipient AGE`"
+            )
         result = _rotate_first_target(repo, cfg, envx)
         new_repo = Repository.open(repo.backend, credentials(cfg, envx), pins=pins(envx), notice=envx.notice)
         try:

@@ -20,7 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
+from phoenix_backup.errors import (
+    CorruptObject,
+    ExitStatus,
+    IdentityRequired,
+    ObjectNotFound,
+    PhoenixError,
+    UnsafePath,
+    UnsupportedFormat,
+)
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
@@ -29,6 +37,7 @@ from phoenix_backup.repo.pack import PackOrigin, iter_blobs, pack_name, read_hea
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.walker import Trees
+from phoenix_backup.repo.writer import WriterRepository
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,14 @@ def verify(
     """`subset` (a percentage, 0 < PCT <= 100) reads only that share of the packs, continuing where
     the previous subset run stopped (see `choose_subset`); it implies `read_data`."""
     repo = open_repository(cfg, envx)
+    if isinstance(repo, WriterRepository):
+        # A write-only repository, without its identity: what can be checked without reading data.
+        if read_data or subset is not None:
+            raise IdentityRequired(repo.backend.location, "every blob it checks (--read-data)")
+        with repo.lock(exclusive=False, command="verify"):
+            report = repo.check_structure()
+        errors = [VerifyError(obj, snap, None, message) for obj, snap, message in report.errors]
+        return VerifyResult(checked=report.checked, errors=errors, notices=report.notices)
     with repo.lock(exclusive=False, command="verify"):
         cursor = cache_for(repo, envx).dir / SUBSET_CURSOR if subset is not None else None
         return verify_repository(

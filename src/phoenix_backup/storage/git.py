@@ -68,6 +68,7 @@ GITATTRIBUTES = """\
 # delta compression cannot shrink it: it would only cost time and memory on both ends.
 config binary -delta
 keys/** binary -delta
+runkeys/** binary -delta
 data/** binary -delta
 index/** binary -delta
 snapshots/** binary -delta
