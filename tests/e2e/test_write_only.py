@@ -67,7 +67,7 @@ class Reader:
             "encryption": {
                 "enabled": True,
                 "method": "age",
-                "recipients": sb.config["encryption"]["recipients"],
+                "recipients": [str(pyrage.x25519.Identity.from_str(identity).to_public())],
                 "identityFile": str(self.identity_file),
             },
             "retention": retention_only(last=1),
@@ -78,14 +78,18 @@ class Reader:
         return self.sb.phx(*args, env=self.env, check=check)
 
 
+def _age_key() -> tuple[str, str]:
+    identity = pyrage.x25519.Identity.generate()
+    return str(identity), str(identity.to_public())
+
+
 def writer(make_sandbox: Any, tmp_path: Path) -> tuple[Sandbox, str]:
     """A sandbox whose repository is write-only: its config names the recipient, never the identity."""
     sb = make_sandbox()
-    identity = pyrage.x25519.Identity.generate()
-    recipient = str(identity.to_public())
+    identity, recipient = _age_key()
     sb.env.pop("PHX_PASSPHRASE")
     sb.reinit(encryption={"enabled": True, "method": "age", "recipients": [recipient], "writeOnly": True})
-    return sb, str(identity)
+    return sb, identity
 
 
 def _change(sb: Sandbox) -> None:
@@ -221,9 +225,18 @@ def _opens(keys: set[bytes], sealed: bytes, aad: bytes) -> bool:
     return False
 
 
-def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_path: Path) -> None:
-    sb, identity = writer(make_sandbox, tmp_path)
-    sb.env["PHX_PASSPHRASE"] = "the passphrase the agent's scheduler used to hold"
+@pytest.mark.parametrize("start", ["write-only", "converted"])
+def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_path: Path, start: str) -> None:
+    """`converted`: a passphrase repository whose passphrase stays in the scheduler's environment
+    after `phx key add --write-only`; its packs from before are sealed under the master key."""
+    if start == "write-only":
+        sb, identity = writer(make_sandbox, tmp_path)
+        sb.env["PHX_PASSPHRASE"] = "the passphrase the agent's scheduler used to hold"
+    else:
+        sb = make_sandbox()
+        sb.backup()
+        identity, recipient = _age_key()
+        sb.phx("key", "add", "--method", "age", "--write-only", "--recipient", recipient)
     sb.backup()
     _change(sb)
     sb.backup()
@@ -245,6 +258,8 @@ def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_pat
         kind = name.split("/")[0]
         if kind == "locks":
             pytest.fail(f"a lock object was left behind: {name}")
+        elif kind == "config" and start == "converted":
+            assert json.loads(data)["writeOnly"]
         elif kind == "config":
             assert json.loads(data)["writeOnly"]  # authenticated, holds no secret
         elif kind == "keys":
@@ -260,7 +275,7 @@ def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_pat
             tried += 1
         elif kind == "index":
             sealed = uncover_index(data, WriteKey(base64.b64decode(write_key["idKey"]), write_key["chunkerSeed"]), name)
-            assert sealed is not None
+            assert sealed is not None, f"{name} has no cover: the machine that backs up could not use it"
             assert not _opens(keys, sealed[2], INDEX_AAD), name
             tried += 1
         elif kind == "data":
@@ -273,7 +288,7 @@ def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_pat
     assert tried > 20, tried
 
     # A positive control: the reading machine's identity does open them, the same way.
-    some = next(n for n in objects if n.startswith("snapshots/"))
+    some = next(n for n in objects if n.startswith("snapshots/") and f"runkeys/{objects[n][:8].hex()}" in objects)
     key_id = objects[some][:8]
     run = RunKey.opened(
         key_id,
@@ -282,3 +297,44 @@ def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_pat
         [pyrage.x25519.Identity.from_str(identity)],
     )
     assert run is not None and _opens({run.key}, objects[some], SNAPSHOT_AAD)
+
+
+def test_a_passphrase_repository_becomes_write_only_without_uploading_its_data(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    sb = make_sandbox()
+    sb.backup()
+    _change(sb)
+    before_state = sb.state()
+    incremental = sb.backup()
+    packs = {p.relative_to(sb.repo).as_posix(): p.read_bytes() for p in (sb.repo / "data").rglob("*") if p.is_file()}
+    identity, recipient = _age_key()
+
+    res = sb.phx("key", "add", "--method", "age", "--write-only", "--recipient", recipient, "--json")
+    done = res.json()
+    assert len(done["removed"]) == 1 and done["writeKey"], done  # the passphrase slot
+    after = {p.relative_to(sb.repo).as_posix(): p.read_bytes() for p in (sb.repo / "data").rglob("*") if p.is_file()}
+    assert after == packs, "converting rewrote or added data packs"
+    assert [json.loads(p.read_text())["type"] for p in (sb.repo / "keys").iterdir()] == ["age"]
+
+    # The passphrase that stays in this machine's environment opens nothing any more.
+    fresh = sb.env_with(HOME=str(tmp_path / "elsewhere"), XDG_DATA_HOME=str(tmp_path / "elsewhere-data"))
+    fresh.pop("PHX_CONFIG")
+    res = sb.phx("list", "--repo", sb.repo, env=fresh, check=None)
+    assert res.code != 0 and not res.out.strip(), res
+
+    # The next backup reads and stores only what changed: the converted repository's index and
+    # the newest trees came to this machine's record.
+    _change(sb)
+    after_state = sb.state()
+    converted = sb.backup()
+    assert converted["filesRead"] <= incremental["filesRead"] + 1, (converted, incremental)
+    assert converted["added"] < 2 * incremental["added"] + 4096, (converted, incremental)
+    assert [s["id"] for s in sb.snapshots()][-1] == converted["id"]
+
+    reader = Reader(sb, tmp_path / "reader", identity)
+    reader.phx("restore", "--backup", incremental["id"], "--to", tmp_path / "old")
+    assert_restored(before_state, tmp_path / "old", "a snapshot from before the conversion")
+    reader.phx("restore", "--backup", converted["id"], "--to", tmp_path / "new")
+    assert_restored(after_state, tmp_path / "new", "a snapshot from after the conversion")
+    reader.phx("verify", "--read-data")

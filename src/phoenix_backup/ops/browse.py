@@ -39,12 +39,12 @@ _SPOOL_BYTES = 32 * 1024 * 1024
 # --------------------------------------------------------------------------------------------
 
 
-def open_target(cfg: Config, envx: Environment, target: str | None) -> Repository:
+def open_target(cfg: Config, envx: Environment, target: str | None, *, reads: bool = True) -> Repository:
     """The repository of `target`; without one, of `envx.target` (the command's `--target`) or the
-    first enabled target. Every command that opens it reads snapshots' trees and data, which a
-    machine that backs up a write-only repository cannot: it is told so before anything is done."""
+    first enabled target. A command that `reads` snapshots' trees and data, which a machine that
+    backs up a write-only repository cannot, is told so before anything is done."""
     repo = context.open_repository(cfg, envx, target=target)
-    if not repo.can_read:
+    if reads and not repo.can_read:
         repo.close()
         raise IdentityRequired(repo.backend.location, "the trees and data of its snapshots")
     return repo

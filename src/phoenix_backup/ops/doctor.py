@@ -412,7 +412,7 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
         return None, envx
     first = cfg.targets.enabled_names()[0]
     try:
-        repo = open_target(cfg, envx, first)
+        repo = open_target(cfg, envx, first, reads=False)
     except RepositoryNotFound:
         return None, envx  # the target check says so, with the fix
     except (MissingCredentials, WrongPassphrase) as exc:
@@ -426,6 +426,15 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
         return None, envx
     except PhoenixError:
         return None, envx  # reported by the target check
+    if not repo.can_read:
+        result.add(
+            "credentials",
+            "ok",
+            f"this machine backs up the write-only repository of target {first} with its write key and cannot "
+            "read it (its identity is on another machine)",
+        )
+        result.add("key", "ok", f"repository {repo.config.id[:8]} is authenticated by this machine's write key")
+        return repo, envx
     slot = repo.opened_with or "?"
     result.add("credentials", "ok", f"the repository of target {first} opens (key slot {slot[:8]})")
     result.add("key", "ok", f"repository {repo.config.id[:8]} has the key this machine trusts: {repo.fingerprint}")
@@ -464,7 +473,7 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: R
         repo = first_repo if i == 0 else None
         if repo is None:
             try:
-                repo = open_target(cfg, envx, name)
+                repo = open_target(cfg, envx, name, reads=False)
             except RepositoryNotFound as exc:
                 message, _, _fix = str(exc).partition("; ")
                 result.add(

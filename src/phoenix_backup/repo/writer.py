@@ -22,14 +22,16 @@ names, sizes and SHA-256 of the newest snapshot only, which the workspace here s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from phoenix_backup.errors import (
     ObjectNotFound,
     PhoenixError,
 )
+from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.index import decode_index, encode_index
 from phoenix_backup.repo.pack import MAX_HEADER, PackEntry, pack_name
@@ -52,6 +55,7 @@ from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node as TreeNode
 from phoenix_backup.repo.tree import decode_tree, encode_tree
+from phoenix_backup.repo.walker import Trees
 from phoenix_backup.repo.writeonly import RUN_KEY_ID_LENGTH, RunKey, WriteKey, run_key_name, uncover_index
 from phoenix_backup.storage.base import Backend
 
@@ -136,12 +140,16 @@ class WriterStore:
             ) from None
 
     def add(self, sid: str, snap: Snapshot) -> None:
+        self.add_all({sid: snap})
+
+    def add_all(self, snapshots: dict[str, Snapshot]) -> None:
         with self._locked():
             try:
                 known = json.loads(self.record_path.read_bytes()).get("snapshots", {})
             except (FileNotFoundError, ValueError, AttributeError):
                 known = {}
-            known[sid] = json.loads(snap.to_json_bytes())
+            for sid, snap in snapshots.items():
+                known[sid] = json.loads(snap.to_json_bytes())
             doc = {"version": RECORD_VERSION, "snapshots": known}
             write_private(self.record_path, json.dumps(doc, sort_keys=True).encode())
 
@@ -467,3 +475,74 @@ class StructureReport:
 
     def error(self, obj: str, snapshot: str | None, message: str) -> None:
         self.errors.append((obj, snapshot, message))
+
+
+# -- turning a repository write-only -------------------------------------------------------------
+
+
+@dataclass
+class Conversion:
+    """What `convert` did."""
+
+    slot: keyslots.KeySlot  # the age slot to every recipient
+    recipients: tuple[str, ...]
+    removed: list[str]  # key slots removed: only the recipients' identities open the repository now
+    index_rewritten: int  # index objects replaced by one under its cover
+    snapshots: int  # snapshots in this machine's record (0 when it was write-only already)
+    key_path: Path | None  # this machine's new write key (None when it was write-only already)
+    repository: Repository  # the repository as it is now (write-only, with the master secrets)
+
+
+def convert(repo: Repository, recipients: tuple[str, ...], root: Path) -> Conversion:
+    """Make `repo` (opened with its master secrets, under an exclusive lock) write-only for
+    `recipients`, without rewriting a data pack: the packs, trees and snapshots written so far stay
+    sealed under the master key, which the recipients' identities open through a new age slot.
+
+    In this order, each step re-runnable: the age slot; the config (format 3: the commit point);
+    one index object under its cover replacing every other (the machine that backs up must know
+    which packs the index lists); the other key slots go; then this machine's write key, the
+    index of every pack, the record of every snapshot and the newest trees of this host, so its
+    next backup deduplicates against everything and reads only what changed.
+
+    A repository that is write-only already gains `recipients` beside its own (each run key is
+    wrapped to the recipients of its time only, so none can be dropped without losing what they
+    alone read); this machine (which reads it) keeps no write key."""
+    master = repo.secrets
+    already = repo.config.write_only
+    if already is not None:
+        recipients = tuple(dict.fromkeys((*already, *recipients)))
+    slot = keyslots.wrap_age(master, recipients)
+    repo.add_key_slot(slot)
+    config = replace(repo.config, write_only=recipients).signed(master)
+    repo.backend.write("config", config.to_bytes())
+    converted = Repository(repo.backend, config, master, notice=repo.notice)
+    converted.opened_with = slot.id
+    repo.load_index()
+    old = [name for name in repo.index_objects if name not in repo.problems.index]
+    packs = repo.index.by_pack()
+    if old or packs:
+        converted.write_index(packs, [name.split("/")[-1] for name in old])
+    for name in old:
+        repo.backend.delete(name)
+    removed = []
+    for other in Repository.read_key_slots(repo.backend):
+        if other.id != slot.id:
+            repo.backend.delete(f"keys/{other.id}")
+            removed.append(other.id)
+    if already is not None:
+        return Conversion(slot, recipients, removed, len(old), 0, None, converted)
+    store = WriterStore(root, config.id)
+    store.save_key(WriteKey.of(master))
+    store.save_index(packs)
+    snapshots = repo.list_snapshots()
+    store.add_all({s.id: s for s in snapshots})
+    newest: dict[tuple[str, str], Snapshot] = {}
+    for snap in snapshots:  # oldest first
+        if snap.host == socket.gethostname():
+            newest[(snap.host, snap.scope)] = snap
+    for (host, scope), snap in newest.items():
+        with contextlib.suppress(PhoenixError):  # an unreadable tree only means a full read later
+            trees = Trees(repo)
+            trees.load(snap.tree)
+            store.save_trees(host, scope, {tid: repo.load_blob(BlobType.TREE, tid) for tid in trees.nodes})
+    return Conversion(slot, recipients, removed, len(old), len(snapshots), store.key_path, converted)
