@@ -338,3 +338,18 @@ def test_a_passphrase_repository_becomes_write_only_without_uploading_its_data(
     reader.phx("restore", "--backup", converted["id"], "--to", tmp_path / "new")
     assert_restored(after_state, tmp_path / "new", "a snapshot from after the conversion")
     reader.phx("verify", "--read-data")
+
+
+def test_recipients_swapped_in_the_storage_are_refused_before_anything_is_written(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """Whoever can write the storage knows the recipients (they are in the config) and would have
+    the next backups sealed to a key of theirs: the config is authenticated by the write key."""
+    sb, _identity = writer(make_sandbox, tmp_path)
+    sb.backup()
+    config = json.loads((sb.repo / "config").read_text())
+    config["writeOnly"]["recipients"] = [_age_key()[1]]
+    (sb.repo / "config").write_text(json.dumps(config))
+    before = sorted(p.name for p in sb.repo.rglob("*"))
+    assert_error(sb.phx("backup", check=None), 1, "not authenticated by this machine's write key")
+    assert sorted(p.name for p in sb.repo.rglob("*")) == before
