@@ -265,6 +265,9 @@ def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_pat
         elif kind == "keys":
             slot = json.loads(data)
             assert slot["type"] == "age", slot  # no passphrase slot for the scheduler's passphrase
+            for found in identities | {str(pyrage.x25519.Identity.generate())}:
+                with pytest.raises(pyrage.DecryptError):
+                    pyrage.decrypt(base64.b64decode(slot["data"]), [pyrage.x25519.Identity.from_str(found)])
         elif kind == "runkeys":
             wrapped = data[5:-32]
             for found in identities | {str(pyrage.x25519.Identity.generate())}:
