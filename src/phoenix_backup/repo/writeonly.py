@@ -7,7 +7,7 @@ nothing there that opens a single object written before, nor anything written by
 
 Keys (docs/repository-format.md §14):
 
-- The **write key** is the id key and the chunker seed of the master secrets (`WriteKey`). It
+- The **write key** is the id key and the chunker parameter of the master secrets (`WriteKey`). It
   names blobs (keyed BLAKE3) and cuts chunks, so deduplication works without reading anything;
   keys derived from it authenticate the config, the run keys and the covers of index objects, and
   seal the locks. Its holder can tell whether a guessed chunk is in this machine's own index (its
