@@ -16,6 +16,7 @@ import re
 import shutil
 import sqlite3
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from e2e_support import Sandbox, assert_error, assert_restored, retention_only, wait_past_racy_window
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from moto_support import bare_repo
 
 from phoenix_backup.repo import writeonly
 from phoenix_backup.repo.index import INDEX_AAD, decode_index
@@ -103,13 +107,17 @@ def _change(sb: Sandbox) -> None:
     db.close()
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
 def test_backup_with_recipients_only_restores_on_another_machine(make_sandbox: Any, tmp_path: Path) -> None:
     sb, identity = writer(make_sandbox, tmp_path)
+    remote = bare_repo(sb.root / "remote.git")  # a replica, which the writer fills without reading
+    git_target = {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True}
+    sb.write_config(targets={"local": {"enabled": True}, "git": git_target})
     first = sb.backup()
     _change(sb)
     state = sb.state()
     second = sb.backup()
-    assert second["targets"]["local"]["ok"], second
+    assert second["targets"]["local"]["ok"] and second["targets"]["git"]["ok"], second
     assert second["retention"]["skipped"], second["retention"]  # forget and prune run where the identity is
 
     # What the writer can do without the identity: list (its record), status, verify the structure.
@@ -139,6 +147,7 @@ def test_backup_with_recipients_only_restores_on_another_machine(make_sandbox: A
     drill = reader.phx("drill", "--json").json()
     assert drill["ok"], drill
     reader.phx("verify", "--read-data")
+    reader.phx("verify", "--read-data", "--repo", remote)  # the replica, whole
     forgot = reader.phx("forget", "--json").json()
     assert forgot["targets"]["local"]["removed"] == [first["id"]], forgot
     pruned = reader.phx("prune", "--json").json()

@@ -41,6 +41,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
+    IdentityRequired,
     ObjectNotFound,
     PhoenixError,
     RepositoryError,
@@ -182,7 +183,9 @@ def _replicate(repo: Repository, dest: Backend, envx: Environment, report: Targe
                 listed.update(e.id for e in entries)
                 obj = pack_name(pack_id)
                 if obj not in present:
-                    packs[obj] = not entries or entries[0].type == BlobType.DATA
+                    # Entries unknown (a write-only repository's machine that backs up reads only
+                    # the covers of others' index objects): stays readable at once.
+                    packs[obj] = bool(entries) and entries[0].type == BlobType.DATA
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         _copy_all(source, dest, [(n, False) for n in missing_index], report)
@@ -270,8 +273,11 @@ def _keep_indexed(
     for name in superseded:
         try:
             listing, _sup = replica.read_index_object(name)
-        except (CorruptObject, ObjectNotFound):
-            continue  # damaged there (verify names it), or sealed under a retired key
+        except (CorruptObject, ObjectNotFound, IdentityRequired):
+            # Damaged there (verify names it), sealed under a retired key, or this machine backs up
+            # a write-only repository and cannot read it (the machine with the identity can:
+            # `phx sync` there lists what this leaves unlisted).
+            continue
         for pack_id, entries in listing.items():
             if pack_name(pack_id) in present:
                 for e in entries:

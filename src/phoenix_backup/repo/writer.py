@@ -338,6 +338,18 @@ class WriterRepository(Repository):
                 self.index.add_pack(pack_id, entries)
         self._index_loaded = True
 
+    def read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+        """What replication needs of an index object: its packs (with their entries when this
+        machine wrote them, else none) and what it supersedes, from its cover."""
+        raw = self.backend.read(name)
+        if sha256_hex(raw) != name.split("/")[-1]:
+            raise CorruptObject(f"{name} does not match its name (damaged)")
+        covered = uncover_index(raw, self.write_key, name)
+        if covered is None:
+            raise IdentityRequired(self.backend.location, f"{name}, written before the repository became write-only")
+        mine = self.store.load_index()
+        return {pack: mine.get(pack, []) for pack in covered[0]}, covered[1]
+
     def drop_missing_packs(self) -> list[str]:
         """Forget the blobs of packs the store lost; no index object is written (this machine
         knows only its own packs' entries)."""
