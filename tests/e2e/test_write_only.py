@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -30,6 +31,9 @@ from e2e_support import Sandbox, assert_error, assert_restored, retention_only, 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import bare_repo
 
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.manage import list_snapshots
 from phoenix_backup.repo import writeonly
 from phoenix_backup.repo.index import INDEX_AAD, decode_index
 from phoenix_backup.repo.pack import HEADER_AAD, blob_aad
@@ -85,6 +89,10 @@ class Reader:
 def _age_key() -> tuple[str, str]:
     identity = pyrage.x25519.Identity.generate()
     return str(identity), str(identity.to_public())
+
+
+def reader_recipient(identity: str) -> str:
+    return str(pyrage.x25519.Identity.from_str(identity).to_public())
 
 
 def writer(make_sandbox: Any, tmp_path: Path) -> tuple[Sandbox, str]:
@@ -365,3 +373,30 @@ def test_recipients_swapped_in_the_storage_are_refused_before_anything_is_writte
     before = sorted(p.name for p in sb.repo.rglob("*"))
     assert_error(sb.phx("backup", check=None), 1, "not authenticated by this machine's write key")
     assert sorted(p.name for p in sb.repo.rglob("*")) == before
+
+
+def test_the_identity_is_asked_for_and_the_recipients_stay_as_they_are(make_sandbox: Any, tmp_path: Path) -> None:
+    sb, identity = writer(make_sandbox, tmp_path)
+    before = sb.backup()
+    reader = Reader(sb, tmp_path / "reader", identity)
+    # On a terminal, a machine with neither the identity nor a write key asks for the identity.
+    asked: list[str] = []
+    env = {k: v for k, v in reader.env.items()}
+    cfg = load_config(Path(reader.env["PHX_CONFIG"]), env)
+    cfg = dataclasses.replace(cfg, encryption=dataclasses.replace(cfg.encryption, identity_file=None))
+    envx = Environment(env=env, interactive=True, prompt=lambda q: asked.append(q) or identity)
+    assert [s.snapshot.id for s in list_snapshots(cfg, envx)] == [before["id"]]
+    assert asked and "AGE-SECRET-KEY" in asked[0]
+
+    # Another recipient could not read what earlier runs stored, which later snapshots reuse: refused.
+    config = (sb.repo / "config").read_bytes()
+    res = reader.phx("key", "add", "--method", "age", "--write-only", "--recipient", _age_key()[1], check=None)
+    assert_error(res, 2, "already has its recipients", "phx init --write-only")
+    assert (sb.repo / "config").read_bytes() == config
+    # The same recipient again finishes an interrupted conversion: nothing changes for the writer.
+    reader.phx("key", "add", "--method", "age", "--write-only", "--recipient", reader_recipient(identity))
+    sb.backup()
+    # An identity that is not a recipient says so.
+    stranger = Reader(sb, tmp_path / "stranger", _age_key()[0])
+    res = stranger.phx("restore", "--backup", before["id"], "--to", tmp_path / "old", check=None)
+    assert res.code != 0 and not (tmp_path / "old").exists(), res

@@ -970,7 +970,9 @@ class Repository:
             sid = info.name.split("/")[-1]
             try:
                 out.append(self.load_snapshot(sid))
-            except (CorruptObject, ObjectNotFound) as exc:
+            except (CorruptObject, ObjectNotFound, IdentityRequired) as exc:
+                # IdentityRequired: a write-only repository's snapshot sealed for recipients whose
+                # identity this machine does not have (one added later reads from then on).
                 self.problems.snapshots[info.name] = str(exc)
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.

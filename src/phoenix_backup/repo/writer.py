@@ -46,6 +46,7 @@ from phoenix_backup.errors import (
     MissingCredentials,
     ObjectNotFound,
     PhoenixError,
+    UsageError,
 )
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
@@ -516,13 +517,22 @@ def convert(repo: Repository, recipients: tuple[str, ...], root: Path) -> Conver
     index of every pack, the record of every snapshot and the newest trees of this host, so its
     next backup deduplicates against everything and reads only what changed.
 
-    A repository that is write-only already gains `recipients` beside its own (each run key is
-    wrapped to the recipients of its time only, so none can be dropped without losing what they
-    alone read); this machine (which reads it) keeps no write key."""
+    On a repository that is write-only already, it finishes an interrupted conversion (for the
+    same recipients) and this machine keeps no write key. Its recipients never change: each run
+    key is wrapped to them, and a recipient added later could not read what earlier runs stored,
+    which later snapshots reuse."""
     master = repo.secrets
     already = repo.config.write_only
     if already is not None:
-        recipients = tuple(dict.fromkeys((*already, *recipients)))
+        added = [r for r in recipients if r not in already]
+        if added:
+            raise UsageError(
+                f"the write-only repository at {repo.backend.location} already has its recipients, and {added[0]} is "
+                "not one of them: every run key is wrapped to them, so an identity added now could not read the "
+                "data earlier runs stored (which later snapshots reuse); keep the current identity, or start a new "
+                "write-only repository (`phx init --write-only`) for other recipients"
+            )
+        recipients = already
     slot = keyslots.wrap_age(master, recipients)
     repo.add_key_slot(slot)
     config = replace(repo.config, write_only=recipients).signed(master)
