@@ -76,7 +76,7 @@ class LocalBackend(Backend):
         names = {e.name for e in os.scandir(self.root)}
         if not names <= set(_FOLDERS) or "keys" not in names:
             return False
-        for folder in ("index", "snapshots", "locks"):
+        for folder in ("runkeys", "index", "snapshots", "locks"):
             if (self.root / folder).is_dir() and any((self.root / folder).iterdir()):
                 return False
         data = self.root / "data"
