@@ -37,8 +37,6 @@ def data_dir(env: Mapping[str, str]) -> Path:
 def write_private(path: Path, data: bytes) -> None:
     """Replace `path` atomically by a file of `data` only its owner can read (mode 0600): a temp
     file beside it, fsynced, renamed, and the folder fsynced."""
-    from phoenix_backup.storage.local import fsync_dir
-
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
@@ -51,6 +49,15 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (the folder entry is written too)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def trustworthy(st: os.stat_result) -> bool:
