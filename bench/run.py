@@ -55,7 +55,12 @@ TAR_EXCLUDES = ["*.log", "node_modules", ".git", "*.tmp", ".DS_Store"]
 DATABASES = ("home/.argentos/memory.db", "home/.argentos/observations.db", "home/.argentos/data/dashboard.db")
 
 PASSPHRASE = "phoenix-bench-passphrase"
-TOOLS = ("phoenix", "restic", "borg", "tar.gz", "tar|zstd", "safety steps")
+TOOLS = ("phoenix", "restic", "borg", "tar.gz", "tar|zstd", "safety steps", "phoenix write-only")
+# Phoenix with a write-only repository (docs/write-only.md): the machine that backs up holds age
+# recipients and a write key, the restore runs with the identity. Not in the default run; with it,
+# the tables gain a side-by-side comparison with passphrase mode (issue 21: within 10 %).
+WRITE_ONLY = "phoenix write-only"
+DEFAULT_TOOLS = tuple(t for t in TOOLS if t != WRITE_ONLY)
 REFERENCE = "restic"
 FLOOR = "tar|zstd"
 # Phoenix's required safety steps alone (bench/safety.py): no repository, so no growth figures.
@@ -340,6 +345,9 @@ class Phoenix(Tool):
         self.config = work / "phoenix.json"
 
     def init(self) -> None:
+        self.init_with(["--encryption", "passphrase"])
+
+    def init_with(self, encryption: list[str]) -> None:
         config = {
             "workspace": str(self.root / "workspace"),
             "backupDir": str(self.repo),
@@ -360,13 +368,12 @@ class Phoenix(Tool):
                 *self.phx,
                 "init",
                 "--config",
-                str(self.work / "phoenix-init.json"),
+                str(self.work / f"{_safe(self.name)}-init.json"),
                 "--workspace",
                 str(self.root / "workspace"),
                 "--repo",
                 str(self.repo),
-                "--encryption",
-                "passphrase",
+                *encryption,
             ],
             self.env,
         )
@@ -379,6 +386,39 @@ class Phoenix(Tool):
 
     def extra_sizes(self) -> dict[str, int]:
         return {"cache": du_bytes(self.work / "phoenix-cache")}
+
+
+class PhoenixWriteOnly(Phoenix):
+    """The same backups into a write-only repository: no passphrase, an age recipient and a write
+    key (in its own data dir); the restore gives the identity, as the reading machine would."""
+
+    def __init__(self, root: Path, work: Path, base_env: dict[str, str], phx: list[str]) -> None:
+        super().__init__(root, work, base_env, phx)
+        self.name = WRITE_ONLY
+        self.repo = work / "phoenix-wo-repo"
+        self.config = work / "phoenix-wo.json"
+        self.identity = work / "phoenix-wo-identity.txt"
+        self.env.pop("PHX_PASSPHRASE")
+        self.env.update(PHX_CACHE_DIR=str(work / "phoenix-wo-cache"), PHX_DATA_DIR=str(work / "phoenix-wo-data"))
+
+    def init(self) -> None:
+        import pyrage
+
+        identity = pyrage.x25519.Identity.generate()
+        self.identity.write_text(f"{identity}\n")
+        self.identity.chmod(0o600)
+        recipient = str(identity.to_public())
+        super().init_with(["--encryption", "age", "--recipient", recipient, "--write-only"])
+        config = json.loads(self.config.read_text())
+        config["encryption"] = {"enabled": True, "method": "age", "recipients": [recipient], "writeOnly": True}
+        self.config.write_text(json.dumps(config, indent=2) + "\n")
+
+    def restore_cmd(self, dest: Path) -> tuple[list[str], Path | None]:
+        cmd, cwd = super().restore_cmd(dest)
+        return [*cmd, "--identity", str(self.identity)], cwd
+
+    def extra_sizes(self) -> dict[str, int]:
+        return {"cache": du_bytes(self.work / "phoenix-wo-cache"), "writer": du_bytes(self.work / "phoenix-wo-data")}
 
 
 class Restic(Tool):
@@ -649,6 +689,7 @@ def run(args: argparse.Namespace) -> dict:
 
     tools: list[Tool] = [
         Phoenix(root, work, base_env, phx),
+        PhoenixWriteOnly(root, work, base_env, phx),
         Restic(root, work, base_env),
         Borg(root, work, base_env),
         TarGz(root, work, base_env),
@@ -712,11 +753,11 @@ def run(args: argparse.Namespace) -> dict:
             if source_stats(root) != state:
                 source_warnings.append(f"{tool.name} changed its source during {step}")
             entry = m.to_json()
-            if tool.name == "phoenix":
+            if isinstance(tool, Phoenix):
                 entry["phxSource"] = source_id if pinned else phoenix_source_id(live)
             entry["repoBytes"] = du_bytes(tool.repo)
             entry.update({f"{k}Bytes": v for k, v in tool.extra_sizes().items()})
-            if tool.name == "phoenix" and m.rc == 0:
+            if isinstance(tool, Phoenix) and m.rc == 0:
                 try:
                     doc = json.loads(m.stdout)
                     entry["phx"] = {k: doc.get(k) for k in ("added", "size", "files", "filesRead", "duration")}
@@ -747,7 +788,7 @@ def run(args: argparse.Namespace) -> dict:
         cmd, cwd = tool.restore_cmd(dest)
         m = measure(cmd, env=tool.env, cwd=cwd, log=work / "logs" / f"{_safe(tool.name)}-restore.log")
         entry = m.to_json()
-        if tool.name == "phoenix":
+        if isinstance(tool, Phoenix):
             entry["phxSource"] = source_id if pinned else phoenix_source_id(live)
         problems = verify_restore(tool.restored_root(dest), root, ref_files, ref_db) if m.rc == 0 else ["failed"]
         entry["verified"] = not problems
@@ -1071,10 +1112,46 @@ def markdown(doc: dict) -> str:
                     cpu = _fmt_ratio(cpu_of[key]("phoenix") / cpu_of[key](other))
             add(f"| {label} | {mine} | {theirs} | {_fmt_ratio(ratio)} | {target} | {met} | {cpu} | {alone} |")
         add("")
+    if "phoenix" in summ and WRITE_ONLY in summ:
+        lines += write_only_table(summ["phoenix"], summ[WRITE_ONLY])
     if doc["sourceWarnings"]:
         add("**Warnings**: " + "; ".join(doc["sourceWarnings"]) + ".")
         add("")
     return "\n".join(lines)
+
+
+def write_only_table(p: dict, w: dict) -> list[str]:
+    """Write-only against passphrase mode, both measured in this run (issue 21: within 10 %)."""
+    rows = [
+        ("full backup", f"{p['full']:.2f} s", f"{w['full']:.2f} s", w["full"] / p["full"]),
+        ("no-change backup", f"{p['nochange']:.2f} s", f"{w['nochange']:.2f} s", w["nochange"] / p["nochange"]),
+        ("daily backup (mean)", f"{p['daily']:.2f} s", f"{w['daily']:.2f} s", w["daily"] / p["daily"]),
+        ("CPU, daily backup (mean)", f"{p['cpuDaily']:.2f} s", f"{w['cpuDaily']:.2f} s", w["cpuDaily"] / p["cpuDaily"]),
+        (
+            "repository after the full backup",
+            _fmt_bytes(p["repoFull"]),
+            _fmt_bytes(w["repoFull"]),
+            w["repoFull"] / p["repoFull"],
+        ),
+        (
+            "repository growth per day (mean)",
+            _fmt_bytes(p["growthPerDay"]),
+            _fmt_bytes(w["growthPerDay"]),
+            w["growthPerDay"] / p["growthPerDay"],
+        ),
+        ("peak memory", _fmt_bytes(p["memory"]), _fmt_bytes(w["memory"]), w["memory"] / p["memory"]),
+        ("restore (with the identity)", f"{p['restore']:.2f} s", f"{w['restore']:.2f} s", w["restore"] / p["restore"]),
+    ]
+    out = [
+        "#### Write-only repository against passphrase mode (docs/write-only.md)",
+        "",
+        "| figure | passphrase | write-only | ratio | within 10 % |",
+        "|---|---|---|---|---|",
+    ]
+    for label, a, b, ratio in rows:
+        out.append(f"| {label} | {a} | {b} | {_fmt_ratio(ratio)} | {'yes' if ratio <= 1.1 else '**no**'} |")
+    out.append("")
+    return out
 
 
 COLORS = {
@@ -1084,6 +1161,7 @@ COLORS = {
     "tar.gz": "#66a182",
     "tar|zstd": "#8d96a3",
     SAFETY: "#3d405b",
+    WRITE_ONLY: "#7b2d26",
 }
 
 
@@ -1200,7 +1278,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="medium", help="tiny, small (~60 MB), medium (~600 MB), large (~3 GB)")
     parser.add_argument("--days", type=int, default=7, help="simulated days (default 7)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    parser.add_argument(
+        "--tools",
+        default=",".join(DEFAULT_TOOLS),
+        help=f"comma-separated subset of {','.join(TOOLS)} (default: all but {WRITE_ONLY})",
+    )
     parser.add_argument("--workdir", help="scratch folder (default bench/work/SIZE); emptied first")
     parser.add_argument("--results", default=str(RESULTS), help="where to write SIZE.md/.json/.png")
     parser.add_argument("--phx", help="run this phx executable (implies --live-source)")

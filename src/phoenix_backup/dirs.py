@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,3 +32,35 @@ def data_dir(env: Mapping[str, str]) -> Path:
             "to an absolute path"
         )
     return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` atomically by a file of `data` only its owner can read (mode 0600): a temp
+    file beside it, fsynced, renamed, and the folder fsynced."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (the folder entry is written too)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def trustworthy(st: os.stat_result) -> bool:
+    """Whether a file with this stat can be trusted as this user's own: owned by them (or root)
+    and writable by no one else. Whoever can write it decides what Phoenix trusts (ssh's StrictModes)."""
+    return st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022

@@ -81,6 +81,34 @@ class MissingCredentials(RepositoryError):
     exit_status = ExitStatus.USAGE
 
 
+class IdentityRequired(MissingCredentials):
+    """A write-only repository's data is read only with its age identity, which this machine
+    (a backing-up machine holds only the recipients) was not given. The CLI names its command
+    (`command`) in the message."""
+
+    def __init__(self, location: str, reading: str, *, wrong: bool = False) -> None:
+        self.location = location
+        self.reading = reading
+        self.wrong = wrong
+        self.command: str | None = None
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        who = f"`{self.command}`" if self.command else "this"
+        where = f" at {self.location}" if self.location else ""
+        if self.wrong:
+            return (
+                f"{who} needs the age identity of the write-only repository{where} to read {self.reading}, and the "
+                "identity given is not one of its recipients; give the right one with --identity FILE or "
+                "PHX_IDENTITY_FILE"
+            )
+        return (
+            f"{who} needs the age identity of the write-only repository{where} to read {self.reading}: this machine "
+            "holds only its recipients; on a machine you trust, give --identity FILE or set PHX_IDENTITY_FILE "
+            "(or run on a terminal to be asked)"
+        )
+
+
 class KeyChanged(RepositoryError):
     """The repository's key (or identity) is not the one this machine pinned: it may have been
     replaced by someone who can write the storage. `phx key trust` re-pins it once checked."""
@@ -163,6 +191,14 @@ class TargetUnreachable(StorageError):
 
 class TargetAuthError(StorageError):
     """The target rejected the credentials (or there were none)."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class AppendOnlyRefused(StorageError):
+    """Phoenix was about to delete or overwrite an object on an append-only target (or to run a
+    command that does, such as forget or prune): they run on another machine, with credentials
+    that may delete."""
 
     exit_status = ExitStatus.USAGE
 

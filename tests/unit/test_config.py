@@ -427,6 +427,28 @@ def test_r2_endpoint_replaces_account_id() -> None:
     assert config.targets.enabled_names() == ["local", "r2"]
 
 
+def test_append_only_and_object_lock() -> None:
+    s3 = {"enabled": True, "bucket": "bkt", "objectLock": {"mode": "compliance", "days": 30}}
+    config = parse(minimal(targets={"local": {"appendOnly": True}, "s3": s3, "git": {"appendOnly": False}}))
+    assert config.targets.s3.object_lock is not None and config.targets.s3.object_lock.days == 30
+    # Object Lock implies append-only: Phoenix must not even try to delete there.
+    assert [n for n in ("local", "git", "s3", "r2") if config.targets.append_only(n)] == ["local", "s3"]
+
+
+@pytest.mark.parametrize(
+    ("lock", "needle"),
+    [
+        ({"mode": "compliance"}, 'needs "mode"'),
+        ({"mode": "forever", "days": 3}, "targets.s3.objectLock.mode must be"),
+        ({"mode": "governance", "days": 0}, "targets.s3.objectLock.days must be an integer >= 1"),
+        ({"mode": "governance", "days": 99999}, "at most 36500"),
+        ({"mode": "governance", "days": 3, "legalHold": True}, 'unknown key "targets.s3.objectLock.legalHold"'),
+    ],
+)
+def test_a_wrong_object_lock_names_the_field(lock: dict[str, Any], needle: str) -> None:
+    assert needle in config_error(minimal(targets={"s3": {"enabled": True, "bucket": "bkt", "objectLock": lock}}))
+
+
 @pytest.mark.parametrize(
     ("data", "typo", "suggestion"),
     [

@@ -20,7 +20,7 @@ from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.cli.progress import Progress
 from phoenix_backup.config import Config
-from phoenix_backup.errors import Cancelled, ExitStatus, PhoenixError
+from phoenix_backup.errors import Cancelled, ExitStatus, IdentityRequired, PhoenixError
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.repo.snapshot import Latest
@@ -31,6 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # its location for `load_config`.
 _LATEST_KEY = "phx.latest"
 _REPO_KEY = "phx.repo"
+_IDENTITY_KEY = "phx.identity"  # `identity_option`'s file, for `make_env`
 # Where the group leaves the options given before the command (`GlobalOptions`).
 _GLOBAL_KEY = "phx.global"
 
@@ -94,8 +95,12 @@ def make_env(out: Out) -> Environment:
 
     ctx = click.get_current_context(silent=True)
     latest = ctx.meta.get(_LATEST_KEY) if ctx is not None else None
+    env = dict(os.environ)
+    identity = ctx.meta.get(_IDENTITY_KEY) if ctx is not None else None
+    if isinstance(identity, str):
+        env["PHX_IDENTITY_FILE"] = identity  # --identity FILE: one way in for the ops layer
     return Environment(
-        env=dict(os.environ),
+        env=env,
         interactive=tty,
         prompt=prompt if tty else None,
         confirm=confirm if tty else None,
@@ -166,6 +171,9 @@ def common(f: F) -> F:
             if verbose:
                 out.progress.clear()
                 traceback.print_exc()
+            if isinstance(exc, IdentityRequired):
+                ctx = click.get_current_context(silent=True)
+                exc.command = ctx.command_path if ctx is not None else None
             out.error(str(exc))
             if as_json:
                 click.echo(jsontext.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
@@ -228,7 +236,22 @@ def repo_option(f: F) -> F:
     def build(v: dict[str, Any]) -> str | None:
         return v["repo_location"] or global_options().repo or os.environ.get("PHX_REPOSITORY") or None
 
+    f = identity_option(f)
     return _stash(f, _REPO_KEY, build, [option])
+
+
+def identity_option(f: F) -> F:
+    """`--identity FILE` (else `PHX_IDENTITY_FILE`, else a prompt on a terminal): the age identity that
+    reads a write-only repository, whose machine that backs up holds only its recipients
+    (docs/write-only.md). Every command that reads takes it."""
+    option = click.Option(
+        ["--identity", "identity_file"],
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="The age identity file that reads the repository (default: PHX_IDENTITY_FILE, "
+        "encryption.identityFile; a write-only repository asks for it on a terminal).",
+    )
+    return _stash(f, _IDENTITY_KEY, lambda v: v["identity_file"], [option])
 
 
 # Every command lives in cli/cmd_<name>.py and registers itself on `cli` when imported. Only the

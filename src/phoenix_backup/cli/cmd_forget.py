@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from phoenix_backup.cli.app import Out, cli, common, complete_snapshots, load_config
+from phoenix_backup.cli.app import Out, cli, common, complete_snapshots, identity_option, load_config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import forget as forget_op
 from phoenix_backup.ops.context import Environment
@@ -15,6 +15,7 @@ from phoenix_backup.repo.retention import Candidate, render_plan
 @click.argument("ids", nargs=-1, metavar="[ID]...", shell_complete=complete_snapshots)
 @click.option("--dry-run", is_flag=True, help="Show what would be kept and removed, and why; remove nothing.")
 @click.option("--target", help="Apply retention on this target only (default: every enabled target).")
+@identity_option
 @common
 def forget(
     out: Out, envx: Environment, config_path: str | None, ids: tuple[str, ...], dry_run: bool, target: str | None

@@ -24,6 +24,12 @@ _SECRET = {"passphrase": "passphrase", "age": "age identity", "gpg": "GPG key"}
 @click.option("--recipient", "recipients", multiple=True, help="age recipient (age1...) for --encryption age.")
 @click.option("--key-id", help="GPG key id for --encryption gpg.")
 @click.option("--identity-file", help="age identity file used to open the repository.")
+@click.option(
+    "--write-only",
+    is_flag=True,
+    help="With --encryption age: this machine keeps only the recipients and a write key; reading happens where the "
+    "identity is (docs/write-only.md).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing config file (never the repository).")
 @common
 def init(
@@ -36,6 +42,7 @@ def init(
     recipients: tuple[str, ...],
     key_id: str | None,
     identity_file: str | None,
+    write_only: bool,
     force: bool,
 ) -> ExitStatus:
     """Write a config with the ArgentOS defaults and create the encrypted repository.
@@ -57,6 +64,7 @@ def init(
         recipients=recipients,
         key_id=key_id,
         identity_file=identity_file,
+        write_only=write_only,
     )
     out.result(result.to_json(), render(result))
     return ExitStatus.OK

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, check_target, cli, common, load_config, target_option
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.cli.app import Out, check_target, cli, common, identity_option, load_config, target_option
+from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops import key as key_op
 from phoenix_backup.ops.context import Environment
 
@@ -66,15 +66,52 @@ def key_trust(out: Out, envx: Environment, config_path: str | None, fingerprint:
 @click.option("--method", type=click.Choice(["passphrase", "age", "gpg"]), required=True)
 @click.option("--recipient", "recipients", multiple=True, help="age recipient (age1...).")
 @click.option("--key-id", help="GPG key id.")
+@click.option(
+    "--write-only",
+    is_flag=True,
+    help="With --method age: make the repository write-only for the recipients (docs/write-only.md); no data is "
+    "rewritten, every other key slot is removed.",
+)
+@identity_option
 @common
 def key_add(
-    out: Out, envx: Environment, config_path: str | None, method: str, recipients: tuple[str, ...], key_id: str | None
+    out: Out,
+    envx: Environment,
+    config_path: str | None,
+    method: str,
+    recipients: tuple[str, ...],
+    key_id: str | None,
+    write_only: bool,
 ) -> ExitStatus:
     """Add a key slot; a new passphrase comes from PHX_NEW_PASSPHRASE or a prompt.
+
+    With --write-only (and --method age), the repository becomes write-only: this machine keeps a
+    write key and the recipients, and only the recipients' identities read the repository, on
+    another machine. Run it where the repository opens today (its passphrase, say), then remove
+    that passphrase from this machine.
 
     Example: phx key add --method age --recipient age1...
     """
     cfg = load_config(out, envx, config_path)
+    if write_only:
+        if method != "age":
+            raise UsageError("--write-only needs --method age: the repository is then read with age identities")
+        done = key_op.key_add_write_only(cfg, envx, recipients)
+        lines = [
+            f"repository {done.repository} is write-only for {len(done.recipients)} recipient(s) (key slot "
+            f"{done.slot.id}); no data was rewritten, {done.index_rewritten} index object(s) were replaced by one"
+        ]
+        if done.removed:
+            lines.append(f"removed key slot(s) {', '.join(done.removed)}: only the recipients' identities open it now")
+        if done.key_path is not None:
+            lines.append(
+                f"this machine's write key: {done.key_path} ({done.snapshots} snapshot(s) in its record); remove the "
+                "old passphrase (or identity) from this machine: it opens nothing written from now on"
+            )
+        for name, report in done.targets.items():
+            lines.append(f"target {name}: " + ("ok" if report.ok else f"failed ({report.error}); `phx sync` retries"))
+        out.result(done.to_json(), "\n".join(lines))
+        return ExitStatus.of_targets([True, *(r.ok for r in done.targets.values())])
     slot = key_op.key_add(cfg, envx, method=method, recipients=recipients, key_id=key_id)
     out.result(slot.to_json(), f"added key slot {slot.id} ({slot.label})")
     return ExitStatus.OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.cli.app import Out, cli, common, identity_option, load_config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import prune as prune_op
 from phoenix_backup.ops.context import Environment
@@ -14,6 +14,7 @@ from phoenix_backup.units import human_size
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be freed; change nothing.")
 @click.option("--target", help="Prune this target only (default: every enabled target).")
+@identity_option
 @common
 def prune(out: Out, envx: Environment, config_path: str | None, dry_run: bool, target: str | None) -> ExitStatus:
     """Free the data no snapshot references, and repack mostly unreferenced packs.

@@ -60,6 +60,7 @@ def backup(r: BackupResult, verbose: bool) -> str:
         for target, removed in r.retention.removed.items():
             for snap in removed:
                 lines.append(f"  forgot {snap['id'][:8]} ({snap['name']}) on {target}: {snap['why']}")
+        lines += [f"  retention not applied: {why}" for why in r.retention.elsewhere.values()]
     lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 

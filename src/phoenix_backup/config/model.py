@@ -10,12 +10,16 @@ Algorithm = Literal["zstd", "gzip"]
 OnSuccess = Literal["silent", "notify"]
 OnFailure = Literal["alert", "silent"]
 EncryptionMethod = Literal["passphrase", "age", "gpg"]
+ObjectLockMode = Literal["governance", "compliance"]
 
 
 @dataclass(frozen=True)
 class LocalTarget:
     enabled: bool
     path: Path | None = None
+    # Phoenix never deletes or overwrites an object there (locks aside): forget and prune run on
+    # another machine (docs/write-only.md).
+    append_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,15 @@ class GitTarget:
     repo: str = ""
     branch: str = "main"
     auto_commit: bool = True
+    append_only: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """S3 Object Lock retention set on every object Phoenix writes (locks aside)."""
+
+    mode: ObjectLockMode
+    days: int
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,8 @@ class S3Target:
     endpoint: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
+    append_only: bool = False
+    object_lock: ObjectLock | None = None  # implies append_only
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class R2Target:
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
+    append_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,11 @@ class Targets:
             ("r2", self.r2.enabled),
         )
         return [name for name, enabled in candidates if enabled]
+
+    def append_only(self, name: str) -> bool:
+        """Whether Phoenix must never delete or overwrite objects on target `name`."""
+        target: LocalTarget | GitTarget | S3Target | R2Target = getattr(self, name)
+        return target.append_only
 
 
 @dataclass(frozen=True)
@@ -110,6 +131,8 @@ class Encryption:
     identity_file: Path | None = None
     passphrase_env: str | None = None
     passphrase_command: str | None = None
+    # age only: this machine backs up with the recipients and a write key, never the identity.
+    write_only: bool = False
 
 
 @dataclass(frozen=True)

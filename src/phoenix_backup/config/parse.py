@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -35,6 +36,8 @@ from phoenix_backup.config.model import (
     Hooks,
     LocalTarget,
     Notifications,
+    ObjectLock,
+    ObjectLockMode,
     OnFailure,
     OnSuccess,
     PostgresDb,
@@ -333,6 +336,7 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
                 "identityFile",
                 "passphraseEnv",
                 "passphraseCommand",
+                "writeOnly",
             ),
         )
     )
@@ -382,17 +386,22 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
 
 
 def _targets(section: _Section) -> Targets:
-    local_section = section.section("local", ("enabled", "path"))
+    local_section = section.section("local", ("enabled", "path", "appendOnly"))
     # No `local` object at all still means a local repository at backupDir, as in the seed.
-    local = LocalTarget(enabled=local_section.boolean("enabled", True), path=local_section.path("path"))
+    local = LocalTarget(
+        enabled=local_section.boolean("enabled", True),
+        path=local_section.path("path"),
+        append_only=local_section.boolean("appendOnly", False),
+    )
 
-    git_section = section.section("git", ("enabled", "repo", "branch", "autoCommit"))
+    git_section = section.section("git", ("enabled", "repo", "branch", "autoCommit", "appendOnly"))
     repo = git_section.string("repo", "")
     git = GitTarget(
         enabled=git_section.boolean("enabled", False),
         repo=git_section.ctx.expand(repo, git_section.field("repo")) if repo else "",
         branch=git_section.string("branch", "main"),
         auto_commit=git_section.boolean("autoCommit", True),
+        append_only=git_section.boolean("appendOnly", False),
     )
     if git.enabled and not git.repo:
         raise ConfigError(
@@ -402,8 +411,8 @@ def _targets(section: _Section) -> Targets:
     if not git.branch or any(char.isspace() for char in git.branch) or ".." in git.branch:
         raise ConfigError(f'targets.git.branch must be a Git branch name such as "main" (got {_got(git.branch)})')
 
-    common = ("enabled", "bucket", "prefix", "endpoint", "region", "accessKeyId", "secretAccessKey")
-    s3_section = section.section("s3", (*common, "storageClass"))
+    common = ("enabled", "bucket", "prefix", "endpoint", "region", "accessKeyId", "secretAccessKey", "appendOnly")
+    s3_section = section.section("s3", (*common, "storageClass", "objectLock"))
     storage_class = s3_section.string("storageClass", "STANDARD")
     if storage_class not in _S3_STORAGE_CLASSES:
         close = difflib.get_close_matches(storage_class.upper(), _S3_STORAGE_CLASSES, n=1)
@@ -421,7 +430,12 @@ def _targets(section: _Section) -> Targets:
         endpoint=_endpoint(s3_section),
         access_key_id=s3_section.optional_string("accessKeyId"),
         secret_access_key=s3_section.optional_string("secretAccessKey", secret=True),
+        append_only=s3_section.boolean("appendOnly", False),
+        object_lock=_object_lock(s3_section),
     )
+    if s3.object_lock is not None:
+        # Retention forbids deleting anyway: Phoenix must not try (forget and prune run elsewhere).
+        s3 = dataclasses.replace(s3, append_only=True)
     _check_bucket_and_keys(s3_section, s3.enabled, s3.bucket, s3.access_key_id, s3.secret_access_key)
 
     r2_section = section.section("r2", (*common, "accountId"))
@@ -434,6 +448,7 @@ def _targets(section: _Section) -> Targets:
         region=r2_section.optional_string("region"),
         access_key_id=r2_section.optional_string("accessKeyId"),
         secret_access_key=r2_section.optional_string("secretAccessKey", secret=True),
+        append_only=r2_section.boolean("appendOnly", False),
     )
     _check_bucket_and_keys(r2_section, r2.enabled, r2.bucket, r2.access_key_id, r2.secret_access_key)
     # An endpoint replaces the account-derived URL (DESIGN §8), so then the account is not needed.
@@ -449,6 +464,26 @@ def _targets(section: _Section) -> Targets:
                 f"(got {_got(r2.account_id)}); copy it from the Cloudflare dashboard"
             )
     return Targets(local=local, git=git, s3=s3, r2=r2)
+
+
+# S3 allows retention of up to 100 years; a longer one is a typo that would lock data for ever.
+_OBJECT_LOCK_MODES: dict[str, ObjectLockMode] = {"governance": "governance", "compliance": "compliance"}
+_OBJECT_LOCK_MAX_DAYS = 36500
+
+
+def _object_lock(section: _Section) -> ObjectLock | None:
+    if not section.has("objectLock"):
+        return None
+    lock = section.section("objectLock", ("mode", "days"))
+    if not lock.has("mode") or not lock.has("days"):
+        raise ConfigError(
+            f'{section.field("objectLock")} needs "mode" ("governance" or "compliance") and "days" (how long each '
+            'object is retained), e.g. {"mode": "governance", "days": 30}'
+        )
+    days = lock.integer("days", 0, 1)
+    if days > _OBJECT_LOCK_MAX_DAYS:
+        raise ConfigError(f"{lock.field('days')} must be at most {_OBJECT_LOCK_MAX_DAYS} (got {days})")
+    return ObjectLock(mode=lock.choice("mode", _OBJECT_LOCK_MODES, "governance"), days=days)
 
 
 def _endpoint(section: _Section) -> str | None:
@@ -568,7 +603,13 @@ def _encryption(section: _Section) -> Encryption:
         identity_file=section.path("identityFile"),
         passphrase_env=section.env_name("passphraseEnv"),
         passphrase_command=section.optional_string("passphraseCommand", secret=True),
+        write_only=section.boolean("writeOnly", False),
     )
+    if encryption.write_only and not (encryption.enabled and encryption.method == "age"):
+        raise ConfigError(
+            'encryption.writeOnly needs encryption.enabled true and encryption.method "age" (the recipients of the '
+            "machine you restore on); see docs/write-only.md"
+        )
     if encryption.enabled and encryption.method == "gpg" and encryption.key_id is None:
         raise ConfigError(
             'encryption.keyId is required when encryption.method is "gpg"; set it to your GPG '

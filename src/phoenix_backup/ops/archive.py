@@ -33,7 +33,7 @@ from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError
-from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
@@ -105,6 +105,7 @@ def archive(
     if not output.parent.is_dir():
         raise UsageError(f"the folder {output.parent} does not exist; create it or choose another --output")
     repo = open_repository(cfg, envx, target=target)
+    require_identity(repo)
     with repo.lock(exclusive=False, command="archive"):
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)

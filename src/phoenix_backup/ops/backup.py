@@ -26,6 +26,7 @@ from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
+    IdentityRequired,
     ObjectNotFound,
     PhoenixError,
     SourceError,
@@ -392,8 +393,9 @@ class _Run:
             try:
                 # A parent whose trees are partly lost still helps: what cannot be read is read again.
                 self.parent_nodes = dict(walk_tree(repo, parent.tree, on_error=_read_again))
-            except (CorruptObject, ObjectNotFound, UnsafePath) as exc:
-                # Damaged, or planted by a writer of the storage: it must not stop every backup.
+            except (CorruptObject, ObjectNotFound, UnsafePath, IdentityRequired) as exc:
+                # Damaged, or planted by a writer of the storage (or, backing up a write-only
+                # repository, its trees are no longer in this machine's cache): it must not stop every backup.
                 self.warnings.append(
                     f"the parent snapshot {parent.id[:8]} cannot be read, so every file was read ({exc})"
                 )
@@ -459,7 +461,7 @@ class _Run:
                 want = fst.st_size + READ_SLACK
                 cap = cap or 2 * want
                 want = min(want, cap)
-                for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.secrets.chunker_seed):
+                for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.chunker_seed):
                     digest.update(chunk)
                     size += len(chunk)
                     extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
@@ -629,7 +631,7 @@ def _run(
                 done += 1
         # PostgreSQL and Redis stream straight into the repository, beside the files.
         env = dict(envx.env)
-        seed = repo.secrets.chunker_seed
+        seed = repo.chunker_seed
         db_jobs = {
             job.logical: pool.submit(db_backup.back_up, job, env, seed, run.save_data)
             for job in db_backup.database_jobs(cfg, scope, databases)

@@ -15,6 +15,7 @@ from pathlib import Path
 from phoenix_backup.config import Config, find_config_path, load_config
 from phoenix_backup.errors import (
     ConfigError,
+    IdentityRequired,
     MissingCredentials,
     RepositoryLocked,
     RepositoryNotFound,
@@ -29,6 +30,7 @@ from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.replicate import seed_repository
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest
+from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -102,21 +104,44 @@ def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
     nothing)."""
     enc = cfg.encryption
     identities: tuple[str, ...] = ()
-    if enc.identity_file is not None:
+    # An identity given for this run (--identity FILE, PHX_IDENTITY_FILE) is the user's choice,
+    # as a passphrase in the environment is: age slots may open then too (the config's MAC and
+    # the pin still decide which secrets are the repository's).
+    given = envx.env.get("PHX_IDENTITY_FILE")
+    if given:
+        identities = keyslots.load_age_identities(Path(given))
+    elif enc.identity_file is not None:
         identities = keyslots.load_age_identities(enc.identity_file)
     gnupg = envx.env.get("GNUPGHOME")
     needs_passphrase = not enc.enabled or enc.method == "passphrase"
-    secret = passphrase(cfg, envx) if needs_passphrase and enc.enabled else _env_passphrase(envx)
+    secret = passphrase(cfg, envx) if needs_passphrase and enc.enabled and not given else _env_passphrase(envx)
     methods = {enc.method} if enc.enabled else {"none"}
     if secret is not None:
         methods.add("passphrase")
+    if given:
+        methods.add("age")
     return keyslots.Credentials(
         passphrase=secret,
         age_identities=identities,
         gpg_homedir=Path(gnupg) if gnupg else None,
         gpg_key_ids=(enc.key_id,) if enc.enabled and enc.method == "gpg" and enc.key_id else (),
         methods=frozenset(methods),
+        write_keys=store_root(envx.env),
+        ask_identity=(lambda: ask_identity(envx)) if envx.interactive and envx.prompt is not None else None,
     )
+
+
+def ask_identity(envx: Environment) -> tuple[str, ...]:
+    """The age identity of a write-only repository, asked on the terminal: the key itself or the
+    path of its file."""
+    assert envx.prompt is not None
+    answer = envx.prompt("Age identity of the write-only repository (AGE-SECRET-KEY-1..., or its file): ").strip()
+    if answer.upper().startswith("AGE-SECRET-KEY-"):
+        keyslots.parse_identity(answer, 0)
+        return (answer,)
+    if not answer:
+        raise MissingCredentials("no age identity given; give --identity FILE or set PHX_IDENTITY_FILE")
+    return keyslots.load_age_identities(Path(answer).expanduser())
 
 
 def _env_passphrase(envx: Environment) -> str | None:
@@ -145,6 +170,13 @@ def new_key_slot(
         return (lambda m: keyslots.wrap_passphrase(m, secret, kdf_params=kdf_params)), True
     if enc.method == "age":
         recipients = enc.recipients
+        identities = keyslots.load_age_identities(enc.identity_file) if enc.write_only and enc.identity_file else ()
+        if any(str(keyslots.parse_identity(i, n).to_public()) in recipients for n, i in enumerate(identities)):
+            raise UsageError(
+                "encryption.identityFile holds the identity of a recipient of this write-only repository: the machine "
+                "that backs up must not hold it; move the identity to the machine you restore on and remove "
+                "encryption.identityFile from this config"
+            )
         return (lambda m: keyslots.wrap_age(m, recipients)), True
     key_id = enc.key_id or ""
     gnupg = envx.env.get("GNUPGHOME")
@@ -220,12 +252,35 @@ def open_repository(
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
             return _open(cfg, envx, backend, upgrade=True)
         factory, encrypted = new_key_slot(cfg, envx, kdf_params)
+        write_only = cfg.encryption.recipients if cfg.encryption.enabled and cfg.encryption.write_only else None
         repo = Repository.init(
-            backend, factory, encrypted, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
+            backend,
+            factory,
+            encrypted,
+            pins=pins(envx),
+            compression=compressor_for(cfg),
+            notice=envx.notice,
+            write_only=write_only,
         )
         envx.notice(f"created a new repository at {backend.location}")
+        if write_only is not None:
+            store = WriterStore(store_root(envx.env), repo.config.id)
+            store.save_key(repo.write_key)
+            envx.notice(
+                f"the repository is write-only: this machine keeps its write key ({store.key_path}) and the "
+                "recipients, never the identity; restore, drill, prune, export and verify --read-data run where the "
+                "identity is"
+            )
         return repo
     return _open(cfg, envx, backend, upgrade=upgrade)
+
+
+def require_identity(repo: Repository, reading: str = "the trees and data of its snapshots") -> None:
+    """Refuse, before anything is done (and with `repo` closed), a command that reads `reading`
+    on a machine that backs up a write-only repository without its identity (docs/write-only.md)."""
+    if not repo.can_read:
+        repo.close()
+        raise IdentityRequired(repo.backend.location, reading)
 
 
 def pins(envx: Environment) -> Pins:

@@ -24,7 +24,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.memory.schema import TableInfo, inspect, row_noun
 from phoenix_backup.memory.values import SqlValue
-from phoenix_backup.ops.context import Environment, open_repository, scratch_dir
+from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -161,6 +161,7 @@ def diff(
 ) -> DiffResult:
 
     repo = open_repository(cfg, envx, target=target)
+    require_identity(repo)
     with repo.lock(exclusive=False, command="diff"):
         repo.load_index()
         snaps = repo.list_snapshots()

@@ -424,11 +424,18 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
         return None, envx
     except PhoenixError:
         return None, envx  # reported by the target check
+    if not repo.can_read:
+        result.add(
+            "credentials",
+            "ok",
+            f"this machine backs up the write-only repository of target {first} with its write key and cannot "
+            "read it (its identity is on another machine)",
+        )
+        result.add("key", "ok", f"repository {repo.config.id[:8]} is authenticated by this machine's write key")
+        return repo, envx
     slot = repo.opened_with or "?"
     result.add("credentials", "ok", f"the repository of target {first} opens (key slot {slot[:8]})")
-    result.add(
-        "key", "ok", f"repository {repo.config.id[:8]} has the key this machine trusts: {repo.secrets.fingerprint}"
-    )
+    result.add("key", "ok", f"repository {repo.config.id[:8]} has the key this machine trusts: {repo.fingerprint}")
     return repo, envx
 
 
@@ -481,9 +488,23 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: R
                 continue
         try:
             probe(repo, check, result)
+            if repo.backend.append_only:
+                _protection(repo, check, result)
         finally:
             if i > 0:
                 repo.backend.close()
+
+
+def _protection(repo: Repository, check: str, result: DoctorResult) -> None:
+    """An append-only target: what the store itself enforces against these credentials."""
+    try:
+        found = repo.backend.protection()
+    except PhoenixError as exc:
+        message, _, fix = str(exc).partition("; ")
+        result.add(f"{check} append-only", "fail", message, fix or None)
+        return
+    status: Status = "ok" if found.enforced else ("fail" if found.enforced is False else "warn")
+    result.add(f"{check} append-only", status, found.message, found.fix)
 
 
 def probe(repo: Repository, check: str, result: DoctorResult) -> None:

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
-from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo.checker import VerifyError
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.reader import damaged_pack
@@ -312,6 +312,7 @@ def drill(
     started = datetime.now(UTC)
     clock = time.monotonic()
     repo = open_repository(cfg, envx, target=target)
+    require_identity(repo)
     with repo.lock(exclusive=False, command="drill"):
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)

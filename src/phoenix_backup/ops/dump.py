@@ -9,7 +9,7 @@ from typing import Any, BinaryIO, cast
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import UsageError
-from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.walker import node_at
 from phoenix_backup.sources.layout import logical_path
@@ -58,6 +58,7 @@ def dump(
     against the snapshot's SHA-256 first, so `out` never receives a damaged or partial file.
     """
     repo = open_repository(cfg, envx, target=target)
+    require_identity(repo)
     with repo.lock(exclusive=False, command="dump"):
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)

@@ -41,7 +41,7 @@ from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
 from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect
 from phoenix_backup.memory.values import csv_value, json_value
-from phoenix_backup.ops.context import Environment, open_repository, scratch_dir
+from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
 from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import COMPANIONS, is_sqlite_file
@@ -207,6 +207,7 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
     """A snapshot's databases (copies checked against their SHA-256) and component files."""
 
     repo = open_repository(cfg, envx, target=target)
+    require_identity(repo)
     layout = Layout(cfg.workspace, envx.home)
     matcher = LogicalMatcher.for_patterns(_component_patterns(cfg), layout)
     with repo.lock(exclusive=False, command="export"), scratch_dir("phx-export-") as scratch:

@@ -11,11 +11,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, PhoenixError, RetentionRefused, SnapshotNotFound
-from phoenix_backup.ops.context import Environment, open_repository, target_names
+from phoenix_backup.errors import (
+    AppendOnlyRefused,
+    ExitStatus,
+    IdentityRequired,
+    PhoenixError,
+    RetentionRefused,
+    SnapshotNotFound,
+)
+from phoenix_backup.ops.context import Environment, open_repository, require_identity, target_names
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy
 from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.storage.targets import refuse_append_only
 
 # -- results ------------------------------------------------------------------------------
 
@@ -97,19 +105,24 @@ def forget(
     result = ForgetResult(dry_run, policy, {})
     when = now or datetime.now(UTC)
     missing = SnapshotNotFound("no snapshot to forget")
-    for name in target_names(cfg, only=target):
+    names = target_names(cfg, only=target)
+    refused = {} if dry_run else refuse_append_only(cfg, names, "forget")
+    for name in names:
         report = TargetForget(name)
         try:
+            if name in refused:
+                raise AppendOnlyRefused(refused[name])
             repo = open_repository(cfg, envx, target=name)
             try:
+                require_identity(repo, "every snapshot (forget decides on all of them)")
                 if ids:
                     forget_named(repo, ids, report, dry_run=dry_run)
                 else:
                     forget_repository(repo, policy, report, dry_run=dry_run, now=when)
             finally:
                 repo.close()
-        except RetentionRefused:
-            raise  # the same policy would be refused on every target: say so once
+        except (RetentionRefused, IdentityRequired):
+            raise  # the same on every target: say so once
         except SnapshotNotFound as exc:
             if not ids:
                 raise

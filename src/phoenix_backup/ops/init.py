@@ -9,7 +9,7 @@ from pathlib import Path
 
 from phoenix_backup.config import Config, default_config_dict, load_config, write_config
 from phoenix_backup.config.defaults import SEARCH_PATHS
-from phoenix_backup.errors import ConfigError
+from phoenix_backup.errors import ConfigError, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 
 
@@ -38,7 +38,7 @@ class InitResult:
 
 
 # Options that shape a new config file: given with an existing config, they need --force.
-_CONFIG_OPTIONS = ("workspace", "repo", "encryption", "recipients", "key_id", "identity_file")
+_CONFIG_OPTIONS = ("workspace", "repo", "encryption", "recipients", "key_id", "identity_file", "write_only")
 
 
 def init(
@@ -53,6 +53,7 @@ def init(
     key_id: str | None = None,
     identity_file: str | None = None,
     kdf_params: Mapping[str, int] | None = None,
+    write_only: bool = False,
 ) -> InitResult:
     """Write a config with the ArgentOS defaults (passphrase encryption unless `encryption` says
     otherwise) and create the repository at its first target: the only command that creates a
@@ -62,8 +63,18 @@ def init(
     that config is created (a hand-written or restored config). `kdf_params` are the scrypt
     parameters of a passphrase slot (default n=2**15, r=8, p=1)."""
     target = Path(config_path or envx.env.get("PHX_CONFIG") or str(envx.home / SEARCH_PATHS[0].removeprefix("~/")))
-    given = {"workspace": workspace, "repo": repo, "encryption": encryption, "recipients": recipients}
-    given |= {"key_id": key_id, "identity_file": identity_file}
+    given: dict[str, object] = {
+        "workspace": workspace,
+        "repo": repo,
+        "encryption": encryption,
+        "recipients": recipients,
+    }
+    given |= {"key_id": key_id, "identity_file": identity_file, "write_only": write_only}
+    if write_only and encryption != "age":
+        raise UsageError(
+            "--write-only needs --encryption age and the --recipient of the machine you restore on "
+            "(this machine keeps only the recipients and a write key); see docs/write-only.md"
+        )
     if target.exists() and not force:
         if any(given[name] for name in _CONFIG_OPTIONS):
             raise ConfigError(
@@ -90,6 +101,8 @@ def init(
     )
     from phoenix_backup.config import parse_config
 
+    if write_only:
+        data["encryption"]["writeOnly"] = True  # type: ignore[index]
     cfg = parse_config(data, target, envx.env)  # validate before writing anything
     result = _init_repository(cfg, envx, target, True, method, kdf_params)
     write_config(target, data, force=force)

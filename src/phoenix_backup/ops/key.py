@@ -7,12 +7,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import KeyChanged, MissingCredentials, RepositoryError, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.repository import Repository
+
+if TYPE_CHECKING:
+    from phoenix_backup.repo.replicate import TargetReport
 
 
 @dataclass(frozen=True)
@@ -148,11 +152,85 @@ def key_add(
         return _key_add(repo, envx, method=method, recipients=recipients, key_id=key_id)
 
 
+@dataclass(frozen=True)
+class WriteOnlyResult:
+    """`phx key add --method age --write-only`: the repository became (or stays) write-only."""
+
+    repository: str
+    slot: KeySlotInfo
+    recipients: tuple[str, ...]
+    removed: list[str]  # key slots removed
+    index_rewritten: int
+    snapshots: int  # in this machine's record
+    key_path: Path | None  # this machine's write key
+    targets: dict[str, TargetReport]  # target -> replication report
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "repository": self.repository,
+            "slot": self.slot.to_json(),
+            "recipients": list(self.recipients),
+            "removed": self.removed,
+            "indexRewritten": self.index_rewritten,
+            "snapshots": self.snapshots,
+            "writeKey": str(self.key_path) if self.key_path else None,
+            "targets": {name: report.to_json() for name, report in self.targets.items()},
+        }
+
+
+def key_add_write_only(cfg: Config, envx: Environment, recipients: tuple[str, ...]) -> WriteOnlyResult:
+    """Make the repository write-only for `recipients` (docs/write-only.md): no data pack is
+    rewritten; the other key slots go, so that nothing this machine holds opens it afterwards; the
+    other targets follow at once (as `phx sync` would)."""
+    from phoenix_backup.ops.context import credentials
+    from phoenix_backup.ops.sync import replicate_all
+    from phoenix_backup.repo.writer import convert, store_root
+    from phoenix_backup.storage.targets import refuse_append_only
+
+    if not recipients:
+        raise UsageError("give the recipients that will read the repository: --recipient age1... (repeatable)")
+    keyslots.wrap_age(keyslots.MasterSecrets.generate(), recipients)  # each recipient is checked first
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx key add --write-only` (it replaces the config)")
+    with locked_exclusively(cfg, envx, "key add --write-only") as repo:
+        if not repo.config.encrypted:
+            raise UsageError("the repository is not encrypted; start a write-only one with `phx init --write-only`")
+        held = {
+            str(keyslots.parse_identity(i, n).to_public()) for n, i in enumerate(credentials(cfg, envx).age_identities)
+        }
+        if repo.config.write_only is None and held & set(recipients):
+            envx.notice(
+                "warning: this machine holds the identity of a recipient (encryption.identityFile or "
+                "PHX_IDENTITY_FILE): if it is the machine that backs up, move the identity away, or it reads everything"
+            )
+        done = convert(repo, recipients, store_root(envx.env))
+    slot = done.slot
+    info = KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, True)
+    try:
+        targets = replicate_all(done.repository, cfg, envx)
+    finally:
+        done.repository.close()
+    return WriteOnlyResult(
+        done.repository.config.id,
+        info,
+        done.recipients,
+        done.removed,
+        done.index_rewritten,
+        done.snapshots,
+        done.key_path,
+        dict(targets),
+    )
+
+
 def _key_add(
     repo: Repository, envx: Environment, *, method: str, recipients: tuple[str, ...], key_id: str | None
 ) -> KeySlotInfo:
     if not repo.config.encrypted:
         raise UsageError("the repository is not encrypted; key slots of other kinds would protect nothing")
+    if repo.config.write_only is not None:
+        raise UsageError(
+            "the repository is write-only: only the age identities of its recipients read it; add a recipient "
+            "with `phx key add --method age --write-only --recipient age1...`"
+        )
     if method == "passphrase":
         slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))
     elif method == "age":

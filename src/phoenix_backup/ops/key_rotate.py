@@ -96,6 +96,12 @@ def rotate(cfg: Config, envx: Environment) -> RotateResult:
         repo.upgrade()  # format 2 first: the new key must authenticate the config
         if not repo.config.encrypted:
             raise UsageError("the repository is not encrypted, so there is no key to rotate")
+        if repo.config.write_only is not None:
+            raise UsageError(
+                "`phx key rotate` does not rotate a write-only repository: each run seals under a new key already, "
+                "wrapped to the recipients; if an identity leaked, start a new write-only repository for new "
+                "recipients (`phx init --write-only`) and keep this one for what it holds"
+            )
         result = _rotate_first_target(repo, cfg, envx)
         new_repo = Repository.open(repo.backend, credentials(cfg, envx), pins=pins(envx), notice=envx.notice)
         try:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phoenix_backup.config import Config
-from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import node_at, walk_tree
@@ -86,6 +86,7 @@ def ls(
 ) -> LsResult:
     """The nodes at and below PATH (everything when PATH is empty), parents before children."""
     repo = open_repository(cfg, envx, target=target)
+    require_identity(repo)
     with repo.lock(exclusive=False, command="ls"):
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)

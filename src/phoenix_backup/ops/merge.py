@@ -8,7 +8,7 @@ import fnmatch
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import Cancelled, ConfirmationRequired
-from phoenix_backup.ops.context import Environment, open_repository, require_config_file, scratch_dir
+from phoenix_backup.ops.context import Environment, open_repository, require_config_file, require_identity, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -57,6 +57,7 @@ def merge_snapshot(
 
     require_config_file(cfg, "a merge into the live stores")
     repo = open_repository(cfg, envx, target=target)
+    require_identity(repo)
     layout = Layout(cfg.workspace, envx.home)
     with repo.lock(exclusive=False, command="restore --merge"):
         repo.load_index()

@@ -9,10 +9,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, PhoenixError, RepositoryError, RepositoryLocked
-from phoenix_backup.ops.context import Environment, open_repository, target_names
+from phoenix_backup.errors import (
+    AppendOnlyRefused,
+    ExitStatus,
+    IdentityRequired,
+    PhoenixError,
+    RepositoryError,
+    RepositoryLocked,
+)
+from phoenix_backup.ops.context import Environment, open_repository, require_identity, target_names
 from phoenix_backup.repo.prune import PruneState, TargetPrune, prune_due, prune_repository
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.appendonly import refusal
+from phoenix_backup.storage.targets import refuse_append_only
 
 
 @dataclass
@@ -41,14 +50,21 @@ def prune(cfg: Config, envx: Environment, *, dry_run: bool = False, target: str 
     """Prune every enabled target (or one), each under its own exclusive lock."""
     state = PruneState.for_home(envx.home)
     result = PruneResult(dry_run, {})
-    for name in target_names(cfg, only=target):
+    names = target_names(cfg, only=target)
+    refused = {} if dry_run else refuse_append_only(cfg, names, "prune")
+    for name in names:
         report = TargetPrune(name)
         try:
+            if name in refused:
+                raise AppendOnlyRefused(refused[name])
             repo = open_repository(cfg, envx, target=name)
             try:
+                require_identity(repo, "every snapshot's trees (prune keeps what they use)")
                 prune_repository(repo, report, dry_run=dry_run, state=state, now=time.time())
             finally:
                 repo.close()
+        except IdentityRequired:
+            raise  # the same on every target: said once
         except PhoenixError as exc:
             report.ok = False
             report.error = str(exc)
@@ -74,6 +90,7 @@ class RetentionOutcome:
     # target -> [{id, name, time, why}]: every snapshot forgotten, and why no rule kept it
     removed: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # clock skew: snapshots dated in the future
+    elsewhere: dict[str, str] = field(default_factory=dict)  # target -> why its retention runs on another machine
 
     @property
     def ok(self) -> bool:
@@ -90,6 +107,7 @@ class RetentionOutcome:
             "errors": self.errors,
             "removed": self.removed,
             "notices": self.notices,
+            "elsewhere": self.elsewhere,
         }
 
 
@@ -111,6 +129,12 @@ def retention_after_backup(
     from phoenix_backup.repo.retention import Policy
 
     out = RetentionOutcome()
+    if not first.can_read:
+        out.skipped = (
+            "this machine backs up a write-only repository without its identity: `phx forget` and `phx prune` run on "
+            "a machine with it"
+        )
+        return out
     failed = sorted(name for name, o in outcomes.items() if not getattr(o, "ok", False))
     if failed:
         out.skipped = f"not every target received the snapshot (failed: {', '.join(failed)})"
@@ -121,6 +145,9 @@ def retention_after_backup(
     first_name = next(iter(outcomes), None)
     for name in outcomes:
         repo: Repository | None = None
+        if cfg.targets.append_only(name):
+            out.elsewhere[name] = refusal(name, "retention (`phx forget`, `phx prune`)")
+            continue
         try:
             repo = first if name == first_name else _replica(cfg, envx, first, name)
             if not policy.empty:
@@ -172,4 +199,4 @@ def _replica(cfg: Config, envx: Environment, first: Repository, name: str) -> Re
             f"the config of target {name} differs from the first target's (changed since it was copied); "
             "run `phx sync` to copy it again"
         )
-    return Repository(backend, config, first.secrets, notice=envx.notice)
+    return first.sibling(backend, config)

@@ -70,7 +70,7 @@ def repair_objects(cfg: Config, envx: Environment, *, source: str, read_data: bo
                 f"the config of target {source} does not open the repository at {dest.location} ({exc}); "
                 "it was not kept"
             ) from exc
-        other = Repository(src, Repository.read_config(src), repo.secrets, notice=envx.notice)
+        other = repo.sibling(src, Repository.read_config(src))
         try:
             with repo.lock(exclusive=True, command="repair objects"):
                 repair_data(repo, other, report, read_data=read_data)

@@ -51,6 +51,7 @@ from phoenix_backup.ops.context import (
     enabled_targets,
     open_repository,
     require_config_file,
+    require_identity,
     target_backend,
 )
 from phoenix_backup.repo.crypto import sha256_file
@@ -182,6 +183,7 @@ def restore(
         require_config_file(cfg, "a restore in place")
     repo = open_repository(cfg, envx)
     try:
+        require_identity(repo, "the snapshot's data")
         with repo.lock(exclusive=False, command="restore"):
             repo.load_index()
             # `latest` never picks a safety snapshot (its scope is its own): restoring one is an
@@ -248,7 +250,7 @@ class _Restore:
         self.undo_hint = ""
         self.damaged: dict[str, str] = {}  # logical -> why its data could not be read (not restored)
         self.untrusted_modes: dict[str, int] = {}  # file -> the mode with bits not restored
-        if not repo.config.encrypted:
+        if not repo.config.encrypted or repo.config.write_only is not None:
             self.selected = self.without_privileges(self.selected)
 
     def restored_config(self, plan: _Plan, result: RestoreResult) -> str | None:
@@ -317,7 +319,9 @@ class _Restore:
     def without_privileges(self, nodes: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
         """An unencrypted repository's trees are not authenticated: whoever can write its storage
         can forge them. So the setuid and setgid bits of its files, which would hand whoever runs
-        them the owner's rights (root's, in a restore as root), are not restored from it."""
+        them the owner's rights (root's, in a restore as root), are not restored from it. Nor from
+        a write-only repository: the machine that backs it up writes its trees, and that machine
+        is the one this mode does not trust."""
         out = []
         for logical, node in nodes:
             if node.type in ("file", "sqlite") and node.mode & (stat.S_ISUID | stat.S_ISGID):

@@ -4,8 +4,10 @@ run under a shared lock, with the `--subset` cursor kept in the cache."""
 from __future__ import annotations
 
 from phoenix_backup.config import Config
+from phoenix_backup.errors import IdentityRequired
 from phoenix_backup.ops.context import Environment, cache_for, open_repository
-from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyResult, verify_repository
+from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult, verify_repository
+from phoenix_backup.repo.writer import WriterRepository
 
 
 def verify(
@@ -19,6 +21,14 @@ def verify(
     """`subset` (a percentage, 0 < PCT <= 100) reads only that share of the packs, continuing where
     the previous subset run stopped (see `choose_subset`); it implies `read_data`."""
     repo = open_repository(cfg, envx)
+    if isinstance(repo, WriterRepository):
+        # A write-only repository, without its identity: what can be checked without reading data.
+        if read_data or subset is not None:
+            raise IdentityRequired(repo.backend.location, "every blob it checks (--read-data)")
+        with repo.lock(exclusive=False, command="verify"):
+            report = repo.check_structure()
+        errors = [VerifyError(obj, snap, None, message) for obj, snap, message in report.errors]
+        return VerifyResult(checked=report.checked, errors=errors, notices=report.notices)
     with repo.lock(exclusive=False, command="verify"):
         cursor = cache_for(repo, envx).dir / SUBSET_CURSOR if subset is not None else None
         return verify_repository(

@@ -28,7 +28,7 @@ import shutil
 import socket
 import subprocess
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -604,7 +604,7 @@ def _unwrap_passphrase(slot: KeySlot, passphrase: str) -> MasterSecrets | None:
 # age slots
 
 
-def _parse_recipient(recipient: str) -> Any:
+def parse_recipient(recipient: str) -> Any:
     try:
         return pyrage.x25519.Recipient.from_str(recipient.strip())
     except (pyrage.RecipientError, ValueError, TypeError):
@@ -614,7 +614,7 @@ def _parse_recipient(recipient: str) -> Any:
         ) from None
 
 
-def _parse_identity(identity: str, index: int) -> Any:
+def parse_identity(identity: str, index: int) -> Any:
     try:
         return pyrage.x25519.Identity.from_str(identity.strip())
     except (pyrage.IdentityError, ValueError, TypeError):
@@ -637,7 +637,7 @@ def wrap_age(secrets: MasterSecrets, recipients: Sequence[str]) -> KeySlot:
             f"{len(cleaned)} age recipients for one key slot; give at most {MAX_AGE_RECIPIENTS} (add another slot "
             "with `phx key add` for more)"
         )
-    parsed = [_parse_recipient(r) for r in cleaned]
+    parsed = [parse_recipient(r) for r in cleaned]
     try:
         data = pyrage.encrypt(secrets.to_bytes(), parsed)
     except pyrage.EncryptError as error:
@@ -657,7 +657,7 @@ _AGE_MAGIC = b"age-encryption.org/v1\n"
 
 
 def _unwrap_age(slot: KeySlot, identities: Sequence[str]) -> MasterSecrets | None:
-    parsed = [_parse_identity(identity, i) for i, identity in enumerate(identities)]
+    parsed = [parse_identity(identity, i) for i, identity in enumerate(identities)]
     header, end, _payload = slot.data.partition(b"\n--- ")
     if not slot.data.startswith(_AGE_MAGIC) or not end or header.count(b"\n-> ") > MAX_AGE_RECIPIENTS:
         raise CorruptObject(
@@ -901,6 +901,11 @@ class Credentials:
     gpg_binary: str = "gpg"
     gpg_key_ids: tuple[str, ...] = ()  # configured GPG keys: only their decryption counts
     methods: frozenset[str] | None = None
+    # Where this machine keeps the write keys of write-only repositories it backs up (repo/writer.py).
+    write_keys: Path | None = None
+    # Asks for the age identity on a terminal, when a write-only repository needs one and this
+    # machine has no write key for it either.
+    ask_identity: Callable[[], tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
 
     def allowed(self) -> frozenset[str]:
         if self.methods is not None:

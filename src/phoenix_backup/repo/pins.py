@@ -38,9 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.dirs import data_dir
+from phoenix_backup.dirs import data_dir, trustworthy, write_private
 from phoenix_backup.errors import ConfigError, KeyChanged
-from phoenix_backup.storage.local import fsync_dir
 
 PINS_FILE = "pins.json"
 PINS_VERSION = 1
@@ -100,7 +99,7 @@ class Pins:
                 "belong to you, mode 0600)"
             ) from None
         # Whoever can write the pin file decides which keys are trusted (as with ssh's StrictModes).
-        if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        if not trustworthy(st):
             raise ConfigError(
                 f"the pin file {self.path} belongs to another user or others can write it, so it cannot be "
                 f"trusted; check its content, then make it yours with mode 0600 (chown, chmod 600)"
@@ -169,17 +168,7 @@ class Pins:
 
     def _write(self, pins: dict[str, Pin]) -> None:
         doc = {"version": PINS_VERSION, "repositories": {k: pins[k].to_json() for k in sorted(pins)}}
-        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-        tmp = self.path.with_name(f".{PINS_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_private(self.path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
     def record(
         self,

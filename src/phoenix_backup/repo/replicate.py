@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from phoenix_backup.errors import (
     CorruptObject,
+    IdentityRequired,
     ObjectNotFound,
     PhoenixError,
     RepositoryError,
@@ -140,7 +141,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
                 f"point targets.{report.name} at an empty location or empty it"
             )
         switched = raw != source.read("config")
-    locks = LockManager(dest, repo.sealer, notice)
+    locks = LockManager(dest, repo.locks.sealer, notice)
     with locks.acquire(exclusive=False, command="replicate") as held:
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
@@ -149,6 +150,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         alone = all(info.name == held.name for info in locks.all())
         report.uploads_aborted = dest.abort_abandoned_uploads(everything=alone)
         stale_keys = _add_keys(source, dest, report)
+        _add_run_keys(source, dest, report)
         present = {info.name for info in dest.list("data/")}
         present_index = {info.name for info in dest.list("index/")}
         missing_index = sorted({info.name for info in source.list("index/")} - present_index)
@@ -162,22 +164,34 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
                 listed.update(e.id for e in entries)
                 obj = pack_name(pack_id)
                 if obj not in present:
-                    packs[obj] = not entries or entries[0].type == BlobType.DATA
+                    # Entries unknown (a write-only repository's machine that backs up reads only
+                    # the covers of others' index objects): stays readable at once.
+                    packs[obj] = bool(entries) and entries[0].type == BlobType.DATA
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         _copy_all(source, dest, [(n, False) for n in missing_index], report)
         have = {info.name for info in dest.list("snapshots/")}
-        for snap in repo.list_snapshots():  # oldest first
+        snapshots = repo.list_snapshots()
+        for snap in snapshots:  # oldest first
             obj = f"snapshots/{snap.id}"
             if obj in have:
                 continue
             _copy_one(source, dest, obj, False, report)
             report.snapshots += 1
             dest.checkpoint(f"phoenix snapshot {snap.name} ({snap.id[:8]})")
+        if not repo.can_read:
+            # Backing up a write-only repository, this machine knows only the snapshots it wrote:
+            # the others (older, another machine's) are copied by name.
+            known = {f"snapshots/{snap.id}" for snap in snapshots}
+            for obj in sorted({info.name for info in source.list("snapshots/")} - have - known):
+                _copy_one(source, dest, obj, False, report)
+                report.snapshots += 1
         if switched:
             dest.write("config", source.read("config"))
             report.objects += 1
-        if switched or stale_keys:
+        if (switched or stale_keys) and repo.config.write_only is None:
+            # What a retired key sealed (after a rotation). A write-only repository is never
+            # rotated, and its objects are sealed under many run keys.
             _remove_retired(repo, dest, report)
         for name in stale_keys:
             dest.delete(name)
@@ -196,6 +210,12 @@ def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]
         if name not in theirs or dest.read(name) != source.read(name):
             _copy_one(source, dest, name, False, report)
     return sorted(theirs - ours) if ours else []
+
+
+def _add_run_keys(source: Backend, dest: Backend, report: TargetReport) -> None:
+    """Copy the run keys of a write-only repository that `dest` lacks, before anything sealed under them."""
+    theirs = {info.name for info in dest.list("runkeys/")}
+    _copy_all(source, dest, [(info.name, False) for info in source.list("runkeys/") if info.name not in theirs], report)
 
 
 def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> None:
@@ -229,13 +249,16 @@ def _keep_indexed(
     snapshots that need them would look damaged, and `phx repair objects --from` it would not find
     them. Before the new objects are copied, one index object of the replica's own lists them
     (the replica's own prune deletes what no snapshot there uses)."""
-    replica = Repository(dest, repo.config, repo.secrets, notice=repo.notice)
+    replica = repo.sibling(dest)
     keep: dict[str, dict[bytes, PackEntry]] = {}
     for name in superseded:
         try:
             listing, _sup = replica.read_index_object(name)
-        except (CorruptObject, ObjectNotFound):
-            continue  # damaged there (verify names it), or sealed under a retired key
+        except (CorruptObject, ObjectNotFound, IdentityRequired):
+            # Damaged there (verify names it), sealed under a retired key, or this machine backs up
+            # a write-only repository and cannot read it (the machine with the identity can:
+            # `phx sync` there lists what this leaves unlisted).
+            continue
         for pack_id, entries in listing.items():
             if pack_name(pack_id) in present:
                 for e in entries:

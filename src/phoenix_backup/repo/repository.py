@@ -17,7 +17,7 @@ import secrets
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -28,6 +28,7 @@ import blake3
 from phoenix_backup.errors import (
     ConfigNotAuthenticated,
     CorruptObject,
+    IdentityRequired,
     KeyChanged,
     KeySlotNotFound,
     ObjectNotFound,
@@ -36,8 +37,10 @@ from phoenix_backup.errors import (
     RepositoryNotFound,
     SnapshotNotFound,
     UnsupportedFormat,
+    UsageError,
 )
 from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo import writeonly
 from phoenix_backup.repo.crypto import (
     BlobIds,
     BlobType,
@@ -67,9 +70,14 @@ from phoenix_backup.repo.pack import (
 from phoenix_backup.repo.pins import Pin, Pins
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_latest, is_future
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
+from phoenix_backup.repo.writeonly import KeyedSealer, Keyring, WriteKey, cover_index, uncover_index
 from phoenix_backup.storage.base import Backend
 
-FORMAT_VERSION = 2
+# The newest format this Phoenix reads. Repositories are written in format 2, write-only ones
+# (repo/writeonly.py) in format 3: format 3 is format 2 with a `writeOnly` section.
+FORMAT_VERSION = 3
+BASE_FORMAT_VERSION = 2
+WRITE_ONLY_FORMAT_VERSION = 3
 FORMAT_NAME = "phoenix-repository"
 
 # FastCDC parameters for files: restic's proven sizes. Small agent notes are one chunk each.
@@ -103,10 +111,12 @@ class RepoConfig:
     sqlite_run_pages: int
     mac: bytes | None = field(default=None, repr=False)  # format 2: BLAKE3 MAC of everything else
     raw: bytes = field(default=b"", repr=False, compare=False)  # the bytes it was read from
+    # Format 3, a write-only repository: the age recipients every run key is wrapped to.
+    write_only: tuple[str, ...] | None = None
 
     def document(self) -> dict[str, Any]:
         """The config without its MAC: what the MAC authenticates."""
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT_NAME,
             "version": self.version,
             "id": self.id,
@@ -115,6 +125,9 @@ class RepoConfig:
             "chunker": {"algorithm": "fastcdc-2020", **self.chunker},
             "sqliteRunPages": self.sqlite_run_pages,
         }
+        if self.write_only is not None:
+            doc["writeOnly"] = {"recipients": list(self.write_only)}
+        return doc
 
     def to_bytes(self) -> bytes:
         doc = self.document()
@@ -122,15 +135,31 @@ class RepoConfig:
             doc["mac"] = self.mac.hex()
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
-    def _mac(self, secrets_: keyslots.MasterSecrets) -> bytes:
+    def _mac(self, secrets_: keyslots.MasterSecrets | WriteKey) -> bytes:
+        """A write-only config is authenticated by the write key (so the machine that backs up can
+        check it), any other by the master secrets."""
         canonical = json.dumps(self.document(), sort_keys=True, separators=(",", ":")).encode()
+        if self.write_only is not None:
+            write_key = secrets_ if isinstance(secrets_, WriteKey) else WriteKey.of(secrets_)
+            return blake3.blake3(canonical, key=write_key.derive(writeonly.CONFIG_MAC_CONTEXT)).digest()
+        assert isinstance(secrets_, keyslots.MasterSecrets)
         return blake3.blake3(canonical, key=secrets_.derive(_CONFIG_MAC_CONTEXT)).digest()
 
     def signed(self, secrets_: keyslots.MasterSecrets) -> RepoConfig:
         """This config in the current format, authenticated by `secrets_`."""
-        config = replace(self, version=FORMAT_VERSION)
+        config = replace(
+            self, version=WRITE_ONLY_FORMAT_VERSION if self.write_only is not None else BASE_FORMAT_VERSION
+        )
         config = replace(config, mac=config._mac(secrets_))
         return replace(config, raw=config.to_bytes())
+
+    def writer_problem(self, write_key: WriteKey) -> str | None:
+        """Why this config is not the write-only repository of `write_key`, or None."""
+        if self.write_only is None:
+            return "the repository is not write-only"
+        if self.mac is None or not hmac.compare_digest(self.mac, self._mac(write_key)):
+            return "the repository config is not authenticated by this machine's write key"
+        return None
 
     def problem(self, secrets_: keyslots.MasterSecrets, slot_type: str) -> str | None:
         """Why these secrets (from a slot of `slot_type`) are not this repository's, or None.
@@ -195,6 +224,7 @@ class RepoConfig:
                 mac = bytes.fromhex(d["mac"])
                 if len(mac) != 32:
                     raise ValueError("mac is not 32 bytes")
+            write_only = _write_only(d, version, where)
             config = cls(
                 id=repo_id,
                 version=version,
@@ -204,6 +234,7 @@ class RepoConfig:
                 sqlite_run_pages=run,
                 mac=mac,
                 raw=bytes(data),
+                write_only=write_only,
             )
             if version >= 2 and set(d) - {"mac"} != set(config.document()):
                 raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
@@ -216,6 +247,23 @@ def _int(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{value!r} is not an integer")
     return value
+
+
+def _write_only(d: dict[str, Any], version: int, where: str) -> tuple[str, ...] | None:
+    """A format 3 config's recipients; format 3 is the write-only format and nothing else."""
+    if version < WRITE_ONLY_FORMAT_VERSION:
+        if "writeOnly" in d:
+            raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
+        return None
+    section = d["writeOnly"]
+    recipients = section["recipients"] if isinstance(section, dict) and set(section) == {"recipients"} else None
+    if not isinstance(recipients, list) or not 1 <= len(recipients) <= keyslots.MAX_AGE_RECIPIENTS:
+        raise CorruptObject(f"the repository config at {where} has malformed writeOnly recipients")
+    try:
+        writeonly.parse_recipients([r if isinstance(r, str) else "" for r in recipients])
+    except UsageError:
+        raise CorruptObject(f"the repository config at {where} has a writeOnly recipient that is no age key") from None
+    return tuple(recipients)
 
 
 @dataclass
@@ -238,16 +286,36 @@ class Repository:
         self,
         backend: Backend,
         config: RepoConfig,
-        secrets_: keyslots.MasterSecrets,
+        secrets_: keyslots.MasterSecrets | None,
         compression: Compressor | None = None,
         notice: Callable[[str], None] | None = None,
         also: Iterable[keyslots.MasterSecrets] = (),
+        *,
+        write_key: WriteKey | None = None,
+        identities: Sequence[str] = (),
+        keyring: Keyring | None = None,
     ) -> None:
+        """`secrets_` are the master secrets; a machine that backs up a write-only repository has
+        only its `write_key` (repo/writer.py). A write-only repository's data is read with age
+        `identities` (or the `keyring` of another target's copy)."""
         self.backend = backend
         self.config = config
-        self.secrets = secrets_
-        self.ids = BlobIds(secrets_.id_key)
-        self.sealer = Sealer(secrets_.encryption_key if config.encrypted else None)
+        self._secrets = secrets_
+        if write_key is None and secrets_ is not None:
+            write_key = WriteKey.of(secrets_)
+        assert write_key is not None, "a repository needs its master secrets or its write key"
+        self.write_key = write_key
+        self.ids = BlobIds(write_key.id_key)
+        self.keyring: Keyring | None = None
+        legacy = secrets_.encryption_key if secrets_ is not None else None
+        if config.write_only is not None:
+            # Everything under run keys, locks under a key of the write key (a machine that backs up
+            # must tell its own running lock from another's, and remove a dead one): repo/writeonly.py.
+            self.keyring = keyring or Keyring(backend, write_key, config.write_only, identities, legacy)
+            self.sealer: Sealer = KeyedSealer(self.keyring)
+            lock_sealer = Sealer(write_key.derive(writeonly.LOCK_KEY_CONTEXT))
+        else:
+            self.sealer = lock_sealer = Sealer(legacy if config.encrypted else None)
         self.compressor = compression or Compressor(True)
         self.notice: Callable[[str], None] = notice or (lambda _msg: None)
         self.index = Index()
@@ -267,7 +335,7 @@ class Repository:
         # `also`: the other secrets of an unfinished `phx key rotate` on this machine. Only the
         # locks its killed run left are read with them (so they can be cleaned up); no data.
         self.locks = LockManager(
-            backend, self.sealer, self.notice, also=[Sealer(m.encryption_key) for m in also if config.encrypted]
+            backend, lock_sealer, self.notice, also=[Sealer(m.encryption_key) for m in also if config.encrypted]
         )
         self.opened_with: str | None = None  # the key slot that opened the repository
         self.unindexed_packs: set[str] = set()  # packs known only from their own headers
@@ -279,6 +347,38 @@ class Repository:
         # here. A new snapshot relies on them being in the store (`confirm_present`).
         self.relied_on: set[str] = set()
 
+    @property
+    def secrets(self) -> keyslots.MasterSecrets:
+        """The master secrets; a machine that backs up a write-only repository has none."""
+        if self._secrets is None:
+            raise IdentityRequired(self.backend.location, "its key slots and master secrets")
+        return self._secrets
+
+    @property
+    def chunker_seed(self) -> int:
+        return self.write_key.chunker_seed
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint this machine trusts: the master key's, or a writer's write key's."""
+        return self._secrets.fingerprint if self._secrets is not None else self.write_key.fingerprint
+
+    @property
+    def can_read(self) -> bool:
+        """False on a machine that backs up a write-only repository without its identity."""
+        return self.keyring is None or self.keyring.can_read
+
+    def sibling(self, backend: Backend, config: RepoConfig | None = None) -> Repository:
+        """The copy of this repository on another target, opened with the same keys."""
+        return Repository(
+            backend,
+            config or self.config,
+            self._secrets,
+            notice=self.notice,
+            write_key=self.write_key,
+            keyring=self.keyring.with_backend(backend) if self.keyring is not None else None,
+        )
+
     # -- creation and opening -------------------------------------------------------------
 
     @classmethod
@@ -289,20 +389,23 @@ class Repository:
         encrypted: bool,
         *,
         pins: Pins | None = None,
+        write_only: tuple[str, ...] | None = None,
         **kwargs: Any,
     ) -> Repository:
         """Create a new repository; its first key slot comes from `slot_factory`. With `pins`,
-        this user trusts its key from now on (it made it)."""
+        this user trusts its key from now on (it made it). `write_only`: the age recipients of a
+        write-only repository (the slot must be an age slot to them)."""
         backend.create()
         master = keyslots.MasterSecrets.generate()
         slot = slot_factory(master)
         config = RepoConfig(
             id=secrets.token_hex(16),
-            version=FORMAT_VERSION,
+            version=BASE_FORMAT_VERSION,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             encrypted=encrypted,
             chunker={"min": CHUNK_MIN, "avg": CHUNK_AVG, "max": CHUNK_MAX},
             sqlite_run_pages=SQLITE_RUN_PAGES,
+            write_only=write_only,
         ).signed(master)
         backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
         # The config is written last: a repository is "there" only once it is complete.
@@ -348,10 +451,19 @@ class Repository:
         with `pins`, have the fingerprint this user pinned (pinned now if this is a first use).
         `expect` checks against that fingerprint instead of a pin (for `phx key trust`)."""
         config = cls.read_config(backend)
+        if config.write_only is not None and not creds.age_identities and expect is None:
+            # The machine that backs up: it holds the write key, never a slot's secrets. Else
+            # (a terminal, no write key here) the identity is asked for.
+            from phoenix_backup.repo.writer import WriterRepository, WriterStore
+
+            has_key = creds.write_keys is not None and WriterStore(creds.write_keys, config.id).key_path.exists()
+            if has_key or creds.ask_identity is None:
+                return WriterRepository.open_writer(backend, config, creds.write_keys, **kwargs)
+            creds = replace(creds, age_identities=creds.ask_identity(), methods=(creds.allowed() | {"age"}))
         slots = cls.read_key_slots(backend)
         notice = kwargs.get("notice") or (lambda _m: None)
         slot, master, also = _choose_secrets(backend.location, config, slots, creds, pins, notice, expect)
-        repo = cls(backend, config, master, also=also, **kwargs)
+        repo = cls(backend, config, master, also=also, identities=creds.age_identities, **kwargs)
         repo.opened_with = slot.id
         return repo
 
@@ -440,7 +552,7 @@ class Repository:
         # A format 2 config is written after every slot was upgraded: a format 1 slot beside it
         # was put there by someone else, and sealing its metadata under this key would make it
         # look like one of the owner's.
-        if self.config.version >= FORMAT_VERSION:
+        if self.config.version >= BASE_FORMAT_VERSION:
             return False
         slots = self.read_key_slots(self.backend)
         with self.lock(exclusive=True, command="upgrade"):
@@ -450,7 +562,7 @@ class Repository:
             config = self.config.signed(self.secrets)
             self.backend.write("config", config.to_bytes())
             self.config = config
-        self.notice(f"upgraded the repository at {self.backend.location} to format {FORMAT_VERSION}")
+        self.notice(f"upgraded the repository at {self.backend.location} to format {BASE_FORMAT_VERSION}")
         return True
 
     # -- index -------------------------------------------------------------------------
@@ -641,7 +753,7 @@ class Repository:
         """One index object listing `packs` that supersedes the index objects `superseded`
         (bare ids); returns its name. It is written whole or not at all, so the old objects may
         be deleted once this returns."""
-        raw = self.sealer.seal(encode_index(packs, superseded), INDEX_AAD)
+        raw = self.seal_index(packs, superseded)
         name = f"index/{sha256_hex(raw)}"
         self.backend.write(name, raw)
         self.relied_on.add(name)
@@ -651,7 +763,25 @@ class Repository:
         raw = self.backend.read(name)
         if sha256_hex(raw) != name.split("/")[-1]:
             raise CorruptObject(f"{name} does not match its name (damaged)")
-        return decode_index(self.sealer.open(raw, INDEX_AAD, name), name)
+        return self.open_index(raw, name)
+
+    def seal_index(self, packs: dict[str, list[PackEntry]], superseded: Iterable[str] = ()) -> bytes:
+        """An index object's bytes: sealed, and in a write-only repository under its cover."""
+        sup = list(superseded)
+        sealed = self.sealer.seal(encode_index(packs, sup), INDEX_AAD)
+        if self.config.write_only is None:
+            return sealed
+        return cover_index(sealed, list(packs), sup, self.write_key)
+
+    def open_index(self, raw: bytes, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+        covered = uncover_index(raw, self.write_key, name) if self.config.write_only is not None else None
+        if covered is None:
+            return decode_index(self.sealer.open(raw, INDEX_AAD, name), name)
+        cover_packs, cover_sup, sealed = covered
+        packs, superseded = decode_index(self.sealer.open(sealed, INDEX_AAD, name), name)
+        if sorted(packs) != sorted(cover_packs) or sorted(superseded) != sorted(cover_sup):
+            raise CorruptObject(f"{name} lists other packs than its cover says (damaged or tampered)")
+        return packs, superseded
 
     # -- blobs -------------------------------------------------------------------------
 
@@ -768,7 +898,7 @@ class Repository:
         with self._lock:
             new, self._new_packs = self._new_packs, {}
         if new:
-            raw = self.sealer.seal(encode_index(new), INDEX_AAD)
+            raw = self.seal_index(new)
             self.backend.write(f"index/{sha256_hex(raw)}", raw)
             self.relied_on.add(f"index/{sha256_hex(raw)}")
             self.stats.bytes_added += len(raw)
@@ -847,7 +977,9 @@ class Repository:
             sid = info.name.split("/")[-1]
             try:
                 out.append(self.load_snapshot(sid))
-            except (CorruptObject, ObjectNotFound) as exc:
+            except (CorruptObject, ObjectNotFound, IdentityRequired) as exc:
+                # IdentityRequired: a write-only repository's snapshot sealed for recipients whose
+                # identity this machine does not have (one added later reads from then on).
                 self.problems.snapshots[info.name] = str(exc)
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.

@@ -1,7 +1,8 @@
 """The one small interface every object store implements (local disk, S3/R2, Git).
 
 Object names are relative, slash-separated and fixed by the repository format: `config`,
-`keys/<id>`, `data/<2 hex>/<64 hex>`, `index/<64 hex>`, `snapshots/<64 hex>`, `locks/<id>`.
+`keys/<id>`, `runkeys/<16 hex>`, `data/<2 hex>/<64 hex>`, `index/<64 hex>`, `snapshots/<64 hex>`,
+`locks/<id>`.
 Every backend stores the same objects under the same names below its prefix, so any target can
 serve a restore on its own. Behaviour every backend needs (retries, a concurrency limit) wraps a
 backend instead of living inside it (storage/wrappers.py).
@@ -19,11 +20,14 @@ from phoenix_backup.errors import StorageError
 # Why so strict: names become file paths and object keys. Rejecting anything but the format's own
 # shapes means a hostile or corrupt listing can never make a backend touch `..`, an absolute
 # path, or a key outside the repository's prefix.
-_NAME = re.compile(r"^(config|(keys|locks|index|snapshots)/[0-9a-f]{8,64}|data/[0-9a-f]{2}/[0-9a-f]{64})$")
+_NAME = re.compile(
+    r"^(config|(keys|locks|index|snapshots)/[0-9a-f]{8,64}|runkeys/[0-9a-f]{16}|data/[0-9a-f]{2}/[0-9a-f]{64})$"
+)
 TEMP_MARKER = ".tmp-"
 # The folders of the format, in the order replication fills them (config and keys first, so a
-# half-copied target is already a valid, openable repository; snapshots last: the commit point).
-FOLDERS = ("keys", "data", "index", "snapshots", "locks")
+# half-copied target is already a valid, openable repository; the run keys of a write-only
+# repository before the objects sealed under them; snapshots last: the commit point).
+FOLDERS = ("keys", "runkeys", "data", "index", "snapshots", "locks")
 
 
 def validate_name(name: str) -> str:
@@ -34,6 +38,18 @@ def validate_name(name: str) -> str:
 
 def is_valid_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class Protection:
+    """What keeps the objects of a store from being deleted or overwritten by whoever holds the
+    credentials Phoenix uses there (`phx doctor` shows it for append-only targets). `enforced` is
+    True when the store itself refuses (S3 Object Lock, a Git remote refusing force pushes),
+    False when nothing but Phoenix's own restraint does, None when Phoenix cannot tell."""
+
+    enforced: bool | None
+    message: str
+    fix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,8 @@ class Backend(ABC):
 
     #: short kind for messages and decisions that depend on the store ("local", "s3", "git")
     kind: str = "local"
+    #: Phoenix never deletes or overwrites objects here, locks aside (storage/appendonly.py)
+    append_only: bool = False
 
     @property
     @abstractmethod
@@ -108,6 +126,15 @@ class Backend(ABC):
         """Remove what interrupted uploads left behind on the store (S3: multipart uploads);
         `everything` when no other writer can be active. Returns how many were removed."""
         return 0
+
+    def protection(self) -> Protection:
+        """What, besides Phoenix, keeps objects here from being deleted or overwritten."""
+        return Protection(
+            False,
+            f"nothing but file permissions protects {self.location}: whoever can write it can delete objects",
+            "keep a second target the backing-up user cannot change (an S3 bucket with Object Lock, a Git "
+            "host that refuses force pushes, a folder of another user)",
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

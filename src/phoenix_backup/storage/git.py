@@ -23,6 +23,11 @@ and `publish` pushes when `autoCommit` is on.
   address is refused: git would put it on ssh's command line.
 - A clone is made in a temporary folder beside its place and renamed there when complete; the
   leftovers of a killed clone are removed by the next one.
+- An append-only target (`appendOnly`): a remote that is a bare repository on this machine is set
+  to refuse force pushes and branch deletions (`receive.denyNonFastForwards`, `receive.denyDeletes`),
+  and a remote branch whose history no longer holds what Phoenix pushed before (it was rewritten)
+  stops the push instead of being merged. A Git host's own branch protection does the first for
+  remote hosts; Phoenix cannot see it (`protection`).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from phoenix_backup.errors import (
     ToolMissing,
 )
 from phoenix_backup.redaction import redact, redact_url
-from phoenix_backup.storage.base import FOLDERS, Backend, ObjectInfo
+from phoenix_backup.storage.base import FOLDERS, Backend, ObjectInfo, Protection
 from phoenix_backup.storage.local import LocalBackend
 
 # Git hosts warn above 50 MB per file and GitHub refuses above 100 MB.
@@ -63,6 +68,7 @@ GITATTRIBUTES = """\
 # delta compression cannot shrink it: it would only cost time and memory on both ends.
 config binary -delta
 keys/** binary -delta
+runkeys/** binary -delta
 data/** binary -delta
 index/** binary -delta
 snapshots/** binary -delta
@@ -145,8 +151,10 @@ class GitBackend(Backend):
         workdir: Path,
         env: Mapping[str, str],
         notice: Callable[[str], None] | None = None,
+        append_only: bool = False,
     ) -> None:
         self.url = url
+        self.guarded = append_only  # an append-only target: its remote refuses force pushes
         # What git sees: the URL without credentials; they travel in its environment only.
         self.remote, credentials = split_credentials(url)
         self.branch = branch
@@ -254,6 +262,8 @@ class GitBackend(Backend):
             else:
                 self._forget_credentials()
             self._write_meta()
+            if self.guarded:
+                self._guard_local_remote()
             self._ready = True
 
     def _clone(self) -> None:
@@ -292,6 +302,57 @@ class GitBackend(Backend):
         current = self._git("config", "--get", "remote.origin.url", check=False).stdout.strip()
         if current and current != self.remote and split_credentials(current)[0] == self.remote:
             self._git("remote", "set-url", "origin", self.remote)
+
+    def _local_remote(self) -> Path | None:
+        """The remote's folder when it is a bare repository on this machine, else None."""
+        remote = self.remote
+        if remote.startswith("file://"):
+            folder = Path(unquote(urlsplit(remote).path))
+        elif "://" in remote or _SCP_USERINFO.match(remote) or re.match(r"^[^/]+:", remote):
+            return None
+        else:
+            folder = Path(remote)
+        return folder if (folder / "HEAD").is_file() and (folder / "objects").is_dir() else None
+
+    _GUARDS = ("receive.denyNonFastForwards", "receive.denyDeletes")
+
+    def _guard_local_remote(self) -> None:
+        """Make a bare remote on this machine refuse force pushes and branch deletions."""
+        folder = self._local_remote()
+        if folder is None:
+            return
+        changed = False
+        for key in self._GUARDS:
+            current = self._git("--git-dir", str(folder), "config", "--bool", "--get", key, check=False).stdout.strip()
+            if current != "true":
+                self._git("--git-dir", str(folder), "config", key, "true")
+                changed = True
+        if changed:
+            self.notice(f"the Git remote {folder} now refuses force pushes and branch deletions (append-only target)")
+
+    def protection(self) -> Protection:
+        folder = self._local_remote()
+        if folder is None:
+            return Protection(
+                None,
+                f"Phoenix cannot see whether the Git host of {redact_url(self.url)} refuses force pushes",
+                f"protect branch {self.branch} on the host against force pushes and deletion, and give this machine "
+                "a deploy key that cannot change that protection",
+            )
+        missing = [
+            key
+            for key in self._GUARDS
+            if self._git("--git-dir", str(folder), "config", "--bool", "--get", key, check=False).stdout.strip()
+            != "true"
+        ]
+        if missing:
+            return Protection(
+                False,
+                f"the Git remote {folder} accepts force pushes or branch deletions ({', '.join(missing)} not set)",
+                f"run `git --git-dir {folder} config receive.denyNonFastForwards true` and "
+                "`... config receive.denyDeletes true`",
+            )
+        return Protection(True, f"the Git remote {folder} refuses force pushes and branch deletions")
 
     def _write_meta(self) -> None:
         for name, text in ((".gitattributes", GITATTRIBUTES), (".gitignore", GITIGNORE)):
@@ -379,12 +440,26 @@ class GitBackend(Backend):
                 return
             low = push.stderr.lower()
             if "fetch first" in low or "non-fast-forward" in low:
+                # What this clone last pushed, read before the fetch moves the tracking branch.
+                pushed = self._git("rev-parse", "-q", "--verify", f"refs/remotes/origin/{self.branch}", check=False)
                 self._git("fetch", "-q", "origin", self.branch, network=True)
+                if self.guarded and pushed.returncode == 0:
+                    self._refuse_rewritten_history(pushed.stdout.strip())
                 self._git("merge", "-q", "--no-edit", "FETCH_HEAD")
                 push = self._git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", network=True, check=False)
                 if push.returncode == 0:
                     return
             raise self._error("push", push.stderr)
+
+    def _refuse_rewritten_history(self, pushed: str) -> None:
+        """On an append-only target, the remote branch must still hold `pushed`, the commit this
+        clone last pushed: one that lost it was rewritten (a force push), and merging would hide that."""
+        if self._git("merge-base", "--is-ancestor", pushed, "FETCH_HEAD", check=False).returncode != 0:
+            raise StorageError(
+                f"the branch {self.branch} of the Git remote {redact_url(self.url, path=True)} no longer holds the "
+                "commits Phoenix pushed there: its history was rewritten (a force push); nothing was pushed. Check "
+                "the remote, restore its history from a clone (this one holds it), and make it refuse force pushes"
+            )
 
     def unpublished(self) -> int:
         """How many commits the remote branch lacks (what `publish` would push), as far as known."""

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from phoenix_backup.dirs import fsync_dir
 from phoenix_backup.errors import (
     NoSpace,
     ObjectExists,
@@ -76,7 +77,7 @@ class LocalBackend(Backend):
         names = {e.name for e in os.scandir(self.root)}
         if not names <= set(_FOLDERS) or "keys" not in names:
             return False
-        for folder in ("index", "snapshots", "locks"):
+        for folder in ("runkeys", "index", "snapshots", "locks"):
             if (self.root / folder).is_dir() and any((self.root / folder).iterdir()):
                 return False
         data = self.root / "data"
@@ -197,15 +198,6 @@ def _drop_cached(fd: int) -> None:
     if hasattr(os, "posix_fadvise"):
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable (the folder entry is written too)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -10,6 +10,10 @@
 - Data packs go to the configured storage class; every other object stays STANDARD, so listing,
   browsing and structural checks never need a thaw. Reading a pack in GLACIER or DEEP_ARCHIVE
   requests a restore and waits up to the thaw timeout, saying so.
+- With Object Lock (`object_lock_mode`), every object but the locks is written with a retention
+  (governance or compliance) until `object_lock_days` from now: S3 itself then refuses to delete
+  or overwrite that version, whoever asks (a version written over it stays readable by its id).
+  The bucket must have Object Lock enabled; `protection` reports how it is set up.
 - Errors are classified for the retry wrapper: refused connections and connect timeouts are
   TargetUnreachable, timeouts/5xx/throttling TransientStorageError, the rest permanent. Messages
   never contain credentials (only the error code is shown for authentication failures).
@@ -20,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -38,7 +42,7 @@ from phoenix_backup.errors import (
     TransientStorageError,
 )
 from phoenix_backup.redaction import redact_url
-from phoenix_backup.storage.base import Backend, ObjectInfo, is_valid_name, validate_name
+from phoenix_backup.storage.base import Backend, ObjectInfo, Protection, is_valid_name, validate_name
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -117,6 +121,8 @@ class S3Settings:
     thaw_timeout: float = 0.0
     multipart_threshold: int = MULTIPART_THRESHOLD
     part_size: int = PART_SIZE
+    object_lock_mode: str | None = None  # "governance" or "compliance": retention on every object but locks
+    object_lock_days: int = 0
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -201,6 +207,11 @@ class S3Backend(Backend):
                     f"{where} refused the credentials while {what} ({code or status}); check "
                     f"{self.field}.accessKeyId/secretAccessKey, the environment or the AWS profile, "
                     "and the bucket's permissions"
+                )
+            if code == "InvalidRequest" and self.settings.object_lock_mode is not None:
+                return StorageError(
+                    f"{where} refused an object with Object Lock retention while {what} (InvalidRequest): the bucket "
+                    f"{self.bucket} has no Object Lock; enable it on the bucket, or remove {self.field}.objectLock"
                 )
             if code in _TRANSIENT_CODES or status >= 500 or status == 429:
                 return TransientStorageError(f"{where} answered {code or status} while {what}")
@@ -376,12 +387,21 @@ class S3Backend(Backend):
         cls = self.settings.storage_class
         return {"StorageClass": cls} if cold and cls and cls != "STANDARD" else {}
 
+    def _lock_args(self, name: str) -> dict[str, Any]:
+        """The Object Lock retention of a new object: every object but the locks, which must go
+        when their process ends."""
+        mode = self.settings.object_lock_mode
+        if mode is None or name.startswith("locks/"):
+            return {}
+        until = datetime.now(UTC) + timedelta(days=self.settings.object_lock_days)
+        return {"ObjectLockMode": mode.upper(), "ObjectLockRetainUntilDate": until}
+
     def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
         key = self._key(name)
         if exclusive and not self._conditional and self._head(name) is not None:
             raise ObjectExists(f"object {name} already exists in {self.location}")
         conditional = {"IfNoneMatch": "*"} if exclusive and self._conditional else {}
-        extra = self._class_args(cold)
+        extra: dict[str, Any] = {**self._class_args(cold), **self._lock_args(name)}
         try:
             if len(data) > self.settings.multipart_threshold:
                 self._multipart(key, name, data, extra, conditional)
@@ -399,11 +419,11 @@ class S3Backend(Backend):
         except (bex.BotoCoreError, ConnectionError, TimeoutError) as exc:
             raise self._error(exc, name) from None
 
-    def _multipart(self, key: str, name: str, data: bytes, extra: dict[str, str], conditional: dict[str, str]) -> None:
+    def _multipart(self, key: str, name: str, data: bytes, extra: dict[str, Any], conditional: dict[str, str]) -> None:
         """Parts in order, then complete; on any failure the upload is aborted, so no half object
         and no billed leftover parts remain (a killed process's uploads are aborted later by
         `abort_abandoned_uploads`)."""
-        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)  # type: ignore[arg-type]
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
         upload_id = upload["UploadId"]
         try:
             parts = []
@@ -447,6 +467,41 @@ class S3Backend(Backend):
         except (bex.BotoCoreError, bex.ClientError, ConnectionError, TimeoutError) as exc:
             raise self._error(exc, "cleaning up abandoned multipart uploads") from None
         return aborted
+
+    # -- protection -------------------------------------------------------------------------
+
+    def protection(self) -> Protection:
+        """Whether the bucket has Object Lock, and whether Phoenix sets retention on its objects."""
+        try:
+            answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+            lock = dict(answer.get("ObjectLockConfiguration") or {})
+        except bex.ClientError as exc:
+            if self._code(exc) != "ObjectLockConfigurationNotFoundError":
+                raise self._error(exc, "reading the bucket's Object Lock configuration") from None
+            lock = {}
+        except (bex.BotoCoreError, ConnectionError, TimeoutError) as exc:
+            raise self._error(exc, "reading the bucket's Object Lock configuration") from None
+        mode = self.settings.object_lock_mode
+        if lock.get("ObjectLockEnabled") != "Enabled":
+            return Protection(
+                False,
+                f"the bucket {self.bucket} has no Object Lock: these credentials can delete every object",
+                "create a bucket with Object Lock enabled (or enable it on this one), then set "
+                f'{self.field}.objectLock to {{"mode": "governance", "days": 30}}',
+            )
+        if mode is None:
+            if lock.get("Rule"):
+                return Protection(True, f"Object Lock on: the bucket {self.bucket} retains every object by default")
+            return Protection(
+                False,
+                f"the bucket {self.bucket} has Object Lock, but Phoenix sets no retention on its objects",
+                f'set {self.field}.objectLock to {{"mode": "governance", "days": 30}} (or "compliance")',
+            )
+        return Protection(
+            True,
+            f"Object Lock on: every object but the locks is retained {self.settings.object_lock_days} days in "
+            f"{mode} mode",
+        )
 
     # -- the rest ---------------------------------------------------------------------------
 

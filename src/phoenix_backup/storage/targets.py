@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import UsageError
+from phoenix_backup.errors import AppendOnlyRefused, UsageError
+from phoenix_backup.storage.appendonly import AppendOnlyBackend, refusal
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
 from phoenix_backup.storage.wrappers import wrap
@@ -53,13 +54,13 @@ def backend_for(
     t = cfg.targets
     inner: Backend
     if name == "local":
-        return wrap(LocalBackend(cfg.repository_path), limit=LOCAL_CONNECTIONS, notice=notice)
+        return wrap(_restrained(cfg, name, LocalBackend(cfg.repository_path)), limit=LOCAL_CONNECTIONS, notice=notice)
     if name == "git":
         from phoenix_backup.storage.git import GitBackend, clone_dir
 
         workdir = clone_dir(env, t.git.repo, t.git.branch)
-        inner = GitBackend(t.git.repo, t.git.branch, t.git.auto_commit, workdir, env, notice)
-        return wrap(inner, limit=REMOTE_CONNECTIONS, notice=notice)
+        inner = GitBackend(t.git.repo, t.git.branch, t.git.auto_commit, workdir, env, notice, t.git.append_only)
+        return wrap(_restrained(cfg, name, inner), limit=REMOTE_CONNECTIONS, notice=notice)
     from phoenix_backup.storage.s3 import S3Backend, S3Settings, r2_endpoint
 
     if name == "s3":
@@ -73,6 +74,8 @@ def backend_for(
             storage_class=s3.storage_class,
             thaw_timeout=thaw_timeout,
             max_connections=REMOTE_CONNECTIONS,
+            object_lock_mode=s3.object_lock.mode if s3.object_lock else None,
+            object_lock_days=s3.object_lock.days if s3.object_lock else 0,
         )
         _credentials(settings, s3.access_key_id, s3.secret_access_key, env, ())
     else:
@@ -89,7 +92,22 @@ def backend_for(
         )
         _credentials(settings, r2.access_key_id, r2.secret_access_key, env, ("R2_",))
     inner = S3Backend(settings, notice)
-    return wrap(inner, limit=REMOTE_CONNECTIONS, notice=notice)
+    return wrap(_restrained(cfg, name, inner), limit=REMOTE_CONNECTIONS, notice=notice)
+
+
+def _restrained(cfg: Config, name: str, backend: Backend) -> Backend:
+    """`backend`, refusing deletes and overwrites when the target is append-only."""
+    return AppendOnlyBackend(backend, name) if cfg.targets.append_only(name) else backend
+
+
+def refuse_append_only(cfg: Config, names: list[str], command: str) -> dict[str, str]:
+    """`command` (forget, prune: commands that delete) must not run against an append-only target:
+    saying so first beats failing half-way. Returns {target: why} for those of `names` that refuse;
+    raises AppendOnlyRefused when every one does."""
+    refused = {name: refusal(name, f"`phx {command}`") for name in names if cfg.targets.append_only(name)}
+    if refused and len(refused) == len(names):
+        raise AppendOnlyRefused(next(iter(refused.values())))
+    return refused
 
 
 def _credentials(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from phoenix_backup.errors import ObjectExists, TargetUnreachable, TransientStorageError
-from phoenix_backup.storage.base import Backend, ObjectInfo
+from phoenix_backup.storage.base import Backend, ObjectInfo, Protection
 
 T = TypeVar("T")
 
@@ -39,6 +39,7 @@ class WrappedBackend(Backend):
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.kind = inner.kind
+        self.append_only = inner.append_only
 
     def _call(self, fn: Callable[[], T]) -> T:
         return fn()
@@ -88,6 +89,9 @@ class WrappedBackend(Backend):
 
     def abort_abandoned_uploads(self, *, everything: bool) -> int:
         return self._call(lambda: self.inner.abort_abandoned_uploads(everything=everything))
+
+    def protection(self) -> Protection:
+        return self._call(self.inner.protection)
 
     def close(self) -> None:
         self.inner.close()

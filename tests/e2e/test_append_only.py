@@ -1,0 +1,246 @@
+"""Append-only targets (docs/write-only.md): Phoenix never deletes or overwrites an object there,
+forget and prune say they must run elsewhere, S3 Object Lock keeps every object's first version
+whatever the writer's credentials do, and a Git remote refuses force pushes.
+
+Written as the attacker who controls the backing-up machine: it holds the target's credentials
+and tries to destroy the history with them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyrage
+import pytest
+from botocore.exceptions import ClientError
+from e2e_support import Sandbox, assert_error, assert_restored, retention_only
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, bare_repo, git, git_env
+
+from phoenix_backup.config import load_config
+from phoenix_backup.errors import AppendOnlyRefused, ObjectExists
+from phoenix_backup.ops.context import Environment, target_backend
+
+PREFIX = "argent/"
+
+
+def _names(sb: Sandbox) -> dict[str, bytes]:
+    """Every object of the local repository (locks aside) with its bytes."""
+    return {
+        p.relative_to(sb.repo).as_posix(): p.read_bytes()
+        for p in sb.repo.rglob("*")
+        if p.is_file() and not p.relative_to(sb.repo).as_posix().startswith("locks/")
+    }
+
+
+def test_an_append_only_local_target_keeps_every_object(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.write_config(
+        targets={"local": {"enabled": True, "appendOnly": True}}, retention=retention_only(last=1, prune=True)
+    )
+    first = sb.backup()
+    second = sb.backup()
+    # Retention after each backup would forget the first snapshot: on an append-only target it
+    # runs elsewhere, and says so.
+    assert "local" in second["retention"]["elsewhere"], second["retention"]
+    assert {s["id"] for s in sb.snapshots()} == {first["id"], second["id"]}
+    before = _names(sb)
+
+    res = sb.phx("forget", check=False)
+    assert_error(res, 2, "append-only", "`phx forget`", "another machine")
+    res = sb.phx("prune", check=False)
+    assert_error(res, 2, "append-only", "`phx prune`", "another machine")
+    res = sb.phx("forget", first["id"], check=False)
+    assert_error(res, 2, "append-only")
+    sb.phx("forget", "--dry-run")  # a dry run deletes nothing: allowed
+    assert _names(sb) == before
+
+    # Through the library, as a careless caller would: no delete, no overwrite, same bytes again ok.
+    cfg = load_config(sb.config_path, sb.env)
+    backend = target_backend(cfg, Environment(env=sb.env), "local")
+    snap = f"snapshots/{first['id']}"
+    with pytest.raises(AppendOnlyRefused, match="append-only"):
+        backend.delete(snap)
+    with pytest.raises(AppendOnlyRefused, match="append-only"):
+        backend.write(snap, b"garbage")
+    with pytest.raises(AppendOnlyRefused, match="append-only"):
+        backend.write("config", before["config"] + b" ")
+    with pytest.raises(ObjectExists):
+        backend.write("config", before["config"], exclusive=True)
+    backend.write(snap, before[snap])  # the same bytes: an upload retried after a lost answer
+    assert _names(sb) == before
+    # Locks still come and go: no lock object is left behind by the runs above.
+    assert not list((sb.repo / "locks").iterdir())
+
+
+def _locked_bucket(moto: MotoServer) -> str:
+    name = moto.make_bucket("lock")
+    moto.client().delete_bucket(Bucket=name)
+    moto.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
+
+
+def _s3_only(sb: Sandbox, moto: MotoServer, bucket: str, object_lock: dict[str, Any] | None) -> None:
+    s3: dict[str, Any] = {
+        "enabled": True,
+        "bucket": bucket,
+        "prefix": PREFIX,
+        "endpoint": moto.endpoint,
+        "accessKeyId": ACCESS_KEY_ID,
+        "secretAccessKey": SECRET_ACCESS_KEY,
+    }
+    if object_lock is not None:
+        s3["objectLock"] = object_lock
+    sb.env.update(PHX_DATA_DIR=str(sb.root / "data"), AWS_EC2_METADATA_DISABLED="true")
+    sb.write_config(targets={"local": {"enabled": False}, "s3": s3}, retention=retention_only(last=1, prune=True))
+    sb.config_path.chmod(0o600)
+    shutil.rmtree(sb.repo)
+
+
+def test_object_lock_keeps_every_object_from_the_writers_credentials(
+    sandbox: Sandbox, moto: MotoServer, tmp_path: Path
+) -> None:
+    """A write-only repository on a bucket with Object Lock: the machine that backs up holds the
+    bucket's credentials and no identity. An attacker there can neither read nor destroy."""
+    sb = sandbox
+    bucket = _locked_bucket(moto)
+    _s3_only(sb, moto, bucket, {"mode": "compliance", "days": 1})
+    identity = pyrage.x25519.Identity.generate()
+    sb.env.pop("PHX_PASSPHRASE")
+    recipient = str(identity.to_public())
+    sb.write_config(encryption={"enabled": True, "method": "age", "recipients": [recipient], "writeOnly": True})
+    sb.phx("init")
+    state = sb.state()
+    sb.backup()
+    sb.backup()
+    s3 = moto.client()  # the writer's own credentials
+    originals: dict[str, tuple[str, bytes]] = {}
+    assert not moto.keys(bucket, PREFIX + "locks/"), "a lock object was left behind"
+    for version in s3.list_object_versions(Bucket=bucket, Prefix=PREFIX).get("Versions", []):
+        key = version["Key"]
+        head = s3.head_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+        if key.startswith(PREFIX + "locks/"):
+            assert "ObjectLockMode" not in head, f"a lock is retained, it could never go: {head}"
+            continue
+        assert head.get("ObjectLockMode") == "COMPLIANCE", f"{key} is not retained: {head}"
+        body = s3.get_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])["Body"].read()
+        originals[key] = (version["VersionId"], body)
+    assert any(k.startswith(PREFIX + "snapshots/") for k in originals)
+    assert any(k.startswith(PREFIX + "data/") for k in originals)
+
+    # The attacker: delete every version, even asking to bypass governance; overwrite everything;
+    # hide everything behind delete markers.
+    for key, (vid, _body) in originals.items():
+        for bypass in (False, True):
+            with pytest.raises(ClientError, match="AccessDenied"):
+                s3.delete_object(Bucket=bucket, Key=key, VersionId=vid, BypassGovernanceRetention=bypass)
+        s3.put_object(Bucket=bucket, Key=key, Body=b"garbage")
+        s3.delete_object(Bucket=bucket, Key=key)
+    assert not sb.verify(check=1)["ok"]  # the repository looks gone (what verify says)...
+
+    # ...but every first version is intact, byte for byte.
+    for key, (vid, body) in originals.items():
+        assert s3.get_object(Bucket=bucket, Key=key, VersionId=vid)["Body"].read() == body, key
+    # The owner's way back (docs/write-only.md): delete every version newer than the retained one.
+    for entry in ("Versions", "DeleteMarkers"):
+        for version in s3.list_object_versions(Bucket=bucket, Prefix=PREFIX).get(entry, []):
+            key, vid = version["Key"], version["VersionId"]
+            if key in originals and vid != originals[key][0]:
+                s3.delete_object(Bucket=bucket, Key=key, VersionId=vid)
+    sb.verify()
+    # The machine that reads: the bucket's location and the identity, nothing else.
+    identity_file = tmp_path / "identity.txt"
+    identity_file.write_text(str(identity) + "\n")
+    reader = {
+        "PATH": sb.env["PATH"],
+        "HOME": str(tmp_path / "reader"),
+        "XDG_DATA_HOME": str(tmp_path / "reader-data"),
+        "PHX_CACHE_DIR": str(tmp_path / "reader-cache"),
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "PHX_IDENTITY_FILE": str(identity_file),
+    }
+    where = f"s3://{bucket}/{PREFIX}"
+    sb.phx("verify", "--read-data", "--repo", where, env=reader)
+    sb.phx("restore", "--latest", "--host", socket.gethostname(), "--to", tmp_path / "r", "--repo", where, env=reader)
+    assert_restored(state, tmp_path / "r", "restore after the attack was undone")
+
+    # forget and prune against the locked target say where they must run.
+    assert_error(sb.phx("prune", check=False), 2, "append-only", "another machine")
+    doc = sb.phx("doctor", "--json", check=False).json()
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert checks.get("target s3 append-only", {}).get("status") == "ok", json.dumps(doc, indent=1)
+    assert "Object Lock on" in checks["target s3 append-only"]["message"]
+
+
+def test_object_lock_needs_a_bucket_with_object_lock(sandbox: Sandbox, moto: MotoServer) -> None:
+    sb = sandbox
+    _s3_only(sb, moto, moto.make_bucket("plain"), {"mode": "governance", "days": 7})
+    res = sb.phx("init", check=False)
+    assert_error(res, 1, "Object Lock", "enable it on the bucket")
+
+
+def test_governance_retention_and_doctor_on_a_bucket_phoenix_does_not_lock(sandbox: Sandbox, moto: MotoServer) -> None:
+    sb = sandbox
+    bucket = _locked_bucket(moto)
+    _s3_only(sb, moto, bucket, {"mode": "governance", "days": 2})
+    sb.phx("init")
+    s3 = moto.client()
+    snapshot = [k for k in moto.keys(bucket, PREFIX) if "/keys/" in k or k.endswith("/config")]
+    for key in snapshot:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE", head
+        with pytest.raises(ClientError, match="AccessDenied"):
+            s3.delete_object(Bucket=bucket, Key=key, VersionId=head["VersionId"])
+    # appendOnly without objectLock: Phoenix keeps from deleting, the bucket does not.
+    cfg = json.loads(sb.config_path.read_text())
+    del cfg["targets"]["s3"]["objectLock"]
+    cfg["targets"]["s3"]["appendOnly"] = True
+    sb.write_config(**cfg)
+    checks = {c["name"]: c for c in sb.phx("doctor", "--json", check=False).json()["checks"]}
+    assert checks["target s3 append-only"]["status"] == "fail", checks
+    assert "sets no retention" in checks["target s3 append-only"]["message"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+def test_an_append_only_git_target_refuses_force_pushes(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    remote = bare_repo(sb.root / "remote.git")
+    sb.env.update(PHX_DATA_DIR=str(sb.root / "data"))
+    git_target = {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True, "appendOnly": True}
+    sb.write_config(targets={"local": {"enabled": True}, "git": git_target})
+    sb.backup()
+    sb.backup()
+    assert git("config", "--get", "receive.denyNonFastForwards", cwd=remote).strip() == "true"
+    history = git("rev-list", "main", cwd=remote).split()
+    assert len(history) >= 2
+
+    # The attacker, with the machine's access to the remote: rewrite or delete the branch.
+    clone = tmp_path / "attacker"
+    git("clone", "-q", str(remote), str(clone))
+    git("reset", "-q", "--hard", history[-1], cwd=clone)
+    for args in (["push", "-q", "--force", "origin", "HEAD:main"], ["push", "-q", "origin", ":main"]):
+        proc = subprocess.run(["git", *args], cwd=clone, env=git_env(), capture_output=True, text=True)
+        assert proc.returncode != 0, f"the remote accepted git {' '.join(args)}"
+    assert git("rev-list", "main", cwd=remote).split() == history
+
+    checks = {c["name"]: c for c in sb.phx("doctor", "--json", check=False).json()["checks"]}
+    assert checks["target git append-only"]["status"] == "ok", checks
+
+    # An attacker who turns the guard off and replaces the history (an older commit, then one that
+    # deletes the snapshots) is not merged over.
+    git("rm", "-q", "-r", "snapshots", cwd=clone)
+    git("commit", "-q", "-m", "wipe", cwd=clone)
+    git("config", "receive.denyNonFastForwards", "false", cwd=remote)
+    git("push", "-q", "--force", "origin", "HEAD:main", cwd=clone)
+    doc = sb.backup(check=3)
+    assert not doc["targets"]["git"]["ok"]
+    assert "history was rewritten" in doc["targets"]["git"]["error"], doc["targets"]["git"]

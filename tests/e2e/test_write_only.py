@@ -1,0 +1,402 @@
+"""Write-only repositories (docs/write-only.md): the machine that backs up holds the age recipients
+and a write key, never the identity; reading happens on another machine.
+
+The writer is one HOME (the sandbox), the reader another (its own HOME, data dir and cache, the
+identity file, no write key). Written as the attacker on the writer: everything on its disk and
+in its environment is tried against every object of the repository."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sqlite3
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyrage
+import pytest
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from e2e_support import Sandbox, assert_error, assert_restored, retention_only, wait_past_racy_window
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from moto_support import bare_repo
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.list import list_snapshots
+from phoenix_backup.repo import writeonly
+from phoenix_backup.repo.index import INDEX_AAD, decode_index
+from phoenix_backup.repo.pack import HEADER_AAD, blob_aad
+from phoenix_backup.repo.snapshot import SNAPSHOT_AAD
+from phoenix_backup.repo.writeonly import RunKey, WriteKey, uncover_index
+
+READING = ("age identity", "--identity FILE", "PHX_IDENTITY_FILE")
+# The attacker's harvest takes the 32-byte runs of Phoenix's binary files at every byte with
+# PHX_TEST_HEAVY=1 (tens of thousands of candidate keys), at every 32nd byte by default.
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+
+
+class Reader:
+    """A second machine: its own HOME, data dir and cache, the identity, the same repository."""
+
+    def __init__(self, sb: Sandbox, root: Path, identity: str) -> None:
+        self.sb = sb
+        self.root = root
+        home = root / "home"
+        (home / ".argentos").mkdir(parents=True)
+        self.identity_file = root / "identity.txt"
+        self.identity_file.write_text(f"# the reading machine's key\n{identity}\n")
+        self.identity_file.chmod(0o600)
+        self.config_path = home / ".argentos" / "backup.json"
+        self.env = {
+            "PATH": sb.env["PATH"],
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": str(home),
+            "PHX_CONFIG": str(self.config_path),
+            "PHX_CACHE_DIR": str(root / "cache"),
+            "XDG_CACHE_HOME": str(root / "xdg-cache"),
+            "XDG_CONFIG_HOME": str(root / "xdg-config"),
+            "XDG_DATA_HOME": str(root / "xdg-data"),
+        }
+        config = {
+            "workspace": str(root / "workspace"),
+            "backupDir": str(sb.repo),
+            "encryption": {
+                "enabled": True,
+                "method": "age",
+                "recipients": [str(pyrage.x25519.Identity.from_str(identity).to_public())],
+                "identityFile": str(self.identity_file),
+            },
+            "retention": retention_only(last=1),
+        }
+        self.config_path.write_text(json.dumps(config))
+
+    def phx(self, *args: str | Path, check: bool | int | None = True) -> Any:
+        return self.sb.phx(*args, env=self.env, check=check)
+
+
+def _age_key() -> tuple[str, str]:
+    identity = pyrage.x25519.Identity.generate()
+    return str(identity), str(identity.to_public())
+
+
+def reader_recipient(identity: str) -> str:
+    return str(pyrage.x25519.Identity.from_str(identity).to_public())
+
+
+def writer(make_sandbox: Any, tmp_path: Path) -> tuple[Sandbox, str]:
+    """A sandbox whose repository is write-only: its config names the recipient, never the identity."""
+    sb = make_sandbox()
+    identity, recipient = _age_key()
+    sb.env.pop("PHX_PASSPHRASE")
+    sb.reinit(encryption={"enabled": True, "method": "age", "recipients": [recipient], "writeOnly": True})
+    return sb, identity
+
+
+def _change(sb: Sandbox) -> None:
+    """A new memory line and a new row: the next snapshot differs in files and in rows."""
+    wait_past_racy_window()
+    (sb.workspace / "MEMORY.md").write_text((sb.workspace / "MEMORY.md").read_text() + "\n- a new memory\n")
+    db = sqlite3.connect(sb.home / ".argentos" / "memory.db")
+    with db:
+        db.execute("create table if not exists write_only_notes (note text)")
+        db.execute("insert into write_only_notes values (?)", (f"note {os.urandom(4).hex()}",))
+    db.close()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+def test_backup_with_recipients_only_restores_on_another_machine(make_sandbox: Any, tmp_path: Path) -> None:
+    sb, identity = writer(make_sandbox, tmp_path)
+    remote = bare_repo(sb.root / "remote.git")  # a replica, which the writer fills without reading
+    git_target = {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True}
+    sb.write_config(targets={"local": {"enabled": True}, "git": git_target})
+    first = sb.backup()
+    _change(sb)
+    state = sb.state()
+    second = sb.backup()
+    assert second["targets"]["local"]["ok"] and second["targets"]["git"]["ok"], second
+    assert second["retention"]["skipped"], second["retention"]  # forget and prune run where the identity is
+
+    # What the writer can do without the identity: list (its record), status, verify the structure.
+    listed = sb.snapshots()
+    assert [s["id"] for s in listed] == [first["id"], second["id"]]
+    sb.phx("status")
+    doc = sb.verify()
+    assert doc["ok"] and doc["checked"]["snapshots"] == 2, doc
+    # What it cannot: every command that reads data says exactly what it needs.
+    for args in (
+        ("restore", "--latest", "--to", tmp_path / "nope"),
+        ("verify", "--read-data"),
+        ("drill",),
+        ("prune",),
+        ("export", "--backup", "latest", "--format", "json", "--output", tmp_path / "export"),
+        ("diff", first["id"], second["id"], "--rows"),
+        ("dump", "latest", "workspace/MEMORY.md"),
+    ):
+        line = assert_error(sb.phx(*args, check=None), 2, f"`phx {args[0]}`", *READING)
+        assert "write-only" in line
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "export").exists()
+
+    # The reading machine: restore, drill and prune with the identity; bytes and rows equal.
+    reader = Reader(sb, tmp_path / "reader", identity)
+    reader.phx("restore", "--latest", "--to", tmp_path / "restored")
+    assert_restored(state, tmp_path / "restored", "restore on the reading machine")
+    drill = reader.phx("drill", "--json").json()
+    assert drill["ok"], drill
+    reader.phx("verify", "--read-data")
+    reader.phx("verify", "--read-data", "--repo", remote)  # the replica, whole
+    forgot = reader.phx("forget", "--json").json()
+    assert forgot["targets"]["local"]["removed"] == [first["id"]], forgot
+    pruned = reader.phx("prune", "--json").json()
+    assert pruned["targets"]["local"]["ok"], pruned
+    reader.phx("verify", "--read-data")
+
+    # The writer goes on after the prune elsewhere, and its next snapshot restores exactly too.
+    _change(sb)
+    state = sb.state()
+    third = sb.backup()
+    shutil.rmtree(tmp_path / "restored")
+    reader.phx("restore", "--backup", third["id"], "--to", tmp_path / "restored")
+    assert_restored(state, tmp_path / "restored", "restore after a prune on the reading machine")
+    reader.phx("verify", "--read-data")
+    assert os.environ.get("PHX_IDENTITY_FILE") is None
+
+
+# -- the attacker on the writer ------------------------------------------------------------------
+
+_B64 = re.compile(rb"[A-Za-z0-9+/_-]{22,}={0,2}")
+_HEX = re.compile(rb"\b[0-9a-fA-F]{32,128}\b")
+_AGE = re.compile(rb"AGE-SECRET-KEY-1[0-9A-Z]+")
+
+
+def _harvest(
+    roots: list[Path], env: dict[str, str], skip: Path, phoenix: list[Path]
+) -> tuple[set[bytes], set[str], set[str]]:
+    """Every key the attacker can find: 16- and 32-byte strings in any encoding in any file or
+    variable, the keys the code derives from a write key, the 32-byte runs of Phoenix's own binary
+    files (below `phoenix`: its data dir and caches) at every byte (every 32nd by default) and
+    every id its local index holds; age identities; and every string that could be a passphrase."""
+    keys: set[bytes] = set()
+    identities: set[str] = set()
+    phrases: set[str] = set(env.values())
+    blobs: list[tuple[bytes, bool]] = [(v.encode(), False) for v in env.values()]
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and skip not in path.parents:
+                data = path.read_bytes()
+                with contextlib.suppress(zstandard.ZstdError):
+                    data += zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 26)
+                ours = any(p in path.parents for p in phoenix)
+                blobs.append((data, ours))
+                if ours and path.name == "index":  # the local index: every blob id and pack id in it
+                    for pack, entries in decode_index(path.read_bytes(), str(path))[0].items():
+                        keys.add(bytes.fromhex(pack))
+                        keys.update(e.id for e in entries)
+    for data, ours in blobs:
+        identities.update(m.decode() for m in _AGE.findall(data))
+        for token in _B64.findall(data):
+            for decode in (base64.b64decode, base64.urlsafe_b64decode):
+                with contextlib.suppress(ValueError, binascii.Error):
+                    raw = decode(token + b"=" * (-len(token) % 4))
+                    if len(raw) in (16, 24, 32):
+                        keys.add(raw)
+        for token in _HEX.findall(data):
+            raw = bytes.fromhex(token.decode())
+            keys.update(raw[i : i + 32] for i in range(0, len(raw) - 31, 16))
+        if ours and not data.isascii():
+            keys.update(data[i : i + 32] for i in range(0, len(data) - 31, 1 if HEAVY else 32))
+        with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
+            doc = json.loads(data)
+            stack = [doc]
+            while stack:
+                item = stack.pop()
+                if isinstance(item, dict):
+                    stack += list(item.values())
+                elif isinstance(item, list):
+                    stack += item
+                elif isinstance(item, str):
+                    phrases.add(item)
+                if isinstance(item, dict) and "idKey" in item and "chunkerSeed" in item:
+                    found = WriteKey(base64.b64decode(item["idKey"]), int(item["chunkerSeed"]))
+                    contexts = [v for k, v in vars(writeonly).items() if k.endswith("_CONTEXT")]
+                    keys.update(found.derive(c) for c in contexts)
+    return {k for k in keys if len(k) in (16, 24, 32)}, identities, phrases
+
+
+def _opens(keys: set[bytes], sealed: bytes, aad: bytes) -> bool:
+    for key in keys:
+        with contextlib.suppress(InvalidTag, ValueError):
+            AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
+            return True
+    return False
+
+
+@pytest.mark.parametrize("start", ["write-only", "converted"])
+def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_path: Path, start: str) -> None:
+    """`converted`: a passphrase repository whose passphrase stays in the scheduler's environment
+    after `phx key add --write-only`; its packs from before are sealed under the master key."""
+    if start == "write-only":
+        sb, identity = writer(make_sandbox, tmp_path)
+        sb.env["PHX_PASSPHRASE"] = "the passphrase the agent's scheduler used to hold"
+    else:
+        sb = make_sandbox()
+        sb.backup()
+        identity, recipient = _age_key()
+        sb.phx("key", "add", "--method", "age", "--write-only", "--recipient", recipient)
+    sb.backup()
+    _change(sb)
+    sb.backup()
+    phoenix = [sb.root / "xdg-data", sb.root / "xdg-cache", sb.cache]
+    keys, identities, phrases = _harvest([sb.root], sb.env, sb.repo, phoenix)
+    print(f"{len(keys)} candidate keys")
+    write_key = json.loads(next((sb.root / "xdg-data").rglob("write.key")).read_text())
+    assert base64.b64decode(write_key["idKey"]) in keys, "the harvest missed the write key: the test proves nothing"
+    assert not identities
+    assert all(not isinstance(r, str) or identity not in r for r in phrases)
+
+    objects = {p.relative_to(sb.repo).as_posix(): p.read_bytes() for p in sb.repo.rglob("*") if p.is_file()}
+    local = {}
+    for path in (sb.root / "xdg-data").rglob("index"):
+        local.update(decode_index(path.read_bytes(), "local index")[0])
+    assert local, "the writer keeps an index of its packs"
+    tried = 0
+    for name, data in sorted(objects.items()):
+        kind = name.split("/")[0]
+        if kind == "locks":
+            pytest.fail(f"a lock object was left behind: {name}")
+        elif kind == "config" and start == "converted":
+            assert json.loads(data)["writeOnly"]
+        elif kind == "config":
+            assert json.loads(data)["writeOnly"]  # authenticated, holds no secret
+        elif kind == "keys":
+            slot = json.loads(data)
+            assert slot["type"] == "age", slot  # no passphrase slot for the scheduler's passphrase
+            for found in identities | {str(pyrage.x25519.Identity.generate())}:
+                with pytest.raises(pyrage.DecryptError):
+                    pyrage.decrypt(base64.b64decode(slot["data"]), [pyrage.x25519.Identity.from_str(found)])
+        elif kind == "runkeys":
+            wrapped = data[5:-32]
+            for found in identities | {str(pyrage.x25519.Identity.generate())}:
+                with pytest.raises(pyrage.DecryptError):
+                    pyrage.decrypt(wrapped, [pyrage.x25519.Identity.from_str(found)])
+        elif kind == "snapshots":
+            assert not _opens(keys, data, SNAPSHOT_AAD), name
+            tried += 1
+        elif kind == "index":
+            sealed = uncover_index(data, WriteKey(base64.b64decode(write_key["idKey"]), write_key["chunkerSeed"]), name)
+            assert sealed is not None, f"{name} has no cover: the machine that backs up could not use it"
+            assert not _opens(keys, sealed[2], INDEX_AAD), name
+            tried += 1
+        elif kind == "data":
+            (hlen,) = struct.unpack("<I", data[-4:])
+            assert not _opens(keys, data[-4 - hlen : -4], HEADER_AAD), name
+            for entry in local.get(name.rsplit("/", 1)[-1], []):
+                blob = data[entry.offset : entry.offset + entry.stored]
+                assert not _opens(keys, blob, blob_aad(entry.type, entry.id)), f"{name}: blob {entry.id.hex()}"
+                tried += 1
+    assert tried > 20, tried
+
+    # A positive control: the reading machine's identity does open them, the same way.
+    some = next(n for n in objects if n.startswith("snapshots/") and f"runkeys/{objects[n][:8].hex()}" in objects)
+    key_id = objects[some][:8]
+    run = RunKey.opened(
+        key_id,
+        objects[f"runkeys/{key_id.hex()}"],
+        WriteKey(base64.b64decode(write_key["idKey"]), write_key["chunkerSeed"]),
+        [pyrage.x25519.Identity.from_str(identity)],
+    )
+    assert run is not None and _opens({run.key}, objects[some], SNAPSHOT_AAD)
+
+
+def test_a_passphrase_repository_becomes_write_only_without_uploading_its_data(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    sb = make_sandbox()
+    sb.backup()
+    _change(sb)
+    before_state = sb.state()
+    incremental = sb.backup()
+    packs = {p.relative_to(sb.repo).as_posix(): p.read_bytes() for p in (sb.repo / "data").rglob("*") if p.is_file()}
+    identity, recipient = _age_key()
+
+    res = sb.phx("key", "add", "--method", "age", "--write-only", "--recipient", recipient, "--json")
+    done = res.json()
+    assert len(done["removed"]) == 1 and done["writeKey"], done  # the passphrase slot
+    after = {p.relative_to(sb.repo).as_posix(): p.read_bytes() for p in (sb.repo / "data").rglob("*") if p.is_file()}
+    assert after == packs, "converting rewrote or added data packs"
+    assert [json.loads(p.read_text())["type"] for p in (sb.repo / "keys").iterdir()] == ["age"]
+
+    # The passphrase that stays in this machine's environment opens nothing any more.
+    fresh = sb.env_with(HOME=str(tmp_path / "elsewhere"), XDG_DATA_HOME=str(tmp_path / "elsewhere-data"))
+    fresh.pop("PHX_CONFIG")
+    res = sb.phx("list", "--repo", sb.repo, env=fresh, check=None)
+    assert res.code != 0 and not res.out.strip(), res
+
+    # The next backup reads and stores only what changed: the converted repository's index and
+    # the newest trees came to this machine's record.
+    _change(sb)
+    after_state = sb.state()
+    converted = sb.backup()
+    assert converted["filesRead"] <= incremental["filesRead"] + 1, (converted, incremental)
+    assert converted["added"] < 2 * incremental["added"] + 4096, (converted, incremental)
+    assert [s["id"] for s in sb.snapshots()][-1] == converted["id"]
+
+    reader = Reader(sb, tmp_path / "reader", identity)
+    reader.phx("restore", "--backup", incremental["id"], "--to", tmp_path / "old")
+    assert_restored(before_state, tmp_path / "old", "a snapshot from before the conversion")
+    reader.phx("restore", "--backup", converted["id"], "--to", tmp_path / "new")
+    assert_restored(after_state, tmp_path / "new", "a snapshot from after the conversion")
+    reader.phx("verify", "--read-data")
+
+
+def test_recipients_swapped_in_the_storage_are_refused_before_anything_is_written(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """Whoever can write the storage knows the recipients (they are in the config) and would have
+    the next backups sealed to a key of theirs: the config is authenticated by the write key."""
+    sb, _identity = writer(make_sandbox, tmp_path)
+    sb.backup()
+    config = json.loads((sb.repo / "config").read_text())
+    config["writeOnly"]["recipients"] = [_age_key()[1]]
+    (sb.repo / "config").write_text(json.dumps(config))
+    before = sorted(p.name for p in sb.repo.rglob("*"))
+    assert_error(sb.phx("backup", check=None), 1, "not authenticated by this machine's write key")
+    assert sorted(p.name for p in sb.repo.rglob("*")) == before
+
+
+def test_the_identity_is_asked_for_and_the_recipients_stay_as_they_are(make_sandbox: Any, tmp_path: Path) -> None:
+    sb, identity = writer(make_sandbox, tmp_path)
+    before = sb.backup()
+    reader = Reader(sb, tmp_path / "reader", identity)
+    # On a terminal, a machine with neither the identity nor a write key asks for the identity.
+    asked: list[str] = []
+    env = {k: v for k, v in reader.env.items()}
+    cfg = load_config(Path(reader.env["PHX_CONFIG"]), env)
+    cfg = dataclasses.replace(cfg, encryption=dataclasses.replace(cfg.encryption, identity_file=None))
+    envx = Environment(env=env, interactive=True, prompt=lambda q: asked.append(q) or identity)
+    assert [s.snapshot.id for s in list_snapshots(cfg, envx)] == [before["id"]]
+    assert asked and "AGE-SECRET-KEY" in asked[0]
+
+    # Another recipient could not read what earlier runs stored, which later snapshots reuse: refused.
+    config = (sb.repo / "config").read_bytes()
+    res = reader.phx("key", "add", "--method", "age", "--write-only", "--recipient", _age_key()[1], check=None)
+    assert_error(res, 2, "already has its recipients", "phx init --write-only")
+    assert (sb.repo / "config").read_bytes() == config
+    # The same recipient again finishes an interrupted conversion: nothing changes for the writer.
+    reader.phx("key", "add", "--method", "age", "--write-only", "--recipient", reader_recipient(identity))
+    sb.backup()
+    # An identity that is not a recipient says so.
+    stranger = Reader(sb, tmp_path / "stranger", _age_key()[0])
+    res = stranger.phx("restore", "--backup", before["id"], "--to", tmp_path / "old", check=None)
+    assert res.code != 0 and not (tmp_path / "old").exists(), res

@@ -1,0 +1,163 @@
+"""The pieces of a write-only repository (repo/writeonly.py), attacked one by one: a run key planted
+or altered by someone who can write the storage, an index cover forged or spliced, a config whose
+recipients were swapped, and a machine that backs up reading what it wrote."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from phoenix_backup.errors import CorruptObject, IdentityRequired, UnsupportedFormat
+from phoenix_backup.repo.keys import MasterSecrets
+from phoenix_backup.repo.repository import RepoConfig
+from phoenix_backup.repo.writeonly import (
+    RUN_KEY_ID_LENGTH,
+    KeyedSealer,
+    Keyring,
+    RunKey,
+    WriteKey,
+    cover_index,
+    uncover_index,
+)
+from phoenix_backup.storage.local import LocalBackend
+
+
+def _keys() -> tuple[pyrage.x25519.Identity, str]:
+    identity = pyrage.x25519.Identity.generate()
+    return identity, str(identity.to_public())
+
+
+def _write_key() -> WriteKey:
+    return WriteKey.of(MasterSecrets.generate())
+
+
+def test_a_run_key_opens_only_with_a_recipients_identity_and_only_when_authenticated() -> None:
+    identity, recipient = _keys()
+    other, _ = _keys()
+    wk = _write_key()
+    run = RunKey.generate()
+    data = run.sealed([recipient], wk)
+    assert RunKey.opened(run.id, data, wk, [identity]) == run
+    assert RunKey.opened(run.id, data, wk, [other]) is None  # not a recipient
+    # Someone who can write the storage, and knows the recipient (it is in the config), makes a
+    # key of their own: without the write key it does not authenticate.
+    planted = RunKey(run.id, b"\x01" * 32).sealed([recipient], _write_key())
+    with pytest.raises(CorruptObject, match="not authenticated by the repository's write key"):
+        RunKey.opened(run.id, planted, wk, [identity])
+    # Moved to another id, or one byte changed: refused too.
+    with pytest.raises(CorruptObject, match="not authenticated"):
+        RunKey.opened(b"\x00" * RUN_KEY_ID_LENGTH, data, wk, [identity])
+    with pytest.raises(CorruptObject, match="not authenticated"):
+        RunKey.opened(run.id, data[:40] + bytes([data[40] ^ 1]) + data[41:], wk, [identity])
+    with pytest.raises(CorruptObject, match="not a run key object"):
+        RunKey.opened(run.id, b"PHXK", wk, [identity])
+
+
+def test_an_index_cover_is_the_write_keys_and_cannot_be_spliced() -> None:
+    wk = _write_key()
+    packs = ["aa" * 32, "bb" * 32]
+    raw = cover_index(b"sealed index", packs, ["cc" * 32], wk)
+    assert uncover_index(raw, wk, "index/x") == (packs, ["cc" * 32], b"sealed index")
+    assert uncover_index(b"\x00" * 40, wk, "index/x") is None  # an index object from before: no cover
+    with pytest.raises(CorruptObject, match="not authenticated"):
+        uncover_index(raw, _write_key(), "index/x")
+    # Another index's sealed part under this cover (so the writer would count a pack as listed
+    # that no readable index lists): the MAC covers the sealed part too.
+    spliced = raw[: -32 - len(b"sealed index")] + b"other index!" + raw[-32:]
+    with pytest.raises(CorruptObject, match="not authenticated"):
+        uncover_index(spliced, wk, "index/x")
+
+
+def _config(recipient: str, master: MasterSecrets) -> RepoConfig:
+    return RepoConfig(
+        "ab" * 16,
+        2,
+        "2026-01-01T00:00:00+00:00",
+        True,
+        {"min": 65536, "avg": 131072, "max": 262144},
+        64,
+        write_only=(recipient,),
+    ).signed(master)
+
+
+def test_a_write_only_config_is_format_3_and_its_recipients_are_authenticated() -> None:
+    _identity, recipient = _keys()
+    _other, attacker = _keys()
+    master = MasterSecrets.generate()
+    config = _config(recipient, master)
+    assert config.version == 3 and json.loads(config.to_bytes())["writeOnly"] == {"recipients": [recipient]}
+    assert RepoConfig.from_bytes(config.to_bytes(), "repo") == config
+    assert config.writer_problem(WriteKey.of(master)) is None
+    assert config.problem(master, "age") is None
+    # The attacker swaps the recipients (to read what comes next): neither side accepts it.
+    doc = json.loads(config.to_bytes())
+    doc["writeOnly"]["recipients"] = [attacker]
+    swapped = RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+    assert swapped.writer_problem(WriteKey.of(master)) is not None
+    assert swapped.problem(master, "age") is not None
+    # Format 3 without its section, or a format 2 config with one, is malformed; format 4 is newer.
+    for version, section in ((3, None), (2, {"recipients": [recipient]})):
+        doc = json.loads(config.to_bytes())
+        doc["version"] = version
+        doc.pop("writeOnly")
+        if section is not None:
+            doc["writeOnly"] = section
+        with pytest.raises(CorruptObject):
+            RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+    doc = json.loads(config.to_bytes())
+    doc["writeOnly"] = {"recipients": ["age1notakey"]}
+    with pytest.raises(CorruptObject, match="no age key"):
+        RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+    doc["version"] = 4
+    with pytest.raises(UnsupportedFormat):
+        RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+
+
+def test_the_machine_that_backs_up_cannot_open_even_what_it_sealed_in_an_earlier_run(tmp_path: Path) -> None:
+    identity, recipient = _keys()
+    backend = LocalBackend(tmp_path / "repo")
+    backend.create()
+    wk = _write_key()
+    first = KeyedSealer(Keyring(backend, wk, [recipient]))
+    a, b = first.seal(b"memory one", b"aad"), first.seal(b"memory two", b"aad")
+    # One run key per process, written before its first seal; nonces are its id and a counter.
+    assert a[:RUN_KEY_ID_LENGTH] == b[:RUN_KEY_ID_LENGTH] and a[:12] != b[:12]
+    assert [i.name for i in backend.list("runkeys/")] == [f"runkeys/{a[:RUN_KEY_ID_LENGTH].hex()}"]
+    assert first.open(a, b"aad", "a") == b"memory one"  # the running process still has its key
+    later = KeyedSealer(Keyring(backend, wk, [recipient]))  # the next run of the same machine
+    with pytest.raises(IdentityRequired, match="age identity"):
+        later.open(a, b"aad", "a")
+    reader = KeyedSealer(Keyring(backend, wk, [recipient], identities=[str(identity)]))
+    assert reader.open(b, b"aad", "b") == b"memory two"
+    with pytest.raises(CorruptObject, match="fails authentication"):
+        reader.open(b[:-1] + bytes([b[-1] ^ 1]), b"aad", "b")
+    wrong, _ = _keys()
+    with pytest.raises(IdentityRequired, match="not one of its recipients"):
+        KeyedSealer(Keyring(backend, wk, [recipient], identities=[str(wrong)])).open(a, b"aad", "a")
+
+
+def test_a_legacy_object_opens_with_the_master_key(tmp_path: Path) -> None:
+    """Objects sealed before the repository became write-only keep the master key."""
+    from phoenix_backup.repo.crypto import Sealer
+
+    identity, recipient = _keys()
+    backend = LocalBackend(tmp_path / "repo")
+    backend.create()
+    master = MasterSecrets.generate()
+    old = Sealer(master.encryption_key).seal(b"from before", b"aad")
+    keyring = Keyring(backend, WriteKey.of(master), [recipient], [str(identity)], master.encryption_key)
+    sealer = KeyedSealer(keyring)
+    new = sealer.seal(b"from after", b"aad")
+    fresh = KeyedSealer(keyring.with_backend(backend))  # another process: only the identity
+    assert fresh.open(old, b"aad", "old") == b"from before"
+    assert fresh.open(new, b"aad", "new") == b"from after"
+
+
+def test_write_key_fingerprint_and_replace_are_stable() -> None:
+    wk = _write_key()
+    assert wk.fingerprint == WriteKey(wk.id_key, wk.chunker_seed).fingerprint
+    assert replace(wk, chunker_seed=wk.chunker_seed + 1).fingerprint != wk.fingerprint
