@@ -438,3 +438,29 @@ def test_a_compromised_writer_cannot_rewrite_a_snapshot_written_before(make_sand
         assert_restored(trusted, tmp_path / "restored", "the snapshot written before the compromise")
     else:
         assert "does not match its id" in res.err, res.err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 21 hole: the write key alone authenticates an index cover, supersession included, so a "
+    "compromised writer retires every pack; `phx repair index` on the reading machine recovers (docs/write-only.md)",
+)
+def test_a_compromised_writer_cannot_retire_the_packs_of_older_snapshots(make_sandbox: Any, tmp_path: Path) -> None:
+    """An index object that the write key covers may supersede others: one written by a
+    compromised writer, listing nothing and superseding every index object, must not make the
+    snapshots written before unrestorable on the reading machine."""
+    from phoenix_backup.ops.context import open_repository
+    from phoenix_backup.repo.writer import WriterRepository
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    trusted = sb.state()
+    first = sb.backup()
+    cfg = load_config(Path(sb.env["PHX_CONFIG"]), dict(sb.env))
+    repo = open_repository(cfg, Environment(env=dict(sb.env)))
+    assert isinstance(repo, WriterRepository)
+    repo.write_index({}, sorted(p.name for p in (sb.repo / "index").iterdir()))
+    repo.close()
+
+    reader = Reader(sb, tmp_path / "reader", identity)
+    reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "restored")
+    assert_restored(trusted, tmp_path / "restored", "the snapshot written before the compromise")
