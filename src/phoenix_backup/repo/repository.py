@@ -939,9 +939,14 @@ class Repository:
         check_id: bool = True,
     ) -> bytes:
         """Open a sealed blob. The AEAD tag (or checksum) binds the stored bytes to the blob's type
-        and id, so ordinary reads skip re-hashing the plaintext; `verify --read-data` does it."""
+        and id, so ordinary reads skip re-hashing the plaintext; `verify --read-data` does it. In a
+        write-only repository every read does: the machine that backs up seals under its own run
+        key and names blobs with its write key, so a tag proves nothing against it, and a
+        compromised one could otherwise seal other bytes under the id of a tree or chunk that
+        older snapshots hold (docs/write-only.md)."""
         payload = self.sealer.open(sealed, blob_aad(kind, blob_id), what)
         data = decompress(method, payload, raw, what)
+        check_id = check_id or self.config.write_only is not None
         if len(data) != raw or (check_id and self.ids.blob_id(kind, data) != blob_id):
             raise CorruptObject(f"{what} does not match its id (damaged)")
         return data
