@@ -9,9 +9,8 @@ store, counts them, and kills the process with SIGKILL just before the Nth one:
 - os.write, os.pwrite, os.fsync, os.fdatasync, os.ftruncate, os.replace, os.rename, os.link,
   os.symlink, os.unlink, os.rmdir, os.mkdir (local repositories, restores, the cache, state files);
 - every object a target writes or deletes (S3, R2 and Git as well as local disk);
-- SQLite's backup API into a live database (`sqlite_live.apply_copy`) and the consistent copy of
-  a database (`sqlite.copy_database`): there the kill comes after a seeded delay of up to 20 ms,
-  from another thread, so that it lands inside SQLite's own writes.
+- SQLite's backup API into a live database (`sqlite_live.apply_copy`): there the kill comes after
+  a seeded delay of up to 20 ms, from another thread, so that it lands inside SQLite's own writes.
 
 Environment:
 
@@ -146,10 +145,8 @@ def install() -> None:
         setattr(LimitedBackend, method, _wrap(f"store.{method}", getattr(LimitedBackend, method)))
     if not _changes_only:
         from phoenix_backup.sinks import sqlite_live
-        from phoenix_backup.sources import sqlite as sqlite_source
 
         sqlite_live.apply_copy = _wrap_inside("apply_copy", sqlite_live.apply_copy)
-        sqlite_source.copy_database = _wrap_inside("copy_database", sqlite_source.copy_database)
     atexit.register(lambda: _write_report(f"calls {_count}\n"))
 
 

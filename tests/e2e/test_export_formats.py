@@ -242,3 +242,32 @@ def test_sanitize_removes_planted_secrets_and_nothing_else(sandbox: Sandbox, tmp
     assert not any(secret in text for secret in [*PLANTED.values(), apikey])
     migration = (out / "MIGRATION.md").read_text()
     assert "`files/workspace/config/providers.yaml`" in migration and "phx import" in migration
+
+
+def test_live_export_takes_the_components_as_a_full_backup_does(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An exclude that matches identity and memory files does not drop them (components win), and a
+    memory folder kept on another disk behind a symbolic link is exported with its notes."""
+    sb = sandbox
+    elsewhere = sb.root / "other-disk" / "memory"
+    elsewhere.parent.mkdir()
+    (sb.workspace / "memory").rename(elsewhere)
+    (sb.workspace / "memory").symlink_to(elsewhere, target_is_directory=True)
+    notes = {p.name: p.read_bytes() for p in elsewhere.glob("*.md")}
+    assert notes, "the sample has memory notes"
+    sb.write_config(exclude=["*.md"])
+    out = tmp_path / "export"
+    doc = sb.phx("export", "--format", "json", "--output", out, "--json").json()
+    assert_checksums(out)
+    exported = {p.name: p.read_bytes() for p in (out / "files").rglob("*") if p.is_file()}
+    for name in ("MEMORY.md", "SOUL.md"):
+        assert exported.get(name) == (sb.workspace / name).read_bytes(), name
+    for name, data in notes.items():
+        assert exported.get(name) == data, name
+    assert not any(name.endswith(("-wal", "-shm")) for name in exported)
+    assert all(not f.endswith(".db") for f in doc["files"])
+    # The same files come out of a snapshot of that workspace.
+    sb.backup()
+    snap_out = tmp_path / "export-snap"
+    sb.phx("export", "--format", "json", "--backup", "latest", "--output", snap_out)
+    from_snap = {p.name: p.read_bytes() for p in (snap_out / "files").rglob("*") if p.is_file()}
+    assert from_snap == exported

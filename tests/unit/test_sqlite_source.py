@@ -13,10 +13,10 @@ from phoenix_backup.errors import NoSpace, SourceError
 from phoenix_backup.sources.sqlite import (
     SourceStat,
     check_database,
-    copy_database,
     page_size_of,
     source_stat,
 )
+from phoenix_backup.sources.sqlite_capture import copy_database
 
 
 def open_wal(path: Path) -> sqlite3.Connection:

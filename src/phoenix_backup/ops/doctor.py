@@ -310,7 +310,7 @@ def _disk(cfg: Config, envx: Environment, result: DoctorResult) -> None:
         (
             "disk (cache)",
             cache,
-            dbs + FREE_SPACE_MARGIN,
+            FREE_SPACE_MARGIN,
             "free some space there, or set PHX_CACHE_DIR (or XDG_CACHE_HOME) to a larger disk",
         )
     )

@@ -44,11 +44,12 @@ from phoenix_backup.memory.values import csv_value, json_value
 from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
 from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
-from phoenix_backup.sources.files import COMPANIONS, is_sqlite_file
+from phoenix_backup.sinks.select import link_targets
+from phoenix_backup.sources.files import Entry, select
 from phoenix_backup.sources.layout import Layout
-from phoenix_backup.sources.patterns import ExcludeSet, Include
 from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
-from phoenix_backup.sources.sqlite import check_database, copy_database, sqlite_uri
+from phoenix_backup.sources.sqlite import check_database, sqlite_uri
+from phoenix_backup.sources.sqlite_capture import copy_database
 from phoenix_backup.sql import quote
 
 ExportFormat = Literal["json", "csv", "markdown"]
@@ -147,7 +148,8 @@ def _component_patterns(cfg: Config) -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
-    """The configured SQLite stores (consistent copies) and the identity, memory and config files."""
+    """The configured SQLite stores (each one committed state, written to a private copy) and the
+    identity, memory and config files, chosen as a full backup chooses them."""
     layout = Layout(cfg.workspace, envx.home)
     with scratch_dir("phx-export-") as scratch:
         dbs: list[SourceDatabase] = []
@@ -155,10 +157,7 @@ def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
             copy = scratch / f"{i}.db"
             copy_database(path, copy)
             dbs.append(SourceDatabase(layout.to_logical(path), copy, check_database(copy).integrity))
-        files = [
-            SourceFile(layout.to_logical(p), p.stat().st_size, _file_reader(p))
-            for p in _live_files(cfg, envx, {Path(d) for d in configured_databases(cfg)})
-        ]
+        files = [SourceFile(e.logical, e.st.st_size, _file_reader(e.path)) for e in _live_files(cfg, layout)]
         info = {"kind": "live", "workspace": str(cfg.workspace), "home": str(envx.home)}
         yield Source("live", dbs, files, info)
 
@@ -172,34 +171,13 @@ def _file_reader(path: Path) -> Callable[[], Iterator[bytes]]:
     return read
 
 
-def _live_files(cfg: Config, envx: Environment, databases: set[Path]) -> list[Path]:
-    """Regular files named by the identity, memory and config components (symlinks and databases
-    never), with the config's excludes applied."""
-    exclude = ExcludeSet(cfg.exclude, cfg.workspace)
-    found: set[Path] = set()
-
-    def consider(p: Path) -> None:
-        if p.is_symlink() or not p.is_file() or p in databases or exclude.excluded(p, False):
-            return
-        if is_sqlite_file(p):
-            return
-        if p.name.endswith(COMPANIONS) and is_sqlite_file(p.with_name(p.name.rsplit("-", 1)[0])):
-            return  # the -wal/-shm/-journal of a database
-        found.add(p)
-
-    for raw in _component_patterns(cfg):
-        for match in Include.parse(raw, cfg.workspace).expand():
-            if match.is_symlink():
-                continue
-            if match.is_dir():
-                for dirpath, dirnames, filenames in os.walk(match):
-                    base = Path(dirpath)
-                    dirnames[:] = sorted(d for d in dirnames if not exclude.excluded(base / d, True))
-                    for name in filenames:
-                        consider(base / name)
-            else:
-                consider(match)
-    return sorted(found)
+def _live_files(cfg: Config, layout: Layout) -> list[Entry]:
+    """The regular files of the identity, memory and config components, walked as a full backup
+    walks them (sources/files.py): a component is kept whatever `exclude` says, a component that
+    is a symbolic link is followed, and no database or database companion is a file here."""
+    patterns = _component_patterns(cfg)
+    sel = select(layout, patterns, cfg.exclude, (), optional=patterns, keep=patterns)
+    return sorted((e for e in sel.entries.values() if e.kind == "file"), key=lambda e: e.logical)
 
 
 @contextlib.contextmanager
@@ -215,11 +193,19 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
         snap = repo.find_snapshot(ref, latest=envx.latest)
         dbs: list[SourceDatabase] = []
         files: list[SourceFile] = []
-        for i, (logical, node) in enumerate(walk_tree(repo, snap.tree)):
+        nodes = list(walk_tree(repo, snap.tree))
+        # A component that is a symlink was saved with what it points to (as a full backup saves
+        # it): that is exported with it.
+        targets = link_targets(snap, [(lg, n) for lg, n in nodes if n.type == "symlink" and matcher.matches(lg)])
+
+        def wanted(logical: str) -> bool:
+            return matcher.matches(logical) or any(logical == t or logical.startswith(t + "/") for t in targets)
+
+        for i, (logical, node) in enumerate(nodes):
             if node.type == "sqlite":
                 copy = copy_snapshot_database(repo, logical, node, scratch / f"{i}.db")
                 dbs.append(SourceDatabase(logical, copy, check_database(copy).integrity))
-            elif node.type == "file" and matcher.matches(logical):
+            elif node.type == "file" and wanted(logical):
 
                 def read(lg: str = logical, nd: Any = node) -> Iterator[bytes]:
                     yield from NodeReader(repo, lg, nd).blocks()

@@ -67,7 +67,7 @@ def select_nodes(
         else:
             wanted.append((logical, node))
     # A component that is a symlink was saved with what it points to: restored with it.
-    targets = _link_targets(snap, [(lg, n) for lg, n in wanted if n.type == "symlink"])
+    targets = link_targets(snap, [(lg, n) for lg, n in wanted if n.type == "symlink"])
     if targets:
         chosen = wanted_dirs | {lg for lg, _ in wanted}
         for logical, node in all_nodes:
@@ -83,7 +83,7 @@ def select_nodes(
     return dirs + wanted
 
 
-def _link_targets(snap: Snapshot, links: list[tuple[str, Node]]) -> set[str]:
+def link_targets(snap: Snapshot, links: list[tuple[str, Node]]) -> set[str]:
     """The logical paths `links` point to, read as the backup that saved them did (its workspace
     and home): where a backup put what a component's symlink points to."""
     workspace, home = snap.sources.get("workspace"), snap.sources.get("home")

@@ -11,17 +11,14 @@ creates a `-wal` beside it and never changes its bytes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.errors import NoSpace, SourceError
+from phoenix_backup.errors import SourceError
 from phoenix_backup.sql import quote
 
 BUSY_TIMEOUT_MS = 30_000
@@ -110,53 +107,6 @@ def sqlite_uri(path: Path | str, query: str) -> str:
     return f"{Path(path).absolute().as_uri()}?{query}"
 
 
-def copy_database(path: Path, dest: Path) -> None:
-    """Copy a live database consistently into `dest` (which must not exist)."""
-    need = os.stat(path).st_size
-    wal = Path(str(path) + "-wal")
-    if wal.exists():
-        need += wal.stat().st_size
-    free = shutil.disk_usage(dest.parent).free
-    if free < need + FREE_SPACE_MARGIN:
-        raise NoSpace(
-            f"not enough free space in {dest.parent} to copy {path} ({need // 2**20} MiB needed, "
-            f"{free // 2**20} MiB free); free some space or set XDG_CACHE_HOME to a larger disk"
-        )
-    try:
-        # Opened read-write (a WAL reader may need to create -shm) but only read from.
-        src = sqlite3.connect(sqlite_uri(path, "mode=rw"), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-    except sqlite3.Error as exc:
-        raise SourceError(f"cannot open database {path}: {exc}") from exc
-    try:
-        src.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        dst = sqlite3.connect(dest)
-        # A temporary copy needs no durability: no journal, no fsync (the snapshot is durable later).
-        dst.execute("PRAGMA synchronous=OFF")
-        dst.execute("PRAGMA journal_mode=OFF")
-        try:
-            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-            while True:
-                try:
-                    src.backup(dst, pages=-1)
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        finally:
-            dst.close()
-    except sqlite3.Error as exc:
-        _unlink(dest)
-        raise SourceError(f"cannot copy database {path}: {exc}") from exc
-    finally:
-        src.close()
-    # The backup API leaves a rollback journal only while it runs; nothing may stay beside the copy.
-    for suffix in ("-journal", "-wal", "-shm"):
-        _unlink(Path(str(dest) + suffix))
-
-
 def check_database(copy: Path) -> DatabaseCheck:
     """`PRAGMA integrity_check` and row counts on a copy, without modifying it."""
     con = sqlite3.connect(sqlite_uri(copy, "mode=ro&immutable=1"), uri=True)
@@ -219,8 +169,3 @@ _USING = re.compile(r"\bUSING\s+([A-Za-z0-9_]+)", re.IGNORECASE)
 def _module_of(sql: str) -> str:
     m = _USING.search(sql)
     return m.group(1).lower() if m else "?"
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()

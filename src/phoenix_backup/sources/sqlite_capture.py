@@ -60,6 +60,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import shutil
 import sqlite3
 import stat
 import struct
@@ -70,8 +71,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.errors import SourceError
-from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, sqlite_uri
+from phoenix_backup.errors import NoSpace, SourceError
+from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, FREE_SPACE_MARGIN, sqlite_uri
 from phoenix_backup.sources.sqlite_wal import (
     FRAME_HEADER_SIZE,
     INDEX_READ_SIZE,
@@ -774,6 +775,32 @@ class SqliteCapture:
         if start == first * ps and stop == first * ps + span:
             return bytes(data)
         return bytes(view[start - first * ps : stop - first * ps])
+
+
+def copy_database(path: Path, dest: Path) -> None:
+    """Write one committed state of a live database into `dest` (which must not exist): the image
+    a capture reads in place (sources/sqlite_capture.py), byte for byte the file SQLite writes for
+    that state. The read transaction is held only while the pages are copied."""
+    need = os.stat(path).st_size
+    wal = Path(str(path) + "-wal")
+    if wal.exists():
+        need += wal.stat().st_size
+    free = shutil.disk_usage(dest.parent).free
+    if free < need + FREE_SPACE_MARGIN:
+        raise NoSpace(
+            f"not enough free space in {dest.parent} to copy {path} ({need // 2**20} MiB needed, "
+            f"{free // 2**20} MiB free); free some space there or set TMPDIR to a folder on a larger disk"
+        )
+    step = 1 << 20
+    try:
+        with SqliteCapture(path) as capture, open(dest, "xb") as out:
+            image = capture.capture()
+            for offset in range(0, len(image), step):
+                out.write(image[offset : offset + step])
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        raise
 
 
 def _read_into(fd: int, buffer: memoryview, offset: int) -> int:
