@@ -160,6 +160,10 @@ class SourceError(PhoenixError):
     """A source (file, database) could not be read consistently."""
 
 
+class HookFailed(PhoenixError):
+    """`hooks.preBackup` failed: nothing was backed up."""
+
+
 class ToolMissing(PhoenixError):
     """An external tool (gpg, pg_dump) is missing or too old."""
 

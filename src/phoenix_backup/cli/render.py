@@ -61,6 +61,7 @@ def backup(r: BackupResult, verbose: bool) -> str:
             for snap in removed:
                 lines.append(f"  forgot {snap['id'][:8]} ({snap['name']}) on {target}: {snap['why']}")
         lines += [f"  retention not applied: {why}" for why in r.retention.elsewhere.values()]
+    lines += [f"  {step.describe()}" for step in r.hooks.values() if not step.ok]
     lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 

@@ -182,6 +182,7 @@ class Gateway:
 class Hooks:
     pre_backup: str | None = None
     post_backup: str | None = None
+    timeout_seconds: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -343,10 +343,11 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
     databases = _databases(root.section("databases", ("sqlite", "postgres", "redis")))
     components = _components(root.section("components", ("identity", "memory", "config", "databases")))
     gateway = _gateway(root.section("gateway", ("stop", "start", "timeoutSeconds")))
-    hooks_section = root.section("hooks", ("preBackup", "postBackup"))
+    hooks_section = root.section("hooks", ("preBackup", "postBackup", "timeoutSeconds"))
     hooks = Hooks(
         pre_backup=hooks_section.optional_string("preBackup"),
         post_backup=hooks_section.optional_string("postBackup"),
+        timeout_seconds=_seconds(hooks_section, "hooks.timeoutSeconds", 600.0),
     )
     schedule = _schedule(root.section("schedule", ("every", "at")))
 
@@ -721,16 +722,21 @@ def _components(section: _Section) -> Components:
 
 
 def _gateway(section: _Section) -> Gateway:
-    timeout = section.raw("timeoutSeconds")
-    if timeout is None:
-        timeout = 60.0
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
-        raise ConfigError(f"gateway.timeoutSeconds must be a number of seconds > 0 (got {_got(timeout)})")
     return Gateway(
         stop=section.optional_string("stop"),
         start=section.optional_string("start"),
-        timeout_seconds=float(timeout),
+        timeout_seconds=_seconds(section, "gateway.timeoutSeconds", 60.0),
     )
+
+
+def _seconds(section: _Section, name: str, default: float) -> float:
+    """`timeoutSeconds` of a section: a number of seconds > 0."""
+    value = section.raw("timeoutSeconds")
+    if value is None:
+        return default
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"{name} must be a number of seconds > 0 (got {_got(value)})")
+    return float(value)
 
 
 def _schedule(section: _Section) -> Schedule:

@@ -41,5 +41,6 @@ COMMANDS: dict[str, str] = {
 SHARED: dict[str, str] = {
     "ops.context": "what every use case takes: the caller's environment, credentials, the opened repository",
     "ops.db_backup": "backup: the PostgreSQL and Redis streams saved into the repository",
+    "ops.hooks": "backup: hooks.preBackup and hooks.postBackup around it",
     "ops.safety": "restore and restore --merge: the safety snapshot taken before anything changes",
 }

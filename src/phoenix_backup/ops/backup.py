@@ -36,6 +36,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
 from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
+from phoenix_backup.ops.hooks import BackupHooks
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache, cache_root
@@ -45,6 +46,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats, timestamp_name
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.shell import ShellStep
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
@@ -89,6 +91,7 @@ class BackupResult:
     retention: RetentionOutcome | None = None  # forget/prune after the snapshot (issue 7)
     notification: NotifyOutcome | None = None
     components: list[ComponentPlan] = field(default_factory=list)  # dry run: what each component saves
+    hooks: dict[str, ShellStep] = field(default_factory=dict)  # "hooks.preBackup" -> how it ran
 
     @property
     def damaged(self) -> list[dict[str, str]]:
@@ -106,7 +109,10 @@ class BackupResult:
         # Retention failing after the snapshot is a partial success: the snapshot is safe, but old
         # snapshots were not cleaned up.
         bad_retention = self.retention is not None and not self.retention.ok
-        return ExitStatus.PARTIAL if (self.incomplete or failed_target or bad_db or bad_retention) else ExitStatus.OK
+        # And so is a postBackup hook that failed after the snapshot was saved.
+        bad_hook = any(not step.ok for step in self.hooks.values())
+        failed = self.incomplete or failed_target or bad_db or bad_retention or bad_hook
+        return ExitStatus.PARTIAL if failed else ExitStatus.OK
 
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -127,6 +133,8 @@ class BackupResult:
             "retention": self.retention.to_json() if self.retention else None,
             "notification": self.notification.to_json() if self.notification else None,
         }
+        if self.hooks:
+            doc["hooks"] = {label: step.to_json() for label, step in self.hooks.items()}
         if self.dry_run:
             doc["planned"] = [{"path": p.path, "kind": p.kind, "size": p.size} for p in self.planned]
             doc["components"] = {c.name: c.to_json() for c in self.components}
@@ -196,13 +204,22 @@ def backup(
 ) -> BackupResult:
     started = time.time()
     when = parse_time(time_text)
+    hooks = BackupHooks(cfg, envx.env, scope)
     try:
-        layout, sel = select_sources(cfg, scope, envx)
         if dry_run:
+            layout, sel = select_sources(cfg, scope, envx)
             return _plan(sel, layout, when, scope, cfg, started)
-        result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
-        # After the commit point: later steps (replication, retention, notification) report into
-        # `result` and never undo the snapshot.
+        try:
+            pre = hooks.before()
+            layout, sel = select_sources(cfg, scope, envx)
+            result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
+            # After the commit point: later steps (replication, retention, notification) report
+            # into `result` and never undo the snapshot.
+        except BaseException:
+            post = hooks.after("failed", None)
+            if post is not None and not post.ok:
+                envx.notice(f"warning: {post.describe()}")
+            raise
     except Exception as exc:
         # Any failure is recorded and alerts, a repository that cannot even be opened included;
         # a dry run writes nothing, not even that.
@@ -211,14 +228,20 @@ def backup(
         _record_state(cfg, envx, started, scope, None, exc)
         _notify(cfg, envx, BackupEvent(ok=False, scope=scope, duration=time.time() - started, errors=(str(exc),)))
         raise
+    result.hooks = {s.label: s for s in (pre, hooks.after(_status_word(result), result.id)) if s is not None}
     _record_state(cfg, envx, started, scope, result, None)
     result.notification = _notify(cfg, envx, _event(result))
     result.warnings += [f"notification: {p}" for p in result.notification.problems]
     return result
 
 
+def _status_word(r: BackupResult) -> str:
+    return "ok" if r.exit_status == ExitStatus.OK else "partial"
+
+
 def _event(r: BackupResult) -> BackupEvent:
     errors = [f"not saved: {i['path']}: {i['error']}" for i in r.incomplete]
+    errors += [step.describe() for step in r.hooks.values() if not step.ok]
     errors += [f"database {d.path}: integrity {d.integrity}" for d in r.databases if d.integrity != "ok"]
     errors += r.retention.errors if r.retention else []
     return BackupEvent(

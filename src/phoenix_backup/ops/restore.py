@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from phoenix_backup.argentos import alignment
-from phoenix_backup.argentos.gateway import GatewayStep, run_gateway
+from phoenix_backup.argentos.gateway import run_gateway
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     Cancelled,
@@ -61,6 +61,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.shell import ShellStep
 from phoenix_backup.sinks import sqlite as sqlite_sink
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, grants_privilege
@@ -107,7 +108,7 @@ class RestoreResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     safety_snapshot: dict[str, Any] | None = None  # {id, name, files, absent}
-    gateway: dict[str, GatewayStep] = field(default_factory=dict)  # "stop", "start"
+    gateway: dict[str, ShellStep] = field(default_factory=dict)  # "stop", "start"
     alignment: alignment.AlignmentReport | None = None
     deleting: bool = False  # --delete was asked (the counts then name deletions even when there are none)
     # Below --to: where the Phoenix config the backup ran with was written (a new machine's way back
@@ -672,14 +673,14 @@ class _Restore:
                 problems.append(problem)
         return problems
 
-    def gateway(self, action: str) -> GatewayStep | None:
+    def gateway(self, action: str) -> ShellStep | None:
         command = self.cfg.gateway.stop if action == "stop" else self.cfg.gateway.start
         if not command:
             return None
         self.envx.notice(f"running gateway.{action}")
         return run_gateway(action, command, self.cfg.gateway.timeout_seconds, self.envx.env)
 
-    def fail_stop(self, stop: GatewayStep) -> None:
+    def fail_stop(self, stop: ShellStep) -> None:
         start = self.gateway("start")
         if start is None:
             after = ""

@@ -1,0 +1,91 @@
+"""A configured shell command (the gateway around a restore, the hooks around a backup): run with
+`/bin/sh -c` in a session of its own, killed with everything it started after a timeout.
+
+Its output goes to a temporary file, never to a pipe: a start command typically leaves a daemon
+running that inherits its output, and waiting for a pipe to close would wait for that daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Output kept for the report: the end of what the command printed.
+OUTPUT_TAIL = 2000
+
+
+@dataclass(frozen=True)
+class ShellStep:
+    """One run of a configured command (`label` names it as the config does: `gateway.stop`)."""
+
+    label: str
+    command: str
+    ok: bool
+    exit_code: int | None  # None when it was killed or could not be run
+    timed_out: bool
+    duration: float
+    output: str  # the last lines it printed (stdout and stderr together)
+
+    def describe(self) -> str:
+        """Why it failed, in a few words."""
+        if self.timed_out:
+            why = "did not finish in time and was killed"
+        elif self.exit_code is None:
+            why = "could not be run"
+        else:
+            why = f"exited with {self.exit_code}"
+        last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
+        return f"{self.label} {why}" + (f" ({last[0].strip()})" if last else "")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "command": self.command,
+            "ok": self.ok,
+            "exitCode": self.exit_code,
+            "timedOut": self.timed_out,
+            "duration": round(self.duration, 3),
+            "output": self.output,
+        }
+
+
+def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) -> ShellStep:
+    """Run one configured command; never raises (the caller decides what a failure means)."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", command],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,  # its own process group, so a timeout kills all of it
+            )
+        except OSError as exc:
+            return ShellStep(label, command, False, None, False, time.monotonic() - started, str(exc))
+        timed_out = False
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        except BaseException:
+            # Ctrl-C: the command is in a session of its own and would not get the signal.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        out.seek(0)
+        data = out.read()
+    text = data[-OUTPUT_TAIL:].decode("utf-8", "replace")
+    ok = not timed_out and code == 0
+    return ShellStep(label, command, ok, code, timed_out, time.monotonic() - started, text)
