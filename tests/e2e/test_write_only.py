@@ -465,6 +465,9 @@ def test_a_compromised_writer_cannot_rewrite_a_snapshot_written_before(make_sand
     flagged = {e["object"]: e["message"] for e in res.json()["errors"]}
     assert forged_pack in flagged and "does not match its id" in flagged[forged_pack], flagged
     assert claim in flagged and "without the owner's key" in flagged[claim], flagged
+    res = reader.phx("verify", "--read-data", "--json", check=None)
+    assert res.code == 1 and {e["object"] for e in res.json()["errors"]} == {forged_pack, claim}, res
+    assert all(e["snapshot"] is None for e in res.json()["errors"]), res  # no snapshot is damaged
 
     # The owner's prune (every pack old enough to go) keeps the copy that matches its id.
     for pack in (sb.repo / "data").rglob("*"):

@@ -313,7 +313,11 @@ def _read_pack(
                 entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
             )
         except CorruptObject as exc:
-            _report_blob(result, users, entry.id, name, str(exc))
+            here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
+            try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
+                repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
+            except PhoenixError:
+                _report_blob(result, users, entry.id, name, str(exc))
 
 
 def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation) -> bool:
