@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir, write_private
-from phoenix_backup.errors import AppendOnlyRefused, UsageError
+from phoenix_backup.errors import AppendOnlyRefused, ConfigError, UsageError
 from phoenix_backup.storage.appendonly import AppendOnlyBackend, refusal
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -130,7 +130,10 @@ def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
     `--repo` naming the same storage), then meets the same refusal as under the config that made
     it append-only. Whoever controls the machine can edit that file: the store's own enforcement
     (Object Lock, a Git remote's guard) is what holds against them (docs/write-only.md)."""
-    path = data_dir(env) / APPEND_ONLY_MARKS
+    try:
+        path = data_dir(env) / APPEND_ONLY_MARKS
+    except ConfigError:
+        return cfg  # a command that needs the data dir says what is wrong with it
     try:
         doc = json.loads(path.read_text())
         marks: dict[str, object] = doc["storage"] if isinstance(doc.get("storage"), dict) else {}
