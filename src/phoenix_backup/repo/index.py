@@ -119,9 +119,10 @@ class Index:
                 no = len(self._packs)
                 self._packs.append(pack_id)
                 self._pack_no[pack_id] = no
+            setdefault = self._blobs.setdefault  # an index lists every blob: keep the loop lean
             for e in entries:
                 loc = (no, e.type, e.compression, e.offset, e.stored, e.raw)
-                first = self._blobs.setdefault(e.id, loc)
+                first = setdefault(e.id, loc)
                 if first is not loc and first[0] != no:
                     more = self._more.setdefault(e.id, [])
                     if all(m[0] != no for m in more):
