@@ -79,6 +79,50 @@ def test_an_append_only_local_target_keeps_every_object(sandbox: Sandbox) -> Non
     assert not list((sb.repo / "locks").iterdir())
 
 
+def test_no_command_deletes_or_replaces_on_an_append_only_target(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Every other command that deletes or replaces objects, run by a careless user or by an agent
+    handed commands, on the machine whose config marks the target append-only: each refuses at
+    once with one error (exit 2). Another config for the same storage (handed over, or written by
+    `phx init --force`) and `--repo` naming it meet the same refusal. What only adds objects, or
+    only touches locks, leaves every object as it was."""
+    sb = sandbox
+    sb.write_config(targets={"local": {"enabled": True, "appendOnly": True}}, retention=retention_only(last=1))
+    first = sb.backup()
+    sb.backup()
+    before = _names(sb)
+    slot = json.loads(sb.phx("key", "list", "--json").out)[0]["id"]
+    deleting = [
+        ("key", "remove", slot),
+        ("key", "passwd"),
+        ("key", "rotate"),
+        ("repair", "index"),
+        ("repair", "snapshots", "--forget"),
+    ]
+    env = sb.env_with(PHX_NEW_PASSPHRASE="another passphrase")
+    for args in deleting:
+        assert_error(sb.phx(*args, env=env, check=False), 2, "append-only", "another machine")
+    # --repo naming the same storage: only the commands that read take it.
+    for args in (("forget", first["id"]), ("prune",), ("key", "remove", slot)):
+        assert_error(sb.phx("--repo", sb.repo, *args, check=False), 2, "does not take --repo")
+    # Another config for the same storage, which does not mark it append-only.
+    other = dict(sb.config, targets={"local": {"enabled": True}})
+    other_path = tmp_path / "handed-over.json"
+    other_path.write_text(json.dumps(other))
+    for args in (("forget", first["id"]), ("prune",), ("repair", "index")):
+        assert_error(sb.phx("--config", other_path, *args, check=False), 2, "append-only", "append-only.json")
+    # What only adds, or only touches locks.
+    sb.phx("key", "add", "--method", "passphrase", env=env)
+    sb.phx("unlock", "--all", "--config", other_path)
+    # `init --force` writes a new config (the ArgentOS defaults, without appendOnly) and leaves the
+    # repository as it is; the storage stays append-only for this machine.
+    sb.phx("init", "--force", "--workspace", sb.workspace, "--repo", sb.repo)
+    assert "appendOnly" not in sb.config_path.read_text()
+    assert_error(sb.phx("forget", first["id"], check=False), 2, "append-only")
+    after = _names(sb)
+    assert {k: after.get(k) for k in before} == before, "an object was deleted or replaced"
+    assert [k for k in after if k not in before and not k.startswith("keys/")] == [], sorted(set(after) - set(before))
+
+
 def _locked_bucket(moto: MotoServer) -> str:
     name = moto.make_bucket("lock")
     moto.client().delete_bucket(Bucket=name)

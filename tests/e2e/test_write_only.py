@@ -296,7 +296,7 @@ def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_pat
         elif kind == "index":
             sealed = uncover_index(data, WriteKey(base64.b64decode(write_key["idKey"]), write_key["chunkerSeed"]), name)
             assert sealed is not None, f"{name} has no cover: the machine that backs up could not use it"
-            assert not _opens(keys, sealed[2], INDEX_AAD), name
+            assert not _opens(keys, sealed.sealed, INDEX_AAD), name
             tried += 1
         elif kind == "data":
             (hlen,) = struct.unpack("<I", data[-4:])
@@ -402,13 +402,39 @@ def test_the_identity_is_asked_for_and_the_recipients_stay_as_they_are(make_sand
     assert res.code != 0 and not (tmp_path / "old").exists(), res
 
 
+def _forge_first(sb: Sandbox, repo: Any, blob: bytes, fake: bytes) -> tuple[str, str]:
+    """As a compromised writer: seal `fake` under the id of `blob` (an older snapshot's tree) in a
+    new pack, until that pack's id sorts before the genuine one's and the index object listing it
+    is named before every other, so that the forgery is the copy every reader and prune meet
+    first. Returns the forged pack's and index object's names."""
+    from phoenix_backup.repo.crypto import BlobType
+
+    genuine = repo.index.get(blob).pack_id
+
+    def names(folder: str) -> set[str]:
+        return {p.relative_to(sb.repo).as_posix() for p in (sb.repo / folder).rglob("*") if p.is_file()}
+
+    for _ in range(200):
+        packs, indexes = names("data"), names("index")
+        repo._seal_and_pack(BlobType.TREE, blob, fake)
+        repo.flush()
+        (pack,) = names("data") - packs
+        (index,) = names("index") - indexes
+        if pack.rsplit("/", 1)[-1] < genuine and index < min(indexes):
+            return pack, index
+        (sb.repo / pack).unlink()
+        (sb.repo / index).unlink()
+    raise AssertionError("no forged pack sorted first in 200 tries")
+
+
 def test_a_compromised_writer_cannot_rewrite_a_snapshot_written_before(make_sandbox: Any, tmp_path: Path) -> None:
     """The write key names blobs and the writer seals under its own run key, so it can seal any
-    bytes under the id of a tree an older snapshot holds, in a pack an index object lists first.
-    The reader must not restore that: the snapshots written before the compromise are the ones to
-    trust (docs/write-only.md, Limits)."""
+    bytes under the id of a tree an older snapshot holds, in a pack listed first, and claim to
+    retire every other index object. The reader restores the snapshot written before the
+    compromise byte-equal all the same (the forged copy fails its id check, the genuine one is
+    read), `verify` names the forged pack and the claim, and the owner's prune drops the forgery
+    and keeps the genuine copy (docs/write-only.md, Limits)."""
     from phoenix_backup.ops.context import open_repository
-    from phoenix_backup.repo.crypto import BlobType
     from phoenix_backup.repo.writer import WriterRepository
 
     sb, identity = writer(make_sandbox, tmp_path)
@@ -424,31 +450,40 @@ def test_a_compromised_writer_cannot_rewrite_a_snapshot_written_before(make_sand
     repo.load_index()
     record = repo.record()
     old_root, evil_root = record[first["id"]].tree, record[evil["id"]].tree
-    repo._seal_and_pack(BlobType.TREE, old_root, repo._cached_trees()[evil_root])
-    before = {p.name for p in (sb.repo / "index").iterdir()}
-    repo.flush()
-    (forged,) = {p.name for p in (sb.repo / "index").iterdir()} - before
-    packs = repo.read_index_object(f"index/{forged}")[0] | repo.store.load_index()
-    repo.write_index(packs, sorted(before))  # lists the forged pack first, supersedes the rest
+    genuine = f"data/{repo.index.get(old_root).pack_id[:2]}/{repo.index.get(old_root).pack_id}"
+    forged_pack, forged_index = _forge_first(sb, repo, old_root, repo._cached_trees()[evil_root])
+    others = sorted(p.name for p in (sb.repo / "index").iterdir() if f"index/{p.name}" != forged_index)
+    claim = repo.write_index({}, others)  # lists nothing, claims to retire every other index object
     repo.close()
 
     reader = Reader(sb, tmp_path / "reader", identity)
-    res = reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "restored", check=None)
-    if res.code == 0:
-        assert_restored(trusted, tmp_path / "restored", "the snapshot written before the compromise")
-    else:
-        assert "does not match its id" in res.err, res.err
+    reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "restored")
+    assert_restored(trusted, tmp_path / "restored", "the snapshot written before the compromise")
+    assert (sb.repo / forged_pack).exists()
+    res = reader.phx("verify", "--json", check=None)
+    assert res.code == 1, res
+    flagged = {e["object"]: e["message"] for e in res.json()["errors"]}
+    assert forged_pack in flagged and "does not match its id" in flagged[forged_pack], flagged
+    assert claim in flagged and "without the owner's key" in flagged[claim], flagged
+    res = reader.phx("verify", "--read-data", "--json", check=None)
+    assert res.code == 1 and {e["object"] for e in res.json()["errors"]} == {forged_pack, claim}, res
+    assert all(e["snapshot"] is None for e in res.json()["errors"]), res  # no snapshot is damaged
+
+    # The owner's prune (every pack old enough to go) keeps the copy that matches its id.
+    for pack in (sb.repo / "data").rglob("*"):
+        os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+    reader.phx("prune")
+    assert not (sb.repo / forged_pack).exists() and (sb.repo / genuine).exists()
+    reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "again")
+    assert_restored(trusted, tmp_path / "again", "the snapshot written before the compromise, after a prune")
+    reader.phx("verify", "--read-data")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 21 hole: the write key alone authenticates an index cover, supersession included, so a "
-    "compromised writer retires every pack; `phx repair index` on the reading machine recovers (docs/write-only.md)",
-)
 def test_a_compromised_writer_cannot_retire_the_packs_of_older_snapshots(make_sandbox: Any, tmp_path: Path) -> None:
-    """An index object that the write key covers may supersede others: one written by a
+    """An index object that the write key covers may claim to supersede others: one written by a
     compromised writer, listing nothing and superseding every index object, must not make the
-    snapshots written before unrestorable on the reading machine."""
+    snapshots written before unrestorable on the reading machine, nor stop the owner's prune;
+    `verify` names it."""
     from phoenix_backup.ops.context import open_repository
     from phoenix_backup.repo.writer import WriterRepository
 
@@ -458,9 +493,20 @@ def test_a_compromised_writer_cannot_retire_the_packs_of_older_snapshots(make_sa
     cfg = load_config(Path(sb.env["PHX_CONFIG"]), dict(sb.env))
     repo = open_repository(cfg, Environment(env=dict(sb.env)))
     assert isinstance(repo, WriterRepository)
-    repo.write_index({}, sorted(p.name for p in (sb.repo / "index").iterdir()))
+    claim = repo.write_index({}, sorted(p.name for p in (sb.repo / "index").iterdir()))
+    # As an older Phoenix's prune left them: a claim without the owner's MAC naming objects long gone.
+    moot = repo.write_index({}, ["00" * 32])
     repo.close()
 
     reader = Reader(sb, tmp_path / "reader", identity)
     reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "restored")
     assert_restored(trusted, tmp_path / "restored", "the snapshot written before the compromise")
+    res = reader.phx("verify", "--json", check=None)
+    assert res.code == 1 and [e["object"] for e in res.json()["errors"]] == [claim], res
+    assert any(n.startswith(moot) and "gone already" in n for n in res.json()["notices"]), res
+    # The owner's prune runs, and its index (the owner's MAC) retires the claim for good.
+    reader.phx("prune")
+    assert not (sb.repo / claim).exists() and not (sb.repo / moot).exists()
+    reader.phx("verify")
+    reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "again")
+    assert_restored(trusted, tmp_path / "again", "the snapshot written before the compromise, after a prune")

@@ -101,6 +101,45 @@ def test_exclusive_create_uses_if_none_match(moto: MotoServer, make_backend: Cal
     assert b.read("config") == b"one"
 
 
+def test_doctor_finds_a_service_that_does_not_honour_conditional_writes(
+    moto: MotoServer, make_backend: Callable[..., Backend]
+) -> None:
+    """A service that ignores If-None-Match, or does not implement it, makes creation
+    check-then-write: `protection` (what `phx doctor` shows for an append-only target) says so,
+    and the probe leaves the config as it was. Such services are emulated against the real S3 API
+    server by dropping the header from the request, or by answering 501 in its place."""
+    from botocore.exceptions import ClientError
+
+    b = make_backend("s3", wrapped=False)
+    b.create()
+    b.write("config", b"the config", exclusive=True)
+    s3 = _s3(b)
+    assert s3.conditional_writes() is True
+    assert "If-None-Match" not in b.protection().message
+
+    def ignore(params: dict[str, object], **_kw: object) -> None:
+        params.pop("IfNoneMatch", None)
+
+    s3.client.meta.events.register("before-parameter-build.s3.PutObject", ignore)
+    assert s3.conditional_writes() is False
+    assert "does not honour conditional writes (If-None-Match)" in b.protection().message
+    assert b.read("config") == b"the config"
+    s3.client.meta.events.unregister("before-parameter-build.s3.PutObject", ignore)
+
+    def not_implemented(params: dict[str, object], **_kw: object) -> None:
+        if "IfNoneMatch" in params:
+            raise ClientError({"Error": {"Code": "NotImplemented"}, "ResponseMetadata": {"HTTPStatusCode": 501}}, "Put")
+
+    notes: list[str] = []
+    s3.notice = notes.append
+    s3.client.meta.events.register("before-parameter-build.s3.PutObject", not_implemented)
+    assert s3.conditional_writes() is False
+    assert notes and "not atomic" in notes[0]
+    with pytest.raises(ObjectExists):  # the fallback: HEAD, then PUT
+        b.write("config", b"another config", exclusive=True)
+    assert b.read("config") == b"the config"
+
+
 def test_failed_multipart_upload_is_aborted(moto: MotoServer, make_backend: Callable[..., Backend]) -> None:
     """A multipart upload whose completion fails (here: the object exists and the write is
     exclusive) leaves neither a changed object nor billed parts behind."""

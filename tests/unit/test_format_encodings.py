@@ -389,7 +389,17 @@ def test_decode_index_work_is_bounded_by_its_input() -> None:
     assert peak < 64 * 1024, f"decoding a {len(plain)}-byte index allocated {peak} bytes"
 
 
-@given(packs_maps)
+def _shared_blobs(packs: dict[str, list[PackEntry]]) -> dict[str, list[PackEntry]]:
+    """The same packs, each also holding the first blob of the pack before it (blobs held twice)."""
+    out: dict[str, list[PackEntry]] = {}
+    previous: PackEntry | None = None
+    for pack_id, entries in packs.items():
+        out[pack_id] = entries + ([replace(previous, offset=previous.offset + 1)] if previous else [])
+        previous = entries[0] if entries else previous
+    return out
+
+
+@given(packs_maps.map(_shared_blobs))
 @settings(max_examples=50)
 def test_in_memory_index_lookups(packs: dict[str, list[PackEntry]]) -> None:
     index = Index()
@@ -414,6 +424,21 @@ def test_in_memory_index_lookups(packs: dict[str, list[PackEntry]]) -> None:
     assert index.get(b"\xff" * 31) is None
     assert index.stored_size() == sum(e.stored for _, e in first.values())
     assert dict(index.blobs()).keys() == first.keys()
+    # Every pack that holds a blob is one of its locations, the first pack first; once the packs
+    # are gone (found missing), the next location is the first, until none is left.
+    held: dict[bytes, list[str]] = {}
+    for pack_id, entries in packs.items():
+        for e in entries:
+            if pack_id not in held.setdefault(e.id, []):
+                held[e.id].append(pack_id)
+    for bid, pack_ids in held.items():
+        assert [loc.pack_id for loc in index.locations(bid)] == pack_ids
+    gone = list(packs)[:1]
+    assert index.remove_packs(gone) == sum(1 for p in held.values() if set(p) <= set(gone))
+    for bid, pack_ids in held.items():
+        left = [p for p in pack_ids if p not in gone]
+        assert [loc.pack_id for loc in index.locations(bid)] == left
+        assert index.has(bid) == bool(left)
 
 
 # ------------------------------------------------------------------------------------------

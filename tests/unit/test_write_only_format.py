@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import blake3
 import pyrage
 import pytest
 
@@ -15,6 +16,7 @@ from phoenix_backup.errors import CorruptObject, IdentityRequired, UnsupportedFo
 from phoenix_backup.repo.keys import MasterSecrets
 from phoenix_backup.repo.repository import RepoConfig
 from phoenix_backup.repo.writeonly import (
+    INDEX_COVER_MAC_CONTEXT,
     RUN_KEY_ID_LENGTH,
     KeyedSealer,
     Keyring,
@@ -61,7 +63,8 @@ def test_an_index_cover_is_the_write_keys_and_cannot_be_spliced() -> None:
     wk = _write_key()
     packs = ["aa" * 32, "bb" * 32]
     raw = cover_index(b"sealed index", packs, ["cc" * 32], wk)
-    assert uncover_index(raw, wk, "index/x") == (packs, ["cc" * 32], b"sealed index")
+    cover = uncover_index(raw, wk, "index/x")
+    assert cover is not None and (cover.packs, cover.superseded, cover.sealed) == (packs, ["cc" * 32], b"sealed index")
     assert uncover_index(b"\x00" * 40, wk, "index/x") is None  # an index object from before: no cover
     with pytest.raises(CorruptObject, match="not authenticated"):
         uncover_index(raw, _write_key(), "index/x")
@@ -70,6 +73,26 @@ def test_an_index_cover_is_the_write_keys_and_cannot_be_spliced() -> None:
     spliced = raw[: -32 - len(b"sealed index")] + b"other index!" + raw[-32:]
     with pytest.raises(CorruptObject, match="not authenticated"):
         uncover_index(spliced, wk, "index/x")
+
+
+def test_only_the_owners_secrets_make_a_cover_that_may_supersede() -> None:
+    """The write key authenticates every cover, so the machine that backs up (compromised or
+    not) can write one that claims to supersede every index object; only a cover carrying the MAC
+    of the master secrets (which only the identity opens) is the owner's."""
+    master = MasterSecrets.generate()
+    wk = WriteKey.of(master)
+    owned = uncover_index(cover_index(b"sealed", ["aa" * 32], ["cc" * 32], wk, master), wk, "index/x")
+    assert owned is not None and owned.superseded == ["cc" * 32] and owned.owned_by(master)
+    assert not owned.owned_by(MasterSecrets.generate())
+    # The writer's cover: version 1, no owner's MAC, whatever it claims.
+    forged = uncover_index(cover_index(b"sealed", [], ["cc" * 32], wk), wk, "index/x")
+    assert forged is not None and forged.superseded == ["cc" * 32] and not forged.owned_by(master)
+    # A version 2 cover that the writer makes up (any 32 bytes for the owner's MAC) is not the owner's.
+    body = cover_index(b"sealed", [], ["cc" * 32], wk)[:-32]
+    made_up = b"PHXW\x02" + body[5:] + bytes(32)
+    made_up += blake3.blake3(made_up, key=wk.derive(INDEX_COVER_MAC_CONTEXT)).digest()
+    cover = uncover_index(made_up, wk, "index/x")
+    assert cover is not None and cover.superseded == ["cc" * 32] and not cover.owned_by(master)
 
 
 def _config(recipient: str, master: MasterSecrets) -> RepoConfig:

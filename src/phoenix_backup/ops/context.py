@@ -34,6 +34,7 @@ from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
+from phoenix_backup.storage.targets import remember_append_only
 
 
 def _no_notice(_message: str) -> None:
@@ -409,7 +410,7 @@ def load(envx: Environment, config_path: str | None, location: str | None = None
     if removed:
         envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
     if location is None:
-        return load_config(find_config_path(config_path, envx.env), envx.env)
+        return remember_append_only(load_config(find_config_path(config_path, envx.env), envx.env), envx.env)
     from phoenix_backup.config.location import config_for_location
 
     explicit = config_path or envx.env.get("PHX_CONFIG")
@@ -419,4 +420,4 @@ def load(envx: Environment, config_path: str | None, location: str | None = None
         if explicit:
             raise  # a config that was asked for must exist
         base = None
-    return config_for_location(location, envx.env, base)
+    return remember_append_only(config_for_location(location, envx.env, base), envx.env)

@@ -14,6 +14,7 @@ from phoenix_backup.errors import KeyChanged, MissingCredentials, RepositoryErro
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.targets import refuse_append_only
 
 if TYPE_CHECKING:
     from phoenix_backup.repo.replicate import TargetReport
@@ -185,7 +186,6 @@ def key_add_write_only(cfg: Config, envx: Environment, recipients: tuple[str, ..
     from phoenix_backup.ops.context import credentials
     from phoenix_backup.ops.sync import replicate_all
     from phoenix_backup.repo.writer import convert, store_root
-    from phoenix_backup.storage.targets import refuse_append_only
 
     if not recipients:
         raise UsageError("give the recipients that will read the repository: --recipient age1... (repeatable)")
@@ -249,6 +249,7 @@ def _key_add(
 
 
 def key_remove(cfg: Config, envx: Environment, slot_id: str) -> None:
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx key remove` (it deletes a key slot)")
     # Under the exclusive lock the count of slots cannot change between the last-slot check
     # and the delete: two removals at once can never leave `keys/` empty.
     with locked_exclusively(cfg, envx, "key remove") as repo:
@@ -257,6 +258,7 @@ def key_remove(cfg: Config, envx: Environment, slot_id: str) -> None:
 
 def key_passwd(cfg: Config, envx: Environment) -> KeySlotInfo:
     """Replace the passphrase slot that opened the repository with one for a new passphrase."""
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx key passwd` (it deletes the old key slot)")
     with locked_exclusively(cfg, envx, "key passwd") as repo:
         return _key_passwd(repo, envx)
 

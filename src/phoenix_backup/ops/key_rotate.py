@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import UsageError
-from phoenix_backup.ops.context import Environment, credentials, open_repository, pins
+from phoenix_backup.ops.context import Environment, credentials, enabled_targets, open_repository, pins
 from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
@@ -53,6 +53,7 @@ from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.prune import refuse_if_damaged, snapshot_blobs
 from phoenix_backup.repo.replicate import TargetReport
 from phoenix_backup.repo.repository import Repository, sealed_with
+from phoenix_backup.storage.targets import refuse_append_only
 
 
 @dataclass
@@ -90,6 +91,7 @@ class RotateResult:
 
 
 def rotate(cfg: Config, envx: Environment) -> RotateResult:
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx key rotate` (it replaces every object)")
     started = time.monotonic()
     repo = open_repository(cfg, envx)
     try:

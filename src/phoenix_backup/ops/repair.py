@@ -17,9 +17,11 @@ from phoenix_backup.repo.repair import (
     scan_snapshots,
 )
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.targets import refuse_append_only
 
 
 def repair_index(cfg: Config, envx: Environment) -> IndexRepair:
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx repair index` (it deletes the index objects it replaces)")
     repo = open_repository(cfg, envx)
     try:
         with repo.lock(exclusive=True, command="repair index"):
@@ -31,8 +33,10 @@ def repair_index(cfg: Config, envx: Environment) -> IndexRepair:
 def repair_snapshots(
     cfg: Config, envx: Environment, *, rewrite: bool = False, forget: bool = False, read_data: bool = False
 ) -> SnapshotRepair:
-    repo = open_repository(cfg, envx)
     changing = rewrite or forget
+    if changing:
+        refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx repair snapshots --rewrite/--forget` (it deletes)")
+    repo = open_repository(cfg, envx)
     try:
         with repo.lock(exclusive=changing, command="repair snapshots"):
             return scan_snapshots(repo, rewrite=rewrite, forget=forget, read_data=read_data)
@@ -48,6 +52,7 @@ def repair_objects(cfg: Config, envx: Environment, *, source: str, read_data: bo
         raise UsageError(
             f"--from names the target to copy from: an enabled target other than {first} (enabled replicas: {others})"
         )
+    refuse_append_only(cfg, [first], "`phx repair objects` (it replaces damaged objects)")
     src = target_backend(cfg, envx, source)
     dest = target_backend(cfg, envx, first)
     try:

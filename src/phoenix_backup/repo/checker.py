@@ -135,6 +135,8 @@ def verify_repository(
     for tmp in repo.backend.list_temporary():
         result.notices.append(f"{tmp} is a leftover temporary file (prune removes it)")
 
+    _report_write_only(repo, result)
+
     if read_data:
         packs = sorted(set(listed) & ({pack_name(p) for p in repo.index.pack_ids()}))
         if ref is not None:
@@ -152,7 +154,48 @@ def verify_repository(
         for name in packs:
             _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
         result.checked["packs"] = len(packs)
+    for name, message in sorted(repo.problems.blobs.items()):
+        if not any(e.object == name for e in result.errors):
+            result.errors.append(
+                VerifyError(
+                    name,
+                    None,
+                    None,
+                    f"{message}; another pack holds the blob whole and was read instead (damaged, or sealed by "
+                    "someone holding the write key: the machine that backs up); `phx prune` here drops it once no "
+                    "snapshot needs it",
+                )
+            )
     return result
+
+
+def _report_write_only(repo: Repository, result: VerifyResult) -> None:
+    """Index objects that claim to supersede others without the owner's MAC (format §14): the
+    claim is ignored. An error while an object they name is still there (the machine that backs up
+    tried to retire part of the index, or an older Phoenix's prune stopped half-way), a notice when
+    the objects they name are gone anyway."""
+    present = set(repo.index_objects)
+    for name, claimed in sorted(repo.problems.claims.items()):
+        still = sorted(f"index/{c}" for c in claimed if f"index/{c}" in present)
+        why = (
+            f"claims to supersede {len(claimed)} index object(s) without the owner's key (only the machine with "
+            "the identity may retire index objects; the write key of the machine that backs up may only add)"
+        )
+        if still:
+            result.errors.append(
+                VerifyError(
+                    name,
+                    None,
+                    None,
+                    f"{why}, {len(still)} of them still here (e.g. {still[0]}): the claim is ignored, nothing is "
+                    "retired; `phx repair index` on this machine replaces the index objects",
+                )
+            )
+        else:
+            result.notices.append(
+                f"{name} {why}; they are gone already, so nothing changes (an older Phoenix wrote such index "
+                "objects); `phx repair index` on this machine replaces it"
+            )
 
 
 def _left_by(repo: Repository, pack_id: str) -> str:
@@ -270,7 +313,11 @@ def _read_pack(
                 entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
             )
         except CorruptObject as exc:
-            _report_blob(result, users, entry.id, name, str(exc))
+            here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
+            try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
+                repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
+            except PhoenixError:
+                _report_blob(result, users, entry.id, name, str(exc))
 
 
 def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation) -> bool:

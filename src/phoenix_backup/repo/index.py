@@ -6,6 +6,8 @@ Index object plaintext (then zstd-compressed and sealed):
     pack   = 32-byte pack id || u32le entry_count || entries (the pack header's entry encoding)
 
 In memory each blob costs one dict slot and one small tuple, whatever the number of snapshots.
+A blob that several packs hold (two runs stored it, or someone sealed other bytes under its id)
+keeps its other locations aside, so that a read that fails its check can try them.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ class Index:
         self._pack_no: dict[str, int] = {}
         # id -> (pack number, type, compression, offset, stored, raw)
         self._blobs: dict[bytes, tuple[int, int, int, int, int, int]] = {}
+        # The other locations of blobs held by more than one pack (rare: only those pay for it).
+        self._more: dict[bytes, list[tuple[int, int, int, int, int, int]]] = {}
         self._lock = threading.Lock()
 
     def add_pack(self, pack_id: str, entries: Iterable[PackEntry]) -> None:
@@ -115,17 +119,36 @@ class Index:
                 no = len(self._packs)
                 self._packs.append(pack_id)
                 self._pack_no[pack_id] = no
+            setdefault = self._blobs.setdefault  # an index lists every blob: keep the loop lean
             for e in entries:
-                self._blobs.setdefault(e.id, (no, e.type, e.compression, e.offset, e.stored, e.raw))
+                loc = (no, e.type, e.compression, e.offset, e.stored, e.raw)
+                first = setdefault(e.id, loc)
+                if first is not loc and first[0] != no:
+                    more = self._more.setdefault(e.id, [])
+                    if all(m[0] != no for m in more):
+                        more.append(loc)
 
     def remove_packs(self, pack_ids: Iterable[str]) -> int:
-        """Forget every blob located in `pack_ids` (packs found missing); returns how many."""
+        """Forget every location in `pack_ids` (packs found missing); returns how many blobs have none left."""
         with self._lock:
             numbers = {self._pack_no[p] for p in pack_ids if p in self._pack_no}
-            gone = [bid for bid, loc in self._blobs.items() if loc[0] in numbers]
-            for bid in gone:
-                del self._blobs[bid]
-            return len(gone)
+            for bid in list(self._more):
+                kept = [m for m in self._more[bid] if m[0] not in numbers]
+                if kept:
+                    self._more[bid] = kept
+                else:
+                    del self._more[bid]
+            gone = 0
+            for bid in [bid for bid, loc in self._blobs.items() if loc[0] in numbers]:
+                more = self._more.pop(bid, None)
+                if more:  # another pack holds it: that location becomes the first
+                    self._blobs[bid] = more[0]
+                    if more[1:]:
+                        self._more[bid] = more[1:]
+                else:
+                    del self._blobs[bid]
+                    gone += 1
+            return gone
 
     def by_pack(self) -> dict[str, list[PackEntry]]:
         """Every pack with the entries of the blobs located in it."""
@@ -142,8 +165,16 @@ class Index:
 
     def get(self, blob_id: bytes) -> BlobLocation | None:
         loc = self._blobs.get(blob_id)
-        if loc is None:
-            return None
+        return None if loc is None else self._location(loc)
+
+    def locations(self, blob_id: bytes) -> list[BlobLocation]:
+        """Every pack location of a blob, the one `get` gives first."""
+        first = self._blobs.get(blob_id)
+        if first is None:
+            return []
+        return [self._location(loc) for loc in (first, *self._more.get(blob_id, ()))]
+
+    def _location(self, loc: tuple[int, int, int, int, int, int]) -> BlobLocation:
         no, t, c, off, stored, raw = loc
         return BlobLocation(self._packs[no], BlobType(t), Compression(c), off, stored, raw)
 

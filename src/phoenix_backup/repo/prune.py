@@ -221,14 +221,18 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
             known = {e.id for e in use.entries}
             use.entries.extend(e for e in entries if e.id not in known)
     missing_needed = []
+    candidates: dict[bytes, list[tuple[str, PackEntry]]] = {}
     for pack_id, use in sorted(packs.items()):
         info = listing.get(pack_name(pack_id))
         use.info = info
         use.size = info.size if info is not None else 0
         for e in use.entries:
-            if e.id in used and e.id not in home and info is not None:
-                home[e.id] = pack_id
-                use.used.append(e)
+            if e.id in used and info is not None:
+                candidates.setdefault(e.id, []).append((pack_id, e))
+    for blob, held in candidates.items():
+        pack_id, e = held[0] if len(held) == 1 else _sound_copy(repo, held)
+        home[blob] = pack_id
+        packs[pack_id].used.append(e)
     lost = used - home.keys()
     if lost:
         missing_needed.extend(sorted(b.hex()[:16] for b in lost)[:5])
@@ -271,7 +275,9 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
     report.temporary_files = len(temporary)
     report.bytes_freed = sum(u.size for u in delete + repack) + sum(i.size for i in leftovers)
     report.bytes_written = sum(u.used_bytes for u in repack)  # the new packs' blobs (headers aside)
-    rewrite_index = bool(delete or repack or vanished or superseded & set(objects))
+    # An index object whose claim to supersede others was ignored (write-only: not the owner's,
+    # repo/repository.py `open_index`) is replaced too, by one that the owner's key covers.
+    rewrite_index = bool(delete or repack or vanished or superseded & set(objects) or repo.problems.claims)
     report.indexes_replaced = len(objects) if rewrite_index else 0
     if dry_run:
         return
@@ -382,6 +388,21 @@ def _cannot_repack(u: PackUse, now: float) -> str | None:
     if days and info.modified is not None and now - info.modified < days * 86400:
         return f"is within the {days}-day minimum storage period of {info.storage_class}"
     return None
+
+
+def _sound_copy(repo: Repository, held: list[tuple[str, PackEntry]]) -> tuple[str, PackEntry]:
+    """Of a blob's copies in several packs, the first that opens and matches its id: in a
+    write-only repository the machine that backs up can seal other bytes under the id of a blob
+    older snapshots hold, and the copy prune keeps is the only one left afterwards."""
+    if repo.config.write_only is None:
+        return held[0]  # the seal binds a blob to its id: every copy that opens is the blob
+    for pack_id, e in held:
+        sealed = repo.backend.read_range(pack_name(pack_id), e.offset, e.stored)
+        with contextlib.suppress(CorruptObject):
+            what = f"blob {e.id.hex()[:16]} in {pack_name(pack_id)}"
+            repo.open_blob(e.type, e.id, e.compression, sealed, e.raw, what)
+            return pack_id, e
+    return held[0]
 
 
 def _sealed_blobs(repo: Repository, packs: list[PackUse]) -> Iterator[tuple[PackEntry, bytes]]:

@@ -86,6 +86,11 @@ def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocatio
         what = f"blob {blob.hex()[:16]} in pack {loc.pack_id[:16]}"
         try:
             out[blob] = repo.open_blob(BlobType.DATA, blob, loc.compression, sealed, loc.raw, what, check_id=False)
+        except CorruptObject as exc:
+            try:  # another pack may hold it whole
+                out[blob] = repo.load_blob_elsewhere(BlobType.DATA, blob, loc, exc)
+            except PhoenixError as again:
+                out[blob] = again
         except PhoenixError as exc:
             out[blob] = exc
     return out

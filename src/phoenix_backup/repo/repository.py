@@ -32,6 +32,7 @@ from phoenix_backup.errors import (
     KeyChanged,
     KeySlotNotFound,
     ObjectNotFound,
+    PhoenixError,
     ReadOnlyStorage,
     RepositoryError,
     RepositoryNotFound,
@@ -50,7 +51,7 @@ from phoenix_backup.repo.crypto import (
     decompress,
     sha256_hex,
 )
-from phoenix_backup.repo.index import INDEX_AAD, Index, decode_index, encode_index
+from phoenix_backup.repo.index import INDEX_AAD, BlobLocation, Index, decode_index, encode_index
 from phoenix_backup.repo.locks import HeldLock, LockManager
 from phoenix_backup.repo.pack import (
     DATA_PACK_TARGET,
@@ -279,6 +280,11 @@ class LoadProblems:
 
     index: dict[str, str] = field(default_factory=dict)
     snapshots: dict[str, str] = field(default_factory=dict)
+    # Write-only repositories: index objects whose claim to supersede others is ignored (no valid
+    # owner's MAC), with the index ids they claim; packs where a blob failed its check while
+    # another pack held it whole (object -> why).
+    claims: dict[str, list[str]] = field(default_factory=dict)
+    blobs: dict[str, str] = field(default_factory=dict)
 
 
 class Repository:
@@ -576,7 +582,9 @@ class Repository:
         self.index_objects = sorted(objects) + sorted(self.problems.index)
         superseded = {f"index/{s}" for _packs, sup in objects.values() for s in sup}
         retired: set[str] = set()
-        for name, (packs, _sup) in objects.items():
+        # In name order, whatever order the store lists them in: which location of a blob held
+        # twice is tried first does not depend on the backend.
+        for name, (packs, _sup) in sorted(objects.items()):
             if name in superseded:
                 retired.update(packs)
                 continue
@@ -599,6 +607,7 @@ class Repository:
         self.index = Index()
         self._index_loaded = False
         self.problems.index.clear()
+        self.problems.claims.clear()
         self.unindexed_packs.clear()
         self.retired_packs = set()
         self.relied_on = set()
@@ -766,21 +775,33 @@ class Repository:
         return self.open_index(raw, name)
 
     def seal_index(self, packs: dict[str, list[PackEntry]], superseded: Iterable[str] = ()) -> bytes:
-        """An index object's bytes: sealed, and in a write-only repository under its cover."""
+        """An index object's bytes: sealed, and in a write-only repository under its cover (with
+        the owner's MAC when it supersedes others and this machine holds the master secrets)."""
         sup = list(superseded)
         sealed = self.sealer.seal(encode_index(packs, sup), INDEX_AAD)
         if self.config.write_only is None:
             return sealed
-        return cover_index(sealed, list(packs), sup, self.write_key)
+        owner = self._secrets if sup else None
+        return cover_index(sealed, list(packs), sup, self.write_key, owner)
 
     def open_index(self, raw: bytes, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
-        covered = uncover_index(raw, self.write_key, name) if self.config.write_only is not None else None
-        if covered is None:
+        """An index object's packs and the index objects it supersedes. In a write-only repository
+        the write key, which the machine that backs up holds, may only add to the index: a claim
+        to supersede counts only under the owner's MAC (repo/writeonly.py `cover_index`); any
+        other is dropped here and kept in `problems.claims` for `verify`."""
+        if self.config.write_only is None:
             return decode_index(self.sealer.open(raw, INDEX_AAD, name), name)
-        cover_packs, cover_sup, sealed = covered
+        cover = uncover_index(raw, self.write_key, name)
+        sealed = raw if cover is None else cover.sealed
         packs, superseded = decode_index(self.sealer.open(sealed, INDEX_AAD, name), name)
-        if sorted(packs) != sorted(cover_packs) or sorted(superseded) != sorted(cover_sup):
+        if cover is not None and (
+            sorted(packs) != sorted(cover.packs) or sorted(superseded) != sorted(cover.superseded)
+        ):
             raise CorruptObject(f"{name} lists other packs than its cover says (damaged or tampered)")
+        owned = cover is not None and self._secrets is not None and cover.owned_by(self._secrets)
+        if superseded and not owned:
+            self.problems.claims[name] = superseded
+            superseded = []
         return packs, superseded
 
     # -- blobs -------------------------------------------------------------------------
@@ -920,12 +941,54 @@ class Repository:
         return entries
 
     def load_blob(self, kind: BlobType, blob_id: bytes) -> bytes:
-        loc = self.index.get(blob_id)
-        if loc is None or loc.type != kind:
+        locations = self.index.locations(blob_id)
+        if not locations or locations[0].type != kind:
             raise CorruptObject(f"{kind.name.lower()} blob {blob_id.hex()[:16]} is not in the index (missing data)")
-        what = f"blob {blob_id.hex()[:16]} in pack {loc.pack_id[:16]}"
-        sealed = self.backend.read_range(pack_name(loc.pack_id), loc.offset, loc.stored)
-        return self.open_blob(kind, blob_id, loc.compression, sealed, loc.raw, what, check_id=False)
+        return self._load_from(kind, blob_id, locations, None)
+
+    def load_blob_elsewhere(
+        self, kind: BlobType, blob_id: bytes, failed: BlobLocation, error: CorruptObject | ObjectNotFound
+    ) -> bytes:
+        """A blob whose read at `failed` raised `error`, from another pack that holds it; `error`
+        again when none does. A pack listed first with other bytes sealed under a blob's id (a
+        compromised machine that backs up holds the write key) then blocks no restore."""
+        others = [loc for loc in self.index.locations(blob_id) if loc.pack_id != failed.pack_id]
+        if not others:
+            raise error
+        self._bad_location(failed, blob_id, error)
+        return self._load_from(kind, blob_id, others, error)
+
+    def _load_from(
+        self,
+        kind: BlobType,
+        blob_id: bytes,
+        locations: list[BlobLocation],
+        error: CorruptObject | ObjectNotFound | None,
+    ) -> bytes:
+        """The blob from the first of `locations` that opens and matches its id."""
+        for loc in locations:
+            if loc.type != kind:
+                continue
+            what = f"blob {blob_id.hex()[:16]} in pack {loc.pack_id[:16]}"
+            try:
+                sealed = self.backend.read_range(pack_name(loc.pack_id), loc.offset, loc.stored)
+                return self.open_blob(kind, blob_id, loc.compression, sealed, loc.raw, what, check_id=False)
+            except (CorruptObject, ObjectNotFound) as exc:
+                if len(locations) == 1 and error is None:
+                    raise  # the blob's only copy
+                self._bad_location(loc, blob_id, exc)
+                error = error or exc
+        assert error is not None
+        raise error
+
+    def _bad_location(self, loc: BlobLocation, blob_id: bytes, error: PhoenixError) -> None:
+        """Remember (for `verify`) and say once that a pack failed a blob another pack may hold."""
+        name = pack_name(loc.pack_id)
+        with self._lock:
+            known = name in self.problems.blobs
+            self.problems.blobs.setdefault(name, f"blob {blob_id.hex()[:16]}: {error}")
+        if not known:
+            self.notice(f"{name} fails blob {blob_id.hex()[:16]} ({error}); reading it from another pack that holds it")
 
     def open_blob(
         self,

@@ -66,6 +66,9 @@ INDEX_COVER_MAC_CONTEXT = "phoenix v3 write-only index cover mac key"
 LOCK_KEY_CONTEXT = "phoenix v3 write-only lock key"
 RUN_KEY_MAC_CONTEXT = "phoenix v3 write-only run key mac key"
 FINGERPRINT_CONTEXT = "phoenix v3 write key fingerprint"
+# Derived from the whole master secrets (encryption key included), which only the recipients'
+# identities open: the key that lets an index object retire others. The write key lacks it.
+SUPERSEDE_MAC_CONTEXT = "phoenix v3 write-only index supersede mac key"
 
 
 def run_key_name(key_id: bytes) -> str:
@@ -329,36 +332,69 @@ class KeyedSealer(Sealer):
 # -- index objects ------------------------------------------------------------------------------
 
 INDEX_COVER_MAGIC = b"PHXW"
+# Version 1: the write key's MAC only. Version 2 adds the owner's MAC (the supersede key of the
+# master secrets) before it: only a version 2 cover with a valid owner's MAC may supersede.
 INDEX_COVER_VERSION = 1
+INDEX_COVER_OWNED = 2
 _COUNT = struct.Struct("<I")
 
 
-def cover_index(sealed: bytes, packs: Sequence[str], superseded: Sequence[str], write_key: WriteKey) -> bytes:
+@dataclass(frozen=True)
+class Cover:
+    """The clear part of a write-only index object (`uncover_index`)."""
+
+    packs: list[str]
+    superseded: list[str]
+    sealed: bytes  # the sealed index
+    owner_mac: bytes | None  # a version 2 cover's, not yet checked (`owned_by`)
+    signed: bytes  # what the owner's MAC covers
+
+    def owned_by(self, master: keyslots.MasterSecrets) -> bool:
+        """Whether the owner (whoever holds the master secrets: the identity's machine) wrote it."""
+        return self.owner_mac is not None and hmac.compare_digest(self.owner_mac, _owner_mac(master, self.signed))
+
+
+def cover_index(
+    sealed: bytes,
+    packs: Sequence[str],
+    superseded: Sequence[str],
+    write_key: WriteKey,
+    master: keyslots.MasterSecrets | None = None,
+) -> bytes:
     """A write-only index object: which packs it lists and which index objects it supersedes, in
-    the clear (pack ids are object names anyway), then the sealed index, then a MAC of the write
-    key over everything before it. The machine that backs up reads the cover to know which packs
-    the repository's index lists, never the entries."""
-    parts = [INDEX_COVER_MAGIC, bytes((INDEX_COVER_VERSION,)), _COUNT.pack(len(packs))]
+    the clear (pack ids are object names anyway), then the sealed index, then (with `master`, on
+    the machine that holds the identity) the owner's MAC, then a MAC of the write key over
+    everything before it. The machine that backs up reads the cover to know which packs the
+    repository's index lists, never the entries. Readers honour `superseded` only under a valid
+    owner's MAC: the write key alone may add to the index, never retire a part of it."""
+    version = INDEX_COVER_OWNED if master is not None else INDEX_COVER_VERSION
+    parts = [INDEX_COVER_MAGIC, bytes((version,)), _COUNT.pack(len(packs))]
     parts += [bytes.fromhex(p) for p in packs]
     parts.append(_COUNT.pack(len(superseded)))
     parts += [bytes.fromhex(s) for s in superseded]
     parts.append(sealed)
     body = b"".join(parts)
+    if master is not None:
+        body += _owner_mac(master, body)
     return body + _cover_mac(write_key, body)
 
 
-def uncover_index(raw: bytes, write_key: WriteKey, what: str) -> tuple[list[str], list[str], bytes] | None:
-    """(packs, superseded, sealed index) of a write-only index object, or None for an index object
-    without a cover (written before the repository became write-only). CorruptObject when the
-    cover is not the write key's."""
+def uncover_index(raw: bytes, write_key: WriteKey, what: str) -> Cover | None:
+    """The cover of a write-only index object, or None for an index object without one (written
+    before the repository became write-only). CorruptObject when the cover is not the write key's."""
     if not raw.startswith(INDEX_COVER_MAGIC):
         return None
     body, mac = raw[:-MAC_LENGTH], raw[-MAC_LENGTH:]
     if len(raw) < 13 + MAC_LENGTH or not hmac.compare_digest(mac, _cover_mac(write_key, body)):
         raise CorruptObject(f"{what} is not authenticated by the repository's write key (damaged or planted)")
+    owner_mac = None
+    if body[4] == INDEX_COVER_OWNED:
+        if len(body) < 13 + MAC_LENGTH:
+            raise CorruptObject(f"{what} has a malformed cover")
+        body, owner_mac = body[:-MAC_LENGTH], body[-MAC_LENGTH:]
+    elif body[4] != INDEX_COVER_VERSION:
+        raise CorruptObject(f"{what} has an unknown cover version {body[4]}")
     try:
-        if body[4] != INDEX_COVER_VERSION:
-            raise CorruptObject(f"{what} has an unknown cover version {body[4]}")
         pos = 5
         lists: list[list[str]] = []
         for _ in range(2):
@@ -370,8 +406,12 @@ def uncover_index(raw: bytes, write_key: WriteKey, what: str) -> tuple[list[str]
             pos += 32 * count
     except struct.error as exc:
         raise CorruptObject(f"{what} has a malformed cover") from exc
-    return lists[0], lists[1], body[pos:]
+    return Cover(lists[0], lists[1], body[pos:], owner_mac, body)
 
 
 def _cover_mac(write_key: WriteKey, body: bytes) -> bytes:
     return blake3.blake3(body, key=write_key.derive(INDEX_COVER_MAC_CONTEXT)).digest()
+
+
+def _owner_mac(master: keyslots.MasterSecrets, body: bytes) -> bytes:
+    return blake3.blake3(body, key=master.derive(SUPERSEDE_MAC_CONTEXT)).digest()

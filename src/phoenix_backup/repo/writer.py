@@ -322,8 +322,10 @@ class WriterRepository(Repository):
                         f"{info.name} was written before the repository became write-only: only the identity reads "
                         "it (`phx key add --method age --write-only` with it rewrites it)"
                     )
-                covers[info.name] = (covered[0], covered[1])
-                self._index_keys[info.name] = covered[2][:RUN_KEY_ID_LENGTH]
+                # The owner's MAC of a superseding cover is not checked here (it needs the identity's
+                # secrets): honouring a forged claim only costs this machine uploads.
+                covers[info.name] = (covered.packs, covered.superseded)
+                self._index_keys[info.name] = covered.sealed[:RUN_KEY_ID_LENGTH]
             except (CorruptObject, ObjectNotFound) as exc:
                 self.problems.index[info.name] = str(exc)
         self.index_objects = sorted(covers) + sorted(self.problems.index)
@@ -349,7 +351,7 @@ class WriterRepository(Repository):
         if covered is None:
             raise IdentityRequired(self.backend.location, f"{name}, written before the repository became write-only")
         mine = self.store.load_index()
-        return {pack: mine.get(pack, []) for pack in covered[0]}, covered[1]
+        return {pack: mine.get(pack, []) for pack in covered.packs}, covered.superseded
 
     def drop_missing_packs(self) -> list[str]:
         """Forget the blobs of packs the store lost; no index object is written (this machine

@@ -29,9 +29,10 @@ _CONTENT_ADDRESSED = ("data/", "index/", "snapshots/")
 def refusal(target: str, what: str) -> str:
     """The one sentence that says an append-only target refuses `what`, and where to do it instead."""
     return (
-        f"target {target} is append-only (targets.{target}.appendOnly or objectLock): Phoenix never deletes or "
-        f"overwrites objects there, so {what} must run on another machine, whose config does not mark the target "
-        "append-only, with credentials that may delete"
+        f"target {target} is append-only (targets.{target}.appendOnly or objectLock, in this config or in one this "
+        "machine used for the same storage before, which append-only.json in its data dir remembers): Phoenix never "
+        f"deletes or overwrites objects there, so {what} must run on another machine, whose config does not mark the "
+        "target append-only, with credentials that may delete"
     )
 
 

@@ -3,10 +3,15 @@
 - Every write is one request that makes the object appear whole (a PUT, or for large objects a
   multipart upload, which S3 also only shows once it is completed), so an object is either
   wholly there or absent.
-- Exclusive creation (`config`, key slots) sends `If-None-Match: *`, which S3 (since 2024), R2 and
-  moto enforce. A service that answers "not implemented" gets a HEAD-then-PUT instead, which is
-  not atomic; the fallback is noted once. A service that silently ignores the header cannot be
-  detected and behaves like the fallback.
+- Exclusive creation (`config`, key slots, run keys, and every write to an append-only target)
+  sends `If-None-Match: *`, which S3 (since 2024), R2 and moto enforce. A service that answers
+  "not implemented" gets a HEAD-then-PUT instead, which is not atomic; the fallback is noted
+  once. A service that silently ignores the header behaves like the fallback; `phx doctor` finds
+  both (`conditional_writes`). The fallback is allowed, append-only targets included: what a
+  racing writer could replace in its window is an object of the same name, which is either
+  named by its content (the same bytes), or by 64 random bits (key slots, run keys), or the
+  `config` of two `init`s at once; with Object Lock a PUT over a retained version only adds a
+  newer one, and without it the same credentials can overwrite anyway (`doctor` fails that).
 - Data packs go to the configured storage class; every other object stays STANDARD, so listing,
   browsing and structural checks never need a thaw. Reading a pack in GLACIER or DEEP_ARCHIVE
   requests a restore and waits up to the thaw timeout, saying so.
@@ -470,8 +475,37 @@ class S3Backend(Backend):
 
     # -- protection -------------------------------------------------------------------------
 
+    def conditional_writes(self) -> bool | None:
+        """Whether the service refuses to create a name twice (`If-None-Match: *`); None when
+        there is no `config` to probe with. The probe writes the `config` again, with its own bytes
+        and the header: a service that honours it refuses (nothing changes), one that ignores it
+        stores the same bytes again (on a versioned bucket, one more version of them), one that
+        does not implement it says so (and the fallback is noted)."""
+        try:
+            data = self.read("config")
+        except ObjectNotFound:
+            return None
+        try:
+            self.write("config", data, exclusive=True)
+        except ObjectExists:
+            return self._conditional  # refused by the service, or found by the fallback's HEAD
+        return False  # the header was ignored
+
     def protection(self) -> Protection:
-        """Whether the bucket has Object Lock, and whether Phoenix sets retention on its objects."""
+        """Whether the bucket has Object Lock, and whether Phoenix sets retention on its objects
+        (and, when the service does not honour conditional writes, that creating is not atomic)."""
+        found = self._lock_protection()
+        if self.conditional_writes() is not False:
+            return found
+        note = (
+            "; the service does not honour conditional writes (If-None-Match), so Phoenix checks, then writes, "
+            "when it creates an object, which is not atomic"
+        )
+        if found.enforced:
+            note += " (a retained version outlives any later write)"
+        return Protection(found.enforced, found.message + note, found.fix)
+
+    def _lock_protection(self) -> Protection:
         try:
             answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
             lock = dict(answer.get("ObjectLockConfiguration") or {})

@@ -10,11 +10,17 @@ never formatted into any message.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import AppendOnlyRefused, UsageError
+from phoenix_backup.dirs import data_dir, write_private
+from phoenix_backup.errors import AppendOnlyRefused, ConfigError, UsageError
 from phoenix_backup.storage.appendonly import AppendOnlyBackend, refusal
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -98,6 +104,59 @@ def backend_for(
 def _restrained(cfg: Config, name: str, backend: Backend) -> Backend:
     """`backend`, refusing deletes and overwrites when the target is append-only."""
     return AppendOnlyBackend(backend, name) if cfg.targets.append_only(name) else backend
+
+
+# Where this user's Phoenix remembers the storage it has used as append-only (`remember_append_only`).
+APPEND_ONLY_MARKS = "append-only.json"
+
+
+def storage_key(cfg: Config, name: str) -> str:
+    """What names target `name`'s storage whatever config or `--repo` spelling reaches it: the
+    folder, the Git remote, the bucket and prefix (not the endpoint, which may be spelt many ways)."""
+    t = cfg.targets
+    if name == "local":
+        return f"local:{cfg.repository_path.expanduser().resolve()}"
+    if name == "git":
+        local = Path(t.git.repo).expanduser()
+        return f"git:{local.resolve() if local.is_absolute() else t.git.repo}"
+    target = t.s3 if name == "s3" else t.r2
+    return f"{name}:{target.bucket}/{target.prefix.strip('/')}"
+
+
+def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
+    """`cfg`, with every enabled target that this user's Phoenix has ever used as append-only
+    marked append-only again, and the storage of its append-only targets remembered
+    (`<data dir>/append-only.json`). A careless user, or an agent handed another config (or
+    `--repo` naming the same storage), then meets the same refusal as under the config that made
+    it append-only. Whoever controls the machine can edit that file: the store's own enforcement
+    (Object Lock, a Git remote's guard) is what holds against them (docs/write-only.md)."""
+    try:
+        path = data_dir(env) / APPEND_ONLY_MARKS
+    except ConfigError:
+        return cfg  # a command that needs the data dir says what is wrong with it
+    try:
+        doc = json.loads(path.read_text())
+        marks: dict[str, object] = doc["storage"] if isinstance(doc.get("storage"), dict) else {}
+    except (OSError, ValueError, AttributeError, KeyError):
+        marks = {}
+    names = cfg.targets.enabled_names()
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    new = {
+        key: {"target": n, "since": now}
+        for n in names
+        if cfg.targets.append_only(n) and (key := storage_key(cfg, n)) not in marks
+    }
+    if new:
+        with contextlib.suppress(OSError):  # only a reminder: a read-only data dir loses nothing
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(path, (json.dumps({"storage": {**marks, **new}}, indent=2, sort_keys=True) + "\n").encode())
+    remembered = [n for n in names if not cfg.targets.append_only(n) and storage_key(cfg, n) in marks]
+    if not remembered:
+        return cfg
+    targets = cfg.targets
+    for n in remembered:
+        targets = dataclasses.replace(targets, **{n: dataclasses.replace(getattr(targets, n), append_only=True)})
+    return dataclasses.replace(cfg, targets=targets)
 
 
 def refuse_append_only(cfg: Config, names: list[str], command: str) -> dict[str, str]:
