@@ -663,10 +663,10 @@ class Repository:
         """The ids of indexed packs that `sizes` (object name -> size, a listing of `data/`) lacks
         or holds shorter than the index says."""
         lost = set()
-        for _blob, loc in self.index.blobs():
-            size = sizes.get(pack_name(loc.pack_id))
-            if size is None or loc.offset + loc.stored > size:
-                lost.add(loc.pack_id)
+        for pack_id, end in self.index.pack_ends().items():
+            size = sizes.get(pack_name(pack_id))
+            if size is None or end > size:
+                lost.add(pack_id)
         return lost
 
     def confirm_present(self, blob_ids: Iterable[bytes]) -> None:
@@ -678,18 +678,15 @@ class Repository:
         indexes = {info.name: info.size for info in self.backend.list("index/")}
         self._look_up(indexes, self.relied_on - indexes.keys())
         vanished = sorted(self.relied_on - indexes.keys())
-        ids = set(blob_ids)
-        self._look_up(listing, {pack_name(loc.pack_id) for b in ids if (loc := self.index.get(b))} - listing.keys())
-        lost: set[str] = set()
-        unknown = 0
-        for bid in ids:
-            loc = self.index.get(bid)
-            if loc is None:
-                unknown += 1
-                continue
-            size = listing.get(pack_name(loc.pack_id))
-            if size is None or loc.offset + loc.stored > size:
-                lost.add(pack_name(loc.pack_id))
+        where = [self.index.end_in_pack(b) for b in set(blob_ids)]
+        unknown = where.count(None)
+        ends: dict[str, int] = {}  # pack name -> the furthest end of a blob the snapshot needs there
+        for found in where:
+            if found is not None:
+                name = pack_name(found[0])
+                ends[name] = max(ends.get(name, 0), found[1])
+        self._look_up(listing, ends.keys() - listing.keys())
+        lost = {name for name, end in ends.items() if (size := listing.get(name)) is None or end > size}
         if lost or unknown or vanished:
             parts = [f"{len(lost)} pack(s) it refers to vanished (e.g. {sorted(lost)[0]})"] if lost else []
             parts += [f"{unknown} blob(s) are in no index"] if unknown else []
