@@ -6,7 +6,9 @@ memory while it works, at two sizes or against the size of what it holds.
 
 from __future__ import annotations
 
+import errno
 import gc
+import io
 import os
 import random
 import time
@@ -143,3 +145,33 @@ def test_a_database_page_hashes_stay_out_of_memory(tmp_path: Path) -> None:
     large = _cut_twice(tmp_path, 8 * 4096)  # 16 MB, 512 KiB of page hashes
     for before, after in zip(small, large, strict=True):
         assert after < before + 256 * 1024, f"cutting 8x the pages took {(after - before) >> 10} KiB more"
+
+
+class _FullDisk(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_page_hashes_the_cache_cannot_take_cost_deduplication_only(tmp_path: Path) -> None:
+    """A cache on a full disk must not keep a database from being saved: the hashes are dropped
+    and no half state is kept for the next backup."""
+    cache = Cache("repo-id", root=tmp_path)
+    sink = cache.page_sink()
+    sink._file.close()  # type: ignore[union-attr]
+    sink._file = io.BufferedWriter(_FullDisk(), buffer_size=16)  # type: ignore[union-attr]
+    saved: dict[bytes, bytes] = {}
+
+    def save(view: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
+        bid = os.urandom(32)
+        saved[bid] = bytes(view)
+        return bid
+
+    db = _Database(600, 512)
+    extents, state = page_runs(db, 512, 64, b"k" * 32, save, None, sink=sink)
+    assert b"".join(saved[e.blob][e.offset : e.offset + e.length] for e in extents) == db[0 : len(db)]
+    state.sha256 = "1" * 64
+    cache.save_pages("db", state)
+    assert cache.load_pages("db", state.sha256) is None

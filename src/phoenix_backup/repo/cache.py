@@ -16,7 +16,7 @@ from pathlib import Path
 import platformdirs
 
 from phoenix_backup.errors import StorageError
-from phoenix_backup.repo.chunker import HASH_SIZE, FileSink, PageState, SpilledHashes
+from phoenix_backup.repo.chunker import HASH_SIZE, FileSink, MemorySink, PageState, SpilledHashes
 from phoenix_backup.repo.locks import process_start_time
 
 # The JSON line that begins a page-hash file is far shorter than this.
@@ -89,13 +89,19 @@ class Cache:
             os.close(fd)
             return None
 
-    def page_sink(self) -> FileSink:
-        """Where a backup writes a copy's page hashes (an anonymous file in the cache)."""
+    def page_sink(self) -> FileSink | MemorySink:
+        """Where a backup writes a copy's page hashes: an anonymous file in the cache, or memory
+        when the cache cannot take one (a full disk must not keep a database from being saved)."""
         folder = self.dir / "sqlite"
-        folder.mkdir(exist_ok=True, mode=0o700)
-        return FileSink(folder)
+        try:
+            folder.mkdir(exist_ok=True, mode=0o700)
+            return FileSink(folder)
+        except OSError:
+            return MemorySink()
 
     def save_pages(self, logical: str, state: PageState) -> None:
+        if state.regions and not state.pages:
+            return  # the page hashes could not be kept (a full disk): no state is better than half
         path = self._pages_path(logical)
         path.parent.mkdir(exist_ok=True, mode=0o700)
         meta = {

@@ -140,6 +140,9 @@ class MemorySink:
     def hashes(self) -> bytes:
         return bytes(self._buf)
 
+    def close(self) -> None:
+        self._buf = bytearray()
+
 
 class FileSink:
     """Page hashes written to an anonymous file in `folder` (16 bytes a page would otherwise be
@@ -148,14 +151,27 @@ class FileSink:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self._file = tempfile.TemporaryFile(dir=folder, buffering=256 * 1024)  # noqa: SIM115 - owned, closed by the hashes
         self._length = 0
+        self._failed = False
 
     def write(self, data: bytes, /) -> int:
+        if not self._failed:
+            try:
+                self._file.write(data)
+            except OSError:
+                self._failed = True  # a full disk: the state is incomplete and is not kept
         self._length += len(data)
-        return self._file.write(data)
+        return len(data)
 
-    def hashes(self) -> SpilledHashes:
-        self._file.flush()
-        return SpilledHashes(os.dup(self._file.fileno()), 0, self._length)
+    def hashes(self) -> PageHashes:
+        """The hashes written; none when the file could not take them all (the next backup then
+        compares whole regions only, which costs space, never correctness)."""
+        if not self._failed:
+            try:
+                self._file.flush()
+                return SpilledHashes(os.dup(self._file.fileno()), 0, self._length)
+            except OSError:
+                self._failed = True
+        return b""
 
     def close(self) -> None:
         self._file.close()
