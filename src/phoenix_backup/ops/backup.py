@@ -519,6 +519,8 @@ class _Run:
             pages = self.cache.load_pages(entry.logical, prev.sha256)
             if pages is not None:
                 parent_state = (prev.content, pages)
+        # The page hashes, old and new, stay in files: memory does not grow with the database.
+        sink = self.cache.page_sink()
         # Read in place, in one read transaction (no temporary copy): the integrity check and row
         # counts run in their own thread on that transaction, so they see exactly the pages this
         # thread cuts into page runs, while the SHA-256 is fed the same bytes.
@@ -538,14 +540,19 @@ class _Run:
                     parent_state,
                     region_id=self.data_id,
                     digest=sha,
+                    sink=sink,
                 )
             finally:
                 wait([check])  # the connection closes only once the check is done with it
+                if parent_state is not None:
+                    parent_state[1].close()
             result = check.result()
         page_size, size, digest = image.page_size, len(image), sha.hexdigest()
         state.sha256 = digest
         if self.keep_page_state:
             self.cache.save_pages(entry.logical, state)
+        state.close()
+        sink.close()
         info = DatabaseInfo(
             path=entry.logical,
             engine="sqlite",

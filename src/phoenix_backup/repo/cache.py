@@ -16,8 +16,13 @@ from pathlib import Path
 import platformdirs
 
 from phoenix_backup.errors import StorageError
-from phoenix_backup.repo.chunker import HASH_SIZE, PageState
+from phoenix_backup.repo.chunker import HASH_SIZE, FileSink, MemorySink, PageState, SpilledHashes
 from phoenix_backup.repo.locks import process_start_time
+
+# The JSON line that begins a page-hash file is far shorter than this.
+MAX_PAGES_HEADER = 4096
+# Page hashes are copied into the cache file this many bytes at a time.
+_COPY_BLOCK = 1 << 20
 
 
 def cache_root() -> Path:
@@ -55,27 +60,48 @@ class Cache:
         return self.dir / "sqlite" / (hashlib.sha256(logical.encode()).hexdigest()[:32] + ".pages")
 
     def load_pages(self, logical: str, sha256: str) -> PageState | None:
-        """The page hashes of the copy whose SHA-256 is `sha256`, if the cache holds them."""
+        """The page hashes of the copy whose SHA-256 is `sha256`, if the cache holds them. The
+        page hashes stay in the file (16 bytes a page: read a region at a time); close the
+        state when done."""
         try:
-            raw = self._pages_path(logical).read_bytes()
-            head, _, body = raw.partition(b"\n")
-            meta = json.loads(head)
+            fd = os.open(self._pages_path(logical), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, min(size, MAX_PAGES_HEADER), 0)
+            end = head.find(b"\n")
+            if end < 0:
+                raise ValueError("no header")
+            meta = json.loads(head[:end])
             if meta.get("sha256") != sha256:
-                return None
+                raise ValueError("another copy")
             nreg, npages = int(meta["regions"]), int(meta["pages"])
-            if len(body) != (nreg + npages) * HASH_SIZE:
-                return None
-            return PageState(
-                sha256,
-                int(meta["pageSize"]),
-                int(meta["runPages"]),
-                body[: nreg * HASH_SIZE],
-                body[nreg * HASH_SIZE :],
-            )
-        except (OSError, ValueError, KeyError):
+            body = end + 1
+            if nreg < 0 or npages < 0 or size - body != (nreg + npages) * HASH_SIZE:
+                raise ValueError("truncated")
+            regions = os.pread(fd, nreg * HASH_SIZE, body)
+            if len(regions) != nreg * HASH_SIZE:
+                raise ValueError("truncated")
+            pages = SpilledHashes(fd, body + nreg * HASH_SIZE, npages * HASH_SIZE)
+            return PageState(sha256, int(meta["pageSize"]), int(meta["runPages"]), regions, pages)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            os.close(fd)
             return None
 
+    def page_sink(self) -> FileSink | MemorySink:
+        """Where a backup writes a copy's page hashes: an anonymous file in the cache, or memory
+        when the cache cannot take one (a full disk must not keep a database from being saved)."""
+        folder = self.dir / "sqlite"
+        try:
+            folder.mkdir(exist_ok=True, mode=0o700)
+            return FileSink(folder)
+        except OSError:
+            return MemorySink()
+
     def save_pages(self, logical: str, state: PageState) -> None:
+        if state.regions and not state.pages:
+            return  # the page hashes could not be kept (a full disk): no state is better than half
         path = self._pages_path(logical)
         path.parent.mkdir(exist_ok=True, mode=0o700)
         meta = {
@@ -87,7 +113,10 @@ class Cache:
         }
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            tmp.write_bytes(json.dumps(meta).encode() + b"\n" + state.regions + state.pages)
+            with open(tmp, "wb") as f:
+                f.write(json.dumps(meta).encode() + b"\n" + state.regions)
+                for pos in range(0, len(state.pages), _COPY_BLOCK):
+                    f.write(state.pages[pos : pos + _COPY_BLOCK])
             os.replace(tmp, path)
         except OSError:
             tmp.unlink(missing_ok=True)  # a cache that cannot be written only costs time

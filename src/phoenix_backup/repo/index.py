@@ -176,7 +176,22 @@ class Index:
 
     def _location(self, loc: tuple[int, int, int, int, int, int]) -> BlobLocation:
         no, t, c, off, stored, raw = loc
-        return BlobLocation(self._packs[no], BlobType(t), Compression(c), off, stored, raw)
+        # Dict lookups, not enum calls: a backup looks up every blob of its snapshot.
+        return BlobLocation(self._packs[no], _TYPES[t], _COMPRESSIONS[c], off, stored, raw)
+
+    def end_in_pack(self, blob_id: bytes) -> tuple[str, int] | None:
+        """The pack holding a blob and where the blob ends in it, without a BlobLocation."""
+        loc = self._blobs.get(blob_id)
+        return None if loc is None else (self._packs[loc[0]], loc[3] + loc[4])
+
+    def pack_ends(self) -> dict[str, int]:
+        """Every pack with blobs, and where its last blob ends: how long the pack must be."""
+        ends: dict[int, int] = {}
+        for no, _t, _c, off, stored, _raw in list(self._blobs.values()):
+            end = off + stored
+            if end > ends.get(no, -1):
+                ends[no] = end
+        return {self._packs[no]: end for no, end in ends.items()}
 
     def __len__(self) -> int:
         return len(self._blobs)

@@ -1,0 +1,177 @@
+"""Issue 20: a backup's memory must not grow with the workspace (beyond the index).
+
+Not timed and not RSS (both depend on the machine): each test counts what the writer keeps in
+memory while it works, at two sizes or against the size of what it holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import io
+import os
+import random
+import time
+import tracemalloc
+from concurrent.futures import Future
+from pathlib import Path
+
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.cache import Cache
+from phoenix_backup.repo.chunker import page_runs
+from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.pack import DATA_PACK_TARGET
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.local import LocalBackend
+
+MB = 1024 * 1024
+
+
+def _futures_alive() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, Future))
+
+
+def test_blobs_handed_to_the_sealing_threads_leave_nothing_behind(tmp_path: Path) -> None:
+    """A 3 GB backup hands some 12,000 blobs to the sealing threads; a record kept per blob
+    until the end (a future each: ~15 MB) made memory grow with the workspace."""
+    repo = _repo(tmp_path)
+    count = 3000
+    before = _futures_alive()
+    ids = [repo.save_blob_async(BlobType.DATA, os.urandom(64) + i.to_bytes(4, "big")) for i in range(count)]
+    deadline = time.monotonic() + 60
+    while repo.stats.blobs_added < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert repo.stats.blobs_added == count
+    # Every blob is sealed and packed: nothing per blob may be left but its index entry.
+    assert _futures_alive() - before < 50
+    repo.flush()
+    repo.close()
+    assert all(repo.index.has(bid) for bid in ids)
+
+
+def test_a_pack_is_held_once_while_it_is_finished(tmp_path: Path) -> None:
+    """Two packs are finished at once by the sealing threads: a pack that is copied whole to be
+    written (its blobs, then their concatenation) cost a second pack's size each."""
+    repo = _repo(tmp_path)
+    rnd = random.Random(7)
+    # Random, so stored as they are: the last of these takes the pack past its target size.
+    blobs = [rnd.randbytes(256 * 1024) for _ in range(DATA_PACK_TARGET // (256 * 1024))]
+    ids = [repo.save_blob(BlobType.DATA, blob)[0] for blob in blobs[:-1]]
+    assert not repo.index.pack_ids(), "the pack must not be written before its last blob"
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        ids.append(repo.save_blob(BlobType.DATA, blobs[-1])[0])  # fills the pack: it is written
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert len(repo.index.pack_ids()) == 1
+    assert peak < DATA_PACK_TARGET // 4, f"writing an 8 MiB pack allocated {peak >> 20} MiB more"
+    # The pack is whole: a fresh repository object reads every blob back through the index.
+    repo.flush()
+    repo.close()
+    again = Repository.open(LocalBackend(tmp_path / "repo"), keys.Credentials(passphrase="pw"))
+    again.load_index()
+    assert [again.load_blob(BlobType.DATA, bid) for bid in ids] == blobs
+
+
+def _repo(tmp_path: Path) -> Repository:
+    return Repository.init(
+        LocalBackend(tmp_path / "repo"),
+        lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
+        encrypted=True,
+    )
+
+
+class _Database:
+    """`pages` pages of a database that is never in memory: each region made when read."""
+
+    def __init__(self, pages: int, page_size: int, changed: frozenset[int] = frozenset()) -> None:
+        self.pages, self.page_size, self.changed = pages, page_size, changed
+
+    def __len__(self) -> int:
+        return self.pages * self.page_size
+
+    def __getitem__(self, item: slice) -> bytes:
+        start, stop, _ = item.indices(len(self))
+        out = bytearray()
+        for page in range(start // self.page_size, -(-stop // self.page_size)):
+            mark = b"new" if page in self.changed else b"old"
+            out += (mark + page.to_bytes(8, "big")) * (self.page_size // 11) + b"\0" * (self.page_size % 11)
+        return bytes(out[start % self.page_size : start % self.page_size + stop - start])
+
+
+def _cut_twice(tmp_path: Path, pages: int) -> tuple[int, int]:
+    """Traced peak (bytes) of cutting a database of `pages` 512-byte pages the way a backup does,
+    first without a parent, then a version with a few changed pages against the first."""
+    cache = Cache("repo-id", root=tmp_path / f"cache-{pages}")
+    key = b"k" * 32
+    saved = 0
+
+    def save(view: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
+        nonlocal saved
+        saved += len(view)
+        return (blob_id or os.urandom(32))[:32]
+
+    peaks = []
+    parent = None
+    for db in (_Database(pages, 512), _Database(pages, 512, frozenset({1, pages // 2, pages - 1}))):
+        sink = cache.page_sink()
+        tracemalloc.start()
+        try:
+            extents, state = page_runs(db, 512, 64, key, save, parent, sink=sink)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        state.sha256 = f"{len(peaks):064x}"
+        cache.save_pages("db", state)
+        state.close()
+        sink.close()
+        if parent is not None:
+            parent[1].close()
+        loaded = cache.load_pages("db", state.sha256)
+        assert loaded is not None and len(loaded.pages) == 16 * pages
+        parent = (extents, loaded)
+    assert parent is not None
+    parent[1].close()
+    return peaks[0], peaks[1]
+
+
+def test_a_database_page_hashes_stay_out_of_memory(tmp_path: Path) -> None:
+    """16 bytes of hashes a page, for every page, were held while a database was cut (12 MB for a
+    3 GB database, twice over with its parent's): 8 times the database may cost little more."""
+    small = _cut_twice(tmp_path, 4096)  # 2 MB
+    large = _cut_twice(tmp_path, 8 * 4096)  # 16 MB, 512 KiB of page hashes
+    for before, after in zip(small, large, strict=True):
+        assert after < before + 256 * 1024, f"cutting 8x the pages took {(after - before) >> 10} KiB more"
+
+
+class _FullDisk(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_page_hashes_the_cache_cannot_take_cost_deduplication_only(tmp_path: Path) -> None:
+    """A cache on a full disk must not keep a database from being saved: the hashes are dropped
+    and no half state is kept for the next backup."""
+    cache = Cache("repo-id", root=tmp_path)
+    sink = cache.page_sink()
+    sink._file.close()  # type: ignore[union-attr]
+    sink._file = io.BufferedWriter(_FullDisk(), buffer_size=16)  # type: ignore[union-attr]
+    saved: dict[bytes, bytes] = {}
+
+    def save(view: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
+        bid = os.urandom(32)
+        saved[bid] = bytes(view)
+        return bid
+
+    db = _Database(600, 512)
+    extents, state = page_runs(db, 512, 64, b"k" * 32, save, None, sink=sink)
+    assert b"".join(saved[e.blob][e.offset : e.offset + e.length] for e in extents) == db[0 : len(db)]
+    state.sha256 = "1" * 64
+    cache.save_pages("db", state)
+    assert cache.load_pages("db", state.sha256) is None
