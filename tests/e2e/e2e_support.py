@@ -481,31 +481,38 @@ class TerminalRun:
 
 def screen_lines(raw: str) -> list[str]:
     """The lines a person sees on a terminal after `raw` was written to it: a carriage return goes
-    back to the start of the line and overwrites, `ESC[2K` / `ESC[K` erase, a newline moves on."""
+    back to the start of the line and overwrites, `ESC[2K` / `ESC[K` erase, `ESC[nA` moves up (as
+    Rich's live display does), a newline moves on; other control sequences (`ESC[?25l`, colours)
+    show nothing."""
     lines: list[list[str]] = [[]]
+    row = 0
     col = 0
     i = 0
     while i < len(raw):
         ch = raw[i]
         if ch == "\x1b":
-            match = re.match(r"\x1b\[([0-9;]*)([A-Za-z])", raw[i:])
+            match = re.match(r"\x1b\[([0-9;?]*)([A-Za-z])", raw[i:])
             if match:
+                line = lines[row]
                 if match.group(2) == "K":
-                    line = lines[-1]
                     mode = match.group(1) or "0"
                     if mode == "2":
-                        lines[-1] = [" "] * len(line)
+                        lines[row] = [" "] * len(line)
                     elif mode == "0":
                         del line[col:]
+                elif match.group(2) == "A":
+                    row = max(0, row - int(match.group(1) or "1"))
                 i += len(match.group(0))
                 continue
         if ch == "\r":
             col = 0
         elif ch == "\n":
-            lines.append([])
+            row += 1
+            if row == len(lines):
+                lines.append([])
             col = 0
         else:
-            line = lines[-1]
+            line = lines[row]
             if col < len(line):
                 line[col] = ch
             else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 from e2e_support import PASSPHRASE, PHX, Sandbox, assert_error, on_a_terminal, run_phx
@@ -62,9 +63,21 @@ def test_json_backup_streams_progress_lines_on_stderr(backed_up: Sandbox) -> Non
     res = sb.phx("backup", "--json")
     doc = res.json()  # stdout is still one document
     lines = [json.loads(line) for line in res.err.splitlines()]
-    assert lines and all(d["type"] == "progress" and d["phase"] == "backup" for d in lines), res.err
-    # The progress ends where the result does: the counts agree.
-    assert lines[-1]["done"] == lines[-1]["total"] == doc["files"], (lines[-1], doc["files"])
+    assert lines and all(d["type"] == "progress" for d in lines), res.err
+    fields = {"phase", "doing", "done", "total", "bytesDone", "bytesTotal", "percent", "rate", "eta", "seconds"}
+    assert all(fields <= d.keys() for d in lines), lines[0]
+    phases = list(dict.fromkeys(d["phase"] for d in lines))
+    assert phases[:3] == ["scanning", "reading the index", "reading files"], phases
+    assert "writing trees and index" in phases, phases
+    reading = [d for d in lines if d["phase"] == "reading files"]
+    # The progress ends where the result does: the counts agree, bytes included.
+    assert reading[-1]["done"] == reading[-1]["total"] == doc["files"], (reading[-1], doc["files"])
+    assert reading[-1]["bytesDone"] == reading[-1]["bytesTotal"] == doc["size"], (reading[-1], doc["size"])
+    assert reading[-1]["percent"] == 100.0, reading[-1]
+    # The database phase says what it captures and checks.
+    doing = {d["doing"] for d in reading if d["doing"]}
+    assert any(d.startswith("capturing memory.db (") for d in doing), doing
+    assert "checking memory.db" in doing, doing
     assert sb.phx("backup", "--json", "--quiet").err == ""
 
 
@@ -172,12 +185,28 @@ def test_a_wrong_passphrase_typed_at_the_prompt_may_be_typed_again(backed_up: Sa
 def test_the_progress_line_is_gone_before_the_summary(backed_up: Sandbox) -> None:
     sb = backed_up
     (sb.workspace / "MEMORY.md").write_text("changed again\n")
+    # A large sparse file keeps the reading phase on screen long enough to be redrawn.
+    with open(sb.workspace / "big.bin", "wb") as f:
+        f.truncate(64 << 20)
     run = on_a_terminal(["backup"], sb.env)
     assert run.code == 0, run
-    assert "backup: " in run.raw, "a terminal shows progress"
+    # What the terminal showed along the way: phases, a percentage, bytes of a total, files.
+    shown = _progress_lines(run.raw)
+    assert any(" reading files: " in line for line in shown), shown
+    assert any(re.search(r"^\[0:\d\d\] \d+\.\d% ", line) for line in shown), shown
+    assert any(re.search(r"\d+\.\d MiB of 6\d\.\d MiB", line) for line in shown), shown
+    assert any(re.search(r"\d+ of \d+ files", line) for line in shown), shown
+    assert any("capturing memory.db (" in line for line in shown), shown
+    # What stays on screen: the summary on a line of its own, no progress line.
     summary = [line for line in run.screen if "saved:" in line]
     assert len(summary) == 1 and summary[0].startswith("snapshot "), run
-    assert not any(line.startswith("backup: ") for line in run.screen), run
+    assert not any(line.startswith("[") for line in run.screen), run
+
+
+def _progress_lines(raw: str) -> list[str]:
+    """Every progress line drawn on the terminal (each redraw starts with `[M:SS]`)."""
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", raw)
+    return [line.strip() for line in plain.replace("\r", "\n").splitlines() if re.match(r"\s*\[\d+:\d\d\]", line)]
 
 
 def test_ctrl_c_leaves_one_clean_line(backed_up: Sandbox) -> None:
@@ -185,7 +214,7 @@ def test_ctrl_c_leaves_one_clean_line(backed_up: Sandbox) -> None:
     # A large sparse file keeps the backup busy after the small files are done.
     with open(sb.workspace / "big.bin", "wb") as f:
         f.truncate(300 << 20)
-    run = on_a_terminal(["backup"], sb.env, interrupt_after="backup: ")
+    run = on_a_terminal(["backup"], sb.env, interrupt_after="reading files")
     assert run.code == 130, run
     last = run.screen[-1]
     assert last.startswith("phx: interrupted"), run

@@ -105,7 +105,7 @@ def make_env(out: Out) -> Environment:
         prompt=prompt if tty else None,
         confirm=confirm if tty else None,
         notice=out.notice,
-        progress=out.progress.update if out.progress.active else None,
+        progress=out.progress,
         latest=latest if isinstance(latest, Latest) else Latest(),
     )
 

@@ -15,7 +15,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
 from phoenix_backup.ops import backup as backup_op
 from phoenix_backup.ops import drill as drill_op
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, Silent
 from phoenix_backup.schedule.runlog import RunLog, log_dir, log_name
 from phoenix_backup.state import state_path, write_state
 
@@ -153,7 +153,7 @@ def run(out: Out, envx: Environment, config_path: str | None, drill: bool) -> Ex
     envx.interactive = False
     envx.prompt = None
     envx.confirm = None
-    envx.progress = None
+    envx.progress = Silent()
     envx.notice = lambda message: log.write(f"phx: {message}")
     log.write(f"scheduled {kind} starting (config {config_path or 'default'})")
     try:

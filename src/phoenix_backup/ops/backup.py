@@ -35,7 +35,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
 from phoenix_backup.ops import db_backup
-from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
+from phoenix_backup.ops.context import Environment, Reporter, cache_for, enabled_targets, open_repository
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache, cache_root
@@ -51,6 +51,7 @@ from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
 from phoenix_backup.state import TargetOutcome, write_state
+from phoenix_backup.units import human_size
 from phoenix_backup.users import username
 
 # A file modified this close to the parent backup's start may have changed within the same
@@ -197,6 +198,7 @@ def backup(
     started = time.time()
     when = parse_time(time_text)
     try:
+        envx.progress.phase("scanning")
         layout, sel = select_sources(cfg, scope, envx)
         if dry_run:
             return _plan(sel, layout, when, scope, cfg, started)
@@ -297,8 +299,11 @@ def _snapshot(
         # asked once); each replica is initialised on first use, and one that fails is only its
         # own outcome (exit 3), never the others' or the snapshot's.
         result.targets = {first: commit_first_target(repo, first, result.id, result.name)}
+        if len(enabled_targets(cfg)) > 1:
+            envx.progress.phase(f"uploading to {', '.join(enabled_targets(cfg)[1:])}")
         result.targets.update({name: r.outcome() for name, r in replicate_all(repo, cfg, envx).items()})
         # Retention on every target, only when every target has the snapshot (issue 7).
+        envx.progress.phase("applying retention")
         result.retention = retention_after_backup(cfg, envx, repo, dict(result.targets), protect=(result.id,))
         for error in result.retention.errors:
             envx.notice(f"warning: {error}")
@@ -439,6 +444,7 @@ class _Run:
         prev = self.parent_nodes.get(entry.logical)
         if self.unchanged(prev, st, "file"):
             assert prev is not None
+            self.envx.progress.advance(size=st.st_size)
             return _renamed(prev, entry.path.name)
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
@@ -464,6 +470,7 @@ class _Run:
                 for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.chunker_seed):
                     digest.update(chunk)
                     size += len(chunk)
+                    self.envx.progress.advance(size=len(chunk))
                     extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
                 if size == fst.st_size and _same_version(fst, os.fstat(f.fileno())):
                     break
@@ -490,6 +497,7 @@ class _Run:
         ):
             info = next((d for d in self.parent.databases if d.path == entry.logical), None)
             if info is not None:
+                self.envx.progress.advance(size=entry.st.st_size)
                 return _renamed(prev, entry.path.name), info
         parent_state = None
         if prev is not None and prev.type == "sqlite" and prev.sha256 and self.present(prev):
@@ -499,12 +507,14 @@ class _Run:
         # Read in place, in one read transaction (no temporary copy): the integrity check and row
         # counts run in their own thread on that transaction, so they see exactly the pages this
         # thread cuts into page runs, while the SHA-256 is fed the same bytes.
+        report = self.envx.progress
+        report.working(f"capturing {entry.path.name} ({human_size(entry.st.st_size)})")
         with SqliteCapture(entry.path) as capture:
             image = capture.capture()
             check: Future[sqlite_source.DatabaseCheck] = self.aux.submit(
                 sqlite_source.check_connection, capture.connection
             )
-            sha = hashlib.sha256()
+            sha = _Counted(hashlib.sha256(), report)
             try:
                 extents, state = page_runs(
                     image,
@@ -517,7 +527,9 @@ class _Run:
                     digest=sha,
                 )
             finally:
+                report.working(f"checking {entry.path.name}")
                 wait([check])  # the connection closes only once the check is done with it
+            report.working(None)
             result = check.result()
         page_size, size, digest = image.page_size, len(image), sha.hexdigest()
         state.sha256 = digest
@@ -535,6 +547,21 @@ class _Run:
         st = os.stat(entry.path)
         sqlite = {"pageSize": page_size, "integrity": result.integrity, "source": src.to_json()}
         return _content_node(entry.path.name, "sqlite", st, size, extents, digest, sqlite), info
+
+
+class _Counted:
+    """A hashlib object that reports every byte it is fed as read (a database's capture)."""
+
+    def __init__(self, digest: Any, report: Reporter) -> None:
+        self.digest = digest
+        self.report = report
+
+    def update(self, data: memoryview | bytes) -> None:
+        self.digest.update(data)
+        self.report.advance(size=len(data))
+
+    def hexdigest(self) -> str:
+        return str(self.digest.hexdigest())
 
 
 def _content_node(
@@ -587,6 +614,7 @@ def _run(
     keep_page_state: bool = True,
     databases: tuple[str, ...] = (),
 ) -> BackupResult:
+    envx.progress.phase("reading the index")
     repo.load_index()
     # Deduplicate only against data the store still holds: blobs of lost packs are stored again.
     lost = repo.drop_missing_packs()
@@ -611,16 +639,17 @@ def _run(
     # Counted as the summary counts them (files, databases and symlinks; not folders), so that the
     # progress ends at the number the result reports: links and symlinks are done at once.
     total = sum(1 for e in sel.entries.values() if e.kind in ("file", "sqlite", "symlink"))
-    done = 0
+    links = hardlink_groups(sel.entries.values())
+    total_size = sum(e.st.st_size for k, e in sel.entries.items() if e.kind in ("file", "sqlite") and k not in links)
+    envx.progress.phase("reading files", files=total, size=total_size)
     workers = max(2, min(8, (os.cpu_count() or 2) + 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool:
         futures: dict[str, Future[Node]] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
-        links = hardlink_groups(sel.entries.values())
         # Databases first: they are the largest items, so they start while files fill the gaps.
         for entry in sorted(sel.entries.values(), key=lambda e: (e.kind != "sqlite", e.logical)):
             if entry.logical in links:
-                done += 1
+                envx.progress.advance(files=1)
                 continue  # another name of a file read once, below
             if entry.kind == "file":
                 futures[entry.logical] = pool.submit(run.file_node, entry)
@@ -628,7 +657,7 @@ def _run(
                 db_futures[entry.logical] = pool.submit(run.sqlite_node, entry)
             elif entry.kind == "symlink":
                 nodes[entry.logical] = _symlink_node(entry)
-                done += 1
+                envx.progress.advance(files=1)
         # PostgreSQL and Redis stream straight into the repository, beside the files.
         env = dict(envx.env)
         seed = repo.chunker_seed
@@ -644,8 +673,7 @@ def _run(
                 continue
             nodes[logical] = node
             run.databases.append(info)
-            done += 1
-            _progress(envx, done, total)
+            envx.progress.advance(files=1)
         for logical, jfut in db_jobs.items():
             try:
                 outcome = jfut.result()
@@ -657,19 +685,19 @@ def _run(
             run.databases.append(outcome.info)
             run.warnings.extend(outcome.warnings)
             total += len(outcome.nodes)  # a dump's files count as the summary counts them
-            done += len(outcome.nodes)
-            _progress(envx, done, total)
+            envx.progress.phase("reading files", files=total, size=total_size)
+            envx.progress.advance(files=len(outcome.nodes))
         for logical, ffut in futures.items():
             try:
                 nodes[logical] = ffut.result()
             except (OSError, PhoenixError) as exc:
                 run.incomplete.append({"path": logical, "error": _reason(exc)})
-            done += 1
-            _progress(envx, done, total)
+            envx.progress.advance(files=1)
     run.aux.shutdown()
     _link_nodes(nodes, links, run.incomplete, lambda logical: run.file_node(sel.entries[logical]))
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
+    envx.progress.phase("writing trees and index")
     trees: set[bytes] = set()
     root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees)
     repo.flush()
@@ -894,11 +922,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc)
-
-
-def _progress(envx: Environment, done: int, total: int) -> None:
-    if envx.progress is not None:
-        envx.progress("backup", done, total)
 
 
 def snapshot_entries(

@@ -47,6 +47,7 @@ from phoenix_backup.ops import safety
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
+    Reporter,
     cache_for,
     enabled_targets,
     open_repository,
@@ -395,7 +396,7 @@ class _Restore:
             self.damaged = check_data(
                 self.repo,
                 [(i.path, plan.nodes[i.path]) for i in plan.items if _writes_content(i)],
-                functools.partial(_progress, self.envx, "check"),
+                _bytes_progress(self.envx.progress, "checking the data"),
             )
             if self.damaged:
                 plan = self.plan()
@@ -895,6 +896,11 @@ class _Restore:
         linked = [i for i in todo if i.path in plan.links]
         todo = [i for i in todo if i.path not in plan.links]
         jobs: list[tuple[PlanItem, Future[str]]] = []
+        self.envx.progress.phase(
+            "writing files",
+            files=len(todo),
+            size=sum(plan.nodes[i.path].size for i in todo if i.action != "unchanged"),
+        )
         for item in todo:
             node = plan.nodes[item.path]
             if item.action == "unchanged":
@@ -909,9 +915,9 @@ class _Restore:
             except (CorruptObject, ObjectNotFound) as exc:
                 self.damaged[item.path] = damage_text(exc)  # its temporary file is gone; the rest goes on
 
-        for done, (item, job) in enumerate(jobs, 1):
+        for item, job in jobs:
             attempt(item, job.result)
-            _progress(self.envx, "restore", done, len(jobs))
+            self.envx.progress.advance(files=1, size=0 if item.action == "unchanged" else plan.nodes[item.path].size)
         for item in linked:
             if item.action == "unchanged":
                 continue  # already a name of the first file's inode, whose metadata were set
@@ -1028,9 +1034,18 @@ def _sha_or_none(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
-def _progress(envx: Environment, phase: str, done: int, total: int) -> None:
-    if envx.progress is not None:
-        envx.progress(phase, done, total)
+def _bytes_progress(report: Reporter, phase: str) -> Callable[[int, int], None]:
+    """A `(bytes done, bytes total)` callback of the repository layer, told to `report` as `phase`."""
+    told = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal told
+        if not done:
+            report.phase(phase, size=total)
+        report.advance(size=done - told)
+        told = done
+
+    return progress
 
 
 def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T | None:
