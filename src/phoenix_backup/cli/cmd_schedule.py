@@ -15,7 +15,8 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
 from phoenix_backup.ops import backup as backup_op
 from phoenix_backup.ops import drill as drill_op
-from phoenix_backup.ops.context import Environment, Silent
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.reporting import Silent
 from phoenix_backup.schedule.runlog import RunLog, log_dir, log_name
 from phoenix_backup.state import state_path, write_state
 

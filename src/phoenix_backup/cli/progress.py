@@ -40,6 +40,7 @@ class Figures:
 
     phase: str
     doing: str | None
+    unit: str
     files: int
     files_total: int
     size: int
@@ -62,6 +63,7 @@ class Figures:
             "type": "progress",
             "phase": self.phase,
             "doing": self.doing,
+            "unit": self.unit,
             "done": self.files,
             "total": self.files_total,
             "bytesDone": self.size,
@@ -81,9 +83,9 @@ class Figures:
         head += f" {self.doing or self.phase}"
         parts = []
         if self.files_total:
-            parts.append(f"{self.files} of {self.files_total} files")
+            parts.append(f"{self.files} of {self.files_total} {self.unit}")
         elif self.files:
-            parts.append(f"{self.files} files")
+            parts.append(f"{self.files} {self.unit}")
         if self.size_total:
             parts.append(f"{human_size(self.size)} of {human_size(self.size_total)}")
         elif self.size:
@@ -115,6 +117,7 @@ class Progress:
         self._started = time.monotonic()
         self._phase = ""
         self._doing: str | None = None
+        self._unit = "files"
         self._files = self._files_total = self._size = self._size_total = 0
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._last_json = 0.0
@@ -127,7 +130,7 @@ class Progress:
 
     # -- Reporter -------------------------------------------------------------------------------
 
-    def phase(self, name: str, *, files: int = 0, size: int = 0) -> None:
+    def phase(self, name: str, *, files: int = 0, size: int = 0, unit: str = "files") -> None:
         if not self.active:
             return
         with self._lock:
@@ -135,7 +138,7 @@ class Progress:
                 self._files_total, self._size_total = files, size
                 return
             self._flush_json()  # the last reading of the phase that ends
-            self._phase, self._doing = name, None
+            self._phase, self._doing, self._unit = name, None, unit
             self._files, self._files_total, self._size, self._size_total = 0, files, 0, size
             self._samples.clear()
             self._samples.append((time.monotonic(), 0))
@@ -205,6 +208,7 @@ class Progress:
         return Figures(
             phase=self._phase,
             doing=self._doing,
+            unit=self._unit,
             files=self._files,
             files_total=self._files_total,
             size=self._size,

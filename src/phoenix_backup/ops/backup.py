@@ -35,7 +35,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
 from phoenix_backup.ops import db_backup
-from phoenix_backup.ops.context import Environment, Reporter, cache_for, enabled_targets, open_repository
+from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache, cache_root
@@ -45,6 +45,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats, timestamp_name
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.reporting import Reporter
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path

@@ -11,7 +11,6 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from phoenix_backup.config import Config, find_config_path, load_config
 from phoenix_backup.errors import (
@@ -32,6 +31,7 @@ from phoenix_backup.repo.replicate import seed_repository
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
+from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -39,39 +39,6 @@ from phoenix_backup.storage.local import LocalBackend
 
 def _no_notice(_message: str) -> None:
     pass
-
-
-class Reporter(Protocol):
-    """What a long use case tells of its progress, for the CLI to draw (docs/cli.md#progress).
-
-    A run is a sequence of phases ("scanning", "reading files", "writing index"); each phase has
-    totals (0 when unknown) that `advance` counts towards, and `working` names what the phase is
-    busy with now ("capturing memory.db"). Every method may be called from any thread, often (once
-    per chunk read): an implementation keeps each call cheap."""
-
-    def phase(self, name: str, *, files: int = 0, size: int = 0) -> None:
-        """A new phase of `files` items and `size` bytes; its counters start at 0. Called again
-        with the name of the phase under way: its totals grow (a database dump's files, known
-        once dumped), its counters are kept."""
-
-    def working(self, what: str | None) -> None:
-        """What the phase is doing now; None: nothing in particular."""
-
-    def advance(self, *, files: int = 0, size: int = 0) -> None:
-        """`files` more items and `size` more bytes of the phase are done."""
-
-
-class Silent:
-    """A Reporter that shows nothing (the Python API's default, scheduled runs)."""
-
-    def phase(self, name: str, *, files: int = 0, size: int = 0) -> None:
-        pass
-
-    def working(self, what: str | None) -> None:
-        pass
-
-    def advance(self, *, files: int = 0, size: int = 0) -> None:
-        pass
 
 
 @dataclass

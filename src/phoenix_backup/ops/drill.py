@@ -338,6 +338,7 @@ def drill(
         try:
             written = _restore(repo, cfg, envx, folder, nodes, result)
             _check_files(folder, nodes, written, result)
+            envx.progress.phase("checking databases")
             _check_databases(DrillContext(cfg, envx, snap, folder, repo, nodes), nodes, written, result)
         finally:
             _remove(folder)
@@ -395,12 +396,13 @@ def _restore(
             if node.type == "dir":
                 attempt(logical, node, functools.partial(writer.directory, logical, node))
         workers = max(2, (os.cpu_count() or 2) + 1)
+        content = [(lg, n) for lg, n in nodes if n.type in ("file", "sqlite")]
+        envx.progress.phase("restoring into scratch space", files=len(content), size=sum(n.size for _l, n in content))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-drill") as pool:
-            jobs = [
-                pool.submit(attempt, lg, n, _write(writer, lg, n)) for lg, n in nodes if n.type in ("file", "sqlite")
-            ]
-            for job in jobs:
+            jobs = [(n, pool.submit(attempt, lg, n, _write(writer, lg, n))) for lg, n in content]
+            for n, job in jobs:
                 job.result()
+                envx.progress.advance(files=1, size=n.size)
         for logical, node in nodes:
             if node.type == "symlink":
                 attempt(logical, node, functools.partial(writer.symlink, logical, node))

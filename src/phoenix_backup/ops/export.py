@@ -301,7 +301,10 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
     metadata_dbs: list[dict[str, Any]] = []
     names = _store_names(source.databases)
     rendered: dict[str, str] = {}
+    envx.progress.phase("exporting databases", files=len(names), unit="databases")
     for db, name in zip(source.databases, names, strict=True):
+        envx.progress.working(f"exporting {name}")
+        envx.progress.advance(files=1)
         con = sqlite3.connect(sqlite_uri(db.copy, "mode=ro&immutable=1"), uri=True)
         try:
             schema = inspect(con)

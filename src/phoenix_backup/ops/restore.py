@@ -47,7 +47,6 @@ from phoenix_backup.ops import safety
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
-    Reporter,
     cache_for,
     enabled_targets,
     open_repository,
@@ -62,6 +61,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.reporting import Reporter
 from phoenix_backup.sinks import sqlite as sqlite_sink
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, grants_privilege

@@ -50,6 +50,7 @@ def replicate_all(
             backends[name] = target_backend(cfg, envx, name)
         except PhoenixError as exc:
             reports[name] = TargetReport(name, ok=False, error=str(exc))
+    envx.progress.phase(f"uploading to {', '.join(backends)}")
     try:
         with repo.lock(exclusive=False, command="replicate"):
             repo.load_index()
