@@ -299,3 +299,35 @@ def test_verify_says_a_notice_once_with_its_count(backed_up: Sandbox) -> None:
     assert len(grouped) == 1 and grouped[0].startswith(f"notice: {len(left)} objects are not in the index"), text
     verbose = sb.phx("verify", "--verbose").out
     assert all(n in verbose for n in left), verbose
+
+
+# -- 4. the backup summary --------------------------------------------------------------------------
+
+
+def test_backup_summary_counts_new_changed_and_unmodified(backed_up: Sandbox) -> None:
+    sb = backed_up
+    first = sb.backup()  # the copied sample has new inodes: this run is the baseline
+    again = sb.backup()
+    total_files = again["filesNew"] + again["filesChanged"] + again["filesUnmodified"]
+    assert (again["filesNew"], again["filesChanged"]) == (0, 0), again
+    assert again["databasesCaptured"] == 0 and again["databasesUnchanged"] == len(first["databases"]), again
+    # A folder is changed when its tree is (the state file's folder has a new time after each run).
+    assert again["dirsNew"] == 0 and again["dataAdded"] < 4096, again
+    # One file changed, two added in a new folder, one database written to.
+    (sb.workspace / "MEMORY.md").write_text("a change the summary must count\n")
+    (sb.workspace / "summary-probe").mkdir()
+    (sb.workspace / "summary-probe" / "a.md").write_text("new a\n" * 1000)
+    (sb.workspace / "summary-probe" / "b.md").write_text("new b\n")
+    with sqlite3.connect(sb.layout.memory_db) as con:
+        con.execute("CREATE TABLE summary_probe (x)")
+    doc = sb.backup()
+    assert (doc["filesNew"], doc["filesChanged"], doc["filesUnmodified"]) == (2, 1, total_files - 1), doc
+    assert (doc["databasesCaptured"], doc["databasesUnchanged"]) == (1, len(first["databases"]) - 1), doc
+    assert doc["dirsNew"] == 1 and doc["dirsChanged"] >= 1, doc
+    # Before compression: at least the new bytes; stored: what the repository grew by.
+    assert doc["dataAdded"] >= 6006 and doc["added"] > 0, doc
+    text = sb.phx("backup").out.splitlines()
+    assert text[1] == f"  files:     0 new, 0 changed, {total_files + 2} unmodified", text
+    counts = re.fullmatch(r"  databases: (\d+) captured, (\d+) unchanged", text[3])
+    assert counts and int(counts[1]) + int(counts[2]) == len(first["databases"]), text
+    assert re.fullmatch(r"  added to the repository: \d+(\.\d)? (B|KiB) \(\d+(\.\d)? (B|KiB) stored\)", text[4]), text

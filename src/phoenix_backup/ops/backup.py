@@ -72,6 +72,39 @@ class PlannedItem:
 
 
 @dataclass
+class Changes:
+    """What a backup found changed since its parent snapshot, and what it added (restic's summary).
+
+    A file (or symlink) is new when the parent lacks its path, unmodified when its entry is the
+    parent's (same content, size, times, inode), changed otherwise; a folder likewise by its tree.
+    A database is unchanged when its entry is the parent's, captured otherwise (every PostgreSQL
+    or Redis database is captured)."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
+    databases_captured: int = 0
+    databases_unchanged: int = 0
+    data_added: int = 0  # bytes of new blobs before compression and encryption
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "filesNew": self.files_new,
+            "filesChanged": self.files_changed,
+            "filesUnmodified": self.files_unmodified,
+            "dirsNew": self.dirs_new,
+            "dirsChanged": self.dirs_changed,
+            "dirsUnmodified": self.dirs_unmodified,
+            "databasesCaptured": self.databases_captured,
+            "databasesUnchanged": self.databases_unchanged,
+            "dataAdded": self.data_added,
+        }
+
+
+@dataclass
 class BackupResult:
     id: str | None
     name: str | None
@@ -91,6 +124,7 @@ class BackupResult:
     retention: RetentionOutcome | None = None  # forget/prune after the snapshot (issue 7)
     notification: NotifyOutcome | None = None
     components: list[ComponentPlan] = field(default_factory=list)  # dry run: what each component saves
+    changes: Changes | None = None  # since the parent snapshot (None: a dry run)
 
     @property
     def damaged(self) -> list[dict[str, str]]:
@@ -129,6 +163,8 @@ class BackupResult:
             "retention": self.retention.to_json() if self.retention else None,
             "notification": self.notification.to_json() if self.notification else None,
         }
+        if self.changes is not None:
+            doc.update(self.changes.to_json())
         if self.dry_run:
             doc["planned"] = [{"path": p.path, "kind": p.kind, "size": p.size} for p in self.planned]
             doc["components"] = {c.name: c.to_json() for c in self.components}
@@ -700,8 +736,10 @@ def _run(
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
     envx.progress.phase("writing trees and index")
     trees: set[bytes] = set()
-    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees)
+    dir_kinds: dict[str, str] = {}
+    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees, dir_kinds)
     repo.flush()
+    changes = _changes(nodes, run.parent_nodes, dir_kinds, run.databases, repo.stats.raw_added)
     files = sum(1 for n in nodes.values() if n.type in ("file", "sqlite", "symlink"))
     size = sum(n.size for n in nodes.values() if n.type in ("file", "sqlite"))
     dirs = sum(1 for e in sel.entries.values() if e.kind == "dir")
@@ -749,7 +787,42 @@ def _run(
         incomplete=run.incomplete,
         warnings=run.warnings,
         duration=time.time() - started,
+        changes=changes,
     )
+
+
+def _changes(
+    nodes: dict[str, Node],
+    before: dict[str, Node],
+    dir_kinds: dict[str, str],
+    databases: list[DatabaseInfo],
+    data_added: int,
+) -> Changes:
+    """Count what changed since the parent snapshot (`before`: its entries by path)."""
+    out = Changes(data_added=data_added)
+    for logical, node in nodes.items():
+        old = before.get(logical)
+        if node.type == "sqlite":
+            if old is not None and old == node:
+                out.databases_unchanged += 1
+            else:
+                out.databases_captured += 1
+        elif node.type in ("file", "symlink"):
+            if old is None:
+                out.files_new += 1
+            elif old == node:
+                out.files_unmodified += 1
+            else:
+                out.files_changed += 1
+    out.databases_captured += sum(1 for d in databases if d.engine != "sqlite")
+    for kind in dir_kinds.values():
+        if kind == "new":
+            out.dirs_new += 1
+        elif kind == "changed":
+            out.dirs_changed += 1
+        else:
+            out.dirs_unmodified += 1
+    return out
 
 
 def hardlink_groups(entries: Iterable[Entry]) -> dict[str, str]:
@@ -834,6 +907,7 @@ def _write_trees(
     previous: Snapshot | None = None,
     previous_nodes: dict[str, Node] | None = None,
     trees: set[bytes] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> bytes:
     """Write directory trees bottom-up; return the root tree's id (every tree id goes into
     `trees`). A folder whose nodes equal those it had in the parent snapshot keeps the parent's
@@ -848,6 +922,10 @@ def _write_trees(
         if tree_id is None or not repo.has_blob(tree_id):
             tree_id = repo.save_tree(kids)[0]
         used.add(tree_id)
+        if kinds is not None and logical:
+            # `kinds` (the summary): each folder but the root, new, changed or unmodified.
+            old = (previous_nodes or {}).get(logical)
+            kinds[logical] = "new" if old is None else "unmodified" if old.subtree == tree_id else "changed"
         return tree_id
 
     def reuse(logical: str, kids: list[Node]) -> bytes | None:
