@@ -41,6 +41,25 @@ def test_global_options_before_the_command_mean_what_they_mean_after_it(backed_u
     assert_error(sb.phx("-q", "list", "--verbose", check=2), 2, "--quiet and --verbose")
 
 
+def test_global_options_after_a_group_name_and_on_completion(backed_up: Sandbox) -> None:
+    sb = backed_up
+    slots = sb.phx("key", "list", "--json").json()
+    assert sb.phx("key", "--json", "list").json() == slots and sb.phx("--json", "key", "list").json() == slots
+    env = sb.env_with(PHX_CONFIG=None)
+    assert run_phx(["key", "--config", sb.config_path, "--json", "list"], env).json() == slots
+    assert run_phx(["repair", "--config", sb.config_path, "--json", "snapshots"], env).json()["ok"] is True
+    assert_error(
+        sb.phx("--config", "/a.json", "key", "--config", "/b.json", "list", check=2), 2, "--config is given twice"
+    )
+    # `completion` takes them too: --json wraps the script, --quiet keeps it (it is the data).
+    script = sb.phx("completion", "bash").out
+    assert "_phx_completion" in script
+    doc = sb.phx("--json", "completion", "bash").json()
+    assert doc["shell"] == "bash" and doc["script"].strip() == script.strip()
+    assert sb.phx("completion", "--quiet", "bash").out == script
+    assert sb.phx("--config", sb.config_path, "completion", "zsh").code == 0
+
+
 def test_quiet_prints_errors_only(backed_up: Sandbox) -> None:
     sb = backed_up
     res = sb.phx("backup", "-q")

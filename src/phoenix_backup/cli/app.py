@@ -294,13 +294,47 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _global_params(f: F) -> F:
+    """The options of the group `phx` (and of `phx key`, `phx repair`, `phx schedule`)."""
+    f = click.option("--repo", "repo", metavar="LOCATION", help=_REPO_HELP + " Only for the commands that read.")(f)
+    f = click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)(f)
+    f = click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)(f)
+    f = click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)(f)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)(f)
+
+
+def _remember_globals(
+    ctx: click.Context, config_path: str | None, as_json: bool, verbose: bool, quiet: bool, repo: str | None
+) -> None:
+    """Keep a group's options for its commands, added to those given before it."""
+    given = global_options()
+    for name, before, now in (("--config", given.config_path, config_path), ("--repo", given.repo, repo)):
+        if before and now and before != now:
+            raise click.UsageError(f"{name} is given twice ({before} and {now}); give it once", ctx)
+    ctx.meta[_GLOBAL_KEY] = GlobalOptions(
+        config_path or given.config_path,
+        as_json or given.as_json,
+        verbose or given.verbose,
+        quiet or given.quiet,
+        repo or given.repo,
+    )
+
+
+def command_group(f: Callable[[], None]) -> Callable[..., None]:
+    """A group of commands (`phx key`) that takes the global options after its name as well
+    (`phx key --json list`), as if they were given before it."""
+
+    @functools.wraps(f)
+    def wrapper(config_path: str | None, as_json: bool, verbose: bool, quiet: bool, repo: str | None) -> None:
+        _remember_globals(click.get_current_context(), config_path, as_json, verbose, quiet, repo)
+        f()
+
+    return _global_params(wrapper)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="phx")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
-@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
-@click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)
-@click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)
-@click.option("--repo", "repo", metavar="LOCATION", help=_REPO_HELP + " Only for the commands that read.")
+@_global_params
 @click.pass_context
 def cli(
     ctx: click.Context, config_path: str | None, as_json: bool, verbose: bool, quiet: bool, repo: str | None
@@ -315,7 +349,7 @@ def cli(
       phx backup && phx list && phx verify
       phx restore --latest --to /tmp/restored
     """
-    ctx.meta[_GLOBAL_KEY] = GlobalOptions(config_path, as_json, verbose, quiet, repo)
+    _remember_globals(ctx, config_path, as_json, verbose, quiet, repo)
 
 
 # Every scope a snapshot can have: a backup's, and a restore's safety snapshot.

@@ -9,7 +9,7 @@ import click
 
 from phoenix_backup import schedule as schedule_lib
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.cli.app import Out, cli, command_group, common, load_config
 from phoenix_backup.cli.cmd_drill import render as render_drill
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
@@ -22,6 +22,7 @@ from phoenix_backup.state import state_path, write_state
 
 
 @cli.group()
+@command_group
 def schedule() -> None:
     """Scheduled backups (and restore drills): a systemd user timer, a crontab entry, or a launchd agent."""
 
