@@ -470,6 +470,8 @@ class TerminalRun:
 
     code: int
     raw: str
+    # Seconds from the Ctrl-C typed (`interrupt_after`) to the end of the process, if one was typed.
+    after_interrupt: float | None = None
 
     @property
     def screen(self) -> list[str]:
@@ -544,7 +546,7 @@ def on_a_terminal(
     output = b""
     pending = list(answers)
     answered = 0
-    interrupted = False
+    interrupted: float | None = None
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -562,9 +564,9 @@ def on_a_terminal(
             if pending and output[answered:].rstrip().endswith(b":"):
                 os.write(fd, pending.pop(0).encode() + b"\n")
                 answered = len(output)
-            if interrupt_after is not None and not interrupted and interrupt_after.encode() in output:
+            if interrupt_after is not None and interrupted is None and interrupt_after.encode() in output:
                 os.write(fd, b"\x03")  # the terminal turns it into SIGINT and echoes ^C
-                interrupted = True
+                interrupted = time.monotonic()
     finally:
         os.close(fd)
     if time.monotonic() >= deadline:
@@ -572,4 +574,5 @@ def on_a_terminal(
         os.waitpid(pid, 0)
         raise AssertionError(f"phx {' '.join(map(str, args))} on a terminal did not finish:\n{output.decode()}")
     _pid, status = os.waitpid(pid, 0)
-    return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"))
+    took = time.monotonic() - interrupted if interrupted is not None else None  # to the process's end
+    return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"), took)

@@ -251,16 +251,21 @@ def _progress_lines(raw: str) -> list[str]:
     return [line.strip() for line in plain.replace("\r", "\n").splitlines() if re.match(r"\s*\[\d+:\d\d\]", line)]
 
 
-def test_ctrl_c_leaves_one_clean_line(backed_up: Sandbox) -> None:
+def test_ctrl_c_leaves_one_clean_line_at_once(backed_up: Sandbox) -> None:
     sb = backed_up
-    # A large sparse file keeps the backup busy after the small files are done.
+    # A large sparse file keeps the backup busy after the small files are done: Ctrl-C must not
+    # wait for it to be read whole (3 GiB took 36 s), nor leave anything behind but packs.
     with open(sb.workspace / "big.bin", "wb") as f:
-        f.truncate(300 << 20)
+        f.truncate(3 << 30)
+    snapshots = set((sb.repo / "snapshots").iterdir())
     run = on_a_terminal(["backup"], sb.env, interrupt_after="reading files")
     assert run.code == 130, run
+    assert run.after_interrupt is not None and run.after_interrupt < 3, (run.after_interrupt, str(run))
     last = run.screen[-1]
     assert last.startswith("phx: interrupted"), run
     assert not any("^C" in line and "phx:" in line for line in run.screen), run
+    assert set((sb.repo / "snapshots").iterdir()) == snapshots, "an interrupted backup committed a snapshot"
+    assert not list((sb.repo / "locks").iterdir()), "the lock was left behind"
 
 
 # -- 9. wording, and counts that agree -------------------------------------------------------------

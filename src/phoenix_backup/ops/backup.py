@@ -12,9 +12,11 @@ import hashlib
 import os
 import socket
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -452,6 +454,24 @@ class _Run:
         self.aux = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phx-check")
         # A safety snapshot leaves the page hashes of the regular backups' chain in the cache.
         self.keep_page_state = True
+        # Set when the run stops (Ctrl-C): the reads under way end at their next piece.
+        self.stopping = threading.Event()
+
+    @contextmanager
+    def stop_on_error(self, pool: ThreadPoolExecutor) -> Iterator[None]:
+        """Whatever ends the run early (Ctrl-C above all) drops the reads not yet started and ends
+        those under way at their next piece, so that it ends at once, not once a large file has
+        been read whole. Nothing they wrote becomes part of a snapshot: none is committed."""
+        try:
+            yield
+        except BaseException:
+            self.stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def check_stopping(self) -> None:
+        if self.stopping.is_set():
+            raise _Stopped("the backup was stopped")
 
     def save_data(self, data: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
         return self.repo.save_blob_async(BlobType.DATA, data, blob_id)
@@ -505,6 +525,7 @@ class _Run:
                 cap = cap or 2 * want
                 want = min(want, cap)
                 for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.chunker_seed):
+                    self.check_stopping()
                     digest.update(chunk)
                     size += len(chunk)
                     self.envx.progress.advance(size=len(chunk))
@@ -551,7 +572,7 @@ class _Run:
             check: Future[sqlite_source.DatabaseCheck] = self.aux.submit(
                 sqlite_source.check_connection, capture.connection
             )
-            sha = _Counted(hashlib.sha256(), report)
+            sha = _Counted(hashlib.sha256(), report, self.check_stopping)
             try:
                 extents, state = page_runs(
                     image,
@@ -565,6 +586,8 @@ class _Run:
                 )
             finally:
                 report.working(f"checking {entry.path.name}")
+                if self.stopping.is_set():
+                    capture.connection.interrupt()  # the integrity check ends too
                 wait([check])  # the connection closes only once the check is done with it
             report.working(None)
             result = check.result()
@@ -586,14 +609,21 @@ class _Run:
         return _content_node(entry.path.name, "sqlite", st, size, extents, digest, sqlite), info
 
 
-class _Counted:
-    """A hashlib object that reports every byte it is fed as read (a database's capture)."""
+class _Stopped(Exception):
+    """A read ended because the run is stopping (`_Run.stopping`)."""
 
-    def __init__(self, digest: Any, report: Reporter) -> None:
+
+class _Counted:
+    """A hashlib object that reports every byte it is fed as read (a database's capture), and
+    ends the capture (`check`) when the run stops."""
+
+    def __init__(self, digest: Any, report: Reporter, check: Callable[[], None]) -> None:
         self.digest = digest
         self.report = report
+        self.check = check
 
     def update(self, data: memoryview | bytes) -> None:
+        self.check()
         self.digest.update(data)
         self.report.advance(size=len(data))
 
@@ -680,7 +710,7 @@ def _run(
     total_size = sum(e.st.st_size for k, e in sel.entries.items() if e.kind in ("file", "sqlite") and k not in links)
     envx.progress.phase("reading files", files=total, size=total_size)
     workers = max(2, min(8, (os.cpu_count() or 2) + 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool, run.stop_on_error(pool):
         futures: dict[str, Future[Node]] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
         # Databases first: they are the largest items, so they start while files fill the gaps.
