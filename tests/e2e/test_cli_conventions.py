@@ -355,3 +355,24 @@ def test_backup_summary_counts_new_changed_and_unmodified(backed_up: Sandbox) ->
     counts = re.fullmatch(r"  databases: (\d+) captured, (\d+) unchanged", text[3])
     assert counts and int(counts[1]) + int(counts[2]) == len(first["databases"]), text
     assert re.fullmatch(r"  added to the repository: \d+(\.\d)? (B|KiB) \(\d+(\.\d)? (B|KiB) stored\)", text[4]), text
+
+
+def test_drill_of_a_partial_snapshot_says_what_it_lacks(backed_up: Sandbox) -> None:
+    sb = backed_up
+    # A database server that is not there: the backup is partial (exit 3), the rest is saved.
+    sb.write_config(
+        databases={"postgres": [{"name": "main", "host": "127.0.0.1", "port": 9, "database": "x", "user": "x"}]}
+    )
+    partial = sb.backup(check=3)["id"]
+    res = sb.phx("drill", "--backup", partial, check=3)
+    assert "drill passed\n" not in res.out + "\n", res.out
+    assert "the snapshot is PARTIAL: it lacks 1 part(s)" in res.out, res.out
+    assert "  not in the snapshot: postgres/main: " in res.out, res.out
+    doc = sb.phx("drill", "--backup", partial, "--json", check=3).json()
+    assert doc["ok"] is True and doc["partial"] is True and [i["path"] for i in doc["lacking"]] == ["postgres/main"]
+    report = Path(doc["report"]["markdown"]).read_text()
+    assert "## Not in the snapshot" in report and "`postgres/main`" in report
+    # A complete snapshot still passes, exit 0.
+    sb.write_config(databases={})
+    sb.backup()
+    assert sb.phx("drill").out.rstrip().endswith("drill passed")
