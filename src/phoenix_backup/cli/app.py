@@ -61,15 +61,15 @@ class Out:
         self._say(f"phx: error: {message}")
 
     def result(self, doc: object, text: str, *, data: bool = False) -> None:
-        self.progress.clear()
-        if self.as_json:
-            click.echo(jsontext.dumps(doc, indent=2))
-        elif text and (data or not self.quiet):
-            click.echo(printable(text))
+        with self.progress.aside():
+            if self.as_json:
+                click.echo(jsontext.dumps(doc, indent=2))
+            elif text and (data or not self.quiet):
+                click.echo(printable(text))
 
     def _say(self, line: str) -> None:
-        self.progress.clear()
-        click.echo(printable(line), err=True)
+        with self.progress.aside():
+            click.echo(printable(line), err=True)
 
 
 def printable(text: str) -> str:
@@ -86,12 +86,12 @@ def make_env(out: Out) -> Environment:
     tty = is_tty()
 
     def prompt(question: str) -> str:
-        out.progress.clear()
-        return getpass.getpass(question)
+        with out.progress.aside():
+            return getpass.getpass(question)
 
     def confirm(question: str) -> bool:
-        out.progress.clear()
-        return click.confirm(question, default=False, err=True)
+        with out.progress.aside():
+            return click.confirm(question, default=False, err=True)
 
     ctx = click.get_current_context(silent=True)
     latest = ctx.meta.get(_LATEST_KEY) if ctx is not None else None

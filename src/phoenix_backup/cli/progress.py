@@ -15,10 +15,12 @@ line, so a scheduled run does not pay for loading it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -123,6 +125,7 @@ class Progress:
         self._last_json = 0.0
         self._json_pending = False
         self._live: Any = None  # a rich.live.Live while the line is on screen
+        self._held = 0  # callers of `aside` under way: the line is not drawn
 
     @property
     def active(self) -> bool:
@@ -166,7 +169,7 @@ class Progress:
                 self._size_total and self._size >= self._size_total and not self._files_total
             )
             self._emit_json(force=bool(final))
-        if self._live is None:
+        if self._live is None and not self._held:
             self._show()
 
     # -- the rest of the CLI's output -----------------------------------------------------------
@@ -177,8 +180,24 @@ class Progress:
             self._flush_json()
         self._stop()
 
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        """Erase the progress line and keep it off the screen while the caller prints or asks:
+        a report from another thread meanwhile does not draw it between the two."""
+        with self._live_lock:
+            self._held += 1
+        self.clear()
+        try:
+            yield
+        finally:
+            with self._live_lock:
+                self._held -= 1
+
     def interrupted(self) -> None:
-        """After Ctrl-C: the terminal echoed `^C` where the cursor was; erase that line whole."""
+        """After Ctrl-C: the terminal echoed `^C` where the cursor was; erase that line whole.
+        The line is not drawn again: the threads still reporting are being stopped."""
+        with self._live_lock:
+            self._held += 1
         self._stop()
         if self._tty:
             self.stream.write(_ERASE)
@@ -242,6 +261,8 @@ class Progress:
             if self._live is not None:
                 if redraw:
                     self._live.refresh()
+                return
+            if self._held:
                 return
             from rich.console import Console
             from rich.live import Live
