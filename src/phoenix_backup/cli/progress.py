@@ -138,7 +138,7 @@ class Progress:
             return
         with self._lock:
             if name == self._phase:
-                self._files_total, self._size_total = files, size
+                self._files_total, self._size_total, self._unit = files, size, unit
                 return
             self._flush_json()  # the last reading of the phase that ends
             self._phase, self._doing, self._unit = name, None, unit

@@ -338,8 +338,6 @@ def _snapshot(
         # asked once); each replica is initialised on first use, and one that fails is only its
         # own outcome (exit 3), never the others' or the snapshot's.
         result.targets = {first: commit_first_target(repo, first, result.id, result.name)}
-        if len(enabled_targets(cfg)) > 1:
-            envx.progress.phase(f"uploading to {', '.join(enabled_targets(cfg)[1:])}")
         result.targets.update({name: r.outcome() for name, r in replicate_all(repo, cfg, envx).items()})
         # Retention on every target, only when every target has the snapshot (issue 7).
         envx.progress.phase("applying retention")
