@@ -383,7 +383,7 @@ def _restore(
 ) -> set[str]:
     """Write every node below `folder` with the restore op's writer; return what was written.
     A node that fails is an error naming its path (and the damaged pack), and the rest goes on."""
-    writer = FileWriter(repo, Layout(cfg.workspace, envx.home), folder)
+    writer = FileWriter(repo, Layout(cfg.workspace, envx.home), folder, envx.progress)
     written: set[str] = set()
 
     def attempt(logical: str, node: Node, action: Callable[[], object]) -> None:
@@ -406,10 +406,10 @@ def _restore(
         content = [(lg, n) for lg, n in nodes if n.type in ("file", "sqlite")]
         envx.progress.phase("restoring into scratch space", files=len(content), size=sum(n.size for _l, n in content))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-drill") as pool:
-            jobs = [(n, pool.submit(attempt, lg, n, _write(writer, lg, n))) for lg, n in content]
-            for n, job in jobs:
+            jobs = [pool.submit(attempt, lg, n, _write(writer, lg, n)) for lg, n in content]
+            for job in jobs:
                 job.result()
-                envx.progress.advance(files=1, size=n.size)
+                envx.progress.advance(files=1)  # its bytes were counted as written
         for logical, node in nodes:
             if node.type == "symlink":
                 attempt(logical, node, functools.partial(writer.symlink, logical, node))
