@@ -377,3 +377,25 @@ def test_drill_of_a_partial_snapshot_says_what_it_lacks(backed_up: Sandbox) -> N
     sb.write_config(databases={})
     sb.backup()
     assert sb.phx("drill").out.rstrip().endswith("drill passed")
+
+
+def test_prune_and_drill_stream_their_phases(backed_up: Sandbox) -> None:
+    sb = backed_up
+    (sb.workspace / "MEMORY.md").write_text("a change only the snapshot to forget holds\n" * 500)
+    doomed = sb.backup()["id"]
+    (sb.workspace / "MEMORY.md").write_text("the kept version\n")
+    sb.backup()
+    sb.phx("forget", doomed)
+    res = sb.phx("prune", "--json")
+    docs = [json.loads(line) for line in res.err.splitlines()]
+    phases = list(dict.fromkeys(d["phase"] for d in docs))
+    assert phases[0] == "finding the data snapshots use" and "deleting packs" in phases, phases
+    deleting = [d for d in docs if d["phase"] == "deleting packs"][-1]
+    # (Packs this young are kept for a later prune: none may be deleted yet, but all are counted.)
+    assert deleting["done"] == deleting["total"] and deleting["unit"] == "packs", deleting
+    res = sb.phx("drill", "--json")
+    docs = [json.loads(line) for line in res.err.splitlines() if line.startswith("{")]  # notices are text
+    restoring = [d for d in docs if d["phase"] == "restoring into scratch space"][-1]
+    checked = res.json()["checked"]
+    assert restoring["done"] == restoring["total"] == checked["files"] + checked["databases"], (restoring, checked)
+    assert restoring["bytesDone"] == restoring["bytesTotal"] > 0, restoring
