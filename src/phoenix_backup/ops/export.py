@@ -50,6 +50,7 @@ from phoenix_backup.sources.patterns import ExcludeSet, Include
 from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, copy_database, sqlite_uri
 from phoenix_backup.sql import quote
+from phoenix_backup.units import human_size
 
 ExportFormat = Literal["json", "csv", "markdown"]
 FORMATS: tuple[ExportFormat, ...] = ("json", "csv", "markdown")
@@ -215,8 +216,10 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
         snap = repo.find_snapshot(ref, latest=envx.latest)
         dbs: list[SourceDatabase] = []
         files: list[SourceFile] = []
+        envx.progress.phase("reading the snapshot's databases")
         for i, (logical, node) in enumerate(walk_tree(repo, snap.tree)):
             if node.type == "sqlite":
+                envx.progress.working(f"copying {logical.rsplit('/', 1)[-1]} ({human_size(node.size)})")
                 copy = copy_snapshot_database(repo, logical, node, scratch / f"{i}.db")
                 dbs.append(SourceDatabase(logical, copy, check_database(copy).integrity))
             elif node.type == "file" and matcher.matches(logical):
