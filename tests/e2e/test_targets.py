@@ -365,13 +365,7 @@ def test_killed_backup_leaves_no_target_with_a_snapshot_missing_data(targets: Ta
             continue  # killed before the target was initialised
         doc = res.json()
         assert doc["ok"], f"{name} holds a snapshot whose data is missing: {doc}"
-    res = sb.phx("sync", "--json")
-    synced = res.json()
-    # Progress: one phase for every replica, counting the packs and index objects copied.
-    uploads = [json.loads(line) for line in res.err.splitlines() if '"uploading to git, s3, r2"' in line]
-    last = uploads[-1]
-    assert last["done"] == last["total"] > 0 and last["bytesDone"] == last["bytesTotal"] > 0, uploads
-    assert last["unit"] == "objects" and last["total"] < synced["targets"]["s3"]["objects"], (last, synced)
+    synced = sb.phx("sync", "--json").json()
     assert synced["ok"], synced
     for name in ("git", "s3", "r2"):
         doc = sb.phx("verify", "--target", name, "--read-data", "--json").json()
