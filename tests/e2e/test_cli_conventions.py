@@ -399,3 +399,18 @@ def test_prune_and_drill_stream_their_phases(backed_up: Sandbox) -> None:
     checked = res.json()["checked"]
     assert restoring["done"] == restoring["total"] == checked["files"] + checked["databases"], (restoring, checked)
     assert restoring["bytesDone"] == restoring["bytesTotal"] > 0, restoring
+
+
+def test_archive_and_export_stream_their_phases(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    res = sb.phx("archive", "latest", "--output", tmp_path / "agent.tar.gz", "--json")
+    writing = [json.loads(line) for line in res.err.splitlines() if '"writing the archive"' in line]
+    assert writing and writing[-1]["done"] == writing[-1]["total"] > 0 and writing[-1]["unit"] == "entries", writing
+    assert writing[-1]["bytesDone"] == writing[-1]["bytesTotal"] > 0, writing
+    res = sb.phx("export", "--format", "json", "--backup", "latest", "--output", tmp_path / "export", "--json")
+    docs = [json.loads(line) for line in res.err.splitlines() if line.startswith("{")]
+    phases = list(dict.fromkeys(d["phase"] for d in docs))
+    assert phases == ["reading the snapshot's databases", "exporting databases"], phases
+    assert any((d["doing"] or "").startswith("copying memory.db (") for d in docs), docs
+    last = docs[-1]
+    assert last["done"] == last["total"] == len(res.json()["databases"]) and last["unit"] == "databases", last
