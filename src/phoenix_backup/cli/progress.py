@@ -118,7 +118,9 @@ class Progress:
         self._live_lock = threading.Lock()  # starting and stopping the live display
         self._started = time.monotonic()
         self._phase = ""
-        self._doing: str | None = None
+        # What each reporting thread is doing, the latest last: the line shows the latest, and a
+        # thread that is done hands the line back to another one still busy.
+        self._doing: dict[int, str] = {}
         self._unit = "files"
         self._files = self._files_total = self._size = self._size_total = 0
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
@@ -141,7 +143,8 @@ class Progress:
                 self._files_total, self._size_total, self._unit = files, size, unit
                 return
             self._flush_json()  # the last reading of the phase that ends
-            self._phase, self._doing, self._unit = name, None, unit
+            self._phase, self._unit = name, unit
+            self._doing.clear()
             self._files, self._files_total, self._size, self._size_total = 0, files, 0, size
             self._samples.clear()
             self._samples.append((time.monotonic(), 0))
@@ -153,7 +156,10 @@ class Progress:
         if not self.active:
             return
         with self._lock:
-            self._doing = what
+            thread = threading.get_ident()
+            self._doing.pop(thread, None)
+            if what is not None:
+                self._doing[thread] = what
             self._json_pending = True
             self._emit_json(force=what is not None)
         self._show(redraw=True)
@@ -226,7 +232,7 @@ class Progress:
                 eta = max(0.0, (total - measure) / rate)
         return Figures(
             phase=self._phase,
-            doing=self._doing,
+            doing=next(reversed(self._doing.values()), None),
             unit=self._unit,
             files=self._files,
             files_total=self._files_total,

@@ -467,6 +467,10 @@ class _Run:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
+    def count_done(self, _future: Future[Any]) -> None:
+        """A file or database read (or failed): one more of the phase's items, as it happens."""
+        self.envx.progress.advance(files=1)
+
     def check_stopping(self) -> None:
         if self.stopping.is_set():
             raise _Stopped("the backup was stopped")
@@ -718,8 +722,10 @@ def _run(
                 continue  # another name of a file read once, below
             if entry.kind == "file":
                 futures[entry.logical] = pool.submit(run.file_node, entry)
+                futures[entry.logical].add_done_callback(run.count_done)
             elif entry.kind == "sqlite":
                 db_futures[entry.logical] = pool.submit(run.sqlite_node, entry)
+                db_futures[entry.logical].add_done_callback(run.count_done)
             elif entry.kind == "symlink":
                 nodes[entry.logical] = _symlink_node(entry)
                 envx.progress.advance(files=1)
@@ -738,7 +744,6 @@ def _run(
                 continue
             nodes[logical] = node
             run.databases.append(info)
-            envx.progress.advance(files=1)
         for logical, jfut in db_jobs.items():
             try:
                 outcome = jfut.result()
@@ -757,7 +762,6 @@ def _run(
                 nodes[logical] = ffut.result()
             except (OSError, PhoenixError) as exc:
                 run.incomplete.append({"path": logical, "error": _reason(exc)})
-            envx.progress.advance(files=1)
     run.aux.shutdown()
     _link_nodes(nodes, links, run.incomplete, lambda logical: run.file_node(sel.entries[logical]))
     for path, message in sel.errors:
