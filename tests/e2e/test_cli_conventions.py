@@ -246,6 +246,20 @@ def test_the_progress_line_is_gone_before_the_summary(backed_up: Sandbox) -> Non
     assert not any(line.startswith("[") for line in run.screen), run
 
 
+def test_verify_and_restore_show_their_phases_on_a_terminal(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    run = on_a_terminal(["verify", "--read-data"], sb.env)
+    assert run.code == 0, run
+    shown = _progress_lines(run.raw)
+    assert any(re.search(r"\] 100\.0% reading packs: (\d+) of \1 packs, ", line) for line in shown), shown
+    assert not any(line.startswith("[") for line in run.screen), run
+    run = on_a_terminal(["restore", "--latest", "--to", str(tmp_path / "out"), "--yes"], sb.env)
+    assert run.code == 0, run
+    shown = _progress_lines(run.raw)
+    assert any(" writing files: " in line for line in shown), shown
+    assert not any(line.startswith("[") for line in run.screen), run
+
+
 def _progress_lines(raw: str) -> list[str]:
     """Every progress line drawn on the terminal (each redraw starts with `[M:SS]`)."""
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", raw)
