@@ -261,7 +261,7 @@ class Progress:
     def _show(self, *, redraw: bool = False) -> None:
         """Start the live line on a terminal (again, after `clear`); `redraw`: now (a new phase is
         shown even when it lasts less than a redraw's interval)."""
-        if not self.terminal:
+        if not self.terminal or not self._phase:  # nothing to say before a phase starts
             return
         with self._live_lock:
             if self._live is not None:
