@@ -470,6 +470,8 @@ class TerminalRun:
 
     code: int
     raw: str
+    # Seconds from the Ctrl-C typed (`interrupt_after`) to the end of the process, if one was typed.
+    after_interrupt: float | None = None
 
     @property
     def screen(self) -> list[str]:
@@ -481,31 +483,38 @@ class TerminalRun:
 
 def screen_lines(raw: str) -> list[str]:
     """The lines a person sees on a terminal after `raw` was written to it: a carriage return goes
-    back to the start of the line and overwrites, `ESC[2K` / `ESC[K` erase, a newline moves on."""
+    back to the start of the line and overwrites, `ESC[2K` / `ESC[K` erase, `ESC[nA` moves up (as
+    Rich's live display does), a newline moves on; other control sequences (`ESC[?25l`, colours)
+    show nothing."""
     lines: list[list[str]] = [[]]
+    row = 0
     col = 0
     i = 0
     while i < len(raw):
         ch = raw[i]
         if ch == "\x1b":
-            match = re.match(r"\x1b\[([0-9;]*)([A-Za-z])", raw[i:])
+            match = re.match(r"\x1b\[([0-9;?]*)([A-Za-z])", raw[i:])
             if match:
+                line = lines[row]
                 if match.group(2) == "K":
-                    line = lines[-1]
                     mode = match.group(1) or "0"
                     if mode == "2":
-                        lines[-1] = [" "] * len(line)
+                        lines[row] = [" "] * len(line)
                     elif mode == "0":
                         del line[col:]
+                elif match.group(2) == "A":
+                    row = max(0, row - int(match.group(1) or "1"))
                 i += len(match.group(0))
                 continue
         if ch == "\r":
             col = 0
         elif ch == "\n":
-            lines.append([])
+            row += 1
+            if row == len(lines):
+                lines.append([])
             col = 0
         else:
-            line = lines[-1]
+            line = lines[row]
             if col < len(line):
                 line[col] = ch
             else:
@@ -537,7 +546,7 @@ def on_a_terminal(
     output = b""
     pending = list(answers)
     answered = 0
-    interrupted = False
+    interrupted: float | None = None
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -555,9 +564,9 @@ def on_a_terminal(
             if pending and output[answered:].rstrip().endswith(b":"):
                 os.write(fd, pending.pop(0).encode() + b"\n")
                 answered = len(output)
-            if interrupt_after is not None and not interrupted and interrupt_after.encode() in output:
+            if interrupt_after is not None and interrupted is None and interrupt_after.encode() in output:
                 os.write(fd, b"\x03")  # the terminal turns it into SIGINT and echoes ^C
-                interrupted = True
+                interrupted = time.monotonic()
     finally:
         os.close(fd)
     if time.monotonic() >= deadline:
@@ -565,4 +574,5 @@ def on_a_terminal(
         os.waitpid(pid, 0)
         raise AssertionError(f"phx {' '.join(map(str, args))} on a terminal did not finish:\n{output.decode()}")
     _pid, status = os.waitpid(pid, 0)
-    return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"))
+    took = time.monotonic() - interrupted if interrupted is not None else None  # to the process's end
+    return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"), took)

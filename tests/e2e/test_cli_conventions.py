@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import subprocess
+from pathlib import Path
 
 from e2e_support import PASSPHRASE, PHX, Sandbox, assert_error, on_a_terminal, run_phx
 
@@ -38,6 +41,25 @@ def test_global_options_before_the_command_mean_what_they_mean_after_it(backed_u
     assert_error(sb.phx("-q", "list", "--verbose", check=2), 2, "--quiet and --verbose")
 
 
+def test_global_options_after_a_group_name_and_on_completion(backed_up: Sandbox) -> None:
+    sb = backed_up
+    slots = sb.phx("key", "list", "--json").json()
+    assert sb.phx("key", "--json", "list").json() == slots and sb.phx("--json", "key", "list").json() == slots
+    env = sb.env_with(PHX_CONFIG=None)
+    assert run_phx(["key", "--config", sb.config_path, "--json", "list"], env).json() == slots
+    assert run_phx(["repair", "--config", sb.config_path, "--json", "snapshots"], env).json()["ok"] is True
+    assert_error(
+        sb.phx("--config", "/a.json", "key", "--config", "/b.json", "list", check=2), 2, "--config is given twice"
+    )
+    # `completion` takes them too: --json wraps the script, --quiet keeps it (it is the data).
+    script = sb.phx("completion", "bash").out
+    assert "_phx_completion" in script
+    doc = sb.phx("--json", "completion", "bash").json()
+    assert doc["shell"] == "bash" and doc["script"].strip() == script.strip()
+    assert sb.phx("completion", "--quiet", "bash").out == script
+    assert sb.phx("--config", sb.config_path, "completion", "zsh").code == 0
+
+
 def test_quiet_prints_errors_only(backed_up: Sandbox) -> None:
     sb = backed_up
     res = sb.phx("backup", "-q")
@@ -59,13 +81,44 @@ def test_quiet_prints_errors_only(backed_up: Sandbox) -> None:
 def test_json_backup_streams_progress_lines_on_stderr(backed_up: Sandbox) -> None:
     sb = backed_up
     (sb.workspace / "MEMORY.md").write_text("changed\n")
+    with sqlite3.connect(sb.layout.memory_db) as con:  # a database to capture again
+        con.execute("CREATE TABLE IF NOT EXISTS progress_probe (x)")
     res = sb.phx("backup", "--json")
     doc = res.json()  # stdout is still one document
     lines = [json.loads(line) for line in res.err.splitlines()]
-    assert lines and all(d["type"] == "progress" and d["phase"] == "backup" for d in lines), res.err
-    # The progress ends where the result does: the counts agree.
-    assert lines[-1]["done"] == lines[-1]["total"] == doc["files"], (lines[-1], doc["files"])
+    assert lines and all(d["type"] == "progress" for d in lines), res.err
+    fields = {"phase", "doing", "done", "total", "bytesDone", "bytesTotal", "percent", "rate", "eta", "seconds"}
+    assert all(fields <= d.keys() for d in lines), lines[0]
+    phases = list(dict.fromkeys(d["phase"] for d in lines))
+    assert phases[:3] == ["scanning", "reading the index", "reading files"], phases
+    assert "writing trees and index" in phases, phases
+    reading = [d for d in lines if d["phase"] == "reading files"]
+    # The progress ends where the result does: the counts agree, bytes included.
+    assert reading[-1]["done"] == reading[-1]["total"] == doc["files"], (reading[-1], doc["files"])
+    # Every byte saved was counted (the total is the files' sizes when scanned: a database's
+    # write-ahead log may add pages to it).
+    assert reading[-1]["bytesDone"] == doc["size"] and reading[-1]["bytesTotal"] > 0, (reading[-1], doc["size"])
+    assert reading[-1]["percent"] == 100.0, reading[-1]
+    # The database phase says what it captures and checks.
+    doing = {d["doing"] for d in reading if d["doing"]}
+    assert any(d.startswith("capturing memory.db (") for d in doing), doing
+    assert "checking memory.db" in doing, doing
     assert sb.phx("backup", "--json", "--quiet").err == ""
+
+
+def test_json_restore_and_verify_stream_bytes_of_their_totals(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    res = sb.phx("restore", "--latest", "--to", str(tmp_path / "out"), "--yes", "--json")
+    lines = [json.loads(line) for line in res.err.splitlines()]
+    writing = [d for d in lines if d["phase"] == "writing files"]
+    assert writing, res.err
+    last = writing[-1]
+    assert last["done"] == last["total"] > 0 and last["bytesDone"] == last["bytesTotal"] > 0, last
+    assert last["percent"] == 100.0 and last["unit"] == "files", last
+    res = sb.phx("verify", "--read-data", "--json")
+    packs = [json.loads(line) for line in res.err.splitlines() if '"reading packs"' in line]
+    assert packs and packs[-1]["done"] == packs[-1]["total"] == res.json()["checked"]["packs"], packs
+    assert packs[-1]["unit"] == "packs" and packs[-1]["bytesDone"] == packs[-1]["bytesTotal"] > 0, packs
 
 
 # -- 6. selecting snapshots ----------------------------------------------------------------------
@@ -172,24 +225,62 @@ def test_a_wrong_passphrase_typed_at_the_prompt_may_be_typed_again(backed_up: Sa
 def test_the_progress_line_is_gone_before_the_summary(backed_up: Sandbox) -> None:
     sb = backed_up
     (sb.workspace / "MEMORY.md").write_text("changed again\n")
+    with sqlite3.connect(sb.layout.memory_db) as con:  # a database to capture again
+        con.execute("CREATE TABLE IF NOT EXISTS progress_probe (x)")
+    # A large sparse file keeps the reading phase on screen long enough to be redrawn.
+    with open(sb.workspace / "big.bin", "wb") as f:
+        f.truncate(64 << 20)
     run = on_a_terminal(["backup"], sb.env)
     assert run.code == 0, run
-    assert "backup: " in run.raw, "a terminal shows progress"
+    # What the terminal showed along the way: phases, a percentage, bytes of a total, files.
+    shown = _progress_lines(run.raw)
+    assert any(" reading files: " in line for line in shown), shown
+    assert any(re.search(r"^\[0:\d\d\] \d+\.\d% ", line) for line in shown), shown
+    assert any(re.search(r"\d+(\.\d)? (B|KiB|MiB) of 6\d\.\d MiB", line) for line in shown), shown
+    assert any(re.search(r"\d+ of \d+ files", line) for line in shown), shown
+    # A database's capture is on the line (which one may be drawn over by another's, read at once).
+    assert any(re.search(r"\] [\d.]+% (capturing \S+\.db \(|checking \S+\.db)", line) for line in shown), shown
+    # What stays on screen: the summary on a line of its own, no progress line.
     summary = [line for line in run.screen if "saved:" in line]
     assert len(summary) == 1 and summary[0].startswith("snapshot "), run
-    assert not any(line.startswith("backup: ") for line in run.screen), run
+    assert not any(line.startswith("[") for line in run.screen), run
 
 
-def test_ctrl_c_leaves_one_clean_line(backed_up: Sandbox) -> None:
+def test_verify_and_restore_show_their_phases_on_a_terminal(backed_up: Sandbox, tmp_path: Path) -> None:
     sb = backed_up
-    # A large sparse file keeps the backup busy after the small files are done.
+    run = on_a_terminal(["verify", "--read-data"], sb.env)
+    assert run.code == 0, run
+    shown = _progress_lines(run.raw)
+    assert any(re.search(r"\] 100\.0% reading packs: (\d+) of \1 packs, ", line) for line in shown), shown
+    assert not any(line.startswith("[") for line in run.screen), run
+    run = on_a_terminal(["restore", "--latest", "--to", str(tmp_path / "out"), "--yes"], sb.env)
+    assert run.code == 0, run
+    shown = _progress_lines(run.raw)
+    assert any(" writing files: " in line for line in shown), shown
+    assert not any(line.startswith("[") for line in run.screen), run
+
+
+def _progress_lines(raw: str) -> list[str]:
+    """Every progress line drawn on the terminal (each redraw starts with `[M:SS]`)."""
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", raw)
+    return [line.strip() for line in plain.replace("\r", "\n").splitlines() if re.match(r"\s*\[\d+:\d\d\]", line)]
+
+
+def test_ctrl_c_leaves_one_clean_line_at_once(backed_up: Sandbox) -> None:
+    sb = backed_up
+    # A large sparse file keeps the backup busy after the small files are done: Ctrl-C must not
+    # wait for it to be read whole (3 GiB took 36 s), nor leave anything behind but packs.
     with open(sb.workspace / "big.bin", "wb") as f:
-        f.truncate(300 << 20)
-    run = on_a_terminal(["backup"], sb.env, interrupt_after="backup: ")
+        f.truncate(3 << 30)
+    snapshots = set((sb.repo / "snapshots").iterdir())
+    run = on_a_terminal(["backup"], sb.env, interrupt_after="reading files")
     assert run.code == 130, run
+    assert run.after_interrupt is not None and run.after_interrupt < 3, (run.after_interrupt, str(run))
     last = run.screen[-1]
     assert last.startswith("phx: interrupted"), run
     assert not any("^C" in line and "phx:" in line for line in run.screen), run
+    assert set((sb.repo / "snapshots").iterdir()) == snapshots, "an interrupted backup committed a snapshot"
+    assert not list((sb.repo / "locks").iterdir()), "the lock was left behind"
 
 
 # -- 9. wording, and counts that agree -------------------------------------------------------------
@@ -247,3 +338,93 @@ def test_verify_says_a_notice_once_with_its_count(backed_up: Sandbox) -> None:
     assert len(grouped) == 1 and grouped[0].startswith(f"notice: {len(left)} objects are not in the index"), text
     verbose = sb.phx("verify", "--verbose").out
     assert all(n in verbose for n in left), verbose
+
+
+# -- 4. the backup summary --------------------------------------------------------------------------
+
+
+def test_backup_summary_counts_new_changed_and_unmodified(backed_up: Sandbox) -> None:
+    sb = backed_up
+    first = sb.backup()  # the copied sample has new inodes: this run is the baseline
+    again = sb.backup()
+    total_files = again["filesNew"] + again["filesChanged"] + again["filesUnmodified"]
+    assert (again["filesNew"], again["filesChanged"]) == (0, 0), again
+    assert again["databasesCaptured"] == 0 and again["databasesUnchanged"] == len(first["databases"]), again
+    # A folder is changed when its tree is (the state file's folder has a new time after each run).
+    assert again["dirsNew"] == 0 and again["dataAdded"] < 4096, again
+    # One file changed, two added in a new folder, one database written to.
+    (sb.workspace / "MEMORY.md").write_text("a change the summary must count\n")
+    (sb.workspace / "summary-probe").mkdir()
+    (sb.workspace / "summary-probe" / "a.md").write_text("new a\n" * 1000)
+    (sb.workspace / "summary-probe" / "b.md").write_text("new b\n")
+    with sqlite3.connect(sb.layout.memory_db) as con:
+        con.execute("CREATE TABLE summary_probe (x)")
+    doc = sb.backup()
+    assert (doc["filesNew"], doc["filesChanged"], doc["filesUnmodified"]) == (2, 1, total_files - 1), doc
+    assert (doc["databasesCaptured"], doc["databasesUnchanged"]) == (1, len(first["databases"]) - 1), doc
+    assert doc["dirsNew"] == 1 and doc["dirsChanged"] >= 1, doc
+    # Before compression: at least the new bytes; stored: what the repository grew by.
+    assert doc["dataAdded"] >= 6006 and doc["added"] > 0, doc
+    text = sb.phx("backup").out.splitlines()
+    assert text[1] == f"  files:     0 new, 0 changed, {total_files + 2} unmodified", text
+    counts = re.fullmatch(r"  databases: (\d+) captured, (\d+) unchanged", text[3])
+    assert counts and int(counts[1]) + int(counts[2]) == len(first["databases"]), text
+    assert re.fullmatch(r"  added to the repository: \d+(\.\d)? (B|KiB) \(\d+(\.\d)? (B|KiB) stored\)", text[4]), text
+
+
+def test_drill_of_a_partial_snapshot_says_what_it_lacks(backed_up: Sandbox) -> None:
+    sb = backed_up
+    # A database server that is not there: the backup is partial (exit 3), the rest is saved.
+    sb.write_config(
+        databases={"postgres": [{"name": "main", "host": "127.0.0.1", "port": 9, "database": "x", "user": "x"}]}
+    )
+    partial = sb.backup(check=3)["id"]
+    res = sb.phx("drill", "--backup", partial, check=3)
+    assert "drill passed\n" not in res.out + "\n", res.out
+    assert "the snapshot is PARTIAL: it lacks 1 part(s)" in res.out, res.out
+    assert "  not in the snapshot: postgres/main: " in res.out, res.out
+    doc = sb.phx("drill", "--backup", partial, "--json", check=3).json()
+    assert doc["ok"] is True and doc["partial"] is True and [i["path"] for i in doc["lacking"]] == ["postgres/main"]
+    report = Path(doc["report"]["markdown"]).read_text()
+    assert "## Not in the snapshot" in report and "`postgres/main`" in report
+    # A complete snapshot still passes, exit 0.
+    sb.write_config(databases={})
+    sb.backup()
+    assert sb.phx("drill").out.rstrip().endswith("drill passed")
+
+
+def test_prune_and_drill_stream_their_phases(backed_up: Sandbox) -> None:
+    sb = backed_up
+    (sb.workspace / "MEMORY.md").write_text("a change only the snapshot to forget holds\n" * 500)
+    doomed = sb.backup()["id"]
+    (sb.workspace / "MEMORY.md").write_text("the kept version\n")
+    sb.backup()
+    sb.phx("forget", doomed)
+    res = sb.phx("prune", "--json")
+    docs = [json.loads(line) for line in res.err.splitlines()]
+    phases = list(dict.fromkeys(d["phase"] for d in docs))
+    assert phases[0] == "finding the data snapshots use" and "deleting packs" in phases, phases
+    deleting = [d for d in docs if d["phase"] == "deleting packs"][-1]
+    # (Packs this young are kept for a later prune: none may be deleted yet, but all are counted.)
+    assert deleting["done"] == deleting["total"] and deleting["unit"] == "packs", deleting
+    res = sb.phx("drill", "--json")
+    docs = [json.loads(line) for line in res.err.splitlines() if line.startswith("{")]  # notices are text
+    restoring = [d for d in docs if d["phase"] == "restoring into scratch space"][-1]
+    checked = res.json()["checked"]
+    assert restoring["done"] == restoring["total"] == checked["files"] + checked["databases"], (restoring, checked)
+    assert restoring["bytesDone"] == restoring["bytesTotal"] > 0, restoring
+
+
+def test_archive_and_export_stream_their_phases(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    res = sb.phx("archive", "latest", "--output", tmp_path / "agent.tar.gz", "--json")
+    writing = [json.loads(line) for line in res.err.splitlines() if '"writing the archive"' in line]
+    assert writing and writing[-1]["done"] == writing[-1]["total"] > 0 and writing[-1]["unit"] == "entries", writing
+    assert writing[-1]["bytesDone"] == writing[-1]["bytesTotal"] > 0, writing
+    res = sb.phx("export", "--format", "json", "--backup", "latest", "--output", tmp_path / "export", "--json")
+    docs = [json.loads(line) for line in res.err.splitlines() if line.startswith("{")]
+    phases = list(dict.fromkeys(d["phase"] for d in docs))
+    assert phases == ["reading the snapshot's databases", "exporting databases"], phases
+    assert any((d["doing"] or "").startswith("copying memory.db (") for d in docs), docs
+    last = docs[-1]
+    assert last["done"] == last["total"] == len(res.json()["databases"]) and last["unit"] == "databases", last

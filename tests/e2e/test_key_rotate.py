@@ -5,6 +5,7 @@ finishes the job; replicas follow."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -42,6 +43,9 @@ def test_old_slots_and_copies_open_nothing_written_after_a_rotation(make_sandbox
     doc = res.json()
     assert doc["snapshots"] == 1 and len(doc["dropped"]) == 1, doc
     assert doc["fingerprint"] != doc["previous"]
+    # Progress: every pack resealed, counted with its bytes.
+    resealing = [json.loads(line) for line in res.err.splitlines() if '"resealing packs"' in line][-1]
+    assert resealing["done"] == resealing["total"] > 0 and resealing["bytesDone"] == resealing["bytesTotal"] > 0
     (sb.workspace / "MEMORY.md").write_text("# Memory\nwritten after the rotation\n")
     after = sb.backup()["name"]
     assert [s["name"] for s in sb.snapshots()][-1] == after

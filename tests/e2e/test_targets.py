@@ -174,7 +174,13 @@ def test_a_target_that_is_down_fails_alone_and_sync_catches_it_up(targets: Targe
     # The endpoint is back: sync copies what s3 lacks, and s3 alone verifies every byte.
     targets.targets["s3"]["endpoint"] = good_endpoint
     targets.write()
-    synced = sb.phx("sync", "--json").json()
+    res = sb.phx("sync", "--json")
+    synced = res.json()
+    # Progress: one phase for every replica, counting the packs and index objects copied.
+    uploads = [json.loads(line) for line in res.err.splitlines() if '"uploading to git, s3, r2"' in line]
+    last = uploads[-1]
+    assert last["done"] == last["total"] > 0 and last["bytesDone"] == last["bytesTotal"] > 0, uploads
+    assert last["unit"] == "objects" and last["total"] < synced["targets"]["s3"]["objects"], (last, synced)
     assert synced["ok"] and synced["targets"]["s3"]["snapshots"] == 2 and synced["targets"]["s3"]["initialised"]
     assert synced["targets"]["r2"]["objects"] == 0, "r2 already had everything"
     verified = sb.phx("verify", "--target", "s3", "--read-data", "--json").json()

@@ -40,6 +40,13 @@ def test_the_reference_and_the_manual_page_are_what_the_help_says() -> None:
         )
 
 
+def test_no_help_text_breaks_a_path_or_a_word_at_its_hyphen() -> None:
+    """The reference wraps help at a fixed width; a line that ends inside a hyphenated word or a
+    path (`docs/write-` / `only.md`) cannot be searched for or copied."""
+    broken = [line for line in GENERATED.read_text().splitlines() if re.search(r"[\w/]\w*-$", line.rstrip())]
+    assert not broken, broken
+
+
 def _sections(text: str) -> dict[str, str]:
     """`phx …` heading -> the text below it, in the generated reference."""
     parts = re.split(r"^#{2,3} `(phx[^`]*)`$", text, flags=re.M)

@@ -61,15 +61,15 @@ class Out:
         self._say(f"phx: error: {message}")
 
     def result(self, doc: object, text: str, *, data: bool = False) -> None:
-        self.progress.clear()
-        if self.as_json:
-            click.echo(jsontext.dumps(doc, indent=2))
-        elif text and (data or not self.quiet):
-            click.echo(printable(text))
+        with self.progress.aside():
+            if self.as_json:
+                click.echo(jsontext.dumps(doc, indent=2))
+            elif text and (data or not self.quiet):
+                click.echo(printable(text))
 
     def _say(self, line: str) -> None:
-        self.progress.clear()
-        click.echo(printable(line), err=True)
+        with self.progress.aside():
+            click.echo(printable(line), err=True)
 
 
 def printable(text: str) -> str:
@@ -86,12 +86,12 @@ def make_env(out: Out) -> Environment:
     tty = is_tty()
 
     def prompt(question: str) -> str:
-        out.progress.clear()
-        return getpass.getpass(question)
+        with out.progress.aside():
+            return getpass.getpass(question)
 
     def confirm(question: str) -> bool:
-        out.progress.clear()
-        return click.confirm(question, default=False, err=True)
+        with out.progress.aside():
+            return click.confirm(question, default=False, err=True)
 
     ctx = click.get_current_context(silent=True)
     latest = ctx.meta.get(_LATEST_KEY) if ctx is not None else None
@@ -105,7 +105,7 @@ def make_env(out: Out) -> Environment:
         prompt=prompt if tty else None,
         confirm=confirm if tty else None,
         notice=out.notice,
-        progress=out.progress.update if out.progress.active else None,
+        progress=out.progress,
         latest=latest if isinstance(latest, Latest) else Latest(),
     )
 
@@ -294,13 +294,47 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _global_params(f: F) -> F:
+    """The options of the group `phx` (and of `phx key`, `phx repair`, `phx schedule`)."""
+    f = click.option("--repo", "repo", metavar="LOCATION", help=_REPO_HELP + " Only for the commands that read.")(f)
+    f = click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)(f)
+    f = click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)(f)
+    f = click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)(f)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)(f)
+
+
+def _remember_globals(
+    ctx: click.Context, config_path: str | None, as_json: bool, verbose: bool, quiet: bool, repo: str | None
+) -> None:
+    """Keep a group's options for its commands, added to those given before it."""
+    given = global_options()
+    for name, before, now in (("--config", given.config_path, config_path), ("--repo", given.repo, repo)):
+        if before and now and before != now:
+            raise click.UsageError(f"{name} is given twice ({before} and {now}); give it once", ctx)
+    ctx.meta[_GLOBAL_KEY] = GlobalOptions(
+        config_path or given.config_path,
+        as_json or given.as_json,
+        verbose or given.verbose,
+        quiet or given.quiet,
+        repo or given.repo,
+    )
+
+
+def command_group(f: Callable[[], None]) -> Callable[..., None]:
+    """A group of commands (`phx key`) that takes the global options after its name as well
+    (`phx key --json list`), as if they were given before it."""
+
+    @functools.wraps(f)
+    def wrapper(config_path: str | None, as_json: bool, verbose: bool, quiet: bool, repo: str | None) -> None:
+        _remember_globals(click.get_current_context(), config_path, as_json, verbose, quiet, repo)
+        f()
+
+    return _global_params(wrapper)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="phx")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
-@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
-@click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)
-@click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)
-@click.option("--repo", "repo", metavar="LOCATION", help=_REPO_HELP + " Only for the commands that read.")
+@_global_params
 @click.pass_context
 def cli(
     ctx: click.Context, config_path: str | None, as_json: bool, verbose: bool, quiet: bool, repo: str | None
@@ -315,7 +349,7 @@ def cli(
       phx backup && phx list && phx verify
       phx restore --latest --to /tmp/restored
     """
-    ctx.meta[_GLOBAL_KEY] = GlobalOptions(config_path, as_json, verbose, quiet, repo)
+    _remember_globals(ctx, config_path, as_json, verbose, quiet, repo)
 
 
 # Every scope a snapshot can have: a backup's, and a restore's safety snapshot.

@@ -5,14 +5,17 @@ from __future__ import annotations
 import click
 from click.shell_completion import get_completion_class
 
-from phoenix_backup.cli.app import cli
+from phoenix_backup.cli.app import Out, cli, common
+from phoenix_backup.errors import UsageError
+from phoenix_backup.ops.context import Environment
 
 SHELLS = ("bash", "zsh", "fish")
 
 
 @cli.command()
 @click.argument("shell", type=click.Choice(SHELLS))
-def completion(shell: str) -> None:
+@common
+def completion(out: Out, envx: Environment, config_path: str | None, shell: str) -> None:
     """Print the shell code that completes `phx` commands, options and snapshot ids.
 
     Commands and options are completed everywhere; snapshot ids (ID, --backup) from the
@@ -27,5 +30,7 @@ def completion(shell: str) -> None:
     """
     complete = get_completion_class(shell)
     if complete is None:  # click knows every name in SHELLS; a future click might not
-        raise click.UsageError(f"no completion for {shell}; use one of {', '.join(SHELLS)}")
-    click.echo(complete(cli, {}, "phx", "_PHX_COMPLETE").source())
+        raise UsageError(f"no completion for {shell}; use one of {', '.join(SHELLS)}")
+    script = complete(cli, {}, "phx", "_PHX_COMPLETE").source()
+    # The script is the data this command exists to print: --quiet keeps it; --json wraps it.
+    out.result({"shell": shell, "script": script}, script.rstrip("\n"), data=True)

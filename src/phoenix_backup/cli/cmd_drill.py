@@ -61,7 +61,7 @@ def drill(
     check_target(target, cfg, envx)
     envx.thaw_timeout = thaw_timeout
     result = drill_op.drill(cfg, envx, ref=ref, target=target, scratch=Path(scratch).absolute() if scratch else None)
-    out.result(result.to_json(), render(result, out.verbose), data=not result.ok)
+    out.result(result.to_json(), render(result, out.verbose), data=result.exit_status != ExitStatus.OK)
     return result.exit_status
 
 
@@ -87,7 +87,16 @@ def render(r: drill_op.DrillResult, verbose: bool) -> str:
         lines += [f"  notice: {n}" for n in r.notices]
     if r.report_markdown:
         lines.append(f"report: {r.report_markdown}")
-    lines.append("drill passed" if r.ok else f"drill FAILED: {len(r.errors)} error(s)")
+    lines += [f"  not in the snapshot: {i['path']}: {i['error']}" for i in r.lacking]
+    if not r.ok:
+        lines.append(f"drill FAILED: {len(r.errors)} error(s)")
+    elif r.lacking:
+        lines.append(
+            f"drill passed for what the snapshot holds, but the snapshot is PARTIAL: it lacks {len(r.lacking)} "
+            "part(s) its backup could not save (above)"
+        )
+    else:
+        lines.append("drill passed")
     return "\n".join(lines)
 
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, check_target, cli, common, identity_option, load_config, target_option
+from phoenix_backup.cli.app import (
+    Out,
+    check_target,
+    cli,
+    command_group,
+    common,
+    identity_option,
+    load_config,
+    target_option,
+)
 from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops import key as key_op
 from phoenix_backup.ops.context import Environment
 
 
 @cli.group()
+@command_group
 def key() -> None:
     """Manage the key slots (passphrase, age, gpg) that open the repository.
 

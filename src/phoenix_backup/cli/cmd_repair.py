@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.cli.app import Out, cli, command_group, common, load_config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import repair as repair_op
 from phoenix_backup.ops.context import Environment
@@ -12,6 +12,7 @@ from phoenix_backup.repo.repair import SnapshotRepair
 
 
 @cli.group()
+@command_group
 def repair() -> None:
     """Put a damaged repository back in order: rebuild the index, deal with snapshots whose data
     is lost, or copy lost objects back from another target.

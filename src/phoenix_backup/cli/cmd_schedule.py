@@ -9,18 +9,20 @@ import click
 
 from phoenix_backup import schedule as schedule_lib
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.cli.app import Out, cli, command_group, common, load_config
 from phoenix_backup.cli.cmd_drill import render as render_drill
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
 from phoenix_backup.ops import backup as backup_op
 from phoenix_backup.ops import drill as drill_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.reporting import Silent
 from phoenix_backup.schedule.runlog import RunLog, log_dir, log_name
 from phoenix_backup.state import state_path, write_state
 
 
 @cli.group()
+@command_group
 def schedule() -> None:
     """Scheduled backups (and restore drills): a systemd user timer, a crontab entry, or a launchd agent."""
 
@@ -153,7 +155,7 @@ def run(out: Out, envx: Environment, config_path: str | None, drill: bool) -> Ex
     envx.interactive = False
     envx.prompt = None
     envx.confirm = None
-    envx.progress = None
+    envx.progress = Silent()
     envx.notice = lambda message: log.write(f"phx: {message}")
     log.write(f"scheduled {kind} starting (config {config_path or 'default'})")
     try:

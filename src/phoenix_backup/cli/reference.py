@@ -9,12 +9,14 @@ files in docs/ differ from what this writes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -203,7 +205,29 @@ def _option_items(entry: Entry) -> list[str]:
 
 
 def outputs() -> dict[Path, str]:
-    return {MARKDOWN: markdown(), MANPAGE: man_page()}
+    with _whole_words():
+        return {MARKDOWN: markdown(), MANPAGE: man_page()}
+
+
+@contextlib.contextmanager
+def _whole_words() -> Iterator[None]:
+    """click wraps help at a hyphen (`docs/write-` | `only.md`, `pre-` | `restore`): a path or an
+    option value split so cannot be searched for or copied from the generated files, which wrap
+    only between words. (click imports its wrapper at each call, so replacing it here is enough.)"""
+    import click._textwrap as textwrap_module
+
+    original = textwrap_module.TextWrapper
+
+    class WholeWords(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["break_on_hyphens"] = False
+            super().__init__(*args, **kwargs)
+
+    textwrap_module.TextWrapper = WholeWords  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        textwrap_module.TextWrapper = original  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:

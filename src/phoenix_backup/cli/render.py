@@ -49,6 +49,14 @@ def backup(r: BackupResult, verbose: bool) -> str:
         f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files - sqlite} files{dbs}, "
         f"{human_size(r.size)}, {human_size(r.added)} added, {r.duration:.1f} s"
     ]
+    ch = r.changes
+    if ch is not None:
+        lines += [
+            f"  files:     {ch.files_new} new, {ch.files_changed} changed, {ch.files_unmodified} unmodified",
+            f"  folders:   {ch.dirs_new} new, {ch.dirs_changed} changed, {ch.dirs_unmodified} unmodified",
+            f"  databases: {ch.databases_captured} captured, {ch.databases_unchanged} unchanged",
+            f"  added to the repository: {human_size(ch.data_added)} ({human_size(r.added)} stored)",
+        ]
     for db in r.databases:
         rows = sum(db.tables.values())
         lines.append(f"  database {db.path}: integrity {db.integrity}, {len(db.tables)} tables, {rows} rows")

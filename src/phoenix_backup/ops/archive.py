@@ -125,7 +125,11 @@ def archive(
                 with writer:
                     writer.add_bytes(f"{top}/{SUMS}", _sums(nodes), 0o644, time.time_ns())
                     writer.add_bytes(f"{top}/{MANIFEST}", _manifest(snap, nodes), 0o644, time.time_ns())
+                    envx.progress.phase(
+                        "writing the archive", files=len(nodes), size=sum(n.size for _l, n in nodes), unit="entries"
+                    )
                     for logical, node in nodes:
+                        envx.progress.advance(files=1, size=node.size)
                         name = f"{top}/{logical}"
                         if node.type == "dir":
                             writer.add_dir(name, node)

@@ -12,9 +12,11 @@ import hashlib
 import os
 import socket
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +48,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats, timestamp_name
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, select
@@ -53,6 +56,7 @@ from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
 from phoenix_backup.state import TargetOutcome, write_state
+from phoenix_backup.units import human_size
 from phoenix_backup.users import username
 
 # A file modified this close to the parent backup's start may have changed within the same
@@ -69,6 +73,39 @@ class PlannedItem:
     path: str
     kind: str
     size: int
+
+
+@dataclass
+class Changes:
+    """What a backup found changed since its parent snapshot, and what it added (restic's summary).
+
+    A file (or symlink) is new when the parent lacks its path, unmodified when its entry is the
+    parent's (same content, size, times, inode), changed otherwise; a folder likewise by its tree.
+    A database is unchanged when its entry is the parent's, captured otherwise (every PostgreSQL
+    or Redis database is captured)."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
+    databases_captured: int = 0
+    databases_unchanged: int = 0
+    data_added: int = 0  # bytes of new blobs before compression and encryption
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "filesNew": self.files_new,
+            "filesChanged": self.files_changed,
+            "filesUnmodified": self.files_unmodified,
+            "dirsNew": self.dirs_new,
+            "dirsChanged": self.dirs_changed,
+            "dirsUnmodified": self.dirs_unmodified,
+            "databasesCaptured": self.databases_captured,
+            "databasesUnchanged": self.databases_unchanged,
+            "dataAdded": self.data_added,
+        }
 
 
 @dataclass
@@ -92,6 +129,7 @@ class BackupResult:
     notification: NotifyOutcome | None = None
     components: list[ComponentPlan] = field(default_factory=list)  # dry run: what each component saves
     hooks: dict[str, ShellStep] = field(default_factory=dict)  # "hooks.preBackup" -> how it ran
+    changes: Changes | None = None  # since the parent snapshot (None: a dry run)
 
     @property
     def damaged(self) -> list[dict[str, str]]:
@@ -135,6 +173,8 @@ class BackupResult:
         }
         if self.hooks:
             doc["hooks"] = {label: step.to_json() for label, step in self.hooks.items()}
+        if self.changes is not None:
+            doc.update(self.changes.to_json())
         if self.dry_run:
             doc["planned"] = [{"path": p.path, "kind": p.kind, "size": p.size} for p in self.planned]
             doc["components"] = {c.name: c.to_json() for c in self.components}
@@ -207,10 +247,12 @@ def backup(
     hooks = BackupHooks(cfg, envx.env, scope)
     try:
         if dry_run:
+            envx.progress.phase("scanning")
             layout, sel = select_sources(cfg, scope, envx)
             return _plan(sel, layout, when, scope, cfg, started)
         try:
             pre = hooks.before()
+            envx.progress.phase("scanning")
             layout, sel = select_sources(cfg, scope, envx)
             result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
             # After the commit point: later steps (replication, retention, notification) report
@@ -322,6 +364,7 @@ def _snapshot(
         result.targets = {first: commit_first_target(repo, first, result.id, result.name)}
         result.targets.update({name: r.outcome() for name, r in replicate_all(repo, cfg, envx).items()})
         # Retention on every target, only when every target has the snapshot (issue 7).
+        envx.progress.phase("applying retention")
         result.retention = retention_after_backup(cfg, envx, repo, dict(result.targets), protect=(result.id,))
         for error in result.retention.errors:
             envx.notice(f"warning: {error}")
@@ -433,6 +476,28 @@ class _Run:
         self.aux = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phx-check")
         # A safety snapshot leaves the page hashes of the regular backups' chain in the cache.
         self.keep_page_state = True
+        # Set when the run stops (Ctrl-C): the reads under way end at their next piece.
+        self.stopping = threading.Event()
+
+    @contextmanager
+    def stop_on_error(self, pool: ThreadPoolExecutor) -> Iterator[None]:
+        """Whatever ends the run early (Ctrl-C above all) drops the reads not yet started and ends
+        those under way at their next piece, so that it ends at once, not once a large file has
+        been read whole. Nothing they wrote becomes part of a snapshot: none is committed."""
+        try:
+            yield
+        except BaseException:
+            self.stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def count_done(self, _future: Future[Any]) -> None:
+        """A file or database read (or failed): one more of the phase's items, as it happens."""
+        self.envx.progress.advance(files=1)
+
+    def check_stopping(self) -> None:
+        if self.stopping.is_set():
+            raise _Stopped("the backup was stopped")
 
     def save_data(self, data: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
         return self.repo.save_blob_async(BlobType.DATA, data, blob_id)
@@ -462,6 +527,7 @@ class _Run:
         prev = self.parent_nodes.get(entry.logical)
         if self.unchanged(prev, st, "file"):
             assert prev is not None
+            self.envx.progress.advance(size=st.st_size)
             return _renamed(prev, entry.path.name)
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
@@ -485,8 +551,10 @@ class _Run:
                 cap = cap or 2 * want
                 want = min(want, cap)
                 for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.chunker_seed):
+                    self.check_stopping()
                     digest.update(chunk)
                     size += len(chunk)
+                    self.envx.progress.advance(size=len(chunk))
                     extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
                 if size == fst.st_size and _same_version(fst, os.fstat(f.fileno())):
                     break
@@ -513,6 +581,7 @@ class _Run:
         ):
             info = next((d for d in self.parent.databases if d.path == entry.logical), None)
             if info is not None:
+                self.envx.progress.advance(size=entry.st.st_size)
                 return _renamed(prev, entry.path.name), info
         parent_state = None
         if prev is not None and prev.type == "sqlite" and prev.sha256 and self.present(prev):
@@ -524,12 +593,14 @@ class _Run:
         # Read in place, in one read transaction (no temporary copy): the integrity check and row
         # counts run in their own thread on that transaction, so they see exactly the pages this
         # thread cuts into page runs, while the SHA-256 is fed the same bytes.
+        report = self.envx.progress
+        report.working(f"capturing {entry.path.name} ({human_size(entry.st.st_size)})")
         with SqliteCapture(entry.path) as capture:
             image = capture.capture()
             check: Future[sqlite_source.DatabaseCheck] = self.aux.submit(
                 sqlite_source.check_connection, capture.connection
             )
-            sha = hashlib.sha256()
+            sha = _Counted(hashlib.sha256(), report, self.check_stopping)
             try:
                 extents, state = page_runs(
                     image,
@@ -543,9 +614,13 @@ class _Run:
                     sink=sink,
                 )
             finally:
+                report.working(f"checking {entry.path.name}")
+                if self.stopping.is_set():
+                    capture.connection.interrupt()  # the integrity check ends too
                 wait([check])  # the connection closes only once the check is done with it
                 if parent_state is not None:
                     parent_state[1].close()
+            report.working(None)
             result = check.result()
         page_size, size, digest = image.page_size, len(image), sha.hexdigest()
         state.sha256 = digest
@@ -565,6 +640,28 @@ class _Run:
         st = os.stat(entry.path)
         sqlite = {"pageSize": page_size, "integrity": result.integrity, "source": src.to_json()}
         return _content_node(entry.path.name, "sqlite", st, size, extents, digest, sqlite), info
+
+
+class _Stopped(Exception):
+    """A read ended because the run is stopping (`_Run.stopping`)."""
+
+
+class _Counted:
+    """A hashlib object that reports every byte it is fed as read (a database's capture), and
+    ends the capture (`check`) when the run stops."""
+
+    def __init__(self, digest: Any, report: Reporter, check: Callable[[], None]) -> None:
+        self.digest = digest
+        self.report = report
+        self.check = check
+
+    def update(self, data: memoryview | bytes) -> None:
+        self.check()
+        self.digest.update(data)
+        self.report.advance(size=len(data))
+
+    def hexdigest(self) -> str:
+        return str(self.digest.hexdigest())
 
 
 def _content_node(
@@ -617,6 +714,7 @@ def _run(
     keep_page_state: bool = True,
     databases: tuple[str, ...] = (),
 ) -> BackupResult:
+    envx.progress.phase("reading the index")
     repo.load_index()
     # Deduplicate only against data the store still holds: blobs of lost packs are stored again.
     lost = repo.drop_missing_packs()
@@ -641,24 +739,27 @@ def _run(
     # Counted as the summary counts them (files, databases and symlinks; not folders), so that the
     # progress ends at the number the result reports: links and symlinks are done at once.
     total = sum(1 for e in sel.entries.values() if e.kind in ("file", "sqlite", "symlink"))
-    done = 0
+    links = hardlink_groups(sel.entries.values())
+    total_size = sum(e.st.st_size for k, e in sel.entries.items() if e.kind in ("file", "sqlite") and k not in links)
+    envx.progress.phase("reading files", files=total, size=total_size)
     workers = max(2, min(8, (os.cpu_count() or 2) + 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool, run.stop_on_error(pool):
         futures: dict[str, Future[Node]] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
-        links = hardlink_groups(sel.entries.values())
         # Databases first: they are the largest items, so they start while files fill the gaps.
         for entry in sorted(sel.entries.values(), key=lambda e: (e.kind != "sqlite", e.logical)):
             if entry.logical in links:
-                done += 1
+                envx.progress.advance(files=1)
                 continue  # another name of a file read once, below
             if entry.kind == "file":
                 futures[entry.logical] = pool.submit(run.file_node, entry)
+                futures[entry.logical].add_done_callback(run.count_done)
             elif entry.kind == "sqlite":
                 db_futures[entry.logical] = pool.submit(run.sqlite_node, entry)
+                db_futures[entry.logical].add_done_callback(run.count_done)
             elif entry.kind == "symlink":
                 nodes[entry.logical] = _symlink_node(entry)
-                done += 1
+                envx.progress.advance(files=1)
         # PostgreSQL and Redis stream straight into the repository, beside the files.
         env = dict(envx.env)
         seed = repo.chunker_seed
@@ -674,8 +775,6 @@ def _run(
                 continue
             nodes[logical] = node
             run.databases.append(info)
-            done += 1
-            _progress(envx, done, total)
         for logical, jfut in db_jobs.items():
             try:
                 outcome = jfut.result()
@@ -687,22 +786,23 @@ def _run(
             run.databases.append(outcome.info)
             run.warnings.extend(outcome.warnings)
             total += len(outcome.nodes)  # a dump's files count as the summary counts them
-            done += len(outcome.nodes)
-            _progress(envx, done, total)
+            envx.progress.phase("reading files", files=total, size=total_size)
+            envx.progress.advance(files=len(outcome.nodes))
         for logical, ffut in futures.items():
             try:
                 nodes[logical] = ffut.result()
             except (OSError, PhoenixError) as exc:
                 run.incomplete.append({"path": logical, "error": _reason(exc)})
-            done += 1
-            _progress(envx, done, total)
     run.aux.shutdown()
     _link_nodes(nodes, links, run.incomplete, lambda logical: run.file_node(sel.entries[logical]))
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
+    envx.progress.phase("writing trees and index")
     trees: set[bytes] = set()
-    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees)
+    dir_kinds: dict[str, str] = {}
+    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees, dir_kinds)
     repo.flush()
+    changes = _changes(nodes, run.parent_nodes, dir_kinds, run.databases, repo.stats.raw_added)
     files = sum(1 for n in nodes.values() if n.type in ("file", "sqlite", "symlink"))
     size = sum(n.size for n in nodes.values() if n.type in ("file", "sqlite"))
     dirs = sum(1 for e in sel.entries.values() if e.kind == "dir")
@@ -750,7 +850,42 @@ def _run(
         incomplete=run.incomplete,
         warnings=run.warnings,
         duration=time.time() - started,
+        changes=changes,
     )
+
+
+def _changes(
+    nodes: dict[str, Node],
+    before: dict[str, Node],
+    dir_kinds: dict[str, str],
+    databases: list[DatabaseInfo],
+    data_added: int,
+) -> Changes:
+    """Count what changed since the parent snapshot (`before`: its entries by path)."""
+    out = Changes(data_added=data_added)
+    for logical, node in nodes.items():
+        old = before.get(logical)
+        if node.type == "sqlite":
+            if old is not None and old == node:
+                out.databases_unchanged += 1
+            else:
+                out.databases_captured += 1
+        elif node.type in ("file", "symlink"):
+            if old is None:
+                out.files_new += 1
+            elif old == node:
+                out.files_unmodified += 1
+            else:
+                out.files_changed += 1
+    out.databases_captured += sum(1 for d in databases if d.engine != "sqlite")
+    for kind in dir_kinds.values():
+        if kind == "new":
+            out.dirs_new += 1
+        elif kind == "changed":
+            out.dirs_changed += 1
+        else:
+            out.dirs_unmodified += 1
+    return out
 
 
 def hardlink_groups(entries: Iterable[Entry]) -> dict[str, str]:
@@ -835,6 +970,7 @@ def _write_trees(
     previous: Snapshot | None = None,
     previous_nodes: dict[str, Node] | None = None,
     trees: set[bytes] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> bytes:
     """Write directory trees bottom-up; return the root tree's id (every tree id goes into
     `trees`). A folder whose nodes equal those it had in the parent snapshot keeps the parent's
@@ -849,6 +985,10 @@ def _write_trees(
         if tree_id is None or not repo.has_blob(tree_id):
             tree_id = repo.save_tree(kids)[0]
         used.add(tree_id)
+        if kinds is not None and logical:
+            # `kinds` (the summary): each folder but the root, new, changed or unmodified.
+            old = (previous_nodes or {}).get(logical)
+            kinds[logical] = "new" if old is None else "unmodified" if old.subtree == tree_id else "changed"
         return tree_id
 
     def reuse(logical: str, kids: list[Node]) -> bytes | None:
@@ -924,11 +1064,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc)
-
-
-def _progress(envx: Environment, done: int, total: int) -> None:
-    if envx.progress is not None:
-        envx.progress("backup", done, total)
 
 
 def snapshot_entries(

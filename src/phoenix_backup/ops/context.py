@@ -31,6 +31,7 @@ from phoenix_backup.repo.replicate import seed_repository
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
+from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -53,7 +54,7 @@ class Environment:
     prompt: Callable[[str], str] | None = None  # asks for a secret
     confirm: Callable[[str], bool] | None = None  # asks yes/no
     notice: Callable[[str], None] = _no_notice  # one-line notices for stderr
-    progress: Callable[[str, int, int], None] | None = None  # (phase, done, total)
+    progress: Reporter = field(default_factory=Silent)  # phases, bytes and files done
     # The target that read commands work from (`--target NAME`); None means the first enabled one.
     target: str | None = None
     # What `latest` selects for this command (`--scope`, `--tag`, `--host`; DESIGN §2).

@@ -264,6 +264,8 @@ class DrillResult:
     duration: float = 0.0
     report_markdown: str | None = None
     report_json: str | None = None
+    # What the snapshot itself lacks ({path, error}): a partial backup's parts that were not saved.
+    lacking: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -271,7 +273,11 @@ class DrillResult:
 
     @property
     def exit_status(self) -> ExitStatus:
-        return ExitStatus.OK if self.ok else ExitStatus.FAILURE
+        """1 when what the snapshot holds failed a check; 3 when it all passed but the snapshot is
+        partial (it lacks what its backup could not save), as that backup exited."""
+        if not self.ok:
+            return ExitStatus.FAILURE
+        return ExitStatus.PARTIAL if self.lacking else ExitStatus.OK
 
     def error(self, obj: str, path: str | None, message: str) -> None:
         self.errors.append(DrillError(obj, self.snapshot, path, message))
@@ -282,6 +288,8 @@ class DrillResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "partial": bool(self.lacking),
+            "lacking": self.lacking,
             "checked": self.checked,
             "errors": [e.to_json() for e in self.errors],
             "notices": self.notices,
@@ -325,8 +333,7 @@ def drill(
             started=started.isoformat(timespec="seconds"),
             scope=snap.scope,
         )
-        for item in snap.incomplete:
-            result.notices.append(f"{item.get('path')} was not saved by this backup: {item.get('error')}")
+        result.lacking = [{"path": str(i.get("path")), "error": str(i.get("error"))} for i in snap.incomplete]
         nodes = _walk(repo, snap, result)
         if not any(n.type in ("file", "sqlite", "symlink") for _p, n in nodes):
             # Nothing to restore proves nothing: such a drill must not count as a passed one.
@@ -338,6 +345,7 @@ def drill(
         try:
             written = _restore(repo, cfg, envx, folder, nodes, result)
             _check_files(folder, nodes, written, result)
+            envx.progress.phase("checking databases")
             _check_databases(DrillContext(cfg, envx, snap, folder, repo, nodes), nodes, written, result)
         finally:
             _remove(folder)
@@ -375,7 +383,7 @@ def _restore(
 ) -> set[str]:
     """Write every node below `folder` with the restore op's writer; return what was written.
     A node that fails is an error naming its path (and the damaged pack), and the rest goes on."""
-    writer = FileWriter(repo, Layout(cfg.workspace, envx.home), folder)
+    writer = FileWriter(repo, Layout(cfg.workspace, envx.home), folder, envx.progress)
     written: set[str] = set()
 
     def attempt(logical: str, node: Node, action: Callable[[], object]) -> None:
@@ -395,12 +403,13 @@ def _restore(
             if node.type == "dir":
                 attempt(logical, node, functools.partial(writer.directory, logical, node))
         workers = max(2, (os.cpu_count() or 2) + 1)
+        content = [(lg, n) for lg, n in nodes if n.type in ("file", "sqlite")]
+        envx.progress.phase("restoring into scratch space", files=len(content), size=sum(n.size for _l, n in content))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-drill") as pool:
-            jobs = [
-                pool.submit(attempt, lg, n, _write(writer, lg, n)) for lg, n in nodes if n.type in ("file", "sqlite")
-            ]
+            jobs = [pool.submit(attempt, lg, n, _write(writer, lg, n)) for lg, n in content]
             for job in jobs:
                 job.result()
+                envx.progress.advance(files=1)  # its bytes were counted as written
         for logical, node in nodes:
             if node.type == "symlink":
                 attempt(logical, node, functools.partial(writer.symlink, logical, node))
@@ -561,6 +570,7 @@ def markdown(r: DrillResult) -> str:
         f"| restored and checked | {files} files, {r.checked.get('symlinks', 0)} symlinks, "
         f"{r.checked.get('dirs', 0)} folders, {dbs} databases, {r.checked.get('bytes', 0)} bytes |",
         f"| errors | {len(r.errors)} |",
+        f"| partial snapshot | {'yes: it lacks ' + str(len(r.lacking)) + ' part(s), below' if r.lacking else 'no'} |",
         "",
         "## Files",
         "",
@@ -592,6 +602,15 @@ def markdown(r: DrillResult) -> str:
         lines.append("No database was checked.")
     lines += ["", "## Errors", ""]
     lines += [f"- `{_md(e.path or '-')}` ({_md(e.object)}): {_md(e.message)}" for e in r.errors] or ["None."]
+    if r.lacking:
+        lines += [
+            "",
+            "## Not in the snapshot",
+            "",
+            "Its backup could not save these parts, so no drill can prove them:",
+            "",
+        ]
+        lines += [f"- `{_md(i['path'])}`: {_md(i['error'])}" for i in r.lacking]
     if r.notices:
         lines += ["", "## Notices", ""]
         lines += [f"- {_md(n)}" for n in r.notices]

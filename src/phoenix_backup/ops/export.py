@@ -51,6 +51,7 @@ from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
 from phoenix_backup.sources.sqlite_capture import copy_database
 from phoenix_backup.sql import quote
+from phoenix_backup.units import human_size
 
 ExportFormat = Literal["json", "csv", "markdown"]
 FORMATS: tuple[ExportFormat, ...] = ("json", "csv", "markdown")
@@ -193,6 +194,7 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
         snap = repo.find_snapshot(ref, latest=envx.latest)
         dbs: list[SourceDatabase] = []
         files: list[SourceFile] = []
+        envx.progress.phase("reading the snapshot's databases")
         nodes = list(walk_tree(repo, snap.tree))
         # A component that is a symlink was saved with what it points to (as a full backup saves
         # it): that is exported with it.
@@ -203,6 +205,7 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
 
         for i, (logical, node) in enumerate(nodes):
             if node.type == "sqlite":
+                envx.progress.working(f"copying {logical.rsplit('/', 1)[-1]} ({human_size(node.size)})")
                 copy = copy_snapshot_database(repo, logical, node, scratch / f"{i}.db")
                 dbs.append(SourceDatabase(logical, copy, check_database(copy).integrity))
             elif node.type == "file" and wanted(logical):
@@ -287,7 +290,10 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
     metadata_dbs: list[dict[str, Any]] = []
     names = _store_names(source.databases)
     rendered: dict[str, str] = {}
+    envx.progress.phase("exporting databases", files=len(names), unit="databases")
     for db, name in zip(source.databases, names, strict=True):
+        envx.progress.working(f"exporting {name}")
+        envx.progress.advance(files=1)
         con = sqlite3.connect(sqlite_uri(db.copy, "mode=ro&immutable=1"), uri=True)
         try:
             schema = inspect(con)

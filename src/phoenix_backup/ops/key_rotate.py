@@ -53,6 +53,7 @@ from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.prune import refuse_if_damaged, snapshot_blobs
 from phoenix_backup.repo.replicate import TargetReport
 from phoenix_backup.repo.repository import Repository, sealed_with
+from phoenix_backup.reporting import Reporter
 from phoenix_backup.storage.targets import refuse_append_only
 
 
@@ -159,7 +160,12 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
 
         config = repo.config.signed(new)
         fresh = Repository(backend, config, new, notice=envx.notice)
-        packs = fresh.repack(_resealed(repo, used, Sealer(new.encryption_key), result))
+        sizes = {info.name: info.size for info in backend.list("data/")}
+        pack_ids = repo.index.pack_ids()
+        envx.progress.phase(
+            "resealing packs", files=len(pack_ids), size=sum(sizes.get(pack_name(p), 0) for p in pack_ids), unit="packs"
+        )
+        packs = fresh.repack(_resealed(repo, used, Sealer(new.encryption_key), result, envx.progress, sizes))
         fresh.write_index(packs, [])
         result.packs = len(packs)
         result.bytes = sum(info.size for info in backend.list("data/") if info.name in {pack_name(p) for p in packs})
@@ -264,7 +270,12 @@ def _new_slots(
 
 
 def _resealed(
-    repo: Repository, used: set[bytes], sealer: Sealer, result: RotateResult
+    repo: Repository,
+    used: set[bytes],
+    sealer: Sealer,
+    result: RotateResult,
+    report: Reporter,
+    sizes: dict[str, int],
 ) -> Iterator[tuple[PackEntry, bytes]]:
     """Every used blob once, opened with the old key and sealed with the new one, pack by pack
     (one old pack in memory at a time). Each is authenticated on the way: a damaged blob stops the
@@ -272,6 +283,7 @@ def _resealed(
     done: set[bytes] = set()
     for pack_id in sorted(repo.index.pack_ids()):
         name = pack_name(pack_id)
+        report.advance(files=1, size=sizes.get(name, 0))
         entries = [e for e in repo.read_pack_header(pack_id) if e.id in used and e.id not in done]
         if not entries:
             continue

@@ -60,7 +60,7 @@ def prune(cfg: Config, envx: Environment, *, dry_run: bool = False, target: str 
             repo = open_repository(cfg, envx, target=name)
             try:
                 require_identity(repo, "every snapshot's trees (prune keeps what they use)")
-                prune_repository(repo, report, dry_run=dry_run, state=state, now=time.time())
+                prune_repository(repo, report, dry_run=dry_run, state=state, now=time.time(), progress=envx.progress)
             finally:
                 repo.close()
         except IdentityRequired:

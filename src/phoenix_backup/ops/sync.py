@@ -3,6 +3,7 @@ repository copied to every other enabled target in parallel, each by repo/replic
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo.replicate import TargetReport, replicate
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.reporting import Reporter
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend
 
@@ -50,11 +52,14 @@ def replicate_all(
             backends[name] = target_backend(cfg, envx, name)
         except PhoenixError as exc:
             reports[name] = TargetReport(name, ok=False, error=str(exc))
+    uploads = _Uploads(envx.progress, f"uploading to {', '.join(backends)}")
     try:
         with repo.lock(exclusive=False, command="replicate"):
             repo.load_index()
             with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
-                futures = {name: pool.submit(replicate, repo, name, b, envx.notice) for name, b in backends.items()}
+                futures = {
+                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads) for name, b in backends.items()
+                }
                 for name, fut in futures.items():
                     reports[name] = fut.result()
     except PhoenixError as exc:
@@ -67,6 +72,30 @@ def replicate_all(
         for b in backends.values():
             b.close()
     return {name: reports[name] for name in names}
+
+
+class _Uploads:
+    """Every replica's upload as one phase of the command's progress: the objects each replica
+    lacks add to the phase's totals, and every object copied counts."""
+
+    def __init__(self, report: Reporter, label: str) -> None:
+        self.report = report
+        self.label = label
+        self.files = self.size = 0
+        self.lock = threading.Lock()
+        report.phase(label)
+
+    def phase(self, name: str, *, files: int = 0, size: int = 0, unit: str = "files") -> None:
+        with self.lock:
+            self.files += files
+            self.size += size
+            self.report.phase(self.label, files=self.files, size=self.size, unit=unit)
+
+    def working(self, what: str | None) -> None:
+        self.report.working(what)
+
+    def advance(self, *, files: int = 0, size: int = 0) -> None:
+        self.report.advance(files=files, size=size)
 
 
 def commit_first_target(repo: Repository, name: str, snapshot_id: str, snapshot_name: str) -> TargetOutcome:

@@ -32,5 +32,11 @@ def verify(
     with repo.lock(exclusive=False, command="verify"):
         cursor = cache_for(repo, envx).dir / SUBSET_CURSOR if subset is not None else None
         return verify_repository(
-            repo, ref=ref, read_data=read_data or subset is not None, subset=subset, cursor=cursor, latest=envx.latest
+            repo,
+            ref=ref,
+            read_data=read_data or subset is not None,
+            subset=subset,
+            cursor=cursor,
+            latest=envx.latest,
+            report=envx.progress,
         )

@@ -28,6 +28,7 @@ from phoenix_backup.repo.pack import PackOrigin, iter_blobs, pack_name, read_hea
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.walker import Trees
+from phoenix_backup.reporting import Reporter, Silent
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ def verify_repository(
     subset: float | None = None,
     cursor: Path | None = None,
     latest: Latest | None = None,
+    report: Reporter | None = None,
 ) -> VerifyResult:
+    report = report if report is not None else Silent()
     result = VerifyResult(read_data=read_data)
     _check_key_slots(repo, result)
     repo.load_index()
@@ -108,8 +111,10 @@ def verify_repository(
     unindexed = repo.unindexed_packs
     users = _Users()
     trees = Trees(repo)
+    report.phase("checking snapshots and trees", files=len(snapshots), unit="snapshots")
     for snap in snapshots:
         _walk(repo, snap, trees, users, result)
+        report.advance(files=1)
     result.checked["snapshots"] = len(snapshots)
     result.checked["trees"] = len(trees.nodes)
     result.checked["blobs"] = len(users.by_blob)
@@ -151,8 +156,10 @@ def verify_repository(
         by_pack: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
         for blob, loc in repo.index.blobs():
             by_pack[loc.pack_id].append((blob, loc))
+        report.phase("reading packs", files=len(packs), size=sum(listed[p] for p in packs), unit="packs")
         for name in packs:
             _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
+            report.advance(files=1, size=listed[name])
         result.checked["packs"] = len(packs)
     for name, message in sorted(repo.problems.blobs.items()):
         if not any(e.object == name for e in result.errors):

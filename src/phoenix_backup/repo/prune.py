@@ -54,6 +54,7 @@ from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import used_blobs
+from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.storage.base import ObjectInfo
 
 REPACK_MOSTLY_UNUSED = 0.5
@@ -185,11 +186,18 @@ def state_key(repo: Repository, target: str) -> str:
 
 
 def prune_repository(
-    repo: Repository, report: TargetPrune, *, dry_run: bool, state: PruneState, now: float
+    repo: Repository,
+    report: TargetPrune,
+    *,
+    dry_run: bool,
+    state: PruneState,
+    now: float,
+    progress: Reporter | None = None,
 ) -> TargetPrune:
+    """`progress` is told the phases: the snapshots walked, the packs repacked, the packs deleted."""
     # A dry run changes nothing, so a shared lock is enough and it may run beside a backup.
     with repo.lock(exclusive=not dry_run, command="prune --dry-run" if dry_run else "prune"):
-        _prune_locked(repo, report, dry_run=dry_run, state=state, now=now)
+        _prune_locked(repo, report, dry_run=dry_run, state=state, now=now, progress=progress or Silent())
     if not dry_run:
         state.entry(state_key(repo, report.target))["lastPrune"] = now
         if report.deleted_packs or report.repacked_packs or report.leftover_packs or report.indexes_replaced:
@@ -197,7 +205,10 @@ def prune_repository(
     return report
 
 
-def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state: PruneState, now: float) -> None:
+def _prune_locked(
+    repo: Repository, report: TargetPrune, *, dry_run: bool, state: PruneState, now: float, progress: Reporter
+) -> None:
+    progress.phase("finding the data snapshots use")
     objects = repo.read_index_objects()
     snapshots = repo.list_snapshots()
     refuse_if_damaged(repo)
@@ -285,7 +296,9 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
     # 1. New packs, durable before anything refers to them.
     new_packs: dict[str, list[PackEntry]] = {}
     if repack:
-        new_packs = repo.repack(_sealed_blobs(repo, repack))  # streamed: one old pack in memory at a time
+        progress.phase("repacking", files=len(repack), size=sum(u.size for u in repack), unit="packs")
+        # Streamed: one old pack in memory at a time.
+        new_packs = repo.repack(_sealed_blobs(repo, repack, progress))
         report.bytes_written = sum(listing_size(repo, p) for p in new_packs)
     committed = {s.id for s in snapshots}
     _stop_if_new_snapshots(repo, committed, "before changing the index or deleting anything; run it again")
@@ -299,14 +312,17 @@ def _prune_locked(repo: Repository, report: TargetPrune, *, dry_run: bool, state
         repo.write_index(keep, [n.split("/")[-1] for n in old])
     _stop_if_new_snapshots(repo, committed, "before deleting anything; run `phx repair index`, then prune again")
     # 3. Packs: nothing live refers to them any more.
+    progress.phase("deleting packs", files=len(delete) + len(repack) + len(leftovers), unit="packs")
     for u in delete + repack:
         if u.pack_id not in new_packs:  # never a pack a copy has just been written under
             repo.backend.delete(pack_name(u.pack_id))
+        progress.advance(files=1)
     for info in leftovers:
         # A repack may have just written the very same bytes as a leftover of an earlier,
         # interrupted prune (same blobs, and in an unencrypted repository the same seals).
         if info.name.split("/")[-1] not in new_packs:
             repo.backend.delete(info.name)
+        progress.advance(files=1)
     # 4. The old index objects last: the new one lists everything they list that is still needed,
     # and while they exist they name what a prune stopped before deleting.
     for name in old:
@@ -405,11 +421,15 @@ def _sound_copy(repo: Repository, held: list[tuple[str, PackEntry]]) -> tuple[st
     return held[0]
 
 
-def _sealed_blobs(repo: Repository, packs: list[PackUse]) -> Iterator[tuple[PackEntry, bytes]]:
+def _sealed_blobs(
+    repo: Repository, packs: list[PackUse], progress: Reporter | None = None
+) -> Iterator[tuple[PackEntry, bytes]]:
     """The used blobs of `packs`, still sealed, checked on the way (a damaged blob must fail the
     prune before its only copy is replaced, not be copied on)."""
     for u in packs:
         data = repo.backend.read(pack_name(u.pack_id))
+        if progress is not None:
+            progress.advance(files=1, size=len(data))
         for e in sorted(u.used, key=lambda e: e.offset):
             sealed = data[e.offset : e.offset + e.stored]
             repo.sealer.open(sealed, blob_aad(e.type, e.id), f"blob {e.id.hex()[:16]} in {pack_name(u.pack_id)}")

@@ -311,7 +311,8 @@ def check_data(
     repo: Repository, nodes: list[tuple[str, Node]], progress: Callable[[int, int], None] | None = None
 ) -> dict[str, str]:
     """Read, decrypt and authenticate every blob the nodes need; return the paths whose data is
-    damaged or missing, each with the reason.
+    damaged or missing, each with the reason. `progress(done, total)` is told the bytes of blobs
+    read so far, and their total.
 
     The AEAD tag (or, unencrypted, the checksum) binds each blob to its id, so a damaged or
     substituted blob is found here, before a restore touches anything. Every path that needs a
@@ -343,7 +344,7 @@ def check_data(
             elif len(got) < end:
                 for logical in users:
                     damaged.setdefault(logical, "its data is shorter than the snapshot says (damaged)")
-        return len(run)
+        return sum(loc.raw for _blob, loc in run)
 
     # Read pack by pack in coalesced ranges, as a restore does (extent_ranges).
     located: list[tuple[bytes, BlobLocation]] = []
@@ -361,9 +362,12 @@ def check_data(
         located.append((blob, loc))
     workers = max(2, os.cpu_count() or 2)
     done = 0
+    total = sum(loc.raw for _blob, loc in located)
+    if progress is not None:
+        progress(0, total)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-check") as pool:
-        for count in pool.map(check, _ranges(located)):
-            done += count
+        for size in pool.map(check, _ranges(located)):
+            done += size
             if progress is not None:
-                progress(done, len(located))
+                progress(done, total)
     return damaged

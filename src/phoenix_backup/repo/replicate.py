@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from phoenix_backup.errors import (
     CorruptObject,
@@ -50,6 +50,7 @@ from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.locks import LockManager
 from phoenix_backup.repo.pack import PackEntry, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
+from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend
 
@@ -73,6 +74,8 @@ class TargetReport:
     retired: int = 0  # objects of a retired key deleted (after `phx key rotate`)
     uploads_aborted: int = 0
     seconds: float = 0.0
+    # Told of the objects to copy and of each one copied (not part of the report itself).
+    progress: Reporter = field(default_factory=Silent, repr=False, compare=False)
 
     @property
     def throughput(self) -> float:
@@ -108,10 +111,13 @@ def seed_repository(source: Backend, dest: Backend) -> None:
     dest.write("config", source.read("config"), exclusive=True)
 
 
-def replicate(repo: Repository, name: str, dest: Backend, notice: Callable[[str], None]) -> TargetReport:
+def replicate(
+    repo: Repository, name: str, dest: Backend, notice: Callable[[str], None], progress: Reporter | None = None
+) -> TargetReport:
     """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
-    failures: they are the report's error."""
-    report = TargetReport(name, dest.location)
+    failures: they are the report's error. `progress` is told the packs and index objects to copy
+    (a phase `uploading`), then each object copied."""
+    report = TargetReport(name, dest.location, progress=progress if progress is not None else Silent())
     started = time.monotonic()
     try:
         _replicate(repo, dest, notice, report)
@@ -167,6 +173,9 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
                     # Entries unknown (a write-only repository's machine that backs up reads only
                     # the covers of others' index objects): stays readable at once.
                     packs[obj] = bool(entries) and entries[0].type == BlobType.DATA
+        sizes = {info.name: info.size for prefix in ("data/", "index/") for info in source.list(prefix)}
+        todo = [*packs, *missing_index]
+        report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         _copy_all(source, dest, [(n, False) for n in missing_index], report)
@@ -278,6 +287,8 @@ def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: Tar
     with _COUNT_LOCK:
         report.objects += 1
         report.bytes += len(data)
+    if name.startswith(("data/", "index/")):  # what the phase counts (keys and snapshots are small)
+        report.progress.advance(files=1, size=len(data))
 
 
 _COUNT_LOCK = threading.Lock()

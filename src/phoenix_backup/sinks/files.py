@@ -25,6 +25,7 @@ from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node, check_name
+from phoenix_backup.reporting import Reporter
 from phoenix_backup.sinks import leftovers, sqlite_live
 from phoenix_backup.sources.files import RESTORE_TEMP
 from phoenix_backup.sources.layout import Layout, split_logical
@@ -46,14 +47,16 @@ _ZERO_BLOCK = bytes(_HOLE)
 WRITEBACK = 8 * 1024 * 1024
 
 
-def write_content(repo: Repository, out: int, logical: str, node: Node) -> None:
+def write_content(repo: Repository, out: int, logical: str, node: Node, progress: Reporter | None = None) -> None:
     """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
-    checking them against the snapshot's SHA-256."""
+    checking them against the snapshot's SHA-256; `progress` is told the bytes written."""
     reader = NodeReader(repo, logical, node)
     pos = flushed = 0
     for blob, start, end in reader.ranges():
         _write_sparse(out, blob, start, end, pos)
         pos += end - start
+        if progress is not None:
+            progress.advance(size=end - start)
         if pos - flushed >= WRITEBACK:
             # Start writing these pages to disk now, while the next ones are decoded and hashed:
             # the fsync at the end then waits for the tail only, not for the whole file.
@@ -103,8 +106,9 @@ def _leftover(name: str) -> bool:
 
 
 class FileWriter:
-    def __init__(self, repo: Repository, layout: Layout, to: Path | None) -> None:
+    def __init__(self, repo: Repository, layout: Layout, to: Path | None, progress: Reporter | None = None) -> None:
         self.repo = repo
+        self.progress = progress  # told the bytes of every file written
         self.layout = layout
         self.to = to
         self._roots: dict[str, int] = {}
@@ -311,7 +315,7 @@ class FileWriter:
         tmp = self._temp_name(logical)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
-            write_content(self.repo, out, logical, node)
+            write_content(self.repo, out, logical, node, self.progress)
             set_owner_mode(out, node)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
             os.fsync(out)
