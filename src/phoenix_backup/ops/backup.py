@@ -912,6 +912,7 @@ def snapshot_entries(
     tags: tuple[str, ...],
     parent_scopes: tuple[str, ...],
     databases: tuple[str, ...] = (),
+    keep_page_state: bool = False,
 ) -> BackupResult:
     """A snapshot of exactly `entries` (a folder entry stands for the folder's own mode and times,
     not for its content), recording `absent` as paths that did not exist: the safety snapshot a
@@ -921,7 +922,8 @@ def snapshot_entries(
     Runs in the caller's opened and locked repository. The newest snapshot of this host in one of
     `parent_scopes` is the parent, so unchanged files are not read again and database pages
     deduplicate against the regular backups; the cache's page hashes and the state file are left
-    to the regular backups.
+    to the regular backups (`keep_page_state`: the base snapshots of `phx watch`, whose cache is
+    its own, keep them).
     """
     started = time.time()
     when = parse_time(None)
@@ -939,6 +941,6 @@ def snapshot_entries(
         started,
         absent=absent,
         parent_scopes=parent_scopes,
-        keep_page_state=False,
+        keep_page_state=keep_page_state,
         databases=databases,
     )
