@@ -78,7 +78,7 @@ def _writer_db(sb: Sandbox) -> Path:
 
 def _start_writer(db: Path, log: Path, seed: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(db), str(log), str(seed), "0.04"],
+        [sys.executable, "-c", WRITER, str(db), str(log), str(seed), "0.02"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

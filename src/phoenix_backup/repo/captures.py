@@ -300,6 +300,7 @@ TOUCH_US = 2_000_000
 
 
 def timeline(repo: Repository) -> Timeline:
+    present = {info.name.removeprefix("snapshots/") for info in repo.backend.list("snapshots/")}
     segments: dict[str, Segment] = {}
     problems: dict[str, str] = {}
     for name in segment_names(repo):
@@ -337,9 +338,16 @@ def timeline(repo: Repository) -> Timeline:
         for seg in ordered:
             for part in seg.parts:
                 if part.base is not None:
-                    based.add(part.path)
                     if part.path in open_:
                         ranges.append(open_.pop(part.path))
+                    if part.base.snapshot not in present:
+                        # Forgotten: nothing from this base on can be rebuilt.
+                        based.discard(part.path)
+                        problems[PREFIX + seg.id] = (
+                            f"the base snapshot {part.base.snapshot[:8]} of {part.path} is gone (forgotten or pruned)"
+                        )
+                        continue
+                    based.add(part.path)
                 if part.path not in based:
                     continue  # a history without a base in this chain (never written so)
                 cur = open_.get(part.path)
