@@ -89,10 +89,11 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
     for path, rows in report.databases.items():
         lines.append(path)
         for row in rows:
+            start, end = _second(str(row["from"]), up=True), _second(str(row["to"]))
             if row["kind"] == "gap":
-                lines.append(f"  gap      {row['from']} to {row['to']}")
+                lines.append(f"  gap      {_second(str(row['from']))} to {_second(str(row['to']), up=True)}")
             else:
-                lines.append(f"  covered  {row['from']} to {row['to']} ({row['seconds']} s)")
+                lines.append(f"  covered  {start} to {end} ({row['seconds']} s)")
     if not report.databases:
         lines.append("no capture segment: run `phx watch` to capture the databases continuously")
     lines.append(f"{report.segments} segments, {report.bytes} bytes")
@@ -100,3 +101,12 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
         lines.append(f"unreadable: {name}: {problem}")
     out.result(report.to_json(), "\n".join(lines), data=True)
     return ExitStatus.PARTIAL if report.problems or report.broken else ExitStatus.OK
+
+
+def _second(text: str, up: bool = False) -> str:
+    """An exact time as whole seconds: a covered range's start rounded up, so the second shown is covered."""
+    from datetime import datetime
+
+    from phoenix_backup.repo.captures import describe, to_us
+
+    return describe(to_us(datetime.fromisoformat(text)), up=up)

@@ -47,7 +47,9 @@ def ranges_text(tl: captures.Timeline, path: str | None = None) -> str:
     paths = [path] if path else tl.paths()
     out = []
     for p in paths:
-        spans = ", ".join(f"{captures.describe(r.start)} to {captures.describe(r.end)}" for r in tl.for_path(p))
+        spans = ", ".join(
+            f"{captures.describe(r.start, up=True)} to {captures.describe(r.end)}" for r in tl.for_path(p)
+        )
         out.append(f"{p}: {spans or 'none'}")
     return "; ".join(out) or "none (no `phx watch` has written to this repository)"
 
@@ -77,12 +79,18 @@ def timeline_report(tl: captures.Timeline) -> TimelineReport:
         prev_end: int | None = None
         for r in tl.for_path(path):
             if prev_end is not None and r.start > prev_end:
-                rows.append({"kind": "gap", "from": captures.describe(prev_end), "to": captures.describe(r.start)})
+                rows.append(
+                    {
+                        "kind": "gap",
+                        "from": captures.describe(prev_end, exact=True),
+                        "to": captures.describe(r.start, exact=True),
+                    }
+                )
             rows.append(
                 {
                     "kind": "covered",
-                    "from": captures.describe(r.start),
-                    "to": captures.describe(r.end),
+                    "from": captures.describe(r.start, exact=True),
+                    "to": captures.describe(r.end, exact=True),
                     "chain": r.chain,
                     "seconds": round((r.end - r.start) / 1e6, 1),
                 }
@@ -133,9 +141,9 @@ def states_at(tl: captures.Timeline, at: int) -> list[StateAt]:
             StateAt(
                 path,
                 True,
-                captures.describe(last.at),
+                captures.describe(last.at, exact=True),
                 last.page_count,
-                (captures.describe(rng.start), captures.describe(rng.end)),
+                (captures.describe(rng.start, exact=True), captures.describe(rng.end, exact=True)),
             )
         )
     return out
@@ -311,7 +319,7 @@ def _one(
         )
     info: dict[str, object] = {
         "path": path,
-        "seen": captures.describe(commit.at),
+        "seen": captures.describe(commit.at, exact=True),
         "pages": commit.page_count,
         "integrity": check.integrity,
         "fts": check.fts,

@@ -24,7 +24,7 @@ import json
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import zstandard
 
@@ -379,13 +379,22 @@ def lineage(tl: Timeline, rng: Range, when: int) -> tuple[Base, list[tuple[Segme
     raise CorruptObject(f"chain {rng.chain[:8]} holds no base for {rng.path}")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_us(when: datetime) -> int:
-    return int(when.timestamp() * 1_000_000)
+    return (when - _EPOCH) // timedelta(microseconds=1)
 
 
 def from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, UTC).astimezone()
+    return (_EPOCH + timedelta(microseconds=us)).astimezone()
 
 
-def describe(us: int) -> str:
+def describe(us: int, *, up: bool = False, exact: bool = False) -> str:
+    """A time for people: whole seconds (rounded up with `up`: a range's start, so that the second
+    shown is covered), or to the microsecond with `exact` (JSON)."""
+    if exact:
+        return from_us(us).isoformat(timespec="microseconds")
+    if up and us % 1_000_000:
+        us += 1_000_000 - us % 1_000_000
     return from_us(us).isoformat(timespec="seconds")
