@@ -8,7 +8,9 @@ new base; a time outside the covered ranges is one clear error naming them (exit
 from __future__ import annotations
 
 import os
+import plistlib
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +20,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from e2e_support import PHX, Sandbox
+import pytest
+from e2e_support import PHX, Sandbox, assert_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlite_states import TRANSACTION, Simulation, create_schema
@@ -197,17 +200,56 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
 def test_a_time_outside_the_covered_ranges_is_one_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     res = sb.phx("restore", "--at", "2026-01-01T00:00:00+00:00", "--to", tmp_path / "x", check=2)
-    assert "no capture covers" in res.err and "none" in res.err
+    assert_error(res, 2, "no capture covers", "covered: none")
     sb.phx("watch", "--duration", "1.5")
     res = sb.phx("restore", "--at", "2001-01-01T00:00:00+00:00", "--to", tmp_path / "x", check=2)
-    line = [x for x in res.err.splitlines() if "error" in x]
-    assert len(line) == 1 and "covered:" in line[0] and "home/.argentos/memory.db:" in line[0], res.err
+    assert_error(res, 2, "no capture covers 2001-01-01", "covered: home/.argentos/data/dashboard.db: 2", "memory.db: 2")
     assert not (tmp_path / "x").exists()
-    res = sb.phx("restore", "--at", "yesterday", "--to", tmp_path / "x", check=2)
-    assert "RFC 3339" in res.err
-    res = sb.phx("restore", "--at", "2026-01-01T00:00:00", "--to", tmp_path / "x", check=2)
-    assert "UTC offset" in res.err
-    res = sb.phx("list", "--at", "2001-01-01T00:00:00Z", check=2)
-    assert "no capture covers" in res.err
-    res = sb.phx("restore", "--at", "2001-01-01T00:00:00Z", "--latest", check=2)
-    assert "--at" in res.err
+    assert_error(sb.phx("restore", "--at", "yesterday", "--to", tmp_path / "x", check=2), 2, "RFC 3339")
+    assert_error(sb.phx("restore", "--at", "2026-01-01T00:00:00", check=2), 2, "UTC offset")
+    assert_error(sb.phx("list", "--at", "2001-01-01T00:00:00Z", check=2), 2, "no capture covers")
+    assert_error(sb.phx("drill", "--at", "2001-01-01T00:00:00Z", check=2), 2, "no capture covers")
+    assert_error(sb.phx("restore", "--at", "2001-01-01T00:00:00Z", "--latest", check=2), 2, "--at", "--latest")
+    res = sb.phx("restore", "--at", "2001-01-01T00:00:00Z", "--path", "nothing*", "--to", tmp_path / "x", check=2)
+    assert_error(res, 2, "--path nothing*", "names no database")
+
+
+# -- phx schedule install --watch ------------------------------------------------------------
+
+
+def _no_user_manager(sb: Sandbox, tmp_path: Path) -> dict[str, str]:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    return sb.env_with(XDG_RUNTIME_DIR=str(runtime), DBUS_SESSION_BUS_ADDRESS=None, XDG_CONFIG_HOME=None)
+
+
+def test_the_watch_service_is_written_for_systemd_and_launchd_and_refused_for_cron(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    env = _no_user_manager(sb, tmp_path)
+    if subprocess.run(["systemctl", "--user", "show-environment"], env=env, capture_output=True).returncode == 0:
+        pytest.skip("a user systemd answers even without a session: not touching it")
+    res = sb.phx("schedule", "install", "--watch", "--scheduler", "systemd", env=env, check=2)
+    assert_error(res, 2, "systemctl --user", "enable --now phoenix-watch.service")
+    unit = sb.home / ".config" / "systemd" / "user" / "phoenix-watch.service"
+    text = unit.read_text()
+    assert "Type=simple" in text and "Restart=always" in text and "KillSignal=SIGTERM" in text
+    assert f"watch --config {sb.config_path}" in text and sb.env["PHX_PASSPHRASE"] not in text
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        check = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+    assert sb.phx("schedule", "remove", "--watch", env=env).out.strip() == "removed the watch service from systemd"
+    assert not unit.exists()
+    if sys.platform != "darwin":
+        res = sb.phx("schedule", "install", "--watch", "--scheduler", "launchd", env=env, check=2)
+        assert_error(res, 2, "launchctl bootstrap")
+        plist = plistlib.loads((sb.home / "Library/LaunchAgents/com.argentos.phoenix-watch.plist").read_bytes())
+        assert plist["KeepAlive"] is True
+        assert plist["ProgramArguments"][-3:] == ["watch", "--config", str(sb.config_path)]
+        assert sb.phx("schedule", "remove", "--watch", env=env).out.strip() == "removed the watch service from launchd"
+    res = sb.phx("schedule", "install", "--watch", "--scheduler", "cron", env=env, check=2)
+    assert_error(res, 2, "cron", "cannot keep `phx watch` running")
+    res = sb.phx("schedule", "install", "--watch", "--every", "daily", env=env, check=2)
+    assert_error(res, 2, "--watch runs all the time")

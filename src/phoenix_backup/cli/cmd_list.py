@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from phoenix_backup.cli import render
@@ -19,6 +21,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.repo.captures import describe, span, to_us
 from phoenix_backup.repo.snapshot import Selection
 
 
@@ -89,11 +92,11 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
     for path, rows in report.databases.items():
         lines.append(path)
         for row in rows:
-            start, end = _second(str(row["from"]), up=True), _second(str(row["to"]))
+            start, end = _us(str(row["from"])), _us(str(row["to"]))
             if row["kind"] == "gap":
-                lines.append(f"  gap      {_second(str(row['from']))} to {_second(str(row['to']), up=True)}")
+                lines.append(f"  gap      {describe(start)} to {describe(end, up=True)}")
             else:
-                lines.append(f"  covered  {start} to {end} ({row['seconds']} s)")
+                lines.append(f"  covered  {span(start, end)} ({row['seconds']} s)")
     if not report.databases:
         lines.append("no capture segment: run `phx watch` to capture the databases continuously")
     lines.append(f"{report.segments} segments, {report.bytes} bytes")
@@ -103,10 +106,5 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
     return ExitStatus.PARTIAL if report.problems or report.broken else ExitStatus.OK
 
 
-def _second(text: str, up: bool = False) -> str:
-    """An exact time as whole seconds: a covered range's start rounded up, so the second shown is covered."""
-    from datetime import datetime
-
-    from phoenix_backup.repo.captures import describe, to_us
-
-    return describe(to_us(datetime.fromisoformat(text)), up=up)
+def _us(text: str) -> int:
+    return to_us(datetime.fromisoformat(text))

@@ -47,9 +47,7 @@ def ranges_text(tl: captures.Timeline, path: str | None = None) -> str:
     paths = [path] if path else tl.paths()
     out = []
     for p in paths:
-        spans = ", ".join(
-            f"{captures.describe(r.start, up=True)} to {captures.describe(r.end)}" for r in tl.for_path(p)
-        )
+        spans = ", ".join(captures.span(r.start, r.end) for r in tl.for_path(p))
         out.append(f"{p}: {spans or 'none'}")
     return "; ".join(out) or "none (no `phx watch` has written to this repository)"
 

@@ -398,3 +398,12 @@ def describe(us: int, *, up: bool = False, exact: bool = False) -> str:
     if up and us % 1_000_000:
         us += 1_000_000 - us % 1_000_000
     return from_us(us).isoformat(timespec="seconds")
+
+
+def span(start: int, end: int) -> str:
+    """A covered range for people: the whole seconds it covers, or to the millisecond when it
+    covers less than one whole second."""
+    first, last = describe(start, up=True), describe(end)
+    if to_us(datetime.fromisoformat(first)) > end:
+        first, last = (from_us(t).isoformat(timespec="milliseconds") for t in (start, end))
+    return f"{first} to {last}"
