@@ -239,6 +239,11 @@ def _at(
     for d in result.databases:
         where = f" -> {d['to']}" if "to" in d else ""
         lines.append(f"  {d['path']}: state seen {d.get('seen')}, integrity {d.get('integrity', '-')}{where}")
+    if result.files is not None:
+        lines.append(
+            f"  files: the snapshot {str(result.files['snapshot'])[:8]} of {result.files['time']}, "
+            f"{result.files.get('restored', 0)} restored"
+        )
     if result.safety_snapshot:
         sid = result.safety_snapshot[:8]
         lines.append(f"safety snapshot {sid} (`phx restore --backup {sid}` undoes this restore)")

@@ -21,12 +21,15 @@ from phoenix_backup.ops.context import Environment
     metavar="SECONDS",
     help="Stop after this many seconds (default: run until SIGTERM or Ctrl-C).",
 )
+@click.option("--no-files", "no_files", is_flag=True, help="Capture the SQLite databases only, not the files.")
 @common
-def watch(out: Out, envx: Environment, config_path: str | None, duration: float | None) -> ExitStatus:
-    """Capture every configured SQLite database within a second of each commit, until stopped.
+def watch(out: Out, envx: Environment, config_path: str | None, duration: float | None, no_files: bool) -> ExitStatus:
+    """Capture every configured SQLite database within a second of each commit, and the files
+    within seconds of a change, until stopped.
 
     Each second in which something was committed becomes one sealed capture segment in every
-    target; `phx restore --at TIME` restores any second covered (see `phx list --timeline`).
+    target; a burst of file changes becomes a snapshot of the files (tag watch) that reads only
+    what changed; `phx restore --at TIME` restores any second covered (see `phx list --timeline`).
     SIGTERM or Ctrl-C ends it after a last segment. `phx schedule install --watch` runs it as a
     user service.
 
@@ -41,13 +44,13 @@ def watch(out: Out, envx: Environment, config_path: str | None, duration: float 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         out.notice("watching; SIGTERM or Ctrl-C stops after a last segment")
-        result = watch_op.watch(cfg, envx, stop, duration=duration)
+        result = watch_op.watch(cfg, envx, stop, duration=duration, files=not no_files)
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
     text = (
         f"watched for {result.duration:.0f} s: {result.commits} states captured, {result.segments} segments "
-        f"({result.bytes} bytes), {result.bases} base snapshot(s)"
+        f"({result.bytes} bytes), {result.bases} base snapshot(s), {result.file_snapshots} snapshot(s) of the files"
     )
     out.result(result.to_json(), text)
     return ExitStatus.OK

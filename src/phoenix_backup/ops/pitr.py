@@ -18,16 +18,43 @@ from datetime import datetime
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ConfirmationRequired, CorruptObject, ExitStatus, RestoreError, UsageError
+from phoenix_backup.errors import (
+    ConfirmationRequired,
+    CorruptObject,
+    ExitStatus,
+    PhoenixError,
+    RestoreError,
+    UsageError,
+)
 from phoenix_backup.ops import safety
 from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
+from phoenix_backup.ops.watch_files import FILES_SCOPE
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR
+from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Snapshot
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.files import write_content
 from phoenix_backup.sources.layout import Layout
+
+
+def files_as_of(snap: Snapshot) -> int | None:
+    """When a snapshot of the files (scope `watch-files`) had read every file (µs), or None."""
+    try:
+        begun = datetime.fromisoformat(snap.started or snap.time)
+    except ValueError:
+        return None
+    return captures.to_us(begun) + int(snap.stats.duration * 1_000_000)
+
+
+def file_snapshots(repo: Repository) -> list[tuple[int, Snapshot]]:
+    """The complete snapshots of the files `phx watch` took, by the time they hold, oldest first."""
+    out = []
+    for snap in repo.list_snapshots():
+        when = files_as_of(snap) if snap.scope == FILES_SCOPE and not snap.incomplete else None
+        if when is not None:
+            out.append((when, snap))
+    return sorted(out, key=lambda x: x[0])
 
 
 def parse_at(text: str) -> int:
@@ -59,10 +86,12 @@ class TimelineReport:
     bytes: int
     problems: dict[str, str]
     broken: list[str]
+    files: list[dict[str, str]] = field(default_factory=list)  # snapshots of the files: id, as of
 
     def to_json(self) -> dict[str, object]:
         return {
             "databases": self.databases,
+            "files": self.files,
             "segments": self.segments,
             "bytes": self.bytes,
             "problems": self.problems,
@@ -103,7 +132,11 @@ def timeline(cfg: Config, envx: Environment) -> TimelineReport:
     repo = open_repository(cfg, envx)
     try:
         require_identity(repo, "the capture segments")
-        return timeline_report(captures.timeline(repo))
+        report = timeline_report(captures.timeline(repo))
+        report.files = [
+            {"snapshot": snap.id, "asOf": captures.describe(when, exact=True)} for when, snap in file_snapshots(repo)
+        ]
+        return report
     finally:
         repo.close()
 
@@ -199,6 +232,7 @@ class AtResult:
     databases: list[dict[str, object]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     safety_snapshot: str | None = None
+    files: dict[str, object] | None = None  # the snapshot of the files restored, and what happened
     duration: float = 0.0
 
     @property
@@ -213,6 +247,7 @@ class AtResult:
             "databases": self.databases,
             "errors": self.errors,
             "safetySnapshot": self.safety_snapshot,
+            "files": self.files,
             "duration": round(self.duration, 3),
         }
 
@@ -226,9 +261,6 @@ def _chosen(tl: captures.Timeline, layout: Layout, paths: tuple[str, ...]) -> li
         real = str(layout.to_real(p))
         if any(fnmatch.fnmatchcase(p, g) or fnmatch.fnmatchcase(real, g) for g in paths):
             out.append(p)
-    if not out:
-        captured = ", ".join(every) or "none"
-        raise UsageError(f"--path {' '.join(paths)} names no database the watch captured ({captured})")
     return out
 
 
@@ -245,10 +277,13 @@ def restore_at(
     check_only: bool = False,
 ) -> AtResult:
     """Restore the captured databases as they were at `at_text`: in place, below `to`, or (a
-    drill, `check_only`) into a scratch folder where they are only checked."""
+    drill, `check_only`) into a scratch folder where they are only checked. The files come from
+    the newest snapshot of the files `phx watch` took by then (ops/restore.py restores it), unless
+    `paths` select databases only."""
     started = time.time()
     at = parse_at(at_text)
     result = AtResult(captures.describe(at), str(to) if to else None, dry_run)
+    files: Snapshot | None = None
     repo = open_repository(cfg, envx)
     try:
         require_identity(repo, "the capture segments and snapshots")
@@ -258,7 +293,12 @@ def restore_at(
             layout = Layout(cfg.workspace, envx.home)
             chosen = _chosen(tl, layout, paths)
             covered = [p for p in chosen if tl.at(p, at) is not None]
-            if not covered:
+            if not check_only and (not paths or len(chosen) < len(tl.paths())):
+                files = next((snap for when, snap in reversed(file_snapshots(repo)) if when <= at), None)
+            if not covered and (files is None or (tl.paths() and not paths)):
+                if paths and not chosen and files is None:
+                    captured = ", ".join(tl.paths()) or "none"
+                    raise UsageError(f"--path {' '.join(paths)} names no database the watch captured ({captured})")
                 raise UsageError(
                     f"no capture covers {captures.describe(at)}; covered: "
                     f"{'; '.join(ranges_text(tl, p) for p in chosen) if chosen else ranges_text(tl)}"
@@ -270,9 +310,10 @@ def restore_at(
                     )
             if dry_run:
                 result.databases = [s.to_json() for s in states_at(tl, at) if s.path in covered]
-                return result
             in_place = to is None and not check_only
-            if in_place and not yes:
+            if dry_run or not covered:
+                pass
+            elif in_place and not yes:
                 names = ", ".join(str(layout.to_real(p)) for p in covered)
                 ask = envx.confirm
                 if ask is None:
@@ -281,11 +322,11 @@ def restore_at(
                     )
                 if not ask(f"Overwrite {names} with their state at {result.at}?"):
                     raise UsageError("nothing was restored")
-            if in_place and safety_snapshot:
+            if in_place and safety_snapshot and covered and not dry_run:
                 snap = safety.take(repo, cfg, envx, layout, dict.fromkeys(covered, "sqlite"))
                 result.safety_snapshot = snap.id
             with scratch_dir("phx-at-") as scratch:
-                for i, p in enumerate(covered):
+                for i, p in enumerate(covered if not dry_run else ()):
                     copy = scratch / f"{i}.db"
                     try:
                         result.databases.append(_one(repo, tl, p, at, copy, layout, to, in_place, check_only))
@@ -293,8 +334,39 @@ def restore_at(
                         result.errors.append({"path": p, "error": str(exc)})
     finally:
         repo.close()
+    if files is not None:
+        result.files = _restore_files(cfg, envx, files, paths, to, dry_run, yes, safety_snapshot)
+        errors = result.files.get("errors")
+        if isinstance(errors, list):
+            result.errors.extend(errors)
     result.duration = time.time() - started
     return result
+
+
+def _restore_files(
+    cfg: Config,
+    envx: Environment,
+    snap: Snapshot,
+    paths: tuple[str, ...],
+    to: Path | None,
+    dry_run: bool,
+    yes: bool,
+    safety_snapshot: bool,
+) -> dict[str, object]:
+    """The files as of the snapshot `phx watch` took of them, by the ordinary restore."""
+    from phoenix_backup.ops import restore as restore_op
+
+    info: dict[str, object] = {"snapshot": snap.id, "time": snap.time}
+    try:
+        done = restore_op.restore(
+            cfg, envx, ref=snap.id, paths=paths, to=to, dry_run=dry_run, yes=yes, safety_snapshot=safety_snapshot
+        )
+    except PhoenixError as exc:
+        info["errors"] = [{"path": "files", "error": str(exc)}]
+        return info
+    info["restored"] = done.restored
+    info["errors"] = [{"path": str(e["path"]), "error": str(e["error"])} for e in done.errors]
+    return info
 
 
 def _one(

@@ -46,6 +46,7 @@ from phoenix_backup.errors import ConfigError, PhoenixError, RepositoryLocked, S
 from phoenix_backup.ops.backup import select_sources, snapshot_entries
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.ops.sync import replicate_all
+from phoenix_backup.ops.watch_files import FileWatch
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
@@ -79,6 +80,7 @@ class WatchResult:
     bytes: int = 0
     commits: int = 0
     bases: int = 0
+    file_snapshots: int = 0
     resumed: list[str] = field(default_factory=list)  # databases that continued the saved chain
     warnings: list[str] = field(default_factory=list)
     unwritten: int = 0  # segments that could not be written to the first target before the end
@@ -127,7 +129,7 @@ def _load_state(path: Path) -> dict[str, Any]:
 class Watcher:
     """The state of one `phx watch` process (see the module's docstring)."""
 
-    def __init__(self, cfg: Config, envx: Environment, repo: Repository) -> None:
+    def __init__(self, cfg: Config, envx: Environment, repo: Repository, *, files: bool = True) -> None:
         self.cfg = cfg
         self.envx = envx
         self.repo = repo
@@ -182,6 +184,21 @@ class Watcher:
                 self.replicas[name] = target_backend(cfg, envx, name)
             except PhoenixError as exc:
                 self.warn(f"target {name}: {exc}")
+        self.files = FileWatch(cfg, envx) if files else None
+        self.next_files = 0.0  # after a failed file snapshot, not before this (monotonic)
+
+    def watch_files(self) -> None:
+        """A snapshot of the files when a burst of changes is due (watch_files.py)."""
+        if self.files is None or time.monotonic() < self.next_files or not self.files.due() or not self._lease():
+            return
+        try:
+            self.files.snapshot(self.repo)
+        except PhoenixError as exc:
+            self.warn(f"the snapshot of the files failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
+            self.next_files = time.monotonic() + HEARTBEAT_SECONDS
+            return
+        self.result.file_snapshots += 1
+        self._catch_up([n for n in self.replicas if n not in self.lagging])
 
     def _hashes_path(self, db: _Db) -> Path:
         name = blake3.blake3(db.logical.encode()).hexdigest(length=16)
@@ -476,6 +493,8 @@ class Watcher:
                 self.warn(f"target {name}: {exc}")
 
     def close(self) -> None:
+        if self.files is not None:
+            self.files.close()
         for db in self.dbs:
             db.capture.close()
         self._release()
@@ -489,13 +508,14 @@ def watch(
     stop: threading.Event,
     *,
     duration: float | None = None,
+    files: bool = True,
 ) -> WatchResult:
-    """Follow every configured SQLite database until `stop` is set (SIGTERM, SIGINT) or
-    `duration` seconds passed; a last flush writes what was captured."""
+    """Follow every configured SQLite database (and, with `files`, the files) until `stop` is set
+    (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured."""
     started = time.monotonic()
     repo = open_repository(cfg, envx, upgrade=True)
     try:
-        w = Watcher(cfg, envx, repo)
+        w = Watcher(cfg, envx, repo, files=files)
         try:
             while not stop.is_set():
                 tick = time.monotonic()
@@ -504,6 +524,7 @@ def watch(
                     w.flush()
                 elif w.queue:
                     w._write_queue()
+                w.watch_files()
                 if duration is not None and time.monotonic() - started >= duration:
                     break
                 stop.wait(max(0.0, POLL_SECONDS - (time.monotonic() - tick)))
