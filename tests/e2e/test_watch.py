@@ -191,7 +191,8 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     # The second run also sees a file change within seconds (watchdog events, debounced).
     note = sb.workspace / "MEMORY.md"
     before = note.read_bytes()
-    proc = subprocess.Popen([PHX, "watch", "--duration", "6.5", "--json"], env=sb.env, stdout=subprocess.PIPE, text=True)
+    cmd = [PHX, "watch", "--duration", "6.5", "--json"]
+    proc = subprocess.Popen(cmd, env=sb.env, stdout=subprocess.PIPE, text=True)
     time.sleep(2.5)
     changed_at = time.time()
     note.write_bytes(before + b"\nwritten while phx watch runs\n")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import secrets
 import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo import captures, keys
 from phoenix_backup.repo.captures import Base, Commit, Part
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.retention import Policy, apply_policy
 from phoenix_backup.storage.local import LocalBackend
 
 PS = 512
@@ -189,3 +192,40 @@ def test_a_forgotten_base_uncovers_its_history(repo: Repository) -> None:
     repo.backend.delete("snapshots/" + "a" * 64)
     tl = captures.timeline(repo)
     assert tl.for_path("home/a.db") == [] and "is gone" in tl.problems[captures.PREFIX + a]
+
+
+# -- retention of phx watch's snapshots of the files -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Snap:
+    id: str
+    name: str
+    time: str
+    scope: str
+    host: str = "host"
+    tags: tuple[str, ...] = ()
+    incomplete: tuple[object, ...] = ()
+
+
+def test_snapshots_of_the_files_are_kept_every_one_for_a_day_then_hourly_then_by_the_policy() -> None:
+    now = datetime(2030, 1, 10, 12, 0, tzinfo=UTC)
+    times = [now - timedelta(minutes=10 * i) for i in range(6 * 24 * 5)]  # every 10 minutes for 5 days
+    snaps = [
+        _Snap(f"{scope}{i}", f"{scope}{i}", t.isoformat(), scope)
+        for scope in ("watch-files", "full")
+        for i, t in enumerate(reversed(times))
+    ]
+    plan = apply_policy(snaps, Policy(daily=7), now)
+    kept = {d.snapshot.id for d in plan.keep}
+    files = [s for s in snaps if s.scope == "watch-files" and s.id in kept]
+    ages = sorted((now - datetime.fromisoformat(s.time)).total_seconds() / 3600 for s in files)
+    assert sum(1 for a in ages if a <= 24) == 6 * 24 + 1  # every one of the last day
+    # then one an hour: 72 clock hours counted from now, of which the last day spans 25
+    assert sum(1 for a in ages if 24 < a <= 72) == 72 - 25
+    # then one a day (the policy's daily rule)
+    older = [s for s in snaps if s.scope == "watch-files" and now - datetime.fromisoformat(s.time) > timedelta(hours=72)]
+    kept_days = [datetime.fromisoformat(s.time).date() for s in older if s.id in kept]
+    assert kept_days and len(kept_days) == len(set(kept_days)) < len(older)
+    # Ordinary snapshots keep the policy alone.
+    assert sum(1 for s in snaps if s.scope == "full" and s.id in kept) == 5

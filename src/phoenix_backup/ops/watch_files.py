@@ -1,6 +1,7 @@
 """The files part of `phx watch`: file-system events (inotify, FSEvents or kqueue, through
 `watchdog`) on the workspace and the other folders a backup reads, debounced, then a snapshot of
-every file the config selects, databases aside (scope `watch-files`, tag `watch`). Its parent is
+every file the config selects, databases aside (scope `watch-files`, no tag: retention keeps every
+one for a day, then one an hour up to three days, then by the policy, repo/retention.py). Its parent is
 the newest snapshot of this host, so only the files that changed are read and stored: the cost is
 proportional to the change. A point in time of the files is the newest such snapshot at or before it.
 """
@@ -24,7 +25,6 @@ from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry
 from phoenix_backup.sources.scope import SCOPES
 
 FILES_SCOPE = "watch-files"
-WATCH_TAG = "watch"
 # A snapshot once events stopped for QUIET_SECONDS, and at most MAX_DELAY_SECONDS after the first
 # event of a burst (so a file written all the time is still saved every few seconds).
 QUIET_SECONDS = 2.0
@@ -109,7 +109,7 @@ class FileWatch:
             self._entries(),
             absent=(),
             scope=FILES_SCOPE,
-            tags=(WATCH_TAG,),
+            tags=(),
             parent_scopes=(*SCOPES, FILES_SCOPE),
         )
         self.pending = False
