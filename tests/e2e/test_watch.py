@@ -180,8 +180,11 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     sb = sandbox
     db = sb.layout.memory_db
     plog = tmp_path / "watch.log"
+    size = sum(p.stat().st_size for p in (sb.layout.memory_db, sb.layout.observations_db, sb.layout.dashboard_db))
+    sb.backup()
     first = sb.phx("watch", "--duration", "1", "--no-files", "--json").json()
-    assert first["bases"] == 1
+    # The base reuses the backup's unchanged copies, and the first segment holds no page of them.
+    assert first["bases"] == 1 and first["bytes"] < size / 20, (first, size)
     con = sqlite3.connect(db)
     con.execute("PRAGMA journal_mode=wal")
     con.execute("CREATE TABLE IF NOT EXISTS t(x)")
@@ -207,7 +210,6 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
         doc = sb.phx("restore", "--at", at, "--to", dest, "--json").json()
         assert (dest / "workspace" / "MEMORY.md").read_bytes() == content, doc
     # What the restart added is its own change, not the databases again.
-    size = sum(p.stat().st_size for p in (sb.layout.memory_db, sb.layout.observations_db, sb.layout.dashboard_db))
     assert second["bytes"] < size / 20, (second["bytes"], size)
     tl = sb.phx("list", "--timeline", "--json").json()
     assert set(tl["databases"]) >= {"home/.argentos/memory.db"}

@@ -27,11 +27,14 @@ changed, else every HEARTBEAT_SECONDS) the records are sealed into one capture s
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,7 +47,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir, write_private
 from phoenix_backup.errors import ConfigError, PhoenixError, RepositoryLocked, SourceError
 from phoenix_backup.ops.backup import select_sources, snapshot_entries
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, target_backend
 from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.ops.watch_files import FileWatch
 from phoenix_backup.repo import captures
@@ -199,6 +202,7 @@ class Watcher:
             return
         self.result.file_snapshots += 1
         self._catch_up([n for n in self.replicas if n not in self.lagging])
+        release_memory()
 
     def _hashes_path(self, db: _Db) -> Path:
         name = blake3.blake3(db.logical.encode()).hexdigest(length=16)
@@ -338,7 +342,9 @@ class Watcher:
         failed = {i["path"]: i["error"] for i in result.incomplete}
         snap = self.repo.load_snapshot(result.id)
         nodes = dict(walk_tree(self.repo, snap.tree))
-        cache = Cache(self.repo.config.id, self.cache_dir)
+        # The base's page hashes: in the watch's cache when the base read the database, else in the
+        # backups' cache when the base reused an unchanged copy of the last backup (same SHA-256).
+        caches = (Cache(self.repo.config.id, self.cache_dir), cache_for(self.repo, self.envx))
         for db in dbs:
             node = nodes.get(db.logical)
             if db.logical in failed or node is None or not node.sha256:
@@ -351,7 +357,7 @@ class Watcher:
                 at = now_us()
                 try:
                     new = _hash_all(image, self.repo.ids.page_key)
-                    state = cache.load_pages(db.logical, node.sha256)
+                    state = next((ps for c in caches if (ps := c.load_pages(db.logical, node.sha256))), None)
                     if state is not None and state.page_size == image.page_size:
                         pages = sorted(_differ(bytearray(state.pages), new, image.page_count))
                     else:
@@ -371,6 +377,7 @@ class Watcher:
                 self.warn(f"{db.entry.path}: {exc}; tried again later")
         # The base on every replica before any segment that names it.
         self._catch_up(list(self.replicas))
+        release_memory()
 
     # -- sealing and writing ---------------------------------------------------------------
 
@@ -546,6 +553,16 @@ def watch(
             "`phx watch` starts from new bases (nothing the databases hold is lost)"
         )
     return result
+
+
+def release_memory() -> None:
+    """Give the C heap's free memory back to the system after a snapshot: its page runs and packs
+    pass hundreds of MB through malloc, which glibc otherwise keeps for the life of the process
+    (measured: 450 MB resident after a base of 560 MB of databases, 30 MB after this)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 # -- page hashes ---------------------------------------------------------------------------
