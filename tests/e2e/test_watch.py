@@ -230,6 +230,18 @@ def test_a_time_outside_the_covered_ranges_is_one_clear_error(sandbox: Sandbox, 
     assert_error(sb.phx("restore", "--at", "2001-01-01T00:00:00Z", "--latest", check=2), 2, "--at", "--latest")
     res = sb.phx("restore", "--at", "2001-01-01T00:00:00Z", "--path", "nothing*", "--to", tmp_path / "x", check=2)
     assert_error(res, 2, "--path nothing*", "names no database")
+    # A damaged state file, then a last segment that does not authenticate (after `phx key
+    # rotate`, or planted): each time a new chain from a new base, never a chain nobody can read.
+    (state,) = (sb.root / "xdg-data" / "phoenix" / "watch").glob("*.json")
+    state.write_text('{"chain": 7, "sequence": "x", "last": ["../../etc"]}')
+    assert sb.phx("watch", "--duration", "0.5", "--no-files", "--json").json()["bases"] == 1
+    last = json.loads(state.read_text())["last"]
+    segment = sb.repo / "captures" / last
+    segment.write_bytes(next(p for p in segment.parent.iterdir() if p.name != last).read_bytes())
+    res = sb.phx("watch", "--duration", "0.5", "--no-files", "--json")
+    assert res.json()["bases"] == 1 and "cannot be read" in res.err, res
+    timeline = sb.phx("list", "--timeline", "--json", check=3).json()
+    assert "captures/" + last in timeline["problems"]
 
 
 # -- phx schedule install --watch ------------------------------------------------------------

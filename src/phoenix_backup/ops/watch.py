@@ -45,7 +45,14 @@ import blake3
 
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir, write_private
-from phoenix_backup.errors import ConfigError, PhoenixError, RepositoryLocked, SourceError
+from phoenix_backup.errors import (
+    ConfigError,
+    IdentityRequired,
+    ObjectNotFound,
+    PhoenixError,
+    RepositoryLocked,
+    SourceError,
+)
 from phoenix_backup.ops.backup import select_sources, snapshot_entries
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, target_backend
 from phoenix_backup.ops.sync import replicate_all
@@ -121,6 +128,10 @@ def state_file(envx: Environment, repo_id: str) -> Path:
     return data_dir(envx.env) / "watch" / f"{repo_id}.json"
 
 
+def _is_hex(value: object, n: int) -> bool:
+    return isinstance(value, str) and len(value) == n and all(c in "0123456789abcdef" for c in value)
+
+
 def _load_state(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
@@ -151,14 +162,19 @@ class Watcher:
         self.dbs: list[_Db] = []
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
         saved = _load_state(self.state_path)
+        chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
+        if not (_is_hex(chain, 32) and type(sequence) is int and sequence >= 0 and _is_hex(last, 64)):
+            saved = {}  # none, or damaged: a new chain
         self.chain = str(saved.get("chain") or "")
         self.sequence = int(saved.get("sequence", -1)) if self.chain else -1
-        self.previous: str | None = saved.get("last") if self.chain else None
+        self.previous: str | None = str(saved["last"]) if self.chain else None
         positions: dict[str, Any] = saved.get("databases", {}) if self.chain else {}
         changed_in: dict[str, Any] = saved.get("changedIn", {}) if self.chain else {}
-        if self.chain and (self.previous is None or self.repo.backend.stat(captures.PREFIX + self.previous) is None):
-            if self.previous is not None:
-                self.warn("the watch's last segment is not in the repository: a new chain starts from new bases")
+        if not isinstance(positions, dict) or not isinstance(changed_in, dict):
+            positions, changed_in = {}, {}
+        problem = self._last_segment_problem() if self.chain else None
+        if problem is not None:
+            self.warn(f"the watch's last segment {problem}: a new chain starts from new bases")
             positions = {}
             self.chain = ""
         if not self.chain:
@@ -203,6 +219,21 @@ class Watcher:
         self.result.file_snapshots += 1
         self._catch_up([n for n in self.replicas if n not in self.lagging])
         release_memory()
+
+    def _last_segment_problem(self) -> str | None:
+        """Why the saved chain cannot go on (None: it can): its last segment must be in the
+        repository and open under the repository's key (not after `phx key rotate`)."""
+        if self.previous is None:
+            return "is unknown"
+        try:
+            captures.load(self.repo, captures.PREFIX + self.previous)
+        except ObjectNotFound:
+            return "is not in the repository"
+        except IdentityRequired:
+            return None  # a write-only repository: this machine cannot read what it wrote
+        except PhoenixError as exc:
+            return f"cannot be read ({exc})"
+        return None
 
     def _hashes_path(self, db: _Db) -> Path:
         name = blake3.blake3(db.logical.encode()).hexdigest(length=16)
