@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import fsync_dir
 from phoenix_backup.errors import (
     ConfirmationRequired,
     CorruptObject,
@@ -327,11 +328,19 @@ def restore_at(
                 result.safety_snapshot = snap.id
             with scratch_dir("phx-at-") as scratch:
                 for i, p in enumerate(covered if not dry_run else ()):
-                    copy = scratch / f"{i}.db"
+                    # Rebuilt beside its destination, so that placing it is a rename.
+                    if check_only:
+                        copy = scratch / f"{i}.db"
+                    else:
+                        dest = layout.to_real(p, to)
+                        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                        copy = dest.with_name(f".{dest.name}.phx-at.{os.getpid()}")
                     try:
                         result.databases.append(_one(repo, tl, p, at, copy, layout, to, in_place, check_only))
                     except (RestoreError, CorruptObject, OSError) as exc:
                         result.errors.append({"path": p, "error": str(exc)})
+                    finally:
+                        copy.unlink(missing_ok=True)
     finally:
         repo.close()
     if files is not None:
@@ -416,14 +425,9 @@ def _one(
 
 
 def _place(copy: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Put the checked copy (in the same folder) in the place of `dest`."""
     for suffix in ("-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{dest}{suffix}")  # SQLite would replay a stale journal into the new file
-    tmp = dest.with_name(f".{dest.name}.phx-at.{os.getpid()}")
-    with open(copy, "rb") as src, open(tmp, "wb") as out:
-        while block := src.read(1 << 20):
-            out.write(block)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, dest)
+    os.replace(copy, dest)
+    fsync_dir(dest.parent)
