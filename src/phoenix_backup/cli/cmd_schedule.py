@@ -113,7 +113,7 @@ def _install_watch(
     cfg = load_config(out, envx, config_path)
     if cfg.source is None:
         raise UsageError("the config has no file to point the service at; write one with `phx init`")
-    for warning in schedule_lib._warnings(cfg, envx.env):
+    for warning in schedule_lib.passphrase_warnings(cfg, envx.env):
         out.notice(f"warning: {warning}")
     chosen = scheduler or schedule_lib.detect(envx.env)
     path = service.install(cfg.source.resolve(), envx.env, envx.home, chosen)

@@ -133,17 +133,18 @@ class BackupResult:
         return doc
 
 
-def parse_time(text: str | None) -> datetime:
+def parse_time(text: str | None, option: str = "--time") -> datetime:
+    """`option`'s RFC 3339 time with a UTC offset (now when None); UsageError naming it otherwise."""
     if text is None:
         return datetime.now().astimezone().replace(microsecond=0)
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise UsageError(f"--time {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
+        raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
     if when.tzinfo is None:
-        raise UsageError(f"--time {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
+        raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
     if not MIN_YEAR <= when.year <= MAX_YEAR:
-        raise UsageError(f"--time {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
+        raise UsageError(f"{option} {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
     return when
 
 

@@ -28,11 +28,12 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.ops import safety
+from phoenix_backup.ops.backup import parse_time
 from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
 from phoenix_backup.ops.watch_files import FILES_SCOPE
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Snapshot
+from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.files import write_content
@@ -60,15 +61,7 @@ def file_snapshots(repo: Repository) -> list[tuple[int, Snapshot]]:
 
 def parse_at(text: str) -> int:
     """`--at TIME` (RFC 3339 with a UTC offset, fractions of a second allowed) in µs."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise UsageError(f"--at {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:05+01:00") from exc
-    if when.tzinfo is None:
-        raise UsageError(f"--at {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
-    if not MIN_YEAR <= when.year <= MAX_YEAR:
-        raise UsageError(f"--at {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}")
-    return captures.to_us(when)
+    return captures.to_us(parse_time(text, "--at"))
 
 
 def ranges_text(tl: captures.Timeline, path: str | None = None) -> str:

@@ -28,7 +28,7 @@ def _env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def render_systemd(config_path: Path, env: Mapping[str, str]) -> str:
-    env_lines = "".join(f"Environment={systemd._quote(f'{k}={v}')}\n" for k, v in _env(env).items())
+    env_lines = "".join(f"Environment={systemd.quote(f'{k}={v}')}\n" for k, v in _env(env).items())
     return (
         "# Written by `phx schedule install --watch`; remove with `phx schedule remove --watch`.\n"
         "[Unit]\n"
@@ -37,7 +37,7 @@ def render_systemd(config_path: Path, env: Mapping[str, str]) -> str:
         "[Service]\n"
         "Type=simple\n"
         f"{env_lines}"
-        f"ExecStart={' '.join(systemd._quote(a) for a in argv(config_path))}\n"
+        f"ExecStart={' '.join(systemd.quote(a) for a in argv(config_path))}\n"
         "Restart=always\n"
         "RestartSec=5\n"
         "KillSignal=SIGTERM\n"
@@ -77,9 +77,9 @@ def install(config_path: Path, env: Mapping[str, str], home: Path, scheduler: st
         path = launchd.plist_path(home, NAME)
         path.parent.mkdir(parents=True, exist_ok=True)
         domain = f"gui/{os.getuid()}"
-        launchd._launchctl(["bootout", domain, str(path)])
+        launchd.launchctl(["bootout", domain, str(path)])
         path.write_bytes(render_launchd(config_path, env))
-        proc = launchd._launchctl(["bootstrap", domain, str(path)])
+        proc = launchd.launchctl(["bootstrap", domain, str(path)])
         if proc.returncode != 0:
             raise SchedulerUnavailable(
                 f"wrote {path} but `launchctl bootstrap {domain}` failed ({proc.stderr.strip() or proc.returncode}); "
@@ -93,7 +93,7 @@ def install(config_path: Path, env: Mapping[str, str], home: Path, scheduler: st
     tmp.write_text(render_systemd(config_path, env))
     tmp.replace(path)
     for args in (["daemon-reload"], ["enable", "--now", path.name]):
-        proc = systemd._systemctl(args, env)
+        proc = systemd.systemctl(args, env)
         if proc.returncode != 0:
             why = proc.stderr.strip() or proc.returncode
             raise SchedulerUnavailable(
@@ -109,9 +109,9 @@ def remove(env: Mapping[str, str], home: Path) -> list[str]:
     removed = []
     unit = systemd.unit_dir(env, home) / systemd.service_name(NAME)
     if unit.exists():
-        systemd._systemctl(["disable", "--now", unit.name], env)  # SIGTERM: the watch writes its last segment
+        systemd.systemctl(["disable", "--now", unit.name], env)  # SIGTERM: the watch writes its last segment
         unit.unlink(missing_ok=True)
-        systemd._systemctl(["daemon-reload"], env)
+        systemd.systemctl(["daemon-reload"], env)
         removed.append("systemd")
     if launchd.remove(home, NAME):
         removed.append("launchd")
