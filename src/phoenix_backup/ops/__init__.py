@@ -30,11 +30,13 @@ COMMANDS: dict[str, str] = {
     "repair": "ops.repair",
     "restore": "ops.restore",
     "restore --merge": "ops.merge",
+    "restore --at": "ops.pitr",  # also list --timeline / --at and drill --at
     "schedule": "schedule",  # no repository involved: the scheduler package itself
     "status": "ops.status",
     "sync": "ops.sync",
     "unlock": "ops.unlock",
     "verify": "ops.verify",
+    "watch": "ops.watch",
 }
 
 # The modules of ops/ that are not a command of their own, and what they serve.
@@ -42,4 +44,5 @@ SHARED: dict[str, str] = {
     "ops.context": "what every use case takes: the caller's environment, credentials, the opened repository",
     "ops.db_backup": "backup: the PostgreSQL and Redis streams saved into the repository",
     "ops.safety": "restore and restore --merge: the safety snapshot taken before anything changes",
+    "ops.watch_files": "watch: file-system events, debounced, then a snapshot of the files",
 }
