@@ -20,6 +20,7 @@ import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import PHX, Sandbox, assert_error
@@ -166,6 +167,8 @@ def test_watch_restores_every_second_under_a_writer_with_kills(sandbox: Sandbox,
         _kill(writer)
         _kill(watch, signal.SIGTERM)
     assert watch.returncode == 0, plog.read_text()
+    # SIGTERM released the lock (the killed runs' locks were removed by the next run as dead).
+    assert not list((sb.repo / "locks").iterdir()), plog.read_text()
     record = _log(wlog)
     assert len(record) / (record[-1][2] - record[0][1]) >= 20, "the writer made fewer than 20 commits a second"
     covered = _timeline(sb)
@@ -283,3 +286,21 @@ def test_the_watch_service_is_written_for_systemd_and_launchd_and_refused_for_cr
     assert_error(res, 2, "cron", "cannot keep `phx watch` running")
     res = sb.phx("schedule", "install", "--watch", "--every", "daily", env=env, check=2)
     assert_error(res, 2, "--watch runs all the time")
+
+
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: the default run's budget")
+def test_a_write_only_repository_takes_segments_that_only_the_identity_reads(make_sandbox: Any, tmp_path: Path) -> None:
+    from test_write_only import Reader, writer
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    doc = sb.phx("watch", "--duration", "1", "--no-files", "--json").json()
+    assert doc["bases"] == 1 and doc["segments"] >= 1, doc
+    # The machine that backs up cannot read what it wrote.
+    assert_error(sb.phx("list", "--timeline", check=2), 2, "identity")
+    reader = Reader(sb, tmp_path / "reader", identity)
+    rows = reader.phx("list", "--timeline", "--json").json()["databases"]["home/.argentos/memory.db"]
+    at = rows[-1]["to"]
+    reader.phx("restore", "--at", at, "--to", tmp_path / "out", "--path", "home/.argentos/memory.db")
+    con = sqlite3.connect(tmp_path / "out" / "home/.argentos/memory.db")
+    assert [r[0] for r in con.execute("PRAGMA integrity_check")] == ["ok"]
+    con.close()

@@ -28,7 +28,7 @@ def watch(out: Out, envx: Environment, config_path: str | None, duration: float 
     within seconds of a change, until stopped.
 
     Each second in which something was committed becomes one sealed capture segment in every
-    target; a burst of file changes becomes a snapshot of the files (tag watch) that reads only
+    target; a burst of file changes becomes a snapshot of the files (scope watch-files) that reads only
     what changed; `phx restore --at TIME` restores any second covered (see `phx list --timeline`).
     SIGTERM or Ctrl-C ends it after a last segment. `phx schedule install --watch` runs it as a
     user service.
