@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import PHX, Sandbox, assert_error
+from e2e_support import PHX, Sandbox, assert_error, wait_past_racy_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlite_states import TRANSACTION, Simulation, create_schema
@@ -184,6 +184,7 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     db = sb.layout.memory_db
     plog = tmp_path / "watch.log"
     size = sum(p.stat().st_size for p in (sb.layout.memory_db, sb.layout.observations_db, sb.layout.dashboard_db))
+    wait_past_racy_window()  # so that the base reuses the backup's copies instead of reading them again
     sb.backup()
     first = sb.phx("watch", "--duration", "1", "--no-files", "--json").json()
     # The base reuses the backup's unchanged copies, and the first segment holds no page of them.
