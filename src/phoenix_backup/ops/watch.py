@@ -457,8 +457,14 @@ class Watcher:
             },
             "changedIn": {db.logical: db.changed_in for db in self.dbs if db.changed_in and not db.need_base},
         }
-        self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self.state_path, json.dumps(doc, sort_keys=True).encode())
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(self.state_path, json.dumps(doc, sort_keys=True).encode())
+        except OSError as exc:
+            raise SourceError(
+                f"cannot save the watch's position in {self.state_path} ({exc.strerror or exc}); "
+                "free space or fix its permissions, then start `phx watch` again"
+            ) from exc
 
     def _lease(self) -> bool:
         """Hold the shared lock; False (and a notice) while another command holds the repository."""
