@@ -281,6 +281,7 @@ COMMANDS = (
     "sync",
     "unlock",
     "verify",
+    "watch",
 )
 
 

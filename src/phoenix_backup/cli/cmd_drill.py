@@ -18,6 +18,7 @@ from phoenix_backup.cli.app import (
     target_option,
     thaw_option,
 )
+from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import drill as drill_op
 from phoenix_backup.ops.context import Environment
@@ -31,6 +32,12 @@ from phoenix_backup.ops.context import Environment
     show_default=True,
     help="Snapshot id, unique prefix or name.",
     shell_complete=complete_snapshots,
+)
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Drill the SQLite databases `phx watch` captured, as they were at TIME (RFC 3339 with offset).",
 )
 @target_option
 @thaw_option
@@ -47,6 +54,7 @@ def drill(
     envx: Environment,
     config_path: str | None,
     ref: str,
+    at: str | None,
     target: str | None,
     thaw_timeout: float,
     scratch: str | None,
@@ -60,6 +68,8 @@ def drill(
     cfg = load_config(out, envx, config_path)
     check_target(target, cfg, envx)
     envx.thaw_timeout = thaw_timeout
+    if at is not None:
+        return _at(out, envx, cfg, at)
     result = drill_op.drill(cfg, envx, ref=ref, target=target, scratch=Path(scratch).absolute() if scratch else None)
     out.result(result.to_json(), render(result, out.verbose), data=result.exit_status != ExitStatus.OK)
     return result.exit_status
@@ -103,3 +113,23 @@ def render(r: drill_op.DrillResult, verbose: bool) -> str:
 def _file_errors(r: drill_op.DrillResult) -> bool:
     dbs = {d.path for d in r.databases}
     return any(e.path not in dbs for e in r.errors)
+
+
+def _at(out: Out, envx: Environment, cfg: Config, at: str) -> ExitStatus:
+    """`--at TIME`: rebuild each captured database at TIME in scratch space and check it."""
+    from phoenix_backup.ops import pitr
+
+    result = pitr.restore_at(cfg, envx, at, check_only=True)
+    lines = [f"drill of the captured databases as of {result.at}:"]
+    for d in result.databases:
+        fts = d.get("fts") or {}
+        assert isinstance(fts, dict)
+        lines.append(
+            f"  ✓ {d['path']}: state seen {d['seen']}, {d['pages']} pages, integrity {d['integrity']}, "
+            f"FTS5 {sum(1 for v in fts.values() if v == 'ok')}/{len(fts)} ok"
+        )
+    for e in result.errors:
+        lines.append(f"  ✗ {e['path']}: {e['error']}")
+    lines.append("drill passed" if not result.errors else f"drill FAILED: {len(result.errors)} error(s)")
+    out.result(result.to_json(), "\n".join(lines), data=bool(result.errors))
+    return ExitStatus.FAILURE if result.errors else ExitStatus.OK

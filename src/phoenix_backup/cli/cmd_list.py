@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from phoenix_backup.cli import render
@@ -15,9 +17,11 @@ from phoenix_backup.cli.app import (
     repo_option,
     target_option,
 )
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.config import Config
+from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.repo.captures import describe, span, to_us
 from phoenix_backup.repo.snapshot import Selection
 
 
@@ -32,6 +36,8 @@ from phoenix_backup.repo.snapshot import Selection
     help="Only the snapshots carrying this tag (repeatable: all of them).",
 )
 @click.option("--last", type=click.IntRange(min=1), metavar="N", help="Only the N newest of the snapshots selected.")
+@click.option("--timeline", is_flag=True, help="The times `phx watch` covers, per database: covered ranges and gaps.")
+@click.option("--at", "at", metavar="TIME", help="Which captured state of each database holds at TIME (RFC 3339).")
 @target_option
 @repo_option
 @common
@@ -43,6 +49,8 @@ def list_cmd(
     scope: str | None,
     tags: tuple[str, ...],
     last: int | None,
+    timeline: bool,
+    at: str | None,
     target: str | None,
 ) -> ExitStatus:
     """List snapshots, oldest first: id, name, time, size, bytes added, files, databases, tags, targets.
@@ -53,9 +61,50 @@ def list_cmd(
     """
     cfg = load_config(out, envx, config_path)
     check_target(target, cfg, envx)
+    if timeline or at is not None:
+        return _captures(out, envx, cfg, timeline, at)
     every = list_op.list_snapshots(cfg, envx, target=target)
     chosen = {s.id for s in Selection(host, scope, tags, last).apply([s.snapshot for s in every])}
     snaps = [s for s in every if s.snapshot.id in chosen]
     text = render.snapshots(snaps) if snaps or not every else f"none of the {len(every)} snapshots is selected"
     out.result([s.to_json() for s in snaps], text, data=True)
     return ExitStatus.OK
+
+
+def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str | None) -> ExitStatus:
+    """`--timeline` and `--at TIME`: what the capture segments of `phx watch` cover."""
+    from phoenix_backup.ops import pitr
+
+    if timeline and at is not None:
+        raise UsageError("give --timeline or --at TIME, not both")
+    if at is not None:
+        states = pitr.list_at(cfg, envx, at)
+        lines = []
+        for s in states:
+            if s.covered:
+                lines.append(f"{s.path}: the state seen {s.seen} ({s.page_count} pages)")
+            else:
+                lines.append(f"{s.path}: not covered")
+        out.result([s.to_json() for s in states], "\n".join(lines), data=True)
+        return ExitStatus.OK
+    report = pitr.timeline(cfg, envx)
+    lines = []
+    for path, rows in report.databases.items():
+        lines.append(path)
+        for row in rows:
+            start, end = _us(str(row["from"])), _us(str(row["to"]))
+            if row["kind"] == "gap":
+                lines.append(f"  gap      {describe(start)} to {describe(end, up=True)}")
+            else:
+                lines.append(f"  covered  {span(start, end)} ({row['seconds']} s)")
+    if not report.databases:
+        lines.append("no capture segment: run `phx watch` to capture the databases continuously")
+    lines.append(f"{report.segments} segments, {report.bytes} bytes")
+    for name, problem in report.problems.items():
+        lines.append(f"unreadable: {name}: {problem}")
+    out.result(report.to_json(), "\n".join(lines), data=True)
+    return ExitStatus.PARTIAL if report.problems or report.broken else ExitStatus.OK
+
+
+def _us(text: str) -> int:
+    return to_us(datetime.fromisoformat(text))

@@ -39,6 +39,12 @@ from phoenix_backup.ops.context import Environment
     help="Snapshot id, unique id prefix or name (2026-03-15-14-30).",
     shell_complete=complete_snapshots,
 )
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Restore the SQLite databases `phx watch` captured as they were at TIME (RFC 3339 with offset).",
+)
 @scope_options(config=True)
 @latest_options
 @click.option("--path", "paths", multiple=True, help="Only paths matching this glob (repeatable).")
@@ -92,6 +98,7 @@ def restore(
     config_path: str | None,
     latest: bool,
     ref: str | None,
+    at: str | None,
     scope: str | None,
     paths: tuple[str, ...],
     to: str | None,
@@ -118,6 +125,16 @@ def restore(
     """
     from phoenix_backup.errors import UsageError
 
+    if at is not None:
+        if latest or ref or delete or merge or to_database or realign:
+            raise UsageError(
+                "--at restores the captured databases alone; leave out --latest, --backup, --delete, --merge, "
+                "--to-database and --realign"
+            )
+        cfg = load_config(out, envx, config_path)
+        check_target(target, cfg, envx)
+        envx.thaw_timeout = thaw_timeout
+        return _at(out, envx, cfg, at, paths, to, dry_run, yes, no_safety)
     if latest and ref:
         raise UsageError("give either --latest or --backup ID, not both")
     if not latest and not ref:
@@ -191,4 +208,46 @@ def _merge(
     )
     notices(out, result)
     out.result(result.to_json(), text(result))
+    return result.exit_status
+
+
+def _at(
+    out: Out,
+    envx: Environment,
+    cfg: Config,
+    at: str,
+    paths: tuple[str, ...],
+    to: str | None,
+    dry_run: bool,
+    yes: bool,
+    no_safety: bool,
+) -> ExitStatus:
+    """`--at TIME`: point-in-time restore from the capture segments (ops/pitr.py)."""
+    from phoenix_backup.ops import pitr
+
+    result = pitr.restore_at(
+        cfg,
+        envx,
+        at,
+        paths=paths,
+        to=Path(to).absolute() if to else None,
+        dry_run=dry_run,
+        yes=yes,
+        safety_snapshot=not no_safety,
+    )
+    lines = [f"{'plan: ' if dry_run else ''}databases as of {result.at}:"]
+    for d in result.databases:
+        where = f" -> {d['to']}" if "to" in d else ""
+        lines.append(f"  {d['path']}: state seen {d.get('seen')}, integrity {d.get('integrity', '-')}{where}")
+    if result.files is not None:
+        lines.append(
+            f"  files: the snapshot {str(result.files['snapshot'])[:8]} of {result.files['time']}, "
+            f"{result.files.get('restored', 0)} restored"
+        )
+    if result.safety_snapshot:
+        sid = result.safety_snapshot[:8]
+        lines.append(f"safety snapshot {sid} (`phx restore --backup {sid}` undoes this restore)")
+    out.result(result.to_json(), "\n".join(lines), data=True)
+    for e in result.errors:
+        out.problem(f"not restored: {e['path']}: {e['error']}")
     return result.exit_status

@@ -42,6 +42,11 @@ def schedule() -> None:
 )
 @click.option("--at", "at", help="Time of day HH:MM for daily, weekly and monthly (default: schedule.at, else 02:00).")
 @click.option(
+    "--watch",
+    is_flag=True,
+    help="Install `phx watch` as a service that always runs (systemd user service or launchd agent) instead.",
+)
+@click.option(
     "--scheduler",
     type=click.Choice(schedule_lib.SCHEDULERS),
     help="Use this scheduler instead of the one detected (systemd --user, else cron; launchd on macOS).",
@@ -54,6 +59,7 @@ def install(
     every: str | None,
     drill_every: str | None,
     at: str | None,
+    watch: bool,
     scheduler: str | None,
 ) -> ExitStatus:
     """Install (or replace) the backup schedule, or with --drill the restore-drill schedule.
@@ -65,7 +71,11 @@ def install(
     Example: phx schedule install --every daily --at 02:30
 
     Example: phx schedule install --drill monthly
+
+    Example: phx schedule install --watch
     """
+    if watch:
+        return _install_watch(out, envx, config_path, every, drill_every, at, scheduler)
     if drill_every is not None and every is not None:
         raise UsageError("--every is the backup's schedule; give the drill's schedule to --drill alone")
     kind = "backup" if drill_every is None else "drill"
@@ -86,6 +96,33 @@ def install(
         f"{result.next_due.isoformat(timespec='minutes')}; log {result.log}/{log_name(kind)}"
     )
     out.result(result.to_json(), text)
+    return ExitStatus.OK
+
+
+def _install_watch(
+    out: Out,
+    envx: Environment,
+    config_path: str | None,
+    every: str | None,
+    drill_every: str | None,
+    at: str | None,
+    scheduler: str | None,
+) -> ExitStatus:
+    from phoenix_backup.schedule import service
+
+    if every is not None or drill_every is not None or at is not None:
+        raise UsageError("--watch runs all the time: leave out --every, --drill and --at")
+    cfg = load_config(out, envx, config_path)
+    if cfg.source is None:
+        raise UsageError("the config has no file to point the service at; write one with `phx init`")
+    for warning in schedule_lib.passphrase_warnings(cfg, envx.env):
+        out.notice(f"warning: {warning}")
+    chosen = scheduler or schedule_lib.detect(envx.env)
+    path = service.install(cfg.source.resolve(), envx.env, envx.home, chosen)
+    out.result(
+        {"job": "watch", "scheduler": chosen, "file": str(path), "command": list(service.argv(cfg.source.resolve()))},
+        f"installed `phx watch` as a {chosen} service ({path}); it starts now and with every session",
+    )
     return ExitStatus.OK
 
 
@@ -123,12 +160,24 @@ def _status_text(result: schedule_lib.ScheduleStatus, kind: str) -> str:
 
 @schedule.command()
 @click.option("--drill", is_flag=True, help="Remove only the restore-drill job; the backup schedule stays.")
+@click.option("--watch", is_flag=True, help="Stop and remove only the `phx watch` service; the schedules stay.")
 @common
-def remove(out: Out, envx: Environment, config_path: str | None, drill: bool) -> ExitStatus:
+def remove(out: Out, envx: Environment, config_path: str | None, drill: bool, watch: bool) -> ExitStatus:
     """Remove the backup and drill schedules (timers, crontab entries or launchd agents).
 
     Example: phx schedule remove --drill
+
+    Example: phx schedule remove --watch
     """
+    if watch:
+        from phoenix_backup.schedule import service
+
+        if drill:
+            raise UsageError("give --drill or --watch, not both")
+        gone = service.remove(envx.env, envx.home)
+        text = f"removed the watch service from {', '.join(gone)}" if gone else "no watch service was installed"
+        out.result({"watchRemoved": gone}, text)
+        return ExitStatus.OK
     result = schedule_lib.remove(envx.env, envx.home, ("drill",) if drill else schedule_lib.KINDS)
     parts = []
     if result.removed:

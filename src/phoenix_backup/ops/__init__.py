@@ -30,11 +30,13 @@ COMMANDS: dict[str, str] = {
     "repair": "ops.repair",
     "restore": "ops.restore",
     "restore --merge": "ops.merge",
+    "restore --at": "ops.pitr",  # also list --timeline / --at and drill --at
     "schedule": "schedule",  # no repository involved: the scheduler package itself
     "status": "ops.status",
     "sync": "ops.sync",
     "unlock": "ops.unlock",
     "verify": "ops.verify",
+    "watch": "ops.watch",
 }
 
 # The modules of ops/ that are not a command of their own, and what they serve.
@@ -43,4 +45,5 @@ SHARED: dict[str, str] = {
     "ops.db_backup": "backup: the PostgreSQL and Redis streams saved into the repository",
     "ops.hooks": "backup: hooks.preBackup and hooks.postBackup around it",
     "ops.safety": "restore and restore --merge: the safety snapshot taken before anything changes",
+    "ops.watch_files": "watch: file-system events, debounced, then a snapshot of the files",
 }

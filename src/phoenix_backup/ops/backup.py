@@ -181,17 +181,18 @@ class BackupResult:
         return doc
 
 
-def parse_time(text: str | None) -> datetime:
+def parse_time(text: str | None, option: str = "--time") -> datetime:
+    """`option`'s RFC 3339 time with a UTC offset (now when None); UsageError naming it otherwise."""
     if text is None:
         return datetime.now().astimezone().replace(microsecond=0)
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise UsageError(f"--time {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
+        raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
     if when.tzinfo is None:
-        raise UsageError(f"--time {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
+        raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
     if not MIN_YEAR <= when.year <= MAX_YEAR:
-        raise UsageError(f"--time {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
+        raise UsageError(f"{option} {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
     return when
 
 
@@ -1077,6 +1078,7 @@ def snapshot_entries(
     tags: tuple[str, ...],
     parent_scopes: tuple[str, ...],
     databases: tuple[str, ...] = (),
+    keep_page_state: bool = False,
 ) -> BackupResult:
     """A snapshot of exactly `entries` (a folder entry stands for the folder's own mode and times,
     not for its content), recording `absent` as paths that did not exist: the safety snapshot a
@@ -1086,7 +1088,8 @@ def snapshot_entries(
     Runs in the caller's opened and locked repository. The newest snapshot of this host in one of
     `parent_scopes` is the parent, so unchanged files are not read again and database pages
     deduplicate against the regular backups; the cache's page hashes and the state file are left
-    to the regular backups.
+    to the regular backups (`keep_page_state`: the base snapshots of `phx watch`, whose cache is
+    its own, keep them).
     """
     started = time.time()
     when = parse_time(None)
@@ -1104,6 +1107,6 @@ def snapshot_entries(
         started,
         absent=absent,
         parent_scopes=parent_scopes,
-        keep_page_state=False,
+        keep_page_state=keep_page_state,
         databases=databases,
     )

@@ -16,7 +16,8 @@ the same objects under the same names. For each replica, in its own thread:
    that found packs lost on the first target) is preceded by an index object of the replica's
    own listing the packs the replica holds that would otherwise be listed by no index there;
 6. only when all of that succeeded, copy the snapshot objects it lacks, oldest first, each
-   followed by a checkpoint (Git: one commit naming the snapshot);
+   followed by a checkpoint (Git: one commit naming the snapshot), then the capture segments
+   (`phx watch`, repo/captures.py) it lacks;
 7. when the first target's config differs (after `phx key rotate`, or a format upgrade), copy it:
    the replica's commit point. Then (and whenever the replica still holds slots the first target
    does not) delete the replica's packs, index objects and snapshots that the first target lacks
@@ -195,6 +196,10 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             for obj in sorted({info.name for info in source.list("snapshots/")} - have - known):
                 _copy_one(source, dest, obj, False, report)
                 report.snapshots += 1
+        # The capture segments of `phx watch` (they name snapshots, copied above).
+        have_captures = {info.name for info in dest.list("captures/")}
+        for obj in sorted({info.name for info in source.list("captures/")} - have_captures):
+            _copy_one(source, dest, obj, False, report)
         if switched:
             dest.write("config", source.read("config"))
             report.objects += 1
@@ -281,7 +286,7 @@ def _keep_indexed(
 
 def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
     data = source.read(name)
-    if (name.startswith(("data/", "index/", "snapshots/"))) and sha256_hex(data) != name.split("/")[-1]:
+    if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and sha256_hex(data) != name.split("/")[-1]:
         raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
     dest.write(name, data, cold=cold)
     with _COUNT_LOCK:

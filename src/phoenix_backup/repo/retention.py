@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
@@ -318,11 +318,34 @@ def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime, 
     plan = Plan(policy)
     kept = frozenset(protect)
     for key in sorted(groups, key=lambda k: (k.host, k.scope, k.safety)):
-        decisions = _apply_group(key, groups[key], policy, now, kept)
+        rules = capture_policy(policy) if key.scope in CAPTURE_SCOPES else policy
+        decisions = _apply_group(key, groups[key], rules, now, kept)
         refuse_if_everything_removed(key, decisions)
         plan.decisions.extend(decisions)
         plan.notices += [_future_notice(d.snapshot, now) for d in decisions if _is_future(d.snapshot, now)]
     return plan
+
+
+# The snapshots of the files that `phx watch` takes within seconds of each change (ops/watch_files.py).
+CAPTURE_SCOPES = ("watch-files",)
+
+
+def capture_policy(policy: Policy) -> Policy:
+    """The policy for `phx watch`'s snapshots of the files: every one for a day, then one an hour up to
+    three days, then as the policy says (its daily, weekly, ... rules); no policy, nothing forgotten."""
+    if policy.empty:
+        return policy
+    day = Duration(days=1)
+    within = (
+        policy.within
+        if policy.within is not None and policy.within.before(_EPOCH_PROBE) < day.before(_EPOCH_PROBE)
+        else day
+    )
+    hourly = policy.hourly if policy.hourly < 0 else max(policy.hourly, 72)
+    return replace(policy, within=within, hourly=hourly)
+
+
+_EPOCH_PROBE = datetime(2000, 3, 1, tzinfo=UTC)  # durations are compared by what they take from one date
 
 
 def user_tags(s: Candidate) -> tuple[str, ...]:

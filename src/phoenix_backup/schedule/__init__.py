@@ -126,7 +126,7 @@ def install(
         chosen_at = at if at is not None else (cfg.schedule.at if chosen_every in AT_WORDS else None)
     spec = ScheduleSpec.parse(chosen_every, chosen_at)
     job = Job.for_config(cfg.source.resolve(), env, home, kind)
-    warnings = _warnings(cfg, env)
+    warnings = passphrase_warnings(cfg, env)
     for warning in warnings:
         (notice or (lambda _w: None))(warning)
     chosen = scheduler or detect(env)
@@ -168,7 +168,7 @@ def _write_record(home: Path, kind: str, record: Mapping[str, object]) -> None:
     tmp.replace(path)
 
 
-def _warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:
+def passphrase_warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:
     enc = cfg.encryption
     if enc.enabled and enc.method == "passphrase" and not (enc.passphrase_command or env.get("PHX_PASSPHRASE_FILE")):
         return [

@@ -41,7 +41,7 @@ def render(spec: ScheduleSpec, job: Job) -> bytes:
     return plistlib.dumps(doc)
 
 
-def _launchctl(args: list[str]) -> subprocess.CompletedProcess[str]:
+def launchctl(args: list[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(["launchctl", *args], capture_output=True, text=True, timeout=_TIMEOUT)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -52,9 +52,9 @@ def install(spec: ScheduleSpec, job: Job) -> str:
     path = plist_path(job.home, job.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     domain = f"gui/{os.getuid()}"
-    _launchctl(["bootout", domain, str(path)])  # an older version, if loaded
+    launchctl(["bootout", domain, str(path)])  # an older version, if loaded
     path.write_bytes(render(spec, job))
-    proc = _launchctl(["bootstrap", domain, str(path)])
+    proc = launchctl(["bootstrap", domain, str(path)])
     if proc.returncode != 0:
         raise SchedulerUnavailable(
             f"wrote {path} but `launchctl bootstrap {domain}` failed ({proc.stderr.strip() or proc.returncode}); "
@@ -67,7 +67,7 @@ def remove(home: Path, name: str) -> bool:
     path = plist_path(home, name)
     if not path.exists():
         return False
-    _launchctl(["bootout", f"gui/{os.getuid()}", str(path)])
+    launchctl(["bootout", f"gui/{os.getuid()}", str(path)])
     path.unlink()
     return True
 
@@ -77,5 +77,5 @@ def installed(home: Path, name: str) -> dict[str, object] | None:
     path = plist_path(home, name)
     if not path.exists():
         return None
-    loaded = _launchctl(["print", f"gui/{os.getuid()}/{label(name)}"]).returncode == 0
+    loaded = launchctl(["print", f"gui/{os.getuid()}/{label(name)}"]).returncode == 0
     return {"plist": str(path), "active": "active" if loaded else "not loaded"}

@@ -28,7 +28,7 @@ def unit_dir(env: Mapping[str, str], home: Path) -> Path:
     return Path(base) / "systemd" / "user"
 
 
-def _systemctl(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+def systemctl(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             ["systemctl", "--user", *args], capture_output=True, text=True, timeout=_TIMEOUT, env=dict(env)
@@ -39,14 +39,14 @@ def _systemctl(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedP
 
 def available(env: Mapping[str, str]) -> str | None:
     """None when a user systemd instance answers, else why not."""
-    proc = _systemctl(["show-environment"], env)
+    proc = systemctl(["show-environment"], env)
     if proc.returncode == 0:
         return None
     reason = (proc.stderr.strip().splitlines() or ["no answer"])[0]
     return f"systemd --user is not running for this user ({reason})"
 
 
-def _quote(arg: str) -> str:
+def quote(arg: str) -> str:
     """One ExecStart= word: `%` is a specifier and must be doubled; quotes protect spaces."""
     text = arg.replace("%", "%%")
     if any(c in text for c in " \t\"'\\;$"):
@@ -57,7 +57,7 @@ def _quote(arg: str) -> str:
 def render(spec: ScheduleSpec, job: Job) -> dict[str, str]:
     """The two unit files, by name."""
     service_file, timer_file = service_name(job.name), timer_name(job.name)
-    env_lines = "".join(f"Environment={_quote(f'{k}={v}')}\n" for k, v in job.env)
+    env_lines = "".join(f"Environment={quote(f'{k}={v}')}\n" for k, v in job.env)
     service = (
         "# Written by `phx schedule install`; remove with `phx schedule remove`.\n"
         "[Unit]\n"
@@ -66,7 +66,7 @@ def render(spec: ScheduleSpec, job: Job) -> dict[str, str]:
         "[Service]\n"
         "Type=oneshot\n"
         f"{env_lines}"
-        f"ExecStart={' '.join(_quote(a) for a in job.argv)}\n"
+        f"ExecStart={' '.join(quote(a) for a in job.argv)}\n"
         # A backup is background work: it should not make the agent feel slow.
         "Nice=10\n"
         "IOSchedulingClass=idle\n"
@@ -106,7 +106,7 @@ def install(spec: ScheduleSpec, job: Job, env: Mapping[str, str]) -> str:
     paths = write_units(spec, job, env)
     timer = timer_name(job.name)
     for args in (["daemon-reload"], ["enable", "--now", timer]):
-        proc = _systemctl(args, env)
+        proc = systemctl(args, env)
         if proc.returncode != 0:
             raise SchedulerUnavailable(
                 f"wrote {paths[0].parent}/{job.name}.{{service,timer}} but `systemctl --user {' '.join(args)}` failed "
@@ -121,10 +121,10 @@ def remove(env: Mapping[str, str], home: Path, name: str) -> bool:
     paths = [folder / service_name(name), folder / timer_name(name)]
     if not any(p.exists() for p in paths):
         return False
-    _systemctl(["disable", "--now", timer_name(name)], env)  # may fail when no user manager runs: files go anyway
+    systemctl(["disable", "--now", timer_name(name)], env)  # may fail when no user manager runs: files go anyway
     for p in paths:
         p.unlink(missing_ok=True)
-    _systemctl(["daemon-reload"], env)
+    systemctl(["daemon-reload"], env)
     return True
 
 
@@ -133,7 +133,7 @@ def installed(env: Mapping[str, str], home: Path, name: str) -> dict[str, object
     timer = folder / timer_name(name)
     if not timer.exists():
         return None
-    proc = _systemctl(["is-active", timer.name], env)
+    proc = systemctl(["is-active", timer.name], env)
     # `active` only when systemd says so: unreachable (no user manager) is not running.
     active = proc.stdout.strip() or f"unknown ({(proc.stderr.strip().splitlines() or ['no answer'])[0]})"
     return {"unitDir": str(folder), "active": active}

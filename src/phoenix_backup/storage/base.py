@@ -21,13 +21,15 @@ from phoenix_backup.errors import StorageError
 # shapes means a hostile or corrupt listing can never make a backend touch `..`, an absolute
 # path, or a key outside the repository's prefix.
 _NAME = re.compile(
-    r"^(config|(keys|locks|index|snapshots)/[0-9a-f]{8,64}|runkeys/[0-9a-f]{16}|data/[0-9a-f]{2}/[0-9a-f]{64})$"
+    r"^(config|(keys|locks|index|snapshots)/[0-9a-f]{8,64}|runkeys/[0-9a-f]{16}|data/[0-9a-f]{2}/[0-9a-f]{64}"
+    r"|captures/[0-9a-f]{64})$"
 )
 TEMP_MARKER = ".tmp-"
 # The folders of the format, in the order replication fills them (config and keys first, so a
 # half-copied target is already a valid, openable repository; the run keys of a write-only
-# repository before the objects sealed under them; snapshots last: the commit point).
-FOLDERS = ("keys", "runkeys", "data", "index", "snapshots", "locks")
+# repository before the objects sealed under them; snapshots last: the commit point; then the
+# capture segments of `phx watch`, which name snapshots).
+FOLDERS = ("keys", "runkeys", "data", "index", "snapshots", "captures", "locks")
 
 
 def validate_name(name: str) -> str:

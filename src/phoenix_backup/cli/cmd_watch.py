@@ -1,0 +1,56 @@
+"""`phx watch`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import click
+
+from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.errors import ExitStatus
+from phoenix_backup.ops import watch as watch_op
+from phoenix_backup.ops.context import Environment
+
+
+@cli.command()
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Stop after this many seconds (default: run until SIGTERM or Ctrl-C).",
+)
+@click.option("--no-files", "no_files", is_flag=True, help="Capture the SQLite databases only, not the files.")
+@common
+def watch(out: Out, envx: Environment, config_path: str | None, duration: float | None, no_files: bool) -> ExitStatus:
+    """Capture every configured SQLite database within a second of each commit, and the files
+    within seconds of a change, until stopped.
+
+    Each second in which something was committed becomes one sealed capture segment in every
+    target; a burst of file changes becomes a snapshot of the files (scope watch-files) that reads only
+    what changed; `phx restore --at TIME` restores any second covered (see `phx list --timeline`).
+    SIGTERM or Ctrl-C ends it after a last segment. `phx schedule install --watch` runs it as a
+    user service.
+
+    Example: phx watch
+    """
+    cfg = load_config(out, envx, config_path)
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        out.notice("watching; SIGTERM or Ctrl-C stops after a last segment")
+        result = watch_op.watch(cfg, envx, stop, duration=duration, files=not no_files)
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    text = (
+        f"watched for {result.duration:.0f} s: {result.commits} states captured, {result.segments} segments "
+        f"({result.bytes} bytes), {result.bases} base snapshot(s), {result.file_snapshots} snapshot(s) of the files"
+    )
+    out.result(result.to_json(), text)
+    return ExitStatus.OK

@@ -1,0 +1,121 @@
+"""The files part of `phx watch`: file-system events (inotify, FSEvents or kqueue, through
+`watchdog`) on the workspace and the other folders a backup reads, debounced, then a snapshot of
+every file the config selects, databases aside (scope `watch-files`, no tag: retention keeps every
+one for a day, then one an hour up to three days, then by the policy, repo/retention.py). Its parent is
+the newest snapshot of this host, so only the files that changed are read and stored: the cost is
+proportional to the change. A point in time of the files is the newest such snapshot at or before it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from phoenix_backup.config import Config
+from phoenix_backup.dirs import data_dir
+from phoenix_backup.ops.backup import BackupResult, select_sources, snapshot_entries
+from phoenix_backup.ops.context import Environment
+from phoenix_backup.repo.cache import cache_root
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry
+from phoenix_backup.sources.scope import SCOPES
+
+FILES_SCOPE = "watch-files"
+# A snapshot once events stopped for QUIET_SECONDS, and at most MAX_DELAY_SECONDS after the first
+# event of a burst (so a file written all the time is still saved every few seconds).
+QUIET_SECONDS = 2.0
+MAX_DELAY_SECONDS = 8.0
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+class _Events(FileSystemEventHandler):
+    def __init__(self, ignored: tuple[str, ...]) -> None:
+        self.ignored = ignored
+        self.lock = threading.Lock()
+        self.first = 0.0
+        self.last = 0.0
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write") or (event.is_directory and event.event_type == "modified"):
+            return  # a folder's own "modified" is a change of an entry inside, seen on its own
+        paths = [str(event.src_path), str(getattr(event, "dest_path", "") or "")]
+        if all(not p or self._ignored(p) for p in paths):
+            return
+        now = time.monotonic()
+        with self.lock:
+            if not self.first:
+                self.first = now
+            self.last = now
+
+    def _ignored(self, path: str) -> bool:
+        name = path.rsplit("/", 1)[-1]
+        if name.endswith(SQLITE_SUFFIXES) or any(name.endswith(s) for s in _COMPANIONS):
+            return True  # the databases are captured page by page
+        return any(path == root or path.startswith(root + "/") for root in self.ignored)
+
+    def take(self, now: float) -> bool:
+        """Whether a burst of events is due for a snapshot (and forget it)."""
+        with self.lock:
+            if not self.first:
+                return False
+            if now - self.last < QUIET_SECONDS and now - self.first < MAX_DELAY_SECONDS:
+                return False
+            self.first = self.last = 0.0
+            return True
+
+
+class FileWatch:
+    """Events on the folders a backup reads, and the snapshot of the files when they are due."""
+
+    def __init__(self, cfg: Config, envx: Environment) -> None:
+        self.cfg = cfg
+        self.envx = envx
+        own = [Path(envx.env.get("PHX_CACHE_DIR") or cache_root()), data_dir(envx.env)]
+        if cfg.targets.local.enabled:
+            own.append(cfg.repository_path)
+        self.events = _Events(tuple(str(p) for p in own))
+        self.observer = Observer()
+        self.pending = True  # the first snapshot: what changed while no watch ran
+        self.snapshots = 0
+        entries = self._entries()
+        roots = {str(cfg.workspace)}
+        for e in entries:
+            if not e.path.is_relative_to(cfg.workspace):
+                roots.add(str(e.path.parent))
+        for root in sorted(roots):
+            if Path(root).is_dir():
+                self.observer.schedule(self.events, root, recursive=root == str(cfg.workspace))
+        self.observer.start()
+
+    def _entries(self) -> list[Entry]:
+        _layout, sel = select_sources(self.cfg, "full", self.envx)
+        return [e for e in sel.entries.values() if e.kind != "sqlite"]
+
+    def due(self) -> bool:
+        if self.events.take(time.monotonic()):
+            self.pending = True
+        return self.pending
+
+    def snapshot(self, repo: Repository) -> BackupResult:
+        """The files as they are now (the caller holds the repository's lock)."""
+        result = snapshot_entries(
+            repo,
+            self.cfg,
+            self.envx,
+            self._entries(),
+            absent=(),
+            scope=FILES_SCOPE,
+            tags=(),
+            parent_scopes=(*SCOPES, FILES_SCOPE),
+        )
+        self.pending = False
+        self.snapshots += 1
+        return result
+
+    def close(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)

@@ -1,0 +1,409 @@
+"""Capture segments: what `phx watch` seals every second, and how a point in time is rebuilt.
+
+A segment (`captures/<sha256>`, docs/repository-format.md §15) holds, per database, the commit
+states `phx watch` saw since its previous segment: when each was seen, the database's size, and
+the bytes of every page that changed. Segments of one watch run form a chain (`chain`, a random id;
+`sequence`, from 0; `previous`, the id of the segment before). A database's history in a chain
+starts from a base: an ordinary snapshot (scope `watch`) whose copy of the database the first
+commit's pages apply to. From then on each commit's pages apply to the state before it.
+
+A part also says since when its claims hold (`since`) and until when the watch saw nothing else
+(`until`): the state at a time T is the last commit seen at or before T, as long as T lies in a
+covered range (see `Timeline`). A watch that was stopped leaves a gap until it runs again, even
+when it can prove that no state was missed (only that none was missed, not when they happened).
+
+Everything is in one sealed object (like a snapshot): no pack, no index, so a segment is one
+object per second at most, which prune never touches (it reads no segment), and which is
+authenticated as a whole when it is opened.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import zstandard
+
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError
+from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.repository import Repository
+
+CAPTURE_AAD = b"phoenix v1 capture segment"
+MAGIC = b"PHXC"
+VERSION = 1
+_HEAD = struct.Struct("<4sBI")
+# A segment's plaintext is at most this large: a watch seals far smaller ones (one second of
+# changes), and a reader never inflates a hostile one beyond it.
+MAX_SEGMENT_SIZE = 1 << 30
+MAX_HEADER_SIZE = 64 << 20
+PREFIX = "captures/"
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Base:
+    snapshot: str  # the snapshot (scope `watch`) that holds the database's state before the first commit
+    sha256: str  # of that copy (the tree node's sha256)
+
+    def to_json(self) -> dict[str, str]:
+        return {"snapshot": self.snapshot, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Commit:
+    at: int  # microseconds since the epoch: when the watch saw this state
+    page_count: int
+    pages: tuple[int, ...]  # ascending page numbers (from 1) whose bytes follow in the segment's data
+    offset: int = 0  # where this commit's first page starts in the segment's data
+
+    def to_json(self) -> dict[str, object]:
+        return {"at": self.at, "pageCount": self.page_count, "pages": list(self.pages)}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One database's commits in one segment."""
+
+    path: str  # logical path, as in snapshot trees
+    page_size: int
+    since: int  # µs: the state is known without interruption from then ...
+    until: int  # µs: ... to then
+    commits: tuple[Commit, ...] = ()
+    base: Base | None = None  # the history of this database starts again here
+
+    def to_json(self) -> dict[str, object]:
+        d: dict[str, object] = {
+            "path": self.path,
+            "pageSize": self.page_size,
+            "since": self.since,
+            "until": self.until,
+            "commits": [c.to_json() for c in self.commits],
+        }
+        if self.base is not None:
+            d["base"] = self.base.to_json()
+        return d
+
+
+@dataclass
+class Segment:
+    chain: str
+    sequence: int
+    previous: str | None
+    host: str
+    parts: list[Part]
+    data: bytes = b""
+    id: str = ""
+    stored_size: int = field(default=0, compare=False)
+
+    def header(self) -> bytes:
+        doc = {
+            "version": VERSION,
+            "chain": self.chain,
+            "sequence": self.sequence,
+            "previous": self.previous,
+            "host": self.host,
+            "databases": [p.to_json() for p in self.parts],
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def page(self, part: Part, commit: Commit, i: int) -> bytes:
+        start = commit.offset + i * part.page_size
+        return self.data[start : start + part.page_size]
+
+
+def build(
+    chain: str, sequence: int, previous: str | None, host: str, parts: Iterable[tuple[Part, list[bytes]]]
+) -> Segment:
+    """A segment of `parts`, each with the bytes of its commits' pages in order."""
+    out: list[Part] = []
+    data: list[bytes] = []
+    offset = 0
+    for part, pages in parts:
+        commits = []
+        it = iter(pages)
+        for c in part.commits:
+            commits.append(Commit(c.at, c.page_count, c.pages, offset))
+            for _ in c.pages:
+                page = next(it)
+                if len(page) != part.page_size:
+                    raise ValueError(f"a page of {part.path} has {len(page)} bytes, not {part.page_size}")
+                data.append(page)
+                offset += part.page_size
+        out.append(Part(part.path, part.page_size, part.since, part.until, tuple(commits), part.base))
+    return Segment(chain, sequence, previous, host, out, b"".join(data))
+
+
+def seal(repo: Repository, segment: Segment) -> tuple[str, bytes]:
+    """The segment's object name and stored bytes."""
+    header = segment.header()
+    body = _HEAD.pack(MAGIC, VERSION, len(header)) + header + segment.data
+    raw = repo.sealer.seal(zstandard.ZstdCompressor(level=3).compress(body), CAPTURE_AAD)
+    return PREFIX + sha256_hex(raw), raw
+
+
+def open_segment(repo: Repository, name: str, raw: bytes) -> Segment:
+    """The segment stored as `name` (CorruptObject when damaged, forged or malformed)."""
+    sid = name.removeprefix(PREFIX)
+    if sha256_hex(raw) != sid:
+        raise CorruptObject(f"{name} does not match its name (damaged)")
+    packed = repo.sealer.open(raw, CAPTURE_AAD, name)
+    try:
+        if zstandard.frame_content_size(packed) > MAX_SEGMENT_SIZE:
+            raise CorruptObject(f"{name} claims to inflate beyond {MAX_SEGMENT_SIZE} bytes (damaged or hostile)")
+        body = zstandard.ZstdDecompressor().decompress(packed, max_output_size=MAX_SEGMENT_SIZE)
+    except zstandard.ZstdError as exc:
+        raise CorruptObject(f"{name} does not decompress") from exc
+    seg = decode(body, name)
+    seg.id = sid
+    seg.stored_size = len(raw)
+    return seg
+
+
+def decode(body: bytes, name: str) -> Segment:
+    try:
+        magic, version, hlen = _HEAD.unpack_from(body)
+    except struct.error as exc:
+        raise CorruptObject(f"{name} is too short to be a capture segment") from exc
+    if magic != MAGIC or version != VERSION:
+        raise CorruptObject(f"{name} has an unknown format (version {version}); a newer Phoenix wrote it")
+    if hlen > MAX_HEADER_SIZE or _HEAD.size + hlen > len(body):
+        raise CorruptObject(f"{name} claims a longer header than it holds")
+    try:
+        doc = json.loads(body[_HEAD.size : _HEAD.size + hlen])
+        data = body[_HEAD.size + hlen :]
+        seg = _from_json(doc, data, name)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CorruptObject(f"{name} is malformed ({exc})") from exc
+    return seg
+
+
+def _int(v: object, lo: int = 0, hi: int = 1 << 62) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise ValueError(f"{v!r} is not an integer from {lo} to {hi}")
+    return v
+
+
+def _hex(v: object, n: int) -> str:
+    if not isinstance(v, str) or len(v) != n or not set(v) <= _HEX:
+        raise ValueError(f"{v!r} is not {n} hex digits")
+    return v
+
+
+def _from_json(doc: dict[str, object], data: bytes, name: str) -> Segment:
+    if doc["version"] != VERSION:
+        raise ValueError(f"version {doc['version']!r}")
+    chain = _hex(doc["chain"], 32)
+    sequence = _int(doc["sequence"])
+    previous = None if doc["previous"] is None else _hex(doc["previous"], 64)
+    if (previous is None) != (sequence == 0):
+        raise ValueError("only the first segment of a chain has no previous one")
+    host = doc["host"]
+    if not isinstance(host, str):
+        raise ValueError("host is not text")
+    parts = []
+    offset = 0
+    raw_parts = doc["databases"]
+    if not isinstance(raw_parts, list):
+        raise ValueError("databases is not a list")
+    seen: set[str] = set()
+    for p in raw_parts:
+        path = p["path"]
+        if not isinstance(path, str) or not path or path in seen or ".." in path.split("/"):
+            raise ValueError(f"database path {path!r}")
+        seen.add(path)
+        page_size = _int(p["pageSize"], 512, 65536)
+        if page_size & (page_size - 1):
+            raise ValueError(f"page size {page_size}")
+        since, until = _int(p["since"]), _int(p["until"])
+        if until < since:
+            raise ValueError(f"{path}: until before since")
+        commits = []
+        last_at = since
+        for c in p["commits"]:
+            at = _int(c["at"])
+            if not last_at <= at <= until:
+                raise ValueError(f"{path}: commit times out of order")
+            last_at = at
+            count = _int(c["pageCount"], 0, 1 << 32)
+            pages = tuple(_int(x, 1, count) for x in c["pages"])
+            if any(a >= b for a, b in itertools.pairwise(pages)):
+                raise ValueError(f"{path}: pages not in ascending order")
+            commits.append(Commit(at, count, pages, offset))
+            offset += len(pages) * page_size
+        base = None
+        if "base" in p:
+            b = p["base"]
+            base = Base(_hex(b["snapshot"], 64), _hex(b["sha256"], 64))
+            if not commits:
+                raise ValueError(f"{path}: a base without a commit")
+        parts.append(Part(path, page_size, since, until, tuple(commits), base))
+    if offset != len(data):
+        raise ValueError(f"its pages take {offset} bytes but it holds {len(data)}")
+    return Segment(chain, sequence, previous, host, parts, data)
+
+
+def segment_names(repo: Repository) -> list[str]:
+    return sorted(info.name for info in repo.backend.list(PREFIX))
+
+
+def load(repo: Repository, name: str) -> Segment:
+    try:
+        raw = repo.backend.read(name)
+    except ObjectNotFound:
+        raise
+    return open_segment(repo, name, raw)
+
+
+# -- the timeline -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    path: str
+    start: int  # µs
+    end: int  # µs
+    chain: str
+    first: int  # the sequence whose part begins the range
+
+    def covers(self, at: int) -> bool:
+        return self.start <= at <= self.end
+
+
+@dataclass
+class Timeline:
+    """Covered ranges per database, from every readable segment."""
+
+    segments: dict[str, Segment]  # by id
+    chains: dict[str, list[Segment]]  # by chain id, in sequence order, up to the first missing link
+    ranges: list[Range]
+    problems: dict[str, str]  # segment name -> why it was not read
+    broken: list[str]  # chains cut by a missing or unreadable segment
+
+    def for_path(self, path: str) -> list[Range]:
+        return [r for r in self.ranges if r.path == path]
+
+    def paths(self) -> list[str]:
+        return sorted({r.path for r in self.ranges})
+
+    def at(self, path: str, when: int) -> Range | None:
+        found = [r for r in self.for_path(path) if r.covers(when)]
+        return max(found, key=lambda r: r.start) if found else None
+
+
+# Consecutive parts of a database whose times touch within this much are one range (a watch's
+# `since` is its previous segment's `until`: equal, but allow for a clock step).
+TOUCH_US = 2_000_000
+
+
+def timeline(repo: Repository) -> Timeline:
+    present = {info.name.removeprefix("snapshots/") for info in repo.backend.list("snapshots/")}
+    segments: dict[str, Segment] = {}
+    problems: dict[str, str] = {}
+    for name in segment_names(repo):
+        try:
+            seg = load(repo, name)
+        except (PhoenixError, OSError) as exc:
+            problems[name] = str(exc)
+            continue
+        segments[seg.id] = seg
+    by_chain: dict[str, dict[int, Segment]] = {}
+    for seg in segments.values():
+        by_chain.setdefault(seg.chain, {})
+        # Two segments claiming one place: keep the one the next segment links to (below).
+        by_chain[seg.chain].setdefault(seg.sequence, seg)
+        if by_chain[seg.chain][seg.sequence].id != seg.id:
+            problems[PREFIX + seg.id] = f"a second segment {seg.sequence} of chain {seg.chain[:8]}"
+    chains: dict[str, list[Segment]] = {}
+    broken: list[str] = []
+    for chain, seqs in by_chain.items():
+        ordered: list[Segment] = []
+        expect: str | None = None
+        for n in range(0, max(seqs) + 1):
+            found = seqs.get(n)
+            if found is None or found.previous != expect:
+                broken.append(chain)
+                break
+            ordered.append(found)
+            expect = found.id
+        if ordered:
+            chains[chain] = ordered
+    ranges: list[Range] = []
+    for chain, ordered in chains.items():
+        open_: dict[str, Range] = {}
+        based: set[str] = set()
+        for seg in ordered:
+            for part in seg.parts:
+                if part.base is not None:
+                    if part.path in open_:
+                        ranges.append(open_.pop(part.path))
+                    if part.base.snapshot not in present:
+                        # Forgotten: nothing from this base on can be rebuilt.
+                        based.discard(part.path)
+                        problems[PREFIX + seg.id] = (
+                            f"the base snapshot {part.base.snapshot[:8]} of {part.path} is gone (forgotten or pruned)"
+                        )
+                        continue
+                    based.add(part.path)
+                if part.path not in based:
+                    continue  # a history without a base in this chain (never written so)
+                cur = open_.get(part.path)
+                if cur is not None and part.base is None and part.since <= cur.end + TOUCH_US:
+                    open_[part.path] = Range(part.path, cur.start, max(cur.end, part.until), chain, cur.first)
+                    continue
+                if cur is not None:
+                    ranges.append(cur)
+                start = part.commits[0].at if part.commits and part.base is not None else part.since
+                open_[part.path] = Range(part.path, start, part.until, chain, seg.sequence)
+        ranges.extend(open_.values())
+    ranges.sort(key=lambda r: (r.path, r.start))
+    return Timeline(segments, chains, ranges, problems, broken)
+
+
+def lineage(tl: Timeline, rng: Range, when: int) -> tuple[Base, list[tuple[Segment, Part]]]:
+    """The base and the parts (oldest first) whose commits rebuild `rng.path` at `when`."""
+    ordered = tl.chains[rng.chain]
+    upto = max(i for i, s in enumerate(ordered) if any(p.path == rng.path and p.since <= when for p in s.parts))
+    parts: list[tuple[Segment, Part]] = []
+    for seg in reversed(ordered[: upto + 1]):
+        part = next((p for p in seg.parts if p.path == rng.path), None)
+        if part is None:
+            continue
+        parts.append((seg, part))
+        if part.base is not None:
+            parts.reverse()
+            return part.base, parts
+    raise CorruptObject(f"chain {rng.chain[:8]} holds no base for {rng.path}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return (_EPOCH + timedelta(microseconds=us)).astimezone()
+
+
+def describe(us: int, *, up: bool = False, exact: bool = False) -> str:
+    """A time for people: whole seconds (rounded up with `up`: a range's start, so that the second
+    shown is covered), or to the microsecond with `exact` (JSON)."""
+    if exact:
+        return from_us(us).isoformat(timespec="microseconds")
+    if up and us % 1_000_000:
+        us += 1_000_000 - us % 1_000_000
+    return from_us(us).isoformat(timespec="seconds")
+
+
+def span(start: int, end: int) -> str:
+    """A covered range for people: the whole seconds it covers, or to the millisecond when it
+    covers less than one whole second."""
+    first, last = describe(start, up=True), describe(end)
+    if to_us(datetime.fromisoformat(first)) > end:
+        first, last = (from_us(t).isoformat(timespec="milliseconds") for t in (start, end))
+    return f"{first} to {last}"

@@ -1,0 +1,234 @@
+"""Capture segments (repo/captures.py, repository format §15): sealed and authenticated as a
+whole, every field checked on read, and a timeline that names covered ranges and gaps and never
+bridges a missing or forged segment."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from phoenix_backup.errors import CorruptObject
+from phoenix_backup.repo import captures, keys
+from phoenix_backup.repo.captures import Base, Commit, Part
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.retention import Policy, apply_policy
+from phoenix_backup.storage.local import LocalBackend
+
+PS = 512
+S = 1_000_000  # µs
+
+
+FAST = {"n": 2**10, "r": 8, "p": 1}
+
+
+def _init(path: Path) -> Repository:
+    return Repository.init(LocalBackend(path), lambda m: keys.wrap_passphrase(m, "pw", kdf_params=FAST), True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return _init(tmp_path / "repo")
+
+
+def _page(n: int) -> bytes:
+    return bytes([n % 256]) * PS
+
+
+def _segment(chain: str, seq: int, prev: str | None, since: int, until: int, base: bool = False) -> captures.Segment:
+    commits = (Commit(since, 4, (1, 3)), Commit(until, 5, (5,)))
+    part = Part("home/a.db", PS, since, until, commits, Base("a" * 64, "b" * 64) if base else None)
+    return captures.build(chain, seq, prev, "host", [(part, [_page(1), _page(3), _page(5)])])
+
+
+def _write(repo: Repository, seg: captures.Segment) -> str:
+    repo.backend.write("snapshots/" + "a" * 64, b"the base snapshot's object")
+    name, raw = captures.seal(repo, seg)
+    repo.backend.write(name, raw)
+    return name.removeprefix(captures.PREFIX)
+
+
+def test_a_segment_round_trips_and_its_pages_are_where_it_says(repo: Repository) -> None:
+    chain = secrets.token_hex(16)
+    sid = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))
+    seg = captures.load(repo, captures.PREFIX + sid)
+    part = seg.parts[0]
+    assert seg.chain == chain and part.base == Base("a" * 64, "b" * 64)
+    assert [c.pages for c in part.commits] == [(1, 3), (5,)]
+    assert seg.page(part, part.commits[0], 1) == _page(3)
+    assert seg.page(part, part.commits[1], 0) == _page(5)
+
+
+def test_a_flipped_byte_or_another_key_is_refused(repo: Repository, tmp_path: Path) -> None:
+    name, raw = captures.seal(repo, _segment(secrets.token_hex(16), 0, None, S, 2 * S, base=True))
+    for i in (0, len(raw) // 2, len(raw) - 1):
+        bad = bytearray(raw)
+        bad[i] ^= 1
+        with pytest.raises(CorruptObject):
+            captures.open_segment(repo, name, bytes(bad))
+    # Renamed to match its bytes, a forged segment still fails authentication.
+    from phoenix_backup.repo.crypto import sha256_hex
+
+    other = _init(tmp_path / "other")
+    _n, forged = captures.seal(other, _segment(secrets.token_hex(16), 0, None, S, 2 * S, base=True))
+    with pytest.raises(CorruptObject):
+        captures.open_segment(repo, captures.PREFIX + sha256_hex(forged), forged)
+
+
+def _body(doc: dict[str, object], data: bytes) -> bytes:
+    header = json.dumps(doc).encode()
+    return struct.pack("<4sBI", b"PHXC", 1, len(header)) + header + data
+
+
+GOOD: dict[str, object] = {
+    "version": 1,
+    "chain": "c" * 32,
+    "sequence": 0,
+    "previous": None,
+    "host": "h",
+    "databases": [
+        {
+            "path": "home/a.db",
+            "pageSize": PS,
+            "since": 1,
+            "until": 5,
+            "commits": [{"at": 2, "pageCount": 3, "pages": [1, 2]}],
+            "base": {"snapshot": "a" * 64, "sha256": "b" * 64},
+        }
+    ],
+}
+
+
+def _with(**changes: object) -> dict[str, object]:
+    doc = json.loads(json.dumps(GOOD))
+    part = doc["databases"][0]
+    for key, value in changes.items():
+        if key in part:
+            part[key] = value
+        else:
+            doc[key] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        _with(version=2),
+        _with(sequence=1),  # a later segment without a previous one
+        _with(previous="f" * 64),  # the first with one
+        _with(chain="xyz"),
+        _with(pageSize=1000),
+        _with(pageSize=128),
+        _with(until=0),  # until before since
+        _with(commits=[{"at": 9, "pageCount": 3, "pages": [1, 2]}]),  # a commit after until
+        _with(commits=[{"at": 2, "pageCount": 3, "pages": [2, 1]}]),  # pages out of order
+        _with(commits=[{"at": 2, "pageCount": 3, "pages": [1, 4]}]),  # a page beyond the size
+        _with(commits=[{"at": 2, "pageCount": 3, "pages": [1]}]),  # less data than pages
+        _with(commits=[]),  # a base without a commit
+        _with(path="home/../../etc/passwd"),
+        _with(path=7),
+        _with(base={"snapshot": "a" * 63, "sha256": "b" * 64}),
+    ],
+)
+def test_a_malformed_segment_is_refused_with_its_name(doc: dict[str, object]) -> None:
+    with pytest.raises(CorruptObject, match="captures/x"):
+        captures.decode(_body(doc, bytes(2 * PS)), "captures/x")
+
+
+def test_a_well_formed_body_decodes_and_a_wrong_magic_or_short_header_does_not() -> None:
+    assert captures.decode(_body(GOOD, bytes(2 * PS)), "x").parts[0].commits[0].pages == (1, 2)
+    with pytest.raises(CorruptObject):
+        captures.decode(b"PHXX" + _body(GOOD, bytes(2 * PS))[4:], "x")
+    with pytest.raises(CorruptObject):
+        captures.decode(struct.pack("<4sBI", b"PHXC", 1, 1 << 30), "x")
+
+
+def test_a_segment_that_inflates_beyond_the_limit_is_refused_before_it_is_inflated(repo: Repository) -> None:
+    bomb = zstandard.ZstdCompressor().compress(bytes(captures.MAX_SEGMENT_SIZE + 1))
+    raw = repo.sealer.seal(bomb, captures.CAPTURE_AAD)
+    from phoenix_backup.repo.crypto import sha256_hex
+
+    with pytest.raises(CorruptObject, match="inflate"):
+        captures.open_segment(repo, captures.PREFIX + sha256_hex(raw), raw)
+
+
+def test_the_timeline_joins_touching_segments_and_shows_a_missing_one_as_the_end(repo: Repository) -> None:
+    chain = secrets.token_hex(16)
+    a = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))
+    b = _write(repo, _segment(chain, 1, a, 11 * S, 12 * S))
+    # A restart 5 s later: a gap, then covered again without a new base.
+    c = _write(repo, _segment(chain, 2, b, 17 * S, 18 * S))
+    tl = captures.timeline(repo)
+    spans = [(r.start, r.end) for r in tl.for_path("home/a.db")]
+    assert spans == [(10 * S, 12 * S), (17 * S, 18 * S)]
+    assert tl.at("home/a.db", 14 * S) is None
+    rng = tl.at("home/a.db", 17 * S + 1)
+    assert rng is not None
+    base, parts = captures.lineage(tl, rng, 17 * S + 1)
+    assert base.snapshot == "a" * 64 and [s.sequence for s, _p in parts] == [0, 1, 2]
+    # Segment 1 deleted: the chain ends at 0, nothing after it is covered.
+    repo.backend.delete(captures.PREFIX + b)
+    tl = captures.timeline(repo)
+    assert [(r.start, r.end) for r in tl.for_path("home/a.db")] == [(10 * S, 11 * S)]
+    assert chain in tl.broken
+    # A forged segment 1 (another chain's bytes renamed) is unreadable, never a bridge.
+    repo.backend.write(captures.PREFIX + b, repo.backend.read(captures.PREFIX + c))
+    tl = captures.timeline(repo)
+    assert captures.PREFIX + b in tl.problems
+    assert [(r.start, r.end) for r in tl.for_path("home/a.db")] == [(10 * S, 11 * S)]
+
+
+def test_a_forgotten_base_uncovers_its_history(repo: Repository) -> None:
+    chain = secrets.token_hex(16)
+    a = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))
+    _write(repo, _segment(chain, 1, a, 11 * S, 12 * S))
+    assert captures.timeline(repo).for_path("home/a.db")
+    repo.backend.delete("snapshots/" + "a" * 64)
+    tl = captures.timeline(repo)
+    assert tl.for_path("home/a.db") == [] and "is gone" in tl.problems[captures.PREFIX + a]
+
+
+# -- retention of phx watch's snapshots of the files -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Snap:
+    id: str
+    name: str
+    time: str
+    scope: str
+    host: str = "host"
+    tags: tuple[str, ...] = ()
+    incomplete: tuple[object, ...] = ()
+
+
+def test_snapshots_of_the_files_are_kept_every_one_for_a_day_then_hourly_then_by_the_policy() -> None:
+    now = datetime(2030, 1, 10, 12, 0, tzinfo=UTC)
+    times = [now - timedelta(minutes=10 * i) for i in range(6 * 24 * 5)]  # every 10 minutes for 5 days
+    snaps = [
+        _Snap(f"{scope}{i}", f"{scope}{i}", t.isoformat(), scope)
+        for scope in ("watch-files", "full")
+        for i, t in enumerate(reversed(times))
+    ]
+    plan = apply_policy(snaps, Policy(daily=7), now)
+    kept = {d.snapshot.id for d in plan.keep}
+    files = [s for s in snaps if s.scope == "watch-files" and s.id in kept]
+    ages = sorted((now - datetime.fromisoformat(s.time)).total_seconds() / 3600 for s in files)
+    assert sum(1 for a in ages if a <= 24) == 6 * 24 + 1  # every one of the last day
+    # then one an hour: 72 clock hours counted from now, of which the last day spans 25
+    assert sum(1 for a in ages if 24 < a <= 72) == 72 - 25
+    # then one a day (the policy's daily rule)
+    cut = now - timedelta(hours=72)
+    older = [s for s in snaps if s.scope == "watch-files" and datetime.fromisoformat(s.time) < cut]
+    kept_days = [datetime.fromisoformat(s.time).date() for s in older if s.id in kept]
+    # (restic's rule: a daily budget left at the oldest snapshot keeps that one too)
+    assert 0 < len(kept_days) <= len(set(kept_days)) + 1 < len(older)
+    # Ordinary snapshots keep the policy alone.
+    full_days = {datetime.fromisoformat(s.time).date() for s in snaps if s.scope == "full"}
+    assert sum(1 for s in snaps if s.scope == "full" and s.id in kept) <= len(full_days) + 1
