@@ -16,9 +16,11 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -566,3 +568,42 @@ def on_a_terminal(
         raise AssertionError(f"phx {' '.join(map(str, args))} on a terminal did not finish:\n{output.decode()}")
     _pid, status = os.waitpid(pid, 0)
     return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"))
+
+
+# --------------------------------------------------------------------------------------------
+# Notifications
+# --------------------------------------------------------------------------------------------
+
+# The token of the receiver's URL, as in real Apprise URLs: it must never be echoed.
+NOTIFY_TOKEN = "tok-CANARY-0815"
+
+
+class Receiver:
+    """A loopback HTTP server that records every POSTed JSON body."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                received.append({"path": self.path, "body": json.loads(body), "raw": body.decode()})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "hook") -> str:
+        return f"json://127.0.0.1:{self.port}/{path}?token={NOTIFY_TOKEN}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Sandbox, retention_only
-from test_notify import Receiver
+from e2e_support import Receiver, Sandbox, retention_only
 
 LOGICAL = "home/.argentos/cadence.db"
 ROWS = 2000
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def make_database(path: Path) -> None:
