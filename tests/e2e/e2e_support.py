@@ -317,6 +317,12 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# `databases` for a test of something else than the integrity cadence: every backup runs the full
+# integrity_check, as before the cadence (docs/integrity-cadence.md), so no snapshot is "not checked"
+# and retention keeps nothing for a check's sake.
+CHECK_EVERY_BACKUP: dict[str, Any] = {"integrityCheckEvery": "0h"}
+
+
 def retention_only(**rules: Any) -> dict[str, Any]:
     """A retention section with these rules alone: the defaults (the last day, the last 10, daily 7,
     weekly 4, monthly 12) switched off."""

@@ -160,6 +160,12 @@ def test_drill_always_checks_and_records_it(cadenced: Sandbox, tmp_path: Path) -
     state = json.loads((sb.home / ".argentos/backup/.last-backup").read_text())
     record = state["integrityChecks"][LOGICAL]
     assert record["by"] == "drill" and record["snapshotId"] == bad["id"] and record["result"] == report["integrity"]
+    # `phx status` names it and exits 1 (`phx status || alert`), though the last backup succeeded.
+    res = sb.phx("status", "--json", check=1)
+    status = res.json()
+    assert status["lastBackup"]["success"] is True and status["ok"] is False
+    assert status["integrityChecks"][LOGICAL]["result"] == report["integrity"]
+    assert any(w.startswith(f"{LOGICAL} failed its last full integrity check (drill") for w in status["warnings"])
     # The drill's failure makes the next backup check in full (and find the damage) at once.
     after = sb.phx("backup", "--json", check=3).json()
     assert after["integrityChecked"].get(LOGICAL) == integrity_of(after)

@@ -332,3 +332,21 @@ def test_the_last_checked_copy_of_each_database_is_kept() -> None:
     gone = [snaps[0], Snap("s2", "s2", (day + timedelta(hours=2)).isoformat())]
     plan = apply_policy(gone, Policy(last=1, keep_safety_days=0), datetime(2030, 1, 1, tzinfo=UTC))
     assert [d.snapshot.id for d in plan.keep] == ["s2"]
+
+
+def test_pre_restore_snapshots_keep_no_checked_copy() -> None:
+    """Safety snapshots live keepSafetyDays: an old one is not kept for its checked databases."""
+    day = datetime(2026, 12, 1, 2, tzinfo=UTC)
+    m = "home/.argentos/memory.db"
+    snaps = [
+        Snap("old", "old", day.isoformat(), tags=("pre-restore",), databases=(_db(m, "ok"),)),
+        Snap(
+            "new",
+            "new",
+            (day + timedelta(days=20)).isoformat(),
+            tags=("pre-restore",),
+            databases=(_db(m, "not checked"),),
+        ),
+    ]
+    plan = apply_policy(snaps, Policy(last=1, keep_safety_days=7), day + timedelta(days=21))
+    assert [d.snapshot.id for d in plan.keep] == ["new"]

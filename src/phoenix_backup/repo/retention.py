@@ -22,6 +22,7 @@ Semantics are restic's `forget` as of 0.16, so a restic user can reason about th
 - For each SQLite database, the newest snapshot whose copy of it passed a full `integrity_check`
   is kept while newer ones hold it unchecked (between checks on their cadence) or failed: a
   damage found late never leaves only copies that may carry it (docs/integrity-cadence.md).
+  `pre-restore` groups are left to `keepSafetyDays`.
 - A snapshot dated in the future (more than FUTURE_SLACK ahead of `now`: a clock set wrong, or
   `--time`) is kept, takes no period and no budget, and is reported: it never pushes out the
   snapshots of the present.
@@ -405,7 +406,8 @@ def _apply_group(
     safety_until = timedelta(days=policy.keep_safety_days)
     complete = next((s for s in present if not s.incomplete), None)
     newest_complete = complete.id if complete is not None and complete is not present[0] else None
-    last_good = _last_checked(present)
+    # `pre-restore` undo records live keepSafetyDays, whatever their databases' checks say.
+    last_good = {} if key.safety else _last_checked(present)
 
     for rank, snap in enumerate(present):
         when = parse_time(snap.time)
