@@ -161,6 +161,10 @@ class Sandbox:
             "include": [],  # the whole workspace
             "exclude": [],  # nothing dropped, so a restore must give back every file
             "encryption": {"enabled": encryption, "method": "passphrase"},
+            # Every backup runs the full integrity_check, as before the cadence: the tests of other
+            # features see no "not checked" copy, and retention keeps nothing for a check's sake.
+            # tests/e2e/test_integrity_cadence.py sets the cadence it tests.
+            "databases": {"integrityCheckEvery": "0h"},
         }
         self.write_config()
         self.prefix: Sequence[str] = ()  # a runuser/setpriv wrapper, for permission tests
@@ -315,12 +319,6 @@ def file_manifest(base: Path, *, skip_databases: bool = True) -> dict[str, tuple
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-# `databases` for a test of something else than the integrity cadence: every backup runs the full
-# integrity_check, as before the cadence (docs/integrity-cadence.md), so no snapshot is "not checked"
-# and retention keeps nothing for a check's sake.
-CHECK_EVERY_BACKUP: dict[str, Any] = {"integrityCheckEvery": "0h"}
 
 
 def retention_only(**rules: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from e2e_support import CHECK_EVERY_BACKUP, Sandbox, assert_error, assert_restored, retention_only, run_phx, sha256_file
+from e2e_support import Sandbox, assert_error, assert_restored, retention_only, run_phx, sha256_file
 from test_defaults import as_init_writes_it, state_file
 from test_notify import Receiver
 from test_prune_forget import day
@@ -318,7 +318,7 @@ def test_retention_keeps_the_newest_complete_snapshot(make_sandbox: Callable[...
     `restore --latest` had nothing to restore."""
 
     sb = make_sandbox(root=public_tmp / "sb")
-    sb.write_config(retention=retention_only(daily=2, prune=False), databases=CHECK_EVERY_BACKUP)
+    sb.write_config(retention=retention_only(daily=2, prune=False))
     good = sb.backup("--time", day(6))
     with locked_away(sb, public_tmp, sb.workspace / "memory"):
         for n in (5, 4, 3, 2):

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from e2e_support import CHECK_EVERY_BACKUP, Sandbox, assert_error, retention_only
+from e2e_support import Sandbox, assert_error, retention_only
 from test_prune_forget import day
 
 from phoenix_backup.config import load_config
@@ -106,7 +106,7 @@ def test_an_ambiguous_snapshot_name_is_an_error_listing_the_ids(backed_up: Sandb
 
 def test_a_snapshot_tagged_by_hand_is_forgotten_only_by_name(sandbox: Sandbox) -> None:
     sb = sandbox
-    sb.write_config(retention=retention_only(last=2, prune=False), databases=CHECK_EVERY_BACKUP)
+    sb.write_config(retention=retention_only(last=2, prune=False))
     morning = (datetime.fromisoformat(day(5)) + timedelta(hours=8)).isoformat()
     evening = (datetime.fromisoformat(day(5)) + timedelta(hours=16)).isoformat()
     tagged = sb.backup("--tag", "before-upgrade", "--time", morning)

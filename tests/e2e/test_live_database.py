@@ -108,9 +108,6 @@ LOGICAL = "home/.argentos/data/dashboard.db"
 
 
 def writer_database(sb: Sandbox, journal: str) -> Path:
-    # Every backup runs the full integrity_check on the capture's read transaction, under the
-    # writer: that the check passes on each captured state is part of what these tests prove.
-    sb.write_config(databases={"integrityCheckEvery": "0h"})
     db = sb.layout.dashboard_db
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(str(db) + suffix).unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import CHECK_EVERY_BACKUP, Sandbox, assert_restored, retention_only
+from e2e_support import Sandbox, assert_restored, retention_only
 
 MB = 1024 * 1024
 
@@ -44,7 +44,6 @@ def test_forget_and_prune_free_space_and_the_rest_restores(
     make_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
     sb = make_sandbox()
-    sb.write_config(databases=CHECK_EVERY_BACKUP)
     ws = sb.workspace
     states: dict[str, dict[str, Any]] = {}
     # Four nightly backups; two of them carry a big incompressible file that later goes away.
@@ -107,7 +106,7 @@ def test_forget_and_prune_free_space_and_the_rest_restores(
 
 def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
-    sb.write_config(retention=retention_only(last=1), databases=CHECK_EVERY_BACKUP)
+    sb.write_config(retention=retention_only(last=1))
     first = sb.backup()
     assert first["retention"]["pruned"] == {"local": 0} and first["retention"]["ok"]
     second = sb.backup()
@@ -161,7 +160,6 @@ def test_retention_applies_on_every_target(make_sandbox: Callable[..., Sandbox])
             "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
         },
         retention=retention_only(last=2),
-        databases=CHECK_EVERY_BACKUP,
     )
     ids = [sb.backup("--time", day(n))["id"] for n in (3, 2, 1)]
     last = sb.backup("--json")

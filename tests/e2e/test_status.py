@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from e2e_support import CHECK_EVERY_BACKUP, Sandbox
+from e2e_support import Sandbox
 
 
 def repo_bytes(repo: Path) -> int:
@@ -108,7 +108,6 @@ def test_a_database_saved_damaged_makes_the_backup_partial(make_sandbox: Callabl
     import sqlite3
 
     sb = make_sandbox()
-    sb.write_config(databases=CHECK_EVERY_BACKUP)
     good = sb.backup()
     path = "home/.argentos/memory.db"
     con = sqlite3.connect(sb.db_path(path))
