@@ -6,7 +6,10 @@ seed fields of the last successful run, so a failure never hides when the last g
 targetsLastSuccess ({name: {timestamp, date, snapshotId}}: when each target last received a
 snapshot), lastFailure ({timestamp, date, error}: the last run that failed, was partial or
 reached only some targets) and lastFull ({timestamp, date, success, partial, failedParts, error}:
-the last full-scope run, kept through narrower ones).
+the last full-scope run, kept through narrower ones) and integrityChecks ({logical path: {time,
+checkedAt, result, snapshotId, by}}: the last full `PRAGMA integrity_check` of each SQLite database,
+by a backup or a drill; `time` is when the checked state was captured, which the cadence counts
+from, see docs/integrity-cadence.md).
 
 A partial backup (a snapshot was made, but some of its parts could not be saved: a PostgreSQL or
 Redis database, a file; or a database was saved damaged, its integrity check failed) has
@@ -114,11 +117,18 @@ def write_state(
         doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
     elif "lastFailure" in previous:
         doc["lastFailure"] = previous["lastFailure"]
+    if isinstance(previous.get("integrityChecks"), dict):
+        doc["integrityChecks"] = previous["integrityChecks"]
     # A narrower backup (--identity-only) proves nothing about what the last full one missed.
     if scope == "full":
         doc["lastFull"] = {k: doc[k] for k in ("timestamp", "date", "success", "partial", "failedParts", "error")}
     elif isinstance(previous.get("lastFull"), dict):
         doc["lastFull"] = previous["lastFull"]
+    _write(target, doc)
+
+
+def _write(target: Path, doc: dict[str, Any]) -> None:
+    """Atomically; a state file that cannot be written never fails the run."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = target.with_name(f".last-backup.tmp{os.getpid()}")
@@ -126,3 +136,72 @@ def write_state(
         os.replace(tmp, target)
     except OSError:
         pass
+
+
+@dataclass(frozen=True)
+class IntegrityCheck:
+    """One full `PRAGMA integrity_check` of a SQLite database's state."""
+
+    time: str  # RFC 3339: when the checked state was captured (the snapshot's time)
+    result: str  # "ok" or the problems
+    snapshot_id: str
+    by: str  # "backup" or "drill"
+    checked_at: str = ""  # RFC 3339: when the check ran
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "checkedAt": self.checked_at,
+            "result": self.result,
+            "snapshotId": self.snapshot_id,
+            "by": self.by,
+        }
+
+    @classmethod
+    def from_json(cls, d: object) -> IntegrityCheck | None:
+        """None for anything that is not a record (a damaged state file: the check is then due)."""
+        if not isinstance(d, dict):
+            return None
+        fields = [d.get(k) for k in ("time", "result", "snapshotId", "by", "checkedAt")]
+        if not all(isinstance(v, str) for v in fields[:4]):
+            return None
+        return cls(*(str(v or "") for v in fields))
+
+
+def integrity_checks(path: Path | None = None) -> dict[str, IntegrityCheck]:
+    """The last full integrity check of each SQLite database (by logical path)."""
+    raw = (read_state(path) or {}).get("integrityChecks")
+    out: dict[str, IntegrityCheck] = {}
+    for logical, record in raw.items() if isinstance(raw, dict) else ():
+        check = IntegrityCheck.from_json(record)
+        if check is not None:
+            out[str(logical)] = check
+    return out
+
+
+def record_integrity_checks(checks: dict[str, IntegrityCheck], path: Path | None = None) -> None:
+    """Record full integrity checks, each replacing the database's record unless that one is of a
+    newer state (a drill of an old snapshot does not move the cadence back); a failure always
+    replaces it, so the next backup checks again."""
+    if not checks:
+        return
+    target = path or state_path()
+    doc = read_state(target) or {}
+    known = integrity_checks(target)
+    merged = {k: v.to_json() for k, v in known.items()}
+    for logical, check in checks.items():
+        old = known.get(logical)
+        if old is None or check.result != "ok" or _instant(check.time) >= _instant(old.time):
+            merged[logical] = check.to_json()
+    doc["integrityChecks"] = merged
+    _write(target, doc)
+
+
+def _instant(text: str) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return 0.0
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, tmpfs_at
+from e2e_support import Receiver, Sandbox, tmpfs_at
 
 from phoenix_backup.sample import generate_workspace, layout_for
 
@@ -89,3 +89,12 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     with the reason, where mounting is not allowed)."""
     with contextlib.ExitStack() as stack:
         yield lambda size: stack.enter_context(tmpfs_at(tmp_path / f"tmpfs-{size}", size))
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.stop()

@@ -16,9 +16,11 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,10 @@ class Sandbox:
             "include": [],  # the whole workspace
             "exclude": [],  # nothing dropped, so a restore must give back every file
             "encryption": {"enabled": encryption, "method": "passphrase"},
+            # Every backup runs the full integrity_check, as before the cadence: the tests of other
+            # features see no "not checked" copy, and retention keeps nothing for a check's sake.
+            # tests/e2e/test_integrity_cadence.py sets the cadence it tests.
+            "databases": {"integrityCheckEvery": "0h"},
         }
         self.write_config()
         self.prefix: Sequence[str] = ()  # a runuser/setpriv wrapper, for permission tests
@@ -576,3 +582,42 @@ def on_a_terminal(
     _pid, status = os.waitpid(pid, 0)
     took = time.monotonic() - interrupted if interrupted is not None else None  # to the process's end
     return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"), took)
+
+
+# --------------------------------------------------------------------------------------------
+# Notifications
+# --------------------------------------------------------------------------------------------
+
+# The token of the receiver's URL, as in real Apprise URLs: it must never be echoed.
+NOTIFY_TOKEN = "tok-CANARY-0815"
+
+
+class Receiver:
+    """A loopback HTTP server that records every POSTed JSON body."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                received.append({"path": self.path, "body": json.loads(body), "raw": body.decode()})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "hook") -> str:
+        return f"json://127.0.0.1:{self.port}/{path}?token={NOTIFY_TOKEN}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

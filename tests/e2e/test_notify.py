@@ -8,57 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-from e2e_support import PASSPHRASE, Sandbox
+from e2e_support import NOTIFY_TOKEN, PASSPHRASE, Receiver, Sandbox
 
 CANARY = "pw-CANARY-4711"
-TOKEN = "tok-CANARY-0815"
-
-
-class Receiver:
-    """A loopback HTTP server that records every POSTed JSON body."""
-
-    def __init__(self) -> None:
-        received: list[dict[str, Any]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(length)
-                received.append({"path": self.path, "body": json.loads(body), "raw": body.decode()})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str = "hook") -> str:
-        # The token is part of the URL, as in real Apprise URLs: it must never be echoed.
-        return f"json://127.0.0.1:{self.port}/{path}?token={TOKEN}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.stop()
+TOKEN = NOTIFY_TOKEN
 
 
 def notifying(sb: Sandbox, receiver: Receiver, **settings: Any) -> None:

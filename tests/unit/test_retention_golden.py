@@ -19,6 +19,7 @@ import pytest
 
 from phoenix_backup.config.model import Retention
 from phoenix_backup.repo.retention import Plan, Policy, apply_policy
+from phoenix_backup.repo.snapshot import DatabaseInfo
 
 GOLDEN = Path(__file__).parent / "golden" / "retention"
 SCENARIOS = sorted(GOLDEN.glob("*.json"))
@@ -33,6 +34,7 @@ class Snap:
     scope: str
     tags: tuple[str, ...]
     incomplete: tuple[object, ...] = ()  # a partial snapshot's unsaved parts
+    databases: tuple[DatabaseInfo, ...] = ()
 
 
 def load_scenario(path: Path) -> tuple[list[Snap], Policy, datetime]:

@@ -20,6 +20,7 @@ from phoenix_backup.repo.retention import (
     apply_policy,
     refuse_if_everything_removed,
 )
+from phoenix_backup.repo.snapshot import DatabaseInfo
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Snap:
     scope: str = "full"
     tags: tuple[str, ...] = ()
     incomplete: tuple[object, ...] = ()  # a partial snapshot's unsaved parts
+    databases: tuple[DatabaseInfo, ...] = ()
 
 
 def snaps_at(times: list[datetime]) -> list[Snap]:
@@ -295,3 +297,56 @@ def test_daily_unlimited_keeps_one_per_day_plus_the_oldest(times: list[datetime]
     oldest_day = datetime.fromisoformat(snaps[0].time).date()
     oldest_extra = sum(1 for s in snaps if datetime.fromisoformat(s.time).date() == oldest_day) > 1
     assert len(plan.keep) == len(days) + (1 if oldest_extra and plan.decisions[-1].reasons[0].oldest else 0)
+
+
+def _db(path: str, integrity: str, engine: str = "sqlite") -> DatabaseInfo:
+    return DatabaseInfo(path=path, engine=engine, version="3", integrity=integrity, tables={})
+
+
+def test_the_last_checked_copy_of_each_database_is_kept() -> None:
+    """Per database, the newest snapshot whose copy passed a full integrity check is kept while
+    newer ones hold it unchecked or failed; once a newer copy passes, the rules decide again."""
+    day = datetime(2026, 12, 1, 2, tzinfo=UTC)
+    m, o = "home/.argentos/memory.db", "home/.argentos/observations.db"
+    rows = [
+        (_db(m, "ok"), _db(o, "ok")),  # s0: both checked
+        (_db(m, "ok"), _db(o, "not checked")),  # s1: memory.db checked again, observations not
+        (_db(m, "not checked"), _db(o, "not checked")),  # s2
+        (_db(m, "row 7 missing from index t_v"), _db(o, "not checked"), _db("postgres/main", "ok", "postgresql")),
+    ]
+    snaps = [
+        Snap(f"s{i}", f"s{i}", (day + timedelta(hours=i)).isoformat(), databases=dbs) for i, dbs in enumerate(rows)
+    ]
+    plan = apply_policy(snaps, Policy(last=1, keep_safety_days=0), datetime(2030, 1, 1, tzinfo=UTC))
+    kept = {d.snapshot.id: d.reasons for d in plan.keep}
+    assert set(kept) == {"s3", "s1", "s0"}
+    assert [(r.rule, r.detail) for r in kept["s1"]] == [("checked", m)]
+    assert [(r.rule, r.detail) for r in kept["s0"]] == [("checked", o)]
+    assert "passed a full integrity check" in kept["s1"][0].text()
+
+    # The newest copies pass: nothing beyond the rules is kept.
+    fine = [*snaps, Snap("s4", "s4", (day + timedelta(hours=4)).isoformat(), databases=(_db(m, "ok"), _db(o, "ok")))]
+    plan = apply_policy(fine, Policy(last=1, keep_safety_days=0), datetime(2030, 1, 1, tzinfo=UTC))
+    assert [d.snapshot.id for d in plan.keep] == ["s4"]
+    # A database no newer snapshot holds any more decides nothing.
+    gone = [snaps[0], Snap("s2", "s2", (day + timedelta(hours=2)).isoformat())]
+    plan = apply_policy(gone, Policy(last=1, keep_safety_days=0), datetime(2030, 1, 1, tzinfo=UTC))
+    assert [d.snapshot.id for d in plan.keep] == ["s2"]
+
+
+def test_pre_restore_snapshots_keep_no_checked_copy() -> None:
+    """Safety snapshots live keepSafetyDays: an old one is not kept for its checked databases."""
+    day = datetime(2026, 12, 1, 2, tzinfo=UTC)
+    m = "home/.argentos/memory.db"
+    snaps = [
+        Snap("old", "old", day.isoformat(), tags=("pre-restore",), databases=(_db(m, "ok"),)),
+        Snap(
+            "new",
+            "new",
+            (day + timedelta(days=20)).isoformat(),
+            tags=("pre-restore",),
+            databases=(_db(m, "not checked"),),
+        ),
+    ]
+    plan = apply_policy(snaps, Policy(last=1, keep_safety_days=7), day + timedelta(days=21))
+    assert [d.snapshot.id for d in plan.keep] == ["new"]

@@ -13,6 +13,7 @@ from phoenix_backup.errors import NoSpace, SourceError
 from phoenix_backup.sources.sqlite import (
     SourceStat,
     check_database,
+    header_problems,
     page_size_of,
     source_stat,
 )
@@ -366,3 +367,32 @@ def test_copy_refuses_when_the_destination_lacks_space(tmp_path: Path) -> None:
         assert list(copy.parent.iterdir()) == []
     finally:
         db.unlink()  # never leave a file of that apparent size for other tools to trip over
+
+
+def test_header_problems(tmp_path: Path) -> None:
+    """The header check of an image between full checks: SQLite's own file passes; a wrong
+    in-header page count, a page size that is not the image's, a freelist beyond the end and a
+    foreign first page are named."""
+    db = tmp_path / "h.db"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA page_size=1024")
+    con.execute("CREATE TABLE t(x)")
+    con.execute("CREATE TABLE u(x)")
+    con.executemany("INSERT INTO t VALUES (?)", [(i * 1000,) for i in range(3000)])
+    con.executemany("INSERT INTO u VALUES (?)", [(i * 1000,) for i in range(3000)])
+    con.commit()
+    con.execute("DROP TABLE u")  # its pages go to the freelist
+    con.commit()
+    con.close()
+    data = db.read_bytes()
+    pages = len(data) // 1024
+    first = data[:1024]
+    assert int.from_bytes(first[36:40], "big") > 0, "setup: the freelist is not empty"
+    assert header_problems(first, pages) == ""
+    assert "says" in header_problems(first, pages + 1)
+    bad_size = first[:28] + (pages + 5).to_bytes(4, "big") + first[32:]
+    assert f"header says {pages + 5} pages" in header_problems(bad_size, pages)
+    assert "page size" in header_problems(first[:16] + (2048).to_bytes(2, "big") + first[18:], pages)
+    trunk = first[:32] + (pages + 9).to_bytes(4, "big") + first[36:]
+    assert "freelist" in header_problems(trunk, pages)
+    assert "not an SQLite header" in header_problems(b"\0" * 1024, pages)

@@ -160,6 +160,9 @@ class Databases:
     sqlite: tuple[str, ...] = ()
     postgres: tuple[PostgresDb, ...] = ()
     redis: tuple[RedisDb, ...] = ()
+    # How often each SQLite database gets a full `PRAGMA integrity_check` at backup (restic's
+    # duration syntax, as retention.within); "0h": at every backup (docs/integrity-cadence.md).
+    integrity_check_every: str = "24h"
 
 
 @dataclass(frozen=True)

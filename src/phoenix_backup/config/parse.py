@@ -340,7 +340,7 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
             ),
         )
     )
-    databases = _databases(root.section("databases", ("sqlite", "postgres", "redis")))
+    databases = _databases(root.section("databases", ("sqlite", "postgres", "redis", "integrityCheckEvery")))
     components = _components(root.section("components", ("identity", "memory", "config", "databases")))
     gateway = _gateway(root.section("gateway", ("stop", "start", "timeoutSeconds")))
     hooks_section = root.section("hooks", ("preBackup", "postBackup", "timeoutSeconds"))
@@ -686,7 +686,13 @@ def _databases(section: _Section) -> Databases:
             raise ConfigError(
                 f'databases.{kind} names the database "{duplicates[0]}" twice; give each entry a unique name'
             )
-    return Databases(sqlite=sqlite, postgres=tuple(postgres), redis=tuple(redis))
+    every = section.string("integrityCheckEvery", Databases.integrity_check_every)
+    if not _DURATION.match(every):
+        raise ConfigError(
+            "databases.integrityCheckEvery must be a duration of numbers with units y, m, d or h, "
+            f'such as "24h" or "7d" ("0h": at every backup) (got {_got(every)})'
+        )
+    return Databases(sqlite=sqlite, postgres=tuple(postgres), redis=tuple(redis), integrity_check_every=every)
 
 
 def _program(item: _Section, key: str) -> Path | None:

@@ -45,7 +45,16 @@ from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, DatabaseInfo, Snapshot, SnapshotStats, timestamp_name
+from phoenix_backup.repo.retention import Duration
+from phoenix_backup.repo.snapshot import (
+    MAX_YEAR,
+    MIN_YEAR,
+    NOT_CHECKED,
+    DatabaseInfo,
+    Snapshot,
+    SnapshotStats,
+    timestamp_name,
+)
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
@@ -55,7 +64,7 @@ from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
-from phoenix_backup.state import TargetOutcome, write_state
+from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
 from phoenix_backup.units import human_size
 from phoenix_backup.users import username
 
@@ -66,6 +75,10 @@ RACY_NS = 1_000_000_000
 READ_ATTEMPTS = 3
 # How far past its stat size a file is read (see _Run.file_node).
 READ_SLACK = 1024 * 1024
+# A database's full integrity check is due once this share of `databases.integrityCheckEvery` has
+# passed since its last one: a daily schedule whose runs start a few minutes early or late still
+# checks at every run, instead of every other day.
+CHECK_DUE_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -130,20 +143,18 @@ class BackupResult:
     components: list[ComponentPlan] = field(default_factory=list)  # dry run: what each component saves
     hooks: dict[str, ShellStep] = field(default_factory=dict)  # "hooks.preBackup" -> how it ran
     changes: Changes | None = None  # since the parent snapshot (None: a dry run)
+    # The SQLite databases given a full integrity_check by this run (logical path -> result).
+    integrity_checked: dict[str, str] = field(default_factory=dict)
 
     @property
     def damaged(self) -> list[dict[str, str]]:
         """The databases saved as they were, whose integrity check failed ({path, error})."""
-        return [
-            {"path": d.path, "error": f"integrity check failed: {d.integrity}"}
-            for d in self.databases
-            if d.integrity != "ok"
-        ]
+        return [{"path": d.path, "error": f"integrity check failed: {d.integrity}"} for d in self.databases if d.failed]
 
     @property
     def exit_status(self) -> ExitStatus:
         failed_target = any(not t.ok for t in self.targets.values())
-        bad_db = any(d.integrity != "ok" for d in self.databases)
+        bad_db = any(d.failed for d in self.databases)
         # Retention failing after the snapshot is a partial success: the snapshot is safe, but old
         # snapshots were not cleaned up.
         bad_retention = self.retention is not None and not self.retention.ok
@@ -164,6 +175,7 @@ class BackupResult:
             "filesRead": self.files_read,
             "duration": round(self.duration, 3),
             "databases": [d.to_json() for d in self.databases],
+            "integrityChecked": self.integrity_checked,
             "targets": {k: v.to_json() for k, v in self.targets.items()},
             "incomplete": self.incomplete,
             "warnings": self.warnings,
@@ -285,7 +297,7 @@ def _status_word(r: BackupResult) -> str:
 def _event(r: BackupResult) -> BackupEvent:
     errors = [f"not saved: {i['path']}: {i['error']}" for i in r.incomplete]
     errors += [step.describe() for step in r.hooks.values() if not step.ok]
-    errors += [f"database {d.path}: integrity {d.integrity}" for d in r.databases if d.integrity != "ok"]
+    errors += [f"database {d.path}: integrity {d.integrity}" for d in r.databases if d.failed]
     errors += r.retention.errors if r.retention else []
     return BackupEvent(
         ok=r.exit_status == ExitStatus.OK,
@@ -433,8 +445,36 @@ def _record_state(
         targets=targets,
         scope=scope,
         failed_parts=parts,
-        path=envx.home / ".argentos" / "backup" / ".last-backup",
+        path=_state_file(envx),
     )
+    if result is not None and result.id is not None:
+        # The cadence counts from when the state was read (not `--time`, which may be any time).
+        captured = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
+        checked_at = datetime.now().astimezone().isoformat(timespec="seconds")
+        checks = {
+            logical: IntegrityCheck(captured, outcome, result.id, "backup", checked_at)
+            for logical, outcome in result.integrity_checked.items()
+        }
+        record_integrity_checks(checks, _state_file(envx))
+
+
+def _state_file(envx: Environment) -> Path:
+    return envx.home / ".argentos" / "backup" / ".last-backup"
+
+
+def check_due(last: IntegrityCheck | None, every: str, now: datetime) -> bool:
+    """Whether a database whose last full integrity check is `last` gets one now: never checked,
+    last found damaged, or checked `CHECK_DUE_SHARE` of `every` ago or more ("0h": always)."""
+    if last is None or last.result != "ok":
+        return True
+    interval = now - Duration.parse(every).before(now)
+    try:
+        when = datetime.fromisoformat(last.time)
+    except ValueError:
+        return True
+    if when.tzinfo is None or when > now:
+        return True  # a record from the future: the clock went back, so check
+    return now - when >= interval * CHECK_DUE_SHARE
 
 
 def _is_default_db(cfg: Config, path: str) -> bool:
@@ -499,6 +539,12 @@ class _Run:
     def check_stopping(self) -> None:
         if self.stopping.is_set():
             raise _Stopped("the backup was stopped")
+        # The integrity cadence: the last full check of each database, and the databases this
+        # run checked (logical path -> result).
+        self.now = datetime.now().astimezone()
+        self.check_every = "0h"
+        self.last_checks: dict[str, IntegrityCheck] = {}
+        self.checked: dict[str, str] = {}
 
     def save_data(self, data: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
         return self.repo.save_blob_async(BlobType.DATA, data, blob_id)
@@ -571,6 +617,7 @@ class _Run:
     def sqlite_node(self, entry: Entry) -> tuple[Node, DatabaseInfo]:
         src = sqlite_source.source_stat(entry.path)
         prev = self.parent_nodes.get(entry.logical)
+        due = check_due(self.last_checks.get(entry.logical), self.check_every, self.now)
         if (
             prev is not None
             and prev.type == "sqlite"
@@ -581,7 +628,9 @@ class _Run:
             and self.present(prev)
         ):
             info = next((d for d in self.parent.databases if d.path == entry.logical), None)
-            if info is not None:
+            # The parent's image stands for this one, and so does its check; an image never
+            # checked is read again once its check is due (the cadence covers every database).
+            if info is not None and not (due and info.integrity == NOT_CHECKED):
                 self.envx.progress.advance(size=entry.st.st_size)
                 return _renamed(prev, entry.path.name), info
         parent_state = None
@@ -598,8 +647,11 @@ class _Run:
         report.working(f"capturing {entry.path.name} ({human_size(entry.st.st_size)})")
         with SqliteCapture(entry.path) as capture:
             image = capture.capture()
+            # Between full checks, the image's header is checked (microseconds); one that does
+            # not fit the image gets the full check at once.
+            full = due or bool(sqlite_source.header_problems(image.page(1), image.page_count))
             check: Future[sqlite_source.DatabaseCheck] = self.aux.submit(
-                sqlite_source.check_connection, capture.connection
+                sqlite_source.check_connection, capture.connection, full=full
             )
             sha = _Counted(hashlib.sha256(), report, self.check_stopping)
             try:
@@ -623,6 +675,8 @@ class _Run:
                     parent_state[1].close()
             report.working(None)
             result = check.result()
+        if full:
+            self.checked[entry.logical] = result.integrity
         page_size, size, digest = image.page_size, len(image), sha.hexdigest()
         state.sha256 = digest
         if self.keep_page_state:
@@ -734,6 +788,8 @@ def _run(
     run = _Run(repo, cache_for(repo, envx), parent, envx)
     parent = run.parent
     run.keep_page_state = keep_page_state
+    run.check_every = cfg.databases.integrity_check_every
+    run.last_checks = integrity_checks(_state_file(envx))
     if lost_warning:
         run.warnings.append(lost_warning)
     nodes: dict[str, Node] = {}
@@ -852,6 +908,7 @@ def _run(
         warnings=run.warnings,
         duration=time.time() - started,
         changes=changes,
+        integrity_checked=dict(sorted(run.checked.items())),
     )
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import stat
 import tempfile
@@ -43,7 +44,7 @@ from phoenix_backup.repo.checker import VerifyError
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.reader import damaged_pack
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import DatabaseInfo, Snapshot
+from phoenix_backup.repo.snapshot import NOT_CHECKED, DatabaseInfo, Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import sqlite as sqlite_sink
@@ -51,6 +52,7 @@ from phoenix_backup.sinks.files import FileWriter  # the restore's writer: the d
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import count_rows, sqlite_uri
 from phoenix_backup.sql import quote
+from phoenix_backup.state import IntegrityCheck, record_integrity_checks, state_path
 
 # Scratch space must hold the whole snapshot, plus room for SQLite's journals while checking.
 SCRATCH_MARGIN = 16 * 1024 * 1024
@@ -75,7 +77,7 @@ class DatabaseReport:
 
     path: str
     engine: str
-    integrity: str = "not checked"
+    integrity: str = NOT_CHECKED
     fts5: dict[str, str] = field(default_factory=dict)  # table -> "ok" or the problem
     tables: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # (recorded, restored)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (object, message)
@@ -349,9 +351,24 @@ def drill(
             _check_databases(DrillContext(cfg, envx, snap, folder, repo, nodes), nodes, written, result)
         finally:
             _remove(folder)
+    _record_checks(result, snap, envx)
     result.duration = time.monotonic() - clock
     _write_reports(result, reports if reports is not None else drills_dir(envx.home), envx)
     return result
+
+
+def _record_checks(result: DrillResult, snap: Snapshot, envx: Environment) -> None:
+    """Each SQLite database's integrity_check, into the state file's integrity cadence: a drill of
+    this host's newest snapshot counts as its databases' full check (docs/integrity-cadence.md)."""
+    if snap.host != socket.gethostname():
+        return  # another machine's databases: their cadence is that machine's
+    checked_at = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+    checks = {
+        d.path: IntegrityCheck(snap.started or snap.time, d.integrity, snap.id, "drill", checked_at)
+        for d in result.databases
+        if d.engine == "sqlite" and d.integrity != NOT_CHECKED
+    }
+    record_integrity_checks(checks, state_path(envx.home))
 
 
 def _walk(repo: Repository, snap: Snapshot, result: DrillResult) -> list[tuple[str, Node]]:
@@ -425,7 +442,9 @@ def _restore(
 def _write(writer: FileWriter, logical: str, node: Node) -> Callable[[], object]:
     """What writes a file or a database below the drill's folder, as a restore writes them."""
     if node.type == "sqlite":
-        return functools.partial(sqlite_sink.restore_database, writer, logical, node, in_place=False)
+        # Written unchecked: the drill always runs integrity_check itself, on what landed on disk,
+        # and records the outcome (a corrupt copy is then its finding, not a failed write).
+        return functools.partial(sqlite_sink.restore_database, writer, logical, node, in_place=False, check_copy=False)
     return functools.partial(writer.content, logical, node)
 
 

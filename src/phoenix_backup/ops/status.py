@@ -13,6 +13,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from phoenix_backup import schedule
@@ -20,7 +21,14 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
 from phoenix_backup.ops.context import Environment, enabled_targets, no_repository, open_repository, target_backend
 from phoenix_backup.schedule.spec import ScheduleSpec
-from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
+from phoenix_backup.state import (
+    IntegrityCheck,
+    failed_parts_text,
+    full_backup_problem,
+    integrity_checks,
+    read_state,
+    state_path,
+)
 
 # A scheduled run may start a little late or take a while: the warning waits this long (at most
 # a quarter of the schedule's interval) after a due time before calling a backup missed.
@@ -68,6 +76,7 @@ class StatusResult:
     warnings: list[str] = field(default_factory=list)
     overdue: bool = False
     alert: str | None = None  # the overdue (or never-succeeded) warning, said first and loudest
+    home: Path = field(default_factory=Path.home)  # where the state file is
 
     @property
     def last_run(self) -> float | None:
@@ -80,7 +89,17 @@ class StatusResult:
     @property
     def healthy(self) -> bool:
         state = self.state or {}
-        return not self.overdue and bool(state.get("success")) and full_backup_problem(state) is None
+        return (
+            not self.overdue
+            and bool(state.get("success"))
+            and full_backup_problem(state) is None
+            and not self.integrity_failures
+        )
+
+    @property
+    def integrity_failures(self) -> dict[str, IntegrityCheck]:
+        """The SQLite databases whose last full integrity check (by a backup or a drill) failed."""
+        return {k: v for k, v in integrity_checks(state_path(self.home)).items() if v.result != "ok"}
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -122,6 +141,7 @@ class StatusResult:
                 "description": self.spec.describe(),
                 "nextDue": self.next_due.isoformat(timespec="seconds") if self.next_due else None,
             },
+            "integrityChecks": {k: v.to_json() for k, v in integrity_checks(state_path(self.home)).items()},
             "overdue": self.overdue,
             "alert": self.alert,
             "targets": {name: t.to_json(self.now) for name, t in self.targets.items()},
@@ -142,7 +162,14 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
         schedule_installed=recorded and sched is not None and bool(sched.installed),
         scheduler=sched.scheduler if sched else None,
         next_due=spec.next_after(when),
+        home=envx.home,
     )
+    for logical, check in result.integrity_failures.items():
+        result.warnings.append(
+            f"{logical} failed its last full integrity check ({check.by} of snapshot {check.snapshot_id[:8]}, "
+            f"{check.checked_at or check.time}): {check.result}; restore it from the last snapshot that passed "
+            "(docs: Integrity on its own cadence)"
+        )
     if sched is not None and not sched.installed:
         result.warnings.append(
             "schedule.json says a schedule was installed but no scheduler holds it any more; "

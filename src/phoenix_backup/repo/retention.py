@@ -19,6 +19,10 @@ Semantics are restic's `forget` as of 0.16, so a restic user can reason about th
   `phx forget ID` removes it. The snapshot a backup has just made is kept by that backup's run.
 - The newest complete snapshot of a group is kept while newer ones are partial (they lack what
   could not be read): partial runs never push out the last snapshot that holds everything.
+- For each SQLite database, the newest snapshot whose copy of it passed a full `integrity_check`
+  is kept while newer ones hold it unchecked (between checks on their cadence) or failed: a
+  damage found late never leaves only copies that may carry it (docs/integrity-cadence.md).
+  `pre-restore` groups are left to `keepSafetyDays`.
 - A snapshot dated in the future (more than FUTURE_SLACK ahead of `now`: a clock set wrong, or
   `--time`) is kept, takes no period and no budget, and is reported: it never pushes out the
   snapshots of the present.
@@ -69,6 +73,22 @@ class Candidate(Protocol):
 
     @property
     def incomplete(self) -> Sequence[object]: ...
+
+    @property
+    def databases(self) -> Sequence[CheckedDatabase]: ...
+
+
+class CheckedDatabase(Protocol):
+    """What the policy needs to know of a snapshot's database (a `DatabaseInfo` has it)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def engine(self) -> str: ...
+
+    @property
+    def integrity(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -181,7 +201,7 @@ class Reason:
     """Why a snapshot is kept: one rule, the period it stands for, and whether it is kept as the
     oldest snapshot of a rule that still had budget."""
 
-    rule: str  # last|hourly|daily|weekly|monthly|yearly|within|safety|empty|tag|new|future|complete
+    rule: str  # last|hourly|daily|weekly|monthly|yearly|within|safety|empty|tag|new|future|complete|checked
     period: str | None = None
     oldest: bool = False
     detail: str | None = None
@@ -197,6 +217,11 @@ class Reason:
             return f"dated {self.detail} in the future (kept, not counted)"
         if self.rule == "complete":
             return "the newest complete snapshot (the newer ones are partial)"
+        if self.rule == "checked":
+            return (
+                f"the newest snapshot whose {self.detail} passed a full integrity check "
+                "(newer ones are unchecked or failed)"
+            )
         if self.rule == "within":
             return f"within {self.detail} of the newest"
         if self.rule == "safety":
@@ -404,6 +429,8 @@ def _apply_group(
     safety_until = timedelta(days=policy.keep_safety_days)
     complete = next((s for s in present if not s.incomplete), None)
     newest_complete = complete.id if complete is not None and complete is not present[0] else None
+    # `pre-restore` undo records live keepSafetyDays, whatever their databases' checks say.
+    last_good = {} if key.safety else _last_checked(present)
 
     for rank, snap in enumerate(present):
         when = parse_time(snap.time)
@@ -439,8 +466,29 @@ def _apply_group(
             reasons.append(Reason("new"))
         if snap.id == newest_complete:
             reasons.append(Reason("complete"))
+        if snap.id in last_good:
+            reasons.append(Reason("checked", detail=", ".join(last_good[snap.id])))
         decisions.append(Decision(snap, key, bool(reasons), tuple(reasons), () if reasons else tuple(passed)))
     return decisions
+
+
+def _last_checked(newest_first: Sequence[Candidate]) -> dict[str, list[str]]:
+    """snapshot id -> the SQLite databases for which it is the newest snapshot whose copy passed a
+    full integrity check, while a newer snapshot holds that database unchecked or failed."""
+    out: dict[str, list[str]] = {}
+    settled: set[str] = set()  # databases whose newest passing copy is found, or needs no keeping
+    doubtful: set[str] = set()  # databases held unchecked or failed by a newer snapshot
+    for snap in newest_first:
+        for db in snap.databases:
+            if db.engine != "sqlite" or db.path in settled:
+                continue
+            if db.integrity != "ok":
+                doubtful.add(db.path)
+                continue
+            settled.add(db.path)
+            if db.path in doubtful:
+                out.setdefault(snap.id, []).append(db.path)
+    return out
 
 
 def _unit(rule: str) -> str:

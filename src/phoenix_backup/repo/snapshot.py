@@ -12,6 +12,9 @@ from phoenix_backup.errors import CorruptObject, UnsupportedFormat
 
 SNAPSHOT_VERSION = 1
 SNAPSHOT_AAD = b"phoenix v1 snapshot"
+# `DatabaseInfo.integrity` of a SQLite image that was not given a full `PRAGMA integrity_check` at
+# backup (it ran on its own cadence, docs/integrity-cadence.md): neither passed nor failed.
+NOT_CHECKED = "not checked"
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,7 @@ class DatabaseInfo:
     path: str  # logical path in the snapshot (home/.argentos/memory.db, postgres/main/...)
     engine: str  # "sqlite"
     version: str
-    integrity: str  # "ok" or the first problems reported
+    integrity: str  # "ok", NOT_CHECKED, or the first problems reported
     tables: dict[str, int]  # real tables (shadow tables of virtual ones included) -> rows
     virtual_tables: dict[str, str] = field(default_factory=dict)  # name -> module
     page_size: int = 0
@@ -29,6 +32,11 @@ class DatabaseInfo:
     # serverVersionNum, key types...). Written only when set, so SQLite entries keep their bytes.
     extensions: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """The database was saved as it was, with problems its checks reported."""
+        return self.integrity not in ("ok", NOT_CHECKED)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -36,14 +36,14 @@ def checked_at_backup(node: Node) -> bool:
     return node.sqlite is not None and node.sqlite.get("integrity") == "ok"
 
 
-def write_copy(writer: FileWriter, logical: str, node: Node) -> str:
+def write_copy(writer: FileWriter, logical: str, node: Node, *, check: bool = True) -> str:
     """Write a database's copy beside its place, its bytes proven against the snapshot's SHA-256
     as they are written; run integrity_check on it unless those very bytes passed it at backup
-    time. Return the copy's temporary name. Nothing else is touched: `restore_database` applies
-    the copy."""
+    time (or `check` is false: a drill checks what it wrote itself). Return the copy's temporary
+    name. Nothing else is touched: `restore_database` applies the copy."""
     with writer.parent_dir(logical) as (fd, _name):
         tmp = writer.write_temp(fd, logical, node)
-        if checked_at_backup(node):
+        if not check or checked_at_backup(node):
             return tmp
         try:
             integrity = sqlite_folder.run(fd, "integrity", [tmp])
@@ -66,12 +66,13 @@ def discard_copy(writer: FileWriter, logical: str, tmp: str) -> None:
 
 
 def restore_database(
-    writer: FileWriter, logical: str, node: Node, *, in_place: bool, copy: str | None = None
+    writer: FileWriter, logical: str, node: Node, *, in_place: bool, copy: str | None = None, check_copy: bool = True
 ) -> dict[str, Any]:
     """Apply a checked copy of a database (written now, or earlier by `write_copy`): through the
     backup API into a live database that can be read, else by rename (stale -wal/-shm removed
-    first). In place the live database is checked afterwards (`integrity`, `fts`)."""
-    tmp = copy if copy is not None else write_copy(writer, logical, node)
+    first). In place the live database is checked afterwards (`integrity`, `fts`). `check_copy` is
+    `write_copy`'s `check`."""
+    tmp = copy if copy is not None else write_copy(writer, logical, node, check=check_copy)
     with writer.parent_dir(logical) as (fd, name):
         try:
             shown = str(writer.layout.to_real(logical, writer.to))
