@@ -519,6 +519,12 @@ class _Run:
         self.keep_page_state = True
         # Set when the run stops (Ctrl-C): the reads under way end at their next piece.
         self.stopping = threading.Event()
+        # The integrity cadence: the last full check of each database, and the databases this
+        # run checked (logical path -> result).
+        self.now = datetime.now().astimezone()
+        self.check_every = "0h"
+        self.last_checks: dict[str, IntegrityCheck] = {}
+        self.checked: dict[str, str] = {}
 
     @contextmanager
     def stop_on_error(self, pool: ThreadPoolExecutor) -> Iterator[None]:
@@ -539,12 +545,6 @@ class _Run:
     def check_stopping(self) -> None:
         if self.stopping.is_set():
             raise _Stopped("the backup was stopped")
-        # The integrity cadence: the last full check of each database, and the databases this
-        # run checked (logical path -> result).
-        self.now = datetime.now().astimezone()
-        self.check_every = "0h"
-        self.last_checks: dict[str, IntegrityCheck] = {}
-        self.checked: dict[str, str] = {}
 
     def save_data(self, data: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
         return self.repo.save_blob_async(BlobType.DATA, data, blob_id)
