@@ -510,3 +510,56 @@ def test_a_compromised_writer_cannot_retire_the_packs_of_older_snapshots(make_sa
     reader.phx("verify")
     reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "again")
     assert_restored(trusted, tmp_path / "again", "the snapshot written before the compromise, after a prune")
+
+
+@pytest.mark.parametrize("forgery", ["offset", "type"])
+def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
+    make_sandbox: Any, tmp_path: Path, forgery: str
+) -> None:
+    """A compromised writer needs no forged pack at all: an index object of its own, named before
+    every other, can list the GENUINE pack of an older snapshot's root tree with a wrong entry for
+    it (another offset, or the data type). The genuine entry, listed by a later index object for
+    the same pack, must still be tried: the snapshot written before restores byte-equal, and the
+    owner's prune keeps the genuine entry, not the forged one."""
+    from phoenix_backup.ops.context import open_repository
+    from phoenix_backup.repo.crypto import BlobType
+    from phoenix_backup.repo.pack import PackEntry
+    from phoenix_backup.repo.writer import WriterRepository
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    trusted = sb.state()
+    first = sb.backup()
+    cfg = load_config(Path(sb.env["PHX_CONFIG"]), dict(sb.env))
+    repo = open_repository(cfg, Environment(env=dict(sb.env)))
+    assert isinstance(repo, WriterRepository)
+    repo.load_index()
+    root = repo.record()[first["id"]].tree
+    loc = repo.index.get(root)
+    wrong = PackEntry(
+        BlobType.DATA if forgery == "type" else BlobType.TREE,
+        loc.compression,
+        root,
+        loc.offset + (1 if forgery == "offset" else 0),
+        loc.stored,
+        loc.raw,
+    )
+    genuine = {p.name for p in (sb.repo / "index").iterdir()}
+    for _ in range(200):
+        name = repo.write_index({loc.pack_id: [wrong]}, [])
+        if name.split("/")[-1] < min(genuine):
+            break
+        (sb.repo / name).unlink()
+    else:
+        raise AssertionError("no forged index object sorted first in 200 tries")
+    repo.close()
+
+    reader = Reader(sb, tmp_path / "reader", identity)
+    reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "restored")
+    assert_restored(trusted, tmp_path / "restored", "the snapshot written before the forged index object")
+    for pack in (sb.repo / "data").rglob("*"):
+        os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+    reader.phx("prune")
+    assert not (sb.repo / name).exists()
+    reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "again")
+    assert_restored(trusted, tmp_path / "again", "the snapshot written before, after the owner's prune")
+    reader.phx("verify", "--read-data")
