@@ -123,6 +123,35 @@ def test_no_command_deletes_or_replaces_on_an_append_only_target(sandbox: Sandbo
     assert [k for k in after if k not in before and not k.startswith("keys/")] == [], sorted(set(after) - set(before))
 
 
+@pytest.mark.parametrize("damage", ["half-written", "not a mapping", "a folder"])
+def test_a_damaged_append_only_record_keeps_every_target_append_only(
+    sandbox: Sandbox, tmp_path: Path, damage: str
+) -> None:
+    """A careless edit of append-only.json (or a folder where it should be) must not make this
+    machine forget the storage it keeps append-only: a handed-over config without appendOnly
+    still cannot forget or prune there, backups go on, and the file is left for its owner to fix."""
+    sb = sandbox
+    sb.write_config(targets={"local": {"enabled": True, "appendOnly": True}}, retention=retention_only(last=1))
+    first = sb.backup()
+    marks = Path(sb.env["XDG_DATA_HOME"]) / "phoenix" / "append-only.json"
+    assert str(sb.repo.resolve()) in marks.read_text()
+    if damage == "a folder":
+        marks.unlink()
+        marks.mkdir()
+    else:
+        marks.write_text(marks.read_text()[:20] if damage == "half-written" else '{"storage": []}\n')
+    kept = marks.read_text() if marks.is_file() else None
+    before = _names(sb)
+    other_path = tmp_path / "handed-over.json"
+    other_path.write_text(json.dumps(dict(sb.config, targets={"local": {"enabled": True}})))
+    for args in (("forget", first["id"]), ("prune",)):
+        assert_error(sb.phx("--config", other_path, *args, check=False), 2, "append-only", "append-only.json")
+    sb.phx("--config", other_path, "backup")
+    after = _names(sb)
+    assert {k: after.get(k) for k in before} == before, "an object was deleted or replaced"
+    assert (marks.read_text() if marks.is_file() else None) == kept
+
+
 def _locked_bucket(moto: MotoServer) -> str:
     name = moto.make_bucket("lock")
     moto.client().delete_bucket(Bucket=name)
