@@ -408,23 +408,36 @@ def _forge_first(sb: Sandbox, repo: Any, blob: bytes, fake: bytes) -> tuple[str,
     is named before every other, so that the forgery is the copy every reader and prune meet
     first. Returns the forged pack's and index object's names."""
     from phoenix_backup.repo.crypto import BlobType
+    from phoenix_backup.repo.pack import PackEntry
 
     genuine = repo.index.get(blob).pack_id
 
     def names(folder: str) -> set[str]:
         return {p.relative_to(sb.repo).as_posix() for p in (sb.repo / folder).rglob("*") if p.is_file()}
 
-    for _ in range(200):
-        packs, indexes = names("data"), names("index")
+    # The pack first (each try a pack of one small blob), then an index object listing it whose
+    # name sorts first (each try only an index object): apart, neither needs many tries.
+    indexes = names("index")
+    for _ in range(5000):
+        packs = names("data")
         repo._seal_and_pack(BlobType.TREE, blob, fake)
         repo.flush()
         (pack,) = names("data") - packs
-        (index,) = names("index") - indexes
-        if pack.rsplit("/", 1)[-1] < genuine and index < min(indexes):
-            return pack, index
+        (sb.repo / next(iter(names("index") - indexes))).unlink()
+        if pack.rsplit("/", 1)[-1] < genuine:
+            break
         (sb.repo / pack).unlink()
+    else:
+        raise AssertionError("no forged pack sorted first in 5000 tries")
+    pack_id = pack.rsplit("/", 1)[-1]
+    loc = next(loc for loc in repo.index.locations(blob) if loc.pack_id == pack_id)
+    entry = PackEntry(loc.type, loc.compression, blob, loc.offset, loc.stored, loc.raw)
+    for _ in range(200):
+        index = repo.write_index({pack_id: [entry]}, [])
+        if index < min(indexes):
+            return pack, index
         (sb.repo / index).unlink()
-    raise AssertionError("no forged pack sorted first in 200 tries")
+    raise AssertionError("no index object sorted first in 200 tries")
 
 
 def test_a_compromised_writer_cannot_rewrite_a_snapshot_written_before(make_sandbox: Any, tmp_path: Path) -> None:
@@ -512,15 +525,16 @@ def test_a_compromised_writer_cannot_retire_the_packs_of_older_snapshots(make_sa
     assert_restored(trusted, tmp_path / "again", "the snapshot written before the compromise, after a prune")
 
 
-@pytest.mark.parametrize("forgery", ["offset", "type"])
+@pytest.mark.parametrize("forgery", ["offset", "type", "missing pack"])
 def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
     make_sandbox: Any, tmp_path: Path, forgery: str
 ) -> None:
-    """A compromised writer needs no forged pack at all: an index object of its own, named before
-    every other, can list the GENUINE pack of an older snapshot's root tree with a wrong entry for
-    it (another offset, or the data type). The genuine entry, listed by a later index object for
-    the same pack, must still be tried: the snapshot written before restores byte-equal, and the
-    owner's prune keeps the genuine entry, not the forged one."""
+    """A compromised writer needs no forged bytes at all: an index object of its own, named before
+    every other, can list the GENUINE pack of every blob it wrote with a wrong entry for it
+    (another offset, or another type), or list every such blob in a pack that does not exist. The
+    genuine entries, listed by the other index objects, must still be used: the snapshot written
+    before restores byte-equal, `verify` flags the forgery without calling any snapshot damaged,
+    and the owner's prune keeps the genuine entries and drops the forged ones."""
     from phoenix_backup.ops.context import open_repository
     from phoenix_backup.repo.crypto import BlobType
     from phoenix_backup.repo.pack import PackEntry
@@ -533,19 +547,15 @@ def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
     repo = open_repository(cfg, Environment(env=dict(sb.env)))
     assert isinstance(repo, WriterRepository)
     repo.load_index()
-    root = repo.record()[first["id"]].tree
-    loc = repo.index.get(root)
-    wrong = PackEntry(
-        BlobType.DATA if forgery == "type" else BlobType.TREE,
-        loc.compression,
-        root,
-        loc.offset + (1 if forgery == "offset" else 0),
-        loc.stored,
-        loc.raw,
-    )
+    forged: dict[str, list[PackEntry]] = {}
+    for blob, loc in repo.index.blobs():
+        kind = loc.type if forgery != "type" else BlobType.DATA if loc.type == BlobType.TREE else BlobType.TREE
+        pack = "00" * 32 if forgery == "missing pack" else loc.pack_id
+        offset = loc.offset + (1 if forgery == "offset" else 0)
+        forged.setdefault(pack, []).append(PackEntry(kind, loc.compression, blob, offset, loc.stored, loc.raw))
     genuine = {p.name for p in (sb.repo / "index").iterdir()}
     for _ in range(200):
-        name = repo.write_index({loc.pack_id: [wrong]}, [])
+        name = repo.write_index(forged, [])
         if name.split("/")[-1] < min(genuine):
             break
         (sb.repo / name).unlink()
@@ -556,6 +566,11 @@ def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
     reader = Reader(sb, tmp_path / "reader", identity)
     reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "restored")
     assert_restored(trusted, tmp_path / "restored", "the snapshot written before the forged index object")
+    for args in (("verify",), ("verify", "--read-data")):
+        res = reader.phx(*args, "--json", check=None)
+        assert res.code in (0, 1), res
+        assert all(e["snapshot"] is None for e in res.json()["errors"]), res  # no snapshot is damaged
+    assert forgery == "type" or res.code == 1, res  # an entry of another type is never read: harmless
     for pack in (sb.repo / "data").rglob("*"):
         os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
     reader.phx("prune")
