@@ -578,3 +578,47 @@ def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
     reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "again")
     assert_restored(trusted, tmp_path / "again", "the snapshot written before, after the owner's prune")
     reader.phx("verify", "--read-data")
+
+
+def test_a_replayed_owners_index_object_retires_nothing_added_since(make_sandbox: Any, tmp_path: Path) -> None:
+    """The owner's prune writes an index object whose supersede claim carries the owner's MAC. The
+    machine that backs up can read its bytes and, once a later prune deleted it, upload them again
+    (an append-only target keeps nothing from it but a name that is free). Its claim names only
+    index objects gone long ago, and its name is the hash of its bytes, so it can retire nothing
+    written since: the newest snapshot restores byte-equal, and the next prune drops the replay."""
+    sb, identity = writer(make_sandbox, tmp_path)
+    reader = Reader(sb, tmp_path / "reader", identity)
+
+    def owners_prune() -> None:
+        reader.phx("forget")
+        for pack in (sb.repo / "data").rglob("*"):
+            os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+        reader.phx("prune")
+
+    def passing_file() -> None:  # a file one snapshot holds, so that prune has a pack to delete
+        wait_past_racy_window()
+        (sb.workspace / "passing.bin").write_bytes(os.urandom(300_000))
+        sb.backup()
+        (sb.workspace / "passing.bin").unlink()
+
+    sb.backup()
+    passing_file()
+    sb.backup()
+    owners_prune()
+    (old,) = (sb.repo / "index").iterdir()
+    assert old.read_bytes()[4] == writeonly.INDEX_COVER_OWNED  # the owner's claim, MAC and all
+    replay = old.read_bytes()
+    passing_file()
+    trusted = sb.state()
+    newest = sb.backup()
+    owners_prune()
+    assert not old.exists()
+    old.write_bytes(replay)  # the compromised writer puts it back
+
+    reader.phx("restore", "--backup", newest["id"], "--to", tmp_path / "restored")
+    assert_restored(trusted, tmp_path / "restored", "the newest snapshot, beside a replayed index object")
+    reader.phx("verify", "--read-data")
+    reader.phx("prune")
+    assert not old.exists()
+    reader.phx("restore", "--backup", newest["id"], "--to", tmp_path / "again")
+    assert_restored(trusted, tmp_path / "again", "the newest snapshot, after the next prune")
