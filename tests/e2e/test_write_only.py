@@ -622,3 +622,64 @@ def test_a_replayed_owners_index_object_retires_nothing_added_since(make_sandbox
     assert not old.exists()
     reader.phx("restore", "--backup", newest["id"], "--to", tmp_path / "again")
     assert_restored(trusted, tmp_path / "again", "the newest snapshot, after the next prune")
+
+
+def test_the_owners_prune_killed_at_any_change_loses_nothing(make_sandbox: Any, tmp_path: Path) -> None:
+    """The owner's prune that replaces a writer's ignored claim and deletes a pack, killed at a
+    change it makes (an object written or deleted; every one with PHX_TEST_HEAVY=1, one drawn
+    otherwise): the newest snapshot restores byte-equal, and the next prune leaves a repository
+    that `verify --read-data` passes."""
+    import random
+    import subprocess
+
+    from killpoint import SCRIPT, read_report
+
+    from phoenix_backup.ops.context import open_repository
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    sb.backup()
+    wait_past_racy_window()
+    (sb.workspace / "passing.bin").write_bytes(os.urandom(300_000))
+    sb.backup()
+    (sb.workspace / "passing.bin").unlink()
+    trusted = sb.state()
+    newest = sb.backup()
+    cfg = load_config(Path(sb.env["PHX_CONFIG"]), dict(sb.env))
+    repo = open_repository(cfg, Environment(env=dict(sb.env)))
+    claim = repo.write_index({}, sorted(p.name for p in (sb.repo / "index").iterdir()))
+    repo.close()
+    reader = Reader(sb, tmp_path / "reader", identity)
+    reader.phx("forget")
+    for pack in (sb.repo / "data").rglob("*"):
+        os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+    shutil.copytree(sb.repo, tmp_path / "repo-before", symlinks=True)
+    shutil.copytree(reader.root, tmp_path / "reader-before", symlinks=True)
+
+    def hooked(kill_at: int) -> tuple[str, int, str]:
+        report = tmp_path / "kill-report"
+        env = dict(reader.env, PHX_KILL_AT=str(kill_at), PHX_KILL_REPORT=str(report), PHX_KILL_ONLY="changes")
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "prune"], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=180
+        )
+        outcome = read_report(report)
+        report.unlink(missing_ok=True)
+        assert outcome[0] == "killed" or proc.returncode == 0, proc.stderr
+        return outcome
+
+    kind, total, _ = hooked(0)
+    assert kind == "calls" and total > 2, (kind, total)
+    points = range(1, total + 1) if HEAVY else [random.Random(str(tmp_path)).randint(1, total)]
+    for at in points:
+        for live, saved in ((sb.repo, tmp_path / "repo-before"), (reader.root, tmp_path / "reader-before")):
+            shutil.rmtree(live)
+            shutil.copytree(saved, live, symlinks=True)
+        kind, _n, call = hooked(at)
+        what = f"prune killed at change {at} of {total} ({call})"
+        assert kind == "killed", what
+        out = tmp_path / f"restored-{at}"
+        reader.phx("restore", "--backup", newest["id"], "--to", out)
+        assert_restored(trusted, out, what)
+        reader.phx("prune")
+        assert not (sb.repo / claim).exists(), what
+        reader.phx("verify", "--read-data")
+        shutil.rmtree(out)
