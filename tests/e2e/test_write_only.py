@@ -525,6 +525,23 @@ def test_a_compromised_writer_cannot_retire_the_packs_of_older_snapshots(make_sa
     assert_restored(trusted, tmp_path / "again", "the snapshot written before the compromise, after a prune")
 
 
+def _writer_repo(sb: Sandbox) -> Any:
+    """The repository as the machine that backs up opens it (a compromised one's powers)."""
+    from phoenix_backup.ops.context import open_repository
+    from phoenix_backup.repo.writer import WriterRepository
+
+    cfg = load_config(Path(sb.env["PHX_CONFIG"]), dict(sb.env))
+    repo = open_repository(cfg, Environment(env=dict(sb.env)))
+    assert isinstance(repo, WriterRepository)
+    return repo
+
+
+def _age_packs(sb: Sandbox) -> None:
+    """Every pack a day old, so that the owner's prune may delete or repack any of them."""
+    for pack in (sb.repo / "data").rglob("*"):
+        os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+
+
 @pytest.mark.parametrize("forgery", ["offset", "type", "missing pack"])
 def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
     make_sandbox: Any, tmp_path: Path, forgery: str
@@ -535,17 +552,13 @@ def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
     genuine entries, listed by the other index objects, must still be used: the snapshot written
     before restores byte-equal, `verify` flags the forgery without calling any snapshot damaged,
     and the owner's prune keeps the genuine entries and drops the forged ones."""
-    from phoenix_backup.ops.context import open_repository
     from phoenix_backup.repo.crypto import BlobType
     from phoenix_backup.repo.pack import PackEntry
-    from phoenix_backup.repo.writer import WriterRepository
 
     sb, identity = writer(make_sandbox, tmp_path)
     trusted = sb.state()
     first = sb.backup()
-    cfg = load_config(Path(sb.env["PHX_CONFIG"]), dict(sb.env))
-    repo = open_repository(cfg, Environment(env=dict(sb.env)))
-    assert isinstance(repo, WriterRepository)
+    repo = _writer_repo(sb)
     repo.load_index()
     forged: dict[str, list[PackEntry]] = {}
     for blob, loc in repo.index.blobs():
@@ -571,8 +584,7 @@ def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
         assert res.code in (0, 1), res
         assert all(e["snapshot"] is None for e in res.json()["errors"]), res  # no snapshot is damaged
     assert forgery == "type" or res.code == 1, res  # an entry of another type is never read: harmless
-    for pack in (sb.repo / "data").rglob("*"):
-        os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+    _age_packs(sb)
     reader.phx("prune")
     assert not (sb.repo / name).exists()
     reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "again")
@@ -591,8 +603,7 @@ def test_a_replayed_owners_index_object_retires_nothing_added_since(make_sandbox
 
     def owners_prune() -> None:
         reader.phx("forget")
-        for pack in (sb.repo / "data").rglob("*"):
-            os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+        _age_packs(sb)
         reader.phx("prune")
 
     def passing_file() -> None:  # a file one snapshot holds, so that prune has a pack to delete
@@ -634,8 +645,6 @@ def test_the_owners_prune_killed_at_any_change_loses_nothing(make_sandbox: Any, 
 
     from killpoint import SCRIPT, read_report
 
-    from phoenix_backup.ops.context import open_repository
-
     sb, identity = writer(make_sandbox, tmp_path)
     sb.backup()
     wait_past_racy_window()
@@ -644,14 +653,12 @@ def test_the_owners_prune_killed_at_any_change_loses_nothing(make_sandbox: Any, 
     (sb.workspace / "passing.bin").unlink()
     trusted = sb.state()
     newest = sb.backup()
-    cfg = load_config(Path(sb.env["PHX_CONFIG"]), dict(sb.env))
-    repo = open_repository(cfg, Environment(env=dict(sb.env)))
+    repo = _writer_repo(sb)
     claim = repo.write_index({}, sorted(p.name for p in (sb.repo / "index").iterdir()))
     repo.close()
     reader = Reader(sb, tmp_path / "reader", identity)
     reader.phx("forget")
-    for pack in (sb.repo / "data").rglob("*"):
-        os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+    _age_packs(sb)
     shutil.copytree(sb.repo, tmp_path / "repo-before", symlinks=True)
     shutil.copytree(reader.root, tmp_path / "reader-before", symlinks=True)
 
