@@ -254,6 +254,33 @@ def test_object_lock_keeps_every_object_from_the_writers_credentials(
     assert "Object Lock on" in checks["target s3 append-only"]["message"]
 
 
+def test_the_same_bucket_as_r2_or_as_s3_stays_append_only(sandbox: Sandbox, moto: MotoServer, tmp_path: Path) -> None:
+    """An R2 bucket is also reachable through the generic `s3` target (R2's endpoint, the same
+    bucket and prefix). A handed-over config that names it so, without appendOnly, must meet the
+    same refusal as the `r2` config that made it append-only on this machine."""
+    sb = sandbox
+    bucket = moto.make_bucket("r2")
+    where = {
+        "enabled": True,
+        "bucket": bucket,
+        "prefix": PREFIX,
+        "endpoint": moto.endpoint,
+        "accessKeyId": ACCESS_KEY_ID,
+        "secretAccessKey": SECRET_ACCESS_KEY,
+    }
+    sb.env.update(AWS_EC2_METADATA_DISABLED="true")
+    sb.write_config(targets={"local": {"enabled": False}, "r2": {**where, "appendOnly": True}})
+    sb.config_path.chmod(0o600)
+    sb.phx("init")
+    first = sb.backup()
+    before = moto.keys(bucket, PREFIX)
+    other_path = tmp_path / "handed-over.json"
+    other_path.write_text(json.dumps(dict(sb.config, targets={"local": {"enabled": False}, "s3": where})))
+    other_path.chmod(0o600)
+    assert_error(sb.phx("--config", other_path, "forget", first["id"], check=False), 2, "append-only")
+    assert moto.keys(bucket, PREFIX) == before
+
+
 def test_object_lock_needs_a_bucket_with_object_lock(sandbox: Sandbox, moto: MotoServer) -> None:
     sb = sandbox
     _s3_only(sb, moto, moto.make_bucket("plain"), {"mode": "governance", "days": 7})

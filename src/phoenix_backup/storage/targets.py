@@ -119,8 +119,9 @@ def storage_key(cfg: Config, name: str) -> str:
     if name == "git":
         local = Path(t.git.repo).expanduser()
         return f"git:{local.resolve() if local.is_absolute() else t.git.repo}"
+    # One key for both S3 targets: an R2 bucket is reachable through `s3` as well (R2's endpoint).
     target = t.s3 if name == "s3" else t.r2
-    return f"{name}:{target.bucket}/{target.prefix.strip('/')}"
+    return f"s3:{target.bucket}/{target.prefix.strip('/')}"
 
 
 def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
