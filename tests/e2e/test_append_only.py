@@ -159,8 +159,9 @@ def _locked_bucket(moto: MotoServer) -> str:
     return name
 
 
-def _s3_only(sb: Sandbox, moto: MotoServer, bucket: str, object_lock: dict[str, Any] | None) -> None:
-    s3: dict[str, Any] = {
+def _bucket_target(moto: MotoServer, bucket: str) -> dict[str, Any]:
+    """An enabled S3 or R2 target section for `bucket` on the test's S3 API server."""
+    return {
         "enabled": True,
         "bucket": bucket,
         "prefix": PREFIX,
@@ -168,6 +169,10 @@ def _s3_only(sb: Sandbox, moto: MotoServer, bucket: str, object_lock: dict[str, 
         "accessKeyId": ACCESS_KEY_ID,
         "secretAccessKey": SECRET_ACCESS_KEY,
     }
+
+
+def _s3_only(sb: Sandbox, moto: MotoServer, bucket: str, object_lock: dict[str, Any] | None) -> None:
+    s3 = _bucket_target(moto, bucket)
     if object_lock is not None:
         s3["objectLock"] = object_lock
     sb.env.update(PHX_DATA_DIR=str(sb.root / "data"), AWS_EC2_METADATA_DISABLED="true")
@@ -260,14 +265,7 @@ def test_the_same_bucket_as_r2_or_as_s3_stays_append_only(sandbox: Sandbox, moto
     same refusal as the `r2` config that made it append-only on this machine."""
     sb = sandbox
     bucket = moto.make_bucket("r2")
-    where = {
-        "enabled": True,
-        "bucket": bucket,
-        "prefix": PREFIX,
-        "endpoint": moto.endpoint,
-        "accessKeyId": ACCESS_KEY_ID,
-        "secretAccessKey": SECRET_ACCESS_KEY,
-    }
+    where = _bucket_target(moto, bucket)
     sb.env.update(AWS_EC2_METADATA_DISABLED="true")
     sb.write_config(targets={"local": {"enabled": False}, "r2": {**where, "appendOnly": True}})
     sb.config_path.chmod(0o600)
