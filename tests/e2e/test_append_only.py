@@ -123,6 +123,35 @@ def test_no_command_deletes_or_replaces_on_an_append_only_target(sandbox: Sandbo
     assert [k for k in after if k not in before and not k.startswith("keys/")] == [], sorted(set(after) - set(before))
 
 
+@pytest.mark.parametrize("damage", ["half-written", "not a mapping", "a folder"])
+def test_a_damaged_append_only_record_keeps_every_target_append_only(
+    sandbox: Sandbox, tmp_path: Path, damage: str
+) -> None:
+    """A careless edit of append-only.json (or a folder where it should be) must not make this
+    machine forget the storage it keeps append-only: a handed-over config without appendOnly
+    still cannot forget or prune there, backups go on, and the file is left for its owner to fix."""
+    sb = sandbox
+    sb.write_config(targets={"local": {"enabled": True, "appendOnly": True}}, retention=retention_only(last=1))
+    first = sb.backup()
+    marks = Path(sb.env["XDG_DATA_HOME"]) / "phoenix" / "append-only.json"
+    assert str(sb.repo.resolve()) in marks.read_text()
+    if damage == "a folder":
+        marks.unlink()
+        marks.mkdir()
+    else:
+        marks.write_text(marks.read_text()[:20] if damage == "half-written" else '{"storage": []}\n')
+    kept = marks.read_text() if marks.is_file() else None
+    before = _names(sb)
+    other_path = tmp_path / "handed-over.json"
+    other_path.write_text(json.dumps(dict(sb.config, targets={"local": {"enabled": True}})))
+    for args in (("forget", first["id"]), ("prune",)):
+        assert_error(sb.phx("--config", other_path, *args, check=False), 2, "append-only", "append-only.json")
+    sb.phx("--config", other_path, "backup")
+    after = _names(sb)
+    assert {k: after.get(k) for k in before} == before, "an object was deleted or replaced"
+    assert (marks.read_text() if marks.is_file() else None) == kept
+
+
 def _locked_bucket(moto: MotoServer) -> str:
     name = moto.make_bucket("lock")
     moto.client().delete_bucket(Bucket=name)
@@ -130,8 +159,9 @@ def _locked_bucket(moto: MotoServer) -> str:
     return name
 
 
-def _s3_only(sb: Sandbox, moto: MotoServer, bucket: str, object_lock: dict[str, Any] | None) -> None:
-    s3: dict[str, Any] = {
+def _bucket_target(moto: MotoServer, bucket: str) -> dict[str, Any]:
+    """An enabled S3 or R2 target section for `bucket` on the test's S3 API server."""
+    return {
         "enabled": True,
         "bucket": bucket,
         "prefix": PREFIX,
@@ -139,6 +169,10 @@ def _s3_only(sb: Sandbox, moto: MotoServer, bucket: str, object_lock: dict[str, 
         "accessKeyId": ACCESS_KEY_ID,
         "secretAccessKey": SECRET_ACCESS_KEY,
     }
+
+
+def _s3_only(sb: Sandbox, moto: MotoServer, bucket: str, object_lock: dict[str, Any] | None) -> None:
+    s3 = _bucket_target(moto, bucket)
     if object_lock is not None:
         s3["objectLock"] = object_lock
     sb.env.update(PHX_DATA_DIR=str(sb.root / "data"), AWS_EC2_METADATA_DISABLED="true")
@@ -223,6 +257,26 @@ def test_object_lock_keeps_every_object_from_the_writers_credentials(
     checks = {c["name"]: c for c in doc["checks"]}
     assert checks.get("target s3 append-only", {}).get("status") == "ok", json.dumps(doc, indent=1)
     assert "Object Lock on" in checks["target s3 append-only"]["message"]
+
+
+def test_the_same_bucket_as_r2_or_as_s3_stays_append_only(sandbox: Sandbox, moto: MotoServer, tmp_path: Path) -> None:
+    """An R2 bucket is also reachable through the generic `s3` target (R2's endpoint, the same
+    bucket and prefix). A handed-over config that names it so, without appendOnly, must meet the
+    same refusal as the `r2` config that made it append-only on this machine."""
+    sb = sandbox
+    bucket = moto.make_bucket("r2")
+    where = _bucket_target(moto, bucket)
+    sb.env.update(AWS_EC2_METADATA_DISABLED="true")
+    sb.write_config(targets={"local": {"enabled": False}, "r2": {**where, "appendOnly": True}})
+    sb.config_path.chmod(0o600)
+    sb.phx("init")
+    first = sb.backup()
+    before = moto.keys(bucket, PREFIX)
+    other_path = tmp_path / "handed-over.json"
+    other_path.write_text(json.dumps(dict(sb.config, targets={"local": {"enabled": False}, "s3": where})))
+    other_path.chmod(0o600)
+    assert_error(sb.phx("--config", other_path, "forget", first["id"], check=False), 2, "append-only")
+    assert moto.keys(bucket, PREFIX) == before
 
 
 def test_object_lock_needs_a_bucket_with_object_lock(sandbox: Sandbox, moto: MotoServer) -> None:

@@ -408,23 +408,36 @@ def _forge_first(sb: Sandbox, repo: Any, blob: bytes, fake: bytes) -> tuple[str,
     is named before every other, so that the forgery is the copy every reader and prune meet
     first. Returns the forged pack's and index object's names."""
     from phoenix_backup.repo.crypto import BlobType
+    from phoenix_backup.repo.pack import PackEntry
 
     genuine = repo.index.get(blob).pack_id
 
     def names(folder: str) -> set[str]:
         return {p.relative_to(sb.repo).as_posix() for p in (sb.repo / folder).rglob("*") if p.is_file()}
 
-    for _ in range(200):
-        packs, indexes = names("data"), names("index")
+    # The pack first (each try a pack of one small blob), then an index object listing it whose
+    # name sorts first (each try only an index object): apart, neither needs many tries.
+    indexes = names("index")
+    for _ in range(5000):
+        packs = names("data")
         repo._seal_and_pack(BlobType.TREE, blob, fake)
         repo.flush()
         (pack,) = names("data") - packs
-        (index,) = names("index") - indexes
-        if pack.rsplit("/", 1)[-1] < genuine and index < min(indexes):
-            return pack, index
+        (sb.repo / next(iter(names("index") - indexes))).unlink()
+        if pack.rsplit("/", 1)[-1] < genuine:
+            break
         (sb.repo / pack).unlink()
+    else:
+        raise AssertionError("no forged pack sorted first in 5000 tries")
+    pack_id = pack.rsplit("/", 1)[-1]
+    loc = next(loc for loc in repo.index.locations(blob) if loc.pack_id == pack_id)
+    entry = PackEntry(loc.type, loc.compression, blob, loc.offset, loc.stored, loc.raw)
+    for _ in range(200):
+        index = repo.write_index({pack_id: [entry]}, [])
+        if index < min(indexes):
+            return pack, index
         (sb.repo / index).unlink()
-    raise AssertionError("no forged pack sorted first in 200 tries")
+    raise AssertionError("no index object sorted first in 200 tries")
 
 
 def test_a_compromised_writer_cannot_rewrite_a_snapshot_written_before(make_sandbox: Any, tmp_path: Path) -> None:
@@ -510,3 +523,170 @@ def test_a_compromised_writer_cannot_retire_the_packs_of_older_snapshots(make_sa
     reader.phx("verify")
     reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "again")
     assert_restored(trusted, tmp_path / "again", "the snapshot written before the compromise, after a prune")
+
+
+def _writer_repo(sb: Sandbox) -> Any:
+    """The repository as the machine that backs up opens it (a compromised one's powers)."""
+    from phoenix_backup.ops.context import open_repository
+    from phoenix_backup.repo.writer import WriterRepository
+
+    cfg = load_config(Path(sb.env["PHX_CONFIG"]), dict(sb.env))
+    repo = open_repository(cfg, Environment(env=dict(sb.env)))
+    assert isinstance(repo, WriterRepository)
+    return repo
+
+
+def _age_packs(sb: Sandbox) -> None:
+    """Every pack a day old, so that the owner's prune may delete or repack any of them."""
+    for pack in (sb.repo / "data").rglob("*"):
+        os.utime(pack, (pack.stat().st_atime, pack.stat().st_mtime - 86400))
+
+
+@pytest.mark.parametrize("forgery", ["offset", "type", "missing pack"])
+def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
+    make_sandbox: Any, tmp_path: Path, forgery: str
+) -> None:
+    """A compromised writer needs no forged bytes at all: an index object of its own, named before
+    every other, can list the GENUINE pack of every blob it wrote with a wrong entry for it
+    (another offset, or another type), or list every such blob in a pack that does not exist. The
+    genuine entries, listed by the other index objects, must still be used: the snapshot written
+    before restores byte-equal, `verify` flags the forgery without calling any snapshot damaged,
+    and the owner's prune keeps the genuine entries and drops the forged ones."""
+    from phoenix_backup.repo.crypto import BlobType
+    from phoenix_backup.repo.pack import PackEntry
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    trusted = sb.state()
+    first = sb.backup()
+    repo = _writer_repo(sb)
+    repo.load_index()
+    forged: dict[str, list[PackEntry]] = {}
+    for blob, loc in repo.index.blobs():
+        kind = loc.type if forgery != "type" else BlobType.DATA if loc.type == BlobType.TREE else BlobType.TREE
+        pack = "00" * 32 if forgery == "missing pack" else loc.pack_id
+        offset = loc.offset + (1 if forgery == "offset" else 0)
+        forged.setdefault(pack, []).append(PackEntry(kind, loc.compression, blob, offset, loc.stored, loc.raw))
+    genuine = {p.name for p in (sb.repo / "index").iterdir()}
+    for _ in range(200):
+        name = repo.write_index(forged, [])
+        if name.split("/")[-1] < min(genuine):
+            break
+        (sb.repo / name).unlink()
+    else:
+        raise AssertionError("no forged index object sorted first in 200 tries")
+    repo.close()
+
+    reader = Reader(sb, tmp_path / "reader", identity)
+    reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "restored")
+    assert_restored(trusted, tmp_path / "restored", "the snapshot written before the forged index object")
+    for args in (("verify",), ("verify", "--read-data")):
+        res = reader.phx(*args, "--json", check=None)
+        assert res.code in (0, 1), res
+        assert all(e["snapshot"] is None for e in res.json()["errors"]), res  # no snapshot is damaged
+    assert forgery == "type" or res.code == 1, res  # an entry of another type is never read: harmless
+    _age_packs(sb)
+    reader.phx("prune")
+    assert not (sb.repo / name).exists()
+    reader.phx("restore", "--backup", first["id"], "--to", tmp_path / "again")
+    assert_restored(trusted, tmp_path / "again", "the snapshot written before, after the owner's prune")
+    reader.phx("verify", "--read-data")
+
+
+def test_a_replayed_owners_index_object_retires_nothing_added_since(make_sandbox: Any, tmp_path: Path) -> None:
+    """The owner's prune writes an index object whose supersede claim carries the owner's MAC. The
+    machine that backs up can read its bytes and, once a later prune deleted it, upload them again
+    (an append-only target keeps nothing from it but a name that is free). Its claim names only
+    index objects gone long ago, and its name is the hash of its bytes, so it can retire nothing
+    written since: the newest snapshot restores byte-equal, and the next prune drops the replay."""
+    sb, identity = writer(make_sandbox, tmp_path)
+    reader = Reader(sb, tmp_path / "reader", identity)
+
+    def owners_prune() -> None:
+        reader.phx("forget")
+        _age_packs(sb)
+        reader.phx("prune")
+
+    def passing_file() -> None:  # a file one snapshot holds, so that prune has a pack to delete
+        wait_past_racy_window()
+        (sb.workspace / "passing.bin").write_bytes(os.urandom(300_000))
+        sb.backup()
+        (sb.workspace / "passing.bin").unlink()
+
+    sb.backup()
+    passing_file()
+    sb.backup()
+    owners_prune()
+    (old,) = (sb.repo / "index").iterdir()
+    assert old.read_bytes()[4] == writeonly.INDEX_COVER_OWNED  # the owner's claim, MAC and all
+    replay = old.read_bytes()
+    passing_file()
+    trusted = sb.state()
+    newest = sb.backup()
+    owners_prune()
+    assert not old.exists()
+    old.write_bytes(replay)  # the compromised writer puts it back
+
+    reader.phx("restore", "--backup", newest["id"], "--to", tmp_path / "restored")
+    assert_restored(trusted, tmp_path / "restored", "the newest snapshot, beside a replayed index object")
+    reader.phx("verify", "--read-data")
+    reader.phx("prune")
+    assert not old.exists()
+    reader.phx("restore", "--backup", newest["id"], "--to", tmp_path / "again")
+    assert_restored(trusted, tmp_path / "again", "the newest snapshot, after the next prune")
+
+
+def test_the_owners_prune_killed_at_any_change_loses_nothing(make_sandbox: Any, tmp_path: Path) -> None:
+    """The owner's prune that replaces a writer's ignored claim and deletes a pack, killed at a
+    change it makes (an object written or deleted; every one with PHX_TEST_HEAVY=1, one drawn
+    otherwise): the newest snapshot restores byte-equal, and the next prune leaves a repository
+    that `verify --read-data` passes."""
+    import random
+    import subprocess
+
+    from killpoint import SCRIPT, read_report
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    sb.backup()
+    wait_past_racy_window()
+    (sb.workspace / "passing.bin").write_bytes(os.urandom(300_000))
+    sb.backup()
+    (sb.workspace / "passing.bin").unlink()
+    trusted = sb.state()
+    newest = sb.backup()
+    repo = _writer_repo(sb)
+    claim = repo.write_index({}, sorted(p.name for p in (sb.repo / "index").iterdir()))
+    repo.close()
+    reader = Reader(sb, tmp_path / "reader", identity)
+    reader.phx("forget")
+    _age_packs(sb)
+    shutil.copytree(sb.repo, tmp_path / "repo-before", symlinks=True)
+    shutil.copytree(reader.root, tmp_path / "reader-before", symlinks=True)
+
+    def hooked(kill_at: int) -> tuple[str, int, str]:
+        report = tmp_path / "kill-report"
+        env = dict(reader.env, PHX_KILL_AT=str(kill_at), PHX_KILL_REPORT=str(report), PHX_KILL_ONLY="changes")
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "prune"], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=180
+        )
+        outcome = read_report(report)
+        report.unlink(missing_ok=True)
+        assert outcome[0] == "killed" or proc.returncode == 0, proc.stderr
+        return outcome
+
+    kind, total, _ = hooked(0)
+    assert kind == "calls" and total > 2, (kind, total)
+    points = range(1, total + 1) if HEAVY else [random.Random(str(tmp_path)).randint(1, total)]
+    for at in points:
+        for live, saved in ((sb.repo, tmp_path / "repo-before"), (reader.root, tmp_path / "reader-before")):
+            shutil.rmtree(live)
+            shutil.copytree(saved, live, symlinks=True)
+        kind, _n, call = hooked(at)
+        what = f"prune killed at change {at} of {total} ({call})"
+        assert kind == "killed", what
+        out = tmp_path / f"restored-{at}"
+        reader.phx("restore", "--backup", newest["id"], "--to", out)
+        assert_restored(trusted, out, what)
+        reader.phx("prune")
+        assert not (sb.repo / claim).exists(), what
+        reader.phx("verify", "--read-data")
+        shutil.rmtree(out)

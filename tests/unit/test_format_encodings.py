@@ -441,6 +441,24 @@ def test_in_memory_index_lookups(packs: dict[str, list[PackEntry]]) -> None:
         assert index.has(bid) == bool(left)
 
 
+def test_one_blob_listed_in_many_packs_costs_linear_time() -> None:
+    """An index object of a compromised machine that backs up may list one blob in a hundred
+    thousand packs, and the genuine entry for it beside a wrong one in the same pack: loading
+    stays linear (the quadratic version took minutes), and every distinct location is kept."""
+    import time
+
+    blob, index = b"\x01" * 32, Index()
+    entry = PackEntry(BlobType.DATA, Compression.NONE, blob, 0, 100, 60)
+    start = time.process_time()
+    for n in range(100_000):
+        index.add_pack(f"{n:064x}", [entry])
+    assert time.process_time() - start < 5, "adding a blob's locations is quadratic"
+    index.add_pack(f"{0:064x}", [replace(entry, offset=7)])  # a second entry in the first pack
+    locations = index.locations(blob)
+    assert len(locations) == 100_001 and locations[0].offset == 0 and locations[-1].offset == 7
+    assert index.remove_packs([f"{0:064x}"]) == 0 and index.get(blob).pack_id == f"{1:064x}"
+
+
 # ------------------------------------------------------------------------------------------
 # trees
 

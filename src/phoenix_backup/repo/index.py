@@ -108,8 +108,10 @@ class Index:
         self._pack_no: dict[str, int] = {}
         # id -> (pack number, type, compression, offset, stored, raw)
         self._blobs: dict[bytes, tuple[int, int, int, int, int, int]] = {}
-        # The other locations of blobs held by more than one pack (rare: only those pay for it).
-        self._more: dict[bytes, list[tuple[int, int, int, int, int, int]]] = {}
+        # The other locations of blobs listed more than once (rare: only those pay for it), in the
+        # order they were added; a dict so that a hostile index repeating one blob in many packs
+        # costs linear time, not quadratic.
+        self._more: dict[bytes, dict[tuple[int, int, int, int, int, int], None]] = {}
         self._lock = threading.Lock()
 
     def add_pack(self, pack_id: str, entries: Iterable[PackEntry]) -> None:
@@ -123,17 +125,17 @@ class Index:
             for e in entries:
                 loc = (no, e.type, e.compression, e.offset, e.stored, e.raw)
                 first = setdefault(e.id, loc)
-                if first is not loc and first[0] != no:
-                    more = self._more.setdefault(e.id, [])
-                    if all(m[0] != no for m in more):
-                        more.append(loc)
+                # Another location, even in the same pack: an index object of the machine that
+                # backs up, read first, may list a genuine pack with a wrong entry for a blob.
+                if first is not loc and first != loc:
+                    self._more.setdefault(e.id, {})[loc] = None
 
     def remove_packs(self, pack_ids: Iterable[str]) -> int:
         """Forget every location in `pack_ids` (packs found missing); returns how many blobs have none left."""
         with self._lock:
             numbers = {self._pack_no[p] for p in pack_ids if p in self._pack_no}
             for bid in list(self._more):
-                kept = [m for m in self._more[bid] if m[0] not in numbers]
+                kept = dict.fromkeys(m for m in self._more[bid] if m[0] not in numbers)
                 if kept:
                     self._more[bid] = kept
                 else:
@@ -142,9 +144,10 @@ class Index:
             for bid in [bid for bid, loc in self._blobs.items() if loc[0] in numbers]:
                 more = self._more.pop(bid, None)
                 if more:  # another pack holds it: that location becomes the first
-                    self._blobs[bid] = more[0]
-                    if more[1:]:
-                        self._more[bid] = more[1:]
+                    first, *rest = more
+                    self._blobs[bid] = first
+                    if rest:
+                        self._more[bid] = dict.fromkeys(rest)
                 else:
                     del self._blobs[bid]
                     gone += 1
@@ -168,7 +171,7 @@ class Index:
         return None if loc is None else self._location(loc)
 
     def locations(self, blob_id: bytes) -> list[BlobLocation]:
-        """Every pack location of a blob, the one `get` gives first."""
+        """Every location of a blob, the one `get` gives first."""
         first = self._blobs.get(blob_id)
         if first is None:
             return []

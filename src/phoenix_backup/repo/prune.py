@@ -229,8 +229,10 @@ def _prune_locked(
     for name in sorted(live):
         for pack_id, entries in sorted(live[name].items()):
             use = packs.setdefault(pack_id, PackUse(pack_id, 0, []))
-            known = {e.id for e in use.entries}
-            use.entries.extend(e for e in entries if e.id not in known)
+            # Every distinct entry, not one per blob: an index object of the machine that backs
+            # up, read first, may list a genuine pack with a wrong entry for a blob it holds.
+            known = set(use.entries)
+            use.entries.extend(e for e in entries if e not in known)
     missing_needed = []
     candidates: dict[bytes, list[tuple[str, PackEntry]]] = {}
     for pack_id, use in sorted(packs.items()):
@@ -240,10 +242,14 @@ def _prune_locked(
         for e in use.entries:
             if e.id in used and info is not None:
                 candidates.setdefault(e.id, []).append((pack_id, e))
+    beaten: set[tuple[str, PackEntry]] = set()  # other entries for a blob in its chosen pack
     for blob, held in candidates.items():
         pack_id, e = held[0] if len(held) == 1 else _sound_copy(repo, held)
         home[blob] = pack_id
         packs[pack_id].used.append(e)
+        beaten.update((p, other) for p, other in held if p == pack_id and other != e)
+    for pack_id in {p for p, _e in beaten}:  # the new index lists only the entry chosen
+        packs[pack_id].entries = [e for e in packs[pack_id].entries if (pack_id, e) not in beaten]
     lost = used - home.keys()
     if lost:
         missing_needed.extend(sorted(b.hex()[:16] for b in lost)[:5])
@@ -288,7 +294,8 @@ def _prune_locked(
     report.bytes_written = sum(u.used_bytes for u in repack)  # the new packs' blobs (headers aside)
     # An index object whose claim to supersede others was ignored (write-only: not the owner's,
     # repo/repository.py `open_index`) is replaced too, by one that the owner's key covers.
-    rewrite_index = bool(delete or repack or vanished or superseded & set(objects) or repo.problems.claims)
+    # So is one listing a wrong entry for a blob beside its genuine one in the same pack.
+    rewrite_index = bool(delete or repack or vanished or superseded & set(objects) or repo.problems.claims or beaten)
     report.indexes_replaced = len(objects) if rewrite_index else 0
     if dry_run:
         return

@@ -951,18 +951,22 @@ class Repository:
         return entries
 
     def load_blob(self, kind: BlobType, blob_id: bytes) -> bytes:
-        locations = self.index.locations(blob_id)
-        if not locations or locations[0].type != kind:
+        # Of the blob's kind only: a location of another kind listed first (an index object of
+        # the machine that backs up) must not hide the genuine one.
+        locations = [loc for loc in self.index.locations(blob_id) if loc.type == kind]
+        if not locations:
             raise CorruptObject(f"{kind.name.lower()} blob {blob_id.hex()[:16]} is not in the index (missing data)")
         return self._load_from(kind, blob_id, locations, None)
 
     def load_blob_elsewhere(
         self, kind: BlobType, blob_id: bytes, failed: BlobLocation, error: CorruptObject | ObjectNotFound
     ) -> bytes:
-        """A blob whose read at `failed` raised `error`, from another pack that holds it; `error`
-        again when none does. A pack listed first with other bytes sealed under a blob's id (a
-        compromised machine that backs up holds the write key) then blocks no restore."""
-        others = [loc for loc in self.index.locations(blob_id) if loc.pack_id != failed.pack_id]
+        """A blob whose read at `failed` raised `error`, from another location listed for it (in
+        another pack, or elsewhere in the same one); `error` again when none holds it. A pack
+        listed first with other bytes sealed under a blob's id, or a wrong entry for it in the
+        genuine pack (a compromised machine that backs up holds the write key and may add index
+        objects), then blocks no restore."""
+        others = [loc for loc in self.index.locations(blob_id) if loc != failed and loc.type == kind]
         if not others:
             raise error
         self._bad_location(failed, blob_id, error)

@@ -30,7 +30,8 @@ def refusal(target: str, what: str) -> str:
     """The one sentence that says an append-only target refuses `what`, and where to do it instead."""
     return (
         f"target {target} is append-only (targets.{target}.appendOnly or objectLock, in this config or in one this "
-        "machine used for the same storage before, which append-only.json in its data dir remembers): Phoenix never "
+        "machine used for the same storage before, which append-only.json in its data dir remembers; while that file "
+        "is damaged every target counts): Phoenix never "
         f"deletes or overwrites objects there, so {what} must run on another machine, whose config does not mark the "
         "target append-only, with credentials that may delete"
     )

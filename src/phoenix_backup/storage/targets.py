@@ -119,8 +119,9 @@ def storage_key(cfg: Config, name: str) -> str:
     if name == "git":
         local = Path(t.git.repo).expanduser()
         return f"git:{local.resolve() if local.is_absolute() else t.git.repo}"
+    # One key for both S3 targets: an R2 bucket is reachable through `s3` as well (R2's endpoint).
     target = t.s3 if name == "s3" else t.r2
-    return f"{name}:{target.bucket}/{target.prefix.strip('/')}"
+    return f"s3:{target.bucket}/{target.prefix.strip('/')}"
 
 
 def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
@@ -134,12 +135,18 @@ def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
         path = data_dir(env) / APPEND_ONLY_MARKS
     except ConfigError:
         return cfg  # a command that needs the data dir says what is wrong with it
+    names = cfg.targets.enabled_names()
     try:
         doc = json.loads(path.read_text())
-        marks: dict[str, object] = doc["storage"] if isinstance(doc.get("storage"), dict) else {}
-    except (OSError, ValueError, AttributeError, KeyError):
+        marks: dict[str, object] = doc["storage"]
+        if not isinstance(marks, dict):
+            raise ValueError("no storage mapping")
+    except FileNotFoundError:
         marks = {}
-    names = cfg.targets.enabled_names()
+    except (OSError, ValueError, TypeError, KeyError):
+        # Damaged (a careless edit, a folder in its place): what it remembered is unknown, so
+        # every target counts as append-only here, and the file stays for its owner to fix.
+        return _append_only(cfg, names)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     new = {
         key: {"target": n, "since": now}
@@ -150,7 +157,12 @@ def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
         with contextlib.suppress(OSError):  # only a reminder: a read-only data dir loses nothing
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private(path, (json.dumps({"storage": {**marks, **new}}, indent=2, sort_keys=True) + "\n").encode())
-    remembered = [n for n in names if not cfg.targets.append_only(n) and storage_key(cfg, n) in marks]
+    return _append_only(cfg, [n for n in names if storage_key(cfg, n) in marks])
+
+
+def _append_only(cfg: Config, names: list[str]) -> Config:
+    """`cfg` with the targets `names` marked append-only."""
+    remembered = [n for n in names if not cfg.targets.append_only(n)]
     if not remembered:
         return cfg
     targets = cfg.targets
