@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 import click
 
@@ -82,7 +83,8 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
         lines = []
         for s in states:
             if s.covered:
-                lines.append(f"{s.path}: the state seen {s.seen} ({s.page_count} pages)")
+                kept = " (thinned: the newest state kept at or before)" if s.thinned else ""
+                lines.append(f"{s.path}: the state seen {s.seen} ({s.page_count} pages){kept}")
             else:
                 lines.append(f"{s.path}: not covered")
         out.result([s.to_json() for s in states], "\n".join(lines), data=True)
@@ -95,6 +97,13 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
             start, end = _us(str(row["from"])), _us(str(row["to"]))
             if row["kind"] == "gap":
                 lines.append(f"  gap      {describe(start)} to {describe(end, up=True)}")
+            elif row["kind"] == "thinned":
+                points = [_us(str(t)) for t in cast(list[str], row["points"])]
+                lines.append(
+                    f"  thinned  {describe(start)} to {describe(end)}: {len(points)} kept states, "
+                    f"{describe(points[0]) if points else '-'} to {describe(points[-1]) if points else '-'} "
+                    "(--at gives the newest kept state at or before)"
+                )
             else:
                 lines.append(f"  covered  {span(start, end)} ({row['seconds']} s)")
     if not report.databases:
