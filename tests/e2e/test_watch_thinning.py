@@ -7,6 +7,7 @@ says which ranges are thinned, and a kill at any change of the thinning loses no
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -252,3 +253,20 @@ def _period_of(h: History, at: int) -> tuple[str, int] | None:
         if at in ats:
             return _period(end, h.now)
     raise AssertionError(at)
+
+
+def test_list_hides_the_watchs_snapshots_unless_asked(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sb.backup()
+    with _repo(sb) as (repo, _tl):
+        full = repo.list_snapshots()[-1]
+        for i, scope in enumerate(("watch", "watch-files", "watch-files")):
+            repo.save_snapshot(dataclasses.replace(full, scope=scope, id="", time=f"2026-01-0{i + 1}T00:00:00+00:00"))
+    ids = [s["id"] for s in sb.snapshots()]
+    assert ids == [full.id], "phx list --json shows only the backups"
+    text = sb.phx("list").out
+    assert "3 snapshots of `phx watch` hidden" in text and "--all" in text
+    assert len(sb.phx("list", "--all", "--json").json()) == 4
+    only = sb.phx("list", "--scope", "watch-files", "--json").json()
+    assert [s["scope"] for s in only] == ["watch-files", "watch-files"]
+    assert "hidden" not in sb.phx("list", "--all").out

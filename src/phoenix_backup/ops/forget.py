@@ -23,7 +23,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops.context import Environment, open_repository, require_identity, target_names
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.retention import CAPTURE_SCOPES, Candidate, Plan, Policy, apply_policy, parse_time
+from phoenix_backup.repo.retention import WATCH_SCOPES, Candidate, Plan, Policy, apply_policy, parse_time
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.storage.targets import refuse_append_only
 
@@ -251,7 +251,7 @@ def thin_captures(repo: Repository, policy: Policy, plan: Plan, now: datetime, *
     kept = [
         parse_time(d.snapshot.time)
         for d in plan.keep
-        if d.snapshot.scope not in (*CAPTURE_SCOPES, "watch") and not d.snapshot.incomplete
+        if d.snapshot.scope not in WATCH_SCOPES and not d.snapshot.incomplete
     ]
     horizon = captures.to_us(min(kept)) if kept else None
     now_us = captures.to_us(now)

@@ -336,6 +336,9 @@ def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime, 
 
 # The snapshots of the files that `phx watch` takes within seconds of each change (ops/watch_files.py).
 CAPTURE_SCOPES = ("watch-files",)
+# Every scope `phx watch` writes: its base snapshots (ops/watch.py) and those of the files. `phx
+# list` hides them unless asked; thinning does not count them as the policy's oldest snapshot.
+WATCH_SCOPES = ("watch", *CAPTURE_SCOPES)
 
 
 def capture_policy(policy: Policy) -> Policy:
