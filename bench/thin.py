@@ -74,6 +74,7 @@ def main() -> None:
         seg = captures.build(chain, k, previous, "host", [(part, [_page(rng) for _ in pages])])
         name, raw = captures.seal(repo, seg)
         repo.backend.write(name, raw)
+        os.utime(args.workdir / name, (until / S, until / S))  # written when sealed, as by the watch
         previous, since = name.removeprefix(captures.PREFIX), until
     written = time.perf_counter() - started
 

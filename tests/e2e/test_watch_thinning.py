@@ -104,6 +104,7 @@ def _make_history(sb: Sandbox) -> History:
             seg = captures.build(chain, k, previous, "host", [(part, pages)])
             name, raw = captures.seal(repo, seg)
             repo.backend.write(name, raw)
+            os.utime(sb.repo / name, (end / 1e6, end / 1e6))  # written when sealed, as by the watch
             previous, since = name.removeprefix(captures.PREFIX), end
             ends.append(end)
             commits_of.append(ats)
@@ -221,7 +222,8 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
 
     # Thinning again changes nothing.
     again = _forget(sb)
-    assert again["targets"]["local"]["captures"]["merges"] == []  # type: ignore[index]
+    left = again["targets"]["local"]["captures"]  # type: ignore[index]
+    assert left is None or left["merges"] == [], left  # None: every segment left is younger than a day
     assert _segment_count(sb) == _expected_segments(h)
 
     # Killed at any change (a sample; every one with PHX_TEST_HEAVY=1): every kept state is still

@@ -239,6 +239,10 @@ def thin_captures(repo: Repository, policy: Policy, plan: Plan, now: datetime, *
     everything older than the oldest snapshot the policy keeps. Each merged segment is written
     before any segment it stands for is deleted, so a crash leaves every kept point restorable.
     The caller holds the exclusive lock."""
+    cutoff = policy.captures_within.before(now).timestamp()
+    listed = list(repo.backend.list(captures.PREFIX))
+    if all(info.modified is not None and info.modified >= cutoff for info in listed):
+        return None  # every segment was written within `captures_within`: nothing to thin yet
     tl = captures.timeline(repo)
     if not tl.segments and not tl.unreadable:
         return None
