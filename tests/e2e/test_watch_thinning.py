@@ -272,3 +272,27 @@ def test_list_hides_the_watchs_snapshots_unless_asked(sandbox: Sandbox) -> None:
     only = sb.phx("list", "--scope", "watch-files", "--json").json()
     assert [s["scope"] for s in only] == ["watch-files", "watch-files"]
     assert "hidden" not in sb.phx("list", "--all").out
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+def test_every_target_is_thinned_alike(sandbox: Sandbox, history: History) -> None:
+    sb, h = sandbox, history
+    remote = sb.root / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        },
+        retention={"capturesHourlyWithin": "2d"},
+    )
+    sb.phx("sync")  # the replica's copies are dated now: thinned because the first target was
+    done = _forget(sb)["targets"]
+    for name in ("local", "git"):
+        c = done[name]["captures"]  # type: ignore[index]
+        assert c["segmentsBefore"] == 190, (name, c)
+        assert c["segmentsBefore"] - c["deleted"] + len(c["merges"]) == _expected_segments(h), (name, c)
+    again = sb.phx("forget", "--dry-run", "--target", "git", "--json").json()["targets"]["git"]["captures"]
+    assert again is None or again["merges"] == [], again
+    assert sb.verify("--target", "git")["ok"]

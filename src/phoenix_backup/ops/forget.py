@@ -162,7 +162,10 @@ def forget(
                 if ids:
                     forget_named(repo, ids, report, dry_run=dry_run)
                 else:
-                    forget_repository(repo, policy, report, dry_run=dry_run, now=when)
+                    # A replica's copies are dated when they were copied: once a target had
+                    # something to thin, the others are thinned whatever their dates say.
+                    eager = any(t.thinned is not None and t.thinned.merges for t in result.targets.values())
+                    forget_repository(repo, policy, report, dry_run=dry_run, now=when, eager=eager)
             finally:
                 repo.close()
         except (RetentionRefused, IdentityRequired):
@@ -207,9 +210,11 @@ def forget_repository(
     dry_run: bool,
     now: datetime,
     protect: tuple[str, ...] = (),
+    eager: bool = False,
 ) -> TargetForget:
     """Decide on every snapshot of `repo` and, unless `dry_run`, delete those not kept; `protect`
-    holds the ids that are kept whatever the rules say (the snapshot a backup just made)."""
+    holds the ids that are kept whatever the rules say (the snapshot a backup just made). Then
+    thin the capture segments (`thin_captures`; `eager`: even when all look young)."""
     # Forget deletes snapshot objects: exclusive, like restic, so no backup picks a parent that
     # is being removed. A dry run only reads.
     with repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"):
@@ -224,7 +229,7 @@ def forget_repository(
                 report.removed.append(decision.snapshot.id)
         if not policy.empty:
             try:
-                report.thinned = thin_captures(repo, policy, report.plan, now, dry_run=dry_run)
+                report.thinned = thin_captures(repo, policy, report.plan, now, dry_run=dry_run, eager=eager)
             except CorruptObject as exc:
                 report.ok, report.error = False, str(exc)
     changed = report.thinned is not None and not dry_run and report.thinned.deleted > 0
@@ -233,16 +238,19 @@ def forget_repository(
     return report
 
 
-def thin_captures(repo: Repository, policy: Policy, plan: Plan, now: datetime, *, dry_run: bool) -> Thinned | None:
+def thin_captures(
+    repo: Repository, policy: Policy, plan: Plan, now: datetime, *, dry_run: bool, eager: bool = False
+) -> Thinned | None:
     """Thin `phx watch`'s capture segments (repo/captures.py `thinning`, docs/continuous.md): every
     state for `policy.captures_within`, then one an hour, then one a day, and one state for
     everything older than the oldest snapshot the policy keeps. Each merged segment is written
     before any segment it stands for is deleted, so a crash leaves every kept point restorable.
-    The caller holds the exclusive lock."""
+    Unless `eager`, nothing is read while every segment object was written within
+    `captures_within` (by the listing's dates). The caller holds the exclusive lock."""
     cutoff = policy.captures_within.before(now).timestamp()
     listed = list(repo.backend.list(captures.PREFIX))
-    if all(info.modified is not None and info.modified >= cutoff for info in listed):
-        return None  # every segment was written within `captures_within`: nothing to thin yet
+    if not listed or (not eager and all(i.modified is not None and i.modified >= cutoff for i in listed)):
+        return None
     tl = captures.timeline(repo)
     if not tl.segments and not tl.unreadable:
         return None
