@@ -137,7 +137,7 @@ def test_the_defaults_apply_when_the_config_says_nothing(sandbox: Sandbox) -> No
     plan = sb.phx("forget", "--dry-run", "--json").json()
     assert plan["policy"] == {
         "last": 10, "hourly": 0, "daily": 7, "weekly": 4, "monthly": 12, "yearly": 0, "within": "1d",
-        "keepSafetyDays": 7,
+        "keepSafetyDays": 7, "capturesWithin": "1d", "capturesHourlyWithin": "7d",
     }  # fmt: skip
     # Three backups within the last hours: younger than a day, all kept whatever else the rules say.
     now = datetime.now().astimezone().replace(microsecond=0)

@@ -194,6 +194,86 @@ def test_a_forgotten_base_uncovers_its_history(repo: Repository) -> None:
     assert tl.for_path("home/a.db") == [] and "is gone" in tl.problems[captures.PREFIX + a]
 
 
+# -- thinning: merged segments ----------------------------------------------------------------
+
+
+def test_a_merged_segment_holds_the_newest_pages_and_the_chain_runs_through_it(repo: Repository) -> None:
+    chain = secrets.token_hex(16)
+    a = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))
+    b = _write(repo, _segment(chain, 1, a, 11 * S, 12 * S))
+    c = _write(repo, _segment(chain, 2, b, 12 * S, 13 * S))
+    d = _write(repo, _segment(chain, 3, c, 13 * S, 14 * S))
+    tl = captures.timeline(repo)
+    merged = captures.merge([tl.segments[b], tl.segments[c]])
+    part = merged.parts[0]
+    assert (merged.sequence, merged.through, merged.previous, merged.link) == (1, 2, a, c)
+    assert part.thinned and (part.since, part.until) == (11 * S, 13 * S)
+    assert [(x.at, x.page_count, x.pages) for x in part.commits] == [(13 * S, 5, (1, 3, 5))]
+    m = _write(repo, merged)
+    assert captures.load(repo, captures.PREFIX + m).link == c
+    # The merged segment and the ones it stands for side by side (a thinning cut short): the
+    # chain goes through the merged one, on to segment 3; the others are superseded.
+    tl = captures.timeline(repo)
+    assert [s.id for s in tl.chains[chain]] == [a, m, d] and sorted(tl.superseded) == sorted([b, c])
+    assert not tl.problems and not tl.broken
+    for sid in (b, c):
+        repo.backend.delete(captures.PREFIX + sid)
+    tl = captures.timeline(repo)
+    assert [s.id for s in tl.chains[chain]] == [a, m, d] and not tl.superseded
+    # Covered every state up to 11 s, thinned from 11 to 13 s (one kept state at 13 s), then every state.
+    ranges = [(r.start, r.end, r.points) for r in tl.for_path("home/a.db")]
+    assert ranges == [(10 * S, 11 * S, None), (11 * S, 13 * S, (13 * S,)), (13 * S, 14 * S, None)]
+    # A time in the thinned range: the newest kept state at or before it (segment 0's last one).
+    rng = tl.at("home/a.db", 12 * S)
+    assert rng is not None and rng.points == (13 * S,)
+    _base, parts = captures.lineage(tl, rng, 12 * S)
+    applied = [c.at for _s, p in parts for c in p.commits if c.at <= 12 * S]
+    assert max(applied) == 11 * S
+
+
+def test_thinning_merges_by_hour_then_day_and_never_across_a_gap(repo: Repository) -> None:
+    chain = secrets.token_hex(16)
+    H = 3600 * S
+    now = 10 * 24 * H
+    ends = [now - 2 * H + 60 * S, now - 2 * H + 120 * S]  # within `every`: kept as they are
+    ends += [now - 30 * H + k * 600 * S for k in range(3)]  # one hour, hourly zone
+    ends += [now - 5 * 24 * H + k * 600 * S for k in range(3)]  # one day, daily zone
+    ends.sort()
+    prev, since, ids = None, ends[0] - S, []
+    for i, end in enumerate(ends):
+        gap = i == 5  # a restart: this segment does not touch the one before
+        prev = _write(repo, _segment(chain, i, prev, end - S if gap or i == 0 else since, end, base=i == 0))
+        since = end
+        ids.append(prev)
+    tl = captures.timeline(repo)
+    runs = captures.thinning(tl, now, 24 * H, 3 * 24 * H, None)
+    assert [[s.sequence for s in run] for run in runs] == [[0, 1, 2], [3, 4]]
+    assert captures.thinning(tl, now, 24 * H, 3 * 24 * H, now - 3 * 24 * H)[0][0].sequence == 0
+    horizon_runs = captures.thinning(tl, now, 24 * H, 3 * 24 * H, now - 3 * H)
+    assert [[s.sequence for s in run] for run in horizon_runs] == [[0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"part": True},  # thinned only in a merged segment
+        {"version": 2, "through": 0},  # a merged segment without its link
+        {"version": 2, "through": 0, "link": "x" * 64},
+        {"version": 2, "link": "a" * 64},  # without through
+        {"version": 2, "through": 0, "link": "a" * 64, "part": "yes"},
+    ],
+)
+def test_a_malformed_merged_segment_is_refused(changes: dict[str, object]) -> None:
+    doc = _with(**{k: v for k, v in changes.items() if k != "part"})
+    if "part" in changes:
+        doc["databases"][0]["thinned"] = changes["part"]  # type: ignore[index]
+    header_version = int(doc["version"])  # type: ignore[call-overload]
+    header = json.dumps(doc).encode()
+    body = struct.pack("<4sBI", b"PHXC", header_version, len(header)) + header + bytes(2 * PS)
+    with pytest.raises(CorruptObject, match="captures/x"):
+        captures.decode(body, "captures/x")
+
+
 # -- retention of phx watch's snapshots of the files -------------------------------------------
 
 

@@ -333,6 +333,8 @@ def test_workspace_is_required() -> None:
         ("retention.hourly", True, "retention.hourly must be an integer >= -1 (got true)"),
         ("retention.keepSafetyDays", -1, "retention.keepSafetyDays must be an integer >= 0"),
         ("retention.within", "30 days", "retention.within must be a duration"),
+        ("retention.capturesWithin", "1 day", "retention.capturesWithin must be a duration"),
+        ("retention.capturesHourlyWithin", 7, "retention.capturesHourlyWithin must be a string"),
         ("retention.prune", "no", "retention.prune must be true or false"),
         ("compression", 5,
          'compression must be true, false, "zstd", "gzip" or {"algorithm", "level"} (got 5)'),

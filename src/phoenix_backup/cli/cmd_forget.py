@@ -65,4 +65,6 @@ def render(r: forget_op.ForgetResult) -> str:
             lines.append(
                 f"  removed {len(t.removed)} of {len(plan.decisions)} snapshots; run `phx prune` to free space"
             )
+        if t.thinned is not None:
+            lines += [f"  {line}" for line in t.thinned.lines(r.dry_run)]
     return "\n".join(lines)

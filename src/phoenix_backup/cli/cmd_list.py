@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 import click
 
@@ -22,12 +23,13 @@ from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.captures import describe, span, to_us
+from phoenix_backup.repo.retention import WATCH_SCOPES
 from phoenix_backup.repo.snapshot import Selection
 
 
 @cli.command(name="list")
 @click.option("--host", metavar="HOST", help="Only the snapshots of this host.")
-@click.option("--scope", type=click.Choice(SCOPES), help="Only the snapshots of this scope.")
+@click.option("--scope", type=click.Choice((*SCOPES, *WATCH_SCOPES)), help="Only the snapshots of this scope.")
 @click.option(
     "--tag",
     "tags",
@@ -36,6 +38,12 @@ from phoenix_backup.repo.snapshot import Selection
     help="Only the snapshots carrying this tag (repeatable: all of them).",
 )
 @click.option("--last", type=click.IntRange(min=1), metavar="N", help="Only the N newest of the snapshots selected.")
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Also the snapshots `phx watch` takes (scopes watch and watch-files), hidden by default.",
+)
 @click.option("--timeline", is_flag=True, help="The times `phx watch` covers, per database: covered ranges and gaps.")
 @click.option("--at", "at", metavar="TIME", help="Which captured state of each database holds at TIME (RFC 3339).")
 @target_option
@@ -49,11 +57,15 @@ def list_cmd(
     scope: str | None,
     tags: tuple[str, ...],
     last: int | None,
+    show_all: bool,
     timeline: bool,
     at: str | None,
     target: str | None,
 ) -> ExitStatus:
     """List snapshots, oldest first: id, name, time, size, bytes added, files, databases, tags, targets.
+
+    The snapshots `phx watch` takes (scopes watch and watch-files) are hidden, in the JSON too,
+    and counted below the list: `--all` or `--scope watch-files` shows them.
 
     Example: phx list --json
 
@@ -64,9 +76,17 @@ def list_cmd(
     if timeline or at is not None:
         return _captures(out, envx, cfg, timeline, at)
     every = list_op.list_snapshots(cfg, envx, target=target)
-    chosen = {s.id for s in Selection(host, scope, tags, last).apply([s.snapshot for s in every])}
-    snaps = [s for s in every if s.snapshot.id in chosen]
-    text = render.snapshots(snaps) if snaps or not every else f"none of the {len(every)} snapshots is selected"
+    # phx watch's snapshots (a base per chain, one of the files per burst of changes) would bury
+    # the backups: hidden, in the text and the JSON alike, unless --all or --scope names them.
+    shown = every if show_all or scope in WATCH_SCOPES else [s for s in every if s.snapshot.scope not in WATCH_SCOPES]
+    chosen = {s.id for s in Selection(host, scope, tags, last).apply([s.snapshot for s in shown])}
+    snaps = [s for s in shown if s.snapshot.id in chosen]
+    text = render.snapshots(snaps) if snaps or not shown else f"none of the {len(shown)} snapshots is selected"
+    if len(shown) < len(every):
+        text += (
+            f"\n{len(every) - len(shown)} snapshots of `phx watch` hidden (scopes watch, watch-files): "
+            "`phx list --all` shows them, `--scope watch-files` only those of the files"
+        )
     out.result([s.to_json() for s in snaps], text, data=True)
     return ExitStatus.OK
 
@@ -82,7 +102,8 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
         lines = []
         for s in states:
             if s.covered:
-                lines.append(f"{s.path}: the state seen {s.seen} ({s.page_count} pages)")
+                kept = " (thinned: the newest state kept at or before)" if s.thinned else ""
+                lines.append(f"{s.path}: the state seen {s.seen} ({s.page_count} pages){kept}")
             else:
                 lines.append(f"{s.path}: not covered")
         out.result([s.to_json() for s in states], "\n".join(lines), data=True)
@@ -95,6 +116,13 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
             start, end = _us(str(row["from"])), _us(str(row["to"]))
             if row["kind"] == "gap":
                 lines.append(f"  gap      {describe(start)} to {describe(end, up=True)}")
+            elif row["kind"] == "thinned":
+                points = [_us(str(t)) for t in cast(list[str], row["points"])]
+                lines.append(
+                    f"  thinned  {describe(start)} to {describe(end)}: {len(points)} kept states, "
+                    f"{describe(points[0]) if points else '-'} to {describe(points[-1]) if points else '-'} "
+                    "(--at gives the newest kept state at or before)"
+                )
             else:
                 lines.append(f"  covered  {span(start, end)} ({row['seconds']} s)")
     if not report.databases:

@@ -112,6 +112,8 @@ class Retention:
     within: str | None = "1d"
     keep_safety_days: int = 7
     prune: bool = True
+    captures_within: str = "1d"  # phx watch's capture segments: every state kept this long ...
+    captures_hourly_within: str = "7d"  # ... then one an hour up to this age, then one a day
 
 
 @dataclass(frozen=True)

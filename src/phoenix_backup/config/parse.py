@@ -323,7 +323,12 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
     include = root.strings("include", DEFAULT_INCLUDE, expand="leading")
     exclude = root.strings("exclude", DEFAULT_EXCLUDE, expand="leading")
     compression = _compression(root.raw("compression"), ctx)
-    retention = _retention(root.section("retention", (*_RETENTION_RULES, "within", "keepSafetyDays", "prune")))
+    retention = _retention(
+        root.section(
+            "retention",
+            (*_RETENTION_RULES, "within", "keepSafetyDays", "prune", "capturesWithin", "capturesHourlyWithin"),
+        )
+    )
     notifications = _notifications(root.section("notifications", ("enabled", "onSuccess", "onFailure", "urls")))
     encryption = _encryption(
         root.section(
@@ -569,7 +574,19 @@ def _retention(section: _Section) -> Retention:
         within=within,
         keep_safety_days=section.integer("keepSafetyDays", 7, 0),
         prune=section.boolean("prune", True),
+        captures_within=_duration(section, "capturesWithin", defaults.captures_within),
+        captures_hourly_within=_duration(section, "capturesHourlyWithin", defaults.captures_hourly_within),
     )
+
+
+def _duration(section: _Section, key: str, default: str) -> str:
+    value = section.optional_string(key) if section.has(key) else default
+    if value is None or not _DURATION.match(value):
+        raise ConfigError(
+            f"retention.{key} must be a duration of numbers with units y, m, d or h, "
+            f'such as "1d" or "36h" (got {_got(value)})'
+        )
+    return value
 
 
 def _notifications(section: _Section) -> Notifications:

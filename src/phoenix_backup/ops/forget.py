@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     AppendOnlyRefused,
+    CorruptObject,
     ExitStatus,
     IdentityRequired,
     PhoenixError,
@@ -20,12 +21,53 @@ from phoenix_backup.errors import (
     SnapshotNotFound,
 )
 from phoenix_backup.ops.context import Environment, open_repository, require_identity, target_names
+from phoenix_backup.repo import captures
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy
+from phoenix_backup.repo.retention import WATCH_SCOPES, Candidate, Plan, Policy, apply_policy, parse_time
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.storage.targets import refuse_append_only
 
 # -- results ------------------------------------------------------------------------------
+
+
+@dataclass
+class Thinned:
+    """What thinning did (or, in a dry run, would do) to `phx watch`'s capture segments."""
+
+    merges: list[dict[str, object]] = field(default_factory=list)
+    deleted: int = 0  # segment objects deleted (merged, left by a crash, or of a chain without a base)
+    orphaned: list[str] = field(default_factory=list)  # chains deleted: every base snapshot is gone
+    segments_before: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def lines(self, dry_run: bool) -> list[str]:
+        verb = "would merge" if dry_run else "merged"
+        out = [
+            f"captures: {verb} {m['segments']} segments of chain {str(m['chain'])[:8]} "
+            f"({m['from']} to {m['to']}) into one, keeping the state seen {m['kept']}"
+            for m in self.merges
+        ]
+        out += [
+            f"captures: chain {c[:8]} {'would be' if dry_run else 'was'} deleted: its base snapshots are gone"
+            for c in self.orphaned
+        ]
+        if self.merges or self.orphaned or self.deleted:
+            out.append(
+                f"captures: {self.segments_before} segments, {self.bytes_before} bytes -> "
+                f"{self.segments_before - self.deleted + len(self.merges)} segments, {self.bytes_after} bytes"
+            )
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "merges": self.merges,
+            "deleted": self.deleted,
+            "orphanedChains": self.orphaned,
+            "segmentsBefore": self.segments_before,
+            "bytesBefore": self.bytes_before,
+            "bytesAfter": self.bytes_after,
+        }
 
 
 @dataclass
@@ -37,6 +79,7 @@ class TargetForget:
     removed: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     named: list[Snapshot] = field(default_factory=list)  # `phx forget ID...`: the snapshots named
+    thinned: Thinned | None = None  # the capture segments, when there are any
 
     def removals(self) -> list[tuple[Snapshot | Candidate, str]]:
         """Each snapshot removed (or, in a dry run, to be removed) with the reason, for printing."""
@@ -55,6 +98,7 @@ class TargetForget:
             "snapshots": [d.to_json() for d in plan.decisions] if plan else [],
             "named": [{"id": s.id, "name": s.name, "time": s.time} for s in self.named],
             "notices": self.notices,
+            "captures": self.thinned.to_json() if self.thinned else None,
         }
 
 
@@ -118,7 +162,10 @@ def forget(
                 if ids:
                     forget_named(repo, ids, report, dry_run=dry_run)
                 else:
-                    forget_repository(repo, policy, report, dry_run=dry_run, now=when)
+                    # A replica's copies are dated when they were copied: once a target had
+                    # something to thin, the others are thinned whatever their dates say.
+                    eager = any(t.thinned is not None and t.thinned.merges for t in result.targets.values())
+                    forget_repository(repo, policy, report, dry_run=dry_run, now=when, eager=eager)
             finally:
                 repo.close()
         except (RetentionRefused, IdentityRequired):
@@ -163,9 +210,11 @@ def forget_repository(
     dry_run: bool,
     now: datetime,
     protect: tuple[str, ...] = (),
+    eager: bool = False,
 ) -> TargetForget:
     """Decide on every snapshot of `repo` and, unless `dry_run`, delete those not kept; `protect`
-    holds the ids that are kept whatever the rules say (the snapshot a backup just made)."""
+    holds the ids that are kept whatever the rules say (the snapshot a backup just made). Then
+    thin the capture segments (`thin_captures`; `eager`: even when all look young)."""
     # Forget deletes snapshot objects: exclusive, like restic, so no backup picks a parent that
     # is being removed. A dry run only reads.
     with repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"):
@@ -178,6 +227,79 @@ def forget_repository(
             for decision in report.plan.remove:
                 repo.delete_snapshot(decision.snapshot.id)
                 report.removed.append(decision.snapshot.id)
-    if report.removed:
-        repo.publish_changes(f"phoenix forget: {len(report.removed)} snapshot(s) removed")
+        if not policy.empty:
+            try:
+                report.thinned = thin_captures(repo, policy, report.plan, now, dry_run=dry_run, eager=eager)
+            except CorruptObject as exc:
+                report.ok, report.error = False, str(exc)
+    changed = report.thinned is not None and not dry_run and report.thinned.deleted > 0
+    if report.removed or changed:
+        repo.publish_changes(f"phoenix forget: {len(report.removed)} snapshot(s) removed, capture segments thinned")
     return report
+
+
+def thin_captures(
+    repo: Repository, policy: Policy, plan: Plan, now: datetime, *, dry_run: bool, eager: bool = False
+) -> Thinned | None:
+    """Thin `phx watch`'s capture segments (repo/captures.py `thinning`, docs/continuous.md): every
+    state for `policy.captures_within`, then one an hour, then one a day, and one state for
+    everything older than the oldest snapshot the policy keeps. Each merged segment is written
+    before any segment it stands for is deleted, so a crash leaves every kept point restorable.
+    Unless `eager`, nothing is read while every segment object was written within
+    `captures_within` (by the listing's dates). The caller holds the exclusive lock."""
+    cutoff = policy.captures_within.before(now).timestamp()
+    listed = list(repo.backend.list(captures.PREFIX))
+    if not listed or (not eager and all(i.modified is not None and i.modified >= cutoff for i in listed)):
+        return None
+    tl = captures.timeline(repo)
+    if not tl.segments and not tl.unreadable:
+        return None
+    if tl.unreadable:
+        name = tl.unreadable[0]
+        raise CorruptObject(
+            f"the capture segments were not thinned: {name} cannot be read ({tl.problems[name]}); copy it back "
+            "from another target (`phx sync`) or delete it to give up the states after it, then run `phx forget` again"
+        )
+    kept = [
+        parse_time(d.snapshot.time)
+        for d in plan.keep
+        if d.snapshot.scope not in WATCH_SCOPES and not d.snapshot.incomplete
+    ]
+    horizon = captures.to_us(min(kept)) if kept else None
+    now_us = captures.to_us(now)
+    every = now_us - captures.to_us(policy.captures_within.before(now))
+    hourly = now_us - captures.to_us(policy.captures_hourly_within.before(now))
+    out = Thinned(segments_before=len(tl.segments), bytes_before=sum(s.stored_size for s in tl.segments.values()))
+    out.orphaned = list(tl.orphaned)
+    doomed = {sid for sid in tl.superseded if tl.segments[sid].chain not in tl.orphaned}
+    doomed |= {sid for sid, seg in tl.segments.items() if seg.chain in tl.orphaned}
+    written = 0
+    for run in captures.thinning(tl, now_us, every, hourly, horizon):
+        if run[0].chain in tl.orphaned:
+            continue
+        merged = captures.merge(run)
+        name, raw = captures.seal(repo, merged)
+        if not dry_run:
+            repo.backend.write(name, raw)
+        written += len(raw)
+        doomed |= {seg.id for seg in run}
+        ats = [c.at for p in merged.parts for c in p.commits]
+        out.merges.append(
+            {
+                "chain": merged.chain,
+                "segments": len(run),
+                "first": run[0].sequence,
+                "last": run[-1].last_sequence,
+                "from": captures.describe(min(p.since for s in run for p in s.parts)),
+                "to": captures.describe(max(p.until for s in run for p in s.parts)),
+                "kept": captures.describe(max(ats)) if ats else "unchanged",
+                "segment": name.removeprefix(captures.PREFIX),
+            }
+        )
+    # Only once every merged segment is stored: the segments they stand for.
+    for sid in sorted(doomed):
+        if not dry_run:
+            repo.backend.delete(captures.PREFIX + sid)
+    out.deleted = len(doomed)
+    out.bytes_after = out.bytes_before - sum(tl.segments[sid].stored_size for sid in doomed) + written
+    return out

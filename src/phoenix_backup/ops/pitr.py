@@ -107,15 +107,16 @@ def timeline_report(tl: captures.Timeline) -> TimelineReport:
                         "to": captures.describe(r.start, exact=True),
                     }
                 )
-            rows.append(
-                {
-                    "kind": "covered",
-                    "from": captures.describe(r.start, exact=True),
-                    "to": captures.describe(r.end, exact=True),
-                    "chain": r.chain,
-                    "seconds": round((r.end - r.start) / 1e6, 1),
-                }
-            )
+            row: dict[str, object] = {
+                "kind": "covered" if r.points is None else "thinned",
+                "from": captures.describe(r.start, exact=True),
+                "to": captures.describe(r.end, exact=True),
+                "chain": r.chain,
+                "seconds": round((r.end - r.start) / 1e6, 1),
+            }
+            if r.points is not None:
+                row["points"] = [captures.describe(t, exact=True) for t in r.points]
+            rows.append(row)
             prev_end = r.end if prev_end is None else max(prev_end, r.end)
         dbs[path] = rows
     size = sum(s.stored_size for s in tl.segments.values())
@@ -142,6 +143,7 @@ class StateAt:
     seen: str | None = None  # when the watch saw the state that holds at the time asked
     page_count: int = 0
     range: tuple[str, str] | None = None
+    thinned: bool = False  # the time lies in a thinned range: the newest kept state at or before it
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -150,6 +152,7 @@ class StateAt:
             "seen": self.seen,
             "pageCount": self.page_count,
             "range": list(self.range) if self.range else None,
+            "thinned": self.thinned,
         }
 
 
@@ -169,6 +172,7 @@ def states_at(tl: captures.Timeline, at: int) -> list[StateAt]:
                 captures.describe(last.at, exact=True),
                 last.page_count,
                 (captures.describe(rng.start, exact=True), captures.describe(rng.end, exact=True)),
+                rng.points is not None,
             )
         )
     return out

@@ -162,6 +162,8 @@ def retention_after_backup(
                     if snap.id in report.removed
                 ]
                 out.notices += [n for n in report.plan.notices if n not in out.notices] if report.plan else []
+                if report.error:  # the capture segments could not be thinned
+                    out.notices.append(f"target {name}: {report.error}")
             if not cfg.retention.prune:
                 out.prune_skipped = "retention.prune is false"
             elif not prune_due(state, repo, name, moment):

@@ -35,6 +35,7 @@ from phoenix_backup.repo.repository import Repository
 CAPTURE_AAD = b"phoenix v1 capture segment"
 MAGIC = b"PHXC"
 VERSION = 1
+MERGED_VERSION = 2  # a segment thinning merged from several (it names `through` and `link`)
 _HEAD = struct.Struct("<4sBI")
 # A segment's plaintext is at most this large: a watch seals far smaller ones (one second of
 # changes), and a reader never inflates a hostile one beyond it.
@@ -74,6 +75,7 @@ class Part:
     until: int  # µs: ... to then
     commits: tuple[Commit, ...] = ()
     base: Base | None = None  # the history of this database starts again here
+    thinned: bool = False  # thinning dropped states seen from `since` to before the first commit
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {
@@ -85,6 +87,8 @@ class Part:
         }
         if self.base is not None:
             d["base"] = self.base.to_json()
+        if self.thinned:
+            d["thinned"] = True
         return d
 
 
@@ -98,16 +102,32 @@ class Segment:
     data: bytes = b""
     id: str = ""
     stored_size: int = field(default=0, compare=False)
+    # A merged segment stands for the segments `sequence` to `through`; the segment after them
+    # names the last one's id (`link`) as its previous.
+    through: int | None = None
+    link: str | None = None
+
+    @property
+    def last_sequence(self) -> int:
+        return self.sequence if self.through is None else self.through
+
+    @property
+    def link_id(self) -> str:
+        """The id the next segment of the chain names as its previous."""
+        return self.link or self.id
 
     def header(self) -> bytes:
-        doc = {
-            "version": VERSION,
+        merged = self.through is not None
+        doc: dict[str, object] = {
+            "version": MERGED_VERSION if merged else VERSION,
             "chain": self.chain,
             "sequence": self.sequence,
             "previous": self.previous,
             "host": self.host,
             "databases": [p.to_json() for p in self.parts],
         }
+        if merged:
+            doc["through"], doc["link"] = self.through, self.link
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def page(self, part: Part, commit: Commit, i: int) -> bytes:
@@ -116,7 +136,14 @@ class Segment:
 
 
 def build(
-    chain: str, sequence: int, previous: str | None, host: str, parts: Iterable[tuple[Part, list[bytes]]]
+    chain: str,
+    sequence: int,
+    previous: str | None,
+    host: str,
+    parts: Iterable[tuple[Part, list[bytes]]],
+    *,
+    through: int | None = None,
+    link: str | None = None,
 ) -> Segment:
     """A segment of `parts`, each with the bytes of its commits' pages in order."""
     out: list[Part] = []
@@ -133,14 +160,15 @@ def build(
                     raise ValueError(f"a page of {part.path} has {len(page)} bytes, not {part.page_size}")
                 data.append(page)
                 offset += part.page_size
-        out.append(Part(part.path, part.page_size, part.since, part.until, tuple(commits), part.base))
-    return Segment(chain, sequence, previous, host, out, b"".join(data))
+        out.append(Part(part.path, part.page_size, part.since, part.until, tuple(commits), part.base, part.thinned))
+    return Segment(chain, sequence, previous, host, out, b"".join(data), through=through, link=link)
 
 
 def seal(repo: Repository, segment: Segment) -> tuple[str, bytes]:
     """The segment's object name and stored bytes."""
     header = segment.header()
-    body = _HEAD.pack(MAGIC, VERSION, len(header)) + header + segment.data
+    version = VERSION if segment.through is None else MERGED_VERSION
+    body = _HEAD.pack(MAGIC, version, len(header)) + header + segment.data
     raw = repo.sealer.seal(zstandard.ZstdCompressor(level=3).compress(body), CAPTURE_AAD)
     return PREFIX + sha256_hex(raw), raw
 
@@ -168,13 +196,15 @@ def decode(body: bytes, name: str) -> Segment:
         magic, version, hlen = _HEAD.unpack_from(body)
     except struct.error as exc:
         raise CorruptObject(f"{name} is too short to be a capture segment") from exc
-    if magic != MAGIC or version != VERSION:
+    if magic != MAGIC or version not in (VERSION, MERGED_VERSION):
         raise CorruptObject(f"{name} has an unknown format (version {version}); a newer Phoenix wrote it")
     if hlen > MAX_HEADER_SIZE or _HEAD.size + hlen > len(body):
         raise CorruptObject(f"{name} claims a longer header than it holds")
     try:
         doc = json.loads(body[_HEAD.size : _HEAD.size + hlen])
         data = body[_HEAD.size + hlen :]
+        if doc["version"] != version:
+            raise ValueError(f"version {doc['version']!r} in a version {version} body")
         seg = _from_json(doc, data, name)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptObject(f"{name} is malformed ({exc})") from exc
@@ -194,13 +224,17 @@ def _hex(v: object, n: int) -> str:
 
 
 def _from_json(doc: dict[str, object], data: bytes, name: str) -> Segment:
-    if doc["version"] != VERSION:
-        raise ValueError(f"version {doc['version']!r}")
+    version = doc["version"]
+    if version not in (VERSION, MERGED_VERSION):
+        raise ValueError(f"version {version!r}")
     chain = _hex(doc["chain"], 32)
     sequence = _int(doc["sequence"])
     previous = None if doc["previous"] is None else _hex(doc["previous"], 64)
     if (previous is None) != (sequence == 0):
         raise ValueError("only the first segment of a chain has no previous one")
+    through = link = None
+    if version == MERGED_VERSION:
+        through, link = _int(doc["through"], sequence), _hex(doc["link"], 64)
     host = doc["host"]
     if not isinstance(host, str):
         raise ValueError("host is not text")
@@ -234,16 +268,19 @@ def _from_json(doc: dict[str, object], data: bytes, name: str) -> Segment:
                 raise ValueError(f"{path}: pages not in ascending order")
             commits.append(Commit(at, count, pages, offset))
             offset += len(pages) * page_size
+        thinned = p.get("thinned", False)
+        if type(thinned) is not bool or (thinned and version != MERGED_VERSION):
+            raise ValueError(f"{path}: thinned {thinned!r}")
         base = None
         if "base" in p:
             b = p["base"]
             base = Base(_hex(b["snapshot"], 64), _hex(b["sha256"], 64))
             if not commits:
                 raise ValueError(f"{path}: a base without a commit")
-        parts.append(Part(path, page_size, since, until, tuple(commits), base))
+        parts.append(Part(path, page_size, since, until, tuple(commits), base, thinned))
     if offset != len(data):
         raise ValueError(f"its pages take {offset} bytes but it holds {len(data)}")
-    return Segment(chain, sequence, previous, host, parts, data)
+    return Segment(chain, sequence, previous, host, parts, data, through=through, link=link)
 
 
 def segment_names(repo: Repository) -> list[str]:
@@ -268,6 +305,9 @@ class Range:
     end: int  # µs
     chain: str
     first: int  # the sequence whose part begins the range
+    # None: every state the watch saw is kept. A tuple: a thinned range, where only the states
+    # seen at these times are kept (a time in it gives the newest kept state at or before it).
+    points: tuple[int, ...] | None = None
 
     def covers(self, at: int) -> bool:
         return self.start <= at <= self.end
@@ -282,6 +322,9 @@ class Timeline:
     ranges: list[Range]
     problems: dict[str, str]  # segment name -> why it was not read
     broken: list[str]  # chains cut by a missing or unreadable segment
+    unreadable: list[str] = field(default_factory=list)  # names of segments that did not open
+    superseded: list[str] = field(default_factory=list)  # ids a merged segment stands for (left by a crash)
+    orphaned: list[str] = field(default_factory=list)  # chains none of whose base snapshots is left
 
     def for_path(self, path: str) -> list[Range]:
         return [r for r in self.ranges if r.path == path]
@@ -303,38 +346,55 @@ def timeline(repo: Repository) -> Timeline:
     present = {info.name.removeprefix("snapshots/") for info in repo.backend.list("snapshots/")}
     segments: dict[str, Segment] = {}
     problems: dict[str, str] = {}
+    unreadable: list[str] = []
     for name in segment_names(repo):
         try:
             seg = load(repo, name)
         except (PhoenixError, OSError) as exc:
             problems[name] = str(exc)
+            unreadable.append(name)
             continue
         segments[seg.id] = seg
-    by_chain: dict[str, dict[int, Segment]] = {}
+    by_chain: dict[str, dict[int, list[Segment]]] = {}
     for seg in segments.values():
-        by_chain.setdefault(seg.chain, {})
-        # Two segments claiming one place: keep the one the next segment links to (below).
-        by_chain[seg.chain].setdefault(seg.sequence, seg)
-        if by_chain[seg.chain][seg.sequence].id != seg.id:
-            problems[PREFIX + seg.id] = f"a second segment {seg.sequence} of chain {seg.chain[:8]}"
+        by_chain.setdefault(seg.chain, {}).setdefault(seg.sequence, []).append(seg)
     chains: dict[str, list[Segment]] = {}
     broken: list[str] = []
+    superseded: list[str] = []
     for chain, seqs in by_chain.items():
         ordered: list[Segment] = []
         expect: str | None = None
-        for n in range(0, max(seqs) + 1):
-            found = seqs.get(n)
-            if found is None or found.previous != expect:
+        n, top = 0, max(s.last_sequence for found in seqs.values() for s in found)
+        while n <= top:
+            # Of the segments linked here, the one that stands for the most: a merged segment
+            # wins over the segments it was merged from (left behind by a thinning cut short).
+            linked = [s for s in seqs.get(n, ()) if s.previous == expect]
+            if not linked:
                 broken.append(chain)
                 break
+            found = max(linked, key=lambda s: (s.last_sequence, s.id))
             ordered.append(found)
-            expect = found.id
+            expect, n = found.link_id, found.last_sequence + 1
+        on_path = {s.id for s in ordered}
+        spans = [(s.sequence, s.last_sequence) for s in ordered]
+        for others in seqs.values():
+            for seg in others:
+                if seg.id in on_path or seg.sequence >= n:
+                    continue
+                if any(a <= seg.sequence and seg.last_sequence <= b for a, b in spans):
+                    superseded.append(seg.id)
+                else:
+                    problems[PREFIX + seg.id] = f"a second segment {seg.sequence} of chain {chain[:8]}"
         if ordered:
             chains[chain] = ordered
     ranges: list[Range] = []
+    orphaned: list[str] = []
     for chain, ordered in chains.items():
         open_: dict[str, Range] = {}
         based: set[str] = set()
+        bases = {p.base.snapshot for s in ordered for p in s.parts if p.base is not None}
+        if bases and not bases & present:
+            orphaned.append(chain)
         for seg in ordered:
             for part in seg.parts:
                 if part.base is not None:
@@ -350,17 +410,109 @@ def timeline(repo: Repository) -> Timeline:
                     based.add(part.path)
                 if part.path not in based:
                     continue  # a history without a base in this chain (never written so)
+                points = tuple(c.at for c in part.commits) if part.thinned else None
                 cur = open_.get(part.path)
-                if cur is not None and part.base is None and part.since <= cur.end + TOUCH_US:
-                    open_[part.path] = Range(part.path, cur.start, max(cur.end, part.until), chain, cur.first)
+                if (
+                    cur is not None
+                    and part.base is None
+                    and part.since <= cur.end + TOUCH_US
+                    and (cur.points is None) == (points is None)
+                ):
+                    kept = None if cur.points is None or points is None else cur.points + points
+                    open_[part.path] = Range(part.path, cur.start, max(cur.end, part.until), chain, cur.first, kept)
                     continue
                 if cur is not None:
                     ranges.append(cur)
                 start = part.commits[0].at if part.commits and part.base is not None else part.since
-                open_[part.path] = Range(part.path, start, part.until, chain, seg.sequence)
+                open_[part.path] = Range(part.path, start, part.until, chain, seg.sequence, points)
         ranges.extend(open_.values())
     ranges.sort(key=lambda r: (r.path, r.start))
-    return Timeline(segments, chains, ranges, problems, broken)
+    return Timeline(segments, chains, ranges, problems, broken, unreadable, superseded, orphaned)
+
+
+# -- thinning -----------------------------------------------------------------------------
+
+
+def merge(run: list[Segment]) -> Segment:
+    """One segment standing for the consecutive segments `run` of one chain: per database, the
+    newest state the run holds (the newest version of every page any of its commits wrote, cut
+    to that state's size) as ONE commit at the time it was seen; the states before it are
+    dropped, so the part is marked thinned. Parts without a commit merge into one that says the
+    state did not change from the first one's `since` to the last one's `until`."""
+    first, last = run[0], run[-1]
+    by_path: dict[str, list[tuple[Segment, Part]]] = {}
+    for seg in run:
+        for part in seg.parts:
+            by_path.setdefault(part.path, []).append((seg, part))
+    out: list[tuple[Part, list[bytes]]] = []
+    for path, items in by_path.items():
+        head, tail = items[0][1], items[-1][1]
+        commits = [(seg, part, c) for seg, part in items for c in part.commits]
+        thinned = len(commits) > 1 or any(p.thinned for _s, p in items)
+        if not commits:
+            out.append((Part(path, head.page_size, head.since, tail.until, (), head.base, thinned), []))
+            continue
+        newest: dict[int, bytes] = {}
+        for seg, part, c in commits:
+            for i, page in enumerate(c.pages):
+                newest[page] = seg.page(part, c, i)
+        final = commits[-1][2]
+        kept = sorted(page for page in newest if page <= final.page_count)
+        commit = Commit(final.at, final.page_count, tuple(kept))
+        part = Part(path, head.page_size, head.since, tail.until, (commit,), head.base, thinned)
+        out.append((part, [newest[page] for page in kept]))
+    return build(
+        first.chain, first.sequence, first.previous, first.host, out, through=last.last_sequence, link=last.link_id
+    )
+
+
+HOUR_US = 3600 * 1_000_000
+DAY_US = 24 * HOUR_US
+
+
+def _period(seg: Segment, now: int, every: int, hourly: int, horizon: int | None) -> tuple[str, int] | None:
+    """Which kept point a segment's states thin to: None (kept every one), its hour, its day
+    (UTC), or one point for everything before `horizon`."""
+    end = max((p.until for p in seg.parts), default=0)
+    if end >= now - every:
+        return None
+    if horizon is not None and end < horizon:
+        return ("before", 0)
+    if end >= now - hourly:
+        return ("hour", end // HOUR_US)
+    return ("day", end // DAY_US)
+
+
+def _joins(run: list[Segment], seg: Segment) -> bool:
+    """Whether `seg` continues `run` for every database: no new base, no gap, the same page size."""
+    for part in seg.parts:
+        before = [p for s in run for p in s.parts if p.path == part.path]
+        if before and (
+            part.base is not None or part.since > before[-1].until + TOUCH_US or part.page_size != before[-1].page_size
+        ):
+            return False
+    return True
+
+
+def thinning(tl: Timeline, now: int, every: int, hourly: int, horizon: int | None) -> list[list[Segment]]:
+    """The runs of consecutive segments to merge, each into one (see `merge`): segments seen
+    within `every` µs of `now` are kept as they are, older ones thin to one state an hour up to
+    `hourly` µs, then one a day, and everything before `horizon` (when given) to one state."""
+    runs: list[list[Segment]] = []
+    for ordered in tl.chains.values():
+        run: list[Segment] = []
+        key: tuple[str, int] | None = None
+        for seg in ordered:
+            k = _period(seg, now, every, hourly, horizon)
+            if run and k is not None and k == key and _joins(run, seg):
+                run.append(seg)
+                continue
+            if len(run) > 1:
+                runs.append(run)
+            run, key = ([seg] if k is not None else []), k
+        if len(run) > 1:
+            runs.append(run)
+    return runs
 
 
 def lineage(tl: Timeline, rng: Range, when: int) -> tuple[Base, list[tuple[Segment, Part]]]:

@@ -141,6 +141,10 @@ class Policy:
     yearly: int = 0
     within: Duration | None = None
     keep_safety_days: int = 7
+    # phx watch's capture segments (repo/captures.py `thinning`): every state this long, then
+    # one an hour up to `captures_hourly_within`, then one a day.
+    captures_within: Duration = field(default_factory=lambda: Duration(days=1))
+    captures_hourly_within: Duration = field(default_factory=lambda: Duration(days=7))
 
     @classmethod
     def from_config(cls, retention: Retention) -> Policy:
@@ -154,6 +158,8 @@ class Policy:
             yearly=retention.yearly,
             within=within,
             keep_safety_days=retention.keep_safety_days,
+            captures_within=Duration.parse(retention.captures_within),
+            captures_hourly_within=Duration.parse(retention.captures_hourly_within),
         )
 
     def count(self, rule: str) -> int:
@@ -193,6 +199,8 @@ class Policy:
             "yearly": self.yearly,
             "within": str(self.within) if self.within is not None else None,
             "keepSafetyDays": self.keep_safety_days,
+            "capturesWithin": str(self.captures_within),
+            "capturesHourlyWithin": str(self.captures_hourly_within),
         }
 
 
@@ -353,6 +361,9 @@ def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime, 
 
 # The snapshots of the files that `phx watch` takes within seconds of each change (ops/watch_files.py).
 CAPTURE_SCOPES = ("watch-files",)
+# Every scope `phx watch` writes: its base snapshots (ops/watch.py) and those of the files. `phx
+# list` hides them unless asked; thinning does not count them as the policy's oldest snapshot.
+WATCH_SCOPES = ("watch", *CAPTURE_SCOPES)
 
 
 def capture_policy(policy: Policy) -> Policy:
