@@ -277,7 +277,7 @@ def thin_captures(
     for run in captures.thinning(tl, now_us, every, hourly, horizon):
         if run[0].chain in tl.orphaned:
             continue
-        merged = captures.merge(run)
+        merged = captures.merge(run, lambda seg: captures.with_pages(repo, seg))
         name, raw = captures.seal(repo, merged)
         if not dry_run:
             repo.backend.write(name, raw)

@@ -206,7 +206,8 @@ def rebuild(repo: Repository, tl: captures.Timeline, path: str, at: int, dest: P
     last: captures.Commit | None = None
     try:
         write_content(repo, fd, path, node)
-        for seg, part in parts:
+        for bare, part in parts:
+            seg = captures.with_pages(repo, bare)  # one segment's pages at a time
             for commit in part.commits:
                 if commit.at > at:
                     break

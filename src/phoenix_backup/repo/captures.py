@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -106,6 +106,8 @@ class Segment:
     # names the last one's id (`link`) as its previous.
     through: int | None = None
     link: str | None = None
+    # Held without its pages (the timeline keeps every segment's header only): `with_pages`.
+    bare: bool = field(default=False, compare=False)
 
     @property
     def last_sequence(self) -> int:
@@ -131,6 +133,8 @@ class Segment:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def page(self, part: Part, commit: Commit, i: int) -> bytes:
+        if self.bare:
+            raise ValueError(f"the pages of capture segment {self.id} were not loaded (captures.with_pages)")
         start = commit.offset + i * part.page_size
         return self.data[start : start + part.page_size]
 
@@ -287,6 +291,12 @@ def segment_names(repo: Repository) -> list[str]:
     return sorted(info.name for info in repo.backend.list(PREFIX))
 
 
+def with_pages(repo: Repository, seg: Segment) -> Segment:
+    """`seg` with its pages, read again (a segment's name is the SHA-256 of its bytes: the
+    same segment, authenticated again)."""
+    return seg if not seg.bare else load(repo, PREFIX + seg.id)
+
+
 def load(repo: Repository, name: str) -> Segment:
     try:
         raw = repo.backend.read(name)
@@ -354,6 +364,8 @@ def timeline(repo: Repository) -> Timeline:
             problems[name] = str(exc)
             unreadable.append(name)
             continue
+        # Only the header is kept: a day of segments under a busy agent is gigabytes of pages.
+        seg.data, seg.bare = b"", True
         segments[seg.id] = seg
     by_chain: dict[str, dict[int, list[Segment]]] = {}
     for seg in segments.values():
@@ -433,34 +445,41 @@ def timeline(repo: Repository) -> Timeline:
 # -- thinning -----------------------------------------------------------------------------
 
 
-def merge(run: list[Segment]) -> Segment:
+def merge(run: list[Segment], loaded: Callable[[Segment], Segment] | None = None) -> Segment:
     """One segment standing for the consecutive segments `run` of one chain: per database, the
     newest state the run holds (the newest version of every page any of its commits wrote, cut
     to that state's size) as ONE commit at the time it was seen; the states before it are
     dropped, so the part is marked thinned. Parts without a commit merge into one that says the
-    state did not change from the first one's `since` to the last one's `until`."""
+    state did not change from the first one's `since` to the last one's `until`.
+
+    `loaded` gives a segment with its pages (the timeline holds them without, see `timeline`):
+    one segment's pages are held at a time, besides the newest version of each page."""
     first, last = run[0], run[-1]
-    by_path: dict[str, list[tuple[Segment, Part]]] = {}
+    parts: dict[str, list[Part]] = {}
+    newest: dict[str, dict[int, bytes]] = {}
+    commits: dict[str, list[Commit]] = {}
     for seg in run:
-        for part in seg.parts:
-            by_path.setdefault(part.path, []).append((seg, part))
+        full = loaded(seg) if loaded is not None and any(p.commits for p in seg.parts) else seg
+        for part in full.parts:
+            parts.setdefault(part.path, []).append(part)
+            pages = newest.setdefault(part.path, {})
+            for c in part.commits:
+                commits.setdefault(part.path, []).append(c)
+                for i, page in enumerate(c.pages):
+                    pages[page] = full.page(part, c, i)
     out: list[tuple[Part, list[bytes]]] = []
-    for path, items in by_path.items():
-        head, tail = items[0][1], items[-1][1]
-        commits = [(seg, part, c) for seg, part in items for c in part.commits]
-        thinned = len(commits) > 1 or any(p.thinned for _s, p in items)
-        if not commits:
+    for path, items in parts.items():
+        head, tail = items[0], items[-1]
+        seen = commits.get(path, [])
+        thinned = len(seen) > 1 or any(p.thinned for p in items)
+        if not seen:
             out.append((Part(path, head.page_size, head.since, tail.until, (), head.base, thinned), []))
             continue
-        newest: dict[int, bytes] = {}
-        for seg, part, c in commits:
-            for i, page in enumerate(c.pages):
-                newest[page] = seg.page(part, c, i)
-        final = commits[-1][2]
-        kept = sorted(page for page in newest if page <= final.page_count)
+        final = seen[-1]
+        kept = sorted(page for page in newest[path] if page <= final.page_count)
         commit = Commit(final.at, final.page_count, tuple(kept))
         part = Part(path, head.page_size, head.since, tail.until, (commit,), head.base, thinned)
-        out.append((part, [newest[page] for page in kept]))
+        out.append((part, [newest[path][page] for page in kept]))
     return build(
         first.chain, first.sequence, first.previous, first.host, out, through=last.last_sequence, link=last.link_id
     )
