@@ -34,6 +34,12 @@ HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 LOGICAL = "home/.argentos/data/dashboard.db"
 MIN = 60 * 1_000_000  # µs
 HOUR, DAY = 60 * MIN, 24 * 60 * MIN
+SEGMENTS = 188
+# Segment k of the grid ends 4 days - k half hours before now (-7 minutes): 96 to 143 are in the
+# hourly zone. Left out: 110 and 125; the neighbours of each, one of which is then alone in its
+# hour, hold one state (110) and two states (125).
+LEFT_OUT = (110, 125)
+ONE_STATE, TWO_STATES = (109, 111), (124, 126)
 
 
 @dataclass
@@ -81,10 +87,15 @@ def _make_history(sb: Sandbox) -> History:
         node = next(n for logical, n in walk_tree(repo, repo.load_snapshot(snap).tree) if logical == LOGICAL)
         since = 0
         # A segment every 30 minutes, ending 7 minutes off the half hour: none within minutes of
-        # a thinning boundary (one and two days before now).
-        for k in range(190):
+        # a thinning boundary (one and two days before now). Two are left out (the watch sealed
+        # nothing then), so that, at any time of day, an hour of the hourly zone holds one segment
+        # with two states (thinned to one) and another one segment with one state (kept as it is:
+        # covered between thinned ranges). Where the hour of a boundary holds one segment on its
+        # side depends on the minute of `now`: `_groups` says what is expected either way.
+        for i, k in enumerate(k for k in range(SEGMENTS + len(LEFT_OUT)) if k not in LEFT_OUT):
             end = start + k * 30 * MIN + 7 * MIN
-            ats = [end - 20 * MIN, end - 5 * MIN] if k % 3 else [end - 5 * MIN]
+            two = k in TWO_STATES or (k not in ONE_STATE and k % 3 != 0)
+            ats = [end - 20 * MIN, end - 5 * MIN] if two else [end - 5 * MIN]
             commits, pages = [], []
             for at in ats:
                 for _ in range(rng.randint(1, 4)):
@@ -99,9 +110,9 @@ def _make_history(sb: Sandbox) -> History:
                 commits.append(captures.Commit(at, count, tuple(changed)))
                 pages += [cur[(p - 1) * 1024 : p * 1024] for p in changed]
                 states[at], prev = cur, cur
-            base = captures.Base(snap, str(node.sha256)) if k == 0 else None
-            part = captures.Part(LOGICAL, 1024, ats[0] if k == 0 else since, end, tuple(commits), base)
-            seg = captures.build(chain, k, previous, "host", [(part, pages)])
+            base = captures.Base(snap, str(node.sha256)) if i == 0 else None
+            part = captures.Part(LOGICAL, 1024, ats[0] if i == 0 else since, end, tuple(commits), base)
+            seg = captures.build(chain, i, previous, "host", [(part, pages)])
             name, raw = captures.seal(repo, seg)
             repo.backend.write(name, raw)
             os.utime(sb.repo / name, (end / 1e6, end / 1e6))  # written when sealed, as by the watch
@@ -120,18 +131,34 @@ def _period(end: int, now: int) -> tuple[str, int] | None:
     return ("day", end // DAY)
 
 
+def _groups(now: int, ends: list[int], commits: list[list[int]]) -> dict[tuple[str, int], list[int]]:
+    """The commit times per thinning period, oldest first: each segment of the last day alone
+    ("every"), the segments of each hour of the day before, of each day before that."""
+    out: dict[tuple[str, int], list[int]] = {}
+    for end, ats in zip(ends, commits, strict=True):
+        out.setdefault(_period(end, now) or ("every", end), []).extend(ats)
+    return out
+
+
 def _kept(now: int, ends: list[int], commits: list[list[int]]) -> list[int]:
     """Every commit of the last day; the last commit of each hour of the day before; the last of
     each day before that."""
-    out: list[int] = []
-    groups: dict[tuple[str, int], int] = {}
-    for end, ats in zip(ends, commits, strict=True):
-        key = _period(end, now)
-        if key is None:
-            out += ats
-        else:
-            groups[key] = ats[-1]
-    return sorted(out + list(groups.values()))
+    groups = _groups(now, ends, commits)
+    return sorted(t for key, ats in groups.items() for t in (ats if key[0] == "every" else ats[-1:]))
+
+
+def _expected_timeline(h: History) -> tuple[list[str], list[int]]:
+    """The kinds of the timeline's ranges and the points of its thinned ones: a period whose
+    states thin to one is thinned; one that had one state only (a segment alone in its hour or
+    day) keeps every state it had, so it is covered, like the last day."""
+    kinds: list[str] = []
+    points: list[int] = []
+    for key, ats in _groups(h.now, h.ends, h.commits).items():
+        kind = "thinned" if key[0] != "every" and len(ats) > 1 else "covered"
+        points += ats[-1:] if kind == "thinned" else []
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+    return kinds, points
 
 
 def _expected_segments(h: History) -> int:
@@ -174,7 +201,7 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
     sandbox: Sandbox, history: History, tmp_path: Path
 ) -> None:
     sb, h = sandbox, history
-    assert _segment_count(sb) == 190
+    assert _segment_count(sb) == SEGMENTS
     _assert_every_kept_state(sb, h, tmp_path, "before thinning")
     size_before = sum(f.stat().st_size for f in (sb.repo / "captures").iterdir())
     pristine = tmp_path / "pristine"
@@ -182,15 +209,16 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
 
     dry = _forget(sb, "--dry-run")
     merges = dry["targets"]["local"]["captures"]["merges"]  # type: ignore[index]
-    assert merges and _segment_count(sb) == 190, "a dry run says what it would merge and merges nothing"
+    assert merges and _segment_count(sb) == SEGMENTS, "a dry run says what it would merge and merges nothing"
     text = sb.phx("forget", "--dry-run").out
     assert "would merge" in text and "keeping the state seen" in text
+    assert "would thin segment" in text, "a segment alone in its hour with two states thins to one"
 
     report = tmp_path / "kill-report"
     run = _killpoint_forget(sb, report)
     assert run.returncode == 0, run.stderr
     changes = int(report.read_text().split()[-1])
-    assert _segment_count(sb) == _expected_segments(h) < 190 - 40
+    assert _segment_count(sb) == _expected_segments(h) < SEGMENTS - 40
     size_after = sum(f.stat().st_size for f in (sb.repo / "captures").iterdir())
     assert size_after < size_before
     _assert_every_kept_state(sb, h, tmp_path, "after thinning")
@@ -212,12 +240,15 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
     listed = sb.phx("list", "--at", when, "--json").json()
     assert listed[0]["thinned"] is True and listed[0]["seen"] == captures.describe(expected_at, exact=True)
 
-    # The timeline says which ranges keep every state and which keep points.
+    # The timeline says which ranges keep every state and which keep points: a segment alone in
+    # its hour with one state is covered between thinned ranges (thinned, covered, thinned,
+    # covered at the least; more where the hour of a zone's boundary has one segment on its side).
     tl = sb.phx("list", "--timeline", "--json").json()
-    kinds = [row["kind"] for row in tl["databases"][LOGICAL]]
-    assert kinds == ["thinned", "covered"], kinds
-    points = tl["databases"][LOGICAL][0]["points"]
-    assert len(points) == len([t for t in h.kept if _period_of(h, t) is not None])
+    rows = tl["databases"][LOGICAL]
+    kinds, points = _expected_timeline(h)
+    assert [row["kind"] for row in rows] == kinds and len(kinds) >= 4, ([row["kind"] for row in rows], kinds)
+    listed_points = [p for row in rows for p in row.get("points", ())]
+    assert listed_points == [captures.describe(t, exact=True) for t in points]
     assert "thinned" in sb.phx("list", "--timeline").out
 
     # Thinning again changes nothing.
@@ -247,14 +278,7 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
     res = sb.phx("forget", check=None)
     assert res.code == 1, res
     assert f"captures/{victim.name} cannot be read" in res.out and "phx sync" in res.out
-    assert _segment_count(sb) == 190, "nothing was merged"
-
-
-def _period_of(h: History, at: int) -> tuple[str, int] | None:
-    for end, ats in zip(h.ends, h.commits, strict=True):
-        if at in ats:
-            return _period(end, h.now)
-    raise AssertionError(at)
+    assert _segment_count(sb) == SEGMENTS, "nothing was merged"
 
 
 def test_list_hides_the_watchs_snapshots_unless_asked(sandbox: Sandbox) -> None:
@@ -291,7 +315,7 @@ def test_every_target_is_thinned_alike(sandbox: Sandbox, history: History) -> No
     done = _forget(sb)["targets"]
     for name in ("local", "git"):
         c = done[name]["captures"]  # type: ignore[index]
-        assert c["segmentsBefore"] == 190, (name, c)
+        assert c["segmentsBefore"] == SEGMENTS, (name, c)
         assert c["segmentsBefore"] - c["deleted"] + len(c["merges"]) == _expected_segments(h), (name, c)
     again = sb.phx("forget", "--dry-run", "--target", "git", "--json").json()["targets"]["git"]["captures"]
     assert again is None or again["merges"] == [], again

@@ -4,6 +4,7 @@ bridges a missing or forged segment."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import struct
@@ -249,10 +250,58 @@ def test_thinning_merges_by_hour_then_day_and_never_across_a_gap(repo: Repositor
         ids.append(prev)
     tl = captures.timeline(repo)
     runs = captures.thinning(tl, now, 24 * H, 3 * 24 * H, None)
-    assert [[s.sequence for s in run] for run in runs] == [[0, 1, 2], [3, 4]]
+    # Segment 5 is alone in its hour after the gap, with two states: thinned to one by itself.
+    assert [[s.sequence for s in run] for run in runs] == [[0, 1, 2], [3, 4], [5]]
     assert captures.thinning(tl, now, 24 * H, 3 * 24 * H, now - 3 * 24 * H)[0][0].sequence == 0
     horizon_runs = captures.thinning(tl, now, 24 * H, 3 * 24 * H, now - 3 * H)
-    assert [[s.sequence for s in run] for run in horizon_runs] == [[0, 1, 2, 3, 4]]
+    assert [[s.sequence for s in run] for run in horizon_runs] == [[0, 1, 2, 3, 4], [5]]
+
+
+@pytest.mark.parametrize("minute", [0, 20, 50])
+def test_thinning_keeps_one_state_a_period_whatever_the_minute_of_now(repo: Repository, minute: int) -> None:
+    """Unless `now` is near the hour, the UTC hour of each zone's limit has a segment on one side
+    alone (from minute 7 to 37 here): it is thinned too when it holds several states. A merged
+    segment wins over the one it stands for while both are there (a thinning cut short)."""
+    chain = secrets.token_hex(16)
+    H, M = 3600 * S, 60 * S
+    now = 10 * 24 * H + minute * M + 30 * S
+    every, hourly = 3 * H, 6 * H
+    ends = [now // H * H - 9 * H + 7 * M + k * 30 * M for k in range(19)]  # :07 and :37, 9 h to now
+    prev: str | None = None
+    seen: dict[tuple[str, int], list[int]] = {}
+    for i, end in enumerate(ends):
+        ats = (end - 20 * M, end - 5 * M)
+        part = Part("home/a.db", PS, end - 30 * M, end, tuple(Commit(at, 4, (1,)) for at in ats), None)
+        if i == 0:
+            part = dataclasses.replace(part, base=Base("a" * 64, "b" * 64))
+        prev = _write(repo, captures.build(chain, i, prev, "host", [(part, [_page(i), _page(i + 1)])]))
+        key = (
+            ("every", end)
+            if end >= now - every
+            else ("hour", end // H)
+            if end >= now - hourly
+            else ("day", end // 24 // H)
+        )
+        seen.setdefault(key, []).extend(ats)
+    expected = sorted(t for key, ats in seen.items() for t in (ats if key[0] == "every" else ats[-1:]))
+    tl = captures.timeline(repo)
+    runs = captures.thinning(tl, now, every, hourly, None)
+    merged = [_write(repo, captures.merge(run, lambda s: captures.with_pages(repo, s))) for run in runs]
+    tl = captures.timeline(repo)
+    assert set(merged) <= {s.id for s in tl.chains[chain]}, "the merged segments are read, not the originals"
+    assert sorted(tl.superseded) == sorted(s.id for run in runs for s in run)
+    for sid in tl.superseded:
+        repo.backend.delete(captures.PREFIX + sid)
+    tl = captures.timeline(repo)
+    held = sorted(c.at for s in tl.chains[chain] for p in s.parts for c in p.commits)
+    assert held == expected
+    every_state = [t for ats in seen.values() for t in ats]
+    for r in tl.for_path("home/a.db"):
+        inside = [t for t in every_state if r.start <= t <= r.end]
+        if r.points is None:
+            assert set(inside) <= set(held), "a range shown covered keeps every state seen in it"
+        else:
+            assert list(r.points) == [t for t in held if r.start <= t <= r.end] != inside
 
 
 @pytest.mark.parametrize(

@@ -42,10 +42,13 @@ class Thinned:
     bytes_after: int = 0
 
     def lines(self, dry_run: bool) -> list[str]:
-        verb = "would merge" if dry_run else "merged"
+        merge, thin = ("would merge", "would thin") if dry_run else ("merged", "thinned")
         out = [
-            f"captures: {verb} {m['segments']} segments of chain {str(m['chain'])[:8]} "
+            f"captures: {merge} {m['segments']} segments of chain {str(m['chain'])[:8]} "
             f"({m['from']} to {m['to']}) into one, keeping the state seen {m['kept']}"
+            if m["segments"] != 1
+            else f"captures: {thin} segment {m['first']} of chain {str(m['chain'])[:8]} "
+            f"({m['from']} to {m['to']}) to one state, the one seen {m['kept']}"
             for m in self.merges
         ]
         out += [

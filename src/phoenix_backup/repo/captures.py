@@ -379,12 +379,13 @@ def timeline(repo: Repository) -> Timeline:
         n, top = 0, max(s.last_sequence for found in seqs.values() for s in found)
         while n <= top:
             # Of the segments linked here, the one that stands for the most: a merged segment
-            # wins over the segments it was merged from (left behind by a thinning cut short).
+            # wins over the segments it was merged from (left behind by a thinning cut short),
+            # also over the one segment it thinned alone (the same `through`).
             linked = [s for s in seqs.get(n, ()) if s.previous == expect]
             if not linked:
                 broken.append(chain)
                 break
-            found = max(linked, key=lambda s: (s.last_sequence, s.id))
+            found = max(linked, key=lambda s: (s.last_sequence, s.through is not None, s.id))
             ordered.append(found)
             expect, n = found.link_id, found.last_sequence + 1
         on_path = {s.id for s in ordered}
@@ -516,7 +517,8 @@ def _joins(run: list[Segment], seg: Segment) -> bool:
 def thinning(tl: Timeline, now: int, every: int, hourly: int, horizon: int | None) -> list[list[Segment]]:
     """The runs of consecutive segments to merge, each into one (see `merge`): segments seen
     within `every` µs of `now` are kept as they are, older ones thin to one state an hour up to
-    `hourly` µs, then one a day, and everything before `horizon` (when given) to one state."""
+    `hourly` µs, then one a day, and everything before `horizon` (when given) to one state. A
+    run may be one segment, when it holds more than one state of a database."""
     runs: list[list[Segment]] = []
     for ordered in tl.chains.values():
         run: list[Segment] = []
@@ -526,12 +528,19 @@ def thinning(tl: Timeline, now: int, every: int, hourly: int, horizon: int | Non
             if run and k is not None and k == key and _joins(run, seg):
                 run.append(seg)
                 continue
-            if len(run) > 1:
+            if _thins(run):
                 runs.append(run)
             run, key = ([seg] if k is not None else []), k
-        if len(run) > 1:
+        if _thins(run):
             runs.append(run)
     return runs
+
+
+def _thins(run: list[Segment]) -> bool:
+    """Whether merging `run` drops a state: it has more than one segment, or its one segment
+    holds more than one state of a database (alone in its hour or day: the watch sealed no other
+    segment there, or the rest of the hour is still within `every`)."""
+    return len(run) > 1 or any(len(p.commits) > 1 for s in run for p in s.parts)
 
 
 def lineage(tl: Timeline, rng: Range, when: int) -> tuple[Base, list[tuple[Segment, Part]]]:
