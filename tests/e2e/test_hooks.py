@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from e2e_support import Sandbox, assert_error
+from e2e_support import PHX, Sandbox, assert_error
 
 
 def hooks(sb: Sandbox, log: Path, pre: str | None = None, post: str | None = None, **more: object) -> None:
@@ -84,3 +84,15 @@ def test_no_hook_runs_for_a_dry_run(sandbox: Sandbox, tmp_path: Path) -> None:
 def test_a_bad_hook_timeout_is_a_config_error(sandbox: Sandbox) -> None:
     sandbox.write_config(hooks={"preBackup": "true", "timeoutSeconds": "ten"})
     assert_error(sandbox.phx("backup", check=False), 2, "hooks.timeoutSeconds must be a number of seconds > 0")
+
+
+def test_a_hook_that_runs_phx_backup_does_not_run_the_hooks_again(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb, log = sandbox, tmp_path / "hooks.log"
+    # preBackup takes a backup of its own (say, of the memory before the agent is paused): that
+    # inner backup must not run preBackup again, which would run phx backup again, without end.
+    hooks(sb, log, pre=f"{PHX} backup --memory-only >> {tmp_path / 'inner.log'} 2>&1", timeoutSeconds=60)
+    started = time.monotonic()
+    sb.phx("backup", timeout=90)
+    assert time.monotonic() - started < 60
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["preBackup", "postBackup"]
+    assert len(sb.snapshots()) == 2
