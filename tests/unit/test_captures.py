@@ -206,6 +206,7 @@ class _Snap:
     host: str = "host"
     tags: tuple[str, ...] = ()
     incomplete: tuple[object, ...] = ()
+    databases: tuple[object, ...] = ()
 
 
 def test_snapshots_of_the_files_are_kept_every_one_for_a_day_then_hourly_then_by_the_policy() -> None:
