@@ -5,6 +5,8 @@ that neither runs for a dry run."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -96,3 +98,29 @@ def test_a_hook_that_runs_phx_backup_does_not_run_the_hooks_again(sandbox: Sandb
     assert time.monotonic() - started < 60
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["preBackup", "postBackup"]
     assert len(sb.snapshots()) == 2
+
+
+def test_ctrl_c_during_pre_stops_at_once_runs_post_and_leaves_no_lock(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb, log = sandbox, tmp_path / "hooks.log"
+    ready = tmp_path / "pre-started"
+    hooks(sb, log, pre=f"touch {ready}; sleep 30; echo 'pre went on' >> {log}")
+    proc = subprocess.Popen(
+        [PHX, "backup"], env=sb.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - interrupted < 10, "Ctrl-C waited for the hook"
+    assert proc.returncode == 130, (proc.returncode, out, err)
+    assert "Traceback" not in out + err
+    # The hook was killed (it never went on), postBackup ran and was told the backup failed.
+    assert log.read_text().splitlines() == [
+        "preBackup scope=full status= id=",
+        "postBackup scope=full status=failed id=",
+    ]
+    assert sb.snapshots() == []
+    sb.write_config(hooks={})
+    sb.phx("backup", "--memory-only")  # no lock was left behind
