@@ -201,3 +201,21 @@ def test_a_bad_interval_is_a_config_error(cadenced: Sandbox) -> None:
     res = sb.phx("backup", check=2)
     assert "databases.integrityCheckEvery must be a duration" in res.err
     assert "Traceback" not in res.err
+
+
+def test_a_check_recorded_for_another_repository_does_not_skip_this_ones(cadenced: Sandbox) -> None:
+    """The state file is one per home, whichever repository a backup goes to: a check recorded
+    for the snapshot of another repository (the one this home backed up to before `phx init` of
+    a new one, or a second config's) proves nothing this repository holds. Counted, this
+    repository's copies were all `not checked`, and once the database was damaged and caught,
+    retention kept only the damaged copy."""
+    sb = cadenced
+    sb.backup()  # checked, into the first repository
+    sb.reinit()  # a new repository, the same home and state file
+    first = sb.backup()
+    assert integrity_of(first) == "ok" and first["integrityChecked"].get(LOGICAL) == "ok"
+    damage_index(sb.db_path(LOGICAL))
+    assert integrity_of(sb.backup()) == "not checked"
+    age_last_check(sb, 23)
+    sb.phx("backup", "--json", check=3)
+    assert first["id"] in {s["id"] for s in sb.snapshots()}, "only damaged and unchecked copies are left"

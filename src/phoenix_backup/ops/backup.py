@@ -789,7 +789,11 @@ def _run(
     parent = run.parent
     run.keep_page_state = keep_page_state
     run.check_every = cfg.databases.integrity_check_every
-    run.last_checks = integrity_checks(_state_file(envx))
+    # A check counts only for a snapshot this repository holds: the state file is one per home,
+    # and a check of another repository's copy (before `phx init` of this one, or another
+    # config's) proves nothing about the copies here, which retention keeps by their own record.
+    held = {s.id for s in snapshots}
+    run.last_checks = {k: c for k, c in integrity_checks(_state_file(envx)).items() if c.snapshot_id in held}
     if lost_warning:
         run.warnings.append(lost_warning)
     nodes: dict[str, Node] = {}
