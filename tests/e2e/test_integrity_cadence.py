@@ -219,3 +219,28 @@ def test_a_check_recorded_for_another_repository_does_not_skip_this_ones(cadence
     age_last_check(sb, 23)
     sb.phx("backup", "--json", check=3)
     assert first["id"] in {s["id"] for s in sb.snapshots()}, "only damaged and unchecked copies are left"
+
+
+def test_an_unchecked_damaged_copy_is_never_applied_in_place(cadenced: Sandbox) -> None:
+    """In place, over a live database an agent holds open, and for `--path` of that database alone:
+    the damaged unchecked copy is refused and the live database keeps its bytes."""
+    sb = cadenced
+    sb.backup()
+    live = sb.db_path(LOGICAL)
+    damage_index(live)
+    bad = sb.backup()
+    assert integrity_of(bad) == "not checked"
+    # The live database is repaired (rebuilt from its rows) before the mistaken restore.
+    live.unlink()
+    make_database(live)
+    before = live.read_bytes()
+    held = sqlite3.connect(live)  # the agent holds it open
+    try:
+        for only in ((), ("--path", LOGICAL)):
+            res = sb.phx("restore", "--backup", bad["id"], "--yes", "--json", *only, check=None)
+            assert res.code in (1, 3), res
+            assert "fails integrity_check" in res.out + res.err, res
+            assert live.read_bytes() == before, f"the damaged copy was applied ({only})"
+        assert held.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        held.close()
