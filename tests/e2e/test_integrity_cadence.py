@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Receiver, Sandbox, retention_only
+from e2e_support import PHX, Receiver, Sandbox, retention_only
 
 LOGICAL = "home/.argentos/cadence.db"
 ROWS = 2000
@@ -244,3 +245,24 @@ def test_an_unchecked_damaged_copy_is_never_applied_in_place(cadenced: Sandbox) 
         assert held.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         held.close()
+
+
+def test_dump_and_archive_say_a_copy_was_not_checked(cadenced: Sandbox, tmp_path: Path) -> None:
+    """`phx dump` and `phx archive` hand a copy out as it is, unchecked: they say so on stderr
+    (their output stays the bytes), and say nothing for a copy that passed."""
+    sb = cadenced
+    good = sb.backup()
+    damage_index(sb.db_path(LOGICAL))
+    bad = sb.backup()
+    warning = f"the copy of {LOGICAL} was not checked by PRAGMA integrity_check at backup"
+
+    def dump(ref: str) -> tuple[bytes, str]:
+        proc = subprocess.run([PHX, "dump", ref, LOGICAL], env=sb.env, capture_output=True, timeout=60, check=True)
+        return proc.stdout, proc.stderr.decode()
+
+    data, err = dump(bad["id"])
+    assert warning in err and data.startswith(b"SQLite format 3\0"), err
+    assert warning not in dump(good["id"])[1]
+    res = sb.phx("archive", bad["id"], "--output", tmp_path / "bad.tar.gz")
+    assert warning in res.err, res.err
+    assert warning not in sb.phx("archive", good["id"], "--output", tmp_path / "good.tar.gz").err
