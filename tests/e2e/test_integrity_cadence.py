@@ -266,3 +266,21 @@ def test_dump_and_archive_say_a_copy_was_not_checked(cadenced: Sandbox, tmp_path
     res = sb.phx("archive", bad["id"], "--output", tmp_path / "bad.tar.gz")
     assert warning in res.err, res.err
     assert warning not in sb.phx("archive", good["id"], "--output", tmp_path / "good.tar.gz").err
+
+
+def test_a_watch_base_that_runs_the_full_check_records_it_and_warns_on_a_failure(cadenced: Sandbox) -> None:
+    """`phx watch` takes its base snapshot as a backup does, full check included when one is due:
+    the check is recorded like a backup's (a failure makes `phx status` exit 1 and the next backup
+    check in full and alert), and a failure is named at once, not a day later."""
+    sb = cadenced
+    sb.backup()
+    damage_index(sb.db_path(LOGICAL))
+    age_last_check(sb, 23)  # due: the base runs the full check
+    res = sb.phx("watch", "--duration", "1", "--no-files", "--json", check=None)
+    doc = res.json()
+    assert doc["bases"] == 1, doc
+    assert any(LOGICAL in w and "integrity_check" in w for w in doc["warnings"]), doc["warnings"]
+    state = json.loads((sb.home / ".argentos/backup/.last-backup").read_text())
+    record = state["integrityChecks"][LOGICAL]
+    assert record["result"] not in ("ok", "not checked") and "t_v" in record["result"], record
+    sb.phx("status", "--json", check=1)

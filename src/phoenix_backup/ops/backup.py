@@ -447,15 +447,23 @@ def _record_state(
         failed_parts=parts,
         path=_state_file(envx),
     )
-    if result is not None and result.id is not None:
-        # The cadence counts from when the state was read (not `--time`, which may be any time).
-        captured = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
-        checked_at = datetime.now().astimezone().isoformat(timespec="seconds")
-        checks = {
-            logical: IntegrityCheck(captured, outcome, result.id, "backup", checked_at)
-            for logical, outcome in result.integrity_checked.items()
-        }
-        record_integrity_checks(checks, _state_file(envx))
+    if result is not None:
+        record_checks(envx, result, started, "backup")
+
+
+def record_checks(envx: Environment, result: BackupResult, started: float, by: str) -> None:
+    """Record the full integrity checks a snapshot's run made (a backup's, or a `phx watch`
+    base's) in the state file's cadence; `started` is when the run began."""
+    if result.id is None:
+        return
+    # The cadence counts from when the state was read (not `--time`, which may be any time).
+    captured = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
+    checked_at = datetime.now().astimezone().isoformat(timespec="seconds")
+    checks = {
+        logical: IntegrityCheck(captured, outcome, result.id, by, checked_at)
+        for logical, outcome in result.integrity_checked.items()
+    }
+    record_integrity_checks(checks, _state_file(envx))
 
 
 def _state_file(envx: Environment) -> Path:
