@@ -284,3 +284,23 @@ def test_a_watch_base_that_runs_the_full_check_records_it_and_warns_on_a_failure
     record = state["integrityChecks"][LOGICAL]
     assert record["result"] not in ("ok", "not checked") and "t_v" in record["result"], record
     sb.phx("status", "--json", check=1)
+
+
+def test_a_passing_drill_does_not_postpone_the_backups_full_check(cadenced: Sandbox, tmp_path: Path) -> None:
+    """A drill's pass is known only to this machine's state file, not to the snapshot, so retention
+    cannot keep the drilled copy for it. Counted for the cadence, a drill run more often than the
+    interval stopped every backup from checking: no snapshot recorded a pass again, retention could
+    keep only an ever older one, and a damage waited for the next drill."""
+    sb = cadenced
+    sb.backup()
+    con = sqlite3.connect(sb.db_path(LOGICAL))
+    con.execute("UPDATE t SET v = 'changed' WHERE id = 7")
+    con.commit()
+    con.close()
+    drilled = sb.backup()
+    assert integrity_of(drilled) == "not checked"
+    age_last_check(sb, 23)  # the backup's full check is due
+    sb.phx("drill", "--json", "--scratch", tmp_path)  # passes
+    damage_index(sb.db_path(LOGICAL))
+    res = sb.phx("backup", "--json", check=3)
+    assert "t_v" in integrity_of(res.json())
