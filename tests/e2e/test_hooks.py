@@ -5,6 +5,7 @@ that neither runs for a dry run."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -124,3 +125,22 @@ def test_ctrl_c_during_pre_stops_at_once_runs_post_and_leaves_no_lock(sandbox: S
     assert sb.snapshots() == []
     sb.write_config(hooks={})
     sb.phx("backup", "--memory-only")  # no lock was left behind
+
+
+def test_a_hook_that_leaves_a_daemon_reads_stdin_and_writes_bytes_does_not_hang_the_backup(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb, log = sandbox, tmp_path / "hooks.log"
+    # A daemon started by preBackup (the agent resumed in the background, say) keeps the hook's
+    # output open; `cat` reads stdin (closed: it ends at once); the output is not UTF-8.
+    daemon = tmp_path / "daemon.pid"
+    hooks(sb, log, pre=f"sleep 30 & echo $! > {daemon}; cat; printf 'bytes \\377\\376 end'")
+    started = time.monotonic()
+    doc = sb.backup()
+    try:
+        assert time.monotonic() - started < 20
+        assert doc["hooks"]["hooks.preBackup"]["ok"]
+        assert doc["hooks"]["hooks.preBackup"]["output"].endswith("bytes \ufffd\ufffd end")
+        assert len(sb.snapshots()) == 1
+    finally:
+        os.kill(int(daemon.read_text()), signal.SIGKILL)

@@ -56,6 +56,13 @@ def age_last_check(sb: Sandbox, hours: float) -> None:
     state_file.write_text(json.dumps(state))
 
 
+def change_a_row(sb: Sandbox) -> None:
+    con = sqlite3.connect(sb.db_path(LOGICAL))
+    con.execute("UPDATE t SET v = 'changed' WHERE id = 7")
+    con.commit()
+    con.close()
+
+
 def integrity_of(doc: dict[str, Any]) -> str:
     return str({d["path"]: d for d in doc["databases"]}[LOGICAL]["integrity"])
 
@@ -175,10 +182,7 @@ def test_drill_always_checks_and_records_it(cadenced: Sandbox, tmp_path: Path) -
 def test_an_unchanged_database_is_checked_again_when_its_check_is_due(cadenced: Sandbox) -> None:
     sb = cadenced
     first = sb.backup()
-    con = sqlite3.connect(sb.db_path(LOGICAL))
-    con.execute("UPDATE t SET v = 'changed' WHERE id = 7")
-    con.commit()
-    con.close()
+    change_a_row(sb)
     unchecked = sb.backup()
     assert integrity_of(unchecked) == "not checked"
     age_last_check(sb, 30)
@@ -293,10 +297,7 @@ def test_a_passing_drill_does_not_postpone_the_backups_full_check(cadenced: Sand
     keep only an ever older one, and a damage waited for the next drill."""
     sb = cadenced
     sb.backup()
-    con = sqlite3.connect(sb.db_path(LOGICAL))
-    con.execute("UPDATE t SET v = 'changed' WHERE id = 7")
-    con.commit()
-    con.close()
+    change_a_row(sb)
     drilled = sb.backup()
     assert integrity_of(drilled) == "not checked"
     age_last_check(sb, 23)  # the backup's full check is due
