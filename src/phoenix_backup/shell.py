@@ -84,8 +84,9 @@ def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) 
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
-        out.seek(0)
+        # Only the tail is kept, so only the tail is read (a hook may write gigabytes).
+        out.seek(max(0, out.seek(0, os.SEEK_END) - OUTPUT_TAIL))
         data = out.read()
-    text = data[-OUTPUT_TAIL:].decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace")
     ok = not timed_out and code == 0
     return ShellStep(label, command, ok, code, timed_out, time.monotonic() - started, text)

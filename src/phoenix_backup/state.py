@@ -145,7 +145,7 @@ class IntegrityCheck:
     time: str  # RFC 3339: when the checked state was captured (the snapshot's time)
     result: str  # "ok" or the problems
     snapshot_id: str
-    by: str  # "backup" or "drill"
+    by: str  # "backup", "watch" (a `phx watch` base) or "drill"
     checked_at: str = ""  # RFC 3339: when the check ran
 
     def to_json(self) -> dict[str, Any]:
@@ -182,7 +182,9 @@ def integrity_checks(path: Path | None = None) -> dict[str, IntegrityCheck]:
 def record_integrity_checks(checks: dict[str, IntegrityCheck], path: Path | None = None) -> None:
     """Record full integrity checks, each replacing the database's record unless that one is of a
     newer state (a drill of an old snapshot does not move the cadence back); a failure always
-    replaces it, so the next backup checks again."""
+    replaces it, so the next backup checks again, and so does a backup's (or a watch base's)
+    check: it read the database as it is now, so a record "newer" than it is from a clock that
+    went back."""
     if not checks:
         return
     target = path or state_path()
@@ -191,7 +193,7 @@ def record_integrity_checks(checks: dict[str, IntegrityCheck], path: Path | None
     merged = {k: v.to_json() for k, v in known.items()}
     for logical, check in checks.items():
         old = known.get(logical)
-        if old is None or check.result != "ok" or _instant(check.time) >= _instant(old.time):
+        if old is None or check.result != "ok" or check.by != "drill" or _instant(check.time) >= _instant(old.time):
             merged[logical] = check.to_json()
     doc["integrityChecks"] = merged
     _write(target, doc)

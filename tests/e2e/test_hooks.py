@@ -5,10 +5,13 @@ that neither runs for a dry run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
-from e2e_support import Sandbox, assert_error
+from e2e_support import PHX, Sandbox, assert_error
 
 
 def hooks(sb: Sandbox, log: Path, pre: str | None = None, post: str | None = None, **more: object) -> None:
@@ -84,3 +87,60 @@ def test_no_hook_runs_for_a_dry_run(sandbox: Sandbox, tmp_path: Path) -> None:
 def test_a_bad_hook_timeout_is_a_config_error(sandbox: Sandbox) -> None:
     sandbox.write_config(hooks={"preBackup": "true", "timeoutSeconds": "ten"})
     assert_error(sandbox.phx("backup", check=False), 2, "hooks.timeoutSeconds must be a number of seconds > 0")
+
+
+def test_a_hook_that_runs_phx_backup_does_not_run_the_hooks_again(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb, log = sandbox, tmp_path / "hooks.log"
+    # preBackup takes a backup of its own (say, of the memory before the agent is paused): that
+    # inner backup must not run preBackup again, which would run phx backup again, without end.
+    hooks(sb, log, pre=f"{PHX} backup --memory-only >> {tmp_path / 'inner.log'} 2>&1", timeoutSeconds=60)
+    started = time.monotonic()
+    sb.phx("backup", timeout=90)
+    assert time.monotonic() - started < 60
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["preBackup", "postBackup"]
+    assert len(sb.snapshots()) == 2
+
+
+def test_ctrl_c_during_pre_stops_at_once_runs_post_and_leaves_no_lock(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb, log = sandbox, tmp_path / "hooks.log"
+    ready = tmp_path / "pre-started"
+    hooks(sb, log, pre=f"touch {ready}; sleep 30; echo 'pre went on' >> {log}")
+    proc = subprocess.Popen(
+        [PHX, "backup"], env=sb.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - interrupted < 10, "Ctrl-C waited for the hook"
+    assert proc.returncode == 130, (proc.returncode, out, err)
+    assert "Traceback" not in out + err
+    # The hook was killed (it never went on), postBackup ran and was told the backup failed.
+    assert log.read_text().splitlines() == [
+        "preBackup scope=full status= id=",
+        "postBackup scope=full status=failed id=",
+    ]
+    assert sb.snapshots() == []
+    sb.write_config(hooks={})
+    sb.phx("backup", "--memory-only")  # no lock was left behind
+
+
+def test_a_hook_that_leaves_a_daemon_reads_stdin_and_writes_bytes_does_not_hang_the_backup(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb, log = sandbox, tmp_path / "hooks.log"
+    # A daemon started by preBackup (the agent resumed in the background, say) keeps the hook's
+    # output open; `cat` reads stdin (closed: it ends at once); the output is not UTF-8.
+    daemon = tmp_path / "daemon.pid"
+    hooks(sb, log, pre=f"sleep 30 & echo $! > {daemon}; cat; printf 'bytes \\377\\376 end'")
+    started = time.monotonic()
+    doc = sb.backup()
+    try:
+        assert time.monotonic() - started < 20
+        assert doc["hooks"]["hooks.preBackup"]["ok"]
+        assert doc["hooks"]["hooks.preBackup"]["output"].endswith("bytes \ufffd\ufffd end")
+        assert len(sb.snapshots()) == 1
+    finally:
+        os.kill(int(daemon.read_text()), signal.SIGKILL)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Receiver, Sandbox, retention_only
+from e2e_support import PHX, Receiver, Sandbox, retention_only
 
 LOGICAL = "home/.argentos/cadence.db"
 ROWS = 2000
@@ -53,6 +54,13 @@ def age_last_check(sb: Sandbox, hours: float) -> None:
     record = state["integrityChecks"][LOGICAL]
     record["time"] = (datetime.fromisoformat(record["time"]) - timedelta(hours=hours)).isoformat()
     state_file.write_text(json.dumps(state))
+
+
+def change_a_row(sb: Sandbox) -> None:
+    con = sqlite3.connect(sb.db_path(LOGICAL))
+    con.execute("UPDATE t SET v = 'changed' WHERE id = 7")
+    con.commit()
+    con.close()
 
 
 def integrity_of(doc: dict[str, Any]) -> str:
@@ -174,10 +182,7 @@ def test_drill_always_checks_and_records_it(cadenced: Sandbox, tmp_path: Path) -
 def test_an_unchanged_database_is_checked_again_when_its_check_is_due(cadenced: Sandbox) -> None:
     sb = cadenced
     first = sb.backup()
-    con = sqlite3.connect(sb.db_path(LOGICAL))
-    con.execute("UPDATE t SET v = 'changed' WHERE id = 7")
-    con.commit()
-    con.close()
+    change_a_row(sb)
     unchecked = sb.backup()
     assert integrity_of(unchecked) == "not checked"
     age_last_check(sb, 30)
@@ -201,3 +206,102 @@ def test_a_bad_interval_is_a_config_error(cadenced: Sandbox) -> None:
     res = sb.phx("backup", check=2)
     assert "databases.integrityCheckEvery must be a duration" in res.err
     assert "Traceback" not in res.err
+
+
+def test_a_check_recorded_for_another_repository_does_not_skip_this_ones(cadenced: Sandbox) -> None:
+    """The state file is one per home, whichever repository a backup goes to: a check recorded
+    for the snapshot of another repository (the one this home backed up to before `phx init` of
+    a new one, or a second config's) proves nothing this repository holds. Counted, this
+    repository's copies were all `not checked`, and once the database was damaged and caught,
+    retention kept only the damaged copy."""
+    sb = cadenced
+    sb.backup()  # checked, into the first repository
+    sb.reinit()  # a new repository, the same home and state file
+    first = sb.backup()
+    assert integrity_of(first) == "ok" and first["integrityChecked"].get(LOGICAL) == "ok"
+    damage_index(sb.db_path(LOGICAL))
+    assert integrity_of(sb.backup()) == "not checked"
+    age_last_check(sb, 23)
+    sb.phx("backup", "--json", check=3)
+    assert first["id"] in {s["id"] for s in sb.snapshots()}, "only damaged and unchecked copies are left"
+
+
+def test_an_unchecked_damaged_copy_is_never_applied_in_place(cadenced: Sandbox) -> None:
+    """In place, over a live database an agent holds open, and for `--path` of that database alone:
+    the damaged unchecked copy is refused and the live database keeps its bytes."""
+    sb = cadenced
+    sb.backup()
+    live = sb.db_path(LOGICAL)
+    damage_index(live)
+    bad = sb.backup()
+    assert integrity_of(bad) == "not checked"
+    # The live database is repaired (rebuilt from its rows) before the mistaken restore.
+    live.unlink()
+    make_database(live)
+    before = live.read_bytes()
+    held = sqlite3.connect(live)  # the agent holds it open
+    try:
+        for only in ((), ("--path", LOGICAL)):
+            res = sb.phx("restore", "--backup", bad["id"], "--yes", "--json", *only, check=None)
+            assert res.code in (1, 3), res
+            assert "fails integrity_check" in res.out + res.err, res
+            assert live.read_bytes() == before, f"the damaged copy was applied ({only})"
+        assert held.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        held.close()
+
+
+def test_dump_and_archive_say_a_copy_was_not_checked(cadenced: Sandbox, tmp_path: Path) -> None:
+    """`phx dump` and `phx archive` hand a copy out as it is, unchecked: they say so on stderr
+    (their output stays the bytes), and say nothing for a copy that passed."""
+    sb = cadenced
+    good = sb.backup()
+    damage_index(sb.db_path(LOGICAL))
+    bad = sb.backup()
+    warning = f"the copy of {LOGICAL} was not checked by PRAGMA integrity_check at backup"
+
+    def dump(ref: str) -> tuple[bytes, str]:
+        proc = subprocess.run([PHX, "dump", ref, LOGICAL], env=sb.env, capture_output=True, timeout=60, check=True)
+        return proc.stdout, proc.stderr.decode()
+
+    data, err = dump(bad["id"])
+    assert warning in err and data.startswith(b"SQLite format 3\0"), err
+    assert warning not in dump(good["id"])[1]
+    res = sb.phx("archive", bad["id"], "--output", tmp_path / "bad.tar.gz")
+    assert warning in res.err, res.err
+    assert warning not in sb.phx("archive", good["id"], "--output", tmp_path / "good.tar.gz").err
+
+
+def test_a_watch_base_that_runs_the_full_check_records_it_and_warns_on_a_failure(cadenced: Sandbox) -> None:
+    """`phx watch` takes its base snapshot as a backup does, full check included when one is due:
+    the check is recorded like a backup's (a failure makes `phx status` exit 1 and the next backup
+    check in full and alert), and a failure is named at once, not a day later."""
+    sb = cadenced
+    sb.backup()
+    damage_index(sb.db_path(LOGICAL))
+    age_last_check(sb, 23)  # due: the base runs the full check
+    res = sb.phx("watch", "--duration", "1", "--no-files", "--json", check=None)
+    doc = res.json()
+    assert doc["bases"] == 1, doc
+    assert any(LOGICAL in w and "integrity_check" in w for w in doc["warnings"]), doc["warnings"]
+    state = json.loads((sb.home / ".argentos/backup/.last-backup").read_text())
+    record = state["integrityChecks"][LOGICAL]
+    assert record["result"] not in ("ok", "not checked") and "t_v" in record["result"], record
+    sb.phx("status", "--json", check=1)
+
+
+def test_a_passing_drill_does_not_postpone_the_backups_full_check(cadenced: Sandbox, tmp_path: Path) -> None:
+    """A drill's pass is known only to this machine's state file, not to the snapshot, so retention
+    cannot keep the drilled copy for it. Counted for the cadence, a drill run more often than the
+    interval stopped every backup from checking: no snapshot recorded a pass again, retention could
+    keep only an ever older one, and a damage waited for the next drill."""
+    sb = cadenced
+    sb.backup()
+    change_a_row(sb)
+    drilled = sb.backup()
+    assert integrity_of(drilled) == "not checked"
+    age_last_check(sb, 23)  # the backup's full check is due
+    sb.phx("drill", "--json", "--scratch", tmp_path)  # passes
+    damage_index(sb.db_path(LOGICAL))
+    res = sb.phx("backup", "--json", check=3)
+    assert "t_v" in integrity_of(res.json())

@@ -813,6 +813,20 @@ def test_a_config_others_can_change_warns(tmp_path: Path) -> None:
     assert "can be changed by other users" in warning and f"chmod go-w {path}" in warning
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_a_config_another_user_owns_warns_whatever_its_mode(tmp_path: Path) -> None:
+    # Root's scheduled backup of a user's agent, run with the config the user owns: the user
+    # could put any command in hooks.preBackup, and root would run it.
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps(minimal(hooks={"preBackup": "sync"})))
+    path.chmod(0o600)
+    os.chown(path, 65534, 65534)
+    (warning,) = load_config(path, env={"HOME": str(tmp_path)}).warnings
+    assert "belongs to another user (uid 65534)" in warning and f"chown 0 {path}" in warning
+    os.chown(path, 0, 0)
+    assert load_config(path, env={"HOME": str(tmp_path)}).warnings == ()
+
+
 def test_a_config_in_a_folder_others_can_write_warns(tmp_path: Path) -> None:
     # A 0600 file in a folder anyone can write: anyone can rename it away and put their own there.
     shared = tmp_path / "shared"

@@ -64,3 +64,18 @@ def test_records_merge_newest_state_first_and_failures_always(tmp_path: Path) ->
     doc["integrityChecks"][o] = {"time": 3}
     state.write_text(json.dumps(doc))
     assert set(integrity_checks(state)) == {m}
+
+
+def test_after_the_clock_went_back_a_backups_check_replaces_the_record_from_the_future(tmp_path: Path) -> None:
+    # The clock was set back two days: the record from the future makes the check due (as it
+    # should), and the check the backup then runs is the database's last check. Kept behind the
+    # future record, it made every backup run the full check until the clock caught up.
+    state, m = tmp_path / ".last-backup", "home/.argentos/memory.db"
+    record_integrity_checks({m: check(-48)}, state)
+    assert check_due(integrity_checks(state)[m], "24h", NOW)
+    record_integrity_checks({m: check(0)}, state)
+    assert integrity_checks(state)[m] == check(0)
+    assert not check_due(integrity_checks(state)[m], "24h", NOW + timedelta(hours=1))
+    # A drill of an older snapshot still does not move a record of the present back.
+    record_integrity_checks({m: IntegrityCheck(check(30).time, "ok", "b" * 64, "drill")}, state)
+    assert integrity_checks(state)[m] == check(0)

@@ -360,7 +360,13 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
         ctx.warnings.append(
             f"config file {source} holds secrets and is readable by others; run chmod 600 {shlex.quote(str(source))}"
         )
-    if source is not None and _writable_by_others(source):
+    if source is not None and (owner := _other_owner(source)) is not None:
+        ctx.warnings.append(
+            f"config file {source} belongs to another user (uid {owner}), who could make Phoenix run their commands "
+            f"as you (hooks, gateway, passphraseCommand); run chown {os.geteuid()} {shlex.quote(str(source))} "
+            "or use a config of your own"
+        )
+    elif source is not None and _writable_by_others(source):
         ctx.warnings.append(
             f"config file {source} can be changed by other users, who could make Phoenix run their commands as you "
             f"(hooks, gateway, passphraseCommand); run chmod go-w {shlex.quote(str(source))}"
@@ -835,6 +841,16 @@ def _url_password(url: str) -> bool:
 
 def _writable_by_others(path: Path) -> bool:
     return _mode_has(path, stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _other_owner(path: Path) -> int | None:
+    """The owner of the config when it is neither this user nor root: whatever its mode, they can
+    change it (root running a config a user owns would run that user's hooks as root)."""
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return None
+    return uid if uid not in (os.geteuid(), 0) else None
 
 
 def _open_folder(path: Path) -> Path | None:

@@ -35,7 +35,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo.reader import NodeReader
-from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.snapshot import Snapshot, unchecked_copy_note
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.storage.local import os_error
@@ -110,6 +110,10 @@ def archive(
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)
         nodes = list(walk_tree(repo, snap.tree))
+        for d in snap.databases:
+            note = unchecked_copy_note(d.path, d.integrity) if d.engine == "sqlite" else None
+            if note:
+                envx.notice(f"warning: {note}")
         top = f"phoenix-{snap.name}"
         if fmt == "zip":
             _zip_names(top, nodes)

@@ -447,15 +447,23 @@ def _record_state(
         failed_parts=parts,
         path=_state_file(envx),
     )
-    if result is not None and result.id is not None:
-        # The cadence counts from when the state was read (not `--time`, which may be any time).
-        captured = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
-        checked_at = datetime.now().astimezone().isoformat(timespec="seconds")
-        checks = {
-            logical: IntegrityCheck(captured, outcome, result.id, "backup", checked_at)
-            for logical, outcome in result.integrity_checked.items()
-        }
-        record_integrity_checks(checks, _state_file(envx))
+    if result is not None:
+        record_checks(envx, result, started, "backup")
+
+
+def record_checks(envx: Environment, result: BackupResult, started: float, by: str) -> None:
+    """Record the full integrity checks a snapshot's run made (a backup's, or a `phx watch`
+    base's) in the state file's cadence; `started` is when the run began."""
+    if result.id is None:
+        return
+    # The cadence counts from when the state was read (not `--time`, which may be any time).
+    captured = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
+    checked_at = datetime.now().astimezone().isoformat(timespec="seconds")
+    checks = {
+        logical: IntegrityCheck(captured, outcome, result.id, by, checked_at)
+        for logical, outcome in result.integrity_checked.items()
+    }
+    record_integrity_checks(checks, _state_file(envx))
 
 
 def _state_file(envx: Environment) -> Path:
@@ -789,7 +797,11 @@ def _run(
     parent = run.parent
     run.keep_page_state = keep_page_state
     run.check_every = cfg.databases.integrity_check_every
-    run.last_checks = integrity_checks(_state_file(envx))
+    # A check counts only for a snapshot this repository holds: the state file is one per home,
+    # and a check of another repository's copy (before `phx init` of this one, or another
+    # config's) proves nothing about the copies here, which retention keeps by their own record.
+    held = {s.id for s in snapshots}
+    run.last_checks = {k: c for k, c in integrity_checks(_state_file(envx)).items() if c.snapshot_id in held}
     if lost_warning:
         run.warnings.append(lost_warning)
     nodes: dict[str, Node] = {}

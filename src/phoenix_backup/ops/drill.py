@@ -358,15 +358,17 @@ def drill(
 
 
 def _record_checks(result: DrillResult, snap: Snapshot, envx: Environment) -> None:
-    """Each SQLite database's integrity_check, into the state file's integrity cadence: a drill of
-    this host's newest snapshot counts as its databases' full check (docs/integrity-cadence.md)."""
+    """Each SQLite database's failed integrity_check, into the state file's integrity cadence, so
+    that the next backup checks in full and alerts (docs/integrity-cadence.md). A pass is not
+    recorded: the snapshot does not say it, so retention cannot keep the drilled copy for it, and
+    counted it would postpone the backups' checks, after which no snapshot records a pass."""
     if snap.host != socket.gethostname():
         return  # another machine's databases: their cadence is that machine's
     checked_at = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
     checks = {
         d.path: IntegrityCheck(snap.started or snap.time, d.integrity, snap.id, "drill", checked_at)
         for d in result.databases
-        if d.engine == "sqlite" and d.integrity != NOT_CHECKED
+        if d.engine == "sqlite" and d.integrity not in ("ok", NOT_CHECKED)
     }
     record_integrity_checks(checks, state_path(envx.home))
 

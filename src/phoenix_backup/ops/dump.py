@@ -11,6 +11,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import UsageError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo.reader import NodeReader
+from phoenix_backup.repo.snapshot import unchecked_copy_note
 from phoenix_backup.repo.walker import node_at
 from phoenix_backup.sources.layout import logical_path
 
@@ -70,6 +71,10 @@ def dump(
             raise UsageError(f"{logical} is a folder; list it with `phx ls` or take it whole with `phx archive`")
         if node.type == "symlink":
             raise UsageError(f"{logical} is a symlink to {node.link_target!r}; dump the file it points to")
+        if node.type == "sqlite":
+            note = unchecked_copy_note(logical, node.sqlite.get("integrity") if node.sqlite else None)
+            if note:
+                envx.notice(f"warning: {note}")
         reader = NodeReader(repo, logical, node)
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
             for chunk in reader.chunks():

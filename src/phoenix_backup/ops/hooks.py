@@ -7,7 +7,8 @@ agent and let it go on, say), run as the gateway commands are (`shell.run_shell`
   `preBackup` included: it is where what `preBackup` did (perhaps half of it) is undone. Its
   environment says how the backup went. When it fails, the snapshot stays, and the backup ends as
   partly failed (exit 3) saying so.
-- Neither runs for `backup --dry-run`.
+- Neither runs for `backup --dry-run`, nor for a backup started by a hook (its environment has
+  `PHX_HOOK`): a hook that runs `phx backup` would otherwise start itself again, without end.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from phoenix_backup.config import Config
+from phoenix_backup.config.model import Hooks
 from phoenix_backup.errors import HookFailed
 from phoenix_backup.shell import ShellStep, run_shell
 
 
 class BackupHooks:
     def __init__(self, cfg: Config, env: Mapping[str, str], scope: str) -> None:
-        self.hooks = cfg.hooks
+        # A backup a hook started runs no hooks (each would start the next backup, without end).
+        self.hooks = cfg.hooks if "PHX_HOOK" not in env else Hooks()
         self.source = cfg.source or "the config"
         self.env = {**env, "PHX_BACKUP_SCOPE": scope}
 

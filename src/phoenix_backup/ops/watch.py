@@ -53,7 +53,7 @@ from phoenix_backup.errors import (
     RepositoryLocked,
     SourceError,
 )
-from phoenix_backup.ops.backup import select_sources, snapshot_entries
+from phoenix_backup.ops.backup import record_checks, select_sources, snapshot_entries
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, target_backend
 from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.ops.watch_files import FileWatch
@@ -352,6 +352,7 @@ class Watcher:
             entries.append(dataclasses.replace(db.entry, st=st))
         if not entries:
             return
+        started = time.time()
         try:
             result = snapshot_entries(
                 self.repo,
@@ -370,6 +371,14 @@ class Watcher:
             return
         assert result.id is not None
         self.result.bases += 1
+        # A full integrity check the base ran (its cadence was due) counts as a backup's would.
+        record_checks(self.envx, result, started, "watch")
+        for logical, outcome in result.integrity_checked.items():
+            if outcome != "ok":
+                self.warn(
+                    f"{logical} fails PRAGMA integrity_check ({outcome}); it is followed as it is, the last copy "
+                    "that passed is kept, and the next `phx backup` checks it again and alerts"
+                )
         failed = {i["path"]: i["error"] for i in result.incomplete}
         snap = self.repo.load_snapshot(result.id)
         nodes = dict(walk_tree(self.repo, snap.tree))

@@ -17,6 +17,20 @@ SNAPSHOT_AAD = b"phoenix v1 snapshot"
 NOT_CHECKED = "not checked"
 
 
+def unchecked_copy_note(path: str, integrity: str | None) -> str | None:
+    """The warning for a SQLite database's copy handed out as it is (`phx dump`, `phx archive`)
+    that did not pass `integrity_check` at backup; None when it did. `phx restore` checks such a
+    copy itself; these commands cannot, so they say it."""
+    if integrity == "ok":
+        return None
+    why = (
+        "was not checked by PRAGMA integrity_check at backup (it runs on its own cadence)"
+        if integrity in (None, NOT_CHECKED)
+        else f"failed PRAGMA integrity_check at backup ({integrity})"
+    )
+    return f"the copy of {path} {why}; run PRAGMA integrity_check on it before use (`phx restore` checks it itself)"
+
+
 @dataclass(frozen=True)
 class DatabaseInfo:
     """What a snapshot knows of one database it holds."""
