@@ -42,7 +42,7 @@ from phoenix_backup.repo.snapshot import Selection
     "--all",
     "show_all",
     is_flag=True,
-    help="Also the snapshots `phx watch` takes (scopes watch and watch-files), hidden by default.",
+    help="Also the snapshots `phx watch` takes (hidden by default).",
 )
 @click.option("--timeline", is_flag=True, help="The times `phx watch` covers, per database: covered ranges and gaps.")
 @click.option("--at", "at", metavar="TIME", help="Which captured state of each database holds at TIME (RFC 3339).")
