@@ -200,18 +200,21 @@ def rebuild(repo: Repository, tl: captures.Timeline, path: str, at: int, dest: P
         raise CorruptObject(f"the base snapshot {base.snapshot[:8]} does not hold the copy of {path} its segment names")
     fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     last: captures.Commit | None = None
+    page_size = 0
     try:
         write_content(repo, fd, path, node)
-        for seg, part in parts:
-            for commit in part.commits:
-                if commit.at > at:
-                    break
-                for i, page in enumerate(commit.pages):
-                    os.pwrite(fd, seg.page(part, commit, i), (page - 1) * part.page_size)
-                last = commit
+        # The commits in the chain's order, up to the first one after `at`: each applies to the
+        # state before it, so none after a skipped one may be applied.
+        commits = ((seg, part, commit) for seg, part in parts for commit in part.commits)
+        for seg, part, commit in commits:
+            if commit.at > at:
+                break
+            for i, page in enumerate(commit.pages):
+                os.pwrite(fd, seg.page(part, commit, i), (page - 1) * part.page_size)
+            last, page_size = commit, part.page_size
         if last is None:
             raise CorruptObject(f"the segments of {path} hold no state at {captures.describe(at)}")
-        os.ftruncate(fd, last.page_count * parts[0][1].page_size)
+        os.ftruncate(fd, last.page_count * page_size)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -161,6 +161,8 @@ class Watcher:
         self.last_publish = time.monotonic()
         self.dbs: list[_Db] = []
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
+        self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
+        self.clock_warned = False
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
         if not (_is_hex(chain, 32) and type(sequence) is int and sequence >= 0 and _is_hex(last, 64)):
@@ -226,14 +228,32 @@ class Watcher:
         if self.previous is None:
             return "is unknown"
         try:
-            captures.load(self.repo, captures.PREFIX + self.previous)
+            last = captures.load(self.repo, captures.PREFIX + self.previous)
         except ObjectNotFound:
             return "is not in the repository"
         except IdentityRequired:
             return None  # a write-only repository: this machine cannot read what it wrote
         except PhoenixError as exc:
             return f"cannot be read ({exc})"
+        self.clock = max((p.until for p in last.parts), default=0)
         return None
+
+    def now(self) -> int:
+        """The wall clock in µs, but never before a time the chain already records: a clock set
+        back (by hand, a bad NTP server) would otherwise write parts that end before they begin
+        (which no reader accepts) or commits stamped before earlier ones. Until the clock catches
+        up, states are recorded at the latest time reached, in their order."""
+        now = now_us()
+        if now >= self.clock:
+            self.clock = now
+            return now
+        if not self.clock_warned and self.clock - now > captures.TOUCH_US:
+            self.clock_warned = True
+            self.warn(
+                f"the clock went back {(self.clock - now) / 1e6:.0f} s; until it reaches "
+                f"{captures.describe(self.clock)} again, captures are recorded at that time"
+            )
+        return self.clock
 
     def _hashes_path(self, db: _Db) -> Path:
         name = blake3.blake3(db.logical.encode()).hexdigest(length=16)
@@ -299,21 +319,30 @@ class Watcher:
             st = os.stat(db.entry.path)
             stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
             if stamp == db.stamp:
-                db.until = now_us()  # a rollback-journal file nobody wrote to
+                db.until = self.now()  # a rollback-journal file nobody wrote to
                 return
         else:
             stamp = None
         image = db.capture.capture()
-        at = now_us()
+        at = self.now()
         try:
             changed: set[int] | frozenset[int]
-            if image.changed is None:
-                if db.hashes is None:
+            # A copy of another page size renamed over the database: a part holds pages of one
+            # size, so what came before is sealed first, and every page of the new one is recorded.
+            resized = bool(db.page_size) and image.page_size != db.page_size
+            if resized and db.commits:
+                self.flush()
+            if image.changed is None or resized:
+                if db.hashes is None and not resized:
                     self.warn(f"{db.entry.path}: {image.reason}; it is captured again from a new base")
                     db.need_base = True
                     return
                 new = _hash_all(image, self.repo.ids.page_key)
-                changed = _differ(db.hashes, new, image.page_count)
+                changed = (
+                    set(range(1, image.page_count + 1))
+                    if resized or db.hashes is None
+                    else _differ(db.hashes, new, image.page_count)
+                )
                 db.hashes = new
             else:
                 changed = image.changed
@@ -385,7 +414,7 @@ class Watcher:
             db.capture = SqliteCapture(db.entry.path)
             try:
                 image = db.capture.capture()
-                at = now_us()
+                at = self.now()
                 try:
                     new = _hash_all(image, self.repo.ids.page_key)
                     state = next((ps for c in caches if (ps := c.load_pages(db.logical, node.sha256))), None)
