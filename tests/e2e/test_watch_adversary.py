@@ -13,9 +13,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from e2e_support import PHX, Sandbox
 
 LOGICAL = "home/.argentos/data/dashboard.db"
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 
 # Sets the process's wall clock back an hour once the real time passes PHX_TEST_CLOCK_BACK_AT (as
 # `date -s` or a bad NTP server would); monotonic time is left alone, as the kernel does.
@@ -137,3 +139,42 @@ def test_a_database_replaced_by_one_of_another_page_size_restores_both_sides(san
     assert watch.returncode == 0, plog.read_text()
     assert _restored(sb, _iso(before), tmp_path / "before") == [0, 1, 2, 3, 4]
     assert _restored(sb, _last_covered(sb), tmp_path / "after") == [0, 30, 31, 32, 33, 34], plog.read_text()
+
+
+def test_a_second_watch_of_the_same_repository_is_refused_and_the_first_goes_on(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    plog = tmp_path / "watch.log"
+    with open(plog, "wb") as out:
+        first = subprocess.Popen(
+            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        time.sleep(2.5)
+        _commit(db, 1)
+        second = sb.phx("watch", "--no-files", "--duration", "3", check=False)
+        _commit(db, 2)
+        time.sleep(2.0)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    assert first.returncode == 0, plog.read_text()
+    assert second.code == 2 and "another `phx watch`" in second.err, second
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+
+
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: the default run's budget (a claim that holds)")
+def test_restore_at_of_one_database_leaves_the_files_alone(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    sb.phx("watch", "--duration", "3")
+    _commit(db, 1)
+    sb.phx("watch", "--duration", "2")
+    at = _last_covered(sb)
+    doc = sb.phx("restore", "--at", at, "--to", tmp_path / "out", "--path", LOGICAL, "--json").json()
+    assert not doc["errors"], doc
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == ["dashboard.db"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import json
 import os
 import secrets
@@ -52,6 +53,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryLocked,
     SourceError,
+    UsageError,
 )
 from phoenix_backup.ops.backup import select_sources, snapshot_entries
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, target_backend
@@ -590,7 +592,9 @@ def watch(
     (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured."""
     started = time.monotonic()
     repo = open_repository(cfg, envx, upgrade=True)
+    guard = -1
     try:
+        guard = _only_watch(state_file(envx, repo.config.id))
         w = Watcher(cfg, envx, repo, files=files)
         try:
             while not stop.is_set():
@@ -614,6 +618,8 @@ def watch(
             w.close()
         result = w.result
     finally:
+        if guard >= 0:
+            os.close(guard)
         repo.close()
     result.duration = time.monotonic() - started
     if result.unwritten:
@@ -622,6 +628,30 @@ def watch(
             "`phx watch` starts from new bases (nothing the databases hold is lost)"
         )
     return result
+
+
+def _only_watch(state: Path) -> int:
+    """An exclusive lock on `<state>.lock`, held (by the descriptor returned) while the watch runs:
+    two watches of one repository on one machine would continue the same chain from the same
+    saved position and fork it, and a reader follows no chain past a fork."""
+    path = state.with_suffix(".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SourceError(f"cannot open {path} ({exc.strerror or exc}); fix its folder's permissions") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(
+            f"another `phx watch` (pid {other}) already follows this repository on this machine; "
+            "stop it first (one watch follows every configured database)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def release_memory() -> None:
