@@ -4,7 +4,9 @@ restore at a point in time holds exactly what the writer had committed then, or 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -178,3 +180,88 @@ def test_restore_at_of_one_database_leaves_the_files_alone(sandbox: Sandbox, tmp
     doc = sb.phx("restore", "--at", at, "--to", tmp_path / "out", "--path", LOGICAL, "--json").json()
     assert not doc["errors"], doc
     assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == ["dashboard.db"]
+
+
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: the default run's budget (a claim that holds)")
+def test_vacuum_shrink_external_checkpoint_and_journal_switch_restore_each_state(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    plog = tmp_path / "watch.log"
+    marks: list[tuple[float, list[int]]] = []
+    with open(plog, "wb") as out:
+        watch = subprocess.Popen(
+            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        time.sleep(2.5)
+        for k in range(1, 30):
+            _commit(db, k)
+        time.sleep(1.2)
+        marks.append((time.time(), list(range(30))))
+        con = sqlite3.connect(db, isolation_level=None)
+        con.execute("DELETE FROM log WHERE k BETWEEN 1 AND 27")
+        con.execute("VACUUM")  # the page count shrinks
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        con.close()
+        time.sleep(1.2)
+        marks.append((time.time(), [0, 28, 29]))
+        # Leaving WAL mode needs the database to itself: the watch's read transaction refuses it
+        # (docs/continuous.md, Limits), and the database stays as it was.
+        con = sqlite3.connect(db, isolation_level=None, timeout=1)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            con.execute("PRAGMA journal_mode=DELETE")
+        con.execute("INSERT INTO log VALUES (40, randomblob(100))")
+        con.close()
+        time.sleep(1.5)
+        marks.append((time.time(), [0, 28, 29, 40]))
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        watch.wait(timeout=60)
+    assert watch.returncode == 0, plog.read_text()
+    for i, (when, rows) in enumerate(marks):
+        assert _restored(sb, _iso(when), tmp_path / f"m{i}") == rows, (i, plog.read_text())
+
+
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: waits out the lock's one-minute lease")
+def test_a_full_repository_disk_is_waited_out_without_a_crash(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    saved = tmp_path / "saved-repo"
+    shutil.copytree(sb.repo, saved)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(sb.repo)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr!r}")
+    try:
+        shutil.copytree(saved, sb.repo, dirs_exist_ok=True)
+        plog = tmp_path / "watch.log"
+        with open(plog, "wb") as out:
+            watch = subprocess.Popen(
+                [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        try:
+            time.sleep(3.0)
+            filler = sb.repo / "filler"
+            with open(filler, "wb", buffering=0) as f:
+                for block in (1 << 16, 1 << 12):  # to the last page: not even a lock file fits
+                    with contextlib.suppress(OSError):
+                        while True:
+                            f.write(b"\0" * block)
+            _commit(db, 1)
+            time.sleep(70)  # past the lease: the lock is taken again while the disk is full
+            assert watch.poll() is None, plog.read_text()
+            filler.unlink()
+            _commit(db, 2)
+            time.sleep(3.0)
+        finally:
+            watch.send_signal(signal.SIGTERM)
+            watch.wait(timeout=60)
+        text = plog.read_text()
+        assert watch.returncode == 0, text
+        assert text.count("no space left") <= 3, text
+        assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+    finally:
+        subprocess.run(["umount", "-l", str(sb.repo)], check=False)

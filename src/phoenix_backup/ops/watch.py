@@ -165,6 +165,7 @@ class Watcher:
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
         self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
         self.clock_warned = False
+        self.write_failed = False
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
         if not (_is_hex(chain, 32) and type(sequence) is int and sequence >= 0 and _is_hex(last, 64)):
@@ -530,8 +531,11 @@ class Watcher:
             try:
                 self.repo.backend.write(name, raw)
             except PhoenixError as exc:
-                self.warn(f"cannot write {name} to the first target ({exc}); tried again in a second")
+                if not self.write_failed:  # once until a write succeeds, not every second
+                    self.warn(f"cannot write {name} to the first target ({exc}); tried again every second")
+                self.write_failed = True
                 return
+            self.write_failed = False
             self.queue.pop(0)
             self.result.segments += 1
             self.result.bytes += len(raw)
