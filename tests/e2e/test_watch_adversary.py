@@ -265,3 +265,24 @@ def test_a_full_repository_disk_is_waited_out_without_a_crash(sandbox: Sandbox, 
         assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
     finally:
         subprocess.run(["umount", "-l", str(sb.repo)], check=False)
+
+
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: waits out the lock's one-minute lease")
+def test_prune_gets_in_within_the_lease_while_the_watch_runs(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    plog = tmp_path / "watch.log"
+    with open(plog, "wb") as out:
+        watch = subprocess.Popen(
+            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        time.sleep(3.0)
+        deadline, done = time.time() + 75, None
+        while time.time() < deadline and done is None:
+            res = sb.phx("prune", check=False)
+            done = res if res.code == 0 else None
+            time.sleep(0.5)
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        watch.wait(timeout=60)
+    assert done is not None, "no prune got in within 75 s of the watch's lease"

@@ -62,7 +62,7 @@ from phoenix_backup.ops.watch_files import FileWatch
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
-from phoenix_backup.repo.locks import HeldLock
+from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import Entry
@@ -73,7 +73,8 @@ from phoenix_backup.storage.base import Backend
 POLL_SECONDS = 0.5
 FLUSH_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
-LEASE_SECONDS = 60.0
+LEASE_SECONDS = float(WATCH_LEASE_SECONDS)
+LEASE_GAP_SECONDS = 2.0  # let go this long after each lease: an exclusive command waits for it (repo/locks.py)
 PUBLISH_SECONDS = 60.0  # Git targets: one commit and push at most this often
 RETRY_SECONDS = 60.0  # a replica that failed is caught up (phx sync) at most this often
 QUIET_SECONDS = 5.0  # a database unchanged this long has its page hashes saved for a restart
@@ -156,6 +157,7 @@ class Watcher:
         self.state_path = state_file(envx, repo.config.id)
         self.lock: HeldLock | None = None
         self.lock_taken = 0.0
+        self.lock_free_until = 0.0
         self.queue: list[tuple[str, bytes]] = []  # sealed segments not yet in the first target
         self.replicas: dict[str, Backend] = {}
         self.lagging: dict[str, float] = {}  # replica -> when it failed (caught up by a sync)
@@ -503,9 +505,14 @@ class Watcher:
 
     def _lease(self) -> bool:
         """Hold the shared lock; False (and a notice) while another command holds the repository."""
-        if self.lock is not None and time.monotonic() - self.lock_taken < LEASE_SECONDS:
+        now = time.monotonic()
+        if self.lock is not None and now - self.lock_taken < LEASE_SECONDS:
             return True
-        self._release()
+        if self.lock is not None:
+            self._release()
+            self.lock_free_until = now + LEASE_GAP_SECONDS  # segments wait in memory meanwhile
+        if now < self.lock_free_until:
+            return False
         try:
             held = self.repo.lock(exclusive=False, command="watch")
         except RepositoryLocked as exc:
@@ -612,6 +619,7 @@ def watch(
                 if duration is not None and time.monotonic() - started >= duration:
                     break
                 stop.wait(max(0.0, POLL_SECONDS - (time.monotonic() - tick)))
+            w.lock_free_until = 0.0  # the last segments are written now, not after the lease's gap
             w.poll()
             w.flush()
             w._write_queue()
