@@ -13,6 +13,7 @@ import contextlib
 import fnmatch
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -204,19 +205,28 @@ def rebuild(repo: Repository, tl: captures.Timeline, path: str, at: int, dest: P
         raise CorruptObject(f"the base snapshot {base.snapshot[:8]} does not hold the copy of {path} its segment names")
     fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     last: captures.Commit | None = None
+    page_size = 0
     try:
         write_content(repo, fd, path, node)
-        for bare, part in parts:
-            seg = captures.with_pages(repo, bare)  # one segment's pages at a time
-            for commit in part.commits:
-                if commit.at > at:
-                    break
-                for i, page in enumerate(commit.pages):
-                    os.pwrite(fd, seg.page(part, commit, i), (page - 1) * part.page_size)
-                last = commit
+
+        # The commits in the chain's order, up to the first one after `at`: each applies to the
+        # state before it, so none after a skipped one may be applied. One segment's pages are
+        # held at a time (the timeline holds headers only).
+        def chain_commits() -> Iterator[tuple[captures.Segment, captures.Part, captures.Commit]]:
+            for bare, part in parts:
+                seg = captures.with_pages(repo, bare)
+                for commit in part.commits:
+                    yield seg, part, commit
+
+        for seg, part, commit in chain_commits():
+            if commit.at > at:
+                break
+            for i, page in enumerate(commit.pages):
+                os.pwrite(fd, seg.page(part, commit, i), (page - 1) * part.page_size)
+            last, page_size = commit, part.page_size
         if last is None:
             raise CorruptObject(f"the segments of {path} hold no state at {captures.describe(at)}")
-        os.ftruncate(fd, last.page_count * parts[0][1].page_size)
+        os.ftruncate(fd, last.page_count * page_size)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import json
 import os
 import secrets
@@ -52,6 +53,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryLocked,
     SourceError,
+    UsageError,
 )
 from phoenix_backup.ops.backup import record_checks, select_sources, snapshot_entries
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, target_backend
@@ -60,7 +62,7 @@ from phoenix_backup.ops.watch_files import FileWatch
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
-from phoenix_backup.repo.locks import HeldLock
+from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import Entry
@@ -71,7 +73,8 @@ from phoenix_backup.storage.base import Backend
 POLL_SECONDS = 0.5
 FLUSH_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
-LEASE_SECONDS = 60.0
+LEASE_SECONDS = float(WATCH_LEASE_SECONDS)
+LEASE_GAP_SECONDS = 2.0  # let go this long after each lease: an exclusive command waits for it (repo/locks.py)
 PUBLISH_SECONDS = 60.0  # Git targets: one commit and push at most this often
 RETRY_SECONDS = 60.0  # a replica that failed is caught up (phx sync) at most this often
 QUIET_SECONDS = 5.0  # a database unchanged this long has its page hashes saved for a restart
@@ -154,6 +157,7 @@ class Watcher:
         self.state_path = state_file(envx, repo.config.id)
         self.lock: HeldLock | None = None
         self.lock_taken = 0.0
+        self.lock_free_until = 0.0
         self.queue: list[tuple[str, bytes]] = []  # sealed segments not yet in the first target
         self.replicas: dict[str, Backend] = {}
         self.lagging: dict[str, float] = {}  # replica -> when it failed (caught up by a sync)
@@ -161,6 +165,9 @@ class Watcher:
         self.last_publish = time.monotonic()
         self.dbs: list[_Db] = []
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
+        self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
+        self.clock_warned = False
+        self.write_failed = False
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
         if not (_is_hex(chain, 32) and type(sequence) is int and sequence >= 0 and _is_hex(last, 64)):
@@ -226,14 +233,32 @@ class Watcher:
         if self.previous is None:
             return "is unknown"
         try:
-            captures.load(self.repo, captures.PREFIX + self.previous)
+            last = captures.load(self.repo, captures.PREFIX + self.previous)
         except ObjectNotFound:
             return "is not in the repository"
         except IdentityRequired:
             return None  # a write-only repository: this machine cannot read what it wrote
         except PhoenixError as exc:
             return f"cannot be read ({exc})"
+        self.clock = max((p.until for p in last.parts), default=0)
         return None
+
+    def now(self) -> int:
+        """The wall clock in µs, but never before a time the chain already records: a clock set
+        back (by hand, a bad NTP server) would otherwise write parts that end before they begin
+        (which no reader accepts) or commits stamped before earlier ones. Until the clock catches
+        up, states are recorded at the latest time reached, in their order."""
+        now = now_us()
+        if now >= self.clock:
+            self.clock = now
+            return now
+        if not self.clock_warned and self.clock - now > captures.TOUCH_US:
+            self.clock_warned = True
+            self.warn(
+                f"the clock went back {(self.clock - now) / 1e6:.0f} s; until it reaches "
+                f"{captures.describe(self.clock)} again, captures are recorded at that time"
+            )
+        return self.clock
 
     def _hashes_path(self, db: _Db) -> Path:
         name = blake3.blake3(db.logical.encode()).hexdigest(length=16)
@@ -299,21 +324,30 @@ class Watcher:
             st = os.stat(db.entry.path)
             stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
             if stamp == db.stamp:
-                db.until = now_us()  # a rollback-journal file nobody wrote to
+                db.until = self.now()  # a rollback-journal file nobody wrote to
                 return
         else:
             stamp = None
         image = db.capture.capture()
-        at = now_us()
+        at = self.now()
         try:
             changed: set[int] | frozenset[int]
-            if image.changed is None:
-                if db.hashes is None:
+            # A copy of another page size renamed over the database: a part holds pages of one
+            # size, so what came before is sealed first, and every page of the new one is recorded.
+            resized = bool(db.page_size) and image.page_size != db.page_size
+            if resized and db.commits:
+                self.flush()
+            if image.changed is None or resized:
+                if db.hashes is None and not resized:
                     self.warn(f"{db.entry.path}: {image.reason}; it is captured again from a new base")
                     db.need_base = True
                     return
                 new = _hash_all(image, self.repo.ids.page_key)
-                changed = _differ(db.hashes, new, image.page_count)
+                changed = (
+                    set(range(1, image.page_count + 1))
+                    if resized or db.hashes is None
+                    else _differ(db.hashes, new, image.page_count)
+                )
                 db.hashes = new
             else:
                 changed = image.changed
@@ -394,7 +428,7 @@ class Watcher:
             db.capture = SqliteCapture(db.entry.path)
             try:
                 image = db.capture.capture()
-                at = now_us()
+                at = self.now()
                 try:
                     new = _hash_all(image, self.repo.ids.page_key)
                     state = next((ps for c in caches if (ps := c.load_pages(db.logical, node.sha256))), None)
@@ -480,9 +514,14 @@ class Watcher:
 
     def _lease(self) -> bool:
         """Hold the shared lock; False (and a notice) while another command holds the repository."""
-        if self.lock is not None and time.monotonic() - self.lock_taken < LEASE_SECONDS:
+        now = time.monotonic()
+        if self.lock is not None and now - self.lock_taken < LEASE_SECONDS:
             return True
-        self._release()
+        if self.lock is not None:
+            self._release()
+            self.lock_free_until = now + LEASE_GAP_SECONDS  # segments wait in memory meanwhile
+        if now < self.lock_free_until:
+            return False
         try:
             held = self.repo.lock(exclusive=False, command="watch")
         except RepositoryLocked as exc:
@@ -508,8 +547,11 @@ class Watcher:
             try:
                 self.repo.backend.write(name, raw)
             except PhoenixError as exc:
-                self.warn(f"cannot write {name} to the first target ({exc}); tried again in a second")
+                if not self.write_failed:  # once until a write succeeds, not every second
+                    self.warn(f"cannot write {name} to the first target ({exc}); tried again every second")
+                self.write_failed = True
                 return
+            self.write_failed = False
             self.queue.pop(0)
             self.result.segments += 1
             self.result.bytes += len(raw)
@@ -570,7 +612,9 @@ def watch(
     (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured."""
     started = time.monotonic()
     repo = open_repository(cfg, envx, upgrade=True)
+    guard = -1
     try:
+        guard = _only_watch(state_file(envx, repo.config.id))
         w = Watcher(cfg, envx, repo, files=files)
         try:
             while not stop.is_set():
@@ -584,6 +628,7 @@ def watch(
                 if duration is not None and time.monotonic() - started >= duration:
                     break
                 stop.wait(max(0.0, POLL_SECONDS - (time.monotonic() - tick)))
+            w.lock_free_until = 0.0  # the last segments are written now, not after the lease's gap
             w.poll()
             w.flush()
             w._write_queue()
@@ -594,6 +639,8 @@ def watch(
             w.close()
         result = w.result
     finally:
+        if guard >= 0:
+            os.close(guard)
         repo.close()
     result.duration = time.monotonic() - started
     if result.unwritten:
@@ -602,6 +649,30 @@ def watch(
             "`phx watch` starts from new bases (nothing the databases hold is lost)"
         )
     return result
+
+
+def _only_watch(state: Path) -> int:
+    """An exclusive lock on `<state>.lock`, held (by the descriptor returned) while the watch runs:
+    two watches of one repository on one machine would continue the same chain from the same
+    saved position and fork it, and a reader follows no chain past a fork."""
+    path = state.with_suffix(".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SourceError(f"cannot open {path} ({exc.strerror or exc}); fix its folder's permissions") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(
+            f"another `phx watch` (pid {other}) already follows this repository on this machine; "
+            "stop it first (one watch follows every configured database)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def release_memory() -> None:

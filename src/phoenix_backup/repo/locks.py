@@ -41,6 +41,9 @@ from phoenix_backup.storage.base import Backend
 from phoenix_backup.users import username
 
 REFRESH_SECONDS = 300
+# How often `phx watch` (ops/watch.py) lets go of its shared lock for a moment.
+WATCH_LEASE_SECONDS = 60
+
 STALE_SECONDS = 1800
 # A lock's time further ahead of our clock than this is not believed (its holder's clock is ahead).
 MAX_CLOCK_AHEAD = REFRESH_SECONDS
@@ -275,7 +278,23 @@ class LockManager:
         return out
 
     def acquire(self, exclusive: bool, command: str) -> HeldLock:
-        self._check_conflicts(exclusive)
+        # `phx watch` holds a shared lock all the time and lets go for a moment at least every
+        # WATCH_LEASE_SECONDS: an exclusive command waits for that moment instead of failing.
+        deadline = time.monotonic() + WATCH_LEASE_SECONDS + 10
+        noticed = False
+        while True:
+            try:
+                self._check_conflicts(exclusive)
+                break
+            except RepositoryLocked:
+                watching = [i for i in self.others() if i.exclusive is False and i.command == "watch"]
+                blocking = [i for i in self.others() if i.exclusive or i.command != "watch"]
+                if not (exclusive and watching and not blocking) or time.monotonic() > deadline:
+                    raise
+                if not noticed:
+                    self.notice("waiting (up to a minute) for `phx watch` to let go of the repository")
+                    noticed = True
+                time.sleep(0.5)
         name = f"locks/{secrets.token_hex(16)}"
         lock = HeldLock(self, name, exclusive, command)
         lock.write()
