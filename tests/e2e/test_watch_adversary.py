@@ -106,6 +106,7 @@ def test_a_clock_set_back_an_hour_neither_breaks_the_chain_nor_mixes_states(sand
     assert _restored(sb, _iso(one + 1.2), tmp_path / "one") == [0, 1]
 
 
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: the default run's budget (three replacements)")
 def test_a_database_replaced_by_one_of_another_page_size_restores_both_sides(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     db = sb.layout.dashboard_db

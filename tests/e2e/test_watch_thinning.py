@@ -257,9 +257,9 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
     assert left is None or left["merges"] == [], left  # None: every segment left is younger than a day
     assert _segment_count(sb) == _expected_segments(h)
 
-    # Killed at any change (a sample; every one with PHX_TEST_HEAVY=1): every kept state is still
+    # Killed at any change (one in the middle; every one with PHX_TEST_HEAVY=1): every kept state is still
     # there, and the next forget finishes the thinning.
-    for point in range(1, changes + 1) if HEAVY else sorted({1, changes // 2, changes - 1}):
+    for point in range(1, changes + 1) if HEAVY else [changes // 2]:
         shutil.rmtree(sb.repo)
         shutil.copytree(pristine, sb.repo)
         killed = _killpoint_forget(sb, report, point)

@@ -592,6 +592,7 @@ def test_a_forged_location_in_the_genuine_pack_does_not_hide_the_genuine_one(
     reader.phx("verify", "--read-data")
 
 
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: the default run's budget (a claim that holds)")
 def test_a_replayed_owners_index_object_retires_nothing_added_since(make_sandbox: Any, tmp_path: Path) -> None:
     """The owner's prune writes an index object whose supersede claim carries the owner's MAC. The
     machine that backs up can read its bytes and, once a later prune deleted it, upload them again
@@ -635,6 +636,7 @@ def test_a_replayed_owners_index_object_retires_nothing_added_since(make_sandbox
     assert_restored(trusted, tmp_path / "again", "the newest snapshot, after the next prune")
 
 
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: the default run's budget (a claim that holds)")
 def test_the_owners_prune_killed_at_any_change_loses_nothing(make_sandbox: Any, tmp_path: Path) -> None:
     """The owner's prune that replaces a writer's ignored claim and deletes a pack, killed at a
     change it makes (an object written or deleted; every one with PHX_TEST_HEAVY=1, one drawn
