@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +36,21 @@ CLOCK_BACK = textwrap.dedent(
     time.time = lambda: _time_ns() / 1e9
     """
 )
+
+
+@contextlib.contextmanager
+def _watching(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`phx watch --no-files` running with `env`, its output in `log`; stopped with SIGTERM (its
+    clean stop) when the block ends, so the caller can check its exit code."""
+    with open(log, "wb") as out:
+        watch = subprocess.Popen(
+            [PHX, "watch", "--no-files"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        yield watch
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        watch.wait(timeout=60)
 
 
 def _table(db: Path, page_size: int = 4096) -> None:
@@ -85,20 +101,13 @@ def test_a_clock_set_back_an_hour_neither_breaks_the_chain_nor_mixes_states(sand
     step = time.time() + 5.0
     env = sb.env_with(PYTHONPATH=str(site), PHX_TEST_CLOCK_BACK_AT=str(step))
     plog = tmp_path / "watch.log"
-    with open(plog, "wb") as out:
-        watch = subprocess.Popen(
-            [PHX, "watch", "--no-files"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
+    with _watching(env, plog) as watch:
         time.sleep(2.5)
         _commit(db, 1)
         one = time.time()
         time.sleep(max(0.0, step + 1.0 - time.time()))  # the clock is now an hour behind
         _commit(db, 2)
         time.sleep(2.5)
-    finally:
-        watch.send_signal(signal.SIGTERM)
-        watch.wait(timeout=60)
     assert watch.returncode == 0, plog.read_text()
     # The commit after the step is covered (the chain goes on), and a time before the step holds
     # the state of then, not a mixture with what came after.
@@ -113,11 +122,7 @@ def test_a_database_replaced_by_one_of_another_page_size_restores_both_sides(san
     _table(db, 4096)
     new = tmp_path / "new.db"
     plog = tmp_path / "watch.log"
-    with open(plog, "wb") as out:
-        watch = subprocess.Popen(
-            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
+    with _watching(sb.env, plog) as watch:
         time.sleep(2.5)
         for k in range(1, 5):
             _commit(db, k)
@@ -136,9 +141,6 @@ def test_a_database_replaced_by_one_of_another_page_size_restores_both_sides(san
                 _commit(db, k)
                 time.sleep(0.12)
         time.sleep(2.5)
-    finally:
-        watch.send_signal(signal.SIGTERM)
-        watch.wait(timeout=60)
     assert watch.returncode == 0, plog.read_text()
     assert _restored(sb, _iso(before), tmp_path / "before") == [0, 1, 2, 3, 4]
     assert _restored(sb, _last_covered(sb), tmp_path / "after") == [0, 30, 31, 32, 33, 34], plog.read_text()
@@ -151,19 +153,12 @@ def test_a_second_watch_of_the_same_repository_is_refused_and_the_first_goes_on(
     db = sb.layout.dashboard_db
     _table(db)
     plog = tmp_path / "watch.log"
-    with open(plog, "wb") as out:
-        first = subprocess.Popen(
-            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
+    with _watching(sb.env, plog) as first:
         time.sleep(2.5)
         _commit(db, 1)
         second = sb.phx("watch", "--no-files", "--duration", "3", check=False)
         _commit(db, 2)
         time.sleep(2.0)
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(timeout=60)
     assert first.returncode == 0, plog.read_text()
     assert second.code == 2 and "another `phx watch`" in second.err, second
     assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
@@ -192,11 +187,7 @@ def test_vacuum_shrink_external_checkpoint_and_journal_switch_restore_each_state
     _table(db)
     plog = tmp_path / "watch.log"
     marks: list[tuple[float, list[int]]] = []
-    with open(plog, "wb") as out:
-        watch = subprocess.Popen(
-            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
+    with _watching(sb.env, plog) as watch:
         time.sleep(2.5)
         for k in range(1, 30):
             _commit(db, k)
@@ -218,9 +209,6 @@ def test_vacuum_shrink_external_checkpoint_and_journal_switch_restore_each_state
         con.close()
         time.sleep(1.5)
         marks.append((time.time(), [0, 28, 29, 40]))
-    finally:
-        watch.send_signal(signal.SIGTERM)
-        watch.wait(timeout=60)
     assert watch.returncode == 0, plog.read_text()
     for i, (when, rows) in enumerate(marks):
         assert _restored(sb, _iso(when), tmp_path / f"m{i}") == rows, (i, plog.read_text())
@@ -239,11 +227,7 @@ def test_a_full_repository_disk_is_waited_out_without_a_crash(sandbox: Sandbox, 
     try:
         shutil.copytree(saved, sb.repo, dirs_exist_ok=True)
         plog = tmp_path / "watch.log"
-        with open(plog, "wb") as out:
-            watch = subprocess.Popen(
-                [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
-        try:
+        with _watching(sb.env, plog) as watch:
             time.sleep(3.0)
             filler = sb.repo / "filler"
             with open(filler, "wb", buffering=0) as f:
@@ -257,9 +241,6 @@ def test_a_full_repository_disk_is_waited_out_without_a_crash(sandbox: Sandbox, 
             filler.unlink()
             _commit(db, 2)
             time.sleep(3.0)
-        finally:
-            watch.send_signal(signal.SIGTERM)
-            watch.wait(timeout=60)
         text = plog.read_text()
         assert watch.returncode == 0, text
         assert text.count("no space left") <= 3, text
@@ -272,18 +253,11 @@ def test_a_full_repository_disk_is_waited_out_without_a_crash(sandbox: Sandbox, 
 def test_prune_gets_in_within_the_lease_while_the_watch_runs(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     plog = tmp_path / "watch.log"
-    with open(plog, "wb") as out:
-        watch = subprocess.Popen(
-            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
+    with _watching(sb.env, plog):
         time.sleep(3.0)
         deadline, done = time.time() + 75, None
         while time.time() < deadline and done is None:
             res = sb.phx("prune", check=False)
             done = res if res.code == 0 else None
             time.sleep(0.5)
-    finally:
-        watch.send_signal(signal.SIGTERM)
-        watch.wait(timeout=60)
     assert done is not None, "no prune got in within 75 s of the watch's lease"
