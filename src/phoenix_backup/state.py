@@ -20,8 +20,11 @@ otherwise. `targets` are only ever the repository's targets, never a database.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,10 +84,40 @@ def write_state(
     path: Path | None = None,
 ) -> None:
     """Write atomically; a state file that cannot be written never fails the backup itself.
-    `success`: the run made its snapshot; with `failed_parts` it is recorded as partial."""
+    `success`: the run made its snapshot; with `failed_parts` it is recorded as partial.
+    Under the state file's lock (`_locked`), like every read-modify-write of it."""
+    target = path or state_path()
+    with _locked(target):
+        _write_state(
+            target,
+            timestamp,
+            backup_path,
+            compression,
+            success,
+            snapshot_id,
+            snapshot_name,
+            error,
+            targets,
+            scope,
+            failed_parts,
+        )
+
+
+def _write_state(
+    target: Path,
+    timestamp: float,
+    backup_path: str,
+    compression: bool,
+    success: bool,
+    snapshot_id: str | None,
+    snapshot_name: str | None,
+    error: str | None,
+    targets: dict[str, TargetOutcome],
+    scope: str,
+    failed_parts: list[dict[str, str]] | None,
+) -> None:
     from datetime import UTC, datetime
 
-    target = path or state_path()
     parts = [{"path": str(p["path"]), "error": str(p["error"])} for p in failed_parts or []]
     partial = success and bool(parts)
     success = success and not parts
@@ -125,6 +158,25 @@ def write_state(
     elif isinstance(previous.get("lastFull"), dict):
         doc["lastFull"] = previous["lastFull"]
     _write(target, doc)
+
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """An exclusive lock (fcntl) on `<state file>.lock` while the state file is read, changed and
+    written: a `phx watch` recording its base's check and a backup writing its outcome at the
+    same moment would otherwise each write what it read, and one record would be lost. The lock
+    is on a file of its own (the state file is replaced by a rename). A lock that cannot be
+    taken (a read-only folder) does not stop the run: the state file never fails it."""
+    fd = -1
+    with contextlib.suppress(OSError):
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)  # releases the lock
 
 
 def _write(target: Path, doc: dict[str, Any]) -> None:
@@ -188,15 +240,16 @@ def record_integrity_checks(checks: dict[str, IntegrityCheck], path: Path | None
     if not checks:
         return
     target = path or state_path()
-    doc = read_state(target) or {}
-    known = integrity_checks(target)
-    merged = {k: v.to_json() for k, v in known.items()}
-    for logical, check in checks.items():
-        old = known.get(logical)
-        if old is None or check.result != "ok" or check.by != "drill" or _instant(check.time) >= _instant(old.time):
-            merged[logical] = check.to_json()
-    doc["integrityChecks"] = merged
-    _write(target, doc)
+    with _locked(target):
+        doc = read_state(target) or {}
+        known = integrity_checks(target)
+        merged = {k: v.to_json() for k, v in known.items()}
+        for logical, check in checks.items():
+            old = known.get(logical)
+            if old is None or check.result != "ok" or check.by != "drill" or _instant(check.time) >= _instant(old.time):
+                merged[logical] = check.to_json()
+        doc["integrityChecks"] = merged
+        _write(target, doc)
 
 
 def _instant(text: str) -> float:
