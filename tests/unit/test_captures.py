@@ -195,6 +195,65 @@ def test_a_forgotten_base_uncovers_its_history(repo: Repository) -> None:
     assert tl.for_path("home/a.db") == [] and "is gone" in tl.problems[captures.PREFIX + a]
 
 
+# -- the header cache ---------------------------------------------------------------------------
+
+
+def _spans(tl: captures.Timeline) -> list[tuple[int, int, tuple[int, ...] | None]]:
+    return [(r.start, r.end, r.points) for r in tl.for_path("home/a.db")]
+
+
+def test_the_header_cache_spares_every_read_and_a_tampered_entry_only_costs_one(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = secrets.token_hex(16)
+    a = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))
+    b = _write(repo, _segment(chain, 1, a, 11 * S, 12 * S))
+    c = _write(repo, _segment(chain, 2, b, 12 * S, 13 * S))
+    reads: list[str] = []
+    read = repo.backend.read
+
+    def counted(name: str) -> bytes:
+        reads.append(name)
+        return read(name)
+
+    monkeypatch.setattr(repo.backend, "read", counted)
+    cache = tmp_path / "cache"
+    truth = captures.timeline(repo)
+    assert len(reads) == 3
+    reads.clear()
+    first = captures.timeline(repo, cache)
+    assert len(reads) == 3 and _spans(first) == _spans(truth)
+    reads.clear()
+    again = captures.timeline(repo, cache)
+    assert reads == [], "a segment whose header is cached is not read again"
+    assert _spans(again) == _spans(truth)
+    assert {k: (s.stored_size, s.header()) for k, s in again.segments.items()} == {
+        k: (s.stored_size, s.header()) for k, s in truth.segments.items()
+    }
+    _base, parts = captures.lineage(again, again.ranges[0], 12 * S + 1)
+    assert [captures.with_pages(repo, s).page(p, p.commits[0], 0) for s, p in parts] == [_page(1)] * 3
+
+    # An attacker who can write the cache: c's entry under b's name, b's header edited (its MAC
+    # kept), an entry made with another repository's key, garbage. Each costs one read of the
+    # segment, and the timeline stays the truth.
+    entry_b, entry_c = (cache / b).read_bytes(), (cache / c).read_bytes()
+    edited = entry_b.replace(str(12 * S).encode(), str(19 * S).encode())
+    assert edited != entry_b
+    other = _init(tmp_path / "other")
+    foreign = tmp_path / "foreign"
+    captures.cache_header(
+        foreign, dataclasses.replace(captures.load(repo, captures.PREFIX + b), id=b), captures._cache_key(other)
+    )
+    for forged in (entry_c, edited, (foreign / b).read_bytes(), b"PHXH1" + b"\0" * 100, b""):
+        (cache / b).write_bytes(forged)
+        reads.clear()
+        tl = captures.timeline(repo, cache)
+        assert reads == [captures.PREFIX + b] and _spans(tl) == _spans(truth)
+    # A cached header never stands for a segment the store no longer holds.
+    repo.backend.delete(captures.PREFIX + b)
+    assert [(r.start, r.end) for r in captures.timeline(repo, cache).for_path("home/a.db")] == [(10 * S, 11 * S)]
+
+
 # -- thinning: merged segments ----------------------------------------------------------------
 
 

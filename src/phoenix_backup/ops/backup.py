@@ -1148,6 +1148,7 @@ def snapshot_entries(
     parent_scopes: tuple[str, ...],
     databases: tuple[str, ...] = (),
     keep_page_state: bool = False,
+    when: datetime | None = None,
 ) -> BackupResult:
     """A snapshot of exactly `entries` (a folder entry stands for the folder's own mode and times,
     not for its content), recording `absent` as paths that did not exist: the safety snapshot a
@@ -1158,10 +1159,11 @@ def snapshot_entries(
     `parent_scopes` is the parent, so unchanged files are not read again and database pages
     deduplicate against the regular backups; the cache's page hashes and the state file are left
     to the regular backups (`keep_page_state`: the base snapshots of `phx watch`, whose cache is
-    its own, keep them).
+    its own, keep them). `when`: the snapshot's time (now when None; a compacted state of
+    `phx watch`'s captures, ops/compact.py, is dated when the watch saw it).
     """
     started = time.time()
-    when = parse_time(None)
+    when = when or parse_time(None)
     layout = Layout(cfg.workspace, envx.home)
     sel = Selection({e.logical: e for e in entries}, [], [])
     return _run(

@@ -388,6 +388,11 @@ def cache_for(repo: Repository, envx: Environment) -> Cache:
     return Cache(repo.config.id, Path(root) if root else None)
 
 
+def captures_cache(repo: Repository, envx: Environment) -> Path:
+    """The folder of the capture segments' header cache (repo/captures.py `cached_header`)."""
+    return cache_for(repo, envx).dir / "captures"
+
+
 def is_tty() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 

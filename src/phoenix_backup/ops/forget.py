@@ -16,11 +16,14 @@ from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
     IdentityRequired,
+    ObjectNotFound,
     PhoenixError,
     RetentionRefused,
     SnapshotNotFound,
+    UsageError,
 )
-from phoenix_backup.ops.context import Environment, open_repository, require_identity, target_names
+from phoenix_backup.ops import compact
+from phoenix_backup.ops.context import Environment, captures_cache, open_repository, require_identity, target_names
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import WATCH_SCOPES, Candidate, Plan, Policy, apply_policy, parse_time
@@ -40,17 +43,30 @@ class Thinned:
     segments_before: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
+    compacted: list[str] = field(default_factory=list)  # snapshots written by compaction
+    bases_forgotten: list[str] = field(default_factory=list)  # watch bases no segment names any longer
+    notices: list[str] = field(default_factory=list)  # compactions that failed (thinned as before)
 
     def lines(self, dry_run: bool) -> list[str]:
         merge, thin = ("would merge", "would thin") if dry_run else ("merged", "thinned")
+        compacts = "would compact" if dry_run else "compacted"
         out = [
-            f"captures: {merge} {m['segments']} segments of chain {str(m['chain'])[:8]} "
+            f"captures: {compacts} {m['segments']} segment(s) of chain {str(m['chain'])[:8]} "
+            f"({m['from']} to {m['to']}) into snapshot {str(m.get('snapshot') or '(new)')[:8]}, "
+            f"the state seen {m['kept']}"
+            if m.get("compacted")
+            else f"captures: {merge} {m['segments']} segments of chain {str(m['chain'])[:8]} "
             f"({m['from']} to {m['to']}) into one, keeping the state seen {m['kept']}"
             if m["segments"] != 1
             else f"captures: {thin} segment {m['first']} of chain {str(m['chain'])[:8]} "
             f"({m['from']} to {m['to']}) to one state, the one seen {m['kept']}"
             for m in self.merges
         ]
+        out += [
+            f"captures: base snapshot {sid[:8]} {'would be' if dry_run else 'was'} forgotten: no segment needs it"
+            for sid in self.bases_forgotten
+        ]
+        out += [f"captures: {n}" for n in self.notices]
         out += [
             f"captures: chain {c[:8]} {'would be' if dry_run else 'was'} deleted: its base snapshots are gone"
             for c in self.orphaned
@@ -70,6 +86,9 @@ class Thinned:
             "segmentsBefore": self.segments_before,
             "bytesBefore": self.bytes_before,
             "bytesAfter": self.bytes_after,
+            "compacted": self.compacted,
+            "basesForgotten": self.bases_forgotten,
+            "notices": self.notices,
         }
 
 
@@ -168,7 +187,9 @@ def forget(
                     # A replica's copies are dated when they were copied: once a target had
                     # something to thin, the others are thinned whatever their dates say.
                     eager = any(t.thinned is not None and t.thinned.merges for t in result.targets.values())
-                    forget_repository(repo, policy, report, dry_run=dry_run, now=when, eager=eager)
+                    forget_repository(
+                        repo, policy, report, dry_run=dry_run, now=when, eager=eager, compactor=(cfg, envx)
+                    )
             finally:
                 repo.close()
         except (RetentionRefused, IdentityRequired):
@@ -214,6 +235,7 @@ def forget_repository(
     now: datetime,
     protect: tuple[str, ...] = (),
     eager: bool = False,
+    compactor: tuple[Config, Environment] | None = None,
 ) -> TargetForget:
     """Decide on every snapshot of `repo` and, unless `dry_run`, delete those not kept; `protect`
     holds the ids that are kept whatever the rules say (the snapshot a backup just made). Then
@@ -232,7 +254,9 @@ def forget_repository(
                 report.removed.append(decision.snapshot.id)
         if not policy.empty:
             try:
-                report.thinned = thin_captures(repo, policy, report.plan, now, dry_run=dry_run, eager=eager)
+                report.thinned = thin_captures(
+                    repo, policy, report.plan, now, dry_run=dry_run, eager=eager, compactor=compactor
+                )
             except CorruptObject as exc:
                 report.ok, report.error = False, str(exc)
     changed = report.thinned is not None and not dry_run and report.thinned.deleted > 0
@@ -242,27 +266,44 @@ def forget_repository(
 
 
 def thin_captures(
-    repo: Repository, policy: Policy, plan: Plan, now: datetime, *, dry_run: bool, eager: bool = False
+    repo: Repository,
+    policy: Policy,
+    plan: Plan,
+    now: datetime,
+    *,
+    dry_run: bool,
+    eager: bool = False,
+    compactor: tuple[Config, Environment] | None = None,
 ) -> Thinned | None:
     """Thin `phx watch`'s capture segments (repo/captures.py `thinning`, docs/continuous.md): every
     state for `policy.captures_within`, then one an hour, then one a day, and one state for
     everything older than the oldest snapshot the policy keeps. Each merged segment is written
     before any segment it stands for is deleted, so a crash leaves every kept point restorable.
     Unless `eager`, nothing is read while every segment object was written within
-    `captures_within` (by the listing's dates). The caller holds the exclusive lock."""
+    `captures_within` (by the listing's dates). With `compactor` (the config and environment a
+    snapshot is taken with), the states kept a day at a time are compacted into snapshots
+    (ops/compact.py) and the watch's bases no segment names any longer are forgotten. The caller
+    holds the exclusive lock."""
     cutoff = policy.captures_within.before(now).timestamp()
     listed = list(repo.backend.list(captures.PREFIX))
     if not listed or (not eager and all(i.modified is not None and i.modified >= cutoff for i in listed)):
         return None
-    tl = captures.timeline(repo)
+    cache = captures_cache(repo, compactor[1]) if compactor is not None else None
+    tl = captures.timeline(repo, cache)
     if not tl.segments and not tl.unreadable:
         return None
     if tl.unreadable:
         name = tl.unreadable[0]
-        raise CorruptObject(
-            f"the capture segments were not thinned: {name} cannot be read ({tl.problems[name]}); copy it back "
-            "from another target (`phx sync`) or delete it to give up the states after it, then run `phx forget` again"
-        )
+        raise _unreadable(name, tl.problems[name])
+
+    def loaded(seg: captures.Segment) -> captures.Segment:
+        # A segment whose header the cache holds is read for its pages only now: one damaged in
+        # the store since stops the thinning here (what was merged so far is kept, nothing deleted).
+        try:
+            return captures.with_pages(repo, seg)
+        except (CorruptObject, ObjectNotFound) as exc:
+            raise _unreadable(captures.PREFIX + seg.id, str(exc)) from exc
+
     kept = [
         parse_time(d.snapshot.time)
         for d in plan.keep
@@ -277,32 +318,80 @@ def thin_captures(
     doomed = {sid for sid in tl.superseded if tl.segments[sid].chain not in tl.orphaned}
     doomed |= {sid for sid, seg in tl.segments.items() if seg.chain in tl.orphaned}
     written = 0
-    for run in captures.thinning(tl, now_us, every, hourly, horizon):
+    kept_segments: list[captures.Segment] = []  # the merged and compacted segments written
+    compacting = compactor is not None
+    for run in captures.thinning(tl, now_us, every, hourly, horizon, compact=compacting):
         if run[0].chain in tl.orphaned:
             continue
-        merged = captures.merge(run, lambda seg: captures.with_pages(repo, seg))
+        snapshot: str | None = None
+        merged: captures.Segment | None = None
+        if compactor is not None and captures.long_term(run[-1], now_us, every, hourly, horizon):
+            if dry_run:
+                ats = [c.at for _s, _p, c in compact.newest(run).values()]
+                out.merges.append(_merge_row(run, None, max(ats) if ats else None, compacted=True))
+                doomed |= {seg.id for seg in run}
+                continue
+            try:
+                merged, snapshot = compact.compact(repo, compactor[0], compactor[1], tl, run)
+            except (compact.CompactionFailed, CorruptObject, UsageError) as exc:
+                out.notices.append(str(exc))
+                if not captures.thins(run):
+                    continue  # it keeps its one state as it is
+        if merged is None:
+            merged = captures.merge(run, loaded)
         name, raw = captures.seal(repo, merged)
         if not dry_run:
             repo.backend.write(name, raw)
         written += len(raw)
+        merged.id = name.removeprefix(captures.PREFIX)
+        kept_segments.append(merged)
         doomed |= {seg.id for seg in run}
         ats = [c.at for p in merged.parts for c in p.commits]
-        out.merges.append(
-            {
-                "chain": merged.chain,
-                "segments": len(run),
-                "first": run[0].sequence,
-                "last": run[-1].last_sequence,
-                "from": captures.describe(min(p.since for s in run for p in s.parts)),
-                "to": captures.describe(max(p.until for s in run for p in s.parts)),
-                "kept": captures.describe(max(ats)) if ats else "unchanged",
-                "segment": name.removeprefix(captures.PREFIX),
-            }
-        )
+        row = _merge_row(run, name, max(ats) if ats else None, compacted=snapshot is not None)
+        if snapshot is not None:
+            row["snapshot"] = snapshot
+            out.compacted.append(snapshot)
+        out.merges.append(row)
     # Only once every merged segment is stored: the segments they stand for.
     for sid in sorted(doomed):
         if not dry_run:
             repo.backend.delete(captures.PREFIX + sid)
+    if not dry_run:
+        captures.forget_cached(cache, doomed)
     out.deleted = len(doomed)
     out.bytes_after = out.bytes_before - sum(tl.segments[sid].stored_size for sid in doomed) + written
+    # Then the watch's base snapshots that only the deleted segments named (a compaction made them
+    # needless): never a backup's, never one a remaining segment names, never one the deleted
+    # segments did not name (a running watch's new base, whose first segment is not written yet).
+    if compacting and not dry_run:
+        left = [s for sid, s in tl.segments.items() if sid not in doomed] + kept_segments
+        named = {p.base.snapshot for s in left for p in s.parts if p.base is not None}
+        gone = {p.base.snapshot for sid in doomed for p in tl.segments[sid].parts if p.base is not None} - named
+        watch_bases = {s.id for s in repo.list_snapshots() if s.scope == compact.WATCH_SCOPE}
+        for sid in sorted(gone & watch_bases):
+            repo.delete_snapshot(sid)
+            out.bases_forgotten.append(sid)
     return out
+
+
+def _unreadable(name: str, problem: str) -> CorruptObject:
+    return CorruptObject(
+        f"the capture segments were not thinned: {name} cannot be read ({problem}); copy it back from another "
+        "target (`phx sync`) or delete it to give up the states after it, then run `phx forget` again"
+    )
+
+
+def _merge_row(
+    run: list[captures.Segment], name: str | None, kept: int | None, *, compacted: bool
+) -> dict[str, object]:
+    return {
+        "chain": run[0].chain,
+        "segments": len(run),
+        "first": run[0].sequence,
+        "last": run[-1].last_sequence,
+        "from": captures.describe(min(p.since for s in run for p in s.parts)),
+        "to": captures.describe(max(p.until for s in run for p in s.parts)),
+        "kept": captures.describe(kept) if kept is not None else "unchanged",
+        "segment": name.removeprefix(captures.PREFIX) if name else None,
+        "compacted": compacted,
+    }

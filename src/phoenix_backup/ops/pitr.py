@@ -30,7 +30,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.ops import safety
 from phoenix_backup.ops.backup import parse_time
-from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
+from phoenix_backup.ops.context import Environment, captures_cache, open_repository, require_identity, scratch_dir
 from phoenix_backup.ops.watch_files import FILES_SCOPE
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.repository import Repository
@@ -128,7 +128,7 @@ def timeline(cfg: Config, envx: Environment) -> TimelineReport:
     repo = open_repository(cfg, envx)
     try:
         require_identity(repo, "the capture segments")
-        report = timeline_report(captures.timeline(repo))
+        report = timeline_report(captures.timeline(repo, captures_cache(repo, envx)))
         report.files = [
             {"snapshot": snap.id, "asOf": captures.describe(when, exact=True)} for when, snap in file_snapshots(repo)
         ]
@@ -184,7 +184,7 @@ def list_at(cfg: Config, envx: Environment, at_text: str) -> list[StateAt]:
     repo = open_repository(cfg, envx)
     try:
         require_identity(repo, "the capture segments")
-        tl = captures.timeline(repo)
+        tl = captures.timeline(repo, captures_cache(repo, envx))
         states = states_at(tl, at)
         if not any(s.covered for s in states):
             raise UsageError(f"no capture covers {captures.describe(at)}; covered: {ranges_text(tl)}")
@@ -298,7 +298,7 @@ def restore_at(
         require_identity(repo, "the capture segments and snapshots")
         with repo.lock(exclusive=False, command="restore"):
             repo.load_index()
-            tl = captures.timeline(repo)
+            tl = captures.timeline(repo, captures_cache(repo, envx))
             layout = Layout(cfg.workspace, envx.home)
             chosen = _chosen(tl, layout, paths)
             covered = [p for p in chosen if tl.at(p, at) is not None]

@@ -153,7 +153,13 @@ def retention_after_backup(
             if not policy.empty:
                 report = TargetForget(name)
                 forget_repository(
-                    repo, policy, report, dry_run=False, now=datetime.fromtimestamp(moment, UTC), protect=protect
+                    repo,
+                    policy,
+                    report,
+                    dry_run=False,
+                    now=datetime.fromtimestamp(moment, UTC),
+                    protect=protect,
+                    compactor=(cfg, envx),
                 )
                 out.forgotten[name] = len(report.removed)
                 out.removed[name] = [
@@ -162,6 +168,8 @@ def retention_after_backup(
                     if snap.id in report.removed
                 ]
                 out.notices += [n for n in report.plan.notices if n not in out.notices] if report.plan else []
+                if report.thinned is not None:  # compactions that failed, thinned as before
+                    out.notices += [f"target {name}: {n}" for n in report.thinned.notices]
                 if report.error:  # the capture segments could not be thinned
                     out.notices.append(f"target {name}: {report.error}")
             if not cfg.retention.prune:

@@ -56,12 +56,20 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.ops.backup import record_checks, select_sources, snapshot_entries
-from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, target_backend
+from phoenix_backup.ops.context import (
+    Environment,
+    cache_for,
+    captures_cache,
+    enabled_targets,
+    open_repository,
+    target_backend,
+)
 from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.ops.watch_files import FileWatch
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
+from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
@@ -76,6 +84,8 @@ HEARTBEAT_SECONDS = 30.0
 LEASE_SECONDS = float(WATCH_LEASE_SECONDS)
 LEASE_GAP_SECONDS = 2.0  # let go this long after each lease: an exclusive command waits for it (repo/locks.py)
 PUBLISH_SECONDS = 60.0  # Git targets: one commit and push at most this often
+QUEUE_MEMORY_BYTES = 8 << 20  # segments waiting beyond this (or during an outage) go to the spool on disk
+OUTAGE_NOTICE_SECONDS = 600.0  # during an outage, a notice of what waits this often
 RETRY_SECONDS = 60.0  # a replica that failed is caught up (phx sync) at most this often
 QUIET_SECONDS = 5.0  # a database unchanged this long has its page hashes saved for a restart
 WATCH_SCOPE = "watch"
@@ -121,6 +131,7 @@ class _Db:
     changed_in: str | None = None  # the segment of this database's last commit
     changed_at: float = 0.0  # when (monotonic) that commit was captured
     hashes_tag: str | None = None  # the segment whose state the saved page hashes describe
+    base_id: str | None = None  # the snapshot the history written so far is rebuilt from (see `check_bases`)
 
     @property
     def logical(self) -> str:
@@ -158,7 +169,14 @@ class Watcher:
         self.lock: HeldLock | None = None
         self.lock_taken = 0.0
         self.lock_free_until = 0.0
-        self.queue: list[tuple[str, bytes]] = []  # sealed segments not yet in the first target
+        # Sealed segments not yet in the first target, in order: in memory (bytes), or in the spool
+        # folder (None) once the repository did not take one or QUEUE_MEMORY_BYTES wait.
+        self.queue: list[tuple[str, bytes | None]] = []
+        self.queue_bytes = 0  # of those in memory
+        self.queue_limit = QUEUE_MEMORY_BYTES
+        self.spool = self.cache_dir / repo.config.id / "spool"
+        self.outage_since: float | None = None  # (monotonic) the first write the repository refused
+        self.outage_noticed = 0.0
         self.replicas: dict[str, Backend] = {}
         self.lagging: dict[str, float] = {}  # replica -> when it failed (caught up by a sync)
         self.last_flush = time.monotonic()
@@ -168,6 +186,7 @@ class Watcher:
         self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
         self.clock_warned = False
         self.write_failed = False
+        self.bases_due = False  # a lease was taken since the bases were last checked
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
         if not (_is_hex(chain, 32) and type(sequence) is int and sequence >= 0 and _is_hex(last, 64)):
@@ -177,9 +196,14 @@ class Watcher:
         self.previous: str | None = str(saved["last"]) if self.chain else None
         positions: dict[str, Any] = saved.get("databases", {}) if self.chain else {}
         changed_in: dict[str, Any] = saved.get("changedIn", {}) if self.chain else {}
+        bases: dict[str, Any] = saved.get("bases", {}) if self.chain else {}
         if not isinstance(positions, dict) or not isinstance(changed_in, dict):
             positions, changed_in = {}, {}
-        problem = self._last_segment_problem() if self.chain else None
+        if not isinstance(bases, dict):
+            bases = {}
+        self.spooled_paths: dict[str, Path] = {}
+        spooled = self._load_spool()
+        problem = self._last_segment_problem(spooled) if self.chain else None
         if problem is not None:
             self.warn(f"the watch's last segment {problem}: a new chain starts from new bases")
             positions = {}
@@ -201,6 +225,8 @@ class Watcher:
                 except ValueError:
                     pos = None
             db = _Db(e, SqliteCapture(e.path, pos), need_base=pos is None, position=pos)
+            if pos is not None and _is_hex(bases.get(e.logical), 64):
+                db.base_id = str(bases[e.logical])
             if pos is not None and isinstance(changed_in.get(e.logical), str):
                 db.changed_in = db.hashes_tag = changed_in[e.logical]
                 db.hashes = self._saved_hashes(db)
@@ -227,13 +253,45 @@ class Watcher:
         self._catch_up([n for n in self.replicas if n not in self.lagging])
         release_memory()
 
-    def _last_segment_problem(self) -> str | None:
+    def _load_spool(self) -> dict[str, bytes]:
+        """The segments a previous watch left in the spool (the repository was out of reach when
+        it stopped or was killed): queued first, in their order. One whose bytes do not match its
+        name (the cache folder was tampered with) is dropped, saying so."""
+        out: dict[str, bytes] = {}
+        try:
+            files = sorted(p for p in self.spool.iterdir() if "-" in p.name and not p.name.startswith("."))
+        except OSError:
+            return out
+        for path in files:
+            name = captures.PREFIX + path.name.split("-", 1)[1]
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                self.warn(f"cannot read the waiting segment {path} ({exc.strerror or exc}); it is left there")
+                continue
+            if sha256_hex(raw) != name.removeprefix(captures.PREFIX):
+                self.warn(f"the waiting segment {path} does not match its name (damaged); it is deleted")
+                path.unlink(missing_ok=True)
+                continue
+            out[name] = raw
+            self.queue.append((name, None))
+            self.spooled_paths[name] = path
+        if out:
+            self.envx.notice(f"{len(out)} capture segment(s) left waiting in {self.spool} are written first")
+        return out
+
+    def _last_segment_problem(self, spooled: dict[str, bytes] | None = None) -> str | None:
         """Why the saved chain cannot go on (None: it can): its last segment must be in the
-        repository and open under the repository's key (not after `phx key rotate`)."""
+        repository (or waiting in the spool) and open under the repository's key (not after
+        `phx key rotate`)."""
         if self.previous is None:
             return "is unknown"
+        name = captures.PREFIX + self.previous
         try:
-            last = captures.load(self.repo, captures.PREFIX + self.previous)
+            if spooled and name in spooled:
+                last = captures.open_segment(self.repo, name, spooled[name])
+            else:
+                last = captures.load(self.repo, name)
         except ObjectNotFound:
             return "is not in the repository"
         except IdentityRequired:
@@ -280,8 +338,8 @@ class Watcher:
 
     def save_hashes(self, stopping: bool = False) -> None:
         """Save the page hashes of each database that has been quiet for QUIET_SECONDS (or at a
-        stop) and whose last commit's segment is written (see `_saved_hashes`)."""
-        if self.queue:
+        stop) and whose last commit's segment is written or waits in the spool (see `_saved_hashes`)."""
+        if any(raw is not None for _n, raw in self.queue):
             return
         now = time.monotonic()
         for db in self.dbs:
@@ -444,6 +502,7 @@ class Watcher:
                     db.page_size, db.page_count, db.hashes = image.page_size, image.page_count, new
                     db.position, db.since, db.until = image.position, at, at
                     db.base = captures.Base(result.id, node.sha256)
+                    db.base_id = result.id
                     db.stamp = _stamp(db.entry.path) if image.journal == "rollback" else None
                     db.need_base = False
                     self.result.commits += 1
@@ -487,9 +546,47 @@ class Watcher:
         for db in self.dbs:
             if db.since is not None and not db.need_base:
                 db.since, db.base, db.commits, db.pages = db.until, None, [], []
-        self.queue.append((name, raw))
+        self._enqueue(name, raw)
         self._write_queue()
         self.save_hashes()
+
+    def _enqueue(self, name: str, raw: bytes) -> None:
+        """Queue a sealed segment: in memory, or in the spool folder during an outage (so that a
+        kill loses none) and beyond QUEUE_MEMORY_BYTES (so that memory stays bounded)."""
+        spilled = any(r is None for _n, r in self.queue)
+        if not spilled and self.outage_since is None and self.queue_bytes + len(raw) <= self.queue_limit:
+            self.queue.append((name, raw))
+            self.queue_bytes += len(raw)
+            return
+        self._spill(name, raw)
+        self.queue.append((name, None))
+
+    def _spill(self, name: str, raw: bytes) -> None:
+        path = self.spool / f"{time.time_ns():020d}-{name.removeprefix(captures.PREFIX)}"
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(path, raw)
+        except OSError as exc:
+            waiting = len(self.queue) + 1
+            raise SourceError(
+                f"the repository has not taken capture segments for "
+                f"{(time.monotonic() - (self.outage_since or time.monotonic())) / 60:.0f} min and {waiting} wait; "
+                f"they cannot be kept in {self.spool} ({exc.strerror or exc}): free space there (or set "
+                "PHX_CACHE_DIR to a folder with room), bring the repository back, then start `phx watch` again "
+                "(the segments already there are written first; the databases still hold their states)"
+            ) from exc
+        self.spooled_paths[name] = path
+
+    def spill_all(self) -> None:
+        """Move the segments waiting in memory to the spool (an outage began, or the watch stops
+        with the repository out of reach): in order, so that the next run writes them first."""
+        if not any(r is not None for _n, r in self.queue):
+            return
+        waiting, self.queue, self.queue_bytes = self.queue, [], 0
+        for name, raw in waiting:
+            if raw is not None:
+                self._spill(name, raw)
+            self.queue.append((name, None))
 
     def _save_state(self) -> None:
         doc = {
@@ -502,6 +599,7 @@ class Watcher:
                 if db.position is not None and not db.need_base and db.since is not None
             },
             "changedIn": {db.logical: db.changed_in for db in self.dbs if db.changed_in and not db.need_base},
+            "bases": {db.logical: db.base_id for db in self.dbs if db.base_id and not db.need_base},
         }
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -532,7 +630,42 @@ class Watcher:
         self._locked_noticed = False
         self.lock = held if isinstance(held, HeldLock) else None
         self.lock_taken = time.monotonic()
+        self.bases_due = True  # checked once the segments waiting are written (`_write_queue`)
         return True
+
+    def check_bases(self) -> None:
+        """At each lease: is each database's history still rebuildable from a snapshot the
+        repository holds? A `phx forget` of a base (run while the lock was let go) ends the
+        coverage of everything written from it: the watch says so and takes a new base. A base
+        that compaction replaced (ops/compact.py: a newer snapshot holds the history) is followed
+        to that snapshot. Run once the segments sealed so far are all in the repository."""
+        followed = [db for db in self.dbs if db.base_id and not db.need_base and db.since is not None]
+        if not followed:
+            return
+        present = {info.name.removeprefix("snapshots/") for info in self.repo.backend.list("snapshots/")}
+        gone = [db for db in followed if db.base_id not in present]
+        if not gone:
+            return
+        try:
+            tl: captures.Timeline | None = captures.timeline(self.repo, captures_cache(self.repo, self.envx))
+        except PhoenixError:
+            tl = None  # a write-only repository: this machine cannot read what it wrote
+        lost: dict[str, list[_Db]] = {}
+        for db in gone:
+            assert db.since is not None and db.base_id is not None
+            rng = tl.at(db.logical, db.since) if tl is not None else None
+            if tl is not None and rng is not None and rng.chain == self.chain:
+                with contextlib.suppress(PhoenixError):
+                    db.base_id = captures.lineage(tl, rng, db.since)[0].snapshot
+                    continue
+            lost.setdefault(db.base_id, []).append(db)
+        for sid, dbs in lost.items():
+            self.warn(
+                f"the base snapshot {sid[:8]} of {', '.join(str(db.entry.path) for db in dbs)} is gone (`phx forget`): "
+                "what the watch captured from it can no longer be restored; a new base is taken now"
+            )
+            for db in dbs:
+                db.base_id, db.need_base = None, True
 
     def _release(self) -> None:
         if self.lock is not None:
@@ -543,16 +676,31 @@ class Watcher:
         if not self.queue or not self._lease():
             return
         while self.queue:
-            name, raw = self.queue[0]
+            name, held = self.queue[0]
+            try:
+                raw = held if held is not None else self.spooled_paths[name].read_bytes()
+            except OSError as exc:
+                raise SourceError(
+                    f"cannot read the waiting segment {self.spooled_paths[name]} ({exc.strerror or exc}); "
+                    "fix the cache folder's permissions, then start `phx watch` again"
+                ) from exc
             try:
                 self.repo.backend.write(name, raw)
             except PhoenixError as exc:
-                if not self.write_failed:  # once until a write succeeds, not every second
-                    self.warn(f"cannot write {name} to the first target ({exc}); tried again every second")
-                self.write_failed = True
+                self._outage(name, exc)
                 return
-            self.write_failed = False
+            if self.outage_since is not None:
+                self.envx.notice(
+                    f"the first target takes capture segments again after {time.monotonic() - self.outage_since:.0f} s"
+                    f"; {len(self.queue)} waiting are written now"
+                )
+            self.write_failed, self.outage_since = False, None
             self.queue.pop(0)
+            if held is not None:
+                self.queue_bytes -= len(raw)
+            else:
+                with contextlib.suppress(OSError):
+                    self.spooled_paths.pop(name).unlink()
             self.result.segments += 1
             self.result.bytes += len(raw)
             for rname, backend in self.replicas.items():
@@ -563,12 +711,36 @@ class Watcher:
                 except PhoenixError as exc:
                     self.warn(f"target {rname}: {exc}; caught up later")
                     self.lagging[rname] = time.monotonic()
+        if self.bases_due:
+            self.bases_due = False
+            self.check_bases()
         now = time.monotonic()
         retry = [n for n, when in self.lagging.items() if now - when >= RETRY_SECONDS]
         if retry:
             self._catch_up(retry)
         if now - self.last_publish >= PUBLISH_SECONDS:
             self.publish()
+
+    def _outage(self, name: str, exc: PhoenixError) -> None:
+        """The first target refused a segment: said once (then every OUTAGE_NOTICE_SECONDS with
+        what waits), and what waits goes to the spool, so that memory stays bounded and a kill
+        loses nothing; written in order once the target takes segments again."""
+        now = time.monotonic()
+        if not self.write_failed:  # once until a write succeeds, not every second
+            self.warn(
+                f"cannot write {name} to the first target ({exc}); tried again every second, the segments wait in "
+                f"{self.spool}"
+            )
+            self.outage_since, self.outage_noticed = now, now
+        elif now - self.outage_noticed >= OUTAGE_NOTICE_SECONDS:
+            self.outage_noticed = now
+            minutes = (now - (self.outage_since or now)) / 60
+            self.envx.notice(
+                f"warning: the first target has refused capture segments for {minutes:.0f} min ({exc}); "
+                f"{len(self.queue)} wait in {self.spool}"
+            )
+        self.write_failed = True
+        self.spill_all()
 
     def _catch_up(self, names: list[str]) -> None:
         for name in names:
@@ -633,6 +805,7 @@ def watch(
             w.flush()
             w._write_queue()
             w.publish()
+            w.spill_all()  # what the repository did not take waits on disk for the next run
             w.save_hashes(stopping=True)
             w.result.unwritten = len(w.queue)
         finally:
@@ -645,8 +818,8 @@ def watch(
     result.duration = time.monotonic() - started
     if result.unwritten:
         raise SourceError(
-            f"{result.unwritten} capture segment(s) could not be written to the first target; the next "
-            "`phx watch` starts from new bases (nothing the databases hold is lost)"
+            f"{result.unwritten} capture segment(s) could not be written to the first target; they wait in "
+            f"{w.spool} and the next `phx watch` writes them first (nothing the databases hold is lost)"
         )
     return result
 

@@ -19,13 +19,18 @@ authenticated as a whole when it is opened.
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import itertools
 import json
+import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import blake3
 import zstandard
 
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError
@@ -227,7 +232,7 @@ def _hex(v: object, n: int) -> str:
     return v
 
 
-def _from_json(doc: dict[str, object], data: bytes, name: str) -> Segment:
+def _from_json(doc: dict[str, object], data: bytes, name: str, data_len: int | None = None) -> Segment:
     version = doc["version"]
     if version not in (VERSION, MERGED_VERSION):
         raise ValueError(f"version {version!r}")
@@ -282,8 +287,9 @@ def _from_json(doc: dict[str, object], data: bytes, name: str) -> Segment:
             if not commits:
                 raise ValueError(f"{path}: a base without a commit")
         parts.append(Part(path, page_size, since, until, tuple(commits), base, thinned))
-    if offset != len(data):
-        raise ValueError(f"its pages take {offset} bytes but it holds {len(data)}")
+    held = len(data) if data_len is None else data_len
+    if offset != held:
+        raise ValueError(f"its pages take {offset} bytes but it holds {held}")
     return Segment(chain, sequence, previous, host, parts, data, through=through, link=link)
 
 
@@ -303,6 +309,70 @@ def load(repo: Repository, name: str) -> Segment:
     except ObjectNotFound:
         raise
     return open_segment(repo, name, raw)
+
+
+# -- the header cache ---------------------------------------------------------------------
+#
+# A segment never changes (its name is the SHA-256 of its bytes), so the timeline keeps each
+# segment's header in the local cache (`<cache>/<repository id>/captures/<sha256>`) and reads the
+# segment itself only once. An entry is authenticated with a key derived from the repository's
+# secret id key and bound to the segment's name: someone who can write the cache but lacks the
+# repository's key can delete or damage entries (the segment is then read again), never make a
+# reader believe another header. Unencrypted repositories have no secret to key it with (their
+# segments can be forged in the store too), as with every other object of theirs.
+
+_CACHE_MAGIC = b"PHXH1"
+_CACHE_HEAD = struct.Struct("<5s32sQQ")  # magic, MAC, stored size, page bytes
+
+
+def _cache_key(repo: Repository) -> bytes:
+    return blake3.blake3(b"phoenix v1 capture header cache", key=repo.ids.page_key).digest()
+
+
+def _cache_mac(key: bytes, name: str, rest: bytes) -> bytes:
+    return blake3.blake3(name.encode() + b"\0" + rest, key=key).digest()
+
+
+def cached_header(folder: Path, name: str, key: bytes) -> Segment | None:
+    """The header of segment `name` from the cache (without pages), or None: no entry, or one that
+    does not authenticate or parse (it is then read again from the store)."""
+    sid = name.removeprefix(PREFIX)
+    try:
+        raw = (folder / sid).read_bytes()
+        magic, mac, stored, data_len = _CACHE_HEAD.unpack_from(raw)
+    except (OSError, struct.error):
+        return None
+    rest = raw[_CACHE_HEAD.size - 16 :]
+    if magic != _CACHE_MAGIC or not hmac.compare_digest(mac, _cache_mac(key, name, rest)):
+        return None
+    try:
+        seg = _from_json(json.loads(raw[_CACHE_HEAD.size :]), b"", name, data_len)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    seg.id, seg.stored_size, seg.bare = sid, stored, True
+    return seg
+
+
+def cache_header(folder: Path, seg: Segment, key: bytes) -> None:
+    """Keep `seg`'s header (opened from the store) in the cache; a cache that cannot be written
+    only means the segment is read again next time."""
+    name = PREFIX + seg.id
+    rest = struct.pack("<QQ", seg.stored_size, len(seg.data)) + seg.header()
+    entry = _CACHE_HEAD.pack(_CACHE_MAGIC, _cache_mac(key, name, rest), 0, 0)[: _CACHE_HEAD.size - 16] + rest
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = folder / f".{seg.id}.{os.getpid()}.tmp"
+        tmp.write_bytes(entry)
+        os.replace(tmp, folder / seg.id)
+
+
+def forget_cached(folder: Path | None, names: Iterable[str]) -> None:
+    """Drop the cache entries of deleted segments."""
+    if folder is None:
+        return
+    for name in names:
+        with contextlib.suppress(OSError):
+            (folder / name.removeprefix(PREFIX)).unlink()
 
 
 # -- the timeline -------------------------------------------------------------------------
@@ -352,18 +422,27 @@ class Timeline:
 TOUCH_US = 2_000_000
 
 
-def timeline(repo: Repository) -> Timeline:
+def timeline(repo: Repository, cache: Path | None = None) -> Timeline:
+    """The covered ranges, from every segment's header: from the header cache in the folder
+    `cache` (see `cached_header`) where it holds one, else read from the store (and kept there)."""
     present = {info.name.removeprefix("snapshots/") for info in repo.backend.list("snapshots/")}
     segments: dict[str, Segment] = {}
     problems: dict[str, str] = {}
     unreadable: list[str] = []
+    key = _cache_key(repo) if cache is not None else b""
     for name in segment_names(repo):
+        seg = cached_header(cache, name, key) if cache is not None else None
+        if seg is not None:
+            segments[seg.id] = seg
+            continue
         try:
             seg = load(repo, name)
         except (PhoenixError, OSError) as exc:
             problems[name] = str(exc)
             unreadable.append(name)
             continue
+        if cache is not None:
+            cache_header(cache, seg, key)
         # Only the header is kept: a day of segments under a busy agent is gigabytes of pages.
         seg.data, seg.bare = b"", True
         segments[seg.id] = seg
@@ -410,8 +489,12 @@ def timeline(repo: Repository) -> Timeline:
             orphaned.append(chain)
         for seg in ordered:
             for part in seg.parts:
+                cur = open_.get(part.path)
+                # A compacted part (`compacted`) continues the history before it: the state
+                # before its commit is the previous segment's, up to its commit.
+                continues = cur is not None and compacted(seg, part) and part.since <= cur.end + TOUCH_US
                 if part.base is not None:
-                    if part.path in open_:
+                    if part.path in open_ and not continues:
                         ranges.append(open_.pop(part.path))
                     if part.base.snapshot not in present:
                         # Forgotten: nothing from this base on can be rebuilt.
@@ -427,7 +510,7 @@ def timeline(repo: Repository) -> Timeline:
                 cur = open_.get(part.path)
                 if (
                     cur is not None
-                    and part.base is None
+                    and (part.base is None or continues)
                     and part.since <= cur.end + TOUCH_US
                     and (cur.points is None) == (points is None)
                 ):
@@ -436,7 +519,7 @@ def timeline(repo: Repository) -> Timeline:
                     continue
                 if cur is not None:
                     ranges.append(cur)
-                start = part.commits[0].at if part.commits and part.base is not None else part.since
+                start = part.commits[0].at if part.commits and part.base is not None and not continues else part.since
                 open_[part.path] = Range(part.path, start, part.until, chain, seg.sequence, points)
         ranges.extend(open_.values())
     ranges.sort(key=lambda r: (r.path, r.start))
@@ -503,40 +586,74 @@ def _period(seg: Segment, now: int, every: int, hourly: int, horizon: int | None
     return ("day", end // DAY_US)
 
 
-def _joins(run: list[Segment], seg: Segment) -> bool:
-    """Whether `seg` continues `run` for every database: no new base, no gap, the same page size."""
+def _joins(run: list[Segment], seg: Segment, *, bases: bool = False) -> bool:
+    """Whether `seg` continues `run` for every database: no new base (unless `bases`: a
+    compaction rebuilds each state from whatever base), no gap, the same page size."""
     for part in seg.parts:
         before = [p for s in run for p in s.parts if p.path == part.path]
         if before and (
-            part.base is not None or part.since > before[-1].until + TOUCH_US or part.page_size != before[-1].page_size
+            (part.base is not None and not bases)
+            or part.since > before[-1].until + TOUCH_US
+            or part.page_size != before[-1].page_size
         ):
             return False
     return True
 
 
-def thinning(tl: Timeline, now: int, every: int, hourly: int, horizon: int | None) -> list[list[Segment]]:
+def long_term(seg: Segment, now: int, every: int, hourly: int, horizon: int | None) -> bool:
+    """Whether the state `seg`'s states thin to is kept a day at a time or less often (older than
+    `hourly`, or before `horizon`): such a state is compacted into a snapshot (`compacted`)."""
+    k = _period(seg, now, every, hourly, horizon)
+    return k is not None and k[0] in ("day", "before")
+
+
+def thinning(
+    tl: Timeline, now: int, every: int, hourly: int, horizon: int | None, *, compact: bool = False
+) -> list[list[Segment]]:
     """The runs of consecutive segments to merge, each into one (see `merge`): segments seen
     within `every` µs of `now` are kept as they are, older ones thin to one state an hour up to
     `hourly` µs, then one a day, and everything before `horizon` (when given) to one state. A
-    run may be one segment, when it holds more than one state of a database."""
+    run may be one segment, when it holds more than one state of a database.
+
+    With `compact`, the runs of the daily periods and before `horizon` (`long_term`) may cross a
+    base, and one whose kept state is not yet a snapshot's (`compacted`) is a run even when it
+    drops no state: it becomes a compacted segment (ops/compact.py)."""
     runs: list[list[Segment]] = []
     for ordered in tl.chains.values():
         run: list[Segment] = []
         key: tuple[str, int] | None = None
         for seg in ordered:
             k = _period(seg, now, every, hourly, horizon)
-            if run and k is not None and k == key and _joins(run, seg):
+            bases = compact and k is not None and k[0] in ("day", "before")
+            if run and k is not None and k == key and _joins(run, seg, bases=bases):
                 run.append(seg)
                 continue
-            if _thins(run):
+            if thins(run) or (compact and key is not None and key[0] in ("day", "before") and _uncompacted(run)):
                 runs.append(run)
             run, key = ([seg] if k is not None else []), k
-        if _thins(run):
+        if thins(run) or (compact and key is not None and key[0] in ("day", "before") and _uncompacted(run)):
             runs.append(run)
     return runs
 
 
-def _thins(run: list[Segment]) -> bool:
+def compacted(seg: Segment, part: Part) -> bool:
+    """Whether `part` is compacted: a merged segment's part whose one state is its base snapshot's
+    copy (a commit without pages). Its `since` may be before that commit: from `since` to the
+    commit the state is the previous segment's (format §15)."""
+    return seg.through is not None and part.base is not None and len(part.commits) == 1 and not part.commits[0].pages
+
+
+def _uncompacted(run: list[Segment]) -> bool:
+    """Whether a run's newest state of some database is not yet a snapshot's copy."""
+    last: dict[str, tuple[Segment, Part]] = {}
+    for seg in run:
+        for part in seg.parts:
+            if part.commits:
+                last[part.path] = (seg, part)
+    return any(not compacted(seg, part) for seg, part in last.values())
+
+
+def thins(run: list[Segment]) -> bool:
     """Whether merging `run` drops a state: it has more than one segment, or its one segment
     holds more than one state of a database (alone in its hour or day: the watch sealed no other
     segment there, or the rest of the hour is still within `every`)."""
@@ -546,7 +663,12 @@ def _thins(run: list[Segment]) -> bool:
 def lineage(tl: Timeline, rng: Range, when: int) -> tuple[Base, list[tuple[Segment, Part]]]:
     """The base and the parts (oldest first) whose commits rebuild `rng.path` at `when`."""
     ordered = tl.chains[rng.chain]
-    upto = max(i for i, s in enumerate(ordered) if any(p.path == rng.path and p.since <= when for p in s.parts))
+    # A compacted part's state holds from its commit; before that, the previous segment's.
+    upto = max(
+        i
+        for i, s in enumerate(ordered)
+        if any(p.path == rng.path and p.since <= when and (p.base is None or p.commits[0].at <= when) for p in s.parts)
+    )
     parts: list[tuple[Segment, Part]] = []
     for seg in reversed(ordered[: upto + 1]):
         part = next((p for p in seg.parts if p.path == rng.path), None)

@@ -1,0 +1,179 @@
+"""`phx watch` and its repository (ops/watch.py), driven in the test's process with real
+databases and a real local repository: a `phx forget` of a running watch's base snapshot is
+noticed at the next lease (`check_bases`), said, and a new base is taken; during an outage of the
+repository, the segments wait on disk (the spool), not in memory, and a restarted watch writes
+them first and goes on with its chain; a spool that cannot be written is one clear error."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox
+
+from phoenix_backup.config import load_config
+from phoenix_backup.errors import SourceError
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.ops.watch import Watcher
+
+LOGICAL = "home/.argentos/data/dashboard.db"
+
+
+def _commit(db: Path, k: int) -> None:
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("INSERT INTO log VALUES (?, randomblob(3000))", (k,))
+    con.close()
+
+
+def _rows(path: Path) -> list[int]:
+    con = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        assert [r[0] for r in con.execute("PRAGMA integrity_check")] == ["ok"]
+        return [r[0] for r in con.execute("SELECT k FROM log ORDER BY k")]
+    finally:
+        con.close()
+
+
+def test_a_forgotten_base_is_noticed_at_the_next_lease_and_a_new_one_taken(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode=wal")
+    con.execute("CREATE TABLE log(k INTEGER PRIMARY KEY, body BLOB)")
+    con.execute("INSERT INTO log VALUES (0, randomblob(20000))")
+    con.close()
+    notices: list[str] = []
+    envx = Environment(env=sb.env, notice=notices.append)
+    cfg = load_config(sb.config_path, sb.env)
+    repo = open_repository(cfg, envx, upgrade=True)
+    w = Watcher(cfg, envx, repo, files=False)
+    try:
+        w.poll()  # the bases
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        dash = next(d for d in w.dbs if d.logical == LOGICAL)
+        base = dash.base_id
+        assert base is not None and not w.queue
+        # The watch lets go of the lock (its lease's gap); a `phx forget` of its base gets in.
+        w._release()
+        forgot = sb.phx("forget", base)
+        assert forgot.code == 0, forgot
+        w.lock_free_until = 0.0
+        _commit(db, 2)
+        w.poll()
+        w.flush()  # the next lease: once this segment is written, the base is found gone and said
+        w.poll()  # a new base
+        _commit(db, 3)
+        w.poll()
+        w.flush()
+        assert dash.base_id not in (None, base)
+    finally:
+        w.close()
+        repo.close()
+    said = [n for n in notices if f"base snapshot {base[:8]}" in n]
+    assert len(said) == 1 and "a new base is taken" in said[0], notices
+    latest = sb.phx("list", "--timeline", "--json", check=None).json()["databases"][LOGICAL][-1]
+    assert latest["kind"] == "covered", latest
+    dest = tmp_path / "at"
+    res = sb.phx("restore", "--at", latest["to"], "--to", str(dest), "--path", LOGICAL, "--json")
+    assert res.code == 0, res
+    assert _rows(dest / LOGICAL) == [0, 1, 2, 3]
+
+
+def _wal_table(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode=wal")
+    con.execute("CREATE TABLE log(k INTEGER PRIMARY KEY, body BLOB)")
+    con.execute("INSERT INTO log VALUES (0, randomblob(20000))")
+    con.close()
+
+
+def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_them_first(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _wal_table(db)
+    notices: list[str] = []
+    envx = Environment(env=sb.env, notice=notices.append)
+    cfg = load_config(sb.config_path, sb.env)
+    segments = sb.repo / "captures"
+
+    def step(w: Watcher, k: int) -> None:
+        _commit(db, k)
+        w.poll()
+        w.flush()
+
+    repo = open_repository(cfg, envx, upgrade=True)
+    w = Watcher(cfg, envx, repo, files=False)
+    try:
+        w.poll()
+        step(w, 1)
+        assert not w.queue
+        # The repository's folder of segments becomes unwritable (a file where it was): an outage.
+        segments.rename(tmp_path / "captures-away")
+        segments.write_bytes(b"")
+        for k in range(2, 7):
+            step(w, k)
+        after_six = datetime.now(UTC).isoformat()
+        spooled = sorted(w.spool.iterdir())
+        assert len(spooled) == len(w.queue) == 5, "every waiting segment is on disk, none only in memory"
+        assert w.queue_bytes == 0
+        w.spill_all()  # a clean stop (watch()): the segments wait in the spool, the page hashes are saved
+        w.save_hashes(stopping=True)
+    finally:
+        w.close()
+        repo.close()
+    said = [n for n in notices if "cannot write" in n]
+    assert len(said) == 1 and str(w.spool) in said[0], notices
+    # The repository is back; a new watch writes the waiting segments first and goes on with the chain.
+    segments.unlink()
+    (tmp_path / "captures-away").rename(segments)
+    repo = open_repository(cfg, envx, upgrade=True)
+    w = Watcher(cfg, envx, repo, files=False)
+    try:
+        w.poll()
+        step(w, 7)
+        assert not w.queue and list(w.spool.iterdir()) == []
+        assert w.result.bases == 0, "the chain went on from the segments that waited: no new base"
+    finally:
+        w.close()
+        repo.close()
+    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    assert latest["kind"] == "covered", latest
+    for k, at in ((6, after_six), (7, latest["to"])):
+        dest = tmp_path / f"at-{k}"
+        res = sb.phx("restore", "--at", at, "--to", str(dest), "--path", LOGICAL, "--json")
+        assert res.code == 0, res
+        assert _rows(dest / LOGICAL) == list(range(k + 1))
+
+
+def test_a_spool_that_cannot_be_written_ends_the_watch_with_one_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    _wal_table(sb.layout.dashboard_db)
+    envx = Environment(env=sb.env)
+    cfg = load_config(sb.config_path, sb.env)
+    repo = open_repository(cfg, envx, upgrade=True)
+    w = Watcher(cfg, envx, repo, files=False)
+    try:
+        w.poll()
+        (sb.repo / "captures").rename(tmp_path / "captures-away")
+        (sb.repo / "captures").write_bytes(b"")
+        w.spool.parent.mkdir(parents=True, exist_ok=True)
+        w.spool.write_bytes(b"")  # no room for the spool (as a full disk)
+        _commit(sb.layout.dashboard_db, 1)
+        w.poll()
+        with pytest.raises(SourceError) as caught:
+            w.flush()
+    finally:
+        w.close()
+        repo.close()
+    text = str(caught.value)
+    assert str(w.spool) in text and "free space there" in text and "start `phx watch` again" in text
