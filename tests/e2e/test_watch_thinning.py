@@ -282,8 +282,9 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
         assert _segment_count(sb) == _expected_segments(h), f"killed at change {point}: the next forget finishes"
 
     # A segment that does not open stops the thinning with one clear error; nothing is merged.
-    shutil.rmtree(sb.repo)
-    shutil.copytree(pristine, sb.repo)
+    # (With no header cached: a header cached before the damage is trusted, and the damage is
+    # found when the segment's pages are read, see docs/continuous.md "The header cache".)
+    _pristine(sb, pristine)
     victim = sorted((sb.repo / "captures").iterdir())[5]
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 1
@@ -291,9 +292,7 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
     res = sb.phx("forget", check=None)
     assert res.code == 1, res
     assert f"captures/{victim.name} cannot be read" in res.out and "phx sync" in res.out
-    # (Its header may be cached from the runs above: it is then found damaged when its pages are
-    # read for its merge, after the merges before it were written; none deletes anything.)
-    assert _segment_count(sb) >= SEGMENTS, "nothing was deleted"
+    assert _segment_count(sb) == SEGMENTS, "nothing was merged"
 
 
 def test_list_hides_the_watchs_snapshots_unless_asked(sandbox: Sandbox) -> None:
@@ -391,7 +390,7 @@ def test_compaction_makes_daily_states_ordinary_snapshots_and_drops_the_base(san
     assert again is None or again["merges"] == [], again
     # (The last changes are the deletions of the merged segments and of the base; a later `now`
     # may make a few fewer changes, hence not the very last.)
-    for point in range(1, changes - 4) if HEAVY else [changes // 3, 2 * changes // 3, changes - 5]:
+    for point in range(1, changes - 4) if HEAVY else [changes // 2, changes - 5]:
         _pristine(sb, pristine)
         killed = _killpoint_forget(sb, report, point)
         assert killed.returncode == -9, (point, killed.stderr)
