@@ -86,38 +86,9 @@ def write_state(
     """Write atomically; a state file that cannot be written never fails the backup itself.
     `success`: the run made its snapshot; with `failed_parts` it is recorded as partial.
     Under the state file's lock (`_locked`), like every read-modify-write of it."""
-    target = path or state_path()
-    with _locked(target):
-        _write_state(
-            target,
-            timestamp,
-            backup_path,
-            compression,
-            success,
-            snapshot_id,
-            snapshot_name,
-            error,
-            targets,
-            scope,
-            failed_parts,
-        )
-
-
-def _write_state(
-    target: Path,
-    timestamp: float,
-    backup_path: str,
-    compression: bool,
-    success: bool,
-    snapshot_id: str | None,
-    snapshot_name: str | None,
-    error: str | None,
-    targets: dict[str, TargetOutcome],
-    scope: str,
-    failed_parts: list[dict[str, str]] | None,
-) -> None:
     from datetime import UTC, datetime
 
+    target = path or state_path()
     parts = [{"path": str(p["path"]), "error": str(p["error"])} for p in failed_parts or []]
     partial = success and bool(parts)
     success = success and not parts
@@ -135,29 +106,30 @@ def _write_state(
         "partial": partial,
         "failedParts": parts,
     }
-    previous = read_state(target) or {}
-    if success:
-        doc["lastSuccess"] = {k: doc[k] for k in ("timestamp", "date", "snapshotId", "snapshotName")}
-    elif "lastSuccess" in previous:
-        doc["lastSuccess"] = previous["lastSuccess"]
-    per_target = previous.get("targetsLastSuccess")
-    per_target = dict(per_target) if isinstance(per_target, dict) else {}
-    for name, outcome in targets.items():
-        if outcome.ok and snapshot_id:
-            per_target[name] = {"timestamp": doc["timestamp"], "date": doc["date"], "snapshotId": snapshot_id}
-    doc["targetsLastSuccess"] = per_target
-    if not success or any(not t.ok for t in targets.values()):
-        doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
-    elif "lastFailure" in previous:
-        doc["lastFailure"] = previous["lastFailure"]
-    if isinstance(previous.get("integrityChecks"), dict):
-        doc["integrityChecks"] = previous["integrityChecks"]
-    # A narrower backup (--identity-only) proves nothing about what the last full one missed.
-    if scope == "full":
-        doc["lastFull"] = {k: doc[k] for k in ("timestamp", "date", "success", "partial", "failedParts", "error")}
-    elif isinstance(previous.get("lastFull"), dict):
-        doc["lastFull"] = previous["lastFull"]
-    _write(target, doc)
+    with _locked(target):
+        previous = read_state(target) or {}
+        if success:
+            doc["lastSuccess"] = {k: doc[k] for k in ("timestamp", "date", "snapshotId", "snapshotName")}
+        elif "lastSuccess" in previous:
+            doc["lastSuccess"] = previous["lastSuccess"]
+        per_target = previous.get("targetsLastSuccess")
+        per_target = dict(per_target) if isinstance(per_target, dict) else {}
+        for name, outcome in targets.items():
+            if outcome.ok and snapshot_id:
+                per_target[name] = {"timestamp": doc["timestamp"], "date": doc["date"], "snapshotId": snapshot_id}
+        doc["targetsLastSuccess"] = per_target
+        if not success or any(not t.ok for t in targets.values()):
+            doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
+        elif "lastFailure" in previous:
+            doc["lastFailure"] = previous["lastFailure"]
+        if isinstance(previous.get("integrityChecks"), dict):
+            doc["integrityChecks"] = previous["integrityChecks"]
+        # A narrower backup (--identity-only) proves nothing about what the last full one missed.
+        if scope == "full":
+            doc["lastFull"] = {k: doc[k] for k in ("timestamp", "date", "success", "partial", "failedParts", "error")}
+        elif isinstance(previous.get("lastFull"), dict):
+            doc["lastFull"] = previous["lastFull"]
+        _write(target, doc)
 
 
 @contextlib.contextmanager

@@ -6,52 +6,42 @@ them first and goes on with its chain; a spool that cannot be written is one cle
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from e2e_support import Sandbox
+from test_watch_adversary import LOGICAL, _commit, _restored, _table
 
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import SourceError
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.watch import Watcher
 
-LOGICAL = "home/.argentos/data/dashboard.db"
 
-
-def _commit(db: Path, k: int) -> None:
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("INSERT INTO log VALUES (?, randomblob(3000))", (k,))
-    con.close()
-
-
-def _rows(path: Path) -> list[int]:
-    con = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+@contextlib.contextmanager
+def _watcher(sb: Sandbox, notices: list[str]) -> Iterator[Watcher]:
+    """A `Watcher` of the sandbox's repository (no files), its notices in `notices`; closed after."""
+    envx = Environment(env=sb.env, notice=notices.append)
+    repo = open_repository(load_config(sb.config_path, sb.env), envx, upgrade=True)
     try:
-        assert [r[0] for r in con.execute("PRAGMA integrity_check")] == ["ok"]
-        return [r[0] for r in con.execute("SELECT k FROM log ORDER BY k")]
+        w = Watcher(load_config(sb.config_path, sb.env), envx, repo, files=False)
+        try:
+            yield w
+        finally:
+            w.close()
     finally:
-        con.close()
+        repo.close()
 
 
 def test_a_forgotten_base_is_noticed_at_the_next_lease_and_a_new_one_taken(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     db = sb.layout.dashboard_db
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("PRAGMA journal_mode=wal")
-    con.execute("CREATE TABLE log(k INTEGER PRIMARY KEY, body BLOB)")
-    con.execute("INSERT INTO log VALUES (0, randomblob(20000))")
-    con.close()
+    _table(db)
     notices: list[str] = []
-    envx = Environment(env=sb.env, notice=notices.append)
-    cfg = load_config(sb.config_path, sb.env)
-    repo = open_repository(cfg, envx, upgrade=True)
-    w = Watcher(cfg, envx, repo, files=False)
-    try:
+    with _watcher(sb, notices) as w:
         w.poll()  # the bases
         _commit(db, 1)
         w.poll()
@@ -72,27 +62,11 @@ def test_a_forgotten_base_is_noticed_at_the_next_lease_and_a_new_one_taken(sandb
         w.poll()
         w.flush()
         assert dash.base_id not in (None, base)
-    finally:
-        w.close()
-        repo.close()
     said = [n for n in notices if f"base snapshot {base[:8]}" in n]
     assert len(said) == 1 and "a new base is taken" in said[0], notices
     latest = sb.phx("list", "--timeline", "--json", check=None).json()["databases"][LOGICAL][-1]
     assert latest["kind"] == "covered", latest
-    dest = tmp_path / "at"
-    res = sb.phx("restore", "--at", latest["to"], "--to", str(dest), "--path", LOGICAL, "--json")
-    assert res.code == 0, res
-    assert _rows(dest / LOGICAL) == [0, 1, 2, 3]
-
-
-def _wal_table(db: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("PRAGMA journal_mode=wal")
-    con.execute("CREATE TABLE log(k INTEGER PRIMARY KEY, body BLOB)")
-    con.execute("INSERT INTO log VALUES (0, randomblob(20000))")
-    con.close()
+    assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
 
 
 def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_them_first(
@@ -100,10 +74,8 @@ def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_the
 ) -> None:
     sb = sandbox
     db = sb.layout.dashboard_db
-    _wal_table(db)
+    _table(db)
     notices: list[str] = []
-    envx = Environment(env=sb.env, notice=notices.append)
-    cfg = load_config(sb.config_path, sb.env)
     segments = sb.repo / "captures"
 
     def step(w: Watcher, k: int) -> None:
@@ -111,9 +83,7 @@ def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_the
         w.poll()
         w.flush()
 
-    repo = open_repository(cfg, envx, upgrade=True)
-    w = Watcher(cfg, envx, repo, files=False)
-    try:
+    with _watcher(sb, notices) as w:
         w.poll()
         step(w, 1)
         assert not w.queue
@@ -128,41 +98,26 @@ def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_the
         assert w.queue_bytes == 0
         w.spill_all()  # a clean stop (watch()): the segments wait in the spool, the page hashes are saved
         w.save_hashes(stopping=True)
-    finally:
-        w.close()
-        repo.close()
     said = [n for n in notices if "cannot write" in n]
     assert len(said) == 1 and str(w.spool) in said[0], notices
     # The repository is back; a new watch writes the waiting segments first and goes on with the chain.
     segments.unlink()
     (tmp_path / "captures-away").rename(segments)
-    repo = open_repository(cfg, envx, upgrade=True)
-    w = Watcher(cfg, envx, repo, files=False)
-    try:
+    with _watcher(sb, notices) as w:
         w.poll()
         step(w, 7)
         assert not w.queue and list(w.spool.iterdir()) == []
         assert w.result.bases == 0, "the chain went on from the segments that waited: no new base"
-    finally:
-        w.close()
-        repo.close()
     latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
     assert latest["kind"] == "covered", latest
     for k, at in ((6, after_six), (7, latest["to"])):
-        dest = tmp_path / f"at-{k}"
-        res = sb.phx("restore", "--at", at, "--to", str(dest), "--path", LOGICAL, "--json")
-        assert res.code == 0, res
-        assert _rows(dest / LOGICAL) == list(range(k + 1))
+        assert _restored(sb, at, tmp_path / f"at-{k}") == list(range(k + 1))
 
 
 def test_a_spool_that_cannot_be_written_ends_the_watch_with_one_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
-    _wal_table(sb.layout.dashboard_db)
-    envx = Environment(env=sb.env)
-    cfg = load_config(sb.config_path, sb.env)
-    repo = open_repository(cfg, envx, upgrade=True)
-    w = Watcher(cfg, envx, repo, files=False)
-    try:
+    _table(sb.layout.dashboard_db)
+    with _watcher(sb, []) as w:
         w.poll()
         (sb.repo / "captures").rename(tmp_path / "captures-away")
         (sb.repo / "captures").write_bytes(b"")
@@ -172,8 +127,5 @@ def test_a_spool_that_cannot_be_written_ends_the_watch_with_one_clear_error(sand
         w.poll()
         with pytest.raises(SourceError) as caught:
             w.flush()
-    finally:
-        w.close()
-        repo.close()
     text = str(caught.value)
     assert str(w.spool) in text and "free space there" in text and "start `phx watch` again" in text

@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
 
 # The modules of ops/ that are not a command of their own, and what they serve.
 SHARED: dict[str, str] = {
+    "ops.compact": "forget (and retention after backup): capture days of `phx watch` compacted into snapshots",
     "ops.context": "what every use case takes: the caller's environment, credentials, the opened repository",
     "ops.db_backup": "backup: the PostgreSQL and Redis streams saved into the repository",
     "ops.hooks": "backup: hooks.preBackup and hooks.postBackup around it",
