@@ -7,6 +7,7 @@ them first and goes on with its chain; a spool that cannot be written is one cle
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,3 +130,28 @@ def test_a_spool_that_cannot_be_written_ends_the_watch_with_one_clear_error(sand
             w.flush()
     text = str(caught.value)
     assert str(w.spool) in text and "free space there" in text and "start `phx watch` again" in text
+
+
+def test_segments_beyond_the_memory_bound_wait_on_disk_in_their_order(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    with _watcher(sb, []) as w:
+        w.poll()
+        w.flush()
+        w._release()
+        w.lock_free_until = time.monotonic() + 3600  # another command holds the repository
+        for k in range(1, 5):
+            w.queue_limit = 1 << 30 if k == 1 else 0  # the first waits in memory, the others beyond the bound
+            _commit(db, k)
+            w.poll()
+            w.flush()
+        assert [raw is None for _n, raw in w.queue] == [False, True, True, True]
+        w.spill_all()  # a stop: the one in memory goes to the spool before the others
+        spooled = [p.name.split("-", 1)[1] for p in sorted(w.spool.iterdir())]
+        assert spooled == [n.removeprefix("captures/") for n, _raw in w.queue]
+        w.lock_free_until = 0.0
+        w._write_queue()
+        assert not w.queue and list(w.spool.iterdir()) == []
+    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3, 4]

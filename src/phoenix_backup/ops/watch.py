@@ -561,8 +561,12 @@ class Watcher:
         self._spill(name, raw)
         self.queue.append((name, None))
 
-    def _spill(self, name: str, raw: bytes) -> None:
-        path = self.spool / f"{time.time_ns():020d}-{name.removeprefix(captures.PREFIX)}"
+    def _spill(self, name: str, raw: bytes, order: int | None = None) -> None:
+        """Write a waiting segment to the spool; files sort in the queue's order (`order`, by
+        default now in ns: after every one spilled before)."""
+        path = (
+            self.spool / f"{order if order is not None else time.time_ns():020d}-{name.removeprefix(captures.PREFIX)}"
+        )
         try:
             self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private(path, raw)
@@ -582,10 +586,15 @@ class Watcher:
         with the repository out of reach): in order, so that the next run writes them first."""
         if not any(r is not None for _n, r in self.queue):
             return
+        # Those in memory come before any spilled already (once one is spilled, all after it
+        # are): they are numbered just before the first of those.
+        held = [n for n, r in self.queue if r is not None]
+        first = next((self.spooled_paths[n] for n, r in self.queue if r is None), None)
+        start = int(first.name.split("-", 1)[0]) - len(held) if first is not None else time.time_ns()
         waiting, self.queue, self.queue_bytes = self.queue, [], 0
-        for name, raw in waiting:
+        for i, (name, raw) in enumerate(waiting):
             if raw is not None:
-                self._spill(name, raw)
+                self._spill(name, raw, start + i)
             self.queue.append((name, None))
 
     def _save_state(self) -> None:
