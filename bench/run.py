@@ -661,7 +661,7 @@ def run(args: argparse.Namespace) -> dict:
             "import sys; sys.argv[0] = 'phx'; from phoenix_backup.cli.main import main; main()",
         ]
     source_id = phoenix_source_id(pinned / "phoenix_backup" if pinned else live)
-    from phoenix_backup.sample import generate_workspace, simulate_day
+    from phoenix_backup.sample import generate_workspace, resolve_size, simulate_day
 
     if pinned is not None:
         import phoenix_backup
@@ -677,7 +677,9 @@ def run(args: argparse.Namespace) -> dict:
     load_start = os.getloadavg()
     log(f"generating the {args.size} workspace (seed {args.seed}) in {root}")
     t = time.perf_counter()
-    layout = generate_workspace(root, size=args.size, seed=args.seed)
+    layout = generate_workspace(root, size=_size(args.size), seed=args.seed)
+    # Each day touches a share of the rows; --daily-change keeps that of another size instead.
+    scale = resolve_size(_size(args.daily_change or args.size)) / resolve_size(_size(args.size))
     gen_seconds = time.perf_counter() - t
     ws_files = workspace_files(root)
     ws_bytes = sum((root / f).stat().st_size for f in ws_files)
@@ -714,7 +716,7 @@ def run(args: argparse.Namespace) -> dict:
         if step.startswith("day"):
             day = int(step[3:]) - 1
             t = time.perf_counter()
-            stats = simulate_day(layout, day, seed=args.seed)
+            stats = simulate_day(layout, day, seed=args.seed, scale=scale)
             sim_seconds = time.perf_counter() - t
             change: dict = {"day": day + 1, "simulateSeconds": round(sim_seconds, 3), "databases": {}}
             for db in DATABASES:
@@ -803,6 +805,7 @@ def run(args: argparse.Namespace) -> dict:
         "size": args.size,
         "seed": args.seed,
         "days": args.days,
+        "dailyChange": args.daily_change or args.size,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "cpus": os.cpu_count(),
@@ -934,7 +937,7 @@ def markdown(doc: dict) -> str:
     add(
         f"Data set: {ds['workspaceFiles']} workspace files ({_fmt_bytes(ds['workspaceBytes'])}) and three SQLite "
         f"stores ({_fmt_bytes(sum(ds['databaseBytes'].values()))}), {_fmt_bytes(ds['totalBytes'])} in all; "
-        f"sample {doc['seed']}, {len(days)} simulated days. Host: {doc['cpus']} CPUs, load average "
+        f"sample {doc['seed']}, {len(days)} simulated days{_daily_change(doc)}. Host: {doc['cpus']} CPUs, load average "
         f"{doc['loadavgStart'][0]:.2f} at start, {doc['loadavgEnd'][0]:.2f} at end. "
         f"Command: `{doc['command']}` ({doc.get('benchSeconds', 0):.0f} s in all)."
     )
@@ -1273,9 +1276,27 @@ def update_readme(size: str, table: str) -> bool:
     return updated
 
 
+def _size(text: str) -> str | int:
+    """A size name, or a number of bytes."""
+    return int(text) if text.isdigit() else text
+
+
+def _daily_change(doc: dict) -> str:
+    change = doc.get("dailyChange", doc["size"])
+    return "" if change == doc["size"] else f" (each as many changed rows as a day of the `{change}` size)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="medium", help="tiny, small (~60 MB), medium (~600 MB), large (~3 GB)")
+    parser.add_argument(
+        "--size", default="medium", help="tiny, small (~60 MB), medium (~600 MB), large (~3 GB), or bytes"
+    )
+    parser.add_argument(
+        "--daily-change",
+        metavar="SIZE",
+        help="each day changes as many rows as a day of this size does (default: --size's own share); "
+        "`--size 6000000000 --daily-change medium` is ten times the data with the medium's change",
+    )
     parser.add_argument("--days", type=int, default=7, help="simulated days (default 7)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(

@@ -346,3 +346,16 @@ def test_memory_md_consolidates_over_many_days(fresh: SampleLayout) -> None:
 def test_simulate_day_rejects_negative_day(sample: SampleLayout) -> None:
     with pytest.raises(ValueError):
         simulate_day(sample, -1)
+
+
+def test_a_day_scaled_down_on_a_larger_sample_changes_as_many_rows(tmp_path: Path) -> None:
+    """`bench/run.py --daily-change`: ten times the data with the smaller sample's daily change
+    (issue 19's shape), where an unscaled day changes more rows on the larger sample."""
+    small = generate_workspace(tmp_path / "small", size=2 * SIZE, seed=5)
+    large = generate_workspace(tmp_path / "large", size=20 * SIZE, seed=5)
+    usual = simulate_day(small, 0, seed=5)
+    scaled = simulate_day(large, 0, seed=5, scale=0.1)
+    unscaled = simulate_day(large, 1, seed=5)
+    for name in ("memories_added", "memories_updated", "observations_added"):
+        assert getattr(scaled, name) == getattr(usual, name), name
+        assert getattr(unscaled, name) > 2 * getattr(usual, name), name

@@ -7,6 +7,7 @@ once every entry is done, then the index, then the snapshot object (the commit p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -43,7 +44,7 @@ from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import file_chunks_of, page_runs
-from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.crypto import BackgroundSha256, BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Duration
 from phoenix_backup.repo.snapshot import (
@@ -600,17 +601,19 @@ class _Run:
                     raise SourceError(f"{entry.path} is no longer a regular file")
                 f.seek(0)
                 extents: list[Extent] = []
-                digest = hashlib.sha256()
                 size = 0
                 want = fst.st_size + READ_SLACK
                 cap = cap or 2 * want
                 want = min(want, cap)
-                for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.chunker_seed):
-                    self.check_stopping()
-                    digest.update(chunk)
-                    size += len(chunk)
-                    self.envx.progress.advance(size=len(chunk))
-                    extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
+                # A large file's SHA-256 is computed on the other core, from the chunks as read.
+                with _file_digest(fst.st_size) as digest:
+                    for chunk in file_chunks_of(f, want, self.repo.config.chunker, self.repo.chunker_seed):
+                        self.check_stopping()
+                        digest.update(chunk)
+                        size += len(chunk)
+                        self.envx.progress.advance(size=len(chunk))
+                        extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
+                    sha256 = digest.hexdigest()
                 if size == fst.st_size and _same_version(fst, os.fstat(f.fileno())):
                     break
                 if attempt == READ_ATTEMPTS:
@@ -620,7 +623,7 @@ class _Run:
                     )
         self.files_read += 1
         # The stat from before the read: a change during it makes the next backup read the file.
-        return _content_node(entry.path.name, "file", fst, size, extents, digest.hexdigest())
+        return _content_node(entry.path.name, "file", fst, size, extents, sha256)
 
     def sqlite_node(self, entry: Entry) -> tuple[Node, DatabaseInfo]:
         src = sqlite_source.source_stat(entry.path)
@@ -661,7 +664,9 @@ class _Run:
             check: Future[sqlite_source.DatabaseCheck] = self.aux.submit(
                 sqlite_source.check_connection, capture.connection, full=full
             )
-            sha = _Counted(hashlib.sha256(), report, self.check_stopping)
+            # The SHA-256 (which `sha256sum` checks a restore against) is computed on the other
+            # core from the very regions cut here, not in a pass of its own.
+            sha = _Counted(BackgroundSha256(), report, self.check_stopping)
             try:
                 extents, state = page_runs(
                     image,
@@ -674,7 +679,9 @@ class _Run:
                     digest=sha,
                     sink=sink,
                 )
+                digest = sha.hexdigest()
             finally:
+                sha.digest.close()
                 report.working(f"checking {entry.path.name}")
                 if self.stopping.is_set():
                     capture.connection.interrupt()  # the integrity check ends too
@@ -685,7 +692,7 @@ class _Run:
             result = check.result()
         if full:
             self.checked[entry.logical] = result.integrity
-        page_size, size, digest = image.page_size, len(image), sha.hexdigest()
+        page_size, size = image.page_size, len(image)
         state.sha256 = digest
         if self.keep_page_state:
             self.cache.save_pages(entry.logical, state)
@@ -725,6 +732,18 @@ class _Counted:
 
     def hexdigest(self) -> str:
         return str(self.digest.hexdigest())
+
+
+# Files at least this large have their SHA-256 computed in a thread of its own (starting one
+# costs more than hashing a small note).
+BACKGROUND_DIGEST = 1024 * 1024
+
+
+def _file_digest(size: int) -> contextlib.AbstractContextManager[Any]:
+    """A SHA-256 digest for a file of `size` bytes, as a context manager that lets go of it."""
+    if size >= BACKGROUND_DIGEST:
+        return BackgroundSha256()
+    return contextlib.nullcontext(hashlib.sha256())
 
 
 def _content_node(

@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 import zlib
+from collections import deque
 from enum import IntEnum
 
 import blake3
@@ -49,6 +50,78 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes, read in blocks."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class BackgroundSha256:
+    """The SHA-256 of bytes fed in order, computed in a thread of its own: hashlib releases the
+    GIL, so the feeding thread goes on (reading, cutting, hashing blob ids) while the second core
+    hashes the same buffers, instead of a pass of its own. At most `limit` bytes wait (memory
+    stays flat); a feeder ahead of the hashing waits. Bytes objects (and views of them) are
+    hashed as they are; anything mutable is copied first, as its owner may reuse it.
+
+    `hexdigest` waits for every byte fed; `close` lets go of the thread (what is still waiting
+    is dropped: the run is ending). Use it as a context manager so the thread always ends."""
+
+    def __init__(self, limit: int = 1024 * 1024) -> None:
+        self._digest = hashlib.sha256()
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._queue: deque[memoryview] = deque()
+        self._queued = 0
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="phx-sha256", daemon=True)
+        self._thread.start()
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        if not isinstance(view.obj, bytes):
+            view = memoryview(bytes(view))
+        size = view.nbytes
+        with self._cond:
+            if self._ended:
+                raise ValueError("a closed digest cannot be fed")
+            while self._queued and self._queued + size > self._limit:
+                self._cond.wait()
+            self._queue.append(view)
+            self._queued += size
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._ended:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                view = self._queue[0]
+            self._digest.update(view)  # outside the lock: the feeder goes on meanwhile
+            with self._cond:
+                if self._queue and self._queue[0] is view:  # else `close` dropped the queue
+                    self._queue.popleft()
+                    self._queued -= view.nbytes
+                self._cond.notify_all()
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of everything fed (the digest takes no more bytes afterwards)."""
+        with self._cond:
+            while self._queue:
+                self._cond.wait()
+        self.close()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._queue.clear()
+            self._queued = 0
+            self._cond.notify_all()
+        self._thread.join()
+
+    def __enter__(self) -> BackgroundSha256:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class BlobIds:

@@ -91,6 +91,10 @@ SQLITE_RUN_PAGES = 64
 # (32 database regions, 8 average file chunks) keeps both sealing threads fed: against 16 MiB,
 # 11 MB less peak memory on the 3 GB sample at the same CPU time (docs/benchmarks.md).
 MAX_INFLIGHT_BYTES = 8 * 1024 * 1024
+# Full packs handed to the pack writer thread and not yet written: the one it writes and one
+# waiting. The sealing threads wait while both are there, so no more packs are held than when
+# they wrote their packs themselves (one written by each, one filling).
+MAX_PACKS_WRITING = 2
 
 
 # Trees are JSON and always compress well, whatever the config says about file data; they are a
@@ -336,6 +340,10 @@ class Repository:
         self._packers = {t: PackBuilder(t, self.pack_origin, self.sealer) for t in BlobType}
         self._new_packs: dict[str, list[PackEntry]] = {}
         self._workers: ThreadPoolExecutor | None = None
+        # Full packs are named (SHA-256), written and fsynced by a thread of their own, so the
+        # sealing threads go on compressing and sealing while a pack waits for the disk.
+        self._pack_writer: ThreadPoolExecutor | None = None
+        self._packs_writing = 0
         # Blobs handed to the worker threads and not yet packed: a count, not a future per blob
         # (a 3 GB backup hands over some 12,000, whose futures alone held ~15 MB until `wait`).
         self._tasks = 0
@@ -842,7 +850,10 @@ class Repository:
 
     def _seal_task(self, kind: BlobType, bid: bytes, payload: bytes) -> None:
         try:
-            self._seal_and_pack(kind, bid, payload)
+            with self._inflight:  # the disk is behind: wait rather than fill another pack
+                while self._packs_writing >= MAX_PACKS_WRITING:
+                    self._inflight.wait()
+            self._seal_and_pack(kind, bid, payload, hand_over=True)
         except BaseException as exc:
             with self._lock:
                 if self._worker_error is None:
@@ -868,7 +879,9 @@ class Repository:
             self._pending.add(bid)
             return True
 
-    def _seal_and_pack(self, kind: BlobType, bid: bytes, data: bytes | memoryview) -> int:
+    def _seal_and_pack(self, kind: BlobType, bid: bytes, data: bytes | memoryview, hand_over: bool = False) -> int:
+        """Compress, seal and pack one blob; a pack it fills is written here, or with `hand_over`
+        (the sealing threads) by the pack writer thread."""
         if kind == BlobType.TREE:
             method, payload = _TREE_COMPRESSOR.compress(data)
         else:
@@ -885,13 +898,47 @@ class Repository:
                 full = packer
                 self._packers[kind] = PackBuilder(kind, self.pack_origin, self.sealer)
         if full is not None:
-            self._write_pack(full)
+            if hand_over:
+                self._hand_over(full)
+            else:
+                self._write_pack(full)
         return len(sealed)
 
-    def wait(self) -> None:
-        """Wait for every blob handed to the worker threads; raise the first error they met."""
+    def _hand_over(self, packer: PackBuilder) -> None:
+        """Have the pack writer thread write a full pack: its blobs stay pending (nothing stores
+        them twice) until it is written."""
         with self._inflight:
-            while self._tasks:
+            self._packs_writing += 1
+        if self._pack_writer is None:
+            with self._lock:
+                if self._pack_writer is None:
+                    self._pack_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phx-write")
+        try:
+            self._pack_writer.submit(self._pack_task, packer)
+        except BaseException:
+            self._pack_written()
+            raise
+
+    def _pack_task(self, packer: PackBuilder) -> None:
+        try:
+            self._write_pack(packer)
+        except BaseException as exc:
+            with self._lock:
+                if self._worker_error is None:
+                    self._worker_error = exc
+        finally:
+            self._pack_written()
+
+    def _pack_written(self) -> None:
+        with self._inflight:
+            self._packs_writing -= 1
+            self._inflight.notify_all()
+
+    def wait(self) -> None:
+        """Wait for every blob handed to the worker threads and every full pack to be written;
+        raise the first error they met."""
+        with self._inflight:
+            while self._tasks or self._packs_writing:
                 self._inflight.wait()
         self._raise_worker_error()
 
@@ -899,6 +946,9 @@ class Repository:
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
+        if self._pack_writer is not None:
+            self._pack_writer.shutdown(wait=True)
+            self._pack_writer = None
 
     def publish_changes(self, message: str) -> None:
         """Record deletions (forget, prune) as one unit and send it on (Git: a commit, then a push

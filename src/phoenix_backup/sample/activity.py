@@ -92,7 +92,7 @@ def _day_ts(rng: random.Random, day_start: int) -> int:
 
 
 def _simulate_memory(
-    path: Path, rng: random.Random, pool: TextPool, seed: int, day: int, day_start: int
+    path: Path, rng: random.Random, pool: TextPool, seed: int, day: int, day_start: int, scale: float = 1.0
 ) -> tuple[int, int, int]:
     emb_rng = derive_rng(seed, "day", day, "memory embeddings")
     category_names = list(CATEGORY_NAMES)
@@ -100,8 +100,8 @@ def _simulate_memory(
         conn.execute("BEGIN IMMEDIATE")
         try:
             ids = [row[0] for row in conn.execute("SELECT id FROM memory_items ORDER BY id")]
-            n_delete = _share(len(ids), _DELETE_SHARE, 1) if len(ids) > 10 else 0
-            n_update = _share(len(ids) - n_delete, _UPDATE_SHARE, 5)
+            n_delete = _share(len(ids), _DELETE_SHARE * scale, 1) if len(ids) > 10 else 0
+            n_update = _share(len(ids) - n_delete, _UPDATE_SHARE * scale, 5)
             chosen = rng.sample(ids, n_delete + n_update)
             deleted, updated = chosen[:n_delete], chosen[n_delete:]
 
@@ -130,7 +130,7 @@ def _simulate_memory(
                 conn.execute("DELETE FROM item_categories WHERE item_id = ?", (item_id,))
                 conn.execute("DELETE FROM memory_items WHERE id = ?", (item_id,))
 
-            n_add = _share(len(ids), _ADD_SHARE, 3) if ids else 3
+            n_add = _share(len(ids), _ADD_SHARE * scale, 3) if ids else 3
             vectors = embedding_batch(emb_rng, n_add)
             rows = sorted(
                 (
@@ -179,13 +179,15 @@ def _simulate_memory(
     return n_add, len(updated), len(deleted)
 
 
-def _simulate_observations(path: Path, rng: random.Random, pool: TextPool, seed: int, day: int, day_start: int) -> int:
+def _simulate_observations(
+    path: Path, rng: random.Random, pool: TextPool, seed: int, day: int, day_start: int, scale: float = 1.0
+) -> int:
     emb_rng = derive_rng(seed, "day", day, "observation embeddings")
     with closing(_connect(path)) as conn:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (count,) = conn.execute("SELECT count(*) FROM observations").fetchone()
-            n_add = _share(int(count), _OBSERVATION_SHARE, 5) if count else 5
+            n_add = _share(int(count), _OBSERVATION_SHARE * scale, 5) if count else 5
             vectors = embedding_batch(emb_rng, n_add)
             times = sorted(_day_ts(rng, day_start) for _ in range(n_add))
             sessions: list[tuple[str, str, str, str, str]] = []
@@ -291,8 +293,11 @@ def _edit_memory_md(path: Path, rng: random.Random, pool: TextPool, date: str) -
     path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
 
 
-def simulate_day(layout: SampleLayout, day: int, *, seed: int = 42) -> DayStats:
-    """Apply one deterministic day of agent activity (``day`` ≥ 0) to a generated sample."""
+def simulate_day(layout: SampleLayout, day: int, *, seed: int = 42, scale: float = 1.0) -> DayStats:
+    """Apply one deterministic day of agent activity (``day`` ≥ 0) to a generated sample.
+
+    A day touches a fixed share of each store's rows; ``scale`` multiplies those shares (0.1 on
+    a sample ten times larger changes about as many rows as a usual day of the smaller one)."""
     if day < 0:
         raise ValueError(f"day must be 0 or more, not {day}")
     rng = derive_rng(seed, "day", day)
@@ -301,7 +306,7 @@ def simulate_day(layout: SampleLayout, day: int, *, seed: int = 42) -> DayStats:
     date = day_date(day)
 
     added, updated, deleted = _simulate_memory(
-        layout.memory_db, derive_rng(seed, "day", day, "memory"), pool, seed, day, day_start
+        layout.memory_db, derive_rng(seed, "day", day, "memory"), pool, seed, day, day_start, scale
     )
     observations = _simulate_observations(
         layout.observations_db,
@@ -310,6 +315,7 @@ def simulate_day(layout: SampleLayout, day: int, *, seed: int = 42) -> DayStats:
         seed,
         day,
         day_start,
+        scale,
     )
     _simulate_dashboard(layout.dashboard_db, derive_rng(seed, "day", day, "dashboard"), pool, day_start)
 

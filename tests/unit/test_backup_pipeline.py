@@ -1,0 +1,175 @@
+"""Issue 20: a backup keeps both cores busy. The whole-file SHA-256 is computed on a thread of its
+own from the buffers the backup reads anyway, and packs are named, written and fsynced by a thread
+of their own while the sealing threads go on. Neither may change a byte of what is stored or
+recorded, nor hold more memory than before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from phoenix_backup.errors import NoSpace
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.chunker import WHOLE_FILE_LIMIT, file_chunks_of
+from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Compression, Compressor
+from phoenix_backup.repo.pack import DATA_PACK_TARGET
+from phoenix_backup.repo.repository import MAX_PACKS_WRITING, Repository
+from phoenix_backup.storage.local import LocalBackend
+
+BLOB = 256 * 1024
+PER_PACK = DATA_PACK_TARGET // BLOB  # random blobs of BLOB bytes that fill one pack
+
+
+def test_background_digest_is_the_sha256_of_what_was_fed_whatever_the_feeder_does_next() -> None:
+    """The feeder reuses its buffer as soon as `update` returns (a streamed file's chunks do): the
+    digest must be of the bytes as they were fed, not as the hashing thread finds them later."""
+    rnd = random.Random(1)
+    expected = hashlib.sha256()
+    reused = bytearray(64 * 1024)
+    with BackgroundSha256(limit=100_000) as digest:  # a small limit: the feeder waits often
+        for i in range(400):
+            size = rnd.choice([0, 1, 100, 4096, 64 * 1024])
+            data = rnd.randbytes(size)
+            expected.update(data)
+            if i % 3 == 0:
+                digest.update(data)
+            elif i % 3 == 1:
+                digest.update(memoryview(data))
+            else:
+                reused[:size] = data
+                digest.update(memoryview(reused)[:size])
+                reused[:] = bytes(len(reused))  # overwritten at once
+        assert digest.hexdigest() == expected.hexdigest()
+
+
+def test_background_digest_of_a_streamed_file_equals_sha256sum(tmp_path: Path) -> None:
+    """Above WHOLE_FILE_LIMIT the chunker hands out views of one buffer it refills."""
+    data = random.Random(2).randbytes(WHOLE_FILE_LIMIT + 5 * 1024 * 1024 + 17)
+    chunker = {"min": 512 * 1024, "avg": 1024 * 1024, "max": 8 * 1024 * 1024}
+    with BackgroundSha256() as digest:
+        for chunk in file_chunks_of(io.BytesIO(data), len(data), chunker, 7):
+            digest.update(chunk)
+        assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_digest_closed_half_way_lets_go_of_its_thread() -> None:
+    """A backup stopped half-way (Ctrl-C) closes the digest: its thread ends, whatever was
+    waiting is dropped, and nothing more can be fed."""
+    digest = BackgroundSha256()
+    for _ in range(40):
+        digest.update(bytes(1024 * 1024))
+    digest.close()
+    assert not [t for t in threading.enumerate() if t.name == "phx-sha256" and t.is_alive()]
+    with pytest.raises(ValueError):
+        digest.update(b"more")
+
+
+class _SlowDisk(LocalBackend):
+    """A local store whose pack writes wait until `release` is set (a slow or busy disk)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.release = threading.Event()
+        self.waiting = threading.Event()
+        self.fail: BaseException | None = None
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        if name.startswith("data/"):
+            if self.fail is not None:
+                raise self.fail
+            self.waiting.set()
+            self.release.wait(60)
+        super().write(name, data, exclusive=exclusive, cold=cold)
+
+
+class _CountingCompressor(Compressor):
+    """Counts how many threads compress at once while the disk holds a pack."""
+
+    def __init__(self, disk: _SlowDisk) -> None:
+        super().__init__(True)
+        self.disk = disk
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most_while_waiting = 0
+
+    def compress(self, data: bytes | memoryview) -> tuple[Compression, bytes | memoryview]:
+        with self.lock:
+            self.now += 1
+            if self.disk.waiting.is_set() and not self.disk.release.is_set():
+                self.most_while_waiting = max(self.most_while_waiting, self.now)
+        try:
+            time.sleep(0.005)  # long enough for the other sealing thread to overlap
+            return super().compress(data)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def _repo(root: Path, backend: LocalBackend) -> Repository:
+    Repository.init(
+        LocalBackend(root),
+        lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
+        encrypted=True,
+    )
+    repo = Repository.open(backend, keys.Credentials(passphrase="pw"))
+    repo.load_index()
+    return repo
+
+
+def test_both_sealing_threads_go_on_while_the_disk_writes_a_pack(tmp_path: Path) -> None:
+    """A sealing thread that wrote the pack it filled (and fsynced it) left one core to seal the
+    next pack while the disk was busy. Now both seal on, and no more packs are held than before:
+    the one being written, one waiting, the one filling."""
+    disk = _SlowDisk(tmp_path / "repo")
+    repo = _repo(tmp_path / "repo", disk)
+    counting = _CountingCompressor(disk)
+    repo.compressor = counting
+    rnd = random.Random(3)
+    blobs = [rnd.randbytes(BLOB) for _ in range(3 * PER_PACK)]
+    ids: list[bytes] = []
+    feeder = threading.Thread(target=lambda: ids.extend(repo.save_blob_async(BlobType.DATA, b) for b in blobs))
+    feeder.start()
+    assert disk.waiting.wait(60), "the first pack never reached the disk"
+    # Sealing goes on until the packs the writer may hold are full, then waits for the disk.
+    deadline = time.monotonic() + 60
+    last, still = -1, 0
+    while time.monotonic() < deadline and still < 10:
+        sealed = repo.stats.blobs_added
+        still = still + 1 if sealed == last else 0
+        last = sealed
+        time.sleep(0.05)
+    held = repo.stats.blobs_added
+    disk.release.set()
+    feeder.join(60)
+    repo.flush()
+    repo.close()
+    assert counting.most_while_waiting == 2, "only one thread sealed while the disk wrote a pack"
+    # The writer's pack, one waiting, and the blobs the two sealing threads had begun: as many as
+    # when each sealing thread held the pack it was writing.
+    assert held <= MAX_PACKS_WRITING * PER_PACK + 2
+    again = Repository.open(LocalBackend(tmp_path / "repo"), keys.Credentials(passphrase="pw"))
+    again.load_index()
+    assert [again.load_blob(BlobType.DATA, bid) for bid in ids] == blobs
+
+
+def test_a_pack_the_writer_thread_cannot_write_fails_the_flush(tmp_path: Path) -> None:
+    """A full disk met by the pack writer thread is the backup's error: `flush` raises it, and no
+    index object lists a pack that was never written."""
+    disk = _SlowDisk(tmp_path / "repo")
+    disk.release.set()
+    disk.fail = NoSpace("no space left on the device while writing a pack; free some space and run again")
+    repo = _repo(tmp_path / "repo", disk)
+    rnd = random.Random(4)
+    with pytest.raises(NoSpace):
+        for _ in range(3 * PER_PACK):
+            repo.save_blob_async(BlobType.DATA, rnd.randbytes(BLOB))
+        repo.flush()
+    repo.close()
+    assert not list(LocalBackend(tmp_path / "repo").list("index/"))
