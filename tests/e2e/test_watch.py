@@ -125,6 +125,7 @@ def _check_restore(sb: Sandbox, at: float, record: list[tuple[int, float, float]
     when = datetime.fromtimestamp(at, UTC).isoformat()
     doc = sb.phx("restore", "--at", when, "--to", dest, "--path", LOGICAL, "--json").json()
     assert not doc["errors"], doc
+    assert doc["files"] is None, "a --path that names one database restores no files (nor opens the repository twice)"
     db = dest / LOGICAL
     con = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
     try:
