@@ -206,7 +206,7 @@ def test_frames_of_an_earlier_generation_are_refused(tmp_path: Path) -> None:
     old = IndexHeader.parse(Path(str(db) + "-shm").read_bytes()[:INDEX_READ_SIZE])
     con.execute("PRAGMA wal_checkpoint(RESTART)")
     con.execute("INSERT INTO t VALUES (x'01')")
-    index, frames = parse_all(db)
+    index, _frames = parse_all(db)
     assert index.salt != old.salt and index.max_frame < old.max_frame
     raw = Path(str(db) + "-wal").read_bytes()
     header = WalHeader.parse(raw[:WAL_HEADER_SIZE])
