@@ -213,6 +213,12 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
         dest = tmp_path / f"files-{when}"
         doc = sb.phx("restore", "--at", at, "--to", dest, "--json").json()
         assert (dest / "workspace" / "MEMORY.md").read_bytes() == content, doc
+    # A --path naming one captured database exactly restores that database alone: no restore of
+    # the files (which matched nothing, and opened the repository a second time).
+    at = datetime.fromtimestamp(changed_at + 1.0, UTC).isoformat()
+    doc = sb.phx("restore", "--at", at, "--to", tmp_path / "db-only", "--path", LOGICAL, "--json").json()
+    assert doc["files"] is None and not doc["errors"], doc
+    assert [d["path"] for d in doc["databases"]] == [LOGICAL]
     # What the restart added is its own change, not the databases again.
     assert second["bytes"] < size / 20, (second["bytes"], size)
     tl = sb.phx("list", "--timeline", "--json").json()

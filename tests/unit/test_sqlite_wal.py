@@ -1,5 +1,6 @@
 """The WAL and wal-index parsers against files SQLite itself wrote: random commit sequences,
-checkpoints and restarts, every page size; and every damaged byte of a frame is caught.
+checkpoints and restarts, every page size; and a frame of another generation, or a last frame
+that is not the one the wal-index records, is caught.
 
 Hypothesis runs a small budget by default; `PHX_TEST_HEAVY=1` runs a large one.
 """
@@ -64,7 +65,8 @@ def test_checksum_refuses_a_partial_word_pair() -> None:
 
 
 def parse_all(db: Path) -> tuple[IndexHeader, list[FrameHeader]]:
-    """The wal-index header and every frame up to its mxFrame, each checked against the chain."""
+    """The wal-index header and every frame up to its mxFrame, each checked (check_frame, the last
+    one against the wal-index), and their checksums chained as the format document states."""
     index = IndexHeader.parse(Path(str(db) + "-shm").read_bytes()[:INDEX_READ_SIZE])
     raw = Path(str(db) + "-wal").read_bytes()
     frames: list[FrameHeader] = []
@@ -76,8 +78,11 @@ def parse_all(db: Path) -> tuple[IndexHeader, list[FrameHeader]]:
     checksum = header.checksum
     for number in range(1, index.max_frame + 1):
         at = frame_offset(number, header.page_size)
-        frame = check_frame(raw[at : at + FRAME_HEADER_SIZE + header.page_size], header, checksum)
-        checksum = frame.checksum
+        last = index.frame_checksum if number == index.max_frame else None
+        frame = check_frame(raw[at : at + FRAME_HEADER_SIZE], header, last)
+        data = raw[at : at + 8] + raw[at + FRAME_HEADER_SIZE : at + FRAME_HEADER_SIZE + header.page_size]
+        checksum = reference_checksum(data, header.big_endian, *checksum)
+        assert frame.checksum == checksum, "SQLite's frames chain as the format document states"
         frames.append(frame)
     assert checksum == index.frame_checksum, "the chain ends where the wal-index says"
     return index, frames
@@ -132,30 +137,44 @@ def test_wal_written_by_sqlite_parses_and_chains(tmp_path: Path, page_size: int,
 @st.composite
 def damage(draw: st.DrawFn) -> tuple[int, int, int]:
     frame = draw(st.integers(1, 40))
-    where = draw(st.integers(0, FRAME_HEADER_SIZE + 1024 - 1))
+    where = draw(st.integers(8, FRAME_HEADER_SIZE - 1))  # the salts and the checksum
     bit = draw(st.integers(0, 7))
     return frame, where, bit
 
 
 @given(damage())
 @settings(max_examples=EXAMPLES * 4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_damaged_byte_of_a_frame_is_caught(wal_file: tuple[bytes, IndexHeader], hit: tuple[int, int, int]) -> None:
-    """A bit flipped anywhere in a frame (page number, commit size, salts, checksum, page) makes
-    that frame fail: a torn or damaged frame is never taken for a committed one."""
+def test_a_frame_of_another_generation_or_state_is_caught(
+    wal_file: tuple[bytes, IndexHeader], hit: tuple[int, int, int]
+) -> None:
+    """A bit flipped in any frame's salts, or in the checksum of the frame the wal-index ends at,
+    makes that frame fail: a frame that is not of the WAL's generation, or a WAL that is not the
+    state the wal-index describes, is never taken for a committed one."""
     raw, index = wal_file
     header = WalHeader.parse(raw[:WAL_HEADER_SIZE])
     frame, where, bit = hit
     frame = 1 + (frame - 1) % index.max_frame
-    checksum = header.checksum
-    for number in range(1, frame):
-        at = frame_offset(number, header.page_size)
-        checksum = check_frame(raw[at : at + FRAME_HEADER_SIZE + header.page_size], header, checksum).checksum
+    if where >= 16:
+        frame = index.max_frame  # a checksum is compared for the last frame only
+    last = index.frame_checksum if frame == index.max_frame else None
     at = frame_offset(frame, header.page_size)
-    good = bytearray(raw[at : at + FRAME_HEADER_SIZE + header.page_size])
-    check_frame(good, header, checksum)
+    good = bytearray(raw[at : at + FRAME_HEADER_SIZE])
+    check_frame(good, header, last)
     good[where] ^= 1 << bit
     with pytest.raises(WalFormatError):
-        check_frame(good, header, checksum)
+        check_frame(good, header, last)
+
+
+def test_a_last_frame_that_ends_no_transaction_is_refused(wal_file: tuple[bytes, IndexHeader]) -> None:
+    raw, index = wal_file
+    header = WalHeader.parse(raw[:WAL_HEADER_SIZE])
+    at = frame_offset(index.max_frame, header.page_size)
+    frame = bytearray(raw[at : at + FRAME_HEADER_SIZE])
+    frame[4:8] = bytes(4)
+    with pytest.raises(WalFormatError, match="wal-index"):
+        check_frame(frame, header, index.frame_checksum)
+    with pytest.raises(WalFormatError, match="ends inside"):
+        check_frame(frame[:20], header, index.frame_checksum)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +206,7 @@ def test_frames_of_an_earlier_generation_are_refused(tmp_path: Path) -> None:
     old = IndexHeader.parse(Path(str(db) + "-shm").read_bytes()[:INDEX_READ_SIZE])
     con.execute("PRAGMA wal_checkpoint(RESTART)")
     con.execute("INSERT INTO t VALUES (x'01')")
-    index, frames = parse_all(db)
+    index, _frames = parse_all(db)
     assert index.salt != old.salt and index.max_frame < old.max_frame
     raw = Path(str(db) + "-wal").read_bytes()
     header = WalHeader.parse(raw[:WAL_HEADER_SIZE])
@@ -196,7 +215,7 @@ def test_frames_of_an_earlier_generation_are_refused(tmp_path: Path) -> None:
     leftover = raw[at : at + FRAME_HEADER_SIZE + header.page_size]
     assert FrameHeader.parse(leftover).salt == old.salt, "setup: a frame of the old generation is still there"
     with pytest.raises(WalFormatError, match="earlier generation"):
-        check_frame(leftover, header, frames[-1].checksum)
+        check_frame(leftover, header)
     con.close()
 
 

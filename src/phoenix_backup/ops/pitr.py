@@ -273,6 +273,14 @@ def _chosen(tl: captures.Timeline, layout: Layout, paths: tuple[str, ...]) -> li
     return out
 
 
+def _names_databases(paths: tuple[str, ...], chosen: list[str], layout: Layout) -> bool:
+    """Whether every --path is exactly the logical or real path of a captured database (no
+    wildcard): no file can match it, so the files are not restored (which would open the
+    repository a second time, a key derivation of half a second, to restore nothing)."""
+    names = set(chosen) | {str(layout.to_real(p)) for p in chosen}
+    return bool(paths) and all(g in names and not any(c in g for c in "*?[") for g in paths)
+
+
 def restore_at(
     cfg: Config,
     envx: Environment,
@@ -302,7 +310,11 @@ def restore_at(
             layout = Layout(cfg.workspace, envx.home)
             chosen = _chosen(tl, layout, paths)
             covered = [p for p in chosen if tl.at(p, at) is not None]
-            if not check_only and (not paths or len(chosen) < len(tl.paths())):
+            if (
+                not check_only
+                and (not paths or len(chosen) < len(tl.paths()))
+                and not _names_databases(paths, chosen, layout)
+            ):
                 files = next((snap for when, snap in reversed(file_snapshots(repo)) if when <= at), None)
             if not covered and (files is None or (tl.paths() and not paths)):
                 if paths and not chosen and files is None:

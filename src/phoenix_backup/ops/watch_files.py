@@ -12,7 +12,18 @@ import threading
 import time
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from phoenix_backup.config import Config
@@ -30,6 +41,24 @@ FILES_SCOPE = "watch-files"
 QUIET_SECONDS = 2.0
 MAX_DELAY_SECONDS = 8.0
 _COMPANIONS = ("-wal", "-shm", "-journal")
+# The events that can change a file, asked of the kernel (inotify's mask): not its opening or a
+# read, which every snapshot of the files causes itself.
+_CHANGES: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
+# Folders outside the workspace are watched for the files a backup reads there, beside the
+# databases (ArgentOS keeps its stores in ~/.argentos): without each write, which a live
+# database's -wal gets several times per commit (hundreds of events a second, each handled in
+# Python: measured 4.4 % of a core against 0.6 % for the databases' capture). A file there is seen
+# when it is closed after writing, created, moved or deleted.
+_CHANGES_BUT_WRITES = [e for e in _CHANGES if e is not FileModifiedEvent]
 
 
 class _Events(FileSystemEventHandler):
@@ -88,7 +117,9 @@ class FileWatch:
                 roots.add(str(e.path.parent))
         for root in sorted(roots):
             if Path(root).is_dir():
-                self.observer.schedule(self.events, root, recursive=root == str(cfg.workspace))
+                inside = root == str(cfg.workspace)
+                kinds = _CHANGES if inside else _CHANGES_BUT_WRITES
+                self.observer.schedule(self.events, root, recursive=inside, event_filter=kinds)
         self.observer.start()
 
     def _entries(self) -> list[Entry]:

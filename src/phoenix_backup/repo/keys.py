@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 import blake3
-import pyrage
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -605,6 +604,8 @@ def _unwrap_passphrase(slot: KeySlot, passphrase: str) -> MasterSecrets | None:
 
 
 def parse_recipient(recipient: str) -> Any:
+    import pyrage  # here, not at the top: only age identities need it (1.3 MB of memory)
+
     try:
         return pyrage.x25519.Recipient.from_str(recipient.strip())
     except (pyrage.RecipientError, ValueError, TypeError):
@@ -615,6 +616,8 @@ def parse_recipient(recipient: str) -> Any:
 
 
 def parse_identity(identity: str, index: int) -> Any:
+    import pyrage
+
     try:
         return pyrage.x25519.Identity.from_str(identity.strip())
     except (pyrage.IdentityError, ValueError, TypeError):
@@ -627,6 +630,8 @@ def parse_identity(identity: str, index: int) -> Any:
 
 def wrap_age(secrets: MasterSecrets, recipients: Sequence[str]) -> KeySlot:
     """Encrypt the secrets to one or more age X25519 recipients (any of them can open the slot)."""
+    import pyrage
+
     if isinstance(recipients, str):  # a lone string is a Sequence[str] too: one recipient
         recipients = [recipients]
     cleaned = [r.strip() for r in recipients]
@@ -657,6 +662,8 @@ _AGE_MAGIC = b"age-encryption.org/v1\n"
 
 
 def _unwrap_age(slot: KeySlot, identities: Sequence[str]) -> MasterSecrets | None:
+    import pyrage
+
     parsed = [parse_identity(identity, i) for i, identity in enumerate(identities)]
     header, end, _payload = slot.data.partition(b"\n--- ")
     if not slot.data.startswith(_AGE_MAGIC) or not end or header.count(b"\n-> ") > MAX_AGE_RECIPIENTS:
@@ -674,6 +681,8 @@ def _unwrap_age(slot: KeySlot, identities: Sequence[str]) -> MasterSecrets | Non
 
 def load_age_identities(path: Path) -> tuple[str, ...]:
     """Read an age identity file: `AGE-SECRET-KEY-1…` lines, `#` comments and blank lines."""
+    import pyrage
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
-import pyrage
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -153,6 +152,8 @@ class RunKey:
 
     def sealed(self, recipients: Sequence[str], write_key: WriteKey) -> bytes:
         """`PHXK ‖ u8 version ‖ age file (the key, to the recipients) ‖ MAC(write key)`."""
+        import pyrage  # here, not at the top: only age identities need it (1.3 MB of memory)
+
         wrapped = bytes(pyrage.encrypt(self.key, parse_recipients(recipients)))
         head = RUN_KEY_MAGIC + bytes((RUN_KEY_VERSION,))
         return head + wrapped + _run_key_mac(write_key, self.id, head + wrapped)
@@ -162,6 +163,8 @@ class RunKey:
         """The run key in `data` (object `runkeys/<key_id>`), None when none of `identities` opens
         it. It must be authenticated by the write key first, so that a key planted by someone
         without it is refused before age reads anything."""
+        import pyrage
+
         wrapped = cls.authenticated(key_id, data, write_key)
         try:
             key = bytes(pyrage.decrypt(wrapped, list(identities)))

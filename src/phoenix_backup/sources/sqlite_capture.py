@@ -20,9 +20,11 @@ row counts on the same connection describe exactly the pages this module reads. 
 commit) are never used, as by SQLite's readers.
 
 **Where each page is.** In WAL mode, a page's newest frame up to `mxFrame` holds it; frames up to
-`nBackfill` are already in the database file, so only the frames after it are read, each checked
-(salts equal to the header's, checksum continuing the previous frame's, the last one equal to the
-wal-index's). Every other page comes from the database file. This is stable while the read
+`nBackfill` are already in the database file, so only the headers of the frames after it are
+read, each checked (salts equal to the header's; the last one ends a transaction and carries the
+checksum the wal-index records, and the WAL file reaches its end). Frame checksums are not summed:
+SQLite's readers trust every frame up to `mxFrame` too (sources/sqlite_wal.py says why). Every
+other page comes from the database file. This is stable while the read
 transaction lasts: a checkpoint only copies frames the snapshot already overrides, and a restart
 of the WAL is impossible while a reader uses it (a reader that ignores the WAL, taken when it is
 fully checkpointed, only ever reads the database file, which no checkpoint can then change).
@@ -602,16 +604,11 @@ class SqliteCapture:
         if index.max_frame:
             wal = self._wal_header(index)
             self._wal = wal
-            checksum = self._frame_checksum(wal, start)
-            for number in range(start + 1, index.max_frame + 1):
-                frame = self._check_frame(wal, number, checksum)
-                checksum = frame.checksum
+            for number, frame in self._frame_headers(wal, start + 1, index):
                 if number > backfilled:
                     self._frames[frame.page] = number
                 if since is not None and number > since:
                     changed.add(frame.page)
-            if checksum != index.frame_checksum:
-                raise CaptureError(f"{self.path}: the WAL's last frame differs from what its wal-index records")
         self._frame = index.max_frame
         self._checksum = index.frame_checksum if index.max_frame else (0, 0)
         self.position = Position(
@@ -654,21 +651,24 @@ class SqliteCapture:
             raise CaptureError(f"{self.path}-wal does not belong to the generation its wal-index describes")
         return wal
 
-    def _frame_checksum(self, wal: WalHeader, number: int) -> tuple[int, int]:
-        """The checksum frame `number` carries (the header's for 0): the chain starts from it."""
-        if number == 0:
-            return wal.checksum
-        raw = _pread_exactly(self._wal_fd, FRAME_HEADER_SIZE, frame_offset(number, wal.page_size))
-        if len(raw) < FRAME_HEADER_SIZE:
+    def _frame_headers(self, wal: WalHeader, first: int, index: IndexHeader) -> list[tuple[int, FrameHeader]]:
+        """The headers of frames `first` to the wal-index's last one, each of the WAL's generation
+        (check_frame; the last one is checked even when `first` is past it): the frames SQLite's
+        readers use, whose pages are read in place later. Their checksums are not summed again:
+        see sources/sqlite_wal.py."""
+        last = index.max_frame
+        if os.fstat(self._wal_fd).st_size < frame_offset(last + 1, wal.page_size):
             raise CaptureError(f"{self.path}-wal is shorter than its wal-index says")
-        return FrameHeader.parse(raw).checksum
-
-    def _check_frame(self, wal: WalHeader, number: int, previous: tuple[int, int]) -> FrameHeader:
-        raw = _pread_exactly(self._wal_fd, FRAME_HEADER_SIZE + wal.page_size, frame_offset(number, wal.page_size))
-        try:
-            return check_frame(raw, wal, previous)
-        except WalFormatError as exc:
-            raise CaptureError(f"{self.path}-wal, frame {number}: {exc}") from exc
+        out = []
+        for number in range(min(first, last), last + 1):
+            raw = _pread_exactly(self._wal_fd, FRAME_HEADER_SIZE, frame_offset(number, wal.page_size))
+            try:
+                frame = check_frame(raw, wal, index.frame_checksum if number == last else None)
+            except WalFormatError as exc:
+                raise CaptureError(f"{self.path}-wal, frame {number}: {exc}") from exc
+            if number >= first:
+                out.append((number, frame))
+        return out
 
     # -- polling while held ---------------------------------------------------------------
 
@@ -690,9 +690,9 @@ class SqliteCapture:
         if self._wal is not None and index.salt == self._wal.salt:
             if index.max_frame < self._frame:
                 raise CaptureError(f"{self.path}: its WAL lost frames while a read transaction held them")
-            wal, first, checksum = self._wal, self._frame + 1, self._checksum
+            wal, first = self._wal, self._frame + 1
         elif self._wal is None and index.max_frame == 0:
-            wal, first, checksum = None, 1, (0, 0)  # still no frame
+            wal, first = None, 1  # still no frame
         else:
             # A new generation: only possible while this reader ignored the WAL (see the module's
             # docstring), so the database file, unchanged since, holds the previous image.
@@ -700,23 +700,15 @@ class SqliteCapture:
                 return self._rescan("the WAL restarted and the database file changed while it was held")
             self._frames, self._wal, self._frame, self._checksum = {}, None, 0, (0, 0)
             wal = self._wal_header(index) if index.max_frame else None
-            first, checksum = 1, wal.checksum if wal is not None else (0, 0)
+            first = 1
         changed: set[int] = set()
         page_count = self._page_count
-        for number in range(first, index.max_frame + 1):
-            assert wal is not None
-            frame = self._check_frame(wal, number, checksum)
-            checksum = frame.checksum
-            self._frames[frame.page] = number
-            changed.add(frame.page)
-            if number == index.max_frame:
-                if not frame.commit:
-                    raise CaptureError(f"{self.path}: the wal-index ends the WAL at a frame that ends no transaction")
-                page_count = frame.commit
-        if index.max_frame >= first:
-            if checksum != index.frame_checksum:
-                raise CaptureError(f"{self.path}: the WAL's last frame differs from what its wal-index records")
-            self._wal, self._frame, self._checksum = wal, index.max_frame, checksum
+        if wal is not None and index.max_frame >= first:
+            for number, frame in self._frame_headers(wal, first, index):
+                self._frames[frame.page] = number
+                changed.add(frame.page)
+                page_count = frame.commit  # the last frame's: it ends a transaction (check_frame)
+            self._wal, self._frame, self._checksum = wal, index.max_frame, index.frame_checksum
         if page_count > self._page_count:
             changed.update(range(self._page_count + 1, page_count + 1))
         self._page_count = page_count
