@@ -77,6 +77,16 @@ def test_read_range_reads_exactly_the_slice(backend: Backend) -> None:
         backend.read_range(PACK, len(data) - 4, 8)  # past the end: the index lied
 
 
+def test_read_range_into_reads_the_same_slice_into_a_buffer(backend: Backend) -> None:
+    data = bytes(range(256)) * 40
+    backend.write(PACK, data)
+    buf = bytearray(b"\xee" * 400)
+    assert backend.read_range_into(PACK, 1000, memoryview(buf)[:333]) == 333
+    assert buf[:333] == data[1000:1333] and buf[333:] == b"\xee" * 67  # nothing past the range
+    with pytest.raises(ObjectNotFound):
+        backend.read_range_into(PACK, len(data) - 4, memoryview(buf)[:8])  # past the end
+
+
 def test_missing_objects(backend: Backend) -> None:
     with pytest.raises(ObjectNotFound):
         backend.read(PACK)

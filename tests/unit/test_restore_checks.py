@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError
 from phoenix_backup.repo import keys, reader
@@ -21,7 +23,7 @@ from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Node
 from phoenix_backup.sinks import sqlite as sqlite_sink
-from phoenix_backup.sinks.files import FileWriter
+from phoenix_backup.sinks.files import FileWriter, _write_sparse
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.storage.local import LocalBackend
 
@@ -192,3 +194,53 @@ def test_a_pack_cut_short_fails_only_the_blobs_it_lost(writer: tuple[Repository,
         else:
             assert isinstance(got[blob], PhoenixError)
     assert sum(isinstance(v, PhoenixError) for v in got.values()) == 3
+
+
+BLOCK = 4096
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(1, 3 * BLOCK)), min_size=1, max_size=12),
+    st.integers(0, 2 * BLOCK),
+    st.integers(0, 2 * BLOCK),
+    st.integers(0, 2 * BLOCK),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_the_sparse_writer_writes_every_byte_and_leaves_exactly_the_aligned_zero_blocks_as_holes(
+    tmp_path: Path, runs: list[tuple[bool, int]], pos: int, cut_front: int, cut_back: int
+) -> None:
+    """Runs of zeros and of data at any offset in the blob and in the file: the file holds
+    blob[start:end] at `pos`, and a block of the file is a hole exactly when it is whole within
+    the written range and all zeros (where the file system reports holes)."""
+    rng = random.Random(len(runs) * 7919 + pos)
+    blob = b"".join(bytes(n) if zero else bytes(rng.randrange(1, 256) for _ in range(n)) for zero, n in runs)
+    start = min(cut_front, len(blob))
+    end = max(start, len(blob) - cut_back)
+    path = tmp_path / f"sparse-{os.urandom(8).hex()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"\1" * pos)  # what the file held before this blob's turn
+        _write_sparse(fd, blob, start, end, pos)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == pos + end - start
+        os.ftruncate(fd, pos + end - start)
+        assert os.pread(fd, end - start + 1, pos) == blob[start:end]
+        size = pos + end - start
+        holes = {b for b in range(-(-size // BLOCK)) if _no_data(fd, b * BLOCK, min(size, (b + 1) * BLOCK))}
+    finally:
+        os.close(fd)
+    expected = {
+        b
+        for b in range(-(-pos // BLOCK), (pos + end - start) // BLOCK)
+        if not any(blob[start + b * BLOCK - pos : start + (b + 1) * BLOCK - pos])
+    }
+    if not holes and expected and os.stat(path).st_blocks * 512 >= size:
+        pytest.skip("this file system does not report holes")
+    assert holes == expected
+
+
+def _no_data(fd: int, start: int, end: int) -> bool:
+    """Whether the file holds no data in [start, end) (SEEK_DATA finds the next data after it)."""
+    try:
+        return os.lseek(fd, start, os.SEEK_DATA) >= end
+    except OSError:  # ENXIO: no data from `start` to the end of the file
+        return True

@@ -98,8 +98,13 @@ def test_read_range(tmp_path_factory: pytest.TempPathFactory, data: bytes, draw:
     offset = draw.draw(st.integers(0, len(data)))
     length = draw.draw(st.integers(0, len(data) - offset))
     assert b.read_range(name, offset, length) == data[offset : offset + length]
+    buf = bytearray(length + 1)
+    assert b.read_range_into(name, offset, memoryview(buf)[:length]) == length
+    assert buf == data[offset : offset + length] + b"\0"
     with pytest.raises(ObjectNotFound):
         b.read_range(name, offset, len(data) - offset + 1)
+    with pytest.raises(ObjectNotFound):
+        b.read_range_into(name, offset, memoryview(bytearray(len(data) - offset + 1)))
 
 
 def test_missing_objects(backend: LocalBackend) -> None:

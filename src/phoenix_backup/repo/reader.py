@@ -60,6 +60,21 @@ def _decode_pool() -> ThreadPoolExecutor:
 
 
 Opened = dict[bytes, "bytes | PhoenixError"]
+_buffers = threading.local()
+
+
+def _range_buffer(length: int) -> memoryview:
+    """Room for one ranged read of `length` bytes. Each reading thread reads every range of up to
+    READ_RANGE bytes into the same buffer: a new buffer of megabytes would be new pages for the
+    kernel to map and zero (a page fault per 4 KiB restored). Opening a blob copies it out (its
+    plaintext is a new object), so the buffer is free again once `read_blobs` returns. A larger
+    range (one blob above READ_RANGE) gets a buffer of its own."""
+    if length > READ_RANGE:
+        return memoryview(bytearray(length))
+    buf: bytearray | None = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(READ_RANGE)
+    return memoryview(buf)[:length]
 
 
 def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocation]]) -> Opened:
@@ -71,8 +86,9 @@ def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocatio
     start = blobs[0][1].offset
     end = max(loc.offset + loc.stored for _b, loc in blobs)
     out: Opened = {}
+    buf = _range_buffer(end - start)
     try:
-        data = repo.backend.read_range(pack, start, end - start)
+        view = buf[: repo.backend.read_range_into(pack, start, buf)]
     except (CorruptObject, ObjectNotFound):
         for blob, _loc in blobs:
             try:
@@ -80,7 +96,6 @@ def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocatio
             except PhoenixError as exc:
                 out[blob] = exc
         return out
-    view = memoryview(data)
     for blob, loc in blobs:
         sealed = view[loc.offset - start : loc.offset - start + loc.stored]
         what = f"blob {blob.hex()[:16]} in pack {loc.pack_id[:16]}"

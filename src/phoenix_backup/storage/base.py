@@ -91,6 +91,15 @@ class Backend(ABC):
     @abstractmethod
     def read_range(self, name: str, offset: int, length: int) -> bytes: ...
 
+    def read_range_into(self, name: str, offset: int, buf: memoryview) -> int:
+        """Read `len(buf)` bytes of `name` from `offset` into `buf`, as `read_range` would read
+        them; return how many were read. A restore reads gigabytes of packs this way into buffers
+        it reuses (a new buffer of megabytes is new pages for the kernel to map and zero, once per
+        range). A store that cannot read into a buffer copies what `read_range` returned."""
+        data = self.read_range(name, offset, len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
     @abstractmethod
     def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
         """Store `data` under `name` atomically. With `exclusive`, fail with ObjectExists if `name`

@@ -60,6 +60,9 @@ class WrappedBackend(Backend):
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         return self._call(lambda: self.inner.read_range(name, offset, length))
 
+    def read_range_into(self, name: str, offset: int, buf: memoryview) -> int:
+        return self._call(lambda: self.inner.read_range_into(name, offset, buf))
+
     def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
         self._call(lambda: self.inner.write(name, data, exclusive=exclusive, cold=cold))
 
