@@ -211,10 +211,11 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     before = note.read_bytes()
     covered = _timeline(sb, "home/.argentos/memory.db")
     proc = subprocess.Popen([PHX, "watch", "--json"], env=sb.env, stdout=subprocess.PIPE, text=True)
-    # The edit comes once the run covers time (its start takes seconds on a busy machine), a
-    # second into it, and the run ends once a snapshot of the files holds the edit.
+    # The edit comes once the run covers time (its start takes seconds on a busy machine), seconds
+    # into it, and the run ends once a snapshot of the files holds the edit (`--at` reads whole
+    # seconds: the times restored below stay a second inside the run).
     begun = _wait_for(lambda: [a for a, b in _timeline(sb, "home/.argentos/memory.db") if (a, b) not in covered], proc)
-    time.sleep(max(0.0, begun[0] + 1.5 - time.time()))
+    time.sleep(max(0.0, begun[0] + 2.5 - time.time()))
     changed_at = time.time()
     note.write_bytes(before + b"\nwritten while phx watch runs\n")
     edit = _wait_for(
@@ -227,14 +228,14 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     )
     taken = datetime.fromisoformat(edit[0]["time"]).timestamp()
     assert taken - changed_at < 10, "the watch saw the edit within seconds"
-    time.sleep(max(0.0, taken + 1.5 - time.time()))  # the restore below at `taken + 0.5` lies within the run
+    time.sleep(max(0.0, taken + 2.5 - time.time()))
     proc.send_signal(signal.SIGTERM)
     out, _err = proc.communicate(timeout=120)
     second = json.loads(out)
     assert second["bases"] == 0, plog
     assert set(second["resumed"]) == {LOGICAL, "home/.argentos/memory.db", "home/.argentos/observations.db"}
     assert second["file_snapshots"] == 2, second  # what changed while none ran, then the edit
-    for when, content in ((changed_at - 1.0, before), (taken + 0.5, note.read_bytes())):
+    for when, content in ((changed_at - 1.0, before), (taken + 1.0, note.read_bytes())):
         at = datetime.fromtimestamp(when, UTC).isoformat()
         dest = tmp_path / f"files-{when}"
         doc = sb.phx("restore", "--at", at, "--to", dest, "--json").json()
