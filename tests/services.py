@@ -8,11 +8,15 @@ skipped with the reason.
 
 A server is started once per test session however many test modules ask for it (the modules of
 tests/integration and tests/e2e each import these fixtures), and stopped when the last user is done.
+Under pytest-xdist every worker is its own session with its own servers: nothing of a test's
+database or keys is shared between workers, and no port is fixed (a collision with another
+worker's server is noticed and a new port taken).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import secrets
@@ -63,17 +67,43 @@ def embedded_pg_bin() -> Path | None:
     return base if (base / "postgres").exists() else None
 
 
-def _ensure_system_user(name: str) -> pwd.struct_passwd:
+@contextlib.contextmanager
+def _user_database_lock() -> Iterator[None]:
+    """One useradd/userdel at a time among the test processes of this machine (pytest-xdist
+    workers, parallel runs): each locks /etc/passwd, and the one that finds it locked fails."""
+    with open(Path(tempfile.gettempdir()) / "phx-tests-useradd.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def change_users(argv: list[str], *, done: Any = None, attempts: int = 50) -> subprocess.CompletedProcess[str]:
+    """Run useradd/userdel `argv` until it succeeds (or `done()` says the change is there): a
+    process outside these tests may hold the lock on /etc/passwd for a moment."""
+    for _ in range(attempts):
+        with _user_database_lock():
+            if done is not None and done():
+                return subprocess.CompletedProcess(argv, 0, "", "")
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode == 0 or (done is not None and done()):
+            return proc
+        time.sleep(0.1)
+    return proc
+
+
+def _user_exists(name: str) -> bool:
     try:
-        return pwd.getpwnam(name)
+        pwd.getpwnam(name)
     except KeyError:
-        pass
+        return False
+    return True
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    # Two test runs may race to create it: whoever loses finds it made.
-    subprocess.run(
+    # Every worker of a parallel run (and every concurrent run) wants it: the first makes it.
+    change_users(
         [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        capture_output=True,
-        check=False,
+        done=lambda: _user_exists(name),
     )
     return pwd.getpwnam(name)
 
@@ -201,34 +231,41 @@ def start_pg() -> PgServer:
     if init.returncode != 0:
         shutil.rmtree(top, ignore_errors=True)
         pytest.fail(f"initdb failed: {init.stderr or init.stdout}")
-    port = free_port()
-    # Durability is not what these tests are about: fsync off keeps them fast on a shared machine.
-    opts = f"-p {port} -h 127.0.0.1 -k {data} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    start = subprocess.run(
-        [
-            *prefix,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            opts,
-            "-l",
-            str(data / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    server = PgServer(bin_dir, port, password, data, prefix)
-    if start.returncode != 0 or not _wait_port(port, 30):
-        log = (data / "server.log").read_text(errors="replace") if (data / "server.log").exists() else ""
-        server.stop()
-        pytest.fail(f"PostgreSQL did not start: {start.stderr}\n{log[-2000:]}")
-    return server
+    log_file = data / "server.log"
+    for _ in range(5):
+        port = free_port()
+        # Durability is not what these tests are about: fsync off keeps them fast on a shared machine.
+        opts = f"-p {port} -h 127.0.0.1 -k {data} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        # pg_ctl -w waits for this cluster's own postmaster (its pid file), never another's.
+        start = subprocess.run(
+            [
+                *prefix,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(log_file),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        server = PgServer(bin_dir, port, password, data, prefix)
+        log = log_file.read_text(errors="replace") if log_file.exists() else ""
+        if start.returncode == 0 and _wait_port(port, 30):
+            return server
+        if "could not bind" not in log and "already in use" not in log:
+            break
+        # Another process (a parallel worker's server) took the port between free_port and the bind.
+        log_file.unlink()
+    server.stop()
+    pytest.fail(f"PostgreSQL did not start: {start.stderr}\n{log[-2000:]}")
 
 
 # -- Redis ---------------------------------------------------------------------------------------
@@ -270,23 +307,42 @@ def old_redis_exe() -> str | None:
     return str(exe) if exe.exists() and os.access(exe, os.X_OK) else None
 
 
+def _redis_pid(port: int) -> int | None:
+    """The process id of the Redis answering on `port`, None while none answers."""
+    import redis
+
+    try:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2) as client:
+            return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError):
+        return None
+
+
 def start_redis(exe: str | None = None) -> RedisServer:
     exe = exe or shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (Debian package redis-server; scripts/test.sh installs it)")
     folder = Path(tempfile.mkdtemp(prefix="phx-redis-"))
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    if not _wait_port(port, 20):
-        proc.kill()
-        proc.wait()
-        pytest.fail("redis-server did not start")
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.split()[2]
-    return RedisServer(port, proc, folder, version.removeprefix("v="))
+    for _ in range(5):
+        port = free_port()
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = RedisServer(port, proc, folder, version.removeprefix("v="))
+        # Ours only when the server on that port is this process: a parallel worker's Redis may
+        # hold the port (then ours exits, unable to bind, and another port is tried).
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _redis_pid(port) == proc.pid:
+                return server
+            time.sleep(0.1)
+        if proc.poll() is None:
+            break
+    server.stop()
+    pytest.fail("redis-server did not start")
 
 
 # -- fixtures ------------------------------------------------------------------------------------

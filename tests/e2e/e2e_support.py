@@ -548,6 +548,9 @@ def on_a_terminal(
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: phx with exactly `env`
+        # As a command typed at a terminal: Ctrl-C interrupts it even when these tests run as a
+        # background job of a script, which starts with SIGINT ignored (exec would pass that on).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(PHX, [PHX, *[str(a) for a in args]], dict(env))
     output = b""
     pending = list(answers)

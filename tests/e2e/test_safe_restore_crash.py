@@ -71,9 +71,10 @@ def assert_old_or_new(sb: Sandbox, before: dict[str, Any], snapshot: dict[str, A
         )
 
 
-def kill_restore(sb: Sandbox, delay: float, *, after_commit: bool) -> bool:
+def kill_restore(sb: Sandbox, delay: float, *, after_commit: bool, at_first_write: bool = False) -> bool:
     """Start the restore and SIGKILL it `delay` seconds after it started or, with `after_commit`,
-    after its safety snapshot was committed; True if it was still running then."""
+    after its safety snapshot was committed (with `at_first_write`, then as soon as a file or
+    database changes); True if it was still running then."""
     snapshots = sb.repo / "snapshots"
     count = len(list(snapshots.iterdir()))
     proc = subprocess.Popen(
@@ -82,6 +83,10 @@ def kill_restore(sb: Sandbox, delay: float, *, after_commit: bool) -> bool:
     if after_commit:
         while proc.poll() is None and len(list(snapshots.iterdir())) == count:
             time.sleep(0.002)
+    if at_first_write:
+        seen = _fingerprint(sb)
+        while proc.poll() is None and _fingerprint(sb) == seen:
+            pass
     time.sleep(delay)
     running = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
@@ -142,10 +147,10 @@ def test_sigkill_at_random_points(changed: tuple[Path, dict[str, Any], dict[str,
     done: list[tuple[float, bool, str]] = []
     for delay, after_commit in plan:
         done.append(trial(tmp_path / f"trial{len(done)}", root, snapshot_state, before, delay, after_commit))
-    # Timing on a loaded machine varies: a few more kills after the commit until one lands mid-write.
+    # Timing on a loaded machine varies (the writes may last a few hundredths of a second): if no
+    # kill landed mid-write, a few more at the first change of a file or database after the commit.
     while not any(o == "partial" for _, _, o in done) and len(done) < TRIALS + 4:
-        delay = (last_change - committed) * rng.random()
-        done.append(trial(tmp_path / f"trial{len(done)}", root, snapshot_state, before, delay, True))
+        done.append(trial(tmp_path / f"trial{len(done)}", root, snapshot_state, before, 0.0, True, first_write=True))
     print(
         f"restore took {duration:.2f} s (safety snapshot at {committed:.2f} s, writes until {last_change:.2f} s); "
         "kills: " + ", ".join(f"{d:.2f} s{' after the commit' if c else ''} -> {o}" for d, c, o in done)
@@ -160,12 +165,17 @@ def trial(
     before: dict[str, Any],
     delay: float,
     after_commit: bool,
+    *,
+    first_write: bool = False,
 ) -> tuple[float, bool, str]:
     """Kill one restore of a fresh copy; check old-or-new, completion and rollback. Returns
     (the delay used, whether after the commit, what the kill left: untouched, partial, complete)."""
     shutil.copytree(root, folder, symlinks=True)
     sb = Sandbox(folder, layout_for(folder / "sample"))
-    while not kill_restore(sb, delay, after_commit=after_commit):
+    tries = 0
+    while not kill_restore(sb, delay, after_commit=after_commit, at_first_write=first_write):
+        tries += 1
+        assert tries < 20, "every restore finished before its kill"
         # Finished before the kill: start again on a fresh copy, killing sooner.
         shutil.rmtree(folder)
         shutil.copytree(root, folder, symlinks=True)

@@ -30,7 +30,9 @@ from pathlib import Path
 import pytest
 from e2e_support import Sandbox, assert_error, run_phx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import phoenix_backup
+from services import change_users
 
 SRC = Path(phoenix_backup.__file__).resolve().parents[1]
 
@@ -61,12 +63,13 @@ def throwaway_user(public_tmp: Path) -> Iterator[ThrowawayUser]:
     name = f"phxs{secrets.token_hex(4)}"
     home = public_tmp / "home"
     home.mkdir()
-    subprocess.run(["useradd", "--home-dir", str(home), "--shell", "/bin/sh", "--no-create-home", name], check=True)
+    made = change_users(["useradd", "--home-dir", str(home), "--shell", "/bin/sh", "--no-create-home", name])
+    assert made.returncode == 0, made.stderr
     try:
         yield ThrowawayUser(name, home)
     finally:
         subprocess.run(["crontab", "-r", "-u", name], capture_output=True)  # the throwaway user's, not ours
-        subprocess.run(["userdel", name], capture_output=True)
+        change_users(["userdel", name])
 
 
 def python_for(user: ThrowawayUser, shims: Path) -> tuple[list[str], dict[str, str]]:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,14 +112,24 @@ def _log(path: Path) -> list[tuple[int, float, float]]:
     return rows
 
 
-def _timeline(sb: Sandbox) -> list[tuple[float, float]]:
+def _timeline(sb: Sandbox, path: str = LOGICAL) -> list[tuple[float, float]]:
     doc = sb.phx("list", "--timeline", "--json").json()
-    rows = doc["databases"].get(LOGICAL, [])
+    rows = doc["databases"].get(path, [])
     return [
         (datetime.fromisoformat(r["from"]).timestamp(), datetime.fromisoformat(r["to"]).timestamp())
         for r in rows
         if r["kind"] == "covered"
     ]
+
+
+def _wait_for(found: Callable[[], list[Any]], proc: subprocess.Popen[str], timeout: float = 60) -> list[Any]:
+    """What `found()` returns once it is not empty, while `proc` runs; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (items := found()):
+        assert proc.poll() is None, f"phx watch ended early (exit {proc.returncode})"
+        assert time.monotonic() < deadline, f"nothing after {timeout} s"
+        time.sleep(0.2)
+    return items
 
 
 def _check_restore(sb: Sandbox, at: float, record: list[tuple[int, float, float]], dest: Path, sim: Simulation) -> int:
@@ -198,17 +209,33 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     # The second run also sees a file change within seconds (watchdog events, debounced).
     note = sb.workspace / "MEMORY.md"
     before = note.read_bytes()
-    cmd = [PHX, "watch", "--duration", "6.5", "--json"]
-    proc = subprocess.Popen(cmd, env=sb.env, stdout=subprocess.PIPE, text=True)
-    time.sleep(2.5)
+    covered = _timeline(sb, "home/.argentos/memory.db")
+    proc = subprocess.Popen([PHX, "watch", "--json"], env=sb.env, stdout=subprocess.PIPE, text=True)
+    # The edit comes once the run covers time (its start takes seconds on a busy machine), seconds
+    # into it, and the run ends once a snapshot of the files holds the edit (`--at` reads whole
+    # seconds: the times restored below stay a second inside the run).
+    begun = _wait_for(lambda: [a for a, b in _timeline(sb, "home/.argentos/memory.db") if (a, b) not in covered], proc)
+    time.sleep(max(0.0, begun[0] + 2.5 - time.time()))
     changed_at = time.time()
     note.write_bytes(before + b"\nwritten while phx watch runs\n")
+    edit = _wait_for(
+        lambda: [
+            s
+            for s in sb.phx("list", "--scope", "watch-files", "--json").json()
+            if datetime.fromisoformat(s["time"]).timestamp() > changed_at
+        ],
+        proc,
+    )
+    taken = datetime.fromisoformat(edit[0]["time"]).timestamp()
+    assert taken - changed_at < 10, "the watch saw the edit within seconds"
+    time.sleep(max(0.0, taken + 2.5 - time.time()))
+    proc.send_signal(signal.SIGTERM)
     out, _err = proc.communicate(timeout=120)
     second = json.loads(out)
     assert second["bases"] == 0, plog
     assert set(second["resumed"]) == {LOGICAL, "home/.argentos/memory.db", "home/.argentos/observations.db"}
     assert second["file_snapshots"] == 2, second  # what changed while none ran, then the edit
-    for when, content in ((changed_at - 1.0, before), (changed_at + 3.5, note.read_bytes())):
+    for when, content in ((changed_at - 1.0, before), (taken + 1.0, note.read_bytes())):
         at = datetime.fromtimestamp(when, UTC).isoformat()
         dest = tmp_path / f"files-{when}"
         doc = sb.phx("restore", "--at", at, "--to", dest, "--json").json()

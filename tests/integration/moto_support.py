@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -41,12 +42,12 @@ def closed_port() -> int:
 
 class MotoServer:
     def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="phx-moto-", suffix=".log", delete=False)  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        # Port 0: the server binds a port the kernel chooses and names it in its log, so servers
+        # of parallel test workers (pytest-xdist) can never take each other's port.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -54,12 +55,17 @@ class MotoServer:
         )
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            found = re.search(rb"Running on http://127\.0\.0\.1:(\d+)", Path(self.log.name).read_bytes())
+            if found:
+                self.port = int(found.group(1))
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"moto server did not start; see {self.log.name}")
             time.sleep(0.1)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10):
+            pass
 
     def client(self) -> Any:
         return boto3.client(
