@@ -8,14 +8,20 @@ stored.
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from phoenix_backup.repo import crypto
-from phoenix_backup.repo.crypto import BackgroundSha256
+from phoenix_backup.repo import crypto, keys
+from phoenix_backup.repo.crypto import BackgroundSha256, BlobType
+from phoenix_backup.repo.pack import DATA_PACK_TARGET
+from phoenix_backup.repo.repository import MAX_PACKS_WRITING, Repository
+from phoenix_backup.storage.local import LocalBackend
 
 
 def _within(seconds: float, call: Callable[[], Any]) -> tuple[bool, Any]:
@@ -86,3 +92,53 @@ def test_an_error_in_the_hashing_thread_reaches_the_feeder_at_once(monkeypatch: 
     ended, result = _within(10, run)
     assert ended, "the feeder hung on a hashing thread that had died"
     assert isinstance(result, MemoryError), result
+
+
+class _RemoteStore(LocalBackend):
+    """A store whose every pack write takes LATENCY seconds (an S3 or R2 PUT far away); counts
+    how many pack writes are under way at once."""
+
+    LATENCY = 0.5
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        if not name.startswith("data/"):
+            super().write(name, data, exclusive=exclusive, cold=cold)
+            return
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.LATENCY)
+            super().write(name, data, exclusive=exclusive, cold=cold)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_a_remote_store_gets_two_packs_at_once_as_before(tmp_path: Path) -> None:
+    """Each sealing thread used to write the pack it filled, so a store far away had two PUTs under
+    way at once; one pack writer thread halved that (a backup to S3 took twice as long on its
+    writes). Two packs are written at once, and every blob reads back."""
+    Repository.init(
+        LocalBackend(tmp_path / "repo"),
+        lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
+        encrypted=True,
+    )
+    store = _RemoteStore(tmp_path / "repo")
+    repo = Repository.open(store, keys.Credentials(passphrase="pw"))
+    repo.load_index()
+    rnd = random.Random(5)
+    blobs = [rnd.randbytes(256 * 1024) for _ in range(4 * DATA_PACK_TARGET // (256 * 1024))]
+    ids = [repo.save_blob_async(BlobType.DATA, b) for b in blobs]
+    repo.flush()
+    repo.close()
+    assert store.most == MAX_PACKS_WRITING == 2, f"{store.most} pack write(s) at once"
+    again = Repository.open(LocalBackend(tmp_path / "repo"), keys.Credentials(passphrase="pw"))
+    again.load_index()
+    assert [again.load_blob(BlobType.DATA, bid) for bid in ids] == blobs
