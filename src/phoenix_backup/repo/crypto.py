@@ -57,7 +57,8 @@ class BackgroundSha256:
     GIL, so the feeding thread goes on (reading, cutting, hashing blob ids) while the second core
     hashes the same buffers, instead of a pass of its own. At most `limit` bytes wait (memory
     stays flat); a feeder ahead of the hashing waits. Bytes objects (and views of them) are
-    hashed as they are; anything mutable is copied first, as its owner may reuse it.
+    hashed as they are; anything mutable (or not contiguous) is copied first, as its owner may
+    reuse it. An error of the hashing thread is raised by the next `update` or `hexdigest`.
 
     `hexdigest` waits for every byte fed; `close` lets go of the thread (what is still waiting
     is dropped: the run is ending). Use it as a context manager so the thread always ends."""
@@ -69,19 +70,22 @@ class BackgroundSha256:
         self._queue: deque[memoryview] = deque()
         self._queued = 0
         self._ended = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="phx-sha256", daemon=True)
         self._thread.start()
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        if not isinstance(view.obj, bytes):
-            view = memoryview(bytes(view))
+        if not (isinstance(view.obj, bytes) and view.c_contiguous):
+            view = memoryview(view.tobytes())
         size = view.nbytes
         with self._cond:
+            self._raise_error()
             if self._ended:
                 raise ValueError("a closed digest cannot be fed")
             while self._queued and self._queued + size > self._limit:
                 self._cond.wait()
+            self._raise_error()
             self._queue.append(view)
             self._queued += size
             self._cond.notify_all()
@@ -94,7 +98,16 @@ class BackgroundSha256:
                 if not self._queue:
                     return
                 view = self._queue[0]
-            self._digest.update(view)  # outside the lock: the feeder goes on meanwhile
+            try:
+                self._digest.update(view)  # outside the lock: the feeder goes on meanwhile
+            except BaseException as exc:
+                # The feeder waits for this thread: it must learn of the error, not wait for ever.
+                with self._cond:
+                    self._error = exc
+                    self._queue.clear()
+                    self._queued = 0
+                    self._cond.notify_all()
+                return
             with self._cond:
                 if self._queue and self._queue[0] is view:  # else `close` dropped the queue
                     self._queue.popleft()
@@ -107,7 +120,13 @@ class BackgroundSha256:
             while self._queue:
                 self._cond.wait()
         self.close()
+        self._raise_error()
         return self._digest.hexdigest()
+
+    def _raise_error(self) -> None:
+        """The hashing thread's error, in the feeder's thread."""
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         with self._cond:

@@ -91,9 +91,10 @@ SQLITE_RUN_PAGES = 64
 # (32 database regions, 8 average file chunks) keeps both sealing threads fed: against 16 MiB,
 # 11 MB less peak memory on the 3 GB sample at the same CPU time (docs/benchmarks.md).
 MAX_INFLIGHT_BYTES = 8 * 1024 * 1024
-# Full packs handed to the pack writer thread and not yet written: the one it writes and one
-# waiting. The sealing threads wait while both are there, so no more packs are held than when
-# they wrote their packs themselves (one written by each, one filling).
+# Full packs handed to the pack writer threads and not yet written, each written by a thread of
+# its own: a remote store's latency is paid for two packs at once, as when each sealing thread
+# wrote the pack it filled. The sealing threads wait while both are there, so no more packs are
+# held than then (one written by each, one filling).
 MAX_PACKS_WRITING = 2
 
 
@@ -340,7 +341,7 @@ class Repository:
         self._packers = {t: PackBuilder(t, self.pack_origin, self.sealer) for t in BlobType}
         self._new_packs: dict[str, list[PackEntry]] = {}
         self._workers: ThreadPoolExecutor | None = None
-        # Full packs are named (SHA-256), written and fsynced by a thread of their own, so the
+        # Full packs are named (SHA-256), written and fsynced by threads of their own, so the
         # sealing threads go on compressing and sealing while a pack waits for the disk.
         self._pack_writer: ThreadPoolExecutor | None = None
         self._packs_writing = 0
@@ -881,7 +882,7 @@ class Repository:
 
     def _seal_and_pack(self, kind: BlobType, bid: bytes, data: bytes | memoryview, hand_over: bool = False) -> int:
         """Compress, seal and pack one blob; a pack it fills is written here, or with `hand_over`
-        (the sealing threads) by the pack writer thread."""
+        (the sealing threads) by the pack writer threads."""
         if kind == BlobType.TREE:
             method, payload = _TREE_COMPRESSOR.compress(data)
         else:
@@ -905,14 +906,14 @@ class Repository:
         return len(sealed)
 
     def _hand_over(self, packer: PackBuilder) -> None:
-        """Have the pack writer thread write a full pack: its blobs stay pending (nothing stores
+        """Have a pack writer thread write a full pack: its blobs stay pending (nothing stores
         them twice) until it is written."""
         with self._inflight:
             self._packs_writing += 1
         if self._pack_writer is None:
             with self._lock:
                 if self._pack_writer is None:
-                    self._pack_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phx-write")
+                    self._pack_writer = ThreadPoolExecutor(MAX_PACKS_WRITING, thread_name_prefix="phx-write")
         try:
             self._pack_writer.submit(self._pack_task, packer)
         except BaseException:
