@@ -20,6 +20,7 @@ from phoenix_backup.config import load_config
 from phoenix_backup.errors import SourceError
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.watch import Watcher
+from phoenix_backup.repo.crypto import sha256_hex
 
 
 @contextlib.contextmanager
@@ -155,3 +156,44 @@ def test_segments_beyond_the_memory_bound_wait_on_disk_in_their_order(sandbox: S
         assert not w.queue and list(w.spool.iterdir()) == []
     latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3, 4]
+
+
+def test_a_file_planted_in_the_spool_is_never_written_to_the_repository(sandbox: Sandbox, tmp_path: Path) -> None:
+    # An attacker who can write the cache folder (not the repository, not its key) plants files
+    # in the spool named by their own SHA-256: bytes of their choosing.
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    segments = sb.repo / "captures"
+    with _watcher(sb, notices) as w:
+        w.poll()
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        segments.rename(tmp_path / "captures-away")
+        segments.write_bytes(b"")
+        _commit(db, 2)
+        w.poll()
+        w.flush()
+        assert len(list(w.spool.iterdir())) == 1
+        w.spill_all()
+        w.save_hashes(stopping=True)
+        spool = w.spool
+    segments.unlink()
+    (tmp_path / "captures-away").rename(segments)
+    planted = {sha256_hex(b): b for b in (b"planted by the attacker " * 40, b"\x00" * 7000)}
+    for i, (sid, raw) in enumerate(planted.items()):
+        (spool / f"{i:020d}-{sid}").write_bytes(raw)
+    with _watcher(sb, notices) as w:
+        w.poll()
+        _commit(db, 3)
+        w.poll()
+        w.flush()
+        assert not w.queue and list(w.spool.iterdir()) == []
+    written = {p.name for p in segments.iterdir()}
+    assert not written & set(planted), "a planted spool file was written to the repository as a segment"
+    said = [n for n in notices if "waiting segment" in n and "not one this watch" in n]
+    assert len(said) == 2, notices
+    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
