@@ -316,6 +316,17 @@ def thin_captures(
     out = Thinned(segments_before=len(tl.segments), bytes_before=sum(s.stored_size for s in tl.segments.values()))
     out.orphaned = list(tl.orphaned)
     doomed = {sid for sid in tl.superseded if tl.segments[sid].chain not in tl.orphaned}
+    # Those are deleted on the word of the merged segments that stand for them, whose headers may
+    # come from the cache: each is read once first, so that one damaged in the store since costs
+    # no segment it stands for (the thinning stops, as when the timeline cannot read it).
+    standing = {
+        seg.id: seg
+        for old in (tl.segments[sid] for sid in doomed)
+        for seg in tl.chains[old.chain]
+        if seg.id != old.id and seg.sequence <= old.sequence and old.last_sequence <= seg.last_sequence
+    }
+    for sid in sorted(standing):
+        loaded(standing[sid])
     doomed |= {sid for sid, seg in tl.segments.items() if seg.chain in tl.orphaned}
     written = 0
     kept_segments: list[captures.Segment] = []  # the merged and compacted segments written
