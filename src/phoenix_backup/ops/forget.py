@@ -334,8 +334,8 @@ def thin_captures(
     for run in captures.thinning(tl, now_us, every, hourly, horizon, compact=compacting):
         if run[0].chain in tl.orphaned:
             continue
-        snapshot: str | None = None
-        merged: captures.Segment | None = None
+        # (the segments, the compacted segment standing for them or None to merge them, its snapshot)
+        pieces: list[tuple[list[captures.Segment], captures.Segment | None, str | None]] = [(run, None, None)]
         if compactor is not None and captures.long_term(run[-1], now_us, every, hourly, horizon):
             if dry_run:
                 ats = [c.at for _s, _p, c in compact.newest(run).values()]
@@ -343,26 +343,27 @@ def thin_captures(
                 doomed |= {seg.id for seg in run}
                 continue
             try:
-                merged, snapshot = compact.compact(repo, compactor[0], compactor[1], tl, run)
+                pieces = [(run, *compact.compact(repo, compactor[0], compactor[1], tl, run))]
             except (compact.CompactionFailed, CorruptObject, UsageError) as exc:
                 out.notices.append(str(exc))
-                if not captures.thins(run):
-                    continue  # it keeps its one state as it is
-        if merged is None:
-            merged = captures.merge(run, loaded)
-        name, raw = captures.seal(repo, merged)
-        if not dry_run:
-            repo.backend.write(name, raw)
-        written += len(raw)
-        merged.id = name.removeprefix(captures.PREFIX)
-        kept_segments.append(merged)
-        doomed |= {seg.id for seg in run}
-        ats = [c.at for p in merged.parts for c in p.commits]
-        row = _merge_row(run, name, max(ats) if ats else None, compacted=snapshot is not None)
-        if snapshot is not None:
-            row["snapshot"] = snapshot
-            out.compacted.append(snapshot)
-        out.merges.append(row)
+                # Thinned as before: a compaction's run may cross a new base, a merge never does
+                # (its pages apply to the first base only). A piece with one state stays as it is.
+                pieces = [(piece, None, None) for piece in captures.split(run) if captures.thins(piece)]
+        for segs, made, snapshot in pieces:
+            merged = made or captures.merge(segs, loaded)
+            name, raw = captures.seal(repo, merged)
+            if not dry_run:
+                repo.backend.write(name, raw)
+            written += len(raw)
+            merged.id = name.removeprefix(captures.PREFIX)
+            kept_segments.append(merged)
+            doomed |= {seg.id for seg in segs}
+            ats = [c.at for p in merged.parts for c in p.commits]
+            row = _merge_row(segs, name, max(ats) if ats else None, compacted=snapshot is not None)
+            if snapshot is not None:
+                row["snapshot"] = snapshot
+                out.compacted.append(snapshot)
+            out.merges.append(row)
     # Only once every merged segment is stored: the segments they stand for.
     for sid in sorted(doomed):
         if not dry_run:

@@ -1,0 +1,105 @@
+"""Compaction of `phx watch`'s capture days (ops/compact.py) against what goes wrong: a day whose
+segments cross a new base and whose state cannot be made a snapshot (its copy fails its check)
+is thinned as before, which never merges pages across a base: every kept state still rebuilds
+byte for byte."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from e2e_support import Sandbox
+from test_watch_thinning import DAY, HOUR, LOGICAL, MIN, _repo
+
+from phoenix_backup.ops import pitr
+from phoenix_backup.repo import captures
+from phoenix_backup.repo.walker import walk_tree
+
+
+def _base(sb: Sandbox, at: int) -> captures.Base:
+    """A base as the watch takes one: a snapshot of scope `watch` of the database as it is now."""
+    sb.backup("--time", datetime.fromtimestamp(at / 1e6, UTC).isoformat(timespec="seconds"))
+    with _repo(sb) as (repo, _tl):
+        full = repo.load_snapshot(sb.snapshots()[-1]["id"])
+        sid = repo.save_snapshot(dataclasses.replace(full, scope="watch", tags=("watch",), id=""))
+        repo.delete_snapshot(full.id)
+        node = next(n for logical, n in walk_tree(repo, repo.load_snapshot(sid).tree) if logical == LOGICAL)
+        return captures.Base(sid, str(node.sha256))
+
+
+def _pages(old: bytes, new: bytes) -> list[int]:
+    count = len(new) // 1024
+    return [p for p in range(1, count + 1) if new[(p - 1) * 1024 : p * 1024] != old[(p - 1) * 1024 : p * 1024]]
+
+
+def test_a_day_across_a_new_base_whose_state_fails_its_check_keeps_every_kept_state(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    sb.write_config(retention={"capturesHourlyWithin": "2d"})
+    db = sb.layout.dashboard_db
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute("PRAGMA page_size=1024")
+    con.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(k, "a" * 200) for k in range(40)])
+    now = captures.to_us(datetime.now(UTC))
+    day = (now - 3 * DAY) // DAY * DAY  # a day older than capturesHourlyWithin: compacted
+    t = [day + 2 * HOUR + k * 30 * MIN for k in range(5)]
+    t[2] = t[1] + MIN + 1_000_000  # the new base is taken a second after the last segment's end
+    states: dict[int, bytes] = {}
+    chain, previous, since = "d" * 32, None, t[0]
+    b1 = _base(sb, t[0] - MIN)
+    s0 = db.read_bytes()
+    con.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(k, "b" * 150) for k in range(0, 40, 3)])
+    s1 = db.read_bytes()
+    # The watch takes a new base (say, the database was replaced by another copy of it).
+    con.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(k, "c" * 250) for k in range(40, 90)])
+    con.execute("DELETE FROM t WHERE k % 5 = 0")
+    con.close()
+    s2 = db.read_bytes()
+    b2 = _base(sb, t[2] - MIN)
+    # Then the database is damaged (the watch captures what it sees): its last state that day
+    # fails `PRAGMA integrity_check`, so compaction cannot make it a snapshot.
+    s3 = bytearray(s2)
+    s3[2 * 1024 + 100 : 2 * 1024 + 400] = b"\xff" * 300
+    s3 = bytes(s3)
+    plan = [  # (commit time, base, state before, state)
+        (t[0], b1, s0, s0),
+        (t[1], None, s0, s1),
+        (t[2], b2, s2, s2),
+        (t[3], None, s2, s3),
+    ]
+    with _repo(sb) as (repo, _tl):
+        for i, (at, base, before, state) in enumerate(plan):
+            changed = _pages(before, state)
+            commit = captures.Commit(at, len(state) // 1024, tuple(changed))
+            part = captures.Part(LOGICAL, 1024, at if base else since, at + MIN, (commit,), base)
+            seg = captures.build(
+                chain, i, previous, "host", [(part, [state[(p - 1) * 1024 : p * 1024] for p in changed])]
+            )
+            name, raw = captures.seal(repo, seg)
+            repo.backend.write(name, raw)
+            os.utime(sb.repo / name, ((at + MIN) / 1e6,) * 2)
+            previous, since = name.removeprefix(captures.PREFIX), at + MIN
+            states[at] = state
+
+    for attempt in (1, 2):  # a second forget tries again, and changes nothing
+        for seg_file in (sb.repo / "captures").iterdir():  # (the merged segments look as old as their day)
+            os.utime(seg_file, ((t[3] + MIN) / 1e6,) * 2)
+        res = sb.phx("forget", "--json")
+        thinned = res.json()["targets"]["local"]["captures"]
+        assert any("fails its checks" in n for n in thinned["notices"]), res
+        with _repo(sb) as (repo, tl):
+            # Thinned as before: the last state before the new base and the day's last state.
+            for at in (t[3], t[1]):
+                rng = tl.at(LOGICAL, at)
+                assert rng is not None and (rng.points is None or at in rng.points), (attempt, at, tl.ranges)
+                dest = tmp_path / f"at-{attempt}-{at}.db"
+                pitr.rebuild(repo, tl, LOGICAL, at, dest)
+                assert dest.read_bytes() == states[at], f"the kept state at {captures.describe(at)} changed"
