@@ -1,16 +1,21 @@
 """Compaction of `phx watch`'s capture days (ops/compact.py) against what goes wrong: a day whose
 segments cross a new base and whose state cannot be made a snapshot (its copy fails its check)
 is thinned as before, which never merges pages across a base: every kept state still rebuilds
-byte for byte."""
+byte for byte; a compaction killed just before it forgets the watch's base leaves that base to
+the next forget, which forgets it."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import killpoint
 from e2e_support import Sandbox
 from test_watch_thinning import DAY, HOUR, LOGICAL, MIN, _repo
 
@@ -103,3 +108,73 @@ def test_a_day_across_a_new_base_whose_state_fails_its_check_keeps_every_kept_st
                 dest = tmp_path / f"at-{attempt}-{at}.db"
                 pitr.rebuild(repo, tl, LOGICAL, at, dest)
                 assert dest.read_bytes() == states[at], f"the kept state at {captures.describe(at)} changed"
+
+
+def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_forget(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    sb.write_config(retention={"capturesHourlyWithin": "2d"})
+    db = sb.layout.dashboard_db
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute("PRAGMA page_size=1024")
+    con.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+    now = captures.to_us(datetime.now(UTC))
+    day = (now - 3 * DAY) // DAY * DAY
+    t = [day + 2 * HOUR + k * 30 * MIN for k in range(3)]
+    base = _base(sb, t[0] - MIN)
+    states: dict[int, bytes] = {}
+    before, previous, since = db.read_bytes(), None, t[0]
+    with _repo(sb) as (repo, _tl):
+        for i, at in enumerate(t):
+            con.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(k * (i + 1), "v" * 90) for k in range(20)])
+            state = db.read_bytes()
+            changed = _pages(before, state)
+            commit = captures.Commit(at, len(state) // 1024, tuple(changed))
+            part = captures.Part(LOGICAL, 1024, at if i == 0 else since, at + MIN, (commit,), base if i == 0 else None)
+            seg = captures.build(
+                "e" * 32, i, previous, "host", [(part, [state[(p - 1) * 1024 : p * 1024] for p in changed])]
+            )
+            name, raw = captures.seal(repo, seg)
+            repo.backend.write(name, raw)
+            os.utime(sb.repo / name, ((at + MIN) / 1e6,) * 2)
+            previous, since, before, states[at] = name.removeprefix(captures.PREFIX), at + MIN, state, state
+    con.close()
+    pristine = tmp_path / "pristine"
+    shutil.copytree(sb.repo, pristine)
+
+    def killed_forget(point: int) -> subprocess.CompletedProcess[str]:
+        # Counted: the changes to snapshot objects only (the compacted snapshot written, the base deleted).
+        env = sb.env_with(
+            PHX_KILL_AT=str(point),
+            PHX_KILL_ONLY="changes",
+            PHX_KILL_MATCH="snapshots/",
+            PHX_KILL_REPORT=str(tmp_path / "report"),
+        )
+        argv = [sys.executable, str(killpoint.SCRIPT), "forget"]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    done = killed_forget(0)
+    assert done.returncode == 0, done.stderr
+    changes = int((tmp_path / "report").read_text().split()[-1])
+    ids = {s["id"] for s in sb.phx("list", "--all", "--json").json()}
+    assert base.snapshot not in ids, "the base no segment names any longer is forgotten"
+
+    shutil.rmtree(sb.repo)
+    shutil.copytree(pristine, sb.repo)
+    shutil.rmtree(sb.cache, ignore_errors=True)
+    killed = killed_forget(changes)  # just before the base is deleted
+    assert killed.returncode == -9, killed.stderr
+    assert "snapshots/" + base.snapshot in (tmp_path / "report").read_text()
+    again = sb.phx("forget", "--json")
+    assert again.code == 0, again
+    ids = {s["id"] for s in sb.phx("list", "--all", "--json").json()}
+    assert base.snapshot not in ids, "the next forget finishes: the base no segment names is forgotten"
+    with _repo(sb) as (repo, tl):
+        dest = tmp_path / "last.db"
+        pitr.rebuild(repo, tl, LOGICAL, t[-1], dest)
+        assert dest.read_bytes() == states[t[-1]]
+    assert sb.verify()["ok"]

@@ -13,8 +13,10 @@ database, one commit without pages on top of that snapshot as its base. Those se
 base snapshots of scope `watch` that no segment names any longer, can then go.
 
 Order (a kill at any point loses no kept state): the snapshot first (the repository's commit
-point), then the compacted segment, then (ops/forget.py) the segments it stands for, then the
-bases no segment names.
+point), then the compacted segment, then (ops/forget.py) the bases only the segments it stands
+for named (readers follow the compacted segment, not those), then those segments: a kill before
+the last step leaves segments the next forget deletes as superseded, never a base no forget
+would delete again.
 """
 
 from __future__ import annotations

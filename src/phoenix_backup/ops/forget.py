@@ -364,17 +364,12 @@ def thin_captures(
                 row["snapshot"] = snapshot
                 out.compacted.append(snapshot)
             out.merges.append(row)
-    # Only once every merged segment is stored: the segments they stand for.
-    for sid in sorted(doomed):
-        if not dry_run:
-            repo.backend.delete(captures.PREFIX + sid)
-    if not dry_run:
-        captures.forget_cached(cache, doomed)
-    out.deleted = len(doomed)
-    out.bytes_after = out.bytes_before - sum(tl.segments[sid].stored_size for sid in doomed) + written
-    # Then the watch's base snapshots that only the deleted segments named (a compaction made them
-    # needless): never a backup's, never one a remaining segment names, never one the deleted
-    # segments did not name (a running watch's new base, whose first segment is not written yet).
+    # Once every merged segment is stored: the watch's base snapshots that only the segments they
+    # stand for named (a compaction made them needless): never a backup's, never one a remaining
+    # segment names, never one the doomed segments did not name (a running watch's new base, whose
+    # first segment is not written yet). Before those segments go: a reader follows the merged
+    # segments, not them, so a kill in between loses nothing and the next forget deletes them
+    # (after them, a kill would leave the base to no later forget).
     if compacting and not dry_run:
         left = [s for sid, s in tl.segments.items() if sid not in doomed] + kept_segments
         named = {p.base.snapshot for s in left for p in s.parts if p.base is not None}
@@ -383,6 +378,14 @@ def thin_captures(
         for sid in sorted(gone & watch_bases):
             repo.delete_snapshot(sid)
             out.bases_forgotten.append(sid)
+    # Then the segments the merged ones stand for.
+    for sid in sorted(doomed):
+        if not dry_run:
+            repo.backend.delete(captures.PREFIX + sid)
+    if not dry_run:
+        captures.forget_cached(cache, doomed)
+    out.deleted = len(doomed)
+    out.bytes_after = out.bytes_before - sum(tl.segments[sid].stored_size for sid in doomed) + written
     return out
 
 
