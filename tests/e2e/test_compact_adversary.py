@@ -1,8 +1,8 @@
 """Compaction of `phx watch`'s capture days (ops/compact.py) against what goes wrong: a day whose
 segments cross a new base and whose state cannot be made a snapshot (its copy fails its check)
 is thinned as before, which never merges pages across a base: every kept state still rebuilds
-byte for byte; a compaction killed just before it forgets the watch's base leaves that base to
-the next forget, which forgets it."""
+byte for byte; a compaction killed just before it forgets the watch's base, or just before it
+writes its segment, is finished by the next forget: no base nor compacted snapshot left behind."""
 
 from __future__ import annotations
 
@@ -146,35 +146,46 @@ def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_
     pristine = tmp_path / "pristine"
     shutil.copytree(sb.repo, pristine)
 
-    def killed_forget(point: int) -> subprocess.CompletedProcess[str]:
-        # Counted: the changes to snapshot objects only (the compacted snapshot written, the base deleted).
+    def killed_forget(point: int, match: str) -> subprocess.CompletedProcess[str]:
+        # Counted: the changes to objects under `match` only (snapshots/: the compacted snapshot
+        # written, the base deleted).
         env = sb.env_with(
             PHX_KILL_AT=str(point),
             PHX_KILL_ONLY="changes",
-            PHX_KILL_MATCH="snapshots/",
+            PHX_KILL_MATCH=match,
             PHX_KILL_REPORT=str(tmp_path / "report"),
         )
         argv = [sys.executable, str(killpoint.SCRIPT), "forget"]
         return subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
-    done = killed_forget(0)
+    done = killed_forget(0, f"{sb.repo}/snapshots/")
     assert done.returncode == 0, done.stderr
     changes = int((tmp_path / "report").read_text().split()[-1])
     ids = {s["id"] for s in sb.phx("list", "--all", "--json").json()}
     assert base.snapshot not in ids, "the base no segment names any longer is forgotten"
 
-    shutil.rmtree(sb.repo)
-    shutil.copytree(pristine, sb.repo)
-    shutil.rmtree(sb.cache, ignore_errors=True)
-    killed = killed_forget(changes)  # just before the base is deleted
-    assert killed.returncode == -9, killed.stderr
-    assert "snapshots/" + base.snapshot in (tmp_path / "report").read_text()
-    again = sb.phx("forget", "--json")
-    assert again.code == 0, again
-    ids = {s["id"] for s in sb.phx("list", "--all", "--json").json()}
-    assert base.snapshot not in ids, "the next forget finishes: the base no segment names is forgotten"
-    with _repo(sb) as (repo, tl):
-        dest = tmp_path / "last.db"
-        pitr.rebuild(repo, tl, LOGICAL, t[-1], dest)
-        assert dest.read_bytes() == states[t[-1]]
-    assert sb.verify()["ok"]
+    compacted = {s["id"] for s in sb.phx("list", "--all", "--json").json() if "compacted" in s["tags"]}
+    assert len(compacted) == 1
+
+    # Killed just before the base is deleted, or just before the compacted segment is written
+    # (its snapshot is: the repository's commit point). The next forget finishes either way.
+    for match, point in ((f"{sb.repo}/snapshots/", changes), (f"{sb.repo}/captures/", 1)):
+        shutil.rmtree(sb.repo)
+        shutil.copytree(pristine, sb.repo)
+        shutil.rmtree(sb.cache, ignore_errors=True)
+        killed = killed_forget(point, match)
+        assert killed.returncode == -9, killed.stderr
+        hit = (tmp_path / "report").read_text()
+        assert (match + base.snapshot if point == changes else match) in hit, hit
+        again = sb.phx("forget", "--json")
+        assert again.code == 0, again
+        snaps = sb.phx("list", "--all", "--json").json()
+        assert base.snapshot not in {s["id"] for s in snaps}, f"{hit}: the next forget forgets the base"
+        assert len([s for s in snaps if "compacted" in s["tags"]]) == 1, f"{hit}: no stray compacted snapshot"
+
+        with _repo(sb) as (repo, tl):
+            dest = tmp_path / "last.db"
+            dest.unlink(missing_ok=True)
+            pitr.rebuild(repo, tl, LOGICAL, t[-1], dest)
+            assert dest.read_bytes() == states[t[-1]]
+        assert sb.verify()["ok"]

@@ -16,7 +16,8 @@ Order (a kill at any point loses no kept state): the snapshot first (the reposit
 point), then the compacted segment, then (ops/forget.py) the bases only the segments it stands
 for named (readers follow the compacted segment, not those), then those segments: a kill before
 the last step leaves segments the next forget deletes as superseded, never a base no forget
-would delete again.
+would delete again; one before the segment is written leaves a snapshot tagged `compacted` that
+no segment names, which the next forget forgets.
 """
 
 from __future__ import annotations

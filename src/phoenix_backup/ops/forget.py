@@ -374,8 +374,11 @@ def thin_captures(
         left = [s for sid, s in tl.segments.items() if sid not in doomed] + kept_segments
         named = {p.base.snapshot for s in left for p in s.parts if p.base is not None}
         gone = {p.base.snapshot for sid in doomed for p in tl.segments[sid].parts if p.base is not None} - named
-        watch_bases = {s.id for s in repo.list_snapshots() if s.scope == compact.WATCH_SCOPE}
-        for sid in sorted(gone & watch_bases):
+        watch = [s for s in repo.list_snapshots() if s.scope == compact.WATCH_SCOPE]
+        # And a compacted snapshot no segment names (a compaction killed before it wrote its
+        # segment): never a watch's base, so nothing else can need it.
+        strays = {s.id for s in watch if compact.COMPACTED_TAGS[1] in s.tags} - named
+        for sid in sorted((gone & {s.id for s in watch}) | strays):
             repo.delete_snapshot(sid)
             out.bases_forgotten.append(sid)
     # Then the segments the merged ones stand for.
