@@ -456,3 +456,23 @@ def test_a_merged_segment_damaged_in_the_store_after_its_header_was_cached_stops
             repo, policy, apply_policy([], policy, now), now, dry_run=False, eager=True, compactor=(cfg, envx)
         )
     assert {a, b} <= {n.removeprefix(captures.PREFIX) for n in captures.segment_names(repo)}
+
+
+def test_pages_are_never_read_through_a_cached_header_other_than_the_segments_own(
+    repo: Repository, tmp_path: Path
+) -> None:
+    # Where the cache's key is no secret (an unencrypted repository), whoever can write the cache
+    # can make an entry that authenticates: pages are then read by the store's header, never by
+    # the cached one's offsets (which would give another page's bytes as this one's).
+    chain = secrets.token_hex(16)
+    a = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))
+    real = captures.load(repo, captures.PREFIX + a)
+    part = real.parts[0]
+    swapped = (Commit(10 * S, 5, (1, 5)), Commit(11 * S, 5, (3,)))
+    forged = dataclasses.replace(real, parts=[dataclasses.replace(part, commits=swapped)])
+    cache = tmp_path / "cache"
+    captures.cache_header(cache, forged, captures._cache_key(repo))
+    tl = captures.timeline(repo, cache)
+    assert tl.segments[a].parts[0].commits[0].pages == (1, 5), "the forged entry authenticates"
+    with pytest.raises(CorruptObject, match="cache"):
+        captures.with_pages(repo, tl.segments[a])

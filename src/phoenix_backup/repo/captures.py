@@ -299,8 +299,18 @@ def segment_names(repo: Repository) -> list[str]:
 
 def with_pages(repo: Repository, seg: Segment) -> Segment:
     """`seg` with its pages, read again (a segment's name is the SHA-256 of its bytes: the
-    same segment, authenticated again)."""
-    return seg if not seg.bare else load(repo, PREFIX + seg.id)
+    same segment, authenticated again). Its header must be the one `seg` holds: one from the
+    header cache whose key is no secret (an unencrypted repository) could otherwise place
+    another page's bytes at a page's offset."""
+    if not seg.bare:
+        return seg
+    full = load(repo, PREFIX + seg.id)
+    if full.header() != seg.header():
+        raise CorruptObject(
+            f"{PREFIX}{seg.id} does not hold the header the local cache holds for it (the cache folder was "
+            "changed): delete the folder `captures` in the cache folder, then run the command again"
+        )
+    return full
 
 
 def load(repo: Repository, name: str) -> Segment:
