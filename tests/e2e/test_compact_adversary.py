@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,10 +111,9 @@ def test_a_day_across_a_new_base_whose_state_fails_its_check_keeps_every_kept_st
                 assert dest.read_bytes() == states[at], f"the kept state at {captures.describe(at)} changed"
 
 
-def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_forget(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
-    sb = sandbox
+def _day(sb: Sandbox, rows: int = 20) -> tuple[captures.Base, list[int], dict[int, bytes]]:
+    """Three segments of a watch's day three days ago from its base (scope `watch`): the base,
+    the commit times, and the database's bytes at each."""
     sb.write_config(retention={"capturesHourlyWithin": "2d"})
     db = sb.layout.dashboard_db
     for suffix in ("", "-wal", "-shm", "-journal"):
@@ -130,7 +130,7 @@ def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_
     before, previous, since = db.read_bytes(), None, t[0]
     with _repo(sb) as (repo, _tl):
         for i, at in enumerate(t):
-            con.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(k * (i + 1), "v" * 90) for k in range(20)])
+            con.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(k * (i + 1), "v" * 90) for k in range(rows)])
             state = db.read_bytes()
             changed = _pages(before, state)
             commit = captures.Commit(at, len(state) // 1024, tuple(changed))
@@ -143,6 +143,14 @@ def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_
             os.utime(sb.repo / name, ((at + MIN) / 1e6,) * 2)
             previous, since, before, states[at] = name.removeprefix(captures.PREFIX), at + MIN, state, state
     con.close()
+    return base, t, states
+
+
+def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_forget(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    base, t, states = _day(sb)
     pristine = tmp_path / "pristine"
     shutil.copytree(sb.repo, pristine)
 
@@ -189,3 +197,21 @@ def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_
             pitr.rebuild(repo, tl, LOGICAL, t[-1], dest)
             assert dest.read_bytes() == states[t[-1]]
         assert sb.verify()["ok"]
+
+
+def test_a_compaction_without_room_to_rebuild_is_a_notice_and_thins_as_before(
+    sandbox: Sandbox, tmp_path: Path, tmpfs: Callable[[str], Path]
+) -> None:
+    # The databases are rebuilt in the temporary folder: a small /tmp (a tmpfs) has no room for them.
+    sb = sandbox
+    _, t, states = _day(sb, rows=300)
+    assert len(states[t[-1]]) >= 64 * 1024
+    small = tmpfs("16k")
+    res = sb.phx("forget", "--json", env=sb.env_with(TMPDIR=str(small)), check=None)
+    assert res.code == 0, res
+    thinned = res.json()["targets"]["local"]["captures"]
+    assert any("No space left" in n and "TMPDIR" in n for n in thinned["notices"]), thinned
+    with _repo(sb) as (repo, tl):
+        dest = tmp_path / "last.db"
+        pitr.rebuild(repo, tl, LOGICAL, t[-1], dest)
+        assert dest.read_bytes() == states[t[-1]]

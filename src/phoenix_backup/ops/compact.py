@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from datetime import UTC, datetime
 
 from phoenix_backup.config import Config
@@ -108,9 +109,12 @@ def _snapshot(
         entries = []
         for i, (path, at) in enumerate(sorted(states.items())):
             # Named as the database (a tree node takes its file's name), one folder each.
-            (tmp / str(i)).mkdir()
             dest = tmp / str(i) / path.rsplit("/", 1)[-1]
-            rebuild(repo, tl, path, at, dest)
+            try:
+                dest.parent.mkdir()
+                rebuild(repo, tl, path, at, dest)
+            except OSError as exc:
+                raise _no_room(exc) from exc
             entries.append(Entry(path, dest, "sqlite", os.stat(dest)))
         when = datetime.fromtimestamp(max(states.values()) / 1e6, UTC).astimezone()
         result = snapshot_entries(
@@ -142,3 +146,11 @@ def _snapshot(
             raise CorruptObject(f"the compacted snapshot {result.id[:8]} does not hold {path}")
         sums[path] = node.sha256
     return result.id, sums
+
+
+def _no_room(exc: OSError) -> CompactionFailed:
+    """The temporary folder the databases are rebuilt in failed (no room: a small tmpfs)."""
+    return CompactionFailed(
+        f"the state could not be rebuilt for compaction in {tempfile.gettempdir()} ({exc.strerror or exc}): "
+        "free space there or set TMPDIR to a folder with room; it stays as segments"
+    )
