@@ -197,3 +197,33 @@ def test_a_file_planted_in_the_spool_is_never_written_to_the_repository(sandbox:
     assert len(said) == 2, notices
     latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
+
+
+def test_segments_waiting_for_a_long_command_are_on_disk_so_a_kill_loses_none(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A `phx prune` or a `phx forget` that compacts holds the repository for minutes: what the
+    # watch seals meanwhile must not wait in memory only (a kill -9 then would lose it).
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    envx = Environment(env=sb.env)
+    other = open_repository(load_config(sb.config_path, sb.env), envx)
+    try:
+        with _watcher(sb, []) as w:
+            w.poll()
+            w.flush()
+            w._release()
+            w.lock_free_until = 0.0
+            with other.lock(exclusive=True, command="prune"):
+                for k in range(1, 4):
+                    _commit(db, k)
+                    w.poll()
+                    w.flush()
+                assert len(w.queue) == 3
+                assert all(raw is None for _n, raw in w.queue), "every waiting segment is in the spool"
+                assert len(list(w.spool.iterdir())) == 3
+            w._write_queue()
+            assert not w.queue and list(w.spool.iterdir()) == []
+    finally:
+        other.close()
+    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]

@@ -618,7 +618,13 @@ class Watcher:
         waiting, self.queue, self.queue_bytes = self.queue, [], 0
         for i, (name, raw) in enumerate(waiting):
             if raw is not None:
-                self._spill(name, raw, start + i)
+                try:
+                    self._spill(name, raw, start + i)
+                except SourceError:
+                    # Nothing is dropped from the queue: those not spilled wait in memory still.
+                    self.queue += waiting[i:]
+                    self.queue_bytes = sum(len(r) for _n, r in self.queue if r is not None)
+                    raise
             self.queue.append((name, None))
 
     def _save_state(self) -> None:
@@ -659,6 +665,11 @@ class Watcher:
             if not getattr(self, "_locked_noticed", False):
                 self.envx.notice(f"waiting: {exc}")
                 self._locked_noticed = True
+            # Another command may hold it for minutes (a prune, a forget that compacts): what
+            # waits goes to the spool, so that a kill meanwhile loses none (kept in memory when
+            # the spool cannot be written: the lock, unlike an outage, ends by itself).
+            with contextlib.suppress(SourceError):
+                self.spill_all()
             return False
         self._locked_noticed = False
         self.lock = held if isinstance(held, HeldLock) else None
