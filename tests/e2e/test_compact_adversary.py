@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import killpoint
-from e2e_support import Sandbox
+from e2e_support import Sandbox, retention_only
 from test_watch_thinning import DAY, HOUR, LOGICAL, MIN, _repo
 
 from phoenix_backup.ops import pitr
@@ -111,10 +111,13 @@ def test_a_day_across_a_new_base_whose_state_fails_its_check_keeps_every_kept_st
                 assert dest.read_bytes() == states[at], f"the kept state at {captures.describe(at)} changed"
 
 
-def _day(sb: Sandbox, rows: int = 20) -> tuple[captures.Base, list[int], dict[int, bytes]]:
+def _day(
+    sb: Sandbox, rows: int = 20, chain: str = "e" * 32, shift: int = 0, value: str = "v", configure: bool = True
+) -> tuple[captures.Base, list[int], dict[int, bytes]]:
     """Three segments of a watch's day three days ago from its base (scope `watch`): the base,
     the commit times, and the database's bytes at each."""
-    sb.write_config(retention={"capturesHourlyWithin": "2d"})
+    if configure:
+        sb.write_config(retention={"capturesHourlyWithin": "2d"})
     db = sb.layout.dashboard_db
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(str(db) + suffix).unlink(missing_ok=True)
@@ -124,19 +127,19 @@ def _day(sb: Sandbox, rows: int = 20) -> tuple[captures.Base, list[int], dict[in
     con.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
     now = captures.to_us(datetime.now(UTC))
     day = (now - 3 * DAY) // DAY * DAY
-    t = [day + 2 * HOUR + k * 30 * MIN for k in range(3)]
+    t = [day + 2 * HOUR + shift + k * 30 * MIN for k in range(3)]
     base = _base(sb, t[0] - MIN)
     states: dict[int, bytes] = {}
     before, previous, since = db.read_bytes(), None, t[0]
     with _repo(sb) as (repo, _tl):
         for i, at in enumerate(t):
-            con.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(k * (i + 1), "v" * 90) for k in range(rows)])
+            con.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(k * (i + 1), value * 90) for k in range(rows)])
             state = db.read_bytes()
             changed = _pages(before, state)
             commit = captures.Commit(at, len(state) // 1024, tuple(changed))
             part = captures.Part(LOGICAL, 1024, at if i == 0 else since, at + MIN, (commit,), base if i == 0 else None)
             seg = captures.build(
-                "e" * 32, i, previous, "host", [(part, [state[(p - 1) * 1024 : p * 1024] for p in changed])]
+                chain, i, previous, "host", [(part, [state[(p - 1) * 1024 : p * 1024] for p in changed])]
             )
             name, raw = captures.seal(repo, seg)
             repo.backend.write(name, raw)
@@ -215,3 +218,24 @@ def test_a_compaction_without_room_to_rebuild_is_a_notice_and_thins_as_before(
         dest = tmp_path / "last.db"
         pitr.rebuild(repo, tl, LOGICAL, t[-1], dest)
         assert dest.read_bytes() == states[t[-1]]
+
+
+def test_each_chain_is_compacted_from_its_own_history(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Two watches (two machines) follow a database of the same logical path into one repository,
+    # at overlapping times: each chain's day is compacted into its own state, not the other's.
+    sb = sandbox
+    sb.write_config(retention=retention_only())  # the bases' backups forget nothing meanwhile
+    _, ta, states_a = _day(sb, chain="a" * 32, value="a", configure=False)
+    _, tb, states_b = _day(sb, chain="b" * 32, shift=10 * MIN, value="b", configure=False)
+    sb.write_config(retention={"capturesHourlyWithin": "2d"})
+    assert states_a[ta[-1]] != states_b[tb[1]]
+    res = sb.phx("forget", "--json")
+    thinned = res.json()["targets"]["local"]["captures"]
+    assert len(thinned["compacted"]) == 2, thinned
+    compacted = sorted(
+        (s for s in sb.phx("list", "--all", "--json").json() if "compacted" in s["tags"]), key=lambda s: s["time"]
+    )
+    for snap, want in zip(compacted, (states_a[ta[-1]], states_b[tb[-1]]), strict=True):
+        dest = tmp_path / snap["id"][:8]
+        sb.phx("restore", "--backup", snap["id"], "--to", str(dest), "--yes")
+        assert next(dest.rglob("dashboard.db")).read_bytes() == want, "a chain compacted into another's state"

@@ -72,7 +72,7 @@ def compact(
     bases: dict[str, captures.Base] = {p: b for p, b in reuse.items() if b is not None}
     made: str | None = None
     if need:
-        made, sums = _snapshot(repo, cfg, envx, tl, {p: finals[p][2].at for p in need})
+        made, sums = _snapshot(repo, cfg, envx, tl, run[0].chain, {p: finals[p][2].at for p in need})
         bases |= {p: captures.Base(made, sums[p]) for p in need}
     parts: dict[str, list[captures.Part]] = {}
     for seg in run:
@@ -96,10 +96,12 @@ def compact(
 
 
 def _snapshot(
-    repo: Repository, cfg: Config, envx: Environment, tl: captures.Timeline, states: dict[str, int]
+    repo: Repository, cfg: Config, envx: Environment, tl: captures.Timeline, chain: str, states: dict[str, int]
 ) -> tuple[str, dict[str, str]]:
-    """A snapshot of each database rebuilt at its time in `states` (logical path -> µs): its id
-    and each copy's SHA-256. Every copy is checked in full; one that fails deletes the snapshot."""
+    """A snapshot of each database rebuilt at its time in `states` (logical path -> µs) from the
+    history `chain` recorded (another chain may cover the same path then: a watch of the same
+    logical path on another machine): its id and each copy's SHA-256. Every copy is checked in
+    full; one that fails deletes the snapshot."""
     # Every copy gets the full check (a historical state; the cadence's records are about the live
     # databases and are left alone), and the page hashes stay with the backups' cache.
     repo.load_index()
@@ -112,7 +114,7 @@ def _snapshot(
             dest = tmp / str(i) / path.rsplit("/", 1)[-1]
             try:
                 dest.parent.mkdir()
-                rebuild(repo, tl, path, at, dest)
+                rebuild(repo, tl, path, at, dest, chain)
             except OSError as exc:
                 raise _no_room(exc) from exc
             entries.append(Entry(path, dest, "sqlite", os.stat(dest)))

@@ -422,8 +422,10 @@ class Timeline:
     def paths(self) -> list[str]:
         return sorted({r.path for r in self.ranges})
 
-    def at(self, path: str, when: int) -> Range | None:
-        found = [r for r in self.for_path(path) if r.covers(when)]
+    def at(self, path: str, when: int, chain: str | None = None) -> Range | None:
+        """The range that gives `path` at `when` (of `chain` only, when given: two watches of one
+        logical path, on two machines, may cover the same time)."""
+        found = [r for r in self.for_path(path) if r.covers(when) and chain in (None, r.chain)]
         return max(found, key=lambda r: r.start) if found else None
 
 
