@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import killpoint
 from e2e_support import Sandbox, retention_only
-from test_watch_thinning import DAY, HOUR, LOGICAL, MIN, _repo
+from test_watch_thinning import DAY, HOUR, LOGICAL, MIN, _repo, new_db
 
 from phoenix_backup.ops import pitr
 from phoenix_backup.repo import captures
@@ -47,12 +46,7 @@ def test_a_day_across_a_new_base_whose_state_fails_its_check_keeps_every_kept_st
     sb = sandbox
     sb.write_config(retention={"capturesHourlyWithin": "2d"})
     db = sb.layout.dashboard_db
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("PRAGMA journal_mode=DELETE")
-    con.execute("PRAGMA page_size=1024")
-    con.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+    con = new_db(sb)
     con.executemany("INSERT INTO t VALUES (?, ?)", [(k, "a" * 200) for k in range(40)])
     now = captures.to_us(datetime.now(UTC))
     day = (now - 3 * DAY) // DAY * DAY  # a day older than capturesHourlyWithin: compacted
@@ -119,12 +113,7 @@ def _day(
     if configure:
         sb.write_config(retention={"capturesHourlyWithin": "2d"})
     db = sb.layout.dashboard_db
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("PRAGMA journal_mode=DELETE")
-    con.execute("PRAGMA page_size=1024")
-    con.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+    con = new_db(sb)
     now = captures.to_us(datetime.now(UTC))
     day = (now - 3 * DAY) // DAY * DAY
     t = [day + 2 * HOUR + shift + k * 30 * MIN for k in range(3)]
