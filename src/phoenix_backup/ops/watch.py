@@ -697,7 +697,7 @@ class Watcher:
         lost: dict[str, list[_Db]] = {}
         for db in gone:
             assert db.since is not None and db.base_id is not None
-            rng = tl.at(db.logical, db.since) if tl is not None else None
+            rng = tl.at(db.logical, db.since, self.chain) if tl is not None else None
             if tl is not None and rng is not None and rng.chain == self.chain:
                 with contextlib.suppress(PhoenixError):
                     db.base_id = captures.lineage(tl, rng, db.since)[0].snapshot
