@@ -7,9 +7,10 @@ them first and goes on with its chain; a spool that cannot be written is one cle
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,13 @@ from test_watch_adversary import LOGICAL, _commit, _restored, _table
 
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import SourceError
+from phoenix_backup.ops import forget
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.watch import Watcher
+from phoenix_backup.repo import captures
+from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.retention import Policy, apply_policy
+from phoenix_backup.repo.walker import walk_tree
 
 
 @contextlib.contextmanager
@@ -155,3 +161,121 @@ def test_segments_beyond_the_memory_bound_wait_on_disk_in_their_order(sandbox: S
         assert not w.queue and list(w.spool.iterdir()) == []
     latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3, 4]
+
+
+def test_a_file_planted_in_the_spool_is_never_written_to_the_repository(sandbox: Sandbox, tmp_path: Path) -> None:
+    # An attacker who can write the cache folder (not the repository, not its key) plants files
+    # in the spool named by their own SHA-256: bytes of their choosing.
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    segments = sb.repo / "captures"
+    with _watcher(sb, notices) as w:
+        w.poll()
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        segments.rename(tmp_path / "captures-away")
+        segments.write_bytes(b"")
+        _commit(db, 2)
+        w.poll()
+        w.flush()
+        assert len(list(w.spool.iterdir())) == 1
+        w.spill_all()
+        w.save_hashes(stopping=True)
+        spool = w.spool
+    segments.unlink()
+    (tmp_path / "captures-away").rename(segments)
+    planted = {sha256_hex(b): b for b in (b"planted by the attacker " * 40, b"\x00" * 7000)}
+    for i, (sid, raw) in enumerate(planted.items()):
+        (spool / f"{i:020d}-{sid}").write_bytes(raw)
+    with _watcher(sb, notices) as w:
+        w.poll()
+        _commit(db, 3)
+        w.poll()
+        w.flush()
+        assert not w.queue and list(w.spool.iterdir()) == []
+    written = {p.name for p in segments.iterdir()}
+    assert not written & set(planted), "a planted spool file was written to the repository as a segment"
+    said = [n for n in notices if "waiting segment" in n and "not one this watch" in n]
+    assert len(said) == 2, notices
+    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
+
+
+def test_segments_waiting_for_a_long_command_are_on_disk_so_a_kill_loses_none(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A `phx prune` or a `phx forget` that compacts holds the repository for minutes: what the
+    # watch seals meanwhile must not wait in memory only (a kill -9 then would lose it).
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    envx = Environment(env=sb.env)
+    other = open_repository(load_config(sb.config_path, sb.env), envx)
+    try:
+        with _watcher(sb, []) as w:
+            w.poll()
+            w.flush()
+            w._release()
+            w.lock_free_until = 0.0
+            with other.lock(exclusive=True, command="prune"):
+                for k in range(1, 4):
+                    _commit(db, k)
+                    w.poll()
+                    w.flush()
+                assert len(w.queue) == 3
+                assert all(raw is None for _n, raw in w.queue), "every waiting segment is in the spool"
+                assert len(list(w.spool.iterdir())) == 3
+            w._write_queue()
+            assert not w.queue and list(w.spool.iterdir()) == []
+    finally:
+        other.close()
+    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
+
+
+def test_a_base_compaction_replaced_is_followed_in_the_watchs_own_chain(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Another machine's watch follows a database of the same logical path into this repository:
+    # its chain covers the same time. The base compaction replaced is followed in this watch's
+    # chain, not taken for forgotten because the other chain's range comes first.
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    cfg = load_config(sb.config_path, sb.env)
+    envx = Environment(env=sb.env)
+    with _watcher(sb, notices) as w:
+        w.poll()
+        _commit(db, 1)
+        for d in w.dbs:  # every database changes: compaction leaves none on the base
+            if d.logical != LOGICAL:
+                with contextlib.closing(sqlite3.connect(d.entry.path, isolation_level=None)) as con:
+                    con.execute("CREATE TABLE adversary(k)")
+        w.poll()
+        w.flush()
+        dash = next(d for d in w.dbs if d.logical == LOGICAL)
+        base = dash.base_id
+        assert base is not None and dash.since is not None
+        w._release()
+        later = datetime.now(UTC) + timedelta(days=8)  # the watch's day is old enough to compact
+        policy = Policy(last=1)
+        with w.repo.lock(exclusive=True, command="forget"):
+            w.repo.load_index()
+            done = forget.thin_captures(
+                w.repo, policy, apply_policy([], policy, later), later, dry_run=False, eager=True, compactor=(cfg, envx)
+            )
+        assert done is not None and done.compacted and done.bases_forgotten == [base], done
+        compacted = done.compacted[0]
+        node = next(n for p, n in walk_tree(w.repo, w.repo.load_snapshot(compacted).tree) if p == LOGICAL)
+        other = captures.Part(
+            LOGICAL, 4096, dash.since, dash.since + 60_000_000, (captures.Commit(dash.since, 1, ()),),
+            captures.Base(compacted, str(node.sha256)),
+        )  # fmt: skip
+        name, raw = captures.seal(w.repo, captures.build("f" * 32, 0, None, "elsewhere", [(other, [])]))
+        w.repo.backend.write(name, raw)
+        w.lock_free_until = 0.0
+        _commit(db, 2)
+        w.poll()
+        w.flush()  # the next lease: the base is found gone, and followed to the compacted snapshot
+        assert dash.base_id == compacted and not dash.need_base
+    assert not [n for n in notices if f"base snapshot {base[:8]}" in n], notices

@@ -61,7 +61,8 @@ def _repo(sb: Sandbox) -> Iterator[tuple[Repository, captures.Timeline]]:
         repo.close()
 
 
-def _make_history(sb: Sandbox, *, watch_base: bool = False) -> History:
+def new_db(sb: Sandbox) -> sqlite3.Connection:
+    """The sandbox's dashboard database made anew: rollback journal, 1 KiB pages, one table `t`."""
     db = sb.layout.dashboard_db
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(str(db) + suffix).unlink(missing_ok=True)
@@ -69,6 +70,12 @@ def _make_history(sb: Sandbox, *, watch_base: bool = False) -> History:
     con.execute("PRAGMA journal_mode=DELETE")
     con.execute("PRAGMA page_size=1024")
     con.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
+    return con
+
+
+def _make_history(sb: Sandbox, *, watch_base: bool = False) -> History:
+    db = sb.layout.dashboard_db
+    con = new_db(sb)
     now = captures.to_us(datetime.now(UTC))
     start = now - 4 * DAY
     base_time = datetime.fromtimestamp((start - 2 * HOUR) / 1e6, UTC).isoformat(timespec="seconds")

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from phoenix_backup.config import parse_config
 from phoenix_backup.errors import CorruptObject
+from phoenix_backup.ops import forget
+from phoenix_backup.ops.context import Environment, captures_cache
 from phoenix_backup.repo import captures, keys
 from phoenix_backup.repo.captures import Base, Commit, Part
 from phoenix_backup.repo.repository import Repository
@@ -423,3 +426,53 @@ def test_snapshots_of_the_files_are_kept_every_one_for_a_day_then_hourly_then_by
     # Ordinary snapshots keep the policy alone.
     full_days = {datetime.fromisoformat(s.time).date() for s in snaps if s.scope == "full"}
     assert sum(1 for s in snaps if s.scope == "full" and s.id in kept) <= len(full_days) + 1
+
+
+def test_a_merged_segment_damaged_in_the_store_after_its_header_was_cached_stops_the_thinning(
+    repo: Repository, tmp_path: Path
+) -> None:
+    # A thinning was cut short after writing the merged segment M (its segments a and b are still
+    # there); a reader cached M's header; then M was damaged in the store (bit rot, a bad copy).
+    # The next thinning must not delete a and b on the word of the cached header: they are the
+    # only readable copy of those states.
+    chain = secrets.token_hex(16)
+    a = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))
+    b = _write(repo, _segment(chain, 1, a, 11 * S, 12 * S))
+    _write(repo, _segment(chain, 2, b, 12 * S, 13 * S))
+    merged = captures.merge([captures.load(repo, captures.PREFIX + s) for s in (a, b)])
+    m = _write(repo, merged)
+    envx = Environment(env={"HOME": str(tmp_path), "PHX_CACHE_DIR": str(tmp_path / "cache")})
+    tl = captures.timeline(repo, captures_cache(repo, envx))
+    assert sorted(tl.superseded) == sorted([a, b])
+    raw = bytearray((repo.backend.root / "captures" / m).read_bytes())
+    raw[len(raw) // 2] ^= 1
+    (repo.backend.root / "captures" / m).write_bytes(bytes(raw))
+
+    cfg = parse_config({"workspace": str(tmp_path / "w"), "backupDir": str(tmp_path / "b")}, env=envx.env)
+    policy = Policy(last=1)
+    now = datetime.fromtimestamp(14, UTC)
+    with pytest.raises(CorruptObject, match=m):
+        forget.thin_captures(
+            repo, policy, apply_policy([], policy, now), now, dry_run=False, eager=True, compactor=(cfg, envx)
+        )
+    assert {a, b} <= {n.removeprefix(captures.PREFIX) for n in captures.segment_names(repo)}
+
+
+def test_pages_are_never_read_through_a_cached_header_other_than_the_segments_own(
+    repo: Repository, tmp_path: Path
+) -> None:
+    # Where the cache's key is no secret (an unencrypted repository), whoever can write the cache
+    # can make an entry that authenticates: pages are then read by the store's header, never by
+    # the cached one's offsets (which would give another page's bytes as this one's).
+    chain = secrets.token_hex(16)
+    a = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))
+    real = captures.load(repo, captures.PREFIX + a)
+    part = real.parts[0]
+    swapped = (Commit(10 * S, 5, (1, 5)), Commit(11 * S, 5, (3,)))
+    forged = dataclasses.replace(real, parts=[dataclasses.replace(part, commits=swapped)])
+    cache = tmp_path / "cache"
+    captures.cache_header(cache, forged, captures._cache_key(repo))
+    tl = captures.timeline(repo, cache)
+    assert tl.segments[a].parts[0].commits[0].pages == (1, 5), "the forged entry authenticates"
+    with pytest.raises(CorruptObject, match="cache"):
+        captures.with_pages(repo, tl.segments[a])

@@ -13,14 +13,18 @@ database, one commit without pages on top of that snapshot as its base. Those se
 base snapshots of scope `watch` that no segment names any longer, can then go.
 
 Order (a kill at any point loses no kept state): the snapshot first (the repository's commit
-point), then the compacted segment, then (ops/forget.py) the segments it stands for, then the
-bases no segment names.
+point), then the compacted segment, then (ops/forget.py) the bases only the segments it stands
+for named (readers follow the compacted segment, not those), then those segments: a kill before
+the last step leaves segments the next forget deletes as superseded, never a base no forget
+would delete again; one before the segment is written leaves a snapshot tagged `compacted` that
+no segment names, which the next forget forgets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from datetime import UTC, datetime
 
 from phoenix_backup.config import Config
@@ -68,7 +72,7 @@ def compact(
     bases: dict[str, captures.Base] = {p: b for p, b in reuse.items() if b is not None}
     made: str | None = None
     if need:
-        made, sums = _snapshot(repo, cfg, envx, tl, {p: finals[p][2].at for p in need})
+        made, sums = _snapshot(repo, cfg, envx, tl, run[0].chain, {p: finals[p][2].at for p in need})
         bases |= {p: captures.Base(made, sums[p]) for p in need}
     parts: dict[str, list[captures.Part]] = {}
     for seg in run:
@@ -92,10 +96,12 @@ def compact(
 
 
 def _snapshot(
-    repo: Repository, cfg: Config, envx: Environment, tl: captures.Timeline, states: dict[str, int]
+    repo: Repository, cfg: Config, envx: Environment, tl: captures.Timeline, chain: str, states: dict[str, int]
 ) -> tuple[str, dict[str, str]]:
-    """A snapshot of each database rebuilt at its time in `states` (logical path -> µs): its id
-    and each copy's SHA-256. Every copy is checked in full; one that fails deletes the snapshot."""
+    """A snapshot of each database rebuilt at its time in `states` (logical path -> µs) from the
+    history `chain` recorded (another chain may cover the same path then: a watch of the same
+    logical path on another machine): its id and each copy's SHA-256. Every copy is checked in
+    full; one that fails deletes the snapshot."""
     # Every copy gets the full check (a historical state; the cadence's records are about the live
     # databases and are left alone), and the page hashes stay with the backups' cache.
     repo.load_index()
@@ -105,9 +111,12 @@ def _snapshot(
         entries = []
         for i, (path, at) in enumerate(sorted(states.items())):
             # Named as the database (a tree node takes its file's name), one folder each.
-            (tmp / str(i)).mkdir()
             dest = tmp / str(i) / path.rsplit("/", 1)[-1]
-            rebuild(repo, tl, path, at, dest)
+            try:
+                dest.parent.mkdir()
+                rebuild(repo, tl, path, at, dest, chain)
+            except OSError as exc:
+                raise _no_room(exc) from exc
             entries.append(Entry(path, dest, "sqlite", os.stat(dest)))
         when = datetime.fromtimestamp(max(states.values()) / 1e6, UTC).astimezone()
         result = snapshot_entries(
@@ -139,3 +148,11 @@ def _snapshot(
             raise CorruptObject(f"the compacted snapshot {result.id[:8]} does not hold {path}")
         sums[path] = node.sha256
     return result.id, sums
+
+
+def _no_room(exc: OSError) -> CompactionFailed:
+    """The temporary folder the databases are rebuilt in failed (no room: a small tmpfs)."""
+    return CompactionFailed(
+        f"the state could not be rebuilt for compaction in {tempfile.gettempdir()} ({exc.strerror or exc}): "
+        "free space there or set TMPDIR to a folder with room; it stays as segments"
+    )

@@ -316,6 +316,17 @@ def thin_captures(
     out = Thinned(segments_before=len(tl.segments), bytes_before=sum(s.stored_size for s in tl.segments.values()))
     out.orphaned = list(tl.orphaned)
     doomed = {sid for sid in tl.superseded if tl.segments[sid].chain not in tl.orphaned}
+    # Those are deleted on the word of the merged segments that stand for them, whose headers may
+    # come from the cache: each is read once first, so that one damaged in the store since costs
+    # no segment it stands for (the thinning stops, as when the timeline cannot read it).
+    standing = {
+        seg.id: seg
+        for old in (tl.segments[sid] for sid in doomed)
+        for seg in tl.chains[old.chain]
+        if seg.id != old.id and seg.sequence <= old.sequence and old.last_sequence <= seg.last_sequence
+    }
+    for sid in sorted(standing):
+        loaded(standing[sid])
     doomed |= {sid for sid, seg in tl.segments.items() if seg.chain in tl.orphaned}
     written = 0
     kept_segments: list[captures.Segment] = []  # the merged and compacted segments written
@@ -323,8 +334,8 @@ def thin_captures(
     for run in captures.thinning(tl, now_us, every, hourly, horizon, compact=compacting):
         if run[0].chain in tl.orphaned:
             continue
-        snapshot: str | None = None
-        merged: captures.Segment | None = None
+        # (the segments, the compacted segment standing for them or None to merge them, its snapshot)
+        pieces: list[tuple[list[captures.Segment], captures.Segment | None, str | None]] = [(run, None, None)]
         if compactor is not None and captures.long_term(run[-1], now_us, every, hourly, horizon):
             if dry_run:
                 ats = [c.at for _s, _p, c in compact.newest(run).values()]
@@ -332,27 +343,45 @@ def thin_captures(
                 doomed |= {seg.id for seg in run}
                 continue
             try:
-                merged, snapshot = compact.compact(repo, compactor[0], compactor[1], tl, run)
+                pieces = [(run, *compact.compact(repo, compactor[0], compactor[1], tl, run))]
             except (compact.CompactionFailed, CorruptObject, UsageError) as exc:
                 out.notices.append(str(exc))
-                if not captures.thins(run):
-                    continue  # it keeps its one state as it is
-        if merged is None:
-            merged = captures.merge(run, loaded)
-        name, raw = captures.seal(repo, merged)
-        if not dry_run:
-            repo.backend.write(name, raw)
-        written += len(raw)
-        merged.id = name.removeprefix(captures.PREFIX)
-        kept_segments.append(merged)
-        doomed |= {seg.id for seg in run}
-        ats = [c.at for p in merged.parts for c in p.commits]
-        row = _merge_row(run, name, max(ats) if ats else None, compacted=snapshot is not None)
-        if snapshot is not None:
-            row["snapshot"] = snapshot
-            out.compacted.append(snapshot)
-        out.merges.append(row)
-    # Only once every merged segment is stored: the segments they stand for.
+                # Thinned as before: a compaction's run may cross a new base, a merge never does
+                # (its pages apply to the first base only). A piece with one state stays as it is.
+                pieces = [(piece, None, None) for piece in captures.split(run) if captures.thins(piece)]
+        for segs, made, snapshot in pieces:
+            merged = made or captures.merge(segs, loaded)
+            name, raw = captures.seal(repo, merged)
+            if not dry_run:
+                repo.backend.write(name, raw)
+            written += len(raw)
+            merged.id = name.removeprefix(captures.PREFIX)
+            kept_segments.append(merged)
+            doomed |= {seg.id for seg in segs}
+            ats = [c.at for p in merged.parts for c in p.commits]
+            row = _merge_row(segs, name, max(ats) if ats else None, compacted=snapshot is not None)
+            if snapshot is not None:
+                row["snapshot"] = snapshot
+                out.compacted.append(snapshot)
+            out.merges.append(row)
+    # Once every merged segment is stored: the watch's base snapshots that only the segments they
+    # stand for named (a compaction made them needless): never a backup's, never one a remaining
+    # segment names, never one the doomed segments did not name (a running watch's new base, whose
+    # first segment is not written yet). Before those segments go: a reader follows the merged
+    # segments, not them, so a kill in between loses nothing and the next forget deletes them
+    # (after them, a kill would leave the base to no later forget).
+    if compacting and not dry_run:
+        left = [s for sid, s in tl.segments.items() if sid not in doomed] + kept_segments
+        named = {p.base.snapshot for s in left for p in s.parts if p.base is not None}
+        gone = {p.base.snapshot for sid in doomed for p in tl.segments[sid].parts if p.base is not None} - named
+        watch = [s for s in repo.list_snapshots() if s.scope == compact.WATCH_SCOPE]
+        # And a compacted snapshot no segment names (a compaction killed before it wrote its
+        # segment): never a watch's base, so nothing else can need it.
+        strays = {s.id for s in watch if compact.COMPACTED_TAGS[1] in s.tags} - named
+        for sid in sorted((gone & {s.id for s in watch}) | strays):
+            repo.delete_snapshot(sid)
+            out.bases_forgotten.append(sid)
+    # Then the segments the merged ones stand for.
     for sid in sorted(doomed):
         if not dry_run:
             repo.backend.delete(captures.PREFIX + sid)
@@ -360,17 +389,6 @@ def thin_captures(
         captures.forget_cached(cache, doomed)
     out.deleted = len(doomed)
     out.bytes_after = out.bytes_before - sum(tl.segments[sid].stored_size for sid in doomed) + written
-    # Then the watch's base snapshots that only the deleted segments named (a compaction made them
-    # needless): never a backup's, never one a remaining segment names, never one the deleted
-    # segments did not name (a running watch's new base, whose first segment is not written yet).
-    if compacting and not dry_run:
-        left = [s for sid, s in tl.segments.items() if sid not in doomed] + kept_segments
-        named = {p.base.snapshot for s in left for p in s.parts if p.base is not None}
-        gone = {p.base.snapshot for sid in doomed for p in tl.segments[sid].parts if p.base is not None} - named
-        watch_bases = {s.id for s in repo.list_snapshots() if s.scope == compact.WATCH_SCOPE}
-        for sid in sorted(gone & watch_bases):
-            repo.delete_snapshot(sid)
-            out.bases_forgotten.append(sid)
     return out
 
 

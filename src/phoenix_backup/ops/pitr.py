@@ -193,9 +193,12 @@ def list_at(cfg: Config, envx: Environment, at_text: str) -> list[StateAt]:
         repo.close()
 
 
-def rebuild(repo: Repository, tl: captures.Timeline, path: str, at: int, dest: Path) -> captures.Commit:
-    """Write `path` as it was at `at` into the new file `dest`; the commit state it holds."""
-    rng = tl.at(path, at)
+def rebuild(
+    repo: Repository, tl: captures.Timeline, path: str, at: int, dest: Path, chain: str | None = None
+) -> captures.Commit:
+    """Write `path` as it was at `at` into the new file `dest` (as `chain` recorded it, when
+    given); the commit state it holds."""
+    rng = tl.at(path, at, chain)
     if rng is None:
         raise UsageError(f"no capture covers {path} at {captures.describe(at)}; covered: {ranges_text(tl, path)}")
     base, parts = captures.lineage(tl, rng, at)

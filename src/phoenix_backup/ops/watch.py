@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import dataclasses
 import fcntl
+import hmac
 import json
 import os
 import secrets
@@ -84,6 +85,7 @@ HEARTBEAT_SECONDS = 30.0
 LEASE_SECONDS = float(WATCH_LEASE_SECONDS)
 LEASE_GAP_SECONDS = 2.0  # let go this long after each lease: an exclusive command waits for it (repo/locks.py)
 PUBLISH_SECONDS = 60.0  # Git targets: one commit and push at most this often
+SPOOL_TAG_BYTES = 32  # a spool file: `_spool_mac`'s tag, then the sealed segment
 QUEUE_MEMORY_BYTES = 8 << 20  # segments waiting beyond this (or during an outage) go to the spool on disk
 OUTAGE_NOTICE_SECONDS = 600.0  # during an outage, a notice of what waits this often
 RETRY_SECONDS = 60.0  # a replica that failed is caught up (phx sync) at most this often
@@ -255,8 +257,9 @@ class Watcher:
 
     def _load_spool(self) -> dict[str, bytes]:
         """The segments a previous watch left in the spool (the repository was out of reach when
-        it stopped or was killed): queued first, in their order. One whose bytes do not match its
-        name (the cache folder was tampered with) is dropped, saying so."""
+        it stopped or was killed): queued first, in their order. One that is not one this watch
+        left there (damaged, or planted by someone who can write the cache folder: see
+        `_spooled`) is deleted, saying so; it is never written to the repository."""
         out: dict[str, bytes] = {}
         try:
             files = sorted(p for p in self.spool.iterdir() if "-" in p.name and not p.name.startswith("."))
@@ -264,21 +267,42 @@ class Watcher:
             return out
         for path in files:
             name = captures.PREFIX + path.name.split("-", 1)[1]
+            self.spooled_paths[name] = path
             try:
-                raw = path.read_bytes()
+                raw = self._spooled(name)
             except OSError as exc:
+                self.spooled_paths.pop(name)
                 self.warn(f"cannot read the waiting segment {path} ({exc.strerror or exc}); it is left there")
                 continue
-            if sha256_hex(raw) != name.removeprefix(captures.PREFIX):
-                self.warn(f"the waiting segment {path} does not match its name (damaged); it is deleted")
+            if raw is None:
+                self.spooled_paths.pop(name)
+                self.warn(f"the waiting segment {path} is not one this watch left there (damaged); it is deleted")
                 path.unlink(missing_ok=True)
                 continue
             out[name] = raw
             self.queue.append((name, None))
-            self.spooled_paths[name] = path
         if out:
             self.envx.notice(f"{len(out)} capture segment(s) left waiting in {self.spool} are written first")
         return out
+
+    def _spool_mac(self, name: str, raw: bytes) -> bytes:
+        """A spool file's tag: keyed by the repository's key (a write-only machine has it too) and
+        bound to the segment's name, so that only this repository's watch makes one."""
+        key = blake3.blake3(b"phoenix v1 watch spool", key=self.repo.ids.page_key).digest()
+        return blake3.blake3(name.encode() + b"\0" + raw, key=key).digest()
+
+    def _spooled(self, name: str) -> bytes | None:
+        """The segment waiting in the spool as `name`, or None when its file does not carry the
+        tag `_spill` wrote (`_spool_mac`) or its bytes do not match the name: damaged, or planted
+        by someone who can write the cache folder (a file named by its own SHA-256 would
+        otherwise be written to the repository as a segment). OSError when it cannot be read."""
+        held = self.spooled_paths[name].read_bytes()
+        tag, raw = held[:SPOOL_TAG_BYTES], held[SPOOL_TAG_BYTES:]
+        if hmac.compare_digest(tag, self._spool_mac(name, raw)) and sha256_hex(raw) == name.removeprefix(
+            captures.PREFIX
+        ):
+            return raw
+        return None
 
     def _last_segment_problem(self, spooled: dict[str, bytes] | None = None) -> str | None:
         """Why the saved chain cannot go on (None: it can): its last segment must be in the
@@ -569,7 +593,7 @@ class Watcher:
         )
         try:
             self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_private(path, raw)
+            write_private(path, self._spool_mac(name, raw) + raw)
         except OSError as exc:
             waiting = len(self.queue) + 1
             raise SourceError(
@@ -594,7 +618,13 @@ class Watcher:
         waiting, self.queue, self.queue_bytes = self.queue, [], 0
         for i, (name, raw) in enumerate(waiting):
             if raw is not None:
-                self._spill(name, raw, start + i)
+                try:
+                    self._spill(name, raw, start + i)
+                except SourceError:
+                    # Nothing is dropped from the queue: those not spilled wait in memory still.
+                    self.queue += waiting[i:]
+                    self.queue_bytes = sum(len(r) for _n, r in self.queue if r is not None)
+                    raise
             self.queue.append((name, None))
 
     def _save_state(self) -> None:
@@ -635,6 +665,11 @@ class Watcher:
             if not getattr(self, "_locked_noticed", False):
                 self.envx.notice(f"waiting: {exc}")
                 self._locked_noticed = True
+            # Another command may hold it for minutes (a prune, a forget that compacts): what
+            # waits goes to the spool, so that a kill meanwhile loses none (kept in memory when
+            # the spool cannot be written: the lock, unlike an outage, ends by itself).
+            with contextlib.suppress(SourceError):
+                self.spill_all()
             return False
         self._locked_noticed = False
         self.lock = held if isinstance(held, HeldLock) else None
@@ -662,7 +697,7 @@ class Watcher:
         lost: dict[str, list[_Db]] = {}
         for db in gone:
             assert db.since is not None and db.base_id is not None
-            rng = tl.at(db.logical, db.since) if tl is not None else None
+            rng = tl.at(db.logical, db.since, self.chain) if tl is not None else None
             if tl is not None and rng is not None and rng.chain == self.chain:
                 with contextlib.suppress(PhoenixError):
                     db.base_id = captures.lineage(tl, rng, db.since)[0].snapshot
@@ -687,12 +722,17 @@ class Watcher:
         while self.queue:
             name, held = self.queue[0]
             try:
-                raw = held if held is not None else self.spooled_paths[name].read_bytes()
+                raw = held if held is not None else self._spooled(name)
             except OSError as exc:
                 raise SourceError(
                     f"cannot read the waiting segment {self.spooled_paths[name]} ({exc.strerror or exc}); "
                     "fix the cache folder's permissions, then start `phx watch` again"
                 ) from exc
+            if raw is None:
+                raise SourceError(
+                    f"the waiting segment {self.spooled_paths[name]} was changed while it waited (damaged); "
+                    "start `phx watch` again (it then deletes that file and writes the others)"
+                )
             try:
                 self.repo.backend.write(name, raw)
             except PhoenixError as exc:

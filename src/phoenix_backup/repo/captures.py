@@ -299,8 +299,18 @@ def segment_names(repo: Repository) -> list[str]:
 
 def with_pages(repo: Repository, seg: Segment) -> Segment:
     """`seg` with its pages, read again (a segment's name is the SHA-256 of its bytes: the
-    same segment, authenticated again)."""
-    return seg if not seg.bare else load(repo, PREFIX + seg.id)
+    same segment, authenticated again). Its header must be the one `seg` holds: one from the
+    header cache whose key is no secret (an unencrypted repository) could otherwise place
+    another page's bytes at a page's offset."""
+    if not seg.bare:
+        return seg
+    full = load(repo, PREFIX + seg.id)
+    if full.header() != seg.header():
+        raise CorruptObject(
+            f"{PREFIX}{seg.id} does not hold the header the local cache holds for it (the cache folder was "
+            "changed): delete the folder `captures` in the cache folder, then run the command again"
+        )
+    return full
 
 
 def load(repo: Repository, name: str) -> Segment:
@@ -412,8 +422,10 @@ class Timeline:
     def paths(self) -> list[str]:
         return sorted({r.path for r in self.ranges})
 
-    def at(self, path: str, when: int) -> Range | None:
-        found = [r for r in self.for_path(path) if r.covers(when)]
+    def at(self, path: str, when: int, chain: str | None = None) -> Range | None:
+        """The range that gives `path` at `when` (of `chain` only, when given: two watches of one
+        logical path, on two machines, may cover the same time)."""
+        found = [r for r in self.for_path(path) if r.covers(when) and chain in (None, r.chain)]
         return max(found, key=lambda r: r.start) if found else None
 
 
@@ -598,6 +610,18 @@ def _joins(run: list[Segment], seg: Segment, *, bases: bool = False) -> bool:
         ):
             return False
     return True
+
+
+def split(run: list[Segment]) -> list[list[Segment]]:
+    """`run` cut where a database's history starts again from a base (or after a gap, see
+    `_joins`): the runs `merge` may take (a compaction's run may cross a base, a merge never)."""
+    out: list[list[Segment]] = []
+    for seg in run:
+        if out and _joins(out[-1], seg):
+            out[-1].append(seg)
+        else:
+            out.append([seg])
+    return out
 
 
 def long_term(seg: Segment, now: int, every: int, hourly: int, horizon: int | None) -> bool:
