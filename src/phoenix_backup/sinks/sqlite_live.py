@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 
@@ -100,90 +99,20 @@ def page_size_of(path: str) -> int:
     return 65536 if raw == 1 else raw
 
 
-# From this size a restored copy is checked on two threads (below it a thread costs more than it
-# saves); `integrity_check(TABLE)` needs SQLite 3.33.
-SPLIT_CHECK_FROM = 32 * 1024 * 1024
-_SPLIT_CHECK_SQLITE = (3, 33, 0)
-
-
 def integrity(path: str) -> str:
     """`PRAGMA integrity_check` of a database file no one else uses (a restored copy), read-only:
-    "ok", or its first problems.
-
-    A large copy gets the same checks split over two connections on two threads (the check is
-    the last thing on a restore's critical path, when the other core has nothing left to do):
-    `PRAGMA quick_check`, which is integrity_check without the comparison of indexes with their
-    tables (every b-tree's structure, pages used twice or never, the freelist, overflow chains,
-    NOT NULL and CHECK constraints), and `PRAGMA integrity_check(TABLE)` for each table that has
-    an index, which compares them (and walks that table's b-trees once more). One thread starts
-    on the tables, the other on quick_check; each then takes the next table left. The copy passes
-    only when every part passes; tests/unit/test_integrity_split.py finds the verdict equal to the
-    whole check's on a corpus of damaged databases (docs/restore-checks.md)."""
-    if sqlite3.sqlite_version_info < _SPLIT_CHECK_SQLITE or os.path.getsize(path) < SPLIT_CHECK_FROM:
-        return _verdict(_check_part(path, whole=True))
-    todo = _check_part(path, tables=True)
-    if todo[0] != "":
-        return _verdict(todo)  # the schema cannot be read: that error is the answer
-    del todo[0]
-    lock = threading.Lock()
-    quick: list[list[str]] = []
-    failed: list[BaseException] = []
-
-    def run_quick() -> None:
-        try:
-            quick.append(_check_part(path, quick=True, todo=todo, lock=lock))
-        except BaseException as exc:  # handed to the caller's thread below
-            failed.append(exc)
-
-    thread = threading.Thread(target=run_quick, name="phx-quick-check")
-    thread.start()
-    try:
-        rows = _check_part(path, todo=todo, lock=lock)
-    finally:
-        thread.join()
-    if failed:
-        raise failed[0]
-    return _verdict(quick[0] + rows)
-
-
-def _check_part(
-    path: str,
-    *,
-    whole: bool = False,
-    tables: bool = False,
-    quick: bool = False,
-    todo: list[str] | None = None,
-    lock: threading.Lock | None = None,
-) -> list[str]:
-    """On a read-only connection of its own: the rows of `PRAGMA integrity_check` (`whole`); or
-    "" then the names of the tables that have an index (`tables`; the error alone if the schema
-    cannot be read); or `PRAGMA quick_check` if
-    `quick`, then `PRAGMA integrity_check(TABLE)` of each table it takes from `todo`. An error
-    that stops a check is its last row. Text is decoded leniently: a damaged schema's names (and
-    SQLite's messages quoting them) need not be UTF-8."""
-    rows: list[str] = []
+    "ok", or its first problems. Text is decoded leniently: a damaged schema's names (and SQLite's
+    messages quoting them) need not be UTF-8."""
     try:
         con = sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)
         try:
             con.text_factory = lambda b: b.decode("utf-8", "replace")
-            if whole:
-                return [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
-            if tables:
-                indexed = con.execute("SELECT DISTINCT tbl_name FROM sqlite_master WHERE type = 'index'")
-                return ["", *(str(r[0]) for r in indexed)]
-            if quick:
-                rows += [str(r[0]) for r in con.execute("PRAGMA quick_check")]
-            while True:
-                assert todo is not None and lock is not None
-                with lock:
-                    if not todo:
-                        return rows
-                    table = todo.pop(0)
-                rows += [str(r[0]) for r in con.execute(f"PRAGMA integrity_check({quote(table)})")]
+            rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
         finally:
             con.close()
     except (sqlite3.Error, UnicodeDecodeError) as exc:
-        return [*rows, _message(exc)]
+        return _message(exc)
+    return "ok" if rows == ["ok"] else "; ".join(rows[:5])
 
 
 def _message(exc: sqlite3.Error | UnicodeDecodeError) -> str:
@@ -192,13 +121,6 @@ def _message(exc: sqlite3.Error | UnicodeDecodeError) -> str:
     if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
         return exc.object.decode("utf-8", "replace")
     return str(exc) or "the check failed"
-
-
-def _verdict(rows: list[str]) -> str:
-    problems = [r for r in rows if r != "ok"]
-    if not rows:
-        return "the check gave no answer"
-    return "; ".join(problems[:5]) if problems else "ok"
 
 
 def apply_if_readable(copy: str, live: str, logical: str, shown: str) -> bool:
