@@ -9,6 +9,7 @@ import hashlib
 import os
 import random
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,3 +245,40 @@ def _no_data(fd: int, start: int, end: int) -> bool:
         return os.lseek(fd, start, os.SEEK_DATA) >= end
     except OSError:  # ENXIO: no data from `start` to the end of the file
         return True
+
+
+def test_each_folder_is_fsynced_once_after_its_files_are_renamed_into_it(
+    writer: tuple[Repository, FileWriter, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder's fsync makes the renames into it durable; one after the last rename does it for
+    all of them (not one per file), and it happens before the writer reports the folders done."""
+    repo, w, to = writer
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    files = {f"workspace/{d}/f{i}.md": os.urandom(100 + i) for d in ("notes", "memory") for i in range(30)}
+    nodes = {
+        logical: Node(
+            name=logical.rsplit("/", 1)[1],
+            type="file",
+            mode=0o644,
+            size=len(data),
+            content=_store(repo, data, 64),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        for logical, data in files.items()
+    }
+    monkeypatch.setattr(os, "fsync", fsync)  # the restore's own, not the repository's
+    for logical, node in nodes.items():
+        assert w.content(logical, node) == "ok"
+    w.finish_dirs()
+    for logical, data in files.items():
+        assert (to / logical).read_bytes() == data
+    folders = {(s.st_dev, s.st_ino) for s in ((to / "workspace" / d).stat() for d in ("notes", "memory"))}
+    assert sorted(synced) == sorted(folders)

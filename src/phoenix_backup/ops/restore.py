@@ -878,6 +878,7 @@ class _Restore:
                     _record(result, item.path, functools.partial(writer.symlink, item.path, plan.nodes[item.path]))
                 elif item.kind == "symlink" and item.action == "unchanged" and item.metadata:
                     _record(result, item.path, functools.partial(writer.link_times, item.path, plan.nodes[item.path]))
+            writer.sync_dirs()  # the files' renames are on disk before any database is applied
             self.write_deletions(writer, plan, result)
             self.write_databases(writer, plan, result, copies)
             self.write_server_databases(result)
@@ -885,8 +886,10 @@ class _Restore:
             writer.finish_dirs()
         finally:
             # On the first failure nothing more is started; what is being written finishes, and
-            # database copies that were not applied are removed.
+            # database copies that were not applied are removed; the renames made are synced.
             pool.shutdown(wait=True, cancel_futures=True)
+            with contextlib.suppress(PhoenixError, OSError):
+                writer.sync_dirs()
             for logical, fut in copies.items():
                 if not fut.cancelled() and fut.exception() is None:
                     sqlite_sink.discard_copy(writer, logical, fut.result())

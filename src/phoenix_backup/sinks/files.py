@@ -146,6 +146,9 @@ class FileWriter:
         self._roots: dict[str, int] = {}
         self._dir_meta: list[tuple[str, Node]] = []
         self._roots_lock = threading.Lock()
+        # Folders a file was renamed into since they were last fsynced: each is fsynced once, by
+        # `sync_dirs`, rather than after every file (one folder holds many files).
+        self._unsynced: set[str] = set()
         # (device, inode) of each file written or checked, so that a hard link is made only to
         # the very file this restore put there.
         self._inodes: dict[str, tuple[int, int]] = {}
@@ -277,7 +280,9 @@ class FileWriter:
         self._dir_meta.append((logical, node))
 
     def finish_dirs(self) -> None:
-        """Modes and times of folders last (deepest first), after their content is written."""
+        """Modes and times of folders last (deepest first), after their content is written (and
+        the renames of its files are on disk)."""
+        self.sync_dirs()
         for logical, node in sorted(self._dir_meta, key=lambda x: x[0].count("/"), reverse=True):
             try:
                 with self.open_dir(logical) as dfd:
@@ -388,8 +393,23 @@ class FileWriter:
         with self.parent_dir(logical) as (fd, name):
             tmp = self.write_temp(fd, logical, node)
             rename_over(fd, tmp, name, logical)
-            os.fsync(fd)
+        with self._roots_lock:
+            self._unsynced.add(logical.rpartition("/")[0])
         return "ok"
+
+    def sync_dirs(self) -> None:
+        """fsync each folder a file was renamed into: the renames are on disk when this returns.
+        Called before a restore applies its databases and before it reports anything done."""
+        with self._roots_lock:
+            folders, self._unsynced = sorted(self._unsynced), set()
+        for folder in folders:
+            try:
+                with self.open_dir(folder) as dfd:
+                    os.fsync(dfd)
+            except FileNotFoundError:
+                continue  # removed since (by this restore's deletions): nothing of ours to keep
+            except OSError as exc:
+                raise os_error(exc, f"syncing the folder {folder}") from exc
 
     def remove(self, logical: str, kind: str) -> str:
         """Delete a path the restore's plan deletes (a database with its -wal, -shm and -journal)."""

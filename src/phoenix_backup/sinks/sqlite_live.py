@@ -100,16 +100,27 @@ def page_size_of(path: str) -> int:
 
 
 def integrity(path: str) -> str:
-    """`PRAGMA integrity_check` of a database file no one else uses (a restored copy), read-only."""
+    """`PRAGMA integrity_check` of a database file no one else uses (a restored copy), read-only:
+    "ok", or its first problems. Text is decoded leniently: a damaged schema's names (and SQLite's
+    messages quoting them) need not be UTF-8."""
     try:
         con = sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)
         try:
+            con.text_factory = lambda b: b.decode("utf-8", "replace")
             rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
         finally:
             con.close()
-    except sqlite3.Error as exc:
-        return str(exc)
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        return _message(exc)
     return "ok" if rows == ["ok"] else "; ".join(rows[:5])
+
+
+def _message(exc: sqlite3.Error | UnicodeDecodeError) -> str:
+    """SQLite's message; Python raises UnicodeDecodeError instead of an error whose message
+    quotes a name that is not UTF-8 (a damaged schema): that message, decoded leniently."""
+    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+        return exc.object.decode("utf-8", "replace")
+    return str(exc) or "the check failed"
 
 
 def apply_if_readable(copy: str, live: str, logical: str, shown: str) -> bool:
@@ -179,8 +190,8 @@ def check_live(path: str) -> LiveCheck:
             except sqlite3.Error as exc:
                 fts[name] = str(exc)
         con.commit()
-    except sqlite3.Error as exc:
-        return LiveCheck(f"cannot be checked: {exc}", {})
+    except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged schema's names need not be UTF-8
+        return LiveCheck(f"cannot be checked: {_message(exc)}", {})
     finally:
         con.close()
     return LiveCheck(integrity, fts)

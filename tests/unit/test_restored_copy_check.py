@@ -1,0 +1,68 @@
+"""The check of a restored database copy (sinks/sqlite_live.py) on damaged copies: it fails
+with SQLite's own message, whatever bytes the damage left in the schema."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from phoenix_backup.sinks import sqlite_live
+
+PAGE = 1024
+
+
+def _whole_check(path: Path) -> bool:
+    """The oracle: does the whole `PRAGMA integrity_check` pass? (An error that stops it fails.)"""
+    try:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            con.text_factory = bytes
+            return [r[0] for r in con.execute("PRAGMA integrity_check")] == [b"ok"]
+        finally:
+            con.close()
+    except (sqlite3.Error, UnicodeDecodeError):
+        return False
+
+
+def _database(path: Path) -> bytes:
+    """Every kind of page: tables with rowid and without, indexes (UNIQUE, on an expression),
+    rows spilling into overflow chains, NOT NULL and CHECK constraints, a freelist."""
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA page_size={PAGE}")
+    con.executescript(
+        """
+        CREATE TABLE m(id INTEGER PRIMARY KEY, k TEXT UNIQUE, body TEXT NOT NULL, n INT CHECK (n >= 0));
+        CREATE INDEX m_n ON m(n);
+        CREATE TABLE w(a TEXT PRIMARY KEY, b BLOB) WITHOUT ROWID;
+        CREATE INDEX w_b ON w(substr(b, 1, 4));
+        CREATE UNIQUE INDEX w_bu ON w(b);
+        CREATE TABLE plain(x);
+        """
+    )
+    rng = random.Random(1)
+    con.executemany(
+        "INSERT INTO m(k, body, n) VALUES (?, ?, ?)",
+        [(f"k{i}", rng.randbytes(rng.choice([20, 1500])).hex(), i % 7) for i in range(60)],
+    )
+    con.executemany("INSERT INTO w VALUES (?, ?)", [(f"a{i}", rng.randbytes(50)) for i in range(40)])
+    con.executemany("INSERT INTO plain VALUES (?)", [(rng.randbytes(1200),) for _ in range(16)])
+    con.commit()
+    con.execute("DELETE FROM m WHERE id % 3 = 0")
+    con.execute("DELETE FROM plain WHERE rowid % 2 = 0")
+    con.commit()
+    con.close()
+    return path.read_bytes()
+
+
+def test_a_copy_whose_damaged_schema_is_not_utf8_fails_its_check_with_a_message(tmp_path: Path) -> None:
+    """A flipped byte in a table's name in the schema: SQLite's message quotes the name, which is
+    not UTF-8 any more. The check fails with that message (it used to raise UnicodeDecodeError,
+    a traceback in the middle of a restore)."""
+    base = _database(tmp_path / "base.db")
+    at = base.index(b"plainplain") + 1  # the schema row's name, then its table's name
+    data = bytearray(base)
+    data[at] = 0x93
+    (tmp_path / "bad.db").write_bytes(bytes(data))
+    assert not _whole_check(tmp_path / "bad.db")
+    assert sqlite_live.integrity(str(tmp_path / "bad.db")).startswith("malformed database schema (p")
