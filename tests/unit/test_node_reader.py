@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo import keys, reader
 from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent
 from phoenix_backup.storage.local import LocalBackend
@@ -114,3 +115,39 @@ def test_a_node_whose_bytes_differ_from_its_sha256_is_damage(
             for block in NodeReader(repo, "workspace/f", bad).blocks():
                 got.append(block)
         assert got == [d1]  # the last block never came
+
+
+def test_a_reading_thread_whose_buffer_was_made_for_smaller_ranges_still_reads_every_blob_whole(
+    stored: tuple[Repository, list[tuple[bytes, bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reading thread keeps the buffer of its first ranged read. One made while READ_RANGE
+    was smaller (a test above sets it to 64 KiB) must not cut a later, larger range short: the
+    blobs past its end then read as damaged (this made the restore tests fail at random, by which
+    decode thread happened to be new during the small-range test)."""
+    import threading
+
+    repo, blobs = stored
+    located = []
+    for bid, _data in blobs:
+        loc = repo.index.get(bid)
+        assert loc is not None
+        located.append((bid, loc))
+    located.sort(key=lambda x: (x[1].pack_id, x[1].offset))
+    pack = located[0][1].pack_id
+    run = [item for item in located if item[1].pack_id == pack]
+    assert sum(loc.stored for _b, loc in run) > 64 * KIB  # wider than the small buffer
+    want = dict(blobs)
+    got: list[reader.Opened] = []
+
+    def reading_thread() -> None:
+        with monkeypatch.context() as m:
+            m.setattr(reader, "READ_RANGE", 64 * KIB)
+            got.append(reader.read_blobs(repo, pack_name(pack), run[:1]))  # this thread's buffer: 64 KiB
+        got.append(reader.read_blobs(repo, pack_name(pack), run))  # READ_RANGE is 4 MiB again
+
+    t = threading.Thread(target=reading_thread)
+    t.start()
+    t.join()
+    assert len(got) == 2
+    for opened in got:
+        assert {b: (v if isinstance(v, bytes) else repr(v)) for b, v in opened.items()} == {b: want[b] for b in opened}

@@ -68,11 +68,13 @@ def _range_buffer(length: int) -> memoryview:
     READ_RANGE bytes into the same buffer: a new buffer of megabytes would be new pages for the
     kernel to map and zero (a page fault per 4 KiB restored). Opening a blob copies it out (its
     plaintext is a new object), so the buffer is free again once `read_blobs` returns. A larger
-    range (one blob above READ_RANGE) gets a buffer of its own."""
+    range (one blob above READ_RANGE) gets a buffer of its own. A thread's buffer shorter than
+    the range (made while READ_RANGE was smaller) is replaced: a slice of it would be short, and
+    the blobs past its end would read as damaged."""
     if length > READ_RANGE:
         return memoryview(bytearray(length))
     buf: bytearray | None = getattr(_buffers, "buf", None)
-    if buf is None:
+    if buf is None or len(buf) < length:
         buf = _buffers.buf = bytearray(READ_RANGE)
     return memoryview(buf)[:length]
 
