@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError
 from phoenix_backup.repo import keys, reader
-from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import PackEntry, pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Node
 from phoenix_backup.sinks import sqlite as sqlite_sink
@@ -195,6 +195,32 @@ def test_a_pack_cut_short_fails_only_the_blobs_it_lost(writer: tuple[Repository,
         else:
             assert isinstance(got[blob], PhoenixError)
     assert sum(isinstance(v, PhoenixError) for v in got.values()) == 3
+
+
+def test_an_index_entry_claiming_hundreds_of_mib_is_refused_before_they_are_allocated(
+    writer: tuple[Repository, FileWriter, Path],
+) -> None:
+    """A blob listed as stored over 512 MiB of a pack of a few KiB (an index object a compromised
+    machine that backs up added to a write-only repository): the store refuses the read before a
+    buffer of that size is allocated and zeroed, and the blob ends in its own error."""
+    import tracemalloc
+
+    repo, _w, _to = writer
+    [ext] = _store(repo, random.Random(9).randbytes(20 * 1024), 20 * 1024)
+    loc = repo.index.get(ext.blob)
+    assert loc is not None
+    claimed = bytes(range(32))
+    repo.index.add_pack(loc.pack_id, [PackEntry(BlobType.DATA, Compression.NONE, claimed, 0, 512 << 20, 100)])
+    claim = repo.index.get(claimed)
+    assert claim is not None and claim.stored == 512 << 20
+    tracemalloc.start()
+    try:
+        got = reader.read_blobs(repo, pack_name(loc.pack_id), [(claimed, claim)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(got[claimed], PhoenixError), got
+    assert peak < 32 << 20, f"{peak >> 20} MiB allocated for a claim the pack cannot hold"
 
 
 BLOCK = 4096

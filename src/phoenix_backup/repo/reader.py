@@ -64,15 +64,14 @@ _buffers = threading.local()
 
 
 def _range_buffer(length: int) -> memoryview:
-    """Room for one ranged read of `length` bytes. Each reading thread reads every range of up to
-    READ_RANGE bytes into the same buffer: a new buffer of megabytes would be new pages for the
+    """Room for one ranged read of `length` bytes, at most READ_RANGE. Each reading thread reads
+    every such range into the same buffer: a new buffer of megabytes would be new pages for the
     kernel to map and zero (a page fault per 4 KiB restored). Opening a blob copies it out (its
-    plaintext is a new object), so the buffer is free again once `read_blobs` returns. A larger
-    range (one blob above READ_RANGE) gets a buffer of its own."""
-    if length > READ_RANGE:
-        return memoryview(bytearray(length))
+    plaintext is a new object), so the buffer is free again once `read_blobs` returns. A thread's
+    buffer shorter than the range (made while READ_RANGE was smaller) is replaced: a slice of it
+    would be short, and the blobs past its end would read as damaged."""
     buf: bytearray | None = getattr(_buffers, "buf", None)
-    if buf is None:
+    if buf is None or len(buf) < length:
         buf = _buffers.buf = bytearray(READ_RANGE)
     return memoryview(buf)[:length]
 
@@ -86,9 +85,16 @@ def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocatio
     start = blobs[0][1].offset
     end = max(loc.offset + loc.stored for _b, loc in blobs)
     out: Opened = {}
-    buf = _range_buffer(end - start)
     try:
-        view = buf[: repo.backend.read_range_into(pack, start, buf)]
+        if end - start > READ_RANGE:
+            # One blob above READ_RANGE: read as it is, with no buffer made first. Its length
+            # comes from the index, which may claim gigabytes of a pack far shorter (a write-only
+            # repository's index objects come from the machine that backs up): the store refuses
+            # such a read before it allocates anything.
+            view = memoryview(repo.backend.read_range(pack, start, end - start))
+        else:
+            buf = _range_buffer(end - start)
+            view = buf[: repo.backend.read_range_into(pack, start, buf)]
     except (CorruptObject, ObjectNotFound):
         for blob, _loc in blobs:
             try:
