@@ -6,8 +6,15 @@ from __future__ import annotations
 import random
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
+import pytest
+
+from phoenix_backup.errors import SourceError
+from phoenix_backup.ops.drill import DrillContext, SqliteDrill
 from phoenix_backup.sinks import sqlite_live
+from phoenix_backup.sources.sqlite import check_connection
 
 PAGE = 1024
 
@@ -66,3 +73,24 @@ def test_a_copy_whose_damaged_schema_is_not_utf8_fails_its_check_with_a_message(
     (tmp_path / "bad.db").write_bytes(bytes(data))
     assert not _whole_check(tmp_path / "bad.db")
     assert sqlite_live.integrity(str(tmp_path / "bad.db")).startswith("malformed database schema (p")
+
+
+def test_a_damaged_schema_that_is_not_utf8_fails_the_backup_check_and_the_drill_with_a_message(tmp_path: Path) -> None:
+    """The same damage met by a backup's check of a database and by a drill's check of its
+    restored copy: a failed check naming SQLite's message, not UnicodeDecodeError."""
+    base = _database(tmp_path / "base.db")
+    at = base.index(b"plainplain") + 1
+    data = bytearray(base)
+    data[at] = 0x93
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(bytes(data))
+    con = sqlite3.connect(f"{bad.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        with pytest.raises(SourceError, match=r"cannot read a database to check it: malformed database schema \(p"):
+            check_connection(con)
+    finally:
+        con.close()
+    ctx = cast(DrillContext, SimpleNamespace(scratch=tmp_path))  # the checker reads only the scratch folder
+    report = SqliteDrill().check(ctx, None, bad)
+    assert not report.ok
+    assert "malformed database schema (p" in report.integrity

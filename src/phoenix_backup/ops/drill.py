@@ -51,7 +51,7 @@ from phoenix_backup.sinks import sqlite as sqlite_sink
 from phoenix_backup.sinks.files import FileWriter  # the restore's writer: the drill proves that code
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import count_rows, sqlite_uri
-from phoenix_backup.sql import quote
+from phoenix_backup.sql import quote, sqlite_error_text
 from phoenix_backup.state import IntegrityCheck, record_integrity_checks, state_path
 
 # Scratch space must hold the whole snapshot, plus room for SQLite's journals while checking.
@@ -141,8 +141,8 @@ class SqliteDrill:
                 report.problems.append((f"table:{name}", f"table {name} cannot be read"))
             self._fts5(con, virtual, report)
             self._rows(info, tables, virtual, report)
-        except sqlite3.Error as exc:
-            report.problems.append(("database", f"cannot be read: {exc}"))
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            report.problems.append(("database", f"cannot be read: {sqlite_error_text(exc)}"))
         finally:
             con.close()
         return report
@@ -152,8 +152,8 @@ class SqliteDrill:
         try:
             rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check")]
             report.integrity = "ok" if rows == ["ok"] else "; ".join(rows[:5])
-        except sqlite3.Error as exc:
-            report.integrity = f"integrity_check failed: {exc}"
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged schema's names need not be UTF-8
+            report.integrity = f"integrity_check failed: {sqlite_error_text(exc)}"
         if report.integrity != "ok":
             report.problems.append(("database", f"fails PRAGMA integrity_check: {report.integrity}"))
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from phoenix_backup.errors import RestoreError
 from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, sqlite_uri
-from phoenix_backup.sql import quote
+from phoenix_backup.sql import quote, sqlite_error_text
 
 SQLITE_MAGIC = b"SQLite format 3\0"
 COMPANIONS = ("-wal", "-shm", "-journal")
@@ -111,16 +111,8 @@ def integrity(path: str) -> str:
         finally:
             con.close()
     except (sqlite3.Error, UnicodeDecodeError) as exc:
-        return _message(exc)
+        return sqlite_error_text(exc)
     return "ok" if rows == ["ok"] else "; ".join(rows[:5])
-
-
-def _message(exc: sqlite3.Error | UnicodeDecodeError) -> str:
-    """SQLite's message; Python raises UnicodeDecodeError instead of an error whose message
-    quotes a name that is not UTF-8 (a damaged schema): that message, decoded leniently."""
-    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
-        return exc.object.decode("utf-8", "replace")
-    return str(exc) or "the check failed"
 
 
 def apply_if_readable(copy: str, live: str, logical: str, shown: str) -> bool:
@@ -191,7 +183,7 @@ def check_live(path: str) -> LiveCheck:
                 fts[name] = str(exc)
         con.commit()
     except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged schema's names need not be UTF-8
-        return LiveCheck(f"cannot be checked: {_message(exc)}", {})
+        return LiveCheck(f"cannot be checked: {sqlite_error_text(exc)}", {})
     finally:
         con.close()
     return LiveCheck(integrity, fts)

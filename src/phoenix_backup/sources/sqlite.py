@@ -20,7 +20,7 @@ from typing import Any
 
 from phoenix_backup.errors import SourceError
 from phoenix_backup.repo.snapshot import NOT_CHECKED
-from phoenix_backup.sql import quote
+from phoenix_backup.sql import quote, sqlite_error_text
 
 BUSY_TIMEOUT_MS = 30_000
 # Room kept free beyond the copy itself, so a backup never fills the cache's disk to the brim.
@@ -129,15 +129,15 @@ def check_connection(con: sqlite3.Connection, *, full: bool = True) -> DatabaseC
                 rows = con.execute("PRAGMA integrity_check").fetchall()
                 problems = [str(r[0]) for r in rows]
                 integrity = "ok" if problems == ["ok"] else "; ".join(problems[:5])
-            except sqlite3.Error as exc:
-                integrity = f"integrity_check failed: {exc}"
+            except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged schema's names need not be UTF-8
+                integrity = f"integrity_check failed: {sqlite_error_text(exc)}"
         tables, virtual, unreadable = count_rows(con)
         if unreadable:
             problem = f"tables that cannot be read: {', '.join(unreadable)}"
             integrity = problem if integrity in ("ok", NOT_CHECKED) else f"{integrity}; {problem}"
         version = str(con.execute("SELECT sqlite_version()").fetchone()[0])
-    except sqlite3.Error as exc:
-        raise SourceError(f"cannot read a database to check it: {exc}") from exc
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        raise SourceError(f"cannot read a database to check it: {sqlite_error_text(exc)}") from exc
     return DatabaseCheck(integrity, tables, virtual, version)
 
 
