@@ -32,7 +32,7 @@ from phoenix_backup.ops.backup import BackupResult, select_sources, snapshot_ent
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry
+from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry, Selection
 from phoenix_backup.sources.scope import SCOPES
 
 FILES_SCOPE = "watch-files"
@@ -59,6 +59,34 @@ _CHANGES: list[type[FileSystemEvent]] = [
 # Python: measured 4.4 % of a core against 0.6 % for the databases' capture). A file there is seen
 # when it is closed after writing, created, moved or deleted.
 _CHANGES_BUT_WRITES = [e for e in _CHANGES if e is not FileModifiedEvent]
+
+
+def _roots(workspace: Path, sel: Selection) -> list[tuple[Path, bool, list[type[FileSystemEvent]]]]:
+    """The folders to watch: (folder, recursive, the events asked). The workspace, whole; outside
+    it, each folder a backup reads (a component's symlink target, `memory/ -> ~/synced/memory`)
+    whole too, since folders made there later hold notes as well, and the folder of each other
+    file it reads. Writes are asked everywhere except in a folder that holds a database (its -wal
+    would wake the watch at every commit, see _CHANGES_BUT_WRITES): a file there is seen when it
+    is closed after writing, created, moved or deleted, not while a process keeps writing to it."""
+    entries = list(sel.entries.values())
+    targets = [sel.entries[t] for t in sel.followed.values() if t in sel.entries]
+    whole = {workspace} | {e.path for e in targets if e.kind == "dir" and not e.path.is_relative_to(workspace)}
+    whole = {d for d in whole if not any(d != o and d.is_relative_to(o) for o in whole)}
+    shallow = {
+        e.path.parent
+        for e in entries
+        if e.kind in ("file", "symlink") and not any(e.path.parent.is_relative_to(d) for d in whole)
+    }
+    databases = [e.path.parent for e in entries if e.kind == "sqlite"]
+    out = []
+    for root in sorted(whole | shallow):
+        if root.is_dir():
+            recursive = root in whole
+            busy = any(d == root or (recursive and d.is_relative_to(root)) for d in databases)
+            # The workspace is asked for writes whatever it holds: its files change most.
+            kinds = _CHANGES_BUT_WRITES if busy and root != workspace else _CHANGES
+            out.append((root, recursive, kinds))
+    return out
 
 
 class _Events(FileSystemEventHandler):
@@ -110,16 +138,9 @@ class FileWatch:
         self.observer = Observer()
         self.pending = True  # the first snapshot: what changed while no watch ran
         self.snapshots = 0
-        entries = self._entries()
-        roots = {str(cfg.workspace)}
-        for e in entries:
-            if not e.path.is_relative_to(cfg.workspace):
-                roots.add(str(e.path.parent))
-        for root in sorted(roots):
-            if Path(root).is_dir():
-                inside = root == str(cfg.workspace)
-                kinds = _CHANGES if inside else _CHANGES_BUT_WRITES
-                self.observer.schedule(self.events, root, recursive=inside, event_filter=kinds)
+        _layout, sel = select_sources(cfg, "full", envx)
+        for root, recursive, kinds in _roots(cfg.workspace, sel):
+            self.observer.schedule(self.events, str(root), recursive=recursive, event_filter=kinds)
         self.observer.start()
 
     def _entries(self) -> list[Entry]:

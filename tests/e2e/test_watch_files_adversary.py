@@ -1,0 +1,109 @@
+"""The file watcher of `phx watch` against the ways files change outside the workspace.
+
+Issue 19's recovery point for files: a change is in a `watch-files` snapshot within seconds. The
+watcher asks the kernel for no per-write events in folders outside the workspace (a live
+database's -wal there woke it hundreds of times a second), so each case below must still be
+seen by an event it does ask for."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox
+from test_defaults import as_init_writes_it
+from watchdog.events import FileModifiedEvent, FileSystemEvent
+
+from phoenix_backup import Environment, load_config
+from phoenix_backup.ops.backup import select_sources
+from phoenix_backup.ops.watch_files import FileWatch, _roots
+
+
+@dataclass
+class Watched:
+    watch: FileWatch
+    memory: Path  # the folder memory/ points to, outside the workspace
+    named: list[str]  # paths named by the events that made a snapshot due
+
+    def seen(self, path: Path, within: float = 3.0) -> bool:
+        """Whether an event naming `path` made a snapshot due within `within` seconds (other
+        processes' files in the folders watched do not count)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if str(path) in self.named:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+@pytest.fixture
+def memory_elsewhere(sandbox: Sandbox) -> Iterator[Watched]:
+    """memory/ -> a synced folder outside the workspace, watched as `phx watch` does."""
+    sb = sandbox
+    as_init_writes_it(sb)
+    elsewhere = sb.root / "synced"
+    elsewhere.mkdir()
+    (sb.workspace / "memory").rename(elsewhere / "memory")
+    (sb.workspace / "memory").symlink_to(elsewhere / "memory")
+    watch = FileWatch(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    named: list[str] = []
+    handler = watch.events.on_any_event
+
+    def spy(event: FileSystemEvent) -> None:
+        before = watch.events.last
+        handler(event)
+        if watch.events.last != before:
+            named.extend([str(event.src_path), str(getattr(event, "dest_path", "") or "")])
+
+    watch.events.on_any_event = spy  # type: ignore[method-assign]
+    try:
+        yield Watched(watch, elsewhere / "memory", named)
+    finally:
+        watch.close()
+
+
+def test_a_note_appended_by_a_process_that_keeps_it_open_is_seen(memory_elsewhere: Watched) -> None:
+    """An agent that keeps its journal open and appends to it never closes the file: with no write
+    events asked outside the workspace, the change waited for a close that never came."""
+    note = sorted(memory_elsewhere.memory.glob("*.md"))[0]
+    with open(note, "a") as held:
+        held.write("\n- appended by a process that keeps the note open\n")
+        held.flush()
+        assert memory_elsewhere.seen(note), f"an append to {note} through a file kept open was never seen"
+
+
+def test_a_note_in_a_folder_created_after_the_watch_began_is_seen(memory_elsewhere: Watched) -> None:
+    """memory/2026-12/ made after the watch started: its creation is seen, but the folders outside
+    the workspace were watched one level deep, as they were when the watch began, so every note
+    written in it later was missed."""
+    month = memory_elsewhere.memory / "2026-12"
+    month.mkdir()
+    time.sleep(0.3)
+    note = month / "note.md"
+    note.write_text("a note of the new month\n")  # created, written and closed
+    assert memory_elsewhere.seen(note), (
+        f"a note written in {month} (a folder made after the watch began) was never seen"
+    )
+
+
+def test_a_folder_outside_holding_a_database_is_not_asked_for_writes(sandbox: Sandbox) -> None:
+    """The reason writes are not asked outside the workspace: a live database's -wal there gets
+    several writes per commit. A folder a component points to is asked for them only when it
+    holds no database."""
+    sb = sandbox
+    as_init_writes_it(sb)
+    cfg = load_config(sb.config_path, sb.env)
+    envx = Environment(env=sb.env)
+    _layout, sel = select_sources(cfg, "full", envx)
+    databases = {e.path.parent for e in sel.entries.values() if e.kind == "sqlite"}
+    outside = [d for d in databases if not d.is_relative_to(cfg.workspace)]
+    assert outside, "the sample keeps no database outside the workspace"
+    asked = {root: kinds for root, _recursive, kinds in _roots(cfg.workspace, sel)}
+    watched = [d for d in outside if d in asked]
+    assert watched, "no folder outside the workspace holding a database is watched (for its config files)"
+    for folder in watched:
+        assert FileModifiedEvent not in asked[folder], f"writes are asked in {folder}, which holds a database"
+    assert FileModifiedEvent in asked[cfg.workspace]
