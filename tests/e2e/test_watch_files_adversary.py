@@ -107,3 +107,26 @@ def test_a_folder_outside_holding_a_database_is_not_asked_for_writes(sandbox: Sa
     for folder in watched:
         assert FileModifiedEvent not in asked[folder], f"writes are asked in {folder}, which holds a database"
     assert FileModifiedEvent in asked[cfg.workspace]
+
+
+def test_a_workspace_reached_through_a_symlink_is_watched_whole(sandbox: Sandbox) -> None:
+    """~/argent -> /data/argent: a note appended in a subfolder of the real folder is seen."""
+    sb = sandbox
+    as_init_writes_it(sb)
+    real = sb.root / "data-argent"
+    sb.workspace.rename(real)
+    sb.workspace.symlink_to(real)
+    watch = FileWatch(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    try:
+        note = sorted((real / "memory").glob("*.md"))[0]
+        time.sleep(0.3)
+        watch.events.take(time.monotonic() + 100)
+        with open(note, "a") as held:
+            held.write("\n- appended\n")
+            held.flush()
+            deadline = time.monotonic() + 3
+            while not watch.events.first and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert watch.events.first, f"an append to {note} (the workspace reached through a symlink) was never seen"
+    finally:
+        watch.close()
