@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sqlite_states
 from phoenix_backup.sources.sqlite_capture import CaptureError, SqliteCapture
-from sqlite_states import Simulation, create_schema, logged, pages_differing, state_of
+from sqlite_states import Simulation, create_schema, logged, pages_differing, start_writer, state_of
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 TRIALS = [(seed, 30.0) for seed in range(4)] if HEAVY else [(7, 4.0)]
@@ -55,17 +54,7 @@ HOSTILE = textwrap.indent(
 
 
 def _start(db: Path, log: Path, seed: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", sqlite_states.WRITER + HOSTILE, str(db), str(log), str(seed), "0.002"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        proc.kill()
-        raise AssertionError(f"the writer did not start: {proc.stderr.read() if proc.stderr else ''}")
-    return proc
+    return start_writer(db, log, seed, slow=0.002, more=HOSTILE)
 
 
 @pytest.mark.parametrize(("seed", "seconds"), TRIALS)
