@@ -130,3 +130,27 @@ def test_a_workspace_reached_through_a_symlink_is_watched_whole(sandbox: Sandbox
             assert watch.events.first, f"an append to {note} (the workspace reached through a symlink) was never seen"
     finally:
         watch.close()
+
+
+def test_a_file_in_a_folder_on_the_way_to_one_read_makes_no_snapshot(sandbox: Sandbox) -> None:
+    """HOME holds ~/.argentos, whose files a backup reads: folders on the way (HOME, /home, /)
+    were watched too, so every file any program made in HOME (a shell's history) started a
+    snapshot of the files, every few seconds on a busy machine."""
+    sb = sandbox
+    as_init_writes_it(sb)
+    watch = FileWatch(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    try:
+        time.sleep(0.3)
+        watch.events.take(time.monotonic() + 100)
+        (sb.home / ".bash_history").write_text("ls\n")
+        (sb.home / ".argentos" / "argent.json").write_text("{}\n")  # read by a backup: counts
+        deadline = time.monotonic() + 3
+        while not watch.events.first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watch.events.first, "a change of ~/.argentos/argent.json was not seen"
+        watch.events.take(time.monotonic() + 100)
+        (sb.home / ".lesshst").write_text("x\n")
+        time.sleep(1.0)
+        assert not watch.events.first, "a file made in HOME, which no backup reads, made a snapshot due"
+    finally:
+        watch.close()
