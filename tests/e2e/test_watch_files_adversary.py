@@ -19,7 +19,7 @@ from watchdog.events import FileModifiedEvent, FileSystemEvent
 
 from phoenix_backup import Environment, load_config
 from phoenix_backup.ops.backup import select_sources
-from phoenix_backup.ops.watch_files import FileWatch, _roots
+from phoenix_backup.ops.watch_files import QUIET_SECONDS, RECHECK_SECONDS, FileWatch, _roots
 
 
 @dataclass
@@ -59,6 +59,7 @@ def memory_elsewhere(sandbox: Sandbox) -> Iterator[Watched]:
             named.extend([str(event.src_path), str(getattr(event, "dest_path", "") or "")])
 
     watch.events.on_any_event = spy  # type: ignore[method-assign]
+    watch.pending = False  # the first snapshot, taken
     try:
         yield Watched(watch, elsewhere / "memory", named)
     finally:
@@ -154,3 +155,19 @@ def test_a_file_in_a_folder_on_the_way_to_one_read_makes_no_snapshot(sandbox: Sa
         assert not watch.events.first, "a file made in HOME, which no backup reads, made a snapshot due"
     finally:
         watch.close()
+
+
+def test_a_memory_folder_renamed_away_and_made_again_is_watched_again(memory_elsewhere: Watched) -> None:
+    """A sync tool replaces the folder memory/ points to: renames it away, makes it again. The
+    kernel's watch went with the old folder, so no note written in the new one was ever seen."""
+    memory = memory_elsewhere.memory
+    memory.rename(memory.with_name("memory.old"))
+    memory.mkdir()
+    (memory / "first.md").write_text("the first note of the new folder\n")
+    deadline = time.monotonic() + QUIET_SECONDS + RECHECK_SECONDS + 3
+    while not memory_elsewhere.watch.due() and time.monotonic() < deadline:
+        time.sleep(0.1)  # `phx watch` asks every tenth of a second or so
+    memory_elsewhere.watch.pending = False
+    note = memory / "second.md"
+    note.write_text("a note written once the folder was replaced\n")
+    assert memory_elsewhere.seen(note), f"a note written in the new {memory} was never seen"

@@ -8,6 +8,8 @@ proportional to the change. A point in time of the files is the newest such snap
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -25,9 +27,11 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir
+from phoenix_backup.errors import PhoenixError
 from phoenix_backup.ops.backup import BackupResult, select_sources, snapshot_entries
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.cache import cache_root
@@ -40,6 +44,7 @@ FILES_SCOPE = "watch-files"
 # event of a burst (so a file written all the time is still saved every few seconds).
 QUIET_SECONDS = 2.0
 MAX_DELAY_SECONDS = 8.0
+RECHECK_SECONDS = 4.0  # how often the folders watched are checked to be those at their paths
 _COMPANIONS = ("-wal", "-shm", "-journal")
 # The events that can change a file, asked of the kernel (inotify's mask): not its opening or a
 # read, which every snapshot of the files causes itself.
@@ -87,6 +92,19 @@ def _roots(workspace: Path, sel: Selection) -> list[tuple[Path, bool, list[type[
             kinds = _CHANGES_BUT_WRITES if busy and root != workspace else _CHANGES
             out.append((root, recursive, kinds))
     return out
+
+
+def _folder(path: Path) -> tuple[int, int]:
+    """The device and inode of a folder, (0, 0) when there is none at `path`."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0, 0
+    return st.st_dev, st.st_ino
+
+
+# A folder watched: its path, device and inode, whether below it too, the events asked.
+_WatchKey = tuple[Path, int, int, bool, tuple[str, ...]]
 
 
 class _Events(FileSystemEventHandler):
@@ -138,18 +156,44 @@ class FileWatch:
         self.observer = Observer()
         self.pending = True  # the first snapshot: what changed while no watch ran
         self.snapshots = 0
-        _layout, sel = select_sources(cfg, "full", envx)
-        for root, recursive, kinds in _roots(cfg.workspace, sel):
-            self.observer.schedule(self.events, str(root), recursive=recursive, event_filter=kinds)
+        self.watches: dict[_WatchKey, ObservedWatch] = {}
+        self.recheck = time.monotonic() + RECHECK_SECONDS
+        self._schedule()
         self.observer.start()
+
+    def _schedule(self) -> None:
+        """Watch the folders the backup reads now: a folder a component points to may have been
+        renamed away and made again (a sync tool's way), and a watch follows the folder it was
+        put on (the kernel watches a folder, not its name)."""
+        _layout, sel = select_sources(self.cfg, "full", self.envx)
+        wanted: dict[_WatchKey, list[type[FileSystemEvent]]] = {}
+        for root, recursive, kinds in _roots(self.cfg.workspace, sel):
+            wanted[(root, *_folder(root), recursive, tuple(k.__name__ for k in kinds))] = kinds
+        for key in [k for k in self.watches if k not in wanted]:
+            self.observer.unschedule(self.watches.pop(key))
+        for key, kinds in wanted.items():
+            if key not in self.watches:
+                root, recursive = key[0], key[3]
+                watch = self.observer.schedule(self.events, str(root), recursive=recursive, event_filter=kinds)
+                self.watches[key] = watch
 
     def _entries(self) -> list[Entry]:
         _layout, sel = select_sources(self.cfg, "full", self.envx)
         return [e for e in sel.entries.values() if e.kind != "sqlite"]
 
     def due(self) -> bool:
-        if self.events.take(time.monotonic()):
+        now = time.monotonic()
+        burst = self.events.take(now)
+        if burst:
             self.pending = True
+        if burst or now >= self.recheck:
+            # A folder watched that is not the one at its path any more (renamed away, made
+            # again) reports nothing of the new one: the watch moves to it, and a snapshot reads it.
+            self.recheck = now + RECHECK_SECONDS
+            if any(_folder(key[0]) != key[1:3] for key in self.watches):
+                self.pending = True
+                with contextlib.suppress(OSError, PhoenixError):
+                    self._schedule()
         return self.pending
 
     def snapshot(self, repo: Repository) -> BackupResult:
