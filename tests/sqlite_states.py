@@ -136,11 +136,12 @@ def pages_differing(old: bytes, new: bytes, page_size: int) -> set[int]:
     }
 
 
-def start_writer(db: Path, log: Path, seed: int, slow: float) -> subprocess.Popen[str]:
+def start_writer(db: Path, log: Path, seed: int, slow: float, more: str = "") -> subprocess.Popen[str]:
     """The writer running on `db`, once it has opened it; `slow` seconds at most of sleep inside
-    each transaction and between them (so that a kill lands mid-transaction)."""
+    each transaction and between them (so that a kill lands mid-transaction); `more`, code run in
+    its loop after each transaction (indented by four spaces; `roll` is its random draw)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(db), str(log), str(seed), str(slow)],
+        [sys.executable, "-c", WRITER + more, str(db), str(log), str(seed), str(slow)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,6 +8,8 @@ proportional to the change. A point in time of the files is the newest such snap
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -25,14 +27,16 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir
+from phoenix_backup.errors import PhoenixError
 from phoenix_backup.ops.backup import BackupResult, select_sources, snapshot_entries
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry
+from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry, Selection
 from phoenix_backup.sources.scope import SCOPES
 
 FILES_SCOPE = "watch-files"
@@ -40,6 +44,7 @@ FILES_SCOPE = "watch-files"
 # event of a burst (so a file written all the time is still saved every few seconds).
 QUIET_SECONDS = 2.0
 MAX_DELAY_SECONDS = 8.0
+RECHECK_SECONDS = 4.0  # how often the folders watched are checked to be those at their paths
 _COMPANIONS = ("-wal", "-shm", "-journal")
 # The events that can change a file, asked of the kernel (inotify's mask): not its opening or a
 # read, which every snapshot of the files causes itself.
@@ -59,6 +64,47 @@ _CHANGES: list[type[FileSystemEvent]] = [
 # Python: measured 4.4 % of a core against 0.6 % for the databases' capture). A file there is seen
 # when it is closed after writing, created, moved or deleted.
 _CHANGES_BUT_WRITES = [e for e in _CHANGES if e is not FileModifiedEvent]
+
+
+def _roots(workspace: Path, sel: Selection) -> list[tuple[Path, bool, list[type[FileSystemEvent]]]]:
+    """The folders to watch: (folder, recursive, the events asked). The workspace, whole; outside
+    it, each folder a backup reads (a component's symlink target, `memory/ -> ~/synced/memory`)
+    whole too, since folders made there later hold notes as well, and the folder of each other
+    file it reads. Writes are asked everywhere except in a folder that holds a database (its -wal
+    would wake the watch at every commit, see _CHANGES_BUT_WRITES): a file there is seen when it
+    is closed after writing, created, moved or deleted, not while a process keeps writing to it."""
+    entries = list(sel.entries.values())
+    targets = [sel.entries[t] for t in sel.followed.values() if t in sel.entries]
+    whole = {workspace} | {e.path for e in targets if e.kind == "dir" and not e.path.is_relative_to(workspace)}
+    whole = {d for d in whole if not any(d != o and d.is_relative_to(o) for o in whole)}
+    shallow = {
+        e.path.parent
+        for e in entries
+        if e.kind in ("file", "symlink") and not any(e.path.parent.is_relative_to(d) for d in whole)
+    }
+    databases = [e.path.parent for e in entries if e.kind == "sqlite"]
+    out = []
+    for root in sorted(whole | shallow):
+        if root.is_dir():
+            recursive = root in whole
+            busy = any(d == root or (recursive and d.is_relative_to(root)) for d in databases)
+            # The workspace is asked for writes whatever it holds: its files change most.
+            kinds = _CHANGES_BUT_WRITES if busy and root != workspace else _CHANGES
+            out.append((root, recursive, kinds))
+    return out
+
+
+def _folder(path: Path) -> tuple[int, int]:
+    """The device and inode of a folder, (0, 0) when there is none at `path`."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0, 0
+    return st.st_dev, st.st_ino
+
+
+# A folder watched: its path, device and inode, whether below it too, the events asked.
+_WatchKey = tuple[Path, int, int, bool, tuple[str, ...]]
 
 
 class _Events(FileSystemEventHandler):
@@ -110,25 +156,44 @@ class FileWatch:
         self.observer = Observer()
         self.pending = True  # the first snapshot: what changed while no watch ran
         self.snapshots = 0
-        entries = self._entries()
-        roots = {str(cfg.workspace)}
-        for e in entries:
-            if not e.path.is_relative_to(cfg.workspace):
-                roots.add(str(e.path.parent))
-        for root in sorted(roots):
-            if Path(root).is_dir():
-                inside = root == str(cfg.workspace)
-                kinds = _CHANGES if inside else _CHANGES_BUT_WRITES
-                self.observer.schedule(self.events, root, recursive=inside, event_filter=kinds)
+        self.watches: dict[_WatchKey, ObservedWatch] = {}
+        self.recheck = time.monotonic() + RECHECK_SECONDS
+        self._schedule()
         self.observer.start()
+
+    def _schedule(self) -> None:
+        """Watch the folders the backup reads now: a folder a component points to may have been
+        renamed away and made again (a sync tool's way), and a watch follows the folder it was
+        put on (the kernel watches a folder, not its name)."""
+        _layout, sel = select_sources(self.cfg, "full", self.envx)
+        wanted: dict[_WatchKey, list[type[FileSystemEvent]]] = {}
+        for root, recursive, kinds in _roots(self.cfg.workspace, sel):
+            wanted[(root, *_folder(root), recursive, tuple(k.__name__ for k in kinds))] = kinds
+        for key in [k for k in self.watches if k not in wanted]:
+            self.observer.unschedule(self.watches.pop(key))
+        for key, kinds in wanted.items():
+            if key not in self.watches:
+                root, recursive = key[0], key[3]
+                watch = self.observer.schedule(self.events, str(root), recursive=recursive, event_filter=kinds)
+                self.watches[key] = watch
 
     def _entries(self) -> list[Entry]:
         _layout, sel = select_sources(self.cfg, "full", self.envx)
         return [e for e in sel.entries.values() if e.kind != "sqlite"]
 
     def due(self) -> bool:
-        if self.events.take(time.monotonic()):
+        now = time.monotonic()
+        burst = self.events.take(now)
+        if burst:
             self.pending = True
+        if burst or now >= self.recheck:
+            # A folder watched that is not the one at its path any more (renamed away, made
+            # again) reports nothing of the new one: the watch moves to it, and a snapshot reads it.
+            self.recheck = now + RECHECK_SECONDS
+            if any(_folder(key[0]) != key[1:3] for key in self.watches):
+                self.pending = True
+                with contextlib.suppress(OSError, PhoenixError):
+                    self._schedule()
         return self.pending
 
     def snapshot(self, repo: Repository) -> BackupResult:

@@ -363,6 +363,13 @@ class SqliteCapture:
             return self._pin(reason)
         self.release()
         self._generation += 1
+        if not self._same_files():
+            # The database, its -wal or its -shm is another file than the one held (a database
+            # moved over this one, whose old connection's close deleted the -wal and -shm by
+            # name): the connection is tied to the old ones, so it is opened again. The position
+            # tells whether continuity survived.
+            self.close()
+            self._open()
         return self._pin()
 
     def _unseen(self, image: Image) -> None:
