@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import Sandbox
-from test_watch_adversary import LOGICAL, _commit, _restored, _table
+from test_watch_adversary import LOGICAL, _commit, _last_covered, _restored, _table
 
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import SourceError
@@ -88,8 +88,7 @@ def test_the_threads_of_a_base_end_with_it_and_the_watch_still_captures(sandbox:
         w.poll()
         w.flush()
         assert not w.queue
-        latest = sb.phx("list", "--timeline", "--json", check=None).json()["databases"][LOGICAL][-1]
-    assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1]
+    assert _restored(sb, _last_covered(sb), tmp_path / "at") == [0, 1]
 
 
 def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_them_first(
