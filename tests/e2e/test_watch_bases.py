@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import Sandbox
-from test_watch_adversary import LOGICAL, _commit, _restored, _table
+from test_watch_adversary import LOGICAL, _commit, _last_covered, _restored, _table
 
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import SourceError
@@ -74,6 +75,26 @@ def test_a_forgotten_base_is_noticed_at_the_next_lease_and_a_new_one_taken(sandb
     latest = sb.phx("list", "--timeline", "--json", check=None).json()["databases"][LOGICAL][-1]
     assert latest["kind"] == "covered", latest
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
+
+
+def test_the_threads_of_a_base_end_with_it_and_the_watch_still_captures(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The base snapshot seals and writes packs in threads; a watch that runs for weeks must not
+    keep them (each holds its stack and C heap) once the base is taken: the steady loop uses none."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        before = {t.ident for t in threading.enumerate()}
+        w.poll()  # the bases: a snapshot, sealed by the repository's threads
+        assert all(not d.need_base for d in w.dbs), notices
+        left = [t.name for t in threading.enumerate() if t.ident not in before]
+        assert not [n for n in left if n.startswith(("phx-seal", "phx-write"))], left
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert not w.queue
+    assert _restored(sb, _last_covered(sb), tmp_path / "at") == [0, 1]
 
 
 def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_them_first(

@@ -194,10 +194,19 @@ def list_at(cfg: Config, envx: Environment, at_text: str) -> list[StateAt]:
 
 
 def rebuild(
-    repo: Repository, tl: captures.Timeline, path: str, at: int, dest: Path, chain: str | None = None
+    repo: Repository,
+    tl: captures.Timeline,
+    path: str,
+    at: int,
+    dest: Path,
+    chain: str | None = None,
+    *,
+    sync: bool = True,
 ) -> captures.Commit:
     """Write `path` as it was at `at` into the new file `dest` (as `chain` recorded it, when
-    given); the commit state it holds."""
+    given); the commit state it holds. `sync=False` leaves the fsync to the caller (`_one`: after
+    the checks, which read the pages from memory while the disk writes them, and only for a copy
+    that is placed)."""
     rng = tl.at(path, at, chain)
     if rng is None:
         raise UsageError(f"no capture covers {path} at {captures.describe(at)}; covered: {ranges_text(tl, path)}")
@@ -230,7 +239,8 @@ def rebuild(
         if last is None:
             raise CorruptObject(f"the segments of {path} hold no state at {captures.describe(at)}")
         os.ftruncate(fd, last.page_count * page_size)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return last
@@ -412,7 +422,7 @@ def _one(
     in_place: bool,
     check_only: bool,
 ) -> dict[str, object]:
-    commit = rebuild(repo, tl, path, at, copy)
+    commit = rebuild(repo, tl, path, at, copy, sync=False)
     check = sqlite_live.check_live(str(copy))
     bad = [f"{t}: {m}" for t, m in check.fts.items() if m != "ok"]
     if check.integrity != "ok" or bad:
@@ -448,7 +458,12 @@ def _one(
 
 
 def _place(copy: Path, dest: Path) -> None:
-    """Put the checked copy (in the same folder) in the place of `dest`."""
+    """Put the checked copy (in the same folder) in the place of `dest`: on the disk first."""
+    fd = os.open(copy, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     for suffix in ("-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{dest}{suffix}")  # SQLite would replay a stale journal into the new file
