@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -95,14 +96,20 @@ def kill_restore(sb: Sandbox, delay: float, *, after_commit: bool, at_first_writ
 
 
 def _fingerprint(sb: Sandbox) -> list[tuple[str, int, int]]:
-    """Cheap signature of what a restore writes: names, sizes and mtimes of files and databases."""
+    """Cheap signature of what a restore writes under real names: names, sizes and mtimes of files
+    and databases (its temporary files, written first, and the folders' mtimes they move are not
+    a change of the workspace)."""
     out = []
     for base in (sb.workspace, sb.layout.argentos):
         for path in base.rglob("*"):
+            if path.name.startswith(".phx-tmp-"):
+                continue
             try:
                 st = path.lstat()
             except FileNotFoundError:
                 continue
+            if stat.S_ISDIR(st.st_mode):
+                continue  # a folder's mtime moves when a temporary file is made in it
             out.append((str(path), st.st_size, st.st_mtime_ns))
     return sorted(out)
 
