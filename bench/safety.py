@@ -4,9 +4,10 @@
 The core issue requires these steps of every backup and forbids skipping them to meet a figure:
 
     backup   for every database whose `.db`/`-wal` changed since the last run (Phoenix's own
-             rule): a consistent copy through the online backup API, `PRAGMA integrity_check`
-             and row counts on the copy, the SHA-256 of the copy; the SHA-256 of every new or
-             changed workspace file.
+             rule): a consistent copy (one committed state, as a capture reads it in place),
+             `PRAGMA integrity_check` and row counts on the copy, the SHA-256 of the copy; the
+             SHA-256 of every new or changed workspace file. (Since the integrity cadence a
+             backup checks at most daily: on daily steps this is an upper bound.)
     restore  every file and database written into the destination (bytes, mode, mtime) with
              its SHA-256, then `PRAGMA integrity_check` of every restored database.
 
@@ -35,13 +36,14 @@ from pathlib import Path
 from run import DATABASES, sha256_file, workspace_files
 
 from phoenix_backup.sources import sqlite as sqlite_source
+from phoenix_backup.sources.sqlite_capture import copy_database
 
 CHUNK = 1 << 20
 
 
 def _copy_and_check(db: Path, tmp: Path) -> str:
     copy = tmp / (db.name + ".copy")
-    sqlite_source.copy_database(db, copy)
+    copy_database(db, copy)
     try:
         # As in a Phoenix backup: the check runs beside the SHA-256 of the copy.
         with ThreadPoolExecutor(max_workers=1) as aux:
