@@ -833,7 +833,6 @@ def watch(
     """Follow every configured SQLite database (and, with `files`, the files) until `stop` is set
     (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured."""
     started = time.monotonic()
-    limit_heap()
     repo = open_repository(cfg, envx, upgrade=True)
     guard = -1
     try:
@@ -897,20 +896,6 @@ def _only_watch(state: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-_M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
-
-
-def limit_heap() -> None:
-    """Keep the long-running watch's C heap small (glibc): two malloc arenas instead of one per
-    thread that ever ran, each keeping what it once held. (A fixed mmap threshold, which returns
-    every large buffer at once, cost about 0.2 % of a core more under the benchmark's load, for
-    half a MiB less: not kept.)"""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
 
 
 def release_memory(repo: Repository | None = None) -> None:
