@@ -65,14 +65,7 @@ from phoenix_backup.sources.files import Entry, Selection, select
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
-from phoenix_backup.state import (
-    IntegrityCheck,
-    TargetOutcome,
-    integrity_checks,
-    read_state,
-    record_integrity_checks,
-    write_state,
-)
+from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
 from phoenix_backup.units import human_size
 from phoenix_backup.users import username
 
@@ -374,20 +367,10 @@ def _snapshot(
     creates it, so a disk that is not mounted is an error, not a new repository on the root disk),
     then replicate it to every other enabled target; `result.targets` holds each target's outcome."""
     first = enabled_targets(cfg)[0]
-    # The SHA-256 of each database that changed since the last backup begins now, on the other
-    # core, while the key is derived, the lock taken and the index read.
-    early = _early_captures(sel, envx)
-    try:
-        repo = open_repository(cfg, envx, target=first, upgrade=True)
-    except BaseException:
-        _close_early(early)
-        raise
+    repo = open_repository(cfg, envx, target=first, upgrade=True)
     try:
         with repo.lock(exclusive=False, command="backup"):
-            try:
-                result = _run(repo, cfg, envx, layout, sel, scope, tags, when, started, early=early)
-            finally:
-                _close_early(early)
+            result = _run(repo, cfg, envx, layout, sel, scope, tags, when, started)
         assert result.id is not None and result.name is not None
         # After the commit point. Replication reads this open repository (so a passphrase is
         # asked once); each replica is initialised on first use, and one that fails is only its
@@ -551,8 +534,6 @@ class _Run:
         self.check_every = "0h"
         self.last_checks: dict[str, IntegrityCheck] = {}
         self.checked: dict[str, str] = {}
-        # Databases captured before the repository was opened, their SHA-256 under way (logical path).
-        self.early: dict[str, _EarlyCapture] = {}
 
     @contextmanager
     def stop_on_error(self, pool: ThreadPoolExecutor) -> Iterator[None]:
@@ -645,17 +626,7 @@ class _Run:
         return _content_node(entry.path.name, "file", fst, size, extents, sha256)
 
     def sqlite_node(self, entry: Entry) -> tuple[Node, DatabaseInfo]:
-        early = self.early.pop(entry.logical, None)
-        if early is None:
-            return self._sqlite_node(entry, None)
-        try:
-            return self._sqlite_node(entry, early)
-        finally:
-            early.discard()
-
-    def _sqlite_node(self, entry: Entry, early: _EarlyCapture | None) -> tuple[Node, DatabaseInfo]:
-        # An early capture's source state was taken before its capture, as here.
-        src = early.src if early is not None else sqlite_source.source_stat(entry.path)
+        src = sqlite_source.source_stat(entry.path)
         prev = self.parent_nodes.get(entry.logical)
         due = check_due(self.last_checks.get(entry.logical), self.check_every, self.now)
         if (
@@ -685,12 +656,8 @@ class _Run:
         # thread cuts into page runs, while the SHA-256 is fed the same bytes.
         report = self.envx.progress
         report.working(f"capturing {entry.path.name} ({human_size(entry.st.st_size)})")
-        with contextlib.ExitStack() as stack:
-            if early is not None:
-                capture, image = early.capture, early.image
-            else:
-                capture = stack.enter_context(SqliteCapture(entry.path))
-                image = capture.capture()
+        with SqliteCapture(entry.path) as capture:
+            image = capture.capture()
             # Between full checks, the image's header is checked (microseconds); one that does
             # not fit the image gets the full check at once.
             full = due or bool(sqlite_source.header_problems(image.page(1), image.page_count))
@@ -699,7 +666,7 @@ class _Run:
             )
             # The SHA-256 (which `sha256sum` checks a restore against) is computed on the other
             # core from the very regions cut here, not in a pass of its own.
-            sha = _Counted(early if early is not None else BackgroundSha256(), report, self.check_stopping)
+            sha = _Counted(BackgroundSha256(), report, self.check_stopping)
             try:
                 extents, state = page_runs(
                     image,
@@ -747,101 +714,6 @@ class _Run:
 
 class _Stopped(Exception):
     """A read ended because the run is stopping (`_Run.stopping`)."""
-
-
-# What the early SHA-256 reads at a time: a whole number of pages of any size SQLite allows, and
-# below glibc's mmap threshold (cli/main.py), so that each piece reuses the arena's memory instead
-# of a new mapping faulted in page by page.
-EARLY_READ = 256 * 1024
-
-
-class _EarlyCapture:
-    """A database captured before the repository is opened, its SHA-256 computed at once by a
-    thread of its own that reads the image (from the page cache, in EARLY_READ pieces), while the
-    key is derived, the lock taken and the index read: the longest database's SHA-256 (the floor
-    of a daily backup) no longer waits for them. The image is the one `_Run.sqlite_node` then cuts
-    into page runs and checks, on the same read transaction, so the digest describes exactly the
-    bytes stored. Stands for the digest `page_runs` is fed: what it is fed is ignored."""
-
-    def __init__(self, path: Path) -> None:
-        # Before the capture, as `_Run.sqlite_node` takes it: the state recorded for the next run.
-        self.src = sqlite_source.source_stat(path)
-        self.capture = SqliteCapture(path)
-        try:
-            self.image = self.capture.capture()
-        except BaseException:
-            self.capture.close()
-            raise
-        self._sha = hashlib.sha256()
-        self._error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._hash, name="phx-sha256", daemon=True)
-        self._thread.start()
-
-    def _hash(self) -> None:
-        try:
-            for start in range(0, len(self.image), EARLY_READ):
-                if self._stop.is_set():
-                    return
-                self._sha.update(self.image[start : start + EARLY_READ])
-        except BaseException as exc:  # raised in the reader's thread, by hexdigest
-            self._error = exc
-
-    def update(self, data: memoryview | bytes) -> None:
-        """The bytes `page_runs` reads: this digest reads the same image itself."""
-
-    def hexdigest(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        if self._stop.is_set():
-            raise _Stopped("the backup was stopped")
-        return self._sha.hexdigest()
-
-    def close(self) -> None:
-        """Stop hashing (at the next piece) and wait for the thread: the capture stays open."""
-        self._stop.set()
-        self._thread.join()
-
-    def discard(self) -> None:
-        """Stop hashing, then end the read transaction and close the files (the thread reads
-        them: only once it has ended)."""
-        self.close()
-        self.capture.close()
-
-
-def _early_captures(sel: Selection, envx: Environment) -> dict[str, _EarlyCapture]:
-    """Early captures (logical path -> capture) of the WAL databases changed since the last run
-    began (by their files' times against the state file's): an unchanged one is taken from the
-    parent snapshot without a read, and a guess wrong either way costs time, never correctness.
-    None when a passphrase may be asked at a prompt (the read transactions would be held while
-    it is typed), and none of a rollback-journal database, whose read transaction blocks its
-    writers. A database that cannot be captured now is captured as usual, and fails there."""
-    if envx.interactive and envx.prompt is not None:
-        return {}
-    state = read_state(_state_file(envx)) or {}
-    since_ns = int(state.get("timestamp", 0)) * 1_000_000_000 if state.get("success") else 0
-    early: dict[str, _EarlyCapture] = {}
-    for logical, entry in sel.entries.items():
-        if entry.kind != "sqlite":
-            continue
-        try:
-            if since_ns and sqlite_source.source_stat(entry.path).latest_change_ns() < since_ns - RACY_NS:
-                continue
-            capture = _EarlyCapture(entry.path)
-        except (OSError, PhoenixError):
-            continue
-        if capture.image.journal != "wal":
-            capture.discard()
-            continue
-        early[logical] = capture
-    return early
-
-
-def _close_early(early: dict[str, _EarlyCapture]) -> None:
-    """Let go of the early captures no database step took (a failed or stopped run)."""
-    while early:
-        early.popitem()[1].discard()
 
 
 class _Counted:
@@ -923,7 +795,6 @@ def _run(
     parent_scopes: tuple[str, ...] | None = None,
     keep_page_state: bool = True,
     databases: tuple[str, ...] = (),
-    early: dict[str, _EarlyCapture] | None = None,
 ) -> BackupResult:
     envx.progress.phase("reading the index")
     repo.load_index()
@@ -944,7 +815,6 @@ def _run(
     run = _Run(repo, cache_for(repo, envx), parent, envx)
     parent = run.parent
     run.keep_page_state = keep_page_state
-    run.early = early if early is not None else {}
     run.check_every = cfg.databases.integrity_check_every
     # A check counts only for a snapshot this repository holds: the state file is one per home,
     # and a check of another repository's copy (before `phx init` of this one, or another
