@@ -19,6 +19,7 @@ Results: ``bench/results/<size>.json`` (every raw figure), ``<size>.md`` (tables
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import datetime as dt
 import hashlib
@@ -584,6 +585,16 @@ def wait_until_quiet(base: Path, quiet: float, limit: float) -> None:
         time.sleep(min(quiet - age + 0.5, max(0.0, deadline - time.time())))
 
 
+def pin_package(live: Path, pinned: Path) -> None:
+    """Copy the package at `live` to `pinned`/phoenix_backup and compile it once, as `pip install`
+    does: with PYTHONDONTWRITEBYTECODE set (this machine's environment, many containers and CI
+    jobs) every `phx` step would otherwise compile every module again (about 0.1 CPU-s a step
+    here), which an installed phx never does."""
+    shutil.copytree(live, pinned / "phoenix_backup", ignore=shutil.ignore_patterns("__pycache__"))
+    if not compileall.compile_dir(pinned / "phoenix_backup", quiet=1):
+        raise SystemExit(f"the copy of Phoenix in {pinned} does not compile (is src/ being edited?)")
+
+
 def phoenix_source_id(base: Path) -> str:
     """A fingerprint of a Phoenix source tree. An editable install changes under a run when
     someone edits src/ meanwhile, so by default the run measures a copy taken at its start."""
@@ -652,7 +663,7 @@ def run(args: argparse.Namespace) -> dict:
         # A copy of the package taken now, first on the path of this process and of every phx run.
         pinned = work / "phoenix-src"
         wait_until_quiet(live, quiet=20, limit=600)
-        shutil.copytree(live, pinned / "phoenix_backup", ignore=shutil.ignore_patterns("__pycache__"))
+        pin_package(live, pinned)
         sys.path.insert(0, str(pinned))
         base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pinned), base_env.get("PYTHONPATH")]))
         phx = [
