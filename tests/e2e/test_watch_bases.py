@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import Sandbox
@@ -300,3 +301,73 @@ def test_a_base_compaction_replaced_is_followed_in_the_watchs_own_chain(sandbox:
         w.flush()  # the next lease: the base is found gone, and followed to the compacted snapshot
         assert dash.base_id == compacted and not dash.need_base
     assert not [n for n in notices if f"base snapshot {base[:8]}" in n], notices
+
+
+def test_a_write_only_watch_after_a_compaction_claims_no_loss(make_sandbox: Any, tmp_path: Path) -> None:
+    """The machine that backs up a write-only repository cannot read the timeline, so it cannot
+    follow a base that a compaction (on the reading machine) replaced. It used to warn that what it
+    captured could no longer be restored, which was false: the reading machine restores every
+    state. It takes a new base, and says truthfully what it cannot tell."""
+    from test_write_only import Reader, writer
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    reader = Reader(sb, tmp_path / "reader", identity)
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        assert not w.repo.can_read
+        w.poll()
+        _commit(db, 1)
+        for d in w.dbs:  # every database changes: compaction leaves none on the base
+            if d.logical != LOGICAL:
+                with contextlib.closing(sqlite3.connect(d.entry.path, isolation_level=None)) as con:
+                    con.execute("CREATE TABLE adversary(k)")
+        w.poll()
+        w.flush()
+        dash = next(d for d in w.dbs if d.logical == LOGICAL)
+        base = dash.base_id
+        assert base is not None
+        w._release()
+        # The reading machine compacts the watch's day, which forgets the base.
+        rcfg = load_config(reader.config_path, reader.env)
+        renvx = Environment(env=reader.env)
+        later = datetime.now(UTC) + timedelta(days=8)
+        policy = Policy(last=1)
+        rrepo = open_repository(rcfg, renvx)
+        try:
+            with rrepo.lock(exclusive=True, command="forget"):
+                rrepo.load_index()
+                done = forget.thin_captures(
+                    rrepo, policy, apply_policy([], policy, later), later, dry_run=False, eager=True,
+                    compactor=(rcfg, renvx),
+                )  # fmt: skip
+        finally:
+            rrepo.close()
+        assert done is not None and done.compacted and done.bases_forgotten == [base], done
+        w.lock_free_until = 0.0
+        _commit(db, 2)
+        w.poll()
+        w.flush()  # the next lease: the base is gone, and this machine cannot read why
+        w.poll()  # a new base
+        _commit(db, 3)
+        w.poll()
+        w.flush()
+        assert dash.base_id not in (None, base)
+        assert not w.result.warnings, w.result.warnings
+    said = [n for n in notices if f"base snapshot {base[:8]}" in n]
+    assert len(said) == 1, notices
+    assert "can no longer be restored" not in said[0] and "cannot read the repository to tell which" in said[0]
+    assert "a new base is taken now" in said[0]
+    # Nothing was lost: the reading machine restores the states before and after the compaction.
+    doc = reader.phx("list", "--timeline", "--json").json()
+    covered = [r for r in doc["databases"][LOGICAL] if r["kind"] == "covered"]
+    assert covered, doc
+    dest = tmp_path / "at"
+    res = reader.phx("restore", "--at", covered[-1]["to"], "--to", dest, "--path", LOGICAL, "--json").json()
+    assert not res["errors"], res
+    con = sqlite3.connect(f"file:{dest / LOGICAL}?immutable=1", uri=True)
+    try:
+        assert [r[0] for r in con.execute("SELECT k FROM log ORDER BY k")] == [0, 1, 2, 3]
+    finally:
+        con.close()
