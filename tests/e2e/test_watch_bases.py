@@ -19,13 +19,14 @@ import pytest
 from e2e_support import Sandbox
 from test_watch_adversary import LOGICAL, _commit, _last_covered, _restored, _table
 
-from phoenix_backup.config import load_config
+from phoenix_backup.config import Config, load_config
 from phoenix_backup.errors import SourceError
 from phoenix_backup.ops import forget
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.watch import Watcher
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Policy, apply_policy
 from phoenix_backup.repo.walker import walk_tree
 
@@ -256,6 +257,34 @@ def test_segments_waiting_for_a_long_command_are_on_disk_so_a_kill_loses_none(sa
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
 
 
+def _watch_a_change_of_every_database(w: Watcher, db: Path) -> tuple[Any, str]:
+    """The watch's bases, then a change of every database (so that compaction leaves none on its
+    base), written; the lock let go. Returns the dashboard's database and its base id."""
+    w.poll()
+    _commit(db, 1)
+    for d in w.dbs:
+        if d.logical != LOGICAL:
+            with contextlib.closing(sqlite3.connect(d.entry.path, isolation_level=None)) as con:
+                con.execute("CREATE TABLE adversary(k)")
+    w.poll()
+    w.flush()
+    dash = next(d for d in w.dbs if d.logical == LOGICAL)
+    assert dash.base_id is not None
+    w._release()
+    return dash, dash.base_id
+
+
+def _compact_the_watchs_day(repo: Repository, cfg: Config, envx: Environment) -> Any:
+    """A forget eight days on, when the watch's day is old enough to compact."""
+    later = datetime.now(UTC) + timedelta(days=8)
+    policy = Policy(last=1)
+    with repo.lock(exclusive=True, command="forget"):
+        repo.load_index()
+        return forget.thin_captures(
+            repo, policy, apply_policy([], policy, later), later, dry_run=False, eager=True, compactor=(cfg, envx)
+        )
+
+
 def test_a_base_compaction_replaced_is_followed_in_the_watchs_own_chain(sandbox: Sandbox, tmp_path: Path) -> None:
     # Another machine's watch follows a database of the same logical path into this repository:
     # its chain covers the same time. The base compaction replaced is followed in this watch's
@@ -267,25 +296,9 @@ def test_a_base_compaction_replaced_is_followed_in_the_watchs_own_chain(sandbox:
     cfg = load_config(sb.config_path, sb.env)
     envx = Environment(env=sb.env)
     with _watcher(sb, notices) as w:
-        w.poll()
-        _commit(db, 1)
-        for d in w.dbs:  # every database changes: compaction leaves none on the base
-            if d.logical != LOGICAL:
-                with contextlib.closing(sqlite3.connect(d.entry.path, isolation_level=None)) as con:
-                    con.execute("CREATE TABLE adversary(k)")
-        w.poll()
-        w.flush()
-        dash = next(d for d in w.dbs if d.logical == LOGICAL)
-        base = dash.base_id
-        assert base is not None and dash.since is not None
-        w._release()
-        later = datetime.now(UTC) + timedelta(days=8)  # the watch's day is old enough to compact
-        policy = Policy(last=1)
-        with w.repo.lock(exclusive=True, command="forget"):
-            w.repo.load_index()
-            done = forget.thin_captures(
-                w.repo, policy, apply_policy([], policy, later), later, dry_run=False, eager=True, compactor=(cfg, envx)
-            )
+        dash, base = _watch_a_change_of_every_database(w, db)
+        assert dash.since is not None
+        done = _compact_the_watchs_day(w.repo, cfg, envx)
         assert done is not None and done.compacted and done.bases_forgotten == [base], done
         compacted = done.compacted[0]
         node = next(n for p, n in walk_tree(w.repo, w.repo.load_snapshot(compacted).tree) if p == LOGICAL)
@@ -317,31 +330,13 @@ def test_a_write_only_watch_after_a_compaction_claims_no_loss(make_sandbox: Any,
     notices: list[str] = []
     with _watcher(sb, notices) as w:
         assert not w.repo.can_read
-        w.poll()
-        _commit(db, 1)
-        for d in w.dbs:  # every database changes: compaction leaves none on the base
-            if d.logical != LOGICAL:
-                with contextlib.closing(sqlite3.connect(d.entry.path, isolation_level=None)) as con:
-                    con.execute("CREATE TABLE adversary(k)")
-        w.poll()
-        w.flush()
-        dash = next(d for d in w.dbs if d.logical == LOGICAL)
-        base = dash.base_id
-        assert base is not None
-        w._release()
+        dash, base = _watch_a_change_of_every_database(w, db)
         # The reading machine compacts the watch's day, which forgets the base.
         rcfg = load_config(reader.config_path, reader.env)
         renvx = Environment(env=reader.env)
-        later = datetime.now(UTC) + timedelta(days=8)
-        policy = Policy(last=1)
         rrepo = open_repository(rcfg, renvx)
         try:
-            with rrepo.lock(exclusive=True, command="forget"):
-                rrepo.load_index()
-                done = forget.thin_captures(
-                    rrepo, policy, apply_policy([], policy, later), later, dry_run=False, eager=True,
-                    compactor=(rcfg, renvx),
-                )  # fmt: skip
+            done = _compact_the_watchs_day(rrepo, rcfg, renvx)
         finally:
             rrepo.close()
         assert done is not None and done.compacted and done.bases_forgotten == [base], done
