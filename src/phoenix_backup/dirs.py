@@ -60,6 +60,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path, mode: int = 0o700) -> None:
+    """Create `path` and its missing parents, each new folder's entry made durable: the parent of
+    every folder created is fsynced (once), so a power cut cannot lose a folder that a later
+    fsynced rename put a file in. Folders that exist cost one stat each."""
+    missing: list[Path] = []
+    here = path
+    while not here.is_dir():
+        missing.append(here)
+        if here.parent == here:
+            break
+        here = here.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # made by another process meanwhile: its maker makes it durable
+        fsync_dir(folder.parent)
+
+
 def trustworthy(st: os.stat_result) -> bool:
     """Whether a file with this stat can be trusted as this user's own: owned by them (or root)
     and writable by no one else. Whoever can write it decides what Phoenix trusts (ssh's StrictModes)."""

@@ -55,8 +55,24 @@ class Result:
     def __str__(self) -> str:
         return f"$ {' '.join(self.cmd)}\nexit {self.code}\n--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}"
 
+    def stderr_lines(self) -> list[str]:
+        """stderr as plain-text lines: with --json, each JSON notice or error as the line it is
+        without --json (`phx: MESSAGE`, `phx: warning: MESSAGE`, `phx: error: MESSAGE`); progress
+        lines left out."""
+        lines = []
+        for line in self.err.splitlines():
+            if not line.startswith("{"):
+                lines.append(line)
+                continue
+            doc = json.loads(line)
+            if doc["type"] == "error":
+                lines.append(f"phx: error: {doc['message']}")
+            elif doc["type"] == "notice":
+                lines.append(f"phx: {'warning: ' if doc['level'] == 'warning' else ''}{doc['message']}")
+        return lines
+
     def error_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.startswith("phx: error:")]
+        return [line for line in self.stderr_lines() if line.startswith("phx: error:")]
 
 
 def run_phx(

@@ -109,7 +109,7 @@ def test_json_backup_streams_progress_lines_on_stderr(backed_up: Sandbox) -> Non
 def test_json_restore_and_verify_stream_bytes_of_their_totals(backed_up: Sandbox, tmp_path: Path) -> None:
     sb = backed_up
     res = sb.phx("restore", "--latest", "--to", str(tmp_path / "out"), "--yes", "--json")
-    lines = [json.loads(line) for line in res.err.splitlines()]
+    lines = [d for line in res.err.splitlines() if (d := json.loads(line))["type"] == "progress"]
     writing = [d for d in lines if d["phase"] == "writing files"]
     assert writing, res.err
     last = writing[-1]
@@ -401,14 +401,14 @@ def test_prune_and_drill_stream_their_phases(backed_up: Sandbox) -> None:
     sb.backup()
     sb.phx("forget", doomed)
     res = sb.phx("prune", "--json")
-    docs = [json.loads(line) for line in res.err.splitlines()]
+    docs = [d for line in res.err.splitlines() if (d := json.loads(line))["type"] == "progress"]
     phases = list(dict.fromkeys(d["phase"] for d in docs))
     assert phases[0] == "finding the data snapshots use" and "deleting packs" in phases, phases
     deleting = [d for d in docs if d["phase"] == "deleting packs"][-1]
     # (Packs this young are kept for a later prune: none may be deleted yet, but all are counted.)
     assert deleting["done"] == deleting["total"] and deleting["unit"] == "packs", deleting
     res = sb.phx("drill", "--json")
-    docs = [json.loads(line) for line in res.err.splitlines() if line.startswith("{")]  # notices are text
+    docs = [d for line in res.err.splitlines() if (d := json.loads(line))["type"] == "progress"]  # notices aside
     restoring = [d for d in docs if d["phase"] == "restoring into scratch space"][-1]
     checked = res.json()["checked"]
     assert restoring["done"] == restoring["total"] == checked["files"] + checked["databases"], (restoring, checked)
@@ -422,7 +422,7 @@ def test_archive_and_export_stream_their_phases(backed_up: Sandbox, tmp_path: Pa
     assert writing and writing[-1]["done"] == writing[-1]["total"] > 0 and writing[-1]["unit"] == "entries", writing
     assert writing[-1]["bytesDone"] == writing[-1]["bytesTotal"] > 0, writing
     res = sb.phx("export", "--format", "json", "--backup", "latest", "--output", tmp_path / "export", "--json")
-    docs = [json.loads(line) for line in res.err.splitlines() if line.startswith("{")]
+    docs = [d for line in res.err.splitlines() if (d := json.loads(line))["type"] == "progress"]
     phases = list(dict.fromkeys(d["phase"] for d in docs))
     assert phases == ["reading the snapshot's databases", "exporting databases"], phases
     assert any((d["doing"] or "").startswith("copying memory.db (") for d in docs), docs

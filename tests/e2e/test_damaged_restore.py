@@ -59,7 +59,7 @@ def test_a_damaged_pack_does_not_stop_a_restore(sandbox: Sandbox, tmp_path: Path
     doc = res.json()
     assert [d["path"] for d in doc["damaged"]] == [VICTIM], doc["damaged"]
     assert doc["damaged"][0]["otherTargets"] == ["git"]
-    error_lines = [line for line in res.err.splitlines() if line.startswith("phx: error:")]
+    error_lines = res.error_lines()
     assert len(error_lines) == 1 and VICTIM in error_lines[0] and "everything else was restored" in error_lines[0]
     # Everything else came back exactly; memory.db is absent, not half-written; no temporary file.
     assert not (dest / VICTIM).exists()

@@ -158,7 +158,8 @@ def test_a_backup_without_its_database_is_partial_alerts_and_fails_status(
         res = sandbox.phx("backup", "--json", env=sandbox.env_with(PHX_TEST_PGPASSWORD="not-the-password"), check=3)
         doc = res.json()
         # The failed part is said on stderr too, beside the JSON on stdout.
-        assert "phx: not saved: postgres/main: " in res.err and "password authentication failed" in res.err, res
+        said = "\n".join(res.stderr_lines())
+        assert "phx: not saved: postgres/main: " in said and "password authentication failed" in said, res
 
         state = json.loads((sandbox.home / ".argentos" / "backup" / ".last-backup").read_text())
         assert state["success"] is False and state["partial"] is True, state

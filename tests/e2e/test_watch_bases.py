@@ -13,18 +13,20 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import Sandbox
 from test_watch_adversary import LOGICAL, _commit, _last_covered, _restored, _table
 
-from phoenix_backup.config import load_config
+from phoenix_backup.config import Config, load_config
 from phoenix_backup.errors import SourceError
 from phoenix_backup.ops import forget
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.watch import Watcher
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Policy, apply_policy
 from phoenix_backup.repo.walker import walk_tree
 
@@ -255,6 +257,34 @@ def test_segments_waiting_for_a_long_command_are_on_disk_so_a_kill_loses_none(sa
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
 
 
+def _watch_a_change_of_every_database(w: Watcher, db: Path) -> tuple[Any, str]:
+    """The watch's bases, then a change of every database (so that compaction leaves none on its
+    base), written; the lock let go. Returns the dashboard's database and its base id."""
+    w.poll()
+    _commit(db, 1)
+    for d in w.dbs:
+        if d.logical != LOGICAL:
+            with contextlib.closing(sqlite3.connect(d.entry.path, isolation_level=None)) as con:
+                con.execute("CREATE TABLE adversary(k)")
+    w.poll()
+    w.flush()
+    dash = next(d for d in w.dbs if d.logical == LOGICAL)
+    assert dash.base_id is not None
+    w._release()
+    return dash, dash.base_id
+
+
+def _compact_the_watchs_day(repo: Repository, cfg: Config, envx: Environment) -> Any:
+    """A forget eight days on, when the watch's day is old enough to compact."""
+    later = datetime.now(UTC) + timedelta(days=8)
+    policy = Policy(last=1)
+    with repo.lock(exclusive=True, command="forget"):
+        repo.load_index()
+        return forget.thin_captures(
+            repo, policy, apply_policy([], policy, later), later, dry_run=False, eager=True, compactor=(cfg, envx)
+        )
+
+
 def test_a_base_compaction_replaced_is_followed_in_the_watchs_own_chain(sandbox: Sandbox, tmp_path: Path) -> None:
     # Another machine's watch follows a database of the same logical path into this repository:
     # its chain covers the same time. The base compaction replaced is followed in this watch's
@@ -266,25 +296,9 @@ def test_a_base_compaction_replaced_is_followed_in_the_watchs_own_chain(sandbox:
     cfg = load_config(sb.config_path, sb.env)
     envx = Environment(env=sb.env)
     with _watcher(sb, notices) as w:
-        w.poll()
-        _commit(db, 1)
-        for d in w.dbs:  # every database changes: compaction leaves none on the base
-            if d.logical != LOGICAL:
-                with contextlib.closing(sqlite3.connect(d.entry.path, isolation_level=None)) as con:
-                    con.execute("CREATE TABLE adversary(k)")
-        w.poll()
-        w.flush()
-        dash = next(d for d in w.dbs if d.logical == LOGICAL)
-        base = dash.base_id
-        assert base is not None and dash.since is not None
-        w._release()
-        later = datetime.now(UTC) + timedelta(days=8)  # the watch's day is old enough to compact
-        policy = Policy(last=1)
-        with w.repo.lock(exclusive=True, command="forget"):
-            w.repo.load_index()
-            done = forget.thin_captures(
-                w.repo, policy, apply_policy([], policy, later), later, dry_run=False, eager=True, compactor=(cfg, envx)
-            )
+        dash, base = _watch_a_change_of_every_database(w, db)
+        assert dash.since is not None
+        done = _compact_the_watchs_day(w.repo, cfg, envx)
         assert done is not None and done.compacted and done.bases_forgotten == [base], done
         compacted = done.compacted[0]
         node = next(n for p, n in walk_tree(w.repo, w.repo.load_snapshot(compacted).tree) if p == LOGICAL)
@@ -300,3 +314,55 @@ def test_a_base_compaction_replaced_is_followed_in_the_watchs_own_chain(sandbox:
         w.flush()  # the next lease: the base is found gone, and followed to the compacted snapshot
         assert dash.base_id == compacted and not dash.need_base
     assert not [n for n in notices if f"base snapshot {base[:8]}" in n], notices
+
+
+def test_a_write_only_watch_after_a_compaction_claims_no_loss(make_sandbox: Any, tmp_path: Path) -> None:
+    """The machine that backs up a write-only repository cannot read the timeline, so it cannot
+    follow a base that a compaction (on the reading machine) replaced. It used to warn that what it
+    captured could no longer be restored, which was false: the reading machine restores every
+    state. It takes a new base, and says truthfully what it cannot tell."""
+    from test_write_only import Reader, writer
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    reader = Reader(sb, tmp_path / "reader", identity)
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        assert not w.repo.can_read
+        dash, base = _watch_a_change_of_every_database(w, db)
+        # The reading machine compacts the watch's day, which forgets the base.
+        rcfg = load_config(reader.config_path, reader.env)
+        renvx = Environment(env=reader.env)
+        rrepo = open_repository(rcfg, renvx)
+        try:
+            done = _compact_the_watchs_day(rrepo, rcfg, renvx)
+        finally:
+            rrepo.close()
+        assert done is not None and done.compacted and done.bases_forgotten == [base], done
+        w.lock_free_until = 0.0
+        _commit(db, 2)
+        w.poll()
+        w.flush()  # the next lease: the base is gone, and this machine cannot read why
+        w.poll()  # a new base
+        _commit(db, 3)
+        w.poll()
+        w.flush()
+        assert dash.base_id not in (None, base)
+        assert not w.result.warnings, w.result.warnings
+    said = [n for n in notices if f"base snapshot {base[:8]}" in n]
+    assert len(said) == 1, notices
+    assert "can no longer be restored" not in said[0] and "cannot read the repository to tell which" in said[0]
+    assert "a new base is taken now" in said[0]
+    # Nothing was lost: the reading machine restores the states before and after the compaction.
+    doc = reader.phx("list", "--timeline", "--json").json()
+    covered = [r for r in doc["databases"][LOGICAL] if r["kind"] == "covered"]
+    assert covered, doc
+    dest = tmp_path / "at"
+    res = reader.phx("restore", "--at", covered[-1]["to"], "--to", dest, "--path", LOGICAL, "--json").json()
+    assert not res["errors"], res
+    con = sqlite3.connect(f"file:{dest / LOGICAL}?immutable=1", uri=True)
+    try:
+        assert [r[0] for r in con.execute("SELECT k FROM log ORDER BY k")] == [0, 1, 2, 3]
+    finally:
+        con.close()

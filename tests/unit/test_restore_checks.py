@@ -307,4 +307,7 @@ def test_each_folder_is_fsynced_once_after_its_files_are_renamed_into_it(
     for logical, data in files.items():
         assert (to / logical).read_bytes() == data
     folders = {(s.st_dev, s.st_ino) for s in ((to / "workspace" / d).stat() for d in ("notes", "memory"))}
+    # And each folder that a new folder was created in, once: `to`'s parent (`to` is new), `to`
+    # (it holds the new `workspace`) and `workspace` (it holds the new `notes` and `memory`).
+    folders |= {(s.st_dev, s.st_ino) for s in (to.parent.stat(), to.stat(), (to / "workspace").stat())}
     assert sorted(synced) == sorted(folders)

@@ -41,7 +41,8 @@ class Out:
 
     `--quiet` leaves errors only: notices and progress are dropped, and so is the plain-text report
     of a command that changes something (a command whose result is data, such as `list`, still
-    prints it). What failed (`problem`) and errors are always printed."""
+    prints it). What failed (`problem`) and errors are always printed. With `--json` every line on
+    stderr is a JSON object (`stderr_line`), as the progress lines are."""
 
     def __init__(self, as_json: bool, verbose: bool, quiet: bool = False, progress: Progress | None = None) -> None:
         self.as_json = as_json
@@ -51,14 +52,14 @@ class Out:
 
     def notice(self, message: str) -> None:
         if not self.quiet:
-            self._say(f"phx: {message}")
+            self._say("notice", message)
 
     def problem(self, message: str) -> None:
         """Something the command could not do (a file not saved, a target down): even with --quiet."""
-        self._say(f"phx: {message}")
+        self._say("problem", message)
 
     def error(self, message: str) -> None:
-        self._say(f"phx: error: {message}")
+        self._say("error", message)
 
     def result(self, doc: object, text: str, *, data: bool = False) -> None:
         with self.progress.aside():
@@ -67,9 +68,23 @@ class Out:
             elif text and (data or not self.quiet):
                 click.echo(printable(text))
 
-    def _say(self, line: str) -> None:
+    def _say(self, kind: str, message: str) -> None:
         with self.progress.aside():
-            click.echo(printable(line), err=True)
+            click.echo(stderr_line(kind, message, as_json=self.as_json), err=True)
+
+
+def stderr_line(kind: str, message: str, *, as_json: bool) -> str:
+    """One line for stderr: `phx: MESSAGE` (`phx: error: MESSAGE`), or with `--json` an object
+    `{"type": "notice", "level": "info"|"warning"|"problem", "message"}` or `{"type": "error",
+    "message"}` (docs/cli.md), so that a program reading stderr parses every line."""
+    if not as_json:
+        return printable(f"phx: error: {message}" if kind == "error" else f"phx: {message}")
+    if kind == "error":
+        return jsontext.dumps({"type": "error", "message": message})
+    level = "problem" if kind == "problem" else "info"
+    if message.startswith("warning: "):
+        level, message = "warning", message.removeprefix("warning: ")
+    return jsontext.dumps({"type": "notice", "level": level, "message": message})
 
 
 def printable(text: str) -> str:
@@ -129,7 +144,7 @@ def global_options() -> GlobalOptions:
 
 
 _CONFIG_HELP = "Config file (overrides PHX_CONFIG and the search paths)."
-_JSON_HELP = "Print one JSON document on stdout (progress, if any, as JSON lines on stderr)."
+_JSON_HELP = "Print one JSON document on stdout (progress, notices and errors as JSON lines on stderr)."
 _VERBOSE_HELP = "More detail; tracebacks on errors."
 _QUIET_HELP = "Print errors only (and the data a listing command exists to show)."
 _REPO_HELP = (
@@ -180,7 +195,7 @@ def common(f: F) -> F:
             sys.exit(int(exc.exit_status))
         except KeyboardInterrupt:
             out.progress.interrupted()
-            click.echo("phx: interrupted; the repository is unchanged unless a snapshot was reported", err=True)
+            out.problem("interrupted; the repository is unchanged unless a snapshot was reported")
             sys.exit(130)
         sys.exit(int(status or ExitStatus.OK))
 

@@ -166,11 +166,10 @@ def restore(
         named = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
         # The cause, of the first one (the output names each).
         why = f"{lost[0]}: {result.damaged[0]['error']}"
-        click.echo(
-            f"phx: error: {len(lost)} file(s) or database(s) not restored because their data is damaged or missing "
+        out.error(
+            f"{len(lost)} file(s) or database(s) not restored because their data is damaged or missing "
             f"({why if len(lost) == 1 else f'{named}; {why}'}); everything else was restored; see the output for "
-            "the targets that may hold them, and run `phx verify --read-data`",
-            err=True,
+            "the targets that may hold them, and run `phx verify --read-data`"
         )
     return result.exit_status
 

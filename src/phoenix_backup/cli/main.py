@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from phoenix_backup.cli.app import cli
+from phoenix_backup.cli.app import cli, stderr_line
 from phoenix_backup.errors import ExitStatus
 
 __all__ = ["cli", "main"]
@@ -47,6 +47,8 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 def main() -> None:
     _limit_malloc_arenas()
+    # Before click has parsed anything: --json anywhere makes click's own errors JSON lines too.
+    as_json = "--json" in sys.argv[1:]
     try:
         cli.main(prog_name="phx", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -55,13 +57,13 @@ def main() -> None:
     except click.UsageError as exc:
         # One line in Phoenix's error format instead of click's usage block.
         hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else "; see `phx --help`"
-        click.echo(f"phx: error: {exc.format_message().rstrip('.')}{hint}", err=True)
+        click.echo(stderr_line("error", f"{exc.format_message().rstrip('.')}{hint}", as_json=as_json), err=True)
         sys.exit(int(ExitStatus.USAGE))
     except click.exceptions.Abort:
-        click.echo("phx: interrupted", err=True)
+        click.echo(stderr_line("problem", "interrupted", as_json=as_json), err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"phx: error: {exc.format_message()}", err=True)
+        click.echo(stderr_line("error", exc.format_message(), as_json=as_json), err=True)
         sys.exit(exc.exit_code)
 
 

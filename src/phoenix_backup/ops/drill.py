@@ -402,7 +402,8 @@ def _restore(
 ) -> set[str]:
     """Write every node below `folder` with the restore op's writer; return what was written.
     A node that fails is an error naming its path (and the damaged pack), and the rest goes on."""
-    writer = FileWriter(repo, Layout(cfg.workspace, envx.home), folder, envx.progress)
+    # Scratch space need not survive a power cut: the folders it creates are not made durable.
+    writer = FileWriter(repo, Layout(cfg.workspace, envx.home), folder, envx.progress, durable=False)
     written: set[str] = set()
 
     def attempt(logical: str, node: Node, action: Callable[[], object]) -> None:

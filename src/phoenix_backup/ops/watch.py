@@ -705,10 +705,22 @@ class Watcher:
                     continue
             lost.setdefault(db.base_id, []).append(db)
         for sid, dbs in lost.items():
-            self.warn(
-                f"the base snapshot {sid[:8]} of {', '.join(str(db.entry.path) for db in dbs)} is gone (`phx forget`): "
-                "what the watch captured from it can no longer be restored; a new base is taken now"
-            )
+            paths = ", ".join(str(db.entry.path) for db in dbs)
+            if not self.repo.can_read:
+                # A compaction (ops/compact.py) forgets the base too, having saved its history in a
+                # snapshot this machine cannot read; nor can it read which of the two happened. A
+                # new base keeps what comes next covered either way: a notice, not a warning.
+                self.envx.notice(
+                    f"the base snapshot {sid[:8]} of {paths} is no longer in the repository: a compaction replaced "
+                    "it (what the watch captured stays restorable) or `phx forget` removed it (then what the watch "
+                    "captured from it is lost); this write-only machine cannot read the repository to tell which, so "
+                    "a new base is taken now"
+                )
+            else:
+                self.warn(
+                    f"the base snapshot {sid[:8]} of {paths} is gone (`phx forget`): what the watch captured from it "
+                    "can no longer be restored; a new base is taken now"
+                )
             for db in dbs:
                 db.base_id, db.need_base = None, True
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
+from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import PhoenixError, UnsafePath
 from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.reader import NodeReader
@@ -138,7 +139,15 @@ def _leftover(name: str) -> bool:
 
 
 class FileWriter:
-    def __init__(self, repo: Repository, layout: Layout, to: Path | None, progress: Reporter | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        layout: Layout,
+        to: Path | None,
+        progress: Reporter | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
         self.repo = repo
         self.progress = progress  # told the bytes of every file written
         self.layout = layout
@@ -146,9 +155,11 @@ class FileWriter:
         self._roots: dict[str, int] = {}
         self._dir_meta: list[tuple[str, Node]] = []
         self._roots_lock = threading.Lock()
-        # Folders a file was renamed into since they were last fsynced: each is fsynced once, by
-        # `sync_dirs`, rather than after every file (one folder holds many files).
+        # Folders a file was renamed into, or a folder created in, since they were last fsynced:
+        # each is fsynced once, by `sync_dirs`, rather than after every file (one folder holds many
+        # files). Without `durable` (a drill's scratch space) created folders are not noted.
         self._unsynced: set[str] = set()
+        self._durable = durable
         # (device, inode) of each file written or checked, so that a hard link is made only to
         # the very file this restore put there.
         self._inodes: dict[str, tuple[int, int]] = {}
@@ -180,20 +191,22 @@ class FileWriter:
             # user's own paths, opened as they are.
             base = self.layout.to_real(root)
             try:
-                base.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._make_dirs(base)
                 fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
                 raise os_error(exc, f"opening the restore destination {base}") from exc
         else:
             # Below --to, the root folder itself must not be a link leading out of DIR.
             try:
-                self.to.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._make_dirs(self.to)
                 top = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
                 raise os_error(exc, f"opening the restore destination {self.to}") from exc
             try:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(root, 0o700, dir_fd=top)
+                    if self._durable:
+                        os.fsync(top)  # once per root and restore: not worth batching
                 fd = os.open(root, _DIR_FLAGS, dir_fd=top)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -207,13 +220,26 @@ class FileWriter:
         self._roots[root] = fd
         return fd
 
+    def _make_dirs(self, path: Path) -> None:
+        if self._durable:
+            make_dirs(path)
+        else:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _created_in(self, folder: str) -> None:
+        """A folder was just created in the logical folder `folder`: its entry there is made
+        durable by `sync_dirs`, with the renames."""
+        if self._durable:
+            with self._roots_lock:
+                self._unsynced.add(folder)
+
     @contextlib.contextmanager
     def parent_dir(self, logical: str, create: bool = True) -> Iterator[tuple[int, str]]:
         """(descriptor of the folder holding `logical`, its last component), never following links."""
         parts = split_logical(logical)
         fd = os.dup(self._base(parts[0]))
         try:
-            for comp in parts[1:-1]:
+            for i, comp in enumerate(parts[1:-1], start=1):
                 check_name(comp)
                 try:
                     nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
@@ -221,6 +247,7 @@ class FileWriter:
                     if not create:
                         raise
                     os.mkdir(comp, 0o700, dir_fd=fd)
+                    self._created_in("/".join(parts[:i]))
                     nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file in the way
@@ -271,6 +298,7 @@ class FileWriter:
         with self.parent_dir(logical) as (fd, name):
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
+                self._created_in(logical.rpartition("/")[0])
             except FileExistsError:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
@@ -398,8 +426,9 @@ class FileWriter:
         return "ok"
 
     def sync_dirs(self) -> None:
-        """fsync each folder a file was renamed into: the renames are on disk when this returns.
-        Called before a restore applies its databases and before it reports anything done."""
+        """fsync each folder a file was renamed into or a folder created in: the renames and the
+        new folders are on disk when this returns. Called before a restore applies its databases
+        and before it reports anything done."""
         with self._roots_lock:
             folders, self._unsynced = sorted(self._unsynced), set()
         for folder in folders:

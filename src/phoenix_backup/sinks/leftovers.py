@@ -3,10 +3,11 @@
 A restore writes each file, and each database's full-size copy, to `.phx-tmp-<pid>-<start>-<hex>`
 beside its place, then renames it. Killed (SIGKILL, a power cut), it cannot remove them; they
 would stay in the user's folders, where nothing looks for them. So before its first temporary
-file in a folder, a restore appends that folder to its journal, `restore-journal/<pid>-<start>`
+file in a folder, a restore appends that folder to its journal, `restore-journal/<pid>-<start>-<random>`
 in the cache folder (`PHX_CACHE_DIR`, else e.g. `~/.cache/phoenix`), whose first line names the
-process (boot id, PID namespace, pid, start time). Every command that loads the config then reads
-the journals:
+process (boot id, PID namespace, pid, start time); the random part keeps apart two restores of
+one process (the Python API), each of which deletes only its own journal. Every command that
+loads the config then reads the journals:
 
 - a journal whose process provably no longer runs (another boot; or the same boot and PID
   namespace, and the pid gone or started at another time) has that process's temporary files
@@ -30,12 +31,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from phoenix_backup.dirs import make_dirs
 from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.repo.locks import boot_id, own_start_time, pid_namespace, process_start_time
 from phoenix_backup.sources.files import RESTORE_TEMP
@@ -57,7 +60,7 @@ class Journal:
     """The folders one restore writes temporary files into, recorded before the first one."""
 
     def __init__(self, notice: Callable[[str], None] | None = None) -> None:
-        self.name = f"{os.getpid()}-{own_start_time()}"
+        self.name = f"{os.getpid()}-{own_start_time()}-{secrets.token_hex(4)}"
         self.path = journal_dir() / self.name
         self._notice = notice or (lambda _msg: None)
         self._folders: set[str] = set()
@@ -74,7 +77,7 @@ class Journal:
             new = not self._folders
             if new:
                 with contextlib.suppress(OSError):
-                    self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    make_dirs(self.path.parent)
                 self._dir = own_folder(self.path.parent)
                 if self._dir is None:
                     self._off = True

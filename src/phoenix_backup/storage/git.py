@@ -36,6 +36,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -133,6 +134,51 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
         "PHX_GIT_PASSWORD": unquote(parts.password or ""),
     }
     return clean, env
+
+
+# Spellings of one Git repository (`storage_identity`). Ports are dropped with the scheme: one
+# host's repository reached over ssh and over https is one storage (GitHub, GitLab, Gitea).
+_SCP = re.compile(r"^(?:[^@/]*@)?(\[[^\]/]*\]|[^:/]+):(.*)$")
+_GIT_DIR_SUFFIXES = ("/.git", "", ".git/.git", ".git")  # the order git's own enter_repo tries
+
+
+def storage_identity(url: str, cwd: Path) -> str:
+    """What names the repository `url` reaches, however it is spelt: `/srv/r.git`, `/srv/r.git/`,
+    `/srv/r`, `file:///srv/r.git`, a symlink to it or `../srv/r.git` (relative to `cwd`, where git
+    runs) are one folder, given as its real path; `user@host:me/r.git`, `ssh://host:22/~/me/r`,
+    `https://u:token@HOST/me/r.git/` are one `host/path` (no scheme, port, user or `.git`).
+    Two repositories that differ only in those (or in the user's home folder) count as one: the
+    append-only record it keys errs on the side of keeping a target append-only."""
+    text = url.strip()
+    scp = _SCP.match(text) if "://" not in text else None
+    if scp is not None:  # git's rule: a colon before any slash makes it ssh, never a path
+        return _remote(scp.group(1), scp.group(2))
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname or ""
+        except ValueError:
+            return text  # no URL git can use either
+        if parts.scheme.lower() == "file":
+            return _local(Path(unquote(parts.path)), cwd)
+        return _remote(host, unquote(parts.path))
+    return _local(Path(text).expanduser(), cwd)
+
+
+def _remote(host: str, path: str) -> str:
+    host = host.strip("[]").rstrip(".").lower()
+    path = posixpath.normpath("/" + path.lstrip("/")).lstrip("/").removeprefix("~/")
+    path = path.rstrip("/").removesuffix(".git").rstrip("/")
+    return f"{host}/{path}"
+
+
+def _local(path: Path, cwd: Path) -> str:
+    path = cwd / path  # an absolute path stays as it is
+    for suffix in _GIT_DIR_SUFFIXES:
+        candidate = Path(str(path).rstrip("/") + suffix)
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    return str(path.resolve())
 
 
 def clone_dir(env: Mapping[str, str], url: str, branch: str) -> Path:

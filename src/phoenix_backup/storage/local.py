@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from phoenix_backup.dirs import fsync_dir
+from phoenix_backup.dirs import fsync_dir, make_dirs
 from phoenix_backup.errors import (
     NoSpace,
     ObjectExists,
@@ -64,11 +64,14 @@ class LocalBackend(Backend):
                 # wrong secrets).
                 for entry in os.scandir(self.root / "keys"):
                     os.unlink(entry.path)
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(self.root)
             for folder in _FOLDERS:
                 (self.root / folder).mkdir(exist_ok=True, mode=0o700)
             for i in range(256):
                 (self.root / "data" / f"{i:02x}").mkdir(exist_ok=True, mode=0o700)
+            # The folders' entries are durable before any object is written into them.
+            fsync_dir(self.root / "data")
+            fsync_dir(self.root)
         except OSError as exc:
             raise os_error(exc, f"creating the repository folder {self.root}") from exc
 
@@ -132,7 +135,7 @@ class LocalBackend(Backend):
         path = self._path(name)
         tmp = path.with_name(f"{TEMP_MARKER}{path.name}.{secrets.token_hex(4)}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(path.parent)  # a folder it creates is durable with the object's rename
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)

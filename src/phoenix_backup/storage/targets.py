@@ -15,7 +15,6 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
@@ -110,18 +109,37 @@ def _restrained(cfg: Config, name: str, backend: Backend) -> Backend:
 APPEND_ONLY_MARKS = "append-only.json"
 
 
-def storage_key(cfg: Config, name: str) -> str:
+def storage_key(cfg: Config, name: str, env: Mapping[str, str]) -> str:
     """What names target `name`'s storage whatever config or `--repo` spelling reaches it: the
-    folder, the Git remote, the bucket and prefix (not the endpoint, which may be spelt many ways)."""
+    folder, the Git repository (storage/git.py `storage_identity`), the bucket and prefix (not
+    the endpoint, which may be spelt many ways)."""
     t = cfg.targets
     if name == "local":
         return f"local:{cfg.repository_path.expanduser().resolve()}"
     if name == "git":
-        local = Path(t.git.repo).expanduser()
-        return f"git:{local.resolve() if local.is_absolute() else t.git.repo}"
+        return _git_key(t.git.repo, t.git.branch, env)
     # One key for both S3 targets: an R2 bucket is reachable through `s3` as well (R2's endpoint).
     target = t.s3 if name == "s3" else t.r2
     return f"s3:{target.bucket}/{target.prefix.strip('/')}"
+
+
+def _git_key(url: str, branch: str, env: Mapping[str, str]) -> str:
+    """`git:/real/path` for a repository on this machine, `git-remote:host/path` for any other."""
+    from phoenix_backup.storage.git import clone_dir, storage_identity
+
+    identity = storage_identity(url, clone_dir(env, url, branch))  # git runs in the clone
+    return f"git:{identity}" if identity.startswith("/") else f"git-remote:{identity}"
+
+
+def _canonical_marks(marks: Mapping[str, object], env: Mapping[str, str]) -> set[str]:
+    """The keys of the record, each as `storage_key` spells it now. Phoenix before 2026-12 kept a
+    Git remote as written (`git:` and the URL); those are read in today's spelling too."""
+    keys = set(marks)
+    for key in marks:
+        if key.startswith("git:"):
+            with contextlib.suppress(OSError, ValueError):
+                keys.add(_git_key(key.removeprefix("git:"), "main", env))
+    return keys
 
 
 def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
@@ -148,16 +166,14 @@ def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
         # every target counts as append-only here, and the file stays for its owner to fix.
         return _append_only(cfg, names)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    new = {
-        key: {"target": n, "since": now}
-        for n in names
-        if cfg.targets.append_only(n) and (key := storage_key(cfg, n)) not in marks
-    }
+    keys = {n: storage_key(cfg, n, env) for n in names}
+    known = _canonical_marks(marks, env)
+    new = {keys[n]: {"target": n, "since": now} for n in names if cfg.targets.append_only(n) and keys[n] not in marks}
     if new:
         with contextlib.suppress(OSError):  # only a reminder: a read-only data dir loses nothing
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private(path, (json.dumps({"storage": {**marks, **new}}, indent=2, sort_keys=True) + "\n").encode())
-    return _append_only(cfg, [n for n in names if storage_key(cfg, n) in marks])
+    return _append_only(cfg, [n for n in names if keys[n] in known])
 
 
 def _append_only(cfg: Config, names: list[str]) -> Config:

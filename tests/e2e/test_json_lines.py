@@ -1,0 +1,109 @@
+"""With `--json` every line a command prints is JSON: one document on stdout, and on stderr only
+JSON objects (progress, notices, warnings, errors). Notices used to be text lines between the
+progress lines, which a program reading stderr line by line had to tell apart by guessing.
+
+Commands are run as a script would run them, with conditions that make them say things: a config
+warning, a dead restore's leftovers to remove, a usage error, an unknown snapshot, a refused
+in-place restore."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from e2e_support import Result, Sandbox
+
+from phoenix_backup.repo.locks import boot_id, pid_namespace
+
+KINDS = {"progress", "notice", "error"}
+
+
+def every_line_is_json(res: Result) -> list[dict[str, Any]]:
+    """stdout is empty or one JSON document; every stderr line a JSON object of a known type.
+    Returns the stderr objects."""
+    if res.out.strip():
+        res.json()
+    docs = []
+    for line in res.err.splitlines():
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            raise AssertionError(f"a stderr line of `{' '.join(res.cmd)}` is not JSON: {line!r}\n{res}") from None
+        assert isinstance(doc, dict) and doc.get("type") in KINDS, f"{line!r}\n{res}"
+        if doc["type"] != "progress":
+            assert isinstance(doc["message"], str) and doc["message"], doc
+        if doc["type"] == "notice":
+            assert doc["level"] in ("info", "warning", "problem"), doc
+        docs.append(doc)
+    return docs
+
+
+def plant_leftovers(sb: Sandbox, folder: Path) -> Path:
+    """A dead restore's journal and temporary file: the next command removes it, with a notice."""
+    dead_pid = 2**22 + 11
+    leftover = folder / f".phx-tmp-{dead_pid}-55-00aa11bb22cc"
+    leftover.write_bytes(b"half a copy")
+    journals = sb.cache / "restore-journal"
+    journals.mkdir(mode=0o700, exist_ok=True)
+    head = {"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": dead_pid, "start": 55}
+    (journals / f"{dead_pid}-55").write_text(json.dumps(head) + "\n" + json.dumps(str(folder)) + "\n")
+    return leftover
+
+
+def test_every_line_of_every_command_with_json_is_json(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    # A config warning on every command that loads the config, and one in the backup's report.
+    sb.write_config(include=["workspace/", "no-such-folder/"])
+    sb.config_path.chmod(0o664)
+    leftover = plant_leftovers(sb, sb.workspace)
+    said: list[dict[str, Any]] = []
+
+    def run(*args: str | Path, check: bool | int | None = True) -> Result:
+        res = sb.phx(*args, "--json", check=check)
+        said.extend(every_line_is_json(res))
+        return res
+
+    first = run("list").json()[0]["id"]
+    assert not leftover.exists()
+    (sb.workspace / "MEMORY.md").write_text("changed for the second snapshot\n")
+    second = run("backup").json()["id"]
+    for args in (
+        ("status",),
+        ("ls", second),
+        ("diff", first, second),
+        ("verify", "--read-data"),
+        ("restore", "--backup", first, "--to", tmp_path / "out"),
+        ("drill", "--backup", second),
+        ("forget", "--dry-run"),
+        ("prune", "--dry-run"),
+        ("key", "list"),
+        ("unlock",),
+        ("export", "--format", "json", "--backup", second, "--output", tmp_path / "export"),
+    ):
+        run(*args)
+    run("doctor", check=None)
+    run("ls", "nosuchsnapshot", check=2)
+    run("restore", "--backup", first, check=2)  # in place, no --yes, no terminal: refused
+    run("list", "--no-such-option", check=2)
+    run("--no-such-option", "list", check=2)
+
+    kinds = {(d["type"], d.get("level")) for d in said}
+    assert ("notice", "warning") in kinds, said  # the config's warning
+    assert ("notice", "info") in kinds, said  # the leftovers removed
+    assert ("error", None) in kinds, said
+    assert ("progress", None) in kinds, said
+    assert any("can be changed by other users" in d["message"] for d in said if d["type"] == "notice"), said
+    assert any("no snapshot named" in d["message"] for d in said if d["type"] == "error"), said
+    assert any("--no-such-option" in d["message"] for d in said if d["type"] == "error"), said
+
+
+def test_text_mode_is_unchanged(backed_up: Sandbox) -> None:
+    sb = backed_up
+    sb.config_path.chmod(0o664)
+    res = sb.phx("list")
+    assert res.err.startswith("phx: warning: config file ") and "can be changed by other users" in res.err, res
+    res = sb.phx("ls", "nosuchsnapshot", check=2)
+    assert res.err.splitlines()[-1].startswith("phx: error: no snapshot named") and "{" not in res.err, res
+    res = sb.phx("list", "--no-such-option", check=2)
+    assert res.err.startswith("phx: error: "), res

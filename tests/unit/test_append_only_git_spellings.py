@@ -1,0 +1,127 @@
+"""A Git target made append-only under one spelling stays append-only under every other.
+
+The record (`<data dir>/append-only.json`) used to key a Git target on its URL as written (an
+absolute path resolved): `/srv/repo.git/`, `file:///srv/repo.git`, `../srv/repo.git`, or a remote
+with another case, port, user or `.git` ending was another storage, and a config spelling it so
+could forget and prune what an append-only config had kept. Written as that config's author."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phoenix_backup.config import Config
+from phoenix_backup.config.parse import parse_config
+from phoenix_backup.storage.git import clone_dir
+from phoenix_backup.storage.targets import APPEND_ONLY_MARKS, remember_append_only
+
+
+def git_config(repo: str, append_only: bool, branch: str = "main") -> Config:
+    data: dict[str, Any] = {
+        "workspace": "/w",
+        "backupDir": "/b",
+        "targets": {
+            "local": {"enabled": False},
+            "git": {"enabled": True, "repo": repo, "branch": branch, "appendOnly": append_only},
+        },
+    }
+    return parse_config(data, env={"HOME": "/home/agent"})
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"PHX_DATA_DIR": str(tmp_path / "data"), "HOME": "/home/agent"}
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Path:
+    """A bare repository, a symlink to it and a non-bare one."""
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    subprocess.run(["git", "init", "-q", "--bare", str(srv / "repo.git")], check=True)
+    (srv / "link.git").symlink_to(srv / "repo.git")
+    subprocess.run(["git", "init", "-q", str(srv / "work")], check=True)
+    return srv
+
+
+def still_append_only(marked: str, other: str, env: dict[str, str], branch: str = "main") -> bool:
+    """Whether `other`, in a config that does not say appendOnly, is append-only once `marked`
+    was used append-only."""
+    assert remember_append_only(git_config(marked, True), env).targets.append_only("git")
+    return remember_append_only(git_config(other, False, branch), env).targets.append_only("git")
+
+
+def local_spellings(srv: Path, env: dict[str, str]) -> list[str]:
+    repo = srv / "repo.git"
+    clone = clone_dir(env, "x", "main")  # git runs in the clone, below <data dir>/git/
+    return [
+        f"{repo}/",
+        f"{repo}//",
+        f"file://{repo}",
+        f"file://{repo}/",
+        str(srv / "link.git"),
+        str(srv / "repo"),  # git adds .git itself
+        f"{srv}/../{srv.name}/repo.git",
+        os.path.relpath(repo, clone),
+    ]
+
+
+def test_every_spelling_of_a_local_git_repository_stays_append_only(srv: Path, env: dict[str, str]) -> None:
+    escaped = [s for s in local_spellings(srv, env) if not still_append_only(str(srv / "repo.git"), s, env)]
+    assert escaped == [], f"spellings that escaped the append-only record: {escaped}"
+
+
+def test_a_spelling_made_append_only_covers_the_plain_path(srv: Path, env: dict[str, str]) -> None:
+    assert still_append_only(f"file://{srv / 'link.git'}/", str(srv / "repo.git"), env)
+    assert still_append_only(str(srv / "work"), f"{srv / 'work'}/.git", env)
+
+
+REMOTES = [
+    "git@github.com:me/agent-backup.git",
+    "git@GitHub.COM:me/agent-backup",
+    "git@github.com:me/agent-backup.git/",
+    "github.com:me/agent-backup.git",
+    "ssh://git@github.com/~/me/agent-backup.git",
+    "ssh://git@github.com:22/~/me/agent-backup",
+    "ssh://other@github.com/me/agent-backup.git",
+    "git+ssh://git@github.com/me/agent-backup.git",
+    "https://github.com/me/agent-backup.git",
+    "https://github.com:443/me/agent-backup/",
+    "https://user:token@github.com/me//agent-backup.git",
+    "http://github.com/me/agent-backup",
+    "git://github.com/me/agent-backup.git",
+]
+
+
+@pytest.mark.parametrize("marked", [REMOTES[0], REMOTES[-1]])
+def test_every_spelling_of_a_remote_stays_append_only(marked: str, env: dict[str, str]) -> None:
+    escaped = [s for s in REMOTES if not still_append_only(marked, s, env)]
+    assert escaped == [], f"spellings that escaped the append-only record: {escaped}"
+    # Another branch of the same repository is the same storage too.
+    assert still_append_only(marked, REMOTES[1], env, branch="backups")
+
+
+def test_other_repositories_are_not_made_append_only(srv: Path, env: dict[str, str]) -> None:
+    subprocess.run(["git", "init", "-q", "--bare", str(srv / "other.git")], check=True)
+    assert not still_append_only(str(srv / "repo.git"), str(srv / "other.git"), env)
+    assert not still_append_only(REMOTES[0], "git@github.com:me/other-backup.git", env)
+    assert not still_append_only(REMOTES[0], "git@gitlab.com:me/agent-backup.git", env)
+
+
+def test_a_record_written_by_an_older_phoenix_is_read_in_todays_spelling(srv: Path, env: dict[str, str]) -> None:
+    """Older records kept a remote as written; their entry still covers every spelling."""
+    data = Path(env["PHX_DATA_DIR"])
+    data.mkdir()
+    old = {"git:git@github.com:me/agent-backup.git": {"target": "git", "since": "2026-11-01T00:00:00+00:00"}}
+    (data / APPEND_ONLY_MARKS).write_text(json.dumps({"storage": old}))
+    cfg = remember_append_only(git_config("https://github.com/me/agent-backup", False), env)
+    assert cfg.targets.append_only("git")
+    assert "git-remote:github.com/me/agent-backup" not in (data / APPEND_ONLY_MARKS).read_text()
+    # The record keeps no secret of a URL either.
+    remember_append_only(git_config("https://user:s3cr3t-token@example.org/me/r.git", True), env)
+    assert "s3cr3t-token" not in (data / APPEND_ONLY_MARKS).read_text()
