@@ -151,7 +151,7 @@ def test_a_write_only_repository_with_blake3_pack_names_is_format_4() -> None:
     assert again == config and again.write_only == (recipient,) and again.writer_problem(WriteKey.of(master)) is None
     # Dropping the pack names' field (to have packs checked by SHA-256) breaks the MAC or the format.
     doc.pop("packIds")
-    with pytest.raises(CorruptObject, match="unknown or missing fields|malformed"):
+    with pytest.raises(CorruptObject, match="malformed"):
         RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
     doc["version"] = 3
     assert RepoConfig.from_bytes(json.dumps(doc).encode(), "repo").writer_problem(WriteKey.of(master)) is not None

@@ -1273,7 +1273,9 @@ def _choose_secrets(
                 "use it only if you re-created it yourself, after checking its key fingerprint (`phx key "
                 "trust FINGERPRINT`, with the fingerprint `phx key list` shows on a machine you trust)"
             )
-    if pin is not None and config.version < pin.format:
+    # Only a config without a MAC (format 1) is a downgrade someone without the key can make: formats
+    # 2 to 4 are all authenticated, and format 4 differs from 2 only in how new packs are named.
+    if pin is not None and config.version < BASE_FORMAT_VERSION <= pin.format:
         raise ConfigNotAuthenticated(
             f"the repository config at {location} is format {config.version} without authentication, but "
             f"this machine saw it authenticated (format {pin.format}): someone may have downgraded it to "
