@@ -18,6 +18,7 @@ import tracemalloc
 from dataclasses import replace
 from datetime import datetime
 
+import blake3
 import pytest
 import zstandard
 from hypothesis import HealthCheck, example, given, settings
@@ -43,10 +44,14 @@ from phoenix_backup.repo.pack import (
     HEADER_AAD,
     PackBuilder,
     PackEntry,
+    PackIds,
     blob_aad,
     decode_header,
     encode_header,
     iter_blobs,
+    names_content,
+    pack_digest,
+    pack_name,
     read_header,
 )
 from phoenix_backup.repo.repository import FORMAT_VERSION, RepoConfig
@@ -672,7 +677,7 @@ def test_repo_config_round_trip(config: RepoConfig) -> None:
     assert json.loads(raw)["format"] == "phoenix-repository"
 
 
-@pytest.mark.parametrize("version", [4, 99, 2**40])
+@pytest.mark.parametrize("version", [5, 99, 2**40])
 def test_repo_config_of_a_newer_version_is_unsupported(version: int) -> None:
     config = RepoConfig(
         "ab" * 16, FORMAT_VERSION, "2026-01-01T00:00:00+00:00", False, {"min": 64, "avg": 128, "max": 256}, 64
@@ -725,3 +730,17 @@ def test_damaged_repo_config_raises_only_format_errors(config: RepoConfig, key: 
 def test_repo_config_garbage_raises_corrupt(raw: bytes) -> None:
     with pytest.raises((CorruptObject, UnsupportedFormat)):
         RepoConfig.from_bytes(raw, "repo")
+
+
+def test_a_pack_name_may_be_its_blake3_or_its_sha256_and_nothing_else() -> None:
+    data = b"sealed blobs and a header" * 100
+    b3, sha = blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest()
+    assert pack_digest(data, PackIds.BLAKE3) == b3 and pack_digest(data, PackIds.SHA256) == sha
+    for name in (pack_name(b3), pack_name(sha)):
+        assert names_content(name, data)
+        assert not names_content(name, data[:-1] + b"!"), "one changed byte"
+    # Only packs are named by BLAKE3: an index object, snapshot or capture segment keeps SHA-256.
+    for prefix in ("index/", "snapshots/", "captures/"):
+        assert names_content(prefix + sha, data) and not names_content(prefix + b3, data)
+    # A pack named by the other hash of other bytes, or by a keyed BLAKE3, is no match.
+    assert not names_content(pack_name(blake3.blake3(data, key=b"k" * 32).hexdigest()), data)

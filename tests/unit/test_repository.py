@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import blake3
 import pytest
 
 from phoenix_backup.errors import (
@@ -173,11 +174,11 @@ def test_concurrent_saves_then_reopen_and_load_everything(tmp_path: Path, kind: 
     assert repo.stats.blobs_added == len(unique)
     assert len(names(repo, "data/")) >= 3, "full packs were written before the flush"
 
-    # Every pack holds each blob once overall, and every pack is named by its SHA-256.
+    # Every pack holds each blob once overall, and every pack is named by its BLAKE3 (format 4).
     stored: list[bytes] = []
     for name in names(repo, "data/"):
         raw = repo.backend.read(name)
-        assert name.endswith(hashlib.sha256(raw).hexdigest())
+        assert name.endswith(blake3.blake3(raw).hexdigest())
         stored.extend(e.id for e in read_header(raw, repo.sealer, name))
     assert sorted(stored) == sorted(bid for _k, bid in unique)
 

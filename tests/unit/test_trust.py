@@ -212,7 +212,7 @@ def test_pins_record_and_refuse_a_changed_key(tmp_path: Path) -> None:
     assert stat.S_IMODE(pins.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(pins.path.parent.stat().st_mode) == 0o700
     pin = pins.get(repo.config.id)
-    assert pin is not None and pin.fingerprint == repo.secrets.fingerprint and pin.format == 2
+    assert pin is not None and pin.fingerprint == repo.secrets.fingerprint and pin.format == 4
     # Someone replaces config and slot with their own under the same id.
     attacker = keys.MasterSecrets.generate()
     (tmp_path / "repo" / "config").write_bytes(repo.config.signed(attacker).to_bytes())
@@ -223,7 +223,7 @@ def test_pins_record_and_refuse_a_changed_key(tmp_path: Path) -> None:
     # Without a pin, the config says which key is the repository's: here the attacker's (it is
     # theirs now, and a first use cannot know better; see docs/security.md).
     assert Repository.open(backend, creds, pins=Pins(tmp_path / "other" / "pins.json")).secrets == attacker
-    # A downgraded config (format 1, no MAC) is refused where format 2 was seen.
+    # A downgraded config (format 1, no MAC) is refused where an authenticated format (2 to 4) was seen.
     doc = json.loads(repo.config.to_bytes())
     doc["version"] = 1
     del doc["mac"]

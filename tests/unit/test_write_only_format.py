@@ -14,6 +14,7 @@ import pytest
 
 from phoenix_backup.errors import CorruptObject, IdentityRequired, UnsupportedFormat
 from phoenix_backup.repo.keys import MasterSecrets
+from phoenix_backup.repo.pack import PackIds
 from phoenix_backup.repo.repository import RepoConfig
 from phoenix_backup.repo.writeonly import (
     INDEX_COVER_MAC_CONTEXT,
@@ -122,7 +123,7 @@ def test_a_write_only_config_is_format_3_and_its_recipients_are_authenticated() 
     swapped = RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
     assert swapped.writer_problem(WriteKey.of(master)) is not None
     assert swapped.problem(master, "age") is not None
-    # Format 3 without its section, or a format 2 config with one, is malformed; format 4 is newer.
+    # Format 3 without its section, or a format 2 config with one, is malformed; format 5 is newer.
     for version, section in ((3, None), (2, {"recipients": [recipient]})):
         doc = json.loads(config.to_bytes())
         doc["version"] = version
@@ -135,9 +136,25 @@ def test_a_write_only_config_is_format_3_and_its_recipients_are_authenticated() 
     doc["writeOnly"] = {"recipients": ["age1notakey"]}
     with pytest.raises(CorruptObject, match="no age key"):
         RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
-    doc["version"] = 4
+    doc["version"] = 5
     with pytest.raises(UnsupportedFormat):
         RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+
+
+def test_a_write_only_repository_with_blake3_pack_names_is_format_4() -> None:
+    _identity, recipient = _keys()
+    master = MasterSecrets.generate()
+    config = replace(_config(recipient, master), pack_ids=PackIds.BLAKE3).signed(master)
+    doc = json.loads(config.to_bytes())
+    assert config.version == 4 and doc["packIds"] == "blake3" and doc["writeOnly"] == {"recipients": [recipient]}
+    again = RepoConfig.from_bytes(config.to_bytes(), "repo")
+    assert again == config and again.write_only == (recipient,) and again.writer_problem(WriteKey.of(master)) is None
+    # Dropping the pack names' field (to have packs checked by SHA-256) breaks the MAC or the format.
+    doc.pop("packIds")
+    with pytest.raises(CorruptObject, match="malformed"):
+        RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+    doc["version"] = 3
+    assert RepoConfig.from_bytes(json.dumps(doc).encode(), "repo").writer_problem(WriteKey.of(master)) is not None
 
 
 def test_the_machine_that_backs_up_cannot_open_even_what_it_sealed_in_an_earlier_run(tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
-from phoenix_backup.repo.pack import PackOrigin, iter_blobs, pack_name, read_header
+from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.walker import Trees
@@ -316,7 +316,7 @@ def _read_pack(
         for blob, _loc in in_index:
             _report_blob(result, users, blob, name, str(exc))
         return
-    if sha256_hex(data) != pack_id:
+    if not names_content(name, data):
         # The pack's bytes changed: find which blobs still open, and blame the others.
         damaged = [b for b, loc in in_index if not _blob_ok(repo, data, b, loc)]
         if not damaged:

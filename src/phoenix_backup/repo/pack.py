@@ -5,7 +5,9 @@
     entry  = u8 type || u8 compression || 32-byte id || u32le offset || u32le stored || u32le raw
     origin = b"PHXO" || u8 version || u8 origin || u64le unix time
 
-A pack's object name is the SHA-256 of its bytes, so any copy can be checked without the key.
+A pack's object name is the hash of its bytes, so any copy can be checked without the key: BLAKE3
+in a format 4 repository (`b3sum`), SHA-256 in older ones (`sha256sum`); `names_content` accepts
+either, so a pack is checked the same way whatever wrote it.
 The origin record (which command wrote the pack, and when) lies before the first blob, where no
 header entry points: readers that do not know it never read it, so packs with and without one
 are read alike. It lets `verify` say what left a pack that no index lists.
@@ -17,8 +19,10 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import cast
+
+import blake3
 
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE, BlobType, Compression, Sealer, sha256_hex
@@ -67,6 +71,33 @@ def decode_origin(data: bytes, what: str) -> tuple[PackOrigin, float]:
         return PackOrigin(origin), float(when)
     except (struct.error, ValueError) as exc:
         raise CorruptObject(f"{what} has a malformed origin record") from exc
+
+
+class PackIds(Enum):
+    """The hash whose hex digest of a pack's bytes is its name (the config's `packIds`)."""
+
+    SHA256 = "sha256"  # formats 1 to 3
+    # Format 4: BLAKE3 (unkeyed) runs about four times as fast as SHA-256 here (5.0 against 1.1-1.7
+    # GB/s): naming the 440 MB of packs of the 600 MB sample's full backup costs 0.09 CPU-s, not 0.3-0.4.
+    BLAKE3 = "blake3"
+
+
+def pack_digest(data: bytes | memoryview, pack_ids: PackIds) -> str:
+    """The name-giving hash of a pack's bytes (hex)."""
+    if pack_ids == PackIds.BLAKE3:
+        return blake3.blake3(data).hexdigest()
+    return sha256_hex(data)
+
+
+def names_content(name: str, data: bytes | memoryview) -> bool:
+    """Whether a content-addressed object's name (`data/..`, `index/..`, `snapshots/..`,
+    `captures/..`) is the hash of `data`: SHA-256 for every object, or for a pack also BLAKE3 (a
+    format 4 repository names its new packs so, and keeps the SHA-256 names of packs written
+    before). Either proves the bytes are the ones written; BLAKE3 is tried first (the cheaper)."""
+    digest = name.rsplit("/", 1)[-1]
+    if name.startswith("data/") and blake3.blake3(data).hexdigest() == digest:
+        return True
+    return sha256_hex(data) == digest
 
 
 def blob_aad(kind: BlobType, blob_id: bytes) -> bytes:
@@ -139,10 +170,10 @@ class PackBuilder:
         self.buf += sealed
         self.size += len(sealed)
 
-    def finish(self, sealer: Sealer) -> tuple[str, bytes, list[PackEntry]]:
-        """The pack's id (SHA-256 of its bytes), its bytes and its entries. The bytes are the
-        builder's own buffer (a bytearray: every backend writes any bytes-like object), which
-        the builder lets go of."""
+    def finish(self, sealer: Sealer, pack_ids: PackIds = PackIds.SHA256) -> tuple[str, bytes, list[PackEntry]]:
+        """The pack's id (the `pack_ids` hash of its bytes), its bytes and its entries. The bytes
+        are the builder's own buffer (a bytearray: every backend writes any bytes-like object),
+        which the builder lets go of."""
         buf, self.buf = self.buf, bytearray()
         if self.origin is not None:
             record = sealer.seal(encode_origin(self.origin, time.time()), ORIGIN_AAD)
@@ -153,7 +184,7 @@ class PackBuilder:
         buf += header
         buf += struct.pack("<I", len(header))
         # A bytearray passes for bytes with every backend (os.write, botocore's Body, comparisons).
-        return sha256_hex(memoryview(buf)), cast(bytes, buf), self.entries
+        return pack_digest(memoryview(buf), pack_ids), cast(bytes, buf), self.entries
 
 
 def origin_length(entries: list[PackEntry]) -> int:

@@ -35,8 +35,8 @@ from phoenix_backup.errors import (
     UnsupportedFormat,
 )
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import BlobType, sha256_hex
-from phoenix_backup.repo.pack import PackEntry, PackOrigin, pack_name
+from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.pack import PackEntry, PackOrigin, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.repo.snapshot import Snapshot, timestamp_name
 from phoenix_backup.repo.tree import Node
@@ -389,7 +389,7 @@ def _copy_checked(src: Backend, dest: Backend, name: str, *, cold: bool = False)
         data = src.read(name)
     except ObjectNotFound:
         return False
-    if sha256_hex(data) != name.split("/")[-1]:
+    if not names_content(name, data):
         return False
     dest.write(name, data, cold=cold)
     return True
@@ -477,7 +477,7 @@ def repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, r
     if read_data:
         for name in sorted(sizes):
             try:
-                if sha256_hex(repo.backend.read(name)) != name.split("/")[-1]:
+                if not names_content(name, repo.backend.read(name)):
                     damaged_packs.add(name)
             except ObjectNotFound:
                 continue

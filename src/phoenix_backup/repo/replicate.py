@@ -47,9 +47,9 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryError,
 )
-from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.locks import LockManager
-from phoenix_backup.repo.pack import PackEntry, pack_name
+from phoenix_backup.repo.pack import PackEntry, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
@@ -286,7 +286,7 @@ def _keep_indexed(
 
 def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
     data = source.read(name)
-    if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and sha256_hex(data) != name.split("/")[-1]:
+    if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and not names_content(name, data):
         raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
     dest.write(name, data, cold=cold)
     with _COUNT_LOCK:

@@ -61,6 +61,7 @@ from phoenix_backup.repo.pack import (
     TREE_PACK_TARGET,
     PackBuilder,
     PackEntry,
+    PackIds,
     PackOrigin,
     blob_aad,
     decode_header,
@@ -74,11 +75,14 @@ from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.repo.writeonly import KeyedSealer, Keyring, WriteKey, cover_index, uncover_index
 from phoenix_backup.storage.base import Backend
 
-# The newest format this Phoenix reads. Repositories are written in format 2, write-only ones
-# (repo/writeonly.py) in format 3: format 3 is format 2 with a `writeOnly` section.
-FORMAT_VERSION = 3
+# The newest format this Phoenix reads. Format 3 is format 2 with a `writeOnly` section
+# (repo/writeonly.py); format 4 is format 2 or 3 whose new packs are named by BLAKE3 instead of
+# SHA-256 (`packIds`, repo/pack.py). `phx init` writes format 4; a repository of format 2 or 3
+# keeps its format and its SHA-256 pack names, so a Phoenix that reads only those still reads it.
+FORMAT_VERSION = 4
 BASE_FORMAT_VERSION = 2
 WRITE_ONLY_FORMAT_VERSION = 3
+PACK_IDS_FORMAT_VERSION = 4
 FORMAT_NAME = "phoenix-repository"
 
 # FastCDC parameters for files: restic's proven sizes. Small agent notes are one chunk each.
@@ -121,6 +125,8 @@ class RepoConfig:
     raw: bytes = field(default=b"", repr=False, compare=False)  # the bytes it was read from
     # Format 3, a write-only repository: the age recipients every run key is wrapped to.
     write_only: tuple[str, ...] | None = None
+    # How packs written now are named: SHA-256 (formats 1 to 3) or BLAKE3 (format 4) of their bytes.
+    pack_ids: PackIds = PackIds.SHA256
 
     def document(self) -> dict[str, Any]:
         """The config without its MAC: what the MAC authenticates."""
@@ -135,6 +141,8 @@ class RepoConfig:
         }
         if self.write_only is not None:
             doc["writeOnly"] = {"recipients": list(self.write_only)}
+        if self.pack_ids != PackIds.SHA256:
+            doc["packIds"] = self.pack_ids.value
         return doc
 
     def to_bytes(self) -> bytes:
@@ -155,9 +163,13 @@ class RepoConfig:
 
     def signed(self, secrets_: keyslots.MasterSecrets) -> RepoConfig:
         """This config in the current format, authenticated by `secrets_`."""
-        config = replace(
-            self, version=WRITE_ONLY_FORMAT_VERSION if self.write_only is not None else BASE_FORMAT_VERSION
-        )
+        if self.pack_ids != PackIds.SHA256:
+            version = PACK_IDS_FORMAT_VERSION
+        elif self.write_only is not None:
+            version = WRITE_ONLY_FORMAT_VERSION
+        else:
+            version = BASE_FORMAT_VERSION
+        config = replace(self, version=version)
         config = replace(config, mac=config._mac(secrets_))
         return replace(config, raw=config.to_bytes())
 
@@ -233,6 +245,11 @@ class RepoConfig:
                 if len(mac) != 32:
                     raise ValueError("mac is not 32 bytes")
             write_only = _write_only(d, version, where)
+            pack_ids = PackIds.SHA256
+            if version >= PACK_IDS_FORMAT_VERSION:
+                if d["packIds"] != PackIds.BLAKE3.value:
+                    raise CorruptObject(f"the repository config at {where} names unknown pack ids {d['packIds']!r}")
+                pack_ids = PackIds.BLAKE3
             config = cls(
                 id=repo_id,
                 version=version,
@@ -243,6 +260,7 @@ class RepoConfig:
                 mac=mac,
                 raw=bytes(data),
                 write_only=write_only,
+                pack_ids=pack_ids,
             )
             if version >= 2 and set(d) - {"mac"} != set(config.document()):
                 raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
@@ -258,8 +276,9 @@ def _int(value: object) -> int:
 
 
 def _write_only(d: dict[str, Any], version: int, where: str) -> tuple[str, ...] | None:
-    """A format 3 config's recipients; format 3 is the write-only format and nothing else."""
-    if version < WRITE_ONLY_FORMAT_VERSION:
+    """A write-only config's recipients: format 3 is the write-only format and nothing else, and a
+    format 4 config may have them (a write-only repository with BLAKE3 pack names)."""
+    if version < WRITE_ONLY_FORMAT_VERSION or (version >= PACK_IDS_FORMAT_VERSION and "writeOnly" not in d):
         if "writeOnly" in d:
             raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
         return None
@@ -409,11 +428,14 @@ class Repository:
         *,
         pins: Pins | None = None,
         write_only: tuple[str, ...] | None = None,
+        pack_ids: PackIds = PackIds.BLAKE3,
         **kwargs: Any,
     ) -> Repository:
         """Create a new repository; its first key slot comes from `slot_factory`. With `pins`,
         this user trusts its key from now on (it made it). `write_only`: the age recipients of a
-        write-only repository (the slot must be an age slot to them)."""
+        write-only repository (the slot must be an age slot to them). `pack_ids`: how its packs
+        are named (BLAKE3, format 4; SHA-256 makes a format 2 or 3 repository, as older Phoenix
+        versions did)."""
         backend.create()
         master = keyslots.MasterSecrets.generate()
         slot = slot_factory(master)
@@ -425,6 +447,7 @@ class Repository:
             chunker={"min": CHUNK_MIN, "avg": CHUNK_AVG, "max": CHUNK_MAX},
             sqlite_run_pages=SQLITE_RUN_PAGES,
             write_only=write_only,
+            pack_ids=pack_ids,
         ).signed(master)
         backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
         # The config is written last: a repository is "there" only once it is complete.
@@ -753,7 +776,7 @@ class Repository:
         written: dict[str, list[PackEntry]] = {}
 
         def put(kind: BlobType) -> None:
-            pack_id, data, entries = packers[kind].finish(self.sealer)
+            pack_id, data, entries = packers[kind].finish(self.sealer, self.config.pack_ids)
             self.backend.write(pack_name(pack_id), data, cold=kind == BlobType.DATA)
             written[pack_id] = entries
             packers[kind] = PackBuilder(kind, PackOrigin.PRUNE, self.sealer)
@@ -958,7 +981,7 @@ class Repository:
             self.backend.publish()
 
     def _write_pack(self, packer: PackBuilder) -> None:
-        pack_id, data, entries = packer.finish(self.sealer)
+        pack_id, data, entries = packer.finish(self.sealer, self.config.pack_ids)
         # Only data packs may go to a cold storage class: trees must stay readable for list/ls/verify.
         self.backend.write(pack_name(pack_id), data, cold=packer.kind == BlobType.DATA)
         with self._lock:
@@ -1250,7 +1273,9 @@ def _choose_secrets(
                 "use it only if you re-created it yourself, after checking its key fingerprint (`phx key "
                 "trust FINGERPRINT`, with the fingerprint `phx key list` shows on a machine you trust)"
             )
-    if pin is not None and config.version < pin.format:
+    # Only a config without a MAC (format 1) is a downgrade someone without the key can make: formats
+    # 2 to 4 are all authenticated, and format 4 differs from 2 only in how new packs are named.
+    if pin is not None and config.version < BASE_FORMAT_VERSION <= pin.format:
         raise ConfigNotAuthenticated(
             f"the repository config at {location} is format {config.version} without authentication, but "
             f"this machine saw it authenticated (format {pin.format}): someone may have downgraded it to "
