@@ -196,10 +196,12 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             for obj in sorted({info.name for info in source.list("snapshots/")} - have - known):
                 _copy_one(source, dest, obj, False, report)
                 report.snapshots += 1
-        # The capture segments of `phx watch` (they name snapshots, copied above).
-        have_captures = {info.name for info in dest.list("captures/")}
-        for obj in sorted({info.name for info in source.list("captures/")} - have_captures):
-            _copy_one(source, dest, obj, False, report)
+        # The capture segments of `phx watch` and the integrity check records (they name snapshots,
+        # copied above).
+        for prefix in ("captures/", "checks/"):
+            have_objects = {info.name for info in dest.list(prefix)}
+            for obj in sorted({info.name for info in source.list(prefix)} - have_objects):
+                _copy_one(source, dest, obj, False, report)
         if switched:
             dest.write("config", source.read("config"))
             report.objects += 1
@@ -286,7 +288,9 @@ def _keep_indexed(
 
 def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
     data = source.read(name)
-    if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and sha256_hex(data) != name.split("/")[-1]:
+    if (name.startswith(("data/", "index/", "snapshots/", "captures/", "checks/"))) and sha256_hex(data) != name.split(
+        "/"
+    )[-1]:
         raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
     dest.write(name, data, cold=cold)
     with _COUNT_LOCK:
