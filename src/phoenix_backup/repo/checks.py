@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,13 +28,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from phoenix_backup.errors import CorruptObject, PhoenixError
 from phoenix_backup.repo.crypto import NONCE_SIZE, sha256_hex
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.walker import walk_tree
 
 PREFIX = "checks/"
 VERSION = 1
 KEY_CONTEXT = "phoenix v1 integrity check record key"
 AAD = b"phoenix v1 integrity check "
 # Who ran a check (`by`): a record from anyone else is refused as malformed.
-BY = ("drill", "restore", "verify", "watch", "compaction")
+BY = ("drill", "restore", "watch", "compaction")
 # A record is a few hundred bytes; a hostile listing cannot make a reader load a large object.
 MAX_RECORD_SIZE = 64 << 10
 _HEX = frozenset("0123456789abcdef")
@@ -190,10 +192,30 @@ class CheckBook:
             write(self.repo, records)
         except PhoenixError as exc:
             self.repo.notice(f"the integrity check was not recorded in the repository ({exc}); it runs again next time")
-        by_sha = self.load()
         with self._lock:
-            for rec in records:
-                by_sha.setdefault(rec.sha256, []).append(rec)
+            known = self._by_sha
+            if known is not None:  # else not read yet: read later, with these records in it
+                for rec in records:
+                    known.setdefault(rec.sha256, []).append(rec)
+
+
+def record_snapshot(repo: Repository, snapshot_id: str, outcomes: Mapping[str, str], by: str) -> None:
+    """Record the full checks a backup-like run made of the copies it stored (the watch's base when
+    its cadence was due, compaction): `outcomes` maps a logical path to its check's result. The
+    snapshot says the same of its own copies; the records say it of those bytes wherever they are
+    (a later snapshot that holds them unchecked)."""
+    if not outcomes or not can_record(repo):
+        return
+    try:
+        nodes = list(walk_tree(repo, repo.load_snapshot(snapshot_id).tree))
+    except PhoenixError as exc:
+        repo.notice(f"the integrity checks of snapshot {snapshot_id[:8]} were not recorded in the repository ({exc})")
+        return
+    CheckBook(repo).add(
+        record(node.sha256, node.size, outcomes[path], by, snapshot_id, path, sqlite3.sqlite_version)
+        for path, node in nodes
+        if path in outcomes and node.type == "sqlite" and node.sha256 is not None
+    )
 
 
 def names_of_forgotten(repo: Repository, snapshots: set[str]) -> tuple[list[str], dict[str, str]]:
