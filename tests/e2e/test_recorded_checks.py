@@ -17,7 +17,6 @@ from e2e_support import PASSPHRASE, Receiver, Sandbox
 from test_integrity_cadence import LOGICAL, ROWS, change_a_row, damage_index, integrity_of, make_database
 
 from phoenix_backup.repo import checks, keys
-from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
 
@@ -127,11 +126,11 @@ def test_no_record_lets_a_damaged_copy_through(cadenced: Sandbox, tmp_path: Path
     forged = checks.record(sha, size, "ok", "drill", bad["id"], LOGICAL, sqlite3.sqlite_version)
     raw = checks.seal(forger, forged)
     (sb.repo / "checks").mkdir(exist_ok=True)
-    (sb.repo / "checks" / sha256_hex(raw)).write_bytes(raw)
+    (sb.repo / checks.name_of(sha, raw)).write_bytes(raw)
     # A genuine record of the good bytes, stored under a name that fits another object.
     good_sha, good_size = node_of(sb, sb.snapshots()[0]["id"])
     genuine = checks.seal(owner, checks.record(good_sha, good_size, "ok", "drill", bad["id"], LOGICAL, "3"))
-    (sb.repo / "checks" / ("0" * 64)).write_bytes(genuine)
+    (sb.repo / checks.name_of(sha, genuine)).write_bytes(genuine)
 
     def refused(dest: Path) -> None:
         res = sb.phx("restore", "--backup", bad["id"], "--to", dest, "--json", check=None)

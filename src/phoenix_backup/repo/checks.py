@@ -1,5 +1,5 @@
 """Integrity check records: a full `PRAGMA integrity_check` that passed or failed on bytes proven
-equal to a snapshot's SHA-256 of a database, kept in the repository (`checks/<sha256>`,
+equal to a snapshot's SHA-256 of a database, kept in the repository (`checks/<64 hex>`,
 docs/repository-format.md §16), so that any machine restoring those very bytes later knows the
 check's answer without running it again.
 
@@ -29,6 +29,7 @@ from phoenix_backup.errors import CorruptObject, PhoenixError
 from phoenix_backup.repo.crypto import NONCE_SIZE, sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.storage.base import ObjectInfo
 
 PREFIX = "checks/"
 VERSION = 1
@@ -36,6 +37,8 @@ KEY_CONTEXT = "phoenix v1 integrity check record key"
 AAD = b"phoenix v1 integrity check "
 # Who ran a check (`by`): a record from anyone else is refused as malformed.
 BY = ("drill", "restore", "watch", "compaction")
+# A record's name starts with this many hex digits of the SHA-256 of the bytes it is about.
+NAME_SHA_HEX = 16
 # A record is a few hundred bytes; a hostile listing cannot make a reader load a large object.
 MAX_RECORD_SIZE = 64 << 10
 _HEX = frozenset("0123456789abcdef")
@@ -91,7 +94,8 @@ def seal(repo: Repository, record: CheckRecord) -> bytes:
 
 def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
     """The record stored as `name`; CorruptObject when it is not one this repository's owner made."""
-    if len(raw) > MAX_RECORD_SIZE or len(raw) <= NONCE_SIZE or sha256_hex(raw) != name.removeprefix(PREFIX):
+    tail = name.removeprefix(PREFIX)[NAME_SHA_HEX:]
+    if len(raw) > MAX_RECORD_SIZE or len(raw) <= NONCE_SIZE or sha256_hex(raw)[: len(tail)] != tail:
         raise CorruptObject(f"{name} is not an integrity check record of this repository (its name or size)")
     try:
         plain = _key(repo).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], _aad(repo))
@@ -110,11 +114,19 @@ def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
         or d.get("by") not in BY
         or not all(isinstance(d.get(k), str) for k in ("result", "checkedAt", "path", "sqlite"))
         or not d["result"]
+        or name_of(d["sha256"], raw) != name
     ):
         raise CorruptObject(f"{name} is a malformed integrity check record")
     return CheckRecord(
         d[fields[0]], d[fields[1]], d[fields[2]], d[fields[3]], d[fields[4]], d[fields[5]], d[fields[6]], d[fields[7]]
     )
+
+
+def read_record(repo: Repository, info: ObjectInfo) -> CheckRecord:
+    """The record listed as `info`; an object too large for one is refused before it is read."""
+    if info.size > MAX_RECORD_SIZE:
+        raise CorruptObject(f"{info.name} is too large for an integrity check record")
+    return open_record(repo, info.name, repo.backend.read(info.name))
 
 
 def can_record(repo: Repository) -> bool:
@@ -133,12 +145,19 @@ def write(repo: Repository, records: Iterable[CheckRecord]) -> list[str]:
     if not can_record(repo):
         return []
     names = []
-    for record in records:
-        raw = seal(repo, record)
-        name = PREFIX + sha256_hex(raw)
+    for rec in records:
+        raw = seal(repo, rec)
+        name = name_of(rec.sha256, raw)
         repo.backend.write(name, raw)
         names.append(name)
     return names
+
+
+def name_of(sha256: str, raw: bytes) -> str:
+    """`checks/` ‖ the first NAME_SHA_HEX hex digits of the checked bytes' SHA-256 ‖ the first
+    64 - NAME_SHA_HEX of the object's own SHA-256: a restore reads only the records of the bytes it
+    restores, and the name still fits the object alone."""
+    return PREFIX + sha256[:NAME_SHA_HEX] + sha256_hex(raw)[: 64 - NAME_SHA_HEX]
 
 
 def record(sha256: str, size: int, result: str, by: str, snapshot: str, path: str, sqlite_version: str) -> CheckRecord:
@@ -148,38 +167,49 @@ def record(sha256: str, size: int, result: str, by: str, snapshot: str, path: st
 
 
 class CheckBook:
-    """The records of one repository, read once, on first use (a restore asks from several threads).
-    Records that do not open are left out, as if absent: they can only have said less."""
+    """The records of one repository, read on first use (a restore asks from several threads): the
+    listing once, then only the records whose names start with the SHA-256 asked about. Records
+    that do not open are left out, as if absent: they can only have said less."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self._lock = threading.Lock()
-        self._by_sha: dict[str, list[CheckRecord]] | None = None
+        self._names: list[ObjectInfo] | None = None
+        self._read: dict[str, list[CheckRecord]] = {}  # first NAME_SHA_HEX hex of a SHA-256 -> records
         self.unreadable: dict[str, str] = {}  # object name -> why
 
-    def load(self) -> dict[str, list[CheckRecord]]:
-        with self._lock:
-            if self._by_sha is None:
-                by_sha: dict[str, list[CheckRecord]] = {}
-                if can_record(self.repo):
-                    for _name, rec in self._read_all():
-                        by_sha.setdefault(rec.sha256, []).append(rec)
-                self._by_sha = by_sha
-            return self._by_sha
+    def _records(self, lead: str) -> list[CheckRecord]:
+        """The records whose names start with `lead` (NAME_SHA_HEX hex digits, or "" for all); called
+        with the lock held."""
+        if self._names is None:
+            self._names = list(self.repo.backend.list(PREFIX)) if can_record(self.repo) else []
+        out: list[CheckRecord] = []
+        for info in self._names:
+            if info.name.startswith(PREFIX + lead):
+                try:
+                    out.append(read_record(self.repo, info))
+                except PhoenixError as exc:
+                    self.unreadable[info.name] = str(exc)
+        return out
 
-    def _read_all(self) -> Iterable[tuple[str, CheckRecord]]:
-        for info in self.repo.backend.list(PREFIX):
-            if info.size > MAX_RECORD_SIZE:
-                self.unreadable[info.name] = "too large"
-                continue
-            try:
-                yield info.name, open_record(self.repo, info.name, self.repo.backend.read(info.name))
-            except PhoenixError as exc:
-                self.unreadable[info.name] = str(exc)
+    def load(self) -> dict[str, list[CheckRecord]]:
+        """Every record, by the SHA-256 of the bytes checked."""
+        with self._lock:
+            by_sha: dict[str, list[CheckRecord]] = {}
+            for rec in self._records(""):
+                by_sha.setdefault(rec.sha256, []).append(rec)
+            return by_sha
+
+    def of(self, sha256: str) -> list[CheckRecord]:
+        lead = sha256[:NAME_SHA_HEX]
+        with self._lock:
+            if lead not in self._read:
+                self._read[lead] = self._records(lead)
+            return [r for r in self._read[lead] if r.sha256 == sha256]
 
     def passed(self, sha256: str, size: int) -> CheckRecord | None:
         """The newest record that these bytes passed the check, unless any record says they failed it."""
-        found = [r for r in self.load().get(sha256, []) if r.size == size]
+        found = [r for r in self.of(sha256) if r.size == size]
         if not found or any(not r.passed for r in found):
             return None
         return max(found, key=lambda r: r.checked_at)
@@ -193,10 +223,8 @@ class CheckBook:
         except PhoenixError as exc:
             self.repo.notice(f"the integrity check was not recorded in the repository ({exc}); it runs again next time")
         with self._lock:
-            known = self._by_sha
-            if known is not None:  # else not read yet: read later, with these records in it
-                for rec in records:
-                    known.setdefault(rec.sha256, []).append(rec)
+            for rec in records:
+                self._read.setdefault(rec.sha256[:NAME_SHA_HEX], []).append(rec)
 
 
 def record_snapshot(repo: Repository, snapshot_id: str, outcomes: Mapping[str, str], by: str) -> None:
@@ -223,9 +251,14 @@ def names_of_forgotten(repo: Repository, snapshots: set[str]) -> tuple[list[str]
     under `checks/` that do not open (left alone, reported)."""
     if not can_record(repo):
         return [], {}  # without the owner's key no record can be told from another
-    book = CheckBook(repo)
     gone = []
-    for name, rec in book._read_all():
+    unreadable: dict[str, str] = {}
+    for info in repo.backend.list(PREFIX):
+        try:
+            rec = read_record(repo, info)
+        except PhoenixError as exc:
+            unreadable[info.name] = str(exc)
+            continue
         if rec.snapshot not in snapshots:
-            gone.append(name)
-    return gone, book.unreadable
+            gone.append(info.name)
+    return gone, unreadable
