@@ -92,10 +92,15 @@ def seal(repo: Repository, record: CheckRecord) -> bytes:
     return nonce + _key(repo).encrypt(nonce, plain, _aad(repo))
 
 
+def fits_name(name: str, raw: bytes) -> bool:
+    """Whether `raw` fits the part of the name `name_of` takes from the object's own SHA-256."""
+    tail = name.removeprefix(PREFIX)[NAME_SHA_HEX:]
+    return len(tail) == 64 - NAME_SHA_HEX and sha256_hex(raw)[: len(tail)] == tail
+
+
 def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
     """The record stored as `name`; CorruptObject when it is not one this repository's owner made."""
-    tail = name.removeprefix(PREFIX)[NAME_SHA_HEX:]
-    if len(raw) > MAX_RECORD_SIZE or len(raw) <= NONCE_SIZE or sha256_hex(raw)[: len(tail)] != tail:
+    if len(raw) > MAX_RECORD_SIZE or len(raw) <= NONCE_SIZE or not fits_name(name, raw):
         raise CorruptObject(f"{name} is not an integrity check record of this repository (its name or size)")
     try:
         plain = _key(repo).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], _aad(repo))
