@@ -9,6 +9,7 @@ import pytest
 
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo import checks, keys
+from phoenix_backup.repo.replicate import replicate
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
 
@@ -95,3 +96,16 @@ def test_a_record_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
         raw = checks.seal(repo, bad)
         with pytest.raises(CorruptObject):
             checks.open_record(repo, checks.name_of(SHA, raw), raw)
+
+
+def test_replication_copies_the_records_and_drops_one_that_does_not_fit_its_name(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    [name] = checks.write(repo, [rec()])
+    planted = checks.PREFIX + SHA[: checks.NAME_SHA_HEX] + "0" * (64 - checks.NAME_SHA_HEX)
+    repo.backend.write(planted, repo.backend.read(name))  # a genuine record under a name not its own
+    replica = LocalBackend(tmp_path / "replica")
+    report = replicate(repo, "replica", replica, lambda _m: None)
+    assert report.ok, report.error
+    assert [i.name for i in replica.list(checks.PREFIX)] == [name]
+    copy = Repository.open(replica, keys.Credentials(passphrase="pw"))
+    assert checks.CheckBook(copy).passed(SHA, 4096) == rec()
