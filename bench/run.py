@@ -811,6 +811,8 @@ def run(args: argparse.Namespace) -> dict:
         verdict = "verified equal" if not problems else "MISMATCH: " + "; ".join(problems[:5])
         log(f"restore: {tool.name} {m.wall:.2f}s, {verdict}")
         shutil.rmtree(dest)
+        if args.drill and isinstance(tool, Phoenix) and not isinstance(tool, PhoenixWriteOnly):
+            drilled_restore(tool, work, dest, root, ref_files, ref_db, results[tool.name])
 
     doc = {
         "size": args.size,
@@ -1297,6 +1299,37 @@ def _daily_change(doc: dict) -> str:
     return "" if change == doc["size"] else f" (each as many changed rows as a day of the `{change}` size)"
 
 
+def drilled_restore(
+    tool: Phoenix,
+    work: Path,
+    dest: Path,
+    root: Path,
+    ref_files: dict[str, str],
+    ref_db: dict[str, dict],
+    into: dict[str, object],
+) -> None:
+    """A user who drills: `phx drill` of the last snapshot (step `drill`; it records its checks in
+    the repository), then the same restore again from a cold page cache (step `restoreAfterDrill`),
+    which finds the copies' checks recorded and does not run them again."""
+    evict_from_page_cache(tool.repo)
+    cmd = [*tool.phx, "drill", "--config", str(tool.config), "--scratch", str(work), "--json"]
+    m = measure(cmd, env=tool.env, cwd=None, log=work / "logs" / f"{_safe(tool.name)}-drill.log")
+    into["drill"] = m.to_json()
+    log(f"drill: {tool.name} {m.wall:.2f}s (rc {m.rc})")
+    dest.mkdir(parents=True)
+    evict_from_page_cache(tool.repo)
+    cmd, cwd = tool.restore_cmd(dest)
+    m = measure(cmd, env=tool.env, cwd=cwd, log=work / "logs" / f"{_safe(tool.name)}-restore-after-drill.log")
+    entry = m.to_json()
+    problems = verify_restore(tool.restored_root(dest), root, ref_files, ref_db) if m.rc == 0 else ["failed"]
+    entry["verified"] = not problems
+    entry["problems"] = problems[:20]
+    into["restoreAfterDrill"] = entry
+    verdict = "verified equal" if not problems else "MISMATCH: " + "; ".join(problems[:5])
+    log(f"restore after drill: {tool.name} {m.wall:.2f}s, {verdict}")
+    shutil.rmtree(dest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -1327,6 +1360,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-going", action="store_true", help="record a failing step and carry on")
     parser.add_argument(
         "--no-readme", action="store_true", help="do not update the table in docs/benchmarks.md and bench/README.md"
+    )
+    parser.add_argument(
+        "--drill",
+        action="store_true",
+        help="after the restore, run `phx drill` of the last snapshot and restore it again (steps drill and "
+        "restoreAfterDrill, Phoenix only): the restore of a user who drills",
     )
     parser.add_argument("--replot", metavar="JSON", help="only rewrite the table and plot from a results JSON")
     args = parser.parse_args(argv)

@@ -26,7 +26,8 @@ from e2e_support import Sandbox, integrity
 from phoenix_backup.config import load_config
 from phoenix_backup.ops import pitr
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.repo import captures
+from phoenix_backup.repo import captures, checks
+from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
 
@@ -386,6 +387,11 @@ def test_compaction_makes_daily_states_ordinary_snapshots_and_drops_the_base(san
         assert restored.read_bytes() == h.states[at]
         with _repo(sb) as (repo, _tl):
             assert [d.integrity for d in repo.load_snapshot(snap["id"]).databases] == ["ok"]
+            # ... and that check recorded in the repository, for these bytes wherever they are.
+            book = checks.CheckBook(repo).load()
+            assert [(r.by, r.result) for r in book[sha256_hex(h.states[at])] if r.snapshot == snap["id"]] == [
+                ("compaction", "ok")
+            ]
     drill = sb.phx("drill", "--backup", compacted[-1]["id"], check=None)
     assert drill.code == 0, drill
     with _repo(sb) as (repo, _tl):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from phoenix_backup.units import human_size
 
@@ -119,7 +119,7 @@ def restore(r: RestoreResult, verbose: bool) -> str:
             bad = [t for t, m in fts.items() if m != "ok"]
             checks = f", FTS5 {'ok' if not bad else 'FAILED: ' + ', '.join(bad)} ({len(fts)} tables)" if fts else ""
             via = f" via {db['method']}" if db.get("method") else ""
-            lines.append(f"  database {db['path']}{via}: integrity {db['integrity']}{checks}")
+            lines.append(f"  database {db['path']}{via}: integrity {db['integrity']}{checks}{_copy_check(db)}")
         for action, step in r.gateway.items():
             state = "ok" if step.ok else "FAILED: " + step.describe()
             lines.append(f"  gateway.{action}: {state}")
@@ -141,6 +141,21 @@ def restore(r: RestoreResult, verbose: bool) -> str:
         )
     lines += [f"  warning: {w}" for w in r.warnings]
     return "\n".join(lines)
+
+
+def _copy_check(db: dict[str, Any]) -> str:
+    """How the restored copy's integrity_check is known (docs/restore-checks.md)."""
+    check = db.get("copyCheck") or {}
+    if not check:
+        return ""
+    if check.get("ran"):
+        return "; copy: integrity_check run on the restored bytes"
+    if check.get("by") == "backup":
+        return "; copy: these bytes passed integrity_check at backup, not run again"
+    return (
+        f"; copy: these bytes passed integrity_check in a {check.get('by')} at {check.get('checkedAt')} "
+        "(recorded in the repository), not run again"
+    )
 
 
 def _row_deltas(db: dict[str, object]) -> str:

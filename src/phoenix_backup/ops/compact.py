@@ -32,7 +32,7 @@ from phoenix_backup.errors import CorruptObject, PhoenixError
 from phoenix_backup.ops.backup import snapshot_entries
 from phoenix_backup.ops.context import Environment, scratch_dir
 from phoenix_backup.ops.pitr import rebuild
-from phoenix_backup.repo import captures
+from phoenix_backup.repo import captures, checks
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import Entry
@@ -147,6 +147,7 @@ def _snapshot(
             repo.delete_snapshot(result.id)
             raise CorruptObject(f"the compacted snapshot {result.id[:8]} does not hold {path}")
         sums[path] = node.sha256
+    checks.record_snapshot(repo, result.id, result.integrity_checked, "compaction")
     return result.id, sums
 
 

@@ -40,6 +40,7 @@ from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
+from phoenix_backup.repo import checks
 from phoenix_backup.repo.checker import VerifyError
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.reader import damaged_pack
@@ -349,6 +350,7 @@ def drill(
             _check_files(folder, nodes, written, result)
             envx.progress.phase("checking databases")
             _check_databases(DrillContext(cfg, envx, snap, folder, repo, nodes), nodes, written, result)
+            _record_in_repository(repo, snap, nodes, written, result)
         finally:
             _remove(folder)
     _record_checks(result, snap, envx)
@@ -365,12 +367,34 @@ def _record_checks(result: DrillResult, snap: Snapshot, envx: Environment) -> No
     if snap.host != socket.gethostname():
         return  # another machine's databases: their cadence is that machine's
     checked_at = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
-    checks = {
+    failed = {
         d.path: IntegrityCheck(snap.started or snap.time, d.integrity, snap.id, "drill", checked_at)
         for d in result.databases
         if d.engine == "sqlite" and d.integrity not in ("ok", NOT_CHECKED)
     }
-    record_integrity_checks(checks, state_path(envx.home))
+    record_integrity_checks(failed, state_path(envx.home))
+
+
+def _record_in_repository(
+    repo: Repository, snap: Snapshot, nodes: list[tuple[str, Node]], written: set[str], result: DrillResult
+) -> None:
+    """Each SQLite copy's checks, pass or fail, as a record in the repository (repo/checks.py):
+    its bytes were proven against the snapshot's SHA-256 as they were written, so a later restore
+    of the same bytes, on any machine, need not run `integrity_check` again. A pass needs every
+    FTS5 table's check to pass too."""
+    by_path = {d.path: d for d in result.databases if d.engine == "sqlite" and d.integrity != NOT_CHECKED}
+    records = []
+    for logical, node in nodes:
+        report = by_path.get(logical)
+        if node.type != "sqlite" or node.sha256 is None or logical not in written or report is None:
+            continue
+        problems = [] if report.integrity == "ok" else [report.integrity]
+        problems += [f"FTS5 {t}: {m}" for t, m in sorted(report.fts5.items()) if m not in ("ok", NOT_CHECKED)]
+        outcome = "; ".join(problems) or "ok"
+        records.append(
+            checks.record(node.sha256, node.size, outcome, "drill", snap.id, logical, sqlite3.sqlite_version)
+        )
+    checks.CheckBook(repo).add(records)
 
 
 def _walk(repo: Repository, snap: Snapshot, result: DrillResult) -> list[tuple[str, Node]]:

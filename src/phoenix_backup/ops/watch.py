@@ -68,7 +68,7 @@ from phoenix_backup.ops.context import (
 )
 from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.ops.watch_files import FileWatch
-from phoenix_backup.repo import captures
+from phoenix_backup.repo import captures, checks
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
 from phoenix_backup.repo.crypto import sha256_hex
@@ -490,6 +490,7 @@ class Watcher:
         self.result.bases += 1
         # A full integrity check the base ran (its cadence was due) counts as a backup's would.
         record_checks(self.envx, result, started, "watch")
+        checks.record_snapshot(self.repo, result.id, result.integrity_checked, "watch")
         for logical, outcome in result.integrity_checked.items():
             if outcome != "ok":
                 self.warn(

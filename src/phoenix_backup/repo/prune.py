@@ -49,6 +49,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryError,
 )
+from phoenix_backup.repo import checks
 from phoenix_backup.repo.locks import STALE_SECONDS
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
@@ -110,6 +111,7 @@ class TargetPrune:
     bytes_freed: int = 0
     bytes_written: int = 0
     indexes_replaced: int = 0
+    check_records: int = 0  # integrity check records of forgotten snapshots (or not this owner's) deleted
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -137,6 +139,7 @@ class TargetPrune:
                 "after": self.bytes_after,
             },
             "indexesReplaced": self.indexes_replaced,
+            "checkRecords": self.check_records,
             "notices": self.notices,
         }
 
@@ -298,6 +301,7 @@ def _prune_locked(
     rewrite_index = bool(delete or repack or vanished or superseded & set(objects) or repo.problems.claims or beaten)
     report.indexes_replaced = len(objects) if rewrite_index else 0
     if dry_run:
+        report.check_records = len(_forgotten_check_records(repo))
         return
 
     # 1. New packs, durable before anything refers to them.
@@ -337,11 +341,24 @@ def _prune_locked(
     for path in temporary:
         with contextlib.suppress(OSError):
             path.unlink()
+    # 5. The integrity check records of snapshots that are gone (repo/checks.py).
+    for name in _forgotten_check_records(repo):
+        repo.backend.delete(name)
+        report.check_records += 1
     with contextlib.suppress(PhoenixError):
         repo.backend.abort_abandoned_uploads(everything=False)
     seen = state.entry(state_key(repo, report.target)).get("seen", {})
     for name in [pack_name(u.pack_id) for u in delete + repack] + [i.name for i in leftovers]:
         seen.pop(name, None)
+
+
+def _forgotten_check_records(repo: Repository) -> list[str]:
+    """The integrity check records whose snapshot the repository no longer holds (listed now: a
+    snapshot committed since prune started keeps its records), and those that do not open with
+    this repository's key (another key's, or planted: they never count)."""
+    held = {info.name.removeprefix("snapshots/") for info in repo.backend.list("snapshots/")}
+    gone, unreadable = checks.names_of_forgotten(repo, held)
+    return sorted([*gone, *unreadable])
 
 
 def listing_size(repo: Repository, pack_id: str) -> int:

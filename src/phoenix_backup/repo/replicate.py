@@ -47,6 +47,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryError,
 )
+from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.locks import LockManager
 from phoenix_backup.repo.pack import PackEntry, names_content, pack_name
@@ -196,10 +197,12 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             for obj in sorted({info.name for info in source.list("snapshots/")} - have - known):
                 _copy_one(source, dest, obj, False, report)
                 report.snapshots += 1
-        # The capture segments of `phx watch` (they name snapshots, copied above).
-        have_captures = {info.name for info in dest.list("captures/")}
-        for obj in sorted({info.name for info in source.list("captures/")} - have_captures):
-            _copy_one(source, dest, obj, False, report)
+        # The capture segments of `phx watch` and the integrity check records (they name snapshots,
+        # copied above).
+        for prefix in ("captures/", "checks/"):
+            have_objects = {info.name for info in dest.list(prefix)}
+            for obj in sorted({info.name for info in source.list(prefix)} - have_objects):
+                _copy_one(source, dest, obj, False, report)
         if switched:
             dest.write("config", source.read("config"))
             report.objects += 1
@@ -286,6 +289,8 @@ def _keep_indexed(
 
 def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
     data = source.read(name)
+    if name.startswith(checks.PREFIX) and not checks.fits_name(name, data):
+        return  # not a record (planted or damaged): every reader drops it, so it is not copied
     if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and not names_content(name, data):
         raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
     dest.write(name, data, cold=cold)

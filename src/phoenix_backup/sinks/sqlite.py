@@ -2,9 +2,10 @@
 
 The snapshot's copy is written beside the database's place under a temporary name, hashed from
 the very buffers it is written from and checked against its SHA-256, then applied. `PRAGMA
-integrity_check` ran on that same copy at backup time (the snapshot records the result): bytes
-equal to it hash for hash give the same answer, so the check is run again only when the snapshot
-does not say it passed (docs/restore-checks.md). The copy is applied: through the online backup API
+integrity_check` ran on that same copy at backup time (the snapshot records the result), or
+later on bytes equal to it (a drill, a restore: the repository records it, repo/checks.py): bytes
+equal to it hash for hash give the same answer, so the check is run again only when neither says
+it passed (docs/restore-checks.md). The copy is applied: through the online backup API
 into a live database that can be read, so that connections the agent holds open see the restored
 content (sinks/sqlite_live.py says why), else by rename, stale -wal/-shm removed first. In place
 the live database is checked afterwards. Every step works in one folder descriptor, and SQLite
@@ -19,12 +20,14 @@ import hashlib
 import os
 import sqlite3
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from phoenix_backup.errors import RestoreError, UnsafePath
+from phoenix_backup.repo import checks
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.snapshot import NOT_CHECKED, Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.sinks import sqlite_folder, sqlite_live
 from phoenix_backup.sinks.files import FileWriter, discard, rename_over, set_owner_mode, unsafe_or_error, write_content
@@ -36,43 +39,87 @@ def checked_at_backup(node: Node) -> bool:
     return node.sqlite is not None and node.sqlite.get("integrity") == "ok"
 
 
-def write_copy(writer: FileWriter, logical: str, node: Node, *, check: bool = True) -> str:
+@dataclass(frozen=True)
+class Copy:
+    """A database's copy written beside its place: its temporary name, and how its integrity is
+    known (`{"ran": bool, "by": ..., "checkedAt": ...}`, the restore's `copyCheck`)."""
+
+    name: str
+    check: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordedChecks:
+    """The repository's integrity check records (repo/checks.py) and the snapshot a restore reads:
+    a passing record of the very bytes counts like the backup's own check, and a check run now is
+    recorded."""
+
+    book: checks.CheckBook
+    snapshot: str
+
+
+def known_check(node: Node, recorded: RecordedChecks | None) -> dict[str, Any] | None:
+    """How the copy's passing `integrity_check` is known without running it: the snapshot records
+    that this very copy passed at backup, or the repository holds a passing record of its SHA-256
+    (and none that failed). None when it must be run."""
+    if checked_at_backup(node):
+        return {"ran": False, "by": "backup"}
+    failed_at_backup = node.sqlite is not None and node.sqlite.get("integrity") not in (None, "ok", NOT_CHECKED)
+    if recorded is None or node.sha256 is None or failed_at_backup:
+        return None
+    rec = recorded.book.passed(node.sha256, node.size)
+    if rec is None:
+        return None
+    return {"ran": False, "by": rec.by, "checkedAt": rec.checked_at, "snapshot": rec.snapshot}
+
+
+def write_copy(
+    writer: FileWriter, logical: str, node: Node, *, check: bool = True, recorded: RecordedChecks | None = None
+) -> Copy:
     """Write a database's copy beside its place, its bytes proven against the snapshot's SHA-256
-    as they are written; run integrity_check on it unless those very bytes passed it at backup
-    time (or `check` is false: a drill checks what it wrote itself). Return the copy's temporary
-    name. Nothing else is touched: `restore_database` applies the copy."""
+    as they are written; run integrity_check on it unless those very bytes are known to pass it
+    (`known_check`), or `check` is false (a drill checks what it wrote itself). A check run here is
+    recorded in the repository when `recorded` is given. Nothing else is touched:
+    `restore_database` applies the copy."""
     with writer.parent_dir(logical) as (fd, _name):
         tmp = writer.write_temp(fd, logical, node)
-        if not check or checked_at_backup(node):
-            return tmp
+        known = known_check(node, recorded) if check else None
+        if not check or known is not None:
+            return Copy(tmp, known or {})
         try:
             integrity = sqlite_folder.run(fd, "integrity", [tmp])
         except BaseException:
             discard(fd, tmp)
             raise
+        if recorded is not None and node.sha256 is not None:
+            rec = checks.record(
+                node.sha256, node.size, integrity, "restore", recorded.snapshot, logical, sqlite3.sqlite_version
+            )
+            recorded.book.add([rec])
         if integrity != "ok":
             discard(fd, tmp)
             raise RestoreError(
                 f"the restored copy of {logical} fails integrity_check ({integrity}); the database was not "
                 "replaced — restore it from another snapshot"
             )
-    return tmp
+    return Copy(tmp, {"ran": True, "by": "restore"})
 
 
-def discard_copy(writer: FileWriter, logical: str, tmp: str) -> None:
+def discard_copy(writer: FileWriter, logical: str, copy: Copy) -> None:
     """Remove a copy `write_copy` wrote that will not be applied."""
     with contextlib.suppress(OSError), writer.parent_dir(logical, create=False) as (fd, _name):
-        discard(fd, tmp)
+        discard(fd, copy.name)
 
 
 def restore_database(
-    writer: FileWriter, logical: str, node: Node, *, in_place: bool, copy: str | None = None, check_copy: bool = True
+    writer: FileWriter, logical: str, node: Node, *, in_place: bool, copy: Copy | None = None, check_copy: bool = True
 ) -> dict[str, Any]:
     """Apply a checked copy of a database (written now, or earlier by `write_copy`): through the
     backup API into a live database that can be read, else by rename (stale -wal/-shm removed
     first). In place the live database is checked afterwards (`integrity`, `fts`). `check_copy` is
     `write_copy`'s `check`."""
-    tmp = copy if copy is not None else write_copy(writer, logical, node, check=check_copy)
+    written = copy if copy is not None else write_copy(writer, logical, node, check=check_copy)
+    tmp = written.name
     with writer.parent_dir(logical) as (fd, name):
         try:
             shown = str(writer.layout.to_real(logical, writer.to))
@@ -89,6 +136,8 @@ def restore_database(
             discard(fd, tmp)
         os.fsync(fd)
         info: dict[str, Any] = {"path": logical, "integrity": "ok", "method": method}
+        if written.check:
+            info["copyCheck"] = written.check
         if in_place:
             check: sqlite_live.LiveCheck = sqlite_folder.run(fd, "check_live", [name])
             info["integrity"] = check.integrity

@@ -1,0 +1,269 @@
+"""Integrity check records: a full `PRAGMA integrity_check` that passed or failed on bytes proven
+equal to a snapshot's SHA-256 of a database, kept in the repository (`checks/<64 hex>`,
+docs/repository-format.md §16), so that any machine restoring those very bytes later knows the
+check's answer without running it again.
+
+A record is sealed with AES-256-GCM under a key derived from the master secrets (never from the
+write key of a write-only repository), with the repository id in its associated data: only the
+owner can make one, and none moves to other bytes (the database's SHA-256 and size are inside)
+or to another repository. A reader takes the verdict of every record of a SHA-256 together: any
+failure wins over every pass, whatever their times, so no record, older or newer, overrides a
+failure. Records name the snapshot whose copy was checked, and prune deletes those whose snapshot
+is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from phoenix_backup.errors import CorruptObject, PhoenixError
+from phoenix_backup.repo.crypto import NONCE_SIZE, sha256_hex
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.storage.base import ObjectInfo
+
+PREFIX = "checks/"
+VERSION = 1
+KEY_CONTEXT = "phoenix v1 integrity check record key"
+AAD = b"phoenix v1 integrity check "
+# Who ran a check (`by`): a record from anyone else is refused as malformed.
+BY = ("drill", "restore", "watch", "compaction")
+# A record's name starts with this many hex digits of the SHA-256 of the bytes it is about.
+NAME_SHA_HEX = 16
+# A record is a few hundred bytes; a hostile listing cannot make a reader load a large object.
+MAX_RECORD_SIZE = 64 << 10
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    sha256: str  # of the database's bytes that were checked
+    size: int
+    result: str  # "ok", or the first problems found
+    by: str  # one of BY
+    checked_at: str  # RFC 3339, UTC
+    snapshot: str  # the snapshot whose copy was checked (prune deletes the record with it)
+    path: str  # the database's logical path in that snapshot
+    sqlite: str  # the SQLite version that ran the check
+
+    @property
+    def passed(self) -> bool:
+        return self.result == "ok"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "version": VERSION,
+            "sha256": self.sha256,
+            "size": self.size,
+            "result": self.result,
+            "by": self.by,
+            "checkedAt": self.checked_at,
+            "snapshot": self.snapshot,
+            "path": self.path,
+            "sqlite": self.sqlite,
+        }
+
+
+def _is_hex(value: object, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and set(value) <= _HEX
+
+
+def _key(repo: Repository) -> AESGCM:
+    return AESGCM(repo.secrets.derive(KEY_CONTEXT))
+
+
+def _aad(repo: Repository) -> bytes:
+    return AAD + repo.config.id.encode("ascii")
+
+
+def seal(repo: Repository, record: CheckRecord) -> bytes:
+    document = {**record.to_json(), "repository": repo.config.id}
+    plain = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce + _key(repo).encrypt(nonce, plain, _aad(repo))
+
+
+def fits_name(name: str, raw: bytes) -> bool:
+    """Whether `raw` fits the part of the name `name_of` takes from the object's own SHA-256."""
+    tail = name.removeprefix(PREFIX)[NAME_SHA_HEX:]
+    return len(tail) == 64 - NAME_SHA_HEX and sha256_hex(raw)[: len(tail)] == tail
+
+
+def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
+    """The record stored as `name`; CorruptObject when it is not one this repository's owner made."""
+    if len(raw) > MAX_RECORD_SIZE or len(raw) <= NONCE_SIZE or not fits_name(name, raw):
+        raise CorruptObject(f"{name} is not an integrity check record of this repository (its name or size)")
+    try:
+        plain = _key(repo).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], _aad(repo))
+        d = json.loads(plain)
+    except (InvalidTag, ValueError) as exc:
+        raise CorruptObject(f"{name} does not authenticate as an integrity check record of this repository") from exc
+    fields = ("sha256", "size", "result", "by", "checkedAt", "snapshot", "path", "sqlite")
+    if (
+        not isinstance(d, dict)
+        or d.get("version") != VERSION
+        or d.get("repository") != repo.config.id
+        or not _is_hex(d.get("sha256"), 64)
+        or not _is_hex(d.get("snapshot"), 64)
+        or type(d.get("size")) is not int
+        or not 0 <= d["size"] < 2**63
+        or d.get("by") not in BY
+        or not all(isinstance(d.get(k), str) for k in ("result", "checkedAt", "path", "sqlite"))
+        or not d["result"]
+        or name_of(d["sha256"], raw) != name
+    ):
+        raise CorruptObject(f"{name} is a malformed integrity check record")
+    return CheckRecord(
+        d[fields[0]], d[fields[1]], d[fields[2]], d[fields[3]], d[fields[4]], d[fields[5]], d[fields[6]], d[fields[7]]
+    )
+
+
+def read_record(repo: Repository, info: ObjectInfo) -> CheckRecord:
+    """The record listed as `info`; an object too large for one is refused before it is read."""
+    if info.size > MAX_RECORD_SIZE:
+        raise CorruptObject(f"{info.name} is too large for an integrity check record")
+    return open_record(repo, info.name, repo.backend.read(info.name))
+
+
+def can_record(repo: Repository) -> bool:
+    """Whether this machine holds the master secrets that make a record (the machine that backs up a
+    write-only repository does not: it writes none)."""
+    try:
+        repo.secrets  # noqa: B018 - raises IdentityRequired without them
+    except PhoenixError:
+        return False
+    return True
+
+
+def write(repo: Repository, records: Iterable[CheckRecord]) -> list[str]:
+    """Store each record (one object each); return their names. Without the master secrets nothing
+    is written."""
+    if not can_record(repo):
+        return []
+    names = []
+    for rec in records:
+        raw = seal(repo, rec)
+        name = name_of(rec.sha256, raw)
+        repo.backend.write(name, raw)
+        names.append(name)
+    return names
+
+
+def name_of(sha256: str, raw: bytes) -> str:
+    """`checks/` ‖ the first NAME_SHA_HEX hex digits of the checked bytes' SHA-256 ‖ the first
+    64 - NAME_SHA_HEX of the object's own SHA-256: a restore reads only the records of the bytes it
+    restores, and the name still fits the object alone."""
+    return PREFIX + sha256[:NAME_SHA_HEX] + sha256_hex(raw)[: 64 - NAME_SHA_HEX]
+
+
+def record(sha256: str, size: int, result: str, by: str, snapshot: str, path: str, sqlite_version: str) -> CheckRecord:
+    return CheckRecord(
+        sha256, size, result, by, datetime.now(UTC).isoformat(timespec="seconds"), snapshot, path, sqlite_version
+    )
+
+
+class CheckBook:
+    """The records of one repository, read on first use (a restore asks from several threads): the
+    listing once, then only the records whose names start with the SHA-256 asked about. Records
+    that do not open are left out, as if absent: they can only have said less."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self._lock = threading.Lock()
+        self._names: list[ObjectInfo] | None = None
+        self._read: dict[str, list[CheckRecord]] = {}  # first NAME_SHA_HEX hex of a SHA-256 -> records
+        self.unreadable: dict[str, str] = {}  # object name -> why
+
+    def _records(self, lead: str) -> list[CheckRecord]:
+        """The records whose names start with `lead` (NAME_SHA_HEX hex digits, or "" for all); called
+        with the lock held."""
+        if self._names is None:
+            self._names = list(self.repo.backend.list(PREFIX)) if can_record(self.repo) else []
+        out: list[CheckRecord] = []
+        for info in self._names:
+            if info.name.startswith(PREFIX + lead):
+                try:
+                    out.append(read_record(self.repo, info))
+                except PhoenixError as exc:
+                    self.unreadable[info.name] = str(exc)
+        return out
+
+    def load(self) -> dict[str, list[CheckRecord]]:
+        """Every record, by the SHA-256 of the bytes checked."""
+        with self._lock:
+            by_sha: dict[str, list[CheckRecord]] = {}
+            for rec in self._records(""):
+                by_sha.setdefault(rec.sha256, []).append(rec)
+            return by_sha
+
+    def of(self, sha256: str) -> list[CheckRecord]:
+        lead = sha256[:NAME_SHA_HEX]
+        with self._lock:
+            if lead not in self._read:
+                self._read[lead] = self._records(lead)
+            return [r for r in self._read[lead] if r.sha256 == sha256]
+
+    def passed(self, sha256: str, size: int) -> CheckRecord | None:
+        """The newest record that these bytes passed the check, unless any record says they failed it."""
+        found = [r for r in self.of(sha256) if r.size == size]
+        if not found or any(not r.passed for r in found):
+            return None
+        return max(found, key=lambda r: r.checked_at)
+
+    def add(self, records: Iterable[CheckRecord]) -> None:
+        """Store new records, and count them from now on. A store that refuses them (read-only
+        credentials, a full disk) costs only the record: the check is run again next time."""
+        records = list(records)
+        try:
+            write(self.repo, records)
+        except PhoenixError as exc:
+            self.repo.notice(f"the integrity check was not recorded in the repository ({exc}); it runs again next time")
+        with self._lock:
+            for rec in records:
+                self._read.setdefault(rec.sha256[:NAME_SHA_HEX], []).append(rec)
+
+
+def record_snapshot(repo: Repository, snapshot_id: str, outcomes: Mapping[str, str], by: str) -> None:
+    """Record the full checks a backup-like run made of the copies it stored (the watch's base when
+    its cadence was due, compaction): `outcomes` maps a logical path to its check's result. The
+    snapshot says the same of its own copies; the records say it of those bytes wherever they are
+    (a later snapshot that holds them unchecked)."""
+    if not outcomes or not can_record(repo):
+        return
+    try:
+        nodes = list(walk_tree(repo, repo.load_snapshot(snapshot_id).tree))
+    except PhoenixError as exc:
+        repo.notice(f"the integrity checks of snapshot {snapshot_id[:8]} were not recorded in the repository ({exc})")
+        return
+    CheckBook(repo).add(
+        record(node.sha256, node.size, outcomes[path], by, snapshot_id, path, sqlite3.sqlite_version)
+        for path, node in nodes
+        if path in outcomes and node.type == "sqlite" and node.sha256 is not None
+    )
+
+
+def names_of_forgotten(repo: Repository, snapshots: set[str]) -> tuple[list[str], dict[str, str]]:
+    """The records whose snapshot is not among `snapshots` (prune deletes them), and the objects
+    under `checks/` that do not open (left alone, reported)."""
+    if not can_record(repo):
+        return [], {}  # without the owner's key no record can be told from another
+    gone = []
+    unreadable: dict[str, str] = {}
+    for info in repo.backend.list(PREFIX):
+        try:
+            rec = read_record(repo, info)
+        except PhoenixError as exc:
+            unreadable[info.name] = str(exc)
+            continue
+        if rec.snapshot not in snapshots:
+            gone.append(info.name)
+    return gone, unreadable

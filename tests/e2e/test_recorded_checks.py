@@ -1,0 +1,164 @@
+"""Integrity checks recorded in the repository (repo/checks.py, docs/restore-checks.md): a
+restore of bytes that a drill or an earlier restore proved to pass `integrity_check` does not run
+it again, on any machine; a forged, replayed or outvoted "passed" record never lets a damaged
+copy through; prune deletes the records of forgotten snapshots."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import PASSPHRASE, Receiver, Sandbox
+from test_integrity_cadence import LOGICAL, ROWS, change_a_row, damage_index, integrity_of, make_database
+
+from phoenix_backup.repo import checks, keys
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.local import LocalBackend
+
+
+@pytest.fixture
+def cadenced(make_sandbox: Callable[..., Sandbox], receiver: Receiver) -> Sandbox:
+    sb = make_sandbox()
+    db = sb.db_path(LOGICAL)
+    make_database(db)
+    sb.write_config(databases={"sqlite": [str(db)], "integrityCheckEvery": "24h"})
+    return sb
+
+
+def copy_check(doc: dict[str, Any]) -> dict[str, Any]:
+    return dict({d["path"]: d for d in doc["databases"]}[LOGICAL].get("copyCheck") or {})
+
+
+def records(sb: Sandbox) -> list[Path]:
+    folder = sb.repo / "checks"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def recorded(sb: Sandbox) -> list[checks.CheckRecord]:
+    """The records of the test's database that open with the repository's key."""
+    book = checks.CheckBook(open_repo(sb.repo))
+    return [r for rs in book.load().values() for r in rs if r.path == LOGICAL]
+
+
+def open_repo(path: Path, passphrase: str = PASSPHRASE) -> Repository:
+    return Repository.open(LocalBackend(path), keys.Credentials(passphrase=passphrase))
+
+
+def node_of(sb: Sandbox, snapshot: str) -> tuple[str, int]:
+    """The SHA-256 and size of the snapshot's copy of the database (as `phx ls --json` gives them)."""
+    listing = sb.phx("ls", snapshot, "--json").json()
+    entries = listing if isinstance(listing, list) else listing["entries"]
+    node = next(e for e in entries if e["path"] == LOGICAL)
+    return str(node["sha256"]), int(node["size"])
+
+
+def test_a_restore_records_its_check_and_the_next_restore_of_those_bytes_skips_it(
+    cadenced: Sandbox, tmp_path: Path
+) -> None:
+    sb = cadenced
+    checked = sb.backup()
+    assert integrity_of(checked) == "ok"
+    first = sb.restore_to(checked["id"], tmp_path / "a")
+    assert copy_check(first) == {"ran": False, "by": "backup"}  # the backup's own check counts, as before
+    assert recorded(sb) == []
+
+    change_a_row(sb)
+    daily = sb.backup()
+    assert integrity_of(daily) == "not checked"
+    once = sb.restore_to(daily["id"], tmp_path / "b")
+    assert copy_check(once) == {"ran": True, "by": "restore"}
+    assert [(r.by, r.result, r.snapshot) for r in recorded(sb)] == [("restore", "ok", daily["id"])], (
+        "the restore's passing check was not recorded in the repository"
+    )
+
+    # Another machine: nothing but the repository (a new home, no cache, no state file).
+    (sb.home / ".argentos" / "backup" / ".last-backup").unlink()
+    for cache in (sb.home / ".cache", sb.cache):
+        shutil.rmtree(cache, ignore_errors=True)
+    again = sb.restore_to(daily["id"], tmp_path / "c")
+    check = copy_check(again)
+    assert check["ran"] is False and check["by"] == "restore" and check["snapshot"] == daily["id"], check
+    # Every byte is still proven against the snapshot's SHA-256: the same database comes back.
+    con = sqlite3.connect(tmp_path / "c" / LOGICAL)
+    assert con.execute("SELECT v FROM t WHERE id = 7").fetchone()[0] == "changed"
+    assert con.execute("SELECT COUNT(*) FROM t").fetchone()[0] == ROWS
+    con.close()
+    text = sb.phx("restore", "--backup", daily["id"], "--to", tmp_path / "d").out
+    assert "passed integrity_check in a restore at" in text and "not run again" in text, text
+
+
+def test_a_drill_records_its_checks_for_the_restores_after_it(cadenced: Sandbox, tmp_path: Path) -> None:
+    sb = cadenced
+    sb.backup()
+    change_a_row(sb)
+    daily = sb.backup()
+    assert integrity_of(daily) == "not checked"
+    sb.phx("drill", "--json", "--scratch", tmp_path, check=0)
+    assert [(r.by, r.result, r.snapshot) for r in recorded(sb)] == [("drill", "ok", daily["id"])]
+    check = copy_check(sb.restore_to(daily["id"], tmp_path / "r"))
+    assert check["ran"] is False and check["by"] == "drill", check
+    # The drill itself always checks (it is the proof): a second drill still runs every check.
+    doc = sb.phx("drill", "--json", "--scratch", tmp_path, check=0).json()
+    assert {d["path"]: d for d in doc["databases"]}[LOGICAL]["integrity"] == "ok"
+
+
+def test_no_record_lets_a_damaged_copy_through(cadenced: Sandbox, tmp_path: Path) -> None:
+    """As an attacker with write access to the storage: a record sealed with another repository's
+    key for the damaged bytes, a genuine passing record of other bytes renamed, and (as a later
+    check that disagrees) a passing record made with the owner's key beside the failure the restore
+    recorded. Each time the copy is checked and refused."""
+    sb = cadenced
+    sb.backup()
+    damage_index(sb.db_path(LOGICAL))
+    bad = sb.backup()
+    assert integrity_of(bad) == "not checked"
+    sha, size = node_of(sb, bad["id"])
+    owner = open_repo(sb.repo)
+
+    # Another key (the repository's own id, in its config for all to read), claiming the damaged
+    # bytes passed.
+    forger = Repository(LocalBackend(sb.repo), owner.config, keys.MasterSecrets.generate())
+    forged = checks.record(sha, size, "ok", "drill", bad["id"], LOGICAL, sqlite3.sqlite_version)
+    raw = checks.seal(forger, forged)
+    (sb.repo / "checks").mkdir(exist_ok=True)
+    (sb.repo / checks.name_of(sha, raw)).write_bytes(raw)
+    # A genuine record of the good bytes, stored under a name that fits another object.
+    good_sha, good_size = node_of(sb, sb.snapshots()[0]["id"])
+    genuine = checks.seal(owner, checks.record(good_sha, good_size, "ok", "drill", bad["id"], LOGICAL, "3"))
+    (sb.repo / checks.name_of(sha, genuine)).write_bytes(genuine)
+
+    def refused(dest: Path) -> None:
+        res = sb.phx("restore", "--backup", bad["id"], "--to", dest, "--json", check=None)
+        assert res.code in (1, 3), res
+        assert "fails integrity_check" in res.out + res.err, res
+        assert not (dest / LOGICAL).exists(), "a damaged copy was restored"
+
+    refused(tmp_path / "x")
+    # The refusal was recorded as a failure; a pass by the owner's key beside it (an older SQLite,
+    # a clock set back) does not outvote it.
+    book = checks.CheckBook(open_repo(sb.repo))
+    assert any(not r.passed for r in book.load().get(sha, [])), "the failed check was not recorded"
+    checks.write(owner, [checks.record(sha, size, "ok", "drill", bad["id"], LOGICAL, sqlite3.sqlite_version)])
+    refused(tmp_path / "y")
+
+
+def test_prune_deletes_the_records_of_forgotten_snapshots(cadenced: Sandbox, tmp_path: Path) -> None:
+    sb = cadenced
+    sb.backup()
+    change_a_row(sb)
+    daily = sb.backup()
+    sb.restore_to(daily["id"], tmp_path / "r")
+    assert len(recorded(sb)) == 1
+    before = len(records(sb))
+    (sb.repo / "checks" / ("f" * 64)).write_bytes(os.urandom(200))  # planted: opens with no key
+    kept = sb.phx("prune", "--dry-run", "--json").json()
+    assert [t["checkRecords"] for t in kept["targets"].values()] == [1], kept  # the planted one
+    assert len(records(sb)) == before + 1  # a dry run deletes nothing
+    sb.phx("forget", daily["id"], "--json")
+    sb.phx("prune", "--json")
+    assert records(sb) == []
