@@ -57,7 +57,8 @@ from phoenix_backup.errors import (
     SourceError,
     UsageError,
 )
-from phoenix_backup.ops.backup import record_checks, select_sources, snapshot_entries
+from phoenix_backup.ops import watch_base
+from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
     cache_for,
@@ -74,7 +75,6 @@ from phoenix_backup.repo.chunker import HASH_SIZE
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import Entry
 from phoenix_backup.sources.scope import SCOPES
 from phoenix_backup.sources.sqlite_capture import CHECKPOINT_FRAMES, Image, Position, SqliteCapture
@@ -169,6 +169,7 @@ class Watcher:
         self.cache_dir = Path(envx.env.get("PHX_CACHE_DIR") or cache_root()) / "watch"
         self.base_env = dataclasses.replace(envx, env={**envx.env, "PHX_CACHE_DIR": str(self.cache_dir)})
         self.state_path = state_file(envx, repo.config.id)
+        self.target = envx.target or enabled_targets(cfg)[0]  # the one `repo` is (see `open_repository`)
         self.lock: HeldLock | None = None
         self.lock_taken = 0.0
         self.lock_free_until = 0.0
@@ -469,43 +470,46 @@ class Watcher:
             entries.append(dataclasses.replace(db.entry, st=st))
         if not entries:
             return
-        started = time.time()
+        secrets_, identities = watch_base.secrets_of(self.repo)
+        request = watch_base.BaseRequest(
+            cfg=self.cfg,
+            env=dict(self.base_env.env),
+            target=self.target,
+            config_raw=self.repo.config.raw,
+            secrets=secrets_,
+            identities=identities,
+            entries=entries,
+            scope=WATCH_SCOPE,
+            tags=(WATCH_TAG,),
+            parent_scopes=(*SCOPES, WATCH_SCOPE),
+            replicas=tuple(self.replicas),
+        )
         try:
-            result = snapshot_entries(
-                self.repo,
-                self.cfg,
-                self.base_env,
-                entries,
-                absent=(),
-                scope=WATCH_SCOPE,
-                tags=(WATCH_TAG,),
-                parent_scopes=(*SCOPES, WATCH_SCOPE),
-                keep_page_state=True,
-            )
+            outcome = watch_base.take_base(request)  # in a child process (ops/watch_base.py)
+            for message in outcome.notices:
+                self.envx.notice(message)
+            if outcome.error is not None:
+                raise outcome.error
         except PhoenixError as exc:
             self.warn(f"the base snapshot failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
             self.next_base = time.monotonic() + HEARTBEAT_SECONDS
             return
-        assert result.id is not None
+        assert outcome.id is not None
         self.result.bases += 1
-        # A full integrity check the base ran (its cadence was due) counts as a backup's would.
-        record_checks(self.envx, result, started, "watch")
-        for logical, outcome in result.integrity_checked.items():
-            if outcome != "ok":
+        for logical, checked in outcome.integrity_checked.items():
+            if checked != "ok":
                 self.warn(
-                    f"{logical} fails PRAGMA integrity_check ({outcome}); it is followed as it is, the last copy "
+                    f"{logical} fails PRAGMA integrity_check ({checked}); it is followed as it is, the last copy "
                     "that passed is kept, and the next `phx backup` checks it again and alerts"
                 )
-        failed = {i["path"]: i["error"] for i in result.incomplete}
-        snap = self.repo.load_snapshot(result.id)
-        nodes = dict(walk_tree(self.repo, snap.tree))
         # The base's page hashes: in the watch's cache when the base read the database, else in the
         # backups' cache when the base reused an unchanged copy of the last backup (same SHA-256).
         caches = (Cache(self.repo.config.id, self.cache_dir), cache_for(self.repo, self.envx))
         for db in dbs:
-            node = nodes.get(db.logical)
-            if db.logical in failed or node is None or not node.sha256:
-                self.warn(f"{db.entry.path}: {failed.get(db.logical, 'not in the base snapshot')}; tried again later")
+            sha256 = outcome.sha256.get(db.logical)
+            if db.logical in outcome.failed or sha256 is None:
+                failed = outcome.failed.get(db.logical, "not in the base snapshot")
+                self.warn(f"{db.entry.path}: {failed}; tried again later")
                 continue
             db.capture.close()
             db.capture = SqliteCapture(db.entry.path)
@@ -514,7 +518,7 @@ class Watcher:
                 at = self.now()
                 try:
                     new = _hash_all(image, self.repo.ids.page_key)
-                    state = next((ps for c in caches if (ps := c.load_pages(db.logical, node.sha256))), None)
+                    state = next((ps for c in caches if (ps := c.load_pages(db.logical, sha256))), None)
                     if state is not None and state.page_size == image.page_size:
                         try:
                             pages = sorted(_differ(bytearray(state.pages[:]), new, image.page_count))
@@ -526,8 +530,8 @@ class Watcher:
                     db.pages = [image.page(p) for p in pages]
                     db.page_size, db.page_count, db.hashes = image.page_size, image.page_count, new
                     db.position, db.since, db.until = image.position, at, at
-                    db.base = captures.Base(result.id, node.sha256)
-                    db.base_id = result.id
+                    db.base = captures.Base(outcome.id, sha256)
+                    db.base_id = outcome.id
                     db.stamp = _stamp(db.entry.path) if image.journal == "rollback" else None
                     db.need_base = False
                     self.result.commits += 1
@@ -536,8 +540,14 @@ class Watcher:
                         db.capture.release()
             except (PhoenixError, OSError) as exc:
                 self.warn(f"{db.entry.path}: {exc}; tried again later")
-        # The base on every replica before any segment that names it.
-        self._catch_up(list(self.replicas))
+        # The child copied the base to every replica before any segment names it.
+        for name, error in outcome.replicas.items():
+            if error is None:
+                self.lagging.pop(name, None)
+            else:
+                self.lagging[name] = time.monotonic()
+                if error:
+                    self.warn(f"target {name}: {error}; caught up later")
         release_memory(self.repo)
 
     # -- sealing and writing ---------------------------------------------------------------
