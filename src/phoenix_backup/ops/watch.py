@@ -57,7 +57,7 @@ from phoenix_backup.errors import (
     SourceError,
     UsageError,
 )
-from phoenix_backup.ops import watch_base
+from phoenix_backup.ops import watch_child, watch_files
 from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
@@ -68,7 +68,6 @@ from phoenix_backup.ops.context import (
     target_backend,
 )
 from phoenix_backup.ops.sync import replicate_all
-from phoenix_backup.ops.watch_files import FileWatch
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
@@ -240,7 +239,7 @@ class Watcher:
                 self.replicas[name] = target_backend(cfg, envx, name)
             except PhoenixError as exc:
                 self.warn(f"target {name}: {exc}")
-        self.files = FileWatch(cfg, envx) if files else None
+        self.files = watch_files.FileWatch(cfg, envx) if files else None
         self.next_files = 0.0  # after a failed file snapshot, not before this (monotonic)
 
     def watch_files(self) -> None:
@@ -248,14 +247,20 @@ class Watcher:
         if self.files is None or time.monotonic() < self.next_files or not self.files.due() or not self._lease():
             return
         try:
-            self.files.snapshot(self.repo)
+            self._snapshot(
+                self.envx,
+                None,
+                watch_files.FILES_SCOPE,
+                (),
+                (*SCOPES, watch_files.FILES_SCOPE),
+                [n for n in self.replicas if n not in self.lagging],
+            )
         except PhoenixError as exc:
             self.warn(f"the snapshot of the files failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
             self.next_files = time.monotonic() + HEARTBEAT_SECONDS
             return
+        self.files.taken()
         self.result.file_snapshots += 1
-        self._catch_up([n for n in self.replicas if n not in self.lagging])
-        release_memory(self.repo)
 
     def _load_spool(self) -> dict[str, bytes]:
         """The segments a previous watch left in the spool (the repository was out of reach when
@@ -470,26 +475,16 @@ class Watcher:
             entries.append(dataclasses.replace(db.entry, st=st))
         if not entries:
             return
-        secrets_, identities = watch_base.secrets_of(self.repo)
-        request = watch_base.BaseRequest(
-            cfg=self.cfg,
-            env=dict(self.base_env.env),
-            target=self.target,
-            config_raw=self.repo.config.raw,
-            secrets=secrets_,
-            identities=identities,
-            entries=entries,
-            scope=WATCH_SCOPE,
-            tags=(WATCH_TAG,),
-            parent_scopes=(*SCOPES, WATCH_SCOPE),
-            replicas=tuple(self.replicas),
-        )
         try:
-            outcome = watch_base.take_base(request)  # in a child process (ops/watch_base.py)
-            for message in outcome.notices:
-                self.envx.notice(message)
-            if outcome.error is not None:
-                raise outcome.error
+            outcome = self._snapshot(
+                self.base_env,
+                entries,
+                WATCH_SCOPE,
+                (WATCH_TAG,),
+                (*SCOPES, WATCH_SCOPE),
+                list(self.replicas),
+                base=True,
+            )
         except PhoenixError as exc:
             self.warn(f"the base snapshot failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
             self.next_base = time.monotonic() + HEARTBEAT_SECONDS
@@ -540,7 +535,41 @@ class Watcher:
                         db.capture.release()
             except (PhoenixError, OSError) as exc:
                 self.warn(f"{db.entry.path}: {exc}; tried again later")
-        # The child copied the base to every replica before any segment names it.
+        release_memory(self.repo)
+
+    def _snapshot(
+        self,
+        envx: Environment,
+        entries: list[Entry] | None,
+        scope: str,
+        tags: tuple[str, ...],
+        parent_scopes: tuple[str, ...],
+        replicas: list[str],
+        *,
+        base: bool = False,
+    ) -> watch_child.SnapshotOutcome:
+        """A snapshot taken in a child process (ops/watch_child.py), then copied to `replicas`
+        there; its notices said here. PhoenixError when it failed."""
+        secrets_, identities = watch_child.secrets_of(self.repo)
+        request = watch_child.SnapshotRequest(
+            cfg=self.cfg,
+            env=dict(envx.env),
+            target=self.target,
+            config_raw=self.repo.config.raw,
+            secrets=secrets_,
+            identities=identities,
+            entries=entries,
+            scope=scope,
+            tags=tags,
+            parent_scopes=parent_scopes,
+            replicas=tuple(replicas),
+            base=base,
+        )
+        outcome = watch_child.take_snapshot(request)
+        for message in outcome.notices:
+            self.envx.notice(message)
+        if outcome.error is not None:
+            raise outcome.error
         for name, error in outcome.replicas.items():
             if error is None:
                 self.lagging.pop(name, None)
@@ -548,7 +577,7 @@ class Watcher:
                 self.lagging[name] = time.monotonic()
                 if error:
                     self.warn(f"target {name}: {error}; caught up later")
-        release_memory(self.repo)
+        return outcome
 
     # -- sealing and writing ---------------------------------------------------------------
 

@@ -1,13 +1,15 @@
-"""The base snapshots of `phx watch` (ops/watch.py), taken in a child process.
+"""The snapshots `phx watch` takes (ops/watch.py), each in a child process: the bases of the
+databases, and the snapshots of the files (ops/watch_files.py).
 
-A base reads every page of the databases and passes them through the repository's chunker,
-compression, sealing and pack threads: hundreds of MB through malloc, whose high-water mark (and
-the arenas' holes) would otherwise stay in the watch, which runs for weeks. So the watch starts
-`python -m phoenix_backup.ops.watch_base`, hands it what it needs through a pipe (the config, the
-environment, the entries, and the repository's secrets, never on the command line or in the
-environment), and reads back what the base gave: the snapshot's id, the SHA-256 of each
-database's copy, what could not be read, the integrity checks, the replicas' outcome, and the
-notices. The child's memory goes back to the system when it ends.
+A snapshot loads the repository's index and the parent snapshot's trees, and a base reads every
+page of the databases through the chunker, compression, sealing and pack threads: tens to
+hundreds of MB through malloc, whose high-water mark (and the arenas' holes) would otherwise stay
+in the watch, which runs for weeks. So the watch starts `python -m phoenix_backup.ops.watch_child`,
+hands it what it needs through a pipe (the config, the environment, the entries, and the
+repository's secrets, never on the command line or in the environment), and reads back what the
+snapshot gave: its id, the SHA-256 of each database's copy, what could not be read, the integrity
+checks, the replicas' outcome, and the notices. The child's memory goes back to the system when
+it ends, and the watch never imports the backup's code.
 
 - **Errors.** A Phoenix error in the child comes back as that error (the watch says it as it
   said an in-process one); a child that ends otherwise (killed, out of memory) is one SourceError
@@ -15,8 +17,8 @@ notices. The child's memory goes back to the system when it ends.
 - **Kills.** The child holds a shared lock of its own while it writes, like any backup: a kill of
   either process leaves at most packs no snapshot names (what a killed backup leaves; `phx prune`
   removes them). The child ends when the watch does (its end of the pipe closes); SIGINT and
-  SIGTERM are the watch's to handle (it finishes the base, then stops), as when the base ran
-  in-process.
+  SIGTERM are the watch's to handle (it lets the snapshot finish, then stops), as when snapshots
+  ran in the watch's own process.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ _LENGTH = struct.Struct(">Q")
 
 
 @dataclass
-class BaseRequest:
-    """What the child needs to take a base: `secrets` None for a machine that backs up a
+class SnapshotRequest:
+    """What the child needs to take a snapshot: `secrets` None for a machine that backs up a
     write-only repository (the child loads the write key from this user's store, as the watch did)."""
 
     cfg: Config
@@ -51,15 +53,16 @@ class BaseRequest:
     config_raw: bytes  # the repository's config as the watch opened it: the child writes only under it
     secrets: MasterSecrets | None = field(repr=False)
     identities: tuple[str, ...] = field(repr=False)
-    entries: list[Entry]
+    entries: list[Entry] | None  # None: every file the config selects, databases aside (the files' snapshot)
     scope: str
     tags: tuple[str, ...]
     parent_scopes: tuple[str, ...]
-    replicas: tuple[str, ...]  # enabled targets the base is copied to afterwards
+    replicas: tuple[str, ...]  # enabled targets the snapshot is copied to afterwards
+    base: bool = False  # a base: its own page state, integrity checks recorded, each database's SHA-256
 
 
 @dataclass
-class BaseOutcome:
+class SnapshotOutcome:
     id: str | None = None
     sha256: dict[str, str] = field(default_factory=dict)  # logical path -> SHA-256 of the copy in the base
     failed: dict[str, str] = field(default_factory=dict)  # logical path -> why it is not in the base
@@ -78,7 +81,7 @@ def secrets_of(repo: Repository) -> tuple[MasterSecrets | None, tuple[str, ...]]
     return secrets, repo.keyring.identities if repo.keyring is not None else ()
 
 
-def take_base(request: BaseRequest) -> BaseOutcome:
+def take_snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     """Run the child and return what it gave; SourceError when it ended without saying."""
     payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
     with tempfile.TemporaryFile() as err:
@@ -92,8 +95,8 @@ def take_base(request: BaseRequest) -> BaseOutcome:
             )
         except OSError as exc:
             raise SourceError(
-                f"cannot start a process for the base snapshot ({exc.strerror or exc}); free memory, then "
-                "start `phx watch` again"
+                f"cannot start a process for the snapshot ({exc.strerror or exc}); free memory, then start "
+                "`phx watch` again"
             ) from exc
         assert proc.stdin is not None and proc.stdout is not None
         try:
@@ -110,19 +113,19 @@ def take_base(request: BaseRequest) -> BaseOutcome:
             code = proc.wait()
         if code == 0 and raw:
             outcome = pickle.loads(raw)
-            assert isinstance(outcome, BaseOutcome)
+            assert isinstance(outcome, SnapshotOutcome)
             return outcome
         err.seek(0)
         lines = [line.strip() for line in err.read().decode(errors="replace").splitlines() if line.strip()]
     how = f"was killed by signal {-code}" if code < 0 else f"ended with exit code {code}"
     said = f": {lines[-1]}" if lines else ""
-    raise SourceError(f"the process taking the base snapshot {how}{said}; nothing of it is used, it is tried again")
+    raise SourceError(f"the process taking the snapshot {how}{said}; nothing of it is used")
 
 
 # -- the child -------------------------------------------------------------------------------
 
 
-def _open(request: BaseRequest, notices: list[str]) -> Repository:
+def _open(request: SnapshotRequest, notices: list[str]) -> Repository:
     """The watch's repository, opened with the secrets it was given (no passphrase asked again):
     only while its config is still the one the watch opened (else a `phx key rotate` ran)."""
     from phoenix_backup.ops.context import Environment, compressor_for, target_backend
@@ -146,17 +149,21 @@ def _open(request: BaseRequest, notices: list[str]) -> Repository:
         raise
 
 
-def _base(request: BaseRequest) -> BaseOutcome:
+def _snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     import time
 
-    from phoenix_backup.ops.backup import record_checks, snapshot_entries
+    from phoenix_backup.ops.backup import record_checks, select_sources, snapshot_entries
     from phoenix_backup.ops.context import Environment
     from phoenix_backup.ops.sync import replicate_all
     from phoenix_backup.repo.walker import walk_tree
 
-    out = BaseOutcome()
+    out = SnapshotOutcome()
     envx = Environment(env=request.env, notice=out.notices.append)
     try:
+        entries = request.entries
+        if entries is None:
+            _layout, sel = select_sources(request.cfg, "full", envx)
+            entries = [e for e in sel.entries.values() if e.kind != "sqlite"]
         repo = _open(request, out.notices)
         try:
             started = time.time()
@@ -165,23 +172,25 @@ def _base(request: BaseRequest) -> BaseOutcome:
                     repo,
                     request.cfg,
                     envx,
-                    request.entries,
+                    entries,
                     absent=(),
                     scope=request.scope,
                     tags=request.tags,
                     parent_scopes=request.parent_scopes,
-                    keep_page_state=True,
+                    keep_page_state=request.base,
                 )
             assert result.id is not None
             out.id = result.id
-            record_checks(envx, result, started, "watch")
-            out.integrity_checked = dict(result.integrity_checked)
             out.failed = {i["path"]: i["error"] for i in result.incomplete}
-            wanted = {e.logical for e in request.entries}
-            for logical, node in walk_tree(repo, repo.load_snapshot(result.id).tree):
-                if logical in wanted and node.sha256:
-                    out.sha256[logical] = node.sha256
-            # The base on every replica before any segment that names it.
+            if request.base:
+                # A full integrity check the base ran (its cadence was due) counts as a backup's would.
+                record_checks(envx, result, started, "watch")
+                out.integrity_checked = dict(result.integrity_checked)
+                wanted = {e.logical for e in entries}
+                for logical, node in walk_tree(repo, repo.load_snapshot(result.id).tree):
+                    if logical in wanted and node.sha256:
+                        out.sha256[logical] = node.sha256
+            # The snapshot on every replica (a base before any segment names it).
             for name in request.replicas:
                 report = replicate_all(repo, request.cfg, envx, only=name).get(name)
                 out.replicas[name] = None if report is not None and report.ok else (report.error if report else "")
@@ -213,7 +222,7 @@ def _end_with_parent(fd: int, done: threading.Event) -> None:
 
 
 def main() -> None:
-    # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the base finish.
+    # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     answer = os.fdopen(os.dup(1), "wb")
@@ -222,10 +231,10 @@ def main() -> None:
     if len(head) != _LENGTH.size:
         raise SystemExit("phx: error: this module is run by `phx watch`, which hands it its request")
     request = pickle.loads(_read(0, _LENGTH.unpack(head)[0]))
-    assert isinstance(request, BaseRequest)
+    assert isinstance(request, SnapshotRequest)
     done = threading.Event()
     threading.Thread(target=_end_with_parent, args=(0, done), daemon=True).start()
-    outcome = _base(request)
+    outcome = _snapshot(request)
     try:
         raw = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(raw)
@@ -241,6 +250,6 @@ def main() -> None:
 if __name__ == "__main__":
     # Run as `python -m`, this file is `__main__`: the request's classes are those of the module
     # under its own name, so that one runs.
-    from phoenix_backup.ops.watch_base import main as _main
+    from phoenix_backup.ops.watch_child import main as _main
 
     _main()
