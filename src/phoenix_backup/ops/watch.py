@@ -58,7 +58,6 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.ops import watch_child, watch_files
-from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
     cache_for,
@@ -67,7 +66,7 @@ from phoenix_backup.ops.context import (
     open_repository,
     target_backend,
 )
-from phoenix_backup.ops.sync import replicate_all
+from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
@@ -832,6 +831,10 @@ class Watcher:
         self.spill_all()
 
     def _catch_up(self, names: list[str]) -> None:
+        """Copy what a replica missed (a write failed), as `phx sync` does. Rare: its code is
+        loaded only then, not in every watch (see ops/watch_child.py on the watch's memory)."""
+        from phoenix_backup.ops.sync import replicate_all
+
         for name in names:
             report = replicate_all(self.repo, self.cfg, self.envx, only=name).get(name)
             if report is not None and report.ok:

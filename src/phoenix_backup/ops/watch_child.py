@@ -152,8 +152,9 @@ def _open(request: SnapshotRequest, notices: list[str]) -> Repository:
 def _snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     import time
 
-    from phoenix_backup.ops.backup import record_checks, select_sources, snapshot_entries
+    from phoenix_backup.ops.backup import record_checks, snapshot_entries
     from phoenix_backup.ops.context import Environment
+    from phoenix_backup.ops.selection import select_sources
     from phoenix_backup.ops.sync import replicate_all
     from phoenix_backup.repo.walker import walk_tree
 

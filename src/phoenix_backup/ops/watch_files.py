@@ -32,8 +32,8 @@ from watchdog.observers.api import ObservedWatch
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import PhoenixError
-from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.sources.files import SQLITE_SUFFIXES, Selection
 
