@@ -17,6 +17,11 @@ access count and a task's time, from one seed.
   file replica per database and every other setting at its default. Start-up is measured from its
   start until the replicas stop growing (5 s unchanged) before the load begins.
 
+Memory and CPU count every process of the tool: `phx watch` takes its snapshots (its bases, the
+files') in a child process (ops/watch_child.py), whose RSS is added to the watch's while it runs,
+and whose CPU counts once it ended. The peak is the largest sum of the processes' high-water
+marks seen (sampled every 0.05 s during the start-up, every second afterwards).
+
 At the end of the load the process is killed with SIGKILL while the writer goes on for two more
 seconds; memory.db is restored as of the end (latest) and at --pitr random seconds of the load;
 observations.db at --restores random seconds, each checked to be a committed state and giving
@@ -29,6 +34,7 @@ Writes bench/results/watch-SIZE.json and watch-SIZE.md (--no-results: stdout onl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -196,6 +202,7 @@ def _phoenix(layout: Any, work: Path, args: argparse.Namespace) -> Run:
     while not (repo / "captures").is_dir() or not any((repo / "captures").iterdir()):
         if watch.poll() is not None:
             raise SystemExit(f"phx watch exited with {watch.returncode} before its first capture")
+        run.peak_mib = max(run.peak_mib, _memory(watch.pid, "VmHWM"))
         time.sleep(0.05)
     run.startup_seconds = time.monotonic() - started
     run.startup_cpu_seconds = _cpu(watch.pid)
@@ -324,14 +331,15 @@ def _measure_load(
             first.append((size(), _cpu(proc.pid), time.monotonic()))
             run.load_started = time.time()
         if elapsed < warmup + seconds:
-            run.rss_mib.append(_status(proc.pid, "VmRSS") / 1024)
+            run.rss_mib.append(_memory(proc.pid, "VmRSS"))
+            run.peak_mib = max(run.peak_mib, _memory(proc.pid, "VmHWM"))
             run.wal_max_bytes = max(run.wal_max_bytes, _wal_bytes(stores))
             return True
         if not run.kill_at:
             size1, cpu1, t1 = first[0]
             cpu2, t2 = _cpu(proc.pid), time.monotonic()
             run.cpu_percent = 100 * (cpu2 - cpu1) / (t2 - t1)
-            run.peak_mib = _status(proc.pid, "VmHWM") / 1024
+            run.peak_mib = max(run.peak_mib, _memory(proc.pid, "VmHWM"))
             run.growth_mib_per_minute = (size() - size1) / (1 << 20) / ((t2 - t1) / 60)
             proc.send_signal(signal.SIGKILL)
             run.kill_at = time.time()
@@ -458,8 +466,35 @@ def _wal_bytes(stores: Path) -> int:
 
 
 def _cpu(pid: int) -> float:
+    """CPU seconds of the process and of its children that ended (utime, stime, cutime, cstime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _processes(pid: int) -> list[int]:
+    """The process and its descendants alive now."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _memory(pid: int, key: str) -> float:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM), summed over the process and its
+    descendants, in MiB."""
+    total = 0
+    for p in _processes(pid):
+        with contextlib.suppress(OSError, StopIteration):  # it ended meanwhile
+            total += _status(p, key)
+    return total / 1024
 
 
 def _status(pid: int, key: str) -> int:

@@ -271,8 +271,9 @@ def test_a_hard_link_whose_first_name_goes_away_is_still_saved(sandbox: Sandbox,
     link of ..., which could not be read", though their bytes were right there. Now the next name
     is read itself, and the rest of the group links to it."""
     from phoenix_backup import Environment, load_config
-    from phoenix_backup.ops.backup import select_sources, snapshot_entries
+    from phoenix_backup.ops.backup import snapshot_entries
     from phoenix_backup.ops.context import open_repository
+    from phoenix_backup.ops.selection import select_sources
 
     sb = sandbox
     sb.backup()

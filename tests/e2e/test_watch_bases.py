@@ -7,7 +7,10 @@ them first and goes on with its chain; a spool that cannot be written is one cle
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -92,6 +95,66 @@ def test_the_threads_of_a_base_end_with_it_and_the_watch_still_captures(sandbox:
         assert all(not d.need_base for d in w.dbs), notices
         left = [t.name for t in threading.enumerate() if t.ident not in before]
         assert not [n for n in left if n.startswith(("phx-seal", "phx-write"))], left
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert not w.queue
+    assert _restored(sb, _last_covered(sb), tmp_path / "at") == [0, 1]
+
+
+def _children_running(module: str) -> list[int]:
+    """Processes this test's process started that run `module`."""
+    out = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for pid in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        out.append(int(pid))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the base's process in /proc")
+def test_a_base_process_killed_midway_is_said_once_and_the_base_taken_again(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The base runs in a process of its own (ops/watch_child.py), so that its memory never stays
+    in the watch: it is handed the repository's secrets through a pipe, never on its command line
+    or in its environment; SIGKILLed midway, the watch says so in one sentence, uses nothing of
+    it, takes the base again, and what it captures afterwards restores."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    seen: dict[str, bytes] = {}
+    stop = threading.Event()
+
+    def kill_the_base() -> None:
+        while not stop.is_set():
+            for pid in _children_running("phoenix_backup.ops.watch_child"):
+                try:
+                    seen["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    seen["environ"] = Path(f"/proc/{pid}/environ").read_bytes()
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    continue
+                return
+            time.sleep(0.005)
+
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        killer = threading.Thread(target=kill_the_base)
+        killer.start()
+        try:
+            w.poll()  # the base, killed
+        finally:
+            stop.set()
+            killer.join()
+        assert all(d.need_base for d in w.dbs), notices
+        said = [n for n in notices if "base snapshot failed" in n]
+        assert len(said) == 1 and "killed by signal 9" in said[0], notices
+        secret = sb.env["PHX_PASSPHRASE"].encode()
+        assert seen and secret not in seen["cmdline"] and secret not in seen["environ"]
+        w.next_base = 0.0  # not 30 s later
+        w.poll()  # the base again
+        assert not any(d.need_base for d in w.dbs), notices
         _commit(db, 1)
         w.poll()
         w.flush()

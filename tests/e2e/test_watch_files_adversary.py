@@ -18,7 +18,7 @@ from test_defaults import as_init_writes_it
 from watchdog.events import FileModifiedEvent, FileSystemEvent
 
 from phoenix_backup import Environment, load_config
-from phoenix_backup.ops.backup import select_sources
+from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.ops.watch_files import QUIET_SECONDS, RECHECK_SECONDS, FileWatch, _roots
 
 

@@ -46,5 +46,7 @@ SHARED: dict[str, str] = {
     "ops.db_backup": "backup: the PostgreSQL and Redis streams saved into the repository",
     "ops.hooks": "backup: hooks.preBackup and hooks.postBackup around it",
     "ops.safety": "restore and restore --merge: the safety snapshot taken before anything changes",
+    "ops.selection": "backup, restore, import and watch: what a backup of a scope reads",
+    "ops.watch_child": "watch: its snapshots (bases, the files') taken in a child process",
     "ops.watch_files": "watch: file-system events, debounced, then a snapshot of the files",
 }

@@ -25,7 +25,6 @@ from typing import Any
 
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
@@ -41,8 +40,9 @@ from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
 from phoenix_backup.ops.hooks import BackupHooks
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
+from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
-from phoenix_backup.repo.cache import Cache, cache_root
+from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BackgroundSha256, BlobType
 from phoenix_backup.repo.repository import Repository
@@ -61,9 +61,9 @@ from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
 from phoenix_backup.sources import sqlite as sqlite_source
-from phoenix_backup.sources.files import Entry, Selection, select
+from phoenix_backup.sources.files import Entry, Selection
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
-from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components, source_plan
+from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
 from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
 from phoenix_backup.units import human_size
@@ -207,44 +207,6 @@ def parse_time(text: str | None, option: str = "--time") -> datetime:
     if not MIN_YEAR <= when.year <= MAX_YEAR:
         raise UsageError(f"{option} {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
     return when
-
-
-def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout, Selection]:
-    if not cfg.workspace.is_dir():
-        raise SourceError(
-            f"the workspace {cfg.workspace} does not exist or is not a folder; fix `workspace` in "
-            f"{cfg.source or 'the config'}"
-        )
-    layout = Layout(cfg.workspace, envx.home)
-    plan = source_plan(cfg, scope)
-    # Never the repository into itself, nor the cache (its temporary database copies).
-    own = [Path(envx.env.get("PHX_CACHE_DIR") or cache_root()), data_dir(envx.env)]
-    if cfg.targets.local.enabled:
-        own.append(cfg.repository_path)
-    if plan.walk_files:
-        sel = select(
-            layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional, skip=own
-        )
-    else:
-        sel = select(layout, [], cfg.exclude, plan.databases)
-        # Databases only: drop the workspace walk that an empty include list implies.
-        sel.entries = {
-            k: v
-            for k, v in sel.entries.items()
-            if v.kind == "sqlite"
-            or any(e.logical.startswith(k + "/") and e.kind == "sqlite" for e in sel.entries.values())
-        }
-    empty = not sel.errors and not any(e.kind != "dir" for e in sel.entries.values())
-    if scope != "full" and empty and not db_backup.database_jobs(cfg, scope):
-        # An empty snapshot would become `latest` of its scope and prove nothing.
-        looked = plan.includes or tuple(str(d) for d in plan.databases) or ("no database is configured",)
-        where = "" if scope == "databases" else f" in the workspace {cfg.workspace}"
-        fix = "`databases`" if scope == "databases" else f"`components.{scope}` or `workspace`"
-        raise SourceError(
-            f"a --{scope}-only backup found nothing to save{where} ({', '.join(looked)}): nothing was saved; "
-            f"fix {fix} in {cfg.source or 'the config'}, or run a full backup"
-        )
-    return layout, sel
 
 
 def backup(

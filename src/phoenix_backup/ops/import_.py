@@ -24,10 +24,10 @@ from phoenix_backup.errors import ChecksumMismatch, NotAnExport, SourceError, Un
 from phoenix_backup.memory.checksums import verify_checksums
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue, from_json
-from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
 from phoenix_backup.ops.merge import confirm_merge
+from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout

@@ -44,7 +44,6 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.ops import safety
-from phoenix_backup.ops.backup import select_sources
 from phoenix_backup.ops.context import (
     Environment,
     cache_for,
@@ -54,6 +53,7 @@ from phoenix_backup.ops.context import (
     require_identity,
     target_backend,
 )
+from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import sha256_file
 from phoenix_backup.repo.pack import pack_name

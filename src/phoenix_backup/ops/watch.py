@@ -57,7 +57,7 @@ from phoenix_backup.errors import (
     SourceError,
     UsageError,
 )
-from phoenix_backup.ops.backup import record_checks, select_sources, snapshot_entries
+from phoenix_backup.ops import watch_child, watch_files
 from phoenix_backup.ops.context import (
     Environment,
     cache_for,
@@ -66,15 +66,13 @@ from phoenix_backup.ops.context import (
     open_repository,
     target_backend,
 )
-from phoenix_backup.ops.sync import replicate_all
-from phoenix_backup.ops.watch_files import FileWatch
-from phoenix_backup.repo import captures, checks
+from phoenix_backup.ops.selection import select_sources
+from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sources.files import Entry
 from phoenix_backup.sources.scope import SCOPES
 from phoenix_backup.sources.sqlite_capture import CHECKPOINT_FRAMES, Image, Position, SqliteCapture
@@ -169,6 +167,7 @@ class Watcher:
         self.cache_dir = Path(envx.env.get("PHX_CACHE_DIR") or cache_root()) / "watch"
         self.base_env = dataclasses.replace(envx, env={**envx.env, "PHX_CACHE_DIR": str(self.cache_dir)})
         self.state_path = state_file(envx, repo.config.id)
+        self.target = envx.target or enabled_targets(cfg)[0]  # the one `repo` is (see `open_repository`)
         self.lock: HeldLock | None = None
         self.lock_taken = 0.0
         self.lock_free_until = 0.0
@@ -239,7 +238,7 @@ class Watcher:
                 self.replicas[name] = target_backend(cfg, envx, name)
             except PhoenixError as exc:
                 self.warn(f"target {name}: {exc}")
-        self.files = FileWatch(cfg, envx) if files else None
+        self.files = watch_files.FileWatch(cfg, envx) if files else None
         self.next_files = 0.0  # after a failed file snapshot, not before this (monotonic)
 
     def watch_files(self) -> None:
@@ -247,14 +246,20 @@ class Watcher:
         if self.files is None or time.monotonic() < self.next_files or not self.files.due() or not self._lease():
             return
         try:
-            self.files.snapshot(self.repo)
+            self._snapshot(
+                self.envx,
+                None,
+                watch_files.FILES_SCOPE,
+                (),
+                (*SCOPES, watch_files.FILES_SCOPE),
+                [n for n in self.replicas if n not in self.lagging],
+            )
         except PhoenixError as exc:
             self.warn(f"the snapshot of the files failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
             self.next_files = time.monotonic() + HEARTBEAT_SECONDS
             return
+        self.files.taken()
         self.result.file_snapshots += 1
-        self._catch_up([n for n in self.replicas if n not in self.lagging])
-        release_memory(self.repo)
 
     def _load_spool(self) -> dict[str, bytes]:
         """The segments a previous watch left in the spool (the repository was out of reach when
@@ -469,44 +474,36 @@ class Watcher:
             entries.append(dataclasses.replace(db.entry, st=st))
         if not entries:
             return
-        started = time.time()
         try:
-            result = snapshot_entries(
-                self.repo,
-                self.cfg,
+            outcome = self._snapshot(
                 self.base_env,
                 entries,
-                absent=(),
-                scope=WATCH_SCOPE,
-                tags=(WATCH_TAG,),
-                parent_scopes=(*SCOPES, WATCH_SCOPE),
-                keep_page_state=True,
+                WATCH_SCOPE,
+                (WATCH_TAG,),
+                (*SCOPES, WATCH_SCOPE),
+                list(self.replicas),
+                base=True,
             )
         except PhoenixError as exc:
             self.warn(f"the base snapshot failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
             self.next_base = time.monotonic() + HEARTBEAT_SECONDS
             return
-        assert result.id is not None
+        assert outcome.id is not None
         self.result.bases += 1
-        # A full integrity check the base ran (its cadence was due) counts as a backup's would.
-        record_checks(self.envx, result, started, "watch")
-        checks.record_snapshot(self.repo, result.id, result.integrity_checked, "watch")
-        for logical, outcome in result.integrity_checked.items():
-            if outcome != "ok":
+        for logical, checked in outcome.integrity_checked.items():
+            if checked != "ok":
                 self.warn(
-                    f"{logical} fails PRAGMA integrity_check ({outcome}); it is followed as it is, the last copy "
+                    f"{logical} fails PRAGMA integrity_check ({checked}); it is followed as it is, the last copy "
                     "that passed is kept, and the next `phx backup` checks it again and alerts"
                 )
-        failed = {i["path"]: i["error"] for i in result.incomplete}
-        snap = self.repo.load_snapshot(result.id)
-        nodes = dict(walk_tree(self.repo, snap.tree))
         # The base's page hashes: in the watch's cache when the base read the database, else in the
         # backups' cache when the base reused an unchanged copy of the last backup (same SHA-256).
         caches = (Cache(self.repo.config.id, self.cache_dir), cache_for(self.repo, self.envx))
         for db in dbs:
-            node = nodes.get(db.logical)
-            if db.logical in failed or node is None or not node.sha256:
-                self.warn(f"{db.entry.path}: {failed.get(db.logical, 'not in the base snapshot')}; tried again later")
+            sha256 = outcome.sha256.get(db.logical)
+            if db.logical in outcome.failed or sha256 is None:
+                failed = outcome.failed.get(db.logical, "not in the base snapshot")
+                self.warn(f"{db.entry.path}: {failed}; tried again later")
                 continue
             db.capture.close()
             db.capture = SqliteCapture(db.entry.path)
@@ -515,7 +512,7 @@ class Watcher:
                 at = self.now()
                 try:
                     new = _hash_all(image, self.repo.ids.page_key)
-                    state = next((ps for c in caches if (ps := c.load_pages(db.logical, node.sha256))), None)
+                    state = next((ps for c in caches if (ps := c.load_pages(db.logical, sha256))), None)
                     if state is not None and state.page_size == image.page_size:
                         try:
                             pages = sorted(_differ(bytearray(state.pages[:]), new, image.page_count))
@@ -527,8 +524,8 @@ class Watcher:
                     db.pages = [image.page(p) for p in pages]
                     db.page_size, db.page_count, db.hashes = image.page_size, image.page_count, new
                     db.position, db.since, db.until = image.position, at, at
-                    db.base = captures.Base(result.id, node.sha256)
-                    db.base_id = result.id
+                    db.base = captures.Base(outcome.id, sha256)
+                    db.base_id = outcome.id
                     db.stamp = _stamp(db.entry.path) if image.journal == "rollback" else None
                     db.need_base = False
                     self.result.commits += 1
@@ -537,9 +534,49 @@ class Watcher:
                         db.capture.release()
             except (PhoenixError, OSError) as exc:
                 self.warn(f"{db.entry.path}: {exc}; tried again later")
-        # The base on every replica before any segment that names it.
-        self._catch_up(list(self.replicas))
         release_memory(self.repo)
+
+    def _snapshot(
+        self,
+        envx: Environment,
+        entries: list[Entry] | None,
+        scope: str,
+        tags: tuple[str, ...],
+        parent_scopes: tuple[str, ...],
+        replicas: list[str],
+        *,
+        base: bool = False,
+    ) -> watch_child.SnapshotOutcome:
+        """A snapshot taken in a child process (ops/watch_child.py), then copied to `replicas`
+        there; its notices said here. PhoenixError when it failed."""
+        secrets_, identities = watch_child.secrets_of(self.repo)
+        request = watch_child.SnapshotRequest(
+            cfg=self.cfg,
+            env=dict(envx.env),
+            target=self.target,
+            config_raw=self.repo.config.raw,
+            secrets=secrets_,
+            identities=identities,
+            entries=entries,
+            scope=scope,
+            tags=tags,
+            parent_scopes=parent_scopes,
+            replicas=tuple(replicas),
+            base=base,
+        )
+        outcome = watch_child.take_snapshot(request)
+        for message in outcome.notices:
+            self.envx.notice(message)
+        if outcome.error is not None:
+            raise outcome.error
+        for name, error in outcome.replicas.items():
+            if error is None:
+                self.lagging.pop(name, None)
+            else:
+                self.lagging[name] = time.monotonic()
+                if error:
+                    self.warn(f"target {name}: {error}; caught up later")
+        return outcome
 
     # -- sealing and writing ---------------------------------------------------------------
 
@@ -806,6 +843,10 @@ class Watcher:
         self.spill_all()
 
     def _catch_up(self, names: list[str]) -> None:
+        """Copy what a replica missed (a write failed), as `phx sync` does. Rare: its code is
+        loaded only then, not in every watch (see ops/watch_child.py on the watch's memory)."""
+        from phoenix_backup.ops.sync import replicate_all
+
         for name in names:
             report = replicate_all(self.repo, self.cfg, self.envx, only=name).get(name)
             if report is not None and report.ok:

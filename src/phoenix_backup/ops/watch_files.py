@@ -32,12 +32,10 @@ from watchdog.observers.api import ObservedWatch
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import PhoenixError
-from phoenix_backup.ops.backup import BackupResult, select_sources, snapshot_entries
 from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo.cache import cache_root
-from phoenix_backup.repo.repository import Repository
-from phoenix_backup.sources.files import SQLITE_SUFFIXES, Entry, Selection
-from phoenix_backup.sources.scope import SCOPES
+from phoenix_backup.sources.files import SQLITE_SUFFIXES, Selection
 
 FILES_SCOPE = "watch-files"
 # A snapshot once events stopped for QUIET_SECONDS, and at most MAX_DELAY_SECONDS after the first
@@ -177,10 +175,6 @@ class FileWatch:
                 watch = self.observer.schedule(self.events, str(root), recursive=recursive, event_filter=kinds)
                 self.watches[key] = watch
 
-    def _entries(self) -> list[Entry]:
-        _layout, sel = select_sources(self.cfg, "full", self.envx)
-        return [e for e in sel.entries.values() if e.kind != "sqlite"]
-
     def due(self) -> bool:
         now = time.monotonic()
         burst = self.events.take(now)
@@ -196,21 +190,12 @@ class FileWatch:
                     self._schedule()
         return self.pending
 
-    def snapshot(self, repo: Repository) -> BackupResult:
-        """The files as they are now (the caller holds the repository's lock)."""
-        result = snapshot_entries(
-            repo,
-            self.cfg,
-            self.envx,
-            self._entries(),
-            absent=(),
-            scope=FILES_SCOPE,
-            tags=(),
-            parent_scopes=(*SCOPES, FILES_SCOPE),
-        )
+    def taken(self) -> None:
+        """A snapshot of the files (every file the config selects, databases aside: scope
+        FILES_SCOPE, its parent the newest snapshot of this host) was taken: by the watch, in a
+        child process (ops/watch_child.py)."""
         self.pending = False
         self.snapshots += 1
-        return result
 
     def close(self) -> None:
         self.observer.stop()

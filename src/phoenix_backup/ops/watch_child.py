@@ -1,0 +1,258 @@
+"""The snapshots `phx watch` takes (ops/watch.py), each in a child process: the bases of the
+databases, and the snapshots of the files (ops/watch_files.py).
+
+A snapshot loads the repository's index and the parent snapshot's trees, and a base reads every
+page of the databases through the chunker, compression, sealing and pack threads: tens to
+hundreds of MB through malloc, whose high-water mark (and the arenas' holes) would otherwise stay
+in the watch, which runs for weeks. So the watch starts `python -m phoenix_backup.ops.watch_child`,
+hands it what it needs through a pipe (the config, the environment, the entries, and the
+repository's secrets, never on the command line or in the environment), and reads back what the
+snapshot gave: its id, the SHA-256 of each database's copy, what could not be read, the integrity
+checks, the replicas' outcome, and the notices. The child's memory goes back to the system when
+it ends, and the watch never imports the backup's code.
+
+- **Errors.** A Phoenix error in the child comes back as that error (the watch says it as it
+  said an in-process one); a child that ends otherwise (killed, out of memory) is one SourceError
+  naming how it ended.
+- **Kills.** The child holds a shared lock of its own while it writes, like any backup: a kill of
+  either process leaves at most packs no snapshot names (what a killed backup leaves; `phx prune`
+  removes them). The child ends when the watch does (its end of the pipe closes); SIGINT and
+  SIGTERM are the watch's to handle (it lets the snapshot finish, then stops), as when snapshots
+  ran in the watch's own process.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+
+from phoenix_backup.config import Config
+from phoenix_backup.errors import PhoenixError, SourceError
+from phoenix_backup.repo.keys import MasterSecrets
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sources.files import Entry
+
+_LENGTH = struct.Struct(">Q")
+
+
+@dataclass
+class SnapshotRequest:
+    """What the child needs to take a snapshot: `secrets` None for a machine that backs up a
+    write-only repository (the child loads the write key from this user's store, as the watch did)."""
+
+    cfg: Config
+    env: dict[str, str]
+    target: str  # the first target's name (the repository the watch writes)
+    config_raw: bytes  # the repository's config as the watch opened it: the child writes only under it
+    secrets: MasterSecrets | None = field(repr=False)
+    identities: tuple[str, ...] = field(repr=False)
+    entries: list[Entry] | None  # None: every file the config selects, databases aside (the files' snapshot)
+    scope: str
+    tags: tuple[str, ...]
+    parent_scopes: tuple[str, ...]
+    replicas: tuple[str, ...]  # enabled targets the snapshot is copied to afterwards
+    base: bool = False  # a base: its own page state, integrity checks recorded, each database's SHA-256
+
+
+@dataclass
+class SnapshotOutcome:
+    id: str | None = None
+    sha256: dict[str, str] = field(default_factory=dict)  # logical path -> SHA-256 of the copy in the base
+    failed: dict[str, str] = field(default_factory=dict)  # logical path -> why it is not in the base
+    integrity_checked: dict[str, str] = field(default_factory=dict)  # as BackupResult's
+    replicas: dict[str, str | None] = field(default_factory=dict)  # target -> None (caught up) or the error
+    notices: list[str] = field(default_factory=list)
+    error: PhoenixError | None = None
+
+
+def secrets_of(repo: Repository) -> tuple[MasterSecrets | None, tuple[str, ...]]:
+    """What opens `repo` again in the child: its master secrets (None on a machine that backs up a
+    write-only repository: the write key is in this user's store), and its age identities."""
+    from phoenix_backup.repo.writer import WriterRepository
+
+    secrets = None if isinstance(repo, WriterRepository) else repo.secrets
+    return secrets, repo.keyring.identities if repo.keyring is not None else ()
+
+
+def take_snapshot(request: SnapshotRequest) -> SnapshotOutcome:
+    """Run the child and return what it gave; SourceError when it ended without saying."""
+    payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise SourceError(
+                f"cannot start a process for the snapshot ({exc.strerror or exc}); free memory, then start "
+                "`phx watch` again"
+            ) from exc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            try:
+                proc.stdin.write(_LENGTH.pack(len(payload)) + payload)
+                proc.stdin.flush()
+            except OSError:
+                pass  # it ended at once: said below
+            raw = proc.stdout.read()
+        finally:
+            # The child ends when this end closes (`_end_with_parent`): after its answer, or now.
+            proc.stdin.close()
+            proc.stdout.close()
+            code = proc.wait()
+        if code == 0 and raw:
+            outcome = pickle.loads(raw)
+            assert isinstance(outcome, SnapshotOutcome)
+            return outcome
+        err.seek(0)
+        lines = [line.strip() for line in err.read().decode(errors="replace").splitlines() if line.strip()]
+    how = f"was killed by signal {-code}" if code < 0 else f"ended with exit code {code}"
+    said = f": {lines[-1]}" if lines else ""
+    raise SourceError(f"the process taking the snapshot {how}{said}; nothing of it is used")
+
+
+# -- the child -------------------------------------------------------------------------------
+
+
+def _open(request: SnapshotRequest, notices: list[str]) -> Repository:
+    """The watch's repository, opened with the secrets it was given (no passphrase asked again):
+    only while its config is still the one the watch opened (else a `phx key rotate` ran)."""
+    from phoenix_backup.ops.context import Environment, compressor_for, target_backend
+    from phoenix_backup.repo.writer import WriterRepository, store_root
+
+    envx = Environment(env=request.env, notice=notices.append)
+    backend = target_backend(request.cfg, envx, request.target)
+    try:
+        config = Repository.read_config(backend)
+        if request.config_raw and config.raw != request.config_raw:
+            raise SourceError(
+                f"the repository at {backend.location} changed its config while the watch ran (`phx key rotate`, "
+                "an upgrade); stop `phx watch` and start it again"
+            )
+        kwargs = {"compression": compressor_for(request.cfg), "notice": notices.append}
+        if request.secrets is None:
+            return WriterRepository.open_writer(backend, config, store_root(request.env), **kwargs)
+        return Repository(backend, config, request.secrets, identities=request.identities, **kwargs)  # type: ignore[arg-type]
+    except BaseException:
+        backend.close()
+        raise
+
+
+def _snapshot(request: SnapshotRequest) -> SnapshotOutcome:
+    import time
+
+    from phoenix_backup.ops.backup import record_checks, snapshot_entries
+    from phoenix_backup.ops.context import Environment
+    from phoenix_backup.ops.selection import select_sources
+    from phoenix_backup.ops.sync import replicate_all
+    from phoenix_backup.repo import checks
+    from phoenix_backup.repo.walker import walk_tree
+
+    out = SnapshotOutcome()
+    envx = Environment(env=request.env, notice=out.notices.append)
+    try:
+        entries = request.entries
+        if entries is None:
+            _layout, sel = select_sources(request.cfg, "full", envx)
+            entries = [e for e in sel.entries.values() if e.kind != "sqlite"]
+        repo = _open(request, out.notices)
+        try:
+            started = time.time()
+            with repo.lock(exclusive=False, command="watch"):
+                result = snapshot_entries(
+                    repo,
+                    request.cfg,
+                    envx,
+                    entries,
+                    absent=(),
+                    scope=request.scope,
+                    tags=request.tags,
+                    parent_scopes=request.parent_scopes,
+                    keep_page_state=request.base,
+                )
+            assert result.id is not None
+            out.id = result.id
+            out.failed = {i["path"]: i["error"] for i in result.incomplete}
+            if request.base:
+                # A full integrity check the base ran (its cadence was due) counts as a backup's would.
+                record_checks(envx, result, started, "watch")
+                checks.record_snapshot(repo, result.id, result.integrity_checked, "watch")
+                out.integrity_checked = dict(result.integrity_checked)
+                wanted = {e.logical for e in entries}
+                for logical, node in walk_tree(repo, repo.load_snapshot(result.id).tree):
+                    if logical in wanted and node.sha256:
+                        out.sha256[logical] = node.sha256
+            # The snapshot on every replica (a base before any segment names it).
+            for name in request.replicas:
+                report = replicate_all(repo, request.cfg, envx, only=name).get(name)
+                out.replicas[name] = None if report is not None and report.ok else (report.error if report else "")
+        finally:
+            repo.close()
+    except PhoenixError as exc:
+        out.error = exc
+    return out
+
+
+def _read(fd: int, n: int) -> bytes:
+    """`n` bytes from `fd` (fewer at its end). The pipe is read unbuffered: a buffered reader's lock,
+    held by `_end_with_parent`'s thread, would abort the interpreter's shutdown."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def _end_with_parent(fd: int, done: threading.Event) -> None:
+    """End this process when the watch's end of the pipe closes before the answer (it was killed)."""
+    while os.read(fd, 4096):
+        pass
+    if not done.is_set():
+        os._exit(1)
+
+
+def main() -> None:
+    # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    answer = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever else is printed goes to stderr, never into the answer
+    head = _read(0, _LENGTH.size)
+    if len(head) != _LENGTH.size:
+        raise SystemExit("phx: error: this module is run by `phx watch`, which hands it its request")
+    request = pickle.loads(_read(0, _LENGTH.unpack(head)[0]))
+    assert isinstance(request, SnapshotRequest)
+    done = threading.Event()
+    threading.Thread(target=_end_with_parent, args=(0, done), daemon=True).start()
+    outcome = _snapshot(request)
+    try:
+        raw = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(raw)
+    except Exception:  # an error that does not survive the trip: its sentence does
+        assert outcome.error is not None
+        outcome.error = SourceError(str(outcome.error))
+        raw = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    done.set()
+    answer.write(raw)
+    answer.close()
+
+
+if __name__ == "__main__":
+    # Run as `python -m`, this file is `__main__`: the request's classes are those of the module
+    # under its own name, so that one runs.
+    from phoenix_backup.ops.watch_child import main as _main
+
+    _main()
