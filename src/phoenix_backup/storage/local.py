@@ -21,6 +21,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, is_valid_name, validate_name
 
 _FOLDERS = FOLDERS
+_CONFIG_TEMP = f"{TEMP_MARKER}config."  # the config's temporary file, before its rename (`write`)
 
 
 def os_error(exc: OSError, what: str) -> StorageError:
@@ -59,11 +60,14 @@ class LocalBackend(Backend):
                     raise RepositoryExists(
                         f"{self.root} is not empty and holds no Phoenix repository; choose an empty or new folder"
                     )
-                # An `init` killed before it wrote `config` left only folders and maybe a key slot
-                # for secrets that were never used: start over (a stale slot would open with the
-                # wrong secrets).
+                # An `init` killed before it wrote `config` left only folders, maybe a key slot
+                # for secrets that were never used and the config's temporary file: start over (a
+                # stale slot would open with the wrong secrets).
                 for entry in os.scandir(self.root / "keys"):
                     os.unlink(entry.path)
+                for entry in os.scandir(self.root):
+                    if entry.name.startswith(_CONFIG_TEMP):
+                        os.unlink(entry.path)
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             for folder in _FOLDERS:
                 (self.root / folder).mkdir(exist_ok=True, mode=0o700)
@@ -74,7 +78,7 @@ class LocalBackend(Backend):
 
     def _interrupted_init(self) -> bool:
         """True when the folder holds exactly what an interrupted `create` + first key leaves."""
-        names = {e.name for e in os.scandir(self.root)}
+        names = {e.name for e in os.scandir(self.root) if not e.name.startswith(_CONFIG_TEMP)}
         if not names <= set(_FOLDERS) or "keys" not in names:
             return False
         for folder in ("runkeys", "index", "snapshots", "locks"):
