@@ -18,10 +18,17 @@ from phoenix_backup.errors import (
     RepositoryExists,
     StorageError,
 )
-from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, is_valid_name, validate_name
+from phoenix_backup.storage.base import (
+    CONFIG_TEMP,
+    FOLDERS,
+    TEMP_MARKER,
+    Backend,
+    ObjectInfo,
+    is_valid_name,
+    validate_name,
+)
 
 _FOLDERS = FOLDERS
-_CONFIG_TEMP = f"{TEMP_MARKER}config."  # the config's temporary file, before its rename (`write`)
 
 
 def os_error(exc: OSError, what: str) -> StorageError:
@@ -66,7 +73,7 @@ class LocalBackend(Backend):
                 for entry in os.scandir(self.root / "keys"):
                     os.unlink(entry.path)
                 for entry in os.scandir(self.root):
-                    if entry.name.startswith(_CONFIG_TEMP):
+                    if entry.name.startswith(CONFIG_TEMP):
                         os.unlink(entry.path)
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             for folder in _FOLDERS:
@@ -78,7 +85,7 @@ class LocalBackend(Backend):
 
     def _interrupted_init(self) -> bool:
         """True when the folder holds exactly what an interrupted `create` + first key leaves."""
-        names = {e.name for e in os.scandir(self.root) if not e.name.startswith(_CONFIG_TEMP)}
+        names = {e.name for e in os.scandir(self.root) if not e.name.startswith(CONFIG_TEMP)}
         if not names <= set(_FOLDERS) or "keys" not in names:
             return False
         for folder in ("runkeys", "index", "snapshots", "locks"):
