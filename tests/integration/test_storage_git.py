@@ -57,6 +57,21 @@ def test_empty_remote_then_one_commit_per_checkpoint_pushed(tmp_path: Path) -> N
     assert git("check-attr", "delta", "--", PACK, cwd=b.workdir).strip().endswith("delta: unset")
 
 
+def test_create_again_in_a_clone_where_init_was_killed_while_it_wrote_the_config(tmp_path: Path) -> None:
+    """`phx init` of a Git first target killed before the config's temporary file was renamed:
+    init again starts over in that clone (its key slot unused), as after a kill at any other point."""
+    remote = bare_repo(tmp_path / "remote.git")
+    b = _backend(tmp_path, remote)
+    b.create()
+    b.write("keys/0123456789abcdef", b"slot of secrets never used", exclusive=True)
+    (b.workdir / ".tmp-config.c7a82c8b").write_bytes(b'{"half": ')
+    again = _backend(tmp_path, remote)
+    again.create()
+    again.write("config", b"{}", exclusive=True)
+    assert not (b.workdir / ".tmp-config.c7a82c8b").exists()
+    assert list(again.list("keys/")) == []
+
+
 def test_a_fresh_clone_reads_what_was_pushed(tmp_path: Path) -> None:
     remote = bare_repo(tmp_path / "remote.git")
     first = _backend(tmp_path, remote, "one")

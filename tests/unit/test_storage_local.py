@@ -48,6 +48,28 @@ def test_create_makes_the_layout_and_refuses_to_reuse(tmp_path: Path) -> None:
     assert b.location == str(tmp_path / "repo")
 
 
+def test_create_again_over_an_init_killed_while_it_wrote_the_config(tmp_path: Path) -> None:
+    """`phx init` killed between writing the config's temporary file and renaming it leaves the
+    folders, a key slot and `.tmp-config.<random>`: nothing used yet, so `phx init` again starts
+    over there (as after a kill at any other point) instead of calling the folder foreign."""
+    b = LocalBackend(tmp_path / "repo")
+    b.create()
+    b.write("keys/0123456789abcdef", b"slot of secrets never used")
+    (tmp_path / "repo" / ".tmp-config.ee1c2188").write_bytes(b'{"half": ')
+    b.create()
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir() if p.is_file()) == []
+    assert list((tmp_path / "repo" / "keys").iterdir()) == []
+    assert not b.exists()
+    # Anything else beside it is still someone's folder.
+    other = tmp_path / "other"
+    LocalBackend(other).create()
+    (other / ".tmp-config.0badc0de").write_bytes(b"{")
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(RepositoryExists):
+        LocalBackend(other).create()
+    assert (other / "notes.txt").read_text() == "mine"
+
+
 def test_write_read_stat_list_delete(backend: LocalBackend) -> None:
     blobs = [os.urandom(n) for n in (0, 1, 1000, 70_000)]
     names = [pack_name(d) for d in blobs]

@@ -26,6 +26,7 @@ from phoenix_backup.errors import (
     WrongPassphrase,
 )
 from phoenix_backup.repo import keys
+from phoenix_backup.repo.pack import PackIds
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.storage.local import LocalBackend
@@ -262,3 +263,36 @@ def test_fingerprint_format() -> None:
     assert keys.MasterSecrets(bytes(31) + b"\1", bytes(32), 1).fingerprint != fp
     with pytest.raises(ValueError):
         keys.format_fingerprint("zz")
+
+
+@pytest.mark.parametrize("pack_ids", [PackIds.SHA256, PackIds.BLAKE3], ids=["format-2-to-3", "format-4"])
+def test_a_write_only_repository_put_back_to_its_old_config_is_refused(tmp_path: Path, pack_ids: PackIds) -> None:
+    """Someone who can write the storage, with a copy of it from before `phx key add --write-only`,
+    puts the old config and passphrase slot back: both are authenticated by the same master key, so
+    only the pin can tell that this machine saw the repository write-only. A format 2 repository
+    becomes format 3 when made write-only; a format 4 one stays format 4, so its version alone
+    cannot tell."""
+    import pyrage
+
+    from phoenix_backup.repo.writer import convert
+
+    pins = Pins(tmp_path / "data" / "pins.json")
+    backend = LocalBackend(tmp_path / "repo")
+    repo = Repository.init(
+        backend, lambda m: keys.wrap_passphrase(m, "pw", kdf_params=FAST), True, pins=pins, pack_ids=pack_ids
+    )
+    before = {p.relative_to(tmp_path / "repo"): p.read_bytes() for p in (tmp_path / "repo").rglob("*") if p.is_file()}
+    identity = pyrage.x25519.Identity.generate()
+    converted = convert(repo, (str(identity.to_public()),), tmp_path / "writer").repository
+    owner = keys.Credentials(age_identities=(str(identity),))
+    assert Repository.open(backend, owner, pins=pins).config.write_only is not None
+    # The attacker's roll-back: the config and key slot of before, byte for byte.
+    for rel, data in before.items():
+        (tmp_path / "repo" / rel).write_bytes(data)
+    assert RepoConfig.from_bytes((tmp_path / "repo" / "config").read_bytes(), "repo").write_only is None
+    for creds in (owner, keys.Credentials(passphrase="pw")):
+        with pytest.raises(ConfigNotAuthenticated, match="write-only"):
+            Repository.open(backend, creds, pins=pins)
+    # The config the owner saw opens again.
+    (tmp_path / "repo" / "config").write_bytes(converted.config.to_bytes())
+    assert Repository.open(backend, owner, pins=pins).config.write_only is not None

@@ -121,7 +121,14 @@ def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
                 f"the repository at {backend.location} does not have the key {wanted}; nothing was trusted "
                 "(check the fingerprint again on the machine that created or rotated it)"
             ) from None
-        store.record(config.id, backend.location, wanted, format=repo.config.version, retrust=True)
+        store.record(
+            config.id,
+            backend.location,
+            wanted,
+            format=repo.config.version,
+            write_only=repo.config.write_only is not None,
+            retrust=True,
+        )
     finally:
         backend.close()
     return TrustResult(config.id, backend.location, wanted, previous.fingerprint if previous else None)

@@ -8,7 +8,7 @@ later change is a hard error (`KeyChanged`) until the user says, with `phx key t
 checked it.
 
     <data dir>/pins.json   {"version": 1, "repositories": {id: {fingerprint, next, format,
-                           pinned, locations: [...], retired: [...]}}}
+                           writeOnly, pinned, locations: [...], retired: [...]}}}
 
 It lives in the data dir, not the cache: losing it silently would turn every repository back into
 a first use. It is per user, mode 0600, rewritten atomically (temp file, fsync, rename, fsync of
@@ -19,8 +19,11 @@ the folder) under an flock, so two `phx` processes never lose each other's pins.
   new secrets) does not turn into a new first use.
 - `next` is the fingerprint a `phx key rotate` is moving to: accepted beside `fingerprint` until
   the rotation finishes, so a rotation killed at any point leaves a repository this machine opens.
-- `format` is the highest repository format seen authenticated: a config that loses its
-  authentication (format 2 back to 1) is refused.
+- `format` is the highest repository format seen authenticated: a lower one is a config put back
+  from before (format 2 back to 1 loses its authentication, 3 back to 2 its write-only section)
+  and is refused.
+- `writeOnly`: the repository was seen write-only. A format 4 repository stays format 4 when made
+  write-only, so its format alone cannot tell its config from before the conversion.
 - `retired` are the fingerprints this user moved away from: a repository that shows one again
   missed a rotation (a replica that was down) or was put back by someone; the error says so and
   never suggests trusting it.
@@ -51,6 +54,7 @@ class Pin:
     fingerprint: str
     next: str | None = None  # the fingerprint an unfinished `phx key rotate` moves to
     format: int = 1
+    write_only: bool = False  # seen write-only (a format 3 config, or a format 4 one with `writeOnly`)
     pinned: str = ""  # RFC 3339, when this user first trusted the repository (or last re-trusted it)
     locations: list[str] = field(default_factory=list)
     # Fingerprints this user moved away from (`phx key rotate`, `phx key trust`): a repository
@@ -67,6 +71,8 @@ class Pin:
             "pinned": self.pinned,
             "locations": sorted(set(self.locations)),
         }
+        if self.write_only:
+            doc["writeOnly"] = True
         if self.next is not None:
             doc["next"] = self.next
         if self.retired:
@@ -115,6 +121,7 @@ class Pins:
                     fingerprint=str(entry["fingerprint"]),
                     next=str(entry["next"]) if entry.get("next") else None,
                     format=int(entry.get("format", 1)),
+                    write_only=entry.get("writeOnly") is True,
                     pinned=str(entry.get("pinned", "")),
                     locations=[str(x) for x in entry.get("locations", [])],
                     retired=[str(x) for x in entry.get("retired", [])],
@@ -177,6 +184,7 @@ class Pins:
         fingerprint: str,
         *,
         format: int,
+        write_only: bool = False,
         next: str | None = None,
         keep_next: bool = False,
         retrust: bool = False,
@@ -185,7 +193,8 @@ class Pins:
         """Pin `repo_id` at `location` to `fingerprint`. `location` moves to this repository (a
         location holds one repository). `next` sets the fingerprint a rotation moves to; with
         `keep_next` the one recorded stays. `retrust` marks an explicit `phx key trust`. `first`:
-        a first use, refused if another process pinned another key in the meantime."""
+        a first use, refused if another process pinned another key in the meantime. `format` and
+        `write_only` are what the config was seen as; neither is ever lowered."""
         with self._locked() as pins:
             pin = pins.get(repo_id)
             if first and pin is not None:
@@ -213,6 +222,7 @@ class Pins:
             pin.fingerprint = fingerprint
             pin.next = previous_next if keep_next else next
             pin.format = max(pin.format, format)
+            pin.write_only = pin.write_only or write_only
             if location not in pin.locations:
                 pin.locations.append(location)
             return pin

@@ -453,7 +453,14 @@ class Repository:
         # The config is written last: a repository is "there" only once it is complete.
         backend.write("config", config.to_bytes(), exclusive=True)
         if pins is not None:
-            pins.record(config.id, backend.location, master.fingerprint, format=config.version, retrust=True)
+            pins.record(
+                config.id,
+                backend.location,
+                master.fingerprint,
+                format=config.version,
+                write_only=write_only is not None,
+                retrust=True,
+            )
         repo = cls(backend, config, master, **kwargs)
         repo.opened_with = slot.id
         return repo
@@ -1261,7 +1268,8 @@ def _choose_secrets(
         # `phx key trust` replaces the fingerprint, never the format this machine saw: a config
         # downgraded to format 1 (no MAC) stays refused.
         seen = pin.format if pin is not None else config.version
-        pin, pins = Pin(config.id, expect, format=seen), None
+        write_only = pin.write_only if pin is not None else config.write_only is not None
+        pin, pins = Pin(config.id, expect, format=seen, write_only=write_only), None
     if pins is not None:
         # A location holds one repository: another one there (new, or one this machine knows from
         # elsewhere, such as a copy of the owner's other repository) is refused alike.
@@ -1273,13 +1281,22 @@ def _choose_secrets(
                 "use it only if you re-created it yourself, after checking its key fingerprint (`phx key "
                 "trust FINGERPRINT`, with the fingerprint `phx key list` shows on a machine you trust)"
             )
-    # Only a config without a MAC (format 1) is a downgrade someone without the key can make: formats
-    # 2 to 4 are all authenticated, and format 4 differs from 2 only in how new packs are named.
-    if pin is not None and config.version < BASE_FORMAT_VERSION <= pin.format:
+    # A config from before is authenticated too (the same key signed it), so only the pin tells it:
+    # format 1 has no MAC, format 2 is a write-only (format 3) repository from before its conversion,
+    # and a format 4 one without `writeOnly` the same when it was format 4 already.
+    if pin is not None and config.version < pin.format and config.version < BASE_FORMAT_VERSION:
         raise ConfigNotAuthenticated(
             f"the repository config at {location} is format {config.version} without authentication, but "
             f"this machine saw it authenticated (format {pin.format}): someone may have downgraded it to "
             "change how data is written; restore the config object from another target or a copy"
+        )
+    if pin is not None and (config.version < pin.format or (pin.write_only and config.write_only is None)):
+        was = "write-only" if pin.write_only and config.write_only is None else f"format {pin.format}"
+        raise ConfigNotAuthenticated(
+            f"the repository config at {location} is format {config.version}"
+            f"{'' if config.write_only is not None else ' and not write-only'}, but this machine saw it {was}: "
+            "someone who can write the storage may have downgraded it to a config from before, so nothing was "
+            "read or written; restore the config object from another target or a copy"
         )
     unauthenticated: list[tuple[keyslots.KeySlot, str]] = []
     mismatched: list[keyslots.MasterSecrets] = []
@@ -1335,16 +1352,24 @@ def _choose_secrets(
     slot, master = found[0]
     if pins is not None:
         fingerprint = master.fingerprint
+        seen_write_only = config.write_only is not None
         if pin is None:
-            pins.record(config.id, location, fingerprint, format=config.version, first=True)
+            pins.record(config.id, location, fingerprint, format=config.version, write_only=seen_write_only, first=True)
             notice(
                 f"first use of repository {config.id[:8]} at {location} on this machine: its key fingerprint "
                 f"{fingerprint} is now trusted here (compare it with `phx key list` on a machine you trust)"
             )
-        elif fingerprint != pin.fingerprint or location not in pin.locations or config.version > pin.format:
+        elif (
+            fingerprint != pin.fingerprint
+            or location not in pin.locations
+            or config.version > pin.format
+            or seen_write_only > pin.write_only
+        ):
             # A rotation reached its commit point (the config is authenticated by the new key):
             # from now on only the new key is accepted, but `next` still says it is unfinished.
-            pins.record(config.id, location, fingerprint, format=config.version, keep_next=True)
+            pins.record(
+                config.id, location, fingerprint, format=config.version, write_only=seen_write_only, keep_next=True
+            )
         if pin is not None and pin.next is not None:
             notice("a `phx key rotate` on this machine did not finish; run `phx key rotate` again to finish it")
     return slot, master, [m for fp, m in also.items() if fp != master.fingerprint]

@@ -25,6 +25,9 @@ _NAME = re.compile(
     r"|(captures|checks)/[0-9a-f]{64})$"
 )
 TEMP_MARKER = ".tmp-"
+# The config's temporary file before its rename (local disk and a Git clone): what an `init` killed
+# right then leaves beside its folders, so `create` may start over there.
+CONFIG_TEMP = f"{TEMP_MARKER}config."
 # The folders of the format, in the order replication fills them (config and keys first, so a
 # half-copied target is already a valid, openable repository; the run keys of a write-only
 # repository before the objects sealed under them; snapshots last: the commit point; then the

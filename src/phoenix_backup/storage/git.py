@@ -55,7 +55,7 @@ from phoenix_backup.errors import (
     ToolMissing,
 )
 from phoenix_backup.redaction import redact, redact_url
-from phoenix_backup.storage.base import FOLDERS, Backend, ObjectInfo, Protection
+from phoenix_backup.storage.base import CONFIG_TEMP, FOLDERS, Backend, ObjectInfo, Protection
 from phoenix_backup.storage.local import LocalBackend
 
 # Git hosts warn above 50 MB per file and GitHub refuses above 100 MB.
@@ -416,7 +416,8 @@ class GitBackend(Backend):
         self._ensure()
         if self.files.exists():
             raise RepositoryExists(f"a repository already exists at {self.location}; it was left untouched")
-        foreign = sorted(e.name for e in os.scandir(self.workdir) if e.name not in _OURS)
+        leftover = [e.path for e in os.scandir(self.workdir) if e.name.startswith(CONFIG_TEMP)]
+        foreign = sorted(e.name for e in os.scandir(self.workdir) if e.name not in _OURS and e.path not in leftover)
         if foreign or any(self.files.list("data/")) or any(self.files.list("snapshots/")):
             raise RepositoryExists(
                 f"the Git repository {redact_url(self.url)} (branch {self.branch}) already holds other files "
@@ -424,6 +425,8 @@ class GitBackend(Backend):
             )
         for name in self.files.list("keys/"):
             self.files.delete(name.name)  # an interrupted init's unused key slots
+        for path in leftover:
+            os.unlink(path)  # and its config's temporary file
         for folder in FOLDERS:
             (self.workdir / folder).mkdir(exist_ok=True, mode=0o700)
 

@@ -18,7 +18,15 @@ from phoenix_backup.errors import (
     RepositoryExists,
     StorageError,
 )
-from phoenix_backup.storage.base import FOLDERS, TEMP_MARKER, Backend, ObjectInfo, is_valid_name, validate_name
+from phoenix_backup.storage.base import (
+    CONFIG_TEMP,
+    FOLDERS,
+    TEMP_MARKER,
+    Backend,
+    ObjectInfo,
+    is_valid_name,
+    validate_name,
+)
 
 _FOLDERS = FOLDERS
 
@@ -59,11 +67,14 @@ class LocalBackend(Backend):
                     raise RepositoryExists(
                         f"{self.root} is not empty and holds no Phoenix repository; choose an empty or new folder"
                     )
-                # An `init` killed before it wrote `config` left only folders and maybe a key slot
-                # for secrets that were never used: start over (a stale slot would open with the
-                # wrong secrets).
+                # An `init` killed before it wrote `config` left only folders, maybe a key slot
+                # for secrets that were never used and the config's temporary file: start over (a
+                # stale slot would open with the wrong secrets).
                 for entry in os.scandir(self.root / "keys"):
                     os.unlink(entry.path)
+                for entry in os.scandir(self.root):
+                    if entry.name.startswith(CONFIG_TEMP):
+                        os.unlink(entry.path)
             make_dirs(self.root)
             for folder in _FOLDERS:
                 (self.root / folder).mkdir(exist_ok=True, mode=0o700)
@@ -77,7 +88,7 @@ class LocalBackend(Backend):
 
     def _interrupted_init(self) -> bool:
         """True when the folder holds exactly what an interrupted `create` + first key leaves."""
-        names = {e.name for e in os.scandir(self.root)}
+        names = {e.name for e in os.scandir(self.root) if not e.name.startswith(CONFIG_TEMP)}
         if not names <= set(_FOLDERS) or "keys" not in names:
             return False
         for folder in ("runkeys", "index", "snapshots", "locks"):
