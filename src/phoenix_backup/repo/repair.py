@@ -14,8 +14,8 @@
   first target lost or holds damaged: the config and key slots when they cannot be read,
   snapshot and index objects that fail their checks, and every pack holding data a snapshot
   needs that is missing here, shorter than the index says, or (with `--read-data`) does not
-  match its name. Every object copied is checked against its name (SHA-256) first. Then the index
-  is rebuilt from the packs.
+  match its name. Every object copied is checked against its name first (its SHA-256, or for a
+  pack its BLAKE3: `names_content`). Then the index is rebuilt from the packs.
 
 Every change is made under an exclusive lock, in an order that leaves a valid repository at each
 step: copies and new objects first, then the new index (superseding the old ones), deletions last.
