@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_integrity_cadence import damage_index, make_database
+from e2e_support import Sandbox
+from test_integrity_cadence import change_a_row, damage_index, make_database
+from test_recorded_checks import cadenced, recorded  # noqa: F401 - a fixture
 from test_restore_race import ATTACKER, LOGICAL, confinable  # noqa: F401 - a fixture
 
 from phoenix_backup.errors import RestoreError
@@ -119,3 +121,27 @@ def test_a_root_restore_into_a_users_folder_records_no_verdict_of_bytes_the_user
             )
     finally:
         writer.close()
+
+
+def test_a_drill_in_scratch_space_another_user_can_change_records_nothing(
+    cadenced: Sandbox,  # noqa: F811
+    public_tmp: Path,
+    tmp_path: Path,
+) -> None:
+    """`sudo phx drill --scratch ~alice/tmp`: alice may rename the drill's folder away and put her own
+    in its place, and the drill opens its databases by path. Its checks are its report's, but no
+    verdict of the snapshot's bytes goes into the repository."""
+    if os.geteuid() != 0:
+        pytest.skip("the scratch folder must belong to another user than the one drilling")
+    sb = cadenced
+    sb.backup()
+    change_a_row(sb)
+    sb.backup()
+    scratch = public_tmp / "alice"
+    scratch.mkdir()
+    os.chown(scratch, ATTACKER, ATTACKER)
+    doc = sb.phx("drill", "--json", "--scratch", scratch, check=0).json()
+    assert doc["ok"], doc
+    assert recorded(sb) == [], "a drill in another user's folder recorded its verdict in the repository"
+    sb.phx("drill", "--json", "--scratch", tmp_path, check=0)
+    assert [r.by for r in recorded(sb)] == ["drill"]  # in scratch space of its own, it does
