@@ -151,3 +151,17 @@ def test_a_verdict_already_recorded_for_the_same_snapshot_is_not_written_again(t
     checks.CheckBook(repo).add([rec("row 7 missing from index t_v")])  # a verdict that disagrees
     assert len(list(repo.backend.list(checks.PREFIX))) == 3
     assert checks.CheckBook(repo).passed(SHA, 4096) is None
+
+
+def test_replication_does_not_read_or_copy_an_object_too_large_for_a_record(tmp_path: Path) -> None:
+    """A planted object of any size under a name that fits it (its own SHA-256): no reader takes it,
+    and a sync must neither load it into memory nor copy it to every replica."""
+    repo = make_repo(tmp_path / "r")
+    [name] = checks.write(repo, [rec()])
+    big = b"\0" * (checks.MAX_RECORD_SIZE + 1)
+    planted = checks.name_of(SHA, big)
+    repo.backend.write(planted, big)
+    replica = LocalBackend(tmp_path / "replica")
+    report = replicate(repo, "replica", replica, lambda _m: None)
+    assert report.ok, report.error
+    assert [i.name for i in replica.list(checks.PREFIX)] == [name]

@@ -201,7 +201,13 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         # copied above).
         for prefix in ("captures/", "checks/"):
             have_objects = {info.name for info in dest.list(prefix)}
-            for obj in sorted({info.name for info in source.list(prefix)} - have_objects):
+            # An object under checks/ too large for a record is not read (nor copied).
+            wanted = {
+                info.name
+                for info in source.list(prefix)
+                if prefix != checks.PREFIX or info.size <= checks.MAX_RECORD_SIZE
+            }
+            for obj in sorted(wanted - have_objects):
                 _copy_one(source, dest, obj, False, report)
         if switched:
             dest.write("config", source.read("config"))
