@@ -145,3 +145,25 @@ def test_a_drill_in_scratch_space_another_user_can_change_records_nothing(
     assert recorded(sb) == [], "a drill in another user's folder recorded its verdict in the repository"
     sb.phx("drill", "--json", "--scratch", tmp_path, check=0)
     assert [r.by for r in recorded(sb)] == ["drill"]  # in scratch space of its own, it does
+
+
+def test_prune_is_not_failed_by_an_object_under_checks_it_cannot_delete(
+    cadenced: Sandbox,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Whoever can write to the storage leaves something under `checks/` that cannot be deleted (a
+    folder here; a locked object elsewhere): prune deletes the rest, says so, and succeeds."""
+    sb = cadenced
+    sb.backup()
+    change_a_row(sb)
+    daily = sb.backup()
+    sb.restore_to(daily["id"], tmp_path / "r")
+    (sb.repo / "checks" / ("ab" * 32)).mkdir()
+    sb.phx("forget", daily["id"], "--json")
+    res = sb.phx("prune", "--json", check=None)
+    assert res.code == 0, res
+    doc = res.json()
+    [target] = doc["targets"].values()
+    assert target["checkRecords"] >= 1, doc  # the forgotten snapshot's records went
+    assert any("checks/" + "ab" * 32 in n for n in target["notices"]), doc
+    assert [p.name for p in (sb.repo / "checks").iterdir()] == ["ab" * 32]
