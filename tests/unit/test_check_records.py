@@ -165,3 +165,13 @@ def test_replication_does_not_read_or_copy_an_object_too_large_for_a_record(tmp_
     report = replicate(repo, "replica", replica, lambda _m: None)
     assert report.ok, report.error
     assert [i.name for i in replica.list(checks.PREFIX)] == [name]
+
+
+def test_replication_is_not_failed_by_something_under_checks_that_cannot_be_read(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    [name] = checks.write(repo, [rec()])
+    (tmp_path / "r" / checks.name_of(SHA, b"x")).mkdir()  # planted: a folder where a record would be
+    replica = LocalBackend(tmp_path / "replica")
+    report = replicate(repo, "replica", replica, lambda _m: None)
+    assert report.ok, report.error
+    assert [i.name for i in replica.list(checks.PREFIX)] == [name]

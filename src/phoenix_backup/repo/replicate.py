@@ -294,9 +294,15 @@ def _keep_indexed(
 
 
 def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
-    data = source.read(name)
-    if name.startswith(checks.PREFIX) and not checks.fits_name(name, data):
-        return  # not a record (planted or damaged): every reader drops it, so it is not copied
+    if name.startswith(checks.PREFIX):
+        try:
+            data = source.read(name)
+        except PhoenixError:
+            return  # unreadable (something planted that is not a file): every reader drops it too
+        if not checks.fits_name(name, data):
+            return  # not a record (planted or damaged): every reader drops it, so it is not copied
+    else:
+        data = source.read(name)
     if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and sha256_hex(data) != name.split("/")[-1]:
         raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
     dest.write(name, data, cold=cold)
