@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,20 @@ def test_replication_is_not_failed_by_something_under_checks_that_cannot_be_read
     report = replicate(repo, "replica", replica, lambda _m: None)
     assert report.ok, report.error
     assert [i.name for i in replica.list(checks.PREFIX)] == [name]
+
+
+def test_an_object_grown_after_the_listing_is_not_read_whole(tmp_path: Path) -> None:
+    """Listed at a record's size, then replaced by a large object before the reader gets to it: the
+    reader takes no more than the listing said (and drops what it got)."""
+    repo = make_repo(tmp_path / "r")
+    [name] = checks.write(repo, [rec()])
+    [info] = repo.backend.list(checks.PREFIX)
+    (tmp_path / "r" / name).write_bytes(b"\0" * (64 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptObject):
+            checks.read_record(repo, info)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak} bytes held to read one listed record"

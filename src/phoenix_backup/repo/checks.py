@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from phoenix_backup.errors import CorruptObject, PhoenixError
+from phoenix_backup.errors import CorruptObject, PhoenixError, StorageError
 from phoenix_backup.repo.crypto import NONCE_SIZE, sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
@@ -134,7 +134,15 @@ def read_record(repo: Repository, info: ObjectInfo) -> CheckRecord:
     """The record listed as `info`; an object too large for one is refused before it is read."""
     if info.size > MAX_RECORD_SIZE:
         raise CorruptObject(f"{info.name} is too large for an integrity check record")
-    return open_record(repo, info.name, repo.backend.read(info.name))
+    if info.size <= NONCE_SIZE:
+        raise CorruptObject(f"{info.name} is too small for an integrity check record")
+    # No more than the listing said: an object replaced by a larger one since is not read whole
+    # (what is read then does not fit the name, and is dropped).
+    try:
+        raw = repo.backend.read_range(info.name, 0, info.size)
+    except StorageError as exc:
+        raise CorruptObject(f"{info.name} could not be read as an integrity check record ({exc})") from exc
+    return open_record(repo, info.name, raw)
 
 
 def can_record(repo: Repository) -> bool:
