@@ -7,16 +7,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import PASSPHRASE, Sandbox
 from test_integrity_cadence import change_a_row, damage_index, make_database
 from test_recorded_checks import cadenced, recorded  # noqa: F401 - a fixture
 from test_restore_race import ATTACKER, LOGICAL, confinable  # noqa: F401 - a fixture
+from test_unreadable_file import unprivileged
 
 from phoenix_backup.errors import RestoreError
 from phoenix_backup.repo import checks, keys
@@ -167,3 +170,36 @@ def test_prune_is_not_failed_by_an_object_under_checks_it_cannot_delete(
     assert target["checkRecords"] >= 1, doc  # the forgotten snapshot's records went
     assert any("checks/" + "ab" * 32 in n for n in target["notices"]), doc
     assert [p.name for p in (sb.repo / "checks").iterdir()] == ["ab" * 32]
+
+
+READ_ONLY_DB = "home/.argentos/reference.db"
+
+
+def test_a_check_that_could_not_run_records_no_failure(make_sandbox: Callable[..., Sandbox], public_tmp: Path) -> None:
+    """A drill by the user of a database whose file is read-only (0444, restored so in scratch
+    space): FTS5's `integrity-check` is an INSERT, and SQLite refuses it before reading anything
+    ("attempt to write a readonly database"). That says nothing of the bytes: a failure recorded
+    from it would outvote every later pass of those bytes for as long as the snapshot lives."""
+    sb = make_sandbox(root=public_tmp / "sb")
+    db = sb.db_path(READ_ONLY_DB)
+    con = sqlite3.connect(db)
+    con.executescript("CREATE VIRTUAL TABLE notes USING fts5(body); INSERT INTO notes VALUES ('kept for reference');")
+    con.commit()
+    con.close()
+    db.chmod(0o444)
+    sb.write_config(databases={"sqlite": [str(db)]})
+    scratch = public_tmp / "scratch"
+    scratch.mkdir(mode=0o700)
+    prefix, who = unprivileged(public_tmp)  # file modes apply to phx
+    print(f"running phx as {who}")
+    sb.prefix = prefix
+    try:
+        sb.backup()
+        doc = sb.phx("drill", "--json", "--scratch", scratch, check=None).json()
+    finally:
+        sb.prefix = ()
+    report = {d["path"]: d for d in doc["databases"]}[READ_ONLY_DB]
+    print(report)
+    book = checks.CheckBook(Repository.open(LocalBackend(sb.repo), keys.Credentials(passphrase=PASSPHRASE)))
+    verdicts = [(r.result, r.by) for rs in book.load().values() for r in rs if r.path == READ_ONLY_DB]
+    assert all(result == "ok" for result, _by in verdicts), verdicts

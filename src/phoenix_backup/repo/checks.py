@@ -45,6 +45,22 @@ MAX_RECORD_SIZE = 64 << 10
 # any number under its names (one request each on S3). Past it none is read and the check runs.
 MAX_RECORDS_READ = 256
 _HEX = frozenset("0123456789abcdef")
+# SQLite's messages for a check that could not run (a result code other than CORRUPT or NOTADB):
+# they say nothing of the bytes, so no record is made of them.
+_COULD_NOT_RUN = frozenset(
+    {
+        "unable to open database file",
+        "disk I/O error",
+        "database or disk is full",
+        "out of memory",
+        "database is locked",
+        "database table is locked",
+        "attempt to write a readonly database",
+        "interrupted",
+        "access permission denied",
+        "authorization denied",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,12 @@ def read_record(repo: Repository, info: ObjectInfo) -> CheckRecord:
     except StorageError as exc:
         raise CorruptObject(f"{info.name} could not be read as an integrity check record ({exc})") from exc
     return open_record(repo, info.name, raw)
+
+
+def could_not_run(result: str) -> bool:
+    """Whether a check's result is SQLite saying it could not run (a read-only file, a full disk, an
+    interrupt) rather than a finding about the bytes: such a result is reported, never recorded."""
+    return result.removeprefix("integrity_check failed: ") in _COULD_NOT_RUN
 
 
 def can_record(repo: Repository) -> bool:

@@ -93,7 +93,7 @@ def write_copy(
         except BaseException:
             discard(fd, tmp)
             raise
-        if recorded is not None and own and node.sha256 is not None:
+        if recorded is not None and own and node.sha256 is not None and not checks.could_not_run(integrity):
             rec = checks.record(
                 node.sha256, node.size, integrity, "restore", recorded.snapshot, logical, sqlite3.sqlite_version
             )
