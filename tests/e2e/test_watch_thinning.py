@@ -30,6 +30,7 @@ from phoenix_backup.repo import captures, checks
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.storage.base import TEMP_MARKER
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 LOGICAL = "home/.argentos/data/dashboard.db"
@@ -190,7 +191,7 @@ def _assert_every_kept_state(sb: Sandbox, h: History, tmp: Path, what: str) -> N
 def _segment_count(sb: Sandbox) -> int:
     """The segments stored; the temporary file of a write killed before its rename is a leftover
     that `phx prune` removes (docs/repository-format.md §1), not a segment."""
-    return sum(1 for f in (sb.repo / "captures").iterdir() if not f.name.startswith(".tmp-"))
+    return sum(1 for f in (sb.repo / "captures").iterdir() if TEMP_MARKER not in f.name)
 
 
 def _forget(sb: Sandbox, *args: str) -> dict[str, object]:

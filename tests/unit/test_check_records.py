@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,86 @@ def test_replication_copies_the_records_and_drops_one_that_does_not_fit_its_name
     assert [i.name for i in replica.list(checks.PREFIX)] == [name]
     copy = Repository.open(replica, keys.Credentials(passphrase="pw"))
     assert checks.CheckBook(copy).passed(SHA, 4096) == rec()
+
+
+class CountingBackend(LocalBackend):
+    """A local repository that counts the objects read from it."""
+
+    reads = 0
+
+    def read(self, name: str) -> bytes:
+        CountingBackend.reads += 1
+        return super().read(name)
+
+
+def test_a_flood_of_objects_under_one_name_prefix_costs_a_restore_its_check_not_thousands_of_reads(
+    tmp_path: Path,
+) -> None:
+    """Whoever can write to the storage plants objects under the record names of a database's SHA-256
+    (any bytes fit a name of their choosing): a restore must not read each of them (one request
+    each on S3). Beyond a bound the records of those bytes are not read and the check runs."""
+    repo = make_repo(tmp_path / "r")
+    checks.write(repo, [rec()])
+    for i in range(checks.MAX_RECORDS_READ + 50):
+        junk = i.to_bytes(4, "big") * 50
+        repo.backend.write(checks.name_of(SHA, junk), junk)
+    counted = Repository.open(CountingBackend(tmp_path / "r"), keys.Credentials(passphrase="pw"))
+    CountingBackend.reads = 0
+    book = checks.CheckBook(counted)
+    assert book.passed(SHA, 4096) is None  # not read: the restore checks the copy itself
+    assert CountingBackend.reads <= checks.MAX_RECORDS_READ, CountingBackend.reads
+    assert book.passed("ef" * 32, 4096) is None  # other bytes: nothing to read
+
+
+def test_a_verdict_already_recorded_for_the_same_snapshot_is_not_written_again(tmp_path: Path) -> None:
+    """A scheduled drill of an unchanged snapshot checks it every time; the repository keeps one record
+    of each verdict on those bytes per snapshot, not one per drill (every restore reads them all)."""
+    repo = make_repo(tmp_path / "r")
+    for _ in range(3):
+        checks.CheckBook(repo).add([rec(at=f"2026-12-0{_ + 1}T10:00:00+00:00")])
+    assert len(list(repo.backend.list(checks.PREFIX))) == 1
+    checks.CheckBook(repo).add([dataclasses.replace(rec(), snapshot="ef" * 32)])  # another snapshot of them
+    checks.CheckBook(repo).add([rec("row 7 missing from index t_v")])  # a verdict that disagrees
+    assert len(list(repo.backend.list(checks.PREFIX))) == 3
+    assert checks.CheckBook(repo).passed(SHA, 4096) is None
+
+
+def test_replication_does_not_read_or_copy_an_object_too_large_for_a_record(tmp_path: Path) -> None:
+    """A planted object of any size under a name that fits it (its own SHA-256): no reader takes it,
+    and a sync must neither load it into memory nor copy it to every replica."""
+    repo = make_repo(tmp_path / "r")
+    [name] = checks.write(repo, [rec()])
+    big = b"\0" * (checks.MAX_RECORD_SIZE + 1)
+    planted = checks.name_of(SHA, big)
+    repo.backend.write(planted, big)
+    replica = LocalBackend(tmp_path / "replica")
+    report = replicate(repo, "replica", replica, lambda _m: None)
+    assert report.ok, report.error
+    assert [i.name for i in replica.list(checks.PREFIX)] == [name]
+
+
+def test_replication_is_not_failed_by_something_under_checks_that_cannot_be_read(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    [name] = checks.write(repo, [rec()])
+    (tmp_path / "r" / checks.name_of(SHA, b"x")).mkdir()  # planted: a folder where a record would be
+    replica = LocalBackend(tmp_path / "replica")
+    report = replicate(repo, "replica", replica, lambda _m: None)
+    assert report.ok, report.error
+    assert [i.name for i in replica.list(checks.PREFIX)] == [name]
+
+
+def test_an_object_grown_after_the_listing_is_not_read_whole(tmp_path: Path) -> None:
+    """Listed at a record's size, then replaced by a large object before the reader gets to it: the
+    reader takes no more than the listing said (and drops what it got)."""
+    repo = make_repo(tmp_path / "r")
+    [name] = checks.write(repo, [rec()])
+    [info] = repo.backend.list(checks.PREFIX)
+    (tmp_path / "r" / name).write_bytes(b"\0" * (64 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptObject):
+            checks.read_record(repo, info)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak} bytes held to read one listed record"

@@ -49,6 +49,7 @@ from phoenix_backup.repo.snapshot import NOT_CHECKED, DatabaseInfo, Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import sqlite as sqlite_sink
+from phoenix_backup.sinks import sqlite_folder
 from phoenix_backup.sinks.files import FileWriter  # the restore's writer: the drill proves that code
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.sqlite import count_rows, sqlite_uri
@@ -350,7 +351,8 @@ def drill(
             _check_files(folder, nodes, written, result)
             envx.progress.phase("checking databases")
             _check_databases(DrillContext(cfg, envx, snap, folder, repo, nodes), nodes, written, result)
-            _record_in_repository(repo, snap, nodes, written, result)
+            if _private(folder):
+                _record_in_repository(repo, snap, nodes, written, result)
         finally:
             _remove(folder)
     _record_checks(result, snap, envx)
@@ -375,6 +377,21 @@ def _record_checks(result: DrillResult, snap: Snapshot, envx: Environment) -> No
     record_integrity_checks(failed, state_path(envx.home))
 
 
+def _private(folder: Path) -> bool:
+    """Whether no one but this user and root can change the scratch folder or any above it. The
+    drill opens its copies by path: in `--scratch` space another user can change (`sudo phx drill
+    --scratch ~alice/tmp`), that user can put a folder of their own in its place, so its checks
+    are its report's but no verdict on the snapshot's bytes (`_record_in_repository`)."""
+    try:
+        fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return sqlite_folder.private(fd)
+    finally:
+        os.close(fd)
+
+
 def _record_in_repository(
     repo: Repository, snap: Snapshot, nodes: list[tuple[str, Node]], written: set[str], result: DrillResult
 ) -> None:
@@ -388,6 +405,8 @@ def _record_in_repository(
         report = by_path.get(logical)
         if node.type != "sqlite" or node.sha256 is None or logical not in written or report is None:
             continue
+        if any(checks.could_not_run(m) for m in [report.integrity, *report.fts5.values()]):
+            continue  # a check that could not run says nothing of the bytes
         problems = [] if report.integrity == "ok" else [report.integrity]
         problems += [f"FTS5 {t}: {m}" for t, m in sorted(report.fts5.items()) if m not in ("ok", NOT_CHECKED)]
         outcome = "; ".join(problems) or "ok"

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from phoenix_backup.errors import CorruptObject, PhoenixError
+from phoenix_backup.errors import CorruptObject, PhoenixError, StorageError
 from phoenix_backup.repo.crypto import NONCE_SIZE, sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
@@ -41,7 +41,26 @@ BY = ("drill", "restore", "watch", "compaction")
 NAME_SHA_HEX = 16
 # A record is a few hundred bytes; a hostile listing cannot make a reader load a large object.
 MAX_RECORD_SIZE = 64 << 10
+# At most this many objects are read for one SHA-256: anyone who can write to the storage can put
+# any number under its names (one request each on S3). Past it none is read and the check runs.
+MAX_RECORDS_READ = 256
 _HEX = frozenset("0123456789abcdef")
+# SQLite's messages for a check that could not run (a result code other than CORRUPT or NOTADB):
+# they say nothing of the bytes, so no record is made of them.
+_COULD_NOT_RUN = frozenset(
+    {
+        "unable to open database file",
+        "disk I/O error",
+        "database or disk is full",
+        "out of memory",
+        "database is locked",
+        "database table is locked",
+        "attempt to write a readonly database",
+        "interrupted",
+        "access permission denied",
+        "authorization denied",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -131,7 +150,21 @@ def read_record(repo: Repository, info: ObjectInfo) -> CheckRecord:
     """The record listed as `info`; an object too large for one is refused before it is read."""
     if info.size > MAX_RECORD_SIZE:
         raise CorruptObject(f"{info.name} is too large for an integrity check record")
-    return open_record(repo, info.name, repo.backend.read(info.name))
+    if info.size <= NONCE_SIZE:
+        raise CorruptObject(f"{info.name} is too small for an integrity check record")
+    # No more than the listing said: an object replaced by a larger one since is not read whole
+    # (what is read then does not fit the name, and is dropped).
+    try:
+        raw = repo.backend.read_range(info.name, 0, info.size)
+    except StorageError as exc:
+        raise CorruptObject(f"{info.name} could not be read as an integrity check record ({exc})") from exc
+    return open_record(repo, info.name, raw)
+
+
+def could_not_run(result: str) -> bool:
+    """Whether a check's result is SQLite saying it could not run (a read-only file, a full disk, an
+    interrupt) rather than a finding about the bytes: such a result is reported, never recorded."""
+    return result.removeprefix("integrity_check failed: ") in _COULD_NOT_RUN
 
 
 def can_record(repo: Repository) -> bool:
@@ -189,12 +222,20 @@ class CheckBook:
         if self._names is None:
             self._names = list(self.repo.backend.list(PREFIX)) if can_record(self.repo) else []
         out: list[CheckRecord] = []
-        for info in self._names:
-            if info.name.startswith(PREFIX + lead):
-                try:
-                    out.append(read_record(self.repo, info))
-                except PhoenixError as exc:
-                    self.unreadable[info.name] = str(exc)
+        named = [info for info in self._names if info.name.startswith(PREFIX + lead)]
+        if lead and len(named) > MAX_RECORDS_READ:
+            # A record not read could be a failure: none counts, and the copy is checked.
+            self.repo.notice(
+                f"the repository holds {len(named)} objects under the integrity check records of one database's "
+                f"bytes ({PREFIX}{lead}…); they were not read and the check runs — "
+                "`phx prune` deletes those that are not records"
+            )
+            return out
+        for info in named:
+            try:
+                out.append(read_record(self.repo, info))
+            except PhoenixError as exc:
+                self.unreadable[info.name] = str(exc)
         return out
 
     def load(self) -> dict[str, list[CheckRecord]]:
@@ -222,7 +263,16 @@ class CheckBook:
     def add(self, records: Iterable[CheckRecord]) -> None:
         """Store new records, and count them from now on. A store that refuses them (read-only
         credentials, a full disk) costs only the record: the check is run again next time."""
-        records = list(records)
+        # One record of each verdict on the same bytes in the same snapshot is enough (a scheduled
+        # drill of an unchanged snapshot checks it every time; every restore of those bytes reads
+        # all their records). Per snapshot: prune deletes a verdict only with its snapshot.
+        records = [
+            r
+            for r in records
+            if not any((o.size, o.result, o.snapshot) == (r.size, r.result, r.snapshot) for o in self.of(r.sha256))
+        ]
+        if not records:
+            return
         try:
             write(self.repo, records)
         except PhoenixError as exc:

@@ -201,7 +201,13 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         # copied above).
         for prefix in ("captures/", "checks/"):
             have_objects = {info.name for info in dest.list(prefix)}
-            for obj in sorted({info.name for info in source.list(prefix)} - have_objects):
+            # An object under checks/ too large for a record is not read (nor copied).
+            wanted = {
+                info.name
+                for info in source.list(prefix)
+                if prefix != checks.PREFIX or info.size <= checks.MAX_RECORD_SIZE
+            }
+            for obj in sorted(wanted - have_objects):
                 _copy_one(source, dest, obj, False, report)
         if switched:
             dest.write("config", source.read("config"))
@@ -288,9 +294,15 @@ def _keep_indexed(
 
 
 def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
-    data = source.read(name)
-    if name.startswith(checks.PREFIX) and not checks.fits_name(name, data):
-        return  # not a record (planted or damaged): every reader drops it, so it is not copied
+    if name.startswith(checks.PREFIX):
+        try:
+            data = source.read(name)
+        except PhoenixError:
+            return  # unreadable (something planted that is not a file): every reader drops it too
+        if not checks.fits_name(name, data):
+            return  # not a record (planted or damaged): every reader drops it, so it is not copied
+    else:
+        data = source.read(name)
     if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and not names_content(name, data):
         raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
     dest.write(name, data, cold=cold)

@@ -64,6 +64,15 @@ def run(dir_fd: int, op: str, names: list[str], *extra: str) -> Any:
     )
 
 
+def private(dir_fd: int) -> bool:
+    """Whether no one but this user and root can change the folder `dir_fd` (or any above it): what
+    SQLite reads there by name is what this process wrote. In a folder another user can change (a
+    root restore into a user's workspace, `confine`), that user can put other bytes under the name
+    before SQLite opens it: the check is still the restore's own, but says nothing of the bytes
+    written (repo/checks.py records no verdict from it)."""
+    return _changeable_by_others(dir_fd) is None
+
+
 def folder_path(dir_fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{dir_fd}")
 
