@@ -125,3 +125,57 @@ def test_a_record_written_by_an_older_phoenix_is_read_in_todays_spelling(srv: Pa
     # The record keeps no secret of a URL either.
     remember_append_only(git_config("https://user:s3cr3t-token@example.org/me/r.git", True), env)
     assert "s3cr3t-token" not in (data / APPEND_ONLY_MARKS).read_text()
+
+
+# Spellings git and ssh read as the same repository that an earlier canonical form kept apart:
+# the scp form with a port in brackets, a user name holding `@` (ssh splits at the last one), the
+# login user's home spelt `~git/`, `/home/git/` or `../git/`, and the case of a host whose paths
+# ignore it (GitHub, GitLab).
+MORE_REMOTES = [
+    "[github.com:22]:me/agent-backup.git",
+    "git@[github.com:22]:me/agent-backup.git",
+    "other@git@github.com:me/agent-backup.git",
+    "ssh://git@github.com/~git/me/agent-backup.git",
+    "git@github.com:~git/me/agent-backup.git",
+    "git@github.com:/home/git/me/agent-backup.git",
+    "git@github.com:../git/me/agent-backup.git",
+    "https://github.com/Me/Agent-Backup.git",
+    "git@github.com:ME/agent-backup",
+]
+
+
+def test_ports_users_homes_and_case_do_not_escape(env: dict[str, str]) -> None:
+    escaped = [s for s in MORE_REMOTES if not still_append_only(REMOTES[0], s, env)]
+    assert escaped == [], f"spellings that escaped the append-only record: {escaped}"
+
+
+def test_an_ip_address_is_one_host_however_it_is_written(env: dict[str, str]) -> None:
+    others = ["git@[0:0:0:0:0:0:0:1]:me/r.git", "ssh://git@[0::1]:22/me/r", "[::0001]:me/r"]
+    escaped = [s for s in others if not still_append_only("git@[::1]:me/r.git", s, env)]
+    assert escaped == [], f"spellings that escaped the append-only record: {escaped}"
+    assert not still_append_only("git@[::1]:me/r.git", "git@[::2]:me/r.git", env)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["deep", "huge", "fifo", "device"],
+)
+def test_a_hostile_record_fails_closed_without_hanging_or_a_traceback(
+    damage: str, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Whoever wrote append-only.json (a careless edit, a hostile agent) gets no traceback, no
+    hang and no escape: every target counts as append-only until its owner fixes it."""
+    data = Path(env["PHX_DATA_DIR"])
+    data.mkdir()
+    record = data / APPEND_ONLY_MARKS
+    if damage == "deep":
+        record.write_text('{"storage": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    elif damage == "huge":
+        with record.open("w") as f:
+            f.write('{"storage": {"x": "' + "a" * (2 << 20) + '"}}')  # a record is a few hundred bytes
+    elif damage == "fifo":
+        os.mkfifo(record)  # opened for reading, it would wait forever for a writer
+    else:
+        record.symlink_to("/dev/zero")  # read whole, it never ends
+    cfg = remember_append_only(git_config(str(tmp_path / "any.git"), False), env)
+    assert cfg.targets.append_only("git")

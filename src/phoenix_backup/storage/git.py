@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import os
 import posixpath
 import re
@@ -146,7 +147,8 @@ def storage_identity(url: str, cwd: Path) -> str:
     """What names the repository `url` reaches, however it is spelt: `/srv/r.git`, `/srv/r.git/`,
     `/srv/r`, `file:///srv/r.git`, a symlink to it or `../srv/r.git` (relative to `cwd`, where git
     runs) are one folder, given as its real path; `user@host:me/r.git`, `ssh://host:22/~/me/r`,
-    `https://u:token@HOST/me/r.git/` are one `host/path` (no scheme, port, user or `.git`).
+    `https://u:token@HOST/me/r.git/`, `[host:22]:~user/Me/R` are one `host/path` (no scheme, port,
+    user, home folder or `.git`; lower case; an IP address in its one written form).
     Two repositories that differ only in those (or in the user's home folder) count as one: the
     append-only record it keys errs on the side of keeping a target append-only."""
     text = url.strip()
@@ -166,10 +168,25 @@ def storage_identity(url: str, cwd: Path) -> str:
 
 
 def _remote(host: str, path: str) -> str:
-    host = host.strip("[]").rstrip(".").lower()
-    path = posixpath.normpath("/" + path.lstrip("/")).lstrip("/").removeprefix("~/")
-    path = path.rstrip("/").removesuffix(".git").rstrip("/")
-    return f"{host}/{path}"
+    host = host.rpartition("@")[2].strip("[]")  # ssh's user ends at the last `@`
+    with contextlib.suppress(ValueError):
+        return f"{ipaddress.ip_address(host).compressed}/{_remote_path(path)}"
+    host = re.sub(r":\d*$", "", host)  # scp's `[host:port]:path`
+    return f"{host.rstrip('.').lower()}/{_remote_path(path)}"
+
+
+def _remote_path(path: str) -> str:
+    """`path` on its server, with any user's home folder (`~/`, `~git/`, `/home/git/`, a path
+    relative to home, `../git/`) dropped, in lower case: GitHub and GitLab ignore the case of
+    their paths, so a case-sensitive server's repositories that differ only in case count as one."""
+    path = path.removeprefix("/") if path.startswith("/~") else path  # git's `ssh://host/~user/r`
+    if path.startswith("~"):
+        path = "/home/" + path[1:] if path[1:2] not in ("", "/") else "/home/~" + path[1:]
+    elif not path.startswith("/"):
+        path = "/home/~/" + path  # scp's `host:path` is relative to the user's home
+    path = posixpath.normpath(path).lower()
+    path = re.sub(r"^/home/[^/]+(/|$)", "/", path).strip("/")
+    return path.removesuffix(".git").rstrip("/")
 
 
 def _local(path: Path, cwd: Path) -> str:

@@ -13,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
@@ -142,6 +145,25 @@ def _canonical_marks(marks: Mapping[str, object], env: Mapping[str, str]) -> set
     return keys
 
 
+_RECORD_LIMIT = 1 << 20  # a record holds a line per storage: far below this
+
+
+def _read_record(path: Path) -> bytes:
+    """The record's bytes; a FIFO, a device or a file too large for a record is damage (ValueError),
+    never a wait or a read without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _RECORD_LIMIT:
+            raise ValueError("not a record")
+        data = os.read(fd, _RECORD_LIMIT + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _RECORD_LIMIT:
+        raise ValueError("not a record")
+    return data
+
+
 def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
     """`cfg`, with every enabled target that this user's Phoenix has ever used as append-only
     marked append-only again, and the storage of its append-only targets remembered
@@ -155,13 +177,13 @@ def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
         return cfg  # a command that needs the data dir says what is wrong with it
     names = cfg.targets.enabled_names()
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(_read_record(path))
         marks: dict[str, object] = doc["storage"]
         if not isinstance(marks, dict):
             raise ValueError("no storage mapping")
     except FileNotFoundError:
         marks = {}
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
         # Damaged (a careless edit, a folder in its place): what it remembered is unknown, so
         # every target counts as append-only here, and the file stays for its owner to fix.
         return _append_only(cfg, names)
