@@ -179,3 +179,40 @@ def test_a_hostile_record_fails_closed_without_hanging_or_a_traceback(
         record.symlink_to("/dev/zero")  # read whole, it never ends
     cfg = remember_append_only(git_config(str(tmp_path / "any.git"), False), env)
     assert cfg.targets.append_only("git")
+
+
+def test_a_plain_folder_beside_the_repository_is_not_what_git_reaches(srv: Path, env: dict[str, str]) -> None:
+    """git takes `/srv/repo` to mean `/srv/repo.git` when `/srv/repo` is a folder but no repository."""
+    (srv / "repo").mkdir()
+    assert still_append_only(str(srv / "repo.git"), str(srv / "repo"), env)
+    assert still_append_only(str(srv / "repo.git"), f"{srv / 'repo'}/", env)
+
+
+def test_a_worktree_and_its_git_dir_are_the_repository_they_share(srv: Path, env: dict[str, str]) -> None:
+    """A worktree's `.git` is a file naming a folder under the main repository's `.git/worktrees`;
+    its branches are the main repository's, so pushing there rewrites them."""
+    work = srv / "work"
+    subprocess.run(["git", "-C", str(work), "commit", "-q", "--allow-empty", "-m", "x"], check=True, env=GIT_ENV)
+    subprocess.run(["git", "-C", str(work), "worktree", "add", "-q", str(srv / "tree")], check=True, env=GIT_ENV)
+    for other in [str(srv / "tree"), f"{srv / 'tree'}/.git", str(work / ".git" / "worktrees" / "tree")]:
+        assert still_append_only(str(work), other, env), other
+    assert still_append_only(str(srv / "tree"), str(work), env)
+
+
+def test_a_repository_moved_or_swapped_after_it_was_recorded_stays_append_only(srv: Path, env: dict[str, str]) -> None:
+    """Moving the folder (a decoy in its place) or mounting it elsewhere keeps the folder
+    itself: it is recorded by what it is, not only where it was."""
+    assert still_append_only(str(srv / "repo.git"), str(srv / "repo.git"), env)
+    (srv / "link.git").unlink()
+    (srv / "repo.git").rename(srv / "moved.git")
+    subprocess.run(["git", "init", "-q", "--bare", str(srv / "repo.git")], check=True)  # a decoy in its place
+    assert remember_append_only(git_config(str(srv / "moved.git"), False), env).targets.append_only("git")
+
+
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "a",
+    "GIT_AUTHOR_EMAIL": "a@example.org",
+    "GIT_COMMITTER_NAME": "a",
+    "GIT_COMMITTER_EMAIL": "a@example.org",
+}

@@ -190,12 +190,38 @@ def _remote_path(path: str) -> str:
 
 
 def _local(path: Path, cwd: Path) -> str:
+    """The real path of the git dir holding the repository's objects and branches, found as git
+    finds it: a folder that is no repository is passed over (`/srv/r` for `/srv/r.git`), a `.git`
+    file (a worktree, a submodule) is followed, and a worktree's git dir counts as the
+    repository it shares branches with (its `commondir`)."""
     path = cwd / path  # an absolute path stays as it is
     for suffix in _GIT_DIR_SUFFIXES:
         candidate = Path(str(path).rstrip("/") + suffix)
-        if candidate.is_dir():
-            return str(candidate.resolve())
+        with contextlib.suppress(OSError, ValueError):
+            if candidate.is_file():
+                candidate = _gitfile_target(candidate)
+            common = _common_dir(candidate)
+            if (candidate / "HEAD").exists() and (common / "objects").is_dir() and (common / "refs").is_dir():
+                return str(common.resolve())
     return str(path.resolve())
+
+
+def _gitfile_target(gitfile: Path) -> Path:
+    """The folder a `.git` file (`gitdir: <path>`) names, relative to the file's folder."""
+    with gitfile.open("rb") as f:
+        line = f.read(4096).decode().strip()
+    if not line.startswith("gitdir:"):
+        raise ValueError("no gitdir line")
+    return gitfile.parent / line.removeprefix("gitdir:").strip()
+
+
+def _common_dir(git_dir: Path) -> Path:
+    """The git dir whose objects and branches `git_dir` uses: itself, or its `commondir`."""
+    try:
+        with (git_dir / "commondir").open("rb") as f:
+            return git_dir / f.read(4096).decode().strip()
+    except FileNotFoundError:
+        return git_dir
 
 
 def clone_dir(env: Mapping[str, str], url: str, branch: str) -> Path:
