@@ -107,3 +107,22 @@ def test_text_mode_is_unchanged(backed_up: Sandbox) -> None:
     assert res.err.splitlines()[-1].startswith("phx: error: no snapshot named") and "{" not in res.err, res
     res = sb.phx("list", "--no-such-option", check=2)
     assert res.err.startswith("phx: error: "), res
+
+
+def test_verbose_and_a_missing_command_keep_every_line_json(backed_up: Sandbox) -> None:
+    """`--verbose` used to print its traceback as plain lines, and a group run without its command
+    (`phx --json key`) its help text: a program reading stderr line by line met lines that do not
+    parse. The traceback is now a field of the error's line."""
+    sb = backed_up
+    res = sb.phx("ls", "nosuchsnapshot", "--json", "--verbose", check=2)
+    errors = [d for d in every_line_is_json(res) if d["type"] == "error"]
+    assert len(errors) == 1 and "no snapshot named" in errors[0]["message"], res
+    assert "Traceback (most recent call last)" in errors[0]["traceback"], res
+    res = sb.phx("list", "--json", "--verbose", env={**sb.env, "PHX_PASSPHRASE": "not the passphrase"}, check=1)
+    assert [d["type"] for d in every_line_is_json(res)] == ["error"], res
+    res = sb.phx("--json", "key", check=2)
+    assert [d["message"] for d in every_line_is_json(res)] == ["missing command; see `phx key --help`"], res
+    # Text mode as before: the traceback as text, the help of the group.
+    res = sb.phx("ls", "nosuchsnapshot", "--verbose", check=2)
+    assert "Traceback (most recent call last)" in res.err and res.err.splitlines()[-1].startswith("phx: error: "), res
+    assert "Usage: phx key" in sb.phx("key", check=2).err

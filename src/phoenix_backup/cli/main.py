@@ -52,7 +52,11 @@ def main() -> None:
     try:
         cli.main(prog_name="phx", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        if as_json:  # the help is for people: a program gets the one line that says what is missing
+            where = exc.ctx.command_path if exc.ctx else "phx"
+            click.echo(stderr_line("error", f"missing command; see `{where} --help`", as_json=True), err=True)
+        else:
+            click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         sys.exit(int(ExitStatus.USAGE))
     except click.UsageError as exc:
         # One line in Phoenix's error format instead of click's usage block.
