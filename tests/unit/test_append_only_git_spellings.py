@@ -216,3 +216,13 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "a",
     "GIT_COMMITTER_EMAIL": "a@example.org",
 }
+
+
+def test_a_path_through_proc_self_cwd_is_taken_from_where_git_runs(srv: Path, env: dict[str, str]) -> None:
+    """/proc/self/cwd is the working folder of whoever resolves it: git, in the clone, reaches the
+    repository through it, while Phoenix itself, elsewhere, would resolve another folder."""
+    relative = os.path.relpath(srv / "repo.git", clone_dir(env, "x", "main"))
+    (srv / "here").symlink_to("/proc/self/cwd")  # the same, planted elsewhere
+    spellings = [f"/proc/self/cwd/{relative}", f"/proc/thread-self/cwd/{relative}", f"{srv / 'here'}/{relative}"]
+    escaped = [s for s in spellings if not still_append_only(str(srv / "repo.git"), s, env)]
+    assert escaped == [], f"spellings that escaped the append-only record: {escaped}"

@@ -33,6 +33,7 @@ and `publish` pushes when `autoCommit` is on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import ipaddress
@@ -194,16 +195,49 @@ def _local(path: Path, cwd: Path) -> str:
     finds it: a folder that is no repository is passed over (`/srv/r` for `/srv/r.git`), a `.git`
     file (a worktree, a submodule) is followed, and a worktree's git dir counts as the
     repository it shares branches with (its `commondir`)."""
+    cwd = Path(os.path.realpath(cwd))
     path = cwd / path  # an absolute path stays as it is
     for suffix in _GIT_DIR_SUFFIXES:
-        candidate = Path(str(path).rstrip("/") + suffix)
         with contextlib.suppress(OSError, ValueError):
+            candidate = _resolve_in(Path(str(path).rstrip("/") + suffix), cwd)
             if candidate.is_file():
-                candidate = _gitfile_target(candidate)
-            common = _common_dir(candidate)
+                candidate = _resolve_in(_gitfile_target(candidate), cwd)
+            common = _resolve_in(_common_dir(candidate), cwd)
             if (candidate / "HEAD").exists() and (common / "objects").is_dir() and (common / "refs").is_dir():
-                return str(common.resolve())
-    return str(path.resolve())
+                return str(common)
+    try:
+        return str(_resolve_in(path, cwd))
+    except OSError:
+        return str(path)  # a loop of links: no repository git could use either
+
+
+def _resolve_in(path: Path, cwd: Path) -> Path:
+    """The real path of the absolute `path` for a process working in the real folder `cwd` (git,
+    in the clone), as Path.resolve gives it, except that `/proc/self/cwd`, however reached
+    (`/proc/thread-self`, this pid, a symlink to one), is `cwd`, as it is for git."""
+    todo = list(reversed(path.parts))
+    here = Path("/")
+    own = re.compile(rf"/proc/{os.getpid()}(/task/\d+)?")
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part == "/":
+            here = Path("/")
+        elif part == "..":
+            here = here.parent
+        elif part == "cwd" and own.fullmatch(str(here)):
+            here = cwd
+        elif part not in ("", "."):
+            try:
+                target = os.readlink(here / part)
+            except OSError:  # no link (or nothing there): taken as it is
+                here = here / part
+                continue
+            links += 1
+            if links > 40:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", str(path))
+            todo.extend(reversed(Path(target).parts))
+    return here
 
 
 def _gitfile_target(gitfile: Path) -> Path:
@@ -220,7 +254,7 @@ def _common_dir(git_dir: Path) -> Path:
     try:
         with (git_dir / "commondir").open("rb") as f:
             return git_dir / f.read(4096).decode().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return git_dir
 
 
