@@ -28,7 +28,7 @@ _STR = re.compile(r'"(?P<s>[^"]*)"')
 def traced_phx(sb: Sandbox, trace: Path, *args: str) -> list[tuple[str, str, int]]:
     """Run phx under strace; return (call, args, result) of each traced call, in order."""
     prefix = [str(STRACE), "-f", "-qq", "-y", "-s", "4096", "-o", str(trace)]
-    prefix += ["-e", "trace=mkdir,mkdirat,fsync,fdatasync,write"]
+    prefix += ["-e", "trace=mkdir,mkdirat,fsync,fdatasync,write,openat"]
     run_phx(args, sb.env, prefix=prefix)
     calls = []
     for line in trace.read_text(errors="replace").splitlines():
@@ -101,3 +101,21 @@ def test_folders_an_in_place_restore_creates_are_durable(backed_up: Sandbox, tmp
     assert all(folder.is_dir() for folder in gone)
     # The sample's folder holds the workspace and the home folder (the cache's scratch is elsewhere).
     assert unsynced_new_folders(calls, sb.workspace.parent) == []
+
+
+def test_the_journal_is_on_disk_before_the_first_temporary_file(backed_up: Sandbox, tmp_path: Path) -> None:
+    """The journal names the folders a restore puts temporary files in, so that they are removed
+    after a kill or a power cut. Its data was fsynced, but not its name in the journal folder: a
+    power cut could keep a temporary file and lose the journal that announced it."""
+    sb = backed_up
+    ref = sb.snapshots()[-1]["id"]
+    calls = traced_phx(sb, tmp_path / "trace", "restore", "--backup", ref, "--to", str(tmp_path / "out"), "--json")
+    journal_dir = str(sb.cache / "restore-journal")
+    opened = [(i, a) for i, (c, a, r) in enumerate(calls) if c == "openat" and r >= 0]
+    in_journals = re.compile(rf"\d+<{re.escape(journal_dir)}>")
+    created = next(i for i, a in opened if "O_CREAT" in a and in_journals.match(a))
+    first_temporary = next(i for i, a in opened if ".phx-tmp-" in a)
+    synced = [
+        i for i, (c, a, _r) in enumerate(calls) if c == "fsync" and (m := _FD.match(a)) and m["path"] == journal_dir
+    ]
+    assert any(created < i < first_temporary for i in synced), "the journal folder is not fsynced in time"
