@@ -154,6 +154,11 @@ def test_an_ip_address_is_one_host_however_it_is_written(env: dict[str, str]) ->
     escaped = [s for s in others if not still_append_only("git@[::1]:me/r.git", s, env)]
     assert escaped == [], f"spellings that escaped the append-only record: {escaped}"
     assert not still_append_only("git@[::1]:me/r.git", "git@[::2]:me/r.git", env)
+    # IPv4 as the resolver reads it (inet_aton: 127.1, hexadecimal, one number), or mapped in IPv6.
+    others = ["git@127.1:me/r.git", "ssh://0x7f000001/me/r", "git@2130706433:me/r", "git@[::ffff:127.0.0.1]:me/r"]
+    escaped = [s for s in others if not still_append_only("git@127.0.0.1:me/r.git", s, env)]
+    assert escaped == [], f"spellings that escaped the append-only record: {escaped}"
+    assert not still_append_only("git@127.0.0.1:me/r.git", "git@127.0.0.2:me/r.git", env)
 
 
 @pytest.mark.parametrize(

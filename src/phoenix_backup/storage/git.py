@@ -41,6 +41,7 @@ import os
 import posixpath
 import re
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -170,10 +171,26 @@ def storage_identity(url: str, cwd: Path) -> str:
 
 def _remote(host: str, path: str) -> str:
     host = host.rpartition("@")[2].strip("[]")  # ssh's user ends at the last `@`
-    with contextlib.suppress(ValueError):
-        return f"{ipaddress.ip_address(host).compressed}/{_remote_path(path)}"
+    if ip := _ip_address(host):
+        return f"{ip}/{_remote_path(path)}"
     host = re.sub(r":\d*$", "", host)  # scp's `[host:port]:path`
     return f"{host.rstrip('.').lower()}/{_remote_path(path)}"
+
+
+def _ip_address(host: str) -> str | None:
+    """`host` as the one spelling of its IP address, or None for a name. IPv4 is read as the
+    resolver reads it (`127.1`, `0x7f000001` and `2130706433` are 127.0.0.1), and an IPv4 address
+    mapped into IPv6 is that IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.compressed
 
 
 def _remote_path(path: str) -> str:
