@@ -141,6 +141,8 @@ MORE_REMOTES = [
     "git@github.com:../git/me/agent-backup.git",
     "https://github.com/Me/Agent-Backup.git",
     "git@github.com:ME/agent-backup",
+    "https::https://github.com/me/agent-backup.git",  # git's `<transport>::<address>`
+    "http::https://github.com/me/agent-backup",
 ]
 
 

@@ -142,6 +142,7 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
 # Spellings of one Git repository (`storage_identity`). Ports are dropped with the scheme: one
 # host's repository reached over ssh and over https is one storage (GitHub, GitLab, Gitea).
 _SCP = re.compile(r"^(?:[^@/]*@)?(\[[^\]/]*\]|[^:/]+):(.*)$")
+_TRANSPORT_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
 _GIT_DIR_SUFFIXES = ("/.git", "", ".git/.git", ".git")  # the order git's own enter_repo tries
 
 
@@ -153,7 +154,7 @@ def storage_identity(url: str, cwd: Path) -> str:
     user, home folder or `.git`; lower case; an IP address in its one written form).
     Two repositories that differ only in those (or in the user's home folder) count as one: the
     append-only record it keys errs on the side of keeping a target append-only."""
-    text = url.strip()
+    text = _TRANSPORT_PREFIX.sub("", url.strip())  # `https::https://host/r`: the helper reaches the address
     scp = _SCP.match(text) if "://" not in text else None
     if scp is not None:  # git's rule: a colon before any slash makes it ssh, never a path
         return _remote(scp.group(1), scp.group(2))
