@@ -119,3 +119,14 @@ def test_the_journal_is_on_disk_before_the_first_temporary_file(backed_up: Sandb
         i for i, (c, a, _r) in enumerate(calls) if c == "fsync" and (m := _FD.match(a)) and m["path"] == journal_dir
     ]
     assert any(created < i < first_temporary for i in synced), "the journal folder is not fsynced in time"
+
+
+def test_a_file_in_the_way_of_a_new_folder_is_named(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`--to` below a file: the one error names the file that is in the way (it said `File exists`
+    of the destination, a folder that does not exist), and the restore writes nothing."""
+    sb = backed_up
+    (tmp_path / "notes").write_text("a file, not a folder\n")
+    res = sb.phx("restore", "--backup", "latest", "--to", tmp_path / "notes" / "out" / "dest", check=1)
+    assert res.err.count("\n") == 1 and res.err.startswith("phx: error: "), res
+    assert f"{tmp_path / 'notes'} is a file, not a folder" in res.err and "File exists" not in res.err, res
+    assert (tmp_path / "notes").read_text() == "a file, not a folder\n"

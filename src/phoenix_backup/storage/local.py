@@ -31,6 +31,11 @@ def os_error(exc: OSError, what: str) -> StorageError:
         return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}")
     if exc.errno == errno.EROFS:
         return ReadOnlyStorage(f"read-only file system while {what}; choose a writable location")
+    if exc.errno == errno.ENOTDIR and isinstance(exc.filename, str) and exc.filename.startswith("/"):
+        path = Path(exc.filename)
+        blocker = next((p for p in (*reversed(path.parents), path) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return StorageError(f"{blocker} is a file, not a folder, while {what}; move it away or choose another path")
     return StorageError(f"{exc.strerror or exc} while {what}")
 
 
