@@ -122,6 +122,11 @@ def test_verbose_and_a_missing_command_keep_every_line_json(backed_up: Sandbox) 
     assert [d["type"] for d in every_line_is_json(res)] == ["error"], res
     res = sb.phx("--json", "key", check=2)
     assert [d["message"] for d in every_line_is_json(res)] == ["missing command; see `phx key --help`"], res
+    assert res.json() == {"ok": False, "error": "missing command; see `phx key --help`", "errorType": "UsageError"}
+    # A usage error is an error like any other: stdout gets its document too (docs/cli.md).
+    res = sb.phx("list", "--json", "--no-such-option", check=2)
+    doc = res.json()
+    assert doc["ok"] is False and doc["errorType"] == "UsageError" and "--no-such-option" in doc["error"], res
     # Text mode as before: the traceback as text, the help of the group.
     res = sb.phx("ls", "nosuchsnapshot", "--verbose", check=2)
     assert "Traceback (most recent call last)" in res.err and res.err.splitlines()[-1].startswith("phx: error: "), res
