@@ -197,7 +197,10 @@ def common(f: F) -> F:
             sys.exit(int(exc.exit_status))
         except KeyboardInterrupt:
             out.progress.interrupted()
-            out.problem("interrupted; the repository is unchanged unless a snapshot was reported")
+            message = "interrupted; the repository is unchanged unless a snapshot was reported"
+            out.problem(message)
+            if as_json:
+                click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "Interrupted"}))
             sys.exit(130)
         sys.exit(int(status or ExitStatus.OK))
 
