@@ -17,7 +17,7 @@ import pytest
 
 from phoenix_backup.config import Config
 from phoenix_backup.config.parse import parse_config
-from phoenix_backup.storage.git import clone_dir
+from phoenix_backup.storage.git import clone_dir, storage_identity
 from phoenix_backup.storage.targets import APPEND_ONLY_MARKS, remember_append_only
 
 
@@ -141,6 +141,7 @@ MORE_REMOTES = [
     "git@github.com:../git/me/agent-backup.git",
     "https://github.com/Me/Agent-Backup.git",
     "git@github.com:ME/agent-backup",
+    "ssh://git@github.com//home/git/me/agent-backup.git",
     "https::https://github.com/me/agent-backup.git",  # git's `<transport>::<address>`
     "http::https://github.com/me/agent-backup",
 ]
@@ -233,3 +234,10 @@ def test_a_path_through_proc_self_cwd_is_taken_from_where_git_runs(srv: Path, en
     spellings = [f"/proc/self/cwd/{relative}", f"/proc/thread-self/cwd/{relative}", f"{srv / 'here'}/{relative}"]
     escaped = [s for s in spellings if not still_append_only(str(srv / "repo.git"), s, env)]
     assert escaped == [], f"spellings that escaped the append-only record: {escaped}"
+
+
+def test_a_path_with_a_double_slash_is_the_same_folder(srv: Path, env: dict[str, str]) -> None:
+    """POSIX may read a leading `//` apart, Linux does not: the folder's key is its one real path."""
+    repo = srv / "repo.git"
+    assert storage_identity(f"/{repo}", srv) == storage_identity(str(repo), srv) == str(repo)
+    assert storage_identity(f"file:///{repo}", srv) == str(repo)

@@ -203,7 +203,7 @@ def _remote_path(path: str) -> str:
         path = "/home/" + path[1:] if path[1:2] not in ("", "/") else "/home/~" + path[1:]
     elif not path.startswith("/"):
         path = "/home/~/" + path  # scp's `host:path` is relative to the user's home
-    path = posixpath.normpath(path).lower()
+    path = posixpath.normpath("/" + path.lstrip("/")).lower()  # normpath keeps a leading `//`
     path = re.sub(r"^/home/[^/]+(/|$)", "/", path).strip("/")
     return path.removesuffix(".git").rstrip("/")
 
@@ -239,7 +239,7 @@ def _resolve_in(path: Path, cwd: Path) -> Path:
     links = 0
     while todo:
         part = todo.pop()
-        if part == "/":
+        if part.strip("/") == "" and part:  # the root, `//` included
             here = Path("/")
         elif part == "..":
             here = here.parent
