@@ -130,3 +130,12 @@ def test_a_file_in_the_way_of_a_new_folder_is_named(backed_up: Sandbox, tmp_path
     assert res.err.count("\n") == 1 and res.err.startswith("phx: error: "), res
     assert f"{tmp_path / 'notes'} is a file, not a folder" in res.err and "File exists" not in res.err, res
     assert (tmp_path / "notes").read_text() == "a file, not a folder\n"
+
+
+def test_a_dangling_link_in_the_way_of_a_new_folder_is_named(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`--to` below a symlink whose target is gone: the one error names the link and its target."""
+    sb = backed_up
+    (tmp_path / "drive").symlink_to(tmp_path / "unplugged")
+    res = sb.phx("restore", "--backup", "latest", "--to", tmp_path / "drive" / "dest", check=1)
+    assert res.err.count("\n") == 1 and f"{tmp_path / 'drive'} is a symbolic link to" in res.err, res
+    assert str(tmp_path / "unplugged") in res.err and not (tmp_path / "unplugged").exists(), res
