@@ -111,6 +111,8 @@ def test_other_repositories_are_not_made_append_only(srv: Path, env: dict[str, s
     assert not still_append_only(str(srv / "repo.git"), str(srv / "other.git"), env)
     assert not still_append_only(REMOTES[0], "git@github.com:me/other-backup.git", env)
     assert not still_append_only(REMOTES[0], "git@gitlab.com:me/agent-backup.git", env)
+    # A web path has no home folder: /home/team/ there is a group, not a user's home.
+    assert not still_append_only("https://git.example.org/r.git", "https://git.example.org/home/team/r.git", env)
 
 
 def test_a_record_written_by_an_older_phoenix_is_read_in_todays_spelling(srv: Path, env: dict[str, str]) -> None:

@@ -166,16 +166,17 @@ def storage_identity(url: str, cwd: Path) -> str:
             return text  # no URL git can use either
         if parts.scheme.lower() == "file":
             return _local(Path(unquote(parts.path)), cwd)
-        return _remote(host, unquote(parts.path))
+        # A web path has no home folder (`/home/team/` is a group there).
+        return _remote(host, unquote(parts.path), homes=parts.scheme.lower() not in _HELPER_SCHEMES)
     return _local(Path(text).expanduser(), cwd)
 
 
-def _remote(host: str, path: str) -> str:
+def _remote(host: str, path: str, homes: bool = True) -> str:
     host = host.rpartition("@")[2].strip("[]")  # ssh's user ends at the last `@`
     if ip := _ip_address(host):
-        return f"{ip}/{_remote_path(path)}"
+        return f"{ip}/{_remote_path(path, homes)}"
     host = re.sub(r":\d*$", "", host)  # scp's `[host:port]:path`
-    return f"{host.rstrip('.').lower()}/{_remote_path(path)}"
+    return f"{host.rstrip('.').lower()}/{_remote_path(path, homes)}"
 
 
 def _ip_address(host: str) -> str | None:
@@ -194,18 +195,21 @@ def _ip_address(host: str) -> str | None:
     return ip.compressed
 
 
-def _remote_path(path: str) -> str:
-    """`path` on its server, with any user's home folder (`~/`, `~git/`, `/home/git/`, a path
-    relative to home, `../git/`) dropped, in lower case: GitHub and GitLab ignore the case of
-    their paths, so a case-sensitive server's repositories that differ only in case count as one."""
-    path = path.removeprefix("/") if path.startswith("/~") else path  # git's `ssh://host/~user/r`
-    if path.startswith("~"):
-        path = "/home/" + path[1:] if path[1:2] not in ("", "/") else "/home/~" + path[1:]
-    elif not path.startswith("/"):
-        path = "/home/~/" + path  # scp's `host:path` is relative to the user's home
+def _remote_path(path: str, homes: bool) -> str:
+    """`path` on its server, in lower case (GitHub and GitLab ignore the case of their paths, so a
+    case-sensitive server's repositories that differ only in case count as one), and with
+    `homes` (ssh, git's protocol) any user's home folder dropped: `~/`, `~git/`, `/home/git/`,
+    a path relative to home, `../git/`."""
+    if homes:
+        path = path.removeprefix("/") if path.startswith("/~") else path  # git's `ssh://host/~user/r`
+        if path.startswith("~"):
+            path = "/home/" + path[1:] if path[1:2] not in ("", "/") else "/home/~" + path[1:]
+        elif not path.startswith("/"):
+            path = "/home/~/" + path  # scp's `host:path` is relative to the user's home
     path = posixpath.normpath("/" + path.lstrip("/")).lower()  # normpath keeps a leading `//`
-    path = re.sub(r"^/home/[^/]+(/|$)", "/", path).strip("/")
-    return path.removesuffix(".git").rstrip("/")
+    if homes:
+        path = re.sub(r"^/home/[^/]+(/|$)", "/", path)
+    return path.strip("/").removesuffix(".git").rstrip("/")
 
 
 def _local(path: Path, cwd: Path) -> str:
