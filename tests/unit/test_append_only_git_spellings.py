@@ -243,3 +243,34 @@ def test_a_path_with_a_double_slash_is_the_same_folder(srv: Path, env: dict[str,
     repo = srv / "repo.git"
     assert storage_identity(f"/{repo}", srv) == storage_identity(str(repo), srv) == str(repo)
     assert storage_identity(f"file:///{repo}", srv) == str(repo)
+
+
+def test_two_commands_remembering_at_once_keep_both(
+    srv: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two commands (a watch and a backup under another config) that each add a storage to the
+    record at the same moment: neither entry is lost to the other's write."""
+    import threading
+    import time
+
+    from phoenix_backup.storage import targets
+
+    real_write = targets.write_private
+
+    def slow_write(path: Path, data: bytes) -> None:
+        time.sleep(0.3)  # both have read the record before either writes
+        real_write(path, data)
+
+    monkeypatch.setattr(targets, "write_private", slow_write)
+    subprocess.run(["git", "init", "-q", "--bare", str(srv / "other.git")], check=True)
+    threads = [
+        threading.Thread(target=remember_append_only, args=(git_config(str(srv / name), True), env))
+        for name in ("repo.git", "other.git")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.setattr(targets, "write_private", real_write)
+    for name in ("repo.git", "other.git"):
+        assert remember_append_only(git_config(str(srv / name), False), env).targets.append_only("git"), name

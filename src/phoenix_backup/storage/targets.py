@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import stat
@@ -206,10 +207,28 @@ def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
         if key not in marks
     }
     if new:
-        with contextlib.suppress(OSError):  # only a reminder: a read-only data dir loses nothing
+        # Only a reminder: a read-only data dir loses nothing; a record damaged meanwhile stays as it is.
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, RecursionError):
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_private(path, (json.dumps({"storage": {**marks, **new}}, indent=2, sort_keys=True) + "\n").encode())
+            _add_marks(path, new)
     return _append_only(cfg, [n for n in names if known.intersection(keys[n])])
+
+
+def _add_marks(path: Path, new: Mapping[str, object]) -> None:
+    """Add `new` to the record, read again under an exclusive lock on its folder: two commands
+    adding at once (a watch, a backup under another config) each keep the other's entries."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        try:
+            marks = json.loads(_read_record(path))["storage"]
+        except FileNotFoundError:
+            marks = {}
+        if not isinstance(marks, dict):
+            raise ValueError("no storage mapping")
+        write_private(path, (json.dumps({"storage": {**marks, **new}}, indent=2, sort_keys=True) + "\n").encode())
+    finally:
+        os.close(folder)  # and the lock with it
 
 
 def _append_only(cfg: Config, names: list[str]) -> Config:
