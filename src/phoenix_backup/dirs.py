@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,8 +76,8 @@ def make_dirs(path: Path, mode: int = 0o700) -> None:
         try:
             folder.mkdir(mode=mode)
         except FileExistsError:
-            if not folder.is_dir():
-                raise
+            if not folder.is_dir():  # a file in the way
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
             continue  # made by another process meanwhile: its maker makes it durable
         fsync_dir(folder.parent)
 

@@ -8,6 +8,7 @@ and tries to destroy the history with them."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, bare_repo
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import AppendOnlyRefused, ObjectExists
 from phoenix_backup.ops.context import Environment, target_backend
+from phoenix_backup.storage.git import clone_dir
 
 PREFIX = "argent/"
 
@@ -342,3 +344,31 @@ def test_an_append_only_git_target_refuses_force_pushes(sandbox: Sandbox, tmp_pa
     doc = sb.backup(check=3)
     assert not doc["targets"]["git"]["ok"]
     assert "history was rewritten" in doc["targets"]["git"]["error"], doc["targets"]["git"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+def test_an_append_only_git_repository_moved_or_reached_by_another_spelling_still_refuses(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The agent moves the append-only Git repository (a fresh one in its place) and hands Phoenix
+    a config naming it at its new place, or through /proc/self/cwd from the clone: forget and
+    prune refuse as under the config that made it append-only."""
+    sb = sandbox
+    remote = bare_repo(sb.root / "remote.git")
+    git_target = {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True, "appendOnly": True}
+    sb.reinit(targets={"local": {"enabled": False}, "git": git_target}, retention=retention_only(last=1))
+    first = sb.backup()
+    sb.backup()
+    history = git("rev-list", "main", cwd=remote).split()
+    moved = remote.rename(sb.root / "elsewhere.git")
+    bare_repo(sb.root / "remote.git")  # the decoy
+    from_clone = os.path.relpath(moved, clone_dir(sb.env, "any", "main"))  # where git runs
+    for repo in (str(moved), f"/proc/self/cwd/{from_clone}"):
+        other = dict(
+            sb.config, targets={"local": {"enabled": False}, "git": {**git_target, "repo": repo, "appendOnly": False}}
+        )
+        other_path = tmp_path / "handed-over.json"
+        other_path.write_text(json.dumps(other))
+        for args in (("forget", first["id"]), ("prune",)):
+            assert_error(sb.phx("--config", other_path, *args, check=False), 2, "append-only", "append-only.json")
+    assert git("rev-list", "main", cwd=moved).split() == history

@@ -9,10 +9,13 @@ in-place restore."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Result, Sandbox
+from e2e_support import PHX, Result, Sandbox
 
 from phoenix_backup.repo.locks import boot_id, pid_namespace
 
@@ -107,3 +110,53 @@ def test_text_mode_is_unchanged(backed_up: Sandbox) -> None:
     assert res.err.splitlines()[-1].startswith("phx: error: no snapshot named") and "{" not in res.err, res
     res = sb.phx("list", "--no-such-option", check=2)
     assert res.err.startswith("phx: error: "), res
+
+
+def test_verbose_and_a_missing_command_keep_every_line_json(backed_up: Sandbox) -> None:
+    """`--verbose` used to print its traceback as plain lines, and a group run without its command
+    (`phx --json key`) its help text: a program reading stderr line by line met lines that do not
+    parse. The traceback is now a field of the error's line."""
+    sb = backed_up
+    res = sb.phx("ls", "nosuchsnapshot", "--json", "--verbose", check=2)
+    errors = [d for d in every_line_is_json(res) if d["type"] == "error"]
+    assert len(errors) == 1 and "no snapshot named" in errors[0]["message"], res
+    assert "Traceback (most recent call last)" in errors[0]["traceback"], res
+    res = sb.phx("list", "--json", "--verbose", env={**sb.env, "PHX_PASSPHRASE": "not the passphrase"}, check=1)
+    assert [d["type"] for d in every_line_is_json(res)] == ["error"], res
+    res = sb.phx("--json", "key", check=2)
+    assert [d["message"] for d in every_line_is_json(res)] == ["missing command; see `phx key --help`"], res
+    assert res.json() == {"ok": False, "error": "missing command; see `phx key --help`", "errorType": "UsageError"}
+    # A usage error is an error like any other: stdout gets its document too (docs/cli.md).
+    res = sb.phx("list", "--json", "--no-such-option", check=2)
+    doc = res.json()
+    assert doc["ok"] is False and doc["errorType"] == "UsageError" and "--no-such-option" in doc["error"], res
+    # Text mode as before: the traceback as text, the help of the group.
+    res = sb.phx("ls", "nosuchsnapshot", "--verbose", check=2)
+    assert "Traceback (most recent call last)" in res.err and res.err.splitlines()[-1].startswith("phx: error: "), res
+    assert "Usage: phx key" in sb.phx("key", check=2).err
+
+
+def test_an_interrupted_command_says_so_in_json_on_both_streams(backed_up: Sandbox, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) during a backup with --json: stderr's lines are JSON, and stdout gets the
+    document every failed command prints, where it printed nothing before."""
+    sb = backed_up
+    started = tmp_path / "hook-started"
+    sb.write_config(hooks={"preBackup": f"touch {started}; sleep 30"})
+    proc = subprocess.Popen(
+        [PHX, "backup", "--json"],
+        env=sb.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    res = Result(proc.returncode, out, err, ["phx", "backup", "--json"])
+    assert res.code == 130, res
+    assert any("interrupted" in d["message"] for d in every_line_is_json(res) if d["type"] != "progress"), res
+    doc = res.json()
+    assert doc["ok"] is False and doc["errorType"] == "Interrupted" and "interrupted" in doc["error"], res

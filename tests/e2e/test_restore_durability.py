@@ -28,7 +28,7 @@ _STR = re.compile(r'"(?P<s>[^"]*)"')
 def traced_phx(sb: Sandbox, trace: Path, *args: str) -> list[tuple[str, str, int]]:
     """Run phx under strace; return (call, args, result) of each traced call, in order."""
     prefix = [str(STRACE), "-f", "-qq", "-y", "-s", "4096", "-o", str(trace)]
-    prefix += ["-e", "trace=mkdir,mkdirat,fsync,fdatasync,write"]
+    prefix += ["-e", "trace=mkdir,mkdirat,fsync,fdatasync,write,openat"]
     run_phx(args, sb.env, prefix=prefix)
     calls = []
     for line in trace.read_text(errors="replace").splitlines():
@@ -101,3 +101,41 @@ def test_folders_an_in_place_restore_creates_are_durable(backed_up: Sandbox, tmp
     assert all(folder.is_dir() for folder in gone)
     # The sample's folder holds the workspace and the home folder (the cache's scratch is elsewhere).
     assert unsynced_new_folders(calls, sb.workspace.parent) == []
+
+
+def test_the_journal_is_on_disk_before_the_first_temporary_file(backed_up: Sandbox, tmp_path: Path) -> None:
+    """The journal names the folders a restore puts temporary files in, so that they are removed
+    after a kill or a power cut. Its data was fsynced, but not its name in the journal folder: a
+    power cut could keep a temporary file and lose the journal that announced it."""
+    sb = backed_up
+    ref = sb.snapshots()[-1]["id"]
+    calls = traced_phx(sb, tmp_path / "trace", "restore", "--backup", ref, "--to", str(tmp_path / "out"), "--json")
+    journal_dir = str(sb.cache / "restore-journal")
+    opened = [(i, a) for i, (c, a, r) in enumerate(calls) if c == "openat" and r >= 0]
+    in_journals = re.compile(rf"\d+<{re.escape(journal_dir)}>")
+    created = next(i for i, a in opened if "O_CREAT" in a and in_journals.match(a))
+    first_temporary = next(i for i, a in opened if ".phx-tmp-" in a)
+    synced = [
+        i for i, (c, a, _r) in enumerate(calls) if c == "fsync" and (m := _FD.match(a)) and m["path"] == journal_dir
+    ]
+    assert any(created < i < first_temporary for i in synced), "the journal folder is not fsynced in time"
+
+
+def test_a_file_in_the_way_of_a_new_folder_is_named(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`--to` below a file: the one error names the file that is in the way (it said `File exists`
+    of the destination, a folder that does not exist), and the restore writes nothing."""
+    sb = backed_up
+    (tmp_path / "notes").write_text("a file, not a folder\n")
+    res = sb.phx("restore", "--backup", "latest", "--to", tmp_path / "notes" / "out" / "dest", check=1)
+    assert res.err.count("\n") == 1 and res.err.startswith("phx: error: "), res
+    assert f"{tmp_path / 'notes'} is a file, not a folder" in res.err and "File exists" not in res.err, res
+    assert (tmp_path / "notes").read_text() == "a file, not a folder\n"
+
+
+def test_a_dangling_link_in_the_way_of_a_new_folder_is_named(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`--to` below a symlink whose target is gone: the one error names the link and its target."""
+    sb = backed_up
+    (tmp_path / "drive").symlink_to(tmp_path / "unplugged")
+    res = sb.phx("restore", "--backup", "latest", "--to", tmp_path / "drive" / "dest", check=1)
+    assert res.err.count("\n") == 1 and f"{tmp_path / 'drive'} is a symbolic link to" in res.err, res
+    assert str(tmp_path / "unplugged") in res.err and not (tmp_path / "unplugged").exists(), res

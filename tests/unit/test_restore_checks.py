@@ -25,6 +25,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Node
 from phoenix_backup.sinks import sqlite as sqlite_sink
 from phoenix_backup.sinks.files import FileWriter, _write_sparse
+from phoenix_backup.sinks.leftovers import journal_dir
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.storage.local import LocalBackend
 
@@ -310,4 +311,6 @@ def test_each_folder_is_fsynced_once_after_its_files_are_renamed_into_it(
     # And each folder that a new folder was created in, once: `to`'s parent (`to` is new), `to`
     # (it holds the new `workspace`) and `workspace` (it holds the new `notes` and `memory`).
     folders |= {(s.st_dev, s.st_ino) for s in (to.parent.stat(), to.stat(), (to / "workspace").stat())}
+    # And the folder of the restore's journal, once, for the journal's own name there.
+    folders |= {(s.st_dev, s.st_ino) for s in (journal_dir().stat(),)}
     assert sorted(synced) == sorted(folders)

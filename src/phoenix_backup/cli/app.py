@@ -58,8 +58,9 @@ class Out:
         """Something the command could not do (a file not saved, a target down): even with --quiet."""
         self._say("problem", message)
 
-    def error(self, message: str) -> None:
-        self._say("error", message)
+    def error(self, message: str, trace: str | None = None) -> None:
+        """The error; with --json and --verbose, `trace` (the traceback) is a field of its line."""
+        self._say("error", message, trace)
 
     def result(self, doc: object, text: str, *, data: bool = False) -> None:
         with self.progress.aside():
@@ -68,19 +69,20 @@ class Out:
             elif text and (data or not self.quiet):
                 click.echo(printable(text))
 
-    def _say(self, kind: str, message: str) -> None:
+    def _say(self, kind: str, message: str, trace: str | None = None) -> None:
         with self.progress.aside():
-            click.echo(stderr_line(kind, message, as_json=self.as_json), err=True)
+            click.echo(stderr_line(kind, message, as_json=self.as_json, trace=trace), err=True)
 
 
-def stderr_line(kind: str, message: str, *, as_json: bool) -> str:
+def stderr_line(kind: str, message: str, *, as_json: bool, trace: str | None = None) -> str:
     """One line for stderr: `phx: MESSAGE` (`phx: error: MESSAGE`), or with `--json` an object
     `{"type": "notice", "level": "info"|"warning"|"problem", "message"}` or `{"type": "error",
-    "message"}` (docs/cli.md), so that a program reading stderr parses every line."""
+    "message"}` (with `traceback` under --verbose; docs/cli.md), so that a program reading stderr
+    parses every line."""
     if not as_json:
         return printable(f"phx: error: {message}" if kind == "error" else f"phx: {message}")
     if kind == "error":
-        return jsontext.dumps({"type": "error", "message": message})
+        return jsontext.dumps({"type": "error", "message": message, **({"traceback": trace} if trace else {})})
     level = "problem" if kind == "problem" else "info"
     if message.startswith("warning: "):
         level, message = "warning", message.removeprefix("warning: ")
@@ -183,19 +185,22 @@ def common(f: F) -> F:
                 click.echo(jsontext.dumps({"cancelled": True, "message": str(exc)}))
             sys.exit(int(exc.exit_status))
         except PhoenixError as exc:
-            if verbose:
+            if verbose and not as_json:
                 out.progress.clear()
                 traceback.print_exc()
             if isinstance(exc, IdentityRequired):
                 ctx = click.get_current_context(silent=True)
                 exc.command = ctx.command_path if ctx is not None else None
-            out.error(str(exc))
+            out.error(str(exc), traceback.format_exc() if verbose and as_json else None)
             if as_json:
                 click.echo(jsontext.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
             sys.exit(int(exc.exit_status))
         except KeyboardInterrupt:
             out.progress.interrupted()
-            out.problem("interrupted; the repository is unchanged unless a snapshot was reported")
+            message = "interrupted; the repository is unchanged unless a snapshot was reported"
+            out.problem(message)
+            if as_json:
+                click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "Interrupted"}))
             sys.exit(130)
         sys.exit(int(status or ExitStatus.OK))
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import NoReturn
 
 import click
 
+from phoenix_backup import jsontext
 from phoenix_backup.cli.app import cli, stderr_line
 from phoenix_backup.errors import ExitStatus
 
@@ -52,12 +54,17 @@ def main() -> None:
     try:
         cli.main(prog_name="phx", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
+        if as_json:  # the help is for people: a program gets the one line that says what is missing
+            _usage_error(f"missing command; see `{exc.ctx.command_path if exc.ctx else 'phx'} --help`")
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         sys.exit(int(ExitStatus.USAGE))
     except click.UsageError as exc:
         # One line in Phoenix's error format instead of click's usage block.
         hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else "; see `phx --help`"
-        click.echo(stderr_line("error", f"{exc.format_message().rstrip('.')}{hint}", as_json=as_json), err=True)
+        message = f"{exc.format_message().rstrip('.')}{hint}"
+        if as_json:
+            _usage_error(message)
+        click.echo(stderr_line("error", message, as_json=False), err=True)
         sys.exit(int(ExitStatus.USAGE))
     except click.exceptions.Abort:
         click.echo(stderr_line("problem", "interrupted", as_json=as_json), err=True)
@@ -65,6 +72,13 @@ def main() -> None:
     except click.ClickException as exc:
         click.echo(stderr_line("error", exc.format_message(), as_json=as_json), err=True)
         sys.exit(exc.exit_code)
+
+
+def _usage_error(message: str) -> NoReturn:
+    """With --json: the error's line on stderr, and on stdout the document of every error."""
+    click.echo(stderr_line("error", message, as_json=True), err=True)
+    click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "UsageError"}))
+    sys.exit(int(ExitStatus.USAGE))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ class Journal:
                 f.write(json.dumps(key) + "\n")
                 f.flush()
                 os.fsync(f.fileno())  # before the file it announces (a power cut, not only a kill)
+            if new:
+                os.fsync(self._dir)  # and its name in the journal folder
             self._folders.add(key)
 
     def close(self) -> None:

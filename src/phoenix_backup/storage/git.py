@@ -33,12 +33,15 @@ and `publish` pushes when `autoCommit` is on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import ipaddress
 import os
 import posixpath
 import re
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -139,6 +142,7 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
 # Spellings of one Git repository (`storage_identity`). Ports are dropped with the scheme: one
 # host's repository reached over ssh and over https is one storage (GitHub, GitLab, Gitea).
 _SCP = re.compile(r"^(?:[^@/]*@)?(\[[^\]/]*\]|[^:/]+):(.*)$")
+_TRANSPORT_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
 _GIT_DIR_SUFFIXES = ("/.git", "", ".git/.git", ".git")  # the order git's own enter_repo tries
 
 
@@ -146,10 +150,11 @@ def storage_identity(url: str, cwd: Path) -> str:
     """What names the repository `url` reaches, however it is spelt: `/srv/r.git`, `/srv/r.git/`,
     `/srv/r`, `file:///srv/r.git`, a symlink to it or `../srv/r.git` (relative to `cwd`, where git
     runs) are one folder, given as its real path; `user@host:me/r.git`, `ssh://host:22/~/me/r`,
-    `https://u:token@HOST/me/r.git/` are one `host/path` (no scheme, port, user or `.git`).
+    `https://u:token@HOST/me/r.git/`, `[host:22]:~user/Me/R` are one `host/path` (no scheme, port,
+    user, home folder or `.git`; lower case; an IP address in its one written form).
     Two repositories that differ only in those (or in the user's home folder) count as one: the
     append-only record it keys errs on the side of keeping a target append-only."""
-    text = url.strip()
+    text = _TRANSPORT_PREFIX.sub("", url.strip())  # `https::https://host/r`: the helper reaches the address
     scp = _SCP.match(text) if "://" not in text else None
     if scp is not None:  # git's rule: a colon before any slash makes it ssh, never a path
         return _remote(scp.group(1), scp.group(2))
@@ -161,24 +166,118 @@ def storage_identity(url: str, cwd: Path) -> str:
             return text  # no URL git can use either
         if parts.scheme.lower() == "file":
             return _local(Path(unquote(parts.path)), cwd)
-        return _remote(host, unquote(parts.path))
+        # A web path has no home folder (`/home/team/` is a group there).
+        return _remote(host, unquote(parts.path), homes=parts.scheme.lower() not in _HELPER_SCHEMES)
     return _local(Path(text).expanduser(), cwd)
 
 
-def _remote(host: str, path: str) -> str:
-    host = host.strip("[]").rstrip(".").lower()
-    path = posixpath.normpath("/" + path.lstrip("/")).lstrip("/").removeprefix("~/")
-    path = path.rstrip("/").removesuffix(".git").rstrip("/")
-    return f"{host}/{path}"
+def _remote(host: str, path: str, homes: bool = True) -> str:
+    host = host.rpartition("@")[2].strip("[]")  # ssh's user ends at the last `@`
+    if ip := _ip_address(host):
+        return f"{ip}/{_remote_path(path, homes)}"
+    host = re.sub(r":\d*$", "", host)  # scp's `[host:port]:path`
+    return f"{host.rstrip('.').lower()}/{_remote_path(path, homes)}"
+
+
+def _ip_address(host: str) -> str | None:
+    """`host` as the one spelling of its IP address, or None for a name. IPv4 is read as the
+    resolver reads it (`127.1`, `0x7f000001` and `2130706433` are 127.0.0.1), and an IPv4 address
+    mapped into IPv6 is that IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.compressed
+
+
+def _remote_path(path: str, homes: bool) -> str:
+    """`path` on its server, in lower case (GitHub and GitLab ignore the case of their paths, so a
+    case-sensitive server's repositories that differ only in case count as one), and with
+    `homes` (ssh, git's protocol) any user's home folder dropped: `~/`, `~git/`, `/home/git/`,
+    a path relative to home, `../git/`."""
+    if homes:
+        path = path.removeprefix("/") if path.startswith("/~") else path  # git's `ssh://host/~user/r`
+        if path.startswith("~"):
+            path = "/home/" + path[1:] if path[1:2] not in ("", "/") else "/home/~" + path[1:]
+        elif not path.startswith("/"):
+            path = "/home/~/" + path  # scp's `host:path` is relative to the user's home
+    path = posixpath.normpath("/" + path.lstrip("/")).lower()  # normpath keeps a leading `//`
+    if homes:
+        path = re.sub(r"^/home/[^/]+(/|$)", "/", path)
+    return path.strip("/").removesuffix(".git").rstrip("/")
 
 
 def _local(path: Path, cwd: Path) -> str:
+    """The real path of the git dir holding the repository's objects and branches, found as git
+    finds it: a folder that is no repository is passed over (`/srv/r` for `/srv/r.git`), a `.git`
+    file (a worktree, a submodule) is followed, and a worktree's git dir counts as the
+    repository it shares branches with (its `commondir`)."""
+    cwd = Path(os.path.realpath(cwd))
     path = cwd / path  # an absolute path stays as it is
     for suffix in _GIT_DIR_SUFFIXES:
-        candidate = Path(str(path).rstrip("/") + suffix)
-        if candidate.is_dir():
-            return str(candidate.resolve())
-    return str(path.resolve())
+        with contextlib.suppress(OSError, ValueError):
+            candidate = _resolve_in(Path(str(path).rstrip("/") + suffix), cwd)
+            if candidate.is_file():
+                candidate = _resolve_in(_gitfile_target(candidate), cwd)
+            common = _resolve_in(_common_dir(candidate), cwd)
+            if (candidate / "HEAD").exists() and (common / "objects").is_dir() and (common / "refs").is_dir():
+                return str(common)
+    try:
+        return str(_resolve_in(path, cwd))
+    except OSError:
+        return str(path)  # a loop of links: no repository git could use either
+
+
+def _resolve_in(path: Path, cwd: Path) -> Path:
+    """The real path of the absolute `path` for a process working in the real folder `cwd` (git,
+    in the clone), as Path.resolve gives it, except that `/proc/self/cwd`, however reached
+    (`/proc/thread-self`, this pid, a symlink to one), is `cwd`, as it is for git."""
+    todo = list(reversed(path.parts))
+    here = Path("/")
+    own = re.compile(rf"/proc/{os.getpid()}(/task/\d+)?")
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part.strip("/") == "" and part:  # the root, `//` included
+            here = Path("/")
+        elif part == "..":
+            here = here.parent
+        elif part == "cwd" and own.fullmatch(str(here)):
+            here = cwd
+        elif part not in ("", "."):
+            try:
+                target = os.readlink(here / part)
+            except OSError:  # no link (or nothing there): taken as it is
+                here = here / part
+                continue
+            links += 1
+            if links > 40:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", str(path))
+            todo.extend(reversed(Path(target).parts))
+    return here
+
+
+def _gitfile_target(gitfile: Path) -> Path:
+    """The folder a `.git` file (`gitdir: <path>`) names, relative to the file's folder."""
+    with gitfile.open("rb") as f:
+        line = f.read(4096).decode().strip()
+    if not line.startswith("gitdir:"):
+        raise ValueError("no gitdir line")
+    return gitfile.parent / line.removeprefix("gitdir:").strip()
+
+
+def _common_dir(git_dir: Path) -> Path:
+    """The git dir whose objects and branches `git_dir` uses: itself, or its `commondir`."""
+    try:
+        with (git_dir / "commondir").open("rb") as f:
+            return git_dir / f.read(4096).decode().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return git_dir
 
 
 def clone_dir(env: Mapping[str, str], url: str, branch: str) -> Path:

@@ -39,6 +39,17 @@ def os_error(exc: OSError, what: str) -> StorageError:
         return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}")
     if exc.errno == errno.EROFS:
         return ReadOnlyStorage(f"read-only file system while {what}; choose a writable location")
+    if exc.errno == errno.ENOTDIR and isinstance(exc.filename, str) and exc.filename.startswith("/"):
+        path = Path(exc.filename)
+        steps = (*reversed(path.parents), path)
+        blocker = next((p for p in steps if (p.is_symlink() or p.exists()) and not p.is_dir()), None)
+        if blocker is not None and not blocker.exists():  # a link to nothing
+            return StorageError(
+                f"{blocker} is a symbolic link to {os.readlink(blocker)}, which does not exist, while {what}; "
+                "create what it names or choose another path"
+            )
+        if blocker is not None:
+            return StorageError(f"{blocker} is a file, not a folder, while {what}; move it away or choose another path")
     return StorageError(f"{exc.strerror or exc} while {what}")
 
 

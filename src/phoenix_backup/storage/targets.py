@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
@@ -109,37 +113,64 @@ def _restrained(cfg: Config, name: str, backend: Backend) -> Backend:
 APPEND_ONLY_MARKS = "append-only.json"
 
 
-def storage_key(cfg: Config, name: str, env: Mapping[str, str]) -> str:
+def storage_keys(cfg: Config, name: str, env: Mapping[str, str]) -> list[str]:
     """What names target `name`'s storage whatever config or `--repo` spelling reaches it: the
     folder, the Git repository (storage/git.py `storage_identity`), the bucket and prefix (not
-    the endpoint, which may be spelt many ways)."""
+    the endpoint, which may be spelt many ways). Any one of them found in the record is enough."""
     t = cfg.targets
     if name == "local":
-        return f"local:{cfg.repository_path.expanduser().resolve()}"
+        return [f"local:{cfg.repository_path.expanduser().resolve()}"]
     if name == "git":
-        return _git_key(t.git.repo, t.git.branch, env)
+        return _git_keys(t.git.repo, t.git.branch, env)
     # One key for both S3 targets: an R2 bucket is reachable through `s3` as well (R2's endpoint).
     target = t.s3 if name == "s3" else t.r2
-    return f"s3:{target.bucket}/{target.prefix.strip('/')}"
+    return [f"s3:{target.bucket}/{target.prefix.strip('/')}"]
 
 
-def _git_key(url: str, branch: str, env: Mapping[str, str]) -> str:
-    """`git:/real/path` for a repository on this machine, `git-remote:host/path` for any other."""
+def _git_keys(url: str, branch: str, env: Mapping[str, str]) -> list[str]:
+    """`git:/real/path` for a repository on this machine, with `git-folder:<device>:<inode>` of
+    that folder when it exists (so moving it, a decoy in its place or a bind mount of it is still
+    it); `git-remote:host/path` for any other."""
     from phoenix_backup.storage.git import clone_dir, storage_identity
 
     identity = storage_identity(url, clone_dir(env, url, branch))  # git runs in the clone
-    return f"git:{identity}" if identity.startswith("/") else f"git-remote:{identity}"
+    if not identity.startswith("/"):
+        return [f"git-remote:{identity}"]
+    keys = [f"git:{identity}"]
+    with contextlib.suppress(OSError):
+        st = os.stat(identity)
+        keys.append(f"git-folder:{st.st_dev}:{st.st_ino}")
+    return keys
 
 
 def _canonical_marks(marks: Mapping[str, object], env: Mapping[str, str]) -> set[str]:
-    """The keys of the record, each as `storage_key` spells it now. Phoenix before 2026-12 kept a
+    """The keys of the record, each as `storage_keys` spells it now. Phoenix before 2026-12 kept a
     Git remote as written (`git:` and the URL); those are read in today's spelling too."""
     keys = set(marks)
     for key in marks:
         if key.startswith("git:"):
             with contextlib.suppress(OSError, ValueError):
-                keys.add(_git_key(key.removeprefix("git:"), "main", env))
+                keys.update(_git_keys(key.removeprefix("git:"), "main", env))
     return keys
+
+
+_RECORD_LIMIT = 1 << 20  # a record holds a line per storage: far below this
+
+
+def _read_record(path: Path) -> bytes:
+    """The record's bytes; a FIFO, a device or a file too large for a record is damage (ValueError),
+    never a wait or a read without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _RECORD_LIMIT:
+            raise ValueError("not a record")
+        data = os.read(fd, _RECORD_LIMIT + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _RECORD_LIMIT:
+        raise ValueError("not a record")
+    return data
 
 
 def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
@@ -155,25 +186,49 @@ def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
         return cfg  # a command that needs the data dir says what is wrong with it
     names = cfg.targets.enabled_names()
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(_read_record(path))
         marks: dict[str, object] = doc["storage"]
         if not isinstance(marks, dict):
             raise ValueError("no storage mapping")
     except FileNotFoundError:
         marks = {}
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
         # Damaged (a careless edit, a folder in its place): what it remembered is unknown, so
         # every target counts as append-only here, and the file stays for its owner to fix.
         return _append_only(cfg, names)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    keys = {n: storage_key(cfg, n, env) for n in names}
+    keys = {n: storage_keys(cfg, n, env) for n in names}
     known = _canonical_marks(marks, env)
-    new = {keys[n]: {"target": n, "since": now} for n in names if cfg.targets.append_only(n) and keys[n] not in marks}
+    new = {
+        key: {"target": n, "since": now}
+        for n in names
+        if cfg.targets.append_only(n)
+        for key in keys[n]
+        if key not in marks
+    }
     if new:
-        with contextlib.suppress(OSError):  # only a reminder: a read-only data dir loses nothing
+        # Only a reminder: a read-only data dir loses nothing; a record damaged meanwhile stays as it is.
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, RecursionError):
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_private(path, (json.dumps({"storage": {**marks, **new}}, indent=2, sort_keys=True) + "\n").encode())
-    return _append_only(cfg, [n for n in names if keys[n] in known])
+            _add_marks(path, new)
+    return _append_only(cfg, [n for n in names if known.intersection(keys[n])])
+
+
+def _add_marks(path: Path, new: Mapping[str, object]) -> None:
+    """Add `new` to the record, read again under an exclusive lock on its folder: two commands
+    adding at once (a watch, a backup under another config) each keep the other's entries."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        try:
+            marks = json.loads(_read_record(path))["storage"]
+        except FileNotFoundError:
+            marks = {}
+        if not isinstance(marks, dict):
+            raise ValueError("no storage mapping")
+        write_private(path, (json.dumps({"storage": {**marks, **new}}, indent=2, sort_keys=True) + "\n").encode())
+    finally:
+        os.close(folder)  # and the lock with it
 
 
 def _append_only(cfg: Config, names: list[str]) -> Config:
