@@ -239,6 +239,8 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
         at = datetime.fromtimestamp(when, UTC).isoformat()
         dest = tmp_path / f"files-{when}"
         doc = sb.phx("restore", "--at", at, "--to", dest, "--json").json()
+        listed = [(s["time"], s.get("scope"), s.get("tags")) for s in sb.phx("list", "--json").json()]
+        assert (dest / "workspace" / "MEMORY.md").exists(), (at, changed_at, taken, doc, listed, second)
         assert (dest / "workspace" / "MEMORY.md").read_bytes() == content, doc
     # A --path naming one captured database exactly restores that database alone: no restore of
     # the files (which matched nothing, and opened the repository a second time).
