@@ -38,6 +38,11 @@ def os_error(exc: OSError, what: str) -> StorageError:
         return NoSpace(f"no space left on the device while {what}; free some space and run again")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}")
+    if exc.errno == errno.EFBIG:
+        return StorageError(
+            f"a file size limit of this process (`ulimit -f`: {_file_size_limit()}) stopped {what}; "
+            "raise it (`ulimit -f unlimited`) and run again"
+        )
     if exc.errno == errno.EROFS:
         return ReadOnlyStorage(f"read-only file system while {what}; choose a writable location")
     if exc.errno == errno.ENOTDIR and isinstance(exc.filename, str) and exc.filename.startswith("/"):
@@ -265,6 +270,14 @@ class LocalBackend(Backend):
             for f in files:
                 if f.startswith(TEMP_MARKER):
                     yield os.path.relpath(os.path.join(dirpath, f), self.root)
+
+
+def _file_size_limit() -> str:
+    """The file size limit of this process (RLIMIT_FSIZE), as `ulimit -f` sets it, in words."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return "none" if limit == resource.RLIM_INFINITY else f"{limit} bytes"
 
 
 def _drop_cached(fd: int) -> None:
