@@ -13,6 +13,7 @@ inflated to hundreds of MB.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -257,3 +258,20 @@ def test_a_path_longer_than_a_zip_can_name_is_one_clean_error(make_sandbox: Any,
     assert not (tmp_path / "a.zip").exists()
     timed(sb, "archive", sid, "--output", tmp_path / "a.tar.gz")
     assert (tmp_path / "a.tar.gz").stat().st_size > 0
+
+
+def test_folders_and_pipes_planted_under_object_names_fail_no_command(sandbox: Sandbox) -> None:
+    """Someone with write access to the storage puts a folder or a pipe where objects live:
+    verify (every byte), prune, backup and restore go on, each planted name one notice."""
+    sandbox.backup()
+    planted = [f"captures/{'ab' * 32}", f"data/cd/{'cd' * 32}", f"snapshots/{'ef' * 32}", f"checks/{'01' * 32}"]
+    for i, name in enumerate(planted):
+        (sandbox.repo / name).parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(sandbox.repo / name) if i % 2 else (sandbox.repo / name).mkdir()
+    verified = sandbox.phx("verify", "--read-data", "--json", timeout=120).json()
+    assert verified["ok"], verified
+    sandbox.backup()
+    res = sandbox.phx("prune", "--json", timeout=120)
+    assert res.code == 0, res
+    assert sum("captures/" + "ab" * 32 in line for line in res.err.splitlines()) <= 1, res.err
+    assert all(os.path.lexists(sandbox.repo / name) for name in planted)

@@ -160,3 +160,13 @@ def test_an_interrupted_command_says_so_in_json_on_both_streams(backed_up: Sandb
     assert any("interrupted" in d["message"] for d in every_line_is_json(res) if d["type"] != "progress"), res
     doc = res.json()
     assert doc["ok"] is False and doc["errorType"] == "Interrupted" and "interrupted" in doc["error"], res
+
+
+def test_the_version_is_a_json_document_with_json() -> None:
+    for args in (["--version", "--json"], ["--json", "--version"]):
+        proc = subprocess.run([PHX, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc
+        doc = json.loads(proc.stdout)
+        assert doc["name"] == "phx" and doc["version"][0].isdigit(), doc
+    text = subprocess.run([PHX, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert text.stdout.startswith("phx, version "), text

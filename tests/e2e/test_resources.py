@@ -203,6 +203,21 @@ def test_a_file_holding_more_than_its_size_says_is_read_whole(sandbox: Sandbox, 
         subprocess.run(["umount", str(target)], capture_output=True, stdin=subprocess.DEVNULL)
 
 
+def test_a_file_size_limit_during_a_restore_is_named_with_its_fix(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`ulimit -f` lower than a file of the snapshot: the restore stops with one sentence that names
+    the limit and how to raise it (not a bare "File too large"), and nothing is left half-written."""
+    sb = sandbox
+    (sb.workspace / "MEMORY.md").write_text("remember this line well\n" * 100_000)  # 2.4 MB
+    doc = sb.backup()
+    sb.prefix = ["sh", "-c", 'ulimit -f 1024 && exec "$@"', "sh"]  # 0.5 or 1 MiB, by the shell
+    try:
+        res = sb.phx("restore", "--backup", doc["id"], "--to", tmp_path / "out", "--yes", check=None)
+    finally:
+        sb.prefix = ()
+    assert_error(res, 1, "file size limit", "ulimit -f", "restoring workspace/MEMORY.md", "ulimit -f unlimited")
+    assert not (tmp_path / "out" / "workspace" / "MEMORY.md").exists()
+
+
 # -- many small files ----------------------------------------------------------------------------
 
 

@@ -11,8 +11,8 @@ from typing import cast
 
 import pytest
 
-from phoenix_backup.errors import SourceError
-from phoenix_backup.ops.drill import DrillContext, SqliteDrill
+from phoenix_backup.errors import ExitStatus, SourceError
+from phoenix_backup.ops.drill import DatabaseReport, DrillContext, DrillResult, SqliteDrill
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sources.sqlite import check_connection
 
@@ -94,3 +94,27 @@ def test_a_damaged_schema_that_is_not_utf8_fails_the_backup_check_and_the_drill_
     report = SqliteDrill().check(ctx, None, bad)
     assert not report.ok
     assert "malformed database schema (p" in report.integrity
+
+
+def test_an_fts5_check_sqlite_cannot_run_is_reported_as_not_run_never_as_damage(tmp_path: Path) -> None:
+    """Scratch space SQLite cannot write (a read-only mount, a full disk): FTS5's integrity-check
+    is an INSERT and is refused before it reads anything. The drill says the check could not run,
+    with the cause and the fix, and exits 3: it neither fails nor passes those bytes."""
+    db = tmp_path / "notes.db"
+    con = sqlite3.connect(db)
+    con.executescript("CREATE VIRTUAL TABLE notes USING fts5(body); INSERT INTO notes VALUES ('sound');")
+    con.close()
+    ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    report = DatabaseReport("home/notes.db", "sqlite", integrity="ok")
+    try:
+        SqliteDrill._fts5(ro, {"notes": "fts5"}, report)
+    finally:
+        ro.close()
+    assert report.problems == []
+    assert report.unchecked == [
+        "FTS5 integrity-check of notes could not run: attempt to write a readonly database; "
+        "run the drill again, with --scratch DIR on a disk this user can write"
+    ]
+    result = DrillResult("0" * 64, "n", "t", "h", "local", "2026-01-01T00:00:00+00:00", databases=[report])
+    assert result.ok and result.exit_status == ExitStatus.PARTIAL
+    assert result.to_json()["unchecked"] == [f"home/notes.db: {report.unchecked[0]}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phoenix_backup.errors import ObjectNotFound, RepositoryExists, StorageError
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.replicate import TargetReport, replicate
+from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.base import TEMP_MARKER, ObjectInfo, validate_name
 from phoenix_backup.storage.local import LocalBackend
 
@@ -223,3 +227,61 @@ def test_written_files_are_private(backend: LocalBackend) -> None:
     backend.write("config", b"c")
     assert (backend.root / "config").stat().st_mode & 0o077 == 0
     assert (backend.root / "data").stat().st_mode & 0o077 == 0
+
+
+def plant(root: Path) -> list[str]:
+    """What an attacker with write access to the storage puts under object names: a folder and a
+    pipe (which a plain read would wait on forever). Returns their names."""
+    names = [f"captures/{'ab' * 32}", f"data/cd/{'cd' * 32}", f"snapshots/{'ef' * 32}", f"checks/{'01' * 32}"]
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if i % 2:
+            os.mkfifo(root / name)
+        else:
+            (root / name).mkdir()
+    return names
+
+
+def test_folders_and_pipes_under_object_names_are_skipped_with_one_notice(backend: LocalBackend) -> None:
+    backend.write(f"captures/{'12' * 32}", b"segment")
+    planted = plant(backend.root)
+    notices: list[str] = []
+    backend.notice = notices.append
+    for _twice in range(2):
+        listed = [i.name for p in ("captures/", "data/", "snapshots/", "checks/") for i in backend.list(p)]
+        assert listed == [f"captures/{'12' * 32}"]
+    assert len(notices) == len(planted), notices
+    assert all("is not a file" in n and "remove it" in n for n in notices), notices
+    # Read by name all the same (an index naming it), each is one error at once, never a wait.
+    outcome: dict[str, str] = {}
+
+    def read_all() -> None:
+        for name in planted:
+            for read in (lambda n: backend.read(n), lambda n: backend.read_range(n, 0, 1)):
+                try:
+                    read(name)
+                except StorageError as exc:
+                    outcome[name] = str(exc)
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "a read of a planted pipe waits forever"
+    assert set(outcome) == set(planted) and all("is not a file" in m for m in outcome.values()), outcome
+
+
+def test_sync_is_not_failed_by_folders_and_pipes_planted_under_object_names(tmp_path: Path) -> None:
+    repo = Repository.init(
+        LocalBackend(tmp_path / "r"),
+        lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
+        True,
+    )
+    plant(tmp_path / "r")
+    replica = LocalBackend(tmp_path / "replica")
+    outcome: list[TargetReport] = []
+    worker = threading.Thread(target=lambda: outcome.append(replicate(repo, "replica", replica, print)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert outcome, "sync waits forever on a planted pipe"
+    assert outcome[0].ok, outcome[0].error
+    assert sorted(i.name for p in ("captures/", "snapshots/", "checks/", "data/") for i in replica.list(p)) == []

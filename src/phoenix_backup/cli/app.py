@@ -306,6 +306,10 @@ COMMANDS = (
 
 
 class LazyGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGS_KEY] = list(args)  # for `--version`, which runs before `--json` is parsed
+        return super().parse_args(ctx, args)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
 
@@ -313,6 +317,20 @@ class LazyGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             importlib.import_module(f"phoenix_backup.cli.cmd_{cmd_name}")
         return super().get_command(ctx, cmd_name)
+
+
+_ARGS_KEY = "phoenix.args"
+
+
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`phx --version`: the version, as a JSON document with `--json`."""
+    if not value or ctx.resilient_parsing:
+        return
+    if "--json" in ctx.meta.get(_ARGS_KEY, ()):
+        click.echo(jsontext.dumps({"name": "phx", "version": __version__}))
+    else:
+        click.echo(f"phx, version {__version__}")
+    ctx.exit()
 
 
 def _global_params(f: F) -> F:
@@ -354,7 +372,14 @@ def command_group(f: Callable[[], None]) -> Callable[..., None]:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="phx")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Show the version and exit (a JSON document with --json).",
+)
 @_global_params
 @click.pass_context
 def cli(

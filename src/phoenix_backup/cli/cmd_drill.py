@@ -98,8 +98,14 @@ def render(r: drill_op.DrillResult, verbose: bool) -> str:
     if r.report_markdown:
         lines.append(f"report: {r.report_markdown}")
     lines += [f"  not in the snapshot: {i['path']}: {i['error']}" for i in r.lacking]
+    lines += [f"  not checked: {u}" for u in r.unchecked]
     if not r.ok:
         lines.append(f"drill FAILED: {len(r.errors)} error(s)")
+    elif r.unchecked:
+        lines.append(
+            f"drill passed what it could check, but {len(r.unchecked)} check(s) could not run (above): "
+            "it proves nothing of those"
+        )
     elif r.lacking:
         lines.append(
             f"drill passed for what the snapshot holds, but the snapshot is PARTIAL: it lacks {len(r.lacking)} "

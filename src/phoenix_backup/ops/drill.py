@@ -84,6 +84,9 @@ class DatabaseReport:
     tables: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # (recorded, restored)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (object, message)
     notes: list[str] = field(default_factory=list)
+    # Checks SQLite could not run (a full scratch disk, an interrupt): "<check> could not run: <cause>;
+    # <fix>". They say nothing of the bytes, so they are neither problems nor passes.
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +102,7 @@ class DatabaseReport:
             "tables": {t: {"recorded": e, "restored": a} for t, (e, a) in sorted(self.tables.items())},
             "problems": [{"object": o, "message": m} for o, m in self.problems],
             "notes": self.notes,
+            "unchecked": self.unchecked,
         }
 
 
@@ -130,7 +134,9 @@ class SqliteDrill:
         report = DatabaseReport(logical, "sqlite")
         try:
             # Read-write: FTS5's integrity-check is an INSERT (it changes nothing). The file is the
-            # drill's own scratch copy and its bytes were already checked.
+            # drill's own scratch copy and its bytes were already checked, so it is made writable
+            # (restored 0444, or in a 0500 folder, SQLite would refuse the INSERT).
+            _writable(restored)
             con = sqlite3.connect(sqlite_uri(restored, "mode=rw"), uri=True, timeout=30)
         except sqlite3.Error as exc:
             report.integrity = str(exc)
@@ -156,7 +162,9 @@ class SqliteDrill:
             report.integrity = "ok" if rows == ["ok"] else "; ".join(rows[:5])
         except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged schema's names need not be UTF-8
             report.integrity = f"integrity_check failed: {sqlite_error_text(exc)}"
-        if report.integrity != "ok":
+        if checks.could_not_run(report.integrity):
+            report.unchecked.append(_could_not_run("PRAGMA integrity_check", report.integrity))
+        elif report.integrity != "ok":
             report.problems.append(("database", f"fails PRAGMA integrity_check: {report.integrity}"))
 
     @staticmethod
@@ -178,6 +186,9 @@ class SqliteDrill:
                 if "no such module" in str(exc) or "no such tokenizer" in str(exc):
                     report.fts5[name] = "not checked"
                     report.notes.append(f"FTS5 table {name} not checked: {exc}")
+                elif checks.could_not_run(str(exc)):
+                    report.fts5[name] = str(exc)
+                    report.unchecked.append(_could_not_run(f"FTS5 integrity-check of {name}", str(exc)))
                 else:
                     report.fts5[name] = str(exc)
                     report.problems.append((f"fts5:{name}", f"FTS5 table {name} fails integrity-check: {exc}"))
@@ -209,6 +220,35 @@ class SqliteDrill:
                 )
         for name in sorted(set(info.virtual_tables) - set(virtual)):
             report.problems.append((f"table:{name}", f"virtual table {name} is missing"))
+
+
+def _writable(restored: Path) -> None:
+    """Give the user write permission on the drill's own scratch copy and on its folder (a symlink
+    planted in their place is not followed). What cannot be changed is left: the check then says
+    it could not run."""
+    for path, flags in ((restored.parent, os.O_DIRECTORY), (restored, 0)):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | flags)
+        except OSError:
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+                os.fchmod(fd, stat.S_IMODE(mode) | stat.S_IRWXU)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _could_not_run(check: str, message: str) -> str:
+    """What to tell of a check SQLite could not run in scratch space: its cause and the fix."""
+    cause = message.removeprefix("integrity_check failed: ")
+    if cause in ("database or disk is full", "disk I/O error"):
+        fix = "free space where the drill restores, or pass --scratch DIR on another disk, and run it again"
+    else:
+        fix = "run the drill again, with --scratch DIR on a disk this user can write"
+    return f"{check} could not run: {cause}; {fix}"
 
 
 class ServerDrill:
@@ -276,12 +316,18 @@ class DrillResult:
         return not self.errors
 
     @property
+    def unchecked(self) -> list[str]:
+        """The checks that could not run, each "<path>: <check> could not run: <cause>; <fix>"."""
+        return [f"{d.path}: {u}" for d in self.databases for u in d.unchecked]
+
+    @property
     def exit_status(self) -> ExitStatus:
         """1 when what the snapshot holds failed a check; 3 when it all passed but the snapshot is
-        partial (it lacks what its backup could not save), as that backup exited."""
+        partial (it lacks what its backup could not save), as that backup exited, or a check could
+        not run (which proves nothing either way)."""
         if not self.ok:
             return ExitStatus.FAILURE
-        return ExitStatus.PARTIAL if self.lacking else ExitStatus.OK
+        return ExitStatus.PARTIAL if self.lacking or self.unchecked else ExitStatus.OK
 
     def error(self, obj: str, path: str | None, message: str) -> None:
         self.errors.append(DrillError(obj, self.snapshot, path, message))
@@ -294,6 +340,7 @@ class DrillResult:
             "ok": self.ok,
             "partial": bool(self.lacking),
             "lacking": self.lacking,
+            "unchecked": self.unchecked,
             "checked": self.checked,
             "errors": [e.to_json() for e in self.errors],
             "notices": self.notices,
@@ -372,7 +419,7 @@ def _record_checks(result: DrillResult, snap: Snapshot, envx: Environment) -> No
     failed = {
         d.path: IntegrityCheck(snap.started or snap.time, d.integrity, snap.id, "drill", checked_at)
         for d in result.databases
-        if d.engine == "sqlite" and d.integrity not in ("ok", NOT_CHECKED)
+        if d.engine == "sqlite" and d.integrity not in ("ok", NOT_CHECKED) and not checks.could_not_run(d.integrity)
     }
     record_integrity_checks(failed, state_path(envx.home))
 
@@ -676,6 +723,9 @@ def markdown(r: DrillResult) -> str:
             "",
         ]
         lines += [f"- `{_md(i['path'])}`: {_md(i['error'])}" for i in r.lacking]
+    if r.unchecked:
+        lines += ["", "## Checks that could not run", "", "They prove nothing either way:", ""]
+        lines += [f"- {_md(u)}" for u in r.unchecked]
     if r.notices:
         lines += ["", "## Notices", ""]
         lines += [f"- {_md(n)}" for n in r.notices]

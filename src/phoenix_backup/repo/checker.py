@@ -316,7 +316,7 @@ def _read_pack(
         for blob, _loc in in_index:
             _report_blob(result, users, blob, name, str(exc))
         return
-    if not names_content(name, data):
+    if not names_content(name, data, repo.config.pack_ids):
         # The pack's bytes changed: find which blobs still open, and blame the others.
         damaged = [b for b, loc in in_index if not _blob_ok(repo, data, b, loc)]
         if not damaged:

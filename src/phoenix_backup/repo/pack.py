@@ -89,15 +89,18 @@ def pack_digest(data: bytes | memoryview, pack_ids: PackIds) -> str:
     return sha256_hex(data)
 
 
-def names_content(name: str, data: bytes | memoryview) -> bool:
+def names_content(name: str, data: bytes | memoryview, pack_ids: PackIds = PackIds.BLAKE3) -> bool:
     """Whether a content-addressed object's name (`data/..`, `index/..`, `snapshots/..`,
     `captures/..`) is the hash of `data`: SHA-256 for every object, or for a pack also BLAKE3 (a
     format 4 repository names its new packs so, and keeps the SHA-256 names of packs written
-    before). Either proves the bytes are the ones written; BLAKE3 is tried first (the cheaper)."""
+    before). Either proves the bytes are the ones written. A pack's hash is tried first as the
+    repository names its new packs (`pack_ids`, from its config): a format 2 or 3 repository's
+    packs are hashed once, not twice."""
     digest = name.rsplit("/", 1)[-1]
-    if name.startswith("data/") and blake3.blake3(data).hexdigest() == digest:
-        return True
-    return sha256_hex(data) == digest
+    if not name.startswith("data/"):
+        return sha256_hex(data) == digest
+    other = PackIds.SHA256 if pack_ids == PackIds.BLAKE3 else PackIds.BLAKE3
+    return pack_digest(data, pack_ids) == digest or pack_digest(data, other) == digest
 
 
 def blob_aad(kind: BlobType, blob_id: bytes) -> bytes:

@@ -36,7 +36,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.pack import PackEntry, PackOrigin, names_content, pack_name
+from phoenix_backup.repo.pack import PackEntry, PackIds, PackOrigin, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.repo.snapshot import Snapshot, timestamp_name
 from phoenix_backup.repo.tree import Node
@@ -383,13 +383,16 @@ class ObjectsRepair:
         }
 
 
-def _copy_checked(src: Backend, dest: Backend, name: str, *, cold: bool = False) -> bool:
-    """Copy one content-addressed object when the source's copy matches its name."""
+def _copy_checked(
+    src: Backend, dest: Backend, name: str, *, cold: bool = False, pack_ids: PackIds = PackIds.BLAKE3
+) -> bool:
+    """Copy one content-addressed object when the source's copy matches its name (a pack's hash
+    tried first as `pack_ids` says)."""
     try:
         data = src.read(name)
     except ObjectNotFound:
         return False
-    if not names_content(name, data):
+    if not names_content(name, data, pack_ids):
         return False
     dest.write(name, data, cold=cold)
     return True
@@ -477,7 +480,7 @@ def repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, r
     if read_data:
         for name in sorted(sizes):
             try:
-                if not names_content(name, repo.backend.read(name)):
+                if not names_content(name, repo.backend.read(name), repo.config.pack_ids):
                     damaged_packs.add(name)
             except ObjectNotFound:
                 continue
@@ -502,7 +505,7 @@ def repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, r
         wanted[pack_name(loc.pack_id)] = loc.type == BlobType.DATA
     copied_blobs: set[bytes] = set()
     for name, cold in sorted(wanted.items()):
-        if _copy_checked(other.backend, repo.backend, name, cold=cold):
+        if _copy_checked(other.backend, repo.backend, name, cold=cold, pack_ids=repo.config.pack_ids):
             report.copied.append(name)
             copied_blobs.update(e.id for e in other.read_pack_header(name.split("/")[-1]))
         else:

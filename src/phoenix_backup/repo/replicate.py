@@ -50,7 +50,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.locks import LockManager
-from phoenix_backup.repo.pack import PackEntry, names_content, pack_name
+from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
@@ -178,7 +178,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         sizes = {info.name: info.size for prefix in ("data/", "index/") for info in source.list(prefix)}
         todo = [*packs, *missing_index]
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
-        _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report)
+        _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         _copy_all(source, dest, [(n, False) for n in missing_index], report)
         have = {info.name for info in dest.list("snapshots/")}
@@ -293,7 +293,9 @@ def _keep_indexed(
             report.objects += 1
 
 
-def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport) -> None:
+def _copy_one(
+    source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport, pack_ids: PackIds = PackIds.BLAKE3
+) -> None:
     if name.startswith(checks.PREFIX):
         try:
             data = source.read(name)
@@ -303,7 +305,7 @@ def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: Tar
             return  # not a record (planted or damaged): every reader drops it, so it is not copied
     else:
         data = source.read(name)
-    if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and not names_content(name, data):
+    if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and not names_content(name, data, pack_ids):
         raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
     dest.write(name, data, cold=cold)
     with _COUNT_LOCK:
@@ -316,12 +318,21 @@ def _copy_one(source: Backend, dest: Backend, name: str, cold: bool, report: Tar
 _COUNT_LOCK = threading.Lock()
 
 
-def _copy_all(source: Backend, dest: Backend, items: list[tuple[str, bool]], report: TargetReport) -> None:
-    """Copy with several uploads in flight; the first failure cancels what has not started."""
+def _copy_all(
+    source: Backend,
+    dest: Backend,
+    items: list[tuple[str, bool]],
+    report: TargetReport,
+    pack_ids: PackIds = PackIds.BLAKE3,
+) -> None:
+    """Copy with several uploads in flight; the first failure cancels what has not started (a
+    pack's hash tried first as `pack_ids` says)."""
     if not items:
         return
     with ThreadPoolExecutor(max_workers=COPY_WORKERS, thread_name_prefix=f"phx-copy-{report.name}") as pool:
-        futures: list[Future[None]] = [pool.submit(_copy_one, source, dest, n, cold, report) for n, cold in items]
+        futures: list[Future[None]] = [
+            pool.submit(_copy_one, source, dest, n, cold, report, pack_ids) for n, cold in items
+        ]
         _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for fut in pending:
             fut.cancel()

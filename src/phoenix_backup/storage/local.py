@@ -6,7 +6,8 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from phoenix_backup.dirs import fsync_dir, make_dirs
@@ -37,6 +38,11 @@ def os_error(exc: OSError, what: str) -> StorageError:
         return NoSpace(f"no space left on the device while {what}; free some space and run again")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}")
+    if exc.errno == errno.EFBIG:
+        return StorageError(
+            f"a file size limit of this process (`ulimit -f`: {_file_size_limit()}) stopped {what}; "
+            "raise it (`ulimit -f unlimited`) and run again"
+        )
     if exc.errno == errno.EROFS:
         return ReadOnlyStorage(f"read-only file system while {what}; choose a writable location")
     if exc.errno == errno.ENOTDIR and isinstance(exc.filename, str) and exc.filename.startswith("/"):
@@ -56,8 +62,10 @@ def os_error(exc: OSError, what: str) -> StorageError:
 class LocalBackend(Backend):
     kind = "local"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, notice: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
+        self.notice = notice or (lambda _m: None)
+        self._skipped: set[str] = set()  # entries not listed for not being files, told once each
 
     @property
     def location(self) -> str:
@@ -110,7 +118,8 @@ class LocalBackend(Backend):
 
     def read(self, name: str) -> bytes:
         try:
-            return self._path(name).read_bytes()
+            with self._open(name) as fd, os.fdopen(os.dup(fd), "rb") as f:
+                return f.read()
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
         except OSError as exc:
@@ -137,17 +146,28 @@ class LocalBackend(Backend):
         is refused before anything is read: pread allocates `length` first, and an index entry
         may claim gigabytes past the end. OS errors of the read become one sentence."""
         try:
-            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
-            try:
+            with self._open(name) as fd:
                 if offset + length > os.fstat(fd).st_size:
                     raise self._short(name)
                 yield fd
-            finally:
-                os.close(fd)
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
         except OSError as exc:
             raise os_error(exc, f"reading {name} from {self.root}") from exc
+
+    @contextlib.contextmanager
+    def _open(self, name: str) -> Iterator[int]:
+        """A descriptor of the file of object `name`. Something else under its name (a folder, a
+        pipe, which a plain open would wait on forever) is refused in one sentence."""
+        fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StorageError(
+                    f"{name} in {self.root} is not a file (a folder or a pipe Phoenix did not write); remove it"
+                )
+            yield fd
+        finally:
+            os.close(fd)
 
     def _short(self, name: str) -> ObjectNotFound:
         return ObjectNotFound(f"object {name} in {self.root} is shorter than the index says")
@@ -211,26 +231,53 @@ class LocalBackend(Backend):
                     if not sub.is_dir() or sub.is_symlink():
                         continue
                     for entry in os.scandir(sub):
-                        name = f"data/{sub.name}/{entry.name}"
-                        if TEMP_MARKER not in entry.name and is_valid_name(name):
-                            st = entry.stat()
-                            yield ObjectInfo(name, st.st_size, modified=st.st_mtime)
+                        info = self._listed(f"data/{sub.name}/{entry.name}", entry)
+                        if info is not None:
+                            yield info
             else:
                 for entry in os.scandir(base):
-                    name = f"{folder}/{entry.name}"
-                    if TEMP_MARKER not in entry.name and is_valid_name(name):
-                        st = entry.stat()
-                        yield ObjectInfo(name, st.st_size, modified=st.st_mtime)
+                    info = self._listed(f"{folder}/{entry.name}", entry)
+                    if info is not None:
+                        yield info
         except FileNotFoundError:
             return
         except OSError as exc:
             raise os_error(exc, f"listing {prefix} in {self.root}") from exc
+
+    def _listed(self, name: str, entry: os.DirEntry[str]) -> ObjectInfo | None:
+        """The object an entry of a listing is, if it is one: a file under a name of the format.
+        Anything else someone put there (a folder, a pipe, a dangling symlink) is none of ours;
+        reading it would fail (or, for a pipe, wait forever), so it is skipped, with a notice."""
+        if TEMP_MARKER in entry.name or not is_valid_name(name):
+            return None
+        try:
+            st = entry.stat()
+        except OSError as exc:
+            self._skip(name, f"cannot be examined ({exc.strerror or exc})")
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self._skip(name, "is not a file (a folder or a pipe Phoenix did not write)")
+            return None
+        return ObjectInfo(name, st.st_size, modified=st.st_mtime)
+
+    def _skip(self, name: str, why: str) -> None:
+        if name not in self._skipped:
+            self._skipped.add(name)
+            self.notice(f"skipped {name} in {self.root}: it {why}; remove it")
 
     def list_temporary(self) -> Iterator[str]:
         for dirpath, _dirs, files in os.walk(self.root):
             for f in files:
                 if f.startswith(TEMP_MARKER):
                     yield os.path.relpath(os.path.join(dirpath, f), self.root)
+
+
+def _file_size_limit() -> str:
+    """The file size limit of this process (RLIMIT_FSIZE), as `ulimit -f` sets it, in words."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return "none" if limit == resource.RLIM_INFINITY else f"{limit} bytes"
 
 
 def _drop_cached(fd: int) -> None:

@@ -63,7 +63,9 @@ def backend_for(
     t = cfg.targets
     inner: Backend
     if name == "local":
-        return wrap(_restrained(cfg, name, LocalBackend(cfg.repository_path)), limit=LOCAL_CONNECTIONS, notice=notice)
+        return wrap(
+            _restrained(cfg, name, LocalBackend(cfg.repository_path, notice)), limit=LOCAL_CONNECTIONS, notice=notice
+        )
     if name == "git":
         from phoenix_backup.storage.git import GitBackend, clone_dir
 
