@@ -23,6 +23,9 @@ pytestmark = pytest.mark.skipif(STRACE is None, reason="strace is not installed"
 _LINE = re.compile(r"^\d+\s+(?P<call>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>-?\d+)")
 _FD = re.compile(r"^-?\d+<(?P<path>[^>]*)>")
 _STR = re.compile(r'"(?P<s>[^"]*)"')
+# With threads, strace splits a call another thread interrupts: `PID call(args <unfinished ...>`,
+# later `PID <... call resumed>rest) = result`; the two halves are joined again.
+_RESUMED = re.compile(r"^<\.\.\. \w+ resumed>(?P<rest>.*)$")
 
 
 def traced_phx(sb: Sandbox, trace: Path, *args: str) -> list[tuple[str, str, int]]:
@@ -31,7 +34,15 @@ def traced_phx(sb: Sandbox, trace: Path, *args: str) -> list[tuple[str, str, int
     prefix += ["-e", "trace=mkdir,mkdirat,fsync,fdatasync,write,openat"]
     run_phx(args, sb.env, prefix=prefix)
     calls = []
+    pending: dict[str, str] = {}  # pid -> the first half of a call another thread's interrupted
     for line in trace.read_text(errors="replace").splitlines():
+        pid, _, rest = line.partition(" ")
+        if line.endswith(" <unfinished ...>"):
+            pending[pid] = line.removesuffix(" <unfinished ...>")
+            continue
+        resumed = _RESUMED.match(rest.lstrip())
+        if resumed is not None and pid in pending:
+            line = pending.pop(pid) + resumed["rest"]
         m = _LINE.match(line)
         if m:
             calls.append((m["call"], m["args"], int(m["ret"])))
