@@ -132,6 +132,12 @@ def _wait_for(found: Callable[[], list[Any]], proc: subprocess.Popen[str], timeo
     return items
 
 
+def _file_snapshots(sb: Sandbox, after: float) -> list[float]:
+    """When the snapshots of the files `phx watch` took after `after` were made (whole seconds)."""
+    listed = sb.phx("list", "--scope", "watch-files", "--json").json()
+    return sorted(t for s in listed if (t := datetime.fromisoformat(s["time"]).timestamp()) > after)
+
+
 def _check_restore(sb: Sandbox, at: float, record: list[tuple[int, float, float]], dest: Path, sim: Simulation) -> int:
     when = datetime.fromtimestamp(at, UTC).isoformat()
     doc = sb.phx("restore", "--at", when, "--to", dest, "--path", LOGICAL, "--json").json()
@@ -215,7 +221,10 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     # into it, and the run ends once a snapshot of the files holds the edit (`--at` reads whole
     # seconds: the times restored below stay a second inside the run).
     begun = _wait_for(lambda: [a for a, b in _timeline(sb, "home/.argentos/memory.db") if (a, b) not in covered], proc)
-    time.sleep(max(0.0, begun[0] + 2.5 - time.time()))
+    # ...and once the run's first snapshot of the files (what changed while none ran) is taken: a
+    # time before it has no snapshot of the files (the notice that says so is tested below).
+    first_files = _wait_for(lambda: _file_snapshots(sb, after=begun[0] - 1), proc)
+    time.sleep(max(0.0, begun[0] + 2.5 - time.time(), first_files[0] + 2.5 - time.time()))
     changed_at = time.time()
     note.write_bytes(before + b"\nwritten while phx watch runs\n")
     edit = _wait_for(
@@ -239,8 +248,6 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
         at = datetime.fromtimestamp(when, UTC).isoformat()
         dest = tmp_path / f"files-{when}"
         doc = sb.phx("restore", "--at", at, "--to", dest, "--json").json()
-        listed = [(s["time"], s.get("scope"), s.get("tags")) for s in sb.phx("list", "--json").json()]
-        assert (dest / "workspace" / "MEMORY.md").exists(), (at, changed_at, taken, doc, listed, second)
         assert (dest / "workspace" / "MEMORY.md").read_bytes() == content, doc
     # A --path naming one captured database exactly restores that database alone: no restore of
     # the files (which matched nothing, and opened the repository a second time).
@@ -281,6 +288,23 @@ def test_a_time_outside_the_covered_ranges_is_one_clear_error(sandbox: Sandbox, 
     assert res.json()["bases"] == 1 and "cannot be read" in res.err, res
     timeline = sb.phx("list", "--timeline", "--json", check=3).json()
     assert "captures/" + last in timeline["problems"]
+
+
+def test_a_time_before_any_snapshot_of_the_files_restores_the_databases_and_says_where_the_files_are(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    backup = sb.backup()
+    sb.phx("watch", "--duration", "1", "--no-files")  # segments, and no snapshot of the files
+    ((start, end),) = _timeline(sb, "home/.argentos/memory.db")
+    at = datetime.fromtimestamp((start + end) / 2, UTC).isoformat()
+    res = sb.phx("restore", "--at", at, "--to", tmp_path / "at", "--json")
+    doc = res.json()
+    assert doc["files"] is None and "home/.argentos/memory.db" in [d["path"] for d in doc["databases"]], doc
+    assert not (tmp_path / "at" / "workspace").exists()
+    (note,) = doc["notices"]
+    assert "no file was restored" in note and f"phx restore --backup {backup['id'][:8]}" in note, note
+    assert "no file was restored" in res.err
 
 
 # -- phx schedule install --watch ------------------------------------------------------------

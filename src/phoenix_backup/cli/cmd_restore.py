@@ -246,6 +246,8 @@ def _at(
     if result.safety_snapshot:
         sid = result.safety_snapshot[:8]
         lines.append(f"safety snapshot {sid} (`phx restore --backup {sid}` undoes this restore)")
+    for note in result.notices:
+        out.notice(f"warning: {note}")
     out.result(result.to_json(), "\n".join(lines), data=True)
     for e in result.errors:
         out.problem(f"not restored: {e['path']}: {e['error']}")

@@ -60,6 +60,28 @@ def file_snapshots(repo: Repository) -> list[tuple[int, Snapshot]]:
     return sorted(out, key=lambda x: x[0])
 
 
+def _no_files_note(repo: Repository, at: int) -> str:
+    """Why no files are restored at `at` (no snapshot of the files was complete by then: the time
+    lies before the first one a watch took), and where the files of that time are."""
+    when = captures.describe(at)
+    older = [
+        (as_of, snap)
+        for snap in repo.list_snapshots()
+        if snap.scope == "full" and not snap.incomplete and (as_of := files_as_of(snap)) is not None and as_of <= at
+    ]
+    where = "no backup before it holds them either"
+    if older:
+        _as_of, snap = max(older, key=lambda x: x[0])
+        where = (
+            f"the newest backup before it, {snap.id[:8]} of {snap.time}, holds them: "
+            f"`phx restore --backup {snap.id[:8]}` restores them"
+        )
+    return (
+        f"no snapshot of the files by `phx watch` was complete by {when}, so no file was restored "
+        f"(only the databases); {where}"
+    )
+
+
 def parse_at(text: str) -> int:
     """`--at TIME` (RFC 3339 with a UTC offset, fractions of a second allowed) in µs."""
     return captures.to_us(parse_time(text, "--at"))
@@ -256,6 +278,7 @@ class AtResult:
     safety_snapshot: str | None = None
     files: dict[str, object] | None = None  # the snapshot of the files restored, and what happened
     duration: float = 0.0
+    notices: list[str] = field(default_factory=list)
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -270,6 +293,7 @@ class AtResult:
             "errors": self.errors,
             "safetySnapshot": self.safety_snapshot,
             "files": self.files,
+            "notices": self.notices,
             "duration": round(self.duration, 3),
         }
 
@@ -329,6 +353,8 @@ def restore_at(
                 and not _names_databases(paths, chosen, layout)
             ):
                 files = next((snap for when, snap in reversed(file_snapshots(repo)) if when <= at), None)
+                if files is None:
+                    result.notices.append(_no_files_note(repo, at))
             if not covered and (files is None or (tl.paths() and not paths)):
                 if paths and not chosen and files is None:
                     captured = ", ".join(tl.paths()) or "none"
