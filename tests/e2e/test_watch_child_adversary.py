@@ -7,11 +7,14 @@ the watch start child after child."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import PHX, Sandbox
 from test_watch_adversary import LOGICAL, _commit, _last_covered, _restored, _table
 
 from phoenix_backup.config import load_config
@@ -100,3 +103,43 @@ def test_a_database_every_base_fails_to_read_does_not_start_a_child_at_every_pol
         said = [n for n in notices if str(dash.entry.path) in n and "tried again" in n]
         assert dash.need_base and len(said) == 1, notices
         assert w.result.bases <= 1, notices
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child in /proc")
+def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(sandbox: Sandbox) -> None:
+    """`kill -9` of `phx watch` midway through a base: its child ends too (no orphan holding the
+    secrets and a lock), and the repository is left as a killed backup leaves it: `phx prune`
+    gets its lock and `phx verify` passes."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    with open(sb.root / "watch.log", "wb") as out:
+        watch = subprocess.Popen(
+            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        child: list[int] = []
+        while not child and time.monotonic() < deadline:
+            child = [p for p in _descendants(watch.pid) if b"watch_child" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            time.sleep(0.01)
+        assert child, (sb.root / "watch.log").read_text()
+    finally:
+        watch.kill()
+        watch.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child[0]}").exists() or " Z" in Path(f"/proc/{child[0]}/stat").read_text()
+    assert sb.phx("prune", check=None).code == 0
+    assert sb.phx("verify", check=None).code == 0

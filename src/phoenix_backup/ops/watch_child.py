@@ -42,10 +42,11 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
 
 _LENGTH = struct.Struct(">Q")
-# The child's program: this package from where the watch loaded it (argv[1]), its answer to the
+# The child's program: this package from where the watch loaded it (argv[1]: on the path after
+# the standard library, as in the watch, so that nothing there shadows it), its answer to the
 # descriptor argv[2].
 _START = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "import sys; sys.argv[1] in sys.path or sys.path.append(sys.argv[1]); "
     "from phoenix_backup.ops.watch_child import main; main(int(sys.argv[2]))"
 )
 
@@ -102,8 +103,8 @@ def take_snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     with tempfile.TemporaryFile() as err:
         # The answer comes through a pipe of its own: what a module prints to standard output
         # (a library's banner, a `sitecustomize`) goes with the errors, never into the answer.
-        # `-P` and the directory this package was loaded from first: the child runs this code,
-        # never a `phoenix_backup` in the working directory (`-m` would import that one).
+        # `-P` and the directory this package was loaded from: the child runs this code, never a
+        # `phoenix_backup` in the working directory (`-m` would import that one).
         answer_r, answer_w = os.pipe()
         try:
             proc = subprocess.Popen(
