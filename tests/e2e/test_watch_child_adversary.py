@@ -1,8 +1,8 @@
 """The child process `phx watch` takes its snapshots in (ops/watch_child.py), attacked: a
 `phoenix_backup` planted in the directory the watch runs in, a module that prints to standard
-output as it is imported, a database every base fails to read. The child runs the watch's own
-code, its answer is never mixed with what else is printed, and a failing database does not make
-the watch start child after child."""
+output as it is imported, a database every base fails to read, the watch killed midway. The child
+runs the watch's own code, its answer is never mixed with what else is printed, a failing database
+does not make the watch start child after child, and the child ends with the watch."""
 
 from __future__ import annotations
 
@@ -10,30 +10,14 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_support import PHX, Sandbox
 from test_watch_adversary import LOGICAL, _commit, _last_covered, _restored, _table
+from test_watch_bases import _watcher
 
-from phoenix_backup.config import load_config
-from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.watch import Watcher
-
-
-@contextlib.contextmanager
-def _watcher(sb: Sandbox, notices: list[str]) -> Iterator[Watcher]:
-    envx = Environment(env=sb.env, notice=notices.append)
-    repo = open_repository(load_config(sb.config_path, sb.env), envx, upgrade=True)
-    try:
-        w = Watcher(load_config(sb.config_path, sb.env), envx, repo, files=False)
-        try:
-            yield w
-        finally:
-            w.close()
-    finally:
-        repo.close()
 
 
 def _bases_then_a_change(sb: Sandbox, w: Watcher, notices: list[str], tmp_path: Path) -> None:
