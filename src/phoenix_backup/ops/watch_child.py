@@ -257,6 +257,7 @@ def main(answer_fd: int) -> None:
     # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.set_inheritable(answer_fd, False)  # a process this one starts (git) must not hold the answer open
     answer = os.fdopen(answer_fd, "wb")
     head = _read(0, _LENGTH.size)
     if len(head) != _LENGTH.size:
