@@ -127,3 +127,21 @@ def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(s
     assert not Path(f"/proc/{child[0]}").exists() or " Z" in Path(f"/proc/{child[0]}/stat").read_text()
     assert sb.phx("prune", check=None).code == 0
     assert sb.phx("verify", check=None).code == 0
+
+
+def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch runs for weeks; its child runs the Phoenix installed at that moment, which a
+    `pip install -U` may have replaced: an old watch and new code do not mix in one chain."""
+    from phoenix_backup.ops import watch_child
+
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    monkeypatch.setattr(watch_child, "__version__", "0.0.1", raising=False)  # what the watch was started with
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()
+        assert all(d.need_base for d in w.dbs) and w.result.bases == 0, notices
+    said = [n for n in notices if "base snapshot failed" in n]
+    assert len(said) == 1 and "upgraded" in said[0] and "start it again" in said[0], notices

@@ -35,6 +35,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 
+from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
 from phoenix_backup.repo.keys import MasterSecrets
@@ -75,6 +76,8 @@ class SnapshotRequest:
     parent_scopes: tuple[str, ...]
     replicas: tuple[str, ...]  # enabled targets the snapshot is copied to afterwards
     base: bool = False  # a base: its own page state, integrity checks recorded, each database's SHA-256
+    # The watch's Phoenix: the child runs what is installed now, which an upgrade may have replaced.
+    version: str = field(default_factory=lambda: __version__)
 
 
 @dataclass
@@ -189,6 +192,13 @@ def _snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     from phoenix_backup.repo.walker import walk_tree
 
     out = SnapshotOutcome()
+    if getattr(request, "version", None) != __version__:
+        out.error = SourceError(
+            f"Phoenix was upgraded to {__version__} while `phx watch` "
+            f"({getattr(request, 'version', 'an older version')}) ran; stop `phx watch` and start it again "
+            "(it goes on where it stopped)"
+        )
+        return out
     envx = Environment(env=request.env, notice=out.notices.append)
     try:
         entries = request.entries
