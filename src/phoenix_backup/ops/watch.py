@@ -469,7 +469,10 @@ class Watcher:
             try:
                 st = os.stat(db.entry.path)
             except OSError as exc:
-                self.warn(f"{db.entry.path}: {exc.strerror or exc}; tried again later")
+                self.warn(f"{db.entry.path}: {exc.strerror or exc}; tried again in {HEARTBEAT_SECONDS:.0f} s")
+                # Not at the next poll: a database that stays broken would start a process (and
+                # say so) twice a second.
+                self.next_base = time.monotonic() + HEARTBEAT_SECONDS
                 continue
             entries.append(dataclasses.replace(db.entry, st=st))
         if not entries:
@@ -503,7 +506,8 @@ class Watcher:
             sha256 = outcome.sha256.get(db.logical)
             if db.logical in outcome.failed or sha256 is None:
                 failed = outcome.failed.get(db.logical, "not in the base snapshot")
-                self.warn(f"{db.entry.path}: {failed}; tried again later")
+                self.warn(f"{db.entry.path}: {failed}; tried again in {HEARTBEAT_SECONDS:.0f} s")
+                self.next_base = time.monotonic() + HEARTBEAT_SECONDS
                 continue
             db.capture.close()
             db.capture = SqliteCapture(db.entry.path)
@@ -533,7 +537,8 @@ class Watcher:
                     if image.journal == "rollback":
                         db.capture.release()
             except (PhoenixError, OSError) as exc:
-                self.warn(f"{db.entry.path}: {exc}; tried again later")
+                self.warn(f"{db.entry.path}: {exc}; tried again in {HEARTBEAT_SECONDS:.0f} s")
+                self.next_base = time.monotonic() + HEARTBEAT_SECONDS
         release_memory(self.repo)
 
     def _snapshot(

@@ -4,11 +4,13 @@ databases, and the snapshots of the files (ops/watch_files.py).
 A snapshot loads the repository's index and the parent snapshot's trees, and a base reads every
 page of the databases through the chunker, compression, sealing and pack threads: tens to
 hundreds of MB through malloc, whose high-water mark (and the arenas' holes) would otherwise stay
-in the watch, which runs for weeks. So the watch starts `python -m phoenix_backup.ops.watch_child`,
-hands it what it needs through a pipe (the config, the environment, the entries, and the
-repository's secrets, never on the command line or in the environment), and reads back what the
-snapshot gave: its id, the SHA-256 of each database's copy, what could not be read, the integrity
-checks, the replicas' outcome, and the notices. The child's memory goes back to the system when
+in the watch, which runs for weeks. So the watch starts a Python process running this module
+(the watch's own copy of the package, never one in the working directory), hands it what it
+needs through a pipe (the config, the environment, the entries, and the repository's secrets,
+never on the command line or in the environment), and reads back through a pipe of its own (never
+standard output, where a module may print) what the snapshot gave: its id, the SHA-256 of each
+database's copy, what could not be read, the integrity checks, the replicas' outcome, and the
+notices. The child's memory goes back to the system when
 it ends, and the watch never imports the backup's code.
 
 - **Errors.** A Phoenix error in the child comes back as that error (the watch says it as it
@@ -33,6 +35,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 
+from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
 from phoenix_backup.repo.keys import MasterSecrets
@@ -40,6 +43,20 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
 
 _LENGTH = struct.Struct(">Q")
+# The child's program: this package from where the watch loaded it (argv[1]: on the path after
+# the standard library, as in the watch, so that nothing there shadows it), its answer to the
+# descriptor argv[2].
+_START = (
+    "import sys; sys.argv[1] in sys.path or sys.path.append(sys.argv[1]); "
+    "from phoenix_backup.ops.watch_child import main; main(int(sys.argv[2]))"
+)
+
+
+def _package_root() -> str:
+    """The directory `phoenix_backup` was imported from (site-packages, a source tree, a zipapp)."""
+    import phoenix_backup
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(phoenix_backup.__file__)))
 
 
 @dataclass
@@ -59,6 +76,8 @@ class SnapshotRequest:
     parent_scopes: tuple[str, ...]
     replicas: tuple[str, ...]  # enabled targets the snapshot is copied to afterwards
     base: bool = False  # a base: its own page state, integrity checks recorded, each database's SHA-256
+    # The watch's Phoenix: the child runs what is installed now, which an upgrade may have replaced.
+    version: str = field(default_factory=lambda: __version__)
 
 
 @dataclass
@@ -85,36 +104,49 @@ def take_snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     """Run the child and return what it gave; SourceError when it ended without saying."""
     payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
     with tempfile.TemporaryFile() as err:
+        # The answer comes through a pipe of its own: what a module prints to standard output
+        # (a library's banner, a `sitecustomize`) goes with the errors, never into the answer.
+        # `-P` and the directory this package was loaded from: the child runs this code, never a
+        # `phoenix_backup` in the working directory (`-m` would import that one).
+        answer_r, answer_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__],
+                [sys.executable, "-P", "-c", _START, _package_root(), str(answer_w)],
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdout=err,
                 stderr=err,
                 close_fds=True,
+                pass_fds=(answer_w,),
             )
         except OSError as exc:
+            os.close(answer_r)
             raise SourceError(
                 f"cannot start a process for the snapshot ({exc.strerror or exc}); free memory, then start "
                 "`phx watch` again"
             ) from exc
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            try:
-                proc.stdin.write(_LENGTH.pack(len(payload)) + payload)
-                proc.stdin.flush()
-            except OSError:
-                pass  # it ended at once: said below
-            raw = proc.stdout.read()
         finally:
-            # The child ends when this end closes (`_end_with_parent`): after its answer, or now.
-            proc.stdin.close()
-            proc.stdout.close()
-            code = proc.wait()
+            os.close(answer_w)
+        assert proc.stdin is not None
+        with open(answer_r, "rb") as answer:
+            try:
+                try:
+                    proc.stdin.write(_LENGTH.pack(len(payload)) + payload)
+                    proc.stdin.flush()
+                except OSError:
+                    pass  # it ended at once: said below
+                raw = answer.read()
+            finally:
+                # The child ends when this end closes (`_end_with_parent`): after its answer, or now.
+                proc.stdin.close()
+                code = proc.wait()
         if code == 0 and raw:
-            outcome = pickle.loads(raw)
-            assert isinstance(outcome, SnapshotOutcome)
-            return outcome
+            try:
+                outcome = pickle.loads(raw)
+            except Exception:  # whatever it was, it is not an answer
+                outcome = None
+            if isinstance(outcome, SnapshotOutcome):
+                return outcome
+            code = 1
         err.seek(0)
         lines = [line.strip() for line in err.read().decode(errors="replace").splitlines() if line.strip()]
     how = f"was killed by signal {-code}" if code < 0 else f"ended with exit code {code}"
@@ -160,6 +192,13 @@ def _snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     from phoenix_backup.repo.walker import walk_tree
 
     out = SnapshotOutcome()
+    if getattr(request, "version", None) != __version__:
+        out.error = SourceError(
+            f"Phoenix was upgraded to {__version__} while `phx watch` "
+            f"({getattr(request, 'version', 'an older version')}) ran; stop `phx watch` and start it again "
+            "(it goes on where it stopped)"
+        )
+        return out
     envx = Environment(env=request.env, notice=out.notices.append)
     try:
         entries = request.entries
@@ -224,15 +263,15 @@ def _end_with_parent(fd: int, done: threading.Event) -> None:
         os._exit(1)
 
 
-def main() -> None:
+def main(answer_fd: int) -> None:
     # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    answer = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # whatever else is printed goes to stderr, never into the answer
+    os.set_inheritable(answer_fd, False)  # a process this one starts (git) must not hold the answer open
+    answer = os.fdopen(answer_fd, "wb")
     head = _read(0, _LENGTH.size)
     if len(head) != _LENGTH.size:
-        raise SystemExit("phx: error: this module is run by `phx watch`, which hands it its request")
+        raise SystemExit("phx: error: this program is run by `phx watch`, which hands it its request")
     request = pickle.loads(_read(0, _LENGTH.unpack(head)[0]))
     assert isinstance(request, SnapshotRequest)
     done = threading.Event()
@@ -248,11 +287,3 @@ def main() -> None:
     done.set()
     answer.write(raw)
     answer.close()
-
-
-if __name__ == "__main__":
-    # Run as `python -m`, this file is `__main__`: the request's classes are those of the module
-    # under its own name, so that one runs.
-    from phoenix_backup.ops.watch_child import main as _main
-
-    _main()

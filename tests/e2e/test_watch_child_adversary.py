@@ -1,0 +1,147 @@
+"""The child process `phx watch` takes its snapshots in (ops/watch_child.py), attacked: a
+`phoenix_backup` planted in the directory the watch runs in, a module that prints to standard
+output as it is imported, a database every base fails to read, the watch killed midway. The child
+runs the watch's own code, its answer is never mixed with what else is printed, a failing database
+does not make the watch start child after child, and the child ends with the watch."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import PHX, Sandbox
+from test_watch_adversary import LOGICAL, _commit, _last_covered, _restored, _table
+from test_watch_bases import _watcher
+
+from phoenix_backup.ops.watch import Watcher
+
+
+def _bases_then_a_change(sb: Sandbox, w: Watcher, notices: list[str], tmp_path: Path) -> None:
+    w.poll()  # the bases, in the child
+    assert not any(d.need_base for d in w.dbs), notices
+    _commit(sb.layout.dashboard_db, 1)
+    w.poll()
+    w.flush()
+    assert not w.queue
+    assert _restored(sb, _last_covered(sb), tmp_path / "at") == [0, 1]
+
+
+def test_a_phoenix_backup_planted_in_the_working_directory_is_not_what_the_child_runs(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m` puts the working directory first on the import path: a `phoenix_backup` there
+    (a shared /tmp, a checkout of another version) would be handed the repository's secrets."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    planted = tmp_path / "cwd" / "phoenix_backup"
+    planted.mkdir(parents=True)
+    stolen = tmp_path / "stolen"
+    (planted / "__init__.py").write_text(
+        f"import os\nopen({str(stolen)!r}, 'wb').write(os.read(0, 1 << 20))\nraise SystemExit(1)\n", encoding="utf-8"
+    )
+    (planted / "ops").mkdir()
+    (planted / "ops" / "__init__.py").write_text("", encoding="utf-8")
+    monkeypatch.chdir(planted.parent)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        _bases_then_a_change(sb, w, notices, tmp_path)
+    assert not stolen.exists()
+
+
+def test_what_a_module_prints_to_standard_output_is_not_taken_for_the_answer(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module the child imports before it runs (here a `sitecustomize` on PYTHONPATH, as a
+    library's banner or a deprecation print would) writes to standard output."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("print('hello from a library')\n", encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        _bases_then_a_change(sb, w, notices, tmp_path)
+    assert not [n for n in notices if "warning" in n], notices
+
+
+def test_a_database_every_base_fails_to_read_does_not_start_a_child_at_every_poll(sandbox: Sandbox) -> None:
+    """A base that the child took, but without one database (not a database any more): the watch
+    tries again a heartbeat later, not at its next poll (half a second), which would start a
+    process (0.5 s, 0.15 CPU-s) twice a second for as long as the file stays broken."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        dash = next(d for d in w.dbs if d.logical == LOGICAL)
+        Path(dash.entry.path).write_bytes(b"not a database at all " * 400)
+        for suffix in ("-wal", "-shm"):
+            Path(str(dash.entry.path) + suffix).unlink(missing_ok=True)
+        w.poll()
+        w.poll()
+        w.poll()
+        said = [n for n in notices if str(dash.entry.path) in n and "tried again" in n]
+        assert dash.need_base and len(said) == 1, notices
+        assert w.result.bases <= 1, notices
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child in /proc")
+def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(sandbox: Sandbox) -> None:
+    """`kill -9` of `phx watch` midway through a base: its child ends too (no orphan holding the
+    secrets and a lock), and the repository is left as a killed backup leaves it: `phx prune`
+    gets its lock and `phx verify` passes."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    with open(sb.root / "watch.log", "wb") as out:
+        watch = subprocess.Popen(
+            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        child: list[int] = []
+        while not child and time.monotonic() < deadline:
+            child = [p for p in _descendants(watch.pid) if b"watch_child" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            time.sleep(0.01)
+        assert child, (sb.root / "watch.log").read_text()
+    finally:
+        watch.kill()
+        watch.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child[0]}").exists() or " Z" in Path(f"/proc/{child[0]}/stat").read_text()
+    assert sb.phx("prune", check=None).code == 0
+    assert sb.phx("verify", check=None).code == 0
+
+
+def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch runs for weeks; its child runs the Phoenix installed at that moment, which a
+    `pip install -U` may have replaced: an old watch and new code do not mix in one chain."""
+    from phoenix_backup.ops import watch_child
+
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    monkeypatch.setattr(watch_child, "__version__", "0.0.1", raising=False)  # what the watch was started with
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()
+        assert all(d.need_base for d in w.dbs) and w.result.bases == 0, notices
+    said = [n for n in notices if "base snapshot failed" in n]
+    assert len(said) == 1 and "upgraded" in said[0] and "start it again" in said[0], notices
