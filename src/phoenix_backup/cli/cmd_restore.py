@@ -123,7 +123,10 @@ def restore(
 
     Example: phx restore --latest --dry-run && phx restore --latest --yes
     """
+    from phoenix_backup.cli.main import keep_freed_heap
     from phoenix_backup.errors import UsageError
+
+    keep_freed_heap()
 
     if at is not None:
         if latest or ref or delete or merge or to_database or realign:
