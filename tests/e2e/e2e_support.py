@@ -451,6 +451,28 @@ def flip_byte(path: Path, offset: int | None = None) -> int:
     return at
 
 
+def damage_blob(sb: Sandbox, logical: str, snapshot: str = "latest", target: str | None = None) -> Path:
+    """Flip one byte inside the first blob of `logical` in `snapshot`, in the local repository at
+    `sb.repo`: a blob a restore of that file must read. Return the damaged pack."""
+    from phoenix_backup.config import load_config
+    from phoenix_backup.ops.context import Environment, open_repository
+    from phoenix_backup.repo.pack import pack_name
+    from phoenix_backup.repo.walker import find_node
+
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env), target=target)
+    try:
+        repo.load_index()
+        node = find_node(repo, repo.find_snapshot(snapshot), logical)
+        assert node is not None and node.content, f"{logical} has no content in {snapshot}"
+        loc = repo.index.get(node.content[0].blob)
+        assert loc is not None
+        pack = sb.repo / pack_name(loc.pack_id)
+        flip_byte(pack, loc.offset + loc.stored // 2)
+        return pack
+    finally:
+        repo.close()
+
+
 # --------------------------------------------------------------------------------------------
 # File systems
 # --------------------------------------------------------------------------------------------

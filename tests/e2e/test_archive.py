@@ -21,16 +21,11 @@ from e2e_support import (
     Sandbox,
     assert_error,
     assert_same_db,
+    damage_blob,
     db_dump,
     file_manifest,
-    flip_byte,
     integrity,
 )
-
-from phoenix_backup.config import load_config
-from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.repo.pack import pack_name
-from phoenix_backup.repo.walker import find_node
 
 
 def extract(archive: Path, dest: Path) -> None:
@@ -108,13 +103,7 @@ def test_archive_refuses_what_it_cannot_do(backed_up: Sandbox, tmp_path: Path) -
 
 def test_archive_of_damaged_data_fails_and_leaves_no_archive(backed_up: Sandbox, tmp_path: Path) -> None:
     sb = backed_up
-    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
-    repo.load_index()
-    node = find_node(repo, repo.find_snapshot("latest"), "workspace/MEMORY.md")
-    assert node is not None
-    loc = repo.index.get(node.content[0].blob)
-    assert loc is not None
-    flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
+    damage_blob(sb, "workspace/MEMORY.md")
     out = tmp_path / "out"
     out.mkdir()
     res = sb.phx("archive", "latest", "--output", out / "agent.tar.gz", check=None)

@@ -15,12 +15,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from e2e_support import DATABASES, HOME_CONFIG_FILES, PHX, Sandbox, assert_error, assert_same_db, db_dump, flip_byte
-
-from phoenix_backup.config import load_config
-from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.repo.pack import pack_name
-from phoenix_backup.repo.walker import find_node
+from e2e_support import DATABASES, HOME_CONFIG_FILES, PHX, Sandbox, assert_error, assert_same_db, damage_blob, db_dump
 
 
 def dump_bytes(sb: Sandbox, *args: str) -> tuple[int, bytes, str]:
@@ -107,15 +102,7 @@ def test_dump_gives_an_older_version_of_a_file(backed_up: Sandbox) -> None:
 
 def test_dump_writes_nothing_when_the_data_is_damaged(backed_up: Sandbox) -> None:
     sb = backed_up
-    cfg = load_config(sb.config_path, sb.env)
-    repo = open_repository(cfg, Environment(env=sb.env))
-    repo.load_index()
-    snap = repo.find_snapshot("latest")
-    node = find_node(repo, snap, "workspace/MEMORY.md")
-    assert node is not None
-    loc = repo.index.get(node.content[0].blob)
-    assert loc is not None
-    flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
+    damage_blob(sb, "workspace/MEMORY.md")
     code, out, err = dump_bytes(sb, "latest", "MEMORY.md")
     assert code == 1 and out == b"", (code, out[:100], err)
     assert err.startswith("phx: error:") and "Traceback" not in err, err

@@ -12,31 +12,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_restored, assert_same_db, db_dump, file_manifest, flip_byte
+from e2e_support import Sandbox, assert_restored, assert_same_db, damage_blob, db_dump, file_manifest
 from moto_support import bare_repo
-
-from phoenix_backup.config import load_config
-from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.repo.pack import pack_name
-from phoenix_backup.repo.walker import find_node
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 VICTIM = "home/.argentos/memory.db"
-
-
-def damage(sb: Sandbox, logical: str) -> None:
-    """Flip one byte inside the first blob of `logical` in the local repository."""
-    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env), target="local")
-    try:
-        repo.load_index()
-        node = find_node(repo, repo.find_snapshot("latest"), logical)
-        assert node is not None and node.content
-        loc = repo.index.get(node.content[0].blob)
-        assert loc is not None
-        flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
-    finally:
-        repo.close()
 
 
 def test_a_damaged_pack_does_not_stop_a_restore(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -52,7 +33,7 @@ def test_a_damaged_pack_does_not_stop_a_restore(sandbox: Sandbox, tmp_path: Path
     state = sb.state()
     snap = sb.backup()
     assert all(t["ok"] for t in snap["targets"].values())
-    damage(sb, VICTIM)
+    damage_blob(sb, VICTIM, target="local")
 
     dest = tmp_path / "restored"
     res = sb.phx("restore", "--backup", snap["id"], "--to", dest, "--json", check=1)

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import DATABASES, Sandbox, assert_error, assert_same_db, file_manifest, flip_byte, on_a_terminal
+from e2e_support import (
+    DATABASES,
+    Sandbox,
+    assert_error,
+    assert_same_db,
+    damage_blob,
+    file_manifest,
+    on_a_terminal,
+)
 from safe_restore_support import (
     Reader,
     assert_state,
@@ -165,12 +173,15 @@ def test_damaged_data_is_found_before_anything_is_written_and_left_alone(sb: San
     snapshot_state = sb.state()
     change_workspace(sb)
     before = sb.state()
-    packs = sorted((sb.repo / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
-    flip_byte(packs[-1])
+    # Blobs the restore must write: SOUL.md was rewritten, and page 1 of dashboard.db (its change
+    # counter) changed with its rows.
+    damage_blob(sb, "workspace/SOUL.md")
+    damage_blob(sb, "home/.argentos/data/dashboard.db")
     res = sb.phx("restore", "--latest", "--yes", "--json", check=None)
     line = assert_error(res, 1, "damaged", "everything else was restored")
     damaged = [d["path"] for d in res.json()["damaged"]]
-    assert damaged and all(path in line for path in damaged), (damaged, line)
+    assert sorted(damaged) == ["home/.argentos/data/dashboard.db", "workspace/SOUL.md"], damaged
+    assert all(path in line for path in damaged), (damaged, line)
     assert [c.split()[0] for c in gateway_calls(log)] == ["stop", "start"]
     after = sb.state()
     for path in damaged:  # left exactly as they were before the restore
