@@ -109,6 +109,10 @@ def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: 
     sb.write_config(retention=retention_only(last=1))
     first = sb.backup()
     assert first["retention"]["pruned"] == {"local": 0} and first["retention"]["ok"]
+    # Each snapshot holds data and trees of its own, which the next one does not share (without
+    # a change, what differs is only what the backups themselves touched, which is not certain).
+    note = sb.workspace / "memory" / "today.md"
+    note.write_text("the second snapshot's note\n")
     second = sb.backup()
     assert second["retention"]["forgotten"] == {"local": 1}
     assert second["retention"]["pruneSkipped"] == "the last prune ran less than a day ago"
@@ -120,6 +124,7 @@ def test_retention_runs_after_each_backup_and_prune_at_most_daily(make_sandbox: 
         entry["lastPrune"] -= 25 * 3600
     record_path.write_text(json.dumps(record))
     age_packs(sb.repo, 25)
+    note.write_text("the third snapshot's note\n")
     third = sb.backup()
     assert third["retention"]["forgotten"] == {"local": 1} and "local" in third["retention"]["pruned"]
     assert third["retention"]["pruned"]["local"] > 0, "the forgotten snapshots' trees are freed"
