@@ -38,15 +38,7 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
     100 MB with the threshold fixed at 1 MiB; 256 KiB database regions stay in the arenas, where
     they are reused). Done before any thread starts; a C library without `mallopt` (not glibc)
     is left as it is."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(_M_ARENA_MAX, arenas)
-    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    _mallopt((_M_ARENA_MAX, arenas), (_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def keep_freed_heap() -> None:
@@ -56,6 +48,11 @@ def keep_freed_heap() -> None:
     restore's page faults were in zstd writing fresh output). Keeping up to 8 MiB freed: 20,000
     page faults instead of 89,000-96,000 and less system time on a 600 MB restore, at the same peak
     memory (docs/benchmarks.md). Backups keep the default (their peak memory grew 4-8 MB with it)."""
+    _mallopt((_M_TRIM_THRESHOLD, RESTORE_TRIM_THRESHOLD))
+
+
+def _mallopt(*settings: tuple[int, int]) -> None:
+    """Set glibc malloc parameters; a C library without `mallopt` (not glibc) is left as it is."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -63,7 +60,8 @@ def keep_freed_heap() -> None:
     except (OSError, AttributeError):
         return
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(_M_TRIM_THRESHOLD, RESTORE_TRIM_THRESHOLD)
+    for param, value in settings:
+        mallopt(param, value)
 
 
 def main() -> None:
