@@ -38,9 +38,10 @@ BLOB_CACHE_BYTES = 2 * 1024 * 1024
 # while the consumer writes and hashes the bytes before them. A new batch of READ_AHEAD bytes
 # starts when less than half a batch is still on the way, so at most one and a half batches (and
 # the range being read) of a node's blobs are in memory at once: the bound on what reading ahead
-# adds. 2 MiB each (4 MiB before): a 600 MB restore's memory after start-up peaks about 10 MB
-# lower (59 against 69 MB) at the same CPU time and bytes read (docs/benchmarks.md, issue 20).
-READ_AHEAD = 2 * 1024 * 1024
+# adds. 1 MiB batches, ranges of 2 MiB and 2 MiB kept (4 MiB each before): a 600 MB restore's
+# memory after start-up peaks 13-15 MB lower (56-57 against 70-72 MB on the 7-day benchmark
+# repository), at the same CPU time and bytes read (docs/benchmarks.md, issue 20).
+READ_AHEAD = 1024 * 1024
 READ_RANGE = 2 * 1024 * 1024
 READ_GAP = 64 * 1024
 # A scratch copy of a database (diff, export, restore --merge) needs this much room besides.
