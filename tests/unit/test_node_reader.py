@@ -143,7 +143,7 @@ def test_a_reading_thread_whose_buffer_was_made_for_smaller_ranges_still_reads_e
         with monkeypatch.context() as m:
             m.setattr(reader, "READ_RANGE", 64 * KIB)
             got.append(reader.read_blobs(repo, pack_name(pack), run[:1]))  # this thread's buffer: 64 KiB
-        got.append(reader.read_blobs(repo, pack_name(pack), run))  # READ_RANGE is 4 MiB again
+        got.append(reader.read_blobs(repo, pack_name(pack), run))  # READ_RANGE is its usual size again
 
     t = threading.Thread(target=reading_thread)
     t.start()
@@ -194,3 +194,47 @@ def test_restores_reading_at_once_in_one_process_each_get_exactly_their_own_byte
             for fut, (_logical, node) in zip(reads, nodes * 2, strict=True):
                 assert hashlib.sha256(fut.result()).hexdigest() == node.sha256
             assert checked.result() == {}
+
+
+def test_a_restore_holds_at_most_a_few_mib_of_a_node_in_memory_at_once(tmp_path: Path) -> None:
+    """A restore's memory beyond start-up is what the node readers hold: the blobs read ahead, the
+    blobs kept for extents that come back to them, and each reading thread's range buffer. A 40 MiB
+    node of 256 KiB blobs whose second half points back into the first (a database whose unchanged
+    pages keep their old blobs), read the way a restore reads it, must never hold more than 6 MiB of
+    blobs at once besides the reading threads' buffers (10 MiB before: a restore peaked 10 MB
+    above restic, issue 20)."""
+    import hashlib
+    import tracemalloc
+
+    from phoenix_backup.repo.tree import Node
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    rng = random.Random(21)
+    pieces = [rng.randbytes(256 * KIB) for _ in range(80)]
+    ids = [repo.save_blob(BlobType.DATA, piece)[0] for piece in pieces]
+    repo.flush()
+    # The first 80 blobs in order, then 80 slices that go back to them, each 16 blobs behind.
+    picks = [(i, 0, 256 * KIB) for i in range(80)]
+    picks += [((i * 7) % 80, (i % 4) * 64 * KIB, 64 * KIB) for i in range(80)]
+    data = b"".join(pieces[i][start : start + length] for i, start, length in picks)
+    node = Node(
+        name="db",
+        type="file",
+        size=len(data),
+        content=[Extent(ids[i], start, length) for i, start, length in picks],
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    del data, pieces
+    assert reader.read_node(repo, "workspace/db", node)  # each reading thread makes its range buffer now
+    tracemalloc.start()
+    try:
+        got = hashlib.sha256()
+        r = reader.NodeReader(repo, "workspace/db", node)
+        for chunk in r.chunks():
+            got.update(chunk)
+        r.finish()
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got.hexdigest() == node.sha256
+    assert peak <= 6 * 1024 * KIB, f"{peak / 2**20:.1f} MiB held at once"

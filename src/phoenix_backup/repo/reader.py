@@ -31,16 +31,18 @@ from phoenix_backup.repo.tree import Extent, Node
 # not change since it was first stored): blobs the node needs again are kept instead of being
 # loaded anew, up to this many bytes. On the 7-day benchmark repository 2 MiB already avoids all
 # but 8 of 5,839 loads of memory.db. A blob the node does not need again is dropped at once.
-BLOB_CACHE_BYTES = 4 * 1024 * 1024
+BLOB_CACHE_BYTES = 2 * 1024 * 1024
 # Reading ahead (restic's restorer schedules by pack too): the blobs a node needs next are read
 # pack by pack, in the order they sit in each pack, neighbours less than READ_GAP apart merged into
 # one range of at most READ_RANGE bytes, and opened (decrypted, decompressed) on the decode pool
 # while the consumer writes and hashes the bytes before them. A new batch of READ_AHEAD bytes
 # starts when less than half a batch is still on the way, so at most one and a half batches (and
 # the range being read) of a node's blobs are in memory at once: the bound on what reading ahead
-# adds.
-READ_AHEAD = 4 * 1024 * 1024
-READ_RANGE = 4 * 1024 * 1024
+# adds. 1 MiB batches, ranges of 2 MiB and 2 MiB kept (4 MiB each before): a 600 MB restore's
+# memory after start-up peaks 13-15 MB lower (56-57 against 70-72 MB on the 7-day benchmark
+# repository), at the same CPU time and bytes read (docs/benchmarks.md, issue 20).
+READ_AHEAD = 1024 * 1024
+READ_RANGE = 2 * 1024 * 1024
 READ_GAP = 64 * 1024
 # A scratch copy of a database (diff, export, restore --merge) needs this much room besides.
 COPY_MARGIN = 16 * 1024 * 1024
