@@ -21,15 +21,16 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from phoenix_backup.errors import CorruptObject, PhoenixError, StorageError
-from phoenix_backup.repo.crypto import NONCE_SIZE, sha256_hex
+from phoenix_backup.repo.crypto import NONCE_SIZE, aead, sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.storage.base import ObjectInfo
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PREFIX = "checks/"
 VERSION = 1
@@ -97,7 +98,7 @@ def _is_hex(value: object, length: int) -> bool:
 
 
 def _key(repo: Repository) -> AESGCM:
-    return AESGCM(repo.secrets.derive(KEY_CONTEXT))
+    return aead(repo.secrets.derive(KEY_CONTEXT))
 
 
 def _aad(repo: Repository) -> bytes:
@@ -121,8 +122,11 @@ def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
     """The record stored as `name`; CorruptObject when it is not one this repository's owner made."""
     if len(raw) > MAX_RECORD_SIZE or len(raw) <= NONCE_SIZE or not fits_name(name, raw):
         raise CorruptObject(f"{name} is not an integrity check record of this repository (its name or size)")
+    key = _key(repo)
+    from cryptography.exceptions import InvalidTag  # loaded by `_key`
+
     try:
-        plain = _key(repo).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], _aad(repo))
+        plain = key.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], _aad(repo))
         d = json.loads(plain)
     except (InvalidTag, ValueError) as exc:
         raise CorruptObject(f"{name} does not authenticate as an integrity check record of this repository") from exc

@@ -12,13 +12,15 @@ import threading
 import zlib
 from collections import deque
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import blake3
 import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from phoenix_backup.errors import CorruptObject
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -159,6 +161,15 @@ class BlobIds:
         return blake3.blake3(data, key=self._keys[kind]).digest()
 
 
+def aead(key: bytes) -> AESGCM:
+    """AES-256-GCM under `key`. `cryptography` (9 MB of memory: its own OpenSSL) is imported on
+    first use, not with this module: a command opening a passphrase slot runs scrypt (32 MiB)
+    before it is loaded, so the two do not add up in its peak memory (docs/benchmarks.md)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 class Sealer:
     """Seals a payload: AES-256-GCM with a random nonce, or (unencrypted) a BLAKE3 checksum.
 
@@ -167,7 +178,7 @@ class Sealer:
     """
 
     def __init__(self, key: bytes | None) -> None:
-        self._aead = AESGCM(key) if key is not None else None
+        self._aead = aead(key) if key is not None else None
 
     @property
     def encrypted(self) -> bool:
@@ -193,6 +204,8 @@ class Sealer:
             if _checksum(payload, aad) != bytes(check):
                 raise CorruptObject(f"{what} fails its checksum")
             return bytes(payload)
+        from cryptography.exceptions import InvalidTag  # loaded by `aead` already
+
         try:
             return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
         except InvalidTag as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import secrets as _random
@@ -35,9 +36,6 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 import blake3
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from phoenix_backup.errors import (
     CorruptObject,
@@ -48,6 +46,7 @@ from phoenix_backup.errors import (
     UsageError,
     WrongPassphrase,
 )
+from phoenix_backup.repo.crypto import aead
 from phoenix_backup.users import username
 
 __all__ = [
@@ -434,8 +433,11 @@ class KeySlot:
         it is (`info` None for a format 2 slot: it belongs to other secrets, or is damaged)."""
         if self.version == 1 or self.info is not None:
             return self
+        opener = aead(secrets.derive(_SLOT_META_CONTEXT))
+        from cryptography.exceptions import InvalidTag  # loaded by `aead`
+
         try:
-            plain = AESGCM(secrets.derive(_SLOT_META_CONTEXT)).decrypt(
+            plain = opener.decrypt(
                 self.meta[:NONCE_LENGTH], self.meta[NONCE_LENGTH:], SLOT_META_AAD_PREFIX + self.id.encode("ascii")
             )
         except (InvalidTag, ValueError):
@@ -470,7 +472,7 @@ def _sealed(
     slot_id: str, slot_type: SlotType, params: dict[str, object], data: bytes, info: SlotInfo, secrets: MasterSecrets
 ) -> KeySlot:
     nonce = os.urandom(NONCE_LENGTH)
-    meta = nonce + AESGCM(secrets.derive(_SLOT_META_CONTEXT)).encrypt(
+    meta = nonce + aead(secrets.derive(_SLOT_META_CONTEXT)).encrypt(
         nonce, info.to_bytes(), SLOT_META_AAD_PREFIX + slot_id.encode("ascii")
     )
     return KeySlot(slot_id, slot_type, params, data, meta=meta, info=info)
@@ -536,7 +538,19 @@ def _normalize_passphrase(passphrase: str) -> bytes:
 
 
 def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=KEY_LENGTH, n=n, r=r, p=p).derive(_normalize_passphrase(passphrase))
+    # scrypt (RFC 7914) from the standard library's OpenSSL, the same function `cryptography` gives:
+    # it runs before `cryptography` is loaded (see `crypto.aead`), so its 32 MiB are freed before
+    # those 9 MB are taken. `maxmem` is what OpenSSL needs for these parameters (B and V), which
+    # `_scrypt_problem` already bounds to 1 GiB.
+    return hashlib.scrypt(
+        _normalize_passphrase(passphrase),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        maxmem=128 * r * (n + p + 2),
+        dklen=KEY_LENGTH,
+    )
 
 
 def wrap_passphrase(secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapping[str, int] | None = None) -> KeySlot:
@@ -558,7 +572,7 @@ def wrap_passphrase(secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapp
     salt = os.urandom(SALT_LENGTH)
     kek = _derive_kek(passphrase, salt, chosen["n"], chosen["r"], chosen["p"])
     nonce = os.urandom(NONCE_LENGTH)
-    sealed = AESGCM(kek).encrypt(nonce, secrets.to_bytes(), _slot_aad(slot_id))
+    sealed = aead(kek).encrypt(nonce, secrets.to_bytes(), _slot_aad(slot_id))
     params: dict[str, object] = {
         "kdf": "scrypt",
         "n": chosen["n"],
@@ -591,8 +605,11 @@ def _unwrap_passphrase(slot: KeySlot, passphrase: str) -> MasterSecrets | None:
         raise damaged("truncated data")
     kek = _derive_kek(passphrase, salt, cast(int, n), cast(int, r), cast(int, p))
     nonce, sealed = slot.data[:NONCE_LENGTH], slot.data[NONCE_LENGTH:]
+    opener = aead(kek)
+    from cryptography.exceptions import InvalidTag  # loaded by `aead`
+
     try:
-        plain = AESGCM(kek).decrypt(nonce, sealed, _slot_aad(slot.id))
+        plain = opener.decrypt(nonce, sealed, _slot_aad(slot.id))
     except InvalidTag:
         # A wrong passphrase and tampered bytes look the same, by design of the AEAD.
         return None

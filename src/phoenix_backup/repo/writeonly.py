@@ -37,16 +37,17 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from phoenix_backup.errors import CorruptObject, IdentityRequired, ObjectNotFound, UsageError
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import NONCE_SIZE, TAG_SIZE, Sealer
+from phoenix_backup.repo.crypto import NONCE_SIZE, TAG_SIZE, Sealer, aead
 from phoenix_backup.storage.base import Backend
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 WRITE_KEY_VERSION = 1
 RUN_KEY_MAGIC = b"PHXK"
@@ -217,7 +218,7 @@ class Keyring:
         self.recipients = tuple(recipients)
         self.identities = tuple(identities)
         self._parsed = [keyslots.parse_identity(i, n) for n, i in enumerate(self.identities)]
-        self.legacy = AESGCM(legacy) if legacy is not None else None
+        self.legacy = aead(legacy) if legacy is not None else None
         self._lock = threading.Lock()
         self._own: tuple[RunKey, AESGCM] | None = None
         self._counter = itertools.count(1)
@@ -242,13 +243,13 @@ class Keyring:
             if self._own is None:
                 run = RunKey.generate()
                 self.backend.write(run.name, run.sealed(self.recipients, self.write_key), exclusive=True)
-                self._own = (run, AESGCM(run.key))
+                self._own = (run, aead(run.key))
                 self._opened[run.id] = self._own[1]
             count = next(self._counter)
-            run, aead = self._own
+            run, sealer = self._own
         if count > MAX_SEALS:
             raise CorruptObject("this run sealed 2**32 objects under one key; run the command again")
-        return run.id + struct.pack(">I", count), aead
+        return run.id + struct.pack(">I", count), sealer
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -275,10 +276,10 @@ class Keyring:
         run = RunKey.opened(key_id, data, self.write_key, self._parsed)
         if run is None:
             raise IdentityRequired(self.backend.location, what, wrong=True)
-        aead = AESGCM(run.key)
+        opened = aead(run.key)
         with self._lock:
-            self._opened[key_id] = aead
-        return aead, False
+            self._opened[key_id] = opened
+        return opened, False
 
     def _run_keys(self, fresh: bool) -> set[bytes]:
         """The ids of the run keys the repository holds (one listing, again when `fresh`)."""
@@ -313,22 +314,24 @@ class KeyedSealer(Sealer):
         return NONCE_SIZE + TAG_SIZE
 
     def seal(self, payload: bytes | memoryview, aad: bytes) -> bytes:
-        nonce, aead = self.keyring.next_nonce()
-        return nonce + aead.encrypt(nonce, payload, aad)
+        nonce, sealer = self.keyring.next_nonce()
+        return nonce + sealer.encrypt(nonce, payload, aad)
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         if len(sealed) < self.overhead:
             raise CorruptObject(f"{what} is truncated")
         key_id = bytes(sealed[:RUN_KEY_ID_LENGTH])
-        aead, legacy = self.keyring.aead_for(key_id, what)
+        opener, legacy = self.keyring.aead_for(key_id, what)
+        from cryptography.exceptions import InvalidTag  # loaded by `aead`
+
         try:
-            return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+            return opener.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
         except InvalidTag as exc:
             if legacy:  # or a run that began after the run keys were listed
-                aead, legacy = self.keyring.aead_for(key_id, what, fresh=True)
+                opener, legacy = self.keyring.aead_for(key_id, what, fresh=True)
                 if not legacy:
                     with contextlib.suppress(InvalidTag):
-                        return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+                        return opener.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
             raise CorruptObject(f"{what} fails authentication (damaged or tampered)") from exc
 
 

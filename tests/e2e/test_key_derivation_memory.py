@@ -1,0 +1,126 @@
+"""Issue 20: a passphrase slot's scrypt (32 MiB at the default cost) runs before `cryptography`
+(9 MB: its own OpenSSL) is loaded, so the two never add up in a command's peak memory
+(docs/benchmarks.md, "Peak memory"). The key derivation itself is unchanged: the same RFC 7914
+scrypt with the slot's own parameters, so every existing slot still opens and a wrong passphrase
+is still refused, whichever way the passphrase comes in."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from e2e_support import PASSPHRASE, Sandbox, assert_error
+
+from phoenix_backup.repo import keys
+
+# Runs `phx ARGS` in this interpreter, noting for every scrypt run whether `cryptography` was
+# already loaded then, and the run's exit code.
+_WATCH = """
+import json, os, sys
+from phoenix_backup.repo import keys
+seen = []
+derive = keys._derive_kek
+def watched(*args):
+    seen.append("cryptography" in sys.modules)
+    return derive(*args)
+keys._derive_kek = watched
+from phoenix_backup.cli.main import main
+sys.argv = ["phx", *sys.argv[2:]]
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else 1
+with open(os.environ["WATCH_OUT"], "w") as f:
+    json.dump({"loadedAtDerivation": seen}, f)
+sys.exit(code)
+"""
+
+
+def run_watched(
+    sb: Sandbox, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, list[bool]]:
+    out = tmp_path / "watch.json"
+    out.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WATCH, "phx", *args],
+        env={**(sb.env if env is None else env), "WATCH_OUT": str(out)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, proc.stderr, json.loads(out.read_text())["loadedAtDerivation"]
+
+
+def test_scrypt_runs_before_cryptography_is_loaded(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    for args in (("backup", "--json"), ("list", "--json")):
+        code, err, loaded = run_watched(sb, tmp_path, *args)
+        assert code == 0, err
+        assert loaded == [False], f"phx {args[0]}: cryptography was loaded before scrypt ran: {loaded}"
+
+
+def test_every_way_of_giving_the_passphrase_still_opens(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    secret = tmp_path / "passphrase"
+    secret.write_text(PASSPHRASE + "\n")
+    secret.chmod(0o600)
+    code, err, loaded = run_watched(
+        sb, tmp_path, "list", "--json", env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(secret))
+    )
+    assert (code, loaded) == (0, [False]), err
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": f"cat {secret}"})
+    code, err, loaded = run_watched(sb, tmp_path, "backup", "--json", env=sb.env_with(PHX_PASSPHRASE=None))
+    assert (code, loaded) == (0, [False]), err
+    assert len(sb.snapshots()) == 2
+
+
+def test_a_wrong_passphrase_is_still_refused(backed_up: Sandbox, tmp_path: Path) -> None:
+    sb = backed_up
+    before = {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file()}
+    code, err, loaded = run_watched(sb, tmp_path, "backup", env=sb.env_with(PHX_PASSPHRASE="not the passphrase"))
+    assert code == 1 and "wrong passphrase" in err, err
+    assert loaded and not loaded[0]
+    res = sb.phx("restore", "--latest", "--to", tmp_path / "out", env=sb.env_with(PHX_PASSPHRASE="wrong"), check=None)
+    assert_error(res, 1, "passphrase")
+    assert {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.md"))
+
+
+# RFC 7914 section 12: scrypt("password", "NaCl", N=1024, r=8, p=16, dkLen=64); a 32-byte key is
+# its first half (PBKDF2's first block).
+RFC7914_PASSWORD_NACL = bytes.fromhex(
+    "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b373162"
+    "2eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640"
+)
+
+
+def test_the_key_derivation_is_rfc7914_scrypt() -> None:
+    assert keys._derive_kek("password", b"NaCl", 1024, 8, 16) == RFC7914_PASSWORD_NACL[: keys.KEY_LENGTH]
+    # The same key `cryptography`'s scrypt (which derived every slot written so far) gives, for
+    # the default parameters and the largest memory a slot may ask for (1 GiB: heavy only).
+    salt = os.urandom(keys.SALT_LENGTH)
+    costs = [keys.DEFAULT_SCRYPT_PARAMS]
+    if os.environ.get("PHX_TEST_HEAVY") == "1":
+        costs.append({"n": 2**20, "r": 8, "p": 1})
+    for c in costs:
+        theirs = Scrypt(salt=salt, length=keys.KEY_LENGTH, n=c["n"], r=c["r"], p=c["p"]).derive("pässword".encode())
+        assert keys._derive_kek("pa\u0308ssword", salt, c["n"], c["r"], c["p"]) == theirs
+
+
+@pytest.mark.parametrize(
+    ("n", "r", "p"), [(2, 1, 1), (2, keys.SCRYPT_MAX_R, keys.SCRYPT_MAX_P), (2**10, keys.SCRYPT_MAX_R, 2)]
+)
+def test_the_largest_r_and_p_a_slot_may_ask_for_still_derive(n: int, r: int, p: int) -> None:
+    # OpenSSL refuses to run when its memory limit is below what the parameters need.
+    assert keys._scrypt_problem(n, r, p) is None
+    salt = os.urandom(keys.SALT_LENGTH)
+    theirs = Scrypt(salt=salt, length=keys.KEY_LENGTH, n=n, r=r, p=p).derive(b"x")
+    assert keys._derive_kek("x", salt, n, r, p) == theirs
