@@ -189,6 +189,7 @@ class Watcher:
         self.clock_warned = False
         self.write_failed = False
         self.bases_due = False  # a lease was taken since the bases were last checked
+        self.stop = threading.Event()  # set: the watch is stopping (a hung child is not waited for)
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
         if not (_is_hex(chain, 32) and type(sequence) is int and sequence >= 0 and _is_hex(last, 64)):
@@ -391,7 +392,7 @@ class Watcher:
 
     # -- polling ---------------------------------------------------------------------------
 
-    def poll(self) -> None:
+    def poll(self, *, bases_too: bool = True) -> None:
         bases = []
         for db in self.dbs:
             if db.need_base:
@@ -403,8 +404,18 @@ class Watcher:
                 self.warn(f"{db.entry.path}: {exc}; it is captured again from a new base")
                 db.capture.close()
                 db.need_base = True
-        if bases and time.monotonic() >= self.next_base:
+        if bases and bases_too and time.monotonic() >= self.next_base:
             self._take_bases(bases)
+
+    def _meanwhile(self) -> None:
+        """While a child takes a snapshot (which may take minutes, or hang until it is killed):
+        the databases already followed are captured and their segments written as between
+        snapshots; no other snapshot starts."""
+        self.poll(bases_too=False)
+        if self.due():
+            self.flush()
+        elif self.queue:
+            self._write_queue()
 
     def _poll(self, db: _Db) -> None:
         resumed = db.since is None  # the first poll of a resumed database
@@ -569,7 +580,7 @@ class Watcher:
             replicas=tuple(replicas),
             base=base,
         )
-        outcome = watch_child.take_snapshot(request)
+        outcome = watch_child.take_snapshot(request, self._meanwhile, self.stop.is_set)
         for message in outcome.notices:
             self.envx.notice(message)
         if outcome.error is not None:
@@ -897,6 +908,7 @@ def watch(
     try:
         guard = _only_watch(state_file(envx, repo.config.id))
         w = Watcher(cfg, envx, repo, files=files)
+        w.stop = stop
         try:
             while not stop.is_set():
                 tick = time.monotonic()
