@@ -7,6 +7,7 @@ does not make the watch start child after child, and the child ends with the wat
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -152,16 +153,20 @@ def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
 
 
 # In the watch's child only (`python -c ... ROOT FD`), while the file PHX_TEST_HANG_CHILD names
-# exists: the child stops itself (as `kill -STOP` would) or deadlocks (a lock taken twice).
+# exists: once the child has read its request (it holds the secrets), it stops itself (as
+# `kill -STOP` would) or deadlocks (a lock taken twice).
 HANG = """
-import os, signal, sys, threading
+import os, pickle, signal, sys, threading
 _flag = os.environ.get("PHX_TEST_HANG_CHILD", "")
 if sys.argv[:1] == ["-c"] and len(sys.argv) == 3 and _flag and os.path.exists(_flag):
-    if open(_flag).read() == "stop":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    _lock = threading.Lock()
-    _lock.acquire()
-    _lock.acquire()
+    _loads = pickle.loads
+    def _hang(*args, **kwargs):
+        if open(_flag).read() == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        _lock = threading.Lock()
+        _lock.acquire()
+        _lock.acquire()
+    pickle.loads = _hang
 """
 
 
@@ -260,3 +265,48 @@ def test_ctrl_c_ends_a_watch_whose_child_hangs(
     assert code == 0, log
     assert "no sign of work" in log and "asked to stop" in log, log
     assert not Path(f"/proc/{child[0]}").exists() or " Z" in Path(f"/proc/{child[0]}/stat").read_text()
+
+
+def _reads_memory(pid: int, prefix: list[str]) -> bool:
+    """Whether a process of the same user, without CAP_SYS_PTRACE, may open /proc/PID/mem."""
+    probe = f"import sys\ntry:\n    open('/proc/{pid}/mem', 'rb').close()\nexcept OSError:\n    sys.exit(1)"
+    return subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_DUMPABLE) is Linux's")
+def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both hold the master secrets for as long as they run: another process of the same user
+    (without CAP_SYS_PTRACE) cannot read their memory, nor would a crash leave a core dump."""
+    # As root, the watch and the reader both drop every capability (same uid 0, same capabilities,
+    # none of them CAP_SYS_PTRACE), as two processes of one ordinary user.
+    prefix = [] if os.geteuid() != 0 else ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    control = subprocess.Popen([*prefix, "sleep", "60"])
+    try:
+        if not _reads_memory(control.pid, prefix):
+            pytest.skip("this machine forbids reading another process's memory anyway (Yama ptrace_scope)")
+    finally:
+        control.kill()
+        control.wait()
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    flag = _hang_children(sb, tmp_path, monkeypatch)
+    flag.write_text("stop")  # the child waits, stopped, to be looked at
+    with open(sb.root / "watch.log", "wb") as out:
+        watch = subprocess.Popen(
+            [*prefix, PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        child: list[int] = []
+        while not child and time.monotonic() < deadline:
+            child = [p for p in _descendants(watch.pid) if Path(f"/proc/{p}/stat").read_text().split()[2] == "T"]
+            time.sleep(0.05)
+        assert child, (sb.root / "watch.log").read_text()
+        assert "watch" in Path(f"/proc/{watch.pid}/cmdline").read_text()  # the watch itself (setpriv execs it)
+        assert not _reads_memory(watch.pid, prefix)
+        assert not _reads_memory(child[0], prefix)
+    finally:
+        watch.kill()
+        watch.wait()

@@ -71,6 +71,7 @@ from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
 from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.keys import hide_process_memory
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
@@ -903,6 +904,7 @@ def watch(
     """Follow every configured SQLite database (and, with `files`, the files) until `stop` is set
     (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured."""
     started = time.monotonic()
+    hide_process_memory()  # it holds the master secrets for weeks
     repo = open_repository(cfg, envx, upgrade=True)
     guard = -1
     try:

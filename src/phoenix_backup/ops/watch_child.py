@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
-from phoenix_backup.repo.keys import MasterSecrets
+from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
 
@@ -344,6 +344,7 @@ def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
 
 
 def main(answer_fd: int) -> None:
+    hide_process_memory()  # before the secrets arrive
     # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
