@@ -475,3 +475,17 @@ def test_json_as_the_value_of_an_option_does_not_make_the_errors_json(sandbox: S
     assert res.err.startswith("phx: error: No such option '--bogus'"), res
     res = sandbox.phx("restore", "--to", "x", "--json", "--bogus", check=2)
     assert json.loads(res.out)["errorType"] == "UsageError", res
+
+
+def test_restore_to_a_path_through_dot_dot_creates_nothing_on_the_way(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`--to x/../y` is `y`: no empty `x` is left beside it. A symlink before the `..` is followed,
+    as the system follows it (`link/../y` is `y` beside the link's target)."""
+    sb = backed_up
+    work = tmp_path / "work"
+    (work / "elsewhere" / "deep").mkdir(parents=True)
+    (work / "link").symlink_to(work / "elsewhere" / "deep")
+    for to, where in (("x/../y", work / "y"), ("link/../z", work / "elsewhere" / "z")):
+        res = run_phx(["restore", "--latest", "--to", to, "--json"], sb.env, cwd=work)
+        assert res.json()["destination"] == str(where), res
+        assert (where / "home").is_dir(), res
+    assert sorted(p.name for p in work.iterdir()) == ["elsewhere", "link", "y"]
