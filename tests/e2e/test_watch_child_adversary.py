@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,32 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _watch_and_its_child(
+    sb: Sandbox, prefix: Sequence[str] = (), *, stopped: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`phx watch --no-files` started (log in ROOT/watch.log), and the pid of its snapshot child once
+    there (`stopped`: once it is stopped, see HANG); the caller ends the watch."""
+    with open(sb.root / "watch.log", "wb") as out:
+        watch = subprocess.Popen(
+            [*prefix, PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for p in _descendants(watch.pid):
+                with contextlib.suppress(OSError):
+                    if b"watch_child" in Path(f"/proc/{p}/cmdline").read_bytes() and (
+                        not stopped or Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                    ):
+                        return watch, p
+            time.sleep(0.01)
+        raise AssertionError((sb.root / "watch.log").read_text())
+    except BaseException:
+        watch.kill()
+        watch.wait()
+        raise
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child in /proc")
 def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(sandbox: Sandbox) -> None:
     """`kill -9` of `phx watch` midway through a base: its child ends too (no orphan holding the
@@ -112,24 +139,13 @@ def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(s
     gets its lock and `phx verify` passes."""
     sb = sandbox
     _table(sb.layout.dashboard_db)
-    with open(sb.root / "watch.log", "wb") as out:
-        watch = subprocess.Popen(
-            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
-        deadline = time.monotonic() + 60
-        child: list[int] = []
-        while not child and time.monotonic() < deadline:
-            child = [p for p in _descendants(watch.pid) if b"watch_child" in Path(f"/proc/{p}/cmdline").read_bytes()]
-            time.sleep(0.01)
-        assert child, (sb.root / "watch.log").read_text()
-    finally:
-        watch.kill()
-        watch.wait()
+    watch, child = _watch_and_its_child(sb)
+    watch.kill()
+    watch.wait()
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{child[0]}").exists() and time.monotonic() < deadline:
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not Path(f"/proc/{child[0]}").exists() or " Z" in Path(f"/proc/{child[0]}/stat").read_text()
+    assert not Path(f"/proc/{child}").exists() or " Z" in Path(f"/proc/{child}/stat").read_text()
     assert sb.phx("prune", check=None).code == 0
     assert sb.phx("verify", check=None).code == 0
 
@@ -245,17 +261,8 @@ def test_ctrl_c_ends_a_watch_whose_child_hangs(
     _table(sb.layout.dashboard_db)
     flag = _hang_children(sb, tmp_path, monkeypatch)
     flag.write_text("stop")
-    with open(sb.root / "watch.log", "wb") as out:
-        watch = subprocess.Popen(
-            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
+    watch, child = _watch_and_its_child(sb, stopped=True)
     try:
-        deadline = time.monotonic() + 60
-        child: list[int] = []
-        while not child and time.monotonic() < deadline:
-            child = [p for p in _descendants(watch.pid) if Path(f"/proc/{p}/stat").read_text().split()[2] == "T"]
-            time.sleep(0.05)
-        assert child, (sb.root / "watch.log").read_text()
         watch.send_signal(signal.SIGINT)
         code = watch.wait(timeout=20)
     finally:
@@ -264,7 +271,7 @@ def test_ctrl_c_ends_a_watch_whose_child_hangs(
     log = (sb.root / "watch.log").read_text()
     assert code == 0, log
     assert "no sign of work" in log and "asked to stop" in log, log
-    assert not Path(f"/proc/{child[0]}").exists() or " Z" in Path(f"/proc/{child[0]}/stat").read_text()
+    assert not Path(f"/proc/{child}").exists() or " Z" in Path(f"/proc/{child}/stat").read_text()
 
 
 def _reads_memory(pid: int, prefix: list[str]) -> bool:
@@ -293,20 +300,11 @@ def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
     _table(sb.layout.dashboard_db)
     flag = _hang_children(sb, tmp_path, monkeypatch)
     flag.write_text("stop")  # the child waits, stopped, to be looked at
-    with open(sb.root / "watch.log", "wb") as out:
-        watch = subprocess.Popen(
-            [*prefix, PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
+    watch, child = _watch_and_its_child(sb, prefix, stopped=True)
     try:
-        deadline = time.monotonic() + 60
-        child: list[int] = []
-        while not child and time.monotonic() < deadline:
-            child = [p for p in _descendants(watch.pid) if Path(f"/proc/{p}/stat").read_text().split()[2] == "T"]
-            time.sleep(0.05)
-        assert child, (sb.root / "watch.log").read_text()
         assert "watch" in Path(f"/proc/{watch.pid}/cmdline").read_text()  # the watch itself (setpriv execs it)
         assert not _reads_memory(watch.pid, prefix)
-        assert not _reads_memory(child[0], prefix)
+        assert not _reads_memory(child, prefix)
     finally:
         watch.kill()
         watch.wait()
