@@ -191,6 +191,7 @@ class Watcher:
         self.write_failed = False
         self.bases_due = False  # a lease was taken since the bases were last checked
         self.stop = threading.Event()  # set: the watch is stopping (a hung child is not waited for)
+        self.meanwhile_error: PhoenixError | None = None  # see `_meanwhile`
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
         if not (_is_hex(chain, 32) and type(sequence) is int and sequence >= 0 and _is_hex(last, 64)):
@@ -260,6 +261,8 @@ class Watcher:
             self.warn(f"the snapshot of the files failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
             self.next_files = time.monotonic() + HEARTBEAT_SECONDS
             return
+        finally:
+            self._raise_meanwhile()
         self.files.taken()
         self.result.file_snapshots += 1
 
@@ -407,16 +410,28 @@ class Watcher:
                 db.need_base = True
         if bases and bases_too and time.monotonic() >= self.next_base:
             self._take_bases(bases)
+            self._raise_meanwhile()
 
     def _meanwhile(self) -> None:
         """While a child takes a snapshot (which may take minutes, or hang until it is killed):
         the databases already followed are captured and their segments written as between
-        snapshots; no other snapshot starts."""
-        self.poll(bases_too=False)
-        if self.due():
-            self.flush()
-        elif self.queue:
-            self._write_queue()
+        snapshots; no other snapshot starts. An error here (the spool cannot be written) is the
+        watch's, not the snapshot's: kept, and raised once the snapshot is over (`_raise_meanwhile`)."""
+        if self.meanwhile_error is not None:
+            return
+        try:
+            self.poll(bases_too=False)
+            if self.due():
+                self.flush()
+            elif self.queue:
+                self._write_queue()
+        except PhoenixError as exc:
+            self.meanwhile_error = exc
+
+    def _raise_meanwhile(self) -> None:
+        error, self.meanwhile_error = self.meanwhile_error, None
+        if error is not None:
+            raise error
 
     def _poll(self, db: _Db) -> None:
         resumed = db.since is None  # the first poll of a resumed database
