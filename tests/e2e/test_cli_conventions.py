@@ -428,3 +428,64 @@ def test_archive_and_export_stream_their_phases(backed_up: Sandbox, tmp_path: Pa
     assert any((d["doing"] or "").startswith("copying memory.db (") for d in docs), docs
     last = docs[-1]
     assert last["done"] == last["total"] == len(res.json()["databases"]) and last["unit"] == "databases", last
+
+
+# -- a bug, and --json as an option's value ------------------------------------------------------
+
+# A bug planted in `phx list` (what no input can be trusted to reach): a KeyError from its library.
+BUG = """
+import os
+if os.environ.get("PHX_TEST_PLANT_BUG"):
+    from phoenix_backup.ops import list as _list
+    def _bug(*args, **kwargs):
+        raise KeyError("planted")
+    _list.list_snapshots = _bug
+"""
+
+
+def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandbox, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BUG, encoding="utf-8")
+    env = sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG="1")
+    line = assert_error(run_phx(["list"], env, check=None), 1, "a bug in Phoenix", "--verbose", "KeyError")
+    assert line.startswith("phx: error: ")
+
+    res = run_phx(["list", "--json"], env, check=None)
+    assert res.code == 1, res
+    doc = json.loads(res.out)
+    assert doc["ok"] is False and doc["errorType"] == "InternalError" and "--verbose" in doc["error"], doc
+    err = [json.loads(x) for x in res.err.splitlines()]
+    assert err == [{"type": "error", "message": doc["error"]}], res.err
+
+    res = run_phx(["list", "--json", "--verbose"], env, check=None)
+    assert res.code == 1 and json.loads(res.out)["errorType"] == "InternalError", res
+    (line,) = [json.loads(x) for x in res.err.splitlines() if '"error"' in x]
+    assert "KeyError" in line["traceback"], res.err
+
+    res = run_phx(["list", "--verbose"], env, check=None)
+    assert res.code == 1 and "Traceback" in res.err and "phx: error: " in res.err, res
+
+
+def test_json_as_the_value_of_an_option_does_not_make_the_errors_json(sandbox: Sandbox) -> None:
+    """`--to --json` restores into a folder named `--json`: a usage error after it is said in
+    plain text, as without --json; a real --json still makes it the JSON error document."""
+    res = sandbox.phx("restore", "--to", "--json", "--bogus", check=2)
+    assert res.out == "", res
+    assert res.err.startswith("phx: error: No such option '--bogus'"), res
+    res = sandbox.phx("restore", "--to", "x", "--json", "--bogus", check=2)
+    assert json.loads(res.out)["errorType"] == "UsageError", res
+
+
+def test_restore_to_a_path_through_dot_dot_creates_nothing_on_the_way(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`--to x/../y` is `y`: no empty `x` is left beside it. A symlink before the `..` is followed,
+    as the system follows it (`link/../y` is `y` beside the link's target)."""
+    sb = backed_up
+    work = tmp_path / "work"
+    (work / "elsewhere" / "deep").mkdir(parents=True)
+    (work / "link").symlink_to(work / "elsewhere" / "deep")
+    for to, where in (("x/../y", work / "y"), ("link/../z", work / "elsewhere" / "z")):
+        res = run_phx(["restore", "--latest", "--to", to, "--json"], sb.env, cwd=work)
+        assert res.json()["destination"] == str(where), res
+        assert (where / "home").is_dir(), res
+    assert sorted(p.name for p in work.iterdir()) == ["elsewhere", "link", "y"]

@@ -16,8 +16,12 @@ import pytest
 from e2e_support import PASSPHRASE, Receiver, Sandbox
 from test_integrity_cadence import LOGICAL, ROWS, change_a_row, damage_index, integrity_of, make_database
 
+from phoenix_backup.config import load_config
+from phoenix_backup.ops import drill
+from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo import checks, keys
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.storage.local import LocalBackend
 
 
@@ -162,3 +166,69 @@ def test_prune_deletes_the_records_of_forgotten_snapshots(cadenced: Sandbox, tmp
     sb.phx("forget", daily["id"], "--json")
     sb.phx("prune", "--json")
     assert records(sb) == []
+
+
+def _name_not_utf8(db: Path) -> None:
+    """A table whose name is not UTF-8: `integrity_check` passes, but reading the schema's names
+    (the drill counts rows before it runs the FTS5 checks) raises."""
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("CREATE TABLE x(a)")
+    con.execute("PRAGMA writable_schema=ON")
+    con.execute(
+        "UPDATE sqlite_master SET name=CAST(X'78FF' AS TEXT), tbl_name=CAST(X'78FF' AS TEXT), "
+        "sql='CREATE TABLE \"'||CAST(X'78FF' AS TEXT)||'\"(a)' WHERE name='x'"
+    )
+    con.close()
+
+
+def _tokenizer_missing(db: Path) -> None:
+    """An FTS5 table whose tokenizer this SQLite does not have: its check cannot run."""
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("CREATE VIRTUAL TABLE notes_fts USING fts5(body)")
+    con.execute("INSERT INTO notes_fts VALUES ('hello')")
+    con.execute("PRAGMA writable_schema=ON")
+    con.execute(
+        "UPDATE sqlite_master SET sql='CREATE VIRTUAL TABLE notes_fts USING fts5(body, tokenize=nosuch)' "
+        "WHERE name='notes_fts'"
+    )
+    con.close()
+
+
+def test_a_drill_records_no_pass_when_the_fts5_checks_were_never_reached(cadenced: Sandbox, tmp_path: Path) -> None:
+    """The drill's checks of a restored copy where counting the rows raises before the FTS5
+    checks run (a table name that is not UTF-8; `integrity_check` passes): no pass is recorded
+    for its bytes. (A backup refuses such a database, so the copy is checked here as the drill
+    checks the one it restored.)"""
+    sb = cadenced
+    snap_id = sb.backup()["id"]
+    repo = open_repo(sb.repo)
+    repo.load_index()
+    snap = repo.load_snapshot(snap_id)
+    nodes = [(logical, node) for logical, node in walk_tree(repo, snap.tree) if logical == LOGICAL]
+    scratch = tmp_path / "scratch"
+    copy = scratch / LOGICAL
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(sb.db_path(LOGICAL), copy)
+    _name_not_utf8(copy)
+    ctx = drill.DrillContext(load_config(sb.config_path, sb.env), Environment(env=sb.env), snap, scratch)
+    report = drill.SqliteDrill().check(ctx, None, copy)
+    assert report.integrity == "ok" and report.problems, report
+    result = drill.DrillResult(snap_id, "", "", "", "", "", databases=[report])
+    drill._record_in_repository(repo, snap, nodes, {LOGICAL}, result)
+    assert not [r for r in recorded(sb) if r.passed], [(r.by, r.result) for r in recorded(sb)]
+
+
+@pytest.mark.parametrize("damage", [_tokenizer_missing])
+def test_a_drill_records_no_pass_when_a_check_it_names_did_not_run(
+    cadenced: Sandbox, tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    """A pass lets every later restore of those bytes skip `integrity_check`: it is recorded only
+    when every check ran and passed, not when the FTS5 checks were never reached (an error before
+    them) or could not run (no tokenizer)."""
+    sb = cadenced
+    damage(sb.db_path(LOGICAL))
+    sb.phx("backup", "--json", check=0)
+    snap = sb.snapshots()[-1]["id"]
+    sb.phx("drill", "--json", "--scratch", tmp_path, check=None)
+    sha, _size = node_of(sb, snap)
+    assert not [r for r in recorded(sb) if r.sha256 == sha and r.passed], [(r.by, r.result) for r in recorded(sb)]

@@ -429,3 +429,34 @@ def test_a_write_only_watch_after_a_compaction_claims_no_loss(make_sandbox: Any,
         assert [r[0] for r in con.execute("SELECT k FROM log ORDER BY k")] == [0, 1, 2, 3]
     finally:
         con.close()
+
+
+def test_a_restore_at_before_any_snapshot_of_the_files_lists_the_snapshots_once(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note that no snapshot of the files was complete by then names the backup that holds
+    them, from the one listing of the snapshots (each listed snapshot is a read: on S3 a request)."""
+    from phoenix_backup.ops import pitr
+    from phoenix_backup.storage.local import LocalBackend
+
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    backup = sb.backup()
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()
+        _commit(sb.layout.dashboard_db, 1)
+        w.poll()
+        w.flush()
+    reads: list[str] = []
+    real_read = LocalBackend.read
+
+    def counted(self: LocalBackend, name: str) -> bytes:
+        reads.append(name)
+        return real_read(self, name)
+
+    monkeypatch.setattr(LocalBackend, "read", counted)
+    cfg = load_config(sb.config_path, sb.env)
+    result = pitr.restore_at(cfg, Environment(env=sb.env), _last_covered(sb), to=tmp_path / "at")
+    assert [n for n in result.notices if f"phx restore --backup {backup['id'][:8]}" in n], result
+    assert reads.count(f"snapshots/{backup['id']}") == 1, reads  # the backup's, which only the listing reads

@@ -7,9 +7,14 @@ does not make the watch start child after child, and the child ends with the wat
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from e2e_support import PHX, Sandbox
 from test_watch_adversary import LOGICAL, _commit, _last_covered, _restored, _table
 from test_watch_bases import _watcher
 
+from phoenix_backup.ops import watch_child
 from phoenix_backup.ops.watch import Watcher
 
 
@@ -100,6 +106,32 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _watch_and_its_child(
+    sb: Sandbox, prefix: Sequence[str] = (), *, stopped: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`phx watch --no-files` started (log in ROOT/watch.log), and the pid of its snapshot child once
+    there (`stopped`: once it is stopped, see HANG); the caller ends the watch."""
+    with open(sb.root / "watch.log", "wb") as out:
+        watch = subprocess.Popen(
+            [*prefix, PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for p in _descendants(watch.pid):
+                with contextlib.suppress(OSError):
+                    if b"watch_child" in Path(f"/proc/{p}/cmdline").read_bytes() and (
+                        not stopped or Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                    ):
+                        return watch, p
+            time.sleep(0.01)
+        raise AssertionError((sb.root / "watch.log").read_text())
+    except BaseException:
+        watch.kill()
+        watch.wait()
+        raise
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child in /proc")
 def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(sandbox: Sandbox) -> None:
     """`kill -9` of `phx watch` midway through a base: its child ends too (no orphan holding the
@@ -107,24 +139,13 @@ def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(s
     gets its lock and `phx verify` passes."""
     sb = sandbox
     _table(sb.layout.dashboard_db)
-    with open(sb.root / "watch.log", "wb") as out:
-        watch = subprocess.Popen(
-            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
-        deadline = time.monotonic() + 60
-        child: list[int] = []
-        while not child and time.monotonic() < deadline:
-            child = [p for p in _descendants(watch.pid) if b"watch_child" in Path(f"/proc/{p}/cmdline").read_bytes()]
-            time.sleep(0.01)
-        assert child, (sb.root / "watch.log").read_text()
-    finally:
-        watch.kill()
-        watch.wait()
+    watch, child = _watch_and_its_child(sb)
+    watch.kill()
+    watch.wait()
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{child[0]}").exists() and time.monotonic() < deadline:
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not Path(f"/proc/{child[0]}").exists() or " Z" in Path(f"/proc/{child[0]}/stat").read_text()
+    assert not Path(f"/proc/{child}").exists() or " Z" in Path(f"/proc/{child}/stat").read_text()
     assert sb.phx("prune", check=None).code == 0
     assert sb.phx("verify", check=None).code == 0
 
@@ -145,3 +166,145 @@ def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
         assert all(d.need_base for d in w.dbs) and w.result.bases == 0, notices
     said = [n for n in notices if "base snapshot failed" in n]
     assert len(said) == 1 and "upgraded" in said[0] and "start it again" in said[0], notices
+
+
+# In the watch's child only (`python -c ... ROOT FD`), while the file PHX_TEST_HANG_CHILD names
+# exists: once the child has read its request (it holds the secrets), it stops itself (as
+# `kill -STOP` would) or deadlocks (a lock taken twice).
+HANG = """
+import os, pickle, signal, sys, threading
+_flag = os.environ.get("PHX_TEST_HANG_CHILD", "")
+if sys.argv[:1] == ["-c"] and len(sys.argv) == 3 and _flag and os.path.exists(_flag):
+    _loads = pickle.loads
+    def _hang(*args, **kwargs):
+        if open(_flag).read() == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        _lock = threading.Lock()
+        _lock.acquire()
+        _lock.acquire()
+    pickle.loads = _hang
+"""
+
+
+def _hang_children(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The flag file that makes the watch's next children hang (see HANG); absent for now."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HANG, encoding="utf-8")
+    flag = tmp_path / "hang"
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("PHX_TEST_HANG_CHILD", str(flag))
+    sb.env["PYTHONPATH"] = str(site)
+    sb.env["PHX_TEST_HANG_CHILD"] = str(flag)
+    return flag
+
+
+@pytest.mark.parametrize("how", ["stop", "deadlock"])
+def test_a_hung_child_is_killed_and_the_watch_captures_commits_meanwhile(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A child stopped or deadlocked while it takes a base: the databases already followed are
+    still captured while it hangs, it is killed once silent for STALL_SECONDS (one warning naming
+    why), and the base is taken again later."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    flag = _hang_children(sb, tmp_path, monkeypatch)
+    monkeypatch.setattr(watch_child, "STALL_SECONDS", 4.0, raising=False)  # (none before: hangs)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()  # the bases
+        assert not any(d.need_base for d in w.dbs), notices
+        other = next(d for d in w.dbs if d.logical != LOGICAL)
+        other.need_base = True  # a new base of another database (as after a checkpoint by another process)
+        flag.write_text(how)
+        stop_writing = threading.Event()
+
+        def write() -> None:
+            k = 1
+            while not stop_writing.wait(0.3):
+                _commit(sb.layout.dashboard_db, k)
+                k += 1
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        started = time.monotonic()
+        try:
+            w.poll()  # the base in a child that hangs
+        finally:
+            stop_writing.set()
+            writer.join()
+        assert time.monotonic() - started < 60
+        hung = [n for n in notices if "killed" in n]
+        assert len(hung) == 1 and "no sign of work" in hung[0] and "tried again" in hung[0], notices
+        assert other.need_base
+        assert w.result.segments >= 2, notices  # segments written while the child hung
+        w.poll()  # the last commits (the base is not tried again before its time)
+        w.flush()
+        con = sqlite3.connect(sb.layout.dashboard_db)
+        rows = [r[0] for r in con.execute("SELECT k FROM log ORDER BY k")]
+        con.close()
+        assert len(rows) > 3
+        assert _restored(sb, _last_covered(sb), tmp_path / "at") == rows
+        flag.unlink()
+        w.next_base = 0.0
+        w.poll()  # tried again: taken
+        assert not other.need_base, notices
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child in /proc")
+def test_ctrl_c_ends_a_watch_whose_child_hangs(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (SIGINT) while the base's child is stopped: the watch ends within seconds, not
+    after STALL_SECONDS (or never), and takes the child with it."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    flag = _hang_children(sb, tmp_path, monkeypatch)
+    flag.write_text("stop")
+    watch, child = _watch_and_its_child(sb, stopped=True)
+    try:
+        watch.send_signal(signal.SIGINT)
+        code = watch.wait(timeout=20)
+    finally:
+        watch.kill()
+        watch.wait()
+    log = (sb.root / "watch.log").read_text()
+    assert code == 0, log
+    assert "no sign of work" in log and "asked to stop" in log, log
+    assert not Path(f"/proc/{child}").exists() or " Z" in Path(f"/proc/{child}/stat").read_text()
+
+
+def _reads_memory(pid: int, prefix: list[str]) -> bool:
+    """Whether a process of the same user, without CAP_SYS_PTRACE, may open /proc/PID/mem."""
+    probe = f"import sys\ntry:\n    open('/proc/{pid}/mem', 'rb').close()\nexcept OSError:\n    sys.exit(1)"
+    return subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_DUMPABLE) is Linux's")
+def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both hold the master secrets for as long as they run: another process of the same user
+    (without CAP_SYS_PTRACE) cannot read their memory, nor would a crash leave a core dump."""
+    # As root, the watch and the reader both drop every capability (same uid 0, same capabilities,
+    # none of them CAP_SYS_PTRACE), as two processes of one ordinary user.
+    prefix = [] if os.geteuid() != 0 else ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    control = subprocess.Popen([*prefix, "sleep", "60"])
+    try:
+        if not _reads_memory(control.pid, prefix):
+            pytest.skip("this machine forbids reading another process's memory anyway (Yama ptrace_scope)")
+    finally:
+        control.kill()
+        control.wait()
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    flag = _hang_children(sb, tmp_path, monkeypatch)
+    flag.write_text("stop")  # the child waits, stopped, to be looked at
+    watch, child = _watch_and_its_child(sb, prefix, stopped=True)
+    try:
+        assert "watch" in Path(f"/proc/{watch.pid}/cmdline").read_text()  # the watch itself (setpriv execs it)
+        assert not _reads_memory(watch.pid, prefix)
+        assert not _reads_memory(child, prefix)
+    finally:
+        watch.kill()
+        watch.wait()

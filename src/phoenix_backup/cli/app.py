@@ -74,6 +74,17 @@ class Out:
             click.echo(stderr_line(kind, message, as_json=self.as_json, trace=trace), err=True)
 
 
+def bug_message(exc: BaseException, verbose: bool) -> str:
+    """The one sentence for an exception Phoenix did not expect (a bug, not bad input)."""
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    fix = (
+        "please report it with the traceback"
+        if verbose
+        else "run the command again with --verbose and report the traceback"
+    )
+    return f"unexpected internal error ({what}): a bug in Phoenix; {fix}"
+
+
 def stderr_line(kind: str, message: str, *, as_json: bool, trace: str | None = None) -> str:
     """One line for stderr: `phx: MESSAGE` (`phx: error: MESSAGE`), or with `--json` an object
     `{"type": "notice", "level": "info"|"warning"|"problem", "message"}` or `{"type": "error",
@@ -195,6 +206,17 @@ def common(f: F) -> F:
             if as_json:
                 click.echo(jsontext.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
             sys.exit(int(exc.exit_status))
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: cli/main.py says them
+        except Exception as exc:  # not a Phoenix error: a bug, said as one error like any other
+            out.progress.clear()
+            if verbose and not as_json:
+                traceback.print_exc()
+            message = bug_message(exc, verbose)
+            out.error(message, traceback.format_exc() if verbose and as_json else None)
+            if as_json:
+                click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "InternalError"}))
+            sys.exit(int(ExitStatus.FAILURE))
         except KeyboardInterrupt:
             out.progress.interrupted()
             message = "interrupted; the repository is unchanged unless a snapshot was reported"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from phoenix_backup.cli.app import (
@@ -21,7 +19,7 @@ from phoenix_backup.cli.app import (
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import drill as drill_op
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, folder_argument
 
 
 @cli.command()
@@ -70,7 +68,7 @@ def drill(
     envx.thaw_timeout = thaw_timeout
     if at is not None:
         return _at(out, envx, cfg, at)
-    result = drill_op.drill(cfg, envx, ref=ref, target=target, scratch=Path(scratch).absolute() if scratch else None)
+    result = drill_op.drill(cfg, envx, ref=ref, target=target, scratch=folder_argument(scratch) if scratch else None)
     out.result(result.to_json(), render(result, out.verbose), data=result.exit_status != ExitStatus.OK)
     return result.exit_status
 

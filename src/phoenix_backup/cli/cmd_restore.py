@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from phoenix_backup.cli import render
@@ -23,7 +21,7 @@ from phoenix_backup.cli.app import (
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import restore as restore_op
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, folder_argument
 
 
 @cli.command()
@@ -153,7 +151,7 @@ def restore(
         ref=ref or "latest",
         scope=scope or "full",  # type: ignore[arg-type]
         paths=paths,
-        to=Path(to).absolute() if to else None,
+        to=folder_argument(to) if to else None,
         dry_run=dry_run,
         yes=yes,
         delete=delete,
@@ -232,7 +230,7 @@ def _at(
         envx,
         at,
         paths=paths,
-        to=Path(to).absolute() if to else None,
+        to=folder_argument(to) if to else None,
         dry_run=dry_run,
         yes=yes,
         safety_snapshot=not no_safety,

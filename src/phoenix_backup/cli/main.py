@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import traceback
 from typing import NoReturn
 
 import click
 
 from phoenix_backup import jsontext
-from phoenix_backup.cli.app import cli, stderr_line
+from phoenix_backup.cli.app import bug_message, cli, stderr_line
 from phoenix_backup.errors import ExitStatus
 
 __all__ = ["cli", "main"]
@@ -66,12 +67,11 @@ def _mallopt(*settings: tuple[int, int]) -> None:
 
 def main() -> None:
     _limit_malloc_arenas()
-    # Before click has parsed anything: --json anywhere makes click's own errors JSON lines too.
-    as_json = "--json" in sys.argv[1:]
+    argv = sys.argv[1:]
     try:
         cli.main(prog_name="phx", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
-        if as_json:  # the help is for people: a program gets the one line that says what is missing
+        if wants_json(argv, exc.ctx):  # the help is for people: a program gets the one line that says what is missing
             _usage_error(f"missing command; see `{exc.ctx.command_path if exc.ctx else 'phx'} --help`")
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         sys.exit(int(ExitStatus.USAGE))
@@ -79,16 +79,57 @@ def main() -> None:
         # One line in Phoenix's error format instead of click's usage block.
         hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else "; see `phx --help`"
         message = f"{exc.format_message().rstrip('.')}{hint}"
-        if as_json:
+        if wants_json(argv, exc.ctx):
             _usage_error(message)
         click.echo(stderr_line("error", message, as_json=False), err=True)
         sys.exit(int(ExitStatus.USAGE))
     except click.exceptions.Abort:
-        click.echo(stderr_line("problem", "interrupted", as_json=as_json), err=True)
+        click.echo(stderr_line("problem", "interrupted", as_json=wants_json(argv, None)), err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(stderr_line("error", exc.format_message(), as_json=as_json), err=True)
+        click.echo(stderr_line("error", exc.format_message(), as_json=wants_json(argv, None)), err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug outside a command (`cli.app.common` says those in it)
+        as_json = wants_json(argv, None)
+        verbose = bool({"--verbose", "-v"} & set(argv))
+        trace = traceback.format_exc() if verbose else None
+        if trace and not as_json:
+            sys.stderr.write(trace)
+        message = bug_message(exc, verbose)
+        click.echo(stderr_line("error", message, as_json=as_json, trace=trace if as_json else None), err=True)
+        if as_json:
+            click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "InternalError"}))
+        sys.exit(int(ExitStatus.FAILURE))
+
+
+def wants_json(argv: list[str], ctx: click.Context | None) -> bool:
+    """Whether `--json` was given as an option: from the parsed options when click got that far,
+    else from the command line, where a `--json` that is an option's value (`--path --json`,
+    `--to --json`) is not one (the options that take a value are those of `ctx`'s commands, or
+    the group's without it)."""
+    takes_value: set[str] = set()
+    commands: list[click.Command] = []
+    at = ctx
+    while at is not None:
+        if at.params.get("as_json"):
+            return True
+        commands.append(at.command)
+        at = at.parent
+    for command in commands or [cli]:
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.is_flag and not param.count:
+                takes_value.update(param.opts)
+    value_next = False
+    for token in argv:
+        if value_next:
+            value_next = False
+        elif token == "--":
+            return False
+        elif token == "--json":
+            return True
+        else:
+            value_next = token in takes_value
+    return False
 
 
 def _usage_error(message: str) -> NoReturn:

@@ -38,6 +38,17 @@ from phoenix_backup.storage.local import LocalBackend
 from phoenix_backup.storage.targets import remember_append_only
 
 
+def folder_argument(text: str) -> Path:
+    """A folder given on the command line (`--to DIR`, `--scratch DIR`), absolute, with its `..`
+    resolved as the system resolves them (a symlink before one is followed), so that the folders
+    before a `..` are never created: `x/../y` is `y`, not `y` beside a new, empty `x`."""
+    path = Path(text).absolute()
+    if ".." not in path.parts:
+        return path
+    last = len(path.parts) - 1 - path.parts[::-1].index("..")
+    return Path(os.path.realpath(Path(*path.parts[: last + 1])), *path.parts[last + 1 :])
+
+
 def _no_notice(_message: str) -> None:
     pass
 

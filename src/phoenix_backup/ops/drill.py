@@ -87,6 +87,7 @@ class DatabaseReport:
     # Checks SQLite could not run (a full scratch disk, an interrupt): "<check> could not run: <cause>;
     # <fix>". They say nothing of the bytes, so they are neither problems nor passes.
     unchecked: list[str] = field(default_factory=list)
+    fts5_ran: bool = False  # the FTS5 checks were run (none may exist), not skipped by an error before them
 
     @property
     def ok(self) -> bool:
@@ -196,6 +197,7 @@ class SqliteDrill:
                 report.fts5[name] = str(exc)
                 report.problems.append((f"fts5:{name}", f"FTS5 table {name} fails integrity-check: {exc}"))
         con.rollback()
+        report.fts5_ran = True
 
     @staticmethod
     def _rows(
@@ -445,7 +447,9 @@ def _record_in_repository(
     """Each SQLite copy's checks, pass or fail, as a record in the repository (repo/checks.py):
     its bytes were proven against the snapshot's SHA-256 as they were written, so a later restore
     of the same bytes, on any machine, need not run `integrity_check` again. A pass needs every
-    FTS5 table's check to pass too."""
+    check the drill names to have run and passed: `integrity_check`, every FTS5 table's
+    `integrity-check` (none skipped by an error before them, none "not checked" for want of its
+    tokenizer), and nothing else found wrong; short of that, no pass is recorded."""
     by_path = {d.path: d for d in result.databases if d.engine == "sqlite" and d.integrity != NOT_CHECKED}
     records = []
     for logical, node in nodes:
@@ -457,6 +461,9 @@ def _record_in_repository(
         problems = [] if report.integrity == "ok" else [report.integrity]
         problems += [f"FTS5 {t}: {m}" for t, m in sorted(report.fts5.items()) if m not in ("ok", NOT_CHECKED)]
         outcome = "; ".join(problems) or "ok"
+        ran_all = report.fts5_ran and NOT_CHECKED not in report.fts5.values() and not report.unchecked
+        if outcome == "ok" and (not ran_all or report.problems):
+            continue
         records.append(
             checks.record(node.sha256, node.size, outcome, "drill", snap.id, logical, sqlite3.sqlite_version)
         )

@@ -50,23 +50,23 @@ def files_as_of(snap: Snapshot) -> int | None:
     return captures.to_us(begun) + int(snap.stats.duration * 1_000_000)
 
 
-def file_snapshots(repo: Repository) -> list[tuple[int, Snapshot]]:
+def file_snapshots(snapshots: list[Snapshot]) -> list[tuple[int, Snapshot]]:
     """The complete snapshots of the files `phx watch` took, by the time they hold, oldest first."""
     out = []
-    for snap in repo.list_snapshots():
+    for snap in snapshots:
         when = files_as_of(snap) if snap.scope == FILES_SCOPE and not snap.incomplete else None
         if when is not None:
             out.append((when, snap))
     return sorted(out, key=lambda x: x[0])
 
 
-def _no_files_note(repo: Repository, at: int) -> str:
+def _no_files_note(snapshots: list[Snapshot], at: int) -> str:
     """Why no files are restored at `at` (no snapshot of the files was complete by then: the time
     lies before the first one a watch took), and where the files of that time are."""
     when = captures.describe(at)
     older = [
         (as_of, snap)
-        for snap in repo.list_snapshots()
+        for snap in snapshots
         if snap.scope == "full" and not snap.incomplete and (as_of := files_as_of(snap)) is not None and as_of <= at
     ]
     where = "no backup before it holds them either"
@@ -152,7 +152,8 @@ def timeline(cfg: Config, envx: Environment) -> TimelineReport:
         require_identity(repo, "the capture segments")
         report = timeline_report(captures.timeline(repo, captures_cache(repo, envx)))
         report.files = [
-            {"snapshot": snap.id, "asOf": captures.describe(when, exact=True)} for when, snap in file_snapshots(repo)
+            {"snapshot": snap.id, "asOf": captures.describe(when, exact=True)}
+            for when, snap in file_snapshots(repo.list_snapshots())
         ]
         return report
     finally:
@@ -352,9 +353,10 @@ def restore_at(
                 and (not paths or len(chosen) < len(tl.paths()))
                 and not _names_databases(paths, chosen, layout)
             ):
-                files = next((snap for when, snap in reversed(file_snapshots(repo)) if when <= at), None)
+                snapshots = repo.list_snapshots()  # once: each is a request per snapshot on S3
+                files = next((snap for when, snap in reversed(file_snapshots(snapshots)) if when <= at), None)
                 if files is None:
-                    result.notices.append(_no_files_note(repo, at))
+                    result.notices.append(_no_files_note(snapshots, at))
             if not covered and (files is None or (tl.paths() and not paths)):
                 if paths and not chosen and files is None:
                     captured = ", ".join(tl.paths()) or "none"

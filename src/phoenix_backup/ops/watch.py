@@ -71,6 +71,7 @@ from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE
 from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.keys import hide_process_memory
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
@@ -189,6 +190,8 @@ class Watcher:
         self.clock_warned = False
         self.write_failed = False
         self.bases_due = False  # a lease was taken since the bases were last checked
+        self.stop = threading.Event()  # set: the watch is stopping (a hung child is not waited for)
+        self.meanwhile_error: PhoenixError | None = None  # see `_meanwhile`
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
         if not (_is_hex(chain, 32) and type(sequence) is int and sequence >= 0 and _is_hex(last, 64)):
@@ -258,6 +261,8 @@ class Watcher:
             self.warn(f"the snapshot of the files failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
             self.next_files = time.monotonic() + HEARTBEAT_SECONDS
             return
+        finally:
+            self._raise_meanwhile()
         self.files.taken()
         self.result.file_snapshots += 1
 
@@ -391,7 +396,7 @@ class Watcher:
 
     # -- polling ---------------------------------------------------------------------------
 
-    def poll(self) -> None:
+    def poll(self, *, bases_too: bool = True) -> None:
         bases = []
         for db in self.dbs:
             if db.need_base:
@@ -403,8 +408,30 @@ class Watcher:
                 self.warn(f"{db.entry.path}: {exc}; it is captured again from a new base")
                 db.capture.close()
                 db.need_base = True
-        if bases and time.monotonic() >= self.next_base:
+        if bases and bases_too and time.monotonic() >= self.next_base:
             self._take_bases(bases)
+            self._raise_meanwhile()
+
+    def _meanwhile(self) -> None:
+        """While a child takes a snapshot (which may take minutes, or hang until it is killed):
+        the databases already followed are captured and their segments written as between
+        snapshots; no other snapshot starts. An error here (the spool cannot be written) is the
+        watch's, not the snapshot's: kept, and raised once the snapshot is over (`_raise_meanwhile`)."""
+        if self.meanwhile_error is not None:
+            return
+        try:
+            self.poll(bases_too=False)
+            if self.due():
+                self.flush()
+            elif self.queue:
+                self._write_queue()
+        except PhoenixError as exc:
+            self.meanwhile_error = exc
+
+    def _raise_meanwhile(self) -> None:
+        error, self.meanwhile_error = self.meanwhile_error, None
+        if error is not None:
+            raise error
 
     def _poll(self, db: _Db) -> None:
         resumed = db.since is None  # the first poll of a resumed database
@@ -569,7 +596,7 @@ class Watcher:
             replicas=tuple(replicas),
             base=base,
         )
-        outcome = watch_child.take_snapshot(request)
+        outcome = watch_child.take_snapshot(request, self._meanwhile, self.stop.is_set)
         for message in outcome.notices:
             self.envx.notice(message)
         if outcome.error is not None:
@@ -892,11 +919,13 @@ def watch(
     """Follow every configured SQLite database (and, with `files`, the files) until `stop` is set
     (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured."""
     started = time.monotonic()
+    hide_process_memory()  # it holds the master secrets for weeks
     repo = open_repository(cfg, envx, upgrade=True)
     guard = -1
     try:
         guard = _only_watch(state_file(envx, repo.config.id))
         w = Watcher(cfg, envx, repo, files=files)
+        w.stop = stop
         try:
             while not stop.is_set():
                 tick = time.monotonic()

@@ -16,33 +16,50 @@ it ends, and the watch never imports the backup's code.
 - **Errors.** A Phoenix error in the child comes back as that error (the watch says it as it
   said an in-process one); a child that ends otherwise (killed, out of memory) is one SourceError
   naming how it ended.
+- **Hangs.** While it works, the child sends a heartbeat (a byte before its answer) each second
+  in which it used processor time: a large honest base beats all along, however long it takes,
+  and a child stopped (SIGSTOP) or deadlocked falls silent. The watch meanwhile goes on capturing
+  the databases it follows (`between`); a child silent for STALL_SECONDS is killed and its
+  snapshot is one SourceError saying so (the watch tries it again later).
 - **Kills.** The child holds a shared lock of its own while it writes, like any backup: a kill of
   either process leaves at most packs no snapshot names (what a killed backup leaves; `phx prune`
   removes them). The child ends when the watch does (its end of the pipe closes); SIGINT and
-  SIGTERM are the watch's to handle (it lets the snapshot finish, then stops), as when snapshots
-  ran in the watch's own process.
+  SIGTERM are the watch's to handle (it lets a snapshot that beats finish, then stops; one that
+  has been silent STOP_GRACE_SECONDS is killed at once, so a hung child cannot hold a Ctrl-C up).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
-from phoenix_backup.repo.keys import MasterSecrets
+from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
 
 _LENGTH = struct.Struct(">Q")
+# On the answer pipe: heartbeats, then ANSWER and the pickled outcome.
+BEAT = b"."
+ANSWER = b"!"
+BEAT_SECONDS = 1.0
+# A child that used no processor time this long is hung (stopped, deadlocked): even a slow target's
+# retries and a large database's integrity check keep it busy more often than that.
+STALL_SECONDS = 300.0
+# After a stop (Ctrl-C, SIGTERM): a child silent this long is killed rather than waited for.
+STOP_GRACE_SECONDS = 2.0
 # The child's program: this package from where the watch loaded it (argv[1]: on the path after
 # the standard library, as in the watch, so that nothing there shadows it), its answer to the
 # descriptor argv[2].
@@ -100,8 +117,14 @@ def secrets_of(repo: Repository) -> tuple[MasterSecrets | None, tuple[str, ...]]
     return secrets, repo.keyring.identities if repo.keyring is not None else ()
 
 
-def take_snapshot(request: SnapshotRequest) -> SnapshotOutcome:
-    """Run the child and return what it gave; SourceError when it ended without saying."""
+def take_snapshot(
+    request: SnapshotRequest,
+    between: Callable[[], None] = lambda: None,
+    stopping: Callable[[], bool] = lambda: False,
+) -> SnapshotOutcome:
+    """Run the child and return what it gave; SourceError when it ended without saying, or was
+    killed for falling silent (STALL_SECONDS, or STOP_GRACE_SECONDS once `stopping()`). `between`
+    is called about every BEAT_SECONDS while the child works."""
     payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
     with tempfile.TemporaryFile() as err:
         # The answer comes through a pipe of its own: what a module prints to standard output
@@ -127,18 +150,23 @@ def take_snapshot(request: SnapshotRequest) -> SnapshotOutcome:
         finally:
             os.close(answer_w)
         assert proc.stdin is not None
-        with open(answer_r, "rb") as answer:
+        hung: str | None = None
+        try:
             try:
-                try:
-                    proc.stdin.write(_LENGTH.pack(len(payload)) + payload)
-                    proc.stdin.flush()
-                except OSError:
-                    pass  # it ended at once: said below
-                raw = answer.read()
-            finally:
-                # The child ends when this end closes (`_end_with_parent`): after its answer, or now.
-                proc.stdin.close()
-                code = proc.wait()
+                proc.stdin.write(_LENGTH.pack(len(payload)) + payload)
+                proc.stdin.flush()
+            except OSError:
+                pass  # it ended at once: said below
+            raw, hung = _answer(answer_r, proc, between, stopping)
+        finally:
+            os.close(answer_r)
+            # The child ends when this end closes (`_end_with_parent`): after its answer, or now.
+            proc.stdin.close()
+            if hung is not None:
+                proc.kill()  # SIGKILL ends a stopped process too
+            code = proc.wait()
+        if hung is not None:
+            raise SourceError(f"the process taking the snapshot {hung}; it was killed and nothing of it is used")
         if code == 0 and raw:
             try:
                 outcome = pickle.loads(raw)
@@ -152,6 +180,40 @@ def take_snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     how = f"was killed by signal {-code}" if code < 0 else f"ended with exit code {code}"
     said = f": {lines[-1]}" if lines else ""
     raise SourceError(f"the process taking the snapshot {how}{said}; nothing of it is used")
+
+
+def _answer(
+    fd: int, proc: subprocess.Popen[bytes], between: Callable[[], None], stopping: Callable[[], bool]
+) -> tuple[bytes, str | None]:
+    """The child's answer (empty when it ended without one), read while calling `between`; or
+    why it is taken for hung (then the answer is empty)."""
+    beat = time.monotonic()
+    buf = bytearray()
+    answering = False
+    while True:
+        ready, _w, _x = select.select([fd], [], [], BEAT_SECONDS)
+        if ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return (bytes(buf) if answering else b""), None
+            beat = time.monotonic()
+            if answering:
+                buf += chunk
+            elif ANSWER in chunk:
+                answering = True
+                buf += chunk[chunk.index(ANSWER) + 1 :]
+            continue
+        silent = time.monotonic() - beat
+        if answering:
+            pass  # the answer is on its way: the child is writing it
+        elif silent >= STALL_SECONDS:
+            return b"", (
+                f"gave no sign of work for {silent:.0f} s (stopped or deadlocked: pid {proc.pid} used no processor "
+                "time)"
+            )
+        elif stopping() and silent >= STOP_GRACE_SECONDS:
+            return b"", f"gave no sign of work for {silent:.0f} s when the watch was asked to stop"
+        between()
 
 
 # -- the child -------------------------------------------------------------------------------
@@ -263,19 +325,39 @@ def _end_with_parent(fd: int, done: threading.Event) -> None:
         os._exit(1)
 
 
+def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
+    """Send a heartbeat each second in which this process used processor time (see the module's
+    docstring): a stopped or deadlocked process uses none."""
+    used = time.process_time()
+    while not done.wait(BEAT_SECONDS):
+        now = time.process_time()
+        if now == used:
+            continue
+        used = now
+        with lock:
+            if done.is_set():
+                return
+            try:
+                os.write(fd, BEAT)
+            except OSError:
+                return
+
+
 def main(answer_fd: int) -> None:
+    hide_process_memory()  # before the secrets arrive
     # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.set_inheritable(answer_fd, False)  # a process this one starts (git) must not hold the answer open
-    answer = os.fdopen(answer_fd, "wb")
     head = _read(0, _LENGTH.size)
     if len(head) != _LENGTH.size:
         raise SystemExit("phx: error: this program is run by `phx watch`, which hands it its request")
     request = pickle.loads(_read(0, _LENGTH.unpack(head)[0]))
     assert isinstance(request, SnapshotRequest)
     done = threading.Event()
+    answer_lock = threading.Lock()
     threading.Thread(target=_end_with_parent, args=(0, done), daemon=True).start()
+    threading.Thread(target=_beat, args=(answer_fd, answer_lock, done), daemon=True).start()
     outcome = _snapshot(request)
     try:
         raw = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
@@ -284,6 +366,7 @@ def main(answer_fd: int) -> None:
         assert outcome.error is not None
         outcome.error = SourceError(str(outcome.error))
         raw = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-    done.set()
-    answer.write(raw)
-    answer.close()
+    with answer_lock:
+        done.set()
+    with os.fdopen(answer_fd, "wb") as answer:
+        answer.write(ANSWER + raw)

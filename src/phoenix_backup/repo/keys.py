@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import secrets as _random
 import shutil
 import socket
 import subprocess
+import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -248,6 +250,25 @@ class MasterSecrets:
                 "with another key slot or restore the keys/ object from another target"
             )
         return cls(encryption_key=encryption_key, id_key=id_key, chunker_seed=seed)
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def hide_process_memory() -> None:
+    """For a process that holds the master secrets for long (`phx watch` and its snapshot
+    child): no core dump of it, and no other process of the same user may read its memory
+    (/proc/PID/mem, /proc/PID/environ, ptrace) without CAP_SYS_PTRACE: prctl(PR_SET_DUMPABLE, 0).
+    An exec resets it, so each such process sets it itself. Linux only; silently nothing elsewhere
+    or where the C library has no `prctl`."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def format_fingerprint(text: str) -> str:
