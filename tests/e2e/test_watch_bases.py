@@ -13,6 +13,7 @@ import sqlite3
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -429,3 +430,41 @@ def test_a_write_only_watch_after_a_compaction_claims_no_loss(make_sandbox: Any,
         assert [r[0] for r in con.execute("SELECT k FROM log ORDER BY k")] == [0, 1, 2, 3]
     finally:
         con.close()
+
+
+def test_the_page_hashes_of_a_database_are_not_held_in_the_watchs_memory(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The watch runs for weeks with 16 bytes a page of every database to compare pages with: in
+    memory they would grow with the databases (12 MB for 3 GB). A rollback-journal database is
+    compared page by page at each change (no WAL names the pages): what the watch holds after
+    that does not grow with the database, and the changes restore exactly."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA page_size=512")
+    con.execute("CREATE TABLE log(k INTEGER PRIMARY KEY, body BLOB)")
+    con.execute(
+        "WITH RECURSIVE n(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM n WHERE k < 59) "
+        "INSERT INTO log SELECT k, randomblob(200000) FROM n"
+    )
+    con.close()
+    pages = db.stat().st_size // 512
+    assert pages > 20_000
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()  # the bases
+        w.flush()
+        tracemalloc.start()
+        try:
+            for k in (100, 101):
+                _commit(db, k)
+                w.poll()  # every page hashed and compared
+                w.flush()
+            held, _peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert not w.queue and not w.result.warnings, (w.result.warnings, notices)
+        at = _last_covered(sb)
+    assert held < pages * 16 // 4, (held, pages)
+    assert _restored(sb, at, tmp_path / "r")[-2:] == [100, 101]
