@@ -310,8 +310,8 @@ def test_a_time_before_any_snapshot_of_the_files_restores_the_databases_and_says
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
 def test_a_running_watch_maps_no_library_only_a_backup_uses(sandbox: Sandbox, tmp_path: Path) -> None:
     """The watch runs for weeks: a library it never calls costs its resident memory all along
-    (docs/benchmarks.md, "What phx watch holds"). FastCDC cuts files into chunks, which only a
-    snapshot of the files does, in a child process of its own."""
+    (docs/benchmarks.md, "What `phx watch` holds in its steady state"). FastCDC cuts files into
+    chunks, which only a snapshot of the files does, in a child process of its own."""
     sb = sandbox
     log = tmp_path / "watch.log"
     out = open(log, "ab")  # noqa: SIM115 - the child owns it

@@ -997,7 +997,8 @@ class WorkingHashes(SpilledHashes):
     unnamed file of the watch's cache folder, written in place as pages change. In memory they
     would cost 16 bytes a page of every database for as long as the watch runs (2.3 MB for the
     medium sample's 562 MB of databases, 12 MB for 3 GB); they are read whole only when a capture
-    cannot name the pages that changed (docs/benchmarks.md, "What phx watch holds")."""
+    cannot name the pages that changed (docs/benchmarks.md, "What `phx watch` holds in its steady
+    state")."""
 
     def __init__(self, folder: Path, raw: bytes | memoryview = b"") -> None:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
