@@ -439,13 +439,10 @@ def test_the_page_hashes_of_a_database_are_not_held_in_the_watchs_memory(sandbox
     that does not grow with the database, and the changes restore exactly."""
     sb = sandbox
     db = sb.layout.dashboard_db
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    _table(db, page_size=512, journal="delete")
     con = sqlite3.connect(db, isolation_level=None)
-    con.execute("PRAGMA page_size=512")
-    con.execute("CREATE TABLE log(k INTEGER PRIMARY KEY, body BLOB)")
     con.execute(
-        "WITH RECURSIVE n(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM n WHERE k < 59) "
+        "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 60) "
         "INSERT INTO log SELECT k, randomblob(200000) FROM n"
     )
     con.close()
