@@ -307,6 +307,25 @@ def test_a_time_before_any_snapshot_of_the_files_restores_the_databases_and_says
     assert "no file was restored" in res.err
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
+def test_a_running_watch_maps_no_library_only_a_backup_uses(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The watch runs for weeks: a library it never calls costs its resident memory all along
+    (docs/benchmarks.md, "What `phx watch` holds in its steady state"). FastCDC cuts files into
+    chunks, which only a snapshot of the files does, in a child process of its own."""
+    sb = sandbox
+    log = tmp_path / "watch.log"
+    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen([PHX, "watch"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        _wait_for(lambda: _timeline(sb, "home/.argentos/memory.db"), proc)  # capturing: past its start-up
+        _wait_for(lambda: _file_snapshots(sb, after=0), proc)  # the files' snapshot (in the child) taken
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    finally:
+        _kill(proc, signal.SIGTERM)
+    libraries = {line.split()[-1] for line in maps.splitlines() if line.endswith(".so")}
+    assert libraries and not [lib for lib in libraries if "pyfastcdc" in lib], sorted(libraries)
+
+
 # -- phx schedule install --watch ------------------------------------------------------------
 
 

@@ -53,12 +53,12 @@ def _watching(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes
         watch.wait(timeout=60)
 
 
-def _table(db: Path, page_size: int = 4096) -> None:
+def _table(db: Path, page_size: int = 4096, journal: str = "wal") -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     con = sqlite3.connect(db, isolation_level=None)
     con.execute(f"PRAGMA page_size={page_size}")
-    con.execute("PRAGMA journal_mode=wal")
+    con.execute(f"PRAGMA journal_mode={journal}")
     con.execute("CREATE TABLE log(k INTEGER PRIMARY KEY, body BLOB)")
     con.execute("INSERT INTO log VALUES (0, randomblob(20000))")
     con.close()

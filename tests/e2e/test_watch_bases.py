@@ -13,6 +13,7 @@ import sqlite3
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -460,3 +461,38 @@ def test_a_restore_at_before_any_snapshot_of_the_files_lists_the_snapshots_once(
     result = pitr.restore_at(cfg, Environment(env=sb.env), _last_covered(sb), to=tmp_path / "at")
     assert [n for n in result.notices if f"phx restore --backup {backup['id'][:8]}" in n], result
     assert reads.count(f"snapshots/{backup['id']}") == 1, reads  # the backup's, which only the listing reads
+
+
+def test_the_page_hashes_of_a_database_are_not_held_in_the_watchs_memory(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The watch runs for weeks with 16 bytes a page of every database to compare pages with: in
+    memory they would grow with the databases (12 MB for 3 GB). A rollback-journal database is
+    compared page by page at each change (no WAL names the pages): what the watch holds after
+    that does not grow with the database, and the changes restore exactly."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db, page_size=512, journal="delete")
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute(
+        "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 60) "
+        "INSERT INTO log SELECT k, randomblob(200000) FROM n"
+    )
+    con.close()
+    pages = db.stat().st_size // 512
+    assert pages > 20_000
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()  # the bases
+        w.flush()
+        tracemalloc.start()
+        try:
+            for k in (100, 101):
+                _commit(db, k)
+                w.poll()  # every page hashed and compared
+                w.flush()
+            held, _peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert not w.queue and not w.result.warnings, (w.result.warnings, notices)
+        at = _last_covered(sb)
+    assert held < pages * 16 // 4, (held, pages)
+    assert _restored(sb, at, tmp_path / "r")[-2:] == [100, 101]

@@ -14,7 +14,7 @@ changed, else every HEARTBEAT_SECONDS) the records are sealed into one capture s
 - **Changes.** Afterwards the capture names the pages each new state changed (the WAL frames
   since the previous poll); when it cannot prove that (another process checkpointed and
   restarted the WAL, a rollback-journal database), the pages are compared with the hashes of the
-  previous state, kept in memory (16 bytes a page).
+  previous state (16 bytes a page), kept in a file of the watch's cache folder (`WorkingHashes`).
 - **Restart.** The position of each capture and the chain's last segment are saved in
   `<data dir>/watch/<repository id>.json` before each segment is written. A restarted watch
   resumes the chain from there when the segment is in the repository and the capture proves that
@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import fcntl
 import gc
 import hmac
@@ -38,6 +39,7 @@ import os
 import secrets
 import socket
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,7 +71,7 @@ from phoenix_backup.ops.context import (
 from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
-from phoenix_backup.repo.chunker import HASH_SIZE
+from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.keys import hide_process_memory
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
@@ -121,7 +123,7 @@ class _Db:
     capture: SqliteCapture
     page_size: int = 0
     page_count: int = 0
-    hashes: bytearray | None = None  # of the last state's pages, 16 bytes each
+    hashes: WorkingHashes | None = None  # of the last state's pages, 16 bytes each
     need_base: bool = True
     since: int | None = None
     until: int = 0
@@ -184,6 +186,7 @@ class Watcher:
         self.lagging: dict[str, float] = {}  # replica -> when it failed (caught up by a sync)
         self.last_flush = time.monotonic()
         self.last_publish = time.monotonic()
+        self.last_trim = time.monotonic()
         self.dbs: list[_Db] = []
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
         self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
@@ -357,7 +360,7 @@ class Watcher:
         name = blake3.blake3(db.logical.encode()).hexdigest(length=16)
         return self.state_path.with_name(f"{self.repo.config.id}.{name}.pages")
 
-    def _saved_hashes(self, db: _Db) -> bytearray | None:
+    def _saved_hashes(self, db: _Db) -> WorkingHashes | None:
         """The page hashes saved for the database's state as of its last commit in the chain (the
         file names that commit's segment): with them a restart whose capture cannot prove
         continuity (the last connection to close checkpointed and removed the WAL, or a position
@@ -369,7 +372,10 @@ class Watcher:
         tag = (db.changed_in or "").encode()
         if len(tag) != 64 or raw[:64] != tag or (len(raw) - 64) % HASH_SIZE:
             return None
-        return bytearray(raw[64:])
+        try:
+            return WorkingHashes(self.cache_dir, memoryview(raw)[64:])
+        except OSError:
+            return None  # the cache folder takes no file: a new base if the capture needs one
 
     def save_hashes(self, stopping: bool = False) -> None:
         """Save the page hashes of each database that has been quiet for QUIET_SECONDS (or at a
@@ -387,7 +393,7 @@ class Watcher:
                 or (not stopping and now - db.changed_at < QUIET_SECONDS)
             ):
                 continue
-            write_private(self._hashes_path(db), db.changed_in.encode() + bytes(db.hashes))
+            write_private(self._hashes_path(db), db.changed_in.encode() + db.hashes[:])
             db.hashes_tag = db.changed_in
 
     def warn(self, message: str) -> None:
@@ -457,12 +463,14 @@ class Watcher:
                     self.warn(f"{db.entry.path}: {image.reason}; it is captured again from a new base")
                     db.need_base = True
                     return
-                new = _hash_all(image, self.repo.ids.page_key)
+                new = _hash_all(image, self.repo.ids.page_key, self.cache_dir)
                 changed = (
                     set(range(1, image.page_count + 1))
                     if resized or db.hashes is None
                     else _differ(db.hashes, new, image.page_count)
                 )
+                if db.hashes is not None:
+                    db.hashes.close()
                 db.hashes = new
             else:
                 changed = image.changed
@@ -474,7 +482,7 @@ class Watcher:
                 db.pages.extend(image.page(p) for p in pages)
                 self.result.commits += 1
             if db.hashes is None:
-                db.hashes = _hash_all(image, self.repo.ids.page_key)  # after a restart: one pass
+                db.hashes = _hash_all(image, self.repo.ids.page_key, self.cache_dir)  # after a restart: one pass
             if resumed:
                 db.since = at
                 self.result.resumed.append(db.logical)
@@ -542,17 +550,19 @@ class Watcher:
                 image = db.capture.capture()
                 at = self.now()
                 try:
-                    new = _hash_all(image, self.repo.ids.page_key)
+                    new = _hash_all(image, self.repo.ids.page_key, self.cache_dir)
                     state = next((ps for c in caches if (ps := c.load_pages(db.logical, sha256))), None)
                     if state is not None and state.page_size == image.page_size:
                         try:
-                            pages = sorted(_differ(bytearray(state.pages[:]), new, image.page_count))
+                            pages = sorted(_differ(state.pages, new, image.page_count))
                         finally:
                             state.close()
                     else:
                         pages = list(range(1, image.page_count + 1))  # every page: correct, if larger
                     db.commits = [captures.Commit(at, image.page_count, tuple(pages))]
                     db.pages = [image.page(p) for p in pages]
+                    if db.hashes is not None:
+                        db.hashes.close()
                     db.page_size, db.page_count, db.hashes = image.page_size, image.page_count, new
                     db.position, db.since, db.until = image.position, at, at
                     db.base = captures.Base(outcome.id, sha256)
@@ -644,6 +654,11 @@ class Watcher:
         self._enqueue(name, raw)
         self._write_queue()
         self.save_hashes()
+        if now - self.last_trim >= HEARTBEAT_SECONDS:
+            # What a start-up, a restart's saved page hashes or a burst freed goes back to the
+            # system: glibc keeps a freed stretch below the top of its heap for ever otherwise.
+            self.last_trim = now
+            release_memory()
 
     def _enqueue(self, name: str, raw: bytes) -> None:
         """Queue a sealed segment: in memory, or in the spool folder during an outage (so that a
@@ -903,6 +918,8 @@ class Watcher:
             self.files.close()
         for db in self.dbs:
             db.capture.close()
+            if db.hashes is not None:
+                db.hashes.close()
         self._release()
         for backend in self.replicas.values():
             backend.close()
@@ -1004,37 +1021,71 @@ def release_memory(repo: Repository | None = None) -> None:
 # -- page hashes ---------------------------------------------------------------------------
 
 
-def _hash_all(image: Image, key: bytes) -> bytearray:
-    out = bytearray()
+class WorkingHashes(SpilledHashes):
+    """The page hashes of a database's last state (HASH_SIZE bytes a page, from page 1) in an
+    unnamed file of the watch's cache folder, written in place as pages change. In memory they
+    would cost 16 bytes a page of every database for as long as the watch runs (2.3 MB for the
+    medium sample's 562 MB of databases, 12 MB for 3 GB); they are read whole only when a capture
+    cannot name the pages that changed (docs/benchmarks.md, "What `phx watch` holds in its steady
+    state")."""
+
+    def __init__(self, folder: Path, raw: bytes | memoryview = b"") -> None:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryFile(dir=folder) as f:
+            fd = os.dup(f.fileno())
+        super().__init__(fd, 0, 0)
+        self.folder = folder
+        if raw:
+            self.put(0, raw)
+
+    def put(self, at: int, data: bytes | memoryview) -> None:
+        """Write `data` at byte `at`; OSError when the file does not take it all (a full disk)."""
+        if os.pwrite(self.fd, data, at) != len(data):
+            raise OSError(errno.ENOSPC, f"cannot keep the page hashes in {self.folder}")
+        self.length = max(self.length, at + len(data))
+
+    def resize(self, length: int) -> None:
+        os.ftruncate(self.fd, length)
+        self.length = length
+
+
+def _hash_all(image: Image, key: bytes, folder: Path) -> WorkingHashes:
+    out = WorkingHashes(folder)
     ps = image.page_size
     step = ps * _READ_PAGES
     for start in range(0, len(image), step):
         block = memoryview(image[start : start + step])
-        for o in range(0, len(block), ps):
-            out += blake3.blake3(block[o : o + ps], key=key).digest(length=HASH_SIZE)
+        digests = b"".join(
+            blake3.blake3(block[o : o + ps], key=key).digest(length=HASH_SIZE) for o in range(0, len(block), ps)
+        )
+        out.put(start // ps * HASH_SIZE, digests)
     return out
 
 
-def _update(hashes: bytearray, image: Image, changed: frozenset[int], key: bytes) -> None:
+def _update(hashes: WorkingHashes, image: Image, changed: frozenset[int], key: bytes) -> None:
     want = image.page_count * HASH_SIZE
-    if len(hashes) > want:
-        del hashes[want:]
-    elif len(hashes) < want:
-        hashes.extend(bytes(want - len(hashes)))
-    for p in changed:
+    if len(hashes) != want:
+        hashes.resize(want)
+    for p in sorted(changed):
         if p <= image.page_count:
-            at = (p - 1) * HASH_SIZE
-            hashes[at : at + HASH_SIZE] = blake3.blake3(image.page(p), key=key).digest(length=HASH_SIZE)
+            hashes.put((p - 1) * HASH_SIZE, blake3.blake3(image.page(p), key=key).digest(length=HASH_SIZE))
 
 
-def _differ(old: bytearray, new: bytearray, page_count: int) -> set[int]:
+def _differ(old: PageHashes, new: PageHashes, page_count: int) -> set[int]:
     """Pages (from 1) of the new state whose hash differs, or that the old one did not have."""
     known = len(old) // HASH_SIZE
     out = {p for p in range(known + 1, page_count + 1)}
-    for p in range(1, min(known, page_count) + 1):
-        at = (p - 1) * HASH_SIZE
-        if old[at : at + HASH_SIZE] != new[at : at + HASH_SIZE]:
-            out.add(p)
+    common = min(known, page_count)
+    step = 4096  # pages compared per read
+    for first in range(0, common, step):
+        stop = min(common, first + step)
+        a, b = old[first * HASH_SIZE : stop * HASH_SIZE], new[first * HASH_SIZE : stop * HASH_SIZE]
+        if a == b:
+            continue
+        for i in range(stop - first):
+            at = i * HASH_SIZE
+            if a[at : at + HASH_SIZE] != b[at : at + HASH_SIZE]:
+                out.add(first + i + 1)
     return out
 
 

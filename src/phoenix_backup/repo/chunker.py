@@ -15,17 +15,23 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 import blake3
-from pyfastcdc import FastCDC
 
 from phoenix_backup.repo.tree import Extent
+
+if TYPE_CHECKING:
+    from pyfastcdc import FastCDC
 
 HASH_SIZE = 16
 
 
 def _fastcdc(chunker: dict[str, int], seed: int) -> FastCDC:
+    # Imported here: `phx watch` loads this module for the page hashes only, and pyfastcdc's
+    # Cython runtime is about 0.9 MB of its resident memory (docs/benchmarks.md).
+    from pyfastcdc import FastCDC
+
     # pyfastcdc's effective average is avg_size + min_size (cut-point skipping), hence the difference.
     return FastCDC(
         avg_size=max(256, chunker["avg"] - chunker["min"]),
