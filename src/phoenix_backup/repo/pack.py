@@ -153,9 +153,18 @@ class PackBuilder:
     record, for which room is kept from the start.
 
     The pack grows in one buffer, which `finish` hands over as it is: a list of parts joined at
-    the end held every pack twice while it was written (two packs at once, ~17 MB at the peak)."""
+    the end held every pack twice while it was written (two packs at once, ~17 MB at the peak).
+    `reuse`: the buffer of a pack already written, filled again from its start (a new buffer's
+    pages are each faulted in by the kernel as the blobs are copied in: 110,000 page faults for
+    the 440 MB of packs of a 600 MB backup); whatever it held beyond the new pack is cut off."""
 
-    def __init__(self, kind: BlobType, origin: PackOrigin | None = None, sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        kind: BlobType,
+        origin: PackOrigin | None = None,
+        sealer: Sealer | None = None,
+        reuse: bytearray | None = None,
+    ) -> None:
         self.kind = kind
         self.origin = origin
         # The sealed origin record's length: its plaintext plus what sealing adds (nonce and tag,
@@ -163,14 +172,18 @@ class PackBuilder:
         self.room = _ORIGIN.size + sealer.overhead if origin is not None and sealer is not None else 0
         if origin is not None and sealer is None:
             raise ValueError("a pack with an origin record needs the sealer that will finish it")
-        self.buf = bytearray(self.room)
+        self.buf = reuse if reuse is not None else bytearray()
+        if len(self.buf) < self.room:
+            self.buf += bytes(self.room - len(self.buf))
         self.entries: list[PackEntry] = []
         self.size = 0  # bytes of blobs so far
 
     def add(self, blob_id: bytes, compression: Compression, sealed: bytes, raw_len: int) -> None:
         assert len(blob_id) == ID_SIZE
-        self.entries.append(PackEntry(self.kind, compression, blob_id, self.room + self.size, len(sealed), raw_len))
-        self.buf += sealed
+        at = self.room + self.size
+        self.entries.append(PackEntry(self.kind, compression, blob_id, at, len(sealed), raw_len))
+        # Into the bytes already there (a reused buffer), growing the buffer only past its end.
+        self.buf[at : at + len(sealed)] = sealed
         self.size += len(sealed)
 
     def finish(self, sealer: Sealer, pack_ids: PackIds = PackIds.SHA256) -> tuple[str, bytes, list[PackEntry]]:
@@ -178,6 +191,7 @@ class PackBuilder:
         are the builder's own buffer (a bytearray: every backend writes any bytes-like object),
         which the builder lets go of."""
         buf, self.buf = self.buf, bytearray()
+        del buf[self.room + self.size :]  # a reused buffer's older bytes
         if self.origin is not None:
             record = sealer.seal(encode_origin(self.origin, time.time()), ORIGIN_AAD)
             if len(record) != self.room:

@@ -16,12 +16,13 @@ import re
 import secrets
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import blake3
 
@@ -358,6 +359,7 @@ class Repository:
         self._pending: set[bytes] = set()
         self.pack_origin = PackOrigin.BACKUP  # what new packs record as their origin
         self._packers = {t: PackBuilder(t, self.pack_origin, self.sealer) for t in BlobType}
+        self._spare_buffers: list[bytearray] = []  # written data packs' buffers (`_next_packer`)
         self._new_packs: dict[str, list[PackEntry]] = {}
         self._workers: ThreadPoolExecutor | None = None
         # Full packs are named (SHA-256), written and fsynced by threads of their own, so the
@@ -927,7 +929,7 @@ class Repository:
             target = DATA_PACK_TARGET if kind == BlobType.DATA else TREE_PACK_TARGET
             if packer.size >= target:
                 full = packer
-                self._packers[kind] = PackBuilder(kind, self.pack_origin, self.sealer)
+                self._packers[kind] = self._next_packer(kind)
         if full is not None:
             if hand_over:
                 self._hand_over(full)
@@ -987,6 +989,11 @@ class Repository:
         if self.backend.checkpoint(message):
             self.backend.publish()
 
+    def _next_packer(self, kind: BlobType) -> PackBuilder:
+        """A new pack builder (the caller holds `_lock`): a data pack in the buffer of one written."""
+        spare = self._spare_buffers.pop() if kind == BlobType.DATA and self._spare_buffers else None
+        return PackBuilder(kind, self.pack_origin, self.sealer, reuse=spare)
+
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data, entries = packer.finish(self.sealer, self.config.pack_ids)
         # Only data packs may go to a cold storage class: trees must stay readable for list/ls/verify.
@@ -997,6 +1004,17 @@ class Repository:
             for e in entries:
                 self._pending.discard(e.id)
             self.stats.bytes_added += len(data)
+            # The buffer is kept to build a later pack in only when nothing else holds it (a store
+            # that kept it, or a view of it, would see its bytes change; here `data` and the call's
+            # argument hold it), and only while no more pack buffers are alive than without
+            # keeping any: the packs being written (this one among them) and the one filling.
+            if (
+                packer.kind == BlobType.DATA
+                and isinstance(cast(object, data), bytearray)  # what `PackBuilder.finish` hands over
+                and sys.getrefcount(data) == 2
+                and len(self._spare_buffers) + self._packs_writing <= MAX_PACKS_WRITING
+            ):
+                self._spare_buffers.append(cast(bytearray, data))
 
     def flush(self) -> None:
         """Write partial packs, then one index object listing every pack written since the last flush."""
@@ -1009,6 +1027,7 @@ class Repository:
                 self._write_pack(packer)
         with self._lock:
             new, self._new_packs = self._new_packs, {}
+            self._spare_buffers.clear()  # the run's packs are written: their memory goes back
         if new:
             raw = self.seal_index(new)
             self.backend.write(f"index/{sha256_hex(raw)}", raw)
