@@ -271,3 +271,70 @@ def test_a_pack_buffer_the_store_kept_is_never_filled_again(tmp_path: Path) -> N
     assert len(store.kept) >= 4
     for name, data in store.kept.items():
         assert blake3.blake3(bytes(data)).hexdigest() == name.rsplit("/", 1)[1]
+
+
+def _count_as_cpython_3_14(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `sys.getrefcount` count as CPython 3.14 does: the call's argument is lent by the
+    caller's frame (LOAD_FAST_BORROW), not counted, so an object one name holds counts 1, not 2."""
+    real = sys.getrefcount
+    lent = 0
+
+    def getrefcount(obj: object) -> int:
+        return real(obj) - lent
+
+    def held_by_one_name() -> int:
+        obj = bytearray()
+        return getrefcount(obj)
+
+    lent = held_by_one_name() - 1
+    monkeypatch.setattr(sys, "getrefcount", getrefcount)
+
+
+def test_a_pack_buffer_the_store_kept_is_never_filled_again_whatever_the_interpreter_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11 and later are supported; from 3.14 a call's argument is no longer counted, so
+    "nothing else holds the buffer" can no longer be a count of 2: a store that kept the pack's
+    bytes (one holder more) would then see them overwritten by the next pack's blobs."""
+    _count_as_cpython_3_14(monkeypatch)
+    store = _KeepingStore(tmp_path / "repo")
+    repo = _repo(tmp_path / "repo", store)
+    rnd = random.Random(8)
+    for _ in range(5 * PER_PACK):
+        repo.save_blob_async(BlobType.DATA, rnd.randbytes(BLOB))
+    repo.flush()
+    repo.close()
+    assert len(store.kept) >= 5
+    for name, data in store.kept.items():
+        assert blake3.blake3(bytes(data)).hexdigest() == name.rsplit("/", 1)[1]
+    for info in LocalBackend(tmp_path / "repo").list("data/"):
+        raw = LocalBackend(tmp_path / "repo").read(info.name)
+        assert blake3.blake3(raw).hexdigest() == info.name.rsplit("/", 1)[1]
+
+
+def test_pack_buffers_are_filled_again_whatever_the_interpreter_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted as CPython 3.14 counts, a buffer nothing else holds is still filled again (the
+    packs of a run live in a few buffers, not one each), and every pack reads back as written."""
+    _count_as_cpython_3_14(monkeypatch)
+    buffers: set[int] = set()
+
+    class _Noting(LocalBackend):
+        def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+            if name.startswith("data/"):
+                buffers.add(id(data))
+            super().write(name, data, exclusive=exclusive, cold=cold)
+
+    repo = _repo(tmp_path / "repo", _Noting(tmp_path / "repo"))
+    rnd = random.Random(9)
+    blobs = [rnd.randbytes(BLOB) for _ in range(8 * PER_PACK)]
+    ids = [repo.save_blob_async(BlobType.DATA, b) for b in blobs]
+    repo.flush()
+    repo.close()
+    packs = list(LocalBackend(tmp_path / "repo").list("data/"))
+    assert len(packs) >= 8
+    assert len(buffers) <= MAX_PACKS_WRITING + 2, f"{len(buffers)} buffers for {len(packs)} packs"
+    again = Repository.open(LocalBackend(tmp_path / "repo"), keys.Credentials(passphrase="pw"))
+    again.load_index()
+    assert [again.load_blob(BlobType.DATA, bid) for bid in ids] == blobs

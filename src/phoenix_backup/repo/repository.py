@@ -1005,13 +1005,20 @@ class Repository:
                 self._pending.discard(e.id)
             self.stats.bytes_added += len(data)
             # The buffer is kept to build a later pack in only when nothing else holds it (a store
-            # that kept it, or a view of it, would see its bytes change; here `data` and the call's
-            # argument hold it), and only while no more pack buffers are alive than without
-            # keeping any: the packs being written (this one among them) and the one filling.
+            # that kept it, or a view of it, would see its bytes change), and only while no more
+            # pack buffers are alive than without keeping any: the packs being written (this one
+            # among them) and the one filling. "Nothing else" is `data`'s count equal to that of
+            # `alone`, an object held by one name of this frame too: the count an interpreter
+            # reports for a name's object is its own (CPython 3.14 lends the call its argument,
+            # where 3.11 to 3.13 count it: 1 there, 2 here), and without a count (no
+            # `sys.getrefcount`) no buffer is kept.
+            alone = bytearray()
+            count = getattr(sys, "getrefcount", None)
             if (
                 packer.kind == BlobType.DATA
                 and isinstance(cast(object, data), bytearray)  # what `PackBuilder.finish` hands over
-                and sys.getrefcount(data) == 2
+                and count is not None
+                and count(data) == count(alone)
                 and len(self._spare_buffers) + self._packs_writing <= MAX_PACKS_WRITING
             ):
                 self._spare_buffers.append(cast(bytearray, data))
