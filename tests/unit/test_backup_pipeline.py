@@ -18,13 +18,15 @@ from pathlib import Path
 import blake3
 import pytest
 
-from phoenix_backup.errors import NoSpace
+from phoenix_backup.errors import NoSpace, TransientStorageError
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.chunker import WHOLE_FILE_LIMIT, file_chunks_of
 from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Compression, Compressor
 from phoenix_backup.repo.pack import DATA_PACK_TARGET
 from phoenix_backup.repo.repository import MAX_PACKS_WRITING, Repository
+from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
+from phoenix_backup.storage.wrappers import RetryingBackend
 
 BLOB = 256 * 1024
 PER_PACK = DATA_PACK_TARGET // BLOB  # random blobs of BLOB bytes that fill one pack
@@ -115,7 +117,7 @@ class _CountingCompressor(Compressor):
                 self.now -= 1
 
 
-def _repo(root: Path, backend: LocalBackend) -> Repository:
+def _repo(root: Path, backend: Backend) -> Repository:
     Repository.init(
         LocalBackend(root),
         lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
@@ -335,6 +337,67 @@ def test_pack_buffers_are_filled_again_whatever_the_interpreter_counts(
     packs = list(LocalBackend(tmp_path / "repo").list("data/"))
     assert len(packs) >= 8
     assert len(buffers) <= MAX_PACKS_WRITING + 2, f"{len(buffers)} buffers for {len(packs)} packs"
+    again = Repository.open(LocalBackend(tmp_path / "repo"), keys.Credentials(passphrase="pw"))
+    again.load_index()
+    assert [again.load_blob(BlobType.DATA, bid) for bid in ids] == blobs
+
+
+class _HoldingStore(LocalBackend):
+    """A store whose first attempt at each data pack fails transiently (a 503, a timeout) after
+    something was done with the pack's bytes; `hold` says what: a torn object under the pack's
+    name that the retry replaces, a view of the bytes kept to look at later, or the bytes kept
+    to write to a later target when the store is closed."""
+
+    def __init__(self, root: Path, hold: str) -> None:
+        super().__init__(root)
+        self.hold = hold
+        self.tried: set[str] = set()
+        self.views: dict[str, memoryview] = {}
+        self.later: list[tuple[str, bytes]] = []
+        self.second = LocalBackend(root.with_name("second"))
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        if name.startswith("data/") and name not in self.tried:
+            self.tried.add(name)
+            if self.hold == "torn":
+                super().write(name, bytes(memoryview(data)[: len(data) // 2]))
+            elif self.hold == "view":
+                self.views[name] = memoryview(data)[len(data) // 3 :]
+            else:
+                self.later.append((name, data))
+            raise TransientStorageError(f"{name}: 503 Slow Down")
+        super().write(name, data, exclusive=exclusive, cold=cold)
+
+    def close(self) -> None:
+        for name, data in self.later:
+            self.second.write(name, data)
+        super().close()
+
+
+@pytest.mark.parametrize("counting", ["3.11", "3.14"])
+@pytest.mark.parametrize("hold", ["torn", "view", "later"])
+def test_a_pack_retried_after_a_transient_failure_stays_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: str, counting: str
+) -> None:
+    """Retried writes, views kept past the call and bytes kept for a later target: every copy of
+    every pack still hashes to its name, wherever it went, and every blob reads back."""
+    if counting == "3.14":
+        _count_as_cpython_3_14(monkeypatch)
+    store = _HoldingStore(tmp_path / "repo", hold)
+    repo = _repo(tmp_path / "repo", RetryingBackend(store, sleep=lambda _s: None))
+    rnd = random.Random(hold)
+    blobs = [rnd.randbytes(rnd.choice([BLOB, BLOB // 3])) for _ in range(6 * PER_PACK)]
+    ids = [repo.save_blob_async(BlobType.DATA, b) for b in blobs]
+    repo.flush()
+    repo.close()
+    store.close()
+    copies = [(info.name, LocalBackend(tmp_path / "repo").read(info.name)) for info in store.list("data/")]
+    copies += [(info.name, store.second.read(info.name)) for info in store.second.list("data/")]
+    assert len(copies) >= (8 if hold == "later" else 4)
+    for name, raw in copies:
+        assert blake3.blake3(raw).hexdigest() == name.rsplit("/", 1)[1], name
+        if name in store.views:
+            assert bytes(store.views[name]) == raw[len(raw) // 3 :], name
     again = Repository.open(LocalBackend(tmp_path / "repo"), keys.Credentials(passphrase="pw"))
     again.load_index()
     assert [again.load_blob(BlobType.DATA, bid) for bid in ids] == blobs
