@@ -108,7 +108,10 @@ class Backend(ABC):
         """Store `data` under `name` atomically. With `exclusive`, fail with ObjectExists if `name`
         exists. `cold` marks a data pack: a store with storage classes may put it in the configured
         cold class; everything else (config, keys, index, snapshots, tree packs) stays readable
-        at once, so listing, browsing and structural checks never wait for a thaw."""
+        at once, so listing, browsing and structural checks never wait for a thaw. `data` may be
+        a pack's buffer (a bytearray), which the repository fills with a later pack once this
+        returns unless something still holds it (`Repository._write_pack`, by its reference
+        count): a store that keeps `data`, or a view of it, past the call keeps it as written."""
 
     @abstractmethod
     def delete(self, name: str) -> None: ...
