@@ -1008,10 +1008,9 @@ class Repository:
             # that kept it, or a view of it, would see its bytes change), and only while no more
             # pack buffers are alive than without keeping any: the packs being written (this one
             # among them) and the one filling. "Nothing else" is `data`'s count equal to that of
-            # `alone`, an object held by one name of this frame too: the count an interpreter
-            # reports for a name's object is its own (CPython 3.14 lends the call its argument,
-            # where 3.11 to 3.13 count it: 1 there, 2 here), and without a count (no
-            # `sys.getrefcount`) no buffer is kept.
+            # `alone`, which one name of this frame holds, counted the same way: what the count
+            # of a name's object is depends on the interpreter (CPython 3.11 to 3.13 count the
+            # call's argument too, 2; 3.14 lends it, 1). Without a count, no buffer is kept.
             alone = bytearray()
             count = getattr(sys, "getrefcount", None)
             if (
