@@ -89,3 +89,30 @@ def test_a_cache_folder_that_takes_no_page_hashes_leaves_no_commit_uncovered(
     if mishap != "deleted":
         assert out.count("takes no page hashes") == 1, out
         assert "every commit is still captured" in out and "new base" not in out, out
+    assert "Traceback" not in out and "Exception ignored" not in out, out
+
+
+def test_a_restart_with_a_read_only_cache_folder_goes_on_from_the_saved_hashes(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The page hashes saved at the last stop still prove continuity: no new base (which could not
+    be taken either, its cache being read-only), no traceback of a half-made hashes file."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db, journal="delete")
+    sb.phx("watch", "--no-files", "--duration", "3")
+    _commit(db, 1)  # while no watch runs
+    plog = tmp_path / "watch.log"
+    marks: list[tuple[float, list[int]]] = []
+    with _read_only(sb.cache / "watch"), _watching(sb.env, plog) as watch:
+        time.sleep(2.5)
+        marks.append((time.time(), [0, 1]))
+        _commit(db, 2)
+        time.sleep(1.2)
+        marks.append((time.time(), [0, 1, 2]))
+    out = plog.read_text()
+    assert watch.returncode == 0, out
+    for at, want in marks:
+        assert _rows_at(sb, at, tmp_path / f"at{len(want)}") == want, out
+    assert out.count("takes no page hashes") == 1 and "new base" not in out, out
+    assert "Traceback" not in out and "Exception ignored" not in out, out

@@ -405,8 +405,8 @@ class Watcher:
         exc = hashes.failure
         self.warn(
             f"the watch's cache folder {hashes.folder} takes no page hashes ({exc.strerror or exc}); they are "
-            "kept in memory (16 bytes a page) and every commit is still captured; free space there or fix "
-            "its permissions"
+            "kept in memory (16 bytes a page) and every commit is still captured; free space there, fix its "
+            "permissions or set PHX_CACHE_DIR to a writable folder"
         )
 
     def warn(self, message: str) -> None:
