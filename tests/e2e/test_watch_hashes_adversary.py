@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,22 +16,9 @@ from pathlib import Path
 
 import pytest
 from e2e_support import Sandbox, tmpfs_at
-from test_watch_adversary import LOGICAL, _commit, _iso, _table, _watching
+from test_watch_adversary import _commit, _iso, _restored, _table, _watching
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
-
-
-def _rows_at(sb: Sandbox, at: float, dest: Path) -> list[int] | str:
-    """The rows a restore at `at` gives, or its error."""
-    res = sb.phx("restore", "--at", _iso(at), "--to", dest, "--path", LOGICAL, "--json", check=False)
-    if res.code != 0:
-        return res.err.strip()
-    con = sqlite3.connect(f"file:{dest / LOGICAL}?immutable=1", uri=True)
-    try:
-        assert [r[0] for r in con.execute("PRAGMA integrity_check")] == ["ok"]
-        return [r[0] for r in con.execute("SELECT k FROM log ORDER BY k")]
-    finally:
-        con.close()
 
 
 @contextlib.contextmanager
@@ -85,7 +71,7 @@ def test_a_cache_folder_that_takes_no_page_hashes_leaves_no_commit_uncovered(
     out = plog.read_text()
     assert watch.returncode == 0, out
     for at, want in marks:
-        assert _rows_at(sb, at, tmp_path / f"at{len(want)}") == want, out
+        assert _restored(sb, _iso(at), tmp_path / f"at{len(want)}") == want, out
     if mishap != "deleted":
         assert out.count("takes no page hashes") == 1, out
         assert "every commit is still captured" in out and "new base" not in out, out
@@ -113,6 +99,6 @@ def test_a_restart_with_a_read_only_cache_folder_goes_on_from_the_saved_hashes(
     out = plog.read_text()
     assert watch.returncode == 0, out
     for at, want in marks:
-        assert _rows_at(sb, at, tmp_path / f"at{len(want)}") == want, out
+        assert _restored(sb, _iso(at), tmp_path / f"at{len(want)}") == want, out
     assert out.count("takes no page hashes") == 1 and "new base" not in out, out
     assert "Traceback" not in out and "Exception ignored" not in out, out
