@@ -187,6 +187,7 @@ class Watcher:
         self.last_flush = time.monotonic()
         self.last_publish = time.monotonic()
         self.last_trim = time.monotonic()
+        self.hashes_in_memory = False  # warned that the cache folder took no page hashes
         self.dbs: list[_Db] = []
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
         self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
@@ -375,7 +376,7 @@ class Watcher:
         try:
             return WorkingHashes(self.cache_dir, memoryview(raw)[64:])
         except OSError:
-            return None  # the cache folder takes no file: a new base if the capture needs one
+            return None  # unreadable as it was written: a new base if the capture needs one
 
     def save_hashes(self, stopping: bool = False) -> None:
         """Save the page hashes of each database that has been quiet for QUIET_SECONDS (or at a
@@ -395,6 +396,18 @@ class Watcher:
                 continue
             write_private(self._hashes_path(db), db.changed_in.encode() + db.hashes[:])
             db.hashes_tag = db.changed_in
+
+    def _check_hashes(self, hashes: WorkingHashes | None) -> None:
+        """Warn, once a run, when page hashes went to memory: the cache folder takes no file."""
+        if hashes is None or hashes.failure is None or self.hashes_in_memory:
+            return
+        self.hashes_in_memory = True
+        exc = hashes.failure
+        self.warn(
+            f"the watch's cache folder {hashes.folder} takes no page hashes ({exc.strerror or exc}); they are "
+            "kept in memory (16 bytes a page) and every commit is still captured; free space there, fix its "
+            "permissions or set PHX_CACHE_DIR to a writable folder"
+        )
 
     def warn(self, message: str) -> None:
         self.result.warnings.append(message)
@@ -483,6 +496,7 @@ class Watcher:
                 self.result.commits += 1
             if db.hashes is None:
                 db.hashes = _hash_all(image, self.repo.ids.page_key, self.cache_dir)  # after a restart: one pass
+            self._check_hashes(db.hashes)
             if resumed:
                 db.since = at
                 self.result.resumed.append(db.logical)
@@ -564,6 +578,7 @@ class Watcher:
                     if db.hashes is not None:
                         db.hashes.close()
                     db.page_size, db.page_count, db.hashes = image.page_size, image.page_count, new
+                    self._check_hashes(new)
                     db.position, db.since, db.until = image.position, at, at
                     db.base = captures.Base(outcome.id, sha256)
                     db.base_id = outcome.id
@@ -1027,25 +1042,69 @@ class WorkingHashes(SpilledHashes):
     would cost 16 bytes a page of every database for as long as the watch runs (2.3 MB for the
     medium sample's 562 MB of databases, 12 MB for 3 GB); they are read whole only when a capture
     cannot name the pages that changed (docs/benchmarks.md, "What `phx watch` holds in its steady
-    state")."""
+    state").
+
+    When the folder takes no file or no more bytes (full, read-only, removed, not ours) they move
+    to memory, as they were kept before, and `failure` says why (the watch warns once): the
+    captures go on, where failing would leave every commit uncovered until the folder is fixed."""
 
     def __init__(self, folder: Path, raw: bytes | memoryview = b"") -> None:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryFile(dir=folder) as f:
-            fd = os.dup(f.fileno())
-        super().__init__(fd, 0, 0)
+        super().__init__(-1, 0, 0)
         self.folder = folder
+        self.memory: bytearray | None = None
+        self.failure: OSError | None = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with tempfile.TemporaryFile(dir=folder) as f:
+                self.fd = os.dup(f.fileno())
+        except OSError as exc:
+            self._to_memory(exc)
         if raw:
             self.put(0, raw)
 
+    def _to_memory(self, exc: OSError) -> None:
+        """From now on in memory: what the file holds (its first `length` bytes) first."""
+        self.memory = bytearray(super().__getitem__(slice(None)) if self.fd >= 0 else b"")
+        self.close()
+        self.failure = exc
+
+    def __getitem__(self, item: slice, /) -> bytes:
+        if self.memory is not None:
+            return bytes(self.memory[item])
+        return super().__getitem__(item)
+
     def put(self, at: int, data: bytes | memoryview) -> None:
-        """Write `data` at byte `at`; OSError when the file does not take it all (a full disk)."""
-        if os.pwrite(self.fd, data, at) != len(data):
-            raise OSError(errno.ENOSPC, f"cannot keep the page hashes in {self.folder}")
-        self.length = max(self.length, at + len(data))
+        """Write `data` at byte `at` (into memory once the file takes no more)."""
+        if self.memory is None:
+            try:
+                if os.pwrite(self.fd, data, at) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as exc:
+                self._to_memory(exc)
+            else:
+                self.length = max(self.length, at + len(data))
+                return
+        assert self.memory is not None
+        end = at + len(data)
+        if len(self.memory) < end:
+            self.memory.extend(bytes(end - len(self.memory)))
+        self.memory[at:end] = data
+        self.length = max(self.length, end)
 
     def resize(self, length: int) -> None:
-        os.ftruncate(self.fd, length)
+        if self.memory is None:
+            try:
+                os.ftruncate(self.fd, length)
+            except OSError as exc:
+                self._to_memory(exc)
+            else:
+                self.length = length
+                return
+        assert self.memory is not None
+        if len(self.memory) > length:
+            del self.memory[length:]
+        else:
+            self.memory.extend(bytes(length - len(self.memory)))
         self.length = length
 
 

@@ -1,0 +1,104 @@
+"""`phx watch`'s page hashes, kept in an unnamed file of its cache folder (ops/watch.py
+`WorkingHashes`), against a cache folder that fails under it: full, read-only, deleted. A
+rollback-journal database is compared with those hashes at every commit. Each time a restore at
+a recorded time holds exactly what the writer had committed then, and the watch says once why
+the hashes are in memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox, tmpfs_at
+from test_watch_adversary import _commit, _iso, _restored, _table, _watching
+
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """`folder` read-only from now on (a read-only bind mount over it; what is open stays open)."""
+    proc = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "mishap",
+    [
+        "full",
+        pytest.param("read-only", marks=pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: budget")),
+        pytest.param("deleted", marks=pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: budget (held)")),
+    ],
+)
+def test_a_cache_folder_that_takes_no_page_hashes_leaves_no_commit_uncovered(
+    sandbox: Sandbox, tmp_path: Path, mishap: str
+) -> None:
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db, journal="delete")  # no WAL: every commit is found by comparing the page hashes
+    folder = sb.cache / "watch"
+    plog = tmp_path / "watch.log"
+    marks: list[tuple[float, list[int]]] = []
+    with contextlib.ExitStack() as stack:
+        if mishap == "full":
+            stack.enter_context(tmpfs_at(folder, "2m"))
+        with _watching(sb.env, plog) as watch:
+            time.sleep(2.5)
+            _commit(db, 1)
+            time.sleep(1.2)
+            marks.append((time.time(), [0, 1]))
+            if mishap == "full":
+                subprocess.run(["dd", "if=/dev/zero", f"of={folder}/filler", "bs=64k"], capture_output=True)
+            elif mishap == "read-only":
+                stack.enter_context(_read_only(folder))
+            else:
+                shutil.rmtree(folder)
+            for k in range(2, 6):
+                _commit(db, k)
+                time.sleep(1.2)
+                marks.append((time.time(), list(range(k + 1))))
+    out = plog.read_text()
+    assert watch.returncode == 0, out
+    for at, want in marks:
+        assert _restored(sb, _iso(at), tmp_path / f"at{len(want)}") == want, out
+    if mishap != "deleted":
+        assert out.count("takes no page hashes") == 1, out
+        assert "every commit is still captured" in out and "new base" not in out, out
+    assert "Traceback" not in out and "Exception ignored" not in out, out
+
+
+def test_a_restart_with_a_read_only_cache_folder_goes_on_from_the_saved_hashes(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The page hashes saved at the last stop still prove continuity: no new base (which could not
+    be taken either, its cache being read-only), no traceback of a half-made hashes file."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db, journal="delete")
+    sb.phx("watch", "--no-files", "--duration", "3")
+    _commit(db, 1)  # while no watch runs
+    plog = tmp_path / "watch.log"
+    marks: list[tuple[float, list[int]]] = []
+    with _read_only(sb.cache / "watch"), _watching(sb.env, plog) as watch:
+        time.sleep(2.5)
+        marks.append((time.time(), [0, 1]))
+        _commit(db, 2)
+        time.sleep(1.2)
+        marks.append((time.time(), [0, 1, 2]))
+    out = plog.read_text()
+    assert watch.returncode == 0, out
+    for at, want in marks:
+        assert _restored(sb, _iso(at), tmp_path / f"at{len(want)}") == want, out
+    assert out.count("takes no page hashes") == 1 and "new base" not in out, out
+    assert "Traceback" not in out and "Exception ignored" not in out, out
