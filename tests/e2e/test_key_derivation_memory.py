@@ -124,3 +124,19 @@ def test_the_largest_r_and_p_a_slot_may_ask_for_still_derive(n: int, r: int, p: 
     salt = os.urandom(keys.SALT_LENGTH)
     theirs = Scrypt(salt=salt, length=keys.KEY_LENGTH, n=n, r=r, p=p).derive(b"x")
     assert keys._derive_kek("x", salt, n, r, p) == theirs
+
+
+def test_a_cryptography_that_cannot_load_is_one_sentence(backed_up: Sandbox, tmp_path: Path) -> None:
+    # `cryptography` is first imported in the middle of a command now, after the passphrase's
+    # scrypt: a broken install (its OpenSSL library gone) must say so, not look like a bug.
+    shadow = tmp_path / "shadow" / "cryptography"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("libssl.so.3: cannot open shared object file")\n')
+    env = backed_up.env_with(PYTHONPATH=str(shadow.parent))
+    before = {p: p.read_bytes() for p in backed_up.repo.rglob("*") if p.is_file()}
+    for args in (("list",), ("backup",), ("restore", "--latest", "--to", str(tmp_path / "out"))):
+        res = backed_up.phx(*args, env=env, check=None)
+        line = assert_error(res, 2, "cryptography", "libssl.so.3", "reinstall")
+        assert "internal error" not in line, line
+    assert {p: p.read_bytes() for p in backed_up.repo.rglob("*") if p.is_file()} == before
+    assert backed_up.phx("list", "--json", env=backed_up.env).code == 0
