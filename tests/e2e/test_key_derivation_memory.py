@@ -140,3 +140,31 @@ def test_a_cryptography_that_cannot_load_is_one_sentence(backed_up: Sandbox, tmp
         assert "internal error" not in line, line
     assert {p: p.read_bytes() for p in backed_up.repo.rglob("*") if p.is_file()} == before
     assert backed_up.phx("list", "--json", env=backed_up.env).code == 0
+
+
+def test_a_passphrase_that_is_not_utf8_is_one_sentence(backed_up: Sandbox, tmp_path: Path) -> None:
+    # Latin-1 bytes where UTF-8 is expected: the key is derived from the passphrase's UTF-8 bytes,
+    # which these have none of (an internal error before, from the environment and from a file).
+    sb = backed_up
+    latin1 = "pässwörd".encode("latin-1")
+    secret = tmp_path / "passphrase"
+    secret.write_bytes(latin1 + b"\n")
+    secret.chmod(0o600)
+    command = tmp_path / "ask.sh"
+    command.write_text(f"#!/bin/sh\ncat {secret}\n")
+    command.chmod(0o700)
+    as_env = latin1.decode("utf-8", "surrogateescape")  # what os.environ holds for those bytes
+    cases = {
+        "PHX_PASSPHRASE": sb.env_with(PHX_PASSPHRASE=as_env),
+        "PHX_PASSPHRASE_FILE": sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(secret)),
+    }
+    for name, env in cases.items():
+        res = sb.phx("list", env=env, check=None)
+        line = assert_error(res, 2, "passphrase is not UTF-8", "write it in UTF-8")
+        assert "internal error" not in line, (name, line)
+    res = sb.phx("key", "add", "--method", "passphrase", env=sb.env_with(PHX_NEW_PASSPHRASE=as_env), check=None)
+    assert_error(res, 2, "passphrase is not UTF-8")
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": str(command)})
+    res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=None), check=None)
+    assert_error(res, 2, "passphrase is not UTF-8")
+    assert len(sb.snapshots()) == 1

@@ -563,7 +563,13 @@ def _scrypt_mib(n: int, r: int) -> int:
 def _normalize_passphrase(passphrase: str) -> bytes:
     # NFC, so the same passphrase typed on macOS (which may produce decomposed accents) and on
     # Linux derives the same key.
-    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    try:
+        return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, from the environment, a file or a command
+        raise UsageError(
+            "the passphrase is not UTF-8 text (PHX_PASSPHRASE, PHX_NEW_PASSPHRASE, PHX_PASSPHRASE_FILE or the "
+            "output of encryption.passphraseCommand); write it in UTF-8 and try again"
+        ) from None
 
 
 def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
