@@ -594,7 +594,7 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
         from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
     except ImportError as exc:
         raise ToolMissing(
-            f"this Python's hashlib has no scrypt and the package cryptography cannot be loaded ({exc}); run "
+            f"this Python's hashlib cannot run scrypt and the package cryptography cannot be loaded ({exc}); run "
             "Phoenix with a Python whose OpenSSL provides scrypt, or reinstall it with its dependencies"
         ) from None
     try:
