@@ -1125,7 +1125,7 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
             continue
         except ToolMissing as error:
             tool_missing = error
-            if slot.type != "gpg" and supplied[slot.type]:
+            if slot.type != "gpg" and supplied.get(slot.type, False):
                 untried = untried or error  # this Python cannot check the credential: never "wrong"
             continue
         if opened is not None:
