@@ -124,3 +124,47 @@ def test_the_largest_r_and_p_a_slot_may_ask_for_still_derive(n: int, r: int, p: 
     salt = os.urandom(keys.SALT_LENGTH)
     theirs = Scrypt(salt=salt, length=keys.KEY_LENGTH, n=n, r=r, p=p).derive(b"x")
     assert keys._derive_kek("x", salt, n, r, p) == theirs
+
+
+def test_a_cryptography_that_cannot_load_is_one_sentence(backed_up: Sandbox, tmp_path: Path) -> None:
+    # `cryptography` is first imported in the middle of a command now, after the passphrase's
+    # scrypt: a broken install (its OpenSSL library gone) must say so, not look like a bug.
+    shadow = tmp_path / "shadow" / "cryptography"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("libssl.so.3: cannot open shared object file")\n')
+    env = backed_up.env_with(PYTHONPATH=str(shadow.parent))
+    before = {p: p.read_bytes() for p in backed_up.repo.rglob("*") if p.is_file()}
+    for args in (("list",), ("backup",), ("restore", "--latest", "--to", str(tmp_path / "out"))):
+        res = backed_up.phx(*args, env=env, check=None)
+        line = assert_error(res, 2, "cryptography", "libssl.so.3", "reinstall")
+        assert "internal error" not in line, line
+    assert {p: p.read_bytes() for p in backed_up.repo.rglob("*") if p.is_file()} == before
+    assert backed_up.phx("list", "--json", env=backed_up.env).code == 0
+
+
+def test_a_passphrase_that_is_not_utf8_is_one_sentence(backed_up: Sandbox, tmp_path: Path) -> None:
+    # Latin-1 bytes where UTF-8 is expected: the key is derived from the passphrase's UTF-8 bytes,
+    # which these have none of (an internal error before, from the environment and from a file).
+    sb = backed_up
+    latin1 = "pässwörd".encode("latin-1")
+    secret = tmp_path / "passphrase"
+    secret.write_bytes(latin1 + b"\n")
+    secret.chmod(0o600)
+    command = tmp_path / "ask.sh"
+    command.write_text(f"#!/bin/sh\ncat {secret}\n")
+    command.chmod(0o700)
+    as_env = latin1.decode("utf-8", "surrogateescape")  # what os.environ holds for those bytes
+    cases = {
+        "PHX_PASSPHRASE": sb.env_with(PHX_PASSPHRASE=as_env),
+        "PHX_PASSPHRASE_FILE": sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(secret)),
+    }
+    for name, env in cases.items():
+        res = sb.phx("list", env=env, check=None)
+        line = assert_error(res, 2, "passphrase is not UTF-8", "write it in UTF-8")
+        assert "internal error" not in line, (name, line)
+    res = sb.phx("key", "add", "--method", "passphrase", env=sb.env_with(PHX_NEW_PASSPHRASE=as_env), check=None)
+    assert_error(res, 2, "passphrase is not UTF-8")
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": str(command)})
+    res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=None), check=None)
+    assert_error(res, 2, "passphrase is not UTF-8")
+    assert len(sb.snapshots()) == 1

@@ -87,9 +87,11 @@ def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "reposit
     if env.get("PHX_PASSPHRASE_FILE"):
         file = Path(env["PHX_PASSPHRASE_FILE"])
         try:
-            return file.read_text().rstrip("\r\n")
+            raw = file.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read PHX_PASSPHRASE_FILE {file}: {exc.strerror}; fix the path") from exc
+        # Bytes that are not UTF-8 kept as the environment keeps them: the key slot refuses them.
+        return raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
     enc = cfg.encryption if cfg else None
     if enc and enc.passphrase_env:
         value = env.get(enc.passphrase_env)
@@ -98,7 +100,13 @@ def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "reposit
     if enc and enc.passphrase_command:
         try:
             out = subprocess.run(
-                enc.passphrase_command, shell=True, capture_output=True, text=True, timeout=60, check=True
+                enc.passphrase_command,
+                shell=True,
+                capture_output=True,
+                text=True,
+                errors="surrogateescape",
+                timeout=60,
+                check=True,
             )
         except (subprocess.SubprocessError, OSError) as exc:
             raise UsageError(

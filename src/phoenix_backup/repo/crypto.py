@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import blake3
 import zstandard
 
-from phoenix_backup.errors import CorruptObject
+from phoenix_backup.errors import CorruptObject, ToolMissing
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -165,8 +165,14 @@ def aead(key: bytes) -> AESGCM:
     """AES-256-GCM under `key`. `cryptography` (9 MB of memory: its own OpenSSL) is imported on
     first use, not with this module: a command opening a passphrase slot runs scrypt (32 MiB)
     before it is loaded, so the two do not add up in its peak memory (docs/benchmarks.md)."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError as exc:  # first seen here, in the middle of a command, not at its start
+        raise ToolMissing(
+            f"the Python package cryptography, which encrypts the repository, cannot be loaded ({exc}); reinstall "
+            "Phoenix with its dependencies (`pipx reinstall phoenix-backup`, or `pip install --force-reinstall "
+            "cryptography` in its environment)"
+        ) from None
     return AESGCM(key)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -548,30 +549,62 @@ def _scrypt_problem(n: object, r: object, p: object) -> str | None:
     if not 1 <= p_ <= SCRYPT_MAX_P:
         return f"p must be between 1 and {SCRYPT_MAX_P}, not {p_}"
     if 128 * n_ * r_ > SCRYPT_MAX_MEMORY:
-        return f"n={n_}, r={r_} needs {128 * n_ * r_ >> 20} MiB, more than the 1 GiB allowed"
+        return f"n={n_}, r={r_} needs {_scrypt_mib(n_, r_)} MiB, more than the 1 GiB allowed"
+    if n_ >= 2 ** (16 * r_):
+        # RFC 7914: n < 2**(128*r/8). OpenSSL refuses the rest (every scrypt Phoenix ever ran).
+        return f"n={n_} must be below 2**{16 * r_} when r={r_}"
     return None
+
+
+def _scrypt_mib(n: int, r: int) -> int:
+    return max(1, 128 * n * r >> 20)
 
 
 def _normalize_passphrase(passphrase: str) -> bytes:
     # NFC, so the same passphrase typed on macOS (which may produce decomposed accents) and on
     # Linux derives the same key.
-    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    try:
+        return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, from the environment, a file or a command
+        raise UsageError(
+            "the passphrase is not UTF-8 text (PHX_PASSPHRASE, PHX_NEW_PASSPHRASE, PHX_PASSPHRASE_FILE or the "
+            "output of encryption.passphraseCommand); write it in UTF-8 and try again"
+        ) from None
 
 
 def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    # scrypt (RFC 7914) from the standard library's OpenSSL, the same function `cryptography` gives:
-    # it runs before `cryptography` is loaded (see `crypto.aead`), so its 32 MiB are freed before
-    # those 9 MB are taken. `maxmem` is what OpenSSL needs for these parameters (B and V), which
-    # `_scrypt_problem` already bounds to 1 GiB.
-    return hashlib.scrypt(
-        _normalize_passphrase(passphrase),
-        salt=salt,
-        n=n,
-        r=r,
-        p=p,
-        maxmem=128 * r * (n + p + 2),
-        dklen=KEY_LENGTH,
-    )
+    """scrypt (RFC 7914) of the passphrase; parameters `_scrypt_problem` accepted. ToolMissing when
+    this Python cannot run scrypt; MemoryError when this process cannot get the memory it needs."""
+    password = _normalize_passphrase(passphrase)
+    # The standard library's OpenSSL first, the same function `cryptography` gives: it runs
+    # before `cryptography` is loaded (see `crypto.aead`), so its 32 MiB are freed before those
+    # 9 MB are taken. `maxmem` is what OpenSSL needs for these parameters (B and V), at most
+    # 1 GiB and 72 KiB. A Python built without scrypt has no `hashlib.scrypt`; an OpenSSL in
+    # FIPS mode, or one that could not allocate, raises ValueError: `cryptography`'s own OpenSSL
+    # is asked then.
+    scrypt = getattr(hashlib, "scrypt", None)
+    if scrypt is not None:
+        with contextlib.suppress(ValueError):
+            return cast(
+                bytes,
+                scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=128 * r * (n + p + 2), dklen=KEY_LENGTH),
+            )
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+    except ImportError as exc:
+        raise ToolMissing(
+            f"this Python's hashlib cannot run scrypt and the package cryptography cannot be loaded ({exc}); run "
+            "Phoenix with a Python whose OpenSSL provides scrypt, or reinstall it with its dependencies"
+        ) from None
+    try:
+        return Scrypt(salt=salt, length=KEY_LENGTH, n=n, r=r, p=p).derive(password)
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise ToolMissing(
+            f"this Python cannot run scrypt, the key derivation of passphrase key slots ({exc}); run Phoenix "
+            "with a Python whose OpenSSL provides scrypt (not in FIPS mode), or open the repository with an "
+            "age or gpg key slot"
+        ) from None
 
 
 def wrap_passphrase(secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapping[str, int] | None = None) -> KeySlot:
@@ -591,7 +624,13 @@ def wrap_passphrase(secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapp
         raise UsageError(f"invalid scrypt parameters: {problem}; choose saner values")
     slot_id = _new_slot_id()
     salt = os.urandom(SALT_LENGTH)
-    kek = _derive_kek(passphrase, salt, chosen["n"], chosen["r"], chosen["p"])
+    try:
+        kek = _derive_kek(passphrase, salt, chosen["n"], chosen["r"], chosen["p"])
+    except MemoryError:
+        raise UsageError(
+            f"scrypt n={chosen['n']}, r={chosen['r']} needs {_scrypt_mib(chosen['n'], chosen['r'])} MiB, more memory "
+            "than this process could get; free memory or choose a smaller n"
+        ) from None
     nonce = os.urandom(NONCE_LENGTH)
     sealed = aead(kek).encrypt(nonce, secrets.to_bytes(), _slot_aad(slot_id))
     params: dict[str, object] = {
@@ -624,7 +663,15 @@ def _unwrap_passphrase(slot: KeySlot, passphrase: str) -> MasterSecrets | None:
         raise damaged(f"a {len(salt)}-byte salt")
     if len(slot.data) < NONCE_LENGTH + TAG_LENGTH:
         raise damaged("truncated data")
-    kek = _derive_kek(passphrase, salt, cast(int, n), cast(int, r), cast(int, p))
+    try:
+        kek = _derive_kek(passphrase, salt, cast(int, n), cast(int, r), cast(int, p))
+    except MemoryError:
+        # A slot anyone could have planted: skipped like a damaged one, so another slot still opens.
+        raise CorruptObject(
+            f"key slot {slot.id} needs {_scrypt_mib(cast(int, n), cast(int, r))} MiB for its key derivation, more "
+            "memory than this process could get; free memory (or raise the process's memory limit) and try "
+            "again, or open the repository with another key slot"
+        ) from None
     nonce, sealed = slot.data[:NONCE_LENGTH], slot.data[NONCE_LENGTH:]
     opener = aead(kek)
     from cryptography.exceptions import InvalidTag  # loaded by `aead`
@@ -1063,6 +1110,7 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
     opened_any = False
     corrupt: CorruptObject | None = None
     tool_missing: ToolMissing | None = None
+    untried: ToolMissing | None = None
     budget = KdfBudget()
     for slot in sorted(usable, key=lambda s: _TRY_ORDER.get(s.type, len(_TRY_ORDER))):
         if supplied.get(slot.type, False):
@@ -1077,6 +1125,8 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
             continue
         except ToolMissing as error:
             tool_missing = error
+            if slot.type != "gpg" and supplied.get(slot.type, False):
+                untried = untried or error  # this Python cannot check the credential: never "wrong"
             continue
         if opened is not None:
             opened_any = True
@@ -1084,6 +1134,8 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
     if opened_any:
         return
     if tried_supplied:
+        if untried is not None:
+            raise untried
         if corrupt is not None:
             raise corrupt
         raise WrongPassphrase(
