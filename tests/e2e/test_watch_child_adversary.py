@@ -170,11 +170,22 @@ def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
 
 # In the watch's child only (`python -c ... ROOT FD`), while the file PHX_TEST_HANG_CHILD names
 # exists: once the child has read its request (it holds the secrets), it stops itself (as
-# `kill -STOP` would) or deadlocks (a lock taken twice).
+# `kill -STOP` would) or deadlocks (a lock taken twice); with "working", it deadlocks once its
+# heartbeat runs, as a snapshot deadlocked midway.
 HANG = """
 import os, pickle, signal, sys, threading
 _flag = os.environ.get("PHX_TEST_HANG_CHILD", "")
-if sys.argv[:1] == ["-c"] and len(sys.argv) == 3 and _flag and os.path.exists(_flag):
+_child = sys.argv[:1] == ["-c"] and len(sys.argv) == 3 and _flag and os.path.exists(_flag)
+if _child and open(_flag).read() == "working":
+    _start = threading.Thread.start
+    def _start_then_hang(self):
+        _start(self)
+        if getattr(getattr(self, "_target", None), "__name__", "") == "_beat":
+            _lock = threading.Lock()
+            _lock.acquire()
+            _lock.acquire()
+    threading.Thread.start = _start_then_hang
+elif _child:
     _loads = pickle.loads
     def _hang(*args, **kwargs):
         if open(_flag).read() == "stop":
@@ -199,11 +210,12 @@ def _hang_children(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return flag
 
 
-@pytest.mark.parametrize("how", ["stop", "deadlock"])
+@pytest.mark.parametrize("how", ["stop", "deadlock", "working"])
 def test_a_hung_child_is_killed_and_the_watch_captures_commits_meanwhile(
     sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """A child stopped or deadlocked while it takes a base: the databases already followed are
+    """A child stopped or deadlocked while it takes a base (before its heartbeat starts, or
+    after: the heartbeat's own processor time is no sign of work): the databases already followed are
     still captured while it hangs, it is killed once silent for STALL_SECONDS (one warning naming
     why), and the base is taken again later."""
     sb = sandbox

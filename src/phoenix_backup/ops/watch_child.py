@@ -17,8 +17,11 @@ it ends, and the watch never imports the backup's code.
   said an in-process one); a child that ends otherwise (killed, out of memory) is one SourceError
   naming how it ended.
 - **Hangs.** While it works, the child sends a heartbeat (a byte before its answer) each second
-  in which it used processor time: a large honest base beats all along, however long it takes,
-  and a child stopped (SIGSTOP) or deadlocked falls silent. The watch meanwhile goes on capturing
+  in which it showed a sign of work: its threads used processor time or moved bytes (a slow
+  upload), or a process it started (git) is still running and not stopped (that
+  wait has its own timeout). The heartbeat's own thread does not count. A large honest base, or a
+  push over a slow link, beats all along, however long it takes; a child stopped (SIGSTOP) or
+  deadlocked falls silent. The watch meanwhile goes on capturing
   the databases it follows (`between`); a child silent for STALL_SECONDS is killed and its
   snapshot is one SourceError saying so (the watch tries it again later).
 - **Kills.** The child holds a shared lock of its own while it writes, like any backup: a kill of
@@ -55,8 +58,8 @@ _LENGTH = struct.Struct(">Q")
 BEAT = b"."
 ANSWER = b"!"
 BEAT_SECONDS = 1.0
-# A child that used no processor time this long is hung (stopped, deadlocked): even a slow target's
-# retries and a large database's integrity check keep it busy more often than that.
+# A child that showed no sign of work this long (`_beat`) is hung (stopped, deadlocked): even a slow
+# target's retries and a large database's integrity check keep it busy more often than that.
 STALL_SECONDS = 300.0
 # After a stop (Ctrl-C, SIGTERM): a child silent this long is killed rather than waited for.
 STOP_GRACE_SECONDS = 2.0
@@ -209,7 +212,7 @@ def _answer(
         elif silent >= STALL_SECONDS:
             return b"", (
                 f"gave no sign of work for {silent:.0f} s (stopped or deadlocked: pid {proc.pid} used no processor "
-                "time)"
+                "time, moved no bytes and waited on no running process)"
             )
         elif stopping() and silent >= STOP_GRACE_SECONDS:
             return b"", f"gave no sign of work for {silent:.0f} s when the watch was asked to stop"
@@ -326,14 +329,15 @@ def _end_with_parent(fd: int, done: threading.Event) -> None:
 
 
 def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
-    """Send a heartbeat each second in which this process used processor time (see the module's
-    docstring): a stopped or deadlocked process uses none."""
-    used = time.process_time()
+    """Send a heartbeat each second in which this process showed a sign of work (see the
+    module's docstring and `_work`): a stopped or deadlocked process shows none."""
+    me = threading.get_native_id()
+    seen = _work(me)
     while not done.wait(BEAT_SECONDS):
-        now = time.process_time()
-        if now == used:
+        now = _work(me)
+        if now == seen and not _waits_on_a_process():
             continue
-        used = now
+        seen = now
         with lock:
             if done.is_set():
                 return
@@ -341,6 +345,57 @@ def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
                 os.write(fd, BEAT)
             except OSError:
                 return
+
+
+def _work(beating: int) -> tuple[int, ...]:
+    """What this process's threads did so far, the heartbeat's own (`beating`) left out (it uses a
+    little processor time and reads /proc each second, even in a deadlocked process): processor
+    clock ticks, and bytes read and written (files, pipes, sockets: a slow upload moves some each
+    second though it computes nothing). Where there is no /proc: the process's processor time."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return (time.process_time_ns(),)
+    ticks = moved = 0
+    for task in tasks:
+        if task == str(beating):
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            with open(f"/proc/self/task/{task}/io", "rb") as f:
+                for line in f:
+                    if line.startswith((b"rchar:", b"wchar:")):
+                        moved += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return (ticks, moved)
+
+
+def _waits_on_a_process() -> bool:
+    """Whether a process this one started (git pushing to a slow remote) is
+    still running: this process then waits on it, honestly, using nothing itself; such a wait
+    has a timeout of its own (git's). A stopped one (SIGSTOP) does not count."""
+    parents: dict[int, list[tuple[int, bytes]]] = {}
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            parents.setdefault(int(fields[1]), []).append((pid, fields[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+    todo = [os.getpid()]
+    while todo:
+        for pid, state in parents.get(todo.pop(), []):
+            if state not in (b"T", b"t", b"Z", b"X", b"x"):
+                return True
+            todo.append(pid)
+    return False
 
 
 def main(answer_fd: int) -> None:
