@@ -467,6 +467,32 @@ def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandb
     assert res.code == 1 and "Traceback" in res.err and "phx: error: " in res.err, res
 
 
+# A bug whose exception quotes what a library had in hand: the passphrase, a URL with credentials.
+LEAKY_BUG = """
+import os
+if os.environ.get("PHX_TEST_PLANT_BUG"):
+    from phoenix_backup.ops import list as _list
+    def _bug(*args, **kwargs):
+        raise ValueError(
+            "cannot use " + os.environ["PHX_PASSPHRASE"] + " with https://AKIDLEAK:s3cr3tLEAK@s3.example.com/b?X-Amz-Signature=SIGLEAK"
+        )
+    _list.list_snapshots = _bug
+"""
+
+
+def test_a_bug_s_message_and_traceback_never_show_a_secret(sandbox: Sandbox, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(LEAKY_BUG, encoding="utf-8")
+    env = sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG="1")
+    for args in (["list"], ["list", "--json"], ["list", "--verbose"], ["list", "--json", "--verbose"]):
+        res = run_phx(args, env, check=None)
+        assert res.code == 1 and "a bug in Phoenix" in res.err + res.out, res
+        assert "ValueError" in res.err + res.out and "s3.example.com" in res.err + res.out, res
+        for secret in (PASSPHRASE, "s3cr3tLEAK", "AKIDLEAK", "SIGLEAK"):
+            assert secret not in res.err + res.out, (args, res)
+
+
 def test_json_as_the_value_of_an_option_does_not_make_the_errors_json(sandbox: Sandbox) -> None:
     """`--to --json` restores into a folder named `--json`: a usage error after it is said in
     plain text, as without --json; a real --json still makes it the JSON error document."""

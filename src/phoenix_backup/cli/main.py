@@ -11,7 +11,7 @@ from typing import NoReturn
 import click
 
 from phoenix_backup import jsontext
-from phoenix_backup.cli.app import bug_message, cli, stderr_line
+from phoenix_backup.cli.app import bug_message, bug_text, cli, stderr_line
 from phoenix_backup.errors import ExitStatus
 
 __all__ = ["cli", "main"]
@@ -92,7 +92,7 @@ def main() -> None:
     except Exception as exc:  # a bug outside a command (`cli.app.common` says those in it)
         as_json = wants_json(argv, None)
         verbose = bool({"--verbose", "-v"} & set(argv))
-        trace = traceback.format_exc() if verbose else None
+        trace = bug_text(traceback.format_exc()) if verbose else None
         if trace and not as_json:
             sys.stderr.write(trace)
         message = bug_message(exc, verbose)
