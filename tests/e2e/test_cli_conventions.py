@@ -501,6 +501,11 @@ def test_json_as_the_value_of_an_option_does_not_make_the_errors_json(sandbox: S
     assert res.err.startswith("phx: error: No such option '--bogus'"), res
     res = sandbox.phx("restore", "--to", "x", "--json", "--bogus", check=2)
     assert json.loads(res.out)["errorType"] == "UsageError", res
+    # The error before the command's name: what follows that name is still the command's.
+    res = sandbox.phx("--bogus", "restore", "--to", "--json", check=2)
+    assert res.out == "" and res.err.startswith("phx: error: No such option '--bogus'"), res
+    res = sandbox.phx("--bogus", "restore", "--to", "x", "--json", check=2)
+    assert json.loads(res.out)["errorType"] == "UsageError", res
 
 
 def test_restore_to_a_path_through_dot_dot_creates_nothing_on_the_way(backed_up: Sandbox, tmp_path: Path) -> None:
