@@ -520,3 +520,23 @@ def test_restore_to_a_path_through_dot_dot_creates_nothing_on_the_way(backed_up:
         assert res.json()["destination"] == str(where), res
         assert (where / "home").is_dir(), res
     assert sorted(p.name for p in work.iterdir()) == ["elsewhere", "link", "y"]
+
+
+def test_restore_to_through_a_symlink_loop_or_a_dangling_link_is_one_error_creating_nothing(
+    backed_up: Sandbox, tmp_path: Path
+) -> None:
+    """`--to loop/../y` (a link to itself) and `--to dangling/../y` (a link to nowhere): the
+    system cannot go through either; one error naming the folder, exit 2, nothing created
+    anywhere (not the dangling link's missing target)."""
+    sb = backed_up
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "loop").symlink_to(work / "loop")
+    nowhere = tmp_path / "nowhere"
+    (work / "dangling").symlink_to(nowhere / "deeper")
+    for to, link in (("loop/../y", "loop"), ("dangling/../y", "dangling"), ("dangling/sub/../../y", "dangling")):
+        res = run_phx(["restore", "--latest", "--to", to], sb.env, cwd=work, check=None)
+        line = assert_error(res, 2, f"{work / link} is a symbolic link to a missing folder", "give the folder")
+        assert line.startswith(f"phx: error: {to}: "), res
+    assert sorted(p.name for p in work.iterdir()) == ["dangling", "loop"]
+    assert not nowhere.exists()
