@@ -171,16 +171,20 @@ def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
 # In the watch's child only (`python -c ... ROOT FD`), while the file PHX_TEST_HANG_CHILD names
 # exists: once the child has read its request (it holds the secrets), it stops itself (as
 # `kill -STOP` would) or deadlocks (a lock taken twice); with "working", it deadlocks once its
-# heartbeat runs, as a snapshot deadlocked midway.
+# heartbeat runs, as a snapshot deadlocked midway; with "locked", once it holds the repository's
+# lock, which it refreshes (every 0.2 s here) all along.
 HANG = """
 import os, pickle, signal, sys, threading
 _flag = os.environ.get("PHX_TEST_HANG_CHILD", "")
 _child = sys.argv[:1] == ["-c"] and len(sys.argv) == 3 and _flag and os.path.exists(_flag)
-if _child and open(_flag).read() == "working":
+if _child and open(_flag).read() in ("working", "locked"):
     _start = threading.Thread.start
+    _after = "phx-heartbeat" if open(_flag).read() == "working" else "phx-lock-refresh"
     def _start_then_hang(self):
+        if self.name == "phx-lock-refresh":  # the lock refreshed often: all a deadlocked child does
+            sys.modules["phoenix_backup.repo.locks"].REFRESH_SECONDS = 0.2
         _start(self)
-        if getattr(getattr(self, "_target", None), "__name__", "") == "_beat":
+        if self.name == _after:
             _lock = threading.Lock()
             _lock.acquire()
             _lock.acquire()
@@ -210,7 +214,7 @@ def _hang_children(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return flag
 
 
-@pytest.mark.parametrize("how", ["stop", "deadlock", "working"])
+@pytest.mark.parametrize("how", ["stop", "deadlock", "working", "locked"])
 def test_a_hung_child_is_killed_and_the_watch_captures_commits_meanwhile(
     sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:

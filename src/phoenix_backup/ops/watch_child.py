@@ -17,9 +17,10 @@ it ends, and the watch never imports the backup's code.
   said an in-process one); a child that ends otherwise (killed, out of memory) is one SourceError
   naming how it ended.
 - **Hangs.** While it works, the child sends a heartbeat (a byte before its answer) each second
-  in which it showed a sign of work: its threads used processor time or moved bytes (a slow
-  upload), or a process it started (git) is still running and not stopped (that
-  wait has its own timeout). The heartbeat's own thread does not count. A large honest base, or a
+  in which it showed a sign of work: its threads used processor time or were woken from a wait
+  (a slow upload's socket), or a process it started (git) is still running and not stopped (that
+  wait has its own timeout). The threads that run whatever the snapshot does (the heartbeat, the
+  lock's refresh) do not count. A large honest base, or a
   push over a slow link, beats all along, however long it takes; a child stopped (SIGSTOP) or
   deadlocked falls silent. The watch meanwhile goes on capturing
   the databases it follows (`between`); a child silent for STALL_SECONDS is killed and its
@@ -212,7 +213,7 @@ def _answer(
         elif silent >= STALL_SECONDS:
             return b"", (
                 f"gave no sign of work for {silent:.0f} s (stopped or deadlocked: pid {proc.pid} used no processor "
-                "time, moved no bytes and waited on no running process)"
+                "time, no thread of it was woken, it waited on no running process)"
             )
         elif stopping() and silent >= STOP_GRACE_SECONDS:
             return b"", f"gave no sign of work for {silent:.0f} s when the watch was asked to stop"
@@ -331,10 +332,9 @@ def _end_with_parent(fd: int, done: threading.Event) -> None:
 def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
     """Send a heartbeat each second in which this process showed a sign of work (see the
     module's docstring and `_work`): a stopped or deadlocked process shows none."""
-    me = threading.get_native_id()
-    seen = _work(me)
+    seen = _work()
     while not done.wait(BEAT_SECONDS):
-        now = _work(me)
+        now = _work()
         if now == seen and not _waits_on_a_process():
             continue
         seen = now
@@ -347,30 +347,38 @@ def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
                 return
 
 
-def _work(beating: int) -> tuple[int, ...]:
-    """What this process's threads did so far, the heartbeat's own (`beating`) left out (it uses a
-    little processor time and reads /proc each second, even in a deadlocked process): processor
-    clock ticks, and bytes read and written (files, pipes, sockets: a slow upload moves some each
-    second though it computes nothing). Where there is no /proc: the process's processor time."""
+# Threads that run however the snapshot fares: the heartbeat (it uses a little processor time and
+# reads /proc each second, even in a deadlocked process), the repository lock's refresh (every
+# REFRESH_SECONDS, as long as the lock is held), and the wait for the watch's end of the pipe.
+_KEEPALIVE = ("phx-heartbeat", "phx-lock-refresh", "phx-parent")
+
+
+def _work() -> tuple[int, ...]:
+    """What this process's threads did so far, those of _KEEPALIVE left out: processor
+    clock ticks, and the times a thread waited and was woken (a slow upload's socket takes a few
+    bytes, a lock wait polls: little processor time, but a thread that runs; a deadlocked one is
+    never woken). Not the bytes of /proc/PID/io: a non-dumpable process of an ordinary user may
+    not read its own. Where there is no /proc: the process's processor time."""
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
         return (time.process_time_ns(),)
-    ticks = moved = 0
+    skip = {str(t.native_id) for t in threading.enumerate() if t.name in _KEEPALIVE}
+    ticks = switches = 0
     for task in tasks:
-        if task == str(beating):
+        if task in skip:
             continue
         try:
             with open(f"/proc/self/task/{task}/stat", "rb") as f:
                 fields = f.read().rpartition(b")")[2].split()
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
-            with open(f"/proc/self/task/{task}/io", "rb") as f:
+            with open(f"/proc/self/task/{task}/status", "rb") as f:
                 for line in f:
-                    if line.startswith((b"rchar:", b"wchar:")):
-                        moved += int(line.split()[1])
+                    if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
+                        switches += int(line.split()[1])
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
-    return (ticks, moved)
+    return (ticks, switches)
 
 
 def _waits_on_a_process() -> bool:
@@ -411,8 +419,8 @@ def main(answer_fd: int) -> None:
     assert isinstance(request, SnapshotRequest)
     done = threading.Event()
     answer_lock = threading.Lock()
-    threading.Thread(target=_end_with_parent, args=(0, done), daemon=True).start()
-    threading.Thread(target=_beat, args=(answer_fd, answer_lock, done), daemon=True).start()
+    threading.Thread(target=_end_with_parent, args=(0, done), name="phx-parent", daemon=True).start()
+    threading.Thread(target=_beat, args=(answer_fd, answer_lock, done), name="phx-heartbeat", daemon=True).start()
     outcome = _snapshot(request)
     try:
         raw = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
