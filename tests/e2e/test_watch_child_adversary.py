@@ -150,6 +150,35 @@ def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(s
     assert sb.phx("verify", check=None).code == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child in /proc")
+def test_a_watch_killed_while_its_child_is_stopped_holding_the_lock_takes_the_child_with_it(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill -9` of `phx watch` while its child is stopped (SIGSTOP) holding the repository's
+    lock: the stopped child cannot see its pipe close, yet it ends too; `phx prune` then gets the
+    lock (not "locked by" a process stopped for good) and `phx verify` passes."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    flag = _hang_children(sb, tmp_path, monkeypatch)
+    flag.write_text("locked-stop")
+    watch, child = _watch_and_its_child(sb, stopped=True)
+    watch.kill()
+    watch.wait()
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            if " Z" in Path(f"/proc/{child}/stat").read_text():
+                break
+            time.sleep(0.05)
+        assert not Path(f"/proc/{child}").exists() or " Z" in Path(f"/proc/{child}/stat").read_text()
+        flag.unlink()
+        assert sb.phx("prune", check=None).code == 0
+        assert sb.phx("verify", check=None).code == 0
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)  # on failure: no stopped process left behind
+
+
 def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,19 +201,22 @@ def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
 # exists: once the child has read its request (it holds the secrets), it stops itself (as
 # `kill -STOP` would) or deadlocks (a lock taken twice); with "working", it deadlocks once its
 # heartbeat runs, as a snapshot deadlocked midway; with "locked", once it holds the repository's
-# lock, which it refreshes (every 0.2 s here) all along.
+# lock, which it refreshes (every 0.2 s here) all along; with "locked-stop", it stops then.
 HANG = """
 import os, pickle, signal, sys, threading
 _flag = os.environ.get("PHX_TEST_HANG_CHILD", "")
 _child = sys.argv[:1] == ["-c"] and len(sys.argv) == 3 and _flag and os.path.exists(_flag)
-if _child and open(_flag).read() in ("working", "locked"):
+if _child and open(_flag).read() in ("working", "locked", "locked-stop"):
     _start = threading.Thread.start
-    _after = "phx-heartbeat" if open(_flag).read() == "working" else "phx-lock-refresh"
+    _how = open(_flag).read()
+    _after = "phx-heartbeat" if _how == "working" else "phx-lock-refresh"
     def _start_then_hang(self):
         if self.name == "phx-lock-refresh":  # the lock refreshed often: all a deadlocked child does
             sys.modules["phoenix_backup.repo.locks"].REFRESH_SECONDS = 0.2
         _start(self)
         if self.name == _after:
+            if _how == "locked-stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
             _lock = threading.Lock()
             _lock.acquire()
             _lock.acquire()

@@ -27,13 +27,15 @@ it ends, and the watch never imports the backup's code.
   snapshot is one SourceError saying so (the watch tries it again later).
 - **Kills.** The child holds a shared lock of its own while it writes, like any backup: a kill of
   either process leaves at most packs no snapshot names (what a killed backup leaves; `phx prune`
-  removes them). The child ends when the watch does (its end of the pipe closes); SIGINT and
+  removes them). The child ends when the watch does (its end of the pipe closes; and on Linux a
+  SIGKILL from the kernel, which ends it even stopped); SIGINT and
   SIGTERM are the watch's to handle (it lets a snapshot that beats finish, then stops; one that
   has been silent STOP_GRACE_SECONDS is killed at once, so a hung child cannot hold a Ctrl-C up).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import select
@@ -55,6 +57,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
 
 _LENGTH = struct.Struct(">Q")
+_PR_SET_PDEATHSIG = 1
 # On the answer pipe: heartbeats, then ANSWER and the pickled outcome.
 BEAT = b"."
 ANSWER = b"!"
@@ -406,7 +409,23 @@ def _waits_on_a_process() -> bool:
     return False
 
 
+def _die_with_parent() -> None:
+    """SIGKILL to this process when the watch ends, however it ends: a child stopped (SIGSTOP) when
+    the watch is killed cannot see its pipe close, and would stay, stopped, for good, holding the
+    secrets and the repository's lock (which no one could then take as stale). Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # A watch that ended before that is seen at the request (its pipe is closed: no request).
+
+
 def main(answer_fd: int) -> None:
+    _die_with_parent()
     hide_process_memory()  # before the secrets arrive
     # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
