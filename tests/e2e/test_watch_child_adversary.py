@@ -356,3 +356,25 @@ def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
     finally:
         watch.kill()
         watch.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_DUMPABLE) is Linux's")
+def test_a_backup_keeps_its_memory_and_environment_from_other_processes(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx backup` holds the passphrase (its environment) and the master secrets too, for hours
+    when the workspace is large: what its hook (another process of the same user) tries to read
+    of it, its environment, is refused."""
+    prefix = [] if os.geteuid() != 0 else ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    control = subprocess.Popen([*prefix, "sleep", "60"])
+    try:
+        if not _reads_memory(control.pid, prefix):
+            pytest.skip("this machine forbids reading another process's memory anyway (Yama ptrace_scope)")
+    finally:
+        control.kill()
+        control.wait()
+    sb = sandbox
+    seen = tmp_path / "seen"
+    probe = f"if cat /proc/$PPID/environ > /dev/null 2>&1; then echo readable > {seen}; else echo hidden > {seen}; fi"
+    sb.write_config(hooks={"preBackup": probe})
+    res = subprocess.run([*prefix, PHX, "backup"], env=sb.env, capture_output=True, text=True)
+    assert res.returncode == 0, res
+    assert seen.read_text().strip() == "hidden"

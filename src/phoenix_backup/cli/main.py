@@ -13,6 +13,7 @@ import click
 from phoenix_backup import jsontext
 from phoenix_backup.cli.app import bug_message, bug_text, cli, stderr_line
 from phoenix_backup.errors import ExitStatus
+from phoenix_backup.repo.keys import hide_process_memory
 
 __all__ = ["cli", "main"]
 
@@ -67,6 +68,9 @@ def _mallopt(*settings: tuple[int, int]) -> None:
 
 def main() -> None:
     _limit_malloc_arenas()
+    # Every command may hold the passphrase (its environment) and the master secrets, a backup
+    # or a restore for hours: no other process of the user reads its memory (see the function).
+    hide_process_memory()
     argv = sys.argv[1:]
     try:
         cli.main(prog_name="phx", standalone_mode=False)
