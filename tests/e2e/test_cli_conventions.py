@@ -432,22 +432,33 @@ def test_archive_and_export_stream_their_phases(backed_up: Sandbox, tmp_path: Pa
 
 # -- a bug, and --json as an option's value ------------------------------------------------------
 
-# A bug planted in `phx list` (what no input can be trusted to reach): a KeyError from its library.
+# A bug planted in `phx list` (what no input can be trusted to reach): a KeyError from its library;
+# "leaky": an exception quoting what a library had in hand, the passphrase and a URL's credentials.
 BUG = """
 import os
 if os.environ.get("PHX_TEST_PLANT_BUG"):
     from phoenix_backup.ops import list as _list
     def _bug(*args, **kwargs):
+        if os.environ["PHX_TEST_PLANT_BUG"] == "leaky":
+            raise ValueError(
+                "cannot use " + os.environ["PHX_PASSPHRASE"]
+                + " with https://AKIDLEAK:s3cr3tLEAK@s3.example.com/b?X-Amz-Signature=SIGLEAK"
+            )
         raise KeyError("planted")
     _list.list_snapshots = _bug
 """
 
 
-def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandbox, tmp_path: Path) -> None:
+def _plant_bug(sandbox: Sandbox, tmp_path: Path, kind: str = "1") -> dict[str, str]:
+    """The environment in which `phx list` meets the bug BUG plants."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BUG, encoding="utf-8")
-    env = sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG="1")
+    return sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG=kind)
+
+
+def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandbox, tmp_path: Path) -> None:
+    env = _plant_bug(sandbox, tmp_path)
     line = assert_error(run_phx(["list"], env, check=None), 1, "a bug in Phoenix", "--verbose", "KeyError")
     assert line.startswith("phx: error: ")
 
@@ -467,24 +478,8 @@ def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandb
     assert res.code == 1 and "Traceback" in res.err and "phx: error: " in res.err, res
 
 
-# A bug whose exception quotes what a library had in hand: the passphrase, a URL with credentials.
-LEAKY_BUG = """
-import os
-if os.environ.get("PHX_TEST_PLANT_BUG"):
-    from phoenix_backup.ops import list as _list
-    def _bug(*args, **kwargs):
-        raise ValueError(
-            "cannot use " + os.environ["PHX_PASSPHRASE"] + " with https://AKIDLEAK:s3cr3tLEAK@s3.example.com/b?X-Amz-Signature=SIGLEAK"
-        )
-    _list.list_snapshots = _bug
-"""
-
-
 def test_a_bug_s_message_and_traceback_never_show_a_secret(sandbox: Sandbox, tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(LEAKY_BUG, encoding="utf-8")
-    env = sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG="1")
+    env = _plant_bug(sandbox, tmp_path, "leaky")
     for args in (["list"], ["list", "--json"], ["list", "--verbose"], ["list", "--json", "--verbose"]):
         res = run_phx(args, env, check=None)
         assert res.code == 1 and "a bug in Phoenix" in res.err + res.out, res

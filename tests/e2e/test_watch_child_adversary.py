@@ -328,12 +328,9 @@ def _reads_memory(pid: int, prefix: list[str]) -> bool:
     return subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_DUMPABLE) is Linux's")
-def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
-    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Both hold the master secrets for as long as they run: another process of the same user
-    (without CAP_SYS_PTRACE) cannot read their memory, nor would a crash leave a core dump."""
+def _same_user_prefix() -> list[str]:
+    """What starts a program as a process of one ordinary user; skipped where such a process
+    could not read another's memory anyway."""
     # As root, the watch and the reader both drop every capability (same uid 0, same capabilities,
     # none of them CAP_SYS_PTRACE), as two processes of one ordinary user.
     prefix = [] if os.geteuid() != 0 else ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
@@ -344,6 +341,16 @@ def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
     finally:
         control.kill()
         control.wait()
+    return prefix
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_DUMPABLE) is Linux's")
+def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both hold the master secrets for as long as they run: another process of the same user
+    (without CAP_SYS_PTRACE) cannot read their memory, nor would a crash leave a core dump."""
+    prefix = _same_user_prefix()
     sb = sandbox
     _table(sb.layout.dashboard_db)
     flag = _hang_children(sb, tmp_path, monkeypatch)
@@ -363,14 +370,7 @@ def test_a_backup_keeps_its_memory_and_environment_from_other_processes(sandbox:
     """`phx backup` holds the passphrase (its environment) and the master secrets too, for hours
     when the workspace is large: what its hook (another process of the same user) tries to read
     of it, its environment, is refused."""
-    prefix = [] if os.geteuid() != 0 else ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
-    control = subprocess.Popen([*prefix, "sleep", "60"])
-    try:
-        if not _reads_memory(control.pid, prefix):
-            pytest.skip("this machine forbids reading another process's memory anyway (Yama ptrace_scope)")
-    finally:
-        control.kill()
-        control.wait()
+    prefix = _same_user_prefix()
     sb = sandbox
     seen = tmp_path / "seen"
     probe = f"if cat /proc/$PPID/environ > /dev/null 2>&1; then echo readable > {seen}; else echo hidden > {seen}; fi"

@@ -35,7 +35,6 @@ it ends, and the watch never imports the backup's code.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import select
@@ -52,7 +51,7 @@ from dataclasses import dataclass, field
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
-from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory
+from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory, set_process_option
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
 
@@ -412,15 +411,8 @@ def _waits_on_a_process() -> bool:
 def _die_with_parent() -> None:
     """SIGKILL to this process when the watch ends, however it ends: a child stopped (SIGSTOP) when
     the watch is killed cannot see its pipe close, and would stay, stopped, for good, holding the
-    secrets and the repository's lock (which no one could then take as stale). Linux only."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    secrets and the repository's lock (which no one could then take as stale)."""
+    set_process_option(_PR_SET_PDEATHSIG, signal.SIGKILL)
     # A watch that ended before that is seen at the request (its pipe is closed: no request).
 
 
