@@ -432,22 +432,33 @@ def test_archive_and_export_stream_their_phases(backed_up: Sandbox, tmp_path: Pa
 
 # -- a bug, and --json as an option's value ------------------------------------------------------
 
-# A bug planted in `phx list` (what no input can be trusted to reach): a KeyError from its library.
+# A bug planted in `phx list` (what no input can be trusted to reach): a KeyError from its library;
+# "leaky": an exception quoting what a library had in hand, the passphrase and a URL's credentials.
 BUG = """
 import os
 if os.environ.get("PHX_TEST_PLANT_BUG"):
     from phoenix_backup.ops import list as _list
     def _bug(*args, **kwargs):
+        if os.environ["PHX_TEST_PLANT_BUG"] == "leaky":
+            raise ValueError(
+                "cannot use " + os.environ["PHX_PASSPHRASE"]
+                + " with https://AKIDLEAK:s3cr3tLEAK@s3.example.com/b?X-Amz-Signature=SIGLEAK"
+            )
         raise KeyError("planted")
     _list.list_snapshots = _bug
 """
 
 
-def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandbox, tmp_path: Path) -> None:
+def _plant_bug(sandbox: Sandbox, tmp_path: Path, kind: str = "1") -> dict[str, str]:
+    """The environment in which `phx list` meets the bug BUG plants."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BUG, encoding="utf-8")
-    env = sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG="1")
+    return sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG=kind)
+
+
+def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandbox, tmp_path: Path) -> None:
+    env = _plant_bug(sandbox, tmp_path)
     line = assert_error(run_phx(["list"], env, check=None), 1, "a bug in Phoenix", "--verbose", "KeyError")
     assert line.startswith("phx: error: ")
 
@@ -467,6 +478,16 @@ def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandb
     assert res.code == 1 and "Traceback" in res.err and "phx: error: " in res.err, res
 
 
+def test_a_bug_s_message_and_traceback_never_show_a_secret(sandbox: Sandbox, tmp_path: Path) -> None:
+    env = _plant_bug(sandbox, tmp_path, "leaky")
+    for args in (["list"], ["list", "--json"], ["list", "--verbose"], ["list", "--json", "--verbose"]):
+        res = run_phx(args, env, check=None)
+        assert res.code == 1 and "a bug in Phoenix" in res.err + res.out, res
+        assert "ValueError" in res.err + res.out and "s3.example.com" in res.err + res.out, res
+        for secret in (PASSPHRASE, "s3cr3tLEAK", "AKIDLEAK", "SIGLEAK"):
+            assert secret not in res.err + res.out, (args, res)
+
+
 def test_json_as_the_value_of_an_option_does_not_make_the_errors_json(sandbox: Sandbox) -> None:
     """`--to --json` restores into a folder named `--json`: a usage error after it is said in
     plain text, as without --json; a real --json still makes it the JSON error document."""
@@ -474,6 +495,11 @@ def test_json_as_the_value_of_an_option_does_not_make_the_errors_json(sandbox: S
     assert res.out == "", res
     assert res.err.startswith("phx: error: No such option '--bogus'"), res
     res = sandbox.phx("restore", "--to", "x", "--json", "--bogus", check=2)
+    assert json.loads(res.out)["errorType"] == "UsageError", res
+    # The error before the command's name: what follows that name is still the command's.
+    res = sandbox.phx("--bogus", "restore", "--to", "--json", check=2)
+    assert res.out == "" and res.err.startswith("phx: error: No such option '--bogus'"), res
+    res = sandbox.phx("--bogus", "restore", "--to", "x", "--json", check=2)
     assert json.loads(res.out)["errorType"] == "UsageError", res
 
 
@@ -489,3 +515,23 @@ def test_restore_to_a_path_through_dot_dot_creates_nothing_on_the_way(backed_up:
         assert res.json()["destination"] == str(where), res
         assert (where / "home").is_dir(), res
     assert sorted(p.name for p in work.iterdir()) == ["elsewhere", "link", "y"]
+
+
+def test_restore_to_through_a_symlink_loop_or_a_dangling_link_is_one_error_creating_nothing(
+    backed_up: Sandbox, tmp_path: Path
+) -> None:
+    """`--to loop/../y` (a link to itself) and `--to dangling/../y` (a link to nowhere): the
+    system cannot go through either; one error naming the folder, exit 2, nothing created
+    anywhere (not the dangling link's missing target)."""
+    sb = backed_up
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "loop").symlink_to(work / "loop")
+    nowhere = tmp_path / "nowhere"
+    (work / "dangling").symlink_to(nowhere / "deeper")
+    for to, link in (("loop/../y", "loop"), ("dangling/../y", "dangling"), ("dangling/sub/../../y", "dangling")):
+        res = run_phx(["restore", "--latest", "--to", to], sb.env, cwd=work, check=None)
+        line = assert_error(res, 2, f"{work / link} is a symbolic link to a missing folder", "give the folder")
+        assert line.startswith(f"phx: error: {to}: "), res
+    assert sorted(p.name for p in work.iterdir()) == ["dangling", "loop"]
+    assert not nowhere.exists()

@@ -150,6 +150,35 @@ def test_a_watch_killed_while_its_child_takes_the_base_takes_the_child_with_it(s
     assert sb.phx("verify", check=None).code == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child in /proc")
+def test_a_watch_killed_while_its_child_is_stopped_holding_the_lock_takes_the_child_with_it(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill -9` of `phx watch` while its child is stopped (SIGSTOP) holding the repository's
+    lock: the stopped child cannot see its pipe close, yet it ends too; `phx prune` then gets the
+    lock (not "locked by" a process stopped for good) and `phx verify` passes."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    flag = _hang_children(sb, tmp_path, monkeypatch)
+    flag.write_text("locked-stop")
+    watch, child = _watch_and_its_child(sb, stopped=True)
+    watch.kill()
+    watch.wait()
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            if " Z" in Path(f"/proc/{child}/stat").read_text():
+                break
+            time.sleep(0.05)
+        assert not Path(f"/proc/{child}").exists() or " Z" in Path(f"/proc/{child}/stat").read_text()
+        flag.unlink()
+        assert sb.phx("prune", check=None).code == 0
+        assert sb.phx("verify", check=None).code == 0
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)  # on failure: no stopped process left behind
+
+
 def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -170,11 +199,29 @@ def test_a_phoenix_upgraded_while_the_watch_runs_is_said_not_run(
 
 # In the watch's child only (`python -c ... ROOT FD`), while the file PHX_TEST_HANG_CHILD names
 # exists: once the child has read its request (it holds the secrets), it stops itself (as
-# `kill -STOP` would) or deadlocks (a lock taken twice).
+# `kill -STOP` would) or deadlocks (a lock taken twice); with "working", it deadlocks once its
+# heartbeat runs, as a snapshot deadlocked midway; with "locked", once it holds the repository's
+# lock, which it refreshes (every 0.2 s here) all along; with "locked-stop", it stops then.
 HANG = """
 import os, pickle, signal, sys, threading
 _flag = os.environ.get("PHX_TEST_HANG_CHILD", "")
-if sys.argv[:1] == ["-c"] and len(sys.argv) == 3 and _flag and os.path.exists(_flag):
+_child = sys.argv[:1] == ["-c"] and len(sys.argv) == 3 and _flag and os.path.exists(_flag)
+if _child and open(_flag).read() in ("working", "locked", "locked-stop"):
+    _start = threading.Thread.start
+    _how = open(_flag).read()
+    _after = "phx-heartbeat" if _how == "working" else "phx-lock-refresh"
+    def _start_then_hang(self):
+        if self.name == "phx-lock-refresh":  # the lock refreshed often: all a deadlocked child does
+            sys.modules["phoenix_backup.repo.locks"].REFRESH_SECONDS = 0.2
+        _start(self)
+        if self.name == _after:
+            if _how == "locked-stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            _lock = threading.Lock()
+            _lock.acquire()
+            _lock.acquire()
+    threading.Thread.start = _start_then_hang
+elif _child:
     _loads = pickle.loads
     def _hang(*args, **kwargs):
         if open(_flag).read() == "stop":
@@ -199,11 +246,12 @@ def _hang_children(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return flag
 
 
-@pytest.mark.parametrize("how", ["stop", "deadlock"])
+@pytest.mark.parametrize("how", ["stop", "deadlock", "working", "locked"])
 def test_a_hung_child_is_killed_and_the_watch_captures_commits_meanwhile(
     sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """A child stopped or deadlocked while it takes a base: the databases already followed are
+    """A child stopped or deadlocked while it takes a base (before its heartbeat starts, or
+    after: the heartbeat's own processor time is no sign of work): the databases already followed are
     still captured while it hangs, it is killed once silent for STALL_SECONDS (one warning naming
     why), and the base is taken again later."""
     sb = sandbox
@@ -280,12 +328,9 @@ def _reads_memory(pid: int, prefix: list[str]) -> bool:
     return subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_DUMPABLE) is Linux's")
-def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
-    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Both hold the master secrets for as long as they run: another process of the same user
-    (without CAP_SYS_PTRACE) cannot read their memory, nor would a crash leave a core dump."""
+def _same_user_prefix() -> list[str]:
+    """What starts a program as a process of one ordinary user; skipped where such a process
+    could not read another's memory anyway."""
     # As root, the watch and the reader both drop every capability (same uid 0, same capabilities,
     # none of them CAP_SYS_PTRACE), as two processes of one ordinary user.
     prefix = [] if os.geteuid() != 0 else ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
@@ -296,6 +341,16 @@ def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
     finally:
         control.kill()
         control.wait()
+    return prefix
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_DUMPABLE) is Linux's")
+def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both hold the master secrets for as long as they run: another process of the same user
+    (without CAP_SYS_PTRACE) cannot read their memory, nor would a crash leave a core dump."""
+    prefix = _same_user_prefix()
     sb = sandbox
     _table(sb.layout.dashboard_db)
     flag = _hang_children(sb, tmp_path, monkeypatch)
@@ -308,3 +363,18 @@ def test_the_watch_and_its_child_keep_their_memory_from_other_processes(
     finally:
         watch.kill()
         watch.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_DUMPABLE) is Linux's")
+def test_a_backup_keeps_its_memory_and_environment_from_other_processes(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx backup` holds the passphrase (its environment) and the master secrets too, for hours
+    when the workspace is large: what its hook (another process of the same user) tries to read
+    of it, its environment, is refused."""
+    prefix = _same_user_prefix()
+    sb = sandbox
+    seen = tmp_path / "seen"
+    probe = f"if cat /proc/$PPID/environ > /dev/null 2>&1; then echo readable > {seen}; else echo hidden > {seen}; fi"
+    sb.write_config(hooks={"preBackup": probe})
+    res = subprocess.run([*prefix, PHX, "backup"], env=sb.env, capture_output=True, text=True)
+    assert res.returncode == 0, res
+    assert seen.read_text().strip() == "hidden"

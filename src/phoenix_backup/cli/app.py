@@ -23,6 +23,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import Cancelled, ExitStatus, IdentityRequired, PhoenixError
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
+from phoenix_backup.redaction import redact
 from phoenix_backup.repo.snapshot import Latest
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -75,14 +76,22 @@ class Out:
 
 
 def bug_message(exc: BaseException, verbose: bool) -> str:
-    """The one sentence for an exception Phoenix did not expect (a bug, not bad input)."""
-    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """The one sentence for an exception Phoenix did not expect (a bug, not bad input). Its text
+    is a library's, never vetted: without the secrets of the environment, nor a URL's credentials."""
+    what = f"{type(exc).__name__}: {bug_text(str(exc))}" if str(exc) else type(exc).__name__
     fix = (
         "please report it with the traceback"
         if verbose
         else "run the command again with --verbose and report the traceback"
     )
     return f"unexpected internal error ({what}): a bug in Phoenix; {fix}"
+
+
+def bug_text(text: str) -> str:
+    """A bug's message or traceback as it may be shown (see `bug_message`)."""
+    from phoenix_backup.notify.message import env_secrets  # only on this rare path: not at every start
+
+    return redact(text, env_secrets(os.environ))
 
 
 def stderr_line(kind: str, message: str, *, as_json: bool, trace: str | None = None) -> str:
@@ -211,9 +220,9 @@ def common(f: F) -> F:
         except Exception as exc:  # not a Phoenix error: a bug, said as one error like any other
             out.progress.clear()
             if verbose and not as_json:
-                traceback.print_exc()
+                sys.stderr.write(bug_text(traceback.format_exc()))
             message = bug_message(exc, verbose)
-            out.error(message, traceback.format_exc() if verbose and as_json else None)
+            out.error(message, bug_text(traceback.format_exc()) if verbose and as_json else None)
             if as_json:
                 click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "InternalError"}))
             sys.exit(int(ExitStatus.FAILURE))

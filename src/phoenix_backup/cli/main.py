@@ -11,8 +11,9 @@ from typing import NoReturn
 import click
 
 from phoenix_backup import jsontext
-from phoenix_backup.cli.app import bug_message, cli, stderr_line
+from phoenix_backup.cli.app import bug_message, bug_text, cli, stderr_line
 from phoenix_backup.errors import ExitStatus
+from phoenix_backup.repo.keys import hide_process_memory
 
 __all__ = ["cli", "main"]
 
@@ -67,6 +68,9 @@ def _mallopt(*settings: tuple[int, int]) -> None:
 
 def main() -> None:
     _limit_malloc_arenas()
+    # Every command may hold the passphrase (its environment) and the master secrets, a backup
+    # or a restore for hours: no other process of the user reads its memory (see the function).
+    hide_process_memory()
     argv = sys.argv[1:]
     try:
         cli.main(prog_name="phx", standalone_mode=False)
@@ -92,7 +96,7 @@ def main() -> None:
     except Exception as exc:  # a bug outside a command (`cli.app.common` says those in it)
         as_json = wants_json(argv, None)
         verbose = bool({"--verbose", "-v"} & set(argv))
-        trace = traceback.format_exc() if verbose else None
+        trace = bug_text(traceback.format_exc()) if verbose else None
         if trace and not as_json:
             sys.stderr.write(trace)
         message = bug_message(exc, verbose)
@@ -105,20 +109,16 @@ def main() -> None:
 def wants_json(argv: list[str], ctx: click.Context | None) -> bool:
     """Whether `--json` was given as an option: from the parsed options when click got that far,
     else from the command line, where a `--json` that is an option's value (`--path --json`,
-    `--to --json`) is not one (the options that take a value are those of `ctx`'s commands, or
-    the group's without it)."""
-    takes_value: set[str] = set()
-    commands: list[click.Command] = []
+    `--to --json`) is not one. The options that take a value are those of the command the
+    tokens so far name: the group's, then after a command's name that command's (`phx --bogus
+    restore --to --json` restores into `--json`)."""
     at = ctx
     while at is not None:
         if at.params.get("as_json"):
             return True
-        commands.append(at.command)
         at = at.parent
-    for command in commands or [cli]:
-        for param in command.params:
-            if isinstance(param, click.Option) and not param.is_flag and not param.count:
-                takes_value.update(param.opts)
+    command: click.Command = cli
+    takes_value = _value_options(command)
     value_next = False
     for token in argv:
         if value_next:
@@ -127,9 +127,22 @@ def wants_json(argv: list[str], ctx: click.Context | None) -> bool:
             return False
         elif token == "--json":
             return True
-        else:
+        elif token.startswith("-"):
             value_next = token in takes_value
+        elif isinstance(command, click.Group):
+            sub = command.get_command(click.Context(command), token)
+            if sub is not None:
+                command, takes_value = sub, _value_options(sub)
     return False
+
+
+def _value_options(command: click.Command) -> set[str]:
+    return {
+        name
+        for param in command.params
+        if isinstance(param, click.Option) and not param.is_flag and not param.count
+        for name in param.opts
+    }
 
 
 def _usage_error(message: str) -> NoReturn:

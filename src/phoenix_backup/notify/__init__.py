@@ -10,8 +10,8 @@ warning: it never fails the backup.
 
 from __future__ import annotations
 
-from phoenix_backup.notify.message import BackupEvent, compose, secrets_of
+from phoenix_backup.notify.message import BackupEvent, compose, env_secrets, secrets_of
 from phoenix_backup.notify.send import NotifyOutcome, notify_event, send
 from phoenix_backup.redaction import redact
 
-__all__ = ["BackupEvent", "NotifyOutcome", "compose", "notify_event", "redact", "secrets_of", "send"]
+__all__ = ["BackupEvent", "NotifyOutcome", "compose", "env_secrets", "notify_event", "redact", "secrets_of", "send"]

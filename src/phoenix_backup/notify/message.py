@@ -59,20 +59,27 @@ def compose(event: BackupEvent, secrets: Iterable[str] = ()) -> tuple[str, str]:
     return redact(title, secret_list), redact("\n".join(lines), secret_list)
 
 
-def secrets_of(cfg: Config, env: Mapping[str, str]) -> list[str]:
-    """Every secret this run could know: passphrases, keys, passwords, the notification URLs."""
-    out = [env.get("PHX_PASSPHRASE", ""), env.get("PHX_NEW_PASSPHRASE", "")]
+def env_secrets(env: Mapping[str, str]) -> list[str]:
+    """The secrets this run's environment holds, known before any config is read: the
+    passphrases (and the passphrase file's), AWS keys, a Git password."""
+    out = [env.get(name, "") for name in ("PHX_PASSPHRASE", "PHX_NEW_PASSPHRASE", "PHX_GIT_PASSWORD")]
     file = env.get("PHX_PASSPHRASE_FILE")
     if file:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
             out.append(Path(file).read_text().rstrip("\r\n"))
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        out.append(env.get(name, ""))
+    return [s for s in out if s]
+
+
+def secrets_of(cfg: Config, env: Mapping[str, str]) -> list[str]:
+    """Every secret this run could know: passphrases, keys, passwords, the notification URLs."""
+    out = env_secrets(env)
     enc = cfg.encryption
     if enc.passphrase_env:
         out.append(env.get(enc.passphrase_env, ""))
     for target in (cfg.targets.s3, cfg.targets.r2):
         out += [target.secret_access_key or "", target.access_key_id or ""]
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        out.append(env.get(name, ""))
     for db in cfg.databases.postgres:
         out.append(db.dsn or "")
         if db.password_env:

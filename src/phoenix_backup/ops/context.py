@@ -46,6 +46,15 @@ def folder_argument(text: str) -> Path:
     if ".." not in path.parts:
         return path
     last = len(path.parts) - 1 - path.parts[::-1].index("..")
+    for end in range(2, last + 1):
+        # A link that leads nowhere, or to itself: the system cannot go back through it either,
+        # and following its text would create the folders it names.
+        before = Path(*path.parts[:end])
+        if os.path.islink(before) and not os.path.exists(before):
+            raise UsageError(
+                f"{text}: {before} is a symbolic link to a missing folder (or a loop of links), which the `..` after "
+                "it cannot go back through; give the folder without it"
+            )
     return Path(os.path.realpath(Path(*path.parts[: last + 1])), *path.parts[last + 1 :])
 
 

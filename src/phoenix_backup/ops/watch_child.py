@@ -17,13 +17,18 @@ it ends, and the watch never imports the backup's code.
   said an in-process one); a child that ends otherwise (killed, out of memory) is one SourceError
   naming how it ended.
 - **Hangs.** While it works, the child sends a heartbeat (a byte before its answer) each second
-  in which it used processor time: a large honest base beats all along, however long it takes,
-  and a child stopped (SIGSTOP) or deadlocked falls silent. The watch meanwhile goes on capturing
+  in which it showed a sign of work: its threads used processor time or were woken from a wait
+  (a slow upload's socket), or a process it started (git) is still running and not stopped (that
+  wait has its own timeout). The threads that run whatever the snapshot does (the heartbeat, the
+  lock's refresh) do not count. A large honest base, or a
+  push over a slow link, beats all along, however long it takes; a child stopped (SIGSTOP) or
+  deadlocked falls silent. The watch meanwhile goes on capturing
   the databases it follows (`between`); a child silent for STALL_SECONDS is killed and its
   snapshot is one SourceError saying so (the watch tries it again later).
 - **Kills.** The child holds a shared lock of its own while it writes, like any backup: a kill of
   either process leaves at most packs no snapshot names (what a killed backup leaves; `phx prune`
-  removes them). The child ends when the watch does (its end of the pipe closes); SIGINT and
+  removes them). The child ends when the watch does (its end of the pipe closes; and on Linux a
+  SIGKILL from the kernel, which ends it even stopped); SIGINT and
   SIGTERM are the watch's to handle (it lets a snapshot that beats finish, then stops; one that
   has been silent STOP_GRACE_SECONDS is killed at once, so a hung child cannot hold a Ctrl-C up).
 """
@@ -46,17 +51,18 @@ from dataclasses import dataclass, field
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
-from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory
+from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory, set_process_option
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
 
 _LENGTH = struct.Struct(">Q")
+_PR_SET_PDEATHSIG = 1
 # On the answer pipe: heartbeats, then ANSWER and the pickled outcome.
 BEAT = b"."
 ANSWER = b"!"
 BEAT_SECONDS = 1.0
-# A child that used no processor time this long is hung (stopped, deadlocked): even a slow target's
-# retries and a large database's integrity check keep it busy more often than that.
+# A child that showed no sign of work this long (`_beat`) is hung (stopped, deadlocked): even a slow
+# target's retries and a large database's integrity check keep it busy more often than that.
 STALL_SECONDS = 300.0
 # After a stop (Ctrl-C, SIGTERM): a child silent this long is killed rather than waited for.
 STOP_GRACE_SECONDS = 2.0
@@ -209,7 +215,7 @@ def _answer(
         elif silent >= STALL_SECONDS:
             return b"", (
                 f"gave no sign of work for {silent:.0f} s (stopped or deadlocked: pid {proc.pid} used no processor "
-                "time)"
+                "time, no thread of it was woken, it waited on no running process)"
             )
         elif stopping() and silent >= STOP_GRACE_SECONDS:
             return b"", f"gave no sign of work for {silent:.0f} s when the watch was asked to stop"
@@ -326,14 +332,14 @@ def _end_with_parent(fd: int, done: threading.Event) -> None:
 
 
 def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
-    """Send a heartbeat each second in which this process used processor time (see the module's
-    docstring): a stopped or deadlocked process uses none."""
-    used = time.process_time()
+    """Send a heartbeat each second in which this process showed a sign of work (see the
+    module's docstring and `_work`): a stopped or deadlocked process shows none."""
+    seen = _work()
     while not done.wait(BEAT_SECONDS):
-        now = time.process_time()
-        if now == used:
+        now = _work()
+        if now == seen and not _waits_on_a_process():
             continue
-        used = now
+        seen = now
         with lock:
             if done.is_set():
                 return
@@ -343,7 +349,75 @@ def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
                 return
 
 
+# Threads that run however the snapshot fares: the heartbeat (it uses a little processor time and
+# reads /proc each second, even in a deadlocked process), the repository lock's refresh (every
+# REFRESH_SECONDS, as long as the lock is held), and the wait for the watch's end of the pipe.
+_KEEPALIVE = ("phx-heartbeat", "phx-lock-refresh", "phx-parent")
+
+
+def _work() -> tuple[int, ...]:
+    """What this process's threads did so far, those of _KEEPALIVE left out: processor
+    clock ticks, and the times a thread waited and was woken (a slow upload's socket takes a few
+    bytes, a lock wait polls: little processor time, but a thread that runs; a deadlocked one is
+    never woken). Not the bytes of /proc/PID/io: a non-dumpable process of an ordinary user may
+    not read its own. Where there is no /proc: the process's processor time."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return (time.process_time_ns(),)
+    skip = {str(t.native_id) for t in threading.enumerate() if t.name in _KEEPALIVE}
+    ticks = switches = 0
+    for task in tasks:
+        if task in skip:
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            with open(f"/proc/self/task/{task}/status", "rb") as f:
+                for line in f:
+                    if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
+                        switches += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return (ticks, switches)
+
+
+def _waits_on_a_process() -> bool:
+    """Whether a process this one started (git pushing to a slow remote) is
+    still running: this process then waits on it, honestly, using nothing itself; such a wait
+    has a timeout of its own (git's). A stopped one (SIGSTOP) does not count."""
+    parents: dict[int, list[tuple[int, bytes]]] = {}
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            parents.setdefault(int(fields[1]), []).append((pid, fields[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+    todo = [os.getpid()]
+    while todo:
+        for pid, state in parents.get(todo.pop(), []):
+            if state not in (b"T", b"t", b"Z", b"X", b"x"):
+                return True
+            todo.append(pid)
+    return False
+
+
+def _die_with_parent() -> None:
+    """SIGKILL to this process when the watch ends, however it ends: a child stopped (SIGSTOP) when
+    the watch is killed cannot see its pipe close, and would stay, stopped, for good, holding the
+    secrets and the repository's lock (which no one could then take as stale)."""
+    set_process_option(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A watch that ended before that is seen at the request (its pipe is closed: no request).
+
+
 def main(answer_fd: int) -> None:
+    _die_with_parent()
     hide_process_memory()  # before the secrets arrive
     # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -356,8 +430,8 @@ def main(answer_fd: int) -> None:
     assert isinstance(request, SnapshotRequest)
     done = threading.Event()
     answer_lock = threading.Lock()
-    threading.Thread(target=_end_with_parent, args=(0, done), daemon=True).start()
-    threading.Thread(target=_beat, args=(answer_fd, answer_lock, done), daemon=True).start()
+    threading.Thread(target=_end_with_parent, args=(0, done), name="phx-parent", daemon=True).start()
+    threading.Thread(target=_beat, args=(answer_fd, answer_lock, done), name="phx-heartbeat", daemon=True).start()
     outcome = _snapshot(request)
     try:
         raw = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)

@@ -257,11 +257,17 @@ _PR_SET_DUMPABLE = 4
 
 
 def hide_process_memory() -> None:
-    """For a process that holds the master secrets for long (`phx watch` and its snapshot
-    child): no core dump of it, and no other process of the same user may read its memory
-    (/proc/PID/mem, /proc/PID/environ, ptrace) without CAP_SYS_PTRACE: prctl(PR_SET_DUMPABLE, 0).
-    An exec resets it, so each such process sets it itself. Linux only; silently nothing elsewhere
-    or where the C library has no `prctl`."""
+    """For a process that holds the passphrase or the master secrets (every `phx` process; `phx
+    watch` and its snapshot child for weeks): no core dump of it, and no other process of the
+    same user may read its memory (/proc/PID/mem, /proc/PID/environ, ptrace) without
+    CAP_SYS_PTRACE: prctl(PR_SET_DUMPABLE, 0). An exec resets it, so each such process sets it
+    itself (`set_process_option`)."""
+    set_process_option(_PR_SET_DUMPABLE, 0)
+
+
+def set_process_option(option: int, value: int) -> None:
+    """prctl(option, value) for this process; Linux only, silently nothing elsewhere or where the
+    C library has no `prctl`."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -269,7 +275,7 @@ def hide_process_memory() -> None:
     except (OSError, AttributeError):
         return
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    prctl(option, value, 0, 0, 0)
 
 
 def format_fingerprint(text: str) -> str:
