@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
 from e2e_support import PASSPHRASE, PHX, Sandbox, assert_error, on_a_terminal, run_phx
 
 # -- 5. global options anywhere -------------------------------------------------------------------
@@ -434,9 +435,11 @@ def test_archive_and_export_stream_their_phases(backed_up: Sandbox, tmp_path: Pa
 
 # A bug planted in `phx list` (what no input can be trusted to reach): a KeyError from its library;
 # "leaky": an exception quoting what a library had in hand, the passphrase and a URL's credentials.
+# Where: in the command, or outside any command (click resolving the command's name).
 BUG = """
 import os
 if os.environ.get("PHX_TEST_PLANT_BUG"):
+    import click
     from phoenix_backup.ops import list as _list
     def _bug(*args, **kwargs):
         if os.environ["PHX_TEST_PLANT_BUG"] == "leaky":
@@ -445,20 +448,25 @@ if os.environ.get("PHX_TEST_PLANT_BUG"):
                 + " with https://AKIDLEAK:s3cr3tLEAK@s3.example.com/b?X-Amz-Signature=SIGLEAK"
             )
         raise KeyError("planted")
-    _list.list_snapshots = _bug
+    if os.environ.get("PHX_TEST_BUG_WHERE") == "outside":
+        click.Group.resolve_command = _bug
+    else:
+        _list.list_snapshots = _bug
 """
+WHERE = ["in a command", "outside"]
 
 
-def _plant_bug(sandbox: Sandbox, tmp_path: Path, kind: str = "1") -> dict[str, str]:
+def _plant_bug(sandbox: Sandbox, tmp_path: Path, kind: str = "1", where: str = "in a command") -> dict[str, str]:
     """The environment in which `phx list` meets the bug BUG plants."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BUG, encoding="utf-8")
-    return sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG=kind)
+    return sandbox.env_with(PYTHONPATH=str(site), PHX_TEST_PLANT_BUG=kind, PHX_TEST_BUG_WHERE=where)
 
 
-def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandbox, tmp_path: Path) -> None:
-    env = _plant_bug(sandbox, tmp_path)
+@pytest.mark.parametrize("where", WHERE)
+def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandbox, tmp_path: Path, where: str) -> None:
+    env = _plant_bug(sandbox, tmp_path, where=where)
     line = assert_error(run_phx(["list"], env, check=None), 1, "a bug in Phoenix", "--verbose", "KeyError")
     assert line.startswith("phx: error: ")
 
@@ -478,8 +486,9 @@ def test_a_bug_is_one_error_line_and_with_json_the_error_document(sandbox: Sandb
     assert res.code == 1 and "Traceback" in res.err and "phx: error: " in res.err, res
 
 
-def test_a_bug_s_message_and_traceback_never_show_a_secret(sandbox: Sandbox, tmp_path: Path) -> None:
-    env = _plant_bug(sandbox, tmp_path, "leaky")
+@pytest.mark.parametrize("where", WHERE)
+def test_a_bug_s_message_and_traceback_never_show_a_secret(sandbox: Sandbox, tmp_path: Path, where: str) -> None:
+    env = _plant_bug(sandbox, tmp_path, "leaky", where)
     for args in (["list"], ["list", "--json"], ["list", "--verbose"], ["list", "--json", "--verbose"]):
         res = run_phx(args, env, check=None)
         assert res.code == 1 and "a bug in Phoenix" in res.err + res.out, res

@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
@@ -92,6 +92,20 @@ def bug_text(text: str) -> str:
     from phoenix_backup.notify.message import env_secrets  # only on this rare path: not at every start
 
     return redact(text, env_secrets(os.environ))
+
+
+def say_bug(exc: BaseException, *, verbose: bool, as_json: bool, error: Callable[[str, str | None], None]) -> NoReturn:
+    """Say a bug (an exception Phoenix did not expect) as one error, through `error(message,
+    trace)`, and exit 1: the traceback (redacted) on stderr with --verbose, inside the JSON error
+    line with --json, where stdout also gets the error document. In a command and outside one."""
+    trace = bug_text(traceback.format_exc()) if verbose else None
+    if trace and not as_json:
+        sys.stderr.write(trace)
+    message = bug_message(exc, verbose)
+    error(message, trace if as_json else None)
+    if as_json:
+        click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "InternalError"}))
+    sys.exit(int(ExitStatus.FAILURE))
 
 
 def stderr_line(kind: str, message: str, *, as_json: bool, trace: str | None = None) -> str:
@@ -219,13 +233,7 @@ def common(f: F) -> F:
             raise  # click's own: cli/main.py says them
         except Exception as exc:  # not a Phoenix error: a bug, said as one error like any other
             out.progress.clear()
-            if verbose and not as_json:
-                sys.stderr.write(bug_text(traceback.format_exc()))
-            message = bug_message(exc, verbose)
-            out.error(message, bug_text(traceback.format_exc()) if verbose and as_json else None)
-            if as_json:
-                click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "InternalError"}))
-            sys.exit(int(ExitStatus.FAILURE))
+            say_bug(exc, verbose=verbose, as_json=as_json, error=out.error)
         except KeyboardInterrupt:
             out.progress.interrupted()
             message = "interrupted; the repository is unchanged unless a snapshot was reported"

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import ctypes
 import sys
-import traceback
 from typing import NoReturn
 
 import click
 
 from phoenix_backup import jsontext
-from phoenix_backup.cli.app import bug_message, bug_text, cli, stderr_line
+from phoenix_backup.cli.app import cli, say_bug, stderr_line
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.repo.keys import hide_process_memory
 
@@ -95,15 +94,11 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug outside a command (`cli.app.common` says those in it)
         as_json = wants_json(argv, None)
-        verbose = bool({"--verbose", "-v"} & set(argv))
-        trace = bug_text(traceback.format_exc()) if verbose else None
-        if trace and not as_json:
-            sys.stderr.write(trace)
-        message = bug_message(exc, verbose)
-        click.echo(stderr_line("error", message, as_json=as_json, trace=trace if as_json else None), err=True)
-        if as_json:
-            click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "InternalError"}))
-        sys.exit(int(ExitStatus.FAILURE))
+
+        def error(message: str, trace: str | None) -> None:
+            click.echo(stderr_line("error", message, as_json=as_json, trace=trace), err=True)
+
+        say_bug(exc, verbose=bool({"--verbose", "-v"} & set(argv)), as_json=as_json, error=error)
 
 
 def wants_json(argv: list[str], ctx: click.Context | None) -> bool:
