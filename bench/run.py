@@ -31,6 +31,7 @@ import platform
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -539,6 +540,83 @@ class SafetySteps(Tool):
         return self._script("restore", "--root", str(self.root), "--to", str(dest)), None
 
 
+def make_tool(name: str, root: Path, work: Path, base_env: dict[str, str], phx: list[str]) -> Tool:
+    """The tool called `name`, with its repository, cache and config under `work`."""
+    if name == "phoenix":
+        return Phoenix(root, work, base_env, phx)
+    if name == WRITE_ONLY:
+        return PhoenixWriteOnly(root, work, base_env, phx)
+    makers: dict[str, type[Restic | Borg | TarGz | TarZstd | SafetySteps]] = {
+        "restic": Restic,
+        "borg": Borg,
+        "tar.gz": TarGz,
+        FLOOR: TarZstd,
+        SAFETY: SafetySteps,
+    }
+    return makers[name](root, work, base_env)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rounds of the write-heavy steps
+# ------------------------------------------------------------------------------------------------
+# On this machine (docs/benchmarks.md, "System time on this machine") the tool that writes into
+# memory the host has just taken back pays up to seven times the system time of the next one, so a
+# single run of a restore or a full backup says more about the moment than about the tool. These
+# steps are repeated in rounds; each round runs the tools in another order, and the figures are
+# the medians over the rounds.
+
+
+def round_orders(names: list[str], rounds: int) -> list[list[str]]:
+    """The order of the tools in each round: rotated by one place every second round, reversed in
+    every odd round (A B C, C B A, B C A, A C B, C A B, B A C, ...), so that over the rounds each
+    tool runs first, last and after each other tool."""
+    out = []
+    for r in range(rounds):
+        k = (r // 2) % max(1, len(names))
+        order = names[k:] + names[:k]
+        out.append(order[::-1] if r % 2 else order)
+    return out
+
+
+def round_medians(rounds: list[dict], tool: str) -> dict[str, float] | None:
+    """Median wall, user, system and CPU seconds of `tool` over `rounds` (None if it is in none)."""
+    entries = [r["results"][tool] for r in rounds if tool in r["results"]]
+    if not entries:
+        return None
+    return {
+        "wall": statistics.median(e["wall"] for e in entries),
+        "user": statistics.median(e["user"] for e in entries),
+        "sys": statistics.median(e["sys"] for e in entries),
+        "cpu": statistics.median(e["cpu"] for e in entries),
+        "n": len(entries),
+    }
+
+
+def timed_restore(
+    tool: Tool,
+    cmd: list[str],
+    cwd: Path | None,
+    dest: Path,
+    logfile: Path,
+    check: tuple[Path, dict[str, str], dict[str, dict]],
+) -> dict:
+    """Run one restore into `dest` (created empty), from a cold page cache for the tool's repository,
+    and check what it wrote against the source; `dest` is removed afterwards."""
+    root, ref_files, ref_db = check
+    dest.mkdir(parents=True)
+    # A restore reads its repository from disk, as after a loss, not from the page cache that
+    # the backups just filled (or not: Phoenix drops its packs from it once they are synced).
+    evict_from_page_cache(tool.repo)
+    m = measure(cmd, env=tool.env, cwd=cwd, log=logfile)
+    entry = m.to_json()
+    problems = verify_restore(tool.restored_root(dest), root, ref_files, ref_db) if m.rc == 0 else ["failed"]
+    entry["verified"] = not problems
+    entry["problems"] = problems[:20]
+    entry["restoredBytes"] = du_bytes(dest)
+    shutil.rmtree(dest)
+    return entry
+
+
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
@@ -674,6 +752,9 @@ def run(args: argparse.Namespace) -> dict:
     source_id = phoenix_source_id(pinned / "phoenix_backup" if pinned else live)
     from phoenix_backup.sample import generate_workspace, resolve_size, simulate_day
 
+    if args.rounds is None:  # 3 rounds up to the medium size, 1 above it (a large run is half an hour a round)
+        args.rounds = 3 if resolve_size(_size(args.size)) <= resolve_size("medium") else 1
+
     if pinned is not None:
         import phoenix_backup
 
@@ -700,16 +781,7 @@ def run(args: argparse.Namespace) -> dict:
         f"databases {sum(db_bytes.values()) / MB:.1f} MB"
     )
 
-    tools: list[Tool] = [
-        Phoenix(root, work, base_env, phx),
-        PhoenixWriteOnly(root, work, base_env, phx),
-        Restic(root, work, base_env),
-        Borg(root, work, base_env),
-        TarGz(root, work, base_env),
-        TarZstd(root, work, base_env),
-        SafetySteps(root, work, base_env),
-    ]
-    tools = [t for t in tools if t.name in args.tools]
+    tools = [make_tool(name, root, work, base_env, phx) for name in TOOLS if name in args.tools]
     for tool in tools:
         tool.init()
 
@@ -789,30 +861,90 @@ def run(args: argparse.Namespace) -> dict:
             )
         )
 
-    # Restore the last snapshot of every tool into a fresh folder and check it.
+    # Full backups again, R rounds into a fresh scratch repository each, the tools' order
+    # alternated and reversed from round to round (round_orders), on the workspace as it is now.
+    rounds: dict[str, list[dict]] = {}
+    names = [t.name for t in tools]
+    if args.rounds > 1:
+        rounds["full"] = []
+        for i, order in enumerate(round_orders(names, args.rounds)):
+            entries = {}
+            for name in order:
+                scratch = work / "full-rounds" / _safe(name)
+                scratch.mkdir(parents=True)
+                tool = make_tool(name, root, scratch, base_env, phx)
+                tool.init()
+                state = source_stats(root)
+                logfile = work / "logs" / f"{_safe(name)}-full-round{i + 1}.log"
+                m = measure(tool.backup_cmd("full"), env=tool.env, cwd=None, log=logfile)
+                if source_stats(root) != state:
+                    source_warnings.append(f"{name} changed its source during full backup round {i + 1}")
+                entries[name] = {**m.to_json(), "repoBytes": du_bytes(tool.repo)}
+                if m.rc != 0:
+                    log(f"  {name} full backup round {i + 1} FAILED (rc {m.rc}); see {work / 'logs'}")
+                    if not args.keep_going:
+                        raise SystemExit(1)
+                shutil.rmtree(scratch)
+            rounds["full"].append({"order": order, "results": entries})
+            log(f"full backup round {i + 1}: " + ", ".join(f"{n} {entries[n]['wall']:.2f}s" for n in order))
+
+    # Restore the last snapshot of every tool into a fresh folder and check it, in R rounds ordered
+    # as above (the first in the order of --tools, as the backups ran).
     ref_files = {rel: sha for rel, (_, sha) in file_states(root).items()}
     ref_db = {db: table_digests(work / "pages" / (Path(db).name + ".before")) for db in DATABASES}
-    for tool in tools:
-        dest = work / "restore" / _safe(tool.name)
-        dest.mkdir(parents=True)
-        # A restore reads its repository from disk, as after a loss, not from the page cache that
-        # the backups just filled (or not: Phoenix drops its packs from it once they are synced).
-        evict_from_page_cache(tool.repo)
-        cmd, cwd = tool.restore_cmd(dest)
-        m = measure(cmd, env=tool.env, cwd=cwd, log=work / "logs" / f"{_safe(tool.name)}-restore.log")
-        entry = m.to_json()
-        if isinstance(tool, Phoenix):
-            entry["phxSource"] = source_id if pinned else phoenix_source_id(live)
-        problems = verify_restore(tool.restored_root(dest), root, ref_files, ref_db) if m.rc == 0 else ["failed"]
-        entry["verified"] = not problems
-        entry["problems"] = problems[:20]
-        entry["restoredBytes"] = du_bytes(dest)
-        results[tool.name]["restore"] = entry
-        verdict = "verified equal" if not problems else "MISMATCH: " + "; ".join(problems[:5])
-        log(f"restore: {tool.name} {m.wall:.2f}s, {verdict}")
-        shutil.rmtree(dest)
-        if args.drill and isinstance(tool, Phoenix) and not isinstance(tool, PhoenixWriteOnly):
-            drilled_restore(tool, work, dest, root, ref_files, ref_db, results[tool.name])
+    check = (root, ref_files, ref_db)
+    by_name = {t.name: t for t in tools}
+    source = source_id if pinned else None
+
+    def restore_rounds(step: str, drilled: Phoenix | None) -> list[dict]:
+        """R rounds of every tool's restore; `drilled` (the Phoenix that ran `phx drill`) is
+        measured as step `step`, the other tools as their plain restore in the same rounds."""
+        out = []
+        for i, order in enumerate(round_orders(names, args.rounds)):
+            entries = {}
+            for name in order:
+                tool = by_name[name]
+                kind = step if tool is drilled else "restore"
+                cmd, cwd = tool.restore_cmd(work / "restore" / _safe(name))
+                logname = f"{_safe(name)}-{'restore-after-drill' if kind != 'restore' else 'restore'}-{step}{i + 1}.log"
+                entry = timed_restore(tool, cmd, cwd, work / "restore" / _safe(name), work / "logs" / logname, check)
+                if isinstance(tool, Phoenix):
+                    entry["phxSource"] = source or phoenix_source_id(live)
+                entries[name] = entry
+                verdict = "verified equal" if entry["verified"] else "MISMATCH: " + "; ".join(entry["problems"][:5])
+                log(
+                    f"{step} round {i + 1}: {name} {'(after the drill) ' if kind != 'restore' else ''}"
+                    f"{entry['wall']:.2f}s, {verdict}"
+                )
+            out.append({"order": order, "results": entries})
+        return out
+
+    rounds["restore"] = restore_rounds("restore", None)
+    for name in names:
+        # The step of the per-step tables is the first round's; its check holds only if every round's did.
+        entry = dict(rounds["restore"][0]["results"][name])
+        bad = [r["results"][name] for r in rounds["restore"] if not r["results"][name]["verified"]]
+        if bad:
+            entry["verified"] = False
+            entry["problems"] = [p for b in bad for p in b["problems"]][:20]
+        results[name]["restore"] = entry
+    drilled = by_name.get("phoenix")
+    if args.drill and isinstance(drilled, Phoenix):
+        # A user who drills: `phx drill` of the last snapshot (step `drill`; it records its checks
+        # in the repository), then the same restore again (step `restoreAfterDrill`), which finds
+        # the copies' checks recorded and does not run them again; in R rounds with the others'.
+        evict_from_page_cache(drilled.repo)
+        cmd = [*drilled.phx, "drill", "--config", str(drilled.config), "--scratch", str(work), "--json"]
+        m = measure(cmd, env=drilled.env, cwd=None, log=work / "logs" / "phoenix-drill.log")
+        results["phoenix"]["drill"] = m.to_json()
+        log(f"drill: phoenix {m.wall:.2f}s (rc {m.rc})")
+        rounds["restoreAfterDrill"] = restore_rounds("restoreAfterDrill", drilled)
+        after = [r["results"]["phoenix"] for r in rounds["restoreAfterDrill"]]
+        entry = dict(after[0])
+        if not all(e["verified"] for e in after):
+            entry["verified"] = False
+            entry["problems"] = [p for e in after for p in e["problems"]][:20]
+        results["phoenix"]["restoreAfterDrill"] = entry
 
     doc = {
         "size": args.size,
@@ -840,6 +972,8 @@ def run(args: argparse.Namespace) -> dict:
         "results": results,
         "realChange": changes,
         "sourceWarnings": source_warnings,
+        "rounds": rounds,
+        "roundsRequested": args.rounds,
     }
     doc["summary"] = summarize(doc)
     doc["benchSeconds"] = round(time.perf_counter() - bench_start, 1)
@@ -904,15 +1038,51 @@ def summarize(doc: dict) -> dict:
             "growthRatio": (sum(growth.values()) / total_real) if total_real else float("nan"),
         }
         out[tool] = s
+    # User CPU-seconds beside wall time: the host's reclaiming of freed memory moves system time
+    # and wall time, not user time (docs/benchmarks.md, "System time on this machine").
+    rounds = doc.get("rounds", {})
+    for tool, s in out.items():
+        steps = res[tool]
+        s["userFull"] = steps["full"]["user"]
+        s["userNochange"] = steps["nochange"]["user"]
+        s["userDaily"] = _mean(steps[d]["user"] for d in days)
+        s["userRestore"] = steps.get("restore", {}).get("user", float("nan"))
+        if "restoreAfterDrill" in steps:
+            s["restoreAfterDrill"] = steps["restoreAfterDrill"]["wall"]
+            s["userRestoreAfterDrill"] = steps["restoreAfterDrill"]["user"]
+        # With rounds (run.py --rounds), the write-heavy steps are the medians over the rounds.
+        s["medians"] = {}
+        for step, step_rounds in rounds.items():
+            med = round_medians(step_rounds, tool)
+            if med is None:
+                continue
+            s["medians"][step] = med
+            key = {"full": "Full", "restore": "Restore", "restoreAfterDrill": "RestoreAfterDrill"}[step]
+            if step != "restoreAfterDrill" or "restoreAfterDrill" in steps:
+                s[key[0].lower() + key[1:]] = med["wall"]
+                s[f"cpu{key}"] = med["cpu"]
+                s[f"user{key}"] = med["user"]
+            rss = max(r["results"][tool]["maxRssKb"] for r in step_rounds if tool in r["results"])
+            s["memory"] = max(s["memory"], rss * 1024)
     ref = out.get(REFERENCE)
     floor = out.get(FLOOR)
     for s in out.values():
         s["ratios"] = {}
+        s["userRatios"] = {}
         if ref:
             for key in ("full", "nochange", "daily", "restore", "memory"):
                 s["ratios"][key] = s[key] / ref[key] if ref[key] else float("nan")
+            for key in ("full", "nochange", "daily", "restore"):
+                user = "user" + key[0].upper() + key[1:]
+                s["userRatios"][key] = s[user] / ref[user] if ref[user] else float("nan")
+            if "restoreAfterDrill" in s:
+                # Against restic's restores of the same rounds when there are rounds, else its restore.
+                theirs = ref["medians"].get("restoreAfterDrill", {"wall": ref["restore"], "user": ref["userRestore"]})
+                s["ratios"]["restoreAfterDrill"] = s["restoreAfterDrill"] / theirs["wall"]
+                s["userRatios"]["restoreAfterDrill"] = s["userRestoreAfterDrill"] / theirs["user"]
         if floor:
             s["ratios"]["full_floor"] = s["full"] / floor["full"]
+            s["userRatios"]["full_floor"] = s["userFull"] / floor["userFull"] if floor["userFull"] else float("nan")
         s["ratios"]["growth"] = s["growthRatio"]
     return out
 
@@ -966,7 +1136,8 @@ def markdown(doc: dict) -> str:
 
     add("#### Wall time per step (seconds)")
     add("")
-    head = ["tool", "full", "no-change", *[f"day {d[3:]}" for d in days], "daily mean", "restore"]
+    first = " (round 1)" if doc.get("rounds", {}).get("restore") else ""
+    head = ["tool", "full", "no-change", *[f"day {d[3:]}" for d in days], "daily mean", f"restore{first}"]
     add("| " + " | ".join(head) + " |")
     add("|" + "---|" * len(head))
     for t in tools:
@@ -984,7 +1155,7 @@ def markdown(doc: dict) -> str:
         "CPU full",
         "CPU no-change",
         "CPU daily mean",
-        "CPU restore",
+        f"CPU restore{first}",
         "peak RSS full",
         "peak RSS any step",
         "repo after full",
@@ -1040,7 +1211,18 @@ def markdown(doc: dict) -> str:
     add("| " + " | ".join(cells) + " |")
     add("")
 
-    add(f"#### Ratios (each tool against {REFERENCE} and the `{FLOOR}` floor, measured side by side in this run)")
+    rounds = doc.get("rounds", {})
+    lines += rounds_table(doc)
+    how = rounds_note(doc)
+    add(
+        f"#### Ratios (each tool against {REFERENCE} and the `{FLOOR}` floor, measured side by side in this run; "
+        "wall time / user CPU-seconds)"
+    )
+    add("")
+    add(
+        "Each cell is the ratio of wall times, then of user CPU-seconds (which the host's reclaiming of "
+        f'freed memory does not move; see docs/benchmarks.md, "System time on this machine"). {how}'
+    )
     add("")
     head = [
         "tool",
@@ -1055,15 +1237,19 @@ def markdown(doc: dict) -> str:
     add("| " + " | ".join(head) + " |")
     add("|" + "---|" * len(head))
     for t in tools:
-        r = summ[t]["ratios"]
+        r, u = summ[t]["ratios"], summ[t].get("userRatios", {})
+
+        def both(key: str, r: dict = r, u: dict = u) -> str:
+            return f"{_fmt_ratio(r.get(key, float('nan')))} / {_fmt_ratio(u.get(key, float('nan')))}"
+
         add(
             "| "
             + " | ".join(
                 [
                     md(t),
-                    *[_fmt_ratio(r.get(k, float("nan"))) for k in ("full", "full_floor", "nochange", "daily")],
+                    *[both(k) for k in ("full", "full_floor", "nochange", "daily")],
                     "–" if t in NO_REPOSITORY else _fmt_ratio(r.get("growth", float("nan"))),
-                    _fmt_ratio(r.get("restore", float("nan"))),
+                    both("restore"),
                     _fmt_ratio(r.get("memory", float("nan"))),
                 ]
             )
@@ -1077,21 +1263,27 @@ def markdown(doc: dict) -> str:
         add("#### Phoenix against the targets of issue #3")
         add("")
         add(
-            "The last column is the same step done by Phoenix's safety steps alone (`bench/safety.py`: "
-            "the consistent copies, integrity checks and SHA-256 the core issue requires, with no "
-            "repository), measured in this run: no Phoenix step can take less."
+            "Targets are evaluated on wall time" + (" medians" if rounds else "") + "; the user CPU-seconds "
+            "ratio beside it is the one the host cannot move. The last column is the same step done by "
+            "Phoenix's safety steps alone (`bench/safety.py`: the consistent copies, integrity checks and "
+            "SHA-256 the core issue requires, with no repository), measured in this run: no Phoenix step "
+            f"can take less. {how}"
         )
         add("")
-        add(
-            "| figure | Phoenix | reference | ratio | target | met | CPU-seconds ratio (less sensitive to load) "
-            "| safety steps alone |"
-        )
+        add("| figure | Phoenix | reference | ratio | target | met | user CPU-s ratio | safety steps alone |")
         add("|---|---|---|---|---|---|---|---|")
+
+        def label(text: str, step: str) -> str:
+            n = p.get("medians", {}).get(step, {}).get("n")
+            return f"{text} (median of {n})" if n else text
+
         rows = [
-            ("full backup", "full", f"{p['full']:.2f} s", f"restic {ref['full']:.2f} s"),
+            (label("full backup", "full"), "full", f"{p['full']:.2f} s", f"restic {ref['full']:.2f} s"),
         ]
         if fl:
-            rows.append(("full backup", "full_floor", f"{p['full']:.2f} s", f"tar\\|zstd {fl['full']:.2f} s"))
+            rows.append(
+                (label("full backup", "full"), "full_floor", f"{p['full']:.2f} s", f"tar\\|zstd {fl['full']:.2f} s")
+            )
         rows += [
             ("no-change backup", "nochange", f"{p['nochange']:.2f} s", f"restic {ref['nochange']:.2f} s"),
             ("daily backup (mean)", "daily", f"{p['daily']:.2f} s", f"restic {ref['daily']:.2f} s"),
@@ -1101,32 +1293,34 @@ def markdown(doc: dict) -> str:
                 _fmt_bytes(p["growthPerDay"]),
                 f"real change {_fmt_bytes(total_real / max(1, len(doc['realChange'])))}",
             ),
-            ("restore", "restore", f"{p['restore']:.2f} s", f"restic {ref['restore']:.2f} s"),
-            ("peak memory", "memory", _fmt_bytes(p["memory"]), f"restic {_fmt_bytes(ref['memory'])}"),
+            (label("restore", "restore"), "restore", f"{p['restore']:.2f} s", f"restic {ref['restore']:.2f} s"),
         ]
-        cpu_of = {
-            "full": lambda t: res[t]["full"]["cpu"],
-            "full_floor": lambda t: res[t]["full"]["cpu"],
-            "nochange": lambda t: res[t]["nochange"]["cpu"],
-            "daily": lambda t: summ[t]["cpuDaily"],
-            "restore": lambda t: summ[t]["cpuRestore"],
-        }
+        if "restoreAfterDrill" in p:
+            theirs = ref.get("medians", {}).get("restoreAfterDrill", {"wall": ref["restore"]})["wall"]
+            rows.append(
+                (
+                    label("restore after `phx drill`", "restoreAfterDrill"),
+                    "restoreAfterDrill",
+                    f"{p['restoreAfterDrill']:.2f} s",
+                    f"restic {theirs:.2f} s" + (" (same rounds)" if "restoreAfterDrill" in rounds else ""),
+                )
+            )
+        rows.append(("peak memory", "memory", _fmt_bytes(p["memory"]), f"restic {_fmt_bytes(ref['memory'])}"))
         safety = summ.get(SAFETY)
-        for label, key, mine, theirs in rows:
+        for name, key, mine, theirs in rows:
             ratio = p["ratios"].get(key, float("nan"))
-            limit, _against = TARGETS[key]
+            limit, _against = TARGETS["restore" if key == "restoreAfterDrill" else key]
             met = "yes" if ratio <= limit else "**no**"
             target = f"≤ {limit}x"
-            other = FLOOR if key == "full_floor" else REFERENCE
-            cpu = alone = "–"
-            if key in cpu_of:  # a timed step: the target in seconds, and the safety steps' time
-                step = "full" if key == "full_floor" else key
-                target += f" ({limit * summ[other][step]:.2f} s)" if other in summ else ""
+            user = alone = "–"
+            if key in p["userRatios"]:  # a timed step: the target in seconds, and the safety steps' time
+                step = {"full_floor": "full", "restoreAfterDrill": "restore"}.get(key, key)
+                if ratio == ratio and ratio:  # not nan: the reference's seconds times the limit
+                    target += f" ({limit * p[key if key != 'full_floor' else 'full'] / ratio:.2f} s)"
                 if safety is not None:
                     alone = f"{safety[step]:.2f} s"
-                if other in res and cpu_of[key](other):
-                    cpu = _fmt_ratio(cpu_of[key]("phoenix") / cpu_of[key](other))
-            add(f"| {label} | {mine} | {theirs} | {_fmt_ratio(ratio)} | {target} | {met} | {cpu} | {alone} |")
+                user = _fmt_ratio(p["userRatios"][key])
+            add(f"| {name} | {mine} | {theirs} | {_fmt_ratio(ratio)} | {target} | {met} | {user} | {alone} |")
         add("")
     if "phoenix" in summ and WRITE_ONLY in summ:
         lines += write_only_table(summ["phoenix"], summ[WRITE_ONLY])
@@ -1134,6 +1328,59 @@ def markdown(doc: dict) -> str:
         add("**Warnings**: " + "; ".join(doc["sourceWarnings"]) + ".")
         add("")
     return "\n".join(lines)
+
+
+def rounds_note(doc: dict) -> str:
+    """How the rounds were ordered, for the text of the ratio tables."""
+    rounds = doc.get("rounds", {})
+    if not rounds:
+        return "Every step ran once per tool, in the order of the tools above (no rounds)."
+    steps = " and ".join(
+        {"full": "the full backup (into a fresh repository)", "restore": "the restore"}.get(
+            s, "the restore after `phx drill`"
+        )
+        for s in rounds
+    )
+    n = max(len(r) for r in rounds.values())
+    orders = "; ".join(f"{i + 1}: " + ", ".join(r["order"]) for i, r in enumerate(next(iter(rounds.values()))))
+    return (
+        f"Write-heavy steps ({steps}) ran in {n} rounds after the daily backups, each tool's page cache "
+        "dropped before each run, the tools' order changed every round (rotated one place every second "
+        f"round, reversed in every odd one; {orders}); their figures are medians over the rounds."
+    )
+
+
+def rounds_table(doc: dict) -> list[str]:
+    """The write-heavy steps' medians over the rounds, with each round's wall time."""
+    rounds, summ = doc.get("rounds", {}), doc["summary"]
+    if not rounds:
+        return []
+    out = [
+        "#### Write-heavy steps in rounds (medians; wall time / user CPU-seconds ratios against restic)",
+        "",
+        rounds_note(doc),
+        "",
+        "| step | tool | wall (median) | user CPU-s | system CPU-s | wall ×restic | user ×restic "
+        "| wall of each round |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    titles = {"full": "full backup", "restore": "restore", "restoreAfterDrill": "after `phx drill`"}
+    for step, step_rounds in rounds.items():
+        ref = summ.get(REFERENCE, {}).get("medians", {}).get(step)
+        for t in doc["tools"]:
+            med = summ[t].get("medians", {}).get(step)
+            if med is None:
+                continue
+            walls = " / ".join(f"{r['results'][t]['wall']:.2f}" for r in step_rounds if t in r["results"])
+            what = titles[step] if step != "restoreAfterDrill" or t == "phoenix" else "restore (same rounds)"
+            ratio = _fmt_ratio(med["wall"] / ref["wall"]) if ref and ref["wall"] else "–"
+            user = _fmt_ratio(med["user"] / ref["user"]) if ref and ref["user"] else "–"
+            out.append(
+                f"| {what} | {md(t)} | {med['wall']:.2f} s | {med['user']:.2f} | {med['sys']:.2f} | {ratio} | {user} "
+                f"| {walls} |"
+            )
+    out.append("")
+    return out
 
 
 def write_only_table(p: dict, w: dict) -> list[str]:
@@ -1299,37 +1546,6 @@ def _daily_change(doc: dict) -> str:
     return "" if change == doc["size"] else f" (each as many changed rows as a day of the `{change}` size)"
 
 
-def drilled_restore(
-    tool: Phoenix,
-    work: Path,
-    dest: Path,
-    root: Path,
-    ref_files: dict[str, str],
-    ref_db: dict[str, dict],
-    into: dict[str, object],
-) -> None:
-    """A user who drills: `phx drill` of the last snapshot (step `drill`; it records its checks in
-    the repository), then the same restore again from a cold page cache (step `restoreAfterDrill`),
-    which finds the copies' checks recorded and does not run them again."""
-    evict_from_page_cache(tool.repo)
-    cmd = [*tool.phx, "drill", "--config", str(tool.config), "--scratch", str(work), "--json"]
-    m = measure(cmd, env=tool.env, cwd=None, log=work / "logs" / f"{_safe(tool.name)}-drill.log")
-    into["drill"] = m.to_json()
-    log(f"drill: {tool.name} {m.wall:.2f}s (rc {m.rc})")
-    dest.mkdir(parents=True)
-    evict_from_page_cache(tool.repo)
-    cmd, cwd = tool.restore_cmd(dest)
-    m = measure(cmd, env=tool.env, cwd=cwd, log=work / "logs" / f"{_safe(tool.name)}-restore-after-drill.log")
-    entry = m.to_json()
-    problems = verify_restore(tool.restored_root(dest), root, ref_files, ref_db) if m.rc == 0 else ["failed"]
-    entry["verified"] = not problems
-    entry["problems"] = problems[:20]
-    into["restoreAfterDrill"] = entry
-    verdict = "verified equal" if not problems else "MISMATCH: " + "; ".join(problems[:5])
-    log(f"restore after drill: {tool.name} {m.wall:.2f}s, {verdict}")
-    shutil.rmtree(dest)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -1367,6 +1583,13 @@ def main(argv: list[str] | None = None) -> int:
         help="after the restore, run `phx drill` of the last snapshot and restore it again (steps drill and "
         "restoreAfterDrill, Phoenix only): the restore of a user who drills",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="repeat the restore (and restoreAfterDrill) this many times, and the full backup into a fresh "
+        "repository, each round with the tools in another order (A B C, C B A, B C A, ...); the tables give "
+        "the medians (default 3 up to the medium size, 1 above it; with 1, no full backup rounds)",
+    )
     parser.add_argument("--replot", metavar="JSON", help="only rewrite the table and plot from a results JSON")
     args = parser.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -1377,6 +1600,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("restic is the reference of every ratio; keep it in --tools")
     if args.days < 1:
         parser.error("--days must be at least 1")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
