@@ -1335,12 +1335,9 @@ def rounds_note(doc: dict) -> str:
     rounds = doc.get("rounds", {})
     if not rounds:
         return "Every step ran once per tool, in the order of the tools above (no rounds)."
-    steps = " and ".join(
-        {"full": "the full backup (into a fresh repository)", "restore": "the restore"}.get(
-            s, "the restore after `phx drill`"
-        )
-        for s in rounds
-    )
+    titles = {"full": "the full backup into a fresh repository", "restore": "the restore"}
+    names = [titles.get(step, "the restore after `phx drill`") for step in rounds]
+    steps = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     n = max(len(r) for r in rounds.values())
     orders = "; ".join(f"{i + 1}: " + ", ".join(r["order"]) for i, r in enumerate(next(iter(rounds.values()))))
     return (
