@@ -1213,7 +1213,7 @@ def markdown(doc: dict) -> str:
 
     rounds = doc.get("rounds", {})
     lines += rounds_table(doc)
-    how = rounds_note(doc)
+    how = rounds_note(doc, short=True)
     add(
         f"#### Ratios (each tool against {REFERENCE} and the `{FLOOR}` floor, measured side by side in this run; "
         "wall time / user CPU-seconds)"
@@ -1330,11 +1330,18 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def rounds_note(doc: dict) -> str:
-    """How the rounds were ordered, for the text of the ratio tables."""
+def rounds_note(doc: dict, *, short: bool = False) -> str:
+    """How the rounds were ordered, for the text of the tables."""
     rounds = doc.get("rounds", {})
     if not rounds:
         return "Every step ran once per tool, in the order of the tools above (no rounds)."
+    if short:
+        n = max(len(r) for r in rounds.values())
+        order = "; ".join(", ".join(r["order"]) for r in next(iter(rounds.values())))
+        return (
+            f"Write-heavy steps are medians of {n} rounds, the tools' order changed every round "
+            f"({order}; see the table above)."
+        )
     titles = {"full": "the full backup into a fresh repository", "restore": "the restore"}
     names = [titles.get(step, "the restore after `phx drill`") for step in rounds]
     steps = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
