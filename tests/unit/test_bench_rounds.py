@@ -128,7 +128,7 @@ def test_the_ratios_are_ratios_of_medians_over_the_rounds_in_wall_and_user_time(
     assert "1: phoenix, restic, tar|zstd; 2: tar|zstd, restic, phoenix; 3: restic, tar|zstd, phoenix" in table
     # The target is evaluated on the medians: 1.37x is not met, the full backup's 0.66x is not either.
     assert "| restore (median of 3) | 2.32 s | restic 1.69 s | 1.37x | ≤ 0.5x (0.84 s) | **no** | 0.93x |" in table
-    assert "| restore after `phx drill` (median of 3) | 1.65 s | restic 1.60 s (same rounds) | 1.03x |" in table
+    assert "| restore after `phx drill` (median of 3) | 1.65 s | restic 1.60 s (after the drill too) | 1.03x |" in table
 
 
 def test_a_results_file_without_rounds_is_still_summarised_and_tabled() -> None:
@@ -145,6 +145,17 @@ def test_a_results_file_without_rounds_is_still_summarised_and_tabled() -> None:
     assert "no rounds" in table
     assert "Write-heavy steps in rounds" not in table
     assert "| restore | 5.00 s | restic 5.00 s | 1.00x |" in table
+
+
+def test_one_round_is_tabled_as_a_single_run() -> None:
+    bench = _bench()
+    one = {t: [(5.0, 1.0, 0.5)] for t in TOOLS}
+    doc = _doc({"restore": [{"order": TOOLS, "results": {t: _measure(*one[t][0]) for t in TOOLS}}]})
+    summ = bench.summarize(doc)
+    assert summ["phoenix"]["ratios"]["restore"] == pytest.approx(1.0)
+    table = bench.markdown({**doc, "summary": summ})
+    assert "no rounds" in table
+    assert "Write-heavy steps in rounds" not in table and "median of" not in table
 
 
 def test_rounds_below_one_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
