@@ -188,7 +188,7 @@ def test_a_backup_starting_right_after_forget_does_not_cost_the_days_prune(
     """Retention after a backup forgets, then prunes when a day has passed. A backup that starts
     between the two (its shared lock taken the moment forget lets go) used to make the day's prune
     skip as busy, so the forgotten snapshots' data stayed another day; forget and prune now run
-    under one exclusive lock, and such a backup waits for both."""
+    under one exclusive lock, which such a backup finds held, as it does during either of them."""
     from phoenix_backup import Environment, load_config
     from phoenix_backup.errors import RepositoryLocked
     from phoenix_backup.ops import forget as forget_op
@@ -217,7 +217,7 @@ def test_a_backup_starting_right_after_forget_does_not_cost_the_days_prune(
 
     def forget_then_a_backup_starts(*args: Any, **kwargs: Any) -> Any:
         report = real_forget(*args, **kwargs)
-        # Still locked for the prune (RepositoryLocked): the backup waits for it.
+        # Still locked for the prune (RepositoryLocked): the backup is refused, as during forget.
         with contextlib.suppress(RepositoryLocked):
             started.append(racer.locks.acquire(False, "backup"))
         return report

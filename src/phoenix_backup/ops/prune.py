@@ -153,8 +153,8 @@ def retention_after_backup(
             repo = first if name == first_name else _replica(cfg, envx, first, name)
             due = cfg.retention.prune and prune_due(state, repo, name, moment)
             # Forget and the day's prune run under one exclusive lock: one lock written, listed and
-            # removed instead of two, and no other backup can start between them (it would make
-            # the prune wait for a later backup).
+            # removed instead of two, and no backup can start in the moment between them (it made
+            # the day's prune skip as busy, leaving the forgotten data another day).
             with repo.lock(exclusive=True, command="forget and prune") if due else contextlib.nullcontext():
                 if not policy.empty:
                     report = TargetForget(name)
