@@ -5,6 +5,7 @@ passes, retention after every backup (prune at most daily), `pre-restore` safety
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -179,3 +180,59 @@ def test_retention_applies_on_every_target(make_sandbox: Callable[..., Sandbox])
     pruned = sb.phx("prune", "--target", "git", "--json").json()
     assert set(pruned["targets"]) == {"git"} and pruned["ok"]
     assert sb.verify("--target", "git", "--read-data")["ok"]
+
+
+def test_a_backup_starting_right_after_forget_does_not_cost_the_days_prune(
+    make_sandbox: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention after a backup forgets, then prunes when a day has passed. A backup that starts
+    between the two (its shared lock taken the moment forget lets go) used to make the day's prune
+    skip as busy, so the forgotten snapshots' data stayed another day; forget and prune now run
+    under one exclusive lock, which such a backup finds held, as it does during either of them."""
+    from phoenix_backup import Environment, load_config
+    from phoenix_backup.errors import RepositoryLocked
+    from phoenix_backup.ops import forget as forget_op
+    from phoenix_backup.ops.context import open_repository
+    from phoenix_backup.ops.prune import retention_after_backup
+    from phoenix_backup.state import TargetOutcome
+
+    sb = make_sandbox()
+    sb.write_config(retention=retention_only(last=1))
+    sb.backup()
+    (sb.workspace / "big.bin").write_bytes(os.urandom(2 * MB))
+    second = sb.backup()  # the day's prune ran after the first backup: skipped here
+    (sb.workspace / "big.bin").unlink()
+    third = sb.backup()  # forgets the second; its big file is garbage once the prune runs
+    assert third["retention"]["pruneSkipped"] == "the last prune ran less than a day ago"
+    assert [s["id"] for s in sb.snapshots()] == [third["id"]]
+    (sb.home / ".argentos" / "backup" / "prune.json").unlink()  # a day later: the prune is due
+    age_packs(sb.repo, 25)
+
+    cfg = load_config(sb.config_path, sb.env)
+    envx = Environment(env=sb.env)
+    repo = open_repository(cfg, envx)
+    racer = open_repository(cfg, envx)  # another phx backup on this machine
+    started: list[object] = []
+    real_forget = forget_op.forget_repository
+
+    def forget_then_a_backup_starts(*args: Any, **kwargs: Any) -> Any:
+        report = real_forget(*args, **kwargs)
+        # Still locked for the prune (RepositoryLocked): the backup is refused, as during forget.
+        with contextlib.suppress(RepositoryLocked):
+            started.append(racer.locks.acquire(False, "backup"))
+        return report
+
+    monkeypatch.setattr(forget_op, "forget_repository", forget_then_a_backup_starts)
+    try:
+        before = data_bytes(sb.repo)
+        out = retention_after_backup(cfg, envx, repo, {"local": TargetOutcome(True)}, protect=(third["id"],))
+    finally:
+        for lock in started:
+            lock.release()  # type: ignore[attr-defined]
+        racer.close()
+        repo.close()
+    assert out.busy == [] and out.ok, (out.busy, out.errors)
+    assert out.pruned["local"] > MB, "the second snapshot's big file is freed the same day"
+    assert data_bytes(sb.repo) < before - MB
+    assert second["id"] not in {s["id"] for s in sb.snapshots()}
+    assert sb.verify("--read-data")["ok"]

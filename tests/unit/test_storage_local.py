@@ -285,3 +285,36 @@ def test_sync_is_not_failed_by_folders_and_pipes_planted_under_object_names(tmp_
     assert outcome, "sync waits forever on a planted pipe"
     assert outcome[0].ok, outcome[0].error
     assert sorted(i.name for p in ("captures/", "snapshots/", "checks/", "data/") for i in replica.list(p)) == []
+
+
+def _resident_pages(path: Path) -> tuple[int, int]:
+    """(pages of `path` in the page cache, pages of `path`), by mincore(2) on a mapping of it."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        vec = (ctypes.c_ubyte * pages)()
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        if libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) != 0:
+            pytest.skip(f"mincore failed: {os.strerror(ctypes.get_errno())}")
+        resident = sum(v & 1 for v in vec)
+    return resident, pages
+
+
+def test_small_objects_stay_in_the_page_cache_and_packs_leave_it(backend: LocalBackend) -> None:
+    """A data pack leaves the page cache once written (it is rarely read soon, and kept it would
+    push the user's files out); the index object, the snapshot and small tree packs stay, since
+    the retention after a backup and the next command read them again at once."""
+    small = os.urandom(200 * 1024)
+    pack = os.urandom(8 * 1024 * 1024)
+    backend.write("index/" + "a" * 64, small)
+    backend.write(pack_name(pack), pack)
+    resident, pages = _resident_pages(backend.root / "index" / ("a" * 64))
+    assert resident == pages, f"{resident} of {pages} pages of the index object are cached"
+    resident, pages = _resident_pages(backend.root / pack_name(pack))
+    if resident == pages:
+        pytest.skip("this file system keeps every page cached (posix_fadvise does nothing here)")
+    assert resident < pages // 2, f"{resident} of {pages} pages of the pack stay cached"

@@ -7,6 +7,7 @@ on one target is forgotten on all of them and replication never brings it back.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -236,13 +237,19 @@ def forget_repository(
     protect: tuple[str, ...] = (),
     eager: bool = False,
     compactor: tuple[Config, Environment] | None = None,
+    locked: bool = False,
 ) -> TargetForget:
     """Decide on every snapshot of `repo` and, unless `dry_run`, delete those not kept; `protect`
     holds the ids that are kept whatever the rules say (the snapshot a backup just made). Then
-    thin the capture segments (`thin_captures`; `eager`: even when all look young)."""
+    thin the capture segments (`thin_captures`; `eager`: even when all look young). `locked`: the
+    caller already holds the exclusive lock (a backup's retention, which prunes under it next)."""
     # Forget deletes snapshot objects: exclusive, like restic, so no backup picks a parent that
     # is being removed. A dry run only reads.
-    with repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"):
+    with (
+        contextlib.nullcontext()
+        if locked
+        else repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget")
+    ):
         snapshots = repo.list_snapshots()
         for name, problem in sorted(repo.problems.snapshots.items()):
             report.notices.append(f"{name} cannot be read and was left alone: {problem}")

@@ -3,6 +3,7 @@ repo/prune.py); and the retention a backup applies afterwards: forget, then prun
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,35 +151,43 @@ def retention_after_backup(
             continue
         try:
             repo = first if name == first_name else _replica(cfg, envx, first, name)
-            if not policy.empty:
-                report = TargetForget(name)
-                forget_repository(
-                    repo,
-                    policy,
-                    report,
-                    dry_run=False,
-                    now=datetime.fromtimestamp(moment, UTC),
-                    protect=protect,
-                    compactor=(cfg, envx),
-                )
-                out.forgotten[name] = len(report.removed)
-                out.removed[name] = [
-                    {"id": snap.id, "name": snap.name, "time": snap.time, "why": why}
-                    for snap, why in report.removals()
-                    if snap.id in report.removed
-                ]
-                out.notices += [n for n in report.plan.notices if n not in out.notices] if report.plan else []
-                if report.thinned is not None:  # compactions that failed, thinned as before
-                    out.notices += [f"target {name}: {n}" for n in report.thinned.notices]
-                if report.error:  # the capture segments could not be thinned
-                    out.notices.append(f"target {name}: {report.error}")
-            if not cfg.retention.prune:
-                out.prune_skipped = "retention.prune is false"
-            elif not prune_due(state, repo, name, moment):
-                out.prune_skipped = "the last prune ran less than a day ago"
-            else:
-                pruned = prune_repository(repo, TargetPrune(name), dry_run=False, state=state, now=moment)
-                out.pruned[name] = pruned.bytes_freed - pruned.bytes_written
+            due = cfg.retention.prune and prune_due(state, repo, name, moment)
+            # Forget and the day's prune run under one exclusive lock: one lock written, listed and
+            # removed instead of two, and no backup can start in the moment between them (it made
+            # the day's prune skip as busy, leaving the forgotten data another day).
+            with repo.lock(exclusive=True, command="forget and prune") if due else contextlib.nullcontext():
+                if not policy.empty:
+                    report = TargetForget(name)
+                    forget_repository(
+                        repo,
+                        policy,
+                        report,
+                        dry_run=False,
+                        now=datetime.fromtimestamp(moment, UTC),
+                        protect=protect,
+                        compactor=(cfg, envx),
+                        locked=due,
+                    )
+                    out.forgotten[name] = len(report.removed)
+                    out.removed[name] = [
+                        {"id": snap.id, "name": snap.name, "time": snap.time, "why": why}
+                        for snap, why in report.removals()
+                        if snap.id in report.removed
+                    ]
+                    out.notices += [n for n in report.plan.notices if n not in out.notices] if report.plan else []
+                    if report.thinned is not None:  # compactions that failed, thinned as before
+                        out.notices += [f"target {name}: {n}" for n in report.thinned.notices]
+                    if report.error:  # the capture segments could not be thinned
+                        out.notices.append(f"target {name}: {report.error}")
+                if not cfg.retention.prune:
+                    out.prune_skipped = "retention.prune is false"
+                elif not due:
+                    out.prune_skipped = "the last prune ran less than a day ago"
+                else:
+                    pruned = prune_repository(
+                        repo, TargetPrune(name), dry_run=False, state=state, now=moment, locked=True
+                    )
+                    out.pruned[name] = pruned.bytes_freed - pruned.bytes_written
         except RepositoryLocked as exc:
             # Another phx (a backup, a restore) is busy there: retention waits for a later backup
             # rather than failing this one.

@@ -196,10 +196,17 @@ def prune_repository(
     state: PruneState,
     now: float,
     progress: Reporter | None = None,
+    locked: bool = False,
 ) -> TargetPrune:
-    """`progress` is told the phases: the snapshots walked, the packs repacked, the packs deleted."""
+    """`progress` is told the phases: the snapshots walked, the packs repacked, the packs deleted.
+    `locked`: the caller already holds this repository's exclusive lock (a backup's retention,
+    which forgets and prunes under one lock)."""
     # A dry run changes nothing, so a shared lock is enough and it may run beside a backup.
-    with repo.lock(exclusive=not dry_run, command="prune --dry-run" if dry_run else "prune"):
+    with (
+        contextlib.nullcontext()
+        if locked
+        else repo.lock(exclusive=not dry_run, command="prune --dry-run" if dry_run else "prune")
+    ):
         _prune_locked(repo, report, dry_run=dry_run, state=state, now=now, progress=progress or Silent())
     if not dry_run:
         state.entry(state_key(repo, report.target))["lastPrune"] = now

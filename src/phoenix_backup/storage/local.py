@@ -185,7 +185,8 @@ class LocalBackend(Backend):
                     written = os.write(fd, view)
                     view = view[written:]
                 os.fsync(fd)
-                _drop_cached(fd)
+                if len(data) >= DROP_CACHED_MIN:
+                    _drop_cached(fd)
             finally:
                 os.close(fd)
             if exclusive:
@@ -278,6 +279,12 @@ def _file_size_limit() -> str:
 
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     return "none" if limit == resource.RLIM_INFINITY else f"{limit} bytes"
+
+
+# Objects at least this large (data packs) leave the page cache once written (`_drop_cached`).
+# Smaller ones (the index object, the snapshot, tree packs, locks) stay: the retention that
+# follows a backup, and the next command, read them again at once.
+DROP_CACHED_MIN = 1024 * 1024
 
 
 def _drop_cached(fd: int) -> None:
