@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,22 @@ def test_scrypt_runs_once_before_the_commands_work_is_loaded(backed_up: Sandbox,
         assert (code, loaded) == (0, [False]), err
         assert json.loads((tmp_path / "watch.json").read_text())["workAtDerivation"] == [[]], args
     assert (out / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
+    assert len(sb.snapshots()) == 2
+
+
+def test_a_passphrase_file_read_once_still_opens(backed_up: Sandbox, tmp_path: Path) -> None:
+    # A pipe (`PHX_PASSPHRASE_FILE=<(pass show phx)`) gives the passphrase once: opening ahead of
+    # the work must not read it first, nor a passphraseEnv beside it win over it.
+    sb = backed_up
+    fifo = tmp_path / "passphrase.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(PASSPHRASE + "\n"))
+    writer.start()
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseEnv": "OTHER_SECRET"})
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(fifo), OTHER_SECRET="not the passphrase")
+    code, err, loaded = run_watched(sb, tmp_path, "backup", "--json", env=env)
+    writer.join(timeout=5)
+    assert (code, loaded) == (0, [False]), err
     assert len(sb.snapshots()) == 2
 
 
