@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,11 @@ _WATCH = """
 import json, os, sys
 from phoenix_backup.repo import keys
 seen = []
+work = []
 derive = keys._derive_kek
 def watched(*args):
     seen.append("cryptography" in sys.modules)
+    work.append(sorted(m for m in ("phoenix_backup.ops.backup", "phoenix_backup.ops.restore") if m in sys.modules))
     return derive(*args)
 keys._derive_kek = watched
 from phoenix_backup.cli.main import main
@@ -37,7 +40,7 @@ try:
 except SystemExit as exc:
     code = exc.code if isinstance(exc.code, int) else 1
 with open(os.environ["WATCH_OUT"], "w") as f:
-    json.dump({"loadedAtDerivation": seen}, f)
+    json.dump({"loadedAtDerivation": seen, "workAtDerivation": work}, f)
 sys.exit(code)
 """
 
@@ -65,6 +68,35 @@ def test_scrypt_runs_before_cryptography_is_loaded(backed_up: Sandbox, tmp_path:
         code, err, loaded = run_watched(sb, tmp_path, *args)
         assert code == 0, err
         assert loaded == [False], f"phx {args[0]}: cryptography was loaded before scrypt ran: {loaded}"
+
+
+def test_scrypt_runs_once_before_the_commands_work_is_loaded(backed_up: Sandbox, tmp_path: Path) -> None:
+    # Issue 20: the 32 MiB of scrypt come on top of what is loaded at that moment; a backup's and a
+    # restore's modules are loaded after it, and the key is derived once per command.
+    sb = backed_up
+    out = tmp_path / "out"
+    for args in (("backup", "--json"), ("restore", "--latest", "--to", str(out), "--yes")):
+        code, err, loaded = run_watched(sb, tmp_path, *args)
+        assert (code, loaded) == (0, [False]), err
+        assert json.loads((tmp_path / "watch.json").read_text())["workAtDerivation"] == [[]], args
+    assert (out / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
+    assert len(sb.snapshots()) == 2
+
+
+def test_a_passphrase_file_read_once_still_opens(backed_up: Sandbox, tmp_path: Path) -> None:
+    # A pipe (`PHX_PASSPHRASE_FILE=<(pass show phx)`) gives the passphrase once: opening ahead of
+    # the work must not read it first, nor a passphraseEnv beside it win over it.
+    sb = backed_up
+    fifo = tmp_path / "passphrase.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(PASSPHRASE + "\n"))
+    writer.start()
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseEnv": "OTHER_SECRET"})
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(fifo), OTHER_SECRET="not the passphrase")
+    code, err, loaded = run_watched(sb, tmp_path, "backup", "--json", env=env)
+    writer.join(timeout=5)
+    assert (code, loaded) == (0, [False]), err
+    assert len(sb.snapshots()) == 2
 
 
 def test_every_way_of_giving_the_passphrase_still_opens(backed_up: Sandbox, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -126,3 +127,24 @@ def test_a_slot_needing_more_memory_than_the_process_may_have_is_skipped() -> No
     skipped, opened = proc.stdout.splitlines()
     assert "needs 256 MiB for its key derivation, more memory than this process could get" in skipped, skipped
     assert opened == "owner opened"
+
+
+def test_a_slot_key_is_derived_once_and_a_wrong_passphrase_still_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 20: a command that opens the repository twice (ahead of its work, then for it) runs
+    # scrypt once; what is kept is per passphrase, so another passphrase is derived and refused.
+    master = keys.MasterSecrets.generate()
+    own = keys.wrap_passphrase(master, "pw", kdf_params=FAST)
+    runs: list[str] = []
+    derive = keys._derive_kek
+
+    def counted(passphrase: str, *args: Any) -> bytes:
+        runs.append(passphrase)
+        return derive(passphrase, *args)
+
+    monkeypatch.setattr(keys, "_derive_kek", counted)
+    for _ in range(3):
+        assert keys.open_any([own], keys.Credentials(passphrase="pw")) == (own, master)
+    for _ in range(2):
+        with pytest.raises(WrongPassphrase):
+            keys.open_any([own], keys.Credentials(passphrase="pw "))
+    assert runs == ["pw", "pw "]

@@ -7,7 +7,7 @@ import click
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, cli, common, load_config, scope_options
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import backup as backup_op
+from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment
 
 
@@ -31,6 +31,11 @@ def backup(
     Example: phx backup --tag nightly
     """
     cfg = load_config(out, envx, config_path)
+    if not dry_run:
+        context.unlock_ahead(cfg, envx)
+    # Loaded after the key is derived: its modules need not be in memory during scrypt.
+    from phoenix_backup.ops import backup as backup_op
+
     result = backup_op.backup(cfg, envx, scope=scope or "full", tags=tags, time_text=time_text, dry_run=dry_run)  # type: ignore[arg-type]
     out.result(result.to_json(), render.backup(result, out.verbose))
     # What failed goes to stderr as well, where a wrapper script or a terminal sees it beside --json.

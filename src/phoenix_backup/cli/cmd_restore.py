@@ -20,7 +20,7 @@ from phoenix_backup.cli.app import (
 )
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import restore as restore_op
+from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, folder_argument
 
 
@@ -145,6 +145,10 @@ def restore(
     envx.thaw_timeout = thaw_timeout
     if merge:
         return _merge(out, envx, cfg, ref or "latest", conflict_mode, dry_run, yes, paths, to, target, no_safety)
+    context.unlock_ahead(cfg, envx)
+    # Loaded after the key is derived: its modules need not be in memory during scrypt.
+    from phoenix_backup.ops import restore as restore_op
+
     result = restore_op.restore(
         cfg,
         envx,

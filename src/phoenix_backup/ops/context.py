@@ -17,6 +17,7 @@ from phoenix_backup.errors import (
     ConfigError,
     IdentityRequired,
     MissingCredentials,
+    PhoenixError,
     RepositoryLocked,
     RepositoryNotFound,
     StorageError,
@@ -27,7 +28,6 @@ from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.pins import Pins
-from phoenix_backup.repo.replicate import seed_repository
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
@@ -172,6 +172,38 @@ def ask_identity(envx: Environment) -> tuple[str, ...]:
     if not answer:
         raise MissingCredentials("no age identity given; give --identity FILE or set PHX_IDENTITY_FILE")
     return keyslots.load_age_identities(Path(answer).expanduser())
+
+
+def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> None:
+    """Run the scrypt of the repository's passphrase slots now, before the command loads the
+    modules of its work: a passphrase slot's scrypt takes 32 MiB for a moment, on top of what is
+    loaded then (docs/benchmarks.md, "Start-up"). `open_repository` later finds the keys derived
+    (`keys._slot_key`) and checks everything as always: the config's authentication, the pin.
+
+    Only a local target with the passphrase in the environment (PHX_PASSPHRASE, the config's
+    passphraseEnv) is opened ahead: a passphrase file may be a pipe read once, a command or a prompt
+    must run once, and a remote store would be listed twice. Whatever goes wrong here is left to
+    `open_repository`, which says it (no repository yet, a wrong passphrase, a damaged slot)."""
+    enc = cfg.encryption
+    if not enc.enabled or enc.method != "passphrase" or envx.env.get("PHX_IDENTITY_FILE"):
+        return
+    secret = _env_passphrase(envx)
+    if secret is None and not envx.env.get("PHX_PASSPHRASE_FILE") and enc.passphrase_env:
+        secret = envx.env.get(enc.passphrase_env) or None
+    names = enabled_targets(cfg)
+    if secret is None or not names or (target or envx.target or names[0]) != "local":
+        return
+    try:
+        backend = local_backend(cfg)
+        try:
+            if backend.exists() and Repository.read_config(backend).write_only is None:
+                creds = keyslots.Credentials(passphrase=secret, methods=frozenset({"passphrase"}))
+                for _found in keyslots.open_slots(Repository.read_key_slots(backend), creds):
+                    pass
+        finally:
+            backend.close()
+    except (PhoenixError, OSError):
+        return
 
 
 def _env_passphrase(envx: Environment) -> str | None:
@@ -385,6 +417,8 @@ def no_repository(backend: Backend, name: str, *, first: bool) -> str:
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:
     """Seed an empty first target with the config and key slots of the first replica that holds
     a repository. Unreachable replicas are skipped with a notice (a new repository is made)."""
+    from phoenix_backup.repo.replicate import seed_repository  # `phx init` only: not at every start
+
     for other in replicas:
         source = target_backend(cfg, envx, other)
         try:

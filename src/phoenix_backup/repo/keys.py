@@ -613,6 +613,22 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
         ) from None
 
 
+# The key each passphrase slot's scrypt gave in this process, by passphrase, salt and parameters:
+# a command derives it once however often it opens the repository (`ops.context.unlock_ahead`
+# derives it before the command's modules are loaded). In this process's memory only, which holds
+# the passphrase and the master secrets anyway; never on disk nor in the environment.
+_slot_keys: dict[tuple[bytes, bytes, int, int, int], bytes] = {}
+
+
+def _slot_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """`_derive_kek`, run once per passphrase, salt and parameters in a process."""
+    known = (_normalize_passphrase(passphrase), salt, n, r, p)
+    kek = _slot_keys.get(known)
+    if kek is None:
+        kek = _slot_keys[known] = _derive_kek(passphrase, salt, n, r, p)
+    return kek
+
+
 def wrap_passphrase(secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapping[str, int] | None = None) -> KeySlot:
     """Seal the secrets under a key derived from the passphrase with scrypt."""
     if not passphrase:
@@ -670,7 +686,7 @@ def _unwrap_passphrase(slot: KeySlot, passphrase: str) -> MasterSecrets | None:
     if len(slot.data) < NONCE_LENGTH + TAG_LENGTH:
         raise damaged("truncated data")
     try:
-        kek = _derive_kek(passphrase, salt, cast(int, n), cast(int, r), cast(int, p))
+        kek = _slot_key(passphrase, salt, cast(int, n), cast(int, r), cast(int, p))
     except MemoryError:
         # A slot anyone could have planted: skipped like a damaged one, so another slot still opens.
         raise CorruptObject(

@@ -19,10 +19,9 @@ import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import blake3
 
@@ -75,6 +74,11 @@ from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.repo.writeonly import KeyedSealer, Keyring, WriteKey, cover_index, uncover_index
 from phoenix_backup.storage.base import Backend
+
+if TYPE_CHECKING:
+    # Loaded at the first pack written (with `logging`, 0.6 MB): not while a passphrase slot's
+    # scrypt runs at the start of a command (docs/benchmarks.md, "Start-up").
+    from concurrent.futures import ThreadPoolExecutor
 
 # The newest format this Phoenix reads. Format 3 is format 2 with a `writeOnly` section
 # (repo/writeonly.py); format 4 is format 2 or 3 whose new packs are named by BLAKE3 instead of
@@ -873,6 +877,8 @@ class Repository:
             self._inflight_bytes += len(payload)
             self._tasks += 1
         if self._workers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._workers = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="phx-seal")
         try:
             self._workers.submit(self._seal_task, kind, bid, payload)
@@ -945,6 +951,8 @@ class Repository:
         if self._pack_writer is None:
             with self._lock:
                 if self._pack_writer is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
                     self._pack_writer = ThreadPoolExecutor(MAX_PACKS_WRITING, thread_name_prefix="phx-write")
         try:
             self._pack_writer.submit(self._pack_task, packer)
