@@ -198,8 +198,9 @@ def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> N
         try:
             if backend.exists() and Repository.read_config(backend).write_only is None:
                 creds = keyslots.Credentials(passphrase=secret, methods=frozenset({"passphrase"}))
-                for _found in keyslots.open_slots(Repository.read_key_slots(backend), creds):
-                    pass
+                # The first slot this passphrase opens is the one the opening will use: the rest
+                # (other people's passphrases, or planted slots) need not cost a scrypt each here.
+                next(iter(keyslots.open_slots(Repository.read_key_slots(backend), creds)), None)
         finally:
             backend.close()
     except (PhoenixError, OSError):
