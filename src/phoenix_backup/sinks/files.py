@@ -449,6 +449,11 @@ class FileWriter:
                 raise
         return Written(self, logical, name, tmp, out, dfd)
 
+    def renamed_into(self, folder: str) -> None:
+        """A file was just renamed into the logical folder `folder`: `sync_dirs` makes it durable."""
+        with self._roots_lock:
+            self._unsynced.add(folder)
+
     def sync_dirs(self) -> None:
         """fsync each folder a file was renamed into or a folder created in: the renames and the
         new folders are on disk when this returns. Called before a restore applies its databases
@@ -510,8 +515,7 @@ class Written:
             self._close()
             raise
         self._close()
-        with self.writer._roots_lock:
-            self.writer._unsynced.add(self.logical.rpartition("/")[0])
+        self.writer.renamed_into(self.logical.rpartition("/")[0])
         return "ok"
 
     def abandon(self) -> None:
