@@ -11,8 +11,11 @@ block) never commits damaged data.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import os
+import queue
 import shutil
 import threading
 from collections import OrderedDict
@@ -47,21 +50,53 @@ READ_GAP = 64 * 1024
 # A scratch copy of a database (diff, export, restore --merge) needs this much room besides.
 COPY_MARGIN = 16 * 1024 * 1024
 
+Opened = dict[bytes, "bytes | PhoenixError"]
 _pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_pool: _DecodePool | None = None
 
 
-def _decode_pool() -> ThreadPoolExecutor:
+class _DecodePool:
     """The process-wide threads that read and open blobs ahead of every node reader: one per core,
-    at least two (so that reading overlaps opening). Their tasks never wait for one another."""
+    at least two (so that reading overlaps opening). Their tasks never wait for one another.
+
+    The ranges of the largest node being read go first: a restore writes two nodes at once, and
+    its end is the end of its largest database's copy, hashed, written and then checked by
+    `integrity_check` (which needs the whole copy) while the other writer restores the small
+    files. Served in turn, the largest copy finished with the last small file, and its check ran
+    alone on one core at the end. Each node reads at most READ_AHEAD and a half ahead, so a
+    smaller node waits at most that long for its turn, never for the whole larger one."""
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Future[Opened], Callable[[], Opened]]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"phx-decode_{i}", daemon=True).start()
+
+    def submit(self, size: int, call: Callable[[], Opened]) -> Future[Opened]:
+        """Run `call` for a node of `size` bytes: the largest node's first, each node's in order."""
+        fut: Future[Opened] = Future()
+        self._queue.put((-size, next(self._order), fut, call))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            _size, _n, fut, call = self._queue.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(call())
+            except BaseException as exc:  # handed to the node reader, which raises it
+                fut.set_exception(exc)
+
+
+def _decode_pool() -> _DecodePool:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="phx-decode")
+            _pool = _DecodePool(max(2, os.cpu_count() or 2))
         return _pool
 
 
-Opened = dict[bytes, "bytes | PhoenixError"]
 _buffers = threading.local()
 
 
@@ -158,6 +193,7 @@ class _Ahead:
         self.in_flight = 0  # raw bytes planned and not yet handed out the first time
         self.kept: OrderedDict[bytes, bytes] = OrderedDict()
         self.kept_bytes = 0
+        self.size = sum(ext.length for ext in extents)  # the decode pool serves the largest first
 
     def plan(self) -> None:
         """Start reading the next READ_AHEAD bytes of blobs."""
@@ -177,7 +213,7 @@ class _Ahead:
             budget -= loc.raw
         pool = _decode_pool()
         for pack, run in _ranges(located):
-            fut = pool.submit(read_blobs, self.repo, pack, run)
+            fut = pool.submit(self.size, functools.partial(read_blobs, self.repo, pack, run))
             for blob, loc in run:
                 self.pending[blob] = (fut, loc.raw)
                 self.in_flight += loc.raw

@@ -377,23 +377,36 @@ class FileWriter:
 
     def write_temp(self, fd: int, logical: str, node: Node) -> str:
         """Write the node's content to a temporary file in the folder `fd`; check its SHA-256."""
+        tmp, out = self._write_unsynced(fd, logical, node)
+        try:
+            os.fsync(out)
+            self.remember(logical, out)
+        except BaseException as exc:
+            _drop_temp(fd, tmp)
+            if isinstance(exc, OSError):
+                raise os_error(exc, f"restoring {logical}") from exc
+            raise
+        finally:
+            os.close(out)
+        return tmp
+
+    def _write_unsynced(self, fd: int, logical: str, node: Node) -> tuple[str, int]:
+        """The node's content written to a new temporary file in the folder `fd`, checked against
+        its SHA-256, owner, mode and times set: (its name, its open descriptor), not yet fsynced.
+        On any failure the temporary file is gone."""
         tmp = self._temp_name(logical)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
             write_content(self.repo, out, logical, node, self.progress)
             set_owner_mode(out, node)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
-            os.fsync(out)
-            self.remember(logical, out)
         except BaseException as exc:
             os.close(out)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=fd)
+            _drop_temp(fd, tmp)
             if isinstance(exc, OSError):
                 raise os_error(exc, f"restoring {logical}") from exc
             raise
-        os.close(out)
-        return tmp
+        return tmp, out
 
     def write_bytes(self, logical: str, data: bytes, mode: int) -> None:
         """Replace a file with `data` atomically (temp file, fsync, rename)."""
@@ -418,12 +431,28 @@ class FileWriter:
     def content(self, logical: str, node: Node) -> str:
         """Restore a file: written beside its place, checked, fsynced, renamed. A database goes
         through sinks/sqlite.py instead (`restore_database`)."""
+        return self.content_written(logical, node).finish()
+
+    def content_written(self, logical: str, node: Node) -> Written:
+        """A file written beside its place and checked against the snapshot's SHA-256; its
+        `finish` fsyncs it and renames it into place, and may run on another thread: a restore
+        hands the fsyncs of its files to threads of their own, where the file system commits
+        many of them at once, while its writers go on with the next files
+        (docs/restore-checks.md)."""
         with self.parent_dir(logical) as (fd, name):
-            tmp = self.write_temp(fd, logical, node)
-            rename_over(fd, tmp, name, logical)
+            tmp, out = self._write_unsynced(fd, logical, node)
+            try:
+                dfd = os.dup(fd)
+            except BaseException:
+                os.close(out)
+                _drop_temp(fd, tmp)
+                raise
+        return Written(self, logical, name, tmp, out, dfd)
+
+    def renamed_into(self, folder: str) -> None:
+        """A file was just renamed into the logical folder `folder`: `sync_dirs` makes it durable."""
         with self._roots_lock:
-            self._unsynced.add(logical.rpartition("/")[0])
-        return "ok"
+            self._unsynced.add(folder)
 
     def sync_dirs(self) -> None:
         """fsync each folder a file was renamed into or a folder created in: the renames and the
@@ -462,6 +491,45 @@ class FileWriter:
         except OSError as exc:
             raise os_error(exc, f"deleting {logical}") from exc
         return "ok"
+
+
+class Written:
+    """A file `FileWriter.content_written` wrote and checked under a temporary name, still open:
+    `finish` makes it durable and puts it in place, `abandon` removes it. Exactly one of them is
+    called, once."""
+
+    def __init__(self, writer: FileWriter, logical: str, name: str, tmp: str, out: int, dfd: int) -> None:
+        self.writer, self.logical, self.name, self.tmp, self.out, self.dfd = writer, logical, name, tmp, out, dfd
+
+    def finish(self) -> str:
+        """fsync the file, then rename it over its place (the folder is noted for `sync_dirs`)."""
+        try:
+            try:
+                os.fsync(self.out)
+                self.writer.remember(self.logical, self.out)
+            except OSError as exc:
+                _drop_temp(self.dfd, self.tmp)
+                raise os_error(exc, f"restoring {self.logical}") from exc
+            rename_over(self.dfd, self.tmp, self.name, self.logical)
+        except BaseException:
+            self._close()
+            raise
+        self._close()
+        self.writer.renamed_into(self.logical.rpartition("/")[0])
+        return "ok"
+
+    def abandon(self) -> None:
+        _drop_temp(self.dfd, self.tmp)
+        self._close()
+
+    def _close(self) -> None:
+        os.close(self.out)
+        os.close(self.dfd)
+
+
+def _drop_temp(fd: int, tmp: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(tmp, dir_fd=fd)
 
 
 def rename_over(fd: int, tmp: str, name: str, logical: str) -> None:
