@@ -102,3 +102,42 @@ def test_a_restart_with_a_read_only_cache_folder_goes_on_from_the_saved_hashes(
         assert _restored(sb, _iso(at), tmp_path / f"at{len(want)}") == want, out
     assert out.count("takes no page hashes") == 1 and "new base" not in out, out
     assert "Traceback" not in out and "Exception ignored" not in out, out
+
+
+@pytest.mark.parametrize(
+    "mishap",
+    ["read-only", pytest.param("full", marks=pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: budget"))],
+)
+def test_bases_are_taken_while_the_cache_folder_is_read_only_or_full(
+    sandbox: Sandbox, tmp_path: Path, mishap: str
+) -> None:
+    """The cache is only a speed aid: a watch whose cache folder takes no file (read-only, or a
+    full disk) from its start still takes its bases, and every commit is captured; one warning
+    names the folder and the fix."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    folder = sb.cache / "watch"
+    folder.mkdir(parents=True, exist_ok=True)
+    plog = tmp_path / "watch.log"
+    marks: list[tuple[float, list[int]]] = []
+    with contextlib.ExitStack() as stack:
+        if mishap == "full":
+            stack.enter_context(tmpfs_at(folder, "64k"))
+            subprocess.run(["dd", "if=/dev/zero", f"of={folder}/filler", "bs=4k"], capture_output=True)
+        else:
+            stack.enter_context(_read_only(folder))
+        with _watching(sb.env, plog) as watch:
+            time.sleep(4)
+            marks.append((time.time(), [0]))
+            for k in range(1, 3):
+                _commit(db, k)
+                time.sleep(1.2)
+                marks.append((time.time(), list(range(k + 1))))
+    out = plog.read_text()
+    assert watch.returncode == 0, out
+    for at, want in marks:
+        assert _restored(sb, _iso(at), tmp_path / f"at{len(want)}") == want, out
+    assert "base snapshot failed" not in out, out
+    assert out.count(str(folder)) == 1 and "PHX_CACHE_DIR" in out, out
+    assert "Traceback" not in out and "Exception ignored" not in out, out

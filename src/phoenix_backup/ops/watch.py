@@ -95,6 +95,7 @@ QUIET_SECONDS = 5.0  # a database unchanged this long has its page hashes saved 
 WATCH_SCOPE = "watch"
 WATCH_TAG = "watch"
 _READ_PAGES = 256  # pages hashed per read when a whole image is compared
+CACHE_PROBE_BYTES = 64 << 10  # a cache folder that cannot take this much takes no base's cache
 
 
 def now_us() -> int:
@@ -188,6 +189,7 @@ class Watcher:
         self.last_publish = time.monotonic()
         self.last_trim = time.monotonic()
         self.hashes_in_memory = False  # warned that the cache folder took no page hashes
+        self.cache_refused = False  # warned that the cache folder took no base's cache
         self.dbs: list[_Db] = []
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
         self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
@@ -526,20 +528,67 @@ class Watcher:
             entries.append(dataclasses.replace(db.entry, st=st))
         if not entries:
             return
-        try:
-            outcome = self._snapshot(
-                self.base_env,
-                entries,
-                WATCH_SCOPE,
-                (WATCH_TAG,),
-                (*SCOPES, WATCH_SCOPE),
-                list(self.replicas),
-                base=True,
+        with contextlib.ExitStack() as stack:
+            try:
+                outcome, cache_dir = self._base_snapshot(entries, stack)
+            except PhoenixError as exc:
+                self.warn(f"the base snapshot failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
+                self.next_base = time.monotonic() + HEARTBEAT_SECONDS
+                return
+            self._use_base(dbs, outcome, cache_dir)
+        release_memory(self.repo)
+
+    def _base_snapshot(
+        self, entries: list[Entry], stack: contextlib.ExitStack
+    ) -> tuple[watch_child.SnapshotOutcome, Path]:
+        """The base snapshot of `entries`, and the cache folder it was taken with: the watch's own,
+        or, while that one takes no file (read-only, a full disk), a temporary folder that lives
+        as long as `stack`. The cache only saves time (DESIGN §5): without it the base reads the
+        index again and writes its page hashes elsewhere, but it is taken."""
+
+        def take(envx: Environment) -> watch_child.SnapshotOutcome:
+            return self._snapshot(
+                envx, entries, WATCH_SCOPE, (WATCH_TAG,), (*SCOPES, WATCH_SCOPE), list(self.replicas), base=True
             )
-        except PhoenixError as exc:
-            self.warn(f"the base snapshot failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
-            self.next_base = time.monotonic() + HEARTBEAT_SECONDS
-            return
+
+        refused = self._cache_refuses()
+        if refused is None:
+            try:
+                outcome = take(self.base_env)
+            except PhoenixError:
+                refused = self._cache_refuses()  # the folder may have filled up meanwhile
+                if refused is None:
+                    raise
+            else:
+                if not outcome.failed or (refused := self._cache_refuses()) is None:
+                    return outcome, self.cache_dir
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phx-watch-cache-")))
+        if not self.cache_refused:
+            self.cache_refused = self.hashes_in_memory = True  # one warning says both
+            self.warn(
+                f"the watch's cache folder {self.cache_dir} takes no file ({refused}); base snapshots use a "
+                "temporary folder instead (slower: the index is read again) and page hashes that do not fit there "
+                "are kept in memory; every commit is still captured; free space there, fix its permissions or set "
+                "PHX_CACHE_DIR to a writable folder"
+            )
+        return take(dataclasses.replace(self.base_env, env={**self.base_env.env, "PHX_CACHE_DIR": str(folder)})), folder
+
+    def _cache_refuses(self) -> str | None:
+        """Why the watch's cache folder cannot take a base's cache (read-only, full, not a folder),
+        or None: it takes a file of CACHE_PROBE_BYTES."""
+        folder = self.cache_dir / self.repo.config.id
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with tempfile.TemporaryFile(dir=folder) as f:
+                if os.write(f.fileno(), bytes(CACHE_PROBE_BYTES)) != CACHE_PROBE_BYTES:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
+    def _use_base(self, dbs: list[_Db], outcome: watch_child.SnapshotOutcome, cache_dir: Path) -> None:
+        """Each database's history from the base `outcome` (taken with the cache `cache_dir`): its
+        capture's first image, as the pages that differ from the base's copy."""
         assert outcome.id is not None
         self.result.bases += 1
         for logical, checked in outcome.integrity_checked.items():
@@ -550,7 +599,7 @@ class Watcher:
                 )
         # The base's page hashes: in the watch's cache when the base read the database, else in the
         # backups' cache when the base reused an unchanged copy of the last backup (same SHA-256).
-        caches = (Cache(self.repo.config.id, self.cache_dir), cache_for(self.repo, self.envx))
+        caches = (Cache(self.repo.config.id, cache_dir), cache_for(self.repo, self.envx))
         for db in dbs:
             sha256 = outcome.sha256.get(db.logical)
             if db.logical in outcome.failed or sha256 is None:
@@ -591,7 +640,6 @@ class Watcher:
             except (PhoenixError, OSError) as exc:
                 self.warn(f"{db.entry.path}: {exc}; tried again in {HEARTBEAT_SECONDS:.0f} s")
                 self.next_base = time.monotonic() + HEARTBEAT_SECONDS
-        release_memory(self.repo)
 
     def _snapshot(
         self,
