@@ -95,6 +95,7 @@ QUIET_SECONDS = 5.0  # a database unchanged this long has its page hashes saved 
 WATCH_SCOPE = "watch"
 WATCH_TAG = "watch"
 _READ_PAGES = 256  # pages hashed per read when a whole image is compared
+_HASHES_MAC_BYTES = 32  # a saved page-hash file: the segment's name, `_hashes_mac`'s tag, the hashes
 CACHE_PROBE_BYTES = 64 << 10  # a cache folder that cannot take this much takes no base's cache
 
 
@@ -359,24 +360,45 @@ class Watcher:
             )
         return self.clock
 
-    def _hashes_path(self, db: _Db) -> Path:
+    def _hashes_path(self, db: _Db, suffix: str = "page-hashes") -> Path:
         name = blake3.blake3(db.logical.encode()).hexdigest(length=16)
-        return self.state_path.with_name(f"{self.repo.config.id}.{name}.pages")
+        return self.state_path.with_name(f"{self.repo.config.id}.{name}.{suffix}")
+
+    def _hashes_mac(self, db: _Db, tag: bytes, hashes: bytes | memoryview) -> bytes:
+        """A saved page-hash file's tag: keyed by the repository's key (a write-only machine has it
+        too), bound to the database and the segment of its state, so that whoever can write the
+        data folder but lacks the key cannot make one that the watch believes."""
+        key = blake3.blake3(b"phoenix v1 watch page hashes", key=self.repo.ids.page_key).digest()
+        mac = blake3.blake3(db.logical.encode() + b"\0" + tag + b"\0", key=key)
+        mac.update(hashes)
+        return mac.digest()
 
     def _saved_hashes(self, db: _Db) -> WorkingHashes | None:
         """The page hashes saved for the database's state as of its last commit in the chain (the
-        file names that commit's segment): with them a restart whose capture cannot prove
-        continuity (the last connection to close checkpointed and removed the WAL, or a position
-        without WAL frames) compares pages instead of taking a new base."""
+        file names that commit's segment, and carries `_hashes_mac`'s tag): with them a restart
+        whose capture cannot prove continuity (the last connection to close checkpointed and
+        removed the WAL, or a position without WAL frames) compares pages instead of taking a new
+        base. A file whose tag is wrong (damaged, or planted: a page made to look unchanged would
+        be left out of the history) is ignored, saying so; the pages are then read again."""
+        path = self._hashes_path(db)
         try:
-            raw = self._hashes_path(db).read_bytes()
+            raw = path.read_bytes()
         except OSError:
             return None
         tag = (db.changed_in or "").encode()
-        if len(tag) != 64 or raw[:64] != tag or (len(raw) - 64) % HASH_SIZE:
+        if len(tag) != 64 or raw[:64] != tag:
+            return None  # the hashes of another state (the watch was stopped before it saved newer ones)
+        body = memoryview(raw)[64 + _HASHES_MAC_BYTES :]
+        if (len(raw) - 64 - _HASHES_MAC_BYTES) % HASH_SIZE or not hmac.compare_digest(
+            raw[64 : 64 + _HASHES_MAC_BYTES], self._hashes_mac(db, tag, body)
+        ):
+            self.envx.notice(
+                f"the page hashes saved in {path} are not the ones this watch saved (damaged, or changed by "
+                f"someone who can write that folder); they are ignored and {db.entry.path} is read again"
+            )
             return None
         try:
-            return WorkingHashes(self.cache_dir, memoryview(raw)[64:])
+            return WorkingHashes(self.cache_dir, body)
         except OSError:
             return None  # unreadable as it was written: a new base if the capture needs one
 
@@ -396,7 +418,9 @@ class Watcher:
                 or (not stopping and now - db.changed_at < QUIET_SECONDS)
             ):
                 continue
-            write_private(self._hashes_path(db), db.changed_in.encode() + db.hashes[:])
+            tag, hashes = db.changed_in.encode(), db.hashes[:]
+            write_private(self._hashes_path(db), tag + self._hashes_mac(db, tag, hashes) + hashes)
+            self._hashes_path(db, "pages").unlink(missing_ok=True)  # an older Phoenix's, without a tag
             db.hashes_tag = db.changed_in
 
     def _check_hashes(self, hashes: WorkingHashes | None) -> None:
