@@ -5,11 +5,14 @@ remote) uses no processor time of its own: it is not taken for hung and killed (
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import PHX, Sandbox
 from test_watch_adversary import _table
 from test_watch_bases import _watcher
 
@@ -62,3 +65,72 @@ def test_a_child_waiting_on_a_slow_git_push_is_not_killed_a_stopped_one_is(
             assert all(d.need_base for d in w.dbs), notices
     if how == "sleep":
         assert sb.verify("--target", "git")["ok"]
+
+
+def test_ctrl_c_during_a_git_push_says_what_it_waits_for_and_a_second_one_abandons_it(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A Ctrl-C while the base's child waits on a git push (a slow remote: up to git's 30-minute
+    timeout) says in one line what the watch waits for and that a second Ctrl-C abandons the push;
+    the second one ends the watch at once, the push (git and all it started) killed. The snapshot
+    is in the first target, and `phx sync` pushes it afterwards."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        }
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    slow, pushing = tmp_path / "slow", tmp_path / "pushing"
+    slow.touch()
+    (bin_dir / "git").write_text(
+        f'#!/bin/sh\nif [ "$1" = push ] && [ -e {slow} ]; then echo $$ > {pushing}; exec sleep 600; fi\n'
+        f'exec {shutil.which("git")} "$@"\n'
+    )
+    (bin_dir / "git").chmod(0o755)
+    env = {**sb.env, "PATH": f"{bin_dir}:{sb.env['PATH']}"}
+    log = tmp_path / "watch.log"
+    with open(log, "wb") as out:
+        args = [PHX, "watch", "--no-files"]
+        watch = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        _until(lambda: pushing.exists() and pushing.read_text().strip() != "", 90, log)
+        git_pid = int(pushing.read_text())
+        watch.send_signal(signal.SIGINT)
+        _until(lambda: "Ctrl-C again abandons the push" in log.read_text(), 15, log)
+        assert watch.poll() is None, log.read_text()  # it waits, as it said
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    text = log.read_text()
+    assert text.count("Ctrl-C again") == 1 and "git push" in text and "phx sync" in text, text
+    assert "Traceback" not in text, text
+    _until(lambda: not _running(git_pid), 5, log)  # the push was killed with the child, not left behind
+    slow.unlink()
+    sb.phx("sync", env=env)
+    assert sb.verify("--target", "git")["ok"]
+    listed = {s["id"] for s in sb.phx("list", "--target", "git", "--scope", "watch", "--json", env=env).json()}
+    assert listed, text
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie no one reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _until(done: Callable[[], bool], seconds: float, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)

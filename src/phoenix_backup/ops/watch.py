@@ -198,6 +198,7 @@ class Watcher:
         self.write_failed = False
         self.bases_due = False  # a lease was taken since the bases were last checked
         self.stop = threading.Event()  # set: the watch is stopping (a hung child is not waited for)
+        self.abandon = threading.Event()  # set: stopping at once (a second Ctrl-C): a child's git push is killed
         self.meanwhile_error: PhoenixError | None = None  # see `_meanwhile`
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
@@ -693,7 +694,8 @@ class Watcher:
             replicas=tuple(replicas),
             base=base,
         )
-        outcome = watch_child.take_snapshot(request, self._meanwhile, self.stop.is_set)
+        stopping = watch_child.Stopping(self.stop.is_set, self.abandon.is_set, self.envx.notice)
+        outcome = watch_child.take_snapshot(request, self._meanwhile, stopping)
         for message in outcome.notices:
             self.envx.notice(message)
         if outcome.error is not None:
@@ -1019,9 +1021,11 @@ def watch(
     *,
     duration: float | None = None,
     files: bool = True,
+    abandon: threading.Event | None = None,
 ) -> WatchResult:
     """Follow every configured SQLite database (and, with `files`, the files) until `stop` is set
-    (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured."""
+    (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured. A
+    snapshot's child still working then is waited for, unless `abandon` is set (a second signal)."""
     started = time.monotonic()
     hide_process_memory()  # it holds the master secrets for weeks
     repo = open_repository(cfg, envx, upgrade=True)
@@ -1030,6 +1034,7 @@ def watch(
         guard = _only_watch(state_file(envx, repo.config.id))
         w = Watcher(cfg, envx, repo, files=files)
         w.stop = stop
+        w.abandon = abandon or w.abandon
         try:
             while not stop.is_set():
                 tick = time.monotonic()
@@ -1046,7 +1051,8 @@ def watch(
             w.poll()
             w.flush()
             w._write_queue()
-            w.publish()
+            if not w.abandon.is_set():  # a second Ctrl-C: no push now; the next watch or `phx sync` pushes
+                w.publish()
             w.spill_all()  # what the repository did not take waits on disk for the next run
             w.save_hashes(stopping=True)
             w.result.unwritten = len(w.queue)
