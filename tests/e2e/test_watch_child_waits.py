@@ -24,6 +24,16 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not 
 def _slow_git(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """A Git replica target, whose `git push` first waits (`sleep`, as on a slow link: the
     remote takes its time) or stops itself (as `kill -STOP`) for 4 s."""
+    # (Stopped, it is let go on by a process that is not the child's: not one it waits on.)
+    wait = "sleep 4" if how == "sleep" else "( (sleep 4; kill -CONT $$) & ); kill -STOP $$"
+    path = _git_replica(sb, tmp_path, '[ "$1" = push ]', wait)
+    monkeypatch.setenv("PATH", path)
+    sb.env["PATH"] = path
+
+
+def _git_replica(sb: Sandbox, tmp_path: Path, when: str, then: str) -> str:
+    """A Git replica target (a bare repository in `tmp_path`), and a PATH whose `git` runs the
+    shell command `then` first when the test `when` holds."""
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
     sb.write_config(
@@ -34,14 +44,10 @@ def _slow_git(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how:
     )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # (Stopped, it is let go on by a process that is not the child's: not one it waits on.)
-    wait = "sleep 4" if how == "sleep" else "( (sleep 4; kill -CONT $$) & ); kill -STOP $$"
     wrapper = bin_dir / "git"
-    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = push ]; then {wait}; fi\nexec {shutil.which("git")} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nif {when}; then {then}; fi\nexec {shutil.which("git")} "$@"\n')
     wrapper.chmod(0o755)
-    path = f"{bin_dir}:{sb.env.get('PATH', '')}"
-    monkeypatch.setenv("PATH", path)
-    sb.env["PATH"] = path
+    return f"{bin_dir}:{sb.env.get('PATH', '')}"
 
 
 @pytest.mark.parametrize("how", ["sleep", "stop"])
@@ -76,24 +82,10 @@ def test_ctrl_c_during_a_git_push_says_what_it_waits_for_and_a_second_one_abando
     is in the first target, and `phx sync` pushes it afterwards."""
     sb = sandbox
     _table(sb.layout.dashboard_db)
-    remote = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
-    sb.write_config(
-        targets={
-            "local": {"enabled": True},
-            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
-        }
-    )
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     slow, pushing = tmp_path / "slow", tmp_path / "pushing"
     slow.touch()
-    (bin_dir / "git").write_text(
-        f'#!/bin/sh\nif [ "$1" = push ] && [ -e {slow} ]; then echo $$ > {pushing}; exec sleep 600; fi\n'
-        f'exec {shutil.which("git")} "$@"\n'
-    )
-    (bin_dir / "git").chmod(0o755)
-    env = {**sb.env, "PATH": f"{bin_dir}:{sb.env['PATH']}"}
+    path = _git_replica(sb, tmp_path, f'[ "$1" = push ] && [ -e {slow} ]', f"echo $$ > {pushing}; exec sleep 600")
+    env = {**sb.env, "PATH": path}
     log = tmp_path / "watch.log"
     with open(log, "wb") as out:
         args = [PHX, "watch", "--no-files"]
