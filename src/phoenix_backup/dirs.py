@@ -6,10 +6,15 @@ import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import platformdirs
 
-from phoenix_backup.errors import ConfigError
+from phoenix_backup.errors import ConfigError, UsageError
+
+# The most a file holding a secret (a passphrase, age identities, a write key) may hold: hundreds
+# of identities fit; a mistaken path (a disk image, /dev/zero) is refused after this much.
+SECRET_FILE_LIMIT = 64 << 10
 
 
 def data_dir(env: Mapping[str, str]) -> Path:
@@ -86,3 +91,23 @@ def trustworthy(st: os.stat_result) -> bool:
     """Whether a file with this stat can be trusted as this user's own: owned by them (or root)
     and writable by no one else. Whoever can write it decides what Phoenix trusts (ssh's StrictModes)."""
     return st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
+
+
+def read_secret_file(path: Path, what: str, fix: str) -> bytes:
+    """The bytes of the file `what` (`PHX_PASSPHRASE_FILE`, `age identity file`) at `path`, read
+    as they come (a pipe such as `<(pass show phx)` too): see `read_secret`. OSError when it cannot
+    be read."""
+    with open(path, "rb") as f:
+        return read_secret(f, path, what, fix)
+
+
+def read_secret(f: BinaryIO, path: Path, what: str, fix: str) -> bytes:
+    """What the open file `f` (`what` at `path`) holds, never more than SECRET_FILE_LIMIT: a larger
+    file is one UsageError naming it, the limit and `fix`, exit 2, read no further (a 1 GiB file
+    read whole would take a GiB of memory, and keep it)."""
+    data = f.read(SECRET_FILE_LIMIT + 1)
+    if len(data) > SECRET_FILE_LIMIT:
+        raise UsageError(
+            f"{what} {path} holds more than {SECRET_FILE_LIMIT >> 10} KiB, more than any secret file does; {fix}"
+        )
+    return data

@@ -84,10 +84,15 @@ def redact_url(url: str, *, path: bool = False) -> str:
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """`text` without the given secrets, and with every URL in it shown as `redact_url` shows it."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0), path=True), without_secrets(text, secrets))
+    return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+
+
+def without_secrets(text: str, secrets: Iterable[str]) -> str:
+    """`text` with each of the given secrets (the longest first) shown as `***`; URLs left as they are."""
     for secret in sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
-    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0), path=True), text)
-    return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+    return text
 
 
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")

@@ -442,11 +442,18 @@ if os.environ.get("PHX_TEST_PLANT_BUG"):
     import click
     from phoenix_backup.ops import list as _list
     def _bug(*args, **kwargs):
+        leak = (
+            "cannot use " + os.environ["PHX_PASSPHRASE"]
+            + " with https://AKIDLEAK:s3cr3tLEAK@s3.example.com/b?X-Amz-Signature=SIGLEAK and CFGSECRETLEAK"
+        )
         if os.environ["PHX_TEST_PLANT_BUG"] == "leaky":
-            raise ValueError(
-                "cannot use " + os.environ["PHX_PASSPHRASE"]
-                + " with https://AKIDLEAK:s3cr3tLEAK@s3.example.com/b?X-Amz-Signature=SIGLEAK"
-            )
+            raise ValueError(leak)
+        if os.environ["PHX_TEST_PLANT_BUG"] == "phoenix":
+            from phoenix_backup.errors import SourceError
+            try:
+                raise ValueError(leak)
+            except ValueError as exc:
+                raise SourceError("the target refused " + os.environ["PHX_PASSPHRASE"] + "; fix it") from exc
         raise KeyError("planted")
     if os.environ.get("PHX_TEST_BUG_WHERE") == "outside":
         click.Group.resolve_command = _bug
@@ -495,6 +502,23 @@ def test_a_bug_s_message_and_traceback_never_show_a_secret(sandbox: Sandbox, tmp
         assert "ValueError" in res.err + res.out and "s3.example.com" in res.err + res.out, res
         for secret in (PASSPHRASE, "s3cr3tLEAK", "AKIDLEAK", "SIGLEAK"):
             assert secret not in res.err + res.out, (args, res)
+
+
+def test_a_phoenix_error_s_message_and_verbose_traceback_never_show_a_secret(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A Phoenix error raised from a library's exception that quoted what it had in hand: the
+    passphrase (environment), a URL's credentials and a key of the config file. Its traceback under
+    --verbose holds that exception's text; neither it nor the message shows a secret."""
+    s3 = {"enabled": False, "bucket": "b", "accessKeyId": "AKIDCFG", "secretAccessKey": "CFGSECRETLEAK"}
+    sandbox.write_config(targets={**sandbox.config.get("targets", {}), "s3": s3})
+    env = _plant_bug(sandbox, tmp_path, "phoenix")
+    for args in (["list"], ["list", "--json"], ["list", "--verbose"], ["list", "--json", "--verbose"]):
+        res = run_phx(args, env, check=None)
+        shown = res.err + res.out
+        assert res.code == 1 and "the target refused" in shown and "a bug" not in shown, (args, res)
+        if "--verbose" in args:
+            assert "Traceback" in shown and "ValueError" in shown and "s3.example.com" in shown, (args, res)
+        for secret in (PASSPHRASE, "s3cr3tLEAK", "AKIDLEAK", "SIGLEAK", "CFGSECRETLEAK"):
+            assert secret not in shown, (args, secret, res)
 
 
 def test_json_as_the_value_of_an_option_does_not_make_the_errors_json(sandbox: Sandbox) -> None:

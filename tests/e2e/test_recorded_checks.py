@@ -79,6 +79,7 @@ def test_a_restore_records_its_check_and_the_next_restore_of_those_bytes_skips_i
     assert [(r.by, r.result, r.snapshot) for r in recorded(sb)] == [("restore", "ok", daily["id"])], (
         "the restore's passing check was not recorded in the repository"
     )
+    assert [r.checks for r in recorded(sb)] == [("integrity_check",)]  # what a restore runs, named
 
     # Another machine: nothing but the repository (a new home, no cache, no state file).
     (sb.home / ".argentos" / "backup" / ".last-backup").unlink()
@@ -104,6 +105,7 @@ def test_a_drill_records_its_checks_for_the_restores_after_it(cadenced: Sandbox,
     assert integrity_of(daily) == "not checked"
     sb.phx("drill", "--json", "--scratch", tmp_path, check=0)
     assert [(r.by, r.result, r.snapshot) for r in recorded(sb)] == [("drill", "ok", daily["id"])]
+    assert [r.checks for r in recorded(sb)] == [("integrity_check", "fts5_integrity_check")]
     check = copy_check(sb.restore_to(daily["id"], tmp_path / "r"))
     assert check["ran"] is False and check["by"] == "drill", check
     # The drill itself always checks (it is the proof): a second drill still runs every check.

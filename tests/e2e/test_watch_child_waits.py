@@ -5,11 +5,14 @@ remote) uses no processor time of its own: it is not taken for hung and killed (
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import PHX, Sandbox
 from test_watch_adversary import _table
 from test_watch_bases import _watcher
 
@@ -21,6 +24,16 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not 
 def _slow_git(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """A Git replica target, whose `git push` first waits (`sleep`, as on a slow link: the
     remote takes its time) or stops itself (as `kill -STOP`) for 4 s."""
+    # (Stopped, it is let go on by a process that is not the child's: not one it waits on.)
+    wait = "sleep 4" if how == "sleep" else "( (sleep 4; kill -CONT $$) & ); kill -STOP $$"
+    path = _git_replica(sb, tmp_path, '[ "$1" = push ]', wait)
+    monkeypatch.setenv("PATH", path)
+    sb.env["PATH"] = path
+
+
+def _git_replica(sb: Sandbox, tmp_path: Path, when: str, then: str) -> str:
+    """A Git replica target (a bare repository in `tmp_path`), and a PATH whose `git` runs the
+    shell command `then` first when the test `when` holds."""
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
     sb.write_config(
@@ -31,14 +44,10 @@ def _slow_git(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how:
     )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # (Stopped, it is let go on by a process that is not the child's: not one it waits on.)
-    wait = "sleep 4" if how == "sleep" else "( (sleep 4; kill -CONT $$) & ); kill -STOP $$"
     wrapper = bin_dir / "git"
-    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = push ]; then {wait}; fi\nexec {shutil.which("git")} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nif {when}; then {then}; fi\nexec {shutil.which("git")} "$@"\n')
     wrapper.chmod(0o755)
-    path = f"{bin_dir}:{sb.env.get('PATH', '')}"
-    monkeypatch.setenv("PATH", path)
-    sb.env["PATH"] = path
+    return f"{bin_dir}:{sb.env.get('PATH', '')}"
 
 
 @pytest.mark.parametrize("how", ["sleep", "stop"])
@@ -62,3 +71,58 @@ def test_a_child_waiting_on_a_slow_git_push_is_not_killed_a_stopped_one_is(
             assert all(d.need_base for d in w.dbs), notices
     if how == "sleep":
         assert sb.verify("--target", "git")["ok"]
+
+
+def test_ctrl_c_during_a_git_push_says_what_it_waits_for_and_a_second_one_abandons_it(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A Ctrl-C while the base's child waits on a git push (a slow remote: up to git's 30-minute
+    timeout) says in one line what the watch waits for and that a second Ctrl-C abandons the push;
+    the second one ends the watch at once, the push (git and all it started) killed. The snapshot
+    is in the first target, and `phx sync` pushes it afterwards."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    slow, pushing = tmp_path / "slow", tmp_path / "pushing"
+    slow.touch()
+    path = _git_replica(sb, tmp_path, f'[ "$1" = push ] && [ -e {slow} ]', f"echo $$ > {pushing}; exec sleep 600")
+    env = {**sb.env, "PATH": path}
+    log = tmp_path / "watch.log"
+    with open(log, "wb") as out:
+        args = [PHX, "watch", "--no-files"]
+        watch = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        _until(lambda: pushing.exists() and pushing.read_text().strip() != "", 90, log)
+        git_pid = int(pushing.read_text())
+        watch.send_signal(signal.SIGINT)
+        _until(lambda: "Ctrl-C again abandons the push" in log.read_text(), 15, log)
+        assert watch.poll() is None, log.read_text()  # it waits, as it said
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    text = log.read_text()
+    assert text.count("Ctrl-C again") == 1 and "git push" in text and "phx sync" in text, text
+    assert "Traceback" not in text, text
+    _until(lambda: not _running(git_pid), 5, log)  # the push was killed with the child, not left behind
+    slow.unlink()
+    sb.phx("sync", env=env)
+    assert sb.verify("--target", "git")["ok"]
+    listed = {s["id"] for s in sb.phx("list", "--target", "git", "--scope", "watch", "--json", env=env).json()}
+    assert listed, text
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie no one reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _until(done: Callable[[], bool], seconds: float, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo import checks, keys
+from phoenix_backup.repo.crypto import NONCE_SIZE
 from phoenix_backup.repo.replicate import replicate
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
@@ -193,3 +196,41 @@ def test_an_object_grown_after_the_listing_is_not_read_whole(tmp_path: Path) -> 
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, f"{peak} bytes held to read one listed record"
+
+
+def test_a_record_names_the_checks_it_is_about_and_a_restore_skips_only_what_they_cover(tmp_path: Path) -> None:
+    """A drill's pass covers `integrity_check` and the FTS5 checks, a restore's `integrity_check`
+    alone: each record says which. A restore (which runs `integrity_check`) skips its check only on a
+    pass that names it; a caller that wants the FTS5 checks too finds only the drill's."""
+    repo = make_repo(tmp_path / "r")
+    both = (checks.INTEGRITY_CHECK, checks.FTS5_CHECK)
+    restore = dataclasses.replace(rec(at="2026-12-05T12:00:00+00:00"), by="restore")
+    drill = dataclasses.replace(rec(at="2026-12-05T10:00:00+00:00"), checks=both)
+    fts_only = dataclasses.replace(rec(at="2026-12-05T13:00:00+00:00"), sha256="ef" * 32, checks=(checks.FTS5_CHECK,))
+    names = checks.write(repo, [restore, drill, fts_only])
+    assert [checks.open_record(repo, n, repo.backend.read(n)).checks for n in names] == [
+        (checks.INTEGRITY_CHECK,),
+        both,
+        (checks.FTS5_CHECK,),
+    ]
+    book = checks.CheckBook(repo)
+    assert book.passed(SHA, 4096) == restore  # the newest that covers integrity_check
+    assert book.passed(SHA, 4096, both) == drill
+    assert book.passed("ef" * 32, 4096) is None  # a pass of other checks is no pass of this one
+
+
+def test_a_record_written_before_records_named_their_checks_means_integrity_check(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    old = {**rec().to_json(), "repository": repo.config.id}
+    del old["checks"]
+    plain = json.dumps(old, sort_keys=True, separators=(",", ":")).encode()
+    nonce = os.urandom(NONCE_SIZE)
+    raw = nonce + checks._key(repo).encrypt(nonce, plain, checks._aad(repo))
+    opened = checks.open_record(repo, checks.name_of(SHA, raw), raw)
+    assert opened.checks == (checks.INTEGRITY_CHECK,) and opened.passed
+    for bad in ([], "integrity_check", [1], [""]):
+        doc = {**old, "checks": bad}
+        plain = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        raw = nonce + checks._key(repo).encrypt(nonce, plain, checks._aad(repo))
+        with pytest.raises(CorruptObject):
+            checks.open_record(repo, checks.name_of(SHA, raw), raw)

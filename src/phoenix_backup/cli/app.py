@@ -23,7 +23,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import Cancelled, ExitStatus, IdentityRequired, PhoenixError
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
-from phoenix_backup.redaction import redact
+from phoenix_backup.redaction import redact, without_secrets
 from phoenix_backup.repo.snapshot import Latest
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,6 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _LATEST_KEY = "phx.latest"
 _REPO_KEY = "phx.repo"
 _IDENTITY_KEY = "phx.identity"  # `identity_option`'s file, for `make_env`
+_CONFIG_KEY = "phx.config"  # the config `load_config` loaded: its secrets are kept out of errors
 # Where the group leaves the options given before the command (`GlobalOptions`).
 _GLOBAL_KEY = "phx.global"
 
@@ -77,8 +78,8 @@ class Out:
 
 def bug_message(exc: BaseException, verbose: bool) -> str:
     """The one sentence for an exception Phoenix did not expect (a bug, not bad input). Its text
-    is a library's, never vetted: without the secrets of the environment, nor a URL's credentials."""
-    what = f"{type(exc).__name__}: {bug_text(str(exc))}" if str(exc) else type(exc).__name__
+    is a library's, never vetted: without the run's secrets, nor a URL's credentials (`redacted`)."""
+    what = f"{type(exc).__name__}: {redacted(str(exc))}" if str(exc) else type(exc).__name__
     fix = (
         "please report it with the traceback"
         if verbose
@@ -87,18 +88,29 @@ def bug_message(exc: BaseException, verbose: bool) -> str:
     return f"unexpected internal error ({what}): a bug in Phoenix; {fix}"
 
 
-def bug_text(text: str) -> str:
-    """A bug's message or traceback as it may be shown (see `bug_message`)."""
-    from phoenix_backup.notify.message import env_secrets  # only on this rare path: not at every start
+def known_secrets() -> list[str]:
+    """The secrets this run knows: the environment's (passphrases, AWS keys, a Git password), and
+    once the command loaded its config (`load_config`) the config's too (keys, DSNs, the
+    notification URLs)."""
+    from phoenix_backup.notify.message import env_secrets, secrets_of  # only on this rare path
 
-    return redact(text, env_secrets(os.environ))
+    ctx = click.get_current_context(silent=True)
+    cfg = ctx.meta.get(_CONFIG_KEY) if ctx is not None else None
+    return secrets_of(cfg, os.environ) if isinstance(cfg, Config) else env_secrets(os.environ)
+
+
+def redacted(text: str) -> str:
+    """A traceback, a bug's message or an error under --verbose as it may be shown: without the
+    run's secrets (`known_secrets`) nor a URL's credentials, query or token-like host. A traceback
+    holds the text of every exception in its chain: a library's, never vetted."""
+    return redact(text, known_secrets())
 
 
 def say_bug(exc: BaseException, *, verbose: bool, as_json: bool, error: Callable[[str, str | None], None]) -> NoReturn:
     """Say a bug (an exception Phoenix did not expect) as one error, through `error(message,
     trace)`, and exit 1: the traceback (redacted) on stderr with --verbose, inside the JSON error
     line with --json, where stdout also gets the error document. In a command and outside one."""
-    trace = bug_text(traceback.format_exc()) if verbose else None
+    trace = redacted(traceback.format_exc()) if verbose else None
     if trace and not as_json:
         sys.stderr.write(trace)
     message = bug_message(exc, verbose)
@@ -219,15 +231,20 @@ def common(f: F) -> F:
                 click.echo(jsontext.dumps({"cancelled": True, "message": str(exc)}))
             sys.exit(int(exc.exit_status))
         except PhoenixError as exc:
-            if verbose and not as_json:
-                out.progress.clear()
-                traceback.print_exc()
             if isinstance(exc, IdentityRequired):
                 ctx = click.get_current_context(silent=True)
                 exc.command = ctx.command_path if ctx is not None else None
-            out.error(str(exc), traceback.format_exc() if verbose and as_json else None)
+            # Phoenix's own sentence, whose URLs are shown redacted where it is written; a secret the
+            # run knows never shows in it. Under --verbose the traceback (every exception of the
+            # chain: a library's text) and the message are redacted as a bug's are.
+            message = redacted(str(exc)) if verbose else without_secrets(str(exc), known_secrets())
+            trace = redacted(traceback.format_exc()) if verbose else None
+            if trace and not as_json:
+                out.progress.clear()
+                sys.stderr.write(trace)
+            out.error(message, trace if as_json else None)
             if as_json:
-                click.echo(jsontext.dumps({"ok": False, "error": str(exc), "errorType": type(exc).__name__}))
+                click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": type(exc).__name__}))
             sys.exit(int(exc.exit_status))
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own: cli/main.py says them
@@ -266,6 +283,8 @@ def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
     ctx = click.get_current_context(silent=True)
     location = ctx.meta.get(_REPO_KEY) if ctx is not None else None
     cfg = context.load(envx, config_path, location if isinstance(location, str) else None)
+    if ctx is not None:
+        ctx.meta[_CONFIG_KEY] = cfg
     for warning in cfg.warnings:
         out.notice(f"warning: {warning}")
     return cfg

@@ -36,15 +36,19 @@ def watch(out: Out, envx: Environment, config_path: str | None, duration: float 
     Example: phx watch
     """
     cfg = load_config(out, envx, config_path)
-    stop = threading.Event()
+    stop, abandon = threading.Event(), threading.Event()
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
+        # The first signal stops after the snapshot in progress (its git push too); a second one
+        # abandons that snapshot's push (ops/watch_child.py `Stopping`).
+        if stop.is_set():
+            abandon.set()
         stop.set()
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         out.notice("watching; SIGTERM or Ctrl-C stops after a last segment")
-        result = watch_op.watch(cfg, envx, stop, duration=duration, files=not no_files)
+        result = watch_op.watch(cfg, envx, stop, duration=duration, files=not no_files, abandon=abandon)
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import read_secret_file
+from phoenix_backup.errors import UsageError
 from phoenix_backup.redaction import redact
 from phoenix_backup.units import human_size
 
@@ -65,8 +67,10 @@ def env_secrets(env: Mapping[str, str]) -> list[str]:
     out = [env.get(name, "") for name in ("PHX_PASSPHRASE", "PHX_NEW_PASSPHRASE", "PHX_GIT_PASSWORD")]
     file = env.get("PHX_PASSPHRASE_FILE")
     if file:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            out.append(Path(file).read_text().rstrip("\r\n"))
+        # A file that cannot be read or is too large gives no passphrase to the run either.
+        with contextlib.suppress(OSError, UnicodeDecodeError, UsageError):
+            raw = read_secret_file(Path(file), "PHX_PASSPHRASE_FILE", "")
+            out.append(raw.decode("utf-8", "surrogateescape").rstrip("\r\n"))
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         out.append(env.get(name, ""))
     return [s for s in out if s]

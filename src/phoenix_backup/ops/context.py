@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config, find_config_path, load_config
+from phoenix_backup.dirs import read_secret_file
 from phoenix_backup.errors import (
     ConfigError,
     IdentityRequired,
@@ -88,6 +89,9 @@ class Environment:
         return Path(self.env.get("HOME") or Path.home())
 
 
+_PASSPHRASE_FILE_FIX = "point PHX_PASSPHRASE_FILE at the file that holds the passphrase alone"
+
+
 def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "repository") -> str | None:
     """PHX_PASSPHRASE, PHX_PASSPHRASE_FILE, passphraseEnv, passphraseCommand, then a prompt."""
     env = envx.env
@@ -96,7 +100,7 @@ def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "reposit
     if env.get("PHX_PASSPHRASE_FILE"):
         file = Path(env["PHX_PASSPHRASE_FILE"])
         try:
-            raw = file.read_bytes()
+            raw = read_secret_file(file, "PHX_PASSPHRASE_FILE", _PASSPHRASE_FILE_FIX)
         except OSError as exc:
             raise UsageError(f"cannot read PHX_PASSPHRASE_FILE {file}: {exc.strerror}; fix the path") from exc
         # Bytes that are not UTF-8 kept as the environment keeps them: the key slot refuses them.

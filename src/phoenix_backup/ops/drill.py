@@ -464,8 +464,9 @@ def _record_in_repository(
         ran_all = report.fts5_ran and NOT_CHECKED not in report.fts5.values() and not report.unchecked
         if outcome == "ok" and (not ran_all or report.problems):
             continue
+        ran = (checks.INTEGRITY_CHECK, checks.FTS5_CHECK) if ran_all else (checks.INTEGRITY_CHECK,)
         records.append(
-            checks.record(node.sha256, node.size, outcome, "drill", snap.id, logical, sqlite3.sqlite_version)
+            checks.record(node.sha256, node.size, outcome, "drill", snap.id, logical, sqlite3.sqlite_version, ran)
         )
     checks.CheckBook(repo).add(records)
 

@@ -95,6 +95,8 @@ QUIET_SECONDS = 5.0  # a database unchanged this long has its page hashes saved 
 WATCH_SCOPE = "watch"
 WATCH_TAG = "watch"
 _READ_PAGES = 256  # pages hashed per read when a whole image is compared
+_HASHES_MAC_BYTES = 32  # a saved page-hash file: the segment's name, `_hashes_mac`'s tag, the hashes
+CACHE_PROBE_BYTES = 64 << 10  # a cache folder that cannot take this much takes no base's cache
 
 
 def now_us() -> int:
@@ -188,6 +190,7 @@ class Watcher:
         self.last_publish = time.monotonic()
         self.last_trim = time.monotonic()
         self.hashes_in_memory = False  # warned that the cache folder took no page hashes
+        self.cache_refused = False  # warned that the cache folder took no base's cache
         self.dbs: list[_Db] = []
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
         self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
@@ -195,6 +198,7 @@ class Watcher:
         self.write_failed = False
         self.bases_due = False  # a lease was taken since the bases were last checked
         self.stop = threading.Event()  # set: the watch is stopping (a hung child is not waited for)
+        self.abandon = threading.Event()  # set: stopping at once (a second Ctrl-C): a child's git push is killed
         self.meanwhile_error: PhoenixError | None = None  # see `_meanwhile`
         saved = _load_state(self.state_path)
         chain, sequence, last = saved.get("chain"), saved.get("sequence"), saved.get("last")
@@ -357,24 +361,45 @@ class Watcher:
             )
         return self.clock
 
-    def _hashes_path(self, db: _Db) -> Path:
+    def _hashes_path(self, db: _Db, suffix: str = "page-hashes") -> Path:
         name = blake3.blake3(db.logical.encode()).hexdigest(length=16)
-        return self.state_path.with_name(f"{self.repo.config.id}.{name}.pages")
+        return self.state_path.with_name(f"{self.repo.config.id}.{name}.{suffix}")
+
+    def _hashes_mac(self, db: _Db, tag: bytes, hashes: bytes | memoryview) -> bytes:
+        """A saved page-hash file's tag: keyed by the repository's key (a write-only machine has it
+        too), bound to the database and the segment of its state, so that whoever can write the
+        data folder but lacks the key cannot make one that the watch believes."""
+        key = blake3.blake3(b"phoenix v1 watch page hashes", key=self.repo.ids.page_key).digest()
+        mac = blake3.blake3(db.logical.encode() + b"\0" + tag + b"\0", key=key)
+        mac.update(hashes)
+        return mac.digest()
 
     def _saved_hashes(self, db: _Db) -> WorkingHashes | None:
         """The page hashes saved for the database's state as of its last commit in the chain (the
-        file names that commit's segment): with them a restart whose capture cannot prove
-        continuity (the last connection to close checkpointed and removed the WAL, or a position
-        without WAL frames) compares pages instead of taking a new base."""
+        file names that commit's segment, and carries `_hashes_mac`'s tag): with them a restart
+        whose capture cannot prove continuity (the last connection to close checkpointed and
+        removed the WAL, or a position without WAL frames) compares pages instead of taking a new
+        base. A file whose tag is wrong (damaged, or planted: a page made to look unchanged would
+        be left out of the history) is ignored, saying so; the pages are then read again."""
+        path = self._hashes_path(db)
         try:
-            raw = self._hashes_path(db).read_bytes()
+            raw = path.read_bytes()
         except OSError:
             return None
         tag = (db.changed_in or "").encode()
-        if len(tag) != 64 or raw[:64] != tag or (len(raw) - 64) % HASH_SIZE:
+        if len(tag) != 64 or raw[:64] != tag:
+            return None  # the hashes of another state (the watch was stopped before it saved newer ones)
+        body = memoryview(raw)[64 + _HASHES_MAC_BYTES :]
+        if (len(raw) - 64 - _HASHES_MAC_BYTES) % HASH_SIZE or not hmac.compare_digest(
+            raw[64 : 64 + _HASHES_MAC_BYTES], self._hashes_mac(db, tag, body)
+        ):
+            self.envx.notice(
+                f"the page hashes saved in {path} are not the ones this watch saved (damaged, or changed by "
+                f"someone who can write that folder); they are ignored and {db.entry.path} is read again"
+            )
             return None
         try:
-            return WorkingHashes(self.cache_dir, memoryview(raw)[64:])
+            return WorkingHashes(self.cache_dir, body)
         except OSError:
             return None  # unreadable as it was written: a new base if the capture needs one
 
@@ -394,7 +419,9 @@ class Watcher:
                 or (not stopping and now - db.changed_at < QUIET_SECONDS)
             ):
                 continue
-            write_private(self._hashes_path(db), db.changed_in.encode() + db.hashes[:])
+            tag, hashes = db.changed_in.encode(), db.hashes[:]
+            write_private(self._hashes_path(db), tag + self._hashes_mac(db, tag, hashes) + hashes)
+            self._hashes_path(db, "pages").unlink(missing_ok=True)  # an older Phoenix's, without a tag
             db.hashes_tag = db.changed_in
 
     def _check_hashes(self, hashes: WorkingHashes | None) -> None:
@@ -526,20 +553,67 @@ class Watcher:
             entries.append(dataclasses.replace(db.entry, st=st))
         if not entries:
             return
-        try:
-            outcome = self._snapshot(
-                self.base_env,
-                entries,
-                WATCH_SCOPE,
-                (WATCH_TAG,),
-                (*SCOPES, WATCH_SCOPE),
-                list(self.replicas),
-                base=True,
+        with contextlib.ExitStack() as stack:
+            try:
+                outcome, cache_dir = self._base_snapshot(entries, stack)
+            except PhoenixError as exc:
+                self.warn(f"the base snapshot failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
+                self.next_base = time.monotonic() + HEARTBEAT_SECONDS
+                return
+            self._use_base(dbs, outcome, cache_dir)
+        release_memory(self.repo)
+
+    def _base_snapshot(
+        self, entries: list[Entry], stack: contextlib.ExitStack
+    ) -> tuple[watch_child.SnapshotOutcome, Path]:
+        """The base snapshot of `entries`, and the cache folder it was taken with: the watch's own,
+        or, while that one takes no file (read-only, a full disk), a temporary folder that lives
+        as long as `stack`. The cache only saves time (DESIGN §5): without it the base reads the
+        index again and writes its page hashes elsewhere, but it is taken."""
+
+        def take(envx: Environment) -> watch_child.SnapshotOutcome:
+            return self._snapshot(
+                envx, entries, WATCH_SCOPE, (WATCH_TAG,), (*SCOPES, WATCH_SCOPE), list(self.replicas), base=True
             )
-        except PhoenixError as exc:
-            self.warn(f"the base snapshot failed ({exc}); tried again in {HEARTBEAT_SECONDS:.0f} s")
-            self.next_base = time.monotonic() + HEARTBEAT_SECONDS
-            return
+
+        refused = self._cache_refuses()
+        if refused is None:
+            try:
+                outcome = take(self.base_env)
+            except PhoenixError:
+                refused = self._cache_refuses()  # the folder may have filled up meanwhile
+                if refused is None:
+                    raise
+            else:
+                if not outcome.failed or (refused := self._cache_refuses()) is None:
+                    return outcome, self.cache_dir
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phx-watch-cache-")))
+        if not self.cache_refused:
+            self.cache_refused = self.hashes_in_memory = True  # one warning says both
+            self.warn(
+                f"the watch's cache folder {self.cache_dir} takes no file ({refused}); base snapshots use a "
+                "temporary folder instead (slower: the index is read again) and page hashes that do not fit there "
+                "are kept in memory; every commit is still captured; free space there, fix its permissions or set "
+                "PHX_CACHE_DIR to a writable folder"
+            )
+        return take(dataclasses.replace(self.base_env, env={**self.base_env.env, "PHX_CACHE_DIR": str(folder)})), folder
+
+    def _cache_refuses(self) -> str | None:
+        """Why the watch's cache folder cannot take a base's cache (read-only, full, not a folder),
+        or None: it takes a file of CACHE_PROBE_BYTES."""
+        folder = self.cache_dir / self.repo.config.id
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with tempfile.TemporaryFile(dir=folder) as f:
+                if os.write(f.fileno(), bytes(CACHE_PROBE_BYTES)) != CACHE_PROBE_BYTES:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
+    def _use_base(self, dbs: list[_Db], outcome: watch_child.SnapshotOutcome, cache_dir: Path) -> None:
+        """Each database's history from the base `outcome` (taken with the cache `cache_dir`): its
+        capture's first image, as the pages that differ from the base's copy."""
         assert outcome.id is not None
         self.result.bases += 1
         for logical, checked in outcome.integrity_checked.items():
@@ -550,7 +624,7 @@ class Watcher:
                 )
         # The base's page hashes: in the watch's cache when the base read the database, else in the
         # backups' cache when the base reused an unchanged copy of the last backup (same SHA-256).
-        caches = (Cache(self.repo.config.id, self.cache_dir), cache_for(self.repo, self.envx))
+        caches = (Cache(self.repo.config.id, cache_dir), cache_for(self.repo, self.envx))
         for db in dbs:
             sha256 = outcome.sha256.get(db.logical)
             if db.logical in outcome.failed or sha256 is None:
@@ -591,7 +665,6 @@ class Watcher:
             except (PhoenixError, OSError) as exc:
                 self.warn(f"{db.entry.path}: {exc}; tried again in {HEARTBEAT_SECONDS:.0f} s")
                 self.next_base = time.monotonic() + HEARTBEAT_SECONDS
-        release_memory(self.repo)
 
     def _snapshot(
         self,
@@ -621,7 +694,8 @@ class Watcher:
             replicas=tuple(replicas),
             base=base,
         )
-        outcome = watch_child.take_snapshot(request, self._meanwhile, self.stop.is_set)
+        stopping = watch_child.Stopping(self.stop.is_set, self.abandon.is_set, self.envx.notice)
+        outcome = watch_child.take_snapshot(request, self._meanwhile, stopping)
         for message in outcome.notices:
             self.envx.notice(message)
         if outcome.error is not None:
@@ -947,9 +1021,11 @@ def watch(
     *,
     duration: float | None = None,
     files: bool = True,
+    abandon: threading.Event | None = None,
 ) -> WatchResult:
     """Follow every configured SQLite database (and, with `files`, the files) until `stop` is set
-    (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured."""
+    (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured. A
+    snapshot's child still working then is waited for, unless `abandon` is set (a second signal)."""
     started = time.monotonic()
     hide_process_memory()  # it holds the master secrets for weeks
     repo = open_repository(cfg, envx, upgrade=True)
@@ -958,6 +1034,7 @@ def watch(
         guard = _only_watch(state_file(envx, repo.config.id))
         w = Watcher(cfg, envx, repo, files=files)
         w.stop = stop
+        w.abandon = abandon or w.abandon
         try:
             while not stop.is_set():
                 tick = time.monotonic()
@@ -974,7 +1051,8 @@ def watch(
             w.poll()
             w.flush()
             w._write_queue()
-            w.publish()
+            if not w.abandon.is_set():  # a second Ctrl-C: no push now; the next watch or `phx sync` pushes
+                w.publish()
             w.spill_all()  # what the repository did not take waits on disk for the next run
             w.save_hashes(stopping=True)
             w.result.unwritten = len(w.queue)

@@ -59,6 +59,7 @@ _LENGTH = struct.Struct(">Q")
 _PR_SET_PDEATHSIG = 1
 # On the answer pipe: heartbeats, then ANSWER and the pickled outcome.
 BEAT = b"."
+WAIT = b","  # a heartbeat of a child that only waits on a process it started (git pushing)
 ANSWER = b"!"
 BEAT_SECONDS = 1.0
 # A child that showed no sign of work this long (`_beat`) is hung (stopped, deadlocked): even a slow
@@ -123,14 +124,25 @@ def secrets_of(repo: Repository) -> tuple[MasterSecrets | None, tuple[str, ...]]
     return secrets, repo.keyring.identities if repo.keyring is not None else ()
 
 
+@dataclass
+class Stopping:
+    """How the watch asks a snapshot to end: `asked()` once it is stopping (a Ctrl-C, SIGTERM): a
+    child that still works is waited for, saying so once through `say`; `abandon()` at a second
+    one: the child (and the git it waits on) is killed at once."""
+
+    asked: Callable[[], bool] = lambda: False
+    abandon: Callable[[], bool] = lambda: False
+    say: Callable[[str], None] = lambda _m: None
+
+
 def take_snapshot(
-    request: SnapshotRequest,
-    between: Callable[[], None] = lambda: None,
-    stopping: Callable[[], bool] = lambda: False,
+    request: SnapshotRequest, between: Callable[[], None] = lambda: None, stopping: Stopping | None = None
 ) -> SnapshotOutcome:
-    """Run the child and return what it gave; SourceError when it ended without saying, or was
-    killed for falling silent (STALL_SECONDS, or STOP_GRACE_SECONDS once `stopping()`). `between`
-    is called about every BEAT_SECONDS while the child works."""
+    """Run the child and return what it gave; SourceError when it ended without saying, was
+    killed for falling silent (STALL_SECONDS, or STOP_GRACE_SECONDS once the watch is stopping),
+    or was abandoned (`Stopping`). `between` is called about every BEAT_SECONDS while the child
+    works."""
+    stopping = stopping or Stopping()
     payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
     with tempfile.TemporaryFile() as err:
         # The answer comes through a pipe of its own: what a module prints to standard output
@@ -139,6 +151,8 @@ def take_snapshot(
         # `phoenix_backup` in the working directory (`-m` would import that one).
         answer_r, answer_w = os.pipe()
         try:
+            # A process group of its own: a Ctrl-C at the terminal is the watch's (a git push the
+            # child waits on is not cut by it), and a kill reaches the git it started too.
             proc = subprocess.Popen(
                 [sys.executable, "-P", "-c", _START, _package_root(), str(answer_w)],
                 stdin=subprocess.PIPE,
@@ -146,6 +160,7 @@ def take_snapshot(
                 stderr=err,
                 close_fds=True,
                 pass_fds=(answer_w,),
+                process_group=0,
             )
         except OSError as exc:
             os.close(answer_r)
@@ -169,8 +184,13 @@ def take_snapshot(
             # The child ends when this end closes (`_end_with_parent`): after its answer, or now.
             proc.stdin.close()
             if hung is not None:
-                proc.kill()  # SIGKILL ends a stopped process too
+                _kill_group(proc)
             code = proc.wait()
+        if hung == _ABANDONED:
+            raise SourceError(
+                "its git push was abandoned at a second Ctrl-C; the snapshot is in the first target and `phx sync` "
+                "pushes it"
+            )
         if hung is not None:
             raise SourceError(f"the process taking the snapshot {hung}; it was killed and nothing of it is used")
         if code == 0 and raw:
@@ -188,15 +208,47 @@ def take_snapshot(
     raise SourceError(f"the process taking the snapshot {how}{said}; nothing of it is used")
 
 
+_ABANDONED = "was abandoned"
+_SAY_AFTER = 3 * BEAT_SECONDS
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the child and what it started (git), which share its process group; SIGKILL ends
+    a stopped process too."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        proc.kill()
+
+
 def _answer(
-    fd: int, proc: subprocess.Popen[bytes], between: Callable[[], None], stopping: Callable[[], bool]
+    fd: int, proc: subprocess.Popen[bytes], between: Callable[[], None], stopping: Stopping
 ) -> tuple[bytes, str | None]:
     """The child's answer (empty when it ended without one), read while calling `between`; or
-    why it is taken for hung (then the answer is empty)."""
+    why it is taken for hung or abandoned (then the answer is empty)."""
     beat = time.monotonic()
     buf = bytearray()
     answering = False
+    waiting = False  # the last heartbeat was the child's wait on a process it started (git)
+    said: set[bool] = set()
+    asked_at: float | None = None
     while True:
+        if stopping.asked() and not answering:
+            if stopping.abandon():
+                return b"", _ABANDONED
+            now = time.monotonic()
+            asked_at = now if asked_at is None else asked_at
+            # A child still working (it beats): said once what it is waited for, a wait on git at
+            # once, other work after a few beats (the push may be about to start).
+            if waiting not in said and now - beat < STOP_GRACE_SECONDS and (waiting or now - asked_at >= _SAY_AFTER):
+                said.add(waiting)
+                stopping.say(
+                    f"waiting for the snapshot's git push (pid {proc.pid}) to end, at most git's own 30-minute "
+                    "timeout; the snapshot is already in the first target; Ctrl-C again abandons the push "
+                    "(`phx sync` pushes it later)"
+                    if waiting
+                    else f"waiting for the snapshot in progress (pid {proc.pid}) to end; Ctrl-C again abandons it"
+                )
         ready, _w, _x = select.select([fd], [], [], BEAT_SECONDS)
         if ready:
             chunk = os.read(fd, 1 << 16)
@@ -208,6 +260,8 @@ def _answer(
             elif ANSWER in chunk:
                 answering = True
                 buf += chunk[chunk.index(ANSWER) + 1 :]
+            else:
+                waiting = chunk.endswith(WAIT)
             continue
         silent = time.monotonic() - beat
         if answering:
@@ -217,7 +271,7 @@ def _answer(
                 f"gave no sign of work for {silent:.0f} s (stopped or deadlocked: pid {proc.pid} used no processor "
                 "time, no thread of it was woken, it waited on no running process)"
             )
-        elif stopping() and silent >= STOP_GRACE_SECONDS:
+        elif stopping.asked() and silent >= STOP_GRACE_SECONDS:
             return b"", f"gave no sign of work for {silent:.0f} s when the watch was asked to stop"
         between()
 
@@ -337,14 +391,17 @@ def _beat(fd: int, lock: threading.Lock, done: threading.Event) -> None:
     seen = _work()
     while not done.wait(BEAT_SECONDS):
         now = _work()
-        if now == seen and not _waits_on_a_process():
-            continue
+        kind = BEAT
+        if now == seen:
+            if not _waits_on_a_process():
+                continue
+            kind = WAIT
         seen = now
         with lock:
             if done.is_set():
                 return
             try:
-                os.write(fd, BEAT)
+                os.write(fd, kind)
             except OSError:
                 return
 

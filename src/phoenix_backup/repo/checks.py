@@ -38,6 +38,12 @@ KEY_CONTEXT = "phoenix v1 integrity check record key"
 AAD = b"phoenix v1 integrity check "
 # Who ran a check (`by`): a record from anyone else is refused as malformed.
 BY = ("drill", "restore", "watch", "compaction")
+# What a record says was checked (`checks`): SQLite's `PRAGMA integrity_check`, and every FTS5
+# table's `integrity-check` (a drill runs both; a restore, the watch's base and compaction run the
+# first). A record without the field (written before it existed) names the first alone.
+INTEGRITY_CHECK = "integrity_check"
+FTS5_CHECK = "fts5_integrity_check"
+OLD_CHECKS = (INTEGRITY_CHECK,)
 # A record's name starts with this many hex digits of the SHA-256 of the bytes it is about.
 NAME_SHA_HEX = 16
 # A record is a few hundred bytes; a hostile listing cannot make a reader load a large object.
@@ -74,10 +80,15 @@ class CheckRecord:
     snapshot: str  # the snapshot whose copy was checked (prune deletes the record with it)
     path: str  # the database's logical path in that snapshot
     sqlite: str  # the SQLite version that ran the check
+    checks: tuple[str, ...] = OLD_CHECKS  # what ran (INTEGRITY_CHECK, FTS5_CHECK): `result` is about these
 
     @property
     def passed(self) -> bool:
         return self.result == "ok"
+
+    def covers(self, wanted: Iterable[str]) -> bool:
+        """Whether the record names every check in `wanted` as run."""
+        return set(wanted) <= set(self.checks)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -90,6 +101,7 @@ class CheckRecord:
             "snapshot": self.snapshot,
             "path": self.path,
             "sqlite": self.sqlite,
+            "checks": list(self.checks),
         }
 
 
@@ -130,7 +142,6 @@ def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
         d = json.loads(plain)
     except (InvalidTag, ValueError) as exc:
         raise CorruptObject(f"{name} does not authenticate as an integrity check record of this repository") from exc
-    fields = ("sha256", "size", "result", "by", "checkedAt", "snapshot", "path", "sqlite")
     if (
         not isinstance(d, dict)
         or d.get("version") != VERSION
@@ -145,8 +156,11 @@ def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
         or name_of(d["sha256"], raw) != name
     ):
         raise CorruptObject(f"{name} is a malformed integrity check record")
+    ran = d.get("checks", list(OLD_CHECKS))
+    if not isinstance(ran, list) or not ran or len(ran) > 16 or not all(isinstance(c, str) and c for c in ran):
+        raise CorruptObject(f"{name} is a malformed integrity check record (its checks)")
     return CheckRecord(
-        d[fields[0]], d[fields[1]], d[fields[2]], d[fields[3]], d[fields[4]], d[fields[5]], d[fields[6]], d[fields[7]]
+        d["sha256"], d["size"], d["result"], d["by"], d["checkedAt"], d["snapshot"], d["path"], d["sqlite"], tuple(ran)
     )
 
 
@@ -202,9 +216,19 @@ def name_of(sha256: str, raw: bytes) -> str:
     return PREFIX + sha256[:NAME_SHA_HEX] + sha256_hex(raw)[: 64 - NAME_SHA_HEX]
 
 
-def record(sha256: str, size: int, result: str, by: str, snapshot: str, path: str, sqlite_version: str) -> CheckRecord:
+def record(
+    sha256: str,
+    size: int,
+    result: str,
+    by: str,
+    snapshot: str,
+    path: str,
+    sqlite_version: str,
+    ran: tuple[str, ...] = (INTEGRITY_CHECK,),
+) -> CheckRecord:
+    """A record of the checks `ran` (`integrity_check` alone unless said) on these bytes now."""
     return CheckRecord(
-        sha256, size, result, by, datetime.now(UTC).isoformat(timespec="seconds"), snapshot, path, sqlite_version
+        sha256, size, result, by, datetime.now(UTC).isoformat(timespec="seconds"), snapshot, path, sqlite_version, ran
     )
 
 
@@ -257,12 +281,14 @@ class CheckBook:
                 self._read[lead] = self._records(lead)
             return [r for r in self._read[lead] if r.sha256 == sha256]
 
-    def passed(self, sha256: str, size: int) -> CheckRecord | None:
-        """The newest record that these bytes passed the check, unless any record says they failed it."""
+    def passed(self, sha256: str, size: int, wanted: Iterable[str] = (INTEGRITY_CHECK,)) -> CheckRecord | None:
+        """The newest record that these bytes passed every check in `wanted` (a record that names
+        them all as run: `CheckRecord.checks`), unless any record says they failed a check."""
         found = [r for r in self.of(sha256) if r.size == size]
-        if not found or any(not r.passed for r in found):
+        if any(not r.passed for r in found):
             return None
-        return max(found, key=lambda r: r.checked_at)
+        covering = [r for r in found if r.covers(wanted)]
+        return max(covering, key=lambda r: r.checked_at) if covering else None
 
     def add(self, records: Iterable[CheckRecord]) -> None:
         """Store new records, and count them from now on. A store that refuses them (read-only
@@ -273,7 +299,10 @@ class CheckBook:
         records = [
             r
             for r in records
-            if not any((o.size, o.result, o.snapshot) == (r.size, r.result, r.snapshot) for o in self.of(r.sha256))
+            if not any(
+                (o.size, o.result, o.snapshot) == (r.size, r.result, r.snapshot) and o.covers(r.checks)
+                for o in self.of(r.sha256)
+            )
         ]
         if not records:
             return

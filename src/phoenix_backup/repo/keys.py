@@ -40,6 +40,7 @@ from typing import Any, Literal, cast, get_args
 
 import blake3
 
+from phoenix_backup.dirs import read_secret_file
 from phoenix_backup.errors import (
     CorruptObject,
     KdfBudgetExceeded,
@@ -791,7 +792,9 @@ def load_age_identities(path: Path) -> tuple[str, ...]:
     import pyrage
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_secret_file(
+            path, "age identity file", "point encryption.identityFile (or --identity) at the file age-keygen wrote"
+        ).decode("utf-8")
     except FileNotFoundError:
         raise UsageError(
             f"age identity file {path} does not exist; create it with `age-keygen -o {path}` or "

@@ -37,7 +37,7 @@ from typing import Any
 
 import zstandard
 
-from phoenix_backup.dirs import data_dir, trustworthy, write_private
+from phoenix_backup.dirs import data_dir, read_secret, trustworthy, write_private
 from phoenix_backup.errors import (
     ConfigError,
     ConfigNotAuthenticated,
@@ -93,7 +93,8 @@ class WriterStore:
         try:
             with open(self.key_path, "rb") as f:
                 st = os.fstat(f.fileno())
-                raw = f.read()
+                fix = "copy write.key again from the machine that backs the repository up"
+                raw = read_secret(f, self.key_path, "the write key", fix)
         except FileNotFoundError:
             raise no_write_key(location, self.key_path) from None
         except OSError as exc:

@@ -1,0 +1,51 @@
+"""Files that hold a secret (PHX_PASSPHRASE_FILE, an age identity file, a write key) are read up
+to 64 KiB: a mistaken path (a disk image, /dev/zero) is one error naming the file, the limit and
+the fix, exit 2, instead of a GiB read into memory (or a read that never ends)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from e2e_support import PASSPHRASE, Sandbox, assert_error
+
+from phoenix_backup.dirs import SECRET_FILE_LIMIT
+from phoenix_backup.errors import UsageError
+from phoenix_backup.repo.writer import WriterStore
+
+
+def _huge(path: Path, head: bytes) -> Path:
+    """A 1 GiB file (sparse: it costs no disk) that begins with `head`."""
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(1 << 30)
+    return path
+
+
+def test_a_1_gib_passphrase_file_is_one_error_naming_it_and_its_limit(sandbox: Sandbox, tmp_path: Path) -> None:
+    big = _huge(tmp_path / "passphrase", PASSPHRASE.encode() + b"\n")
+    for file in (big, Path("/dev/zero")):
+        res = sandbox.phx(
+            "list", env=sandbox.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)), check=None, timeout=60
+        )
+        assert_error(res, 2, f"PHX_PASSPHRASE_FILE {file}", "64 KiB", "the passphrase alone")
+    # At the limit it is still read (a passphrase followed by blank lines, as an editor may leave).
+    exact = tmp_path / "exact"
+    exact.write_bytes((PASSPHRASE + "\n").encode().ljust(SECRET_FILE_LIMIT, b"\n"))
+    sandbox.phx("list", env=sandbox.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(exact)))
+
+
+def test_a_1_gib_age_identity_file_is_one_error_naming_it_and_its_limit(sandbox: Sandbox, tmp_path: Path) -> None:
+    big = _huge(tmp_path / "identity.txt", b"# created by age-keygen\n")
+    res = sandbox.phx("list", "--identity", big, check=None, timeout=60)
+    assert_error(res, 2, f"age identity file {big}", "64 KiB", "age-keygen")
+
+
+def test_a_write_key_over_the_limit_is_one_error(tmp_path: Path) -> None:
+    store = WriterStore(tmp_path, "0" * 64)
+    store.folder.mkdir(parents=True)
+    _huge(store.key_path, b"{}")
+    os.chmod(store.key_path, 0o600)
+    with pytest.raises(UsageError, match=r"the write key .*write\.key holds more than 64 KiB.*copy write\.key again"):
+        store.load_key("/somewhere")
