@@ -1022,6 +1022,10 @@ class Credentials:
     # Asks for the age identity on a terminal, when a write-only repository needs one and this
     # machine has no write key for it either.
     ask_identity: Callable[[], tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
+    # The key-derivation work already spent for this command: by the opening ahead of its work
+    # (`ops.context.unlock_ahead`), so that the two openings together spend no more than one may,
+    # however the storage changed between them. None: a budget of its own.
+    budget: KdfBudget | None = field(default=None, repr=False, compare=False)
 
     def allowed(self) -> frozenset[str]:
         if self.methods is not None:
@@ -1076,10 +1080,17 @@ class KdfBudget:
     def __init__(self) -> None:
         self.spent = 0
         self.tried = 0
+        # The passphrase slots charged, as stored: one tried again with this budget (the opening
+        # after the one ahead of a command's work, `Credentials.budget`) has its key derived already.
+        self.charged: set[bytes] = set()
 
     def charge(self, slot: KeySlot) -> None:
         """CorruptObject when this slot alone asks for more than a slot may (it is skipped);
-        KdfBudgetExceeded when the opening has spent its budget (nothing more is tried)."""
+        KdfBudgetExceeded when the opening has spent its budget (nothing more is tried). A
+        passphrase slot charged before, unchanged, costs nothing again."""
+        stored = slot.to_json() if slot.type == "passphrase" else b""
+        if stored in self.charged:
+            return
         n, r, p = (slot.params.get(k) for k in ("n", "r", "p"))
         # Malformed parameters (and gpg's, which has none) cost nothing here: the slot itself
         # refuses them before any scrypt.
@@ -1098,6 +1109,8 @@ class KdfBudget:
             )
         self.tried += 1
         self.spent += cost
+        if stored:
+            self.charged.add(stored)
 
 
 # Cheap, credential-free slots first; gpg last because it may start an agent or a pinentry.
@@ -1133,7 +1146,7 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
     corrupt: CorruptObject | None = None
     tool_missing: ToolMissing | None = None
     untried: ToolMissing | None = None
-    budget = KdfBudget()
+    budget = creds.budget if creds.budget is not None else KdfBudget()
     for slot in sorted(usable, key=lambda s: _TRY_ORDER.get(s.type, len(_TRY_ORDER))):
         if supplied.get(slot.type, False):
             tried_supplied = True
