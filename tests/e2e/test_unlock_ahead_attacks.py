@@ -6,8 +6,12 @@ a wrong passphrase is one sentence with one scrypt per slot, and nothing read ah
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import os
+import secrets
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from e2e_support import Sandbox, assert_error
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import KdfBudgetExceeded, KeyChanged, WrongPassphrase
 from phoenix_backup.ops import context
+from phoenix_backup.ops import key as key_ops
 from phoenix_backup.repo import keys
 
 # Scrypt parameters that cost nothing: the attacker's slots are many, not slow, in these tests.
@@ -129,3 +134,59 @@ def test_nothing_read_ahead_decides(backed_up: Sandbox, tmp_path: Path) -> None:
     swap(other)
     with pytest.raises(KeyChanged, match="not the one this machine used before"):
         context.open_repository(cfg, envx)
+
+
+def test_a_passphrase_removed_or_changed_no_longer_opens_in_the_same_process(backed_up: Sandbox) -> None:
+    # The keys a process derived are kept for as long as it runs: they must open only the slots
+    # they were derived for, never the repository after their passphrase left it.
+    sb = backed_up
+    cfg = load_config(sb.config_path, sb.env)
+    second = context.Environment(env=sb.env_with(PHX_PASSPHRASE="a second person's passphrase"))
+    added = key_ops.key_add(
+        cfg, context.Environment(env=sb.env_with(PHX_NEW_PASSPHRASE=second.env["PHX_PASSPHRASE"])), method="passphrase"
+    )
+    context.unlock_ahead(cfg, second)
+    context.open_repository(cfg, second).close()
+    key_ops.key_remove(cfg, context.Environment(env=sb.env), added.id)
+    context.unlock_ahead(cfg, second)
+    with pytest.raises(WrongPassphrase):
+        context.open_repository(cfg, second)
+    owner = context.Environment(env=sb.env)
+    context.open_repository(cfg, owner).close()
+    key_ops.key_passwd(cfg, context.Environment(env=sb.env_with(PHX_NEW_PASSPHRASE="the owner's new passphrase")))
+    for _ in range(2):
+        context.unlock_ahead(cfg, owner)
+        with pytest.raises(WrongPassphrase):
+            context.open_repository(cfg, owner)
+    changed = context.Environment(env=sb.env_with(PHX_PASSPHRASE="the owner's new passphrase"))
+    context.open_repository(cfg, changed).close()
+
+
+def test_a_process_that_opens_again_and_again_keeps_no_more_of_planted_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Python API in a process that backs up every hour for months (docs/python-api.md); before
+    # each opening, someone who can write the storage plants fresh slots with 2 KiB salts. What the
+    # process keeps of the keys it derived must not grow with the openings.
+    monkeypatch.setattr(keys, "_slot_keys", {})
+    master = keys.MasterSecrets.generate()
+    own = keys.wrap_passphrase(master, "pw", kdf_params=CHEAP)
+    creds = keys.Credentials(passphrase="pw")
+
+    def fresh() -> list[keys.KeySlot]:
+        count = keys.MAX_PASSPHRASE_SLOTS_TRIED - 1
+        return [
+            dataclasses.replace(
+                own, id=secrets.token_hex(8), params={**own.params, "salt": base64.b64encode(os.urandom(2048)).decode()}
+            )
+            for _ in range(count)
+        ]
+
+    assert keys.open_any([*fresh(), own], creds) == (own, master)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            assert keys.open_any([*fresh(), own], creds) == (own, master)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 200_000, f"{kept} bytes kept after 20 openings"

@@ -616,7 +616,9 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 # The key each passphrase slot's scrypt gave in this process, by passphrase, salt and parameters:
 # a command derives it once however often it opens the repository (`ops.context.unlock_ahead`
 # derives it before the command's modules are loaded). In this process's memory only, which holds
-# the passphrase and the master secrets anyway; never on disk nor in the environment.
+# the passphrase and the master secrets anyway; never on disk nor in the environment. The newest
+# MAX_PASSPHRASE_SLOTS_TRIED (what one opening may derive): a process that opens again and again
+# (the Python API, hourly) keeps no more of the slots planted meanwhile, whose salts take up to 2 KiB.
 _slot_keys: dict[tuple[bytes, bytes, int, int, int], bytes] = {}
 
 
@@ -626,6 +628,8 @@ def _slot_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     kek = _slot_keys.get(known)
     if kek is None:
         kek = _slot_keys[known] = _derive_kek(passphrase, salt, n, r, p)
+        while len(_slot_keys) > MAX_PASSPHRASE_SLOTS_TRIED:
+            del _slot_keys[next(iter(_slot_keys))]  # the oldest
     return kek
 
 
