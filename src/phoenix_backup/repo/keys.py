@@ -628,8 +628,8 @@ def _slot_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     kek = _slot_keys.get(known)
     if kek is None:
         kek = _slot_keys[known] = _derive_kek(passphrase, salt, n, r, p)
-        while len(_slot_keys) > MAX_PASSPHRASE_SLOTS_TRIED:
-            del _slot_keys[next(iter(_slot_keys))]  # the oldest
+        for oldest in list(_slot_keys)[:-MAX_PASSPHRASE_SLOTS_TRIED]:  # a copy: another thread may open too
+            _slot_keys.pop(oldest, None)
     return kek
 
 
