@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from phoenix_backup.config import Config, find_config_path, load_config
@@ -83,6 +83,8 @@ class Environment:
     # Seconds a read may wait for packs in a cold S3 storage class to thaw (`--thaw-timeout`);
     # 0 requests the thaw and fails at once, saying to run again later.
     thaw_timeout: float = 0.0
+    # The key-derivation work `unlock_ahead` spent: the command's next opening goes on from it.
+    kdf_ahead: keyslots.KdfBudget | None = None
 
     @property
     def home(self) -> Path:
@@ -183,6 +185,8 @@ def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> N
     modules of its work: a passphrase slot's scrypt takes 32 MiB for a moment, on top of what is
     loaded then (docs/benchmarks.md, "Start-up"). `open_repository` later finds the keys derived
     (`keys._slot_key`) and checks everything as always: the config's authentication, the pin.
+    The work spent here counts in that opening's key-derivation budget (`envx.kdf_ahead`): slots
+    swapped in between cannot make the two spend more than one opening may.
 
     Only a local target with the passphrase in the environment (PHX_PASSPHRASE, the config's
     passphraseEnv) is opened ahead: a passphrase file may be a pipe read once, a command or a prompt
@@ -201,7 +205,10 @@ def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> N
         backend = local_backend(cfg)
         try:
             if backend.exists() and Repository.read_config(backend).write_only is None:
-                creds = keyslots.Credentials(passphrase=secret, methods=frozenset({"passphrase"}))
+                envx.kdf_ahead = keyslots.KdfBudget()
+                creds = keyslots.Credentials(
+                    passphrase=secret, methods=frozenset({"passphrase"}), budget=envx.kdf_ahead
+                )
                 # The first slot this passphrase opens is the one the opening will use: the rest
                 # (other people's passphrases, or planted slots) need not cost a scrypt each here.
                 next(iter(keyslots.open_slots(Repository.read_key_slots(backend), creds)), None)
@@ -385,13 +392,18 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
             return prompt(question)
 
         envx.prompt = counting
+    # The work an opening ahead spent (`unlock_ahead`) counts in this opening's budget.
+    ahead, envx.kdf_ahead = envx.kdf_ahead, None
     try:
         for attempt in range(1, PROMPT_TRIES + 1):
             before = asked
+            creds = credentials(cfg, envx)
+            if ahead is not None:
+                creds, ahead = replace(creds, budget=ahead), None
             try:
                 return Repository.open(
                     backend,
-                    credentials(cfg, envx),
+                    creds,
                     pins=pins(envx),
                     compression=compressor_for(cfg),
                     notice=envx.notice,

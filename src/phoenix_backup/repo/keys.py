@@ -617,7 +617,9 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 # The key each passphrase slot's scrypt gave in this process, by passphrase, salt and parameters:
 # a command derives it once however often it opens the repository (`ops.context.unlock_ahead`
 # derives it before the command's modules are loaded). In this process's memory only, which holds
-# the passphrase and the master secrets anyway; never on disk nor in the environment.
+# the passphrase and the master secrets anyway; never on disk nor in the environment. The newest
+# MAX_PASSPHRASE_SLOTS_TRIED (what one opening may derive): a process that opens again and again
+# (the Python API, hourly) keeps no more of the slots planted meanwhile, whose salts take up to 2 KiB.
 _slot_keys: dict[tuple[bytes, bytes, int, int, int], bytes] = {}
 
 
@@ -627,6 +629,8 @@ def _slot_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     kek = _slot_keys.get(known)
     if kek is None:
         kek = _slot_keys[known] = _derive_kek(passphrase, salt, n, r, p)
+        for oldest in list(_slot_keys)[:-MAX_PASSPHRASE_SLOTS_TRIED]:  # a copy: another thread may open too
+            _slot_keys.pop(oldest, None)
     return kek
 
 
@@ -1025,6 +1029,10 @@ class Credentials:
     # Asks for the age identity on a terminal, when a write-only repository needs one and this
     # machine has no write key for it either.
     ask_identity: Callable[[], tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
+    # The key-derivation work already spent for this command: by the opening ahead of its work
+    # (`ops.context.unlock_ahead`), so that the two openings together spend no more than one may,
+    # however the storage changed between them. None: a budget of its own.
+    budget: KdfBudget | None = field(default=None, repr=False, compare=False)
 
     def allowed(self) -> frozenset[str]:
         if self.methods is not None:
@@ -1079,10 +1087,17 @@ class KdfBudget:
     def __init__(self) -> None:
         self.spent = 0
         self.tried = 0
+        # The passphrase slots charged, as stored: one tried again with this budget (the opening
+        # after the one ahead of a command's work, `Credentials.budget`) has its key derived already.
+        self.charged: set[bytes] = set()
 
     def charge(self, slot: KeySlot) -> None:
         """CorruptObject when this slot alone asks for more than a slot may (it is skipped);
-        KdfBudgetExceeded when the opening has spent its budget (nothing more is tried)."""
+        KdfBudgetExceeded when the opening has spent its budget (nothing more is tried). A
+        passphrase slot charged before, unchanged, costs nothing again."""
+        stored = slot.to_json() if slot.type == "passphrase" else b""
+        if stored in self.charged:
+            return
         n, r, p = (slot.params.get(k) for k in ("n", "r", "p"))
         # Malformed parameters (and gpg's, which has none) cost nothing here: the slot itself
         # refuses them before any scrypt.
@@ -1101,6 +1116,8 @@ class KdfBudget:
             )
         self.tried += 1
         self.spent += cost
+        if stored:
+            self.charged.add(stored)
 
 
 # Cheap, credential-free slots first; gpg last because it may start an agent or a pinentry.
@@ -1136,7 +1153,7 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
     corrupt: CorruptObject | None = None
     tool_missing: ToolMissing | None = None
     untried: ToolMissing | None = None
-    budget = KdfBudget()
+    budget = creds.budget if creds.budget is not None else KdfBudget()
     for slot in sorted(usable, key=lambda s: _TRY_ORDER.get(s.type, len(_TRY_ORDER))):
         if supplied.get(slot.type, False):
             tried_supplied = True
