@@ -225,7 +225,13 @@ def _prune_locked(
     report.snapshots = len(snapshots)
     superseded = {f"index/{s}" for _p, sup in objects.values() for s in sup}
     live = {name: packs for name, (packs, _sup) in objects.items() if name not in superseded}
-    repo.load_index()  # honours `superseded` the same way
+    # Honours `superseded` the same way. The index a backup loaded when it started (its retention
+    # prunes with it) lacks what another process committed since, a backup that ended first, say:
+    # that snapshot's trees would look lost and prune would refuse. Read it again then.
+    if set(live) <= repo.relied_on:
+        repo.load_index()
+    else:
+        repo.reload_index()
 
     used = snapshot_blobs(repo, snapshots)
     listing = {info.name: info for info in repo.backend.list("data/")}

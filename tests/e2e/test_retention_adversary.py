@@ -1,0 +1,248 @@
+"""The retention after a backup, attacked: forget and the day's prune run under one exclusive lock
+(ops/prune.py `retention_after_backup`). Real `phx` processes on a real repository:
+
+- a second backup, a `phx forget` and a `phx prune` started while the retention runs (during
+  forget, between forget and prune, during prune) find the repository locked, and lose nothing;
+- two backups finishing at once: the one whose retention finds the other's lock skips it as busy,
+  the other forgets and prunes; both snapshots restore;
+- SIGKILL at the I/O calls after the backup's commit point (tests/e2e/killpoint.py): the
+  repository stays valid, every snapshot restores, the dead process's lock is removed with a
+  notice, and a later prune removes what the killed one left (nothing is left for the next to do,
+  and the repository is as small as after a run that was not killed).
+
+The default run takes one sample of each; PHX_TEST_HEAVY=1 takes every pause point and kills at
+every I/O call of the retention.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import Sandbox, assert_error, assert_restored, retention_only
+from killpoint import SCRIPT, read_report
+from pause_support import Paused
+
+from phoenix_backup.sample import layout_for
+
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+MB = 1024 * 1024
+SEED = 20261205
+KILL_TRIALS = 1  # the default run's sample of kill points (PHX_TEST_HEAVY=1: every one)
+
+
+def _data_bytes(repo: Path) -> int:
+    return sum(p.stat().st_size for p in (repo / "data").rglob("*") if p.is_file())
+
+
+def _age(repo: Path, hours: float = 2) -> None:
+    """Date every pack back: prune keeps packs younger than the lock stale age."""
+    when = time.time() - hours * 3600
+    for pack in (repo / "data").rglob("*"):
+        if pack.is_file():
+            os.utime(pack, (when, when))
+
+
+def _make_prune_due(sb: Sandbox) -> None:
+    """A day later, as far as the daily prune is concerned, and the packs old enough to go."""
+    (sb.home / ".argentos" / "backup" / "prune.json").unlink(missing_ok=True)
+    _age(sb.repo)
+
+
+def _locks(sb: Sandbox) -> list[str]:
+    return sorted(p.name for p in (sb.repo / "locks").iterdir()) if (sb.repo / "locks").is_dir() else []
+
+
+def _retention_world(sb: Sandbox) -> tuple[dict[str, Any], str]:
+    """Snapshot 2 holds a 2 MiB file that the workspace no longer has; the next backup (snapshot 3)
+    forgets snapshot 2 (`last: 1`) and, the day's prune being due, frees that file's pack. Returns
+    the state snapshot 3 is taken of, and snapshot 2's id."""
+    sb.write_config(retention=retention_only(last=1))
+    sb.backup()  # the day's prune runs here
+    (sb.workspace / "big.bin").write_bytes(os.urandom(2 * MB))
+    second = sb.backup()
+    (sb.workspace / "big.bin").unlink()
+    _make_prune_due(sb)
+    return sb.state(), second["id"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    """The world above, made once; each test copies it."""
+    from conftest import _make
+
+    root = tmp_path_factory.mktemp("retention-world") / "world"
+    root.mkdir()
+    sb = _make(root, "tiny", 7, True)
+    state, second = _retention_world(sb)
+    shutil.rmtree(sb.cache)
+    return root, state, second
+
+
+def _copy(world: tuple[Path, dict[str, Any], str], dest: Path) -> Sandbox:
+    shutil.copytree(world[0], dest, symlinks=True)
+    sb = Sandbox(dest, layout_for(dest / "sample"))
+    sb.write_config(retention=retention_only(last=1))
+    _age(sb.repo)  # copytree kept the dates; made again in case the world is older than it was
+    return sb
+
+
+def _restores(sb: Sandbox, sid: str, state: dict[str, Any], dest: Path, what: str) -> None:
+    doc = sb.restore_to(sid, dest)
+    assert doc["errors"] == [], doc
+    assert_restored(state, dest, what)
+    shutil.rmtree(dest)
+
+
+# -- commands started while the retention runs -----------------------------------------------------
+
+# Where the backup is held: forget deleting the forgotten snapshot; forget done (its one snapshot
+# deleted), the prune not started; the prune deleting the freed pack.
+PAUSES = {
+    "during-forget": "before:delete:snapshots/",
+    "between-forget-and-prune": "after:delete:snapshots/",
+    "during-prune": "before:delete:data/",
+}
+
+
+@pytest.mark.parametrize("point", [p for p in PAUSES if HEAVY or p == "between-forget-and-prune"])
+def test_commands_started_during_the_retention_find_it_locked(
+    world: tuple[Path, dict[str, Any], str], tmp_path: Path, point: str
+) -> None:
+    sb = _copy(world, tmp_path / "sb")
+    state, second = world[1], world[2]
+    before = _data_bytes(sb.repo)
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at=PAUSES[point]) as run:
+        run.wait_paused()
+        other = sb.phx("backup", "--json", check=None)
+        assert_error(other, 1, "locked", "forget and prune")
+        forget = sb.phx("forget", "--json", check=None)
+        assert forget.code == 1 and "forget and prune" in forget.json()["targets"]["local"]["error"], forget
+        prune = sb.phx("prune", "--json", check=None)
+        assert prune.code == 1 and "forget and prune" in prune.json()["targets"]["local"]["error"], prune
+        assert run.finish() == 0, run.err
+    doc: dict[str, Any] = json.loads(run.out)
+    retention = doc["retention"]
+    assert retention["busy"] == [] and retention["errors"] == [], retention
+    assert retention["pruned"]["local"] > MB, retention
+    assert _locks(sb) == [], "the retention's lock is still there"
+    assert [s["id"] for s in sb.snapshots()] == [doc["id"]]
+    assert second not in {s["id"] for s in sb.snapshots()}
+    assert _data_bytes(sb.repo) < before - MB
+    assert sb.verify("--read-data")["ok"]
+    _restores(sb, doc["id"], state, tmp_path / "out", f"the snapshot whose retention was raced {point}")
+    again = sb.backup()  # the backup that was refused runs now
+    assert again["retention"]["busy"] == [], again["retention"]
+    assert sb.verify("--read-data")["ok"]
+
+
+def test_two_backups_finishing_at_once_prune_once_and_lose_nothing(
+    world: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """Backup A has committed and still holds its shared lock when backup B, started later, ends
+    first: B's retention finds A's lock and skips (busy, exit 0); A's then forgets and prunes."""
+    sb = _copy(world, tmp_path / "sb")
+    state, second = world[1], world[2]
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:snapshots/") as run:
+        run.wait_paused()
+        b = sb.backup()
+        assert b["retention"]["busy"] == ["local"], b["retention"]
+        assert b["retention"]["pruned"] == {}, b["retention"]
+        assert run.finish() == 0, run.err
+    a: dict[str, Any] = json.loads(run.out)
+    assert a["retention"]["busy"] == [] and a["retention"]["pruned"]["local"] > MB, a["retention"]
+    held = {s["id"] for s in sb.snapshots()}
+    assert held == {a["id"], b["id"]}, "the new snapshot is protected and the newest kept; the old one goes"
+    assert second not in held
+    assert _locks(sb) == []
+    assert sb.verify("--read-data")["ok"]
+    for sid in (a["id"], b["id"]):
+        _restores(sb, sid, state, tmp_path / f"out-{sid[:8]}", f"snapshot {sid[:8]} of two backups at once")
+    # The day's prune ran once: the next backup skips it.
+    third = sb.backup()
+    assert third["retention"]["pruneSkipped"] == "the last prune ran less than a day ago", third["retention"]
+
+
+# -- SIGKILL after the commit point --------------------------------------------------------------
+
+COMMIT = "replace:/snapshots/"  # the backup's snapshot object renamed in place: its commit point
+
+
+def _hooked_backup(sb: Sandbox, kill_at: int) -> tuple[str, int, str, subprocess.CompletedProcess[str]]:
+    report = sb.root / f"kill-report-{time.monotonic_ns()}"
+    env = {
+        **sb.env,
+        "PHX_KILL_AT": str(kill_at),
+        "PHX_KILL_REPORT": str(report),
+        "PHX_KILL_AFTER": COMMIT,
+        "PHX_KILL_SEED": str(sb.root),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "backup", "--json"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    kind, n, call = read_report(report)
+    report.unlink(missing_ok=True)
+    return kind, n, call, proc
+
+
+def _clean_bytes(sb: Sandbox) -> int:
+    """What a later prune leaves: every pack old, the prune due; then nothing is left to do."""
+    _make_prune_due(sb)
+    pruned = sb.phx("prune", "--json").json()["targets"]["local"]
+    assert pruned["ok"], pruned
+    again = sb.phx("prune", "--dry-run", "--json").json()["targets"]["local"]
+    packs = again["packs"]
+    assert (packs["deleted"], packs["repacked"], packs["leftovers"], packs["youngLeftoversKept"]) == (0, 0, 0, 0), again
+    assert again["indexesReplaced"] == 0 and again["temporaryFiles"] == 0, again
+    return _data_bytes(sb.repo)
+
+
+def test_killed_during_the_retention_leaves_a_valid_repository(
+    world: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    state, second = world[1], world[2]
+    calibration = _copy(world, tmp_path / "calibration")
+    kind, total, _call, proc = _hooked_backup(calibration, 0)
+    assert kind == "calls" and total > 10 and proc.returncode == 0, (kind, total, proc.stderr)
+    clean = _clean_bytes(calibration)
+    shutil.rmtree(calibration.root)
+
+    every = range(1, total + 1)
+    points = list(every) if HEAVY else sorted(random.Random(SEED).sample(every, KILL_TRIALS))
+    for at in points:
+        sb = _copy(world, tmp_path / f"kill-{at}")
+        kind, _n, call, proc = _hooked_backup(sb, at)
+        what = f"killed at call {at} of {total} after the commit point, {call}"
+        assert kind == "killed", f"{what}: not killed ({proc.returncode}, {proc.stderr})"
+        ids = [s["id"] for s in sb.snapshots()]
+        new = [sid for sid in ids if sid != second]
+        assert len(new) == 1, f"{what}: the committed snapshot is missing: {ids}"
+        verify = sb.phx("verify", "--read-data", "--json", check=None)
+        assert verify.code == 0 and verify.json()["ok"], f"{what}: {verify}"
+        _restores(sb, new[0], state, tmp_path / "out", what)
+        if second in ids:
+            restored = sb.restore_to(second, tmp_path / "second")
+            assert restored["errors"] == [], f"{what}: {restored}"
+            shutil.rmtree(tmp_path / "second")
+        # The next forget finishes what was cut short; a later prune removes every leftover.
+        sb.phx("forget")
+        assert [s["id"] for s in sb.snapshots()] == new, what
+        # Packs are cut differently on the two paths (a few bytes of headers); the freed file is 2 MiB.
+        assert abs(_clean_bytes(sb) - clean) < 64 * 1024, f"{what}: a later prune leaves more than a clean run"
+        assert sb.verify("--read-data")["ok"], what
+        _restores(sb, new[0], state, tmp_path / "out", f"{what}, then the next prune")
+        assert _locks(sb) == [], f"{what}: a lock is left"
+        shutil.rmtree(sb.root)
