@@ -30,6 +30,7 @@ import pytest
 from e2e_support import Sandbox, assert_error, assert_restored, retention_only
 from killpoint import SCRIPT, read_report
 from pause_support import Paused
+from test_restore_durability import _FD, _STR, STRACE, traced_phx
 
 from phoenix_backup.sample import layout_for
 
@@ -246,3 +247,56 @@ def test_killed_during_the_retention_leaves_a_valid_repository(
         _restores(sb, new[0], state, tmp_path / "out", f"{what}, then the next prune")
         assert _locks(sb) == [], f"{what}: a lock is left"
         shutil.rmtree(sb.root)
+
+
+# -- durability: the page-cache drop replaced no fsync ------------------------------------------------
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+def test_every_object_a_backup_and_its_retention_write_is_fsynced_before_its_rename(
+    world: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """Each object is written to a temporary file, fsynced, renamed (or linked) into place, and
+    its folder fsynced: a power cut keeps it whole or not at all. Data packs (1 MiB or more) also
+    leave the page cache (fadvise DONTNEED), only once fsynced; small objects stay cached, synced
+    all the same. Traced with strace: a backup writing a new 2 MiB file, and its forget and prune."""
+    sb = _copy(world, tmp_path / "sb")
+    (sb.workspace / "fresh.bin").write_bytes(os.urandom(2 * MB))
+    calls = traced_phx(
+        sb,
+        tmp_path / "trace",
+        "backup",
+        "--json",
+        calls="openat,fsync,fdatasync,rename,renameat,renameat2,link,linkat,fadvise64",
+    )
+    repo = str(sb.repo)
+    synced: dict[str, int] = {}  # path -> index of its first fsync
+    dropped: dict[str, int] = {}
+    placed: list[tuple[int, str, str]] = []  # (index, temporary file, object)
+    for i, (call, args, ret) in enumerate(calls):
+        if ret != 0:
+            continue
+        fd = _FD.match(args)
+        if call in ("fsync", "fdatasync") and fd is not None:
+            synced.setdefault(fd["path"], i)
+        elif call == "fadvise64" and fd is not None and "POSIX_FADV_DONTNEED" in args:
+            dropped.setdefault(fd["path"], i)
+        elif call in ("rename", "renameat", "renameat2", "link", "linkat"):
+            names = _STR.findall(args)
+            if len(names) == 2 and names[1].startswith(repo + "/"):
+                placed.append((i, names[0], names[1]))
+    kinds = {Path(dst).relative_to(repo).parts[0] for _i, _src, dst in placed}
+    assert {"data", "index", "snapshots", "locks"} <= kinds, f"the trace saw too little: {sorted(kinds)}"
+    for i, src, dst in placed:
+        assert src in synced and synced[src] < i, f"{dst} was put in place before its data was fsynced"
+        parent = str(Path(dst).parent)
+        assert any(
+            c == "fsync" and (m := _FD.match(a)) is not None and m["path"] == parent and r == 0
+            for c, a, r in calls[i + 1 :]
+        ), f"the folder of {dst} was not fsynced after it was put in place"
+        if src in dropped:
+            assert synced[src] < dropped[src], f"{dst} left the page cache before it was fsynced"
+    big = [dst for _i, src, dst in placed if src in dropped]
+    assert big and all(Path(dst).parts[-3] == "data" for dst in big), f"dropped from the page cache: {big}"
+    doc = json.loads(sb.phx("list", "--json").out)
+    assert len(doc) == 1 and sb.verify("--read-data")["ok"]
