@@ -23,12 +23,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_support import Sandbox, assert_error, assert_restored, retention_only
 from killpoint import SCRIPT, read_report
+from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 from pause_support import Paused
 from test_restore_durability import _FD, _STR, STRACE, traced_phx
 
@@ -53,9 +55,13 @@ def _age(repo: Path, hours: float = 2) -> None:
 
 
 def _make_prune_due(sb: Sandbox) -> None:
-    """A day later, as far as the daily prune is concerned, and the packs old enough to go."""
+    """A day later, as far as the daily prune is concerned: the packs, and the temporary files of
+    interrupted writes (a lock's, say), old enough to go."""
     (sb.home / ".argentos" / "backup" / "prune.json").unlink(missing_ok=True)
     _age(sb.repo)
+    when = time.time() - 2 * 3600
+    for path in sb.repo.rglob(".tmp-*"):
+        os.utime(path, (when, when))
 
 
 def _locks(sb: Sandbox) -> list[str]:
@@ -300,3 +306,63 @@ def test_every_object_a_backup_and_its_retention_write_is_fsynced_before_its_ren
     assert big and all(Path(dst).parts[-3] == "data" for dst in big), f"dropped from the page cache: {big}"
     doc = json.loads(sb.phx("list", "--json").out)
     assert len(doc) == 1 and sb.verify("--read-data")["ok"]
+
+
+# -- several targets, one of them busy -------------------------------------------------------------
+
+
+@pytest.mark.skipif(not HEAVY, reason="four backups to three targets (~20 s): PHX_TEST_HEAVY=1")
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+def test_retention_on_three_targets_skips_only_the_busy_one(
+    make_sandbox: Callable[..., Sandbox], moto: MotoServer
+) -> None:
+    """Local, S3 (moto) and Git: while another process holds a lock on S3, the retention forgets
+    and prunes on the two others and skips S3 as busy (the backup still exits 0); the next backup,
+    S3 free again, forgets and prunes there too. Every target verifies, byte for byte."""
+    from phoenix_backup import Environment, load_config
+    from phoenix_backup.ops.context import open_repository
+
+    sb = make_sandbox()
+    remote = sb.root / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
+    sb.env["AWS_EC2_METADATA_DISABLED"] = "true"
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "s3": {
+                "enabled": True,
+                "bucket": moto.make_bucket("retention"),
+                "prefix": "argent/",
+                "endpoint": moto.endpoint,
+                "accessKeyId": ACCESS_KEY_ID,
+                "secretAccessKey": SECRET_ACCESS_KEY,
+            },
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        },
+    )
+    sb.config_path.chmod(0o600)
+    _retention_world(sb)
+    second = sb.snapshots()[-1]["id"]
+    cfg = load_config(sb.config_path, sb.env)
+    envx = Environment(env=sb.env)
+    other = open_repository(cfg, envx, target="s3")  # another phx (a restore) reading S3
+    held = other.locks.acquire(False, "restore")
+    try:
+        third = sb.backup()
+    finally:
+        held.release()
+        other.close()
+    retention = third["retention"]
+    assert retention["busy"] == ["s3"] and retention["errors"] == [], retention
+    assert retention["forgotten"] == {"local": 1, "git": 1}, retention
+    assert set(retention["pruned"]) == {"local", "git"} and retention["pruned"]["local"] > MB, retention
+    listed = {t: [s["id"] for s in sb.phx("list", "--target", t, "--json").json()] for t in ("local", "s3", "git")}
+    assert listed == {"local": [third["id"]], "s3": [second, third["id"]], "git": [third["id"]]}, listed
+    fourth = sb.backup()
+    retention = fourth["retention"]
+    assert retention["busy"] == [] and retention["errors"] == [], retention
+    assert retention["forgotten"]["s3"] == 2 and "s3" in retention["pruned"], retention
+    for target in ("local", "s3", "git"):
+        assert [s["id"] for s in sb.phx("list", "--target", target, "--json").json()] == [fourth["id"]], target
+        assert sb.verify("--target", target, "--read-data")["ok"], target

@@ -432,7 +432,12 @@ class HeldLock:
                 try:
                     # Never recreate a lock someone removed: the holder must learn it lost it.
                     self.confirm()
-                    self.write()
+                    with self._mutex:
+                        # Nor one the holder released while the store answered slowly (`release`
+                        # waits only so long for this thread): it would outlive its process.
+                        if self._stop.is_set():
+                            return
+                        self._write()
                 except RepositoryError as exc:
                     self.manager.notice(str(exc))
                     return
