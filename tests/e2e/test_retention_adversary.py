@@ -16,6 +16,7 @@ every I/O call of the retention.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +368,78 @@ def test_retention_on_three_targets_skips_only_the_busy_one(
     for target in ("local", "s3", "git"):
         assert [s["id"] for s in sb.phx("list", "--target", target, "--json").json()] == [fourth["id"]], target
         assert sb.verify("--target", target, "--read-data")["ok"], target
+
+
+# -- the lock the retention's forget and prune rely on ------------------------------------------------
+
+
+def test_a_retention_whose_lock_was_removed_deletes_nothing_more(
+    world: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """`phx unlock --all` by mistake while the retention runs (forget done, prune next): another
+    backup may start now and rely on the data the prune would free. The prune, finding its lock
+    gone before its commit point, deletes nothing; the backup says so (exit 3); a later prune
+    frees the data."""
+    sb = _copy(world, tmp_path / "sb")
+    state = world[1]
+    before = _data_bytes(sb.repo)
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at=PAUSES["between-forget-and-prune"]) as run:
+        run.wait_paused()
+        removed = sb.phx("unlock", "--all", "--json").json()
+        assert len(removed) == 1 and "exclusive lock by forget and prune" in removed[0]["description"], removed
+        code = run.finish()
+    doc = json.loads(run.out)
+    retention = doc["retention"]
+    assert code == 3 and "pruned" in retention and retention["pruned"] == {}, (code, retention)
+    assert any("lock is gone" in e for e in retention["errors"]), retention
+    assert _data_bytes(sb.repo) >= before, "the prune deleted data after its lock was removed"
+    assert _locks(sb) == []
+    assert sb.verify("--read-data")["ok"]
+    _restores(sb, doc["id"], state, tmp_path / "out", "the snapshot whose retention lost its lock")
+    assert _clean_bytes(sb) < before - MB, "a later prune frees the forgotten data"
+
+
+def test_forget_and_prune_told_they_hold_a_lock_they_do_not_hold_delete_nothing(
+    world: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """`locked=True` is the word of a caller that took the exclusive lock itself (the retention).
+    A caller that says so without holding it (or holding a shared one) gets an error, and nothing
+    is deleted."""
+    from phoenix_backup import Environment, load_config
+    from phoenix_backup.errors import RepositoryError
+    from phoenix_backup.ops.context import open_repository
+    from phoenix_backup.ops.forget import TargetForget, forget_repository
+    from phoenix_backup.repo.prune import PruneState, TargetPrune, prune_repository
+    from phoenix_backup.repo.retention import Policy
+
+    sb = _copy(world, tmp_path / "sb")
+    sb.write_config(retention=retention_only(last=5, prune=False))
+    sb.backup()  # snapshots 2 and 3
+    sb.write_config(retention=retention_only(last=1))
+    cfg = load_config(sb.config_path, sb.env)
+    envx = Environment(env=sb.env)
+    policy = Policy.from_config(cfg.retention)
+    held = sorted(p.name for p in (sb.repo / "snapshots").iterdir())
+    assert len(held) == 2
+    repo = open_repository(cfg, envx)
+
+    def lock_or_not(shared: bool) -> contextlib.AbstractContextManager[object]:
+        return repo.lock(exclusive=False, command="backup") if shared else contextlib.nullcontext()
+
+    try:
+        for shared in (False, True):  # no lock at all; a shared one
+            with lock_or_not(shared), pytest.raises(RepositoryError, match="without the repository's exclusive lock"):
+                forget_repository(
+                    repo, policy, TargetForget("local"), dry_run=False, now=datetime.now(UTC), locked=True
+                )
+        assert sorted(p.name for p in (sb.repo / "snapshots").iterdir()) == held
+        sb.phx("forget")  # snapshot 2 goes: its 2 MiB file is garbage now
+        before = _data_bytes(sb.repo)
+        state = PruneState.for_home(sb.home)
+        for shared in (False, True):
+            with lock_or_not(shared), pytest.raises(RepositoryError, match="without the repository's exclusive lock"):
+                prune_repository(repo, TargetPrune("local"), dry_run=False, state=state, now=time.time(), locked=True)
+        assert _data_bytes(sb.repo) == before
+    finally:
+        repo.close()
+    assert _clean_bytes(sb) < before - MB, "`phx prune` frees it"

@@ -326,6 +326,9 @@ def _prune_locked(
         report.bytes_written = sum(listing_size(repo, p) for p in new_packs)
     committed = {s.id for s in snapshots}
     _stop_if_new_snapshots(repo, committed, "before changing the index or deleting anything; run it again")
+    # The commit point is next: a lock another process removed meanwhile (`phx unlock`) may have
+    # let a backup start that relies on what prune is about to delete.
+    repo.locks.confirm_exclusive("prune")
     # 2. One index for everything still needed, superseding every index object read.
     old: list[str] = []
     if rewrite_index:
