@@ -228,10 +228,10 @@ def _prune_locked(
     # Honours `superseded` the same way. The index a backup loaded when it started (its retention
     # prunes with it) lacks what another process committed since, a backup that ended first, say:
     # that snapshot's trees would look lost and prune would refuse. Read it again then.
-    if set(live) <= repo.relied_on:
-        repo.load_index()
-    else:
+    if repo.relied_on and not set(live) <= repo.relied_on:
         repo.reload_index()
+    else:
+        repo.load_index()
 
     used = snapshot_blobs(repo, snapshots)
     listing = {info.name: info for info in repo.backend.list("data/")}
