@@ -443,3 +443,42 @@ def test_forget_and_prune_told_they_hold_a_lock_they_do_not_hold_delete_nothing(
     finally:
         repo.close()
     assert _clean_bytes(sb) < before - MB, "`phx prune` frees it"
+
+
+# -- a lock refreshed all through the retention ------------------------------------------------------
+
+_REFRESHING = """
+import sys
+from phoenix_backup.repo import locks
+locks.REFRESH_SECONDS = 0.01  # refreshed all the time: every step of the retention meets a refresh
+from phoenix_backup.cli.main import main
+sys.argv = ["phx", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1")
+def test_a_lock_refreshed_every_10_ms_through_the_retention_changes_nothing(
+    world: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """The backup's shared lock and the retention's exclusive one are rewritten every 10 ms while
+    forget and prune run (a long prune meets refreshes the same way): the retention forgets and
+    prunes, confirms its lock, leaves no lock and no temporary lock file behind."""
+    sb = _copy(world, tmp_path / "sb")
+    state, second = world[1], world[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", _REFRESHING, "backup", "--json"],
+        env=sb.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["retention"]["errors"] == [] and doc["retention"]["pruned"]["local"] > MB, doc["retention"]
+    assert "lock" not in proc.stderr, proc.stderr
+    assert [s["id"] for s in sb.snapshots()] == [doc["id"]] and second != doc["id"]
+    assert list((sb.repo / "locks").iterdir()) == []
+    assert sb.verify("--read-data")["ok"]
+    _restores(sb, doc["id"], state, tmp_path / "out", "the snapshot whose retention was refreshed all along")
