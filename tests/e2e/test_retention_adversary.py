@@ -32,8 +32,9 @@ from typing import Any
 import pytest
 from e2e_support import Sandbox, assert_error, assert_restored, retention_only
 from killpoint import SCRIPT, read_report
-from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
+from moto_support import MotoServer
 from pause_support import Paused
+from test_concurrency import s3_target
 from test_restore_durability import _FD, _STR, STRACE, traced_phx
 
 from phoenix_backup.sample import layout_for
@@ -332,14 +333,7 @@ def test_retention_on_three_targets_skips_only_the_busy_one(
     sb.write_config(
         targets={
             "local": {"enabled": True},
-            "s3": {
-                "enabled": True,
-                "bucket": moto.make_bucket("retention"),
-                "prefix": "argent/",
-                "endpoint": moto.endpoint,
-                "accessKeyId": ACCESS_KEY_ID,
-                "secretAccessKey": SECRET_ACCESS_KEY,
-            },
+            "s3": s3_target(moto, moto.make_bucket("retention")),
             "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
         },
     )
