@@ -16,6 +16,9 @@ Environment:
 
 - PHX_KILL_AT=N: kill before the Nth counted call (unset or 0: only count);
 - PHX_KILL_MATCH=TEXT: count only calls whose arguments (paths; a descriptor's path) hold TEXT;
+- PHX_KILL_AFTER=CALL:TEXT: count nothing until the first call CALL (say `replace`) whose
+  arguments hold TEXT has returned (a backup's commit point: `replace:/snapshots/`), so that
+  the kill points are those of what follows it (the retention after a backup);
 - PHX_KILL_REPORT=FILE: written at exit with the number of calls counted (a run that was not
   killed), or at the kill with `killed at call N: <call>`;
 - PHX_KILL_SEED: seeds the delay inside SQLite calls;
@@ -51,6 +54,10 @@ _match = os.environ.get("PHX_KILL_MATCH") or ""
 _report = os.environ.get("PHX_KILL_REPORT") or ""
 _rng = random.Random(os.environ.get("PHX_KILL_SEED") or 0)
 _changes_only = os.environ.get("PHX_KILL_ONLY") == "changes"
+_after_call, _, _after_text = (os.environ.get("PHX_KILL_AFTER") or "").partition(":")
+_started = threading.Event()
+if not _after_call:
+    _started.set()
 
 OS_CALLS = (
     "write",
@@ -95,6 +102,8 @@ def _write_report(text: str) -> None:
 def _counted(name: str, args: tuple[Any, ...]) -> int:
     """Count this call if it matches; return its number (0 when not counted)."""
     global _count
+    if not _started.is_set():
+        return 0
     what = _describe(name, args) if (_match or _kill_at) else name
     if _match and _match not in what:
         return 0
@@ -116,7 +125,10 @@ def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def hooked(*args: Any, **kwargs: Any) -> Any:
         if _counted(name, args) == _kill_at and _kill_at:
             _kill()
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        if not _started.is_set() and name == _after_call and _after_text in _describe(name, args):
+            _started.set()
+        return result
 
     return hooked
 

@@ -28,12 +28,14 @@ _STR = re.compile(r'"(?P<s>[^"]*)"')
 _RESUMED = re.compile(r"^<\.\.\. \w+ resumed>(?P<rest>.*)$")
 
 
-def traced_phx(sb: Sandbox, trace: Path, *args: str) -> list[tuple[str, str, int]]:
-    """Run phx under strace; return (call, args, result) of each traced call, in order."""
+def traced_phx(
+    sb: Sandbox, trace: Path, *args: str, calls: str = "mkdir,mkdirat,fsync,fdatasync,write,openat"
+) -> list[tuple[str, str, int]]:
+    """Run phx under strace; return (call, args, result) of each traced call (`calls`), in order."""
     prefix = [str(STRACE), "-f", "-qq", "-y", "-s", "4096", "-o", str(trace)]
-    prefix += ["-e", "trace=mkdir,mkdirat,fsync,fdatasync,write,openat"]
+    prefix += ["-e", f"trace={calls}"]
     run_phx(args, sb.env, prefix=prefix)
-    calls = []
+    traced = []
     pending: dict[str, str] = {}  # pid -> the first half of a call another thread's interrupted
     for line in trace.read_text(errors="replace").splitlines():
         pid, _, rest = line.partition(" ")
@@ -45,8 +47,8 @@ def traced_phx(sb: Sandbox, trace: Path, *args: str) -> list[tuple[str, str, int
             line = pending.pop(pid) + resumed["rest"]
         m = _LINE.match(line)
         if m:
-            calls.append((m["call"], m["args"], int(m["ret"])))
-    return calls
+            traced.append((m["call"], m["args"], int(m["ret"])))
+    return traced
 
 
 def unsynced_new_folders(calls: list[tuple[str, str, int]], below: Path) -> list[str]:

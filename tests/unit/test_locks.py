@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -178,3 +179,35 @@ def test_a_lock_records_where_and_when_it_was_taken(tmp_path: Path) -> None:
         (info,) = repo.locks.all()
         assert info.is_ours() and info.pid_ns == pid_namespace() and info.time_ns == time_namespace()
         assert before - 1 <= info.created <= time.time()
+
+
+def test_a_refresh_held_up_by_a_slow_store_never_brings_back_a_released_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh reads the lock (is it still ours?), then writes it again. When the store
+    answers that read slowly (longer than `release` waits for the refresh), the holder may have
+    released the lock meanwhile (a retention that finished): writing it then would bring back a
+    lock of a process that is about to end, which blocks every other machine's backup until it is
+    stale and `phx unlock` removes it."""
+    from phoenix_backup.repo import locks
+
+    repo = new_repo(tmp_path / "repo")
+    monkeypatch.setattr(locks, "REFRESH_SECONDS", 0.05)
+    original = LocalBackend.read
+    answered = threading.Event()
+
+    def slow_read(self: LocalBackend, name: str) -> bytes:
+        data = original(self, name)
+        if threading.current_thread().name == "phx-lock-refresh" and not answered.is_set():
+            answered.set()
+            time.sleep(5.5)  # the answer arrives late: `release` waits 5 s for the refresh
+        return data
+
+    monkeypatch.setattr(LocalBackend, "read", slow_read)
+    held = repo.lock(True, "forget and prune")
+    assert answered.wait(10), "the lock was never refreshed"
+    held.release()
+    assert lock_names(repo) == set()
+    assert held._thread is not None
+    held._thread.join(10)
+    assert lock_names(repo) == set(), "the released lock was written again by its refresh"

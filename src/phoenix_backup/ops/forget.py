@@ -250,6 +250,8 @@ def forget_repository(
         if locked
         else repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget")
     ):
+        if not dry_run:
+            repo.locks.confirm_exclusive("forget")
         snapshots = repo.list_snapshots()
         for name, problem in sorted(repo.problems.snapshots.items()):
             report.notices.append(f"{name} cannot be read and was left alone: {problem}")

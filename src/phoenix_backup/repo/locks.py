@@ -343,6 +343,17 @@ class LockManager:
         for lock in list(self.held):
             lock.confirm()
 
+    def confirm_exclusive(self, command: str) -> None:
+        """Raise RepositoryError unless this process holds an exclusive lock here, still in the
+        store and its own: `command` (forget, prune) deletes under a lock its caller took, and
+        must not run without one, nor after another process removed it (`phx unlock`)."""
+        if not any(lock.exclusive for lock in self.held):
+            raise RepositoryError(
+                f"{command} was called without the repository's exclusive lock; nothing was deleted; this is a bug, "
+                "please report it"
+            )
+        self.confirm_held()
+
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
         """Remove stale and dead locks (all locks with `remove_all`); return what was removed. An
         unreadable lock goes once stale by its object's time: until then it may be live (a
@@ -432,7 +443,12 @@ class HeldLock:
                 try:
                     # Never recreate a lock someone removed: the holder must learn it lost it.
                     self.confirm()
-                    self.write()
+                    with self._mutex:
+                        # Nor one the holder released while the store answered slowly (`release`
+                        # waits only so long for this thread): it would outlive its process.
+                        if self._stop.is_set():
+                            return
+                        self._write()
                 except RepositoryError as exc:
                     self.manager.notice(str(exc))
                     return

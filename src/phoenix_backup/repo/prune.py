@@ -225,7 +225,13 @@ def _prune_locked(
     report.snapshots = len(snapshots)
     superseded = {f"index/{s}" for _p, sup in objects.values() for s in sup}
     live = {name: packs for name, (packs, _sup) in objects.items() if name not in superseded}
-    repo.load_index()  # honours `superseded` the same way
+    # Honours `superseded` the same way. The index a backup loaded when it started (its retention
+    # prunes with it) lacks what another process committed since, a backup that ended first, say:
+    # that snapshot's trees would look lost and prune would refuse. Read it again then.
+    if repo.relied_on and not set(live) <= repo.relied_on:
+        repo.reload_index()
+    else:
+        repo.load_index()
 
     used = snapshot_blobs(repo, snapshots)
     listing = {info.name: info for info in repo.backend.list("data/")}
@@ -320,6 +326,9 @@ def _prune_locked(
         report.bytes_written = sum(listing_size(repo, p) for p in new_packs)
     committed = {s.id for s in snapshots}
     _stop_if_new_snapshots(repo, committed, "before changing the index or deleting anything; run it again")
+    # The commit point is next: a lock another process removed meanwhile (`phx unlock`) may have
+    # let a backup start that relies on what prune is about to delete.
+    repo.locks.confirm_exclusive("prune")
     # 2. One index for everything still needed, superseding every index object read.
     old: list[str] = []
     if rewrite_index:
