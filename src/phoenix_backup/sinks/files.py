@@ -443,9 +443,11 @@ class FileWriter:
             tmp, out = self._write_unsynced(fd, logical, node)
             try:
                 dfd = os.dup(fd)
-            except BaseException:
+            except BaseException as exc:
                 os.close(out)
                 _drop_temp(fd, tmp)
+                if isinstance(exc, OSError):  # out of descriptors (`ulimit -n`)
+                    raise os_error(exc, f"restoring {logical}") from exc
                 raise
         return Written(self, logical, name, tmp, out, dfd)
 
