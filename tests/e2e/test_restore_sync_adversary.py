@@ -11,7 +11,6 @@ destination, and notes in order each rename into a folder and each fsync of a fo
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_support import PHX, Sandbox
+from e2e_support import PHX, Sandbox, numbered_notes
 
 FAULTS = """
 import atexit, errno, json, os, resource, stat, threading, time
@@ -77,17 +76,6 @@ def _report():
 COUNT = 90  # more files than SYNC_BACKLOG
 
 
-def _notes(sb: Sandbox, count: int = COUNT) -> dict[str, bytes]:
-    folder = sb.workspace / "notes"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for i in range(count):
-        data = hashlib.sha256(str(i).encode()).digest() * (100 + i)
-        (folder / f"n{i:03}.md").write_bytes(data)
-        files[f"n{i:03}.md"] = data
-    return files
-
-
 def _size_of(i: int) -> int:
     return 32 * (100 + i)
 
@@ -125,7 +113,7 @@ def test_an_fsync_failing_on_one_file_among_many_stops_the_restore_with_its_name
     sandbox: Sandbox, tmp_path: Path, code: int, said: str
 ) -> None:
     sb = sandbox
-    files = _notes(sb)
+    files = numbered_notes(sb, COUNT)
     snap = sb.backup()
     dest = tmp_path / "restored"
     env = _faults(sb, tmp_path, dest, fsync_size=_size_of(17), errno=code, slow=0.01)
@@ -141,7 +129,7 @@ def test_an_fsync_failing_on_every_file_of_more_than_the_backlog_ends_without_ha
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     sb = sandbox
-    files = _notes(sb)
+    files = numbered_notes(sb, COUNT)
     snap = sb.backup()
     dest = tmp_path / "restored"
     env = _faults(sb, tmp_path, dest, fsync_size=-1, errno=errno.EIO)
@@ -152,7 +140,7 @@ def test_an_fsync_failing_on_every_file_of_more_than_the_backlog_ends_without_ha
 
 def test_a_refused_rename_stops_the_restore_and_leaves_no_temporary_file(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
-    files = _notes(sb)
+    files = numbered_notes(sb, COUNT)
     snap = sb.backup()
     dest = tmp_path / "restored"
     env = _faults(sb, tmp_path, dest, rename_to="n017.md", slow=0.01)
@@ -167,7 +155,7 @@ def test_ctrl_c_on_a_slow_disk_leaves_only_whole_files_and_their_folders_synced(
     sandbox: Sandbox, tmp_path: Path, after: float
 ) -> None:
     sb = sandbox
-    files = _notes(sb, 300)
+    files = numbered_notes(sb, 300)
     snap = sb.backup()
     dest = tmp_path / "restored"
     env = _faults(sb, tmp_path, dest, slow=0.05)
@@ -187,7 +175,7 @@ def test_a_process_that_may_open_few_files_restores_many(sandbox: Sandbox, tmp_p
     """Each file waiting for its fsync holds two descriptors: with `ulimit -n 64` a restore of a
     few hundred files worked when each writer fsynced its own, and must still."""
     sb = sandbox
-    files = _notes(sb, 300)
+    files = numbered_notes(sb, 300)
     snap = sb.backup()
     dest = tmp_path / "restored"
     env = _faults(sb, tmp_path, dest, nofile=64, slow=0.01)
