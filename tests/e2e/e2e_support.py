@@ -276,6 +276,19 @@ class Sandbox:
         return self.home / logical.removeprefix("home/")
 
 
+def numbered_notes(sb: Sandbox, count: int) -> dict[str, bytes]:
+    """`count` small notes of distinct sizes (n000.md: 3200 bytes, each next one 32 more) in the
+    workspace's notes folder: {name: bytes}."""
+    folder = sb.workspace / "notes"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for i in range(count):
+        data = hashlib.sha256(str(i).encode()).digest() * (100 + i)
+        (folder / f"n{i:03}.md").write_bytes(data)
+        files[f"n{i:03}.md"] = data
+    return files
+
+
 def wait_past_racy_window() -> None:
     """Files changed within a second of a backup's start are read again by the next backup."""
     time.sleep(RACY_WAIT)

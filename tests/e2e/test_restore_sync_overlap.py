@@ -10,12 +10,11 @@ file was durable)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from e2e_support import Sandbox, damage_blob
+from e2e_support import Sandbox, damage_blob, numbered_notes
 
 SLOW_FSYNC = """
 import atexit, json, os, stat, threading, time
@@ -66,20 +65,9 @@ def _slow_disk(sb: Sandbox, tmp_path: Path, dest: Path) -> tuple[dict[str, str],
     return env, report
 
 
-def _notes(sb: Sandbox, count: int) -> dict[str, bytes]:
-    folder = sb.workspace / "notes"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for i in range(count):
-        data = hashlib.sha256(str(i).encode()).digest() * (100 + i)
-        (folder / f"n{i:03}.md").write_bytes(data)
-        files[f"n{i:03}.md"] = data
-    return files
-
-
 def test_on_a_slow_disk_many_restored_files_are_fsynced_at_once(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
-    files = _notes(sb, 48)
+    files = numbered_notes(sb, 48)
     snap = sb.backup()
     dest = tmp_path / "restored"
     env, report = _slow_disk(sb, tmp_path, dest)
@@ -98,7 +86,7 @@ def test_a_damaged_file_among_files_waiting_for_their_fsync_is_never_put_in_plac
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     sb = sandbox
-    files = _notes(sb, 40)
+    files = numbered_notes(sb, 40)
     snap = sb.backup()
     damage_blob(sb, "workspace/notes/n007.md", snapshot=snap["id"])
     dest = tmp_path / "restored"

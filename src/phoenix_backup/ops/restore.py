@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import resource
 import stat
 import threading
 from collections.abc import Callable
@@ -86,6 +87,21 @@ SYNC_BACKLOG = 64
 Action = Literal["create", "overwrite", "delete", "unchanged"]
 ACTIONS: tuple[Action, ...] = ("create", "overwrite", "delete", "unchanged")
 _NO_PRIVILEGES = "restored without their setuid/setgid bits"
+
+
+def sync_backlog() -> int:
+    """How many written files may wait for their fsync at once: SYNC_BACKLOG, fewer where the
+    process may open few files (`ulimit -n`). Each waiting file holds two descriptors; they get at
+    most half of the descriptors still free, the rest stay for the packs, the databases and the
+    journal (a restore that worked when each writer fsynced its own file must still work)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return SYNC_BACKLOG
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = 32  # no /proc: a restore's usual count
+    return max(1, min(SYNC_BACKLOG, (soft - used) // 4))
 
 
 @dataclass(frozen=True)
@@ -928,7 +944,7 @@ class _Restore:
         # files of 800 kB: 0.9-1.3 s one after the other, 0.22-0.29 s eight at a time). At most
         # SYNC_BACKLOG written files wait for theirs, each holding two descriptors.
         syncs = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="phx-sync")
-        room = threading.BoundedSemaphore(SYNC_BACKLOG)
+        room = threading.BoundedSemaphore(sync_backlog())
 
         def finish(written: Written) -> str:
             try:

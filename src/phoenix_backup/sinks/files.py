@@ -443,9 +443,11 @@ class FileWriter:
             tmp, out = self._write_unsynced(fd, logical, node)
             try:
                 dfd = os.dup(fd)
-            except BaseException:
+            except BaseException as exc:
                 os.close(out)
                 _drop_temp(fd, tmp)
+                if isinstance(exc, OSError):  # out of descriptors (`ulimit -n`)
+                    raise os_error(exc, f"restoring {logical}") from exc
                 raise
         return Written(self, logical, name, tmp, out, dfd)
 
@@ -511,11 +513,9 @@ class Written:
                 _drop_temp(self.dfd, self.tmp)
                 raise os_error(exc, f"restoring {self.logical}") from exc
             rename_over(self.dfd, self.tmp, self.name, self.logical)
-        except BaseException:
+            self.writer.renamed_into(self.logical.rpartition("/")[0])
+        finally:
             self._close()
-            raise
-        self._close()
-        self.writer.renamed_into(self.logical.rpartition("/")[0])
         return "ok"
 
     def abandon(self) -> None:
@@ -523,8 +523,12 @@ class Written:
         self._close()
 
     def _close(self) -> None:
-        os.close(self.out)
-        os.close(self.dfd)
+        # An error closing (NFS may report one) says nothing new: the file was fsynced and renamed,
+        # or its failure is being raised; the descriptor is released either way.
+        with contextlib.suppress(OSError):
+            os.close(self.out)
+        with contextlib.suppress(OSError):
+            os.close(self.dfd)
 
 
 def _drop_temp(fd: int, tmp: str) -> None:
