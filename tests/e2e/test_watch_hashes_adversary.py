@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,26 @@ def test_planted_page_hashes_that_hide_a_change_are_ignored(sandbox: Sandbox, tm
         marks.append((time.time(), [0, 1, 2]))
     out = _restores_as_marked(sb, tmp_path, watch, plog, marks)
     assert "are not the ones this watch saved" in out, out
+
+
+def test_a_cache_folder_and_a_temporary_folder_that_take_no_file_are_a_warning_not_a_crash(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fills the cache folder and /tmp alike: the base's temporary cache folder cannot
+    be made either. The watch says so in its warning and tries the base again; it does not end in
+    an internal error."""
+    from test_watch_bases import _watcher
+
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    folder = sb.cache / "watch"
+    folder.mkdir(parents=True, exist_ok=True)
+    no_tmp = tmp_path / "tmp-is-a-file"
+    no_tmp.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(no_tmp))  # as TMPDIR: mkdtemp there fails
+    notices: list[str] = []
+    with _read_only(folder), _watcher(sb, notices) as w:
+        w.poll()  # the bases: the cache folder refuses, and so does the temporary folder
+        assert w.next_base > time.monotonic(), notices
+    said = [n for n in notices if "base snapshot failed" in n]
+    assert len(said) == 1 and str(folder) in said[0] and str(no_tmp) in said[0], notices

@@ -57,6 +57,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryLocked,
     SourceError,
+    StorageError,
     UsageError,
 )
 from phoenix_backup.ops import watch_child, watch_files
@@ -587,7 +588,14 @@ class Watcher:
             else:
                 if not outcome.failed or (refused := self._cache_refuses()) is None:
                     return outcome, self.cache_dir
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phx-watch-cache-")))
+        try:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phx-watch-cache-")))
+        except OSError as exc:  # a full disk fills the temporary folder too
+            raise StorageError(
+                f"the watch's cache folder {self.cache_dir} takes no file ({refused}), nor does the temporary "
+                f"folder {tempfile.gettempdir()} ({exc.strerror or exc}); free space there, or set PHX_CACHE_DIR "
+                "to a writable folder"
+            ) from exc
         if not self.cache_refused:
             self.cache_refused = self.hashes_in_memory = True  # one warning says both
             self.warn(
