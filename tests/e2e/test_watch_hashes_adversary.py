@@ -7,6 +7,7 @@ the hashes are in memory."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -214,3 +215,44 @@ def test_a_cache_folder_and_a_temporary_folder_that_take_no_file_are_a_warning_n
         assert w.next_base > time.monotonic(), notices
     said = [n for n in notices if "base snapshot failed" in n]
     assert len(said) == 1 and str(folder) in said[0] and str(no_tmp) in said[0], notices
+
+
+def test_an_older_page_hash_file_replayed_with_its_segment_does_not_hide_a_change(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Whoever can write the data folder keeps a page-hash file the watch saved (tagged by the
+    watch itself), and after later commits puts it back, with its segment's name in the watch's
+    state, over a database put back to those older bytes. The tag is genuine: the watch must still
+    not believe hashes older than the database's last captured change (row 1 would stay in the
+    history while the database no longer holds it)."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db, journal="delete")
+    sb.phx("watch", "--no-files", "--duration", "3")
+    folder = sb.root / "xdg-data" / "phoenix" / "watch"
+    name = blake3.blake3(LOGICAL.encode()).hexdigest(length=16)
+    (hashes,) = [p for p in folder.iterdir() if f".{name}." in p.name]
+    (state,) = [p for p in folder.iterdir() if p.name.endswith(".json")]
+    old_hashes, old_db = hashes.read_bytes(), db.read_bytes()
+    _commit(db, 1)
+    sb.phx("watch", "--no-files", "--duration", "3")
+    assert _restored(sb, _last_covered(sb), tmp_path / "after1") == [0, 1]
+    assert hashes.read_bytes() != old_hashes
+    # Put back: the older database, its hashes, and their segment in the state.
+    db.write_bytes(old_db)
+    hashes.write_bytes(old_hashes)
+    doc = json.loads(state.read_text())
+    doc["changedIn"][LOGICAL] = old_hashes[:64].decode()
+    state.write_text(json.dumps(doc))
+    plog = tmp_path / "watch.log"
+    marks: list[tuple[float, list[int]]] = []
+    with _watching(sb.env, plog) as watch:
+        started = _iso(time.time())
+        deadline = time.monotonic() + 60
+        while _last_covered(sb) < started and time.monotonic() < deadline:
+            time.sleep(0.5)
+        marks.append((time.time(), [0]))
+        _commit(db, 2)
+        time.sleep(1.2)
+        marks.append((time.time(), [0, 2]))
+    _restores_as_marked(sb, tmp_path, watch, plog, marks)
