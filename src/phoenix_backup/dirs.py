@@ -119,10 +119,9 @@ def secret_file_again(path: Path) -> bytes | None:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
         with open(path, "rb") as f:
-            data = f.read(SECRET_FILE_LIMIT + 1)
-    except OSError:
+            return read_secret(f, path, "", "")
+    except (OSError, UsageError):
         return None
-    return data if len(data) <= SECRET_FILE_LIMIT else None
 
 
 def read_secret(f: BinaryIO, path: Path, what: str, fix: str) -> bytes:
