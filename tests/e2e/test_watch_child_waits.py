@@ -4,6 +4,7 @@ remote) uses no processor time of its own: it is not taken for hung and killed (
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -126,3 +127,32 @@ def _until(done: Callable[[], bool], seconds: float, log: Path) -> None:
     while not done():
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
+
+
+def test_a_watch_whose_terminal_hangs_up_during_a_git_push_leaves_no_git(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The snapshot's child and its git run in a process group of their own, which a terminal's
+    hangup does not reach: the watch ends at once as it always did (SIGHUP), and neither the child
+    nor the git push it waits on is left running on its own (a hung push, whose 30-minute timeout
+    the dead child no longer enforces, would stay for good)."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    pushing = tmp_path / "pushing"
+    path = _git_replica(sb, tmp_path, '[ "$1" = push ]', f"echo $$ > {pushing}; exec sleep 600")
+    env = {**sb.env, "PATH": path}
+    log = tmp_path / "watch.log"
+    git_pid = 0
+    with open(log, "wb") as out:
+        args = [PHX, "watch", "--no-files"]
+        watch = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        _until(lambda: pushing.exists() and pushing.read_text().strip() != "", 90, log)
+        git_pid = int(pushing.read_text())
+        watch.send_signal(signal.SIGHUP)
+        assert watch.wait(timeout=30) == -signal.SIGHUP, log.read_text()
+        _until(lambda: not _running(git_pid), 5, log)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+        if git_pid and _running(git_pid):
+            os.kill(git_pid, signal.SIGKILL)
