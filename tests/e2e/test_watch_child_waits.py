@@ -156,3 +156,33 @@ def test_a_watch_whose_terminal_hangs_up_during_a_git_push_leaves_no_git(sandbox
             watch.wait()
         if git_pid and _running(git_pid):
             os.kill(git_pid, signal.SIGKILL)
+
+
+def test_a_watch_that_ends_on_an_error_during_a_git_push_leaves_no_git(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch ends on an error while its child waits on a git push: the child sees its pipe
+    close and ends, and takes the git push it started with it (its process group)."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    pushing = tmp_path / "pushing"
+    path = _git_replica(sb, tmp_path, '[ "$1" = push ]', f"echo $$ > {pushing}; exec sleep 600")
+    monkeypatch.setenv("PATH", path)
+    sb.env["PATH"] = path
+    git_pid = 0
+
+    def fails_once_pushing() -> None:
+        if pushing.exists() and pushing.read_text().strip():
+            raise RuntimeError("the watch fails here")
+
+    notices: list[str] = []
+    try:
+        with _watcher(sb, notices) as w:
+            monkeypatch.setattr(w, "_meanwhile", fails_once_pushing)
+            with pytest.raises(RuntimeError, match="the watch fails here"):
+                w.poll()  # the bases, pushed to the Git target by the child
+            git_pid = int(pushing.read_text())
+            _until(lambda: not _running(git_pid), 5, tmp_path / "pushing")
+    finally:
+        if git_pid and _running(git_pid):
+            os.kill(git_pid, signal.SIGKILL)
