@@ -4,12 +4,13 @@ remote) uses no processor time of its own: it is not taken for hung and killed (
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,30 +89,41 @@ def test_ctrl_c_during_a_git_push_says_what_it_waits_for_and_a_second_one_abando
     path = _git_replica(sb, tmp_path, f'[ "$1" = push ] && [ -e {slow} ]', f"echo $$ > {pushing}; exec sleep 600")
     env = {**sb.env, "PATH": path}
     log = tmp_path / "watch.log"
+    with _watching_a_push(env, log, pushing) as (watch, git_pid):
+        watch.send_signal(signal.SIGINT)
+        _until(lambda: "Ctrl-C again abandons the push" in log.read_text(), 15, log)
+        assert watch.poll() is None, log.read_text()  # it waits, as it said
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=30)
+        _until(lambda: not _running(git_pid), 5, log)  # the push was killed with the child, not left behind
+    text = log.read_text()
+    assert text.count("Ctrl-C again") == 1 and "git push" in text and "phx sync" in text, text
+    assert "Traceback" not in text, text
+    slow.unlink()
+    sb.phx("sync", env=env)
+    assert sb.verify("--target", "git")["ok"]
+    listed = {s["id"] for s in sb.phx("list", "--target", "git", "--scope", "watch", "--json", env=env).json()}
+    assert listed, text
+
+
+@contextlib.contextmanager
+def _watching_a_push(env: dict[str, str], log: Path, pushing: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`phx watch` (output in `log`) once its child's git push runs (it writes its pid in
+    `pushing`): the watch and that pid. Neither is left running after."""
+    git_pid = 0
     with open(log, "wb") as out:
         args = [PHX, "watch", "--no-files"]
         watch = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     try:
         _until(lambda: pushing.exists() and pushing.read_text().strip() != "", 90, log)
         git_pid = int(pushing.read_text())
-        watch.send_signal(signal.SIGINT)
-        _until(lambda: "Ctrl-C again abandons the push" in log.read_text(), 15, log)
-        assert watch.poll() is None, log.read_text()  # it waits, as it said
-        watch.send_signal(signal.SIGINT)
-        watch.wait(timeout=30)
+        yield watch, git_pid
     finally:
         if watch.poll() is None:
             watch.kill()
             watch.wait()
-    text = log.read_text()
-    assert text.count("Ctrl-C again") == 1 and "git push" in text and "phx sync" in text, text
-    assert "Traceback" not in text, text
-    _until(lambda: not _running(git_pid), 5, log)  # the push was killed with the child, not left behind
-    slow.unlink()
-    sb.phx("sync", env=env)
-    assert sb.verify("--target", "git")["ok"]
-    listed = {s["id"] for s in sb.phx("list", "--target", "git", "--scope", "watch", "--json", env=env).json()}
-    assert listed, text
+        if git_pid and _running(git_pid):
+            os.kill(git_pid, signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:
@@ -138,24 +150,11 @@ def test_a_watch_whose_terminal_hangs_up_during_a_git_push_leaves_no_git(sandbox
     _table(sb.layout.dashboard_db)
     pushing = tmp_path / "pushing"
     path = _git_replica(sb, tmp_path, '[ "$1" = push ]', f"echo $$ > {pushing}; exec sleep 600")
-    env = {**sb.env, "PATH": path}
     log = tmp_path / "watch.log"
-    git_pid = 0
-    with open(log, "wb") as out:
-        args = [PHX, "watch", "--no-files"]
-        watch = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    try:
-        _until(lambda: pushing.exists() and pushing.read_text().strip() != "", 90, log)
-        git_pid = int(pushing.read_text())
+    with _watching_a_push({**sb.env, "PATH": path}, log, pushing) as (watch, git_pid):
         watch.send_signal(signal.SIGHUP)
         assert watch.wait(timeout=30) == -signal.SIGHUP, log.read_text()
         _until(lambda: not _running(git_pid), 5, log)
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.wait()
-        if git_pid and _running(git_pid):
-            os.kill(git_pid, signal.SIGKILL)
 
 
 def test_a_watch_that_ends_on_an_error_during_a_git_push_leaves_no_git(

@@ -147,6 +147,14 @@ def test_bases_are_taken_while_the_cache_folder_is_read_only_or_full(
     assert out.count(str(folder)) == 1 and "PHX_CACHE_DIR" in out, out
 
 
+def _until_covered_from_now(sb: Sandbox) -> None:
+    """Until the history covers a time from now on (a new base takes a moment), at most 60 s."""
+    started = _iso(time.time())
+    deadline = time.monotonic() + 60
+    while _last_covered(sb) < started and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def _page_key(sb: Sandbox) -> bytes:
     from phoenix_backup.config import load_config
     from phoenix_backup.ops.context import Environment, open_repository
@@ -182,10 +190,7 @@ def test_planted_page_hashes_that_hide_a_change_are_ignored(sandbox: Sandbox, tm
     plog = tmp_path / "watch.log"
     marks: list[tuple[float, list[int]]] = []
     with _watching(sb.env, plog) as watch:
-        started = _iso(time.time())
-        deadline = time.monotonic() + 60
-        while _last_covered(sb) < started and time.monotonic() < deadline:  # the new base takes a moment
-            time.sleep(0.5)
+        _until_covered_from_now(sb)
         marks.append((time.time(), [0, 1]))
         _commit(db, 2)
         time.sleep(1.2)
@@ -247,10 +252,7 @@ def test_an_older_page_hash_file_replayed_with_its_segment_does_not_hide_a_chang
     plog = tmp_path / "watch.log"
     marks: list[tuple[float, list[int]]] = []
     with _watching(sb.env, plog) as watch:
-        started = _iso(time.time())
-        deadline = time.monotonic() + 60
-        while _last_covered(sb) < started and time.monotonic() < deadline:
-            time.sleep(0.5)
+        _until_covered_from_now(sb)
         marks.append((time.time(), [0]))
         _commit(db, 2)
         time.sleep(1.2)
