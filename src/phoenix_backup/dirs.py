@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -93,12 +94,34 @@ def trustworthy(st: os.stat_result) -> bool:
     return st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
 
 
+# What `read_secret_file` read in this process, by path: a pipe gives its secret once.
+_SECRETS_READ: dict[str, bytes] = {}
+
+
 def read_secret_file(path: Path, what: str, fix: str) -> bytes:
     """The bytes of the file `what` (`PHX_PASSPHRASE_FILE`, `age identity file`) at `path`, read
     as they come (a pipe such as `<(pass show phx)` too): see `read_secret`. OSError when it cannot
     be read."""
     with open(path, "rb") as f:
-        return read_secret(f, path, what, fix)
+        data = read_secret(f, path, what, fix)
+    _SECRETS_READ[os.fspath(path)] = data
+    return data
+
+
+def secret_file_again(path: Path) -> bytes | None:
+    """The secret file at `path` for redaction (kept out of what Phoenix shows): what this process
+    read from it already, else a regular file's bytes (up to the limit); None for a pipe or device
+    not read yet, or a file that cannot be read. A named pipe is never opened again: its writer
+    gave the secret once, and a second open would wait for ever for another."""
+    if os.fspath(path) in _SECRETS_READ:
+        return _SECRETS_READ[os.fspath(path)]
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as f:
+            return read_secret(f, path, "", "")
+    except (OSError, UsageError):
+        return None
 
 
 def read_secret(f: BinaryIO, path: Path, what: str, fix: str) -> bytes:

@@ -5,6 +5,7 @@ the fix, exit 2, instead of a GiB read into memory (or a read that never ends)."
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,19 @@ def test_a_write_key_over_the_limit_is_one_error(tmp_path: Path) -> None:
     os.chmod(store.key_path, 0o600)
     with pytest.raises(UsageError, match=r"the write key .*write\.key holds more than 64 KiB.*copy write\.key again"):
         store.load_key("/somewhere")
+
+
+def test_a_wrong_passphrase_from_a_named_pipe_is_one_error_not_a_wait(sandbox: Sandbox, tmp_path: Path) -> None:
+    # `mkfifo f; pass show phx > f &`: the pipe gives the passphrase once. The error's redaction
+    # must not open it again (no writer is left: the open waits for ever) nor with --verbose.
+    fifo = tmp_path / "passphrase.fifo"
+    os.mkfifo(fifo)
+    for verbose in ((), ("--verbose",)):
+        writer = threading.Thread(target=lambda: fifo.write_text("not-the-passphrase\n"))
+        writer.start()
+        env = sandbox.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(fifo))
+        res = sandbox.phx("list", *verbose, env=env, check=None, timeout=30)
+        writer.join(timeout=5)
+        assert res.code == 1, res
+        assert "not-the-passphrase" not in res.out + res.err
+        assert any("passphrase" in line for line in res.error_lines()), res

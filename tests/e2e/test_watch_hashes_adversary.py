@@ -7,9 +7,11 @@ the hashes are in memory."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +147,14 @@ def test_bases_are_taken_while_the_cache_folder_is_read_only_or_full(
     assert out.count(str(folder)) == 1 and "PHX_CACHE_DIR" in out, out
 
 
+def _until_covered_from_now(sb: Sandbox) -> None:
+    """Until the history covers a time from now on (a new base takes a moment), at most 60 s."""
+    started = _iso(time.time())
+    deadline = time.monotonic() + 60
+    while _last_covered(sb) < started and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def _page_key(sb: Sandbox) -> bytes:
     from phoenix_backup.config import load_config
     from phoenix_backup.ops.context import Environment, open_repository
@@ -180,13 +190,71 @@ def test_planted_page_hashes_that_hide_a_change_are_ignored(sandbox: Sandbox, tm
     plog = tmp_path / "watch.log"
     marks: list[tuple[float, list[int]]] = []
     with _watching(sb.env, plog) as watch:
-        started = _iso(time.time())
-        deadline = time.monotonic() + 60
-        while _last_covered(sb) < started and time.monotonic() < deadline:  # the new base takes a moment
-            time.sleep(0.5)
+        _until_covered_from_now(sb)
         marks.append((time.time(), [0, 1]))
         _commit(db, 2)
         time.sleep(1.2)
         marks.append((time.time(), [0, 1, 2]))
     out = _restores_as_marked(sb, tmp_path, watch, plog, marks)
     assert "are not the ones this watch saved" in out, out
+
+
+def test_a_cache_folder_and_a_temporary_folder_that_take_no_file_are_a_warning_not_a_crash(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fills the cache folder and /tmp alike: the base's temporary cache folder cannot
+    be made either. The watch says so in its warning and tries the base again; it does not end in
+    an internal error."""
+    from test_watch_bases import _watcher
+
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    folder = sb.cache / "watch"
+    folder.mkdir(parents=True, exist_ok=True)
+    no_tmp = tmp_path / "tmp-is-a-file"
+    no_tmp.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(no_tmp))  # as TMPDIR: mkdtemp there fails
+    notices: list[str] = []
+    with _read_only(folder), _watcher(sb, notices) as w:
+        w.poll()  # the bases: the cache folder refuses, and so does the temporary folder
+        assert w.next_base > time.monotonic(), notices
+    said = [n for n in notices if "base snapshot failed" in n]
+    assert len(said) == 1 and str(folder) in said[0] and str(no_tmp) in said[0], notices
+
+
+def test_an_older_page_hash_file_replayed_with_its_segment_does_not_hide_a_change(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Whoever can write the data folder keeps a page-hash file the watch saved (tagged by the
+    watch itself), and after later commits puts it back, with its segment's name in the watch's
+    state, over a database put back to those older bytes. The tag is genuine: the watch must still
+    not believe hashes older than the database's last captured change (row 1 would stay in the
+    history while the database no longer holds it)."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db, journal="delete")
+    sb.phx("watch", "--no-files", "--duration", "3")
+    folder = sb.root / "xdg-data" / "phoenix" / "watch"
+    name = blake3.blake3(LOGICAL.encode()).hexdigest(length=16)
+    (hashes,) = [p for p in folder.iterdir() if f".{name}." in p.name]
+    (state,) = [p for p in folder.iterdir() if p.name.endswith(".json")]
+    old_hashes, old_db = hashes.read_bytes(), db.read_bytes()
+    _commit(db, 1)
+    sb.phx("watch", "--no-files", "--duration", "3")
+    assert _restored(sb, _last_covered(sb), tmp_path / "after1") == [0, 1]
+    assert hashes.read_bytes() != old_hashes
+    # Put back: the older database, its hashes, and their segment in the state.
+    db.write_bytes(old_db)
+    hashes.write_bytes(old_hashes)
+    doc = json.loads(state.read_text())
+    doc["changedIn"][LOGICAL] = old_hashes[:64].decode()
+    state.write_text(json.dumps(doc))
+    plog = tmp_path / "watch.log"
+    marks: list[tuple[float, list[int]]] = []
+    with _watching(sb.env, plog) as watch:
+        _until_covered_from_now(sb)
+        marks.append((time.time(), [0]))
+        _commit(db, 2)
+        time.sleep(1.2)
+        marks.append((time.time(), [0, 2]))
+    _restores_as_marked(sb, tmp_path, watch, plog, marks)

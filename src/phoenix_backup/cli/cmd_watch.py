@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -11,6 +12,7 @@ import click
 from phoenix_backup.cli.app import Out, cli, common, load_config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import watch as watch_op
+from phoenix_backup.ops import watch_child
 from phoenix_backup.ops.context import Environment
 
 
@@ -45,7 +47,15 @@ def watch(out: Out, envx: Environment, config_path: str | None, duration: float 
             abandon.set()
         stop.set()
 
+    def hangup(signum: int, _frame: FrameType | None) -> None:
+        # The terminal hung up (or SIGQUIT, Ctrl-\ ): the watch ends at once, as it always did; the
+        # snapshot's child and its git push, in a process group of their own, end with it.
+        watch_child.kill_children()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    old |= {sig: signal.signal(sig, hangup) for sig in (signal.SIGHUP, signal.SIGQUIT)}
     try:
         out.notice("watching; SIGTERM or Ctrl-C stops after a last segment")
         result = watch_op.watch(cfg, envx, stop, duration=duration, files=not no_files, abandon=abandon)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import read_secret_file
-from phoenix_backup.errors import UsageError
+from phoenix_backup.dirs import secret_file_again
 from phoenix_backup.redaction import redact
 from phoenix_backup.units import human_size
 
@@ -68,8 +66,8 @@ def env_secrets(env: Mapping[str, str]) -> list[str]:
     file = env.get("PHX_PASSPHRASE_FILE")
     if file:
         # A file that cannot be read or is too large gives no passphrase to the run either.
-        with contextlib.suppress(OSError, UnicodeDecodeError, UsageError):
-            raw = read_secret_file(Path(file), "PHX_PASSPHRASE_FILE", "")
+        raw = secret_file_again(Path(file))
+        if raw is not None:
             out.append(raw.decode("utf-8", "surrogateescape").rstrip("\r\n"))
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         out.append(env.get(name, ""))

@@ -57,6 +57,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryLocked,
     SourceError,
+    StorageError,
     UsageError,
 )
 from phoenix_backup.ops import watch_child, watch_files
@@ -95,7 +96,7 @@ QUIET_SECONDS = 5.0  # a database unchanged this long has its page hashes saved 
 WATCH_SCOPE = "watch"
 WATCH_TAG = "watch"
 _READ_PAGES = 256  # pages hashed per read when a whole image is compared
-_HASHES_MAC_BYTES = 32  # a saved page-hash file: the segment's name, `_hashes_mac`'s tag, the hashes
+_HASHES_MAC_BYTES = 32  # a saved page-hash file: two segments' names, `_hashes_mac`'s tag, the hashes
 CACHE_PROBE_BYTES = 64 << 10  # a cache folder that cannot take this much takes no base's cache
 
 
@@ -137,6 +138,7 @@ class _Db:
     changed_in: str | None = None  # the segment of this database's last commit
     changed_at: float = 0.0  # when (monotonic) that commit was captured
     hashes_tag: str | None = None  # the segment whose state the saved page hashes describe
+    hashes_last: str | None = None  # the chain's last segment when they were saved (`_hashes_mac`)
     base_id: str | None = None  # the snapshot the history written so far is rebuilt from (see `check_bases`)
 
     @property
@@ -243,6 +245,7 @@ class Watcher:
             if pos is not None and isinstance(changed_in.get(e.logical), str):
                 db.changed_in = db.hashes_tag = changed_in[e.logical]
                 db.hashes = self._saved_hashes(db)
+                db.hashes_last = self.previous
             self.dbs.append(db)
         for name in enabled_targets(cfg)[1:]:
             try:
@@ -367,8 +370,11 @@ class Watcher:
 
     def _hashes_mac(self, db: _Db, tag: bytes, hashes: bytes | memoryview) -> bytes:
         """A saved page-hash file's tag: keyed by the repository's key (a write-only machine has it
-        too), bound to the database and the segment of its state, so that whoever can write the
-        data folder but lacks the key cannot make one that the watch believes."""
+        too), bound to the database, the segment of its state and the chain's last segment then
+        (`tag`: both names), so that whoever can write the data folder but lacks the key cannot
+        make one that the watch believes, nor put back an older one the watch saved: that one
+        names an older last segment than the state does (to roll the state back too forks the
+        chain, which every reader reports)."""
         key = blake3.blake3(b"phoenix v1 watch page hashes", key=self.repo.ids.page_key).digest()
         mac = blake3.blake3(db.logical.encode() + b"\0" + tag + b"\0", key=key)
         mac.update(hashes)
@@ -386,12 +392,14 @@ class Watcher:
             raw = path.read_bytes()
         except OSError:
             return None
-        tag = (db.changed_in or "").encode()
-        if len(tag) != 64 or raw[:64] != tag:
-            return None  # the hashes of another state (the watch was stopped before it saved newer ones)
-        body = memoryview(raw)[64 + _HASHES_MAC_BYTES :]
-        if (len(raw) - 64 - _HASHES_MAC_BYTES) % HASH_SIZE or not hmac.compare_digest(
-            raw[64 : 64 + _HASHES_MAC_BYTES], self._hashes_mac(db, tag, body)
+        tag = (db.changed_in or "").encode() + (self.previous or "").encode()
+        if len(tag) != 128 or raw[:128] != tag:
+            # The hashes of another state: the watch was stopped before it saved newer ones (SIGKILL
+            # after other databases' segments), or an older file was put back.
+            return None
+        body = memoryview(raw)[128 + _HASHES_MAC_BYTES :]
+        if (len(raw) - 128 - _HASHES_MAC_BYTES) % HASH_SIZE or not hmac.compare_digest(
+            raw[128 : 128 + _HASHES_MAC_BYTES], self._hashes_mac(db, tag, body)
         ):
             self.envx.notice(
                 f"the page hashes saved in {path} are not the ones this watch saved (damaged, or changed by "
@@ -415,14 +423,17 @@ class Watcher:
                 or db.need_base
                 or db.commits
                 or db.changed_in is None
-                or db.hashes_tag == db.changed_in
+                or self.previous is None
+                # At a stop they are saved again when later segments (other databases') moved the
+                # chain's last segment, which the file names.
+                or (db.hashes_tag == db.changed_in and (not stopping or db.hashes_last == self.previous))
                 or (not stopping and now - db.changed_at < QUIET_SECONDS)
             ):
                 continue
-            tag, hashes = db.changed_in.encode(), db.hashes[:]
+            tag, hashes = (db.changed_in + self.previous).encode(), db.hashes[:]
             write_private(self._hashes_path(db), tag + self._hashes_mac(db, tag, hashes) + hashes)
             self._hashes_path(db, "pages").unlink(missing_ok=True)  # an older Phoenix's, without a tag
-            db.hashes_tag = db.changed_in
+            db.hashes_tag, db.hashes_last = db.changed_in, self.previous
 
     def _check_hashes(self, hashes: WorkingHashes | None) -> None:
         """Warn, once a run, when page hashes went to memory: the cache folder takes no file."""
@@ -587,7 +598,14 @@ class Watcher:
             else:
                 if not outcome.failed or (refused := self._cache_refuses()) is None:
                     return outcome, self.cache_dir
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phx-watch-cache-")))
+        try:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phx-watch-cache-")))
+        except OSError as exc:  # a full disk fills the temporary folder too
+            raise StorageError(
+                f"the watch's cache folder {self.cache_dir} takes no file ({refused}), nor does the temporary "
+                f"folder {tempfile.gettempdir()} ({exc.strerror or exc}); free space there, or set PHX_CACHE_DIR "
+                "to a writable folder"
+            ) from exc
         if not self.cache_refused:
             self.cache_refused = self.hashes_in_memory = True  # one warning says both
             self.warn(

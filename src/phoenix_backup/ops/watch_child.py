@@ -35,6 +35,7 @@ it ends, and the watch never imports the backup's code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -171,6 +172,7 @@ def take_snapshot(
         finally:
             os.close(answer_w)
         assert proc.stdin is not None
+        _RUNNING.add(proc.pid)
         hung: str | None = None
         try:
             try:
@@ -186,6 +188,7 @@ def take_snapshot(
             if hung is not None:
                 _kill_group(proc)
             code = proc.wait()
+            _RUNNING.discard(proc.pid)
         if hung == _ABANDONED:
             raise SourceError(
                 "its git push was abandoned at a second Ctrl-C; the snapshot is in the first target and `phx sync` "
@@ -209,6 +212,19 @@ def take_snapshot(
 
 
 _ABANDONED = "was abandoned"
+# The children running now (each the leader of its process group): see `kill_children`.
+_RUNNING: set[int] = set()
+
+
+def kill_children() -> None:
+    """SIGKILL to every snapshot child running now and what it started (git): for a watch about to
+    end at once (its terminal hung up). In process groups of their own, they get no signal the
+    terminal sends, and a child's end (PR_SET_PDEATHSIG) would leave its git pushing on its own."""
+    for pid in list(_RUNNING):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 _SAY_AFTER = 3 * BEAT_SECONDS
 
 
@@ -382,6 +398,8 @@ def _end_with_parent(fd: int, done: threading.Event) -> None:
     while os.read(fd, 4096):
         pass
     if not done.is_set():
+        if os.getpgid(0) == os.getpid():  # the leader of its own group (`take_snapshot`): git with it
+            os.killpg(0, signal.SIGKILL)
         os._exit(1)
 
 
