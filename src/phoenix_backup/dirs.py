@@ -7,7 +7,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import platformdirs
 
@@ -16,6 +16,8 @@ from phoenix_backup.errors import ConfigError, UsageError
 # The most a file holding a secret (a passphrase, age identities, a write key) may hold: hundreds
 # of identities fit; a mistaken path (a disk image, /dev/zero) is refused after this much.
 SECRET_FILE_LIMIT = 64 << 10
+# The name `remember_secret` keeps encryption.passphraseCommand's output under.
+PASSPHRASE_COMMAND_SECRET = "encryption.passphraseCommand"
 
 
 def data_dir(env: Mapping[str, str]) -> Path:
@@ -94,8 +96,20 @@ def trustworthy(st: os.stat_result) -> bool:
     return st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022
 
 
-# What `read_secret_file` read in this process, by path: a pipe gives its secret once.
+# What `read_secret_file` read in this process, by path (a pipe gives its secret once), and what
+# `remember_secret` was given (a passphrase command's output), by name.
 _SECRETS_READ: dict[str, bytes] = {}
+
+
+def remember_secret(name: str, data: bytes) -> None:
+    """Keep a secret this process obtained other than from a file (a passphrase command's output)
+    under `name`, so that what Phoenix shows can be kept free of it (`remembered_secret`)."""
+    _SECRETS_READ[name] = data
+
+
+def remembered_secret(name: str) -> bytes | None:
+    """What `remember_secret` kept under `name`, if anything."""
+    return _SECRETS_READ.get(name)
 
 
 def read_secret_file(path: Path, what: str, fix: str) -> bytes:
@@ -124,7 +138,7 @@ def secret_file_again(path: Path) -> bytes | None:
         return None
 
 
-def read_secret(f: BinaryIO, path: Path, what: str, fix: str) -> bytes:
+def read_secret(f: IO[bytes], path: Path, what: str, fix: str) -> bytes:
     """What the open file `f` (`what` at `path`) holds, never more than SECRET_FILE_LIMIT: a larger
     file is one UsageError naming it, the limit and `fix`, exit 2, read no further (a 1 GiB file
     read whole would take a GiB of memory, and keep it)."""

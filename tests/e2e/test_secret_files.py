@@ -66,3 +66,23 @@ def test_a_wrong_passphrase_from_a_named_pipe_is_one_error_not_a_wait(sandbox: S
         assert res.code == 1, res
         assert "not-the-passphrase" not in res.out + res.err
         assert any("passphrase" in line for line in res.error_lines()), res
+
+
+def test_a_passphrase_command_that_prints_without_end_is_one_error_and_its_output_is_never_shown(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # `yes` as the command by mistake: its output is read up to the limit, then it is stopped.
+    sandbox.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": "yes"})
+    res = sandbox.phx("list", env=sandbox.env_with(PHX_PASSPHRASE=None), check=None, timeout=60)
+    assert_error(res, 2, "encryption.passphraseCommand", "64 KiB", "the passphrase alone")
+    # A command's passphrase is a secret like PHX_PASSPHRASE's: a wrong one, shown by an error's
+    # --verbose traceback or message, is redacted.
+    secret = tmp_path / "secret"
+    secret.write_text("not-the-passphrase-from-a-command\n")
+    sandbox.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": f"cat {secret}"})
+    res = sandbox.phx("list", "--verbose", env=sandbox.env_with(PHX_PASSPHRASE=None), check=None, timeout=60)
+    assert res.code == 1 and any("passphrase" in line for line in res.error_lines()), res
+    assert "not-the-passphrase-from-a-command" not in res.out + res.err
+    # The owner's, from the command, still opens.
+    secret.write_text(PASSPHRASE + "\n")
+    sandbox.phx("list", env=sandbox.env_with(PHX_PASSPHRASE=None))

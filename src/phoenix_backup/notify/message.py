@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import secret_file_again
+from phoenix_backup.dirs import PASSPHRASE_COMMAND_SECRET, remembered_secret, secret_file_again
 from phoenix_backup.redaction import redact
 from phoenix_backup.units import human_size
 
@@ -69,6 +69,9 @@ def env_secrets(env: Mapping[str, str]) -> list[str]:
         raw = secret_file_again(Path(file))
         if raw is not None:
             out.append(raw.decode("utf-8", "surrogateescape").rstrip("\r\n"))
+    given = remembered_secret(PASSPHRASE_COMMAND_SECRET)  # the config's command, once it ran
+    if given is not None:
+        out.append(given.decode("utf-8", "surrogateescape").rstrip("\r\n"))
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         out.append(env.get(name, ""))
     return [s for s in out if s]

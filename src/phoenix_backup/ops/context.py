@@ -8,12 +8,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from phoenix_backup.config import Config, find_config_path, load_config
-from phoenix_backup.dirs import read_secret_file
+from phoenix_backup.dirs import PASSPHRASE_COMMAND_SECRET, read_secret, read_secret_file, remember_secret
 from phoenix_backup.errors import (
     ConfigError,
     IdentityRequired,
@@ -113,24 +114,44 @@ def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "reposit
         if value:
             return value
     if enc and enc.passphrase_command:
-        try:
-            out = subprocess.run(
-                enc.passphrase_command,
-                shell=True,
-                capture_output=True,
-                text=True,
-                errors="surrogateescape",
-                timeout=60,
-                check=True,
-            )
-        except (subprocess.SubprocessError, OSError) as exc:
-            raise UsageError(
-                "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
-            ) from exc
-        return out.stdout.rstrip("\r\n")
+        raw = _run_passphrase_command(enc.passphrase_command)
+        remember_secret(PASSPHRASE_COMMAND_SECRET, raw)
+        return raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
     if envx.interactive and envx.prompt is not None:
         return envx.prompt(f"Passphrase for the {purpose}: ")
     return None
+
+
+def _run_passphrase_command(command: str) -> bytes:
+    """What `encryption.passphraseCommand` prints, read as a secret file is (`read_secret`: never
+    more than its limit, so a mistaken command such as `yes` cannot fill the memory); the command
+    is stopped after 60 s. UsageError when it fails, prints too much or takes too long."""
+    failed = "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
+    try:
+        proc = subprocess.Popen(
+            command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+    except OSError as exc:
+        raise UsageError(failed) from exc
+    timer = threading.Timer(60, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        with proc.stdout:
+            try:
+                fix = "make it print the passphrase alone"
+                raw = read_secret(proc.stdout, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
+            except OSError as exc:
+                raise UsageError(failed) from exc
+        status = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if status != 0:
+        raise UsageError(failed if status != -9 else f"{failed} (it was stopped after 60 s)")
+    return raw
 
 
 def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
