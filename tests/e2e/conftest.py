@@ -13,18 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import Receiver, Sandbox, tmpfs_at
+from e2e_support import Receiver, Sandbox, new_sandbox, tmpfs_at
 
-from phoenix_backup.sample import generate_workspace, layout_for
+from phoenix_backup.sample import layout_for
 
 # The S3 API server (moto), one per session, shared with the integration tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import moto  # noqa: F401
-
-
-def _make(root: Path, size: str | int, seed: int, encryption: bool) -> Sandbox:
-    layout = generate_workspace(root / "sample", size=size, seed=seed)
-    return Sandbox(root, layout, encryption)
 
 
 @pytest.fixture
@@ -37,7 +32,7 @@ def make_sandbox(tmp_path: Path) -> Callable[..., Sandbox]:
         count += 1
         base = root if root is not None else tmp_path / f"sb{count}"
         base.mkdir(parents=True, exist_ok=True)
-        return _make(base, size, seed, encryption)
+        return new_sandbox(base, size, seed, encryption)
 
     return make
 
@@ -52,7 +47,7 @@ def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
 def _backed_up_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny sample with one snapshot, made once and copied by `backed_up`."""
     root = tmp_path_factory.mktemp("template")
-    sb = _make(root, "tiny", 7, True)
+    sb = new_sandbox(root, "tiny", 7, True)
     sb.backup()
     shutil.rmtree(sb.cache)
     return root

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.sample import SampleLayout
+from phoenix_backup.sample import SampleLayout, generate_workspace
 
 # The `phx` of the interpreter running the tests (the project's venv), else the one on PATH.
 _BESIDE = Path(sys.executable).with_name("phx")
@@ -675,3 +675,9 @@ class Receiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def new_sandbox(root: Path, size: str | int = "tiny", seed: int = 7, encryption: bool = True) -> Sandbox:
+    """A sandbox at `root` with a generated sample (the `sandbox` fixtures' maker, for a fixture of
+    wider scope)."""
+    return Sandbox(root, generate_workspace(root / "sample", size=size, seed=seed), encryption)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Sandbox, assert_error, assert_restored, retention_only
+from e2e_support import Sandbox, assert_error, assert_restored, new_sandbox, retention_only
 from killpoint import SCRIPT, read_report
 from moto_support import MotoServer
 from pause_support import Paused
@@ -87,11 +87,9 @@ def _retention_world(sb: Sandbox) -> tuple[dict[str, Any], str]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
     """The world above, made once; each test copies it."""
-    from conftest import _make
-
     root = tmp_path_factory.mktemp("retention-world") / "world"
     root.mkdir()
-    sb = _make(root, "tiny", 7, True)
+    sb = new_sandbox(root)
     state, second = _retention_world(sb)
     shutil.rmtree(sb.cache)
     return root, state, second
