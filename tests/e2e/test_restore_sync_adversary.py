@@ -156,6 +156,7 @@ def test_a_refused_rename_stops_the_restore_and_leaves_no_temporary_file(sandbox
     env = _faults(sb, tmp_path, dest, rename_to="n017.md", slow=0.01)
     res = sb.phx("restore", "--backup", snap["id"], "--to", dest, env=env, check=1, timeout=120)
     assert "permission denied while restoring workspace/notes/n017.md" in res.err, res.err
+    assert "the folder workspace/notes in the destination" in res.err and "None" not in res.err, res.err
     assert "n017.md" not in _check_restored(dest, files)
     assert _renamed_before_last_folder_fsync_missing(tmp_path) == []
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import cast
 
 from phoenix_backup.dirs import make_dirs
-from phoenix_backup.errors import PhoenixError, UnsafePath
+from phoenix_backup.errors import PhoenixError, StorageError, UnsafePath
 from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.repository import Repository
@@ -553,6 +553,14 @@ def unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
         return UnsafePath(
             f"{logical} in the destination is a symlink now; Phoenix never writes through links — move it aside "
             "and restore again"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        # The names such an error carries are relative to the folder (the temporary file's): name
+        # what the user can check instead.
+        folder = logical.rpartition("/")[0] or "."
+        return StorageError(
+            f"permission denied while restoring {logical}; check the owner and mode of the folder {folder} in the "
+            f"destination and of {logical} there, if it exists (an immutable or append-only attribute counts too)"
         )
     return os_error(exc, f"restoring {logical}")
 
