@@ -162,18 +162,27 @@ def test_a_refused_rename_stops_the_restore_and_leaves_no_temporary_file(sandbox
     assert _renamed_before_last_folder_fsync_missing(tmp_path) == []
 
 
-STOPS = [(signal.SIGINT, 0.0), (signal.SIGINT, 0.5), (signal.SIGTERM, 0.0), (signal.SIGTERM, 0.5), (signal.SIGHUP, 0.3)]
+# (signal, seconds after the first file, seconds to a second signal or None)
+STOPS = [(signal.SIGINT, 0.0, None), (signal.SIGINT, 0.5, None), (signal.SIGTERM, 0.0, None)]
+STOPS += [(signal.SIGTERM, 0.5, 0.05), (signal.SIGHUP, 0.3, None)]
 if os.environ.get("PHX_TEST_HEAVY") == "1":
-    STOPS += [(sig, after) for sig in (signal.SIGTERM, signal.SIGHUP) for after in (0.1, 0.2, 0.8, 1.2, 1.6)]
+    STOPS += [
+        (sig, after, again)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        for after in (0.1, 0.2, 0.8, 1.2, 1.6)
+        for again in (None, 0.0, 0.02, 0.2)
+    ]
 
 
-@pytest.mark.parametrize(("sig", "after"), STOPS)
+@pytest.mark.parametrize(("sig", "after", "again"), STOPS)
 def test_ctrl_c_on_a_slow_disk_leaves_only_whole_files_and_their_folders_synced(
-    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals, after: float
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals, after: float, again: float | None
 ) -> None:
     """Ctrl-C (SIGINT), SIGTERM (systemd's stop, `kill`) and SIGHUP (a terminal closed) stop the
     restore alike, with exit 128 + the signal's number (before, SIGTERM and SIGHUP ended it at once,
-    leaving its temporary files for the next restore's journal)."""
+    leaving its temporary files for the next restore's journal). A second one while it stops
+    interrupts the stop as a second Ctrl-C does: the files in place are still whole and no
+    temporary file is left, but the fsync of their folders may be skipped."""
     sb = sandbox
     files = numbered_notes(sb, 300)
     snap = sb.backup()
@@ -186,13 +195,17 @@ def test_ctrl_c_on_a_slow_disk_leaves_only_whole_files_and_their_folders_synced(
         time.sleep(0.02)  # until files are being written (a Ctrl-C during start-up is another matter)
     time.sleep(after)
     proc.send_signal(sig)
+    if again is not None:
+        time.sleep(again)
+        proc.send_signal(sig)
     _out, err = proc.communicate(timeout=60)
     # 300 fsyncs of 50 ms on eight threads last 1.9 s at least: the restore is still writing.
     assert proc.returncode == 128 + sig, (proc.returncode, err)
     assert "interrupted" in err and "Traceback" not in err, err
     _check_restored(dest, files)
     assert list((sb.cache / "restore-journal").glob("*")) == [], "the restore's journal is deleted"
-    assert _renamed_before_last_folder_fsync_missing(tmp_path) == []
+    if again is None:
+        assert _renamed_before_last_folder_fsync_missing(tmp_path) == []
 
 
 def test_a_process_that_may_open_few_files_restores_many(sandbox: Sandbox, tmp_path: Path) -> None:
