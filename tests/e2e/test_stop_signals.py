@@ -128,18 +128,18 @@ def test_a_prune_stopped_by_sigterm_leaves_a_repository_that_verifies(sandbox: S
 def test_a_killed_watchs_temporary_cache_folder_is_removed_by_the_next(tmp_path: Path) -> None:
     """A watch whose cache folder takes no file makes one in TMPDIR; killed (SIGKILL), it cannot
     remove it. The next removes the folders of this user's dead watches, never a live one's."""
-    from phoenix_backup.ops.watch import _temp_cache_prefix, remove_stale_cache_folders
+    from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    # A process that ran and is gone: its pid is free (no other process is started meanwhile
-    # by this test) and its name has the shape a watch gives it.
+    # A process that made its folder as a watch does and was killed: its pid is gone (or, if
+    # reused since, names a process started at another time).
     child = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import os, sys, tempfile; from phoenix_backup.ops.watch import _temp_cache_prefix; "
-            "d = tempfile.mkdtemp(prefix=_temp_cache_prefix(), dir=sys.argv[1]); "
+            "import os, sys, tempfile; from phoenix_backup.ops.watch import temp_cache_prefix; "
+            "d = tempfile.mkdtemp(prefix=temp_cache_prefix(), dir=sys.argv[1]); "
             "open(os.path.join(d, 'cache'), 'w').write('x'); os.kill(os.getpid(), 9)",
             str(tmp),
         ]
@@ -147,7 +147,7 @@ def test_a_killed_watchs_temporary_cache_folder_is_removed_by_the_next(tmp_path:
     child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
     (dead,) = tmp.iterdir()
-    live = tmp / (_temp_cache_prefix() + "mine")  # this process's: alive
+    live = tmp / (temp_cache_prefix() + "mine")  # this process's: alive
     live.mkdir(mode=0o700)
     other = tmp / "phx-watch-cache-notours"  # not the shape: never touched
     other.mkdir()

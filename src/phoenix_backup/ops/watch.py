@@ -78,13 +78,7 @@ from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.keys import hide_process_memory
-from phoenix_backup.repo.locks import (
-    WATCH_LEASE_SECONDS,
-    HeldLock,
-    boot_id,
-    own_start_time,
-    pid_namespace,
-)
+from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, boot_id, own_start_time, pid_namespace
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sinks.leftovers import process_gone
 from phoenix_backup.sources.files import Entry
@@ -610,7 +604,7 @@ class Watcher:
                     return outcome, self.cache_dir
         try:
             remove_stale_cache_folders()
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=_temp_cache_prefix())))
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=temp_cache_prefix())))
         except OSError as exc:  # a full disk fills the temporary folder too
             raise StorageError(
                 f"the watch's cache folder {self.cache_dir} takes no file ({refused}), nor does the temporary "
@@ -1049,7 +1043,8 @@ class Watcher:
 _TEMP_CACHE = re.compile(r"phx-watch-cache-((?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})?)-(\d+)-(\d+)-(\d+)-.+")
 
 
-def _temp_cache_prefix() -> str:
+def temp_cache_prefix() -> str:
+    """The start of the name of a temporary cache folder this process makes (`_TEMP_CACHE`)."""
     return f"phx-watch-cache-{boot_id()}-{pid_namespace()}-{os.getpid()}-{own_start_time()}-"
 
 
