@@ -125,10 +125,10 @@ def test_a_prune_stopped_by_sigterm_leaves_a_repository_that_verifies(sandbox: S
     _assert_repository_clean(sb)
 
 
-def test_a_killed_watchs_temporary_cache_folder_is_removed_by_the_next(tmp_path: Path) -> None:
+def test_a_killed_watchs_temporary_cache_folder_is_removed_by_the_next(sandbox: Sandbox, tmp_path: Path) -> None:
     """A watch whose cache folder takes no file makes one in TMPDIR; killed (SIGKILL), it cannot
-    remove it. The next removes the folders of this user's dead watches, never a live one's."""
-    from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix
+    remove it. The next watch removes the folders of this user's dead watches, never a live one's."""
+    from phoenix_backup.ops.watch import temp_cache_prefix
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -161,6 +161,6 @@ def test_a_killed_watchs_temporary_cache_folder_is_removed_by_the_next(tmp_path:
         theirs.mkdir()
         os.chown(theirs, 65534, 65534)
         kept.append(theirs.name)
-    assert remove_stale_cache_folders(tmp) == [dead]
-    assert sorted(p.name for p in tmp.iterdir()) == sorted(kept)
+    res = sandbox.phx("watch", "--duration", "0", env=sandbox.env_with(TMPDIR=str(tmp)))
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(kept), res
     assert elsewhere.is_dir()
