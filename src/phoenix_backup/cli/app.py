@@ -57,14 +57,35 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+@dataclass
+class _Stopping:
+    started: bool = False
+    as_json: bool = False  # the command's --json, for the line of a second signal
+
+
+_STOPPING = _Stopping()
+
+
 def _stop(signum: int, _frame: FrameType | None) -> None:
+    if _STOPPING.started:
+        # A second signal while stopping: at once, as a kill would. Every object and file is
+        # written under a temporary name, fsynced, then renamed, so nothing half-written bears a
+        # final name; the next command removes the temporary files and the lock (docs/reliability.md).
+        with contextlib.suppress(OSError):
+            line = stderr_line("problem", _STOPPED_AT_ONCE, as_json=_STOPPING.as_json) + "\n"
+            os.write(2, line.encode("utf-8", "replace"))
+        os._exit(128 + signum)
+    _STOPPING.started = True
     raise Stopped(signum)
+
+
+_STOPPED_AT_ONCE = "stopped at once by a second signal; the next phx command removes what this one left"
 
 
 def stop_on_signals() -> None:
     """SIGTERM and SIGHUP raise `Stopped` in the main thread (where Python runs signal handlers),
-    as SIGINT raises KeyboardInterrupt; a second one while stopping raises again, as a second
-    Ctrl-C does. Signals ignored when the process started (`nohup` ignores SIGHUP) stay ignored."""
+    as SIGINT raises KeyboardInterrupt; a second one while that stop runs ends the process at once
+    (`_stop`). Signals ignored when the process started (`nohup` ignores SIGHUP) stay ignored."""
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _stop)
@@ -257,6 +278,7 @@ def common(f: F) -> F:
     def wrapper(*args: Any, config_path: str | None, as_json: bool, verbose: bool, quiet: bool, **kwargs: Any) -> None:
         given = global_options()
         as_json = as_json or given.as_json
+        _STOPPING.as_json = as_json
         verbose = verbose or given.verbose
         quiet = quiet or given.quiet
         _check_globals(given, config_path, verbose, quiet)
