@@ -1,8 +1,9 @@
 """A restore's files fsynced and renamed on threads of their own (docs/restore-checks.md), attacked:
 an fsync failing on one file among many or on every file (more files than may wait for their
-fsync at once), a rename refused, Ctrl-C on a slow disk, and a process that may open few files.
-Each ends in one sentence and the right exit code, with no temporary file left, no file in place
-that is not the snapshot's, and each folder fsynced after the last rename into it.
+fsync at once), a rename refused, Ctrl-C, SIGTERM or SIGHUP on a slow disk (more moments with
+`PHX_TEST_HEAVY=1`), and a process that may open few files. Each ends in one sentence and the
+right exit code, with no temporary file left, no file in place that is not the snapshot's, and
+each folder fsynced after the last rename into it.
 
 Faults come from a `sitecustomize` module on the restore's PYTHONPATH (as in
 tests/e2e/test_restore_sync_overlap.py): it wraps `os.fsync` and `os.rename` for paths below the
@@ -161,10 +162,29 @@ def test_a_refused_rename_stops_the_restore_and_leaves_no_temporary_file(sandbox
     assert _renamed_before_last_folder_fsync_missing(tmp_path) == []
 
 
-@pytest.mark.parametrize("after", [0.0, 0.5])
+# (signal, seconds after the first file, seconds to a second signal or None)
+STOPS = [(signal.SIGINT, 0.0, None), (signal.SIGINT, 0.5, None), (signal.SIGTERM, 0.0, None)]
+STOPS += [(signal.SIGTERM, 0.5, 0.05), (signal.SIGHUP, 0.3, None)]
+if os.environ.get("PHX_TEST_HEAVY") == "1":
+    STOPS += [
+        (sig, after, again)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        for after in (0.1, 0.2, 0.8, 1.2, 1.6)
+        for again in (None, 0.0, 0.02, 0.2)
+        # A second Ctrl-C interrupts the stop itself (as before): it may leave a temporary file.
+        if sig != signal.SIGINT or again is None
+    ]
+
+
+@pytest.mark.parametrize(("sig", "after", "again"), STOPS)
 def test_ctrl_c_on_a_slow_disk_leaves_only_whole_files_and_their_folders_synced(
-    sandbox: Sandbox, tmp_path: Path, after: float
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals, after: float, again: float | None
 ) -> None:
+    """Ctrl-C (SIGINT), SIGTERM (systemd's stop, `kill`) and SIGHUP (a terminal closed) stop the
+    restore alike, with exit 128 + the signal's number (before, SIGTERM and SIGHUP ended it at once,
+    leaving its temporary files for the next restore's journal). A second SIGTERM or SIGHUP while
+    it stops ends it at once, as a kill would: the files in place are still whole, the fsync of
+    their folders may be skipped, and the next command removes the temporary files."""
     sb = sandbox
     files = numbered_notes(sb, 300)
     snap = sb.backup()
@@ -176,13 +196,22 @@ def test_ctrl_c_on_a_slow_disk_leaves_only_whole_files_and_their_folders_synced(
     while not any((dest / "workspace").rglob("*.md")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)  # until files are being written (a Ctrl-C during start-up is another matter)
     time.sleep(after)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
+    if again is not None:
+        time.sleep(again)
+        proc.send_signal(sig)
     _out, err = proc.communicate(timeout=60)
     # 300 fsyncs of 50 ms on eight threads last 1.9 s at least: the restore is still writing.
-    assert proc.returncode == 130, (proc.returncode, err)
-    assert "interrupted" in err and "Traceback" not in err, err
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    assert ("interrupted" in err or (again is not None and "stopped at once" in err)) and "Traceback" not in err, err
+    if again is not None:
+        # A second signal ends it at once, as a kill would: the next command removes the
+        # temporary files (the restore's journal).
+        sb.phx("list")
     _check_restored(dest, files)
-    assert _renamed_before_last_folder_fsync_missing(tmp_path) == []
+    assert list((sb.cache / "restore-journal").glob("*")) == [], "the restore's journal is deleted"
+    if again is None:
+        assert _renamed_before_last_folder_fsync_missing(tmp_path) == []
 
 
 def test_a_process_that_may_open_few_files_restores_many(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -3,14 +3,17 @@ place where errors become exit codes. Each command lives in its own `cmd_<name>`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import importlib
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -36,6 +39,68 @@ _IDENTITY_KEY = "phx.identity"  # `identity_option`'s file, for `make_env`
 _CONFIG_KEY = "phx.config"  # the config `load_config` loaded: its secrets are kept out of errors
 # Where the group leaves the options given before the command (`GlobalOptions`).
 _GLOBAL_KEY = "phx.global"
+
+
+# SIGTERM (systemd's `stop`, a shutdown, a container runtime, `kill`) and SIGHUP (`nohup`'s
+# absence, a terminal closed) stop a command as Ctrl-C does. `phx watch` sets its own handlers.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+INTERRUPTED = 128 + signal.SIGINT  # the shell's convention: 128 + the signal's number
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal received, raised in the main thread as Ctrl-C's KeyboardInterrupt is: every
+    clean-up that Ctrl-C runs (temporary files removed, locks released, worker threads stopped)
+    runs for it as well."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class _Stopping:
+    started: bool = False
+    as_json: bool = False  # the command's --json, for the line of a second signal
+
+
+_STOPPING = _Stopping()
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    if _STOPPING.started:
+        # A second signal while stopping: at once, as a kill would. Every object and file is
+        # written under a temporary name, fsynced, then renamed, so nothing half-written bears a
+        # final name; the next command removes the temporary files and the lock (docs/reliability.md).
+        with contextlib.suppress(OSError):
+            line = stderr_line("problem", _STOPPED_AT_ONCE, as_json=_STOPPING.as_json) + "\n"
+            os.write(2, line.encode("utf-8", "replace"))
+        os._exit(128 + signum)
+    _STOPPING.started = True
+    raise Stopped(signum)
+
+
+_STOPPED_AT_ONCE = "stopped at once by a second signal; the next phx command removes what this one left"
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP raise `Stopped` in the main thread (where Python runs signal handlers),
+    as SIGINT raises KeyboardInterrupt; a second one while that stop runs ends the process at once
+    (`_stop`). Signals ignored when the process started (`nohup` ignores SIGHUP) stay ignored."""
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _stop)
+
+
+def interrupted_status(exc: BaseException | None) -> int:
+    """The exit code after an interruption: 128 + the signal's number (130 for Ctrl-C, 143 for
+    SIGTERM, 129 for SIGHUP), found in `exc` or the exception it was raised from."""
+    while exc is not None:
+        if isinstance(exc, Stopped):
+            return 128 + exc.signum
+        if isinstance(exc, KeyboardInterrupt):
+            return INTERRUPTED
+        exc = exc.__cause__ or exc.__context__
+    return INTERRUPTED
 
 
 class Out:
@@ -213,6 +278,7 @@ def common(f: F) -> F:
     def wrapper(*args: Any, config_path: str | None, as_json: bool, verbose: bool, quiet: bool, **kwargs: Any) -> None:
         given = global_options()
         as_json = as_json or given.as_json
+        _STOPPING.as_json = as_json
         verbose = verbose or given.verbose
         quiet = quiet or given.quiet
         _check_globals(given, config_path, verbose, quiet)
@@ -251,13 +317,16 @@ def common(f: F) -> F:
         except Exception as exc:  # not a Phoenix error: a bug, said as one error like any other
             out.progress.clear()
             say_bug(exc, verbose=verbose, as_json=as_json, error=out.error)
-        except KeyboardInterrupt:
-            out.progress.interrupted()
-            message = "interrupted; the repository is unchanged unless a snapshot was reported"
-            out.problem(message)
-            if as_json:
-                click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "Interrupted"}))
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, SIGTERM or SIGHUP (`Stopped`): the same stop and line, the signal's exit code.
+            # After a hang-up the terminal may be gone: what cannot be written is not said.
+            with contextlib.suppress(OSError):
+                out.progress.interrupted()
+                message = "interrupted; the repository is unchanged unless a snapshot was reported"
+                out.problem(message)
+                if as_json:
+                    click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "Interrupted"}))
+            sys.exit(interrupted_status(exc))
         sys.exit(int(status or ExitStatus.OK))
 
     return wrapper  # type: ignore[return-value]

@@ -3,6 +3,7 @@ and click's own errors turned into Phoenix's one-line format."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 from typing import NoReturn
@@ -10,7 +11,7 @@ from typing import NoReturn
 import click
 
 from phoenix_backup import jsontext
-from phoenix_backup.cli.app import cli, say_bug, stderr_line
+from phoenix_backup.cli.app import cli, interrupted_status, say_bug, stderr_line, stop_on_signals
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.repo.keys import hide_process_memory
 
@@ -70,6 +71,7 @@ def main() -> None:
     # Every command may hold the passphrase (its environment) and the master secrets, a backup
     # or a restore for hours: no other process of the user reads its memory (see the function).
     hide_process_memory()
+    stop_on_signals()
     argv = sys.argv[1:]
     try:
         cli.main(prog_name="phx", standalone_mode=False)
@@ -86,9 +88,10 @@ def main() -> None:
             _usage_error(message)
         click.echo(stderr_line("error", message, as_json=False), err=True)
         sys.exit(int(ExitStatus.USAGE))
-    except click.exceptions.Abort:
-        click.echo(stderr_line("problem", "interrupted", as_json=wants_json(argv, None)), err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click's word for a KeyboardInterrupt (or `Stopped`) it caught
+        with contextlib.suppress(OSError):
+            click.echo(stderr_line("problem", "interrupted", as_json=wants_json(argv, None)), err=True)
+        sys.exit(interrupted_status(exc.__cause__))
     except click.ClickException as exc:
         click.echo(stderr_line("error", exc.format_message(), as_json=wants_json(argv, None)), err=True)
         sys.exit(exc.exit_code)

@@ -36,8 +36,11 @@ import gc
 import hmac
 import json
 import os
+import re
 import secrets
+import shutil
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -75,8 +78,9 @@ from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.keys import hide_process_memory
-from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock
+from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, boot_id, own_start_time, pid_namespace
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sinks.leftovers import process_gone
 from phoenix_backup.sources.files import Entry
 from phoenix_backup.sources.scope import SCOPES
 from phoenix_backup.sources.sqlite_capture import CHECKPOINT_FRAMES, Image, Position, SqliteCapture
@@ -599,7 +603,8 @@ class Watcher:
                 if not outcome.failed or (refused := self._cache_refuses()) is None:
                     return outcome, self.cache_dir
         try:
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="phx-watch-cache-")))
+            remove_stale_cache_folders()
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=temp_cache_prefix())))
         except OSError as exc:  # a full disk fills the temporary folder too
             raise StorageError(
                 f"the watch's cache folder {self.cache_dir} takes no file ({refused}), nor does the temporary "
@@ -1032,6 +1037,48 @@ class Watcher:
             backend.close()
 
 
+# A base's temporary cache folder (when the watch's own takes no file), in TMPDIR (mode 0700):
+# phx-watch-cache-<boot id>-<pid namespace>-<pid>-<start time>-<random>. A watch killed (SIGKILL,
+# a power cut) leaves it; the next watch removes it once its process is provably gone.
+_TEMP_CACHE = re.compile(r"phx-watch-cache-((?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})?)-(\d+)-(\d+)-(\d+)-.+")
+
+
+def temp_cache_prefix() -> str:
+    """The start of the name of a temporary cache folder this process makes (`_TEMP_CACHE`)."""
+    return f"phx-watch-cache-{boot_id()}-{pid_namespace()}-{os.getpid()}-{own_start_time()}-"
+
+
+def remove_stale_cache_folders(tmp: Path | None = None) -> list[Path]:
+    """Remove the temporary cache folders that watches of this user left in `tmp` (TMPDIR) when
+    killed: only names of that shape, folders (not symlinks) owned by this user, whose process
+    provably no longer runs (`sinks.leftovers.process_gone`); a live watch's, another user's or one
+    that cannot be told apart is left alone. Returns the folders removed."""
+    tmp = tmp if tmp is not None else Path(tempfile.gettempdir())
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        m = _TEMP_CACHE.fullmatch(name)
+        if m is None:
+            continue
+        path = tmp / name
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        boot, namespace, pid, start = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+        if not process_gone(boot, namespace, pid, start):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
 def watch(
     cfg: Config,
     envx: Environment,
@@ -1047,6 +1094,7 @@ def watch(
     started = time.monotonic()
     hide_process_memory()  # it holds the master secrets for weeks
     repo = open_repository(cfg, envx, upgrade=True)
+    remove_stale_cache_folders()
     guard = -1
     try:
         guard = _only_watch(state_file(envx, repo.config.id))

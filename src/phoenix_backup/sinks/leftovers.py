@@ -152,7 +152,7 @@ def _clean_one(folder: int, name: str) -> list[str]:
                 os.unlink(name, dir_fd=folder)
             return []
         boot, namespace, pid, start = head
-        if not _gone(boot, namespace, pid, start):
+        if not process_gone(boot, namespace, pid, start):
             return []
         removed = []
         seen: set[str] = set()
@@ -194,7 +194,7 @@ def _header(line: str) -> tuple[str, int, int, int] | None:
     return boot, namespace, pid, start
 
 
-def _gone(boot: str, namespace: int, pid: int, start: int) -> bool:
+def process_gone(boot: str, namespace: int, pid: int, start: int) -> bool:
     """True only when the process is provably dead (its pid elsewhere means nothing here)."""
     ours = boot_id()
     if boot and ours and boot != ours:

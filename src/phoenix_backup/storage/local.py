@@ -202,6 +202,9 @@ class LocalBackend(Backend):
         except OSError as exc:
             _unlink_quietly(tmp)
             raise os_error(exc, f"writing {name} to {self.root}") from exc
+        except BaseException:  # Ctrl-C, SIGTERM: the half-written file goes too
+            _unlink_quietly(tmp)
+            raise
 
     def delete(self, name: str) -> None:
         try:

@@ -1,0 +1,192 @@
+"""SIGTERM (systemd's `stop`, a shutdown, a container runtime, `kill`) and SIGHUP (a terminal
+closed) stop a `phx` command as Ctrl-C does (docs/cli.md, "Exit codes"): the same clean stop and
+one line, exit 128 + the signal's number. Before, Python's default ended the process at once
+(exit -15, -1): a backup's lock stayed in the repository, a prune stopped wherever it was.
+
+Each command runs as a real process slowed by a `sitecustomize` module on its PYTHONPATH (each
+fsync and unlink below the repository sleeps), and gets the signal once it has started writing
+or deleting packs (the module touches a file at its first such call in `data/`). A restore's signals are tested in
+tests/e2e/test_restore_sync_adversary.py, the watch's temporary cache folders here too."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import PHX, Sandbox, numbered_notes
+
+from phoenix_backup.storage.base import TEMP_MARKER
+
+SLOW = """
+import os, time
+_below = os.environ["SLOW_BELOW"]
+_started, _from = os.environ["SLOW_STARTED"], os.environ["SLOW_MARK_BELOW"]
+_real_fsync, _real_unlink = os.fsync, os.unlink
+
+def _mark(path):
+    if path.startswith(_from) and not os.path.exists(_started):
+        open(_started, "w").close()
+    time.sleep(float(os.environ["SLOW_SECONDS"]))
+
+def _fsync(fd):
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        path = ""
+    if path.startswith(_below):
+        _mark(path)
+    return _real_fsync(fd)
+
+def _unlink(path, *, dir_fd=None):
+    if dir_fd is None and os.path.abspath(path).startswith(_below):
+        _mark(os.path.abspath(path))
+    return _real_unlink(path, dir_fd=dir_fd)
+
+os.fsync, os.unlink = _fsync, _unlink
+"""
+
+
+def _stop_midway(
+    sb: Sandbox, tmp_path: Path, sig: signal.Signals, *args: str, again: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `phx ARGS` with every fsync and unlink in the repository slowed, send `sig` once the
+    first one in its `data/` happened (and again `again` seconds later), and return how it ended."""
+    site = tmp_path / "slow-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SLOW)
+    started = tmp_path / "slow-started"
+    started.unlink(missing_ok=True)
+    env = dict(sb.env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    env |= {"SLOW_BELOW": str(sb.repo), "SLOW_SECONDS": "0.05"}
+    env |= {"SLOW_STARTED": str(started), "SLOW_MARK_BELOW": str(sb.repo / "data")}
+    cmd = [PHX, *args]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, ("it ended before writing to the repository", proc.communicate())
+    proc.send_signal(sig)
+    if again is not None:
+        time.sleep(again)
+        proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _assert_stopped(res: subprocess.CompletedProcess[str], sig: signal.Signals) -> None:
+    assert res.returncode == 128 + sig, (res.returncode, res.stderr)
+    assert res.stderr.splitlines()[-1] == (
+        "phx: interrupted; the repository is unchanged unless a snapshot was reported"
+    ), res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+def _assert_repository_clean(sb: Sandbox) -> None:
+    assert list((sb.repo / "locks").iterdir()) == [], "the lock is removed"
+    assert [p for p in sb.repo.rglob(f"{TEMP_MARKER}*")] == [], "no temporary object is left"
+    res = sb.phx("verify", "--json", check=False)
+    assert res.code == 0 and res.json()["ok"], res
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_backup_stopped_by_a_signal_removes_its_lock_and_the_next_backup_succeeds(
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    sb = sandbox
+    before = sb.snapshots()
+    numbered_notes(sb, 120)
+    res = _stop_midway(sb, tmp_path, sig, "backup")
+    _assert_stopped(res, sig)
+    assert sb.snapshots() == before, "an interrupted backup is no snapshot"
+    _assert_repository_clean(sb)
+    sb.backup()  # exit 0 (checked)
+    assert len(sb.snapshots()) == len(before) + 1
+
+
+def test_a_second_sigterm_ends_a_backup_at_once_and_the_next_backup_succeeds(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The second SIGTERM while the backup stops ends it at once, as a kill would: its lock, a
+    dead process's, is removed by the next backup, which succeeds; the repository verifies."""
+    sb = sandbox
+    before = sb.snapshots()
+    numbered_notes(sb, 120)
+    res = _stop_midway(sb, tmp_path, signal.SIGTERM, "backup", again=0.02)
+    assert res.returncode == 143, (res.returncode, res.stderr)
+    # The stop takes 50 ms at least (the lock's removal is slowed): the second signal lands in it,
+    # unless a loaded machine ran neither handler before both had arrived (then one is seen).
+    last = res.stderr.splitlines()[-1]
+    assert last.startswith(("phx: stopped at once by a second signal", "phx: interrupted")), res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert sb.snapshots() == before, "an interrupted backup is no snapshot"
+    sb.backup()  # exit 0 (checked)
+    assert len(sb.snapshots()) == len(before) + 1
+    assert list((sb.repo / "locks").iterdir()) == [], "no lock is left"
+    res = sb.phx("verify", "--json", check=False)
+    assert res.code == 0 and res.json()["ok"], res
+
+
+def test_a_prune_stopped_by_sigterm_leaves_a_repository_that_verifies(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    notes = numbered_notes(sb, 120)
+    first = sb.backup()
+    for name in list(notes)[::2]:  # half the packs' blobs go out of use with the first snapshot
+        (sb.workspace / "notes" / name).write_bytes(os.urandom(len(notes[name])))
+    sb.backup()
+    sb.phx("forget", first["id"])
+    when = time.time() - 2 * 3600  # packs this young are kept (a running backup may commit them)
+    for pack in (sb.repo / "data").rglob("*"):
+        os.utime(pack, (when, when))
+    res = _stop_midway(sb, tmp_path, signal.SIGTERM, "prune")
+    _assert_stopped(res, signal.SIGTERM)
+    _assert_repository_clean(sb)
+    done = sb.phx("prune", "--json").json()
+    assert done["ok"], done
+    _assert_repository_clean(sb)
+
+
+def test_a_killed_watchs_temporary_cache_folder_is_removed_by_the_next(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A watch whose cache folder takes no file makes one in TMPDIR; killed (SIGKILL), it cannot
+    remove it. The next watch removes the folders of this user's dead watches, never a live one's."""
+    from phoenix_backup.ops.watch import temp_cache_prefix
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    # A process that made its folder as a watch does and was killed: its pid is gone (or, if
+    # reused since, names a process started at another time).
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, tempfile; from phoenix_backup.ops.watch import temp_cache_prefix; "
+            "d = tempfile.mkdtemp(prefix=temp_cache_prefix(), dir=sys.argv[1]); "
+            "open(os.path.join(d, 'cache'), 'w').write('x'); os.kill(os.getpid(), 9)",
+            str(tmp),
+        ]
+    )
+    child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    (dead,) = tmp.iterdir()
+    live = tmp / (temp_cache_prefix() + "mine")  # this process's: alive
+    live.mkdir(mode=0o700)
+    other = tmp / "phx-watch-cache-notours"  # not the shape: never touched
+    other.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = Path(str(dead) + "x")
+    link.symlink_to(elsewhere)  # a symlink of that shape: not followed, not removed
+    kept = [live.name, other.name, link.name]
+    if os.geteuid() == 0:  # another user's, of that dead process: not ours to remove
+        theirs = Path(str(dead) + "theirs")
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        kept.append(theirs.name)
+    res = sandbox.phx("watch", "--duration", "0", env=sandbox.env_with(TMPDIR=str(tmp)))
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(kept), res
+    assert elsewhere.is_dir()
