@@ -52,10 +52,16 @@ os.fsync, os.unlink = _fsync, _unlink
 
 
 def _stop_midway(
-    sb: Sandbox, tmp_path: Path, sig: signal.Signals, *args: str, again: float | None = None
+    sb: Sandbox,
+    tmp_path: Path,
+    sig: signal.Signals,
+    *args: str,
+    again: float | None = None,
+    then: signal.Signals | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `phx ARGS` with every fsync and unlink in the repository slowed, send `sig` once the
-    first one in its `data/` happened (and again `again` seconds later), and return how it ended."""
+    first one in its `data/` happened (and `then`, or `sig` again, `again` seconds later), and
+    return how it ended."""
     site = tmp_path / "slow-site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SLOW)
@@ -76,7 +82,7 @@ def _stop_midway(
     proc.send_signal(sig)
     if again is not None:
         time.sleep(again)
-        proc.send_signal(sig)
+        proc.send_signal(then or sig)
     out, err = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -190,3 +196,22 @@ def test_a_killed_watchs_temporary_cache_folder_is_removed_by_the_next(sandbox: 
     res = sandbox.phx("watch", "--duration", "0", env=sandbox.env_with(TMPDIR=str(tmp)))
     assert sorted(p.name for p in tmp.iterdir()) == sorted(kept), res
     assert elsewhere.is_dir()
+
+
+@pytest.mark.parametrize("first", [signal.SIGHUP, signal.SIGTERM])
+def test_a_sighup_while_stopping_does_not_cut_the_stop_short(
+    sandbox: Sandbox, tmp_path: Path, first: signal.Signals
+) -> None:
+    """A closed terminal hangs up a foreground command twice (the shell forwards its SIGHUP to its
+    jobs, then the kernel sends one to the foreground group as the shell exits), and systemd's
+    `SendSIGHUP=yes` follows its SIGTERM with a SIGHUP: neither is a user insisting. The stop runs
+    to its end: the first signal's exit code, one `interrupted` line, no lock, no temporary object
+    (before, the SIGHUP ended it at once, exit 129, its lock left)."""
+    sb = sandbox
+    before = sb.snapshots()
+    numbered_notes(sb, 120)
+    # 20 ms later the stop has begun (the lock's removal alone takes 50 ms here).
+    res = _stop_midway(sb, tmp_path, first, "backup", again=0.02, then=signal.SIGHUP)
+    _assert_stopped(res, first)
+    assert sb.snapshots() == before, "an interrupted backup is no snapshot"
+    _assert_repository_clean(sb)

@@ -67,6 +67,11 @@ _STOPPING = _Stopping()
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
+    if _STOPPING.started and signum == signal.SIGHUP:
+        # A hang-up while stopping says nothing new: a closed terminal sends two (the shell
+        # forwards its own to its jobs, the kernel sends one to the foreground group as the shell
+        # exits), systemd's `SendSIGHUP=yes` one right after its SIGTERM. The stop runs to its end.
+        return
     if _STOPPING.started:
         # A second signal while stopping: at once, as a kill would. Every object and file is
         # written under a temporary name, fsynced, then renamed, so nothing half-written bears a
@@ -84,8 +89,9 @@ _STOPPED_AT_ONCE = "stopped at once by a second signal; the next phx command rem
 
 def stop_on_signals() -> None:
     """SIGTERM and SIGHUP raise `Stopped` in the main thread (where Python runs signal handlers),
-    as SIGINT raises KeyboardInterrupt; a second one while that stop runs ends the process at once
-    (`_stop`). Signals ignored when the process started (`nohup` ignores SIGHUP) stay ignored."""
+    as SIGINT raises KeyboardInterrupt; a second SIGTERM while that stop runs ends the process at
+    once, a SIGHUP then is ignored (`_stop`). Signals ignored when the process started (`nohup`
+    ignores SIGHUP) stay ignored."""
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _stop)
