@@ -58,10 +58,12 @@ def _stop_midway(
     *args: str,
     again: float | None = None,
     then: signal.Signals | None = None,
+    hung_up: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run `phx ARGS` with every fsync and unlink in the repository slowed, send `sig` once the
     first one in its `data/` happened (and `then`, or `sig` again, `again` seconds later), and
-    return how it ended."""
+    return how it ended. `hung_up`: its stdout and stderr are a terminal, gone (closed, every
+    write answered EIO) before the signal; what it said is then lost."""
     site = tmp_path / "slow-site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SLOW)
@@ -72,12 +74,17 @@ def _stop_midway(
     env |= {"SLOW_BELOW": str(sb.repo), "SLOW_SECONDS": "0.05"}
     env |= {"SLOW_STARTED": str(started), "SLOW_MARK_BELOW": str(sb.repo / "data")}
     cmd = [PHX, *args]
+    terminal, output = os.openpty() if hung_up else (-1, subprocess.PIPE)
     proc = subprocess.Popen(
-        cmd, env=env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, env=env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=output, stderr=output, text=True
     )
+    if hung_up:
+        os.close(output)
     deadline = time.monotonic() + 60
     while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    if hung_up:
+        os.close(terminal)
     assert proc.poll() is None, ("it ended before writing to the repository", proc.communicate())
     proc.send_signal(sig)
     if again is not None:
@@ -213,5 +220,19 @@ def test_a_sighup_while_stopping_does_not_cut_the_stop_short(
     # 20 ms later the stop has begun (the lock's removal alone takes 50 ms here).
     res = _stop_midway(sb, tmp_path, first, "backup", again=0.02, then=signal.SIGHUP)
     _assert_stopped(res, first)
+    assert sb.snapshots() == before, "an interrupted backup is no snapshot"
+    _assert_repository_clean(sb)
+
+
+@pytest.mark.parametrize("json", [False, True])
+def test_a_hang_up_whose_terminal_is_gone_still_exits_129(sandbox: Sandbox, tmp_path: Path, json: bool) -> None:
+    """A terminal closed: stdout and stderr answer every write with EIO. The stop still runs to
+    its end and the exit code is SIGHUP's 129 (before: Python's last flush of the output failed
+    and made it 120, which no script or unit reads as a hang-up)."""
+    sb = sandbox
+    before = sb.snapshots()
+    numbered_notes(sb, 120)
+    res = _stop_midway(sb, tmp_path, signal.SIGHUP, "backup", *(["--json"] if json else []), hung_up=True)
+    assert res.returncode == 129, res.returncode
     assert sb.snapshots() == before, "an interrupted backup is no snapshot"
     _assert_repository_clean(sb)

@@ -109,6 +109,22 @@ def interrupted_status(exc: BaseException | None) -> int:
     return INTERRUPTED
 
 
+def drop_unwritable_output() -> None:
+    """After a hang-up the terminal is gone: what stdout and stderr still buffer cannot be written,
+    and Python's last flush at exit would fail and change the exit code to 120. Such a stream's
+    descriptor is pointed at /dev/null instead, so the signal's exit code stands."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            with contextlib.suppress(OSError, ValueError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+        except ValueError:  # closed
+            pass
+
+
 class Out:
     """Where a command's output goes, and how (plain text or one JSON document).
 
@@ -332,6 +348,7 @@ def common(f: F) -> F:
                 out.problem(message)
                 if as_json:
                     click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "Interrupted"}))
+            drop_unwritable_output()
             sys.exit(interrupted_status(exc))
         sys.exit(int(status or ExitStatus.OK))
 
