@@ -11,6 +11,7 @@ tests/e2e/test_restore_sync_adversary.py, the watch's temporary cache folders he
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,3 +237,41 @@ def test_a_hang_up_whose_terminal_is_gone_still_exits_129(sandbox: Sandbox, tmp_
     assert res.returncode == 129, res.returncode
     assert sb.snapshots() == before, "an interrupted backup is no snapshot"
     _assert_repository_clean(sb)
+
+
+def test_a_watch_keeps_the_temporary_cache_folder_of_a_watch_on_another_machine(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """TMPDIR on a home folder that several machines share (NFS): a live watch on another machine
+    (another host name, another boot id) has its temporary cache folder there. Its other boot id
+    proves no reboot here: the folder is kept (before, it was removed as a rebooted machine's)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("making another machine's process (another host name and boot id) takes root and unshare")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    boot = tmp_path / "boot_id"
+    boot.write_text("11111111-2222-3333-4444-555555555555\n")
+    made = tmp_path / "made"
+    code = (
+        "import os, sys, tempfile, time; from phoenix_backup.ops.watch import temp_cache_prefix; "
+        "d = tempfile.mkdtemp(prefix=temp_cache_prefix(), dir=sys.argv[1]); "
+        "open(os.path.join(d, 'cache'), 'w').write('x'); open(sys.argv[2], 'w').close(); time.sleep(120)"
+    )
+    script = (
+        'mount --bind "$1" /proc/sys/kernel/random/boot_id && hostname phx-elsewhere && exec "$2" -c "$3" "$4" "$5"'
+    )
+    other = subprocess.Popen(
+        ["unshare", "--uts", "--mount", "--fork", "sh", "-c", script, "sh", boot, sys.executable, code, tmp, made]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not made.exists() and time.monotonic() < deadline and other.poll() is None:
+            time.sleep(0.02)
+        assert made.exists(), other.poll()
+        (theirs,) = tmp.iterdir()
+        res = sandbox.phx("watch", "--duration", "0", env=sandbox.env_with(TMPDIR=str(tmp)))
+        assert [p.name for p in tmp.iterdir()] == [theirs.name], res
+        assert (theirs / "cache").read_text() == "x"
+    finally:
+        other.kill()
+        other.wait()
