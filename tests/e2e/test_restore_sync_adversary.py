@@ -182,8 +182,8 @@ def test_ctrl_c_on_a_slow_disk_leaves_only_whole_files_and_their_folders_synced(
 ) -> None:
     """Ctrl-C (SIGINT), SIGTERM (systemd's stop, `kill`) and SIGHUP (a terminal closed) stop the
     restore alike, with exit 128 + the signal's number (before, SIGTERM and SIGHUP ended it at once,
-    leaving its temporary files for the next restore's journal). A second SIGTERM or SIGHUP while
-    it stops ends it at once, as a kill would: the files in place are still whole, the fsync of
+    leaving its temporary files for the next restore's journal). A second SIGTERM while it stops
+    ends it at once, as a kill would (a second SIGHUP changes nothing): the files in place are still whole, the fsync of
     their folders may be skipped, and the next command removes the temporary files."""
     sb = sandbox
     files = numbered_notes(sb, 300)

@@ -11,6 +11,7 @@ tests/e2e/test_restore_sync_adversary.py, the watch's temporary cache folders he
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,10 +53,18 @@ os.fsync, os.unlink = _fsync, _unlink
 
 
 def _stop_midway(
-    sb: Sandbox, tmp_path: Path, sig: signal.Signals, *args: str, again: float | None = None
+    sb: Sandbox,
+    tmp_path: Path,
+    sig: signal.Signals,
+    *args: str,
+    again: float | None = None,
+    then: signal.Signals | None = None,
+    hung_up: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run `phx ARGS` with every fsync and unlink in the repository slowed, send `sig` once the
-    first one in its `data/` happened (and again `again` seconds later), and return how it ended."""
+    first one in its `data/` happened (and `then`, or `sig` again, `again` seconds later), and
+    return how it ended. `hung_up`: its stdout and stderr are a terminal, gone (closed, every
+    write answered EIO) before the signal; what it said is then lost."""
     site = tmp_path / "slow-site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SLOW)
@@ -66,17 +75,22 @@ def _stop_midway(
     env |= {"SLOW_BELOW": str(sb.repo), "SLOW_SECONDS": "0.05"}
     env |= {"SLOW_STARTED": str(started), "SLOW_MARK_BELOW": str(sb.repo / "data")}
     cmd = [PHX, *args]
+    terminal, output = os.openpty() if hung_up else (-1, subprocess.PIPE)
     proc = subprocess.Popen(
-        cmd, env=env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, env=env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=output, stderr=output, text=True
     )
+    if hung_up:
+        os.close(output)
     deadline = time.monotonic() + 60
     while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    if hung_up:
+        os.close(terminal)
     assert proc.poll() is None, ("it ended before writing to the repository", proc.communicate())
     proc.send_signal(sig)
     if again is not None:
         time.sleep(again)
-        proc.send_signal(sig)
+        proc.send_signal(then or sig)
     out, err = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -190,3 +204,74 @@ def test_a_killed_watchs_temporary_cache_folder_is_removed_by_the_next(sandbox: 
     res = sandbox.phx("watch", "--duration", "0", env=sandbox.env_with(TMPDIR=str(tmp)))
     assert sorted(p.name for p in tmp.iterdir()) == sorted(kept), res
     assert elsewhere.is_dir()
+
+
+@pytest.mark.parametrize("first", [signal.SIGHUP, signal.SIGTERM])
+def test_a_sighup_while_stopping_does_not_cut_the_stop_short(
+    sandbox: Sandbox, tmp_path: Path, first: signal.Signals
+) -> None:
+    """A closed terminal hangs up a foreground command twice (the shell forwards its SIGHUP to its
+    jobs, then the kernel sends one to the foreground group as the shell exits), and systemd's
+    `SendSIGHUP=yes` follows its SIGTERM with a SIGHUP: neither is a user insisting. The stop runs
+    to its end: the first signal's exit code, one `interrupted` line, no lock, no temporary object
+    (before, the SIGHUP ended it at once, exit 129, its lock left)."""
+    sb = sandbox
+    before = sb.snapshots()
+    numbered_notes(sb, 120)
+    # 20 ms later the stop has begun (the lock's removal alone takes 50 ms here).
+    res = _stop_midway(sb, tmp_path, first, "backup", again=0.02, then=signal.SIGHUP)
+    _assert_stopped(res, first)
+    assert sb.snapshots() == before, "an interrupted backup is no snapshot"
+    _assert_repository_clean(sb)
+
+
+@pytest.mark.parametrize("json", [False, True])
+def test_a_hang_up_whose_terminal_is_gone_still_exits_129(sandbox: Sandbox, tmp_path: Path, json: bool) -> None:
+    """A terminal closed: stdout and stderr answer every write with EIO. The stop still runs to
+    its end and the exit code is SIGHUP's 129 (before: Python's last flush of the output failed
+    and made it 120, which no script or unit reads as a hang-up)."""
+    sb = sandbox
+    before = sb.snapshots()
+    numbered_notes(sb, 120)
+    res = _stop_midway(sb, tmp_path, signal.SIGHUP, "backup", *(["--json"] if json else []), hung_up=True)
+    assert res.returncode == 129, res.returncode
+    assert sb.snapshots() == before, "an interrupted backup is no snapshot"
+    _assert_repository_clean(sb)
+
+
+def test_a_watch_keeps_the_temporary_cache_folder_of_a_watch_on_another_machine(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """TMPDIR on a home folder that several machines share (NFS): a live watch on another machine
+    (another host name, another boot id) has its temporary cache folder there. Its other boot id
+    proves no reboot here: the folder is kept (before, it was removed as a rebooted machine's)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("making another machine's process (another host name and boot id) takes root and unshare")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    boot = tmp_path / "boot_id"
+    boot.write_text("11111111-2222-3333-4444-555555555555\n")
+    made = tmp_path / "made"
+    code = (
+        "import os, sys, tempfile, time; from phoenix_backup.ops.watch import temp_cache_prefix; "
+        "d = tempfile.mkdtemp(prefix=temp_cache_prefix(), dir=sys.argv[1]); "
+        "open(os.path.join(d, 'cache'), 'w').write('x'); open(sys.argv[2], 'w').close(); time.sleep(120)"
+    )
+    script = (
+        'mount --bind "$1" /proc/sys/kernel/random/boot_id && hostname phx-elsewhere && exec "$2" -c "$3" "$4" "$5"'
+    )
+    other = subprocess.Popen(
+        ["unshare", "--uts", "--mount", "--fork", "sh", "-c", script, "sh", boot, sys.executable, code, tmp, made]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not made.exists() and time.monotonic() < deadline and other.poll() is None:
+            time.sleep(0.02)
+        assert made.exists(), other.poll()
+        (theirs,) = tmp.iterdir()
+        res = sandbox.phx("watch", "--duration", "0", env=sandbox.env_with(TMPDIR=str(tmp)))
+        assert [p.name for p in tmp.iterdir()] == [theirs.name], res
+        assert (theirs / "cache").read_text() == "x"
+    finally:
+        other.kill()
+        other.wait()

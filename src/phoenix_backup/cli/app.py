@@ -67,6 +67,11 @@ _STOPPING = _Stopping()
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
+    if _STOPPING.started and signum == signal.SIGHUP:
+        # A hang-up while stopping says nothing new: a closed terminal sends two (the shell
+        # forwards its own to its jobs, the kernel sends one to the foreground group as the shell
+        # exits), systemd's `SendSIGHUP=yes` one right after its SIGTERM. The stop runs to its end.
+        return
     if _STOPPING.started:
         # A second signal while stopping: at once, as a kill would. Every object and file is
         # written under a temporary name, fsynced, then renamed, so nothing half-written bears a
@@ -84,8 +89,9 @@ _STOPPED_AT_ONCE = "stopped at once by a second signal; the next phx command rem
 
 def stop_on_signals() -> None:
     """SIGTERM and SIGHUP raise `Stopped` in the main thread (where Python runs signal handlers),
-    as SIGINT raises KeyboardInterrupt; a second one while that stop runs ends the process at once
-    (`_stop`). Signals ignored when the process started (`nohup` ignores SIGHUP) stay ignored."""
+    as SIGINT raises KeyboardInterrupt; a second SIGTERM while that stop runs ends the process at
+    once, a SIGHUP then is ignored (`_stop`). Signals ignored when the process started (`nohup`
+    ignores SIGHUP) stay ignored."""
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _stop)
@@ -101,6 +107,22 @@ def interrupted_status(exc: BaseException | None) -> int:
             return INTERRUPTED
         exc = exc.__cause__ or exc.__context__
     return INTERRUPTED
+
+
+def drop_unwritable_output() -> None:
+    """After a hang-up the terminal is gone: what stdout and stderr still buffer cannot be written,
+    and Python's last flush at exit would fail and change the exit code to 120. Such a stream's
+    descriptor is pointed at /dev/null instead, so the signal's exit code stands."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            with contextlib.suppress(OSError, ValueError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+        except ValueError:  # closed
+            pass
 
 
 class Out:
@@ -326,6 +348,7 @@ def common(f: F) -> F:
                 out.problem(message)
                 if as_json:
                     click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "Interrupted"}))
+            drop_unwritable_output()
             sys.exit(interrupted_status(exc))
         sys.exit(int(status or ExitStatus.OK))
 

@@ -11,7 +11,14 @@ from typing import NoReturn
 import click
 
 from phoenix_backup import jsontext
-from phoenix_backup.cli.app import cli, interrupted_status, say_bug, stderr_line, stop_on_signals
+from phoenix_backup.cli.app import (
+    cli,
+    drop_unwritable_output,
+    interrupted_status,
+    say_bug,
+    stderr_line,
+    stop_on_signals,
+)
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.repo.keys import hide_process_memory
 
@@ -91,6 +98,7 @@ def main() -> None:
     except click.exceptions.Abort as exc:  # click's word for a KeyboardInterrupt (or `Stopped`) it caught
         with contextlib.suppress(OSError):
             click.echo(stderr_line("problem", "interrupted", as_json=wants_json(argv, None)), err=True)
+        drop_unwritable_output()
         sys.exit(interrupted_status(exc.__cause__))
     except click.ClickException as exc:
         click.echo(stderr_line("error", exc.format_message(), as_json=wants_json(argv, None)), err=True)

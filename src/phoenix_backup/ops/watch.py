@@ -1038,21 +1038,30 @@ class Watcher:
 
 
 # A base's temporary cache folder (when the watch's own takes no file), in TMPDIR (mode 0700):
-# phx-watch-cache-<boot id>-<pid namespace>-<pid>-<start time>-<random>. A watch killed (SIGKILL,
-# a power cut) leaves it; the next watch removes it once its process is provably gone.
-_TEMP_CACHE = re.compile(r"phx-watch-cache-((?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})?)-(\d+)-(\d+)-(\d+)-.+")
+# phx-watch-cache-<host>-<boot id>-<pid namespace>-<pid>-<start time>-<random>, <host> the first
+# 8 hex digits of the SHA-256 of the host name: TMPDIR may be a folder that several machines share
+# (a home on NFS), where another boot id is another machine's, not a reboot. A watch killed
+# (SIGKILL, a power cut) leaves it; the next watch on that host removes it once its process is
+# provably gone.
+_TEMP_CACHE = re.compile(
+    r"phx-watch-cache-([0-9a-f]{8})-((?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})?)-(\d+)-(\d+)-(\d+)-.+"
+)
+
+
+def _host_tag() -> str:
+    return sha256_hex(socket.gethostname().encode("utf-8", "surrogateescape"))[:8]
 
 
 def temp_cache_prefix() -> str:
     """The start of the name of a temporary cache folder this process makes (`_TEMP_CACHE`)."""
-    return f"phx-watch-cache-{boot_id()}-{pid_namespace()}-{os.getpid()}-{own_start_time()}-"
+    return f"phx-watch-cache-{_host_tag()}-{boot_id()}-{pid_namespace()}-{os.getpid()}-{own_start_time()}-"
 
 
 def remove_stale_cache_folders(tmp: Path | None = None) -> list[Path]:
     """Remove the temporary cache folders that watches of this user left in `tmp` (TMPDIR) when
     killed: only names of that shape, folders (not symlinks) owned by this user, whose process
-    provably no longer runs (`sinks.leftovers.process_gone`); a live watch's, another user's or one
-    that cannot be told apart is left alone. Returns the folders removed."""
+    provably no longer runs (`sinks.leftovers.process_gone`); a live watch's, another user's,
+    another host's or one that cannot be told apart is left alone. Returns the folders removed."""
     tmp = tmp if tmp is not None else Path(tempfile.gettempdir())
     try:
         names = os.listdir(tmp)
@@ -1070,7 +1079,9 @@ def remove_stale_cache_folders(tmp: Path | None = None) -> list[Path]:
             continue
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             continue
-        boot, namespace, pid, start = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+        if m.group(1) != _host_tag():
+            continue
+        boot, namespace, pid, start = m.group(2), int(m.group(3)), int(m.group(4)), int(m.group(5))
         if not process_gone(boot, namespace, pid, start):
             continue
         shutil.rmtree(path, ignore_errors=True)
