@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import socket
 import stat
@@ -44,7 +43,7 @@ from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import file_chunks_of, page_runs
-from phoenix_backup.repo.crypto import BackgroundSha256, BlobType
+from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Duration
 from phoenix_backup.repo.snapshot import (
@@ -705,7 +704,7 @@ def _file_digest(size: int) -> contextlib.AbstractContextManager[Any]:
     """A SHA-256 digest for a file of `size` bytes, as a context manager that lets go of it."""
     if size >= BACKGROUND_DIGEST:
         return BackgroundSha256()
-    return contextlib.nullcontext(hashlib.sha256())
+    return contextlib.nullcontext(Sha256())
 
 
 def _content_node(

@@ -10,7 +10,6 @@ later prune frees them), never a snapshot claiming a database it does not hold i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.config.model import PostgresDb, RedisDb
 from phoenix_backup.errors import ConfigError
 from phoenix_backup.repo.chunker import stream_chunks
+from phoenix_backup.repo.crypto import Sha256
 from phoenix_backup.repo.snapshot import DatabaseInfo
 from phoenix_backup.repo.tree import Extent, Node
 from phoenix_backup.sources.streams import Stream
@@ -68,7 +68,7 @@ def database_jobs(cfg: Config, scope: str, only: tuple[str, ...] = ()) -> list[D
 
 def save_stream(stream: Stream, seed: int, save: Callable[[memoryview], bytes], when_ns: int) -> Node:
     """Read a stream to its end into the repository; raises the producer's error, if any."""
-    digest = hashlib.sha256()
+    digest = Sha256()
     extents: list[Extent] = []
     size = 0
     try:

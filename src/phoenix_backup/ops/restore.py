@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import os
 import resource
 import stat
@@ -57,7 +56,7 @@ from phoenix_backup.ops.context import (
 )
 from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo import checks
-from phoenix_backup.repo.crypto import sha256_file
+from phoenix_backup.repo.crypto import sha256_file, sha256_hex
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.reader import check_data, damage_text, read_node
 from phoenix_backup.repo.repository import Repository
@@ -1113,7 +1112,7 @@ def _digest(path: Path) -> str | None:
 
 
 def _sha_or_none(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
+    return None if data is None else sha256_hex(data)
 
 
 def _bytes_progress(report: Reporter, phase: str) -> Callable[[int, int], None]:

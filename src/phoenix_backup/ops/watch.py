@@ -33,11 +33,9 @@ import dataclasses
 import errno
 import fcntl
 import gc
-import hmac
 import json
 import os
 import re
-import secrets
 import shutil
 import socket
 import stat
@@ -76,7 +74,7 @@ from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
-from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.crypto import load_cryptography, same_bytes, sha256_hex
 from phoenix_backup.repo.keys import hide_process_memory
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, boot_id, own_start_time, pid_namespace
 from phoenix_backup.repo.repository import Repository
@@ -228,7 +226,7 @@ class Watcher:
             positions = {}
             self.chain = ""
         if not self.chain:
-            self.chain, self.sequence, self.previous = secrets.token_hex(16), -1, None
+            self.chain, self.sequence, self.previous = os.urandom(16).hex(), -1, None
         _layout, sel = select_sources(cfg, "databases", envx)
         entries = sorted((e for e in sel.entries.values() if e.kind == "sqlite"), key=lambda e: e.logical)
         if not entries:
@@ -324,9 +322,7 @@ class Watcher:
         otherwise be written to the repository as a segment). OSError when it cannot be read."""
         held = self.spooled_paths[name].read_bytes()
         tag, raw = held[:SPOOL_TAG_BYTES], held[SPOOL_TAG_BYTES:]
-        if hmac.compare_digest(tag, self._spool_mac(name, raw)) and sha256_hex(raw) == name.removeprefix(
-            captures.PREFIX
-        ):
+        if same_bytes(tag, self._spool_mac(name, raw)) and sha256_hex(raw) == name.removeprefix(captures.PREFIX):
             return raw
         return None
 
@@ -402,7 +398,7 @@ class Watcher:
             # after other databases' segments), or an older file was put back.
             return None
         body = memoryview(raw)[128 + _HASHES_MAC_BYTES :]
-        if (len(raw) - 128 - _HASHES_MAC_BYTES) % HASH_SIZE or not hmac.compare_digest(
+        if (len(raw) - 128 - _HASHES_MAC_BYTES) % HASH_SIZE or not same_bytes(
             raw[128 : 128 + _HASHES_MAC_BYTES], self._hashes_mac(db, tag, body)
         ):
             self.envx.notice(
@@ -1104,6 +1100,9 @@ def watch(
     snapshot's child still working then is waited for, unless `abandon` is set (a second signal)."""
     started = time.monotonic()
     hide_process_memory()  # it holds the master secrets for weeks
+    # `cryptography`'s OpenSSL before the passphrase's scrypt, which then runs in it: the watch
+    # never maps the standard library's (3.4 MiB held for weeks; repo/keys.py `_derive_kek`).
+    load_cryptography()
     repo = open_repository(cfg, envx, upgrade=True)
     remove_stale_cache_folders()
     guard = -1

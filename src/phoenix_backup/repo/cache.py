@@ -7,7 +7,6 @@ deduplication), never data; anything read from it is checked before it is truste
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import platformdirs
 
 from phoenix_backup.errors import StorageError
 from phoenix_backup.repo.chunker import HASH_SIZE, FileSink, MemorySink, PageState, SpilledHashes
+from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.locks import process_start_time
 
 # The JSON line that begins a page-hash file is far shorter than this.
@@ -57,7 +57,7 @@ class Cache:
     # -- page hashes ---------------------------------------------------------------------
 
     def _pages_path(self, logical: str) -> Path:
-        return self.dir / "sqlite" / (hashlib.sha256(logical.encode()).hexdigest()[:32] + ".pages")
+        return self.dir / "sqlite" / (sha256_hex(logical.encode())[:32] + ".pages")
 
     def load_pages(self, logical: str, sha256: str) -> PageState | None:
         """The page hashes of the copy whose SHA-256 is `sha256`, if the cache holds them. The

@@ -20,7 +20,6 @@ authenticated as a whole when it is opened.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import itertools
 import json
 import os
@@ -34,7 +33,7 @@ import blake3
 import zstandard
 
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError
-from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.crypto import same_bytes, sha256_hex
 from phoenix_backup.repo.repository import Repository
 
 CAPTURE_AAD = b"phoenix v1 capture segment"
@@ -353,7 +352,7 @@ def cached_header(folder: Path, name: str, key: bytes) -> Segment | None:
     except (OSError, struct.error):
         return None
     rest = raw[_CACHE_HEAD.size - 16 :]
-    if magic != _CACHE_MAGIC or not hmac.compare_digest(mac, _cache_mac(key, name, rest)):
+    if magic != _CACHE_MAGIC or not same_bytes(mac, _cache_mac(key, name, rest)):
         return None
     try:
         seg = _from_json(json.loads(raw[_CACHE_HEAD.size :]), b"", name, data_len)

@@ -1,12 +1,18 @@
 """Blob ids, sealing (AEAD or checksum) and compression: the byte-level primitives of the format.
 
-All heavy work is in native code (blake3, cryptography's OpenSSL AES-GCM, zstd), which releases
-the GIL, so several threads can seal blobs at once.
+All heavy work is in native code (blake3, cryptography's OpenSSL AES-GCM and SHA-256, zstd), which
+releases the GIL, so several threads can seal blobs at once.
+
+SHA-256 and constant-time comparison come from here, through `cryptography`, never from the
+standard library's `hashlib`, `hmac` or `secrets`: those load the system's own OpenSSL
+(libcrypto, 3.4 MiB resident) beside the one `cryptography` carries, and `phx watch` would hold
+both for weeks (docs/benchmarks.md, "One OpenSSL in `phx watch`"). Random names come from
+`os.urandom`. Only a passphrase slot's scrypt may use `hashlib` (repo/keys.py `_derive_kek`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import os
 import threading
 import zlib
@@ -20,6 +26,8 @@ import zstandard
 from phoenix_backup.errors import CorruptObject, ToolMissing
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_SIZE = 12
@@ -44,18 +52,71 @@ class Compression(IntEnum):
     GZIP = 2  # deflate (zlib), for configs that ask for the seed's "gzip"
 
 
-def sha256_hex(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _cryptography(module: str) -> ModuleType:
+    """A module of `cryptography` (9 MB of memory: its own OpenSSL), imported on first use, not
+    with this module: a command opening a passphrase slot runs scrypt (32 MiB) before it is
+    loaded, so the two do not add up in its peak memory (docs/benchmarks.md)."""
+    try:
+        return importlib.import_module(f"cryptography.hazmat.primitives.{module}")
+    except ImportError as exc:  # first seen here, in the middle of a command, not at its start
+        raise ToolMissing(
+            f"the Python package cryptography, which encrypts the repository, cannot be loaded ({exc}); reinstall "
+            "Phoenix with its dependencies (`pipx reinstall phoenix-backup`, or `pip install --force-reinstall "
+            "cryptography` in its environment)"
+        ) from None
+
+
+def load_cryptography() -> None:
+    """Load `cryptography` now (ToolMissing when it cannot be): a passphrase slot's scrypt opened
+    afterwards runs in its OpenSSL, and the process never maps the standard library's
+    (repo/keys.py `_derive_kek`)."""
+    _cryptography("hashes")
+
+
+class Sha256:
+    """SHA-256 through `cryptography`'s OpenSSL, with hashlib's interface (`update`, `digest`,
+    `hexdigest`, the last two as often as wanted). `update` releases the GIL."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
+        hashes = _cryptography("hashes")
+        self._hash = hashes.Hash(hashes.SHA256())
+        if data:
+            self._hash.update(data)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)
+
+    def digest(self) -> bytes:
+        return bytes(self._hash.copy().finalize())
+
+    def hexdigest(self) -> str:
+        return self.digest().hex()
+
+
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
+    return Sha256(data).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes, read in blocks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    digest = Sha256()
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def same_bytes(a: bytes | memoryview, b: bytes | memoryview) -> bool:
+    """Whether two MACs or tags are equal, in a time that does not tell where they differ."""
+    return bool(_cryptography("constant_time").bytes_eq(bytes(a), bytes(b)))
 
 
 class BackgroundSha256:
-    """The SHA-256 of bytes fed in order, computed in a thread of its own: hashlib releases the
+    """The SHA-256 of bytes fed in order, computed in a thread of its own: `Sha256` releases the
     GIL, so the feeding thread goes on (reading, cutting, hashing blob ids) while the second core
     hashes the same buffers, instead of a pass of its own. At most `limit` bytes wait (memory
     stays flat); a feeder ahead of the hashing waits. Bytes objects (and views of them) are
@@ -66,7 +127,7 @@ class BackgroundSha256:
     is dropped: the run is ending). Use it as a context manager so the thread always ends."""
 
     def __init__(self, limit: int = 1024 * 1024) -> None:
-        self._digest = hashlib.sha256()
+        self._digest = Sha256()
         self._limit = limit
         self._cond = threading.Condition()
         self._queue: deque[memoryview] = deque()
@@ -162,18 +223,9 @@ class BlobIds:
 
 
 def aead(key: bytes) -> AESGCM:
-    """AES-256-GCM under `key`. `cryptography` (9 MB of memory: its own OpenSSL) is imported on
-    first use, not with this module: a command opening a passphrase slot runs scrypt (32 MiB)
-    before it is loaded, so the two do not add up in its peak memory (docs/benchmarks.md)."""
-    try:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    except ImportError as exc:  # first seen here, in the middle of a command, not at its start
-        raise ToolMissing(
-            f"the Python package cryptography, which encrypts the repository, cannot be loaded ({exc}); reinstall "
-            "Phoenix with its dependencies (`pipx reinstall phoenix-backup`, or `pip install --force-reinstall "
-            "cryptography` in its environment)"
-        ) from None
-    return AESGCM(key)
+    """AES-256-GCM under `key` (`cryptography` loaded on first use, see `_cryptography`)."""
+    aesgcm: type[AESGCM] = _cryptography("ciphers.aead").AESGCM
+    return aesgcm(key)
 
 
 class Sealer:

@@ -23,10 +23,9 @@ import base64
 import binascii
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
-import secrets as _random
+import random
 import shutil
 import socket
 import subprocess
@@ -207,7 +206,7 @@ class MasterSecrets:
         return cls(
             encryption_key=os.urandom(KEY_LENGTH),
             id_key=os.urandom(KEY_LENGTH),
-            chunker_seed=_random.randbelow(SEED_LIMIT - 1) + 1,
+            chunker_seed=random.SystemRandom().randrange(1, SEED_LIMIT),
         )
 
     def to_bytes(self) -> bytes:
@@ -530,7 +529,7 @@ def _new_slot(
 
 
 def _new_slot_id() -> str:
-    return _random.token_hex(SLOT_ID_HEX_LENGTH // 2)
+    return os.urandom(SLOT_ID_HEX_LENGTH // 2).hex()
 
 
 def _slot_aad(slot_id: str) -> bytes:
@@ -585,11 +584,17 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     password = _normalize_passphrase(passphrase)
     # The standard library's OpenSSL first, the same function `cryptography` gives: it runs
     # before `cryptography` is loaded (see `crypto.aead`), so its 32 MiB are freed before those
-    # 9 MB are taken. `maxmem` is what OpenSSL needs for these parameters (B and V), at most
-    # 1 GiB and 72 KiB. A Python built without scrypt has no `hashlib.scrypt`; an OpenSSL in
-    # FIPS mode, or one that could not allocate, raises ValueError: `cryptography`'s own OpenSSL
-    # is asked then.
-    scrypt = getattr(hashlib, "scrypt", None)
+    # 9 MB are taken. Once `cryptography` is loaded (`phx watch` loads it first: it runs for
+    # weeks, and would hold both OpenSSLs), scrypt runs in its OpenSSL, and `hashlib` (which maps
+    # the system's libcrypto) is not even imported. `maxmem` is what OpenSSL needs for these
+    # parameters (B and V), at most 1 GiB and 72 KiB. A Python built without scrypt has no
+    # `hashlib.scrypt`; an OpenSSL in FIPS mode, or one that could not allocate, raises
+    # ValueError: `cryptography`'s own OpenSSL is asked then.
+    scrypt = None
+    if "cryptography.hazmat.bindings._rust" not in sys.modules:
+        import hashlib
+
+        scrypt = getattr(hashlib, "scrypt", None)
     if scrypt is not None:
         with contextlib.suppress(ValueError):
             return cast(

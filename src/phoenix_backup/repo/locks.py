@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import socket
 import threading
 import time
@@ -295,7 +294,7 @@ class LockManager:
                     self.notice("waiting (up to a minute) for `phx watch` to let go of the repository")
                     noticed = True
                 time.sleep(0.5)
-        name = f"locks/{secrets.token_hex(16)}"
+        name = f"locks/{os.urandom(16).hex()}"
         lock = HeldLock(self, name, exclusive, command)
         lock.write()
         # Two processes may have passed the check at once: look again after our lock is visible.
@@ -394,7 +393,7 @@ class HeldLock:
         with self._mutex:
             old = self.name
             self.manager.sealer = sealer
-            self.name = f"locks/{secrets.token_hex(16)}"
+            self.name = f"locks/{os.urandom(16).hex()}"
             self._write()
             self.manager.backend.delete(old)
 

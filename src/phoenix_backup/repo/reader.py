@@ -12,7 +12,6 @@ block) never commits damaged data.
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import os
 import queue
@@ -24,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from phoenix_backup.errors import CorruptObject, NoSpace, ObjectNotFound, PhoenixError
-from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.crypto import BlobType, Sha256
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
@@ -277,7 +276,7 @@ class NodeReader:
         self.repo = repo
         self.logical = logical
         self.node = node
-        self.digest = hashlib.sha256()
+        self.digest = Sha256()
         self.total = 0
         self._chunks = self.chunks()
         self._buffer = b""

@@ -9,11 +9,9 @@ point; anything written before a crash and never committed is an unreferenced le
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import os
 import re
-import secrets
 import socket
 import struct
 import sys
@@ -49,6 +47,7 @@ from phoenix_backup.repo.crypto import (
     Compressor,
     Sealer,
     decompress,
+    same_bytes,
     sha256_hex,
 )
 from phoenix_backup.repo.index import INDEX_AAD, BlobLocation, Index, decode_index, encode_index
@@ -182,7 +181,7 @@ class RepoConfig:
         """Why this config is not the write-only repository of `write_key`, or None."""
         if self.write_only is None:
             return "the repository is not write-only"
-        if self.mac is None or not hmac.compare_digest(self.mac, self._mac(write_key)):
+        if self.mac is None or not same_bytes(self.mac, self._mac(write_key)):
             return "the repository config is not authenticated by this machine's write key"
         return None
 
@@ -193,7 +192,7 @@ class RepoConfig:
         can be changed, and no slot planted, by anyone without the secrets. Format 1 has no MAC:
         at least a `none` slot and an encrypted config (or the reverse) must not go together."""
         if self.version >= 2:
-            if self.mac is None or not hmac.compare_digest(self.mac, self._mac(secrets_)):
+            if self.mac is None or not same_bytes(self.mac, self._mac(secrets_)):
                 return "the repository config is not authenticated by this key"
             if self.encrypted == (slot_type == "none"):
                 return "a none key slot in an encrypted repository (or the reverse)"
@@ -446,7 +445,7 @@ class Repository:
         master = keyslots.MasterSecrets.generate()
         slot = slot_factory(master)
         config = RepoConfig(
-            id=secrets.token_hex(16),
+            id=os.urandom(16).hex(),
             version=BASE_FORMAT_VERSION,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             encrypted=encrypted,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hmac
 import itertools
 import json
 import os
@@ -43,7 +42,7 @@ import blake3
 
 from phoenix_backup.errors import CorruptObject, IdentityRequired, ObjectNotFound, UsageError
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import NONCE_SIZE, TAG_SIZE, Sealer, aead
+from phoenix_backup.repo.crypto import NONCE_SIZE, TAG_SIZE, Sealer, aead, same_bytes
 from phoenix_backup.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -185,7 +184,7 @@ class RunKey:
         if data[4] != RUN_KEY_VERSION:
             raise CorruptObject(f"{what} has unknown version {data[4]}")
         body, mac = data[:-MAC_LENGTH], data[-MAC_LENGTH:]
-        if not hmac.compare_digest(mac, _run_key_mac(write_key, key_id, body)):
+        if not same_bytes(mac, _run_key_mac(write_key, key_id, body)):
             raise CorruptObject(
                 f"{what} is not authenticated by the repository's write key: damaged, or planted by someone "
                 "without it; objects sealed under it are not read"
@@ -357,7 +356,7 @@ class Cover:
 
     def owned_by(self, master: keyslots.MasterSecrets) -> bool:
         """Whether the owner (whoever holds the master secrets: the identity's machine) wrote it."""
-        return self.owner_mac is not None and hmac.compare_digest(self.owner_mac, _owner_mac(master, self.signed))
+        return self.owner_mac is not None and same_bytes(self.owner_mac, _owner_mac(master, self.signed))
 
 
 def cover_index(
@@ -391,7 +390,7 @@ def uncover_index(raw: bytes, write_key: WriteKey, what: str) -> Cover | None:
     if not raw.startswith(INDEX_COVER_MAGIC):
         return None
     body, mac = raw[:-MAC_LENGTH], raw[-MAC_LENGTH:]
-    if len(raw) < 13 + MAC_LENGTH or not hmac.compare_digest(mac, _cover_mac(write_key, body)):
+    if len(raw) < 13 + MAC_LENGTH or not same_bytes(mac, _cover_mac(write_key, body)):
         raise CorruptObject(f"{what} is not authenticated by the repository's write key (damaged or planted)")
     owner_mac = None
     if body[4] == INDEX_COVER_OWNED:

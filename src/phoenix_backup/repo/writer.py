@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -172,7 +171,7 @@ class WriterStore:
     # -- the newest trees ------------------------------------------------------------------
 
     def _tree_file(self, host: str, scope: str) -> Path:
-        return self.trees_dir / hashlib.sha256(f"{host}\0{scope}".encode()).hexdigest()[:16]
+        return self.trees_dir / sha256_hex(f"{host}\0{scope}".encode())[:16]
 
     def load_trees(self, valid: Callable[[bytes, bytes], bool]) -> dict[bytes, bytes]:
         """Every cached tree (id -> encoded tree) that `valid` accepts (its id is its keyed hash)."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,7 +59,7 @@ class Journal:
     """The folders one restore writes temporary files into, recorded before the first one."""
 
     def __init__(self, notice: Callable[[str], None] | None = None) -> None:
-        self.name = f"{os.getpid()}-{own_start_time()}-{secrets.token_hex(4)}"
+        self.name = f"{os.getpid()}-{own_start_time()}-{os.urandom(4).hex()}"
         self.path = journal_dir() / self.name
         self._notice = notice or (lambda _msg: None)
         self._folders: set[str] = set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,7 +174,7 @@ class LocalBackend(Backend):
     def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
         # `cold` means nothing on a local disk: every file is equally readable.
         path = self._path(name)
-        tmp = path.with_name(f"{TEMP_MARKER}{path.name}.{secrets.token_hex(4)}")
+        tmp = path.with_name(f"{TEMP_MARKER}{path.name}.{os.urandom(4).hex()}")
         try:
             make_dirs(path.parent)  # a folder it creates is durable with the object's rename
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
