@@ -16,6 +16,7 @@ import importlib
 import os
 import threading
 import zlib
+from _operator import _compare_digest
 from collections import deque
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -111,8 +112,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def same_bytes(a: bytes | memoryview, b: bytes | memoryview) -> bool:
-    """Whether two MACs or tags are equal, in a time that does not tell where they differ."""
-    return bool(_cryptography("constant_time").bytes_eq(bytes(a), bytes(b)))
+    """Whether two MACs or tags are equal, in a time that does not tell where they differ: the C
+    function that `hmac.compare_digest` (and `cryptography`'s `bytes_eq`, `secrets.compare_digest`)
+    is, taken from where they take it, as importing `hmac` maps the system's libcrypto."""
+    return _compare_digest(a, b)
 
 
 class BackgroundSha256:
