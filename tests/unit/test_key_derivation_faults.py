@@ -58,6 +58,13 @@ def test_every_parameter_a_slot_may_hold_derives_cryptographys_key(n: int, r: in
     assert keys._derive_kek("A\u030a passphrase", salt, n, r, p) == theirs
 
 
+@pytest.fixture(autouse=True)
+def _stdlib_scrypt_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # This process has loaded `cryptography` (above), which `_derive_kek` would then use alone (as
+    # `phx watch` does); a command derives before it loads it, from hashlib's scrypt first.
+    monkeypatch.setattr(keys, "_cryptography_loaded", lambda: False)
+
+
 def test_a_python_whose_hashlib_has_no_scrypt_still_opens(monkeypatch: pytest.MonkeyPatch) -> None:
     # CPython built against an OpenSSL without scrypt has no hashlib.scrypt at all.
     master = keys.MasterSecrets.generate()
@@ -148,3 +155,16 @@ def test_a_slot_key_is_derived_once_and_a_wrong_passphrase_still_fails(monkeypat
         with pytest.raises(WrongPassphrase):
             keys.open_any([own], keys.Credentials(passphrase="pw "))
     assert runs == ["pw", "pw "]
+
+
+def test_once_cryptography_is_loaded_its_scrypt_derives_and_hashlib_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `phx watch` loads `cryptography` first and runs for weeks: a second OpenSSL (the system's,
+    # which hashlib loads) would be 3.4 MiB held all along. A hashlib giving other bytes shows
+    # which one derived.
+    monkeypatch.setattr(keys, "_cryptography_loaded", lambda: True)
+    monkeypatch.setattr(hashlib, "scrypt", lambda *args, **kwargs: bytes(keys.KEY_LENGTH))
+    salt = os.urandom(keys.SALT_LENGTH)
+    theirs = Scrypt(salt=salt, length=keys.KEY_LENGTH, n=2**10, r=8, p=1).derive(b"pw")
+    assert keys._derive_kek("pw", salt, 2**10, 8, 1) == theirs

@@ -578,6 +578,11 @@ def _normalize_passphrase(passphrase: str) -> bytes:
         ) from None
 
 
+def _cryptography_loaded() -> bool:
+    """Whether this process has loaded `cryptography`'s OpenSSL already."""
+    return "cryptography.hazmat.bindings._rust" in sys.modules
+
+
 def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     """scrypt (RFC 7914) of the passphrase; parameters `_scrypt_problem` accepted. ToolMissing when
     this Python cannot run scrypt; MemoryError when this process cannot get the memory it needs."""
@@ -591,7 +596,7 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     # `hashlib.scrypt`; an OpenSSL in FIPS mode, or one that could not allocate, raises
     # ValueError: `cryptography`'s own OpenSSL is asked then.
     scrypt = None
-    if "cryptography.hazmat.bindings._rust" not in sys.modules:
+    if not _cryptography_loaded():
         import hashlib
 
         scrypt = getattr(hashlib, "scrypt", None)
