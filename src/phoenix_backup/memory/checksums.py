@@ -11,20 +11,19 @@ exactly the text `sha256sum` prints for those files, so both can be checked with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup import jsontext
-from phoenix_backup.repo.crypto import sha256_file
+from phoenix_backup.repo.crypto import Sha256, sha256_file
 
 CHECKSUMS = "checksums.json"
 
 
 def combined_digest(files: dict[str, str]) -> str:
-    h = hashlib.sha256()
+    h = Sha256()
     for path in sorted(files):
         h.update(f"{files[path]}  {path}\n".encode("utf-8", "surrogateescape"))  # sha256sum's bytes
     return h.hexdigest()

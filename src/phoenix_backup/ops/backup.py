@@ -678,7 +678,7 @@ class _Stopped(Exception):
 
 
 class _Counted:
-    """A hashlib object that reports every byte it is fed as read (a database's capture), and
+    """A SHA-256 object that reports every byte it is fed as read (a database's capture), and
     ends the capture (`check`) when the run stops."""
 
     def __init__(self, digest: Any, report: Reporter, check: Callable[[], None]) -> None:

@@ -7,7 +7,6 @@ verifies it, restores it below a scratch folder and compares every file and ever
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import tempfile
 import time
@@ -21,6 +20,7 @@ from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.ops import verify as verify_op
 from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.crypto import sha256_file
 from phoenix_backup.sample import generate_workspace
 
 
@@ -108,7 +108,7 @@ def compare(src: Path, dst: Path, exclude: tuple[str, ...]) -> list[str]:
 
 
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def compare_databases(a: Path, b: Path) -> list[str]:

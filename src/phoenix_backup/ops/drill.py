@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import secrets
@@ -42,6 +41,7 @@ from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixErr
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.checker import VerifyError
+from phoenix_backup.repo.crypto import Sha256
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.reader import damaged_pack
 from phoenix_backup.repo.repository import Repository
@@ -593,7 +593,7 @@ def _check_files(folder: Path, nodes: list[tuple[str, Node]], written: set[str],
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    h = Sha256()
     try:
         f = open(path, "rb")  # noqa: SIM115 - reopened below after a chmod
     except PermissionError:

@@ -267,7 +267,7 @@ def page_runs(
 
     With `region_id` (the repository's blob id function), a region's hash is the first bytes of
     its blob id, and a whole region is saved with `save(region, blob_id=id)`: one hash pass, not
-    two. `digest` (a hashlib object) is fed every byte, so the copy is read only once. The new
+    two. `digest` (a `crypto.Sha256`) is fed every byte, so the copy is read only once. The new
     page hashes go to `sink` (memory by default; `FileSink` keeps memory flat however large the
     database), the parent's are read a region at a time.
     """

@@ -3,11 +3,12 @@
 All heavy work is in native code (blake3, cryptography's OpenSSL AES-GCM and SHA-256, zstd), which
 releases the GIL, so several threads can seal blobs at once.
 
-SHA-256 and constant-time comparison come from here, through `cryptography`, never from the
-standard library's `hashlib`, `hmac` or `secrets`: those load the system's own OpenSSL
+SHA-256 and constant-time comparison come from here (SHA-256 through `cryptography`), not from
+the standard library's `hashlib`, `hmac` or `secrets`: those load the system's own OpenSSL
 (libcrypto, 3.4 MiB resident) beside the one `cryptography` carries, and `phx watch` would hold
-both for weeks (docs/benchmarks.md, "One OpenSSL in `phx watch`"). Random names come from
-`os.urandom`. Only a passphrase slot's scrypt may use `hashlib` (repo/keys.py `_derive_kek`).
+both for weeks (docs/benchmarks.md, "One OpenSSL in `phx watch`"); the modules it loads take
+random names from `os.urandom`. A passphrase slot's scrypt may use `hashlib` (repo/keys.py
+`_derive_kek`); the layers below this one (storage, argentos) hash names with it.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ redirect.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import stat
@@ -26,6 +25,7 @@ from typing import Any
 
 from phoenix_backup.errors import RestoreError, UnsafePath
 from phoenix_backup.repo import checks
+from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import NOT_CHECKED, Snapshot
 from phoenix_backup.repo.tree import Node
@@ -164,7 +164,7 @@ def _set_live_metadata(fd: int, name: str, node: Node, logical: str) -> None:
 def row_deltas(repo: Repository, logical: str, node: Node, live: str, folder: Path) -> dict[str, dict[str, int]]:
     """A dry run's row deltas per table: the snapshot's copy (written to `folder`, removed
     afterwards) against the live database at `live`."""
-    copy = folder / f"{hashlib.sha256(logical.encode()).hexdigest()[:16]}.db"
+    copy = folder / f"{sha256_hex(logical.encode())[:16]}.db"
     fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         write_content(repo, fd, logical, node)
