@@ -58,7 +58,7 @@ def test_a_view_with_gaps_is_hashed_as_its_bytes_not_a_dead_thread() -> None:
     assert result == hashlib.sha256(b"head" + view.tobytes()).hexdigest()
 
 
-_SHA256 = hashlib.sha256
+_SHA256 = crypto.Sha256
 
 
 class _FailingHash:
@@ -81,7 +81,7 @@ class _FailingHash:
 def test_an_error_in_the_hashing_thread_reaches_the_feeder_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The feeder learns of the hashing thread's error from its next `update` (or `hexdigest`), as
     that error, instead of waiting for room a dead thread never makes."""
-    monkeypatch.setattr(crypto.hashlib, "sha256", _FailingHash)
+    monkeypatch.setattr(crypto, "Sha256", _FailingHash)
 
     def run() -> str:
         with BackgroundSha256(limit=1024) as digest:
