@@ -62,7 +62,7 @@ def test_every_parameter_a_slot_may_hold_derives_cryptographys_key(n: int, r: in
 def _stdlib_scrypt_first(monkeypatch: pytest.MonkeyPatch) -> None:
     # This process has loaded `cryptography` (above), which `_derive_kek` would then use alone (as
     # `phx watch` does); a command derives before it loads it, from hashlib's scrypt first.
-    monkeypatch.setattr(keys, "_cryptography_loaded", lambda: False)
+    monkeypatch.setattr(keys, "_cryptography_loaded", lambda: False, raising=False)
 
 
 def test_a_python_whose_hashlib_has_no_scrypt_still_opens(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +163,7 @@ def test_once_cryptography_is_loaded_its_scrypt_derives_and_hashlib_is_left_alon
     # `phx watch` loads `cryptography` first and runs for weeks: a second OpenSSL (the system's,
     # which hashlib loads) would be 3.4 MiB held all along. A hashlib giving other bytes shows
     # which one derived.
-    monkeypatch.setattr(keys, "_cryptography_loaded", lambda: True)
+    monkeypatch.setattr(keys, "_cryptography_loaded", lambda: True, raising=False)
     monkeypatch.setattr(hashlib, "scrypt", lambda *args, **kwargs: bytes(keys.KEY_LENGTH))
     salt = os.urandom(keys.SALT_LENGTH)
     theirs = Scrypt(salt=salt, length=keys.KEY_LENGTH, n=2**10, r=8, p=1).derive(b"pw")
