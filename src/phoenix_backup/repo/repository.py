@@ -73,7 +73,7 @@ from phoenix_backup.repo.pins import Pin, Pins
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_latest, is_future
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.repo.writeonly import KeyedSealer, Keyring, WriteKey, cover_index, uncover_index
-from phoenix_backup.storage.base import Backend
+from phoenix_backup.storage.base import Backend, max_object_size
 
 if TYPE_CHECKING:
     # Loaded at the first pack written (with `logging`, 0.6 MB): not while a passphrase slot's
@@ -1155,6 +1155,13 @@ class Repository:
     def save_snapshot(self, snap: Snapshot) -> str:
         raw = self.sealer.seal(snap.to_json_bytes(), SNAPSHOT_AAD)
         sid = sha256_hex(raw)
+        if len(raw) > max_object_size(f"snapshots/{sid}"):
+            # Readers refuse a snapshot object this large unread (storage/base.py MAX_OBJECT_SIZE).
+            raise RepositoryError(
+                f"the snapshot's record would be {len(raw):,} bytes, more than a snapshot may hold "
+                f"({max_object_size('snapshots/'):,} bytes; it lists too many paths that failed or are new); "
+                "nothing was committed; back up or restore fewer paths at once"
+            )
         self.backend.write(f"snapshots/{sid}", raw)
         self.stats.bytes_added += len(raw)
         return sid

@@ -26,6 +26,7 @@ from phoenix_backup.storage.base import (
     Backend,
     ObjectInfo,
     is_valid_name,
+    refuse_oversized,
     validate_name,
 )
 
@@ -118,8 +119,10 @@ class LocalBackend(Backend):
 
     def read(self, name: str) -> bytes:
         try:
-            with self._open(name) as fd, os.fdopen(os.dup(fd), "rb") as f:
-                return f.read()
+            with self._open(name) as fd:
+                refuse_oversized(name, os.fstat(fd).st_size, str(self.root))
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    return f.read()
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
         except OSError as exc:
