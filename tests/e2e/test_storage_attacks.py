@@ -141,3 +141,25 @@ def test_a_link_pushed_to_a_git_remote_is_never_followed(tmp_path: Path) -> None
     res = sb.phx("restore", "--target", "git", "--latest", "--to", tmp_path / "out", check=1)
     assert "snapshots is a symbolic link to" in res.err
     assert list(outside.iterdir()) == []
+
+
+def test_a_damaged_newest_snapshot_is_never_passed_over_in_silence(tmp_path: Path) -> None:
+    """The newest snapshot's object damaged (or replaced by one of another repository with the same
+    passphrase): its time cannot be read, so `latest` is the one before. Before the fix, `list`
+    showed the older snapshots and `restore --latest` restored the older state, both without a
+    word: the owner believed they had the newest backup back."""
+    sb = new_sandbox(tmp_path)
+    older = sb.backup()["id"]
+    older_state = sb.state()
+    (sb.workspace / "memory" / "newest.md").write_text("only in the newest snapshot\n")
+    newest = sb.backup()["id"]
+    (sb.repo / "snapshots" / newest).write_bytes(os.urandom(600))
+
+    res = sb.phx("list")
+    assert older[:8] in res.out and newest[:8] not in res.out
+    assert f"1 snapshot cannot be read (snapshots/{newest}" in res.err, res.err
+    assert "phx verify" in res.err
+    res = sb.phx("restore", "--latest", "--to", tmp_path / "out")
+    assert f"1 snapshot cannot be read (snapshots/{newest}" in res.err, res.err
+    assert f"`latest` is {older[:8]}" in res.err, res.err
+    assert_restored(older_state, tmp_path / "out", "the older snapshot, said to be so")
