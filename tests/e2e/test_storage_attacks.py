@@ -163,3 +163,6 @@ def test_a_damaged_newest_snapshot_is_never_passed_over_in_silence(tmp_path: Pat
     assert f"1 snapshot cannot be read (snapshots/{newest}" in res.err, res.err
     assert f"`latest` is {older[:8]}" in res.err, res.err
     assert_restored(older_state, tmp_path / "out", "the older snapshot, said to be so")
+    report = sb.phx("verify", check=1).out
+    assert f"error: snapshots/{newest} (snapshot {newest[:8]}): " in report, report
+    assert "None" not in report, report
