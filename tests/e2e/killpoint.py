@@ -15,7 +15,8 @@ store, counts them, and kills the process with SIGKILL just before the Nth one:
 Environment:
 
 - PHX_KILL_AT=N: kill before the Nth counted call (unset or 0: only count);
-- PHX_KILL_MATCH=TEXT: count only calls whose arguments (paths; a descriptor's path) hold TEXT;
+- PHX_KILL_MATCH=TEXT: count only calls whose arguments (paths; a descriptor's path) hold TEXT,
+  or, when TEXT holds a `*`, whose description (`unlink(/full/path)`) matches it as a pattern;
 - PHX_KILL_AFTER=CALL:TEXT: count nothing until the first call CALL (say `replace`) whose
   arguments hold TEXT has returned (a backup's commit point: `replace:/snapshots/`), so that
   the kill points are those of what follows it (the retention after a backup);
@@ -33,6 +34,7 @@ seed fixes N, and the report names the call that was hit.
 from __future__ import annotations
 
 import atexit
+import fnmatch
 import functools
 import os
 import random
@@ -76,16 +78,25 @@ OS_CALLS = (
 CHANGE_CALLS = ("replace", "rename", "link", "unlink", "rmdir")
 
 
-def _describe(name: str, args: tuple[Any, ...]) -> str:
+def _fd_path(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"fd {fd}"
+
+
+def _describe(name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> str:
+    """The call with its paths; a path relative to a folder descriptor (`dir_fd`, `src_dir_fd`,
+    `dst_dir_fd`: how a local repository reaches its objects) is shown in full."""
+    kwargs = kwargs or {}
+    folders = (kwargs.get("src_dir_fd", kwargs.get("dir_fd")), kwargs.get("dst_dir_fd", kwargs.get("dir_fd")))
     parts = []
-    for a in args[:2]:
+    for a, folder in zip(args[:2], folders, strict=False):
         if isinstance(a, int) and name in ("write", "pwrite", "fsync", "fdatasync", "ftruncate"):
-            try:
-                parts.append(os.readlink(f"/proc/self/fd/{a}"))
-            except OSError:
-                parts.append(f"fd {a}")
+            parts.append(_fd_path(a))
         elif isinstance(a, str | bytes | os.PathLike):
-            parts.append(os.fsdecode(a))
+            path = os.fsdecode(a)
+            parts.append(os.path.join(_fd_path(folder), path) if isinstance(folder, int) else path)
     return f"{name}({', '.join(parts)})"
 
 
@@ -99,13 +110,13 @@ def _write_report(text: str) -> None:
         _ORIGINAL_CLOSE(fd)
 
 
-def _counted(name: str, args: tuple[Any, ...]) -> int:
+def _counted(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     """Count this call if it matches; return its number (0 when not counted)."""
     global _count
     if not _started.is_set():
         return 0
-    what = _describe(name, args) if (_match or _kill_at) else name
-    if _match and _match not in what:
+    what = _describe(name, args, kwargs) if (_match or _kill_at) else name
+    if _match and not (fnmatch.fnmatchcase(what, _match) if "*" in _match else _match in what):
         return 0
     with _lock:
         _count += 1
@@ -123,10 +134,10 @@ def _kill() -> None:
 def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def hooked(*args: Any, **kwargs: Any) -> Any:
-        if _counted(name, args) == _kill_at and _kill_at:
+        if _counted(name, args, kwargs) == _kill_at and _kill_at:
             _kill()
         result = fn(*args, **kwargs)
-        if not _started.is_set() and name == _after_call and _after_text in _describe(name, args):
+        if not _started.is_set() and name == _after_call and _after_text in _describe(name, args, kwargs):
             _started.set()
         return result
 
@@ -138,7 +149,7 @@ def _wrap_inside(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def hooked(*args: Any, **kwargs: Any) -> Any:
-        if _counted(name, args) == _kill_at and _kill_at:
+        if _counted(name, args, kwargs) == _kill_at and _kill_at:
             threading.Timer(_rng.uniform(0, 0.02), _kill).start()
         return fn(*args, **kwargs)
 

@@ -35,7 +35,7 @@ def kill_restore_at_first_discard(sb: Sandbox, ref: str) -> None:
     report = sb.root / "kill-report"
     # The hook counts only the calls whose description holds the match: the first unlink of a
     # temporary name is the first applied copy's removal (files are renamed, not unlinked).
-    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=f"unlink({TMP_MARK}", PHX_KILL_REPORT=str(report))
+    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=f"unlink(*/{TMP_MARK}*", PHX_KILL_REPORT=str(report))
     subprocess.run(
         [sys.executable, str(SCRIPT), "restore", "--backup", ref, "--yes"],
         env=env,

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -35,9 +36,13 @@ from killpoint import SCRIPT, read_report
 from moto_support import MotoServer
 from pause_support import Paused
 from test_concurrency import s3_target
-from test_restore_durability import _FD, _STR, STRACE, traced_phx
+from test_restore_durability import _FD, STRACE, traced_phx
 
 from phoenix_backup.sample import layout_for
+
+# A path in a traced call, in full: a local repository names its objects relative to a folder
+# descriptor (`renameat2(5</repo/data/ab>, ".tmp-…", 5</repo/data/ab>, "…", 0)`).
+_AT_PATH = re.compile(r'(?:-?\d+<(?P<dir>[^>]*)>, )?"(?P<s>[^"]*)"')
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 MB = 1024 * 1024
@@ -289,7 +294,7 @@ def test_every_object_a_backup_and_its_retention_write_is_fsynced_before_its_ren
         elif call == "fadvise64" and fd is not None and "POSIX_FADV_DONTNEED" in args:
             dropped.setdefault(fd["path"], i)
         elif call in ("rename", "renameat", "renameat2", "link", "linkat"):
-            names = _STR.findall(args)
+            names = [os.path.join(m["dir"] or "", m["s"]) for m in _AT_PATH.finditer(args)]
             if len(names) == 2 and names[1].startswith(repo + "/"):
                 placed.append((i, names[0], names[1]))
     kinds = {Path(dst).relative_to(repo).parts[0] for _i, _src, dst in placed}

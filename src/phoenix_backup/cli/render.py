@@ -179,7 +179,8 @@ def verify(r: VerifyResult, verbose: bool = False) -> str:
     checked = ", ".join(f"{v} {k}" for k, v in r.checked.items())
     lines = [f"notice: {n}" for n in (r.notices if verbose else grouped_notices(r.notices))]
     for e in r.errors:
-        where = f" (snapshot {e.snapshot[:8]}, {e.path})" if e.snapshot else ""
+        path = f", {e.path}" if e.path is not None else ""  # a snapshot that cannot be read has no path
+        where = f" (snapshot {e.snapshot[:8]}{path})" if e.snapshot else ""
         lines.append(f"error: {e.object}{where}: {e.message}")
     read = " and read every byte" if r.read_data else ""
     if r.subset is not None:

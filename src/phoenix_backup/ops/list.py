@@ -44,6 +44,7 @@ def list_snapshots(cfg: Config, envx: Environment, *, target: str | None = None)
     repo = open_repository(cfg, envx, target=name)
     try:
         snaps = repo.list_snapshots()
+        repo.damaged_snapshots_notice()
     finally:
         repo.close()
     if name is not None:

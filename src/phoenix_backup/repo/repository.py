@@ -72,7 +72,7 @@ from phoenix_backup.repo.pins import Pin, Pins
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_latest, is_future
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.repo.writeonly import KeyedSealer, Keyring, WriteKey, cover_index, uncover_index
-from phoenix_backup.storage.base import Backend
+from phoenix_backup.storage.base import Backend, max_object_size
 
 if TYPE_CHECKING:
     # Loaded at the first pack written (with `logging`, 0.6 MB): not while a passphrase slot's
@@ -310,6 +310,9 @@ class LoadProblems:
 
     index: dict[str, str] = field(default_factory=dict)
     snapshots: dict[str, str] = field(default_factory=dict)
+    # The snapshots of `snapshots` that are damaged (or planted), not merely sealed for an identity
+    # this machine lacks: one of them may be the newest backup.
+    damaged_snapshots: set[str] = field(default_factory=set)
     # Write-only repositories: index objects whose claim to supersede others is ignored (no valid
     # owner's MAC), with the index ids they claim; packs where a blob failed its check while
     # another pack held it whole (object -> why).
@@ -1154,6 +1157,13 @@ class Repository:
     def save_snapshot(self, snap: Snapshot) -> str:
         raw = self.sealer.seal(snap.to_json_bytes(), SNAPSHOT_AAD)
         sid = sha256_hex(raw)
+        if len(raw) > max_object_size(f"snapshots/{sid}"):
+            # Readers refuse a snapshot object this large unread (storage/base.py MAX_OBJECT_SIZE).
+            raise RepositoryError(
+                f"the snapshot's record would be {len(raw):,} bytes, more than a snapshot may hold "
+                f"({max_object_size('snapshots/'):,} bytes; it lists too many paths that failed or are new); "
+                "nothing was committed; back up or restore fewer paths at once"
+            )
         self.backend.write(f"snapshots/{sid}", raw)
         self.stats.bytes_added += len(raw)
         return sid
@@ -1176,10 +1186,26 @@ class Repository:
                 # IdentityRequired: a write-only repository's snapshot sealed for recipients whose
                 # identity this machine does not have (one added later reads from then on).
                 self.problems.snapshots[info.name] = str(exc)
+                if not isinstance(exc, IdentityRequired):
+                    self.problems.damaged_snapshots.add(info.name)
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.
         out.sort(key=lambda s: (s.datetime.timestamp(), _started(s), s.name, s.id))
         return out
+
+    def damaged_snapshots_notice(self, latest: Snapshot | None = None) -> None:
+        """Say that snapshot objects cannot be read: their times cannot either, so the newest
+        backup may be among them, and a listing or `latest` would pass over it in silence."""
+        damaged = sorted(self.problems.damaged_snapshots)
+        if not damaged:
+            return
+        count = f"{len(damaged)} snapshot{'s' if len(damaged) > 1 else ''} cannot"
+        first = f"{damaged[0]}: {self.problems.snapshots[damaged[0]]}"
+        which = "" if latest is None else f"; `latest` is {latest.id[:8]} ({latest.name}), the newest readable one"
+        self.notice(
+            f"{count} be read ({first}){which}; a damaged or planted snapshot may be newer than every readable one: "
+            "run `phx verify`, and copy a good copy back with `phx repair objects --from TARGET`"
+        )
 
     def find_snapshot(
         self, ref: str, snapshots: list[Snapshot] | None = None, latest: Latest | None = None
@@ -1190,7 +1216,9 @@ class Repository:
         if not snaps:
             raise SnapshotNotFound("the repository holds no snapshots yet; run `phx backup` first")
         if ref == "latest":
-            return self._latest(snaps, latest or Latest())
+            found = self._latest(snaps, latest or Latest())
+            self.damaged_snapshots_notice(found)
+            return found
         by_name = [s for s in snaps if s.name == ref]
         if len(by_name) > 1:
             ids = ", ".join(s.id[:12] for s in by_name)

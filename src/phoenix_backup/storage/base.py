@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from phoenix_backup.errors import StorageError
+from phoenix_backup.errors import CorruptObject, StorageError
 
 # Why so strict: names become file paths and object keys. Rejecting anything but the format's own
 # shapes means a hostile or corrupt listing can never make a backend touch `..`, an absolute
@@ -43,6 +43,44 @@ def validate_name(name: str) -> str:
 
 def is_valid_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None
+
+
+_MiB = 1 << 20
+# The largest object of each kind Phoenix can have written, with room to spare. Every object is
+# read whole into memory, so a read refuses anything larger before it reads a byte: a sparse
+# 40 GB file planted under `snapshots/` cost no disk and stopped every command with a
+# MemoryError; a 2 GB one cost every `phx list` 2 GB of memory. The bounds follow from the
+# format's own: an index body inflates to at most 2 GiB (repo/index.py MAX_INDEX_SIZE), and a
+# write-only cover repeats at most as much again; a pack holds its 8 MiB target plus one blob of
+# at most 256 MiB and a header of at most 64 MiB; a capture segment inflates to at most 1 GiB;
+# a snapshot is metadata (its writer refuses one beyond this bound); config, slots, run keys,
+# locks and check records are a few kilobytes.
+MAX_OBJECT_SIZE = {
+    "config": _MiB,
+    "keys": _MiB,
+    "runkeys": _MiB,
+    "locks": _MiB,
+    "checks": _MiB,
+    "snapshots": 256 * _MiB,
+    "index": 2 * (2048 * _MiB) + _MiB,
+    "data": 512 * _MiB,
+    "captures": 2048 * _MiB,
+}
+
+
+def max_object_size(name: str) -> int:
+    return MAX_OBJECT_SIZE[name.split("/", 1)[0]]
+
+
+def refuse_oversized(name: str, size: int, where: str) -> None:
+    """Refuse to read object `name` of `size` bytes when no object of its kind is that large."""
+    limit = max_object_size(name)
+    if size > limit:
+        raise CorruptObject(
+            f"{name} in {where} is {size:,} bytes, more than any object of its kind ({limit:,} bytes): "
+            "damaged or planted; Phoenix did not read it; delete it from the storage, or copy a good one "
+            "back with `phx repair objects --from TARGET`"
+        )
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,12 @@ from phoenix_backup.storage.base import (
     Backend,
     ObjectInfo,
     is_valid_name,
+    refuse_oversized,
     validate_name,
 )
 
 _FOLDERS = FOLDERS
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def os_error(exc: OSError, what: str) -> StorageError:
@@ -70,8 +72,56 @@ class LocalBackend(Backend):
     def location(self) -> str:
         return str(self.root)
 
-    def _path(self, name: str) -> Path:
-        return self.root / validate_name(name)
+    @contextlib.contextmanager
+    def _folder(self, parts: list[str], *, create: bool = False) -> Iterator[int]:
+        """A descriptor of the folder `parts` below the root (`["data", "ab"]`), each opened
+        without following a symbolic link. Phoenix never makes a link there: one that someone who
+        can write the storage planted (or that a Git remote checked out into the clone) would
+        lead reads, writes and deletes out of the repository, so it is refused. The root is the
+        user's own choice, and a link to it is followed. With `create`, missing folders are made,
+        each made durable in its parent."""
+        if create:
+            make_dirs(self.root)
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    sub = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):  # or made by another process meanwhile
+                        os.mkdir(part, 0o700, dir_fd=fd)
+                        os.fsync(fd)
+                    sub = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise self._not_a_folder(fd, "/".join(parts[: i + 1])) from exc
+                    raise
+                os.close(fd)
+                fd = sub
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _not_a_folder(self, parent: int, folder: str) -> StorageError:
+        path = self.root / folder
+        try:
+            target = os.readlink(folder.rsplit("/", 1)[-1], dir_fd=parent)
+        except OSError:
+            return StorageError(f"{path} is not a folder; move it away (Phoenix keeps its objects in a folder there)")
+        return StorageError(
+            f"{path} is a symbolic link to {target}, not a folder; Phoenix never makes one in a repository, "
+            "so someone who can write the storage did (or a Git remote holds one); nothing was read or written "
+            "through it; replace it with the folder it should be"
+        )
+
+    @contextlib.contextmanager
+    def _parent(self, name: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+        """The folder of object `name`, open (see `_folder`), and the object's name in it."""
+        *folders, base = validate_name(name).split("/")
+        with self._folder(folders, create=create) as fd:
+            yield fd, base
 
     def exists(self) -> bool:
         return (self.root / "config").is_file()
@@ -117,8 +167,10 @@ class LocalBackend(Backend):
 
     def read(self, name: str) -> bytes:
         try:
-            with self._open(name) as fd, os.fdopen(os.dup(fd), "rb") as f:
-                return f.read()
+            with self._open(name) as fd:
+                refuse_oversized(name, os.fstat(fd).st_size, str(self.root))
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    return f.read()
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
         except OSError as exc:
@@ -158,7 +210,15 @@ class LocalBackend(Backend):
     def _open(self, name: str) -> Iterator[int]:
         """A descriptor of the file of object `name`. Something else under its name (a folder, a
         pipe, which a plain open would wait on forever) is refused in one sentence."""
-        fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        with self._parent(name) as (folder, base):
+            try:
+                fd = os.open(base, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                raise StorageError(
+                    f"{name} in {self.root} is a symbolic link Phoenix did not write; it was not followed; remove it"
+                ) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise StorageError(
@@ -173,11 +233,13 @@ class LocalBackend(Backend):
 
     def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
         # `cold` means nothing on a local disk: every file is equally readable.
-        path = self._path(name)
-        tmp = path.with_name(f"{TEMP_MARKER}{path.name}.{os.urandom(4).hex()}")
+        with self._parent(name, create=True) as (folder, base):
+            self._write_in(folder, base, name, data, exclusive)
+
+    def _write_in(self, folder: int, base: str, name: str, data: bytes, exclusive: bool) -> None:
+        tmp = f"{TEMP_MARKER}{base}.{os.urandom(4).hex()}"
         try:
-            make_dirs(path.parent)  # a folder it creates is durable with the object's rename
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
             try:
                 view = memoryview(data)
                 while view:
@@ -190,25 +252,26 @@ class LocalBackend(Backend):
                 os.close(fd)
             if exclusive:
                 # link() fails if the name exists: an atomic "create if absent" on POSIX.
-                os.link(tmp, path)
-                os.unlink(tmp)
+                os.link(tmp, base, src_dir_fd=folder, dst_dir_fd=folder)
+                os.unlink(tmp, dir_fd=folder)
             else:
-                os.replace(tmp, path)
-            fsync_dir(path.parent)
+                os.replace(tmp, base, src_dir_fd=folder, dst_dir_fd=folder)
+            os.fsync(folder)
         except FileExistsError as exc:
-            _unlink_quietly(tmp)
+            _unlink_quietly(tmp, folder)
             raise ObjectExists(f"object {name} already exists in {self.root}") from exc
         except OSError as exc:
-            _unlink_quietly(tmp)
+            _unlink_quietly(tmp, folder)
             raise os_error(exc, f"writing {name} to {self.root}") from exc
         except BaseException:  # Ctrl-C, SIGTERM: the half-written file goes too
-            _unlink_quietly(tmp)
+            _unlink_quietly(tmp, folder)
             raise
 
     def delete(self, name: str) -> None:
         try:
-            self._path(name).unlink()
-            fsync_dir(self._path(name).parent)
+            with self._parent(name) as (folder, base):
+                os.unlink(base, dir_fd=folder)
+                os.fsync(folder)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -216,7 +279,8 @@ class LocalBackend(Backend):
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
-            st = self._path(name).stat()
+            with self._parent(name) as (folder, base):
+                st = os.stat(base, dir_fd=folder)
             return ObjectInfo(name, st.st_size, modified=st.st_mtime)
         except FileNotFoundError:
             return None
@@ -225,23 +289,23 @@ class LocalBackend(Backend):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         folder = prefix.rstrip("/")
-        base = self.root / folder
         try:
             # Only names of the format's shapes: a planted `keys/evil` or `snapshots/x y` is none of
             # ours, and must neither reach the file system nor stop the repository from opening.
+            # The entries are collected before they are yielded: the folder stays open only here.
             if folder == "data":
-                for sub in sorted(base.iterdir()):
-                    if not sub.is_dir() or sub.is_symlink():
-                        continue
-                    for entry in os.scandir(sub):
-                        info = self._listed(f"data/{sub.name}/{entry.name}", entry)
-                        if info is not None:
-                            yield info
+                found: list[ObjectInfo] = []
+                with self._folder(["data"]) as fd:
+                    subs = sorted(e.name for e in os.scandir(fd) if e.is_dir(follow_symlinks=False))
+                for sub in subs:
+                    with self._folder(["data", sub]) as fd:
+                        found += filter(None, (self._listed(f"data/{sub}/{e.name}", e) for e in os.scandir(fd)))
+                    yield from found
+                    found.clear()
             else:
-                for entry in os.scandir(base):
-                    info = self._listed(f"{folder}/{entry.name}", entry)
-                    if info is not None:
-                        yield info
+                with self._folder([folder]) as fd:
+                    listed = [self._listed(f"{folder}/{e.name}", e) for e in os.scandir(fd)]
+                yield from filter(None, listed)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -254,7 +318,7 @@ class LocalBackend(Backend):
         if TEMP_MARKER in entry.name or not is_valid_name(name):
             return None
         try:
-            st = entry.stat()
+            st = entry.stat(follow_symlinks=False)  # a link is none of ours: reading it would follow it
         except OSError as exc:
             self._skip(name, f"cannot be examined ({exc.strerror or exc})")
             return None
@@ -299,6 +363,6 @@ def _drop_cached(fd: int) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(name: str, folder: int) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(name, dir_fd=folder)

@@ -47,7 +47,14 @@ from phoenix_backup.errors import (
     TransientStorageError,
 )
 from phoenix_backup.redaction import redact_url
-from phoenix_backup.storage.base import Backend, ObjectInfo, Protection, is_valid_name, validate_name
+from phoenix_backup.storage.base import (
+    Backend,
+    ObjectInfo,
+    Protection,
+    is_valid_name,
+    refuse_oversized,
+    validate_name,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -289,8 +296,10 @@ class S3Backend(Backend):
         key = self._key(name)
 
         def get() -> bytes:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            body = resp["Body"]
             try:
+                refuse_oversized(name, int(resp.get("ContentLength") or 0), self.location)
                 return body.read()
             finally:
                 body.close()

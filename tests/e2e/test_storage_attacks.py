@@ -1,0 +1,168 @@
+"""An attacker with write access to the repository's storage but not the passphrase (red team,
+DESIGN §5): huge objects planted where Phoenix reads objects whole.
+
+Before the fix, a sparse 64 GiB file under `snapshots/`, `index/` or `keys/` (it costs the
+attacker no disk) stopped `phx list`, `backup` and `restore` with "unexpected internal error
+(MemoryError): a bug in Phoenix", and a 2 GB one made every `phx list` take 2 GB of memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox, assert_error, assert_restored, new_sandbox, run_phx
+from moto_support import bare_repo, git
+
+from phoenix_backup.storage.git import clone_dir
+
+GiB = 1 << 30
+# Address space for each `phx` run: far above what these commands need, far below 64 GiB.
+LIMITED = ["prlimit", f"--as={4 * GiB}", "--"]
+
+
+def plant_sparse(path: Path, size: int = 64 * GiB) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def limited(sb: Sandbox, *args: str | Path, check: bool | int | None = True) -> str:
+    res = run_phx([str(a) for a in args], sb.env, check=check, prefix=LIMITED, timeout=120)
+    return res.out + res.err
+
+
+def test_huge_planted_objects_are_refused_unread_and_lose_nothing(tmp_path: Path) -> None:
+    sb = new_sandbox(tmp_path)
+    sid = sb.backup()["id"]
+    state = sb.state()
+    planted = ["snapshots/" + "ab" * 32, "index/" + "cd" * 32, "keys/" + "ef" * 8]
+    for name in planted:
+        plant_sparse(sb.repo / name)
+
+    assert sid[:8] in limited(sb, "list")
+    limited(sb, "restore", "--latest", "--to", tmp_path / "out", "--yes")
+    assert_restored(state, tmp_path / "out", "restore beside the planted objects")
+    limited(sb, "backup")
+    report = limited(sb, "verify", check=1)
+    for name in planted:
+        assert f"{name} in {sb.repo} is 68,719,476,736 bytes, more than any object of its kind" in report, report
+    assert "MemoryError" not in report
+
+    # A planted config is the repository's only config: one clear error, nothing read.
+    os.unlink(sb.repo / "config")
+    plant_sparse(sb.repo / "config")
+    res = run_phx(["list"], sb.env, check=1, prefix=LIMITED)
+    assert_error(res, 1, "config in", "more than any object of its kind", "phx repair objects --from")
+
+
+def tree_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def swap_for_link(folder: Path, outside: Path) -> None:
+    """Move `folder` out of the repository to `outside` and leave a link to it in its place."""
+    shutil.move(folder, outside)
+    folder.symlink_to(outside, target_is_directory=True)
+
+
+def test_a_folder_of_the_repository_swapped_for_a_link_is_never_followed(tmp_path: Path) -> None:
+    """Before the fix, `locks`, `snapshots` or `index` replaced with a link made `phx backup`
+    write its lock, index and snapshot into the folder the link names (as root: any folder), and
+    `data` made it write its packs there; a prune deletes through it too."""
+    sb = new_sandbox(tmp_path)
+    sb.backup()
+    for folder in ("locks", "snapshots", "index", "data"):
+        outside = tmp_path / f"outside-{folder}"
+        if not (sb.repo / folder).exists():
+            (sb.repo / folder).mkdir()
+        swap_for_link(sb.repo / folder, outside)
+        before = tree_of(outside)
+        (sb.workspace / "memory" / f"after-{folder}.md").write_text(f"written with {folder} a link\n")
+        res = sb.phx("backup", check=1)
+        assert_error(res, 1, f"{sb.repo / folder} is a symbolic link to {outside}, not a folder", "nothing was")
+        assert tree_of(outside) == before, f"phx wrote through the link {folder}"
+        sb.phx("prune", check=1)
+        assert tree_of(outside) == before, f"phx deleted through the link {folder}"
+        (sb.repo / folder).unlink()
+        shutil.move(outside, sb.repo / folder)
+    sb.backup()
+    sb.verify("--read-data")
+
+
+def test_an_object_that_is_a_link_is_skipped_and_never_read(tmp_path: Path) -> None:
+    sb = new_sandbox(tmp_path)
+    sid = sb.backup()["id"]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the repository's\n")
+    (sb.repo / "snapshots" / ("ab" * 32)).symlink_to(secret)
+    res = sb.phx("list")
+    assert sid[:8] in res.out
+    assert f"skipped snapshots/{'ab' * 32} in {sb.repo}: it is not a file" in res.err
+
+
+def test_a_link_pushed_to_a_git_remote_is_never_followed(tmp_path: Path) -> None:
+    """Someone with the Git host account pushes (no force needed) a commit that makes `snapshots`
+    and `data/00` links to folders of the owner's machine. Before the fix, the owner's next backup
+    checked them out in its clone and wrote its snapshot and packs into those folders."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    sb = new_sandbox(tmp_path)
+    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
+    remote = bare_repo(tmp_path / "remote.git")
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        }
+    )
+    sb.backup()
+    outside = tmp_path / "owners-folder"
+    outside.mkdir()
+    attacker = tmp_path / "attacker"
+    git("clone", "-q", "-b", "main", str(remote), str(attacker))
+    for folder in ("snapshots", "data/00"):
+        shutil.rmtree(attacker / folder, ignore_errors=True)
+        (attacker / folder).symlink_to(outside, target_is_directory=True)
+    git("add", "-A", cwd=attacker)
+    git("commit", "-q", "-m", "links", cwd=attacker)
+    git("push", "-q", "origin", "main", cwd=attacker)
+    # The owner's clone is lost (a new machine, a cleaned data dir): the next run clones again.
+    shutil.rmtree(clone_dir(sb.env, str(remote), "main"))
+
+    (sb.workspace / "memory" / "after.md").write_text("written after the links were pushed\n")
+    res = sb.phx("backup", "--json", check=3)
+    targets = res.json()["targets"]
+    assert targets["local"]["ok"] and not targets["git"]["ok"], targets
+    assert "snapshots is a symbolic link to" in targets["git"]["error"], targets["git"]
+    assert list(outside.iterdir()) == [], "phx wrote through a link in its Git clone"
+    res = sb.phx("restore", "--target", "git", "--latest", "--to", tmp_path / "out", check=1)
+    assert "snapshots is a symbolic link to" in res.err
+    assert list(outside.iterdir()) == []
+
+
+def test_a_damaged_newest_snapshot_is_never_passed_over_in_silence(tmp_path: Path) -> None:
+    """The newest snapshot's object damaged (or replaced by one of another repository with the same
+    passphrase): its time cannot be read, so `latest` is the one before. Before the fix, `list`
+    showed the older snapshots and `restore --latest` restored the older state, both without a
+    word: the owner believed they had the newest backup back."""
+    sb = new_sandbox(tmp_path)
+    older = sb.backup()["id"]
+    older_state = sb.state()
+    (sb.workspace / "memory" / "newest.md").write_text("only in the newest snapshot\n")
+    newest = sb.backup()["id"]
+    (sb.repo / "snapshots" / newest).write_bytes(os.urandom(600))
+
+    res = sb.phx("list")
+    assert older[:8] in res.out and newest[:8] not in res.out
+    assert f"1 snapshot cannot be read (snapshots/{newest}" in res.err, res.err
+    assert "phx verify" in res.err
+    res = sb.phx("restore", "--latest", "--to", tmp_path / "out")
+    assert f"1 snapshot cannot be read (snapshots/{newest}" in res.err, res.err
+    assert f"`latest` is {older[:8]}" in res.err, res.err
+    assert_restored(older_state, tmp_path / "out", "the older snapshot, said to be so")
+    report = sb.phx("verify", check=1).out
+    assert f"error: snapshots/{newest} (snapshot {newest[:8]}): " in report, report
+    assert "None" not in report, report
