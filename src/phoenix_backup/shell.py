@@ -109,8 +109,8 @@ def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) 
             )
         except OSError as exc:
             return ShellStep(label, command, False, None, False, time.monotonic() - started, str(exc))
-        timed_out = False
         with child_group(proc):
+            timed_out = False
             try:
                 code: int | None = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

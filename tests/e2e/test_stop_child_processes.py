@@ -30,10 +30,14 @@ SIGNALS = [signal.SIGTERM, signal.SIGHUP, signal.SIGINT] if HEAVY else [signal.S
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """The children of every thread of `pid` (a worker thread may start one)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def _name(pid: int) -> str:
@@ -41,6 +45,13 @@ def _name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return []
 
 
 def _runs(pid: int) -> bool:
@@ -64,28 +75,31 @@ def _start(sb: Sandbox, env: dict[str, str], *args: str) -> subprocess.Popen[str
     )
 
 
-def _frozen_pg_restore(proc: subprocess.Popen[str]) -> int:
-    """Wait for `proc`'s pg_restore child and freeze it (SIGSTOP) mid-restore; its pid."""
+def _frozen_child(proc: subprocess.Popen[str], name: str = "pg_restore") -> int:
+    """Wait for `proc`'s child `name` and freeze it (SIGSTOP) mid-work; its pid."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         for child in _children(proc.pid):
-            if _name(child) == "pg_restore":
+            if _name(child) == name:
                 os.kill(child, signal.SIGSTOP)
+                # `phx` goes on writing its input (into the pipe) or waiting: the stop comes
+                # after Popen returned (a signal inside Popen itself is not covered).
+                time.sleep(0.1)
                 return child
         time.sleep(0.001)
     out, err = proc.communicate(timeout=60)
-    raise AssertionError(f"pg_restore was never seen running: {out}{err}")
+    raise AssertionError(f"{name} was never seen running: {out}{err}")
 
 
 def _stop_during_pg_restore(sb: Sandbox, env: dict[str, str], sig: signal.Signals, *args: str) -> None:
     proc = _start(sb, env, "restore", "--latest", *args)
-    child = _frozen_pg_restore(proc)
+    child = _frozen_child(proc)
     try:
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 128 + sig, (proc.returncode, out, err)
         assert "interrupted" in err and "Traceback" not in err, err
-        assert not _runs(child), "pg_restore was left running after phx stopped"
+        assert not _runs(child), f"pg_restore was left running after phx stopped: {_cmdline(child)} {err}"
     finally:
         if _runs(child):  # the old code's orphan
             os.kill(child, signal.SIGKILL)
@@ -150,3 +164,24 @@ def test_a_second_sigterm_during_the_post_backup_hook_ends_the_hook_too(sandbox:
         for p in pids:
             if _runs(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_a_stop_during_pg_dump_ends_it_and_makes_no_snapshot(sandbox: Sandbox, pg_server: PgServer) -> None:
+    pg, sb = pg_server, sandbox
+    db = make_memory_db(pg, rows_per_agent=10, dims=8)
+    sb.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    before = sb.snapshots()
+    proc = _start(sb, env, "backup")
+    child = _frozen_child(proc, "pg_dump")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "interrupted" in err, (proc.returncode, out, err)
+        assert not _runs(child), "pg_dump was left running after phx stopped"
+    finally:
+        if _runs(child):
+            os.kill(child, signal.SIGKILL)
+    assert sb.snapshots() == before
+    sb.phx("backup", env=env)  # no lock left behind
+    pg.drop_database(db)

@@ -254,12 +254,12 @@ def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what
         env=env,
         start_new_session=True,
     )
-    assert proc.stdin is not None and proc.stderr is not None
-    errors: list[bytes] = []
-    stderr = proc.stderr
-    drain = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
-    drain.start()
-    with child_group(proc):
+    with child_group(proc):  # at once: a stop a moment later must end it too
+        assert proc.stdin is not None and proc.stderr is not None
+        errors: list[bytes] = []
+        stderr = proc.stderr
+        drain = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+        drain.start()
         try:
             for block in blocks:
                 proc.stdin.write(block)
