@@ -58,6 +58,7 @@ from phoenix_backup.repo.prune import refuse_if_damaged, snapshot_blobs
 from phoenix_backup.repo.replicate import TargetReport
 from phoenix_backup.repo.repository import Repository, sealed_with
 from phoenix_backup.reporting import Reporter
+from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.targets import refuse_append_only
 
 
@@ -199,7 +200,6 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
             # rotation's step 1).
             _undo(repo, creds, store, old)
             raise
-        backend.write("config", config.to_bytes())  # the commit point
 
         def finish() -> None:
             store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
@@ -209,6 +209,16 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
                 backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
             store.record(repo.config.id, backend.location, new.fingerprint, format=config.version)
 
+        try:
+            backend.write("config", config.to_bytes())  # the commit point
+        except BaseException as exc:
+            # The write may have landed before the stop (or the fault) came back: the config says.
+            landed = _config_is(backend, config.to_bytes())
+            if landed is False:
+                _undo(repo, creds, store, old)
+            elif landed and isinstance(exc, KeyboardInterrupt):
+                finish()
+            raise
         try:
             finish()
         except KeyboardInterrupt:
@@ -221,6 +231,14 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
     backend.checkpoint(f"phoenix: key rotated to {new.fingerprint}")
     backend.publish()
     return result
+
+
+def _config_is(backend: Backend, data: bytes) -> bool | None:
+    """Whether the store's config is `data`; None when it cannot be read."""
+    try:
+        return backend.read("config") == data
+    except Exception:
+        return None
 
 
 def _undo(repo: Repository, creds: keyslots.Credentials, store: Pins, old: keyslots.MasterSecrets) -> None:
