@@ -3,6 +3,11 @@
 
 Its output goes to a temporary file, never to a pipe: a start command typically leaves a daemon
 running that inherits its output, and waiting for a pipe to close would wait for that daemon.
+
+Every child in a session of its own (these commands, pg_restore) is in `child_group` while it
+runs: a stop (Ctrl-C, SIGTERM, SIGHUP: an exception in the main thread) kills its process group
+and waits for it, and a second stop signal, which ends `phx` at once (`os._exit`, cli/app.py),
+kills every such group first (`end_child_groups`), so none is left running on its own.
 """
 
 from __future__ import annotations
@@ -12,12 +17,47 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 # Output kept for the report: the end of what the command printed.
 OUTPUT_TAIL = 2000
+
+# The process groups of the children running now in a session of their own (`child_group`).
+_GROUPS: set[int] = set()
+_GROUPS_LOCK = threading.RLock()  # re-entered by a signal handler in the thread that holds it
+
+
+@contextlib.contextmanager
+def child_group(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """While the block runs, `proc` (started with `start_new_session=True`) is one of the groups
+    `end_child_groups` ends; an exception in the block (a stop) kills its group and waits for it."""
+    with _GROUPS_LOCK:
+        _GROUPS.add(proc.pid)
+    try:
+        yield
+    except BaseException:
+        _kill_group(proc.pid)  # in a session of its own, it did not get the terminal's signal
+        proc.wait()
+        raise
+    finally:
+        with _GROUPS_LOCK:
+            _GROUPS.discard(proc.pid)
+
+
+def end_child_groups() -> None:
+    """SIGKILL to every child group that runs (the process is about to end at once)."""
+    with _GROUPS_LOCK:
+        groups = list(_GROUPS)
+    for pgid in groups:
+        _kill_group(pgid)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -69,21 +109,15 @@ def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) 
             )
         except OSError as exc:
             return ShellStep(label, command, False, None, False, time.monotonic() - started, str(exc))
-        timed_out = False
-        try:
-            code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            code = None
-        except BaseException:
-            # Ctrl-C: the command is in a session of its own and would not get the signal.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
+        with child_group(proc):
+            timed_out = False
+            try:
+                code: int | None = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc.pid)
+                proc.wait()
+                code = None
         # Only the tail is kept, so only the tail is read (a hook may write gigabytes).
         out.seek(max(0, out.seek(0, os.SEEK_END) - OUTPUT_TAIL))
         data = out.read()

@@ -27,11 +27,14 @@ SLOW = """
 import os, time
 _below = os.environ["SLOW_BELOW"]
 _started, _from = os.environ["SLOW_STARTED"], os.environ["SLOW_MARK_BELOW"]
+_at, _calls = int(os.environ.get("SLOW_AT", "1")), [0]  # the mark at the SLOW_AT-th call below it
 _real_fsync, _real_unlink = os.fsync, os.unlink
 
 def _mark(path):
-    if path.startswith(_from) and not os.path.exists(_started):
-        open(_started, "w").close()
+    if path.startswith(_from):
+        _calls[0] += 1
+        if _calls[0] == _at and not os.path.exists(_started):
+            open(_started, "w").close()
     time.sleep(float(os.environ["SLOW_SECONDS"]))
 
 def _fsync(fd):

@@ -7,15 +7,18 @@ command (tests/e2e/test_leftovers.py covers the rest of the journal)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
 
+from phoenix_backup.repo.locks import ProcessTag, boot_id, pid_namespace
 from phoenix_backup.sinks import leftovers
 
 # A process that runs two restores' journals, as two FileWriters would: each notes its folder and
@@ -78,3 +81,86 @@ def test_a_killed_process_leaves_nothing_of_its_second_restore(tmp_path: Path, c
     assert [p.name for p in second.iterdir()] == [], f"the killed restore's temporary file stayed: {removed}"
     assert [p.name for p in first.iterdir()] == ["done.db"]
     assert list((cache / "restore-journal").iterdir()) == []
+
+
+# --- who may be declared dead: host, boot, PID and time namespaces (the adversary's findings) ---
+
+_DEAD = 2**22 + 11  # above pid_max's default: no such process
+
+
+def _plant(cache: Path, folder: Path, name: str, head: dict[str, object]) -> Path:
+    """A journal `name` with first line `head` naming `folder`, and its writer's temporary file
+    there; the file's path."""
+    journals = cache / "restore-journal"
+    journals.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pid, start = head["pid"], head["start"]
+    leftover = folder / f".phx-tmp-{pid}-{start}-{uuid.uuid4().hex[:12]}"
+    leftover.write_bytes(b"a restore's half-written copy")
+    (journals / name).write_text(json.dumps(head) + "\n" + json.dumps(str(folder)) + "\n")
+    return leftover
+
+
+@pytest.mark.skipif(not boot_id() or not pid_namespace(), reason="no /proc boot id or PID namespace")
+def test_only_a_provably_dead_restore_loses_its_temporary_files(tmp_path: Path, cache: Path) -> None:
+    """A cache folder shared over NFS holds other machines' journals: their boot id differs from
+    ours while they run. Before, another boot id alone was taken for a reboot and a live restore's
+    files on another host were removed; and a pid reused in another time namespace (whose start
+    times are shifted) was taken for a new process, its restore for dead."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    me = ProcessTag.current()
+    other_boot = str(uuid.uuid4())
+    this_host = {"host": me.host, "pidNamespace": me.pid_ns, "timeNamespace": me.time_ns}
+    kept = [
+        # another machine's restore, running: another host, another boot id
+        _plant(
+            cache, folder, "otherhost", {**this_host, "host": "elsewhere", "bootId": other_boot, "pid": 7, "start": 5}
+        ),
+        # an older Phoenix's journal (no host): another boot cannot be told from another machine
+        _plant(cache, folder, "oldother", {"bootId": other_boot, "pidNamespace": me.pid_ns, "pid": 8, "start": 5}),
+        # this process's pid and another start time, seen in another time namespace: unprovable
+        _plant(
+            cache,
+            folder,
+            "othertimens",
+            {**this_host, "bootId": me.boot_id, "timeNamespace": me.time_ns + 1, "pid": me.pid, "start": me.start + 9},
+        ),
+        # an older journal (no time namespace) naming this process's pid with another start time
+        _plant(
+            cache, folder, "oldreused", {"bootId": me.boot_id, "pidNamespace": me.pid_ns, "pid": me.pid, "start": 1}
+        ),
+    ]
+    removed = [
+        # this host rebooted since
+        _plant(cache, folder, "rebooted", {**this_host, "bootId": other_boot, "pid": 9, "start": 5}),
+        # this boot, the pid gone
+        _plant(cache, folder, "gone", {**this_host, "bootId": me.boot_id, "pid": _DEAD, "start": 5}),
+        # this boot and time namespace, the pid reused by a process started at another time
+        _plant(cache, folder, "reused", {**this_host, "bootId": me.boot_id, "pid": me.pid, "start": me.start + 1}),
+        # an older journal of this boot whose pid is gone
+        _plant(
+            cache, folder, "oldgone", {"bootId": me.boot_id, "pidNamespace": me.pid_ns, "pid": _DEAD + 1, "start": 5}
+        ),
+    ]
+    leftovers.clean()
+    assert [p.name for p in kept if not p.exists()] == []
+    assert [p.name for p in removed if p.exists()] == []
+    assert sorted(p.name for p in (cache / "restore-journal").iterdir()) == sorted(
+        ["otherhost", "oldother", "othertimens", "oldreused"]
+    )
+
+
+def test_a_journal_names_its_host_and_time_namespace(tmp_path: Path, cache: Path) -> None:
+    journal = leftovers.Journal()
+    journal.record(tmp_path)
+    head = json.loads((cache / "restore-journal" / journal.name).read_text().splitlines()[0])
+    journal.close()
+    me = ProcessTag.current()
+    assert head == {
+        "host": me.host,
+        "bootId": me.boot_id,
+        "pidNamespace": me.pid_ns,
+        "timeNamespace": me.time_ns,
+        "pid": me.pid,
+        "start": me.start,
+    }

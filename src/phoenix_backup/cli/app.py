@@ -28,6 +28,7 @@ from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.redaction import redact, without_secrets
 from phoenix_backup.repo.snapshot import Latest
+from phoenix_backup.shell import end_child_groups
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,6 +77,8 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
         # A second signal while stopping: at once, as a kill would. Every object and file is
         # written under a temporary name, fsynced, then renamed, so nothing half-written bears a
         # final name; the next command removes the temporary files and the lock (docs/reliability.md).
+        # The children in a session of their own (a hook, pg_restore) would run on, orphaned.
+        end_child_groups()
         with contextlib.suppress(OSError):
             line = stderr_line("problem", _STOPPED_AT_ONCE, as_json=_STOPPING.as_json) + "\n"
             os.write(2, line.encode("utf-8", "replace"))

@@ -27,7 +27,10 @@ Crash safety, under the exclusive lock, in this order:
    re-run can still find what it sealed).
 
 A SIGKILL anywhere leaves a repository that opens with the owner's secret and restores every
-snapshot; `phx key rotate` run again finishes (or redoes) the job.
+snapshot; `phx key rotate` run again finishes (or redoes) the job. A stop (Ctrl-C, SIGTERM, SIGHUP)
+does better: before the commit point it removes what it wrote under the new key (the repository is
+the old one, and verifies), after it it finishes step 5 first (the new one, and verifies); a
+second signal ends it at once, as a kill does.
 
 Other targets: replication (at the end of the rotation, and on every later backup or `phx sync`)
 copies the new slots and objects to each replica first, then its config (the replica's commit
@@ -50,10 +53,12 @@ from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
+from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.prune import refuse_if_damaged, snapshot_blobs
 from phoenix_backup.repo.replicate import TargetReport
 from phoenix_backup.repo.repository import Repository, sealed_with
 from phoenix_backup.reporting import Reporter
+from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.targets import refuse_append_only
 
 
@@ -153,46 +158,100 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
         store.record(
             repo.config.id, backend.location, old.fingerprint, format=repo.config.version, next=new.fingerprint
         )
-        for slot in new_slots:
-            backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
-        result.slots = [s.label for s in new_slots]
-        result.dropped = dropped
+        try:
+            for slot in new_slots:
+                backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
+            result.slots = [s.label for s in new_slots]
+            result.dropped = dropped
 
-        config = repo.config.signed(new)
-        fresh = Repository(backend, config, new, notice=envx.notice)
-        sizes = {info.name: info.size for info in backend.list("data/")}
-        pack_ids = repo.index.pack_ids()
-        envx.progress.phase(
-            "resealing packs", files=len(pack_ids), size=sum(sizes.get(pack_name(p), 0) for p in pack_ids), unit="packs"
-        )
-        packs = fresh.repack(_resealed(repo, used, Sealer(new.encryption_key), result, envx.progress, sizes))
-        fresh.write_index(packs, [])
-        result.packs = len(packs)
-        result.bytes = sum(info.size for info in backend.list("data/") if info.name in {pack_name(p) for p in packs})
-        renamed: dict[str, str] = {}
-        for snap in snapshots:  # oldest first, so each parent is renamed before its children
-            parent = renamed.get(snap.parent, snap.parent) if snap.parent else None
-            renamed[snap.id] = fresh.save_snapshot(replace(snap, parent=parent))
-        result.snapshots = len(snapshots)
+            config = repo.config.signed(new)
+            fresh = Repository(backend, config, new, notice=envx.notice)
+            sizes = {info.name: info.size for info in backend.list("data/")}
+            pack_ids = repo.index.pack_ids()
+            envx.progress.phase(
+                "resealing packs",
+                files=len(pack_ids),
+                size=sum(sizes.get(pack_name(p), 0) for p in pack_ids),
+                unit="packs",
+            )
+            packs = fresh.repack(_resealed(repo, used, Sealer(new.encryption_key), result, envx.progress, sizes))
+            fresh.write_index(packs, [])
+            result.packs = len(packs)
+            result.bytes = sum(
+                info.size for info in backend.list("data/") if info.name in {pack_name(p) for p in packs}
+            )
+            renamed: dict[str, str] = {}
+            for snap in snapshots:  # oldest first, so each parent is renamed before its children
+                parent = renamed.get(snap.parent, snap.parent) if snap.parent else None
+                renamed[snap.id] = fresh.save_snapshot(replace(snap, parent=parent))
+            result.snapshots = len(snapshots)
 
-        # The lock moves to the new key first: whichever key a reader ends up with (this
-        # machine's pin accepts both until the end), a killed run's lock stays readable.
-        # A lock removed meanwhile (`phx unlock --all` elsewhere) may have let a backup in that
-        # writes under the old key: it would be lost past this point, so nothing is committed
-        # (`rekey` checks the lock first, `confirm` once more right before the commit point).
-        held.rekey(fresh.sealer)
-        held.confirm()
-        backend.write("config", config.to_bytes())  # the commit point
-        store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
-        for name in old_objects:  # snapshots first: never a snapshot whose data is gone
-            backend.delete(name)
-        for slot in sorted(old_slots, key=lambda s: s.id == repo.opened_with):
-            backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
-        store.record(repo.config.id, backend.location, new.fingerprint, format=config.version)
+            # The lock moves to the new key first: whichever key a reader ends up with (this
+            # machine's pin accepts both until the end), a killed run's lock stays readable.
+            # A lock removed meanwhile (`phx unlock --all` elsewhere) may have let a backup in that
+            # writes under the old key: it would be lost past this point, so nothing is committed
+            # (`rekey` checks the lock first, `confirm` once more right before the commit point).
+            held.rekey(fresh.sealer)
+            held.confirm()
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM, SIGHUP) or failed before the commit point: the repository
+            # is the old one, whole; what this run wrote under the new key goes again, so that
+            # `phx verify` finds nothing that fails authentication (a kill leaves it to the next
+            # rotation's step 1).
+            _undo(repo, creds, store, old)
+            raise
+
+        def finish() -> None:
+            store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
+            for name in old_objects:  # snapshots first: never a snapshot whose data is gone
+                backend.delete(name)
+            for slot in sorted(old_slots, key=lambda s: s.id == repo.opened_with):
+                backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
+            store.record(repo.config.id, backend.location, new.fingerprint, format=config.version)
+
+        try:
+            backend.write("config", config.to_bytes())  # the commit point
+        except BaseException as exc:
+            # The write may have landed before the stop (or the fault) came back: the config says.
+            landed = _config_is(backend, config.to_bytes())
+            if landed is False:
+                _undo(repo, creds, store, old)
+            elif landed and isinstance(exc, KeyboardInterrupt):
+                finish()
+            raise
+        try:
+            finish()
+        except KeyboardInterrupt:
+            # Stopped past the commit point: the old objects would fail authentication under the
+            # new key (`phx verify` would call them damaged) until a re-run; their removal is what
+            # that re-run does, so it is finished now (a second signal ends it at once).
+            finish()
+            raise
         result.fingerprint = new.fingerprint
     backend.checkpoint(f"phoenix: key rotated to {new.fingerprint}")
     backend.publish()
     return result
+
+
+def _config_is(backend: Backend, data: bytes) -> bool | None:
+    """Whether the store's config is `data`; None when it cannot be read."""
+    try:
+        return backend.read("config") == data
+    except Exception:
+        return None
+
+
+def _undo(repo: Repository, creds: keyslots.Credentials, store: Pins, old: keyslots.MasterSecrets) -> None:
+    """Remove the new key's slots and objects of a rotation that stopped before its commit point,
+    and let the pin forget the new fingerprint; a fault here is said, and left to the next run."""
+    try:
+        _delete_other_keys(repo, creds)
+        store.record(repo.config.id, repo.backend.location, old.fingerprint, format=repo.config.version)
+    except Exception as exc:
+        repo.notice(
+            f"warning: what the stopped rotation wrote under the new key could not all be removed ({exc}); "
+            "`phx key rotate` run again removes it"
+        )
 
 
 def _delete_other_keys(repo: Repository, creds: keyslots.Credentials) -> int:

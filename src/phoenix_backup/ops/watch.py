@@ -76,9 +76,8 @@ from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
 from phoenix_backup.repo.crypto import load_cryptography, same_bytes, sha256_hex
 from phoenix_backup.repo.keys import hide_process_memory
-from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, boot_id, own_start_time, pid_namespace
+from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, ProcessTag
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.sinks.leftovers import process_gone
 from phoenix_backup.sources.files import Entry
 from phoenix_backup.sources.scope import SCOPES
 from phoenix_backup.sources.sqlite_capture import CHECKPOINT_FRAMES, Image, Position, SqliteCapture
@@ -1034,13 +1033,15 @@ class Watcher:
 
 
 # A base's temporary cache folder (when the watch's own takes no file), in TMPDIR (mode 0700):
-# phx-watch-cache-<host>-<boot id>-<pid namespace>-<pid>-<start time>-<random>, <host> the first
-# 8 hex digits of the SHA-256 of the host name: TMPDIR may be a folder that several machines share
-# (a home on NFS), where another boot id is another machine's, not a reboot. A watch killed
-# (SIGKILL, a power cut) leaves it; the next watch on that host removes it once its process is
-# provably gone.
+# phx-watch-cache-<host>-<boot id>-<pid namespace>-<pid>-<start time>-<time namespace>.<random>,
+# <host> the first 8 hex digits of the SHA-256 of the host name: TMPDIR may be a folder that several
+# machines share (a home on NFS), where another boot id is another machine's, not a reboot. A watch
+# killed (SIGKILL, a power cut) leaves it; the next watch on that host removes it once its process
+# is provably gone. An older watch's name has no time namespace (nor the dot: mkdtemp's random part
+# has none): its start time is then not compared.
 _TEMP_CACHE = re.compile(
-    r"phx-watch-cache-([0-9a-f]{8})-((?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})?)-(\d+)-(\d+)-(\d+)-.+"
+    r"phx-watch-cache-([0-9a-f]{8})-((?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})?)-(\d+)-(\d+)-(\d+)-"
+    r"(?:(\d+)\.)?.+"
 )
 
 
@@ -1050,13 +1051,14 @@ def _host_tag() -> str:
 
 def temp_cache_prefix() -> str:
     """The start of the name of a temporary cache folder this process makes (`_TEMP_CACHE`)."""
-    return f"phx-watch-cache-{_host_tag()}-{boot_id()}-{pid_namespace()}-{os.getpid()}-{own_start_time()}-"
+    me = ProcessTag.current()
+    return f"phx-watch-cache-{_host_tag()}-{me.boot_id}-{me.pid_ns}-{me.pid}-{me.start}-{me.time_ns}."
 
 
 def remove_stale_cache_folders(tmp: Path | None = None) -> list[Path]:
     """Remove the temporary cache folders that watches of this user left in `tmp` (TMPDIR) when
     killed: only names of that shape, folders (not symlinks) owned by this user, whose process
-    provably no longer runs (`sinks.leftovers.process_gone`); a live watch's, another user's,
+    provably no longer runs (`ProcessTag.gone`); a live watch's, another user's,
     another host's or one that cannot be told apart is left alone. Returns the folders removed."""
     tmp = tmp if tmp is not None else Path(tempfile.gettempdir())
     try:
@@ -1077,8 +1079,8 @@ def remove_stale_cache_folders(tmp: Path | None = None) -> list[Path]:
             continue
         if m.group(1) != _host_tag():
             continue
-        boot, namespace, pid, start = m.group(2), int(m.group(3)), int(m.group(4)), int(m.group(5))
-        if not process_gone(boot, namespace, pid, start):
+        numbers = int(m.group(3)), int(m.group(6) or 0), int(m.group(4)), int(m.group(5))
+        if not ProcessTag(socket.gethostname(), m.group(2), *numbers).gone(reboot_proves=True):
             continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():

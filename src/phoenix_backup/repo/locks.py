@@ -118,6 +118,50 @@ def process_start_time(pid: int) -> int | None:
 
 
 @dataclass(frozen=True)
+class ProcessTag:
+    """Who wrote a lock, a restore journal or a watch's temporary folder: enough to prove later,
+    perhaps from another machine sharing the folder, that the process no longer runs."""
+
+    host: str | None  # the host name; None: not recorded (a restore journal of an older Phoenix)
+    boot_id: str  # "" when unknown
+    pid_ns: int  # 0 when unknown: a pid in an unknown PID namespace means nothing here
+    time_ns: int  # 0 when unknown: the start time is then not comparable
+    pid: int
+    start: int  # clock ticks since boot, as seen in the time namespace `time_ns`
+
+    @classmethod
+    def current(cls) -> ProcessTag:
+        return cls(socket.gethostname(), boot_id(), pid_namespace(), time_namespace(), os.getpid(), own_start_time())
+
+    def gone(self, *, reboot_proves: bool) -> bool:
+        """True only when the process is provably dead, never on a doubt.
+
+        Its host must be ours (a folder shared over NFS holds other machines' files, whose boot id
+        differs from ours while they run). Another boot of this host proves it only with
+        `reboot_proves` (a user's own cache folder and TMPDIR; not a repository's locks, which
+        machines of one host name may share and which are removed without a delay). Else the same
+        boot and PID namespace, and its pid no longer runs, or runs with another start time seen
+        in the same time namespace (start times are shifted by a time namespace's offset)."""
+        ours = boot_id()
+        if self.host is None:
+            # Unrecorded host: only the same boot id (a random number per boot) says "this machine".
+            if not self.boot_id or self.boot_id != ours:
+                return False
+        elif self.host != socket.gethostname():
+            return False
+        if not self.boot_id or not ours:
+            return False
+        if self.boot_id != ours:
+            return reboot_proves
+        if not self.pid_ns or self.pid_ns != pid_namespace():
+            return False
+        now = process_start_time(self.pid)
+        if now is None:
+            return True
+        return now != 0 and now != self.start and self.time_ns == time_namespace()
+
+
+@dataclass(frozen=True)
 class LockInfo:
     name: str
     host: str
@@ -162,17 +206,10 @@ class LockInfo:
     def process_gone(self) -> bool:
         """True only when we can prove the owner is dead: same host, boot and PID namespace, and
         no such process (or one that started at another time)."""
-        if not self.readable or self.host != socket.gethostname():
+        if not self.readable:
             return False
-        if not self.boot_id or self.boot_id != boot_id():
-            return False
-        if not self.pid_ns or self.pid_ns != pid_namespace():
-            return False
-        start = process_start_time(self.pid)
-        if start is None:
-            return True
-        # A start time is comparable only when both saw the same boot-time offset.
-        return start != 0 and start != self.process_start and self.time_ns == time_namespace()
+        tag = ProcessTag(self.host, self.boot_id, self.pid_ns, self.time_ns, self.pid, self.process_start)
+        return tag.gone(reboot_proves=False)
 
     def is_ours(self) -> bool:
         """Whether this lock was written by this very process."""

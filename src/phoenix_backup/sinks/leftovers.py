@@ -5,17 +5,21 @@ beside its place, then renames it. Killed (SIGKILL, a power cut), it cannot remo
 would stay in the user's folders, where nothing looks for them. So before its first temporary
 file in a folder, a restore appends that folder to its journal, `restore-journal/<pid>-<start>-<random>`
 in the cache folder (`PHX_CACHE_DIR`, else e.g. `~/.cache/phoenix`), whose first line names the
-process (boot id, PID namespace, pid, start time); the random part keeps apart two restores of
-one process (the Python API), each of which deletes only its own journal. Every command that
+process (host name, boot id, PID namespace, time namespace, pid, start time); the random part
+keeps apart two restores of one process (the Python API), each of which deletes only its own
+journal. Every command that
 loads the config then reads the journals:
 
-- a journal whose process provably no longer runs (another boot; or the same boot and PID
-  namespace, and the pid gone or started at another time) has that process's temporary files
-  removed from the folders it lists, then is deleted;
+- a journal whose process provably no longer runs (`repo.locks.ProcessTag.gone`: this host, and
+  another boot; or the same boot and PID namespace, and the pid gone or started at another time
+  in the same time namespace) has that process's temporary files removed from the folders it
+  lists, then is deleted;
 - only names of that exact shape, with that pid and start time, are removed; a folder that is
   gone, not a folder or a symlink is skipped;
 - a journal of a process that may still run (it runs, or runs in another PID namespace, where its
-  pid means nothing here) is left alone;
+  pid means nothing here, or on another host sharing the cache folder over NFS) is left alone; so
+  is one of an older Phoenix (no host recorded) from another boot, which cannot be told from
+  another machine's;
 - journals are trusted only in a journal folder of this user that no one else can write (reached
   without following a symlink at its last step): a folder another user planted, or shared, names
   no folder this process cleans and receives no journal of it (the restore then keeps none, and
@@ -39,7 +43,7 @@ from typing import IO
 
 from phoenix_backup.dirs import make_dirs
 from phoenix_backup.repo.cache import cache_root
-from phoenix_backup.repo.locks import boot_id, own_start_time, pid_namespace, process_start_time
+from phoenix_backup.repo.locks import ProcessTag, own_start_time
 from phoenix_backup.sources.files import RESTORE_TEMP
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -90,8 +94,10 @@ class Journal:
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
             with os.fdopen(os.open(self.name, flags, 0o600, dir_fd=self._dir), "a", encoding="utf-8") as f:
                 if new:
-                    header = {"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": os.getpid()}
-                    f.write(json.dumps({**header, "start": own_start_time()}) + "\n")
+                    me = ProcessTag.current()
+                    header = {"host": me.host, "bootId": me.boot_id, "pidNamespace": me.pid_ns}
+                    header |= {"timeNamespace": me.time_ns, "pid": me.pid, "start": me.start}
+                    f.write(json.dumps(header) + "\n")
                 # JSON's \\udcXX escapes keep a folder name that is not UTF-8 exact.
                 f.write(json.dumps(key) + "\n")
                 f.flush()
@@ -150,9 +156,9 @@ def _clean_one(folder: int, name: str) -> list[str]:
             if time.time() - os.fstat(fd).st_mtime > _WRITING:
                 os.unlink(name, dir_fd=folder)
             return []
-        boot, namespace, pid, start = head
-        if not process_gone(boot, namespace, pid, start):
+        if not head.gone(reboot_proves=True):
             return []
+        pid, start = head.pid, head.start
         removed = []
         seen: set[str] = set()
         for line in lines:
@@ -175,33 +181,26 @@ def _lines(f: IO[str]) -> Iterator[str]:
             pass
 
 
-def _header(line: str) -> tuple[str, int, int, int] | None:
-    """(boot id, PID namespace, pid, start) of a journal's first line; None when it is not one."""
+def _header(line: str) -> ProcessTag | None:
+    """The writer named by a journal's first line; None when it is not one. A journal of an older
+    Phoenix has no host and no time namespace: unknown, so that only the same boot id says it is
+    this machine's, and only a pid that no longer runs proves its death (ProcessTag.gone)."""
     try:
         head = json.loads(line)
     except ValueError:
         return None
     if not isinstance(head, dict):
         return None
-    boot, namespace, pid, start = (head.get(k) for k in ("bootId", "pidNamespace", "pid", "start"))
-    numbers = (namespace, pid, start)
-    if not isinstance(boot, str) or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+    boot, host = head.get("bootId"), head.get("host")
+    numbers = [head.get(k) for k in ("pidNamespace", "pid", "start")] + [head.get("timeNamespace", 0)]
+    if not isinstance(boot, str) or not (host is None or isinstance(host, str)):
         return None
-    assert isinstance(namespace, int) and isinstance(pid, int) and isinstance(start, int)
-    if pid <= 0 or start < 0 or namespace < 0:
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
         return None
-    return boot, namespace, pid, start
-
-
-def process_gone(boot: str, namespace: int, pid: int, start: int) -> bool:
-    """True only when the process is provably dead (its pid elsewhere means nothing here)."""
-    ours = boot_id()
-    if boot and ours and boot != ours:
-        return True  # the machine has rebooted since
-    if not namespace or namespace != pid_namespace():
-        return False
-    now = process_start_time(pid)
-    return now is None or (now != 0 and now != start)
+    namespace, pid, start, time_ns = (n for n in numbers if isinstance(n, int))
+    if pid <= 0:
+        return None
+    return ProcessTag(host, boot, namespace, time_ns, pid, start)
 
 
 def _remove_temporaries(folder: Path, pid: int, start: int) -> list[str]:

@@ -30,6 +30,7 @@ from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, Usa
 from phoenix_backup.repo.reader import NodeReader, read_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.shell import child_group
 from phoenix_backup.sinks import ConflictMode, postgres_agent
 from phoenix_backup.sinks.postgres_agent import KeylessMode
 from phoenix_backup.sinks.streams import (
@@ -225,6 +226,12 @@ def _restore_dump(
         if outcome.stats.get("databaseCreated"):
             _drop_database(conn, conn.database, outcome)  # it did not exist: it is left so
         return outcome
+    except BaseException:
+        # A stop (Ctrl-C, SIGTERM, SIGHUP): pg_restore was ended (`_feed`), its transaction rolled
+        # back; a database this restore created is dropped again, never one that was there.
+        if outcome.stats.get("databaseCreated"):
+            _drop_database(conn, conn.database, outcome)
+        raise
     wrong = {t: (n, outcome.found.get(t)) for t, n in outcome.expected.items() if outcome.found.get(t) != n}
     if wrong:
         shown = "; ".join(f"{t}: {have} rows, the snapshot {n}" for t, (n, have) in sorted(wrong.items())[:3])
@@ -236,25 +243,30 @@ def _restore_dump(
 
 def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what: str) -> None:
     """Run a program with `blocks` on its stdin; raise its last error line if it fails. When the
-    blocks fail (damaged data), the program is killed before its input ends, so a single
-    transaction never commits."""
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    assert proc.stdin is not None and proc.stderr is not None
-    errors: list[bytes] = []
-    stderr = proc.stderr
-    drain = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
-    drain.start()
-    try:
-        for block in blocks:
-            proc.stdin.write(block)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass  # it stopped reading: its exit code and stderr say why
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    code = proc.wait()
+    blocks fail (damaged data) or a stop comes (Ctrl-C, SIGTERM, SIGHUP), the program is killed
+    and waited for, so a single transaction never commits after `phx` said it stopped. It runs in
+    a session of its own: a signal to the terminal's group reaches `phx` only, which ends it."""
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    with child_group(proc):  # at once: a stop a moment later must end it too
+        assert proc.stdin is not None and proc.stderr is not None
+        errors: list[bytes] = []
+        stderr = proc.stderr
+        drain = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+        drain.start()
+        try:
+            for block in blocks:
+                proc.stdin.write(block)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it stopped reading: its exit code and stderr say why
+        code = proc.wait()
     drain.join(10)
     if code != 0:
         text = b"".join(errors).decode("utf-8", "replace")

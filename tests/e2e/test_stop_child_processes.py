@@ -1,0 +1,187 @@
+"""A stop signal that reaches `phx` alone (systemd's `stop` with `KillMode=mixed`, `kill PID`) while
+a child runs in a session of its own: the child is ended and waited for, and what `phx` created for
+the stopped step is undone (docs/cli.md, "Signals").
+
+Before, `pg_restore` was left to run on (and commit) while `phx` said "interrupted", a database
+`phx` had created for that restore stayed, and a second SIGTERM during the `postBackup` hook that
+runs after a stopped backup left the hook running on, orphaned."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import PHX, Sandbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import services
+from services import PgServer, db_state, make_memory_db, postgres_entry
+
+pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
+
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+SIGNALS = [signal.SIGTERM, signal.SIGHUP, signal.SIGINT] if HEAVY else [signal.SIGTERM]
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of `pid` (a worker thread may start one)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return []
+
+
+def _runs(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+def _start(sb: Sandbox, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PHX, *args],
+        env=env,
+        cwd=sb.root,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _frozen_child(proc: subprocess.Popen[str], name: str = "pg_restore") -> int:
+    """Wait for `proc`'s child `name` and freeze it (SIGSTOP) mid-work; its pid."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        for child in _children(proc.pid):
+            if _name(child) == name:
+                os.kill(child, signal.SIGSTOP)
+                # `phx` goes on writing its input (into the pipe) or waiting: the stop comes
+                # after Popen returned (a signal inside Popen itself is not covered).
+                time.sleep(0.1)
+                return child
+        time.sleep(0.001)
+    out, err = proc.communicate(timeout=60)
+    raise AssertionError(f"{name} was never seen running: {out}{err}")
+
+
+def _stop_during_pg_restore(sb: Sandbox, env: dict[str, str], sig: signal.Signals, *args: str) -> None:
+    proc = _start(sb, env, "restore", "--latest", *args)
+    child = _frozen_child(proc)
+    try:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+        assert "interrupted" in err and "Traceback" not in err, err
+        assert not _runs(child), f"pg_restore was left running after phx stopped: {_cmdline(child)} {err}"
+    finally:
+        if _runs(child):  # the old code's orphan
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_a_stop_ends_pg_restore_and_drops_only_the_database_phx_created(
+    sandbox: Sandbox, pg_server: PgServer, sig: signal.Signals
+) -> None:
+    pg, sb = pg_server, sandbox
+    db = make_memory_db(pg, rows_per_agent=10, dims=8)
+    sb.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    before = db_state(pg, db)
+    sb.phx("backup", env=env)
+
+    # A database this restore creates (--to-database): dropped again by the stop.
+    copy = f"{db}_stopped"
+    _stop_during_pg_restore(sb, env, sig, "--to-database", copy)
+    left = pg.query("postgres", "SELECT datname FROM pg_database WHERE datname = %s", (copy,))
+    assert left == [], f"database {copy}, created by the stopped restore, was left on the server"
+
+    # A database that was there (in place): never dropped, and as it was (the transaction rolled back).
+    pg.sql(db, "DELETE FROM memory_items WHERE ctid IN (SELECT ctid FROM memory_items LIMIT 3)")
+    changed = db_state(pg, db)
+    assert changed != before
+    _stop_during_pg_restore(sb, env, sig, "--databases-only", "--yes", "--no-safety-snapshot")
+    assert db_state(pg, db) == changed
+    pg.drop_database(db)
+
+
+def test_a_second_sigterm_during_the_post_backup_hook_ends_the_hook_too(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A backup stopped while `preBackup` runs runs `postBackup` (status failed) to undo it; a
+    second SIGTERM then ends `phx` at once, and the hook's whole process group with it."""
+    sb = sandbox
+    pre_started, post_pids = tmp_path / "pre-started", tmp_path / "post-pids"
+    sb.write_config(
+        hooks={
+            "preBackup": f"touch {pre_started}; sleep 120",
+            # The hook and a process it started in the background, both in its process group.
+            "postBackup": f"sleep 121 & echo $! $$ > {post_pids}.tmp; mv {post_pids}.tmp {post_pids}; wait",
+            "timeoutSeconds": 600,
+        }
+    )
+    proc = _start(sb, sb.env, "backup")
+    deadline = time.monotonic() + 120
+    while not pre_started.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    while not post_pids.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert post_pids.exists(), "postBackup did not run after the stop"
+    pids = [int(p) for p in post_pids.read_text().split()]
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, (proc.returncode, out, err)
+        assert "stopped at once by a second signal" in err, err
+        time.sleep(0.2)  # SIGKILL is delivered at once; let the kernel reap them
+        assert [p for p in pids if _runs(p)] == [], "the postBackup hook was left running, orphaned"
+    finally:
+        for p in pids:
+            if _runs(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_a_stop_during_pg_dump_ends_it_and_makes_no_snapshot(sandbox: Sandbox, pg_server: PgServer) -> None:
+    pg, sb = pg_server, sandbox
+    db = make_memory_db(pg, rows_per_agent=10, dims=8)
+    sb.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    before = sb.snapshots()
+    proc = _start(sb, env, "backup")
+    child = _frozen_child(proc, "pg_dump")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "interrupted" in err, (proc.returncode, out, err)
+        assert not _runs(child), "pg_dump was left running after phx stopped"
+    finally:
+        if _runs(child):
+            os.kill(child, signal.SIGKILL)
+    assert sb.snapshots() == before
+    sb.phx("backup", env=env)  # no lock left behind
+    pg.drop_database(db)
