@@ -1090,12 +1090,18 @@ class KdfBudget:
         # The passphrase slots charged, as stored: one tried again with this budget (the opening
         # after the one ahead of a command's work, `Credentials.budget`) has its key derived already.
         self.charged: set[bytes] = set()
+        # The slots found damaged or hostile, as stored, and why: one whose scrypt could not get its
+        # memory (MemoryError) is not run again by the next opening with this budget.
+        self.refused: dict[bytes, CorruptObject] = {}
 
     def charge(self, slot: KeySlot) -> None:
         """CorruptObject when this slot alone asks for more than a slot may (it is skipped);
         KdfBudgetExceeded when the opening has spent its budget (nothing more is tried). A
-        passphrase slot charged before, unchanged, costs nothing again."""
+        passphrase slot charged before, unchanged, costs nothing again; one refused before (`refuse`)
+        is refused again, for the same reason, at no cost."""
         stored = slot.to_json() if slot.type == "passphrase" else b""
+        if stored in self.refused:
+            raise self.refused[stored]
         if stored in self.charged:
             return
         n, r, p = (slot.params.get(k) for k in ("n", "r", "p"))
@@ -1118,6 +1124,11 @@ class KdfBudget:
         self.spent += cost
         if stored:
             self.charged.add(stored)
+
+    def refuse(self, slot: KeySlot, error: CorruptObject) -> None:
+        """Remember that this passphrase slot is damaged or hostile (`error`): `charge` refuses it."""
+        if slot.type == "passphrase":
+            self.refused[slot.to_json()] = error
 
 
 # Cheap, credential-free slots first; gpg last because it may start an agent or a pinentry.
@@ -1164,6 +1175,7 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
         except CorruptObject as error:
             # One damaged slot must not lock the user out when another slot still opens.
             corrupt = corrupt or error
+            budget.refuse(slot, error)
             continue
         except ToolMissing as error:
             tool_missing = error
