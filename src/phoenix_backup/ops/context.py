@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryLocked,
     RepositoryNotFound,
+    SourceError,
     StorageError,
     UsageError,
     WrongPassphrase,
@@ -35,7 +37,7 @@ from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import Latest
+from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.sinks import leftovers
@@ -554,6 +556,41 @@ def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replic
         envx.notice(f"target {other} already holds this repository; {backend.location} now continues it")
         return True
     return False
+
+
+def parse_time(text: str | None, option: str = "--time") -> datetime:
+    """`option`'s RFC 3339 time with a UTC offset (now when None); UsageError naming it otherwise."""
+    if text is None:
+        return datetime.now().astimezone().replace(microsecond=0)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
+    if when.tzinfo is None:
+        raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
+    if not MIN_YEAR <= when.year <= MAX_YEAR:
+        raise UsageError(f"{option} {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
+    return when
+
+
+def require_workspace(cfg: Config) -> None:
+    """SourceError when the config's workspace is not a folder (a backup has nothing to read)."""
+    if not cfg.workspace.is_dir():
+        raise SourceError(
+            f"the workspace {cfg.workspace} does not exist or is not a folder; fix `workspace` in "
+            f"{cfg.source or 'the config'}"
+        )
+
+
+def check_restore(cfg: Config, *, to: Path | None, delete: bool, to_database: str | None) -> None:
+    """UsageError for a restore's options that do not go together: checked before its key is
+    derived (`unlock_ahead`), so that a mistake costs no scrypt."""
+    if delete and to is not None:
+        raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
+    if to_database is not None and to is not None:
+        raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
+    if to is None:
+        require_config_file(cfg, "a restore in place")
 
 
 def require_config_file(cfg: Config, what: str) -> None:
