@@ -161,11 +161,24 @@ class BlobIds:
         return blake3.blake3(data, key=self._keys[kind]).digest()
 
 
+class _NotLoaded(Exception):
+    """What `InvalidTag` is until `aead` loads `cryptography`: nothing raises it."""
+
+
+# What an AEAD's decrypt raises for damaged or tampered bytes: `cryptography`'s InvalidTag, set
+# by `aead` when it loads `cryptography` (so it is loaded once, not at every decrypt, and not
+# with this module). Read it as `crypto.InvalidTag` where the exception is caught, never import
+# it by name: whoever holds an AEAD from `aead` finds the real class there.
+InvalidTag: type[Exception] = _NotLoaded
+
+
 def aead(key: bytes) -> AESGCM:
     """AES-256-GCM under `key`. `cryptography` (9 MB of memory: its own OpenSSL) is imported on
     first use, not with this module: a command opening a passphrase slot runs scrypt (32 MiB)
     before it is loaded, so the two do not add up in its peak memory (docs/benchmarks.md)."""
+    global InvalidTag
     try:
+        from cryptography.exceptions import InvalidTag as tag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     except ImportError as exc:  # first seen here, in the middle of a command, not at its start
         raise ToolMissing(
@@ -173,6 +186,7 @@ def aead(key: bytes) -> AESGCM:
             "Phoenix with its dependencies (`pipx reinstall phoenix-backup`, or `pip install --force-reinstall "
             "cryptography` in its environment)"
         ) from None
+    InvalidTag = tag
     return AESGCM(key)
 
 
@@ -210,8 +224,6 @@ class Sealer:
             if _checksum(payload, aad) != bytes(check):
                 raise CorruptObject(f"{what} fails its checksum")
             return bytes(payload)
-        from cryptography.exceptions import InvalidTag  # loaded by `aead` already
-
         try:
             return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
         except InvalidTag as exc:

@@ -50,6 +50,7 @@ from phoenix_backup.errors import (
     UsageError,
     WrongPassphrase,
 )
+from phoenix_backup.repo import crypto
 from phoenix_backup.repo.crypto import aead
 from phoenix_backup.users import username
 
@@ -463,13 +464,11 @@ class KeySlot:
         if self.version == 1 or self.info is not None:
             return self
         opener = aead(secrets.derive(_SLOT_META_CONTEXT))
-        from cryptography.exceptions import InvalidTag  # loaded by `aead`
-
         try:
             plain = opener.decrypt(
                 self.meta[:NONCE_LENGTH], self.meta[NONCE_LENGTH:], SLOT_META_AAD_PREFIX + self.id.encode("ascii")
             )
-        except (InvalidTag, ValueError):
+        except (crypto.InvalidTag, ValueError):
             return self
         try:
             info = SlotInfo.from_bytes(plain, f"the metadata of key slot {self.id}")
@@ -701,11 +700,9 @@ def _unwrap_passphrase(slot: KeySlot, passphrase: str) -> MasterSecrets | None:
         ) from None
     nonce, sealed = slot.data[:NONCE_LENGTH], slot.data[NONCE_LENGTH:]
     opener = aead(kek)
-    from cryptography.exceptions import InvalidTag  # loaded by `aead`
-
     try:
         plain = opener.decrypt(nonce, sealed, _slot_aad(slot.id))
-    except InvalidTag:
+    except crypto.InvalidTag:
         # A wrong passphrase and tampered bytes look the same, by design of the AEAD.
         return None
     return MasterSecrets.from_bytes(plain)
