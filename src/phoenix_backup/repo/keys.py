@@ -1123,9 +1123,11 @@ class KdfBudget:
             self.charged.add(stored)
 
     def refuse(self, slot: KeySlot, error: CorruptObject) -> None:
-        """Remember that this passphrase slot is damaged or hostile (`error`): `charge` refuses it."""
-        if slot.type == "passphrase":
-            self.refused[slot.to_json()] = error
+        """Remember that this passphrase slot, charged, is damaged or hostile (`error`): `charge`
+        refuses it. (One refused before any scrypt is refused as cheaply again.)"""
+        stored = slot.to_json() if slot.type == "passphrase" else b""
+        if stored in self.charged:
+            self.refused[stored] = error
 
 
 # Cheap, credential-free slots first; gpg last because it may start an agent or a pinentry.
