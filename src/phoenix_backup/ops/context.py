@@ -176,7 +176,9 @@ class _Deadline(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         left = self.deadline - time.monotonic()
-        if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+        waiting = select.poll()  # not select(): a process may hold more than FD_SETSIZE files
+        waiting.register(self.fd, select.POLLIN)
+        if left <= 0 or not waiting.poll(left * 1000):
             raise TimeoutError
         data = os.read(self.fd, len(buffer))
         buffer[: len(data)] = data
