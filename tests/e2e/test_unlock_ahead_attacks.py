@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 import secrets
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from e2e_support import Sandbox, assert_error
 
 from phoenix_backup.config import load_config
-from phoenix_backup.errors import KdfBudgetExceeded, KeyChanged, WrongPassphrase
+from phoenix_backup.errors import CorruptObject, KdfBudgetExceeded, KeyChanged, WrongPassphrase
 from phoenix_backup.ops import context
 from phoenix_backup.ops import key as key_ops
 from phoenix_backup.repo import keys
@@ -190,3 +191,35 @@ def test_a_process_that_opens_again_and_again_keeps_no_more_of_planted_slots(mon
     finally:
         tracemalloc.stop()
     assert kept < 200_000, f"{kept} bytes kept after 20 openings"
+
+
+def test_a_slot_whose_scrypt_runs_out_of_memory_is_tried_once_per_command(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slot whose parameters this machine cannot get the memory for (MemoryError): the opening
+    # ahead skips it, and the real opening must not run its scrypt (and wait for the memory) a
+    # second time, yet says the same sentence. (The owner's slot is set aside: the slots' order
+    # in keys/ decides which one an opening tries first.)
+    sb = backed_up
+    for owner in (sb.repo / "keys").iterdir():
+        owner.rename(sb.root / owner.name)
+    hostile = planted(1, "hungry")
+    put(sb.repo / "keys", hostile)
+    salt = base64.b64decode(json.loads(next(iter(hostile.values())))["params"]["salt"])
+    tried: list[bytes] = []
+    monkeypatch.setattr(keys, "_slot_keys", {})
+    derive = keys._derive_kek
+
+    def short_of_memory(passphrase: str, salt_: bytes, n: int, r: int, p: int) -> bytes:
+        tried.append(salt_)
+        if salt_ == salt:
+            raise MemoryError
+        return derive(passphrase, salt_, n, r, p)
+
+    monkeypatch.setattr(keys, "_derive_kek", short_of_memory)
+    envx = context.Environment(env=sb.env)
+    cfg = load_config(sb.config_path, envx.env)
+    context.unlock_ahead(cfg, envx)
+    with pytest.raises(CorruptObject, match="more memory than this process could get"):
+        context.open_repository(cfg, envx)
+    assert tried == [salt], f"the slot short of memory was derived {tried.count(salt)} times"

@@ -26,6 +26,12 @@ from typing import Any
 import pytest
 from e2e_support import PHX, Sandbox, assert_error, wait_past_racy_window
 
+from phoenix_backup.config import load_config
+from phoenix_backup.ops import context
+from phoenix_backup.ops.list import list_snapshots
+from phoenix_backup.ops.pitr import files_as_of
+from phoenix_backup.ops.watch_files import FILES_SCOPE
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlite_states import TRANSACTION, Simulation, create_schema
 
@@ -138,6 +144,22 @@ def _file_snapshots(sb: Sandbox, after: float) -> list[float]:
     return sorted(t for s in listed if (t := datetime.fromisoformat(s["time"]).timestamp()) > after)
 
 
+def _files_ready(sb: Sandbox, after: float) -> list[tuple[float, float]]:
+    """The snapshots of the files `phx watch` took after `after`: when each began (its time, in
+    whole seconds) and when it had read every file (what `restore --at` goes by, `files_as_of`),
+    in seconds, oldest first. A snapshot takes its time on a busy machine: a time a second after
+    it began may lie before it holds the files."""
+    envx = context.Environment(env=sb.env)
+    out = []
+    for summary in list_snapshots(load_config(sb.config_path, envx.env), envx):
+        snap = summary.snapshot
+        begun = datetime.fromisoformat(snap.time).timestamp()
+        ready = files_as_of(snap)
+        if snap.scope == FILES_SCOPE and begun > after and ready is not None:
+            out.append((begun, ready / 1e6))
+    return sorted(out)
+
+
 def _check_restore(sb: Sandbox, at: float, record: list[tuple[int, float, float]], dest: Path, sim: Simulation) -> int:
     when = datetime.fromtimestamp(at, UTC).isoformat()
     doc = sb.phx("restore", "--at", when, "--to", dest, "--path", LOGICAL, "--json").json()
@@ -223,28 +245,21 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     begun = _wait_for(lambda: [a for a, b in _timeline(sb, "home/.argentos/memory.db") if (a, b) not in covered], proc)
     # ...and once the run's first snapshot of the files (what changed while none ran) is taken: a
     # time before it has no snapshot of the files (the notice that says so is tested below).
-    first_files = _wait_for(lambda: _file_snapshots(sb, after=begun[0] - 1), proc)
-    time.sleep(max(0.0, begun[0] + 2.5 - time.time(), first_files[0] + 2.5 - time.time()))
+    # The times restored below go by when a snapshot had read the files, not by when it began.
+    first_ready = _wait_for(lambda: _files_ready(sb, after=begun[0] - 1), proc)[0][1]
+    time.sleep(max(0.0, begun[0] + 2.5 - time.time(), first_ready + 2.5 - time.time()))
     changed_at = time.time()
     note.write_bytes(before + b"\nwritten while phx watch runs\n")
-    edit = _wait_for(
-        lambda: [
-            s
-            for s in sb.phx("list", "--scope", "watch-files", "--json").json()
-            if datetime.fromisoformat(s["time"]).timestamp() > changed_at
-        ],
-        proc,
-    )
-    taken = datetime.fromisoformat(edit[0]["time"]).timestamp()
+    taken, ready = _wait_for(lambda: _files_ready(sb, after=changed_at), proc)[0]
     assert taken - changed_at < 10, "the watch saw the edit within seconds"
-    time.sleep(max(0.0, taken + 2.5 - time.time()))
+    time.sleep(max(0.0, ready + 2.5 - time.time()))
     proc.send_signal(signal.SIGTERM)
     out, _err = proc.communicate(timeout=120)
     second = json.loads(out)
     assert second["bases"] == 0, plog
     assert set(second["resumed"]) == {LOGICAL, "home/.argentos/memory.db", "home/.argentos/observations.db"}
     assert second["file_snapshots"] == 2, second  # what changed while none ran, then the edit
-    for when, content in ((changed_at - 1.0, before), (taken + 1.0, note.read_bytes())):
+    for when, content in ((changed_at - 1.0, before), (ready + 1.0, note.read_bytes())):
         at = datetime.fromtimestamp(when, UTC).isoformat()
         dest = tmp_path / f"files-{when}"
         doc = sb.phx("restore", "--at", at, "--to", dest, "--json").json()
@@ -297,6 +312,13 @@ def test_a_time_before_any_snapshot_of_the_files_restores_the_databases_and_says
     backup = sb.backup()
     sb.phx("watch", "--duration", "1", "--no-files")  # segments, and no snapshot of the files
     ((start, end),) = _timeline(sb, "home/.argentos/memory.db")
+    # A time every captured database is covered at: the watch takes their bases one after the
+    # other (a busy machine spreads them over most of its second), and a database not covered at
+    # the time restored is an error of the restore.
+    for path in ("home/.argentos/observations.db", LOGICAL):
+        ((first, last),) = _timeline(sb, path)
+        start, end = max(start, first), min(end, last)
+    assert start < end
     at = datetime.fromtimestamp((start + end) / 2, UTC).isoformat()
     res = sb.phx("restore", "--at", at, "--to", tmp_path / "at", "--json")
     doc = res.json()

@@ -32,6 +32,10 @@ def backup(
     """
     cfg = load_config(out, envx, config_path)
     if not dry_run:
+        # What needs no key is checked before its scrypt: a mistake costs no key derivation.
+        if time_text is not None:
+            context.parse_time(time_text)
+        context.require_workspace(cfg)
         context.unlock_ahead(cfg, envx)
     # Loaded after the key is derived: its modules need not be in memory during scrypt.
     from phoenix_backup.ops import backup as backup_op

@@ -32,11 +32,10 @@ from phoenix_backup.errors import (
     PhoenixError,
     SourceError,
     UnsafePath,
-    UsageError,
 )
 from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
 from phoenix_backup.ops import db_backup
-from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository
+from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, parse_time
 from phoenix_backup.ops.hooks import BackupHooks
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.selection import select_sources
@@ -47,8 +46,6 @@ from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Duration
 from phoenix_backup.repo.snapshot import (
-    MAX_YEAR,
-    MIN_YEAR,
     NOT_CHECKED,
     DatabaseInfo,
     Snapshot,
@@ -191,21 +188,6 @@ class BackupResult:
             doc["planned"] = [{"path": p.path, "kind": p.kind, "size": p.size} for p in self.planned]
             doc["components"] = {c.name: c.to_json() for c in self.components}
         return doc
-
-
-def parse_time(text: str | None, option: str = "--time") -> datetime:
-    """`option`'s RFC 3339 time with a UTC offset (now when None); UsageError naming it otherwise."""
-    if text is None:
-        return datetime.now().astimezone().replace(microsecond=0)
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
-    if when.tzinfo is None:
-        raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
-    if not MIN_YEAR <= when.year <= MAX_YEAR:
-        raise UsageError(f"{option} {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
-    return when
 
 
 def backup(

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import select
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
-import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from phoenix_backup.config import Config, find_config_path, load_config
 from phoenix_backup.dirs import PASSPHRASE_COMMAND_SECRET, read_secret, read_secret_file, remember_secret
@@ -22,6 +27,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryLocked,
     RepositoryNotFound,
+    SourceError,
     StorageError,
     UsageError,
     WrongPassphrase,
@@ -31,7 +37,7 @@ from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import Compressor
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import Latest
+from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.sinks import leftovers
@@ -93,39 +99,97 @@ class Environment:
 
 
 _PASSPHRASE_FILE_FIX = "point PHX_PASSPHRASE_FILE at the file that holds the passphrase alone"
+# The UTF-8 byte-order mark some Windows editors write at the start of a text file.
+_BOM = "\ufeff"
+# Seconds `encryption.passphraseCommand` may run before it is stopped (an internal knob: tests set it).
+PASSPHRASE_COMMAND_TIMEOUT = 60.0
 
 
-def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "repository") -> str | None:
-    """PHX_PASSPHRASE, PHX_PASSPHRASE_FILE, passphraseEnv, passphraseCommand, then a prompt."""
+@dataclass(frozen=True)
+class GivenPassphrase:
+    """A passphrase and where it came from. `exact` is PHX_PASSPHRASE_FILE's text with the UTF-8
+    byte-order mark it starts with, which `secret` leaves out: a repository whose passphrase was
+    set from such a file before the mark was left out opens with `exact` (`_open_asking`)."""
+
+    secret: str
+    exact: str | None = None
+
+
+def given_passphrase(
+    cfg: Config | None, envx: Environment, *, purpose: str = "repository", ahead: bool = False
+) -> GivenPassphrase | None:
+    """The passphrase, from the first of PHX_PASSPHRASE, PHX_PASSPHRASE_FILE, the config's
+    passphraseEnv, its passphraseCommand, then a prompt; None when none gives one. `ahead` (the
+    opening ahead of a command's work, `unlock_ahead`) reads only what can be read twice: a
+    regular file, never a pipe or a device (its writer gives the secret once), no command, no
+    prompt; None when the source that decides is one of those."""
     env = envx.env
     if env.get("PHX_PASSPHRASE"):
-        return env["PHX_PASSPHRASE"]
+        return GivenPassphrase(env["PHX_PASSPHRASE"])
     if env.get("PHX_PASSPHRASE_FILE"):
         file = Path(env["PHX_PASSPHRASE_FILE"])
         try:
+            if ahead and not stat.S_ISREG(os.stat(file).st_mode):
+                return None
             raw = read_secret_file(file, "PHX_PASSPHRASE_FILE", _PASSPHRASE_FILE_FIX)
         except OSError as exc:
+            if ahead:
+                return None
             raise UsageError(f"cannot read PHX_PASSPHRASE_FILE {file}: {exc.strerror}; fix the path") from exc
         # Bytes that are not UTF-8 kept as the environment keeps them: the key slot refuses them.
-        return raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        if text.startswith(_BOM) and len(text) > len(_BOM):
+            return GivenPassphrase(text[len(_BOM) :], exact=text)
+        return GivenPassphrase(text)
     enc = cfg.encryption if cfg else None
     if enc and enc.passphrase_env:
         value = env.get(enc.passphrase_env)
         if value:
-            return value
+            return GivenPassphrase(value)
+    if ahead:
+        return None
     if enc and enc.passphrase_command:
         raw = _run_passphrase_command(enc.passphrase_command)
         remember_secret(PASSPHRASE_COMMAND_SECRET, raw)
-        return raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        return GivenPassphrase(raw.decode("utf-8", "surrogateescape").rstrip("\r\n"))
     if envx.interactive and envx.prompt is not None:
-        return envx.prompt(f"Passphrase for the {purpose}: ")
+        return GivenPassphrase(envx.prompt(f"Passphrase for the {purpose}: "))
     return None
+
+
+def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "repository") -> str | None:
+    """PHX_PASSPHRASE, PHX_PASSPHRASE_FILE, passphraseEnv, passphraseCommand, then a prompt
+    (`given_passphrase`)."""
+    given = given_passphrase(cfg, envx, purpose=purpose)
+    return given.secret if given is not None else None
+
+
+class _Deadline(io.RawIOBase):
+    """A pipe read until a monotonic `deadline`: past it, TimeoutError (however the writer, or a
+    process it started that holds the pipe too, keeps it open)."""
+
+    def __init__(self, fd: int, deadline: float) -> None:
+        self.fd, self.deadline = fd, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        waiting = select.poll()  # not select(): a process may hold more than FD_SETSIZE files
+        waiting.register(self.fd, select.POLLIN)
+        if left <= 0 or not waiting.poll(left * 1000):
+            raise TimeoutError
+        data = os.read(self.fd, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _run_passphrase_command(command: str) -> bytes:
     """What `encryption.passphraseCommand` prints, read as a secret file is (`read_secret`: never
-    more than its limit, so a mistaken command such as `yes` cannot fill the memory); the command
-    is stopped after 60 s. UsageError when it fails, prints too much or takes too long."""
+    more than its limit, so a mistaken command such as `yes` cannot fill the memory); after
+    PASSPHRASE_COMMAND_TIMEOUT seconds the command is stopped and its output no longer read.
+    UsageError when it fails, prints too much or takes too long."""
     failed = "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
     try:
         proc = subprocess.Popen(
@@ -133,24 +197,23 @@ def _run_passphrase_command(command: str) -> bytes:
         )
     except OSError as exc:
         raise UsageError(failed) from exc
-    timer = threading.Timer(60, proc.kill)
-    timer.start()
+    deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
     try:
         assert proc.stdout is not None
-        with proc.stdout:
-            try:
-                fix = "make it print the passphrase alone"
-                raw = read_secret(proc.stdout, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
-            except OSError as exc:
-                raise UsageError(failed) from exc
-        status = proc.wait()
+        with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), deadline)) as pipe:
+            fix = "make it print the passphrase alone"
+            raw = read_secret(pipe, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
+        status = proc.wait(max(0.0, deadline - time.monotonic()))
+    except (TimeoutError, subprocess.TimeoutExpired):
+        raise UsageError(f"{failed} (it was stopped after {PASSPHRASE_COMMAND_TIMEOUT:g} s)") from None
+    except OSError as exc:
+        raise UsageError(failed) from exc
     finally:
-        timer.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     if status != 0:
-        raise UsageError(failed if status != -9 else f"{failed} (it was stopped after 60 s)")
+        raise UsageError(failed)
     return raw
 
 
@@ -159,6 +222,12 @@ def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
     one, plus passphrase slots when a passphrase is given in the environment (a passphrase slot
     proves the passphrase; a `none`, age or gpg slot of a method the owner did not choose proves
     nothing)."""
+    return _credentials(cfg, envx)[0]
+
+
+def _credentials(cfg: Config, envx: Environment) -> tuple[keyslots.Credentials, GivenPassphrase | None]:
+    """`credentials`, and the configured passphrase they hold as given (None for one from
+    PHX_PASSPHRASE alone or none)."""
     enc = cfg.encryption
     identities: tuple[str, ...] = ()
     # An identity given for this run (--identity FILE, PHX_IDENTITY_FILE) is the user's choice,
@@ -171,13 +240,14 @@ def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
         identities = keyslots.load_age_identities(enc.identity_file)
     gnupg = envx.env.get("GNUPGHOME")
     needs_passphrase = not enc.enabled or enc.method == "passphrase"
-    secret = passphrase(cfg, envx) if needs_passphrase and enc.enabled and not given else _env_passphrase(envx)
+    found = given_passphrase(cfg, envx) if needs_passphrase and enc.enabled and not given else None
+    secret = found.secret if found is not None else _env_passphrase(envx)
     methods = {enc.method} if enc.enabled else {"none"}
     if secret is not None:
         methods.add("passphrase")
     if given:
         methods.add("age")
-    return keyslots.Credentials(
+    creds = keyslots.Credentials(
         passphrase=secret,
         age_identities=identities,
         gpg_homedir=Path(gnupg) if gnupg else None,
@@ -186,6 +256,7 @@ def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
         write_keys=store_root(envx.env),
         ask_identity=(lambda: ask_identity(envx)) if envx.interactive and envx.prompt is not None else None,
     )
+    return creds, found
 
 
 def ask_identity(envx: Environment) -> tuple[str, ...]:
@@ -209,26 +280,27 @@ def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> N
     The work spent here counts in that opening's key-derivation budget (`envx.kdf_ahead`): slots
     swapped in between cannot make the two spend more than one opening may.
 
-    Only a local target with the passphrase in the environment (PHX_PASSPHRASE, the config's
-    passphraseEnv) is opened ahead: a passphrase file may be a pipe read once, a command or a prompt
-    must run once, and a remote store would be listed twice. Whatever goes wrong here is left to
-    `open_repository`, which says it (no repository yet, a wrong passphrase, a damaged slot)."""
+    Only a local target is opened ahead (a remote store would be listed twice), with a passphrase
+    that can be read twice (`given_passphrase(ahead=True)`: the environment or a regular
+    PHX_PASSPHRASE_FILE; not a pipe read once, a command or a prompt that must run once). Whatever
+    goes wrong here is left to `open_repository`, which says it (no repository yet, a wrong
+    passphrase, a damaged slot)."""
     enc = cfg.encryption
     if not enc.enabled or enc.method != "passphrase" or envx.env.get("PHX_IDENTITY_FILE"):
         return
-    secret = _env_passphrase(envx)
-    if secret is None and not envx.env.get("PHX_PASSPHRASE_FILE") and enc.passphrase_env:
-        secret = envx.env.get(enc.passphrase_env) or None
     names = enabled_targets(cfg)
-    if secret is None or not names or (target or envx.target or names[0]) != "local":
+    if not names or (target or envx.target or names[0]) != "local":
         return
     try:
+        given = given_passphrase(cfg, envx, ahead=True)
+        if given is None:
+            return
         backend = local_backend(cfg)
         try:
             if backend.exists() and Repository.read_config(backend).write_only is None:
                 envx.kdf_ahead = keyslots.KdfBudget()
                 creds = keyslots.Credentials(
-                    passphrase=secret, methods=frozenset({"passphrase"}), budget=envx.kdf_ahead
+                    passphrase=given.secret, methods=frozenset({"passphrase"}), budget=envx.kdf_ahead
                 )
                 # The first slot this passphrase opens is the one the opening will use: the rest
                 # (other people's passphrases, or planted slots) need not cost a scrypt each here.
@@ -418,17 +490,18 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
     try:
         for attempt in range(1, PROMPT_TRIES + 1):
             before = asked
-            creds = credentials(cfg, envx)
+            creds, given = _credentials(cfg, envx)
             if ahead is not None:
                 creds, ahead = replace(creds, budget=ahead), None
             try:
-                return Repository.open(
-                    backend,
-                    creds,
-                    pins=pins(envx),
-                    compression=compressor_for(cfg),
-                    notice=envx.notice,
-                )
+                try:
+                    return Repository.open(
+                        backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
+                    )
+                except WrongPassphrase:
+                    if given is None or given.exact is None:
+                        raise
+                    return _open_with_bom(cfg, envx, backend, replace(creds, passphrase=given.exact))
             except WrongPassphrase:
                 if asked == before or attempt == PROMPT_TRIES:
                     raise
@@ -436,6 +509,20 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
         raise AssertionError("unreachable")
     finally:
         envx.prompt = prompt
+
+
+def _open_with_bom(cfg: Config, envx: Environment, backend: Backend, creds: keyslots.Credentials) -> Repository:
+    """Open with PHX_PASSPHRASE_FILE's exact text, the UTF-8 byte-order mark it starts with
+    included (`creds`): the passphrase of a repository made from such a file before Phoenix left the
+    mark out. Says how to leave the mark behind; WrongPassphrase as any opening."""
+    repo = Repository.open(backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice)
+    envx.notice(
+        f"warning: the repository's passphrase starts with the UTF-8 byte-order mark (BOM) that begins "
+        f"PHX_PASSPHRASE_FILE {envx.env['PHX_PASSPHRASE_FILE']}, which Phoenix now leaves out; it opened with the "
+        "mark this time; to drop it for good, run `phx key passwd` with the passphrase (without the mark) in "
+        "PHX_NEW_PASSPHRASE"
+    )
+    return repo
 
 
 def no_repository(backend: Backend, name: str, *, first: bool) -> str:
@@ -471,6 +558,41 @@ def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replic
         envx.notice(f"target {other} already holds this repository; {backend.location} now continues it")
         return True
     return False
+
+
+def parse_time(text: str | None, option: str = "--time") -> datetime:
+    """`option`'s RFC 3339 time with a UTC offset (now when None); UsageError naming it otherwise."""
+    if text is None:
+        return datetime.now().astimezone().replace(microsecond=0)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
+    if when.tzinfo is None:
+        raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
+    if not MIN_YEAR <= when.year <= MAX_YEAR:
+        raise UsageError(f"{option} {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
+    return when
+
+
+def require_workspace(cfg: Config) -> None:
+    """SourceError when the config's workspace is not a folder (a backup has nothing to read)."""
+    if not cfg.workspace.is_dir():
+        raise SourceError(
+            f"the workspace {cfg.workspace} does not exist or is not a folder; fix `workspace` in "
+            f"{cfg.source or 'the config'}"
+        )
+
+
+def check_restore(cfg: Config, *, to: Path | None, delete: bool, to_database: str | None) -> None:
+    """UsageError for a restore's options that do not go together: checked before its key is
+    derived (`unlock_ahead`), so that a mistake costs no scrypt."""
+    if delete and to is not None:
+        raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
+    if to_database is not None and to is not None:
+        raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
+    if to is None:
+        require_config_file(cfg, "a restore in place")
 
 
 def require_config_file(cfg: Config, what: str) -> None:

@@ -29,8 +29,14 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.ops import safety
-from phoenix_backup.ops.backup import parse_time
-from phoenix_backup.ops.context import Environment, captures_cache, open_repository, require_identity, scratch_dir
+from phoenix_backup.ops.context import (
+    Environment,
+    captures_cache,
+    open_repository,
+    parse_time,
+    require_identity,
+    scratch_dir,
+)
 from phoenix_backup.ops.watch_files import FILES_SCOPE
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.repository import Repository

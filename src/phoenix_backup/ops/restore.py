@@ -42,15 +42,14 @@ from phoenix_backup.errors import (
     RestoreError,
     SourceError,
     UnsafePath,
-    UsageError,
 )
 from phoenix_backup.ops import safety
 from phoenix_backup.ops.context import (
     Environment,
     cache_for,
+    check_restore,
     enabled_targets,
     open_repository,
-    require_config_file,
     require_identity,
     target_backend,
 )
@@ -201,10 +200,7 @@ def restore(
     when the restore leaves it inconsistent. `conflict_mode` and `keyless` say how agent-scoped
     PostgreSQL rows and Redis keys are merged (sinks/postgres_agent.py, sinks/databases.py).
     """
-    if delete and to is not None:
-        raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
-    if to is None:
-        require_config_file(cfg, "a restore in place")
+    check_restore(cfg, to=to, delete=delete, to_database=to_database)
     repo = open_repository(cfg, envx)
     try:
         require_identity(repo, "the snapshot's data")
@@ -605,8 +601,6 @@ class _Restore:
         self.to_database = to_database
         self.conflict_mode = conflict_mode
         self.keyless = keyless
-        if to_database is not None and not self.in_place:
-            raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
         if not self.in_place:
             return
         self.server_dbs = [(lg, n) for lg, n in self.selected if is_database_path(lg)]

@@ -10,7 +10,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import SourceError
 from phoenix_backup.ops import db_backup
-from phoenix_backup.ops.context import Environment
+from phoenix_backup.ops.context import Environment, require_workspace
 from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.sources.files import Selection, select
 from phoenix_backup.sources.layout import Layout
@@ -18,11 +18,7 @@ from phoenix_backup.sources.scope import Scope, source_plan
 
 
 def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout, Selection]:
-    if not cfg.workspace.is_dir():
-        raise SourceError(
-            f"the workspace {cfg.workspace} does not exist or is not a folder; fix `workspace` in "
-            f"{cfg.source or 'the config'}"
-        )
+    require_workspace(cfg)
     layout = Layout(cfg.workspace, envx.home)
     plan = source_plan(cfg, scope)
     # Never the repository into itself, nor the cache (its temporary database copies).

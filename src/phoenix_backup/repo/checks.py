@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from phoenix_backup.errors import CorruptObject, PhoenixError, StorageError
+from phoenix_backup.repo import crypto
 from phoenix_backup.repo.crypto import NONCE_SIZE, aead, sha256_hex
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
@@ -135,12 +136,10 @@ def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
     if len(raw) > MAX_RECORD_SIZE or len(raw) <= NONCE_SIZE or not fits_name(name, raw):
         raise CorruptObject(f"{name} is not an integrity check record of this repository (its name or size)")
     key = _key(repo)
-    from cryptography.exceptions import InvalidTag  # loaded by `_key`
-
     try:
         plain = key.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], _aad(repo))
         d = json.loads(plain)
-    except (InvalidTag, ValueError) as exc:
+    except (crypto.InvalidTag, ValueError) as exc:
         raise CorruptObject(f"{name} does not authenticate as an integrity check record of this repository") from exc
     if (
         not isinstance(d, dict)

@@ -226,9 +226,26 @@ class BlobIds:
         return blake3.blake3(data, key=self._keys[kind]).digest()
 
 
+class _NotLoaded(Exception):
+    """What `InvalidTag` is until `aead` loads `cryptography`: nothing raises it."""
+
+
+# What an AEAD's decrypt raises for damaged or tampered bytes: `cryptography`'s InvalidTag, set
+# by `aead` when it loads `cryptography` (so it is loaded once, not at every decrypt, and not
+# with this module). Read it as `crypto.InvalidTag` where the exception is caught, never import
+# it by name: whoever holds an AEAD from `aead` finds the real class there.
+InvalidTag: type[Exception] = _NotLoaded
+
+
 def aead(key: bytes) -> AESGCM:
-    """AES-256-GCM under `key` (`cryptography` loaded on first use, see `_cryptography`)."""
+    """AES-256-GCM under `key` (`cryptography` loaded on first use, see `_cryptography`; the
+    first call also sets `InvalidTag`)."""
+    global InvalidTag
     aesgcm: type[AESGCM] = _cryptography("ciphers.aead").AESGCM
+    if InvalidTag is _NotLoaded:
+        from cryptography.exceptions import InvalidTag as tag
+
+        InvalidTag = tag
     return aesgcm(key)
 
 
@@ -266,8 +283,6 @@ class Sealer:
             if _checksum(payload, aad) != bytes(check):
                 raise CorruptObject(f"{what} fails its checksum")
             return bytes(payload)
-        from cryptography.exceptions import InvalidTag  # loaded by `aead` already
-
         try:
             return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
         except InvalidTag as exc:

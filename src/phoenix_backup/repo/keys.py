@@ -49,6 +49,7 @@ from phoenix_backup.errors import (
     UsageError,
     WrongPassphrase,
 )
+from phoenix_backup.repo import crypto
 from phoenix_backup.repo.crypto import aead
 from phoenix_backup.users import username
 
@@ -462,13 +463,11 @@ class KeySlot:
         if self.version == 1 or self.info is not None:
             return self
         opener = aead(secrets.derive(_SLOT_META_CONTEXT))
-        from cryptography.exceptions import InvalidTag  # loaded by `aead`
-
         try:
             plain = opener.decrypt(
                 self.meta[:NONCE_LENGTH], self.meta[NONCE_LENGTH:], SLOT_META_AAD_PREFIX + self.id.encode("ascii")
             )
-        except (InvalidTag, ValueError):
+        except (crypto.InvalidTag, ValueError):
             return self
         try:
             info = SlotInfo.from_bytes(plain, f"the metadata of key slot {self.id}")
@@ -711,11 +710,9 @@ def _unwrap_passphrase(slot: KeySlot, passphrase: str) -> MasterSecrets | None:
         ) from None
     nonce, sealed = slot.data[:NONCE_LENGTH], slot.data[NONCE_LENGTH:]
     opener = aead(kek)
-    from cryptography.exceptions import InvalidTag  # loaded by `aead`
-
     try:
         plain = opener.decrypt(nonce, sealed, _slot_aad(slot.id))
-    except InvalidTag:
+    except crypto.InvalidTag:
         # A wrong passphrase and tampered bytes look the same, by design of the AEAD.
         return None
     return MasterSecrets.from_bytes(plain)
@@ -1100,12 +1097,18 @@ class KdfBudget:
         # The passphrase slots charged, as stored: one tried again with this budget (the opening
         # after the one ahead of a command's work, `Credentials.budget`) has its key derived already.
         self.charged: set[bytes] = set()
+        # The slots found damaged or hostile, as stored, and why: one whose scrypt could not get its
+        # memory (MemoryError) is not run again by the next opening with this budget.
+        self.refused: dict[bytes, CorruptObject] = {}
 
     def charge(self, slot: KeySlot) -> None:
         """CorruptObject when this slot alone asks for more than a slot may (it is skipped);
         KdfBudgetExceeded when the opening has spent its budget (nothing more is tried). A
-        passphrase slot charged before, unchanged, costs nothing again."""
+        passphrase slot charged before, unchanged, costs nothing again; one refused before (`refuse`)
+        is refused again, for the same reason, at no cost."""
         stored = slot.to_json() if slot.type == "passphrase" else b""
+        if stored in self.refused:
+            raise self.refused[stored]
         if stored in self.charged:
             return
         n, r, p = (slot.params.get(k) for k in ("n", "r", "p"))
@@ -1128,6 +1131,13 @@ class KdfBudget:
         self.spent += cost
         if stored:
             self.charged.add(stored)
+
+    def refuse(self, slot: KeySlot, error: CorruptObject) -> None:
+        """Remember that this passphrase slot, charged, is damaged or hostile (`error`): `charge`
+        refuses it. (One refused before any scrypt is refused as cheaply again.)"""
+        stored = slot.to_json() if slot.type == "passphrase" else b""
+        if stored in self.charged:
+            self.refused[stored] = error
 
 
 # Cheap, credential-free slots first; gpg last because it may start an agent or a pinentry.
@@ -1174,6 +1184,7 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
         except CorruptObject as error:
             # One damaged slot must not lock the user out when another slot still opens.
             corrupt = corrupt or error
+            budget.refuse(slot, error)
             continue
         except ToolMissing as error:
             tool_missing = error

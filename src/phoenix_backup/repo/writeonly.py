@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import blake3
 
 from phoenix_backup.errors import CorruptObject, IdentityRequired, ObjectNotFound, UsageError
+from phoenix_backup.repo import crypto
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import NONCE_SIZE, TAG_SIZE, Sealer, aead, same_bytes
 from phoenix_backup.storage.base import Backend
@@ -321,15 +322,13 @@ class KeyedSealer(Sealer):
             raise CorruptObject(f"{what} is truncated")
         key_id = bytes(sealed[:RUN_KEY_ID_LENGTH])
         opener, legacy = self.keyring.aead_for(key_id, what)
-        from cryptography.exceptions import InvalidTag  # loaded by `aead`
-
         try:
             return opener.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
-        except InvalidTag as exc:
+        except crypto.InvalidTag as exc:
             if legacy:  # or a run that began after the run keys were listed
                 opener, legacy = self.keyring.aead_for(key_id, what, fresh=True)
                 if not legacy:
-                    with contextlib.suppress(InvalidTag):
+                    with contextlib.suppress(crypto.InvalidTag):
                         return opener.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
             raise CorruptObject(f"{what} fails authentication (damaged or tampered)") from exc
 
