@@ -1,0 +1,70 @@
+"""Red team, faults and careless users on the commands the crash suites had not attacked: a key
+rotation stopped half-way.
+
+After each fault the repository must open, `phx verify` must pass or name the real damage, the
+next command must succeed or say what to do, and no snapshot reported saved may be lost.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from e2e_support import Sandbox
+from killpoint import SCRIPT, read_report
+
+
+def _rotate_killed_at(sb: Sandbox, match: str) -> str:
+    """`phx key rotate`, SIGKILLed just before its first store call whose description holds
+    `match` (tests/e2e/killpoint.py); returns the call it was killed at."""
+    report = sb.root / "kill-report"
+    env = dict(sb.env, PHX_KILL_AT="1", PHX_KILL_MATCH=match, PHX_KILL_REPORT=str(report), PHX_KILL_ONLY="changes")
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "key", "rotate"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=180,
+    )
+    kind, _n, call = read_report(report)
+    assert kind == "killed", f"the rotation was not killed before {match}"
+    return call
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        "store.write(snapshots/",  # before its commit point: the new key's index is written
+        "store.delete(snapshots/",  # after it: the old key's snapshots and index are still there
+    ],
+)
+def test_an_unfinished_key_rotation_is_not_reported_as_damage(sandbox: Sandbox, match: str) -> None:
+    """Before, `phx verify` after a rotation stopped half-way (killed, or an I/O error) failed with
+    "index/… fails authentication (damaged or tampered)" on a repository that is whole, and `phx
+    prune` refused with "run `phx verify` to see what is damaged": the objects are the other key's
+    of this machine's own unfinished rotation, which `phx key rotate` run again removes."""
+    sb = sandbox
+    sb.backup()
+    (sb.workspace / "MEMORY.md").write_text("a second state\n")
+    sb.backup()
+    names = sorted(s["name"] for s in sb.snapshots())
+    _rotate_killed_at(sb, match)
+
+    res = sb.phx("verify", "--read-data", "--json", check=None)
+    doc = res.json()
+    assert res.code == 0 and doc["ok"] is True, f"a whole repository fails verify after an unfinished rotation:\n{res}"
+    assert any("phx key rotate" in n for n in doc["notices"]), doc["notices"]
+    assert sorted(s["name"] for s in sb.snapshots()) == names
+
+    res = sb.phx("prune", check=None)
+    assert res.code == 1 and "`phx key rotate` on this machine did not finish" in res.out, res
+    assert "run `phx key rotate` to finish it" in res.out and "damaged" not in res.out + res.err, res
+    res = sb.phx("backup", "--json")  # backups go on, and say nothing of damage
+    assert not [line for line in res.err.splitlines() if "damaged" in line], res
+    names.append(res.json()["name"])
+
+    sb.phx("key", "rotate")
+    assert sb.verify("--read-data")["ok"] is True
+    assert sorted(s["name"] for s in sb.snapshots()) == sorted(names)
+    sb.phx("prune")
