@@ -1,5 +1,5 @@
 """Red team, faults and careless users on the commands the crash suites had not attacked: a key
-rotation stopped half-way.
+rotation stopped half-way, an export onto a full disk.
 
 After each fault the repository must open, `phx verify` must pass or name the real damage, the
 next command must succeed or say what to do, and no snapshot reported saved may be lost.
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import Sandbox, assert_error, tmpfs_at
 from killpoint import SCRIPT, read_report
 
 
@@ -68,3 +69,13 @@ def test_an_unfinished_key_rotation_is_not_reported_as_damage(sandbox: Sandbox, 
     assert sb.verify("--read-data")["ok"] is True
     assert sorted(s["name"] for s in sb.snapshots()) == sorted(names)
     sb.phx("prune")
+
+
+def test_an_export_onto_a_full_disk_names_the_cause_and_leaves_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before: "unexpected internal error (OSError: [Errno 28] No space left on device): a bug in
+    Phoenix; run the command again with --verbose and report the traceback"."""
+    sb = sandbox
+    with tmpfs_at(tmp_path / "small", "256k") as mnt:
+        res = sb.phx("export", "--format", "json", "--output", mnt / "export", check=None)
+        assert_error(res, 1, "no space left on the device", "writing the export to", "free some space")
+        assert list(mnt.iterdir()) == []

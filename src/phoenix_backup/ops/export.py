@@ -51,6 +51,7 @@ from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
 from phoenix_backup.sources.sqlite_capture import copy_database
 from phoenix_backup.sql import quote
+from phoenix_backup.storage.local import os_error
 from phoenix_backup.units import human_size
 
 ExportFormat = Literal["json", "csv", "markdown"]
@@ -261,8 +262,10 @@ def export(
         with contextlib.suppress(FileNotFoundError):
             output.rmdir()  # an empty folder given as --output
         os.rename(work, output)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a file size limit: one sentence with the fix
+            raise os_error(exc, f"writing the export to {output}") from exc
         raise
     result.size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     return result
