@@ -79,3 +79,17 @@ def test_an_export_onto_a_full_disk_names_the_cause_and_leaves_nothing(sandbox: 
         res = sb.phx("export", "--format", "json", "--output", mnt / "export", check=None)
         assert_error(res, 1, "no space left on the device", "writing the export to", "free some space")
         assert list(mnt.iterdir()) == []
+
+
+@pytest.mark.parametrize("inside", [".", "data", "restored"])
+def test_a_restore_into_the_repository_folder_is_refused(sandbox: Sandbox, inside: str) -> None:
+    """A careless `--to`: before, a restore below the repository's own folder wrote plain copies of
+    the workspace and its databases among the encrypted objects (exit 0), where anything that
+    copies or syncs the repository folder took them along."""
+    sb = sandbox
+    doc = sb.backup()
+    before = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    res = sb.phx("restore", "--backup", doc["id"], "--to", sb.repo / inside, check=None)
+    assert_error(res, 2, "is inside the repository", "choose a folder outside it")
+    after = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    assert after == before

@@ -18,6 +18,7 @@ from phoenix_backup.errors import (
     ReadOnlyStorage,
     RepositoryExists,
     StorageError,
+    UsageError,
 )
 from phoenix_backup.storage.base import (
     CONFIG_TEMP,
@@ -30,6 +31,21 @@ from phoenix_backup.storage.base import (
 )
 
 _FOLDERS = FOLDERS
+
+
+def refuse_inside(backend: Backend, folder: Path, what: str) -> None:
+    """A folder that receives plain copies of files (`restore --to DIR`) must not lie in a local
+    repository: the plain copies would sit among its encrypted objects, and go wherever the
+    repository's folder is copied or synced to."""
+    if backend.kind != "local":
+        return
+    root = Path(backend.location).resolve()
+    real = folder.resolve()
+    if real == root or root in real.parents:
+        raise UsageError(
+            f"{what} {folder} is inside the repository at {root}, which would put plain copies of your files "
+            "among its objects; choose a folder outside it"
+        )
 
 
 def os_error(exc: OSError, what: str) -> StorageError:
