@@ -93,3 +93,14 @@ def test_a_restore_into_the_repository_folder_is_refused(sandbox: Sandbox, insid
     assert_error(res, 2, "is inside the repository", "choose a folder outside it")
     after = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
     assert after == before
+
+
+def test_an_export_into_the_repository_folder_is_refused(sandbox: Sandbox) -> None:
+    """The same careless folder for `phx export --output`: before, the plain export (memory rows,
+    identity files) was written into the encrypted repository's folder with exit 0."""
+    sb = sandbox
+    sb.backup()
+    before = sorted(p.name for p in sb.repo.iterdir())
+    res = sb.phx("export", "--format", "json", "--output", sb.repo / "export", check=None)
+    assert_error(res, 2, "is inside the repository", "choose a folder outside it")
+    assert sorted(p.name for p in sb.repo.iterdir()) == before

@@ -51,7 +51,7 @@ from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
 from phoenix_backup.sources.sqlite_capture import copy_database
 from phoenix_backup.sql import quote
-from phoenix_backup.storage.local import os_error
+from phoenix_backup.storage.local import os_error, refuse_inside
 from phoenix_backup.units import human_size
 
 ExportFormat = Literal["json", "csv", "markdown"]
@@ -246,6 +246,8 @@ def export(
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use json, csv or markdown")
     output = output.absolute()
+    if "local" in cfg.targets.enabled_names():
+        refuse_inside(cfg.repository_path, output, "--output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(f"{output} already exists and is not an empty folder; choose a new --output folder")
     output.parent.mkdir(parents=True, exist_ok=True)

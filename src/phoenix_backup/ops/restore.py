@@ -208,8 +208,8 @@ def restore(
         require_config_file(cfg, "a restore in place")
     repo = open_repository(cfg, envx)
     try:
-        if to is not None:
-            refuse_inside(repo.backend, to, "--to")
+        if to is not None and repo.backend.kind == "local":
+            refuse_inside(Path(repo.backend.location), to, "--to")
         require_identity(repo, "the snapshot's data")
         with repo.lock(exclusive=False, command="restore"):
             repo.load_index()

@@ -33,13 +33,11 @@ from phoenix_backup.storage.base import (
 _FOLDERS = FOLDERS
 
 
-def refuse_inside(backend: Backend, folder: Path, what: str) -> None:
-    """A folder that receives plain copies of files (`restore --to DIR`) must not lie in a local
-    repository: the plain copies would sit among its encrypted objects, and go wherever the
-    repository's folder is copied or synced to."""
-    if backend.kind != "local":
-        return
-    root = Path(backend.location).resolve()
+def refuse_inside(repository: Path, folder: Path, what: str) -> None:
+    """A folder that receives plain copies of files (`restore --to DIR`, `export --output DIR`)
+    must not lie in a local repository: the plain copies would sit among its encrypted objects,
+    and go wherever the repository's folder is copied or synced to."""
+    root = repository.expanduser().resolve()
     real = folder.resolve()
     if real == root or root in real.parents:
         raise UsageError(
