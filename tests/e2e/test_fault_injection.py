@@ -7,12 +7,13 @@ next command must succeed or say what to do, and no snapshot reported saved may 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error, tmpfs_at
+from e2e_support import Sandbox, assert_error, run_phx, tmpfs_at
 from killpoint import SCRIPT, read_report
 
 
@@ -104,3 +105,21 @@ def test_an_export_into_the_repository_folder_is_refused(sandbox: Sandbox) -> No
     res = sb.phx("export", "--format", "json", "--output", sb.repo / "export", check=None)
     assert_error(res, 2, "is inside the repository", "choose a folder outside it")
     assert sorted(p.name for p in sb.repo.iterdir()) == before
+
+
+def test_an_io_error_of_the_repository_disk_names_the_disk_and_verify(sandbox: Sandbox) -> None:
+    """EIO from the repository's disk (here the first rename of `phx key add`, injected with strace):
+    before, "Input/output error while writing locks/… to …", with nothing to do about it."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    slots = sb.phx("key", "list", "--json").json()
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename", "-e", "inject=rename:error=EIO:when=1"]
+    env = sb.env_with(PHX_NEW_PASSPHRASE="another passphrase for the faults")
+    res = run_phx(["key", "add", "--method", "passphrase"], env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, "input/output error", "check the disk", "phx verify")
+    assert sb.verify("--read-data")["ok"] is True
+    assert sb.phx("key", "list", "--json").json() == slots

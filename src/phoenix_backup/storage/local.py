@@ -59,6 +59,11 @@ def os_error(exc: OSError, what: str) -> StorageError:
         )
     if exc.errno == errno.EROFS:
         return ReadOnlyStorage(f"read-only file system while {what}; choose a writable location")
+    if exc.errno == errno.EIO:
+        return StorageError(
+            f"Input/output error while {what}: the device failed to read or write; check the disk (`dmesg`), "
+            "then run `phx verify` and the command again"
+        )
     if exc.errno == errno.ENOTDIR and isinstance(exc.filename, str) and exc.filename.startswith("/"):
         path = Path(exc.filename)
         steps = (*reversed(path.parents), path)
