@@ -8,28 +8,18 @@ next command must succeed or say what to do, and no snapshot reported saved may 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from e2e_support import Sandbox, assert_error, run_phx, tmpfs_at
-from killpoint import SCRIPT, read_report
+from killpoint import run_killed
 
 
 def _rotate_killed_at(sb: Sandbox, match: str) -> str:
     """`phx key rotate`, SIGKILLed just before its first store call whose description holds
     `match` (tests/e2e/killpoint.py); returns the call it was killed at."""
-    report = sb.root / "kill-report"
-    env = dict(sb.env, PHX_KILL_AT="1", PHX_KILL_MATCH=match, PHX_KILL_REPORT=str(report), PHX_KILL_ONLY="changes")
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "key", "rotate"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=180,
-    )
-    kind, _n, call = read_report(report)
+    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=match, PHX_KILL_ONLY="changes")
+    kind, _n, call = run_killed(["key", "rotate"], env, sb.root / "kill-report")
     assert kind == "killed", f"the rotation was not killed before {match}"
     return call
 
