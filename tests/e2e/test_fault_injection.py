@@ -113,3 +113,18 @@ def test_an_io_error_of_the_repository_disk_names_the_disk_and_verify(sandbox: S
     assert_error(res, 1, "input/output error", "check the disk", "phx verify")
     assert sb.verify("--read-data")["ok"] is True
     assert sb.phx("key", "list", "--json").json() == slots
+
+
+def test_the_next_command_removes_a_killed_exports_temporary_folder(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before, an export killed while it wrote left `.NAME.phx-tmp-…` beside `--output` for good:
+    a hidden folder holding plain copies of the memory stores and identity files."""
+    sb = sandbox
+    out = tmp_path / "exports" / "memory"
+    env = sb.env_with(PHX_KILL_AT="5", PHX_KILL_MATCH=".phx-tmp-")
+    kind, _n, call = run_killed(["export", "--format", "json", "--output", str(out)], env, tmp_path / "report")
+    assert kind == "killed", "the export was not killed"
+    assert [p.name for p in out.parent.iterdir()] != [], f"nothing to clean up after the kill at {call}"
+    sb.phx("list")  # any command that loads the config
+    assert list(out.parent.iterdir()) == [], f"the killed export (at {call}) left {list(out.parent.iterdir())}"
+    sb.phx("export", "--format", "json", "--output", out)
+    assert (out / "checksums.json").is_file() and [p.name for p in out.parent.iterdir()] == ["memory"]
