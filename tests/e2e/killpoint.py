@@ -39,6 +39,7 @@ import functools
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -184,6 +185,16 @@ def main() -> None:
 # -- used by the tests -------------------------------------------------------------------------
 
 SCRIPT = Path(__file__).resolve()
+
+
+def run_killed(args: list[str], env: dict[str, str], report: Path, timeout: float = 180) -> tuple[str, int, str]:
+    """Run `phx ARGS` under the hook with `env` (which sets the PHX_KILL_* variables, the report
+    among them at `report`); the outcome as `read_report` gives it."""
+    cmd = [sys.executable, str(SCRIPT), *args]
+    subprocess.run(
+        cmd, env={**env, "PHX_KILL_REPORT": str(report)}, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+    )
+    return read_report(report)
 
 
 def read_report(path: Path) -> tuple[str, int, str]:

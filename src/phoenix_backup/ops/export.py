@@ -23,7 +23,6 @@ import contextlib
 import csv
 import json
 import os
-import secrets
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ from phoenix_backup.memory.values import csv_value, json_value
 from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
 from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.sinks import leftovers
 from phoenix_backup.sinks.select import link_targets
 from phoenix_backup.sources.files import Entry, select
 from phoenix_backup.sources.layout import Layout
@@ -51,6 +51,7 @@ from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
 from phoenix_backup.sources.sqlite_capture import copy_database
 from phoenix_backup.sql import quote
+from phoenix_backup.storage.local import os_error, refuse_inside
 from phoenix_backup.units import human_size
 
 ExportFormat = Literal["json", "csv", "markdown"]
@@ -245,12 +246,18 @@ def export(
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use json, csv or markdown")
     output = output.absolute()
+    if "local" in cfg.targets.enabled_names():
+        refuse_inside(cfg.repository_path, output, "--output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(f"{output} already exists and is not an empty folder; choose a new --output folder")
     output.parent.mkdir(parents=True, exist_ok=True)
-    work = output.parent / f".{output.name}.phx-tmp-{secrets.token_hex(4)}"
-    work.mkdir(mode=0o700)
+    # Named and journalled as a restore's temporary files are, so that the next command removes
+    # the folder of an export that was killed (sinks/leftovers.py); backups never save it.
+    journal = leftovers.Journal(envx.notice)
+    work = output.parent / f".phx-tmp-{journal.name}"
+    journal.record(output.parent)
     try:
+        work.mkdir(mode=0o700)
         source_cm = live_source(cfg, envx) if ref is None else snapshot_source(cfg, envx, ref, target)
         with source_cm as source:
             result = ExportResult(str(output), fmt, source.info, vectors and fmt != "markdown", sanitize)
@@ -261,9 +268,13 @@ def export(
         with contextlib.suppress(FileNotFoundError):
             output.rmdir()  # an empty folder given as --output
         os.rename(work, output)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a file size limit: one sentence with the fix
+            raise os_error(exc, f"writing the export to {output}") from exc
         raise
+    finally:
+        journal.close()
     result.size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     return result
 

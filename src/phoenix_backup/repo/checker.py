@@ -30,6 +30,11 @@ from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.walker import Trees
 from phoenix_backup.reporting import Reporter, Silent
 
+_LEFT_BY_ROTATION = (
+    "is sealed with the other key of this machine's unfinished `phx key rotate` (not damage); run `phx key "
+    "rotate` again to finish it"
+)
+
 
 @dataclass(frozen=True)
 class VerifyError:
@@ -106,8 +111,13 @@ def verify_repository(
     # index. Their own headers say what they hold, so trees can still be walked and the damage
     # traced to the snapshots and paths that need them.
     listed = {info.name: info.size for info in repo.backend.list("data/")}
+    for name in sorted(repo.problems.rotation):
+        result.notices.append(f"{name} {_LEFT_BY_ROTATION}")
     for name, problem in sorted(repo.add_unindexed_packs().items()):
-        result.notices.append(f"{name} is in no index and its header cannot be read: {problem}")
+        if repo.left_by_rotation(name):
+            result.notices.append(f"{name} is in no index: it {_LEFT_BY_ROTATION}")
+        else:
+            result.notices.append(f"{name} is in no index and its header cannot be read: {problem}")
     unindexed = repo.unindexed_packs
     users = _Users()
     trees = Trees(repo)

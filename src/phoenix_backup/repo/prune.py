@@ -400,6 +400,11 @@ def refuse_if_damaged(
             f"{len(problems)} snapshot or index object(s) cannot be read (first: {first}); {consequence}; "
             "run `phx verify` to see what is damaged"
         )
+    if repo.problems.rotation:
+        raise RepositoryError(
+            f"a `phx key rotate` on this machine did not finish ({len(repo.problems.rotation)} snapshot or index "
+            f"object(s) are sealed with its other key); run `phx key rotate` to finish it, then run this again"
+        )
 
 
 def snapshot_blobs(repo: Repository, snapshots: list[Any]) -> set[bytes]:

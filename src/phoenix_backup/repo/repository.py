@@ -313,6 +313,9 @@ class LoadProblems:
     # The snapshots of `snapshots` that are damaged (or planted), not merely sealed for an identity
     # this machine lacks: one of them may be the newest backup.
     damaged_snapshots: set[str] = field(default_factory=set)
+    # Index and snapshot objects sealed with the other key of this machine's unfinished `phx key
+    # rotate` (not damage: the next rotation removes them); prune refuses while there are any.
+    rotation: dict[str, str] = field(default_factory=dict)
     # Write-only repositories: index objects whose claim to supersede others is ignored (no valid
     # owner's MAC), with the index ids they claim; packs where a blob failed its check while
     # another pack held it whole (object -> why).
@@ -379,10 +382,10 @@ class Repository:
         self._inflight = threading.Condition()
         self._inflight_bytes = 0
         # `also`: the other secrets of an unfinished `phx key rotate` on this machine. Only the
-        # locks its killed run left are read with them (so they can be cleaned up); no data.
-        self.locks = LockManager(
-            backend, lock_sealer, self.notice, also=[Sealer(m.encryption_key) for m in also if config.encrypted]
-        )
+        # locks its killed run left are read with them (so they can be cleaned up), and the
+        # objects it left are told from damage (`left_by_rotation`); no data.
+        self._rotation_sealers = [Sealer(m.encryption_key) for m in also if config.encrypted]
+        self.locks = LockManager(backend, lock_sealer, self.notice, also=self._rotation_sealers)
         self.opened_with: str | None = None  # the key slot that opened the repository
         self.unindexed_packs: set[str] = set()  # packs known only from their own headers
         # Packs that only index objects superseded by a prune list: a prune that stopped between
@@ -772,8 +775,16 @@ class Repository:
             try:
                 out[info.name] = self.read_index_object(info.name)
             except (CorruptObject, ObjectNotFound) as exc:
-                self.problems.index[info.name] = str(exc)
+                self._unreadable(info.name, str(exc), self.problems.index)
         return out
+
+    def left_by_rotation(self, name: str) -> bool:
+        """Whether object `name` (a pack, index or snapshot) is sealed with the other key of this
+        machine's unfinished `phx key rotate`: its leftover, not damage."""
+        return any(sealed_with(self.backend, name, sealer) for sealer in self._rotation_sealers)
+
+    def _unreadable(self, name: str, problem: str, problems: dict[str, str]) -> None:
+        (self.problems.rotation if self.left_by_rotation(name) else problems)[name] = problem
 
     # -- prune: the only code that deletes packs, index objects and snapshots ---------------
 
@@ -1185,8 +1196,8 @@ class Repository:
             except (CorruptObject, ObjectNotFound, IdentityRequired) as exc:
                 # IdentityRequired: a write-only repository's snapshot sealed for recipients whose
                 # identity this machine does not have (one added later reads from then on).
-                self.problems.snapshots[info.name] = str(exc)
-                if not isinstance(exc, IdentityRequired):
+                self._unreadable(info.name, str(exc), self.problems.snapshots)
+                if not isinstance(exc, IdentityRequired) and info.name in self.problems.snapshots:
                     self.problems.damaged_snapshots.add(info.name)
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.
@@ -1366,6 +1377,8 @@ def _choose_secrets(
         problem = config.problem(master, slot.type)
         if pin is not None and pin.next is not None and pin.accepts(master.fingerprint):
             also[master.fingerprint] = master  # both keys of this machine's unfinished rotation
+        elif pin is not None and pin.next == pin.fingerprint and pin.retired[-1:] == [master.fingerprint]:
+            also[master.fingerprint] = master  # past its commit point: the key it moved away from
         if problem is not None:
             unauthenticated.append((slot, problem))
             continue

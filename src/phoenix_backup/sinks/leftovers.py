@@ -27,6 +27,8 @@ loads the config then reads the journals:
   its first line); its lines are read at most 64 KiB each.
 
 A restore that ends, failed or not, deletes its own journal: its temporary files are gone by then.
+An export's temporary folder (ops/export.py) is named and journalled the same way, and removed
+whole (never through a symlink).
 Backups never save such names (sources/files.py).
 """
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -214,8 +217,11 @@ def _remove_temporaries(folder: Path, pid: int, start: int) -> list[str]:
             m = RESTORE_TEMP.match(name)
             if m is None or int(m.group(1)) != pid or int(m.group(2)) != start:
                 continue
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-                os.unlink(name, dir_fd=dfd)
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                except IsADirectoryError:  # a killed export's temporary folder (ops/export.py)
+                    shutil.rmtree(name, dir_fd=dfd)
                 removed.append(str(folder / name))
     finally:
         os.close(dfd)

@@ -17,6 +17,7 @@ from phoenix_backup.errors import (
     ReadOnlyStorage,
     RepositoryExists,
     StorageError,
+    UsageError,
 )
 from phoenix_backup.storage.base import (
     CONFIG_TEMP,
@@ -33,6 +34,19 @@ _FOLDERS = FOLDERS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
+def refuse_inside(repository: Path, folder: Path, what: str) -> None:
+    """A folder that receives plain copies of files (`restore --to DIR`, `export --output DIR`)
+    must not lie in a local repository: the plain copies would sit among its encrypted objects,
+    and go wherever the repository's folder is copied or synced to."""
+    root = repository.expanduser().resolve()
+    real = folder.resolve()
+    if real == root or root in real.parents:
+        raise UsageError(
+            f"{what} {folder} is inside the repository at {root}, which would put plain copies of your files "
+            "among its objects; choose a folder outside it"
+        )
+
+
 def os_error(exc: OSError, what: str) -> StorageError:
     """Turn an OSError into one sentence with the cause and the fix."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -46,6 +60,11 @@ def os_error(exc: OSError, what: str) -> StorageError:
         )
     if exc.errno == errno.EROFS:
         return ReadOnlyStorage(f"read-only file system while {what}; choose a writable location")
+    if exc.errno == errno.EIO:
+        return StorageError(
+            f"Input/output error while {what}: the device failed to read or write; check the disk (`dmesg`), "
+            "then run `phx verify` and the command again"
+        )
     if exc.errno == errno.ENOTDIR and isinstance(exc.filename, str) and exc.filename.startswith("/"):
         path = Path(exc.filename)
         steps = (*reversed(path.parents), path)

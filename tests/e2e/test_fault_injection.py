@@ -1,0 +1,130 @@
+"""Red team, faults and careless users on the commands the crash suites had not attacked: a key
+rotation stopped half-way, an export onto a full disk.
+
+After each fault the repository must open, `phx verify` must pass or name the real damage, the
+next command must succeed or say what to do, and no snapshot reported saved may be lost.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox, assert_error, run_phx, tmpfs_at
+from killpoint import run_killed
+
+
+def _rotate_killed_at(sb: Sandbox, match: str) -> str:
+    """`phx key rotate`, SIGKILLed just before its first store call whose description holds
+    `match` (tests/e2e/killpoint.py); returns the call it was killed at."""
+    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=match, PHX_KILL_ONLY="changes")
+    kind, _n, call = run_killed(["key", "rotate"], env, sb.root / "kill-report")
+    assert kind == "killed", f"the rotation was not killed before {match}"
+    return call
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        "store.write(snapshots/",  # before its commit point: the new key's index is written
+        "store.delete(snapshots/",  # after it: the old key's snapshots and index are still there
+    ],
+)
+def test_an_unfinished_key_rotation_is_not_reported_as_damage(sandbox: Sandbox, match: str) -> None:
+    """Before, `phx verify` after a rotation stopped half-way (killed, or an I/O error) failed with
+    "index/… fails authentication (damaged or tampered)" on a repository that is whole, and `phx
+    prune` refused with "run `phx verify` to see what is damaged": the objects are the other key's
+    of this machine's own unfinished rotation, which `phx key rotate` run again removes."""
+    sb = sandbox
+    sb.backup()
+    (sb.workspace / "MEMORY.md").write_text("a second state\n")
+    sb.backup()
+    names = sorted(s["name"] for s in sb.snapshots())
+    _rotate_killed_at(sb, match)
+
+    res = sb.phx("verify", "--read-data", "--json", check=None)
+    doc = res.json()
+    assert res.code == 0 and doc["ok"] is True, f"a whole repository fails verify after an unfinished rotation:\n{res}"
+    assert any("phx key rotate" in n for n in doc["notices"]), doc["notices"]
+    assert sorted(s["name"] for s in sb.snapshots()) == names
+
+    res = sb.phx("prune", check=None)
+    assert res.code == 1 and "`phx key rotate` on this machine did not finish" in res.out, res
+    assert "run `phx key rotate` to finish it" in res.out and "damaged" not in res.out + res.err, res
+    res = sb.phx("backup", "--json")  # backups go on, and say nothing of damage
+    assert not [line for line in res.err.splitlines() if "damaged" in line], res
+    names.append(res.json()["name"])
+
+    sb.phx("key", "rotate")
+    assert sb.verify("--read-data")["ok"] is True
+    assert sorted(s["name"] for s in sb.snapshots()) == sorted(names)
+    sb.phx("prune")
+
+
+def test_an_export_onto_a_full_disk_names_the_cause_and_leaves_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before: "unexpected internal error (OSError: [Errno 28] No space left on device): a bug in
+    Phoenix; run the command again with --verbose and report the traceback"."""
+    sb = sandbox
+    with tmpfs_at(tmp_path / "small", "256k") as mnt:
+        res = sb.phx("export", "--format", "json", "--output", mnt / "export", check=None)
+        assert_error(res, 1, "no space left on the device", "writing the export to", "free some space")
+        assert list(mnt.iterdir()) == []
+
+
+@pytest.mark.parametrize("inside", [".", "data", "restored"])
+def test_a_restore_into_the_repository_folder_is_refused(sandbox: Sandbox, inside: str) -> None:
+    """A careless `--to`: before, a restore below the repository's own folder wrote plain copies of
+    the workspace and its databases among the encrypted objects (exit 0), where anything that
+    copies or syncs the repository folder took them along."""
+    sb = sandbox
+    doc = sb.backup()
+    before = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    res = sb.phx("restore", "--backup", doc["id"], "--to", sb.repo / inside, check=None)
+    assert_error(res, 2, "is inside the repository", "choose a folder outside it")
+    after = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    assert after == before
+
+
+def test_an_export_into_the_repository_folder_is_refused(sandbox: Sandbox) -> None:
+    """The same careless folder for `phx export --output`: before, the plain export (memory rows,
+    identity files) was written into the encrypted repository's folder with exit 0."""
+    sb = sandbox
+    sb.backup()
+    before = sorted(p.name for p in sb.repo.iterdir())
+    res = sb.phx("export", "--format", "json", "--output", sb.repo / "export", check=None)
+    assert_error(res, 2, "is inside the repository", "choose a folder outside it")
+    assert sorted(p.name for p in sb.repo.iterdir()) == before
+
+
+def test_an_io_error_of_the_repository_disk_names_the_disk_and_verify(sandbox: Sandbox) -> None:
+    """EIO from the repository's disk (here the first rename of `phx key add`, injected with strace):
+    before, "Input/output error while writing locks/… to …", with nothing to do about it."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    slots = sb.phx("key", "list", "--json").json()
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename", "-e", "inject=rename:error=EIO:when=1"]
+    env = sb.env_with(PHX_NEW_PASSPHRASE="another passphrase for the faults")
+    res = run_phx(["key", "add", "--method", "passphrase"], env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, "input/output error", "check the disk", "phx verify")
+    assert sb.verify("--read-data")["ok"] is True
+    assert sb.phx("key", "list", "--json").json() == slots
+
+
+def test_the_next_command_removes_a_killed_exports_temporary_folder(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before, an export killed while it wrote left `.NAME.phx-tmp-…` beside `--output` for good:
+    a hidden folder holding plain copies of the memory stores and identity files."""
+    sb = sandbox
+    out = tmp_path / "exports" / "memory"
+    env = sb.env_with(PHX_KILL_AT="5", PHX_KILL_MATCH=".phx-tmp-")
+    kind, _n, call = run_killed(["export", "--format", "json", "--output", str(out)], env, tmp_path / "report")
+    assert kind == "killed", "the export was not killed"
+    assert [p.name for p in out.parent.iterdir()] != [], f"nothing to clean up after the kill at {call}"
+    sb.phx("list")  # any command that loads the config
+    assert list(out.parent.iterdir()) == [], f"the killed export (at {call}) left {list(out.parent.iterdir())}"
+    sb.phx("export", "--format", "json", "--output", out)
+    assert (out / "checksums.json").is_file() and [p.name for p in out.parent.iterdir()] == ["memory"]
