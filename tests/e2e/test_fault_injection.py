@@ -105,7 +105,20 @@ def test_an_io_error_of_the_repository_disk_names_the_disk_and_verify(sandbox: S
     sb = sandbox
     sb.backup()
     slots = sb.phx("key", "list", "--json").json()
-    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename", "-e", "inject=rename:error=EIO:when=1"]
+    # The repository's objects are renamed relative to their folder's handle (renameat2): the first
+    # rename of either kind is the first object `phx key add` writes.
+    renames = "rename,renameat,renameat2"
+    inject = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        f"trace={renames}",
+        "-e",
+        f"inject={renames}:error=EIO:when=1",
+    ]
     env = sb.env_with(PHX_NEW_PASSPHRASE="another passphrase for the faults")
     res = run_phx(["key", "add", "--method", "passphrase"], env, check=None, prefix=inject)
     if "PTRACE" in res.err or "Operation not permitted" in res.err:
