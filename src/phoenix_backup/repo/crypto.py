@@ -84,11 +84,15 @@ class Sha256:
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
         hashes = _cryptography("hashes")
         self._hash = hashes.Hash(hashes.SHA256())
-        if data:
-            self._hash.update(data)
+        self.update(data)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._hash.update(data)
+        # hashlib hashes the bytes of any contiguous buffer; `cryptography` takes bytes only: a
+        # view of 4-byte items (a cast, an array) is hashed as its bytes here too, not refused.
+        view = memoryview(data)
+        if view.format != "B" and view.c_contiguous:
+            view = view.cast("B")
+        self._hash.update(view)
 
     def digest(self) -> bytes:
         return bytes(self._hash.copy().finalize())
