@@ -8,7 +8,7 @@ the standard library's `hashlib`, `hmac` or `secrets`: those load the system's o
 (libcrypto, 3.4 MiB resident) beside the one `cryptography` carries, and `phx watch` would hold
 both for weeks (docs/benchmarks.md, "One OpenSSL in `phx watch`"); the modules it loads take
 random names from `os.urandom`. A passphrase slot's scrypt may use `hashlib` (repo/keys.py
-`_derive_kek`); the layers below this one (storage, argentos) hash names with it.
+`_derive_kek`), as may a Git clone's name (storage/git.py `clone_dir`); argentos/ hashes names with it.
 """
 
 from __future__ import annotations
