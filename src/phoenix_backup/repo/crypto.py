@@ -77,7 +77,9 @@ def load_cryptography() -> None:
 
 class Sha256:
     """SHA-256 through `cryptography`'s OpenSSL, with hashlib's interface (`update`, `digest`,
-    `hexdigest`, the last two as often as wanted). `update` releases the GIL."""
+    `hexdigest`, the last two as often as wanted). `update` releases the GIL. One thread at a time:
+    unlike hashlib's object, which locks, a second thread's call meanwhile raises RuntimeError
+    (`BackgroundSha256` is how a second thread hashes)."""
 
     __slots__ = ("_hash",)
 
