@@ -8,7 +8,7 @@ the standard library's `hashlib`, `hmac` or `secrets`: those load the system's o
 (libcrypto, 3.4 MiB resident) beside the one `cryptography` carries, and `phx watch` would hold
 both for weeks (docs/benchmarks.md, "One OpenSSL in `phx watch`"); the modules it loads take
 random names from `os.urandom`. A passphrase slot's scrypt may use `hashlib` (repo/keys.py
-`_derive_kek`); the layers below this one (storage, argentos) hash names with it.
+`_derive_kek`), as may a Git clone's name (storage/git.py `clone_dir`); argentos/ hashes names with it.
 """
 
 from __future__ import annotations
@@ -77,18 +77,24 @@ def load_cryptography() -> None:
 
 class Sha256:
     """SHA-256 through `cryptography`'s OpenSSL, with hashlib's interface (`update`, `digest`,
-    `hexdigest`, the last two as often as wanted). `update` releases the GIL."""
+    `hexdigest`, the last two as often as wanted). `update` releases the GIL. One thread at a time:
+    unlike hashlib's object, which locks, a second thread's call meanwhile raises RuntimeError
+    (`BackgroundSha256` is how a second thread hashes)."""
 
     __slots__ = ("_hash",)
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
         hashes = _cryptography("hashes")
         self._hash = hashes.Hash(hashes.SHA256())
-        if data:
-            self._hash.update(data)
+        self.update(data)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._hash.update(data)
+        # hashlib hashes the bytes of any contiguous buffer; `cryptography` takes bytes only: a
+        # view of 4-byte items (a cast, an array) is hashed as its bytes here too, not refused.
+        view = memoryview(data)
+        if view.format != "B" and view.c_contiguous:
+            view = view.cast("B")
+        self._hash.update(view)
 
     def digest(self) -> bytes:
         return bytes(self._hash.copy().finalize())

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import ipaddress
 import os
 import posixpath
@@ -43,6 +42,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -281,8 +281,22 @@ def _common_dir(git_dir: Path) -> Path:
 
 
 def clone_dir(env: Mapping[str, str], url: str, branch: str) -> Path:
-    digest = hashlib.sha256(f"{url}\0{branch}".encode()).hexdigest()[:16]
-    return data_dir(env) / "git" / digest
+    """The clone's folder, named by the SHA-256 of URL and branch. Through `cryptography` once it
+    is loaded (`phx watch` loads it first): `hashlib` would map the system's libcrypto too, a
+    second OpenSSL held for weeks (docs/benchmarks.md, "One OpenSSL in `phx watch`"). Before,
+    hashlib's, not to load `cryptography` ahead of a passphrase's scrypt (repo/keys.py `_derive_kek`)."""
+    name = f"{url}\0{branch}".encode()
+    if "cryptography.hazmat.bindings._rust" in sys.modules:
+        from cryptography.hazmat.primitives import hashes
+
+        sha = hashes.Hash(hashes.SHA256())
+        sha.update(name)
+        digest = sha.finalize().hex()
+    else:
+        import hashlib
+
+        digest = hashlib.sha256(name).hexdigest()
+    return data_dir(env) / "git" / digest[:16]
 
 
 class GitBackend(Backend):
