@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 
@@ -35,6 +36,7 @@ from phoenix_backup.repo.crypto import (
     Compression,
     Compressor,
     Sealer,
+    Sha256,
     decompress,
     sha256_hex,
 )
@@ -263,6 +265,27 @@ def open_pack(sealer: Sealer, raw: bytes) -> dict[bytes, bytes]:
         payload = sealer.open(sealed, blob_aad(entry.type, entry.id), "blob")
         out[entry.id] = decompress(entry.compression, payload, entry.raw, "blob")
     return out
+
+
+def test_sha256_is_hashlibs_from_threads_at_once() -> None:
+    """Every context shares one algorithm object (repo/crypto.py `_new_sha256`): contexts fed at
+    once from several threads, digested in the middle and fed on, give hashlib's digests."""
+    pieces = [os.urandom(n) for n in (0, 1, 63, 64, 65, 4096, 100_000)]
+
+    def digests(seed: int) -> list[tuple[str, str]]:
+        out, ours, theirs = [], Sha256(), hashlib.sha256()
+        for i in range(200):
+            piece = pieces[(seed + i) % len(pieces)]
+            ours.update(piece)
+            theirs.update(piece)
+            out.append((ours.hexdigest(), theirs.hexdigest()))
+            out.append((sha256_hex(piece), hashlib.sha256(piece).hexdigest()))
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        for result in pool.map(digests, range(8)):
+            assert all(a == b for a, b in result)
+    assert Sha256(b"abc").digest() == hashlib.sha256(b"abc").digest()
 
 
 @given(sealers, blob_types, blob_lists)
