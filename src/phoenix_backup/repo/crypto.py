@@ -117,14 +117,14 @@ def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return context.finalize().hex()
 
 
-FILE_BLOCK = 256 * 1024
+FILE_BLOCK = 64 * 1024
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes, read in blocks."""
     digest = Sha256()
     with open(path, "rb", buffering=0) as f:
-        # A buffer no larger than the file (a small note needs no 256 KiB of zeroes), and under
+        # A buffer no larger than the file (a small note needs no 64 KiB of zeroes), and under
         # glibc's mmap threshold (cli/main.py): a 1 MiB one was mapped and unmapped for each file.
         buffer = bytearray(min(FILE_BLOCK, max(os.fstat(f.fileno()).st_size, 4096)))
         view = memoryview(buffer)
