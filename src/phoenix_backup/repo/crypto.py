@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.hashes import SHA256, Hash
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -84,8 +85,7 @@ class Sha256:
     __slots__ = ("_hash",)
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
-        hashes = _cryptography("hashes")
-        self._hash = hashes.Hash(hashes.SHA256())
+        self._hash = _new_sha256()
         self.update(data)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
@@ -97,22 +97,43 @@ class Sha256:
         self._hash.update(view)
 
     def digest(self) -> bytes:
-        return bytes(self._hash.copy().finalize())
+        return self._hash.copy().finalize()
 
     def hexdigest(self) -> str:
         return self.digest().hex()
 
 
+_sha256: tuple[type[Hash], SHA256] | None = None
+
+
+def _new_sha256() -> Hash:
+    """A new `cryptography` SHA-256 context. The module and the (stateless) algorithm object are
+    looked up once: per call they cost more than hashing 4 KiB (docs/benchmarks.md)."""
+    global _sha256
+    if _sha256 is None:
+        hashes = _cryptography("hashes")
+        _sha256 = (hashes.Hash, hashes.SHA256())
+    new, algorithm = _sha256
+    return new(algorithm)
+
+
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
-    return Sha256(data).hexdigest()
+    context = _new_sha256()
+    context.update(data)
+    return context.finalize().hex()
+
+
+FILE_BLOCK = 64 * 1024
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes, read in blocks."""
     digest = Sha256()
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
+        # A buffer no larger than the file (a small note needs no 64 KiB of zeroes), and under
+        # glibc's mmap threshold (cli/main.py): a 1 MiB one was mapped and unmapped for each file.
+        buffer = bytearray(min(FILE_BLOCK, max(os.fstat(f.fileno()).st_size, 4096)))
+        view = memoryview(buffer)
         while n := f.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest()
