@@ -89,12 +89,7 @@ class Sha256:
         self.update(data)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        # hashlib hashes the bytes of any contiguous buffer; `cryptography` takes bytes only: a
-        # view of 4-byte items (a cast, an array) is hashed as its bytes here too, not refused.
-        view = memoryview(data)
-        if view.format != "B" and view.c_contiguous:
-            view = view.cast("B")
-        self._hash.update(view)
+        self._hash.update(_as_bytes(data))
 
     def digest(self) -> bytes:
         return self._hash.copy().finalize()
@@ -117,9 +112,18 @@ def _new_sha256() -> Hash:
     return new(algorithm)
 
 
+def _as_bytes(data: bytes | bytearray | memoryview) -> memoryview:
+    """hashlib hashes the bytes of any contiguous buffer; `cryptography` takes bytes only: a view
+    of 4-byte items (a cast, an array) is hashed as its bytes here too, not refused."""
+    view = memoryview(data)
+    if view.format != "B" and view.c_contiguous:
+        view = view.cast("B")
+    return view
+
+
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     context = _new_sha256()
-    context.update(data)
+    context.update(_as_bytes(data))
     return context.finalize().hex()
 
 
