@@ -166,3 +166,21 @@ def test_a_damaged_newest_snapshot_is_never_passed_over_in_silence(tmp_path: Pat
     report = sb.phx("verify", check=1).out
     assert f"error: snapshots/{newest} (snapshot {newest[:8]}): " in report, report
     assert "None" not in report, report
+
+
+def test_init_over_a_planted_keys_link_deletes_nothing_outside(tmp_path: Path) -> None:
+    """Someone who can write the storage folder leaves what an interrupted `init` leaves, but with
+    `keys` a link to a folder of the owner's. Before the fix, `phx init` there took it for an
+    interrupted init and deleted every file of the folder the link names (as root: any folder)."""
+    sb = new_sandbox(tmp_path)
+    shutil.rmtree(sb.repo)
+    outside = tmp_path / "owners-folder"
+    outside.mkdir()
+    (outside / "thesis.md").write_text("years of work\n")
+    sb.repo.mkdir()
+    (sb.repo / "keys").symlink_to(outside, target_is_directory=True)
+    (sb.repo / "data").mkdir()
+
+    with pytest.raises(Exception, match="keys is a symbolic link to"):
+        sb.init_repository()
+    assert tree_of(outside) == {"thesis.md": b"years of work\n"}
