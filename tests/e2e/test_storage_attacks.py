@@ -184,3 +184,17 @@ def test_init_over_a_planted_keys_link_deletes_nothing_outside(tmp_path: Path) -
     with pytest.raises(Exception, match="keys is a symbolic link to"):
         sb.init_repository()
     assert tree_of(outside) == {"thesis.md": b"years of work\n"}
+
+
+def test_the_only_snapshot_damaged_is_not_called_no_snapshot_at_all(tmp_path: Path) -> None:
+    """Every snapshot object damaged (a repository of one backup, say). Before the fix,
+    `restore --latest` said "the repository holds no snapshots yet; run `phx backup` first", with
+    no word of the damaged one: the owner believed the backup had never been made."""
+    sb = new_sandbox(tmp_path)
+    sid = sb.backup()["id"]
+    (sb.repo / "snapshots" / sid).write_bytes(os.urandom(600))
+    res = sb.phx("restore", "--latest", "--to", tmp_path / "out", check=1)
+    assert "holds no snapshots yet" not in res.err, res.err
+    assert f"1 snapshot cannot be read (snapshots/{sid}" in res.err, res.err
+    assert "phx verify" in res.err
+    assert not (tmp_path / "out").exists()

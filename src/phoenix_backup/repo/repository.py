@@ -1214,6 +1214,13 @@ class Repository:
         newest snapshot `latest` selects (by default: complete, full scope, this host)."""
         snaps = snapshots if snapshots is not None else self.list_snapshots()
         if not snaps:
+            if self.problems.damaged_snapshots:
+                # Backups were made: none can be read. "No snapshots yet" would say they never were.
+                self.damaged_snapshots_notice()
+                raise CorruptObject(
+                    "no snapshot of the repository can be read; run `phx verify`, and copy a good copy "
+                    "back with `phx repair objects --from TARGET`"
+                )
             raise SnapshotNotFound("the repository holds no snapshots yet; run `phx backup` first")
         if ref == "latest":
             found = self._latest(snaps, latest or Latest())
