@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_support import Sandbox, assert_error, assert_restored, new_sandbox, run_phx
 from moto_support import bare_repo, git
 
+from phoenix_backup.storage.base import ObjectInfo
 from phoenix_backup.storage.git import clone_dir
 
 GiB = 1 << 30
@@ -198,3 +200,36 @@ def test_the_only_snapshot_damaged_is_not_called_no_snapshot_at_all(tmp_path: Pa
     assert f"1 snapshot cannot be read (snapshots/{sid}" in res.err, res.err
     assert "phx verify" in res.err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_snapshot_forgotten_while_listing_is_no_damaged_snapshot(tmp_path: Path) -> None:
+    """Another machine's `phx forget` deletes a snapshot after this machine listed `snapshots/` and
+    before it read that object (or an S3 listing still names a deleted object). Before the fix,
+    `phx list` and `restore --latest` then warned that a damaged or planted snapshot may be newer
+    than every readable one, and sent the owner to `phx verify` and `phx repair` for nothing."""
+    from phoenix_backup.config import load_config
+    from phoenix_backup.ops.context import Environment, open_repository
+
+    sb = new_sandbox(tmp_path)
+    kept = sb.backup()["id"]
+    (sb.workspace / "memory" / "second.md").write_text("second\n")
+    forgotten = sb.backup()["id"]
+    notices: list[str] = []
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    try:
+        repo.notice = notices.append
+        listing = repo.backend.list
+
+        def forget_meanwhile(prefix: str) -> Iterator[ObjectInfo]:
+            names = list(listing(prefix))
+            (sb.repo / "snapshots" / forgotten).unlink()  # the other machine's forget, now
+            yield from names
+
+        repo.backend.list = forget_meanwhile  # type: ignore[method-assign]
+        snaps = repo.list_snapshots()
+        assert [s.id for s in snaps] == [kept]
+        repo.damaged_snapshots_notice()
+        assert repo.find_snapshot("latest", snaps).id == kept
+    finally:
+        repo.close()
+    assert not [n for n in notices if "cannot be read" in n], notices

@@ -1186,7 +1186,10 @@ class Repository:
                 # IdentityRequired: a write-only repository's snapshot sealed for recipients whose
                 # identity this machine does not have (one added later reads from then on).
                 self.problems.snapshots[info.name] = str(exc)
-                if not isinstance(exc, IdentityRequired):
+                # ObjectNotFound: deleted since it was listed (another machine's `phx forget`, or a
+                # listing of an eventually consistent store that still names it): forgotten, not
+                # damaged. It stays a problem: prune and key rotate still refuse to go on without it.
+                if not isinstance(exc, IdentityRequired | ObjectNotFound):
                     self.problems.damaged_snapshots.add(info.name)
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.
