@@ -139,10 +139,10 @@ class LocalBackend(Backend):
                 # for secrets that were never used and the config's temporary file: start over (a
                 # stale slot would open with the wrong secrets).
                 # Through folder handles: a `keys` that is a link must not empty the folder it names.
-                for folder in (["keys"], []):
-                    with self._folder(folder) as fd:
+                for parts in (["keys"], []):
+                    with self._folder(parts) as fd:
                         for entry in list(os.scandir(fd)):
-                            if folder or entry.name.startswith(CONFIG_TEMP):
+                            if parts or entry.name.startswith(CONFIG_TEMP):
                                 os.unlink(entry.name, dir_fd=fd)
             for folder in _FOLDERS:
                 with self._folder([folder], create=True):
