@@ -1156,8 +1156,21 @@ class Repository:
 
     def save_snapshot(self, snap: Snapshot) -> str:
         raw = self.sealer.seal(snap.to_json_bytes(), SNAPSHOT_AAD)
+        limit = max_object_size("snapshots/")
+        failed = snap.incomplete
+        while len(raw) > limit and len(snap.incomplete) > 1:
+            # Millions of paths that failed: list what fits and count the rest, rather than lose
+            # the backup of every file that was read (readers refuse a larger record).
+            keep = min(len(snap.incomplete) - 2, int(len(snap.incomplete) * limit / len(raw) * 0.9))
+            more = {
+                "path": failed[keep]["path"],
+                "error": f"this and {len(failed) - keep - 1:,} more paths could not be saved; "
+                "they are not listed (a snapshot's record has a size limit)",
+            }
+            snap = replace(snap, incomplete=(*failed[:keep], more))
+            raw = self.sealer.seal(snap.to_json_bytes(), SNAPSHOT_AAD)
         sid = sha256_hex(raw)
-        if len(raw) > max_object_size(f"snapshots/{sid}"):
+        if len(raw) > limit:
             # Readers refuse a snapshot object this large unread (storage/base.py MAX_OBJECT_SIZE).
             raise RepositoryError(
                 f"the snapshot's record would be {len(raw):,} bytes, more than a snapshot may hold "
