@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_support import Sandbox, assert_error, assert_restored, new_sandbox, run_phx
 from moto_support import bare_repo, git
 
+from phoenix_backup.storage.base import ObjectInfo
 from phoenix_backup.storage.git import clone_dir
 
 GiB = 1 << 30
@@ -166,3 +168,68 @@ def test_a_damaged_newest_snapshot_is_never_passed_over_in_silence(tmp_path: Pat
     report = sb.phx("verify", check=1).out
     assert f"error: snapshots/{newest} (snapshot {newest[:8]}): " in report, report
     assert "None" not in report, report
+
+
+def test_init_over_a_planted_keys_link_deletes_nothing_outside(tmp_path: Path) -> None:
+    """Someone who can write the storage folder leaves what an interrupted `init` leaves, but with
+    `keys` a link to a folder of the owner's. Before the fix, `phx init` there took it for an
+    interrupted init and deleted every file of the folder the link names (as root: any folder)."""
+    sb = new_sandbox(tmp_path)
+    shutil.rmtree(sb.repo)
+    outside = tmp_path / "owners-folder"
+    outside.mkdir()
+    (outside / "thesis.md").write_text("years of work\n")
+    sb.repo.mkdir()
+    (sb.repo / "keys").symlink_to(outside, target_is_directory=True)
+    (sb.repo / "data").mkdir()
+
+    with pytest.raises(Exception, match="keys is a symbolic link to"):
+        sb.init_repository()
+    assert tree_of(outside) == {"thesis.md": b"years of work\n"}
+
+
+def test_the_only_snapshot_damaged_is_not_called_no_snapshot_at_all(tmp_path: Path) -> None:
+    """Every snapshot object damaged (a repository of one backup, say). Before the fix,
+    `restore --latest` said "the repository holds no snapshots yet; run `phx backup` first", with
+    no word of the damaged one: the owner believed the backup had never been made."""
+    sb = new_sandbox(tmp_path)
+    sid = sb.backup()["id"]
+    (sb.repo / "snapshots" / sid).write_bytes(os.urandom(600))
+    res = sb.phx("restore", "--latest", "--to", tmp_path / "out", check=1)
+    assert "holds no snapshots yet" not in res.err, res.err
+    assert f"1 snapshot cannot be read (snapshots/{sid}" in res.err, res.err
+    assert "phx verify" in res.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_snapshot_forgotten_while_listing_is_no_damaged_snapshot(tmp_path: Path) -> None:
+    """Another machine's `phx forget` deletes a snapshot after this machine listed `snapshots/` and
+    before it read that object (or an S3 listing still names a deleted object). Before the fix,
+    `phx list` and `restore --latest` then warned that a damaged or planted snapshot may be newer
+    than every readable one, and sent the owner to `phx verify` and `phx repair` for nothing."""
+    from phoenix_backup.config import load_config
+    from phoenix_backup.ops.context import Environment, open_repository
+
+    sb = new_sandbox(tmp_path)
+    kept = sb.backup()["id"]
+    (sb.workspace / "memory" / "second.md").write_text("second\n")
+    forgotten = sb.backup()["id"]
+    notices: list[str] = []
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    try:
+        repo.notice = notices.append
+        listing = repo.backend.list
+
+        def forget_meanwhile(prefix: str) -> Iterator[ObjectInfo]:
+            names = list(listing(prefix))
+            (sb.repo / "snapshots" / forgotten).unlink()  # the other machine's forget, now
+            yield from names
+
+        repo.backend.list = forget_meanwhile  # type: ignore[method-assign]
+        snaps = repo.list_snapshots()
+        assert [s.id for s in snaps] == [kept]
+        repo.damaged_snapshots_notice()
+        assert repo.find_snapshot("latest", snaps).id == kept
+    finally:
+        repo.close()
+    assert not [n for n in notices if "cannot be read" in n], notices

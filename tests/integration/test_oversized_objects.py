@@ -9,7 +9,9 @@ one CorruptObject naming it, which every reader already treats as a damaged obje
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
+from phoenix_backup.storage.s3 import S3Backend, S3Settings
 from phoenix_backup.storage.wrappers import unwrap
 
 SLOT = "keys/" + "5e" * 8
@@ -49,3 +52,46 @@ def test_a_sparse_64_gib_snapshot_costs_no_memory(make_backend: Callable[..., Ba
     assert os.stat(path).st_blocks == 0
     with pytest.raises(CorruptObject, match="68,719,476,736 bytes"):
         b.read(name)
+
+
+class _ChunkedS3(http.server.BaseHTTPRequestHandler):
+    """An S3-compatible endpoint (a proxy, a self-hosted store, or one the attacker runs) that
+    sends GetObject bodies with `Transfer-Encoding: chunked`, which HTTP/1.1 allows: no
+    Content-Length. The body is 8 MiB, eight times the largest key slot."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "binary/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"s" * (1 << 20)
+        for _ in range(8):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_an_s3_reply_without_content_length_is_refused_past_the_limit() -> None:
+    """Before the fix, the check read only the Content-Length header, taking a missing one for 0,
+    and the body was then read whole, however large."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChunkedS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = S3Settings(
+            target="s3",
+            bucket="bucket",
+            endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+            region="us-east-1",
+            access_key_id="key",
+            secret_access_key="secret",
+        )
+        b = S3Backend(settings)
+        with pytest.raises(CorruptObject, match=r"more than any object of its kind .*did not read it"):
+            b.read(SLOT)
+    finally:
+        server.shutdown()
+        server.server_close()

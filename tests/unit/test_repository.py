@@ -564,3 +564,25 @@ def test_a_backup_whose_own_objects_a_listing_does_not_show_yet_commits(tmp_path
     lagging.hidden = names(this, "data/") | names(this, "index/")
     assert lagging.hidden and not names(this, "data/")
     this.confirm_present([blob])
+
+
+def test_a_backup_with_more_failed_paths_than_a_snapshot_holds_is_still_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 million unreadable files of 90-character paths make a 256 MiB snapshot record, the
+    most a reader takes (storage/base.py MAX_OBJECT_SIZE). Before the fix, the backup then
+    committed nothing: the files it did read were not saved either. The limit is lowered here
+    so the test stays small; the record is the same shape."""
+    from phoenix_backup.storage.base import MAX_OBJECT_SIZE
+
+    monkeypatch.setitem(MAX_OBJECT_SIZE, "snapshots", 64 << 10)
+    repo = init_repo(tmp_path / "repo", "encrypted")
+    failed = tuple({"path": f"workspace/vendor/{i:07d}/" + "p" * 70, "error": "Permission denied"} for i in range(3000))
+    sid = repo.save_snapshot(snapshot("big", "2026-01-01T00:00:00+00:00", incomplete=failed))
+    back = repo.load_snapshot(sid)
+    assert back.incomplete[0] == failed[0]
+    kept = len(back.incomplete) - 1
+    assert 0 < kept < len(failed)
+    assert back.incomplete[:kept] == failed[:kept]
+    assert back.incomplete[-1]["path"] == failed[kept]["path"]
+    assert f"this and {len(failed) - kept - 1:,} more paths could not be saved" in back.incomplete[-1]["error"]

@@ -1167,8 +1167,21 @@ class Repository:
 
     def save_snapshot(self, snap: Snapshot) -> str:
         raw = self.sealer.seal(snap.to_json_bytes(), SNAPSHOT_AAD)
+        limit = max_object_size("snapshots/")
+        failed = snap.incomplete
+        while len(raw) > limit and len(snap.incomplete) > 1:
+            # Millions of paths that failed: list what fits and count the rest, rather than lose
+            # the backup of every file that was read (readers refuse a larger record).
+            keep = min(len(snap.incomplete) - 2, int(len(snap.incomplete) * limit / len(raw) * 0.9))
+            more = {
+                "path": failed[keep]["path"],
+                "error": f"this and {len(failed) - keep - 1:,} more paths could not be saved; "
+                "they are not listed (a snapshot's record has a size limit)",
+            }
+            snap = replace(snap, incomplete=(*failed[:keep], more))
+            raw = self.sealer.seal(snap.to_json_bytes(), SNAPSHOT_AAD)
         sid = sha256_hex(raw)
-        if len(raw) > max_object_size(f"snapshots/{sid}"):
+        if len(raw) > limit:
             # Readers refuse a snapshot object this large unread (storage/base.py MAX_OBJECT_SIZE).
             raise RepositoryError(
                 f"the snapshot's record would be {len(raw):,} bytes, more than a snapshot may hold "
@@ -1197,7 +1210,10 @@ class Repository:
                 # IdentityRequired: a write-only repository's snapshot sealed for recipients whose
                 # identity this machine does not have (one added later reads from then on).
                 self._unreadable(info.name, str(exc), self.problems.snapshots)
-                if not isinstance(exc, IdentityRequired) and info.name in self.problems.snapshots:
+                # ObjectNotFound: deleted since it was listed (another machine's `phx forget`, or a
+                # listing of an eventually consistent store that still names it): forgotten, not
+                # damaged. It stays a problem: prune and key rotate still refuse to go on without it.
+                if not isinstance(exc, IdentityRequired | ObjectNotFound) and info.name in self.problems.snapshots:
                     self.problems.damaged_snapshots.add(info.name)
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.
@@ -1225,6 +1241,13 @@ class Repository:
         newest snapshot `latest` selects (by default: complete, full scope, this host)."""
         snaps = snapshots if snapshots is not None else self.list_snapshots()
         if not snaps:
+            if self.problems.damaged_snapshots:
+                # Backups were made: none can be read. "No snapshots yet" would say they never were.
+                self.damaged_snapshots_notice()
+                raise CorruptObject(
+                    "no snapshot of the repository can be read; run `phx verify`, and copy a good copy "
+                    "back with `phx repair objects --from TARGET`"
+                )
             raise SnapshotNotFound("the repository holds no snapshots yet; run `phx backup` first")
         if ref == "latest":
             found = self._latest(snaps, latest or Latest())

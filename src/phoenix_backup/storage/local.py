@@ -9,7 +9,7 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from phoenix_backup.dirs import fsync_dir, make_dirs
+from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import (
     NoSpace,
     ObjectExists,
@@ -157,19 +157,21 @@ class LocalBackend(Backend):
                 # An `init` killed before it wrote `config` left only folders, maybe a key slot
                 # for secrets that were never used and the config's temporary file: start over (a
                 # stale slot would open with the wrong secrets).
-                for entry in os.scandir(self.root / "keys"):
-                    os.unlink(entry.path)
-                for entry in os.scandir(self.root):
-                    if entry.name.startswith(CONFIG_TEMP):
-                        os.unlink(entry.path)
-            make_dirs(self.root)
+                # Through folder handles: a `keys` that is a link must not empty the folder it names.
+                for parts in (["keys"], []):
+                    with self._folder(parts) as fd:
+                        for entry in list(os.scandir(fd)):
+                            if parts or entry.name.startswith(CONFIG_TEMP):
+                                os.unlink(entry.name, dir_fd=fd)
             for folder in _FOLDERS:
-                (self.root / folder).mkdir(exist_ok=True, mode=0o700)
-            for i in range(256):
-                (self.root / "data" / f"{i:02x}").mkdir(exist_ok=True, mode=0o700)
-            # The folders' entries are durable before any object is written into them.
-            fsync_dir(self.root / "data")
-            fsync_dir(self.root)
+                with self._folder([folder], create=True):
+                    pass
+            with self._folder(["data"]) as fd:
+                for i in range(256):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(f"{i:02x}", 0o700, dir_fd=fd)
+                # The folders' entries are durable before any object is written into them.
+                os.fsync(fd)
         except OSError as exc:
             raise os_error(exc, f"creating the repository folder {self.root}") from exc
 

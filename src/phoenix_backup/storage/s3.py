@@ -52,6 +52,7 @@ from phoenix_backup.storage.base import (
     ObjectInfo,
     Protection,
     is_valid_name,
+    max_object_size,
     refuse_oversized,
     validate_name,
 )
@@ -300,7 +301,16 @@ class S3Backend(Backend):
             body = resp["Body"]
             try:
                 refuse_oversized(name, int(resp.get("ContentLength") or 0), self.location)
-                return body.read()
+                # A reply may have no Content-Length (chunked): never read past the limit. The
+                # last, empty read is where botocore checks a Content-Length it was given.
+                limit = max_object_size(name)
+                chunks: list[bytes] = []
+                got = 0
+                while got <= limit and (chunk := body.read(limit + 1 - got)):
+                    chunks.append(chunk)
+                    got += len(chunk)
+                refuse_oversized(name, got, self.location)
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
             finally:
                 body.close()
 
