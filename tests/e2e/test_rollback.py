@@ -7,10 +7,14 @@ when the newest snapshot is still there, and is cleared by that acceptance when 
 from __future__ import annotations
 
 import shutil
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from e2e_support import Result, Sandbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 
 WARNING = "no longer holds snapshot"
 
@@ -94,3 +98,27 @@ def test_a_forget_on_another_machine_is_no_false_alarm(make_sandbox, tmp_path: P
     sb.phx("forget", ids[1])
     res = sb.phx("list", "--json")
     assert res.json() == [] and not _warnings(res), res
+
+
+def test_a_rolled_back_replica_is_the_target_named(make_sandbox, moto: MotoServer) -> None:
+    """Backups reach every target; one replica's storage put back from before the newest backup is
+    named alone (the first target is whole), and `phx sync` brings the snapshot back there."""
+    sb: Sandbox = make_sandbox()
+    bucket = moto.make_bucket("rollback")
+    sb.env.update(AWS_EC2_METADATA_DISABLED="true")
+    s3 = {"enabled": True, "bucket": bucket, "prefix": "argent/", "endpoint": moto.endpoint}
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "s3": {**s3, "accessKeyId": ACCESS_KEY_ID, "secretAccessKey": SECRET_ACCESS_KEY},
+        }
+    )
+    sb.config_path.chmod(0o600)
+    ids = [sb.backup("--time", _hours_ago(h))["id"] for h in (2, 1)]
+    moto.client().delete_object(Bucket=bucket, Key=f"argent/snapshots/{ids[1]}")
+    (line,) = _warnings(sb.phx("list"))
+    assert "target s3" in line and ids[1][:8] in line and str(sb.repo) not in line, line
+    assert "prune refused" in sb.phx("prune", "--target", "s3", check=1).out
+    sb.phx("sync")
+    res = sb.phx("list", "--json")
+    assert not _warnings(res) and res.json()[-1]["targets"] == ["local", "s3"], res

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
-from phoenix_backup.repo.repository import rollback_warning
+from phoenix_backup.repo.repository import rollback_warning, still_there
 from phoenix_backup.repo.snapshot import Snapshot
 
 
@@ -57,17 +57,22 @@ def list_snapshots(cfg: Config, envx: Environment, *, target: str | None = None)
         backend = target_backend(cfg, envx, other)
         try:
             held = {info.name.split("/")[-1] for info in backend.list("snapshots/")}
+            # A replica's copy is checked as the first target's was: against what this machine saw there.
+            lost = (
+                repo.pins.observe(
+                    repo.config.id, backend.location, {sid: times.get(sid) for sid in held}, still_there(backend)
+                )
+                if repo.pins is not None
+                else []
+            )
         except PhoenixError as exc:
             envx.notice(f"could not list target {other}: {exc}")
             continue
         finally:
             backend.close()
+        if lost:
+            envx.notice(f"warning: {rollback_warning(backend.location, lost, repo.fingerprint, other)}")
         for sid, where in holders.items():
             if sid in held:
                 where.append(other)
-        if repo.pins is not None:
-            # A replica's copy is checked as the first target's was: against what this machine saw there.
-            lost = repo.pins.observe(repo.config.id, backend.location, {sid: times.get(sid) for sid in held})
-            if lost:
-                envx.notice(f"warning: {rollback_warning(backend.location, lost, repo.fingerprint, other)}")
     return [SnapshotSummary(s, tuple(holders[s.id])) for s in snaps]

@@ -41,7 +41,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,11 +262,15 @@ class Pins:
 
     # -- the snapshots this machine saw ----------------------------------------------------
 
-    def observe(self, repo_id: str, location: str, present: Mapping[str, str | None]) -> list[Seen]:
+    def observe(
+        self, repo_id: str, location: str, present: Mapping[str, str | None], still_there: Callable[[str], bool]
+    ) -> list[Seen]:
         """A listing of the snapshots at `location` (id: recorded time, None when not known):
         remember the newest, and return those lost there (this machine saw them, did not forget
         them, and the newest snapshot now is older than the newest it saw) that are still gone.
-        A repository this user has not pinned is not followed."""
+        `still_there(id)` looks again at one the listing lacks: a backup of this machine may have
+        written and remembered it after the listing was taken. A repository this user has not
+        pinned is not followed."""
         with self._locked() as pins:
             pin = pins.get(repo_id)
             if pin is None:
@@ -275,10 +279,13 @@ class Pins:
             known = dict(seen) | dict(pin.lost.get(location, []))
             times = {sid: t or known.get(sid) for sid, t in present.items()}
             missing = [e for e in seen if e[0] not in present and e[0] not in pin.forgot]
+            for sid, t in [e for e in missing if still_there(e[0])]:
+                missing.remove((sid, t))
+                times[sid] = t
             newest_now = max((_when(t) for t in times.values() if t), default=None)
             newest_seen = max((_when(t) for _i, t in seen), default=None)
             rolled_back = bool(missing) and newest_seen is not None and (newest_now is None or newest_now < newest_seen)
-            lost = [e for e in pin.lost.get(location, []) if e[0] not in present]
+            lost = [e for e in pin.lost.get(location, []) if e[0] not in times]
             if rolled_back:
                 lost += [e for e in missing if e not in lost]
             # Otherwise the missing ones were forgotten elsewhere (the newest is still there).

@@ -1215,7 +1215,9 @@ class Repository:
         the newest left is older than them, are said once, and `refuse_if_rolled_back` refuses."""
         if self.pins is None:
             return
-        self.lost_snapshots = self.pins.observe(self.config.id, self.backend.location, present)
+        self.lost_snapshots = self.pins.observe(
+            self.config.id, self.backend.location, present, still_there(self.backend)
+        )
         if self.lost_snapshots and not self._rollback_said:
             self._rollback_said = True
             self.notice(f"warning: {rollback_warning(self.backend.location, self.lost_snapshots, self.fingerprint)}")
@@ -1300,6 +1302,19 @@ class Repository:
                 f"it with `phx forget {ahead.id[:8]}` if its date is wrong"
             )
         return found
+
+
+def still_there(backend: Backend) -> Callable[[str], bool]:
+    """Whether snapshot `sid` is in `backend` after all (a look that fails counts as yes: no alarm
+    on a doubt)."""
+
+    def look(sid: str) -> bool:
+        try:
+            return backend.stat(f"snapshots/{sid}") is not None
+        except PhoenixError:
+            return True
+
+    return look
 
 
 def rollback_warning(location: str, lost: list[tuple[str, str]], fingerprint: str, target: str | None = None) -> str:
