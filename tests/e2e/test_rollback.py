@@ -14,7 +14,7 @@ from pathlib import Path
 from e2e_support import Result, Sandbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
+from moto_support import MotoServer
 
 WARNING = "no longer holds snapshot"
 
@@ -106,13 +106,7 @@ def test_a_rolled_back_replica_is_the_target_named(make_sandbox, moto: MotoServe
     sb: Sandbox = make_sandbox()
     bucket = moto.make_bucket("rollback")
     sb.env.update(AWS_EC2_METADATA_DISABLED="true")
-    s3 = {"enabled": True, "bucket": bucket, "prefix": "argent/", "endpoint": moto.endpoint}
-    sb.write_config(
-        targets={
-            "local": {"enabled": True},
-            "s3": {**s3, "accessKeyId": ACCESS_KEY_ID, "secretAccessKey": SECRET_ACCESS_KEY},
-        }
-    )
+    sb.write_config(targets={"local": {"enabled": True}, "s3": moto.target(bucket)})
     sb.config_path.chmod(0o600)
     ids = [sb.backup("--time", _hours_ago(h))["id"] for h in (2, 1)]
     moto.client().delete_object(Bucket=bucket, Key=f"argent/snapshots/{ids[1]}")
