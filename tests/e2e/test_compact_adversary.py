@@ -145,6 +145,10 @@ def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_
     base, t, states = _day(sb)
     pristine = tmp_path / "pristine"
     shutil.copytree(sb.repo, pristine)
+    # This machine's state as it was then too: it remembers the snapshots it saw, and an older
+    # copy of the repository put back under it is a rollback (e2e/test_rollback.py).
+    data = Path(sb.env["XDG_DATA_HOME"])
+    shutil.copytree(data, tmp_path / "pristine-data")
 
     def killed_forget(point: int, match: str) -> subprocess.CompletedProcess[str]:
         # Counted: the changes to objects under `match` only (snapshots/: the compacted snapshot
@@ -174,6 +178,8 @@ def test_a_compaction_killed_before_it_forgets_the_base_is_finished_by_the_next_
     for match, point in points if HEAVY else points[:1]:
         shutil.rmtree(sb.repo)
         shutil.copytree(pristine, sb.repo)
+        shutil.rmtree(data)
+        shutil.copytree(tmp_path / "pristine-data", data)
         shutil.rmtree(sb.cache, ignore_errors=True)
         killed = killed_forget(point, match)
         assert killed.returncode == -9, killed.stderr

@@ -287,13 +287,7 @@ def test_retention_never_uses_a_replica_config_the_first_target_does_not_have(ma
     sb: Sandbox = make_sandbox()
     bucket = moto.make_bucket("s3")
     sb.env.update(PHX_DATA_DIR=str(sb.root / "data"), AWS_EC2_METADATA_DISABLED="true")
-    s3 = {"enabled": True, "bucket": bucket, "prefix": "argent/", "endpoint": moto.endpoint}
-    sb.write_config(
-        targets={
-            "local": {"enabled": True},
-            "s3": {**s3, "accessKeyId": ACCESS_KEY_ID, "secretAccessKey": SECRET_ACCESS_KEY},
-        }
-    )
+    sb.write_config(targets={"local": {"enabled": True}, "s3": moto.target(bucket)})
     sb.config_path.chmod(0o600)
     sb.backup()
     client = moto.client()

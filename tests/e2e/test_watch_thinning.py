@@ -211,6 +211,11 @@ def _pristine(sb: Sandbox, pristine: Path) -> None:
     `cached_header`): each run makes the same changes, so a kill point names the same one."""
     shutil.rmtree(sb.repo)
     shutil.copytree(pristine, sb.repo)
+    # This machine's state as it was then too: it remembers the snapshots it saw, and an older
+    # copy of the repository put back under it is a rollback (e2e/test_rollback.py).
+    data = Path(sb.env["XDG_DATA_HOME"])
+    shutil.rmtree(data)
+    shutil.copytree(pristine.with_name("pristine-data"), data)
     for cached in sb.cache.glob("*/captures"):
         shutil.rmtree(cached)
 
@@ -231,6 +236,7 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
     size_before = sum(f.stat().st_size for f in (sb.repo / "captures").iterdir())
     pristine = tmp_path / "pristine"
     shutil.copytree(sb.repo, pristine)
+    shutil.copytree(sb.env["XDG_DATA_HOME"], tmp_path / "pristine-data")
 
     dry = _forget(sb, "--dry-run")
     merges = dry["targets"]["local"]["captures"]["merges"]  # type: ignore[index]
@@ -360,6 +366,7 @@ def test_compaction_makes_daily_states_ordinary_snapshots_and_drops_the_base(san
     base = next(s["id"] for s in sb.phx("list", "--all", "--json").json() if s["scope"] == "watch")
     pristine = tmp_path / "pristine"
     shutil.copytree(sb.repo, pristine)
+    shutil.copytree(sb.env["XDG_DATA_HOME"], tmp_path / "pristine-data")
     report = tmp_path / "kill-report"
     run = _killpoint_forget(sb, report)
     assert run.returncode == 0, run.stderr

@@ -81,6 +81,17 @@ class MotoServer:
         self.client().create_bucket(Bucket=name)
         return name
 
+    def target(self, bucket: str, prefix: str = "argent/") -> dict[str, Any]:
+        """An enabled `targets.s3` config section for `bucket` on this server, with credentials."""
+        return {
+            "enabled": True,
+            "bucket": bucket,
+            "prefix": prefix,
+            "endpoint": self.endpoint,
+            "accessKeyId": ACCESS_KEY_ID,
+            "secretAccessKey": SECRET_ACCESS_KEY,
+        }
+
     def keys(self, bucket: str, prefix: str = "") -> dict[str, dict[str, Any]]:
         """Every object below `prefix`: key -> {size, storageClass}."""
         out: dict[str, dict[str, Any]] = {}

@@ -219,6 +219,7 @@ def forget_named(repo: Repository, refs: tuple[str, ...], report: TargetForget, 
             chosen[snap.id] = snap
         report.named = [chosen[sid] for sid in sorted(chosen, key=lambda sid: chosen[sid].time)]
         if not dry_run:
+            repo.refuse_if_rolled_back("forget")
             for sid in chosen:
                 repo.delete_snapshot(sid)
                 report.removed.append(sid)
@@ -258,6 +259,7 @@ def forget_repository(
         report.plan = apply_policy(snapshots, policy, now, protect=protect)
         report.notices += report.plan.notices
         if not dry_run:
+            repo.refuse_if_rolled_back("forget")
             for decision in report.plan.remove:
                 repo.delete_snapshot(decision.snapshot.id)
                 report.removed.append(decision.snapshot.id)

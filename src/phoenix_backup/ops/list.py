@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.repo.repository import rollback_warning, still_there
 from phoenix_backup.repo.snapshot import Snapshot
 
 
@@ -51,15 +52,26 @@ def list_snapshots(cfg: Config, envx: Environment, *, target: str | None = None)
         return [SnapshotSummary(s, (name,)) for s in snaps]
     names = enabled_targets(cfg)
     holders: dict[str, list[str]] = {s.id: [names[0]] for s in snaps}
+    times = {s.id: s.time for s in snaps}
     for other in names[1:]:
         backend = target_backend(cfg, envx, other)
         try:
             held = {info.name.split("/")[-1] for info in backend.list("snapshots/")}
+            # A replica's copy is checked as the first target's was: against what this machine saw there.
+            lost = (
+                repo.pins.observe(
+                    repo.config.id, backend.location, {sid: times.get(sid) for sid in held}, still_there(backend)
+                )
+                if repo.pins is not None
+                else []
+            )
         except PhoenixError as exc:
             envx.notice(f"could not list target {other}: {exc}")
             continue
         finally:
             backend.close()
+        if lost:
+            envx.notice(f"warning: {rollback_warning(backend.location, lost, repo.fingerprint, other)}")
         for sid, where in holders.items():
             if sid in held:
                 where.append(other)

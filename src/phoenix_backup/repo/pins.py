@@ -27,6 +27,12 @@ the folder) under an flock, so two `phx` processes never lose each other's pins.
 - `retired` are the fingerprints this user moved away from: a repository that shows one again
   missed a rotation (a replica that was down) or was put back by someone; the error says so and
   never suggests trusting it.
+- `snapshots` (per location): `seen`, the newest snapshots this machine wrote or listed there
+  ([id, time], at most `SEEN_KEPT`), and `lost`, those a later listing no longer found while the
+  newest snapshot there was older than the newest seen: an older copy of the repository put
+  back, or a `phx forget` elsewhere. `lost` stays until the snapshots come back or the user
+  accepts the repository as it is (`phx key trust`); `phx forget` and `phx prune` refuse until
+  then. `forgot` are the ids this machine forgot itself (never counted as lost).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +52,10 @@ from phoenix_backup.errors import ConfigError, KeyChanged
 
 PINS_FILE = "pins.json"
 PINS_VERSION = 1
+SEEN_KEPT = 16  # the newest snapshots remembered per location
+FORGOT_KEPT = 64  # the ids this machine forgot last
+
+Seen = tuple[str, str]  # (snapshot id, its recorded time, RFC 3339)
 
 
 @dataclass
@@ -60,6 +70,9 @@ class Pin:
     # Fingerprints this user moved away from (`phx key rotate`, `phx key trust`): a repository
     # that shows one again is a copy that missed the rotation, or an old copy put back.
     retired: list[str] = field(default_factory=list)
+    seen: dict[str, list[Seen]] = field(default_factory=dict)  # per location, newest first
+    lost: dict[str, list[Seen]] = field(default_factory=dict)  # per location, awaiting acceptance
+    forgot: list[str] = field(default_factory=list)
 
     def accepts(self, fingerprint: str) -> bool:
         return fingerprint in (self.fingerprint, self.next)
@@ -77,6 +90,14 @@ class Pin:
             doc["next"] = self.next
         if self.retired:
             doc["retired"] = self.retired
+        where = {
+            loc: {"seen": [list(e) for e in self.seen.get(loc, [])], "lost": [list(e) for e in self.lost.get(loc, [])]}
+            for loc in sorted(set(self.seen) | set(self.lost))
+        }
+        if where:
+            doc["snapshots"] = where
+        if self.forgot:
+            doc["forgot"] = self.forgot
         return doc
 
 
@@ -125,6 +146,9 @@ class Pins:
                     pinned=str(entry.get("pinned", "")),
                     locations=[str(x) for x in entry.get("locations", [])],
                     retired=[str(x) for x in entry.get("retired", [])],
+                    seen={str(k): _entries(v.get("seen", [])) for k, v in entry.get("snapshots", {}).items()},
+                    lost={str(k): _entries(v.get("lost", [])) for k, v in entry.get("snapshots", {}).items()},
+                    forgot=[str(x) for x in entry.get("forgot", [])],
                 )
             return pins
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
@@ -157,7 +181,10 @@ class Pins:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             pins = self._load()
+            before = self._document(pins)
             yield pins
+            if self._document(pins) == before and self.path.exists():
+                return  # nothing changed: no write, no fsync
             try:
                 self._write(pins)
             except OSError as exc:
@@ -173,9 +200,13 @@ class Pins:
             "you can write, or set PHX_DATA_DIR to one"
         )
 
-    def _write(self, pins: dict[str, Pin]) -> None:
+    @staticmethod
+    def _document(pins: dict[str, Pin]) -> bytes:
         doc = {"version": PINS_VERSION, "repositories": {k: pins[k].to_json() for k in sorted(pins)}}
-        write_private(self.path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    def _write(self, pins: dict[str, Pin]) -> None:
+        write_private(self.path, self._document(pins))
 
     def record(
         self,
@@ -225,4 +256,79 @@ class Pins:
             pin.write_only = pin.write_only or write_only
             if location not in pin.locations:
                 pin.locations.append(location)
+            if retrust:  # the user accepts the repository as it is now, snapshots included
+                pin.seen, pin.lost, pin.forgot = {}, {}, []
             return pin
+
+    # -- the snapshots this machine saw ----------------------------------------------------
+
+    def observe(
+        self, repo_id: str, location: str, present: Mapping[str, str | None], still_there: Callable[[str], bool]
+    ) -> list[Seen]:
+        """A listing of the snapshots at `location` (id: recorded time, None when not known):
+        remember the newest, and return those lost there (this machine saw them, did not forget
+        them, and the newest snapshot now is older than the newest it saw) that are still gone.
+        `still_there(id)` looks again at one the listing lacks: a backup of this machine may have
+        written and remembered it after the listing was taken. A repository this user has not
+        pinned is not followed."""
+        with self._locked() as pins:
+            pin = pins.get(repo_id)
+            if pin is None:
+                return []
+            seen = pin.seen.get(location, [])
+            known = dict(seen) | dict(pin.lost.get(location, []))
+            times = {sid: t or known.get(sid) for sid, t in present.items()}
+            missing = [e for e in seen if e[0] not in present and e[0] not in pin.forgot]
+            for sid, t in [e for e in missing if still_there(e[0])]:
+                missing.remove((sid, t))
+                times[sid] = t
+            newest_now = max((_when(t) for t in times.values() if t), default=None)
+            newest_seen = max((_when(t) for _i, t in seen), default=None)
+            rolled_back = bool(missing) and newest_seen is not None and (newest_now is None or newest_now < newest_seen)
+            lost = [e for e in pin.lost.get(location, []) if e[0] not in times]
+            if rolled_back:
+                lost += [e for e in missing if e not in lost]
+            # Otherwise the missing ones were forgotten elsewhere (the newest is still there).
+            _put(pin.lost, location, _newest(lost))
+            _put(pin.seen, location, _newest([(sid, t) for sid, t in times.items() if t]))
+            return pin.lost.get(location, [])
+
+    def remember(self, repo_id: str, location: str, sid: str, time: str) -> None:
+        """This machine wrote snapshot `sid` at `location`."""
+        with self._locked() as pins:
+            pin = pins.get(repo_id)
+            if pin is not None:
+                _put(pin.seen, location, _newest([*pin.seen.get(location, []), (sid, time)]))
+
+    def forgetting(self, repo_id: str, ids: list[str]) -> None:
+        """This machine is about to forget `ids`: their absence is never a loss."""
+        with self._locked() as pins:
+            pin = pins.get(repo_id)
+            if pin is not None:
+                pin.forgot = [*[i for i in pin.forgot if i not in ids], *ids][-FORGOT_KEPT:]
+
+
+def _when(time: str) -> datetime:
+    when = datetime.fromisoformat(time)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _newest(entries: list[Seen]) -> list[Seen]:
+    unique = dict(entries)
+    return sorted(unique.items(), key=lambda e: (_when(e[1]), e[0]), reverse=True)[:SEEN_KEPT]
+
+
+def _put(where: dict[str, list[Seen]], location: str, entries: list[Seen]) -> None:
+    if entries:
+        where[location] = entries
+    else:
+        where.pop(location, None)
+
+
+def _entries(raw: object) -> list[Seen]:
+    if not isinstance(raw, list):
+        raise ValueError("a snapshot list is not a list")
+    out = [(str(sid), str(t)) for sid, t in raw]
+    for _sid, t in out:
+        _when(t)  # a time that does not parse is damage
+    return out

@@ -222,6 +222,8 @@ def _prune_locked(
     objects = repo.read_index_objects()
     snapshots = repo.list_snapshots()
     refuse_if_damaged(repo)
+    if not dry_run:
+        repo.refuse_if_rolled_back("prune")
     report.snapshots = len(snapshots)
     superseded = {f"index/{s}" for _p, sup in objects.values() for s in sup}
     live = {name: packs for name, (packs, _sup) in objects.items() if name not in superseded}

@@ -16,7 +16,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
@@ -395,6 +395,11 @@ class Repository:
         # The index objects the index in memory comes from: the live ones loaded and those written
         # here. A new snapshot relies on them being in the store (`confirm_present`).
         self.relied_on: set[str] = set()
+        # This user's pins, when the repository was opened against them: each listing of the
+        # snapshots is checked against the newest this machine saw here (`check_rollback`).
+        self.pins: Pins | None = None
+        self.lost_snapshots: list[tuple[str, str]] = []
+        self._rollback_said = False
 
     @property
     def secrets(self) -> keyslots.MasterSecrets:
@@ -419,7 +424,7 @@ class Repository:
 
     def sibling(self, backend: Backend, config: RepoConfig | None = None) -> Repository:
         """The copy of this repository on another target, opened with the same keys."""
-        return Repository(
+        copy = Repository(
             backend,
             config or self.config,
             self._secrets,
@@ -427,6 +432,8 @@ class Repository:
             write_key=self.write_key,
             keyring=self.keyring.with_backend(backend) if self.keyring is not None else None,
         )
+        copy.pins = self.pins
+        return copy
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -525,6 +532,8 @@ class Repository:
         slot, master, also = _choose_secrets(backend.location, config, slots, creds, pins, notice, expect)
         repo = cls(backend, config, master, also=also, identities=creds.age_identities, **kwargs)
         repo.opened_with = slot.id
+        if expect is None:
+            repo.pins = pins
         return repo
 
     @staticmethod
@@ -790,6 +799,8 @@ class Repository:
 
     def delete_snapshot(self, sid: str) -> None:
         """Forget one snapshot: its data stays until prune finds it unreferenced."""
+        if self.pins is not None:  # before: its absence is then never taken for a loss
+            self.pins.forgetting(self.config.id, [sid])
         self.backend.delete(f"snapshots/{sid}")
 
     def repack(self, blobs: Iterable[tuple[PackEntry, bytes]]) -> dict[str, list[PackEntry]]:
@@ -1190,6 +1201,8 @@ class Repository:
             )
         self.backend.write(f"snapshots/{sid}", raw)
         self.stats.bytes_added += len(raw)
+        if self.pins is not None:
+            self.pins.remember(self.config.id, self.backend.location, sid, snap.time)
         return sid
 
     def load_snapshot(self, sid: str) -> Snapshot:
@@ -1218,7 +1231,36 @@ class Repository:
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.
         out.sort(key=lambda s: (s.datetime.timestamp(), _started(s), s.name, s.id))
+        present: dict[str, str | None] = {s.id: s.time for s in out}
+        present |= {name.split("/")[-1]: None for name in self.problems.snapshots}  # there, though unreadable
+        self.check_rollback(present)
         return out
+
+    def check_rollback(self, present: Mapping[str, str | None]) -> None:
+        """Compare a listing of this repository's snapshots (id: time) with the newest this
+        machine saw here (repo/pins.py): snapshots gone without a forget of this machine, while
+        the newest left is older than them, are said once, and `refuse_if_rolled_back` refuses."""
+        if self.pins is None:
+            return
+        self.lost_snapshots = self.pins.observe(
+            self.config.id, self.backend.location, present, still_there(self.backend)
+        )
+        if self.lost_snapshots and not self._rollback_said:
+            self._rollback_said = True
+            self.notice(f"warning: {rollback_warning(self.backend.location, self.lost_snapshots, self.fingerprint)}")
+
+    def refuse_if_rolled_back(self, command: str) -> None:
+        """`phx forget` and `phx prune` on a repository that lost snapshots it should hold: the
+        data only they use looks unused, and deleting it loses them for good once the newest copy
+        of the storage is put back."""
+        if self.lost_snapshots:
+            newest = self.lost_snapshots[0]
+            raise RepositoryError(
+                f"{command} refused: the repository at {self.backend.location} no longer holds snapshot "
+                f"{newest[0][:8]} ({newest[1]}) this machine saw there, so it may be an older copy put back, and "
+                f"{command} could delete data that snapshot needs; put the newest copy of the storage back, or, if "
+                f"another machine forgot it, accept the repository as it is with `phx key trust {self.fingerprint}`"
+            )
 
     def damaged_snapshots_notice(self, latest: Snapshot | None = None) -> None:
         """Say that snapshot objects cannot be read: their times cannot either, so the newest
@@ -1294,6 +1336,34 @@ class Repository:
                 f"it with `phx forget {ahead.id[:8]}` if its date is wrong"
             )
         return found
+
+
+def still_there(backend: Backend) -> Callable[[str], bool]:
+    """Whether snapshot `sid` is in `backend` after all (a look that fails counts as yes: no alarm
+    on a doubt)."""
+
+    def look(sid: str) -> bool:
+        try:
+            return backend.stat(f"snapshots/{sid}") is not None
+        except PhoenixError:
+            return True
+
+    return look
+
+
+def rollback_warning(location: str, lost: list[tuple[str, str]], fingerprint: str, target: str | None = None) -> str:
+    """The warning about snapshots gone from `location` (newest first)."""
+    shown = ", ".join(f"{sid[:8]} ({when})" for sid, when in lost[:3]) + (
+        f" and {len(lost) - 3} more" if len(lost) > 3 else ""
+    )
+    where = f"target {target} ({location})" if target else f"the repository at {location}"
+    return (
+        f"{where} no longer holds snapshot{'s' if len(lost) > 1 else ''} {shown} that this machine saw there, and "
+        "what it holds now is older: an older copy of its storage was put back (rolled back), or another machine "
+        "ran `phx forget`; run `phx verify`, put the newest copy of the storage back (a replica gets them again "
+        f"from the first target with `phx sync`); `phx forget` and `phx prune` refuse until then, or until you "
+        f"accept the repository as it is with `phx key trust {fingerprint}`"
+    )
 
 
 def _owned(data: bytes | memoryview) -> bytes:

@@ -1,0 +1,118 @@
+"""An older copy of the whole repository put back (by whoever can write the storage, or a restore
+of the backup disk from an older image) is noticed by the machine that saw the newer snapshots:
+one warning naming them, and `phx forget`/`phx prune` refuse until the newest copy is back or the
+owner accepts the repository as it is (`phx key trust`). A forget on another machine is no alarm
+when the newest snapshot is still there, and is cleared by that acceptance when it is not."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from e2e_support import Result, Sandbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from moto_support import MotoServer
+
+WARNING = "no longer holds snapshot"
+
+
+def _hours_ago(hours: float) -> str:
+    return (datetime.now(UTC) - timedelta(hours=hours)).isoformat(timespec="seconds")
+
+
+def _warnings(res: Result) -> list[str]:
+    return [line for line in res.stderr_lines() if WARNING in line]
+
+
+def _fingerprint(sb: Sandbox) -> str:
+    fingerprint: str = sb.phx("key", "list", "--json").json()[0]["fingerprint"]
+    return fingerprint
+
+
+def test_an_older_copy_put_back_is_named_and_prune_waits_for_the_owner(make_sandbox, tmp_path: Path) -> None:
+    sb: Sandbox = make_sandbox()
+    old = sb.backup("--time", _hours_ago(3))["id"]
+    kept = tmp_path / "kept"
+    shutil.copytree(sb.repo, kept)
+    newer = [sb.backup("--time", _hours_ago(h))["id"] for h in (2, 1)]
+    shutil.rmtree(sb.repo)
+    shutil.copytree(kept, sb.repo)  # the backup disk restored from an older image
+
+    res = sb.phx("list", "--json")  # what it lists is there: exit 0, with the warning
+    assert [s["id"] for s in res.json()] == [old]
+    (line,) = _warnings(res)
+    for needle in (newer[0][:8], newer[1][:8], "rolled back", "phx forget", "phx verify", "phx key trust"):
+        assert needle in line, line
+    assert len(_warnings(sb.phx("restore", "--latest", "--to", tmp_path / "out", "--json"))) == 1
+    assert len(_warnings(sb.phx("verify", "--json"))) == 1
+
+    res = sb.phx("prune", check=1)  # a target's failure, reported as prune reports each target's
+    assert "prune refused" in res.out and newer[1][:8] in res.out and "phx key trust" in res.out, res
+    res = sb.phx("forget", old, check=1)
+    assert "forget refused" in res.out and old in [s["id"] for s in sb.snapshots()], res
+    # A backup on top of the rollback is taken (it loses nothing), but its retention is refused.
+    top = sb.backup("--time", _hours_ago(0.5), check=3)
+    assert "forget refused" in str(top["retention"]), top
+    assert "prune refused" in sb.phx("prune", check=1).out
+
+    # The owner checked and accepts the repository as it is: no warning, prune runs.
+    sb.phx("key", "trust", _fingerprint(sb))
+    res = sb.phx("prune")
+    assert not _warnings(res) and not _warnings(sb.phx("list")), res
+
+
+def test_the_newest_copy_put_forward_again_clears_the_alarm(make_sandbox, tmp_path: Path) -> None:
+    sb: Sandbox = make_sandbox()
+    sb.backup("--time", _hours_ago(2))
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(sb.repo, old)
+    sb.backup("--time", _hours_ago(1))
+    shutil.move(sb.repo, new)
+    shutil.copytree(old, sb.repo)
+    assert len(_warnings(sb.phx("list"))) == 1
+    shutil.rmtree(sb.repo)
+    shutil.move(new, sb.repo)
+    res = sb.phx("prune")
+    assert not _warnings(res), res
+
+
+def test_a_forget_on_another_machine_is_no_false_alarm(make_sandbox, tmp_path: Path) -> None:
+    sb: Sandbox = make_sandbox()
+    ids = [sb.backup("--time", _hours_ago(h))["id"] for h in (3, 2, 1)]
+    other = sb.env_with(XDG_DATA_HOME=str(tmp_path / "other-data"), PHX_CACHE_DIR=str(tmp_path / "other-cache"))
+    # Another machine forgets an older snapshot: the newest is still there, so no alarm here.
+    sb.phx("forget", ids[0], env=other)
+    res = sb.phx("prune")
+    assert not _warnings(res), res
+    # It forgets the newest: from here that cannot be told from a rollback, until the owner says so.
+    sb.phx("forget", ids[2], env=other)
+    assert len(_warnings(sb.phx("list"))) == 1
+    assert "prune refused" in sb.phx("prune", check=1).out
+    sb.phx("key", "trust", _fingerprint(sb))
+    res = sb.phx("prune")
+    assert not _warnings(res) and not _warnings(sb.phx("list")), res
+    # What this machine forgets itself is never an alarm.
+    sb.phx("forget", ids[1])
+    res = sb.phx("list", "--json")
+    assert res.json() == [] and not _warnings(res), res
+
+
+def test_a_rolled_back_replica_is_the_target_named(make_sandbox, moto: MotoServer) -> None:
+    """Backups reach every target; one replica's storage put back from before the newest backup is
+    named alone (the first target is whole), and `phx sync` brings the snapshot back there."""
+    sb: Sandbox = make_sandbox()
+    bucket = moto.make_bucket("rollback")
+    sb.env.update(AWS_EC2_METADATA_DISABLED="true")
+    sb.write_config(targets={"local": {"enabled": True}, "s3": moto.target(bucket)})
+    sb.config_path.chmod(0o600)
+    ids = [sb.backup("--time", _hours_ago(h))["id"] for h in (2, 1)]
+    moto.client().delete_object(Bucket=bucket, Key=f"argent/snapshots/{ids[1]}")
+    (line,) = _warnings(sb.phx("list"))
+    assert "target s3" in line and ids[1][:8] in line and str(sb.repo) not in line, line
+    assert "prune refused" in sb.phx("prune", "--target", "s3", check=1).out
+    sb.phx("sync")
+    res = sb.phx("list", "--json")
+    assert not _warnings(res) and res.json()[-1]["targets"] == ["local", "s3"], res

@@ -1,0 +1,81 @@
+"""The snapshots a machine saw, kept beside its pin (repo/pins.py `observe`): what counts as lost,
+what never does, and a pin file damaged there is one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from phoenix_backup.errors import ConfigError
+from phoenix_backup.repo.pins import SEEN_KEPT, Pins
+
+REPO = "ab" * 16
+KEY = ":".join(["1234"] * 8)
+AT = "/backups/repo"
+
+
+def _pins(tmp_path: Path) -> Pins:
+    pins = Pins(tmp_path / "pins.json")
+    pins.record(REPO, AT, KEY, format=4, first=True)
+    return pins
+
+
+def _t(hour: int) -> str:
+    return f"2026-03-15T{hour:02d}:00:00+00:00"
+
+
+def gone(_sid: str) -> bool:
+    return False
+
+
+def test_a_snapshot_written_while_the_listing_was_taken_is_not_lost(tmp_path: Path) -> None:
+    """A backup of this machine writes and remembers snapshot c after a listing was taken (a
+    `phx list` beside a scheduled backup): it is looked at again, and found."""
+    pins = _pins(tmp_path)
+    assert pins.observe(REPO, AT, {"a": _t(1), "b": _t(2)}, gone) == []
+    pins.remember(REPO, AT, "c", _t(3))
+    assert pins.observe(REPO, AT, {"a": _t(1), "b": _t(2)}, lambda sid: sid == "c") == []
+    assert pins.observe(REPO, AT, {"a": _t(1), "b": _t(2)}, gone) == [("c", _t(3))]
+
+
+def test_older_snapshots_gone_and_this_machines_own_forgets_are_not_lost(tmp_path: Path) -> None:
+    pins = _pins(tmp_path)
+    pins.observe(REPO, AT, {"a": _t(1), "b": _t(2), "c": _t(3)}, gone)
+    assert pins.observe(REPO, AT, {"b": _t(2), "c": _t(3)}, gone) == []  # forgotten elsewhere
+    pins.forgetting(REPO, ["c"])
+    assert pins.observe(REPO, AT, {"b": _t(2)}, gone) == []
+    # Another location of the same repository keeps its own record.
+    assert pins.observe(REPO, "s3:bucket/x", {}, gone) == []
+
+
+def test_lost_stays_after_a_backup_on_top_until_back_or_trusted(tmp_path: Path) -> None:
+    pins = _pins(tmp_path)
+    pins.observe(REPO, AT, {"a": _t(1), "b": _t(2)}, gone)
+    assert pins.observe(REPO, AT, {"a": _t(1)}, gone) == [("b", _t(2))]
+    pins.remember(REPO, AT, "d", _t(4))
+    assert pins.observe(REPO, AT, {"a": _t(1), "d": _t(4)}, gone) == [("b", _t(2))]
+    assert pins.observe(REPO, AT, {"a": _t(1), "b": _t(2), "d": _t(4)}, gone) == []  # put forward again
+    assert pins.observe(REPO, AT, {"a": _t(1)}, gone) == [("d", _t(4)), ("b", _t(2))]
+    pins.record(REPO, AT, KEY, format=4, retrust=True)
+    assert pins.observe(REPO, AT, {"a": _t(1)}, gone) == []
+
+
+def test_the_record_is_bounded(tmp_path: Path) -> None:
+    pins = _pins(tmp_path)
+    pins.observe(REPO, AT, {f"s{h}": _t(h) for h in range(24)}, gone)
+    pin = pins.get(REPO)
+    assert pin is not None and len(pin.seen[AT]) == SEEN_KEPT and pin.seen[AT][0] == ("s23", _t(23))
+
+
+@pytest.mark.parametrize(
+    "snapshots", ['{"x": {"seen": [["a"]]}}', '{"x": {"seen": [["a", "not a time"]]}}', '["x"]', '{"x": 1}']
+)
+def test_a_damaged_record_is_one_clear_error(tmp_path: Path, snapshots: str) -> None:
+    path = tmp_path / "pins.json"
+    path.write_text(
+        f'{{"version": 1, "repositories": {{"{REPO}": {{"fingerprint": "{KEY}", "snapshots": {snapshots}}}}}}}'
+    )
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="is damaged"):
+        Pins(path).get(REPO)
