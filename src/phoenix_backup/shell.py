@@ -47,6 +47,29 @@ def child_group(proc: subprocess.Popen[bytes]) -> Iterator[None]:
             _GROUPS.discard(proc.pid)
 
 
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) that comes while the block runs takes effect as it
+    ends: for a step whose effect on a server must be known to be undone (a database created, the
+    reply still on its way). In the main thread only (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in before.items():
+        if callable(handler):
+            signal.signal(sig, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+        for signum in held[:1]:
+            signal.raise_signal(signum)
+
+
 def end_child_groups() -> None:
     """SIGKILL to every child group that runs (the process is about to end at once)."""
     with _GROUPS_LOCK:

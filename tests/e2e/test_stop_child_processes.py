@@ -8,10 +8,13 @@ runs after a stopped backup left the hook running on, orphaned."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -185,3 +188,65 @@ def test_a_stop_during_pg_dump_ends_it_and_makes_no_snapshot(sandbox: Sandbox, p
     assert sb.snapshots() == before
     sb.phx("backup", env=env)  # no lock left behind
     pg.drop_database(db)
+
+
+class _SlowReplies:
+    """A TCP relay to the server whose replies arrive `delay` seconds late (a slow link): a
+    statement is done on the server well before `phx` hears so."""
+
+    def __init__(self, host: str, port: int, delay: float) -> None:
+        self.delay = delay
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                time.sleep(delay)
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_stop_while_the_server_creates_the_database_drops_it(sandbox: Sandbox, pg_server: PgServer) -> None:
+    """The stop came once CREATE DATABASE was done on the server but before `phx` had its reply:
+    the database it created stayed on the server (empty), as if someone else had made it."""
+    pg, sb = pg_server, sandbox
+    db = make_memory_db(pg, rows_per_agent=3, dims=8)
+    sb.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sb.phx("backup", env=env)
+    relay = _SlowReplies(pg.host, pg.port, 0.3)
+    copy = f"{db}_slow"
+    try:
+        sb.write_config(databases={"postgres": [postgres_entry(pg, db, host="127.0.0.1", port=relay.port)]})
+        proc = _start(sb, env, "restore", "--latest", "--to-database", copy)
+        deadline = time.monotonic() + 120
+        query = "SELECT datname FROM pg_database WHERE datname = %s"
+        while not pg.query("postgres", query, (copy,)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "interrupted" in err and "Traceback" not in err, (proc.returncode, out, err)
+        left = pg.query("postgres", query, (copy,))
+        assert left == [], f"database {copy}, created by the stopped restore, was left on the server: {err}"
+    finally:
+        relay.close()
+        pg.drop_database(copy)
+        pg.drop_database(db)

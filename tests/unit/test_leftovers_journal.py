@@ -164,3 +164,29 @@ def test_a_journal_names_its_host_and_time_namespace(tmp_path: Path, cache: Path
         "pid": me.pid,
         "start": me.start,
     }
+
+
+# --- hostile or damaged headers (the second adversary's findings) ---
+
+
+@pytest.mark.skipif(not boot_id() or not pid_namespace(), reason="no /proc boot id or PID namespace")
+def test_a_pid_too_large_for_any_process_ends_no_command(tmp_path: Path, cache: Path) -> None:
+    """A journal's pid is any JSON integer, a watch folder's any run of digits: one beyond a C
+    long made `os.kill` raise OverflowError, and every command (which reads the journals first),
+    or the watch (which looks at TMPDIR's folders), ended in a traceback. No process has such a
+    pid: it is gone, its temporary files go."""
+    from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    me = ProcessTag.current()
+    head = {"host": me.host, "bootId": me.boot_id, "pidNamespace": me.pid_ns, "timeNamespace": me.time_ns}
+    leftover = _plant(cache, folder, "huge", {**head, "pid": 2**64, "start": 5})
+    assert leftovers.clean() == [str(leftover)]
+    assert list((cache / "restore-journal").iterdir()) == []
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    prefix = temp_cache_prefix().replace(f"-{me.pid}-", f"-{2**64}-")
+    (tmp / (prefix + "deadbeef")).mkdir()
+    assert [p.name for p in remove_stale_cache_folders(tmp)] == [prefix + "deadbeef"]

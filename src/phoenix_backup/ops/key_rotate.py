@@ -245,7 +245,7 @@ def _undo(repo: Repository, creds: keyslots.Credentials, store: Pins, old: keysl
     """Remove the new key's slots and objects of a rotation that stopped before its commit point,
     and let the pin forget the new fingerprint; a fault here is said, and left to the next run."""
     try:
-        _delete_other_keys(repo, creds)
+        _delete_other_keys(repo, creds, say=False)  # its own writes: the stop's one line says enough
         store.record(repo.config.id, repo.backend.location, old.fingerprint, format=repo.config.version)
     except Exception as exc:
         repo.notice(
@@ -254,9 +254,10 @@ def _undo(repo: Repository, creds: keyslots.Credentials, store: Pins, old: keysl
         )
 
 
-def _delete_other_keys(repo: Repository, creds: keyslots.Credentials) -> int:
+def _delete_other_keys(repo: Repository, creds: keyslots.Credentials, *, say: bool = True) -> int:
     """Delete the slots the owner's credentials open to other secrets than the repository's, and
-    every snapshot, index object and pack sealed under those secrets. Returns how many objects."""
+    every snapshot, index object and pack sealed under those secrets (`say`: and tell the user).
+    Returns how many objects."""
     backend = repo.backend
     slots = Repository.read_key_slots(backend)
     others: dict[str, keyslots.MasterSecrets] = {}
@@ -274,7 +275,7 @@ def _delete_other_keys(repo: Repository, creds: keyslots.Credentials) -> int:
         for slot in slots:
             if slot.version >= 2 and slot.with_info(master).info is not None:
                 backend.delete(f"keys/{slot.id}")
-    if others:
+    if others and say:
         repo.notice(f"removed {deleted} object(s) and the key slots of {len(others)} other key(s)")
     return deleted
 

@@ -101,6 +101,8 @@ def process_start_time(pid: int) -> int | None:
     such process; 0 when it runs but its start time cannot be read."""
     if pid <= 0:
         return 0  # not a process id: nothing can be proved (kill(0) would mean our group)
+    if pid > MAX_PID:
+        return None  # no system gives such a pid (and `os.kill` would raise OverflowError)
     if _proc_is_ours():
         try:
             return _start_of(Path(f"/proc/{pid}/stat").read_text())

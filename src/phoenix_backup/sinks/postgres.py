@@ -30,7 +30,7 @@ from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, Usa
 from phoenix_backup.repo.reader import NodeReader, read_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
-from phoenix_backup.shell import child_group
+from phoenix_backup.shell import child_group, stops_deferred
 from phoenix_backup.sinks import ConflictMode, postgres_agent
 from phoenix_backup.sinks.postgres_agent import KeylessMode
 from phoenix_backup.sinks.streams import (
@@ -145,7 +145,11 @@ def _create_database(
                     )
                 )
             try:
-                con.execute(sql.Composed(parts))
+                # A stop while the server creates it waits for the reply: the database is then
+                # known to be this restore's, and a stop drops it (`_restore_dump`).
+                with stops_deferred():
+                    con.execute(sql.Composed(parts))
+                    outcome.stats["databaseCreated"] = True
                 break
             except psycopg.errors.InsufficientPrivilege as exc:
                 if not owner or owner == me:
@@ -172,7 +176,6 @@ def _create_database(
                     f"this server has no locale {collate!r}/{ctype!r} of the original database {name}; it uses its own"
                 )
                 collate = ctype = ""
-    outcome.stats["databaseCreated"] = True
     outcome.warnings.append(
         f"database {name} did not exist on {_server(conn)}; it was created (owner {owner or me}"
         f"{', encoding ' + encoding if encoding else ''})"
