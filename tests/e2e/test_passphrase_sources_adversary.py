@@ -6,8 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from e2e_support import Sandbox
 from test_key_derivation_memory import run_watched
+from test_unlock_ahead_attacks import counting, planted, put
+
+from phoenix_backup.config import load_config
+from phoenix_backup.errors import KdfBudgetExceeded, WrongPassphrase
+from phoenix_backup.ops import context
+from phoenix_backup.repo import keys
 
 
 def test_a_workspace_that_the_pre_backup_hook_mounts_is_backed_up(backed_up: Sandbox, tmp_path: Path) -> None:
@@ -36,3 +43,28 @@ def test_a_missing_workspace_is_recorded_as_a_failed_backup_and_costs_no_key(
     state = json.loads((Path(sb.env["HOME"]) / ".argentos" / "backup" / ".last-backup").read_text())
     assert state["success"] is False, state
     assert "does not exist" in json.dumps(state), state
+
+
+def test_a_wrong_passphrase_saved_with_a_bom_costs_no_more_than_one_opening(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wrong passphrase in a file saved "UTF-8 with BOM", and keys/ filled with planted slots: the
+    # try with the mark (for repositories set with it) is the same opening, within its budget.
+    sb = backed_up
+    put(sb.repo / "keys", planted(keys.MAX_PASSPHRASE_SLOTS_TRIED - 1, "planted"))
+    file = tmp_path / "passphrase.txt"
+    file.write_bytes(("\ufeff" + "a careless guess\r\n").encode())
+    file.chmod(0o600)
+    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)))
+    cfg = load_config(sb.config_path, envx.env)
+    runs = counting(monkeypatch)
+    context.unlock_ahead(cfg, envx)
+    with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
+        context.open_repository(cfg, envx)
+    assert len(runs) <= keys.MAX_PASSPHRASE_SLOTS_TRIED, f"{len(runs)} scrypt runs for one command"
+    # Without the opening ahead (a FIFO, a command): the same.
+    runs.clear()
+    monkeypatch.setattr(keys, "_slot_keys", {})
+    with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
+        context.open_repository(cfg, envx)
+    assert len(runs) <= keys.MAX_PASSPHRASE_SLOTS_TRIED, f"{len(runs)} scrypt runs for one opening"

@@ -493,14 +493,19 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
             creds, given = _credentials(cfg, envx)
             if ahead is not None:
                 creds, ahead = replace(creds, budget=ahead), None
+            elif given is not None and given.exact is not None:
+                creds = replace(creds, budget=keyslots.KdfBudget())
             try:
                 try:
                     return Repository.open(
                         backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
                     )
                 except WrongPassphrase:
-                    if given is None or given.exact is None:
+                    if given is None or given.exact is None or creds.budget is None:
                         raise
+                    # The try with the mark is the same opening, within what is left of its budget:
+                    # each slot is a scrypt of its own again (another passphrase), not one derived.
+                    creds.budget.charged.clear()
                     return _open_with_bom(cfg, envx, backend, replace(creds, passphrase=given.exact))
             except WrongPassphrase:
                 if asked == before or attempt == PROMPT_TRIES:
