@@ -68,3 +68,23 @@ def test_a_wrong_passphrase_saved_with_a_bom_costs_no_more_than_one_opening(
     with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
         context.open_repository(cfg, envx)
     assert len(runs) <= keys.MAX_PASSPHRASE_SLOTS_TRIED, f"{len(runs)} scrypt runs for one opening"
+
+
+def test_a_passphrase_file_changed_after_the_opening_ahead_costs_no_more_than_one_opening(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file is rewritten between the opening ahead and the real one (a script that rotates it,
+    # or whoever can write it): the slots the first passphrase was tried on are not free for the next.
+    sb = backed_up
+    put(sb.repo / "keys", planted(keys.MAX_PASSPHRASE_SLOTS_TRIED - 1, "planted"))
+    file = tmp_path / "passphrase.txt"
+    file.write_text("first guess\n")
+    file.chmod(0o600)
+    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)))
+    cfg = load_config(sb.config_path, envx.env)
+    runs = counting(monkeypatch)
+    context.unlock_ahead(cfg, envx)
+    file.write_text("second guess\n")
+    with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
+        context.open_repository(cfg, envx)
+    assert len(runs) <= keys.MAX_PASSPHRASE_SLOTS_TRIED, f"{len(runs)} scrypt runs for one command"

@@ -501,11 +501,9 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                         backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
                     )
                 except WrongPassphrase:
-                    if given is None or given.exact is None or creds.budget is None:
+                    if given is None or given.exact is None:
                         raise
-                    # The try with the mark is the same opening, within what is left of its budget:
-                    # each slot is a scrypt of its own again (another passphrase), not one derived.
-                    creds.budget.charged.clear()
+                    # The try with the mark is the same opening, within what is left of its budget.
                     return _open_with_bom(cfg, envx, backend, replace(creds, passphrase=given.exact))
             except WrongPassphrase:
                 if asked == before or attempt == PROMPT_TRIES:
