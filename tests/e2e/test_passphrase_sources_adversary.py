@@ -4,15 +4,16 @@ before the key's scrypt): what a user's setup relied on before must still work."
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import PASSPHRASE, Sandbox
 from test_key_derivation_memory import run_watched
 from test_unlock_ahead_attacks import counting, planted, put
 
 from phoenix_backup.config import load_config
-from phoenix_backup.errors import KdfBudgetExceeded, WrongPassphrase
+from phoenix_backup.errors import KdfBudgetExceeded, UsageError, WrongPassphrase
 from phoenix_backup.ops import context
 from phoenix_backup.repo import keys
 
@@ -88,3 +89,24 @@ def test_a_passphrase_file_changed_after_the_opening_ahead_costs_no_more_than_on
     with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
         context.open_repository(cfg, envx)
     assert len(runs) <= keys.MAX_PASSPHRASE_SLOTS_TRIED, f"{len(runs)} scrypt runs for one command"
+
+
+def test_a_passphrase_command_that_exits_leaving_a_child_with_its_output_gives_the_passphrase(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pass`/`gpg` may start an agent that keeps the output it inherited: the command printed the
+    # passphrase and exited 0, so it is read then, not refused when the agent is still running.
+    sb = sandbox
+    monkeypatch.setattr(context, "PASSPHRASE_COMMAND_TIMEOUT", 10.0)
+    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None))
+    for command in (f"printf '%s\\n' '{PASSPHRASE}'; sleep 15 &", f"(sleep 15 &); printf '%s' '{PASSPHRASE}'"):
+        sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
+        started = time.monotonic()
+        assert context.passphrase(load_config(sb.config_path, envx.env), envx) == PASSPHRASE, command
+        assert time.monotonic() - started < 8, command
+    # Exiting non-zero after printing is still a failure, said at once.
+    sb.write_config(
+        encryption={"enabled": True, "method": "passphrase", "passphraseCommand": f"echo '{PASSPHRASE}'; exit 3"}
+    )
+    with pytest.raises(UsageError, match="passphraseCommand failed; run it by hand"):
+        context.passphrase(load_config(sb.config_path, envx.env), envx)

@@ -165,21 +165,32 @@ def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "reposit
 
 
 class _Deadline(io.RawIOBase):
-    """A pipe read until a monotonic `deadline`: past it, TimeoutError (however the writer, or a
-    process it started that holds the pipe too, keeps it open)."""
+    """The output pipe of `proc`, read until a monotonic `deadline`: past it, TimeoutError (however
+    the writer, or a process it started that holds the pipe too, keeps it open). Once `proc` has
+    exited, what it wrote is all there is: an empty pipe ends the output then, even when a process
+    it left running (an agent `pass` or `gpg` started) still holds the pipe open."""
 
-    def __init__(self, fd: int, deadline: float) -> None:
-        self.fd, self.deadline = fd, deadline
+    # How often a wait for output checks whether the command has exited.
+    CHECK = 0.05
+
+    def __init__(self, fd: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        self.fd, self.proc, self.deadline = fd, proc, deadline
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
         waiting = select.poll()  # not select(): a process may hold more than FD_SETSIZE files
         waiting.register(self.fd, select.POLLIN)
-        if left <= 0 or not waiting.poll(left * 1000):
-            raise TimeoutError
+        while not waiting.poll(0):
+            if self.proc.poll() is not None:
+                if waiting.poll(0):  # written just before it exited
+                    break
+                return 0
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            waiting.poll(min(left, self.CHECK) * 1000)
         data = os.read(self.fd, len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -200,7 +211,7 @@ def _run_passphrase_command(command: str) -> bytes:
     deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
     try:
         assert proc.stdout is not None
-        with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), deadline)) as pipe:
+        with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
             fix = "make it print the passphrase alone"
             raw = read_secret(pipe, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
         status = proc.wait(max(0.0, deadline - time.monotonic()))
