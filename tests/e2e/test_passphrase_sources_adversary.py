@@ -15,6 +15,7 @@ from test_unlock_ahead_attacks import counting, planted, put
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import KdfBudgetExceeded, UsageError, WrongPassphrase
 from phoenix_backup.ops import context
+from phoenix_backup.ops import key as key_ops
 from phoenix_backup.repo import keys
 
 
@@ -110,3 +111,22 @@ def test_a_passphrase_command_that_exits_leaving_a_child_with_its_output_gives_t
     )
     with pytest.raises(UsageError, match="passphraseCommand failed; run it by hand"):
         context.passphrase(load_config(sb.config_path, envx.env), envx)
+
+
+def test_init_refuses_a_passphrase_file_that_holds_the_bom_alone(sandbox: Sandbox, tmp_path: Path) -> None:
+    # An empty file saved by Notepad as "UTF-8 with BOM": no passphrase, not an invisible one that
+    # the user could never type (nor keep once the file holds a real passphrase after the mark).
+    sb = sandbox
+    file = tmp_path / "passphrase.txt"
+    file.write_bytes("\ufeff\r\n".encode())
+    file.chmod(0o600)
+    folder, config = tmp_path / "new-repo", tmp_path / "c.json"
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file))
+    res = sb.phx("init", "--config", config, "--workspace", sb.workspace, "--repo", folder, env=env, check=None)
+    assert res.code != 0 and "no passphrase was given" in res.err, (res.code, res.err)
+    assert not (folder / "config").exists()
+    # A repository whose passphrase was set from such a file before (the mark itself) still opens.
+    cfg = load_config(sb.config_path, sb.env)
+    key_ops.key_passwd(cfg, context.Environment(env=sb.env_with(PHX_NEW_PASSPHRASE="\ufeff")))
+    res = sb.phx("list", "--json", env=env, check=None)
+    assert res.code == 0 and "byte-order mark" in res.err, (res.code, res.err)

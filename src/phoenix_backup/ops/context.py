@@ -138,7 +138,7 @@ def given_passphrase(
             raise UsageError(f"cannot read PHX_PASSPHRASE_FILE {file}: {exc.strerror}; fix the path") from exc
         # Bytes that are not UTF-8 kept as the environment keeps them: the key slot refuses them.
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-        if text.startswith(_BOM) and len(text) > len(_BOM):
+        if text.startswith(_BOM):  # the mark alone is an empty file: no passphrase (`phx init` refuses it)
             return GivenPassphrase(text[len(_BOM) :], exact=text)
         return GivenPassphrase(text)
     enc = cfg.encryption if cfg else None
