@@ -12,7 +12,7 @@ from e2e_support import PASSPHRASE, Sandbox
 from test_key_derivation_memory import run_watched
 from test_unlock_ahead_attacks import counting, planted, put
 
-from phoenix_backup.config import load_config
+from phoenix_backup.config import Config, load_config
 from phoenix_backup.errors import KdfBudgetExceeded, UsageError, WrongPassphrase
 from phoenix_backup.ops import context
 from phoenix_backup.ops import key as key_ops
@@ -47,18 +47,22 @@ def test_a_missing_workspace_is_recorded_as_a_failed_backup_and_costs_no_key(
     assert "does not exist" in json.dumps(state), state
 
 
+def planted_and_file(sb: Sandbox, tmp_path: Path, text: str) -> tuple[Path, context.Environment, Config]:
+    """keys/ filled up to what one opening tries, and PHX_PASSPHRASE_FILE holding `text`."""
+    put(sb.repo / "keys", planted(keys.MAX_PASSPHRASE_SLOTS_TRIED - 1, "planted"))
+    file = tmp_path / "passphrase.txt"
+    file.write_bytes(text.encode())
+    file.chmod(0o600)
+    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)))
+    return file, envx, load_config(sb.config_path, envx.env)
+
+
 def test_a_wrong_passphrase_saved_with_a_bom_costs_no_more_than_one_opening(
     backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A wrong passphrase in a file saved "UTF-8 with BOM", and keys/ filled with planted slots: the
     # try with the mark (for repositories set with it) is the same opening, within its budget.
-    sb = backed_up
-    put(sb.repo / "keys", planted(keys.MAX_PASSPHRASE_SLOTS_TRIED - 1, "planted"))
-    file = tmp_path / "passphrase.txt"
-    file.write_bytes(("\ufeff" + "a careless guess\r\n").encode())
-    file.chmod(0o600)
-    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)))
-    cfg = load_config(sb.config_path, envx.env)
+    _, envx, cfg = planted_and_file(backed_up, tmp_path, "\ufeff" + "a careless guess\r\n")
     runs = counting(monkeypatch)
     context.unlock_ahead(cfg, envx)
     with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
@@ -77,13 +81,7 @@ def test_a_passphrase_file_changed_after_the_opening_ahead_costs_no_more_than_on
 ) -> None:
     # The file is rewritten between the opening ahead and the real one (a script that rotates it,
     # or whoever can write it): the slots the first passphrase was tried on are not free for the next.
-    sb = backed_up
-    put(sb.repo / "keys", planted(keys.MAX_PASSPHRASE_SLOTS_TRIED - 1, "planted"))
-    file = tmp_path / "passphrase.txt"
-    file.write_text("first guess\n")
-    file.chmod(0o600)
-    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)))
-    cfg = load_config(sb.config_path, envx.env)
+    file, envx, cfg = planted_and_file(backed_up, tmp_path, "first guess\n")
     runs = counting(monkeypatch)
     context.unlock_ahead(cfg, envx)
     file.write_text("second guess\n")
