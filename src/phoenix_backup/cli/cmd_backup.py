@@ -35,8 +35,11 @@ def backup(
         # What needs no key is checked before its scrypt: a mistake costs no key derivation.
         if time_text is not None:
             context.parse_time(time_text)
-        context.require_workspace(cfg)
-        context.unlock_ahead(cfg, envx)
+        # A missing workspace is the backup's to say, after hooks.preBackup (which may mount it) and
+        # recorded as a failed run (state file, notification); it fails before the repository is
+        # opened, so no key is derived for it ahead either.
+        if cfg.workspace.is_dir():
+            context.unlock_ahead(cfg, envx)
     # Loaded after the key is derived: its modules need not be in memory during scrypt.
     from phoenix_backup.ops import backup as backup_op
 

@@ -138,7 +138,7 @@ def given_passphrase(
             raise UsageError(f"cannot read PHX_PASSPHRASE_FILE {file}: {exc.strerror}; fix the path") from exc
         # Bytes that are not UTF-8 kept as the environment keeps them: the key slot refuses them.
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-        if text.startswith(_BOM) and len(text) > len(_BOM):
+        if text.startswith(_BOM):  # the mark alone is an empty file: no passphrase (`phx init` refuses it)
             return GivenPassphrase(text[len(_BOM) :], exact=text)
         return GivenPassphrase(text)
     enc = cfg.encryption if cfg else None
@@ -165,21 +165,32 @@ def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "reposit
 
 
 class _Deadline(io.RawIOBase):
-    """A pipe read until a monotonic `deadline`: past it, TimeoutError (however the writer, or a
-    process it started that holds the pipe too, keeps it open)."""
+    """The output pipe of `proc`, read until a monotonic `deadline`: past it, TimeoutError (however
+    the writer, or a process it started that holds the pipe too, keeps it open). Once `proc` has
+    exited, what it wrote is all there is: an empty pipe ends the output then, even when a process
+    it left running (an agent `pass` or `gpg` started) still holds the pipe open."""
 
-    def __init__(self, fd: int, deadline: float) -> None:
-        self.fd, self.deadline = fd, deadline
+    # How often a wait for output checks whether the command has exited.
+    CHECK = 0.05
+
+    def __init__(self, fd: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        self.fd, self.proc, self.deadline = fd, proc, deadline
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
         waiting = select.poll()  # not select(): a process may hold more than FD_SETSIZE files
         waiting.register(self.fd, select.POLLIN)
-        if left <= 0 or not waiting.poll(left * 1000):
-            raise TimeoutError
+        while not waiting.poll(0):
+            if self.proc.poll() is not None:
+                if waiting.poll(0):  # written just before it exited
+                    break
+                return 0
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            waiting.poll(min(left, self.CHECK) * 1000)
         data = os.read(self.fd, len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -200,7 +211,7 @@ def _run_passphrase_command(command: str) -> bytes:
     deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
     try:
         assert proc.stdout is not None
-        with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), deadline)) as pipe:
+        with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
             fix = "make it print the passphrase alone"
             raw = read_secret(pipe, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
         status = proc.wait(max(0.0, deadline - time.monotonic()))
@@ -493,6 +504,8 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
             creds, given = _credentials(cfg, envx)
             if ahead is not None:
                 creds, ahead = replace(creds, budget=ahead), None
+            elif given is not None and given.exact is not None:
+                creds = replace(creds, budget=keyslots.KdfBudget())
             try:
                 try:
                     return Repository.open(
@@ -501,6 +514,7 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                 except WrongPassphrase:
                     if given is None or given.exact is None:
                         raise
+                    # The try with the mark is the same opening, within what is left of its budget.
                     return _open_with_bom(cfg, envx, backend, replace(creds, passphrase=given.exact))
             except WrongPassphrase:
                 if asked == before or attempt == PROMPT_TRIES:

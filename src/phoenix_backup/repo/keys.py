@@ -1094,22 +1094,24 @@ class KdfBudget:
     def __init__(self) -> None:
         self.spent = 0
         self.tried = 0
-        # The passphrase slots charged, as stored: one tried again with this budget (the opening
-        # after the one ahead of a command's work, `Credentials.budget`) has its key derived already.
-        self.charged: set[bytes] = set()
+        # The passphrase slots charged, as stored, with the passphrase tried on each: one tried again
+        # with the same passphrase and this budget (the opening after the one ahead of a command's
+        # work, `Credentials.budget`) has its key derived already; another passphrase (the file
+        # rewritten meanwhile, the try with a byte-order mark) is another scrypt, charged again.
+        self.charged: set[tuple[bytes, str | None]] = set()
         # The slots found damaged or hostile, as stored, and why: one whose scrypt could not get its
         # memory (MemoryError) is not run again by the next opening with this budget.
         self.refused: dict[bytes, CorruptObject] = {}
 
-    def charge(self, slot: KeySlot) -> None:
+    def charge(self, slot: KeySlot, passphrase: str | None = None) -> None:
         """CorruptObject when this slot alone asks for more than a slot may (it is skipped);
         KdfBudgetExceeded when the opening has spent its budget (nothing more is tried). A
-        passphrase slot charged before, unchanged, costs nothing again; one refused before (`refuse`)
-        is refused again, for the same reason, at no cost."""
+        passphrase slot charged before, unchanged, with the same `passphrase`, costs nothing again;
+        one refused before (`refuse`) is refused again, for the same reason, at no cost."""
         stored = slot.to_json() if slot.type == "passphrase" else b""
         if stored in self.refused:
             raise self.refused[stored]
-        if stored in self.charged:
+        if (stored, passphrase) in self.charged:
             return
         n, r, p = (slot.params.get(k) for k in ("n", "r", "p"))
         # Malformed parameters (and gpg's, which has none) cost nothing here: the slot itself
@@ -1130,13 +1132,13 @@ class KdfBudget:
         self.tried += 1
         self.spent += cost
         if stored:
-            self.charged.add(stored)
+            self.charged.add((stored, passphrase))
 
     def refuse(self, slot: KeySlot, error: CorruptObject) -> None:
         """Remember that this passphrase slot, charged, is damaged or hostile (`error`): `charge`
         refuses it. (One refused before any scrypt is refused as cheaply again.)"""
         stored = slot.to_json() if slot.type == "passphrase" else b""
-        if stored in self.charged:
+        if any(charged == stored for charged, _ in self.charged):
             self.refused[stored] = error
 
 
@@ -1179,7 +1181,9 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
             tried_supplied = True
         try:
             if slot.type == "gpg" or (slot.type in ("passphrase", "age") and supplied[slot.type]):
-                budget.charge(slot)  # an age or gpg slot costs milliseconds too, and anyone can plant one
+                budget.charge(
+                    slot, creds.passphrase
+                )  # an age or gpg slot costs milliseconds too, and anyone can plant one
             opened = unwrap(slot, creds)
         except CorruptObject as error:
             # One damaged slot must not lock the user out when another slot still opens.

@@ -1,0 +1,130 @@
+"""Attacks on the passphrase-source change (ops/context.py `given_passphrase`, the checks said
+before the key's scrypt): what a user's setup relied on before must still work."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import PASSPHRASE, Sandbox
+from test_key_derivation_memory import run_watched
+from test_unlock_ahead_attacks import counting, planted, put
+
+from phoenix_backup.config import Config, load_config
+from phoenix_backup.errors import KdfBudgetExceeded, UsageError, WrongPassphrase
+from phoenix_backup.ops import context
+from phoenix_backup.ops import key as key_ops
+from phoenix_backup.repo import keys
+
+
+def test_a_workspace_that_the_pre_backup_hook_mounts_is_backed_up(backed_up: Sandbox, tmp_path: Path) -> None:
+    # The workspace lives on a disk that hooks.preBackup mounts (here: moves back into place);
+    # it is missing only until the hook ran, as it always was.
+    sb = backed_up
+    away = tmp_path / "unmounted"
+    sb.workspace.rename(away)
+    sb.write_config(hooks={"preBackup": f"mv {away} {sb.workspace}"})
+    res = sb.phx("backup", "--json", check=None)
+    assert res.code == 0, res.err
+    assert (sb.workspace / "SOUL.md").is_file()
+    assert len(sb.snapshots()) == 2
+
+
+def test_a_missing_workspace_is_recorded_as_a_failed_backup_and_costs_no_key(
+    backed_up: Sandbox, tmp_path: Path
+) -> None:
+    # An unattended backup whose workspace disk is not mounted: the failure is said, costs no
+    # scrypt, and lands in the state file that monitoring (`phx status`, notifications) reads.
+    sb = backed_up
+    sb.workspace.rename(tmp_path / "moved")
+    code, err, derived = run_watched(sb, tmp_path, "backup")
+    assert code != 0 and "the workspace" in err and "does not exist" in err, err
+    assert derived == []
+    state = json.loads((Path(sb.env["HOME"]) / ".argentos" / "backup" / ".last-backup").read_text())
+    assert state["success"] is False, state
+    assert "does not exist" in json.dumps(state), state
+
+
+def planted_and_file(sb: Sandbox, tmp_path: Path, text: str) -> tuple[Path, context.Environment, Config]:
+    """keys/ filled up to what one opening tries, and PHX_PASSPHRASE_FILE holding `text`."""
+    put(sb.repo / "keys", planted(keys.MAX_PASSPHRASE_SLOTS_TRIED - 1, "planted"))
+    file = tmp_path / "passphrase.txt"
+    file.write_bytes(text.encode())
+    file.chmod(0o600)
+    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)))
+    return file, envx, load_config(sb.config_path, envx.env)
+
+
+def test_a_wrong_passphrase_saved_with_a_bom_costs_no_more_than_one_opening(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wrong passphrase in a file saved "UTF-8 with BOM", and keys/ filled with planted slots: the
+    # try with the mark (for repositories set with it) is the same opening, within its budget.
+    _, envx, cfg = planted_and_file(backed_up, tmp_path, "\ufeff" + "a careless guess\r\n")
+    runs = counting(monkeypatch)
+    context.unlock_ahead(cfg, envx)
+    with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
+        context.open_repository(cfg, envx)
+    assert len(runs) <= keys.MAX_PASSPHRASE_SLOTS_TRIED, f"{len(runs)} scrypt runs for one command"
+    # Without the opening ahead (a FIFO, a command): the same.
+    runs.clear()
+    monkeypatch.setattr(keys, "_slot_keys", {})
+    with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
+        context.open_repository(cfg, envx)
+    assert len(runs) <= keys.MAX_PASSPHRASE_SLOTS_TRIED, f"{len(runs)} scrypt runs for one opening"
+
+
+def test_a_passphrase_file_changed_after_the_opening_ahead_costs_no_more_than_one_opening(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file is rewritten between the opening ahead and the real one (a script that rotates it,
+    # or whoever can write it): the slots the first passphrase was tried on are not free for the next.
+    file, envx, cfg = planted_and_file(backed_up, tmp_path, "first guess\n")
+    runs = counting(monkeypatch)
+    context.unlock_ahead(cfg, envx)
+    file.write_text("second guess\n")
+    with pytest.raises((KdfBudgetExceeded, WrongPassphrase)):
+        context.open_repository(cfg, envx)
+    assert len(runs) <= keys.MAX_PASSPHRASE_SLOTS_TRIED, f"{len(runs)} scrypt runs for one command"
+
+
+def test_a_passphrase_command_that_exits_leaving_a_child_with_its_output_gives_the_passphrase(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pass`/`gpg` may start an agent that keeps the output it inherited: the command printed the
+    # passphrase and exited 0, so it is read then, not refused when the agent is still running.
+    sb = sandbox
+    monkeypatch.setattr(context, "PASSPHRASE_COMMAND_TIMEOUT", 10.0)
+    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None))
+    for command in (f"printf '%s\\n' '{PASSPHRASE}'; sleep 15 &", f"(sleep 15 &); printf '%s' '{PASSPHRASE}'"):
+        sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
+        started = time.monotonic()
+        assert context.passphrase(load_config(sb.config_path, envx.env), envx) == PASSPHRASE, command
+        assert time.monotonic() - started < 8, command
+    # Exiting non-zero after printing is still a failure, said at once.
+    sb.write_config(
+        encryption={"enabled": True, "method": "passphrase", "passphraseCommand": f"echo '{PASSPHRASE}'; exit 3"}
+    )
+    with pytest.raises(UsageError, match="passphraseCommand failed; run it by hand"):
+        context.passphrase(load_config(sb.config_path, envx.env), envx)
+
+
+def test_init_refuses_a_passphrase_file_that_holds_the_bom_alone(sandbox: Sandbox, tmp_path: Path) -> None:
+    # An empty file saved by Notepad as "UTF-8 with BOM": no passphrase, not an invisible one that
+    # the user could never type (nor keep once the file holds a real passphrase after the mark).
+    sb = sandbox
+    file = tmp_path / "passphrase.txt"
+    file.write_bytes("\ufeff\r\n".encode())
+    file.chmod(0o600)
+    folder, config = tmp_path / "new-repo", tmp_path / "c.json"
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file))
+    res = sb.phx("init", "--config", config, "--workspace", sb.workspace, "--repo", folder, env=env, check=None)
+    assert res.code != 0 and "no passphrase was given" in res.err, (res.code, res.err)
+    assert not (folder / "config").exists()
+    # A repository whose passphrase was set from such a file before (the mark itself) still opens.
+    cfg = load_config(sb.config_path, sb.env)
+    key_ops.key_passwd(cfg, context.Environment(env=sb.env_with(PHX_NEW_PASSPHRASE="\ufeff")))
+    res = sb.phx("list", "--json", env=env, check=None)
+    assert res.code == 0 and "byte-order mark" in res.err, (res.code, res.err)
