@@ -7,6 +7,7 @@ next command must succeed or say what to do, and no snapshot reported saved may 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -141,3 +142,27 @@ def test_the_next_command_removes_a_killed_exports_temporary_folder(sandbox: San
     assert list(out.parent.iterdir()) == [], f"the killed export (at {call}) left {list(out.parent.iterdir())}"
     sb.phx("export", "--format", "json", "--output", out)
     assert (out / "checksums.json").is_file() and [p.name for p in out.parent.iterdir()] == ["memory"]
+
+
+def test_a_copied_object_of_the_rotation_is_damage(sandbox: Sandbox) -> None:
+    """Adversary: the index and snapshot objects of this machine's unfinished rotation, copied under
+    other names by anyone who can write the storage (damage, "does not match its name", for an
+    object of the repository's key), passed as "sealed with the other key of this machine's
+    unfinished `phx key rotate` (not damage)" and verify exited 0: authenticating under that key was
+    taken as proof, not being whole under its name."""
+    sb = sandbox
+    sb.backup()
+    _rotate_killed_at(sb, "store.delete(snapshots/")  # both keys' snapshots and index are there
+    left = [n.split()[0] for n in sb.verify()["notices"] if "other key of this machine's unfinished" in n]
+    left = [n for n in left if not n.startswith("data/")]  # a pack is not read whole without --read-data
+    assert any(n.startswith("index/") for n in left) and any(n.startswith("snapshots/") for n in left), left
+    planted = []
+    for name in left:
+        copy = hashlib.sha256(name.encode()).hexdigest()
+        shutil.copyfile(sb.repo / name, sb.repo / name.split("/")[0] / copy)
+        planted.append(copy)
+    res = sb.phx("verify", "--json", check=None)
+    doc = res.json()
+    assert res.code == 1 and doc["ok"] is False, f"planted objects passed as the rotation's leftovers:\n{res}"
+    assert not [n for n in doc["notices"] if any(p in n for p in planted)], doc["notices"]
+    assert all(p in res.out for p in planted), res
