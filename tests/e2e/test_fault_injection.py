@@ -8,11 +8,13 @@ next command must succeed or say what to do, and no snapshot reported saved may 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error, run_phx, tmpfs_at
+from e2e_support import Sandbox, assert_error, mount, run_phx, tmpfs_at
 from killpoint import run_killed
 
 
@@ -96,6 +98,30 @@ def test_an_export_into_the_repository_folder_is_refused(sandbox: Sandbox) -> No
     res = sb.phx("export", "--format", "json", "--output", sb.repo / "export", check=None)
     assert_error(res, 2, "is inside the repository", "choose a folder outside it")
     assert sorted(p.name for p in sb.repo.iterdir()) == before
+
+
+def test_a_restore_into_the_repository_through_a_bind_mount_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Adversary: the repository's folder reached under another path (a bind mount; the same holds
+    for a case-insensitive file system) passed the path comparison, and the restore wrote plain
+    copies among the encrypted objects with exit 0. The folder itself is compared now."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a bind mount needs root and mount")
+    sb = sandbox
+    doc = sb.backup()
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    proc = mount("--bind", str(sb.repo), str(alias))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        before = sorted(p.name for p in sb.repo.iterdir())
+        res = sb.phx("restore", "--backup", doc["id"], "--to", alias / "restored", check=None)
+        assert_error(res, 2, "is inside the repository", "choose a folder outside it")
+        res = sb.phx("export", "--format", "json", "--output", alias / "export", check=None)
+        assert_error(res, 2, "is inside the repository", "choose a folder outside it")
+        assert sorted(p.name for p in sb.repo.iterdir()) == before
+    finally:
+        subprocess.run(["umount", "-l", str(alias)], capture_output=True, stdin=subprocess.DEVNULL)
 
 
 def test_an_io_error_of_the_repository_disk_names_the_disk_and_verify(sandbox: Sandbox) -> None:
