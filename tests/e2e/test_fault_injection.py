@@ -170,6 +170,25 @@ def test_the_next_command_removes_a_killed_exports_temporary_folder(sandbox: San
     assert (out / "checksums.json").is_file() and [p.name for p in out.parent.iterdir()] == ["memory"]
 
 
+def test_the_next_command_removes_a_killed_exports_folder_reached_through_a_symlink(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Adversary: `--output LINK/NAME`, LINK a symlink to a folder. The journal named LINK, which
+    the clean-up (rightly) does not follow, so it dropped the journal and the killed export's
+    plain copies stayed beside NAME for good. The folder the link leads to is journalled now."""
+    sb = sandbox
+    real = tmp_path / "exports"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    out = tmp_path / "link" / "memory"
+    env = sb.env_with(PHX_KILL_AT="5", PHX_KILL_MATCH=".phx-tmp-")
+    kind, _n, call = run_killed(["export", "--format", "json", "--output", str(out)], env, tmp_path / "report")
+    assert kind == "killed", "the export was not killed"
+    assert list(real.iterdir()) != [], f"nothing to clean up after the kill at {call}"
+    sb.phx("list")  # any command that loads the config
+    assert list(real.iterdir()) == [], f"the killed export (at {call}) left {list(real.iterdir())}"
+
+
 def test_a_copied_object_of_the_rotation_is_damage(sandbox: Sandbox) -> None:
     """Adversary: the index and snapshot objects of this machine's unfinished rotation, copied under
     other names by anyone who can write the storage (damage, "does not match its name", for an
