@@ -219,3 +219,32 @@ def test_a_read_only_cache_folder_does_not_stop_a_restore(sandbox: Sandbox, tmp_
         assert (sb.workspace / "SOUL.md").read_bytes() == soul
     finally:
         subprocess.run(["umount", str(cache)], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def test_a_killed_restore_into_a_workspace_reached_through_a_symlink_is_cleaned(backed_up: Sandbox) -> None:
+    """Adversary: a workspace that is a symlink to its folder (moved to a larger disk). The journal
+    named the symlink, which the clean-up (rightly) does not follow at a folder's last step: it
+    dropped the journal and the killed restore's temporary files stayed for good. The folder the
+    link leads to is journalled now."""
+    sb = backed_up
+    ref = sb.snapshots()[-1]["id"]
+    real = sb.root / "workspace-real"
+    sb.workspace.rename(real)
+    sb.workspace.symlink_to(real)
+    for p in real.glob("*.md"):
+        p.write_text("changed after the backup\\n")
+    report = sb.root / "kill-report"
+    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=f"rename(*/{TMP_MARK}*", PHX_KILL_REPORT=str(report))
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "restore", "--backup", ref, "--yes"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+    )
+    kind, _n, call = read_report(report)
+    assert kind == "killed", "the restore was not killed"
+    left = sorted(real.glob(f"{TMP_MARK}*"))
+    assert left, f"the kill at {call} left nothing at the workspace's top to clean up"
+    sb.phx("list")
+    assert sorted(real.glob(f"{TMP_MARK}*")) == [], f"still there after `phx list` (killed at {call})"

@@ -253,11 +253,9 @@ def export(
     output.parent.mkdir(parents=True, exist_ok=True)
     # Named and journalled as a restore's temporary files are, so that the next command removes
     # the folder of an export that was killed (sinks/leftovers.py); backups never save it.
-    # The folder itself, not a symlink to it, which the clean-up does not follow.
-    parent = output.parent.resolve()
     journal = leftovers.Journal(envx.notice)
-    work = parent / f".phx-tmp-{journal.name}"
-    journal.record(parent)
+    work = output.parent / f".phx-tmp-{journal.name}"
+    journal.record(output.parent)
     try:
         work.mkdir(mode=0o700)
         source_cm = live_source(cfg, envx) if ref is None else snapshot_source(cfg, envx, ref, target)
