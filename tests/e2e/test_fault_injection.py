@@ -7,11 +7,14 @@ next command must succeed or say what to do, and no snapshot reported saved may 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error, run_phx, tmpfs_at
+from e2e_support import Sandbox, assert_error, mount, run_phx, tmpfs_at
 from killpoint import run_killed
 
 
@@ -97,6 +100,30 @@ def test_an_export_into_the_repository_folder_is_refused(sandbox: Sandbox) -> No
     assert sorted(p.name for p in sb.repo.iterdir()) == before
 
 
+def test_a_restore_into_the_repository_through_a_bind_mount_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Adversary: the repository's folder reached under another path (a bind mount; the same holds
+    for a case-insensitive file system) passed the path comparison, and the restore wrote plain
+    copies among the encrypted objects with exit 0. The folder itself is compared now."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a bind mount needs root and mount")
+    sb = sandbox
+    doc = sb.backup()
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    proc = mount("--bind", str(sb.repo), str(alias))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        before = sorted(p.name for p in sb.repo.iterdir())
+        res = sb.phx("restore", "--backup", doc["id"], "--to", alias / "restored", check=None)
+        assert_error(res, 2, "is inside the repository", "choose a folder outside it")
+        res = sb.phx("export", "--format", "json", "--output", alias / "export", check=None)
+        assert_error(res, 2, "is inside the repository", "choose a folder outside it")
+        assert sorted(p.name for p in sb.repo.iterdir()) == before
+    finally:
+        subprocess.run(["umount", "-l", str(alias)], capture_output=True, stdin=subprocess.DEVNULL)
+
+
 def test_an_io_error_of_the_repository_disk_names_the_disk_and_verify(sandbox: Sandbox) -> None:
     """EIO from the repository's disk (here the first rename of `phx key add`, injected with strace):
     before, "Input/output error while writing locks/… to …", with nothing to do about it."""
@@ -141,3 +168,46 @@ def test_the_next_command_removes_a_killed_exports_temporary_folder(sandbox: San
     assert list(out.parent.iterdir()) == [], f"the killed export (at {call}) left {list(out.parent.iterdir())}"
     sb.phx("export", "--format", "json", "--output", out)
     assert (out / "checksums.json").is_file() and [p.name for p in out.parent.iterdir()] == ["memory"]
+
+
+def test_the_next_command_removes_a_killed_exports_folder_reached_through_a_symlink(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Adversary: `--output LINK/NAME`, LINK a symlink to a folder. The journal named LINK, which
+    the clean-up (rightly) does not follow, so it dropped the journal and the killed export's
+    plain copies stayed beside NAME for good. The folder the link leads to is journalled now."""
+    sb = sandbox
+    real = tmp_path / "exports"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    out = tmp_path / "link" / "memory"
+    env = sb.env_with(PHX_KILL_AT="5", PHX_KILL_MATCH=".phx-tmp-")
+    kind, _n, call = run_killed(["export", "--format", "json", "--output", str(out)], env, tmp_path / "report")
+    assert kind == "killed", "the export was not killed"
+    assert list(real.iterdir()) != [], f"nothing to clean up after the kill at {call}"
+    sb.phx("list")  # any command that loads the config
+    assert list(real.iterdir()) == [], f"the killed export (at {call}) left {list(real.iterdir())}"
+
+
+def test_a_copied_object_of_the_rotation_is_damage(sandbox: Sandbox) -> None:
+    """Adversary: the index and snapshot objects of this machine's unfinished rotation, copied under
+    other names by anyone who can write the storage (damage, "does not match its name", for an
+    object of the repository's key), passed as "sealed with the other key of this machine's
+    unfinished `phx key rotate` (not damage)" and verify exited 0: authenticating under that key was
+    taken as proof, not being whole under its name."""
+    sb = sandbox
+    sb.backup()
+    _rotate_killed_at(sb, "store.delete(snapshots/")  # both keys' snapshots and index are there
+    left = [n.split()[0] for n in sb.verify()["notices"] if "other key of this machine's unfinished" in n]
+    left = [n for n in left if not n.startswith("data/")]  # a pack is not read whole without --read-data
+    assert any(n.startswith("index/") for n in left) and any(n.startswith("snapshots/") for n in left), left
+    planted = []
+    for name in left:
+        copy = hashlib.sha256(name.encode()).hexdigest()
+        shutil.copyfile(sb.repo / name, sb.repo / name.split("/")[0] / copy)
+        planted.append(copy)
+    res = sb.phx("verify", "--json", check=None)
+    doc = res.json()
+    assert res.code == 1 and doc["ok"] is False, f"planted objects passed as the rotation's leftovers:\n{res}"
+    assert not [n for n in doc["notices"] if any(p in n for p in planted)], doc["notices"]
+    assert all(p in res.out for p in planted), res

@@ -29,13 +29,14 @@ def leftovers(sb: Sandbox) -> list[Path]:
     return sorted(p for base in (sb.workspace, sb.home) for p in base.rglob(f"{TMP_MARK}*"))
 
 
-def kill_restore_at_first_discard(sb: Sandbox, ref: str) -> None:
+def kill_restore_at_first_discard(sb: Sandbox, ref: str, match: str = f"unlink(*/{TMP_MARK}*") -> str:
     """Run the in-place restore and SIGKILL it just before it removes its first applied database
-    copy: every database copy is then on disk beside its database."""
+    copy: every database copy is then on disk beside its database. (Or before the first call
+    `match` describes.) Returns the call it was killed at."""
     report = sb.root / "kill-report"
     # The hook counts only the calls whose description holds the match: the first unlink of a
     # temporary name is the first applied copy's removal (files are renamed, not unlinked).
-    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=f"unlink(*/{TMP_MARK}*", PHX_KILL_REPORT=str(report))
+    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=match, PHX_KILL_REPORT=str(report))
     subprocess.run(
         [sys.executable, str(SCRIPT), "restore", "--backup", ref, "--yes"],
         env=env,
@@ -43,8 +44,9 @@ def kill_restore_at_first_discard(sb: Sandbox, ref: str) -> None:
         capture_output=True,
         timeout=120,
     )
-    kind, _n, _call = read_report(report)
+    kind, _n, call = read_report(report)
     assert kind == "killed", f"the restore was not killed: {report.read_text() if report.exists() else ''}"
+    return call
 
 
 def test_the_next_command_removes_a_killed_restores_database_copies(backed_up: Sandbox) -> None:
@@ -219,3 +221,22 @@ def test_a_read_only_cache_folder_does_not_stop_a_restore(sandbox: Sandbox, tmp_
         assert (sb.workspace / "SOUL.md").read_bytes() == soul
     finally:
         subprocess.run(["umount", str(cache)], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def test_a_killed_restore_into_a_workspace_reached_through_a_symlink_is_cleaned(backed_up: Sandbox) -> None:
+    """Adversary: a workspace that is a symlink to its folder (moved to a larger disk). The journal
+    named the symlink, which the clean-up (rightly) does not follow at a folder's last step: it
+    dropped the journal and the killed restore's temporary files stayed for good. The folder the
+    link leads to is journalled now."""
+    sb = backed_up
+    ref = sb.snapshots()[-1]["id"]
+    real = sb.root / "workspace-real"
+    sb.workspace.rename(real)
+    sb.workspace.symlink_to(real)
+    for p in real.glob("*.md"):
+        p.write_text("changed after the backup\\n")
+    call = kill_restore_at_first_discard(sb, ref, match=f"rename(*/{TMP_MARK}*")
+    left = sorted(real.glob(f"{TMP_MARK}*"))
+    assert left, f"the kill at {call} left nothing at the workspace's top to clean up"
+    sb.phx("list")
+    assert sorted(real.glob(f"{TMP_MARK}*")) == [], f"still there after `phx list` (killed at {call})"

@@ -1386,7 +1386,9 @@ def _started(snap: Snapshot) -> float:
 
 def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:
     """Whether object `name` (a pack, index or snapshot) authenticates under `sealer`: how a key
-    rotation tells the objects of one key from those of another."""
+    rotation tells the objects of one key from those of another. An index or snapshot object must
+    also be whole under its name: a copy under another name, which anyone who can write the
+    storage can make, is damage, never the rotation's leftover."""
     try:
         if name.startswith("data/"):
             info = backend.stat(name)
@@ -1396,10 +1398,11 @@ def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:
             if hlen > min(MAX_HEADER, info.size - 4):
                 return False
             sealer.open(backend.read_range(name, info.size - 4 - hlen, hlen), HEADER_AAD, name)
-        elif name.startswith("index/"):
-            sealer.open(backend.read(name), INDEX_AAD, name)
-        elif name.startswith("snapshots/"):
-            sealer.open(backend.read(name), SNAPSHOT_AAD, name)
+        elif name.startswith(("index/", "snapshots/")):
+            raw = backend.read(name)
+            if sha256_hex(raw) != name.split("/")[-1]:
+                return False
+            sealer.open(raw, INDEX_AAD if name.startswith("index/") else SNAPSHOT_AAD, name)
         else:
             return False
     except (CorruptObject, ObjectNotFound):

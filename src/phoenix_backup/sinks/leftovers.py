@@ -1,14 +1,14 @@
 """Temporary files of a killed restore, found again and removed by the next command.
 
-A restore writes each file, and each database's full-size copy, to `.phx-tmp-<pid>-<start>-<hex>`
-beside its place, then renames it. Killed (SIGKILL, a power cut), it cannot remove them; they
-would stay in the user's folders, where nothing looks for them. So before its first temporary
-file in a folder, a restore appends that folder to its journal, `restore-journal/<pid>-<start>-<random>`
-in the cache folder (`PHX_CACHE_DIR`, else e.g. `~/.cache/phoenix`), whose first line names the
-process (host name, boot id, PID namespace, time namespace, pid, start time); the random part
-keeps apart two restores of one process (the Python API), each of which deletes only its own
-journal. Every command that
-loads the config then reads the journals:
+A restore writes each file, and each database's full-size copy, to
+`.phx-tmp-<pid>-<start>-<hex>` beside its place, then renames it. Killed (SIGKILL, a power cut),
+it cannot remove them; they would stay in the user's folders, where nothing looks for them. So
+before its first temporary file in a folder, a restore appends that folder (the one a symlink
+leads to) to its journal, `restore-journal/<pid>-<start>-<random>` in the cache folder
+(`PHX_CACHE_DIR`, else e.g. `~/.cache/phoenix`), whose first line names the process (host name,
+boot id, PID namespace, time namespace, pid, start time); the random part keeps apart two
+restores of one process (the Python API), each of which deletes only its own journal. Every
+command that loads the config then reads the journals:
 
 - a journal whose process provably no longer runs (`repo.locks.ProcessTag.gone`: this host, and
   another boot; or the same boot and PID namespace, and the pid gone or started at another time
@@ -75,8 +75,9 @@ class Journal:
         self._lock = threading.Lock()
 
     def record(self, folder: Path) -> None:
-        """Note `folder` (once); the line is written before the caller creates its file there."""
-        key = str(folder.absolute())
+        """Note `folder` (once); the line is written before the caller creates its file there. The
+        folder it leads to is noted, not a symlink to it: the clean-up follows none at the last step."""
+        key = os.path.realpath(folder)
         with self._lock:
             if key in self._folders or self._off:
                 return

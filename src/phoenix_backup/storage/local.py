@@ -37,14 +37,31 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 def refuse_inside(repository: Path, folder: Path, what: str) -> None:
     """A folder that receives plain copies of files (`restore --to DIR`, `export --output DIR`)
     must not lie in a local repository: the plain copies would sit among its encrypted objects,
-    and go wherever the repository's folder is copied or synced to."""
+    and go wherever the repository's folder is copied or synced to. The folders themselves are
+    compared too, not only their paths: a bind mount, or another spelling on a case-insensitive file
+    system, reaches the repository's folder under a path that is not below its own."""
     root = repository.expanduser().resolve()
     real = folder.resolve()
-    if real == root or root in real.parents:
+    if real == root or root in real.parents or _same_folder_above(root, real):
         raise UsageError(
             f"{what} {folder} is inside the repository at {root}, which would put plain copies of your files "
             "among its objects; choose a folder outside it"
         )
+
+
+def _same_folder_above(root: Path, path: Path) -> bool:
+    """Whether `path`, or a folder above it that exists, is the folder `root` (device and inode)."""
+    try:
+        top = os.stat(root)
+    except OSError:
+        return False
+    for step in (path, *path.parents):
+        try:
+            if os.path.samestat(top, os.stat(step)):
+                return True
+        except OSError:
+            continue  # not created yet
+    return False
 
 
 def os_error(exc: OSError, what: str) -> StorageError:
