@@ -10,10 +10,10 @@ most kills land while files are written, deleted and databases applied.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
-import stat
 import subprocess
 import time
 from pathlib import Path
@@ -101,16 +101,19 @@ def _fingerprint(sb: Sandbox) -> list[tuple[str, int, int]]:
     a change of the workspace)."""
     out = []
     for base in (sb.workspace, sb.layout.argentos):
-        for path in base.rglob("*"):
-            if path.name.startswith(".phx-tmp-"):
-                continue
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                continue  # a folder's mtime moves when a temporary file is made in it
-            out.append((str(path), st.st_size, st.st_mtime_ns))
+        # os.walk, not rglob: a folder the restore removes between its listing and its reading is
+        # skipped (rglob raised FileNotFoundError for it: the watcher failed, not the restore).
+        for folder, dirs, files in os.walk(base):
+            links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]  # not walked into
+            for name in files + links:
+                if name.startswith(".phx-tmp-"):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                out.append((path, st.st_size, st.st_mtime_ns))
     return sorted(out)
 
 
