@@ -516,9 +516,6 @@ def test_heap_freed_between_heartbeats_goes_back_at_the_next_segment(sandbox: Sa
     notices: list[str] = []
     with _watcher(sb, notices) as w:
         w.poll()  # the bases
-        _commit(db, 1)
-        w.poll()
-        w.flush()
         # 32 MiB freed in 64 KiB holes (under glibc's mmap threshold: in the heap), each held in
         # place by a small block after it, so that none of it is the heap's top.
         held, holes = [], []
@@ -529,7 +526,7 @@ def test_heap_freed_between_heartbeats_goes_back_at_the_next_segment(sandbox: Sa
         del holes
         w.last_trim = time.monotonic()  # the heartbeat's collection and trim: just now
         time.sleep(1.1)
-        _commit(db, 2)
+        _commit(db, 1)
         w.poll()
         w.flush()
         after = _anonymous_kib()
@@ -537,4 +534,4 @@ def test_heap_freed_between_heartbeats_goes_back_at_the_next_segment(sandbox: Sa
         assert len(held) == 512
         at = _last_covered(sb)
     assert before - after > 24 * 1024, (before, after)
-    assert _restored(sb, at, tmp_path / "r") == [0, 1, 2]
+    assert _restored(sb, at, tmp_path / "r") == [0, 1]
