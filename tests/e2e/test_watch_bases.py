@@ -517,11 +517,12 @@ def test_heap_freed_between_heartbeats_goes_back_at_the_next_segment(sandbox: Sa
     with _watcher(sb, notices) as w:
         w.poll()  # the bases
         # 32 MiB freed in 64 KiB holes (under glibc's mmap threshold: in the heap), each held in
-        # place by a small block after it, so that none of it is the heap's top.
+        # place by a block after it too large to come from a free chunk (from the heap's top), so
+        # that no hole joins another or the top, which free() gives back by itself.
         held, holes = [], []
         for i in range(512):
             holes.append(os.urandom(1) * 65_000)
-            held.append(bytes([i % 256]) * 600)
+            held.append(bytes([i % 256]) * 70_000)
         before = _anonymous_kib()
         del holes
         w.last_trim = time.monotonic()  # the heartbeat's collection and trim: just now
