@@ -86,6 +86,11 @@ from phoenix_backup.storage.base import Backend
 POLL_SECONDS = 0.5
 FLUSH_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
+# The C heap's free pages go back to the system after every segment: the pages of a second's
+# commits are freed into chunks scattered over the heap, and the next seconds touch others; with a
+# trim every HEARTBEAT_SECONDS only, the heap's resident size climbed 2.5-3 MiB between trims
+# (docs/benchmarks.md, "What the steady state of `phx watch` adds after its imports").
+TRIM_SECONDS = FLUSH_SECONDS
 LEASE_SECONDS = float(WATCH_LEASE_SECONDS)
 LEASE_GAP_SECONDS = 2.0  # let go this long after each lease: an exclusive command waits for it (repo/locks.py)
 PUBLISH_SECONDS = 60.0  # Git targets: one commit and push at most this often
@@ -191,7 +196,8 @@ class Watcher:
         self.lagging: dict[str, float] = {}  # replica -> when it failed (caught up by a sync)
         self.last_flush = time.monotonic()
         self.last_publish = time.monotonic()
-        self.last_trim = time.monotonic()
+        self.last_trim = time.monotonic()  # release_memory: a collection and a trim of the C heap
+        self.last_heap_trim = time.monotonic()  # trim_heap only
         self.hashes_in_memory = False  # warned that the cache folder took no page hashes
         self.cache_refused = False  # warned that the cache folder took no base's cache
         self.dbs: list[_Db] = []
@@ -764,8 +770,11 @@ class Watcher:
         if now - self.last_trim >= HEARTBEAT_SECONDS:
             # What a start-up, a restart's saved page hashes or a burst freed goes back to the
             # system: glibc keeps a freed stretch below the top of its heap for ever otherwise.
-            self.last_trim = now
+            self.last_trim = self.last_heap_trim = now
             release_memory()
+        elif now - self.last_heap_trim >= TRIM_SECONDS:
+            self.last_heap_trim = now
+            trim_heap()  # without the collection, which would cost a pass over every object each second
 
     def _enqueue(self, name: str, raw: bytes) -> None:
         """Queue a sealed segment: in memory, or in the spool folder during an outage (so that a
@@ -1183,6 +1192,11 @@ def release_memory(repo: Repository | None = None) -> None:
     if repo is not None:
         repo.close()
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc's `malloc_trim`; elsewhere nothing)."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
