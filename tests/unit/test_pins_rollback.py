@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from phoenix_backup.errors import ConfigError
-from phoenix_backup.repo.pins import SEEN_KEPT, Pins
+from phoenix_backup.repo.pins import FORGOT_KEPT, SEEN_KEPT, Pins
 
 REPO = "ab" * 16
 KEY = ":".join(["1234"] * 8)
@@ -79,3 +79,18 @@ def test_a_damaged_record_is_one_clear_error(tmp_path: Path, snapshots: str) -> 
     path.chmod(0o600)
     with pytest.raises(ConfigError, match="is damaged"):
         Pins(path).get(REPO)
+
+
+def test_a_forget_of_more_than_the_forgot_record_holds_is_no_loss(tmp_path: Path) -> None:
+    """`phx forget NEWEST a b c ...` (a runaway loop's snapshots, named on the command line) forgets
+    them one by one: the newest, the first one named, falls out of the record of ids this machine
+    forgot before the run ends, and its absence must still not read as a rollback (that would stop
+    every later retention)."""
+    pins = _pins(tmp_path)
+    times = {f"s{i:03d}": f"2026-03-15T10:{i // 60:02d}:{i % 60:02d}+00:00" for i in range(100)}
+    pins.observe(REPO, AT, times, gone)
+    doomed = sorted(times, reverse=True)[: FORGOT_KEPT + 10]  # newest first, as named
+    for sid in doomed:
+        pins.forgetting(REPO, [sid])  # Repository.delete_snapshot: one id at a time
+    left = {sid: t for sid, t in times.items() if sid not in doomed}
+    assert pins.observe(REPO, AT, left, gone) == []

@@ -301,11 +301,16 @@ class Pins:
                 _put(pin.seen, location, _newest([*pin.seen.get(location, []), (sid, time)]))
 
     def forgetting(self, repo_id: str, ids: list[str]) -> None:
-        """This machine is about to forget `ids`: their absence is never a loss."""
+        """This machine is about to forget `ids`: their absence is never a loss. They leave what
+        it saw at every location too (the newest it saw is then older), so their absence is no loss
+        even once `forgot` has let them go (a forget of more than `FORGOT_KEPT`, one at a time)."""
         with self._locked() as pins:
             pin = pins.get(repo_id)
             if pin is not None:
                 pin.forgot = [*[i for i in pin.forgot if i not in ids], *ids][-FORGOT_KEPT:]
+                for where in (pin.seen, pin.lost):
+                    for location in list(where):
+                        _put(where, location, [e for e in where[location] if e[0] not in ids])
 
 
 def _when(time: str) -> datetime:
