@@ -3,6 +3,7 @@ what never does, and a pin file damaged there is one clear error."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,15 @@ def test_a_forget_of_more_than_the_forgot_record_holds_is_no_loss(tmp_path: Path
         pins.forgetting(REPO, [sid])  # Repository.delete_snapshot: one id at a time
     left = {sid: t for sid, t in times.items() if sid not in doomed}
     assert pins.observe(REPO, AT, left, gone) == []
+
+
+def test_a_snapshot_dated_ahead_of_this_clock_is_neither_the_newest_seen_nor_lost(tmp_path: Path) -> None:
+    """Another machine's clock is a day ahead: its snapshot, the newest by date though written
+    first, is forgotten there (the retention notice says to). That is no rollback here; and an
+    older copy of the storage put back that still holds it is one."""
+    ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="seconds")
+    pins = _pins(tmp_path)
+    pins.observe(REPO, AT, {"a": _t(1), "f": ahead, "b": _t(2)}, gone)
+    assert pins.observe(REPO, AT, {"a": _t(1), "b": _t(2)}, gone) == []  # forgotten on its machine
+    pins.observe(REPO, AT, {"a": _t(1), "f": ahead, "b": _t(2)}, gone)
+    assert pins.observe(REPO, AT, {"a": _t(1), "f": ahead}, gone) == [("b", _t(2))]  # rolled back

@@ -49,6 +49,7 @@ from typing import Any
 
 from phoenix_backup.dirs import data_dir, trustworthy, write_private
 from phoenix_backup.errors import ConfigError, KeyChanged
+from phoenix_backup.repo.snapshot import FUTURE_SLACK
 
 PINS_FILE = "pins.json"
 PINS_VERSION = 1
@@ -278,12 +279,16 @@ class Pins:
             seen = pin.seen.get(location, [])
             known = dict(seen) | dict(pin.lost.get(location, []))
             times = {sid: t or known.get(sid) for sid, t in present.items()}
-            missing = [e for e in seen if e[0] not in present and e[0] not in pin.forgot]
+            # A snapshot dated ahead of this clock (another machine's clock is wrong) is neither
+            # the newest seen nor lost: forgetting it is what the retention notice asks for, and
+            # written before a rollback point, it would hide every newer backup the rollback took.
+            ahead = datetime.now(UTC) + FUTURE_SLACK
+            missing = [e for e in seen if e[0] not in present and e[0] not in pin.forgot and _when(e[1]) <= ahead]
             for sid, t in [e for e in missing if still_there(e[0])]:
                 missing.remove((sid, t))
                 times[sid] = t
-            newest_now = max((_when(t) for t in times.values() if t), default=None)
-            newest_seen = max((_when(t) for _i, t in seen), default=None)
+            newest_now = max((w for t in times.values() if t and (w := _when(t)) <= ahead), default=None)
+            newest_seen = max((w for _i, t in seen if (w := _when(t)) <= ahead), default=None)
             rolled_back = bool(missing) and newest_seen is not None and (newest_now is None or newest_now < newest_seen)
             lost = [e for e in pin.lost.get(location, []) if e[0] not in times]
             if rolled_back:
