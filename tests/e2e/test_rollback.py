@@ -116,3 +116,16 @@ def test_a_rolled_back_replica_is_the_target_named(make_sandbox, moto: MotoServe
     sb.phx("sync")
     res = sb.phx("list", "--json")
     assert not _warnings(res) and res.json()[-1]["targets"] == ["local", "s3"], res
+
+
+def test_a_snapshot_dated_ahead_forgotten_on_its_machine_is_no_false_alarm(make_sandbox, tmp_path: Path) -> None:
+    """Another machine's clock is a day ahead: its backup is the newest by date. Retention's notice
+    says to forget it; forgotten on that machine, it must not stop this machine's retention."""
+    sb: Sandbox = make_sandbox()
+    sb.backup("--time", _hours_ago(2))
+    ahead = sb.backup("--time", _hours_ago(-24))["id"]
+    sb.phx("list")  # this machine saw it
+    other = sb.env_with(XDG_DATA_HOME=str(tmp_path / "other-data"), PHX_CACHE_DIR=str(tmp_path / "other-cache"))
+    sb.phx("forget", ahead, env=other)
+    res = sb.phx("prune")
+    assert not _warnings(res), res
