@@ -107,6 +107,8 @@ class Pins:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Why the snapshots seen could not be recorded (a full or read-only data dir), if so.
+        self.unwritable: str | None = None
 
     @classmethod
     def for_env(cls, env: Mapping[str, str]) -> Pins:
@@ -172,13 +174,20 @@ class Pins:
     # -- writing ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Pin]]:
+    def _locked(self, *, required: bool = True) -> Iterator[dict[str, Pin]]:
+        """The pins to change, written back after. Not `required` (what a listing saw): a data
+        dir that cannot be written (full, read-only) still gives the pins to compare with, and
+        the reason nothing is recorded goes to `unwritable`, so a listing or restore still runs."""
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(folder / ".pins.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise self._unwritable(exc) from None
+            if required:
+                raise self._unwritable(exc) from None
+            self.unwritable = str(self._unwritable(exc))
+            yield self._load()  # nothing can be written: no writer to lock out
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             pins = self._load()
@@ -189,7 +198,9 @@ class Pins:
             try:
                 self._write(pins)
             except OSError as exc:
-                raise self._unwritable(exc) from None
+                if required:
+                    raise self._unwritable(exc) from None
+                self.unwritable = str(self._unwritable(exc))
         finally:
             os.close(fd)  # closing releases the flock
 
@@ -272,7 +283,7 @@ class Pins:
         `still_there(id)` looks again at one the listing lacks: a backup of this machine may have
         written and remembered it after the listing was taken. A repository this user has not
         pinned is not followed."""
-        with self._locked() as pins:
+        with self._locked(required=False) as pins:
             pin = pins.get(repo_id)
             if pin is None:
                 return []
@@ -299,8 +310,8 @@ class Pins:
             return pin.lost.get(location, [])
 
     def remember(self, repo_id: str, location: str, sid: str, time: str) -> None:
-        """This machine wrote snapshot `sid` at `location`."""
-        with self._locked() as pins:
+        """This machine wrote snapshot `sid` at `location` (recorded when the data dir can be written)."""
+        with self._locked(required=False) as pins:
             pin = pins.get(repo_id)
             if pin is not None:
                 _put(pin.seen, location, _newest([*pin.seen.get(location, []), (sid, time)]))
