@@ -116,3 +116,31 @@ def test_a_rolled_back_replica_is_the_target_named(make_sandbox, moto: MotoServe
     sb.phx("sync")
     res = sb.phx("list", "--json")
     assert not _warnings(res) and res.json()[-1]["targets"] == ["local", "s3"], res
+
+
+def test_a_snapshot_dated_ahead_forgotten_on_its_machine_is_no_false_alarm(make_sandbox, tmp_path: Path) -> None:
+    """Another machine's clock is a day ahead: its backup is the newest by date. Retention's notice
+    says to forget it; forgotten on that machine, it must not stop this machine's retention."""
+    sb: Sandbox = make_sandbox()
+    sb.backup("--time", _hours_ago(2))
+    ahead = sb.backup("--time", _hours_ago(-24))["id"]
+    sb.phx("list")  # this machine saw it
+    other = sb.env_with(XDG_DATA_HOME=str(tmp_path / "other-data"), PHX_CACHE_DIR=str(tmp_path / "other-cache"))
+    sb.phx("forget", ahead, env=other)
+    res = sb.phx("prune")
+    assert not _warnings(res), res
+
+
+def test_a_pin_file_that_cannot_be_written_does_not_stop_a_restore(make_sandbox, tmp_path: Path) -> None:
+    """The data dir cannot be written (its disk full, a read-only home on a recovery boot; here its
+    lock file cannot be opened for writing): listing and restoring still work, with one warning."""
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    other = sb.env_with(XDG_DATA_HOME=str(tmp_path / "other-data"), PHX_CACHE_DIR=str(tmp_path / "other-cache"))
+    sb.phx("backup", env=other)  # a snapshot this machine has not seen: its listing has something to record
+    lock = Path(sb.env["XDG_DATA_HOME"]) / "phoenix" / ".pins.lock"
+    lock.unlink()
+    lock.mkdir()
+    res = sb.phx("restore", "--latest", "--to", tmp_path / "out")
+    (line,) = [x for x in res.stderr_lines() if "cannot write the pin file" in x]
+    assert "PHX_DATA_DIR" in line and (tmp_path / "out").is_dir(), res

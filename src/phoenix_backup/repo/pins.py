@@ -49,6 +49,7 @@ from typing import Any
 
 from phoenix_backup.dirs import data_dir, trustworthy, write_private
 from phoenix_backup.errors import ConfigError, KeyChanged
+from phoenix_backup.repo.snapshot import FUTURE_SLACK
 
 PINS_FILE = "pins.json"
 PINS_VERSION = 1
@@ -106,6 +107,8 @@ class Pins:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Why the snapshots seen could not be recorded (a full or read-only data dir), if so.
+        self.unwritable: str | None = None
 
     @classmethod
     def for_env(cls, env: Mapping[str, str]) -> Pins:
@@ -171,13 +174,20 @@ class Pins:
     # -- writing ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Pin]]:
+    def _locked(self, *, required: bool = True) -> Iterator[dict[str, Pin]]:
+        """The pins to change, written back after. Not `required` (what a listing saw): a data
+        dir that cannot be written (full, read-only) still gives the pins to compare with, and
+        the reason nothing is recorded goes to `unwritable`, so a listing or restore still runs."""
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(folder / ".pins.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise self._unwritable(exc) from None
+            if required:
+                raise self._unwritable(exc) from None
+            self.unwritable = str(self._unwritable(exc))
+            yield self._load()  # nothing can be written: no writer to lock out
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             pins = self._load()
@@ -188,7 +198,9 @@ class Pins:
             try:
                 self._write(pins)
             except OSError as exc:
-                raise self._unwritable(exc) from None
+                if required:
+                    raise self._unwritable(exc) from None
+                self.unwritable = str(self._unwritable(exc))
         finally:
             os.close(fd)  # closing releases the flock
 
@@ -271,19 +283,23 @@ class Pins:
         `still_there(id)` looks again at one the listing lacks: a backup of this machine may have
         written and remembered it after the listing was taken. A repository this user has not
         pinned is not followed."""
-        with self._locked() as pins:
+        with self._locked(required=False) as pins:
             pin = pins.get(repo_id)
             if pin is None:
                 return []
             seen = pin.seen.get(location, [])
             known = dict(seen) | dict(pin.lost.get(location, []))
             times = {sid: t or known.get(sid) for sid, t in present.items()}
-            missing = [e for e in seen if e[0] not in present and e[0] not in pin.forgot]
+            # A snapshot dated ahead of this clock (another machine's clock is wrong) is neither
+            # the newest seen nor lost: forgetting it is what the retention notice asks for, and
+            # written before a rollback point, it would hide every newer backup the rollback took.
+            ahead = datetime.now(UTC) + FUTURE_SLACK
+            missing = [e for e in seen if e[0] not in present and e[0] not in pin.forgot and _when(e[1]) <= ahead]
             for sid, t in [e for e in missing if still_there(e[0])]:
                 missing.remove((sid, t))
                 times[sid] = t
-            newest_now = max((_when(t) for t in times.values() if t), default=None)
-            newest_seen = max((_when(t) for _i, t in seen), default=None)
+            newest_now = max((w for t in times.values() if t and (w := _when(t)) <= ahead), default=None)
+            newest_seen = max((w for _i, t in seen if (w := _when(t)) <= ahead), default=None)
             rolled_back = bool(missing) and newest_seen is not None and (newest_now is None or newest_now < newest_seen)
             lost = [e for e in pin.lost.get(location, []) if e[0] not in times]
             if rolled_back:
@@ -294,18 +310,23 @@ class Pins:
             return pin.lost.get(location, [])
 
     def remember(self, repo_id: str, location: str, sid: str, time: str) -> None:
-        """This machine wrote snapshot `sid` at `location`."""
-        with self._locked() as pins:
+        """This machine wrote snapshot `sid` at `location` (recorded when the data dir can be written)."""
+        with self._locked(required=False) as pins:
             pin = pins.get(repo_id)
             if pin is not None:
                 _put(pin.seen, location, _newest([*pin.seen.get(location, []), (sid, time)]))
 
     def forgetting(self, repo_id: str, ids: list[str]) -> None:
-        """This machine is about to forget `ids`: their absence is never a loss."""
+        """This machine is about to forget `ids`: their absence is never a loss. They leave what
+        it saw at every location too (the newest it saw is then older), so their absence is no loss
+        even once `forgot` has let them go (a forget of more than `FORGOT_KEPT`, one at a time)."""
         with self._locked() as pins:
             pin = pins.get(repo_id)
             if pin is not None:
                 pin.forgot = [*[i for i in pin.forgot if i not in ids], *ids][-FORGOT_KEPT:]
+                for where in (pin.seen, pin.lost):
+                    for location in list(where):
+                        _put(where, location, [e for e in where[location] if e[0] not in ids])
 
 
 def _when(time: str) -> datetime:

@@ -400,6 +400,7 @@ class Repository:
         self.pins: Pins | None = None
         self.lost_snapshots: list[tuple[str, str]] = []
         self._rollback_said = False
+        self._unrecorded_said = False
 
     @property
     def secrets(self) -> keyslots.MasterSecrets:
@@ -1203,6 +1204,7 @@ class Repository:
         self.stats.bytes_added += len(raw)
         if self.pins is not None:
             self.pins.remember(self.config.id, self.backend.location, sid, snap.time)
+            self._unrecorded_notice()
         return sid
 
     def load_snapshot(self, sid: str) -> Snapshot:
@@ -1245,9 +1247,17 @@ class Repository:
         self.lost_snapshots = self.pins.observe(
             self.config.id, self.backend.location, present, still_there(self.backend)
         )
+        self._unrecorded_notice()
         if self.lost_snapshots and not self._rollback_said:
             self._rollback_said = True
             self.notice(f"warning: {rollback_warning(self.backend.location, self.lost_snapshots, self.fingerprint)}")
+
+    def _unrecorded_notice(self) -> None:
+        """Said once: the pin file could not be written, so what this machine sees is not recorded
+        (the command goes on: a listing or a restore needs no record)."""
+        if self.pins is not None and self.pins.unwritable is not None and not self._unrecorded_said:
+            self._unrecorded_said = True
+            self.notice(f"warning: {self.pins.unwritable} (until then a rolled-back repository may go unnoticed)")
 
     def refuse_if_rolled_back(self, command: str) -> None:
         """`phx forget` and `phx prune` on a repository that lost snapshots it should hold: the
