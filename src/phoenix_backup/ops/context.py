@@ -428,7 +428,9 @@ def open_repository(
         if not create:
             raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
-            return _open(cfg, envx, backend, upgrade=True)
+            repo = _open(cfg, envx, backend, upgrade=True)
+            pins(envx).started(repo.config.id, backend.location)
+            return repo
         factory, encrypted = new_key_slot(cfg, envx, kdf_params)
         write_only = cfg.encryption.recipients if cfg.encryption.enabled and cfg.encryption.write_only else None
         repo = Repository.init(

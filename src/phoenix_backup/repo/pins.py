@@ -316,6 +316,16 @@ class Pins:
             if pin is not None:
                 _put(pin.seen, location, _newest([*pin.seen.get(location, []), (sid, time)]))
 
+    def started(self, repo_id: str, location: str) -> None:
+        """`phx init` made `location` a new, empty copy of the repository (a lost first target
+        continued from its replicas): the snapshots this machine saw there are not expected there
+        any more, and their absence is no rollback."""
+        with self._locked() as pins:
+            pin = pins.get(repo_id)
+            if pin is not None:
+                for where in (pin.seen, pin.lost):
+                    where.pop(location, None)
+
     def forgetting(self, repo_id: str, ids: list[str]) -> None:
         """This machine is about to forget `ids`: their absence is never a loss. They leave what
         it saw at every location too (the newest it saw is then older), so their absence is no loss
