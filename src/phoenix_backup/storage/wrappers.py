@@ -143,8 +143,9 @@ class RetryingBackend(WrappedBackend):
                 delay = TRANSIENT_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
                 if attempt >= self.attempts or time.monotonic() - start + delay > self.max_seconds:
                     raise TransientStorageError(f"{exc} (gave up after {attempt} attempts)") from exc
-                if attempt == 1:
-                    self.notice(f"{self.location}: {exc}; retrying")
+                if attempt == 1:  # the location once: an S3 or Git error names it already
+                    where = "" if self.location in str(exc) else f"{self.location}: "
+                    self.notice(f"{where}{exc}; retrying")
             self.retries += 1
             self._sleep(delay)
 
