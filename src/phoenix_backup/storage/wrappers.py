@@ -77,8 +77,11 @@ class WrappedBackend(Backend):
         # the concurrency slot is not held while the caller works through the entries.
         return iter(self._call(lambda: list(self.inner.list(prefix))))
 
-    def list_temporary(self) -> Iterator[str]:
+    def list_temporary(self) -> Iterator[ObjectInfo]:
         return iter(self._call(lambda: list(self.inner.list_temporary())))
+
+    def delete_temporary(self, name: str) -> None:
+        self._call(lambda: self.inner.delete_temporary(name))
 
     def checkpoint(self, message: str) -> bool:
         return self._call(lambda: self.inner.checkpoint(message))
