@@ -188,6 +188,18 @@ def test_output_must_be_new_or_empty(sandbox: Sandbox, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]  # no temporary folder left
 
 
+def test_output_a_link_to_an_empty_folder_exports_into_that_folder(sandbox: Sandbox, tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder)
+    sandbox.phx("export", "--format", "markdown", "--output", tmp_path / "link")
+    assert (folder / "checksums.json").is_file() and (tmp_path / "link").is_symlink()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    res = sandbox.phx("export", "--output", tmp_path / "dangling", check=2)
+    assert_error(res, 2, str(tmp_path / "dangling"), "not a folder", "--output")
+    assert not (tmp_path / "nowhere").exists()
+
+
 PLANTED = {
     "openai": "sk-proj-Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp",
     "github": "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",

@@ -61,6 +61,16 @@ def test_a_repository_whose_passphrase_was_set_with_the_bom_still_opens_and_says
     assert res.code == 1 and "wrong passphrase" in res.err and "Traceback" not in res.err
 
 
+def test_a_new_passphrase_of_spaces_alone_is_refused(backed_up: Sandbox) -> None:
+    sb = backed_up
+    for command in (("key", "passwd"), ("key", "add", "--method", "passphrase")):
+        res = sb.phx(*command, env=sb.env_with(PHX_NEW_PASSPHRASE=" \t "), check=None)
+        assert res.code == 2 and "only spaces" in res.err and "Traceback" not in res.err, res.err
+    res = sb.phx("key", "list", "--json")
+    assert len(res.json()) == 1, "nothing was added"
+    sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=PASSPHRASE))
+
+
 def test_a_regular_passphrase_file_is_derived_before_the_commands_work_is_loaded(
     backed_up: Sandbox, tmp_path: Path
 ) -> None:

@@ -51,6 +51,21 @@ def test_transient_errors_are_retried_with_backoff(tmp_path: Path) -> None:
     assert len(sleeps) == 3 and sleeps[0] < sleeps[1] < sleeps[2], sleeps
 
 
+def test_the_retry_notice_names_the_location_once(tmp_path: Path) -> None:
+    """An S3 error names its location already ("s3://b/p at URL answered SlowDown ..."): the
+    notice said it twice."""
+    inner = Flaky(tmp_path, 1, TransientStorageError("placeholder"))
+    inner.error = TransientStorageError(f"{inner.location} answered SlowDown while writing {SNAP}")
+    notices: list[str] = []
+    RetryingBackend(inner, sleep=lambda s: None, notice=notices.append).write(SNAP, b"x")
+    assert notices == [f"{inner.location} answered SlowDown while writing {SNAP}; retrying"]
+    (tmp_path / "plain").mkdir()
+    plain = Flaky(tmp_path / "plain", 1, TransientStorageError("503 SlowDown"))
+    notices.clear()
+    RetryingBackend(plain, sleep=lambda s: None, notice=notices.append).write(SNAP, b"x")
+    assert notices == [f"{plain.location}: 503 SlowDown; retrying"]
+
+
 def test_at_most_five_attempts(tmp_path: Path) -> None:
     inner = Flaky(tmp_path, 99, TransientStorageError("503"))
     with pytest.raises(TransientStorageError, match="gave up after 5 attempts"):

@@ -447,6 +447,14 @@ def test_wrap_rejects_empty_passphrase(secrets: MasterSecrets) -> None:
         wrap_passphrase(secrets, "", kdf_params=FAST)
 
 
+def test_wrap_rejects_a_new_passphrase_of_spaces_but_keeps_an_old_one(secrets: MasterSecrets) -> None:
+    with pytest.raises(UsageError, match="only spaces"):
+        wrap_passphrase(secrets, " \t ", kdf_params=FAST)
+    # A repository whose passphrase was chosen before: `phx key rotate` seals it again and it opens.
+    slot = wrap_passphrase(secrets, "  ", kdf_params=FAST, kept=True)
+    assert open_any([slot], Credentials(passphrase="  "))[1].to_bytes() == secrets.to_bytes()
+
+
 def test_authenticated_but_invalid_secrets_are_corrupt(secrets: MasterSecrets) -> None:
     """A slot that decrypts fine but holds nonsense (a buggy writer) is corrupt, not 'wrong'."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,12 @@ def test_any_pin_entry_reads_or_is_one_clear_error(tmp_path_factory: pytest.Temp
 def test_a_pin_file_that_cannot_be_written_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / ".pins.lock").mkdir()  # the lock file cannot be opened for writing
-    with pytest.raises(ConfigError, match=r"cannot write the pin file .*PHX_DATA_DIR"):
+    # The file that failed is named: the lock, not pins.json, which was never touched.
+    lock = re.escape(str(tmp_path / "data" / ".pins.lock"))
+    with pytest.raises(ConfigError, match=rf"cannot write the pin file's lock {lock} .*PHX_DATA_DIR"):
         Pins(tmp_path / "data" / "pins.json").record(REPO, "/repo", KEY, format=2)
     (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match=r"cannot write the pin file .*PHX_DATA_DIR"):
+    with pytest.raises(ConfigError, match=r"cannot write the pin file's folder .*PHX_DATA_DIR"):
         Pins(tmp_path / "file" / "sub" / "pins.json").record(REPO, "/repo", KEY, format=2)
 
 

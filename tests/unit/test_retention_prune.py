@@ -81,8 +81,11 @@ class CrashingBackend(Backend):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)
 
-    def list_temporary(self) -> Iterator[str]:
+    def list_temporary(self) -> Iterator[ObjectInfo]:
         return self.inner.list_temporary()
+
+    def delete_temporary(self, name: str) -> None:
+        self.inner.delete_temporary(name)
 
 
 def file_node(repo: Repository, name: str, data: bytes) -> Node:
@@ -335,3 +338,35 @@ def test_verify_says_when_an_older_phoenix_wrote_the_pack(tmp_path: Path) -> Non
     repo.backend.write(pack_name(pack_id), raw)
     (notice,) = unindexed_notices(tmp_path / "repo").values()
     assert "older Phoenix" in notice and "backup or prune" in notice, notice
+
+
+def test_a_folder_swapped_for_a_link_after_the_listing_keeps_prune_out_of_its_target(pristine, tmp_path: Path) -> None:
+    """An old temporary file is listed; then someone who can write the storage swaps its folder
+    for a link to a folder of theirs holding a file of the same name. Prune deleted that file
+    (by plain path, through the link); now it refuses the link and deletes nothing there."""
+    src, expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    (path / "data" / "zz").mkdir()
+    (path / "data" / "zz" / ".tmp-interrupted").write_bytes(b"half a pack")
+    os.utime(path / "data" / "zz" / ".tmp-interrupted", (T0 - 7200, T0 - 7200))
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    (victim / ".tmp-interrupted").write_bytes(b"someone else's")
+    os.utime(victim / ".tmp-interrupted", (T0 - 7200, T0 - 7200))
+
+    class Swapping(LocalBackend):
+        def list_temporary(self) -> Iterator[ObjectInfo]:
+            listed = list(super().list_temporary())
+            shutil.rmtree(path / "data" / "zz")
+            (path / "data" / "zz").symlink_to(victim)
+            return iter(listed)
+
+    repo = Repository.open(Swapping(path), keys.Credentials(passphrase=None))
+    report = prune_repository(
+        repo, TargetPrune("local"), dry_run=False, state=PruneState(tmp_path / "p.json"), now=T0 + LEFTOVER_MIN_AGE
+    )
+    assert report.temporary_files == 1
+    assert (victim / ".tmp-interrupted").read_bytes() == b"someone else's"
+    (path / "data" / "zz").unlink()
+    assert contents(open_fresh(path)[0]) == expected

@@ -197,7 +197,7 @@ def test_temp_leftovers_are_found_and_never_listed(backend: LocalBackend) -> Non
     ]
     for rel in leftovers:
         (backend.root / rel).write_bytes(b"half written")
-    assert sorted(backend.list_temporary()) == sorted(leftovers)
+    assert sorted(i.name for i in backend.list_temporary()) == sorted(leftovers)
     assert [i.name for i in backend.list("data/")] == [real]
     assert list(backend.list("index/")) == []
     assert list(backend.list("snapshots/")) == []

@@ -246,6 +246,11 @@ def export(
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use json, csv or markdown")
     output = output.absolute()
+    if output.is_symlink():  # a link to an empty folder: the export goes into that folder, the link stays
+        linked = output.resolve()
+        if not linked.is_dir():
+            raise UsageError(f"{output} is a link to {linked}, which is not a folder; choose a new --output folder")
+        output = linked
     if "local" in cfg.targets.enabled_names():
         refuse_inside(cfg.repository_path, output, "--output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

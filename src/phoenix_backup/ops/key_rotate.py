@@ -316,7 +316,7 @@ def _new_slots(
     out: list[keyslots.KeySlot] = []
     for key, value in wanted.items():
         if key[0] == "passphrase" and isinstance(value, dict) and creds.passphrase is not None:
-            out.append(keyslots.wrap_passphrase(new, creds.passphrase, kdf_params=value))
+            out.append(keyslots.wrap_passphrase(new, creds.passphrase, kdf_params=value, kept=True))
         elif key[0] == "age" and isinstance(value, tuple):
             out.append(keyslots.wrap_age(new, value))
         elif key[0] == "gpg" and isinstance(value, str):

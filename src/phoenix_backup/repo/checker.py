@@ -169,7 +169,7 @@ def verify_repository(
             "prune removes it)"
         )
     for tmp in repo.backend.list_temporary():
-        result.notices.append(f"{tmp} is a leftover temporary file (prune removes it)")
+        result.notices.append(f"{tmp.name} is a leftover temporary file (prune removes it)")
 
     _report_write_only(repo, result)
 

@@ -643,10 +643,17 @@ def _slot_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return kek
 
 
-def wrap_passphrase(secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapping[str, int] | None = None) -> KeySlot:
-    """Seal the secrets under a key derived from the passphrase with scrypt."""
-    if not passphrase:
-        raise UsageError("the passphrase is empty; choose a non-empty passphrase (or use --encryption none)")
+def wrap_passphrase(
+    secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapping[str, int] | None = None, kept: bool = False
+) -> KeySlot:
+    """Seal the secrets under a key derived from the passphrase with scrypt. A new passphrase of
+    spaces alone is refused; `kept` (the repository's own passphrase sealed again by `phx key
+    rotate`) lets one chosen before that was refused stay as it is."""
+    if not passphrase or (not kept and not passphrase.strip()):
+        raise UsageError(
+            "the passphrase is empty or only spaces; choose a passphrase with other characters "
+            "(or use --encryption none)"
+        )
     chosen = dict(DEFAULT_SCRYPT_PARAMS)
     if kdf_params is not None:
         unknown = sorted(set(kdf_params) - set(chosen))

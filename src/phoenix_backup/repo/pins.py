@@ -179,13 +179,16 @@ class Pins:
         dir that cannot be written (full, read-only) still gives the pins to compare with, and
         the reason nothing is recorded goes to `unwritable`, so a listing or restore still runs."""
         folder = self.path.parent
+        lock = folder / ".pins.lock"
         try:
+            failed = f"the pin file's folder {folder}"
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(folder / ".pins.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            failed = f"the pin file's lock {lock}"
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             if required:
-                raise self._unwritable(exc) from None
-            self.unwritable = str(self._unwritable(exc))
+                raise self._unwritable(exc, failed) from None
+            self.unwritable = str(self._unwritable(exc, failed))
             yield self._load()  # nothing can be written: no writer to lock out
             return
         try:
@@ -198,17 +201,19 @@ class Pins:
             try:
                 self._write(pins)
             except OSError as exc:
+                failed = f"the pin file {self.path}"
                 if required:
-                    raise self._unwritable(exc) from None
-                self.unwritable = str(self._unwritable(exc))
+                    raise self._unwritable(exc, failed) from None
+                self.unwritable = str(self._unwritable(exc, failed))
         finally:
             os.close(fd)  # closing releases the flock
 
-    def _unwritable(self, exc: OSError) -> ConfigError:
+    def _unwritable(self, exc: OSError, failed: str) -> ConfigError:
+        """`failed`: the file that could not be written (the pin file, its lock or their folder)."""
         # Without its pin file Phoenix cannot tell a replaced repository from the owner's: an
         # error, never a silent first use on every run.
         return ConfigError(
-            f"cannot write the pin file {self.path} ({exc.strerror or exc}); make {self.path.parent} a folder "
+            f"cannot write {failed} ({exc.strerror or exc}); make {self.path.parent} a folder "
             "you can write, or set PHX_DATA_DIR to one"
         )
 

@@ -356,9 +356,9 @@ def _prune_locked(
     # and while they exist they name what a prune stopped before deleting.
     for name in old:
         repo.backend.delete(name)
-    for path in temporary:
-        with contextlib.suppress(OSError):
-            path.unlink()
+    for name in temporary:
+        with contextlib.suppress(PhoenixError):
+            repo.backend.delete_temporary(name)
     # 5. The integrity check records of snapshots that are gone (repo/checks.py).
     for name in _forgotten_check_records(repo):
         try:
@@ -544,20 +544,10 @@ def _leftovers(
     return old, young
 
 
-def _old_temporary_files(repo: Repository, now: float) -> list[Path]:
+def _old_temporary_files(repo: Repository, now: float) -> list[str]:
     """Temporary files of interrupted writes on a local store, older than the lock stale age.
-    Only a local store has them (remote PUTs are atomic); they are not objects, so the storage
-    interface cannot name them and they are removed by path."""
-    root = Path(repo.backend.location)
-    out = []
-    for rel in repo.backend.list_temporary():
-        path = root / rel
-        try:
-            if now - path.lstat().st_mtime >= LEFTOVER_MIN_AGE:
-                out.append(path)
-        except OSError:
-            continue
-    return out
+    Only a local store has them (remote PUTs are atomic)."""
+    return [t.name for t in repo.backend.list_temporary() if now - (t.modified or now) >= LEFTOVER_MIN_AGE]
 
 
 def prune_due(state: PruneState, repo: Repository, target: str, now: float) -> bool:

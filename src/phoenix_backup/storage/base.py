@@ -162,9 +162,14 @@ class Backend(ABC):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects whose name starts with `prefix` (`data/`, `index/`, ...), in no given order."""
 
-    def list_temporary(self) -> Iterator[str]:
-        """Leftover temporary files of interrupted writes (backends with atomic PUTs have none)."""
+    def list_temporary(self) -> Iterator[ObjectInfo]:
+        """Leftover temporary files of interrupted writes, with their age (backends with atomic
+        PUTs have none)."""
         return iter(())
+
+    def delete_temporary(self, name: str) -> None:
+        """Delete a temporary file `list_temporary` named (gone already: nothing to do)."""
+        return None
 
     def checkpoint(self, message: str) -> bool:
         """Record what was written so far as one unit named `message` (Git: a commit); True when

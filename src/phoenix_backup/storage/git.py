@@ -571,11 +571,15 @@ class GitBackend(Backend):
         self._ensure()
         return self.files.list(prefix)
 
-    def list_temporary(self) -> Iterator[str]:
+    def list_temporary(self) -> Iterator[ObjectInfo]:
         self._ensure()
-        for name in self.files.list_temporary():
-            if not name.startswith(".git/"):
-                yield name
+        for info in self.files.list_temporary():
+            if not info.name.startswith(".git/"):
+                yield info
+
+    def delete_temporary(self, name: str) -> None:
+        self._ensure()
+        self.files.delete_temporary(name)
 
     def checkpoint(self, message: str) -> bool:
         """Commit everything written since the last commit (objects, deletions, .gitattributes)."""

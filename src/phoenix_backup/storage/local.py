@@ -370,11 +370,31 @@ class LocalBackend(Backend):
             self._skipped.add(name)
             self.notice(f"skipped {name} in {self.root}: it {why}; remove it")
 
-    def list_temporary(self) -> Iterator[str]:
-        for dirpath, _dirs, files in os.walk(self.root):
+    def list_temporary(self) -> Iterator[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        # Through folder handles, no link followed (`_folder`): the ages are those of the files here.
+        for dirpath, _dirs, files, fd in os.fwalk(self.root):
             for f in files:
                 if f.startswith(TEMP_MARKER):
-                    yield os.path.relpath(os.path.join(dirpath, f), self.root)
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.stat(f, dir_fd=fd, follow_symlinks=False)
+                        rel = os.path.relpath(os.path.join(dirpath, f), self.root)
+                        found.append(ObjectInfo(rel, st.st_size, modified=st.st_mtime))
+        return iter(found)
+
+    def delete_temporary(self, name: str) -> None:
+        """Through folder handles (`_folder`): a folder swapped for a link since the listing is
+        refused, never a file in the link's target deleted."""
+        *folders, base = name.split("/")
+        if not base.startswith(TEMP_MARKER) or any(p in ("", ".", "..") for p in folders):
+            raise StorageError(f"{name} is not a temporary file of {self.root}")
+        try:
+            with self._folder(folders) as fd:
+                os.unlink(base, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise os_error(exc, f"deleting {name} from {self.root}") from exc
 
 
 def _file_size_limit() -> str:

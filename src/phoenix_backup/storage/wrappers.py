@@ -77,8 +77,11 @@ class WrappedBackend(Backend):
         # the concurrency slot is not held while the caller works through the entries.
         return iter(self._call(lambda: list(self.inner.list(prefix))))
 
-    def list_temporary(self) -> Iterator[str]:
+    def list_temporary(self) -> Iterator[ObjectInfo]:
         return iter(self._call(lambda: list(self.inner.list_temporary())))
+
+    def delete_temporary(self, name: str) -> None:
+        self._call(lambda: self.inner.delete_temporary(name))
 
     def checkpoint(self, message: str) -> bool:
         return self._call(lambda: self.inner.checkpoint(message))
@@ -143,8 +146,9 @@ class RetryingBackend(WrappedBackend):
                 delay = TRANSIENT_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
                 if attempt >= self.attempts or time.monotonic() - start + delay > self.max_seconds:
                     raise TransientStorageError(f"{exc} (gave up after {attempt} attempts)") from exc
-                if attempt == 1:
-                    self.notice(f"{self.location}: {exc}; retrying")
+                if attempt == 1:  # the location once: an S3 or Git error names it already
+                    where = "" if self.location in str(exc) else f"{self.location}: "
+                    self.notice(f"{where}{exc}; retrying")
             self.retries += 1
             self._sleep(delay)
 
