@@ -30,6 +30,9 @@ def backup(
 
     Example: phx backup --tag nightly
     """
+    from phoenix_backup.cli.main import keep_freed_heap
+
+    keep_freed_heap()
     cfg = load_config(out, envx, config_path)
     if not dry_run:
         # What needs no key is checked before its scrypt: a mistake costs no key derivation.
