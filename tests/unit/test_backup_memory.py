@@ -175,3 +175,56 @@ def test_page_hashes_the_cache_cannot_take_cost_deduplication_only(tmp_path: Pat
     state.sha256 = "1" * 64
     cache.save_pages("db", state)
     assert cache.load_pages("db", state.sha256) is None
+
+
+# Run in a process of its own, set up as `phx` sets up glibc's malloc, then `phx backup` (which
+# stops at once on a missing config: the heap settings are made before anything else). The
+# freed 256 KiB buffers at the top of the heap are either kept (`keepcost`, what a trim could
+# release) or handed back to the kernel, to be faulted in again by the next ones.
+_KEPT_AFTER_BACKUP = """
+import ctypes, sys
+from click.testing import CliRunner
+from phoenix_backup.cli.main import _limit_malloc_arenas, cli
+_limit_malloc_arenas()
+result = CliRunner().invoke(cli, ["backup", "--config", sys.argv[1]])
+assert result.exit_code != 0, result.output
+
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                 "fordblks", "keepcost")]
+
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Mallinfo2
+buffers = [bytearray(256 * 1024) for _ in range(6)]
+del buffers
+print(mallinfo2().keepcost)
+"""
+
+
+def test_a_backup_keeps_the_heap_it_frees(tmp_path: Path) -> None:
+    """A backup's 256 KiB reads, copies and sealed outputs freed at the top of the heap stay
+    there (up to 2 MiB) for the next ones, instead of being handed back to the kernel and faulted
+    in again: fewer page faults, the peak memory unchanged (docs/benchmarks.md)."""
+    import ctypes
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc's malloc (mallinfo2) only")
+    script = tmp_path / "kept.py"
+    script.write_text(_KEPT_AFTER_BACKUP)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "missing.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    kept = int(out.stdout.strip().splitlines()[-1])
+    assert kept >= 1 * MB, f"{kept} bytes kept at the top of the heap"
+    assert kept <= 3 * MB

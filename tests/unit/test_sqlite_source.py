@@ -12,7 +12,6 @@ import pytest
 from phoenix_backup.errors import NoSpace, SourceError
 from phoenix_backup.sources.sqlite import (
     SourceStat,
-    check_connection,
     check_database,
     header_problems,
     page_size_of,
@@ -241,42 +240,6 @@ def test_corrupted_cells_fail_the_integrity_check(tmp_path: Path) -> None:
     check = check_database(copy)
     assert check.integrity != "ok"
     assert companions(copy) == []
-
-
-def read_calls() -> int:
-    """The read system calls this process has made so far (pread64 included)."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("syscr:"):
-            return int(line.split()[1])
-    raise AssertionError("no syscr in /proc/self/io")
-
-
-@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts read calls in /proc/self/io (Linux)")
-def test_integrity_check_does_not_read_the_index_pages_again_and_again(tmp_path: Path) -> None:
-    """The check looks up every row's index entry; an index of ~3 MB in random order against
-    SQLite's default 2 MB cache read the file 20 times over (31,000 reads of 1,500 pages), each
-    read a system call. With the check's own cache it reads each page about twice (the b-tree
-    walk, then the rows), and still finds the database sound. The connection's cache size is
-    its own again afterwards."""
-    db = tmp_path / "keys.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT)")
-    con.execute("CREATE INDEX t_k ON t (k)")
-    con.executemany("INSERT INTO t (k) VALUES (?)", ((os.urandom(16).hex(),) for _ in range(70_000)))
-    con.commit()
-    con.close()
-    pages = db.stat().st_size // page_size_of(db)
-    con = sqlite3.connect(db)
-    try:
-        before = read_calls()
-        check = check_connection(con)
-        reads = read_calls() - before
-        assert check.integrity == "ok"
-        assert check.tables == {"t": 70_000}
-        assert reads < 3 * pages, f"{reads} reads for {pages} pages"
-        assert con.execute("PRAGMA cache_size").fetchone()[0] == -2000
-    finally:
-        con.close()
 
 
 def test_corrupted_page_header_is_reported_not_raised(tmp_path: Path) -> None:

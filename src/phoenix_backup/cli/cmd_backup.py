@@ -30,9 +30,9 @@ def backup(
 
     Example: phx backup --tag nightly
     """
-    from phoenix_backup.cli.main import keep_freed_heap
+    from phoenix_backup.cli.main import BACKUP_TRIM_THRESHOLD, keep_freed_heap
 
-    keep_freed_heap()
+    keep_freed_heap(BACKUP_TRIM_THRESHOLD)
     cfg = load_config(out, envx, config_path)
     if not dry_run:
         # What needs no key is checked before its scrypt: a mistake costs no key derivation.

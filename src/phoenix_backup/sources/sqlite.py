@@ -126,7 +126,7 @@ def check_connection(con: sqlite3.Connection, *, full: bool = True) -> DatabaseC
         integrity = NOT_CHECKED
         if full:
             try:
-                rows = _integrity_check(con)
+                rows = con.execute("PRAGMA integrity_check").fetchall()
                 problems = [str(r[0]) for r in rows]
                 integrity = "ok" if problems == ["ok"] else "; ".join(problems[:5])
             except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged schema's names need not be UTF-8
@@ -139,27 +139,6 @@ def check_connection(con: sqlite3.Connection, *, full: bool = True) -> DatabaseC
     except (sqlite3.Error, UnicodeDecodeError) as exc:
         raise SourceError(f"cannot read a database to check it: {sqlite_error_text(exc)}") from exc
     return DatabaseCheck(integrity, tables, virtual, version)
-
-
-# The page cache of a connection while it runs `PRAGMA integrity_check` (KiB; SQLite's default is
-# 2,000). The check walks every b-tree, then reads every row again to look up its index entries;
-# with 2 MB of cache those lookups read the same index pages from the file again and again, each
-# read a pread of 4 KiB the kernel copies from its page cache: 284,000 reads for the medium
-# sample's 88,000-page memory.db, 237,000 with 4 MiB (196,000 with 8 MiB, but two checks running
-# at once then added 11 MB to a backup's peak memory). Most of a full backup's system time is
-# these reads (docs/benchmarks.md, "System time on this machine").
-INTEGRITY_CHECK_CACHE_KIB = 4096
-
-
-def _integrity_check(con: sqlite3.Connection) -> list[Any]:
-    """`PRAGMA integrity_check`'s rows, run with INTEGRITY_CHECK_CACHE_KIB of page cache; the
-    connection's own cache size is put back afterwards (SQLite frees the pages beyond it)."""
-    before = con.execute("PRAGMA cache_size").fetchone()[0]
-    con.execute(f"PRAGMA cache_size=-{INTEGRITY_CHECK_CACHE_KIB}")
-    try:
-        return con.execute("PRAGMA integrity_check").fetchall()
-    finally:
-        con.execute(f"PRAGMA cache_size={int(before)}")
 
 
 def header_problems(page1: bytes, page_count: int) -> str:
