@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from phoenix_backup.errors import CorruptObject, NoSpace, ObjectNotFound, PhoenixError
-from phoenix_backup.repo.crypto import BlobType, Sha256
+from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
@@ -37,15 +37,22 @@ BLOB_CACHE_BYTES = 2 * 1024 * 1024
 # Reading ahead (restic's restorer schedules by pack too): the blobs a node needs next are read
 # pack by pack, in the order they sit in each pack, neighbours less than READ_GAP apart merged into
 # one range of at most READ_RANGE bytes, and opened (decrypted, decompressed) on the decode pool
-# while the consumer writes and hashes the bytes before them. A new batch of READ_AHEAD bytes
-# starts when less than half a batch is still on the way, so at most one and a half batches (and
-# the range being read) of a node's blobs are in memory at once: the bound on what reading ahead
-# adds. 1 MiB batches, ranges of 2 MiB and 2 MiB kept (4 MiB each before): a 600 MB restore's
-# memory after start-up peaks 13-15 MB lower (56-57 against 70-72 MB on the 7-day benchmark
-# repository), at the same CPU time and bytes read (docs/benchmarks.md, issue 20).
-READ_AHEAD = 1024 * 1024
-READ_RANGE = 2 * 1024 * 1024
+# while the consumer writes the bytes before them. A new batch of READ_AHEAD bytes starts when
+# less than half a batch is still on the way, so at most one and a half batches (and the range
+# being read) of a node's blobs are in memory at once: the bound on what reading ahead adds. A
+# batch is two ranges, so both threads of the decode pool open one node's blobs at once: with
+# batches of one range (1 MiB batches, 2 MiB ranges, before) the writer of the largest database
+# waited for one decoding thread while the other had nothing to do (py-spy, issue 20). Peak memory
+# stays as it was (the larger batches are paid by the smaller range buffers of the decode threads;
+# docs/benchmarks.md).
+READ_AHEAD = 2 * 1024 * 1024
+READ_RANGE = 1024 * 1024
 READ_GAP = 64 * 1024
+# A node at least this large is hashed on a thread of its own (`BackgroundSha256`), from the very
+# blobs its consumer writes, while it writes them: the largest database of a restore was written
+# and hashed one after the other on one core, the end of the restore (docs/benchmarks.md, issue
+# 20). Smaller nodes are hashed in line: a thread per small file would cost more than it saves.
+BACKGROUND_HASH = 4 * 1024 * 1024
 # A scratch copy of a database (diff, export, restore --merge) needs this much room besides.
 COPY_MARGIN = 16 * 1024 * 1024
 
@@ -276,17 +283,27 @@ class NodeReader:
         self.repo = repo
         self.logical = logical
         self.node = node
-        self.digest = Sha256()
+        self.digest: Sha256 | BackgroundSha256 = Sha256()
         self.total = 0
         self._chunks = self.chunks()
         self._buffer = b""
 
     def ranges(self) -> Iterator[tuple[bytes, int, int]]:
-        """Each extent's bytes as (blob, start, end), hashed from that very buffer."""
-        for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content):
-            self.digest.update(memoryview(blob)[start:end])
-            self.total += end - start
-            yield blob, start, end
+        """Each extent's bytes as (blob, start, end), hashed from that very buffer: in line, or for
+        a node of BACKGROUND_HASH bytes or more on a second thread while the consumer writes them
+        (the blobs are immutable bytes, shared, not copied). Either way `finish` compares the
+        digest of every byte handed out before the consumer may commit anything."""
+        if self.node.size >= BACKGROUND_HASH:
+            self.digest = BackgroundSha256()  # started here: a reader never read has no thread
+        try:
+            for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content):
+                self.digest.update(memoryview(blob)[start:end])
+                self.total += end - start
+                yield blob, start, end
+        except BaseException:  # damaged data, a failed write or an abandoned reader: the thread ends
+            if isinstance(self.digest, BackgroundSha256):
+                self.digest.close()
+            raise
 
     def chunks(self) -> Iterator[memoryview]:
         for blob, start, end in self.ranges():
