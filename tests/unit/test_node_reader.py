@@ -298,3 +298,33 @@ def test_a_batch_read_ahead_is_opened_by_both_decoding_threads(tmp_path: Path) -
     assert reader.READ_AHEAD <= ahead.in_flight < reader.READ_AHEAD + 100 * KIB
     for i in range(len(extents)):
         ahead.get(i)
+
+
+def test_a_reader_stopped_midway_ends_its_hashing_thread(
+    stored: tuple[Repository, list[tuple[bytes, bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that stops on an error (a failed write, a damaged blob) after the first extent
+    leaves no hashing thread behind: the reader's generator ends it when it is closed."""
+    from phoenix_backup.repo.reader import NodeReader
+    from phoenix_backup.repo.tree import Node
+
+    repo, blobs = stored
+    monkeypatch.setattr(reader, "BACKGROUND_HASH", 1, raising=False)
+    content = [Extent(b, 0, len(d)) for b, d in blobs[:4]]
+    node = Node(name="f", type="file", size=sum(e.length for e in content), content=content, sha256="0" * 64)
+
+    def hashing() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "phx-sha256"]
+
+    before = hashing()
+    r = NodeReader(repo, "workspace/f", node)
+    chunks = r.chunks()
+    next(chunks)
+    assert len(hashing()) == len(before) + 1
+    with pytest.raises(OSError):
+        for _chunk in chunks:
+            raise OSError(28, "No space left on device")
+    chunks.close()  # what the garbage collector does to the reader of a failed write
+    for t in hashing():
+        t.join(timeout=5)
+    assert [t for t in hashing() if t not in before] == []
