@@ -4,6 +4,7 @@ gives back exactly the bytes of each extent, in order."""
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,92 @@ def test_a_restore_holds_at_most_a_few_mib_of_a_node_in_memory_at_once(tmp_path:
         tracemalloc.stop()
     assert got.hexdigest() == node.sha256
     assert peak <= 6 * 1024 * KIB, f"{peak / 2**20:.1f} MiB held at once"
+
+
+def test_a_large_node_is_hashed_beside_its_writer_and_still_refused_when_it_differs(
+    stored: tuple[Repository, list[tuple[bytes, bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node of BACKGROUND_HASH bytes or more is hashed on a thread of its own while its consumer
+    writes (a restore's largest database was written, then hashed, on one core): every byte is
+    still hashed, a good node reads whole, and a node whose bytes differ from its SHA-256 is
+    refused before its last block, as in line."""
+    import hashlib
+
+    from phoenix_backup.repo import crypto
+    from phoenix_backup.repo.reader import NodeReader, read_node
+    from phoenix_backup.repo.tree import Node
+
+    repo, blobs = stored
+    monkeypatch.setattr(reader, "BACKGROUND_HASH", 1, raising=False)  # every node here is "large"
+    hashed_on: set[str] = set()
+    update = crypto.Sha256.update
+
+    def recording(self: crypto.Sha256, data: bytes | bytearray | memoryview) -> None:
+        if len(data):
+            hashed_on.add(threading.current_thread().name)
+        update(self, data)
+
+    monkeypatch.setattr(crypto.Sha256, "update", recording)
+    content = [Extent(b, 0, len(d)) for b, d in blobs[:4]]
+    whole = b"".join(d for _b, d in blobs[:4])
+    good = Node(name="f", type="file", size=len(whole), content=content, sha256=hashlib.sha256(whole).hexdigest())
+    assert read_node(repo, "workspace/f", good) == whole
+    assert hashed_on and threading.current_thread().name not in hashed_on
+    bad = Node(name="f", type="file", size=good.size, content=content, sha256=hashlib.sha256(whole[::-1]).hexdigest())
+    got: list[bytes] = []
+    with pytest.raises(CorruptObject, match=r"workspace/f read from the repository does not match its SHA-256"):
+        for block in NodeReader(repo, "workspace/f", bad).blocks():
+            got.append(block)
+    assert b"".join(got) == whole[: -len(blobs[3][1])]  # the last block never came
+
+
+def test_a_batch_read_ahead_is_opened_by_both_decoding_threads(tmp_path: Path) -> None:
+    """The blobs a node reads ahead, neighbours in one pack, are cut into more than one range, so
+    both threads of the decode pool open them at once (one range per batch kept the writer of the
+    largest database waiting on one thread while the other was idle); what is read ahead stays
+    within its bound."""
+    rng = random.Random(3)
+    repo = Repository.init(LocalBackend(tmp_path), keys.wrap_none, False)
+    extents = []
+    for _ in range(3 * reader.READ_AHEAD // (100 * KIB)):
+        data = rng.randbytes(100 * KIB)  # incompressible: stored as large as it is
+        bid, _ = repo.save_blob(BlobType.DATA, data)
+        extents.append(Extent(bid, 0, len(data)))
+    repo.flush()
+    ahead = reader._Ahead(repo, extents)
+    ahead.plan()
+    ranges = {id(fut) for fut, _raw in ahead.pending.values()}
+    assert len(ranges) >= 2
+    assert reader.READ_AHEAD <= ahead.in_flight < reader.READ_AHEAD + 100 * KIB
+    for i in range(len(extents)):
+        ahead.get(i)
+
+
+def test_a_reader_stopped_midway_ends_its_hashing_thread(
+    stored: tuple[Repository, list[tuple[bytes, bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that stops on an error (a failed write, a damaged blob) after the first extent
+    leaves no hashing thread behind: the reader's generator ends it when it is closed."""
+    from phoenix_backup.repo.reader import NodeReader
+    from phoenix_backup.repo.tree import Node
+
+    repo, blobs = stored
+    monkeypatch.setattr(reader, "BACKGROUND_HASH", 1, raising=False)
+    content = [Extent(b, 0, len(d)) for b, d in blobs[:4]]
+    node = Node(name="f", type="file", size=sum(e.length for e in content), content=content, sha256="0" * 64)
+
+    def hashing() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "phx-sha256"]
+
+    before = hashing()
+    r = NodeReader(repo, "workspace/f", node)
+    chunks = r.chunks()
+    next(chunks)
+    assert len(hashing()) == len(before) + 1
+    with pytest.raises(OSError):
+        for _chunk in chunks:
+            raise OSError(28, "No space left on device")
+    chunks.close()  # what the garbage collector does to the reader of a failed write
+    for t in hashing():
+        t.join(timeout=5)
+    assert [t for t in hashing() if t not in before] == []

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from phoenix_backup.errors import CorruptObject, NoSpace, ObjectNotFound, PhoenixError
-from phoenix_backup.repo.crypto import BlobType, Sha256
+from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
@@ -37,15 +37,24 @@ BLOB_CACHE_BYTES = 2 * 1024 * 1024
 # Reading ahead (restic's restorer schedules by pack too): the blobs a node needs next are read
 # pack by pack, in the order they sit in each pack, neighbours less than READ_GAP apart merged into
 # one range of at most READ_RANGE bytes, and opened (decrypted, decompressed) on the decode pool
-# while the consumer writes and hashes the bytes before them. A new batch of READ_AHEAD bytes
-# starts when less than half a batch is still on the way, so at most one and a half batches (and
-# the range being read) of a node's blobs are in memory at once: the bound on what reading ahead
-# adds. 1 MiB batches, ranges of 2 MiB and 2 MiB kept (4 MiB each before): a 600 MB restore's
-# memory after start-up peaks 13-15 MB lower (56-57 against 70-72 MB on the 7-day benchmark
-# repository), at the same CPU time and bytes read (docs/benchmarks.md, issue 20).
-READ_AHEAD = 1024 * 1024
+# while the consumer writes the bytes before them. A new batch of READ_AHEAD bytes starts when
+# less than half a batch is still on the way, so at most one and a half batches (and the range
+# being read) of a node's blobs are in memory at once: the bound on what reading ahead adds. A
+# batch is cut into ranges of at most half a batch, so both threads of the decode pool open one
+# node's blobs at once: with batches of one range (1 MiB batches in 2 MiB ranges, before) the
+# writer of the largest database waited for one decoding thread while the other had nothing to
+# do (py-spy, issue 20). A range stays at most READ_RANGE (a blob larger than half a batch is still
+# read into the thread's buffer); 2 MiB batches add 1.5 MiB per node being read (docs/benchmarks.md).
+READ_AHEAD = 2 * 1024 * 1024
 READ_RANGE = 2 * 1024 * 1024
 READ_GAP = 64 * 1024
+# A node at least this large is hashed on a thread of its own (`BackgroundSha256`), from the very
+# blobs its consumer writes, while it writes them: the largest database of a restore was written
+# and hashed one after the other on one core, the end of the restore (docs/benchmarks.md, issue
+# 20). Smaller nodes are hashed in line: a thread per small file would cost more than it saves.
+BACKGROUND_HASH = 4 * 1024 * 1024
+# How far the hashing thread may fall behind the writer: the blobs waiting for it stay in memory.
+HASH_BEHIND = 256 * 1024
 # A scratch copy of a database (diff, export, restore --merge) needs this much room besides.
 COPY_MARGIN = 16 * 1024 * 1024
 
@@ -153,9 +162,12 @@ def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocatio
     return out
 
 
-def _ranges(located: list[tuple[bytes, BlobLocation]]) -> list[tuple[str, list[tuple[bytes, BlobLocation]]]]:
+def _ranges(
+    located: list[tuple[bytes, BlobLocation]], limit: int | None = None
+) -> list[tuple[str, list[tuple[bytes, BlobLocation]]]]:
     """Blobs grouped by pack, in offset order, cut into ranges: a new range where the gap to the
-    previous blob exceeds READ_GAP or the range would exceed READ_RANGE."""
+    previous blob exceeds READ_GAP or the range would exceed `limit` (READ_RANGE at most)."""
+    limit = READ_RANGE if limit is None else min(limit, READ_RANGE)
     by_pack: dict[str, list[tuple[bytes, BlobLocation]]] = {}
     for item in located:
         by_pack.setdefault(item[1].pack_id, []).append(item)
@@ -168,7 +180,7 @@ def _ranges(located: list[tuple[bytes, BlobLocation]]) -> list[tuple[str, list[t
                 first, last = run[0][1], run[-1][1]
                 if (
                     loc.offset - (last.offset + last.stored) > READ_GAP
-                    or loc.offset + loc.stored - first.offset > READ_RANGE
+                    or loc.offset + loc.stored - first.offset > limit
                 ):
                     out.append((pack_name(pack_id), run))
                     run = []
@@ -211,7 +223,7 @@ class _Ahead:
             located.append((blob, loc))
             budget -= loc.raw
         pool = _decode_pool()
-        for pack, run in _ranges(located):
+        for pack, run in _ranges(located, READ_AHEAD // 2):  # two ranges a batch or more: both decoders
             fut = pool.submit(self.size, functools.partial(read_blobs, self.repo, pack, run))
             for blob, loc in run:
                 self.pending[blob] = (fut, loc.raw)
@@ -276,17 +288,27 @@ class NodeReader:
         self.repo = repo
         self.logical = logical
         self.node = node
-        self.digest = Sha256()
+        self.digest: Sha256 | BackgroundSha256 = Sha256()
         self.total = 0
         self._chunks = self.chunks()
         self._buffer = b""
 
     def ranges(self) -> Iterator[tuple[bytes, int, int]]:
-        """Each extent's bytes as (blob, start, end), hashed from that very buffer."""
-        for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content):
-            self.digest.update(memoryview(blob)[start:end])
-            self.total += end - start
-            yield blob, start, end
+        """Each extent's bytes as (blob, start, end), hashed from that very buffer: in line, or for
+        a node of BACKGROUND_HASH bytes or more on a second thread while the consumer writes them
+        (the blobs are immutable bytes, shared, not copied). Either way `finish` compares the
+        digest of every byte handed out before the consumer may commit anything."""
+        if self.node.size >= BACKGROUND_HASH:
+            self.digest = BackgroundSha256(HASH_BEHIND)  # started here: a reader never read has no thread
+        try:
+            for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content):
+                self.digest.update(memoryview(blob)[start:end])
+                self.total += end - start
+                yield blob, start, end
+        except BaseException:  # damaged data, a failed write or an abandoned reader: the thread ends
+            if isinstance(self.digest, BackgroundSha256):
+                self.digest.close()
+            raise
 
     def chunks(self) -> Iterator[memoryview]:
         for blob, start, end in self.ranges():
