@@ -643,13 +643,20 @@ def _slot_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return kek
 
 
+def _blank(passphrase: str) -> bool:
+    """Whether the passphrase is spaces alone: any Unicode white space (tabs, new lines, no-break
+    spaces) and the invisible format characters (category Cf: zero-width spaces and joiners, the
+    byte-order mark), which `str.strip` keeps."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in passphrase)
+
+
 def wrap_passphrase(
     secrets: MasterSecrets, passphrase: str, *, kdf_params: Mapping[str, int] | None = None, kept: bool = False
 ) -> KeySlot:
-    """Seal the secrets under a key derived from the passphrase with scrypt. A new passphrase of
-    spaces alone is refused; `kept` (the repository's own passphrase sealed again by `phx key
-    rotate`) lets one chosen before that was refused stay as it is."""
-    if not passphrase or (not kept and not passphrase.strip()):
+    """Seal the secrets under a key derived from the passphrase with scrypt. A new passphrase that
+    shows nothing (`_blank`) is refused; `kept` (the repository's own passphrase sealed again by
+    `phx key rotate`) lets one chosen before that was refused stay as it is."""
+    if not passphrase or (not kept and _blank(passphrase)):
         raise UsageError(
             "the passphrase is empty or only spaces; choose a passphrase with other characters "
             "(or use --encryption none)"
