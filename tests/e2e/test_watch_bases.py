@@ -163,6 +163,59 @@ def test_a_base_process_killed_midway_is_said_once_and_the_base_taken_again(sand
     assert _restored(sb, _last_covered(sb), tmp_path / "at") == [0, 1]
 
 
+def _malloc_arenas(pid: int) -> int:
+    """glibc's malloc arenas besides the main one in process `pid`: the anonymous mappings of
+    64 MiB (HEAP_MAX_SIZE on 64 bits) that start on a 64 MiB boundary, read and write in front and
+    reserved behind; -1 once the process is gone."""
+    heap = 64 << 20
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except OSError:
+        return -1
+    ends = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 5:  # no file behind it
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ends[start] = end
+    count = 0
+    for start, end in ends.items():
+        while end in ends:
+            end = ends[end]
+        count += start % heap == 0 and end - start == heap
+    return count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the base's mappings in /proc")
+def test_the_base_process_keeps_to_two_malloc_arenas(sandbox: Sandbox) -> None:
+    """The base's process (ops/watch_child.py) is a fresh interpreter: it sets glibc's arena limit
+    and mmap threshold itself, as `phx` does, before its threads start. Before, it ran with
+    glibc's defaults (3-4 arenas besides the main one on the tiny sample)."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    most: dict[int, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for pid in _children_running("phoenix_backup.ops.watch_child"):
+                most[pid] = max(most.get(pid, 0), _malloc_arenas(pid))
+            time.sleep(0.002)
+
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            w.poll()  # the bases, in their process
+        finally:
+            stop.set()
+            sampler.join()
+        assert not any(d.need_base for d in w.dbs), notices
+    assert most, "the base's process was seen"
+    assert max(most.values()) <= 1, most
+
+
 def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_them_first(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
