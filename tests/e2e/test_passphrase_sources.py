@@ -83,7 +83,8 @@ def test_a_new_passphrase_of_invisible_characters_is_refused_from_every_source(
     res = sb.phx("init", env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)), check=None)
     assert res.code == 2 and "only spaces" in res.err and "Traceback" not in res.err, res.err
     assert not (sb.repo / "config").exists(), "no repository made"
-    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": "printf '\\342\\200\\213'"})
+    zero_width = "printf '\\342\\200\\213'"
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": zero_width})
     res = sb.phx("init", env=sb.env_with(PHX_PASSPHRASE=None), check=None)
     assert res.code == 2 and "only spaces" in res.err and "Traceback" not in res.err, res.err
     assert not (sb.repo / "config").exists(), "no repository made"
