@@ -283,3 +283,19 @@ def test_live_export_takes_the_components_as_a_full_backup_does(sandbox: Sandbox
     sb.phx("export", "--format", "json", "--backup", "latest", "--output", snap_out)
     from_snap = {p.name: p.read_bytes() for p in (snap_out / "files").rglob("*") if p.is_file()}
     assert from_snap == exported
+
+
+def test_output_a_link_to_an_empty_mount_point_is_refused_before_any_work(
+    sandbox: Sandbox, tmp_path: Path, tmpfs: Any
+) -> None:
+    """An empty mount point (a USB drive, a share) cannot be replaced by the export's folder: it
+    is refused before the export is written, naming the fix, whether given or linked to."""
+    drive = tmpfs("64m")
+    (tmp_path / "link").symlink_to(drive)
+    for output in (drive, tmp_path / "link"):
+        res = sandbox.phx("export", "--output", output, check=None)
+        assert_error(res, 2, str(drive), "mount point", str(drive / "export"))
+    assert not any(drive.iterdir())
+    assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]
+    sandbox.phx("export", "--output", tmp_path / "link" / "export")
+    assert (drive / "export" / "checksums.json").is_file()

@@ -6,6 +6,7 @@ whose passphrase was set with it still opens; `encryption.passphraseCommand` is 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -68,6 +69,29 @@ def test_a_new_passphrase_of_spaces_alone_is_refused(backed_up: Sandbox) -> None
         assert res.code == 2 and "only spaces" in res.err and "Traceback" not in res.err, res.err
     res = sb.phx("key", "list", "--json")
     assert len(res.json()) == 1, "nothing was added"
+    sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=PASSPHRASE))
+
+
+def test_a_new_passphrase_of_invisible_characters_is_refused_from_every_source(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A zero-width space from PHX_PASSPHRASE_FILE or passphraseCommand, no-break spaces from
+    PHX_NEW_PASSPHRASE: each shows nothing, and is refused as spaces alone are (exit 2, nothing made)."""
+    sb = sandbox
+    shutil.rmtree(sb.repo)
+    file = secret_file(tmp_path / "passphrase.txt", "\u200b\n")
+    res = sb.phx("init", env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)), check=None)
+    assert res.code == 2 and "only spaces" in res.err and "Traceback" not in res.err, res.err
+    assert not (sb.repo / "config").exists(), "no repository made"
+    zero_width = "printf '\\342\\200\\213'"
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": zero_width})
+    res = sb.phx("init", env=sb.env_with(PHX_PASSPHRASE=None), check=None)
+    assert res.code == 2 and "only spaces" in res.err and "Traceback" not in res.err, res.err
+    assert not (sb.repo / "config").exists(), "no repository made"
+    sb.write_config(encryption={"enabled": True, "method": "passphrase"})
+    sb.init_repository()
+    res = sb.phx("key", "passwd", env=sb.env_with(PHX_NEW_PASSPHRASE="\u00a0\u00a0"), check=None)
+    assert res.code == 2 and "only spaces" in res.err, res.err
     sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=PASSPHRASE))
 
 

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,18 @@ def _children_running(module: str) -> list[int]:
     return out
 
 
+def _poll_beside(w: Watcher, beside: Callable[[threading.Event], None]) -> None:
+    """`w.poll()` with `beside(stop)` running in a thread of its own until the poll has returned."""
+    stop = threading.Event()
+    thread = threading.Thread(target=beside, args=(stop,))
+    thread.start()
+    try:
+        w.poll()
+    finally:
+        stop.set()
+        thread.join()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the base's process in /proc")
 def test_a_base_process_killed_midway_is_said_once_and_the_base_taken_again(sandbox: Sandbox, tmp_path: Path) -> None:
     """The base runs in a process of its own (ops/watch_child.py), so that its memory never stays
@@ -125,9 +137,8 @@ def test_a_base_process_killed_midway_is_said_once_and_the_base_taken_again(sand
     db = sb.layout.dashboard_db
     _table(db)
     seen: dict[str, bytes] = {}
-    stop = threading.Event()
 
-    def kill_the_base() -> None:
+    def kill_the_base(stop: threading.Event) -> None:
         while not stop.is_set():
             for pid in _children_running("phoenix_backup.ops.watch_child"):
                 try:
@@ -141,13 +152,7 @@ def test_a_base_process_killed_midway_is_said_once_and_the_base_taken_again(sand
 
     notices: list[str] = []
     with _watcher(sb, notices) as w:
-        killer = threading.Thread(target=kill_the_base)
-        killer.start()
-        try:
-            w.poll()  # the base, killed
-        finally:
-            stop.set()
-            killer.join()
+        _poll_beside(w, kill_the_base)  # the base, killed
         assert all(d.need_base for d in w.dbs), notices
         said = [n for n in notices if "base snapshot failed" in n]
         assert len(said) == 1 and "killed by signal 9" in said[0], notices
@@ -161,6 +166,52 @@ def test_a_base_process_killed_midway_is_said_once_and_the_base_taken_again(sand
         w.flush()
         assert not w.queue
     assert _restored(sb, _last_covered(sb), tmp_path / "at") == [0, 1]
+
+
+def _malloc_arenas(pid: int) -> int:
+    """glibc's malloc arenas besides the main one in process `pid`: the anonymous mappings of
+    64 MiB (HEAP_MAX_SIZE on 64 bits) that start on a 64 MiB boundary, read and write in front and
+    reserved behind; -1 once the process is gone."""
+    heap = 64 << 20
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except OSError:
+        return -1
+    ends = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 5:  # no file behind it
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ends[start] = end
+    count = 0
+    for start, end in ends.items():
+        while end in ends:
+            end = ends[end]
+        count += start % heap == 0 and end - start == heap
+    return count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the base's mappings in /proc")
+def test_the_base_process_keeps_to_two_malloc_arenas(sandbox: Sandbox) -> None:
+    """The base's process (ops/watch_child.py) is a fresh interpreter: it sets glibc's arena limit
+    and mmap threshold itself, as `phx` does, before its threads start. Before, it ran with
+    glibc's defaults (3-4 arenas besides the main one on the tiny sample)."""
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    most: dict[int, int] = {}
+
+    def sample(stop: threading.Event) -> None:
+        while not stop.is_set():
+            for pid in _children_running("phoenix_backup.ops.watch_child"):
+                most[pid] = max(most.get(pid, 0), _malloc_arenas(pid))
+            time.sleep(0.002)
+
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        _poll_beside(w, sample)  # the bases, in their process
+        assert not any(d.need_base for d in w.dbs), notices
+    assert most, "the base's process was seen"
+    assert max(most.values()) <= 1, most
 
 
 def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_them_first(

@@ -455,6 +455,20 @@ def test_wrap_rejects_a_new_passphrase_of_spaces_but_keeps_an_old_one(secrets: M
     assert open_any([slot], Credentials(passphrase="  "))[1].to_bytes() == secrets.to_bytes()
 
 
+@pytest.mark.parametrize(
+    "blank",
+    ["\n", "\t\t", "\u00a0\u00a0", "\u3000", "\u200b", "\u200b\u200c\u200d", "\ufeff", " \u2060 ", "\u180e"],
+    ids=["newline", "tabs", "nbsp", "ideographic-space", "zwsp", "zero-width-joiners", "bom", "word-joiner", "mvs"],
+)
+def test_wrap_rejects_a_new_passphrase_of_any_blank_characters(secrets: MasterSecrets, blank: str) -> None:
+    """Other Unicode white space and the invisible format characters `str.strip` keeps (zero-width
+    space, byte-order mark) are spaces alone too; a visible character among them makes a passphrase."""
+    with pytest.raises(UsageError, match="only spaces"):
+        wrap_passphrase(secrets, blank, kdf_params=FAST)
+    slot = wrap_passphrase(secrets, blank + "x", kdf_params=FAST)
+    assert open_any([slot], Credentials(passphrase=blank + "x"))[1].to_bytes() == secrets.to_bytes()
+
+
 def test_authenticated_but_invalid_secrets_are_corrupt(secrets: MasterSecrets) -> None:
     """A slot that decrypts fine but holds nonsense (a buggy writer) is corrupt, not 'wrong'."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM

@@ -370,3 +370,19 @@ def test_a_folder_swapped_for_a_link_after_the_listing_keeps_prune_out_of_its_ta
     assert (victim / ".tmp-interrupted").read_bytes() == b"someone else's"
     (path / "data" / "zz").unlink()
     assert contents(open_fresh(path)[0]) == expected
+
+
+def test_an_old_temporary_file_dated_at_the_epoch_is_deleted(pristine, tmp_path: Path) -> None:
+    """A temporary file whose time is 0 (an archive or a file system that keeps no times) is as
+    old as can be: prune deletes it; before, a time of 0 counted as unknown and it stayed for ever."""
+    src, expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    (path / "data" / "zz").mkdir()
+    (path / "data" / "zz" / ".tmp-interrupted").write_bytes(b"half a pack")
+    os.utime(path / "data" / "zz" / ".tmp-interrupted", (0, 0))
+    repo = Repository.open(LocalBackend(path), keys.Credentials(passphrase=None))
+    report = prune_repository(repo, TargetPrune("local"), dry_run=False, state=PruneState(tmp_path / "p.json"), now=T0)
+    assert report.temporary_files == 1
+    assert not (path / "data" / "zz" / ".tmp-interrupted").exists()
+    assert contents(open_fresh(path)[0]) == expected

@@ -4,7 +4,6 @@ and click's own errors turned into Phoenix's one-line format."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import sys
 from typing import NoReturn
 
@@ -20,35 +19,17 @@ from phoenix_backup.cli.app import (
     stop_on_signals,
 )
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.repo.keys import hide_process_memory
+from phoenix_backup.repo.keys import hide_process_memory, set_malloc_options
+from phoenix_backup.repo.keys import limit_malloc_arenas as _limit_malloc_arenas
 
 __all__ = ["cli", "main"]
 
 
-# glibc's mallopt parameters: the number of malloc arenas, and the size from which a buffer gets
-# its own mapping (returned to the system when it is freed).
-_M_ARENA_MAX = -8
-_M_MMAP_THRESHOLD = -3
+# glibc's mallopt parameter of the heap a process keeps freed (`keep_freed_heap`); the arena and
+# mmap settings every process makes are `repo.keys.limit_malloc_arenas`.
 _M_TRIM_THRESHOLD = -1
-MMAP_THRESHOLD = 1024 * 1024
 RESTORE_TRIM_THRESHOLD = 8 << 20
 BACKUP_TRIM_THRESHOLD = 2 << 20
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives threads that allocate at once their own malloc arenas (up to eight per core),
-    and a freed buffer stays in the arena that allocated it. A backup's reader, sealer and checker
-    threads each pass megabytes of blob buffers through, so with one arena per thread the process
-    keeps tens of MB it no longer uses. Two arenas measured 10-20 MB less peak memory on a 600 MB
-    backup at the same speed.
-
-    glibc also raises the size from which a buffer is mapped on its own to the largest one freed
-    (up to 32 MB): after the first 8 MB pack, every pack and file chunk came from the arenas, whose
-    holes kept the process's memory growing with the workspace (170 MB for a 3 GB one, against
-    100 MB with the threshold fixed at 1 MiB; 256 KiB database regions stay in the arenas, where
-    they are reused). Done before any thread starts; a C library without `mallopt` (not glibc)
-    is left as it is."""
-    _mallopt((_M_ARENA_MAX, arenas), (_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def keep_freed_heap(limit: int = RESTORE_TRIM_THRESHOLD) -> None:
@@ -60,20 +41,7 @@ def keep_freed_heap(limit: int = RESTORE_TRIM_THRESHOLD) -> None:
     memory (docs/benchmarks.md). A backup's 256 KiB database reads, copies and sealed outputs do
     the same, and keep BACKUP_TRIM_THRESHOLD: 32,000-37,000 page faults instead of 34,000-56,000
     on the 600 MB sample at the same peak memory (8 MiB: 27,000-28,000, but 2.5-7 MB more)."""
-    _mallopt((_M_TRIM_THRESHOLD, limit))
-
-
-def _mallopt(*settings: tuple[int, int]) -> None:
-    """Set glibc malloc parameters; a C library without `mallopt` (not glibc) is left as it is."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    for param, value in settings:
-        mallopt(param, value)
+    set_malloc_options((_M_TRIM_THRESHOLD, limit))
 
 
 def main() -> None:

@@ -255,6 +255,11 @@ def export(
         refuse_inside(cfg.repository_path, output, "--output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(f"{output} already exists and is not an empty folder; choose a new --output folder")
+    if os.path.ismount(output):  # the export's folder is renamed over the empty one, never over a mount point
+        raise UsageError(
+            f"{output} is a mount point, which the export cannot replace with its own folder; "
+            f"choose a folder inside it, e.g. --output {output / 'export'}"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     # Named and journalled as a restore's temporary files are, so that the next command removes
     # the folder of an export that was killed (sinks/leftovers.py); backups never save it.

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
-from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory, set_process_option
+from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory, limit_malloc_arenas, set_process_option
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry
 
@@ -492,6 +492,7 @@ def _die_with_parent() -> None:
 
 
 def main(answer_fd: int) -> None:
+    limit_malloc_arenas()  # a snapshot's threads as `phx backup`'s: two arenas, the mmap threshold fixed
     _die_with_parent()
     hide_process_memory()  # before the secrets arrive
     # The watch decides when to stop: a Ctrl-C or SIGTERM to the group lets the snapshot finish.

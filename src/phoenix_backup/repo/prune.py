@@ -547,7 +547,12 @@ def _leftovers(
 def _old_temporary_files(repo: Repository, now: float) -> list[str]:
     """Temporary files of interrupted writes on a local store, older than the lock stale age.
     Only a local store has them (remote PUTs are atomic)."""
-    return [t.name for t in repo.backend.list_temporary() if now - (t.modified or now) >= LEFTOVER_MIN_AGE]
+    # A time of 0 (the epoch, as an archive or a file system without times gives) is old, not unknown.
+    return [
+        t.name
+        for t in repo.backend.list_temporary()
+        if now - (now if t.modified is None else t.modified) >= LEFTOVER_MIN_AGE
+    ]
 
 
 def prune_due(state: PruneState, repo: Repository, target: str, now: float) -> bool:
