@@ -211,3 +211,32 @@ def test_a_copied_object_of_the_rotation_is_damage(sandbox: Sandbox) -> None:
     assert res.code == 1 and doc["ok"] is False, f"planted objects passed as the rotation's leftovers:\n{res}"
     assert not [n for n in doc["notices"] if any(p in n for p in planted)], doc["notices"]
     assert all(p in res.out for p in planted), res
+
+
+@pytest.mark.parametrize("command", ["forget", "backup"])
+def test_a_lock_that_cannot_be_removed_after_the_work_is_a_partial_result(sandbox: Sandbox, command: str) -> None:
+    """Everything done, but the lock object cannot be deleted (EIO on its unlink, injected with
+    strace on the `locks/` folder alone): before, `phx forget` and `phx backup` exited 1 as if they
+    had failed; now exit 3 (partial), one line naming the lock, the target and `phx unlock`."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    first = sb.backup()["id"]
+    unlinks = "unlink,unlinkat"
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(sb.repo / "locks")]
+    inject += ["-e", f"trace={unlinks}", "-e", f"inject={unlinks}:error=EIO"]
+    res = run_phx([command], sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    left = [p.name for p in (sb.repo / "locks").iterdir()]
+    assert len(left) == 1, left
+    assert res.code == 3, res
+    line = next(x for x in res.err.splitlines() if f"locks/{left[0]}" in x)
+    assert f"target local: the {command} lock locks/{left[0]} in {sb.repo} could not be removed" in line, res.err
+    assert "run `phx unlock`" in line
+    assert "Traceback" not in res.err
+    ids = [s["id"] for s in sb.phx("list", "--json").json()]
+    assert first in ids and len(ids) == (2 if command == "backup" else 1), ids
+    sb.phx("unlock")
+    assert not list((sb.repo / "locks").iterdir())
+    assert sb.verify()["ok"] is True
