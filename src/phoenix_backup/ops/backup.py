@@ -43,8 +43,8 @@ from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
-from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.locks import noting_unreleased
+from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Duration
 from phoenix_backup.repo.snapshot import (
     NOT_CHECKED,
