@@ -240,3 +240,31 @@ def test_a_lock_that_cannot_be_removed_after_the_work_is_a_partial_result(sandbo
     sb.phx("unlock")
     assert not list((sb.repo / "locks").iterdir())
     assert sb.verify()["ok"] is True
+
+
+def test_an_export_syncs_its_files_and_folders_before_and_after_its_rename(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before, `phx export` renamed its temporary folder into place with no fsync at all: a power
+    cut could leave the renamed files empty. Traced with strace: every file and folder of the
+    export is fsynced before the rename, and the folder that holds it after."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    out = tmp_path / "exported"
+    log = tmp_path / "strace.log"
+    renames = "rename,renameat,renameat2"
+    trace = ["strace", "-f", "-qq", "-y", "-o", str(log), "-e", f"trace=fsync,fdatasync,{renames}"]
+    res = run_phx(["export", "--format", "json", "--output", str(out)], sb.env, check=None, prefix=trace)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert res.code == 0, res
+    lines = log.read_text().splitlines()
+    at = next(i for i, x in enumerate(lines) if "rename" in x and f'"{out}"' in x)
+    work = lines[at].split('"')[1]  # the temporary folder renamed into place
+    synced = {x.split("<", 1)[1].split(">", 1)[0] for x in lines[:at] if "sync(" in x and "<" in x}
+    exported = [p for p in out.rglob("*")]
+    assert any(p.is_file() for p in exported)
+    for p in exported:
+        assert f"{work}/{p.relative_to(out)}" in synced, (p, sorted(synced))
+    assert work in synced
+    assert any("fsync(" in x and f"<{out.parent}>" in x for x in lines[at:]), lines[at:]

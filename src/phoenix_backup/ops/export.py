@@ -34,6 +34,7 @@ from typing import Any, Literal
 from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import fsync_dir, fsync_tree
 from phoenix_backup.errors import ExitStatus, ExportError, UsageError
 from phoenix_backup.memory import markdown
 from phoenix_backup.memory.checksums import write_checksums
@@ -270,9 +271,11 @@ def export(
                 _write_export(work, source, result, cfg, envx)
             except sqlite3.Error as exc:
                 raise ExportError(f"a store could not be read for the export ({exc}); run `phx doctor`") from exc
+        fsync_tree(work)  # the files and folders on disk before the rename publishes them
         with contextlib.suppress(FileNotFoundError):
             output.rmdir()  # an empty folder given as --output
         os.rename(work, output)
+        fsync_dir(output.parent)  # and the rename itself
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a file size limit: one sentence with the fix
