@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,45 @@ def test_an_export_syncs_its_files_and_folders_before_and_after_its_rename(sandb
         assert f"{work}/{p.relative_to(out)}" in synced, (p, sorted(synced))
     assert work in synced
     assert any("fsync(" in x and f"<{out.parent}>" in x for x in lines[at:]), lines[at:]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_every_command_writing_plain_copies_refuses_the_repository_folder_alike(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`restore --to`, `restore --at … --to` and `export --output` follow one rule: a folder in the
+    local repository (the folder itself, or one reached through a link) is refused whichever target
+    is read; a sibling whose name merely starts the same is not. Before, `restore --target git
+    --to REPO/x` wrote plain copies among the encrypted objects (exit 0), and so did `restore --at`
+    as far as it got: they checked only the repository they read."""
+    from moto_support import bare_repo
+
+    sb = sandbox
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        }
+    )
+    doc = sb.backup()
+    assert all(t["ok"] for t in doc["targets"].values()), doc["targets"]
+    link = tmp_path / "link-to-repo"
+    link.symlink_to(sb.repo)
+    before = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    commands = {
+        "restore": ["restore", "--backup", doc["id"], "--to"],
+        "restore --target git": ["restore", "--target", "git", "--backup", doc["id"], "--to"],
+        "restore --at": ["restore", "--at", datetime.now(UTC).isoformat(timespec="seconds"), "--yes", "--to"],
+        "export": ["export", "--format", "json", "--output"],
+    }
+    for name, args in commands.items():
+        for folder in (sb.repo, sb.repo / "x", link / "x"):
+            res = sb.phx(*args, folder, check=None)
+            assert res.code == 2 and "is inside the repository" in res.err, (name, folder, res)
+    after = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    assert after == before
+    sibling = sb.repo.parent / f"{sb.repo.name}-sibling"
+    sb.phx("restore", "--target", "git", "--backup", doc["id"], "--to", sibling / "restored")
+    sb.phx("export", "--format", "json", "--output", sibling / "export")
+    assert (sibling / "export" / "metadata.json").is_file() and any((sibling / "restored").iterdir())

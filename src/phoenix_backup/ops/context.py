@@ -42,7 +42,7 @@ from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
-from phoenix_backup.storage.local import LocalBackend
+from phoenix_backup.storage.local import LocalBackend, refuse_inside
 from phoenix_backup.storage.targets import remember_append_only
 
 
@@ -609,6 +609,16 @@ def check_restore(cfg: Config, *, to: Path | None, delete: bool, to_database: st
         raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
     if to is None:
         require_config_file(cfg, "a restore in place")
+    else:
+        refuse_plain_copies_in_repository(cfg, to, "--to")
+
+
+def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> None:
+    """UsageError when `folder` (`restore --to`, `restore --at … --to`, `export --output`) lies in
+    the local target's repository: the same rule for every command that writes plain copies,
+    whichever target it reads from (storage/local.py `refuse_inside`)."""
+    if "local" in cfg.targets.enabled_names():
+        refuse_inside(cfg.repository_path, folder, what)
 
 
 def require_config_file(cfg: Config, what: str) -> None:

@@ -41,7 +41,13 @@ from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
 from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect
 from phoenix_backup.memory.values import csv_value, json_value
-from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
+from phoenix_backup.ops.context import (
+    Environment,
+    open_repository,
+    refuse_plain_copies_in_repository,
+    require_identity,
+    scratch_dir,
+)
 from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
@@ -52,7 +58,7 @@ from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
 from phoenix_backup.sources.sqlite_capture import copy_database
 from phoenix_backup.sql import quote
-from phoenix_backup.storage.local import os_error, refuse_inside
+from phoenix_backup.storage.local import os_error
 from phoenix_backup.units import human_size
 
 ExportFormat = Literal["json", "csv", "markdown"]
@@ -252,8 +258,7 @@ def export(
         if not linked.is_dir():
             raise UsageError(f"{output} is a link to {linked}, which is not a folder; choose a new --output folder")
         output = linked
-    if "local" in cfg.targets.enabled_names():
-        refuse_inside(cfg.repository_path, output, "--output")
+    refuse_plain_copies_in_repository(cfg, output, "--output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(f"{output} already exists and is not an empty folder; choose a new --output folder")
     output.parent.mkdir(parents=True, exist_ok=True)
