@@ -860,18 +860,30 @@ def test_a_malformed_url_is_one_config_error_without_its_credentials(changes: di
     ("s3", "r2", "refused"),
     [
         # The same endpoint (spelled two ways), bucket and prefix: one repository written twice.
-        ({"endpoint": "https://minio.example:9000/", "prefix": "phx"},
-         {"endpoint": "HTTPS://minio.example:9000", "prefix": "/phx/"}, True),
+        (
+            {"endpoint": "https://minio.example:9000/", "prefix": "phx"},
+            {"endpoint": "HTTPS://minio.example:9000", "prefix": "/phx/"},
+            True,
+        ),
         # One prefix inside the other, or no prefix at all on one of them.
-        ({"endpoint": "http://minio:9000", "prefix": "phx"},
-         {"endpoint": "http://minio:9000", "prefix": "phx/a"}, True),
+        (
+            {"endpoint": "http://minio:9000", "prefix": "phx"},
+            {"endpoint": "http://minio:9000", "prefix": "phx/a"},
+            True,
+        ),
         ({"endpoint": "http://minio:9000"}, {"endpoint": "http://minio:9000", "prefix": "phx"}, True),
         # An S3 target given the R2 account's own endpoint.
-        ({"endpoint": f"https://{ACCOUNT}.r2.cloudflarestorage.com", "prefix": "p"}, {"accountId": ACCOUNT,
-         "prefix": "p"}, True),
+        (
+            {"endpoint": f"https://{ACCOUNT}.r2.cloudflarestorage.com", "prefix": "p"},
+            {"accountId": ACCOUNT, "prefix": "p"},
+            True,
+        ),
         # Prefixes that only share their first letters, another bucket, another endpoint: fine.
-        ({"endpoint": "http://minio:9000", "prefix": "phx"},
-         {"endpoint": "http://minio:9000", "prefix": "phx2"}, False),
+        (
+            {"endpoint": "http://minio:9000", "prefix": "phx"},
+            {"endpoint": "http://minio:9000", "prefix": "phx2"},
+            False,
+        ),
         ({"endpoint": "http://minio:9000", "bucket": "other"}, {"endpoint": "http://minio:9000"}, False),
         ({"endpoint": "http://minio:9000"}, {"endpoint": "http://minio:9001"}, False),
         ({"region": "eu-west-1"}, {"accountId": ACCOUNT}, False),
