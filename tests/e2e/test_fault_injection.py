@@ -72,8 +72,39 @@ def test_an_export_onto_a_full_disk_names_the_cause_and_leaves_nothing(sandbox: 
     sb = sandbox
     with tmpfs_at(tmp_path / "small", "256k") as mnt:
         res = sb.phx("export", "--format", "json", "--output", mnt / "export", check=None)
-        assert_error(res, 1, "no space left on the device", "writing the export to", "free some space")
+        assert_error(res, 1, f"no space left on the disk of {mnt / 'export'}", "writing the export to")
+        assert f"(the file system mounted at {mnt}, " in res.err and "free space there" in res.err
+        assert "phx verify" not in res.err
         assert list(mnt.iterdir()) == []
+
+
+def test_a_full_or_failing_restore_destination_is_named_and_the_repository_is_not_blamed(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A full disk or an I/O error on the restore's destination: before, "no space left on the
+    device … free some space" (which device?) and "Input/output error … run `phx verify`" (which
+    blames the repository, that is fine). Now the destination's path, its file system (and for a
+    full disk the space free and the space the file needs) are named, and verify is not."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    doc = sb.backup()
+    dest = tmp_path / "restored"
+    # EIO from the destination's disk: every fsync of its workspace folder (strace -P: that folder only).
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(dest / "workspace")]
+    inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EIO"]
+    res = run_phx(["restore", "--backup", doc["id"], "--to", str(dest)], sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, "input/output error", f"the disk of {dest / 'workspace'} (the file system mounted at ")
+    assert "phx verify" not in res.err and "the repository is not involved" in res.err
+    assert sb.verify()["ok"] is True
+    # A full destination disk.
+    with tmpfs_at(tmp_path / "small", "64k") as mnt:
+        res = sb.phx("restore", "--backup", doc["id"], "--to", mnt / "restored", check=None)
+        assert_error(res, 1, f"no space left on the disk of {mnt / 'restored'}/", f"mounted at {mnt}, ")
+        assert "free space there or choose a destination on another disk" in res.err
+        assert " alone needs " in res.err and "phx verify" not in res.err
 
 
 @pytest.mark.parametrize("inside", [".", "data", "restored"])

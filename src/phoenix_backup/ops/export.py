@@ -284,7 +284,7 @@ def export(
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a file size limit: one sentence with the fix
-            raise os_error(exc, f"writing the export to {output}") from exc
+            raise os_error(exc, f"writing the export to {output}", destination=output) from exc
         raise
     finally:
         journal.close()
