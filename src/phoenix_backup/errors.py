@@ -152,6 +152,13 @@ class NoSpace(StorageError):
     pass
 
 
+class LockNotReleased(StorageError):
+    """The command's work is done, but its lock object could not be deleted: a partial result
+    (the lock stays until `phx unlock` removes it), not a failure of the command."""
+
+    exit_status = ExitStatus.PARTIAL
+
+
 class ReadOnlyStorage(StorageError):
     """The store cannot be written (a read-only file system): reading it still works."""
 

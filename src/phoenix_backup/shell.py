@@ -83,6 +83,14 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of `proc`'s process group (it was started with
+    `start_new_session=True`), then reap `proc`: what it started in the background and left holding
+    its output ends with it."""
+    _kill_group(proc.pid)
+    proc.wait()
+
+
 @dataclass(frozen=True)
 class ShellStep:
     """One run of a configured command (`label` names it as the config does: `gateway.stop`)."""

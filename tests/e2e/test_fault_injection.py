@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,39 @@ def test_an_export_onto_a_full_disk_names_the_cause_and_leaves_nothing(sandbox: 
     sb = sandbox
     with tmpfs_at(tmp_path / "small", "256k") as mnt:
         res = sb.phx("export", "--format", "json", "--output", mnt / "export", check=None)
-        assert_error(res, 1, "no space left on the device", "writing the export to", "free some space")
+        assert_error(res, 1, f"no space left on the disk of {mnt / 'export'}", "writing the export to")
+        assert f"(the file system mounted at {mnt}, " in res.err and "free space there" in res.err
+        assert "phx verify" not in res.err
         assert list(mnt.iterdir()) == []
+
+
+def test_a_full_or_failing_restore_destination_is_named_and_the_repository_is_not_blamed(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A full disk or an I/O error on the restore's destination: before, "no space left on the
+    device … free some space" (which device?) and "Input/output error … run `phx verify`" (which
+    blames the repository, that is fine). Now the destination's path, its file system (and for a
+    full disk the space free and the space the file needs) are named, and verify is not."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    doc = sb.backup()
+    dest = tmp_path / "restored"
+    # EIO from the destination's disk: every fsync of its workspace folder (strace -P: that folder only).
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(dest / "workspace")]
+    inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EIO"]
+    res = run_phx(["restore", "--backup", doc["id"], "--to", str(dest)], sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, "input/output error", f"the disk of {dest / 'workspace'} (the file system mounted at ")
+    assert "phx verify" not in res.err and "the repository is not involved" in res.err
+    assert sb.verify()["ok"] is True
+    # A full destination disk.
+    with tmpfs_at(tmp_path / "small", "64k") as mnt:
+        res = sb.phx("restore", "--backup", doc["id"], "--to", mnt / "restored", check=None)
+        assert_error(res, 1, f"no space left on the disk of {mnt / 'restored'}/", f"mounted at {mnt}, ")
+        assert "free space there or choose a destination on another disk" in res.err
+        assert " alone needs " in res.err and "phx verify" not in res.err
 
 
 @pytest.mark.parametrize("inside", [".", "data", "restored"])
@@ -211,3 +243,102 @@ def test_a_copied_object_of_the_rotation_is_damage(sandbox: Sandbox) -> None:
     assert res.code == 1 and doc["ok"] is False, f"planted objects passed as the rotation's leftovers:\n{res}"
     assert not [n for n in doc["notices"] if any(p in n for p in planted)], doc["notices"]
     assert all(p in res.out for p in planted), res
+
+
+@pytest.mark.parametrize("command", ["forget", "backup"])
+def test_a_lock_that_cannot_be_removed_after_the_work_is_a_partial_result(sandbox: Sandbox, command: str) -> None:
+    """Everything done, but the lock object cannot be deleted (EIO on its unlink, injected with
+    strace on the `locks/` folder alone): before, `phx forget` and `phx backup` exited 1 as if they
+    had failed; now exit 3 (partial), one line naming the lock, the target and `phx unlock`."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    first = sb.backup()["id"]
+    unlinks = "unlink,unlinkat"
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(sb.repo / "locks")]
+    inject += ["-e", f"trace={unlinks}", "-e", f"inject={unlinks}:error=EIO"]
+    res = run_phx([command], sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    left = [p.name for p in (sb.repo / "locks").iterdir()]
+    assert len(left) == 1, left
+    assert res.code == 3, res
+    line = next(x for x in res.err.splitlines() if f"locks/{left[0]}" in x)
+    assert f"target local: the {command} lock locks/{left[0]} in {sb.repo} could not be removed" in line, res.err
+    assert "run `phx unlock`" in line
+    assert "Traceback" not in res.err
+    ids = [s["id"] for s in sb.phx("list", "--json").json()]
+    assert first in ids and len(ids) == (2 if command == "backup" else 1), ids
+    sb.phx("unlock")
+    assert not list((sb.repo / "locks").iterdir())
+    assert sb.verify()["ok"] is True
+
+
+def test_an_export_syncs_its_files_and_folders_before_and_after_its_rename(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before, `phx export` renamed its temporary folder into place with no fsync at all: a power
+    cut could leave the renamed files empty. Traced with strace: every file and folder of the
+    export is fsynced before the rename, and the folder that holds it after."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    out = tmp_path / "exported"
+    log = tmp_path / "strace.log"
+    renames = "rename,renameat,renameat2"
+    trace = ["strace", "-f", "-qq", "-y", "-o", str(log), "-e", f"trace=fsync,fdatasync,{renames}"]
+    res = run_phx(["export", "--format", "json", "--output", str(out)], sb.env, check=None, prefix=trace)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert res.code == 0, res
+    lines = log.read_text().splitlines()
+    at = next(i for i, x in enumerate(lines) if "rename" in x and f'"{out}"' in x)
+    work = lines[at].split('"')[1]  # the temporary folder renamed into place
+    synced = {x.split("<", 1)[1].split(">", 1)[0] for x in lines[:at] if "sync(" in x and "<" in x}
+    exported = [p for p in out.rglob("*")]
+    assert any(p.is_file() for p in exported)
+    for p in exported:
+        assert f"{work}/{p.relative_to(out)}" in synced, (p, sorted(synced))
+    assert work in synced
+    assert any("fsync(" in x and f"<{out.parent}>" in x for x in lines[at:]), lines[at:]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_every_command_writing_plain_copies_refuses_the_repository_folder_alike(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`restore --to`, `restore --at … --to` and `export --output` follow one rule: a folder in the
+    local repository (the folder itself, or one reached through a link) is refused whichever target
+    is read; a sibling whose name merely starts the same is not. Before, `restore --target git
+    --to REPO/x` wrote plain copies among the encrypted objects (exit 0), and so did `restore --at`
+    as far as it got: they checked only the repository they read."""
+    from moto_support import bare_repo
+
+    sb = sandbox
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        }
+    )
+    doc = sb.backup()
+    assert all(t["ok"] for t in doc["targets"].values()), doc["targets"]
+    link = tmp_path / "link-to-repo"
+    link.symlink_to(sb.repo)
+    before = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    commands = {
+        "restore": ["restore", "--backup", doc["id"], "--to"],
+        "restore --target git": ["restore", "--target", "git", "--backup", doc["id"], "--to"],
+        "restore --at": ["restore", "--at", datetime.now(UTC).isoformat(timespec="seconds"), "--yes", "--to"],
+        "export": ["export", "--format", "json", "--output"],
+    }
+    for name, args in commands.items():
+        for folder in (sb.repo, sb.repo / "x", link / "x"):
+            res = sb.phx(*args, folder, check=None)
+            assert res.code == 2 and "is inside the repository" in res.err, (name, folder, res)
+    after = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    assert after == before
+    sibling = sb.repo.parent / f"{sb.repo.name}-sibling"
+    sb.phx("restore", "--target", "git", "--backup", doc["id"], "--to", sibling / "restored")
+    sb.phx("export", "--format", "json", "--output", sibling / "export")
+    assert (sibling / "export" / "metadata.json").is_file() and any((sibling / "restored").iterdir())

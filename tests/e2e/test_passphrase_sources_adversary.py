@@ -3,7 +3,10 @@ before the key's scrypt): what a user's setup relied on before must still work."
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -133,3 +136,47 @@ def test_init_refuses_a_passphrase_file_that_holds_the_bom_alone(
         key_ops.key_passwd(cfg, context.Environment(env=sb.env_with(PHX_NEW_PASSPHRASE="\ufeff")))
     res = sb.phx("list", "--json", env=env, check=None)
     assert res.code == 0 and "byte-order mark" in res.err, (res.code, res.err)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed and waiting for its reaper, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("ends", ["prints-and-exits", "runs-past-the-deadline"])
+def test_a_passphrase_command_leaves_no_background_child_running(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ends: str
+) -> None:
+    """A passphrase command that starts a background child holding its output (`sleep 300 &`):
+    before, that child ran on after the passphrase was read, and after the deadline stopped the
+    command (only the shell was killed). Now the command runs in a session of its own and its whole
+    process group is killed once it is done with."""
+    sb = sandbox
+    monkeypatch.setattr(context, "PASSPHRASE_COMMAND_TIMEOUT", 2.0)
+    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None))
+    pidfile = tmp_path / "child.pid"
+    start = f"sleep 300 & echo $! > {pidfile};"
+    if ends == "prints-and-exits":
+        command = f"{start} printf '%s' '{PASSPHRASE}'"
+    else:
+        command = f"{start} sleep 300; printf '%s' '{PASSPHRASE}'"
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
+    try:
+        if ends == "prints-and-exits":
+            assert context.passphrase(load_config(sb.config_path, envx.env), envx) == PASSPHRASE
+        else:
+            with pytest.raises(UsageError, match="stopped after 2 s"):
+                context.passphrase(load_config(sb.config_path, envx.env), envx)
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), f"the command's background child {pid} still runs"
+    finally:
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)

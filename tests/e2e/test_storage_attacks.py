@@ -233,3 +233,44 @@ def test_a_snapshot_forgotten_while_listing_is_no_damaged_snapshot(tmp_path: Pat
     finally:
         repo.close()
     assert not [n for n in notices if "cannot be read" in n], notices
+
+
+def test_verify_takes_a_snapshot_forgotten_meanwhile_for_no_damage(tmp_path: Path) -> None:
+    """`phx verify` lists `snapshots/`, and another machine's `phx forget` deletes one of them
+    before verify reads it. Before the fix, verify reported that snapshot as damaged (an error:
+    exit 1) though the repository was whole. A snapshot there but unreadable is still an error."""
+    from phoenix_backup.config import load_config
+    from phoenix_backup.ops.context import Environment, open_repository
+    from phoenix_backup.repo.checker import verify_repository
+
+    sb = new_sandbox(tmp_path)
+    sb.backup()
+    (sb.workspace / "memory" / "second.md").write_text("second\n")
+    forgotten = sb.backup()["id"]
+    planted = "ab" * 32
+
+    def verify_while_forgetting() -> tuple[list[str], list[str]]:
+        repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+        try:
+            listing = repo.backend.list
+
+            def forget_meanwhile(prefix: str) -> Iterator[ObjectInfo]:
+                names = list(listing(prefix))
+                if prefix == "snapshots/":
+                    (sb.repo / "snapshots" / forgotten).unlink(missing_ok=True)  # the other machine's forget
+                yield from names
+
+            repo.backend.list = forget_meanwhile  # type: ignore[method-assign]
+            result = verify_repository(repo)
+        finally:
+            repo.close()
+        return [e.object for e in result.errors], result.notices
+
+    errors, notices = verify_while_forgetting()
+    assert errors == [], errors
+    assert any(f"snapshots/{forgotten} was deleted while verify ran" in n for n in notices), notices
+
+    # Present but unreadable is damage, as before.
+    (sb.repo / "snapshots" / planted).write_bytes(b"not a snapshot")
+    errors, notices = verify_while_forgetting()
+    assert errors == [f"snapshots/{planted}"], errors

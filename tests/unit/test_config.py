@@ -854,3 +854,54 @@ def test_a_malformed_url_is_one_config_error_without_its_credentials(changes: di
     # endpoint or a Redis url ended in a ValueError traceback.
     message = config_error(minimal(**changes))
     assert "CANARY" not in message and ("endpoint" in message or "url" in message), message
+
+
+@pytest.mark.parametrize(
+    ("s3", "r2", "refused"),
+    [
+        # The same endpoint (spelled two ways), bucket and prefix: one repository written twice.
+        (
+            {"endpoint": "https://minio.example:9000/", "prefix": "phx"},
+            {"endpoint": "HTTPS://minio.example:9000", "prefix": "/phx/"},
+            True,
+        ),
+        # One prefix inside the other, or no prefix at all on one of them.
+        (
+            {"endpoint": "http://minio:9000", "prefix": "phx"},
+            {"endpoint": "http://minio:9000", "prefix": "phx/a"},
+            True,
+        ),
+        ({"endpoint": "http://minio:9000"}, {"endpoint": "http://minio:9000", "prefix": "phx"}, True),
+        # An S3 target given the R2 account's own endpoint.
+        (
+            {"endpoint": f"https://{ACCOUNT}.r2.cloudflarestorage.com", "prefix": "p"},
+            {"accountId": ACCOUNT, "prefix": "p"},
+            True,
+        ),
+        # Prefixes that only share their first letters, another bucket, another endpoint: fine.
+        (
+            {"endpoint": "http://minio:9000", "prefix": "phx"},
+            {"endpoint": "http://minio:9000", "prefix": "phx2"},
+            False,
+        ),
+        ({"endpoint": "http://minio:9000", "bucket": "other"}, {"endpoint": "http://minio:9000"}, False),
+        ({"endpoint": "http://minio:9000"}, {"endpoint": "http://minio:9001"}, False),
+        ({"region": "eu-west-1"}, {"accountId": ACCOUNT}, False),
+    ],
+)
+def test_an_s3_and_an_r2_target_on_the_same_storage_are_refused(
+    s3: dict[str, Any], r2: dict[str, Any], refused: bool
+) -> None:
+    """Before, both were accepted and every backup wrote the one repository twice, with the prune
+    and the locks of one target acting on the other's objects."""
+    targets = {
+        "s3": {"enabled": True, "bucket": "phx-bucket", **s3},
+        "r2": {"enabled": True, "bucket": "phx-bucket", **r2},
+    }
+    doc = {"workspace": "/w", "backupDir": "/b", "targets": targets}
+    if refused:
+        message = config_error(doc)
+        assert message.startswith("targets.s3 (bucket ") and "and targets.r2 (bucket " in message, message
+        assert "reach the same storage" in message and "one repository would be written twice" in message
+    else:
+        assert parse(doc).targets.enabled_names() == ["local", "s3", "r2"]

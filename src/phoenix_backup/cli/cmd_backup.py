@@ -56,4 +56,6 @@ def backup(
     for name, target in result.targets.items():
         if not target.ok:
             out.problem(f"target {name} failed: {target.error}")
+    if result.lock_left is not None:
+        out.problem(result.lock_left)
     return result.exit_status

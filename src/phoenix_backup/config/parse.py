@@ -475,7 +475,43 @@ def _targets(section: _Section) -> Targets:
                 "targets.r2.accountId must be your 32-character Cloudflare account id "
                 f"(got {_got(r2.account_id)}); copy it from the Cloudflare dashboard"
             )
+    _refuse_shared_storage(s3, r2)
     return Targets(local=local, git=git, s3=s3, r2=r2)
+
+
+def _storage_place(endpoint: str | None, bucket: str, prefix: str) -> tuple[str, str, str]:
+    """Where an S3 or R2 target keeps its objects: (endpoint, bucket, prefix), the endpoint
+    spelled one way (lower-case scheme and host, no default port, no trailing slash)."""
+    if endpoint is None:
+        return "Amazon S3", bucket, prefix.strip("/")  # bucket names are global there: any region
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port if parts.port not in (None, {"http": 80, "https": 443}.get(parts.scheme)) else None
+    except ValueError:
+        return endpoint, bucket, prefix.strip("/")
+    host = (parts.hostname or "") + (f":{port}" if port else "")
+    return f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}", bucket, prefix.strip("/")
+
+
+def _refuse_shared_storage(s3: S3Target, r2: R2Target) -> None:
+    """An S3 and an R2 target that reach the same bucket at the same endpoint, one prefix equal to
+    or inside the other, would write one repository twice (prune and locks of one interfering
+    with the other's): refused at load, as the config is wrong."""
+    if not (s3.enabled and r2.enabled):
+        return
+    r2_endpoint = r2.endpoint or (f"https://{r2.account_id}.r2.cloudflarestorage.com" if r2.account_id else None)
+    a = _storage_place(s3.endpoint, s3.bucket, s3.prefix)
+    b = _storage_place(r2_endpoint, r2.bucket, r2.prefix)
+    if a[:2] != b[:2]:
+        return
+    inside = a[2] == b[2] or not a[2] or not b[2] or a[2].startswith(b[2] + "/") or b[2].startswith(a[2] + "/")
+    if inside:
+        raise ConfigError(
+            f"targets.s3 (bucket {s3.bucket!r}, prefix {s3.prefix!r}) and targets.r2 (bucket {r2.bucket!r}, prefix "
+            f"{r2.prefix!r}) reach the same storage at {redact_url(a[0])}, one prefix "
+            "inside the other, so one repository would be written twice; give one of them another bucket or a "
+            "prefix that does not overlap, or disable it"
+        )
 
 
 # S3 allows retention of up to 100 years; a longer one is a typo that would lock data for ever.

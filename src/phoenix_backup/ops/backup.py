@@ -43,6 +43,7 @@ from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
+from phoenix_backup.repo.locks import noting_unreleased
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Duration
 from phoenix_backup.repo.snapshot import (
@@ -142,6 +143,8 @@ class BackupResult:
     changes: Changes | None = None  # since the parent snapshot (None: a dry run)
     # The SQLite databases given a full integrity_check by this run (logical path -> result).
     integrity_checked: dict[str, str] = field(default_factory=dict)
+    # The backup's lock could not be removed after its snapshot was committed (why, and the fix).
+    lock_left: str | None = None
 
     @property
     def damaged(self) -> list[dict[str, str]]:
@@ -157,7 +160,7 @@ class BackupResult:
         bad_retention = self.retention is not None and not self.retention.ok
         # And so is a postBackup hook that failed after the snapshot was saved.
         bad_hook = any(not step.ok for step in self.hooks.values())
-        failed = self.incomplete or failed_target or bad_db or bad_retention or bad_hook
+        failed = self.incomplete or failed_target or bad_db or bad_retention or bad_hook or self.lock_left
         return ExitStatus.PARTIAL if failed else ExitStatus.OK
 
     def to_json(self) -> dict[str, object]:
@@ -176,6 +179,7 @@ class BackupResult:
             "targets": {k: v.to_json() for k, v in self.targets.items()},
             "incomplete": self.incomplete,
             "warnings": self.warnings,
+            "lockLeft": self.lock_left,
             "dryRun": self.dry_run,
             "retention": self.retention.to_json() if self.retention else None,
             "notification": self.notification.to_json() if self.notification else None,
@@ -312,8 +316,10 @@ def _snapshot(
     first = enabled_targets(cfg)[0]
     repo = open_repository(cfg, envx, target=first, upgrade=True)
     try:
-        with repo.lock(exclusive=False, command="backup"):
+        left: list[str] = []  # the lock that could not be removed after the commit point
+        with noting_unreleased(repo.lock(exclusive=False, command="backup"), left.append):
             result = _run(repo, cfg, envx, layout, sel, scope, tags, when, started)
+        result.lock_left = f"target {first}: {left[0]}" if left else None
         assert result.id is not None and result.name is not None
         # After the commit point. Replication reads this open repository (so a passphrase is
         # asked once); each replica is initialised on first use, and one that fails is only its

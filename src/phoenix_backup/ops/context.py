@@ -40,9 +40,10 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
+from phoenix_backup.shell import child_group, end_group
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
-from phoenix_backup.storage.local import LocalBackend
+from phoenix_backup.storage.local import LocalBackend, refuse_inside
 from phoenix_backup.storage.targets import remember_append_only
 
 
@@ -203,26 +204,32 @@ def _run_passphrase_command(command: str) -> bytes:
     UsageError when it fails, prints too much or takes too long."""
     failed = "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
     try:
+        # A session of its own: what it starts in the background (and leaves holding the pipe)
+        # is in its process group, which is killed once the passphrase is read or the time is up.
         proc = subprocess.Popen(
-            command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            command,
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
     except OSError as exc:
         raise UsageError(failed) from exc
     deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
     try:
-        assert proc.stdout is not None
-        with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
-            fix = "make it print the passphrase alone"
-            raw = read_secret(pipe, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
-        status = proc.wait(max(0.0, deadline - time.monotonic()))
+        with child_group(proc):
+            assert proc.stdout is not None
+            with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
+                fix = "make it print the passphrase alone"
+                raw = read_secret(pipe, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
+            status = proc.wait(max(0.0, deadline - time.monotonic()))
     except (TimeoutError, subprocess.TimeoutExpired):
         raise UsageError(f"{failed} (it was stopped after {PASSPHRASE_COMMAND_TIMEOUT:g} s)") from None
     except OSError as exc:
         raise UsageError(failed) from exc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_group(proc)
     if status != 0:
         raise UsageError(failed)
     return raw
@@ -609,6 +616,16 @@ def check_restore(cfg: Config, *, to: Path | None, delete: bool, to_database: st
         raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
     if to is None:
         require_config_file(cfg, "a restore in place")
+    else:
+        refuse_plain_copies_in_repository(cfg, to, "--to")
+
+
+def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> None:
+    """UsageError when `folder` (`restore --to`, `restore --at … --to`, `export --output`) lies in
+    the local target's repository: the same rule for every command that writes plain copies,
+    whichever target it reads from (storage/local.py `refuse_inside`)."""
+    if "local" in cfg.targets.enabled_names():
+        refuse_inside(cfg.repository_path, folder, what)
 
 
 def require_config_file(cfg: Config, what: str) -> None:

@@ -34,13 +34,20 @@ from typing import Any, Literal
 from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import fsync_dir, fsync_tree
 from phoenix_backup.errors import ExitStatus, ExportError, UsageError
 from phoenix_backup.memory import markdown
 from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
 from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect
 from phoenix_backup.memory.values import csv_value, json_value
-from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
+from phoenix_backup.ops.context import (
+    Environment,
+    open_repository,
+    refuse_plain_copies_in_repository,
+    require_identity,
+    scratch_dir,
+)
 from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
@@ -51,7 +58,7 @@ from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
 from phoenix_backup.sources.sqlite_capture import copy_database
 from phoenix_backup.sql import quote
-from phoenix_backup.storage.local import os_error, refuse_inside
+from phoenix_backup.storage.local import os_error
 from phoenix_backup.units import human_size
 
 ExportFormat = Literal["json", "csv", "markdown"]
@@ -251,8 +258,7 @@ def export(
         if not linked.is_dir():
             raise UsageError(f"{output} is a link to {linked}, which is not a folder; choose a new --output folder")
         output = linked
-    if "local" in cfg.targets.enabled_names():
-        refuse_inside(cfg.repository_path, output, "--output")
+    refuse_plain_copies_in_repository(cfg, output, "--output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(f"{output} already exists and is not an empty folder; choose a new --output folder")
     if os.path.ismount(output):  # the export's folder is renamed over the empty one, never over a mount point
@@ -275,13 +281,15 @@ def export(
                 _write_export(work, source, result, cfg, envx)
             except sqlite3.Error as exc:
                 raise ExportError(f"a store could not be read for the export ({exc}); run `phx doctor`") from exc
+        fsync_tree(work)  # the files and folders on disk before the rename publishes them
         with contextlib.suppress(FileNotFoundError):
             output.rmdir()  # an empty folder given as --output
         os.rename(work, output)
+        fsync_dir(output.parent)  # and the rename itself
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a file size limit: one sentence with the fix
-            raise os_error(exc, f"writing the export to {output}") from exc
+            raise os_error(exc, f"writing the export to {output}", destination=output) from exc
         raise
     finally:
         journal.close()

@@ -26,6 +26,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops import compact
 from phoenix_backup.ops.context import Environment, captures_cache, open_repository, require_identity, target_names
 from phoenix_backup.repo import captures
+from phoenix_backup.repo.locks import noting_unreleased
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import WATCH_SCOPES, Candidate, Plan, Policy, apply_policy, parse_time
 from phoenix_backup.repo.snapshot import Snapshot
@@ -98,6 +99,7 @@ class TargetForget:
     target: str
     ok: bool = True
     error: str | None = None
+    locks_left: list[str] = field(default_factory=list)  # done, but the lock could not be removed
     plan: Plan | None = None
     removed: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -121,6 +123,7 @@ class TargetForget:
             "snapshots": [d.to_json() for d in plan.decisions] if plan else [],
             "named": [{"id": s.id, "name": s.name, "time": s.time} for s in self.named],
             "notices": self.notices,
+            "locksLeft": self.locks_left,
             "captures": self.thinned.to_json() if self.thinned else None,
         }
 
@@ -141,7 +144,9 @@ class ForgetResult:
 
     @property
     def exit_status(self) -> ExitStatus:
-        return ExitStatus.of_targets(t.ok for t in self.targets.values())
+        status = ExitStatus.of_targets(t.ok for t in self.targets.values())
+        left = any(t.locks_left for t in self.targets.values())
+        return ExitStatus.PARTIAL if status == ExitStatus.OK and left else status
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -211,7 +216,9 @@ def forget(
 
 def forget_named(repo: Repository, refs: tuple[str, ...], report: TargetForget, *, dry_run: bool) -> TargetForget:
     """Forget the snapshots `refs` names, whatever the retention rules and tags say."""
-    with repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"):
+    with noting_unreleased(
+        repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"), report.locks_left.append
+    ):
         snapshots = repo.list_snapshots()
         chosen = {}
         for ref in refs:
@@ -246,10 +253,11 @@ def forget_repository(
     caller already holds the exclusive lock (a backup's retention, which prunes under it next)."""
     # Forget deletes snapshot objects: exclusive, like restic, so no backup picks a parent that
     # is being removed. A dry run only reads.
-    with (
+    with noting_unreleased(
         contextlib.nullcontext()
         if locked
-        else repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget")
+        else repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"),
+        report.locks_left.append,
     ):
         if not dry_run:
             repo.locks.confirm_exclusive("forget")

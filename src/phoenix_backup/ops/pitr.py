@@ -34,6 +34,7 @@ from phoenix_backup.ops.context import (
     captures_cache,
     open_repository,
     parse_time,
+    refuse_plain_copies_in_repository,
     require_identity,
     scratch_dir,
 )
@@ -343,6 +344,8 @@ def restore_at(
     `paths` select databases only."""
     started = time.time()
     at = parse_at(at_text)
+    if to is not None:
+        refuse_plain_copies_in_repository(cfg, to, "--to")
     result = AtResult(captures.describe(at), str(to) if to else None, dry_run)
     files: Snapshot | None = None
     repo = open_repository(cfg, envx)

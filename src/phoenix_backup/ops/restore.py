@@ -71,7 +71,7 @@ from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_node
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
 from phoenix_backup.sources.scope import SCOPES, Scope
-from phoenix_backup.storage.local import os_error, refuse_inside
+from phoenix_backup.storage.local import os_error
 
 if TYPE_CHECKING:
     from phoenix_backup.sinks import ConflictMode
@@ -203,8 +203,6 @@ def restore(
     check_restore(cfg, to=to, delete=delete, to_database=to_database)
     repo = open_repository(cfg, envx)
     try:
-        if to is not None and repo.backend.kind == "local":
-            refuse_inside(Path(repo.backend.location), to, "--to")
         require_identity(repo, "the snapshot's data")
         with repo.lock(exclusive=False, command="restore"):
             repo.load_index()

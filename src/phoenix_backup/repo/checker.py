@@ -104,7 +104,10 @@ def verify_repository(
         result.errors.append(VerifyError(name, None, None, message))
     snapshots = repo.list_snapshots()
     for name, message in repo.problems.snapshots.items():
-        result.errors.append(VerifyError(name, name.split("/")[-1], None, message))
+        if name in repo.problems.gone_snapshots:  # forgotten by another process since it was listed
+            result.notices.append(f"{name} was deleted while verify ran (forgotten elsewhere): not damage")
+        else:
+            result.errors.append(VerifyError(name, name.split("/")[-1], None, message))
     if ref is not None:
         snapshots = [repo.find_snapshot(ref, snapshots, latest)]
     # Packs no readable index lists: a crashed backup's leftovers, or the packs of a damaged

@@ -24,17 +24,26 @@ the holder does not commit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, RepositoryError, RepositoryLocked
+from phoenix_backup.errors import (
+    CorruptObject,
+    LockNotReleased,
+    ObjectNotFound,
+    RepositoryError,
+    RepositoryLocked,
+    StorageError,
+)
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.users import username
@@ -340,7 +349,7 @@ class LockManager:
         try:
             self._check_conflicts(exclusive, ignore=name)
         except RepositoryLocked:
-            lock.release()
+            lock.release_after_error()
             raise
         lock.start_refresh()
         self.held.append(lock)
@@ -504,10 +513,42 @@ class HeldLock:
             if self in self.manager.held:
                 self.manager.held.remove(self)
             if self.lost is None:
-                self.manager.backend.delete(self.name)
+                try:
+                    self.manager.backend.delete(self.name)
+                except ObjectNotFound:
+                    pass  # gone already: released
+                except (StorageError, OSError) as exc:
+                    raise LockNotReleased(
+                        f"the {self.command} lock {self.name} in {self.manager.backend.location} could not be removed "
+                        f"({exc}); run `phx unlock` for that target once it answers (other processes wait for the "
+                        "lock until then)"
+                    ) from exc
+
+    def release_after_error(self) -> None:
+        """Release while another error is on its way out: a lock that cannot be removed is said,
+        and the error that ended the command stays the one reported."""
+        try:
+            self.release()
+        except LockNotReleased as exc:
+            self.manager.notice(f"warning: {exc}")
 
     def __enter__(self) -> HeldLock:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.release()
+        else:
+            self.release_after_error()
+
+
+@contextlib.contextmanager
+def noting_unreleased(lock: AbstractContextManager[object], note: Callable[[str], None]) -> Iterator[None]:
+    """Hold `lock` (a `Repository.lock`) around the body; when the body succeeded but the lock
+    object could not be removed after it (LockNotReleased), hand that sentence to `note` instead of
+    raising: the command's work is done, and its result says it is partial (exit 3)."""
+    try:
+        with lock:
+            yield
+    except LockNotReleased as exc:
+        note(str(exc))

@@ -313,6 +313,9 @@ class LoadProblems:
     # The snapshots of `snapshots` that are damaged (or planted), not merely sealed for an identity
     # this machine lacks: one of them may be the newest backup.
     damaged_snapshots: set[str] = field(default_factory=set)
+    # The snapshots of `snapshots` deleted between the listing and their read (another machine's
+    # `phx forget`): forgotten, not damaged, but prune and key rotate still wait for a new listing.
+    gone_snapshots: set[str] = field(default_factory=set)
     # Index and snapshot objects sealed with the other key of this machine's unfinished `phx key
     # rotate` (not damage: the next rotation removes them); prune refuses while there are any.
     rotation: dict[str, str] = field(default_factory=dict)
@@ -604,10 +607,10 @@ class Repository:
         try:
             current = self.backend.read("config")
         except BaseException:
-            held.release()
+            held.release_after_error()
             raise
         if self.config.raw and current != self.config.raw:
-            held.release()
+            held.release_after_error()
             raise RepositoryError(
                 f"the repository at {self.backend.location} changed while this command was starting "
                 "(its key was rotated or its format upgraded); run the command again"
@@ -1228,7 +1231,9 @@ class Repository:
                 # ObjectNotFound: deleted since it was listed (another machine's `phx forget`, or a
                 # listing of an eventually consistent store that still names it): forgotten, not
                 # damaged. It stays a problem: prune and key rotate still refuse to go on without it.
-                if not isinstance(exc, IdentityRequired | ObjectNotFound) and info.name in self.problems.snapshots:
+                if isinstance(exc, ObjectNotFound):
+                    self.problems.gone_snapshots.add(info.name)
+                elif not isinstance(exc, IdentityRequired) and info.name in self.problems.snapshots:
                     self.problems.damaged_snapshots.add(info.name)
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.

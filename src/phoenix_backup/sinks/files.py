@@ -384,7 +384,7 @@ class FileWriter:
         except BaseException as exc:
             _drop_temp(fd, tmp)
             if isinstance(exc, OSError):
-                raise os_error(exc, f"restoring {logical}") from exc
+                raise self.destination_error(exc, logical, node.size) from exc
             raise
         finally:
             os.close(out)
@@ -404,9 +404,15 @@ class FileWriter:
             os.close(out)
             _drop_temp(fd, tmp)
             if isinstance(exc, OSError):
-                raise os_error(exc, f"restoring {logical}") from exc
+                raise self.destination_error(exc, logical, node.size) from exc
             raise
         return tmp, out
+
+    def destination_error(self, exc: OSError, logical: str, need: int = 0, what: str | None = None) -> PhoenixError:
+        """An error of writing `logical` in the destination: a full disk or an I/O error names
+        the destination's path and disk, never the repository (storage/local.py `os_error`)."""
+        where = self.to / logical if self.to is not None else self.layout.to_real(logical)
+        return os_error(exc, what or f"restoring {logical}", destination=where, need=need)
 
     def write_bytes(self, logical: str, data: bytes, mode: int) -> None:
         """Replace a file with `data` atomically (temp file, fsync, rename)."""
@@ -423,7 +429,7 @@ class FileWriter:
                 os.close(out)
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=fd)
-                raise os_error(exc, f"writing {logical}") from exc
+                raise self.destination_error(exc, logical, len(data)) from exc
             os.close(out)
             rename_over(fd, tmp, name, logical)
             os.fsync(fd)
@@ -469,7 +475,7 @@ class FileWriter:
             except FileNotFoundError:
                 continue  # removed since (by this restore's deletions): nothing of ours to keep
             except OSError as exc:
-                raise os_error(exc, f"syncing the folder {folder}") from exc
+                raise self.destination_error(exc, folder, what=f"syncing the folder {folder}") from exc
 
     def remove(self, logical: str, kind: str) -> str:
         """Delete a path the restore's plan deletes (a database with its -wal, -shm and -journal)."""
@@ -511,7 +517,7 @@ class Written:
                 self.writer.remember(self.logical, self.out)
             except OSError as exc:
                 _drop_temp(self.dfd, self.tmp)
-                raise os_error(exc, f"restoring {self.logical}") from exc
+                raise self.writer.destination_error(exc, self.logical) from exc
             rename_over(self.dfd, self.tmp, self.name, self.logical)
             self.writer.renamed_into(self.logical.rpartition("/")[0])
         finally:

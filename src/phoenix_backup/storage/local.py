@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from phoenix_backup.storage.base import (
     refuse_oversized,
     validate_name,
 )
+from phoenix_backup.units import human_size
 
 _FOLDERS = FOLDERS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -49,6 +51,29 @@ def refuse_inside(repository: Path, folder: Path, what: str) -> None:
         )
 
 
+def _destination_error(exc: OSError, what: str, destination: Path, need: int) -> StorageError:
+    existing = next((p for p in (destination, *destination.parents) if p.exists()), Path("/"))
+    mount = existing
+    with contextlib.suppress(OSError):
+        while mount != mount.parent and os.stat(mount.parent).st_dev == os.stat(mount).st_dev:
+            mount = mount.parent
+    disk = f"the disk of {destination} (the file system mounted at {mount}"
+    if exc.errno == errno.EIO:
+        return StorageError(
+            f"Input/output error while {what}: {disk}) failed to write; check that disk (`dmesg`) and run again, "
+            "or choose a destination on another disk (the repository is not involved)"
+        )
+    try:
+        free = human_size(shutil.disk_usage(existing).free)
+    except OSError:
+        free = "unknown"
+    needed = f"this file alone needs {human_size(need)}; " if need else ""
+    return NoSpace(
+        f"no space left on {disk}, {free} free) while {what}; {needed}free space there or choose a destination "
+        "on another disk, then run again"
+    )
+
+
 def _same_folder_above(root: Path, path: Path) -> bool:
     """Whether `path`, or a folder above it that exists, is the folder `root` (device and inode)."""
     try:
@@ -64,8 +89,13 @@ def _same_folder_above(root: Path, path: Path) -> bool:
     return False
 
 
-def os_error(exc: OSError, what: str) -> StorageError:
-    """Turn an OSError into one sentence with the cause and the fix."""
+def os_error(exc: OSError, what: str, *, destination: Path | None = None, need: int = 0) -> StorageError:
+    """Turn an OSError into one sentence with the cause and the fix. `destination`: the error came
+    from writing there (a restore's or an export's output, not the repository): a full disk or an
+    I/O error names that path and its file system (with the space it has, and `need` bytes, the
+    least the write needs), and never sends the user to the repository."""
+    if destination is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        return _destination_error(exc, what, destination, need)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"no space left on the device while {what}; free some space and run again")
     if exc.errno in (errno.EACCES, errno.EPERM):
