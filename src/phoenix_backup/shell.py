@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 # Output kept for the report: the end of what the command printed.
@@ -31,20 +31,28 @@ _GROUPS_LOCK = threading.RLock()  # re-entered by a signal handler in the thread
 
 
 @contextlib.contextmanager
-def child_group(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """While the block runs, `proc` (started with `start_new_session=True`) is one of the groups
-    `end_child_groups` ends; an exception in the block (a stop) kills its group and waits for it."""
-    with _GROUPS_LOCK:
-        _GROUPS.add(proc.pid)
+def child_group(start: Callable[[], subprocess.Popen[bytes]]) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a child with `start` (a Popen with `start_new_session=True`); while the block runs it
+    is one of the groups `end_child_groups` ends, and an exception in the block (a stop) kills its
+    group and waits for it. A stop signal that comes while it starts is held until its group is
+    known (`stops_deferred`): raised inside Popen, after the fork, it left the child running on its
+    own with nothing to end it. An error starting it (OSError) is raised as it is."""
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        yield
+        with stops_deferred():
+            proc = start()
+            with _GROUPS_LOCK:
+                _GROUPS.add(proc.pid)
+        yield proc
     except BaseException:
-        _kill_group(proc.pid)  # in a session of its own, it did not get the terminal's signal
-        proc.wait()
+        if proc is not None:
+            _kill_group(proc.pid)  # in a session of its own, it did not get the terminal's signal
+            proc.wait()
         raise
     finally:
-        with _GROUPS_LOCK:
-            _GROUPS.discard(proc.pid)
+        if proc is not None:
+            with _GROUPS_LOCK:
+                _GROUPS.discard(proc.pid)
 
 
 @contextlib.contextmanager
@@ -121,26 +129,26 @@ def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) 
     """Run one configured command; never raises (the caller decides what a failure means)."""
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
+        start = lambda: subprocess.Popen(  # noqa: E731
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,  # its own process group, so a timeout kills all of it
+        )
         try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", command],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=dict(env),
-                start_new_session=True,  # its own process group, so a timeout kills all of it
-            )
-        except OSError as exc:
+            with child_group(start) as proc:
+                timed_out = False
+                try:
+                    code: int | None = proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    _kill_group(proc.pid)
+                    proc.wait()
+                    code = None
+        except OSError as exc:  # it could not be started (waiting and killing raise none)
             return ShellStep(label, command, False, None, False, time.monotonic() - started, str(exc))
-        with child_group(proc):
-            timed_out = False
-            try:
-                code: int | None = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc.pid)
-                proc.wait()
-                code = None
         # Only the tail is kept, so only the tail is read (a hook may write gigabytes).
         out.seek(max(0, out.seek(0, os.SEEK_END) - OUTPUT_TAIL))
         data = out.read()
