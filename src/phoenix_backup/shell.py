@@ -86,6 +86,38 @@ def end_child_groups() -> None:
         _kill_group(pgid)
 
 
+def kill_with_descendants(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to `proc` and to every process below it that still runs (found through Linux's
+    /proc/PID/task/TID/children; elsewhere `proc` alone), then wait for it: for a child left in
+    `phx`'s own session, which may need the terminal, so that it has no group of its own to kill.
+    What it started would otherwise run on, orphaned (a `sleep`, a `gpg` a command waits for)."""
+    below = _descendants(proc.pid)
+    for pid in (proc.pid, *below):  # the parent first: it starts no more
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)

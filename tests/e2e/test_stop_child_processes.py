@@ -307,3 +307,33 @@ def test_a_stop_inside_popen_ends_the_child_it_was_starting(
             if _runs(p):
                 os.kill(p, signal.SIGKILL)
     assert sb.snapshots() == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_passphrase_command_runs_ends_what_it_started(
+    backed_up: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """`encryption.passphraseCommand` stays in `phx`'s session (it may need the terminal), so a
+    signal sent to `phx` alone (`kill PID`) does not reach what it started: the stop ends the
+    command with every process below it. Before, only its shell was killed and its child (the
+    `sleep` here, a `gpg` in life) ran on, orphaned."""
+    sb = backed_up
+    pid_file = tmp_path / "child-pid"
+    command = f"sleep 121 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait; echo x"
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
+    proc = _start(sb, sb.env_with(PHX_PASSPHRASE=None), "list")
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert pid_file.exists(), proc.communicate(timeout=60)
+    child = int(pid_file.read_text())
+    try:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+        assert "interrupted" in err and "Traceback" not in err, err
+        time.sleep(0.2)  # SIGKILL is delivered at once; let the kernel reap it
+        assert not _runs(child), "what the passphrase command started was left running, orphaned"
+    finally:
+        if _runs(child):
+            os.kill(child, signal.SIGKILL)

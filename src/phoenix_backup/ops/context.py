@@ -40,6 +40,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
+from phoenix_backup.shell import kill_with_descendants
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -220,9 +221,8 @@ def _run_passphrase_command(command: str) -> bytes:
     except OSError as exc:
         raise UsageError(failed) from exc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed: with what it started
+            kill_with_descendants(proc)
     if status != 0:
         raise UsageError(failed)
     return raw
