@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 # Output kept for the report: the end of what the command printed.
@@ -31,20 +31,28 @@ _GROUPS_LOCK = threading.RLock()  # re-entered by a signal handler in the thread
 
 
 @contextlib.contextmanager
-def child_group(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """While the block runs, `proc` (started with `start_new_session=True`) is one of the groups
-    `end_child_groups` ends; an exception in the block (a stop) kills its group and waits for it."""
-    with _GROUPS_LOCK:
-        _GROUPS.add(proc.pid)
+def child_group(start: Callable[[], subprocess.Popen[bytes]]) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a child with `start` (a Popen with `start_new_session=True`); while the block runs it
+    is one of the groups `end_child_groups` ends, and an exception in the block (a stop) kills its
+    group and waits for it. A stop signal that comes while it starts is held until its group is
+    known (`stops_deferred`): raised inside Popen, after the fork, it left the child running on its
+    own with nothing to end it. An error starting it (OSError) is raised as it is."""
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        yield
+        with stops_deferred():
+            proc = start()
+            with _GROUPS_LOCK:
+                _GROUPS.add(proc.pid)
+        yield proc
     except BaseException:
-        _kill_group(proc.pid)  # in a session of its own, it did not get the terminal's signal
-        proc.wait()
+        if proc is not None:
+            _kill_group(proc.pid)  # in a session of its own, it did not get the terminal's signal
+            proc.wait()
         raise
     finally:
-        with _GROUPS_LOCK:
-            _GROUPS.discard(proc.pid)
+        if proc is not None:
+            with _GROUPS_LOCK:
+                _GROUPS.discard(proc.pid)
 
 
 @contextlib.contextmanager
@@ -78,17 +86,41 @@ def end_child_groups() -> None:
         _kill_group(pgid)
 
 
+def kill_with_descendants(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to `proc` and to every process below it that still runs (found through Linux's
+    /proc/PID/task/TID/children; elsewhere `proc` alone), then wait for it: for a child left in
+    `phx`'s own session, which may need the terminal, so that it has no group of its own to kill.
+    What it started would otherwise run on, orphaned (a `sleep`, a `gpg` a command waits for)."""
+    below = _descendants(proc.pid)
+    for pid in (proc.pid, *below):  # the parent first: it starts no more
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-
-
-def end_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL what is left of `proc`'s process group (it was started with
-    `start_new_session=True`), then reap `proc`: what it started in the background and left holding
-    its output ends with it."""
-    _kill_group(proc.pid)
-    proc.wait()
 
 
 @dataclass(frozen=True)
@@ -129,26 +161,26 @@ def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) 
     """Run one configured command; never raises (the caller decides what a failure means)."""
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
+        start = lambda: subprocess.Popen(  # noqa: E731
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,  # its own process group, so a timeout kills all of it
+        )
         try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", command],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=dict(env),
-                start_new_session=True,  # its own process group, so a timeout kills all of it
-            )
-        except OSError as exc:
+            with child_group(start) as proc:
+                timed_out = False
+                try:
+                    code: int | None = proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    _kill_group(proc.pid)
+                    proc.wait()
+                    code = None
+        except OSError as exc:  # it could not be started (waiting and killing raise none)
             return ShellStep(label, command, False, None, False, time.monotonic() - started, str(exc))
-        with child_group(proc):
-            timed_out = False
-            try:
-                code: int | None = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc.pid)
-                proc.wait()
-                code = None
         # Only the tail is kept, so only the tail is read (a hook may write gigabytes).
         out.seek(max(0, out.seek(0, os.SEEK_END) - OUTPUT_TAIL))
         data = out.read()

@@ -147,14 +147,15 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-@pytest.mark.parametrize("ends", ["prints-and-exits", "runs-past-the-deadline"])
+@pytest.mark.parametrize("ends", ["runs-past-the-deadline"])
 def test_a_passphrase_command_leaves_no_background_child_running(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ends: str
 ) -> None:
-    """A passphrase command that starts a background child holding its output (`sleep 300 &`):
-    before, that child ran on after the passphrase was read, and after the deadline stopped the
-    command (only the shell was killed). Now the command runs in a session of its own and its whole
-    process group is killed once it is done with."""
+    """A passphrase command that starts a background child holding its output (`sleep 300 &`) and
+    overruns its time: before, only the shell was killed at the deadline and the child ran on. Now
+    the command is killed with every process below it. (A command that prints the passphrase and
+    exits is left alone, with what it chose to leave running: it stays in phx's session, which it
+    may need for the terminal; docs/configuration.md.)"""
     sb = sandbox
     monkeypatch.setattr(context, "PASSPHRASE_COMMAND_TIMEOUT", 2.0)
     envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None))

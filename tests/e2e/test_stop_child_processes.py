@@ -86,7 +86,7 @@ def _frozen_child(proc: subprocess.Popen[str], name: str = "pg_restore") -> int:
             if _name(child) == name:
                 os.kill(child, signal.SIGSTOP)
                 # `phx` goes on writing its input (into the pipe) or waiting: the stop comes
-                # after Popen returned (a signal inside Popen itself is not covered).
+                # after Popen returned (a signal inside Popen itself: the test below).
                 time.sleep(0.1)
                 return child
         time.sleep(0.001)
@@ -250,3 +250,90 @@ def test_a_stop_while_the_server_creates_the_database_drops_it(sandbox: Sandbox,
         relay.close()
         pg.drop_database(copy)
         pg.drop_database(db)
+
+
+# In `phx` only: right after a child whose command holds SIGNAL_INSIDE_POPEN is forked and has
+# exec'd (Popen waits for that), but before Popen returns, `phx` gets SIGNAL_INSIDE_POPEN_SIG; the
+# child's pid goes to SIGNAL_INSIDE_POPEN_PID.
+_INSIDE_POPEN = """
+import os, subprocess
+_real = subprocess.Popen._execute_child
+
+def _execute_child(self, args, *rest, **kw):
+    _real(self, args, *rest, **kw)
+    if os.environ["SIGNAL_INSIDE_POPEN"] in str(args):
+        with open(os.environ["SIGNAL_INSIDE_POPEN_PID"], "w") as f:
+            f.write(str(self.pid))
+        os.kill(os.getpid(), int(os.environ["SIGNAL_INSIDE_POPEN_SIG"]))
+
+subprocess.Popen._execute_child = _execute_child
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_inside_popen_ends_the_child_it_was_starting(
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A stop signal that lands inside `subprocess.Popen`, after the fork (the child, in a session
+    of its own, runs) and before Popen returns its pid: `phx` still ends the child's group, which
+    the terminal's signal never reaches. Before, the exception left Popen with the child unknown
+    to `phx`: the hook ran on, orphaned, after `phx` said "interrupted"."""
+    sb = sandbox
+    pids_file = tmp_path / "hook-pids"
+    sb.write_config(hooks={"preBackup": f"sleep 120 & echo $! $$ > {pids_file}; wait", "timeoutSeconds": 600})
+    site = tmp_path / "inside-popen-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_INSIDE_POPEN)
+    started = tmp_path / "started-pid"
+    env = sb.env_with(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(site), sb.env.get("PYTHONPATH")])),
+        SIGNAL_INSIDE_POPEN=str(pids_file),
+        SIGNAL_INSIDE_POPEN_PID=str(started),
+        SIGNAL_INSIDE_POPEN_SIG=str(int(sig)),
+    )
+    before = sb.snapshots()
+    proc = _start(sb, env, "backup")
+    out, err = proc.communicate(timeout=120)
+    pids = [int(started.read_text())]
+    try:
+        assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+        assert "interrupted" in err and "Traceback" not in err, err
+        time.sleep(0.5)  # an orphaned hook would have written its pids by now
+        if pids_file.exists():
+            pids += [int(p) for p in pids_file.read_text().split()]
+        assert [p for p in pids if _runs(p)] == [], "the preBackup hook was left running, orphaned"
+    finally:
+        for p in pids:
+            if _runs(p):
+                os.kill(p, signal.SIGKILL)
+    assert sb.snapshots() == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_passphrase_command_runs_ends_what_it_started(
+    backed_up: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """`encryption.passphraseCommand` stays in `phx`'s session (it may need the terminal), so a
+    signal sent to `phx` alone (`kill PID`) does not reach what it started: the stop ends the
+    command with every process below it. Before, only its shell was killed and its child (the
+    `sleep` here, a `gpg` in life) ran on, orphaned."""
+    sb = backed_up
+    pid_file = tmp_path / "child-pid"
+    command = f"sleep 121 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait; echo x"
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
+    proc = _start(sb, sb.env_with(PHX_PASSPHRASE=None), "list")
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert pid_file.exists(), proc.communicate(timeout=60)
+    child = int(pid_file.read_text())
+    try:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+        assert "interrupted" in err and "Traceback" not in err, err
+        time.sleep(0.2)  # SIGKILL is delivered at once; let the kernel reap it
+        assert not _runs(child), "what the passphrase command started was left running, orphaned"
+    finally:
+        if _runs(child):
+            os.kill(child, signal.SIGKILL)

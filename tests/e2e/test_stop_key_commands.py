@@ -97,7 +97,11 @@ def assert_repository_whole(sb: Sandbox, snapshots: list[str], env: dict[str, st
 ROTATE_AT = [*range(1, 32, 2), 12, 22] if HEAVY else [12, 22]
 # A slot added or removed: 1-2 the lock, 3-5 the slot, then the lock released.
 SLOT_AT = [1, 2, 3, 4, 5, 6, 7] if HEAVY else [4]
-CASES = [(signal.SIGTERM, None), (signal.SIGINT, None), (signal.SIGTERM, 0.05)] if HEAVY else [(signal.SIGTERM, None)]
+CASES = (
+    [(signal.SIGTERM, None), (signal.SIGINT, None), (signal.SIGTERM, 0.05), (signal.SIGINT, 0.05)]
+    if HEAVY
+    else [(signal.SIGTERM, None)]
+)
 
 
 @pytest.mark.parametrize(("sig", "again"), CASES)

@@ -45,6 +45,9 @@ _GLOBAL_KEY = "phx.global"
 # SIGTERM (systemd's `stop`, a shutdown, a container runtime, `kill`) and SIGHUP (`nohup`'s
 # absence, a terminal closed) stop a command as Ctrl-C does. `phx watch` sets its own handlers.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# Ctrl-C raises KeyboardInterrupt as Python's own handler does, through `_stop` so that a second
+# signal while the stop runs is seen as one (a second Ctrl-C, or Ctrl-C then a closed terminal).
+HANDLED_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 INTERRUPTED = 128 + signal.SIGINT  # the shell's convention: 128 + the signal's number
 
 
@@ -84,6 +87,8 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
             os.write(2, line.encode("utf-8", "replace"))
         os._exit(128 + signum)
     _STOPPING.started = True
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Stopped(signum)
 
 
@@ -92,10 +97,10 @@ _STOPPED_AT_ONCE = "stopped at once by a second signal; the next phx command rem
 
 def stop_on_signals() -> None:
     """SIGTERM and SIGHUP raise `Stopped` in the main thread (where Python runs signal handlers),
-    as SIGINT raises KeyboardInterrupt; a second SIGTERM while that stop runs ends the process at
-    once, a SIGHUP then is ignored (`_stop`). Signals ignored when the process started (`nohup`
-    ignores SIGHUP) stay ignored."""
-    for sig in STOP_SIGNALS:
+    SIGINT raises KeyboardInterrupt; a second SIGINT or SIGTERM while that stop runs ends the
+    process at once, a SIGHUP then is ignored (`_stop`). Signals ignored when the process started
+    (`nohup` ignores SIGHUP, a script's background job SIGINT) stay ignored."""
+    for sig in HANDLED_SIGNALS:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _stop)
 

@@ -40,7 +40,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
-from phoenix_backup.shell import child_group, end_group
+from phoenix_backup.shell import kill_with_descendants
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend, refuse_inside
@@ -204,32 +204,25 @@ def _run_passphrase_command(command: str) -> bytes:
     UsageError when it fails, prints too much or takes too long."""
     failed = "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
     try:
-        # A session of its own: what it starts in the background (and leaves holding the pipe)
-        # is in its process group, which is killed once the passphrase is read or the time is up.
         proc = subprocess.Popen(
-            command,
-            shell=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
     except OSError as exc:
         raise UsageError(failed) from exc
     deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
     try:
-        with child_group(proc):
-            assert proc.stdout is not None
-            with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
-                fix = "make it print the passphrase alone"
-                raw = read_secret(pipe, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
-            status = proc.wait(max(0.0, deadline - time.monotonic()))
+        assert proc.stdout is not None
+        with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
+            fix = "make it print the passphrase alone"
+            raw = read_secret(pipe, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
+        status = proc.wait(max(0.0, deadline - time.monotonic()))
     except (TimeoutError, subprocess.TimeoutExpired):
         raise UsageError(f"{failed} (it was stopped after {PASSPHRASE_COMMAND_TIMEOUT:g} s)") from None
     except OSError as exc:
         raise UsageError(failed) from exc
     finally:
-        end_group(proc)
+        if proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed: with what it started
+            kill_with_descendants(proc)
     if status != 0:
         raise UsageError(failed)
     return raw

@@ -249,7 +249,7 @@ def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what
     blocks fail (damaged data) or a stop comes (Ctrl-C, SIGTERM, SIGHUP), the program is killed
     and waited for, so a single transaction never commits after `phx` said it stopped. It runs in
     a session of its own: a signal to the terminal's group reaches `phx` only, which ends it."""
-    proc = subprocess.Popen(
+    start = lambda: subprocess.Popen(  # noqa: E731
         args,
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -257,7 +257,7 @@ def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what
         env=env,
         start_new_session=True,
     )
-    with child_group(proc):  # at once: a stop a moment later must end it too
+    with child_group(start) as proc:  # a stop while it starts, or a moment later, ends it too
         assert proc.stdin is not None and proc.stderr is not None
         errors: list[bytes] = []
         stderr = proc.stderr
