@@ -14,7 +14,7 @@ import pytest
 from test_repository import age_lock, dead_pid, plant_lock
 
 from phoenix_backup.errors import RepositoryError, RepositoryLocked
-from phoenix_backup.repo import keys
+from phoenix_backup.repo import keys, locks
 from phoenix_backup.repo.locks import (
     STALE_SECONDS,
     boot_id,
@@ -145,6 +145,25 @@ def test_a_lock_from_a_clock_behind_is_not_stale_while_it_is_refreshed(tmp_path:
         repo.lock(False, "backup")
     age_lock(repo, planted, behind)  # no refresh since: every clock agrees it is stale
     assert [i.name for i in repo.locks.unlock()] == [planted]
+
+
+def test_unlock_on_a_machine_whose_clock_is_ahead_keeps_a_lock_being_refreshed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines, one repository: the store and a live backup keep the right time, the machine
+    that runs `phx unlock` is an hour ahead. Judged by its clock, the lock's time and its object's
+    time both looked an hour old, so `phx unlock` removed the live lock. The object's age is now
+    read on the store's clock (the time the store gives an object written for the purpose)."""
+    repo = new_repo(tmp_path / "repo")
+    live = plant_lock(repo, host="elsewhere", exclusive=False)
+    real = time.time
+    monkeypatch.setattr(locks.time, "time", lambda: real() + 3600)
+    assert repo.locks.unlock() == []
+    assert live in lock_names(repo), "a lock being refreshed stays"
+    assert lock_names(repo) == {live}, "unlock leaves nothing of its own"
+    age_lock(repo, live, real() - 3600)  # then it stops being refreshed: stale by every clock
+    assert [i.name for i in repo.locks.unlock()] == [live]
+    assert lock_names(repo) == set()
 
 
 def test_a_holder_learns_its_lock_was_removed_and_never_recreates_it(tmp_path: Path) -> None:

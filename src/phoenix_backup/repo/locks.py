@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, RepositoryError, RepositoryLocked
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, RepositoryError, RepositoryLocked
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.users import username
@@ -195,15 +195,18 @@ class LockInfo:
             f"{kind} lock by {self.command} (pid {self.pid}) on {self.host} as {self.username}, refreshed {when}{skew}"
         )
 
-    def is_stale(self, now: float) -> bool:
+    def is_stale(self, now: float, skew: float = 0.0) -> bool:
         """Not refreshed for STALE_SECONDS by every clock that can tell: the lock's own time (its
         holder's clock), unless it lies in the future, and the store's time of its object (which
-        every refresh rewrites). A holder whose clock is behind is not taken for gone while it
-        refreshes; one whose clock is ahead does not block for ever once it stops."""
-        times = [] if self.written is None else [self.written]
+        every refresh rewrites), read on the store's clock (`skew`: how far the store's clock is
+        ahead of ours, `LockManager.store_skew`). A holder whose clock is behind is not taken for
+        gone while it refreshes; one whose clock is ahead does not block for ever once it stops;
+        and a judge whose own clock is ahead of the store's and the holder's does not take a lock
+        being refreshed for stale."""
+        ages = [] if self.written is None else [now + skew - self.written]
         if self.time <= now + MAX_CLOCK_AHEAD:
-            times.append(self.time)
-        return bool(times) and all(now - t > STALE_SECONDS for t in times)
+            ages.append(now - self.time)
+        return bool(ages) and all(age > STALE_SECONDS for age in ages)
 
     def process_gone(self) -> bool:
         """True only when we can prove the owner is dead: same host, boot and PID namespace, and
@@ -392,14 +395,38 @@ class LockManager:
             )
         self.confirm_held()
 
+    def store_skew(self, command: str) -> float:
+        """How far the store's clock is ahead of ours (negative: behind): the time the store gives
+        a lock object this process wrote, less our time when it wrote it. The object is a lock
+        held here (one stat), else a shared lock written for the purpose and removed at once.
+        0 when the store gives no time or takes no write (a read-only repository): our clock
+        stands in for it, as before. The ages of objects (locks, packs) are read on the store's
+        clock, so that a machine whose clock runs ahead does not take a lock being refreshed for
+        stale, nor a pack just written for old."""
+        for lock in list(self.held):
+            info = self.backend.stat(lock.name)
+            if info is not None and info.modified is not None:
+                return info.modified - lock.wrote
+        probe = HeldLock(self, f"locks/{os.urandom(16).hex()}", False, command)
+        try:
+            probe.write()
+        except PhoenixError:
+            return 0.0
+        try:
+            info = self.backend.stat(probe.name)
+        finally:
+            self.backend.delete(probe.name)
+        return 0.0 if info is None or info.modified is None else info.modified - probe.wrote
+
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
         """Remove stale and dead locks (all locks with `remove_all`); return what was removed. An
         unreadable lock goes once stale by its object's time: until then it may be live (a
         `phx key rotate` elsewhere moved its lock under the new key before its commit point)."""
         removed = []
+        skew = 0.0 if remove_all else self.store_skew("unlock")
         now = time.time()
         for info in self.all():
-            if remove_all or info.process_gone() or info.is_stale(now):
+            if remove_all or info.process_gone() or info.is_stale(now, skew):
                 self.backend.delete(info.name)
                 removed.append(info)
             elif not info.readable:
@@ -419,6 +446,7 @@ class HeldLock:
         self.command = command
         self.created = time.time()
         self.lost: str | None = None  # why the lock is no longer ours, once a refresh found out
+        self.wrote = 0.0  # our time when the lock object was last written (`LockManager.store_skew`)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
@@ -441,6 +469,7 @@ class HeldLock:
             self._write()
 
     def _write(self) -> None:
+        self.wrote = time.time()
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
