@@ -158,6 +158,8 @@ def test_unlock_on_a_machine_whose_clock_is_ahead_keeps_a_lock_being_refreshed(
     live = plant_lock(repo, host="elsewhere", exclusive=False)
     real = time.time
     monkeypatch.setattr(locks.time, "time", lambda: real() + 3600)
+    with pytest.raises(RepositoryLocked, match="wait for it to finish"):  # not "stale ... `phx unlock`"
+        repo.lock(True, "prune")
     assert repo.locks.unlock() == []
     assert live in lock_names(repo), "a lock being refreshed stays"
     assert lock_names(repo) == {live}, "unlock leaves nothing of its own"

@@ -552,12 +552,12 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
     except PhoenixError as exc:
         result.add("locks", "fail", f"cannot list the locks: {exc}")
         return
-    stale = [lk for lk in locks if not lk.readable or lk.process_gone() or lk.is_stale(now)]
+    stale = [lk for lk in locks if not lk.readable or lk.process_gone() or repo.locks.stale(lk, now)]
     for lk in stale:
         if not lk.readable:  # it blocks every command until it is removed
             fix = (
                 "`phx unlock` removes it"
-                if lk.is_stale(now)
+                if repo.locks.stale(lk, now)
                 else "it may be the live lock of a `phx key rotate` elsewhere: `phx unlock` removes it once "
                 "30 minutes old, `phx unlock --all` now (only if no Phoenix runs anywhere on this repository)"
             )

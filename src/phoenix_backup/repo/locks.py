@@ -4,9 +4,10 @@ under `locks/`.
 A lock names its host, boot id, PID namespace, pid and the process's start time. It is refreshed
 every REFRESH_SECONDS while held and counts as stale once not refreshed for STALE_SECONDS by
 every clock that can tell: its own time (its holder's clock; not believed when it lies ahead of
-ours) and the store's time of its object, which each refresh rewrites. So a holder whose clock
-is behind is not taken for gone while it refreshes, and one whose clock is ahead does not block
-for ever once it stops. A lock whose
+ours) and the store's time of its object, which each refresh rewrites, read on the store's clock
+(`LockManager.store_skew`). So a holder whose clock is behind is not taken for gone while it
+refreshes, one whose clock is ahead does not block for ever once it stops, and a machine whose own
+clock is ahead does not take a live lock for stale. A lock whose
 process is provably gone is removed with a notice; any other stale lock is reported with the
 command that removes it, never broken silently.
 
@@ -289,6 +290,7 @@ class LockManager:
         # its lock under the key it was moving from or to (see Repository.__init__).
         self.also = tuple(also)
         self.held: list[HeldLock] = []  # the locks this process holds through this manager
+        self._skew: float | None = None  # how far the store's clock is ahead of ours, once measured
 
     def read(self, name: str) -> LockInfo:
         sealed = self.backend.read(name)
@@ -360,7 +362,7 @@ class LockManager:
                 continue
             if not (exclusive or info.exclusive):
                 continue
-            if info.is_stale(now):
+            if self.stale(info, now):
                 raise RepositoryLocked(
                     f"the repository has a stale {info.describe()}; if no Phoenix runs there, "
                     "remove it with `phx unlock`"
@@ -395,6 +397,15 @@ class LockManager:
             )
         self.confirm_held()
 
+    def stale(self, info: LockInfo, now: float) -> bool:
+        """`info.is_stale`, its object's age read on the store's clock (measured once, and only
+        when our clock says the lock is stale)."""
+        if not info.is_stale(now):
+            return False
+        if self._skew is None:
+            self._skew = self.store_skew("lock check")
+        return info.is_stale(now, self._skew)
+
     def store_skew(self, command: str) -> float:
         """How far the store's clock is ahead of ours (negative: behind): the time the store gives
         a lock object this process wrote, less our time when it wrote it. The object is a lock
@@ -423,10 +434,9 @@ class LockManager:
         unreadable lock goes once stale by its object's time: until then it may be live (a
         `phx key rotate` elsewhere moved its lock under the new key before its commit point)."""
         removed = []
-        skew = 0.0 if remove_all else self.store_skew("unlock")
         now = time.time()
         for info in self.all():
-            if remove_all or info.process_gone() or info.is_stale(now, skew):
+            if remove_all or info.process_gone() or self.stale(info, now):
                 self.backend.delete(info.name)
                 removed.append(info)
             elif not info.readable:
