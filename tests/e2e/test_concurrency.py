@@ -124,6 +124,53 @@ def test_a_backup_whose_lock_was_removed_does_not_commit(sandbox: Sandbox, tmp_p
     sb.restore_to(again["id"], tmp_path / "again")
 
 
+CLOCK_AHEAD = """
+import os, socket, time
+_ahead = float(os.environ["PHX_TEST_CLOCK_AHEAD"])
+_time, _time_ns = time.time, time.time_ns
+time.time = lambda: _time() + _ahead
+time.time_ns = lambda: _time_ns() + int(_ahead * 1e9)
+socket.gethostname = lambda: "clock-ahead"
+"""
+
+
+def another_machine_ahead(sb: Sandbox, tmp_path: Path, seconds: float) -> dict[str, str]:
+    """The environment of a second machine (another host name) whose clock is `seconds` ahead of
+    the store's and this one's: a `sitecustomize` module on its PYTHONPATH shifts its clock."""
+    site = tmp_path / "clock-ahead-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(CLOCK_AHEAD)
+    pythonpath = os.pathsep.join(filter(None, [str(site), sb.env.get("PYTHONPATH")]))
+    return {**sb.env, "PYTHONPATH": pythonpath, "PHX_TEST_CLOCK_AHEAD": str(seconds)}
+
+
+def test_a_machine_whose_clock_is_ahead_never_takes_a_live_lock_for_stale(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Two machines, one repository; the second's clock is an hour ahead of the store's and the
+    first's. While a backup runs on the first, the second took its lock for stale (both its time
+    and its object's looked an hour old): its prune said `phx unlock` removes it, and `phx unlock`
+    did, so the backup, finding its lock gone, committed nothing (exit 1). Now the object's age is
+    read on the store's clock: prune is told to wait, unlock keeps the lock, the backup commits."""
+    sb = sandbox
+    sb.backup()
+    new_data(sb)
+    before = sb.state()
+    ahead = another_machine_ahead(sb, tmp_path, 3600)
+    with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:index/") as run:
+        run.wait_paused()
+        refused = sb.phx("prune", env=ahead, check=1)
+        said = refused.out + refused.err
+        assert "wait for it to finish" in said and "stale" not in said, said
+        assert sb.phx("unlock", "--json", env=ahead).json() == [], "a lock being refreshed is kept"
+        assert run.finish() == 0, run.err
+    doc = backup_doc(run)
+    assert_whole(sb)
+    sb.restore_to(doc["id"], tmp_path / "out")
+    assert_restored(before, tmp_path / "out", "the backup the machine ahead let run")
+    # Once no lock is held, that machine prunes as ever.
+    assert sb.phx("prune", "--json", env=ahead).json()["ok"]
+    assert_whole(sb)
+
+
 def test_a_backup_whose_packs_vanish_does_not_commit(sandbox: Sandbox, tmp_path: Path) -> None:
     """A pack the running backup wrote disappears before it commits (an older Phoenix pruning, a
     hand): the backup names it and commits nothing."""

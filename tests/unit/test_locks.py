@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,8 +16,9 @@ from pathlib import Path
 import pytest
 from test_repository import age_lock, dead_pid, plant_lock
 
-from phoenix_backup.errors import RepositoryError, RepositoryLocked
-from phoenix_backup.repo import keys
+from phoenix_backup.errors import NoSpace, RepositoryError, RepositoryLocked, StorageError
+from phoenix_backup.ops.doctor import DoctorResult, _locks
+from phoenix_backup.repo import keys, locks
 from phoenix_backup.repo.locks import (
     STALE_SECONDS,
     boot_id,
@@ -23,6 +27,7 @@ from phoenix_backup.repo.locks import (
     time_namespace,
 )
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.base import ObjectInfo
 from phoenix_backup.storage.local import LocalBackend
 
 needs_proc = pytest.mark.skipif(
@@ -145,6 +150,102 @@ def test_a_lock_from_a_clock_behind_is_not_stale_while_it_is_refreshed(tmp_path:
         repo.lock(False, "backup")
     age_lock(repo, planted, behind)  # no refresh since: every clock agrees it is stale
     assert [i.name for i in repo.locks.unlock()] == [planted]
+
+
+def test_unlock_on_a_machine_whose_clock_is_ahead_keeps_a_lock_being_refreshed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines, one repository: the store and a live backup keep the right time, the machine
+    that runs `phx unlock` is an hour ahead. Judged by its clock, the lock's time and its object's
+    time both looked an hour old, so `phx unlock` removed the live lock. The object's age is now
+    read on the store's clock (the time the store gives an object written for the purpose)."""
+    repo = new_repo(tmp_path / "repo")
+    live = plant_lock(repo, host="elsewhere", exclusive=False)
+    real = time.time
+    monkeypatch.setattr(locks.time, "time", lambda: real() + 3600)
+    with pytest.raises(RepositoryLocked, match="wait for it to finish"):  # not "stale ... `phx unlock`"
+        repo.lock(True, "prune")
+    assert repo.locks.unlock() == []
+    assert live in lock_names(repo), "a lock being refreshed stays"
+    assert lock_names(repo) == {live}, "unlock leaves nothing of its own"
+    age_lock(repo, live, real() - 3600)  # then it stops being refreshed: stale by every clock
+    assert [i.name for i in repo.locks.unlock()] == [live]
+    assert lock_names(repo) == set()
+
+
+class FullDisk(LocalBackend):
+    """The real local backend on a disk with no room left for a new object."""
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        raise NoSpace(f"no space left on the device while writing {name}; free some space and run again")
+
+
+def test_a_store_that_takes_no_write_leaves_our_clock_to_judge(tmp_path: Path) -> None:
+    """The store's clock is measured with a shared lock written and removed at once. A store that
+    takes no write (a full disk, a read-only mount) gives no measurement: our clock judges, as
+    before the store's clock was read, and `phx unlock` still removes a stale lock."""
+    path = tmp_path / "repo"
+    repo = new_repo(path)
+    now = time.time()
+    stale = age_lock(repo, plant_lock(repo, host="elsewhere", time=now - 7200, created=now - 7200), now - 7200)
+    full = Repository.open(FullDisk(path), keys.Credentials(passphrase=None))
+    with pytest.raises(RepositoryLocked, match=r"stale .*remove it with `phx unlock`"):
+        full.lock(True, "prune")
+    assert [i.name for i in full.locks.unlock()] == [stale]
+    assert lock_names(repo) == set()
+
+
+@needs_proc
+def test_a_clock_probe_killed_before_its_removal_goes_with_the_next_command(tmp_path: Path) -> None:
+    """A process killed (SIGKILL) between writing its clock probe and removing it leaves a shared
+    lock of a dead process: the next command on this host removes it, saying so."""
+    path = tmp_path / "repo"
+    new_repo(path)
+    child = (
+        "import os, signal, sys\n"
+        "from phoenix_backup.repo import keys, locks\n"
+        "from phoenix_backup.repo.repository import Repository\n"
+        "from phoenix_backup.storage.local import LocalBackend\n"
+        "repo = Repository.open(LocalBackend(sys.argv[1]), keys.Credentials(passphrase=None))\n"
+        "locks.HeldLock(repo.locks, 'locks/' + os.urandom(16).hex(), False, 'lock check').write()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child, str(path)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    notices: list[str] = []
+    repo = Repository.open(LocalBackend(path), keys.Credentials(passphrase=None), notice=notices.append)
+    (left,) = lock_names(repo)
+    with repo.lock(True, "prune"):
+        assert lock_names(repo) - {left} and left not in lock_names(repo)
+    assert any("no longer runs: shared lock by lock check" in n for n in notices), notices
+    assert lock_names(repo) == set()
+
+
+class NoStatOfLocks(LocalBackend):
+    """The real local backend, except that asking for a lock object's metadata fails (an S3 HEAD
+    that its retries never get through)."""
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        if name.startswith("locks/"):
+            raise StorageError(f"the service failed while reading {name}; check the network and run again")
+        return super().stat(name)
+
+
+def test_doctor_says_on_its_locks_line_when_it_cannot_read_the_stores_clock(tmp_path: Path) -> None:
+    """Judging a lock on the store's clock takes requests now (write, stat, delete a probe lock),
+    and they can fail: doctor stopped at once with the error, no locks line, none of the checks
+    after it. It says so on the locks line, with the cause, and leaves no probe behind."""
+    path = tmp_path / "repo"
+    repo = new_repo(path)
+    now = time.time()
+    stale = age_lock(repo, plant_lock(repo, host="elsewhere", time=now - 7200, created=now - 7200), now - 7200)
+    result = DoctorResult()
+    _locks(Repository.open(NoStatOfLocks(path), keys.Credentials(passphrase=None)), result)
+    (check,) = result.checks
+    assert (check.name, check.status) == ("locks", "fail")
+    assert "store's clock" in check.message and "the service failed while reading locks/" in check.message
+    assert check.fix is not None and "run `phx doctor` again" in check.fix
+    assert lock_names(repo) == {stale}, "the probe went, the lock is untouched"
 
 
 def test_a_holder_learns_its_lock_was_removed_and_never_recreates_it(tmp_path: Path) -> None:

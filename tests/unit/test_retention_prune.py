@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,6 +200,61 @@ def test_prune_deletes_repacks_and_waits_for_young_leftovers(pristine, tmp_path:
     assert contents(open_fresh(path)[0]) == expected
     result = verify_repository(open_fresh(path)[0], read_data=True)
     assert result.ok and not result.notices, result.to_json()
+
+
+def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_young_packs(
+    pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps the right time; the machine that prunes is an hour ahead. A pack written a
+    minute ago by the store's clock looked an hour old by the pruning machine's and was deleted
+    (a backup whose lock was lost may still be about to commit it). Its age is read on the
+    store's clock now."""
+    src, expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    real = time.time
+    age_packs(path, real() - 7200)
+    repo, _backend = open_fresh(path)
+    repo.load_index()
+    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
+    repo.close()
+    assert len(leftover) == 1
+    (name,) = leftover
+    os.utime(path / name, (real() - 60, real() - 60))
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    report, _ = run_prune(path, PruneState(tmp_path / "prune.json"), time.time())
+    assert report.leftover_packs == 0 and report.young_leftovers == 1, "written a minute ago: kept"
+    assert (path / name).exists()
+    assert report.deleted_packs == 1 and report.repacked_packs == 1, "the old packs are freed as ever"
+    assert contents(open_fresh(path)[0]) == expected
+
+
+def test_a_store_time_planted_on_prunes_own_lock_never_ages_young_packs(pristine, tmp_path: Path) -> None:
+    """Whoever may write to the storage can set an object's time (`touch -d`): the prune's own
+    lock, dated a year ahead, made the store's clock look a year ahead of ours, every pack a year
+    older, and prune deleted a leftover pack written a minute ago. The store's clock now only
+    makes packs younger than our clock says, never older: both clocks must agree a pack is old."""
+    src, expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    now = time.time()
+    age_packs(path, now - 7200)
+    repo, _backend = open_fresh(path)
+    repo.load_index()
+    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
+    assert len(leftover) == 1
+    (name,) = leftover
+    os.utime(path / name, (now - 60, now - 60))
+    with repo.lock(exclusive=True, command="prune") as held:
+        year_ahead = now + 365 * 86400
+        os.utime(path / held.name, (year_ahead, year_ahead))
+        report = prune_repository(
+            repo, TargetPrune("local"), dry_run=False, state=PruneState(tmp_path / "p.json"), now=now, locked=True
+        )
+    assert report.leftover_packs == 0 and report.young_leftovers == 1, "written a minute ago: kept"
+    assert (path / name).exists()
+    assert report.deleted_packs == 1 and report.repacked_packs == 1, "the old packs are freed as ever"
+    assert contents(open_fresh(path)[0]) == expected
 
 
 def test_prune_dry_run_changes_nothing(pristine, tmp_path: Path) -> None:

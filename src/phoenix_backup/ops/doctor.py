@@ -552,12 +552,20 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
     except PhoenixError as exc:
         result.add("locks", "fail", f"cannot list the locks: {exc}")
         return
-    stale = [lk for lk in locks if not lk.readable or lk.process_gone() or lk.is_stale(now)]
+    try:
+        # Judging a lock stale on the store's clock may write, stat and remove a probe lock there.
+        old = {lk.name for lk in locks if repo.locks.stale(lk, now)}
+    except PhoenixError as exc:
+        result.add(
+            "locks", "fail", f"cannot read the store's clock to judge the locks: {exc}", "run `phx doctor` again"
+        )
+        return
+    stale = [lk for lk in locks if not lk.readable or lk.process_gone() or lk.name in old]
     for lk in stale:
         if not lk.readable:  # it blocks every command until it is removed
             fix = (
                 "`phx unlock` removes it"
-                if lk.is_stale(now)
+                if lk.name in old
                 else "it may be the live lock of a `phx key rotate` elsewhere: `phx unlock` removes it once "
                 "30 minutes old, `phx unlock --all` now (only if no Phoenix runs anywhere on this repository)"
             )

@@ -4,9 +4,10 @@ under `locks/`.
 A lock names its host, boot id, PID namespace, pid and the process's start time. It is refreshed
 every REFRESH_SECONDS while held and counts as stale once not refreshed for STALE_SECONDS by
 every clock that can tell: its own time (its holder's clock; not believed when it lies ahead of
-ours) and the store's time of its object, which each refresh rewrites. So a holder whose clock
-is behind is not taken for gone while it refreshes, and one whose clock is ahead does not block
-for ever once it stops. A lock whose
+ours) and the store's time of its object, which each refresh rewrites, read on the store's clock
+(`LockManager.store_skew`). So a holder whose clock is behind is not taken for gone while it
+refreshes, one whose clock is ahead does not block for ever once it stops, and a machine whose own
+clock is ahead does not take a live lock for stale. A lock whose
 process is provably gone is removed with a notice; any other stale lock is reported with the
 command that removes it, never broken silently.
 
@@ -40,6 +41,7 @@ from phoenix_backup.errors import (
     CorruptObject,
     LockNotReleased,
     ObjectNotFound,
+    PhoenixError,
     RepositoryError,
     RepositoryLocked,
     StorageError,
@@ -204,15 +206,18 @@ class LockInfo:
             f"{kind} lock by {self.command} (pid {self.pid}) on {self.host} as {self.username}, refreshed {when}{skew}"
         )
 
-    def is_stale(self, now: float) -> bool:
+    def is_stale(self, now: float, skew: float = 0.0) -> bool:
         """Not refreshed for STALE_SECONDS by every clock that can tell: the lock's own time (its
         holder's clock), unless it lies in the future, and the store's time of its object (which
-        every refresh rewrites). A holder whose clock is behind is not taken for gone while it
-        refreshes; one whose clock is ahead does not block for ever once it stops."""
-        times = [] if self.written is None else [self.written]
+        every refresh rewrites), read on the store's clock (`skew`: how far the store's clock is
+        ahead of ours, `LockManager.store_skew`). A holder whose clock is behind is not taken for
+        gone while it refreshes; one whose clock is ahead does not block for ever once it stops;
+        and a judge whose own clock is ahead of the store's and the holder's does not take a lock
+        being refreshed for stale."""
+        ages = [] if self.written is None else [now + skew - self.written]
         if self.time <= now + MAX_CLOCK_AHEAD:
-            times.append(self.time)
-        return bool(times) and all(now - t > STALE_SECONDS for t in times)
+            ages.append(now - self.time)
+        return bool(ages) and all(age > STALE_SECONDS for age in ages)
 
     def process_gone(self) -> bool:
         """True only when we can prove the owner is dead: same host, boot and PID namespace, and
@@ -295,6 +300,7 @@ class LockManager:
         # its lock under the key it was moving from or to (see Repository.__init__).
         self.also = tuple(also)
         self.held: list[HeldLock] = []  # the locks this process holds through this manager
+        self._skew: float | None = None  # how far the store's clock is ahead of ours, once measured
 
     def read(self, name: str) -> LockInfo:
         sealed = self.backend.read(name)
@@ -366,7 +372,7 @@ class LockManager:
                 continue
             if not (exclusive or info.exclusive):
                 continue
-            if info.is_stale(now):
+            if self.stale(info, now):
                 raise RepositoryLocked(
                     f"the repository has a stale {info.describe()}; if no Phoenix runs there, "
                     "remove it with `phx unlock`"
@@ -401,6 +407,38 @@ class LockManager:
             )
         self.confirm_held()
 
+    def stale(self, info: LockInfo, now: float) -> bool:
+        """`info.is_stale`, its object's age read on the store's clock (measured once, and only
+        when our clock says the lock is stale)."""
+        if not info.is_stale(now):
+            return False
+        if self._skew is None:
+            self._skew = self.store_skew("lock check")
+        return info.is_stale(now, self._skew)
+
+    def store_skew(self, command: str) -> float:
+        """How far the store's clock is ahead of ours (negative: behind): the time the store gives
+        a lock object this process wrote, less our time when it wrote it. The object is a lock
+        held here (one stat), else a shared lock written for the purpose and removed at once.
+        0 when the store gives no time or takes no write (a read-only repository): our clock
+        stands in for it, as before. The ages of objects (locks, packs) are read on the store's
+        clock, so that a machine whose clock runs ahead does not take a lock being refreshed for
+        stale, nor a pack just written for old."""
+        for lock in list(self.held):
+            info = self.backend.stat(lock.name)
+            if info is not None and info.modified is not None:
+                return info.modified - lock.wrote
+        probe = HeldLock(self, f"locks/{os.urandom(16).hex()}", False, command)
+        try:
+            probe.write()
+        except PhoenixError:
+            return 0.0
+        try:
+            info = self.backend.stat(probe.name)
+        finally:
+            self.backend.delete(probe.name)
+        return 0.0 if info is None or info.modified is None else info.modified - probe.wrote
+
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
         """Remove stale and dead locks (all locks with `remove_all`); return what was removed. An
         unreadable lock goes once stale by its object's time: until then it may be live (a
@@ -408,7 +446,7 @@ class LockManager:
         removed = []
         now = time.time()
         for info in self.all():
-            if remove_all or info.process_gone() or info.is_stale(now):
+            if remove_all or info.process_gone() or self.stale(info, now):
                 self.backend.delete(info.name)
                 removed.append(info)
             elif not info.readable:
@@ -428,6 +466,7 @@ class HeldLock:
         self.command = command
         self.created = time.time()
         self.lost: str | None = None  # why the lock is no longer ours, once a refresh found out
+        self.wrote = 0.0  # our time when the lock object was last written (`LockManager.store_skew`)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
@@ -450,6 +489,7 @@ class HeldLock:
             self._write()
 
     def _write(self) -> None:
+        self.wrote = time.time()
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),

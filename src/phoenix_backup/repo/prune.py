@@ -511,10 +511,15 @@ def _young_packs(
     cutoff = now - LEFTOVER_MIN_AGE
     for lock in repo.locks.others():
         cutoff = min(cutoff, lock.created or 0.0)  # an older Phoenix's lock: its start is unknown
+    # The store's clock may differ from ours: a machine whose clock is ahead took packs a backup
+    # had just written for old. Both clocks must agree a pack is old: a store's clock that looks
+    # ahead of ours (or a time planted on our lock, `touch -d`) only ever makes packs look younger.
+    skew = min(0.0, repo.locks.store_skew("prune"))
     young = set()
     for name, info in listing.items():
-        # The store's own modification time when it has one; else when prune first saw it.
-        born = info.modified if info.modified is not None else float(seen.setdefault(name, now))
+        # The store's own modification time (on our clock) when it has one; else when prune first
+        # saw it.
+        born = info.modified - skew if info.modified is not None else float(seen.setdefault(name, now))
         if born >= cutoff:
             young.add(name)
     for name in list(seen):
