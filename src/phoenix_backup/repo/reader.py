@@ -289,6 +289,7 @@ class NodeReader:
         self.logical = logical
         self.node = node
         self.digest: Sha256 | BackgroundSha256 = Sha256()
+        self._hex: str | None = None  # the digest once read: reading it ends the hashing thread
         self.total = 0
         self._chunks = self.chunks()
         self._buffer = b""
@@ -309,6 +310,15 @@ class NodeReader:
             if isinstance(self.digest, BackgroundSha256):
                 self.digest.close()
             raise
+        # Every byte handed out: the digest is read now, which ends the hashing thread, whether the
+        # consumer then calls `finish` or fails first (a write after the last extent, a size that
+        # differs); `finish` compares what is read here.
+        self._hexdigest()
+
+    def _hexdigest(self) -> str:
+        if self._hex is None:
+            self._hex = self.digest.hexdigest()
+        return self._hex
 
     def chunks(self) -> Iterator[memoryview]:
         for blob, start, end in self.ranges():
@@ -339,7 +349,8 @@ class NodeReader:
             yield pending
 
     def finish(self) -> None:
-        if self.total != self.node.size or self.digest.hexdigest() != self.node.sha256:
+        digest = self._hexdigest()  # read even when the size differs: the hashing thread ends
+        if self.total != self.node.size or digest != self.node.sha256:
             raise CorruptObject(
                 f"{self.logical} read from the repository does not match its SHA-256 in the snapshot (damaged); "
                 "run `phx verify --read-data` and use another snapshot or target"
