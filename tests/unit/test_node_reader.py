@@ -394,3 +394,49 @@ def test_a_write_failing_after_the_last_extent_leaves_no_hashing_thread(
     finally:
         os.close(fd)
     assert [t for t in _hashing_threads() if t not in before] == []
+
+
+def test_bytes_waiting_for_the_hashing_thread_do_not_hold_whole_blobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database's extents are small parts of larger blobs. A part waiting for the hashing thread
+    (up to HASH_BEHIND of them) held its whole blob: with the hashing thread behind by its limit,
+    16 extents of 16 KiB held 16 MiB of blobs, past the bound of a node in memory. A small part
+    of a large blob now waits as a copy of its own."""
+    import hashlib
+    import time
+    import tracemalloc
+
+    from phoenix_backup.repo import crypto
+    from phoenix_backup.repo.tree import Node
+
+    rng = random.Random(5)
+    repo = Repository.init(LocalBackend(tmp_path), keys.wrap_none, False)
+    content, whole = [], bytearray()
+    for _ in range(48):
+        data = rng.randbytes(1024 * KIB)
+        bid, _ = repo.save_blob(BlobType.DATA, data)
+        content.append(Extent(bid, 0, 16 * KIB))
+        whole += data[: 16 * KIB]
+    repo.flush()
+    node = Node(name="f", type="file", size=len(whole), content=content, sha256=hashlib.sha256(whole).hexdigest())
+    monkeypatch.setattr(reader, "BACKGROUND_HASH", 1)  # 768 KiB of a database: hashed on its thread
+    r = reader.NodeReader(repo, "workspace/f", node)
+    update = crypto.Sha256.update
+
+    def behind(self: crypto.Sha256, data: bytes | bytearray | memoryview) -> None:
+        # The hashing thread starts only once its writer is HASH_BEHIND ahead (a busy machine).
+        deadline = time.monotonic() + 30
+        while threading.current_thread().name == "phx-sha256" and r.total < reader.HASH_BEHIND:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        update(self, data)
+
+    monkeypatch.setattr(crypto.Sha256, "update", behind)
+    tracemalloc.start()
+    try:
+        for _chunk in r.chunks():
+            pass
+        r.finish()
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 8 * 1024 * KIB, f"{peak / 2**20:.1f} MiB held at once"

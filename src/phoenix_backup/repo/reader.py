@@ -303,7 +303,14 @@ class NodeReader:
             self.digest = BackgroundSha256(HASH_BEHIND)  # started here: a reader never read has no thread
         try:
             for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content):
-                self.digest.update(memoryview(blob)[start:end])
+                view = memoryview(blob)[start:end]
+                if isinstance(self.digest, BackgroundSha256) and 2 * (end - start) < len(blob):
+                    # A bytes waiting for the hashing thread holds its whole blob: a small part of a
+                    # large blob (a database's pages) waits as a copy of its own, so what waits
+                    # holds at most twice HASH_BEHIND, not up to HASH_BEHIND's worth of whole blobs.
+                    self.digest.update(view.tobytes())
+                else:
+                    self.digest.update(view)
                 self.total += end - start
                 yield blob, start, end
         except BaseException:  # damaged data, a failed write or an abandoned reader: the thread ends
