@@ -396,7 +396,9 @@ def test_a_write_failing_after_the_last_extent_leaves_no_hashing_thread(
     assert [t for t in _hashing_threads() if t not in before] == []
 
 
-def test_bytes_waiting_for_the_hashing_thread_do_not_hold_whole_blobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bytes_waiting_for_the_hashing_thread_do_not_hold_whole_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A database's extents are small parts of larger blobs. A part waiting for the hashing thread
     (up to HASH_BEHIND of them) held its whole blob: with the hashing thread behind by its limit,
     16 extents of 16 KiB held 16 MiB of blobs, past the bound of a node in memory. A small part
