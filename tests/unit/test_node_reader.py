@@ -3,6 +3,7 @@ gives back exactly the bytes of each extent, in order."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from pathlib import Path
@@ -328,3 +329,116 @@ def test_a_reader_stopped_midway_ends_its_hashing_thread(
     for t in hashing():
         t.join(timeout=5)
     assert [t for t in hashing() if t not in before] == []
+
+
+def _hashing_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "phx-sha256"]
+
+
+def test_a_large_node_shorter_than_its_snapshot_says_is_refused_and_leaves_no_hashing_thread(
+    stored: tuple[Repository, list[tuple[bytes, bytes]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tampered tree that claims more bytes than its extents hold: every extent is handed out,
+    then `finish` refuses the size; the hashing thread ended with the last extent, not never (the
+    size was compared first and the digest, which ends the thread, never read: a thread left in a
+    library user's process for every such file)."""
+    import hashlib
+
+    from phoenix_backup.repo.tree import Node
+    from phoenix_backup.sinks.files import write_content
+
+    repo, blobs = stored
+    monkeypatch.setattr(reader, "BACKGROUND_HASH", 1)
+    content = [Extent(b, 0, len(d)) for b, d in blobs[:4]]
+    whole = b"".join(d for _b, d in blobs[:4])
+    node = Node(name="f", type="file", size=len(whole) + 1, content=content, sha256=hashlib.sha256(whole).hexdigest())
+    before = _hashing_threads()
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with pytest.raises(CorruptObject, match=r"workspace/f read from the repository does not match its SHA-256"):
+            write_content(repo, fd, "workspace/f", node)
+    finally:
+        os.close(fd)
+    assert [t for t in _hashing_threads() if t not in before] == []
+
+
+def test_a_write_failing_after_the_last_extent_leaves_no_hashing_thread(
+    stored: tuple[Repository, list[tuple[bytes, bytes]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO from the file system after the last extent was written (the ftruncate of a file ending
+    in a hole), before `finish`: the restore of that file fails, and no hashing thread is left."""
+    import errno
+    import hashlib
+
+    from phoenix_backup.repo.tree import Node
+    from phoenix_backup.sinks import files
+
+    repo, blobs = stored
+    tail = 16 * KIB + -sum(len(d) for _b, d in blobs[:3]) % 4096  # the file ends in a whole block of zeros
+    zeros, _ = repo.save_blob(BlobType.DATA, bytes(tail))
+    repo.flush()
+    monkeypatch.setattr(reader, "BACKGROUND_HASH", 1)
+    content = [Extent(b, 0, len(d)) for b, d in blobs[:3]] + [Extent(zeros, 0, tail)]
+    whole = b"".join(d for _b, d in blobs[:3]) + bytes(tail)
+    node = Node(name="f", type="file", size=len(whole), content=content, sha256=hashlib.sha256(whole).hexdigest())
+
+    def eio(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files.os, "ftruncate", eio)
+    before = _hashing_threads()
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            files.write_content(repo, fd, "workspace/f", node)
+    finally:
+        os.close(fd)
+    assert [t for t in _hashing_threads() if t not in before] == []
+
+
+def test_bytes_waiting_for_the_hashing_thread_do_not_hold_whole_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database's extents are small parts of larger blobs. A part waiting for the hashing thread
+    (up to HASH_BEHIND of them) held its whole blob: with the hashing thread behind by its limit,
+    16 extents of 16 KiB held 16 MiB of blobs, past the bound of a node in memory. A small part
+    of a large blob now waits as a copy of its own."""
+    import hashlib
+    import time
+    import tracemalloc
+
+    from phoenix_backup.repo import crypto
+    from phoenix_backup.repo.tree import Node
+
+    rng = random.Random(5)
+    repo = Repository.init(LocalBackend(tmp_path), keys.wrap_none, False)
+    content, whole = [], bytearray()
+    for _ in range(48):
+        data = rng.randbytes(1024 * KIB)
+        bid, _ = repo.save_blob(BlobType.DATA, data)
+        content.append(Extent(bid, 0, 16 * KIB))
+        whole += data[: 16 * KIB]
+    repo.flush()
+    node = Node(name="f", type="file", size=len(whole), content=content, sha256=hashlib.sha256(whole).hexdigest())
+    monkeypatch.setattr(reader, "BACKGROUND_HASH", 1)  # 768 KiB of a database: hashed on its thread
+    r = reader.NodeReader(repo, "workspace/f", node)
+    update = crypto.Sha256.update
+
+    def behind(self: crypto.Sha256, data: bytes | bytearray | memoryview) -> None:
+        # The hashing thread starts only once its writer is HASH_BEHIND ahead (a busy machine).
+        deadline = time.monotonic() + 30
+        while threading.current_thread().name == "phx-sha256" and r.total < reader.HASH_BEHIND:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        update(self, data)
+
+    monkeypatch.setattr(crypto.Sha256, "update", behind)
+    tracemalloc.start()
+    try:
+        for _chunk in r.chunks():
+            pass
+        r.finish()
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 8 * 1024 * KIB, f"{peak / 2**20:.1f} MiB held at once"
