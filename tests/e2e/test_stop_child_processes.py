@@ -83,7 +83,9 @@ def _frozen_child(proc: subprocess.Popen[str], name: str = "pg_restore") -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         for child in _children(proc.pid):
-            if _name(child) == name:
+            # Not the `--version` probe that finds the tool (`sources.postgres.tool_version`):
+            # frozen, it held the backup for its 30 s timeout and the test's wait ran out.
+            if _name(child) == name and "--version" not in _cmdline(child):
                 os.kill(child, signal.SIGSTOP)
                 # `phx` goes on writing its input (into the pipe) or waiting: the stop comes
                 # after Popen returned (a signal inside Popen itself: the test below).

@@ -222,7 +222,7 @@ def tool_version(path: Path, env: Mapping[str, str] | None = None) -> Tool | Non
         out = subprocess.run(
             [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False, env=env
         ).stdout
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):  # not a tool that answers: looked for elsewhere, or named as missing
         return None
     m = _VERSION.search(out)
     if m is None:
