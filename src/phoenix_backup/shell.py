@@ -86,9 +86,32 @@ def _kill_group(pgid: int) -> None:
 def end_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL what is left of `proc`'s process group (it was started with
     `start_new_session=True`), then reap `proc`: what it started in the background and left holding
-    its output ends with it."""
-    _kill_group(proc.pid)
+    its output ends with it. `proc` must not be reaped yet (wait with `exited` and `wait_exited`,
+    not `poll` or `wait`): until then its pid, the group's id, cannot be given to another process,
+    so the kill reaches no stranger's group."""
+    if proc.returncode is None:
+        _kill_group(proc.pid)
     proc.wait()
+
+
+def exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether `proc` has exited, leaving it unreaped (a zombie keeps its pid: `end_group`)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def wait_exited(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait up to `timeout` seconds for `proc` to exit, leaving it unreaped (`exited`);
+    subprocess.TimeoutExpired when it still runs."""
+    deadline = time.monotonic() + timeout
+    while not exited(proc):
+        if time.monotonic() >= deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.01)
 
 
 @dataclass(frozen=True)

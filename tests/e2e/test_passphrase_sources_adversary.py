@@ -175,3 +175,36 @@ def test_a_passphrase_command_leaves_no_background_child_running(
         if pidfile.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("ends", ["exits", "exits-leaving-a-child", "runs-past-the-deadline"])
+def test_the_passphrase_commands_group_is_killed_before_its_leader_is_reaped(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, ends: str
+) -> None:
+    """The group's id is the shell's pid. Before, the shell was reaped (`poll`, `wait`) and its
+    group killed after: by then the pid could belong to another process, and `killpg` would kill
+    a stranger's group. Now every kill of the group comes while the shell is unreaped (running or
+    a zombie), so its pid is still its own."""
+    sb = sandbox
+    monkeypatch.setattr(context, "PASSPHRASE_COMMAND_TIMEOUT", 2.0)
+    envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None))
+    command = {
+        "exits": f"printf '%s' '{PASSPHRASE}'",
+        "exits-leaving-a-child": f"sleep 300 & printf '%s' '{PASSPHRASE}'",
+        "runs-past-the-deadline": f"sleep 300; printf '%s' '{PASSPHRASE}'",
+    }[ends]
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
+    killed: list[tuple[int, bool]] = []
+    killpg = os.killpg
+
+    def watched_killpg(pgid: int, sig: int) -> None:
+        killed.append((pgid, Path(f"/proc/{pgid}").exists()))  # a zombie still has its /proc entry
+        killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", watched_killpg)
+    if ends == "runs-past-the-deadline":
+        with pytest.raises(UsageError, match="stopped after 2 s"):
+            context.passphrase(load_config(sb.config_path, envx.env), envx)
+    else:
+        assert context.passphrase(load_config(sb.config_path, envx.env), envx) == PASSPHRASE
+    assert killed and all(unreaped for _pgid, unreaped in killed), killed

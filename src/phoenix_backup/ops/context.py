@@ -40,7 +40,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
-from phoenix_backup.shell import child_group, end_group
+from phoenix_backup.shell import child_group, end_group, exited, wait_exited
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend, refuse_inside
@@ -184,7 +184,7 @@ class _Deadline(io.RawIOBase):
         waiting = select.poll()  # not select(): a process may hold more than FD_SETSIZE files
         waiting.register(self.fd, select.POLLIN)
         while not waiting.poll(0):
-            if self.proc.poll() is not None:
+            if exited(self.proc):  # not poll(): reaped, its group's id could be reused (`end_group`)
                 if waiting.poll(0):  # written just before it exited
                     break
                 return 0
@@ -223,14 +223,14 @@ def _run_passphrase_command(command: str) -> bytes:
             with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
                 fix = "make it print the passphrase alone"
                 raw = read_secret(pipe, Path(PASSPHRASE_COMMAND_SECRET), "the output of", fix)
-            status = proc.wait(max(0.0, deadline - time.monotonic()))
+            wait_exited(proc, max(0.0, deadline - time.monotonic()))
     except (TimeoutError, subprocess.TimeoutExpired):
         raise UsageError(f"{failed} (it was stopped after {PASSPHRASE_COMMAND_TIMEOUT:g} s)") from None
     except OSError as exc:
         raise UsageError(failed) from exc
     finally:
-        end_group(proc)
-    if status != 0:
+        end_group(proc)  # reaps it
+    if proc.returncode != 0:
         raise UsageError(failed)
     return raw
 
