@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error, mount, run_phx, tmpfs_at
+from e2e_support import Result, Sandbox, assert_error, mount, run_phx, tmpfs_at
 from killpoint import run_killed
 
 
@@ -84,21 +84,34 @@ def test_a_full_or_failing_restore_destination_is_named_and_the_repository_is_no
     """A full disk or an I/O error on the restore's destination: before, "no space left on the
     device … free some space" (which device?) and "Input/output error … run `phx verify`" (which
     blames the repository, that is fine). Now the destination's path, its file system (and for a
-    full disk the space free and the space the file needs) are named, and verify is not."""
+    full disk the space free and the space the file needs) are named, and verify is not, unless
+    that file system holds the repository too (then it is the repository's disk that failed)."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
     sb = sandbox
     doc = sb.backup()
-    dest = tmp_path / "restored"
-    # EIO from the destination's disk: every fsync of its workspace folder (strace -P: that folder only).
-    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(dest / "workspace")]
-    inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EIO"]
-    res = run_phx(["restore", "--backup", doc["id"], "--to", str(dest)], sb.env, check=None, prefix=inject)
-    if "PTRACE" in res.err or "Operation not permitted" in res.err:
-        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
-    assert_error(res, 1, "input/output error", f"the disk of {dest / 'workspace'} (the file system mounted at ")
-    assert "phx verify" not in res.err and "the repository is not involved" in res.err
+
+    def restore_with_eio(dest: Path) -> Result:
+        # EIO from the destination's disk: every fsync of its workspace folder (strace -P: that folder only).
+        inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(dest / "workspace")]
+        inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EIO"]
+        res = run_phx(["restore", "--backup", doc["id"], "--to", str(dest)], sb.env, check=None, prefix=inject)
+        if "PTRACE" in res.err or "Operation not permitted" in res.err:
+            pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+        assert_error(res, 1, "input/output error", f"the disk of {dest / 'workspace'} (the file system mounted at ")
+        return res
+
+    # Adversary: on the file system that holds the repository too, the failing disk is the
+    # repository's: before, "the repository is not involved" there as well.
+    assert os.stat(tmp_path).st_dev == os.stat(sb.repo).st_dev
+    res = restore_with_eio(tmp_path / "restored")
+    assert f"it holds the repository at {sb.repo} too" in res.err and "run `phx verify`" in res.err, res.err
+    assert "the repository is not involved" not in res.err
     assert sb.verify()["ok"] is True
+    # A failing destination disk that is not the repository's.
+    with tmpfs_at(tmp_path / "other", "64m") as other:
+        res = restore_with_eio(other / "restored")
+        assert "phx verify" not in res.err and "the repository is not involved" in res.err
     # A full destination disk.
     with tmpfs_at(tmp_path / "small", "64k") as mnt:
         res = sb.phx("restore", "--backup", doc["id"], "--to", mnt / "restored", check=None)
