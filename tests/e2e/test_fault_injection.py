@@ -355,3 +355,38 @@ def test_every_command_writing_plain_copies_refuses_the_repository_folder_alike(
     sb.phx("restore", "--target", "git", "--backup", doc["id"], "--to", sibling / "restored")
     sb.phx("export", "--format", "json", "--output", sibling / "export")
     assert (sibling / "export" / "metadata.json").is_file() and any((sibling / "restored").iterdir())
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_repo_named_on_the_command_line_does_not_open_the_configured_repository_to_plain_copies(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Adversary of the rule above: `--repo LOCATION` replaces the config's targets with the one it
+    names, so the configured local repository was no longer checked. Before, `restore --repo GIT
+    --to REPO/x` and `export --repo GIT --output REPO/y` wrote plain copies among the configured
+    repository's objects (exit 0). Now any local repository above the folder is refused."""
+    from moto_support import bare_repo
+
+    sb = sandbox
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        }
+    )
+    doc = sb.backup()
+    other = tmp_path / "other-repo"  # another local repository (a copy of this one)
+    shutil.copytree(sb.repo, other)
+    before = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    for args in (
+        ["restore", "--repo", remote, "--backup", doc["id"], "--to", sb.repo / "x"],
+        ["export", "--repo", remote, "--format", "json", "--output", sb.repo / "y"],
+        ["restore", "--repo", remote, "--backup", doc["id"], "--to", other / "data" / "x"],
+    ):
+        res = sb.phx(*args, check=None)
+        assert res.code == 2 and "is inside the repository" in res.err, (args, res)
+    after = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    assert after == before and not (other / "data" / "x").exists()
+    sb.phx("restore", "--repo", remote, "--backup", doc["id"], "--to", tmp_path / "restored")
+    assert any((tmp_path / "restored").iterdir())

@@ -58,6 +58,17 @@ def _same_file_system(a: Path, b: Path | None) -> bool:
         return False
 
 
+def repository_above(folder: Path) -> Path | None:
+    """The local Phoenix repository that `folder` (resolved: links followed) lies in, whichever
+    target a command reads: a folder holding a `config` file and the folders `data`, `index` and
+    `snapshots` (what `phx init` makes), `folder` itself or a folder above it."""
+    real = folder.resolve()
+    for above in (real, *real.parents):
+        if (above / "config").is_file() and all((above / f).is_dir() for f in ("data", "index", "snapshots")):
+            return above
+    return None
+
+
 def _destination_error(exc: OSError, what: str, destination: Path, need: int, repository: Path | None) -> StorageError:
     existing = next((p for p in (destination, *destination.parents) if p.exists()), Path("/"))
     mount = existing
