@@ -152,6 +152,7 @@ def test_a_passphrase_command_leaves_no_background_child_running(
     process group is killed once it is done with."""
     sb = sandbox
     monkeypatch.setattr(context, "PASSPHRASE_COMMAND_TIMEOUT", 2.0)
+    monkeypatch.setattr(context, "_on_a_terminal", lambda: False)  # unattended, whatever runs the tests
     envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None))
     pidfile = tmp_path / "child.pid"
     start = f"sleep 300 & echo $! > {pidfile};"
@@ -187,6 +188,7 @@ def test_the_passphrase_commands_group_is_killed_before_its_leader_is_reaped(
     a zombie), so its pid is still its own."""
     sb = sandbox
     monkeypatch.setattr(context, "PASSPHRASE_COMMAND_TIMEOUT", 2.0)
+    monkeypatch.setattr(context, "_on_a_terminal", lambda: False)  # unattended, whatever runs the tests
     envx = context.Environment(env=sb.env_with(PHX_PASSPHRASE=None))
     command = {
         "exits": f"printf '%s' '{PASSPHRASE}'",
@@ -208,3 +210,19 @@ def test_the_passphrase_commands_group_is_killed_before_its_leader_is_reaped(
     else:
         assert context.passphrase(load_config(sb.config_path, envx.env), envx) == PASSPHRASE
     assert killed and all(unreaped for _pgid, unreaped in killed), killed
+
+
+def test_a_passphrase_command_may_ask_on_the_terminal(sandbox: Sandbox) -> None:
+    """Adversary of the session of its own: a command that asks on /dev/tty (`age -d` does, or a
+    `read` from the terminal) found no terminal there ("cannot open /dev/tty: No such device or
+    address"): here it printed an empty passphrase and `phx list` said the passphrase was wrong
+    (exit 1); before that change it worked. On a terminal the command stays in phx's session."""
+    from e2e_support import on_a_terminal
+
+    sb = sandbox
+    sb.backup()
+    ask = "printf 'Passphrase for age:' >/dev/tty; IFS= read -r p </dev/tty; printf '%s' \"$p\""
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": ask})
+    run = on_a_terminal(["list"], sb.env_with(PHX_PASSPHRASE=None), [PASSPHRASE])
+    assert run.code == 0, run
+    assert "Passphrase for age:" in run.raw and "passphraseCommand failed" not in run.raw, run

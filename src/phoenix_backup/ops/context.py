@@ -197,28 +197,42 @@ class _Deadline(io.RawIOBase):
         return len(data)
 
 
+def _on_a_terminal() -> bool:
+    """Whether this process has a controlling terminal (a person may answer a prompt on it)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def _run_passphrase_command(command: str) -> bytes:
     """What `encryption.passphraseCommand` prints, read as a secret file is (`read_secret`: never
     more than its limit, so a mistaken command such as `yes` cannot fill the memory); after
     PASSPHRASE_COMMAND_TIMEOUT seconds the command is stopped and its output no longer read.
     UsageError when it fails, prints too much or takes too long."""
     failed = "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
+    # Unattended, a session of its own: what it starts in the background (and leaves holding the
+    # pipe) is in its process group, which is killed once the passphrase is read or the time is up.
+    # On a terminal it stays in this session, where it can ask on /dev/tty (`age -d`, a `read`
+    # from the terminal): a session of its own has no terminal, and a group of its own would be
+    # stopped (SIGTTIN) by its first read there. Only the command itself is killed then.
+    own_session = not _on_a_terminal()
     try:
-        # A session of its own: what it starts in the background (and leaves holding the pipe)
-        # is in its process group, which is killed once the passphrase is read or the time is up.
         proc = subprocess.Popen(
             command,
             shell=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=own_session,
         )
     except OSError as exc:
         raise UsageError(failed) from exc
     deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
     try:
-        with child_group(proc):
+        with child_group(proc) if own_session else contextlib.nullcontext():
             assert proc.stdout is not None
             with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
                 fix = "make it print the passphrase alone"
@@ -229,7 +243,12 @@ def _run_passphrase_command(command: str) -> bytes:
     except OSError as exc:
         raise UsageError(failed) from exc
     finally:
-        end_group(proc)  # reaps it
+        if own_session:
+            end_group(proc)  # reaps it
+        else:
+            if not exited(proc):
+                proc.kill()
+            proc.wait()
     if proc.returncode != 0:
         raise UsageError(failed)
     return raw
