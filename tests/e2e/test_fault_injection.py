@@ -390,3 +390,23 @@ def test_a_repo_named_on_the_command_line_does_not_open_the_configured_repositor
     assert after == before and not (other / "data" / "x").exists()
     sb.phx("restore", "--repo", remote, "--backup", doc["id"], "--to", tmp_path / "restored")
     assert any((tmp_path / "restored").iterdir())
+
+
+def test_a_lock_left_after_a_failed_check_does_not_turn_the_failure_into_a_partial_result(sandbox: Sandbox) -> None:
+    """Adversary of the lock left after the work (exit 3): for every command but backup and forget
+    the sentence ended the command as an error whose code was 3 (partial success). Before, `phx
+    verify` of a repository with a damaged snapshot whose lock could not be removed exited 3, which
+    a monitor reads as "done, with warnings"; now exit 1, as any failure."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sid = sb.backup()["id"]
+    (sb.repo / "snapshots" / sid).write_bytes(b"damaged")
+    unlinks = "unlink,unlinkat"
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(sb.repo / "locks")]
+    inject += ["-e", f"trace={unlinks}", "-e", f"inject={unlinks}:error=EIO"]
+    res = run_phx(["verify"], sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert res.code == 1, res
+    assert "could not be removed" in res.err and "run `phx unlock`" in res.err, res.err
