@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import Result, Sandbox, assert_error, mount, run_phx, tmpfs_at
@@ -315,6 +316,20 @@ def test_an_export_syncs_its_files_and_folders_before_and_after_its_rename(sandb
     assert any("fsync(" in x and f"<{out.parent}>" in x for x in lines[at:]), lines[at:]
 
 
+def _backed_up_to_local_and_git(sb: Sandbox) -> tuple[Path, dict[str, Any]]:
+    """A local and a Git target (a bare repository beside the sandbox), and a backup to both."""
+    from moto_support import bare_repo
+
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        }
+    )
+    return remote, sb.backup()
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_every_command_writing_plain_copies_refuses_the_repository_folder_alike(
     sandbox: Sandbox, tmp_path: Path
@@ -324,17 +339,8 @@ def test_every_command_writing_plain_copies_refuses_the_repository_folder_alike(
     is read; a sibling whose name merely starts the same is not. Before, `restore --target git
     --to REPO/x` wrote plain copies among the encrypted objects (exit 0), and so did `restore --at`
     as far as it got: they checked only the repository they read."""
-    from moto_support import bare_repo
-
     sb = sandbox
-    remote = bare_repo(sb.root / "remote.git")
-    sb.write_config(
-        targets={
-            "local": {"enabled": True},
-            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
-        }
-    )
-    doc = sb.backup()
+    _remote, doc = _backed_up_to_local_and_git(sb)
     assert all(t["ok"] for t in doc["targets"].values()), doc["targets"]
     link = tmp_path / "link-to-repo"
     link.symlink_to(sb.repo)
@@ -365,17 +371,8 @@ def test_a_repo_named_on_the_command_line_does_not_open_the_configured_repositor
     names, so the configured local repository was no longer checked. Before, `restore --repo GIT
     --to REPO/x` and `export --repo GIT --output REPO/y` wrote plain copies among the configured
     repository's objects (exit 0). Now any local repository above the folder is refused."""
-    from moto_support import bare_repo
-
     sb = sandbox
-    remote = bare_repo(sb.root / "remote.git")
-    sb.write_config(
-        targets={
-            "local": {"enabled": True},
-            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
-        }
-    )
-    doc = sb.backup()
+    remote, doc = _backed_up_to_local_and_git(sb)
     other = tmp_path / "other-repo"  # another local repository (a copy of this one)
     shutil.copytree(sb.repo, other)
     before = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
