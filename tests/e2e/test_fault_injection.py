@@ -113,6 +113,13 @@ def test_a_full_or_failing_restore_destination_is_named_and_the_repository_is_no
     with tmpfs_at(tmp_path / "other", "64m") as other:
         res = restore_with_eio(other / "restored")
         assert "phx verify" not in res.err and "the repository is not involved" in res.err
+    # A quota used up on a disk with room (EDQUOT): before, "no space left on … N GiB free".
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(tmp_path / "quota" / "workspace")]
+    inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EDQUOT"]
+    args = ["restore", "--backup", doc["id"], "--to", str(tmp_path / "quota")]
+    res = run_phx(args, sb.env, check=None, prefix=inject)
+    assert_error(res, 1, f"disk quota exceeded on the disk of {tmp_path / 'quota' / 'workspace'} (the file system")
+    assert "within your quota there" in res.err and "no space left" not in res.err and " free)" not in res.err
     # A full destination disk.
     with tmpfs_at(tmp_path / "small", "64k") as mnt:
         res = sb.phx("restore", "--backup", doc["id"], "--to", mnt / "restored", check=None)

@@ -86,11 +86,16 @@ def _destination_error(exc: OSError, what: str, destination: Path, need: int, re
             f"Input/output error while {what}: {disk}) failed to write; check that disk (`dmesg`) and run again, "
             "or choose a destination on another disk (the repository is not involved)"
         )
+    needed = f"this file alone needs {human_size(need)}; " if need else ""
+    if exc.errno == errno.EDQUOT:  # the disk may have room: the quota of this user there is used up
+        return NoSpace(
+            f"disk quota exceeded on {disk}) while {what}; {needed}free space within your quota there "
+            "(`quota -s`) or choose a destination on another disk, then run again"
+        )
     try:
         free = human_size(shutil.disk_usage(existing).free)
     except OSError:
         free = "unknown"
-    needed = f"this file alone needs {human_size(need)}; " if need else ""
     return NoSpace(
         f"no space left on {disk}, {free} free) while {what}; {needed}free space there or choose a destination "
         "on another disk, then run again"
