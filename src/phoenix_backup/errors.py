@@ -153,10 +153,10 @@ class NoSpace(StorageError):
 
 
 class LockNotReleased(StorageError):
-    """The command's work is done, but its lock object could not be deleted: a partial result
-    (the lock stays until `phx unlock` removes it), not a failure of the command."""
-
-    exit_status = ExitStatus.PARTIAL
+    """The command's work is done, but its lock object could not be deleted (the lock stays until
+    `phx unlock` removes it). `phx backup` and `phx forget` keep their result and make it partial
+    (exit 3, repo/locks.py `noting_unreleased`); raised on, it ends a command as a failure (exit 1):
+    the result it replaces may have been one (a verify that found damage)."""
 
 
 class ReadOnlyStorage(StorageError):

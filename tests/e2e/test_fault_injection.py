@@ -13,9 +13,10 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from e2e_support import Sandbox, assert_error, mount, run_phx, tmpfs_at
+from e2e_support import Result, Sandbox, assert_error, mount, run_phx, tmpfs_at
 from killpoint import run_killed
 
 
@@ -84,21 +85,41 @@ def test_a_full_or_failing_restore_destination_is_named_and_the_repository_is_no
     """A full disk or an I/O error on the restore's destination: before, "no space left on the
     device … free some space" (which device?) and "Input/output error … run `phx verify`" (which
     blames the repository, that is fine). Now the destination's path, its file system (and for a
-    full disk the space free and the space the file needs) are named, and verify is not."""
+    full disk the space free and the space the file needs) are named, and verify is not, unless
+    that file system holds the repository too (then it is the repository's disk that failed)."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
     sb = sandbox
     doc = sb.backup()
-    dest = tmp_path / "restored"
-    # EIO from the destination's disk: every fsync of its workspace folder (strace -P: that folder only).
-    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(dest / "workspace")]
-    inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EIO"]
-    res = run_phx(["restore", "--backup", doc["id"], "--to", str(dest)], sb.env, check=None, prefix=inject)
-    if "PTRACE" in res.err or "Operation not permitted" in res.err:
-        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
-    assert_error(res, 1, "input/output error", f"the disk of {dest / 'workspace'} (the file system mounted at ")
-    assert "phx verify" not in res.err and "the repository is not involved" in res.err
+
+    def restore_with_eio(dest: Path) -> Result:
+        # EIO from the destination's disk: every fsync of its workspace folder (strace -P: that folder only).
+        inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(dest / "workspace")]
+        inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EIO"]
+        res = run_phx(["restore", "--backup", doc["id"], "--to", str(dest)], sb.env, check=None, prefix=inject)
+        if "PTRACE" in res.err or "Operation not permitted" in res.err:
+            pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+        assert_error(res, 1, "input/output error", f"the disk of {dest / 'workspace'} (the file system mounted at ")
+        return res
+
+    # Adversary: on the file system that holds the repository too, the failing disk is the
+    # repository's: before, "the repository is not involved" there as well.
+    assert os.stat(tmp_path).st_dev == os.stat(sb.repo).st_dev
+    res = restore_with_eio(tmp_path / "restored")
+    assert f"it holds the repository at {sb.repo} too" in res.err and "run `phx verify`" in res.err, res.err
+    assert "the repository is not involved" not in res.err
     assert sb.verify()["ok"] is True
+    # A failing destination disk that is not the repository's.
+    with tmpfs_at(tmp_path / "other", "64m") as other:
+        res = restore_with_eio(other / "restored")
+        assert "phx verify" not in res.err and "the repository is not involved" in res.err
+    # A quota used up on a disk with room (EDQUOT): before, "no space left on … N GiB free".
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(tmp_path / "quota" / "workspace")]
+    inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EDQUOT"]
+    args = ["restore", "--backup", doc["id"], "--to", str(tmp_path / "quota")]
+    res = run_phx(args, sb.env, check=None, prefix=inject)
+    assert_error(res, 1, f"disk quota exceeded on the disk of {tmp_path / 'quota' / 'workspace'} (the file system")
+    assert "within your quota there" in res.err and "no space left" not in res.err and " free)" not in res.err
     # A full destination disk.
     with tmpfs_at(tmp_path / "small", "64k") as mnt:
         res = sb.phx("restore", "--backup", doc["id"], "--to", mnt / "restored", check=None)
@@ -302,6 +323,20 @@ def test_an_export_syncs_its_files_and_folders_before_and_after_its_rename(sandb
     assert any("fsync(" in x and f"<{out.parent}>" in x for x in lines[at:]), lines[at:]
 
 
+def _backed_up_to_local_and_git(sb: Sandbox) -> tuple[Path, dict[str, Any]]:
+    """A local and a Git target (a bare repository beside the sandbox), and a backup to both."""
+    from moto_support import bare_repo
+
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(
+        targets={
+            "local": {"enabled": True},
+            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
+        }
+    )
+    return remote, sb.backup()
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_every_command_writing_plain_copies_refuses_the_repository_folder_alike(
     sandbox: Sandbox, tmp_path: Path
@@ -311,17 +346,8 @@ def test_every_command_writing_plain_copies_refuses_the_repository_folder_alike(
     is read; a sibling whose name merely starts the same is not. Before, `restore --target git
     --to REPO/x` wrote plain copies among the encrypted objects (exit 0), and so did `restore --at`
     as far as it got: they checked only the repository they read."""
-    from moto_support import bare_repo
-
     sb = sandbox
-    remote = bare_repo(sb.root / "remote.git")
-    sb.write_config(
-        targets={
-            "local": {"enabled": True},
-            "git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True},
-        }
-    )
-    doc = sb.backup()
+    _remote, doc = _backed_up_to_local_and_git(sb)
     assert all(t["ok"] for t in doc["targets"].values()), doc["targets"]
     link = tmp_path / "link-to-repo"
     link.symlink_to(sb.repo)
@@ -342,3 +368,49 @@ def test_every_command_writing_plain_copies_refuses_the_repository_folder_alike(
     sb.phx("restore", "--target", "git", "--backup", doc["id"], "--to", sibling / "restored")
     sb.phx("export", "--format", "json", "--output", sibling / "export")
     assert (sibling / "export" / "metadata.json").is_file() and any((sibling / "restored").iterdir())
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_repo_named_on_the_command_line_does_not_open_the_configured_repository_to_plain_copies(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Adversary of the rule above: `--repo LOCATION` replaces the config's targets with the one it
+    names, so the configured local repository was no longer checked. Before, `restore --repo GIT
+    --to REPO/x` and `export --repo GIT --output REPO/y` wrote plain copies among the configured
+    repository's objects (exit 0). Now any local repository above the folder is refused."""
+    sb = sandbox
+    remote, doc = _backed_up_to_local_and_git(sb)
+    other = tmp_path / "other-repo"  # another local repository (a copy of this one)
+    shutil.copytree(sb.repo, other)
+    before = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    for args in (
+        ["restore", "--repo", remote, "--backup", doc["id"], "--to", sb.repo / "x"],
+        ["export", "--repo", remote, "--format", "json", "--output", sb.repo / "y"],
+        ["restore", "--repo", remote, "--backup", doc["id"], "--to", other / "data" / "x"],
+    ):
+        res = sb.phx(*args, check=None)
+        assert res.code == 2 and "is inside the repository" in res.err, (args, res)
+    after = sorted(p.relative_to(sb.repo).as_posix() for p in sb.repo.rglob("*") if "locks" not in p.parts)
+    assert after == before and not (other / "data" / "x").exists()
+    sb.phx("restore", "--repo", remote, "--backup", doc["id"], "--to", tmp_path / "restored")
+    assert any((tmp_path / "restored").iterdir())
+
+
+def test_a_lock_left_after_a_failed_check_does_not_turn_the_failure_into_a_partial_result(sandbox: Sandbox) -> None:
+    """Adversary of the lock left after the work (exit 3): for every command but backup and forget
+    the sentence ended the command as an error whose code was 3 (partial success). Before, `phx
+    verify` of a repository with a damaged snapshot whose lock could not be removed exited 3, which
+    a monitor reads as "done, with warnings"; now exit 1, as any failure."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sid = sb.backup()["id"]
+    (sb.repo / "snapshots" / sid).write_bytes(b"damaged")
+    unlinks = "unlink,unlinkat"
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(sb.repo / "locks")]
+    inject += ["-e", f"trace={unlinks}", "-e", f"inject={unlinks}:error=EIO"]
+    res = run_phx(["verify"], sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert res.code == 1, res
+    assert "could not be removed" in res.err and "run `phx unlock`" in res.err, res.err

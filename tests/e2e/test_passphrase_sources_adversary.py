@@ -181,3 +181,19 @@ def test_a_passphrase_command_leaves_no_background_child_running(
         if pidfile.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_a_passphrase_command_may_ask_on_the_terminal(sandbox: Sandbox) -> None:
+    """A command that asks on /dev/tty (`age -d` does, or a `read` from the terminal) needs phx's
+    session: in a session of its own it found no terminal ("cannot open /dev/tty: No such device
+    or address"), printed an empty passphrase and `phx list` said the passphrase was wrong (exit 1).
+    The command stays in phx's session (docs/configuration.md)."""
+    from e2e_support import on_a_terminal
+
+    sb = sandbox
+    sb.backup()
+    ask = "printf 'Passphrase for age:' >/dev/tty; IFS= read -r p </dev/tty; printf '%s' \"$p\""
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": ask})
+    run = on_a_terminal(["list"], sb.env_with(PHX_PASSPHRASE=None), [PASSPHRASE])
+    assert run.code == 0, run
+    assert "Passphrase for age:" in run.raw and "passphraseCommand failed" not in run.raw, run

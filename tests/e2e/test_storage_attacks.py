@@ -222,7 +222,7 @@ def test_a_snapshot_forgotten_while_listing_is_no_damaged_snapshot(tmp_path: Pat
 
         def forget_meanwhile(prefix: str) -> Iterator[ObjectInfo]:
             names = list(listing(prefix))
-            (sb.repo / "snapshots" / forgotten).unlink()  # the other machine's forget, now
+            (sb.repo / "snapshots" / forgotten).unlink(missing_ok=True)  # the other machine's forget, now
             yield from names
 
         repo.backend.list = forget_meanwhile  # type: ignore[method-assign]
@@ -274,3 +274,35 @@ def test_verify_takes_a_snapshot_forgotten_meanwhile_for_no_damage(tmp_path: Pat
     (sb.repo / "snapshots" / planted).write_bytes(b"not a snapshot")
     errors, notices = verify_while_forgetting()
     assert errors == [f"snapshots/{planted}"], errors
+
+
+def test_a_snapshot_the_storage_lists_but_answers_not_found_for_is_damage(tmp_path: Path) -> None:
+    """Adversary of the fix above: storage (or a proxy in front of it) that still lists the newest
+    snapshot but answers "not found" to every read of it, so that backup is lost. Before, verify
+    took it for one forgotten meanwhile (a notice, exit 0) and the rollback check counted it as
+    there. A second listing tells the two apart: a snapshot forgotten elsewhere is no longer listed."""
+    from phoenix_backup.config import load_config
+    from phoenix_backup.errors import ObjectNotFound
+    from phoenix_backup.ops.context import Environment, open_repository
+    from phoenix_backup.repo.checker import verify_repository
+
+    sb = new_sandbox(tmp_path)
+    sb.backup()
+    (sb.workspace / "memory" / "second.md").write_text("second\n")
+    withheld = sb.backup()["id"]
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    try:
+        reading = repo.backend.read
+
+        def not_found(name: str) -> bytes:
+            if name == f"snapshots/{withheld}":
+                raise ObjectNotFound(f"{name} does not exist")
+            return reading(name)
+
+        repo.backend.read = not_found  # type: ignore[method-assign]
+        result = verify_repository(repo)
+        assert repo.problems.damaged_snapshots == {f"snapshots/{withheld}"}
+    finally:
+        repo.close()
+    assert [e.object for e in result.errors] == [f"snapshots/{withheld}"], (result.errors, result.notices)
+    assert not [n for n in result.notices if "deleted while verify ran" in n], result.notices

@@ -43,7 +43,7 @@ from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.shell import kill_with_descendants
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
-from phoenix_backup.storage.local import LocalBackend, refuse_inside
+from phoenix_backup.storage.local import LocalBackend, refuse_inside, repository_above
 from phoenix_backup.storage.targets import remember_append_only
 
 
@@ -616,9 +616,13 @@ def check_restore(cfg: Config, *, to: Path | None, delete: bool, to_database: st
 def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> None:
     """UsageError when `folder` (`restore --to`, `restore --at … --to`, `export --output`) lies in
     the local target's repository: the same rule for every command that writes plain copies,
-    whichever target it reads from (storage/local.py `refuse_inside`)."""
+    whichever target it reads from (storage/local.py `refuse_inside`); and any local repository
+    above `folder` alike, the config file's own when `--repo` names another to read."""
     if "local" in cfg.targets.enabled_names():
         refuse_inside(cfg.repository_path, folder, what)
+    found = repository_above(folder)
+    if found is not None:
+        refuse_inside(found, folder, what)
 
 
 def require_config_file(cfg: Config, what: str) -> None:

@@ -289,7 +289,8 @@ def export(
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a file size limit: one sentence with the fix
-            raise os_error(exc, f"writing the export to {output}", destination=output) from exc
+            local = cfg.repository_path if "local" in cfg.targets.enabled_names() else None
+            raise os_error(exc, f"writing the export to {output}", destination=output, repository=local) from exc
         raise
     finally:
         journal.close()

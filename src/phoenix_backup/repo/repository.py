@@ -1235,13 +1235,33 @@ class Repository:
                     self.problems.gone_snapshots.add(info.name)
                 elif not isinstance(exc, IdentityRequired) and info.name in self.problems.snapshots:
                     self.problems.damaged_snapshots.add(info.name)
+        self._confirm_gone()
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.
         out.sort(key=lambda s: (s.datetime.timestamp(), _started(s), s.name, s.id))
         present: dict[str, str | None] = {s.id: s.time for s in out}
-        present |= {name.split("/")[-1]: None for name in self.problems.snapshots}  # there, though unreadable
+        # There, though unreadable (not those gone since the listing: the next listing lacks them too).
+        present |= {
+            name.split("/")[-1]: None for name in self.problems.snapshots if name not in self.problems.gone_snapshots
+        }
         self.check_rollback(present)
         return out
+
+    def _confirm_gone(self) -> None:
+        """A snapshot read as "not found" is gone (forgotten elsewhere) only if a second listing
+        lacks it too: storage that lists an object but answers "not found" to its read (a lagging or
+        hostile store, a proxy) withholds a backup, which is damage, not a forget."""
+        if not self.problems.gone_snapshots:
+            return
+        listed = {info.name for info in self.backend.list("snapshots/")}
+        for name in sorted(self.problems.gone_snapshots & listed):
+            self.problems.gone_snapshots.discard(name)
+            if name in self.problems.snapshots:
+                self.problems.snapshots[name] = (
+                    f"{name} is listed, but its storage answers that it does not exist when it is read "
+                    "(damaged or withheld storage)"
+                )
+                self.problems.damaged_snapshots.add(name)
 
     def check_rollback(self, present: Mapping[str, str | None]) -> None:
         """Compare a listing of this repository's snapshots (id: time) with the newest this

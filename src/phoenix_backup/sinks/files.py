@@ -412,7 +412,9 @@ class FileWriter:
         """An error of writing `logical` in the destination: a full disk or an I/O error names
         the destination's path and disk, never the repository (storage/local.py `os_error`)."""
         where = self.to / logical if self.to is not None else self.layout.to_real(logical)
-        return os_error(exc, what or f"restoring {logical}", destination=where, need=need)
+        backend = self.repo.backend
+        repository = Path(backend.location) if backend.kind == "local" else None
+        return os_error(exc, what or f"restoring {logical}", destination=where, need=need, repository=repository)
 
     def write_bytes(self, logical: str, data: bytes, mode: int) -> None:
         """Replace a file with `data` atomically (temp file, fsync, rename)."""

@@ -51,7 +51,25 @@ def refuse_inside(repository: Path, folder: Path, what: str) -> None:
         )
 
 
-def _destination_error(exc: OSError, what: str, destination: Path, need: int) -> StorageError:
+def _same_file_system(a: Path, b: Path | None) -> bool:
+    try:
+        return b is not None and os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def repository_above(folder: Path) -> Path | None:
+    """The local Phoenix repository that `folder` (resolved: links followed) lies in, whichever
+    target a command reads: a folder holding a `config` file and the folders `data`, `index` and
+    `snapshots` (what `phx init` makes), `folder` itself or a folder above it."""
+    real = folder.resolve()
+    for above in (real, *real.parents):
+        if (above / "config").is_file() and all((above / f).is_dir() for f in ("data", "index", "snapshots")):
+            return above
+    return None
+
+
+def _destination_error(exc: OSError, what: str, destination: Path, need: int, repository: Path | None) -> StorageError:
     existing = next((p for p in (destination, *destination.parents) if p.exists()), Path("/"))
     mount = existing
     with contextlib.suppress(OSError):
@@ -59,15 +77,25 @@ def _destination_error(exc: OSError, what: str, destination: Path, need: int) ->
             mount = mount.parent
     disk = f"the disk of {destination} (the file system mounted at {mount}"
     if exc.errno == errno.EIO:
+        if _same_file_system(existing, repository):  # the failing disk holds the repository too
+            return StorageError(
+                f"Input/output error while {what}: {disk}) failed to write, and it holds the repository at "
+                f"{repository} too; check that disk (`dmesg`), then run `phx verify`"
+            )
         return StorageError(
             f"Input/output error while {what}: {disk}) failed to write; check that disk (`dmesg`) and run again, "
             "or choose a destination on another disk (the repository is not involved)"
+        )
+    needed = f"this file alone needs {human_size(need)}; " if need else ""
+    if exc.errno == errno.EDQUOT:  # the disk may have room: the quota of this user there is used up
+        return NoSpace(
+            f"disk quota exceeded on {disk}) while {what}; {needed}free space within your quota there "
+            "(`quota -s`) or choose a destination on another disk, then run again"
         )
     try:
         free = human_size(shutil.disk_usage(existing).free)
     except OSError:
         free = "unknown"
-    needed = f"this file alone needs {human_size(need)}; " if need else ""
     return NoSpace(
         f"no space left on {disk}, {free} free) while {what}; {needed}free space there or choose a destination "
         "on another disk, then run again"
@@ -89,13 +117,16 @@ def _same_folder_above(root: Path, path: Path) -> bool:
     return False
 
 
-def os_error(exc: OSError, what: str, *, destination: Path | None = None, need: int = 0) -> StorageError:
+def os_error(
+    exc: OSError, what: str, *, destination: Path | None = None, need: int = 0, repository: Path | None = None
+) -> StorageError:
     """Turn an OSError into one sentence with the cause and the fix. `destination`: the error came
     from writing there (a restore's or an export's output, not the repository): a full disk or an
     I/O error names that path and its file system (with the space it has, and `need` bytes, the
-    least the write needs), and never sends the user to the repository."""
+    least the write needs), and does not send the user to the repository, unless that file system
+    holds `repository` (the local repository's folder) too."""
     if destination is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-        return _destination_error(exc, what, destination, need)
+        return _destination_error(exc, what, destination, need, repository)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"no space left on the device while {what}; free some space and run again")
     if exc.errno in (errno.EACCES, errno.EPERM):
