@@ -50,6 +50,14 @@ def _name(pid: int) -> str:
         return ""
 
 
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, T, Z, ...), "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
@@ -84,13 +92,17 @@ def _frozen_child(proc: subprocess.Popen[str], name: str = "pg_restore") -> int:
     while time.monotonic() < deadline and proc.poll() is None:
         for child in _children(proc.pid):
             # Not the `--version` probe that finds the tool (`sources.postgres.tool_version`):
-            # frozen, it held the backup for its 30 s timeout and the test's wait ran out.
-            if _name(child) == name and "--version" not in _cmdline(child):
-                os.kill(child, signal.SIGSTOP)
-                # `phx` goes on writing its input (into the pipe) or waiting: the stop comes
-                # after Popen returned (a signal inside Popen itself: the test below).
-                time.sleep(0.1)
-                return child
+            # frozen, it held the backup for its 30 s timeout and the test's wait ran out. Nor a
+            # child that already ended (a zombie has no command line, and ignores SIGSTOP).
+            if _name(child) != name or "--version" in _cmdline(child) or _state(child) in ("Z", "X", ""):
+                continue
+            os.kill(child, signal.SIGSTOP)
+            if _state(child) == "Z":  # it ended between the look and the signal
+                continue
+            # `phx` goes on writing its input (into the pipe) or waiting: the stop comes
+            # after Popen returned (a signal inside Popen itself: the test below).
+            time.sleep(0.1)
+            return child
         time.sleep(0.001)
     out, err = proc.communicate(timeout=60)
     raise AssertionError(f"{name} was never seen running: {out}{err}")
@@ -171,10 +183,23 @@ def test_a_second_sigterm_during_the_post_backup_hook_ends_the_hook_too(sandbox:
                 os.kill(p, signal.SIGKILL)
 
 
-def test_a_stop_during_pg_dump_ends_it_and_makes_no_snapshot(sandbox: Sandbox, pg_server: PgServer) -> None:
+def test_a_stop_during_pg_dump_ends_it_and_makes_no_snapshot(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """pg_dump stuck (a server that stops answering; here frozen) and SIGTERM to `phx` alone:
+    before, the stop waited for it for ever (the read of its pipe never ended), and the test,
+    freezing the `--version` probe that finds the tool instead, hid it. Now pg_dump runs in a
+    session of its own, which the stop kills."""
     pg, sb = pg_server, sandbox
     db = make_memory_db(pg, rows_per_agent=10, dims=8)
-    sb.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    # A pg_dump that takes its time before it dumps, so that it is frozen at work (a small dump
+    # could end before the test sees it, and a zombie ignores SIGSTOP).
+    slow = tmp_path / "bin" / "pg_dump"
+    slow.parent.mkdir()
+    real = pg.tool("pg_dump")
+    slow.write_text(f'#!/bin/sh\n[ "$1" = --version ] || sleep 2\nexec {real} "$@"\n')
+    slow.chmod(0o755)
+    sb.write_config(databases={"postgres": [postgres_entry(pg, db, pgDump=str(slow))]})
     env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
     before = sb.snapshots()
     proc = _start(sb, env, "backup")
@@ -188,6 +213,7 @@ def test_a_stop_during_pg_dump_ends_it_and_makes_no_snapshot(sandbox: Sandbox, p
         if _runs(child):
             os.kill(child, signal.SIGKILL)
     assert sb.snapshots() == before
+    sb.write_config(databases={"postgres": [postgres_entry(pg, db)]})
     sb.phx("backup", env=env)  # no lock left behind
     pg.drop_database(db)
 

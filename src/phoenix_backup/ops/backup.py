@@ -56,7 +56,7 @@ from phoenix_backup.repo.snapshot import (
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
-from phoenix_backup.shell import ShellStep
+from phoenix_backup.shell import ShellStep, end_child_groups
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
@@ -494,6 +494,9 @@ class _Run:
         except BaseException:
             self.stopping.set()
             pool.shutdown(wait=False, cancel_futures=True)
+            # A child feeding a read (pg_dump, in a session of its own) may hang or be stopped:
+            # ended now, its pipe ends and so does the read, which the pool's exit waits for.
+            end_child_groups()
             raise
 
     def count_done(self, _future: Future[Any]) -> None:

@@ -41,6 +41,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import SourceError, ToolMissing
 from phoenix_backup.redaction import redact_quoted
+from phoenix_backup.shell import child_group
 from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
 
 MANIFEST = "manifest.json"
@@ -509,42 +510,52 @@ class PostgresDump(_Reader):
             f"--snapshot={snapshot}",
             f"--dbname={self.conn.conninfo}",
         ]
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.conn.tool_env()
-        )
-        self._proc = proc
-        assert proc.stdout is not None and proc.stderr is not None
-        tail = _Tail(proc.stderr)
-        # The counts read the same snapshot as pg_dump, in parallel with it.
-        counted: dict[str, Any] = {}
+        # A session of its own (`child_group`): a stop of the backup ends it at once
+        # (`_Run.stop_on_error`), even while it hangs (a stuck server), and the read waiting on its
+        # pipe with it; in phx's process group it ran on, and the stop waited for it.
+        with child_group(
+            lambda: subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=self.conn.tool_env(),
+                start_new_session=True,
+            )
+        ) as proc:
+            self._proc = proc
+            assert proc.stdout is not None and proc.stderr is not None
+            tail = _Tail(proc.stderr)
+            # The counts read the same snapshot as pg_dump, in parallel with it.
+            counted: dict[str, Any] = {}
 
-        def count() -> None:
-            try:
-                counted["tables"] = table_counts(con)
-            except psycopg.Error as exc:
-                counted["error"] = exc
+            def count() -> None:
+                try:
+                    counted["tables"] = table_counts(con)
+                except psycopg.Error as exc:
+                    counted["error"] = exc
 
-        counter = threading.Thread(target=count, name="phx-pg-count", daemon=True)
-        counter.start()
+            counter = threading.Thread(target=count, name="phx-pg-count", daemon=True)
+            counter.start()
 
-        def finish() -> None:
-            code = proc.wait()
-            counter.join()
-            with contextlib.suppress(psycopg.Error):
-                con.execute("COMMIT")
-            if code != 0:
-                raise SourceError(
-                    f"pg_dump of PostgreSQL database `{self.entry.name}` failed (exit {code}): "
-                    f"{_last_error(tail.text())}; nothing of it was kept in this snapshot"
-                )
-            if "error" in counted:
-                raise SourceError(
-                    f"counting the rows of PostgreSQL database `{self.entry.name}` failed: "
-                    f"{pg_reason(counted['error'])}"
-                )
-            summary.tables = counted["tables"]
+            def finish() -> None:
+                code = proc.wait()
+                counter.join()
+                with contextlib.suppress(psycopg.Error):
+                    con.execute("COMMIT")
+                if code != 0:
+                    raise SourceError(
+                        f"pg_dump of PostgreSQL database `{self.entry.name}` failed (exit {code}): "
+                        f"{_last_error(tail.text())}; nothing of it was kept in this snapshot"
+                    )
+                if "error" in counted:
+                    raise SourceError(
+                        f"counting the rows of PostgreSQL database `{self.entry.name}` failed: "
+                        f"{pg_reason(counted['error'])}"
+                    )
+                summary.tables = counted["tables"]
 
-        yield Stream(DUMP, proc.stdout, finish)  # type: ignore[arg-type]  # a pipe is a BinaryIO
+            yield Stream(DUMP, proc.stdout, finish)  # type: ignore[arg-type]  # a pipe is a BinaryIO
         self._proc = None
         globals_sql = self._globals(tool)
         if globals_sql is not None:
