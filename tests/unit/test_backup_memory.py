@@ -198,6 +198,9 @@ class Mallinfo2(ctypes.Structure):
 
 mallinfo2 = ctypes.CDLL(None).mallinfo2
 mallinfo2.restype = Mallinfo2
+# Holes the run left in the heap are filled first (kept), so that the six buffers come from its
+# top, whatever the run freed where: freed, they are the top's free space (keepcost).
+fillers = [bytearray(256 * 1024) for _ in range(24)]
 buffers = [bytearray(256 * 1024) for _ in range(6)]
 del buffers
 print(mallinfo2().keepcost)
