@@ -73,7 +73,7 @@ def test_full_disk_during_an_in_place_restore(sb: Sandbox, tmp_path: Path) -> No
     prior = sb.state()
 
     res = sb.phx("restore", "--latest", "--yes", check=None)
-    line = assert_error(res, 1, "no space", "free some space", "phx restore --backup")
+    line = assert_error(res, 1, "no space", "free space there", "phx restore --backup")
     assert [c.split()[0] for c in gateway_calls(log)] == ["stop", "start"], "gateway.start must run after a failure"
     # Nothing half-written under a real name, no temporary file left behind.
     now = file_manifest(ws)
