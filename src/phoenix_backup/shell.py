@@ -30,19 +30,56 @@ _GROUPS: set[int] = set()
 _GROUPS_LOCK = threading.RLock()  # re-entered by a signal handler in the thread that holds it
 
 
+class ChildGroups:
+    """The child groups one piece of work starts in its threads (a backup's pg_dumps), so that an
+    early end of that work ends them (`end`) and no other: another backup or a restore run beside
+    it in the same process (the Python API) keeps its pg_dump, pg_restore or gateway command. Once
+    ended, a child started in it (by a worker still connecting when the stop came) is killed as it
+    starts: the stop would otherwise wait for it to end, for ever if it hangs."""
+
+    def __init__(self) -> None:
+        self._groups: set[int] = set()
+        self._ended = False
+        self._lock = threading.Lock()
+
+    def _add(self, pgid: int) -> bool:
+        """Count `pgid` in; False when the work has already ended (the caller kills it)."""
+        with self._lock:
+            if not self._ended:
+                self._groups.add(pgid)
+            return not self._ended
+
+    def _discard(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.discard(pgid)
+
+    def end(self) -> None:
+        """SIGKILL to every child group of this work that runs, and to any it starts from now on."""
+        with self._lock:
+            self._ended = True
+            groups = list(self._groups)
+        for pgid in groups:
+            _kill_group(pgid)
+
+
 @contextlib.contextmanager
-def child_group(start: Callable[[], subprocess.Popen[bytes]]) -> Iterator[subprocess.Popen[bytes]]:
+def child_group(
+    start: Callable[[], subprocess.Popen[bytes]], groups: ChildGroups | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a child with `start` (a Popen with `start_new_session=True`); while the block runs it
-    is one of the groups `end_child_groups` ends, and an exception in the block (a stop) kills its
-    group and waits for it. A stop signal that comes while it starts is held until its group is
-    known (`stops_deferred`): raised inside Popen, after the fork, it left the child running on its
-    own with nothing to end it. An error starting it (OSError) is raised as it is."""
+    is one of the groups `end_child_groups` ends (and `groups.end`, when given), and an exception
+    in the block (a stop) kills its group and waits for it. A stop signal that comes while it
+    starts is held until its group is known (`stops_deferred`): raised inside Popen, after the
+    fork, it left the child running on its own with nothing to end it. An error starting it
+    (OSError) is raised as it is."""
     proc: subprocess.Popen[bytes] | None = None
     try:
         with stops_deferred():
             proc = start()
             with _GROUPS_LOCK:
                 _GROUPS.add(proc.pid)
+            if groups is not None and not groups._add(proc.pid):
+                _kill_group(proc.pid)  # its work has ended: the block finds it killed
         yield proc
     except BaseException:
         if proc is not None:
@@ -53,6 +90,8 @@ def child_group(start: Callable[[], subprocess.Popen[bytes]]) -> Iterator[subpro
         if proc is not None:
             with _GROUPS_LOCK:
                 _GROUPS.discard(proc.pid)
+            if groups is not None:
+                groups._discard(proc.pid)
 
 
 @contextlib.contextmanager

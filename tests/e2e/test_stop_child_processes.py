@@ -365,3 +365,48 @@ def test_a_stop_while_the_passphrase_command_runs_ends_what_it_started(
     finally:
         if _runs(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_stop_before_pg_dump_starts_ends_it_as_it_starts(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """SIGTERM to `phx` alone while the backup's worker is still finding pg_dump (its `--version`
+    probe, here slow; in life a slow connection or snapshot): the stop ended the child groups that
+    ran then, none, and the worker went on to start pg_dump and read it whole, so the stop waited
+    for it (for ever, pg_dump stuck as here). A pg_dump started for a stopped backup is ended as it
+    starts."""
+    pg, sb = pg_server, sandbox
+    db = make_memory_db(pg, rows_per_agent=10, dims=8)
+    probing, dumping = tmp_path / "probing", tmp_path / "dumping"
+    stuck = tmp_path / "bin" / "pg_dump"
+    stuck.parent.mkdir()
+    real = pg.tool("pg_dump")
+    stuck.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = --version ]; then touch {probing}; sleep 3; exec {real} "$@"; fi\n'
+        f"echo $$ > {dumping}; exec sleep 300\n"  # a pg_dump that never answers
+    )
+    stuck.chmod(0o755)
+    sb.write_config(databases={"postgres": [postgres_entry(pg, db, pgDump=str(stuck))]})
+    env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    before = sb.snapshots()
+    proc = _start(sb, env, "backup")
+    try:
+        deadline = time.monotonic() + 120
+        while not probing.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert probing.exists(), proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "interrupted" in err, (proc.returncode, out, err)
+        assert "Traceback" not in err, err
+        time.sleep(0.2)
+        assert not (dumping.exists() and _runs(int(dumping.read_text()))), "pg_dump was left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if dumping.exists() and _runs(int(dumping.read_text())):
+            os.kill(int(dumping.read_text()), signal.SIGKILL)
+    assert sb.snapshots() == before
+    pg.drop_database(db)

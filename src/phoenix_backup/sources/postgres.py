@@ -41,7 +41,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import SourceError, ToolMissing
 from phoenix_backup.redaction import redact_quoted
-from phoenix_backup.shell import child_group
+from phoenix_backup.shell import ChildGroups, child_group
 from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
 
 MANIFEST = "manifest.json"
@@ -465,8 +465,9 @@ class _Reader:
 class PostgresDump(_Reader):
     """A whole-database backup of one entry; use as a context manager, then iterate `streams()`."""
 
-    def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
+    def __init__(self, entry: PostgresDb, env: Mapping[str, str], children: ChildGroups | None = None) -> None:
         super().__init__(entry, env)
+        self.children = children  # the backup's, which end pg_dump when it stops
         self._proc: subprocess.Popen[bytes] | None = None
         self.tool: Tool | None = None
         self.database: dict[str, str] = {}
@@ -521,7 +522,8 @@ class PostgresDump(_Reader):
                 stdin=subprocess.DEVNULL,
                 env=self.conn.tool_env(),
                 start_new_session=True,
-            )
+            ),
+            self.children,
         ) as proc:
             self._proc = proc
             assert proc.stdout is not None and proc.stderr is not None
