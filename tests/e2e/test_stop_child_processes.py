@@ -410,3 +410,50 @@ def test_a_stop_before_pg_dump_starts_ends_it_as_it_starts(
             os.kill(int(dumping.read_text()), signal.SIGKILL)
     assert sb.snapshots() == before
     pg.drop_database(db)
+
+
+class _FailsWhileReading:
+    """A progress reporter (the Python API's `Environment(progress=...)`) that fails once the
+    backup reads: its reading phase ends early, as a stop or an error in the main thread ends it."""
+
+    def __init__(self) -> None:
+        self.reading = False
+
+    def phase(self, name: str, *, files: int = 0, size: int = 0, unit: str = "files") -> None:
+        self.reading = name == "reading files"
+
+    def working(self, what: str) -> None:
+        pass
+
+    def advance(self, *, files: int = 0, size: int = 0) -> None:
+        if self.reading and threading.current_thread() is threading.main_thread():
+            raise RuntimeError("the reporter failed")
+
+
+def test_a_backup_that_ends_early_leaves_the_children_of_other_work_alone(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Python API: a backup and, in another thread of the same process, a gateway command (a
+    restore's `gateway.start`, say). The backup's reading phase ends early: it ends its own
+    children (pg_dump), not the gateway command, which runs to its end. Before, the backup killed
+    every child group of the process: the command was killed mid-way (exit None, 'started' never
+    printed)."""
+    from phoenix_backup import Environment, backup, load_config
+    from phoenix_backup.shell import ShellStep, run_shell
+
+    sb = sandbox
+    (sb.workspace / "a-link").symlink_to("nowhere")  # read by the main thread: the reporter fails
+    running = tmp_path / "running"
+    steps: list[ShellStep] = []
+    beside = threading.Thread(
+        target=lambda: steps.append(run_shell("gateway.start", f"touch {running}; sleep 2; echo started", 60, sb.env))
+    )
+    beside.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not running.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(RuntimeError, match="the reporter failed"):
+            backup(load_config(sb.config_path, sb.env), Environment(env=dict(sb.env), progress=_FailsWhileReading()))
+    finally:
+        beside.join(timeout=60)
+    [step] = steps
+    assert step.ok and step.exit_code == 0 and "started" in step.output, step
