@@ -457,3 +457,42 @@ def test_a_backup_that_ends_early_leaves_the_children_of_other_work_alone(sandbo
         beside.join(timeout=60)
     [step] = steps
     assert step.ok and step.exit_code == 0 and "started" in step.output, step
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_inside_popen_ends_the_passphrase_command_it_was_starting(
+    backed_up: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A stop signal to `phx` alone that lands inside `subprocess.Popen` as it starts
+    `encryption.passphraseCommand` (after the fork and exec, before Popen returns): the command,
+    in `phx`'s session, is ended with what it started. Before, the exception left Popen with the
+    command unknown to `phx`: it ran on, orphaned, with its `sleep`."""
+    sb = backed_up
+    pid_file = tmp_path / "child-pid"
+    command = f"sleep 121 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait; echo x"
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
+    site = tmp_path / "inside-popen-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_INSIDE_POPEN)
+    started = tmp_path / "started-pid"
+    env = sb.env_with(
+        PHX_PASSPHRASE=None,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(site), sb.env.get("PYTHONPATH")])),
+        SIGNAL_INSIDE_POPEN=str(pid_file),
+        SIGNAL_INSIDE_POPEN_PID=str(started),
+        SIGNAL_INSIDE_POPEN_SIG=str(int(sig)),
+    )
+    proc = _start(sb, env, "list")
+    out, err = proc.communicate(timeout=120)
+    pids = [int(started.read_text())]
+    try:
+        assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+        assert "interrupted" in err and "Traceback" not in err, err
+        time.sleep(0.5)  # an orphaned command would have written its child's pid by now
+        if pid_file.exists():
+            pids.append(int(pid_file.read_text()))
+        assert [p for p in pids if _runs(p)] == [], "the passphrase command was left running, orphaned"
+    finally:
+        for p in pids:
+            if _runs(p):
+                os.kill(p, signal.SIGKILL)

@@ -40,7 +40,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
-from phoenix_backup.shell import kill_with_descendants
+from phoenix_backup.shell import kill_with_descendants, stops_deferred
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend, refuse_inside, repository_above
@@ -203,14 +203,15 @@ def _run_passphrase_command(command: str) -> bytes:
     PASSPHRASE_COMMAND_TIMEOUT seconds the command is stopped and its output no longer read.
     UsageError when it fails, prints too much or takes too long."""
     failed = "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
-    try:
-        proc = subprocess.Popen(
-            command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-    except OSError as exc:
-        raise UsageError(failed) from exc
+    proc: subprocess.Popen[bytes] | None = None
     deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
     try:
+        # A stop inside Popen (after the fork) would leave the command unknown, running on: held
+        # until `proc` is known, it is raised below, where the `finally` ends the command.
+        with stops_deferred():
+            proc = subprocess.Popen(
+                command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
         assert proc.stdout is not None
         with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
             fix = "make it print the passphrase alone"
@@ -221,8 +222,8 @@ def _run_passphrase_command(command: str) -> bytes:
     except OSError as exc:
         raise UsageError(failed) from exc
     finally:
-        if proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed: with what it started
-            kill_with_descendants(proc)
+        if proc is not None and proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed
+            kill_with_descendants(proc)  # with what it started
     if status != 0:
         raise UsageError(failed)
     return raw
