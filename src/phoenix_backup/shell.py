@@ -25,8 +25,8 @@ from dataclasses import dataclass
 # Output kept for the report: the end of what the command printed.
 OUTPUT_TAIL = 2000
 
-# The process groups of the children running now in a session of their own (`child_group`).
-_GROUPS: set[int] = set()
+# The children running now in a session of their own (`child_group`), by the group each leads.
+_GROUPS: dict[int, subprocess.Popen[bytes]] = {}
 _GROUPS_LOCK = threading.RLock()  # re-entered by a signal handler in the thread that holds it
 
 
@@ -38,28 +38,28 @@ class ChildGroups:
     starts: the stop would otherwise wait for it to end, for ever if it hangs."""
 
     def __init__(self) -> None:
-        self._groups: set[int] = set()
+        self._groups: dict[int, subprocess.Popen[bytes]] = {}
         self._ended = False
         self._lock = threading.Lock()
 
-    def _add(self, pgid: int) -> bool:
-        """Count `pgid` in; False when the work has already ended (the caller kills it)."""
+    def _add(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Count `proc`'s group in; False when the work has already ended (the caller kills it)."""
         with self._lock:
             if not self._ended:
-                self._groups.add(pgid)
+                self._groups[proc.pid] = proc
             return not self._ended
 
     def _discard(self, pgid: int) -> None:
         with self._lock:
-            self._groups.discard(pgid)
+            self._groups.pop(pgid, None)
 
     def end(self) -> None:
         """SIGKILL to every child group of this work that runs, and to any it starts from now on."""
         with self._lock:
             self._ended = True
-            groups = list(self._groups)
-        for pgid in groups:
-            _kill_group(pgid)
+            groups = list(self._groups.values())
+        for proc in groups:
+            _end_group(proc)
 
 
 @contextlib.contextmanager
@@ -77,19 +77,19 @@ def child_group(
         with stops_deferred():
             proc = start()
             with _GROUPS_LOCK:
-                _GROUPS.add(proc.pid)
-            if groups is not None and not groups._add(proc.pid):
+                _GROUPS[proc.pid] = proc
+            if groups is not None and not groups._add(proc):
                 _kill_group(proc.pid)  # its work has ended: the block finds it killed
         yield proc
     except BaseException:
         if proc is not None:
-            _kill_group(proc.pid)  # in a session of its own, it did not get the terminal's signal
+            _end_group(proc)  # in a session of its own, it did not get the terminal's signal
             proc.wait()
         raise
     finally:
         if proc is not None:
             with _GROUPS_LOCK:
-                _GROUPS.discard(proc.pid)
+                _GROUPS.pop(proc.pid, None)
             if groups is not None:
                 groups._discard(proc.pid)
 
@@ -120,9 +120,9 @@ def stops_deferred() -> Iterator[None]:
 def end_child_groups() -> None:
     """SIGKILL to every child group that runs (the process is about to end at once)."""
     with _GROUPS_LOCK:
-        groups = list(_GROUPS)
-    for pgid in groups:
-        _kill_group(pgid)
+        groups = list(_GROUPS.values())
+    for proc in groups:
+        _end_group(proc)
 
 
 def kill_with_descendants(proc: subprocess.Popen[bytes]) -> None:
@@ -155,6 +155,15 @@ def _descendants(pid: int) -> list[int]:
             found += children
             todo += children
     return found
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the group `proc` leads, unless `proc` has been reaped (its exit status read, as
+    a failed pg_dump's is long before its block ends): its pid is free then, and may lead another
+    process's group by now; what it left running in its group (a daemon a gateway command
+    started) is left alone, as when it ends before a stop."""
+    if proc.returncode is None:  # not reaped: its pid cannot have been reused
+        _kill_group(proc.pid)
 
 
 def _kill_group(pgid: int) -> None:

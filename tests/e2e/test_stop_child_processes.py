@@ -496,3 +496,40 @@ def test_a_stop_inside_popen_ends_the_passphrase_command_it_was_starting(
         for p in pids:
             if _runs(p):
                 os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["exception", "end_child_groups", "ChildGroups.end"])
+def test_the_group_of_a_reaped_child_is_never_signalled(tmp_path: Path, how: str) -> None:
+    """A child of `child_group` whose exit status was read (reaped) while its block still runs: a
+    failed pg_dump, reaped by its stream's end long before its generator is closed, or a gateway
+    command that ended. Its pid is free, and may lead another process's group by then: the
+    clean-up of an exception in the block, `end_child_groups` (a second signal) and
+    `ChildGroups.end` (a backup's stop) must not signal that group. The process it left running
+    in its group (a daemon a gateway command started) stands for the process that reused the pid:
+    before, it was killed."""
+    from phoenix_backup.shell import ChildGroups, child_group, end_child_groups
+
+    left = tmp_path / "left"
+    mine = ChildGroups()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", f"sleep 60 & echo $! > {left}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    try:
+        with contextlib.suppress(RuntimeError), child_group(start, mine) as proc:
+            assert proc.wait(timeout=60) == 0
+            if how == "end_child_groups":
+                end_child_groups()
+            elif how == "ChildGroups.end":
+                mine.end()
+            raise RuntimeError("the block ends early")
+        time.sleep(0.2)
+        assert _runs(int(left.read_text())), "the group of a reaped child was signalled"
+    finally:
+        if left.exists() and _runs(int(left.read_text())):
+            os.kill(int(left.read_text()), signal.SIGKILL)
