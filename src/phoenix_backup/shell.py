@@ -129,32 +129,104 @@ def kill_with_descendants(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL to `proc` and to every process below it that still runs (found through Linux's
     /proc/PID/task/TID/children; elsewhere `proc` alone), then wait for it: for a child left in
     `phx`'s own session, which may need the terminal, so that it has no group of its own to kill.
-    What it started would otherwise run on, orphaned (a `sleep`, a `gpg` a command waits for)."""
-    below = _descendants(proc.pid)
-    for pid in (proc.pid, *below):  # the parent first: it starts no more
+    What it started would otherwise run on, orphaned (a `sleep`, a `gpg` a command waits for).
+
+    Each process is stopped (SIGSTOP) before its children are read, so that none it forks
+    meanwhile is missed (a loop starting `sleep`s in the background); and each one below `proc` is
+    signalled through a pidfd opened while it was still the child of the process above it, so one
+    that ended meanwhile, its pid reused by another process, is never signalled."""
+    below = _stop_descendants(proc.pid)
+    try:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)  # not yet reaped (waited for): its pid is its own
+        for pid, fd in below:
+            _signal(pid, fd, signal.SIGKILL)
+    finally:
+        for _, fd in below:
+            if fd is not None:
+                os.close(fd)
     proc.wait()
 
 
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    todo = [pid]
+# How long `_stop_descendants` waits, in all, for the processes it stops to be stopped.
+STOP_WAIT = 1.0
+
+
+def _stop_descendants(root: int) -> list[tuple[int, int | None]]:
+    """Stop `root` and every process below it, top down: (pid, pidfd) of each one below (no pidfd
+    on a kernel without pidfd_open, before Linux 5.3)."""
+    deadline = time.monotonic() + STOP_WAIT
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(root, signal.SIGSTOP)
+    _wait_stopped(root, deadline)
+    found: list[tuple[int, int | None]] = []
+    todo = [root]
     while todo:
         parent = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
+        for child in _children(parent):
+            fd: int | None
             try:
-                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
-                    children = [int(c) for c in f.read().split()]
-            except (OSError, ValueError):
+                fd = os.pidfd_open(child)
+            except ProcessLookupError:
+                continue  # ended since
+            except OSError:
+                fd = None
+            if _parent(child) != parent:  # ended since, and its pid taken by another process
+                if fd is not None:
+                    os.close(fd)
                 continue
-            found += children
-            todo += children
+            found.append((child, fd))
+            _signal(child, fd, signal.SIGSTOP)
+            _wait_stopped(child, deadline)
+            todo.append(child)
     return found
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                found += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name (state, ppid, ...); [] when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def _wait_stopped(pid: int, deadline: float) -> None:
+    """Until `pid` is stopped (a fork under way when SIGSTOP came has given its child by then),
+    has ended, or `deadline` passed."""
+    while time.monotonic() < deadline:
+        fields = _stat(pid)
+        if not fields or fields[0] in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.0005)
+
+
+def _signal(pid: int, fd: int | None, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
 
 
 def _end_group(proc: subprocess.Popen[bytes]) -> None:

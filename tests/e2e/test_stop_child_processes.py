@@ -533,3 +533,36 @@ def test_the_group_of_a_reaped_child_is_never_signalled(tmp_path: Path, how: str
     finally:
         if left.exists() and _runs(int(left.read_text())):
             os.kill(int(left.read_text()), signal.SIGKILL)
+
+
+def _processes_running(argv: list[str]) -> list[int]:
+    """The processes whose command line is `argv` exactly."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _cmdline(int(entry.name))[: len(argv)] == argv and _runs(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_kill_with_descendants_misses_none_that_a_descendant_forks_meanwhile() -> None:
+    """A passphraseCommand whose descendant keeps starting processes (`while :; do sleep N & done`
+    in the background): `kill_with_descendants` (a stop, the command's timeout) ends every one.
+    Before, the processes forked between the read of the tree and the kills ran on, orphaned
+    (hundreds of `sleep`s in each run here); now each process is stopped before its children are
+    read. Three rounds, each a chance to miss one."""
+    from phoenix_backup.shell import kill_with_descendants
+
+    mark = ["sleep", "123.4567"]  # this test's sleeps alone
+    left: list[int] = []
+    try:
+        for _ in range(3):
+            proc = subprocess.Popen(["/bin/sh", "-c", f"(while :; do {' '.join(mark)} & done) & wait"])
+            time.sleep(0.3)
+            kill_with_descendants(proc)
+            time.sleep(0.3)  # an orphan reparented to init is still listed
+            left += _processes_running(mark)
+        assert left == [], f"{len(set(left))} processes forked by a descendant were left running"
+    finally:
+        for pid in left + _processes_running(mark):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
