@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -205,6 +206,8 @@ def _run_passphrase_command(command: str) -> bytes:
     failed = "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
     proc: subprocess.Popen[bytes] | None = None
     deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
+    # It may ask on the terminal with the echo off: killed, or failing, it cannot turn it back on.
+    terminal = _TerminalSettings()
     try:
         # A stop inside Popen (after the fork) would leave the command unknown, running on: held
         # until `proc` is known, it is raised below, where the `finally` ends the command.
@@ -224,9 +227,39 @@ def _run_passphrase_command(command: str) -> bytes:
     finally:
         if proc is not None and proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed
             kill_with_descendants(proc)  # with what it started
+        terminal.restore()
     if status != 0:
         raise UsageError(failed)
     return raw
+
+
+class _TerminalSettings:
+    """The settings of `phx`'s terminal (none without one), to put back after a command that may
+    change them (echo off while it asks for a passphrase) and may not live to undo it: killed at a
+    stop or its timeout, or failing. The user's shell would keep them (typing unseen)."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.settings: list[Any] = []
+        try:
+            self.fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+            self.settings = termios.tcgetattr(self.fd)
+        except (OSError, termios.error):
+            self.close()
+
+    def restore(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError, termios.error):
+            # From the foreground only: in the background, tcsetattr would stop `phx` (SIGTTOU).
+            if os.tcgetpgrp(self.fd) == os.getpgrp() and termios.tcgetattr(self.fd) != self.settings:
+                termios.tcsetattr(self.fd, termios.TCSANOW, self.settings)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
