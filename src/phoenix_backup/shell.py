@@ -30,15 +30,17 @@ _GROUPS: dict[int, subprocess.Popen[bytes]] = {}
 _GROUPS_LOCK = threading.RLock()  # re-entered by a signal handler in the thread that holds it
 
 
-class ChildGroups:
-    """The child groups one piece of work starts in its threads (a backup's pg_dumps), so that an
-    early end of that work ends them (`end`) and no other: another backup or a restore run beside
-    it in the same process (the Python API) keeps its pg_dump, pg_restore or gateway command. Once
-    ended, a child started in it (by a worker still connecting when the stop came) is killed as it
-    starts: the stop would otherwise wait for it to end, for ever if it hangs."""
+class StopScope:
+    """What one piece of work starts or waits on in its threads (a backup's pg_dumps, its reads
+    over a server connection), so that an early end of that work ends them (`end`) and no other:
+    another backup or a restore run beside it in the same process (the Python API) keeps its
+    pg_dump, pg_restore or gateway command. Once ended, a child started in it (by a worker still
+    connecting when the stop came) is killed as it starts, and a wait registered in it is ended as
+    it is registered: the stop would otherwise wait for them, for ever if they hang."""
 
     def __init__(self) -> None:
         self._groups: dict[int, subprocess.Popen[bytes]] = {}
+        self._waits: dict[int, Callable[[], None]] = {}
         self._ended = False
         self._lock = threading.Lock()
 
@@ -53,18 +55,38 @@ class ChildGroups:
         with self._lock:
             self._groups.pop(pgid, None)
 
+    @contextlib.contextmanager
+    def ending(self, end_wait: Callable[[], None]) -> Iterator[None]:
+        """While the block runs, `end` calls `end_wait` (quick, from another thread: it makes a
+        wait on a server end, a query waiting for a lock); at once when the work has ended. It is
+        never called once the block is over (what it ends may be closed by then)."""
+        key = id(end_wait)
+        with self._lock:
+            if self._ended:
+                end_wait()
+            else:
+                self._waits[key] = end_wait
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waits.pop(key, None)
+
     def end(self) -> None:
-        """SIGKILL to every child group of this work that runs, and to any it starts from now on."""
+        """SIGKILL to every child group of this work that runs, and to any it starts from now on;
+        every wait registered ended, now and from now on."""
         with self._lock:
             self._ended = True
             groups = list(self._groups.values())
+            for end_wait in self._waits.values():  # under the lock: none is over meanwhile
+                end_wait()
         for proc in groups:
             _end_group(proc)
 
 
 @contextlib.contextmanager
 def child_group(
-    start: Callable[[], subprocess.Popen[bytes]], groups: ChildGroups | None = None
+    start: Callable[[], subprocess.Popen[bytes]], groups: StopScope | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a child with `start` (a Popen with `start_new_session=True`); while the block runs it
     is one of the groups `end_child_groups` ends (and `groups.end`, when given), and an exception

@@ -24,7 +24,7 @@ from e2e_support import PHX, Sandbox
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import services
-from services import PgServer, db_state, make_memory_db, postgres_entry
+from services import AGENT_ROLE, ROLE_PASSWORD, PgServer, db_state, make_memory_db, postgres_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
@@ -498,19 +498,19 @@ def test_a_stop_inside_popen_ends_the_passphrase_command_it_was_starting(
                 os.kill(p, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("how", ["exception", "end_child_groups", "ChildGroups.end"])
+@pytest.mark.parametrize("how", ["exception", "end_child_groups", "StopScope.end"])
 def test_the_group_of_a_reaped_child_is_never_signalled(tmp_path: Path, how: str) -> None:
     """A child of `child_group` whose exit status was read (reaped) while its block still runs: a
     failed pg_dump, reaped by its stream's end long before its generator is closed, or a gateway
     command that ended. Its pid is free, and may lead another process's group by then: the
     clean-up of an exception in the block, `end_child_groups` (a second signal) and
-    `ChildGroups.end` (a backup's stop) must not signal that group. The process it left running
+    `StopScope.end` (a backup's stop) must not signal that group. The process it left running
     in its group (a daemon a gateway command started) stands for the process that reused the pid:
     before, it was killed."""
-    from phoenix_backup.shell import ChildGroups, child_group, end_child_groups
+    from phoenix_backup.shell import StopScope, child_group, end_child_groups
 
     left = tmp_path / "left"
-    mine = ChildGroups()
+    mine = StopScope()
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -525,7 +525,7 @@ def test_the_group_of_a_reaped_child_is_never_signalled(tmp_path: Path, how: str
             assert proc.wait(timeout=60) == 0
             if how == "end_child_groups":
                 end_child_groups()
-            elif how == "ChildGroups.end":
+            elif how == "StopScope.end":
                 mine.end()
             raise RuntimeError("the block ends early")
         time.sleep(0.2)
@@ -566,3 +566,45 @@ def test_kill_with_descendants_misses_none_that_a_descendant_forks_meanwhile() -
         for pid in left + _processes_running(mark):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stop_while_an_agents_rows_wait_for_a_lock_ends_at_once(sandbox: Sandbox, pg_server: PgServer) -> None:
+    """An agent's rows (`agentId`) read while another session holds its table locked (ALTER TABLE,
+    LOCK TABLE): the read waits for the lock, and SIGTERM to `phx` must still end the backup
+    at once: exit 143, one line, no snapshot. Before, the stop waited for the query, as long as
+    the lock was held (pg_dump's hang was fixed; this read runs in the backup's worker over
+    phx's own connection)."""
+    pg, sb = pg_server, sandbox
+    db = make_memory_db(pg, rows_per_agent=10, dims=8)
+    sb.write_config(
+        databases={
+            "postgres": [postgres_entry(pg, db, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW", agentId="argent")]
+        }
+    )
+    env = sb.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    before = sb.snapshots()
+    locker = pg.connect(db)
+    locker.execute("BEGIN")
+    locker.execute("LOCK TABLE memory_items IN ACCESS EXCLUSIVE MODE")
+    proc = _start(sb, env, "backup")
+    try:
+        deadline = time.monotonic() + 120
+        waiting: list[tuple[object, ...]] = []
+        while not waiting and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            waiting = pg.query(
+                db,
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE application_name = 'phoenix-backup' AND wait_event_type = 'Lock'",
+            )
+        assert waiting, proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143 and "interrupted" in err and "Traceback" not in err, (proc.returncode, out, err)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        if proc.poll() is None:
+            proc.wait(timeout=60)
+    assert sb.snapshots() == before
+    pg.drop_database(db)
