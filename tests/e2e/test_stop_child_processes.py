@@ -568,20 +568,22 @@ def test_kill_with_descendants_misses_none_that_a_descendant_forks_meanwhile() -
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_a_stop_while_an_agents_rows_wait_for_a_lock_ends_at_once(sandbox: Sandbox, pg_server: PgServer) -> None:
-    """An agent's rows (`agentId`) read while another session holds its table locked (ALTER TABLE,
-    LOCK TABLE): the read waits for the lock, and SIGTERM to `phx` must still end the backup
-    at once: exit 143, one line, no snapshot. Before, the stop waited for the query, as long as
-    the lock was held (pg_dump's hang was fixed; this read runs in the backup's worker over
-    phx's own connection)."""
+@pytest.mark.parametrize("agent", [True, False], ids=["agent-rows", "pg_dump-row-counts"])
+def test_a_stop_while_a_read_waits_for_a_lock_ends_at_once(sandbox: Sandbox, pg_server: PgServer, agent: bool) -> None:
+    """A database read while another session holds a table locked (ALTER TABLE, LOCK TABLE): an
+    agent's rows (`agentId`), or the row counts read beside pg_dump, wait for the lock over phx's
+    own connection, and SIGTERM to `phx` must still end the backup at once: exit 143, one line,
+    no snapshot. Before, the stop waited for the query as long as the lock was held (pg_dump
+    itself, killed, was not the wait)."""
     pg, sb = pg_server, sandbox
     db = make_memory_db(pg, rows_per_agent=10, dims=8)
-    sb.write_config(
-        databases={
-            "postgres": [postgres_entry(pg, db, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW", agentId="argent")]
-        }
-    )
-    env = sb.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    if agent:
+        entry = postgres_entry(pg, db, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW", agentId="argent")
+        env = sb.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    else:
+        entry = postgres_entry(pg, db)
+        env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sb.write_config(databases={"postgres": [entry]})
     before = sb.snapshots()
     locker = pg.connect(db)
     locker.execute("BEGIN")
