@@ -298,6 +298,27 @@ subprocess.Popen._execute_child = _execute_child
 """
 
 
+def _signalled_inside_popen(
+    sb: Sandbox, tmp_path: Path, sig: signal.Signals, marker: Path, *args: str, **env: str | None
+) -> tuple[subprocess.Popen[str], str, str, int]:
+    """Run `phx ARGS` with `_INSIDE_POPEN`: `sig` lands inside Popen as it starts the child whose
+    command names `marker`. The process, its output and errors, and that child's pid."""
+    site = tmp_path / "inside-popen-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_INSIDE_POPEN)
+    started = tmp_path / "started-pid"
+    run_env = sb.env_with(
+        **env,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(site), sb.env.get("PYTHONPATH")])),
+        SIGNAL_INSIDE_POPEN=str(marker),
+        SIGNAL_INSIDE_POPEN_PID=str(started),
+        SIGNAL_INSIDE_POPEN_SIG=str(int(sig)),
+    )
+    proc = _start(sb, run_env, *args)
+    out, err = proc.communicate(timeout=120)
+    return proc, out, err, int(started.read_text())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_inside_popen_ends_the_child_it_was_starting(
     sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
@@ -309,20 +330,9 @@ def test_a_stop_inside_popen_ends_the_child_it_was_starting(
     sb = sandbox
     pids_file = tmp_path / "hook-pids"
     sb.write_config(hooks={"preBackup": f"sleep 120 & echo $! $$ > {pids_file}; wait", "timeoutSeconds": 600})
-    site = tmp_path / "inside-popen-site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_INSIDE_POPEN)
-    started = tmp_path / "started-pid"
-    env = sb.env_with(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(site), sb.env.get("PYTHONPATH")])),
-        SIGNAL_INSIDE_POPEN=str(pids_file),
-        SIGNAL_INSIDE_POPEN_PID=str(started),
-        SIGNAL_INSIDE_POPEN_SIG=str(int(sig)),
-    )
     before = sb.snapshots()
-    proc = _start(sb, env, "backup")
-    out, err = proc.communicate(timeout=120)
-    pids = [int(started.read_text())]
+    proc, out, err, started = _signalled_inside_popen(sb, tmp_path, sig, pids_file, "backup")
+    pids = [started]
     try:
         assert proc.returncode == 128 + sig, (proc.returncode, out, err)
         assert "interrupted" in err and "Traceback" not in err, err
@@ -471,20 +481,8 @@ def test_a_stop_inside_popen_ends_the_passphrase_command_it_was_starting(
     pid_file = tmp_path / "child-pid"
     command = f"sleep 121 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait; echo x"
     sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
-    site = tmp_path / "inside-popen-site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_INSIDE_POPEN)
-    started = tmp_path / "started-pid"
-    env = sb.env_with(
-        PHX_PASSPHRASE=None,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(site), sb.env.get("PYTHONPATH")])),
-        SIGNAL_INSIDE_POPEN=str(pid_file),
-        SIGNAL_INSIDE_POPEN_PID=str(started),
-        SIGNAL_INSIDE_POPEN_SIG=str(int(sig)),
-    )
-    proc = _start(sb, env, "list")
-    out, err = proc.communicate(timeout=120)
-    pids = [int(started.read_text())]
+    proc, out, err, started = _signalled_inside_popen(sb, tmp_path, sig, pid_file, "list", PHX_PASSPHRASE=None)
+    pids = [started]
     try:
         assert proc.returncode == 128 + sig, (proc.returncode, out, err)
         assert "interrupted" in err and "Traceback" not in err, err
