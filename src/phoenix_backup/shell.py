@@ -25,34 +25,95 @@ from dataclasses import dataclass
 # Output kept for the report: the end of what the command printed.
 OUTPUT_TAIL = 2000
 
-# The process groups of the children running now in a session of their own (`child_group`).
-_GROUPS: set[int] = set()
+# The children running now in a session of their own (`child_group`), by the group each leads.
+_GROUPS: dict[int, subprocess.Popen[bytes]] = {}
 _GROUPS_LOCK = threading.RLock()  # re-entered by a signal handler in the thread that holds it
 
 
+class StopScope:
+    """What one piece of work starts or waits on in its threads (a backup's pg_dumps, its reads
+    over a server connection), so that an early end of that work ends them (`end`) and no other:
+    another backup or a restore run beside it in the same process (the Python API) keeps its
+    pg_dump, pg_restore or gateway command. Once ended, a child started in it (by a worker still
+    connecting when the stop came) is killed as it starts, and a wait registered in it is ended as
+    it is registered: the stop would otherwise wait for them, for ever if they hang."""
+
+    def __init__(self) -> None:
+        self._groups: dict[int, subprocess.Popen[bytes]] = {}
+        self._waits: dict[int, Callable[[], None]] = {}
+        self._ended = False
+        self._lock = threading.Lock()
+
+    def _add(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Count `proc`'s group in; False when the work has already ended (the caller kills it)."""
+        with self._lock:
+            if not self._ended:
+                self._groups[proc.pid] = proc
+            return not self._ended
+
+    def _discard(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.pop(pgid, None)
+
+    @contextlib.contextmanager
+    def ending(self, end_wait: Callable[[], None]) -> Iterator[None]:
+        """While the block runs, `end` calls `end_wait` (quick, from another thread: it makes a
+        wait on a server end, a query waiting for a lock); at once when the work has ended. It is
+        never called once the block is over (what it ends may be closed by then)."""
+        key = id(end_wait)
+        with self._lock:
+            if self._ended:
+                end_wait()
+            else:
+                self._waits[key] = end_wait
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waits.pop(key, None)
+
+    def end(self) -> None:
+        """SIGKILL to every child group of this work that runs, and to any it starts from now on;
+        every wait registered ended, now and from now on."""
+        with self._lock:
+            self._ended = True
+            groups = list(self._groups.values())
+            for end_wait in self._waits.values():  # under the lock: none is over meanwhile
+                end_wait()
+        for proc in groups:
+            _end_group(proc)
+
+
 @contextlib.contextmanager
-def child_group(start: Callable[[], subprocess.Popen[bytes]]) -> Iterator[subprocess.Popen[bytes]]:
+def child_group(
+    start: Callable[[], subprocess.Popen[bytes]], groups: StopScope | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a child with `start` (a Popen with `start_new_session=True`); while the block runs it
-    is one of the groups `end_child_groups` ends, and an exception in the block (a stop) kills its
-    group and waits for it. A stop signal that comes while it starts is held until its group is
-    known (`stops_deferred`): raised inside Popen, after the fork, it left the child running on its
-    own with nothing to end it. An error starting it (OSError) is raised as it is."""
+    is one of the groups `end_child_groups` ends (and `groups.end`, when given), and an exception
+    in the block (a stop) kills its group and waits for it. A stop signal that comes while it
+    starts is held until its group is known (`stops_deferred`): raised inside Popen, after the
+    fork, it left the child running on its own with nothing to end it. An error starting it
+    (OSError) is raised as it is."""
     proc: subprocess.Popen[bytes] | None = None
     try:
         with stops_deferred():
             proc = start()
             with _GROUPS_LOCK:
-                _GROUPS.add(proc.pid)
+                _GROUPS[proc.pid] = proc
+            if groups is not None and not groups._add(proc):
+                _kill_group(proc.pid)  # its work has ended: the block finds it killed
         yield proc
     except BaseException:
         if proc is not None:
-            _kill_group(proc.pid)  # in a session of its own, it did not get the terminal's signal
+            _end_group(proc)  # in a session of its own, it did not get the terminal's signal
             proc.wait()
         raise
     finally:
         if proc is not None:
             with _GROUPS_LOCK:
-                _GROUPS.discard(proc.pid)
+                _GROUPS.pop(proc.pid, None)
+            if groups is not None:
+                groups._discard(proc.pid)
 
 
 @contextlib.contextmanager
@@ -81,41 +142,122 @@ def stops_deferred() -> Iterator[None]:
 def end_child_groups() -> None:
     """SIGKILL to every child group that runs (the process is about to end at once)."""
     with _GROUPS_LOCK:
-        groups = list(_GROUPS)
-    for pgid in groups:
-        _kill_group(pgid)
+        groups = list(_GROUPS.values())
+    for proc in groups:
+        _end_group(proc)
 
 
 def kill_with_descendants(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL to `proc` and to every process below it that still runs (found through Linux's
     /proc/PID/task/TID/children; elsewhere `proc` alone), then wait for it: for a child left in
     `phx`'s own session, which may need the terminal, so that it has no group of its own to kill.
-    What it started would otherwise run on, orphaned (a `sleep`, a `gpg` a command waits for)."""
-    below = _descendants(proc.pid)
-    for pid in (proc.pid, *below):  # the parent first: it starts no more
+    What it started would otherwise run on, orphaned (a `sleep`, a `gpg` a command waits for).
+
+    Each process is stopped (SIGSTOP) before its children are read, so that none it forks
+    meanwhile is missed (a loop starting `sleep`s in the background); and each one below `proc` is
+    signalled through a pidfd opened while it was still the child of the process above it, so one
+    that ended meanwhile, its pid reused by another process, is never signalled."""
+    below = _stop_descendants(proc.pid)
+    try:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)  # not yet reaped (waited for): its pid is its own
+        for pid, fd in below:
+            _signal(pid, fd, signal.SIGKILL)
+    finally:
+        for _, fd in below:
+            if fd is not None:
+                os.close(fd)
     proc.wait()
 
 
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    todo = [pid]
+# How long `_stop_descendants` waits, in all, for the processes it stops to be stopped.
+STOP_WAIT = 1.0
+
+
+def _stop_descendants(root: int) -> list[tuple[int, int | None]]:
+    """Stop `root` and every process below it, top down: (pid, pidfd) of each one below (no pidfd
+    on a kernel without pidfd_open, before Linux 5.3)."""
+    deadline = time.monotonic() + STOP_WAIT
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(root, signal.SIGSTOP)
+    _wait_stopped(root, deadline)
+    found: list[tuple[int, int | None]] = []
+    todo = [root]
     while todo:
         parent = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
+        for child in _children(parent):
+            fd: int | None
             try:
-                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
-                    children = [int(c) for c in f.read().split()]
-            except (OSError, ValueError):
+                fd = os.pidfd_open(child)
+            except ProcessLookupError:
+                continue  # ended since
+            except OSError:
+                fd = None
+            if _parent(child) != parent:  # ended since, and its pid taken by another process
+                if fd is not None:
+                    os.close(fd)
                 continue
-            found += children
-            todo += children
+            found.append((child, fd))
+            _signal(child, fd, signal.SIGSTOP)
+            _wait_stopped(child, deadline)
+            todo.append(child)
     return found
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                found += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name (state, ppid, ...); [] when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def _wait_stopped(pid: int, deadline: float) -> None:
+    """Until `pid` is stopped (a fork under way when SIGSTOP came has given its child by then),
+    has ended, or `deadline` passed."""
+    while time.monotonic() < deadline:
+        fields = _stat(pid)
+        if not fields or fields[0] in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.0005)
+
+
+def _signal(pid: int, fd: int | None, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the group `proc` leads, unless `proc` has been reaped (its exit status read, as
+    a failed pg_dump's is long before its block ends): its pid is free then, and may lead another
+    process's group by now; what it left running in its group (a daemon a gateway command
+    started) is left alone, as when it ends before a stop."""
+    if proc.returncode is None:  # not reaped: its pid cannot have been reused
+        _kill_group(proc.pid)
 
 
 def _kill_group(pgid: int) -> None:

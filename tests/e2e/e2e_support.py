@@ -529,6 +529,8 @@ class TerminalRun:
     raw: str
     # Seconds from the Ctrl-C typed (`interrupt_after`) to the end of the process, if one was typed.
     after_interrupt: float | None = None
+    # Whether the terminal echoes what is typed, once the process has ended (as the shell finds it).
+    echoes: bool = True
 
     @property
     def screen(self) -> list[str]:
@@ -596,6 +598,7 @@ def on_a_terminal(
     import pty
     import select
     import signal
+    import termios
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: phx with exactly `env`
@@ -627,6 +630,7 @@ def on_a_terminal(
             if interrupt_after is not None and interrupted is None and interrupt_after.encode() in output:
                 os.write(fd, b"\x03")  # the terminal turns it into SIGINT and echoes ^C
                 interrupted = time.monotonic()
+        echoes = bool(termios.tcgetattr(fd)[3] & termios.ECHO)
     finally:
         os.close(fd)
     if time.monotonic() >= deadline:
@@ -635,7 +639,7 @@ def on_a_terminal(
         raise AssertionError(f"phx {' '.join(map(str, args))} on a terminal did not finish:\n{output.decode()}")
     _pid, status = os.waitpid(pid, 0)
     took = time.monotonic() - interrupted if interrupted is not None else None  # to the process's end
-    return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"), took)
+    return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"), took, echoes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -197,3 +197,22 @@ def test_a_passphrase_command_may_ask_on_the_terminal(sandbox: Sandbox) -> None:
     run = on_a_terminal(["list"], sb.env_with(PHX_PASSPHRASE=None), [PASSPHRASE])
     assert run.code == 0, run
     assert "Passphrase for age:" in run.raw and "passphraseCommand failed" not in run.raw, run
+
+
+def test_ctrl_c_while_the_passphrase_command_asks_leaves_the_terminal_echoing(sandbox: Sandbox) -> None:
+    """Ctrl-C while `encryption.passphraseCommand` asks on the terminal, echo turned off for the
+    passphrase: `phx` kills the command (here it ignores SIGINT, so `phx`'s kill is what ends it; a
+    tool killed at its timeout is the same), which cannot turn the echo back on. `phx` puts the
+    terminal's settings back as they were. Before, the shell was left not echoing what is typed."""
+    from e2e_support import on_a_terminal
+
+    sb = sandbox
+    sb.backup()
+    ask = (
+        "trap '' INT; stty -echo </dev/tty; printf 'Passphrase:' >/dev/tty; "
+        'IFS= read -r p </dev/tty; stty echo </dev/tty; printf "%s" "$p"'
+    )
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": ask})
+    run = on_a_terminal(["list"], sb.env_with(PHX_PASSPHRASE=None), interrupt_after="Passphrase:")
+    assert run.code == 130 and "interrupted" in run.raw and "Traceback" not in run.raw, run
+    assert run.echoes, f"the terminal was left without echo: {run}"

@@ -24,7 +24,7 @@ from e2e_support import PHX, Sandbox
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import services
-from services import PgServer, db_state, make_memory_db, postgres_entry
+from services import AGENT_ROLE, ROLE_PASSWORD, PgServer, db_state, make_memory_db, postgres_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
@@ -298,6 +298,27 @@ subprocess.Popen._execute_child = _execute_child
 """
 
 
+def _signalled_inside_popen(
+    sb: Sandbox, tmp_path: Path, sig: signal.Signals, marker: Path, *args: str, **env: str | None
+) -> tuple[subprocess.Popen[str], str, str, int]:
+    """Run `phx ARGS` with `_INSIDE_POPEN`: `sig` lands inside Popen as it starts the child whose
+    command names `marker`. The process, its output and errors, and that child's pid."""
+    site = tmp_path / "inside-popen-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_INSIDE_POPEN)
+    started = tmp_path / "started-pid"
+    run_env = sb.env_with(
+        **env,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(site), sb.env.get("PYTHONPATH")])),
+        SIGNAL_INSIDE_POPEN=str(marker),
+        SIGNAL_INSIDE_POPEN_PID=str(started),
+        SIGNAL_INSIDE_POPEN_SIG=str(int(sig)),
+    )
+    proc = _start(sb, run_env, *args)
+    out, err = proc.communicate(timeout=120)
+    return proc, out, err, int(started.read_text())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_inside_popen_ends_the_child_it_was_starting(
     sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
@@ -309,20 +330,9 @@ def test_a_stop_inside_popen_ends_the_child_it_was_starting(
     sb = sandbox
     pids_file = tmp_path / "hook-pids"
     sb.write_config(hooks={"preBackup": f"sleep 120 & echo $! $$ > {pids_file}; wait", "timeoutSeconds": 600})
-    site = tmp_path / "inside-popen-site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_INSIDE_POPEN)
-    started = tmp_path / "started-pid"
-    env = sb.env_with(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(site), sb.env.get("PYTHONPATH")])),
-        SIGNAL_INSIDE_POPEN=str(pids_file),
-        SIGNAL_INSIDE_POPEN_PID=str(started),
-        SIGNAL_INSIDE_POPEN_SIG=str(int(sig)),
-    )
     before = sb.snapshots()
-    proc = _start(sb, env, "backup")
-    out, err = proc.communicate(timeout=120)
-    pids = [int(started.read_text())]
+    proc, out, err, started = _signalled_inside_popen(sb, tmp_path, sig, pids_file, "backup")
+    pids = [started]
     try:
         assert proc.returncode == 128 + sig, (proc.returncode, out, err)
         assert "interrupted" in err and "Traceback" not in err, err
@@ -365,3 +375,236 @@ def test_a_stop_while_the_passphrase_command_runs_ends_what_it_started(
     finally:
         if _runs(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_stop_before_pg_dump_starts_ends_it_as_it_starts(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """SIGTERM to `phx` alone while the backup's worker is still finding pg_dump (its `--version`
+    probe, here slow; in life a slow connection or snapshot): the stop ended the child groups that
+    ran then, none, and the worker went on to start pg_dump and read it whole, so the stop waited
+    for it (for ever, pg_dump stuck as here). A pg_dump started for a stopped backup is ended as it
+    starts."""
+    pg, sb = pg_server, sandbox
+    db = make_memory_db(pg, rows_per_agent=10, dims=8)
+    probing, dumping = tmp_path / "probing", tmp_path / "dumping"
+    stuck = tmp_path / "bin" / "pg_dump"
+    stuck.parent.mkdir()
+    real = pg.tool("pg_dump")
+    stuck.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = --version ]; then touch {probing}; sleep 3; exec {real} "$@"; fi\n'
+        f"echo $$ > {dumping}; exec sleep 300\n"  # a pg_dump that never answers
+    )
+    stuck.chmod(0o755)
+    sb.write_config(databases={"postgres": [postgres_entry(pg, db, pgDump=str(stuck))]})
+    env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    before = sb.snapshots()
+    proc = _start(sb, env, "backup")
+    try:
+        deadline = time.monotonic() + 120
+        while not probing.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert probing.exists(), proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "interrupted" in err, (proc.returncode, out, err)
+        assert "Traceback" not in err, err
+        time.sleep(0.2)
+        assert not (dumping.exists() and _runs(int(dumping.read_text()))), "pg_dump was left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if dumping.exists() and _runs(int(dumping.read_text())):
+            os.kill(int(dumping.read_text()), signal.SIGKILL)
+    assert sb.snapshots() == before
+    pg.drop_database(db)
+
+
+class _FailsWhileReading:
+    """A progress reporter (the Python API's `Environment(progress=...)`) that fails once the
+    backup reads: its reading phase ends early, as a stop or an error in the main thread ends it."""
+
+    def __init__(self) -> None:
+        self.reading = False
+
+    def phase(self, name: str, *, files: int = 0, size: int = 0, unit: str = "files") -> None:
+        self.reading = name == "reading files"
+
+    def working(self, what: str) -> None:
+        pass
+
+    def advance(self, *, files: int = 0, size: int = 0) -> None:
+        if self.reading and threading.current_thread() is threading.main_thread():
+            raise RuntimeError("the reporter failed")
+
+
+def test_a_backup_that_ends_early_leaves_the_children_of_other_work_alone(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Python API: a backup and, in another thread of the same process, a gateway command (a
+    restore's `gateway.start`, say). The backup's reading phase ends early: it ends its own
+    children (pg_dump), not the gateway command, which runs to its end. Before, the backup killed
+    every child group of the process: the command was killed mid-way (exit None, 'started' never
+    printed)."""
+    from phoenix_backup import Environment, backup, load_config
+    from phoenix_backup.shell import ShellStep, run_shell
+
+    sb = sandbox
+    (sb.workspace / "a-link").symlink_to("nowhere")  # read by the main thread: the reporter fails
+    running = tmp_path / "running"
+    steps: list[ShellStep] = []
+    beside = threading.Thread(
+        target=lambda: steps.append(run_shell("gateway.start", f"touch {running}; sleep 2; echo started", 60, sb.env))
+    )
+    beside.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not running.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(RuntimeError, match="the reporter failed"):
+            backup(load_config(sb.config_path, sb.env), Environment(env=dict(sb.env), progress=_FailsWhileReading()))
+    finally:
+        beside.join(timeout=60)
+    [step] = steps
+    assert step.ok and step.exit_code == 0 and "started" in step.output, step
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_inside_popen_ends_the_passphrase_command_it_was_starting(
+    backed_up: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A stop signal to `phx` alone that lands inside `subprocess.Popen` as it starts
+    `encryption.passphraseCommand` (after the fork and exec, before Popen returns): the command,
+    in `phx`'s session, is ended with what it started. Before, the exception left Popen with the
+    command unknown to `phx`: it ran on, orphaned, with its `sleep`."""
+    sb = backed_up
+    pid_file = tmp_path / "child-pid"
+    command = f"sleep 121 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait; echo x"
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": command})
+    proc, out, err, started = _signalled_inside_popen(sb, tmp_path, sig, pid_file, "list", PHX_PASSPHRASE=None)
+    pids = [started]
+    try:
+        assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+        assert "interrupted" in err and "Traceback" not in err, err
+        time.sleep(0.5)  # an orphaned command would have written its child's pid by now
+        if pid_file.exists():
+            pids.append(int(pid_file.read_text()))
+        assert [p for p in pids if _runs(p)] == [], "the passphrase command was left running, orphaned"
+    finally:
+        for p in pids:
+            if _runs(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["exception", "end_child_groups", "StopScope.end"])
+def test_the_group_of_a_reaped_child_is_never_signalled(tmp_path: Path, how: str) -> None:
+    """A child of `child_group` whose exit status was read (reaped) while its block still runs: a
+    failed pg_dump, reaped by its stream's end long before its generator is closed, or a gateway
+    command that ended. Its pid is free, and may lead another process's group by then: the
+    clean-up of an exception in the block, `end_child_groups` (a second signal) and
+    `StopScope.end` (a backup's stop) must not signal that group. The process it left running
+    in its group (a daemon a gateway command started) stands for the process that reused the pid:
+    before, it was killed."""
+    from phoenix_backup.shell import StopScope, child_group, end_child_groups
+
+    left = tmp_path / "left"
+    mine = StopScope()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", f"sleep 60 & echo $! > {left}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    try:
+        with contextlib.suppress(RuntimeError), child_group(start, mine) as proc:
+            assert proc.wait(timeout=60) == 0
+            if how == "end_child_groups":
+                end_child_groups()
+            elif how == "StopScope.end":
+                mine.end()
+            raise RuntimeError("the block ends early")
+        time.sleep(0.2)
+        assert _runs(int(left.read_text())), "the group of a reaped child was signalled"
+    finally:
+        if left.exists() and _runs(int(left.read_text())):
+            os.kill(int(left.read_text()), signal.SIGKILL)
+
+
+def _processes_running(argv: list[str]) -> list[int]:
+    """The processes whose command line is `argv` exactly."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _cmdline(int(entry.name))[: len(argv)] == argv and _runs(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_kill_with_descendants_misses_none_that_a_descendant_forks_meanwhile() -> None:
+    """A passphraseCommand whose descendant keeps starting processes (`while :; do sleep N & done`
+    in the background): `kill_with_descendants` (a stop, the command's timeout) ends every one.
+    Before, the processes forked between the read of the tree and the kills ran on, orphaned
+    (hundreds of `sleep`s in each run here); now each process is stopped before its children are
+    read. Three rounds, each a chance to miss one."""
+    from phoenix_backup.shell import kill_with_descendants
+
+    mark = ["sleep", "123.4567"]  # this test's sleeps alone
+    left: list[int] = []
+    try:
+        for _ in range(3):
+            proc = subprocess.Popen(["/bin/sh", "-c", f"(while :; do {' '.join(mark)} & done) & wait"])
+            time.sleep(0.3)
+            kill_with_descendants(proc)
+            time.sleep(0.3)  # an orphan reparented to init is still listed
+            left += _processes_running(mark)
+        assert left == [], f"{len(set(left))} processes forked by a descendant were left running"
+    finally:
+        for pid in left + _processes_running(mark):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("agent", [True, False], ids=["agent-rows", "pg_dump-row-counts"])
+def test_a_stop_while_a_read_waits_for_a_lock_ends_at_once(sandbox: Sandbox, pg_server: PgServer, agent: bool) -> None:
+    """A database read while another session holds a table locked (ALTER TABLE, LOCK TABLE): an
+    agent's rows (`agentId`), or the row counts read beside pg_dump, wait for the lock over phx's
+    own connection, and SIGTERM to `phx` must still end the backup at once: exit 143, one line,
+    no snapshot. Before, the stop waited for the query as long as the lock was held (pg_dump
+    itself, killed, was not the wait)."""
+    pg, sb = pg_server, sandbox
+    db = make_memory_db(pg, rows_per_agent=10, dims=8)
+    if agent:
+        entry = postgres_entry(pg, db, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW", agentId="argent")
+        env = sb.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    else:
+        entry = postgres_entry(pg, db)
+        env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sb.write_config(databases={"postgres": [entry]})
+    before = sb.snapshots()
+    locker = pg.connect(db)
+    locker.execute("BEGIN")
+    locker.execute("LOCK TABLE memory_items IN ACCESS EXCLUSIVE MODE")
+    proc = _start(sb, env, "backup")
+    try:
+        deadline = time.monotonic() + 120
+        waiting: list[tuple[object, ...]] = []
+        while not waiting and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            waiting = pg.query(
+                db,
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE application_name = 'phoenix-backup' AND wait_event_type = 'Lock'",
+            )
+        assert waiting, proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143 and "interrupted" in err and "Traceback" not in err, (proc.returncode, out, err)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        if proc.poll() is None:
+            proc.wait(timeout=60)
+    assert sb.snapshots() == before
+    pg.drop_database(db)

@@ -56,7 +56,7 @@ from phoenix_backup.repo.snapshot import (
 from phoenix_backup.repo.tree import Extent, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
-from phoenix_backup.shell import ShellStep, end_child_groups
+from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection
 from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
@@ -477,6 +477,8 @@ class _Run:
         self.keep_page_state = True
         # Set when the run stops (Ctrl-C): the reads under way end at their next piece.
         self.stopping = threading.Event()
+        # What its reads start or wait on (pg_dump, a server connection), ended when it stops.
+        self.stops = StopScope()
         # The integrity cadence: the last full check of each database, and the databases this
         # run checked (logical path -> result).
         self.now = datetime.now().astimezone()
@@ -495,8 +497,9 @@ class _Run:
             self.stopping.set()
             pool.shutdown(wait=False, cancel_futures=True)
             # A child feeding a read (pg_dump, in a session of its own) may hang or be stopped:
-            # ended now, its pipe ends and so does the read, which the pool's exit waits for.
-            end_child_groups()
+            # ended now, its pipe ends and so does the read, which the pool's exit waits for. This
+            # run's children only, and any it starts from now on (a worker still connecting).
+            self.stops.end()
             raise
 
     def count_done(self, _future: Future[Any]) -> None:
@@ -804,7 +807,7 @@ def _run(
         env = dict(envx.env)
         seed = repo.chunker_seed
         db_jobs = {
-            job.logical: pool.submit(db_backup.back_up, job, env, seed, run.save_data)
+            job.logical: pool.submit(db_backup.back_up, job, env, seed, run.save_data, run.stops)
             for job in db_backup.database_jobs(cfg, scope, databases)
         }
         for logical, fut in db_futures.items():

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -40,7 +41,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
-from phoenix_backup.shell import kill_with_descendants
+from phoenix_backup.shell import kill_with_descendants, stops_deferred
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend, refuse_inside, repository_above
@@ -203,14 +204,17 @@ def _run_passphrase_command(command: str) -> bytes:
     PASSPHRASE_COMMAND_TIMEOUT seconds the command is stopped and its output no longer read.
     UsageError when it fails, prints too much or takes too long."""
     failed = "encryption.passphraseCommand failed; run it by hand to see why, or set PHX_PASSPHRASE"
-    try:
-        proc = subprocess.Popen(
-            command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-    except OSError as exc:
-        raise UsageError(failed) from exc
+    proc: subprocess.Popen[bytes] | None = None
     deadline = time.monotonic() + PASSPHRASE_COMMAND_TIMEOUT
+    # It may ask on the terminal with the echo off: killed, or failing, it cannot turn it back on.
+    terminal = _TerminalSettings()
     try:
+        # A stop inside Popen (after the fork) would leave the command unknown, running on: held
+        # until `proc` is known, it is raised below, where the `finally` ends the command.
+        with stops_deferred():
+            proc = subprocess.Popen(
+                command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
         assert proc.stdout is not None
         with proc.stdout, io.BufferedReader(_Deadline(proc.stdout.fileno(), proc, deadline)) as pipe:
             fix = "make it print the passphrase alone"
@@ -221,11 +225,41 @@ def _run_passphrase_command(command: str) -> bytes:
     except OSError as exc:
         raise UsageError(failed) from exc
     finally:
-        if proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed: with what it started
-            kill_with_descendants(proc)
+        if proc is not None and proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed
+            kill_with_descendants(proc)  # with what it started
+        terminal.restore()
     if status != 0:
         raise UsageError(failed)
     return raw
+
+
+class _TerminalSettings:
+    """The settings of `phx`'s terminal (none without one), to put back after a command that may
+    change them (echo off while it asks for a passphrase) and may not live to undo it: killed at a
+    stop or its timeout, or failing. The user's shell would keep them (typing unseen)."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.settings: list[Any] = []
+        try:
+            self.fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+            self.settings = termios.tcgetattr(self.fd)
+        except (OSError, termios.error):
+            self.close()
+
+    def restore(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError, termios.error):
+            # From the foreground only: in the background, tcsetattr would stop `phx` (SIGTTOU).
+            if os.tcgetpgrp(self.fd) == os.getpgrp() and termios.tcgetattr(self.fd) != self.settings:
+                termios.tcsetattr(self.fd, termios.TCSANOW, self.settings)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:

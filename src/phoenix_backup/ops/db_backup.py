@@ -24,6 +24,7 @@ from phoenix_backup.repo.chunker import stream_chunks
 from phoenix_backup.repo.crypto import Sha256
 from phoenix_backup.repo.snapshot import DatabaseInfo
 from phoenix_backup.repo.tree import Extent, Node
+from phoenix_backup.shell import StopScope
 from phoenix_backup.sources.streams import Stream
 
 STREAM_MODE = 0o600
@@ -103,8 +104,11 @@ def _save_all(
     return nodes
 
 
-def back_up(job: DbJob, env: dict[str, str], seed: int, save: Callable[[memoryview], bytes]) -> DbOutcome:
-    """Back up one database; raises a PhoenixError naming it when any part fails."""
+def back_up(
+    job: DbJob, env: dict[str, str], seed: int, save: Callable[[memoryview], bytes], stops: StopScope
+) -> DbOutcome:
+    """Back up one database; raises a PhoenixError naming it when any part fails. What it starts
+    or waits on (pg_dump, its connections) is in `stops`, which the backup ends when it stops."""
     # The database drivers are imported here, not at module level: every `phx` run would
     # otherwise pay for psycopg and redis (~0.15 s), even with no server configured.
     from phoenix_backup.sources import postgres, redis
@@ -112,9 +116,9 @@ def back_up(job: DbJob, env: dict[str, str], seed: int, save: Callable[[memoryvi
     if isinstance(job.entry, PostgresDb):
         source: AbstractContextManager[Any]
         if job.entry.agent_id is not None:
-            source = postgres.AgentRows(job.entry, env)
+            source = postgres.AgentRows(job.entry, env, stops)
         else:
-            source = postgres.PostgresDump(job.entry, env)
+            source = postgres.PostgresDump(job.entry, env, stops)
         with source as src:
             nodes = _save_all(src.streams(), job.logical, seed, save)
             summary: postgres.PgSummary | None = src.summary

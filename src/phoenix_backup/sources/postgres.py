@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -41,7 +42,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import SourceError, ToolMissing
 from phoenix_backup.redaction import redact_quoted
-from phoenix_backup.shell import child_group
+from phoenix_backup.shell import StopScope, child_group
 from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
 
 MANIFEST = "manifest.json"
@@ -430,12 +431,15 @@ class _Reader:
     connection and lets the subclass inspect the server in `_prepare`; any failure closes it and
     becomes one SourceError naming the database."""
 
-    def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
+    def __init__(self, entry: PostgresDb, env: Mapping[str, str], stops: StopScope | None = None) -> None:
         self.entry = entry
         self.env = env
         self.conn = connection_for(entry, env)
         self._con: psycopg.Connection[Any] | None = None
         self.summary: PgSummary | None = None
+        # The backup's: its stop ends what this read waits on (`hang_up`) and pg_dump.
+        self.stops = stops
+        self._ending = contextlib.ExitStack()
 
     def _prepare(self, con: psycopg.Connection[Any]) -> None:
         raise NotImplementedError
@@ -443,6 +447,9 @@ class _Reader:
     def __enter__(self) -> Self:
         self._con = self.conn.connect()
         try:
+            if self.stops is not None:
+                con = self._con
+                self._ending.enter_context(self.stops.ending(lambda: hang_up(con)))
             self._prepare(self._con)
         except psycopg.Error as exc:
             self.close()
@@ -456,17 +463,29 @@ class _Reader:
         self.close()
 
     def close(self) -> None:
+        self._ending.close()  # before the connection closes: its socket is not ended after
         if self._con is not None:
             with contextlib.suppress(psycopg.Error):
                 self._con.close()
             self._con = None
 
 
+def hang_up(con: psycopg.Connection[Any]) -> None:
+    """End every wait on `con` at once, from another thread: its socket is shut down, so the read
+    under way returns (a query waiting for a lock, a server that stopped answering) and every
+    later statement fails, with no round trip to a server that may not answer. The server's side
+    of a query waiting for a lock ends when it is granted and finds the client gone."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        fd = con.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class PostgresDump(_Reader):
     """A whole-database backup of one entry; use as a context manager, then iterate `streams()`."""
 
-    def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
-        super().__init__(entry, env)
+    def __init__(self, entry: PostgresDb, env: Mapping[str, str], stops: StopScope | None = None) -> None:
+        super().__init__(entry, env, stops)
         self._proc: subprocess.Popen[bytes] | None = None
         self.tool: Tool | None = None
         self.database: dict[str, str] = {}
@@ -521,7 +540,8 @@ class PostgresDump(_Reader):
                 stdin=subprocess.DEVNULL,
                 env=self.conn.tool_env(),
                 start_new_session=True,
-            )
+            ),
+            self.stops,
         ) as proc:
             self._proc = proc
             assert proc.stdout is not None and proc.stderr is not None
@@ -734,9 +754,9 @@ def agent_filter(t: AgentTable) -> sql.Composable:
 class AgentRows(_Reader):
     """One agent's rows of a shared database; use as a context manager, then iterate `streams()`."""
 
-    def __init__(self, entry: PostgresDb, env: Mapping[str, str]) -> None:
+    def __init__(self, entry: PostgresDb, env: Mapping[str, str], stops: StopScope | None = None) -> None:
         assert entry.agent_id is not None
-        super().__init__(entry, env)
+        super().__init__(entry, env, stops)
         self.agent_id: str = entry.agent_id
         self.tables: list[AgentTable] = []
 
