@@ -31,6 +31,15 @@ would still exceed MAX_UNUSED_FRACTION (10%) of the repository, further packs ar
 most unreferenced first, until they do not. restic's default bound is 5%; Phoenix's packs are
 large (8 MiB) next to a small workspace repository, so 5% would rewrite a whole pack on nearly
 every prune to free a few hundred kilobytes.
+
+Index objects. Every backup writes one; a prune that changes anything replaces every live one by
+one. One that changes nothing (nothing forgotten, `retention.last: -1`) still does when more than
+MAX_INDEX_OBJECTS (32) are live, so that their number stays bounded whatever the history: each one
+costs every command a read (a GET on S3/R2) and about 0.25 ms of CPU to load, and one backup a day
+then rewrites the index about once a month (once a day at most, the daily prune's cadence), one
+object of about 40 bytes per blob on every target. It is the same step in the same order as above
+(the new index durable before any old one is deleted), under the same exclusive lock; an index
+object written since prune read the index is not among those it supersedes or deletes.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from phoenix_backup.storage.base import ObjectInfo
 
 REPACK_MOSTLY_UNUSED = 0.5
 MAX_UNUSED_FRACTION = 0.10
+MAX_INDEX_OBJECTS = 32  # live index objects past which a prune merges them (above)
 # Packs younger than this (leftovers and unused packs alike) may belong to a backup that is
 # still running (its lock refreshed within the stale age): they are kept.
 LEFTOVER_MIN_AGE = STALE_SECONDS
@@ -313,7 +323,15 @@ def _prune_locked(
     # An index object whose claim to supersede others was ignored (write-only: not the owner's,
     # repo/repository.py `open_index`) is replaced too, by one that the owner's key covers.
     # So is one listing a wrong entry for a blob beside its genuine one in the same pack.
-    rewrite_index = bool(delete or repack or vanished or superseded & set(objects) or repo.problems.claims or beaten)
+    rewrite_index = bool(
+        delete
+        or repack
+        or vanished
+        or superseded & set(objects)
+        or repo.problems.claims
+        or beaten
+        or len(live) > MAX_INDEX_OBJECTS
+    )
     report.indexes_replaced = len(objects) if rewrite_index else 0
     if dry_run:
         report.check_records = len(_forgotten_check_records(repo))
