@@ -166,3 +166,53 @@ def test_the_index_in_memory_costs_a_bounded_number_of_bytes_per_blob(tmp_path: 
         assert len(fresh.index) == blobs
         assert kept / blobs < 170, f"{objects} object(s): {kept / blobs:.0f} bytes kept per blob"
         assert peak / blobs < 220, f"{objects} object(s): {peak / blobs:.0f} bytes at the peak per blob"
+
+
+def test_a_large_merge_is_written_in_parts_and_a_crash_between_them_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts of at most INDEX_PART_BLOBS blobs (40 here), only the last superseding the old objects:
+    a crash before it leaves the old ones live and complete, the parts written so far duplicates."""
+    import phoenix_backup.repo.prune as prune_module
+    import phoenix_backup.repo.repository as repository_module
+
+    monkeypatch.setattr(repository_module, "INDEX_PART_BLOBS", 40)
+    monkeypatch.setattr(prune_module, "INDEX_PART_BLOBS", 40)
+    src = tmp_path / "src"
+    repo = Repository.init(LocalBackend(src), keys.wrap_none, False)
+    backups(repo, 0, 40)  # a file blob and two trees each: 120 blobs; 40 objects > 32 + 120 / 40
+    repo.close()
+    age_packs(src, T0 - 7200)
+    expected = contents(open_fresh(src)[0])
+    loaded = open_fresh(src)[0]
+    loaded.load_index()
+    blobs = len(loaded.index)
+    probe = tmp_path / "probe"
+    shutil.copytree(src, probe)
+    report, total = run_prune(probe, PruneState(tmp_path / "probe.json"), T0)
+    assert report.indexes_replaced == 40
+    parts = [open_fresh(probe)[0].read_index_object(name) for name in index_objects(probe)]
+    # A pack's entries are never split: parts of 39 (a tree pack of two entries does not fit).
+    assert len(parts) >= 3 and all(sum(map(len, packs.values())) <= 40 for packs, _sup in parts)
+    assert sorted(len(sup) for _packs, sup in parts) == [0] * (len(parts) - 1) + [40], "only the last supersedes"
+    assert total == 1 + len(parts) + 40 + 1  # lock, the parts, the old objects, unlock
+    for fail_at in range(1, total + 1):
+        path = tmp_path / f"crash{fail_at}"
+        shutil.copytree(src, path)
+        state = PruneState(tmp_path / f"crash{fail_at}.json")
+        with pytest.raises(StorageError, match="injected crash"):
+            run_prune(path, state, T0, fail_at=fail_at)
+        for lock in (path / "locks").iterdir():
+            lock.unlink()
+        assert contents(open_fresh(path)[0]) == expected, f"a snapshot lost after a crash at mutation {fail_at}"
+        result = verify_repository(open_fresh(path)[0], read_data=True)
+        assert result.ok, (fail_at, result.to_json())
+        run_prune(path, state, T0 + LEFTOVER_MIN_AGE + 1)
+        # Merged again, in parts (how many depends on the packs' order), every blob listed once.
+        left = [open_fresh(path)[0].read_index_object(name) for name in index_objects(path)]
+        sizes = [sum(map(len, packs.values())) for packs, _sup in left]
+        assert max(sizes) <= 40 and sum(sizes) == blobs and len(left) <= len(parts) + 1, (fail_at, sizes)
+        assert contents(open_fresh(path)[0]) == expected, f"a snapshot lost after recovering from mutation {fail_at}"
+        result = verify_repository(open_fresh(path)[0], read_data=True)
+        assert result.ok and not result.notices, (fail_at, result.to_json())
+        shutil.rmtree(path)

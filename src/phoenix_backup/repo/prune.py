@@ -33,13 +33,14 @@ large (8 MiB) next to a small workspace repository, so 5% would rewrite a whole 
 every prune to free a few hundred kilobytes.
 
 Index objects. Every backup writes one; a prune that changes anything replaces every live one by
-one. One that changes nothing (nothing forgotten, `retention.last: -1`) still does when more than
-MAX_INDEX_OBJECTS (32) are live, so that their number stays bounded whatever the history: each one
-costs every command a read (a GET on S3/R2) and about 0.25 ms of CPU to load, and one backup a day
-then rewrites the index about once a month (once a day at most, the daily prune's cadence), one
-object of about 40 bytes per blob on every target. It is the same step in the same order as above
-(the new index durable before any old one is deleted), under the same exclusive lock; an index
-object written since prune read the index is not among those it supersedes or deletes.
+one new index (in objects of at most INDEX_PART_BLOBS blobs, repo/repository.py
+`write_index_parts`). One that changes nothing (nothing forgotten, `retention.last: -1`) still
+does when more than MAX_INDEX_OBJECTS (32) are live beyond the objects such a merge writes, so
+that their number stays bounded whatever the history: each one costs every command a read (a GET
+on S3/R2) and some CPU to load (0.05-0.25 ms measured here). With one backup a day the index is
+then rewritten about once a month (once a day at most, the daily prune's cadence): about 40
+bytes a blob on every target. It is step 2 and 4 of the order above, under the same exclusive
+lock; an index object written since prune read the index is neither superseded nor deleted.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.locks import STALE_SECONDS
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
-from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.repository import INDEX_PART_BLOBS, Repository
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import used_blobs
 from phoenix_backup.reporting import Reporter, Silent
@@ -330,7 +331,7 @@ def _prune_locked(
         or superseded & set(objects)
         or repo.problems.claims
         or beaten
-        or len(live) > MAX_INDEX_OBJECTS
+        or len(live) > MAX_INDEX_OBJECTS + index_parts(live)
     )
     report.indexes_replaced = len(objects) if rewrite_index else 0
     if dry_run:
@@ -356,7 +357,8 @@ def _prune_locked(
         keep = {pid: u.entries for pid, u in packs.items() if pid not in gone}
         keep.update(new_packs)
         old = sorted(objects)
-        repo.write_index(keep, [n.split("/")[-1] for n in old])
+        written = set(repo.write_index_parts(keep, [n.split("/")[-1] for n in old]))
+        old = [n for n in old if n not in written]  # never a part just written under that name
     _stop_if_new_snapshots(repo, committed, "before deleting anything; run `phx repair index`, then prune again")
     # 3. Packs: nothing live refers to them any more.
     progress.phase("deleting packs", files=len(delete) + len(repack) + len(leftovers), unit="packs")
@@ -391,6 +393,13 @@ def _prune_locked(
     seen = state.entry(state_key(repo, report.target)).get("seen", {})
     for name in [pack_name(u.pack_id) for u in delete + repack] + [i.name for i in leftovers]:
         seen.pop(name, None)
+
+
+def index_parts(live: dict[str, dict[str, list[PackEntry]]]) -> int:
+    """About how many objects merging `live` writes (`Repository.write_index_parts`): a merge
+    is due only past the bound plus those, or a large repository would merge at every prune."""
+    blobs = len({e.id for packs in live.values() for entries in packs.values() for e in entries})
+    return -(-blobs // INDEX_PART_BLOBS)
 
 
 def _forgotten_check_records(repo: Repository) -> list[str]:

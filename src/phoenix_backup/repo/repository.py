@@ -326,6 +326,12 @@ class LoadProblems:
     blobs: dict[str, str] = field(default_factory=dict)
 
 
+# The most blobs one index object that replaces others lists (`write_index_parts`): its plaintext
+# (46 bytes a blob) is about 750 KB, decoded at once when it is loaded. One object of 48,000 blobs
+# left the loading process 4-5 MB more resident than the same blobs in 62 objects.
+INDEX_PART_BLOBS = 16384
+
+
 class Repository:
     def __init__(
         self,
@@ -864,6 +870,26 @@ class Repository:
         self.backend.write(name, raw)
         self.relied_on.add(name)
         return name
+
+    def write_index_parts(self, packs: dict[str, list[PackEntry]], superseded: list[str]) -> list[str]:
+        """Like `write_index`, in objects of at most INDEX_PART_BLOBS blobs (a pack's entries are
+        never split), so that loading one costs a bounded buffer: only the last supersedes the
+        old objects. A crash before it leaves those live and complete, and the parts written so
+        far list the same entries again (a location held twice counts once; the next prune merges
+        them); after it, the parts list everything."""
+        parts: list[dict[str, list[PackEntry]]] = [{}]
+        count = 0
+        for pack_id, entries in packs.items():
+            if parts[-1] and count + len(entries) > INDEX_PART_BLOBS:
+                parts.append({})
+                count = 0
+            parts[-1][pack_id] = entries
+            count += len(entries)
+        names = [self.write_index(part, []) for part in parts[:-1]]
+        # Unencrypted, a part has the very bytes, so the name, of one an interrupted merge wrote:
+        # the last part must not supersede it (the caller must not delete it either).
+        written = {name.split("/")[-1] for name in names}
+        return [*names, self.write_index(parts[-1], [s for s in superseded if s not in written])]
 
     def read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
         packs, superseded = self.read_index_records(name)
