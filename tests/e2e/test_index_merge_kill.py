@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_support import Sandbox, assert_restored, new_sandbox, retention_only
-from killpoint import SCRIPT, read_report
+from test_retention_adversary import _hooked_backup
 
 from phoenix_backup.repo.prune import MAX_INDEX_OBJECTS
 from phoenix_backup.sample import layout_for
@@ -28,7 +26,6 @@ from phoenix_backup.sample import layout_for
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 SEED = 20261206
 KILL_TRIALS = 2
-COMMIT = "replace:/snapshots/"  # the backup's snapshot object renamed in place: its commit point
 
 
 def _index_objects(sb: Sandbox) -> int:
@@ -69,28 +66,6 @@ def _copy(piled: tuple[Path, dict[str, dict[str, Any]]], dest: Path) -> Sandbox:
     return sb
 
 
-def _hooked_backup(sb: Sandbox, kill_at: int) -> tuple[str, int, str, subprocess.CompletedProcess[str]]:
-    report = sb.root / f"kill-report-{time.monotonic_ns()}"
-    env = {
-        **sb.env,
-        "PHX_KILL_AT": str(kill_at),
-        "PHX_KILL_REPORT": str(report),
-        "PHX_KILL_AFTER": COMMIT,
-        "PHX_KILL_ONLY": "changes",
-    }
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "backup", "--json"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    kind, n, call = read_report(report)
-    report.unlink(missing_ok=True)
-    return kind, n, call, proc
-
-
 def _every_snapshot_restores(sb: Sandbox, states: dict[str, dict[str, Any]], out: Path, what: str) -> None:
     verify = sb.phx("verify", "--read-data", "--json", check=None)
     assert verify.code == 0 and verify.json()["ok"], f"{what}: {verify}"
@@ -113,7 +88,7 @@ def test_the_daily_prune_merges_the_index_objects(piled, tmp_path: Path) -> None
 
 def test_killed_during_the_merge_loses_nothing(piled, tmp_path: Path) -> None:
     calibration = _copy(piled, tmp_path / "calibration")
-    kind, total, _call, proc = _hooked_backup(calibration, 0)
+    kind, total, _call, proc = _hooked_backup(calibration, 0, PHX_KILL_ONLY="changes")
     assert kind == "calls" and proc.returncode == 0, (kind, total, proc.stderr)
     # The lock, the merged index, every old index object, the lock's removal, the prune state.
     assert total >= MAX_INDEX_OBJECTS + 4 and _index_objects(calibration) == 1, total
@@ -123,7 +98,7 @@ def test_killed_during_the_merge_loses_nothing(piled, tmp_path: Path) -> None:
     points = list(every) if HEAVY else sorted(random.Random(SEED).sample(every, KILL_TRIALS))
     for at in points:
         sb = _copy(piled, tmp_path / f"kill-{at}")
-        kind, _n, call, proc = _hooked_backup(sb, at)
+        kind, _n, call, proc = _hooked_backup(sb, at, PHX_KILL_ONLY="changes")
         what = f"killed at change {at} of {total} after the commit point, {call}"
         assert kind == "killed", f"{what}: not killed ({proc.returncode}, {proc.stderr})"
         new = [s["id"] for s in sb.snapshots() if s["id"] not in piled[1]]

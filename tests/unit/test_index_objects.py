@@ -78,6 +78,26 @@ def test_a_prune_merges_only_past_the_bound(tmp_path: Path) -> None:
     assert len(index_objects(path)) == MAX_INDEX_OBJECTS
 
 
+def crashed_and_recovered(src: Path, tmp_path: Path, fail_at: int, expected: dict[str, dict[str, str]]) -> Path:
+    """A copy of `src` whose prune crashed at mutation `fail_at` (every snapshot still reads back,
+    the repository verifies), then pruned again later; returns it."""
+    path = tmp_path / f"crash{fail_at}"
+    shutil.copytree(src, path)
+    state = PruneState(tmp_path / f"crash{fail_at}.json")
+    with pytest.raises(StorageError, match="injected crash"):
+        run_prune(path, state, T0, fail_at=fail_at)
+    for lock in (path / "locks").iterdir():  # what `phx unlock` does
+        lock.unlink()
+    assert contents(open_fresh(path)[0]) == expected, f"a snapshot lost after a crash at mutation {fail_at}"
+    result = verify_repository(open_fresh(path)[0], read_data=True)
+    assert result.ok, (fail_at, result.to_json())
+    run_prune(path, state, T0 + LEFTOVER_MIN_AGE + 1)  # the next prune finishes the merge
+    assert contents(open_fresh(path)[0]) == expected, f"a snapshot lost after recovering from mutation {fail_at}"
+    result = verify_repository(open_fresh(path)[0], read_data=True)
+    assert result.ok and not result.notices, (fail_at, result.to_json())
+    return path
+
+
 def test_a_crash_at_every_step_of_the_merge_loses_nothing(piled, tmp_path: Path) -> None:
     src, expected = piled
     probe = tmp_path / "probe"
@@ -87,21 +107,8 @@ def test_a_crash_at_every_step_of_the_merge_loses_nothing(piled, tmp_path: Path)
     # Lock, the new index, each old index object, unlock.
     assert total == MAX_INDEX_OBJECTS + 5
     for fail_at in range(1, total + 1):
-        path = tmp_path / f"crash{fail_at}"
-        shutil.copytree(src, path)
-        state = PruneState(tmp_path / f"crash{fail_at}.json")
-        with pytest.raises(StorageError, match="injected crash"):
-            run_prune(path, state, T0, fail_at=fail_at)
-        for lock in (path / "locks").iterdir():  # what `phx unlock` does
-            lock.unlink()
-        assert contents(open_fresh(path)[0]) == expected, f"a snapshot lost after a crash at mutation {fail_at}"
-        result = verify_repository(open_fresh(path)[0], read_data=True)
-        assert result.ok, (fail_at, result.to_json())
-        run_prune(path, state, T0 + LEFTOVER_MIN_AGE + 1)  # the next prune finishes the merge
+        path = crashed_and_recovered(src, tmp_path, fail_at, expected)
         assert len(index_objects(path)) == 1, fail_at
-        assert contents(open_fresh(path)[0]) == expected, f"a snapshot lost after recovering from mutation {fail_at}"
-        result = verify_repository(open_fresh(path)[0], read_data=True)
-        assert result.ok and not result.notices, (fail_at, result.to_json())
         shutil.rmtree(path)
 
 
@@ -197,22 +204,9 @@ def test_a_large_merge_is_written_in_parts_and_a_crash_between_them_loses_nothin
     assert sorted(len(sup) for _packs, sup in parts) == [0] * (len(parts) - 1) + [40], "only the last supersedes"
     assert total == 1 + len(parts) + 40 + 1  # lock, the parts, the old objects, unlock
     for fail_at in range(1, total + 1):
-        path = tmp_path / f"crash{fail_at}"
-        shutil.copytree(src, path)
-        state = PruneState(tmp_path / f"crash{fail_at}.json")
-        with pytest.raises(StorageError, match="injected crash"):
-            run_prune(path, state, T0, fail_at=fail_at)
-        for lock in (path / "locks").iterdir():
-            lock.unlink()
-        assert contents(open_fresh(path)[0]) == expected, f"a snapshot lost after a crash at mutation {fail_at}"
-        result = verify_repository(open_fresh(path)[0], read_data=True)
-        assert result.ok, (fail_at, result.to_json())
-        run_prune(path, state, T0 + LEFTOVER_MIN_AGE + 1)
+        path = crashed_and_recovered(src, tmp_path, fail_at, expected)
         # Merged again, in parts (how many depends on the packs' order), every blob listed once.
         left = [open_fresh(path)[0].read_index_object(name) for name in index_objects(path)]
         sizes = [sum(map(len, packs.values())) for packs, _sup in left]
         assert max(sizes) <= 40 and sum(sizes) == blobs and len(left) <= len(parts) + 1, (fail_at, sizes)
-        assert contents(open_fresh(path)[0]) == expected, f"a snapshot lost after recovering from mutation {fail_at}"
-        result = verify_repository(open_fresh(path)[0], read_data=True)
-        assert result.ok and not result.notices, (fail_at, result.to_json())
         shutil.rmtree(path)
