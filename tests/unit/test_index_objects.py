@@ -180,11 +180,9 @@ def test_a_large_merge_is_written_in_parts_and_a_crash_between_them_loses_nothin
 ) -> None:
     """Parts of at most INDEX_PART_BLOBS blobs (40 here), only the last superseding the old objects:
     a crash before it leaves the old ones live and complete, the parts written so far duplicates."""
-    import phoenix_backup.repo.prune as prune_module
     import phoenix_backup.repo.repository as repository_module
 
     monkeypatch.setattr(repository_module, "INDEX_PART_BLOBS", 40)
-    monkeypatch.setattr(prune_module, "INDEX_PART_BLOBS", 40)
     src = tmp_path / "src"
     repo = Repository.init(LocalBackend(src), keys.wrap_none, False)
     backups(repo, 0, 40)  # a file blob and two trees each: 120 blobs; 40 objects > 32 + 120 / 40
@@ -210,3 +208,35 @@ def test_a_large_merge_is_written_in_parts_and_a_crash_between_them_loses_nothin
         sizes = [sum(map(len, packs.values())) for packs, _sup in left]
         assert max(sizes) <= 40 and sum(sizes) == blobs and len(left) <= len(parts) + 1, (fail_at, sizes)
         shutil.rmtree(path)
+
+
+def test_a_merge_is_not_done_again_by_the_next_prune_with_nothing_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack's entries are never split between parts, so packs of a little more than half a part
+    each fill one part apiece: the bound counts the parts a merge would write, not the blobs
+    divided by a part's size, or every later prune merges the index again (the whole index
+    rewritten each day). Parts of 5 blobs here; each backup writes a data pack of 4 blobs and a
+    tree pack of 2."""
+    import phoenix_backup.repo.repository as repository_module
+
+    monkeypatch.setattr(repository_module, "INDEX_PART_BLOBS", 5)
+    path = tmp_path / "repo"
+    repo = Repository.init(LocalBackend(path), keys.wrap_none, False)
+    for day in range(100):
+        files = {f"{name}{day}.txt": os.urandom(KB) for name in "abcd"}
+        take_snapshot(repo, files, f"2026-03-01T02:{day % 60:02d}:{day // 60:02d}+00:00")
+    repo.close()
+    age_packs(path, T0 - 7200)
+    forgetting = open_fresh(path)[0]
+    forgetting.delete_snapshot(sorted(s.id for s in forgetting.list_snapshots())[0])
+    state = PruneState(tmp_path / "prune.json")
+    report, _ = run_prune(path, state, T0)
+    assert report.deleted_packs > 0 and report.indexes_replaced == 100, "the forgotten snapshot's packs go"
+    merged = index_objects(path)
+    expected = contents(open_fresh(path)[0])
+    for day in (1, 2):  # the next days' prunes: nothing forgotten, nothing to free
+        report, mutations = run_prune(path, state, T0 + day * 86400)
+        assert report.indexes_replaced == 0 and mutations == 2, f"day {day}: merged again ({report.indexes_replaced})"
+        assert index_objects(path) == merged
+    assert contents(open_fresh(path)[0]) == expected

@@ -34,7 +34,7 @@ every prune to free a few hundred kilobytes.
 
 Index objects. Every backup writes one; a prune that changes anything replaces every live one by
 one new index (in objects of at most INDEX_PART_BLOBS blobs, repo/repository.py
-`write_index_parts`). One that changes nothing (nothing forgotten, `retention.last: -1`) still
+`index_parts`). One that changes nothing (nothing forgotten, `retention.last: -1`) still
 does when more than MAX_INDEX_OBJECTS (32) are live beyond the objects such a merge writes, so
 that their number stays bounded whatever the history: each one costs every command a read (a GET
 on S3/R2) and some CPU to load (0.05-0.25 ms measured here). With one backup a day the index is
@@ -62,7 +62,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.locks import STALE_SECONDS
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
-from phoenix_backup.repo.repository import INDEX_PART_BLOBS, Repository
+from phoenix_backup.repo.repository import Repository, index_parts
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import used_blobs
 from phoenix_backup.reporting import Reporter, Silent
@@ -331,7 +331,9 @@ def _prune_locked(
         or superseded & set(objects)
         or repo.problems.claims
         or beaten
-        or len(live) > MAX_INDEX_OBJECTS + index_parts(live)
+        # Past the bound beyond the objects the merge writes (counted as it writes them: a
+        # count of blobs alone falls short and the next prune would merge again, and the next).
+        or len(live) > MAX_INDEX_OBJECTS + len(index_parts({pid: u.entries for pid, u in packs.items()}))
     )
     report.indexes_replaced = len(objects) if rewrite_index else 0
     if dry_run:
@@ -393,13 +395,6 @@ def _prune_locked(
     seen = state.entry(state_key(repo, report.target)).get("seen", {})
     for name in [pack_name(u.pack_id) for u in delete + repack] + [i.name for i in leftovers]:
         seen.pop(name, None)
-
-
-def index_parts(live: dict[str, dict[str, list[PackEntry]]]) -> int:
-    """About how many objects merging `live` writes (`Repository.write_index_parts`): a merge
-    is due only past the bound plus those, or a large repository would merge at every prune."""
-    blobs = len({e.id for packs in live.values() for entries in packs.values() for e in entries})
-    return -(-blobs // INDEX_PART_BLOBS)
 
 
 def _forgotten_check_records(repo: Repository) -> list[str]:

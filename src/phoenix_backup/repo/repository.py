@@ -332,6 +332,21 @@ class LoadProblems:
 INDEX_PART_BLOBS = 16384
 
 
+def index_parts(packs: dict[str, list[PackEntry]]) -> list[dict[str, list[PackEntry]]]:
+    """`packs` in the objects `Repository.write_index_parts` writes, in order: at most
+    INDEX_PART_BLOBS entries each, a pack's entries never split (one pack holding more fills a
+    part alone), so there may be up to twice as many as the blobs divided by INDEX_PART_BLOBS."""
+    parts: list[dict[str, list[PackEntry]]] = [{}]
+    count = 0
+    for pack_id, entries in packs.items():
+        if parts[-1] and count + len(entries) > INDEX_PART_BLOBS:
+            parts.append({})
+            count = 0
+        parts[-1][pack_id] = entries
+        count += len(entries)
+    return parts
+
+
 class Repository:
     def __init__(
         self,
@@ -877,14 +892,7 @@ class Repository:
         old objects. A crash before it leaves those live and complete, and the parts written so
         far list the same entries again (a location held twice counts once; the next prune merges
         them); after it, the parts list everything."""
-        parts: list[dict[str, list[PackEntry]]] = [{}]
-        count = 0
-        for pack_id, entries in packs.items():
-            if parts[-1] and count + len(entries) > INDEX_PART_BLOBS:
-                parts.append({})
-                count = 0
-            parts[-1][pack_id] = entries
-            count += len(entries)
+        parts = index_parts(packs)
         names = [self.write_index(part, []) for part in parts[:-1]]
         # Unencrypted, a part has the very bytes, so the name, of one an interrupted merge wrote:
         # the last part must not supersede it (the caller must not delete it either).
