@@ -16,6 +16,7 @@ from phoenix_backup.errors import StorageError
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.checker import verify_repository
 from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.index import Index
 from phoenix_backup.repo.pack import PackEntry
 from phoenix_backup.repo.prune import LEFTOVER_MIN_AGE, MAX_INDEX_OBJECTS, PruneState, TargetPrune, prune_repository
 from phoenix_backup.repo.repository import Repository
@@ -240,3 +241,17 @@ def test_a_merge_is_not_done_again_by_the_next_prune_with_nothing_to_do(
         assert report.indexes_replaced == 0 and mutations == 2, f"day {day}: merged again ({report.indexes_replaced})"
         assert index_objects(path) == merged
     assert contents(open_fresh(path)[0]) == expected
+
+
+@pytest.mark.parametrize("bad", [-1, -(1 << 40), 1 << 32])
+def test_a_location_one_int_cannot_hold_is_refused_not_read_as_another(bad: int) -> None:
+    """Offsets and lengths are 32 bits in one int with the pack number above them: a negative one
+    would turn the whole location into another pack's, type and compression."""
+    index = Index()
+    index.add_pack("a" * 64, [PackEntry(BlobType.DATA, Compression.NONE, b"x" * 32, 0, 10, 10)])
+    for field in range(3):
+        values = [0, 10, 10]
+        values[field] = bad
+        with pytest.raises(ValueError, match="beyond 32 bits"):
+            index.add_pack("b" * 64, [PackEntry(BlobType.DATA, Compression.NONE, b"y" * 32, *values)])
+    assert index.locations(b"y" * 32) == [] and [loc.pack_id for loc in index.locations(b"x" * 32)] == ["a" * 64]

@@ -133,7 +133,8 @@ _U32 = 0xFFFFFFFF
 
 
 def _loc(no: int, t: int, c: int, off: int, stored: int, raw: int) -> int:
-    if (off | stored | raw) > _U32:
+    # A negative field would set every higher bit: another pack, type and compression.
+    if not (0 <= off <= _U32 and 0 <= stored <= _U32 and 0 <= raw <= _U32):
         raise ValueError(f"a blob location beyond 32 bits (offset {off}, stored {stored}, raw {raw})")
     return no << 112 | t << 104 | c << 96 | off << 64 | stored << 32 | raw
 
