@@ -19,6 +19,7 @@ from phoenix_backup.repo.crypto import BlobType, Compression
 from phoenix_backup.repo.index import Index
 from phoenix_backup.repo.pack import PackEntry
 from phoenix_backup.repo.prune import LEFTOVER_MIN_AGE, MAX_INDEX_OBJECTS, PruneState, TargetPrune, prune_repository
+from phoenix_backup.repo.repair import rebuild_index
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
 
@@ -255,3 +256,33 @@ def test_a_location_one_int_cannot_hold_is_refused_not_read_as_another(bad: int)
         with pytest.raises(ValueError, match="beyond 32 bits"):
             index.add_pack("b" * 64, [PackEntry(BlobType.DATA, Compression.NONE, b"y" * 32, *values)])
     assert index.locations(b"y" * 32) == [] and [loc.pack_id for loc in index.locations(b"x" * 32)] == ["a" * 64]
+
+
+def test_repair_index_after_a_half_merge_writes_parts_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx repair index` writes the index it rebuilds in parts as a merge does (one object of every
+    blob would be past what loading one should cost, and past the 50 MB a Git host takes), after
+    a merge that stopped between its parts. Parts of 40 blobs here."""
+    import phoenix_backup.repo.repository as repository_module
+
+    monkeypatch.setattr(repository_module, "INDEX_PART_BLOBS", 40)
+    path = tmp_path / "repo"
+    repo = Repository.init(LocalBackend(path), keys.wrap_none, False)
+    backups(repo, 0, 40)  # 120 blobs
+    repo.close()
+    age_packs(path, T0 - 7200)
+    expected = contents(open_fresh(path)[0])
+    with pytest.raises(StorageError, match="injected crash"):
+        run_prune(path, PruneState(tmp_path / "p.json"), T0, fail_at=3)  # its lock, one part written
+    for lock in (path / "locks").iterdir():
+        lock.unlink()
+    assert len(index_objects(path)) == 41
+    report = rebuild_index(open_fresh(path)[0])
+    assert report.replaced == 41 and report.blobs == 120
+    repo = open_fresh(path)[0]
+    sizes = [sum(map(len, repo.read_index_object(name)[0].values())) for name in index_objects(path)]
+    assert len(sizes) >= 3 and max(sizes) <= 40 and sum(sizes) == 120, sizes
+    assert contents(open_fresh(path)[0]) == expected
+    result = verify_repository(open_fresh(path)[0], read_data=True)
+    assert result.ok and not result.notices, result.to_json()
