@@ -189,7 +189,9 @@ def test_two_backups_finishing_at_once_prune_once_and_lose_nothing(
 COMMIT = "replace:/snapshots/"  # the backup's snapshot object renamed in place: its commit point
 
 
-def _hooked_backup(sb: Sandbox, kill_at: int) -> tuple[str, int, str, subprocess.CompletedProcess[str]]:
+def _hooked_backup(sb: Sandbox, kill_at: int, **hook: str) -> tuple[str, int, str, subprocess.CompletedProcess[str]]:
+    """`phx backup` killed at its `kill_at`-th counted call after the commit point; `hook`: more of
+    killpoint.py's settings (PHX_KILL_ONLY="changes", say)."""
     report = sb.root / f"kill-report-{time.monotonic_ns()}"
     env = {
         **sb.env,
@@ -197,6 +199,7 @@ def _hooked_backup(sb: Sandbox, kill_at: int) -> tuple[str, int, str, subprocess
         "PHX_KILL_REPORT": str(report),
         "PHX_KILL_AFTER": COMMIT,
         "PHX_KILL_SEED": str(sb.root),
+        **hook,
     }
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "backup", "--json"],

@@ -701,3 +701,34 @@ def test_the_owners_prune_killed_at_any_change_loses_nothing(make_sandbox: Any, 
         assert not (sb.repo / claim).exists(), what
         reader.phx("verify", "--read-data")
         shutil.rmtree(out)
+
+
+def test_the_owner_merges_the_index_objects_of_many_backups_and_the_writer_goes_on(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """Index objects pile up with a writer's backups; only the owner merges them (its superseding
+    object carries the owner's MAC); the writer then backs up on the merged index and every
+    snapshot restores."""
+    from phoenix_backup.repo.prune import MAX_INDEX_OBJECTS
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    ids = []
+    for day in range(MAX_INDEX_OBJECTS + 2):  # more than 32 beyond the one object a merge writes
+        (sb.workspace / "day.txt").write_text(f"day {day}\n" * (day + 1))  # a new size: a new blob each
+        doc = sb.backup()
+        assert doc["retention"]["skipped"], doc["retention"]  # never on the writer
+        ids.append(doc["id"])
+    assert len(list((sb.repo / "index").iterdir())) == MAX_INDEX_OBJECTS + 2
+    reader = Reader(sb, tmp_path / "reader", identity)
+    pruned = reader.phx("prune", "--json").json()["targets"]["local"]
+    assert pruned["ok"] and pruned["indexesReplaced"] == MAX_INDEX_OBJECTS + 2, pruned
+    assert len(list((sb.repo / "index").iterdir())) == 1
+    verify = reader.phx("verify", "--read-data", "--json").json()
+    assert verify["ok"] and "supersede" not in json.dumps(verify), verify  # the owner's claim holds
+    _change(sb)
+    state = sb.state()
+    last = sb.backup()
+    reader.phx("restore", "--backup", last["id"], "--to", tmp_path / "restored")
+    assert_restored(state, tmp_path / "restored", "restore after the owner merged the index")
+    reader.phx("restore", "--backup", ids[0], "--to", tmp_path / "first")
+    reader.phx("verify", "--read-data")

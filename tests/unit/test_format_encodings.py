@@ -425,7 +425,8 @@ def _shared_blobs(packs: dict[str, list[PackEntry]]) -> dict[str, list[PackEntry
     out: dict[str, list[PackEntry]] = {}
     previous: PackEntry | None = None
     for pack_id, entries in packs.items():
-        out[pack_id] = entries + ([replace(previous, offset=previous.offset + 1)] if previous else [])
+        # Another offset, within the 32 bits an entry record stores.
+        out[pack_id] = entries + ([replace(previous, offset=(previous.offset + 1) % 2**32)] if previous else [])
         previous = entries[0] if entries else previous
     return out
 
@@ -457,11 +458,14 @@ def test_in_memory_index_lookups(packs: dict[str, list[PackEntry]]) -> None:
     assert dict(index.blobs()).keys() == first.keys()
     # Every pack that holds a blob is one of its locations, the first pack first; once the packs
     # are gone (found missing), the next location is the first, until none is left.
+    # Every distinct location, even two in one pack (a wrong entry beside the genuine one).
     held: dict[bytes, list[str]] = {}
+    distinct: set[tuple[str, PackEntry]] = set()
     for pack_id, entries in packs.items():
         for e in entries:
-            if pack_id not in held.setdefault(e.id, []):
-                held[e.id].append(pack_id)
+            if (pack_id, e) not in distinct:
+                distinct.add((pack_id, e))
+                held.setdefault(e.id, []).append(pack_id)
     for bid, pack_ids in held.items():
         assert [loc.pack_id for loc in index.locations(bid)] == pack_ids
     gone = list(packs)[:1]

@@ -98,12 +98,13 @@ def rebuild_index(repo: Repository) -> IndexRepair:
     listed = {e.id for listing, _sup in old.values() for entries in listing.values() for e in entries}
     report.packs, report.blobs, report.dropped = len(packs), len(held), len(listed - held)
     # The new index first (superseding every object present, damaged ones included: their names
-    # are their ids), then the old objects: at every step one complete index is live.
-    new = repo.write_index(packs, [name.split("/")[-1] for name in present])
+    # are their ids), then the old objects: at every step one complete index is live. In parts
+    # as a merge writes it (repo/repository.py `write_index_parts`), none of them deleted.
+    new = set(repo.write_index_parts(packs, [name.split("/")[-1] for name in present]))
     for name in present:
-        if name != new:
+        if name not in new:
             repo.backend.delete(name)
-    report.replaced = len([n for n in present if n != new])
+    report.replaced = len([n for n in present if n not in new])
     repo.reload_index()
     return report
 

@@ -50,7 +50,7 @@ from phoenix_backup.repo.crypto import (
     same_bytes,
     sha256_hex,
 )
-from phoenix_backup.repo.index import INDEX_AAD, BlobLocation, Index, decode_index, encode_index
+from phoenix_backup.repo.index import INDEX_AAD, BlobLocation, Index, decode_index_records, encode_index, entries_of
 from phoenix_backup.repo.locks import HeldLock, LockManager
 from phoenix_backup.repo.pack import (
     DATA_PACK_TARGET,
@@ -324,6 +324,27 @@ class LoadProblems:
     # another pack held it whole (object -> why).
     claims: dict[str, list[str]] = field(default_factory=dict)
     blobs: dict[str, str] = field(default_factory=dict)
+
+
+# The most blobs one index object that replaces others lists (`write_index_parts`): its plaintext
+# (46 bytes a blob) is about 750 KB, decoded at once when it is loaded. One object of 48,000 blobs
+# left the loading process 4-5 MB more resident than the same blobs in 62 objects.
+INDEX_PART_BLOBS = 16384
+
+
+def index_parts(packs: dict[str, list[PackEntry]]) -> list[dict[str, list[PackEntry]]]:
+    """`packs` in the objects `Repository.write_index_parts` writes, in order: at most
+    INDEX_PART_BLOBS entries each, a pack's entries never split (one pack holding more fills a
+    part alone), so there may be up to twice as many as the blobs divided by INDEX_PART_BLOBS."""
+    parts: list[dict[str, list[PackEntry]]] = [{}]
+    count = 0
+    for pack_id, entries in packs.items():
+        if parts[-1] and count + len(entries) > INDEX_PART_BLOBS:
+            parts.append({})
+            count = 0
+        parts[-1][pack_id] = entries
+        count += len(entries)
+    return parts
 
 
 class Repository:
@@ -643,21 +664,21 @@ class Repository:
     def load_index(self) -> None:
         if self._index_loaded:
             return
-        objects = self.read_index_objects()
-        # An index that a prune superseded may survive a crash between writing its replacement
-        # and deleting it; it may name packs that are already gone, so only the live ones count.
-        self.index_objects = sorted(objects) + sorted(self.problems.index)
-        superseded = {f"index/{s}" for _packs, sup in objects.values() for s in sup}
-        retired: set[str] = set()
-        # In name order, whatever order the store lists them in: which location of a blob held
-        # twice is tried first does not depend on the backend.
-        for name, (packs, _sup) in sorted(objects.items()):
-            if name in superseded:
-                retired.update(packs)
-                continue
-            self.relied_on.add(name)
-            for pack_id, entries in packs.items():
-                self.index.add_pack(pack_id, entries)
+        # One index object at a time, its entry records straight into the index: what it costs
+        # is the index's own size, not that plus every object's entries decoded at once.
+        skip: set[str] = set()
+        while True:
+            names, superseded, retired = self._add_index_objects(skip)
+            # An index that a prune superseded may survive a crash between writing its replacement
+            # and deleting it; it may name packs that are already gone, so only the live ones count.
+            # Rare (a prune stopped midway): found after it was added, the index is read again.
+            if superseded & set(names) <= skip:
+                break
+            skip = superseded
+            self.index = Index()
+            self.relied_on -= set(names)
+            self.problems.index.clear()
+        self.index_objects = sorted(names) + sorted(self.problems.index)
         self.retired_packs = retired - set(self.index.pack_ids())
         self._index_loaded = True
         if self.problems.index:
@@ -668,6 +689,29 @@ class Repository:
                 f"{len(self.problems.index)} index object(s) are damaged; read the headers of "
                 f"{len(self.unindexed_packs)} pack(s) instead (run `phx verify --read-data` to see what is affected)"
             )
+
+    def _add_index_objects(self, skip: set[str]) -> tuple[list[str], set[str], set[str]]:
+        """Add every readable index object but those in `skip` to the index, in name order (which
+        location of a blob held twice is tried first does not depend on the backend); returns
+        the names read, the names they supersede and the packs of those skipped."""
+        names: list[str] = []
+        superseded: set[str] = set()
+        retired: set[str] = set()
+        for name in sorted(info.name for info in self.backend.list("index/")):
+            try:
+                packs, sup = self.read_index_records(name)
+            except (CorruptObject, ObjectNotFound) as exc:
+                self._unreadable(name, str(exc), self.problems.index)
+                continue
+            names.append(name)
+            superseded.update(f"index/{s}" for s in sup)
+            if name in skip:
+                retired.update(packs)
+                continue
+            self.relied_on.add(name)
+            for pack_id, records in packs.items():
+                self.index.add_records(pack_id, records)
+        return names, superseded, retired
 
     def reload_index(self) -> None:
         """Load the index again from the store (after it was rebuilt or objects were copied back)."""
@@ -842,7 +886,25 @@ class Repository:
         self.relied_on.add(name)
         return name
 
+    def write_index_parts(self, packs: dict[str, list[PackEntry]], superseded: list[str]) -> list[str]:
+        """Like `write_index`, in objects of at most INDEX_PART_BLOBS blobs (a pack's entries are
+        never split), so that loading one costs a bounded buffer: only the last supersedes the
+        old objects. A crash before it leaves those live and complete, and the parts written so
+        far list the same entries again (a location held twice counts once; the next prune merges
+        them); after it, the parts list everything."""
+        parts = index_parts(packs)
+        names = [self.write_index(part, []) for part in parts[:-1]]
+        # Unencrypted, a part has the very bytes, so the name, of one an interrupted merge wrote:
+        # the last part must not supersede it (the caller must not delete it either).
+        written = {name.split("/")[-1] for name in names}
+        return [*names, self.write_index(parts[-1], [s for s in superseded if s not in written])]
+
     def read_index_object(self, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+        packs, superseded = self.read_index_records(name)
+        return {pack_id: entries_of(records) for pack_id, records in packs.items()}, superseded
+
+    def read_index_records(self, name: str) -> tuple[dict[str, bytes], list[str]]:
+        """An index object's packs with their entry records (index.py `decode_index_records`)."""
         raw = self.backend.read(name)
         if sha256_hex(raw) != name.split("/")[-1]:
             raise CorruptObject(f"{name} does not match its name (damaged)")
@@ -858,16 +920,16 @@ class Repository:
         owner = self._secrets if sup else None
         return cover_index(sealed, list(packs), sup, self.write_key, owner)
 
-    def open_index(self, raw: bytes, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
+    def open_index(self, raw: bytes, name: str) -> tuple[dict[str, bytes], list[str]]:
         """An index object's packs and the index objects it supersedes. In a write-only repository
         the write key, which the machine that backs up holds, may only add to the index: a claim
         to supersede counts only under the owner's MAC (repo/writeonly.py `cover_index`); any
         other is dropped here and kept in `problems.claims` for `verify`."""
         if self.config.write_only is None:
-            return decode_index(self.sealer.open(raw, INDEX_AAD, name), name)
+            return decode_index_records(self.sealer.open(raw, INDEX_AAD, name), name)
         cover = uncover_index(raw, self.write_key, name)
         sealed = raw if cover is None else cover.sealed
-        packs, superseded = decode_index(self.sealer.open(sealed, INDEX_AAD, name), name)
+        packs, superseded = decode_index_records(self.sealer.open(sealed, INDEX_AAD, name), name)
         if cover is not None and (
             sorted(packs) != sorted(cover.packs) or sorted(superseded) != sorted(cover.superseded)
         ):
