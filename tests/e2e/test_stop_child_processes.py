@@ -572,7 +572,8 @@ def test_a_stop_while_a_read_waits_for_a_lock_ends_at_once(sandbox: Sandbox, pg_
     agent's rows (`agentId`), or the row counts read beside pg_dump, wait for the lock over phx's
     own connection, and SIGTERM to `phx` must still end the backup at once: exit 143, one line,
     no snapshot. Before, the stop waited for the query as long as the lock was held (pg_dump
-    itself, killed, was not the wait)."""
+    itself, killed, was not the wait). Its session on the server ends too, the lock still held:
+    before, it waited there until the lock was granted."""
     pg, sb = pg_server, sandbox
     db = make_memory_db(pg, rows_per_agent=10, dims=8)
     if agent:
@@ -601,6 +602,14 @@ def test_a_stop_while_a_read_waits_for_a_lock_ends_at_once(sandbox: Sandbox, pg_
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 143 and "interrupted" in err and "Traceback" not in err, (proc.returncode, out, err)
+        # The server's side ends too while the lock is still held (client_connection_check_interval):
+        # a session left waiting would keep its snapshot and the locks it took, and queue others
+        # behind it, until the holder lets go.
+        gone = time.monotonic() + 20
+        while waiting and time.monotonic() < gone:
+            time.sleep(0.1)
+            waiting = pg.query(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'phoenix-backup'")
+        assert not waiting, "phx's session still waits on the server after the stop"
     finally:
         locker.execute("ROLLBACK")
         locker.close()

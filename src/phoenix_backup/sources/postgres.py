@@ -449,6 +449,7 @@ class _Reader:
         try:
             if self.stops is not None:
                 con = self._con
+                _check_client(con)
                 self._ending.enter_context(self.stops.ending(lambda: hang_up(con)))
             self._prepare(self._con)
         except psycopg.Error as exc:
@@ -468,6 +469,21 @@ class _Reader:
             with contextlib.suppress(psycopg.Error):
                 self._con.close()
             self._con = None
+
+
+# How often (ms) the server checks, while a query of a backup's read runs or waits for a lock,
+# that phx is still there (client_connection_check_interval, PostgreSQL 14 on).
+CLIENT_CHECK_MS = 1000
+
+
+def _check_client(con: psycopg.Connection[Any]) -> None:
+    """Have the server end this session's query soon after `hang_up` (or phx's end) shuts its
+    socket: otherwise a query waiting for a lock runs on until the lock is granted, keeping its
+    snapshot and the locks it took, and queueing others behind it. Before PostgreSQL 14, or on a
+    server's platform without the check, the session is as it was."""
+    if con.info.server_version >= 140000:
+        with contextlib.suppress(psycopg.Error):
+            con.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
 
 
 def hang_up(con: psycopg.Connection[Any]) -> None:
