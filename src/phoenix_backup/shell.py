@@ -156,17 +156,20 @@ def kill_with_descendants(proc: subprocess.Popen[bytes]) -> None:
     Each process is stopped (SIGSTOP) before its children are read, so that none it forks
     meanwhile is missed (a loop starting `sleep`s in the background); and each one below `proc` is
     signalled through a pidfd opened while it was still the child of the process above it, so one
-    that ended meanwhile, its pid reused by another process, is never signalled."""
-    below = _stop_descendants(proc.pid)
-    try:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(proc.pid, signal.SIGKILL)  # not yet reaped (waited for): its pid is its own
-        for pid, fd in below:
-            _signal(pid, fd, signal.SIGKILL)
-    finally:
-        for _, fd in below:
-            if fd is not None:
-                os.close(fd)
+    that ended meanwhile, its pid reused by another process, is never signalled. A stop signal
+    between the stops and the kills is held until the kills are done: a second one ends `phx` at
+    once (`os._exit`), which left the processes stopped already stopped for ever."""
+    with stops_deferred():
+        below = _stop_descendants(proc.pid)
+        try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, signal.SIGKILL)  # not yet reaped (waited for): its pid is its own
+            for pid, fd in below:
+                _signal(pid, fd, signal.SIGKILL)
+        finally:
+            for _, fd in below:
+                if fd is not None:
+                    os.close(fd)
     proc.wait()
 
 

@@ -617,3 +617,46 @@ def test_a_stop_while_a_read_waits_for_a_lock_ends_at_once(sandbox: Sandbox, pg_
             proc.wait(timeout=60)
     assert sb.snapshots() == before
     pg.drop_database(db)
+
+
+_SECOND_SIGNAL_IN_KILL = """
+import os, signal, subprocess, sys, time
+from phoenix_backup import shell
+from phoenix_backup.cli import app
+
+app.stop_on_signals()
+app._STOPPING.started = True  # a stop is under way: the next signal is the second one
+proc = subprocess.Popen(["/bin/sh", "-c", "trap '' HUP; %(sleep)s & %(sleep)s & wait"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(0.5)
+first = shell._wait_stopped
+
+
+def stopped_then_signal(pid, deadline):  # the second signal, once the command itself is stopped
+    first(pid, deadline)
+    shell._wait_stopped = first
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+shell._wait_stopped = stopped_then_signal
+shell.kill_with_descendants(proc)
+print("not stopped", flush=True)
+"""
+
+
+def test_a_second_signal_inside_kill_with_descendants_leaves_none_stopped() -> None:
+    """A second SIGTERM (which ends `phx` at once, `os._exit`) that comes while
+    `kill_with_descendants` has stopped (SIGSTOP) a passphraseCommand and not yet killed what it
+    started: the kills are done first, then `phx` ends (143). Before, `phx` ended between the two
+    and the command's processes stayed stopped for ever (or, ignoring SIGHUP, ran on once an
+    orphaned group's SIGCONT came)."""
+    mark = ["sleep", "234.5678"]  # this test's sleeps alone
+    script = _SECOND_SIGNAL_IN_KILL % {"sleep": " ".join(mark)}
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 143 and "not stopped" not in done.stdout, (done.returncode, done.stdout, done.stderr)
+        time.sleep(0.3)  # an orphan reparented to init is still listed
+        assert _processes_running(mark) == [], "the passphraseCommand's processes were left stopped or running"
+    finally:
+        for pid in _processes_running(mark):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
