@@ -626,7 +626,8 @@ from phoenix_backup.cli import app
 
 app.stop_on_signals()
 app._STOPPING.started = True  # a stop is under way: the next signal is the second one
-proc = subprocess.Popen(["/bin/sh", "-c", "trap '' HUP; %(sleep)s & %(sleep)s & wait"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+command = "trap '' HUP; %(sleep)s & %(sleep)s & wait"
+proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 time.sleep(0.5)
 first = shell._wait_stopped
 
