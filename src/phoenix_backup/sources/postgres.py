@@ -440,6 +440,7 @@ class _Reader:
         # The backup's: its stop ends what this read waits on (`hang_up`) and pg_dump.
         self.stops = stops
         self._ending = contextlib.ExitStack()
+        self.client_checked = False  # the server ends this read's queries once phx is gone
 
     def _prepare(self, con: psycopg.Connection[Any]) -> None:
         raise NotImplementedError
@@ -449,7 +450,7 @@ class _Reader:
         try:
             if self.stops is not None:
                 con = self._con
-                _check_client(con)
+                self.client_checked = _check_client(con)
                 self._ending.enter_context(self.stops.ending(lambda: hang_up(con)))
             self._prepare(self._con)
         except psycopg.Error as exc:
@@ -476,14 +477,18 @@ class _Reader:
 CLIENT_CHECK_MS = 1000
 
 
-def _check_client(con: psycopg.Connection[Any]) -> None:
+def _check_client(con: psycopg.Connection[Any]) -> bool:
     """Have the server end this session's query soon after `hang_up` (or phx's end) shuts its
     socket: otherwise a query waiting for a lock runs on until the lock is granted, keeping its
     snapshot and the locks it took, and queueing others behind it. Before PostgreSQL 14, or on a
-    server's platform without the check, the session is as it was."""
-    if con.info.server_version >= 140000:
-        with contextlib.suppress(psycopg.Error):
-            con.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+    server's platform without the check (Windows), the session is as it was: False."""
+    if con.info.server_version < 140000:
+        return False
+    try:
+        con.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+    except psycopg.Error:
+        return False
+    return True
 
 
 def hang_up(con: psycopg.Connection[Any]) -> None:
@@ -523,6 +528,16 @@ class PostgresDump(_Reader):
             self._proc.wait()
         super().close()
 
+    def _dump_env(self) -> dict[str, str]:
+        """pg_dump's environment: its session checks that pg_dump is still there as phx's does
+        (`_check_client`), so that once killed at a stop it does not wait on for a lock, holding
+        the locks on every table it has locked so far."""
+        env = self.conn.tool_env()
+        if self.client_checked:
+            check = f"-c client_connection_check_interval={CLIENT_CHECK_MS}"
+            env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {check}".strip()
+        return env
+
     def streams(self) -> Iterator[Stream]:
         """database.dump, then globals.sql (when it can be read), then manifest.json."""
         assert self._con is not None and self.summary is not None and self.tool is not None
@@ -554,7 +569,7 @@ class PostgresDump(_Reader):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
-                env=self.conn.tool_env(),
+                env=self._dump_env(),
                 start_new_session=True,
             ),
             self.stops,
