@@ -216,3 +216,43 @@ def test_ctrl_c_while_the_passphrase_command_asks_leaves_the_terminal_echoing(sa
     run = on_a_terminal(["list"], sb.env_with(PHX_PASSPHRASE=None), interrupt_after="Passphrase:")
     assert run.code == 130 and "interrupted" in run.raw and "Traceback" not in run.raw, run
     assert run.echoes, f"the terminal was left without echo: {run}"
+
+
+_STOP_IN_THE_KILL = """
+import fcntl, os, signal, termios
+from phoenix_backup import shell
+from phoenix_backup.cli import app
+from phoenix_backup.ops import context
+
+os.setsid()  # a terminal of its own: a pty, phx in its foreground
+main, tty = os.openpty()
+fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
+app.stop_on_signals()
+context.PASSPHRASE_COMMAND_TIMEOUT = 1.0
+first = shell._wait_stopped
+
+
+def stopped_then_signal(pid, deadline):  # SIGTERM while the timed-out command is being killed
+    first(pid, deadline)
+    shell._wait_stopped = first
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+shell._wait_stopped = stopped_then_signal
+try:
+    context._run_passphrase_command("stty -echo </dev/tty; sleep 100")
+except app.Stopped:
+    print("stopped", "echo" if termios.tcgetattr(tty)[3] & termios.ECHO else "no echo")
+"""
+
+
+def test_a_stop_while_the_timed_out_passphrase_command_is_killed_leaves_the_terminal_echoing() -> None:
+    """A passphraseCommand that turned the echo off and hangs is killed at its timeout, and a stop
+    signal (SIGTERM) comes during that kill: the stop is raised once the kill is done, and the
+    terminal's settings are still put back. Before, the stop raised from the kill skipped that,
+    and the terminal was left without echo."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STOP_IN_THE_KILL], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "stopped echo", (done.returncode, done.stdout, done.stderr)

@@ -225,9 +225,11 @@ def _run_passphrase_command(command: str) -> bytes:
     except OSError as exc:
         raise UsageError(failed) from exc
     finally:
-        if proc is not None and proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed
-            kill_with_descendants(proc)  # with what it started
-        terminal.restore()
+        try:
+            if proc is not None and proc.poll() is None:  # stopped (Ctrl-C, SIGTERM), timed out or failed
+                kill_with_descendants(proc)  # with what it started (a stop signal meanwhile is raised here)
+        finally:
+            terminal.restore()
     if status != 0:
         raise UsageError(failed)
     return raw
