@@ -240,7 +240,7 @@ def stopped_then_signal(pid, deadline):  # SIGTERM while the timed-out command i
 
 shell._wait_stopped = stopped_then_signal
 try:
-    context._run_passphrase_command("stty -echo </dev/tty; sleep 100")
+    context._run_passphrase_command("stty -echo </dev/tty; sleep 100.4321")
 except app.Stopped:
     print("stopped", "echo" if termios.tcgetattr(tty)[3] & termios.ECHO else "no echo")
 """
@@ -249,10 +249,22 @@ except app.Stopped:
 def test_a_stop_while_the_timed_out_passphrase_command_is_killed_leaves_the_terminal_echoing() -> None:
     """A passphraseCommand that turned the echo off and hangs is killed at its timeout, and a stop
     signal (SIGTERM) comes during that kill: the stop is raised once the kill is done, and the
-    terminal's settings are still put back. Before, the stop raised from the kill skipped that,
-    and the terminal was left without echo."""
+    terminal's settings are still put back, and the command is not left stopped. Before, the stop
+    raised from the kill skipped that, the terminal was left without echo, and the command, stopped
+    (SIGSTOP) before its kill, stayed stopped for ever."""
     import subprocess
     import sys
 
+    def left() -> list[str]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if b"sleep 100.4321" in (entry / "cmdline").read_bytes():
+                    found.append(entry.name)
+                    os.kill(int(entry.name), signal.SIGKILL)
+        return found
+
     done = subprocess.run([sys.executable, "-c", _STOP_IN_THE_KILL], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "stopped echo", (done.returncode, done.stdout, done.stderr)
+    time.sleep(0.3)
+    assert left() == [], "the passphraseCommand was left stopped"
