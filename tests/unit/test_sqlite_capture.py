@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -191,6 +192,38 @@ def test_continuity_while_held_even_through_a_restart(tmp_path: Path) -> None:
         checker.check(third)
         assert third.position.salt != salt, "setup: the WAL restarted"
         assert third.changed is not None and 0 < len(third.changed) < third.page_count // 4
+    con.close()
+
+
+def test_a_wal_restarted_right_after_the_snapshot_was_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every frame checkpointed, SQLite's reader ignores the WAL, so a writer may restart it
+    between the capture pinning its snapshot and reading the WAL's header (seen in a backup beside
+    a writer: "... does not belong to the generation its wal-index describes"). The image is then
+    the database file, which is the pinned state, and the next capture still names what changed."""
+    db = tmp_path / "restart.db"
+    con = fresh(db)
+    for _ in range(200):
+        con.execute("INSERT INTO t(v) VALUES (?)", (os.urandom(500),))
+    busy, frames, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames == done > 0, "setup: every frame is in the database file"
+    pinned = checkpointed_bytes(db, tmp_path / "before")
+    original = SqliteCapture._wal_image
+
+    def commit_first(self: SqliteCapture, *args: Any) -> Image:
+        monkeypatch.setattr(SqliteCapture, "_wal_image", original)
+        con.execute("UPDATE t SET v = x'00' WHERE id = 7")  # restarts the WAL: new salts, frame 1
+        return original(self, *args)
+
+    monkeypatch.setattr(SqliteCapture, "_wal_image", commit_first)
+    checker = Checker(db, tmp_path / "oracle")
+    with SqliteCapture(db) as capture:
+        first = capture.capture()
+        assert whole(first) == pinned
+        checker.previous = pinned
+        second = capture.capture()
+        checker.check(second)
+        assert second.changed is not None and 0 < len(second.changed) < second.page_count // 4
+        assert second.position.salt and second.position.frame > 0
     con.close()
 
 

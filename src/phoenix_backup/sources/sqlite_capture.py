@@ -589,6 +589,30 @@ class SqliteCapture:
         if index.max_frame and index.pages != page_count:
             raise CaptureError(f"{self.path}: the wal-index's database size differs from SQLite's")
         self._page_size, self._page_count = page_size, page_count
+        try:
+            return self._frames_image(index, reason, expect)
+        except CaptureError:
+            if not self._restarted_since(index):
+                raise
+        # Every frame was in the database file when the snapshot was pinned, so SQLite's reader
+        # ignores the WAL, and a writer restarted it before its frames were read: the pinned
+        # state is the database file alone (no checkpoint can change it while the reader lasts).
+        return self._frames_image(dataclasses.replace(index, max_frame=0, frame_checksum=(0, 0)), reason, expect)
+
+    def _restarted_since(self, index: IndexHeader) -> bool:
+        """Whether the WAL may have been restarted since `index` was read by a reader pinned at
+        it: only a fully checkpointed WAL can be, and SQLite rewrites the wal-index before the WAL."""
+        if not index.max_frame or index.backfilled < index.max_frame:
+            return False
+        for _attempt in range(PIN_ATTEMPTS):
+            now = self._read_index()
+            if now is not None:
+                return not now.same_snapshot(index)
+            time.sleep(0.0005)
+        return True  # left half-written: a writer moved on from `index`
+
+    def _frames_image(self, index: IndexHeader, reason: str, expect: IndexHeader | None) -> Image:
+        page_size, page_count = self._page_size, self._page_count
         device, inode = self._identity()
         prev = self.position
         backfilled = index.backfilled if index.backfilled <= index.max_frame else 0
