@@ -26,6 +26,8 @@ Environment:
 - PHX_KILL_ONLY=changes: count only the calls that change what is visible (a rename, link,
   unlink or rmdir; a target's object written or deleted), the points between which a crash
   leaves one state or the next (the key rotation's kill test walks every one of them).
+- PHX_TEST_INDEX_PART_BLOBS=N: index objects of at most N blobs (repo/repository.py
+  INDEX_PART_BLOBS), so that a small sample's index is written in several parts.
 
 Threads share one counter, so with parallel writers the Nth call is not always the same one; the
 seed fixes N, and the report names the call that was hit.
@@ -158,6 +160,10 @@ def _wrap_inside(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install() -> None:
+    if os.environ.get("PHX_TEST_INDEX_PART_BLOBS"):
+        import phoenix_backup.repo.repository as repository
+
+        repository.INDEX_PART_BLOBS = int(os.environ["PHX_TEST_INDEX_PART_BLOBS"])
     for name in CHANGE_CALLS if _changes_only else OS_CALLS:
         setattr(os, name, _wrap(name, getattr(os, name)))
     # Every backend's mutating calls (remote stores write nothing through os.*), counted on the

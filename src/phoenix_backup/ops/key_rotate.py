@@ -175,7 +175,7 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
                 unit="packs",
             )
             packs = fresh.repack(_resealed(repo, used, Sealer(new.encryption_key), result, envx.progress, sizes))
-            fresh.write_index(packs, [])
+            fresh.write_index_parts(packs, [])
             result.packs = len(packs)
             result.bytes = sum(
                 info.size for info in backend.list("data/") if info.name in {pack_name(p) for p in packs}

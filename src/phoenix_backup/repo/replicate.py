@@ -165,9 +165,12 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         packs: dict[str, bool] = {}  # pack object name -> is a data pack (may go cold)
         listed: set[bytes] = set()  # blobs the copied index objects list
         superseded: set[str] = set()  # index objects they supersede
+        superseding: set[str] = set()  # those of them that supersede others
         for index_name in missing_index:
             listing, sup = _index_packs(repo, index_name)
             superseded.update(f"index/{s}" for s in sup)
+            if sup:
+                superseding.add(index_name)
             for pack_id, entries in listing.items():
                 listed.update(e.id for e in entries)
                 obj = pack_name(pack_id)
@@ -180,7 +183,12 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
-        _copy_all(source, dest, [(n, False) for n in missing_index], report)
+        # Those that supersede others after the rest are all written (copies run in parallel): an
+        # index written in parts (`write_index_parts`) has only its last part superseding the old
+        # objects, and the replica must not retire them before it holds every part (a replication
+        # stopped between them left blobs listed by no live index object there).
+        _copy_all(source, dest, [(n, False) for n in missing_index if n not in superseding], report)
+        _copy_all(source, dest, [(n, False) for n in missing_index if n in superseding], report)
         have = {info.name for info in dest.list("snapshots/")}
         snapshots = repo.list_snapshots()
         for snap in snapshots:  # oldest first
@@ -288,9 +296,9 @@ def _keep_indexed(
                     if e.id not in listed:
                         keep.setdefault(pack_id, {}).setdefault(e.id, e)
     if keep:
-        replica.write_index({pack_id: list(entries.values()) for pack_id, entries in keep.items()}, [])
+        written = replica.write_index_parts({pack_id: list(entries.values()) for pack_id, entries in keep.items()}, [])
         with _COUNT_LOCK:
-            report.objects += 1
+            report.objects += len(written)
 
 
 def _copy_one(

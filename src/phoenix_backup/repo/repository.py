@@ -753,9 +753,10 @@ class Repository:
         index says), so that a backup stores them again instead of referring to lost data. One
         listing of `data/`; returns the names of the missing packs.
 
-        When some are missing, one index object without them is written, superseding every index
-        object loaded: a blob stored again then has one location, not a lost one that readers
-        might find first. Index objects written meanwhile by other backups are not superseded."""
+        When some are missing, an index without them is written (in parts, `write_index_parts`),
+        superseding every index object loaded: a blob stored again then has one location, not a
+        lost one that readers might find first. Index objects written meanwhile by other backups
+        are not superseded."""
         listing = {info.name: info.size for info in self.backend.list("data/")}
         missing = self.lost_packs(listing)
         if missing:
@@ -764,7 +765,7 @@ class Repository:
             missing = self.lost_packs(listing)
         if missing:
             self.index.remove_packs(missing)
-            self.write_index(self.index.by_pack(), [name.split("/")[-1] for name in self.index_objects])
+            self.write_index_parts(self.index.by_pack(), [name.split("/")[-1] for name in self.index_objects])
         return sorted(pack_name(p) for p in missing)
 
     def _look_up(self, listing: dict[str, int], names: Iterable[str]) -> None:
@@ -879,11 +880,13 @@ class Repository:
     def write_index(self, packs: dict[str, list[PackEntry]], superseded: list[str]) -> str:
         """One index object listing `packs` that supersedes the index objects `superseded`
         (bare ids); returns its name. It is written whole or not at all, so the old objects may
-        be deleted once this returns."""
+        be deleted once this returns. Every writer of the index goes through `write_index_parts`,
+        which bounds an object's size; this alone is its primitive."""
         raw = self.seal_index(packs, superseded)
         name = f"index/{sha256_hex(raw)}"
         self.backend.write(name, raw)
         self.relied_on.add(name)
+        self.stats.bytes_added += len(raw)
         return name
 
     def write_index_parts(self, packs: dict[str, list[PackEntry]], superseded: list[str]) -> list[str]:
@@ -1121,7 +1124,8 @@ class Repository:
                 self._spare_buffers.append(cast(bytearray, data))
 
     def flush(self) -> None:
-        """Write partial packs, then one index object listing every pack written since the last flush."""
+        """Write partial packs, then the index of every pack written since the last flush (in
+        parts of at most INDEX_PART_BLOBS blobs, `write_index_parts`)."""
         self.wait()
         for kind in BlobType:
             with self._lock:
@@ -1133,10 +1137,7 @@ class Repository:
             new, self._new_packs = self._new_packs, {}
             self._spare_buffers.clear()  # the run's packs are written: their memory goes back
         if new:
-            raw = self.seal_index(new)
-            self.backend.write(f"index/{sha256_hex(raw)}", raw)
-            self.relied_on.add(f"index/{sha256_hex(raw)}")
-            self.stats.bytes_added += len(raw)
+            self.write_index_parts(new, [])
 
     def read_pack_header(self, pack_id: str) -> list[PackEntry]:
         """A pack's entries from its own header (two small reads), without the index."""

@@ -502,7 +502,7 @@ class Conversion:
     slot: keyslots.KeySlot  # the age slot to every recipient
     recipients: tuple[str, ...]
     removed: list[str]  # key slots removed: only the recipients' identities open the repository now
-    index_rewritten: int  # index objects replaced by one under its cover
+    index_rewritten: int  # index objects replaced by parts under their cover (`write_index_parts`)
     snapshots: int  # snapshots in this machine's record (0 when it was write-only already)
     key_path: Path | None  # this machine's new write key (None when it was write-only already)
     repository: Repository  # the repository as it is now (write-only, with the master secrets)
@@ -514,10 +514,11 @@ def convert(repo: Repository, recipients: tuple[str, ...], root: Path) -> Conver
     sealed under the master key, which the recipients' identities open through a new age slot.
 
     In this order, each step re-runnable: the age slot; the config (format 3: the commit point);
-    one index object under its cover replacing every other (the machine that backs up must know
-    which packs the index lists); the other key slots go; then this machine's write key, the
-    index of every pack, the record of every snapshot and the newest trees of this host, so its
-    next backup deduplicates against everything and reads only what changed.
+    the index in parts under their cover (`write_index_parts`) replacing every other object (the
+    machine that backs up must know which packs the index lists); the other key slots go; then
+    this machine's write key, the index of every pack, the record of every snapshot and the newest
+    trees of this host, so its next backup deduplicates against everything and reads only what
+    changed.
 
     On a repository that is write-only already, it finishes an interrupted conversion (for the
     same recipients) and this machine keeps no write key. Its recipients never change: each run
@@ -544,10 +545,12 @@ def convert(repo: Repository, recipients: tuple[str, ...], root: Path) -> Conver
     repo.load_index()
     old = [name for name in repo.index_objects if name not in repo.problems.index]
     packs = repo.index.by_pack()
+    written: set[str] = set()
     if old or packs:
-        converted.write_index(packs, [name.split("/")[-1] for name in old])
+        written = set(converted.write_index_parts(packs, [name.split("/")[-1] for name in old]))
     for name in old:
-        repo.backend.delete(name)
+        if name not in written:  # a part of an interrupted conversion written again, byte for byte
+            repo.backend.delete(name)
     removed = []
     for other in Repository.read_key_slots(repo.backend):
         if other.id != slot.id:

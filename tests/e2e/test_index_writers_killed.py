@@ -1,0 +1,92 @@
+"""`phx key rotate` writes the index under the new key in parts of at most INDEX_PART_BLOBS blobs
+(repo/repository.py `write_index_parts`), like every other writer of the index; SIGKILLed at any
+change to the index (tests/e2e/killpoint.py, parts of 4 blobs here), the repository opens with the
+owner's passphrase, verifies with its data read, restores every snapshot exactly, and the next
+rotation finishes the job (tests/e2e/attack_support.py `assert_rotation_recovers`).
+
+The default run kills at a sample of those changes; PHX_TEST_HEAVY=1 at every one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import killpoint
+from attack_support import assert_rotation_recovers, restored
+from e2e_support import Sandbox
+
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sample import layout_for
+from phoenix_backup.storage.local import LocalBackend
+
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+SEED = 20261206
+PART = 4
+
+
+def _index_sizes(sb: Sandbox) -> list[int]:
+    """The blobs each index object lists (opened with the owner's passphrase)."""
+    repo = Repository.open(LocalBackend(sb.repo), keys.Credentials(passphrase=sb.env["PHX_PASSPHRASE"]))
+    names = sorted(p.name for p in (sb.repo / "index").iterdir() if not p.name.startswith("."))
+    return [sum(map(len, repo.read_index_object(f"index/{n}")[0].values())) for n in names]
+
+
+def _rotate_hooked(sb: Sandbox, point: int, report: Path) -> subprocess.CompletedProcess[str]:
+    """`phx key rotate` with parts of PART blobs, its changes under index/ counted, SIGKILLed just
+    before the `point`th (0: not killed)."""
+    env = sb.env_with(
+        PHX_KILL_AT=str(point),
+        PHX_KILL_ONLY="changes",
+        PHX_KILL_MATCH="/index/",
+        PHX_KILL_REPORT=str(report),
+        PHX_TEST_INDEX_PART_BLOBS=str(PART),
+    )
+    argv = [sys.executable, str(killpoint.SCRIPT), "key", "rotate"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def _two_snapshots(sb: Sandbox) -> None:
+    sb.backup()
+    (sb.workspace / "MEMORY.md").write_text("# Memory\nsomething new the agent learned\n")
+    sb.backup()
+
+
+def test_key_rotate_writes_the_index_in_parts_and_a_kill_between_them_loses_nothing(
+    make_sandbox, tmp_path: Path
+) -> None:
+    base: Sandbox = make_sandbox(root=tmp_path / "base")
+    _two_snapshots(base)
+    names = [s["name"] for s in base.snapshots()]
+    expected = {n: restored(base, n, tmp_path / "expected") for n in names}
+    blobs = sum(_index_sizes(base))
+    assert blobs > 3 * PART, blobs
+
+    probe = tmp_path / "probe"
+    shutil.copytree(base.root, probe, symlinks=True)
+    sb = Sandbox(probe, layout_for(probe / "sample"))
+    res = _rotate_hooked(sb, 0, tmp_path / "count")
+    assert res.returncode == 0, res.stderr
+    outcome, total, _call = killpoint.read_report(tmp_path / "count")
+    sizes = _index_sizes(sb)
+    assert max(sizes) <= PART and len(sizes) >= 3, sizes
+    # The parts written (a rename each) and the old objects deleted after the commit point.
+    assert outcome == "calls" and total >= len(sizes) + 2, (total, sizes)
+    shutil.rmtree(probe)
+
+    points = range(1, total + 1)
+    for point in points if HEAVY else sorted(random.Random(SEED).sample(points, 3)):
+        where = tmp_path / f"kill{point}"
+        shutil.copytree(base.root, where, symlinks=True)
+        sb = Sandbox(where, layout_for(where / "sample"))
+        res = _rotate_hooked(sb, point, tmp_path / f"report{point}")
+        outcome, _n, call = killpoint.read_report(tmp_path / f"report{point}")
+        assert res.returncode == -9 and outcome == "killed", (point, res.stderr)
+        assert_rotation_recovers(sb, names, expected, tmp_path, f"before index change {point}: {call}")
+        assert max(_index_sizes(sb)) <= PART, point
+        shutil.rmtree(where)
