@@ -28,6 +28,8 @@ Environment:
   leaves one state or the next (the key rotation's kill test walks every one of them).
 - PHX_TEST_INDEX_PART_BLOBS=N: index objects of at most N blobs (repo/repository.py
   INDEX_PART_BLOBS), so that a small sample's index is written in several parts.
+- PHX_TEST_MAX_INDEX_OBJECTS=N: a prune merges the index objects once more than N are live
+  (repo/prune.py MAX_INDEX_OBJECTS), so that a few backups are enough.
 
 Threads share one counter, so with parallel writers the Nth call is not always the same one; the
 seed fixes N, and the report names the call that was hit.
@@ -164,6 +166,10 @@ def install() -> None:
         import phoenix_backup.repo.repository as repository
 
         repository.INDEX_PART_BLOBS = int(os.environ["PHX_TEST_INDEX_PART_BLOBS"])
+    if os.environ.get("PHX_TEST_MAX_INDEX_OBJECTS"):
+        import phoenix_backup.repo.prune as prune
+
+        prune.MAX_INDEX_OBJECTS = int(os.environ["PHX_TEST_MAX_INDEX_OBJECTS"])
     for name in CHANGE_CALLS if _changes_only else OS_CALLS:
         setattr(os, name, _wrap(name, getattr(os, name)))
     # Every backend's mutating calls (remote stores write nothing through os.*), counted on the

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import killpoint
+import pytest
 from attack_support import assert_rotation_recovers, restored
 from e2e_support import Sandbox
 
@@ -95,3 +96,61 @@ def test_key_rotate_writes_the_index_in_parts_and_a_kill_between_them_loses_noth
         assert res.returncode == -9 and outcome == "killed", (point, res.stderr)
         assert_rotation_recovers(sb, names, expected, tmp_path, f"before index change {point}: {call}")
         shutil.rmtree(where)
+
+
+def _hooked(sb: Sandbox, report: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`phx ARGS` under the hook with `env` (PHX_KILL_*, PHX_TEST_*)."""
+    run_env = sb.env_with(PHX_KILL_REPORT=str(report), **env)
+    argv = [sys.executable, str(killpoint.SCRIPT), *args]
+    return subprocess.run(argv, env=run_env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "kill_before",
+    [
+        # Before the commit point: the packs and the index re-sealed under the new key, no snapshot.
+        "replace(*/snapshots/*",
+        # After it: the config names the new key, the old index objects not deleted yet.
+        "unlink(*/index/*",
+    ],
+)
+def test_a_merge_of_the_index_during_an_unfinished_rotation_loses_nothing(
+    make_sandbox, tmp_path: Path, kill_before: str
+) -> None:
+    """A rotation SIGKILLed half way (some objects re-sealed under the new key, the rest not), then
+    backups until the daily prune would merge the index objects (more than 2 live here): the
+    backups go on, prune refuses naming `phx key rotate` (docs/reliability.md), the repository
+    opens with the owner's passphrase and verifies; the next rotation finishes the job, the next
+    prune merges, and every snapshot restores exactly."""
+    sb: Sandbox = make_sandbox()
+    _two_snapshots(sb)
+    res = _hooked(sb, tmp_path / "kill", "key", "rotate", PHX_KILL_AT="1", PHX_KILL_MATCH=kill_before)
+    outcome, _n, call = killpoint.read_report(tmp_path / "kill")
+    assert res.returncode == -9 and outcome == "killed", (res.returncode, outcome, res.stderr)
+    for day in range(3):
+        (sb.workspace / f"day{day}.md").write_text(f"written on day {day} after the kill\n")
+        sb.backup()
+    names = [s["name"] for s in sb.snapshots()]
+    assert len(names) == 5, names
+    expected = {n: restored(sb, n, tmp_path / "expected") for n in names}
+    prune = _hooked(sb, tmp_path / "prune", "prune", "--json", PHX_TEST_MAX_INDEX_OBJECTS="2")
+    assert prune.returncode != 0 and "phx key rotate" in prune.stdout + prune.stderr, (call, prune)
+    doc = sb.verify("--read-data")
+    assert doc["ok"], (call, doc)
+
+    sb.phx("key", "rotate")
+    for day in range(3, 6):
+        (sb.workspace / f"day{day}.md").write_text(f"written on day {day} after the rotation\n")
+        sb.backup()
+    names = [s["name"] for s in sb.snapshots()]
+    expected.update({n: restored(sb, n, tmp_path / "expected") for n in names[5:]})
+    assert len([p for p in (sb.repo / "index").iterdir() if not p.name.startswith(".")]) >= 4
+    merged = _hooked(sb, tmp_path / "merge", "prune", "--json", PHX_TEST_MAX_INDEX_OBJECTS="2")
+    assert merged.returncode == 0, (call, merged)
+    index = [p for p in (sb.repo / "index").iterdir() if not p.name.startswith(".")]
+    assert len(index) <= 2, (call, index)
+    doc = sb.verify("--read-data")
+    assert doc["ok"] and [n for n in doc["notices"] if "leftover temporary file" not in n] == [], (call, doc)
+    assert [s["name"] for s in sb.snapshots()] == names
+    for name in names:
+        assert restored(sb, name, tmp_path / "after") == expected[name], (call, name)
