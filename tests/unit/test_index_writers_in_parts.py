@@ -12,6 +12,7 @@ that replace it are written."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pyrage
@@ -38,6 +39,16 @@ def part_sizes(repo: Repository, names: list[str]) -> list[tuple[int, int]]:
         packs, superseded = repo.read_index_object(name)
         out.append((sum(map(len, packs.values())), len(superseded)))
     return out
+
+
+def assert_whole(
+    opened: Callable[[Path], Repository], path: Path, expected: dict[str, dict[str, str]], what: object
+) -> None:
+    """Every snapshot at `path` reads back byte for byte and the repository verifies with its data
+    read (`opened` opens it afresh)."""
+    assert contents(opened(path)) == expected, what
+    result = verify_repository(opened(path), read_data=True)
+    assert result.ok, (what, result.to_json())
 
 
 def new_objects(path: Path, before: list[str]) -> list[str]:
@@ -113,9 +124,7 @@ def test_the_drop_of_lost_packs_writes_parts_and_a_crash_between_them_loses_noth
         again = open_fresh(path)[0]  # the next backup's drop finishes the job
         again.load_index()
         assert len(again.drop_missing_packs()) == 20, fail_at
-        assert contents(open_fresh(path)[0]) == expected, fail_at
-        result = verify_repository(open_fresh(path)[0], read_data=True)
-        assert result.ok, (fail_at, result.to_json())
+        assert_whole(lambda p: open_fresh(p)[0], path, expected, fail_at)
         shutil.rmtree(path)
 
 
@@ -154,16 +163,12 @@ def test_replication_indexes_what_the_first_target_lost_in_parts_and_survives_a_
         shutil.copytree(saved, path)
         report = replicate(open_fresh(first)[0], "copy", CrashingBackend(LocalBackend(path), fail_at), lambda _m: None)
         assert not report.ok and "injected crash" in (report.error or ""), (fail_at, report.error)
-        assert contents(open_fresh(path)[0]) == expected, fail_at
-        result = verify_repository(open_fresh(path)[0], read_data=True)
-        assert result.ok, (fail_at, result.to_json())
+        assert_whole(lambda p: open_fresh(p)[0], path, expected, fail_at)
         for lock in (path / "locks").iterdir():  # what `phx unlock` does
             lock.unlink()
         report = replicate(open_fresh(first)[0], "copy", LocalBackend(path), lambda _m: None)
         assert report.ok, (fail_at, report.error)
-        assert contents(open_fresh(path)[0]) == expected, fail_at
-        result = verify_repository(open_fresh(path)[0], read_data=True)
-        assert result.ok, (fail_at, result.to_json())
+        assert_whole(lambda p: open_fresh(p)[0], path, expected, fail_at)
         shutil.rmtree(path)
 
 
@@ -203,13 +208,9 @@ def test_the_write_only_conversion_writes_parts_and_a_crash_between_its_steps_lo
         crashing, _ = opened(path, fail_at)
         with pytest.raises(StorageError, match="injected crash"):
             convert(crashing, recipients, tmp_path / f"writer{fail_at}")
-        assert contents(opened(path)[0]) == expected, fail_at
-        result = verify_repository(opened(path)[0], read_data=True)
-        assert result.ok, (fail_at, result.to_json())
+        assert_whole(lambda p: opened(p)[0], path, expected, fail_at)
         convert(opened(path)[0], recipients, tmp_path / f"writer{fail_at}")  # run again: finishes
-        assert contents(opened(path)[0]) == expected, fail_at
-        result = verify_repository(opened(path)[0], read_data=True)
-        assert result.ok, (fail_at, result.to_json())
+        assert_whole(lambda p: opened(p)[0], path, expected, fail_at)
         sizes = part_sizes(opened(path)[0], index_objects(path))
         assert all(b <= 40 for b, _s in sizes) and sum(b for b, _s in sizes) == 120, (fail_at, sizes)
         shutil.rmtree(path)
