@@ -884,6 +884,13 @@ class Repository:
         which bounds an object's size; this alone is its primitive."""
         raw = self.seal_index(packs, superseded)
         name = f"index/{sha256_hex(raw)}"
+        if not self.config.encrypted and self.backend.stat(name) is not None:
+            # Unsealed, the name follows from what it lists: an object of this name may be one a
+            # prune stopped before deleting, superseded with what it listed then (a backup storing
+            # a forgotten snapshot's packs again), which would hide this one too. Another name:
+            # the same list, superseding also an id no object has.
+            raw = self.seal_index(packs, [*superseded, os.urandom(32).hex()])
+            name = f"index/{sha256_hex(raw)}"
         self.backend.write(name, raw)
         self.relied_on.add(name)
         self.stats.bytes_added += len(raw)
