@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -180,19 +182,90 @@ class FullDisk(LocalBackend):
         raise NoSpace(f"no space left on the device while writing {name}; free some space and run again")
 
 
-def test_a_store_that_takes_no_write_leaves_our_clock_to_judge(tmp_path: Path) -> None:
+def test_a_store_that_takes_no_write_never_lets_our_clock_alone_judge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The store's clock is measured with a shared lock written and removed at once. A store that
-    takes no write (a full disk, a read-only mount) gives no measurement: our clock judges, as
-    before the store's clock was read, and `phx unlock` still removes a stale lock."""
+    takes no write (a full disk) gave no measurement and our clock judged alone: on a machine an
+    hour ahead, `phx unlock` removed a live backup's lock from another host. Now no lock is judged
+    stale on our clock alone: the error, `phx unlock` and `phx doctor` say why and what removes it;
+    once the store takes a write, a lock stale by both clocks goes."""
     path = tmp_path / "repo"
     repo = new_repo(path)
-    now = time.time()
-    stale = age_lock(repo, plant_lock(repo, host="elsewhere", time=now - 7200, created=now - 7200), now - 7200)
-    full = Repository.open(FullDisk(path), keys.Credentials(passphrase=None))
-    with pytest.raises(RepositoryLocked, match=r"stale .*remove it with `phx unlock`"):
-        full.lock(True, "prune")
-    assert [i.name for i in full.locks.unlock()] == [stale]
-    assert lock_names(repo) == set()
+    real = time.time
+    live = plant_lock(repo, host="elsewhere", exclusive=True, time=real() - 7200, created=real() - 7200)
+    monkeypatch.setattr(locks.time, "time", lambda: real() + 3600)
+    notices: list[str] = []
+    full = Repository.open(FullDisk(path), keys.Credentials(passphrase=None), notice=notices.append)
+    with pytest.raises(RepositoryLocked, match=r"store's clock cannot be read \(it takes no write: no space left"):
+        full.lock(False, "backup")
+    assert full.locks.unlock() == []
+    assert lock_names(repo) == {live}, "a live lock stays"
+    assert any("kept the exclusive lock" in n and "`phx unlock --all` removes it now" in n for n in notices), notices
+    result = DoctorResult()
+    _locks(full, result)
+    assert [(c.status, "store's clock cannot be read" in c.message) for c in result.checks][0] == ("warn", True)
+    monkeypatch.setattr(locks.time, "time", real)
+    age_lock(repo, live, real() - 7200)  # its holder stopped: stale by every clock
+    ok = Repository.open(LocalBackend(path), keys.Credentials(passphrase=None))
+    assert [i.name for i in ok.locks.unlock()] == [live]
+
+
+class ShiftedClock(LocalBackend):
+    """The real local backend, its store's clock `shift` seconds ahead of the machine's."""
+
+    shift = 0.0
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        info = super().stat(name)
+        return info if info is None or info.modified is None else replace(info, modified=info.modified + self.shift)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for info in super().list(prefix):
+            yield info if info.modified is None else replace(info, modified=info.modified + self.shift)
+
+
+def test_the_stores_clock_is_measured_again_when_it_may_have_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx watch` runs for days, and the store's clock was measured once per process. Once the
+    store's clock was set an hour back, the old measurement made a live lock (its holder an hour
+    behind, its object rewritten a minute ago) look an hour old by both clocks, and it was judged
+    stale. A stale verdict is now never given on a measurement older than a moment; the clock is
+    measured again when ours was set, and once the measurement is `SKEW_MAX_AGE` old (a verdict
+    the old measurement only delayed comes then)."""
+    path = tmp_path / "repo"
+    new_repo(path)
+    store = ShiftedClock(path)
+    repo = Repository.open(store, keys.Credentials(passphrase=None))
+    real, mono = time.time, time.monotonic
+    dead = age_lock(repo, plant_lock(repo, host="far", time=real() - 9000, created=real() - 9000), real() - 9000)
+    live = age_lock(repo, plant_lock(repo, host="behind", time=real() - 3600, created=real() - 3600), real() - 60)
+    quiet = age_lock(repo, plant_lock(repo, host="behind", time=real() - 3600, created=real() - 3600), real() - 2400)
+    monkeypatch.setattr(locks.time, "time", lambda: real() - 3600)  # our clock an hour behind
+    infos = {i.name: i for i in repo.locks.all()}
+    assert repo.locks.stale(infos[dead], time.time())  # measured: the store is an hour ahead
+    monkeypatch.setattr(locks.time, "time", real)  # our clock set right
+    assert not repo.locks.stale(infos[live], real()), "refreshed a minute ago by the store's clock"
+    assert repo.locks.stale(infos[dead], real())
+    # Then the store's clock is set an hour back (here: every time it gives is an hour earlier):
+    # the live lock, read with the old measurement, looks an hour old; a stale verdict is never
+    # given on a measurement older than a moment.
+    store.shift = -3600.0
+    time.sleep(2.5)  # longer than locks.SKEW_CONFIRM
+    infos = {i.name: i for i in repo.locks.all()}
+    assert not repo.locks.stale(infos[live], real()), "measured again before a stale verdict"
+    assert repo.locks.stale(infos[dead], real())
+    # Then the store's clock is set right again: with the old measurement, a lock its holder (an
+    # hour behind) stopped refreshing 40 minutes ago looks 20 minutes old (a delayed verdict, no
+    # harm), until the measurement is SKEW_MAX_AGE old and is taken again.
+    store.shift = 0.0
+    infos = {i.name: i for i in repo.locks.all()}
+    assert not repo.locks.stale(infos[quiet], real())
+    later = 320  # both clocks go on, longer than locks.SKEW_MAX_AGE
+    monkeypatch.setattr(locks.time, "monotonic", lambda: mono() + later)
+    monkeypatch.setattr(locks.time, "time", lambda: real() + later)
+    assert repo.locks.stale(infos[quiet], real() + later), "measured again"
 
 
 @needs_proc

@@ -229,6 +229,31 @@ def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_young_packs(
     assert contents(open_fresh(path)[0]) == expected
 
 
+def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_another_machines_temporary_file(
+    pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository shared over NFS: another machine is writing a pack (its `.tmp-` file, last
+    written a minute ago by the store's clock); the machine that prunes is an hour ahead. By its
+    clock the file was an hour old and prune deleted it under the writer. Its age is read on the
+    store's clock now, as a pack's is; a temporary file old by both clocks still goes."""
+    src, expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    real = time.time
+    (path / "data" / "zz").mkdir()
+    live = path / "data" / "zz" / ".tmp-being-written"
+    live.write_bytes(b"half a pack, still growing")
+    os.utime(live, (real() - 60, real() - 60))
+    dead = path / "data" / "zz" / ".tmp-interrupted"
+    dead.write_bytes(b"half a pack")
+    os.utime(dead, (real() - 7200, real() - 7200))
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    report, _ = run_prune(path, PruneState(tmp_path / "prune.json"), time.time())
+    assert live.read_bytes() == b"half a pack, still growing", "written a minute ago by the store's clock: kept"
+    assert not dead.exists() and report.temporary_files == 1
+    assert contents(open_fresh(path)[0]) == expected
+
+
 def test_a_store_time_planted_on_prunes_own_lock_never_ages_young_packs(pristine, tmp_path: Path) -> None:
     """Whoever may write to the storage can set an object's time (`touch -d`): the prune's own
     lock, dated a year ahead, made the store's clock look a year ahead of ours, every pack a year

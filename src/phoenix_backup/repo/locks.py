@@ -55,6 +55,11 @@ REFRESH_SECONDS = 300
 WATCH_LEASE_SECONDS = 60
 
 STALE_SECONDS = 1800
+# How long a measurement of the store's clock is used (`LockManager.stale`): `phx watch` runs for
+# days, and a clock can be set, or drift, meanwhile.
+SKEW_MAX_AGE = REFRESH_SECONDS
+# A measurement older than this may say a lock is live, never that it is stale: it is taken again.
+SKEW_CONFIRM = 2.0
 # A lock's time further ahead of our clock than this is not believed (its holder's clock is ahead).
 MAX_CLOCK_AHEAD = REFRESH_SECONDS
 LOCK_AAD = b"phoenix v1 lock"
@@ -300,7 +305,12 @@ class LockManager:
         # its lock under the key it was moving from or to (see Repository.__init__).
         self.also = tuple(also)
         self.held: list[HeldLock] = []  # the locks this process holds through this manager
-        self._skew: float | None = None  # how far the store's clock is ahead of ours, once measured
+        # How far the store's clock is ahead of ours (None: it cannot be read), when (monotonic)
+        # that was measured, and our clock less the monotonic one then (a step of our clock since
+        # makes the measurement wrong); None before the first measurement.
+        self._skew: tuple[float | None, float, float] | None = None
+        # Why the store's clock could not be read (its probe was refused), for the messages.
+        self.clock_problem: str | None = None
 
     def read(self, name: str) -> LockInfo:
         sealed = self.backend.read(name)
@@ -372,6 +382,11 @@ class LockManager:
                 continue
             if not (exclusive or info.exclusive):
                 continue
+            if self.unjudged(info, now):
+                raise RepositoryLocked(
+                    f"the repository is locked: {info.describe()}; {self.unjudged_reason()}; if no Phoenix runs "
+                    "anywhere on this repository, `phx unlock --all` removes it now"
+                )
             if self.stale(info, now):
                 raise RepositoryLocked(
                     f"the repository has a stale {info.describe()}; if no Phoenix runs there, "
@@ -408,22 +423,45 @@ class LockManager:
         self.confirm_held()
 
     def stale(self, info: LockInfo, now: float) -> bool:
-        """`info.is_stale`, its object's age read on the store's clock (measured once, and only
-        when our clock says the lock is stale)."""
+        """`info.is_stale`, its object's age read on the store's clock (measured only when our
+        clock says the lock is stale, and again once the measurement is SKEW_MAX_AGE old or our clock
+        was set since: `phx watch` runs for days; a stale verdict is never given on a measurement
+        older than SKEW_CONFIRM: a verdict can be delayed, never hastened). A store
+        whose clock cannot be read (it takes no write) leaves the lock live: our clock alone may be
+        ahead (`unjudged` tells)."""
         if not info.is_stale(now):
             return False
-        if self._skew is None:
-            self._skew = self.store_skew("lock check")
-        return info.is_stale(now, self._skew)
+        mono, wall = time.monotonic(), time.time()
+        if self._skew is None or mono - self._skew[1] > SKEW_MAX_AGE or abs(wall - mono - self._skew[2]) > 1:
+            self._skew = (self.store_skew("lock check"), mono, wall - mono)
+        skew = self._skew[0]
+        if skew is None or not info.is_stale(now, skew):
+            return False
+        if mono - self._skew[1] > SKEW_CONFIRM:  # the store's clock may have been set since: look again
+            self._skew = (skew := self.store_skew("lock check"), mono, wall - mono)
+        return skew is not None and info.is_stale(now, skew)
 
-    def store_skew(self, command: str) -> float:
+    def unjudged(self, info: LockInfo, now: float) -> bool:
+        """Whether `info` is stale by our clock but was not judged so because the store's clock
+        cannot be read."""
+        return info.is_stale(now) and not self.stale(info, now) and self._skew is not None and self._skew[0] is None
+
+    def unjudged_reason(self) -> str:
+        return (
+            f"it looks stale by this machine's clock, but the store's clock cannot be read ({self.clock_problem}), "
+            "and this machine's clock may be ahead, so it is not judged stale here; `phx unlock` removes it once "
+            "the store takes a write again, or from a machine whose clock is right"
+        )
+
+    def store_skew(self, command: str) -> float | None:
         """How far the store's clock is ahead of ours (negative: behind): the time the store gives
         a lock object this process wrote, less our time when it wrote it. The object is a lock
         held here (one stat), else a shared lock written for the purpose and removed at once.
-        0 when the store gives no time or takes no write (a read-only repository): our clock
-        stands in for it, as before. The ages of objects (locks, packs) are read on the store's
-        clock, so that a machine whose clock runs ahead does not take a lock being refreshed for
-        stale, nor a pack just written for old."""
+        0 when the store gives no time (nor then to any lock). None when it takes no write (a full
+        disk, a read-only mount): its clock is unknown, and our clock alone may be ahead, so no
+        lock is judged stale by it (`clock_problem` says why). The ages of objects (locks, packs)
+        are read on the store's clock, so that a machine whose clock runs ahead does not take a
+        lock being refreshed for stale, nor a pack just written for old."""
         for lock in list(self.held):
             info = self.backend.stat(lock.name)
             if info is not None and info.modified is not None:
@@ -431,8 +469,9 @@ class LockManager:
         probe = HeldLock(self, f"locks/{os.urandom(16).hex()}", False, command)
         try:
             probe.write()
-        except PhoenixError:
-            return 0.0
+        except PhoenixError as exc:
+            self.clock_problem = f"it takes no write: {exc}"
+            return None
         try:
             info = self.backend.stat(probe.name)
         finally:
@@ -449,6 +488,11 @@ class LockManager:
             if remove_all or info.process_gone() or self.stale(info, now):
                 self.backend.delete(info.name)
                 removed.append(info)
+            elif self.unjudged(info, now):
+                self.notice(
+                    f"kept the {info.describe()}: {self.unjudged_reason()}; `phx unlock --all` removes it now "
+                    "(only if no Phoenix runs anywhere on this repository)"
+                )
             elif not info.readable:
                 self.notice(
                     f"kept the {info.describe()}: it may be a live lock under another key (a `phx key rotate` "
