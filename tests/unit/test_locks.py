@@ -5,6 +5,7 @@ removes it; a holder learns that its lock was removed or overwritten and never r
 from __future__ import annotations
 
 import os
+import json
 import secrets
 import signal
 import subprocess
@@ -266,6 +267,55 @@ def test_the_stores_clock_is_measured_again_when_it_may_have_changed(
     monkeypatch.setattr(locks.time, "monotonic", lambda: mono() + later)
     monkeypatch.setattr(locks.time, "time", lambda: real() + later)
     assert repo.locks.stale(infos[quiet], real() + later), "measured again"
+
+
+class FrozenTimes(LocalBackend):
+    """The real local backend on a store whose times never advance: every object has one time (a
+    FUSE mount that reports a constant mtime)."""
+
+    when = 1_700_000_000.0
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        info = super().stat(name)
+        return None if info is None else replace(info, modified=self.when)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for info in super().list(prefix):
+            yield replace(info, modified=self.when)
+
+
+def refresh(repo: Repository, name: str, when: float) -> None:
+    """Rewrite a planted lock as its holder's refresh does (its time changes, so do its bytes)."""
+    doc = json.loads(repo.locks.sealer.open(repo.backend.read(name), locks.LOCK_AAD, name))
+    repo.backend.write(name, repo.sealer.seal(json.dumps({**doc, "time": when}).encode(), locks.LOCK_AAD))
+
+
+def test_a_dead_lock_on_a_store_whose_times_never_advance_goes_once_watched_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store whose times never advance gives the clock probe the time of every lock: each
+    looked written this instant by the store's clock, so a dead lock of another host never went
+    stale and only `phx unlock --all` removed it. A lock stale by our clock but not by the store's
+    is now watched: seen with the same bytes for 30 minutes (on this machine's boot clock, by this
+    user's processes), it is stale; a live one, whose every refresh changes its bytes, never is."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "repo"
+    new_repo(path)
+    notices: list[str] = []
+    repo = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=notices.append)
+    then = time.time() - 7200
+    dead = plant_lock(repo, host="gone", exclusive=True, time=then, created=then)
+    behind = plant_lock(repo, host="behind", time=then, created=then)  # live, its clock 2 hours behind
+    assert repo.locks.unlock() == []
+    assert any("seen unchanged for 0 so far" in n for n in notices), notices
+    with pytest.raises(RepositoryLocked, match=r"if the store's times do not advance.*run `phx unlock` again"):
+        repo.lock(True, "prune")
+    boot = locks._boot_clock()
+    assert boot is not None
+    refresh(repo, behind, then + 300)
+    monkeypatch.setattr(locks, "_boot_clock", lambda: boot + STALE_SECONDS + 60)
+    assert [i.name for i in repo.locks.unlock()] == [dead], "watched unchanged for 31 minutes: stale"
+    assert lock_names(repo) == {behind}, "refreshed meanwhile: live"
 
 
 @needs_proc

@@ -582,7 +582,7 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
             result.add(
                 "locks",
                 "warn",
-                f"{lk.describe()}: {repo.locks.unjudged_reason()}",
+                f"{lk.describe()}: {repo.locks.unjudged_reason(lk)}",
                 f"`phx unlock --all` removes it now, only if no Phoenix runs on {lk.host} or anywhere else on "
                 "this repository",
             )

@@ -46,7 +46,8 @@ from phoenix_backup.errors import (
     RepositoryLocked,
     StorageError,
 )
-from phoenix_backup.repo.crypto import Sealer
+from phoenix_backup.dirs import make_dirs
+from phoenix_backup.repo.crypto import Sealer, sha256_hex
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.users import username
 
@@ -63,6 +64,9 @@ SKEW_CONFIRM = 2.0
 # A lock's time further ahead of our clock than this is not believed (its holder's clock is ahead).
 MAX_CLOCK_AHEAD = REFRESH_SECONDS
 LOCK_AAD = b"phoenix v1 lock"
+# Where, in the cache folder, this user's processes note since when they have seen each lock's
+# bytes unchanged (`LockManager.unchanged_for`).
+SIGHTINGS = "lock-sightings.json"
 
 
 def boot_id() -> str:
@@ -195,6 +199,7 @@ class LockInfo:
     created: float = 0.0  # when the lock was taken; 0 when unknown
     problem: str | None = None  # why the lock cannot be decoded; None for a readable lock
     written: float | None = None  # when the store says the object was last written; None: unknown
+    digest: str = ""  # SHA-256 of the object's bytes (every refresh changes them); "": not read
 
     @property
     def readable(self) -> bool:
@@ -215,7 +220,8 @@ class LockInfo:
         """Not refreshed for STALE_SECONDS by every clock that can tell: the lock's own time (its
         holder's clock), unless it lies in the future, and the store's time of its object (which
         every refresh rewrites), read on the store's clock (`skew`: how far the store's clock is
-        ahead of ours, `LockManager.store_skew`). A holder whose clock is behind is not taken for
+        ahead of ours, `LockManager.store_skew`; `LockManager.stale` also takes a lock watched
+        unchanged for STALE_SECONDS). A holder whose clock is behind is not taken for
         gone while it refreshes; one whose clock is ahead does not block for ever once it stops;
         and a judge whose own clock is ahead of the store's and the holder's does not take a lock
         being refreshed for stale."""
@@ -290,6 +296,14 @@ def decode_lock(raw: bytes, name: str) -> LockInfo:
         raise CorruptObject(f"lock {name} is malformed: {exc}") from exc
 
 
+def _boot_clock() -> float | None:
+    """Seconds since boot, suspend included (Linux); None where there is no such clock."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return None
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -313,7 +327,9 @@ class LockManager:
         self.clock_problem: str | None = None
 
     def read(self, name: str) -> LockInfo:
-        sealed = self.backend.read(name)
+        return self._decode(self.backend.read(name), name)
+
+    def _decode(self, sealed: bytes, name: str) -> LockInfo:
         for other in self.also:
             try:
                 raw = other.open(sealed, LOCK_AAD, name)
@@ -325,8 +341,11 @@ class LockManager:
     def all(self) -> list[LockInfo]:
         out = []
         for info in self.backend.list("locks/"):
+            digest = ""
             try:
-                out.append(replace(self.read(info.name), written=info.modified))
+                sealed = self.backend.read(info.name)
+                digest = sha256_hex(sealed)
+                out.append(replace(self._decode(sealed, info.name), written=info.modified, digest=digest))
             except ObjectNotFound:
                 continue  # released while we listed
             except CorruptObject:
@@ -336,7 +355,20 @@ class LockManager:
                 written = info.modified if info.modified is not None else time.time()
                 problem = "empty" if info.size == 0 else f"{info.size} bytes that cannot be decoded"
                 out.append(
-                    LockInfo(info.name, "?", "", 0, 0, "?", True, written, "unknown", problem=problem, written=written)
+                    LockInfo(
+                        info.name,
+                        "?",
+                        "",
+                        0,
+                        0,
+                        "?",
+                        True,
+                        written,
+                        "unknown",
+                        problem=problem,
+                        written=written,
+                        digest=digest,
+                    )
                 )
         return out
 
@@ -384,7 +416,7 @@ class LockManager:
                 continue
             if self.unjudged(info, now):
                 raise RepositoryLocked(
-                    f"the repository is locked: {info.describe()}; {self.unjudged_reason()}; if no Phoenix runs "
+                    f"the repository is locked: {info.describe()}; {self.unjudged_reason(info)}; if no Phoenix runs "
                     "anywhere on this repository, `phx unlock --all` removes it now"
                 )
             if self.stale(info, now):
@@ -399,7 +431,10 @@ class LockManager:
                     "a `phx key rotate` running elsewhere); if no Phoenix runs anywhere on this repository, "
                     "`phx unlock --all` removes it now"
                 )
-            raise RepositoryLocked(f"the repository is locked: {info.describe()}; wait for it to finish and try again")
+            raise RepositoryLocked(
+                f"the repository is locked: {info.describe()}{self.watch_note(info, now)}; wait for it to finish and "
+                "try again"
+            )
 
     def others(self) -> list[LockInfo]:
         """Every lock present except those this process holds here."""
@@ -435,22 +470,82 @@ class LockManager:
         if self._skew is None or mono - self._skew[1] > SKEW_MAX_AGE or abs(wall - mono - self._skew[2]) > 1:
             self._skew = (self.store_skew("lock check"), mono, wall - mono)
         skew = self._skew[0]
-        if skew is None or not info.is_stale(now, skew):
-            return False
-        if mono - self._skew[1] > SKEW_CONFIRM:  # the store's clock may have been set since: look again
+        if skew is not None and info.is_stale(now, skew) and mono - self._skew[1] > SKEW_CONFIRM:
+            # The store's clock may have been set since: look again.
             self._skew = (skew := self.store_skew("lock check"), mono, wall - mono)
-        return skew is not None and info.is_stale(now, skew)
+        if skew is not None and info.is_stale(now, skew):
+            return True
+        # The store's clock says it is young, or cannot be read: stale only once watched unchanged
+        # for STALE_SECONDS (a store whose times do not advance, a FUSE mount giving one time).
+        return self.unchanged_for(info) > STALE_SECONDS
+
+    def unchanged_for(self, info: LockInfo) -> float:
+        """Seconds for which this user's processes on this boot have seen `info`'s bytes unchanged
+        (every refresh changes them: a new time, a new nonce), on this machine's boot clock, which
+        no setting of a clock moves; 0 the first time, which is noted. A clock that cannot tell
+        (another boot, no boot clock) or a note that cannot be kept only delays a verdict."""
+        from phoenix_backup.repo.cache import cache_root  # repo.cache imports this module
+
+        clock, boot = _boot_clock(), boot_id()
+        if not info.digest or clock is None or not boot:
+            return 0.0
+        path = cache_root() / SIGHTINGS
+        seen: dict[str, object] = {}
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            # Only a note this user wrote, which no one else may rewrite: a planted one could hasten.
+            if st.st_uid == os.getuid() and not st.st_mode & 0o022:
+                loaded = json.loads(path.read_bytes())
+                seen = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError, RecursionError):
+            pass
+        key = f"{self.backend.location} {info.name}"
+        entry = seen.get(key)
+        if isinstance(entry, dict) and entry.get("digest") == info.digest and entry.get("boot") == boot:
+            since = entry.get("since")
+            if isinstance(since, int | float) and not isinstance(since, bool) and 0 <= since <= clock:
+                return clock - since
+        kept = {
+            k: v
+            for k, v in seen.items()
+            if isinstance(v, dict) and v.get("boot") == boot and isinstance(v.get("since"), int | float)
+        }
+        kept[key] = {"digest": info.digest, "boot": boot, "since": clock}
+        tmp = path.with_name(f".{SIGHTINGS}.{os.getpid()}")
+        try:
+            make_dirs(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(kept, out)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return 0.0
+
+    def watch_note(self, info: LockInfo, now: float) -> str:
+        """For a lock stale by our clock but not judged so: how long it has been watched."""
+        if not info.is_stale(now) or self.stale(info, now) or self.unjudged(info, now):
+            return ""
+        minutes = self.unchanged_for(info) / 60
+        return (
+            f" (by this machine's clock it is stale, but not by the store's; if the store's times do not advance, as "
+            f"on some FUSE mounts, it goes once seen unchanged for {STALE_SECONDS // 60} minutes: seen unchanged for "
+            f"{minutes:.0f} so far, by this user on this machine; run `phx unlock` again then)"
+        )
 
     def unjudged(self, info: LockInfo, now: float) -> bool:
         """Whether `info` is stale by our clock but was not judged so because the store's clock
         cannot be read."""
         return info.is_stale(now) and not self.stale(info, now) and self._skew is not None and self._skew[0] is None
 
-    def unjudged_reason(self) -> str:
+    def unjudged_reason(self, info: LockInfo) -> str:
+        minutes = self.unchanged_for(info) / 60
         return (
             f"it looks stale by this machine's clock, but the store's clock cannot be read ({self.clock_problem}), "
             "and this machine's clock may be ahead, so it is not judged stale here; `phx unlock` removes it once "
-            "the store takes a write again, or from a machine whose clock is right"
+            f"the store takes a write again, or once seen unchanged for {STALE_SECONDS // 60} minutes (seen "
+            f"unchanged for {minutes:.0f} so far, by this user on this machine)"
         )
 
     def store_skew(self, command: str) -> float | None:
@@ -488,9 +583,11 @@ class LockManager:
             if remove_all or info.process_gone() or self.stale(info, now):
                 self.backend.delete(info.name)
                 removed.append(info)
+            elif note := self.watch_note(info, now):
+                self.notice(f"kept the {info.describe()}{note}")
             elif self.unjudged(info, now):
                 self.notice(
-                    f"kept the {info.describe()}: {self.unjudged_reason()}; `phx unlock --all` removes it now "
+                    f"kept the {info.describe()}: {self.unjudged_reason(info)}; `phx unlock --all` removes it now "
                     "(only if no Phoenix runs anywhere on this repository)"
                 )
             elif not info.readable:
