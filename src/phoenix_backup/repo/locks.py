@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import (
     CorruptObject,
     LockNotReleased,
@@ -46,7 +47,6 @@ from phoenix_backup.errors import (
     RepositoryLocked,
     StorageError,
 )
-from phoenix_backup.dirs import make_dirs
 from phoenix_backup.repo.crypto import Sealer, sha256_hex
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.users import username
