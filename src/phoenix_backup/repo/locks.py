@@ -7,7 +7,10 @@ every clock that can tell: its own time (its holder's clock; not believed when i
 ours) and the store's time of its object, which each refresh rewrites, read on the store's clock
 (`LockManager.store_skew`). So a holder whose clock is behind is not taken for gone while it
 refreshes, one whose clock is ahead does not block for ever once it stops, and a machine whose own
-clock is ahead does not take a live lock for stale. A lock whose
+clock is ahead does not take a live lock for stale. A store whose clock cannot be read (it takes
+no write) leaves no lock judged stale on our clock alone; a lock stale by our clock but not by the
+store's (a store whose times never advance) is stale once watched unchanged for STALE_SECONDS
+(`LockManager.unchanged_for`). A lock whose
 process is provably gone is removed with a notice; any other stale lock is reported with the
 command that removes it, never broken silently.
 
@@ -432,8 +435,8 @@ class LockManager:
                     "`phx unlock --all` removes it now"
                 )
             raise RepositoryLocked(
-                f"the repository is locked: {info.describe()}{self.watch_note(info, now)}; wait for it to finish and "
-                "try again"
+                f"the repository is locked: {info.describe()}{self.watch_note(info, now, frozen_only=True)}; wait for "
+                "it to finish and try again"
             )
 
     def others(self) -> list[LockInfo]:
@@ -523,15 +526,20 @@ class LockManager:
                 os.unlink(tmp)
         return 0.0
 
-    def watch_note(self, info: LockInfo, now: float) -> str:
-        """For a lock stale by our clock but not judged so: how long it has been watched."""
+    def watch_note(self, info: LockInfo, now: float, *, frozen_only: bool = False) -> str:
+        """For a lock stale by our clock but not judged so: how long it has been watched. With
+        `frozen_only`, only when the store gives its object the time it gives one written now (to
+        the second): the sign of a store whose times do not advance (or of a refresh this instant)."""
         if not info.is_stale(now) or self.stale(info, now) or self.unjudged(info, now):
+            return ""
+        skew = None if self._skew is None else self._skew[0]  # measured by `stale`
+        if skew is None or (frozen_only and (info.written is None or abs(now + skew - info.written) > 1)):
             return ""
         minutes = self.unchanged_for(info) / 60
         return (
-            f" (by this machine's clock it is stale, but not by the store's; if the store's times do not advance, as "
-            f"on some FUSE mounts, it goes once seen unchanged for {STALE_SECONDS // 60} minutes: seen unchanged for "
-            f"{minutes:.0f} so far, by this user on this machine; run `phx unlock` again then)"
+            f" (the store gives this lock the time it gives an object written now; if its times do not advance, as "
+            f"on some FUSE mounts, `phx unlock` removes it once this user has seen it unchanged on this machine for "
+            f"{STALE_SECONDS // 60} minutes: {minutes:.0f} so far)"
         )
 
     def unjudged(self, info: LockInfo, now: float) -> bool:
