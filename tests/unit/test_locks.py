@@ -309,7 +309,7 @@ def test_a_dead_lock_on_a_store_whose_times_never_advance_goes_once_watched_unch
     behind = plant_lock(repo, host="behind", time=then, created=then)  # live, its clock 2 hours behind
     assert repo.locks.unlock() == []
     assert any("kept the exclusive lock" in n and "30 minutes: 0 so far" in n for n in notices), notices
-    with pytest.raises(RepositoryLocked, match=r"if its times do not advance.*`phx unlock` removes it once"):
+    with pytest.raises(RepositoryLocked, match=r"written 0 minutes ago; if the store's times do not advance.*removes"):
         repo.lock(True, "prune")
     boot = locks._boot_clock()
     assert boot is not None

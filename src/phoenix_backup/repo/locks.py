@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from phoenix_backup.dirs import make_dirs
+from phoenix_backup.dirs import make_dirs, trustworthy
 from phoenix_backup.errors import (
     CorruptObject,
     LockNotReleased,
@@ -497,7 +497,7 @@ class LockManager:
         try:
             st = os.stat(path, follow_symlinks=False)
             # Only a note this user wrote, which no one else may rewrite: a planted one could hasten.
-            if st.st_uid == os.getuid() and not st.st_mode & 0o022:
+            if trustworthy(st):
                 loaded = json.loads(path.read_bytes())
                 seen = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError, RecursionError):
@@ -533,11 +533,12 @@ class LockManager:
         if not info.is_stale(now) or self.stale(info, now) or self.unjudged(info, now):
             return ""
         skew = None if self._skew is None else self._skew[0]  # measured by `stale`
-        if skew is None or (frozen_only and (info.written is None or abs(now + skew - info.written) > 1)):
+        if skew is None or info.written is None or (frozen_only and abs(now + skew - info.written) > 1):
             return ""
+        age = max(0.0, now + skew - info.written) / 60
         minutes = self.unchanged_for(info) / 60
         return (
-            f" (the store gives this lock the time it gives an object written now; if its times do not advance, as "
+            f" (by the store's clock it was written {age:.0f} minutes ago; if the store's times do not advance, as "
             f"on some FUSE mounts, `phx unlock` removes it once this user has seen it unchanged on this machine for "
             f"{STALE_SECONDS // 60} minutes: {minutes:.0f} so far)"
         )
