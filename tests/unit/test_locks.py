@@ -4,6 +4,7 @@ removes it; a holder learns that its lock was removed or overwritten and never r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -319,6 +320,98 @@ def test_a_dead_lock_on_a_store_whose_times_never_advance_goes_once_watched_unch
     assert lock_names(repo) == {behind}, "refreshed meanwhile: live"
 
 
+def test_a_holder_whose_clock_stands_still_is_not_taken_for_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sightings count a lock's bytes unchanged for 30 minutes as a stopped holder. In a repository
+    without encryption nothing random is sealed in, so a holder whose clock stands still (a frozen
+    VM clock, faketime) rewrote the very same bytes at every refresh: on a store whose times never
+    advance, `phx unlock` removed its live lock. Every refresh now changes the bytes."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "repo"
+    new_repo(path)
+    holder = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None))
+    judge = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    real, frozen = time.time, time.time() - 7200
+    lock = locks.HeldLock(holder.locks, f"locks/{secrets.token_hex(16)}", True, "backup")
+    monkeypatch.setattr(locks.time, "time", lambda: frozen)
+    lock.write()
+    monkeypatch.setattr(locks.time, "time", real)
+    assert judge.locks.unlock() == [], "first seen"
+    boot = locks._boot_clock()
+    assert boot is not None
+    for minutes in (5, 10, 15, 20, 25, 30, 31):  # the holder refreshes every 5 minutes, its clock still
+        monkeypatch.setattr(locks.time, "time", lambda: frozen)
+        lock.write()
+        monkeypatch.setattr(locks.time, "time", real)
+        monkeypatch.setattr(locks, "_boot_clock", lambda m=minutes: boot + m * 60)
+        assert judge.locks.unlock() == [], f"a live lock removed after {minutes} minutes"
+    assert lock_names(holder) == {lock.name}
+    lock.confirm()
+
+
+def plant_sightings(tmp_path: Path, repo: Repository, name: str, **entry: object) -> None:
+    """A sightings note that says `name`'s current bytes were first seen at boot time 0."""
+    digest = hashlib.sha256(repo.backend.read(name)).hexdigest()
+    doc = {f"{repo.backend.location} {name}": {"digest": digest, "since": 0.0, **entry}}
+    (tmp_path / "hostile.json").write_text(json.dumps(doc))
+
+
+def test_a_sightings_file_swapped_after_its_check_is_not_believed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sightings file was judged by its name (lstat) and then read by its name again: a file
+    swapped in meanwhile (a symlink to a note anyone could have written, in a cache folder others
+    can write to) was believed, and a live lock seen once was stale at once. The file opened is now
+    the one judged."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PHX_CACHE_DIR", str(cache))
+    path = tmp_path / "repo"
+    new_repo(path)
+    repo = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    then = time.time() - 7200
+    live = plant_lock(repo, host="behind", exclusive=True, time=then, created=then)  # its clock 2 h behind
+    assert repo.locks.unlock() == [], "first seen: a note of this user's is written"
+    plant_sightings(tmp_path, repo, live, boot=json.loads((cache / locks.SIGHTINGS).read_text()).popitem()[1]["boot"])
+    (tmp_path / "hostile.json").chmod(0o666)  # anyone may have written it
+    real_stat = os.stat
+
+    def swap_after_check(target: object, *args: object, **kwargs: object) -> os.stat_result:
+        st = real_stat(target, *args, **kwargs)  # type: ignore[arg-type]
+        if str(target) == str(cache / locks.SIGHTINGS):
+            os.replace(tmp_path / "hostile.json", str(target) + ".swap")
+            (cache / "planted").symlink_to(str(target) + ".swap")
+            os.replace(cache / "planted", target)  # type: ignore[arg-type]
+        return st
+
+    monkeypatch.setattr(locks.os, "stat", swap_after_check)
+    assert repo.locks.unlock() == [], "a planted note hastened the verdict on a live lock"
+    assert live in lock_names(repo)
+
+
+def test_a_sightings_note_from_another_time_namespace_is_not_on_our_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot clock is shifted by a time namespace's offset: a container restored on this host
+    (CRIU) and a process outside it share the boot id and a cache folder, but not the boot clock.
+    A note taken in one was read on the other's clock: a lock seen a minute ago looked watched for
+    a day. Now a note counts only in the time namespace that took it."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "repo"
+    new_repo(path)
+    repo = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    then = time.time() - 7200
+    live = plant_lock(repo, host="behind", exclusive=True, time=then, created=then)
+    boot = locks._boot_clock()
+    assert boot is not None
+    assert repo.locks.unlock() == [], "first seen, in our time namespace"
+    ns = time_namespace()
+    monkeypatch.setattr(locks, "time_namespace", lambda: ns + 1)  # the restored container: a day ahead
+    monkeypatch.setattr(locks, "_boot_clock", lambda: boot + 86400)
+    assert repo.locks.unlock() == [], "another namespace's note read on a clock a day ahead"
+    assert live in lock_names(repo)
+
+
 @needs_proc
 def test_a_clock_probe_killed_before_its_removal_goes_with_the_next_command(tmp_path: Path) -> None:
     """A process killed (SIGKILL) between writing its clock probe and removing it leaves a shared
@@ -436,3 +529,13 @@ def test_a_refresh_held_up_by_a_slow_store_never_brings_back_a_released_lock(
     assert held._thread is not None
     held._thread.join(10)
     assert lock_names(repo) == set(), "the released lock was written again by its refresh"
+
+
+def test_the_suite_never_writes_in_the_users_own_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Code that falls back on the user's cache folder (lock sightings, restore journals) wrote in
+    the real `~/.cache/phoenix` of whoever ran the suite; tests/conftest.py now points it below the
+    session's temporary folder."""
+    from phoenix_backup.repo.cache import cache_root
+
+    assert os.environ.get("PHX_CACHE_DIR") is None
+    assert cache_root().is_relative_to(tmp_path_factory.getbasetemp())

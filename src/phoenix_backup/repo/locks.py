@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from phoenix_backup.dirs import make_dirs, trustworthy
+from phoenix_backup.dirs import make_dirs, trustworthy, write_private
 from phoenix_backup.errors import (
     CorruptObject,
     LockNotReleased,
@@ -307,6 +308,30 @@ def _boot_clock() -> float | None:
         return None
 
 
+# A sightings file larger than this is not read (it holds one short entry per lock seen this boot).
+MAX_SIGHTINGS_BYTES = 4 << 20
+
+
+def _read_sightings(path: Path) -> dict[str, object]:
+    """The sightings noted in `path`, if this user wrote them and no one else may rewrite them (a
+    planted note could hasten a verdict); {} otherwise. The open file is what is judged, never the
+    name (another file swapped in after a check is not read), and only a regular file (a FIFO would
+    hold the command up), of a sane size."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or not trustworthy(st) or st.st_size > MAX_SIGHTINGS_BYTES:
+                return {}
+            loaded = json.loads(f.read(MAX_SIGHTINGS_BYTES + 1))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -493,37 +518,25 @@ class LockManager:
         if not info.digest or clock is None or not boot:
             return 0.0
         path = cache_root() / SIGHTINGS
-        seen: dict[str, object] = {}
-        try:
-            st = os.stat(path, follow_symlinks=False)
-            # Only a note this user wrote, which no one else may rewrite: a planted one could hasten.
-            if trustworthy(st):
-                loaded = json.loads(path.read_bytes())
-                seen = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError, RecursionError):
-            pass
+        seen = _read_sightings(path)
+        # The boot clock is shifted by a time namespace's offset (a container restored elsewhere by
+        # CRIU): a note taken in another one is not on our clock.
+        clock_id = f"{boot} {time_namespace()}"
         key = f"{self.backend.location} {info.name}"
         entry = seen.get(key)
-        if isinstance(entry, dict) and entry.get("digest") == info.digest and entry.get("boot") == boot:
+        if isinstance(entry, dict) and entry.get("digest") == info.digest and entry.get("boot") == clock_id:
             since = entry.get("since")
             if isinstance(since, int | float) and not isinstance(since, bool) and 0 <= since <= clock:
                 return clock - since
         kept = {
             k: v
             for k, v in seen.items()
-            if isinstance(v, dict) and v.get("boot") == boot and isinstance(v.get("since"), int | float)
+            if isinstance(v, dict) and v.get("boot") == clock_id and isinstance(v.get("since"), int | float)
         }
-        kept[key] = {"digest": info.digest, "boot": boot, "since": clock}
-        tmp = path.with_name(f".{SIGHTINGS}.{os.getpid()}")
-        try:
+        kept[key] = {"digest": info.digest, "boot": clock_id, "since": clock}
+        with contextlib.suppress(OSError):
             make_dirs(path.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(kept, out)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            write_private(path, json.dumps(kept).encode())
         return 0.0
 
     def watch_note(self, info: LockInfo, now: float, *, frozen_only: bool = False) -> str:
@@ -652,6 +665,10 @@ class HeldLock:
             "created": self.created,
             "time": time.time(),
             "command": self.command,
+            # Every refresh changes the lock's bytes (`LockManager.unchanged_for`), even where they are
+            # not sealed with a random nonce (a repository without encryption) and the holder's clock
+            # stands still (it would otherwise write the same bytes, and be taken for gone).
+            "refresh": os.urandom(8).hex(),
         }
         data = self.manager.sealer.seal(json.dumps(doc).encode(), LOCK_AAD)
         self.manager.backend.write(self.name, data)
