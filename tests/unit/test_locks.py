@@ -531,6 +531,36 @@ def test_a_refresh_held_up_by_a_slow_store_never_brings_back_a_released_lock(
     assert lock_names(repo) == set(), "the released lock was written again by its refresh"
 
 
+class SlowWrites(LocalBackend):
+    """The real local backend, whose writes take `delay` seconds before the object lands (a store
+    under load): its clock is ours."""
+
+    delay = 3.0
+
+    def write(self, name: str, data: bytes) -> None:
+        time.sleep(self.delay)
+        super().write(name, data)
+
+
+def test_a_slow_store_write_never_makes_its_clock_look_ahead(tmp_path: Path) -> None:
+    """The store's clock was measured as the time it gives the probe lock less our time *before*
+    writing it: a write that took 3 seconds made a store whose clock is ours look 3 seconds ahead,
+    and a lock refreshed 29 minutes 58 seconds ago by the store's clock was stale. Our time is now
+    taken once the store has the object: the latency can only delay a verdict."""
+    path = tmp_path / "repo"
+    new_repo(path)
+    repo = Repository.open(SlowWrites(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    now = time.time()
+    live = age_lock(
+        repo,
+        plant_lock(repo, host="behind", exclusive=True, time=now - 7200, created=now - 7200),
+        now - STALE_SECONDS + 2,
+    )
+    skew = repo.locks.store_skew("lock check")
+    assert skew is not None and skew <= 0.01, f"the store looked {skew:.1f} s ahead of our clock, which it shares"
+    assert not repo.locks.stale(replace(repo.locks.read(live), written=now - STALE_SECONDS + 2), now)
+
+
 def test_the_suite_never_writes_in_the_users_own_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Code that falls back on the user's cache folder (lock sightings, restore journals) wrote in
     the real `~/.cache/phoenix` of whoever ran the suite; tests/conftest.py now points it below the

@@ -580,9 +580,10 @@ class LockManager:
         are read on the store's clock, so that a machine whose clock runs ahead does not take a
         lock being refreshed for stale, nor a pack just written for old."""
         for lock in list(self.held):
-            info = self.backend.stat(lock.name)
+            with lock._mutex:  # not while a refresh rewrites it: its time and `wrote` must match
+                info, wrote = self.backend.stat(lock.name), lock.wrote
             if info is not None and info.modified is not None:
-                return info.modified - lock.wrote
+                return info.modified - wrote
         probe = HeldLock(self, f"locks/{os.urandom(16).hex()}", False, command)
         try:
             probe.write()
@@ -629,7 +630,7 @@ class HeldLock:
         self.command = command
         self.created = time.time()
         self.lost: str | None = None  # why the lock is no longer ours, once a refresh found out
-        self.wrote = 0.0  # our time when the lock object was last written (`LockManager.store_skew`)
+        self.wrote = 0.0  # our time when the store had last taken the lock object (`LockManager.store_skew`)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
@@ -652,7 +653,6 @@ class HeldLock:
             self._write()
 
     def _write(self) -> None:
-        self.wrote = time.time()
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
@@ -672,6 +672,10 @@ class HeldLock:
         }
         data = self.manager.sealer.seal(json.dumps(doc).encode(), LOCK_AAD)
         self.manager.backend.write(self.name, data)
+        # Once the store has it: the store's time of the object is earlier on its clock, so the skew
+        # measured from it can only make the store's clock look behind (a verdict delayed by the
+        # write's latency, never hastened; with our time before the write, a slow store looked ahead).
+        self.wrote = time.time()
 
     def confirm(self) -> None:
         """Raise RepositoryError unless the lock is still in the store and still ours: another
