@@ -531,6 +531,34 @@ def test_a_refresh_held_up_by_a_slow_store_never_brings_back_a_released_lock(
     assert lock_names(repo) == set(), "the released lock was written again by its refresh"
 
 
+def test_a_lock_the_watch_cannot_follow_names_unlock_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead lock on a store whose times never advance goes once watched unchanged for 30 minutes.
+    Where the note cannot be kept (a cache folder that takes no write), the watch stays at 0 for
+    ever: the lock was kept for ever with a message promising `phx unlock` would remove it after 30
+    minutes, never naming what removes it. The message now says the watch cannot advance, and why,
+    and names `phx unlock --all`, in `phx unlock` and in the error of a command that meets it."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "file" / "cache"))  # below a file: never made
+    path = tmp_path / "repo"
+    new_repo(path)
+    notices: list[str] = []
+    repo = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=notices.append)
+    then = time.time() - 7200
+    dead = plant_lock(repo, host="gone", exclusive=True, time=then, created=then)
+    boot = locks._boot_clock()
+    assert boot is not None
+    for minutes in (0, 31, 600):
+        monkeypatch.setattr(locks, "_boot_clock", lambda m=minutes: boot + m * 60)
+        notices.clear()
+        assert repo.locks.unlock() == []
+        (kept,) = notices
+        assert "it will stay 0: the note of it cannot be kept in" in kept, kept
+        assert "`phx unlock --all` removes it now" in kept, kept
+        with pytest.raises(RepositoryLocked, match=r"it will stay 0: .*`phx unlock --all` removes it now"):
+            repo.lock(True, "prune")
+    assert lock_names(repo) == {dead}
+
+
 class SlowWrites(LocalBackend):
     """The real local backend, whose writes take `delay` seconds before the object lands (a store
     under load): its clock is ours."""

@@ -353,6 +353,8 @@ class LockManager:
         self._skew: tuple[float | None, float, float] | None = None
         # Why the store's clock could not be read (its probe was refused), for the messages.
         self.clock_problem: str | None = None
+        # Why this process cannot watch a lock unchanged (`unchanged_for`), for the messages.
+        self.watch_problem: str | None = None
 
     def read(self, name: str) -> LockInfo:
         return self._decode(self.backend.read(name), name)
@@ -515,6 +517,8 @@ class LockManager:
         from phoenix_backup.repo.cache import cache_root  # repo.cache imports this module
 
         clock, boot = _boot_clock(), boot_id()
+        if clock is None or not boot:
+            self.watch_problem = "this machine has no boot clock to watch it by"
         if not info.digest or clock is None or not boot:
             return 0.0
         path = cache_root() / SIGHTINGS
@@ -527,6 +531,7 @@ class LockManager:
         if isinstance(entry, dict) and entry.get("digest") == info.digest and entry.get("boot") == clock_id:
             since = entry.get("since")
             if isinstance(since, int | float) and not isinstance(since, bool) and 0 <= since <= clock:
+                self.watch_problem = None
                 return clock - since
         kept = {
             k: v
@@ -534,9 +539,12 @@ class LockManager:
             if isinstance(v, dict) and v.get("boot") == clock_id and isinstance(v.get("since"), int | float)
         }
         kept[key] = {"digest": info.digest, "boot": clock_id, "since": clock}
-        with contextlib.suppress(OSError):
+        try:
             make_dirs(path.parent)
             write_private(path, json.dumps(kept).encode())
+            self.watch_problem = None
+        except OSError as exc:
+            self.watch_problem = f"the note of it cannot be kept in {path.parent} ({exc.strerror or exc})"
         return 0.0
 
     def watch_note(self, info: LockInfo, now: float, *, frozen_only: bool = False) -> str:
@@ -553,8 +561,14 @@ class LockManager:
         return (
             f" (by the store's clock it was written {age:.0f} minutes ago; if the store's times do not advance, as "
             f"on some FUSE mounts, `phx unlock` removes it once this user has seen it unchanged on this machine for "
-            f"{STALE_SECONDS // 60} minutes: {minutes:.0f} so far)"
+            f"{STALE_SECONDS // 60} minutes: {minutes:.0f} so far{self._watch_problem()}; `phx unlock --all` removes "
+            "it now, only if no Phoenix runs anywhere on this repository)"
         )
+
+    def _watch_problem(self) -> str:
+        """Why the watch of `unchanged_for` cannot advance here, if it cannot: the lock is then
+        never judged stale that way, and only `phx unlock --all` removes it."""
+        return "" if self.watch_problem is None else f", and it will stay 0: {self.watch_problem}"
 
     def unjudged(self, info: LockInfo, now: float) -> bool:
         """Whether `info` is stale by our clock but was not judged so because the store's clock
@@ -567,7 +581,7 @@ class LockManager:
             f"it looks stale by this machine's clock, but the store's clock cannot be read ({self.clock_problem}), "
             "and this machine's clock may be ahead, so it is not judged stale here; `phx unlock` removes it once "
             f"the store takes a write again, or once seen unchanged for {STALE_SECONDS // 60} minutes (seen "
-            f"unchanged for {minutes:.0f} so far, by this user on this machine)"
+            f"unchanged for {minutes:.0f} so far, by this user on this machine{self._watch_problem()})"
         )
 
     def store_skew(self, command: str) -> float | None:
