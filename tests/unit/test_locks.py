@@ -559,6 +559,28 @@ def test_a_lock_the_watch_cannot_follow_names_unlock_all(tmp_path: Path, monkeyp
     assert lock_names(repo) == {dead}
 
 
+def test_our_clock_set_back_while_locks_are_judged_never_ages_a_live_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx unlock` reads our clock once and judges every lock with it; the store's clock is
+    measured again when ours was set. On a machine an hour ahead whose clock was set right in
+    between, the measurement (now about 0) met the old reading an hour ahead: a lock refreshed 2
+    minutes ago looked 62 minutes old by both clocks and was removed. The verdict now uses our
+    clock as it is when the measurement is taken, if it reads earlier."""
+    path = tmp_path / "repo"
+    repo = new_repo(path)
+    real = time.time
+    live = plant_lock(repo, host="elsewhere", exclusive=True, time=real() - 120, created=real() - 7200)
+    age_lock(repo, live, real() - 120)
+    monkeypatch.setattr(locks.time, "time", lambda: real() + 3600)  # an hour ahead
+    judge = Repository.open(LocalBackend(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    now = locks.time.time()  # as `unlock` reads it, once
+    (info,) = [i for i in judge.locks.all() if i.name == live]
+    assert not judge.locks.stale(info, now), "measured on the clock an hour ahead: young"
+    monkeypatch.setattr(locks.time, "time", real)  # set right (NTP) while the locks are judged
+    assert not judge.locks.stale(info, now), "a lock refreshed 2 minutes ago judged stale"
+
+
 class SlowWrites(LocalBackend):
     """The real local backend, whose writes take `delay` seconds before the object lands (a store
     under load): its clock is ours."""

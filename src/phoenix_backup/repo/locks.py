@@ -500,9 +500,13 @@ class LockManager:
         if self._skew is None or mono - self._skew[1] > SKEW_MAX_AGE or abs(wall - mono - self._skew[2]) > 1:
             self._skew = (self.store_skew("lock check"), mono, wall - mono)
         skew = self._skew[0]
+        # Our clock set back since the caller read `now` (once for all the locks it judges): the
+        # measurement is against the new setting, and the old `now` with it would age every lock.
+        now = min(now, time.time())
         if skew is not None and info.is_stale(now, skew) and mono - self._skew[1] > SKEW_CONFIRM:
             # The store's clock may have been set since: look again.
             self._skew = (skew := self.store_skew("lock check"), mono, wall - mono)
+            now = min(now, time.time())
         if skew is not None and info.is_stale(now, skew):
             return True
         # The store's clock says it is young, or cannot be read: stale only once watched unchanged
