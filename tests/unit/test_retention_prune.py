@@ -282,6 +282,39 @@ def test_a_store_time_planted_on_prunes_own_lock_never_ages_young_packs(pristine
     assert contents(open_fresh(path)[0]) == expected
 
 
+def test_our_clock_set_forward_after_prunes_lock_was_written_never_ages_young_packs(
+    pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune reads the store's clock from the time the store gives its own lock, less our time
+    when it was written. Our clock set forward an hour after that (a step of a wrong time source;
+    a backup's retention prunes under a lock last refreshed up to 5 minutes before) made the store
+    look an hour behind ours, which it was not, and prune deleted a leftover pack written 10
+    minutes ago. `wrote` is now read on our clock as it is set when prune asks."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    real = time.time
+    age_packs(path, real() - 7200)
+    repo, _backend = open_fresh(path)
+    repo.load_index()
+    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
+    (name,) = leftover
+    os.utime(path / name, (real() - 600, real() - 600))
+    with repo.lock(exclusive=True, command="prune"):
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)
+        report = prune_repository(
+            repo,
+            TargetPrune("local"),
+            dry_run=False,
+            state=PruneState(tmp_path / "p.json"),
+            now=time.time(),
+            locked=True,
+        )
+        monkeypatch.setattr(time, "time", real)
+    assert (path / name).exists(), "a pack written 10 minutes ago was deleted"
+    assert report.leftover_packs == 0 and report.young_leftovers == 1
+
+
 def test_prune_dry_run_changes_nothing(pristine, tmp_path: Path) -> None:
     src, _expected, _old = pristine
     path = tmp_path / "repo"

@@ -599,7 +599,7 @@ class LockManager:
         lock being refreshed for stale, nor a pack just written for old."""
         for lock in list(self.held):
             with lock._mutex:  # not while a refresh rewrites it: its time and `wrote` must match
-                info, wrote = self.backend.stat(lock.name), lock.wrote
+                info, wrote = self.backend.stat(lock.name), lock.wrote_now()
             if info is not None and info.modified is not None:
                 return info.modified - wrote
         probe = HeldLock(self, f"locks/{os.urandom(16).hex()}", False, command)
@@ -612,7 +612,7 @@ class LockManager:
             info = self.backend.stat(probe.name)
         finally:
             self.backend.delete(probe.name)
-        return 0.0 if info is None or info.modified is None else info.modified - probe.wrote
+        return 0.0 if info is None or info.modified is None else info.modified - probe.wrote_now()
 
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
         """Remove stale and dead locks (all locks with `remove_all`); return what was removed. An
@@ -649,6 +649,7 @@ class HeldLock:
         self.created = time.time()
         self.lost: str | None = None  # why the lock is no longer ours, once a refresh found out
         self.wrote = 0.0  # our time when the store had last taken the lock object (`LockManager.store_skew`)
+        self._setting = 0.0  # our clock less the monotonic one then (`wrote_now`)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
@@ -694,6 +695,14 @@ class HeldLock:
         # measured from it can only make the store's clock look behind (a verdict delayed by the
         # write's latency, never hastened; with our time before the write, a slow store looked ahead).
         self.wrote = time.time()
+        self._setting = self.wrote - time.monotonic()
+
+    def wrote_now(self) -> float:
+        """`wrote` on our clock as it is now set: a clock set forward an hour since the lock was
+        last written (a refresh is up to REFRESH_SECONDS old) made the store's clock look an hour
+        behind ours, which it is not, and prune aged young packs by that hour. A suspend since moves
+        it later (the monotonic clock stands still then), which can only delay a verdict."""
+        return self.wrote + (time.time() - time.monotonic() - self._setting)
 
     def confirm(self) -> None:
         """Raise RepositoryError unless the lock is still in the store and still ours: another
