@@ -315,6 +315,35 @@ def test_our_clock_set_forward_after_prunes_lock_was_written_never_ages_young_pa
     assert report.leftover_packs == 0 and report.young_leftovers == 1
 
 
+def test_our_clock_set_back_during_prune_never_ages_young_packs(
+    pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine an hour ahead, prune reads our clock and writes its lock; our clock is set
+    right (NTP) before prune measures the store's clock. The measurement, on the clock as set now,
+    met the reading taken before, an hour ahead: every pack looked an hour older, and prune deleted
+    a leftover pack written 10 minutes ago. Objects are now aged on our clock as it reads when the
+    store's clock is measured, if earlier."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    real = time.time
+    age_packs(path, real() - 7200)
+    repo, _backend = open_fresh(path)
+    repo.load_index()
+    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
+    (name,) = leftover
+    os.utime(path / name, (real() - 600, real() - 600))
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # an hour ahead
+    now = time.time()
+    with repo.lock(exclusive=True, command="prune"):
+        monkeypatch.setattr(time, "time", real)  # set right
+        report = prune_repository(
+            repo, TargetPrune("local"), dry_run=False, state=PruneState(tmp_path / "p.json"), now=now, locked=True
+        )
+    assert (path / name).exists(), "a pack written 10 minutes ago was deleted"
+    assert report.leftover_packs == 0 and report.young_leftovers == 1
+
+
 def test_prune_dry_run_changes_nothing(pristine, tmp_path: Path) -> None:
     src, _expected, _old = pristine
     path = tmp_path / "repo"

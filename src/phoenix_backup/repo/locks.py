@@ -614,6 +614,12 @@ class LockManager:
             self.backend.delete(probe.name)
         return 0.0 if info is None or info.modified is None else info.modified - probe.wrote_now()
 
+    def set_back(self) -> float:
+        """How far our clock was set back since the locks this process holds were last written (0:
+        not set back, or no lock held): a time read before then is that much ahead of our clock as
+        `store_skew` measures on it now."""
+        return max((lock.set_back() for lock in list(self.held)), default=0.0)
+
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
         """Remove stale and dead locks (all locks with `remove_all`); return what was removed. An
         unreadable lock goes once stale by its object's time: until then it may be live (a
@@ -703,6 +709,10 @@ class HeldLock:
         behind ours, which it is not, and prune aged young packs by that hour. A suspend since moves
         it later (the monotonic clock stands still then), which can only delay a verdict."""
         return self.wrote + (time.time() - time.monotonic() - self._setting)
+
+    def set_back(self) -> float:
+        """How far our clock was set back since the lock was last written (never negative)."""
+        return max(0.0, self._setting - (time.time() - time.monotonic()))
 
     def confirm(self) -> None:
         """Raise RepositoryError unless the lock is still in the store and still ours: another

@@ -293,7 +293,10 @@ def _prune_locked(
     # `touch -d`) only ever makes objects look younger.
     # Prune holds its lock: one stat of it; a store that gives no time gives none to packs either.
     skew = min(0.0, repo.locks.store_skew("prune") or 0.0)
-    young = _young_packs(repo, report, listing, state, now, skew)
+    # The skew is on our clock as it is set now: `now`, read before prune's lock was written, is
+    # taken back by as much as our clock was set back since (else every object aged by that step).
+    aged_at = now - repo.locks.set_back()
+    young = _young_packs(repo, report, listing, state, aged_at, skew)
     unused = [u for u in packs.values() if u.info is not None and not u.used]
     delete = [u for u in unused if pack_name(u.pack_id) not in young]
     report.young_packs = len(unused) - len(delete)
@@ -318,7 +321,7 @@ def _prune_locked(
         report.notices.append(f"{pack_name(u.pack_id)} is listed in the index but absent; no snapshot needs it")
 
     leftovers, young_leftovers = _leftovers(report, listing, set(packs), young)
-    temporary = _old_temporary_files(repo, now, skew)
+    temporary = _old_temporary_files(repo, aged_at, skew)
 
     report.deleted_packs = len(delete)
     report.repacked_packs = len(repack)
