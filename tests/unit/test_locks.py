@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -286,6 +286,13 @@ class FrozenTimes(LocalBackend):
             yield replace(info, modified=self.when)
 
 
+def on_frozen_store(tmp_path: Path, notice: Callable[[str], None] = lambda _: None) -> Repository:
+    """A new repository in tmp_path/repo, opened through FrozenTimes."""
+    path = tmp_path / "repo"
+    new_repo(path)
+    return Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=notice)
+
+
 def refresh(repo: Repository, name: str, when: float) -> None:
     """Rewrite a planted lock as its holder's refresh does (its time changes, so do its bytes)."""
     doc = json.loads(repo.locks.sealer.open(repo.backend.read(name), locks.LOCK_AAD, name))
@@ -301,10 +308,8 @@ def test_a_dead_lock_on_a_store_whose_times_never_advance_goes_once_watched_unch
     is now watched: seen with the same bytes for 30 minutes (on this machine's boot clock, by this
     user's processes), it is stale; a live one, whose every refresh changes its bytes, never is."""
     monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "repo"
-    new_repo(path)
     notices: list[str] = []
-    repo = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=notices.append)
+    repo = on_frozen_store(tmp_path, notices.append)
     then = time.time() - 7200
     dead = plant_lock(repo, host="gone", exclusive=True, time=then, created=then)
     behind = plant_lock(repo, host="behind", time=then, created=then)  # live, its clock 2 hours behind
@@ -366,9 +371,7 @@ def test_a_sightings_file_swapped_after_its_check_is_not_believed(
     the one judged."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("PHX_CACHE_DIR", str(cache))
-    path = tmp_path / "repo"
-    new_repo(path)
-    repo = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    repo = on_frozen_store(tmp_path)
     then = time.time() - 7200
     live = plant_lock(repo, host="behind", exclusive=True, time=then, created=then)  # its clock 2 h behind
     assert repo.locks.unlock() == [], "first seen: a note of this user's is written"
@@ -397,9 +400,7 @@ def test_a_sightings_note_from_another_time_namespace_is_not_on_our_clock(
     A note taken in one was read on the other's clock: a lock seen a minute ago looked watched for
     a day. Now a note counts only in the time namespace that took it."""
     monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "repo"
-    new_repo(path)
-    repo = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    repo = on_frozen_store(tmp_path)
     then = time.time() - 7200
     live = plant_lock(repo, host="behind", exclusive=True, time=then, created=then)
     boot = locks._boot_clock()
@@ -539,10 +540,8 @@ def test_a_lock_the_watch_cannot_follow_names_unlock_all(tmp_path: Path, monkeyp
     and names `phx unlock --all`, in `phx unlock` and in the error of a command that meets it."""
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "file" / "cache"))  # below a file: never made
-    path = tmp_path / "repo"
-    new_repo(path)
     notices: list[str] = []
-    repo = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=notices.append)
+    repo = on_frozen_store(tmp_path, notices.append)
     then = time.time() - 7200
     dead = plant_lock(repo, host="gone", exclusive=True, time=then, created=then)
     boot = locks._boot_clock()

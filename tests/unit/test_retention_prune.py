@@ -282,6 +282,20 @@ def test_a_store_time_planted_on_prunes_own_lock_never_ages_young_packs(pristine
     assert contents(open_fresh(path)[0]) == expected
 
 
+def with_young_leftover(pristine, tmp_path: Path) -> tuple[Path, Repository, str]:
+    """A copy of the pristine repository whose packs are two hours old, but for its leftover pack
+    (no index lists it), written 10 minutes ago; the repository opened, its index loaded."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    age_packs(path, time.time() - 7200)
+    repo, _backend = open_fresh(path)
+    repo.load_index()
+    (name,) = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
+    os.utime(path / name, (time.time() - 600, time.time() - 600))
+    return path, repo, name
+
+
 def test_our_clock_set_forward_after_prunes_lock_was_written_never_ages_young_packs(
     pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,16 +304,8 @@ def test_our_clock_set_forward_after_prunes_lock_was_written_never_ages_young_pa
     a backup's retention prunes under a lock last refreshed up to 5 minutes before) made the store
     look an hour behind ours, which it was not, and prune deleted a leftover pack written 10
     minutes ago. `wrote` is now read on our clock as it is set when prune asks."""
-    src, _expected, _old = pristine
-    path = tmp_path / "repo"
-    shutil.copytree(src, path)
     real = time.time
-    age_packs(path, real() - 7200)
-    repo, _backend = open_fresh(path)
-    repo.load_index()
-    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
-    (name,) = leftover
-    os.utime(path / name, (real() - 600, real() - 600))
+    path, repo, name = with_young_leftover(pristine, tmp_path)
     with repo.lock(exclusive=True, command="prune"):
         monkeypatch.setattr(time, "time", lambda: real() + 3600)
         report = prune_repository(
@@ -323,16 +329,8 @@ def test_our_clock_set_back_during_prune_never_ages_young_packs(
     met the reading taken before, an hour ahead: every pack looked an hour older, and prune deleted
     a leftover pack written 10 minutes ago. Objects are now aged on our clock as it reads when the
     store's clock is measured, if earlier."""
-    src, _expected, _old = pristine
-    path = tmp_path / "repo"
-    shutil.copytree(src, path)
     real = time.time
-    age_packs(path, real() - 7200)
-    repo, _backend = open_fresh(path)
-    repo.load_index()
-    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
-    (name,) = leftover
-    os.utime(path / name, (real() - 600, real() - 600))
+    path, repo, name = with_young_leftover(pristine, tmp_path)
     monkeypatch.setattr(time, "time", lambda: real() + 3600)  # an hour ahead
     now = time.time()
     with repo.lock(exclusive=True, command="prune"):
