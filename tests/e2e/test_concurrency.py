@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,26 @@ def test_a_machine_whose_clock_is_ahead_never_takes_a_live_lock_for_stale(sandbo
     assert_restored(before, tmp_path / "out", "the backup the machine ahead let run")
     # Once no lock is held, that machine prunes as ever.
     assert sb.phx("prune", "--json", env=ahead).json()["ok"]
+    assert_whole(sb)
+
+
+def test_a_machine_whose_clock_is_ahead_keeps_another_machines_temporary_file(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A repository shared over NFS: this machine is writing a pack (its `.tmp-` file, written a
+    moment ago); the second machine's clock is an hour ahead. Its prune deleted the file as an hour
+    old under the writer. It reads the file's age on the store's clock now, as a pack's: the file
+    stays, and one old by both clocks goes."""
+    sb = sandbox
+    sb.backup()
+    ahead = another_machine_ahead(sb, tmp_path, 3600)
+    folder = next(p for p in (sb.repo / "data").iterdir() if p.is_dir())
+    live = folder / ".tmp-being-written.0a1b2c3d"
+    live.write_bytes(b"half a pack, still growing")
+    dead = folder / ".tmp-interrupted.4e5f6a7b"
+    dead.write_bytes(b"half a pack")
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    (report,) = sb.phx("prune", "--json", env=ahead).json()["targets"].values()
+    assert live.read_bytes() == b"half a pack, still growing", "written a moment ago by the store's clock: kept"
+    assert not dead.exists() and report["temporaryFiles"] == 1, report
     assert_whole(sb)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -234,3 +235,45 @@ def test_a_record_written_before_records_named_their_checks_means_integrity_chec
         raw = nonce + checks._key(repo).encrypt(nonce, plain, checks._aad(repo))
         with pytest.raises(CorruptObject):
             checks.open_record(repo, checks.name_of(SHA, raw), raw)
+
+
+class HeldBackend(LocalBackend):
+    """The real local backend, whose reads of one record wait until released (a slow S3)."""
+
+    hold = ""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        if HeldBackend.hold and name.startswith(HeldBackend.hold):
+            HeldBackend.entered.set()
+            assert HeldBackend.release.wait(60)
+        return super().read_range(name, offset, length)
+
+
+def test_a_slow_read_of_one_record_holds_up_no_thread_asking_about_other_bytes(tmp_path: Path) -> None:
+    """The book held its lock while it read records from the store: one slow read (a slow S3) made
+    every thread of a restore that asked about any other database wait for it. The requests run
+    outside the lock now: a thread asking about other bytes gets its answer meanwhile, and one
+    asking about the same bytes waits for the read under way instead of reading them again."""
+    other = "ef" * 32
+    repo = make_repo(tmp_path / "r")
+    checks.write(repo, [rec(), dataclasses.replace(rec(), sha256=other)])
+    HeldBackend.hold = checks.PREFIX + SHA[: checks.NAME_SHA_HEX]
+    slow = Repository.open(HeldBackend(tmp_path / "r"), keys.Credentials(passphrase="pw"))
+    book = checks.CheckBook(slow)
+    got: dict[str, object] = {}
+    first = threading.Thread(target=lambda: got.setdefault("first", book.passed(SHA, 4096)))
+    same = threading.Thread(target=lambda: got.setdefault("same", book.passed(SHA, 4096)))
+    first.start()
+    assert HeldBackend.entered.wait(60)
+    same.start()
+    asker = threading.Thread(target=lambda: got.setdefault("other", book.passed(other, 4096)))
+    asker.start()
+    asker.join(30)
+    held = asker.is_alive()
+    HeldBackend.release.set()
+    for t in (first, same, asker):
+        t.join(60)
+    assert not held, "the other bytes' answer waited for the slow read"
+    assert got == {"first": rec(), "same": rec(), "other": dataclasses.replace(rec(), sha256=other)}

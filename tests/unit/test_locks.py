@@ -4,6 +4,8 @@ removes it; a holder learns that its lock was removed or overwritten and never r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import signal
@@ -11,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -180,19 +184,233 @@ class FullDisk(LocalBackend):
         raise NoSpace(f"no space left on the device while writing {name}; free some space and run again")
 
 
-def test_a_store_that_takes_no_write_leaves_our_clock_to_judge(tmp_path: Path) -> None:
+def test_a_store_that_takes_no_write_never_lets_our_clock_alone_judge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The store's clock is measured with a shared lock written and removed at once. A store that
-    takes no write (a full disk, a read-only mount) gives no measurement: our clock judges, as
-    before the store's clock was read, and `phx unlock` still removes a stale lock."""
+    takes no write (a full disk) gave no measurement and our clock judged alone: on a machine an
+    hour ahead, `phx unlock` removed a live backup's lock from another host. Now no lock is judged
+    stale on our clock alone: the error, `phx unlock` and `phx doctor` say why and what removes it;
+    once the store takes a write, a lock stale by both clocks goes."""
     path = tmp_path / "repo"
     repo = new_repo(path)
-    now = time.time()
-    stale = age_lock(repo, plant_lock(repo, host="elsewhere", time=now - 7200, created=now - 7200), now - 7200)
-    full = Repository.open(FullDisk(path), keys.Credentials(passphrase=None))
-    with pytest.raises(RepositoryLocked, match=r"stale .*remove it with `phx unlock`"):
-        full.lock(True, "prune")
-    assert [i.name for i in full.locks.unlock()] == [stale]
-    assert lock_names(repo) == set()
+    real = time.time
+    live = plant_lock(repo, host="elsewhere", exclusive=True, time=real() - 7200, created=real() - 7200)
+    monkeypatch.setattr(locks.time, "time", lambda: real() + 3600)
+    notices: list[str] = []
+    full = Repository.open(FullDisk(path), keys.Credentials(passphrase=None), notice=notices.append)
+    with pytest.raises(RepositoryLocked, match=r"store's clock cannot be read \(it takes no write: no space left"):
+        full.lock(False, "backup")
+    assert full.locks.unlock() == []
+    assert lock_names(repo) == {live}, "a live lock stays"
+    assert any("kept the exclusive lock" in n and "`phx unlock --all` removes it now" in n for n in notices), notices
+    result = DoctorResult()
+    _locks(full, result)
+    warned = [c.message for c in result.checks if c.status == "warn"]
+    assert len(warned) == 1 and "store's clock cannot be read" in warned[0], result.checks
+    monkeypatch.setattr(locks.time, "time", real)
+    age_lock(repo, live, real() - 7200)  # its holder stopped: stale by every clock
+    ok = Repository.open(LocalBackend(path), keys.Credentials(passphrase=None))
+    assert [i.name for i in ok.locks.unlock()] == [live]
+
+
+class ShiftedClock(LocalBackend):
+    """The real local backend, its store's clock `shift` seconds ahead of the machine's."""
+
+    shift = 0.0
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        info = super().stat(name)
+        return info if info is None or info.modified is None else replace(info, modified=info.modified + self.shift)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for info in super().list(prefix):
+            yield info if info.modified is None else replace(info, modified=info.modified + self.shift)
+
+
+def test_the_stores_clock_is_measured_again_when_it_may_have_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx watch` runs for days, and the store's clock was measured once per process. Once the
+    store's clock was set an hour back, the old measurement made a live lock (its holder an hour
+    behind, its object rewritten a minute ago) look an hour old by both clocks, and it was judged
+    stale. A stale verdict is now never given on a measurement older than a moment; the clock is
+    measured again when ours was set, and once the measurement is `SKEW_MAX_AGE` old (a verdict
+    the old measurement only delayed comes then)."""
+    path = tmp_path / "repo"
+    new_repo(path)
+    store = ShiftedClock(path)
+    repo = Repository.open(store, keys.Credentials(passphrase=None))
+    real, mono = time.time, time.monotonic
+    dead = age_lock(repo, plant_lock(repo, host="far", time=real() - 9000, created=real() - 9000), real() - 9000)
+    live = age_lock(repo, plant_lock(repo, host="behind", time=real() - 3600, created=real() - 3600), real() - 60)
+    quiet = age_lock(repo, plant_lock(repo, host="behind", time=real() - 3600, created=real() - 3600), real() - 2400)
+    monkeypatch.setattr(locks.time, "time", lambda: real() - 3600)  # our clock an hour behind
+    infos = {i.name: i for i in repo.locks.all()}
+    assert repo.locks.stale(infos[dead], time.time())  # measured: the store is an hour ahead
+    monkeypatch.setattr(locks.time, "time", real)  # our clock set right
+    assert not repo.locks.stale(infos[live], real()), "refreshed a minute ago by the store's clock"
+    assert repo.locks.stale(infos[dead], real())
+    # Then the store's clock is set an hour back (here: every time it gives is an hour earlier):
+    # the live lock, read with the old measurement, looks an hour old; a stale verdict is never
+    # given on a measurement older than a moment.
+    store.shift = -3600.0
+    time.sleep(2.5)  # longer than locks.SKEW_CONFIRM
+    infos = {i.name: i for i in repo.locks.all()}
+    assert not repo.locks.stale(infos[live], real()), "measured again before a stale verdict"
+    assert repo.locks.stale(infos[dead], real())
+    # Then the store's clock is set right again: with the old measurement, a lock its holder (an
+    # hour behind) stopped refreshing 40 minutes ago looks 20 minutes old (a delayed verdict, no
+    # harm), until the measurement is SKEW_MAX_AGE old and is taken again.
+    store.shift = 0.0
+    infos = {i.name: i for i in repo.locks.all()}
+    assert not repo.locks.stale(infos[quiet], real())
+    later = 320  # both clocks go on, longer than locks.SKEW_MAX_AGE
+    monkeypatch.setattr(locks.time, "monotonic", lambda: mono() + later)
+    monkeypatch.setattr(locks.time, "time", lambda: real() + later)
+    assert repo.locks.stale(infos[quiet], real() + later), "measured again"
+
+
+class FrozenTimes(LocalBackend):
+    """The real local backend on a store whose times never advance: every object has one time (a
+    FUSE mount that reports a constant mtime)."""
+
+    when = 1_700_000_000.0
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        info = super().stat(name)
+        return None if info is None else replace(info, modified=self.when)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for info in super().list(prefix):
+            yield replace(info, modified=self.when)
+
+
+def on_frozen_store(tmp_path: Path, notice: Callable[[str], None] = lambda _: None) -> Repository:
+    """A new repository in tmp_path/repo, opened through FrozenTimes."""
+    path = tmp_path / "repo"
+    new_repo(path)
+    return Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=notice)
+
+
+def refresh(repo: Repository, name: str, when: float) -> None:
+    """Rewrite a planted lock as its holder's refresh does (its time changes, so do its bytes)."""
+    doc = json.loads(repo.locks.sealer.open(repo.backend.read(name), locks.LOCK_AAD, name))
+    repo.backend.write(name, repo.sealer.seal(json.dumps({**doc, "time": when}).encode(), locks.LOCK_AAD))
+
+
+def test_a_dead_lock_on_a_store_whose_times_never_advance_goes_once_watched_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store whose times never advance gives the clock probe the time of every lock: each
+    looked written this instant by the store's clock, so a dead lock of another host never went
+    stale and only `phx unlock --all` removed it. A lock stale by our clock but not by the store's
+    is now watched: seen with the same bytes for 30 minutes (on this machine's boot clock, by this
+    user's processes), it is stale; a live one, whose every refresh changes its bytes, never is."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    notices: list[str] = []
+    repo = on_frozen_store(tmp_path, notices.append)
+    then = time.time() - 7200
+    dead = plant_lock(repo, host="gone", exclusive=True, time=then, created=then)
+    behind = plant_lock(repo, host="behind", time=then, created=then)  # live, its clock 2 hours behind
+    assert repo.locks.unlock() == []
+    assert any("kept the exclusive lock" in n and "30 minutes: 0 so far" in n for n in notices), notices
+    with pytest.raises(RepositoryLocked, match=r"written 0 minutes ago; if the store's times do not advance.*removes"):
+        repo.lock(True, "prune")
+    boot = locks._boot_clock()
+    assert boot is not None
+    refresh(repo, behind, then + 300)
+    monkeypatch.setattr(locks, "_boot_clock", lambda: boot + STALE_SECONDS + 60)
+    assert [i.name for i in repo.locks.unlock()] == [dead], "watched unchanged for 31 minutes: stale"
+    assert lock_names(repo) == {behind}, "refreshed meanwhile: live"
+
+
+def test_a_holder_whose_clock_stands_still_is_not_taken_for_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sightings count a lock's bytes unchanged for 30 minutes as a stopped holder. In a repository
+    without encryption nothing random is sealed in, so a holder whose clock stands still (a frozen
+    VM clock, faketime) rewrote the very same bytes at every refresh: on a store whose times never
+    advance, `phx unlock` removed its live lock. Every refresh now changes the bytes."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "repo"
+    new_repo(path)
+    holder = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None))
+    judge = Repository.open(FrozenTimes(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    real, frozen = time.time, time.time() - 7200
+    lock = locks.HeldLock(holder.locks, f"locks/{secrets.token_hex(16)}", True, "backup")
+    monkeypatch.setattr(locks.time, "time", lambda: frozen)
+    lock.write()
+    monkeypatch.setattr(locks.time, "time", real)
+    assert judge.locks.unlock() == [], "first seen"
+    boot = locks._boot_clock()
+    assert boot is not None
+    for minutes in (5, 10, 15, 20, 25, 30, 31):  # the holder refreshes every 5 minutes, its clock still
+        monkeypatch.setattr(locks.time, "time", lambda: frozen)
+        lock.write()
+        monkeypatch.setattr(locks.time, "time", real)
+        monkeypatch.setattr(locks, "_boot_clock", lambda m=minutes: boot + m * 60)
+        assert judge.locks.unlock() == [], f"a live lock removed after {minutes} minutes"
+    assert lock_names(holder) == {lock.name}
+    lock.confirm()
+
+
+def plant_sightings(tmp_path: Path, repo: Repository, name: str, **entry: object) -> None:
+    """A sightings note that says `name`'s current bytes were first seen at boot time 0."""
+    digest = hashlib.sha256(repo.backend.read(name)).hexdigest()
+    doc = {f"{repo.backend.location} {name}": {"digest": digest, "since": 0.0, **entry}}
+    (tmp_path / "hostile.json").write_text(json.dumps(doc))
+
+
+def test_a_sightings_file_swapped_after_its_check_is_not_believed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sightings file was judged by its name (lstat) and then read by its name again: a file
+    swapped in meanwhile (a symlink to a note anyone could have written, in a cache folder others
+    can write to) was believed, and a live lock seen once was stale at once. The file opened is now
+    the one judged."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PHX_CACHE_DIR", str(cache))
+    repo = on_frozen_store(tmp_path)
+    then = time.time() - 7200
+    live = plant_lock(repo, host="behind", exclusive=True, time=then, created=then)  # its clock 2 h behind
+    assert repo.locks.unlock() == [], "first seen: a note of this user's is written"
+    plant_sightings(tmp_path, repo, live, boot=json.loads((cache / locks.SIGHTINGS).read_text()).popitem()[1]["boot"])
+    (tmp_path / "hostile.json").chmod(0o666)  # anyone may have written it
+    real_stat = os.stat
+
+    def swap_after_check(target: object, *args: object, **kwargs: object) -> os.stat_result:
+        st = real_stat(target, *args, **kwargs)  # type: ignore[arg-type]
+        if str(target) == str(cache / locks.SIGHTINGS):
+            os.replace(tmp_path / "hostile.json", str(target) + ".swap")
+            (cache / "planted").symlink_to(str(target) + ".swap")
+            os.replace(cache / "planted", target)  # type: ignore[arg-type]
+        return st
+
+    monkeypatch.setattr(locks.os, "stat", swap_after_check)
+    assert repo.locks.unlock() == [], "a planted note hastened the verdict on a live lock"
+    assert live in lock_names(repo)
+
+
+def test_a_sightings_note_from_another_time_namespace_is_not_on_our_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot clock is shifted by a time namespace's offset: a container restored on this host
+    (CRIU) and a process outside it share the boot id and a cache folder, but not the boot clock.
+    A note taken in one was read on the other's clock: a lock seen a minute ago looked watched for
+    a day. Now a note counts only in the time namespace that took it."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    repo = on_frozen_store(tmp_path)
+    then = time.time() - 7200
+    live = plant_lock(repo, host="behind", exclusive=True, time=then, created=then)
+    boot = locks._boot_clock()
+    assert boot is not None
+    assert repo.locks.unlock() == [], "first seen, in our time namespace"
+    ns = time_namespace()
+    monkeypatch.setattr(locks, "time_namespace", lambda: ns + 1)  # the restored container: a day ahead
+    monkeypatch.setattr(locks, "_boot_clock", lambda: boot + 86400)
+    assert repo.locks.unlock() == [], "another namespace's note read on a clock a day ahead"
+    assert live in lock_names(repo)
 
 
 @needs_proc
@@ -312,3 +530,91 @@ def test_a_refresh_held_up_by_a_slow_store_never_brings_back_a_released_lock(
     assert held._thread is not None
     held._thread.join(10)
     assert lock_names(repo) == set(), "the released lock was written again by its refresh"
+
+
+def test_a_lock_the_watch_cannot_follow_names_unlock_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead lock on a store whose times never advance goes once watched unchanged for 30 minutes.
+    Where the note cannot be kept (a cache folder that takes no write), the watch stays at 0 for
+    ever: the lock was kept for ever with a message promising `phx unlock` would remove it after 30
+    minutes, never naming what removes it. The message now says the watch cannot advance, and why,
+    and names `phx unlock --all`, in `phx unlock` and in the error of a command that meets it."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "file" / "cache"))  # below a file: never made
+    notices: list[str] = []
+    repo = on_frozen_store(tmp_path, notices.append)
+    then = time.time() - 7200
+    dead = plant_lock(repo, host="gone", exclusive=True, time=then, created=then)
+    boot = locks._boot_clock()
+    assert boot is not None
+    for minutes in (0, 31, 600):
+        monkeypatch.setattr(locks, "_boot_clock", lambda m=minutes: boot + m * 60)
+        notices.clear()
+        assert repo.locks.unlock() == []
+        (kept,) = notices
+        assert "it will stay 0: the note of it cannot be kept in" in kept, kept
+        assert "`phx unlock --all` removes it now" in kept, kept
+        with pytest.raises(RepositoryLocked, match=r"it will stay 0: .*`phx unlock --all` removes it now"):
+            repo.lock(True, "prune")
+    assert lock_names(repo) == {dead}
+
+
+def test_our_clock_set_back_while_locks_are_judged_never_ages_a_live_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx unlock` reads our clock once and judges every lock with it; the store's clock is
+    measured again when ours was set. On a machine an hour ahead whose clock was set right in
+    between, the measurement (now about 0) met the old reading an hour ahead: a lock refreshed 2
+    minutes ago looked 62 minutes old by both clocks and was removed. The verdict now uses our
+    clock as it is when the measurement is taken, if it reads earlier."""
+    path = tmp_path / "repo"
+    repo = new_repo(path)
+    real = time.time
+    live = plant_lock(repo, host="elsewhere", exclusive=True, time=real() - 120, created=real() - 7200)
+    age_lock(repo, live, real() - 120)
+    monkeypatch.setattr(locks.time, "time", lambda: real() + 3600)  # an hour ahead
+    judge = Repository.open(LocalBackend(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    now = locks.time.time()  # as `unlock` reads it, once
+    (info,) = [i for i in judge.locks.all() if i.name == live]
+    assert not judge.locks.stale(info, now), "measured on the clock an hour ahead: young"
+    monkeypatch.setattr(locks.time, "time", real)  # set right (NTP) while the locks are judged
+    assert not judge.locks.stale(info, now), "a lock refreshed 2 minutes ago judged stale"
+
+
+class SlowWrites(LocalBackend):
+    """The real local backend, whose writes take `delay` seconds before the object lands (a store
+    under load): its clock is ours."""
+
+    delay = 3.0
+
+    def write(self, name: str, data: bytes) -> None:
+        time.sleep(self.delay)
+        super().write(name, data)
+
+
+def test_a_slow_store_write_never_makes_its_clock_look_ahead(tmp_path: Path) -> None:
+    """The store's clock was measured as the time it gives the probe lock less our time *before*
+    writing it: a write that took 3 seconds made a store whose clock is ours look 3 seconds ahead,
+    and a lock refreshed 29 minutes 58 seconds ago by the store's clock was stale. Our time is now
+    taken once the store has the object: the latency can only delay a verdict."""
+    path = tmp_path / "repo"
+    new_repo(path)
+    repo = Repository.open(SlowWrites(path), keys.Credentials(passphrase=None), notice=lambda _: None)
+    now = time.time()
+    live = age_lock(
+        repo,
+        plant_lock(repo, host="behind", exclusive=True, time=now - 7200, created=now - 7200),
+        now - STALE_SECONDS + 2,
+    )
+    skew = repo.locks.store_skew("lock check")
+    assert skew is not None and skew <= 0.01, f"the store looked {skew:.1f} s ahead of our clock, which it shares"
+    assert not repo.locks.stale(replace(repo.locks.read(live), written=now - STALE_SECONDS + 2), now)
+
+
+def test_the_suite_never_writes_in_the_users_own_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Code that falls back on the user's cache folder (lock sightings, restore journals) wrote in
+    the real `~/.cache/phoenix` of whoever ran the suite; tests/conftest.py now points it below the
+    session's temporary folder."""
+    from phoenix_backup.repo.cache import cache_root
+
+    assert os.environ.get("PHX_CACHE_DIR") is None
+    assert cache_root().is_relative_to(tmp_path_factory.getbasetemp())

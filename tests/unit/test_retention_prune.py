@@ -229,6 +229,31 @@ def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_young_packs(
     assert contents(open_fresh(path)[0]) == expected
 
 
+def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_another_machines_temporary_file(
+    pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository shared over NFS: another machine is writing a pack (its `.tmp-` file, last
+    written a minute ago by the store's clock); the machine that prunes is an hour ahead. By its
+    clock the file was an hour old and prune deleted it under the writer. Its age is read on the
+    store's clock now, as a pack's is; a temporary file old by both clocks still goes."""
+    src, expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    real = time.time
+    (path / "data" / "zz").mkdir()
+    live = path / "data" / "zz" / ".tmp-being-written"
+    live.write_bytes(b"half a pack, still growing")
+    os.utime(live, (real() - 60, real() - 60))
+    dead = path / "data" / "zz" / ".tmp-interrupted"
+    dead.write_bytes(b"half a pack")
+    os.utime(dead, (real() - 7200, real() - 7200))
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    report, _ = run_prune(path, PruneState(tmp_path / "prune.json"), time.time())
+    assert live.read_bytes() == b"half a pack, still growing", "written a minute ago by the store's clock: kept"
+    assert not dead.exists() and report.temporary_files == 1
+    assert contents(open_fresh(path)[0]) == expected
+
+
 def test_a_store_time_planted_on_prunes_own_lock_never_ages_young_packs(pristine, tmp_path: Path) -> None:
     """Whoever may write to the storage can set an object's time (`touch -d`): the prune's own
     lock, dated a year ahead, made the store's clock look a year ahead of ours, every pack a year
@@ -255,6 +280,66 @@ def test_a_store_time_planted_on_prunes_own_lock_never_ages_young_packs(pristine
     assert (path / name).exists()
     assert report.deleted_packs == 1 and report.repacked_packs == 1, "the old packs are freed as ever"
     assert contents(open_fresh(path)[0]) == expected
+
+
+def with_young_leftover(pristine, tmp_path: Path) -> tuple[Path, Repository, str]:
+    """A copy of the pristine repository whose packs are two hours old, but for its leftover pack
+    (no index lists it), written 10 minutes ago; the repository opened, its index loaded."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    age_packs(path, time.time() - 7200)
+    repo, _backend = open_fresh(path)
+    repo.load_index()
+    (name,) = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
+    os.utime(path / name, (time.time() - 600, time.time() - 600))
+    return path, repo, name
+
+
+def test_our_clock_set_forward_after_prunes_lock_was_written_never_ages_young_packs(
+    pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune reads the store's clock from the time the store gives its own lock, less our time
+    when it was written. Our clock set forward an hour after that (a step of a wrong time source;
+    a backup's retention prunes under a lock last refreshed up to 5 minutes before) made the store
+    look an hour behind ours, which it was not, and prune deleted a leftover pack written 10
+    minutes ago. `wrote` is now read on our clock as it is set when prune asks."""
+    real = time.time
+    path, repo, name = with_young_leftover(pristine, tmp_path)
+    with repo.lock(exclusive=True, command="prune"):
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)
+        report = prune_repository(
+            repo,
+            TargetPrune("local"),
+            dry_run=False,
+            state=PruneState(tmp_path / "p.json"),
+            now=time.time(),
+            locked=True,
+        )
+        monkeypatch.setattr(time, "time", real)
+    assert (path / name).exists(), "a pack written 10 minutes ago was deleted"
+    assert report.leftover_packs == 0 and report.young_leftovers == 1
+
+
+def test_our_clock_set_back_during_prune_never_ages_young_packs(
+    pristine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine an hour ahead, prune reads our clock and writes its lock; our clock is set
+    right (NTP) before prune measures the store's clock. The measurement, on the clock as set now,
+    met the reading taken before, an hour ahead: every pack looked an hour older, and prune deleted
+    a leftover pack written 10 minutes ago. Objects are now aged on our clock as it reads when the
+    store's clock is measured, if earlier."""
+    real = time.time
+    path, repo, name = with_young_leftover(pristine, tmp_path)
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # an hour ahead
+    now = time.time()
+    with repo.lock(exclusive=True, command="prune"):
+        monkeypatch.setattr(time, "time", real)  # set right
+        report = prune_repository(
+            repo, TargetPrune("local"), dry_run=False, state=PruneState(tmp_path / "p.json"), now=now, locked=True
+        )
+    assert (path / name).exists(), "a pack written 10 minutes ago was deleted"
+    assert report.leftover_packs == 0 and report.young_leftovers == 1
 
 
 def test_prune_dry_run_changes_nothing(pristine, tmp_path: Path) -> None:

@@ -577,6 +577,15 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
             f"stale {lk.describe()}",
             f"`phx unlock` removes it (first make sure no Phoenix still runs on {lk.host})",
         )
+    for lk in locks:
+        if lk not in stale and repo.locks.unjudged(lk, now):
+            result.add(
+                "locks",
+                "warn",
+                f"{lk.describe()}: {repo.locks.unjudged_reason(lk)}",
+                f"`phx unlock --all` removes it now, only if no Phoenix runs on {lk.host} or anywhere else on "
+                "this repository",
+            )
     active = [lk for lk in locks if lk not in stale]
     if not stale:
         held = f"{len(active)} held by running commands" if active else "none held"

@@ -234,20 +234,27 @@ def record(
 class CheckBook:
     """The records of one repository, read on first use (a restore asks from several threads): the
     listing once, then only the records whose names start with the SHA-256 asked about. Records
-    that do not open are left out, as if absent: they can only have said less."""
+    that do not open are left out, as if absent: they can only have said less.
+
+    The book's lock guards only its dictionaries: the requests (the listing, each record's read)
+    run outside it, so a slow store holds up only the threads that need the same records, never one
+    asking about other bytes (each name prefix is read by one thread, which the others wait for)."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self._lock = threading.Lock()
+        self._listing = threading.Lock()  # the listing is taken once, by one thread
+        self._reading: dict[str, threading.Event] = {}  # prefix -> set once its reader is done
         self._names: list[ObjectInfo] | None = None
         self._read: dict[str, list[CheckRecord]] = {}  # first NAME_SHA_HEX hex of a SHA-256 -> records
         self.unreadable: dict[str, str] = {}  # object name -> why
 
     def _records(self, lead: str) -> list[CheckRecord]:
         """The records whose names start with `lead` (NAME_SHA_HEX hex digits, or "" for all); called
-        with the lock held."""
-        if self._names is None:
-            self._names = list(self.repo.backend.list(PREFIX)) if can_record(self.repo) else []
+        without the book's lock (it makes requests)."""
+        with self._listing:
+            if self._names is None:
+                self._names = list(self.repo.backend.list(PREFIX)) if can_record(self.repo) else []
         out: list[CheckRecord] = []
         named = [info for info in self._names if info.name.startswith(PREFIX + lead)]
         if lead and len(named) > MAX_RECORDS_READ:
@@ -262,23 +269,38 @@ class CheckBook:
             try:
                 out.append(read_record(self.repo, info))
             except PhoenixError as exc:
-                self.unreadable[info.name] = str(exc)
+                with self._lock:
+                    self.unreadable[info.name] = str(exc)
         return out
 
     def load(self) -> dict[str, list[CheckRecord]]:
         """Every record, by the SHA-256 of the bytes checked."""
-        with self._lock:
-            by_sha: dict[str, list[CheckRecord]] = {}
-            for rec in self._records(""):
-                by_sha.setdefault(rec.sha256, []).append(rec)
-            return by_sha
+        by_sha: dict[str, list[CheckRecord]] = {}
+        for rec in self._records(""):
+            by_sha.setdefault(rec.sha256, []).append(rec)
+        return by_sha
 
     def of(self, sha256: str) -> list[CheckRecord]:
         lead = sha256[:NAME_SHA_HEX]
-        with self._lock:
-            if lead not in self._read:
-                self._read[lead] = self._records(lead)
-            return [r for r in self._read[lead] if r.sha256 == sha256]
+        while True:
+            with self._lock:
+                if lead in self._read:
+                    return [r for r in self._read[lead] if r.sha256 == sha256]
+                busy = self._reading.get(lead)
+                if busy is None:
+                    done = self._reading[lead] = threading.Event()
+            if busy is not None:
+                busy.wait()  # then read what it found; a reader that failed leaves it to us
+                continue
+            try:
+                found = self._records(lead)
+                with self._lock:
+                    # With what `add` recorded meanwhile.
+                    self._read[lead] = found + self._read.get(lead, [])
+            finally:
+                with self._lock:
+                    del self._reading[lead]
+                done.set()
 
     def passed(self, sha256: str, size: int, wanted: Iterable[str] = (INTEGRITY_CHECK,)) -> CheckRecord | None:
         """The newest record that these bytes passed every check in `wanted` (a record that names

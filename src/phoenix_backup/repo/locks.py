@@ -7,7 +7,10 @@ every clock that can tell: its own time (its holder's clock; not believed when i
 ours) and the store's time of its object, which each refresh rewrites, read on the store's clock
 (`LockManager.store_skew`). So a holder whose clock is behind is not taken for gone while it
 refreshes, one whose clock is ahead does not block for ever once it stops, and a machine whose own
-clock is ahead does not take a live lock for stale. A lock whose
+clock is ahead does not take a live lock for stale. A store whose clock cannot be read (it takes
+no write) leaves no lock judged stale on our clock alone; a lock stale by our clock but not by the
+store's (a store whose times never advance) is stale once watched unchanged for STALE_SECONDS
+(`LockManager.unchanged_for`). A lock whose
 process is provably gone is removed with a notice; any other stale lock is reported with the
 command that removes it, never broken silently.
 
@@ -29,6 +32,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from phoenix_backup.dirs import make_dirs, trustworthy, write_private
 from phoenix_backup.errors import (
     CorruptObject,
     LockNotReleased,
@@ -46,7 +51,7 @@ from phoenix_backup.errors import (
     RepositoryLocked,
     StorageError,
 )
-from phoenix_backup.repo.crypto import Sealer
+from phoenix_backup.repo.crypto import Sealer, sha256_hex
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.users import username
 
@@ -55,9 +60,17 @@ REFRESH_SECONDS = 300
 WATCH_LEASE_SECONDS = 60
 
 STALE_SECONDS = 1800
+# How long a measurement of the store's clock is used (`LockManager.stale`): `phx watch` runs for
+# days, and a clock can be set, or drift, meanwhile.
+SKEW_MAX_AGE = REFRESH_SECONDS
+# A measurement older than this may say a lock is live, never that it is stale: it is taken again.
+SKEW_CONFIRM = 2.0
 # A lock's time further ahead of our clock than this is not believed (its holder's clock is ahead).
 MAX_CLOCK_AHEAD = REFRESH_SECONDS
 LOCK_AAD = b"phoenix v1 lock"
+# Where, in the cache folder, this user's processes note since when they have seen each lock's
+# bytes unchanged (`LockManager.unchanged_for`).
+SIGHTINGS = "lock-sightings.json"
 
 
 def boot_id() -> str:
@@ -190,6 +203,7 @@ class LockInfo:
     created: float = 0.0  # when the lock was taken; 0 when unknown
     problem: str | None = None  # why the lock cannot be decoded; None for a readable lock
     written: float | None = None  # when the store says the object was last written; None: unknown
+    digest: str = ""  # SHA-256 of the object's bytes (every refresh changes them); "": not read
 
     @property
     def readable(self) -> bool:
@@ -210,7 +224,8 @@ class LockInfo:
         """Not refreshed for STALE_SECONDS by every clock that can tell: the lock's own time (its
         holder's clock), unless it lies in the future, and the store's time of its object (which
         every refresh rewrites), read on the store's clock (`skew`: how far the store's clock is
-        ahead of ours, `LockManager.store_skew`). A holder whose clock is behind is not taken for
+        ahead of ours, `LockManager.store_skew`; `LockManager.stale` also takes a lock watched
+        unchanged for STALE_SECONDS). A holder whose clock is behind is not taken for
         gone while it refreshes; one whose clock is ahead does not block for ever once it stops;
         and a judge whose own clock is ahead of the store's and the holder's does not take a lock
         being refreshed for stale."""
@@ -285,6 +300,38 @@ def decode_lock(raw: bytes, name: str) -> LockInfo:
         raise CorruptObject(f"lock {name} is malformed: {exc}") from exc
 
 
+def _boot_clock() -> float | None:
+    """Seconds since boot, suspend included (Linux); None where there is no such clock."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return None
+
+
+# A sightings file larger than this is not read (it holds one short entry per lock seen this boot).
+MAX_SIGHTINGS_BYTES = 4 << 20
+
+
+def _read_sightings(path: Path) -> dict[str, object]:
+    """The sightings noted in `path`, if this user wrote them and no one else may rewrite them (a
+    planted note could hasten a verdict); {} otherwise. The open file is what is judged, never the
+    name (another file swapped in after a check is not read), and only a regular file (a FIFO would
+    hold the command up), of a sane size."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or not trustworthy(st) or st.st_size > MAX_SIGHTINGS_BYTES:
+                return {}
+            loaded = json.loads(f.read(MAX_SIGHTINGS_BYTES + 1))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -300,10 +347,19 @@ class LockManager:
         # its lock under the key it was moving from or to (see Repository.__init__).
         self.also = tuple(also)
         self.held: list[HeldLock] = []  # the locks this process holds through this manager
-        self._skew: float | None = None  # how far the store's clock is ahead of ours, once measured
+        # How far the store's clock is ahead of ours (None: it cannot be read), when (monotonic)
+        # that was measured, and our clock less the monotonic one then (a step of our clock since
+        # makes the measurement wrong); None before the first measurement.
+        self._skew: tuple[float | None, float, float] | None = None
+        # Why the store's clock could not be read (its probe was refused), for the messages.
+        self.clock_problem: str | None = None
+        # Why this process cannot watch a lock unchanged (`unchanged_for`), for the messages.
+        self.watch_problem: str | None = None
 
     def read(self, name: str) -> LockInfo:
-        sealed = self.backend.read(name)
+        return self._decode(self.backend.read(name), name)
+
+    def _decode(self, sealed: bytes, name: str) -> LockInfo:
         for other in self.also:
             try:
                 raw = other.open(sealed, LOCK_AAD, name)
@@ -315,8 +371,11 @@ class LockManager:
     def all(self) -> list[LockInfo]:
         out = []
         for info in self.backend.list("locks/"):
+            digest = ""
             try:
-                out.append(replace(self.read(info.name), written=info.modified))
+                sealed = self.backend.read(info.name)
+                digest = sha256_hex(sealed)
+                out.append(replace(self._decode(sealed, info.name), written=info.modified, digest=digest))
             except ObjectNotFound:
                 continue  # released while we listed
             except CorruptObject:
@@ -326,7 +385,20 @@ class LockManager:
                 written = info.modified if info.modified is not None else time.time()
                 problem = "empty" if info.size == 0 else f"{info.size} bytes that cannot be decoded"
                 out.append(
-                    LockInfo(info.name, "?", "", 0, 0, "?", True, written, "unknown", problem=problem, written=written)
+                    LockInfo(
+                        info.name,
+                        "?",
+                        "",
+                        0,
+                        0,
+                        "?",
+                        True,
+                        written,
+                        "unknown",
+                        problem=problem,
+                        written=written,
+                        digest=digest,
+                    )
                 )
         return out
 
@@ -372,6 +444,11 @@ class LockManager:
                 continue
             if not (exclusive or info.exclusive):
                 continue
+            if self.unjudged(info, now):
+                raise RepositoryLocked(
+                    f"the repository is locked: {info.describe()}; {self.unjudged_reason(info)}; if no Phoenix runs "
+                    "anywhere on this repository, `phx unlock --all` removes it now"
+                )
             if self.stale(info, now):
                 raise RepositoryLocked(
                     f"the repository has a stale {info.describe()}; if no Phoenix runs there, "
@@ -384,7 +461,10 @@ class LockManager:
                     "a `phx key rotate` running elsewhere); if no Phoenix runs anywhere on this repository, "
                     "`phx unlock --all` removes it now"
                 )
-            raise RepositoryLocked(f"the repository is locked: {info.describe()}; wait for it to finish and try again")
+            raise RepositoryLocked(
+                f"the repository is locked: {info.describe()}{self.watch_note(info, now, frozen_only=True)}; wait for "
+                "it to finish and try again"
+            )
 
     def others(self) -> list[LockInfo]:
         """Every lock present except those this process holds here."""
@@ -408,36 +488,137 @@ class LockManager:
         self.confirm_held()
 
     def stale(self, info: LockInfo, now: float) -> bool:
-        """`info.is_stale`, its object's age read on the store's clock (measured once, and only
-        when our clock says the lock is stale)."""
+        """`info.is_stale`, its object's age read on the store's clock (measured only when our
+        clock says the lock is stale, and again once the measurement is SKEW_MAX_AGE old or our clock
+        was set since: `phx watch` runs for days; a stale verdict is never given on a measurement
+        older than SKEW_CONFIRM: a verdict can be delayed, never hastened). A store
+        whose clock cannot be read (it takes no write) leaves the lock live: our clock alone may be
+        ahead (`unjudged` tells)."""
         if not info.is_stale(now):
             return False
-        if self._skew is None:
-            self._skew = self.store_skew("lock check")
-        return info.is_stale(now, self._skew)
+        mono, wall = time.monotonic(), time.time()
+        if self._skew is None or mono - self._skew[1] > SKEW_MAX_AGE or abs(wall - mono - self._skew[2]) > 1:
+            self._skew = (self.store_skew("lock check"), mono, wall - mono)
+        skew = self._skew[0]
+        # Our clock set back since the caller read `now` (once for all the locks it judges): the
+        # measurement is against the new setting, and the old `now` with it would age every lock.
+        now = min(now, time.time())
+        if skew is not None and info.is_stale(now, skew) and mono - self._skew[1] > SKEW_CONFIRM:
+            # The store's clock may have been set since: look again.
+            self._skew = (skew := self.store_skew("lock check"), mono, wall - mono)
+            now = min(now, time.time())
+        if skew is not None and info.is_stale(now, skew):
+            return True
+        # The store's clock says it is young, or cannot be read: stale only once watched unchanged
+        # for STALE_SECONDS (a store whose times do not advance, a FUSE mount giving one time).
+        return self.unchanged_for(info) > STALE_SECONDS
 
-    def store_skew(self, command: str) -> float:
+    def unchanged_for(self, info: LockInfo) -> float:
+        """Seconds for which this user's processes on this boot have seen `info`'s bytes unchanged
+        (every refresh changes them: a new time, a new nonce), on this machine's boot clock, which
+        no setting of a clock moves; 0 the first time, which is noted. A clock that cannot tell
+        (another boot, no boot clock) or a note that cannot be kept only delays a verdict."""
+        from phoenix_backup.repo.cache import cache_root  # repo.cache imports this module
+
+        clock, boot = _boot_clock(), boot_id()
+        if clock is None or not boot:
+            self.watch_problem = "this machine has no boot clock to watch it by"
+        if not info.digest or clock is None or not boot:
+            return 0.0
+        path = cache_root() / SIGHTINGS
+        seen = _read_sightings(path)
+        # The boot clock is shifted by a time namespace's offset (a container restored elsewhere by
+        # CRIU): a note taken in another one is not on our clock.
+        clock_id = f"{boot} {time_namespace()}"
+        key = f"{self.backend.location} {info.name}"
+        entry = seen.get(key)
+        if isinstance(entry, dict) and entry.get("digest") == info.digest and entry.get("boot") == clock_id:
+            since = entry.get("since")
+            if isinstance(since, int | float) and not isinstance(since, bool) and 0 <= since <= clock:
+                self.watch_problem = None
+                return clock - since
+        kept = {
+            k: v
+            for k, v in seen.items()
+            if isinstance(v, dict) and v.get("boot") == clock_id and isinstance(v.get("since"), int | float)
+        }
+        kept[key] = {"digest": info.digest, "boot": clock_id, "since": clock}
+        try:
+            make_dirs(path.parent)
+            write_private(path, json.dumps(kept).encode())
+            self.watch_problem = None
+        except OSError as exc:
+            self.watch_problem = f"the note of it cannot be kept in {path.parent} ({exc.strerror or exc})"
+        return 0.0
+
+    def watch_note(self, info: LockInfo, now: float, *, frozen_only: bool = False) -> str:
+        """For a lock stale by our clock but not judged so: how long it has been watched. With
+        `frozen_only`, only when the store gives its object the time it gives one written now (to
+        the second): the sign of a store whose times do not advance (or of a refresh this instant)."""
+        if not info.is_stale(now) or self.stale(info, now) or self.unjudged(info, now):
+            return ""
+        skew = None if self._skew is None else self._skew[0]  # measured by `stale`
+        if skew is None or info.written is None or (frozen_only and abs(now + skew - info.written) > 1):
+            return ""
+        age = max(0.0, now + skew - info.written) / 60
+        minutes = self.unchanged_for(info) / 60
+        return (
+            f" (by the store's clock it was written {age:.0f} minutes ago; if the store's times do not advance, as "
+            f"on some FUSE mounts, `phx unlock` removes it once this user has seen it unchanged on this machine for "
+            f"{STALE_SECONDS // 60} minutes: {minutes:.0f} so far{self._watch_problem()}; `phx unlock --all` removes "
+            "it now, only if no Phoenix runs anywhere on this repository)"
+        )
+
+    def _watch_problem(self) -> str:
+        """Why the watch of `unchanged_for` cannot advance here, if it cannot: the lock is then
+        never judged stale that way, and only `phx unlock --all` removes it."""
+        return "" if self.watch_problem is None else f", and it will stay 0: {self.watch_problem}"
+
+    def unjudged(self, info: LockInfo, now: float) -> bool:
+        """Whether `info` is stale by our clock but was not judged so because the store's clock
+        cannot be read."""
+        return info.is_stale(now) and not self.stale(info, now) and self._skew is not None and self._skew[0] is None
+
+    def unjudged_reason(self, info: LockInfo) -> str:
+        minutes = self.unchanged_for(info) / 60
+        return (
+            f"it looks stale by this machine's clock, but the store's clock cannot be read ({self.clock_problem}), "
+            "and this machine's clock may be ahead, so it is not judged stale here; `phx unlock` removes it once "
+            f"the store takes a write again, or once seen unchanged for {STALE_SECONDS // 60} minutes (seen "
+            f"unchanged for {minutes:.0f} so far, by this user on this machine{self._watch_problem()})"
+        )
+
+    def store_skew(self, command: str) -> float | None:
         """How far the store's clock is ahead of ours (negative: behind): the time the store gives
         a lock object this process wrote, less our time when it wrote it. The object is a lock
         held here (one stat), else a shared lock written for the purpose and removed at once.
-        0 when the store gives no time or takes no write (a read-only repository): our clock
-        stands in for it, as before. The ages of objects (locks, packs) are read on the store's
-        clock, so that a machine whose clock runs ahead does not take a lock being refreshed for
-        stale, nor a pack just written for old."""
+        0 when the store gives no time (nor then to any lock). None when it takes no write (a full
+        disk, a read-only mount): its clock is unknown, and our clock alone may be ahead, so no
+        lock is judged stale by it (`clock_problem` says why). The ages of objects (locks, packs)
+        are read on the store's clock, so that a machine whose clock runs ahead does not take a
+        lock being refreshed for stale, nor a pack just written for old."""
         for lock in list(self.held):
-            info = self.backend.stat(lock.name)
+            with lock._mutex:  # not while a refresh rewrites it: its time and `wrote` must match
+                info, wrote = self.backend.stat(lock.name), lock.wrote_now()
             if info is not None and info.modified is not None:
-                return info.modified - lock.wrote
+                return info.modified - wrote
         probe = HeldLock(self, f"locks/{os.urandom(16).hex()}", False, command)
         try:
             probe.write()
-        except PhoenixError:
-            return 0.0
+        except PhoenixError as exc:
+            self.clock_problem = f"it takes no write: {exc}"
+            return None
         try:
             info = self.backend.stat(probe.name)
         finally:
             self.backend.delete(probe.name)
-        return 0.0 if info is None or info.modified is None else info.modified - probe.wrote
+        return 0.0 if info is None or info.modified is None else info.modified - probe.wrote_now()
+
+    def set_back(self) -> float:
+        """How far our clock was set back since the locks this process holds were last written (0:
+        not set back, or no lock held): a time read before then is that much ahead of our clock as
+        `store_skew` measures on it now."""
+        return max((lock.set_back() for lock in list(self.held)), default=0.0)
 
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
         """Remove stale and dead locks (all locks with `remove_all`); return what was removed. An
@@ -449,6 +630,13 @@ class LockManager:
             if remove_all or info.process_gone() or self.stale(info, now):
                 self.backend.delete(info.name)
                 removed.append(info)
+            elif note := self.watch_note(info, now):
+                self.notice(f"kept the {info.describe()}{note}")
+            elif self.unjudged(info, now):
+                self.notice(
+                    f"kept the {info.describe()}: {self.unjudged_reason(info)}; `phx unlock --all` removes it now "
+                    "(only if no Phoenix runs anywhere on this repository)"
+                )
             elif not info.readable:
                 self.notice(
                     f"kept the {info.describe()}: it may be a live lock under another key (a `phx key rotate` "
@@ -466,7 +654,8 @@ class HeldLock:
         self.command = command
         self.created = time.time()
         self.lost: str | None = None  # why the lock is no longer ours, once a refresh found out
-        self.wrote = 0.0  # our time when the lock object was last written (`LockManager.store_skew`)
+        self.wrote = 0.0  # our time when the store had last taken the lock object (`LockManager.store_skew`)
+        self._setting = 0.0  # our clock less the monotonic one then (`wrote_now`)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
@@ -489,7 +678,6 @@ class HeldLock:
             self._write()
 
     def _write(self) -> None:
-        self.wrote = time.time()
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
@@ -502,9 +690,29 @@ class HeldLock:
             "created": self.created,
             "time": time.time(),
             "command": self.command,
+            # Every refresh changes the lock's bytes (`LockManager.unchanged_for`), even where they are
+            # not sealed with a random nonce (a repository without encryption) and the holder's clock
+            # stands still (it would otherwise write the same bytes, and be taken for gone).
+            "refresh": os.urandom(8).hex(),
         }
         data = self.manager.sealer.seal(json.dumps(doc).encode(), LOCK_AAD)
         self.manager.backend.write(self.name, data)
+        # Once the store has it: the store's time of the object is earlier on its clock, so the skew
+        # measured from it can only make the store's clock look behind (a verdict delayed by the
+        # write's latency, never hastened; with our time before the write, a slow store looked ahead).
+        self.wrote = time.time()
+        self._setting = self.wrote - time.monotonic()
+
+    def wrote_now(self) -> float:
+        """`wrote` on our clock as it is now set: a clock set forward an hour since the lock was
+        last written (a refresh is up to REFRESH_SECONDS old) made the store's clock look an hour
+        behind ours, which it is not, and prune aged young packs by that hour. A suspend since moves
+        it later (the monotonic clock stands still then), which can only delay a verdict."""
+        return self.wrote + (time.time() - time.monotonic() - self._setting)
+
+    def set_back(self) -> float:
+        """How far our clock was set back since the lock was last written (never negative)."""
+        return max(0.0, self._setting - (time.time() - time.monotonic()))
 
     def confirm(self) -> None:
         """Raise RepositoryError unless the lock is still in the store and still ours: another

@@ -287,7 +287,16 @@ def _prune_locked(
             "prune refuses to run on a damaged repository; run `phx verify` to see what is affected"
         )
 
-    young = _young_packs(repo, report, listing, state, now)
+    # The store's clock may differ from ours: a machine whose clock is ahead took packs a backup
+    # had just written, and another machine's temporary files, for old. Both clocks must agree an
+    # object is old: a store's clock that looks ahead of ours (or a time planted on our lock,
+    # `touch -d`) only ever makes objects look younger.
+    # Prune holds its lock: one stat of it; a store that gives no time gives none to packs either.
+    skew = min(0.0, repo.locks.store_skew("prune") or 0.0)
+    # The skew is on our clock as it is set now: `now`, read before prune's lock was written, is
+    # taken back by as much as our clock was set back since (else every object aged by that step).
+    aged_at = now - repo.locks.set_back()
+    young = _young_packs(repo, report, listing, state, aged_at, skew)
     unused = [u for u in packs.values() if u.info is not None and not u.used]
     delete = [u for u in unused if pack_name(u.pack_id) not in young]
     report.young_packs = len(unused) - len(delete)
@@ -312,7 +321,7 @@ def _prune_locked(
         report.notices.append(f"{pack_name(u.pack_id)} is listed in the index but absent; no snapshot needs it")
 
     leftovers, young_leftovers = _leftovers(report, listing, set(packs), young)
-    temporary = _old_temporary_files(repo, now)
+    temporary = _old_temporary_files(repo, aged_at, skew)
 
     report.deleted_packs = len(delete)
     report.repacked_packs = len(repack)
@@ -522,10 +531,16 @@ def _stop_if_new_snapshots(repo: Repository, known: set[str], then: str) -> None
 
 
 def _young_packs(
-    repo: Repository, report: TargetPrune, listing: dict[str, ObjectInfo], state: PruneState, now: float
+    repo: Repository,
+    report: TargetPrune,
+    listing: dict[str, ObjectInfo],
+    state: PruneState,
+    now: float,
+    skew: float,
 ) -> set[str]:
     """The packs prune must keep whatever they hold: written less than LEFTOVER_MIN_AGE ago, or
-    after the oldest other lock present was taken (a dry run may run beside backups)."""
+    after the oldest other lock present was taken (a dry run may run beside backups). `skew`: how
+    far the store's clock is ahead of ours, never more than 0."""
     entry = state.entry(state_key(repo, report.target))
     seen = entry.setdefault("seen", {})
     if not isinstance(seen, dict):
@@ -533,10 +548,6 @@ def _young_packs(
     cutoff = now - LEFTOVER_MIN_AGE
     for lock in repo.locks.others():
         cutoff = min(cutoff, lock.created or 0.0)  # an older Phoenix's lock: its start is unknown
-    # The store's clock may differ from ours: a machine whose clock is ahead took packs a backup
-    # had just written for old. Both clocks must agree a pack is old: a store's clock that looks
-    # ahead of ours (or a time planted on our lock, `touch -d`) only ever makes packs look younger.
-    skew = min(0.0, repo.locks.store_skew("prune"))
     young = set()
     for name, info in listing.items():
         # The store's own modification time (on our clock) when it has one; else when prune first
@@ -571,14 +582,16 @@ def _leftovers(
     return old, young
 
 
-def _old_temporary_files(repo: Repository, now: float) -> list[str]:
-    """Temporary files of interrupted writes on a local store, older than the lock stale age.
+def _old_temporary_files(repo: Repository, now: float, skew: float) -> list[str]:
+    """Temporary files of interrupted writes on a local store, older than the lock stale age on
+    the store's clock (`skew`, never more than 0, as for packs): on a folder shared over NFS, a
+    machine whose clock is ahead must not take another machine's file being written for old.
     Only a local store has them (remote PUTs are atomic)."""
     # A time of 0 (the epoch, as an archive or a file system without times gives) is old, not unknown.
     return [
         t.name
         for t in repo.backend.list_temporary()
-        if now - (now if t.modified is None else t.modified) >= LEFTOVER_MIN_AGE
+        if now + skew - (now + skew if t.modified is None else t.modified) >= LEFTOVER_MIN_AGE
     ]
 
 
