@@ -414,3 +414,83 @@ def test_a_lock_left_after_a_failed_check_does_not_turn_the_failure_into_a_parti
         pytest.skip(f"strace cannot trace here: {res.err.strip()}")
     assert res.code == 1, res
     assert "could not be removed" in res.err and "run `phx unlock`" in res.err, res.err
+
+
+def test_an_export_into_the_workspace_is_refused(sandbox: Sandbox) -> None:
+    """Before, `phx export --output` inside the workspace was accepted (exit 0): the export, with
+    the secrets it holds unless `--sanitize`, landed among the agent's files and the next backup
+    took it in. Refused now, as the repository's folder is."""
+    sb = sandbox
+    sb.backup()
+    before = sorted(p.relative_to(sb.workspace).as_posix() for p in sb.workspace.rglob("*"))
+    for folder in (sb.workspace / "export", sb.workspace / "memory" / "out"):
+        res = sb.phx("export", "--format", "json", "--output", folder, check=None)
+        assert_error(res, 2, f"--output {folder} is inside the workspace", "choose a folder outside the workspace")
+    assert sorted(p.relative_to(sb.workspace).as_posix() for p in sb.workspace.rglob("*")) == before
+
+
+def test_an_export_into_an_existing_empty_folder_keeps_its_mode_and_acl(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before, the empty folder given as --output was replaced by a new one of mode 0700: its mode,
+    and its ACL, were lost. The export's folder takes them on."""
+    sb = sandbox
+    sb.backup()
+    out = tmp_path / "shared-export"
+    out.mkdir()
+    os.chmod(out, 0o2750)
+    acl = (
+        shutil.which("setfacl") is not None
+        and subprocess.run(["setfacl", "-m", "u:65534:rx", str(out)]).returncode == 0
+    )
+    before = {n: os.getxattr(out, n) for n in os.listxattr(out)}
+    mode = os.stat(out).st_mode
+    res = sb.phx("export", "--format", "json", "--output", out, check=None)
+    assert res.code == 0, res
+    assert (out / "metadata.json").is_file()
+    assert os.stat(out).st_mode == mode, oct(os.stat(out).st_mode)
+    assert {n: os.getxattr(out, n) for n in os.listxattr(out)} == before
+    if acl:
+        assert "system.posix_acl_access" in before
+
+
+def test_an_io_error_writing_an_export_names_its_disk_and_leaves_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """EIO from the output's disk, on the fsync of the folder that receives the export (strace -P:
+    that folder only): one sentence naming the destination's disk, exit 1, no temporary folder
+    left, and the repository not blamed when the disk is not the repository's."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    with tmpfs_at(tmp_path / "other", "64m") as mnt:
+        parent = mnt / "exports"
+        parent.mkdir()
+        inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(parent)]
+        inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EIO"]
+        out = parent / "export"
+        res = run_phx(["export", "--format", "json", "--output", str(out)], sb.env, check=None, prefix=inject)
+        if "PTRACE" in res.err or "Operation not permitted" in res.err:
+            pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+        assert_error(res, 1, "input/output error", f"the disk of {out} (the file system mounted at {mnt}")
+        assert "the repository is not involved" in res.err and "phx verify" not in res.err
+        assert not [p for p in parent.iterdir() if p.name.startswith(".phx-tmp-")]
+
+
+@pytest.mark.parametrize("error", ["EINVAL", "EIO"])
+def test_a_journal_that_cannot_be_synced_is_one_error_naming_it(sandbox: Sandbox, error: str) -> None:
+    """Before, an fsync of the restore journal that failed (EINVAL: a file system without fsync)
+    ended the export as "unexpected internal error (OSError …)"; now one sentence names the
+    journal and PHX_CACHE_DIR, exit 1."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    journals = Path(sb.env["PHX_CACHE_DIR"]) / "restore-journal"
+    journals.mkdir(parents=True, exist_ok=True)
+    os.chmod(journals, 0o700)
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(journals)]
+    inject += ["-e", "trace=fsync", "-e", f"inject=fsync:error={error}"]
+    out = sb.root / "exported"
+    res = run_phx(["export", "--format", "json", "--output", str(out)], sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, f"while writing the restore journal {journals}/", "PHX_CACHE_DIR")
+    assert "internal error" not in res.err and not out.exists()
