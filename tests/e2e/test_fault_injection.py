@@ -494,3 +494,35 @@ def test_a_journal_that_cannot_be_synced_is_one_error_naming_it(sandbox: Sandbox
         pytest.skip(f"strace cannot trace here: {res.err.strip()}")
     assert_error(res, 1, f"while writing the restore journal {journals}/", "PHX_CACHE_DIR")
     assert "internal error" not in res.err and not out.exists()
+
+
+@pytest.mark.parametrize("error", ["EIO", "ENOSPC"])
+def test_a_failing_rename_of_a_restored_database_names_the_destination(
+    sandbox: Sandbox, tmp_path: Path, error: str
+) -> None:
+    """The rename that puts a restored SQLite database in place fails (strace -P on its folder):
+    before, EIO said "Input/output error … run `phx verify`" (the repository blamed) and ENOSPC
+    "no space left on the device" (which?). Now the one destination message, exit 1, and no
+    temporary copy left where the database goes."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    doc = sb.backup()
+    with tmpfs_at(tmp_path / "other", "64m") as mnt:
+        dest = mnt / "restored"
+        res = run_phx(["restore", "--backup", doc["id"], "--to", str(dest)], sb.env, check=None)
+        assert res.code == 0, res
+        folder = next(p.parent for p in dest.rglob("memory.db"))
+        shutil.rmtree(dest)
+        folder.mkdir(parents=True)
+        inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(folder)]
+        inject += ["-e", "trace=rename,renameat,renameat2", "-e", f"inject=rename,renameat,renameat2:error={error}"]
+        args = ["restore", "--backup", doc["id"], "--databases-only", "--to", str(dest)]
+        res = run_phx(args, sb.env, check=None, prefix=inject)
+        if "PTRACE" in res.err or "Operation not permitted" in res.err:
+            pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+        assert ".db" in res.err, res  # the database's rename failed, not a file's
+        needle = "input/output error" if error == "EIO" else "no space left on the disk of"
+        assert_error(res, 1, needle, f"{folder}/", f"(the file system mounted at {mnt}")
+        assert "phx verify" not in res.err and "internal error" not in res.err
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".phx-tmp-")]

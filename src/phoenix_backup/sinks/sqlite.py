@@ -132,11 +132,14 @@ def restore_database(
                 # Absent or unreadable: the new file replaces it, and journals of the old one go
                 # first (SQLite would replay a stale -wal into the new file).
                 sqlite_live.remove_companions(fd, name)
-                rename_over(fd, tmp, name, logical)
+                rename_over(fd, tmp, name, logical, writer.destination_error)
                 method = "rename"
         finally:
             discard(fd, tmp)
-        os.fsync(fd)
+        try:
+            os.fsync(fd)  # the rename on disk
+        except OSError as exc:
+            raise writer.destination_error(exc, logical) from exc
         info: dict[str, Any] = {"path": logical, "integrity": "ok", "method": method}
         if written.check:
             info["copyCheck"] = written.check
