@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Result, Sandbox, assert_error, mount, run_phx, tmpfs_at
+from e2e_support import DATABASES, Result, Sandbox, assert_error, db_dump, mount, run_phx, tmpfs_at
 from killpoint import run_killed
 
 
@@ -526,3 +527,37 @@ def test_a_failing_rename_of_a_restored_database_names_the_destination(
         assert_error(res, 1, needle, f"{folder}/", f"(the file system mounted at {mnt}")
         assert "phx verify" not in res.err and "internal error" not in res.err
         assert not [p.name for p in folder.iterdir() if p.name.startswith(".phx-tmp-")]
+
+
+@pytest.mark.parametrize(
+    ("error", "needle"), [("ENOSPC", "no space left on the disk of"), ("EIO", "input/output error")]
+)
+def test_a_full_or_failing_disk_under_a_live_database_names_the_destination(
+    sandbox: Sandbox, error: str, needle: str
+) -> None:
+    """An in-place restore writes a database through SQLite's backup API; its writes to the live
+    database (and its WAL) fail (strace -P). Before: "cannot write the restored … into the live
+    database (database or disk is full) … stop the processes that use it (or configure
+    gateway.stop) and restore again", exit 3 — advice that does not help. Now the destination
+    message naming the database's disk, exit 1, and the live database as it was."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    doc = sb.backup()
+    live = sb.db_path(DATABASES[0])
+    con = sqlite3.connect(live)
+    con.execute("CREATE TABLE later (x)")
+    con.execute("INSERT INTO later VALUES (randomblob(100000))")
+    con.commit()
+    con.close()
+    before = db_dump(live)
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(live), "-P", f"{live}-wal"]
+    inject += ["-e", "trace=pwrite64,write", "-e", f"inject=pwrite64,write:error={error}"]
+    args = ["restore", "--backup", doc["id"], "--databases-only", "--yes"]
+    res = run_phx(args, sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, needle, f"the disk of {live} (the file system mounted at ")
+    assert "gateway.stop" not in res.out + res.err and "internal error" not in res.err
+    assert db_dump(live) == before
+    assert not [p.name for p in live.parent.iterdir() if p.name.startswith(".phx-tmp-")]

@@ -125,7 +125,11 @@ def restore_database(
     with writer.parent_dir(logical) as (fd, name):
         try:
             shown = str(writer.layout.to_real(logical, writer.to))
-            if in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown):
+            try:
+                applied = in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown)
+            except OSError as exc:  # a full or failing disk under the live database (sqlite_live.apply_copy)
+                raise writer.destination_error(exc, logical, node.size) from exc
+            if applied:
                 _set_live_metadata(fd, name, node, logical)
                 method = "backup-api"
             else:
