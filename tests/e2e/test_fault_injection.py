@@ -497,14 +497,15 @@ def test_a_journal_that_cannot_be_synced_is_one_error_naming_it(sandbox: Sandbox
     assert "internal error" not in res.err and not out.exists()
 
 
-@pytest.mark.parametrize("error", ["EIO", "ENOSPC"])
+@pytest.mark.parametrize("error", ["EIO", "ENOSPC", "EXDEV", "EACCES"])
 def test_a_failing_rename_of_a_restored_database_names_the_destination(
     sandbox: Sandbox, tmp_path: Path, error: str
 ) -> None:
     """The rename that puts a restored SQLite database in place fails (strace -P on its folder):
-    before, EIO said "Input/output error … run `phx verify`" (the repository blamed) and ENOSPC
-    "no space left on the device" (which?). Now the one destination message, exit 1, and no
-    temporary copy left where the database goes."""
+    before, EIO said "Input/output error … run `phx verify`" (the repository blamed), ENOSPC
+    "no space left on the device" (which?) and EXDEV "Invalid cross-device link while restoring
+    …" (no cause, no fix). Now the one destination message (EIO, ENOSPC), a sentence with the
+    cause and the fix (EXDEV, EACCES), exit 1, and no temporary copy left where the database goes."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
     sb = sandbox
@@ -523,10 +524,14 @@ def test_a_failing_rename_of_a_restored_database_names_the_destination(
         if "PTRACE" in res.err or "Operation not permitted" in res.err:
             pytest.skip(f"strace cannot trace here: {res.err.strip()}")
         assert ".db" in res.err, res  # the database's rename failed, not a file's
-        needle = "input/output error" if error == "EIO" else "no space left on the disk of"
-        assert_error(res, 1, needle, f"{folder}/", f"(the file system mounted at {mnt}")
+        if error in ("EXDEV", "EACCES"):  # not the disk: what the folder or the file in place refuses
+            needle = "permission denied" if error == "EACCES" else "refused the rename over it"
+            assert_error(res, 1, needle, "home/.argentos/memory.db")
+        else:
+            needle = "input/output error" if error == "EIO" else "no space left on the disk of"
+            assert_error(res, 1, needle, f"{folder}/", f"(the file system mounted at {mnt}")
         assert "phx verify" not in res.err and "internal error" not in res.err
-        assert not [p.name for p in folder.iterdir() if p.name.startswith(".phx-tmp-")]
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".phx-tmp-") or p.name == "memory.db"]
 
 
 @pytest.mark.parametrize(

@@ -575,6 +575,14 @@ def unsafe_or_error(exc: OSError, logical: str, destination: DestinationError | 
             f"permission denied while restoring {logical}; check the owner and mode of the folder {folder} in the "
             f"destination and of {logical} there, if it exists (an immutable or append-only attribute counts too)"
         )
+    if exc.errno in (errno.EXDEV, errno.EBUSY):
+        # The renamed copy lies beside its place, so only a mount on the place itself (a file
+        # bind-mounted there, as containers do) or a file system that refuses renames says this.
+        return StorageError(
+            f"cannot put the restored {logical} in place: the destination refused the rename over it "
+            f"({exc.strerror}), as it does when {logical} is a mount point (a file bind-mounted there); "
+            f"it was left as it was — restore with --to DIR and copy it over yourself"
+        )
     if destination is not None:
         return destination(exc, logical)
     return os_error(exc, f"restoring {logical}")
