@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -566,3 +567,72 @@ def test_a_full_or_failing_disk_under_a_live_database_names_the_destination(
     assert "gateway.stop" not in res.out + res.err and "internal error" not in res.err
     assert db_dump(live) == before
     assert not [p.name for p in live.parent.iterdir() if p.name.startswith(".phx-tmp-")]
+
+
+# `phx export` run in a Python process that names its temporary folder (the journal's random part
+# fixed: `.phx-tmp-PID-START-0badf00d`), attaches strace to itself, aimed at one file of the export
+# (strace -P takes exact paths), and only then runs the command.
+_EXPORT_AIMED = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+from phoenix_backup.repo.locks import own_start_time
+from phoenix_backup.sinks import leftovers
+
+syscall, error, output, name = sys.argv[1:5]
+fixed = f"{os.getpid()}-{own_start_time()}-0badf00d"
+
+
+class Aimed(leftovers.Journal):
+    def __init__(self, notice=None):
+        super().__init__(notice)
+        self.name = fixed
+        self.path = leftovers.journal_dir() / fixed
+
+
+leftovers.Journal = Aimed
+target = Path(output).parent / f".phx-tmp-{fixed}" / name
+tracer = subprocess.Popen(
+    ["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(os.getpid()), "-P", str(target),
+     "-e", f"trace={syscall}", "-e", f"inject={syscall}:error={error}"],
+    stdin=subprocess.DEVNULL,
+)
+deadline = time.monotonic() + 30
+while "TracerPid:\t0\n" in Path("/proc/self/status").read_text():
+    if time.monotonic() > deadline or tracer.poll() is not None:
+        sys.exit("strace could not attach (PTRACE)")
+    time.sleep(0.05)
+from phoenix_backup.cli.main import main
+
+sys.argv = ["phx", "export", "--format", "json", "--output", output]
+try:
+    code = main()
+finally:
+    tracer.terminate()
+    tracer.wait()
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("syscall", ["write", "fsync"])
+def test_an_io_error_on_an_exported_file_names_its_disk_and_leaves_nothing(
+    sandbox: Sandbox, tmp_path: Path, syscall: str
+) -> None:
+    """EIO on the write, or on the fsync, of one file of the export (`metadata.json`, strace aimed
+    at it): one error naming the output's disk, its file system and "the repository is not
+    involved", exit 1, and nothing left: neither `--output` nor the temporary folder."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    with tmpfs_at(tmp_path / "other", "64m") as mnt:
+        out = mnt / "export"
+        args = [sys.executable, "-c", _EXPORT_AIMED, syscall, "EIO", str(out), "metadata.json"]
+        proc = subprocess.run(args, env=sb.env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=180)
+        res = Result(proc.returncode, proc.stdout, proc.stderr, ["phx", "export", "--output", str(out)])
+        if "PTRACE" in res.err or "Operation not permitted" in res.err:
+            pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+        assert_error(
+            res, 1, f"input/output error while writing the export to {out}", f"(the file system mounted at {mnt})"
+        )
+        assert "the repository is not involved" in res.err and "phx verify" not in res.err
+        assert list(mnt.iterdir()) == []
