@@ -482,6 +482,10 @@ def test_an_io_error_writing_an_export_names_its_disk_and_leaves_nothing(sandbox
         assert_error(res, 1, "input/output error", f"the disk of {out} (the file system mounted at {mnt}")
         assert "the repository is not involved" in res.err and "phx verify" not in res.err
         assert not [p for p in parent.iterdir() if p.name.startswith(".phx-tmp-")]
+        # The fsync that failed came after the rename: the export is whole in place, and the
+        # error says so (before: "while writing the export to …", as if nothing were there).
+        assert f"syncing the folder that holds the export {out} (complete there" in res.err
+        assert (out / "metadata.json").is_file()
 
 
 @pytest.mark.parametrize("error", ["EINVAL", "EIO"])

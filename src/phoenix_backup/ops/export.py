@@ -275,6 +275,7 @@ def export(
     journal = leftovers.Journal(envx.notice)
     work = output.parent / f".phx-tmp-{journal.name}"
     journal.record(output.parent)
+    published = False
     try:
         work.mkdir(mode=0o700)
         source_cm = live_source(cfg, envx) if ref is None else snapshot_source(cfg, envx, ref, target)
@@ -289,12 +290,18 @@ def export(
             _take_on(work, os.stat(output), output, envx)  # an empty folder given as --output
             output.rmdir()
         os.rename(work, output)
+        published = True
         fsync_dir(output.parent)  # and the rename itself
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a file size limit: one sentence with the fix
             local = cfg.repository_path if "local" in cfg.targets.enabled_names() else None
-            raise os_error(exc, f"writing the export to {output}", destination=output, repository=local) from exc
+            what = f"writing the export to {output}"
+            if published:  # its files are whole and on disk; the folder's new entry may not be
+                what = (
+                    f"syncing the folder that holds the export {output} (complete there, but a power cut could lose it)"
+                )
+            raise os_error(exc, what, destination=output, repository=local) from exc
         raise
     finally:
         journal.close()
