@@ -9,11 +9,14 @@ import csv
 import hashlib
 import json
 import sqlite3
+import os
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Sandbox, assert_error, row_count
+import pytest
+from e2e_support import Sandbox, assert_error, mount, row_count
 
 STORES = {"memory": "home/.argentos/memory.db", "observations": "home/.argentos/observations.db"}
 
@@ -299,3 +302,27 @@ def test_output_a_link_to_an_empty_mount_point_is_refused_before_any_work(
     assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]
     sandbox.phx("export", "--output", tmp_path / "link" / "export")
     assert (drive / "export" / "checksums.json").is_file()
+
+
+def test_output_a_bind_mount_of_the_same_disk_is_refused_before_any_work(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A folder bind-mounted onto an empty folder of the same file system (as containers and
+    `mount --bind` do) is a mount point `os.path.ismount` does not see (same device, another
+    inode). Before, the whole export was written and then failed with "Device or resource busy
+    while writing the export" (exit 1, no fix named); now it is refused first, as any mount point."""
+    if os.geteuid() != 0:
+        pytest.skip("a bind mount needs root")
+    shared, out = tmp_path / "shared", tmp_path / "bound"
+    shared.mkdir()
+    out.mkdir()
+    proc = mount("--bind", str(shared), str(out))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        res = sandbox.phx("export", "--output", out, check=None)
+        assert_error(res, 2, str(out), "mount point", str(out / "export"))
+        assert not any(out.iterdir()) and not any(shared.iterdir())
+        assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]
+        sandbox.phx("export", "--output", out / "export")
+        assert (shared / "export" / "checksums.json").is_file()
+    finally:
+        subprocess.run(["umount", str(out)], check=False, capture_output=True)

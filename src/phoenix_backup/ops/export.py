@@ -35,7 +35,7 @@ from typing import Any, Literal
 from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import fsync_dir, fsync_tree
+from phoenix_backup.dirs import fsync_dir, fsync_tree, is_mount_point
 from phoenix_backup.errors import ExitStatus, ExportError, UsageError
 from phoenix_backup.memory import markdown
 from phoenix_backup.memory.checksums import write_checksums
@@ -264,7 +264,7 @@ def export(
     refuse_export_in_workspace(cfg, output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(f"{output} already exists and is not an empty folder; choose a new --output folder")
-    if os.path.ismount(output):  # the export's folder is renamed over the empty one, never over a mount point
+    if is_mount_point(output):  # the export's folder is renamed over the empty one, never over a mount point
         raise UsageError(
             f"{output} is a mount point, which the export cannot replace with its own folder; "
             f"choose a folder inside it, e.g. --output {output / 'export'}"
