@@ -8,8 +8,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import sqlite3
 import os
+import sqlite3
 import struct
 import subprocess
 from pathlib import Path
