@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import stat
 import struct
 import subprocess
 import sys
@@ -460,6 +461,22 @@ def test_an_export_into_an_existing_empty_folder_keeps_its_mode_and_acl(sandbox:
     assert (os.stat(out).st_uid, os.stat(out).st_gid) == owner
     assert {n: os.getxattr(out, n) for n in os.listxattr(out)} == before
     assert set(before) == {"system.posix_acl_access", "user.note"}
+
+
+def test_an_export_into_a_plain_empty_folder_is_not_readable_by_other_users(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`mkdir out && phx export --output out`: the folder mkdir made under the usual umask 022 is
+    0755. Before the empty folder's mode was taken on, the export's folder was 0700; taking the
+    mode on whole made the export (every store's rows, and the secrets it holds unless
+    --sanitize, in files of mode 0644) readable by every user of the machine. Its owner and group
+    bits are taken on; other users get nothing (an ACL entry names a user on purpose)."""
+    sb = sandbox
+    sb.backup()
+    out = tmp_path / "plain"
+    out.mkdir()
+    os.chmod(out, 0o755)  # what `mkdir` gives under umask 022
+    sb.phx("export", "--format", "json", "--output", out)
+    assert (out / "metadata.json").is_file()
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o750, oct(os.stat(out).st_mode)
 
 
 def test_an_io_error_writing_an_export_names_its_disk_and_leaves_nothing(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -312,7 +312,8 @@ def export(
 def _take_on(work: Path, old: os.stat_result, output: Path, envx: Environment) -> None:
     """The empty folder given as `--output` is replaced by the export's (the export appears whole
     or not at all): the new folder takes on its extended attributes (ACLs, SELinux label), owner,
-    group and mode, so that the folder the user prepared keeps who may read it."""
+    group and mode (but for other users' bits), so that the folder the user prepared keeps who
+    may read it."""
     kept = True
     with contextlib.suppress(OSError):  # a file system without extended attributes
         for name in os.listxattr(output):
@@ -325,7 +326,10 @@ def _take_on(work: Path, old: os.stat_result, output: Path, envx: Environment) -
             os.chown(work, old.st_uid, old.st_gid)
         except OSError:  # another user's folder, writable by this one: only root gives a folder away
             kept = False
-    os.chmod(work, stat.S_IMODE(old.st_mode))
+    # Never for other users: a plain `mkdir` under umask 022 gives them read, and the export holds
+    # every store's rows (and secrets, unless --sanitize); a reader meant on purpose is a group or
+    # an ACL entry, both taken on.
+    os.chmod(work, stat.S_IMODE(old.st_mode) & ~0o007)
     if not kept:
         envx.notice(
             f"warning: {output} was replaced by the export's folder, which could not take on all of its owner, "
