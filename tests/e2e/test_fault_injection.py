@@ -564,6 +564,45 @@ def test_a_failing_rename_of_a_restored_database_names_the_destination(
         assert not [p.name for p in folder.iterdir() if p.name.startswith(".phx-tmp-") or p.name == "memory.db"]
 
 
+@pytest.mark.parametrize("call", ["pread64", "close"])
+def test_an_io_error_reading_the_live_database_before_a_restore_is_no_internal_error(
+    sandbox: Sandbox, call: str
+) -> None:
+    """Before writing, an in-place restore reads each live database's header (`sqlite_live.probe`,
+    for its page size). EIO from that read or from closing it (strace -P on the database) ended
+    the restore as "unexpected internal error (OSError: [Errno 5] …)"; now the database counts
+    as unreadable, as when opening it fails. EIO on close: the restore goes on and stops with
+    one sentence, exit 1, the live database as it was. EIO on every read of that path: the
+    unreadable database is replaced whole by the restored one (as when it cannot be opened),
+    whose check then cannot read it either: exit 3, the safety snapshot holding the old one."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    live = sb.db_path(DATABASES[0])
+    backed_up = db_dump(live)
+    doc = sb.backup()
+    con = sqlite3.connect(live)
+    con.execute("CREATE TABLE later (x)")
+    con.commit()
+    con.close()
+    before = live.read_bytes()
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(live)]
+    inject += ["-e", f"trace={call}", "-e", f"inject={call}:error=EIO"]
+    args = ["restore", "--backup", doc["id"], "--databases-only", "--yes"]
+    res = run_phx(args, sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert "internal error" not in res.out + res.err
+    if call == "close":
+        assert_error(res, 1, "home/.argentos/memory.db")
+        assert live.read_bytes() == before
+    else:
+        assert res.code == 3, res
+        assert "home/.argentos/memory.db: the restored database fails its checks" in res.out
+        assert db_dump(live) == backed_up
+    assert not [p.name for p in live.parent.iterdir() if p.name.startswith(".phx-tmp-")]
+
+
 @pytest.mark.parametrize(
     ("error", "needle"), [("ENOSPC", "no space left on the disk of"), ("EIO", "input/output error")]
 )

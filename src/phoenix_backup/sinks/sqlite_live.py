@@ -50,11 +50,14 @@ def probe(path: str) -> LiveDb:
     except OSError as exc:
         return LiveDb(True, False, exc.strerror or str(exc))
     try:
-        if not _is_regular(fd):
-            return LiveDb(True, False, "not a regular file")
-        header = os.pread(fd, 100, 0)
-    finally:
-        os.close(fd)
+        try:
+            if not _is_regular(fd):
+                return LiveDb(True, False, "not a regular file")
+            header = os.pread(fd, 100, 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:  # a failing disk: unreadable, as when the open fails
+        return LiveDb(True, False, exc.strerror or str(exc))
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         return LiveDb(True, False, "not an SQLite database")
     raw = int.from_bytes(header[16:18], "big")
