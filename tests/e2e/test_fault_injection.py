@@ -564,6 +564,34 @@ def test_a_failing_rename_of_a_restored_database_names_the_destination(
         assert not [p.name for p in folder.iterdir() if p.name.startswith(".phx-tmp-") or p.name == "memory.db"]
 
 
+@pytest.mark.parametrize(("call", "on"), [("unlinkat", "folder"), ("fchmod", "database"), ("fsync", "database")])
+def test_a_failing_disk_around_a_live_database_restore_names_the_destination(
+    sandbox: Sandbox, call: str, on: str
+) -> None:
+    """After the backup API wrote a live database, the restore sets its mode and owner and syncs
+    it, and removes its temporary copy (strace -P: EIO on the database's fchmod or fsync, on the
+    unlink in its folder). Before: "Input/output error while restoring in place: the device
+    failed … run `phx verify`", which blames the repository and names no disk. Now the
+    destination message naming the database's disk, exit 1."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    doc = sb.backup()
+    live = sb.db_path(DATABASES[0])
+    con = sqlite3.connect(live)
+    con.execute("CREATE TABLE later (x)")  # changed since: the restore writes it
+    con.commit()
+    con.close()
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(live.parent if on == "folder" else live)]
+    inject += ["-e", f"trace={call}", "-e", f"inject={call}:error=EIO"]
+    args = ["restore", "--backup", doc["id"], "--databases-only", "--yes"]
+    res = run_phx(args, sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, "input/output error", f"the disk of {live} (the file system mounted at ")
+    assert "internal error" not in res.err and "while restoring in place" not in res.err
+
+
 @pytest.mark.parametrize("call", ["pread64", "close"])
 def test_an_io_error_reading_the_live_database_before_a_restore_is_no_internal_error(
     sandbox: Sandbox, call: str
