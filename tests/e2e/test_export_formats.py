@@ -326,3 +326,24 @@ def test_output_a_bind_mount_of_the_same_disk_is_refused_before_any_work(sandbox
         assert (shared / "export" / "checksums.json").is_file()
     finally:
         subprocess.run(["umount", str(out)], check=False, capture_output=True)
+
+
+def test_an_immutable_empty_output_folder_names_the_attribute(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An empty --output folder made immutable (`chattr +i`) cannot be replaced by the export's
+    folder: its removal fails with EPERM although owner and mode allow it. Before: "permission
+    denied … check the owner and mode of …", which are fine; now the sentence names the immutable
+    or append-only attribute too. Exit 1, the folder as it was, no temporary folder left."""
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    out = tmp_path / "locked"
+    out.mkdir()
+    proc = subprocess.run(["chattr", "+i", str(out)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        res = sandbox.phx("export", "--output", out, check=None)
+        assert_error(res, 1, "permission denied", str(out), "immutable or append-only attribute")
+        assert out.is_dir() and not any(out.iterdir())
+        assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=False, capture_output=True)

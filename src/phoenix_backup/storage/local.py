@@ -137,7 +137,9 @@ def os_error(
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"no space left on the device while {what}; free some space and run again")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}")
+        # EPERM, not EACCES, is also what an immutable or append-only file or folder answers.
+        also = " (an immutable or append-only attribute counts too: `lsattr -d`)" if exc.errno == errno.EPERM else ""
+        return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}{also}")
     if exc.errno == errno.EFBIG:
         return StorageError(
             f"a file size limit of this process (`ulimit -f`: {_file_size_limit()}) stopped {what}; "
