@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -165,3 +166,25 @@ def read_secret(f: IO[bytes], path: Path, what: str, fix: str) -> bytes:
             f"{what} {path} holds more than {SECRET_FILE_LIMIT >> 10} KiB, more than any secret file does; {fix}"
         )
     return data
+
+
+def is_mount_point(folder: Path) -> bool:
+    """Whether `folder` is a mount point: another device than its parent (`os.path.ismount`), or
+    a mount listed in /proc/self/mountinfo, which alone shows a bind mount from the same file
+    system (same device, so `ismount` cannot tell)."""
+    if os.path.ismount(folder):
+        return True
+    real = os.path.realpath(folder)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:  # not Linux, or no /proc
+        return False
+    # The 5th field is the mount point; space, tab, new line and backslash are written in octal (\040).
+    points = {
+        _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), line.split(" ")[4]) for line in lines if line.count(" ") > 4
+    }
+    return real in points
+
+
+_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")

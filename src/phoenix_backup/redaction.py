@@ -56,16 +56,17 @@ _QUERY_SECRET = re.compile(
 _MIN_SECRET = 4
 
 
-def redact_url(url: str, *, path: bool = False) -> str:
+def redact_url(url: str, *, path: bool = False, port: bool = False) -> str:
     """`url` as it may be shown: never its user name, password, query or fragment; its host only
-    when the scheme's host is a network host; its port and path only with `path`."""
+    when the scheme's host is a network host; its port with `port` or `path`, its path only with
+    `path`."""
     scp = _SCP.match(url)
     if scp is not None and "://" not in url:
         return f"{scp.group(1)}:{scp.group(2)}" if path else scp.group(1)
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
-        port = parts.port
+        number = parts.port
     except ValueError:
         scheme = url.split("://", 1)[0] if "://" in url else ""
         return f"{scheme}://{REDACTED}" if scheme.isalnum() else "an unparsable URL"
@@ -77,9 +78,8 @@ def redact_url(url: str, *, path: bool = False) -> str:
         return f"{scheme}://{REDACTED}"
     if ":" in host:
         host = f"[{host}]"  # IPv6
-    if not path:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}" + (f":{port}" if port else "") + parts.path
+    shown = f"{scheme}://{host}" + (f":{number}" if number and (port or path) else "")
+    return shown + parts.path if path else shown
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

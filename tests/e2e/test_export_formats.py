@@ -8,12 +8,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import sqlite3
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Sandbox, assert_error, row_count
+import pytest
+from e2e_support import Sandbox, assert_error, mount, row_count
 
 STORES = {"memory": "home/.argentos/memory.db", "observations": "home/.argentos/observations.db"}
 
@@ -299,3 +302,48 @@ def test_output_a_link_to_an_empty_mount_point_is_refused_before_any_work(
     assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]
     sandbox.phx("export", "--output", tmp_path / "link" / "export")
     assert (drive / "export" / "checksums.json").is_file()
+
+
+def test_output_a_bind_mount_of_the_same_disk_is_refused_before_any_work(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A folder bind-mounted onto an empty folder of the same file system (as containers and
+    `mount --bind` do) is a mount point `os.path.ismount` does not see (same device, another
+    inode). Before, the whole export was written and then failed with "Device or resource busy
+    while writing the export" (exit 1, no fix named); now it is refused first, as any mount point."""
+    if os.geteuid() != 0:
+        pytest.skip("a bind mount needs root")
+    shared, out = tmp_path / "shared", tmp_path / "bound"
+    shared.mkdir()
+    out.mkdir()
+    proc = mount("--bind", str(shared), str(out))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        res = sandbox.phx("export", "--output", out, check=None)
+        assert_error(res, 2, str(out), "mount point", str(out / "export"))
+        assert not any(out.iterdir()) and not any(shared.iterdir())
+        assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]
+        sandbox.phx("export", "--output", out / "export")
+        assert (shared / "export" / "checksums.json").is_file()
+    finally:
+        subprocess.run(["umount", str(out)], check=False, capture_output=True)
+
+
+def test_an_immutable_empty_output_folder_names_the_attribute(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An empty --output folder made immutable (`chattr +i`) cannot be replaced by the export's
+    folder: its removal fails with EPERM although owner and mode allow it. Before: "permission
+    denied … check the owner and mode of …", which are fine; now the sentence names the immutable
+    or append-only attribute too. Exit 1, the folder as it was, no temporary folder left."""
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    out = tmp_path / "locked"
+    out.mkdir()
+    proc = subprocess.run(["chattr", "+i", str(out)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        res = sandbox.phx("export", "--output", out, check=None)
+        assert_error(res, 1, "permission denied", str(out), "immutable or append-only attribute")
+        assert out.is_dir() and not any(out.iterdir())
+        assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=False, capture_output=True)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
+import stat
+import struct
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Result, Sandbox, assert_error, mount, run_phx, tmpfs_at
+from e2e_support import DATABASES, Result, Sandbox, assert_error, db_dump, mount, run_phx, tmpfs_at
 from killpoint import run_killed
 
 
@@ -414,3 +418,317 @@ def test_a_lock_left_after_a_failed_check_does_not_turn_the_failure_into_a_parti
         pytest.skip(f"strace cannot trace here: {res.err.strip()}")
     assert res.code == 1, res
     assert "could not be removed" in res.err and "run `phx unlock`" in res.err, res.err
+
+
+def test_an_export_into_the_workspace_is_refused(sandbox: Sandbox) -> None:
+    """Before, `phx export --output` inside the workspace was accepted (exit 0): the export, with
+    the secrets it holds unless `--sanitize`, landed among the agent's files and the next backup
+    took it in. Refused now, as the repository's folder is."""
+    sb = sandbox
+    sb.backup()
+    before = sorted(p.relative_to(sb.workspace).as_posix() for p in sb.workspace.rglob("*"))
+    for folder in (sb.workspace / "export", sb.workspace / "memory" / "out"):
+        res = sb.phx("export", "--format", "json", "--output", folder, check=None)
+        assert_error(res, 2, f"--output {folder} is inside the workspace", "choose a folder outside the workspace")
+    assert sorted(p.relative_to(sb.workspace).as_posix() for p in sb.workspace.rglob("*")) == before
+
+
+def test_an_export_into_an_existing_empty_folder_keeps_its_mode_and_acl(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before, the empty folder given as --output was replaced by a new one of mode 0700: its mode,
+    its ACL (here: read for user 65534) and its other extended attributes were lost. The export's
+    folder takes them on."""
+    sb = sandbox
+    sb.backup()
+    out = tmp_path / "shared-export"
+    out.mkdir()
+    if os.geteuid() == 0:  # a folder prepared for another user, as root does
+        os.chown(out, 65534, 65534)
+    os.chmod(out, 0o2750)
+    entry = lambda tag, perm, uid=0xFFFFFFFF: struct.pack("<HHI", tag, perm, uid)  # noqa: E731
+    acl = struct.pack("<I", 2) + entry(1, 7) + entry(2, 5, 65534) + entry(4, 5) + entry(0x10, 5) + entry(0x20, 0)
+    try:
+        os.setxattr(out, "system.posix_acl_access", acl)  # what `setfacl -m u:65534:rx` writes
+        os.setxattr(out, "user.note", b"kept")
+    except OSError as exc:
+        pytest.skip(f"no ACLs or user extended attributes here: {exc}")
+    before = {n: os.getxattr(out, n) for n in os.listxattr(out)}
+    mode = os.stat(out).st_mode
+    owner = (os.stat(out).st_uid, os.stat(out).st_gid)
+    res = sb.phx("export", "--format", "json", "--output", out, check=None)
+    assert res.code == 0, res
+    assert (out / "metadata.json").is_file()
+    assert os.stat(out).st_mode == mode, oct(os.stat(out).st_mode)
+    assert (os.stat(out).st_uid, os.stat(out).st_gid) == owner
+    assert {n: os.getxattr(out, n) for n in os.listxattr(out)} == before
+    assert set(before) == {"system.posix_acl_access", "user.note"}
+
+
+def test_an_export_into_a_plain_empty_folder_is_not_readable_by_other_users(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`mkdir out && phx export --output out`: the folder mkdir made under the usual umask 022 is
+    0755. Before the empty folder's mode was taken on, the export's folder was 0700; taking the
+    mode on whole made the export (every store's rows, and the secrets it holds unless
+    --sanitize, in files of mode 0644) readable by every user of the machine. Its owner and group
+    bits are taken on; other users get nothing (an ACL entry names a user on purpose)."""
+    sb = sandbox
+    sb.backup()
+    out = tmp_path / "plain"
+    out.mkdir()
+    os.chmod(out, 0o755)  # what `mkdir` gives under umask 022
+    sb.phx("export", "--format", "json", "--output", out)
+    assert (out / "metadata.json").is_file()
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o750, oct(os.stat(out).st_mode)
+
+
+def test_an_io_error_writing_an_export_names_its_disk_and_leaves_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """EIO from the output's disk, on the fsync of the folder that receives the export (strace -P:
+    that folder only): one sentence naming the destination's disk, exit 1, no temporary folder
+    left, and the repository not blamed when the disk is not the repository's."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    with tmpfs_at(tmp_path / "other", "64m") as mnt:
+        parent = mnt / "exports"
+        parent.mkdir()
+        inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(parent)]
+        inject += ["-e", "trace=fsync", "-e", "inject=fsync:error=EIO"]
+        out = parent / "export"
+        res = run_phx(["export", "--format", "json", "--output", str(out)], sb.env, check=None, prefix=inject)
+        if "PTRACE" in res.err or "Operation not permitted" in res.err:
+            pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+        assert_error(res, 1, "input/output error", f"the disk of {out} (the file system mounted at {mnt}")
+        assert "the repository is not involved" in res.err and "phx verify" not in res.err
+        assert not [p for p in parent.iterdir() if p.name.startswith(".phx-tmp-")]
+        # The fsync that failed came after the rename: the export is whole in place, and the
+        # error says so (before: "while writing the export to …", as if nothing were there).
+        assert f"syncing the folder that holds the export {out} (complete there" in res.err
+        assert (out / "metadata.json").is_file()
+
+
+@pytest.mark.parametrize("error", ["EINVAL", "EIO"])
+def test_a_journal_that_cannot_be_synced_is_one_error_naming_it(sandbox: Sandbox, error: str) -> None:
+    """Before, an fsync of the restore journal that failed (EINVAL: a file system without fsync)
+    ended the export as "unexpected internal error (OSError …)"; now one sentence names the
+    journal and PHX_CACHE_DIR, exit 1."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    journals = Path(sb.env["PHX_CACHE_DIR"]) / "restore-journal"
+    journals.mkdir(parents=True, exist_ok=True)
+    os.chmod(journals, 0o700)
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(journals)]
+    inject += ["-e", "trace=fsync", "-e", f"inject=fsync:error={error}"]
+    out = sb.root / "exported"
+    res = run_phx(["export", "--format", "json", "--output", str(out)], sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, f"while writing the restore journal {journals}/", "PHX_CACHE_DIR")
+    assert "internal error" not in res.err and not out.exists()
+
+
+@pytest.mark.parametrize("error", ["EIO", "ENOSPC", "EXDEV", "EACCES"])
+def test_a_failing_rename_of_a_restored_database_names_the_destination(
+    sandbox: Sandbox, tmp_path: Path, error: str
+) -> None:
+    """The rename that puts a restored SQLite database in place fails (strace -P on its folder):
+    before, EIO said "Input/output error … run `phx verify`" (the repository blamed), ENOSPC
+    "no space left on the device" (which?) and EXDEV "Invalid cross-device link while restoring
+    …" (no cause, no fix). Now the one destination message (EIO, ENOSPC), a sentence with the
+    cause and the fix (EXDEV, EACCES), exit 1, and no temporary copy left where the database goes."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    doc = sb.backup()
+    with tmpfs_at(tmp_path / "other", "64m") as mnt:
+        dest = mnt / "restored"
+        res = run_phx(["restore", "--backup", doc["id"], "--to", str(dest)], sb.env, check=None)
+        assert res.code == 0, res
+        folder = next(p.parent for p in dest.rglob("memory.db"))
+        shutil.rmtree(dest)
+        folder.mkdir(parents=True)
+        inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(folder)]
+        inject += ["-e", "trace=rename,renameat,renameat2", "-e", f"inject=rename,renameat,renameat2:error={error}"]
+        args = ["restore", "--backup", doc["id"], "--databases-only", "--to", str(dest)]
+        res = run_phx(args, sb.env, check=None, prefix=inject)
+        if "PTRACE" in res.err or "Operation not permitted" in res.err:
+            pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+        assert ".db" in res.err, res  # the database's rename failed, not a file's
+        if error in ("EXDEV", "EACCES"):  # not the disk: what the folder or the file in place refuses
+            needle = "permission denied" if error == "EACCES" else "refused the rename over it"
+            assert_error(res, 1, needle, "home/.argentos/memory.db")
+        else:
+            needle = "input/output error" if error == "EIO" else "no space left on the disk of"
+            assert_error(res, 1, needle, f"{folder}/", f"(the file system mounted at {mnt}")
+        assert "phx verify" not in res.err and "internal error" not in res.err
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".phx-tmp-") or p.name == "memory.db"]
+
+
+@pytest.mark.parametrize(("call", "on"), [("unlinkat", "folder"), ("fchmod", "database"), ("fsync", "database")])
+def test_a_failing_disk_around_a_live_database_restore_names_the_destination(
+    sandbox: Sandbox, call: str, on: str
+) -> None:
+    """After the backup API wrote a live database, the restore sets its mode and owner and syncs
+    it, and removes its temporary copy (strace -P: EIO on the database's fchmod or fsync, on the
+    unlink in its folder). Before: "Input/output error while restoring in place: the device
+    failed … run `phx verify`", which blames the repository and names no disk. Now the
+    destination message naming the database's disk, exit 1."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    doc = sb.backup()
+    live = sb.db_path(DATABASES[0])
+    con = sqlite3.connect(live)
+    con.execute("CREATE TABLE later (x)")  # changed since: the restore writes it
+    con.commit()
+    con.close()
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(live.parent if on == "folder" else live)]
+    inject += ["-e", f"trace={call}", "-e", f"inject={call}:error=EIO"]
+    args = ["restore", "--backup", doc["id"], "--databases-only", "--yes"]
+    res = run_phx(args, sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, "input/output error", f"the disk of {live} (the file system mounted at ")
+    assert "internal error" not in res.err and "while restoring in place" not in res.err
+
+
+@pytest.mark.parametrize("call", ["pread64", "close"])
+def test_an_io_error_reading_the_live_database_before_a_restore_is_no_internal_error(
+    sandbox: Sandbox, call: str
+) -> None:
+    """Before writing, an in-place restore reads each live database's header (`sqlite_live.probe`,
+    for its page size). EIO from that read or from closing it (strace -P on the database) ended
+    the restore as "unexpected internal error (OSError: [Errno 5] …)"; now the database counts
+    as unreadable, as when opening it fails. EIO on close: the restore goes on and stops with
+    one sentence, exit 1, the live database as it was. EIO on every read of that path: the
+    unreadable database is replaced whole by the restored one (as when it cannot be opened),
+    whose check then cannot read it either: exit 3, the safety snapshot holding the old one."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    live = sb.db_path(DATABASES[0])
+    backed_up = db_dump(live)
+    doc = sb.backup()
+    con = sqlite3.connect(live)
+    con.execute("CREATE TABLE later (x)")
+    con.commit()
+    con.close()
+    before = live.read_bytes()
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(live)]
+    inject += ["-e", f"trace={call}", "-e", f"inject={call}:error=EIO"]
+    args = ["restore", "--backup", doc["id"], "--databases-only", "--yes"]
+    res = run_phx(args, sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert "internal error" not in res.out + res.err
+    if call == "close":
+        assert_error(res, 1, "home/.argentos/memory.db")
+        assert live.read_bytes() == before
+    else:
+        assert res.code == 3, res
+        assert "home/.argentos/memory.db: the restored database fails its checks" in res.out
+        assert db_dump(live) == backed_up
+    assert not [p.name for p in live.parent.iterdir() if p.name.startswith(".phx-tmp-")]
+
+
+@pytest.mark.parametrize(
+    ("error", "needle"), [("ENOSPC", "no space left on the disk of"), ("EIO", "input/output error")]
+)
+def test_a_full_or_failing_disk_under_a_live_database_names_the_destination(
+    sandbox: Sandbox, error: str, needle: str
+) -> None:
+    """An in-place restore writes a database through SQLite's backup API; its writes to the live
+    database (and its WAL) fail (strace -P). Before: "cannot write the restored … into the live
+    database (database or disk is full) … stop the processes that use it (or configure
+    gateway.stop) and restore again", exit 3 — advice that does not help. Now the destination
+    message naming the database's disk, exit 1, and the live database as it was."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    doc = sb.backup()
+    live = sb.db_path(DATABASES[0])
+    con = sqlite3.connect(live)
+    con.execute("CREATE TABLE later (x)")
+    con.execute("INSERT INTO later VALUES (randomblob(100000))")
+    con.commit()
+    con.close()
+    before = db_dump(live)
+    inject = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(live), "-P", f"{live}-wal"]
+    inject += ["-e", "trace=pwrite64,write", "-e", f"inject=pwrite64,write:error={error}"]
+    args = ["restore", "--backup", doc["id"], "--databases-only", "--yes"]
+    res = run_phx(args, sb.env, check=None, prefix=inject)
+    if "PTRACE" in res.err or "Operation not permitted" in res.err:
+        pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+    assert_error(res, 1, needle, f"the disk of {live} (the file system mounted at ")
+    assert "gateway.stop" not in res.out + res.err and "internal error" not in res.err
+    assert db_dump(live) == before
+    assert not [p.name for p in live.parent.iterdir() if p.name.startswith(".phx-tmp-")]
+
+
+# `phx export` run in a Python process that names its temporary folder (the journal's random part
+# fixed: `.phx-tmp-PID-START-0badf00d`), attaches strace to itself, aimed at one file of the export
+# (strace -P takes exact paths), and only then runs the command.
+_EXPORT_AIMED = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+from phoenix_backup.repo.locks import own_start_time
+from phoenix_backup.sinks import leftovers
+
+syscall, error, output, name = sys.argv[1:5]
+fixed = f"{os.getpid()}-{own_start_time()}-0badf00d"
+
+
+class Aimed(leftovers.Journal):
+    def __init__(self, notice=None):
+        super().__init__(notice)
+        self.name = fixed
+        self.path = leftovers.journal_dir() / fixed
+
+
+leftovers.Journal = Aimed
+target = Path(output).parent / f".phx-tmp-{fixed}" / name
+tracer = subprocess.Popen(
+    ["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(os.getpid()), "-P", str(target),
+     "-e", f"trace={syscall}", "-e", f"inject={syscall}:error={error}"],
+    stdin=subprocess.DEVNULL,
+)
+deadline = time.monotonic() + 30
+while "TracerPid:\t0\n" in Path("/proc/self/status").read_text():
+    if time.monotonic() > deadline or tracer.poll() is not None:
+        sys.exit("strace could not attach (PTRACE)")
+    time.sleep(0.05)
+from phoenix_backup.cli.main import main
+
+sys.argv = ["phx", "export", "--format", "json", "--output", output]
+try:
+    code = main()
+finally:
+    tracer.terminate()
+    tracer.wait()
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("syscall", ["write", "fsync"])
+def test_an_io_error_on_an_exported_file_names_its_disk_and_leaves_nothing(
+    sandbox: Sandbox, tmp_path: Path, syscall: str
+) -> None:
+    """EIO on the write, or on the fsync, of one file of the export (`metadata.json`, strace aimed
+    at it): one error naming the output's disk, its file system and "the repository is not
+    involved", exit 1, and nothing left: neither `--output` nor the temporary folder."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    sb = sandbox
+    sb.backup()
+    with tmpfs_at(tmp_path / "other", "64m") as mnt:
+        out = mnt / "export"
+        args = [sys.executable, "-c", _EXPORT_AIMED, syscall, "EIO", str(out), "metadata.json"]
+        proc = subprocess.run(args, env=sb.env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=180)
+        res = Result(proc.returncode, proc.stdout, proc.stderr, ["phx", "export", "--output", str(out)])
+        if "PTRACE" in res.err or "Operation not permitted" in res.err:
+            pytest.skip(f"strace cannot trace here: {res.err.strip()}")
+        assert_error(
+            res, 1, f"input/output error while writing the export to {out}", f"(the file system mounted at {mnt})"
+        )
+        assert "the repository is not involved" in res.err and "phx verify" not in res.err
+        assert list(mnt.iterdir()) == []

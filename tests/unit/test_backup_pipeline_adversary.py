@@ -94,6 +94,57 @@ def test_an_error_in_the_hashing_thread_reaches_the_feeder_at_once(monkeypatch: 
     assert isinstance(result, MemoryError), result
 
 
+class _GatedHash:
+    """A SHA-256 whose `update` waits for `gate`: the hashing thread busy on a large buffer."""
+
+    def __init__(self) -> None:
+        self.inner = _SHA256()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def update(self, data: Any) -> None:
+        self.entered.set()
+        self.gate.wait(30)
+        self.inner.update(data)
+
+    def hexdigest(self) -> str:
+        return self.inner.hexdigest()
+
+
+def test_a_feeder_waiting_for_room_notices_a_close_from_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`close` from another thread (the run is ending) while the feeder waits for room: the
+    feeder's `update` raises at once, as one after `close` does. Before, it woke, found the
+    dropped queue empty and queued its buffer for a digest that had been let go."""
+    gated = _GatedHash()
+    monkeypatch.setattr(crypto, "Sha256", lambda: gated)
+    digest = BackgroundSha256(limit=10)
+    digest.update(bytes(10))
+    assert gated.entered.wait(10)  # the hashing thread holds the first buffer: no room is left
+    waiting: list[BaseException | None] = []
+
+    def feed() -> None:
+        try:
+            digest.update(bytes(10))
+            waiting.append(None)
+        except BaseException as exc:
+            waiting.append(exc)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    time.sleep(0.2)  # let it wait for room
+    assert not waiting, "the second buffer found room it should not have"
+    closer = threading.Thread(target=digest.close, daemon=True)
+    closer.start()
+    feeder.join(10)
+    try:
+        assert not feeder.is_alive(), "the feeder went on waiting after close"
+        assert isinstance(waiting[0], ValueError) and "closed" in str(waiting[0]), waiting
+    finally:
+        gated.gate.set()
+        closer.join(10)
+    assert not closer.is_alive()
+
+
 class _RemoteStore(LocalBackend):
     """A store whose every pack write takes LATENCY seconds (an S3 or R2 PUT far away); counts
     how many pack writes are under way at once."""

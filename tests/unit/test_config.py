@@ -905,3 +905,25 @@ def test_an_s3_and_an_r2_target_on_the_same_storage_are_refused(
         assert "reach the same storage" in message and "one repository would be written twice" in message
     else:
         assert parse(doc).targets.enabled_names() == ["local", "s3", "r2"]
+
+
+@pytest.mark.parametrize(
+    ("s3_endpoint", "r2_endpoint", "shown"),
+    [
+        ("http://minio:9000", "HTTP://MINIO:9000/", "at http://minio:9000, one prefix"),
+        ("https://minio:443", "https://minio", "at https://minio, one prefix"),  # the default port
+        ("http://[::1]:9000", "http://[::1]:9000", "at http://[::1]:9000, one prefix"),
+        ("http://u:CANARY@minio:9000/", "http://minio:9000", "at http://minio:9000, one prefix"),
+    ],
+)
+def test_the_shared_storage_refusal_names_the_endpoint_with_its_port(
+    s3_endpoint: str, r2_endpoint: str, shown: str
+) -> None:
+    """Before, the endpoint was named without its port ("at http://minio"), which did not say
+    which of two servers on one host was meant; a default port is still left out."""
+    targets = {
+        "s3": {"enabled": True, "bucket": "phx-bucket", "endpoint": s3_endpoint},
+        "r2": {"enabled": True, "bucket": "phx-bucket", "endpoint": r2_endpoint},
+    }
+    message = config_error({"workspace": "/w", "backupDir": "/b", "targets": targets})
+    assert shown in message and "CANARY" not in message, message

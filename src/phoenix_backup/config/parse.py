@@ -489,7 +489,8 @@ def _storage_place(endpoint: str | None, bucket: str, prefix: str) -> tuple[str,
         port = parts.port if parts.port not in (None, {"http": 80, "https": 443}.get(parts.scheme)) else None
     except ValueError:
         return endpoint, bucket, prefix.strip("/")
-    host = (parts.hostname or "") + (f":{port}" if port else "")
+    host = parts.hostname or ""
+    host = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")  # IPv6 in brackets
     return f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}", bucket, prefix.strip("/")
 
 
@@ -508,7 +509,7 @@ def _refuse_shared_storage(s3: S3Target, r2: R2Target) -> None:
     if inside:
         raise ConfigError(
             f"targets.s3 (bucket {s3.bucket!r}, prefix {s3.prefix!r}) and targets.r2 (bucket {r2.bucket!r}, prefix "
-            f"{r2.prefix!r}) reach the same storage at {redact_url(a[0])}, one prefix "
+            f"{r2.prefix!r}) reach the same storage at {redact_url(a[0], port=True)}, one prefix "
             "inside the other, so one repository would be written twice; give one of them another bucket or a "
             "prefix that does not overlap, or disable it"
         )

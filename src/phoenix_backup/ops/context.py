@@ -44,7 +44,7 @@ from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.shell import kill_with_descendants, stops_deferred
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.base import Backend
-from phoenix_backup.storage.local import LocalBackend, refuse_inside, repository_above
+from phoenix_backup.storage.local import LocalBackend, is_inside, refuse_inside, repository_above
 from phoenix_backup.storage.targets import remember_append_only
 
 
@@ -659,6 +659,19 @@ def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> N
     found = repository_above(folder)
     if found is not None:
         refuse_inside(found, folder, what)
+
+
+def refuse_export_in_workspace(cfg: Config, folder: Path) -> None:
+    """UsageError when `export --output` lies in the workspace: the next backup would take the
+    export in (the secrets it holds unless `--sanitize`, and a copy of every store), and the
+    agent would find it among its files. The same rule, and the same comparison, as
+    `refuse_plain_copies_in_repository`."""
+    known = cfg.source is not None or cfg.location is None  # a config from `--repo` alone knows no workspace
+    if known and is_inside(cfg.workspace, folder):
+        raise UsageError(
+            f"--output {folder} is inside the workspace at {cfg.workspace.resolve()}, so the next backup would take "
+            "in the export and the secrets it may hold; choose a folder outside the workspace"
+        )
 
 
 def require_config_file(cfg: Config, what: str) -> None:

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,7 +35,7 @@ from typing import Any, Literal
 from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import fsync_dir, fsync_tree
+from phoenix_backup.dirs import fsync_dir, fsync_tree, is_mount_point
 from phoenix_backup.errors import ExitStatus, ExportError, UsageError
 from phoenix_backup.memory import markdown
 from phoenix_backup.memory.checksums import write_checksums
@@ -44,6 +45,7 @@ from phoenix_backup.memory.values import csv_value, json_value
 from phoenix_backup.ops.context import (
     Environment,
     open_repository,
+    refuse_export_in_workspace,
     refuse_plain_copies_in_repository,
     require_identity,
     scratch_dir,
@@ -259,9 +261,10 @@ def export(
             raise UsageError(f"{output} is a link to {linked}, which is not a folder; choose a new --output folder")
         output = linked
     refuse_plain_copies_in_repository(cfg, output, "--output")
+    refuse_export_in_workspace(cfg, output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(f"{output} already exists and is not an empty folder; choose a new --output folder")
-    if os.path.ismount(output):  # the export's folder is renamed over the empty one, never over a mount point
+    if is_mount_point(output):  # the export's folder is renamed over the empty one, never over a mount point
         raise UsageError(
             f"{output} is a mount point, which the export cannot replace with its own folder; "
             f"choose a folder inside it, e.g. --output {output / 'export'}"
@@ -272,6 +275,7 @@ def export(
     journal = leftovers.Journal(envx.notice)
     work = output.parent / f".phx-tmp-{journal.name}"
     journal.record(output.parent)
+    published = False
     try:
         work.mkdir(mode=0o700)
         source_cm = live_source(cfg, envx) if ref is None else snapshot_source(cfg, envx, ref, target)
@@ -283,19 +287,54 @@ def export(
                 raise ExportError(f"a store could not be read for the export ({exc}); run `phx doctor`") from exc
         fsync_tree(work)  # the files and folders on disk before the rename publishes them
         with contextlib.suppress(FileNotFoundError):
-            output.rmdir()  # an empty folder given as --output
+            _take_on(work, os.stat(output), output, envx)  # an empty folder given as --output
+            output.rmdir()
         os.rename(work, output)
+        published = True
         fsync_dir(output.parent)  # and the rename itself
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a file size limit: one sentence with the fix
             local = cfg.repository_path if "local" in cfg.targets.enabled_names() else None
-            raise os_error(exc, f"writing the export to {output}", destination=output, repository=local) from exc
+            what = f"writing the export to {output}"
+            if published:  # its files are whole and on disk; the folder's new entry may not be
+                what = (
+                    f"syncing the folder that holds the export {output} (complete there, but a power cut could lose it)"
+                )
+            raise os_error(exc, what, destination=output, repository=local) from exc
         raise
     finally:
         journal.close()
     result.size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     return result
+
+
+def _take_on(work: Path, old: os.stat_result, output: Path, envx: Environment) -> None:
+    """The empty folder given as `--output` is replaced by the export's (the export appears whole
+    or not at all): the new folder takes on its extended attributes (ACLs, SELinux label), owner,
+    group and mode (but for other users' bits), so that the folder the user prepared keeps who
+    may read it."""
+    kept = True
+    with contextlib.suppress(OSError):  # a file system without extended attributes
+        for name in os.listxattr(output):
+            try:
+                os.setxattr(work, name, os.getxattr(output, name))
+            except OSError:
+                kept = False
+    if (old.st_uid, old.st_gid) != (os.stat(work).st_uid, os.stat(work).st_gid):
+        try:
+            os.chown(work, old.st_uid, old.st_gid)
+        except OSError:  # another user's folder, writable by this one: only root gives a folder away
+            kept = False
+    # Never for other users: a plain `mkdir` under umask 022 gives them read, and the export holds
+    # every store's rows (and secrets, unless --sanitize); a reader meant on purpose is a group or
+    # an ACL entry, both taken on.
+    os.chmod(work, stat.S_IMODE(old.st_mode) & ~0o007)
+    if not kept:
+        envx.notice(
+            f"warning: {output} was replaced by the export's folder, which could not take on all of its owner, "
+            "group and extended attributes (ACLs); check who may read the export"
+        )
 
 
 def _store_names(databases: list[SourceDatabase]) -> list[str]:

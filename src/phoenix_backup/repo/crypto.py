@@ -181,9 +181,11 @@ class BackgroundSha256:
             self._raise_error()
             if self._ended:
                 raise ValueError("a closed digest cannot be fed")
-            while self._queued and self._queued + size > self._limit:
+            while not self._ended and self._queued and self._queued + size > self._limit:
                 self._cond.wait()
             self._raise_error()
+            if self._ended:  # `close` from another thread while this one waited for room
+                raise ValueError("a closed digest cannot be fed")
             self._queue.append(view)
             self._queued += size
             self._cond.notify_all()

@@ -680,11 +680,45 @@ def _slot_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return kek
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 15.1), which
+# `unicodedata` does not give: characters a font shows as nothing. Beyond the format characters
+# (category Cf) it holds the Hangul fillers (U+115F, U+1160, U+3164, U+FFA0), the combining
+# grapheme joiner (U+034F), the Khmer inherent vowels (U+17B4, U+17B5), the Mongolian and the
+# other variation selectors (U+180B-180F, U+FE00-FE0F, U+E0100-E01EF) and unassigned code points
+# kept for such characters. U+2800 (braille pattern blank) is not among them but shows as nothing.
+_INVISIBLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+
+
+def _invisible(c: str) -> bool:
+    point = ord(c)
+    return any(low <= point <= high for low, high in _INVISIBLE)
+
+
 def _blank(passphrase: str) -> bool:
-    """Whether the passphrase is spaces alone: any Unicode white space (tabs, new lines, no-break
-    spaces) and the invisible format characters (category Cf: zero-width spaces and joiners, the
-    byte-order mark), which `str.strip` keeps."""
-    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in passphrase)
+    """Whether the passphrase shows nothing: any Unicode white space (tabs, new lines, no-break
+    spaces), the invisible format characters (category Cf: zero-width spaces and joiners, the
+    byte-order mark), which `str.strip` keeps, and the other characters Unicode calls default
+    ignorable (`_INVISIBLE`: Hangul fillers, variation selectors, the braille blank)."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" or _invisible(c) for c in passphrase)
 
 
 def wrap_passphrase(

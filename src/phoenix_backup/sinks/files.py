@@ -324,7 +324,7 @@ class FileWriter:
         with self.parent_dir(logical) as (fd, name):
             tmp = self._temp_name(logical)
             os.symlink(node.link_target, tmp, dir_fd=fd)
-            rename_over(fd, tmp, name, logical)
+            rename_over(fd, tmp, name, logical, self.destination_error)
             with contextlib.suppress(OSError, NotImplementedError):
                 os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
@@ -367,12 +367,12 @@ class FileWriter:
                     if (st.st_dev, st.st_ino) != inode:
                         discard(fd, tmp)  # `first` was swapped since it was written: copy instead
                     else:
-                        rename_over(fd, tmp, name, logical)
+                        rename_over(fd, tmp, name, logical, self.destination_error)
                         os.fsync(fd)
                         return "ok"
             except OSError as exc:
                 if exc.errno not in _NO_LINK:
-                    raise unsafe_or_error(exc, logical) from exc
+                    raise unsafe_or_error(exc, logical, self.destination_error) from exc
         return self.content(logical, node)
 
     def write_temp(self, fd: int, logical: str, node: Node) -> str:
@@ -433,7 +433,7 @@ class FileWriter:
                     os.unlink(tmp, dir_fd=fd)
                 raise self.destination_error(exc, logical, len(data)) from exc
             os.close(out)
-            rename_over(fd, tmp, name, logical)
+            rename_over(fd, tmp, name, logical, self.destination_error)
             os.fsync(fd)
 
     def content(self, logical: str, node: Node) -> str:
@@ -520,7 +520,7 @@ class Written:
             except OSError as exc:
                 _drop_temp(self.dfd, self.tmp)
                 raise self.writer.destination_error(exc, self.logical) from exc
-            rename_over(self.dfd, self.tmp, self.name, self.logical)
+            rename_over(self.dfd, self.tmp, self.name, self.logical, self.writer.destination_error)
             self.writer.renamed_into(self.logical.rpartition("/")[0])
         finally:
             self._close()
@@ -544,17 +544,22 @@ def _drop_temp(fd: int, tmp: str) -> None:
         os.unlink(tmp, dir_fd=fd)
 
 
-def rename_over(fd: int, tmp: str, name: str, logical: str) -> None:
-    """Rename `tmp` over `name` in the folder `fd`; when that fails, `tmp` is removed."""
+DestinationError = Callable[[OSError, str], PhoenixError]
+
+
+def rename_over(fd: int, tmp: str, name: str, logical: str, destination: DestinationError | None = None) -> None:
+    """Rename `tmp` over `name` in the folder `fd`; when that fails, `tmp` is removed and what is
+    in place stays. `destination`: `FileWriter.destination_error`, which names the destination's
+    disk for a full or failing one."""
     try:
         os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=fd)
-        raise unsafe_or_error(exc, logical) from exc
+        raise unsafe_or_error(exc, logical, destination) from exc
 
 
-def unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
+def unsafe_or_error(exc: OSError, logical: str, destination: DestinationError | None = None) -> PhoenixError:
     if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR):
         return UnsafePath(f"{logical} exists in the destination as a folder; move it aside and restore again")
     if exc.errno == errno.ELOOP:
@@ -570,6 +575,16 @@ def unsafe_or_error(exc: OSError, logical: str) -> PhoenixError:
             f"permission denied while restoring {logical}; check the owner and mode of the folder {folder} in the "
             f"destination and of {logical} there, if it exists (an immutable or append-only attribute counts too)"
         )
+    if exc.errno in (errno.EXDEV, errno.EBUSY):
+        # The renamed copy lies beside its place, so only a mount on the place itself (a file
+        # bind-mounted there, as containers do) or a file system that refuses renames says this.
+        return StorageError(
+            f"cannot put the restored {logical} in place: the destination refused the rename over it "
+            f"({exc.strerror}), as it does when {logical} is a mount point (a file bind-mounted there); "
+            f"it was left as it was — restore with --to DIR and copy it over yourself"
+        )
+    if destination is not None:
+        return destination(exc, logical)
     return os_error(exc, f"restoring {logical}")
 
 

@@ -48,6 +48,7 @@ from phoenix_backup.dirs import make_dirs
 from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.repo.locks import ProcessTag, own_start_time
 from phoenix_backup.sources.files import RESTORE_TEMP
+from phoenix_backup.storage.local import os_error
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A journal line is one folder path as JSON: PATH_MAX bytes, each escaped in at most 6 characters.
@@ -95,20 +96,28 @@ class Journal:
                     )
                     return
             assert self._dir is not None
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-            with os.fdopen(os.open(self.name, flags, 0o600, dir_fd=self._dir), "a", encoding="utf-8") as f:
-                if new:
-                    me = ProcessTag.current()
-                    header = {"host": me.host, "bootId": me.boot_id, "pidNamespace": me.pid_ns}
-                    header |= {"timeNamespace": me.time_ns, "pid": me.pid, "start": me.start}
-                    f.write(json.dumps(header) + "\n")
-                # JSON's \\udcXX escapes keep a folder name that is not UTF-8 exact.
-                f.write(json.dumps(key) + "\n")
-                f.flush()
-                os.fsync(f.fileno())  # before the file it announces (a power cut, not only a kill)
-            if new:
-                os.fsync(self._dir)  # and its name in the journal folder
+            try:
+                self._append(key, new)
+            except OSError as exc:  # a full, failing or read-only cache disk; a file system without fsync
+                what = f"writing the restore journal {self.path} (set PHX_CACHE_DIR to keep it on another disk)"
+                raise os_error(exc, what, destination=self.path) from exc
             self._folders.add(key)
+
+    def _append(self, key: str, new: bool) -> None:
+        assert self._dir is not None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(self.name, flags, 0o600, dir_fd=self._dir), "a", encoding="utf-8") as f:
+            if new:
+                me = ProcessTag.current()
+                header = {"host": me.host, "bootId": me.boot_id, "pidNamespace": me.pid_ns}
+                header |= {"timeNamespace": me.time_ns, "pid": me.pid, "start": me.start}
+                f.write(json.dumps(header) + "\n")
+            # JSON's \\udcXX escapes keep a folder name that is not UTF-8 exact.
+            f.write(json.dumps(key) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # before the file it announces (a power cut, not only a kill)
+        if new:
+            os.fsync(self._dir)  # and its name in the journal folder
 
     def close(self) -> None:
         with self._lock:

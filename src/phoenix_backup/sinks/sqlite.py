@@ -125,18 +125,32 @@ def restore_database(
     with writer.parent_dir(logical) as (fd, name):
         try:
             shown = str(writer.layout.to_real(logical, writer.to))
-            if in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown):
-                _set_live_metadata(fd, name, node, logical)
-                method = "backup-api"
-            else:
-                # Absent or unreadable: the new file replaces it, and journals of the old one go
-                # first (SQLite would replay a stale -wal into the new file).
-                sqlite_live.remove_companions(fd, name)
-                rename_over(fd, tmp, name, logical)
-                method = "rename"
+            try:
+                applied = in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown)
+            except OSError as exc:  # a full or failing disk under the live database (sqlite_live.apply_copy)
+                raise writer.destination_error(exc, logical, node.size) from exc
+            try:
+                if applied:
+                    _set_live_metadata(fd, name, node, logical)
+                    method = "backup-api"
+                else:
+                    # Absent or unreadable: the new file replaces it, and journals of the old one go
+                    # first (SQLite would replay a stale -wal into the new file).
+                    sqlite_live.remove_companions(fd, name)
+                    method = "rename"
+            except OSError as exc:  # its fchmod, fsync or unlink: the destination's disk
+                raise writer.destination_error(exc, logical) from exc
+            if not applied:
+                rename_over(fd, tmp, name, logical, writer.destination_error)
         finally:
-            discard(fd, tmp)
-        os.fsync(fd)
+            try:
+                discard(fd, tmp)
+            except OSError as exc:
+                raise writer.destination_error(exc, logical) from exc
+        try:
+            os.fsync(fd)  # the rename on disk
+        except OSError as exc:
+            raise writer.destination_error(exc, logical) from exc
         info: dict[str, Any] = {"path": logical, "integrity": "ok", "method": method}
         if written.check:
             info["copyCheck"] = written.check

@@ -12,6 +12,7 @@ whenever the live database exists and can be read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sqlite3
@@ -49,11 +50,14 @@ def probe(path: str) -> LiveDb:
     except OSError as exc:
         return LiveDb(True, False, exc.strerror or str(exc))
     try:
-        if not _is_regular(fd):
-            return LiveDb(True, False, "not a regular file")
-        header = os.pread(fd, 100, 0)
-    finally:
-        os.close(fd)
+        try:
+            if not _is_regular(fd):
+                return LiveDb(True, False, "not a regular file")
+            header = os.pread(fd, 100, 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:  # a failing disk: unreadable, as when the open fails
+        return LiveDb(True, False, exc.strerror or str(exc))
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         return LiveDb(True, False, "not an SQLite database")
     raw = int.from_bytes(header[16:18], "big")
@@ -129,6 +133,11 @@ def apply_if_readable(copy: str, live: str, logical: str, shown: str) -> bool:
     return True
 
 
+# SQLite's result codes for a write the disk refused (SQLITE_FULL: no space; SQLITE_IOERR and its
+# extended codes: an I/O error, a quota used up), as the errno the destination message knows.
+_DISK_ERRORS = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_IOERR: errno.EIO}
+
+
 def apply_copy(copy: str, live: str, logical: str) -> None:
     """Copy the checked restored copy into the live database through the backup API."""
     src = sqlite3.connect(sqlite_uri(copy, "mode=ro&immutable=1"), uri=True)
@@ -147,6 +156,9 @@ def apply_copy(copy: str, live: str, logical: str) -> None:
         finally:
             dst.close()
     except (sqlite3.Error, TimeoutError) as exc:
+        failed = _DISK_ERRORS.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+        if failed is not None:  # the destination's disk, full or failing: the caller names it
+            raise OSError(failed, f"{os.strerror(failed)} ({exc})") from exc
         raise RestoreError(
             f"cannot write the restored {logical} into the live database ({exc}); it is unchanged — stop the "
             "processes that use it (or configure gateway.stop) and restore again"

@@ -43,12 +43,19 @@ def refuse_inside(repository: Path, folder: Path, what: str) -> None:
     compared too, not only their paths: a bind mount, or another spelling on a case-insensitive file
     system, reaches the repository's folder under a path that is not below its own."""
     root = repository.expanduser().resolve()
-    real = folder.resolve()
-    if real == root or root in real.parents or _same_folder_above(root, real):
+    if is_inside(root, folder):
         raise UsageError(
             f"{what} {folder} is inside the repository at {root}, which would put plain copies of your files "
             "among its objects; choose a folder outside it"
         )
+
+
+def is_inside(root: Path, folder: Path) -> bool:
+    """Whether `folder` is the folder `root` or lies below it: by path (links followed) or, for a
+    bind mount or another spelling on a case-insensitive file system, by device and inode."""
+    root = root.expanduser().resolve()
+    real = folder.resolve()
+    return real == root or root in real.parents or _same_folder_above(root, real)
 
 
 def _same_file_system(a: Path, b: Path | None) -> bool:
@@ -130,7 +137,9 @@ def os_error(
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"no space left on the device while {what}; free some space and run again")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}")
+        # EPERM, not EACCES, is also what an immutable or append-only file or folder answers.
+        also = " (an immutable or append-only attribute counts too: `lsattr -d`)" if exc.errno == errno.EPERM else ""
+        return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}{also}")
     if exc.errno == errno.EFBIG:
         return StorageError(
             f"a file size limit of this process (`ulimit -f`: {_file_size_limit()}) stopped {what}; "
