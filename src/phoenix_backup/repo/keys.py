@@ -729,8 +729,8 @@ def wrap_passphrase(
     `phx key rotate`) lets one chosen before that was refused stay as it is."""
     if not passphrase or (not kept and _blank(passphrase)):
         raise UsageError(
-            "the passphrase is empty or only spaces; choose a passphrase with other characters "
-            "(or use --encryption none)"
+            "the passphrase is empty or only spaces and characters that show nothing; choose a passphrase with "
+            "visible characters (or use --encryption none)"
         )
     chosen = dict(DEFAULT_SCRYPT_PARAMS)
     if kdf_params is not None:
