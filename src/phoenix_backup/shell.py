@@ -21,6 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Output kept for the report: the end of what the command printed.
 OUTPUT_TAIL = 2000
@@ -71,6 +74,46 @@ class StopScope:
         finally:
             with self._lock:
                 self._waits.pop(key, None)
+
+    def connecting(self, connect: Callable[[], T], close: Callable[[T], None]) -> T:
+        """What `connect` returns (a connection to a server), run in a thread of its own: nothing
+        can end its wait from another thread (psycopg's and redis-py's connects hold their socket
+        to themselves until they return), and a server that accepts the connection and never
+        answers would keep a stop waiting for the connect's timeout. Once the work has ended this
+        returns at once, raising ConnectionAbortedError; what the connect gives later is closed
+        with `close` as it comes. The thread is a daemon: a process that ends does not wait."""
+        done = threading.Event()
+        lock = threading.Lock()
+        outcome: list[tuple[bool, object]] = []
+        abandoned = False
+
+        def run() -> None:
+            result: tuple[bool, object]
+            try:
+                result = (True, connect())
+            except BaseException as exc:  # handed to the caller
+                result = (False, exc)
+            with lock:
+                if abandoned:
+                    if result[0]:
+                        with contextlib.suppress(Exception):
+                            close(result[1])  # type: ignore[arg-type]
+                    return
+                outcome.append(result)
+            done.set()
+
+        threading.Thread(target=run, name="phx-connect", daemon=True).start()
+        with self.ending(done.set):
+            done.wait()
+        with lock:
+            if not outcome:
+                abandoned = True
+                raise ConnectionAbortedError("the work was stopped while connecting")
+        ok, value = outcome[0]
+        if not ok:
+            assert isinstance(value, BaseException)
+            raise value
+        return value  # type: ignore[return-value]
 
     def end(self) -> None:
         """SIGKILL to every child group of this work that runs, and to any it starts from now on;
@@ -275,7 +318,7 @@ class ShellStep:
     label: str
     command: str
     ok: bool
-    exit_code: int | None  # None when it was killed or could not be run
+    exit_code: int | None  # None when it timed out or could not be run; -N when signal N ended it
     timed_out: bool
     duration: float
     output: str  # the last lines it printed (stdout and stderr together)
@@ -286,6 +329,8 @@ class ShellStep:
             why = "did not finish in time and was killed"
         elif self.exit_code is None:
             why = "could not be run"
+        elif self.exit_code < 0:  # Popen's word for a command ended by a signal
+            why = f"was killed by {_signal_name(-self.exit_code)}"
         else:
             why = f"exited with {self.exit_code}"
         last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
@@ -300,6 +345,14 @@ class ShellStep:
             "duration": round(self.duration, 3),
             "output": self.output,
         }
+
+
+def _signal_name(signum: int) -> str:
+    """SIGKILL for 9; the number itself for one Python does not name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) -> ShellStep:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -285,3 +287,84 @@ def test_a_watch_keeps_the_temporary_cache_folder_of_a_watch_on_another_machine(
     finally:
         other.kill()
         other.wait()
+
+
+class _SilentServer:
+    """A TCP server that accepts every connection and never answers (a PostgreSQL or Redis that
+    hangs): `accepted` is set once a client connected, `closed` once every client hung up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = threading.Event()
+        self.clients: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                con, _ = self.sock.accept()
+            except OSError:
+                return
+            self.clients.append(con)
+            self.accepted.set()
+
+    def hung_up(self) -> bool:
+        """Every client has closed its end (a read on it gives end of file at once)."""
+        for con in self.clients:
+            con.settimeout(0.01)
+            try:
+                while con.recv(65536):
+                    pass
+            except TimeoutError:
+                return False
+            except OSError:
+                pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+        for con in self.clients:
+            con.close()
+
+
+@pytest.mark.parametrize(
+    ("engine", "sig"),
+    [("postgres", signal.SIGTERM), ("postgres", signal.SIGINT), ("redis", signal.SIGTERM), ("redis", signal.SIGINT)],
+)
+def test_a_stop_does_not_wait_for_a_database_server_that_never_answers(
+    sandbox: Sandbox, engine: str, sig: signal.Signals
+) -> None:
+    # The server accepts the connection and says nothing: PostgreSQL's connect waits for its 10 s
+    # timeout, a Redis read for 120 s. A stop ends them at once (each is ended from the stopping
+    # thread), with the signal's exit code, no snapshot and no lock; the connection is closed.
+    sb = sandbox
+    before = sb.snapshots()
+    server = _SilentServer()
+    proc: subprocess.Popen[str] | None = None
+    try:
+        if engine == "postgres":
+            entry = {"name": "silent", "host": "127.0.0.1", "port": server.port, "database": "x", "user": "x"}
+        else:
+            entry = {"name": "silent", "url": f"redis://127.0.0.1:{server.port}/0"}
+        sb.write_config(databases={engine: [entry]})
+        proc = subprocess.Popen(
+            [PHX, "backup"], env=sb.env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert server.accepted.wait(60), proc.communicate()
+        time.sleep(0.3)  # its connect (or first read) is waiting now
+        proc.send_signal(sig)
+        # Well inside the server's timeouts (10 s to connect, 120 s to read): the old code waited
+        # for them (the stop had no way to end them).
+        out, err = proc.communicate(timeout=8)
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        _assert_stopped(res, sig)
+        assert sb.snapshots() == before, "a stopped backup is no snapshot"
+        assert list((sb.repo / "locks").iterdir()) == [], "the lock is removed"
+        assert server.hung_up(), "phx closed its connections to the server"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # it did not stop: not left running
+            proc.communicate()
+        server.close()

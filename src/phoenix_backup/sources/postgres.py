@@ -446,7 +446,10 @@ class _Reader:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        self._con = self.conn.connect()
+        if self.stops is not None:  # a stop does not wait for a server that does not answer
+            self._con = self.stops.connecting(self.conn.connect, lambda con: con.close())
+        else:
+            self._con = self.conn.connect()
         try:
             if self.stops is not None:
                 con = self._con
