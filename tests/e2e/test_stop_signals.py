@@ -10,6 +10,7 @@ tests/e2e/test_restore_sync_adversary.py, the watch's temporary cache folders he
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
 import shutil
 import signal
@@ -368,3 +369,45 @@ def test_a_stop_does_not_wait_for_a_database_server_that_never_answers(
             proc.kill()  # it did not stop: not left running
             proc.communicate()
         server.close()
+
+
+# A stop signal while `phx` imports its commands, before `main` installs its stop handlers: sent
+# by phx itself as it imports click (after the `phoenix_backup.cli` package, before the commands).
+_SIGNAL_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+
+class _Signal(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), int(os.environ["EARLY_SIGNAL"]))
+        return None
+
+sys.meta_path.insert(0, _Signal())
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("json", [False, True])
+def test_a_stop_while_phx_starts_exits_with_the_signals_code_and_line(
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals, json: bool
+) -> None:
+    # Before, the signal's default action ended phx silently (exit -15, -2 with a traceback of
+    # KeyboardInterrupt, -1): a service manager or a script saw no stop, only a killed process.
+    site = tmp_path / "early-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SIGNAL_WHILE_IMPORTING)
+    env = dict(sandbox.env, PYTHONPATH=str(site), EARLY_SIGNAL=str(int(sig)))
+    before = sandbox.snapshots()
+    args = [PHX, "backup", *(["--json"] if json else [])]
+    res = subprocess.run(args, env=env, cwd=sandbox.root, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    message = "interrupted; the repository is unchanged unless a snapshot was reported"
+    assert res.returncode == 128 + sig, (res.returncode, res.stderr)
+    if json:
+        assert [jsonlib.loads(line) for line in res.stderr.splitlines()] == [
+            {"type": "notice", "level": "problem", "message": message}
+        ], res.stderr
+        assert jsonlib.loads(res.stdout) == {"ok": False, "error": message, "errorType": "Interrupted"}
+    else:
+        assert res.stderr == f"phx: {message}\n" and res.stdout == ""
+    assert sandbox.snapshots() == before
