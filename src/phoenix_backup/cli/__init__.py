@@ -4,6 +4,7 @@ line and exit code (`stop_while_starting`), instead of killing it silently (exit
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -13,13 +14,21 @@ from types import FrameType
 INTERRUPTED_MESSAGE = "interrupted; the repository is unchanged unless a snapshot was reported"
 
 
+def _is_phx() -> bool:
+    """The `phx` program: its script, or `python -m phoenix_backup.cli.main` (a scheduled run)."""
+    if sys.argv and os.path.basename(sys.argv[0]) == "phx":
+        return True
+    argv = sys.orig_argv
+    return any(pair == ("-m", "phoenix_backup.cli.main") for pair in itertools.pairwise(argv))
+
+
 def stop_while_starting() -> None:
     """Until `cli.app.stop_on_signals` installs the stop handlers (`phx`'s first step), SIGTERM,
     SIGHUP and SIGINT end the process at once, as they did, but with the line and the exit code of
     a stop (143, 129, 130): nothing is open or written yet. For the `phx` program only: a program
-    importing the package (the Python API, tests) keeps its handlers. Signals ignored when the
-    process started (`nohup`) stay ignored."""
-    if not sys.argv or os.path.basename(sys.argv[0]) != "phx":
+    importing the package (the Python API, tests, `python -m phoenix_backup.cli.reference`) keeps
+    its handlers. Signals ignored when the process started (`nohup`) stay ignored."""
+    if not _is_phx():
         return
     if "--json" in sys.argv:
         import json
