@@ -4,10 +4,15 @@
 Its output goes to a temporary file, never to a pipe: a start command typically leaves a daemon
 running that inherits its output, and waiting for a pipe to close would wait for that daemon.
 
-Every child in a session of its own (these commands, pg_restore) is in `child_group` while it
-runs: a stop (Ctrl-C, SIGTERM, SIGHUP: an exception in the main thread) kills its process group
-and waits for it, and a second stop signal, which ends `phx` at once (`os._exit`, cli/app.py),
-kills every such group first (`end_child_groups`), so none is left running on its own.
+Every child in a session of its own (these commands, pg_restore, pg_dump) is in `child_group`
+while it runs: a stop (Ctrl-C, SIGTERM, SIGHUP: an exception in the main thread) kills its
+process group and waits for it. Two ways end such groups from elsewhere, for two purposes:
+
+- `end_child_groups`: every group of the whole process, for a second stop signal, which ends
+  `phx` at once (`os._exit`, cli/app.py): none is left running on its own.
+- `StopScope.end`: the children and waits of one piece of work (a backup's pg_dumps, its server
+  connections and their connects), for that work's early end (its stop, its failure); other work
+  in the same process (the Python API) keeps its own.
 """
 
 from __future__ import annotations
@@ -144,7 +149,7 @@ def child_group(
             with _GROUPS_LOCK:
                 _GROUPS[proc.pid] = proc
             if groups is not None and not groups._add(proc):
-                _kill_group(proc.pid)  # its work has ended: the block finds it killed
+                kill_group(proc.pid)  # its work has ended: the block finds it killed
         yield proc
     except BaseException:
         if proc is not None:
@@ -265,7 +270,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _stat(pid: int) -> list[str]:
+def proc_stat(pid: int) -> list[str]:
     """The fields of /proc/PID/stat after the command's name (state, ppid, ...); [] when gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
@@ -275,7 +280,7 @@ def _stat(pid: int) -> list[str]:
 
 
 def _parent(pid: int) -> int | None:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return int(fields[1]) if len(fields) > 1 else None
 
 
@@ -283,7 +288,7 @@ def _wait_stopped(pid: int, deadline: float) -> None:
     """Until `pid` is stopped (a fork under way when SIGSTOP came has given its child by then),
     has ended, or `deadline` passed."""
     while time.monotonic() < deadline:
-        fields = _stat(pid)
+        fields = proc_stat(pid)
         if not fields or fields[0] in ("T", "t", "Z", "X"):
             return
         time.sleep(0.0005)
@@ -303,10 +308,11 @@ def _end_group(proc: subprocess.Popen[bytes]) -> None:
     process's group by now; what it left running in its group (a daemon a gateway command
     started) is left alone, as when it ends before a stop."""
     if proc.returncode is None:  # not reaped: its pid cannot have been reused
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
 
 
-def _kill_group(pgid: int) -> None:
+def kill_group(pgid: int) -> None:
+    """SIGKILL to the process group `pgid` (a stopped process ends too); nothing when it is gone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
@@ -374,7 +380,7 @@ def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) 
                     code: int | None = proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     timed_out = True
-                    _kill_group(proc.pid)
+                    kill_group(proc.pid)
                     proc.wait()
                     code = None
         except OSError as exc:  # it could not be started (waiting and killing raise none)
