@@ -182,16 +182,17 @@ class _Backoff(ExponentialBackoff):
     Shared by every connection of a client (redis-py copies the retry policy into each)."""
 
     def __init__(self, stopped: threading.Event) -> None:
-        super().__init__(cap=2, base=0.1)
+        super().__init__(cap=10, base=1)  # redis-py's own bounds (1 s, doubling, 10 s at most)
         self.stopped = stopped
 
     def __deepcopy__(self, memo: dict[int, object]) -> _Backoff:
         return self
 
     def compute(self, failures: int) -> float:
-        if self.stopped.is_set():
+        # The wait itself is here, where a stop ends it: redis-py's sleep would not see it.
+        if self.stopped.wait(float(super().compute(failures))):
             raise redis_lib.ConnectionError("the read was stopped")
-        return float(super().compute(failures))
+        return 0.0
 
 
 def connect(entry: RedisDb, stopped: threading.Event | None = None) -> redis_lib.Redis:
