@@ -66,6 +66,7 @@ def _stop_midway(
     again: float | None = None,
     then: signal.Signals | None = None,
     hung_up: bool = False,
+    site_extra: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """Run `phx ARGS` with every fsync and unlink in the repository slowed, send `sig` once the
     first one in its `data/` happened (and `then`, or `sig` again, `again` seconds later), and
@@ -73,7 +74,7 @@ def _stop_midway(
     write answered EIO) before the signal; what it said is then lost."""
     site = tmp_path / "slow-site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SLOW)
+    (site / "sitecustomize.py").write_text(SLOW + site_extra)
     started = tmp_path / "slow-started"
     started.unlink(missing_ok=True)
     env = dict(sb.env)
@@ -411,3 +412,37 @@ def test_a_stop_while_phx_starts_exits_with_the_signals_code_and_line(
     else:
         assert res.stderr == f"phx: {message}\n" and res.stdout == ""
     assert sandbox.snapshots() == before
+
+
+# A stop signal while Python tears `phx` down (after every thread and exit handler): sent by an
+# object that module teardown destroys, after Python put its signal handlers back to the default.
+_SIGNAL_WHILE_TEARING_DOWN = """
+import os
+
+class _SignalWhenDestroyed:
+    def __del__(self):
+        os.kill(os.getpid(), {signum})
+
+_keep = _SignalWhenDestroyed()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_while_phx_tears_down_keeps_the_exit_code(
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # A command stopped by a first signal (or one that ended by itself: `phx version` here, exit
+    # 0) has said its line and chosen its exit code; a second Ctrl-C that lands while Python tears
+    # itself down changes nothing. Before, Python's default action killed it there: exit -2 or -15
+    # (a second Ctrl-C 50 ms after the first during `phx export` gave -2 after the stop's line).
+    late = _SIGNAL_WHILE_TEARING_DOWN.replace("{signum}", str(int(sig)))
+    site = tmp_path / "late-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(late)
+    env = dict(sandbox.env, PYTHONPATH=str(site))
+    res = subprocess.run([PHX, "--version"], env=env, cwd=sandbox.root, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("phx, version"), (res.returncode, res.stderr)
+    numbered_notes(sandbox, 120)
+    res = _stop_midway(sandbox, tmp_path, sig, "backup", site_extra=late)
+    _assert_stopped(res, sig)
+    _assert_repository_clean(sandbox)
