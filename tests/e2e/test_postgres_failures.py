@@ -26,6 +26,7 @@ from services import (
     free_port,
     make_memory_db,
     postgres_entry,
+    reader_entry,
 )
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
@@ -194,12 +195,7 @@ def test_a_table_locked_by_another_session_fails_the_read_after_a_bounded_wait(
     # claim the database. Before, the read waited for as long as the lock was held (for ever).
     pg = pg_server
     db = make_memory_db(pg, rows_per_agent=2, dims=8)
-    if agent:
-        entry = postgres_entry(pg, db, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW", agentId="argent")
-        env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
-    else:
-        entry = postgres_entry(pg, db)
-        env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    entry, env = reader_entry(pg, db, sandbox.env, agent=agent)
     sandbox.write_config(databases={"postgres": [entry]})
     site = tmp_path / "short-lock-wait"
     site.mkdir()

@@ -24,7 +24,7 @@ from e2e_support import PHX, Sandbox, process_state
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import services
-from services import AGENT_ROLE, ROLE_PASSWORD, PgServer, db_state, make_memory_db, postgres_entry
+from services import PgServer, db_state, make_memory_db, postgres_entry, reader_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
@@ -568,12 +568,7 @@ def test_a_stop_while_a_read_waits_for_a_lock_ends_at_once(sandbox: Sandbox, pg_
     before, it waited there until the lock was granted."""
     pg, sb = pg_server, sandbox
     db = make_memory_db(pg, rows_per_agent=10, dims=8)
-    if agent:
-        entry = postgres_entry(pg, db, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW", agentId="argent")
-        env = sb.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
-    else:
-        entry = postgres_entry(pg, db)
-        env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    entry, env = reader_entry(pg, db, sb.env, agent=agent)
     sb.write_config(databases={"postgres": [entry]})
     before = sb.snapshots()
     locker = pg.connect(db)
