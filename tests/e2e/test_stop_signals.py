@@ -10,6 +10,7 @@ tests/e2e/test_restore_sync_adversary.py, the watch's temporary cache folders he
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import os
 import shutil
@@ -25,6 +26,13 @@ import pytest
 from e2e_support import PHX, Sandbox, numbered_notes
 
 from phoenix_backup.storage.base import TEMP_MARKER
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import services
+from services import PgServer, make_memory_db, postgres_entry
+
+pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
 SLOW = """
 import os, time
@@ -446,3 +454,88 @@ def test_a_second_signal_while_phx_tears_down_keeps_the_exit_code(
     res = _stop_midway(sandbox, tmp_path, sig, "backup", site_extra=late)
     _assert_stopped(res, sig)
     _assert_repository_clean(sandbox)
+
+
+class _FreezingProxy:
+    """A TCP proxy to a real PostgreSQL that lets the connection be made (startup, password, the
+    server's ReadyForQuery) and then holds everything the client sends: its first query is never
+    answered (a server that stops answering just after the connect). `held` is set once it holds
+    a client's query."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held = threading.Event()
+        self.clients: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                con, _ = self.sock.accept()
+            except OSError:
+                return
+            self.clients.append(con)
+            server = socket.create_connection(("127.0.0.1", self.target))
+            ready = threading.Event()
+            threading.Thread(target=self._down, args=(server, con, ready), daemon=True).start()
+            threading.Thread(target=self._up, args=(con, server, ready), daemon=True).start()
+
+    def _down(self, server: socket.socket, client: socket.socket, ready: threading.Event) -> None:
+        seen = b""
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                client.sendall(data)
+                seen = (seen + data)[-64:]
+                if b"Z\x00\x00\x00\x05" in seen:  # ReadyForQuery: the connect is done
+                    ready.set()
+
+    def _up(self, client: socket.socket, server: socket.socket, ready: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if ready.is_set():
+                    self.held.set()
+                    continue  # held: never reaches the server
+                server.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+        for con in self.clients:
+            con.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_does_not_wait_for_a_postgresql_server_that_stops_answering_after_the_connect(
+    sandbox: Sandbox, pg_server: PgServer, sig: signal.Signals
+) -> None:
+    # The connect succeeds; the server never answers the session's first statement (the settings
+    # phx gives its session). A stop ends that wait at once, as it ends the connect's. Before, that
+    # statement ran before the stop could end it (the hang-up was registered after): the stop
+    # waited for ever.
+    sb = sandbox
+    before = sb.snapshots()
+    db = make_memory_db(pg_server, rows_per_agent=1, dims=8)
+    proxy = _FreezingProxy(pg_server.port)
+    proc: subprocess.Popen[str] | None = None
+    try:
+        sb.write_config(databases={"postgres": [postgres_entry(pg_server, db, port=proxy.port)]})
+        env = dict(sb.env, PHX_TEST_PGPASSWORD=pg_server.password)
+        proc = subprocess.Popen(
+            [PHX, "backup"], env=env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proxy.held.wait(60), proc.communicate()
+        time.sleep(0.3)  # its statement is waiting now
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=15)
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        _assert_stopped(res, sig)
+        assert sb.snapshots() == before, "a stopped backup is no snapshot"
+        assert list((sb.repo / "locks").iterdir()) == [], "the lock is removed"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # it did not stop: not left running
+            proc.communicate()
+        proxy.close()
+        pg_server.drop_database(db)

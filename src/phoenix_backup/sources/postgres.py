@@ -455,8 +455,10 @@ class _Reader:
         try:
             if self.stops is not None:
                 con = self._con
-                self.client_checked = _check_client(con)
+                # Before the session's first statement: a server that stops answering once
+                # connected would keep it, and the stop, waiting for ever.
                 self._ending.enter_context(self.stops.ending(lambda: hang_up(con)))
+                self.client_checked = _check_client(con)
             bound_lock_wait(self._con)
             self._prepare(self._con)
         except psycopg.Error as exc:
