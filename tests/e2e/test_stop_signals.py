@@ -28,6 +28,9 @@ from e2e_support import PHX, Sandbox, numbered_notes
 from phoenix_backup.storage.base import TEMP_MARKER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from moto_support import bare_repo, git
 
 import services
 from services import PgServer, make_memory_db, postgres_entry
@@ -75,11 +78,13 @@ def _stop_midway(
     then: signal.Signals | None = None,
     hung_up: bool = False,
     site_extra: str = "",
+    slow_below: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `phx ARGS` with every fsync and unlink in the repository slowed, send `sig` once the
-    first one in its `data/` happened (and `then`, or `sig` again, `again` seconds later), and
-    return how it ended. `hung_up`: its stdout and stderr are a terminal, gone (closed, every
-    write answered EIO) before the signal; what it said is then lost."""
+    """Run `phx ARGS` with every fsync and unlink in the repository (or in `slow_below`, a Git
+    target's clones) slowed, send `sig` once the first one in its `data/` (or in `slow_below`)
+    happened (and `then`, or `sig` again, `again` seconds later), and return how it ended.
+    `hung_up`: its stdout and stderr are a terminal, gone (closed, every write answered EIO)
+    before the signal; what it said is then lost."""
     site = tmp_path / "slow-site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SLOW + site_extra)
@@ -87,8 +92,9 @@ def _stop_midway(
     started.unlink(missing_ok=True)
     env = dict(sb.env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    env |= {"SLOW_BELOW": str(sb.repo), "SLOW_SECONDS": "0.05"}
-    env |= {"SLOW_STARTED": str(started), "SLOW_MARK_BELOW": str(sb.repo / "data")}
+    below = slow_below or sb.repo
+    env |= {"SLOW_BELOW": str(below), "SLOW_SECONDS": "0.05"}
+    env |= {"SLOW_STARTED": str(started), "SLOW_MARK_BELOW": str(below if slow_below else below / "data")}
     cmd = [PHX, *args]
     terminal, output = os.openpty() if hung_up else (-1, subprocess.PIPE)
     proc = subprocess.Popen(
@@ -539,3 +545,38 @@ def test_a_stop_does_not_wait_for_a_postgresql_server_that_stops_answering_after
             proc.communicate()
         proxy.close()
         pg_server.drop_database(db)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_sync_stopped_by_a_signal_ends_after_the_uploads_under_way(
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # `phx sync` to a Git target, its writes into the clone slowed, stopped as it starts writing
+    # there: it ends after the objects under way, publishing nothing (no snapshot reaches the
+    # remote, whose every snapshot would need all its packs), and the next sync copies it all.
+    # Before, the stop waited for the whole copy (every replica's every object and the push),
+    # then said "interrupted": a SIGTERM did not stop a sync of hours.
+    sb = sandbox
+    remote = bare_repo(sb.root / "remote.git")
+    targets: dict[str, dict[str, object]] = {
+        "local": {"enabled": True},
+        "git": {"enabled": False, "repo": str(remote), "branch": "main", "autoCommit": True},
+    }
+    sb.write_config(targets=targets)
+    numbered_notes(sb, 40)
+    for i in range(3):
+        (sb.workspace / "notes" / f"extra{i}.md").write_bytes(os.urandom(300_000))
+        sb.backup()
+    targets["git"]["enabled"] = True
+    sb.write_config(targets=targets)
+    res = _stop_midway(sb, tmp_path, sig, "sync", slow_below=sb.root / "xdg-data" / "phoenix" / "git")
+    _assert_stopped(res, sig)
+    pushed = git("for-each-ref", "--format=%(refname)", cwd=remote).split()
+    if pushed:
+        names = git("ls-tree", "-r", "--name-only", "main", cwd=remote).split()
+        assert [n for n in names if n.startswith("snapshots/")] == [], "the stop published no snapshot"
+    _assert_repository_clean(sb)
+    sb.phx("sync")  # exit 0 (checked)
+    assert len(sb.phx("list", "--target", "git", "--json").json()) == 3
+    assert sb.phx("verify", "--read-data", "--target", "git", "--json").json()["ok"] is True
