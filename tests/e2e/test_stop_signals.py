@@ -324,6 +324,10 @@ class _SilentServer:
                 return
             self.clients.append(con)
             self.accepted.set()
+            self._serve_client(con)
+
+    def _serve_client(self, con: socket.socket) -> None:
+        """Nothing: the client's connection is left unanswered."""
 
     def hung_up(self) -> bool:
         """Every client has closed its end (a read on it gives end of file at once)."""
@@ -462,7 +466,7 @@ def test_a_second_signal_while_phx_tears_down_keeps_the_exit_code(
     _assert_repository_clean(sandbox)
 
 
-class _FreezingProxy:
+class _FreezingProxy(_SilentServer):
     """A TCP proxy to a real PostgreSQL that lets the connection be made (startup, password, the
     server's ReadyForQuery) and then holds everything the client sends: its first query is never
     answered (a server that stops answering just after the connect). `held` is set once it holds
@@ -470,23 +474,14 @@ class _FreezingProxy:
 
     def __init__(self, port: int) -> None:
         self.target = port
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.held = threading.Event()
-        self.clients: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                con, _ = self.sock.accept()
-            except OSError:
-                return
-            self.clients.append(con)
-            server = socket.create_connection(("127.0.0.1", self.target))
-            ready = threading.Event()
-            threading.Thread(target=self._down, args=(server, con, ready), daemon=True).start()
-            threading.Thread(target=self._up, args=(con, server, ready), daemon=True).start()
+    def _serve_client(self, con: socket.socket) -> None:
+        server = socket.create_connection(("127.0.0.1", self.target))
+        ready = threading.Event()
+        threading.Thread(target=self._down, args=(server, con, ready), daemon=True).start()
+        threading.Thread(target=self._up, args=(con, server, ready), daemon=True).start()
 
     def _down(self, server: socket.socket, client: socket.socket, ready: threading.Event) -> None:
         seen = b""
@@ -504,11 +499,6 @@ class _FreezingProxy:
                     self.held.set()
                     continue  # held: never reaches the server
                 server.sendall(data)
-
-    def close(self) -> None:
-        self.sock.close()
-        for con in self.clients:
-            con.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
