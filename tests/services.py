@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -536,6 +536,17 @@ def postgres_entry(pg: PgServer, database: str, **extra: Any) -> dict[str, Any]:
     }
     entry.update(extra)
     return entry
+
+
+def reader_entry(
+    pg: PgServer, database: str, env: Mapping[str, str], *, agent: bool
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The entry and environment of a backup reading `database` as the agent role (`agentId`:
+    one agent's rows) or as the superuser (a whole-database dump)."""
+    if agent:
+        entry = postgres_entry(pg, database, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW", agentId="argent")
+        return entry, dict(env, PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    return postgres_entry(pg, database), dict(env, PHX_TEST_PGPASSWORD=pg.password)
 
 
 def drill(sandbox: Any, env: dict[str, str], snapshot: str, path: str, scratch: str) -> Any:

@@ -4,10 +4,15 @@
 Its output goes to a temporary file, never to a pipe: a start command typically leaves a daemon
 running that inherits its output, and waiting for a pipe to close would wait for that daemon.
 
-Every child in a session of its own (these commands, pg_restore) is in `child_group` while it
-runs: a stop (Ctrl-C, SIGTERM, SIGHUP: an exception in the main thread) kills its process group
-and waits for it, and a second stop signal, which ends `phx` at once (`os._exit`, cli/app.py),
-kills every such group first (`end_child_groups`), so none is left running on its own.
+Every child in a session of its own (these commands, pg_restore, pg_dump) is in `child_group`
+while it runs: a stop (Ctrl-C, SIGTERM, SIGHUP: an exception in the main thread) kills its
+process group and waits for it. Two ways end such groups from elsewhere, for two purposes:
+
+- `end_child_groups`: every group of the whole process, for a second stop signal, which ends
+  `phx` at once (`os._exit`, cli/app.py): none is left running on its own.
+- `StopScope.end`: the children and waits of one piece of work (a backup's pg_dumps, its server
+  connections and their connects), for that work's early end (its stop, its failure); other work
+  in the same process (the Python API) keeps its own.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Output kept for the report: the end of what the command printed.
 OUTPUT_TAIL = 2000
@@ -72,6 +80,46 @@ class StopScope:
             with self._lock:
                 self._waits.pop(key, None)
 
+    def connecting(self, connect: Callable[[], T], close: Callable[[T], None]) -> T:
+        """What `connect` returns (a connection to a server), run in a thread of its own: nothing
+        can end its wait from another thread (psycopg's and redis-py's connects hold their socket
+        to themselves until they return), and a server that accepts the connection and never
+        answers would keep a stop waiting for the connect's timeout. Once the work has ended this
+        returns at once, raising ConnectionAbortedError; what the connect gives later is closed
+        with `close` as it comes. The thread is a daemon: a process that ends does not wait."""
+        done = threading.Event()
+        lock = threading.Lock()
+        outcome: list[tuple[bool, object]] = []
+        abandoned = False
+
+        def run() -> None:
+            result: tuple[bool, object]
+            try:
+                result = (True, connect())
+            except BaseException as exc:  # handed to the caller
+                result = (False, exc)
+            with lock:
+                if abandoned:
+                    if result[0]:
+                        with contextlib.suppress(Exception):
+                            close(result[1])  # type: ignore[arg-type]
+                    return
+                outcome.append(result)
+            done.set()
+
+        threading.Thread(target=run, name="phx-connect", daemon=True).start()
+        with self.ending(done.set):
+            done.wait()
+        with lock:
+            if not outcome:
+                abandoned = True
+                raise ConnectionAbortedError("the work was stopped while connecting")
+        ok, value = outcome[0]
+        if not ok:
+            assert isinstance(value, BaseException)
+            raise value
+        return value  # type: ignore[return-value]
+
     def end(self) -> None:
         """SIGKILL to every child group of this work that runs, and to any it starts from now on;
         every wait registered ended, now and from now on."""
@@ -101,7 +149,7 @@ def child_group(
             with _GROUPS_LOCK:
                 _GROUPS[proc.pid] = proc
             if groups is not None and not groups._add(proc):
-                _kill_group(proc.pid)  # its work has ended: the block finds it killed
+                kill_group(proc.pid)  # its work has ended: the block finds it killed
         yield proc
     except BaseException:
         if proc is not None:
@@ -222,7 +270,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _stat(pid: int) -> list[str]:
+def proc_stat(pid: int) -> list[str]:
     """The fields of /proc/PID/stat after the command's name (state, ppid, ...); [] when gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
@@ -232,7 +280,7 @@ def _stat(pid: int) -> list[str]:
 
 
 def _parent(pid: int) -> int | None:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return int(fields[1]) if len(fields) > 1 else None
 
 
@@ -240,7 +288,7 @@ def _wait_stopped(pid: int, deadline: float) -> None:
     """Until `pid` is stopped (a fork under way when SIGSTOP came has given its child by then),
     has ended, or `deadline` passed."""
     while time.monotonic() < deadline:
-        fields = _stat(pid)
+        fields = proc_stat(pid)
         if not fields or fields[0] in ("T", "t", "Z", "X"):
             return
         time.sleep(0.0005)
@@ -260,10 +308,11 @@ def _end_group(proc: subprocess.Popen[bytes]) -> None:
     process's group by now; what it left running in its group (a daemon a gateway command
     started) is left alone, as when it ends before a stop."""
     if proc.returncode is None:  # not reaped: its pid cannot have been reused
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
 
 
-def _kill_group(pgid: int) -> None:
+def kill_group(pgid: int) -> None:
+    """SIGKILL to the process group `pgid` (a stopped process ends too); nothing when it is gone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
@@ -275,7 +324,7 @@ class ShellStep:
     label: str
     command: str
     ok: bool
-    exit_code: int | None  # None when it was killed or could not be run
+    exit_code: int | None  # None when it timed out or could not be run; -N when signal N ended it
     timed_out: bool
     duration: float
     output: str  # the last lines it printed (stdout and stderr together)
@@ -286,6 +335,8 @@ class ShellStep:
             why = "did not finish in time and was killed"
         elif self.exit_code is None:
             why = "could not be run"
+        elif self.exit_code < 0:  # Popen's word for a command ended by a signal
+            why = f"was killed by {_signal_name(-self.exit_code)}"
         else:
             why = f"exited with {self.exit_code}"
         last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
@@ -300,6 +351,14 @@ class ShellStep:
             "duration": round(self.duration, 3),
             "output": self.output,
         }
+
+
+def _signal_name(signum: int) -> str:
+    """SIGKILL for 9; the number itself for one Python does not name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) -> ShellStep:
@@ -321,7 +380,7 @@ def run_shell(label: str, command: str, timeout: float, env: Mapping[str, str]) 
                     code: int | None = proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     timed_out = True
-                    _kill_group(proc.pid)
+                    kill_group(proc.pid)
                     proc.wait()
                     code = None
         except OSError as exc:  # it could not be started (waiting and killing raise none)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.sample import SampleLayout, generate_workspace
+from phoenix_backup.shell import proc_stat
 
 # The `phx` of the interpreter running the tests (the project's venv), else the one on PATH.
 _BESIDE = Path(sys.executable).with_name("phx")
@@ -287,6 +288,12 @@ def numbered_notes(sb: Sandbox, count: int) -> dict[str, bytes]:
         (folder / f"n{i:03}.md").write_bytes(data)
         files[f"n{i:03}.md"] = data
     return files
+
+
+def process_state(pid: int) -> str:
+    """The process's state letter in /proc/PID/stat (R, S, T, Z, ...), "" when it is gone."""
+    fields = proc_stat(pid)
+    return fields[0] if fields else ""
 
 
 def wait_past_racy_window() -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_support import PASSPHRASE, Sandbox
+from e2e_support import PASSPHRASE, Sandbox, process_state
 from test_key_derivation_memory import run_watched
 from test_unlock_ahead_attacks import counting, planted, put
 
@@ -140,11 +140,7 @@ def test_init_refuses_a_passphrase_file_that_holds_the_bom_alone(
 
 def _alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, killed and waiting for its reaper, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
+    return process_state(pid) not in ("", "Z", "X")
 
 
 @pytest.mark.parametrize("ends", ["runs-past-the-deadline"])

@@ -26,6 +26,7 @@ from services import (
     free_port,
     make_memory_db,
     postgres_entry,
+    reader_entry,
 )
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
@@ -181,3 +182,49 @@ def test_a_backup_without_its_database_is_partial_alerts_and_fails_status(
         assert "not saved: postgres/main" in body["message"]
     finally:
         receiver.stop()
+
+
+@pytest.mark.parametrize("agent", [True, False], ids=["agent-rows", "dump"])
+def test_a_table_locked_by_another_session_fails_the_read_after_a_bounded_wait(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path, agent: bool
+) -> None:
+    # Another session holds `memory_items` locked (LOCK TABLE ... ACCESS EXCLUSIVE, never let go):
+    # an agent's rows, and the row counts read beside pg_dump, wait for the lock over phx's own
+    # connection. The wait is bounded (the test shortens it to 1 s): the database is one clear
+    # error naming the table and the fix, the rest is saved (exit 3), and the snapshot does not
+    # claim the database. Before, the read waited for as long as the lock was held (for ever).
+    pg = pg_server
+    db = make_memory_db(pg, rows_per_agent=2, dims=8)
+    entry, env = reader_entry(pg, db, sandbox.env, agent=agent)
+    sandbox.write_config(databases={"postgres": [entry]})
+    site = tmp_path / "short-lock-wait"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("from phoenix_backup.sources import postgres\npostgres.LOCK_WAIT_S = 1\n")
+    env["PYTHONPATH"] = str(site)
+    locker = pg.connect(db)
+    try:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE memory_items IN ACCESS EXCLUSIVE MODE")
+        res = sandbox.phx("backup", "--json", env=env, check=3, timeout=90)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    doc: dict[str, Any] = res.json()
+    failed = [i for i in doc["incomplete"] if i["path"] == "postgres/main"]
+    assert len(failed) == 1, doc["incomplete"]
+    if agent:
+        assert failed[0]["error"] == (
+            "reading table public.memory_items of PostgreSQL database `main` failed: another session held a "
+            "lock on it for more than 1 s (canceling statement due to lock timeout); end that session's "
+            "transaction (its pid is in pg_locks, its query in pg_stat_activity) and run the backup again"
+        ), failed[0]["error"]
+    else:  # pg_dump's own lock wait (--lock-wait-timeout, the same 1 s) ends first
+        assert failed[0]["error"] == (
+            "pg_dump of PostgreSQL database `main` failed (exit 1): another session held a lock on a table it "
+            "reads for more than 1 s (query failed: ERROR:  canceling statement due to statement timeout); "
+            "nothing of it was kept in this snapshot; end that session's transaction (its pid is in pg_locks, "
+            "its query in pg_stat_activity) and run the backup again"
+        ), failed[0]["error"]
+    assert all(d["path"] != "postgres/main" for d in doc["databases"])
+    assert "postgres" not in sandbox.phx("ls", doc["id"], env=env).out
+    pg.drop_database(db)

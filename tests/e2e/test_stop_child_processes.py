@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_support import PHX, Sandbox
+from e2e_support import PHX, Sandbox, process_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import services
-from services import AGENT_ROLE, ROLE_PASSWORD, PgServer, db_state, make_memory_db, postgres_entry
+from services import PgServer, db_state, make_memory_db, postgres_entry, reader_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
@@ -47,14 +47,6 @@ def _name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
-        return ""
-
-
-def _state(pid: int) -> str:
-    """The process's state letter (R, S, T, Z, ...), "" when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
         return ""
 
 
@@ -94,10 +86,10 @@ def _frozen_child(proc: subprocess.Popen[str], name: str = "pg_restore") -> int:
             # Not the `--version` probe that finds the tool (`sources.postgres.tool_version`):
             # frozen, it held the backup for its 30 s timeout and the test's wait ran out. Nor a
             # child that already ended (a zombie has no command line, and ignores SIGSTOP).
-            if _name(child) != name or "--version" in _cmdline(child) or _state(child) in ("Z", "X", ""):
+            if _name(child) != name or "--version" in _cmdline(child) or process_state(child) in ("Z", "X", ""):
                 continue
             os.kill(child, signal.SIGSTOP)
-            if _state(child) == "Z":  # it ended between the look and the signal
+            if process_state(child) == "Z":  # it ended between the look and the signal
                 continue
             # `phx` goes on writing its input (into the pipe) or waiting: the stop comes
             # after Popen returned (a signal inside Popen itself: the test below).
@@ -576,12 +568,7 @@ def test_a_stop_while_a_read_waits_for_a_lock_ends_at_once(sandbox: Sandbox, pg_
     before, it waited there until the lock was granted."""
     pg, sb = pg_server, sandbox
     db = make_memory_db(pg, rows_per_agent=10, dims=8)
-    if agent:
-        entry = postgres_entry(pg, db, user=AGENT_ROLE, passwordEnv="PHX_TEST_ROLE_PW", agentId="argent")
-        env = sb.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
-    else:
-        entry = postgres_entry(pg, db)
-        env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    entry, env = reader_entry(pg, db, sb.env, agent=agent)
     sb.write_config(databases={"postgres": [entry]})
     before = sb.snapshots()
     locker = pg.connect(db)

@@ -10,11 +10,15 @@ tests/e2e/test_restore_sync_adversary.py, the watch's temporary cache folders he
 
 from __future__ import annotations
 
+import contextlib
+import json as jsonlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +26,16 @@ import pytest
 from e2e_support import PHX, Sandbox, numbered_notes
 
 from phoenix_backup.storage.base import TEMP_MARKER
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from moto_support import bare_repo, git
+
+import services
+from services import PgServer, make_memory_db, postgres_entry
+
+pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
 SLOW = """
 import os, time
@@ -63,20 +77,24 @@ def _stop_midway(
     again: float | None = None,
     then: signal.Signals | None = None,
     hung_up: bool = False,
+    site_extra: str = "",
+    slow_below: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `phx ARGS` with every fsync and unlink in the repository slowed, send `sig` once the
-    first one in its `data/` happened (and `then`, or `sig` again, `again` seconds later), and
-    return how it ended. `hung_up`: its stdout and stderr are a terminal, gone (closed, every
-    write answered EIO) before the signal; what it said is then lost."""
+    """Run `phx ARGS` with every fsync and unlink in the repository (or in `slow_below`, a Git
+    target's clones) slowed, send `sig` once the first one in its `data/` (or in `slow_below`)
+    happened (and `then`, or `sig` again, `again` seconds later), and return how it ended.
+    `hung_up`: its stdout and stderr are a terminal, gone (closed, every write answered EIO)
+    before the signal; what it said is then lost."""
     site = tmp_path / "slow-site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SLOW)
+    (site / "sitecustomize.py").write_text(SLOW + site_extra)
     started = tmp_path / "slow-started"
     started.unlink(missing_ok=True)
     env = dict(sb.env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    env |= {"SLOW_BELOW": str(sb.repo), "SLOW_SECONDS": "0.05"}
-    env |= {"SLOW_STARTED": str(started), "SLOW_MARK_BELOW": str(sb.repo / "data")}
+    below = slow_below or sb.repo
+    env |= {"SLOW_BELOW": str(below), "SLOW_SECONDS": "0.05"}
+    env |= {"SLOW_STARTED": str(started), "SLOW_MARK_BELOW": str(below if slow_below else below / "data")}
     cmd = [PHX, *args]
     terminal, output = os.openpty() if hung_up else (-1, subprocess.PIPE)
     proc = subprocess.Popen(
@@ -285,3 +303,270 @@ def test_a_watch_keeps_the_temporary_cache_folder_of_a_watch_on_another_machine(
     finally:
         other.kill()
         other.wait()
+
+
+class _SilentServer:
+    """A TCP server that accepts every connection and never answers (a PostgreSQL or Redis that
+    hangs): `accepted` is set once a client connected, `closed` once every client hung up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = threading.Event()
+        self.clients: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                con, _ = self.sock.accept()
+            except OSError:
+                return
+            self.clients.append(con)
+            self.accepted.set()
+            self._serve_client(con)
+
+    def _serve_client(self, con: socket.socket) -> None:
+        """Nothing: the client's connection is left unanswered."""
+
+    def hung_up(self) -> bool:
+        """Every client has closed its end (a read on it gives end of file at once)."""
+        for con in self.clients:
+            con.settimeout(0.01)
+            try:
+                while con.recv(65536):
+                    pass
+            except TimeoutError:
+                return False
+            except OSError:
+                pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+        for con in self.clients:
+            con.close()
+
+
+@pytest.mark.parametrize(
+    ("engine", "sig"),
+    [("postgres", signal.SIGTERM), ("postgres", signal.SIGINT), ("redis", signal.SIGTERM), ("redis", signal.SIGINT)],
+)
+def test_a_stop_does_not_wait_for_a_database_server_that_never_answers(
+    sandbox: Sandbox, engine: str, sig: signal.Signals
+) -> None:
+    # The server accepts the connection and says nothing: PostgreSQL's connect waits for its 10 s
+    # timeout, a Redis read for 120 s. A stop ends them at once (each is ended from the stopping
+    # thread), with the signal's exit code, no snapshot and no lock; the connection is closed.
+    sb = sandbox
+    before = sb.snapshots()
+    server = _SilentServer()
+    proc: subprocess.Popen[str] | None = None
+    try:
+        if engine == "postgres":
+            entry = {"name": "silent", "host": "127.0.0.1", "port": server.port, "database": "x", "user": "x"}
+        else:
+            entry = {"name": "silent", "url": f"redis://127.0.0.1:{server.port}/0"}
+        sb.write_config(databases={engine: [entry]})
+        proc = subprocess.Popen(
+            [PHX, "backup"], env=sb.env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert server.accepted.wait(60), proc.communicate()
+        time.sleep(0.3)  # its connect (or first read) is waiting now
+        proc.send_signal(sig)
+        # Well inside the server's timeouts (10 s to connect, 120 s to read): the old code waited
+        # for them (the stop had no way to end them).
+        out, err = proc.communicate(timeout=8)
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        _assert_stopped(res, sig)
+        assert sb.snapshots() == before, "a stopped backup is no snapshot"
+        assert list((sb.repo / "locks").iterdir()) == [], "the lock is removed"
+        assert server.hung_up(), "phx closed its connections to the server"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # it did not stop: not left running
+            proc.communicate()
+        server.close()
+
+
+# A stop signal while `phx` imports its commands, before `main` installs its stop handlers: sent
+# by phx itself as it imports click (after the `phoenix_backup.cli` package, before the commands).
+_SIGNAL_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+
+class _Signal(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), int(os.environ["EARLY_SIGNAL"]))
+        return None
+
+sys.meta_path.insert(0, _Signal())
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("json", [False, True])
+def test_a_stop_while_phx_starts_exits_with_the_signals_code_and_line(
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals, json: bool
+) -> None:
+    # Before, the signal's default action ended phx silently (exit -15, -2 with a traceback of
+    # KeyboardInterrupt, -1): a service manager or a script saw no stop, only a killed process.
+    site = tmp_path / "early-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SIGNAL_WHILE_IMPORTING)
+    env = dict(sandbox.env, PYTHONPATH=str(site), EARLY_SIGNAL=str(int(sig)))
+    before = sandbox.snapshots()
+    args = [PHX, "backup", *(["--json"] if json else [])]
+    res = subprocess.run(args, env=env, cwd=sandbox.root, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    message = "interrupted; the repository is unchanged unless a snapshot was reported"
+    assert res.returncode == 128 + sig, (res.returncode, res.stderr)
+    if json:
+        assert [jsonlib.loads(line) for line in res.stderr.splitlines()] == [
+            {"type": "notice", "level": "problem", "message": message}
+        ], res.stderr
+        assert jsonlib.loads(res.stdout) == {"ok": False, "error": message, "errorType": "Interrupted"}
+    else:
+        assert res.stderr == f"phx: {message}\n" and res.stdout == ""
+    assert sandbox.snapshots() == before
+
+
+# A stop signal while Python tears `phx` down (after every thread and exit handler): sent by an
+# object that module teardown destroys, after Python put its signal handlers back to the default.
+_SIGNAL_WHILE_TEARING_DOWN = """
+import os
+
+class _SignalWhenDestroyed:
+    def __del__(self):
+        os.kill(os.getpid(), {signum})
+
+_keep = _SignalWhenDestroyed()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_while_phx_tears_down_keeps_the_exit_code(
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # A command stopped by a first signal (or one that ended by itself: `phx version` here, exit
+    # 0) has said its line and chosen its exit code; a second Ctrl-C that lands while Python tears
+    # itself down changes nothing. Before, Python's default action killed it there: exit -2 or -15
+    # (a second Ctrl-C 50 ms after the first during `phx export` gave -2 after the stop's line).
+    late = _SIGNAL_WHILE_TEARING_DOWN.replace("{signum}", str(int(sig)))
+    site = tmp_path / "late-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(late)
+    env = dict(sandbox.env, PYTHONPATH=str(site))
+    res = subprocess.run([PHX, "--version"], env=env, cwd=sandbox.root, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("phx, version"), (res.returncode, res.stderr)
+    numbered_notes(sandbox, 120)
+    res = _stop_midway(sandbox, tmp_path, sig, "backup", site_extra=late)
+    _assert_stopped(res, sig)
+    _assert_repository_clean(sandbox)
+
+
+class _FreezingProxy(_SilentServer):
+    """A TCP proxy to a real PostgreSQL that lets the connection be made (startup, password, the
+    server's ReadyForQuery) and then holds everything the client sends: its first query is never
+    answered (a server that stops answering just after the connect). `held` is set once it holds
+    a client's query."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.held = threading.Event()
+        super().__init__()
+
+    def _serve_client(self, con: socket.socket) -> None:
+        server = socket.create_connection(("127.0.0.1", self.target))
+        ready = threading.Event()
+        threading.Thread(target=self._down, args=(server, con, ready), daemon=True).start()
+        threading.Thread(target=self._up, args=(con, server, ready), daemon=True).start()
+
+    def _down(self, server: socket.socket, client: socket.socket, ready: threading.Event) -> None:
+        seen = b""
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                client.sendall(data)
+                seen = (seen + data)[-64:]
+                if b"Z\x00\x00\x00\x05" in seen:  # ReadyForQuery: the connect is done
+                    ready.set()
+
+    def _up(self, client: socket.socket, server: socket.socket, ready: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if ready.is_set():
+                    self.held.set()
+                    continue  # held: never reaches the server
+                server.sendall(data)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_does_not_wait_for_a_postgresql_server_that_stops_answering_after_the_connect(
+    sandbox: Sandbox, pg_server: PgServer, sig: signal.Signals
+) -> None:
+    # The connect succeeds; the server never answers the session's first statement (the settings
+    # phx gives its session). A stop ends that wait at once, as it ends the connect's. Before, that
+    # statement ran before the stop could end it (the hang-up was registered after): the stop
+    # waited for ever.
+    sb = sandbox
+    before = sb.snapshots()
+    db = make_memory_db(pg_server, rows_per_agent=1, dims=8)
+    proxy = _FreezingProxy(pg_server.port)
+    proc: subprocess.Popen[str] | None = None
+    try:
+        sb.write_config(databases={"postgres": [postgres_entry(pg_server, db, port=proxy.port)]})
+        env = dict(sb.env, PHX_TEST_PGPASSWORD=pg_server.password)
+        proc = subprocess.Popen(
+            [PHX, "backup"], env=env, cwd=sb.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proxy.held.wait(60), proc.communicate()
+        time.sleep(0.3)  # its statement is waiting now
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=15)
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        _assert_stopped(res, sig)
+        assert sb.snapshots() == before, "a stopped backup is no snapshot"
+        assert list((sb.repo / "locks").iterdir()) == [], "the lock is removed"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # it did not stop: not left running
+            proc.communicate()
+        proxy.close()
+        pg_server.drop_database(db)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_sync_stopped_by_a_signal_ends_after_the_uploads_under_way(
+    sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # `phx sync` to a Git target, its writes into the clone slowed, stopped as it starts writing
+    # there: it ends after the objects under way, publishing nothing (no snapshot reaches the
+    # remote, whose every snapshot would need all its packs), and the next sync copies it all.
+    # Before, the stop waited for the whole copy (every replica's every object and the push),
+    # then said "interrupted": a SIGTERM did not stop a sync of hours.
+    sb = sandbox
+    remote = bare_repo(sb.root / "remote.git")
+    targets: dict[str, dict[str, object]] = {
+        "local": {"enabled": True},
+        "git": {"enabled": False, "repo": str(remote), "branch": "main", "autoCommit": True},
+    }
+    sb.write_config(targets=targets)
+    numbered_notes(sb, 40)
+    for i in range(3):
+        (sb.workspace / "notes" / f"extra{i}.md").write_bytes(os.urandom(300_000))
+        sb.backup()
+    targets["git"]["enabled"] = True
+    sb.write_config(targets=targets)
+    res = _stop_midway(sb, tmp_path, sig, "sync", slow_below=sb.root / "xdg-data" / "phoenix" / "git")
+    _assert_stopped(res, sig)
+    pushed = git("for-each-ref", "--format=%(refname)", cwd=remote).split()
+    if pushed:
+        names = git("ls-tree", "-r", "--name-only", "main", cwd=remote).split()
+        assert [n for n in names if n.startswith("snapshots/")] == [], "the stop published no snapshot"
+    _assert_repository_clean(sb)
+    sb.phx("sync")  # exit 0 (checked)
+    assert len(sb.phx("list", "--target", "git", "--json").json()) == 3
+    assert sb.phx("verify", "--read-data", "--target", "git", "--json").json()["ok"] is True

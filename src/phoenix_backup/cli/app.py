@@ -21,6 +21,7 @@ from click.shell_completion import CompletionItem
 
 from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
+from phoenix_backup.cli import INTERRUPTED_MESSAGE
 from phoenix_backup.cli.progress import Progress
 from phoenix_backup.config import Config
 from phoenix_backup.errors import Cancelled, ExitStatus, IdentityRequired, PhoenixError
@@ -352,7 +353,7 @@ def common(f: F) -> F:
             # After a hang-up the terminal may be gone: what cannot be written is not said.
             with contextlib.suppress(OSError):
                 out.progress.interrupted()
-                message = "interrupted; the repository is unchanged unless a snapshot was reported"
+                message = INTERRUPTED_MESSAGE
                 out.problem(message)
                 if as_json:
                     click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": "Interrupted"}))

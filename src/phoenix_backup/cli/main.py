@@ -3,7 +3,9 @@ and click's own errors turned into Phoenix's one-line format."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import signal
 import sys
 from typing import NoReturn
 
@@ -11,6 +13,7 @@ import click
 
 from phoenix_backup import jsontext
 from phoenix_backup.cli.app import (
+    HANDLED_SIGNALS,
     cli,
     drop_unwritable_output,
     interrupted_status,
@@ -44,12 +47,25 @@ def keep_freed_heap(limit: int = RESTORE_TRIM_THRESHOLD) -> None:
     set_malloc_options((_M_TRIM_THRESHOLD, limit))
 
 
+def ignore_stops_while_exiting() -> None:
+    """Once every thread has been waited for and every exit handler has run, `phx` has nothing
+    left that a stop signal could end or save: what remains is Python tearing itself down. Python
+    puts each signal it handles back to its default action before that teardown, so a second
+    Ctrl-C or SIGTERM there (after the stop's line was said, the exit code chosen) killed the
+    process: exit -2 or -15 instead of 130 or 143. Ignored from here, the exit code stands."""
+    for sig in HANDLED_SIGNALS:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def main() -> None:
     _limit_malloc_arenas()
     # Every command may hold the passphrase (its environment) and the master secrets, a backup
     # or a restore for hours: no other process of the user reads its memory (see the function).
     hide_process_memory()
     stop_on_signals()
+    # Registered first, so run last: see the function.
+    atexit.register(ignore_stops_while_exiting)
     argv = sys.argv[1:]
     try:
         cli.main(prog_name="phx", standalone_mode=False)

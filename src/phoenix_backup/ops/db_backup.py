@@ -139,7 +139,7 @@ def back_up(
         )
         return DbOutcome(nodes, info, summary.warnings)
     assert isinstance(job.entry, RedisDb)
-    with redis.RedisReader(job.entry) as reader:
+    with redis.RedisReader(job.entry, stops) as reader:
         nodes = _save_all(reader.streams(), job.logical, seed, save)
         rsum = reader.summary
         assert rsum is not None

@@ -56,12 +56,20 @@ def replicate_all(
     try:
         with repo.lock(exclusive=False, command="replicate"):
             repo.load_index()
+            stopping = threading.Event()
             with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
                 futures = {
-                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads) for name, b in backends.items()
+                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads, stopping)
+                    for name, b in backends.items()
                 }
-                for name, fut in futures.items():
-                    reports[name] = fut.result()
+                try:
+                    for name, fut in futures.items():
+                        reports[name] = fut.result()
+                except BaseException:
+                    # A stop (Ctrl-C, SIGTERM): each replica ends after the objects under way,
+                    # publishing nothing, instead of the pool's exit waiting for every copy.
+                    stopping.set()
+                    raise
     except PhoenixError as exc:
         # The first target itself could not be read or locked (say a prune holds it): every
         # replica missed this round, and a later backup or `phx sync` catches them up.

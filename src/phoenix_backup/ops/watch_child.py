@@ -35,7 +35,6 @@ it ends, and the watch never imports the backup's code.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import select
@@ -54,6 +53,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
 from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory, limit_malloc_arenas, set_process_option
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.shell import kill_group
 from phoenix_backup.sources.files import Entry
 
 _LENGTH = struct.Struct(">Q")
@@ -186,7 +186,7 @@ def take_snapshot(
             # The child ends when this end closes (`_end_with_parent`): after its answer, or now.
             proc.stdin.close()
             if hung is not None:
-                _kill_group(proc)
+                kill_group(proc.pid)  # the child and what it started (git): its process group
             code = proc.wait()
             _RUNNING.discard(proc.pid)
         if hung == _ABANDONED:
@@ -221,20 +221,10 @@ def kill_children() -> None:
     end at once (its terminal hung up). In process groups of their own, they get no signal the
     terminal sends, and a child's end (PR_SET_PDEATHSIG) would leave its git pushing on its own."""
     for pid in list(_RUNNING):
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
+        kill_group(pid)
 
 
 _SAY_AFTER = 3 * BEAT_SECONDS
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL to the child and what it started (git), which share its process group; SIGKILL ends
-    a stopped process too."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        proc.kill()
 
 
 def _answer(

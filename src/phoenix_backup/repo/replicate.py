@@ -78,6 +78,8 @@ class TargetReport:
     seconds: float = 0.0
     # Told of the objects to copy and of each one copied (not part of the report itself).
     progress: Reporter = field(default_factory=Silent, repr=False, compare=False)
+    # Set when the command stops (Ctrl-C, SIGTERM): no object is copied from then on.
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def throughput(self) -> float:
@@ -114,12 +116,20 @@ def seed_repository(source: Backend, dest: Backend) -> None:
 
 
 def replicate(
-    repo: Repository, name: str, dest: Backend, notice: Callable[[str], None], progress: Reporter | None = None
+    repo: Repository,
+    name: str,
+    dest: Backend,
+    notice: Callable[[str], None],
+    progress: Reporter | None = None,
+    stopping: threading.Event | None = None,
 ) -> TargetReport:
     """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
     failures: they are the report's error. `progress` is told the packs and index objects to copy
-    (a phase `uploading`), then each object copied."""
+    (a phase `uploading`), then each object copied. Once `stopping` is set, the copy ends after
+    the objects under way, as a failure does: nothing published, the next run copies the rest."""
     report = TargetReport(name, dest.location, progress=progress if progress is not None else Silent())
+    if stopping is not None:
+        report.stopping = stopping
     started = time.monotonic()
     try:
         _replicate(repo, dest, notice, report)
@@ -304,6 +314,8 @@ def _keep_indexed(
 def _copy_one(
     source: Backend, dest: Backend, name: str, cold: bool, report: TargetReport, pack_ids: PackIds = PackIds.BLAKE3
 ) -> None:
+    if report.stopping.is_set():
+        raise _Stopped(f"the copy to target {report.name} was stopped; the next `phx sync` copies what it lacks")
     if name.startswith(checks.PREFIX):
         try:
             data = source.read(name)
@@ -324,6 +336,10 @@ def _copy_one(
 
 
 _COUNT_LOCK = threading.Lock()
+
+
+class _Stopped(PhoenixError):
+    """The command copying to a replica stopped (`TargetReport.stopping`)."""
 
 
 def _copy_all(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import write_private
 from phoenix_backup.errors import SchedulerUnavailable, UsageError
 from phoenix_backup.schedule import cron, launchd, systemd
 from phoenix_backup.schedule.job import KINDS, Job, job_name
@@ -163,9 +164,7 @@ def install(
 def _write_record(home: Path, kind: str, record: Mapping[str, object]) -> None:
     path = record_path(home, kind)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    write_private(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def passphrase_warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:

@@ -8,6 +8,7 @@ import plistlib
 import subprocess
 from pathlib import Path
 
+from phoenix_backup.dirs import fsync_dir, write_private
 from phoenix_backup.errors import SchedulerUnavailable
 from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
@@ -53,7 +54,7 @@ def install(spec: ScheduleSpec, job: Job) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     domain = f"gui/{os.getuid()}"
     launchctl(["bootout", domain, str(path)])  # an older version, if loaded
-    path.write_bytes(render(spec, job))
+    write_private(path, render(spec, job))  # atomic and durable: never a half-written plist
     proc = launchctl(["bootstrap", domain, str(path)])
     if proc.returncode != 0:
         raise SchedulerUnavailable(
@@ -69,6 +70,7 @@ def remove(home: Path, name: str) -> bool:
         return False
     launchctl(["bootout", f"gui/{os.getuid()}", str(path)])
     path.unlink()
+    fsync_dir(path.parent)
     return True
 
 

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from phoenix_backup.dirs import fsync_dir, write_private
 from phoenix_backup.errors import SchedulerUnavailable
 from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
@@ -90,14 +91,16 @@ def render(spec: ScheduleSpec, job: Job) -> dict[str, str]:
 
 
 def write_units(spec: ScheduleSpec, job: Job, env: Mapping[str, str]) -> list[Path]:
+    """The service, then the timer, each replaced atomically and durably (`write_private`: a temp
+    file fsynced, renamed, the folder fsynced). The timer is what runs the service: written last,
+    a stop or a crash between the two leaves a service no timer starts (not installed; the next
+    install writes both), never a timer whose service is missing or half-written."""
     folder = unit_dir(env, job.home)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render(spec, job).items():
+    for name, text in render(spec, job).items():  # the service first
         path = folder / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_private(path, text.encode())
         written.append(path)
     return written
 
@@ -122,8 +125,11 @@ def remove(env: Mapping[str, str], home: Path, name: str) -> bool:
     if not any(p.exists() for p in paths):
         return False
     systemctl(["disable", "--now", timer_name(name)], env)  # may fail when no user manager runs: files go anyway
-    for p in paths:
+    # The timer first (the reverse of `write_units`): a stop between the two leaves a service no
+    # timer starts, never a timer whose service is gone (reported installed, failing when due).
+    for p in reversed(paths):
         p.unlink(missing_ok=True)
+    fsync_dir(folder)
     systemctl(["daemon-reload"], env)
     return True
 

@@ -52,7 +52,9 @@ ROWS_DIR = "rows"
 MANIFEST_FORMAT = "phoenix-postgres"
 MANIFEST_VERSION = 1
 CONNECT_TIMEOUT = 10
-LOCK_WAIT = "120s"
+# How long a read waits for a lock another session holds (a LOCK TABLE, an ALTER TABLE, a VACUUM
+# FULL): pg_dump's --lock-wait-timeout and the lock_timeout of the reads over phx's own connection.
+LOCK_WAIT_S = 120
 # The setting ArgentOS's row-level security policies read (seed 003).
 AGENT_SETTING = "app.agent_id"
 
@@ -446,12 +448,18 @@ class _Reader:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        self._con = self.conn.connect()
+        if self.stops is not None:  # a stop does not wait for a server that does not answer
+            self._con = self.stops.connecting(self.conn.connect, lambda con: con.close())
+        else:
+            self._con = self.conn.connect()
         try:
             if self.stops is not None:
                 con = self._con
-                self.client_checked = _check_client(con)
+                # Before the session's first statement: a server that stops answering once
+                # connected would keep it, and the stop, waiting for ever.
                 self._ending.enter_context(self.stops.ending(lambda: hang_up(con)))
+                self.client_checked = _check_client(con)
+            bound_lock_wait(self._con)
             self._prepare(self._con)
         except psycopg.Error as exc:
             self.close()
@@ -489,6 +497,30 @@ def _check_client(con: psycopg.Connection[Any]) -> bool:
     except psycopg.Error:
         return False
     return True
+
+
+def bound_lock_wait(con: psycopg.Connection[Any]) -> None:
+    """Make a statement of this session waiting for a lock fail after LOCK_WAIT_S (as pg_dump's
+    --lock-wait-timeout does) rather than wait for as long as another session holds it: a backup
+    would otherwise wait for ever. A shorter lock_timeout the session already has (the role's,
+    PGOPTIONS) stays."""
+    row = con.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'lock_timeout'").fetchone()
+    current = int(row[0]) if row else 0
+    if current == 0 or current > LOCK_WAIT_S * 1000:
+        con.execute(f"SET lock_timeout = {LOCK_WAIT_S * 1000}")
+
+
+def table_read_error(name: str, table: str, exc: psycopg.Error, midway: bool = False) -> SourceError:
+    """The error of a read of `table` that failed; a lock it waited for too long is named so."""
+    how = "failed midway" if midway else "failed"
+    kept = "; nothing of it was kept in this snapshot" if midway else ""
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return SourceError(
+            f"reading table {table} of PostgreSQL database `{name}` {how}: another session held a lock on it "
+            f"for more than {LOCK_WAIT_S} s ({pg_reason(exc)}){kept}; end that session's transaction (its pid is "
+            "in pg_locks, its query in pg_stat_activity) and run the backup again"
+        )
+    return SourceError(f"reading table {table} of PostgreSQL database `{name}` {how}: {pg_reason(exc)}{kept}")
 
 
 def hang_up(con: psycopg.Connection[Any]) -> None:
@@ -556,7 +588,7 @@ class PostgresDump(_Reader):
             "-Fc",
             "-Z0",
             "-w",
-            f"--lock-wait-timeout={LOCK_WAIT}",
+            f"--lock-wait-timeout={LOCK_WAIT_S}s",
             f"--snapshot={snapshot}",
             f"--dbname={self.conn.conninfo}",
         ]
@@ -595,9 +627,23 @@ class PostgresDump(_Reader):
                 with contextlib.suppress(psycopg.Error):
                     con.execute("COMMIT")
                 if code != 0:
+                    text = tail.text()
+                    # --lock-wait-timeout ends pg_dump's LOCK TABLE with a statement timeout.
+                    waited = (
+                        f"another session held a lock on a table it reads for more than {LOCK_WAIT_S} s ("
+                        if "statement timeout" in text and "Query was: LOCK TABLE" in text
+                        else ""
+                    )
                     raise SourceError(
                         f"pg_dump of PostgreSQL database `{self.entry.name}` failed (exit {code}): "
-                        f"{_last_error(tail.text())}; nothing of it was kept in this snapshot"
+                        + (f"{waited}{_last_error(text)}); " if waited else f"{_last_error(text)}; ")
+                        + "nothing of it was kept in this snapshot"
+                        + (
+                            "; end that session's transaction (its pid is in pg_locks, its query in "
+                            "pg_stat_activity) and run the backup again"
+                            if waited
+                            else ""
+                        )
                     )
                 if "error" in counted:
                     raise SourceError(
@@ -818,9 +864,7 @@ class AgentRows(_Reader):
                     (self.agent_id,),
                 ).fetchone()
             except psycopg.Error as exc:
-                raise SourceError(
-                    f"reading table {t.key} of PostgreSQL database `{self.entry.name}` failed: {pg_reason(exc)}"
-                ) from exc
+                raise table_read_error(self.entry.name, t.key, exc) from exc
             summary.tables[t.key] = int(row[0]) if row else 0
             order = sql.SQL(", ").join(sql.Identifier(c) for c in (t.primary_key or t.columns))
             query = sql.SQL(
@@ -866,9 +910,7 @@ class AgentRows(_Reader):
 
         def finish() -> None:
             if failed:
-                raise SourceError(
-                    f"reading table {t.key} of PostgreSQL database `{self.entry.name}` failed midway: "
-                    f"{pg_reason(failed[0])}; nothing of it was kept in this snapshot"
-                )
+                assert isinstance(failed[0], psycopg.Error)
+                raise table_read_error(self.entry.name, t.key, failed[0], midway=True)
 
         return iter_stream(t.file, blocks(), finish)

@@ -13,19 +13,24 @@ Redis: its RDB version is too high for an older server).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import redis as redis_lib
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from phoenix_backup.config.model import RedisDb
 from phoenix_backup.errors import CorruptObject, SourceError
 from phoenix_backup.redaction import redact_quoted
+from phoenix_backup.shell import StopScope
 from phoenix_backup.sources.streams import Stream, bytes_stream, iter_stream
 
 RECORDS = "keys.phxr"
@@ -170,12 +175,38 @@ def read_records(f: BinaryIO) -> tuple[dict[str, Any], Iterator[Record]]:
 # -- connecting ----------------------------------------------------------------------------------
 
 
-def connect(entry: RedisDb) -> redis_lib.Redis:
+class _Backoff(ExponentialBackoff):
+    """redis-py's wait between the retries of a command whose connection failed, which ends the
+    retries once `stopped` is set: a stop hangs up the connections (`RedisReader`), and a retry
+    would connect again and wait, on a server that does not answer, for the whole read timeout.
+    Shared by every connection of a client (redis-py copies the retry policy into each)."""
+
+    def __init__(self, stopped: threading.Event) -> None:
+        super().__init__(cap=10, base=1)  # redis-py's own bounds (1 s, doubling, 10 s at most)
+        self.stopped = stopped
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _Backoff:
+        return self
+
+    def compute(self, failures: int) -> float:
+        # The wait itself is here, where a stop ends it: redis-py's sleep would not see it.
+        if self.stopped.wait(float(super().compute(failures))):
+            raise redis_lib.ConnectionError("the read was stopped")
+        return 0.0
+
+
+def connect(entry: RedisDb, stopped: threading.Event | None = None) -> redis_lib.Redis:
     """A client speaking RESP2 with raw replies (no parsing callbacks): every reply is bytes, an
-    int or a list, whatever the redis-py version, so the codec below sees one shape only."""
+    int or a list, whatever the redis-py version, so the codec below sees one shape only. A
+    command whose connection fails is tried again (3 times), until `stopped` is set."""
     try:
         client: redis_lib.Redis = redis_lib.Redis.from_url(
-            entry.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=120, decode_responses=False, protocol=2
+            entry.url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=120,
+            decode_responses=False,
+            protocol=2,
+            retry=Retry(_Backoff(stopped or threading.Event()), 3),
         )
         client.response_callbacks.clear()
         command(client, "PING")
@@ -307,14 +338,23 @@ class RedisSummary:
 class RedisReader:
     """The keys of one `databases.redis[]` entry; use as a context manager, then iterate `streams()`."""
 
-    def __init__(self, entry: RedisDb) -> None:
+    def __init__(self, entry: RedisDb, stops: StopScope | None = None) -> None:
         self.entry = entry
         self.client: redis_lib.Redis | None = None
         self.summary: RedisSummary | None = None
         self.db = 0
+        # The backup's: its stop ends the connect and every read under way (`_hang_up`).
+        self.stops = stops
+        self.stopped = threading.Event()
+        self._ending = contextlib.ExitStack()
 
     def __enter__(self) -> RedisReader:
-        self.client = connect(self.entry)
+        if self.stops is not None:  # a stop does not wait for a server that does not answer
+            self.client = self.stops.connecting(lambda: connect(self.entry, self.stopped), lambda c: c.close())
+            client = self.client
+            self._ending.enter_context(self.stops.ending(lambda: self._hang_up(client)))
+        else:
+            self.client = connect(self.entry)
         self.db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
         try:
             info = server_info(self.client)
@@ -327,7 +367,15 @@ class RedisReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _hang_up(self, client: redis_lib.Redis) -> None:
+        """End every read on `client` at once, from another thread: its connections are shut
+        (a read waiting on a server that stopped answering returns) and no command is retried."""
+        self.stopped.set()
+        with contextlib.suppress(OSError, redis_lib.RedisError):
+            client.connection_pool.disconnect(inuse_connections=True)
+
     def close(self) -> None:
+        self._ending.close()  # before the client closes: its connections are not ended after
         if self.client is not None:
             self.client.close()
             self.client = None

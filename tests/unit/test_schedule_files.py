@@ -1,0 +1,101 @@
+"""The scheduler's files (systemd units, a launchd plist, the schedule record) under a stop: each
+replaced atomically and durably, and the systemd pair consistent whatever moment the stop hits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phoenix_backup.schedule import launchd, systemd
+from phoenix_backup.schedule.job import Job
+from phoenix_backup.schedule.spec import ScheduleSpec
+
+ENV = {"PATH": "/nonexistent"}  # no systemctl: the files alone are at stake
+
+
+def _job(tmp_path: Path) -> Job:
+    return Job.for_config(tmp_path / "backup.json", {}, tmp_path / "home")
+
+
+def _stop_after_first(monkeypatch: pytest.MonkeyPatch, name: str, below: Path) -> None:
+    """`os.NAME` (replace, unlink) raises KeyboardInterrupt (a stop) right after its first call on
+    a file below `below` is done."""
+    real: Callable[..., Any] = getattr(os, name)
+    calls: list[str] = []
+
+    def stopping(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        target = str(args[-1] if name == "replace" else args[0])
+        if target.startswith(str(below)):
+            calls.append(target)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(os, name, stopping)
+
+
+def _fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the descriptors fsynced from now on."""
+    real = os.fsync
+    seen: list[str] = []
+
+    def fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_a_stop_between_the_systemd_units_leaves_no_timer_and_the_next_install_writes_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, spec = _job(tmp_path), ScheduleSpec.parse("daily", "03:00")
+    folder = systemd.unit_dir(ENV, job.home)
+    with monkeypatch.context() as m:
+        _stop_after_first(m, "replace", folder)
+        with pytest.raises(KeyboardInterrupt):
+            systemd.write_units(spec, job, ENV)
+    # The service alone, which nothing starts: not installed, and no timer naming a missing unit.
+    assert sorted(p.name for p in folder.iterdir()) == ["phoenix-backup.service"]
+    assert systemd.installed(ENV, job.home, job.name) is None
+    seen = _fsynced(monkeypatch)
+    systemd.write_units(spec, job, ENV)
+    assert sorted(p.name for p in folder.iterdir()) == ["phoenix-backup.service", "phoenix-backup.timer"]
+    # Durable: each file's content before its rename, and the folder after it.
+    assert seen.count(str(folder)) >= 2, seen
+    assert sum(1 for s in seen if s.startswith(str(folder / ".phoenix-backup."))) == 2, seen
+
+
+def test_a_stop_between_the_systemd_unlinks_never_leaves_a_timer_without_its_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _job(tmp_path)
+    systemd.write_units(ScheduleSpec.parse("daily", "03:00"), job, ENV)
+    folder = systemd.unit_dir(ENV, job.home)
+    with monkeypatch.context() as m:
+        _stop_after_first(m, "unlink", folder)
+        with pytest.raises(KeyboardInterrupt):
+            systemd.remove(ENV, job.home, job.name)
+    # Before, the service went first: the timer stayed, reported installed, failing when due.
+    assert sorted(p.name for p in folder.iterdir()) == ["phoenix-backup.service"]
+    assert systemd.installed(ENV, job.home, job.name) is None
+    assert systemd.remove(ENV, job.home, job.name)  # the next remove finishes the job
+    assert list(folder.iterdir()) == []
+
+
+def test_the_launchd_plist_is_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _job(tmp_path)
+    monkeypatch.setattr(launchd, "launchctl", lambda args: subprocess.CompletedProcess(args, 0, "", ""))
+    seen = _fsynced(monkeypatch)
+    launchd.install(ScheduleSpec.parse("daily", "03:00"), job)
+    path = launchd.plist_path(job.home, job.name)
+    assert path.exists() and seen.count(str(path.parent)) == 1, seen
+    # Its content before the rename: a temporary file beside it.
+    assert [Path(s).parent for s in seen if s != str(path.parent)] == [path.parent], seen
