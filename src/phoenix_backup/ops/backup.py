@@ -14,7 +14,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -706,7 +706,7 @@ def _content_node(
     kind: NodeType,
     st: os.stat_result,
     size: int,
-    content: list[Extent],
+    content: Sequence[Extent],
     sha256: str,
     sqlite: dict[str, Any] | None = None,
 ) -> Node:

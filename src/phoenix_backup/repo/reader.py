@@ -18,7 +18,7 @@ import queue
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -193,7 +193,7 @@ class _Ahead:
     """A node's blobs, read ahead in coalesced ranges and opened on the decode pool, handed out in
     the order of its extents; blobs needed again later are kept (bounded), others dropped."""
 
-    def __init__(self, repo: Repository, extents: list[Extent]) -> None:
+    def __init__(self, repo: Repository, extents: Sequence[Extent]) -> None:
         self.repo = repo
         self.extents = extents
         self.uses: dict[bytes, int] = {}
@@ -259,7 +259,7 @@ class _Ahead:
         return data
 
 
-def extent_ranges(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[tuple[bytes, int, int]]:
+def extent_ranges(repo: Repository, logical: str, extents: Sequence[Extent]) -> Iterator[tuple[bytes, int, int]]:
     """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
     ahead = _Ahead(repo, extents)
     for i, ext in enumerate(extents):
@@ -269,7 +269,7 @@ def extent_ranges(repo: Repository, logical: str, extents: list[Extent]) -> Iter
         yield blob, ext.offset, ext.offset + ext.length
 
 
-def extent_bytes(repo: Repository, logical: str, extents: list[Extent]) -> Iterator[memoryview]:
+def extent_bytes(repo: Repository, logical: str, extents: Sequence[Extent]) -> Iterator[memoryview]:
     """The bytes of each extent in order; each is valid until the next one is asked for."""
     for blob, start, end in extent_ranges(repo, logical, extents):
         yield memoryview(blob)[start:end]

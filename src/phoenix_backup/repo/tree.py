@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from phoenix_backup.errors import CorruptObject, UnsafePath
 from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE
@@ -28,30 +30,177 @@ class Extent:
     length: int
 
 
-def encode_extents(extents: list[Extent]) -> str:
-    out = bytearray()
-    for e in extents:
-        out += e.blob
-        _varint(out, e.offset)
-        _varint(out, e.length)
-    return base64.b64encode(bytes(out)).decode("ascii")
+class Extents(Sequence[Extent]):
+    """A content's extents held packed, as they are stored (32-byte id, varint offset, varint
+    length each): about 37 bytes an extent instead of an `Extent` object and its own 32-byte
+    `bytes` (~200 bytes), so a parent's fragmented database costs a small constant an extent.
+    `Extent` objects are made only while iterated or indexed; the first index by position
+    records where each extent starts (8 bytes an extent), for `ExtentMap` and restores.
+    Encoding gives back the very bytes decoded: trees written from it are byte-identical."""
+
+    __slots__ = ("_count", "_data", "_pos", "_size")
+
+    def __init__(self, data: bytes = b"", count: int = 0, size: int = 0) -> None:
+        # Trusted: `unpack` checks bytes from a repository, `ExtentsBuilder` makes the others.
+        self._data = data
+        self._count = count
+        self._size = size
+        self._pos: array[int] | None = None
+
+    @classmethod
+    def unpack(cls, data: bytes) -> tuple[Extents, int]:
+        """Extents from their packed bytes, each record whole and each varint well formed (or
+        CorruptObject), and the furthest any extent reaches into its blob."""
+        count = size = reach = pos = 0
+        end = len(data)
+        while pos < end:
+            if pos + ID_SIZE > end:
+                raise CorruptObject("truncated content extents")
+            offset, pos = _read_varint(data, pos + ID_SIZE)
+            length, pos = _read_varint(data, pos)
+            reach = max(reach, offset + length)
+            count += 1
+            size += length
+        return cls(data, count, size), reach
+
+    @classmethod
+    def of(cls, extents: Iterable[Extent]) -> Extents:
+        """Extents packed from `Extent` objects, in order, as given (not merged)."""
+        if isinstance(extents, Extents):
+            return extents
+        out = ExtentsBuilder(merge=False)
+        for e in extents:
+            out.add(e.blob, e.offset, e.length)
+        return out.build()
+
+    @property
+    def packed(self) -> bytes:
+        return self._data
+
+    @property
+    def size(self) -> int:
+        """The bytes the extents describe (the sum of their lengths)."""
+        return self._size
+
+    def positions(self) -> array[int]:
+        """Where each extent's record starts in `packed` (computed once, 8 bytes an extent)."""
+        if self._pos is None:
+            pos = array("Q")
+            data, p = self._data, 0
+            for _ in range(self._count):
+                pos.append(p)
+                p = _skip_varint(data, _skip_varint(data, p + ID_SIZE))
+            self._pos = pos
+        return self._pos
+
+    def record(self, pos: int) -> tuple[int, int, int]:
+        """(offset, length, next record's position) of the record at `pos`; its blob id is
+        `packed[pos:pos + ID_SIZE]`."""
+        offset, p = _read_varint(self._data, pos + ID_SIZE)
+        length, p = _read_varint(self._data, p)
+        return offset, length, p
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Extent]:
+        data, pos = self._data, 0
+        for _ in range(self._count):
+            offset, length, nxt = self.record(pos)
+            yield Extent(data[pos : pos + ID_SIZE], offset, length)
+            pos = nxt
+
+    @overload
+    def __getitem__(self, index: int) -> Extent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Extent]: ...
+
+    def __getitem__(self, index: int | slice) -> Extent | list[Extent]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("extent index out of range")
+        pos = self.positions()[index]
+        offset, length, _ = self.record(pos)
+        return Extent(self._data[pos : pos + ID_SIZE], offset, length)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Extents):
+            return self._data == other._data
+        if isinstance(other, list):
+            return list(self) == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __repr__(self) -> str:
+        return f"Extents({list(self)!r})"
 
 
-def decode_extents(text: str) -> list[Extent]:
+class ExtentsBuilder:
+    """Packed extents appended one by one; with `merge` (the default) an extent that continues
+    the last one in the same blob lengthens it instead (as `merge_extents` does)."""
+
+    def __init__(self, *, merge: bool = True) -> None:
+        self._out = bytearray()
+        self._merge = merge
+        self._count = 0
+        self._size = 0
+        self._last = -1  # where the last record starts
+        self._last_end = 0  # its offset + length
+
+    def add(self, blob: bytes, offset: int, length: int) -> None:
+        out = self._out
+        if (
+            self._merge
+            and self._last >= 0
+            and self._last_end == offset
+            and out[self._last : self._last + ID_SIZE] == blob
+        ):
+            last_offset, _ = _read_varint(out, self._last + ID_SIZE)
+            length += self._last_end - last_offset
+            del out[self._last :]
+            offset = last_offset
+            self._count -= 1
+            self._size -= self._last_end - last_offset
+        self._last = len(out)
+        out += blob
+        _varint(out, offset)
+        _varint(out, length)
+        self._last_end = offset + length
+        self._count += 1
+        self._size += length
+
+    def extend(self, extents: Extents) -> None:
+        data, pos = extents.packed, 0
+        for _ in range(len(extents)):
+            offset, length, nxt = extents.record(pos)
+            self.add(data[pos : pos + ID_SIZE], offset, length)
+            pos = nxt
+
+    def build(self) -> Extents:
+        return Extents(bytes(self._out), self._count, self._size)
+
+
+def encode_extents(extents: Iterable[Extent]) -> str:
+    return base64.b64encode(Extents.of(extents).packed).decode("ascii")
+
+
+def decode_extents(text: str) -> Extents:
+    """A node's `content` decoded straight into packed `Extents` (no `Extent` objects)."""
+    return _decode_extents(text)[0]
+
+
+def _decode_extents(text: str) -> tuple[Extents, int]:
     try:
         data = base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise CorruptObject("malformed content extents") from exc
-    out: list[Extent] = []
-    pos = 0
-    while pos < len(data):
-        if pos + 32 > len(data):
-            raise CorruptObject("truncated content extents")
-        blob = data[pos : pos + 32]
-        offset, pos = _read_varint(data, pos + 32)
-        length, pos = _read_varint(data, pos)
-        out.append(Extent(blob, offset, length))
-    return out
+    return Extents.unpack(data)
 
 
 def _varint(out: bytearray, value: int) -> None:
@@ -61,7 +210,7 @@ def _varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def _read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
@@ -72,6 +221,12 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         if b < 0x80:
             return value, pos
         shift += 7
+
+
+def _skip_varint(data: bytes, pos: int) -> int:
+    while data[pos] >= 0x80:
+        pos += 1
+    return pos + 1
 
 
 def check_name(name: str) -> str:
@@ -94,7 +249,9 @@ class Node:
     uid: int = 0
     gid: int = 0
     subtree: bytes | None = None  # dir
-    content: list[Extent] = field(default_factory=list)  # file, sqlite
+    # file, sqlite: a list as a backup builds it, or packed `Extents` (decoded, or a database's
+    # page runs); both encode to the same bytes.
+    content: Sequence[Extent] = field(default_factory=list)
     sha256: str | None = None  # file, sqlite (of the consistent copy)
     link_target: str | None = None  # symlink
     # file: the logical path of the first file (in path order) of its hard-link group in this
@@ -149,13 +306,14 @@ class Node:
                 node.size = _int(d, "size", 0, 2**63 - 1)
                 node.inode = _int(d, "inode", 0, 2**64 - 1, 0)
                 node.ctime_ns = _int(d, "ctimeNs", -(2**63), 2**63 - 1, 0)
-                node.content = decode_extents(_str(d, "content"))
+                content, reach = _decode_extents(_str(d, "content"))
+                node.content = content
                 node.sha256 = _str(d, "sha256")
                 if len(node.sha256) != 64 or node.sha256.strip("0123456789abcdef"):
                     raise CorruptObject(f"{node.name!r} has a malformed sha256")
-                if any(e.offset + e.length > MAX_BLOB_SIZE for e in node.content):
+                if reach > MAX_BLOB_SIZE:
                     raise CorruptObject(f"{node.name!r} points beyond the end of a blob")
-                if sum(e.length for e in node.content) != node.size:
+                if content.size != node.size:
                     raise CorruptObject(f"{node.name!r} claims {node.size} bytes but its content differs")
             if t == "dir":
                 subtree = bytes.fromhex(_str(d, "subtree"))
@@ -226,8 +384,11 @@ def decode_tree(data: bytes, what: str = "a tree") -> list[Node]:
     raw_nodes = doc.get("nodes", [])
     if not isinstance(raw_nodes, list) or not all(isinstance(d, dict) for d in raw_nodes):
         raise CorruptObject(f"{what}'s nodes are not a list of objects")
+    nodes: list[Node] = []
     try:
-        nodes = [Node.from_json(d) for d in raw_nodes]
+        for i, d in enumerate(raw_nodes):
+            nodes.append(Node.from_json(d))
+            raw_nodes[i] = None  # its `content` text goes now, not with the whole document
     except CorruptObject as exc:
         raise CorruptObject(f"{what} holds {exc}") from exc
     except UnsafePath as exc:
