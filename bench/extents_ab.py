@@ -4,15 +4,17 @@
     .venv/bin/python bench/extents_ab.py --workdir /tmp/daily-peak --old /tmp/old/src --new src
 
 `--workdir` is a folder bench/daily_peak.py left (its workspace, repository and cache). One more
-day is simulated, the repository and cache are copied aside, then each round runs `phx backup`
-once with each version (alternating which goes first), each from the same copy, under
-`/usr/bin/time -v`. Prints one JSON line a run: maximum RSS, CPU seconds and the new snapshot's
-root tree id (keyed by content: equal ids are byte-identical trees), then the medians.
+day is simulated and the repository, cache and machine state are copied aside (run again, the
+script reuses that copy: the same day, compared again); then each round runs `phx backup` once
+with each version (alternating which goes first), each from that copy, under `/usr/bin/time -v`.
+Prints one JSON line a run: maximum RSS, CPU seconds, the new snapshot's root tree id and a
+SHA-256 of its file and database nodes as stored (their extents); then the medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -34,9 +36,24 @@ from phoenix_backup.storage.local import LocalBackend
 STATE = ("phoenix-repo", "phoenix-cache", "sample/home/.local/share/phoenix", "sample/home/.argentos/backup")
 
 
-def newest_tree(repo_path: Path) -> str:
+def newest_nodes(repo_path: Path) -> tuple[str, dict[str, dict[str, object]]]:
+    """The newest snapshot's root tree id, and each of its nodes' JSON (as stored) by path."""
     repo = Repository.open(LocalBackend(repo_path), keys.Credentials(passphrase=PASSPHRASE))
-    return repo.list_snapshots()[-1].tree.hex()
+    repo.load_index()
+    root = repo.list_snapshots()[-1].tree
+    nodes: dict[str, dict[str, object]] = {}
+    stack = [(root, "")]
+    while stack:
+        tree, path = stack.pop()
+        for node in repo.load_tree(tree):
+            nodes[f"{path}/{node.name}"] = node.to_json()
+            if node.subtree is not None:
+                stack.append((node.subtree, f"{path}/{node.name}"))
+    return root.hex(), nodes
+
+
+def digest(nodes: dict[str, dict[str, object]]) -> str:
+    return hashlib.sha256(json.dumps(nodes, sort_keys=True).encode()).hexdigest()
 
 
 def main() -> int:
@@ -53,12 +70,13 @@ def main() -> int:
     env["LC_ALL"] = "C.UTF-8"
     phx = [sys.executable, "-c", "import sys; sys.argv[0] = 'phx'; from phoenix_backup.cli.main import main; main()"]
     tool = Phoenix(work / "sample", work, env, phx)
-    simulate_day(layout_for(work / "sample"), args.day, seed=args.seed)
     aside = work / "ab-aside"
-    shutil.rmtree(aside, ignore_errors=True)
-    aside.mkdir()
-    for i, name in enumerate(STATE):
-        subprocess.run(["cp", "-a", str(work / name), str(aside / str(i))], check=True)
+    if not aside.exists():  # a second run of this script compares again from the same state
+        simulate_day(layout_for(work / "sample"), args.day, seed=args.seed)
+        (work / "ab-aside.partial").mkdir()
+        for i, name in enumerate(STATE):
+            subprocess.run(["cp", "-a", str(work / name), str(work / "ab-aside.partial" / str(i))], check=True)
+        (work / "ab-aside.partial").rename(aside)
     runs: dict[str, list[dict[str, object]]] = {"old": [], "new": []}
     for r in range(args.rounds):
         order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
@@ -69,7 +87,12 @@ def main() -> int:
             src = str(Path(args.old if which == "old" else args.new).absolute())
             run_env = {**tool.env, "PYTHONPATH": src}
             m = measure(tool.backup_cmd(which), env=run_env, cwd=None, log=work / "logs" / f"ab-{which}-{r}.log")
-            row = {"run": which, "round": r, **m.to_json(), "tree": newest_tree(tool.repo)}
+            tree, nodes = newest_nodes(tool.repo)
+            (work / "logs" / f"ab-{which}-{r}.nodes.json").write_text(json.dumps(nodes, sort_keys=True, indent=1))
+            # Folders' times change as the state is put back between runs; the files' and
+            # databases' nodes (their extents) must not.
+            contents = {path: node for path, node in nodes.items() if node["type"] != "dir"}
+            row = {"run": which, "round": r, **m.to_json(), "tree": tree, "contents": digest(contents)}
             runs[which].append(row)
             print(json.dumps(row), flush=True)
             if m.rc != 0:
@@ -82,6 +105,7 @@ def main() -> int:
                     "medianMaxRssKb": statistics.median(int(str(x["maxRssKb"])) for x in rows),
                     "medianCpu": statistics.median(float(str(x["cpu"])) for x in rows),
                     "trees": sorted({str(x["tree"]) for x in rows}),
+                    "contents": sorted({str(x["contents"]) for x in rows}),
                 }
             )
         )

@@ -11,6 +11,7 @@ stored whole, which costs space, never correctness.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import tempfile
 from array import array
@@ -20,7 +21,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 import blake3
 
-from phoenix_backup.repo.crypto import ID_SIZE
 from phoenix_backup.repo.tree import Extent, Extents, ExtentsBuilder
 
 if TYPE_CHECKING:
@@ -206,19 +206,14 @@ class PageState:
 
 
 class ExtentMap:
-    """Byte ranges of an earlier copy, resolved to its extents. Held packed (`Extents`: the
-    node's own bytes, not a copy) with the start of each extent in an array: 16 bytes an extent
-    beside the packed records, and extents are made only for the slices asked."""
+    """Byte ranges of an earlier copy, resolved to its extents. Over packed `Extents` (the
+    node's own, not a copy) and the start of each extent in an array: 8 bytes an extent beside
+    the 48 of the records; extents are unpacked only for the slices asked."""
 
     def __init__(self, extents: Sequence[Extent]) -> None:
         self.extents = Extents.of(extents)
-        self._pos = self.extents.positions()
-        self.starts = array("Q")
-        pos = 0
-        for p in self._pos:
-            self.starts.append(pos)
-            pos += self.extents.record(p)[1]
-        self.size = pos
+        self.starts = array("Q", itertools.accumulate(self.extents.lengths(), initial=0))
+        self.size = self.starts.pop()
 
     def slice(self, offset: int, length: int) -> Extents:
         """The extents of bytes [offset, offset + length) of the copy (as many as it has)."""
@@ -228,16 +223,15 @@ class ExtentMap:
 
     def slice_into(self, out: ExtentsBuilder, offset: int, length: int) -> None:
         """Append the extents of bytes [offset, offset + length) to `out`."""
-        data = self.extents.packed
         i = bisect.bisect_right(self.starts, offset) - 1
         end = offset + length
-        while length > 0 and 0 <= i < len(self._pos):
-            p, start = self._pos[i], self.starts[i]
-            e_offset, e_length, _ = self.extents.record(p)
+        while length > 0 and 0 <= i < len(self.starts):
+            start = self.starts[i]
+            blob, e_offset, e_length = self.extents.record(i)
             lo = max(offset, start)
             hi = min(end, start + e_length)
             if hi > lo:
-                out.add(data[p : p + ID_SIZE], e_offset + (lo - start), hi - lo)
+                out.add(blob, e_offset + (lo - start), hi - lo)
             if start + e_length >= end:
                 break
             i += 1

@@ -9,9 +9,10 @@ Extents are packed in binary (32-byte id, varint offset, varint length) and base
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
-from array import array
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
@@ -30,38 +31,25 @@ class Extent:
     length: int
 
 
+# An extent held in memory: its blob id and its offset and length as two 64-bit integers, one
+# fixed-size record after another in one `bytes` (stored trees use varints; see encode_extents).
+_RECORD = struct.Struct("<32sQQ")
+RECORD_SIZE = _RECORD.size
+_MAX_FIELD = 2**64 - 1
+
+
 class Extents(Sequence[Extent]):
-    """A content's extents held packed, as they are stored (32-byte id, varint offset, varint
-    length each): about 37 bytes an extent instead of an `Extent` object and its own 32-byte
-    `bytes` (~200 bytes), so a parent's fragmented database costs a small constant an extent.
-    `Extent` objects are made only while iterated or indexed; the first index by position
-    records where each extent starts (8 bytes an extent), for `ExtentMap` and restores.
-    Encoding gives back the very bytes decoded: trees written from it are byte-identical."""
+    """A content's extents held packed: 48 bytes an extent in one `bytes`, instead of an `Extent`
+    object with its own 32-byte `bytes` and integers (~200 bytes), so that a parent's fragmented
+    database costs a small constant an extent (issue 20). `Extent` objects are made only while
+    iterated or indexed (by position, at once: the records are of one size). Immutable."""
 
-    __slots__ = ("_count", "_data", "_pos", "_size")
+    __slots__ = ("_data", "size")
 
-    def __init__(self, data: bytes = b"", count: int = 0, size: int = 0) -> None:
-        # Trusted: `unpack` checks bytes from a repository, `ExtentsBuilder` makes the others.
+    def __init__(self, data: bytes = b"", size: int = 0) -> None:
+        # Trusted: made by ExtentsBuilder (from `Extent`s, or a stored tree's checked varints).
         self._data = data
-        self._count = count
-        self._size = size
-        self._pos: array[int] | None = None
-
-    @classmethod
-    def unpack(cls, data: bytes) -> tuple[Extents, int]:
-        """Extents from their packed bytes, each record whole and each varint well formed (or
-        CorruptObject), and the furthest any extent reaches into its blob."""
-        count = size = reach = pos = 0
-        end = len(data)
-        while pos < end:
-            if pos + ID_SIZE > end:
-                raise CorruptObject("truncated content extents")
-            offset, pos = _read_varint(data, pos + ID_SIZE)
-            length, pos = _read_varint(data, pos)
-            reach = max(reach, offset + length)
-            count += 1
-            size += length
-        return cls(data, count, size), reach
+        self.size = size  # the bytes the extents describe: the sum of their lengths
 
     @classmethod
     def of(cls, extents: Iterable[Extent]) -> Extents:
@@ -73,42 +61,21 @@ class Extents(Sequence[Extent]):
             out.add(e.blob, e.offset, e.length)
         return out.build()
 
-    @property
-    def packed(self) -> bytes:
-        return self._data
+    def records(self) -> Iterator[tuple[bytes, int, int]]:
+        """(blob id, offset, length) of each extent, in order."""
+        return _RECORD.iter_unpack(self._data)
 
-    @property
-    def size(self) -> int:
-        """The bytes the extents describe (the sum of their lengths)."""
-        return self._size
+    def record(self, index: int) -> tuple[bytes, int, int]:
+        return _RECORD.unpack_from(self._data, index * RECORD_SIZE)
 
-    def positions(self) -> array[int]:
-        """Where each extent's record starts in `packed` (computed once, 8 bytes an extent)."""
-        if self._pos is None:
-            pos = array("Q")
-            data, p = self._data, 0
-            for _ in range(self._count):
-                pos.append(p)
-                p = _skip_varint(data, _skip_varint(data, p + ID_SIZE))
-            self._pos = pos
-        return self._pos
-
-    def record(self, pos: int) -> tuple[int, int, int]:
-        """(offset, length, next record's position) of the record at `pos`; its blob id is
-        `packed[pos:pos + ID_SIZE]`."""
-        offset, p = _read_varint(self._data, pos + ID_SIZE)
-        length, p = _read_varint(self._data, p)
-        return offset, length, p
+    def lengths(self) -> Iterator[int]:
+        return (length for _blob, _offset, length in _RECORD.iter_unpack(self._data))
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._data) // RECORD_SIZE
 
     def __iter__(self) -> Iterator[Extent]:
-        data, pos = self._data, 0
-        for _ in range(self._count):
-            offset, length, nxt = self.record(pos)
-            yield Extent(data[pos : pos + ID_SIZE], offset, length)
-            pos = nxt
+        return itertools.starmap(Extent, _RECORD.iter_unpack(self._data))
 
     @overload
     def __getitem__(self, index: int) -> Extent: ...
@@ -117,21 +84,20 @@ class Extents(Sequence[Extent]):
     def __getitem__(self, index: slice) -> list[Extent]: ...
 
     def __getitem__(self, index: int | slice) -> Extent | list[Extent]:
+        count = len(self)
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._count))]
+            return [Extent(*self.record(i)) for i in range(*index.indices(count))]
         if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
+            index += count
+        if not 0 <= index < count:
             raise IndexError("extent index out of range")
-        pos = self.positions()[index]
-        offset, length, _ = self.record(pos)
-        return Extent(self._data[pos : pos + ID_SIZE], offset, length)
+        return Extent(*self.record(index))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Extents):
             return self._data == other._data
         if isinstance(other, list):
-            return list(self) == other
+            return len(other) == len(self) and list(self) == other
         return NotImplemented
 
     def __hash__(self) -> int:
@@ -148,59 +114,64 @@ class ExtentsBuilder:
     def __init__(self, *, merge: bool = True) -> None:
         self._out = bytearray()
         self._merge = merge
-        self._count = 0
         self._size = 0
-        self._last = -1  # where the last record starts
-        self._last_end = 0  # its offset + length
 
     def add(self, blob: bytes, offset: int, length: int) -> None:
         out = self._out
-        if (
-            self._merge
-            and self._last >= 0
-            and self._last_end == offset
-            and out[self._last : self._last + ID_SIZE] == blob
-        ):
-            last_offset, _ = _read_varint(out, self._last + ID_SIZE)
-            length += self._last_end - last_offset
-            del out[self._last :]
-            offset = last_offset
-            self._count -= 1
-            self._size -= self._last_end - last_offset
-        self._last = len(out)
-        out += blob
-        _varint(out, offset)
-        _varint(out, length)
-        self._last_end = offset + length
-        self._count += 1
         self._size += length
+        if self._merge and out:
+            last_blob, last_offset, last_length = _RECORD.unpack_from(out, len(out) - RECORD_SIZE)
+            if last_offset + last_length == offset and last_blob == blob:
+                _RECORD.pack_into(out, len(out) - RECORD_SIZE, blob, last_offset, last_length + length)
+                return
+        out += _RECORD.pack(blob, offset, length)
 
     def extend(self, extents: Extents) -> None:
-        data, pos = extents.packed, 0
-        for _ in range(len(extents)):
-            offset, length, nxt = extents.record(pos)
-            self.add(data[pos : pos + ID_SIZE], offset, length)
-            pos = nxt
+        for blob, offset, length in extents.records():
+            self.add(blob, offset, length)
 
     def build(self) -> Extents:
-        return Extents(bytes(self._out), self._count, self._size)
+        return Extents(bytes(self._out), self._size)
 
 
 def encode_extents(extents: Iterable[Extent]) -> str:
-    return base64.b64encode(Extents.of(extents).packed).decode("ascii")
+    """Extents as stored: each a 32-byte id, a varint offset and a varint length, in base64."""
+    out = bytearray()
+    for blob, offset, length in Extents.of(extents).records():
+        out += blob
+        _varint(out, offset)
+        _varint(out, length)
+    return base64.b64encode(bytes(out)).decode("ascii")
 
 
 def decode_extents(text: str) -> Extents:
     """A node's `content` decoded straight into packed `Extents` (no `Extent` objects)."""
-    return _decode_extents(text)[0]
+    extents, reach = _decode_extents(text)
+    if reach > _MAX_FIELD:
+        raise CorruptObject("an extent larger than any blob in content extents")
+    return extents
 
 
 def _decode_extents(text: str) -> tuple[Extents, int]:
+    """The extents, each record whole and each varint well formed (or CorruptObject), and the
+    furthest any of them reaches into its blob (the caller refuses one beyond MAX_BLOB_SIZE)."""
     try:
         data = base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise CorruptObject("malformed content extents") from exc
-    return Extents.unpack(data)
+    out = ExtentsBuilder(merge=False)
+    reach = pos = 0
+    end = len(data)
+    while pos < end:
+        if pos + ID_SIZE > end:
+            raise CorruptObject("truncated content extents")
+        blob = data[pos : pos + ID_SIZE]
+        offset, pos = _read_varint(data, pos + ID_SIZE)
+        length, pos = _read_varint(data, pos)
+        reach = max(reach, offset + length)
+        # Beyond 64 bits (10-byte varints) the node is refused for its reach: kept clamped till then.
+        out.add(blob, min(offset, _MAX_FIELD), min(length, _MAX_FIELD))
+    return out.build(), reach
 
 
 def _varint(out: bytearray, value: int) -> None:
@@ -210,7 +181,7 @@ def _varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
-def _read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
@@ -221,12 +192,6 @@ def _read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
         if b < 0x80:
             return value, pos
         shift += 7
-
-
-def _skip_varint(data: bytes, pos: int) -> int:
-    while data[pos] >= 0x80:
-        pos += 1
-    return pos + 1
 
 
 def check_name(name: str) -> str:
@@ -249,8 +214,8 @@ class Node:
     uid: int = 0
     gid: int = 0
     subtree: bytes | None = None  # dir
-    # file, sqlite: a list as a backup builds it, or packed `Extents` (decoded, or a database's
-    # page runs); both encode to the same bytes.
+    # file, sqlite: packed `Extents` (decoded, or as a backup builds them), or a list (tests,
+    # tools); both encode to the same bytes.
     content: Sequence[Extent] = field(default_factory=list)
     sha256: str | None = None  # file, sqlite (of the consistent copy)
     link_target: str | None = None  # symlink
@@ -258,6 +223,12 @@ class Node:
     # snapshot, on every other member; a restore links it to that file instead of copying.
     hardlink: str | None = None
     sqlite: dict[str, Any] | None = None  # sqlite: pageSize, integrity, tables, source stats
+
+    def blobs(self) -> Iterator[bytes]:
+        """The blob id of each extent of the content, in order (no `Extent` made when packed)."""
+        if isinstance(self.content, Extents):
+            return (blob for blob, _offset, _length in self.content.records())
+        return (e.blob for e in self.content)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
