@@ -4,6 +4,8 @@ A file's or database's content is a list of extents `(blob id, offset, length)`:
 `blob[offset:offset+length]`, concatenated in order. Files use whole blobs (offset 0); SQLite copies
 reference the unchanged pages of earlier blobs, so a changed page costs one page, not a block.
 Extents are packed in binary (32-byte id, varint offset, varint length) and base64'd in the JSON.
+In memory a node's extents are `Extents`, fixed 48-byte records in one `bytes` (issue 20: a
+parent's fragmented database is tens of thousands of extents, held for the whole backup).
 """
 
 from __future__ import annotations
