@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import operator
 import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,6 +39,7 @@ class Extent:
 _RECORD = struct.Struct("<32sQQ")
 RECORD_SIZE = _RECORD.size
 _MAX_FIELD = 2**64 - 1
+_FIRST = operator.itemgetter(0)
 
 
 class Extents(Sequence[Extent]):
@@ -69,6 +71,17 @@ class Extents(Sequence[Extent]):
 
     def record(self, index: int) -> tuple[bytes, int, int]:
         return _RECORD.unpack_from(self._data, index * RECORD_SIZE)
+
+    def blob(self, index: int) -> bytes:
+        """The blob id of extent `index` (0 <= index < len), without making an `Extent`."""
+        start = index * RECORD_SIZE
+        if index < 0 or start >= len(self._data):
+            raise IndexError("extent index out of range")
+        return self._data[start : start + ID_SIZE]
+
+    def blobs(self) -> Iterator[bytes]:
+        """The blob id of each extent, in order."""
+        return map(_FIRST, _RECORD.iter_unpack(self._data))
 
     def lengths(self) -> Iterator[int]:
         return (length for _blob, _offset, length in _RECORD.iter_unpack(self._data))
@@ -229,7 +242,7 @@ class Node:
     def blobs(self) -> Iterator[bytes]:
         """The blob id of each extent of the content, in order (no `Extent` made when packed)."""
         if isinstance(self.content, Extents):
-            return (blob for blob, _offset, _length in self.content.records())
+            return self.content.blobs()
         return (e.blob for e in self.content)
 
     def to_json(self) -> dict[str, Any]:
