@@ -8,7 +8,9 @@ then the node's checks), kept here verbatim in substance."""
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -218,3 +220,17 @@ def test_a_restore_reads_a_packed_node_without_making_extent_objects(
     r.finish()
     assert got == want
     assert made == []
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_decoded_node_pickles_and_copies_at_every_protocol_as_a_list_did(protocol: int) -> None:
+    """A node holding a list of `Extent` pickled at any protocol; a decoded one (packed) must too
+    (protocols 0 and 1 refused a class with __slots__ and no state of its own)."""
+    content = [Extent(BLOB_IDS[0], 2**64 - 2, 1), Extent(BLOB_IDS[1], 0, 0), Extent(BLOB_IDS[0], 7, 2**32)]
+    node = Node(name="f", type="file", size=2**32 + 1, content=content, sha256="0" * 64)
+    packed = Node(name="f", type="file", size=node.size, content=Extents.of(content), sha256="0" * 64)
+    for n in (node, packed):
+        back = pickle.loads(pickle.dumps(n, protocol=protocol))
+        assert back == node and list(back.content) == content and list(back.blobs()) == [e.blob for e in content]
+        assert copy.deepcopy(n) == node
+    assert pickle.loads(pickle.dumps(packed.content, protocol=protocol)).size == 2**32 + 1

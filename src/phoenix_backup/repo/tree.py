@@ -118,6 +118,10 @@ class Extents(Sequence[Extent]):
     def __hash__(self) -> int:
         return hash(self._data)
 
+    def __reduce__(self) -> tuple[type[Extents], tuple[bytes, int]]:
+        # Pickled (and copied) as its records and size, at any protocol, as a list of `Extent` was.
+        return Extents, (self._data, self.size)
+
     def __repr__(self) -> str:
         return f"Extents({list(self)!r})"
 
