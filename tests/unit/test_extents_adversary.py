@@ -12,6 +12,7 @@ import copy
 import hashlib
 import pickle
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,15 @@ from hypothesis import strategies as st
 
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo import keys, reader, tree
+from phoenix_backup.repo.checker import verify_repository
 from phoenix_backup.repo.chunker import ExtentMap, merge_extents
 from phoenix_backup.repo.crypto import MAX_BLOB_SIZE, BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node, decode_tree, encode_tree
 from phoenix_backup.storage.local import LocalBackend
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hostile import Forger
 
 BLOB_IDS = [hashlib.sha256(bytes([i])).digest() for i in range(3)]
 
@@ -219,6 +224,17 @@ def test_a_restore_reads_a_packed_node_without_making_extent_objects(
     got = b"".join(bytes(c) for c in r.chunks())
     r.finish()
     assert got == want
+    # restore's planner and damage report, and verify: the same walks, by records and ids
+    assert reader.check_data(repo, [("db", node)]) == {}
+    assert reader.damaged_pack(repo, node) is None
+    forger = Forger(repo)
+    gone = hashlib.sha256(b"never stored").digest()
+    lost = Node(name="lost", type="file", size=1, content=[Extent(gone, 0, 1)], sha256="0" * 64)
+    forger.snapshot(forger.tree(node.to_json(), lost.to_json()))
+    result = verify_repository(Repository.open(repo.backend, keys.Credentials()))
+    assert [(e.object, e.path, e.message) for e in result.errors] == [
+        (f"blob {gone.hex()[:16]}", "lost", "data blob is not in the index (missing)")
+    ]
     assert made == []
 
 

@@ -389,12 +389,12 @@ def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Pat
 
 def damaged_pack(repo: Repository, node: Node) -> str | None:
     """The pack holding the first blob of `node` that cannot be read, to name the damaged object."""
-    for ext in node.content:
-        loc = repo.index.get(ext.blob)
+    for blob in node.blobs():
+        loc = repo.index.get(blob)
         if loc is None:
-            return f"blob {ext.blob.hex()[:16]}"
+            return f"blob {blob.hex()[:16]}"
         try:
-            repo.load_blob(BlobType.DATA, ext.blob)
+            repo.load_blob(BlobType.DATA, blob)
         except CorruptObject:
             return pack_name(loc.pack_id)
         except Exception:  # a storage error names the pack just as well
@@ -419,12 +419,11 @@ def check_data(
     """
     needed: dict[bytes, tuple[list[str], int]] = {}  # blob -> (the paths using it, the end of its furthest extent)
     for logical, node in nodes:
-        for ext in node.content:
-            end = ext.offset + ext.length
-            users, prev = needed.get(ext.blob, ([], 0))
+        for blob, offset, length in Extents.of(node.content).records():
+            users, prev = needed.get(blob, ([], 0))
             if not users or users[-1] != logical:
                 users.append(logical)
-            needed[ext.blob] = (users, max(prev, end))
+            needed[blob] = (users, max(prev, offset + length))
     damaged: dict[str, str] = {}
     for blob, (users, _end) in needed.items():
         if not repo.index.has(blob):
