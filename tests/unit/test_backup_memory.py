@@ -18,10 +18,11 @@ from pathlib import Path
 
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.cache import Cache
-from phoenix_backup.repo.chunker import page_runs
+from phoenix_backup.repo.chunker import ExtentMap, page_runs
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import DATA_PACK_TARGET
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import Extent, Node, decode_tree, encode_tree
 from phoenix_backup.storage.local import LocalBackend
 
 MB = 1024 * 1024
@@ -231,3 +232,27 @@ def test_a_backup_keeps_the_heap_it_frees(tmp_path: Path) -> None:
     kept = int(out.stdout.strip().splitlines()[-1])
     assert kept >= 1 * MB, f"{kept} bytes kept at the top of the heap"
     assert kept <= 3 * MB
+
+
+def test_a_decoded_node_holds_its_extents_packed() -> None:
+    """A parent's fragmented database costs about its stored bytes in memory: 91,000 extents (one
+    a page of a 373 MB database) held in under 60 bytes an extent, its map in under 80 (the
+    list of `Extent` objects took over 200; docs/benchmarks.md)."""
+    rng = random.Random(5)
+    ids = [rng.randbytes(32) for _ in range(20_000)]
+    extents = [Extent(ids[rng.randrange(len(ids))], 4096 * rng.randrange(64), 4096) for _ in range(91_000)]
+    node = Node("memory.db", "sqlite", size=91_000 * 4096, content=extents, sha256="0" * 64)
+    tree = encode_tree([node])
+    del node, extents
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        (held,) = decode_tree(tree)
+        node_bytes = tracemalloc.get_traced_memory()[0] - base
+        emap = ExtentMap(held.content)
+        map_bytes = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert emap.size == 91_000 * 4096
+    assert node_bytes < 60 * 91_000, node_bytes
+    assert map_bytes < 80 * 91_000, map_bytes

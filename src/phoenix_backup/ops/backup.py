@@ -14,7 +14,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,7 +53,7 @@ from phoenix_backup.repo.snapshot import (
     SnapshotStats,
     timestamp_name,
 )
-from phoenix_backup.repo.tree import Extent, Node, NodeType
+from phoenix_backup.repo.tree import Extent, ExtentsBuilder, Node, NodeType
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
@@ -531,7 +531,7 @@ class _Run:
     def present(self, node: Node) -> bool:
         """Whether every blob of a parent's node is still indexed in a pack the store holds
         (`Repository.drop_missing_packs` forgot those of lost packs): only then may it be reused."""
-        return all(self.repo.index.has(ext.blob) for ext in node.content)
+        return all(map(self.repo.index.has, node.blobs()))
 
     def file_node(self, entry: Entry) -> Node:
         st = entry.st
@@ -555,7 +555,7 @@ class _Run:
                 if not stat.S_ISREG(fst.st_mode):
                     raise SourceError(f"{entry.path} is no longer a regular file")
                 f.seek(0)
-                extents: list[Extent] = []
+                extents = ExtentsBuilder(merge=False)  # held packed, as a parent's are
                 size = 0
                 want = fst.st_size + READ_SLACK
                 cap = cap or 2 * want
@@ -567,7 +567,7 @@ class _Run:
                         digest.update(chunk)
                         size += len(chunk)
                         self.envx.progress.advance(size=len(chunk))
-                        extents.append(Extent(self.save_data(chunk), 0, len(chunk)))
+                        extents.add(self.save_data(chunk), 0, len(chunk))
                     sha256 = digest.hexdigest()
                 if size == fst.st_size and _same_version(fst, os.fstat(f.fileno())):
                     break
@@ -578,7 +578,7 @@ class _Run:
                     )
         self.files_read += 1
         # The stat from before the read: a change during it makes the next backup read the file.
-        return _content_node(entry.path.name, "file", fst, size, extents, sha256)
+        return _content_node(entry.path.name, "file", fst, size, extents.build(), sha256)
 
     def sqlite_node(self, entry: Entry) -> tuple[Node, DatabaseInfo]:
         src = sqlite_source.source_stat(entry.path)
@@ -706,7 +706,7 @@ def _content_node(
     kind: NodeType,
     st: os.stat_result,
     size: int,
-    content: list[Extent],
+    content: Sequence[Extent],
     sha256: str,
     sqlite: dict[str, Any] | None = None,
 ) -> Node:
@@ -876,7 +876,7 @@ def _run(
     snap = _with_added(snap, added)
     # The commit point. Before it: every pack the snapshot refers to is still in the store, and
     # our lock is still there and ours (had another process removed it, a prune may have run).
-    repo.confirm_present(trees | {ext.blob for node in nodes.values() for ext in node.content})
+    repo.confirm_present(trees | {blob for node in nodes.values() for blob in node.blobs()})
     repo.locks.confirm_held()
     sid = repo.save_snapshot(snap)
     return BackupResult(

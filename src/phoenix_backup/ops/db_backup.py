@@ -23,7 +23,7 @@ from phoenix_backup.errors import ConfigError
 from phoenix_backup.repo.chunker import stream_chunks
 from phoenix_backup.repo.crypto import Sha256
 from phoenix_backup.repo.snapshot import DatabaseInfo
-from phoenix_backup.repo.tree import Extent, Node
+from phoenix_backup.repo.tree import ExtentsBuilder, Node
 from phoenix_backup.shell import StopScope
 from phoenix_backup.sources.streams import Stream
 
@@ -70,13 +70,13 @@ def database_jobs(cfg: Config, scope: str, only: tuple[str, ...] = ()) -> list[D
 def save_stream(stream: Stream, seed: int, save: Callable[[memoryview], bytes], when_ns: int) -> Node:
     """Read a stream to its end into the repository; raises the producer's error, if any."""
     digest = Sha256()
-    extents: list[Extent] = []
+    extents = ExtentsBuilder(merge=False)  # held packed: a 1 GB dump is some 16,000 extents
     size = 0
     try:
         for chunk in stream_chunks(stream.reader, seed):
             digest.update(chunk)
             size += len(chunk)
-            extents.append(Extent(save(chunk), 0, len(chunk)))
+            extents.add(save(chunk), 0, len(chunk))
     finally:
         # Whatever happened, the producer is told the reading is over before its verdict is asked.
         stream.reader.close()
@@ -89,7 +89,7 @@ def save_stream(stream: Stream, seed: int, save: Callable[[memoryview], bytes], 
         size=size,
         uid=os.getuid(),
         gid=os.getgid(),
-        content=extents,
+        content=extents.build(),
         sha256=digest.hexdigest(),
     )
 

@@ -307,7 +307,7 @@ class _Restore:
         nodes = dict(self.selected)
         others = self.other_targets()
         for logical, why in sorted(self.damaged.items()):
-            packs = {pack_name(loc.pack_id) for e in nodes[logical].content if (loc := self.repo.index.get(e.blob))}
+            packs = {pack_name(loc.pack_id) for b in nodes[logical].blobs() if (loc := self.repo.index.get(b))}
             holders = [name for name, held in others.items() if packs <= held]
             hint = (
                 f"; target {' or '.join(holders)} may hold it intact: `phx restore --target {holders[0]} "

@@ -300,13 +300,11 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
             path = f"{prefix}/{node.name}" if prefix else node.name
             if node.type == "dir" and node.subtree is not None:
                 users.add(node.subtree, snap.id, path)
-            for ext in node.content:
-                users.add(ext.blob, snap.id, path)
-                if not repo.index.has(ext.blob):
+            for blob in node.blobs():
+                users.add(blob, snap.id, path)
+                if not repo.index.has(blob):
                     result.errors.append(
-                        VerifyError(
-                            f"blob {ext.blob.hex()[:16]}", snap.id, path, "data blob is not in the index (missing)"
-                        )
+                        VerifyError(f"blob {blob.hex()[:16]}", snap.id, path, "data blob is not in the index (missing)")
                     )
 
 

@@ -11,15 +11,17 @@ stored whole, which costs space, never correctness.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 import blake3
 
-from phoenix_backup.repo.tree import Extent
+from phoenix_backup.repo.tree import Extent, Extents, ExtentsBuilder
 
 if TYPE_CHECKING:
     from pyfastcdc import FastCDC
@@ -204,42 +206,43 @@ class PageState:
 
 
 class ExtentMap:
-    """Byte ranges of an earlier copy, resolved to its extents."""
+    """Byte ranges of an earlier copy, resolved to its extents. Over packed `Extents` (the
+    node's own, not a copy) and the start of each extent in an array: 8 bytes an extent beside
+    the 48 of the records; extents are unpacked only for the slices asked."""
 
-    def __init__(self, extents: list[Extent]) -> None:
-        self.extents = extents
-        self.starts: list[int] = []
-        pos = 0
-        for e in extents:
-            self.starts.append(pos)
-            pos += e.length
-        self.size = pos
+    def __init__(self, extents: Sequence[Extent]) -> None:
+        self.extents = Extents.of(extents)
+        self.starts = array("Q", itertools.accumulate(self.extents.lengths(), initial=0))
+        self.size = self.starts.pop()
 
-    def slice(self, offset: int, length: int) -> list[Extent]:
-        out: list[Extent] = []
+    def slice(self, offset: int, length: int) -> Extents:
+        """The extents of bytes [offset, offset + length) of the copy (as many as it has)."""
+        out = ExtentsBuilder(merge=False)
+        self.slice_into(out, offset, length)
+        return out.build()
+
+    def slice_into(self, out: ExtentsBuilder, offset: int, length: int) -> None:
+        """Append the extents of bytes [offset, offset + length) to `out`."""
         i = bisect.bisect_right(self.starts, offset) - 1
         end = offset + length
-        while length > 0 and 0 <= i < len(self.extents):
-            e, start = self.extents[i], self.starts[i]
+        while length > 0 and 0 <= i < len(self.starts):
+            start = self.starts[i]
+            blob, e_offset, e_length = self.extents.record(i)
             lo = max(offset, start)
-            hi = min(end, start + e.length)
+            hi = min(end, start + e_length)
             if hi > lo:
-                out.append(Extent(e.blob, e.offset + (lo - start), hi - lo))
-            if start + e.length >= end:
+                out.add(blob, e_offset + (lo - start), hi - lo)
+            if start + e_length >= end:
                 break
             i += 1
-        return out
 
 
-def merge_extents(extents: list[Extent]) -> list[Extent]:
-    out: list[Extent] = []
+def merge_extents(extents: Iterable[Extent]) -> Extents:
+    """`extents` with each one that continues the last in the same blob joined to it."""
+    out = ExtentsBuilder()
     for e in extents:
-        if out and out[-1].blob == e.blob and out[-1].offset + out[-1].length == e.offset:
-            last = out[-1]
-            out[-1] = Extent(last.blob, last.offset, last.length + e.length)
-        else:
-            out.append(e)
-    return out
+        out.add(e.blob, e.offset, e.length)
+    return out.build()
 
 
 class PageData(Protocol):
@@ -257,13 +260,13 @@ def page_runs(
     run_pages: int,
     page_key: bytes,
     save: Callable[..., bytes],
-    parent: tuple[list[Extent], PageState] | None,
+    parent: tuple[Sequence[Extent], PageState] | None,
     *,
     region_id: Callable[[memoryview], bytes] | None = None,
     digest: Any = None,
     sink: HashSink | None = None,
-) -> tuple[list[Extent], PageState]:
-    """Extents for a database copy; `save(bytes)` stores a new blob and returns its id.
+) -> tuple[Extents, PageState]:
+    """Extents for a database copy (packed, merged); `save(bytes)` stores a new blob and returns its id.
 
     With `region_id` (the repository's blob id function), a region's hash is the first bytes of
     its blob id, and a whole region is saved with `save(region, blob_id=id)`: one hash pass, not
@@ -280,7 +283,7 @@ def page_runs(
         and prev_state.page_size == page_size
         and prev_state.run_pages == run_pages
     )
-    extents: list[Extent] = []
+    extents = ExtentsBuilder()
     regions = bytearray()
     pages: HashSink = sink if sink is not None else MemorySink()
     for start in range(0, len(data), region_size):
@@ -296,7 +299,7 @@ def page_runs(
         if usable:
             assert prev_state is not None and prev_map is not None
             if prev_state.region(r) == rhash and start + len(region) <= prev_map.size:
-                extents.extend(prev_map.slice(start, len(region)))
+                prev_map.slice_into(extents, start, len(region))
                 first = r * run_pages * HASH_SIZE
                 pages.write(prev_state.pages[first : first + (len(region) // page_size) * HASH_SIZE])
                 continue
@@ -309,7 +312,7 @@ def page_runs(
         pages.write(b"".join(hashes))
         if not usable:
             bid = save(region, blob_id=full_id) if full_id is not None else save(region)
-            extents.append(Extent(bid, 0, len(region)))
+            extents.add(bid, 0, len(region))
             continue
         assert prev_state is not None and prev_map is not None
         first_page = start // page_size
@@ -327,12 +330,12 @@ def page_runs(
                 j += 1
             lo, hi = i * page_size, min(j * page_size, len(region))
             if same:
-                extents.extend(prev_map.slice(start + lo, hi - lo))
+                prev_map.slice_into(extents, start + lo, hi - lo)
             else:
-                extents.append(Extent(save(region[lo:hi]), 0, hi - lo))
+                extents.add(save(region[lo:hi]), 0, hi - lo)
             i = j
     state = PageState("", page_size, run_pages, bytes(regions), pages.hashes())
-    return merge_extents(extents), state
+    return extents.build(), state
 
 
 # Database streams (PostgreSQL dumps, one agent's rows, Redis record files) change in many small

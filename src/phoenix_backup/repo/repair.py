@@ -260,7 +260,7 @@ class _Scanner:
                 if subtree != node.subtree:
                     node = dataclasses.replace(node, subtree=subtree)
                 kept.append(node)
-            elif not all(self.present(ext.blob) for ext in node.content):
+            elif not all(map(self.present, node.blobs())):
                 out.lost.append(node.name)
                 out.lost_files += 1
                 out.lost_bytes += node.size

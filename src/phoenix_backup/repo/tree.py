@@ -4,15 +4,21 @@ A file's or database's content is a list of extents `(blob id, offset, length)`:
 `blob[offset:offset+length]`, concatenated in order. Files use whole blobs (offset 0); SQLite copies
 reference the unchanged pages of earlier blobs, so a changed page costs one page, not a block.
 Extents are packed in binary (32-byte id, varint offset, varint length) and base64'd in the JSON.
+In memory a node's extents are `Extents`, fixed 48-byte records in one `bytes` (issue 20: a
+parent's fragmented database is tens of thousands of extents, held for the whole backup).
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import operator
 import os
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from phoenix_backup.errors import CorruptObject, UnsafePath
 from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE
@@ -28,30 +34,163 @@ class Extent:
     length: int
 
 
-def encode_extents(extents: list[Extent]) -> str:
+# An extent held in memory: its blob id and its offset and length as two 64-bit integers, one
+# fixed-size record after another in one `bytes` (stored trees use varints; see encode_extents).
+_RECORD = struct.Struct("<32sQQ")
+RECORD_SIZE = _RECORD.size
+_MAX_FIELD = 2**64 - 1
+_FIRST = operator.itemgetter(0)
+
+
+class Extents(Sequence[Extent]):
+    """A content's extents held packed: 48 bytes an extent in one `bytes`, instead of an `Extent`
+    object with its own 32-byte `bytes` and integers (~200 bytes), so that a parent's fragmented
+    database costs a small constant an extent (issue 20). `Extent` objects are made only while
+    iterated or indexed (by position, at once: the records are of one size). Immutable."""
+
+    __slots__ = ("_data", "size")
+
+    def __init__(self, data: bytes = b"", size: int = 0) -> None:
+        # Trusted: made by ExtentsBuilder (from `Extent`s, or a stored tree's checked varints).
+        self._data = data
+        self.size = size  # the bytes the extents describe: the sum of their lengths
+
+    @classmethod
+    def of(cls, extents: Iterable[Extent]) -> Extents:
+        """Extents packed from `Extent` objects, in order, as given (not merged)."""
+        if isinstance(extents, Extents):
+            return extents
+        out = ExtentsBuilder(merge=False)
+        for e in extents:
+            out.add(e.blob, e.offset, e.length)
+        return out.build()
+
+    def records(self) -> Iterator[tuple[bytes, int, int]]:
+        """(blob id, offset, length) of each extent, in order."""
+        return _RECORD.iter_unpack(self._data)
+
+    def record(self, index: int) -> tuple[bytes, int, int]:
+        return _RECORD.unpack_from(self._data, index * RECORD_SIZE)
+
+    def blob(self, index: int) -> bytes:
+        """The blob id of extent `index` (0 <= index < len), without making an `Extent`."""
+        start = index * RECORD_SIZE
+        if index < 0 or start >= len(self._data):
+            raise IndexError("extent index out of range")
+        return self._data[start : start + ID_SIZE]
+
+    def blobs(self) -> Iterator[bytes]:
+        """The blob id of each extent, in order."""
+        return map(_FIRST, _RECORD.iter_unpack(self._data))
+
+    def lengths(self) -> Iterator[int]:
+        return (length for _blob, _offset, length in _RECORD.iter_unpack(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data) // RECORD_SIZE
+
+    def __iter__(self) -> Iterator[Extent]:
+        return itertools.starmap(Extent, _RECORD.iter_unpack(self._data))
+
+    @overload
+    def __getitem__(self, index: int) -> Extent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Extent]: ...
+
+    def __getitem__(self, index: int | slice) -> Extent | list[Extent]:
+        count = len(self)
+        if isinstance(index, slice):
+            return [Extent(*self.record(i)) for i in range(*index.indices(count))]
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError("extent index out of range")
+        return Extent(*self.record(index))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Extents):
+            return self._data == other._data
+        if isinstance(other, list):
+            return len(other) == len(self) and list(self) == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __reduce__(self) -> tuple[type[Extents], tuple[bytes, int]]:
+        # Pickled (and copied) as its records and size, at any protocol, as a list of `Extent` was.
+        return Extents, (self._data, self.size)
+
+    def __repr__(self) -> str:
+        return f"Extents({list(self)!r})"
+
+
+class ExtentsBuilder:
+    """Packed extents appended one by one; with `merge` (the default) an extent that continues
+    the last one in the same blob lengthens it instead (as `merge_extents` does)."""
+
+    def __init__(self, *, merge: bool = True) -> None:
+        self._out = bytearray()
+        self._merge = merge
+        self._size = 0
+
+    def add(self, blob: bytes, offset: int, length: int) -> None:
+        out = self._out
+        self._size += length
+        if self._merge and out:
+            last_blob, last_offset, last_length = _RECORD.unpack_from(out, len(out) - RECORD_SIZE)
+            if last_offset + last_length == offset and last_blob == blob:
+                _RECORD.pack_into(out, len(out) - RECORD_SIZE, blob, last_offset, last_length + length)
+                return
+        out += _RECORD.pack(blob, offset, length)
+
+    def extend(self, extents: Extents) -> None:
+        for blob, offset, length in extents.records():
+            self.add(blob, offset, length)
+
+    def build(self) -> Extents:
+        return Extents(bytes(self._out), self._size)
+
+
+def encode_extents(extents: Iterable[Extent]) -> str:
+    """Extents as stored: each a 32-byte id, a varint offset and a varint length, in base64."""
     out = bytearray()
-    for e in extents:
-        out += e.blob
-        _varint(out, e.offset)
-        _varint(out, e.length)
+    for blob, offset, length in Extents.of(extents).records():
+        out += blob
+        _varint(out, offset)
+        _varint(out, length)
     return base64.b64encode(bytes(out)).decode("ascii")
 
 
-def decode_extents(text: str) -> list[Extent]:
+def decode_extents(text: str) -> Extents:
+    """A node's `content` decoded straight into packed `Extents` (no `Extent` objects)."""
+    extents, reach = _decode_extents(text)
+    if reach > _MAX_FIELD:
+        raise CorruptObject("an extent larger than any blob in content extents")
+    return extents
+
+
+def _decode_extents(text: str) -> tuple[Extents, int]:
+    """The extents, each record whole and each varint well formed (or CorruptObject), and the
+    furthest any of them reaches into its blob (the caller refuses one beyond MAX_BLOB_SIZE)."""
     try:
         data = base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise CorruptObject("malformed content extents") from exc
-    out: list[Extent] = []
-    pos = 0
-    while pos < len(data):
-        if pos + 32 > len(data):
+    out = ExtentsBuilder(merge=False)
+    reach = pos = 0
+    end = len(data)
+    while pos < end:
+        if pos + ID_SIZE > end:
             raise CorruptObject("truncated content extents")
-        blob = data[pos : pos + 32]
-        offset, pos = _read_varint(data, pos + 32)
+        blob = data[pos : pos + ID_SIZE]
+        offset, pos = _read_varint(data, pos + ID_SIZE)
         length, pos = _read_varint(data, pos)
-        out.append(Extent(blob, offset, length))
-    return out
+        reach = max(reach, offset + length)
+        # Beyond 64 bits (10-byte varints) the node is refused for its reach: kept clamped till then.
+        out.add(blob, min(offset, _MAX_FIELD), min(length, _MAX_FIELD))
+    return out.build(), reach
 
 
 def _varint(out: bytearray, value: int) -> None:
@@ -94,13 +233,21 @@ class Node:
     uid: int = 0
     gid: int = 0
     subtree: bytes | None = None  # dir
-    content: list[Extent] = field(default_factory=list)  # file, sqlite
+    # file, sqlite: packed `Extents` (decoded, or as a backup builds them), or a list (tests,
+    # tools); both encode to the same bytes.
+    content: Sequence[Extent] = field(default_factory=list)
     sha256: str | None = None  # file, sqlite (of the consistent copy)
     link_target: str | None = None  # symlink
     # file: the logical path of the first file (in path order) of its hard-link group in this
     # snapshot, on every other member; a restore links it to that file instead of copying.
     hardlink: str | None = None
     sqlite: dict[str, Any] | None = None  # sqlite: pageSize, integrity, tables, source stats
+
+    def blobs(self) -> Iterator[bytes]:
+        """The blob id of each extent of the content, in order (no `Extent` made when packed)."""
+        if isinstance(self.content, Extents):
+            return self.content.blobs()
+        return (e.blob for e in self.content)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -149,13 +296,14 @@ class Node:
                 node.size = _int(d, "size", 0, 2**63 - 1)
                 node.inode = _int(d, "inode", 0, 2**64 - 1, 0)
                 node.ctime_ns = _int(d, "ctimeNs", -(2**63), 2**63 - 1, 0)
-                node.content = decode_extents(_str(d, "content"))
+                content, reach = _decode_extents(_str(d, "content"))
+                node.content = content
                 node.sha256 = _str(d, "sha256")
                 if len(node.sha256) != 64 or node.sha256.strip("0123456789abcdef"):
                     raise CorruptObject(f"{node.name!r} has a malformed sha256")
-                if any(e.offset + e.length > MAX_BLOB_SIZE for e in node.content):
+                if reach > MAX_BLOB_SIZE:
                     raise CorruptObject(f"{node.name!r} points beyond the end of a blob")
-                if sum(e.length for e in node.content) != node.size:
+                if content.size != node.size:
                     raise CorruptObject(f"{node.name!r} claims {node.size} bytes but its content differs")
             if t == "dir":
                 subtree = bytes.fromhex(_str(d, "subtree"))
@@ -226,8 +374,11 @@ def decode_tree(data: bytes, what: str = "a tree") -> list[Node]:
     raw_nodes = doc.get("nodes", [])
     if not isinstance(raw_nodes, list) or not all(isinstance(d, dict) for d in raw_nodes):
         raise CorruptObject(f"{what}'s nodes are not a list of objects")
+    nodes: list[Node] = []
     try:
-        nodes = [Node.from_json(d) for d in raw_nodes]
+        for i, d in enumerate(raw_nodes):
+            nodes.append(Node.from_json(d))
+            raw_nodes[i] = None  # its `content` text goes now, not with the whole document
     except CorruptObject as exc:
         raise CorruptObject(f"{what} holds {exc}") from exc
     except UnsafePath as exc:

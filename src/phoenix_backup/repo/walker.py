@@ -243,5 +243,5 @@ def used_blobs(snapshots: Iterable[Snapshot], load_tree: Callable[[bytes], list[
         for node in load_tree(tree_id):
             if node.subtree is not None:
                 stack.append(node.subtree)
-            used.update(ext.blob for ext in node.content)
+            used.update(node.blobs())
     return used
