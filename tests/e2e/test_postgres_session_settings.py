@@ -6,7 +6,10 @@ a fresh connection made with the same arguments (role, database, options) is."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -201,3 +204,79 @@ def test_restores_drills_and_previews_leave_nothing_on_the_session(
         repo.close()
     pg_server.drop_database(f"{db}_r")
     pg_server.drop_database(db)
+
+
+@pytest.fixture
+def pgbouncer(pg_server: PgServer) -> Iterator[int]:
+    """pgbouncer in front of the test server: pool_mode=transaction, one server session per
+    database and role (so the next client gets the very session phx used). Returns its port."""
+    exe = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if exe is None:
+        pytest.skip("pgbouncer is not installed (scripts/test.sh installs it: apt-get install pgbouncer)")
+    top = Path(tempfile.mkdtemp(prefix="phx-pgbouncer-", dir="/tmp"))
+    top.chmod(0o755)  # it runs as the server's unprivileged user when the tests run as root
+    port = services.free_port()
+    users = top / "users.txt"
+    users.write_text(f'"{AGENT_ROLES[AGENT_A]}" "{ROLE_PASSWORD}"\n"{services.PG_SUPERUSER}" "{pg_server.password}"\n')
+    ini = top / "pgbouncer.ini"
+    ini.write_text(
+        f"[databases]\n* = host={pg_server.host} port={pg_server.port}\n[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\n"
+        f"auth_file = {users}\npool_mode = transaction\ndefault_pool_size = 1\nmax_client_conn = 20\n"
+        f"logfile = {top}/pgbouncer.log\n"
+    )
+    for f in (users, ini):
+        f.chmod(0o644)
+    (top / "pgbouncer.log").touch()
+    (top / "pgbouncer.log").chmod(0o666)  # written by that user
+    proc = subprocess.Popen([*pg_server.prefix, exe, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if not services._wait_port(port, 15):
+            proc.kill()
+            pytest.fail(f"pgbouncer did not start: {proc.communicate()[1].decode()[-500:]}")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_through_pgbouncer_the_next_client_gets_nothing_of_an_agent_scoped_backup_or_restore(
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
+) -> None:
+    """The adversary's case: pgbouncer 1.18, pool_mode=transaction, default_pool_size=1; after `phx
+    backup` and `phx restore` of one agent's rows through it, the agent's own next session (the
+    same server session) has no setting of phx's, and row-level security shows it no agent's rows."""
+    db = _database(pg_server)
+    role = AGENT_ROLES[AGENT_A]
+    entry = services.postgres_entry(
+        pg_server, db, port=pgbouncer, user=role, passwordEnv="PHX_TEST_ROLE_PW", agentId=AGENT_A
+    )
+    sandbox.write_config(databases={"postgres": [entry]})
+    env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+
+    def next_client() -> dict[str, Any]:
+        with psycopg.connect(
+            host="127.0.0.1", port=pgbouncer, dbname=db, user=role, password=ROLE_PASSWORD, autocommit=True
+        ) as con:
+            held = _probe(con)
+            row = con.execute("SELECT count(*) FROM sessions").fetchone()
+            held["rows seen"] = row[0] if row else None
+            return held
+
+    before = next_client()
+    assert before["rows seen"] == 0 and before["DateStyle"] == "SQL, DMY"  # no agent set: RLS hides all
+    doc = sandbox.phx("backup", "--json", env=env).json()
+    assert (
+        next((d for d in doc["databases"] if d["path"] == "postgres/main"), {}).get("tables", {}).get("public.sessions")
+        == 10
+    ), doc
+    after_backup = next_client()
+    assert {k: (v, before[k]) for k, v in after_backup.items() if v != before[k]} == {}
+    # Its safety snapshot reads through the pooler too: a statement phx prepared before, left on
+    # the session, made it fail ("prepared statement "_pg3_0" already exists").
+    res = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", env=env)
+    assert all(d["ok"] for d in res.json()["databases"]), res.out
+    after_restore = next_client()
+    pg_server.drop_database(db)
+    assert {k: (v, before[k]) for k, v in after_restore.items() if v != before[k]} == {}
