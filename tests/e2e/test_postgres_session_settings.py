@@ -207,9 +207,11 @@ def test_restores_drills_and_previews_leave_nothing_on_the_session(
 
 
 @pytest.fixture
-def pgbouncer(pg_server: PgServer) -> Iterator[int]:
-    """pgbouncer in front of the test server: pool_mode=transaction, one server session per
-    database and role (so the next client gets the very session phx used). Returns its port."""
+def pgbouncer(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[int]:
+    """pgbouncer in front of the test server: pool_mode=transaction (or the test's indirect
+    parameter), one server session per database and role (so the next client gets the very session
+    phx used). Returns its port."""
+    pool_mode = str(getattr(request, "param", "transaction"))
     exe = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if exe is None:
         pytest.skip("pgbouncer is not installed (scripts/test.sh installs it: apt-get install pgbouncer)")
@@ -222,7 +224,7 @@ def pgbouncer(pg_server: PgServer) -> Iterator[int]:
     ini.write_text(
         f"[databases]\n* = host={pg_server.host} port={pg_server.port}\n[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\n"
-        f"auth_file = {users}\npool_mode = transaction\ndefault_pool_size = 1\nmax_client_conn = 20\n"
+        f"auth_file = {users}\npool_mode = {pool_mode}\ndefault_pool_size = 1\nmax_client_conn = 20\n"
         f"logfile = {top}/pgbouncer.log\n"
     )
     for f in (users, ini):
@@ -280,3 +282,38 @@ def test_through_pgbouncer_the_next_client_gets_nothing_of_an_agent_scoped_backu
     after_restore = next_client()
     pg_server.drop_database(db)
     assert {k: (v, before[k]) for k, v in after_restore.items() if v != before[k]} == {}
+
+
+@pytest.mark.parametrize("pgbouncer", ["statement"], indirect=True)
+def test_through_pgbouncer_in_statement_mode_the_error_says_which_mode_works(
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
+) -> None:
+    """pgbouncer in statement mode refuses every transaction, and each read and merge of phx is
+    one: the backup fails, and says what to point the entry at (it said only pgbouncer's words,
+    `transaction blocks not allowed in statement pooling mode`). Nothing is left on the session."""
+    db = _database(pg_server)
+    role = AGENT_ROLES[AGENT_A]
+    entry = services.postgres_entry(
+        pg_server, db, port=pgbouncer, user=role, passwordEnv="PHX_TEST_ROLE_PW", agentId=AGENT_A
+    )
+    sandbox.write_config(databases={"postgres": [entry]})
+    env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+
+    def next_client() -> dict[str, Any]:
+        with psycopg.connect(
+            host="127.0.0.1", port=pgbouncer, dbname=db, user=role, password=ROLE_PASSWORD, autocommit=True
+        ) as con:
+            return _probe(con)
+
+    before = next_client()
+    res = sandbox.phx("backup", "--json", env=env, check=None)
+    after = next_client()
+    pg_server.drop_database(db)
+    assert res.code != 0
+    error = next(d for d in res.json()["incomplete"] if d["path"] == "postgres/main")["error"]
+    assert error == (
+        "reading PostgreSQL database `main` failed: transaction blocks not allowed in statement pooling mode; "
+        "Phoenix reads and restores in transactions: point it at a pool in transaction or session mode, "
+        "or at the server itself"
+    )
+    assert after == before

@@ -179,8 +179,22 @@ def connection_for(entry: PostgresDb, env: Mapping[str, str]) -> PgConn:
     return PgConn(entry.name, make_conninfo("", **params), password, env)
 
 
+# pgbouncer's refusal of every transaction (pool_mode=statement): each read and merge is one.
+_STATEMENT_POOL = "statement pooling mode"
+_STATEMENT_POOL_FIX = (
+    "; Phoenix reads and restores in transactions: point it at a pool in transaction or session mode, "
+    "or at the server itself"
+)
+
+
 def pg_reason(exc: BaseException) -> str:
-    """The server's or libpq's own words, on one line, without psycopg's preamble."""
+    """The server's or libpq's own words, on one line, without psycopg's preamble (and, where
+    they do not say it, what to do about a pooler in statement mode)."""
+    reason = _pg_words(exc)
+    return reason + _STATEMENT_POOL_FIX if _STATEMENT_POOL in reason else reason
+
+
+def _pg_words(exc: BaseException) -> str:
     text = str(exc).strip()
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
