@@ -262,8 +262,11 @@ def test_through_pgbouncer_the_next_client_gets_nothing_of_an_agent_scoped_backu
             host="127.0.0.1", port=pgbouncer, dbname=db, user=role, password=ROLE_PASSWORD, autocommit=True
         ) as con:
             held = _probe(con)
-            row = con.execute("SELECT count(*) FROM sessions").fetchone()
-            held["rows seen"] = row[0] if row else None
+            row = con.execute("SELECT count(*), pg_backend_pid() FROM sessions").fetchone()
+            assert row is not None
+            # The same server session each time (a pool of one, never closed in between): the one
+            # phx used, not a fresh one pgbouncer opened after closing phx's.
+            held["rows seen"], held["server session"] = row
             return held
 
     before = next_client()
