@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -225,6 +227,7 @@ def pgbouncer(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[i
         f"[databases]\n* = host={pg_server.host} port={pg_server.port}\n[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\n"
         f"auth_file = {users}\npool_mode = {pool_mode}\ndefault_pool_size = 1\nmax_client_conn = 20\n"
+        f"admin_users = {services.PG_SUPERUSER}\n"
         f"logfile = {top}/pgbouncer.log\n"
     )
     for f in (users, ini):
@@ -320,3 +323,76 @@ def test_through_pgbouncer_in_statement_mode_the_error_says_which_mode_works(
         "or at the server itself"
     )
     assert after == before
+
+
+def _waiting_clients(pgbouncer: int, password: str, db: str) -> int:
+    """Clients of `db` that pgbouncer keeps waiting for a server session (its admin console)."""
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=pgbouncer,
+        dbname="pgbouncer",
+        user=services.PG_SUPERUSER,
+        password=password,
+        autocommit=True,
+    ) as admin:
+        cur = admin.execute("SHOW CLIENTS")
+        names = [c.name for c in cur.description or []]
+        clients = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return sum(1 for c in clients if c["database"] == db and c["state"] == "waiting")
+
+
+def test_through_pgbouncer_phx_doctor_gives_the_other_clients_nothing(
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
+) -> None:
+    """`phx doctor` checked an agent-scoped entry by running `pg_dump --schema-only` through the
+    pooler: pg_dump's setup is session `SET`s each in a transaction of its own, so between two of
+    them pgbouncer handed the server session to the next waiting client, with `search_path` ''
+    (its unqualified table names no longer found), `row_security` off, `statement_timeout` 0.
+    Here the agent's app waits behind doctor's first statement for the pool's one session."""
+    db = _database(pg_server)
+    role = AGENT_ROLES[AGENT_A]
+    entry = services.postgres_entry(
+        pg_server, db, port=pgbouncer, user=role, passwordEnv="PHX_TEST_ROLE_PW", agentId=AGENT_A
+    )
+    sandbox.write_config(databases={"postgres": [entry]})
+    env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    probe = _PROBE + ", current_setting('search_path'), current_setting('statement_timeout')"
+
+    def client() -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host="127.0.0.1", port=pgbouncer, dbname=db, user=role, password=ROLE_PASSWORD, autocommit=True
+        )
+
+    def wait_for(n: int, also: threading.Thread) -> None:
+        deadline = time.monotonic() + 60
+        while _waiting_clients(pgbouncer, pg_server.password, db) < n:
+            assert also.is_alive() and time.monotonic() < deadline, "no client came to wait for the pool"
+            time.sleep(0.05)
+
+    with client() as con:
+        before = con.execute(probe).fetchone()
+    seen: list[Any] = []
+    doctor: list[Any] = []
+
+    def app() -> None:
+        with client() as con:
+            seen.append(con.execute(probe).fetchone())
+
+    holder = client()
+    holder.execute("BEGIN")
+    holder.execute("SELECT 1")  # the pool's one server session, held
+    run = threading.Thread(target=lambda: doctor.append(sandbox.phx("doctor", "--json", env=env, check=None)))
+    run.start()
+    wait_for(1, run)  # doctor's first statement waits for the session
+    agent_app = threading.Thread(target=app)
+    agent_app.start()
+    wait_for(2, agent_app)  # and the agent's app behind it
+    holder.execute("COMMIT")
+    holder.close()
+    agent_app.join(60)
+    run.join(120)
+    pg_server.drop_database(db)
+    assert seen == [before]
+    checks = {c["name"]: c for c in doctor[0].json()["checks"]}
+    assert checks["postgres main"]["status"] == "ok", checks["postgres main"]
+    assert "pg_dump" not in checks  # an agent-scoped entry needs no pg_dump
