@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,24 +246,36 @@ def pgbouncer(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[i
         shutil.rmtree(top, ignore_errors=True)
 
 
-def test_through_pgbouncer_the_next_client_gets_nothing_of_an_agent_scoped_backup_or_restore(
+def _agent_through(
     sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
-) -> None:
-    """The adversary's case: pgbouncer 1.18, pool_mode=transaction, default_pool_size=1; after `phx
-    backup` and `phx restore` of one agent's rows through it, the agent's own next session (the
-    same server session) has no setting of phx's, and row-level security shows it no agent's rows."""
+) -> tuple[str, dict[str, str], Callable[[], psycopg.Connection[Any]]]:
+    """The test database, a config whose one entry reads agent_a's rows through pgbouncer, its
+    environment, and how the agent's app connects through the same pool."""
     db = _database(pg_server)
     role = AGENT_ROLES[AGENT_A]
     entry = services.postgres_entry(
         pg_server, db, port=pgbouncer, user=role, passwordEnv="PHX_TEST_ROLE_PW", agentId=AGENT_A
     )
     sandbox.write_config(databases={"postgres": [entry]})
-    env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+
+    def agent_client() -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host="127.0.0.1", port=pgbouncer, dbname=db, user=role, password=ROLE_PASSWORD, autocommit=True
+        )
+
+    return db, sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD), agent_client
+
+
+def test_through_pgbouncer_the_next_client_gets_nothing_of_an_agent_scoped_backup_or_restore(
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
+) -> None:
+    """The adversary's case: pgbouncer 1.18, pool_mode=transaction, default_pool_size=1; after `phx
+    backup` and `phx restore` of one agent's rows through it, the agent's own next session (the
+    same server session) has no setting of phx's, and row-level security shows it no agent's rows."""
+    db, env, agent_client = _agent_through(sandbox, pg_server, pgbouncer)
 
     def next_client() -> dict[str, Any]:
-        with psycopg.connect(
-            host="127.0.0.1", port=pgbouncer, dbname=db, user=role, password=ROLE_PASSWORD, autocommit=True
-        ) as con:
+        with agent_client() as con:
             held = _probe(con)
             row = con.execute("SELECT count(*), pg_backend_pid() FROM sessions").fetchone()
             assert row is not None
@@ -297,18 +309,10 @@ def test_through_pgbouncer_in_statement_mode_the_error_says_which_mode_works(
     """pgbouncer in statement mode refuses every transaction, and each read and merge of phx is
     one: the backup fails, and says what to point the entry at (it said only pgbouncer's words,
     `transaction blocks not allowed in statement pooling mode`). Nothing is left on the session."""
-    db = _database(pg_server)
-    role = AGENT_ROLES[AGENT_A]
-    entry = services.postgres_entry(
-        pg_server, db, port=pgbouncer, user=role, passwordEnv="PHX_TEST_ROLE_PW", agentId=AGENT_A
-    )
-    sandbox.write_config(databases={"postgres": [entry]})
-    env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    db, env, agent_client = _agent_through(sandbox, pg_server, pgbouncer)
 
     def next_client() -> dict[str, Any]:
-        with psycopg.connect(
-            host="127.0.0.1", port=pgbouncer, dbname=db, user=role, password=ROLE_PASSWORD, autocommit=True
-        ) as con:
+        with agent_client() as con:
             return _probe(con)
 
     before = next_client()
@@ -349,19 +353,8 @@ def test_through_pgbouncer_phx_doctor_gives_the_other_clients_nothing(
     them pgbouncer handed the server session to the next waiting client, with `search_path` ''
     (its unqualified table names no longer found), `row_security` off, `statement_timeout` 0.
     Here the agent's app waits behind doctor's first statement for the pool's one session."""
-    db = _database(pg_server)
-    role = AGENT_ROLES[AGENT_A]
-    entry = services.postgres_entry(
-        pg_server, db, port=pgbouncer, user=role, passwordEnv="PHX_TEST_ROLE_PW", agentId=AGENT_A
-    )
-    sandbox.write_config(databases={"postgres": [entry]})
-    env = sandbox.env_with(PHX_TEST_ROLE_PW=ROLE_PASSWORD)
+    db, env, agent_client = _agent_through(sandbox, pg_server, pgbouncer)
     probe = _PROBE + ", current_setting('search_path'), current_setting('statement_timeout')"
-
-    def client() -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            host="127.0.0.1", port=pgbouncer, dbname=db, user=role, password=ROLE_PASSWORD, autocommit=True
-        )
 
     def wait_for(n: int, also: threading.Thread) -> None:
         deadline = time.monotonic() + 60
@@ -369,16 +362,16 @@ def test_through_pgbouncer_phx_doctor_gives_the_other_clients_nothing(
             assert also.is_alive() and time.monotonic() < deadline, "no client came to wait for the pool"
             time.sleep(0.05)
 
-    with client() as con:
+    with agent_client() as con:
         before = con.execute(probe).fetchone()
     seen: list[Any] = []
     doctor: list[Any] = []
 
     def app() -> None:
-        with client() as con:
+        with agent_client() as con:
             seen.append(con.execute(probe).fetchone())
 
-    holder = client()
+    holder = agent_client()
     holder.execute("BEGIN")
     holder.execute("SELECT 1")  # the pool's one server session, held
     run = threading.Thread(target=lambda: doctor.append(sandbox.phx("doctor", "--json", env=env, check=None)))
