@@ -234,11 +234,14 @@ def pgbouncer(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[i
         f.chmod(0o644)
     (top / "pgbouncer.log").touch()
     (top / "pgbouncer.log").chmod(0o666)  # written by that user
-    proc = subprocess.Popen([*pg_server.prefix, exe, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its log goes to stderr as well as to the log file: a pipe nobody reads would fill (64 KiB, a
+    # few hundred connections) and stop pgbouncer. The log file says why it did not start.
+    proc = subprocess.Popen([*pg_server.prefix, exe, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        if not services._wait_port(port, 15):
+        # Listening, and pgbouncer itself (not another process that took the port meanwhile).
+        if not services._wait_port(port, 15) or proc.poll() is not None:
             proc.kill()
-            pytest.fail(f"pgbouncer did not start: {proc.communicate()[1].decode()[-500:]}")
+            pytest.fail(f"pgbouncer did not start: {(top / 'pgbouncer.log').read_text()[-500:]}")
         yield port
     finally:
         proc.terminate()
@@ -360,7 +363,7 @@ def test_through_pgbouncer_phx_doctor_gives_the_other_clients_nothing(
         deadline = time.monotonic() + 60
         while _waiting_clients(pgbouncer, pg_server.password, db) < n:
             assert also.is_alive() and time.monotonic() < deadline, "no client came to wait for the pool"
-            time.sleep(0.05)
+            time.sleep(0.2)
 
     with agent_client() as con:
         before = con.execute(probe).fetchone()
