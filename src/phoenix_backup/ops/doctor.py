@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
 
@@ -50,6 +50,9 @@ from phoenix_backup.sources.scope import configured_databases
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
 from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 from phoenix_backup.units import human_size
+
+if TYPE_CHECKING:
+    from phoenix_backup.sources.postgres import PgConn
 
 Status = Literal["ok", "fail", "warn"]
 
@@ -194,6 +197,12 @@ def check_postgres(cfg: Config, envx: Environment, result: DoctorResult) -> None
     (it refuses a server newer than itself)."""
     for i, db in enumerate(cfg.databases.postgres):
         where = f"databases.postgres[{i}] ({db.name})"
+        if db.agent_id is not None:
+            # One agent's rows are read over Phoenix's own connection, never by pg_dump, whose
+            # session SETs (search_path '', row_security off) would go, between its statements, to
+            # the other clients of a transaction pooler in front of the server.
+            _postgres_agent_server(db, where, envx, result)
+            continue
         program = str(db.pg_dump) if db.pg_dump else shutil.which("pg_dump", path=envx.env.get("PATH"))
         if not program or not (os.path.isfile(program) and os.access(program, os.X_OK)):
             result.add(
@@ -209,22 +218,57 @@ def check_postgres(cfg: Config, envx: Environment, result: DoctorResult) -> None
         _postgres_server(db, where, program, version, envx, result)
 
 
-def _postgres_server(
-    db: PostgresDb, where: str, program: str, version: str, envx: Environment, result: DoctorResult
-) -> None:
+def _postgres_conn(db: PostgresDb, where: str, envx: Environment, result: DoctorResult) -> PgConn | None:
+    """The entry's connection, or None with the failure said (its password's variable unset, an
+    entry that names no connection)."""
     if db.password_env and not envx.env.get(db.password_env):
         result.add(
             f"postgres {db.name}", "fail", f"{db.password_env} is not set", f"export {db.password_env} ({where})"
         )
-        return
+        return None
     from phoenix_backup.sources.postgres import connection_for
 
-    # The connection string without its password (which goes into PGPASSWORD): a command line is
-    # readable by every local user.
     try:
-        conn = connection_for(db, envx.env)
+        return connection_for(db, envx.env)
     except SourceError as exc:
         result.add(f"postgres {db.name}", "fail", str(exc), f"fix {where}")
+        return None
+
+
+def _postgres_agent_server(db: PostgresDb, where: str, envx: Environment, result: DoctorResult) -> None:
+    """An agent-scoped entry: the server answers Phoenix's own connection (which sets nothing on
+    the server session)."""
+    conn = _postgres_conn(db, where, envx, result)
+    if conn is None:
+        return
+    import psycopg
+
+    from phoenix_backup.sources.postgres import pg_reason, server_version
+
+    server = f"{db.name} at {conn.where}"
+    try:
+        with conn.connect() as con:
+            version, _ = server_version(con)
+    except (SourceError, psycopg.Error) as exc:
+        reason = str(exc) if isinstance(exc, SourceError) else f"cannot read {server}: {pg_reason(exc)}"
+        fix = f"start the server, or fix host/port/database/user and passwordEnv in {where}"
+        result.add(f"postgres {db.name}", "fail", reason, fix)
+        return
+    result.add(
+        f"postgres {db.name}",
+        "ok",
+        f"{server} reachable (PostgreSQL {version}); agent {db.agent_id}'s rows are read over this connection, "
+        "without pg_dump",
+    )
+
+
+def _postgres_server(
+    db: PostgresDb, where: str, program: str, version: str, envx: Environment, result: DoctorResult
+) -> None:
+    # The connection string without its password (which goes into PGPASSWORD): a command line is
+    # readable by every local user.
+    conn = _postgres_conn(db, where, envx, result)
+    if conn is None:
         return
     env = conn.tool_env()
     env["PGCONNECT_TIMEOUT"] = envx.env.get("PGCONNECT_TIMEOUT", "5")

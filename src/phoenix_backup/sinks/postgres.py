@@ -364,9 +364,11 @@ def restore_agent_rows(
 
     try:
         with conn.connect() as con:
-            con.execute("SELECT set_config(%s, %s, false)", (setting, agent))
-            pg.exact_text(con)
             with con.transaction(force_rollback=drill):
+                # For the merge's transaction only: never left on the session for a pooler to
+                # hand to another client.
+                con.execute("SELECT set_config(%s, %s, true)", (setting, agent))
+                pg.exact_text(con)
                 result = postgres_agent.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
             if not drill:
                 written = [
@@ -453,13 +455,14 @@ def live_rows(conn: pg.PgConn, manifest: dict[str, Any]) -> dict[str, int]:
         if manifest.get("kind") != "agent-rows":
             return pg.table_counts(con)
         agent = str(manifest["agentId"])
-        con.execute("SELECT set_config(%s, %s, false)", (_agent_setting("", manifest), agent))
         out: dict[str, int] = {}
-        saved = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
-        for t in postgres_agent.live_tables(con, saved):
-            query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(t.rows)
-            row = con.execute(query + pg.agent_filter(t), (agent,)).fetchone()
-            out[t.key] = int(row[0]) if row else 0
+        with con.transaction():  # the agent is set for this transaction only
+            con.execute("SELECT set_config(%s, %s, true)", (_agent_setting("", manifest), agent))
+            saved = [pg.AgentTable.from_json(d) for d in manifest.get("tableInfo", {}).values()]
+            for t in postgres_agent.live_tables(con, saved):
+                query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(t.rows)
+                row = con.execute(query + pg.agent_filter(t), (agent,)).fetchone()
+                out[t.key] = int(row[0]) if row else 0
         return out
 
 

@@ -131,6 +131,9 @@ class PgConn:
                 password=self.password,
                 connect_timeout=CONNECT_TIMEOUT,
                 autocommit=True,
+                # Never a prepared statement (psycopg prepares a query run 5 times): it is state
+                # of the server session, which a transaction pooler gives to other clients.
+                prepare_threshold=None,
                 application_name="phoenix-backup",
                 # Text as str whatever the database's encoding: a SQL_ASCII database would
                 # otherwise give bytes (names, the snapshot id handed to pg_dump).
@@ -176,8 +179,22 @@ def connection_for(entry: PostgresDb, env: Mapping[str, str]) -> PgConn:
     return PgConn(entry.name, make_conninfo("", **params), password, env)
 
 
+# pgbouncer's refusal of every transaction (pool_mode=statement): each read and merge is one.
+_STATEMENT_POOL = "statement pooling mode"
+_STATEMENT_POOL_FIX = (
+    "; Phoenix reads and restores in transactions: point it at a pool in transaction or session mode, "
+    "or at the server itself"
+)
+
+
 def pg_reason(exc: BaseException) -> str:
-    """The server's or libpq's own words, on one line, without psycopg's preamble."""
+    """The server's or libpq's own words, on one line, without psycopg's preamble (and, where
+    they do not say it, what to do about a pooler in statement mode)."""
+    reason = _pg_words(exc)
+    return reason + _STATEMENT_POOL_FIX if _STATEMENT_POOL in reason else reason
+
+
+def _pg_words(exc: BaseException) -> str:
     text = str(exc).strip()
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
@@ -350,9 +367,11 @@ def count_rows(con: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> d
 
 
 def table_counts(con: psycopg.Connection[Any]) -> dict[str, int]:
-    """Rows of every user table, read with row security off (as pg_dump reads them)."""
-    con.execute("SET row_security = off")
-    return count_rows(con, user_tables(con))
+    """Rows of every user table, read with row security off (as pg_dump reads them): off for this
+    transaction only (a savepoint inside the caller's), never for the session."""
+    with con.transaction():
+        con.execute("SET LOCAL row_security = off")
+        return count_rows(con, user_tables(con))
 
 
 def rls_blockers(con: psycopg.Connection[Any]) -> tuple[str, list[str]]:
@@ -447,6 +466,15 @@ class _Reader:
     def _prepare(self, con: psycopg.Connection[Any]) -> None:
         raise NotImplementedError
 
+    def _begin(self, con: psycopg.Connection[Any]) -> None:
+        """Open the read's transaction (one snapshot, read only) with its bounds on waiting
+        (`_check_client`, `bound_lock_wait`) set for that transaction only: nothing of them stays
+        on the server session once it ends, for a pooler to hand to the next client."""
+        con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if self.stops is not None:
+            self.client_checked = _check_client(con)
+        bound_lock_wait(con)
+
     def __enter__(self) -> Self:
         if self.stops is not None:  # a stop does not wait for a server that does not answer
             self._con = self.stops.connecting(self.conn.connect, lambda con: con.close())
@@ -458,8 +486,6 @@ class _Reader:
                 # Before the session's first statement: a server that stops answering once
                 # connected would keep it, and the stop, waiting for ever.
                 self._ending.enter_context(self.stops.ending(lambda: hang_up(con)))
-                self.client_checked = _check_client(con)
-            bound_lock_wait(self._con)
             self._prepare(self._con)
         except psycopg.Error as exc:
             self.close()
@@ -486,28 +512,30 @@ CLIENT_CHECK_MS = 1000
 
 
 def _check_client(con: psycopg.Connection[Any]) -> bool:
-    """Have the server end this session's query soon after `hang_up` (or phx's end) shuts its
-    socket: otherwise a query waiting for a lock runs on until the lock is granted, keeping its
-    snapshot and the locks it took, and queueing others behind it. Before PostgreSQL 14, or on a
-    server's platform without the check (Windows), the session is as it was: False."""
+    """Inside a transaction, for the rest of it: have the server end this session's query soon
+    after `hang_up` (or phx's end) shuts its socket: otherwise a query waiting for a lock runs on
+    until the lock is granted, keeping its snapshot and the locks it took, and queueing others
+    behind it. Before PostgreSQL 14, or on a server's platform without the check (Windows), the
+    transaction is as it was (the refused SET is undone by its savepoint): False."""
     if con.info.server_version < 140000:
         return False
     try:
-        con.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        with con.transaction():
+            con.execute(f"SET LOCAL client_connection_check_interval = {CLIENT_CHECK_MS}")
     except psycopg.Error:
         return False
     return True
 
 
 def bound_lock_wait(con: psycopg.Connection[Any]) -> None:
-    """Make a statement of this session waiting for a lock fail after LOCK_WAIT_S (as pg_dump's
-    --lock-wait-timeout does) rather than wait for as long as another session holds it: a backup
-    would otherwise wait for ever. A shorter lock_timeout the session already has (the role's,
-    PGOPTIONS) stays."""
+    """Inside a transaction, for the rest of it: make a statement waiting for a lock fail after
+    LOCK_WAIT_S (as pg_dump's --lock-wait-timeout does) rather than wait for as long as another
+    session holds it: a backup would otherwise wait for ever. A shorter lock_timeout the session
+    already has (the role's, PGOPTIONS) stays."""
     row = con.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'lock_timeout'").fetchone()
     current = int(row[0]) if row else 0
     if current == 0 or current > LOCK_WAIT_S * 1000:
-        con.execute(f"SET lock_timeout = {LOCK_WAIT_S * 1000}")
+        con.execute(f"SET LOCAL lock_timeout = {LOCK_WAIT_S * 1000}")
 
 
 def table_read_error(name: str, table: str, exc: psycopg.Error, midway: bool = False) -> SourceError:
@@ -546,6 +574,7 @@ class PostgresDump(_Reader):
     def _prepare(self, con: psycopg.Connection[Any]) -> None:
         version, num = server_version(con)
         self.tool = find_pg_tool("pg_dump", self.entry.name, major_of_num(num), self.env, self.entry.pg_dump)
+        self._begin(con)  # the dump's own transaction is begun in `streams`
         role, blocked = rls_blockers(con)
         if blocked:
             raise rls_error(self.entry.name, role, blocked)
@@ -553,6 +582,7 @@ class PostgresDump(_Reader):
         assert row is not None
         self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
         self.database = database_settings(con)
+        con.execute("COMMIT")
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -575,7 +605,7 @@ class PostgresDump(_Reader):
         assert self._con is not None and self.summary is not None and self.tool is not None
         con, summary, tool = self._con, self.summary, self.tool
         try:
-            con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            self._begin(con)  # held until pg_dump is done: it reads the snapshot exported here
             row = con.execute("SELECT pg_export_snapshot()").fetchone()
             assert row is not None
             snapshot = str(row[0])
@@ -813,13 +843,14 @@ def agent_tables(con: psycopg.Connection[Any]) -> list[AgentTable]:
 
 
 def exact_text(con: psycopg.Connection[Any]) -> None:
-    """Fix how this session writes and reads values as text (agent rows' CSV), whatever the
+    """Inside a transaction, for the rest of it (never the session's: a pooler would hand it to
+    the next client): fix how values are written and read as text (agent rows' CSV), whatever the
     server, database, role or environment (PGDATESTYLE, PGTZ, PGOPTIONS) set: ISO dates (a
     `SQL, DMY` date read back as `MDY` swaps day and month), UTC with numeric offsets (a zone
     abbreviation can be read back as another zone), and floats with every digit."""
     con.execute(
-        "SELECT set_config('DateStyle', 'ISO, MDY', false), set_config('IntervalStyle', 'postgres', false), "
-        "set_config('TimeZone', 'UTC', false), set_config('extra_float_digits', '3', false)"
+        "SELECT set_config('DateStyle', 'ISO, MDY', true), set_config('IntervalStyle', 'postgres', true), "
+        "set_config('TimeZone', 'UTC', true), set_config('extra_float_digits', '3', true)"
     )
 
 
@@ -839,10 +870,11 @@ class AgentRows(_Reader):
 
     def _prepare(self, con: psycopg.Connection[Any]) -> None:
         version, num = server_version(con)
-        # Session-wide, so the policies see it in every statement of the transaction below.
-        con.execute("SELECT set_config(%s, %s, false)", (AGENT_SETTING, self.agent_id))
+        self._begin(con)  # one transaction for every table, ended in `streams`
+        # For this transaction only: the policies see it in every statement of it, and no other
+        # client of the server session (through a pooler) ever does.
+        con.execute("SELECT set_config(%s, %s, true)", (AGENT_SETTING, self.agent_id))
         exact_text(con)
-        con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         row = con.execute("SELECT current_database()").fetchone()
         assert row is not None
         self.tables = agent_tables(con)
