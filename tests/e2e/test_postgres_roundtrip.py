@@ -115,3 +115,15 @@ def test_vector_hnsw_rls_database_round_trips_in_place_and_to_a_new_database(
     assert (dest / "postgres" / "main" / "globals.sql").read_text().count("CREATE ROLE") >= 1
     pg.drop_database(copy)
     pg.drop_database(db)
+
+
+def test_doctor_passes_a_reachable_whole_database_entry(sandbox: Sandbox, pg_server: PgServer) -> None:
+    """`phx doctor` probed a whole-database entry with `pg_dump --schema-only --table=<no such
+    table>`, which pg_dump refuses ("no matching tables were found"): every healthy server was
+    reported as failing. The probe connects and applies pg_dump's version check, and dumps nothing."""
+    db, env = _setup(sandbox, pg_server)
+    doc = json.loads(sandbox.phx("doctor", "--json", env=env, check=None).out)
+    entry = [c for c in doc["checks"] if c["name"] == "postgres main"]
+    assert len(entry) == 1 and entry[0]["status"] == "ok", entry
+    assert "reachable" in entry[0]["message"], entry
+    pg_server.drop_database(db)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,24 @@ def test_a_password_in_the_urls_query_is_never_shown(sandbox: Sandbox, redis_ser
             res = sandbox.phx("restore", "--latest", "--databases-only", *args, *fmt, check=None)
             assert "redis/hot" in res.out + res.err, res
             assert secret not in res.out + res.err, res
+
+
+def test_doctor_checks_a_configured_redis(sandbox: Sandbox, redis_server: Any) -> None:
+    """`phx doctor` said "not checked: this version does not back up Redis yet" for every Redis
+    entry: it now connects as a backup does, and a server that is not there fails the check with
+    the fix."""
+    sandbox.write_config(
+        databases={
+            "redis": [
+                {"name": "cache", "url": redis_server.url(3)},
+                {"name": "gone", "url": f"redis://127.0.0.1:{services.free_port()}/0"},
+            ]
+        }
+    )
+    doc = json.loads(sandbox.phx("doctor", "--json", check=None).out)
+    by_name = {c["name"]: c for c in doc["checks"]}
+    assert by_name["redis cache"]["status"] == "ok", by_name["redis cache"]
+    assert redis_server.version in by_name["redis cache"]["message"], by_name["redis cache"]
+    gone = by_name["redis gone"]
+    assert gone["status"] == "fail" and "cannot connect" in gone["message"], gone
+    assert "databases.redis" in gone["fix"], gone

@@ -193,7 +193,7 @@ def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
 
 def check_postgres(cfg: Config, envx: Environment, result: DoctorResult) -> None:
     """For each configured PostgreSQL database: pg_dump present, its version, and a schema-only
-    dump of no table against the server, which connects and applies pg_dump's own version check
+    dump of no schema against the server, which connects and applies pg_dump's own version check
     (it refuses a server newer than itself)."""
     for i, db in enumerate(cfg.databases.postgres):
         where = f"databases.postgres[{i}] ({db.name})"
@@ -272,7 +272,9 @@ def _postgres_server(
         return
     env = conn.tool_env()
     env["PGCONNECT_TIMEOUT"] = envx.env.get("PGCONNECT_TIMEOUT", "5")
-    args = [program, "--schema-only", "--table=phx_doctor_probe_no_such_table", f"--dbname={conn.conninfo}"]
+    # Every schema excluded: pg_dump connects, applies its version check and reads the catalogs,
+    # and dumps nothing (a pattern matching no table is refused: "no matching tables were found").
+    args = [program, "--schema-only", "--exclude-schema=*", f"--dbname={conn.conninfo}"]
     server = f"{db.name} at {conn.where}"
     try:
         proc = subprocess.run(
@@ -306,8 +308,25 @@ def _postgres_server(
 
 
 def _redis(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+    """For each configured Redis database: the server answers as a backup connects to it (PING),
+    and its version."""
+    import redis as redis_lib
+
+    from phoenix_backup.sources.redis import connect, server_info, where
+
     for db in cfg.databases.redis:
-        result.add(f"redis {db.name}", "warn", "not checked: this version does not back up Redis yet")
+        try:
+            client = connect(db)
+        except SourceError as exc:
+            result.add(f"redis {db.name}", "fail", str(exc), "start the server, or fix its url in databases.redis")
+            continue
+        try:
+            version = server_info(client).get("redis_version", "?")
+        except redis_lib.RedisError as exc:  # it answered PING: its INFO is only a detail
+            version = f"? ({type(exc).__name__})"
+        finally:
+            client.close()
+        result.add(f"redis {db.name}", "ok", f"{where(db.url)} reachable (Redis {version})")
 
 
 # Checks per database engine beyond SQLite. PostgreSQL and Redis support replace or extend these.
