@@ -160,3 +160,19 @@ def test_doctor_checks_a_configured_redis(sandbox: Sandbox, redis_server: Any) -
     gone = by_name["redis gone"]
     assert gone["status"] == "fail" and "cannot connect" in gone["message"], gone
     assert "databases.redis" in gone["fix"], gone
+
+
+def test_a_refused_password_is_said_at_once_without_retries(sandbox: Sandbox, redis_server: Any) -> None:
+    """The first connection to a Redis server is not tried again: a refused password (or a server
+    not there) was retried three times with waits of 2, 4 and 8 s before phx said so (a restore
+    through such an entry took 14 s a command). Counted on the server: one connection."""
+    r = redis_server.client(11)
+    before = int(r.info("stats")["total_connections_received"])
+    url = redis_server.url(11) + "?password=CANARYwrong"  # a server without a password refuses AUTH
+    sandbox.write_config(databases={"redis": [{"name": "hot", "url": url}]})
+    doc = json.loads(sandbox.phx("doctor", "--json", check=None).out)
+    after = int(r.info("stats")["total_connections_received"])
+    hot = next(c for c in doc["checks"] if c["name"] == "redis hot")
+    assert hot["status"] == "fail" and "cannot connect" in hot["message"], hot
+    assert "CANARYwrong" not in json.dumps(doc)
+    assert after - before == 1, f"{after - before} connections for one refused password"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import redis as redis_lib
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from phoenix_backup.config.model import RedisDb
@@ -197,8 +197,10 @@ class _Backoff(ExponentialBackoff):
 
 def connect(entry: RedisDb, stopped: threading.Event | None = None) -> redis_lib.Redis:
     """A client speaking RESP2 with raw replies (no parsing callbacks): every reply is bytes, an
-    int or a list, whatever the redis-py version, so the codec below sees one shape only. A
-    command whose connection fails is tried again (3 times), until `stopped` is set."""
+    int or a list, whatever the redis-py version, so the codec below sees one shape only. The
+    first connection is not tried again (a server that is not there, a refused password: said at
+    once, not after 14 s of waits); once it answered, a command whose connection fails is tried
+    again (3 times), until `stopped` is set."""
     try:
         client: redis_lib.Redis = redis_lib.Redis.from_url(
             entry.url,
@@ -206,10 +208,11 @@ def connect(entry: RedisDb, stopped: threading.Event | None = None) -> redis_lib
             socket_timeout=120,
             decode_responses=False,
             protocol=2,
-            retry=Retry(_Backoff(stopped or threading.Event()), 3),
+            retry=Retry(NoBackoff(), 0),
         )
         client.response_callbacks.clear()
         command(client, "PING")
+        client.set_retry(Retry(_Backoff(stopped or threading.Event()), 3))
     except redis_lib.RedisError as exc:
         raise SourceError(
             f"cannot connect to Redis database `{entry.name}` ({where(entry.url)}): {_reason(exc)}; check that the "
