@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from phoenix_backup import jsontext
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import write_private
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo import checks
@@ -657,18 +658,12 @@ def _write_reports(result: DrillResult, folder: Path, envx: Environment) -> None
     result.report_markdown, result.report_json = str(md), str(js)
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _atomic_write(js, jsontext.dumps(result.to_json(), indent=2) + "\n")
-        _atomic_write(md, markdown(result))
+        write_private(js, (jsontext.dumps(result.to_json(), indent=2) + "\n").encode())
+        write_private(md, markdown(result).encode())
     except OSError as exc:
         result.report_markdown = result.report_json = None
         result.notices.append(f"the drill report could not be written to {folder}: {exc.strerror or exc}")
         envx.notice(f"warning: the drill report could not be written to {folder}: {exc.strerror or exc}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _md(text: object) -> str:
