@@ -186,8 +186,16 @@ def test_cron_install_run_status_remove_as_a_throwaway_user(
     assert res.returncode == 0, res.stderr
     table = subprocess.run(["crontab", "-l", "-u", user.name], capture_output=True, text=True, check=True).stdout
     assert table.count("# BEGIN phoenix-backup") == 1 and "\n0 * * * * " in table
+    # Switching to a scheduler that cannot take the job (no user manager runs for this user) is
+    # an error, and the job the user had keeps running: never no schedule at all.
+    res = user.run([*phx, "schedule", "install", "--scheduler", "systemd", "--every", "daily"], install_env)
+    assert res.returncode == 2 and "systemctl --user" in res.stderr, res.stderr
+    assert crontab_entries(user)[1].startswith("0 * * * * "), "the cron job survived the failed switch"
+    status = json.loads(user.run([*phx, "schedule", "status", "--json"], env).stdout)
+    assert status["installed"] and status["scheduler"] == "cron" and status["every"] == "hourly", status
     res = user.run([*phx, "schedule", "remove"], env)
-    assert res.returncode == 0 and "removed the schedule from cron" in res.stdout
+    # ... and removing takes the job from cron and the failed switch's unit files from systemd.
+    assert res.returncode == 0 and res.stdout == "removed the schedule from systemd, cron\n", res.stdout
     table = subprocess.run(["crontab", "-l", "-u", user.name], capture_output=True, text=True).stdout
     assert table.strip() == "17 4 * * * /bin/true # my own job"
     status = json.loads(user.run([*phx, "schedule", "status", "--json"], env).stdout)

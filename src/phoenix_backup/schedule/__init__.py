@@ -131,8 +131,6 @@ def install(
     for warning in warnings:
         (notice or (lambda _w: None))(warning)
     chosen = scheduler or detect(env)
-    # One schedule per job: switching scheduler (or re-installing) replaces the job's old entry.
-    _remove_job(env, home, kind)
     record = {
         "job": kind,
         "scheduler": chosen,
@@ -154,6 +152,10 @@ def install(
         launchd.install(spec, job)
     else:
         raise UsageError(f"unknown scheduler {chosen!r}; use one of {', '.join(SCHEDULERS)}")
+    # One schedule per job. The chosen scheduler's install replaced its own old entry; the job
+    # leaves the others only now that the new one is in place, so an install that fails (cron
+    # refused, no user manager) leaves the old schedule running instead of none.
+    _remove_job(env, home, kind, keep=chosen)
     _write_record(home, kind, record)
     log_dir(home).mkdir(parents=True, exist_ok=True, mode=0o700)
     return InstallResult(
@@ -186,15 +188,15 @@ class RemoveResult:
         return {"removed": self.removed, "drillRemoved": self.drill_removed}
 
 
-def _remove_job(env: Mapping[str, str], home: Path, kind: str) -> list[str]:
-    """Remove the job `kind` from every scheduler that holds it; return those."""
+def _remove_job(env: Mapping[str, str], home: Path, kind: str, keep: str | None = None) -> list[str]:
+    """Remove the job `kind` from every scheduler that holds it but `keep`; return those."""
     name = job_name(kind)
     removed = []
-    if systemd.remove(env, home, name):
+    if keep != "systemd" and systemd.remove(env, home, name):
         removed.append("systemd")
-    if cron.available(env) is None and cron.remove(env, name):
+    if keep != "cron" and cron.available(env) is None and cron.remove(env, name):
         removed.append("cron")
-    if launchd.remove(home, name):
+    if keep != "launchd" and launchd.remove(home, name):
         removed.append("launchd")
     return removed
 
