@@ -618,3 +618,31 @@ def test_the_suite_never_writes_in_the_users_own_cache(tmp_path_factory: pytest.
 
     assert os.environ.get("PHX_CACHE_DIR") is None
     assert cache_root().is_relative_to(tmp_path_factory.getbasetemp())
+
+
+@needs_proc
+def test_unlock_keeps_the_lock_of_a_stopped_process_that_still_runs_here(tmp_path: Path) -> None:
+    """A backup stopped (SIGSTOP, a suspended laptop, a debugger) stops refreshing its lock, which
+    turns stale by every clock; `phx unlock` removed it, and a prune could then delete the packs
+    the backup writes once it resumes. A holder that provably runs on this machine is kept."""
+    notices: list[str] = []
+    repo = new_repo(tmp_path / "repo", notices)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        start = 0
+        while not start:  # its start time, once /proc shows the exec'd interpreter
+            start = locks.process_start_time(holder.pid) or 0
+        os.kill(holder.pid, signal.SIGSTOP)
+        old = time.time() - STALE_SECONDS - 600
+        planted = age_lock(repo, plant_lock(repo, pid=holder.pid, processStart=start, time=old), old)
+        assert repo.locks.unlock() == [], "the stopped holder's lock stays"
+        assert lock_names(repo) == {planted}
+        assert len(notices) == 1 and "still runs on this machine" in notices[0]
+        assert f"kill -CONT {holder.pid}" in notices[0], notices
+        with pytest.raises(RepositoryLocked, match="wait for it to finish"):
+            repo.lock(True, "prune")
+    finally:
+        holder.kill()
+        holder.wait()
+    (removed,) = repo.locks.unlock()  # gone now: provably dead
+    assert removed.name == planted and lock_names(repo) == set()

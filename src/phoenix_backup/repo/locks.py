@@ -186,6 +186,22 @@ class ProcessTag:
             return True
         return now != 0 and now != self.start and self.time_ns == time_namespace()
 
+    def runs(self) -> bool:
+        """True only when the process provably runs here: same host, boot, PID and time
+        namespaces, and its pid is a live process (not a zombie) with the recorded start time. A
+        stopped process (SIGSTOP, a suspended machine, a debugger) runs: it resumes and writes on."""
+        if self.host != socket.gethostname() or not self.boot_id or self.boot_id != boot_id():
+            return False
+        if not self.pid_ns or self.pid_ns != pid_namespace() or not self.time_ns or self.time_ns != time_namespace():
+            return False
+        if not self.start or not 0 < self.pid <= MAX_PID or not _proc_is_ours():
+            return False
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            return _start_of(stat) == self.start and stat[stat.rfind(")") + 2] not in "ZX"
+        except (OSError, ValueError, IndexError):
+            return False
+
 
 @dataclass(frozen=True)
 class LockInfo:
@@ -241,6 +257,12 @@ class LockInfo:
             return False
         tag = ProcessTag(self.host, self.boot_id, self.pid_ns, self.time_ns, self.pid, self.process_start)
         return tag.gone(reboot_proves=False)
+
+    def process_runs(self) -> bool:
+        """True only when we can prove the owner still runs on this machine (`ProcessTag.runs`)."""
+        if not self.readable:
+            return False
+        return ProcessTag(self.host, self.boot_id, self.pid_ns, self.time_ns, self.pid, self.process_start).runs()
 
     def is_ours(self) -> bool:
         """Whether this lock was written by this very process."""
@@ -494,8 +516,8 @@ class LockManager:
         older than SKEW_CONFIRM: a verdict can be delayed, never hastened). A store
         whose clock cannot be read (it takes no write) leaves the lock live: our clock alone may be
         ahead (`unjudged` tells)."""
-        if not info.is_stale(now):
-            return False
+        if not info.is_stale(now) or info.process_runs():
+            return False  # a holder that runs here was stopped, not lost: it resumes and writes on
         mono, wall = time.monotonic(), time.time()
         if self._skew is None or mono - self._skew[1] > SKEW_MAX_AGE or abs(wall - mono - self._skew[2]) > 1:
             self._skew = (self.store_skew("lock check"), mono, wall - mono)
@@ -630,6 +652,11 @@ class LockManager:
             if remove_all or info.process_gone() or self.stale(info, now):
                 self.backend.delete(info.name)
                 removed.append(info)
+            elif info.is_stale(now) and info.process_runs():
+                self.notice(
+                    f"kept the {info.describe()}: its process still runs on this machine (stopped or suspended: "
+                    f"`kill -CONT {info.pid}` lets it finish, ending it frees the lock)"
+                )
             elif note := self.watch_note(info, now):
                 self.notice(f"kept the {info.describe()}{note}")
             elif self.unjudged(info, now):
