@@ -637,10 +637,11 @@ def test_unlock_keeps_the_lock_of_a_stopped_process_that_still_runs_here(tmp_pat
         planted = age_lock(repo, plant_lock(repo, pid=holder.pid, processStart=start, time=old), old)
         assert repo.locks.unlock() == [], "the stopped holder's lock stays"
         assert lock_names(repo) == {planted}
-        assert len(notices) == 1 and "still runs on this machine" in notices[0]
-        assert f"kill -CONT {holder.pid}" in notices[0], notices
-        with pytest.raises(RepositoryLocked, match="wait for it to finish"):
+        assert len(notices) == 1 and "its process runs on this machine" in notices[0]
+        assert f"kill -CONT {holder.pid}` lets it finish" in notices[0], notices
+        with pytest.raises(RepositoryLocked, match="wait for it to finish") as locked:
             repo.lock(True, "prune")
+        assert "stopped or suspended" in str(locked.value) and "FUSE" not in str(locked.value), locked.value
     finally:
         holder.kill()
         holder.wait()

@@ -579,6 +579,11 @@ class LockManager:
         the second): the sign of a store whose times do not advance (or of a refresh this instant)."""
         if not info.is_stale(now) or self.stale(info, now) or self.unjudged(info, now):
             return ""
+        if info.process_runs():
+            return (
+                f" (its process runs on this machine but has not refreshed the lock for {(now - info.time) / 60:.0f} "
+                f"minutes: it is stopped or suspended; `kill -CONT {info.pid}` lets it finish)"
+            )
         skew = None if self._skew is None else self._skew[0]  # measured by `stale`
         if skew is None or info.written is None or (frozen_only and abs(now + skew - info.written) > 1):
             return ""
@@ -599,7 +604,13 @@ class LockManager:
     def unjudged(self, info: LockInfo, now: float) -> bool:
         """Whether `info` is stale by our clock but was not judged so because the store's clock
         cannot be read."""
-        return info.is_stale(now) and not self.stale(info, now) and self._skew is not None and self._skew[0] is None
+        return (
+            info.is_stale(now)
+            and not self.stale(info, now)
+            and self._skew is not None
+            and self._skew[0] is None
+            and not info.process_runs()
+        )
 
     def unjudged_reason(self, info: LockInfo) -> str:
         minutes = self.unchanged_for(info) / 60
@@ -652,11 +663,6 @@ class LockManager:
             if remove_all or info.process_gone() or self.stale(info, now):
                 self.backend.delete(info.name)
                 removed.append(info)
-            elif info.is_stale(now) and info.process_runs():
-                self.notice(
-                    f"kept the {info.describe()}: its process still runs on this machine (stopped or suspended: "
-                    f"`kill -CONT {info.pid}` lets it finish, ending it frees the lock)"
-                )
             elif note := self.watch_note(info, now):
                 self.notice(f"kept the {info.describe()}{note}")
             elif self.unjudged(info, now):
