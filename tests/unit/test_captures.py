@@ -213,6 +213,21 @@ def test_list_at_names_the_state_a_restore_gives_when_commits_share_a_time(repo:
     assert state.page_count == 4
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-05T14:03:07.25z",
+        "2026-12-05t14:03:07.25Z",
+        "2026-12-05 14:03:07.25+00:00",
+        "2026-12-05T15:03:07.25+01:00",
+    ],
+)
+def test_at_takes_every_rfc_3339_spelling_of_a_time(text: str) -> None:
+    """RFC 3339 (§5.6, its note) allows a lower-case `t` and `z`, and a space for the `T`: each is
+    the same time, not "is not RFC 3339"."""
+    assert pitr.parse_at(text) == captures.to_us(datetime(2026, 12, 5, 14, 3, 7, 250_000, tzinfo=UTC))
+
+
 # -- the header cache ---------------------------------------------------------------------------
 
 
