@@ -1,7 +1,7 @@
 """Compaction of `phx watch`'s capture days (ops/compact.py) against what goes wrong: a day whose
-segments cross a new base and whose state cannot be made a snapshot (its copy fails its check)
-is thinned as before, which never merges pages across a base: every kept state still rebuilds
-byte for byte; a compaction killed just before it forgets the watch's base, or just before it
+segments cross a new base, or not, and whose state cannot be made a snapshot (its copy fails
+its check) stays as segments: every state, the sound ones before the damage above all, still
+rebuilds byte for byte; a compaction killed just before it forgets the watch's base, or just before it
 writes its segment, is finished by the next forget: no base nor compacted snapshot left behind."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_a_day_across_a_new_base_whose_state_fails_its_check_keeps_every_kept_st
         thinned = res.json()["targets"]["local"]["captures"]
         assert any("fails its checks" in n for n in thinned["notices"]), res
         with _repo(sb) as (repo, tl):
-            # Thinned as before: the last state before the new base and the day's last state.
+            # Kept as segments: the last state before the new base and the day's last state too.
             for at in (t[3], t[1]):
                 rng = tl.at(LOGICAL, at)
                 assert rng is not None and (rng.points is None or at in rng.points), (attempt, at, tl.ranges)
@@ -236,3 +236,52 @@ def test_each_chain_is_compacted_from_its_own_history(sandbox: Sandbox, tmp_path
         dest = tmp_path / snap["id"][:8]
         sb.phx("restore", "--backup", snap["id"], "--to", str(dest), "--yes")
         assert next(dest.rglob("dashboard.db")).read_bytes() == want, "a chain compacted into another's state"
+
+
+def test_a_day_whose_last_state_fails_its_check_keeps_the_good_states_before_it(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The database was damaged at the end of a day: compaction cannot make that state a snapshot,
+    and the day's earlier, sound states are not thinned away in favour of the damaged one (as a
+    retention policy keeps the last snapshot that passed its check): every state stays, and so on
+    at the next forget."""
+    sb = sandbox
+    sb.write_config(retention={"capturesHourlyWithin": "2d"})
+    db = sb.layout.dashboard_db
+    con = new_db(sb)
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(k, "a" * 200) for k in range(40)])
+    now = captures.to_us(datetime.now(UTC))
+    day = (now - 3 * DAY) // DAY * DAY  # older than capturesHourlyWithin: compacted
+    t = [day + 2 * HOUR + k * 30 * MIN for k in range(3)]
+    base = _base(sb, t[0] - MIN)
+    s0 = db.read_bytes()
+    con.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(k, "b" * 150) for k in range(0, 40, 3)])
+    con.close()
+    s1 = db.read_bytes()
+    s2 = bytearray(s1)
+    s2[2 * 1024 + 100 : 2 * 1024 + 400] = b"\xff" * 300  # damaged: fails `PRAGMA integrity_check`
+    states = {t[0]: s0, t[1]: s1, t[2]: bytes(s2)}
+    chain, previous, since, before = "f" * 32, None, t[0], s0
+    with _repo(sb) as (repo, _tl):
+        for i, at in enumerate(t):
+            state = states[at]
+            changed = _pages(before, state)
+            commit = captures.Commit(at, len(state) // 1024, tuple(changed))
+            part = captures.Part(LOGICAL, 1024, since, at + MIN, (commit,), base if i == 0 else None)
+            seg = captures.build(
+                chain, i, previous, "host", [(part, [state[(p - 1) * 1024 : p * 1024] for p in changed])]
+            )
+            name, raw = captures.seal(repo, seg)
+            repo.backend.write(name, raw)
+            os.utime(sb.repo / name, ((at + MIN) / 1e6,) * 2)
+            previous, since, before = name.removeprefix(captures.PREFIX), at + MIN, state
+
+    for attempt in (1, 2):
+        res = sb.phx("forget", "--json")
+        thinned = res.json()["targets"]["local"]["captures"]
+        assert any("fails its checks" in n for n in thinned["notices"]), res
+        with _repo(sb) as (repo, tl):
+            for at in t:  # the sound states before the damage above all
+                dest = tmp_path / f"at-{attempt}-{at}.db"
+                pitr.rebuild(repo, tl, LOGICAL, at, dest)
+                assert dest.read_bytes() == states[at], f"the state at {captures.describe(at)} is gone ({attempt})"

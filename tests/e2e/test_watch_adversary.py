@@ -261,3 +261,39 @@ def test_prune_gets_in_within_the_lease_while_the_watch_runs(sandbox: Sandbox, t
             done = res if res.code == 0 else None
             time.sleep(0.5)
     assert done is not None, "no prune got in within 75 s of the watch's lease"
+
+
+def test_a_watch_stopped_for_seconds_records_a_gap_not_coverage_of_the_old_state(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A watch that does not poll for a while (SIGSTOP here; starved or blocked alike) sees the
+    commits made meanwhile only when it looks again: the seconds in between are a gap. Before, the
+    range ran on through them, and a restore there gave the state from before the stop, without
+    commits made seconds earlier."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    plog = tmp_path / "watch.log"
+    with _watching(sb.env, plog) as watch:
+        time.sleep(2.5)
+        _commit(db, 1)
+        time.sleep(1.5)
+        before = time.time()
+        os.kill(watch.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)
+            _commit(db, 2)
+            two = time.time()
+            time.sleep(7)
+        finally:
+            os.kill(watch.pid, signal.SIGCONT)
+        time.sleep(2)
+    assert watch.returncode == 0, plog.read_text()
+    res = sb.phx("restore", "--at", _iso(two + 4), "--to", tmp_path / "mid", "--path", LOGICAL, check=2)
+    assert "no capture covers" in res.err, res
+    assert not (tmp_path / "mid").exists()
+    # The range before the stop ends at the watch's last look, by then it had seen commit 1.
+    covered = [r for r in sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL] if r["kind"] == "covered"]
+    assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, covered
+    assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]

@@ -17,7 +17,7 @@ import zstandard
 
 from phoenix_backup.config import parse_config
 from phoenix_backup.errors import CorruptObject
-from phoenix_backup.ops import forget
+from phoenix_backup.ops import forget, pitr
 from phoenix_backup.ops.context import Environment, captures_cache
 from phoenix_backup.repo import captures, keys
 from phoenix_backup.repo.captures import Base, Commit, Part
@@ -196,6 +196,36 @@ def test_a_forgotten_base_uncovers_its_history(repo: Repository) -> None:
     repo.backend.delete("snapshots/" + "a" * 64)
     tl = captures.timeline(repo)
     assert tl.for_path("home/a.db") == [] and "is gone" in tl.problems[captures.PREFIX + a]
+
+
+def test_list_at_names_the_state_a_restore_gives_when_commits_share_a_time(repo: Repository) -> None:
+    """With the clock set back, the watch records its commits at the latest time it had reached
+    (ops/watch.py `now`): several states share a time. A restore at that time applies every one
+    of them, up to the last; `phx list --at` names that same state, not the first of them."""
+    chain = secrets.token_hex(16)
+    a = _write(repo, _segment(chain, 0, None, 10 * S, 11 * S, base=True))  # states of 4 and 5 pages
+    part = Part("home/a.db", PS, 11 * S, 11 * S, (Commit(11 * S, 6, (6,)), Commit(11 * S, 7, (7,))))
+    _write(repo, captures.build(chain, 1, a, "host", [(part, [_page(6), _page(7)])]))
+    tl = captures.timeline(repo)
+    (state,) = pitr.states_at(tl, 11 * S)
+    assert (state.covered, state.page_count) == (True, 7)
+    (state,) = pitr.states_at(tl, 11 * S - 1)
+    assert state.page_count == 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-05T14:03:07.25z",
+        "2026-12-05t14:03:07.25Z",
+        "2026-12-05 14:03:07.25+00:00",
+        "2026-12-05T15:03:07.25+01:00",
+    ],
+)
+def test_at_takes_every_rfc_3339_spelling_of_a_time(text: str) -> None:
+    """RFC 3339 (§5.6, its note) allows a lower-case `t` and `z`, and a space for the `T`: each is
+    the same time, not "is not RFC 3339"."""
+    assert pitr.parse_at(text) == captures.to_us(datetime(2026, 12, 5, 14, 3, 7, 250_000, tzinfo=UTC))
 
 
 # -- the header cache ---------------------------------------------------------------------------

@@ -617,7 +617,8 @@ def parse_time(text: str | None, option: str = "--time") -> datetime:
     if text is None:
         return datetime.now().astimezone().replace(microsecond=0)
     try:
-        when = datetime.fromisoformat(text)
+        # RFC 3339 allows a lower-case `z` (as `t`, which fromisoformat takes already).
+        when = datetime.fromisoformat(text[:-1] + "Z" if text.endswith("z") else text)
     except ValueError as exc:
         raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
     if when.tzinfo is None:

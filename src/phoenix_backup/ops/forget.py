@@ -365,9 +365,11 @@ def thin_captures(
                 pieces = [(run, *compact.compact(repo, compactor[0], compactor[1], tl, run))]
             except (compact.CompactionFailed, CorruptObject, UsageError) as exc:
                 out.notices.append(str(exc))
-                # Thinned as before: a compaction's run may cross a new base, a merge never does
-                # (its pages apply to the first base only). A piece with one state stays as it is.
-                pieces = [(piece, None, None) for piece in captures.split(run) if captures.thins(piece)]
+                # The run stays as segments, every state kept, as the notice says: merging would
+                # keep only its newest state, and when that is the one that failed its check (the
+                # database was damaged), the sound states before it would go with the rest. The
+                # next forget tries again.
+                continue
         for segs, made, snapshot in pieces:
             merged = made or captures.merge(segs, loaded)
             name, raw = captures.seal(repo, merged)

@@ -195,7 +195,9 @@ def states_at(tl: captures.Timeline, at: int) -> list[StateAt]:
             out.append(StateAt(path, False))
             continue
         _base, parts = captures.lineage(tl, rng, at)
-        last = max((c for _s, p in parts for c in p.commits if c.at <= at), key=lambda c: c.at)
+        # The last in the chain's order (as `rebuild` applies them): states recorded while the
+        # clock was set back share a time, and the newest of them is the one restored.
+        last = [c for _s, p in parts for c in p.commits if c.at <= at][-1]
         out.append(
             StateAt(
                 path,

@@ -84,6 +84,9 @@ from phoenix_backup.sources.sqlite_capture import CHECKPOINT_FRAMES, Image, Posi
 from phoenix_backup.storage.base import Backend
 
 POLL_SECONDS = 0.5
+# A database not polled for longer than this (the watch stopped, starved or blocked) records the
+# time since its last poll as a gap: more than the timeline's TOUCH_US, so it shows as one.
+STALL_US = 5_000_000
 FLUSH_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
 # The C heap's free pages go back to the system after every segment: the pages of a second's
@@ -507,6 +510,13 @@ class Watcher:
             stamp = None
         image = db.capture.capture()
         at = self.now()
+        if not resumed and at - db.until > STALL_US:
+            # The watch did not look for a while (stopped, starved, blocked): what was committed
+            # since its last look is seen only now, so the seconds in between are a gap, not
+            # coverage of the older state (a restore there would miss commits made long before).
+            if db.commits or db.base is not None or db.since is None or db.until > db.since:
+                self.flush()
+            db.since = at
         try:
             changed: set[int] | frozenset[int]
             # A copy of another page size renamed over the database: a part holds pages of one

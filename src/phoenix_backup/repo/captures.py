@@ -611,18 +611,6 @@ def _joins(run: list[Segment], seg: Segment, *, bases: bool = False) -> bool:
     return True
 
 
-def split(run: list[Segment]) -> list[list[Segment]]:
-    """`run` cut where a database's history starts again from a base (or after a gap, see
-    `_joins`): the runs `merge` may take (a compaction's run may cross a base, a merge never)."""
-    out: list[list[Segment]] = []
-    for seg in run:
-        if out and _joins(out[-1], seg):
-            out[-1].append(seg)
-        else:
-            out.append([seg])
-    return out
-
-
 def long_term(seg: Segment, now: int, every: int, hourly: int, horizon: int | None) -> bool:
     """Whether the state `seg`'s states thin to is kept a day at a time or less often (older than
     `hourly`, or before `horizon`): such a state is compacted into a snapshot (`compacted`)."""
