@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from e2e_support import Sandbox
 
 from phoenix_backup.config import load_config
