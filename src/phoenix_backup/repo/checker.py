@@ -364,6 +364,10 @@ def _prove_contents(
             if loc is None or pack_name(loc.pack_id) not in packs:
                 continue
         chosen.append((snap_id, path, node))
+    if packs is not None:  # a chosen node's other blobs may lie in packs this run did not thaw
+        others = {pack_name(loc.pack_id) for _s, _p, n in chosen for b in n.blobs() if (loc := repo.index.get(b))}
+        if others - packs:
+            repo.backend.prepare_read(sorted(others - packs))
     report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for _s, _p, n in chosen))
     for snap_id, path, node in chosen:
         reader = NodeReader(repo, path, node)
