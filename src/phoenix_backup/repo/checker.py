@@ -81,12 +81,18 @@ class VerifyResult:
 class _Users:
     """Which snapshots and paths use each blob, to name what a damaged object affects; the blobs
     found damaged or missing (their paths are named already); and each distinct file or database
-    node (same extents, size and SHA-256: the same bytes to prove) with where it was first met."""
+    node (same extents, size and SHA-256: the same bytes to prove, once) with the snapshots and
+    paths that hold it (the first 1000), each named if it fails."""
 
     def __init__(self) -> None:
         self.by_blob: dict[bytes, list[tuple[str, str]]] = defaultdict(list)
         self.bad: set[bytes] = set()
-        self.contents: dict[tuple[Extents, int, str | None], tuple[str, str, Node]] = {}
+        self.contents: dict[tuple[Extents, int, str | None], tuple[Node, list[tuple[str, str]]]] = {}
+
+    def add_content(self, node: Node, content: Extents, snapshot: str, path: str) -> None:
+        _node, holders = self.contents.setdefault((content, node.size, node.sha256), (node, []))
+        if len(holders) < 1000:
+            holders.append((snapshot, path))
 
     def add(self, blob: bytes, snapshot: str, path: str) -> None:
         users = self.by_blob[blob]
@@ -322,13 +328,13 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
                 if problem is not None:
                     result.errors.append(VerifyError(f"tree {tree_id.hex()[:16]}", snap.id, path, problem))
                 else:
-                    users.contents.setdefault((content, node.size, node.sha256), (snap.id, path, node))
+                    users.add_content(node, content, snap.id, path)
 
 
 # What a node whose content cannot be restored needs: the writer's bytes are gone from this snapshot.
 _CANNOT_RESTORE = (
-    "`phx restore` refuses this file from this snapshot (a writer stored wrong extents); restore it from "
-    "another snapshot, back it up again, and report the Phoenix version that wrote it"
+    "`phx restore` refuses this file from this snapshot (a writer stored wrong extents or a wrong hash); "
+    "restore it from another snapshot, back it up again, and report the Phoenix version that wrote it"
 )
 
 
@@ -355,41 +361,42 @@ def _prove_contents(
     Nodes with a blob already reported damaged or missing are skipped (their paths are named).
     With `packs` (a --subset run), a node is proved by the run that reads the pack holding its
     first blob, so the runs that cover every pack cover every node; an empty node always."""
-    chosen: list[tuple[str, str, Node]] = []
-    for (content, _size, _sha), (snap_id, path, node) in users.contents.items():
+    chosen: list[tuple[Node, list[tuple[str, str]]]] = []
+    for (content, _size, _sha), (node, holders) in users.contents.items():
         if any(blob in users.bad for blob in content.blobs()):
             continue
         if packs is not None and len(content):
             loc = repo.index.get(content.blob(0))
             if loc is None or pack_name(loc.pack_id) not in packs:
                 continue
-        chosen.append((snap_id, path, node))
+        chosen.append((node, holders))
     if packs is not None:  # a chosen node's other blobs may lie in packs this run did not thaw
-        others = {pack_name(loc.pack_id) for _s, _p, n in chosen for b in n.blobs() if (loc := repo.index.get(b))}
+        others = {pack_name(loc.pack_id) for n, _h in chosen for b in n.blobs() if (loc := repo.index.get(b))}
         if others - packs:
             repo.backend.prepare_read(sorted(others - packs))
-    report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for _s, _p, n in chosen))
-    for snap_id, path, node in chosen:
-        reader = NodeReader(repo, path, node)
-        try:
-            for _ in reader.ranges():
-                pass
-        except (CorruptObject, ObjectNotFound) as exc:  # a blob of a pack this run did not read
-            result.errors.append(VerifyError(_first_object(repo, node), snap_id, path, damage_text(exc)))
-            continue
-        try:
-            reader.finish()
-        except CorruptObject:
-            result.errors.append(
-                VerifyError(
-                    _first_object(repo, node),
-                    snap_id,
-                    path,
-                    f"its extents assemble bytes that do not match the SHA-256 the snapshot records: {_CANNOT_RESTORE}",
-                )
-            )
+    report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for n, _h in chosen))
+    for node, holders in chosen:
+        problem = _assembly_problem(repo, holders[0][1], node)
+        if problem is not None:
+            obj = _first_object(repo, node)
+            result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
         report.advance(files=1, size=node.size)
     result.checked["files"] = len(chosen)
+
+
+def _assembly_problem(repo: Repository, path: str, node: Node) -> str | None:
+    """Why the node's extents, read as a restore reads them, are not its bytes (None: they are)."""
+    reader = NodeReader(repo, path, node)
+    try:
+        for _ in reader.ranges():
+            pass
+    except (CorruptObject, ObjectNotFound) as exc:  # a blob of a pack this run did not read
+        return damage_text(exc)
+    try:
+        reader.finish()
+    except CorruptObject:
+        return f"its extents assemble bytes that do not match the SHA-256 the snapshot records: {_CANNOT_RESTORE}"
+    return None
 
 
 def _first_object(repo: Repository, node: Node) -> str:
