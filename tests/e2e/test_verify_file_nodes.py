@@ -51,16 +51,16 @@ def _rewrite(repo: Repository, tree_id: bytes, change: Callable[[Node], Node]) -
     return None
 
 
-def plant(sb: Sandbox, change: Callable[[Node], Node]) -> str:
-    """A new snapshot: the latest one with the node of PLANTED changed, sealed with the repository's
+def plant(sb: Sandbox, base: str, change: Callable[[Node], Node]) -> str:
+    """A new snapshot: snapshot `base` with the node of PLANTED changed, sealed with the repository's
     key. Returns its id."""
     repo = _repo(sb)
     try:
-        latest = max(repo.list_snapshots(), key=lambda s: s.time)
+        latest = next(s for s in repo.list_snapshots() if s.id == base)
         root = _rewrite(repo, latest.tree, change)
         assert root is not None, f"{PLANTED} is not in the snapshot"
         repo.flush()
-        return repo.save_snapshot(dataclasses.replace(latest, tree=root, time=latest.time))
+        return repo.save_snapshot(dataclasses.replace(latest, tree=root))
     finally:
         repo.close()
 
@@ -95,7 +95,7 @@ def test_verify_refuses_file_nodes_that_do_not_assemble_their_sha256(backed_up: 
     sb = backed_up
     (sb.workspace / PLANTED).write_bytes(TEXT)
     base = sb.backup()["id"]
-    planted = {case: plant(sb, change) for case, (change, _structural) in CASES.items()}
+    planted = {case: plant(sb, base, change) for case, (change, _structural) in CASES.items()}
 
     plain = sb.phx("verify", "--json", check=None)
     assert plain.code == 1, plain
