@@ -23,6 +23,7 @@ from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
+from phoenix_backup.repo.walker import Trees
 
 PLANTED = "planted.txt"
 TEXT = b"hello, world"  # one blob: extents (b, 0, 7) and (b, 7, 5) are "hello, " and "world"
@@ -141,19 +142,15 @@ def test_a_clean_repository_and_a_large_deduplicated_file_pass(backed_up: Sandbo
     # Every distinct file node proved once: the copy is the same content, so it is not read twice.
     repo = _repo(sb)
     try:
-        contents: set[tuple[Extents, int, str | None]] = set()
-        stack = [s.tree for s in repo.list_snapshots()]
-        seen: set[bytes] = set()
-        while stack:
-            tree_id = stack.pop()
-            if tree_id in seen:
-                continue
-            seen.add(tree_id)
-            for node in repo.load_tree(tree_id):
-                if node.type == "dir" and node.subtree is not None:
-                    stack.append(node.subtree)
-                elif node.type in ("file", "sqlite"):
-                    contents.add((Extents.of(node.content), node.size, node.sha256))
+        trees = Trees(repo)
+        for snap in repo.list_snapshots():
+            trees.load(snap.tree)
+        contents = {
+            (Extents.of(node.content), node.size, node.sha256)
+            for nodes in trees.nodes.values()
+            for node in nodes
+            if node.type in ("file", "sqlite")
+        }
     finally:
         repo.close()
     assert doc["checked"]["files"] == len(contents), doc["checked"]
