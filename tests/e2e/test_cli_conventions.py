@@ -252,7 +252,10 @@ def test_verify_and_restore_show_their_phases_on_a_terminal(backed_up: Sandbox, 
     run = on_a_terminal(["verify", "--read-data"], sb.env)
     assert run.code == 0, run
     shown = _progress_lines(run.raw)
-    assert any(re.search(r"\] 100\.0% reading packs: (\d+) of \1 packs, ", line) for line in shown), shown
+    assert any(re.search(r"\] \d+\.\d% reading packs: \d+ of \d+ packs, ", line) for line in shown), shown
+    # The last phase: every distinct file read back and proved against its SHA-256.
+    proved = r"\] 100\.0% proving files against their SHA-256: (\d+) of \1 files, "
+    assert any(re.search(proved, line) for line in shown), shown
     assert not any(line.startswith("[") for line in run.screen), run
     run = on_a_terminal(["restore", "--latest", "--to", str(tmp_path / "out"), "--yes"], sb.env)
     assert run.code == 0, run

@@ -26,7 +26,11 @@ from phoenix_backup.ops.context import Environment
 @click.option("--backup", "ref", help="Check this snapshot only.", shell_complete=complete_snapshots)
 @target_option
 @thaw_option
-@click.option("--read-data", is_flag=True, help="Read and check every byte of every pack.")
+@click.option(
+    "--read-data",
+    is_flag=True,
+    help="Read and check every byte of every pack, and prove every file against its SHA-256 as a restore does.",
+)
 @click.option(
     "--subset",
     "subset",

@@ -1,6 +1,8 @@
 """The repository checker behind `phx verify` (ops/verify.py): structure (every snapshot, tree,
-blob and index entry resolvable), and with `--read-data` every pack read, every blob opened,
-decompressed and hash-checked.
+blob and index entry resolvable, every extent of every file and database inside its blob), and with
+`--read-data` every pack read, every blob opened, decompressed and hash-checked, then every distinct
+file and database node read back through the restore's `NodeReader` and proved against its SHA-256
+(what a restore proves: extents past a blob's end, rearranged or overlapping ones, a wrong hash).
 
 A damaged object is reported with the snapshots and paths it affects. Unreferenced packs and
 leftover temporary files are notices, not errors: an interrupted backup or prune leaves them,
@@ -25,8 +27,10 @@ from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
+from phoenix_backup.repo.reader import NodeReader, damage_text
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
+from phoenix_backup.repo.tree import Extents, Node
 from phoenix_backup.repo.walker import Trees
 from phoenix_backup.reporting import Reporter, Silent
 
@@ -75,10 +79,20 @@ class VerifyResult:
 
 
 class _Users:
-    """Which snapshots and paths use each blob, to name what a damaged object affects."""
+    """Which snapshots and paths use each blob, to name what a damaged object affects; the blobs
+    found damaged or missing (their paths are named already); and each distinct file or database
+    node (same extents, size and SHA-256: the same bytes to prove, once) with the snapshots and
+    paths that hold it (the first 1000), each named if it fails."""
 
     def __init__(self) -> None:
         self.by_blob: dict[bytes, list[tuple[str, str]]] = defaultdict(list)
+        self.bad: set[bytes] = set()
+        self.contents: dict[tuple[Extents, int, str | None], tuple[Node, list[tuple[str, str]]]] = {}
+
+    def add_content(self, node: Node, content: Extents, snapshot: str, path: str) -> None:
+        _node, holders = self.contents.setdefault((content, node.size, node.sha256), (node, []))
+        if len(holders) < 1000:
+            holders.append((snapshot, path))
 
     def add(self, blob: bytes, snapshot: str, path: str) -> None:
         users = self.by_blob[blob]
@@ -195,6 +209,7 @@ def verify_repository(
             _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
             report.advance(files=1, size=listed[name])
         result.checked["packs"] = len(packs)
+        _prove_contents(repo, users, result, set(packs) if subset is not None else None, report)
     for name, message in sorted(repo.problems.blobs.items()):
         if not any(e.object == name for e in result.errors):
             result.errors.append(
@@ -303,12 +318,96 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
             for blob in node.blobs():
                 users.add(blob, snap.id, path)
                 if not repo.index.has(blob):
+                    users.bad.add(blob)
                     result.errors.append(
                         VerifyError(f"blob {blob.hex()[:16]}", snap.id, path, "data blob is not in the index (missing)")
                     )
+            if node.type in ("file", "sqlite"):
+                content = Extents.of(node.content)
+                problem = _extents_problem(repo, content)
+                if problem is not None:
+                    result.errors.append(VerifyError(f"tree {tree_id.hex()[:16]}", snap.id, path, problem))
+                else:
+                    users.add_content(node, content, snap.id, path)
+
+
+# What a node whose content cannot be restored needs: the writer's bytes are gone from this snapshot.
+_CANNOT_RESTORE = (
+    "`phx restore` refuses this file from this snapshot (a writer stored wrong extents or a wrong hash); "
+    "restore it from another snapshot, back it up again, and report the Phoenix version that wrote it"
+)
+
+
+def _extents_problem(repo: Repository, content: Extents) -> str | None:
+    """Why a node's extents cannot assemble its bytes, from the index alone (no data read): an
+    extent reaching past the plaintext length the index records for its blob. (A size that is not
+    the sum of the extents' lengths is refused when the tree is decoded, `Node.from_json`.)"""
+    for i, (blob, offset, length) in enumerate(content.records()):
+        raw = repo.index.raw_length(blob)
+        if raw is not None and offset + length > raw:
+            return (
+                f"extent {i + 1} of its content ends at byte {offset + length} of blob {blob.hex()[:16]}, which "
+                f"holds {raw} bytes: {_CANNOT_RESTORE}"
+            )
+    return None
+
+
+def _prove_contents(
+    repo: Repository, users: _Users, result: VerifyResult, packs: set[str] | None, report: Reporter
+) -> None:
+    """Read each distinct file and database node back through the restore's reader and compare its
+    bytes with the node's size and SHA-256: what `phx restore` proves before it commits a byte.
+
+    Nodes with a blob already reported damaged or missing are skipped (their paths are named).
+    With `packs` (a --subset run), a node is proved by the run that reads the pack holding its
+    first blob, so the runs that cover every pack cover every node; an empty node always."""
+    chosen: list[tuple[Node, list[tuple[str, str]]]] = []
+    for (content, _size, _sha), (node, holders) in users.contents.items():
+        if any(blob in users.bad for blob in content.blobs()):
+            continue
+        if packs is not None and len(content):
+            loc = repo.index.get(content.blob(0))
+            if loc is None or pack_name(loc.pack_id) not in packs:
+                continue
+        chosen.append((node, holders))
+    if packs is not None:  # a chosen node's other blobs may lie in packs this run did not thaw
+        others = {pack_name(loc.pack_id) for n, _h in chosen for b in n.blobs() if (loc := repo.index.get(b))}
+        if others - packs:
+            repo.backend.prepare_read(sorted(others - packs))
+    report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for n, _h in chosen))
+    for node, holders in chosen:
+        problem = _assembly_problem(repo, holders[0][1], node)
+        if problem is not None:
+            obj = _first_object(repo, node)
+            result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
+        report.advance(files=1, size=node.size)
+    result.checked["files"] = len(chosen)
+
+
+def _assembly_problem(repo: Repository, path: str, node: Node) -> str | None:
+    """Why the node's extents, read as a restore reads them, are not its bytes (None: they are)."""
+    reader = NodeReader(repo, path, node)
+    try:
+        for _ in reader.ranges():
+            pass
+    except (CorruptObject, ObjectNotFound) as exc:  # a blob of a pack this run did not read
+        return damage_text(exc)
+    try:
+        reader.finish()
+    except CorruptObject:
+        return f"its extents assemble bytes that do not match the SHA-256 the snapshot records: {_CANNOT_RESTORE}"
+    return None
+
+
+def _first_object(repo: Repository, node: Node) -> str:
+    """The pack of a node's first blob, to name an object as every other verify error does."""
+    blob = next(node.blobs(), None)
+    loc = repo.index.get(blob) if blob is not None else None
+    return pack_name(loc.pack_id) if loc is not None else "content"
 
 
 def _report_blob(result: VerifyResult, users: _Users, blob: bytes, obj: str, message: str) -> None:
+    users.bad.add(blob)
     affected = users.by_blob.get(blob)
     if not affected:
         result.notices.append(f"{obj}: {message} (no snapshot uses this blob)")

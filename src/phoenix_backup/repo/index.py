@@ -242,6 +242,11 @@ class Index:
         # Dict lookups, not enum calls: a backup looks up every blob of its snapshot.
         return BlobLocation(self._packs[no], _TYPES[t], _COMPRESSIONS[c], off, stored, raw)
 
+    def raw_length(self, blob_id: bytes) -> int | None:
+        """The plaintext length of a blob as its (first) index entry records it, without a BlobLocation."""
+        loc = self._blobs.get(blob_id)
+        return None if loc is None else loc & _U32
+
     def end_in_pack(self, blob_id: bytes) -> tuple[str, int] | None:
         """The pack holding a blob and where the blob ends in it, without a BlobLocation."""
         loc = self._blobs.get(blob_id)
