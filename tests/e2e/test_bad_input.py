@@ -7,10 +7,12 @@ by a newer format. (Unreadable files: test_unreadable_file.py; full disk: test_f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error
+from e2e_support import PHX, Sandbox, assert_error
 
 
 def repository_files(sb: Sandbox) -> dict[str, bytes]:
@@ -146,3 +148,97 @@ def test_repository_of_a_newer_format(backed_up: Sandbox, tmp_path: Path) -> Non
     assert repository_files(sb) == before, "a command changed a repository it cannot read"
     config_file.write_bytes(original)
     assert_still_verifies(sb)
+
+
+# -- hostile paths and output streams -------------------------------------------------------
+
+
+def test_repository_path_in_a_loop_of_symbolic_links(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A repository (or restore destination) whose path is a loop of links is one error naming it,
+    not "unexpected internal error (RuntimeError: Symlink loop ...)": Path.resolve raises that."""
+    sb = backed_up
+    loop_a, loop_b = tmp_path / "loop-a", tmp_path / "loop-b"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    res = sb.phx("restore", "--latest", "--to", loop_a, check=None)
+    assert_error(res, 1, str(loop_a), "loop of symbolic links", "choose another path")
+    res = sb.phx("list", "--repo", loop_a, check=None)
+    assert_error(res, 1, str(loop_a), "loop of symbolic links", "choose another path")
+    good = sb.config_path.read_text()
+    sb.write_config(backupDir=str(loop_a))
+    for args in (("list",), ("backup",), ("init",)):
+        res = sb.phx(*args, check=None)
+        assert_error(res, 1, str(loop_a), "loop of symbolic links", "choose another path")
+    sb.config_path.write_text(good)
+    assert_still_verifies(sb)
+
+
+def test_empty_passphrase_file_is_named(backed_up: Sandbox, tmp_path: Path) -> None:
+    """An empty PHX_PASSPHRASE_FILE (no key slot has an empty passphrase) is said as what it is,
+    naming the file, not as "wrong passphrase ... check PHX_PASSPHRASE"; init writes nothing."""
+    sb = backed_up
+    empty = tmp_path / "passphrase"
+    empty.write_text("\n")
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(empty))
+    res = sb.phx("list", env=env, check=None)
+    assert_error(res, 2, str(empty), "is empty", "PHX_PASSPHRASE_FILE")
+    config = tmp_path / "new.json"
+    res = sb.phx("init", "--config", config, "--repo", tmp_path / "new-repo", env=env, check=None)
+    assert_error(res, 2, str(empty), "is empty")
+    assert not config.exists() and not (tmp_path / "new-repo").exists()
+    assert_still_verifies(sb)
+
+
+def _phx_with_stdout(sb: Sandbox, args: list[str], stdout: str) -> subprocess.CompletedProcess[str]:
+    """`phx ARGS` with stdout "closed" (no descriptor 1), "full" (/dev/full) or "gone" (a pipe whose
+    reader closed it before the first write)."""
+    cmd = [PHX, *args]
+    if stdout == "closed":
+        return subprocess.run(
+            ["sh", "-c", 'exec "$@" >&-', "sh", *cmd],
+            env=sb.env,
+            capture_output=False,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=120,
+        )
+    if stdout == "full":
+        with open("/dev/full", "wb") as full:
+            return subprocess.run(
+                cmd, env=sb.env, stdout=full, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120
+            )
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            cmd, env=sb.env, stdout=write, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_output_that_cannot_be_written_is_an_error(backed_up: Sandbox, stdout: str) -> None:
+    """A listing or a dump whose stdout is closed or full fails (exit 1) with one line naming stdout
+    and the cause, instead of exit 0 with the output lost or "unexpected internal error"."""
+    sb = backed_up
+    cause = "stdout is closed" if stdout == "closed" else "No space left on device"
+    for args in (["list"], ["--json", "list"], ["ls", "latest"], ["dump", "latest", "SOUL.md"]):
+        res = _phx_with_stdout(sb, args, stdout)
+        assert res.returncode == 1, (args, res.returncode, res.stderr)
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1, (args, res.stderr)
+        line = json.loads(lines[0])["message"] if args[0] == "--json" else lines[0]
+        assert "could not write the output to stdout" in line and cause in line, (args, line)
+        assert "internal error" not in line and "Traceback" not in res.stderr
+    assert_still_verifies(sb)
+
+
+def test_reader_that_went_away_ends_quietly(backed_up: Sandbox) -> None:
+    """`phx ls | head -1`: the reader closing the pipe ends phx as SIGPIPE ends a Unix tool (141,
+    nothing on stderr), not with "unexpected internal error (BrokenPipeError)"."""
+    sb = backed_up
+    for args in (["list"], ["ls", "latest"], ["dump", "latest", "SOUL.md"]):
+        res = _phx_with_stdout(sb, args, "gone")
+        assert (res.returncode, res.stderr) == (141, ""), (args, res.returncode, res.stderr)
