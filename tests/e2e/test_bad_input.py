@@ -242,3 +242,17 @@ def test_reader_that_went_away_ends_quietly(backed_up: Sandbox) -> None:
     for args in (["list"], ["ls", "latest"], ["dump", "latest", "SOUL.md"]):
         res = _phx_with_stdout(sb, args, "gone")
         assert (res.returncode, res.stderr) == (141, ""), (args, res.returncode, res.stderr)
+
+
+def test_restore_path_that_matches_nothing(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A --path that matches no path of the snapshot (a typo) is bad usage naming the pattern and
+    `phx ls`, not exit 0 with "nothing to restore: every selected path already matches"."""
+    sb = backed_up
+    dest = tmp_path / "out"
+    res = sb.phx("restore", "--latest", "--to", dest, "--path", "SOUL.mdd", check=None)
+    assert_error(res, 2, "--path SOUL.mdd", "phx ls")
+    res = sb.phx("restore", "--latest", "--to", dest, "--memory-only", "--path", "SOUL.md", check=None)
+    assert_error(res, 2, "--path SOUL.md", "scope")
+    assert not dest.exists()
+    doc = sb.restore_to("latest", dest, "--path", "SOUL.md")
+    assert (dest / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes(), doc
