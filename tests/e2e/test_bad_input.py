@@ -256,3 +256,28 @@ def test_restore_path_that_matches_nothing(backed_up: Sandbox, tmp_path: Path) -
     assert not dest.exists()
     doc = sb.restore_to("latest", dest, "--path", "SOUL.md")
     assert (dest / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes(), doc
+
+
+def test_folder_deeper_than_the_recursion_limit(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A workspace folder 1,100 levels deep (deeper than Python's recursion limit, within PATH_MAX)
+    is backed up and restored byte-equal, instead of "unexpected internal error (RecursionError)"
+    and no snapshot at all."""
+    sb = backed_up
+    folder = sb.workspace / "deep"
+    folder.mkdir()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1100):  # by descriptor: the full path passes what one call may name
+        os.mkdir("d", dir_fd=fd)
+        below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    leaf = os.open("leaf.md", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(leaf, b"at the bottom\n")
+    os.close(leaf)
+    os.close(fd)
+    doc = sb.backup()
+    assert doc["incomplete"] == [], doc
+    dest = tmp_path / "out"
+    sb.restore_to(doc["id"], dest, "--path", "deep/**")
+    restored = dest / "workspace" / "deep" / "/".join(["d"] * 1100) / "leaf.md"
+    assert restored.read_bytes() == b"at the bottom\n"
