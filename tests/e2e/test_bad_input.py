@@ -258,6 +258,22 @@ def test_restore_path_that_matches_nothing(backed_up: Sandbox, tmp_path: Path) -
     assert (dest / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes(), doc
 
 
+def _remove_chain(top: Path) -> None:
+    """Remove the chain of folders `top/d/d/…` a level at a time (the deepest moved up under `top`):
+    shutil.rmtree and pytest's clean-up of old temporary folders recurse, and fail past ~1,000."""
+    link = top / "d"
+    while link.is_dir():
+        for entry in link.iterdir():
+            if entry.name != "d":
+                entry.unlink()
+        if (link / "d").is_dir():
+            os.rename(link / "d", top / ".next")
+            link.rmdir()
+            os.rename(top / ".next", link)
+        else:
+            link.rmdir()
+
+
 def test_folder_deeper_than_the_recursion_limit(backed_up: Sandbox, tmp_path: Path) -> None:
     """A workspace folder 1,100 levels deep (deeper than Python's recursion limit, within PATH_MAX)
     is backed up and restored byte-equal, instead of "unexpected internal error (RecursionError)"
@@ -265,19 +281,23 @@ def test_folder_deeper_than_the_recursion_limit(backed_up: Sandbox, tmp_path: Pa
     sb = backed_up
     folder = sb.workspace / "deep"
     folder.mkdir()
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(1100):  # by descriptor: the full path passes what one call may name
-        os.mkdir("d", dir_fd=fd)
-        below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = below
-    leaf = os.open("leaf.md", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-    os.write(leaf, b"at the bottom\n")
-    os.close(leaf)
-    os.close(fd)
-    doc = sb.backup()
-    assert doc["incomplete"] == [], doc
     dest = tmp_path / "out"
-    sb.restore_to(doc["id"], dest, "--path", "deep/**")
-    restored = dest / "workspace" / "deep" / "/".join(["d"] * 1100) / "leaf.md"
-    assert restored.read_bytes() == b"at the bottom\n"
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(1100):  # by descriptor: the full path passes what one call may name
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        leaf = os.open("leaf.md", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"at the bottom\n")
+        os.close(leaf)
+        os.close(fd)
+        doc = sb.backup()
+        assert doc["incomplete"] == [], doc
+        sb.restore_to(doc["id"], dest, "--path", "deep/**")
+        restored = dest / "workspace" / "deep" / "/".join(["d"] * 1100) / "leaf.md"
+        assert restored.read_bytes() == b"at the bottom\n"
+    finally:
+        _remove_chain(folder)
+        _remove_chain(dest / "workspace" / "deep")
