@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -59,8 +60,9 @@ def write_private(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk or a stop leaves no half-written temp behind
+    except BaseException:  # a full disk, an I/O error: no temp file left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
     fsync_dir(path.parent)
 

@@ -159,6 +159,18 @@ class LockNotReleased(StorageError):
     the result it replaces may have been one (a verify that found damage)."""
 
 
+class OutputFailed(StorageError):
+    """A command's output could not be written to stdout (closed, a full disk, a device error): an
+    error, never a success whose output was lost. A reader that went away (EPIPE, `phx ls | head
+    -1`) is not one: see cli/app.py `reader_gone`."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            f"could not write the output to stdout: {cause}; send it where it can be written "
+            "(a file on a disk with room: `> FILE`) and run the command again"
+        )
+
+
 class ReadOnlyStorage(StorageError):
     """The store cannot be written (a read-only file system): reading it still works."""
 

@@ -7,10 +7,12 @@ by a newer format. (Unreadable files: test_unreadable_file.py; full disk: test_f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, assert_error
+from e2e_support import PHX, Sandbox, assert_error
 
 
 def repository_files(sb: Sandbox) -> dict[str, bytes]:
@@ -146,3 +148,156 @@ def test_repository_of_a_newer_format(backed_up: Sandbox, tmp_path: Path) -> Non
     assert repository_files(sb) == before, "a command changed a repository it cannot read"
     config_file.write_bytes(original)
     assert_still_verifies(sb)
+
+
+# -- hostile paths and output streams -------------------------------------------------------
+
+
+def test_repository_path_in_a_loop_of_symbolic_links(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A repository (or restore destination) whose path is a loop of links is one error naming it,
+    not "unexpected internal error (RuntimeError: Symlink loop ...)": Path.resolve raises that."""
+    sb = backed_up
+    loop_a, loop_b = tmp_path / "loop-a", tmp_path / "loop-b"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    res = sb.phx("restore", "--latest", "--to", loop_a, check=None)
+    assert_error(res, 1, str(loop_a), "loop of symbolic links", "choose another path")
+    res = sb.phx("list", "--repo", loop_a, check=None)
+    assert_error(res, 1, str(loop_a), "loop of symbolic links", "choose another path")
+    good = sb.config_path.read_text()
+    sb.write_config(backupDir=str(loop_a))
+    for args in (("list",), ("backup",), ("init",)):
+        res = sb.phx(*args, check=None)
+        assert_error(res, 1, str(loop_a), "loop of symbolic links", "choose another path")
+    sb.config_path.write_text(good)
+    assert_still_verifies(sb)
+
+
+def test_empty_passphrase_file_is_named(backed_up: Sandbox, tmp_path: Path) -> None:
+    """An empty PHX_PASSPHRASE_FILE (no key slot has an empty passphrase) is said as what it is,
+    naming the file, not as "wrong passphrase ... check PHX_PASSPHRASE"; init writes nothing."""
+    sb = backed_up
+    empty = tmp_path / "passphrase"
+    empty.write_text("\n")
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(empty))
+    res = sb.phx("list", env=env, check=None)
+    assert_error(res, 2, str(empty), "is empty", "PHX_PASSPHRASE_FILE")
+    config = tmp_path / "new.json"
+    res = sb.phx("init", "--config", config, "--repo", tmp_path / "new-repo", env=env, check=None)
+    assert_error(res, 2, str(empty), "is empty")
+    assert not config.exists() and not (tmp_path / "new-repo").exists()
+    assert_still_verifies(sb)
+
+
+def _phx_with_stdout(sb: Sandbox, args: list[str], stdout: str) -> subprocess.CompletedProcess[str]:
+    """`phx ARGS` with stdout "closed" (no descriptor 1), "full" (/dev/full) or "gone" (a pipe whose
+    reader closed it before the first write)."""
+    cmd = [PHX, *args]
+    if stdout == "closed":
+        return subprocess.run(
+            ["sh", "-c", 'exec "$@" >&-', "sh", *cmd],
+            env=sb.env,
+            capture_output=False,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=120,
+        )
+    if stdout == "full":
+        with open("/dev/full", "wb") as full:
+            return subprocess.run(
+                cmd, env=sb.env, stdout=full, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120
+            )
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            cmd, env=sb.env, stdout=write, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_output_that_cannot_be_written_is_an_error(backed_up: Sandbox, stdout: str) -> None:
+    """A listing or a dump whose stdout is closed or full fails (exit 1) with one line naming stdout
+    and the cause, instead of exit 0 with the output lost or "unexpected internal error"."""
+    sb = backed_up
+    cause = "stdout is closed" if stdout == "closed" else "No space left on device"
+    for args in (["list"], ["--json", "list"], ["ls", "latest"], ["dump", "latest", "SOUL.md"]):
+        res = _phx_with_stdout(sb, args, stdout)
+        assert res.returncode == 1, (args, res.returncode, res.stderr)
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1, (args, res.stderr)
+        line = json.loads(lines[0])["message"] if args[0] == "--json" else lines[0]
+        assert "could not write the output to stdout" in line and cause in line, (args, line)
+        assert "internal error" not in line and "Traceback" not in res.stderr
+    assert_still_verifies(sb)
+
+
+def test_reader_that_went_away_ends_quietly(backed_up: Sandbox) -> None:
+    """`phx ls | head -1`: the reader closing the pipe ends phx as SIGPIPE ends a Unix tool (141,
+    nothing on stderr), not with "unexpected internal error (BrokenPipeError)"."""
+    sb = backed_up
+    for args in (["list"], ["ls", "latest"], ["dump", "latest", "SOUL.md"]):
+        res = _phx_with_stdout(sb, args, "gone")
+        assert (res.returncode, res.stderr) == (141, ""), (args, res.returncode, res.stderr)
+
+
+def test_restore_path_that_matches_nothing(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A --path that matches no path of the snapshot (a typo) is bad usage naming the pattern and
+    `phx ls`, not exit 0 with "nothing to restore: every selected path already matches"."""
+    sb = backed_up
+    dest = tmp_path / "out"
+    res = sb.phx("restore", "--latest", "--to", dest, "--path", "SOUL.mdd", check=None)
+    assert_error(res, 2, "--path SOUL.mdd", "phx ls")
+    res = sb.phx("restore", "--latest", "--to", dest, "--memory-only", "--path", "SOUL.md", check=None)
+    assert_error(res, 2, "--path SOUL.md", "scope")
+    assert not dest.exists()
+    doc = sb.restore_to("latest", dest, "--path", "SOUL.md")
+    assert (dest / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes(), doc
+
+
+def _remove_chain(top: Path) -> None:
+    """Remove the chain of folders `top/d/d/…` a level at a time (the deepest moved up under `top`):
+    shutil.rmtree and pytest's clean-up of old temporary folders recurse, and fail past ~1,000."""
+    link = top / "d"
+    while link.is_dir():
+        for entry in link.iterdir():
+            if entry.name != "d":
+                entry.unlink()
+        if (link / "d").is_dir():
+            os.rename(link / "d", top / ".next")
+            link.rmdir()
+            os.rename(top / ".next", link)
+        else:
+            link.rmdir()
+
+
+def test_folder_deeper_than_the_recursion_limit(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A workspace folder 1,100 levels deep (deeper than Python's recursion limit, within PATH_MAX)
+    is backed up and restored byte-equal, instead of "unexpected internal error (RecursionError)"
+    and no snapshot at all."""
+    sb = backed_up
+    folder = sb.workspace / "deep"
+    folder.mkdir()
+    dest = tmp_path / "out"
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(1100):  # by descriptor: the full path passes what one call may name
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        leaf = os.open("leaf.md", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"at the bottom\n")
+        os.close(leaf)
+        os.close(fd)
+        doc = sb.backup()
+        assert doc["incomplete"] == [], doc
+        sb.restore_to(doc["id"], dest, "--path", "deep/**")
+        restored = dest / "workspace" / "deep" / "/".join(["d"] * 1100) / "leaf.md"
+        assert restored.read_bytes() == b"at the bottom\n"
+    finally:
+        _remove_chain(folder)
+        _remove_chain(dest / "workspace" / "deep")

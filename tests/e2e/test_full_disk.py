@@ -42,3 +42,25 @@ def test_backup_to_a_full_disk(sandbox: Sandbox, tmpfs: Callable[[str], Path], t
     dest = tmp_path / "restored"
     sb.restore_to(doc["id"], dest)
     assert_restored(state, dest, "restore after the disk was full")
+
+
+def test_data_folder_on_a_full_disk(backed_up: Sandbox, tmpfs: Callable[[str], Path]) -> None:
+    """The pin file (PHX_DATA_DIR) on a full disk: exit 1 naming the disk and the fix (free space
+    or another PHX_DATA_DIR), not exit 2 "make it a folder you can write"; no snapshot is taken
+    and no temporary pin file is left behind."""
+    sb = backed_up
+    small_fs = tmpfs("1m")
+    data = small_fs / "data"
+    data.mkdir()
+    with open(small_fs / "filler", "wb") as filler:  # fill the file system to the last block
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    before = len(sb.snapshots())
+    res = sb.phx("backup", env=sb.env_with(PHX_DATA_DIR=str(data)), check=None)
+    assert_error(res, 1, "No space left on device", str(data), "free space", "PHX_DATA_DIR")
+    assert [p.name for p in data.rglob("*") if p.name.endswith(".tmp")] == []
+    assert len(sb.snapshots()) == before

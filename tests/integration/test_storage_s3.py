@@ -253,3 +253,21 @@ def test_credentials_come_from_config_then_environment_then_chain(tmp_path: Path
     settings = _settings(cfg, "s3", base)
     assert settings.access_key_id is None and settings.profile is None, "left to the SDK's chain"
     assert "config-secret" not in repr(_settings(_config(tmp_path, {"s3": {**s3, **keys}}, env), "s3", env))
+
+
+def test_a_read_timeout_names_the_endpoint_and_the_fix() -> None:
+    """An endpoint that accepts and never answers ends in a read timeout: the error names the
+    setting to check, not only "(ReadTimeoutError)"."""
+    from botocore.exceptions import ReadTimeoutError
+
+    settings = S3Settings(
+        target="s3",
+        bucket="b",
+        prefix="argent/",
+        endpoint="http://127.0.0.1:9",
+        region="us-east-1",
+        access_key_id=ACCESS_KEY_ID,
+        secret_access_key=SECRET_ACCESS_KEY,
+    )
+    error = S3Backend(settings)._error(ReadTimeoutError(endpoint_url="http://127.0.0.1:9/b"), "reading config")
+    assert "ReadTimeoutError" in str(error) and "targets.s3.endpoint" in str(error) and "run again" in str(error)

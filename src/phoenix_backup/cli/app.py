@@ -24,7 +24,7 @@ from phoenix_backup._version import __version__
 from phoenix_backup.cli import INTERRUPTED_MESSAGE
 from phoenix_backup.cli.progress import Progress
 from phoenix_backup.config import Config
-from phoenix_backup.errors import Cancelled, ExitStatus, IdentityRequired, PhoenixError
+from phoenix_backup.errors import Cancelled, ExitStatus, IdentityRequired, OutputFailed, PhoenixError
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.redaction import redact, without_secrets
@@ -123,6 +123,8 @@ def drop_unwritable_output() -> None:
     and Python's last flush at exit would fail and change the exit code to 120. Such a stream's
     descriptor is pointed at /dev/null instead, so the signal's exit code stands."""
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # closed before Phoenix started: nothing to drop
+            continue
         try:
             stream.flush()
         except OSError:
@@ -132,6 +134,13 @@ def drop_unwritable_output() -> None:
                 os.close(null)
         except ValueError:  # closed
             pass
+
+
+def reader_gone() -> NoReturn:
+    """stdout's reader went away (`phx ls | head -1`, a pager quit): end as a Unix tool killed by
+    SIGPIPE does, silently, with 128 + SIGPIPE (141), and without Python's failing last flush."""
+    drop_unwritable_output()
+    sys.exit(128 + signal.SIGPIPE)
 
 
 class Out:
@@ -161,11 +170,21 @@ class Out:
         self._say("error", message, trace)
 
     def result(self, doc: object, text: str, *, data: bool = False) -> None:
+        """The result on stdout. One that cannot be written there (stdout closed, a full disk, a
+        device error) is an error, not a success with the output lost; a report that is not the
+        command's data (`data`, or the JSON document) may be dropped when stdout is closed."""
         with self.progress.aside():
-            if self.as_json:
-                click.echo(jsontext.dumps(doc, indent=2))
-            elif text and (data or not self.quiet):
-                click.echo(printable(text))
+            if sys.stdout is None and (self.as_json or data):
+                raise OutputFailed("stdout is closed")
+            try:
+                if self.as_json:
+                    click.echo(jsontext.dumps(doc, indent=2))
+                elif text and (data or not self.quiet):
+                    click.echo(printable(text))
+            except BrokenPipeError:
+                reader_gone()
+            except OSError as exc:
+                raise OutputFailed(exc.strerror or str(exc)) from exc
 
     def _say(self, kind: str, message: str, trace: str | None = None) -> None:
         with self.progress.aside():
@@ -341,7 +360,9 @@ def common(f: F) -> F:
                 sys.stderr.write(trace)
             out.error(message, trace if as_json else None)
             if as_json:
-                click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": type(exc).__name__}))
+                with contextlib.suppress(OSError):  # stdout may be what failed (`output_failed`)
+                    click.echo(jsontext.dumps({"ok": False, "error": message, "errorType": type(exc).__name__}))
+            drop_unwritable_output()
             sys.exit(int(exc.exit_status))
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own: cli/main.py says them

@@ -16,11 +16,12 @@ from phoenix_backup.cli.app import (
     complete_snapshots,
     latest_options,
     load_config,
+    reader_gone,
     repo_option,
     target_option,
     thaw_option,
 )
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, OutputFailed
 from phoenix_backup.ops import dump as dump_op
 from phoenix_backup.ops.context import Environment
 
@@ -57,6 +58,11 @@ def dump(
         result = dump_op.dump(cfg, envx, ref=ref, path=path, out=buf, target=target)
         doc = {**result.to_json(), "contentBase64": base64.b64encode(buf.getvalue()).decode("ascii")}
         out.result(doc, "")
+    elif sys.stdout is None:  # closed: the file would be read and lost
+        raise OutputFailed("stdout is closed")
     else:
-        dump_op.dump(cfg, envx, ref=ref, path=path, out=sys.stdout.buffer, target=target)
+        try:
+            dump_op.dump(cfg, envx, ref=ref, path=path, out=sys.stdout.buffer, target=target)
+        except BrokenPipeError:
+            reader_gone()
     return ExitStatus.OK

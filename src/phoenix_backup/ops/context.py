@@ -142,6 +142,13 @@ def given_passphrase(
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
         if text.startswith(_BOM):  # the mark alone is an empty file: no passphrase (`phx init` refuses it)
             return GivenPassphrase(text[len(_BOM) :], exact=text)
+        if not text:  # no key slot has an empty passphrase: say the file is empty, not "wrong passphrase"
+            if ahead:
+                return None
+            raise UsageError(
+                f"PHX_PASSPHRASE_FILE {file} is empty; write the passphrase in it (one line) "
+                "or unset PHX_PASSPHRASE_FILE"
+            )
         return GivenPassphrase(text)
     enc = cfg.encryption if cfg else None
     if enc and enc.passphrase_env:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import UsageError
+from phoenix_backup.errors import OutputFailed, UsageError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.snapshot import unchecked_copy_note
@@ -81,7 +81,12 @@ def dump(
                 spool.write(chunk)
             reader.finish()
             spool.seek(0)
-            shutil.copyfileobj(cast(BinaryIO, spool), out, 1 << 20)
-        out.flush()
+            try:
+                shutil.copyfileobj(cast(BinaryIO, spool), out, 1 << 20)
+                out.flush()
+            except BrokenPipeError:
+                raise  # the reader went away: cli/app.py `reader_gone`
+            except OSError as exc:
+                raise OutputFailed(exc.strerror or str(exc)) from exc
         assert node.sha256 is not None
         return DumpResult(snap.id, snap.name, logical, node.type, node.size, node.sha256)

@@ -42,6 +42,7 @@ from phoenix_backup.errors import (
     RestoreError,
     SourceError,
     UnsafePath,
+    UsageError,
 )
 from phoenix_backup.ops import safety
 from phoenix_backup.ops.context import (
@@ -260,6 +261,13 @@ class _Restore:
         self.tree = list(walk_tree(repo, snap.tree))
         self.filter = ScopeFilter(cfg, self.layout, scope, paths)
         self.selected = select_nodes(snap, self.tree, cfg, self.layout, scope, paths)
+        if paths and not self.selected and not delete:
+            # Else "nothing to restore: every selected path already matches", which a mistyped
+            # pattern does not: it selected nothing. (With --delete, files the snapshot lacks go.)
+            raise UsageError(
+                f"no path of snapshot {snap.name} ({snap.id[:8]}) matches --path {', '.join(paths)}"
+                f"{' in the chosen scope' if scope != 'full' else ''}; see `phx ls {snap.id[:8]}` for its paths"
+            )
         if self.in_place:
             self.selected = self._without_live_config(self.selected)
         self.server_dbs: list[tuple[str, Node]] = []

@@ -38,6 +38,7 @@ the folder) under an flock, so two `phx` processes never lose each other's pins.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -48,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.dirs import data_dir, trustworthy, write_private
-from phoenix_backup.errors import ConfigError, KeyChanged
+from phoenix_backup.errors import ConfigError, KeyChanged, NoSpace
 from phoenix_backup.repo.snapshot import FUTURE_SLACK
 
 PINS_FILE = "pins.json"
@@ -208,10 +209,15 @@ class Pins:
         finally:
             os.close(fd)  # closing releases the flock
 
-    def _unwritable(self, exc: OSError, failed: str) -> ConfigError:
+    def _unwritable(self, exc: OSError, failed: str) -> ConfigError | NoSpace:
         """`failed`: the file that could not be written (the pin file, its lock or their folder)."""
         # Without its pin file Phoenix cannot tell a replaced repository from the owner's: an
         # error, never a silent first use on every run.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk, not a folder to fix (exit 1)
+            return NoSpace(
+                f"cannot write {failed}: {exc.strerror}; free space on the disk of {self.path.parent} "
+                "(`df -h`), or set PHX_DATA_DIR to a folder on another disk, and run again"
+            )
         return ConfigError(
             f"cannot write {failed} ({exc.strerror or exc}); make {self.path.parent} a folder "
             "you can write, or set PHX_DATA_DIR to one"

@@ -11,7 +11,7 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -159,14 +159,25 @@ def select(
         sel.entries[logical] = Entry(logical, path, kind, st)
         _add_parents(layout, path, sel)
 
-    def walk(path: Path, whole: bool) -> None:
+    def listing(path: Path) -> Iterator[os.DirEntry[str]] | None:
         try:
             with os.scandir(path) as it:
-                children = sorted(it, key=lambda e: e.name)
+                return iter(sorted(it, key=lambda e: e.name))
         except OSError as exc:
             sel.errors.append((str(path), exc.strerror or str(exc)))
-            return
-        for child in children:
+            return None
+
+    def walk(top: Path, whole: bool) -> None:
+        """Depth first, each folder's entries by name, with a stack of its own rather than
+        recursion: a folder thousands of levels deep is saved like any other."""
+        first = listing(top)
+        stack = [(first, whole)] if first is not None else []
+        while stack:
+            children, whole_here = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                continue
             cpath = Path(child.path)
             try:
                 st = child.stat(follow_symlinks=False)
@@ -176,12 +187,14 @@ def select(
             is_dir = stat.S_ISDIR(st.st_mode)
             if cpath in never:
                 continue
-            keep_it = whole or cpath in kept
+            keep_it = whole_here or cpath in kept
             if not keep_it and exclude.excluded(cpath, is_dir):
                 continue
             add(cpath, st)
             if is_dir:
-                walk(cpath, keep_it)
+                below = listing(cpath)
+                if below is not None:
+                    stack.append((below, keep_it))
 
     for root in roots:
         try:

@@ -36,13 +36,25 @@ _FOLDERS = FOLDERS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
+def real_path(path: Path) -> Path:
+    """`path` with `~` expanded and every symbolic link followed (`Path.resolve`), or a clear error
+    when links lead round in a loop (which `resolve` raises as a bare RuntimeError on Python 3.11)."""
+    try:
+        return path.expanduser().resolve()
+    except RuntimeError as exc:  # "Symlink loop from ..."
+        raise StorageError(
+            f"{path} is a loop of symbolic links (one leads back to another); "
+            "remove or correct the link, or choose another path"
+        ) from exc
+
+
 def refuse_inside(repository: Path, folder: Path, what: str) -> None:
     """A folder that receives plain copies of files (`restore --to DIR`, `export --output DIR`)
     must not lie in a local repository: the plain copies would sit among its encrypted objects,
     and go wherever the repository's folder is copied or synced to. The folders themselves are
     compared too, not only their paths: a bind mount, or another spelling on a case-insensitive file
     system, reaches the repository's folder under a path that is not below its own."""
-    root = repository.expanduser().resolve()
+    root = real_path(repository)
     if is_inside(root, folder):
         raise UsageError(
             f"{what} {folder} is inside the repository at {root}, which would put plain copies of your files "
@@ -53,8 +65,8 @@ def refuse_inside(repository: Path, folder: Path, what: str) -> None:
 def is_inside(root: Path, folder: Path) -> bool:
     """Whether `folder` is the folder `root` or lies below it: by path (links followed) or, for a
     bind mount or another spelling on a case-insensitive file system, by device and inode."""
-    root = root.expanduser().resolve()
-    real = folder.resolve()
+    root = real_path(root)
+    real = real_path(folder)
     return real == root or root in real.parents or _same_folder_above(root, real)
 
 
@@ -69,7 +81,7 @@ def repository_above(folder: Path) -> Path | None:
     """The local Phoenix repository that `folder` (resolved: links followed) lies in, whichever
     target a command reads: a folder holding a `config` file and the folders `data`, `index` and
     `snapshots` (what `phx init` makes), `folder` itself or a folder above it."""
-    real = folder.resolve()
+    real = real_path(folder)
     for above in (real, *real.parents):
         if (above / "config").is_file() and all((above / f).is_dir() for f in ("data", "index", "snapshots")):
             return above
@@ -151,6 +163,11 @@ def os_error(
         return StorageError(
             f"Input/output error while {what}: the device failed to read or write; check the disk (`dmesg`), "
             "then run `phx verify` and the command again"
+        )
+    if exc.errno == errno.ELOOP:
+        return StorageError(
+            f"{exc.filename} is a loop of symbolic links (one leads back to another) while {what}; "
+            "remove or correct the link, or choose another path"
         )
     if exc.errno == errno.ENOTDIR and isinstance(exc.filename, str) and exc.filename.startswith("/"):
         path = Path(exc.filename)

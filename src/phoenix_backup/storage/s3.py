@@ -231,7 +231,10 @@ class S3Backend(Backend):
             return StorageError(f"{where} answered {code or status} while {what}")
         if isinstance(exc, bex.BotoCoreError | ConnectionError | TimeoutError):
             # Read timeouts, dropped connections, truncated bodies: worth another attempt.
-            return TransientStorageError(f"the connection to {where} failed while {what} ({type(exc).__name__})")
+            return TransientStorageError(
+                f"the connection to {where} failed while {what} ({type(exc).__name__}); check that "
+                f"{self.field}.endpoint is an S3 service that answers, and the network, then run again"
+            )
         return StorageError(f"{type(exc).__name__} while {what} at {where}")
 
     def _no_bucket(self) -> StorageError:

@@ -26,7 +26,7 @@ from phoenix_backup.dirs import data_dir, write_private
 from phoenix_backup.errors import AppendOnlyRefused, ConfigError, UsageError
 from phoenix_backup.storage.appendonly import AppendOnlyBackend, refusal
 from phoenix_backup.storage.base import Backend
-from phoenix_backup.storage.local import LocalBackend
+from phoenix_backup.storage.local import LocalBackend, real_path
 from phoenix_backup.storage.wrappers import wrap
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def storage_keys(cfg: Config, name: str, env: Mapping[str, str]) -> list[str]:
     the endpoint, which may be spelt many ways). Any one of them found in the record is enough."""
     t = cfg.targets
     if name == "local":
-        return [f"local:{cfg.repository_path.expanduser().resolve()}"]
+        return [f"local:{real_path(cfg.repository_path)}"]
     if name == "git":
         return _git_keys(t.git.repo, t.git.branch, env)
     # One key for both S3 targets: an R2 bucket is reachable through `s3` as well (R2's endpoint).
