@@ -40,6 +40,15 @@ def test_global_options_before_the_command_mean_what_they_mean_after_it(backed_u
     # Contradictions are usage errors.
     assert_error(sb.phx("--config", "/a.json", "list", "--config", "/b.json", check=2), 2, "--config is given twice")
     assert_error(sb.phx("-q", "list", "--verbose", check=2), 2, "--quiet and --verbose")
+    # Twice on one side of the command too (click kept the last silently: B was read, exit 0).
+    for argv in (
+        ["--config", "/a.json", "--config", "/b.json", "list"],
+        ["list", "--config", "/a.json", "--config", "/b.json"],
+        ["list", "--repo", "/a", "--repo", "/b"],
+        ["--repo", "/a", "--repo", "/b", "list"],
+        ["init", "--repo", "/a", "--repo", "/b"],
+    ):
+        assert_error(sb.phx(*argv, check=2), 2, "is given twice (/a", "give it once")
 
 
 def test_global_options_after_a_group_name_and_on_completion(backed_up: Sandbox) -> None:

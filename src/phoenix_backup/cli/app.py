@@ -316,11 +316,26 @@ _REPO_HELP = (
 )
 
 
+def given_once(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> str | None:
+    """The one value of an option that takes one (click keeps the last of several silently: `phx
+    --config A --config B list` read B alone)."""
+    if len(set(values)) > 1:
+        raise click.UsageError(f"{param.opts[0]} is given twice ({values[0]} and {values[-1]}); give it once", ctx)
+    return values[-1] if values else None
+
+
 def common(f: F) -> F:
     """--config, --json, --verbose and --quiet on every command (DESIGN §2), given before the
     command (`phx --json list`) or after it, and one error mapping."""
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        multiple=True,
+        callback=given_once,
+        help=_CONFIG_HELP,
+    )
     @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
     @click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)
     @click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)
@@ -431,7 +446,9 @@ def repo_option(f: F) -> F:
     """`--repo LOCATION` (else `PHX_REPOSITORY`) for the commands that read: a folder, s3://BUCKET/PREFIX,
     r2://ACCOUNT/BUCKET/PREFIX or a Git URL, so that a new machine with nothing but the repository
     and its key can list and restore (config/location.py)."""
-    option = click.Option(["--repo", "repo_location"], metavar="LOCATION", help=_REPO_HELP)
+    option = click.Option(
+        ["--repo", "repo_location"], metavar="LOCATION", multiple=True, callback=given_once, help=_REPO_HELP
+    )
 
     def build(v: dict[str, Any]) -> str | None:
         return v["repo_location"] or global_options().repo or os.environ.get("PHX_REPOSITORY") or None
@@ -515,11 +532,25 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 
 def _global_params(f: F) -> F:
     """The options of the group `phx` (and of `phx key`, `phx repair`, `phx schedule`)."""
-    f = click.option("--repo", "repo", metavar="LOCATION", help=_REPO_HELP + " Only for the commands that read.")(f)
+    f = click.option(
+        "--repo",
+        "repo",
+        metavar="LOCATION",
+        multiple=True,
+        callback=given_once,
+        help=_REPO_HELP + " Only for the commands that read.",
+    )(f)
     f = click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)(f)
     f = click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)(f)
     f = click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)(f)
-    return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)(f)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        multiple=True,
+        callback=given_once,
+        help=_CONFIG_HELP,
+    )(f)
 
 
 def _remember_globals(

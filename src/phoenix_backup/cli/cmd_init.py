@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from phoenix_backup.cli.app import Out, cli, common
+from phoenix_backup.cli.app import Out, cli, common, given_once
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.ops import init as init_op
 from phoenix_backup.ops.context import Environment
@@ -15,7 +15,9 @@ _SECRET = {"passphrase": "passphrase", "age": "age identity", "gpg": "GPG key"}
 
 @cli.command()
 @click.option("--workspace", help="The agent workspace (default ~/argent).")
-@click.option("--repo", help="Where the local repository lives (default ~/backups/argent).")
+@click.option(
+    "--repo", multiple=True, callback=given_once, help="Where the local repository lives (default ~/backups/argent)."
+)
 @click.option(
     "--encryption",
     type=click.Choice(["passphrase", "age", "gpg", "none"]),
