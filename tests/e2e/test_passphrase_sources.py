@@ -60,6 +60,13 @@ def test_a_repository_whose_passphrase_was_set_with_the_bom_still_opens_and_says
     wrong = secret_file(tmp_path / "wrong.txt", BOM + "not the passphrase\n")
     res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(wrong)), check=None)
     assert res.code == 1 and "wrong passphrase" in res.err and "Traceback" not in res.err
+    # The error names where the wrong passphrase came from (it said "check PHX_PASSPHRASE", unset here).
+    assert f"opens with PHX_PASSPHRASE_FILE {wrong}" in res.err and "check PHX_PASSPHRASE " not in res.err, res.err
+    wrong = secret_file(tmp_path / "wrong-plain.txt", "not the passphrase\n")
+    res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(wrong)), check=1)
+    assert f"no key slot of the repository opens with PHX_PASSPHRASE_FILE {wrong}" in res.err, res.err
+    res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE="not the passphrase"), check=1)
+    assert "opens with PHX_PASSPHRASE;" in res.err, res.err
 
 
 def test_a_new_passphrase_of_spaces_alone_is_refused(backed_up: Sandbox) -> None:

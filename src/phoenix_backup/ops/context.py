@@ -115,6 +115,7 @@ class GivenPassphrase:
 
     secret: str
     exact: str | None = None
+    source: str = "PHX_PASSPHRASE"  # named when no key slot opens with it
 
 
 def given_passphrase(
@@ -141,7 +142,7 @@ def given_passphrase(
         # Bytes that are not UTF-8 kept as the environment keeps them: the key slot refuses them.
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
         if text.startswith(_BOM):  # the mark alone is an empty file: no passphrase (`phx init` refuses it)
-            return GivenPassphrase(text[len(_BOM) :], exact=text)
+            return GivenPassphrase(text[len(_BOM) :], exact=text, source=f"PHX_PASSPHRASE_FILE {file}")
         if not text:  # no key slot has an empty passphrase: say the file is empty, not "wrong passphrase"
             if ahead:
                 return None
@@ -149,20 +150,22 @@ def given_passphrase(
                 f"PHX_PASSPHRASE_FILE {file} is empty; write the passphrase in it (one line) "
                 "or unset PHX_PASSPHRASE_FILE"
             )
-        return GivenPassphrase(text)
+        return GivenPassphrase(text, source=f"PHX_PASSPHRASE_FILE {file}")
     enc = cfg.encryption if cfg else None
     if enc and enc.passphrase_env:
         value = env.get(enc.passphrase_env)
         if value:
-            return GivenPassphrase(value)
+            return GivenPassphrase(value, source=f"{enc.passphrase_env} (encryption.passphraseEnv)")
     if ahead:
         return None
     if enc and enc.passphrase_command:
         raw = _run_passphrase_command(enc.passphrase_command)
         remember_secret(PASSPHRASE_COMMAND_SECRET, raw)
-        return GivenPassphrase(raw.decode("utf-8", "surrogateescape").rstrip("\r\n"))
+        return GivenPassphrase(
+            raw.decode("utf-8", "surrogateescape").rstrip("\r\n"), source="encryption.passphraseCommand's output"
+        )
     if envx.interactive and envx.prompt is not None:
-        return GivenPassphrase(envx.prompt(f"Passphrase for the {purpose}: "))
+        return GivenPassphrase(envx.prompt(f"Passphrase for the {purpose}: "), source="the passphrase typed")
     return None
 
 
@@ -561,9 +564,14 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                         raise
                     # The try with the mark is the same opening, within what is left of its budget.
                     return _open_with_bom(cfg, envx, backend, replace(creds, passphrase=given.exact))
-            except WrongPassphrase:
+            except WrongPassphrase as exc:
                 if asked == before or attempt == PROMPT_TRIES:
-                    raise
+                    if given is None:
+                        raise
+                    raise WrongPassphrase(
+                        f"wrong passphrase: no key slot of the repository opens with {given.source}; check it "
+                        "(the passphrase the repository was made with, or one added with `phx key add`) and try again"
+                    ) from exc
                 envx.notice(f"wrong passphrase; try again ({PROMPT_TRIES - attempt} more)")
         raise AssertionError("unreachable")
     finally:
