@@ -745,6 +745,8 @@ def _schedule(envx: Environment, result: DoctorResult) -> None:
             "run `phx schedule install` again (systemd: `systemctl --user enable --now phoenix-backup.timer`)",
         )
         return
+    if twice := held.twice():
+        result.add("schedule", "warn", twice, "run `phx schedule install --scheduler NAME` with the one to keep")
     scheduler = held.scheduler or "?"
     details = held.installed.get(scheduler)
     if scheduler == "cron" and isinstance(details, dict) and not details.get("daemonRunning"):
