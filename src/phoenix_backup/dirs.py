@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
@@ -47,9 +48,11 @@ def data_dir(env: Mapping[str, str]) -> Path:
 
 def write_private(path: Path, data: bytes) -> None:
     """Replace `path` atomically by a file of `data` only its owner can read (mode 0600): a temp
-    file beside it, fsynced, renamed, and the folder fsynced."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    file beside it, fsynced, renamed, and the folder fsynced. The temp's name is new each time and
+    created exclusively (`mkstemp`): threads writing one file never share it, and nothing planted
+    beside it (a symlink, a FIFO that would block the open) is ever opened."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
         try:
             os.fchmod(fd, 0o600)

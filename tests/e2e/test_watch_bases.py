@@ -259,6 +259,42 @@ def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_the
         assert _restored(sb, at, tmp_path / f"at-{k}") == list(range(k + 1))
 
 
+def test_a_slow_target_leaves_no_gap_on_a_database_nobody_wrote_to(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments are written in the watch's loop: a target taking 6 s per write keeps the next poll
+    over STALL_US late. A database whose WAL proves nothing was committed meanwhile held its state
+    all along: no gap. Before, every heartbeat's write cut an idle database's range with a gap, and
+    a restore at a time in it failed with 'no capture covers'."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()  # the base
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        real = w.repo.backend.write
+
+        def slow(name: str, raw: bytes) -> None:
+            time.sleep(6)
+            real(name, raw)
+
+        monkeypatch.setattr(w.repo.backend, "write", slow)
+        w.poll()
+        w.flush()  # a heartbeat of the idle database: its segment takes 6 s to write
+        during = datetime.now(UTC) - timedelta(seconds=3)
+        w.poll()  # nothing was committed while the write took
+        monkeypatch.undo()
+        _commit(db, 2)
+        w.poll()
+        w.flush()
+    ranges = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
+    assert [r["kind"] for r in ranges] == ["covered"], ranges
+    assert _restored(sb, during.isoformat(), tmp_path / "during") == [0, 1]
+
+
 def test_a_spool_that_cannot_be_written_ends_the_watch_with_one_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     _table(sb.layout.dashboard_db)

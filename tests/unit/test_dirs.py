@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,9 +49,63 @@ def test_a_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path) -> N
     target = tmp_path / "keys.json"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_bytes(b"untouched")
-    (tmp_path / f".keys.json.{os.getpid()}.tmp").symlink_to(elsewhere)
-    with pytest.raises(OSError) as caught:
-        dirs.write_private(target, b"secret")
-    assert caught.value.errno == errno.ELOOP
+    planted = tmp_path / f".keys.json.{os.getpid()}.tmp"  # the temp name write_private once used
+    planted.symlink_to(elsewhere)
+    dirs.write_private(target, b"secret")  # its temp is created exclusively, under a new name
     assert elsewhere.read_bytes() == b"untouched"
-    assert not target.exists()
+    assert target.read_bytes() == b"secret" and not target.is_symlink()
+    assert planted.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
+        planted.name,
+        "elsewhere",
+        "keys.json",
+    ]
+
+
+def test_a_fifo_planted_at_the_temp_name_does_not_hang_the_write(tmp_path: Path) -> None:
+    """The temp name was predictable (`.NAME.PID.tmp`) and opened without O_EXCL: a FIFO there made
+    the open wait for a reader for ever (a stuck `phx watch`, a drill that never reports)."""
+    target = tmp_path / "report.json"
+    os.mkfifo(tmp_path / f".report.json.{os.getpid()}.tmp")
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        try:
+            dirs.write_private(target, b"the report")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(10)
+    if writer.is_alive():  # let the old code's open go, so that the thread ends
+        os.close(os.open(tmp_path / f".report.json.{os.getpid()}.tmp", os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(10)
+        pytest.fail("write_private waited on a FIFO planted at its temp name")
+    assert outcome == [None] and target.read_bytes() == b"the report"
+
+
+def test_threads_writing_one_file_leave_one_whole_version(tmp_path: Path) -> None:
+    """Threads of one process shared the temp name: one truncated the other's temp, renamed it
+    away or removed it (a torn file in place, or FileNotFoundError)."""
+    target = tmp_path / "sightings.json"
+    payloads = [bytes([65 + i]) * (1000 * (i + 1)) for i in range(6)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(payloads))
+
+    def write(data: bytes) -> None:
+        start.wait()
+        try:
+            for _ in range(200):
+                dirs.write_private(target, data)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(data,)) for data in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert target.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["sightings.json"]

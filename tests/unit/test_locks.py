@@ -633,6 +633,8 @@ def test_unlock_keeps_the_lock_of_a_stopped_process_that_still_runs_here(tmp_pat
         while not start:  # its start time, once /proc shows the exec'd interpreter
             start = locks.process_start_time(holder.pid) or 0
         os.kill(holder.pid, signal.SIGSTOP)
+        while " T " not in Path(f"/proc/{holder.pid}/stat").read_text():  # the signal is delivered
+            time.sleep(0.01)
         old = time.time() - STALE_SECONDS - 600
         planted = age_lock(repo, plant_lock(repo, pid=holder.pid, processStart=start, time=old), old)
         assert repo.locks.unlock() == [], "the stopped holder's lock stays"
@@ -647,3 +649,44 @@ def test_unlock_keeps_the_lock_of_a_stopped_process_that_still_runs_here(tmp_pat
         holder.wait()
     (removed,) = repo.locks.unlock()  # gone now: provably dead
     assert removed.name == planted and lock_names(repo) == set()
+
+
+@needs_proc
+def test_a_lock_naming_a_process_that_runs_and_is_not_stopped_names_unlock_all(tmp_path: Path) -> None:
+    """A lock naming a live process of this machine that is not stopped (pid 1 and its start time,
+    readable by anyone, in a lock planted with the key; or a hung holder) is never judged stale:
+    every message said `kill -CONT` and 'stopped', none named the way out, `phx unlock --all`, and
+    `phx doctor` said no stale locks while prune was refused for ever."""
+    notices: list[str] = []
+    repo = new_repo(tmp_path / "repo", notices)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        start = 0
+        while not start:
+            start = locks.process_start_time(holder.pid) or 0
+        old = time.time() - STALE_SECONDS - 600
+        planted = age_lock(repo, plant_lock(repo, pid=holder.pid, processStart=start, time=old), old)
+        assert repo.locks.unlock() == [] and lock_names(repo) == {planted}, "a holder that runs is kept"
+        (kept,) = notices
+        assert "is not stopped" in kept and "kill -CONT" not in kept, kept
+        assert "`phx unlock --all` removes it" in kept, kept
+        with pytest.raises(RepositoryLocked) as locked:
+            repo.lock(True, "prune")
+        assert "`phx unlock --all` removes it" in str(locked.value), locked.value
+        result = DoctorResult()
+        _locks(repo, result)
+        (check,) = [c for c in result.checks if c.status == "warn"]
+        assert "is not stopped" in check.message, result.checks
+        assert check.fix is not None and "`phx unlock --all`" in check.fix, check
+        os.kill(holder.pid, signal.SIGSTOP)
+        while " T " not in Path(f"/proc/{holder.pid}/stat").read_text():
+            time.sleep(0.01)
+        notices.clear()
+        assert repo.locks.unlock() == []
+        (kept,) = notices
+        assert f"kill -CONT {holder.pid}` lets it finish" in kept and "`phx unlock --all` removes it" in kept, kept
+        (removed,) = repo.locks.unlock(remove_all=True)  # the way out, while it still runs
+        assert removed.name == planted and lock_names(repo) == set()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -3,12 +3,13 @@ what never does, and a pin file damaged there is one clear error."""
 
 from __future__ import annotations
 
-import os
+import errno
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from phoenix_backup import dirs
 from phoenix_backup.errors import ConfigError
 from phoenix_backup.repo.pins import FORGOT_KEPT, SEEN_KEPT, Pins
 
@@ -110,14 +111,20 @@ def test_a_snapshot_dated_ahead_of_this_clock_is_neither_the_newest_seen_nor_los
     assert pins.observe(REPO, AT, {"a": _t(1), "f": ahead}, gone) == [("b", _t(2))]  # rolled back
 
 
-def test_a_data_dir_that_cannot_be_written_still_checks_and_never_fails_a_listing(tmp_path: Path) -> None:
+def test_a_data_dir_that_cannot_be_written_still_checks_and_never_fails_a_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The home disk is full (or mounted read-only on a recovery boot): a listing or a restore
     must still run (before the snapshots seen were recorded, they only read the pin file). What
     was recorded is still compared, and the reason nothing more is recorded is kept to be said."""
     pins = _pins(tmp_path)
     pins.observe(REPO, AT, {"a": _t(1), "b": _t(2)}, gone)
     before = (tmp_path / "pins.json").read_bytes()
-    (tmp_path / f".pins.json.{os.getpid()}.tmp").mkdir()  # the temp file of every rewrite cannot be made
+
+    def read_only(*_args: object, **_kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(dirs.tempfile, "mkstemp", read_only)  # the temp file of every rewrite cannot be made
     assert pins.observe(REPO, AT, {"a": _t(1), "c": _t(3)}, gone) == []
     pins.remember(REPO, AT, "d", _t(4))
     assert pins.observe(REPO, AT, {"a": _t(1)}, gone) == [("b", _t(2))]  # b: recorded before

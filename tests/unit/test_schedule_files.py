@@ -99,3 +99,33 @@ def test_the_launchd_plist_is_written_durably(tmp_path: Path, monkeypatch: pytes
     assert path.exists() and seen.count(str(path.parent)) == 1, seen
     # Its content before the rename: a temporary file beside it.
     assert [Path(s).parent for s in seen if s != str(path.parent)] == [path.parent], seen
+
+
+def test_a_job_two_schedulers_run_is_said_by_status_and_doctor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `phx schedule install` switching cron -> systemd stopped (SIGKILL) after systemd took the
+    job and before cron let it go: both run every backup. `phx schedule status` listed
+    "installed with systemd, cron" as if that were one schedule, and doctor said all was well."""
+    from phoenix_backup import schedule
+    from phoenix_backup.cli.cmd_schedule import _status_text
+    from phoenix_backup.ops.context import Environment
+    from phoenix_backup.ops.doctor import DoctorResult, _schedule
+    from phoenix_backup.schedule import cron
+
+    home = tmp_path / "home"
+    monkeypatch.setattr(systemd, "installed", lambda env, home, name: {"active": "active"})
+    monkeypatch.setattr(launchd, "installed", lambda home, name: None)
+    monkeypatch.setattr(cron, "available", lambda env: None)
+    monkeypatch.setattr(cron, "installed", lambda env, name: ["0 3 * * * phx schedule run"])
+    monkeypatch.setattr(cron, "daemon_running", lambda: True)
+    held = schedule.status({**ENV, "HOME": str(home)}, home)
+    assert list(held.installed) == ["systemd", "cron"]
+    text = _status_text(held, "backup")
+    assert "warning: the backup job is installed with systemd and cron, and each runs it" in text, text
+    assert "`phx schedule install --scheduler NAME`" in text
+    result = DoctorResult()
+    _schedule(Environment(env={**ENV, "HOME": str(home)}), result)
+    warned = [c for c in result.checks if c.status == "warn"]
+    assert len(warned) == 1 and "each runs it" in warned[0].message, result.checks
+    # One scheduler: nothing said.
+    monkeypatch.setattr(cron, "installed", lambda env, name: None)
+    assert "warning" not in _status_text(schedule.status(ENV, home), "backup")

@@ -153,6 +153,8 @@ def _status_text(result: schedule_lib.ScheduleStatus, kind: str) -> str:
     what = result.spec.describe() if result.spec else "unknown schedule"
     prefix = "drill " if kind == "drill" else ""
     text = f"{prefix}installed with {', '.join(result.installed)}: {what}; next run {due}"
+    if twice := result.twice(kind):
+        text += f"\nwarning: {twice}"
     if result.last_log_line:
         text += f"\nlast {prefix}log line: {result.last_log_line}"
     return text

@@ -42,7 +42,8 @@ COMPACTED_TAGS = ("watch", "compacted")
 
 
 class CompactionFailed(PhoenixError):
-    """A run's state could not be made a snapshot (its check failed): it is thinned as before."""
+    """A run's state could not be made a snapshot (its check failed): the run stays as segments,
+    every state kept, until a later forget compacts it (`forget.thin_captures`)."""
 
 
 def newest(run: list[captures.Segment]) -> dict[str, tuple[captures.Segment, captures.Part, captures.Commit]]:

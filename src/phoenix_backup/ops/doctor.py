@@ -649,6 +649,15 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
                 f"`phx unlock --all` removes it now, only if no Phoenix runs on {lk.host} or anywhere else on "
                 "this repository",
             )
+        elif lk not in stale and lk.process_runs() and (note := repo.locks.watch_note(lk, now)):
+            # Never judged stale (it runs here), so no other check names it: it blocks prune until it ends.
+            result.add(
+                "locks",
+                "warn",
+                f"{lk.describe()}{note}",
+                f"`kill -CONT {lk.pid}` if it is a stopped Phoenix; else `phx unlock --all` removes it, only if no "
+                "Phoenix runs anywhere on this repository",
+            )
     active = [lk for lk in locks if lk not in stale]
     if not stale:
         held = f"{len(active)} held by running commands" if active else "none held"
@@ -736,6 +745,8 @@ def _schedule(envx: Environment, result: DoctorResult) -> None:
             "run `phx schedule install` again (systemd: `systemctl --user enable --now phoenix-backup.timer`)",
         )
         return
+    if twice := held.twice():
+        result.add("schedule", "warn", twice, "run `phx schedule install --scheduler NAME` with the one to keep")
     scheduler = held.scheduler or "?"
     details = held.installed.get(scheduler)
     if scheduler == "cron" and isinstance(details, dict) and not details.get("daemonRunning"):

@@ -364,7 +364,12 @@ def thin_captures(
             try:
                 pieces = [(run, *compact.compact(repo, compactor[0], compactor[1], tl, run))]
             except (compact.CompactionFailed, CorruptObject, UsageError) as exc:
-                out.notices.append(str(exc))
+                since = min(p.since for seg in run for p in seg.parts)
+                until = max(p.until for seg in run for p in seg.parts)
+                out.notices.append(
+                    f"captures from {captures.describe(since, up=True)} to {captures.describe(until)}: {exc}; every "
+                    "`phx forget` tries again, and until one compacts them they are kept whole, however old"
+                )
                 # The run stays as segments, every state kept, as the notice says: merging would
                 # keep only its newest state, and when that is the one that failed its check (the
                 # database was damaged), the sound states before it would go with the rest. The

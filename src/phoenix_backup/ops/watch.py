@@ -510,7 +510,11 @@ class Watcher:
             stamp = None
         image = db.capture.capture()
         at = self.now()
-        if not resumed and at - db.until > STALL_US:
+        # Nothing committed since the last look, as the WAL proves (no frame, same size): the state
+        # held all along, however long the watch did not look (a slow target's write, a stop).
+        same = (image.page_size, image.page_count) == (db.page_size, db.page_count)
+        unchanged = image.changed == frozenset() and same
+        if not resumed and not unchanged and at - db.until > STALL_US:
             # The watch did not look for a while (stopped, starved, blocked): what was committed
             # since its last look is seen only now, so the seconds in between are a gap, not
             # coverage of the older state (a restore there would miss commits made long before).

@@ -190,17 +190,23 @@ class ProcessTag:
         """True only when the process provably runs here: same host, boot, PID and time
         namespaces, and its pid is a live process (not a zombie) with the recorded start time. A
         stopped process (SIGSTOP, a suspended machine, a debugger) runs: it resumes and writes on."""
+        return self.state() != ""
+
+    def state(self) -> str:
+        """The process's state letter in /proc (R, S, D, T for stopped, t for traced) when it
+        provably runs here (`runs`); "" otherwise."""
         if self.host != socket.gethostname() or not self.boot_id or self.boot_id != boot_id():
-            return False
+            return ""
         if not self.pid_ns or self.pid_ns != pid_namespace() or not self.time_ns or self.time_ns != time_namespace():
-            return False
+            return ""
         if not self.start or not 0 < self.pid <= MAX_PID or not _proc_is_ours():
-            return False
+            return ""
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
-            return _start_of(stat) == self.start and stat[stat.rfind(")") + 2] not in "ZX"
+            state = stat[stat.rfind(")") + 2]
+            return state if _start_of(stat) == self.start and state not in "ZX" else ""
         except (OSError, ValueError, IndexError):
-            return False
+            return ""
 
 
 @dataclass(frozen=True)
@@ -260,9 +266,13 @@ class LockInfo:
 
     def process_runs(self) -> bool:
         """True only when we can prove the owner still runs on this machine (`ProcessTag.runs`)."""
+        return self.process_state() != ""
+
+    def process_state(self) -> str:
+        """The owner's state letter when it provably runs on this machine (`ProcessTag.state`)."""
         if not self.readable:
-            return False
-        return ProcessTag(self.host, self.boot_id, self.pid_ns, self.time_ns, self.pid, self.process_start).runs()
+            return ""
+        return ProcessTag(self.host, self.boot_id, self.pid_ns, self.time_ns, self.pid, self.process_start).state()
 
     def is_ours(self) -> bool:
         """Whether this lock was written by this very process."""
@@ -579,10 +589,20 @@ class LockManager:
         the second): the sign of a store whose times do not advance (or of a refresh this instant)."""
         if not info.is_stale(now) or self.stale(info, now) or self.unjudged(info, now):
             return ""
-        if info.process_runs():
+        if state := info.process_state():
+            # Never judged stale, so the way out is named too: pid 1 and its start time, readable by
+            # anyone, make a lock planted with the key that runs for ever.
+            way_out = "`phx unlock --all` removes it now, only if no Phoenix runs anywhere on this repository"
+            minutes = (now - info.time) / 60
+            late = f"its process runs on this machine but has not refreshed the lock for {minutes:.0f} minutes"
+            if state in "Tt":
+                return (
+                    f" ({late}: it is stopped or suspended; `kill -CONT {info.pid}` lets it finish; if pid "
+                    f"{info.pid} is not a Phoenix, {way_out})"
+                )
             return (
-                f" (its process runs on this machine but has not refreshed the lock for {(now - info.time) / 60:.0f} "
-                f"minutes: it is stopped or suspended; `kill -CONT {info.pid}` lets it finish)"
+                f" ({late} though it is not stopped: it hangs, or pid {info.pid} is not a Phoenix (`ps -p {info.pid}` "
+                f"shows it); {way_out})"
             )
         skew = None if self._skew is None else self._skew[0]  # measured by `stale`
         if skew is None or info.written is None or (frozen_only and abs(now + skew - info.written) > 1):

@@ -230,6 +230,17 @@ class ScheduleStatus:
     def scheduler(self) -> str | None:
         return next(iter(self.installed), None)
 
+    def twice(self, kind: str = "backup") -> str | None:
+        """Why the job runs more than once, when more than one scheduler runs it (a `phx schedule
+        install` stopped after the new scheduler took it, before the old one let go)."""
+        if len(self.installed) < 2:
+            return None
+        drill = " --drill" if kind == "drill" else ""
+        return (
+            f"the {kind} job is installed with {' and '.join(self.installed)}, and each runs it (a `phx schedule "
+            f"install` stopped midway); `phx schedule install{drill} --scheduler NAME` keeps it with NAME only"
+        )
+
     def to_json(self) -> dict[str, object]:
         return {
             "installed": bool(self.installed),
