@@ -111,6 +111,32 @@ def run_phx(
     return res
 
 
+def run_phx_here(args: Iterable[str], env: Mapping[str, str]) -> Result:
+    """`phx ARGS` in this process (click's runner), with exactly `env` as the environment for the
+    call, expected to exit 0 with no traceback. For the many commands of a test whose point is the
+    repository they read, not the process boundary (start-up, signals, exit codes of a failure:
+    those run the real `phx` through `run_phx`): a restore of each of 34 snapshots costs the
+    interpreter's start and the imports once, not 34 times (docs/development.md)."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+
+    args = [str(a) for a in args]
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        run = CliRunner().invoke(cli, args, prog_name="phx")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    res = Result(run.exit_code, run.stdout, run.stderr, ["phx", *args])
+    assert run.exception is None or isinstance(run.exception, SystemExit), f"{run.exception!r}\n{res}"
+    assert "Traceback" not in res.out + res.err, f"traceback in the output:\n{res}"
+    assert res.code == 0, f"expected exit 0:\n{res}"
+    return res
+
+
 def assert_error(res: Result, code: int, *needles: str) -> str:
     """The run failed with `code`, said so in exactly one `phx: error:` line on stderr naming every
     needle (case-insensitive), and printed no traceback. Returns that line."""
@@ -232,6 +258,11 @@ class Sandbox:
         return run_phx(
             [str(a) for a in args], self.env if env is None else env, check=check, prefix=self.prefix, timeout=timeout
         )
+
+    def phx_here(self, *args: str | Path) -> Result:
+        """`phx ARGS` in this process (`run_phx_here`): exit 0 expected, no wrapper (`prefix`)."""
+        assert not self.prefix, "a command run as another user needs its own process"
+        return run_phx_here([str(a) for a in args], self.env)
 
     def env_with(self, **changes: str | None) -> dict[str, str]:
         env = dict(self.env)

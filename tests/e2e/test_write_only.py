@@ -715,7 +715,9 @@ def test_the_owner_merges_the_index_objects_of_many_backups_and_the_writer_goes_
     ids = []
     for day in range(MAX_INDEX_OBJECTS + 2):  # more than 32 beyond the one object a merge writes
         (sb.workspace / "day.txt").write_text(f"day {day}\n" * (day + 1))  # a new size: a new blob each
-        doc = sb.backup()
+        # In this process: the point is the pile of index objects (the backup after the merge and
+        # every command of the owner below are real `phx` processes).
+        doc = sb.phx_here("backup", "--json").json()
         assert doc["retention"]["skipped"], doc["retention"]  # never on the writer
         ids.append(doc["id"])
     assert len(list((sb.repo / "index").iterdir())) == MAX_INDEX_OBJECTS + 2
