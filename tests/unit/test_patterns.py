@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phoenix_backup.sources.files import Selection, is_sqlite_file, select
-from phoenix_backup.sources.layout import Layout
+from phoenix_backup.sources.layout import Layout, all_ancestors
 from phoenix_backup.sources.patterns import ExcludeSet, Include, glob_regex
 
 segment_chars = st.characters(whitelist_categories=("Ll", "Lu", "Nd"), whitelist_characters="._- ")
@@ -406,3 +406,24 @@ def test_layout_logical_paths(layout: Layout) -> None:
     assert layout.to_logical(Path("/etc/hosts")) == "root/etc/hosts"
     assert layout.to_real("home/x", Path("/dest")) == Path("/dest/home/x")
     assert layout.to_real("root/etc/hosts") == Path("/etc/hosts")
+
+
+_component = st.text(alphabet="abc", min_size=1, max_size=2)
+
+
+@given(st.lists(st.lists(_component, min_size=1, max_size=6).map("/".join), max_size=12))
+def test_all_ancestors_names_every_folder_above_every_path_once_outermost_first(paths: list[str]) -> None:
+    found = all_ancestors(paths)
+    expected = {p.rsplit("/", n)[0] for p in paths for n in range(1, p.count("/") + 1)}
+    assert sorted(found) == sorted(expected)  # each once: no duplicates
+    for folder in found:  # a folder's own folders come before it
+        parent = folder.rpartition("/")[0]
+        assert not parent or found.index(parent) < found.index(folder)
+
+
+def test_all_ancestors_of_a_chain_thousands_deep_is_linear() -> None:
+    """A chain of 3,000 folders: the old per-path prefix joins copied ~9 GB of characters; this is
+    bounded by the paths' length (the test would take minutes otherwise)."""
+    chain = ["workspace/" + "/".join(["d"] * n) for n in range(1, 3001)]
+    found = all_ancestors(chain)
+    assert len(found) == 3000 and found[0] == "workspace" and found[-1] == chain[-2]

@@ -59,7 +59,7 @@ from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection
-from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
+from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
 from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
@@ -1047,10 +1047,9 @@ def _write_trees(
 
     children: dict[str, list[Node]] = {}
     dirs: dict[str, Entry] = {k: e for k, e in sel.entries.items() if e.kind == "dir"}
-    for logical in nodes:
-        for parent in ancestors(logical):
-            if parent not in dirs:
-                dirs[parent] = _dir_entry(layout, parent)
+    for parent in all_ancestors(nodes):
+        if parent not in dirs:
+            dirs[parent] = _dir_entry(layout, parent)
     for logical, node in nodes.items():
         children.setdefault(_parent_of(logical), []).append(node)
     for logical in sorted(dirs, key=lambda p: p.count("/"), reverse=True):

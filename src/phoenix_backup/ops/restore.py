@@ -70,7 +70,7 @@ from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, Written, grants_privilege
 from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
-from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
+from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
 from phoenix_backup.sources.scope import SCOPES, Scope
 from phoenix_backup.storage.local import os_error
 
@@ -725,10 +725,8 @@ class _Restore:
                 wanted[item.path] = item.kind
         for logical, _node in plan.dirs:
             wanted.setdefault(logical, "dir")
-        for item in plan.items:
-            if item.action == "delete":
-                for parent in ancestors(item.path):
-                    wanted.setdefault(parent, "dir")
+        for parent in all_ancestors(item.path for item in plan.items if item.action == "delete"):
+            wanted.setdefault(parent, "dir")
         if self.realign:
             wanted.setdefault(f"workspace/{alignment.MANIFEST}", "file")
             wanted.setdefault("workspace", "dir")

@@ -10,7 +10,7 @@ from pathlib import Path
 from phoenix_backup.config import Config
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
-from phoenix_backup.sources.layout import Layout, ancestors, is_database_path
+from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
 from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.sources.scope import LogicalMatcher, Scope
 
@@ -77,8 +77,7 @@ def select_nodes(
                 else:
                     wanted.append((logical, node))
     # And the folders on the way to what is restored, with their modes and times.
-    keep_dirs = wanted_dirs | {a for logical, _ in wanted for a in ancestors(logical)}
-    keep_dirs |= {a for d in wanted_dirs for a in ancestors(d)}
+    keep_dirs = wanted_dirs.union(all_ancestors([*(logical for logical, _ in wanted), *wanted_dirs]))
     dirs = [(lg, n) for lg, n in all_nodes if n.type == "dir" and lg in keep_dirs]
     return dirs + wanted
 

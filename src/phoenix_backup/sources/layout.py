@@ -12,7 +12,7 @@ as files only below `restore --to DIR`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -58,10 +58,26 @@ class Layout:
         return base.joinpath(*parts[1:])
 
 
-def ancestors(logical: str) -> list[str]:
-    """The folders above a logical path, outermost first (`workspace`, `workspace/memory`)."""
-    parts = logical.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+def all_ancestors(paths: Iterable[str]) -> list[str]:
+    """The folders above any of the logical `paths` (`workspace`, `workspace/memory` for
+    `workspace/memory/a.md`), each once, outermost first among each path's new ones. Each path is
+    walked up only to a folder already found, so a chain of folders thousands deep costs its length
+    (joining every prefix of every path cost the cube of the depth: a backup and a restore of a
+    folder 1,900 deep took minutes)."""
+    found: set[str] = set()
+    out: list[str] = []
+    for logical in paths:
+        new: list[str] = []
+        end = logical.rfind("/")
+        while end > 0:
+            folder = logical[:end]
+            if folder in found:
+                break
+            found.add(folder)
+            new.append(folder)
+            end = logical.rfind("/", 0, end)
+        out.extend(reversed(new))
+    return out
 
 
 def split_logical(logical: str) -> list[str]:
