@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Sandbox
+from e2e_support import PHX, Sandbox, flip_byte
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo import captures
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
 from phoenix_backup.repo.walker import Trees
@@ -156,3 +160,51 @@ def test_a_clean_repository_and_a_large_deduplicated_file_pass(backed_up: Sandbo
     assert doc["checked"]["files"] == len(contents), doc["checked"]
     sb.restore_to("latest", tmp_path / "out")
     assert [p.read_bytes() == big for p in sorted((tmp_path / "out").rglob("big*.bin"))] == [True, True]
+
+
+def test_verify_reads_the_capture_segments_that_restore_at_rebuilds_from(sandbox: Sandbox) -> None:
+    """`phx restore --at` rebuilds a database from the watch's capture segments: `verify
+    --read-data` reads every segment from the store (a damaged one is an error naming it), and
+    plain `verify` names a chain that lost a segment (the states after it cannot be rebuilt)."""
+    sb = sandbox
+    watch = subprocess.Popen(
+        [PHX, "watch", "--no-files", "--duration", "4"], env=sb.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    time.sleep(1.5)
+    con = sqlite3.connect(sb.layout.dashboard_db)
+    try:
+        for i in range(6):
+            con.execute("CREATE TABLE IF NOT EXISTS planted(x)")
+            con.execute("INSERT INTO planted VALUES (?)", (str(i) * 1000,))
+            con.commit()
+            time.sleep(0.3)
+    finally:
+        con.close()
+    assert watch.wait(timeout=120) == 0, watch.communicate()
+    repo = _repo(sb)
+    try:
+        chain = sorted(
+            (captures.load(repo, name) for name in captures.segment_names(repo)), key=lambda s: (s.chain, s.sequence)
+        )
+    finally:
+        repo.close()
+    assert len(chain) >= 3 and len({s.chain for s in chain}) == 1, chain
+    doc = sb.verify("--read-data")
+    assert doc["checked"]["segments"] == len(chain), doc
+    assert sb.verify()["checked"]["segments"] == len(chain)  # and the header cache holds every header
+
+    middle = sb.repo / "captures" / chain[1].id
+    kept = middle.read_bytes()
+    flip_byte(middle)  # a header in the cache does not stand for the segment in the store
+    res = sb.phx("verify", "--read-data", "--json", check=1)
+    objects = {e["object"] for e in res.json()["errors"]}
+    assert f"captures/{chain[1].id}" in objects and f"chain {chain[1].chain[:8]}" in objects, res
+    assert "phx restore --at" in res.out, res
+
+    middle.unlink()
+    res = sb.phx("verify", "--json", check=1)
+    errors = res.json()["errors"]
+    assert [e["object"] for e in errors] == [f"chain {chain[1].chain[:8]}"], errors
+    assert "segment 1 of this watch's chain" in errors[0]["message"], errors
+    middle.write_bytes(kept)
+    assert sb.verify("--read-data")["ok"] is True

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
+from phoenix_backup.repo import captures
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
@@ -109,7 +110,10 @@ def verify_repository(
     cursor: Path | None = None,
     latest: Latest | None = None,
     report: Reporter | None = None,
+    segments_cache: Path | None = None,
 ) -> VerifyResult:
+    """`segments_cache` is the capture segments' header cache (repo/captures.py), used except by a
+    whole `--read-data` run, which reads every segment from the store."""
     report = report if report is not None else Silent()
     result = VerifyResult(read_data=read_data)
     _check_key_slots(repo, result)
@@ -189,6 +193,8 @@ def verify_repository(
         result.notices.append(f"{tmp.name} is a leftover temporary file (prune removes it)")
 
     _report_write_only(repo, result)
+    if ref is None:
+        _check_segments(repo, result, None if read_data and subset is None else segments_cache)
 
     if read_data:
         packs = sorted(set(listed) & ({pack_name(p) for p in repo.index.pack_ids()}))
@@ -252,6 +258,45 @@ def _report_write_only(repo: Repository, result: VerifyResult) -> None:
                 f"{name} {why}; they are gone already, so nothing changes (an older Phoenix wrote such index "
                 "objects); `phx repair index` on this machine replaces it"
             )
+
+
+def _check_segments(repo: Repository, result: VerifyResult, cache: Path | None) -> None:
+    """The capture segments of `phx watch`, from which `phx restore --at` rebuilds a database at a
+    time: each must open (it is authenticated as a whole; from the header cache when `cache` holds
+    its header) and each watch's chain must have every link, as the timeline reads them. A segment
+    that does not open, or a chain cut short, is an error: the states after it cannot be rebuilt.
+    The timeline's other problems (a base snapshot forgotten, which the next `phx forget` tidies;
+    a second segment of one place in a chain) are notices."""
+    tl = captures.timeline(repo, cache)
+    result.checked["segments"] = len(tl.segments) + len(tl.unreadable)
+    for name in tl.unreadable:
+        result.errors.append(
+            VerifyError(
+                name,
+                None,
+                None,
+                f"capture segment cannot be read ({tl.problems[name]}): `phx restore --at` cannot rebuild the states "
+                "it holds, nor those after it in its watch's chain; copy it back from another target (`phx sync`) "
+                "or delete it to give up those states",
+            )
+        )
+    for chain in tl.broken:
+        held = tl.chains.get(chain, [])
+        missing = held[-1].last_sequence + 1 if held else 0
+        after = f" (after {captures.describe(max(p.until for p in held[-1].parts))})" if held and held[-1].parts else ""
+        result.errors.append(
+            VerifyError(
+                f"chain {chain[:8]}",
+                None,
+                None,
+                f"segment {missing} of this watch's chain of capture segments is missing or unreadable{after}: "
+                "`phx restore --at` cannot rebuild the states the later segments hold; copy it back from another "
+                "target (`phx sync`) if one holds it",
+            )
+        )
+    for name, problem in sorted(tl.problems.items()):
+        if name not in tl.unreadable:
+            result.notices.append(f"{name}: {problem}")
 
 
 def _left_by(repo: Repository, pack_id: str) -> str:
