@@ -12,6 +12,7 @@ file. A clean repository, and a large file deduplicated within itself and with a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sqlite3
 import subprocess
@@ -25,6 +26,9 @@ from e2e_support import PHX, Sandbox, flip_byte
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo import captures
+from phoenix_backup.repo.checker import SUBSET_CURSOR
+from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
 from phoenix_backup.repo.walker import Trees
@@ -208,3 +212,43 @@ def test_verify_reads_the_capture_segments_that_restore_at_rebuilds_from(sandbox
     assert "segment 1 of this watch's chain" in errors[0]["message"], errors
     middle.write_bytes(kept)
     assert sb.verify("--read-data")["ok"] is True
+
+
+def test_a_subset_run_names_the_pack_of_the_blob_that_fails_not_the_nodes_first(backed_up: Sandbox) -> None:
+    """A `--subset` run proves the nodes whose first blob lies in the packs it reads, reading
+    their other blobs wherever they lie: one of those damaged is named by its own pack (the JSON's
+    `object`, what a script copies back), not by the pack of the node's first blob, which is fine."""
+    sb = backed_up
+    first, second = b"A" * 5000, b"B" * 7000
+    (sb.workspace / "first.bin").write_bytes(first)
+    (sb.workspace / PLANTED).write_bytes(TEXT)
+    sb.backup()
+    (sb.workspace / "second.bin").write_bytes(second)  # another backup: another pack
+    base = sb.backup()["id"]
+    repo = _repo(sb)
+    try:
+        trees = Trees(repo)
+        trees.load(repo.find_snapshot(base).tree)
+        nodes = {n.name: n for ns in trees.nodes.values() for n in ns}
+        blob_a, blob_b = next(nodes["first.bin"].blobs()), next(nodes["second.bin"].blobs())
+        loc_a, loc_b = repo.index.get(blob_a), repo.index.get(blob_b)
+        assert loc_a is not None and loc_b is not None
+    finally:
+        repo.close()
+    pack_a, pack_b = pack_name(loc_a.pack_id), pack_name(loc_b.pack_id)
+    assert pack_a != pack_b
+
+    def spanning(node: Node) -> Node:
+        content = Extents.of([Extent(blob_a, 0, len(first)), Extent(blob_b, 0, len(second))])
+        return dataclasses.replace(node, content=content, size=content.size, sha256=sha256_hex(first + second))
+
+    sid = plant(sb, base, spanning)
+    assert sb.verify("--read-data")["ok"] is True  # a node may span packs
+    flip_byte(sb.repo / pack_b, loc_b.offset + loc_b.stored // 2)
+    sb.phx("verify", "--subset", "1", check=None)  # leaves its cursor in the cache
+    (cursor,) = sb.cache.rglob(SUBSET_CURSOR)
+    cursor.write_text(json.dumps({"all": pack_a}))  # the next run reads the pack of the first blob alone
+    res = sb.phx("verify", "--subset", "1", "--json", check=1)
+    assert res.json()["subset"]["packs"] == 1 and res.json()["subset"]["first"] == pack_a, res
+    errors = [e for e in res.json()["errors"] if e["snapshot"] == sid and e["path"].endswith(PLANTED)]
+    assert errors and {e["object"] for e in errors} == {pack_b}, res.json()["errors"]

@@ -28,7 +28,7 @@ from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
-from phoenix_backup.repo.reader import NodeReader, damage_text
+from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.tree import Extents, Node
@@ -421,26 +421,31 @@ def _prove_contents(
             repo.backend.prepare_read(sorted(others - packs))
     report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for n, _h in chosen))
     for node, holders in chosen:
-        problem = _assembly_problem(repo, holders[0][1], node)
-        if problem is not None:
-            obj = _first_object(repo, node)
+        failed = _assembly_problem(repo, holders[0][1], node)
+        if failed is not None:
+            obj, problem = failed
             result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
         report.advance(files=1, size=node.size)
     result.checked["files"] = len(chosen)
 
 
-def _assembly_problem(repo: Repository, path: str, node: Node) -> str | None:
-    """Why the node's extents, read as a restore reads them, are not its bytes (None: they are)."""
+def _assembly_problem(repo: Repository, path: str, node: Node) -> tuple[str, str] | None:
+    """The object to name and why the node's extents, read as a restore reads them, are not its
+    bytes (None: they are). A blob that fails to read is one of a pack this run did not read (a
+    --subset run): that pack is named, not the pack of the node's first blob, which read fine."""
     reader = NodeReader(repo, path, node)
     try:
         for _ in reader.ranges():
             pass
-    except (CorruptObject, ObjectNotFound) as exc:  # a blob of a pack this run did not read
-        return damage_text(exc)
+    except (CorruptObject, ObjectNotFound) as exc:
+        return damaged_pack(repo, node) or _first_object(repo, node), damage_text(exc)
     try:
         reader.finish()
     except CorruptObject:
-        return f"its extents assemble bytes that do not match the SHA-256 the snapshot records: {_CANNOT_RESTORE}"
+        return (
+            _first_object(repo, node),
+            f"its extents assemble bytes that do not match the SHA-256 the snapshot records: {_CANNOT_RESTORE}",
+        )
     return None
 
 
