@@ -252,3 +252,24 @@ def test_a_subset_run_names_the_pack_of_the_blob_that_fails_not_the_nodes_first(
     assert res.json()["subset"]["packs"] == 1 and res.json()["subset"]["first"] == pack_a, res
     errors = [e for e in res.json()["errors"] if e["snapshot"] == sid and e["path"].endswith(PLANTED)]
     assert errors and {e["object"] for e in errors} == {pack_b}, res.json()["errors"]
+
+
+def test_a_failing_node_is_named_in_every_snapshot_sharing_its_tree(backed_up: Sandbox, tmp_path: Path) -> None:
+    """The walk reads each tree once, under the first snapshot holding it; a failing node is still
+    named in every snapshot that holds it through a shared tree (the message says to restore it
+    from another snapshot: naming only the first sent the user to one that fails as well)."""
+    sb = backed_up
+    (sb.workspace / PLANTED).write_bytes(TEXT)
+    base = sb.backup()["id"]
+    bad = plant(sb, base, lambda n: dataclasses.replace(n, sha256="0" * 64))
+    repo = _repo(sb)
+    try:
+        snap = next(s for s in repo.list_snapshots() if s.id == bad)
+        shared = repo.save_snapshot(dataclasses.replace(snap, time="2030-01-01T00:00:00+00:00"))  # the same tree
+    finally:
+        repo.close()
+    res = sb.phx("verify", "--read-data", "--json", check=1)
+    named = {e["snapshot"] for e in res.json()["errors"] if (e["path"] or "").endswith(PLANTED)}
+    assert named == {bad, shared}, res.json()["errors"]
+    out = sb.phx("restore", "--backup", shared, "--to", tmp_path / "out", "--path", f"**/{PLANTED}", check=None)
+    assert out.code != 0 and PLANTED in out.err, out  # what verify now names does fail to restore

@@ -143,8 +143,10 @@ def verify_repository(
     users = _Users()
     trees = Trees(repo)
     report.phase("checking snapshots and trees", files=len(snapshots), unit="snapshots")
+    walked: list[Snapshot] = []  # those whose trees are within the walk's budget
     for snap in snapshots:
-        _walk(repo, snap, trees, users, result)
+        if _walk(repo, snap, trees, users, result):
+            walked.append(snap)
         report.advance(files=1)
     result.checked["snapshots"] = len(snapshots)
     result.checked["trees"] = len(trees.nodes)
@@ -215,7 +217,8 @@ def verify_repository(
             _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
             report.advance(files=1, size=listed[name])
         result.checked["packs"] = len(packs)
-        _prove_contents(repo, users, result, set(packs) if subset is not None else None, report)
+        packs_read = set(packs) if subset is not None else None
+        _prove_contents(repo, users, result, packs_read, report, (trees, walked))
     for name, message in sorted(repo.problems.blobs.items()):
         if not any(e.object == name for e in result.errors):
             result.errors.append(
@@ -337,10 +340,10 @@ def _check_key_slots(repo: Repository, result: VerifyResult) -> None:
     result.checked["keys"] = sum(1 for _ in repo.backend.list("keys/"))
 
 
-def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result: VerifyResult) -> None:
+def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result: VerifyResult) -> bool:
     """Check one snapshot's trees (those no earlier snapshot had), recording which paths use each
     blob. A tree that cannot be read, or a snapshot whose trees exceed the walk's budget, is an
-    error of that snapshot; verify goes on with the next one."""
+    error of that snapshot; verify goes on with the next one (False: its trees exceed the budget)."""
 
     def unreadable(tree_id: bytes, path: str, exc: PhoenixError) -> None:
         loc = repo.index.get(tree_id)
@@ -353,7 +356,7 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
         trees.check(snap.tree)
     except (CorruptObject, UnsafePath) as exc:
         result.errors.append(VerifyError(f"snapshots/{snap.id}", snap.id, "/", str(exc)))
-        return
+        return False
     for tree_id in new:
         prefix = trees.first_path[tree_id]
         for node in trees.nodes[tree_id]:
@@ -374,6 +377,7 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
                     result.errors.append(VerifyError(f"tree {tree_id.hex()[:16]}", snap.id, path, problem))
                 else:
                     users.add_content(node, content, snap.id, path)
+    return True
 
 
 # What a node whose content cannot be restored needs: the writer's bytes are gone from this snapshot.
@@ -398,14 +402,21 @@ def _extents_problem(repo: Repository, content: Extents) -> str | None:
 
 
 def _prove_contents(
-    repo: Repository, users: _Users, result: VerifyResult, packs: set[str] | None, report: Reporter
+    repo: Repository,
+    users: _Users,
+    result: VerifyResult,
+    packs: set[str] | None,
+    report: Reporter,
+    walked: tuple[Trees, list[Snapshot]],
 ) -> None:
     """Read each distinct file and database node back through the restore's reader and compare its
     bytes with the node's size and SHA-256: what `phx restore` proves before it commits a byte.
 
     Nodes with a blob already reported damaged or missing are skipped (their paths are named).
     With `packs` (a --subset run), a node is proved by the run that reads the pack holding its
-    first blob, so the runs that cover every pack cover every node; an empty node always."""
+    first blob, so the runs that cover every pack cover every node; an empty node always. A node
+    that fails is named with every snapshot and path holding it (the first 1000): the walk met each
+    tree once, under the first snapshot holding it, so the snapshots sharing it are found again."""
     chosen: list[tuple[Node, list[tuple[str, str]]]] = []
     for (content, _size, _sha), (node, holders) in users.contents.items():
         if any(blob in users.bad for blob in content.blobs()):
@@ -420,13 +431,38 @@ def _prove_contents(
         if others - packs:
             repo.backend.prepare_read(sorted(others - packs))
     report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for n, _h in chosen))
+    failing: dict[tuple[Extents, int, str | None], tuple[str, str]] = {}
     for node, holders in chosen:
         failed = _assembly_problem(repo, holders[0][1], node)
         if failed is not None:
-            obj, problem = failed
-            result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
+            failing[(Extents.of(node.content), node.size, node.sha256)] = failed
         report.advance(files=1, size=node.size)
     result.checked["files"] = len(chosen)
+    for key, holders in _holders(users, failing, *walked).items():
+        obj, problem = failing[key]
+        result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
+
+
+def _holders(
+    users: _Users, keys: dict[tuple[Extents, int, str | None], tuple[str, str]], trees: Trees, snapshots: list[Snapshot]
+) -> dict[tuple[Extents, int, str | None], list[tuple[str, str]]]:
+    """The snapshots and paths holding each node of `keys` (the first 1000 each), in snapshot
+    order: those the walk recorded, and those of later snapshots that share a tree with an earlier
+    one (walked again from the loaded trees, only when a node failed)."""
+    out = {key: list(users.contents[key][1]) for key in keys}
+    if not keys:
+        return out
+    seen = {holder for holders in out.values() for holder in holders}
+    for snap in snapshots:
+        for path, node in trees.walk(snap.tree):
+            if node.type not in ("file", "sqlite"):
+                continue
+            key = (Extents.of(node.content), node.size, node.sha256)
+            holders = out.get(key)
+            if holders is not None and len(holders) < 1000 and (snap.id, path) not in seen:
+                seen.add((snap.id, path))
+                holders.append((snap.id, path))
+    return out
 
 
 def _assembly_problem(repo: Repository, path: str, node: Node) -> tuple[str, str] | None:
