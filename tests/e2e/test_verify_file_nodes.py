@@ -17,16 +17,18 @@ import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e_support import PHX, Sandbox, flip_byte
 
 from phoenix_backup.config import load_config
+from phoenix_backup.errors import ThawPending
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo import captures
-from phoenix_backup.repo.checker import SUBSET_CURSOR
+from phoenix_backup.repo.checker import SUBSET_CURSOR, verify_repository
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
@@ -273,3 +275,36 @@ def test_a_failing_node_is_named_in_every_snapshot_sharing_its_tree(backed_up: S
     assert named == {bad, shared}, res.json()["errors"]
     out = sb.phx("restore", "--backup", shared, "--to", tmp_path / "out", "--path", f"**/{PLANTED}", check=None)
     assert out.code != 0 and PLANTED in out.err, out  # what verify now names does fail to restore
+
+
+def test_a_subset_run_that_stops_leaves_the_cursor_so_the_next_run_reads_those_packs(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `--subset` run that stops (its packs still thawing from cold storage: "run the command
+    again once S3 has thawed them"; a store gone away) leaves the cursor where it was: the next run
+    reads the packs it did not. Before, the cursor moved on when the run began, so the run asked
+    to be repeated read the next packs instead, and the skipped ones waited a whole cycle."""
+    sb = backed_up
+    for i in range(3):
+        (sb.workspace / f"more-{i}.bin").write_bytes(bytes([i]) * 3000)
+        sb.backup()
+    cursor = tmp_path / SUBSET_CURSOR
+    repo = _repo(sb)
+    try:
+        verify_repository(repo, read_data=True, subset=25, cursor=cursor)
+        start = json.loads(cursor.read_text())["all"]
+        thawed = repo.backend.prepare_read
+
+        def still_thawing(names: Iterable[str]) -> None:
+            raise ThawPending("packs are still being restored from cold storage; run the command again")
+
+        monkeypatch.setattr(repo.backend, "prepare_read", still_thawing)
+        with pytest.raises(ThawPending):
+            verify_repository(repo, read_data=True, subset=25, cursor=cursor)
+        assert json.loads(cursor.read_text())["all"] == start
+        monkeypatch.setattr(repo.backend, "prepare_read", thawed)
+        again = verify_repository(repo, read_data=True, subset=25, cursor=cursor)
+        assert again.ok and again.subset is not None and again.subset["first"] == start, again.subset
+        assert json.loads(cursor.read_text())["all"] != start  # done: the next run goes on
+    finally:
+        repo.close()

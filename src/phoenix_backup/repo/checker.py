@@ -202,9 +202,10 @@ def verify_repository(
         packs = sorted(set(listed) & ({pack_name(p) for p in repo.index.pack_ids()}))
         if ref is not None:
             packs = sorted(referenced_packs & set(packs))
+        key = snapshots[0].id if ref is not None and snapshots else "all"
+        next_pack: str | None = None
         if subset is not None:
-            key = snapshots[0].id if ref is not None and snapshots else "all"
-            packs, result.subset = choose_subset(packs, subset, cursor, key)
+            packs, result.subset, next_pack = choose_subset(packs, subset, cursor, key)
         # Cold packs (S3 GLACIER/DEEP_ARCHIVE) are thawed in one batch, not one wait per pack.
         repo.backend.prepare_read(packs)
         # Each pack's blobs, found in one pass over the index (not one pass per pack: 8,000 tiny
@@ -219,6 +220,8 @@ def verify_repository(
         result.checked["packs"] = len(packs)
         packs_read = set(packs) if subset is not None else None
         _prove_contents(repo, users, result, packs_read, report, (trees, walked))
+        if next_pack is not None:  # the run is done: the next one goes on from here
+            _write_cursor(cursor, key, next_pack)
     for name, message in sorted(repo.problems.blobs.items()):
         if not any(e.object == name for e in result.errors):
             result.errors.append(
@@ -562,17 +565,20 @@ SUBSET_CURSOR = "verify-subset.json"
 
 def choose_subset(
     packs: list[str], percent: float, cursor: Path | None, key: str = "all"
-) -> tuple[list[str], dict[str, object]]:
-    """PCT percent of `packs` (at least one), consecutive in sorted pack-name order.
+) -> tuple[list[str], dict[str, object], str | None]:
+    """PCT percent of `packs` (at least one), consecutive in sorted pack-name order, and the pack
+    the next run starts at: the caller saves it (`_write_cursor`) once the run has finished.
 
     A run starts at the pack the previous run would have read next (a cursor kept in the cache,
     per repository and per `--backup`), so ceil(100 / PCT) runs read every pack once: a weekly
     `--subset 25` reads the whole repository each month. Packs added meanwhile fall somewhere in
     the order and are read when the cursor passes them. Without a cursor (first run, lost cache)
-    the start is random, which still covers everything over time.
+    the start is random, which still covers everything over time; it is saved at once. A run that
+    stops (a store that fails, packs still thawing from cold storage) leaves the cursor where it
+    was, so the next run reads the same packs: moved on at the start, it skipped them for a cycle.
     """
     if not packs:
-        return [], {"percent": percent, "packs": 0, "of": 0, "first": None}
+        return [], {"percent": percent, "packs": 0, "of": 0, "first": None}, None
     ordered = sorted(packs)
     count = min(len(ordered), max(1, math.ceil(len(ordered) * percent / 100)))
     saved = _read_cursor(cursor).get(key)
@@ -580,9 +586,10 @@ def choose_subset(
         start = next((i for i, name in enumerate(ordered) if name >= saved), 0)
     else:
         start = secrets.randbelow(len(ordered))
+        _write_cursor(cursor, key, ordered[start])
     chosen = [ordered[(start + i) % len(ordered)] for i in range(count)]
-    _write_cursor(cursor, key, ordered[(start + count) % len(ordered)])
-    return chosen, {"percent": percent, "packs": count, "of": len(ordered), "first": chosen[0]}
+    info: dict[str, object] = {"percent": percent, "packs": count, "of": len(ordered), "first": chosen[0]}
+    return chosen, info, ordered[(start + count) % len(ordered)]
 
 
 def _read_cursor(cursor: Path | None) -> dict[str, object]:
