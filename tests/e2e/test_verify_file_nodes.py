@@ -308,3 +308,32 @@ def test_a_subset_run_that_stops_leaves_the_cursor_so_the_next_run_reads_those_p
         assert json.loads(cursor.read_text())["all"] != start  # done: the next run goes on
     finally:
         repo.close()
+
+
+def test_a_one_extent_node_of_another_blob_of_the_right_length_fails(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A node of one extent is proved by the pack pass, from the plaintext it opens: an extent
+    inside a blob of the right length but the wrong blob (plain `verify` cannot see it: the index
+    says the extent fits) fails `--read-data` naming the path, as `phx restore` refuses it; the
+    same node with its own blob and a non-zero offset passes."""
+    sb = backed_up
+    (sb.workspace / PLANTED).write_bytes(TEXT)
+    (sb.workspace / "same-length.txt").write_bytes(TEXT.upper())
+    (sb.workspace / "tail.txt").write_bytes(b"world")  # TEXT[7:] as a file of its own
+    base = sb.backup()["id"]
+    repo = _repo(sb)
+    try:
+        trees = Trees(repo)
+        trees.load(repo.find_snapshot(base).tree)
+        other = next(n for ns in trees.nodes.values() for n in ns if n.name == "same-length.txt")
+    finally:
+        repo.close()
+    wrong = plant(sb, base, lambda n: dataclasses.replace(n, content=Extents.of(other.content)))
+    tail = plant(sb, base, lambda n: dataclasses.replace(with_extents(n, (7, 5)), sha256=sha256_hex(TEXT[7:])))
+    assert sb.verify()["ok"] is True
+    res = sb.phx("verify", "--read-data", "--json", check=1)
+    assert {e["snapshot"] for e in res.json()["errors"]} == {wrong}, res.json()["errors"]
+    assert "do not match the SHA-256" in _errors(res.json(), wrong)[0]["message"]
+    bad = sb.phx("restore", "--backup", wrong, "--to", tmp_path / "w", "--path", f"**/{PLANTED}", check=None)
+    assert bad.code != 0 and PLANTED in bad.err, bad
+    sb.restore_to(tail, tmp_path / "t", "--path", f"**/{PLANTED}")
+    assert [p.read_bytes() for p in (tmp_path / "t").rglob(PLANTED)] == [b"world"]

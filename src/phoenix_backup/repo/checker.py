@@ -25,7 +25,7 @@ from pathlib import Path
 from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
 from phoenix_backup.repo import captures
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
 from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack
@@ -89,6 +89,10 @@ class _Users:
         self.by_blob: dict[bytes, list[tuple[str, str]]] = defaultdict(list)
         self.bad: set[bytes] = set()
         self.contents: dict[tuple[Extents, int, str | None], tuple[Node, list[tuple[str, str]]]] = {}
+        # Nodes of one extent, by its blob: the pack pass proves them from the plaintext it opens
+        # (and drops them from `contents`, counting them in `proved`).
+        self.single: dict[bytes, list[tuple[Extents, int, str | None]]] = defaultdict(list)
+        self.proved = 0
 
     def add_content(self, node: Node, content: Extents, snapshot: str, path: str) -> None:
         _node, holders = self.contents.setdefault((content, node.size, node.sha256), (node, []))
@@ -213,6 +217,9 @@ def verify_repository(
         by_pack: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
         for blob, loc in repo.index.blobs():
             by_pack[loc.pack_id].append((blob, loc))
+        for content_key in users.contents:
+            if len(content_key[0]) == 1:
+                users.single[content_key[0].blob(0)].append(content_key)
         report.phase("reading packs", files=len(packs), size=sum(listed[p] for p in packs), unit="packs")
         for name in packs:
             _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
@@ -421,7 +428,7 @@ def _prove_contents(
     that fails is named with every snapshot and path holding it (the first 1000): the walk met each
     tree once, under the first snapshot holding it, so the snapshots sharing it are found again."""
     chosen: list[tuple[Node, list[tuple[str, str]]]] = []
-    for (content, _size, _sha), (node, holders) in users.contents.items():
+    for (content, _size, _sha), (node, holders) in users.contents.items():  # those the pack pass did not prove
         if any(blob in users.bad for blob in content.blobs()):
             continue
         if packs is not None and len(content):
@@ -440,7 +447,7 @@ def _prove_contents(
         if failed is not None:
             failing[(Extents.of(node.content), node.size, node.sha256)] = failed
         report.advance(files=1, size=node.size)
-    result.checked["files"] = len(chosen)
+    result.checked["files"] = users.proved + len(chosen)
     for key, holders in _holders(users, failing, *walked).items():
         obj, problem = failing[key]
         result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
@@ -536,15 +543,33 @@ def _read_pack(
         return
     for entry, sealed in iter_blobs(data, entries):
         try:
-            repo.open_blob(
+            plain = repo.open_blob(
                 entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
             )
+            _prove_single(users, entry.id, plain)
         except CorruptObject as exc:
             here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
             try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
                 repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
             except PhoenixError:
                 _report_blob(result, users, entry.id, name, str(exc))
+
+
+def _prove_single(users: _Users, blob: bytes, plain: bytes) -> None:
+    """Prove the nodes of one extent in `blob` from its plaintext, just opened and checked against
+    its id (every copy of a blob that opens is these very bytes): the bytes a restore writes for
+    such a node are `plain[offset:offset + length]`, checked against the node's SHA-256 as the
+    restore's reader checks them. Those not proved here (a hash that differs) are read again by
+    `_prove_contents`, which names what fails; a file of one blob is not decrypted twice."""
+    for key in users.single.get(blob, ()):
+        _blob, offset, length = key[0].record(0)
+        if (
+            offset + length <= len(plain)
+            and sha256_hex(memoryview(plain)[offset : offset + length]) == key[2]
+            and users.contents.pop(key, None) is not None
+        ):
+            users.proved += 1
+    users.single.pop(blob, None)
 
 
 def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation) -> bool:
