@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
+from phoenix_backup.repo import captures
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
-from phoenix_backup.repo.reader import NodeReader, damage_text
+from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.tree import Extents, Node
@@ -88,6 +89,10 @@ class _Users:
         self.by_blob: dict[bytes, list[tuple[str, str]]] = defaultdict(list)
         self.bad: set[bytes] = set()
         self.contents: dict[tuple[Extents, int, str | None], tuple[Node, list[tuple[str, str]]]] = {}
+        # Nodes of one extent, by its blob: the pack pass proves them from the plaintext it opens
+        # (and drops them from `contents`, counting them in `proved`).
+        self.single: dict[bytes, list[tuple[Extents, int, str | None]]] = defaultdict(list)
+        self.proved = 0
 
     def add_content(self, node: Node, content: Extents, snapshot: str, path: str) -> None:
         _node, holders = self.contents.setdefault((content, node.size, node.sha256), (node, []))
@@ -109,7 +114,10 @@ def verify_repository(
     cursor: Path | None = None,
     latest: Latest | None = None,
     report: Reporter | None = None,
+    segments_cache: Path | None = None,
 ) -> VerifyResult:
+    """`segments_cache` is the capture segments' header cache (repo/captures.py), used except by a
+    whole `--read-data` run, which reads every segment from the store."""
     report = report if report is not None else Silent()
     result = VerifyResult(read_data=read_data)
     _check_key_slots(repo, result)
@@ -139,8 +147,10 @@ def verify_repository(
     users = _Users()
     trees = Trees(repo)
     report.phase("checking snapshots and trees", files=len(snapshots), unit="snapshots")
+    walked: list[Snapshot] = []  # those whose trees are within the walk's budget
     for snap in snapshots:
-        _walk(repo, snap, trees, users, result)
+        if _walk(repo, snap, trees, users, result):
+            walked.append(snap)
         report.advance(files=1)
     result.checked["snapshots"] = len(snapshots)
     result.checked["trees"] = len(trees.nodes)
@@ -189,14 +199,17 @@ def verify_repository(
         result.notices.append(f"{tmp.name} is a leftover temporary file (prune removes it)")
 
     _report_write_only(repo, result)
+    if ref is None:
+        _check_segments(repo, result, None if read_data and subset is None else segments_cache)
 
     if read_data:
         packs = sorted(set(listed) & ({pack_name(p) for p in repo.index.pack_ids()}))
         if ref is not None:
             packs = sorted(referenced_packs & set(packs))
+        key = snapshots[0].id if ref is not None and snapshots else "all"
+        next_pack: str | None = None
         if subset is not None:
-            key = snapshots[0].id if ref is not None and snapshots else "all"
-            packs, result.subset = choose_subset(packs, subset, cursor, key)
+            packs, result.subset, next_pack = choose_subset(packs, subset, cursor, key)
         # Cold packs (S3 GLACIER/DEEP_ARCHIVE) are thawed in one batch, not one wait per pack.
         repo.backend.prepare_read(packs)
         # Each pack's blobs, found in one pass over the index (not one pass per pack: 8,000 tiny
@@ -204,12 +217,18 @@ def verify_repository(
         by_pack: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
         for blob, loc in repo.index.blobs():
             by_pack[loc.pack_id].append((blob, loc))
+        for content_key in users.contents:
+            if len(content_key[0]) == 1:
+                users.single[content_key[0].blob(0)].append(content_key)
         report.phase("reading packs", files=len(packs), size=sum(listed[p] for p in packs), unit="packs")
         for name in packs:
             _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
             report.advance(files=1, size=listed[name])
         result.checked["packs"] = len(packs)
-        _prove_contents(repo, users, result, set(packs) if subset is not None else None, report)
+        packs_read = set(packs) if subset is not None else None
+        _prove_contents(repo, users, result, packs_read, report, (trees, walked))
+        if next_pack is not None:  # the run is done: the next one goes on from here
+            _write_cursor(cursor, key, next_pack)
     for name, message in sorted(repo.problems.blobs.items()):
         if not any(e.object == name for e in result.errors):
             result.errors.append(
@@ -254,6 +273,45 @@ def _report_write_only(repo: Repository, result: VerifyResult) -> None:
             )
 
 
+def _check_segments(repo: Repository, result: VerifyResult, cache: Path | None) -> None:
+    """The capture segments of `phx watch`, from which `phx restore --at` rebuilds a database at a
+    time: each must open (it is authenticated as a whole; from the header cache when `cache` holds
+    its header) and each watch's chain must have every link, as the timeline reads them. A segment
+    that does not open, or a chain cut short, is an error: the states after it cannot be rebuilt.
+    The timeline's other problems (a base snapshot forgotten, which the next `phx forget` tidies;
+    a second segment of one place in a chain) are notices."""
+    tl = captures.timeline(repo, cache)
+    result.checked["segments"] = len(tl.segments) + len(tl.unreadable)
+    for name in tl.unreadable:
+        result.errors.append(
+            VerifyError(
+                name,
+                None,
+                None,
+                f"capture segment cannot be read ({tl.problems[name]}): `phx restore --at` cannot rebuild the states "
+                "it holds, nor those after it in its watch's chain; copy it back from another target (`phx sync`) "
+                "or delete it to give up those states",
+            )
+        )
+    for chain in tl.broken:
+        held = tl.chains.get(chain, [])
+        missing = held[-1].last_sequence + 1 if held else 0
+        after = f" (after {captures.describe(max(p.until for p in held[-1].parts))})" if held and held[-1].parts else ""
+        result.errors.append(
+            VerifyError(
+                f"chain {chain[:8]}",
+                None,
+                None,
+                f"segment {missing} of this watch's chain of capture segments is missing or unreadable{after}: "
+                "`phx restore --at` cannot rebuild the states the later segments hold; copy it back from another "
+                "target (`phx sync`) if one holds it",
+            )
+        )
+    for name, problem in sorted(tl.problems.items()):
+        if name not in tl.unreadable:
+            result.notices.append(f"{name}: {problem}")
+
+
 def _left_by(repo: Repository, pack_id: str) -> str:
     """What is known of who left an unindexed pack: a superseded index object naming it (a prune
     stopped before deleting it), else the origin record at the pack's start."""
@@ -292,10 +350,10 @@ def _check_key_slots(repo: Repository, result: VerifyResult) -> None:
     result.checked["keys"] = sum(1 for _ in repo.backend.list("keys/"))
 
 
-def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result: VerifyResult) -> None:
+def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result: VerifyResult) -> bool:
     """Check one snapshot's trees (those no earlier snapshot had), recording which paths use each
     blob. A tree that cannot be read, or a snapshot whose trees exceed the walk's budget, is an
-    error of that snapshot; verify goes on with the next one."""
+    error of that snapshot; verify goes on with the next one (False: its trees exceed the budget)."""
 
     def unreadable(tree_id: bytes, path: str, exc: PhoenixError) -> None:
         loc = repo.index.get(tree_id)
@@ -308,7 +366,7 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
         trees.check(snap.tree)
     except (CorruptObject, UnsafePath) as exc:
         result.errors.append(VerifyError(f"snapshots/{snap.id}", snap.id, "/", str(exc)))
-        return
+        return False
     for tree_id in new:
         prefix = trees.first_path[tree_id]
         for node in trees.nodes[tree_id]:
@@ -329,6 +387,7 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
                     result.errors.append(VerifyError(f"tree {tree_id.hex()[:16]}", snap.id, path, problem))
                 else:
                     users.add_content(node, content, snap.id, path)
+    return True
 
 
 # What a node whose content cannot be restored needs: the writer's bytes are gone from this snapshot.
@@ -353,16 +412,23 @@ def _extents_problem(repo: Repository, content: Extents) -> str | None:
 
 
 def _prove_contents(
-    repo: Repository, users: _Users, result: VerifyResult, packs: set[str] | None, report: Reporter
+    repo: Repository,
+    users: _Users,
+    result: VerifyResult,
+    packs: set[str] | None,
+    report: Reporter,
+    walked: tuple[Trees, list[Snapshot]],
 ) -> None:
     """Read each distinct file and database node back through the restore's reader and compare its
     bytes with the node's size and SHA-256: what `phx restore` proves before it commits a byte.
 
     Nodes with a blob already reported damaged or missing are skipped (their paths are named).
     With `packs` (a --subset run), a node is proved by the run that reads the pack holding its
-    first blob, so the runs that cover every pack cover every node; an empty node always."""
+    first blob, so the runs that cover every pack cover every node; an empty node always. A node
+    that fails is named with every snapshot and path holding it (the first 1000): the walk met each
+    tree once, under the first snapshot holding it, so the snapshots sharing it are found again."""
     chosen: list[tuple[Node, list[tuple[str, str]]]] = []
-    for (content, _size, _sha), (node, holders) in users.contents.items():
+    for (content, _size, _sha), (node, holders) in users.contents.items():  # those the pack pass did not prove
         if any(blob in users.bad for blob in content.blobs()):
             continue
         if packs is not None and len(content):
@@ -375,27 +441,57 @@ def _prove_contents(
         if others - packs:
             repo.backend.prepare_read(sorted(others - packs))
     report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for n, _h in chosen))
+    failing: dict[tuple[Extents, int, str | None], tuple[str, str]] = {}
     for node, holders in chosen:
-        problem = _assembly_problem(repo, holders[0][1], node)
-        if problem is not None:
-            obj = _first_object(repo, node)
-            result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
+        failed = _assembly_problem(repo, holders[0][1], node)
+        if failed is not None:
+            failing[(Extents.of(node.content), node.size, node.sha256)] = failed
         report.advance(files=1, size=node.size)
-    result.checked["files"] = len(chosen)
+    result.checked["files"] = users.proved + len(chosen)
+    for key, holders in _holders(users, failing, *walked).items():
+        obj, problem = failing[key]
+        result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
 
 
-def _assembly_problem(repo: Repository, path: str, node: Node) -> str | None:
-    """Why the node's extents, read as a restore reads them, are not its bytes (None: they are)."""
+def _holders(
+    users: _Users, keys: dict[tuple[Extents, int, str | None], tuple[str, str]], trees: Trees, snapshots: list[Snapshot]
+) -> dict[tuple[Extents, int, str | None], list[tuple[str, str]]]:
+    """The snapshots and paths holding each node of `keys` (the first 1000 each), in snapshot
+    order: those the walk recorded, and those of later snapshots that share a tree with an earlier
+    one (walked again from the loaded trees, only when a node failed)."""
+    out = {key: list(users.contents[key][1]) for key in keys}
+    if not keys:
+        return out
+    seen = {holder for holders in out.values() for holder in holders}
+    for snap in snapshots:
+        for path, node in trees.walk(snap.tree):
+            if node.type not in ("file", "sqlite"):
+                continue
+            key = (Extents.of(node.content), node.size, node.sha256)
+            holders = out.get(key)
+            if holders is not None and len(holders) < 1000 and (snap.id, path) not in seen:
+                seen.add((snap.id, path))
+                holders.append((snap.id, path))
+    return out
+
+
+def _assembly_problem(repo: Repository, path: str, node: Node) -> tuple[str, str] | None:
+    """The object to name and why the node's extents, read as a restore reads them, are not its
+    bytes (None: they are). A blob that fails to read is one of a pack this run did not read (a
+    --subset run): that pack is named, not the pack of the node's first blob, which read fine."""
     reader = NodeReader(repo, path, node)
     try:
         for _ in reader.ranges():
             pass
-    except (CorruptObject, ObjectNotFound) as exc:  # a blob of a pack this run did not read
-        return damage_text(exc)
+    except (CorruptObject, ObjectNotFound) as exc:
+        return damaged_pack(repo, node) or _first_object(repo, node), damage_text(exc)
     try:
         reader.finish()
     except CorruptObject:
-        return f"its extents assemble bytes that do not match the SHA-256 the snapshot records: {_CANNOT_RESTORE}"
+        return (
+            _first_object(repo, node),
+            f"its extents assemble bytes that do not match the SHA-256 the snapshot records: {_CANNOT_RESTORE}",
+        )
     return None
 
 
@@ -447,15 +543,33 @@ def _read_pack(
         return
     for entry, sealed in iter_blobs(data, entries):
         try:
-            repo.open_blob(
+            plain = repo.open_blob(
                 entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
             )
+            _prove_single(users, entry.id, plain)
         except CorruptObject as exc:
             here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
             try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
                 repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
             except PhoenixError:
                 _report_blob(result, users, entry.id, name, str(exc))
+
+
+def _prove_single(users: _Users, blob: bytes, plain: bytes) -> None:
+    """Prove the nodes of one extent in `blob` from its plaintext, just opened and checked against
+    its id (every copy of a blob that opens is these very bytes): the bytes a restore writes for
+    such a node are `plain[offset:offset + length]`, checked against the node's SHA-256 as the
+    restore's reader checks them. Those not proved here (a hash that differs) are read again by
+    `_prove_contents`, which names what fails; a file of one blob is not decrypted twice."""
+    for key in users.single.get(blob, ()):
+        _blob, offset, length = key[0].record(0)
+        if (
+            offset + length <= len(plain)
+            and sha256_hex(memoryview(plain)[offset : offset + length]) == key[2]
+            and users.contents.pop(key, None) is not None
+        ):
+            users.proved += 1
+    users.single.pop(blob, None)
 
 
 def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation) -> bool:
@@ -476,17 +590,20 @@ SUBSET_CURSOR = "verify-subset.json"
 
 def choose_subset(
     packs: list[str], percent: float, cursor: Path | None, key: str = "all"
-) -> tuple[list[str], dict[str, object]]:
-    """PCT percent of `packs` (at least one), consecutive in sorted pack-name order.
+) -> tuple[list[str], dict[str, object], str | None]:
+    """PCT percent of `packs` (at least one), consecutive in sorted pack-name order, and the pack
+    the next run starts at: the caller saves it (`_write_cursor`) once the run has finished.
 
     A run starts at the pack the previous run would have read next (a cursor kept in the cache,
     per repository and per `--backup`), so ceil(100 / PCT) runs read every pack once: a weekly
     `--subset 25` reads the whole repository each month. Packs added meanwhile fall somewhere in
     the order and are read when the cursor passes them. Without a cursor (first run, lost cache)
-    the start is random, which still covers everything over time.
+    the start is random, which still covers everything over time; it is saved at once. A run that
+    stops (a store that fails, packs still thawing from cold storage) leaves the cursor where it
+    was, so the next run reads the same packs: moved on at the start, it skipped them for a cycle.
     """
     if not packs:
-        return [], {"percent": percent, "packs": 0, "of": 0, "first": None}
+        return [], {"percent": percent, "packs": 0, "of": 0, "first": None}, None
     ordered = sorted(packs)
     count = min(len(ordered), max(1, math.ceil(len(ordered) * percent / 100)))
     saved = _read_cursor(cursor).get(key)
@@ -494,9 +611,10 @@ def choose_subset(
         start = next((i for i, name in enumerate(ordered) if name >= saved), 0)
     else:
         start = secrets.randbelow(len(ordered))
+        _write_cursor(cursor, key, ordered[start])
     chosen = [ordered[(start + i) % len(ordered)] for i in range(count)]
-    _write_cursor(cursor, key, ordered[(start + count) % len(ordered)])
-    return chosen, {"percent": percent, "packs": count, "of": len(ordered), "first": chosen[0]}
+    info: dict[str, object] = {"percent": percent, "packs": count, "of": len(ordered), "first": chosen[0]}
+    return chosen, info, ordered[(start + count) % len(ordered)]
 
 
 def _read_cursor(cursor: Path | None) -> dict[str, object]:
