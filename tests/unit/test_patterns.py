@@ -328,6 +328,50 @@ def test_databases_are_detected_and_companions_never_listed(layout: Layout) -> N
         home_con.close()
 
 
+def test_a_rollback_journal_gone_between_listing_and_stat_is_no_failure(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chromadb keeps chroma.sqlite3 in rollback-journal mode: its -journal lives as long as each
+    transaction. One that the walk lists and that is gone before its stat (the transaction
+    committed in between) made a live chromadb backup partial (exit 3, `not saved:
+    .../chroma.sqlite3-journal: No such file or directory`). A plain file gone the same way, which
+    may have been renamed away, is still named as not saved."""
+    store = layout.workspace / "stores" / "chroma"
+    con = make_db(store / "chroma.sqlite3")
+    con.execute("BEGIN IMMEDIATE")
+    con.execute("INSERT INTO notes(body) VALUES ('in flight')")  # the journal now exists
+    journal = store / "chroma.sqlite3-journal"
+    assert journal.exists()
+    (store / "segment.tmp").write_bytes(b"renamed away")
+    listing = os.scandir
+
+    def scandir_then_commit(path: str | os.PathLike[str]) -> Iterator[os.DirEntry[str]]:
+        entries = list(listing(path))
+        if Path(path) == store:
+            con.commit()  # SQLite deletes the journal as the transaction ends
+            (store / "segment.tmp").rename(store / "segment.bin")
+        return iter(entries)
+
+    class Scandir:
+        def __init__(self, path: str | os.PathLike[str]) -> None:
+            self.it = scandir_then_commit(path)
+
+        def __enter__(self) -> Iterator[os.DirEntry[str]]:
+            return self.it
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr("phoenix_backup.sources.files.os.scandir", Scandir)
+    try:
+        sel = select(layout, ["stores/"], [], [])
+    finally:
+        con.close()
+    assert not journal.exists()
+    assert listed(sel)["workspace/stores/chroma/chroma.sqlite3"] == "sqlite"
+    assert [path for path, _ in sel.errors] == [str(store / "segment.tmp")]
+
+
 def test_configured_database_is_listed_even_when_not_included(layout: Layout) -> None:
     db = layout.home / ".argentos" / "observations.db"
     con = make_db(db, wal=True)

@@ -181,6 +181,13 @@ def select(
             cpath = Path(child.path)
             try:
                 st = child.stat(follow_symlinks=False)
+            except FileNotFoundError as exc:
+                # A rollback journal lives only as long as its transaction: one listed and gone
+                # before its stat is a database's companion, never saved as a file anyway. Any
+                # other file gone meanwhile may have been renamed, so it stays named as not saved.
+                if not _is_companion(cpath):
+                    sel.errors.append((str(cpath), exc.strerror or str(exc)))
+                continue
             except OSError as exc:
                 sel.errors.append((str(cpath), exc.strerror or str(exc)))
                 continue
