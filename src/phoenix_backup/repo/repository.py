@@ -1126,8 +1126,14 @@ class Repository:
 
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data, entries = packer.finish(self.sealer, self.config.pack_ids)
-        # Only data packs may go to a cold storage class: trees must stay readable for list/ls/verify.
-        self.backend.write(pack_name(pack_id), data, cold=packer.kind == BlobType.DATA)
+        try:
+            # Only data packs may go to a cold storage class: trees must stay readable for list/ls/verify.
+            self.backend.write(pack_name(pack_id), data, cold=packer.kind == BlobType.DATA)
+        except BaseException:
+            with self._lock:  # not stored: a later save of these blobs must store them
+                for e in entries:
+                    self._pending.discard(e.id)
+            raise
         with self._lock:
             self.index.add_pack(pack_id, entries)
             self._new_packs[pack_id] = entries
