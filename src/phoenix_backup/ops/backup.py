@@ -355,6 +355,8 @@ def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope)
         "add the folder it points to to `include` to save what is there"
         for raw, link in sel.behind_links
     ]
+    # Not damage and nothing lost: said as other unsaved paths are, as a warning (exit 0).
+    out += [f"not saved: {path} (a {kind} holds no data to back up)" for path, kind in dict.fromkeys(sel.special)]
     overridden = list(dict.fromkeys(sel.overridden))
     if overridden:
         more = f" and {len(overridden) - 5} more" if len(overridden) > 5 else ""

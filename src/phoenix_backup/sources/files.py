@@ -48,6 +48,19 @@ class Selection:
     # symlink which is saved as a link, never followed: (pattern, link).
     overridden: list[str] = field(default_factory=list)
     behind_links: list[tuple[str, str]] = field(default_factory=list)
+    # Named pipes, sockets and devices met: (logical path, what it is). They hold no data to back
+    # up, so they are said as not saved, never recorded as a failure (the run is not partial).
+    special: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
 
 
 def is_sqlite_file(path: Path) -> bool:
@@ -154,7 +167,8 @@ def select(
             else:
                 kind = "file"
         else:
-            return  # sockets, fifos, devices: not agent data
+            sel.special.append((layout.to_logical(path), _special_kind(st.st_mode)))
+            return
         logical = layout.to_logical(path)
         sel.entries[logical] = Entry(logical, path, kind, st)
         _add_parents(layout, path, sel)
