@@ -185,14 +185,14 @@ def select(
         """Depth first, each folder's entries by name, with a stack of its own rather than
         recursion: a folder thousands of levels deep is saved like any other."""
         first = listing(top)
-        stack = [(first, whole)] if first is not None else []
+        stack = [(top, first, whole)] if first is not None else []
         while stack:
-            children, whole_here = stack[-1]
+            folder, children, whole_here = stack[-1]
             child = next(children, None)
             if child is None:
                 stack.pop()
                 continue
-            cpath = Path(child.path)
+            cpath = folder / child.name  # not Path(child.path): that parses every level again
             try:
                 st = child.stat(follow_symlinks=False)
             except OSError as exc:
@@ -208,7 +208,7 @@ def select(
             if is_dir:
                 below = listing(cpath)
                 if below is not None:
-                    stack.append((below, keep_it))
+                    stack.append((cpath, below, keep_it))
 
     for root in roots:
         try:
@@ -338,7 +338,7 @@ def _unreadable(path: Path) -> bool:
 def _root_base(layout: Layout, path: Path) -> Path:
     """The folder a logical root stands for: the workspace, the home folder, or `/`."""
     for base in (layout.workspace, layout.home):
-        if path == base or base in path.parents:
+        if path.is_relative_to(base):  # not `base in path.parents`: a Path for each of thousands of levels
             return base
     return Path("/")
 
@@ -348,7 +348,7 @@ def _add_parents(layout: Layout, path: Path, sel: Selection) -> None:
     root's own folder or what lies above it)."""
     base = _root_base(layout, path)
     parent = path.parent
-    while path != base and parent != base and base in parent.parents:
+    while path != base and parent != base and parent.is_relative_to(base):
         logical = layout.to_logical(parent)
         if logical in sel.entries:
             return
