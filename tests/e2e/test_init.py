@@ -74,6 +74,19 @@ def test_init_writes_config_and_repository(sandbox: Sandbox, tmp_path: Path) -> 
     assert sb.phx("verify", "--config", config, "--read-data", "--json", env=env).json()["ok"] is True
 
 
+def test_init_says_it_created_the_repository_once(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The report says "created repository PATH"; there was a notice on stderr as well
+    ("phx: created a new repository at PATH"), after the report: said twice."""
+    sb = sandbox
+    repo = tmp_path / "repo"
+    env = sb.env_with(PHX_CONFIG=None)
+    res = sb.phx("init", "--config", tmp_path / "backup.json", "--workspace", sb.workspace, "--repo", repo, env=env)
+    said = (res.out + res.err).count(str(repo))
+    assert f"created repository {repo} (encryption: passphrase)" in res.out, res
+    assert "created a new repository" not in res.err, res
+    assert said == 1, f"the repository's path is said {said} times:\n{res}"
+
+
 def test_init_refuses_a_non_empty_folder_that_is_no_repository(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     folder = tmp_path / "not-a-repo"

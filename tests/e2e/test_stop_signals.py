@@ -137,10 +137,15 @@ def test_a_backup_stopped_by_a_signal_removes_its_lock_and_the_next_backup_succe
 ) -> None:
     sb = sandbox
     before = sb.snapshots()
+    packs = sorted(p.name for p in (sb.repo / "data").rglob("*") if p.is_file())
     numbered_notes(sb, 120)
+    # Full packs, written by the pack writer threads, which go on after the stop and complete them.
+    (sb.workspace / "recording.bin").write_bytes(os.urandom(20_000_000))
     res = _stop_midway(sb, tmp_path, sig, "backup")
     _assert_stopped(res, sig)
     assert sb.snapshots() == before, "an interrupted backup is no snapshot"
+    # The packs the stopped run wrote, which no index names, went with it (docs/reliability.md).
+    assert sorted(p.name for p in (sb.repo / "data").rglob("*") if p.is_file()) == packs, res.stderr
     _assert_repository_clean(sb)
     sb.backup()  # exit 0 (checked)
     assert len(sb.snapshots()) == len(before) + 1

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
@@ -65,6 +65,8 @@ from phoenix_backup.sources.sqlite_capture import SqliteCapture
 from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
 from phoenix_backup.units import human_size
 from phoenix_backup.users import username
+
+P = ParamSpec("P")
 
 # A file modified this close to the parent backup's start may have changed within the same
 # timestamp tick after it was read, so it is read again.
@@ -353,6 +355,8 @@ def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope)
         "add the folder it points to to `include` to save what is there"
         for raw, link in sel.behind_links
     ]
+    # Not damage and nothing lost: said as other unsaved paths are, as a warning (exit 0).
+    out += [f"not saved: {path} (a {kind} holds no data to back up)" for path, kind in dict.fromkeys(sel.special)]
     overridden = list(dict.fromkeys(sel.overridden))
     if overridden:
         more = f" and {len(overridden) - 5} more" if len(overridden) > 5 else ""
@@ -735,6 +739,20 @@ def _renamed(node: Node, name: str) -> Node:
     return node if node.name == name else dataclasses.replace(node, name=name)
 
 
+def _removing_unindexed(
+    take: Callable[Concatenate[Repository, P], BackupResult],
+) -> Callable[Concatenate[Repository, P], BackupResult]:
+    """`take`, run so that when it fails or is stopped, the packs it wrote that no index names are
+    removed (`Repository.removing_unindexed`): on a full disk they held the space the next run needs."""
+
+    def run(repo: Repository, /, *args: P.args, **kwargs: P.kwargs) -> BackupResult:
+        with repo.removing_unindexed():
+            return take(repo, *args, **kwargs)
+
+    return run
+
+
+@_removing_unindexed
 def _run(
     repo: Repository,
     cfg: Config,

@@ -488,7 +488,7 @@ def open_repository(
             notice=envx.notice,
             write_only=write_only,
         )
-        envx.notice(f"created a new repository at {backend.location}")
+        # Not said here: `phx init`'s report says it, the demo's names its folder (it was said twice).
         if write_only is not None:
             store = WriterStore(store_root(envx.env), repo.config.id)
             store.save_key(repo.write_key)

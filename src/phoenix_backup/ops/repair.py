@@ -38,7 +38,8 @@ def repair_snapshots(
         refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx repair snapshots --rewrite/--forget` (it deletes)")
     repo = open_repository(cfg, envx)
     try:
-        with repo.lock(exclusive=changing, command="repair snapshots"):
+        # `--rewrite` writes trees: a run that fails removes those no index names.
+        with repo.lock(exclusive=changing, command="repair snapshots"), repo.removing_unindexed():
             return scan_snapshots(repo, rewrite=rewrite, forget=forget, read_data=read_data)
     finally:
         repo.close()

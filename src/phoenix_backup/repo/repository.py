@@ -16,7 +16,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
@@ -73,6 +73,7 @@ from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_
 from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
 from phoenix_backup.repo.writeonly import KeyedSealer, Keyring, WriteKey, cover_index, uncover_index
 from phoenix_backup.storage.base import Backend, max_object_size
+from phoenix_backup.units import human_size
 
 if TYPE_CHECKING:
     # Loaded at the first pack written (with `logging`, 0.6 MB): not while a passphrase slot's
@@ -345,6 +346,27 @@ def index_parts(packs: dict[str, list[PackEntry]]) -> list[dict[str, list[PackEn
         parts[-1][pack_id] = entries
         count += len(entries)
     return parts
+
+
+@dataclass
+class RemovedPacks:
+    """What `Repository.remove_unindexed` did: packs deleted, their bytes, packs kept and why."""
+
+    removed: int = 0
+    size: int = 0
+    kept: int = 0
+    why: str = ""
+
+    def sentence(self) -> str:
+        """The clause the failed run's error gets ("" when there were none)."""
+        said = []
+        if self.removed:
+            said.append(
+                f"the {self.removed} pack(s) this run wrote, {human_size(self.size)}, were removed: no index names them"
+            )
+        if self.kept:
+            said.append(f"{self.kept} pack(s) this run wrote were kept: {self.why}")
+        return "; ".join(said)
 
 
 class Repository:
@@ -1104,8 +1126,14 @@ class Repository:
 
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data, entries = packer.finish(self.sealer, self.config.pack_ids)
-        # Only data packs may go to a cold storage class: trees must stay readable for list/ls/verify.
-        self.backend.write(pack_name(pack_id), data, cold=packer.kind == BlobType.DATA)
+        try:
+            # Only data packs may go to a cold storage class: trees must stay readable for list/ls/verify.
+            self.backend.write(pack_name(pack_id), data, cold=packer.kind == BlobType.DATA)
+        except BaseException:
+            with self._lock:  # not stored: a later save of these blobs must store them
+                for e in entries:
+                    self._pending.discard(e.id)
+            raise
         with self._lock:
             self.index.add_pack(pack_id, entries)
             self._new_packs[pack_id] = entries
@@ -1145,6 +1173,81 @@ class Repository:
             self._spare_buffers.clear()  # the run's packs are written: their memory goes back
         if new:
             self.write_index_parts(new, [])
+
+    @contextlib.contextmanager
+    def removing_unindexed(self) -> Iterator[None]:
+        """A run that fails (or is stopped) inside this block removes the packs it wrote that no
+        index names (`remove_unindexed`), and its error says how much: otherwise they hold the
+        space of a full disk for LEFTOVER_MIN_AGE, as a running backup's might, and the next run
+        fails the same way."""
+        try:
+            yield
+        except BaseException as exc:
+            said = self.remove_unindexed().sentence()
+            if said and isinstance(exc, PhoenixError) and len(exc.args) == 1 and str(exc) == exc.args[0]:
+                exc.args = (f"{exc.args[0]} ({said})",)
+            elif said:  # a stop, or a bug: said beside its own line
+                self.notice(said)
+            raise
+
+    def remove_unindexed(self) -> RemovedPacks:
+        """After a failure: delete the packs this process wrote that no index object names, and
+        forget their blobs.
+
+        The rules (docs/reliability.md, "A failed run's packs"):
+        - the run's pack writing and sealing threads are waited for first; a pack that finishes
+          later is left as before (a leftover prune removes);
+        - only packs whose write returned success, still in `_new_packs`: `flush` takes them out
+          before it writes their index, so a pack whose index write was attempted, even one that
+          failed (it may have landed on a remote store), is never deleted;
+        - not one an index object names that this process did not read or write (another
+          process's pack of the very same bytes): the store's index objects are listed and the
+          new ones read; when that fails, nothing is deleted;
+        - no snapshot refers to them: a run flushes the index before it saves its snapshot, and
+          no other process deduplicates against a pack until an index object names it.
+        What was being packed and never written is forgotten too, so this repository object
+        stores it again if it is used on."""
+        with self._inflight:
+            while self._tasks or self._packs_writing:
+                self._inflight.wait()
+        with self._lock:
+            for kind in BlobType:
+                for e in self._packers[kind].entries:
+                    self._pending.discard(e.id)
+                self._packers[kind] = PackBuilder(kind, self.pack_origin, self.sealer)
+            new, self._new_packs = self._new_packs, {}
+            self._spare_buffers.clear()
+        out = RemovedPacks()
+        if not new:
+            return out
+        self.index.remove_packs(new)
+        try:
+            named = self._packs_named_elsewhere()
+        except Exception as exc:  # a store that fails now: keep them all (prune removes them later)
+            out.kept, out.why = len(new), f"the index objects could not be read to check them ({exc})"
+            return out
+        for pack_id in new:
+            if pack_id in named:
+                out.kept, out.why = out.kept + 1, "an index object of another process names them"
+                continue
+            try:
+                info = self.backend.stat(pack_name(pack_id))
+                self.backend.delete(pack_name(pack_id))
+            except Exception as exc:
+                out.kept, out.why = out.kept + 1, f"deleting one failed ({exc}); `phx prune` removes them later"
+                continue
+            out.removed += 1
+            out.size += info.size if info is not None else 0
+        return out
+
+    def _packs_named_elsewhere(self) -> set[str]:
+        """The packs that index objects this process neither read nor wrote name."""
+        known = set(self.index_objects) | self.relied_on
+        named: set[str] = set()
+        for info in self.backend.list("index/"):
+            if info.name not in known:
+                named.update(self.read_index_object(info.name)[0])
+        return named
 
     def read_pack_header(self, pack_id: str) -> list[PackEntry]:
         """A pack's entries from its own header (two small reads), without the index."""

@@ -48,6 +48,19 @@ class Selection:
     # symlink which is saved as a link, never followed: (pattern, link).
     overridden: list[str] = field(default_factory=list)
     behind_links: list[tuple[str, str]] = field(default_factory=list)
+    # Named pipes, sockets and devices met: (logical path, what it is). They hold no data to back
+    # up, so they are said as not saved, never recorded as a failure (the run is not partial).
+    special: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
 
 
 def is_sqlite_file(path: Path) -> bool:
@@ -154,7 +167,8 @@ def select(
             else:
                 kind = "file"
         else:
-            return  # sockets, fifos, devices: not agent data
+            sel.special.append((layout.to_logical(path), _special_kind(st.st_mode)))
+            return
         logical = layout.to_logical(path)
         sel.entries[logical] = Entry(logical, path, kind, st)
         _add_parents(layout, path, sel)
@@ -171,14 +185,14 @@ def select(
         """Depth first, each folder's entries by name, with a stack of its own rather than
         recursion: a folder thousands of levels deep is saved like any other."""
         first = listing(top)
-        stack = [(first, whole)] if first is not None else []
+        stack = [(top, first, whole)] if first is not None else []
         while stack:
-            children, whole_here = stack[-1]
+            folder, children, whole_here = stack[-1]
             child = next(children, None)
             if child is None:
                 stack.pop()
                 continue
-            cpath = Path(child.path)
+            cpath = folder / child.name  # not Path(child.path): that parses every level again
             try:
                 st = child.stat(follow_symlinks=False)
             except FileNotFoundError as exc:
@@ -201,7 +215,7 @@ def select(
             if is_dir:
                 below = listing(cpath)
                 if below is not None:
-                    stack.append((below, keep_it))
+                    stack.append((cpath, below, keep_it))
 
     for root in roots:
         try:
@@ -331,7 +345,7 @@ def _unreadable(path: Path) -> bool:
 def _root_base(layout: Layout, path: Path) -> Path:
     """The folder a logical root stands for: the workspace, the home folder, or `/`."""
     for base in (layout.workspace, layout.home):
-        if path == base or base in path.parents:
+        if path.is_relative_to(base):  # not `base in path.parents`: a Path for each of thousands of levels
             return base
     return Path("/")
 
@@ -341,7 +355,7 @@ def _add_parents(layout: Layout, path: Path, sel: Selection) -> None:
     root's own folder or what lies above it)."""
     base = _root_base(layout, path)
     parent = path.parent
-    while path != base and parent != base and base in parent.parents:
+    while path != base and parent != base and parent.is_relative_to(base):
         logical = layout.to_logical(parent)
         if logical in sel.entries:
             return

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 from phoenix_backup.errors import UnsafePath, UsageError
 
@@ -35,14 +35,17 @@ class Layout:
 
     def to_logical(self, path: Path) -> str:
         """The logical path of an absolute path; the workspace wins over home when nested."""
-        p = Path(path)
+        # On the path's text, not with `relative_to`: pathlib parses every part of its argument
+        # again, which for a folder thousands of levels deep cost more than the backup's reading.
+        p = str(path if isinstance(path, PurePath) else Path(path))
         for root, base in (("workspace", self.workspace), ("home", self.home)):
-            try:
-                rel = p.relative_to(base)
-            except ValueError:
-                continue
-            return root if rel == Path(".") else f"{root}/{rel.as_posix()}"
-        return "root" + p.as_posix() if p.as_posix() != "/" else "root"
+            b = str(base)
+            if p == b:
+                return root
+            prefix = b if b.endswith("/") else b + "/"
+            if p.startswith(prefix):
+                return f"{root}/{p[len(prefix) :]}"
+        return "root" + p if p != "/" else "root"
 
     def to_real(self, logical: str, dest: Path | None = None) -> Path:
         """Where a logical path lands: in place, or below `dest` as `dest/<logical>`."""
