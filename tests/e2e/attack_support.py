@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyrage
-from e2e_support import Sandbox, file_manifest
+from e2e_support import Sandbox, file_manifest, run_phx_here
 
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.keys import MasterSecrets
@@ -141,9 +141,15 @@ def age_sandbox(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> tuple[S
 def restored(
     sb: Sandbox, name: str, dest: Path, *args: str, env: dict[str, str] | None = None
 ) -> dict[str, tuple[object, ...]]:
-    """Restore snapshot `name` below `dest` (emptied first; `args` are more options); what came back."""
+    """Restore snapshot `name` below `dest` (emptied first; `args` are more options); what came back.
+    In this process (`run_phx_here`): what comes back is the point, not the process boundary; a
+    sandbox run as another user (`prefix`) restores in its own process."""
     shutil.rmtree(dest, ignore_errors=True)
-    sb.phx("restore", "--backup", name, "--to", dest, "--json", *args, env=env)
+    cmd = ["restore", "--backup", name, "--to", str(dest), "--json", *args]
+    if sb.prefix:
+        sb.phx(*cmd, env=env)
+    else:
+        run_phx_here(cmd, sb.env if env is None else env)
     return file_manifest(dest, skip_databases=False)
 
 

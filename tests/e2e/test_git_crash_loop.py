@@ -37,15 +37,17 @@ def _backup_hooked(sb: Sandbox, point: int, report: Path) -> subprocess.Complete
 def _every_snapshot_restores(
     sb: Sandbox, states: dict[str, dict[str, Any]], restore: dict[str, dict[str, Any]], out: Path, what: str
 ) -> None:
-    """Both targets verify and list every snapshot of `states`; those of `restore` restore exactly."""
+    """Both targets verify and list every snapshot of `states`; those of `restore` restore exactly.
+    In this process (`phx_here`): the point is what the targets hold, not the process boundary (the
+    backups and their kills are real `phx` processes)."""
     for target in ("local", "git"):
-        doc = sb.verify("--target", target, check=None)
+        doc = sb.phx_here("verify", "--json", "--target", target).json()
         assert doc["ok"], f"{what}, {target}: {doc}"
-        listed = sb.phx("list", "--json", "--target", target).json()
+        listed = sb.phx_here("list", "--json", "--target", target).json()
         held = {s["id"] for s in listed}
         assert set(states) <= held, f"{what}, {target}: snapshots lost: {sorted(set(states) - held)}"
         for sid, state in restore.items():
-            restored = sb.restore_to(sid, out, "--target", target)
+            restored = sb.phx_here("restore", "--backup", sid, "--to", out, "--json", "--target", target).json()
             assert restored["errors"] == [], f"{what}, {target}: {restored}"
             assert_restored(state, out, f"{what}, {target}, snapshot {sid[:8]}")
             shutil.rmtree(out)

@@ -51,7 +51,9 @@ def piled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dic
     states: dict[str, dict[str, Any]] = {}
     for day in range(MAX_INDEX_OBJECTS + 1):
         (sb.workspace / "day.txt").write_text(f"day {day}\n" * (day + 1))
-        doc = sb.backup()
+        # In this process: the point is the pile of index objects (the backups whose prune merges
+        # them, and their kills, are real `phx` processes).
+        doc = sb.phx_here("backup", "--json").json()
         states[doc["id"]] = sb.state()
     assert _index_objects(sb) == MAX_INDEX_OBJECTS + 1
     shutil.rmtree(sb.cache)

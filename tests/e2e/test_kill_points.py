@@ -146,8 +146,10 @@ def check_repository(
     A snapshot already restored in this trial is restored again only with `again` (its data was
     rewritten, by prune) or in the heavy run; `restore=False` checks the structure and bytes only
     (a target the command only read)."""
+    # The verify and the restores in this process (`phx_here`): the point is what the killed command
+    # left in the repository, not the process boundary (the command and its kill are real `phx`).
     args = ["verify", "--read-data", "--json"] + (["--target", target] if target != "local" else [])
-    res = w.phx(*args, check=None)
+    res = w.sb.phx_here(*args)
     assert res.code == 0 and res.json()["ok"] is True, f"{what}: verify failed on {target}:\n{res}"
     ids = snapshot_ids(w, target)
     for sid in ids if restore or HEAVY else ():
@@ -157,7 +159,7 @@ def check_repository(
         dest = w.sb.root / f"check-{sid[:12]}"
         args = ["restore", "--backup", sid, "--to", str(dest), "--json"]
         args += ["--target", target] if target != "local" else []
-        res = w.phx(*args, check=None)
+        res = w.sb.phx_here(*args)
         assert res.code == 0 and res.json()["errors"] == [], f"{what}: snapshot {sid[:8]} does not restore:\n{res}"
         if sid in expect:
             assert_restored(expect[sid], dest, f"{what}: snapshot {sid[:8]}")

@@ -1,7 +1,9 @@
 """Targets end to end, through the `phx` command: one backup reaching local disk, a Git remote (a
 bare repository on disk), S3 and R2 (both a real moto S3 server on loopback); a restore from each
 target alone; a target that is down failing alone with exit 3 and `phx sync` catching it up; the
-storage class on data packs only; credentials never printed."""
+storage class on data packs only; credentials never printed. Backups, failures and kills are real
+`phx` processes; the lists, verifies, syncs and restores that read what the targets hold run in the
+test's process (`phx_here`)."""
 
 from __future__ import annotations
 
@@ -122,7 +124,7 @@ def test_one_backup_reaches_all_four_targets_and_each_restores_alone(targets: Ta
     assert f"phoenix snapshot {doc['name']} ({doc['id'][:8]})" in log
     assert "data/** binary -delta" in git("show", "main:.gitattributes", cwd=targets.remote)
 
-    listed = sb.phx("list", "--json").json()
+    listed = sb.phx_here("list", "--json").json()
     assert [s["targets"] for s in listed] == [["local", "git", "s3", "r2"]]
     state_file = json.loads((sb.home / ".argentos" / "backup" / ".last-backup").read_text())
     assert {k: v["ok"] for k, v in state_file["targets"].items()} == {
@@ -139,11 +141,11 @@ def test_one_backup_reaches_all_four_targets_and_each_restores_alone(targets: Ta
     sb.cache.mkdir()
     for name in ("s3", "r2", "git"):
         dest = tmp_path / f"from-{name}"
-        sb.phx("restore", "--target", name, "--backup", doc["id"], "--to", dest, "--json")
+        sb.phx_here("restore", "--target", name, "--backup", doc["id"], "--to", dest, "--json")
         assert_restored(state, dest, f"restore --target {name}")
-        verified = sb.phx("verify", "--target", name, "--read-data", "--json").json()
+        verified = sb.phx_here("verify", "--target", name, "--read-data", "--json").json()
         assert verified["ok"] and verified["errors"] == [], name
-    assert [s["id"] for s in sb.phx("list", "--target", "r2", "--json").json()] == [doc["id"]]
+    assert [s["id"] for s in sb.phx_here("list", "--target", "r2", "--json").json()] == [doc["id"]]
     # The first target has no repository any more, and says how to get one.
     assert_error(sb.phx("list", "--target", "local", check=None), 1, "no repository")
 
@@ -183,10 +185,10 @@ def test_a_target_that_is_down_fails_alone_and_sync_catches_it_up(targets: Targe
     assert last["unit"] == "objects" and last["total"] < synced["targets"]["s3"]["objects"], (last, synced)
     assert synced["ok"] and synced["targets"]["s3"]["snapshots"] == 2 and synced["targets"]["s3"]["initialised"]
     assert synced["targets"]["r2"]["objects"] == 0, "r2 already had everything"
-    verified = sb.phx("verify", "--target", "s3", "--read-data", "--json").json()
+    verified = sb.phx_here("verify", "--target", "s3", "--read-data", "--json").json()
     assert verified["ok"] and verified["checked"]["snapshots"] == 2
     assert targets.objects("s3") == targets.objects("local")
-    assert [s["targets"] for s in sb.phx("list", "--json").json()] == [["local", "git", "s3", "r2"]] * 2
+    assert [s["targets"] for s in sb.phx_here("list", "--json").json()] == [["local", "git", "s3", "r2"]] * 2
     assert sb.phx("sync").out.count("already up to date") == 3
 
 
@@ -215,8 +217,8 @@ def test_storage_class_applies_to_data_packs_only(sandbox: Sandbox, moto: MotoSe
     assert r2_classes == {"STANDARD"}, "storageClass is an s3 setting"
 
     # Listing, browsing and a structural verify never touch a cold pack ...
-    assert len(sb.phx("list", "--target", "s3", "--json").json()) == 1
-    assert sb.phx("verify", "--target", "s3", "--json").json()["ok"]
+    assert len(sb.phx_here("list", "--target", "s3", "--json").json()) == 1
+    assert sb.phx_here("verify", "--target", "s3", "--json").json()["ok"]
     # ... and reading data requests a thaw and waits, saying so (moto thaws at once).
     dest = tmp_path / "thawed"
     res = sb.phx("restore", "--target", "s3", "--latest", "--to", dest, "--thaw-timeout", "60", "--json")
@@ -317,9 +319,9 @@ def test_a_new_local_repository_continues_the_replicas(targets: Targets) -> None
     res = sb.phx("backup", "--json")
     second = res.json()
     assert _outcomes(second) == {"local": True, "git": True, "s3": True, "r2": True}, res
-    ids = [s["id"] for s in sb.phx("list", "--target", "s3", "--json").json()]
+    ids = [s["id"] for s in sb.phx_here("list", "--target", "s3", "--json").json()]
     assert ids == [first["id"], second["id"]]
-    assert sb.phx("verify", "--target", "git", "--read-data", "--json").json()["ok"]
+    assert sb.phx_here("verify", "--target", "git", "--read-data", "--json").json()["ok"]
 
 
 def test_killed_backup_leaves_no_target_with_a_snapshot_missing_data(targets: Targets) -> None:
@@ -365,8 +367,8 @@ def test_killed_backup_leaves_no_target_with_a_snapshot_missing_data(targets: Ta
             continue  # killed before the target was initialised
         doc = res.json()
         assert doc["ok"], f"{name} holds a snapshot whose data is missing: {doc}"
-    synced = sb.phx("sync", "--json").json()
+    synced = sb.phx_here("sync", "--json").json()
     assert synced["ok"], synced
     for name in ("git", "s3", "r2"):
-        doc = sb.phx("verify", "--target", name, "--read-data", "--json").json()
+        doc = sb.phx_here("verify", "--target", name, "--read-data", "--json").json()
         assert doc["ok"] and doc["checked"]["snapshots"] == 1, (name, doc)

@@ -195,7 +195,9 @@ def _segment_count(sb: Sandbox) -> int:
 
 
 def _forget(sb: Sandbox, *args: str) -> dict[str, object]:
-    res = sb.phx("forget", "--json", *args)
+    """`phx forget --json ARGS`, in this process (`phx_here`): the point is what it leaves in the
+    repository; the forgets that are killed, and those that fail, are real `phx` processes."""
+    res = sb.phx_here("forget", "--json", *args)
     assert res.code == 0, res
     return res.json()  # type: ignore[no-any-return]
 
@@ -263,18 +265,18 @@ def test_thinning_keeps_the_policy_points_byte_for_byte_even_when_killed(
     assert expected_at < dropped
     when = captures.describe(dropped, exact=True)
     dest = tmp_path / "at"
-    res = sb.phx("restore", "--at", when, "--to", str(dest), "--path", LOGICAL, "--yes", "--json")
+    res = sb.phx_here("restore", "--at", when, "--to", str(dest), "--path", LOGICAL, "--yes", "--json")
     assert res.code == 0, res
     restored = next(dest.rglob("dashboard.db"))
     assert restored.read_bytes() == h.states[expected_at]
     assert integrity(restored) == ["ok"]
-    listed = sb.phx("list", "--at", when, "--json").json()
+    listed = sb.phx_here("list", "--at", when, "--json").json()
     assert listed[0]["thinned"] is True and listed[0]["seen"] == captures.describe(expected_at, exact=True)
 
     # The timeline says which ranges keep every state and which keep points: a segment alone in
     # its hour with one state is covered between thinned ranges (thinned, covered, thinned,
     # covered at the least; more where the hour of a zone's boundary has one segment on its side).
-    tl = sb.phx("list", "--timeline", "--json").json()
+    tl = sb.phx_here("list", "--timeline", "--json").json()
     rows = tl["databases"][LOGICAL]
     kinds, points = _expected_timeline(h)
     assert [row["kind"] for row in rows] == kinds and len(kinds) >= 4, ([row["kind"] for row in rows], kinds)
@@ -324,8 +326,8 @@ def test_list_hides_the_watchs_snapshots_unless_asked(sandbox: Sandbox) -> None:
     assert ids == [full.id], "phx list --json shows only the backups"
     text = sb.phx("list").out
     assert "3 snapshots of `phx watch` hidden" in text and "--all" in text
-    assert len(sb.phx("list", "--all", "--json").json()) == 4
-    only = sb.phx("list", "--scope", "watch-files", "--json").json()
+    assert len(sb.phx_here("list", "--all", "--json").json()) == 4
+    only = sb.phx_here("list", "--scope", "watch-files", "--json").json()
     assert [s["scope"] for s in only] == ["watch-files", "watch-files"]
     assert "hidden" not in sb.phx("list", "--all").out
 
@@ -349,7 +351,7 @@ def test_every_target_is_thinned_alike(sandbox: Sandbox, history: History) -> No
         c = done[name]["captures"]  # type: ignore[index]
         assert c["segmentsBefore"] == SEGMENTS, (name, c)
         assert c["segmentsBefore"] - c["deleted"] + len(c["merges"]) == _expected_segments(h), (name, c)
-    again = sb.phx("forget", "--dry-run", "--target", "git", "--json").json()["targets"]["git"]["captures"]
+    again = sb.phx_here("forget", "--dry-run", "--target", "git", "--json").json()["targets"]["git"]["captures"]
     assert again is None or again["merges"] == [], again
     assert sb.verify("--target", "git")["ok"]
 
@@ -363,7 +365,7 @@ def test_compaction_makes_daily_states_ordinary_snapshots_and_drops_the_base(san
     sb = sandbox
     sb.write_config(retention={"capturesHourlyWithin": "2d"})
     h = _make_history(sb, watch_base=True)
-    base = next(s["id"] for s in sb.phx("list", "--all", "--json").json() if s["scope"] == "watch")
+    base = next(s["id"] for s in sb.phx_here("list", "--all", "--json").json() if s["scope"] == "watch")
     pristine = tmp_path / "pristine"
     shutil.copytree(sb.repo, pristine)
     shutil.copytree(sb.env["XDG_DATA_HOME"], tmp_path / "pristine-data")
@@ -372,7 +374,7 @@ def test_compaction_makes_daily_states_ordinary_snapshots_and_drops_the_base(san
     assert run.returncode == 0, run.stderr
     changes = int(report.read_text().split()[-1])
 
-    watch = [s for s in sb.phx("list", "--scope", "watch", "--json").json()]
+    watch = [s for s in sb.phx_here("list", "--scope", "watch", "--json").json()]
     compacted = sorted((s for s in watch if "compacted" in s["tags"]), key=lambda s: s["time"])
     days = _day_points(h)
     assert len(compacted) == len(days) >= 2, (compacted, days)
@@ -381,7 +383,7 @@ def test_compaction_makes_daily_states_ordinary_snapshots_and_drops_the_base(san
     sb.phx("prune")  # the base's data that no compacted snapshot shares goes
     assert sb.verify()["ok"]
     _assert_every_kept_state(sb, h, tmp_path, "after compaction and prune")
-    rows = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
+    rows = sb.phx_here("list", "--timeline", "--json").json()["databases"][LOGICAL]
     kinds, points = _expected_timeline(h)
     assert [row["kind"] for row in rows] == kinds, ([row["kind"] for row in rows], kinds)
     assert [p for row in rows for p in row.get("points", ())] == [captures.describe(t, exact=True) for t in points]
@@ -392,7 +394,7 @@ def test_compaction_makes_daily_states_ordinary_snapshots_and_drops_the_base(san
     for snap, at in zip(compacted, days, strict=True):
         assert snap["time"] == datetime.fromtimestamp(at / 1e6, UTC).astimezone().isoformat(), snap
         dest = tmp_path / f"plain-{snap['id'][:8]}"
-        res = sb.phx("restore", "--backup", snap["id"], "--to", str(dest), "--yes", "--json")
+        res = sb.phx_here("restore", "--backup", snap["id"], "--to", str(dest), "--yes", "--json")
         assert res.code == 0, res
         restored = next(dest.rglob("dashboard.db"))
         assert restored.read_bytes() == h.states[at]

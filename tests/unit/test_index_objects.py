@@ -10,7 +10,16 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from test_retention_prune import T0, CrashingBackend, age_packs, contents, open_fresh, run_prune, take_snapshot
+from test_retention_prune import (
+    T0,
+    CrashingBackend,
+    age_packs,
+    contents,
+    crash_points,
+    open_fresh,
+    run_prune,
+    take_snapshot,
+)
 
 from phoenix_backup.errors import StorageError
 from phoenix_backup.repo import keys
@@ -75,8 +84,8 @@ def test_a_prune_merges_only_past_the_bound(tmp_path: Path) -> None:
     backups(repo, 0, MAX_INDEX_OBJECTS)
     repo.close()
     age_packs(path, T0 - 7200)
-    report, mutations = run_prune(path, PruneState(tmp_path / "p.json"), T0)
-    assert report.indexes_replaced == 0 and mutations == 2, "at the bound: its lock, written and removed"
+    report, steps = run_prune(path, PruneState(tmp_path / "p.json"), T0)
+    assert report.indexes_replaced == 0 and len(steps) == 2, "at the bound: its lock, written and removed"
     assert len(index_objects(path)) == MAX_INDEX_OBJECTS
 
 
@@ -104,11 +113,13 @@ def test_a_crash_at_every_step_of_the_merge_loses_nothing(piled, tmp_path: Path)
     src, expected = piled
     probe = tmp_path / "probe"
     shutil.copytree(src, probe)
-    report, total = run_prune(probe, PruneState(tmp_path / "probe.json"), T0)
+    report, steps = run_prune(probe, PruneState(tmp_path / "probe.json"), T0)
     assert report.indexes_replaced == MAX_INDEX_OBJECTS + 2 and len(index_objects(probe)) == 1
     # Lock, the new index, each old index object, unlock.
-    assert total == MAX_INDEX_OBJECTS + 5
-    for fail_at in range(1, total + 1):
+    assert steps == ["write locks", "write index", *["delete index"] * (MAX_INDEX_OBJECTS + 2), "delete locks"]
+    # Each kind of step, the first, the middle and the last old object's delete (every one with
+    # PHX_TEST_HEAVY=1).
+    for fail_at in crash_points(steps):
         path = crashed_and_recovered(src, tmp_path, fail_at, expected)
         assert len(index_objects(path)) == 1, fail_at
         shutil.rmtree(path)
@@ -196,14 +207,17 @@ def test_a_large_merge_is_written_in_parts_and_a_crash_between_them_loses_nothin
     blobs = len(loaded.index)
     probe = tmp_path / "probe"
     shutil.copytree(src, probe)
-    report, total = run_prune(probe, PruneState(tmp_path / "probe.json"), T0)
+    report, steps = run_prune(probe, PruneState(tmp_path / "probe.json"), T0)
     assert report.indexes_replaced == 40
     parts = [open_fresh(probe)[0].read_index_object(name) for name in index_objects(probe)]
     # A pack's entries are never split: parts of 39 (a tree pack of two entries does not fit).
     assert len(parts) >= 3 and all(sum(map(len, packs.values())) <= 40 for packs, _sup in parts)
     assert sorted(len(sup) for _packs, sup in parts) == [0] * (len(parts) - 1) + [40], "only the last supersedes"
-    assert total == 1 + len(parts) + 40 + 1  # lock, the parts, the old objects, unlock
-    for fail_at in range(1, total + 1):
+    # Lock, the parts, the old objects, unlock.
+    assert steps == ["write locks", *["write index"] * len(parts), *["delete index"] * 40, "delete locks"]
+    # Each kind of step: the first, a middle and the last part and old object (every one with
+    # PHX_TEST_HEAVY=1).
+    for fail_at in crash_points(steps):
         path = crashed_and_recovered(src, tmp_path, fail_at, expected)
         # Merged again, in parts (how many depends on the packs' order), every blob listed once.
         left = [open_fresh(path)[0].read_index_object(name) for name in index_objects(path)]
@@ -239,8 +253,8 @@ def test_a_merge_is_not_done_again_by_the_next_prune_with_nothing_to_do(
     merged = index_objects(path)
     expected = contents(open_fresh(path)[0])
     for day in (1, 2):  # the next days' prunes: nothing forgotten, nothing to free
-        report, mutations = run_prune(path, state, T0 + day * 86400)
-        assert report.indexes_replaced == 0 and mutations == 2, f"day {day}: merged again ({report.indexes_replaced})"
+        report, steps = run_prune(path, state, T0 + day * 86400)
+        assert report.indexes_replaced == 0 and len(steps) == 2, f"day {day}: merged again ({report.indexes_replaced})"
         assert index_objects(path) == merged
     assert contents(open_fresh(path)[0]) == expected
 

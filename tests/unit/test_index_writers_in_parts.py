@@ -4,8 +4,9 @@ does, the write-only conversion and replication's index of the packs the first t
 key rotation's is in tests/e2e/test_index_writers_killed.py). One object of every blob costs its
 whole plaintext at once when loaded, and is past the 50 MB a Git host takes.
 
-A crash at each write or delete of each (the storage's, tests/unit/test_retention_prune.py
-`CrashingBackend`) leaves every snapshot reading back byte for byte, the repository verifying with
+A crash at each kind of write or delete of each (the storage's, tests/unit/test_retention_prune.py
+`CrashingBackend`; the first, a middle and the last of each run of one kind, `crash_points`, every
+one with PHX_TEST_HEAVY=1) leaves every snapshot reading back byte for byte, the repository verifying with
 its data read, and the next run finishes the job; no old index object is deleted before the parts
 that replace it are written."""
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import pyrage
 import pytest
 from test_index_objects import backups, index_objects
-from test_retention_prune import CrashingBackend, contents, open_fresh
+from test_retention_prune import CrashingBackend, contents, crash_points, open_fresh
 
 import phoenix_backup.repo.repository as repository_module
 from phoenix_backup.errors import StorageError
@@ -113,7 +114,8 @@ def test_the_drop_of_lost_packs_writes_parts_and_a_crash_between_them_loses_noth
     assert sorted(s for _b, s in sizes) == [0] * (len(sizes) - 1) + [40], "only the last supersedes"
     assert contents(open_fresh(probe)[0]) == expected
     assert verify_repository(open_fresh(probe)[0], read_data=True).ok
-    for fail_at in range(1, backend.mutations + 1):
+    assert set(backend.steps) == {"write index"}, backend.steps
+    for fail_at in crash_points(backend.steps):  # the first, a middle and the last part
         path = tmp_path / f"crash{fail_at}"
         shutil.copytree(src, path)
         crashed, _ = open_fresh(path, fail_at)
@@ -158,7 +160,13 @@ def test_replication_indexes_what_the_first_target_lost_in_parts_and_survives_a_
     assert len(own) >= 3 and all(b <= 8 for b, _s in sizes) and sum(b for b, _s in sizes) == 30, sizes
     assert contents(open_fresh(replica)[0]) == expected
     assert verify_repository(open_fresh(replica)[0], read_data=True).ok
-    for fail_at in range(1, probe_backend.mutations + 1):
+    # Each kind of write or delete: the first, a middle and the last of each run of one kind (the
+    # replica's own parts apart from the index objects copied after them).
+    kinds = [
+        f"{step} (own part)" if name in own else step
+        for step, name in zip(probe_backend.steps, probe_backend.names, strict=True)
+    ]
+    for fail_at in crash_points(kinds):
         path = tmp_path / f"crash{fail_at}"
         shutil.copytree(saved, path)
         report = replicate(open_fresh(first)[0], "copy", CrashingBackend(LocalBackend(path), fail_at), lambda _m: None)
@@ -202,7 +210,9 @@ def test_the_write_only_conversion_writes_parts_and_a_crash_between_its_steps_lo
     sizes = part_sizes(opened(probe)[0], left)
     assert len(left) >= 3 and all(b <= 40 for b, _s in sizes) and sum(b for b, _s in sizes) == 120, sizes
     assert contents(opened(probe)[0]) == expected
-    for fail_at in range(1, backend.mutations + 1):
+    # Each kind of write or delete: the first, a middle and the last of each run of one kind (the
+    # parts, the old objects' deletes, ...).
+    for fail_at in crash_points(backend.steps):
         path = tmp_path / f"crash{fail_at}"
         shutil.copytree(src, path)
         crashing, _ = opened(path, fail_at)

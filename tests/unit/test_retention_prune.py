@@ -37,6 +37,7 @@ from phoenix_backup.storage.local import LocalBackend
 
 KB = 1024
 T0 = 1_800_000_000.0
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 
 
 class CrashingBackend(Backend):
@@ -46,9 +47,13 @@ class CrashingBackend(Backend):
         self.inner = inner
         self.fail_at = fail_at
         self.mutations = 0
+        self.steps: list[str] = []  # each mutation's kind: `write index`, `delete locks`, ...
+        self.names: list[str] = []  # and the object it wrote or deleted
 
-    def _mutate(self) -> None:
+    def _mutate(self, op: str, name: str) -> None:
         self.mutations += 1
+        self.steps.append(f"{op} {name.split('/')[0]}")
+        self.names.append(name)
         if self.fail_at is not None and self.mutations >= self.fail_at:
             raise StorageError(f"injected crash at mutation {self.mutations}")
 
@@ -69,11 +74,11 @@ class CrashingBackend(Backend):
         return self.inner.read_range(name, offset, length)
 
     def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
-        self._mutate()
+        self._mutate("write", name)
         self.inner.write(name, data, exclusive=exclusive)
 
     def delete(self, name: str) -> None:
-        self._mutate()
+        self._mutate("delete", name)
         self.inner.delete(name)
 
     def stat(self, name: str) -> ObjectInfo | None:
@@ -170,10 +175,27 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return root, expected, old
 
 
-def run_prune(path: Path, state: PruneState, now: float, fail_at: int | None = None) -> tuple[TargetPrune, int]:
+def run_prune(path: Path, state: PruneState, now: float, fail_at: int | None = None) -> tuple[TargetPrune, list[str]]:
+    """Prune at `now`, crashing at mutation `fail_at`: the report and the kind of each mutation."""
     repo, backend = open_fresh(path, fail_at)
     report = prune_repository(repo, TargetPrune("local"), dry_run=False, state=state, now=now)
-    return report, backend.mutations
+    return report, backend.steps
+
+
+def crash_points(steps: list[str]) -> list[int]:
+    """The mutations (1-based) to crash at, from a run's `steps` (CrashingBackend.steps): every one
+    with PHX_TEST_HEAVY=1; by default the first, the middle and the last of each run of steps of
+    one kind (`write index` parts, `delete index` of the old objects, ...), so that a crash still
+    lands at every kind of step, at each change from one kind to the next, and inside every run."""
+    if HEAVY:
+        return list(range(1, len(steps) + 1))
+    points: set[int] = set()
+    start = 0
+    for end in range(1, len(steps) + 1):
+        if end == len(steps) or steps[end] != steps[start]:
+            points |= {start + 1, (start + 1 + end) // 2, end}
+            start = end
+    return sorted(points)
 
 
 def test_prune_deletes_repacks_and_waits_for_young_leftovers(pristine, tmp_path: Path) -> None:
@@ -371,7 +393,8 @@ def test_a_crash_at_any_point_loses_nothing(pristine, tmp_path: Path) -> None:
     src, expected, _old = pristine
     probe = tmp_path / "probe"
     shutil.copytree(src, probe)
-    report, total = run_prune(probe, primed(probe, tmp_path / "probe.json"), T0)
+    report, steps = run_prune(probe, primed(probe, tmp_path / "probe.json"), T0)
+    total = len(steps)
     assert report.leftover_packs == 1 and report.repacked_packs == 1 and report.deleted_packs == 1
     # Lock, new pack, new index, 3 old index objects, tree pack, repacked pack, leftover, unlock.
     assert total == 10
