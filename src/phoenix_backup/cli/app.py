@@ -324,11 +324,9 @@ def given_once(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     return values[-1] if values else None
 
 
-def common(f: F) -> F:
-    """--config, --json, --verbose and --quiet on every command (DESIGN §2), given before the
-    command (`phx --json list`) or after it, and one error mapping."""
-
-    @click.option(
+def _config_option() -> Callable[[F], F]:
+    """--config, before the command (`phx`, `phx key`) or after it: one value."""
+    return click.option(
         "--config",
         "config_path",
         type=click.Path(dir_okay=False),
@@ -336,6 +334,13 @@ def common(f: F) -> F:
         callback=given_once,
         help=_CONFIG_HELP,
     )
+
+
+def common(f: F) -> F:
+    """--config, --json, --verbose and --quiet on every command (DESIGN §2), given before the
+    command (`phx --json list`) or after it, and one error mapping."""
+
+    @_config_option()
     @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
     @click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)
     @click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)
@@ -543,14 +548,7 @@ def _global_params(f: F) -> F:
     f = click.option("--quiet", "-q", is_flag=True, help=_QUIET_HELP)(f)
     f = click.option("--verbose", "-v", is_flag=True, help=_VERBOSE_HELP)(f)
     f = click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)(f)
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False),
-        multiple=True,
-        callback=given_once,
-        help=_CONFIG_HELP,
-    )(f)
+    return _config_option()(f)
 
 
 def _remember_globals(
