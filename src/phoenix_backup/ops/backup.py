@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
+import random
 import socket
 import stat
 import threading
@@ -19,8 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
@@ -58,7 +61,7 @@ from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
-from phoenix_backup.sources.files import Entry, Selection
+from phoenix_backup.sources.files import Entry, Selection, database_groups
 from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
@@ -537,7 +540,9 @@ class _Run:
         (`Repository.drop_missing_packs` forgot those of lost packs): only then may it be reused."""
         return all(map(self.repo.index.has, node.blobs()))
 
-    def file_node(self, entry: Entry) -> Node:
+    def file_node(self, entry: Entry, *, warn: bool = True) -> Node:
+        """`warn`: whether a file that never holds still is named in the warnings (not when the
+        caller checks it again itself, as a store's group read does)."""
         st = entry.st
         prev = self.parent_nodes.get(entry.logical)
         if self.unchanged(prev, st, "file"):
@@ -575,7 +580,7 @@ class _Run:
                     sha256 = digest.hexdigest()
                 if size == fst.st_size and _same_version(fst, os.fstat(f.fileno())):
                     break
-                if attempt == READ_ATTEMPTS:
+                if attempt == READ_ATTEMPTS and warn:
                     self.warnings.append(
                         f"{entry.logical} changed while it was read ({READ_ATTEMPTS} times); the snapshot holds the "
                         "bytes of the last read, which may mix old and new content, and the next backup reads it again"
@@ -669,6 +674,111 @@ class _Run:
         st = os.stat(entry.path)
         sqlite = {"pageSize": page_size, "integrity": result.integrity, "source": src.to_json()}
         return _content_node(entry.path.name, "sqlite", st, size, extents, digest, sqlite), info
+
+    def group_read(self, db: Entry, files: list[Entry]) -> GroupRead:
+        """A database with the files its application rewrites beside it, outside its transactions
+        (a chromadb store: `chroma.sqlite3` and its HNSW segment files), read as one state: the
+        files' stats, their reads, the database's capture, their stats again, repeated while any
+        file changed in between (`read_while_still`). chromadb writes a flush's index files
+        before the database records it, so files unchanged across the capture are the ones the
+        captured database expects. When they never hold still, the last read is kept and the
+        store is named as not saved consistently."""
+        paths = [e.path for e in files]
+
+        def read(stats: Sequence[os.stat_result | None]) -> GroupRead:
+            out = GroupRead()
+            for entry, st in zip(files, stats, strict=True):
+                try:
+                    if st is None:
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                    # The stat from just before: a parent's node stands for the file only if
+                    # this version, checked again after the capture, is the parent's.
+                    out.nodes[entry.logical] = self.file_node(dataclasses.replace(entry, st=st), warn=False)
+                except (OSError, PhoenixError) as exc:
+                    out.failed.append({"path": entry.logical, "error": _reason(exc)})
+            try:
+                out.nodes[db.logical], info = self.sqlite_node(db)
+                out.databases.append(info)
+            except (OSError, PhoenixError) as exc:
+                out.failed.append({"path": db.logical, "error": _reason(exc)})
+            return out
+
+        stats = partial(_stats, paths)
+        result, attempts = read_while_still(stats, read, GROUP_ATTEMPTS, GROUP_PAUSE, self.check_stopping)
+        result.attempts = attempts
+        self.envx.progress.advance(files=len(files) + 1)
+        if attempts is None:
+            store = db.logical.rpartition("/")[0] or db.logical
+            folders = len({f.logical.rpartition("/")[0] for f in files})
+            result.failed.append(
+                {
+                    "path": store,
+                    "error": (
+                        f"not saved consistently: its application rewrote the index files of its {folders} segment "
+                        f"folder(s) during each of {GROUP_ATTEMPTS} reads, so the snapshot's {db.path.name} and "
+                        "index files may come from different flushes and the store may not open; pause the "
+                        "writer for the backup with hooks.preBackup (and resume it with hooks.postBackup)"
+                    ),
+                }
+            )
+        return result
+
+
+@dataclass
+class GroupRead:
+    """What a group read saved: nodes by logical path, the database's details, what failed, and
+    the attempt whose files held still (None: none did)."""
+
+    nodes: dict[str, Node] = field(default_factory=dict)
+    databases: list[DatabaseInfo] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    attempts: int | None = None
+
+
+# A store's group read: at most this many attempts, the n-th retry after about n times the pause
+# (with jitter, so that a writer flushing at a steady rhythm is not met at the same phase).
+GROUP_ATTEMPTS = 8
+GROUP_PAUSE = 0.05
+
+
+T = TypeVar("T")
+
+
+def _stats(paths: Sequence[Path]) -> list[os.stat_result | None]:
+    out: list[os.stat_result | None] = []
+    for path in paths:
+        try:
+            out.append(os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            out.append(None)
+    return out
+
+
+def _version(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
+    """What says a file was rewritten (never its access time, which a read may change)."""
+    return None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def read_while_still(
+    stats: Callable[[], Sequence[os.stat_result | None]],
+    read: Callable[[Sequence[os.stat_result | None]], T],
+    attempts: int,
+    pause: float,
+    check: Callable[[], None] = lambda: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[T, int | None]:
+    """`read(stats())` until no file changed (size, mtime, ctime, inode) between the stats taken
+    before and after it, at most `attempts` times: the last read, and the attempt that held still
+    (None when none did). `check` runs before each retry (it raises when the run stops)."""
+    for attempt in range(1, attempts + 1):
+        before = stats()
+        result = read(before)
+        if list(map(_version, stats())) == list(map(_version, before)):
+            return result, attempt
+        if attempt < attempts:
+            check()
+            sleep(pause * attempt * (0.5 + random.random()))
+    return result, None
 
 
 class _Stopped(Exception):
@@ -807,8 +917,17 @@ def _run(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool, run.stop_on_error(pool):
         futures: dict[str, Future[Node]] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
+        # A chromadb store (its database and the index files beside it) is read as one state.
+        groups = database_groups(sel.entries)
+        grouped = {f for files in groups.values() for f in files}
+        group_futures = {
+            db: pool.submit(run.group_read, sel.entries[db], [sel.entries[f] for f in files])
+            for db, files in groups.items()
+        }
         # Databases first: they are the largest items, so they start while files fill the gaps.
         for entry in sorted(sel.entries.values(), key=lambda e: (e.kind != "sqlite", e.logical)):
+            if entry.logical in groups or entry.logical in grouped:
+                continue
             if entry.logical in links:
                 envx.progress.advance(files=1)
                 continue  # another name of a file read once, below
@@ -836,6 +955,11 @@ def _run(
                 continue
             nodes[logical] = node
             run.databases.append(info)
+        for gfut in group_futures.values():
+            group = gfut.result()
+            nodes.update(group.nodes)
+            run.databases.extend(group.databases)
+            run.incomplete.extend(group.failed)
         for logical, jfut in db_jobs.items():
             try:
                 outcome = jfut.result()

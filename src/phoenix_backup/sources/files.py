@@ -365,3 +365,37 @@ def _add_parents(layout: Layout, path: Path, sel: Selection) -> None:
             return
         sel.entries[logical] = Entry(logical, parent, "dir", st)
         parent = parent.parent
+
+
+# The files hnswlib writes for one index, as chromadb keeps them in a segment folder beside its
+# `chroma.sqlite3` (`<uuid>/header.bin`, `data_level0.bin`, `length.bin`, `link_lists.bin`, with
+# `index_metadata.pickle`): rewritten in place on each flush, outside the database's transactions.
+SEGMENT_MARKERS = ("header.bin", "data_level0.bin")
+
+
+def database_groups(entries: dict[str, Entry]) -> dict[str, list[str]]:
+    """The databases whose application keeps part of their state in files beside them, each with
+    those files (logical paths, sorted): a SQLite database and every folder next to it that holds
+    an HNSW index's files (a chromadb store). They are read as one unit (ops/backup.py)."""
+    by_folder: dict[str, list[str]] = {}
+    for logical, e in entries.items():
+        if e.kind == "file":
+            by_folder.setdefault(logical.rpartition("/")[0], []).append(logical)
+    segments: dict[str, list[str]] = {}  # the folder holding segment folders -> their files
+    for folder, files in by_folder.items():
+        names = {f.rpartition("/")[2] for f in files}
+        if all(m in names for m in SEGMENT_MARKERS) and "/" in folder:
+            segments.setdefault(folder.rpartition("/")[0], []).extend(files)
+    out: dict[str, list[str]] = {}
+    for logical, e in entries.items():
+        beside = segments.get(logical.rpartition("/")[0])
+        if e.kind == "sqlite" and beside:
+            out[logical] = sorted(beside)
+    # One database per store: two databases beside the same segment folders are one store each
+    # only if neither claims the files twice (the first by name keeps them).
+    claimed: set[str] = set()
+    for logical in sorted(out):
+        files = [f for f in out[logical] if f not in claimed]
+        claimed.update(files)
+        out[logical] = files
+    return {k: v for k, v in out.items() if v}
