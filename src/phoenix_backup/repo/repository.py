@@ -975,7 +975,16 @@ class Repository:
     # -- blobs -------------------------------------------------------------------------
 
     def has_blob(self, blob_id: bytes) -> bool:
-        return self.index.has(blob_id) or blob_id in self._pending
+        return self._indexed(blob_id) or blob_id in self._pending
+
+    def _indexed(self, blob_id: bytes) -> bool:
+        """Whether an index object names a pack holding the blob: only such a pack may be deduplicated
+        against. A pack known only from its header (`unindexed_packs`, read when an index object is
+        damaged) may be a running backup's, which deletes it if it fails (`remove_unindexed`), or
+        a leftover that prune deletes: a snapshot referring to it would lose the blob."""
+        if not self.unindexed_packs:
+            return self.index.has(blob_id)
+        return any(loc.pack_id not in self.unindexed_packs for loc in self.index.locations(blob_id))
 
     def save_blob(self, kind: BlobType, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, int]:
         """Store a blob unless the repository has it; return its id and the sealed bytes added."""
@@ -1035,7 +1044,7 @@ class Repository:
     def _claim(self, bid: bytes) -> bool:
         """True when this caller must store the blob (no one has it or is storing it)."""
         with self._lock:
-            if self.index.has(bid) or bid in self._pending:
+            if self._indexed(bid) or bid in self._pending:
                 return False
             self._pending.add(bid)
             return True
