@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from test_retention_prune import CrashingBackend, open_fresh, take_snapshot
+from test_retention_prune import CrashingBackend, take_snapshot
 
 from phoenix_backup.errors import NoSpace
 from phoenix_backup.repo import keys
@@ -18,6 +18,9 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
 
 BLOB = 1024 * 1024
+# Encrypted: unsealed, a pack's name follows from its bytes and a failed run deletes none
+# (test_failed_run_packs_adversary.py).
+CREDENTIALS = keys.Credentials(passphrase="pw")
 BLOBS = 20  # random MiB blobs: two full 8 MiB data packs and a partial third
 
 
@@ -41,6 +44,11 @@ def _packs(path: Path) -> list[str]:
     return sorted(i.name for i in LocalBackend(path).list("data/"))
 
 
+def open_fresh(path: Path) -> tuple[Repository, CrashingBackend]:
+    backend = CrashingBackend(LocalBackend(path), None)
+    return Repository.open(backend, CREDENTIALS), backend
+
+
 def _blobs() -> list[bytes]:
     rnd = random.Random(3)
     return [rnd.randbytes(BLOB) for _ in range(BLOBS)]
@@ -48,7 +56,7 @@ def _blobs() -> list[bytes]:
 
 def _setup(tmp_path: Path) -> tuple[Path, list[str]]:
     path = tmp_path / "repo"
-    repo = Repository.init(LocalBackend(path), keys.wrap_none, False)
+    repo = Repository.init(LocalBackend(path), lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10}), True)
     take_snapshot(repo, {"a.txt": b"kept\n"}, "2026-01-01T00:00:00+00:00")
     repo.close()
     return path, _packs(path)
@@ -67,7 +75,7 @@ def _save(repo: Repository, blobs: list[bytes], threads: bool) -> None:
 def test_a_failed_pack_write_removes_the_packs_written_before(tmp_path: Path, threads: bool) -> None:
     path, before = _setup(tmp_path)
     backend = FullAfter(LocalBackend(path), "data/", 2)  # the third pack finds the disk full
-    repo = Repository.open(backend, keys.Credentials(passphrase=None))
+    repo = Repository.open(backend, CREDENTIALS)
     repo.load_index()
     blobs = _blobs()
     with pytest.raises(NoSpace) as caught, repo.removing_unindexed():
@@ -86,7 +94,7 @@ def test_a_failed_pack_write_removes_the_packs_written_before(tmp_path: Path, th
 def test_a_failed_index_write_keeps_its_packs(tmp_path: Path) -> None:
     path, before = _setup(tmp_path)
     backend = FullAfter(LocalBackend(path), "index/", 0)
-    repo = Repository.open(backend, keys.Credentials(passphrase=None))
+    repo = Repository.open(backend, CREDENTIALS)
     repo.load_index()
     with pytest.raises(NoSpace) as caught, repo.removing_unindexed():
         _save(repo, _blobs(), threads=True)
@@ -101,9 +109,9 @@ def test_a_pack_another_index_names_is_kept(tmp_path: Path) -> None:
     of the same bytes) stays."""
     path, before = _setup(tmp_path)
     backend = FullAfter(LocalBackend(path), "data/", 1)
-    repo = Repository.open(backend, keys.Credentials(passphrase=None))
+    repo = Repository.open(backend, CREDENTIALS)
     repo.load_index()
-    other = Repository.open(LocalBackend(path), keys.Credentials(passphrase=None))
+    other = Repository.open(LocalBackend(path), CREDENTIALS)
     with pytest.raises(NoSpace) as caught, repo.removing_unindexed():
         for data in _blobs():
             repo.save_blob(BlobType.DATA, data)

@@ -1230,6 +1230,12 @@ class Repository:
         if not new:
             return out
         self.index.remove_packs(new)
+        if not self.config.encrypted:
+            # Unsealed, a pack's bytes (its origin time in seconds included), so its name, follow
+            # from what it holds: another run storing the same blobs writes this very object, and
+            # its index may name it only after the listing below. Deleting it would lose its blobs.
+            out.kept, out.why = len(new), "the repository is unencrypted: another run may have written the same pack"
+            return out
         try:
             named = self._packs_named_elsewhere()
         except Exception as exc:  # a store that fails now: keep them all (prune removes them later)
