@@ -111,3 +111,34 @@ def test_failed_backup_removes_the_packs_no_index_names(
         dest = tmp_path / f"restored-{snap['id']}"
         sb.restore_to(snap["id"], dest)
         assert_restored(state, dest, f"snapshot {snap['id']}")
+
+
+def test_a_safety_snapshot_that_fills_the_disk_restores_nothing_and_leaves_no_pack(
+    sandbox: Sandbox, tmpfs: Callable[[str], Path]
+) -> None:
+    """An in-place restore whose safety snapshot fills the disk after writing packs: the restore
+    refuses (nothing overwritten), the safety snapshot's packs are removed (the space is free
+    again), and the repository still verifies."""
+    import os
+
+    sb = sandbox
+    small_fs = tmpfs("20m")
+    big = sb.workspace / "recording.bin"
+    big.write_bytes(random.Random(7).randbytes(4_000_000))
+    repo = small_fs / "repo"
+    sb.write_config(backupDir=str(repo))
+    sb.init_repository()
+    first = sb.backup()
+    packs = _packs(repo)
+    free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+
+    changed = random.Random(8).randbytes(30_000_000)  # the safety snapshot must save it: no room
+    big.write_bytes(changed)
+    res = sb.phx("restore", "--backup", first["id"], "--yes", check=None)
+    assert_error(res, 1, "no space", "were removed: no index names them")
+    assert big.read_bytes() == changed, "the restore overwrote a file it could not save first"
+    assert _packs(repo) == packs, "the failed safety snapshot left packs no index names"
+    now = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+    assert now >= free - 1024 * 1024, f"{free - now} bytes are still held by the failed safety snapshot"
+    doc = sb.verify("--read-data")
+    assert doc["ok"] is True and doc["errors"] == [], doc

@@ -11,6 +11,7 @@ from test_retention_prune import file_node
 
 from phoenix_backup.errors import NoSpace
 from phoenix_backup.repo import keys
+from phoenix_backup.repo.checker import verify_repository
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
@@ -161,3 +162,27 @@ def test_an_unencrypted_run_does_not_delete_a_pack_another_run_wrote_the_same(
     fresh.load_index()
     for data in blobs:
         assert fresh.load_blob(BlobType.DATA, fresh.ids.blob_id(BlobType.DATA, data)) == data
+
+
+class StoppedWhileDeleting(FullAfter):
+    """A stop (Ctrl-C) arriving during the removal: the first delete of a pack raises it."""
+
+    def delete(self, name: str) -> None:
+        if name.startswith("data/"):
+            raise KeyboardInterrupt
+        self.inner.delete(name)
+
+
+def test_a_stop_during_the_removal_deletes_nothing_needed(tmp_path: Path) -> None:
+    path, before = _setup(tmp_path)
+    repo = Repository.open(StoppedWhileDeleting(LocalBackend(path), "data/", 2), CREDENTIALS)
+    repo.load_index()
+    with pytest.raises(KeyboardInterrupt), repo.removing_unindexed():
+        for data in _blobs():
+            repo.save_blob(BlobType.DATA, data)
+        repo.flush()
+    repo.close()
+    assert set(before) < set(_packs(path))  # its two packs stay, for prune
+    fresh, _ = open_fresh(path)
+    result = verify_repository(fresh, read_data=True)
+    assert result.ok, result.to_json()
