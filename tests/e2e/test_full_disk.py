@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from e2e_support import Sandbox, assert_error, assert_restored, mount
+from moto_support import MotoServer
 
 
 def test_backup_to_a_full_disk(sandbox: Sandbox, tmpfs: Callable[[str], Path], tmp_path: Path) -> None:
@@ -142,3 +143,35 @@ def test_a_safety_snapshot_that_fills_the_disk_restores_nothing_and_leaves_no_pa
     assert now >= free - 1024 * 1024, f"{free - now} bytes are still held by the failed safety snapshot"
     doc = sb.verify("--read-data")
     assert doc["ok"] is True and doc["errors"] == [], doc
+
+
+def test_a_failed_backup_to_two_targets_leaves_no_pack_on_either(
+    sandbox: Sandbox, tmpfs: Callable[[str], Path], moto: MotoServer
+) -> None:
+    """`phx backup` to a full local disk and to S3: the packs go to S3 only once the snapshot is
+    committed on the first target, so a failed run leaves none there, and its local packs are
+    removed; the next backup reaches both and each verifies."""
+    sb = sandbox
+    small_fs = tmpfs("20m")
+    bucket = moto.make_bucket("fullpacks")
+    sb.env["AWS_EC2_METADATA_DISABLED"] = "true"
+    repo = small_fs / "repo"
+    sb.write_config(backupDir=str(repo), targets={"local": {"enabled": True}, "s3": moto.target(bucket)})
+    sb.config_path.chmod(0o600)
+    sb.init_repository()
+    first = sb.backup()
+    assert first["targets"]["s3"]["ok"], first
+    local, remote = _packs(repo), set(moto.keys(bucket, "argent/data/"))
+    assert local and len(remote) == len(local)
+
+    big = sb.workspace / "recording.bin"
+    big.write_bytes(random.Random(7).randbytes(30_000_000))
+    assert_error(sb.phx("backup", check=None), 1, "no space", "were removed: no index names them")
+    assert _packs(repo) == local
+    assert set(moto.keys(bucket, "argent/data/")) == remote, "the failed run's packs reached S3"
+
+    big.write_bytes(random.Random(8).randbytes(3_000_000))
+    second = sb.backup()
+    assert second["targets"]["s3"]["ok"], second
+    assert len(set(moto.keys(bucket, "argent/data/"))) == len(_packs(repo))
+    assert sb.verify("--read-data")["ok"] is True
