@@ -759,6 +759,24 @@ def _version(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
     return None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+# A file's times come from the kernel's coarse clock (one tick: 1 to 10 ms behind the real one),
+# or on some file systems are whole seconds. A file last changed within this margin of the
+# moment its stat was taken may be rewritten in the same tick, same size, and keep its times: a
+# change its stats cannot show. Such a read does not count as holding still.
+RACY_FINE_NS = 20_000_000
+
+
+def _racy_until(stats: Sequence[os.stat_result | None], taken_ns: int) -> int:
+    """The clock time (ns) from which the files stat'ed at `taken_ns` could no longer change
+    unseen; at or below `taken_ns` when none could already."""
+    changed = [max(st.st_mtime_ns, st.st_ctime_ns) for st in stats if st is not None]
+    if not changed:
+        return 0
+    # Whole-second times on every file: a file system with a clock of seconds.
+    fine = any(st.st_mtime_ns % 1_000_000_000 or st.st_ctime_ns % 1_000_000_000 for st in stats if st is not None)
+    return max(changed) + (RACY_FINE_NS if fine else RACY_NS) + 1
+
+
 def read_while_still(
     stats: Callable[[], Sequence[os.stat_result | None]],
     read: Callable[[Sequence[os.stat_result | None]], T],
@@ -769,15 +787,22 @@ def read_while_still(
 ) -> tuple[T, int | None]:
     """`read(stats())` until no file changed (size, mtime, ctime, inode) between the stats taken
     before and after it, at most `attempts` times: the last read, and the attempt that held still
-    (None when none did). `check` runs before each retry (it raises when the run stops)."""
+    (None when none did). A read whose files had changed within a tick of the clock before it
+    (`_racy_until`) does not count as holding still: a rewrite in that tick, of the same size,
+    would leave their stats equal; the next read waits past that tick. `check` runs before each
+    retry (it raises when the run stops)."""
     for attempt in range(1, attempts + 1):
+        taken = time.time_ns()
         before = stats()
         result = read(before)
-        if list(map(_version, stats())) == list(map(_version, before)):
+        after = stats()
+        if _racy_until(before, taken) <= taken and list(map(_version, after)) == list(map(_version, before)):
             return result, attempt
         if attempt < attempts:
             check()
-            sleep(pause * attempt * (0.5 + random.random()))
+            # At least until the files, as last seen, can no longer change unseen.
+            wait_out = (_racy_until(after, 0) - time.time_ns()) / 1e9
+            sleep(max(pause * attempt * (0.5 + random.random()), wait_out))
     return result, None
 
 
