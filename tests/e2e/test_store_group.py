@@ -185,3 +185,63 @@ CHURN = textwrap.dedent(
             f.write(f"churn {n}\\n".encode())
     """
 )
+
+
+# argv: store, stop file. Adds a collection after another: its segment folder's files first, then
+# the database records it (as chromadb records a flush after writing its files).
+ADDER = textwrap.dedent(
+    """
+    import os, sqlite3, sys, time, uuid
+    store, stop = sys.argv[1], sys.argv[2]
+    con = sqlite3.connect(os.path.join(store, "chroma.sqlite3"), isolation_level=None, timeout=30)
+    con.execute("CREATE TABLE IF NOT EXISTS segments(name TEXT PRIMARY KEY)")
+    n = 0
+    print("ready", flush=True)
+    while not os.path.exists(stop):
+        name = str(uuid.UUID(int=n))
+        os.makedirs(os.path.join(store, name))
+        for f in ("header.bin", "data_level0.bin", "length.bin", "link_lists.bin", "index_metadata.pickle"):
+            with open(os.path.join(store, name, f), "wb") as out:
+                out.write(f"{name} {f}".encode())
+        con.execute("INSERT INTO segments VALUES (?)", (name,))
+        n += 1
+        time.sleep(0.003)
+    print(n, flush=True)
+    """
+)
+
+
+def test_a_collection_added_during_the_backup_is_never_silently_missing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A collection added after the walk listed the store's files: the database captured later
+    records it, the snapshot would lack its folder. Before, such a snapshot was complete (exit 0)
+    and restored a store whose database names segments it does not have; now the store is named
+    as not saved consistently."""
+    sb = sandbox
+    store = sb.workspace / "stores" / "chroma"
+    store.mkdir(parents=True)
+    stop = tmp_path / "stop"
+    adder = subprocess.Popen([sys.executable, "-c", ADDER, str(store), str(stop)], stdout=subprocess.PIPE, text=True)
+    named = 0
+    try:
+        assert adder.stdout is not None and adder.stdout.readline().strip() == "ready"
+        for i in range(3):
+            doc = sb.backup(check=None)
+            if doc["incomplete"]:
+                assert [x["path"] for x in doc["incomplete"]] == ["workspace/stores/chroma"], doc["incomplete"]
+                assert doc["incomplete"][0]["error"].startswith("not saved consistently: segment folder(s) ")
+                named += 1
+                continue
+            dest = tmp_path / f"restore-{i}"
+            sb.restore_to(doc["id"], dest)
+            restored = dest / "workspace" / "stores" / "chroma"
+            con = sqlite3.connect(restored / "chroma.sqlite3")
+            try:
+                recorded = {r[0] for r in con.execute("SELECT name FROM segments")}
+            finally:
+                con.close()
+            missing = sorted(n for n in recorded if not (restored / n / "header.bin").is_file())
+            assert not missing, f"a complete snapshot whose database records segments it lacks: {missing[:3]}"
+    finally:
+        stop.touch()
+        adder.communicate(timeout=60)
+    assert named, "no backup met a collection added during it: the adder did not race them"

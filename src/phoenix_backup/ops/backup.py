@@ -61,7 +61,7 @@ from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
-from phoenix_backup.sources.files import Entry, Selection, database_groups
+from phoenix_backup.sources.files import Entry, Selection, database_groups, segment_folders
 from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
@@ -460,6 +460,7 @@ class _Run:
         self.envx = envx
         self.parent_nodes: dict[str, Node] = {}
         self.parent_started_ns = 0
+        self.started_ns = time.time_ns()  # set by `_run` to the backup's start, before the walk
         self.warnings: list[str] = []
         if parent is not None:
             try:
@@ -707,8 +708,27 @@ class _Run:
         result, attempts = read_while_still(stats, read, GROUP_ATTEMPTS, GROUP_PAUSE, self.check_stopping)
         result.attempts = attempts
         self.envx.progress.advance(files=len(files) + 1)
-        if attempts is None:
-            store = db.logical.rpartition("/")[0] or db.logical
+        store = db.logical.rpartition("/")[0] or db.logical
+        # A collection added once the files were listed: its folder is not in the snapshot, while
+        # the database captured after it may record it (and purge the log its files hold).
+        walked = {f.logical.rpartition("/")[0].rpartition("/")[2] for f in files}
+        added = sorted(
+            name
+            for name, st in segment_folders(db.path.parent).items()
+            if name not in walked and st.st_ctime_ns >= self.started_ns - RACY_FINE_NS
+        )
+        if added:
+            result.failed.append(
+                {
+                    "path": store,
+                    "error": (
+                        f"not saved consistently: segment folder(s) {', '.join(added)} appeared after its files were "
+                        f"listed, so the snapshot lacks them while its {db.path.name} may record them; the next "
+                        "backup saves them (or pause the writer for the backup with hooks.preBackup)"
+                    ),
+                }
+            )
+        elif attempts is None:
             folders = len({f.logical.rpartition("/")[0] for f in files})
             result.failed.append(
                 {
@@ -921,6 +941,7 @@ def _run(
     parents = [s for s in snapshots if s.host == host and s.scope in (parent_scopes or (scope,))]
     parent = parents[-1] if parents else None
     run = _Run(repo, cache_for(repo, envx), parent, envx)
+    run.started_ns = int(started * 1e9)
     parent = run.parent
     run.keep_page_state = keep_page_state
     run.check_every = cfg.databases.integrity_check_every

@@ -7,6 +7,7 @@ op's job. A live SQLite database is never listed as a plain file, nor are its `-
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -399,3 +400,18 @@ def database_groups(entries: dict[str, Entry]) -> dict[str, list[str]]:
         claimed.update(files)
         out[logical] = files
     return {k: v for k, v in out.items() if v}
+
+
+def segment_folders(store: Path) -> dict[str, os.stat_result]:
+    """The folders in `store` that hold an HNSW index's files (`SEGMENT_MARKERS`), by name, with
+    their stats (none when the store cannot be listed)."""
+    out: dict[str, os.stat_result] = {}
+    try:
+        with os.scandir(store) as it:
+            for d in it:
+                if d.is_dir(follow_symlinks=False) and all((Path(d.path) / m).is_file() for m in SEGMENT_MARKERS):
+                    with contextlib.suppress(FileNotFoundError):
+                        out[d.name] = d.stat(follow_symlinks=False)
+    except OSError:
+        return {}
+    return out
