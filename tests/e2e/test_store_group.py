@@ -245,3 +245,48 @@ def test_a_collection_added_during_the_backup_is_never_silently_missing(sandbox:
         stop.touch()
         adder.communicate(timeout=60)
     assert named, "no backup met a collection added during it: the adder did not race them"
+
+
+# argv: file, stop file. Appends a line every millisecond until the stop file exists.
+APPENDER = textwrap.dedent(
+    """
+    import os, sys, time
+    path, stop = sys.argv[1], sys.argv[2]
+    print("ready", flush=True)
+    with open(path, "a") as f:
+        while not os.path.exists(stop):
+            f.write("event\\n")
+            f.flush()
+            time.sleep(0.001)
+    """
+)
+
+
+def test_a_busy_file_beside_index_files_does_not_make_a_store(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A user's folder that happens to hold a database and, in a folder beside it, `header.bin`
+    and `data_level0.bin` with a log being written: only the HNSW index's own files are read with
+    the database. Before, the log was part of the group, changed during every read, and the
+    database's folder was named as not saved consistently (exit 3)."""
+    sb = sandbox
+    proj = sb.workspace / "proj"
+    (proj / "cache").mkdir(parents=True)
+    con = sqlite3.connect(proj / "app.db")
+    con.execute("CREATE TABLE t(x)")
+    con.execute("INSERT INTO t VALUES (1)")
+    con.commit()
+    con.close()
+    for name in ("header.bin", "data_level0.bin"):
+        (proj / "cache" / name).write_bytes(name.encode())
+    stop = tmp_path / "stop"
+    appender = subprocess.Popen(
+        [sys.executable, "-c", APPENDER, str(proj / "cache" / "events.log"), str(stop)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert appender.stdout is not None and appender.stdout.readline().strip() == "ready"
+        time.sleep(0.1)
+        doc = sb.backup(check=None)
+    finally:
+        stop.touch()
+        appender.communicate(timeout=60)
+    assert doc["incomplete"] == [], doc["incomplete"]
+    assert "workspace/proj/app.db" in {d["path"] for d in doc["databases"]}
