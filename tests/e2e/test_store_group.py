@@ -278,9 +278,8 @@ def test_a_busy_file_beside_index_files_does_not_make_a_store(sandbox: Sandbox, 
     for name in ("header.bin", "data_level0.bin"):
         (proj / "cache" / name).write_bytes(name.encode())
     stop = tmp_path / "stop"
-    appender = subprocess.Popen(
-        [sys.executable, "-c", APPENDER, str(proj / "cache" / "events.log"), str(stop)], stdout=subprocess.PIPE, text=True
-    )
+    log = proj / "cache" / "events.log"
+    appender = subprocess.Popen([sys.executable, "-c", APPENDER, str(log), str(stop)], stdout=subprocess.PIPE, text=True)
     try:
         assert appender.stdout is not None and appender.stdout.readline().strip() == "ready"
         time.sleep(0.1)
