@@ -279,7 +279,8 @@ def test_a_busy_file_beside_index_files_does_not_make_a_store(sandbox: Sandbox, 
         (proj / "cache" / name).write_bytes(name.encode())
     stop = tmp_path / "stop"
     log = proj / "cache" / "events.log"
-    appender = subprocess.Popen([sys.executable, "-c", APPENDER, str(log), str(stop)], stdout=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-c", APPENDER, str(log), str(stop)]
+    appender = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert appender.stdout is not None and appender.stdout.readline().strip() == "ready"
         time.sleep(0.1)
