@@ -290,3 +290,17 @@ def test_a_busy_file_beside_index_files_does_not_make_a_store(sandbox: Sandbox, 
         appender.communicate(timeout=60)
     assert doc["incomplete"] == [], doc["incomplete"]
     assert "workspace/proj/app.db" in {d["path"] for d in doc["databases"]}
+
+
+def test_watch_says_it_does_not_cover_a_chromadb_stores_index_files(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx watch` follows `chroma.sqlite3` only: a `restore --at` would pair its state at that
+    time with index files of another flush. The watch says so for that store (before, nothing)."""
+    sb = sandbox
+    store = sb.workspace / "stores" / "chroma"
+    store.mkdir(parents=True)
+    stop = tmp_path / "stop"
+    stop_writer(start_writer(store, stop, 0.0), stop)
+    res = sb.phx("watch", "--duration", "1", "--no-files", "--json").json()
+    (warning,) = [w for w in res["warnings"] if "chromadb" in w]
+    assert warning.startswith("workspace/stores/chroma/chroma.sqlite3 is a chromadb store: the watch follows its")
+    assert "phx backup" in warning
