@@ -122,7 +122,7 @@ def test_a_chromadb_store_is_saved_as_one_flush(sandbox: Sandbox, tmp_path: Path
     store = sb.workspace / "stores" / "chroma"
     store.mkdir(parents=True)
     stop = tmp_path / "stop"
-    writer = start_writer(store, stop, 0.01)
+    writer = start_writer(store, stop, 0.02)
     saved: list[str] = []
     try:
         for _ in range(6):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
-from phoenix_backup.ops.backup import read_while_still
+from phoenix_backup.ops.backup import _flushes_done, read_while_still
 
 
 def _stat(path: Path) -> os.stat_result:
@@ -103,5 +104,35 @@ def test_a_rewrite_within_one_tick_of_the_same_size_is_not_taken_for_holding_sti
         return first, b.read_bytes()
 
     result, attempt = read_while_still(lambda: [_whole_seconds(a), _whole_seconds(b)], read, 4, 0.01)
+    assert result == (b"flush 2", b"flush 2")
+    assert attempt == 2
+
+
+def test_a_flush_paused_half_way_is_not_taken_for_holding_still(tmp_path: Path) -> None:
+    """A writer paused (descheduled, a slow disk) between two files of a flush: the files hold
+    still, but `header.bin` is of flush 2 and `index_metadata.pickle` (written last) of flush 1.
+    Before, that read counted as holding still; now it waits for the flush to end. (The e2e race
+    restored `header.bin` of flush 7 beside `link_lists.bin` of flush 6 and an empty `length.bin`.)"""
+    seg = tmp_path / "5f3c1e2a"
+    seg.mkdir()
+    header, pickle = seg / "header.bin", seg / "index_metadata.pickle"
+    pickle.write_bytes(b"flush 1")
+    header.write_bytes(b"flush 2")
+    old = time.time_ns() - 10_000_000_000
+    os.utime(pickle, ns=(old, old))  # flush 1 ended long ago
+    os.utime(header, ns=(old + 5_000_000_000, old + 5_000_000_000))  # flush 2 began, then paused
+    time.sleep(0.05)  # past the tick of the change times that sets
+
+    def read(_stats: object) -> tuple[bytes, bytes]:
+        return header.read_bytes(), pickle.read_bytes()
+
+    def resume(_pause: float) -> None:  # between two reads, the writer ends flush 2
+        pickle.write_bytes(b"flush 2")
+        os.utime(pickle, ns=(old + 6_000_000_000, old + 6_000_000_000))
+        time.sleep(0.05)  # past the tick of the change time that sets
+
+    paths = [header, pickle]
+    settled = partial(_flushes_done, [p.name for p in paths], [p.parent for p in paths])
+    result, attempt = read_while_still(lambda: [_stat(p) for p in paths], read, 4, 0.01, sleep=resume, settled=settled)
     assert result == (b"flush 2", b"flush 2")
     assert attempt == 2

@@ -705,7 +705,10 @@ class _Run:
             return out
 
         stats = partial(_stats, paths)
-        result, attempts = read_while_still(stats, read, GROUP_ATTEMPTS, GROUP_PAUSE, self.check_stopping)
+        settled = partial(_flushes_done, [p.name for p in paths], [p.parent for p in paths])
+        result, attempts = read_while_still(
+            stats, read, GROUP_ATTEMPTS, GROUP_PAUSE, self.check_stopping, settled=settled
+        )
         result.attempts = attempts
         self.envx.progress.advance(files=len(files) + 1)
         store = db.logical.rpartition("/")[0] or db.logical
@@ -797,6 +800,26 @@ def _racy_until(stats: Sequence[os.stat_result | None], taken_ns: int) -> int:
     return max(changed) + (RACY_FINE_NS if fine else RACY_NS) + 1
 
 
+# Written last by each flush of a segment (chromadb's `_persist`: the index files, then this).
+FLUSH_LAST = "index_metadata.pickle"
+
+
+def _flushes_done(names: Sequence[str], folders: Sequence[Path], stats: Sequence[os.stat_result | None]) -> bool:
+    """Whether no segment folder is in the middle of a flush: none holds a file modified after
+    its `FLUSH_LAST` (a writer paused between two files of a flush leaves them still, yet of two
+    flushes). A folder without that file is not judged."""
+    last: dict[Path, int] = {}
+    newest: dict[Path, int] = {}
+    for name, folder, st in zip(names, folders, stats, strict=True):
+        if st is None:
+            continue
+        if name == FLUSH_LAST:
+            last[folder] = st.st_mtime_ns
+        else:
+            newest[folder] = max(newest.get(folder, 0), st.st_mtime_ns)
+    return all(newest.get(folder, 0) <= mtime for folder, mtime in last.items())
+
+
 def read_while_still(
     stats: Callable[[], Sequence[os.stat_result | None]],
     read: Callable[[Sequence[os.stat_result | None]], T],
@@ -804,19 +827,22 @@ def read_while_still(
     pause: float,
     check: Callable[[], None] = lambda: None,
     sleep: Callable[[float], None] = time.sleep,
+    settled: Callable[[Sequence[os.stat_result | None]], bool] = lambda _stats: True,
 ) -> tuple[T, int | None]:
     """`read(stats())` until no file changed (size, mtime, ctime, inode) between the stats taken
     before and after it, at most `attempts` times: the last read, and the attempt that held still
     (None when none did). A read whose files had changed within a tick of the clock before it
     (`_racy_until`) does not count as holding still: a rewrite in that tick, of the same size,
-    would leave their stats equal; the next read waits past that tick. `check` runs before each
-    retry (it raises when the run stops)."""
+    would leave their stats equal; the next read waits past that tick. Nor does one whose files,
+    as stat'ed before it, were not `settled` (a flush half done). `check` runs before each retry
+    (it raises when the run stops)."""
     for attempt in range(1, attempts + 1):
         taken = time.time_ns()
         before = stats()
         result = read(before)
         after = stats()
-        if _racy_until(before, taken) <= taken and list(map(_version, after)) == list(map(_version, before)):
+        still = list(map(_version, after)) == list(map(_version, before))
+        if still and _racy_until(before, taken) <= taken and settled(before):
             return result, attempt
         if attempt < attempts:
             check()
