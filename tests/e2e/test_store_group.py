@@ -122,7 +122,7 @@ def test_a_chromadb_store_is_saved_as_one_flush(sandbox: Sandbox, tmp_path: Path
     store = sb.workspace / "stores" / "chroma"
     store.mkdir(parents=True)
     stop = tmp_path / "stop"
-    writer = start_writer(store, stop, 0.001)
+    writer = start_writer(store, stop, 0.02)
     saved: list[str] = []
     try:
         for _ in range(6):
@@ -185,3 +185,122 @@ CHURN = textwrap.dedent(
             f.write(f"churn {n}\\n".encode())
     """
 )
+
+
+# argv: store, stop file. Adds a collection after another: its segment folder's files first, then
+# the database records it (as chromadb records a flush after writing its files).
+ADDER = textwrap.dedent(
+    """
+    import os, sqlite3, sys, time, uuid
+    store, stop = sys.argv[1], sys.argv[2]
+    con = sqlite3.connect(os.path.join(store, "chroma.sqlite3"), isolation_level=None, timeout=30)
+    con.execute("CREATE TABLE IF NOT EXISTS segments(name TEXT PRIMARY KEY)")
+    n = 0
+    print("ready", flush=True)
+    while not os.path.exists(stop):
+        name = str(uuid.UUID(int=n))
+        os.makedirs(os.path.join(store, name))
+        for f in ("header.bin", "data_level0.bin", "length.bin", "link_lists.bin", "index_metadata.pickle"):
+            with open(os.path.join(store, name, f), "wb") as out:
+                out.write(f"{name} {f}".encode())
+        con.execute("INSERT INTO segments VALUES (?)", (name,))
+        n += 1
+        time.sleep(0.003)
+    print(n, flush=True)
+    """
+)
+
+
+def test_a_collection_added_during_the_backup_is_never_silently_missing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A collection added after the walk listed the store's files: the database captured later
+    records it, the snapshot would lack its folder. Before, such a snapshot was complete (exit 0)
+    and restored a store whose database names segments it does not have; now the store is named
+    as not saved consistently."""
+    sb = sandbox
+    store = sb.workspace / "stores" / "chroma"
+    store.mkdir(parents=True)
+    stop = tmp_path / "stop"
+    adder = subprocess.Popen([sys.executable, "-c", ADDER, str(store), str(stop)], stdout=subprocess.PIPE, text=True)
+    named = 0
+    try:
+        assert adder.stdout is not None and adder.stdout.readline().strip() == "ready"
+        for i in range(3):
+            doc = sb.backup(check=None)
+            if doc["incomplete"]:
+                assert [x["path"] for x in doc["incomplete"]] == ["workspace/stores/chroma"], doc["incomplete"]
+                assert doc["incomplete"][0]["error"].startswith("not saved consistently: segment folder(s) ")
+                named += 1
+                continue
+            dest = tmp_path / f"restore-{i}"
+            sb.restore_to(doc["id"], dest)
+            restored = dest / "workspace" / "stores" / "chroma"
+            con = sqlite3.connect(restored / "chroma.sqlite3")
+            try:
+                recorded = {r[0] for r in con.execute("SELECT name FROM segments")}
+            finally:
+                con.close()
+            missing = sorted(n for n in recorded if not (restored / n / "header.bin").is_file())
+            assert not missing, f"a complete snapshot whose database records segments it lacks: {missing[:3]}"
+    finally:
+        stop.touch()
+        adder.communicate(timeout=60)
+    assert named, "no backup met a collection added during it: the adder did not race them"
+
+
+# argv: file, stop file. Appends a line every millisecond until the stop file exists.
+APPENDER = textwrap.dedent(
+    """
+    import os, sys, time
+    path, stop = sys.argv[1], sys.argv[2]
+    print("ready", flush=True)
+    with open(path, "a") as f:
+        while not os.path.exists(stop):
+            f.write("event\\n")
+            f.flush()
+            time.sleep(0.001)
+    """
+)
+
+
+def test_a_busy_file_beside_index_files_does_not_make_a_store(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A user's folder that happens to hold a database and, in a folder beside it, `header.bin`
+    and `data_level0.bin` with a log being written: only the HNSW index's own files are read with
+    the database. Before, the log was part of the group, changed during every read, and the
+    database's folder was named as not saved consistently (exit 3)."""
+    sb = sandbox
+    proj = sb.workspace / "proj"
+    (proj / "cache").mkdir(parents=True)
+    con = sqlite3.connect(proj / "app.db")
+    con.execute("CREATE TABLE t(x)")
+    con.execute("INSERT INTO t VALUES (1)")
+    con.commit()
+    con.close()
+    for name in ("header.bin", "data_level0.bin"):
+        (proj / "cache" / name).write_bytes(name.encode())
+    stop = tmp_path / "stop"
+    log = proj / "cache" / "events.log"
+    argv = [sys.executable, "-c", APPENDER, str(log), str(stop)]
+    appender = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert appender.stdout is not None and appender.stdout.readline().strip() == "ready"
+        time.sleep(0.1)
+        doc = sb.backup(check=None)
+    finally:
+        stop.touch()
+        appender.communicate(timeout=60)
+    assert doc["incomplete"] == [], doc["incomplete"]
+    assert "workspace/proj/app.db" in {d["path"] for d in doc["databases"]}
+
+
+def test_watch_says_it_does_not_cover_a_chromadb_stores_index_files(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx watch` follows `chroma.sqlite3` only: a `restore --at` would pair its state at that
+    time with index files of another flush. The watch says so for that store (before, nothing)."""
+    sb = sandbox
+    store = sb.workspace / "stores" / "chroma"
+    store.mkdir(parents=True)
+    stop = tmp_path / "stop"
+    stop_writer(start_writer(store, stop, 0.0), stop)
+    res = sb.phx("watch", "--duration", "1", "--no-files", "--json").json()
+    (warning,) = [w for w in res["warnings"] if "chromadb" in w]
+    assert warning.startswith("workspace/stores/chroma/chroma.sqlite3 is a chromadb store: the watch follows its")
+    assert "phx backup" in warning

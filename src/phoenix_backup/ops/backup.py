@@ -61,7 +61,7 @@ from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
-from phoenix_backup.sources.files import Entry, Selection, database_groups
+from phoenix_backup.sources.files import Entry, Selection, database_groups, segment_folders
 from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
 from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
@@ -460,6 +460,7 @@ class _Run:
         self.envx = envx
         self.parent_nodes: dict[str, Node] = {}
         self.parent_started_ns = 0
+        self.started_ns = time.time_ns()  # set by `_run` to the backup's start, before the walk
         self.warnings: list[str] = []
         if parent is not None:
             try:
@@ -704,11 +705,33 @@ class _Run:
             return out
 
         stats = partial(_stats, paths)
-        result, attempts = read_while_still(stats, read, GROUP_ATTEMPTS, GROUP_PAUSE, self.check_stopping)
+        settled = partial(_flushes_done, [p.name for p in paths], [p.parent for p in paths])
+        result, attempts = read_while_still(
+            stats, read, GROUP_ATTEMPTS, GROUP_PAUSE, self.check_stopping, settled=settled
+        )
         result.attempts = attempts
         self.envx.progress.advance(files=len(files) + 1)
-        if attempts is None:
-            store = db.logical.rpartition("/")[0] or db.logical
+        store = db.logical.rpartition("/")[0] or db.logical
+        # A collection added once the files were listed: its folder is not in the snapshot, while
+        # the database captured after it may record it (and purge the log its files hold).
+        walked = {f.logical.rpartition("/")[0].rpartition("/")[2] for f in files}
+        added = sorted(
+            name
+            for name, st in segment_folders(db.path.parent).items()
+            if name not in walked and st.st_ctime_ns >= self.started_ns - RACY_FINE_NS
+        )
+        if added:
+            result.failed.append(
+                {
+                    "path": store,
+                    "error": (
+                        f"not saved consistently: segment folder(s) {', '.join(added)} appeared after its files were "
+                        f"listed, so the snapshot lacks them while its {db.path.name} may record them; the next "
+                        "backup saves them (or pause the writer for the backup with hooks.preBackup)"
+                    ),
+                }
+            )
+        elif attempts is None:
             folders = len({f.logical.rpartition("/")[0] for f in files})
             result.failed.append(
                 {
@@ -759,6 +782,44 @@ def _version(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
     return None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+# A file's times come from the kernel's coarse clock (one tick: 1 to 10 ms behind the real one),
+# or on some file systems are whole seconds. A file last changed within this margin of the
+# moment its stat was taken may be rewritten in the same tick, same size, and keep its times: a
+# change its stats cannot show. Such a read does not count as holding still.
+RACY_FINE_NS = 20_000_000
+
+
+def _racy_until(stats: Sequence[os.stat_result | None], taken_ns: int) -> int:
+    """The clock time (ns) from which the files stat'ed at `taken_ns` could no longer change
+    unseen; at or below `taken_ns` when none could already."""
+    changed = [max(st.st_mtime_ns, st.st_ctime_ns) for st in stats if st is not None]
+    if not changed:
+        return 0
+    # Whole-second times on every file: a file system with a clock of seconds.
+    fine = any(st.st_mtime_ns % 1_000_000_000 or st.st_ctime_ns % 1_000_000_000 for st in stats if st is not None)
+    return max(changed) + (RACY_FINE_NS if fine else RACY_NS) + 1
+
+
+# Written last by each flush of a segment (chromadb's `_persist`: the index files, then this).
+FLUSH_LAST = "index_metadata.pickle"
+
+
+def _flushes_done(names: Sequence[str], folders: Sequence[Path], stats: Sequence[os.stat_result | None]) -> bool:
+    """Whether no segment folder is in the middle of a flush: none holds a file modified after
+    its `FLUSH_LAST` (a writer paused between two files of a flush leaves them still, yet of two
+    flushes). A folder without that file is not judged."""
+    last: dict[Path, int] = {}
+    newest: dict[Path, int] = {}
+    for name, folder, st in zip(names, folders, stats, strict=True):
+        if st is None:
+            continue
+        if name == FLUSH_LAST:
+            last[folder] = st.st_mtime_ns
+        else:
+            newest[folder] = max(newest.get(folder, 0), st.st_mtime_ns)
+    return all(newest.get(folder, 0) <= mtime for folder, mtime in last.items())
+
+
 def read_while_still(
     stats: Callable[[], Sequence[os.stat_result | None]],
     read: Callable[[Sequence[os.stat_result | None]], T],
@@ -766,18 +827,28 @@ def read_while_still(
     pause: float,
     check: Callable[[], None] = lambda: None,
     sleep: Callable[[float], None] = time.sleep,
+    settled: Callable[[Sequence[os.stat_result | None]], bool] = lambda _stats: True,
 ) -> tuple[T, int | None]:
     """`read(stats())` until no file changed (size, mtime, ctime, inode) between the stats taken
     before and after it, at most `attempts` times: the last read, and the attempt that held still
-    (None when none did). `check` runs before each retry (it raises when the run stops)."""
+    (None when none did). A read whose files had changed within a tick of the clock before it
+    (`_racy_until`) does not count as holding still: a rewrite in that tick, of the same size,
+    would leave their stats equal; the next read waits past that tick. Nor does one whose files,
+    as stat'ed before it, were not `settled` (a flush half done). `check` runs before each retry
+    (it raises when the run stops)."""
     for attempt in range(1, attempts + 1):
+        taken = time.time_ns()
         before = stats()
         result = read(before)
-        if list(map(_version, stats())) == list(map(_version, before)):
+        after = stats()
+        still = list(map(_version, after)) == list(map(_version, before))
+        if still and _racy_until(before, taken) <= taken and settled(before):
             return result, attempt
         if attempt < attempts:
             check()
-            sleep(pause * attempt * (0.5 + random.random()))
+            # At least until the files, as last seen, can no longer change unseen.
+            wait_out = (_racy_until(after, 0) - time.time_ns()) / 1e9
+            sleep(max(pause * attempt * (0.5 + random.random()), wait_out))
     return result, None
 
 
@@ -896,6 +967,7 @@ def _run(
     parents = [s for s in snapshots if s.host == host and s.scope in (parent_scopes or (scope,))]
     parent = parents[-1] if parents else None
     run = _Run(repo, cache_for(repo, envx), parent, envx)
+    run.started_ns = int(started * 1e9)
     parent = run.parent
     run.keep_page_state = keep_page_state
     run.check_every = cfg.databases.integrity_check_every

@@ -78,7 +78,7 @@ from phoenix_backup.repo.crypto import load_cryptography, same_bytes, sha256_hex
 from phoenix_backup.repo.keys import hide_process_memory
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, ProcessTag
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.sources.files import Entry
+from phoenix_backup.sources.files import Entry, segment_folders
 from phoenix_backup.sources.scope import SCOPES
 from phoenix_backup.sources.sqlite_capture import CHECKPOINT_FRAMES, Image, Position, SqliteCapture
 from phoenix_backup.storage.base import Backend
@@ -243,6 +243,13 @@ class Watcher:
                 f"`databases.sqlite` in {cfg.source or 'the config'}"
             )
         for e in entries:
+            if segment_folders(e.path.parent):
+                self.warn(
+                    f"{e.logical} is a chromadb store: the watch follows its database only, not the index files of "
+                    "the segment folders beside it, so `restore --at` may pair a database with index files of "
+                    "another flush and the store may not open or miss items; restore such a store from a "
+                    "`phx backup` snapshot, which saves the database and its index files as one state"
+                )
             pos = None
             if isinstance(positions.get(e.logical), dict):
                 try:

@@ -7,6 +7,7 @@ op's job. A live SQLite database is never listed as a plain file, nor are its `-
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -371,12 +372,16 @@ def _add_parents(layout: Layout, path: Path, sel: Selection) -> None:
 # `chroma.sqlite3` (`<uuid>/header.bin`, `data_level0.bin`, `length.bin`, `link_lists.bin`, with
 # `index_metadata.pickle`): rewritten in place on each flush, outside the database's transactions.
 SEGMENT_MARKERS = ("header.bin", "data_level0.bin")
+# The files of a segment folder read with the database: only these (any other file there, of the
+# user's, is read on its own, and its changes never make the store read again).
+SEGMENT_FILES = frozenset((*SEGMENT_MARKERS, "length.bin", "link_lists.bin", "index_metadata.pickle"))
 
 
 def database_groups(entries: dict[str, Entry]) -> dict[str, list[str]]:
     """The databases whose application keeps part of their state in files beside them, each with
-    those files (logical paths, sorted): a SQLite database and every folder next to it that holds
-    an HNSW index's files (a chromadb store). They are read as one unit (ops/backup.py)."""
+    those files (logical paths, sorted): a SQLite database and the HNSW index files
+    (`SEGMENT_FILES`) of every folder next to it that holds them (a chromadb store). They are
+    read as one unit (ops/backup.py)."""
     by_folder: dict[str, list[str]] = {}
     for logical, e in entries.items():
         if e.kind == "file":
@@ -385,7 +390,8 @@ def database_groups(entries: dict[str, Entry]) -> dict[str, list[str]]:
     for folder, files in by_folder.items():
         names = {f.rpartition("/")[2] for f in files}
         if all(m in names for m in SEGMENT_MARKERS) and "/" in folder:
-            segments.setdefault(folder.rpartition("/")[0], []).extend(files)
+            index = [f for f in files if f.rpartition("/")[2] in SEGMENT_FILES]
+            segments.setdefault(folder.rpartition("/")[0], []).extend(index)
     out: dict[str, list[str]] = {}
     for logical, e in entries.items():
         beside = segments.get(logical.rpartition("/")[0])
@@ -399,3 +405,18 @@ def database_groups(entries: dict[str, Entry]) -> dict[str, list[str]]:
         claimed.update(files)
         out[logical] = files
     return {k: v for k, v in out.items() if v}
+
+
+def segment_folders(store: Path) -> dict[str, os.stat_result]:
+    """The folders in `store` that hold an HNSW index's files (`SEGMENT_MARKERS`), by name, with
+    their stats (none when the store cannot be listed)."""
+    out: dict[str, os.stat_result] = {}
+    try:
+        with os.scandir(store) as it:
+            for d in it:
+                if d.is_dir(follow_symlinks=False) and all((Path(d.path) / m).is_file() for m in SEGMENT_MARKERS):
+                    with contextlib.suppress(FileNotFoundError):
+                        out[d.name] = d.stat(follow_symlinks=False)
+    except OSError:
+        return {}
+    return out
