@@ -136,7 +136,14 @@ def test_a_safety_snapshot_that_fills_the_disk_restores_nothing_and_leaves_no_pa
     changed = random.Random(8).randbytes(30_000_000)  # the safety snapshot must save it: no room
     big.write_bytes(changed)
     res = sb.phx("restore", "--backup", first["id"], "--yes", check=None)
-    assert_error(res, 1, "no space", "were removed: no index names them")
+    assert_error(
+        res,
+        1,
+        "no space",
+        "were removed: no index names them",
+        "nothing was restored",
+        "--no-safety-snapshot",
+    )
     assert big.read_bytes() == changed, "the restore overwrote a file it could not save first"
     assert _packs(repo) == packs, "the failed safety snapshot left packs no index names"
     now = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize

@@ -36,6 +36,7 @@ from phoenix_backup.errors import (
     CorruptObject,
     ExitStatus,
     GatewayError,
+    NoSpace,
     ObjectNotFound,
     PhoenixError,
     ReadOnlyStorage,
@@ -750,6 +751,11 @@ class _Restore:
             raise RestoreError(
                 f"the safety snapshot cannot be written ({exc}), so nothing was restored; restore with "
                 "--no-safety-snapshot (the restore then cannot be undone), or make the repository writable"
+            ) from exc
+        except NoSpace as exc:
+            raise NoSpace(
+                f"{exc}; the safety snapshot could not be saved, so nothing was restored (or restore with "
+                "--no-safety-snapshot: the restore then cannot be undone)"
             ) from exc
         assert taken.id is not None
         short = taken.id[:8]
