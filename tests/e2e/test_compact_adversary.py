@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -35,6 +36,16 @@ def _base(sb: Sandbox, at: int) -> captures.Base:
         return captures.Base(sid, str(node.sha256))
 
 
+def _old_day(sb: Sandbox, configure: bool = True) -> tuple[Path, sqlite3.Connection, int]:
+    """The dashboard database (a fresh table `t`), a connection to it, and the start of the day
+    three days ago: older than `capturesHourlyWithin` (2 days, written unless `configure` is off),
+    so forget compacts it."""
+    if configure:
+        sb.write_config(retention={"capturesHourlyWithin": "2d"})
+    now = captures.to_us(datetime.now(UTC))
+    return sb.layout.dashboard_db, new_db(sb), (now - 3 * DAY) // DAY * DAY
+
+
 def _pages(old: bytes, new: bytes) -> list[int]:
     count = len(new) // 1024
     return [p for p in range(1, count + 1) if new[(p - 1) * 1024 : p * 1024] != old[(p - 1) * 1024 : p * 1024]]
@@ -44,12 +55,8 @@ def test_a_day_across_a_new_base_whose_state_fails_its_check_keeps_every_kept_st
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     sb = sandbox
-    sb.write_config(retention={"capturesHourlyWithin": "2d"})
-    db = sb.layout.dashboard_db
-    con = new_db(sb)
+    db, con, day = _old_day(sb)
     con.executemany("INSERT INTO t VALUES (?, ?)", [(k, "a" * 200) for k in range(40)])
-    now = captures.to_us(datetime.now(UTC))
-    day = (now - 3 * DAY) // DAY * DAY  # a day older than capturesHourlyWithin: compacted
     t = [day + 2 * HOUR + k * 30 * MIN for k in range(5)]
     t[2] = t[1] + MIN + 1_000_000  # the new base is taken a second after the last segment's end
     states: dict[int, bytes] = {}
@@ -110,12 +117,7 @@ def _day(
 ) -> tuple[captures.Base, list[int], dict[int, bytes]]:
     """Three segments of a watch's day three days ago from its base (scope `watch`): the base,
     the commit times, and the database's bytes at each."""
-    if configure:
-        sb.write_config(retention={"capturesHourlyWithin": "2d"})
-    db = sb.layout.dashboard_db
-    con = new_db(sb)
-    now = captures.to_us(datetime.now(UTC))
-    day = (now - 3 * DAY) // DAY * DAY
+    db, con, day = _old_day(sb, configure)
     t = [day + 2 * HOUR + shift + k * 30 * MIN for k in range(3)]
     base = _base(sb, t[0] - MIN)
     states: dict[int, bytes] = {}
@@ -246,12 +248,8 @@ def test_a_day_whose_last_state_fails_its_check_keeps_the_good_states_before_it(
     retention policy keeps the last snapshot that passed its check): every state stays, and so on
     at the next forget."""
     sb = sandbox
-    sb.write_config(retention={"capturesHourlyWithin": "2d"})
-    db = sb.layout.dashboard_db
-    con = new_db(sb)
+    db, con, day = _old_day(sb)
     con.executemany("INSERT INTO t VALUES (?, ?)", [(k, "a" * 200) for k in range(40)])
-    now = captures.to_us(datetime.now(UTC))
-    day = (now - 3 * DAY) // DAY * DAY  # older than capturesHourlyWithin: compacted
     t = [day + 2 * HOUR + k * 30 * MIN for k in range(3)]
     base = _base(sb, t[0] - MIN)
     s0 = db.read_bytes()
