@@ -41,7 +41,7 @@ from phoenix_backup.errors import (
     SourceError,
     WrongPassphrase,
 )
-from phoenix_backup.ops.context import Environment, load, open_repository, passphrase
+from phoenix_backup.ops.context import Environment, given_passphrase, load, open_repository
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.repo.locks import HeldLock
@@ -437,9 +437,12 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
     enc = cfg.encryption
     if enc.enabled and enc.method == "passphrase":
         try:
-            secret = passphrase(cfg, envx)
-            if secret is not None:
-                envx = dataclasses.replace(envx, env={**envx.env, "PHX_PASSPHRASE": secret})
+            given = given_passphrase(cfg, envx)
+            if given is not None:
+                # As given (`exact`): a repository whose passphrase an earlier Phoenix set with the
+                # line break or byte-order mark of its source opens as it does for other commands.
+                as_given = given.exact if given.exact is not None else given.secret
+                envx = dataclasses.replace(envx, env={**envx.env, "PHX_PASSPHRASE": as_given})
             else:
                 result.add(
                     "credentials",
