@@ -146,21 +146,14 @@ def _passphrase_file(file: Path, *, ahead: bool) -> GivenPassphrase | None:
     text = raw.decode("utf-8", "surrogateescape")
     # Earlier, a file's line breaks were left out already, and its byte-order mark was not.
     given = as_passphrase(text, f"PHX_PASSPHRASE_FILE {file}", before=text.rstrip("\r\n"))
-    if not given.secret:  # no key slot has an empty passphrase: say the file is empty, not "wrong passphrase"
+    # No key slot has an empty passphrase: say the file is empty, not "wrong passphrase" (a file
+    # of the byte-order mark alone gives it as `exact`: a passphrase an earlier Phoenix set).
+    if not given.secret and given.exact is None:
         if ahead:
             return None
         raise UsageError(
             f"PHX_PASSPHRASE_FILE {file} is empty; write the passphrase in it (one line) or unset PHX_PASSPHRASE_FILE"
         )
-    return given
-
-
-def _passphrase_variable(name: str, value: str, source: str) -> GivenPassphrase:
-    """The passphrase in the environment variable `name` (`as_passphrase`); UsageError when it
-    holds nothing but line breaks."""
-    given = as_passphrase(value, source)
-    if not given.secret:
-        raise UsageError(f"{name} holds nothing but line breaks; set it to the passphrase or unset it")
     return given
 
 
@@ -180,7 +173,7 @@ def given_passphrase(
         _passphrase_file(Path(env["PHX_PASSPHRASE_FILE"]), ahead=ahead) if env.get("PHX_PASSPHRASE_FILE") else None
     )
     if env.get("PHX_PASSPHRASE"):
-        given = _passphrase_variable("PHX_PASSPHRASE", env["PHX_PASSPHRASE"], "PHX_PASSPHRASE")
+        given = as_passphrase(env["PHX_PASSPHRASE"], "PHX_PASSPHRASE")
         if env.get("PHX_PASSPHRASE_FILE"):
             if from_file is None:  # ahead, and the file is not to be read now: the real opening says it
                 return None
@@ -196,7 +189,7 @@ def given_passphrase(
     if enc and enc.passphrase_env:
         value = env.get(enc.passphrase_env)
         if value:
-            return _passphrase_variable(enc.passphrase_env, value, f"{enc.passphrase_env} (encryption.passphraseEnv)")
+            return as_passphrase(value, f"{enc.passphrase_env} (encryption.passphraseEnv)")
     if ahead:
         return None
     if enc and enc.passphrase_command:
@@ -412,7 +405,7 @@ def _env_passphrase(envx: Environment) -> str | None:
     """A passphrase given in the environment is tried even when the config names another method
     (read as every source is, `as_passphrase`)."""
     value = envx.env.get("PHX_PASSPHRASE")
-    return _passphrase_variable("PHX_PASSPHRASE", value, "PHX_PASSPHRASE").secret if value else None
+    return as_passphrase(value, "PHX_PASSPHRASE").secret if value else None
 
 
 def new_key_slot(

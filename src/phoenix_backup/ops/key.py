@@ -139,10 +139,7 @@ def new_passphrase(envx: Environment) -> str:
     is, `as_passphrase`: a slot set from it opens with either), or asked twice."""
     value = envx.env.get("PHX_NEW_PASSPHRASE")
     if value:
-        given = as_passphrase(value, "PHX_NEW_PASSPHRASE")
-        if not given.secret:
-            raise UsageError("PHX_NEW_PASSPHRASE holds nothing but line breaks; set it to the new passphrase")
-        return given.secret
+        return as_passphrase(value, "PHX_NEW_PASSPHRASE").secret  # blank: refused as a new passphrase
     if envx.interactive and envx.prompt is not None:
         first = envx.prompt("New passphrase: ")
         if first and envx.prompt("Repeat the new passphrase: ") == first:
