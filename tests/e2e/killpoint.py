@@ -23,6 +23,9 @@ Environment:
 - PHX_KILL_REPORT=FILE: written at exit with the number of calls counted (a run that was not
   killed), or at the kill with `killed at call N: <call>`;
 - PHX_KILL_SEED: seeds the delay inside SQLite calls;
+- PHX_KILL_SIGNAL=TERM (or INT, HUP): send that signal instead of SIGKILL. The process stops as
+  `phx` stops at a user's signal (its handler raises in the main thread, so a call made there
+  is not made); the report still names the call, and the exit code is 128 + the signal's;
 - PHX_KILL_ONLY=changes: count only the calls that change what is visible (a rename, link,
   unlink or rmdir; a target's object written or deleted), the points between which a crash
   leaves one state or the next (the key rotation's kill test walks every one of them).
@@ -62,6 +65,8 @@ _report = os.environ.get("PHX_KILL_REPORT") or ""
 _rng = random.Random(os.environ.get("PHX_KILL_SEED") or 0)
 _changes_only = os.environ.get("PHX_KILL_ONLY") == "changes"
 _after_call, _, _after_text = (os.environ.get("PHX_KILL_AFTER") or "").partition(":")
+_signal = signal.Signals[f"SIG{os.environ.get('PHX_KILL_SIGNAL') or 'KILL'}"]
+_hit = threading.Event()  # the kill point was reached (a stop signal lets the process go on to exit)
 _started = threading.Event()
 if not _after_call:
     _started.set()
@@ -127,13 +132,16 @@ def _counted(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         _count += 1
         n = _count
     if n == _kill_at:
+        _hit.set()
         _write_report(f"killed at call {n}: {what}\n")
     return n
 
 
 def _kill() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(10)  # never returns: the signal is delivered at once
+    os.kill(os.getpid(), _signal)
+    # Never returns: SIGKILL ends the process at once; a stop signal's handler raises here (in
+    # the main thread) before the call is made.
+    time.sleep(10)
 
 
 def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -183,7 +191,7 @@ def install() -> None:
         from phoenix_backup.sinks import sqlite_live
 
         sqlite_live.apply_copy = _wrap_inside("apply_copy", sqlite_live.apply_copy)
-    atexit.register(lambda: _write_report(f"calls {_count}\n"))
+    atexit.register(lambda: None if _hit.is_set() else _write_report(f"calls {_count}\n"))
 
 
 def main() -> None:

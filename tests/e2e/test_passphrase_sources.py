@@ -40,12 +40,20 @@ def test_a_passphrase_file_saved_with_a_bom_opens_the_repository(backed_up: Sand
     assert (tmp_path / "out" / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
 
 
+def set_passphrase_as_before(sb: Sandbox, exact: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repository's passphrase slot replaced by one for `exact` as it is, as an earlier Phoenix
+    set it from a source that gave it so (PHX_NEW_PASSPHRASE is now read as every source is)."""
+    cfg = load_config(sb.config_path, sb.env)
+    with monkeypatch.context() as patch:
+        patch.setattr(key_ops, "new_passphrase", lambda _envx: exact)
+        key_ops.key_passwd(cfg, context.Environment(env=sb.env))
+
+
 def test_a_repository_whose_passphrase_was_set_with_the_bom_still_opens_and_says_how_to_drop_it(
-    backed_up: Sandbox, tmp_path: Path
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sb = backed_up
-    cfg = load_config(sb.config_path, sb.env)
-    key_ops.key_passwd(cfg, context.Environment(env=sb.env_with(PHX_NEW_PASSPHRASE=BOM + PASSPHRASE)))
+    set_passphrase_as_before(sb, BOM + PASSPHRASE, monkeypatch)
     file = secret_file(tmp_path / "passphrase.txt", BOM + PASSPHRASE + "\n")
     env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file))
     res = sb.phx("list", "--json", env=env)
@@ -67,6 +75,79 @@ def test_a_repository_whose_passphrase_was_set_with_the_bom_still_opens_and_says
     assert f"no key slot of the repository opens with PHX_PASSPHRASE_FILE {wrong}" in res.err, res.err
     res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE="not the passphrase"), check=1)
     assert "opens with PHX_PASSPHRASE;" in res.err, res.err
+
+
+# -- line breaks: every source gives the same passphrase (docs/security.md, "Where the passphrase comes from")
+
+
+def test_a_passphrase_ending_in_a_line_break_is_the_same_passphrase_from_every_source(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`export PHX_PASSPHRASE="$(cat file)"` of a CRLF file keeps the CR; a secret store's value
+    may end with a line feed. PHX_PASSPHRASE was used with them, PHX_PASSPHRASE_FILE without:
+    a repository made one way did not open the other. Now `phx init`, `phx key add` and every
+    opening leave trailing CR/LF out, from each source."""
+    sb = sandbox
+    sb.env["PHX_PASSPHRASE"] = PASSPHRASE + "\r"
+    sb.reinit()  # as `phx init` makes it, from PHX_PASSPHRASE ending in CR
+    file = secret_file(tmp_path / "passphrase.txt", PASSPHRASE + "\r\n")
+    for env in (
+        sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)),
+        sb.env_with(PHX_PASSPHRASE=PASSPHRASE),
+        sb.env_with(PHX_PASSPHRASE=PASSPHRASE + "\r\n"),
+    ):
+        res = sb.phx("key", "list", "--json", env=env, check=None)
+        assert res.code == 0 and len(res.json()) == 1, res
+        assert "warning" not in res.err, res.err
+    # A passphrase added with a line feed opens without it, and from a file.
+    sb.phx("key", "add", "--method", "passphrase", env=sb.env_with(PHX_NEW_PASSPHRASE="second one\n"))
+    other = secret_file(tmp_path / "other.txt", "second one\n")
+    for env in (
+        sb.env_with(PHX_PASSPHRASE="second one"),
+        sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(other)),
+    ):
+        res = sb.phx("key", "list", "--json", env=env, check=None)
+        assert res.code == 0 and len(res.json()) == 2, res
+    # Only line ends go: an inner CR, and trailing spaces, are the passphrase's.
+    for near in (PASSPHRASE + " ", PASSPHRASE[:3] + "\r" + PASSPHRASE[3:]):
+        res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=near), check=None)
+        assert res.code == 1 and "wrong passphrase" in res.err, res
+
+
+def test_a_repository_whose_passphrase_really_ends_with_a_line_break_still_opens(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made by an earlier Phoenix from PHX_PASSPHRASE ending in LF: it opens with that value as
+    before, says how to drop the line break, and the fix it names works."""
+    sb = backed_up
+    set_passphrase_as_before(sb, PASSPHRASE + "\n", monkeypatch)
+    env = sb.env_with(PHX_PASSPHRASE=PASSPHRASE + "\n")
+    res = sb.phx("list", "--json", env=env)
+    assert len(res.json()) == 1
+    assert "ends with the line break (CR/LF) that ends PHX_PASSPHRASE" in res.err and "phx key passwd" in res.err
+    sb.phx("key", "passwd", env={**env, "PHX_NEW_PASSPHRASE": PASSPHRASE})
+    file = secret_file(tmp_path / "passphrase.txt", PASSPHRASE + "\n")
+    for env in (
+        sb.env_with(PHX_PASSPHRASE=PASSPHRASE),
+        sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(file)),
+    ):
+        res = sb.phx("list", "--json", env=env)
+        assert len(res.json()) == 1 and "warning" not in res.err, res.err
+
+
+def test_phx_passphrase_and_phx_passphrase_file_that_differ_are_refused(backed_up: Sandbox, tmp_path: Path) -> None:
+    """Both set: the variable won silently, so a file the user had just fixed was never read. Now
+    they must agree (line ends aside), or the command stops before anything with exit 2."""
+    sb = backed_up
+    wrong = secret_file(tmp_path / "old.txt", "an old passphrase\n")
+    res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE_FILE=str(wrong)), check=None)
+    assert res.code == 2, res
+    (line,) = res.error_lines()
+    assert "PHX_PASSPHRASE and PHX_PASSPHRASE_FILE" in line and str(wrong) in line and "unset" in line, line
+    assert "Traceback" not in res.err
+    same = secret_file(tmp_path / "same.txt", PASSPHRASE + "\r\n")
+    res = sb.phx("list", "--json", env=sb.env_with(PHX_PASSPHRASE_FILE=str(same)))
+    assert len(res.json()) == 1 and "warning" not in res.err, res.err
 
 
 def test_a_new_passphrase_of_spaces_alone_is_refused(backed_up: Sandbox) -> None:

@@ -60,3 +60,13 @@ def test_redact_text_hides_known_secrets_and_every_url_form() -> None:
     out = redact(text, ["CANARY4-long"])
     assert SECRET not in out, out
     assert "https://github.com/me/a.git" in out and "ntfy://***" in out and "json://127.0.0.1:9/x" in out
+
+
+def test_a_passphrase_given_with_a_line_break_is_redacted_as_phoenix_uses_it() -> None:
+    """PHX_PASSPHRASE ending in CR/LF is used without them (ops/context.py `as_passphrase`): a
+    message that shows the passphrase shows it without them, and that is redacted too."""
+    from phoenix_backup.notify.message import env_secrets
+
+    secrets = env_secrets({"PHX_PASSPHRASE": "CANARY-pass\r\n", "PHX_NEW_PASSPHRASE": "CANARY-new\n"})
+    shown = redact("opened with CANARY-pass; the new one is CANARY-new.", secrets)
+    assert "CANARY" not in shown, shown

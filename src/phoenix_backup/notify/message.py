@@ -63,6 +63,8 @@ def env_secrets(env: Mapping[str, str]) -> list[str]:
     """The secrets this run's environment holds, known before any config is read: the
     passphrases (and the passphrase file's), AWS keys, a Git password."""
     out = [env.get(name, "") for name in ("PHX_PASSPHRASE", "PHX_NEW_PASSPHRASE", "PHX_GIT_PASSWORD")]
+    # And the passphrases as Phoenix uses them, without the line breaks they may end with.
+    out += [env.get(name, "").rstrip("\r\n") for name in ("PHX_PASSPHRASE", "PHX_NEW_PASSPHRASE")]
     file = env.get("PHX_PASSPHRASE_FILE")
     if file:
         # A file that cannot be read or is too large gives no passphrase to the run either.

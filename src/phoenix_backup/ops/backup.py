@@ -41,7 +41,7 @@ from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, parse_time
 from phoenix_backup.ops.hooks import BackupHooks
 from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
-from phoenix_backup.ops.selection import select_sources
+from phoenix_backup.ops.selection import repository_in_workspace, select_sources
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.chunker import file_chunks_of, page_runs
@@ -346,6 +346,9 @@ def _snapshot(
 
 def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope) -> list[str]:
     out = [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+    inside = repository_in_workspace(cfg, layout.home)
+    if inside is not None:
+        out.append(inside)
     identity = LogicalMatcher.for_patterns(cfg.components.identity, layout)
     if scope in ("full", "identity") and not any(identity.matches(logical) for logical in sel.entries):
         # Each identity file may be absent on its own; none at all is a workspace set wrong.

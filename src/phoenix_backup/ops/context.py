@@ -109,61 +109,94 @@ PASSPHRASE_COMMAND_TIMEOUT = 60.0
 
 @dataclass(frozen=True)
 class GivenPassphrase:
-    """A passphrase and where it came from. `exact` is PHX_PASSPHRASE_FILE's text with the UTF-8
-    byte-order mark it starts with, which `secret` leaves out: a repository whose passphrase was
-    set from such a file before the mark was left out opens with `exact` (`_open_asking`)."""
+    """A passphrase and where it came from. `exact` is what an earlier Phoenix used from the same
+    source when `secret` differs from it (`as_passphrase`): PHX_PASSPHRASE with the line break it
+    ends with, PHX_PASSPHRASE_FILE's text with the UTF-8 byte-order mark it starts with. A
+    repository whose passphrase was set that way opens with `exact` (`_open_asking`)."""
 
     secret: str
     exact: str | None = None
     source: str = "PHX_PASSPHRASE"  # named when no key slot opens with it
 
 
+def as_passphrase(text: str, source: str, *, before: str | None = None) -> GivenPassphrase:
+    """A passphrase as every source gives it (the environment, a file, a command's output, the new
+    passphrase of `phx key add`): without a UTF-8 byte-order mark it starts with and without the
+    line breaks (CR, LF) it ends with, so that `export PHX_PASSPHRASE="$(cat file)"`, a CRLF file
+    and a secret store's value all give the same passphrase. Nothing else is changed: spaces,
+    tabs and every inner character are the passphrase's. `before`: what an earlier Phoenix used
+    from this source (`text` itself when not given), kept as `exact` when it differs."""
+    secret = text.removeprefix(_BOM).rstrip("\r\n")
+    before = text if before is None else before
+    return GivenPassphrase(secret, exact=before if before != secret else None, source=source)
+
+
+def _passphrase_file(file: Path, *, ahead: bool) -> GivenPassphrase | None:
+    """PHX_PASSPHRASE_FILE's passphrase (`as_passphrase`); None only when `ahead` and the file
+    cannot be read twice or at all (`given_passphrase`)."""
+    try:
+        if ahead and not stat.S_ISREG(os.stat(file).st_mode):
+            return None
+        raw = read_secret_file(file, "PHX_PASSPHRASE_FILE", _PASSPHRASE_FILE_FIX)
+    except OSError as exc:
+        if ahead:
+            return None
+        raise UsageError(f"cannot read PHX_PASSPHRASE_FILE {file}: {exc.strerror}; fix the path") from exc
+    # Bytes that are not UTF-8 kept as the environment keeps them: the key slot refuses them.
+    text = raw.decode("utf-8", "surrogateescape")
+    # Earlier, a file's line breaks were left out already, and its byte-order mark was not.
+    given = as_passphrase(text, f"PHX_PASSPHRASE_FILE {file}", before=text.rstrip("\r\n"))
+    # No key slot has an empty passphrase: say the file is empty, not "wrong passphrase" (a file
+    # of the byte-order mark alone gives it as `exact`: a passphrase an earlier Phoenix set).
+    if not given.secret and given.exact is None:
+        if ahead:
+            return None
+        raise UsageError(
+            f"PHX_PASSPHRASE_FILE {file} is empty; write the passphrase in it (one line) or unset PHX_PASSPHRASE_FILE"
+        )
+    return given
+
+
 def given_passphrase(
     cfg: Config | None, envx: Environment, *, purpose: str = "repository", ahead: bool = False
 ) -> GivenPassphrase | None:
     """The passphrase, from the first of PHX_PASSPHRASE, PHX_PASSPHRASE_FILE, the config's
-    passphraseEnv, its passphraseCommand, then a prompt; None when none gives one. `ahead` (the
-    opening ahead of a command's work, `unlock_ahead`) reads only what can be read twice: a
-    regular file, never a pipe or a device (its writer gives the secret once), no command, no
-    prompt; None when the source that decides is one of those."""
+    passphraseEnv, its passphraseCommand, then a prompt; None when none gives one. Each is read
+    the same way (`as_passphrase`). PHX_PASSPHRASE and PHX_PASSPHRASE_FILE both set must give the
+    same passphrase: UsageError otherwise (the variable winning silently opened the repository
+    with a passphrase the user did not mean). `ahead` (the opening ahead of a command's work,
+    `unlock_ahead`) reads only what can be read twice: a regular file, never a pipe or a device
+    (its writer gives the secret once), no command, no prompt; None when the source that decides
+    is one of those."""
     env = envx.env
+    from_file = (
+        _passphrase_file(Path(env["PHX_PASSPHRASE_FILE"]), ahead=ahead) if env.get("PHX_PASSPHRASE_FILE") else None
+    )
     if env.get("PHX_PASSPHRASE"):
-        return GivenPassphrase(env["PHX_PASSPHRASE"])
+        given = as_passphrase(env["PHX_PASSPHRASE"], "PHX_PASSPHRASE")
+        if env.get("PHX_PASSPHRASE_FILE"):
+            if from_file is None:  # ahead, and the file is not to be read now: the real opening says it
+                return None
+            if from_file.secret != given.secret:
+                raise UsageError(
+                    f"PHX_PASSPHRASE and PHX_PASSPHRASE_FILE ({env['PHX_PASSPHRASE_FILE']}) are both set and give "
+                    "different passphrases; unset one of them (`unset PHX_PASSPHRASE` to use the file)"
+                )
+        return given
     if env.get("PHX_PASSPHRASE_FILE"):
-        file = Path(env["PHX_PASSPHRASE_FILE"])
-        try:
-            if ahead and not stat.S_ISREG(os.stat(file).st_mode):
-                return None
-            raw = read_secret_file(file, "PHX_PASSPHRASE_FILE", _PASSPHRASE_FILE_FIX)
-        except OSError as exc:
-            if ahead:
-                return None
-            raise UsageError(f"cannot read PHX_PASSPHRASE_FILE {file}: {exc.strerror}; fix the path") from exc
-        # Bytes that are not UTF-8 kept as the environment keeps them: the key slot refuses them.
-        text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-        if text.startswith(_BOM):  # the mark alone is an empty file: no passphrase (`phx init` refuses it)
-            return GivenPassphrase(text[len(_BOM) :], exact=text, source=f"PHX_PASSPHRASE_FILE {file}")
-        if not text:  # no key slot has an empty passphrase: say the file is empty, not "wrong passphrase"
-            if ahead:
-                return None
-            raise UsageError(
-                f"PHX_PASSPHRASE_FILE {file} is empty; write the passphrase in it (one line) "
-                "or unset PHX_PASSPHRASE_FILE"
-            )
-        return GivenPassphrase(text, source=f"PHX_PASSPHRASE_FILE {file}")
+        return from_file
     enc = cfg.encryption if cfg else None
     if enc and enc.passphrase_env:
         value = env.get(enc.passphrase_env)
         if value:
-            return GivenPassphrase(value, source=f"{enc.passphrase_env} (encryption.passphraseEnv)")
+            return as_passphrase(value, f"{enc.passphrase_env} (encryption.passphraseEnv)")
     if ahead:
         return None
     if enc and enc.passphrase_command:
         raw = _run_passphrase_command(enc.passphrase_command)
         remember_secret(PASSPHRASE_COMMAND_SECRET, raw)
-        return GivenPassphrase(
-            raw.decode("utf-8", "surrogateescape").rstrip("\r\n"), source="encryption.passphraseCommand's output"
-        )
+        text = raw.decode("utf-8", "surrogateescape")
+        return as_passphrase(text, "encryption.passphraseCommand's output", before=text.rstrip("\r\n"))
     if envx.interactive and envx.prompt is not None:
         return GivenPassphrase(envx.prompt(f"Passphrase for the {purpose}: "), source="the passphrase typed")
     return None
@@ -369,8 +402,10 @@ def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> N
 
 
 def _env_passphrase(envx: Environment) -> str | None:
-    """A passphrase given in the environment is tried even when the config names another method."""
-    return envx.env.get("PHX_PASSPHRASE") or None
+    """A passphrase given in the environment is tried even when the config names another method
+    (read as every source is, `as_passphrase`)."""
+    value = envx.env.get("PHX_PASSPHRASE")
+    return as_passphrase(value, "PHX_PASSPHRASE").secret if value else None
 
 
 def new_key_slot(
@@ -562,8 +597,8 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                 except WrongPassphrase:
                     if given is None or given.exact is None:
                         raise
-                    # The try with the mark is the same opening, within what is left of its budget.
-                    return _open_with_bom(cfg, envx, backend, replace(creds, passphrase=given.exact))
+                    # The try as given is the same opening, within what is left of its budget.
+                    return _open_exact(cfg, envx, backend, replace(creds, passphrase=given.exact), given)
             except WrongPassphrase as exc:
                 if asked == before or attempt == PROMPT_TRIES:
                     if given is None:
@@ -578,15 +613,21 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
         envx.prompt = prompt
 
 
-def _open_with_bom(cfg: Config, envx: Environment, backend: Backend, creds: keyslots.Credentials) -> Repository:
-    """Open with PHX_PASSPHRASE_FILE's exact text, the UTF-8 byte-order mark it starts with
-    included (`creds`): the passphrase of a repository made from such a file before Phoenix left the
-    mark out. Says how to leave the mark behind; WrongPassphrase as any opening."""
+def _open_exact(
+    cfg: Config, envx: Environment, backend: Backend, creds: keyslots.Credentials, given: GivenPassphrase
+) -> Repository:
+    """Open with the passphrase exactly as an earlier Phoenix used it from `given`'s source
+    (`creds`): the UTF-8 byte-order mark a file starts with, or the line breaks the environment's
+    value ends with, included. Says how to leave them behind; WrongPassphrase as any opening."""
     repo = Repository.open(backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice)
+    what = (
+        "starts with the UTF-8 byte-order mark (BOM) that begins"
+        if given.exact is not None and given.exact.startswith(_BOM)
+        else "ends with the line break (CR/LF) that ends"
+    )
     envx.notice(
-        f"warning: the repository's passphrase starts with the UTF-8 byte-order mark (BOM) that begins "
-        f"PHX_PASSPHRASE_FILE {envx.env['PHX_PASSPHRASE_FILE']}, which Phoenix now leaves out; it opened with the "
-        "mark this time; to drop it for good, run `phx key passwd` with the passphrase (without the mark) in "
+        f"warning: the repository's passphrase {what} {given.source}, which Phoenix now leaves out; it opened "
+        "with it this time; to drop it for good, run `phx key passwd` with the passphrase (without it) in "
         "PHX_NEW_PASSPHRASE"
     )
     return repo

@@ -41,9 +41,10 @@ from phoenix_backup.errors import (
     SourceError,
     WrongPassphrase,
 )
-from phoenix_backup.ops.context import Environment, load, open_repository, passphrase
+from phoenix_backup.ops.context import Environment, given_passphrase, load, open_repository
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
+from phoenix_backup.ops.selection import repository_in_workspace
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.scope import configured_databases
@@ -112,6 +113,7 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
     if cfg is None:
         return result
     _workspace(cfg, result)
+    _repository_place(cfg, envx, result)
     _sqlite(cfg, envx, result)
     for check in DATABASE_CHECKS.values():
         check(cfg, envx, result)
@@ -165,6 +167,14 @@ def _workspace(cfg: Config, result: DoctorResult) -> None:
         result.add("workspace", "fail", f"{ws} is not readable by this user", f"check the owner and mode of {ws}")
     else:
         result.add("workspace", "ok", f"{ws} exists and is readable")
+
+
+def _repository_place(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+    """The warning a backup gives of a local repository inside the workspace, said the same way."""
+    inside = repository_in_workspace(cfg, envx.home)
+    if inside is not None:
+        message, _, fix = inside.rpartition("; ")
+        result.add("repository", "warn", message, fix)
 
 
 def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
@@ -437,9 +447,12 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
     enc = cfg.encryption
     if enc.enabled and enc.method == "passphrase":
         try:
-            secret = passphrase(cfg, envx)
-            if secret is not None:
-                envx = dataclasses.replace(envx, env={**envx.env, "PHX_PASSPHRASE": secret})
+            given = given_passphrase(cfg, envx)
+            if given is not None:
+                # As given (`exact`): a repository whose passphrase an earlier Phoenix set with the
+                # line break or byte-order mark of its source opens as it does for other commands.
+                as_given = given.exact if given.exact is not None else given.secret
+                envx = dataclasses.replace(envx, env={**envx.env, "PHX_PASSPHRASE": as_given})
             else:
                 result.add(
                     "credentials",

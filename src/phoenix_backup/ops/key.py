@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import KeyChanged, MissingCredentials, RepositoryError, UsageError
-from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
+from phoenix_backup.ops.context import Environment, as_passphrase, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.targets import refuse_append_only
@@ -135,10 +135,11 @@ def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
 
 
 def new_passphrase(envx: Environment) -> str:
-    """The new passphrase for `key add`/`key passwd`: PHX_NEW_PASSPHRASE, or asked twice."""
+    """The new passphrase for `key add`/`key passwd`: PHX_NEW_PASSPHRASE (read as PHX_PASSPHRASE
+    is, `as_passphrase`: a slot set from it opens with either), or asked twice."""
     value = envx.env.get("PHX_NEW_PASSPHRASE")
     if value:
-        return value
+        return as_passphrase(value, "PHX_NEW_PASSPHRASE").secret  # blank: refused as a new passphrase
     if envx.interactive and envx.prompt is not None:
         first = envx.prompt("New passphrase: ")
         if first and envx.prompt("Repeat the new passphrase: ") == first:

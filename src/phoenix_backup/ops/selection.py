@@ -12,19 +12,22 @@ from phoenix_backup.errors import SourceError
 from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, require_workspace
 from phoenix_backup.repo.cache import cache_root
-from phoenix_backup.sources.files import Selection, select
+from phoenix_backup.sources.files import Selection, excluded, select
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import Scope, source_plan
+from phoenix_backup.storage.local import real_path
 
 
 def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout, Selection]:
     require_workspace(cfg)
     layout = Layout(cfg.workspace, envx.home)
     plan = source_plan(cfg, scope)
-    # Never the repository into itself, nor the cache (its temporary database copies).
+    # Never the repository into itself, nor the cache (its temporary database copies); each also
+    # as the walk of the workspace spells it (a workspace reached through a symlink).
     own = [Path(envx.env.get("PHX_CACHE_DIR") or cache_root()), data_dir(envx.env)]
     if cfg.targets.local.enabled:
         own.append(cfg.repository_path)
+    own += [spelled for p in own if (spelled := in_workspace(cfg.workspace, p)) is not None]
     if plan.walk_files:
         sel = select(
             layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional, skip=own
@@ -49,3 +52,34 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             f"fix {fix} in {cfg.source or 'the config'}, or run a full backup"
         )
     return layout, sel
+
+
+def in_workspace(workspace: Path, path: Path) -> Path | None:
+    """`path` as the walk of `workspace` meets it (below the workspace as configured, whatever
+    symlinks either goes through), or None when it does not lie inside the workspace."""
+    real, root = real_path(path), real_path(workspace)
+    if real == root or root in real.parents:
+        return workspace / real.relative_to(root)
+    return None
+
+
+def repository_in_workspace(cfg: Config, home: Path) -> str | None:
+    """The warning `phx backup` (its dry run too) and `phx doctor` give when the local target's
+    repository lies inside the workspace and no `exclude` pattern leaves it out: backups leave it
+    out by themselves (`select_sources`: a backup never saves itself), but the workspace's loss
+    takes the backups with it. None otherwise. The fix follows the last "; "."""
+    if not cfg.targets.local.enabled:
+        return None
+    repo = cfg.repository_path
+    below = in_workspace(cfg.workspace, repo)
+    if below is None or excluded(Layout(cfg.workspace, home), cfg.exclude, below):
+        return None
+    where = cfg.source or "the config"
+    rel = below.relative_to(cfg.workspace).as_posix()
+    keep = f', or add "{rel}/" to `exclude` in {where} to keep it there knowingly' if rel != "." else ""
+    return (
+        f"the local target's repository {repo} is inside the workspace {cfg.workspace}, which backups save: "
+        "each backup leaves the repository out (a backup never saves itself), but a loss of the workspace's "
+        f"folder or disk takes the backups with it; move the repository outside the workspace "
+        f"(targets.local.path in {where}){keep}"
+    )

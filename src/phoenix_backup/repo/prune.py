@@ -21,7 +21,10 @@ that lists every pack still needed and names the index objects it supersedes, th
 longer needed, and the old index objects last. Before the new index exists the old one is
 complete; after, the new one is. Deleted packs are never referenced by a live index, and a pack a
 crash left behind is still named by a superseded index object, so `verify` can say that a prune
-left it.
+left it. A prune that fails or is stopped (a store's error, a full disk, Ctrl-C, SIGTERM) before
+its new index object is written deletes the packs it repacked into, which no index names, as a
+failed backup deletes its own (`Repository.removing_unindexed`); one killed outright (SIGKILL, a
+power cut) leaves them, and a later prune deletes them once LEFTOVER_MIN_AGE old.
 
 Repack threshold. A pack is repacked when at least REPACK_MOSTLY_UNUSED (half) of its bytes are
 unreferenced: copying its used part then costs at most one byte written per byte freed, which keeps
@@ -216,7 +219,10 @@ def prune_repository(
     with (
         contextlib.nullcontext()
         if locked
-        else repo.lock(exclusive=not dry_run, command="prune --dry-run" if dry_run else "prune")
+        else repo.lock(exclusive=not dry_run, command="prune --dry-run" if dry_run else "prune"),
+        # Under the lock: a prune that fails or is stopped before its new index names the packs
+        # it repacked into removes them, as a failed backup removes its own (docs/reliability.md).
+        contextlib.nullcontext() if dry_run else repo.removing_unindexed(),
     ):
         _prune_locked(repo, report, dry_run=dry_run, state=state, now=now, progress=progress or Silent())
     if not dry_run:

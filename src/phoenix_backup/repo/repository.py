@@ -879,7 +879,9 @@ class Repository:
 
         A seal binds a blob to its type and id, not to its pack, so copying needs no decryption.
         The packs are durable when this returns but listed in no index until `write_index`:
-        a crash before that leaves unreferenced leftovers, never a dangling reference."""
+        a crash before that leaves unreferenced leftovers, never a dangling reference. They are
+        this run's packs until then: a failure inside `removing_unindexed` removes them, as it
+        removes a backup's."""
         packers = {t: PackBuilder(t, PackOrigin.PRUNE, self.sealer) for t in BlobType}
         written: dict[str, list[PackEntry]] = {}
 
@@ -887,6 +889,8 @@ class Repository:
             pack_id, data, entries = packers[kind].finish(self.sealer, self.config.pack_ids)
             self.backend.write(pack_name(pack_id), data, cold=kind == BlobType.DATA)
             written[pack_id] = entries
+            with self._lock:  # this run's pack, no index names it yet (`remove_unindexed`)
+                self._new_packs[pack_id] = entries
             packers[kind] = PackBuilder(kind, PackOrigin.PRUNE, self.sealer)
 
         for entry, sealed in blobs:
@@ -924,6 +928,9 @@ class Repository:
         old objects. A crash before it leaves those live and complete, and the parts written so
         far list the same entries again (a location held twice counts once; the next prune merges
         them); after it, the parts list everything."""
+        with self._lock:  # their index write is attempted: `remove_unindexed` never deletes them
+            for pack_id in packs:
+                self._new_packs.pop(pack_id, None)
         parts = index_parts(packs)
         names = [self.write_index(part, []) for part in parts[:-1]]
         # Unencrypted, a part has the very bytes, so the name, of one an interrupted merge wrote:
@@ -1206,9 +1213,10 @@ class Repository:
         The rules (docs/reliability.md, "A failed run's packs"):
         - the run's pack writing and sealing threads are waited for first; a pack that finishes
           later is left as before (a leftover prune removes);
-        - only packs whose write returned success, still in `_new_packs`: `flush` takes them out
-          before it writes their index, so a pack whose index write was attempted, even one that
-          failed (it may have landed on a remote store), is never deleted;
+        - only packs whose write returned success, still in `_new_packs` (a backup's, or a
+          prune's repacked ones, `repack`): `flush` and `write_index_parts` take them out before
+          their index is written, so a pack whose index write was attempted, even one that failed
+          (it may have landed on a remote store), is never deleted;
         - not one an index object names that this process did not read or write (another
           process's pack of the very same bytes): the store's index objects are listed and the
           new ones read; when that fails, nothing is deleted;

@@ -296,6 +296,12 @@ def _follow(layout: Layout, link: Path, sel: Selection) -> Path | None:
     return target
 
 
+def excluded(layout: Layout, excludes: Iterable[str], path: Path) -> bool:
+    """Whether the `excludes` patterns leave `path` out: they match it or a folder between its
+    logical root (the workspace, the home folder) and it."""
+    return _excluded_on_the_way(layout, ExcludeSet(tuple(excludes), layout.workspace), path)
+
+
 def _excluded_on_the_way(layout: Layout, exclude: ExcludeSet, path: Path) -> bool:
     """Whether an exclude matches `path` or a folder between its logical root and it."""
     base = _root_base(layout, path)
