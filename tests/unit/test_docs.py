@@ -291,10 +291,10 @@ def test_every_docs_page_is_in_the_site_navigation() -> None:
 
 # -- the tests that docs/security.md and docs/reliability.md name -------------------------------------
 
-# `tests/e2e/x.py::test_y`, `e2e/x.py` or `unit/x.py::test_y` (the pages' short form), `::test_y` and
-# `…::test_y` (the file named last before it on the page).
+# `tests/e2e/x.py::test_y`, `e2e/x.py` or `unit/x.py::test_y` (the pages' short form); `::test_y`,
+# `…::test_y` and a bare `test_y`: a test of the file named last before it on the page.
 _TEST_FILE = re.compile(r"^(?:tests/)?((?:e2e|unit|integration)/[\w/]+\.py)(?:::(\w+)(?:\[[^\]]*\])?)?(?:\s.*)?$")
-_TEST_IN_LAST_FILE = re.compile(r"^(?:…|\.\.\.)?::(\w+)(?:\[[^\]]*\])?$")
+_TEST_IN_LAST_FILE = re.compile(r"^(?:(?:…|\.\.\.)?::)?(test_\w+)(?:\[[^\]]*\])?$")
 
 
 def _named_tests(page: Path) -> Iterator[tuple[int, str, str | None]]:
