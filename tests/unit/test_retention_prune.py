@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_repository import plant_lock
 
 from phoenix_backup.errors import RepositoryError, StorageError
 from phoenix_backup.repo import keys
@@ -249,6 +250,29 @@ def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_young_packs(
     assert (path / name).exists()
     assert report.deleted_packs == 1 and report.repacked_packs == 1, "the old packs are freed as ever"
     assert contents(open_fresh(path)[0]) == expected
+
+
+def test_a_dry_run_beside_a_running_backup_keeps_the_packs_written_since_its_lock(pristine, tmp_path: Path) -> None:
+    """A backup on another host has run for two hours (its lock taken then, refreshed now). A pack
+    no index names yet, written 40 minutes ago (past the 30-minute age), is that backup's, not a
+    leftover: written after the oldest other lock present was taken, it is kept. A dry run (a
+    shared lock, beside the backup) says so."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    now = time.time()
+    age_packs(path, now - 7200)
+    repo, _backend = open_fresh(path)
+    repo.load_index()
+    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
+    assert len(leftover) == 1
+    (name,) = leftover
+    os.utime(path / name, (now - 2400, now - 2400))
+    plant_lock(repo, host="elsewhere", created=now - 7200, time=now)
+    report = prune_repository(repo, TargetPrune("local"), dry_run=True, state=PruneState(tmp_path / "p.json"), now=now)
+    assert report.leftover_packs == 0 and report.young_leftovers == 1, "the running backup's pack: kept"
+    repo.close()
+    assert (path / name).exists()
 
 
 def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_another_machines_temporary_file(
