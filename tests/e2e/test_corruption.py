@@ -93,6 +93,14 @@ def test_flipped_byte_in_every_other_pack(pristine: dict[str, Any], tmp_path: Pa
             if e["snapshot"] in pristine["ids"] and e["path"] in pristine["files"] | pristine["dirs"]
         ]
         assert located, f"damage in {rel}: no error names a snapshot and a path: {doc['errors']}"
+        # A restore of each affected snapshot refuses the damaged data: it never reports success
+        # with the paths below a damaged tree silently left out.
+        for sid in sorted({e["snapshot"] for e in located}):
+            out = tmp_path / f"out{i}-{sid[:8]}"
+            res = sb.phx("restore", "--backup", sid, "--to", out, check=None)
+            assert res.code in (1, 3), f"damage in {rel}: restore of {sid[:8]} exited {res.code}:\n{res}"
+            assert "damaged" in res.err.lower(), f"damage in {rel}: restore of {sid[:8]} names no damage:\n{res}"
+            assert "Traceback" not in res.out + res.err, res
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["first-index", "second-index"])

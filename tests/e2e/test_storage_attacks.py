@@ -168,6 +168,13 @@ def test_a_damaged_newest_snapshot_is_never_passed_over_in_silence(tmp_path: Pat
     report = sb.phx("verify", check=1).out
     assert f"error: snapshots/{newest} (snapshot {newest[:8]}): " in report, report
     assert "None" not in report, report
+    # With no snapshot left that can be read, a command resolving one says so, never that no
+    # backup was ever made.
+    (sb.repo / "snapshots" / older).write_bytes(os.urandom(600))
+    res = sb.phx("restore", "--latest", "--to", tmp_path / "out2", check=None)
+    assert_error(res, 1, "no snapshot of the repository can be read", "phx verify")
+    assert "no snapshots yet" not in res.out + res.err, res
+    assert not (tmp_path / "out2").exists()
 
 
 def test_init_over_a_planted_keys_link_deletes_nothing_outside(tmp_path: Path) -> None:

@@ -287,3 +287,41 @@ def test_every_docs_page_is_in_the_site_navigation() -> None:
     pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
     missing = [p for p in pages if f": {p}" not in nav]
     assert not missing, f"pages missing from the nav of mkdocs.yml: {', '.join(missing)}"
+
+
+# -- the tests that docs/security.md and docs/reliability.md name -------------------------------------
+
+# `tests/e2e/x.py::test_y`, `e2e/x.py` or `unit/x.py::test_y` (the pages' short form); `::test_y`,
+# `…::test_y` and a bare `test_y`: a test of the file named last before it on the page.
+_TEST_FILE = re.compile(r"^(?:tests/)?((?:e2e|unit|integration)/[\w/]+\.py)(?:::(\w+)(?:\[[^\]]*\])?)?(?:\s.*)?$")
+_TEST_IN_LAST_FILE = re.compile(r"^(?:(?:…|\.\.\.)?::)?(test_\w+)(?:\[[^\]]*\])?$")
+
+
+def _named_tests(page: Path) -> Iterator[tuple[int, str, str | None]]:
+    """(line, file below tests/, test function or None) for every test the page names."""
+    last: str | None = None
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        for code in re.findall(r"`([^`]+)`", line):
+            if m := _TEST_FILE.match(code.strip()):
+                last = m.group(1)
+                yield number, last, m.group(2)
+            elif (m := _TEST_IN_LAST_FILE.match(code.strip())) and last is not None:
+                yield number, last, m.group(1)
+
+
+@pytest.mark.parametrize("page", ["security.md", "reliability.md"])
+def test_every_test_a_guarantee_names_exists_under_that_name(page: str) -> None:
+    """A guarantee is only as good as the test it names: a test renamed or moved, or a `…::name`
+    that follows another file's test on the page, leaves the sentence without its proof."""
+    functions: dict[str, set[str]] = {}
+    named = list(_named_tests(DOCS / page))
+    assert len(named) > 100, named
+    missing = []
+    for number, rel, name in named:
+        path = ROOT / "tests" / rel
+        if rel not in functions:
+            tree = ast.parse(path.read_text()) if path.is_file() else None
+            functions[rel] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)} if tree else set()
+        if not path.is_file() or (name is not None and name not in functions[rel]):
+            missing.append(f"docs/{page}:{number}: tests/{rel}" + (f"::{name}" if name else ""))
+    assert not missing, "named tests that do not exist there:\n" + "\n".join(missing)

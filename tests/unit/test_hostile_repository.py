@@ -22,6 +22,7 @@ from phoenix_backup.errors import CorruptObject, KdfBudgetExceeded, ObjectNotFou
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.checker import verify_repository
 from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.index import decode_index
 from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import MAX_DEPTH, walk_tree
@@ -170,6 +171,22 @@ def test_a_blob_claiming_ten_bytes_is_refused_before_it_inflates(
     finally:
         tracemalloc.stop()
     assert peak < 16 * MB
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["frame-says-its-size", "frame-without-size"])
+def test_an_index_object_inflating_past_16_times_its_size_is_refused_in_little_memory(sized: bool) -> None:
+    # 32 MiB of zeros stores in a few KB: far past 16 times that (plus the 1 MiB a tiny object may
+    # inflate to). A frame that says its size is refused before it inflates; one that does not
+    # stops at the limit.
+    bomb = zstandard.ZstdCompressor(write_content_size=sized).compress(b"\0" * (32 * MB))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptObject, match="claims to inflate beyond" if sized else "does not decompress"):
+            decode_index(bomb, "index/test")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MB, f"{peak // MB} MiB spent on an index object of {len(bomb)} bytes"
 
 
 def test_a_blob_claiming_more_than_any_blob_holds_is_refused(forger: Forger) -> None:

@@ -129,6 +129,13 @@ def test_only_a_provably_dead_restore_loses_its_temporary_files(tmp_path: Path, 
         _plant(
             cache, folder, "oldreused", {"bootId": me.boot_id, "pidNamespace": me.pid_ns, "pid": me.pid, "start": 1}
         ),
+        # a restore in another PID namespace (a container on this host): its pid means nothing here
+        _plant(
+            cache,
+            folder,
+            "otherpidns",
+            {**this_host, "bootId": me.boot_id, "pidNamespace": me.pid_ns + 1, "pid": _DEAD + 2, "start": 5},
+        ),
     ]
     removed = [
         # this host rebooted since
@@ -146,7 +153,7 @@ def test_only_a_provably_dead_restore_loses_its_temporary_files(tmp_path: Path, 
     assert [p.name for p in kept if not p.exists()] == []
     assert [p.name for p in removed if p.exists()] == []
     assert sorted(p.name for p in (cache / "restore-journal").iterdir()) == sorted(
-        ["otherhost", "oldother", "othertimens", "oldreused"]
+        ["otherhost", "oldother", "othertimens", "oldreused", "otherpidns"]
     )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_repository import plant_lock
 
 from phoenix_backup.errors import RepositoryError, StorageError
 from phoenix_backup.repo import keys
@@ -198,6 +199,21 @@ def crash_points(steps: list[str]) -> list[int]:
     return sorted(points)
 
 
+def copy_with_leftover(src: Path, path: Path, now: float, age: float) -> str:
+    """A copy of the pristine repository at `path`, every pack two hours old but the one pack no
+    index object names (a run's leftover), `age` seconds old; that pack's name."""
+    shutil.copytree(src, path)
+    age_packs(path, now - 7200)
+    repo, _backend = open_fresh(path)
+    repo.load_index()
+    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
+    repo.close()
+    assert len(leftover) == 1
+    (name,) = leftover
+    os.utime(path / name, (now - age, now - age))
+    return name
+
+
 def test_prune_deletes_repacks_and_waits_for_young_leftovers(pristine, tmp_path: Path) -> None:
     src, expected, _old = pristine
     path = tmp_path / "repo"
@@ -233,22 +249,31 @@ def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_young_packs(
     store's clock now."""
     src, expected, _old = pristine
     path = tmp_path / "repo"
-    shutil.copytree(src, path)
     real = time.time
-    age_packs(path, real() - 7200)
-    repo, _backend = open_fresh(path)
-    repo.load_index()
-    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
-    repo.close()
-    assert len(leftover) == 1
-    (name,) = leftover
-    os.utime(path / name, (real() - 60, real() - 60))
+    name = copy_with_leftover(src, path, real(), 60)
     monkeypatch.setattr(time, "time", lambda: real() + 3600)
     report, _ = run_prune(path, PruneState(tmp_path / "prune.json"), time.time())
     assert report.leftover_packs == 0 and report.young_leftovers == 1, "written a minute ago: kept"
     assert (path / name).exists()
     assert report.deleted_packs == 1 and report.repacked_packs == 1, "the old packs are freed as ever"
     assert contents(open_fresh(path)[0]) == expected
+
+
+def test_a_dry_run_beside_a_running_backup_keeps_the_packs_written_since_its_lock(pristine, tmp_path: Path) -> None:
+    """A backup on another host has run for two hours (its lock taken then, refreshed now). A pack
+    no index names yet, written 40 minutes ago (past the 30-minute age), is that backup's, not a
+    leftover: written after the oldest other lock present was taken, it is kept. A dry run (a
+    shared lock, beside the backup) says so."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    now = time.time()
+    name = copy_with_leftover(src, path, now, 2400)
+    repo, _backend = open_fresh(path)
+    plant_lock(repo, host="elsewhere", created=now - 7200, time=now)
+    report = prune_repository(repo, TargetPrune("local"), dry_run=True, state=PruneState(tmp_path / "p.json"), now=now)
+    assert report.leftover_packs == 0 and report.young_leftovers == 1, "the running backup's pack: kept"
+    repo.close()
+    assert (path / name).exists()
 
 
 def test_a_prune_on_a_machine_whose_clock_is_ahead_keeps_another_machines_temporary_file(
@@ -283,15 +308,9 @@ def test_a_store_time_planted_on_prunes_own_lock_never_ages_young_packs(pristine
     makes packs younger than our clock says, never older: both clocks must agree a pack is old."""
     src, expected, _old = pristine
     path = tmp_path / "repo"
-    shutil.copytree(src, path)
     now = time.time()
-    age_packs(path, now - 7200)
+    name = copy_with_leftover(src, path, now, 60)
     repo, _backend = open_fresh(path)
-    repo.load_index()
-    leftover = {i.name for i in LocalBackend(path).list("data/")} - {pack_name(p) for p in repo.index.pack_ids()}
-    assert len(leftover) == 1
-    (name,) = leftover
-    os.utime(path / name, (now - 60, now - 60))
     with repo.lock(exclusive=True, command="prune") as held:
         year_ahead = now + 365 * 86400
         os.utime(path / held.name, (year_ahead, year_ahead))
