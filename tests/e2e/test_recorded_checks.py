@@ -43,10 +43,12 @@ def records(sb: Sandbox) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-def recorded(sb: Sandbox) -> list[checks.CheckRecord]:
-    """The records of the test's database that open with the repository's key."""
+def recorded(sb: Sandbox, *, by_backups: bool = False) -> list[checks.CheckRecord]:
+    """The records of the test's database that open with the repository's key; those of the
+    backups' own full checks only with `by_backups` (the tests are about what a drill or a
+    restore records)."""
     book = checks.CheckBook(open_repo(sb.repo))
-    return [r for rs in book.load().values() for r in rs if r.path == LOGICAL]
+    return [r for rs in book.load().values() for r in rs if r.path == LOGICAL and (by_backups or r.by != "backup")]
 
 
 def open_repo(path: Path, passphrase: str = PASSPHRASE) -> Repository:
@@ -69,7 +71,8 @@ def test_a_restore_records_its_check_and_the_next_restore_of_those_bytes_skips_i
     assert integrity_of(checked) == "ok"
     first = sb.restore_to(checked["id"], tmp_path / "a")
     assert copy_check(first) == {"ran": False, "by": "backup"}  # the backup's own check counts, as before
-    assert recorded(sb) == []
+    assert recorded(sb) == []  # the restore ran no check: it records nothing
+    assert [(r.by, r.result, r.snapshot) for r in recorded(sb, by_backups=True)] == [("backup", "ok", checked["id"])]
 
     change_a_row(sb)
     daily = sb.backup()
@@ -95,6 +98,29 @@ def test_a_restore_records_its_check_and_the_next_restore_of_those_bytes_skips_i
     con.close()
     text = sb.phx("restore", "--backup", daily["id"], "--to", tmp_path / "d").out
     assert "passed integrity_check in a restore at" in text and "not run again" in text, text
+
+
+def test_a_backups_check_counts_for_the_same_bytes_in_a_later_snapshot_recorded_not_checked(
+    cadenced: Sandbox, tmp_path: Path
+) -> None:
+    """The database's file is touched (a program opened it and wrote nothing): the next backup
+    reads it again, between full checks, and records its copy `not checked`, though its bytes are
+    those the first backup checked, hash for hash. The first backup's check is recorded in the
+    repository, so a restore of the second snapshot finds it by the bytes' SHA-256 and does not
+    run the check again (it did before)."""
+    sb = cadenced
+    checked = sb.backup()
+    assert integrity_of(checked) == "ok"
+    assert [(r.by, r.result, r.snapshot) for r in recorded(sb, by_backups=True)] == [("backup", "ok", checked["id"])]
+    db = sb.db_path(LOGICAL)
+    st = db.stat()
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    touched = sb.backup()
+    assert integrity_of(touched) == "not checked"
+    assert node_of(sb, touched["id"]) == node_of(sb, checked["id"])  # the very bytes
+    check = copy_check(sb.restore_to(touched["id"], tmp_path / "r"))
+    assert check == {"ran": False, "by": "backup", "checkedAt": check.get("checkedAt"), "snapshot": checked["id"]}
+    assert (tmp_path / "r" / LOGICAL).read_bytes() == db.read_bytes()
 
 
 def test_a_drill_records_its_checks_for_the_restores_after_it(cadenced: Sandbox, tmp_path: Path) -> None:
@@ -155,17 +181,23 @@ def test_no_record_lets_a_damaged_copy_through(cadenced: Sandbox, tmp_path: Path
 
 def test_prune_deletes_the_records_of_forgotten_snapshots(cadenced: Sandbox, tmp_path: Path) -> None:
     sb = cadenced
-    sb.backup()
+    first = sb.backup()
     change_a_row(sb)
     daily = sb.backup()
     sb.restore_to(daily["id"], tmp_path / "r")
     assert len(recorded(sb)) == 1
+    kept_before = [r for r in recorded(sb, by_backups=True) if r.by == "backup"]
+    assert [r.snapshot for r in kept_before] == [first["id"]]  # the first backup's own check
     before = len(records(sb))
     (sb.repo / "checks" / ("f" * 64)).write_bytes(os.urandom(200))  # planted: opens with no key
     kept = sb.phx("prune", "--dry-run", "--json").json()
     assert [t["checkRecords"] for t in kept["targets"].values()] == [1], kept  # the planted one
     assert len(records(sb)) == before + 1  # a dry run deletes nothing
     sb.phx("forget", daily["id"], "--json")
+    sb.phx("prune", "--json")
+    assert recorded(sb) == []  # the restore's record of the forgotten snapshot went
+    assert recorded(sb, by_backups=True) == kept_before  # the kept snapshot's stays
+    sb.phx("forget", first["id"], "--json")
     sb.phx("prune", "--json")
     assert records(sb) == []
 

@@ -93,7 +93,7 @@ def test_a_large_or_damaged_object_is_left_out_and_counted_by_prune(tmp_path: Pa
 def test_a_record_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r")
     for bad in (
-        dataclasses.replace(rec(), by="backup"),
+        dataclasses.replace(rec(), by="backup-tool"),
         dataclasses.replace(rec(), size=-1),
         dataclasses.replace(rec(), result=""),
         dataclasses.replace(rec(), snapshot="zz"),

@@ -44,6 +44,7 @@ from phoenix_backup.ops.prune import RetentionOutcome, retention_after_backup
 from phoenix_backup.ops.selection import repository_in_workspace, select_sources
 from phoenix_backup.ops.sync import commit_first_target, replicate_all
 from phoenix_backup.repo.cache import Cache
+from phoenix_backup.repo.checks import record_snapshot
 from phoenix_backup.repo.chunker import file_chunks_of, page_runs
 from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
 from phoenix_backup.repo.locks import noting_unreleased
@@ -324,8 +325,13 @@ def _snapshot(
         left: list[str] = []  # the lock that could not be removed after the commit point
         with noting_unreleased(repo.lock(exclusive=False, command="backup"), left.append):
             result = _run(repo, cfg, envx, layout, sel, scope, tags, when, started)
+            assert result.id is not None and result.name is not None
+            # The full checks this run made are recorded of those very bytes (SHA-256 and size) in
+            # the repository, as a watch base's are: a later snapshot that holds them again but
+            # recorded `not checked` (the file touched, read again between full checks) is not
+            # checked again by a restore (repo/checks.py; docs/restore-checks.md).
+            record_snapshot(repo, result.id, result.integrity_checked, "backup")
         result.lock_left = f"target {first}: {left[0]}" if left else None
-        assert result.id is not None and result.name is not None
         # After the commit point. Replication reads this open repository (so a passphrase is
         # asked once); each replica is initialised on first use, and one that fails is only its
         # own outcome (exit 3), never the others' or the snapshot's.

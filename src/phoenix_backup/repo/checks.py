@@ -38,7 +38,7 @@ VERSION = 1
 KEY_CONTEXT = "phoenix v1 integrity check record key"
 AAD = b"phoenix v1 integrity check "
 # Who ran a check (`by`): a record from anyone else is refused as malformed.
-BY = ("drill", "restore", "watch", "compaction")
+BY = ("drill", "restore", "watch", "compaction", "backup")
 # What a record says was checked (`checks`): SQLite's `PRAGMA integrity_check`, and every FTS5
 # table's `integrity-check` (a drill runs both; a restore, the watch's base and compaction run the
 # first). A record without the field (written before it existed) names the first alone.
