@@ -1614,6 +1614,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--days must be at least 1")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if importlib.util.find_spec("matplotlib") is None:  # known before the run, not after its hour
+        parser.error("the chart needs matplotlib: pip install matplotlib into this venv, or run bench/run.sh")
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
