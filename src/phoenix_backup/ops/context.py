@@ -315,9 +315,12 @@ def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
     return _credentials(cfg, envx)[0]
 
 
-def _credentials(cfg: Config, envx: Environment) -> tuple[keyslots.Credentials, GivenPassphrase | None]:
-    """`credentials`, and the configured passphrase they hold as given (None for one from
-    PHX_PASSPHRASE alone or none)."""
+def _credentials(
+    cfg: Config, envx: Environment
+) -> tuple[keyslots.Credentials, GivenPassphrase | None, GivenPassphrase | None]:
+    """`credentials`, the configured passphrase they hold as given (None for one from
+    PHX_PASSPHRASE alone or none), and the passphrase they hold as given whatever the method (the
+    configured one, or PHX_PASSPHRASE beside another method: its `exact` is tried too)."""
     enc = cfg.encryption
     identities: tuple[str, ...] = ()
     # An identity given for this run (--identity FILE, PHX_IDENTITY_FILE) is the user's choice,
@@ -331,7 +334,8 @@ def _credentials(cfg: Config, envx: Environment) -> tuple[keyslots.Credentials, 
     gnupg = envx.env.get("GNUPGHOME")
     needs_passphrase = not enc.enabled or enc.method == "passphrase"
     found = given_passphrase(cfg, envx) if needs_passphrase and enc.enabled and not given else None
-    secret = found.secret if found is not None else _env_passphrase(envx)
+    held = found if found is not None else _env_passphrase(envx)
+    secret = held.secret if held is not None else None
     methods = {enc.method} if enc.enabled else {"none"}
     if secret is not None:
         methods.add("passphrase")
@@ -346,7 +350,7 @@ def _credentials(cfg: Config, envx: Environment) -> tuple[keyslots.Credentials, 
         write_keys=store_root(envx.env),
         ask_identity=(lambda: ask_identity(envx)) if envx.interactive and envx.prompt is not None else None,
     )
-    return creds, found
+    return creds, found, held
 
 
 def ask_identity(envx: Environment) -> tuple[str, ...]:
@@ -401,11 +405,12 @@ def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> N
         return
 
 
-def _env_passphrase(envx: Environment) -> str | None:
+def _env_passphrase(envx: Environment) -> GivenPassphrase | None:
     """A passphrase given in the environment is tried even when the config names another method
-    (read as every source is, `as_passphrase`)."""
+    (read as every source is, `as_passphrase`; as given too, `_open_asking`: a passphrase slot an
+    earlier Phoenix added from PHX_NEW_PASSPHRASE with its line break opens as before)."""
     value = envx.env.get("PHX_PASSPHRASE")
-    return as_passphrase(value, "PHX_PASSPHRASE").secret if value else None
+    return as_passphrase(value, "PHX_PASSPHRASE") if value else None
 
 
 def new_key_slot(
@@ -584,10 +589,10 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
     try:
         for attempt in range(1, PROMPT_TRIES + 1):
             before = asked
-            creds, given = _credentials(cfg, envx)
+            creds, given, held = _credentials(cfg, envx)
             if ahead is not None:
                 creds, ahead = replace(creds, budget=ahead), None
-            elif given is not None and given.exact is not None:
+            elif held is not None and held.exact is not None:
                 creds = replace(creds, budget=keyslots.KdfBudget())
             try:
                 try:
@@ -595,10 +600,10 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                         backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
                     )
                 except WrongPassphrase:
-                    if given is None or given.exact is None:
+                    if held is None or held.exact is None:
                         raise
                     # The try as given is the same opening, within what is left of its budget.
-                    return _open_exact(cfg, envx, backend, replace(creds, passphrase=given.exact), given)
+                    return _open_exact(cfg, envx, backend, replace(creds, passphrase=held.exact), held)
             except WrongPassphrase as exc:
                 if asked == before or attempt == PROMPT_TRIES:
                     if given is None:

@@ -1,0 +1,40 @@
+"""Attacks on trust3 (passphrase sources read as one, prune's repacked packs, a repository inside
+the workspace) that found holes: each test failed before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyrage
+import pytest
+from e2e_support import PASSPHRASE, Sandbox
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops import context
+from phoenix_backup.ops import key as key_ops
+
+
+def test_a_recovery_passphrase_added_with_a_line_break_opens_an_age_repository_as_before(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository whose configured method is age (or gpg) opens with a passphrase slot given in
+    PHX_PASSPHRASE (a recovery passphrase, when the identity is lost). An earlier Phoenix added
+    that slot from PHX_NEW_PASSPHRASE as given, line break included: the same PHX_PASSPHRASE
+    opened it. The passphrase is now read without the line break, and that path tried it only
+    so: the owner was locked out with the very input that opened it before."""
+    sb = backed_up
+    recovery = "recovery passphrase\n"
+    cfg = load_config(sb.config_path, sb.env)
+    with monkeypatch.context() as patch:  # the slot as an earlier Phoenix's `phx key add` made it
+        patch.setattr(key_ops, "new_passphrase", lambda _envx: recovery)
+        key_ops.key_add(cfg, context.Environment(env=sb.env), method="passphrase")
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    sb.write_config(encryption={"enabled": True, "method": "age", "recipients": [recipient]})
+    env = sb.env_with(PHX_PASSPHRASE=recovery)
+    res = sb.phx("restore", "--latest", "--to", tmp_path / "out", "--yes", env=env)
+    assert "ends with the line break (CR/LF) that ends PHX_PASSPHRASE" in res.err, res.err
+    assert (tmp_path / "out" / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
+    # Without the line break, it does not open: that slot's passphrase has it.
+    res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=recovery.rstrip()), check=None)
+    assert res.code == 1 and "wrong passphrase" in res.err, res
+    assert PASSPHRASE not in res.err
