@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.config import Config, find_config_path, load_config
-from phoenix_backup.dirs import PASSPHRASE_COMMAND_SECRET, read_secret, read_secret_file, remember_secret
+from phoenix_backup.dirs import (
+    BOM,
+    PASSPHRASE_COMMAND_SECRET,
+    passphrase_text,
+    read_secret,
+    read_secret_file,
+    remember_secret,
+)
 from phoenix_backup.errors import (
     ConfigError,
     IdentityRequired,
@@ -101,8 +108,6 @@ class Environment:
 
 
 _PASSPHRASE_FILE_FIX = "point PHX_PASSPHRASE_FILE at the file that holds the passphrase alone"
-# The UTF-8 byte-order mark some Windows editors write at the start of a text file.
-_BOM = "\ufeff"
 # Seconds `encryption.passphraseCommand` may run before it is stopped (an internal knob: tests set it).
 PASSPHRASE_COMMAND_TIMEOUT = 60.0
 
@@ -126,7 +131,7 @@ def as_passphrase(text: str, source: str, *, before: str | None = None) -> Given
     and a secret store's value all give the same passphrase. Nothing else is changed: spaces,
     tabs and every inner character are the passphrase's. `before`: what an earlier Phoenix used
     from this source (`text` itself when not given), kept as `exact` when it differs."""
-    secret = text.removeprefix(_BOM).rstrip("\r\n")
+    secret = passphrase_text(text)
     before = text if before is None else before
     return GivenPassphrase(secret, exact=before if before != secret else None, source=source)
 
@@ -627,7 +632,7 @@ def _open_exact(
     repo = Repository.open(backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice)
     what = (
         "starts with the UTF-8 byte-order mark (BOM) that begins"
-        if given.exact is not None and given.exact.startswith(_BOM)
+        if given.exact is not None and given.exact.startswith(BOM)
         else "ends with the line break (CR/LF) that ends"
     )
     envx.notice(
