@@ -38,3 +38,25 @@ def test_a_recovery_passphrase_added_with_a_line_break_opens_an_age_repository_a
     res = sb.phx("list", env=sb.env_with(PHX_PASSPHRASE=recovery.rstrip()), check=None)
     assert res.code == 1 and "wrong passphrase" in res.err, res
     assert PASSPHRASE not in res.err
+
+
+def test_a_user_folder_spelled_like_the_repository_through_a_symlink_and_dotdot_is_saved(
+    backed_up: Sandbox, tmp_path: Path
+) -> None:
+    """backupDir `WS/link/../backups` with `link` a symlink out of the workspace: the repository
+    is beside the link's target, not the workspace's own `backups` folder. The walk's skip list
+    held the configured path read without links (WS/backups), so the user's folder of that name
+    was left out of every backup, with no warning (the repository is not inside the workspace)."""
+    sb = backed_up
+    elsewhere = sb.root / "elsewhere"
+    elsewhere.mkdir()
+    (sb.workspace / "link").symlink_to(elsewhere)
+    mine = sb.workspace / "backups"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("the user's own file\n")
+    sb.repo.rename(sb.root / "backups")
+    sb.write_config(backupDir=str(sb.workspace / "link" / ".." / "backups"))
+    res = sb.phx("backup", "--json")
+    assert "inside the workspace" not in res.err, res.err
+    sb.phx("restore", "--latest", "--to", tmp_path / "out", "--yes")
+    assert (tmp_path / "out" / "workspace" / "backups" / "precious.txt").read_text() == "the user's own file\n"

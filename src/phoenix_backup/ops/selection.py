@@ -4,6 +4,7 @@ does not load it (docs/continuous.md)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from phoenix_backup.config import Config
@@ -22,12 +23,19 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
     require_workspace(cfg)
     layout = Layout(cfg.workspace, envx.home)
     plan = source_plan(cfg, scope)
-    # Never the repository into itself, nor the cache (its temporary database copies); each also
-    # as the walk of the workspace spells it (a workspace reached through a symlink).
+    # Never the repository into itself, nor the cache (its temporary database copies): each as
+    # it really is, as the walk of the workspace spells it (a workspace reached through a
+    # symlink), and as configured only when that spelling, read without following links (the
+    # walk's), is the same folder: `ws/link/../backups` with `link` a symlink is elsewhere, and
+    # the user's own `ws/backups` was left out of every backup, unsaid.
     own = [Path(envx.env.get("PHX_CACHE_DIR") or cache_root()), data_dir(envx.env)]
     if cfg.targets.local.enabled:
         own.append(cfg.repository_path)
-    own += [spelled for p in own if (spelled := in_workspace(cfg.workspace, p)) is not None]
+    own = [
+        *(p for p in own if real_path(Path(os.path.abspath(p.expanduser()))) == real_path(p)),
+        *(real_path(p) for p in own),
+        *(spelled for p in own if (spelled := in_workspace(cfg.workspace, p)) is not None),
+    ]
     if plan.walk_files:
         sel = select(
             layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional, skip=own
