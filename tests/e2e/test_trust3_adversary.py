@@ -60,3 +60,31 @@ def test_a_user_folder_spelled_like_the_repository_through_a_symlink_and_dotdot_
     assert "inside the workspace" not in res.err, res.err
     sb.phx("restore", "--latest", "--to", tmp_path / "out", "--yes")
     assert (tmp_path / "out" / "workspace" / "backups" / "precious.txt").read_text() == "the user's own file\n"
+
+
+def test_a_workspace_inside_the_repository_or_equal_to_it_is_refused_not_left_out(
+    backed_up: Sandbox, tmp_path: Path
+) -> None:
+    """The walk never saves the repository's folder, and a workspace inside it (or the very same
+    folder) is inside it: every backup, its dry run and `phx doctor` said all was well (or only
+    that the workspace held no identity file) and saved none of the workspace's files. Now they
+    stop with one error naming both folders and the fix."""
+    sb = backed_up
+    inside = sb.repo / "agent"
+    sb.workspace.rename(inside)
+    sb.write_config(workspace=str(inside))
+    for args in (("backup", "--dry-run"), ("backup",)):
+        res = sb.phx(*args, check=None)
+        assert res.code == 1, res
+        (line,) = res.error_lines()
+        assert f"the workspace {inside} is inside the local target's repository {sb.repo}" in line, line
+        assert "none of the workspace's files" in line and "targets.local.path" in line, line
+    assert len(sb.snapshots()) == 1, "no snapshot without the workspace"
+    doc = sb.phx("doctor", "--json", check=None).json()
+    assert any(
+        c["status"] == "fail" and "is inside the local target's repository" in c["message"] for c in doc["checks"]
+    )
+
+    sb.write_config(workspace=str(sb.repo))  # the very folder
+    res = sb.phx("backup", "--dry-run", check=None)
+    assert res.code == 1 and f"the workspace {sb.repo} is the local target's repository" in res.err, res
