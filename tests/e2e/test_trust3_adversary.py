@@ -88,3 +88,27 @@ def test_a_workspace_inside_the_repository_or_equal_to_it_is_refused_not_left_ou
     sb.write_config(workspace=str(sb.repo))  # the very folder
     res = sb.phx("backup", "--dry-run", check=None)
     assert res.code == 1 and f"the workspace {sb.repo} is the local target's repository" in res.err, res
+
+
+def test_key_rotate_runs_with_the_passphrase_as_an_earlier_phoenix_set_it(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repository opens with PHX_PASSPHRASE as given (its line breaks, which an earlier Phoenix
+    kept in the slot), but the rotation then read its credentials without them: `phx key rotate`
+    failed with "wrong passphrase" for the very input that opened the repository, so the owner
+    could not revoke a leaked key. Now it rotates, and the same input opens the new key."""
+    sb = backed_up
+    as_given = PASSPHRASE + "\r\r\n"
+    cfg = load_config(sb.config_path, sb.env)
+    with monkeypatch.context() as patch:  # the slot as an earlier Phoenix's `phx key passwd` made it
+        patch.setattr(key_ops, "new_passphrase", lambda _envx: as_given)
+        key_ops.key_passwd(cfg, context.Environment(env=sb.env))
+    env = sb.env_with(PHX_PASSPHRASE=as_given)
+    before = sb.phx("key", "list", "--json", env=env).json()
+    res = sb.phx("key", "rotate", "--json", env=env, check=None)
+    assert res.code == 0, res
+    assert res.json()["fingerprint"] != res.json()["previous"], res.out
+    assert sb.phx("key", "list", "--json", env=env).json() != before
+    sb.phx("restore", "--latest", "--to", tmp_path / "out", "--yes", env=env)
+    assert (tmp_path / "out" / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
+    assert sb.phx("verify", "--read-data", "--json", env=env).json()["ok"]

@@ -101,6 +101,9 @@ class Environment:
     thaw_timeout: float = 0.0
     # The key-derivation work `unlock_ahead` spent: the command's next opening goes on from it.
     kdf_ahead: keyslots.KdfBudget | None = None
+    # The passphrase as given (`GivenPassphrase.exact`) when that form opened the repository
+    # (`_open_exact`): the command's later uses of the credentials (`phx key rotate`'s) use it too.
+    opened_as_given: str | None = None
 
     @property
     def home(self) -> Path:
@@ -317,7 +320,8 @@ def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
     one, plus passphrase slots when a passphrase is given in the environment (a passphrase slot
     proves the passphrase; a `none`, age or gpg slot of a method the owner did not choose proves
     nothing)."""
-    return _credentials(cfg, envx)[0]
+    creds = _credentials(cfg, envx)[0]
+    return creds if envx.opened_as_given is None else replace(creds, passphrase=envx.opened_as_given)
 
 
 def _credentials(
@@ -630,6 +634,7 @@ def _open_exact(
     (`creds`): the UTF-8 byte-order mark a file starts with, or the line breaks the environment's
     value ends with, included. Says how to leave them behind; WrongPassphrase as any opening."""
     repo = Repository.open(backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice)
+    envx.opened_as_given = creds.passphrase
     what = (
         "starts with the UTF-8 byte-order mark (BOM) that begins"
         if given.exact is not None and given.exact.startswith(BOM)
