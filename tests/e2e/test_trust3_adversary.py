@@ -112,3 +112,22 @@ def test_key_rotate_runs_with_the_passphrase_as_an_earlier_phoenix_set_it(
     sb.phx("restore", "--latest", "--to", tmp_path / "out", "--yes", env=env)
     assert (tmp_path / "out" / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
     assert sb.phx("verify", "--read-data", "--json", env=env).json()["ok"]
+
+
+def test_key_trust_opens_with_the_passphrase_as_an_earlier_phoenix_set_it(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx key trust` opens the repository itself (against the fingerprint given, not the pin),
+    with the passphrase read without its line break only: the input every other command opened
+    the repository with was "wrong passphrase" there."""
+    sb = backed_up
+    as_given = PASSPHRASE + "\n"
+    cfg = load_config(sb.config_path, sb.env)
+    with monkeypatch.context() as patch:  # the slot as an earlier Phoenix's `phx key passwd` made it
+        patch.setattr(key_ops, "new_passphrase", lambda _envx: as_given)
+        key_ops.key_passwd(cfg, context.Environment(env=sb.env))
+    env = sb.env_with(PHX_PASSPHRASE=as_given)
+    fingerprint = sb.phx("key", "list", "--json", env=env).json()[0]["fingerprint"]
+    res = sb.phx("key", "trust", fingerprint, env=env, check=None)
+    assert res.code == 0, res
+    assert "ends with the line break (CR/LF) that ends PHX_PASSPHRASE" in res.err, res.err

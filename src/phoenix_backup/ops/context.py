@@ -612,7 +612,7 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                     if held is None or held.exact is None:
                         raise
                     # The try as given is the same opening, within what is left of its budget.
-                    return _open_exact(cfg, envx, backend, replace(creds, passphrase=held.exact), held)
+                    return _open_exact(envx, backend, replace(creds, passphrase=held.exact), held, cfg=cfg)
             except WrongPassphrase as exc:
                 if asked == before or attempt == PROMPT_TRIES:
                     if given is None:
@@ -627,13 +627,38 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
         envx.prompt = prompt
 
 
+def open_as_given(cfg: Config, envx: Environment, backend: Backend, *, store: Pins, expect: str) -> Repository:
+    """`Repository.open` with `credentials`, then with the passphrase as given (`_open_exact`)
+    when that differs and the first is wrong: for an opening outside `open_repository` (`phx key
+    trust`: its pin `store` and the fingerprint it `expect`s), so that a repository an earlier
+    Phoenix set that way opens there too."""
+    creds, _given, held = _credentials(cfg, envx)
+    try:
+        return Repository.open(backend, creds, pins=store, expect=expect, notice=envx.notice)
+    except WrongPassphrase:
+        if held is None or held.exact is None:
+            raise
+        return _open_exact(envx, backend, replace(creds, passphrase=held.exact), held, store=store, expect=expect)
+
+
 def _open_exact(
-    cfg: Config, envx: Environment, backend: Backend, creds: keyslots.Credentials, given: GivenPassphrase
+    envx: Environment,
+    backend: Backend,
+    creds: keyslots.Credentials,
+    given: GivenPassphrase,
+    *,
+    cfg: Config | None = None,
+    store: Pins | None = None,
+    expect: str | None = None,
 ) -> Repository:
     """Open with the passphrase exactly as an earlier Phoenix used it from `given`'s source
     (`creds`): the UTF-8 byte-order mark a file starts with, or the line breaks the environment's
-    value ends with, included. Says how to leave them behind; WrongPassphrase as any opening."""
-    repo = Repository.open(backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice)
+    value ends with, included. Says how to leave them behind; WrongPassphrase as any opening.
+    `cfg`: its compression for the repository's writes; `store` (the pins) and `expect` as
+    `Repository.open`'s."""
+    compression = compressor_for(cfg) if cfg is not None else None
+    store = pins(envx) if store is None else store
+    repo = Repository.open(backend, creds, pins=store, expect=expect, compression=compression, notice=envx.notice)
     envx.opened_as_given = creds.passphrase
     what = (
         "starts with the UTF-8 byte-order mark (BOM) that begins"
