@@ -8,6 +8,7 @@ from pathlib import Path
 import pyrage
 import pytest
 from e2e_support import PASSPHRASE, Sandbox
+from test_passphrase_sources import set_passphrase_as_before
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops import context
@@ -99,10 +100,7 @@ def test_key_rotate_runs_with_the_passphrase_as_an_earlier_phoenix_set_it(
     could not revoke a leaked key. Now it rotates, and the same input opens the new key."""
     sb = backed_up
     as_given = PASSPHRASE + "\r\r\n"
-    cfg = load_config(sb.config_path, sb.env)
-    with monkeypatch.context() as patch:  # the slot as an earlier Phoenix's `phx key passwd` made it
-        patch.setattr(key_ops, "new_passphrase", lambda _envx: as_given)
-        key_ops.key_passwd(cfg, context.Environment(env=sb.env))
+    set_passphrase_as_before(sb, as_given, monkeypatch)
     env = sb.env_with(PHX_PASSPHRASE=as_given)
     before = sb.phx("key", "list", "--json", env=env).json()
     res = sb.phx("key", "rotate", "--json", env=env, check=None)
@@ -122,10 +120,7 @@ def test_key_trust_opens_with_the_passphrase_as_an_earlier_phoenix_set_it(
     the repository with was "wrong passphrase" there."""
     sb = backed_up
     as_given = PASSPHRASE + "\n"
-    cfg = load_config(sb.config_path, sb.env)
-    with monkeypatch.context() as patch:  # the slot as an earlier Phoenix's `phx key passwd` made it
-        patch.setattr(key_ops, "new_passphrase", lambda _envx: as_given)
-        key_ops.key_passwd(cfg, context.Environment(env=sb.env))
+    set_passphrase_as_before(sb, as_given, monkeypatch)
     env = sb.env_with(PHX_PASSPHRASE=as_given)
     fingerprint = sb.phx("key", "list", "--json", env=env).json()[0]["fingerprint"]
     res = sb.phx("key", "trust", fingerprint, env=env, check=None)
