@@ -139,6 +139,17 @@ def remembered_secret(name: str) -> bytes | None:
     return _SECRETS_READ.get(name)
 
 
+# The UTF-8 byte-order mark some Windows editors write at the start of a text file.
+BOM = "\ufeff"
+
+
+def passphrase_text(text: str) -> str:
+    """A passphrase as Phoenix uses it from every source (ops/context.py `as_passphrase`): without
+    a UTF-8 byte-order mark it starts with and the line breaks (CR, LF) it ends with. Redaction
+    hides this form too (notify/message.py `env_secrets`)."""
+    return text.removeprefix(BOM).rstrip("\r\n")
+
+
 def read_secret_file(path: Path, what: str, fix: str) -> bytes:
     """The bytes of the file `what` (`PHX_PASSPHRASE_FILE`, `age identity file`) at `path`, read
     as they come (a pipe such as `<(pass show phx)` too): see `read_secret`. OSError when it cannot

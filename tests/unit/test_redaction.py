@@ -4,6 +4,9 @@ the token), the path only where asked (a Git remote's path names the repository)
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from phoenix_backup.redaction import redact, redact_url
@@ -69,4 +72,32 @@ def test_a_passphrase_given_with_a_line_break_is_redacted_as_phoenix_uses_it() -
 
     secrets = env_secrets({"PHX_PASSPHRASE": "CANARY-pass\r\n", "PHX_NEW_PASSPHRASE": "CANARY-new\n"})
     shown = redact("opened with CANARY-pass; the new one is CANARY-new.", secrets)
+    assert "CANARY" not in shown, shown
+
+
+def test_every_passphrase_source_is_redacted_as_given_and_as_phoenix_uses_it(tmp_path: Path) -> None:
+    """Each source's passphrase is used without a leading byte-order mark and trailing CR/LF
+    (ops/context.py `as_passphrase`): PHX_PASSPHRASE_FILE with a BOM, encryption.passphraseEnv
+    ending in a line feed, and PHX_PASSPHRASE starting with a BOM. Before, only the form as given
+    (with the file's line break left out) was hidden, so a message showing the passphrase as used
+    showed it."""
+    from phoenix_backup.config import load_config
+    from phoenix_backup.notify.message import env_secrets, secrets_of
+
+    file = tmp_path / "passphrase.txt"
+    file.write_bytes("\ufeffCANARY-file\r\n".encode())
+    secrets = env_secrets({"PHX_PASSPHRASE": "\ufeffCANARY-env", "PHX_PASSPHRASE_FILE": str(file)})
+    shown = redact("opened with CANARY-file; and with CANARY-env.", secrets)
+    assert "CANARY" not in shown, shown
+
+    config = tmp_path / "config.json"
+    doc = {
+        "workspace": str(tmp_path),
+        "backupDir": str(tmp_path / "repo"),
+        "encryption": {"enabled": True, "passphraseEnv": "MY_SECRET"},
+    }
+    config.write_text(json.dumps(doc))
+    env = {"HOME": str(tmp_path), "MY_SECRET": "CANARY-store\n"}
+    secrets = secrets_of(load_config(config, env), env)
+    shown = redact("opened with CANARY-store.", secrets)
     assert "CANARY" not in shown, shown

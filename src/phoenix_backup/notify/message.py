@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import PASSPHRASE_COMMAND_SECRET, remembered_secret, secret_file_again
+from phoenix_backup.dirs import PASSPHRASE_COMMAND_SECRET, passphrase_text, remembered_secret, secret_file_again
 from phoenix_backup.redaction import redact
 from phoenix_backup.units import human_size
 
@@ -63,20 +63,27 @@ def env_secrets(env: Mapping[str, str]) -> list[str]:
     """The secrets this run's environment holds, known before any config is read: the
     passphrases (and the passphrase file's), AWS keys, a Git password."""
     out = [env.get(name, "") for name in ("PHX_PASSPHRASE", "PHX_NEW_PASSPHRASE", "PHX_GIT_PASSWORD")]
-    # And the passphrases as Phoenix uses them, without the line breaks they may end with.
-    out += [env.get(name, "").rstrip("\r\n") for name in ("PHX_PASSPHRASE", "PHX_NEW_PASSPHRASE")]
+    # Each passphrase as given, as an earlier Phoenix used it (line breaks left out) and as
+    # Phoenix uses it now (`passphrase_text`: the byte-order mark it may start with left out too).
+    passphrases = [env.get(name, "") for name in ("PHX_PASSPHRASE", "PHX_NEW_PASSPHRASE")]
     file = env.get("PHX_PASSPHRASE_FILE")
     if file:
         # A file that cannot be read or is too large gives no passphrase to the run either.
         raw = secret_file_again(Path(file))
         if raw is not None:
-            out.append(raw.decode("utf-8", "surrogateescape").rstrip("\r\n"))
+            passphrases.append(raw.decode("utf-8", "surrogateescape"))
     given = remembered_secret(PASSPHRASE_COMMAND_SECRET)  # the config's command, once it ran
     if given is not None:
-        out.append(given.decode("utf-8", "surrogateescape").rstrip("\r\n"))
+        passphrases.append(given.decode("utf-8", "surrogateescape"))
+    out += [form for p in passphrases for form in _forms(p)]
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         out.append(env.get(name, ""))
     return [s for s in out if s]
+
+
+def _forms(passphrase: str) -> list[str]:
+    """A passphrase as given, without its trailing line breaks, and as Phoenix uses it."""
+    return [passphrase, passphrase.rstrip("\r\n"), passphrase_text(passphrase)]
 
 
 def secrets_of(cfg: Config, env: Mapping[str, str]) -> list[str]:
@@ -84,7 +91,7 @@ def secrets_of(cfg: Config, env: Mapping[str, str]) -> list[str]:
     out = env_secrets(env)
     enc = cfg.encryption
     if enc.passphrase_env:
-        out.append(env.get(enc.passphrase_env, ""))
+        out += _forms(env.get(enc.passphrase_env, ""))
     for target in (cfg.targets.s3, cfg.targets.r2):
         out += [target.secret_access_key or "", target.access_key_id or ""]
     for db in cfg.databases.postgres:

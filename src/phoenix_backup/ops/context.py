@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.config import Config, find_config_path, load_config
-from phoenix_backup.dirs import PASSPHRASE_COMMAND_SECRET, read_secret, read_secret_file, remember_secret
+from phoenix_backup.dirs import (
+    BOM,
+    PASSPHRASE_COMMAND_SECRET,
+    passphrase_text,
+    read_secret,
+    read_secret_file,
+    remember_secret,
+)
 from phoenix_backup.errors import (
     ConfigError,
     IdentityRequired,
@@ -94,6 +101,9 @@ class Environment:
     thaw_timeout: float = 0.0
     # The key-derivation work `unlock_ahead` spent: the command's next opening goes on from it.
     kdf_ahead: keyslots.KdfBudget | None = None
+    # The passphrase as given (`GivenPassphrase.exact`) when that form opened the repository
+    # (`_open_exact`): the command's later uses of the credentials (`phx key rotate`'s) use it too.
+    opened_as_given: str | None = None
 
     @property
     def home(self) -> Path:
@@ -101,8 +111,6 @@ class Environment:
 
 
 _PASSPHRASE_FILE_FIX = "point PHX_PASSPHRASE_FILE at the file that holds the passphrase alone"
-# The UTF-8 byte-order mark some Windows editors write at the start of a text file.
-_BOM = "\ufeff"
 # Seconds `encryption.passphraseCommand` may run before it is stopped (an internal knob: tests set it).
 PASSPHRASE_COMMAND_TIMEOUT = 60.0
 
@@ -126,7 +134,7 @@ def as_passphrase(text: str, source: str, *, before: str | None = None) -> Given
     and a secret store's value all give the same passphrase. Nothing else is changed: spaces,
     tabs and every inner character are the passphrase's. `before`: what an earlier Phoenix used
     from this source (`text` itself when not given), kept as `exact` when it differs."""
-    secret = text.removeprefix(_BOM).rstrip("\r\n")
+    secret = passphrase_text(text)
     before = text if before is None else before
     return GivenPassphrase(secret, exact=before if before != secret else None, source=source)
 
@@ -312,12 +320,16 @@ def credentials(cfg: Config, envx: Environment) -> keyslots.Credentials:
     one, plus passphrase slots when a passphrase is given in the environment (a passphrase slot
     proves the passphrase; a `none`, age or gpg slot of a method the owner did not choose proves
     nothing)."""
-    return _credentials(cfg, envx)[0]
+    creds = _credentials(cfg, envx)[0]
+    return creds if envx.opened_as_given is None else replace(creds, passphrase=envx.opened_as_given)
 
 
-def _credentials(cfg: Config, envx: Environment) -> tuple[keyslots.Credentials, GivenPassphrase | None]:
-    """`credentials`, and the configured passphrase they hold as given (None for one from
-    PHX_PASSPHRASE alone or none)."""
+def _credentials(
+    cfg: Config, envx: Environment
+) -> tuple[keyslots.Credentials, GivenPassphrase | None, GivenPassphrase | None]:
+    """`credentials`, the configured passphrase they hold as given (None for one from
+    PHX_PASSPHRASE alone or none), and the passphrase they hold as given whatever the method (the
+    configured one, or PHX_PASSPHRASE beside another method: its `exact` is tried too)."""
     enc = cfg.encryption
     identities: tuple[str, ...] = ()
     # An identity given for this run (--identity FILE, PHX_IDENTITY_FILE) is the user's choice,
@@ -331,7 +343,8 @@ def _credentials(cfg: Config, envx: Environment) -> tuple[keyslots.Credentials, 
     gnupg = envx.env.get("GNUPGHOME")
     needs_passphrase = not enc.enabled or enc.method == "passphrase"
     found = given_passphrase(cfg, envx) if needs_passphrase and enc.enabled and not given else None
-    secret = found.secret if found is not None else _env_passphrase(envx)
+    held = found if found is not None else _env_passphrase(envx)
+    secret = held.secret if held is not None else None
     methods = {enc.method} if enc.enabled else {"none"}
     if secret is not None:
         methods.add("passphrase")
@@ -346,7 +359,7 @@ def _credentials(cfg: Config, envx: Environment) -> tuple[keyslots.Credentials, 
         write_keys=store_root(envx.env),
         ask_identity=(lambda: ask_identity(envx)) if envx.interactive and envx.prompt is not None else None,
     )
-    return creds, found
+    return creds, found, held
 
 
 def ask_identity(envx: Environment) -> tuple[str, ...]:
@@ -401,11 +414,12 @@ def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> N
         return
 
 
-def _env_passphrase(envx: Environment) -> str | None:
+def _env_passphrase(envx: Environment) -> GivenPassphrase | None:
     """A passphrase given in the environment is tried even when the config names another method
-    (read as every source is, `as_passphrase`)."""
+    (read as every source is, `as_passphrase`; as given too, `_open_asking`: a passphrase slot an
+    earlier Phoenix added from PHX_NEW_PASSPHRASE with its line break opens as before)."""
     value = envx.env.get("PHX_PASSPHRASE")
-    return as_passphrase(value, "PHX_PASSPHRASE").secret if value else None
+    return as_passphrase(value, "PHX_PASSPHRASE") if value else None
 
 
 def new_key_slot(
@@ -584,10 +598,10 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
     try:
         for attempt in range(1, PROMPT_TRIES + 1):
             before = asked
-            creds, given = _credentials(cfg, envx)
+            creds, given, held = _credentials(cfg, envx)
             if ahead is not None:
                 creds, ahead = replace(creds, budget=ahead), None
-            elif given is not None and given.exact is not None:
+            elif held is not None and held.exact is not None:
                 creds = replace(creds, budget=keyslots.KdfBudget())
             try:
                 try:
@@ -595,10 +609,10 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                         backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice
                     )
                 except WrongPassphrase:
-                    if given is None or given.exact is None:
+                    if held is None or held.exact is None:
                         raise
                     # The try as given is the same opening, within what is left of its budget.
-                    return _open_exact(cfg, envx, backend, replace(creds, passphrase=given.exact), given)
+                    return _open_exact(envx, backend, replace(creds, passphrase=held.exact), held, cfg=cfg)
             except WrongPassphrase as exc:
                 if asked == before or attempt == PROMPT_TRIES:
                     if given is None:
@@ -613,16 +627,42 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
         envx.prompt = prompt
 
 
+def open_as_given(cfg: Config, envx: Environment, backend: Backend, *, store: Pins, expect: str) -> Repository:
+    """`Repository.open` with `credentials`, then with the passphrase as given (`_open_exact`)
+    when that differs and the first is wrong: for an opening outside `open_repository` (`phx key
+    trust`: its pin `store` and the fingerprint it `expect`s), so that a repository an earlier
+    Phoenix set that way opens there too."""
+    creds, _given, held = _credentials(cfg, envx)
+    try:
+        return Repository.open(backend, creds, pins=store, expect=expect, notice=envx.notice)
+    except WrongPassphrase:
+        if held is None or held.exact is None:
+            raise
+        return _open_exact(envx, backend, replace(creds, passphrase=held.exact), held, store=store, expect=expect)
+
+
 def _open_exact(
-    cfg: Config, envx: Environment, backend: Backend, creds: keyslots.Credentials, given: GivenPassphrase
+    envx: Environment,
+    backend: Backend,
+    creds: keyslots.Credentials,
+    given: GivenPassphrase,
+    *,
+    cfg: Config | None = None,
+    store: Pins | None = None,
+    expect: str | None = None,
 ) -> Repository:
     """Open with the passphrase exactly as an earlier Phoenix used it from `given`'s source
     (`creds`): the UTF-8 byte-order mark a file starts with, or the line breaks the environment's
-    value ends with, included. Says how to leave them behind; WrongPassphrase as any opening."""
-    repo = Repository.open(backend, creds, pins=pins(envx), compression=compressor_for(cfg), notice=envx.notice)
+    value ends with, included. Says how to leave them behind; WrongPassphrase as any opening.
+    `cfg`: its compression for the repository's writes; `store` (the pins) and `expect` as
+    `Repository.open`'s."""
+    compression = compressor_for(cfg) if cfg is not None else None
+    store = pins(envx) if store is None else store
+    repo = Repository.open(backend, creds, pins=store, expect=expect, compression=compression, notice=envx.notice)
+    envx.opened_as_given = creds.passphrase
     what = (
         "starts with the UTF-8 byte-order mark (BOM) that begins"
-        if given.exact is not None and given.exact.startswith(_BOM)
+        if given.exact is not None and given.exact.startswith(BOM)
         else "ends with the line break (CR/LF) that ends"
     )
     envx.notice(

@@ -44,7 +44,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops.context import Environment, given_passphrase, load, open_repository
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
-from phoenix_backup.ops.selection import repository_in_workspace
+from phoenix_backup.ops.selection import repository_in_workspace, workspace_in_own_folder
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.scope import configured_databases
@@ -170,7 +170,13 @@ def _workspace(cfg: Config, result: DoctorResult) -> None:
 
 
 def _repository_place(cfg: Config, envx: Environment, result: DoctorResult) -> None:
-    """The warning a backup gives of a local repository inside the workspace, said the same way."""
+    """The error a backup gives of a workspace inside a folder it never saves, and its warning of
+    a local repository inside the workspace, said the same way."""
+    holder = workspace_in_own_folder(cfg, envx.env)
+    if holder is not None:
+        message, _, fix = holder.partition("; ")
+        result.add("workspace", "fail", message, fix)
+        return
     inside = repository_in_workspace(cfg, envx.home)
     if inside is not None:
         message, _, fix = inside.rpartition("; ")

@@ -101,7 +101,7 @@ def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
     key with this fingerprint, after the user checked it (a rotation on another machine, a
     repository re-created on purpose, or ahead of a first use on a new machine). Opens the
     repository without the pin, and pins only when its key has exactly this fingerprint."""
-    from phoenix_backup.ops.context import credentials, pins
+    from phoenix_backup.ops.context import open_as_given, pins
 
     try:
         wanted = keyslots.format_fingerprint(fingerprint)
@@ -115,7 +115,7 @@ def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
         previous = store.get(config.id)
         try:
             # Checked as if `wanted` were pinned: a slot of any other key is refused as always.
-            repo = Repository.open(backend, credentials(cfg, envx), pins=store, expect=wanted)
+            repo = open_as_given(cfg, envx, backend, store=store, expect=wanted)
         except KeyChanged:
             raise KeyChanged(
                 f"the repository at {backend.location} does not have the key {wanted}; nothing was trusted "

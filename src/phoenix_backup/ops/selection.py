@@ -4,6 +4,8 @@ does not load it (docs/continuous.md)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from phoenix_backup.config import Config
@@ -22,12 +24,20 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
     require_workspace(cfg)
     layout = Layout(cfg.workspace, envx.home)
     plan = source_plan(cfg, scope)
-    # Never the repository into itself, nor the cache (its temporary database copies); each also
-    # as the walk of the workspace spells it (a workspace reached through a symlink).
-    own = [Path(envx.env.get("PHX_CACHE_DIR") or cache_root()), data_dir(envx.env)]
-    if cfg.targets.local.enabled:
-        own.append(cfg.repository_path)
-    own += [spelled for p in own if (spelled := in_workspace(cfg.workspace, p)) is not None]
+    # Never the repository into itself, nor the cache (its temporary database copies): each as
+    # it really is, as the walk of the workspace spells it (a workspace reached through a
+    # symlink), and as configured only when that spelling, read without following links (the
+    # walk's), is the same folder: `ws/link/../backups` with `link` a symlink is elsewhere, and
+    # the user's own `ws/backups` was left out of every backup, unsaid.
+    holder = workspace_in_own_folder(cfg, envx.env)
+    if holder is not None:
+        raise SourceError(holder)
+    own = [p for p, _what, _fix in _own_folders(cfg, envx.env)]
+    own = [
+        *(p for p in own if real_path(Path(os.path.abspath(p.expanduser()))) == real_path(p)),
+        *(real_path(p) for p in own),
+        *(spelled for p in own if (spelled := in_workspace(cfg.workspace, p)) is not None),
+    ]
     if plan.walk_files:
         sel = select(
             layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional, skip=own
@@ -83,3 +93,39 @@ def repository_in_workspace(cfg: Config, home: Path) -> str | None:
         f"folder or disk takes the backups with it; move the repository outside the workspace "
         f"(targets.local.path in {where}){keep}"
     )
+
+
+def _own_folders(cfg: Config, env: Mapping[str, str]) -> list[tuple[Path, str, str]]:
+    """The folders a backup never saves (Phoenix's own), each with what it is and how to move it."""
+    where = cfg.source or "the config"
+    out = [
+        (Path(env.get("PHX_CACHE_DIR") or cache_root()), "Phoenix's cache", "or set PHX_CACHE_DIR to another folder"),
+        (data_dir(env), "Phoenix's data folder", "or set PHX_DATA_DIR to another folder"),
+    ]
+    if cfg.targets.local.enabled:
+        out.append(
+            (
+                cfg.repository_path,
+                "the local target's repository",
+                f"or move the repository (targets.local.path in {where})",
+            )
+        )
+    return out
+
+
+def workspace_in_own_folder(cfg: Config, env: Mapping[str, str]) -> str | None:
+    """The error a backup (its dry run too) and `phx doctor` give when the workspace is, or lies
+    inside, a folder a backup never saves (the local repository, the cache, the data folder):
+    the walk would leave out every file of the workspace and the backup save none of them. None
+    otherwise."""
+    root = real_path(cfg.workspace)
+    for folder, what, fix in _own_folders(cfg, env):
+        real = real_path(folder)
+        if root == real or real in root.parents:
+            return (
+                f"the workspace {cfg.workspace} {'is' if root == real else 'is inside'} {what} {folder}, which a "
+                "backup never saves: it would "
+                f"save none of the workspace's files; move the workspace out of it (`workspace` in "
+                f"{cfg.source or 'the config'}), {fix}"
+            )
+    return None
