@@ -30,7 +30,7 @@ from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
-from phoenix_backup.repo.prover import NodeProver
+from phoenix_backup.repo.prover import Content, NodeProver
 from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
@@ -82,10 +82,6 @@ class VerifyResult:
         }
 
 
-# A distinct file or database node: its extents, size and SHA-256 (the same bytes to prove, once).
-_Content = tuple[Extents, int, str | None]
-
-
 class _Users:
     """Which snapshots and paths use each blob, to name what a damaged object affects; the blobs
     found damaged or missing (their paths are named already); and each distinct file or database
@@ -95,13 +91,13 @@ class _Users:
     def __init__(self) -> None:
         self.by_blob: dict[bytes, list[tuple[str, str]]] = defaultdict(list)
         self.bad: set[bytes] = set()
-        self.contents: dict[_Content, tuple[Node, list[tuple[str, str]]]] = {}
+        self.contents: dict[Content, tuple[Node, list[tuple[str, str]]]] = {}
         # During the pack pass: the nodes it proves from the plaintext it opens, dropped from
         # `contents` and counted in `proved` (`prove`).
-        self.prover: NodeProver[_Content] | None = None
+        self.prover: NodeProver | None = None
         self.proved = 0
 
-    def prove(self, content: _Content) -> None:
+    def prove(self, content: Content) -> None:
         if self.contents.pop(content, None) is not None:
             self.proved += 1
 
@@ -234,7 +230,7 @@ def verify_repository(
         users.prover = prover = NodeProver(repo.index, (n.split("/")[-1] for n in packs), users.prove)
         for content in sorted(users.contents, key=lambda c: c[1], reverse=True):
             if _chosen(repo, users, content[0], packs_read):
-                prover.add(content, content[0], content[1], content[2])
+                prover.add(content)
         packs = prover.order(packs)
         report.phase("reading packs", files=len(packs), size=sum(listed[p] for p in packs), unit="packs")
         for name in packs:
@@ -454,7 +450,7 @@ def _prove_contents(
         if others - packs:
             repo.backend.prepare_read(sorted(others - packs))
     report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for n, _h in chosen))
-    failing: dict[_Content, tuple[str, str]] = {}
+    failing: dict[Content, tuple[str, str]] = {}
     for node, holders in chosen:
         failed = _assembly_problem(repo, holders[0][1], node)
         if failed is not None:
@@ -470,7 +466,7 @@ def _chosen(repo: Repository, users: _Users, content: Extents, packs: set[str] |
     """Whether this run proves a node of `content`: none of its blobs reported damaged or missing
     (its paths are named already), and in a --subset run (`packs`) its first blob in a pack the
     run reads (an empty node always)."""
-    if any(blob in users.bad for blob in content.blobs()):
+    if users.bad and any(blob in users.bad for blob in content.blobs()):
         return False
     if packs is not None and len(content):
         loc = repo.index.get(content.blob(0))
@@ -479,8 +475,8 @@ def _chosen(repo: Repository, users: _Users, content: Extents, packs: set[str] |
 
 
 def _holders(
-    users: _Users, keys: dict[_Content, tuple[str, str]], trees: Trees, snapshots: list[Snapshot]
-) -> dict[_Content, list[tuple[str, str]]]:
+    users: _Users, keys: dict[Content, tuple[str, str]], trees: Trees, snapshots: list[Snapshot]
+) -> dict[Content, list[tuple[str, str]]]:
     """The snapshots and paths holding each node of `keys` (the first 1000 each), in snapshot
     order: those the walk recorded, and those of later snapshots that share a tree with an earlier
     one (walked again from the loaded trees, only when a node failed)."""

@@ -6,15 +6,17 @@ those slices, hashed in order, give its size and SHA-256 (what a restore's `Node
 The pack pass opens every blob of every pack it reads and checks each against its id, and every
 copy of a blob that opens is those very bytes, so the node can be hashed from them: each node
 keeps a running SHA-256 and the position of its next extent; when a blob arrives, every node
-whose next extent is in it hashes forward as far as the blobs it has received allow.
+whose next extent is in it hashes forward as far as the blobs it has received allow. A node of
+one extent (most files) is hashed at once, with nothing kept but its place in the waiting list.
 
 A blob that arrives before a node reaches it (the node needs it further on: its extents are out of
 pack order, it repeats the blob, or another node pulled that pack forward) is held for that node
 until it gets there. `order` reads the packs in the order the nodes first need them, largest
-node first, so a file written in one go (its blobs in pack order) holds nothing. What is held is
-bounded: at most HOLD_BUDGET bytes of plaintext at once; past it the node holding the most is
-given up (it goes to the restore's reader after the pass, as every node did before, and is still
-proved there), until what is held fits again.
+node first, so a file written in one go holds at most the part of it that the backup's second
+pack being filled at the same time took. What is held is bounded: at most HOLD_BUDGET bytes of
+plaintext at once; past it the node holding the most is given up (it goes to the restore's reader
+after the pass, as every node of several blobs did before, and is still proved there), until what
+is held fits again.
 
 A node not proved here (its bytes do not match, an extent lies past its blob's end, a blob that
 does not open, a pack this run does not read, or given up for the budget) is simply left: the
@@ -27,91 +29,99 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
 
-from phoenix_backup.repo.crypto import BlobType, Sha256
+from phoenix_backup.repo.crypto import Sha256, sha256_hex
 from phoenix_backup.repo.index import Index
 from phoenix_backup.repo.tree import Extents
 
-# Plaintext held for nodes that need it further on, at most (the blobs are shared: a blob held
-# for several nodes counts once). Four packs' worth: on the medium sample, a 1 GB file and 100,000
-# small files nothing is held at all (docs/proving.md). Past it, the nodes holding the most go to
-# the restore's reader, as every node of several blobs did before (their blobs decrypted twice).
+# Plaintext held for nodes that need it further on, at most (a blob held for several nodes counts
+# once). Four packs' worth. Measured (docs/proving.md): the medium sample holds 3.4 MB at most, a
+# 1 GB file 8 MB (the backup fills two packs at once, so a pack read first holds the blobs that
+# follow ones still in the other), 100,000 small files nothing. Past it, the nodes holding the
+# most go to the restore's reader, as every node of several blobs did before (their blobs are
+# then decrypted twice).
 HOLD_BUDGET = 32 * 1024 * 1024
 
-K = TypeVar("K", bound=Hashable)
+# A distinct node to prove: its extents, its size and its SHA-256 (the same bytes, proved once).
+Content = tuple[Extents, int, str | None]
 
 
-class _Proof(Generic[K]):
-    """One node being hashed: its next extent, its digest so far, the blobs held for it."""
+class _Proof:
+    """A node of several extents being hashed: its next extent, its digest so far, the blobs held
+    for it (`pending`: their bytes)."""
 
-    __slots__ = ("digest", "dropped", "extents", "holding", "key", "pending", "pos", "sha256", "size", "uses")
+    __slots__ = ("content", "digest", "done", "holding", "pending", "pos", "uses")
 
-    def __init__(self, key: K, extents: Extents, size: int, sha256: str | None, uses: Counter[bytes] | None) -> None:
-        self.key = key
-        self.extents = extents
-        self.size = size
-        self.sha256 = sha256
+    def __init__(self, content: Content, uses: Counter[bytes] | None) -> None:
+        self.content = content
         self.uses = uses  # None: each blob once (most nodes), else how often each is still needed
         self.pos = 0
-        self.digest: Sha256 | None = None
+        self.digest = Sha256()
         self.holding: set[bytes] | None = None
-        self.pending = 0  # bytes of the blobs held for this node
-        self.dropped = False
+        self.pending = 0
+        self.done = False  # proved, failed or given up: no longer fed
 
 
-class NodeProver(Generic[K]):
+class NodeProver:
     """Nodes added (`add`) before the pass, blobs fed (`feed`) as the pass opens them; `proved` is
-    called with the key of each node whose bytes matched. `packs` are the ids of the packs the run
-    reads: a node with a blob none of them holds is not taken (`add` says False)."""
+    called with each node whose bytes matched. `packs` are the ids of the packs the run reads: a
+    node with a blob none of them holds is not taken (`add` says False)."""
 
     def __init__(
-        self, index: Index, packs: Iterable[str], proved: Callable[[K], None], budget: int | None = None
+        self, index: Index, packs: Iterable[str], proved: Callable[[Content], None], budget: int | None = None
     ) -> None:
         self.index = index
         self.packs = set(packs)
         self.proved = proved
         self.budget = HOLD_BUDGET if budget is None else budget
-        self.waiting: dict[bytes, list[_Proof[K]]] = {}  # blob -> the nodes it has not reached yet
+        # blob -> the nodes it has not reached yet: a node of one extent as its content itself
+        # (nothing to keep between blobs), one of several as its `_Proof`
+        self.waiting: dict[bytes, list[_Proof | Content]] = {}
         self.held: dict[bytes, bytes] = {}  # blob -> its plaintext, held for nodes further on
         self.holders: dict[bytes, int] = {}  # blob -> how many nodes it is held for
         self.held_bytes = 0
         self.peak_held = 0
         self.given_up = 0  # nodes sent to the restore's reader for the budget
         self.rank: dict[str, int] = {}  # pack id -> when a node first needs it
-        self._largest: list[tuple[int, int, _Proof[K]]] = []  # (-pending, n, node): whom to give up
+        self._largest: list[tuple[int, int, _Proof]] = []  # (-pending, n, node): whom to give up
         self._n = itertools.count()
 
     # -- before the pass ------------------------------------------------------------------------
 
-    def add(self, key: K, extents: Extents, size: int, sha256: str | None) -> bool:
-        """Take a node to prove in the pass: False when a blob it needs lies in no pack of the run.
-        Nodes added largest first make `order` follow the largest ones."""
+    def add(self, content: Content) -> bool:
+        """Take a node to prove in the pass: False for a node of several extents with a blob in no
+        pack of the run (it would hold the others to the end). Nodes added largest first make
+        `order` follow the largest ones."""
+        extents, size, sha256 = content
+        if extents.size != size:
+            return True  # never proved here: the reader names it (a decoded tree cannot hold one)
         if not len(extents):
-            if size == 0 and Sha256().hexdigest() == sha256:
-                self.proved(key)
+            if sha256_hex(b"") == sha256:
+                self.proved(content)
+            return True
+        if len(extents) == 1:
+            # Nothing is ever held for it, so it neither orders the packs nor waits in vain: a
+            # blob that no pack of the run holds never comes, and the node is left to the reader.
+            self.waiting.setdefault(extents.blob(0), []).append(content)
             return True
         uses = Counter(extents.blobs())  # in order of first need
-        found: list[str] = []
-        for blob in uses:
-            pack = self._pack_of(blob)
-            if pack is None:
-                return False
-            found.append(pack)
-        for pack in found:
-            self.rank.setdefault(pack, len(self.rank))
-        proof = _Proof(key, extents, size, sha256, None if len(uses) == len(extents) else uses)
+        if not all(self._rank(blob) for blob in uses):
+            return False
+        proof = _Proof(content, None if len(uses) == len(extents) else uses)
         for blob in uses:
             self.waiting.setdefault(blob, []).append(proof)
         return True
 
-    def _pack_of(self, blob: bytes) -> str | None:
-        """The pack of the run that holds `blob` as a data blob (the index's first choice first)."""
-        for loc in self.index.locations(blob):
-            if loc.type == BlobType.DATA and loc.pack_id in self.packs:
-                return loc.pack_id
-        return None
+    def _rank(self, blob: bytes) -> bool:
+        """Rank the pack of the run that holds `blob` (the index's first choice first), if any."""
+        for pack in self.index.data_packs(blob):
+            if pack in self.packs:
+                break
+        else:
+            return False
+        self.rank.setdefault(pack, len(self.rank))
+        return True
 
     def order(self, names: list[str]) -> list[str]:
         """The pack names in the order the nodes added first need them; the others after, as given."""
@@ -123,24 +133,27 @@ class NodeProver(Generic[K]):
     def feed(self, blob: bytes, plain: bytes) -> None:
         """The plaintext of data blob `blob`, opened and checked against its id. A second copy of
         the blob (another pack) finds no node waiting."""
-        proofs = self.waiting.pop(blob, None)
-        if proofs is None:
-            return
-        for proof in proofs:
-            if proof.dropped:
+        for node in self.waiting.pop(blob, ()):
+            if isinstance(node, tuple):  # one extent: hashed at once
+                extents, _size, sha256 = node
+                _blob, offset, length = extents.record(0)
+                if offset + length <= len(plain) and sha256_hex(memoryview(plain)[offset : offset + length]) == sha256:
+                    self.proved(node)
+            elif node.done:
                 continue
-            if proof.extents.blob(proof.pos) == blob:
-                self._advance(proof, blob, plain)
+            elif node.content[0].blob(node.pos) == blob:
+                self._advance(node, blob, plain)
             else:
-                self._hold(proof, blob, plain)
+                self._hold(node, blob, plain)
         while self.held_bytes > self.budget and self._give_up_largest():
             pass
         self.peak_held = max(self.peak_held, self.held_bytes)
 
     def lost(self, blob: bytes) -> None:
         """`blob` will not come (damaged or missing): the nodes waiting for it are left unproved."""
-        for proof in self.waiting.pop(blob, ()):
-            self._drop(proof)
+        for node in self.waiting.pop(blob, ()):
+            if isinstance(node, _Proof):
+                self._drop(node)
 
     def close(self) -> None:
         """The pass is over: nodes still waiting (a blob that never opened) are left unproved."""
@@ -150,11 +163,10 @@ class NodeProver(Generic[K]):
         self.held_bytes = 0
         self._largest.clear()
 
-    def _advance(self, proof: _Proof[K], blob: bytes, plain: bytes) -> None:
+    def _advance(self, proof: _Proof, blob: bytes, plain: bytes) -> None:
         """Hash `proof` forward from its next extent, which is in `blob`, while its blobs are here."""
-        extents, count = proof.extents, len(proof.extents)
-        digest = proof.digest if proof.digest is not None else Sha256()
-        proof.digest = digest
+        extents, _size, sha256 = proof.content
+        count, digest = len(extents), proof.digest
         while proof.pos < count:
             b, offset, length = extents.record(proof.pos)
             data = plain if b == blob else self.held.get(b)
@@ -175,12 +187,11 @@ class NodeProver(Generic[K]):
             if proof.uses is not None and proof.uses[blob]:
                 self._hold(proof, blob, plain)  # needed again further on
             return
-        if extents.size == proof.size and digest.hexdigest() == proof.sha256:
-            self.proved(proof.key)
-        proof.digest = None
-        proof.dropped = True  # done either way: a node that does not match is left to the reader
+        proof.done = True  # a node that does not match is left to the reader, which names it
+        if digest.hexdigest() == sha256:
+            self.proved(proof.content)
 
-    def _hold(self, proof: _Proof[K], blob: bytes, plain: bytes) -> None:
+    def _hold(self, proof: _Proof, blob: bytes, plain: bytes) -> None:
         count = self.holders.get(blob, 0)
         if not count:
             self.held[blob] = plain
@@ -192,7 +203,7 @@ class NodeProver(Generic[K]):
         proof.pending += len(plain)
         heapq.heappush(self._largest, (-proof.pending, next(self._n), proof))
 
-    def _unhold(self, proof: _Proof[K], blob: bytes) -> None:
+    def _unhold(self, proof: _Proof, blob: bytes) -> None:
         if proof.holding is None or blob not in proof.holding:
             return
         proof.holding.discard(blob)
@@ -208,10 +219,9 @@ class NodeProver(Generic[K]):
             if not self.held_bytes:
                 self._largest.clear()  # every entry is stale: nothing is held
 
-    def _drop(self, proof: _Proof[K]) -> None:
+    def _drop(self, proof: _Proof) -> None:
         """Leave `proof` to the restore's reader, releasing what is held for it."""
-        proof.dropped = True
-        proof.digest = None
+        proof.done = True
         for blob in list(proof.holding or ()):
             self._unhold(proof, blob)
 
@@ -221,7 +231,7 @@ class NodeProver(Generic[K]):
         when no node holds anything."""
         while self._largest:
             pending, _n, proof = heapq.heappop(self._largest)
-            if proof.dropped or not proof.pending:
+            if proof.done or not proof.pending:
                 continue
             if -pending != proof.pending:
                 heapq.heappush(self._largest, (-proof.pending, next(self._n), proof))
