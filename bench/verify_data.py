@@ -5,7 +5,8 @@ of Phoenix alternated (docs/proving.md, "What verify proves").
 
 The repositories are made once (kept in `--workdir` and reused): the medium sample (bench/run.py's
 generator, seed 42) backed up once, one 1 GB file of random bytes, and 100,000 files of 1 KiB of
-random bytes in 100 folders. Each round runs `phx verify --read-data` under `/usr/bin/time -v`
+random bytes in 100 folders; with `--only days`, also the medium sample backed up again after each
+of 7 simulated days (bench/run.py's `simulate_day`). Each round runs `phx verify --read-data` under `/usr/bin/time -v`
 (bench/run.py `measure`) with each version, in alternating order (A B, then B A); the medians of
 user+system CPU seconds, wall seconds and maximum RSS are printed as one JSON line per repository
 and version. `--old` is the `src` folder of the other version (e.g. `git archive main src`); the
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from run import PASSPHRASE, Phoenix, measure
 
-from phoenix_backup.sample import generate_workspace
+from phoenix_backup.sample import generate_workspace, simulate_day
 
 # Counted in a process of its own, so that `--old` is the version imported.
 COUNT = """
@@ -75,8 +76,8 @@ def make(work: Path, name: str, env: dict[str, str], phx: list[str]) -> Phoenix:
     if (work / name).exists():
         shutil.rmtree(work / name)
     (work / name).mkdir(parents=True)
-    if name == "medium":
-        generate_workspace(root, size="medium", seed=42)
+    if name in ("medium", "days"):
+        layout = generate_workspace(root, size="medium", seed=42)
     else:
         (root / "home").mkdir(parents=True)
         ws = root / "workspace"
@@ -92,6 +93,9 @@ def make(work: Path, name: str, env: dict[str, str], phx: list[str]) -> Phoenix:
                     (ws / f"d{d:02}" / f"f{i:03}.bin").write_bytes(os.urandom(1024))
     tool.init()
     subprocess.run(tool.backup_cmd("full"), env=tool.env, check=True, capture_output=True)
+    for day in range(7 if name == "days" else 0):  # a history: each database in 8 versions
+        simulate_day(layout, day, seed=42)
+        subprocess.run(tool.backup_cmd(f"day{day}"), env=tool.env, check=True, capture_output=True)
     (work / name / "done").write_text("")
     return tool
 

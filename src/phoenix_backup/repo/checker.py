@@ -226,9 +226,9 @@ def verify_repository(
             by_pack[loc.pack_id].append((blob, loc))
         packs_read = set(packs) if subset is not None else None
         # The nodes this run proves, proved in the pack pass as their blobs open (each blob
-        # decrypted once), the largest first in choosing the order the packs are read in.
+        # decrypted once); they choose the order the packs are read in.
         users.prover = prover = NodeProver(repo.index, (n.split("/")[-1] for n in packs), users.prove)
-        for content in sorted(users.contents, key=lambda c: c[1], reverse=True):
+        for content in users.contents:
             if _chosen(repo, users, content[0], packs_read):
                 prover.add(content)
         packs = prover.order(packs)

@@ -11,9 +11,10 @@ one extent (most files) is hashed at once, with nothing kept but its place in th
 
 A blob that arrives before a node reaches it (the node needs it further on: its extents are out of
 pack order, it repeats the blob, or another node pulled that pack forward) is held for that node
-until it gets there. `order` reads the packs in the order the nodes first need them, largest
-node first, so a file written in one go holds at most the part of it that the backup's second
-pack being filled at the same time took. What is held is bounded: at most HOLD_BUDGET bytes of
+until it gets there. `order` reads the packs by the first byte of any node that needs them, so
+the nodes move forward together (the versions of one database in many snapshots share most of
+their blobs at the same offsets) and a file written in one go holds at most the part of it that
+the backup's second pack being filled at the same time took. What is held is bounded: at most HOLD_BUDGET bytes of
 plaintext at once; past it the node holding the most is given up (it goes to the restore's reader
 after the pass, as every node of several blobs did before, and is still proved there), until what
 is held fits again.
@@ -38,7 +39,9 @@ from phoenix_backup.repo.tree import Extents
 # Plaintext held for nodes that need it further on, at most (a blob held for several nodes counts
 # once). Four packs' worth. Measured (docs/proving.md): the medium sample holds 3.4 MB at most, a
 # 1 GB file 8 MB (the backup fills two packs at once, so a pack read first holds the blobs that
-# follow ones still in the other), 100,000 small files nothing. Past it, the nodes holding the
+# follow ones still in the other), 100,000 small files nothing; the medium sample with seven
+# simulated days would hold 94 MB (each day's pack is needed from byte 0 on: SQLite's first page
+# changes with every write), so 8 of its 334 nodes go to the reader. Past it, the nodes holding the
 # most go to the restore's reader, as every node of several blobs did before (their blobs are
 # then decrypted twice).
 HOLD_BUDGET = 32 * 1024 * 1024
@@ -83,7 +86,7 @@ class NodeProver:
         self.held_bytes = 0
         self.peak_held = 0
         self.given_up = 0  # nodes sent to the restore's reader for the budget
-        self.rank: dict[str, int] = {}  # pack id -> when a node first needs it
+        self.rank: dict[str, int] = {}  # pack id -> the first byte of a node that needs it
         self._largest: list[tuple[int, int, _Proof]] = []  # (-pending, n, node): whom to give up
         self._n = itertools.count()
 
@@ -91,8 +94,7 @@ class NodeProver:
 
     def add(self, content: Content) -> bool:
         """Take a node to prove in the pass: False for a node of several extents with a blob in no
-        pack of the run (it would hold the others to the end). Nodes added largest first make
-        `order` follow the largest ones."""
+        pack of the run (it would hold the others to the end)."""
         extents, size, sha256 = content
         if extents.size != size:
             return True  # never proved here: the reader names it (a decoded tree cannot hold one)
@@ -105,27 +107,35 @@ class NodeProver:
             # blob that no pack of the run holds never comes, and the node is left to the reader.
             self.waiting.setdefault(extents.blob(0), []).append(content)
             return True
-        uses = Counter(extents.blobs())  # in order of first need
-        if not all(self._rank(blob) for blob in uses):
+        uses = Counter(extents.blobs())
+        first: dict[bytes, int] = {}  # blob -> the byte of the node where it is first needed
+        start = 0
+        for blob, _offset, length in extents.records():
+            first.setdefault(blob, start)
+            start += length
+        if not all(self._rank(blob, start) for blob, start in first.items()):
             return False
         proof = _Proof(content, None if len(uses) == len(extents) else uses)
         for blob in uses:
             self.waiting.setdefault(blob, []).append(proof)
         return True
 
-    def _rank(self, blob: bytes) -> bool:
-        """Rank the pack of the run that holds `blob` (the index's first choice first), if any."""
+    def _rank(self, blob: bytes, start: int) -> bool:
+        """Rank the pack of the run that holds `blob` (the index's first choice first), if any, by
+        `start`, where a node first needs the blob."""
         for pack in self.index.data_packs(blob):
             if pack in self.packs:
                 break
         else:
             return False
-        self.rank.setdefault(pack, len(self.rank))
+        if start < self.rank.get(pack, start + 1):
+            self.rank[pack] = start
         return True
 
     def order(self, names: list[str]) -> list[str]:
-        """The pack names in the order the nodes added first need them; the others after, as given."""
-        last = len(self.rank)
+        """The pack names by the first byte of a node added that needs them (a node of several
+        extents: the others hold nothing); the others after, as given."""
+        last = max(self.rank.values(), default=0) + 1
         return sorted(names, key=lambda name: self.rank.get(name.rsplit("/", 1)[-1], last))
 
     # -- the pass ---------------------------------------------------------------------------------
