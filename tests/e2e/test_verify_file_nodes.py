@@ -557,3 +557,43 @@ def test_a_subset_run_proves_the_nodes_whose_first_blob_lies_in_its_packs(backed
         assert doc["ok"] is True and doc["checked"]["files"] == expected, (doc["checked"], expected)
         covered |= run
     assert covered == set(packs)
+
+
+def test_nodes_are_proved_from_the_copy_a_restore_reads_not_a_later_one_that_matches(backed_up: Sandbox) -> None:
+    """Blob A stored a second time, as other bytes of its length sealed under its id (a holder of
+    the key can), in a pack the index lists first: a restore opens that copy (it checks the tag,
+    not the id) and refuses every file that needs A. `verify --read-data` must name each of them
+    too, though A's first pack, read in the same pass, holds a copy that opens and matches. Before,
+    the pack pass proved every node from whichever copy matched: none of them was named (the nodes
+    of several blobs) or a.bin was not (nodes of one extent, before the node prover too)."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
+    a = shapes.blob["a"]
+    for _ in range(20):  # each copy is a new index object: the index lists first the one loaded first
+        repo = _repo(sb)
+        try:
+            repo._seal_and_pack(BlobType.DATA, a, bytes(len(shapes.data["a"])))
+            repo.flush()
+        finally:
+            repo.close()
+        repo = _repo(sb)
+        try:
+            first = repo.index.get(a)
+        finally:
+            repo.close()
+        assert first is not None
+        if first.pack_id != shapes.pack["a"]:
+            break
+    else:
+        pytest.fail("the index never listed a planted copy first")
+    refused = sb.phx(
+        "restore", "--backup", planted["long"], "--to", sb.root / "long", "--path", f"**/{PLANTED}", check=1
+    )
+    assert "does not match its SHA-256" in refused.err, refused.err
+    res = sb.phx("verify", "--read-data", "--json", check=1)
+    errors = res.json()["errors"]
+    for name, sid in planted.items():
+        found = _errors(res.json(), sid)
+        assert found and all("do not match the SHA-256" in e["message"] for e in found), (name, errors)
+    assert any(e["snapshot"] == shapes.base and (e["path"] or "").endswith("a.bin") for e in errors), errors

@@ -572,19 +572,35 @@ def _read_pack(
         except CorruptObject as exc:
             here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
             try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
-                plain = repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
+                repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
             except PhoenixError:
                 _report_blob(result, users, entry.id, name, str(exc))
                 continue
-        _feed(users, entry.type, entry.id, plain)
+            if users.prover is not None and _restore_copy(repo, entry.id, pack_id, entry.offset):
+                # A restore reads this copy first: other bytes under the blob's id (sealed by a key
+                # holder) it would take as they are, damaged ones it would read elsewhere. Either
+                # way the nodes that need the blob are read back as a restore reads them.
+                users.prover.lost(entry.id)
+            continue
+        if _restore_copy(repo, entry.id, pack_id, entry.offset):
+            _feed(users, entry.type, entry.id, plain)
 
 
 def _feed(users: _Users, kind: BlobType, blob: bytes, plain: bytes) -> None:
-    """Hand a data blob's plaintext, just opened (its AEAD tag binds it to its id, and the pack
-    pass checks its hash: every copy of a blob that opens is these very bytes), to the nodes the
-    pack pass proves, as the restore's reader would hand it to them."""
+    """Hand a data blob's plaintext, just opened from the copy a restore reads (`_restore_copy`)
+    and checked against its id, to the nodes the pack pass proves, as the restore's reader would
+    hand it to them."""
     if users.prover is not None and kind == BlobType.DATA:
         users.prover.feed(blob, plain)
+
+
+def _restore_copy(repo: Repository, blob: bytes, pack_id: str, offset: int) -> bool:
+    """Whether the copy of `blob` at `offset` in `pack_id` is the one a restore's reader opens: the
+    index's first location of it as a data blob. Only that copy proves a node: a restore checks
+    a copy's AEAD tag, not its id (open_blob), so a copy listed first with other bytes sealed under
+    the id (by a key holder) is what it writes, though a copy further on opens and matches."""
+    first = next((loc for loc in repo.index.locations(blob) if loc.type == BlobType.DATA), None)
+    return first is not None and first.pack_id == pack_id and first.offset == offset
 
 
 def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation, users: _Users) -> bool:
@@ -593,7 +609,8 @@ def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation, user
         plain = repo.open_blob(BlobType(loc.type), blob, loc.compression, sealed, loc.raw, "blob")
     except CorruptObject:
         return False
-    _feed(users, BlobType(loc.type), blob, plain)
+    if _restore_copy(repo, blob, loc.pack_id, loc.offset):
+        _feed(users, BlobType(loc.type), blob, plain)
     return True
 
 

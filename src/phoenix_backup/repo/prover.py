@@ -3,8 +3,9 @@
 
 A node's content is a list of extents, each a slice of one data blob; the node is proved when
 those slices, hashed in order, give its size and SHA-256 (what a restore's `NodeReader` checks).
-The pack pass opens every blob of every pack it reads and checks each against its id, and every
-copy of a blob that opens is those very bytes, so the node can be hashed from them: each node
+The pack pass opens every blob of every pack it reads and checks each against its id, and feeds
+the copy a restore reads (the index's first location; repo/checker.py), so the node can be hashed
+from those very bytes: each node
 keeps a running SHA-256 and the position of its next extent; when a blob arrives, every node
 whose next extent is in it hashes forward as far as the blobs it has received allow. A node of
 one extent (most files) is hashed at once, with nothing kept but its place in the waiting list.
@@ -121,13 +122,13 @@ class NodeProver:
         return True
 
     def _rank(self, blob: bytes, start: int) -> bool:
-        """Rank the pack of the run that holds `blob` (the index's first choice first), if any, by
-        `start`, where a node first needs the blob."""
-        for pack in self.index.data_packs(blob):
-            if pack in self.packs:
-                break
-        else:
+        """Rank the pack holding the copy of `blob` a restore reads (the index's first location of
+        it as a data blob: the pass proves nodes from that copy only) by `start`, where a node
+        first needs the blob; False when this run does not read that pack."""
+        packs = self.index.data_packs(blob)
+        if not packs or packs[0] not in self.packs:
             return False
+        pack = packs[0]
         if start < self.rank.get(pack, start + 1):
             self.rank[pack] = start
         return True
@@ -141,8 +142,8 @@ class NodeProver:
     # -- the pass ---------------------------------------------------------------------------------
 
     def feed(self, blob: bytes, plain: bytes) -> None:
-        """The plaintext of data blob `blob`, opened and checked against its id. A second copy of
-        the blob (another pack) finds no node waiting."""
+        """The plaintext of data blob `blob`, opened from the copy a restore reads and checked
+        against its id; fed once (a second feed finds no node waiting)."""
         for node in self.waiting.pop(blob, ()):
             if isinstance(node, tuple):  # one extent: hashed at once
                 extents, _size, sha256 = node
