@@ -599,7 +599,9 @@ def _restore_copy(repo: Repository, blob: bytes, pack_id: str, offset: int) -> b
     index's first location of it as a data blob. Only that copy proves a node: a restore checks
     a copy's AEAD tag, not its id (open_blob), so a copy listed first with other bytes sealed under
     the id (by a key holder) is what it writes, though a copy further on opens and matches."""
-    first = next((loc for loc in repo.index.locations(blob) if loc.type == BlobType.DATA), None)
+    first = repo.index.get(blob)
+    if first is not None and first.type != BlobType.DATA:
+        first = next((loc for loc in repo.index.locations(blob) if loc.type == BlobType.DATA), None)
     return first is not None and first.pack_id == pack_id and first.offset == offset
 
 
