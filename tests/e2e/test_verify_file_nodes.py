@@ -17,6 +17,7 @@ import os
 import sqlite3
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ from e2e_support import PHX, Sandbox, flip_byte
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import ThawPending
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.repo import captures
-from phoenix_backup.repo.checker import SUBSET_CURSOR, verify_repository
-from phoenix_backup.repo.crypto import sha256_hex
+from phoenix_backup.repo import captures, prover
+from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult, verify_repository
+from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
@@ -337,3 +338,262 @@ def test_a_one_extent_node_of_another_blob_of_the_right_length_fails(backed_up: 
     assert bad.code != 0 and PLANTED in bad.err, bad
     sb.restore_to(tail, tmp_path / "t", "--path", f"**/{PLANTED}")
     assert [p.read_bytes() for p in (tmp_path / "t").rglob(PLANTED)] == [b"world"]
+
+
+# --------------------------------------------------------------------------------------------
+# Each blob decrypted once: the pack pass proves nodes of several blobs too (repo/prover.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _distinct_nodes(repo: Repository) -> set[tuple[Extents, int, str | None]]:
+    trees = Trees(repo)
+    for snap in repo.list_snapshots():
+        trees.load(snap.tree)
+    return {
+        (Extents.of(node.content), node.size, node.sha256)
+        for nodes in trees.nodes.values()
+        for node in nodes
+        if node.type in ("file", "sqlite")
+    }
+
+
+_Record = tuple[str, int, int]  # an extent of a planted node: (file a, b or c, offset, length)
+
+
+class _Shapes:
+    """Three files of random bytes, A and B stored by one backup (one pack), C by the next (another
+    pack), and nodes planted over their blobs, each in a snapshot of its own with the SHA-256 of
+    the bytes its extents assemble: sharing blobs at other offsets, out of pack order, repeating a
+    blob, spanning both packs, and a long node of 300 extents over all three."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self.data = {name: os.urandom(size) for name, size in (("a", 3000), ("b", 4000), ("c", 5000))}
+        (sb.workspace / PLANTED).write_bytes(TEXT)
+        (sb.workspace / "a.bin").write_bytes(self.data["a"])
+        (sb.workspace / "b.bin").write_bytes(self.data["b"])
+        sb.backup()
+        (sb.workspace / "c.bin").write_bytes(self.data["c"])
+        self.base = sb.backup()["id"]
+        repo = _repo(sb)
+        try:
+            trees = Trees(repo)
+            trees.load(repo.find_snapshot(self.base).tree)
+            nodes = {n.name: n for ns in trees.nodes.values() for n in ns}
+            self.blob = {name: next(nodes[f"{name}.bin"].blobs()) for name in self.data}
+            self.pack = {name: repo.index.get(blob).pack_id for name, blob in self.blob.items()}  # type: ignore[union-attr]
+        finally:
+            repo.close()
+        assert self.pack["a"] == self.pack["b"] != self.pack["c"], self.pack
+        assert all(len(Extents.of(nodes[f"{n}.bin"].content)) == 1 for n in self.data)  # one blob each
+        long = [("abc"[i % 3], (i * 7) % 900, 10 + i % 50) for i in range(300)]
+        self.shapes: dict[str, list[_Record]] = {
+            "shares A and B at other offsets": [("a", 0, 100), ("b", 50, 250)],
+            "shares them too, the other way": [("b", 0, 50), ("a", 100, 100)],
+            "out of pack order": [("b", 0, 4000), ("a", 0, 3000)],
+            "repeats a blob": [("a", 0, 10), ("b", 0, 4000), ("a", 10, 2990), ("a", 0, 3000)],
+            "spans two packs": [("c", 0, 1000), ("a", 0, 3000), ("c", 1000, 4000), ("b", 0, 4000)],
+            "long": long,
+        }
+
+    def bytes_of(self, records: list[_Record]) -> bytes:
+        return b"".join(self.data[name][off : off + length] for name, off, length in records)
+
+    def node(self, records: list[_Record], sha_of: list[_Record] | None = None) -> Callable[[Node], Node]:
+        """The change planting a node of `records`, with the SHA-256 of `sha_of` (default: its own)."""
+        content = Extents.of([Extent(self.blob[name], off, length) for name, off, length in records])
+        sha = sha256_hex(self.bytes_of(records if sha_of is None else sha_of))
+        return lambda n: dataclasses.replace(n, content=content, size=content.size, sha256=sha)
+
+
+def _opened_per_blob(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> Counter[bytes]:
+    """How often each data blob is opened (decrypted and decompressed) from now on."""
+    opened: Counter[bytes] = Counter()
+    real = repo.open_blob
+
+    def counting(kind: BlobType, blob_id: bytes, *args: Any, **kwargs: Any) -> bytes:
+        if kind == BlobType.DATA:
+            opened[blob_id] += 1
+        return real(kind, blob_id, *args, **kwargs)
+
+    monkeypatch.setattr(repo, "open_blob", counting)
+    return opened
+
+
+def test_verify_decrypts_each_blob_once_and_proves_nodes_of_many_blobs(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes whose extents share blobs, come out of pack order, repeat a blob, span packs or run
+    to 300 extents are proved by `verify --read-data` (checked.files counts every distinct node)
+    while each data blob is opened once (once per copy: the pack pass opens every blob of every
+    pack). Before, every node of more than one extent was read again through the restore's
+    reader, its blobs decrypted a second time. What verify proves, restore writes: byte-equal."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
+    assert sb.verify("--read-data")["ok"] is True
+    repo = _repo(sb)
+    try:
+        opened = _opened_per_blob(repo, monkeypatch)
+        res = verify_repository(repo, read_data=True)
+        assert res.ok, res.errors
+        assert res.checked["files"] == len(_distinct_nodes(repo)), res.checked
+        copies = {
+            blob: len(repo.index.locations(blob)) for blob, loc in repo.index.blobs() if loc.type == BlobType.DATA
+        }
+        assert {b: n for b, n in opened.items() if n != copies[b]} == {}, "a blob was decrypted twice"
+        assert set(opened) == set(copies)
+    finally:
+        repo.close()
+    for name in ("spans two packs", "long"):
+        out = tmp_path / name.replace(" ", "-")
+        sb.restore_to(planted[name], out, "--path", f"**/{PLANTED}")
+        assert [p.read_bytes() for p in out.rglob(PLANTED)] == [shapes.bytes_of(shapes.shapes[name])], name
+
+
+def test_nodes_of_many_blobs_that_do_not_match_are_each_named(backed_up: Sandbox) -> None:
+    """Each shape planted with the SHA-256 of other bytes (its last two extents swapped, or for the
+    long node one middle extent a byte further on) fails `verify --read-data` with its snapshot
+    and path, as `restore` refuses it; the same shapes planted right, beside them, pass."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    good = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
+    bad = {}
+    for name, records in shapes.shapes.items():
+        if name == "long":  # the stored extents are the right ones but for one in the middle
+            blob, off, length = records[150]
+            shifted = [*records[:150], (blob, off + 1, length), *records[151:]]
+            bad[name] = plant(sb, shapes.base, shapes.node(shifted, sha_of=records))
+        else:
+            bad[name] = plant(sb, shapes.base, shapes.node(records, sha_of=[*records[:-2], records[-1], records[-2]]))
+    res = sb.phx("verify", "--read-data", "--json", check=1)
+    errors = res.json()["errors"]
+    for name, sid in bad.items():
+        found = _errors(res.json(), sid)
+        assert found and all("do not match the SHA-256" in e["message"] for e in found), (name, errors)
+    assert {e["snapshot"] for e in errors} == set(bad.values()), errors  # none of the good ones
+    assert not set(good.values()) & {e["snapshot"] for e in errors}
+
+
+def test_a_damaged_blob_in_the_middle_of_a_long_node_names_every_node_that_needs_it(backed_up: Sandbox) -> None:
+    """A byte flipped in blob C, which the long node reads a third of its 300 extents from (the
+    first from A): the pack pass names C's pack with every path that needs C (the long node, the
+    node spanning two packs, c.bin), exit 1; the nodes of A and B alone are not named."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
+    repo = _repo(sb)
+    try:
+        loc = repo.index.get(shapes.blob["c"])
+        assert loc is not None
+    finally:
+        repo.close()
+    flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
+    res = sb.phx("verify", "--read-data", "--json", check=1)
+    errors = res.json()["errors"]
+    named = {e["snapshot"] for e in errors if (e["path"] or "").endswith(PLANTED)}
+    assert named == {planted["long"], planted["spans two packs"]}, errors
+    assert {e["object"] for e in errors} == {pack_name(loc.pack_id)}, errors
+    assert any(e["path"].endswith("c.bin") for e in errors), errors
+
+
+def test_nodes_past_the_budget_go_to_the_reader_and_are_still_proved(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no plaintext to hold (a budget of 0 bytes), every node that needs a blob again later,
+    or before the one it waits for, is given up by the pack pass and read back through the
+    restore's reader: each still proved (the same checked.files), a wrong one still named, and
+    only the blobs of those nodes opened twice."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    for records in shapes.shapes.values():
+        plant(sb, shapes.base, shapes.node(records))
+    records = shapes.shapes["repeats a blob"]
+    wrong = plant(sb, shapes.base, shapes.node(records, sha_of=[*records[:-2], records[-1], records[-2]]))
+    monkeypatch.setattr(prover, "HOLD_BUDGET", 0)
+    repo = _repo(sb)
+    try:
+        opened = _opened_per_blob(repo, monkeypatch)
+        res = verify_repository(repo, read_data=True)
+        assert res.checked["files"] == len(_distinct_nodes(repo)), res.checked  # the wrong one too
+        assert {(e.snapshot, e.path) for e in res.errors} == {(wrong, e.path) for e in _errors_at(res, wrong)}
+        assert _errors_at(res, wrong) and "do not match the SHA-256" in _errors_at(res, wrong)[0].message
+        twice = {b for b, n in opened.items() if n > len(repo.index.locations(b))}
+        assert shapes.blob["a"] in twice and twice <= _blobs_of_many_extents(repo), twice
+    finally:
+        repo.close()
+
+
+def _errors_at(res: VerifyResult, sid: str) -> list[VerifyError]:
+    return [e for e in res.errors if e.snapshot == sid and (e.path or "").endswith(PLANTED)]
+
+
+def _blobs_of_many_extents(repo: Repository) -> set[bytes]:
+    """The blobs of the nodes of several extents (the planted ones, the sample's databases): those
+    the pack pass may give up with no budget, and no other."""
+    return {b for content, _size, _sha in _distinct_nodes(repo) if len(content) > 1 for b in content.blobs()}
+
+
+def test_a_subset_run_proves_the_nodes_whose_first_blob_lies_in_its_packs(backed_up: Sandbox) -> None:
+    """`--subset`: each run proves exactly the distinct nodes whose first blob's pack it reads
+    (and the empty ones), however the pack pass orders its reading; a cycle of runs covers every
+    pack, so every node."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    for records in shapes.shapes.values():
+        plant(sb, shapes.base, shapes.node(records))
+    repo = _repo(sb)
+    try:
+        nodes = _distinct_nodes(repo)
+        first = {c: (repo.index.get(c[0].blob(0)) if len(c[0]) else None) for c in nodes}
+        packs = sorted(pack_name(p) for p in repo.index.pack_ids() if (sb.repo / pack_name(p)).exists())
+    finally:
+        repo.close()
+    covered: set[str] = set()
+    for _ in range(4):
+        doc = sb.verify("--subset", "34")
+        start = packs.index(doc["subset"]["first"])
+        run = {packs[(start + i) % len(packs)] for i in range(doc["subset"]["packs"])}
+        expected = sum(1 for c, loc in first.items() if loc is None or pack_name(loc.pack_id) in run)
+        assert doc["ok"] is True and doc["checked"]["files"] == expected, (doc["checked"], expected)
+        covered |= run
+    assert covered == set(packs)
+
+
+def test_nodes_are_proved_from_the_copy_a_restore_reads_not_a_later_one_that_matches(backed_up: Sandbox) -> None:
+    """Blob A stored a second time, as other bytes of its length sealed under its id (a holder of
+    the key can), in a pack the index lists first: a restore opens that copy (it checks the tag,
+    not the id) and refuses every file that needs A. `verify --read-data` must name each of them
+    too, though A's first pack, read in the same pass, holds a copy that opens and matches. Before,
+    the pack pass proved every node from whichever copy matched: none of them was named (the nodes
+    of several blobs) or a.bin was not (nodes of one extent, before the node prover too)."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
+    a = shapes.blob["a"]
+    for _ in range(20):  # each copy is a new index object: the index lists first the one loaded first
+        repo = _repo(sb)
+        try:
+            repo._seal_and_pack(BlobType.DATA, a, bytes(len(shapes.data["a"])))
+            repo.flush()
+        finally:
+            repo.close()
+        repo = _repo(sb)
+        try:
+            first = repo.index.get(a)
+        finally:
+            repo.close()
+        assert first is not None
+        if first.pack_id != shapes.pack["a"]:
+            break
+    else:
+        pytest.fail("the index never listed a planted copy first")
+    refused = sb.phx(
+        "restore", "--backup", planted["long"], "--to", sb.root / "long", "--path", f"**/{PLANTED}", check=1
+    )
+    assert "does not match its SHA-256" in refused.err, refused.err
+    res = sb.phx("verify", "--read-data", "--json", check=1)
+    errors = res.json()["errors"]
+    for name, sid in planted.items():
+        found = _errors(res.json(), sid)
+        assert found and all("do not match the SHA-256" in e["message"] for e in found), (name, errors)
+    assert any(e["snapshot"] == shapes.base and (e["path"] or "").endswith("a.bin") for e in errors), errors

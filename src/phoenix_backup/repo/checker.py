@@ -1,8 +1,10 @@
 """The repository checker behind `phx verify` (ops/verify.py): structure (every snapshot, tree,
 blob and index entry resolvable, every extent of every file and database inside its blob), and with
-`--read-data` every pack read, every blob opened, decompressed and hash-checked, then every distinct
-file and database node read back through the restore's `NodeReader` and proved against its SHA-256
-(what a restore proves: extents past a blob's end, rearranged or overlapping ones, a wrong hash).
+`--read-data` every pack read, every blob opened, decompressed and hash-checked, and every distinct
+file and database node proved against its SHA-256 (what a restore proves: extents past a blob's
+end, rearranged or overlapping ones, a wrong hash): in the pack pass, from the plaintext it opens
+(repo/prover.py), and those it could not prove read back through the restore's `NodeReader`,
+which names what fails.
 
 A damaged object is reported with the snapshots and paths it affects. Unreferenced packs and
 leftover temporary files are notices, not errors: an interrupted backup or prune leaves them,
@@ -25,9 +27,10 @@ from pathlib import Path
 from phoenix_backup.errors import CorruptObject, ExitStatus, ObjectNotFound, PhoenixError, UnsafePath, UnsupportedFormat
 from phoenix_backup.repo import captures
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
+from phoenix_backup.repo.prover import Content, NodeProver
 from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
@@ -88,11 +91,15 @@ class _Users:
     def __init__(self) -> None:
         self.by_blob: dict[bytes, list[tuple[str, str]]] = defaultdict(list)
         self.bad: set[bytes] = set()
-        self.contents: dict[tuple[Extents, int, str | None], tuple[Node, list[tuple[str, str]]]] = {}
-        # Nodes of one extent, by its blob: the pack pass proves them from the plaintext it opens
-        # (and drops them from `contents`, counting them in `proved`).
-        self.single: dict[bytes, list[tuple[Extents, int, str | None]]] = defaultdict(list)
+        self.contents: dict[Content, tuple[Node, list[tuple[str, str]]]] = {}
+        # During the pack pass: the nodes it proves from the plaintext it opens, dropped from
+        # `contents` and counted in `proved` (`prove`).
+        self.prover: NodeProver | None = None
         self.proved = 0
+
+    def prove(self, content: Content) -> None:
+        if self.contents.pop(content, None) is not None:
+            self.proved += 1
 
     def add_content(self, node: Node, content: Extents, snapshot: str, path: str) -> None:
         _node, holders = self.contents.setdefault((content, node.size, node.sha256), (node, []))
@@ -217,15 +224,21 @@ def verify_repository(
         by_pack: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
         for blob, loc in repo.index.blobs():
             by_pack[loc.pack_id].append((blob, loc))
-        for content_key in users.contents:
-            if len(content_key[0]) == 1:
-                users.single[content_key[0].blob(0)].append(content_key)
+        packs_read = set(packs) if subset is not None else None
+        # The nodes this run proves, proved in the pack pass as their blobs open (each blob
+        # decrypted once); they choose the order the packs are read in.
+        users.prover = prover = NodeProver(repo.index, (n.split("/")[-1] for n in packs), users.prove)
+        for content in users.contents:
+            if _chosen(repo, users, content[0], packs_read):
+                prover.add(content)
+        packs = prover.order(packs)
         report.phase("reading packs", files=len(packs), size=sum(listed[p] for p in packs), unit="packs")
         for name in packs:
             _read_pack(repo, name, by_pack[name.split("/")[-1]], users, result)
             report.advance(files=1, size=listed[name])
+        prover.close()
+        users.prover = None
         result.checked["packs"] = len(packs)
-        packs_read = set(packs) if subset is not None else None
         _prove_contents(repo, users, result, packs_read, report, (trees, walked))
         if next_pack is not None:  # the run is done: the next one goes on from here
             _write_cursor(cursor, key, next_pack)
@@ -427,21 +440,17 @@ def _prove_contents(
     first blob, so the runs that cover every pack cover every node; an empty node always. A node
     that fails is named with every snapshot and path holding it (the first 1000): the walk met each
     tree once, under the first snapshot holding it, so the snapshots sharing it are found again."""
-    chosen: list[tuple[Node, list[tuple[str, str]]]] = []
-    for (content, _size, _sha), (node, holders) in users.contents.items():  # those the pack pass did not prove
-        if any(blob in users.bad for blob in content.blobs()):
-            continue
-        if packs is not None and len(content):
-            loc = repo.index.get(content.blob(0))
-            if loc is None or pack_name(loc.pack_id) not in packs:
-                continue
-        chosen.append((node, holders))
+    chosen = [  # those the pack pass did not prove
+        (node, holders)
+        for (content, _size, _sha), (node, holders) in users.contents.items()
+        if _chosen(repo, users, content, packs)
+    ]
     if packs is not None:  # a chosen node's other blobs may lie in packs this run did not thaw
         others = {pack_name(loc.pack_id) for n, _h in chosen for b in n.blobs() if (loc := repo.index.get(b))}
         if others - packs:
             repo.backend.prepare_read(sorted(others - packs))
     report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for n, _h in chosen))
-    failing: dict[tuple[Extents, int, str | None], tuple[str, str]] = {}
+    failing: dict[Content, tuple[str, str]] = {}
     for node, holders in chosen:
         failed = _assembly_problem(repo, holders[0][1], node)
         if failed is not None:
@@ -453,9 +462,21 @@ def _prove_contents(
         result.errors.extend(VerifyError(obj, snap_id, path, problem) for snap_id, path in holders)
 
 
+def _chosen(repo: Repository, users: _Users, content: Extents, packs: set[str] | None) -> bool:
+    """Whether this run proves a node of `content`: none of its blobs reported damaged or missing
+    (its paths are named already), and in a --subset run (`packs`) its first blob in a pack the
+    run reads (an empty node always)."""
+    if users.bad and any(blob in users.bad for blob in content.blobs()):
+        return False
+    if packs is not None and len(content):
+        loc = repo.index.get(content.blob(0))
+        return loc is not None and pack_name(loc.pack_id) in packs
+    return True
+
+
 def _holders(
-    users: _Users, keys: dict[tuple[Extents, int, str | None], tuple[str, str]], trees: Trees, snapshots: list[Snapshot]
-) -> dict[tuple[Extents, int, str | None], list[tuple[str, str]]]:
+    users: _Users, keys: dict[Content, tuple[str, str]], trees: Trees, snapshots: list[Snapshot]
+) -> dict[Content, list[tuple[str, str]]]:
     """The snapshots and paths holding each node of `keys` (the first 1000 each), in snapshot
     order: those the walk recorded, and those of later snapshots that share a tree with an earlier
     one (walked again from the loaded trees, only when a node failed)."""
@@ -504,6 +525,8 @@ def _first_object(repo: Repository, node: Node) -> str:
 
 def _report_blob(result: VerifyResult, users: _Users, blob: bytes, obj: str, message: str) -> None:
     users.bad.add(blob)
+    if users.prover is not None:  # the nodes waiting for it in the pack pass are not proved there
+        users.prover.lost(blob)
     affected = users.by_blob.get(blob)
     if not affected:
         result.notices.append(f"{obj}: {message} (no snapshot uses this blob)")
@@ -524,7 +547,7 @@ def _read_pack(
         return
     if not names_content(name, data, repo.config.pack_ids):
         # The pack's bytes changed: find which blobs still open, and blame the others.
-        damaged = [b for b, loc in in_index if not _blob_ok(repo, data, b, loc)]
+        damaged = [b for b, loc in in_index if not _blob_ok(repo, data, b, loc, users)]
         if not damaged:
             try:
                 read_header(data, repo.sealer, name)
@@ -546,39 +569,51 @@ def _read_pack(
             plain = repo.open_blob(
                 entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
             )
-            _prove_single(users, entry.id, plain)
         except CorruptObject as exc:
             here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
             try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
                 repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
             except PhoenixError:
                 _report_blob(result, users, entry.id, name, str(exc))
+                continue
+            if users.prover is not None and _restore_copy(repo, entry.id, pack_id, entry.offset):
+                # A restore reads this copy first: other bytes under the blob's id (sealed by a key
+                # holder) it would take as they are, damaged ones it would read elsewhere. Either
+                # way the nodes that need the blob are read back as a restore reads them.
+                users.prover.lost(entry.id)
+            continue
+        if _restore_copy(repo, entry.id, pack_id, entry.offset):
+            _feed(users, entry.type, entry.id, plain)
 
 
-def _prove_single(users: _Users, blob: bytes, plain: bytes) -> None:
-    """Prove the nodes of one extent in `blob` from its plaintext, just opened and checked against
-    its id (every copy of a blob that opens is these very bytes): the bytes a restore writes for
-    such a node are `plain[offset:offset + length]`, checked against the node's SHA-256 as the
-    restore's reader checks them. Those not proved here (a hash that differs) are read again by
-    `_prove_contents`, which names what fails; a file of one blob is not decrypted twice."""
-    for key in users.single.get(blob, ()):
-        _blob, offset, length = key[0].record(0)
-        if (
-            offset + length <= len(plain)
-            and sha256_hex(memoryview(plain)[offset : offset + length]) == key[2]
-            and users.contents.pop(key, None) is not None
-        ):
-            users.proved += 1
-    users.single.pop(blob, None)
+def _feed(users: _Users, kind: BlobType, blob: bytes, plain: bytes) -> None:
+    """Hand a data blob's plaintext, just opened from the copy a restore reads (`_restore_copy`)
+    and checked against its id, to the nodes the pack pass proves, as the restore's reader would
+    hand it to them."""
+    if users.prover is not None and kind == BlobType.DATA:
+        users.prover.feed(blob, plain)
 
 
-def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation) -> bool:
+def _restore_copy(repo: Repository, blob: bytes, pack_id: str, offset: int) -> bool:
+    """Whether the copy of `blob` at `offset` in `pack_id` is the one a restore's reader opens: the
+    index's first location of it as a data blob. Only that copy proves a node: a restore checks
+    a copy's AEAD tag, not its id (open_blob), so a copy listed first with other bytes sealed under
+    the id (by a key holder) is what it writes, though a copy further on opens and matches."""
+    first = repo.index.get(blob)
+    if first is not None and first.type != BlobType.DATA:
+        first = next((loc for loc in repo.index.locations(blob) if loc.type == BlobType.DATA), None)
+    return first is not None and first.pack_id == pack_id and first.offset == offset
+
+
+def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation, users: _Users) -> bool:
     sealed = pack[loc.offset : loc.offset + loc.stored]
     try:
-        repo.open_blob(BlobType(loc.type), blob, loc.compression, sealed, loc.raw, "blob")
-        return True
+        plain = repo.open_blob(BlobType(loc.type), blob, loc.compression, sealed, loc.raw, "blob")
     except CorruptObject:
         return False
+    if _restore_copy(repo, blob, loc.pack_id, loc.offset):
+        _feed(users, BlobType(loc.type), blob, plain)
+    return True
 
 
 # --------------------------------------------------------------------------------------------

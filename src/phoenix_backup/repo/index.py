@@ -237,6 +237,16 @@ class Index:
             return []
         return [self._location(loc) for loc in (first, *self._more.get(blob_id, ()))]
 
+    def data_packs(self, blob_id: bytes) -> list[str]:
+        """The packs listed as holding a blob as a data blob, the one `get` gives first, without a
+        BlobLocation (verify's pack pass asks for every node's blobs)."""
+        first = self._blobs.get(blob_id)
+        if first is None:
+            return []
+        more = self._more.get(blob_id)
+        locs = (first,) if more is None else (first, *more)
+        return [self._packs[loc >> 112] for loc in locs if (loc >> 104) & 0xFF == BlobType.DATA]
+
     def _location(self, loc: int) -> BlobLocation:
         no, t, c, off, stored, raw = _fields(loc)
         # Dict lookups, not enum calls: a backup looks up every blob of its snapshot.
