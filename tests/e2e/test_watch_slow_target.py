@@ -1,0 +1,225 @@
+"""`phx watch` whose first target is slow (docs/continuous.md, "Recovery point"): an S3 API server
+(moto) behind a proxy on loopback that holds every write of a capture segment 6 s (and of a lock
+3 s) before forwarding it. The segments are written by a thread of their own, so the poll loop
+goes on polling every half second while a write is in flight: under a writer committing all the
+time, a restore at a random second gives the writer's state of about a second before, not a gap
+after each write nor the commits of the write's seconds collapsed into one state; a SIGKILL of the
+watch while a write is in flight loses no segment it had sealed (they wait in the spool), and the
+restarted watch writes them first and goes on with the chain."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from e2e_support import PHX, Sandbox
+from faulty_proxy import FaultyProxy, Plan, Request
+from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
+from test_watch_adversary import LOGICAL, _restored, _table
+
+SEGMENT_WRITE_SECONDS = 6.0
+LOCK_WRITE_SECONDS = 3.0
+RECOVERY_POINT = 1.0  # a restore at T holds every commit that ended by T - this
+
+# Commits row k (after 0) every ~0.1 s and logs "k begin end" once COMMIT returned.
+WRITER = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    db, log = sys.argv[1], sys.argv[2]
+    con = sqlite3.connect(db, timeout=30, isolation_level=None)
+    k = con.execute("SELECT max(k) FROM log").fetchone()[0]
+    out = open(log, "a")
+    print("ready", flush=True)
+    while True:
+        k += 1
+        begin = time.time()
+        con.execute("INSERT INTO log VALUES (?, randomblob(3000))", (k,))
+        out.write(f"{k} {begin} {time.time()}\\n")
+        out.flush()
+        time.sleep(0.1)
+    """
+)
+
+
+def _slow(req: Request) -> float:
+    if req.method != "PUT":
+        return 0.0
+    if "/captures/" in req.target:
+        return SEGMENT_WRITE_SECONDS
+    return LOCK_WRITE_SECONDS if "/locks/" in req.target else 0.0
+
+
+@pytest.fixture
+def slow_s3(sandbox: Sandbox, moto: MotoServer) -> Iterator[tuple[Sandbox, FaultyProxy, str]]:
+    """The sandbox with one target, S3 through the slow proxy; its repository made there."""
+    sb = sandbox
+    proxy = FaultyProxy(moto.port, Plan(slow=_slow))
+    bucket = moto.make_bucket("slow")
+    sb.env["AWS_EC2_METADATA_DISABLED"] = "true"
+    s3 = {
+        "enabled": True,
+        "bucket": bucket,
+        "prefix": "argent/",
+        "endpoint": proxy.endpoint,
+        "accessKeyId": ACCESS_KEY_ID,
+        "secretAccessKey": SECRET_ACCESS_KEY,
+    }
+    sb.write_config(targets={"local": {"enabled": False}, "s3": s3}, retention={"prune": False})
+    sb.config_path.chmod(0o600)
+    sb.init_repository()
+    try:
+        yield sb, proxy, bucket
+    finally:
+        proxy.stop()
+
+
+def _start_writer(db: Path, log: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _start_watch(sb: Sandbox, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [PHX, "watch", "--no-files"], env=sb.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout=180)
+
+
+def _record(log: Path) -> list[tuple[int, float, float]]:
+    rows = []
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            rows.append((int(parts[0]), float(parts[1]), float(parts[2])))
+    return rows
+
+
+def _covered(sb: Sandbox) -> list[tuple[float, float]]:
+    doc = sb.phx("list", "--timeline", "--json").json()
+    assert not doc["problems"], doc["problems"]
+    return [
+        (datetime.fromisoformat(r["from"]).timestamp(), datetime.fromisoformat(r["to"]).timestamp())
+        for r in doc["databases"].get(LOGICAL, [])
+        if r["kind"] == "covered"
+    ]
+
+
+def _wait_covered(sb: Sandbox, watch: subprocess.Popen[bytes], after: float, log: Path) -> None:
+    """Until the target holds a segment whose coverage reaches past `after`."""
+    deadline = time.monotonic() + 120
+    while not any(end > after for _s, end in _covered(sb)):
+        assert watch.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no coverage past {after} after 120 s: {log.read_text()}"
+        time.sleep(1)
+
+
+def _check_at(sb: Sandbox, at: float, record: list[tuple[int, float, float]], dest: Path) -> None:
+    """The restore at `at` holds exactly rows 0..m: every commit that ended by `at` - RECOVERY_POINT,
+    none that began after `at`."""
+    rows = _restored(sb, datetime.fromtimestamp(at, UTC).isoformat(), dest)
+    assert rows == list(range(len(rows))), f"at {at}: not a state the writer committed"
+    top = rows[-1]
+    must = max((k for k, _b, end in record if end <= at - RECOVERY_POINT), default=0)
+    began = max((k for k, begin, _e in record if begin <= at), default=0)
+    assert must <= top <= began, f"at {at}: rows up to {top}, expected from {must} to {began}"
+
+
+def test_a_slow_target_keeps_every_second_restorable_under_a_writer(
+    slow_s3: tuple[Sandbox, FaultyProxy, str], tmp_path: Path
+) -> None:
+    """Each segment write takes 6 s: the poll loop still looks every half second, so a restore at any
+    second of the writer's run holds what was committed a second before. Before, the loop waited on
+    each write: the seconds of a write were a gap (the poll after it came more than 5 s late) and
+    their commits were seen only as one state after it."""
+    sb, proxy, _bucket = slow_s3
+    db = sb.layout.dashboard_db
+    _table(db)
+    wlog, plog = tmp_path / "writer.log", tmp_path / "watch.log"
+    watch = _start_watch(sb, plog)
+    writer = None
+    try:
+        _wait_covered(sb, watch, 0.0, plog)  # the base and the first segment are on the target
+        writer = _start_writer(db, wlog)
+        start = time.time()
+        time.sleep(4 * SEGMENT_WRITE_SECONDS)
+        assert proxy.plan.held, "no write was in flight: the target is not slow"
+        end = time.time()
+        _stop(writer)
+        writer = None
+        _wait_covered(sb, watch, end, plog)
+    finally:
+        if writer is not None:
+            _stop(writer)
+        code = _stop(watch)
+    assert code == 0, plog.read_text()
+    covered = _covered(sb)
+    assert any(s <= start and e >= end for s, e in covered), f"the writer's run is not one covered range: {covered}"
+    record = _record(wlog)
+    assert len(record) > 100, len(record)
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    for i in range(6):
+        _check_at(sb, rng.uniform(start + 1.5, end), record, tmp_path / f"at-{i}")
+
+
+def test_a_kill_while_a_segment_is_written_loses_no_sealed_segment(
+    slow_s3: tuple[Sandbox, FaultyProxy, str], moto: MotoServer, tmp_path: Path
+) -> None:
+    """SIGKILL of the watch while a segment's write is in flight and others wait: every segment it
+    had sealed is in the spool; the restarted watch writes them first and goes on with the chain,
+    so a restore at a second before the kill holds what was committed a second before it."""
+    sb, proxy, bucket = slow_s3
+    db = sb.layout.dashboard_db
+    _table(db)
+    wlog, plog = tmp_path / "writer.log", tmp_path / "watch.log"
+    watch = _start_watch(sb, plog)
+    writer = _start_writer(db, wlog)
+    try:
+        _wait_covered(sb, watch, time.time() + 1, plog)  # past the base: segments follow the writer
+        time.sleep(SEGMENT_WRITE_SECONDS + 2.5)
+        deadline = time.monotonic() + 60
+        while not any("/captures/" in key for key in proxy.plan.held):
+            assert time.monotonic() < deadline, "no segment write in flight"
+            time.sleep(0.05)
+        os.kill(watch.pid, signal.SIGSTOP)  # a still picture of the spool, then the kill
+        spool = next((sb.cache / "watch").glob("*/spool"))
+        sealed = sorted(p.name.split("-", 1)[1] for p in spool.iterdir() if not p.name.startswith("."))
+        killed = time.time()
+        _stop(watch, signal.SIGKILL)
+        assert sealed, "no segment waited in the spool while a write was in flight"
+
+        watch = _start_watch(sb, plog)
+        _wait_covered(sb, watch, killed + 3, plog)
+        end = time.time()
+        _stop(writer)
+    finally:
+        if writer.poll() is None:
+            _stop(writer)
+        code = _stop(watch) if watch.poll() is None else watch.returncode
+    assert code == 0, plog.read_text()
+    stored = {k.rsplit("/", 1)[-1] for k in moto.keys(bucket, "argent/captures/")}
+    assert set(sealed) <= stored, f"sealed segments lost by the kill: {set(sealed) - stored}"
+    assert "left waiting in" in plog.read_text() and "are written first" in plog.read_text()
+    assert "a new chain starts" not in plog.read_text(), plog.read_text()
+    record = _record(wlog)
+    # The chain went on: one covered range up to the last segment sealed before the kill, then
+    # (after the gap of the restart) one to the end.
+    _check_at(sb, killed - 2.0, record, tmp_path / "before-kill")
+    _check_at(sb, end - 0.5, record, tmp_path / "end")
+    assert not list(spool.iterdir()), "the spool is empty once written"
