@@ -22,7 +22,12 @@ changed, else every HEARTBEAT_SECONDS) the records are sealed into one capture s
   unchanged page runs cost nothing).
 - **Lock.** A shared lock is held while the watch writes, released at least every LEASE_SECONDS
   so that a prune or forget can run in between; when one holds the repository, segments wait in
-  memory and are written after it.
+  the spool and are written after it.
+- **Writer.** Each sealed segment goes to the spool (one file, so a kill loses none) and is written
+  to the first target, then each replica, by a thread of its own (`start_writer`), which also holds
+  the lease, checks the bases and publishes: the poll loop never waits on a target. While a write
+  is in flight, the segment waiting behind it is sealed again with each new second appended
+  (`_seal`), so a slow target gets one object per write and keeps up.
 """
 
 from __future__ import annotations
@@ -898,7 +903,10 @@ class Watcher:
         self.sequence += 1
         seg = captures.build(self.chain, self.sequence, self.previous, self.host, parts)
         name, raw = captures.seal(self.repo, seg)
-        self.tail = _Tail(name, self.sequence, self.previous, parts) if self.writer is not None else None
+        small = sum(len(b) for _p, pages in parts for b in pages) <= COALESCE_BYTES
+        # Its pages are kept (to be sealed again longer) only while that may happen: not beyond
+        # the bound (a first segment after a base may hold most of a database), not without the writer.
+        self.tail = _Tail(name, self.sequence, self.previous, parts) if self.writer is not None and small else None
         return name, raw, None
 
     def _enqueue(self, name: str, raw: bytes, replaced: str | None = None) -> None:
@@ -1152,11 +1160,12 @@ class Watcher:
         try:
             while True:
                 with self.wake:
-                    if self.writer_stop and (
-                        not self.queue or self._abandoned() or self.write_failed or not self.writer_progress
-                    ):
-                        return
-                    if not self.writer_stop:
+                    if self.writer_stop:
+                        if not self.queue or self._abandoned() or not self.writer_progress:
+                            return  # written, abandoned, or the target refuses them: they stay in the spool
+                    elif not self.queue or not self.writer_progress:
+                        # Nothing to write, or the last pass wrote nothing (an outage, another command's
+                        # lock, the lease's gap): until a segment is sealed, or a while.
                         self.wake.wait(RETRY_WAIT_SECONDS if self.write_failed else POLL_SECONDS)
                 before = self.result.segments
                 if self.queue or self.want_lease:
@@ -1323,8 +1332,6 @@ class Watcher:
                 self.writer_stop = self.writer_abort = True
                 self.wake.notify()
             self.writer.join(POLL_SECONDS)  # a write in progress is not waited for: the spool holds it
-            if self.writer.is_alive():
-                self.lock = None  # the writer may be using it; the lock's refresh ends with the process
         if self.files is not None:
             self.files.close()
         for db in self.dbs:
