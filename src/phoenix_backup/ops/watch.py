@@ -717,7 +717,8 @@ class Watcher:
             self.warn(
                 f"the watch's cache folder {self.cache_dir} takes no file ({refused}); base snapshots use a "
                 "temporary folder instead (slower: the index is read again) and page hashes that do not fit there "
-                "are kept in memory; every commit is still captured; free space there, fix its permissions or set "
+                "are kept in memory, as are capture segments its spool does not take until they are written (a kill "
+                "loses those); every commit is still captured; free space there, fix its permissions or set "
                 "PHX_CACHE_DIR to a writable folder"
             )
         return take(dataclasses.replace(self.base_env, env={**self.base_env.env, "PHX_CACHE_DIR": str(folder)})), folder
@@ -938,7 +939,9 @@ class Watcher:
             if not keep:
                 raise
             self.unspooled.add(name)
-            if not self.spool_warned:
+            # Once a run; not again when the cache folder that holds the spool was already said
+            # to take no file (`_base_snapshot`).
+            if not self.spool_warned and not self.cache_refused:
                 self.spool_warned = True
                 cause = exc.__cause__
                 why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause or exc)
@@ -1152,7 +1155,10 @@ class Watcher:
         """From now on the segments are written (first target, then each replica) by a thread of
         their own, in order, and so are the lease, the bases' check, the replicas' catch-up and the
         Git targets' publishing: all that waits on a target. The poll loop goes on polling and
-        sealing meanwhile."""
+        sealing meanwhile. The first lease is taken here, before any poll, as before: the bases
+        are taken at the first poll, not half a second later."""
+        self._lease()
+        self.want_lease = True
         self.writer = threading.Thread(target=self._writer_loop, name="phx-watch-writer", daemon=True)
         self.writer.start()
 
