@@ -623,3 +623,41 @@ def test_heap_freed_between_heartbeats_goes_back_at_the_next_segment(sandbox: Sa
         at = _last_covered(sb)
     assert before - after > 24 * 1024, (before, after)
     assert _restored(sb, at, tmp_path / "r") == [0, 1]
+
+
+def test_a_segment_spooled_before_the_state_named_it_is_not_written_after_a_kill(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A segment goes to the spool before the watch's state names it (the commit point). A kill in
+    between leaves a spool file the state does not name: the next watch deletes it, saying so, and
+    goes on from the segment the state names. Written, it would fork the chain (two segments after
+    one, which no reader follows past), so the states after the kill would not restore."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    with _watcher(sb, []) as w:
+        w.poll()
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert not w.queue
+        recorded = w.state_path.read_bytes()
+        w._release()
+        w.lock_free_until = time.monotonic() + 3600  # the next segment waits, in the spool
+        w.queue_limit = 0
+        _commit(db, 2)
+        w.poll()
+        w.flush()
+        assert len(list(w.spool.iterdir())) == 1
+    w.state_path.write_bytes(recorded)  # as if killed once the spool file was written, before the state
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        assert list(w.spool.iterdir()) == [] and any("sealed by a watch killed" in n for n in notices), notices
+        w.poll()
+        _commit(db, 3)
+        w.poll()
+        w.flush()
+        assert not w.queue
+    # No fork: the timeline has no problem, and the latest state restores (the WAL was checkpointed
+    # by the writer's last close, so the watch went on from a new base here).
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2, 3]

@@ -199,6 +199,12 @@ def _coalesced(
     return out
 
 
+def _spool_order(path: Path) -> int:
+    """The number a spool file's name starts with (0 when it has none)."""
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def state_file(envx: Environment, repo_id: str) -> Path:
     return data_dir(envx.env) / "watch" / f"{repo_id}.json"
 
@@ -243,6 +249,7 @@ class Watcher:
         self.unspooled: set[str] = set()  # waiting in memory only: the spool took no file
         self.spool_warned = False
         self.spool_order = 0  # the number of the last spool file (they sort in the queue's order)
+        self.last_order = 0  # that of the chain's last segment, saved in the state
         # The writer thread (`start_writer`) and what it shares with the poll loop, under `wake`.
         self.wake = threading.Condition()
         self.writer: threading.Thread | None = None
@@ -288,7 +295,9 @@ class Watcher:
         if not isinstance(bases, dict):
             bases = {}
         self.spooled_paths: dict[str, Path] = {}
-        spooled = self._load_spool()
+        order = saved.get("spoolOrder") if self.chain else None
+        self.last_order = self.spool_order = order if type(order) is int and order > 0 else 0
+        spooled = self._load_spool(self.last_order or None)
         problem = self._last_segment_problem(spooled) if self.chain else None
         if problem is not None:
             self.warn(f"the watch's last segment {problem}: a new chain starts from new bases")
@@ -355,7 +364,7 @@ class Watcher:
         self.files.taken()
         self.result.file_snapshots += 1
 
-    def _load_spool(self) -> dict[str, bytes]:
+    def _load_spool(self, committed: int | None) -> dict[str, bytes]:
         """The segments a previous watch left in the spool (the repository was out of reach when
         it stopped or was killed): queued first, in their order. One that is not one this watch
         left there (damaged, or planted by someone who can write the cache folder: see
@@ -367,6 +376,18 @@ class Watcher:
             return out
         last = captures.PREFIX + self.previous if self.previous else None
         orders: dict[str, list[Path]] = {}
+        late = [p for p in files if committed is not None and _spool_order(p) > committed]
+        if late:
+            # Sealed, but the watch was killed before its state named them: the chain goes on from
+            # the segment the state names (these would fork it); their states are captured again.
+            self.envx.notice(
+                f"{len(late)} capture segment(s) in {self.spool} were sealed by a watch killed before it recorded "
+                "them; they are deleted (the chain goes on from the last segment it recorded, and the databases' "
+                "changes since are captured again)"
+            )
+            for p in late:
+                p.unlink(missing_ok=True)
+                files.remove(p)
         for path in files:
             orders.setdefault(path.name.split("-", 1)[0], []).append(path)
         for same in orders.values():
@@ -382,8 +403,7 @@ class Watcher:
         for path in files:
             name = captures.PREFIX + path.name.split("-", 1)[1]
             self.spooled_paths[name] = path
-            with contextlib.suppress(ValueError):
-                self.spool_order = max(self.spool_order, int(path.name.split("-", 1)[0]))
+            self.spool_order = max(self.spool_order, _spool_order(path))
             try:
                 raw = self._spooled(name)
             except OSError as exc:
@@ -854,8 +874,10 @@ class Watcher:
             return
         with self.wake:  # the writer takes no segment while the last one may still be replaced
             name, raw, replaced = self._seal(parts)
-            # The intention first: a restart that finds this segment missing (not in the repository,
-            # nor in the spool) starts a new chain.
+            # In the spool first, then named by the saved state (the commit point): a restart finds
+            # every segment the state names in the repository or the spool, and deletes a spool file
+            # the state does not name yet (`_load_spool`: it would fork the chain).
+            keep = self._to_spool(name, raw, replaced)
             self.previous = name.removeprefix(captures.PREFIX)
             now = time.monotonic()
             for db in self.dbs:
@@ -867,7 +889,7 @@ class Watcher:
             for db in self.dbs:
                 if db.since is not None and not db.need_base:
                     db.since, db.base, db.commits, db.pages = db.until, None, [], []
-            self._enqueue(name, raw, replaced)
+            self._enqueue(name, raw, replaced, keep)
         self._kick()
         self.save_hashes()
         if now - self.last_trim >= HEARTBEAT_SECONDS:
@@ -910,29 +932,27 @@ class Watcher:
         self.tail = _Tail(name, self.sequence, self.previous, parts) if self.writer is not None and small else None
         return name, raw, None
 
-    def _enqueue(self, name: str, raw: bytes, replaced: str | None = None) -> None:
-        """Queue a sealed segment (the caller holds `wake`): on disk in the spool, so that a kill
-        while it waits or is being written loses none, and in memory too while no outage lasts and
-        fewer than QUEUE_MEMORY_BYTES wait there (the writer then reads no file). A spool that takes
-        no file costs nothing while the repository takes the segments (kept in memory, one warning);
-        during an outage or beyond the bound it ends the watch (`_spill`). `replaced`: the waiting
-        segment this one replaces (`_seal`), whose file goes once this one's is written."""
-        order = None
+    def _to_spool(self, name: str, raw: bytes, replaced: str | None) -> bool:
+        """Put a sealed segment in the spool (the caller holds `wake`, before the state names it),
+        so that a kill while it waits or is being written loses none; `replaced`: the waiting
+        segment it replaces (`_seal`), whose place in the order it takes. Returns whether it also
+        waits in memory: while no outage lasts and fewer than QUEUE_MEMORY_BYTES wait there (the
+        writer then reads no file). A spool that takes no file costs nothing while the repository
+        takes the segments (kept in memory, one warning); during an outage or beyond the bound it
+        ends the watch (`_spill`)."""
+        order, held = None, 0
         if replaced is not None:
-            index = len(self.queue) - 1
-            assert self.queue[index][0] == replaced
-            _old, held = self.queue.pop(index)
-            if held is not None:
-                self.queue_bytes -= len(held)
-            old_path = self.spooled_paths.pop(replaced, None)
-            self.unspooled.discard(replaced)
-            if old_path is not None:
+            waiting = self.queue[-1]
+            assert waiting[0] == replaced
+            held = len(waiting[1]) if waiting[1] is not None else 0
+            if (old := self.spooled_paths.get(replaced)) is not None:
                 # The same place in the order: a restart that finds both files (a kill in between)
                 # keeps the one the saved state names and deletes the other (`_load_spool`).
-                order = int(old_path.name.split("-", 1)[0])
-        else:
-            old_path = None
-        keep = self.outage_since is None and self.queue_bytes + len(raw) <= self.queue_limit
+                order = int(old.name.split("-", 1)[0])
+        if order is None:
+            order = self.spool_order = max(time.time_ns(), self.spool_order + 1)
+        self.last_order = order
+        keep = self.outage_since is None and self.queue_bytes - held + len(raw) <= self.queue_limit
         try:
             self._spill(name, raw, order)
         except SourceError as exc:
@@ -950,9 +970,19 @@ class Watcher:
                     "written, so a kill of the watch loses those not yet in the first target; free space there or fix "
                     "its permissions"
                 )
-        if old_path is not None:
-            with contextlib.suppress(OSError):
-                old_path.unlink()
+        return keep
+
+    def _enqueue(self, name: str, raw: bytes, replaced: str | None, keep: bool) -> None:
+        """Queue a segment `_to_spool` put in the spool, in place of `replaced` (whose file goes)."""
+        if replaced is not None:
+            _old, held = self.queue.pop()
+            if held is not None:
+                self.queue_bytes -= len(held)
+            self.unspooled.discard(replaced)
+            old = self.spooled_paths.pop(replaced, None)
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    old.unlink()
         self.queue.append((name, raw if keep else None))
         if keep:
             self.queue_bytes += len(raw)
@@ -1016,6 +1046,7 @@ class Watcher:
             },
             "changedIn": {db.logical: db.changed_in for db in self.dbs if db.changed_in and not db.need_base},
             "bases": {db.logical: db.base_id for db in self.dbs if db.base_id and not db.need_base},
+            "spoolOrder": self.last_order,  # of the last segment's spool file (`_load_spool`)
         }
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
