@@ -297,3 +297,65 @@ def test_a_watch_stopped_for_seconds_records_a_gap_not_coverage_of_the_old_state
     assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, covered
     assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
     assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+
+
+# Makes the watch's poll loop stall (7 s) inside one look, right after the capture read the
+# database and before the look is timed, once the file PHX_TEST_STALL_FLAG names appears: what a
+# SIGSTOP, a swap storm or the CPU starvation of a loaded machine does at that instant.
+STALL_IN_LOOK = textwrap.dedent(
+    """
+    import os, time
+    from pathlib import Path
+    from phoenix_backup.sources import sqlite_capture
+    _flag = Path(os.environ["PHX_TEST_STALL_FLAG"])
+    _capture = sqlite_capture.SqliteCapture.capture
+    def capture(self):
+        image = _capture(self)
+        if _flag.exists():
+            _flag.unlink()
+            _flag.with_suffix(".stalled").touch()
+            time.sleep(7)
+        return image
+    sqlite_capture.SqliteCapture.capture = capture
+    """
+)
+
+
+def test_a_stall_between_a_look_and_its_time_is_a_gap_not_coverage(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The poll loop stalls seconds right after a capture read the database, before the look is
+    timed: that look's state (read before a commit made during the stall) must not be recorded as
+    held until after the stall. Before, it was (the stall was inside the look, not between two),
+    no gap was recorded, and a restore in the stall gave the old state without the commit made
+    seconds earlier."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    site = tmp_path / "stall-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(STALL_IN_LOOK)
+    flag = tmp_path / "stall.flag"
+    env = {**sb.env, "PYTHONPATH": str(site), "PHX_TEST_STALL_FLAG": str(flag)}
+    plog = tmp_path / "watch.log"
+    with _watching(env, plog) as watch:
+        time.sleep(2.5)
+        _commit(db, 1)
+        time.sleep(1.5)
+        flag.touch()
+        deadline = time.time() + 10
+        while not flag.with_suffix(".stalled").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert flag.with_suffix(".stalled").exists(), plog.read_text()
+        before = time.time()
+        time.sleep(0.5)
+        _commit(db, 2)
+        two = time.time()
+        time.sleep(8.5)  # the stall ends at before + 7
+        assert watch.poll() is None, plog.read_text()
+    assert watch.returncode == 0, plog.read_text()
+    res = sb.phx("restore", "--at", _iso(two + 4), "--to", tmp_path / "mid", "--path", LOGICAL, check=2)
+    assert "no capture covers" in res.err, res
+    assert not (tmp_path / "mid").exists()
+    covered = [r for r in sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL] if r["kind"] == "covered"]
+    assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, covered
+    assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]

@@ -607,15 +607,15 @@ class Watcher:
     def _poll(self, db: _Db) -> None:
         resumed = db.since is None  # the first poll of a resumed database
         if db.stamp is not None:
+            looked = self.now()  # before the stat: a stall after it is not coverage (`_look`)
             st = os.stat(db.entry.path)
             stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
             if stamp == db.stamp:
-                db.until = self.now()  # a rollback-journal file nobody wrote to
+                db.until = looked  # a rollback-journal file nobody wrote to
                 return
         else:
             stamp = None
-        image = db.capture.capture()
-        at = self.now()
+        image, at = self._look(db)
         # Nothing committed since the last look, as the WAL proves (no frame, same size): the state
         # held all along, however long the watch did not look (a slow target's write, a stop).
         same = (image.page_size, image.page_count) == (db.page_size, db.page_count)
@@ -671,6 +671,21 @@ class Watcher:
                 db.capture.release()  # a held SHARED lock would block the application's commits
         if image.journal == "wal" and image.wal_frames >= CHECKPOINT_FRAMES:
             db.capture.checkpoint()
+
+    def _look(self, db: _Db) -> tuple[Image, int]:
+        """A capture of `db` and the time its state is recorded at, taken again while the look
+        itself stalled (more than STALL_US from its start to its time: the poll loop stopped or
+        starved right after the read). When in those seconds the state was read is not known, and
+        a commit made after the read would be seen only at the next look, with no gap before it: a
+        restore in the stall would give the older state. The changes of a capture taken again go
+        to the next one."""
+        looked = self.now()
+        image = db.capture.capture()
+        at = self.now()
+        while at - looked > STALL_US:
+            db.capture.unseen(image)
+            looked, image, at = at, db.capture.capture(), self.now()
+        return image, at
 
     def _take_bases(self, dbs: list[_Db]) -> None:
         """A snapshot (scope `watch`) of `dbs`, then each capture's first image as its difference."""
@@ -780,8 +795,7 @@ class Watcher:
             db.capture.close()
             db.capture = SqliteCapture(db.entry.path)
             try:
-                image = db.capture.capture()
-                at = self.now()
+                image, at = self._look(db)
                 try:
                     new = _hash_all(image, self.repo.ids.page_key, self.cache_dir)
                     state = next((ps for c in caches if (ps := c.load_pages(db.logical, sha256))), None)
