@@ -661,3 +661,54 @@ def test_a_segment_spooled_before_the_state_named_it_is_not_written_after_a_kill
     # No fork: the timeline has no problem, and the latest state restores (the WAL was checkpointed
     # by the writer's last close, so the watch went on from a new base here).
     assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2, 3]
+
+
+def test_a_writer_thread_that_died_ends_the_watch_even_when_a_poll_sealed_the_next_segment(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The writer thread dies (here: a waiting segment's spool file was damaged); the poll loop
+    raises its error and the watch ends. Before, when the next segment was sealed inside a
+    database's poll (a stall's gap, a page-size change), that poll took the writer's error for the
+    database's, said so as a warning and went on: the watch polled on with nothing written, and
+    every later segment piled up in the spool without a word."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.start_writer()
+        w.poll()  # the bases
+        w.flush()
+        deadline = time.monotonic() + 30
+        while w.queue and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not w.queue
+        # The next segment waits in the spool (another command's lock, here the lease's gap).
+        with w.wake:
+            w._release()
+            w.lock_free_until = time.monotonic() + 3600
+            w.queue_limit = 0
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert len(w.queue) == 1
+        spooled = next(p for p in w.spool.iterdir() if "-" in p.name)
+        spooled.write_bytes(spooled.read_bytes()[:-1] + b"\0")  # damaged while it waits
+        with w.wake:
+            w.lock_free_until = 0.0
+        with w.wake:
+            w.wake.notify()
+        while w.writer is not None and w.writer.is_alive() and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        assert w.writer is not None and not w.writer.is_alive()
+        _commit(db, 2)
+        w.poll()
+        # The next look finds a commit after a stall: its poll seals what came before (the gap).
+        dash = next(d for d in w.dbs if d.logical == LOGICAL)
+        dash.until -= 6_000_000
+        _commit(db, 3)
+        with pytest.raises(SourceError, match="was changed while it waited"):
+            w.poll()
+        with pytest.raises(SourceError, match="was changed while it waited"):
+            w._raise_writer()  # and at every later turn of the loop
+    assert not any(str(db) in n and "captured again from a new base" in n for n in notices), notices

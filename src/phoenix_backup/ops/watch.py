@@ -576,6 +576,8 @@ class Watcher:
             try:
                 self._poll(db)
             except (PhoenixError, OSError) as exc:
+                if exc is self.writer_error:
+                    raise  # the writer's (`_poll` sealed a segment), not the database's
                 self.warn(f"{db.entry.path}: {exc}; it is captured again from a new base")
                 db.capture.close()
                 db.need_base = True
@@ -1234,10 +1236,11 @@ class Watcher:
         return self.writer_stop and (self.writer_abort or self.abandon.is_set())
 
     def _raise_writer(self) -> None:
-        error = self.writer_error
-        if error is not None:
-            self.writer_error = None
-            raise error
+        """The writer thread's error, raised in the poll loop (which then stops), and again at
+        every later call: the writer is gone, so a watch that caught it once (a database's poll
+        seals a segment, `_poll`) must not go on polling with nothing written."""
+        if self.writer_error is not None:
+            raise self.writer_error
 
     def finish_writes(self) -> None:
         """At the stop: the writer writes what waits (unless the target refuses it, or a second
