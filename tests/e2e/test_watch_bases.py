@@ -712,3 +712,43 @@ def test_a_writer_thread_that_died_ends_the_watch_even_when_a_poll_sealed_the_ne
         with pytest.raises(SourceError, match="was changed while it waited"):
             w._raise_writer()  # and at every later turn of the loop
     assert not any(str(db) in n and "captured again from a new base" in n for n in notices), notices
+
+
+def test_segments_the_spool_took_only_at_the_stop_are_written_by_the_next_watch(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The spool takes no file for a while (a full cache disk): segments wait in memory. The watch
+    stops while the first target does not take them, and the spool, free again, takes them then.
+    The next watch writes them, the chain goes on. Before, they were numbered at the stop, after
+    the number the saved state names as the last, and the next watch deleted them as sealed by a
+    watch killed before it recorded them: the chain's last segment was gone, a new chain started
+    from new bases, and the states they held were lost."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()  # the bases
+        w.flush()
+        assert not w.queue
+        w._release()
+        w.lock_free_until = time.monotonic() + 3600  # the first target takes nothing now
+        w.spool.rmdir()
+        w.spool.write_bytes(b"")  # the spool takes no file
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert len(w.queue) == 1 and any("takes no file" in n for n in notices), notices
+        w.spool.unlink()  # free again: the stop puts what waits there
+        w.spill_all()
+        assert len(list(w.spool.iterdir())) == 1
+    notices.clear()
+    with _watcher(sb, notices) as w:
+        assert not any("killed before" in n or "new chain" in n for n in notices), notices
+        w.poll()
+        _commit(db, 2)
+        w.poll()
+        w.flush()
+        assert not w.queue
+    assert not any("new chain" in n for n in notices), notices
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]

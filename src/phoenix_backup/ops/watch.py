@@ -246,7 +246,9 @@ class Watcher:
         self.queue_bytes = 0  # of those in memory
         self.queue_limit = QUEUE_MEMORY_BYTES
         self.spool = self.cache_dir / repo.config.id / "spool"
-        self.unspooled: set[str] = set()  # waiting in memory only: the spool took no file
+        # Waiting in memory only (the spool took no file), each with its place in the spool's order
+        # (given when it was sealed, so that the saved state's `spoolOrder` counts it: `spill_all`).
+        self.unspooled: dict[str, int] = {}
         self.spool_warned = False
         self.spool_order = 0  # the number of the last spool file (they sort in the queue's order)
         self.last_order = 0  # that of the chain's last segment, saved in the state
@@ -965,6 +967,8 @@ class Watcher:
                 # The same place in the order: a restart that finds both files (a kill in between)
                 # keeps the one the saved state names and deletes the other (`_load_spool`).
                 order = int(old.name.split("-", 1)[0])
+            else:
+                order = self.unspooled.get(replaced)
         if order is None:
             order = self.spool_order = max(time.time_ns(), self.spool_order + 1)
         self.last_order = order
@@ -974,7 +978,7 @@ class Watcher:
         except SourceError as exc:
             if not keep:
                 raise
-            self.unspooled.add(name)
+            self.unspooled[name] = order
             # Once a run; not again when the cache folder that holds the spool was already said
             # to take no file (`_base_snapshot`).
             if not self.spool_warned and not self.cache_refused:
@@ -994,7 +998,7 @@ class Watcher:
             _old, held = self.queue.pop()
             if held is not None:
                 self.queue_bytes -= len(held)
-            self.unspooled.discard(replaced)
+            self.unspooled.pop(replaced, None)
             old = self.spooled_paths.pop(replaced, None)
             if old is not None:
                 with contextlib.suppress(OSError):
@@ -1030,24 +1034,20 @@ class Watcher:
         with self.wake:
             if not any(r is not None for _n, r in self.queue):
                 return
-            # Each file is numbered just before the next spilled one, in the queue's order.
-            numbers: list[int | None] = [
-                int(self.spooled_paths[n].name.split("-", 1)[0]) if n not in self.unspooled else None
-                for n, _r in self.queue
-            ]
+            # Each file has the number it was given when sealed (`_to_spool`): in the queue's order,
+            # and never after the one the saved state names as the last, which a restart would take
+            # for a segment sealed by a watch killed before it recorded it (`_load_spool`).
             waiting, self.queue, self.queue_bytes = self.queue, [], 0
             for i, (name, raw) in enumerate(waiting):
                 if raw is not None and name in self.unspooled:
-                    j = next((j for j in range(i + 1, len(numbers)) if numbers[j] is not None), None)
-                    order = numbers[j] - (j - i) if j is not None else None  # type: ignore[operator]
                     try:
-                        self._spill(name, raw, order)
+                        self._spill(name, raw, self.unspooled[name])
                     except SourceError:
                         # Nothing is dropped from the queue: those not spilled wait in memory still.
                         self.queue += waiting[i:]
                         self.queue_bytes = sum(len(r) for _n, r in self.queue if r is not None)
                         raise
-                    self.unspooled.discard(name)
+                    del self.unspooled[name]
                 self.queue.append((name, None))
 
     def _save_state(self) -> None:
@@ -1317,7 +1317,7 @@ class Watcher:
                 self.in_flight = None
                 if held is not None:
                     self.queue_bytes -= len(raw)
-                self.unspooled.discard(name)
+                self.unspooled.pop(name, None)
                 done = self.spooled_paths.pop(name, None)
             if done is not None:
                 with contextlib.suppress(OSError):
