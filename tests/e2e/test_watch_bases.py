@@ -752,3 +752,36 @@ def test_segments_the_spool_took_only_at_the_stop_are_written_by_the_next_watch(
         assert not w.queue
     assert not any("new chain" in n for n in notices), notices
     assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+
+
+def test_a_spool_that_fails_inside_a_databases_poll_ends_the_watch_not_the_databases_history(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Segments must wait in the spool (the first target takes none, memory's bound is reached) and
+    the spool takes no file (a full cache disk): the segment sealed inside a database's poll (a
+    stall's gap) fails, and the watch ends with the error that names the spool and what to free.
+    Before, that poll took it for the database's error, said it as a warning and went on: the
+    segment was sealed but never queued, and the next one skipped its number, so no reader
+    followed the chain past it."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.poll()  # the bases
+        w.flush()
+        assert not w.queue
+        w._release()
+        w.lock_free_until = time.monotonic() + 3600  # the first target takes nothing now
+        w.queue_limit = 0
+        w.spool.mkdir(parents=True, exist_ok=True)
+        w.spool.rmdir()
+        w.spool.write_bytes(b"")  # the spool takes no file
+        _commit(db, 1)
+        w.poll()
+        dash = next(d for d in w.dbs if d.logical == LOGICAL)
+        dash.until -= 6_000_000  # the next look comes after a stall
+        _commit(db, 2)
+        with pytest.raises(SourceError, match="cannot be kept in"):
+            w.poll()
+    assert not any("captured again from a new base" in n for n in notices), notices

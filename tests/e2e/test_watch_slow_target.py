@@ -202,3 +202,45 @@ def test_a_kill_while_a_segment_is_written_loses_no_sealed_segment(
     _check_at(sb, killed - 2.0, record, tmp_path / "before-kill")
     _check_at(sb, end - 0.5, record, tmp_path / "end")
     assert not list(spool.iterdir()), "the spool is empty once written"
+
+
+def test_a_second_signal_during_a_slow_write_leaves_the_rest_in_the_spool_and_the_chain_goes_on(
+    slow_s3: tuple[Sandbox, FaultyProxy, str], tmp_path: Path
+) -> None:
+    """SIGTERM while a segment's write is in flight and others wait, then a second signal: the
+    watch ends once the write in flight is over (it does not write what waits behind it), saying
+    where those wait; the next watch writes them first and goes on with the chain, so a restore
+    before the stop holds what was committed a second before it."""
+    sb, proxy, _bucket = slow_s3
+    db = sb.layout.dashboard_db
+    _table(db)
+    wlog, plog = tmp_path / "writer.log", tmp_path / "watch.log"
+    watch = _start_watch(sb, plog)
+    writer = _start_writer(db, wlog)
+    try:
+        _wait_covered(sb, watch, time.time() + 1, plog)
+        time.sleep(2.5)
+        deadline = time.monotonic() + 60
+        while not any("/captures/" in key for key in proxy.plan.held):
+            assert time.monotonic() < deadline, "no segment write in flight"
+            time.sleep(0.05)
+        stopped = time.time()
+        watch.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=SEGMENT_WRITE_SECONDS + 30)
+        assert watch.returncode != 0 and "wait in" in plog.read_text(), plog.read_text()
+        watch = _start_watch(sb, plog)
+        _wait_covered(sb, watch, stopped + 3, plog)
+        end = time.time()
+        _kill(writer, signal.SIGTERM)
+    finally:
+        if writer.poll() is None:
+            _kill(writer, signal.SIGTERM)
+        if watch.poll() is None:
+            _kill(watch, signal.SIGTERM)
+    assert watch.returncode == 0, plog.read_text()
+    assert "a new chain starts" not in plog.read_text(), plog.read_text()
+    record = _log(wlog)
+    _check_at(sb, stopped - 1.5, record, tmp_path / "before-stop")
+    _check_at(sb, end - 0.5, record, tmp_path / "end")

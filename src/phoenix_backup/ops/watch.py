@@ -176,6 +176,14 @@ class _Tail:
     parts: list[tuple[captures.Part, list[bytes]]]
 
 
+class _SealFailed(Exception):
+    """The watch's error met by `flush` inside a database's poll (`Watcher._flush_within`)."""
+
+    def __init__(self, error: PhoenixError | OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _coalesced(
     tail: list[tuple[captures.Part, list[bytes]]], new: list[tuple[captures.Part, list[bytes]]], limit: int
 ) -> list[tuple[captures.Part, list[bytes]]] | None:
@@ -577,9 +585,9 @@ class Watcher:
                 continue
             try:
                 self._poll(db)
+            except _SealFailed as exc:
+                raise exc.error from None
             except (PhoenixError, OSError) as exc:
-                if exc is self.writer_error:
-                    raise  # the writer's (`_poll` sealed a segment), not the database's
                 self.warn(f"{db.entry.path}: {exc}; it is captured again from a new base")
                 db.capture.close()
                 db.need_base = True
@@ -629,7 +637,7 @@ class Watcher:
             # since its last look is seen only now, so the seconds in between are a gap, not
             # coverage of the older state (a restore there would miss commits made long before).
             if db.commits or db.base is not None or db.since is None or db.until > db.since:
-                self.flush()
+                self._flush_within()
             db.since = at
         try:
             changed: set[int] | frozenset[int]
@@ -637,7 +645,7 @@ class Watcher:
             # size, so what came before is sealed first, and every page of the new one is recorded.
             resized = bool(db.page_size) and image.page_size != db.page_size
             if resized and db.commits:
-                self.flush()
+                self._flush_within()
             if image.changed is None or resized:
                 if db.hashes is None and not resized:
                     self.warn(f"{db.entry.path}: {image.reason}; it is captured again from a new base")
@@ -675,6 +683,17 @@ class Watcher:
                 db.capture.release()  # a held SHARED lock would block the application's commits
         if image.journal == "wal" and image.wal_frames >= CHECKPOINT_FRAMES:
             db.capture.checkpoint()
+
+    def _flush_within(self) -> None:
+        """`flush` inside a database's poll: what fails there (the spool, the saved state, the
+        writer thread) is the watch's error, which ends it, not the database's, which `poll` says
+        and goes on from a new base: the watch went on with a segment sealed but never queued
+        (the next one linked to it or skipped its number, so no reader followed the chain past it),
+        or with a dead writer."""
+        try:
+            self.flush()
+        except (PhoenixError, OSError) as exc:
+            raise _SealFailed(exc) from exc
 
     def _look(self, db: _Db) -> tuple[Image, int]:
         """A capture of `db` and the time its state is recorded at, taken again while the look
@@ -1007,11 +1026,9 @@ class Watcher:
         if keep:
             self.queue_bytes += len(raw)
 
-    def _spill(self, name: str, raw: bytes, order: int | None = None) -> None:
-        """Write a waiting segment to the spool; files sort in the queue's order (`order`, by
-        default the next after every one spilled before)."""
-        if order is None:
-            order = self.spool_order = max(time.time_ns(), self.spool_order + 1)
+    def _spill(self, name: str, raw: bytes, order: int) -> None:
+        """Write a waiting segment to the spool; files sort in the queue's order (`order`: given
+        when it was sealed, `_to_spool`)."""
         path = self.spool / f"{order:020d}-{name.removeprefix(captures.PREFIX)}"
         try:
             self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
