@@ -263,6 +263,23 @@ def test_prune_gets_in_within_the_lease_while_the_watch_runs(sandbox: Sandbox, t
     assert done is not None, "no prune got in within 75 s of the watch's lease"
 
 
+def _assert_a_gap(
+    sb: Sandbox, tmp_path: Path, watch: subprocess.Popen[bytes], log: str, before: float, two: float
+) -> None:
+    """The watch, stalled from about `before` for 7 s while commit 2 was made at `two`, ended
+    well and recorded the stall as a gap: a restore in it exits 2 writing nothing; the range
+    before it ends by `before` (the last look, which had seen commit 1) and restores [0, 1]; the
+    last state restores [0, 1, 2]."""
+    assert watch.returncode == 0, log
+    res = sb.phx("restore", "--at", _iso(two + 4), "--to", tmp_path / "mid", "--path", LOGICAL, check=2)
+    assert "no capture covers" in res.err, res
+    assert not (tmp_path / "mid").exists()
+    covered = [r for r in sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL] if r["kind"] == "covered"]
+    assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, (covered, log)
+    assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+
+
 def test_a_watch_stopped_for_seconds_records_a_gap_not_coverage_of_the_old_state(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -288,15 +305,7 @@ def test_a_watch_stopped_for_seconds_records_a_gap_not_coverage_of_the_old_state
         finally:
             os.kill(watch.pid, signal.SIGCONT)
         time.sleep(2)
-    assert watch.returncode == 0, plog.read_text()
-    res = sb.phx("restore", "--at", _iso(two + 4), "--to", tmp_path / "mid", "--path", LOGICAL, check=2)
-    assert "no capture covers" in res.err, res
-    assert not (tmp_path / "mid").exists()
-    # The range before the stop ends at the watch's last look, by then it had seen commit 1.
-    covered = [r for r in sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL] if r["kind"] == "covered"]
-    assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, covered
-    assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
-    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+    _assert_a_gap(sb, tmp_path, watch, plog.read_text(), before, two)
 
 
 # Makes the watch's poll loop stall (7 s) inside one look, right after the capture read the
@@ -351,11 +360,4 @@ def test_a_stall_between_a_look_and_its_time_is_a_gap_not_coverage(sandbox: Sand
         two = time.time()
         time.sleep(8.5)  # the stall ends at before + 7
         assert watch.poll() is None, plog.read_text()
-    assert watch.returncode == 0, plog.read_text()
-    res = sb.phx("restore", "--at", _iso(two + 4), "--to", tmp_path / "mid", "--path", LOGICAL, check=2)
-    assert "no capture covers" in res.err, res
-    assert not (tmp_path / "mid").exists()
-    covered = [r for r in sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL] if r["kind"] == "covered"]
-    assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, covered
-    assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
-    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+    _assert_a_gap(sb, tmp_path, watch, plog.read_text(), before, two)

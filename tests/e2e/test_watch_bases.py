@@ -714,6 +714,19 @@ def test_a_writer_thread_that_died_ends_the_watch_even_when_a_poll_sealed_the_ne
     assert not any(str(db) in n and "captured again from a new base" in n for n in notices), notices
 
 
+def _target_and_spool_take_nothing(w: Watcher) -> None:
+    """The bases taken and written; then the first target takes no segment (the lease's gap) and
+    the spool takes no file (a file where its folder goes, as a full cache disk would)."""
+    w.poll()
+    w.flush()
+    assert not w.queue
+    w._release()
+    w.lock_free_until = time.monotonic() + 3600
+    w.spool.mkdir(parents=True, exist_ok=True)
+    w.spool.rmdir()
+    w.spool.write_bytes(b"")
+
+
 def test_segments_the_spool_took_only_at_the_stop_are_written_by_the_next_watch(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -728,13 +741,7 @@ def test_segments_the_spool_took_only_at_the_stop_are_written_by_the_next_watch(
     _table(db)
     notices: list[str] = []
     with _watcher(sb, notices) as w:
-        w.poll()  # the bases
-        w.flush()
-        assert not w.queue
-        w._release()
-        w.lock_free_until = time.monotonic() + 3600  # the first target takes nothing now
-        w.spool.rmdir()
-        w.spool.write_bytes(b"")  # the spool takes no file
+        _target_and_spool_take_nothing(w)
         _commit(db, 1)
         w.poll()
         w.flush()
@@ -768,15 +775,8 @@ def test_a_spool_that_fails_inside_a_databases_poll_ends_the_watch_not_the_datab
     _table(db)
     notices: list[str] = []
     with _watcher(sb, notices) as w:
-        w.poll()  # the bases
-        w.flush()
-        assert not w.queue
-        w._release()
-        w.lock_free_until = time.monotonic() + 3600  # the first target takes nothing now
+        _target_and_spool_take_nothing(w)
         w.queue_limit = 0
-        w.spool.mkdir(parents=True, exist_ok=True)
-        w.spool.rmdir()
-        w.spool.write_bytes(b"")  # the spool takes no file
         _commit(db, 1)
         w.poll()
         dash = next(d for d in w.dbs if d.logical == LOGICAL)

@@ -100,6 +100,14 @@ def _wait_covered(sb: Sandbox, watch: subprocess.Popen[bytes], after: float, log
         time.sleep(1)
 
 
+def _wait_in_flight(proxy: FaultyProxy) -> None:
+    """Until the proxy holds a segment's write (one is in flight)."""
+    deadline = time.monotonic() + 60
+    while not any("/captures/" in key for key in proxy.plan.held):
+        assert time.monotonic() < deadline, "no segment write in flight"
+        time.sleep(0.05)
+
+
 def _check_at(sb: Sandbox, at: float, record: list[tuple[int, float, float]], dest: Path) -> float:
     """The restore at `at` holds exactly rows 0..m: every commit that ended by `at` - RECOVERY_POINT,
     none that began after `at`. Returns its recovery point: how long before `at` the first commit
@@ -166,10 +174,7 @@ def test_a_kill_while_a_segment_is_written_loses_no_sealed_segment(
     try:
         _wait_covered(sb, watch, time.time() + 1, plog)  # past the base: segments follow the writer
         time.sleep(SEGMENT_WRITE_SECONDS + 2.5)
-        deadline = time.monotonic() + 60
-        while not any("/captures/" in key for key in proxy.plan.held):
-            assert time.monotonic() < deadline, "no segment write in flight"
-            time.sleep(0.05)
+        _wait_in_flight(proxy)
         os.kill(watch.pid, signal.SIGSTOP)  # a still picture of the spool, then the kill
         spool = next((sb.cache / "watch").glob("*/spool"))
         waiting: dict[str, set[str]] = {}  # two files of one number: a tail sealed again, and the one it replaces
@@ -220,10 +225,7 @@ def test_a_second_signal_during_a_slow_write_leaves_the_rest_in_the_spool_and_th
     try:
         _wait_covered(sb, watch, time.time() + 1, plog)
         time.sleep(2.5)
-        deadline = time.monotonic() + 60
-        while not any("/captures/" in key for key in proxy.plan.held):
-            assert time.monotonic() < deadline, "no segment write in flight"
-            time.sleep(0.05)
+        _wait_in_flight(proxy)
         stopped = time.time()
         watch.send_signal(signal.SIGTERM)
         time.sleep(1.0)
