@@ -91,6 +91,20 @@ def _last_covered(sb: Sandbox) -> str:
     return str([r for r in doc["databases"][LOGICAL] if r["kind"] == "covered"][-1]["to"])
 
 
+def _wait_covered(sb: Sandbox, watch: subprocess.Popen[bytes], after: float, log: Path, sleep: float = 1.0) -> None:
+    """Until the target holds a segment whose coverage of the database reaches past `after`: the
+    watch has taken its base and looked since `after` (a loaded machine may take seconds more
+    than a quiet one to start a watch)."""
+    deadline = time.monotonic() + 120
+    while True:
+        rows = sb.phx("list", "--timeline", "--json").json()["databases"].get(LOGICAL, [])
+        if any(r["kind"] == "covered" and datetime.fromisoformat(r["to"]).timestamp() > after for r in rows):
+            return
+        assert watch.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no coverage past {after} after 120 s: {log.read_text()}"
+        time.sleep(sleep)
+
+
 def test_a_clock_set_back_an_hour_neither_breaks_the_chain_nor_mixes_states(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     db = sb.layout.dashboard_db
@@ -292,9 +306,9 @@ def test_a_watch_stopped_for_seconds_records_a_gap_not_coverage_of_the_old_state
     _table(db)
     plog = tmp_path / "watch.log"
     with _watching(sb.env, plog) as watch:
-        time.sleep(2.5)
+        _wait_covered(sb, watch, 0.0, plog, 0.2)  # the watch follows the database (not still starting)
         _commit(db, 1)
-        time.sleep(1.5)
+        _wait_covered(sb, watch, time.time() + 0.5, plog, 0.2)  # and has seen commit 1
         before = time.time()
         os.kill(watch.pid, signal.SIGSTOP)
         try:
@@ -346,9 +360,9 @@ def test_a_stall_between_a_look_and_its_time_is_a_gap_not_coverage(sandbox: Sand
     env = {**sb.env, "PYTHONPATH": str(site), "PHX_TEST_STALL_FLAG": str(flag)}
     plog = tmp_path / "watch.log"
     with _watching(env, plog) as watch:
-        time.sleep(2.5)
+        _wait_covered(sb, watch, 0.0, plog, 0.2)
         _commit(db, 1)
-        time.sleep(1.5)
+        _wait_covered(sb, watch, time.time() + 0.5, plog, 0.2)
         flag.touch()
         deadline = time.time() + 10
         while not flag.with_suffix(".stalled").exists() and time.time() < deadline:

@@ -25,7 +25,7 @@ from e2e_support import Sandbox
 from faulty_proxy import FaultyProxy, Plan, Request
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 from test_watch import _kill, _log, _start_watch, _timeline
-from test_watch_adversary import _restored, _table
+from test_watch_adversary import _restored, _table, _wait_covered
 
 SEGMENT_WRITE_SECONDS = 6.0
 LOCK_WRITE_SECONDS = 3.0
@@ -89,15 +89,6 @@ def _start_writer(db: Path, log: Path) -> subprocess.Popen[str]:
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
-
-
-def _wait_covered(sb: Sandbox, watch: subprocess.Popen[bytes], after: float, log: Path) -> None:
-    """Until the target holds a segment whose coverage reaches past `after`."""
-    deadline = time.monotonic() + 120
-    while not any(end > after for _s, end in _timeline(sb)):
-        assert watch.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"no coverage past {after} after 120 s: {log.read_text()}"
-        time.sleep(1)
 
 
 def _wait_in_flight(proxy: FaultyProxy) -> None:
