@@ -92,6 +92,7 @@ POLL_SECONDS = 0.5
 # A database not polled for longer than this (the watch stopped, starved or blocked) records the
 # time since its last poll as a gap: more than the timeline's TOUCH_US, so it shows as one.
 STALL_US = 5_000_000
+LOOK_TAKES = 3  # a look that stalled is taken again (`Watcher._look`), at most this many times in all
 FLUSH_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
 # The C heap's free pages go back to the system after every segment: the pages of a second's
@@ -701,11 +702,15 @@ class Watcher:
         starved right after the read). When in those seconds the state was read is not known, and
         a commit made after the read would be seen only at the next look, with no gap before it: a
         restore in the stall would give the older state. The changes of a capture taken again go
-        to the next one."""
+        to the next one. Taken at most LOOK_TAKES times: a read that waited seconds on a writer's
+        lock (busy timeout) read at the end of the wait, so a database whose every read waits so
+        long is recorded then, not looked at forever."""
         looked = self.now()
         image = db.capture.capture()
         at = self.now()
-        while at - looked > STALL_US:
+        for _again in range(LOOK_TAKES - 1):
+            if at - looked <= STALL_US:
+                break
             db.capture.unseen(image)
             looked, image, at = at, db.capture.capture(), self.now()
         return image, at
