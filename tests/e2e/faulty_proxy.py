@@ -7,6 +7,9 @@ Each request is forwarded whole to the server, or answered with a fault instead:
 - `truncate`: the server's answer with the body cut in half, then the connection closed;
 - `delay`: forwarded after a pause (0.2-0.6 s).
 
+`slow` holds the requests it picks for as many seconds as it returns before forwarding them (a
+target over a slow link: every request of a kind takes that long); `held` counts those in progress.
+
 Whether a request meets a fault is decided by a seeded hash of the request (method, path, query,
 range) and of how often that same request was seen, not by arrival order; the faults met take
 the kinds in turn, so a handful of them covers every kind. `max_faults` bounds the faults one request meets in a row,
@@ -58,6 +61,8 @@ class Plan:
     max_faults: int = 2  # faults in a row for one request, at most
     seed: int = 0
     fail: Callable[[Request], str | None] | None = None  # a persistent fault for some requests
+    slow: Callable[[Request], float] | None = None  # seconds to hold a request before forwarding it
+    held: Counter[str] = field(default_factory=Counter)  # requests being held now, by method and path
     seen: Counter[str] = field(default_factory=Counter)
     injected: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -130,7 +135,20 @@ class FaultyProxy:
                     continue
                 if fault == "delay":
                     time.sleep(0.2 + (hash(req.key) % 5) / 10)
-                answer = self._forward(req)
+                pause = self.plan.slow(req) if self.plan.slow is not None else 0.0
+                if pause:
+                    with self.plan.lock:
+                        self.plan.held[req.key] += 1
+                    try:
+                        time.sleep(pause)
+                        answer = self._forward(req)
+                    finally:
+                        with self.plan.lock:
+                            self.plan.held[req.key] -= 1
+                            if not self.plan.held[req.key]:
+                                del self.plan.held[req.key]
+                else:
+                    answer = self._forward(req)
                 if fault == "truncate":
                     head, _, body = answer.partition(b"\r\n\r\n")
                     conn.sendall(head + b"\r\n\r\n" + body[: len(body) // 2])

@@ -91,6 +91,20 @@ def _last_covered(sb: Sandbox) -> str:
     return str([r for r in doc["databases"][LOGICAL] if r["kind"] == "covered"][-1]["to"])
 
 
+def _wait_covered(sb: Sandbox, watch: subprocess.Popen[bytes], after: float, log: Path, sleep: float = 1.0) -> None:
+    """Until the target holds a segment whose coverage of the database reaches past `after`: the
+    watch has taken its base and looked since `after` (a loaded machine may take seconds more
+    than a quiet one to start a watch)."""
+    deadline = time.monotonic() + 120
+    while True:
+        rows = sb.phx("list", "--timeline", "--json").json()["databases"].get(LOGICAL, [])
+        if any(r["kind"] == "covered" and datetime.fromisoformat(r["to"]).timestamp() > after for r in rows):
+            return
+        assert watch.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no coverage past {after} after 120 s: {log.read_text()}"
+        time.sleep(sleep)
+
+
 def test_a_clock_set_back_an_hour_neither_breaks_the_chain_nor_mixes_states(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     db = sb.layout.dashboard_db
@@ -263,6 +277,23 @@ def test_prune_gets_in_within_the_lease_while_the_watch_runs(sandbox: Sandbox, t
     assert done is not None, "no prune got in within 75 s of the watch's lease"
 
 
+def _assert_a_gap(
+    sb: Sandbox, tmp_path: Path, watch: subprocess.Popen[bytes], log: str, before: float, two: float
+) -> None:
+    """The watch, stalled from about `before` for 7 s while commit 2 was made at `two`, ended
+    well and recorded the stall as a gap: a restore in it exits 2 writing nothing; the range
+    before it ends by `before` (the last look, which had seen commit 1) and restores [0, 1]; the
+    last state restores [0, 1, 2]."""
+    assert watch.returncode == 0, log
+    res = sb.phx("restore", "--at", _iso(two + 4), "--to", tmp_path / "mid", "--path", LOGICAL, check=2)
+    assert "no capture covers" in res.err, res
+    assert not (tmp_path / "mid").exists()
+    covered = [r for r in sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL] if r["kind"] == "covered"]
+    assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, (covered, log)
+    assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+
+
 def test_a_watch_stopped_for_seconds_records_a_gap_not_coverage_of_the_old_state(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -275,9 +306,9 @@ def test_a_watch_stopped_for_seconds_records_a_gap_not_coverage_of_the_old_state
     _table(db)
     plog = tmp_path / "watch.log"
     with _watching(sb.env, plog) as watch:
-        time.sleep(2.5)
+        _wait_covered(sb, watch, 0.0, plog, 0.2)  # the watch follows the database (not still starting)
         _commit(db, 1)
-        time.sleep(1.5)
+        _wait_covered(sb, watch, time.time() + 0.5, plog, 0.2)  # and has seen commit 1
         before = time.time()
         os.kill(watch.pid, signal.SIGSTOP)
         try:
@@ -288,12 +319,59 @@ def test_a_watch_stopped_for_seconds_records_a_gap_not_coverage_of_the_old_state
         finally:
             os.kill(watch.pid, signal.SIGCONT)
         time.sleep(2)
-    assert watch.returncode == 0, plog.read_text()
-    res = sb.phx("restore", "--at", _iso(two + 4), "--to", tmp_path / "mid", "--path", LOGICAL, check=2)
-    assert "no capture covers" in res.err, res
-    assert not (tmp_path / "mid").exists()
-    # The range before the stop ends at the watch's last look, by then it had seen commit 1.
-    covered = [r for r in sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL] if r["kind"] == "covered"]
-    assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, covered
-    assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
-    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+    _assert_a_gap(sb, tmp_path, watch, plog.read_text(), before, two)
+
+
+# Makes the watch's poll loop stall (7 s) inside one look, right after the capture read the
+# database and before the look is timed, once the file PHX_TEST_STALL_FLAG names appears: what a
+# SIGSTOP, a swap storm or the CPU starvation of a loaded machine does at that instant.
+STALL_IN_LOOK = textwrap.dedent(
+    """
+    import os, time
+    from pathlib import Path
+    from phoenix_backup.sources import sqlite_capture
+    _flag = Path(os.environ["PHX_TEST_STALL_FLAG"])
+    _capture = sqlite_capture.SqliteCapture.capture
+    def capture(self):
+        image = _capture(self)
+        if _flag.exists():
+            _flag.unlink()
+            _flag.with_suffix(".stalled").touch()
+            time.sleep(7)
+        return image
+    sqlite_capture.SqliteCapture.capture = capture
+    """
+)
+
+
+def test_a_stall_between_a_look_and_its_time_is_a_gap_not_coverage(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The poll loop stalls seconds right after a capture read the database, before the look is
+    timed: that look's state (read before a commit made during the stall) must not be recorded as
+    held until after the stall. Before, it was (the stall was inside the look, not between two),
+    no gap was recorded, and a restore in the stall gave the old state without the commit made
+    seconds earlier."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    site = tmp_path / "stall-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(STALL_IN_LOOK)
+    flag = tmp_path / "stall.flag"
+    env = {**sb.env, "PYTHONPATH": str(site), "PHX_TEST_STALL_FLAG": str(flag)}
+    plog = tmp_path / "watch.log"
+    with _watching(env, plog) as watch:
+        _wait_covered(sb, watch, 0.0, plog, 0.2)
+        _commit(db, 1)
+        _wait_covered(sb, watch, time.time() + 0.5, plog, 0.2)
+        flag.touch()
+        deadline = time.time() + 10
+        while not flag.with_suffix(".stalled").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert flag.with_suffix(".stalled").exists(), plog.read_text()
+        before = time.time()
+        time.sleep(0.5)
+        _commit(db, 2)
+        two = time.time()
+        time.sleep(8.5)  # the stall ends at before + 7
+        assert watch.poll() is None, plog.read_text()
+    _assert_a_gap(sb, tmp_path, watch, plog.read_text(), before, two)

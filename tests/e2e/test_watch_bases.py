@@ -623,3 +623,165 @@ def test_heap_freed_between_heartbeats_goes_back_at_the_next_segment(sandbox: Sa
         at = _last_covered(sb)
     assert before - after > 24 * 1024, (before, after)
     assert _restored(sb, at, tmp_path / "r") == [0, 1]
+
+
+def test_a_segment_spooled_before_the_state_named_it_is_not_written_after_a_kill(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A segment goes to the spool before the watch's state names it (the commit point). A kill in
+    between leaves a spool file the state does not name: the next watch deletes it, saying so, and
+    goes on from the segment the state names. Written, it would fork the chain (two segments after
+    one, which no reader follows past), so the states after the kill would not restore."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    with _watcher(sb, []) as w:
+        w.poll()
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert not w.queue
+        recorded = w.state_path.read_bytes()
+        w._release()
+        w.lock_free_until = time.monotonic() + 3600  # the next segment waits, in the spool
+        w.queue_limit = 0
+        _commit(db, 2)
+        w.poll()
+        w.flush()
+        assert len(list(w.spool.iterdir())) == 1
+    w.state_path.write_bytes(recorded)  # as if killed once the spool file was written, before the state
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        assert list(w.spool.iterdir()) == [] and any("sealed by a watch killed" in n for n in notices), notices
+        w.poll()
+        _commit(db, 3)
+        w.poll()
+        w.flush()
+        assert not w.queue
+    # No fork: the timeline has no problem, and the latest state restores (the WAL was checkpointed
+    # by the writer's last close, so the watch went on from a new base here).
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2, 3]
+
+
+def test_a_writer_thread_that_died_ends_the_watch_even_when_a_poll_sealed_the_next_segment(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The writer thread dies (here: a waiting segment's spool file was damaged); the poll loop
+    raises its error and the watch ends. Before, when the next segment was sealed inside a
+    database's poll (a stall's gap, a page-size change), that poll took the writer's error for the
+    database's, said so as a warning and went on: the watch polled on with nothing written, and
+    every later segment piled up in the spool without a word."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w.start_writer()
+        w.poll()  # the bases
+        w.flush()
+        deadline = time.monotonic() + 30
+        while w.queue and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not w.queue
+        # The next segment waits in the spool (another command's lock, here the lease's gap).
+        with w.wake:
+            w._release()
+            w.lock_free_until = time.monotonic() + 3600
+            w.queue_limit = 0
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert len(w.queue) == 1
+        spooled = next(p for p in w.spool.iterdir() if "-" in p.name)
+        spooled.write_bytes(spooled.read_bytes()[:-1] + b"\0")  # damaged while it waits
+        with w.wake:
+            w.lock_free_until = 0.0
+        with w.wake:
+            w.wake.notify()
+        while w.writer is not None and w.writer.is_alive() and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        assert w.writer is not None and not w.writer.is_alive()
+        _commit(db, 2)
+        w.poll()
+        # The next look finds a commit after a stall: its poll seals what came before (the gap).
+        dash = next(d for d in w.dbs if d.logical == LOGICAL)
+        dash.until -= 6_000_000
+        _commit(db, 3)
+        with pytest.raises(SourceError, match="was changed while it waited"):
+            w.poll()
+        with pytest.raises(SourceError, match="was changed while it waited"):
+            w._raise_writer()  # and at every later turn of the loop
+    assert not any(str(db) in n and "captured again from a new base" in n for n in notices), notices
+
+
+def _target_and_spool_take_nothing(w: Watcher) -> None:
+    """The bases taken and written; then the first target takes no segment (the lease's gap) and
+    the spool takes no file (a file where its folder goes, as a full cache disk would)."""
+    w.poll()
+    w.flush()
+    assert not w.queue
+    w._release()
+    w.lock_free_until = time.monotonic() + 3600
+    w.spool.mkdir(parents=True, exist_ok=True)
+    w.spool.rmdir()
+    w.spool.write_bytes(b"")
+
+
+def test_segments_the_spool_took_only_at_the_stop_are_written_by_the_next_watch(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The spool takes no file for a while (a full cache disk): segments wait in memory. The watch
+    stops while the first target does not take them, and the spool, free again, takes them then.
+    The next watch writes them, the chain goes on. Before, they were numbered at the stop, after
+    the number the saved state names as the last, and the next watch deleted them as sealed by a
+    watch killed before it recorded them: the chain's last segment was gone, a new chain started
+    from new bases, and the states they held were lost."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        _target_and_spool_take_nothing(w)
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert len(w.queue) == 1 and any("takes no file" in n for n in notices), notices
+        w.spool.unlink()  # free again: the stop puts what waits there
+        w.spill_all()
+        assert len(list(w.spool.iterdir())) == 1
+    notices.clear()
+    with _watcher(sb, notices) as w:
+        assert not any("killed before" in n or "new chain" in n for n in notices), notices
+        w.poll()
+        _commit(db, 2)
+        w.poll()
+        w.flush()
+        assert not w.queue
+    assert not any("new chain" in n for n in notices), notices
+    assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
+
+
+def test_a_spool_that_fails_inside_a_databases_poll_ends_the_watch_not_the_databases_history(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Segments must wait in the spool (the first target takes none, memory's bound is reached) and
+    the spool takes no file (a full cache disk): the segment sealed inside a database's poll (a
+    stall's gap) fails, and the watch ends with the error that names the spool and what to free.
+    Before, that poll took it for the database's error, said it as a warning and went on: the
+    segment was sealed but never queued, and the next one skipped its number, so no reader
+    followed the chain past it."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        _target_and_spool_take_nothing(w)
+        w.queue_limit = 0
+        _commit(db, 1)
+        w.poll()
+        dash = next(d for d in w.dbs if d.logical == LOGICAL)
+        dash.until -= 6_000_000  # the next look comes after a stall
+        _commit(db, 2)
+        with pytest.raises(SourceError, match="cannot be kept in"):
+            w.poll()
+    assert not any("captured again from a new base" in n for n in notices), notices

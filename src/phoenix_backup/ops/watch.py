@@ -22,7 +22,12 @@ changed, else every HEARTBEAT_SECONDS) the records are sealed into one capture s
   unchanged page runs cost nothing).
 - **Lock.** A shared lock is held while the watch writes, released at least every LEASE_SECONDS
   so that a prune or forget can run in between; when one holds the repository, segments wait in
-  memory and are written after it.
+  the spool and are written after it.
+- **Writer.** Each sealed segment goes to the spool (one file, so a kill loses none) and is written
+  to the first target, then each replica, by a thread of its own (`start_writer`), which also holds
+  the lease, checks the bases and publishes: the poll loop never waits on a target. While a write
+  is in flight, the segment waiting behind it is sealed again with each new second appended
+  (`_seal`), so a slow target gets one object per write and keeps up.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ POLL_SECONDS = 0.5
 # A database not polled for longer than this (the watch stopped, starved or blocked) records the
 # time since its last poll as a gap: more than the timeline's TOUCH_US, so it shows as one.
 STALL_US = 5_000_000
+LOOK_TAKES = 3  # a look that stalled is taken again (`Watcher._look`), at most this many times in all
 FLUSH_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
 # The C heap's free pages go back to the system after every segment: the pages of a second's
@@ -99,6 +105,11 @@ LEASE_GAP_SECONDS = 2.0  # let go this long after each lease: an exclusive comma
 PUBLISH_SECONDS = 60.0  # Git targets: one commit and push at most this often
 SPOOL_TAG_BYTES = 32  # a spool file: `_spool_mac`'s tag, then the sealed segment
 QUEUE_MEMORY_BYTES = 8 << 20  # segments waiting beyond this (or during an outage) go to the spool on disk
+# While the writer thread writes a segment, the segments sealed meanwhile are sealed again as one
+# (`Watcher._seal`) up to this many bytes of pages: one object a write, so a target that takes
+# seconds a request keeps up, without holding more than this in memory.
+COALESCE_BYTES = 4 << 20
+RETRY_WAIT_SECONDS = 1.0  # a segment the first target refused is tried again this often
 OUTAGE_NOTICE_SECONDS = 600.0  # during an outage, a notice of what waits this often
 RETRY_SECONDS = 60.0  # a replica that failed is caught up (phx sync) at most this often
 QUIET_SECONDS = 5.0  # a database unchanged this long has its page hashes saved for a restart
@@ -155,6 +166,54 @@ class _Db:
         return self.entry.logical
 
 
+@dataclass
+class _Tail:
+    """The last sealed segment while it waits behind a write in progress: what it was built from,
+    so that the next second's parts can be appended to it (`Watcher._seal`)."""
+
+    name: str
+    sequence: int
+    previous: str | None
+    parts: list[tuple[captures.Part, list[bytes]]]
+
+
+class _SealFailed(Exception):
+    """The watch's error met by `flush` inside a database's poll (`Watcher._flush_within`)."""
+
+    def __init__(self, error: PhoenixError | OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _coalesced(
+    tail: list[tuple[captures.Part, list[bytes]]], new: list[tuple[captures.Part, list[bytes]]], limit: int
+) -> list[tuple[captures.Part, list[bytes]]] | None:
+    """The parts of one segment that holds `tail`'s commits and then `new`'s, each at its own time;
+    None when they cannot be one segment without changing what a reader sees: a database's new
+    part does not start where its part in `tail` ends (a gap), starts from a new base, or has
+    another page size; or the pages would pass `limit` bytes."""
+    if sum(len(b) for _p, pages in (*tail, *new) for b in pages) > limit:
+        return None
+    out = list(tail)
+    index = {part.path: i for i, (part, _pages) in enumerate(out)}
+    for part, pages in new:
+        i = index.get(part.path)
+        if i is None:
+            out.append((part, pages))
+            continue
+        old, old_pages = out[i]
+        if part.base is not None or part.page_size != old.page_size or part.since != old.until or old.thinned:
+            return None
+        out[i] = (dataclasses.replace(old, until=part.until, commits=old.commits + part.commits), [*old_pages, *pages])
+    return out
+
+
+def _spool_order(path: Path) -> int:
+    """The number a spool file's name starts with (0 when it has none)."""
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def state_file(envx: Environment, repo_id: str) -> Path:
     return data_dir(envx.env) / "watch" / f"{repo_id}.json"
 
@@ -189,10 +248,30 @@ class Watcher:
         self.lock_free_until = 0.0
         # Sealed segments not yet in the first target, in order: in memory (bytes), or in the spool
         # folder (None) once the repository did not take one or QUEUE_MEMORY_BYTES wait.
+        # Sealed segments not yet in the first target, in order: each in the spool folder (unless it
+        # took no file: `unspooled`), and in memory too (bytes) while no outage lasts and fewer than
+        # `queue_limit` bytes wait there (else None).
         self.queue: list[tuple[str, bytes | None]] = []
         self.queue_bytes = 0  # of those in memory
         self.queue_limit = QUEUE_MEMORY_BYTES
         self.spool = self.cache_dir / repo.config.id / "spool"
+        # Waiting in memory only (the spool took no file), each with its place in the spool's order
+        # (given when it was sealed, so that the saved state's `spoolOrder` counts it: `spill_all`).
+        self.unspooled: dict[str, int] = {}
+        self.spool_warned = False
+        self.spool_order = 0  # the number of the last spool file (they sort in the queue's order)
+        self.last_order = 0  # that of the chain's last segment, saved in the state
+        # The writer thread (`start_writer`) and what it shares with the poll loop, under `wake`.
+        self.wake = threading.Condition()
+        self.writer: threading.Thread | None = None
+        self.writer_stop = False  # the watch stops: write what waits, then end
+        self.writer_progress = True  # the writer's last pass wrote a segment or found none waiting
+        self.writer_abort = False  # the watch ends on an error: no more writes
+        self.writer_error: BaseException | None = None
+        self.want_lease = False  # the poll loop waits for a lease to take a snapshot
+        self.in_flight: str | None = None  # the segment being written
+        self.tail: _Tail | None = None  # the last segment, while it may still be sealed again longer
+        self.bases_found: list[tuple[_Db, str, str | None]] = []  # `check_bases` -> `_apply_bases`
         self.outage_since: float | None = None  # (monotonic) the first write the repository refused
         self.outage_noticed = 0.0
         self.replicas: dict[str, Backend] = {}
@@ -227,7 +306,9 @@ class Watcher:
         if not isinstance(bases, dict):
             bases = {}
         self.spooled_paths: dict[str, Path] = {}
-        spooled = self._load_spool()
+        order = saved.get("spoolOrder") if self.chain else None
+        self.last_order = self.spool_order = order if type(order) is int and order > 0 else 0
+        spooled = self._load_spool(self.last_order or None)
         problem = self._last_segment_problem(spooled) if self.chain else None
         if problem is not None:
             self.warn(f"the watch's last segment {problem}: a new chain starts from new bases")
@@ -274,7 +355,7 @@ class Watcher:
 
     def watch_files(self) -> None:
         """A snapshot of the files when a burst of changes is due (watch_files.py)."""
-        if self.files is None or time.monotonic() < self.next_files or not self.files.due() or not self._lease():
+        if self.files is None or time.monotonic() < self.next_files or not self.files.due() or not self._may_snapshot():
             return
         try:
             self._snapshot(
@@ -294,7 +375,7 @@ class Watcher:
         self.files.taken()
         self.result.file_snapshots += 1
 
-    def _load_spool(self) -> dict[str, bytes]:
+    def _load_spool(self, committed: int | None) -> dict[str, bytes]:
         """The segments a previous watch left in the spool (the repository was out of reach when
         it stopped or was killed): queued first, in their order. One that is not one this watch
         left there (damaged, or planted by someone who can write the cache folder: see
@@ -304,9 +385,36 @@ class Watcher:
             files = sorted(p for p in self.spool.iterdir() if "-" in p.name and not p.name.startswith("."))
         except OSError:
             return out
+        last = captures.PREFIX + self.previous if self.previous else None
+        orders: dict[str, list[Path]] = {}
+        late = [p for p in files if committed is not None and _spool_order(p) > committed]
+        if late:
+            # Sealed, but the watch was killed before its state named them: the chain goes on from
+            # the segment the state names (these would fork it); their states are captured again.
+            self.envx.notice(
+                f"{len(late)} capture segment(s) in {self.spool} were sealed by a watch killed before it recorded "
+                "them; they are deleted (the chain goes on from the last segment it recorded, and the databases' "
+                "changes since are captured again)"
+            )
+            for p in late:
+                p.unlink(missing_ok=True)
+                files.remove(p)
+        for path in files:
+            orders.setdefault(path.name.split("-", 1)[0], []).append(path)
+        for same in orders.values():
+            # Two files at one place: a segment sealed again longer (`_seal`) and the one it
+            # replaced, when a kill came between writing the one and deleting the other. The saved
+            # state names the one that continues the chain; the other would fork it.
+            names = [captures.PREFIX + q.name.split("-", 1)[1] for q in same]
+            if len(same) > 1 and last in names:
+                for q, n in zip(same, names, strict=True):
+                    if n != last:
+                        q.unlink(missing_ok=True)
+                        files.remove(q)
         for path in files:
             name = captures.PREFIX + path.name.split("-", 1)[1]
             self.spooled_paths[name] = path
+            self.spool_order = max(self.spool_order, _spool_order(path))
             try:
                 raw = self._spooled(name)
             except OSError as exc:
@@ -429,8 +537,8 @@ class Watcher:
     def save_hashes(self, stopping: bool = False) -> None:
         """Save the page hashes of each database that has been quiet for QUIET_SECONDS (or at a
         stop) and whose last commit's segment is written or waits in the spool (see `_saved_hashes`)."""
-        if any(raw is not None for _n, raw in self.queue):
-            return
+        if self.unspooled:
+            return  # a segment of these states may still be lost with the process
         now = time.monotonic()
         for db in self.dbs:
             if (
@@ -469,6 +577,8 @@ class Watcher:
     # -- polling ---------------------------------------------------------------------------
 
     def poll(self, *, bases_too: bool = True) -> None:
+        if self.bases_found:
+            self._apply_bases()
         bases = []
         for db in self.dbs:
             if db.need_base:
@@ -476,6 +586,8 @@ class Watcher:
                 continue
             try:
                 self._poll(db)
+            except _SealFailed as exc:
+                raise exc.error from None
             except (PhoenixError, OSError) as exc:
                 self.warn(f"{db.entry.path}: {exc}; it is captured again from a new base")
                 db.capture.close()
@@ -496,7 +608,7 @@ class Watcher:
             if self.due():
                 self.flush()
             elif self.queue:
-                self._write_queue()
+                self._kick()
         except PhoenixError as exc:
             self.meanwhile_error = exc
 
@@ -508,15 +620,15 @@ class Watcher:
     def _poll(self, db: _Db) -> None:
         resumed = db.since is None  # the first poll of a resumed database
         if db.stamp is not None:
+            looked = self.now()  # before the stat: a stall after it is not coverage (`_look`)
             st = os.stat(db.entry.path)
             stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
             if stamp == db.stamp:
-                db.until = self.now()  # a rollback-journal file nobody wrote to
+                db.until = looked  # a rollback-journal file nobody wrote to
                 return
         else:
             stamp = None
-        image = db.capture.capture()
-        at = self.now()
+        image, at = self._look(db)
         # Nothing committed since the last look, as the WAL proves (no frame, same size): the state
         # held all along, however long the watch did not look (a slow target's write, a stop).
         same = (image.page_size, image.page_count) == (db.page_size, db.page_count)
@@ -526,7 +638,7 @@ class Watcher:
             # since its last look is seen only now, so the seconds in between are a gap, not
             # coverage of the older state (a restore there would miss commits made long before).
             if db.commits or db.base is not None or db.since is None or db.until > db.since:
-                self.flush()
+                self._flush_within()
             db.since = at
         try:
             changed: set[int] | frozenset[int]
@@ -534,7 +646,7 @@ class Watcher:
             # size, so what came before is sealed first, and every page of the new one is recorded.
             resized = bool(db.page_size) and image.page_size != db.page_size
             if resized and db.commits:
-                self.flush()
+                self._flush_within()
             if image.changed is None or resized:
                 if db.hashes is None and not resized:
                     self.warn(f"{db.entry.path}: {image.reason}; it is captured again from a new base")
@@ -573,9 +685,39 @@ class Watcher:
         if image.journal == "wal" and image.wal_frames >= CHECKPOINT_FRAMES:
             db.capture.checkpoint()
 
+    def _flush_within(self) -> None:
+        """`flush` inside a database's poll: what fails there (the spool, the saved state, the
+        writer thread) is the watch's error, which ends it, not the database's, which `poll` says
+        and goes on from a new base: the watch went on with a segment sealed but never queued
+        (the next one linked to it or skipped its number, so no reader followed the chain past it),
+        or with a dead writer."""
+        try:
+            self.flush()
+        except (PhoenixError, OSError) as exc:
+            raise _SealFailed(exc) from exc
+
+    def _look(self, db: _Db) -> tuple[Image, int]:
+        """A capture of `db` and the time its state is recorded at, taken again while the look
+        itself stalled (more than STALL_US from its start to its time: the poll loop stopped or
+        starved right after the read). When in those seconds the state was read is not known, and
+        a commit made after the read would be seen only at the next look, with no gap before it: a
+        restore in the stall would give the older state. The changes of a capture taken again go
+        to the next one. Taken at most LOOK_TAKES times: a read that waited seconds on a writer's
+        lock (busy timeout) read at the end of the wait, so a database whose every read waits so
+        long is recorded then, not looked at forever."""
+        looked = self.now()
+        image = db.capture.capture()
+        at = self.now()
+        for _again in range(LOOK_TAKES - 1):
+            if at - looked <= STALL_US:
+                break
+            db.capture.unseen(image)
+            looked, image, at = at, db.capture.capture(), self.now()
+        return image, at
+
     def _take_bases(self, dbs: list[_Db]) -> None:
         """A snapshot (scope `watch`) of `dbs`, then each capture's first image as its difference."""
-        if not self._lease():
+        if not self._may_snapshot():
             return
         entries = []
         for db in dbs:
@@ -638,7 +780,8 @@ class Watcher:
             self.warn(
                 f"the watch's cache folder {self.cache_dir} takes no file ({refused}); base snapshots use a "
                 "temporary folder instead (slower: the index is read again) and page hashes that do not fit there "
-                "are kept in memory; every commit is still captured; free space there, fix its permissions or set "
+                "are kept in memory, as are capture segments its spool does not take until they are written (a kill "
+                "loses those); every commit is still captured; free space there, fix its permissions or set "
                 "PHX_CACHE_DIR to a writable folder"
             )
         return take(dataclasses.replace(self.base_env, env={**self.base_env.env, "PHX_CACHE_DIR": str(folder)})), folder
@@ -680,8 +823,7 @@ class Watcher:
             db.capture.close()
             db.capture = SqliteCapture(db.entry.path)
             try:
-                image = db.capture.capture()
-                at = self.now()
+                image, at = self._look(db)
                 try:
                     new = _hash_all(image, self.repo.ids.page_key, self.cache_dir)
                     state = next((ps for c in caches if (ps := c.load_pages(db.logical, sha256))), None)
@@ -772,21 +914,25 @@ class Watcher:
         self.last_flush = time.monotonic()
         if not parts:
             return
-        self.sequence += 1
-        seg = captures.build(self.chain, self.sequence, self.previous, self.host, parts)
-        name, raw = captures.seal(self.repo, seg)
-        # The intention first: a restart that finds this segment missing starts a new chain.
-        self.previous = name.removeprefix(captures.PREFIX)
-        now = time.monotonic()
-        for db in self.dbs:
-            if db.commits and not db.need_base:
-                db.changed_in, db.changed_at = self.previous, now
-        self._save_state()
-        for db in self.dbs:
-            if db.since is not None and not db.need_base:
-                db.since, db.base, db.commits, db.pages = db.until, None, [], []
-        self._enqueue(name, raw)
-        self._write_queue()
+        with self.wake:  # the writer takes no segment while the last one may still be replaced
+            name, raw, replaced = self._seal(parts)
+            # In the spool first, then named by the saved state (the commit point): a restart finds
+            # every segment the state names in the repository or the spool, and deletes a spool file
+            # the state does not name yet (`_load_spool`: it would fork the chain).
+            keep = self._to_spool(name, raw, replaced)
+            self.previous = name.removeprefix(captures.PREFIX)
+            now = time.monotonic()
+            for db in self.dbs:
+                if replaced is not None and db.changed_in == replaced.removeprefix(captures.PREFIX):
+                    db.changed_in = self.previous  # its commit is in the segment that replaces that one
+                if db.commits and not db.need_base:
+                    db.changed_in, db.changed_at = self.previous, now
+            self._save_state()
+            for db in self.dbs:
+                if db.since is not None and not db.need_base:
+                    db.since, db.base, db.commits, db.pages = db.until, None, [], []
+            self._enqueue(name, raw, replaced, keep)
+        self._kick()
         self.save_hashes()
         if now - self.last_trim >= HEARTBEAT_SECONDS:
             # What a start-up, a restart's saved page hashes or a burst freed goes back to the
@@ -797,23 +943,98 @@ class Watcher:
             self.last_heap_trim = now
             trim_heap()  # without the collection, which would cost a pass over every object each second
 
-    def _enqueue(self, name: str, raw: bytes) -> None:
-        """Queue a sealed segment: in memory, or in the spool folder during an outage (so that a
-        kill loses none) and beyond QUEUE_MEMORY_BYTES (so that memory stays bounded)."""
-        spilled = any(r is None for _n, r in self.queue)
-        if not spilled and self.outage_since is None and self.queue_bytes + len(raw) <= self.queue_limit:
-            self.queue.append((name, raw))
-            self.queue_bytes += len(raw)
-            return
-        self._spill(name, raw)
-        self.queue.append((name, None))
+    def _seal(self, parts: list[tuple[captures.Part, list[bytes]]]) -> tuple[str, bytes, str | None]:
+        """The next segment of the chain, sealed: its name, its bytes, and the name of the waiting
+        segment it replaces (None: it follows the chain's last). While the writer is busy writing
+        an earlier segment (a slow target), the last segment waiting behind it is sealed again with
+        these parts appended (`_coalesced`): one object per write, so a target that takes seconds
+        per request keeps up with a segment a second, and every state keeps its own time. The
+        caller holds `wake`."""
+        tail = self.tail
+        merged = None
+        if (
+            tail is not None
+            and self.in_flight is not None
+            and self.in_flight != tail.name
+            and self.queue
+            and self.queue[-1][0] == tail.name
+        ):
+            merged = _coalesced(tail.parts, parts, COALESCE_BYTES)
+        if merged is not None and tail is not None:
+            seg = captures.build(self.chain, tail.sequence, tail.previous, self.host, merged)
+            name, raw = captures.seal(self.repo, seg)
+            self.tail = _Tail(name, tail.sequence, tail.previous, merged)
+            return name, raw, tail.name
+        self.sequence += 1
+        seg = captures.build(self.chain, self.sequence, self.previous, self.host, parts)
+        name, raw = captures.seal(self.repo, seg)
+        small = sum(len(b) for _p, pages in parts for b in pages) <= COALESCE_BYTES
+        # Its pages are kept (to be sealed again longer) only while that may happen: not beyond
+        # the bound (a first segment after a base may hold most of a database), not without the writer.
+        self.tail = _Tail(name, self.sequence, self.previous, parts) if self.writer is not None and small else None
+        return name, raw, None
 
-    def _spill(self, name: str, raw: bytes, order: int | None = None) -> None:
-        """Write a waiting segment to the spool; files sort in the queue's order (`order`, by
-        default now in ns: after every one spilled before)."""
-        path = (
-            self.spool / f"{order if order is not None else time.time_ns():020d}-{name.removeprefix(captures.PREFIX)}"
-        )
+    def _to_spool(self, name: str, raw: bytes, replaced: str | None) -> bool:
+        """Put a sealed segment in the spool (the caller holds `wake`, before the state names it),
+        so that a kill while it waits or is being written loses none; `replaced`: the waiting
+        segment it replaces (`_seal`), whose place in the order it takes. Returns whether it also
+        waits in memory: while no outage lasts and fewer than QUEUE_MEMORY_BYTES wait there (the
+        writer then reads no file). A spool that takes no file costs nothing while the repository
+        takes the segments (kept in memory, one warning); during an outage or beyond the bound it
+        ends the watch (`_spill`)."""
+        order, held = None, 0
+        if replaced is not None:
+            waiting = self.queue[-1]
+            assert waiting[0] == replaced
+            held = len(waiting[1]) if waiting[1] is not None else 0
+            if (old := self.spooled_paths.get(replaced)) is not None:
+                # The same place in the order: a restart that finds both files (a kill in between)
+                # keeps the one the saved state names and deletes the other (`_load_spool`).
+                order = int(old.name.split("-", 1)[0])
+            else:
+                order = self.unspooled.get(replaced)
+        if order is None:
+            order = self.spool_order = max(time.time_ns(), self.spool_order + 1)
+        self.last_order = order
+        keep = self.outage_since is None and self.queue_bytes - held + len(raw) <= self.queue_limit
+        try:
+            self._spill(name, raw, order)
+        except SourceError as exc:
+            if not keep:
+                raise
+            self.unspooled[name] = order
+            # Once a run; not again when the cache folder that holds the spool was already said
+            # to take no file (`_base_snapshot`).
+            if not self.spool_warned and not self.cache_refused:
+                self.spool_warned = True
+                cause = exc.__cause__
+                why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause or exc)
+                self.warn(
+                    f"the spool {self.spool} takes no file ({why}): capture segments wait in memory only until "
+                    "written, so a kill of the watch loses those not yet in the first target; free space there or fix "
+                    "its permissions"
+                )
+        return keep
+
+    def _enqueue(self, name: str, raw: bytes, replaced: str | None, keep: bool) -> None:
+        """Queue a segment `_to_spool` put in the spool, in place of `replaced` (whose file goes)."""
+        if replaced is not None:
+            _old, held = self.queue.pop()
+            if held is not None:
+                self.queue_bytes -= len(held)
+            self.unspooled.pop(replaced, None)
+            old = self.spooled_paths.pop(replaced, None)
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+        self.queue.append((name, raw if keep else None))
+        if keep:
+            self.queue_bytes += len(raw)
+
+    def _spill(self, name: str, raw: bytes, order: int) -> None:
+        """Write a waiting segment to the spool; files sort in the queue's order (`order`: given
+        when it was sealed, `_to_spool`)."""
+        path = self.spool / f"{order:020d}-{name.removeprefix(captures.PREFIX)}"
         try:
             self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private(path, self._spool_mac(name, raw) + raw)
@@ -829,26 +1050,27 @@ class Watcher:
         self.spooled_paths[name] = path
 
     def spill_all(self) -> None:
-        """Move the segments waiting in memory to the spool (an outage began, or the watch stops
-        with the repository out of reach): in order, so that the next run writes them first."""
-        if not any(r is not None for _n, r in self.queue):
-            return
-        # Those in memory come before any spilled already (once one is spilled, all after it
-        # are): they are numbered just before the first of those.
-        held = [n for n, r in self.queue if r is not None]
-        first = next((self.spooled_paths[n] for n, r in self.queue if r is None), None)
-        start = int(first.name.split("-", 1)[0]) - len(held) if first is not None else time.time_ns()
-        waiting, self.queue, self.queue_bytes = self.queue, [], 0
-        for i, (name, raw) in enumerate(waiting):
-            if raw is not None:
-                try:
-                    self._spill(name, raw, start + i)
-                except SourceError:
-                    # Nothing is dropped from the queue: those not spilled wait in memory still.
-                    self.queue += waiting[i:]
-                    self.queue_bytes = sum(len(r) for _n, r in self.queue if r is not None)
-                    raise
-            self.queue.append((name, None))
+        """Only the spool holds the waiting segments from now on (an outage began, or the watch
+        stops with the repository out of reach): those the spool did not take yet are written to
+        it, in order, so that the next run writes them first; memory keeps none."""
+        with self.wake:
+            if not any(r is not None for _n, r in self.queue):
+                return
+            # Each file has the number it was given when sealed (`_to_spool`): in the queue's order,
+            # and never after the one the saved state names as the last, which a restart would take
+            # for a segment sealed by a watch killed before it recorded it (`_load_spool`).
+            waiting, self.queue, self.queue_bytes = self.queue, [], 0
+            for i, (name, raw) in enumerate(waiting):
+                if raw is not None and name in self.unspooled:
+                    try:
+                        self._spill(name, raw, self.unspooled[name])
+                    except SourceError:
+                        # Nothing is dropped from the queue: those not spilled wait in memory still.
+                        self.queue += waiting[i:]
+                        self.queue_bytes = sum(len(r) for _n, r in self.queue if r is not None)
+                        raise
+                    del self.unspooled[name]
+                self.queue.append((name, None))
 
     def _save_state(self) -> None:
         doc = {
@@ -862,6 +1084,7 @@ class Watcher:
             },
             "changedIn": {db.logical: db.changed_in for db in self.dbs if db.changed_in and not db.need_base},
             "bases": {db.logical: db.base_id for db in self.dbs if db.base_id and not db.need_base},
+            "spoolOrder": self.last_order,  # of the last segment's spool file (`_load_spool`)
         }
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -873,13 +1096,14 @@ class Watcher:
             ) from exc
 
     def _lease(self) -> bool:
-        """Hold the shared lock; False (and a notice) while another command holds the repository."""
+        """Hold the shared lock; False (and a notice) while another command holds the repository.
+        Taken by whoever writes the segments: the writer thread while `watch` runs."""
         now = time.monotonic()
         if self.lock is not None and now - self.lock_taken < LEASE_SECONDS:
             return True
         if self.lock is not None:
             self._release()
-            self.lock_free_until = now + LEASE_GAP_SECONDS  # segments wait in memory meanwhile
+            self.lock_free_until = now + LEASE_GAP_SECONDS  # segments wait meanwhile
         if now < self.lock_free_until:
             return False
         try:
@@ -900,32 +1124,65 @@ class Watcher:
         self.bases_due = True  # checked once the segments waiting are written (`_write_queue`)
         return True
 
+    def _may_snapshot(self) -> bool:
+        """May a snapshot (a base, the files) start now? Not while another command holds the
+        repository or in the lease's gap. With the writer thread, its lease tells (asked for here,
+        never waited for: taking the lock writes to the target)."""
+        if self.writer is None:
+            return self._lease()
+        self.want_lease = True
+        self._kick()
+        return self.lock is not None and time.monotonic() - self.lock_taken < LEASE_SECONDS
+
     def check_bases(self) -> None:
         """At each lease: is each database's history still rebuildable from a snapshot the
         repository holds? A `phx forget` of a base (run while the lock was let go) ends the
         coverage of everything written from it: the watch says so and takes a new base. A base
         that compaction replaced (ops/compact.py: a newer snapshot holds the history) is followed
-        to that snapshot. Run once the segments sealed so far are all in the repository."""
-        followed = [db for db in self.dbs if db.base_id and not db.need_base and db.since is not None]
+        to that snapshot. Run once the segments sealed so far are all in the repository: the
+        repository is read here (by the writer thread while `watch` runs), and what it found is
+        applied to the databases by the poll loop (`_apply_bases`)."""
+        followed = [
+            (db, db.since, db.base_id) for db in self.dbs if db.base_id and not db.need_base and db.since is not None
+        ]
         if not followed:
             return
         present = {info.name.removeprefix("snapshots/") for info in self.repo.backend.list("snapshots/")}
-        gone = [db for db in followed if db.base_id not in present]
+        gone = [(db, since, sid) for db, since, sid in followed if sid not in present]
         if not gone:
             return
         try:
             tl: captures.Timeline | None = captures.timeline(self.repo, captures_cache(self.repo, self.envx))
         except PhoenixError:
             tl = None  # a write-only repository: this machine cannot read what it wrote
-        lost: dict[str, list[_Db]] = {}
-        for db in gone:
-            assert db.since is not None and db.base_id is not None
-            rng = tl.at(db.logical, db.since, self.chain) if tl is not None else None
+        found: list[tuple[_Db, str, str | None]] = []
+        for db, since, sid in gone:
+            assert since is not None and sid is not None
+            rng = tl.at(db.logical, since, self.chain) if tl is not None else None
+            new: str | None = None
             if tl is not None and rng is not None and rng.chain == self.chain:
                 with contextlib.suppress(PhoenixError):
-                    db.base_id = captures.lineage(tl, rng, db.since)[0].snapshot
-                    continue
-            lost.setdefault(db.base_id, []).append(db)
+                    new = captures.lineage(tl, rng, since)[0].snapshot
+            found.append((db, sid, new))
+        with self.wake:
+            self.bases_found += found
+        if self.writer is None:
+            self._apply_bases()
+
+    def _apply_bases(self) -> None:
+        """What `check_bases` found: a base compaction replaced is followed; one `phx forget`
+        removed is said, and a new base is taken. A database whose base changed since (a new
+        base was taken meanwhile) is left alone."""
+        with self.wake:
+            found, self.bases_found = self.bases_found, []
+        lost: dict[str, list[_Db]] = {}
+        for db, sid, new in found:
+            if db.base_id != sid or db.need_base:
+                continue
+            if new is not None:
+                db.base_id = new
+            else:
+                lost.setdefault(sid, []).append(db)
         for sid, dbs in lost.items():
             paths = ", ".join(str(db.entry.path) for db in dbs)
             if not self.repo.can_read:
@@ -951,26 +1208,124 @@ class Watcher:
             self.lock.release()
             self.lock = None
 
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Have the waiting segments written: by the writer thread while `watch` runs (the poll
+        loop never waits on a target), else here."""
+        if self.writer is None:
+            self._write_queue()
+            return
+        with self.wake:
+            self.wake.notify()
+        self._raise_writer()
+
+    def start_writer(self) -> None:
+        """From now on the segments are written (first target, then each replica) by a thread of
+        their own, in order, and so are the lease, the bases' check, the replicas' catch-up and the
+        Git targets' publishing: all that waits on a target. The poll loop goes on polling and
+        sealing meanwhile. The first lease is taken here, before any poll, as before: the bases
+        are taken at the first poll, not half a second later."""
+        self._lease()
+        self.want_lease = True
+        self.writer = threading.Thread(target=self._writer_loop, name="phx-watch-writer", daemon=True)
+        self.writer.start()
+
+    def _writer_loop(self) -> None:
+        try:
+            while True:
+                with self.wake:
+                    if self.writer_stop:
+                        if not self.queue or self._abandoned() or not self.writer_progress:
+                            return  # written, abandoned, or the target refuses them: they stay in the spool
+                    elif not self.queue or not self.writer_progress:
+                        # Nothing to write, or the last pass wrote nothing (an outage, another command's
+                        # lock, the lease's gap): until a segment is sealed, or a while.
+                        self.wake.wait(RETRY_WAIT_SECONDS if self.write_failed else POLL_SECONDS)
+                before = self.result.segments
+                if self.queue or self.want_lease:
+                    self._lease()
+                self._write_queue()
+                self.writer_progress = self.result.segments > before or not self.queue
+                if not self.queue:
+                    self._after_writes()
+        except BaseException as exc:  # said by the poll loop (`_raise_writer`), which then stops
+            with self.wake:
+                self.writer_error = exc
+
+    def _abandoned(self) -> bool:
+        """The writer writes no more: a second Ctrl-C at the stop, or an error ended the watch."""
+        return self.writer_stop and (self.writer_abort or self.abandon.is_set())
+
+    def _raise_writer(self) -> None:
+        """The writer thread's error, raised in the poll loop (which then stops), and again at
+        every later call: the writer is gone, so a watch that caught it once (a database's poll
+        seals a segment, `_poll`) must not go on polling with nothing written."""
+        if self.writer_error is not None:
+            raise self.writer_error
+
+    def finish_writes(self) -> None:
+        """At the stop: the writer writes what waits (unless the target refuses it, or a second
+        Ctrl-C abandons it: it then waits in the spool) and ends."""
+        if self.writer is None:
+            self._write_queue()
+            return
+        waiting = len(self.queue)
+        if waiting > 1 and not self.write_failed:
+            self.envx.notice(
+                f"writing the {waiting} capture segments that wait to the first target before stopping; Ctrl-C "
+                f"again leaves them in {self.spool} for the next `phx watch`"
+            )
+        with self.wake:
+            self.writer_stop, self.writer_progress = True, True
+            self.wake.notify()
+        while self.writer.is_alive():
+            self.writer.join(POLL_SECONDS)
+        self.writer = None
+        self._raise_writer()
+
+    def _after_writes(self) -> None:
+        """Once every segment sealed so far is written: the bases' check of a new lease, the
+        replicas that failed caught up, Git targets published."""
+        if self.bases_due:
+            self.bases_due = False
+            self.check_bases()
+        now = time.monotonic()
+        retry = [n for n, when in list(self.lagging.items()) if now - when >= RETRY_SECONDS]
+        if retry:
+            self._catch_up(retry)
+        if not self.writer_stop and now - self.last_publish >= PUBLISH_SECONDS:
+            self.publish()
+
     def _write_queue(self) -> None:
         if not self.queue or not self._lease():
             return
-        while self.queue:
-            name, held = self.queue[0]
+        while True:
+            with self.wake:
+                if not self.queue or self._abandoned():
+                    break
+                name, held = self.queue[0]
+                self.in_flight = name
+                if self.tail is not None and self.tail.name == name:
+                    self.tail = None  # written as it is now: no longer replaced by a longer one
+                path = self.spooled_paths.get(name)
             try:
                 raw = held if held is not None else self._spooled(name)
             except OSError as exc:
                 raise SourceError(
-                    f"cannot read the waiting segment {self.spooled_paths[name]} ({exc.strerror or exc}); "
+                    f"cannot read the waiting segment {path} ({exc.strerror or exc}); "
                     "fix the cache folder's permissions, then start `phx watch` again"
                 ) from exc
             if raw is None:
                 raise SourceError(
-                    f"the waiting segment {self.spooled_paths[name]} was changed while it waited (damaged); "
+                    f"the waiting segment {path} was changed while it waited (damaged); "
                     "start `phx watch` again (it then deletes that file and writes the others)"
                 )
             try:
                 self.repo.backend.write(name, raw)
             except PhoenixError as exc:
+                with self.wake:
+                    self.in_flight = None
                 self._outage(name, exc)
                 return
             if self.outage_since is not None:
@@ -978,13 +1333,17 @@ class Watcher:
                     f"the first target takes capture segments again after {time.monotonic() - self.outage_since:.0f} s"
                     f"; {len(self.queue)} waiting are written now"
                 )
-            self.write_failed, self.outage_since = False, None
-            self.queue.pop(0)
-            if held is not None:
-                self.queue_bytes -= len(raw)
-            else:
+            with self.wake:
+                self.write_failed, self.outage_since = False, None
+                self.queue.pop(0)
+                self.in_flight = None
+                if held is not None:
+                    self.queue_bytes -= len(raw)
+                self.unspooled.pop(name, None)
+                done = self.spooled_paths.pop(name, None)
+            if done is not None:
                 with contextlib.suppress(OSError):
-                    self.spooled_paths.pop(name).unlink()
+                    done.unlink()
             self.result.segments += 1
             self.result.bytes += len(raw)
             for rname, backend in self.replicas.items():
@@ -995,15 +1354,8 @@ class Watcher:
                 except PhoenixError as exc:
                     self.warn(f"target {rname}: {exc}; caught up later")
                     self.lagging[rname] = time.monotonic()
-        if self.bases_due:
-            self.bases_due = False
-            self.check_bases()
-        now = time.monotonic()
-        retry = [n for n, when in self.lagging.items() if now - when >= RETRY_SECONDS]
-        if retry:
-            self._catch_up(retry)
-        if now - self.last_publish >= PUBLISH_SECONDS:
-            self.publish()
+        if self.writer is None:
+            self._after_writes()
 
     def _outage(self, name: str, exc: PhoenixError) -> None:
         """The first target refused a segment: said once (then every OUTAGE_NOTICE_SECONDS with
@@ -1051,6 +1403,11 @@ class Watcher:
                 self.warn(f"target {name}: {exc}")
 
     def close(self) -> None:
+        if self.writer is not None:  # an error ended the watch: what waits stays in the spool
+            with self.wake:
+                self.writer_stop = self.writer_abort = True
+                self.wake.notify()
+            self.writer.join(POLL_SECONDS)  # a write in progress is not waited for: the spool holds it
         if self.files is not None:
             self.files.close()
         for db in self.dbs:
@@ -1144,13 +1501,14 @@ def watch(
         w.stop = stop
         w.abandon = abandon or w.abandon
         try:
+            w.start_writer()
             while not stop.is_set():
                 tick = time.monotonic()
                 w.poll()
                 if w.due():
                     w.flush()
-                elif w.queue:
-                    w._write_queue()
+                else:
+                    w._raise_writer()
                 w.watch_files()
                 if duration is not None and time.monotonic() - started >= duration:
                     break
@@ -1158,7 +1516,7 @@ def watch(
             w.lock_free_until = 0.0  # the last segments are written now, not after the lease's gap
             w.poll()
             w.flush()
-            w._write_queue()
+            w.finish_writes()
             if not w.abandon.is_set():  # a second Ctrl-C: no push now; the next watch or `phx sync` pushes
                 w.publish()
             w.spill_all()  # what the repository did not take waits on disk for the next run
@@ -1174,7 +1532,8 @@ def watch(
     result.duration = time.monotonic() - started
     if result.unwritten:
         raise SourceError(
-            f"{result.unwritten} capture segment(s) could not be written to the first target; they wait in "
+            f"{result.unwritten} capture segment(s) were not written to the first target before the watch stopped; "
+            f"they wait in "
             f"{w.spool} and the next `phx watch` writes them first (nothing the databases hold is lost)"
         )
     return result

@@ -372,8 +372,9 @@ class SqliteCapture:
             self._open()
         return self._pin()
 
-    def _unseen(self, image: Image) -> None:
-        """An image taken for the capture's own purposes: its changes go to the caller's next one."""
+    def unseen(self, image: Image) -> None:
+        """An image the caller does not use (taken for the capture's own purposes, or to be taken
+        again): its changes go to the next one `capture` returns."""
         if image.changed is None:
             self._carry, self._carry_reason = None, image.reason
         elif self._carry is not None:
@@ -401,7 +402,7 @@ class SqliteCapture:
             # Nobody can commit now: this poll reaches the last commit there will be until the
             # write lock is released, so nothing can be missed across the gap below.
             before = self._capture()
-            self._unseen(before)
+            self.unseen(before)
             index = self._index
             self.release()
             try:
