@@ -785,3 +785,36 @@ def test_a_spool_that_fails_inside_a_databases_poll_ends_the_watch_not_the_datab
         with pytest.raises(SourceError, match="cannot be kept in"):
             w.poll()
     assert not any("captured again from a new base" in n for n in notices), notices
+
+
+def test_the_writer_publishes_nothing_while_another_command_holds_the_repository(sandbox: Sandbox) -> None:
+    # The writer thread's idle pass (every segment written) checks the bases, catches replicas up
+    # and commits the Git targets: only under the watch's lease, as its writes. While a prune
+    # holds the repository, a Git commit of the segments would race it.
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    envx = Environment(env=sb.env)
+    other = open_repository(load_config(sb.config_path, sb.env), envx)
+    commits: list[str] = []
+    try:
+        with _watcher(sb, []) as w:
+            w.poll()
+            w.flush()
+            w._write_queue()
+            w._release()
+            w.lock_free_until = 0.0
+            w.repo.backend.checkpoint = lambda message: commits.append(message)  # type: ignore[method-assign]
+            with other.lock(exclusive=True, command="prune"):
+                w.last_publish = -1e9  # a publish is due
+                w.start_writer()
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline and not commits:
+                    time.sleep(0.1)
+                assert commits == [], "the writer published while a prune held the repository"
+                assert w.lock is None
+            deadline = time.monotonic() + 10.0  # the lease comes back: the due publish is made
+            while time.monotonic() < deadline and not commits:
+                time.sleep(0.1)
+            assert commits, "the due publish never came once the repository was free"
+    finally:
+        other.close()

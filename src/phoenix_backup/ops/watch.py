@@ -1132,6 +1132,10 @@ class Watcher:
             return self._lease()
         self.want_lease = True
         self._kick()
+        return self._leased()
+
+    def _leased(self) -> bool:
+        """Does this watch hold its lease now (never taken here: that writes to the target)?"""
         return self.lock is not None and time.monotonic() - self.lock_taken < LEASE_SECONDS
 
     def check_bases(self) -> None:
@@ -1247,7 +1251,9 @@ class Watcher:
                     self._lease()
                 self._write_queue()
                 self.writer_progress = self.result.segments > before or not self.queue
-                if not self.queue:
+                if not self.queue and self._leased():
+                    # Under the lease only, as the writes: a Git commit or a bases' check while
+                    # a prune or a compacting forget holds the repository would race it.
                     self._after_writes()
         except BaseException as exc:  # said by the poll loop (`_raise_writer`), which then stops
             with self.wake:
