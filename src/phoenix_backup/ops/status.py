@@ -20,6 +20,7 @@ from phoenix_backup import schedule
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
 from phoenix_backup.ops.context import Environment, enabled_targets, no_repository, open_repository, target_backend
+from phoenix_backup.repo import captures, checks
 from phoenix_backup.schedule.spec import ScheduleSpec
 from phoenix_backup.state import (
     IntegrityCheck,
@@ -33,6 +34,10 @@ from phoenix_backup.state import (
 # A scheduled run may start a little late or take a while: the warning waits this long (at most
 # a quarter of the schedule's interval) after a due time before calling a backup missed.
 MAX_GRACE = timedelta(hours=1)
+
+# Every kind of object a repository stores but its locks (docs/repository-format.md §1): the size
+# a target holds (a watch's capture segments and the check records too).
+STORED = ("data/", "index/", "snapshots/", "keys/", "runkeys/", captures.PREFIX, checks.PREFIX)
 
 
 @dataclass
@@ -241,7 +246,7 @@ def _inspect_target(cfg: Config, envx: Environment, target: TargetStatus) -> Non
                 else:
                     target.error = "no repository there yet; the next backup or `phx sync` copies it there"
                 return
-            infos = [i for prefix in ("data/", "index/", "snapshots/", "keys/") for i in backend.list(prefix)]
+            infos = [i for prefix in STORED for i in backend.list(prefix)]
             target.stored = sum(i.size for i in infos) + (_size(backend, "config"))
             target.snapshots = sum(1 for i in infos if i.name.startswith("snapshots/"))
         finally:
