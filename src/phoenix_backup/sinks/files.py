@@ -51,7 +51,7 @@ _ZERO_BLOCK = bytes(_HOLE)
 WRITEBACK = 8 * 1024 * 1024
 # Extents gathered into one writev (see _Pending): at most this many bytes and views. Eight views
 # is what Linux copies without an allocation (UIO_FASTIOV); with 64 the system time of writing
-# memory.db of the medium benchmark doubled (0.44 -> 0.93 s, bench/restore_writes.py).
+# memory.db of the medium benchmark rose (0.40-0.55 -> 0.56-0.65 s, bench/restore_writes.py).
 PENDING_BYTES = 1024 * 1024
 PENDING_VIEWS = 8
 _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the dirty pages in the range, do not wait
