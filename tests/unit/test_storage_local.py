@@ -424,3 +424,46 @@ def test_a_pack_replaced_by_a_symlink_is_refused_when_first_opened(backend: Loca
         with contextlib.suppress(OSError):
             held.append(os.readlink(f"/proc/self/fd/{fd}"))
     assert str(outside) not in held
+
+
+def test_a_pack_written_again_is_read_anew_not_through_the_descriptor_kept_of_its_old_file(
+    backend: LocalBackend,
+) -> None:
+    """A pack written again under its name (`phx repair objects` puts a good copy over a damaged
+    one; `write` replaces the file) is read from its new file: a descriptor kept open from a read
+    before would read the replaced, damaged bytes until it is evicted."""
+    good = os.urandom(16 * 1024)
+    damaged = bytearray(good)
+    damaged[100] ^= 0xFF
+    name = pack_name(good)
+    backend.write(name, bytes(damaged))
+    buf = bytearray(200)
+    backend.read_range_into(name, 0, memoryview(buf))
+    assert buf == damaged[:200]
+    backend.write(name, good)
+    backend.read_range_into(name, 0, memoryview(buf))
+    assert buf == good[:200]
+    assert len(_pack_descriptors(backend.root)) == 1
+
+
+def test_a_pack_deleted_while_a_thread_opens_it_is_not_kept_open(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack opened by one thread while another deletes it (prune's repack in the same process)
+    serves that one read and is not kept: a kept descriptor would hold the deleted pack's disk
+    space, and its bytes, for as long as the backend lives."""
+    data = os.urandom(16 * 1024)
+    name = pack_name(data)
+    backend.write(name, data)
+    real = backend._open_reader
+
+    def open_then_deleted(opened: str) -> tuple[int, int]:
+        got = real(opened)
+        backend.delete(opened)  # between the open and its being kept, as another thread may
+        return got
+
+    monkeypatch.setattr(backend, "_open_reader", open_then_deleted)
+    buf = bytearray(100)
+    backend.read_range_into(name, 0, memoryview(buf))
+    assert buf == data[:100]
+    assert _pack_descriptors(backend.root) == []

@@ -394,8 +394,14 @@ class LocalBackend(Backend):
 
     def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
         # `cold` means nothing on a local disk: every file is equally readable.
-        with self._parent(name, create=True) as (folder, base):
-            self._write_in(folder, base, name, data, exclusive)
+        try:
+            with self._parent(name, create=True) as (folder, base):
+                self._write_in(folder, base, name, data, exclusive)
+        finally:
+            # A descriptor kept of the file this replaced would go on reading it (a damaged pack
+            # that `phx repair objects` wrote a good copy over): the next read opens the new one.
+            if name.startswith("data/"):
+                self._readers.forget(name)
 
     def _write_in(self, folder: int, base: str, name: str, data: bytes, exclusive: bool) -> None:
         tmp = f"{TEMP_MARKER}{base}.{os.urandom(4).hex()}"
@@ -429,7 +435,6 @@ class LocalBackend(Backend):
             raise
 
     def delete(self, name: str) -> None:
-        self._readers.forget(name)  # its space is freed when the last descriptor closes
         try:
             with self._parent(name) as (folder, base):
                 os.unlink(base, dir_fd=folder)
@@ -438,6 +443,9 @@ class LocalBackend(Backend):
             pass
         except OSError as exc:
             raise os_error(exc, f"deleting {name} from {self.root}") from exc
+        finally:
+            if name.startswith("data/"):
+                self._readers.forget(name)  # its space is freed when the last descriptor closes
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
@@ -524,12 +532,15 @@ class LocalBackend(Backend):
 class _Readers:
     """Descriptors of the packs read last, at most OPEN_PACKS, shared by the threads that read
     ranges. One in use by a thread is closed only when that thread is done with it, so a
-    descriptor is never closed (and its number reused for another file) under a read."""
+    descriptor is never closed (and its number reused for another file) under a read. One opened
+    before a `forget` or `close` that ended while it was being opened serves only that read: it
+    may be of the file that was deleted or replaced meanwhile."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: OrderedDict[str, list[int]] = OrderedDict()  # name -> [fd, size, users]
         self._retired: list[list[int]] = []  # evicted while in use: closed by their last user
+        self._forgotten = 0  # how many `forget`s and `close`s there were
 
     @contextlib.contextmanager
     def use(self, name: str, opener: Callable[[], tuple[int, int]]) -> Iterator[tuple[int, int]]:
@@ -539,10 +550,13 @@ class _Readers:
                 self._open.move_to_end(name)
                 entry[2] += 1
         if entry is None:
+            forgotten = self._forgotten
             fd, size = opener()  # outside the lock: the other readers go on meanwhile
             entry = [fd, size, 1]
             with self._lock:
-                if name in self._open:  # another thread opened it meanwhile: keep one
+                # Another thread opened it meanwhile (keep one), or it may be of a file deleted or
+                # replaced meanwhile: this read only.
+                if name in self._open or self._forgotten != forgotten:
                     self._retired.append(entry)
                 else:
                     self._open[name] = entry
@@ -565,12 +579,14 @@ class _Readers:
 
     def forget(self, name: str) -> None:
         with self._lock:
+            self._forgotten += 1
             entry = self._open.pop(name, None)
             if entry is not None:
                 self._retire(entry)
 
     def close(self) -> None:
         with self._lock:
+            self._forgotten += 1
             while self._open:
                 self._retire(self._open.popitem(last=False)[1])
 
