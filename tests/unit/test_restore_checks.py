@@ -340,6 +340,74 @@ def test_short_writes_of_gathered_extents_are_written_again_from_where_they_stop
     assert sum(calls) == len(data) and max(calls) <= 3001
 
 
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.booleans(), st.integers(0, 2 * BLOCK + 1)), min_size=1, max_size=6),
+            st.integers(0, BLOCK + 3),
+            st.integers(0, BLOCK + 3),
+        ),
+        min_size=1,
+        max_size=24,
+    ),
+    st.one_of(st.none(), st.integers(1, 3 * BLOCK)),
+)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_extents_gathered_into_writevs_land_byte_equal_with_their_aligned_zero_blocks_as_holes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    layout: list[tuple[list[tuple[bool, int]], int, int]],
+    limit: int | None,
+) -> None:
+    """Many extents of any length (zero too), each any part of its blob, following one another
+    and holes at every alignment, gathered PENDING_VIEWS to a writev that may write short at any
+    byte: the file is their bytes in order, and a block is a hole exactly when it lies whole in
+    one extent and is all zeros."""
+    rng = random.Random(len(layout) * 31 + (limit or 0))
+    real_writev = os.writev
+    written = [0]
+
+    def short_writev(fd: int, views: list[memoryview]) -> int:
+        done = real_writev(fd, views) if limit is None else os.write(fd, b"".join(views)[:limit])
+        written[0] += done
+        # The layout is at most ~1.2 MiB: a writer that writes the same bytes again fails here,
+        # not after filling the disk.
+        assert written[0] <= 4 << 20, "bytes written again and again"
+        return done
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    path = tmp_path / f"extents-{os.urandom(8).hex()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    expected_bytes = bytearray()
+    expected_holes: set[int] = set()
+    try:
+        pending = _Pending(fd)
+        pos = 0
+        for runs, cut_front, cut_back in layout:
+            blob = b"".join(bytes(n) if zero else bytes(rng.randrange(1, 256) for _ in range(n)) for zero, n in runs)
+            start = min(cut_front, len(blob))
+            end = max(start, len(blob) - cut_back)
+            _write_sparse(pending, blob, start, end, pos)
+            expected_holes |= {
+                b
+                for b in range(-(-pos // BLOCK), (pos + end - start) // BLOCK)
+                if not any(blob[start + b * BLOCK - pos : start + (b + 1) * BLOCK - pos])
+            }
+            expected_bytes += blob[start:end]
+            pos += end - start
+        pending.flush()
+        monkeypatch.undo()
+        assert os.lseek(fd, 0, os.SEEK_CUR) == pos
+        os.ftruncate(fd, pos)
+        assert os.pread(fd, pos + 1, 0) == expected_bytes
+        holes = {b for b in range(-(-pos // BLOCK)) if _no_data(fd, b * BLOCK, min(pos, (b + 1) * BLOCK))}
+    finally:
+        os.close(fd)
+    if not holes and expected_holes and os.stat(path).st_blocks * 512 >= pos:
+        pytest.skip("this file system does not report holes")
+    assert holes == expected_holes
+
+
 def _no_data(fd: int, start: int, end: int) -> bool:
     """Whether the file holds no data in [start, end) (SEEK_DATA finds the next data after it)."""
     try:
