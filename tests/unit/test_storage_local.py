@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -318,3 +320,150 @@ def test_small_objects_stay_in_the_page_cache_and_packs_leave_it(backend: LocalB
     if resident == pages:
         pytest.skip("this file system keeps every page cached (posix_fadvise does nothing here)")
     assert resident < pages // 2, f"{resident} of {pages} pages of the pack stay cached"
+
+
+def _pack_descriptors(root: Path) -> list[str]:
+    """The descriptors this process holds open on files below `root`/data."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(root / "data") + "/"):
+                out.append(target)
+    return out
+
+
+def test_ranged_reads_of_a_pack_open_it_once_and_close_releases_it(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20: a restore reads thousands of ranges, most of them from the pack the one before
+    came from; each used to open the repository's folders and the pack again (eleven system calls
+    a range). The pack is opened once; every range still gets exactly its bytes, one past the
+    end is refused, and `close` (or `delete`) lets go of the descriptor."""
+    data = os.urandom(64 * 1024)
+    name = pack_name(data)
+    backend.write(name, data)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: str | os.PathLike[str], *args: object, **kwargs: object) -> int:
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", counting_open)
+    for offset in range(0, len(data), 4096):
+        buf = bytearray(4096)
+        assert backend.read_range_into(name, offset, memoryview(buf)) == 4096
+        assert buf == data[offset : offset + 4096]
+    with pytest.raises(ObjectNotFound, match="shorter than the index says"):
+        backend.read_range_into(name, len(data) - 10, memoryview(bytearray(11)))
+    monkeypatch.undo()
+    assert opened.count(name.rsplit("/", 1)[1]) == 1, opened
+    assert len(_pack_descriptors(backend.root)) == 1
+    backend.close()
+    assert _pack_descriptors(backend.root) == []
+    buf = bytearray(10)
+    backend.read_range_into(name, 0, memoryview(buf))
+    assert len(_pack_descriptors(backend.root)) == 1
+    backend.delete(name)  # a pruned pack is not kept open: its space is freed
+    assert _pack_descriptors(backend.root) == []
+    with pytest.raises(ObjectNotFound, match="missing"):
+        backend.read_range_into(name, 0, memoryview(buf))
+
+
+def test_threads_reading_more_packs_than_are_kept_open_each_get_their_own_bytes(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs kept open are evicted while other threads read them: a descriptor is closed only
+    once no thread reads through it (else its number, reused by the next open, could hand one
+    thread another pack's bytes), and none stays open after `close`."""
+    import phoenix_backup.storage.local as local
+
+    monkeypatch.setattr(local, "OPEN_PACKS", 2)
+    packs = {}
+    for _ in range(7):
+        data = os.urandom(32 * 1024)
+        packs[pack_name(data)] = data
+        backend.write(pack_name(data), data)
+    names = sorted(packs)
+    errors: list[str] = []
+
+    def read(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(300):
+            name = rng.choice(names)
+            offset = rng.randrange(0, 32 * 1024 - 512)
+            buf = bytearray(rng.randrange(1, 512))
+            backend.read_range_into(name, offset, memoryview(buf))
+            if buf != packs[name][offset : offset + len(buf)]:
+                errors.append(f"{name} at {offset}")
+
+    threads = [threading.Thread(target=read, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(_pack_descriptors(backend.root)) <= 2
+    backend.close()
+    assert _pack_descriptors(backend.root) == []
+
+
+def test_a_pack_replaced_by_a_symlink_is_refused_when_first_opened(backend: LocalBackend, tmp_path: Path) -> None:
+    """The descriptor kept open was opened as every object is: a symbolic link planted under a
+    pack's name is refused, never followed, on the first read as on any read before."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"x" * 4096)
+    name = pack_name(b"planted")
+    (backend.root / name).parent.mkdir(parents=True, exist_ok=True)
+    (backend.root / name).symlink_to(outside)
+    with pytest.raises(StorageError, match="symbolic link"):
+        backend.read_range_into(name, 0, memoryview(bytearray(10)))
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    assert str(outside) not in held
+
+
+def test_a_pack_written_again_is_read_anew_not_through_the_descriptor_kept_of_its_old_file(
+    backend: LocalBackend,
+) -> None:
+    """A pack written again under its name (`phx repair objects` puts a good copy over a damaged
+    one; `write` replaces the file) is read from its new file: a descriptor kept open from a read
+    before would read the replaced, damaged bytes until it is evicted."""
+    good = os.urandom(16 * 1024)
+    damaged = bytearray(good)
+    damaged[100] ^= 0xFF
+    name = pack_name(good)
+    backend.write(name, bytes(damaged))
+    buf = bytearray(200)
+    backend.read_range_into(name, 0, memoryview(buf))
+    assert buf == damaged[:200]
+    backend.write(name, good)
+    backend.read_range_into(name, 0, memoryview(buf))
+    assert buf == good[:200]
+    assert len(_pack_descriptors(backend.root)) == 1
+
+
+def test_a_pack_deleted_while_a_thread_opens_it_is_not_kept_open(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack opened by one thread while another deletes it (prune's repack in the same process)
+    serves that one read and is not kept: a kept descriptor would hold the deleted pack's disk
+    space, and its bytes, for as long as the backend lives."""
+    data = os.urandom(16 * 1024)
+    name = pack_name(data)
+    backend.write(name, data)
+    real = backend._open_reader
+
+    def open_then_deleted(opened: str) -> tuple[int, int]:
+        got = real(opened)
+        backend.delete(opened)  # between the open and its being kept, as another thread may
+        return got
+
+    monkeypatch.setattr(backend, "_open_reader", open_then_deleted)
+    buf = bytearray(100)
+    backend.read_range_into(name, 0, memoryview(buf))
+    assert buf == data[:100]
+    assert _pack_descriptors(backend.root) == []

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import stat
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,6 +38,9 @@ from phoenix_backup.units import human_size
 
 _FOLDERS = FOLDERS
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# Packs kept open for ranged reads (see _Readers): a restore reads thousands of ranges, most of
+# them from the pack the one before was read from.
+OPEN_PACKS = 8
 
 
 def real_path(path: Path) -> Path:
@@ -190,6 +197,8 @@ class LocalBackend(Backend):
         self.root = Path(root)
         self.notice = notice or (lambda _m: None)
         self._skipped: set[str] = set()  # entries not listed for not being files, told once each
+        self._readers = _Readers()
+        weakref.finalize(self, self._readers.close)
 
     @property
     def location(self) -> str:
@@ -309,11 +318,38 @@ class LocalBackend(Backend):
         return data
 
     def read_range_into(self, name: str, offset: int, buf: memoryview) -> int:
-        with self._range(name, offset, len(buf)) as fd:
-            got = os.preadv(fd, [buf], offset)
+        if not name.startswith("data/"):
+            with self._range(name, offset, len(buf)) as fd:
+                got = os.preadv(fd, [buf], offset)
+        else:
+            # A pack is read range after range: its descriptor is kept (`_Readers`) instead of the
+            # folders and the pack being opened, checked and closed for each one, eleven system
+            # calls a range, each of them a hand-over of the GIL (issue 20). It was opened and
+            # checked as `_range` does; a pack cut short since reads short and is refused below.
+            with self._readers.use(name, functools.partial(self._open_reader, name)) as (fd, size):
+                if offset + len(buf) > size:
+                    raise self._short(name)
+                try:
+                    got = os.preadv(fd, [buf], offset)
+                except OSError as exc:
+                    raise os_error(exc, f"reading {name} from {self.root}") from exc
         if got != len(buf):
             raise self._short(name)
         return got
+
+    def _open_reader(self, name: str) -> tuple[int, int]:
+        """A new descriptor of the object `name` and its size, as `_range` opens it."""
+        try:
+            with self._open(name) as fd:
+                kept = os.dup(fd)
+                return kept, os.fstat(kept).st_size
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"object {name} is missing from {self.root}") from exc
+        except OSError as exc:
+            raise os_error(exc, f"reading {name} from {self.root}") from exc
+
+    def close(self) -> None:
+        self._readers.close()
 
     @contextlib.contextmanager
     def _range(self, name: str, offset: int, length: int) -> Iterator[int]:
@@ -358,8 +394,14 @@ class LocalBackend(Backend):
 
     def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
         # `cold` means nothing on a local disk: every file is equally readable.
-        with self._parent(name, create=True) as (folder, base):
-            self._write_in(folder, base, name, data, exclusive)
+        try:
+            with self._parent(name, create=True) as (folder, base):
+                self._write_in(folder, base, name, data, exclusive)
+        finally:
+            # A descriptor kept of the file this replaced would go on reading it (a damaged pack
+            # that `phx repair objects` wrote a good copy over): the next read opens the new one.
+            if name.startswith("data/"):
+                self._readers.forget(name)
 
     def _write_in(self, folder: int, base: str, name: str, data: bytes, exclusive: bool) -> None:
         tmp = f"{TEMP_MARKER}{base}.{os.urandom(4).hex()}"
@@ -401,6 +443,9 @@ class LocalBackend(Backend):
             pass
         except OSError as exc:
             raise os_error(exc, f"deleting {name} from {self.root}") from exc
+        finally:
+            if name.startswith("data/"):
+                self._readers.forget(name)  # its space is freed when the last descriptor closes
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
@@ -482,6 +527,68 @@ class LocalBackend(Backend):
             pass
         except OSError as exc:
             raise os_error(exc, f"deleting {name} from {self.root}") from exc
+
+
+class _Readers:
+    """Descriptors of the packs read last, at most OPEN_PACKS, shared by the threads that read
+    ranges. One in use by a thread is closed only when that thread is done with it, so a
+    descriptor is never closed (and its number reused for another file) under a read. One opened
+    before a `forget` or `close` that ended while it was being opened serves only that read: it
+    may be of the file that was deleted or replaced meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, list[int]] = OrderedDict()  # name -> [fd, size, users]
+        self._retired: list[list[int]] = []  # evicted while in use: closed by their last user
+        self._forgotten = 0  # how many `forget`s and `close`s there were
+
+    @contextlib.contextmanager
+    def use(self, name: str, opener: Callable[[], tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        with self._lock:
+            entry = self._open.get(name)
+            if entry is not None:
+                self._open.move_to_end(name)
+                entry[2] += 1
+        if entry is None:
+            forgotten = self._forgotten
+            fd, size = opener()  # outside the lock: the other readers go on meanwhile
+            entry = [fd, size, 1]
+            with self._lock:
+                # Another thread opened it meanwhile (keep one), or it may be of a file deleted or
+                # replaced meanwhile: this read only.
+                if name in self._open or self._forgotten != forgotten:
+                    self._retired.append(entry)
+                else:
+                    self._open[name] = entry
+                    while len(self._open) > OPEN_PACKS:
+                        self._retire(self._open.popitem(last=False)[1])
+        try:
+            yield entry[0], entry[1]
+        finally:
+            with self._lock:
+                entry[2] -= 1
+                if entry[2] == 0 and any(e is entry for e in self._retired):
+                    self._retired = [e for e in self._retired if e is not entry]
+                    os.close(entry[0])
+
+    def _retire(self, entry: list[int]) -> None:
+        if entry[2] == 0:
+            os.close(entry[0])
+        else:
+            self._retired.append(entry)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._forgotten += 1
+            entry = self._open.pop(name, None)
+            if entry is not None:
+                self._retire(entry)
+
+    def close(self) -> None:
+        with self._lock:
+            self._forgotten += 1
+            while self._open:
+                self._retire(self._open.popitem(last=False)[1])
 
 
 def _file_size_limit() -> str:
