@@ -286,6 +286,7 @@ def _writes(monkeypatch: pytest.MonkeyPatch, limit: int | None = None) -> list[i
             return real_write(fd, data)
         done = real_write(fd, memoryview(data)[:limit] if limit else data)
         calls.append(done)
+        assert sum(calls) <= 64 << 20, "bytes written again and again"
         return done
 
     def writev(fd: int, views: list[memoryview]) -> int:
@@ -297,6 +298,8 @@ def _writes(monkeypatch: pytest.MonkeyPatch, limit: int | None = None) -> list[i
         else:
             done = real_writev(fd, views)
         calls.append(done)
+        # A writer that never moves on past a short write would fill the disk, not fail.
+        assert sum(calls) <= 64 << 20, "bytes written again and again"
         return done
 
     monkeypatch.setattr(os, "write", write)
