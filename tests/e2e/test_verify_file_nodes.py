@@ -570,23 +570,28 @@ def test_nodes_are_proved_from_the_copy_a_restore_reads_not_a_later_one_that_mat
     shapes = _Shapes(sb)
     planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
     a = shapes.blob["a"]
-    for _ in range(20):  # each copy is a new index object: the index lists first the one loaded first
-        repo = _repo(sb)
-        try:
+    # Index objects load in the order of their names, and the index lists first the copy loaded
+    # first. Each planted copy comes with an index object of a random name (sealed under a new
+    # nonce): copies are planted until one's sorts before every index object of the backup.
+    repo = _repo(sb)
+    try:
+        ours = min(info.name for info in repo.backend.list("index/"))
+        for _ in range(400):
+            names = {info.name for info in repo.backend.list("index/")}
             repo._seal_and_pack(BlobType.DATA, a, bytes(len(shapes.data["a"])))
             repo.flush()
-        finally:
-            repo.close()
-        repo = _repo(sb)
-        try:
-            first = repo.index.get(a)
-        finally:
-            repo.close()
-        assert first is not None
-        if first.pack_id != shapes.pack["a"]:
-            break
-    else:
-        pytest.fail("the index never listed a planted copy first")
+            if min({info.name for info in repo.backend.list("index/")} - names) < ours:
+                break
+        else:
+            pytest.fail("no planted index object sorted first in 400 tries")
+    finally:
+        repo.close()
+    repo = _repo(sb)
+    try:
+        first = repo.index.get(a)
+    finally:
+        repo.close()
+    assert first is not None and first.pack_id != shapes.pack["a"], "the index lists the planted copy first"
     refused = sb.phx(
         "restore", "--backup", planted["long"], "--to", sb.root / "long", "--path", f"**/{PLANTED}", check=1
     )

@@ -96,10 +96,12 @@ class _Users:
         # `contents` and counted in `proved` (`prove`).
         self.prover: NodeProver | None = None
         self.proved = 0
+        self.proved_size = 0
 
     def prove(self, content: Content) -> None:
         if self.contents.pop(content, None) is not None:
             self.proved += 1
+            self.proved_size += content[1]
 
     def add_content(self, node: Node, content: Extents, snapshot: str, path: str) -> None:
         _node, holders = self.contents.setdefault((content, node.size, node.sha256), (node, []))
@@ -449,7 +451,13 @@ def _prove_contents(
         others = {pack_name(loc.pack_id) for n, _h in chosen for b in n.blobs() if (loc := repo.index.get(b))}
         if others - packs:
             repo.backend.prepare_read(sorted(others - packs))
-    report.phase("proving files against their SHA-256", files=len(chosen), size=sum(n.size for n, _h in chosen))
+    # The phase counts every node this run proves: most were proved in the pack pass already.
+    report.phase(
+        "proving files against their SHA-256",
+        files=users.proved + len(chosen),
+        size=users.proved_size + sum(n.size for n, _h in chosen),
+    )
+    report.advance(files=users.proved, size=users.proved_size)
     failing: dict[Content, tuple[str, str]] = {}
     for node, holders in chosen:
         failed = _assembly_problem(repo, holders[0][1], node)
