@@ -25,7 +25,7 @@ from phoenix_backup.sample import layout_for
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 SEED = 20261206
-KILL_TRIALS = 2
+KILL_TRIALS = 1
 
 
 def _index_objects(sb: Sandbox) -> int:

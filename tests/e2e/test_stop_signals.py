@@ -35,6 +35,9 @@ from moto_support import bare_repo, git
 import services
 from services import PgServer, make_memory_db, postgres_entry
 
+# Ctrl-C's SIGINT and systemd's SIGTERM go through one stop handler: where a test checks both, the
+# default run takes SIGTERM and PHX_TEST_HEAVY=1 SIGINT too (the default run's time budget).
+HEAVY_ONLY = pytest.mark.skipif(os.environ.get("PHX_TEST_HEAVY") != "1", reason="PHX_TEST_HEAVY=1: the budget")
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
 SLOW = """
@@ -355,7 +358,12 @@ class _SilentServer:
 
 @pytest.mark.parametrize(
     ("engine", "sig"),
-    [("postgres", signal.SIGTERM), ("postgres", signal.SIGINT), ("redis", signal.SIGTERM), ("redis", signal.SIGINT)],
+    [
+        ("postgres", signal.SIGTERM),
+        pytest.param("postgres", signal.SIGINT, marks=HEAVY_ONLY),
+        ("redis", signal.SIGTERM),
+        pytest.param("redis", signal.SIGINT, marks=HEAVY_ONLY),
+    ],
 )
 def test_a_stop_does_not_wait_for_a_database_server_that_never_answers(
     sandbox: Sandbox, engine: str, sig: signal.Signals
@@ -506,7 +514,7 @@ class _FreezingProxy(_SilentServer):
                 server.sendall(data)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=HEAVY_ONLY)])
 def test_a_stop_does_not_wait_for_a_postgresql_server_that_stops_answering_after_the_connect(
     sandbox: Sandbox, pg_server: PgServer, sig: signal.Signals
 ) -> None:
@@ -543,7 +551,7 @@ def test_a_stop_does_not_wait_for_a_postgresql_server_that_stops_answering_after
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=HEAVY_ONLY)])
 def test_a_sync_stopped_by_a_signal_ends_after_the_uploads_under_way(
     sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
 ) -> None:

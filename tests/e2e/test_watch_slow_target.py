@@ -84,6 +84,28 @@ def slow_s3(sandbox: Sandbox, moto: MotoServer) -> Iterator[tuple[Sandbox, Fault
         proxy.stop()
 
 
+def _resume(
+    sb: Sandbox, plog: Path, writer: subprocess.Popen[str], since: float
+) -> tuple[subprocess.Popen[str], float]:
+    """A new watch, waited for until it covers three seconds past `since`; then the writer stops.
+    Returns the watch (stopped here if the wait fails) and the time the writer was stopped."""
+    watch = _start_watch(sb, plog)
+    try:
+        _wait_covered(sb, watch, since + 3, plog)
+        end = time.time()
+        _kill(writer, signal.SIGTERM)
+    except BaseException:
+        _stop_running(watch)
+        raise
+    return watch, end
+
+
+def _stop_running(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            _kill(proc, signal.SIGTERM)
+
+
 def _start_writer(db: Path, log: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(db), str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -177,15 +199,9 @@ def test_a_kill_while_a_segment_is_written_loses_no_sealed_segment(
         _kill(watch)
         assert waiting, "no segment waited in the spool while a write was in flight"
 
-        watch = _start_watch(sb, plog)
-        _wait_covered(sb, watch, killed + 3, plog)
-        end = time.time()
-        _kill(writer, signal.SIGTERM)
+        watch, end = _resume(sb, plog, writer, killed)
     finally:
-        if writer.poll() is None:
-            _kill(writer, signal.SIGTERM)
-        if watch.poll() is None:
-            _kill(watch, signal.SIGTERM)
+        _stop_running(writer, watch)
     code = watch.returncode
     assert code == 0, plog.read_text()
     stored = {k.rsplit("/", 1)[-1] for k in moto.keys(bucket, "argent/captures/")}
@@ -225,15 +241,9 @@ def test_a_second_signal_during_a_slow_write_leaves_the_rest_in_the_spool_and_th
         watch.send_signal(signal.SIGINT)
         watch.wait(timeout=SEGMENT_WRITE_SECONDS + 30)
         assert watch.returncode != 0 and "wait in" in plog.read_text(), plog.read_text()
-        watch = _start_watch(sb, plog)
-        _wait_covered(sb, watch, stopped + 3, plog)
-        end = time.time()
-        _kill(writer, signal.SIGTERM)
+        watch, end = _resume(sb, plog, writer, stopped)
     finally:
-        if writer.poll() is None:
-            _kill(writer, signal.SIGTERM)
-        if watch.poll() is None:
-            _kill(watch, signal.SIGTERM)
+        _stop_running(writer, watch)
     assert watch.returncode == 0, plog.read_text()
     assert "a new chain starts" not in plog.read_text(), plog.read_text()
     record = _log(wlog)
