@@ -495,30 +495,3 @@ def test_a_store_failing_under_a_small_node_read_in_line_raises_from_the_reader(
     node = Node(name="g", type="file", size=len(d1), content=[Extent(b1, 0, len(d1))], sha256="0" * 64)
     with pytest.raises(StorageError, match="the store went away"):
         reader.read_node(repo, "workspace/g", node)
-
-
-def test_the_hashing_thread_is_woken_per_batch_not_per_piece(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A database's copy is tens of thousands of extents of a few kB: `BackgroundSha256` hands
-    them to its thread in batches, so the thread is woken (and the GIL passed) per batch, not per
-    piece (issue 20: most of a restore's 113,000 futex calls). The digest is that of every byte."""
-    import hashlib
-
-    from phoenix_backup.repo import crypto
-
-    wakes = 0
-
-    class Counted(threading.Condition):
-        def notify_all(self) -> None:
-            nonlocal wakes
-            wakes += 1
-            super().notify_all()
-
-    rng = random.Random(5)
-    pieces = [rng.randbytes(rng.randint(1, 300)) for _ in range(3000)]
-    monkeypatch.setattr(crypto.threading, "Condition", Counted)
-    digest = crypto.BackgroundSha256(64 * KIB)
-    for piece in pieces:
-        digest.update(piece)
-    assert digest.hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
-    total = sum(len(p) for p in pieces)
-    assert wakes <= 2 * (total // (16 * KIB) + 2) + 2, wakes

@@ -153,12 +153,10 @@ def same_bytes(a: bytes | memoryview, b: bytes | memoryview) -> bool:
 class BackgroundSha256:
     """The SHA-256 of bytes fed in order, computed in a thread of its own: `Sha256` releases the
     GIL, so the feeding thread goes on (reading, cutting, hashing blob ids) while the second core
-    hashes the same buffers, instead of a pass of its own. At most `limit` bytes wait for the
-    thread, and a quarter of `limit` more in the batch being gathered (memory stays flat); a
-    feeder ahead of the hashing waits. Bytes objects (and views of them) are hashed as they are;
-    anything mutable (or not contiguous) is copied first, as its owner may reuse it. An error of
-    the hashing thread is raised by a later `update` (the one that hands the next batch over) or
-    by `hexdigest`.
+    hashes the same buffers, instead of a pass of its own. At most `limit` bytes wait (memory
+    stays flat); a feeder ahead of the hashing waits. Bytes objects (and views of them) are
+    hashed as they are; anything mutable (or not contiguous) is copied first, as its owner may
+    reuse it. An error of the hashing thread is raised by the next `update` or `hexdigest`.
 
     `hexdigest` waits for every byte fed; `close` lets go of the thread (what is still waiting
     is dropped: the run is ending). Use it as a context manager so the thread always ends."""
@@ -166,12 +164,6 @@ class BackgroundSha256:
     def __init__(self, limit: int = 1024 * 1024) -> None:
         self._digest = Sha256()
         self._limit = limit
-        # Small pieces are handed to the thread in batches of at least a quarter of `limit`: one
-        # hand-off per piece woke the thread (and passed the GIL) per extent of a database, most
-        # of the restore's 113,000 futex calls (issue 20). At most `limit` bytes wait in all.
-        self._batch: list[memoryview] = []
-        self._batched = 0
-        self._batch_limit = max(1, limit // 4)
         self._cond = threading.Condition()
         self._queue: deque[memoryview] = deque()
         self._queued = 0
@@ -184,20 +176,7 @@ class BackgroundSha256:
         view = memoryview(data)
         if not (isinstance(view.obj, bytes) and view.c_contiguous):
             view = memoryview(view.tobytes())
-        if self._ended:
-            self._raise_error()
-            raise ValueError("a closed digest cannot be fed")
-        self._batch.append(view)
-        self._batched += view.nbytes
-        if self._batched >= self._batch_limit:
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        """Queue the batch for the hashing thread, waiting while more than `limit` would wait."""
-        batch, size = self._batch, self._batched
-        self._batch, self._batched = [], 0
-        if not batch:
-            return
+        size = view.nbytes
         with self._cond:
             self._raise_error()
             if self._ended:
@@ -207,7 +186,7 @@ class BackgroundSha256:
             self._raise_error()
             if self._ended:  # `close` from another thread while this one waited for room
                 raise ValueError("a closed digest cannot be fed")
-            self._queue.extend(batch)
+            self._queue.append(view)
             self._queued += size
             self._cond.notify_all()
 
@@ -218,10 +197,9 @@ class BackgroundSha256:
                     self._cond.wait()
                 if not self._queue:
                     return
-                views = list(self._queue)  # all that waits, hashed in one go
+                view = self._queue[0]
             try:
-                for view in views:
-                    self._digest.update(view)  # outside the lock: the feeder goes on meanwhile
+                self._digest.update(view)  # outside the lock: the feeder goes on meanwhile
             except BaseException as exc:
                 # The feeder waits for this thread: it must learn of the error, not wait for ever.
                 with self._cond:
@@ -231,17 +209,15 @@ class BackgroundSha256:
                     self._cond.notify_all()
                 return
             with self._cond:
-                if self._queue and self._queue[0] is views[0]:  # else `close` dropped the queue
-                    for view in views:
-                        self._queue.popleft()
-                        self._queued -= view.nbytes
+                if self._queue and self._queue[0] is view:  # else `close` dropped the queue
+                    self._queue.popleft()
+                    self._queued -= view.nbytes
                 self._cond.notify_all()
 
     def hexdigest(self) -> str:
         """The SHA-256 of everything fed (the digest takes no more bytes afterwards)."""
-        self._hand_over()
         with self._cond:
-            while self._queue and self._error is None:
+            while self._queue:
                 self._cond.wait()
         self.close()
         self._raise_error()
@@ -253,7 +229,6 @@ class BackgroundSha256:
             raise self._error
 
     def close(self) -> None:
-        self._batch, self._batched = [], 0
         with self._cond:
             self._ended = True
             self._queue.clear()
