@@ -21,7 +21,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
 
 from phoenix_backup.errors import CorruptObject, NoSpace, ObjectNotFound, PhoenixError
 from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
@@ -309,7 +308,7 @@ class PackSchedule:
     the schedule could not plan (not in the index) is loaded by the reader itself, which names the
     problem. A damaged blob is that blob's error alone (`read_blobs`, which tries another copy), so
     it fails its file only. Memory: the blobs of the files planned and not yet ended, at most about
-    SCHEDULE_AHEAD bytes plus one file (SCHEDULE_NODE) while the files begin in order."""
+    SCHEDULE_AHEAD bytes of blobs plus those of one file, while the files begin in order."""
 
     def __init__(self, repo: Repository, nodes: Sequence[tuple[str, Node]]) -> None:
         self.repo = repo
@@ -321,11 +320,12 @@ class PackSchedule:
                 self._position[logical] = len(self._order)
                 self._order.append((logical, list(dict.fromkeys(node.blobs())), node.size))
         self._planned = 0  # _order[:_planned] have their blobs on the way
-        self._held = 0  # bytes of the files planned and not yet ended
-        self._sizes: dict[str, int] = {}  # planned, not ended: logical -> size
+        self._held = 0  # bytes of the files planned and not yet ended (`_plan`: what each weighs)
+        self._sizes: dict[str, int] = {}  # planned, not ended: logical -> its weight
         self._owed: dict[str, set[bytes]] = {}  # planned, not ended: logical -> blobs not yet taken
         self._begun: set[str] = set()
-        self._blobs: dict[bytes, list[Future[Opened] | int]] = {}  # blob -> [its range, files left to take it]
+        self._ended: set[str] = set()
+        self._blobs: dict[bytes, _Wanted] = {}
 
     def begin(self, logical: str) -> ScheduledNode | None:
         """The handle `logical`'s reader takes its blobs through, or None when the schedule does not
@@ -340,32 +340,39 @@ class PackSchedule:
         return ScheduledNode(self, logical)
 
     def _plan(self) -> None:
-        """Plan the next batch of files (the lock held): at least one, about SCHEDULE_AHEAD / 2."""
+        """Plan the next batch of files (the lock held): at least one, about SCHEDULE_AHEAD / 2. A
+        file weighs its size or the plaintext of its blobs, whichever is more (a few bytes of a
+        file may be a slice of a large blob), so the bound holds in blobs held, not file sizes."""
         located: list[tuple[bytes, BlobLocation]] = []
         batch = 0
         while self._planned < len(self._order) and (not batch or batch < SCHEDULE_AHEAD // 2):
             logical, blobs, size = self._order[self._planned]
             self._planned += 1
-            batch += size
+            if logical in self._ended:
+                continue  # ended before it was planned (its write failed first): nothing to read
             owed: set[bytes] = set()
+            raw = 0
             for blob in blobs:
-                entry = self._blobs.get(blob)
-                if entry is None:
+                wanted = self._blobs.get(blob)
+                if wanted is None:
                     loc = self.repo.index.get(blob)
                     if loc is None or loc.type != BlobType.DATA:
                         continue  # its reader loads it, which names the problem
-                    entry = self._blobs[blob] = [Future(), 0]
+                    wanted = self._blobs[blob] = _Wanted(loc.raw)
                     located.append((blob, loc))
-                entry[1] = cast(int, entry[1]) + 1
+                wanted.uses += 1
+                raw += wanted.raw
                 owed.add(blob)
+            weight = max(size, raw)
+            batch += weight
             self._owed[logical] = owed
-            self._sizes[logical] = size
-            self._held += size
+            self._sizes[logical] = weight
+            self._held += weight
         pool = _decode_pool()
         for pack, run in _ranges(located):
             fut = pool.submit(_SCHEDULE_FIRST, functools.partial(read_blobs, self.repo, pack, run))
             for blob, _loc in run:
-                self._blobs[blob][0] = fut
+                self._blobs[blob].fut = fut
 
     def take(self, logical: str, blob: bytes) -> bytes | None:
         """`blob` for `logical`'s reader, once; None when the schedule does not hold it for it."""
@@ -374,7 +381,7 @@ class PackSchedule:
             if owed is None or blob not in owed:
                 return None
             owed.discard(blob)
-            fut = cast(Future[Opened], self._blobs[blob][0])
+            fut = self._blobs[blob].fut
         try:
             got = fut.result().get(blob)  # a failing store raises here, for this file
         finally:
@@ -387,16 +394,29 @@ class PackSchedule:
     def end(self, logical: str) -> None:
         """`logical` is written (or failed): what it did not take is let go. Called again, nothing."""
         with self._lock:
+            self._ended.add(logical)
             for blob in self._owed.pop(logical, ()):
                 self._release(blob)
             self._held -= self._sizes.pop(logical, 0)
 
     def _release(self, blob: bytes) -> None:
-        entry = self._blobs[blob]
-        entry[1] = cast(int, entry[1]) - 1
-        if not entry[1]:
+        wanted = self._blobs[blob]
+        wanted.uses -= 1
+        if not wanted.uses:
             del self._blobs[blob]
-            cast(Future[Opened], entry[0]).add_done_callback(functools.partial(_drop_opened, blob))
+            wanted.fut.add_done_callback(functools.partial(_drop_opened, blob))
+
+
+class _Wanted:
+    """A blob of a `PackSchedule`: the read that brings it, how many files have yet to take it, and
+    its plaintext size."""
+
+    __slots__ = ("fut", "raw", "uses")
+
+    def __init__(self, raw: int) -> None:
+        self.fut: Future[Opened] = Future()  # replaced by its range's, in the same `_plan`
+        self.raw = raw
+        self.uses = 0
 
 
 def _drop_opened(blob: bytes, fut: Future[Opened]) -> None:
