@@ -197,3 +197,59 @@ def test_a_pid_too_large_for_any_process_ends_no_command(tmp_path: Path, cache: 
     prefix = temp_cache_prefix().replace(f"-{me.pid}-", f"-{2**64}-")
     (tmp / (prefix + "deadbeef")).mkdir()
     assert [p.name for p in remove_stale_cache_folders(tmp)] == [prefix + "deadbeef"]
+
+
+def test_a_folder_is_resolved_once_however_many_files_go_there(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore notes each file's folder: the same spelling is resolved (realpath: a system call
+    per component) once, not once per file (issue 20), and the journal names it once."""
+    folder = tmp_path / "a" / "b"
+    folder.mkdir(parents=True)
+    resolved: list[str] = []
+    realpath = os.path.realpath
+
+    def counted(path: os.PathLike[str] | str) -> str:
+        resolved.append(str(path))
+        return realpath(path)
+
+    monkeypatch.setattr(leftovers.os.path, "realpath", counted)
+    journal = leftovers.Journal()
+    try:
+        for _ in range(50):
+            journal.record(folder)
+        journal.record(tmp_path / "a")
+        assert resolved == [str(folder), str(tmp_path / "a")]
+        assert journal.path.read_text().count(json.dumps(str(folder)) + "\n") == 1
+    finally:
+        journal.close()
+
+
+def test_the_process_start_time_is_read_once_and_again_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every temporary name carries the process's start time: /proc/self/stat is read once per
+    process, not once per file (issue 20); a forked child, another process, reads its own."""
+    from phoenix_backup.repo import locks
+
+    start = locks.own_start_time()
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counted(self: Path, *args: object, **kwargs: object) -> str:
+        reads.append(self)
+        return read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    assert [locks.own_start_time() for _ in range(100)] == [start] * 100
+    assert reads == []
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own start time, read from its own /proc/self/stat
+        os.close(r)
+        os.write(w, f"{locks.own_start_time()} {len(reads)}".encode())
+        os._exit(0)
+    os.close(w)
+    got = os.read(r, 100).decode().split()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert int(got[1]) == 1  # the child read /proc/self/stat itself
+    assert int(got[0]) >= start

@@ -59,7 +59,7 @@ from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import sha256_file, sha256_hex
 from phoenix_backup.repo.pack import pack_name
-from phoenix_backup.repo.reader import check_data, damage_text, read_node
+from phoenix_backup.repo.reader import PackSchedule, check_data, damage_text, read_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
@@ -964,6 +964,8 @@ class _Restore:
             except BaseException:
                 room.release()
                 raise
+            finally:
+                schedule.end(logical)  # a file that failed before it was read lets go of its blobs
             try:
                 return syncs.submit(finish, written)
             except BaseException:  # the restore is stopping: nothing more is started
@@ -971,6 +973,11 @@ class _Restore:
                 room.release()
                 raise
 
+        # The small files' blobs are read pack by pack, many files at a time, in the order the
+        # jobs below start (repo/reader.py `PackSchedule`).
+        schedule = writer.schedule = PackSchedule(
+            self.repo, [(i.path, plan.nodes[i.path]) for i in todo if i.action != "unchanged"]
+        )
         jobs: list[tuple[PlanItem, Future[str] | Future[Future[str]]]] = []
         for item in todo:
             node = plan.nodes[item.path]
@@ -1004,6 +1011,7 @@ class _Restore:
                 with contextlib.suppress(BaseException):
                     job.result()
             syncs.shutdown(wait=True)
+            writer.schedule = None  # what files never started held is let go
         for item in linked:
             self.envx.progress.advance(files=1)
             if item.action == "unchanged":

@@ -112,12 +112,28 @@ def _start_of(stat: str) -> int:
     return int(stat[stat.rfind(")") + 2 :].split()[19])
 
 
+_own_start: int | None = None  # this process's start time, once read
+
+
+def _forget_own_start() -> None:
+    global _own_start
+    _own_start = None
+
+
+os.register_at_fork(after_in_child=_forget_own_start)  # a forked child reads its own
+
+
 def own_start_time() -> int:
-    """This process's start time in clock ticks since boot, 0 when unknown."""
-    try:
-        return _start_of(Path("/proc/self/stat").read_text())
-    except (OSError, ValueError, IndexError):
-        return 0
+    """This process's start time in clock ticks since boot, 0 when unknown. A process's start time
+    never changes, so it is read once per process: a restore named each temporary file with it and
+    read /proc/self/stat once per file (issue 20)."""
+    global _own_start
+    if _own_start is None:
+        try:
+            _own_start = _start_of(Path("/proc/self/stat").read_text())
+        except (OSError, ValueError, IndexError):
+            return 0  # not kept: read again next time
+    return _own_start
 
 
 def process_start_time(pid: int) -> int | None:

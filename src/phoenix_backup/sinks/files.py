@@ -26,7 +26,7 @@ from typing import cast
 from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import PhoenixError, StorageError, UnsafePath
 from phoenix_backup.repo.locks import own_start_time, process_start_time
-from phoenix_backup.repo.reader import NodeReader
+from phoenix_backup.repo.reader import NodeReader, PackSchedule
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node, check_name
 from phoenix_backup.reporting import Reporter
@@ -57,10 +57,26 @@ PENDING_VIEWS = 8
 _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the dirty pages in the range, do not wait
 
 
-def write_content(repo: Repository, out: int, logical: str, node: Node, progress: Reporter | None = None) -> None:
+def write_content(
+    repo: Repository,
+    out: int,
+    logical: str,
+    node: Node,
+    progress: Reporter | None = None,
+    schedule: PackSchedule | None = None,
+) -> None:
     """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
-    checking them against the snapshot's SHA-256; `progress` is told the bytes written."""
-    reader = NodeReader(repo, logical, node)
+    checking them against the snapshot's SHA-256; `progress` is told the bytes written. A node of
+    `schedule` takes its blobs from there (read with those of the files around it)."""
+    shared = schedule.begin(logical) if schedule is not None else None
+    try:
+        _write_node(NodeReader(repo, logical, node, shared), out, progress)
+    finally:
+        if shared is not None:
+            shared.end()
+
+
+def _write_node(reader: NodeReader, out: int, progress: Reporter | None) -> None:
     pending = _Pending(out)
     pos = flushed = 0
     for blob, start, end in reader.ranges():
@@ -206,6 +222,9 @@ class FileWriter:
         # The folders holding this restore's temporary files, for the next command should it be
         # killed (sinks/leftovers.py).
         self.journal = leftovers.Journal(repo.notice)
+        # The restore's small files, read pack by pack for many at once (repo/reader.py); None:
+        # each file reads its own blobs.
+        self.schedule: PackSchedule | None = None
 
     def _temp_name(self, logical: str) -> str:
         """A new temporary name for `logical`'s folder, noted in the journal first."""
@@ -437,7 +456,7 @@ class FileWriter:
         tmp = self._temp_name(logical)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
-            write_content(self.repo, out, logical, node, self.progress)
+            write_content(self.repo, out, logical, node, self.progress, self.schedule)
             set_owner_mode(out, node)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
         except BaseException as exc:

@@ -71,16 +71,23 @@ class Journal:
         self.path = journal_dir() / self.name
         self._notice = notice or (lambda _msg: None)
         self._folders: set[str] = set()
+        self._asked: set[str] = set()  # the spellings of the folders noted (or not to be: `_off`)
         self._dir: int | None = None  # the journal folder, once it was found to be ours
         self._off = False  # the journal folder is not ours alone: no journal is kept
         self._lock = threading.Lock()
 
     def record(self, folder: Path) -> None:
         """Note `folder` (once); the line is written before the caller creates its file there. The
-        folder it leads to is noted, not a symlink to it: the clean-up follows none at the last step."""
+        folder it leads to is noted, not a symlink to it: the clean-up follows none at the last step.
+        A folder already noted under the same spelling is not resolved again: a restore asks once
+        per file, and resolved every path anew (a system call per component, issue 20)."""
+        spelled = str(folder)
+        if spelled in self._asked:
+            return
         key = os.path.realpath(folder)
         with self._lock:
             if key in self._folders or self._off:
+                self._asked.add(spelled)
                 return
             new = not self._folders
             if new:
@@ -102,6 +109,7 @@ class Journal:
                 what = f"writing the restore journal {self.path} (set PHX_CACHE_DIR to keep it on another disk)"
                 raise os_error(exc, what, destination=self.path) from exc
             self._folders.add(key)
+            self._asked.add(spelled)
 
     def _append(self, key: str, new: bool) -> None:
         assert self._dir is not None

@@ -1,0 +1,92 @@
+"""The restore's pack schedule (repo/reader.py `PackSchedule`) holds a bounded amount, whatever
+the number of files, and lets go of every blob: taken, or left by a file that failed."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from phoenix_backup.repo import keys, reader
+from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import Extent, Node
+from phoenix_backup.storage.local import LocalBackend
+
+KIB = 1024
+
+
+def _files(repo: Repository, count: int) -> list[tuple[str, Node, bytes]]:
+    rng = random.Random(count)
+    out = []
+    for i in range(count):
+        data = rng.randbytes(rng.randint(1, 30) * KIB)
+        bid, _ = repo.save_blob(BlobType.DATA, data)
+        node = Node(
+            name=f"f{i}",
+            type="file",
+            size=len(data),
+            content=[Extent(bid, 0, len(data))],
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        out.append((f"workspace/f{i}", node, data))
+    repo.flush()
+    return out
+
+
+def test_the_schedule_holds_a_bounded_amount_and_lets_go_of_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 files of up to 30 KiB with a 128 KiB bound: each file's blobs are there when it begins,
+    what is held never passes the bound plus one file, and once every file ended (half of them
+    without taking their blobs, as a failed write) nothing is held."""
+    monkeypatch.setattr(reader, "SCHEDULE_AHEAD", 128 * KIB)
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    files = _files(repo, 300)
+    schedule = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files])
+    peak = 0
+    for i, (logical, node, data) in enumerate(files):
+        shared = schedule.begin(logical)
+        assert shared is not None
+        assert schedule.begin(logical) is None  # begun once: a second writer reads its own
+        peak = max(peak, schedule._held)
+        if i % 2:
+            assert b"".join(shared.take(b) or b"" for b in node.blobs()) == data
+        shared.end()
+    assert peak <= 128 * KIB + 30 * KIB
+    assert schedule._held == 0 and not schedule._blobs and not schedule._owed
+
+
+def test_a_file_that_never_began_lets_go_when_ended(tmp_path: Path) -> None:
+    """A file whose write failed before it read anything (its folder was a symlink) is ended by
+    the restore all the same: its blobs are let go, the files after it still get theirs."""
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    files = _files(repo, 3)
+    schedule = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files])
+    first = schedule.begin(files[0][0])
+    assert first is not None
+    schedule.end(files[1][0])  # never began
+    third = schedule.begin(files[2][0])
+    assert third is not None
+    assert b"".join(third.take(b) or b"" for b in files[2][1].blobs()) == files[2][2]
+    third.end()
+    first.end()
+    assert schedule._held == 0 and not schedule._blobs
+
+
+def test_a_file_ended_before_it_was_planned_is_never_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that failed before its turn came is not planned when its batch comes: nothing of
+    it is read or held."""
+    monkeypatch.setattr(reader, "SCHEDULE_AHEAD", 2)  # a batch of one file
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    files = _files(repo, 3)
+    schedule = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files])
+    schedule.end(files[1][0])  # failed before anything was planned for it
+    third = schedule.begin(files[2][0])  # plans the first, skips the second, plans the third
+    assert third is not None
+    assert set(schedule._owed) == {files[0][0], files[2][0]}
+    schedule.end(files[0][0])
+    third.end()
+    assert schedule._held == 0 and not schedule._blobs
