@@ -55,7 +55,6 @@ MAX_WAITING = 10_000
 Content = tuple[Extents, int, str | None]
 
 
-
 # Opens a held blob again as a restore opens it: from `sealed`, its sealed bytes held since the
 # pass read them, or with None from its pack again (the copy a restore reads); None when it does
 # not open (the node is left to the restore's reader, which names what fails).
