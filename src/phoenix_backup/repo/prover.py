@@ -31,7 +31,7 @@ error text as ever.
 
 from __future__ import annotations
 
-from collections import Counter
+from array import array
 from collections.abc import Callable, Iterable
 
 from phoenix_backup.repo.crypto import Sha256, sha256_hex
@@ -67,9 +67,11 @@ class _Proof:
 
     __slots__ = ("content", "digest", "done", "holding", "pos", "uses")
 
-    def __init__(self, content: Content, uses: Counter[bytes] | None) -> None:
+    def __init__(self, content: Content, again: array[int] | None) -> None:
         self.content = content
-        self.uses = uses  # None: each blob once (most nodes), else how often each is still needed
+        # None: each blob once (most nodes); else for each extent the next one of the same blob,
+        # or -1 (4 bytes an extent, where a count per blob kept a key of 32 bytes and more)
+        self.uses = again
         self.pos = 0
         self.digest: Sha256 | None = None
         self.holding: set[bytes] | None = None
@@ -134,16 +136,21 @@ class NodeProver:
         if self.taken >= self.cap:
             self.refused += 1
             return False
-        uses = Counter(extents.blobs())
         first: dict[bytes, int] = {}  # blob -> the byte of the node where it is first needed
+        last: dict[bytes, int] = {}  # blob -> its last extent so far
+        again = array("i", [-1]) * len(extents)
         start = 0
-        for blob, _offset, length in extents.records():
+        for i, (blob, _offset, length) in enumerate(extents.records()):
             first.setdefault(blob, start)
             start += length
+            j = last.get(blob)
+            if j is not None:
+                again[j] = i
+            last[blob] = i
         if not all(self._rank(blob, start) for blob, start in first.items()):
             return False
-        proof = _Proof(content, None if len(uses) == len(extents) else uses)
-        for blob in uses:
+        proof = _Proof(content, None if len(last) == len(extents) else again)
+        for blob in last:
             self.waiting.setdefault(blob, []).append(proof)
         self.taken += 1
         return True
@@ -208,6 +215,7 @@ class NodeProver:
         if proof.digest is None:
             proof.digest = Sha256()
         digest = proof.digest
+        later = False  # whether `blob` is needed again past the extents hashed here
         while proof.pos < count:
             b, offset, length = extents.record(proof.pos)
             if b == blob:
@@ -224,15 +232,14 @@ class NodeProver:
                 self._drop(proof)  # the restore's reader names it
                 return
             digest.update(memoryview(data)[offset : offset + length])
+            needed = proof.uses is not None and proof.uses[proof.pos] >= 0
             proof.pos += 1
-            if proof.uses is not None:
-                proof.uses[b] -= 1
-                if proof.uses[b]:
-                    continue
-            if b != blob:
+            if b == blob:
+                later = needed
+            elif not needed:
                 self._unhold(proof, b)
         if proof.pos < count:
-            if proof.uses is not None and proof.uses[blob]:
+            if later:
                 self._hold(proof, blob, sealed)  # needed again further on
             return
         proof.done = True  # a node that does not match is left to the reader, which names it
