@@ -425,7 +425,9 @@ def test_verify_decrypts_each_blob_once_and_proves_nodes_of_many_blobs(
     """Nodes whose extents share blobs, come out of pack order, repeat a blob, span packs or run
     to 300 extents are proved by `verify --read-data` (checked.files counts every distinct node)
     while each data blob is opened once (once per copy: the pack pass opens every blob of every
-    pack). Before, every node of more than one extent was read again through the restore's
+    pack), and once more at most when it was kept for a node further on (its sealed bytes, not its
+    plaintext, are kept: the long node alternating between A, B and C opens each once more, not
+    100 times). Before, every node of more than one extent was read again through the restore's
     reader, its blobs decrypted a second time. What verify proves, restore writes: byte-equal."""
     sb = backed_up
     shapes = _Shapes(sb)
@@ -440,7 +442,16 @@ def test_verify_decrypts_each_blob_once_and_proves_nodes_of_many_blobs(
         copies = {
             blob: len(repo.index.locations(blob)) for blob, loc in repo.index.blobs() if loc.type == BlobType.DATA
         }
-        assert {b: n for b, n in opened.items() if n != copies[b]} == {}, "a blob was decrypted twice"
+        # Each copy opened once by the pack pass; a blob kept for a node further on (as its sealed
+        # bytes) is opened again when the node gets there: at most once per node needing it and
+        # blob whose arrival moves that node on, however often the node needs it.
+        bound: Counter[bytes] = Counter()
+        for content, _size, _sha in _distinct_nodes(repo):
+            if len(content) > 1:
+                for blob in set(content.blobs()):
+                    bound[blob] += len(set(content.blobs()))
+        again = {b: n - copies[b] for b, n in opened.items() if n != copies[b]}
+        assert all(0 < n <= bound[b] for b, n in again.items()), (again, bound)
         assert set(opened) == set(copies)
     finally:
         repo.close()

@@ -16,7 +16,9 @@ until it gets there, as its sealed bytes (compressed and encrypted, as the pack 
 database's pages compress several times over), not its plaintext; when the node gets there they are
 opened again as a restore opens them (AEAD tag checked, decompressed, length checked). What is held
 is bounded: at most HOLD_BUDGET sealed bytes at once; past it the blobs held longest are let go and
-read again from their pack (the copy a restore reads) when a node reaches them. No node leaves the
+read again from their pack (the copy a restore reads) when a node reaches them. While one blob is
+fed, the held blobs opened again are kept as plaintext, HOLD_BUDGET bytes at most (a node whose
+extents alternate between them opens each once), and dropped when it is done. No node leaves the
 pass for the budget, and nothing held grows with the repository's size.
 
 The nodes of several extents that wait in the pass are bounded too (MAX_WAITING, their bookkeeping
@@ -114,7 +116,10 @@ class NodeProver:
         self.reopened = 0  # held blobs opened again from their sealed bytes
         self.reread = 0  # blobs let go for the budget, read again from their pack
         self.rank: dict[str, int] = {}  # pack id -> the first byte of a node that needs it
-        self._last: tuple[bytes, bytes] | None = None  # during a feed: the blob last opened again
+        # During a feed: the plaintexts of held blobs opened again, the most recent last, at most
+        # `budget` bytes (a node whose extents alternate between held blobs opens each once)
+        self._opened: dict[bytes, bytes] = {}
+        self._opened_bytes = 0
 
     # -- before the pass ------------------------------------------------------------------------
 
@@ -190,7 +195,8 @@ class NodeProver:
                 self._advance(node, blob, plain, sealed)
             else:
                 self._hold(node, blob, sealed)
-        self._last = None
+        self._opened.clear()
+        self._opened_bytes = 0
         self._fit()
         self.peak_held = max(self.peak_held, self.held_bytes)
 
@@ -207,6 +213,8 @@ class NodeProver:
         self.gone.clear()
         self.holders.clear()
         self.held_bytes = 0
+        self._opened.clear()
+        self._opened_bytes = 0
 
     def _advance(self, proof: _Proof, blob: bytes, plain: bytes, sealed: bytes | memoryview) -> None:
         """Hash `proof` forward from its next extent, which is in `blob`, while its blobs are here."""
@@ -248,17 +256,24 @@ class NodeProver:
 
     def _open_held(self, blob: bytes) -> bytes | None:
         """The plaintext of a held blob, opened again from its sealed bytes, or read again from its
-        pack when it was let go; the last one opened is kept until the feed ends (the nodes moving
-        together reach the same blob)."""
-        if self._last is not None and self._last[0] == blob:
-            return self._last[1]
-        sealed = self.held.get(blob)
-        if sealed is None:
-            self.reread += 1
-        else:
-            self.reopened += 1
-        plain = self.reopen(blob, sealed)
-        self._last = None if plain is None else (blob, plain)
+        pack when it was let go. Those opened are kept until the feed ends, the most recent up to
+        the budget in plaintext bytes (the nodes moving together reach the same blobs, and a node
+        may alternate between them)."""
+        plain = self._opened.pop(blob, None)
+        if plain is None:
+            sealed = self.held.get(blob)
+            if sealed is None:
+                self.reread += 1
+            else:
+                self.reopened += 1
+            plain = self.reopen(blob, sealed)
+            if plain is None:
+                return None
+            self._opened_bytes += len(plain)
+        self._opened[blob] = plain  # the most recent last
+        while self._opened_bytes > self.budget and self._opened:
+            oldest = next(iter(self._opened))
+            self._opened_bytes -= len(self._opened.pop(oldest))
         return plain
 
     def _hold(self, proof: _Proof, blob: bytes, sealed: bytes | memoryview) -> None:
@@ -287,8 +302,9 @@ class NodeProver:
         if sealed is not None:
             self.held_bytes -= len(sealed)
         self.gone.discard(blob)
-        if self._last is not None and self._last[0] == blob:
-            self._last = None
+        opened = self._opened.pop(blob, None)
+        if opened is not None:
+            self._opened_bytes -= len(opened)
 
     def _fit(self) -> None:
         """Let go of the blobs held longest until what is held fits the budget: a node reaching
