@@ -45,8 +45,10 @@ from phoenix_backup.repo.tree import Extents
 # node reaches them. Measured (docs/proving.md): the medium sample with seven simulated days would
 # hold 94 MB of plaintext (each day's pack is needed from byte 0 on: SQLite's first page changes
 # with every write); the medium sample alone, a 1 GB file and 100,000 small files hold a few MB or
-# nothing.
-HOLD_BUDGET = 4 * 1024 * 1024
+# nothing. The same bound applies to the plaintext of held blobs opened again while one blob is fed.
+# On bench/run.py's medium sample with 7 days (docs/benchmarks.md) 1 MiB gave a peak of 70 MB and
+# 6.1 CPU-s, 4 MiB 80 MB and 5.3 CPU-s, nothing kept 67 MB and 8.9 CPU-s (restic: 74 MB).
+HOLD_BUDGET = 1024 * 1024
 
 # The nodes of several extents taken into the pass, at most (each keeps its place, its running
 # SHA-256 and the blobs held for it: a few hundred bytes). Past it `add` refuses: the caller reads
