@@ -12,7 +12,16 @@ user+system CPU seconds, wall seconds and maximum RSS are printed as one JSON li
 and version. `--old` is the `src` folder of the other version (e.g. `git archive main src`); the
 version installed in the virtualenv is the new one. Then, once per version, in a process of its
 own: how many times the data blobs were opened (decrypted and decompressed) against how many
-copies the index lists, and `checked.files`.
+copies the index lists, `checked.files`, and what the pack pass held (peakHeldBytes; with the
+sealed holding also reopened, reread, refused; before it givenUp).
+
+With `--run-workdir DIR` the repositories are those `bench/run.py --keep --workdir DIR` left (the
+medium sample and its simulated days, Phoenix's and restic's) instead, and restic's
+`check --read-data` runs beside the two versions in each round:
+
+    .venv/bin/python bench/run.py --size medium --days 7 --tools phoenix,restic --keep --no-readme \
+        --workdir /tmp/vmem-work
+    .venv/bin/python bench/verify_data.py --run-workdir /tmp/vmem-work --old /tmp/old/src --rounds 3
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from run import PASSPHRASE, Phoenix, measure
+from run import PASSPHRASE, Phoenix, Restic, measure
 
 from phoenix_backup.sample import generate_workspace, simulate_day
 
@@ -54,7 +63,10 @@ try:
     from phoenix_backup.repo import prover
     class Watched(prover.NodeProver):
         def close(self):
-            held.update(peakHeldBytes=self.peak_held, givenUp=self.given_up)
+            held.update(peakHeldBytes=self.peak_held)
+            for name in ("given_up", "reopened", "reread", "refused"):
+                if hasattr(self, name):
+                    held[name] = getattr(self, name)
             super().close()
     import phoenix_backup.repo.checker as checker
     checker.NodeProver = Watched
@@ -106,6 +118,7 @@ def main() -> int:
     parser.add_argument("--old", required=True, help="the src folder of the version to compare with")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=["medium", "1gb", "small"])
+    parser.add_argument("--run-workdir", help="measure the repositories bench/run.py --keep left here, restic's too")
     args = parser.parse_args()
     work = Path(args.workdir).absolute()
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -117,20 +130,31 @@ def main() -> int:
         v: [sys.executable, "-c", f"import sys; sys.path.insert(0, {src!r}) if {src!r} else None; {main_of}"]
         for v, src in versions.items()
     }
-    for name in args.only:
-        tool = make(work, name, env, phx_of["new"])
-        figures: dict[str, list[tuple[float, float, int]]] = {v: [] for v in versions}
+    run_work = Path(args.run_workdir).absolute() if args.run_workdir else None
+    restic = Restic(run_work / "sample", run_work, env) if run_work else None
+    for name in ["run"] if run_work else args.only:
+        if run_work is not None:
+            tool = Phoenix(run_work / "sample", run_work, env, phx_of["new"])
+        else:
+            tool = make(work, name, env, phx_of["new"])
+        figures: dict[str, list[tuple[float, float, int]]] = {v: [] for v in [*versions, *(["restic"] * bool(restic))]}
         for r in range(args.rounds):
-            for v in list(versions) if r % 2 == 0 else list(reversed(versions)):
-                cmd = [*phx_of[v], "verify", "--read-data", "--json", "--config", str(tool.config)]
-                m = measure(cmd, env=tool.env, cwd=None, log=work / "logs" / f"{name}-{v}-{r}.log")
+            for v in list(figures) if r % 2 == 0 else list(reversed(figures)):
+                if v == "restic" and restic is not None:
+                    cmd, run_env = ["restic", "check", "--read-data"], restic.env
+                else:
+                    cmd = [*phx_of[v], "verify", "--read-data", "--json", "--config", str(tool.config)]
+                    run_env = tool.env
+                m = measure(cmd, env=run_env, cwd=None, log=work / "logs" / f"{name}-{v}-{r}.log")
                 if m.rc != 0:
                     print(f"{name} {v}: exit {m.rc}; see {work / 'logs'}", file=sys.stderr)
                     return 1
                 figures[v].append((m.cpu, m.wall, m.rss_kb))
         for v, runs in figures.items():
             counted = subprocess.run(
-                [sys.executable, "-c", COUNT, versions[v], str(tool.repo), PASSPHRASE],
+                [sys.executable, "-c", "print('{}')"]
+                if v == "restic"
+                else [sys.executable, "-c", COUNT, versions[v], str(tool.repo), PASSPHRASE],
                 env=tool.env,
                 capture_output=True,
                 text=True,

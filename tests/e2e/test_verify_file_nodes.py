@@ -28,7 +28,7 @@ from e2e_support import PHX, Sandbox, flip_byte
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import ThawPending
 from phoenix_backup.ops.context import Environment, open_repository
-from phoenix_backup.repo import captures, prover
+from phoenix_backup.repo import captures, checker, prover
 from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult, verify_repository
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
 from phoenix_backup.repo.pack import pack_name
@@ -425,7 +425,9 @@ def test_verify_decrypts_each_blob_once_and_proves_nodes_of_many_blobs(
     """Nodes whose extents share blobs, come out of pack order, repeat a blob, span packs or run
     to 300 extents are proved by `verify --read-data` (checked.files counts every distinct node)
     while each data blob is opened once (once per copy: the pack pass opens every blob of every
-    pack). Before, every node of more than one extent was read again through the restore's
+    pack), and once more at most when it was kept for a node further on (its sealed bytes, not its
+    plaintext, are kept: the long node alternating between A, B and C opens each once more, not
+    100 times). Before, every node of more than one extent was read again through the restore's
     reader, its blobs decrypted a second time. What verify proves, restore writes: byte-equal."""
     sb = backed_up
     shapes = _Shapes(sb)
@@ -440,7 +442,16 @@ def test_verify_decrypts_each_blob_once_and_proves_nodes_of_many_blobs(
         copies = {
             blob: len(repo.index.locations(blob)) for blob, loc in repo.index.blobs() if loc.type == BlobType.DATA
         }
-        assert {b: n for b, n in opened.items() if n != copies[b]} == {}, "a blob was decrypted twice"
+        # Each copy opened once by the pack pass; a blob kept for a node further on (as its sealed
+        # bytes) is opened again when the node gets there: at most once per node needing it and
+        # blob whose arrival moves that node on, however often the node needs it.
+        bound: Counter[bytes] = Counter()
+        for content, _size, _sha in _distinct_nodes(repo):
+            if len(content) > 1:
+                for blob in set(content.blobs()):
+                    bound[blob] += len(set(content.blobs()))
+        again = {b: n - copies[b] for b, n in opened.items() if n != copies[b]}
+        assert all(0 < n <= bound[b] for b, n in again.items()), (again, bound)
         assert set(opened) == set(copies)
     finally:
         repo.close()
@@ -496,13 +507,45 @@ def test_a_damaged_blob_in_the_middle_of_a_long_node_names_every_node_that_needs
     assert any(e["path"].endswith("c.bin") for e in errors), errors
 
 
-def test_nodes_past_the_budget_go_to_the_reader_and_are_still_proved(
+def _read_back(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the nodes read back through the restore's reader after the pack pass."""
+    paths: list[str] = []
+    real = checker._assembly_problem
+
+    def noting(repo: Repository, path: str, node: Node) -> tuple[str, str] | None:
+        paths.append(path)
+        return real(repo, path, node)
+
+    monkeypatch.setattr(checker, "_assembly_problem", noting)
+    return paths
+
+
+def _watch_prover(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The nodes of several extents the pack pass took (`waiting`) and the most it held at once."""
+    seen = {"waiting": 0, "held": 0}
+
+    class Watched(prover.NodeProver):
+        def order(self, names: list[str]) -> list[str]:
+            seen["waiting"] = len({id(n) for ns in self.waiting.values() for n in ns if not isinstance(n, tuple)})
+            return super().order(names)
+
+        def close(self) -> None:
+            seen["held"] = self.peak_held
+            super().close()
+
+    monkeypatch.setattr(checker, "NodeProver", Watched)
+    return seen
+
+
+def test_nodes_past_the_budget_stay_in_the_pass_and_are_still_proved(
     backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With no plaintext to hold (a budget of 0 bytes), every node that needs a blob again later,
-    or before the one it waits for, is given up by the pack pass and read back through the
-    restore's reader: each still proved (the same checked.files), a wrong one still named, and
-    only the blobs of those nodes opened twice."""
+    """With nothing to hold (a budget of 0 bytes), every node that needs a blob again later, or
+    before the one it waits for, stays in the pack pass: the blobs it waits on are read again from
+    their pack (the copy a restore reads) when it gets there. Each is proved (the same
+    checked.files), a wrong one is still named, only the blobs of nodes of several extents are
+    opened twice, and no node but the wrong one is read back through the restore's reader.
+    Before, the pass gave those nodes up to the reader (held plaintext counted against the budget)."""
     sb = backed_up
     shapes = _Shapes(sb)
     for records in shapes.shapes.values():
@@ -513,14 +556,56 @@ def test_nodes_past_the_budget_go_to_the_reader_and_are_still_proved(
     repo = _repo(sb)
     try:
         opened = _opened_per_blob(repo, monkeypatch)
+        read_back = _read_back(monkeypatch)
+        seen = _watch_prover(monkeypatch)
         res = verify_repository(repo, read_data=True)
         assert res.checked["files"] == len(_distinct_nodes(repo)), res.checked  # the wrong one too
         assert {(e.snapshot, e.path) for e in res.errors} == {(wrong, e.path) for e in _errors_at(res, wrong)}
         assert _errors_at(res, wrong) and "do not match the SHA-256" in _errors_at(res, wrong)[0].message
+        assert [p.rsplit("/", 1)[-1] for p in read_back] == [PLANTED], read_back  # the wrong one only
+        assert seen["held"] == 0
         twice = {b for b, n in opened.items() if n > len(repo.index.locations(b))}
         assert shapes.blob["a"] in twice and twice <= _blobs_of_many_extents(repo), twice
     finally:
         repo.close()
+
+
+def test_past_the_cap_of_waiting_nodes_every_node_is_proved_and_a_damaged_blob_named(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nodes of several extents waiting in the pack pass are capped (MAX_WAITING; 2 here, of
+    the six planted shapes and the sample's databases): the rest are read back through the
+    restore's reader after the pass. Every node is still proved (checked.files counts each
+    distinct node), and a byte flipped in blob C names C's pack with every path that needs it.
+    Before, every node of several extents waited in the pass, however many."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
+    monkeypatch.setattr(prover, "MAX_WAITING", 2, raising=False)
+    repo = _repo(sb)
+    try:
+        many = sum(1 for content, _size, _sha in _distinct_nodes(repo) if len(content) > 1)
+        seen = _watch_prover(monkeypatch)
+        res = verify_repository(repo, read_data=True)
+        assert res.ok, res.errors
+        assert res.checked["files"] == len(_distinct_nodes(repo)), res.checked
+        assert many > 2 and seen["waiting"] == 2, (many, seen)
+        loc = repo.index.get(shapes.blob["c"])
+        assert loc is not None
+    finally:
+        repo.close()
+    flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
+    repo = _repo(sb)
+    try:
+        seen = _watch_prover(monkeypatch)
+        res = verify_repository(repo, read_data=True)
+        assert seen["waiting"] == 2, seen
+    finally:
+        repo.close()
+    named = {e.snapshot for e in res.errors if (e.path or "").endswith(PLANTED)}
+    assert named == {planted["long"], planted["spans two packs"]}, res.errors
+    assert {e.object for e in res.errors} == {pack_name(loc.pack_id)}, res.errors
+    assert any((e.path or "").endswith("c.bin") for e in res.errors), res.errors
 
 
 def _errors_at(res: VerifyResult, sid: str) -> list[VerifyError]:

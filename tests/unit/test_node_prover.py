@@ -1,11 +1,14 @@
 """The pack pass's node prover (repo/prover.py): nodes hashed from blobs fed once each, in any
-order, proved exactly when their bytes match; what it holds for nodes further on never exceeds its
-budget (the nodes holding the most are given up, left to the restore's reader); a node whose blob
-is lost or lies in no pack of the run is not proved; packs are read in the order nodes need them."""
+order, proved exactly when their bytes match; what it holds for nodes further on is sealed bytes
+(here: zlib-compressed) and never exceeds its budget (past it, blobs are let go and read again from
+their pack, so no node leaves the pass); the nodes of several extents it takes never exceed its
+cap; a node whose blob is lost or lies in no pack of the run is not proved; packs are read in the
+order nodes need them."""
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,7 +16,7 @@ from hypothesis import strategies as st
 from phoenix_backup.repo.crypto import BlobType, Compression
 from phoenix_backup.repo.index import Index
 from phoenix_backup.repo.pack import PackEntry, pack_name
-from phoenix_backup.repo.prover import Content, NodeProver
+from phoenix_backup.repo.prover import Content, NodeProver, Reopen
 from phoenix_backup.repo.tree import Extent, Extents
 
 PACKS = [f"{i:02x}" * 32 for i in range(4)]
@@ -21,6 +24,24 @@ PACKS = [f"{i:02x}" * 32 for i in range(4)]
 
 def blob_id(i: int) -> bytes:
     return bytes([i + 1]) * 32
+
+
+def sealed_of(data: bytes) -> bytes:
+    """What the pass holds of a blob: its bytes compressed (a pack's are compressed and sealed)."""
+    return zlib.compress(data)
+
+
+def reopener(blobs: list[bytes], reread: list[bytes] | None = None) -> Reopen:
+    """Opens held bytes again; a blob let go is read again from `blobs` (its pack), noted in `reread`."""
+
+    def reopen(blob: bytes, sealed: bytes | None) -> bytes:
+        if sealed is not None:
+            return zlib.decompress(sealed)
+        if reread is not None:
+            reread.append(blob)
+        return blobs[blob[0] - 1]
+
+    return reopen
 
 
 def index_of(blobs: list[bytes], where: list[list[int]]) -> Index:
@@ -74,7 +95,7 @@ def test_nodes_are_proved_exactly_when_their_bytes_match_within_the_budget(
     blobs, where, nodes, honest = scenario
     index = index_of(blobs, where)
     proved: list[Content] = []
-    prover = NodeProver(index, PACKS, proved.append, budget=budget)
+    prover = NodeProver(index, PACKS, proved.append, reopener(blobs), budget=budget)
     should: set[Content] = set()
     for records, true in sorted(zip(nodes, honest, strict=True), key=lambda x: -len(x[0])):
         extents = Extents.of([Extent(blob_id(b), off, length) for b, off, length in records])
@@ -90,33 +111,37 @@ def test_nodes_are_proved_exactly_when_their_bytes_match_within_the_budget(
     for i in sorted(lost & set(range(len(blobs)))):
         prover.lost(blob_id(i))
     for i in deliveries:
-        prover.feed(blob_id(i), blobs[i])
+        prover.feed(blob_id(i), blobs[i], sealed_of(blobs[i]))
         assert prover.held_bytes <= budget
+        assert prover.held_bytes == sum(len(sealed) for sealed in prover.held.values())
     # (Equal nodes are one content, added once or twice: each proved once per time it was added.)
-    assert set(proved) <= should
-    assert len(should - set(proved)) <= prover.given_up
+    # Whatever the budget, no node leaves the pass: those past it read their blobs again.
+    assert set(proved) == should
     if budget == 10**9:
-        assert set(proved) == should and prover.given_up == 0
+        assert prover.reread == 0
     if not lost:
         assert prover.held_bytes == 0 and not prover.held  # every node done: nothing held
     prover.close()
     assert prover.held_bytes == 0 and not prover.held
 
 
-def test_a_node_whose_held_blobs_exceed_the_budget_is_given_up_and_the_others_are_proved() -> None:
-    """Node `far` needs blob 0 again after blob 2, which comes last: blob 0 (40 bytes) is held
-    for it; with a budget of 39 it is given up (left to the restore's reader), not proved, and
-    the nodes that hold nothing are proved; with 40 it is proved too."""
-    blobs = [bytes(range(40)), b"x" * 10, b"y" * 10]
+def test_a_node_whose_held_blobs_exceed_the_budget_reads_them_again_and_is_proved() -> None:
+    """Node `far` needs blob 0 again after blob 2, which comes last: blob 0 is held for it as its
+    sealed bytes (compressed: 27 of its 4000 plaintext bytes), so a budget of 27 holds it and it is
+    opened again from them; with a budget of 26 it is let go and read again from its pack when
+    `far` gets there. Every node is proved either way, and what is held never exceeds the budget."""
+    blobs = [bytes(4000), b"x" * 10, b"y" * 10]
+    assert len(sealed_of(blobs[0])) == 27
     index = index_of(blobs, [[0], [0], [1]])
     plan = {
-        "far": [(0, 0, 5), (2, 0, 10), (0, 5, 35)],
-        "near": [(0, 0, 40), (1, 0, 10)],
+        "far": [(0, 0, 5), (2, 0, 10), (0, 5, 3995)],
+        "near": [(0, 0, 4000), (1, 0, 10)],
         "one": [(1, 2, 3)],
     }
-    for budget, expected in ((39, {"near", "one"}), (40, {"near", "one", "far"})):
+    for budget, again in ((26, [blob_id(0)]), (27, [])):
         proved: list[Content] = []
-        prover = NodeProver(index, PACKS, proved.append, budget=budget)
+        reread: list[bytes] = []
+        prover = NodeProver(index, PACKS, proved.append, reopener(blobs, reread), budget=budget)
         contents = {}
         for key, records in plan.items():
             extents = Extents.of([Extent(blob_id(b), off, length) for b, off, length in records])
@@ -124,23 +149,44 @@ def test_a_node_whose_held_blobs_exceed_the_budget_is_given_up_and_the_others_ar
             contents[key] = (extents, extents.size, sha)
             assert prover.add(contents[key])
         for i in (0, 1, 2):
-            prover.feed(blob_id(i), blobs[i])
-        assert set(proved) == {contents[key] for key in expected}, budget
-        assert prover.given_up == (1 if budget == 39 else 0) and prover.held_bytes == 0
-        assert prover.peak_held == (0 if budget == 39 else 40)
+            prover.feed(blob_id(i), blobs[i], sealed_of(blobs[i]))
+            assert prover.held_bytes <= budget
+        assert set(proved) == set(contents.values()), budget
+        assert reread == again and prover.reread == len(again) and prover.reopened == 1 - len(again)
+        assert prover.held_bytes == 0 and not prover.held and not prover.gone
+        assert prover.peak_held == (0 if budget == 26 else 27)
+
+
+def test_the_nodes_of_several_extents_taken_never_exceed_the_cap() -> None:
+    """Past the cap, `add` refuses a node of several extents (the caller reads it back through the
+    restore's reader); nodes of one extent are always taken (they keep nothing)."""
+    blobs = [b"a" * 10, b"b" * 10]
+    index = index_of(blobs, [[0], [1]])
+    proved: list[Content] = []
+    prover = NodeProver(index, PACKS, proved.append, reopener(blobs), cap=3)
+    many = []
+    for n in range(5):
+        extents = Extents.of([Extent(blob_id(1), 0, 1 + n), Extent(blob_id(0), 0, 10)])
+        many.append((extents, extents.size, hashlib.sha256(blobs[1][: 1 + n] + blobs[0]).hexdigest()))
+    one = (Extents.of([Extent(blob_id(0), 2, 3)]), 3, hashlib.sha256(b"aaa").hexdigest())
+    assert [prover.add(c) for c in many] == [True, True, True, False, False]
+    assert prover.add(one) and prover.taken == 3 and prover.refused == 2
+    for i in (0, 1):
+        prover.feed(blob_id(i), blobs[i], sealed_of(blobs[i]))
+    assert set(proved) == {*many[:3], one}
 
 
 def test_packs_are_read_in_the_order_the_largest_nodes_need_them_and_outside_blobs_refuse() -> None:
     blobs = [b"a" * 10, b"b" * 10, b"c" * 10]
     index = index_of(blobs, [[0], [1], [2]])
-    prover = NodeProver(index, PACKS[:3], lambda content: None)
+    prover = NodeProver(index, PACKS[:3], lambda content: None, reopener(blobs))
     large = (Extents.of([Extent(blob_id(2), 0, 10), Extent(blob_id(0), 0, 10)]), 20, "0" * 64)
     small = (Extents.of([Extent(blob_id(1), 0, 10)]), 10, "0" * 64)
     assert prover.add(large) and prover.add(small)
     names = [pack_name(p) for p in PACKS]
     assert prover.order(names) == [names[2], names[0], names[1], names[3]]
     # A run that reads only packs 0 and 1 cannot prove a node with a blob in pack 2: not taken.
-    partial = NodeProver(index, PACKS[:2], lambda content: None)
+    partial = NodeProver(index, PACKS[:2], lambda content: None, reopener(blobs))
     assert not partial.add(large)
     assert partial.add(small)
     assert partial.order(names) == names  # a node of one extent holds nothing: it orders nothing
@@ -148,7 +194,7 @@ def test_packs_are_read_in_the_order_the_largest_nodes_need_them_and_outside_blo
 
 def test_an_empty_node_is_proved_at_once_and_a_wrong_one_is_not() -> None:
     proved: list[Content] = []
-    prover = NodeProver(Index(), [], proved.append)
+    prover = NodeProver(Index(), [], proved.append, reopener([]))
     empty = (Extents(), 0, hashlib.sha256(b"").hexdigest())
     assert prover.add(empty) and prover.add((Extents(), 0, "0" * 64))
     assert proved == [empty]

@@ -229,7 +229,9 @@ def verify_repository(
         packs_read = set(packs) if subset is not None else None
         # The nodes this run proves, proved in the pack pass as their blobs open (each blob
         # decrypted once); they choose the order the packs are read in.
-        users.prover = prover = NodeProver(repo.index, (n.split("/")[-1] for n in packs), users.prove)
+        users.prover = prover = NodeProver(
+            repo.index, (n.split("/")[-1] for n in packs), users.prove, lambda blob, sealed: _reopen(repo, blob, sealed)
+        )
         for content in users.contents:
             if _chosen(repo, users, content[0], packs_read):
                 prover.add(content)
@@ -591,15 +593,32 @@ def _read_pack(
                 users.prover.lost(entry.id)
             continue
         if _restore_copy(repo, entry.id, pack_id, entry.offset):
-            _feed(users, entry.type, entry.id, plain)
+            _feed(users, entry.type, entry.id, plain, sealed)
 
 
-def _feed(users: _Users, kind: BlobType, blob: bytes, plain: bytes) -> None:
-    """Hand a data blob's plaintext, just opened from the copy a restore reads (`_restore_copy`)
-    and checked against its id, to the nodes the pack pass proves, as the restore's reader would
-    hand it to them."""
+def _feed(users: _Users, kind: BlobType, blob: bytes, plain: bytes, sealed: bytes | memoryview) -> None:
+    """Hand a data blob's plaintext, just opened from `sealed`, the copy a restore reads
+    (`_restore_copy`), and checked against its id, to the nodes the pack pass proves, as the
+    restore's reader would hand it to them (`sealed`: what they hold of it for later)."""
     if users.prover is not None and kind == BlobType.DATA:
-        users.prover.feed(blob, plain)
+        users.prover.feed(blob, plain, sealed)
+
+
+def _reopen(repo: Repository, blob: bytes, sealed: bytes | None) -> bytes | None:
+    """A data blob the pack pass held for nodes further on, opened again as a restore's reader
+    opens it (AEAD tag checked, decompressed, its length checked): from `sealed`, the bytes the
+    pass read from the copy a restore reads, or with None read again from that copy. None when it
+    does not open: the nodes go to the restore's reader, which names what fails."""
+    loc = next((loc for loc in repo.index.locations(blob) if loc.type == BlobType.DATA), None)
+    if loc is None:
+        return None
+    what = f"blob {blob.hex()[:16]} in {pack_name(loc.pack_id)}"
+    try:
+        if sealed is None:
+            sealed = repo.backend.read_range(pack_name(loc.pack_id), loc.offset, loc.stored)
+        return repo.open_blob(BlobType.DATA, blob, loc.compression, sealed, loc.raw, what, check_id=False)
+    except (CorruptObject, ObjectNotFound):
+        return None
 
 
 def _restore_copy(repo: Repository, blob: bytes, pack_id: str, offset: int) -> bool:
@@ -620,7 +639,7 @@ def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation, user
     except CorruptObject:
         return False
     if _restore_copy(repo, blob, loc.pack_id, loc.offset):
-        _feed(users, BlobType(loc.type), blob, plain)
+        _feed(users, BlobType(loc.type), blob, plain, sealed)
     return True
 
 

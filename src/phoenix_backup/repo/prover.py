@@ -5,97 +5,129 @@ A node's content is a list of extents, each a slice of one data blob; the node i
 those slices, hashed in order, give its size and SHA-256 (what a restore's `NodeReader` checks).
 The pack pass opens every blob of every pack it reads and checks each against its id, and feeds
 the copy a restore reads (the index's first location; repo/checker.py), so the node can be hashed
-from those very bytes: each node
-keeps a running SHA-256 and the position of its next extent; when a blob arrives, every node
-whose next extent is in it hashes forward as far as the blobs it has received allow. A node of
-one extent (most files) is hashed at once, with nothing kept but its place in the waiting list.
+from those very bytes: each node keeps a running SHA-256 and the position of its next extent; when
+a blob arrives, every node whose next extent is in it hashes forward as far as the blobs it has
+received allow. A node of one extent (most files) is hashed at once, with nothing kept but its
+place in the waiting list.
 
 A blob that arrives before a node reaches it (the node needs it further on: its extents are out of
 pack order, it repeats the blob, or another node pulled that pack forward) is held for that node
-until it gets there. `order` reads the packs by the first byte of any node that needs them, so
-the nodes move forward together (the versions of one database in many snapshots share most of
-their blobs at the same offsets) and a file written in one go holds at most the part of it that
-the backup's second pack being filled at the same time took. What is held is bounded: at most HOLD_BUDGET bytes of
-plaintext at once; past it the node holding the most is given up (it goes to the restore's reader
-after the pass, as every node of several blobs did before, and is still proved there), until what
-is held fits again.
+until it gets there, as its sealed bytes (compressed and encrypted, as the pack holds them: a
+database's pages compress several times over), not its plaintext; when the node gets there they are
+opened again as a restore opens them (AEAD tag checked, decompressed, length checked). What is held
+is bounded: at most HOLD_BUDGET sealed bytes at once; past it the blobs held longest are let go and
+read again from their pack (the copy a restore reads) when a node reaches them. While one blob is
+fed, the held blobs opened again are kept as plaintext, HOLD_BUDGET bytes at most (a node whose
+extents alternate between them opens each once), and dropped when it is done. No node leaves the
+pass for the budget, and nothing held grows with the repository's size.
+
+The nodes of several extents that wait in the pass are bounded too (MAX_WAITING, their bookkeeping
+a few hundred bytes each): past it, `add` refuses a node, which the caller reads back through the
+restore's reader after the pass, proved there as every node of several blobs was before.
 
 A node not proved here (its bytes do not match, an extent lies past its blob's end, a blob that
-does not open, a pack this run does not read, or given up for the budget) is simply left: the
+does not open, a pack this run does not read, or refused past MAX_WAITING) is simply left: the
 caller reads it back through `NodeReader`, which proves it or names what fails, with the same
 error text as ever.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from collections import Counter
+from array import array
 from collections.abc import Callable, Iterable
 
 from phoenix_backup.repo.crypto import Sha256, sha256_hex
 from phoenix_backup.repo.index import Index
 from phoenix_backup.repo.tree import Extents
 
-# Plaintext held for nodes that need it further on, at most (a blob held for several nodes counts
-# once). Four packs' worth. Measured (docs/proving.md): the medium sample holds 3.4 MB at most, a
-# 1 GB file 8 MB (the backup fills two packs at once, so a pack read first holds the blobs that
-# follow ones still in the other), 100,000 small files nothing; the medium sample with seven
-# simulated days would hold 94 MB (each day's pack is needed from byte 0 on: SQLite's first page
-# changes with every write), so 8 of its 334 nodes go to the reader. Past it, the nodes holding the
-# most go to the restore's reader, as every node of several blobs did before (their blobs are
-# then decrypted twice).
-HOLD_BUDGET = 32 * 1024 * 1024
+# Sealed bytes held for nodes that need a blob further on, at most (a blob held for several nodes
+# counts once). Past it the blobs held longest are let go and read again from their pack when a
+# node reaches them. Measured (docs/proving.md): the medium sample with seven simulated days would
+# hold 94 MB of plaintext (each day's pack is needed from byte 0 on: SQLite's first page changes
+# with every write); the medium sample alone, a 1 GB file and 100,000 small files hold a few MB or
+# nothing. The same bound applies to the plaintext of held blobs opened again while one blob is fed.
+# On bench/run.py's medium sample with 7 days (docs/benchmarks.md) 1 MiB gave a peak of 70 MB and
+# 6.1 CPU-s, 4 MiB 80 MB and 5.3 CPU-s, nothing kept 67 MB and 8.9 CPU-s (restic: 74 MB).
+HOLD_BUDGET = 1024 * 1024
+
+# The nodes of several extents taken into the pass, at most (each keeps its place, its running
+# SHA-256 and the blobs held for it: a few hundred bytes). Past it `add` refuses: the caller reads
+# the node back through the restore's reader after the pass.
+MAX_WAITING = 10_000
 
 # A distinct node to prove: its extents, its size and its SHA-256 (the same bytes, proved once).
 Content = tuple[Extents, int, str | None]
 
 
+# Opens a held blob again as a restore opens it: from `sealed`, its sealed bytes held since the
+# pass read them, or with None from its pack again (the copy a restore reads); None when it does
+# not open (the node is left to the restore's reader, which names what fails).
+Reopen = Callable[[bytes, bytes | None], bytes | None]
+
+
 class _Proof:
-    """A node of several extents being hashed: its next extent, its digest so far, the blobs held
-    for it (`pending`: their bytes)."""
+    """A node of several extents being hashed: its next extent, its digest so far (None before its
+    first extent), the blobs held for it."""
 
-    __slots__ = ("content", "digest", "done", "holding", "pending", "pos", "uses")
+    __slots__ = ("content", "digest", "done", "holding", "pos", "uses")
 
-    def __init__(self, content: Content, uses: Counter[bytes] | None) -> None:
+    def __init__(self, content: Content, again: array[int] | None) -> None:
         self.content = content
-        self.uses = uses  # None: each blob once (most nodes), else how often each is still needed
+        # None: each blob once (most nodes); else for each extent the next one of the same blob,
+        # or -1 (4 bytes an extent, where a count per blob kept a key of 32 bytes and more)
+        self.uses = again
         self.pos = 0
-        self.digest = Sha256()
+        self.digest: Sha256 | None = None
         self.holding: set[bytes] | None = None
-        self.pending = 0
-        self.done = False  # proved, failed or given up: no longer fed
+        self.done = False  # proved, failed or dropped: no longer fed
 
 
 class NodeProver:
     """Nodes added (`add`) before the pass, blobs fed (`feed`) as the pass opens them; `proved` is
     called with each node whose bytes matched. `packs` are the ids of the packs the run reads: a
-    node with a blob none of them holds is not taken (`add` says False)."""
+    node with a blob none of them holds is not taken (`add` says False). `reopen` opens a held
+    blob again (see `Reopen`)."""
 
     def __init__(
-        self, index: Index, packs: Iterable[str], proved: Callable[[Content], None], budget: int | None = None
+        self,
+        index: Index,
+        packs: Iterable[str],
+        proved: Callable[[Content], None],
+        reopen: Reopen,
+        budget: int | None = None,
+        cap: int | None = None,
     ) -> None:
         self.index = index
         self.packs = set(packs)
         self.proved = proved
+        self.reopen = reopen
         self.budget = HOLD_BUDGET if budget is None else budget
+        self.cap = MAX_WAITING if cap is None else cap
         # blob -> the nodes it has not reached yet: a node of one extent as its content itself
         # (nothing to keep between blobs), one of several as its `_Proof`
         self.waiting: dict[bytes, list[_Proof | Content]] = {}
-        self.held: dict[bytes, bytes] = {}  # blob -> its plaintext, held for nodes further on
+        self.taken = 0  # nodes of several extents taken (at most `cap`)
+        self.refused = 0  # nodes of several extents refused past the cap
+        # blob -> its sealed bytes, held for nodes further on, in the order they were held; `gone`:
+        # those let go for the budget (read again from their pack when a node reaches them)
+        self.held: dict[bytes, bytes] = {}
+        self.gone: set[bytes] = set()
         self.holders: dict[bytes, int] = {}  # blob -> how many nodes it is held for
-        self.held_bytes = 0
+        self.held_bytes = 0  # sealed bytes held (those not let go)
         self.peak_held = 0
-        self.given_up = 0  # nodes sent to the restore's reader for the budget
+        self.reopened = 0  # held blobs opened again from their sealed bytes
+        self.reread = 0  # blobs let go for the budget, read again from their pack
         self.rank: dict[str, int] = {}  # pack id -> the first byte of a node that needs it
-        self._largest: list[tuple[int, int, _Proof]] = []  # (-pending, n, node): whom to give up
-        self._n = itertools.count()
+        # During a feed: the plaintexts of held blobs opened again, the most recent last, at most
+        # `budget` bytes (a node whose extents alternate between held blobs opens each once)
+        self._opened: dict[bytes, bytes] = {}
+        self._opened_bytes = 0
 
     # -- before the pass ------------------------------------------------------------------------
 
     def add(self, content: Content) -> bool:
         """Take a node to prove in the pass: False for a node of several extents with a blob in no
-        pack of the run (it would hold the others to the end)."""
+        pack of the run (it would hold the others to the end), or past the cap."""
         extents, size, sha256 = content
         if extents.size != size:
             return True  # never proved here: the reader names it (a decoded tree cannot hold one)
@@ -108,17 +140,26 @@ class NodeProver:
             # blob that no pack of the run holds never comes, and the node is left to the reader.
             self.waiting.setdefault(extents.blob(0), []).append(content)
             return True
-        uses = Counter(extents.blobs())
+        if self.taken >= self.cap:
+            self.refused += 1
+            return False
         first: dict[bytes, int] = {}  # blob -> the byte of the node where it is first needed
+        last: dict[bytes, int] = {}  # blob -> its last extent so far
+        again = array("i", [-1]) * len(extents)
         start = 0
-        for blob, _offset, length in extents.records():
+        for i, (blob, _offset, length) in enumerate(extents.records()):
             first.setdefault(blob, start)
             start += length
+            j = last.get(blob)
+            if j is not None:
+                again[j] = i
+            last[blob] = i
         if not all(self._rank(blob, start) for blob, start in first.items()):
             return False
-        proof = _Proof(content, None if len(uses) == len(extents) else uses)
-        for blob in uses:
+        proof = _Proof(content, None if len(last) == len(extents) else again)
+        for blob in last:
             self.waiting.setdefault(blob, []).append(proof)
+        self.taken += 1
         return True
 
     def _rank(self, blob: bytes, start: int) -> bool:
@@ -141,9 +182,9 @@ class NodeProver:
 
     # -- the pass ---------------------------------------------------------------------------------
 
-    def feed(self, blob: bytes, plain: bytes) -> None:
-        """The plaintext of data blob `blob`, opened from the copy a restore reads and checked
-        against its id; fed once (a second feed finds no node waiting)."""
+    def feed(self, blob: bytes, plain: bytes, sealed: bytes | memoryview) -> None:
+        """The plaintext of data blob `blob`, opened from `sealed`, the copy a restore reads, and
+        checked against its id; fed once (a second feed finds no node waiting)."""
         for node in self.waiting.pop(blob, ()):
             if isinstance(node, tuple):  # one extent: hashed at once
                 extents, _size, sha256 = node
@@ -153,11 +194,12 @@ class NodeProver:
             elif node.done:
                 continue
             elif node.content[0].blob(node.pos) == blob:
-                self._advance(node, blob, plain)
+                self._advance(node, blob, plain, sealed)
             else:
-                self._hold(node, blob, plain)
-        while self.held_bytes > self.budget and self._give_up_largest():
-            pass
+                self._hold(node, blob, sealed)
+        self._opened.clear()
+        self._opened_bytes = 0
+        self._fit()
         self.peak_held = max(self.peak_held, self.held_bytes)
 
     def lost(self, blob: bytes) -> None:
@@ -170,84 +212,112 @@ class NodeProver:
         """The pass is over: nodes still waiting (a blob that never opened) are left unproved."""
         self.waiting.clear()
         self.held.clear()
+        self.gone.clear()
         self.holders.clear()
         self.held_bytes = 0
-        self._largest.clear()
+        self._opened.clear()
+        self._opened_bytes = 0
 
-    def _advance(self, proof: _Proof, blob: bytes, plain: bytes) -> None:
+    def _advance(self, proof: _Proof, blob: bytes, plain: bytes, sealed: bytes | memoryview) -> None:
         """Hash `proof` forward from its next extent, which is in `blob`, while its blobs are here."""
         extents, _size, sha256 = proof.content
-        count, digest = len(extents), proof.digest
+        count = len(extents)
+        if proof.digest is None:
+            proof.digest = Sha256()
+        digest = proof.digest
+        later = False  # whether `blob` is needed again past the extents hashed here
         while proof.pos < count:
             b, offset, length = extents.record(proof.pos)
-            data = plain if b == blob else self.held.get(b)
-            if data is None:
+            if b == blob:
+                data = plain
+            elif proof.holding is not None and b in proof.holding:
+                again = self._open_held(b)
+                if again is None:
+                    self._drop(proof)  # it does not open again: the restore's reader names it
+                    return
+                data = again
+            else:
                 break  # it waits for `b`, which has not come yet
             if offset + length > len(data):
                 self._drop(proof)  # the restore's reader names it
                 return
             digest.update(memoryview(data)[offset : offset + length])
+            needed = proof.uses is not None and proof.uses[proof.pos] >= 0
             proof.pos += 1
-            if proof.uses is not None:
-                proof.uses[b] -= 1
-                if proof.uses[b]:
-                    continue
-            if b != blob:
+            if b == blob:
+                later = needed
+            elif not needed:
                 self._unhold(proof, b)
         if proof.pos < count:
-            if proof.uses is not None and proof.uses[blob]:
-                self._hold(proof, blob, plain)  # needed again further on
+            if later:
+                self._hold(proof, blob, sealed)  # needed again further on
             return
         proof.done = True  # a node that does not match is left to the reader, which names it
         if digest.hexdigest() == sha256:
             self.proved(proof.content)
 
-    def _hold(self, proof: _Proof, blob: bytes, plain: bytes) -> None:
-        count = self.holders.get(blob, 0)
-        if not count:
-            self.held[blob] = plain
-            self.held_bytes += len(plain)
-        self.holders[blob] = count + 1
+    def _open_held(self, blob: bytes) -> bytes | None:
+        """The plaintext of a held blob, opened again from its sealed bytes, or read again from its
+        pack when it was let go. Those opened are kept until the feed ends, the most recent up to
+        the budget in plaintext bytes (the nodes moving together reach the same blobs, and a node
+        may alternate between them)."""
+        plain = self._opened.pop(blob, None)
+        if plain is None:
+            sealed = self.held.get(blob)
+            if sealed is None:
+                self.reread += 1
+            else:
+                self.reopened += 1
+            plain = self.reopen(blob, sealed)
+            if plain is None:
+                return None
+            self._opened_bytes += len(plain)
+        self._opened[blob] = plain  # the most recent last
+        while self._opened_bytes > self.budget and self._opened:
+            oldest = next(iter(self._opened))
+            self._opened_bytes -= len(self._opened.pop(oldest))
+        return plain
+
+    def _hold(self, proof: _Proof, blob: bytes, sealed: bytes | memoryview) -> None:
         if proof.holding is None:
             proof.holding = set()
+        elif blob in proof.holding:
+            return
+        count = self.holders.get(blob, 0)
+        if not count:
+            kept = bytes(sealed)  # a copy: a slice of the pack would keep the whole pack
+            self.held[blob] = kept
+            self.held_bytes += len(kept)
+        self.holders[blob] = count + 1
         proof.holding.add(blob)
-        proof.pending += len(plain)
-        heapq.heappush(self._largest, (-proof.pending, next(self._n), proof))
 
     def _unhold(self, proof: _Proof, blob: bytes) -> None:
         if proof.holding is None or blob not in proof.holding:
             return
         proof.holding.discard(blob)
-        size = len(self.held[blob])
-        proof.pending -= size
         count = self.holders[blob] - 1
         if count:
             self.holders[blob] = count
-        else:
-            del self.holders[blob]
-            del self.held[blob]
-            self.held_bytes -= size
-            if not self.held_bytes:
-                self._largest.clear()  # every entry is stale: nothing is held
+            return
+        del self.holders[blob]
+        sealed = self.held.pop(blob, None)
+        if sealed is not None:
+            self.held_bytes -= len(sealed)
+        self.gone.discard(blob)
+        opened = self._opened.pop(blob, None)
+        if opened is not None:
+            self._opened_bytes -= len(opened)
+
+    def _fit(self) -> None:
+        """Let go of the blobs held longest until what is held fits the budget: a node reaching
+        one reads it again from its pack."""
+        while self.held_bytes > self.budget:
+            blob = next(iter(self.held))
+            self.held_bytes -= len(self.held.pop(blob))
+            self.gone.add(blob)
 
     def _drop(self, proof: _Proof) -> None:
         """Leave `proof` to the restore's reader, releasing what is held for it."""
         proof.done = True
         for blob in list(proof.holding or ()):
             self._unhold(proof, blob)
-
-    def _give_up_largest(self) -> bool:
-        """Send the node holding the most to the restore's reader (entries of nodes whose
-        holdings changed since are stale: put back with their current size, or skipped). False
-        when no node holds anything."""
-        while self._largest:
-            pending, _n, proof = heapq.heappop(self._largest)
-            if proof.done or not proof.pending:
-                continue
-            if -pending != proof.pending:
-                heapq.heappush(self._largest, (-proof.pending, next(self._n), proof))
-                continue
-            self._drop(proof)
-            self.given_up += 1
-            return True
-        return False
