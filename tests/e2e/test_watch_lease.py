@@ -44,6 +44,14 @@ def _slow_segments(w: Watcher, seconds: float, monkeypatch: pytest.MonkeyPatch) 
     return landed, started
 
 
+def _bases_written(w: Watcher) -> None:
+    """The bases taken and their first segment written, under the watch's lease."""
+    w.poll()
+    w.flush()
+    w._write_queue()
+    assert not w.queue
+
+
 def _other(sb: Sandbox) -> Repository:
     return open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
 
@@ -62,10 +70,7 @@ def test_close_after_an_error_lets_go_of_the_lock_only_once_no_segment_write_can
     notices: list[str] = []
     try:
         with _watcher(sb, notices) as w:
-            w.poll()  # the bases
-            w.flush()
-            w._write_queue()
-            assert not w.queue
+            _bases_written(w)
             landed, started = _slow_segments(w, 3.0, monkeypatch)
             w.start_writer()
             _commit(db, 1)
@@ -104,10 +109,7 @@ def test_a_backlog_longer_than_a_lease_lets_go_at_the_leases_end_and_writes_noth
     notices: list[str] = []
     try:
         with _watcher(sb, notices) as w:
-            w.poll()  # the bases
-            w.flush()
-            w._write_queue()
-            assert not w.queue
+            _bases_written(w)
             w._release()
             w.lock_free_until = time.monotonic() + 3600  # as under another command's lock: all to the spool
             w.queue_limit = 0
