@@ -406,12 +406,12 @@ class FileWriter:
             os.close(self._kept.popitem(last=False)[1])
 
     def _forget_folder(self, logical: str) -> None:
-        """The folder `logical` was removed: its kept descriptors (and those below it) go."""
+        """The folder `logical` was removed (empty: what it held was removed first, and forgotten
+        then): its kept descriptor and its identity go."""
         with self._roots_lock:
-            for k in [k for k in self._kept if k == logical or k.startswith(logical + "/")]:
-                os.close(self._kept.pop(k))
-            for k in [k for k in self._ids if k == logical or k.startswith(logical + "/")]:
-                del self._ids[k]
+            self._ids.pop(logical, None)
+            if (fd := self._kept.pop(logical, None)) is not None:
+                os.close(fd)
 
     def clean_leftovers(self, folders: list[str]) -> None:
         """Remove temporary files that killed restores left in the folders this one writes to."""
