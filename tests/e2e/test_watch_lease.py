@@ -100,7 +100,6 @@ def test_a_backlog_longer_than_a_lease_lets_go_at_the_leases_end_and_writes_noth
     the repository, then takes the lease again and writes the rest. Before, the whole backlog was
     written under one lease: the exclusive command got in only after it (behind a slow target,
     past its wait of WATCH_LEASE_SECONDS + 10 s)."""
-    monkeypatch.setattr(watch_mod, "LEASE_SECONDS", 1.0)
     sb = sandbox
     db = sb.layout.dashboard_db
     _table(db)
@@ -110,6 +109,7 @@ def test_a_backlog_longer_than_a_lease_lets_go_at_the_leases_end_and_writes_noth
     try:
         with _watcher(sb, notices) as w:
             _bases_written(w)
+            monkeypatch.setattr(watch_mod, "LEASE_SECONDS", 1.0)
             w._release()
             w.lock_free_until = time.monotonic() + 3600  # as under another command's lock: all to the spool
             w.queue_limit = 0
@@ -146,3 +146,36 @@ def test_a_backlog_longer_than_a_lease_lets_go_at_the_leases_end_and_writes_noth
     under = [round(at - got, 2) for at in landed if got <= at <= let_go]
     assert not under, f"segments landed while another command held the repository: {under}"
     assert len(landed) == 8
+
+
+def test_a_second_ctrl_c_while_close_waits_for_a_write_leaves_the_lock_in_place(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait of `close` for a slow write ends at a second Ctrl-C (the watch ends at once, as a
+    kill would), and the lock is then not let go: the write may still land, so the lock stays in
+    the store until this process ends (the next command removes a dead process's lock)."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        _bases_written(w)
+        landed, started = _slow_segments(w, 3.0, monkeypatch)
+        w.start_writer()
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert started.wait(30), "no segment write started"
+        w.abandon.set()  # a second Ctrl-C
+        held = w.lock
+        assert held is not None
+        closing = time.monotonic()
+        w.close()
+        assert time.monotonic() - closing < 2.0, "close waited for the write after a second Ctrl-C"
+        assert not landed
+        assert {info.name for info in w.repo.backend.list("locks/")} == {held.name}
+        deadline = time.monotonic() + 30
+        while not landed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held.release()  # as the process's end would
+    assert any("lock stays until this process ends" in n for n in notices), notices

@@ -1442,26 +1442,27 @@ class Watcher:
         is let go only once no write of ours can land after it (another process may then prune,
         compact or start a watch). A write in flight ends within the target's own timeouts (S3: a
         minute a request and its retries); the lock stays refreshed meanwhile (its refresh thread,
-        repo/locks.py). False when Ctrl-C ended the wait: the lock then stays in the store and the
-        next command removes it once this process is gone (its write cannot land after that)."""
+        repo/locks.py). False when a second Ctrl-C (`abandon`) or a KeyboardInterrupt ended the
+        wait: the lock then stays in the store, and the next command removes it once this process
+        is gone (its write cannot land after that), as after a kill."""
         assert self.writer is not None
         self.writer.join(POLL_SECONDS)
         if not self.writer.is_alive():
             return True
         self.envx.notice(
             "waiting for the capture segment write in flight to end before letting go of the repository lock "
-            "(what waits stays in the spool)"
+            "(what waits stays in the spool; Ctrl-C again ends the watch at once)"
         )
-        try:
-            while self.writer.is_alive():
+        with contextlib.suppress(KeyboardInterrupt):
+            while self.writer.is_alive() and not self.abandon.is_set():
                 self.writer.join(POLL_SECONDS)
-        except KeyboardInterrupt:
-            self.envx.notice(
-                "warning: the repository lock stays until this process ends (a segment write was still in flight); "
-                "the next command removes it then"
-            )
-            return False
-        return True
+        if not self.writer.is_alive():
+            return True
+        self.envx.notice(
+            "warning: the repository lock stays until this process ends (a segment write was still in flight); "
+            "the next command removes it then"
+        )
+        return False
 
 
 # A base's temporary cache folder (when the watch's own takes no file), in TMPDIR (mode 0700):
