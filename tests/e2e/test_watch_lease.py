@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from e2e_support import Sandbox
@@ -52,6 +53,19 @@ def _bases_written(w: Watcher) -> None:
     assert not w.queue
 
 
+def _write_in_flight(w: Watcher, db: Path, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The bases written, then the writer thread started and a segment's write of 3 s in flight;
+    returns when each segment write landed (`_slow_segments`)."""
+    _bases_written(w)
+    landed, started = _slow_segments(w, 3.0, monkeypatch)
+    w.start_writer()
+    _commit(db, 1)
+    w.poll()
+    w.flush()
+    assert started.wait(30), "no segment write started"
+    return landed
+
+
 def _other(sb: Sandbox) -> Repository:
     return open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
 
@@ -70,13 +84,7 @@ def test_close_after_an_error_lets_go_of_the_lock_only_once_no_segment_write_can
     notices: list[str] = []
     try:
         with _watcher(sb, notices) as w:
-            _bases_written(w)
-            landed, started = _slow_segments(w, 3.0, monkeypatch)
-            w.start_writer()
-            _commit(db, 1)
-            w.poll()
-            w.flush()
-            assert started.wait(30), "no segment write started"
+            landed = _write_in_flight(w, db, monkeypatch)
             # An error ends the watch here: `watch` closes the watcher (leaving `_watcher`).
         with other.lock(exclusive=True, command="prune"):
             taken = time.monotonic()
@@ -159,13 +167,7 @@ def test_a_second_ctrl_c_while_close_waits_for_a_write_leaves_the_lock_in_place(
     _table(db)
     notices: list[str] = []
     with _watcher(sb, notices) as w:
-        _bases_written(w)
-        landed, started = _slow_segments(w, 3.0, monkeypatch)
-        w.start_writer()
-        _commit(db, 1)
-        w.poll()
-        w.flush()
-        assert started.wait(30), "no segment write started"
+        landed = _write_in_flight(w, db, monkeypatch)
         w.abandon.set()  # a second Ctrl-C
         held = w.lock
         assert held is not None
