@@ -38,7 +38,8 @@ from phoenix_backup.repo.locks import (
     process_start_time,
     time_namespace,
 )
-from phoenix_backup.repo.pack import read_header
+from phoenix_backup.repo.pack import pack_name, read_header
+from phoenix_backup.repo.reader import read_blobs
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, DatabaseInfo, Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import Extent, Node
@@ -586,3 +587,59 @@ def test_a_backup_with_more_failed_paths_than_a_snapshot_holds_is_still_saved(
     assert back.incomplete[:kept] == failed[:kept]
     assert back.incomplete[-1]["path"] == failed[kept]["path"]
     assert f"this and {len(failed) - kept - 1:,} more paths could not be saved" in back.incomplete[-1]["error"]
+
+
+def _data_descriptors(root: Path) -> list[str]:
+    """What the descriptors this process holds open below `root`/data point to."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root / "data") + "/"):
+            out.append(target)
+    return out
+
+
+def test_close_lets_go_of_the_pack_descriptors_kept_for_reads(tmp_path: Path, kind: str) -> None:
+    """A long-lived caller (`phx watch`, a program using Phoenix as a library) reads packs, then
+    closes its repository object; another process prunes a pack. Before, `close` left the store's
+    kept pack descriptors open (up to OPEN_PACKS): the deleted pack's space stayed held for as
+    long as the process lived. The store stays usable after `close` (an S3 client is reused)."""
+    repo = init_repo(tmp_path / "repo", kind)
+    data = [os.urandom(MB) for _ in range(3)]
+    ids = [repo.save_blob(BlobType.DATA, d)[0] for d in data]
+    repo.flush()
+    reader = repo
+    assert _read_as_a_restore(reader, ids) == data
+    packs = [info.name for info in reader.backend.list("data/")]
+    assert packs and _data_descriptors(tmp_path / "repo"), "the reads kept no pack open"
+    reader.close()
+    assert _data_descriptors(tmp_path / "repo") == []
+    assert _read_as_a_restore(reader, ids) == data  # usable again after `close`
+    reader.close()
+    assert _data_descriptors(tmp_path / "repo") == []
+    victim = tmp_path / "repo" / packs[0]
+    size = victim.stat().st_size
+    victim.unlink()  # another process's prune: no descriptor of ours holds its space
+    held = [fd for fd in os.listdir("/proc/self/fd") if _target(fd) == f"{victim} (deleted)"]
+    assert held == [], f"{size} bytes of a deleted pack held by descriptors {held}"
+
+
+def _read_as_a_restore(repo: Repository, ids: list[bytes]) -> list[bytes]:
+    """Each blob read as a restore reads it (a ranged read of its pack: repo/reader.py)."""
+    out = []
+    for blob_id in ids:
+        loc = repo.index.locations(blob_id)[0]
+        got = read_blobs(repo, pack_name(loc.pack_id), [(blob_id, loc)])[blob_id]
+        assert isinstance(got, bytes), got
+        out.append(got)
+    return out
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""

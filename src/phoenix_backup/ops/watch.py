@@ -1239,13 +1239,18 @@ class Watcher:
         try:
             while True:
                 with self.wake:
+                    gap = self.lock_free_until - time.monotonic()
                     if self.writer_stop:
                         if not self.queue or self._abandoned() or not self.writer_progress:
                             return  # written, abandoned, or the target refuses them: they stay in the spool
+                        if gap > 0:  # a backlog longer than a lease: the rest after the lease's gap
+                            self.wake.wait(gap)
                     elif not self.queue or not self.writer_progress:
                         # Nothing to write, or the last pass wrote nothing (an outage, another command's
                         # lock, the lease's gap): until a segment is sealed, or a while.
                         self.wake.wait(RETRY_WAIT_SECONDS if self.write_failed else POLL_SECONDS)
+                    elif gap > 0:  # the last pass let go at its lease's end (`_write_queue`)
+                        self.wake.wait(gap)
                 before = self.result.segments
                 if self.queue or self.want_lease:
                     self._lease()
@@ -1307,6 +1312,12 @@ class Watcher:
         if not self.queue or not self._lease():
             return
         while True:
+            # The lease is renewed between writes, as between polls: a backlog that takes longer
+            # than a lease to drain (a slow target, a long outage's spool) lets go at the lease's
+            # end, so that an exclusive command waiting for the watch (repo/locks.py: up to
+            # WATCH_LEASE_SECONDS + 10 s) gets in; the rest waits in the spool meanwhile.
+            if self.queue and not self._lease():
+                break
             with self.wake:
                 if not self.queue or self._abandoned():
                     break
@@ -1409,20 +1420,49 @@ class Watcher:
                 self.warn(f"target {name}: {exc}")
 
     def close(self) -> None:
+        keep_lock = False
         if self.writer is not None:  # an error ended the watch: what waits stays in the spool
             with self.wake:
                 self.writer_stop = self.writer_abort = True
                 self.wake.notify()
-            self.writer.join(POLL_SECONDS)  # a write in progress is not waited for: the spool holds it
+            keep_lock = not self._writer_ended()
         if self.files is not None:
             self.files.close()
         for db in self.dbs:
             db.capture.close()
             if db.hashes is not None:
                 db.hashes.close()
-        self._release()
+        if not keep_lock:
+            self._release()
         for backend in self.replicas.values():
             backend.close()
+
+    def _writer_ended(self) -> bool:
+        """Wait (at `close`) until the writer thread, told to abandon what waits, has ended: the lock
+        is let go only once no write of ours can land after it (another process may then prune,
+        compact or start a watch). A write in flight ends within the target's own timeouts (S3: a
+        minute a request and its retries); the lock stays refreshed meanwhile (its refresh thread,
+        repo/locks.py). False when a second Ctrl-C (`abandon`) or a KeyboardInterrupt ended the
+        wait: the lock then stays in the store, and the next command removes it once this process
+        is gone (its write cannot land after that), as after a kill."""
+        assert self.writer is not None
+        self.writer.join(POLL_SECONDS)
+        if not self.writer.is_alive():
+            return True
+        self.envx.notice(
+            "waiting for the capture segment write in flight to end before letting go of the repository lock "
+            "(what waits stays in the spool; Ctrl-C again ends the watch at once)"
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while self.writer.is_alive() and not self.abandon.is_set():
+                self.writer.join(POLL_SECONDS)
+        if not self.writer.is_alive():
+            return True
+        self.envx.notice(
+            "warning: the repository lock stays until this process ends (a segment write was still in flight); "
+            "the next command removes it then"
+        )
+        return False
 
 
 # A base's temporary cache folder (when the watch's own takes no file), in TMPDIR (mode 0700):

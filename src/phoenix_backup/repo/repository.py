@@ -1122,12 +1122,17 @@ class Repository:
         self._raise_worker_error()
 
     def close(self) -> None:
+        """Done with this repository object: its threads end, and the pack descriptors its store
+        keeps for reads are closed (a long-lived caller, `phx watch` or a program using Phoenix as
+        a library, held up to OPEN_PACKS of them: a pack a prune deleted kept its space). The
+        backend itself stays open: an S3 client is reused by whoever opened it."""
         if self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
         if self._pack_writer is not None:
             self._pack_writer.shutdown(wait=True)
             self._pack_writer = None
+        self.backend.close_readers()
 
     def publish_changes(self, message: str) -> None:
         """Record deletions (forget, prune) as one unit and send it on (Git: a commit, then a push

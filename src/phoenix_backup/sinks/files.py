@@ -19,6 +19,7 @@ import os
 import secrets
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -40,6 +41,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # without hard links, too many links to one inode, the first name gone or not ours to link.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT})
 TMP_PREFIX = ".phx-tmp-"
+# Folder descriptors a writer keeps (`FileWriter._folder`), the ones used last: a file's folder is
+# opened from its parent's kept descriptor (or a child's, going up), not from the root component
+# after component, which made a chain of N folders cost N²/2 opens a pass (issue: deep folders).
+KEPT_FOLDERS = 64
 
 
 # Holes: a whole aligned block of zeros is skipped with lseek instead of written, so a sparse file
@@ -209,6 +214,11 @@ class FileWriter:
         self.layout = layout
         self.to = to
         self._roots: dict[str, int] = {}
+        # Folders below the roots, by logical path: descriptors of the last used (at most
+        # KEPT_FOLDERS), and the (device, inode) of each folder opened, which proves a folder
+        # reached again from a kept child through ".." is the very one opened down to before.
+        self._kept: OrderedDict[str, int] = OrderedDict()
+        self._ids: dict[str, tuple[int, int]] = {}
         self._dir_meta: list[tuple[str, Node]] = []
         self._roots_lock = threading.Lock()
         # Folders a file was renamed into, or a folder created in, since they were last fsynced:
@@ -232,9 +242,10 @@ class FileWriter:
         return _tmp_name()
 
     def close(self) -> None:
-        for fd in self._roots.values():
+        for fd in [*self._roots.values(), *self._kept.values()]:
             os.close(fd)
         self._roots.clear()
+        self._kept.clear()
         self.journal.close()
 
     def _base(self, root: str) -> int:
@@ -296,27 +307,8 @@ class FileWriter:
     def parent_dir(self, logical: str, create: bool = True) -> Iterator[tuple[int, str]]:
         """(descriptor of the folder holding `logical`, its last component), never following links."""
         parts = split_logical(logical)
-        fd = os.dup(self._base(parts[0]))
+        fd = self._folder(parts[:-1], logical, create=create)
         try:
-            for i, comp in enumerate(parts[1:-1], start=1):
-                check_name(comp)
-                try:
-                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(comp, 0o700, dir_fd=fd)
-                    self._created_in("/".join(parts[:i]))
-                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file in the way
-                        raise UnsafePath(
-                            f"{comp} in the destination of {logical} is a symlink or not a folder; "
-                            "Phoenix never writes through links — move it aside and restore again"
-                        ) from exc
-                    raise
-                os.close(fd)
-                fd = nfd
             yield fd, check_name(parts[-1])
         finally:
             os.close(fd)
@@ -324,15 +316,121 @@ class FileWriter:
     @contextlib.contextmanager
     def open_dir(self, logical: str) -> Iterator[int]:
         """A descriptor of the existing folder `logical` (no link followed)."""
-        if "/" not in logical:
-            yield os.dup(self._base(logical))
-            return
-        with self.parent_dir(logical, create=False) as (fd, name):
-            dfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        dfd = self._folder(split_logical(logical), logical, create=False, last_as_is=True)
         try:
             yield dfd
         finally:
             os.close(dfd)
+
+    def _folder(self, parts: list[str], logical: str, *, create: bool, last_as_is: bool = False) -> int:
+        """A new descriptor of the folder `parts` (its root first), every component opened with
+        O_NOFOLLOW from the folder above it (created when missing, with `create`): from the nearest
+        kept descriptor (`_kept`) above it, or, below it, through ".." from a kept child when that
+        reaches the very folder (device and inode) opened before: a restore goes down and back up
+        its folders one open each. A kept descriptor is of the folder this restore opened, checked
+        as a folder: a link put in its place since is never followed (the writes go on in the
+        folder itself, wherever it is now). A symlink or a file met on the way is UnsafePath (the
+        last component's error as it is with `last_as_is`)."""
+        base = self._base(parts[0])
+        with self._roots_lock:
+            path = "/".join(parts)
+            if len(parts) == 1:
+                return os.dup(base)
+            if (kept := self._kept.get(path)) is not None:
+                self._kept.move_to_end(path)
+                return os.dup(kept)
+            depth, fd = 1, base
+            for known, kfd in self._kept.items():  # the deepest kept folder above (KEPT_FOLDERS at most)
+                n = known.count("/") + 1
+                if n > depth and path.startswith(known) and path[len(known)] == "/":
+                    depth, fd = n, kfd
+            up = self._up_from_child(path, len(parts) - depth)
+            if up is not None:
+                return up
+            fd = os.dup(fd)
+            try:
+                for i in range(depth, len(parts)):
+                    nfd = self._open_below(
+                        fd, parts, i, logical, create=create, as_is=last_as_is and i == len(parts) - 1
+                    )
+                    os.close(fd)
+                    fd = nfd
+                    self._keep("/".join(parts[: i + 1]), fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+
+    def _open_below(self, fd: int, parts: list[str], i: int, logical: str, *, create: bool, as_is: bool) -> int:
+        """Open (and note) `parts[i]` in the folder `fd` (`parts[:i]`); the caller holds `_roots_lock`."""
+        comp = check_name(parts[i])
+        try:
+            try:
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(comp, 0o700, dir_fd=fd)
+                if self._durable:
+                    self._unsynced.add("/".join(parts[:i]))  # `_created_in`, under the lock held here
+                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and not as_is:  # a symlink or a file in the way
+                raise UnsafePath(
+                    f"{comp} in the destination of {logical} is a symlink or not a folder; "
+                    "Phoenix never writes through links — move it aside and restore again"
+                ) from exc
+            raise
+        st = os.fstat(nfd)
+        self._ids["/".join(parts[: i + 1])] = (st.st_dev, st.st_ino)
+        return nfd
+
+    def _up_from_child(self, path: str, most: int) -> int | None:
+        """A descriptor of the folder `path` through ".." of its nearest kept folder below (fewer
+        than `most` levels below), when each step reaches the folder (device and inode) opened
+        before at that place; else None."""
+        if path not in self._ids:
+            return None
+        below = [k for k in self._kept if k.startswith(path) and k[len(path)] == "/"]
+        if not below:
+            return None
+        start = min(below, key=lambda k: k.count("/"))
+        if start.count("/") - path.count("/") >= most:
+            return None  # down from the kept folder above is as short
+        fd = os.dup(self._kept[start])
+        at = start
+        try:
+            while at != path:
+                at = at.rpartition("/")[0]
+                nfd = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != self._ids.get(at):
+                    os.close(fd)  # moved since: reached from above instead, component by component
+                    return None
+                self._keep(at, fd)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _keep(self, path: str, fd: int) -> None:
+        """Keep a copy of `fd` (the folder `path`), letting go of the least used beyond KEPT_FOLDERS."""
+        old = self._kept.pop(path, None)
+        if old is not None:
+            os.close(old)
+        self._kept[path] = os.dup(fd)
+        while len(self._kept) > KEPT_FOLDERS:
+            os.close(self._kept.popitem(last=False)[1])
+
+    def _forget_folder(self, logical: str) -> None:
+        """The folder `logical` was removed (empty: what it held was removed first, and forgotten
+        then): its kept descriptor and its identity go."""
+        with self._roots_lock:
+            self._ids.pop(logical, None)
+            if (fd := self._kept.pop(logical, None)) is not None:
+                os.close(fd)
 
     def clean_leftovers(self, folders: list[str]) -> None:
         """Remove temporary files that killed restores left in the folders this one writes to."""
@@ -549,6 +647,7 @@ class FileWriter:
                         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                             raise UnsafePath(f"{logical} is not empty any more; it was kept") from exc
                         raise
+                    self._forget_folder(logical)
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name, dir_fd=fd)

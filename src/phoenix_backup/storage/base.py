@@ -198,3 +198,8 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def close_readers(self) -> None:  # noqa: B027 - optional hook
+        """Close the descriptors kept open for reads (a local store's packs), which would hold the
+        space of a pack deleted since; the backend stays usable (they are opened again on demand),
+        unlike after `close`. `Repository.close` calls it."""

@@ -349,6 +349,9 @@ class LocalBackend(Backend):
             raise os_error(exc, f"reading {name} from {self.root}") from exc
 
     def close(self) -> None:
+        self.close_readers()
+
+    def close_readers(self) -> None:
         self._readers.close()
 
     @contextlib.contextmanager

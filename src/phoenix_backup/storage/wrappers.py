@@ -102,6 +102,9 @@ class WrappedBackend(Backend):
     def close(self) -> None:
         self.inner.close()
 
+    def close_readers(self) -> None:
+        self.inner.close_readers()
+
     def unwrap(self) -> Backend:
         inner = self.inner
         return inner.unwrap() if isinstance(inner, WrappedBackend) else inner
