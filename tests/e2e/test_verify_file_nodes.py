@@ -687,3 +687,59 @@ def test_nodes_are_proved_from_the_copy_a_restore_reads_not_a_later_one_that_mat
         found = _errors(res.json(), sid)
         assert found and all("do not match the SHA-256" in e["message"] for e in found), (name, errors)
     assert any(e["snapshot"] == shapes.base and (e["path"] or "").endswith("a.bin") for e in errors), errors
+
+
+@pytest.mark.parametrize("damage", ["a byte flipped", "cut short", "deleted"])
+def test_a_pack_damaged_after_the_pass_read_it_names_the_node_that_reads_it_again(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """With nothing held (a budget of 0 bytes), the node spanning two packs (C, A, C, B) reads
+    blob C again from its pack when A arrives. That pack is damaged (another process, a disk)
+    after the pass read it whole and found C sound, before the read again: the node is not proved
+    from bytes the pass did not check; it is read back as a restore reads it and named with C's
+    pack and its path, and the run fails; it does not crash."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    sid = plant(sb, shapes.base, shapes.node(shapes.shapes["spans two packs"]))
+    monkeypatch.setattr(prover, "HOLD_BUDGET", 0)
+    c_pack = sb.repo / pack_name(shapes.pack["c"])
+    repo = _repo(sb)
+    try:
+        loc = repo.index.get(shapes.blob["c"])
+        assert loc is not None
+    finally:
+        repo.close()
+    read: list[str] = []
+    real_read = checker._read_pack
+
+    def then_damage(repo: Repository, name: str, *args: Any) -> None:
+        real_read(repo, name, *args)
+        read.append(name.split("/")[-1])
+        if name.split("/")[-1] == shapes.pack["c"]:
+            if damage == "a byte flipped":
+                flip_byte(c_pack, loc.offset + loc.stored // 2)
+            elif damage == "cut short":
+                with open(c_pack, "r+b") as f:
+                    f.truncate(loc.offset + loc.stored // 2)
+            else:
+                c_pack.unlink()
+
+    monkeypatch.setattr(checker, "_read_pack", then_damage)
+    counts: dict[str, int] = {}
+
+    class Watched(prover.NodeProver):
+        def close(self) -> None:
+            counts["reread"] = self.reread
+            super().close()
+
+    monkeypatch.setattr(checker, "NodeProver", Watched)
+    repo = _repo(sb)
+    try:
+        res = verify_repository(repo, read_data=True)
+    finally:
+        repo.close()
+    assert read.index(shapes.pack["c"]) < read.index(shapes.pack["a"]) and counts["reread"] >= 1, (read, counts)
+    assert not res.ok
+    found = _errors_at(res, sid)
+    assert [e.object for e in found] == [pack_name(shapes.pack["c"])], res.errors
+    assert "damaged or missing" in found[0].message, found
