@@ -31,6 +31,7 @@ from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo import captures, checker, prover
 from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult, verify_repository
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
@@ -405,6 +406,17 @@ class _Shapes:
         return lambda n: dataclasses.replace(n, content=content, size=content.size, sha256=sha)
 
 
+def _location(sb: Sandbox, blob: bytes) -> BlobLocation:
+    """The copy of `blob` the index lists first (the one a restore reads)."""
+    repo = _repo(sb)
+    try:
+        loc = repo.index.get(blob)
+    finally:
+        repo.close()
+    assert loc is not None
+    return loc
+
+
 def _opened_per_blob(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> Counter[bytes]:
     """How often each data blob is opened (decrypted and decompressed) from now on."""
     opened: Counter[bytes] = Counter()
@@ -492,12 +504,7 @@ def test_a_damaged_blob_in_the_middle_of_a_long_node_names_every_node_that_needs
     sb = backed_up
     shapes = _Shapes(sb)
     planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
-    repo = _repo(sb)
-    try:
-        loc = repo.index.get(shapes.blob["c"])
-        assert loc is not None
-    finally:
-        repo.close()
+    loc = _location(sb, shapes.blob["c"])
     flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
     res = sb.phx("verify", "--read-data", "--json", check=1)
     errors = res.json()["errors"]
@@ -709,12 +716,7 @@ def test_a_pack_damaged_after_the_pass_read_it_names_the_node_that_reads_it_agai
     sid = plant(sb, shapes.base, shapes.node(shapes.shapes["spans two packs"]))
     monkeypatch.setattr(prover, "HOLD_BUDGET", 0)
     c_pack = sb.repo / pack_name(shapes.pack["c"])
-    repo = _repo(sb)
-    try:
-        loc = repo.index.get(shapes.blob["c"])
-        assert loc is not None
-    finally:
-        repo.close()
+    loc = _location(sb, shapes.blob["c"])
     read: list[str] = []
     real_read = checker._read_pack
 
