@@ -31,6 +31,7 @@ from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo import captures, checker, prover
 from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult, verify_repository
 from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
@@ -405,6 +406,17 @@ class _Shapes:
         return lambda n: dataclasses.replace(n, content=content, size=content.size, sha256=sha)
 
 
+def _location(sb: Sandbox, blob: bytes) -> BlobLocation:
+    """The copy of `blob` the index lists first (the one a restore reads)."""
+    repo = _repo(sb)
+    try:
+        loc = repo.index.get(blob)
+    finally:
+        repo.close()
+    assert loc is not None
+    return loc
+
+
 def _opened_per_blob(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> Counter[bytes]:
     """How often each data blob is opened (decrypted and decompressed) from now on."""
     opened: Counter[bytes] = Counter()
@@ -492,12 +504,7 @@ def test_a_damaged_blob_in_the_middle_of_a_long_node_names_every_node_that_needs
     sb = backed_up
     shapes = _Shapes(sb)
     planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
-    repo = _repo(sb)
-    try:
-        loc = repo.index.get(shapes.blob["c"])
-        assert loc is not None
-    finally:
-        repo.close()
+    loc = _location(sb, shapes.blob["c"])
     flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
     res = sb.phx("verify", "--read-data", "--json", check=1)
     errors = res.json()["errors"]
@@ -692,3 +699,123 @@ def test_nodes_are_proved_from_the_copy_a_restore_reads_not_a_later_one_that_mat
         found = _errors(res.json(), sid)
         assert found and all("do not match the SHA-256" in e["message"] for e in found), (name, errors)
     assert any(e["snapshot"] == shapes.base and (e["path"] or "").endswith("a.bin") for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "cut short",
+        *(["a byte flipped", "deleted"] if os.environ.get("PHX_TEST_HEAVY") == "1" else []),
+    ],
+)
+def test_a_pack_damaged_after_the_pass_read_it_names_the_node_that_reads_it_again(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """With nothing held (a budget of 0 bytes), the node spanning two packs (C, A, C, B) reads
+    blob C again from its pack when A arrives. That pack is damaged (another process, a disk)
+    after the pass read it whole and found C sound, before the read again: the node is not proved
+    from bytes the pass did not check; it is read back as a restore reads it and named with C's
+    pack and its path, and the run fails; it does not crash."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    sid = plant(sb, shapes.base, shapes.node(shapes.shapes["spans two packs"]))
+    monkeypatch.setattr(prover, "HOLD_BUDGET", 0)
+    c_pack = sb.repo / pack_name(shapes.pack["c"])
+    loc = _location(sb, shapes.blob["c"])
+    read: list[str] = []
+    real_read = checker._read_pack
+
+    def then_damage(repo: Repository, name: str, *args: Any) -> None:
+        real_read(repo, name, *args)
+        read.append(name.split("/")[-1])
+        if name.split("/")[-1] == shapes.pack["c"]:
+            if damage == "a byte flipped":
+                flip_byte(c_pack, loc.offset + loc.stored // 2)
+            elif damage == "cut short":
+                with open(c_pack, "r+b") as f:
+                    f.truncate(loc.offset + loc.stored // 2)
+            else:
+                c_pack.unlink()
+
+    monkeypatch.setattr(checker, "_read_pack", then_damage)
+    counts: dict[str, int] = {}
+
+    class Watched(prover.NodeProver):
+        def close(self) -> None:
+            counts["reread"] = self.reread
+            super().close()
+
+    monkeypatch.setattr(checker, "NodeProver", Watched)
+    repo = _repo(sb)
+    try:
+        res = verify_repository(repo, read_data=True)
+    finally:
+        repo.close()
+    assert read.index(shapes.pack["c"]) < read.index(shapes.pack["a"]) and counts["reread"] >= 1, (read, counts)
+    assert not res.ok
+    found = _errors_at(res, sid)
+    assert [e.object for e in found] == [pack_name(shapes.pack["c"])], res.errors
+    assert "damaged or missing" in found[0].message, found
+
+
+def test_subset_runs_with_the_cap_of_waiting_nodes_hit_prove_every_node_and_name_a_damaged_blob(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--subset` runs with MAX_WAITING hit (1 node of several extents waits in the pass): each run
+    proves exactly the distinct nodes whose first blob lies in its packs, those refused by the cap
+    too (read back by the restore's reader); with a byte flipped in blob C, the runs of a cycle
+    name C's pack with the paths of the nodes that need C, whichever run proves them."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
+    monkeypatch.setattr(prover, "MAX_WAITING", 1)
+    cursor = tmp_path / "cursor.json"
+    repo = _repo(sb)
+    try:
+        nodes = _distinct_nodes(repo)
+        first = {c: (repo.index.get(c[0].blob(0)) if len(c[0]) else None) for c in nodes}
+        packs = sorted(pack_name(p) for p in repo.index.pack_ids() if (sb.repo / pack_name(p)).exists())
+        loc = repo.index.get(shapes.blob["c"])
+        assert loc is not None
+    finally:
+        repo.close()
+
+    taken: list[tuple[int, int]] = []  # per run: nodes of several extents taken, refused
+
+    class Capped(prover.NodeProver):
+        def close(self) -> None:
+            taken.append((self.taken, self.refused))
+            super().close()
+
+    monkeypatch.setattr(checker, "NodeProver", Capped)
+
+    def cycle(clean: bool) -> tuple[set[str], list[VerifyError]]:
+        covered: set[str] = set()
+        errors: list[VerifyError] = []
+        for _ in range(3):
+            repo = _repo(sb)
+            try:
+                res = verify_repository(repo, read_data=True, subset=34, cursor=cursor)
+            finally:
+                repo.close()
+            start = packs.index(str(res.subset["first"]))
+            run = {packs[(start + i) % len(packs)] for i in range(int(str(res.subset["packs"])))}
+            expected = sum(1 for c, at in first.items() if at is None or pack_name(at.pack_id) in run)
+            assert taken[-1][0] <= 1, taken
+            # (Once C is damaged, the nodes that need it are named instead of proved.)
+            files = res.checked["files"]
+            assert (files == expected) if clean else (files <= expected), (files, expected)
+            covered |= run
+            errors += res.errors
+        return covered, errors
+
+    covered, errors = cycle(clean=True)
+    assert covered == set(packs) and not errors, errors
+    assert any(refused for _taken, refused in taken), taken  # the cap was hit
+    flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
+    covered, errors = cycle(clean=False)
+    assert covered == set(packs)
+    named = {e.snapshot for e in errors if (e.path or "").endswith(PLANTED)}
+    assert named == {planted["long"], planted["spans two packs"]}, errors
+    assert {e.object for e in errors} == {pack_name(loc.pack_id)}, errors
+    assert any((e.path or "").endswith("c.bin") for e in errors), errors

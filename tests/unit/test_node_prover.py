@@ -198,3 +198,28 @@ def test_an_empty_node_is_proved_at_once_and_a_wrong_one_is_not() -> None:
     empty = (Extents(), 0, hashlib.sha256(b"").hexdigest())
     assert prover.add(empty) and prover.add((Extents(), 0, "0" * 64))
     assert proved == [empty]
+
+
+def test_a_held_blob_larger_than_the_budget_is_opened_once_per_feed_not_once_per_extent() -> None:
+    """Blob 0 is larger than the budget (the default chunker's blobs average 1.5 MiB, the budget
+    is 1 MiB) and node `zigzag` takes 200 slices of it, alternating with slices of blob 1, which
+    comes after it. Blob 0, held (compressible: its sealed bytes fit) or let go (random: they do
+    not), is opened again once when blob 1 arrives, as the restore's reader keeps the blob it just
+    opened whatever its size (reader.py `_Ahead`), not once per slice: 200 decryptions, or 200 reads
+    of its pack, of a blob that may be 8 MiB."""
+    import random
+
+    rnd = random.Random(5)
+    for first, opened in ((bytes(4000), "reopened"), (rnd.randbytes(4000), "reread")):
+        blobs = [first, rnd.randbytes(400)]
+        index = index_of(blobs, [[0], [1]])
+        records = [(b, 2 * k + b, 2) for k in range(100) for b in (1, 0)]
+        extents = Extents.of([Extent(blob_id(b), off, length) for b, off, length in records])
+        sha = hashlib.sha256(b"".join(blobs[b][off : off + length] for b, off, length in records)).hexdigest()
+        proved: list[Content] = []
+        prover = NodeProver(index, PACKS, proved.append, reopener(blobs), budget=1000)
+        assert prover.add((extents, extents.size, sha))
+        for i in (0, 1):
+            prover.feed(blob_id(i), blobs[i], sealed_of(blobs[i]))
+        assert proved == [(extents, extents.size, sha)]
+        assert (prover.reopened, prover.reread) == ((1, 0) if opened == "reopened" else (0, 1)), opened

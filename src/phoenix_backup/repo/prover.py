@@ -17,8 +17,9 @@ database's pages compress several times over), not its plaintext; when the node 
 opened again as a restore opens them (AEAD tag checked, decompressed, length checked). What is held
 is bounded: at most HOLD_BUDGET sealed bytes at once; past it the blobs held longest are let go and
 read again from their pack (the copy a restore reads) when a node reaches them. While one blob is
-fed, the held blobs opened again are kept as plaintext, HOLD_BUDGET bytes at most (a node whose
-extents alternate between them opens each once), and dropped when it is done. No node leaves the
+fed, the held blobs opened again are kept as plaintext, HOLD_BUDGET bytes at most or the one
+opened last, whatever its size (a node whose extents alternate between them opens each once; a blob
+larger than the budget is opened once a feed, not once per extent), and dropped when it is done. No node leaves the
 pass for the budget, and nothing held grows with the repository's size.
 
 The nodes of several extents that wait in the pass are bounded too (MAX_WAITING, their bookkeeping
@@ -119,7 +120,8 @@ class NodeProver:
         self.reread = 0  # blobs let go for the budget, read again from their pack
         self.rank: dict[str, int] = {}  # pack id -> the first byte of a node that needs it
         # During a feed: the plaintexts of held blobs opened again, the most recent last, at most
-        # `budget` bytes (a node whose extents alternate between held blobs opens each once)
+        # `budget` bytes or the last one (a node whose extents alternate between held blobs opens
+        # each once)
         self._opened: dict[bytes, bytes] = {}
         self._opened_bytes = 0
 
@@ -259,8 +261,8 @@ class NodeProver:
     def _open_held(self, blob: bytes) -> bytes | None:
         """The plaintext of a held blob, opened again from its sealed bytes, or read again from its
         pack when it was let go. Those opened are kept until the feed ends, the most recent up to
-        the budget in plaintext bytes (the nodes moving together reach the same blobs, and a node
-        may alternate between them)."""
+        the budget in plaintext bytes and the last one whatever its size (the nodes moving together
+        reach the same blobs, and a node may alternate between them)."""
         plain = self._opened.pop(blob, None)
         if plain is None:
             sealed = self.held.get(blob)
@@ -272,8 +274,10 @@ class NodeProver:
             if plain is None:
                 return None
             self._opened_bytes += len(plain)
-        self._opened[blob] = plain  # the most recent last
-        while self._opened_bytes > self.budget and self._opened:
+        self._opened[blob] = plain  # the most recent last, kept whatever its size (as the restore's
+        # reader keeps the blob it just opened): a blob larger than the budget, dropped at once, was
+        # opened again, or read again from its pack, for each of the node's extents in it
+        while self._opened_bytes > self.budget and len(self._opened) > 1:
             oldest = next(iter(self._opened))
             self._opened_bytes -= len(self._opened.pop(oldest))
         return plain
