@@ -90,3 +90,45 @@ def test_a_file_ended_before_it_was_planned_is_never_read(tmp_path: Path, monkey
     schedule.end(files[0][0])
     third.end()
     assert schedule._held == 0 and not schedule._blobs
+
+
+def test_a_forked_child_reads_through_a_decode_pool_of_its_own(tmp_path: Path) -> None:
+    """A process that read through the decode pool, then forked (the Python API in a
+    multiprocessing worker): the child has none of the pool's threads, and its schedule's reads
+    waited for ever on the inherited pool. The child starts its own and gets every byte."""
+    import os
+    import signal
+    import time
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    files = _files(repo, 5)
+    schedule = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files[:1]])
+    shared = schedule.begin(files[0][0])  # the parent's pool exists, its threads have run
+    assert shared is not None and shared.take(next(iter(files[0][1].blobs()))) is not None
+    shared.end()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            signal.alarm(20)  # a child that hangs ends; the parent below gives up at 20 s anyway
+            child = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files[1:]])
+            ok = True
+            for logical, node, data in files[1:]:
+                mine = child.begin(logical)
+                assert mine is not None
+                ok = ok and b"".join(mine.take(b) or b"" for b in node.blobs()) == data
+                mine.end()
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's reads waited for the parent's decode pool")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -108,6 +108,17 @@ def _decode_pool() -> _DecodePool:
         return _pool
 
 
+def _forget_pool() -> None:
+    """A forked child has none of its parent's threads: the pool it inherited would never run a
+    task, and every read waiting for one would wait for ever (a restore in a child forked after one
+    in the parent, through the Python API). It starts its own, under a lock no thread holds."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 _buffers = threading.local()
 
 
