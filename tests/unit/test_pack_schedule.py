@@ -132,3 +132,34 @@ def test_a_forked_child_reads_through_a_decode_pool_of_its_own(tmp_path: Path) -
         os.waitpid(pid, 0)
         pytest.fail("the forked child's reads waited for the parent's decode pool")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_many_tiny_files_hold_no_more_than_the_bound(tmp_path: Path) -> None:
+    """24,000 files of 8 bytes: weighed by their bytes alone, all were one batch, planned at the
+    first file, and their bookkeeping (entries, locations, opened blobs) held 16 MB for a
+    bound of SCHEDULE_AHEAD (8 MiB). What the first file's planning allocates (the decode threads'
+    range buffers aside) stays within the bound."""
+    import tracemalloc
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    nodes = []
+    for i in range(24_000):
+        data = i.to_bytes(8, "big")
+        bid, _ = repo.save_blob(BlobType.DATA, data)
+        digest = hashlib.sha256(data).hexdigest()
+        nodes.append(
+            (f"workspace/t/f{i}", Node(name=f"f{i}", type="file", size=8, content=[Extent(bid, 0, 8)], sha256=digest))
+        )
+    repo.flush()
+    schedule = reader.PackSchedule(repo, nodes)
+    tracemalloc.start()
+    try:
+        first = schedule.begin(nodes[0][0])
+        assert first is not None
+        for wanted in list(schedule._blobs.values()):
+            wanted.fut.result(timeout=30)  # every range planned is read and opened
+        held = sum(t.size for t in tracemalloc.take_snapshot().traces if t.size < reader.READ_RANGE)
+    finally:
+        tracemalloc.stop()
+    assert held <= reader.SCHEDULE_AHEAD, f"{held} bytes held after the first file's planning"
+    assert first.take(nodes[0][1].content[0].blob) == (0).to_bytes(8, "big")
