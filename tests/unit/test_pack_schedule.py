@@ -163,3 +163,42 @@ def test_many_tiny_files_hold_no_more_than_the_bound(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert held <= reader.SCHEDULE_AHEAD, f"{held} bytes held after the first file's planning"
     assert first.take(nodes[0][1].content[0].blob) == (0).to_bytes(8, "big")
+
+
+def test_a_batch_whose_reads_could_not_start_leaves_no_file_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode pool could not be had when a batch was planned (its threads could not start: a
+    process limit, no memory): that file fails with the error, and the batch was half planned, its
+    files owed blobs whose reads were never submitted; the next file's take waited for ever. Now
+    nothing is planned before the pool is had: the next file plans its batch again and gets its
+    bytes."""
+    import threading
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    files = _files(repo, 4)
+    schedule = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files])
+    real = reader._decode_pool
+
+    def no_threads() -> reader._DecodePool:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(reader, "_decode_pool", no_threads)
+    with pytest.raises(RuntimeError):
+        schedule.begin(files[0][0])
+    schedule.end(files[0][0])  # as the restore ends a file that failed
+    monkeypatch.setattr(reader, "_decode_pool", real)
+    logical, node, data = files[1]
+    got: list[bytes] = []
+
+    def read() -> None:
+        shared = schedule.begin(logical)
+        assert shared is not None
+        got.append(b"".join(shared.take(b) or b"" for b in node.blobs()))
+        shared.end()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the second file waits for a read that was never submitted"
+    assert got == [data]

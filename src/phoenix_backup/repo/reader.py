@@ -360,6 +360,8 @@ class PackSchedule:
         file weighs its size or the plaintext of its blobs, whichever is more (a few bytes of a
         file may be a slice of a large blob), so the bound holds in blobs held, not file sizes; and
         at least SCHEDULE_FILE, so that it holds for many tiny files too."""
+        # Had first: planned files whose reads were never submitted would wait for them for ever.
+        pool = _decode_pool()
         located: list[tuple[bytes, BlobLocation]] = []
         batch = 0
         while self._planned < len(self._order) and (not batch or batch < SCHEDULE_AHEAD // 2):
@@ -385,7 +387,6 @@ class PackSchedule:
             self._owed[logical] = owed
             self._sizes[logical] = weight
             self._held += weight
-        pool = _decode_pool()
         for pack, run in _ranges(located):
             fut = pool.submit(_SCHEDULE_FIRST, functools.partial(read_blobs, self.repo, pack, run))
             for blob, _loc in run:
