@@ -159,3 +159,36 @@ def test_a_partial_restore_opens_only_the_blobs_it_needs(
         assert (dest / "workspace" / rel).read_bytes() == made[rel]
     assert need <= set(opened)
     assert not set(opened) & others
+
+
+def test_a_folder_that_takes_no_new_file_stops_the_restore_with_one_sentence(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """One folder of the destination refuses new files (`chattr +i`: EPERM, as EACCES for a folder
+    of another user): the temporary file's creation failed with "unexpected internal error
+    (PermissionError …): a bug in Phoenix". Now one sentence naming the folder and what to check,
+    exit 1, no temporary file; once the folder is writable again the restore completes."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    sb = make_sandbox()
+    made = _many_files(sb)
+    sb.backup()
+    dest = tmp_path / "out"
+    locked = dest / "workspace" / "many"
+    locked.mkdir(parents=True)
+    proc = subprocess.run(["chattr", "+i", str(locked)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        res = sb.phx("restore", "--latest", "--to", dest, "--yes", check=1)
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=False, capture_output=True)
+    assert "permission denied while restoring workspace/many/" in res.err, res.err
+    assert "the folder workspace/many in the destination" in res.err and "internal error" not in res.err, res.err
+    assert not list(dest.rglob(".phx-tmp-*")) and not list(locked.iterdir())
+    sb.phx_here("restore", "--latest", "--to", dest, "--yes")
+    for rel, data in made.items():
+        assert (dest / "workspace" / rel).read_bytes() == data

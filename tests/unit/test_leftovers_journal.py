@@ -253,3 +253,20 @@ def test_the_process_start_time_is_read_once_and_again_in_a_forked_child(monkeyp
     os.waitpid(pid, 0)
     assert int(got[1]) == 1  # the child read /proc/self/stat itself
     assert int(got[0]) >= start
+
+
+def test_a_folder_recorded_again_after_close_is_in_a_journal_again(tmp_path: Path, cache: Path) -> None:
+    """`close` deletes the journal; a folder recorded after it (a writer used again) must be in a
+    journal again before a temporary file goes there. The spellings remembered from before the
+    close said it was noted already, and no journal named it."""
+    folder = tmp_path / "a"
+    folder.mkdir()
+    journal = leftovers.Journal()
+    journal.record(folder)
+    journal.close()
+    assert not journal.path.exists()
+    try:
+        journal.record(folder)
+        assert journal.path.read_text().splitlines()[1:] == [json.dumps(str(folder))]
+    finally:
+        journal.close()

@@ -90,3 +90,115 @@ def test_a_file_ended_before_it_was_planned_is_never_read(tmp_path: Path, monkey
     schedule.end(files[0][0])
     third.end()
     assert schedule._held == 0 and not schedule._blobs
+
+
+def test_a_forked_child_reads_through_a_decode_pool_of_its_own(tmp_path: Path) -> None:
+    """A process that read through the decode pool, then forked (the Python API in a
+    multiprocessing worker): the child has none of the pool's threads, and its schedule's reads
+    waited for ever on the inherited pool. The child starts its own and gets every byte."""
+    import os
+    import signal
+    import time
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    files = _files(repo, 5)
+    schedule = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files[:1]])
+    shared = schedule.begin(files[0][0])  # the parent's pool exists, its threads have run
+    assert shared is not None and shared.take(next(iter(files[0][1].blobs()))) is not None
+    shared.end()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            signal.alarm(20)  # a child that hangs ends; the parent below gives up at 20 s anyway
+            child = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files[1:]])
+            ok = True
+            for logical, node, data in files[1:]:
+                mine = child.begin(logical)
+                assert mine is not None
+                ok = ok and b"".join(mine.take(b) or b"" for b in node.blobs()) == data
+                mine.end()
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's reads waited for the parent's decode pool")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_many_tiny_files_hold_no_more_than_the_bound(tmp_path: Path) -> None:
+    """24,000 files of 8 bytes: weighed by their bytes alone, all were one batch, planned at the
+    first file, and their bookkeeping (entries, locations, opened blobs) held 16 MB for a
+    bound of SCHEDULE_AHEAD (8 MiB). What the first file's planning allocates (the decode threads'
+    range buffers aside) stays within the bound."""
+    import tracemalloc
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    nodes = []
+    for i in range(24_000):
+        data = i.to_bytes(8, "big")
+        bid, _ = repo.save_blob(BlobType.DATA, data)
+        digest = hashlib.sha256(data).hexdigest()
+        nodes.append(
+            (f"workspace/t/f{i}", Node(name=f"f{i}", type="file", size=8, content=[Extent(bid, 0, 8)], sha256=digest))
+        )
+    repo.flush()
+    schedule = reader.PackSchedule(repo, nodes)
+    tracemalloc.start()
+    try:
+        first = schedule.begin(nodes[0][0])
+        assert first is not None
+        for wanted in list(schedule._blobs.values()):
+            wanted.fut.result(timeout=30)  # every range planned is read and opened
+        held = sum(t.size for t in tracemalloc.take_snapshot().traces if t.size < reader.READ_RANGE)
+    finally:
+        tracemalloc.stop()
+    assert held <= reader.SCHEDULE_AHEAD, f"{held} bytes held after the first file's planning"
+    assert first.take(nodes[0][1].content[0].blob) == (0).to_bytes(8, "big")
+
+
+def test_a_batch_whose_reads_could_not_start_leaves_no_file_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode pool could not be had when a batch was planned (its threads could not start: a
+    process limit, no memory): that file fails with the error, and the batch was half planned, its
+    files owed blobs whose reads were never submitted; the next file's take waited for ever. Now
+    nothing is planned before the pool is had: the next file plans its batch again and gets its
+    bytes."""
+    import threading
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    files = _files(repo, 4)
+    schedule = reader.PackSchedule(repo, [(lg, node) for lg, node, _ in files])
+    real = reader._decode_pool
+
+    def no_threads() -> reader._DecodePool:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(reader, "_decode_pool", no_threads)
+    with pytest.raises(RuntimeError):
+        schedule.begin(files[0][0])
+    schedule.end(files[0][0])  # as the restore ends a file that failed
+    monkeypatch.setattr(reader, "_decode_pool", real)
+    logical, node, data = files[1]
+    got: list[bytes] = []
+
+    def read() -> None:
+        shared = schedule.begin(logical)
+        assert shared is not None
+        got.append(b"".join(shared.take(b) or b"" for b in node.blobs()))
+        shared.end()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the second file waits for a read that was never submitted"
+    assert got == [data]

@@ -108,6 +108,17 @@ def _decode_pool() -> _DecodePool:
         return _pool
 
 
+def _forget_pool() -> None:
+    """A forked child has none of its parent's threads: the pool it inherited would never run a
+    task, and every read waiting for one would wait for ever (a restore in a child forked after one
+    in the parent, through the Python API). It starts its own, under a lock no thread holds."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 _buffers = threading.local()
 
 
@@ -293,6 +304,11 @@ SCHEDULE_NODE = INLINE_READ
 # What the schedule holds: the blobs of the files planned and not yet written, at most about this
 # many bytes (a batch of half as many is planned when less than half is left, plus one file).
 SCHEDULE_AHEAD = 8 * 1024 * 1024
+# What a planned file weighs at least: its bookkeeping (its entries, its blob's location, range and
+# opened bytes object: about 1 KiB each, 2 KiB while planning). Weighed by their bytes alone, 24,000
+# files of 8 bytes were one batch, 16 MB held for a bound of 8 MiB (0.7 MB now, tracemalloc), and
+# the more and smaller the files, the more.
+SCHEDULE_FILE = 4 * 1024
 # The decode pool serves the schedule's reads before those of any single node: a file waits for
 # them, and there is at most SCHEDULE_AHEAD of them, while a database reads at most one and a half
 # READ_AHEAD ahead of its writer.
@@ -342,7 +358,10 @@ class PackSchedule:
     def _plan(self) -> None:
         """Plan the next batch of files (the lock held): at least one, about SCHEDULE_AHEAD / 2. A
         file weighs its size or the plaintext of its blobs, whichever is more (a few bytes of a
-        file may be a slice of a large blob), so the bound holds in blobs held, not file sizes."""
+        file may be a slice of a large blob), so the bound holds in blobs held, not file sizes; and
+        at least SCHEDULE_FILE, so that it holds for many tiny files too."""
+        # Had first: planned files whose reads were never submitted would wait for them for ever.
+        pool = _decode_pool()
         located: list[tuple[bytes, BlobLocation]] = []
         batch = 0
         while self._planned < len(self._order) and (not batch or batch < SCHEDULE_AHEAD // 2):
@@ -363,12 +382,11 @@ class PackSchedule:
                 wanted.uses += 1
                 raw += wanted.raw
                 owed.add(blob)
-            weight = max(size, raw)
+            weight = max(size, raw, SCHEDULE_FILE)
             batch += weight
             self._owed[logical] = owed
             self._sizes[logical] = weight
             self._held += weight
-        pool = _decode_pool()
         for pack, run in _ranges(located):
             fut = pool.submit(_SCHEDULE_FIRST, functools.partial(read_blobs, self.repo, pack, run))
             for blob, _loc in run:

@@ -552,7 +552,10 @@ class FileWriter:
         its SHA-256, owner, mode and times set: (its name, its open descriptor), not yet fsynced.
         On any failure the temporary file is gone."""
         tmp = self._temp_name(logical)
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        try:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        except OSError as exc:  # the folder takes no new file (its mode, an immutable attribute, a full disk)
+            raise unsafe_or_error(exc, logical, self.destination_error) from exc
         try:
             write_content(self.repo, out, logical, node, self.progress, self.schedule)
             set_owner_mode(out, node)

@@ -135,6 +135,7 @@ class Journal:
                 os.close(self._dir)
                 self._dir = None
             self._folders.clear()
+            self._asked.clear()  # its file is gone: a folder recorded again is written again
 
 
 def own_folder(path: Path) -> int | None:
