@@ -59,6 +59,7 @@ def _restore_chain(repo: Repository, tmp_path: Path, depth: int, monkeypatch: py
             writer.directory(logical, _dir("d"))
         writer.write_bytes(folders[-1] + "/leaf.md", b"at the bottom\n", 0o644)
         writer.finish_dirs()
+        writer.check_folders()  # as `phx restore` does before it reports
     finally:
         monkeypatch.undo()
         writer.close()

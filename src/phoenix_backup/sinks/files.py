@@ -297,12 +297,13 @@ class FileWriter:
         RestoreError naming the first such folder, what is there now and the files written in it."""
         with self._roots_lock:
             ids, roots, files_in = dict(self._ids), dict(self._root_ids), dict(self._files_in)
-        folders: dict[str, list[str]] = {}
+        folders: dict[str, list[str]] = {}  # each folder and those above it -> the folders in it
         for path in ids:
-            parts = path.split("/")
-            for i in range(2, len(parts) + 1):
-                folders.setdefault("/".join(parts[: i - 1]), [])
-                folders.setdefault("/".join(parts[:i]), [])
+            while path not in folders:
+                folders[path] = []
+                if "/" not in path:
+                    break
+                path = path.rpartition("/")[0]
         for path in sorted(folders):
             if "/" in path:
                 folders[path.rpartition("/")[0]].append(path)
