@@ -16,6 +16,7 @@ import ctypes
 import errno
 import functools
 import os
+import resource
 import secrets
 import stat
 import threading
@@ -45,6 +46,17 @@ TMP_PREFIX = ".phx-tmp-"
 # opened from its parent's kept descriptor (or a child's, going up), not from the root component
 # after component, which made a chain of N folders cost N²/2 opens a pass (issue: deep folders).
 KEPT_FOLDERS = 64
+
+
+def kept_folders() -> int:
+    """How many folder descriptors a writer keeps: KEPT_FOLDERS, fewer where the process may open
+    few files (`ulimit -n`): a sixteenth of its limit, the rest for the files waiting for their
+    fsync (ops/restore.py `sync_backlog`), the packs and the databases. With `ulimit -n 64` the
+    writer kept 64 and a restore of more folders failed half-way with "too many open files"."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return KEPT_FOLDERS
+    return max(1, min(KEPT_FOLDERS, soft // 16))
 
 
 # Holes: a whole aligned block of zeros is skipped with lseek instead of written, so a sparse file
@@ -202,6 +214,7 @@ class FileWriter:
         # KEPT_FOLDERS), and the (device, inode) of each folder opened, which proves a folder
         # reached again from a kept child through ".." is the very one opened down to before.
         self._kept: OrderedDict[str, int] = OrderedDict()
+        self._keep_most = kept_folders()
         self._ids: dict[str, tuple[int, int]] = {}
         # The roots' (device, inode) and the files put in each folder, for `check_folders`.
         self._root_ids: dict[str, tuple[int, int]] = {}
@@ -489,13 +502,22 @@ class FileWriter:
         return fd
 
     def _keep(self, path: str, fd: int) -> None:
-        """Keep a copy of `fd` (the folder `path`), letting go of the least used beyond KEPT_FOLDERS."""
+        """Keep a copy of `fd` (the folder `path`), letting go of the least used beyond `kept_folders`."""
         old = self._kept.pop(path, None)
         if old is not None:
             os.close(old)
-        self._kept[path] = os.dup(fd)
-        while len(self._kept) > KEPT_FOLDERS:
+        while len(self._kept) >= self._keep_most:
             os.close(self._kept.popitem(last=False)[1])
+        try:
+            self._kept[path] = os.dup(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # Out of descriptors: none is kept (each folder is then opened from its root down,
+            # as before the cache); the restore goes on with the room they held.
+            for kept in self._kept.values():
+                os.close(kept)
+            self._kept.clear()
 
     def _forget_folder(self, logical: str) -> None:
         """The folder `logical` was removed (empty: what it held was removed first, and forgotten
