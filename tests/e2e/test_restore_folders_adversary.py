@@ -4,9 +4,10 @@ may open few files restoring more folders than the writer keeps."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
-from e2e_support import Sandbox
+from e2e_support import Sandbox, tmpfs_at
 
 
 def _folders_of_notes(sb: Sandbox, folders: int, per_folder: int) -> dict[str, bytes]:
@@ -40,3 +41,20 @@ def test_a_process_that_may_open_few_files_restores_more_folders_than_are_kept(
         assert (dest / "workspace" / rel).read_bytes() == data, rel
     leftovers = list(dest.rglob(".phx-tmp-*"))
     assert leftovers == [], leftovers
+
+
+def test_a_destination_on_two_file_systems_restores_whole(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A tmpfs mounted inside the destination (`DEST/workspace/tree`): the writer's folders below
+    it are reached down through the mount and back up through ".." across it, each checked by
+    device and inode; more folders than are kept, so each is opened again from a kept one. The
+    restore is whole, exit 0 (a mount is no moved folder)."""
+    sb = sandbox
+    files = _folders_of_notes(sb, 80, 1)
+    snap = sb.backup()
+    dest = tmp_path / "restored"
+    with tmpfs_at(dest / "workspace" / "tree", "16m") as mounted:
+        res = sb.phx("restore", "--backup", snap["id"], "--to", dest, "--json", check=None, timeout=120)
+        assert res.code == 0, res
+        assert os.stat(mounted).st_dev != os.stat(dest).st_dev
+        for rel, data in files.items():
+            assert (dest / "workspace" / rel).read_bytes() == data, rel
