@@ -220,3 +220,51 @@ def test_path_glob(backed_up: Sandbox, tmp_path: Path) -> None:
     assert len(notes) > 10
     assert files == {f"workspace/{k}" for k in notes}
     assert only_files(file_manifest(dest / "workspace")) == {k: v for k, v in source.items() if k in notes}
+
+
+def test_a_folder_moved_for_a_link_during_the_restore_fails_it(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the restore has written into `workspace/memory`, another user moves that folder away
+    and puts a link to a folder of theirs in its place: the restore writes on into the folder it
+    opened (wherever it now is), so `DEST/workspace/memory/...` resolves through the link to the
+    other user's content. The restore then fails, naming the folder and what happened, and deletes
+    nothing (before, it exited 0 saying every file was restored)."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+    from phoenix_backup.sinks.files import FileWriter
+
+    dest, outside, moved = tmp_path / "dest", tmp_path / "outside", tmp_path / "moved"
+    outside.mkdir()
+    memory = sorted(k for k in only_files(backed_up.state()["workspace"]) if k.startswith("memory/"))
+    assert memory, "the sample has files in workspace/memory"
+    for name in memory:  # the other user's content, under the names the restore writes
+        (outside / name.removeprefix("memory/")).parent.mkdir(parents=True, exist_ok=True)
+        (outside / name.removeprefix("memory/")).write_bytes(b"planted\n")
+    real = FileWriter.renamed_into
+    swapped = []
+
+    def swap_after_the_first_file(self: FileWriter, folder: str) -> None:
+        real(self, folder)
+        if folder == "workspace/memory" and not swapped:
+            os.rename(dest / "workspace" / "memory", moved)
+            os.symlink(outside, dest / "workspace" / "memory")
+            swapped.append(folder)
+
+    monkeypatch.setattr(FileWriter, "renamed_into", swap_after_the_first_file)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(backed_up.env)
+    try:
+        run = CliRunner().invoke(cli, ["restore", "--latest", "--to", str(dest)], prog_name="phx")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert swapped, "the restore wrote no file into workspace/memory"
+    assert run.exit_code not in (0, None), f"exit {run.exit_code}: {run.stdout}{run.stderr}"
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr
+    error = run.stderr
+    assert "workspace/memory" in error and "symlink" in error, error
+    assert all(p.read_bytes() == b"planted\n" for p in outside.rglob("*") if p.is_file()), "written through the link"
+    assert any(moved.rglob("*")), "the files written into the moved folder were deleted"

@@ -181,3 +181,50 @@ def test_a_second_ctrl_c_while_close_waits_for_a_write_leaves_the_lock_in_place(
             time.sleep(0.05)
         held.release()  # as the process's end would
     assert any("lock stays until this process ends" in n for n in notices), notices
+
+
+def test_close_after_an_error_with_a_target_that_never_answers_ends_keeping_the_lock(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment's write to a target that never answers (a hung network mount: no timeout of its
+    own) is in flight when an error ends the watch. `close` waits for it only so long
+    (`CLOSE_WAIT_SECONDS`, one second here), then ends leaving the lock in place until the process
+    ends, as after a second Ctrl-C. Before, it waited for ever: an unattended watch ended by an
+    error never ended (nor was restarted by its service manager)."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    monkeypatch.setattr(watch_mod, "CLOSE_WAIT_SECONDS", 1.0, raising=False)
+    answer = threading.Event()
+    with _watcher(sb, notices) as w:
+        _bases_written(w)
+        backend = w.repo.backend
+        real: Callable[..., None] = backend.write
+        started = threading.Event()
+
+        def never_answers(name: str, data: bytes, **kwargs: bool) -> None:
+            if name.startswith("captures/"):
+                started.set()
+                answer.wait(60)  # for ever, as far as `close` can tell (60 s: the test's own bound)
+            real(name, data, **kwargs)
+
+        monkeypatch.setattr(backend, "write", never_answers)
+        w.start_writer()
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        assert started.wait(30), "no segment write started"
+        held = w.lock
+        assert held is not None
+        closer = threading.Thread(target=w.close)
+        closing = time.monotonic()
+        closer.start()
+        closer.join(10)
+        waited = time.monotonic() - closing
+        answer.set()  # the test's end: the write may go on now
+        closer.join(30)
+        assert waited < 10, "close waited for ever for a write that never answers"
+        assert {info.name for info in w.repo.backend.list("locks/")} == {held.name}, "the lock was let go"
+        held.release()  # as the process's end would
+    assert any("lock stays until this process ends" in n for n in notices), notices

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from phoenix_backup.errors import PhoenixError, UnsafePath
+from phoenix_backup.errors import PhoenixError, RestoreError, UnsafePath
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
+from phoenix_backup.sinks import files as files_mod
 from phoenix_backup.sinks.files import FileWriter
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.storage.local import LocalBackend
@@ -59,6 +60,7 @@ def _restore_chain(repo: Repository, tmp_path: Path, depth: int, monkeypatch: py
             writer.directory(logical, _dir("d"))
         writer.write_bytes(folders[-1] + "/leaf.md", b"at the bottom\n", 0o644)
         writer.finish_dirs()
+        writer.check_folders()  # as `phx restore` does before it reports
     finally:
         monkeypatch.undo()
         writer.close()
@@ -110,3 +112,37 @@ def test_a_folder_swapped_for_a_link_during_the_restore_is_never_written_through
     digest = hashlib.sha256(b"second\n").hexdigest()
     landed = [p for p in (tmp_path / "moved").rglob("*.md") if hashlib.sha256(p.read_bytes()).hexdigest() == digest]
     assert all(p.parent == tmp_path / "moved" / "b" for p in landed), landed
+
+
+def test_a_folder_replaced_by_one_with_its_inode_number_fails_the_restore(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Going back up through ".." is checked by device and inode, but an inode number is reused
+    once its folder is gone (ext4 gives it to the next folder made): another user moves the kept
+    `c` out of `workspace/a/b`, removes `b`, makes folders of their own until one gets `b`'s number
+    and moves `c` into it. The next file of `workspace/a/b` reaches that folder through `..` of
+    `c` and lands there, not at its path: `check_folders` (run before the restore reports) fails
+    naming `workspace/a/b`. Where no number is reused, the writer reaches `b` from above: gone."""
+    monkeypatch.setattr(files_mod, "kept_folders", lambda: 1)  # only `c` kept
+    to, theirs = tmp_path / "to", tmp_path / "theirs"
+    theirs.mkdir()
+    writer = FileWriter(repo, Layout(tmp_path / "ws", tmp_path / "home"), to)
+    try:
+        for logical in ("workspace", "workspace/a", "workspace/a/b", "workspace/a/b/c"):
+            writer.directory(logical, _dir(logical.rsplit("/", 1)[-1]))
+        writer.write_bytes("workspace/a/b/c/first.md", b"first\n", 0o644)
+        b = os.stat(to / "workspace" / "a" / "b")
+        os.rename(to / "workspace" / "a" / "b" / "c", theirs / "c")
+        os.rmdir(to / "workspace" / "a" / "b")
+        for k in range(64):
+            made = theirs / f"b{k}"
+            made.mkdir()
+            if (made.stat().st_dev, made.stat().st_ino) == (b.st_dev, b.st_ino):
+                os.rename(theirs / "c", made / "c")
+                break
+        with contextlib.suppress(FileNotFoundError):
+            writer.write_bytes("workspace/a/b/second.md", b"second\n", 0o644)
+        with pytest.raises(RestoreError, match=r"workspace/a/b was moved away or removed"):
+            writer.check_folders()
+    finally:
+        writer.close()

@@ -912,11 +912,15 @@ class _Restore:
                 elif item.kind == "symlink" and item.action == "unchanged" and item.metadata:
                     _record(result, item.path, functools.partial(writer.link_times, item.path, plan.nodes[item.path]))
             writer.sync_dirs()  # the files' renames are on disk before any database is applied
+            # A folder moved away (a link put in its place) while the files were written is an
+            # error before anything is deleted or any database applied, and before a report.
+            writer.check_folders()
             self.write_deletions(writer, plan, result)
             self.write_databases(writer, plan, result, copies)
             self.write_server_databases(result)
             result.alignment = self.align(writer, plan)
             writer.finish_dirs()
+            writer.check_folders()
         finally:
             # On the first failure nothing more is started; what is being written finishes, and
             # database copies that were not applied are removed; the renames made are synced.

@@ -109,6 +109,10 @@ QUEUE_MEMORY_BYTES = 8 << 20  # segments waiting beyond this (or during an outag
 # (`Watcher._seal`) up to this many bytes of pages: one object a write, so a target that takes
 # seconds a request keeps up, without holding more than this in memory.
 COALESCE_BYTES = 4 << 20
+# At `close` after an error, a segment write in flight is waited for at most this long: past the
+# target's own timeouts (S3: a minute a request, its retries within MAX_SECONDS more), a write
+# still going is one that may never end (a hung network mount); the lock then stays until exit.
+CLOSE_WAIT_SECONDS = 600.0
 RETRY_WAIT_SECONDS = 1.0  # a segment the first target refused is tried again this often
 OUTAGE_NOTICE_SECONDS = 600.0  # during an outage, a notice of what waits this often
 RETRY_SECONDS = 60.0  # a replica that failed is caught up (phx sync) at most this often
@@ -1442,9 +1446,10 @@ class Watcher:
         is let go only once no write of ours can land after it (another process may then prune,
         compact or start a watch). A write in flight ends within the target's own timeouts (S3: a
         minute a request and its retries); the lock stays refreshed meanwhile (its refresh thread,
-        repo/locks.py). False when a second Ctrl-C (`abandon`) or a KeyboardInterrupt ended the
-        wait: the lock then stays in the store, and the next command removes it once this process
-        is gone (its write cannot land after that), as after a kill."""
+        repo/locks.py). False when a second Ctrl-C (`abandon`), a KeyboardInterrupt or
+        CLOSE_WAIT_SECONDS (a target that never answers) ended the wait: the lock then stays in
+        the store, and the next command removes it once this process is gone (its write cannot
+        land after that), as after a kill."""
         assert self.writer is not None
         self.writer.join(POLL_SECONDS)
         if not self.writer.is_alive():
@@ -1453,13 +1458,15 @@ class Watcher:
             "waiting for the capture segment write in flight to end before letting go of the repository lock "
             "(what waits stays in the spool; Ctrl-C again ends the watch at once)"
         )
+        until = time.monotonic() + CLOSE_WAIT_SECONDS
         with contextlib.suppress(KeyboardInterrupt):
-            while self.writer.is_alive() and not self.abandon.is_set():
+            while self.writer.is_alive() and not self.abandon.is_set() and time.monotonic() < until:
                 self.writer.join(POLL_SECONDS)
         if not self.writer.is_alive():
             return True
+        late = "" if self.abandon.is_set() else f" after {CLOSE_WAIT_SECONDS:.0f} s: the target does not answer"
         self.envx.notice(
-            "warning: the repository lock stays until this process ends (a segment write was still in flight); "
+            f"warning: the repository lock stays until this process ends (a segment write was still in flight{late}); "
             "the next command removes it then"
         )
         return False

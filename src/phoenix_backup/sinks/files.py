@@ -16,6 +16,7 @@ import ctypes
 import errno
 import functools
 import os
+import resource
 import secrets
 import stat
 import threading
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import cast
 
 from phoenix_backup.dirs import make_dirs
-from phoenix_backup.errors import PhoenixError, StorageError, UnsafePath
+from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath
 from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.reader import NodeReader, PackSchedule
 from phoenix_backup.repo.repository import Repository
@@ -45,6 +46,17 @@ TMP_PREFIX = ".phx-tmp-"
 # opened from its parent's kept descriptor (or a child's, going up), not from the root component
 # after component, which made a chain of N folders cost N²/2 opens a pass (issue: deep folders).
 KEPT_FOLDERS = 64
+
+
+def kept_folders() -> int:
+    """How many folder descriptors a writer keeps: KEPT_FOLDERS, fewer where the process may open
+    few files (`ulimit -n`): a sixteenth of its limit, the rest for the files waiting for their
+    fsync (ops/restore.py `sync_backlog`), the packs and the databases. With `ulimit -n 64` the
+    writer kept 64 and a restore of more folders failed half-way with "too many open files"."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return KEPT_FOLDERS
+    return max(1, min(KEPT_FOLDERS, soft // 16))
 
 
 # Holes: a whole aligned block of zeros is skipped with lseek instead of written, so a sparse file
@@ -218,7 +230,11 @@ class FileWriter:
         # KEPT_FOLDERS), and the (device, inode) of each folder opened, which proves a folder
         # reached again from a kept child through ".." is the very one opened down to before.
         self._kept: OrderedDict[str, int] = OrderedDict()
+        self._keep_most = kept_folders()
         self._ids: dict[str, tuple[int, int]] = {}
+        # The roots' (device, inode) and the files put in each folder, for `check_folders`.
+        self._root_ids: dict[str, tuple[int, int]] = {}
+        self._files_in: dict[str, int] = {}
         self._dir_meta: list[tuple[str, Node]] = []
         self._roots_lock = threading.Lock()
         # Folders a file was renamed into, or a folder created in, since they were last fsynced:
@@ -287,8 +303,97 @@ class FileWriter:
                 raise os_error(exc, f"opening the restore destination {self.to / root}") from exc
             finally:
                 os.close(top)
+        st = os.fstat(fd)
         self._roots[root] = fd
+        self._root_ids[root] = (st.st_dev, st.st_ino)
         return fd
+
+    def _reopen_root(self, root: str) -> int:
+        """A new descriptor of the root `root` at its path, opened as `_open_base` did (no folder created)."""
+        if self.to is None:
+            return os.open(self.layout.to_real(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        top = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return os.open(root, _DIR_FLAGS, dir_fd=top)
+        finally:
+            os.close(top)
+
+    def check_folders(self) -> None:
+        """Every folder this restore opened (and so wrote into) is still at its path: reached from
+        the destination's root one component at a time with O_NOFOLLOW, it is the very folder
+        (device and inode) opened while writing. A folder moved away since, with a link or another
+        folder put in its place, took the files written after that with it (they were written
+        through the descriptor kept, never through the link): the path now shows something else,
+        and the restore must not say it restored them. One depth-first pass, each folder opened
+        once going down, ".." (checked by device and inode) going back up: linear in the folders.
+        RestoreError naming the first such folder, what is there now and the files written in it."""
+        with self._roots_lock:
+            ids, roots, files_in = dict(self._ids), dict(self._root_ids), dict(self._files_in)
+        folders: dict[str, list[str]] = {}  # each folder and those above it -> the folders in it
+        for path in ids:
+            while path not in folders:
+                folders[path] = []
+                if "/" not in path:
+                    break
+                path = path.rpartition("/")[0]
+        for path in sorted(folders):
+            if "/" in path:
+                folders[path.rpartition("/")[0]].append(path)
+        for root in sorted(roots):
+            problem = self._check_tree(root, roots[root], ids, folders)
+            if problem is None:
+                continue
+            where, what = problem
+            shown = self.to / where if self.to is not None else self.layout.to_real(where)
+            count = sum(n for f, n in files_in.items() if f == where or f.startswith(where + "/"))
+            raise RestoreError(
+                f"the folder {shown} {what} since this restore wrote into it: the {count} file(s) it put there are "
+                "not at their paths (they are in the folder that was moved, wherever it is now); nothing was "
+                "deleted — see who moved it, then restore again"
+            )
+
+    def _check_tree(
+        self, root: str, root_id: tuple[int, int], ids: dict[str, tuple[int, int]], folders: dict[str, list[str]]
+    ) -> tuple[str, str] | None:
+        """(folder, what is there now) for the first folder below `root` (itself included) not
+        at its path any more; None when each is."""
+        try:
+            fd = self._reopen_root(root)
+        except OSError as exc:
+            return root, _now_there(exc)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != root_id:
+                return root, "was replaced by another folder"
+            seen = {root: root_id}
+            at = root
+            todo = list(reversed(folders.get(root, [])))
+            while todo:
+                path = todo.pop()
+                parent = path.rpartition("/")[0]
+                while at != parent:  # back up to the parent, through "..", checked
+                    at = at.rpartition("/")[0]
+                    nfd = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = nfd
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) != seen[at]:
+                        return at, "was moved while it was checked"
+                try:
+                    nfd = os.open(path.rpartition("/")[2], _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    return path, _now_there(exc)
+                st = os.fstat(nfd)
+                if path in ids and (st.st_dev, st.st_ino) != ids[path]:
+                    os.close(nfd)
+                    return path, "was moved away and another folder put in its place"
+                os.close(fd)
+                fd, at = nfd, path
+                seen[path] = (st.st_dev, st.st_ino)
+                todo.extend(reversed(folders.get(path, [])))
+        finally:
+            os.close(fd)
+        return None
 
     def _make_dirs(self, path: Path) -> None:
         if self._durable:
@@ -416,13 +521,22 @@ class FileWriter:
         return fd
 
     def _keep(self, path: str, fd: int) -> None:
-        """Keep a copy of `fd` (the folder `path`), letting go of the least used beyond KEPT_FOLDERS."""
+        """Keep a copy of `fd` (the folder `path`), letting go of the least used beyond `kept_folders`."""
         old = self._kept.pop(path, None)
         if old is not None:
             os.close(old)
-        self._kept[path] = os.dup(fd)
-        while len(self._kept) > KEPT_FOLDERS:
+        while len(self._kept) >= self._keep_most:
             os.close(self._kept.popitem(last=False)[1])
+        try:
+            self._kept[path] = os.dup(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # Out of descriptors: none is kept (each folder is then opened from its root down,
+            # as before the cache); the restore goes on with the room they held.
+            for kept in self._kept.values():
+                os.close(kept)
+            self._kept.clear()
 
     def _forget_folder(self, logical: str) -> None:
         """The folder `logical` was removed (empty: what it held was removed first, and forgotten
@@ -482,6 +596,7 @@ class FileWriter:
             tmp = self._temp_name(logical)
             os.symlink(node.link_target, tmp, dir_fd=fd)
             rename_over(fd, tmp, name, logical, self.destination_error)
+            self._put_in(logical.rpartition("/")[0])
             with contextlib.suppress(OSError, NotImplementedError):
                 os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
@@ -526,6 +641,7 @@ class FileWriter:
                     else:
                         rename_over(fd, tmp, name, logical, self.destination_error)
                         os.fsync(fd)
+                        self._put_in(logical.rpartition("/")[0])
                         return "ok"
             except OSError as exc:
                 if exc.errno not in _NO_LINK:
@@ -595,6 +711,7 @@ class FileWriter:
             os.close(out)
             rename_over(fd, tmp, name, logical, self.destination_error)
             os.fsync(fd)
+            self._put_in(logical.rpartition("/")[0])
 
     def content(self, logical: str, node: Node) -> str:
         """Restore a file: written beside its place, checked, fsynced, renamed. A database goes
@@ -623,6 +740,12 @@ class FileWriter:
         """A file was just renamed into the logical folder `folder`: `sync_dirs` makes it durable."""
         with self._roots_lock:
             self._unsynced.add(folder)
+        self._put_in(folder)
+
+    def _put_in(self, folder: str) -> None:
+        """A file (or link) was put in the logical folder `folder`: counted for `check_folders`."""
+        with self._roots_lock:
+            self._files_in[folder] = self._files_in.get(folder, 0) + 1
 
     def sync_dirs(self) -> None:
         """fsync each folder a file was renamed into or a folder created in: the renames and the
@@ -698,6 +821,15 @@ class Written:
             os.close(self.out)
         with contextlib.suppress(OSError):
             os.close(self.dfd)
+
+
+def _now_there(exc: OSError) -> str:
+    """What `check_folders` found at a folder's path, from the error opening it there."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return "was moved away and a symlink or a file put in its place"
+    if exc.errno == errno.ENOENT:
+        return "was moved away or removed"
+    return f"cannot be opened any more ({exc.strerror})"
 
 
 def _drop_temp(fd: int, tmp: str) -> None:
