@@ -20,9 +20,8 @@ def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 # The longest files (`pytest --durations=0`, summed per file; 2026-12-06), first: with
 # `--dist loadfile` a worker takes a whole file, and a long one taken last leaves the other workers
-# idle at the end (the load of a run fell to about one
-# busy worker for its last minute). The order of the tests
-# inside a file, and of every other file, is kept.
+# idle at the end (the load of a run fell to about one busy worker for its last minute). The order
+# of the tests inside a file, and of every other file, is kept.
 LONGEST_FIRST = (
     "e2e/test_watch_slow_target.py",
     "e2e/test_stop_signals.py",
