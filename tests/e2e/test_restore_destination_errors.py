@@ -195,3 +195,22 @@ def test_a_leftover_the_restore_cannot_remove_is_said(sandbox: Sandbox, tmp_path
     assert "temporary file" not in again.err, again
     assert not stuck.exists()
     assert (tree / "sub" / "deep" / "note.md").read_bytes() == NOTE
+
+
+def test_an_export_whose_folder_cannot_be_created_is_one_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx export --output LOCKED/new/out` below an immutable folder: the export's parent folder
+    cannot be created (EPERM). Before: "unexpected internal error (PermissionError ...): a bug in
+    Phoenix"; now one sentence naming the folder and the attribute, exit 1, nothing left; once the
+    attribute is gone the same export completes."""
+    sb = sandbox
+    sb.backup()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = locked / "new" / "out"
+    with _immutable(locked):
+        res = sb.phx("export", "--output", out, check=None)
+        assert "bug in Phoenix" not in res.err, res
+        assert_error(res, 1, "permission denied", str(locked / "new"), "lsattr")
+        assert list(locked.iterdir()) == []
+    sb.phx("export", "--output", out)
+    assert (out / "checksums.json").is_file()
