@@ -614,12 +614,18 @@ class FileWriter:
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
                 self._created_in(logical.rpartition("/")[0])
+                exists = False
             except FileExistsError:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode):
-                    raise self.not_a_folder(logical) from None
+                exists = True
             except OSError as exc:
                 raise self.folder_error(exc, logical, "creating") from exc
+            if exists:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    raise self.folder_error(exc, logical, "opening") from exc
+                if not stat.S_ISDIR(st.st_mode):
+                    raise self.not_a_folder(logical)
         self._dir_meta.append((logical, node))
 
     def finish_dirs(self) -> None:
@@ -656,7 +662,10 @@ class FileWriter:
     def metadata(self, logical: str, node: Node) -> str:
         """Mode, owner and times of a file whose content already matches."""
         with self.parent_dir(logical, create=False) as (fd, name):
-            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            try:
+                f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            except OSError as exc:  # not readable by this user, a symlink swapped in
+                raise unsafe_or_error(exc, logical, self.destination_error) from exc
             try:
                 if grants_privilege(node, os.fstat(f)):  # swapped in since the plan saw it
                     raise UnsafePath(
@@ -841,7 +850,7 @@ class FileWriter:
         except FileNotFoundError:
             pass  # a folder on the way is gone already
         except OSError as exc:
-            raise os_error(exc, f"deleting {logical}") from exc
+            raise self.destination_error(exc, logical, what=f"deleting {logical}") from exc
         return "ok"
 
 
