@@ -214,3 +214,25 @@ def test_an_export_whose_folder_cannot_be_created_is_one_clear_error(sandbox: Sa
         assert list(locked.iterdir()) == []
     sb.phx("export", "--output", out)
     assert (out / "checksums.json").is_file()
+
+
+def test_in_place_a_folder_the_workspace_refuses_is_one_clear_error(sandbox: Sandbox) -> None:
+    """In place (no --to) the same: a folder of the workspace the restore must create below an
+    immutable one is one sentence naming it by its snapshot path and its real path (exit 1, the
+    safety snapshot taken, no temporary file left); once the attribute is gone the same restore
+    completes."""
+    sb = sandbox
+    tree = sb.workspace / "tree"
+    deep = tree / "sub" / "deep"
+    deep.mkdir(parents=True)
+    (deep / "note.md").write_bytes(NOTE)
+    snap = sb.backup()
+    shutil.rmtree(tree / "sub")
+    with _immutable(tree):
+        res = sb.phx("restore", "--backup", snap["id"], "--yes", check=None, timeout=120)
+        assert "bug in Phoenix" not in res.err, res
+        line = assert_error(res, 1, "permission denied", "lsattr")
+        assert f"the folder workspace/tree/sub in the destination ({tree / 'sub'})" in line, line
+        assert [str(p) for p in sb.workspace.rglob(".phx-tmp-*")] == []
+    sb.phx("restore", "--backup", snap["id"], "--yes", timeout=120)
+    assert (deep / "note.md").read_bytes() == NOTE
