@@ -572,9 +572,9 @@ class FileWriter:
 
     def clean_leftovers(self, folders: list[str]) -> None:
         """Remove temporary files that killed restores left in the folders this one writes to. One
-        that cannot be removed, or a folder that cannot be looked in, is one warning naming it and
-        why (the restore goes on); a folder not there yet, or not a folder, holds none of ours, and
-        a file gone already is what was wanted."""
+        that cannot be removed, or a folder opened that cannot be listed, is one warning naming it
+        and why (the restore goes on); a folder not there yet, or not a folder, holds none of ours,
+        and a file gone already is what was wanted."""
         for logical in folders:
             try:
                 with self.open_dir(logical) as dfd:
@@ -590,8 +590,11 @@ class FileWriter:
                                 f"warning: {self._real(logical) / name}, a temporary file a killed restore left, "
                                 f"could not be removed ({exc.strerror}); remove it yourself"
                             )
-            except (FileNotFoundError, NotADirectoryError, UnsafePath):
-                continue  # not there yet, or not a folder (a symlink or a file): nothing of ours in it
+            except (FileNotFoundError, NotADirectoryError, PhoenixError):
+                # Not there yet, or not a folder (a symlink or a file): nothing of ours in it. A
+                # folder that cannot be opened (PhoenixError, `folder_error`) is the error of the
+                # restore's own step for it, said once, there.
+                continue
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     continue
@@ -599,8 +602,6 @@ class FileWriter:
                     f"warning: the folder {self._real(logical)} could not be searched for temporary files killed "
                     f"restores left ({exc.strerror}); any there stay"
                 )
-            except PhoenixError as exc:
-                self.repo.notice(f"warning: temporary files killed restores left were not looked for: {exc}")
 
     def directory(self, logical: str, node: Node) -> None:
         if "/" not in logical:
