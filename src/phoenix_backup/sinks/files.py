@@ -586,10 +586,7 @@ class FileWriter:
                         except FileNotFoundError:
                             continue
                         except OSError as exc:
-                            self.repo.notice(
-                                f"warning: {self._real(logical) / name}, a temporary file a killed restore left, "
-                                f"could not be removed ({exc.strerror}); remove it yourself"
-                            )
+                            self.repo.notice(f"warning: {leftovers.unremovable(self._real(logical) / name, exc)}")
             except (FileNotFoundError, NotADirectoryError, PhoenixError):
                 # Not there yet, or not a folder (a symlink or a file): nothing of ours in it. A
                 # folder that cannot be opened (PhoenixError, `folder_error`) is the error of the
