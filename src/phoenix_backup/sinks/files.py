@@ -433,7 +433,8 @@ class FileWriter:
         its folders one open each. A kept descriptor is of the folder this restore opened, checked
         as a folder: a link put in its place since is never followed (the writes go on in the
         folder itself, wherever it is now). A symlink or a file met on the way is UnsafePath (the
-        last component's error as it is with `last_as_is`)."""
+        last component's error as it is with `last_as_is`); a folder missing without `create` is
+        FileNotFoundError; any other error is `folder_error`'s sentence naming the folder."""
         base = self._base(parts[0])
         with self._roots_lock:
             path = "/".join(parts)
