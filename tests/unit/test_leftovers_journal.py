@@ -76,9 +76,10 @@ def test_a_killed_process_leaves_nothing_of_its_second_restore(tmp_path: Path, c
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert [p.name for p in second.iterdir()] != [], "the child wrote no temporary file"
 
-    removed = leftovers.clean()  # what the next command does
+    removed, problems = leftovers.clean()  # what the next command does
 
     assert [p.name for p in second.iterdir()] == [], f"the killed restore's temporary file stayed: {removed}"
+    assert problems == []
     assert [p.name for p in first.iterdir()] == ["done.db"]
     assert list((cache / "restore-journal").iterdir()) == []
 
@@ -189,7 +190,7 @@ def test_a_pid_too_large_for_any_process_ends_no_command(tmp_path: Path, cache: 
     me = ProcessTag.current()
     head = {"host": me.host, "bootId": me.boot_id, "pidNamespace": me.pid_ns, "timeNamespace": me.time_ns}
     leftover = _plant(cache, folder, "huge", {**head, "pid": 2**64, "start": 5})
-    assert leftovers.clean() == [str(leftover)]
+    assert leftovers.clean() == ([str(leftover)], [])
     assert list((cache / "restore-journal").iterdir()) == []
 
     tmp = tmp_path / "tmp"

@@ -810,9 +810,11 @@ def load(envx: Environment, config_path: str | None, location: str | None = None
     """The config; with `location` (`--repo`, `PHX_REPOSITORY`) reading from that repository alone,
     from the config file when there is one, else from the ArgentOS defaults (a new machine).
     First, every command removes what killed restores left in the user's folders."""
-    removed = leftovers.clean()
+    removed, problems = leftovers.clean()
     if removed:
         envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
+    for problem in problems:
+        envx.notice(f"warning: {problem}")
     if location is None:
         return remember_append_only(load_config(find_config_path(config_path, envx.env), envx.env), envx.env)
     from phoenix_backup.config.location import config_for_location

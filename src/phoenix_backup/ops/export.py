@@ -269,7 +269,11 @@ def export(
             f"{output} is a mount point, which the export cannot replace with its own folder; "
             f"choose a folder inside it, e.g. --output {output / 'export'}"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a folder of another owner, immutable, read-only, a file in the way
+        what = f"creating the folder {output.parent} of the export"
+        raise os_error(exc, what, destination=output.parent) from exc
     # Named and journalled as a restore's temporary files are, so that the next command removes
     # the folder of an export that was killed (sinks/leftovers.py); backups never save it.
     journal = leftovers.Journal(envx.notice)

@@ -436,7 +436,10 @@ class _Restore:
             self.warnings.append("nothing to restore: every selected path already matches the snapshot")
             return result
         if not self.in_place:
-            self.write(plan, result)
+            try:
+                self.write(plan, result)
+            except OSError as exc:  # what the writer does not name itself, as in place below
+                raise os_error(exc, f"restoring to {self.to}") from exc
             result.phoenix_config = self.restored_config(plan, result)
             return result
         stop = self.gateway("stop")

@@ -295,12 +295,7 @@ class FileWriter:
                         os.fsync(top)  # once per root and restore: not worth batching
                 fd = os.open(root, _DIR_FLAGS, dir_fd=top)
             except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePath(
-                        f"{self.to / root} is a symlink or not a folder; Phoenix never writes through links "
-                        "— move it aside and restore again"
-                    ) from exc
-                raise os_error(exc, f"opening the restore destination {self.to / root}") from exc
+                raise self.folder_error(exc, root, "creating or opening") from exc
             finally:
                 os.close(top)
         st = os.fstat(fd)
@@ -373,7 +368,10 @@ class FileWriter:
                 parent = path.rpartition("/")[0]
                 while at != parent:  # back up to the parent, through "..", checked
                     at = at.rpartition("/")[0]
-                    nfd = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        nfd = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                    except OSError as exc:
+                        return at, _now_there(exc)
                     os.close(fd)
                     fd = nfd
                     st = os.fstat(fd)
@@ -435,15 +433,16 @@ class FileWriter:
         its folders one open each. A kept descriptor is of the folder this restore opened, checked
         as a folder: a link put in its place since is never followed (the writes go on in the
         folder itself, wherever it is now). A symlink or a file met on the way is UnsafePath (the
-        last component's error as it is with `last_as_is`)."""
+        last component's error as it is with `last_as_is`); a folder missing without `create` is
+        FileNotFoundError; any other error is `folder_error`'s sentence naming the folder."""
         base = self._base(parts[0])
         with self._roots_lock:
             path = "/".join(parts)
             if len(parts) == 1:
-                return os.dup(base)
+                return self._dup(base, path)
             if (kept := self._kept.get(path)) is not None:
                 self._kept.move_to_end(path)
-                return os.dup(kept)
+                return self._dup(kept, path)
             depth, fd = 1, base
             for known, kfd in self._kept.items():  # the deepest kept folder above (KEPT_FOLDERS at most)
                 n = known.count("/") + 1
@@ -452,7 +451,7 @@ class FileWriter:
             up = self._up_from_child(path, len(parts) - depth)
             if up is not None:
                 return up
-            fd = os.dup(fd)
+            fd = self._dup(fd, "/".join(parts[:depth]))
             try:
                 for i in range(depth, len(parts)):
                     nfd = self._open_below(
@@ -480,15 +479,41 @@ class FileWriter:
                     self._unsynced.add("/".join(parts[:i]))  # `_created_in`, under the lock held here
                 nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and not as_is:  # a symlink or a file in the way
-                raise UnsafePath(
-                    f"{comp} in the destination of {logical} is a symlink or not a folder; "
-                    "Phoenix never writes through links — move it aside and restore again"
-                ) from exc
-            raise
+            if isinstance(exc, FileNotFoundError) and not create:
+                raise  # the callers that do not create skip a folder that is not there
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and as_is:
+                raise  # the callers of `open_dir` tell the last component's symlink or file apart
+            raise self.folder_error(
+                exc, "/".join(parts[: i + 1]), "creating or opening" if create else "opening"
+            ) from exc
         st = os.fstat(nfd)
         self._ids["/".join(parts[: i + 1])] = (st.st_dev, st.st_ino)
         return nfd
+
+    def _dup(self, fd: int, logical: str) -> int:
+        """A new descriptor of the folder `logical`, open as `fd` (none left: `ulimit -n`)."""
+        try:
+            return os.dup(fd)
+        except OSError as exc:
+            raise self.folder_error(exc, logical, "opening") from exc
+
+    def folder_error(self, exc: OSError, logical: str, doing: str) -> PhoenixError:
+        """An error `doing` (creating, opening, syncing...) the folder `logical` of the destination:
+        one sentence naming it by its logical and its real path, and what to check (the folder's
+        owner and mode, an immutable attribute, a read-only mount, a full disk, `ulimit -n`); a
+        symlink or a file in its place is UnsafePath, as everywhere a restore meets one."""
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return self.not_a_folder(logical)
+        return self.destination_error(
+            exc, logical, what=f"{doing} the folder {logical} in the destination ({self._real(logical)})"
+        )
+
+    def not_a_folder(self, logical: str) -> UnsafePath:
+        """A symlink or a file where the folder `logical` of the destination goes."""
+        return UnsafePath(
+            f"the folder {logical} in the destination ({self._real(logical)}) is a symlink or not a folder; Phoenix "
+            "never writes through links — move it aside and restore again"
+        )
 
     def _up_from_child(self, path: str, most: int) -> int | None:
         """A descriptor of the folder `path` through ".." of its nearest kept folder below (fewer
@@ -547,16 +572,34 @@ class FileWriter:
                 os.close(fd)
 
     def clean_leftovers(self, folders: list[str]) -> None:
-        """Remove temporary files that killed restores left in the folders this one writes to."""
+        """Remove temporary files that killed restores left in the folders this one writes to. One
+        that cannot be removed, or a folder opened that cannot be listed, is one warning naming it
+        and why (the restore goes on); a folder not there yet, or not a folder, holds none of ours,
+        and a file gone already is what was wanted."""
         for logical in folders:
             try:
                 with self.open_dir(logical) as dfd:
                     for name in os.listdir(dfd):
-                        if _leftover(name):
-                            with contextlib.suppress(FileNotFoundError):
-                                os.unlink(name, dir_fd=dfd)
-            except (OSError, UnsafePath):
-                continue  # not there yet, or not a folder: nothing of ours in it
+                        if not _leftover(name):
+                            continue
+                        try:
+                            os.unlink(name, dir_fd=dfd)
+                        except FileNotFoundError:
+                            continue
+                        except OSError as exc:
+                            self.repo.notice(f"warning: {leftovers.unremovable(self._real(logical) / name, exc)}")
+            except (FileNotFoundError, NotADirectoryError, PhoenixError):
+                # Not there yet, or not a folder (a symlink or a file): nothing of ours in it. A
+                # folder that cannot be opened (PhoenixError, `folder_error`) is the error of the
+                # restore's own step for it, said once, there.
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    continue
+                self.repo.notice(
+                    f"warning: the folder {self._real(logical)} could not be searched for temporary files killed "
+                    f"restores left ({exc.strerror}); any there stay"
+                )
 
     def directory(self, logical: str, node: Node) -> None:
         if "/" not in logical:
@@ -570,12 +613,18 @@ class FileWriter:
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
                 self._created_in(logical.rpartition("/")[0])
+                exists = False
             except FileExistsError:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                exists = True
+            except OSError as exc:
+                raise self.folder_error(exc, logical, "creating") from exc
+            if exists:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    raise self.folder_error(exc, logical, "opening") from exc
                 if not stat.S_ISDIR(st.st_mode):
-                    raise UnsafePath(
-                        f"{logical} exists in the destination and is not a folder; move it aside and restore again"
-                    ) from None
+                    raise self.not_a_folder(logical)
         self._dir_meta.append((logical, node))
 
     def finish_dirs(self) -> None:
@@ -589,12 +638,17 @@ class FileWriter:
                     os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
             except FileNotFoundError:
                 continue  # removed since (its creation failed and was reported)
+            except OSError as exc:
+                raise self.folder_error(exc, logical, "setting the mode and times of") from exc
 
     def symlink(self, logical: str, node: Node) -> None:
         assert node.link_target is not None
         with self.parent_dir(logical) as (fd, name):
             tmp = self._temp_name(logical)
-            os.symlink(node.link_target, tmp, dir_fd=fd)
+            try:
+                os.symlink(node.link_target, tmp, dir_fd=fd)
+            except OSError as exc:  # the folder takes no new entry (its mode, an immutable attribute, a full disk)
+                raise unsafe_or_error(exc, logical, self.destination_error) from exc
             rename_over(fd, tmp, name, logical, self.destination_error)
             self._put_in(logical.rpartition("/")[0])
             with contextlib.suppress(OSError, NotImplementedError):
@@ -607,7 +661,10 @@ class FileWriter:
     def metadata(self, logical: str, node: Node) -> str:
         """Mode, owner and times of a file whose content already matches."""
         with self.parent_dir(logical, create=False) as (fd, name):
-            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            try:
+                f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            except OSError as exc:  # not readable by this user, a symlink swapped in
+                raise unsafe_or_error(exc, logical, self.destination_error) from exc
             try:
                 if grants_privilege(node, os.fstat(f)):  # swapped in since the plan saw it
                     raise UnsafePath(
@@ -684,10 +741,14 @@ class FileWriter:
             raise
         return tmp, out
 
+    def _real(self, logical: str) -> Path:
+        """Where the logical path `logical` is in the destination."""
+        return self.to / logical if self.to is not None else self.layout.to_real(logical)
+
     def destination_error(self, exc: OSError, logical: str, need: int = 0, what: str | None = None) -> PhoenixError:
         """An error of writing `logical` in the destination: a full disk or an I/O error names
         the destination's path and disk, never the repository (storage/local.py `os_error`)."""
-        where = self.to / logical if self.to is not None else self.layout.to_real(logical)
+        where = self._real(logical)
         backend = self.repo.backend
         repository = Path(backend.location) if backend.kind == "local" else None
         return os_error(exc, what or f"restoring {logical}", destination=where, need=need, repository=repository)
@@ -696,7 +757,12 @@ class FileWriter:
         """Replace a file with `data` atomically (temp file, fsync, rename)."""
         with self.parent_dir(logical) as (fd, name):
             tmp = self._temp_name(logical)
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+            try:
+                out = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd
+                )
+            except OSError as exc:
+                raise unsafe_or_error(exc, logical, self.destination_error) from exc
             try:
                 view = memoryview(data)
                 while view:
@@ -760,7 +826,7 @@ class FileWriter:
             except FileNotFoundError:
                 continue  # removed since (by this restore's deletions): nothing of ours to keep
             except OSError as exc:
-                raise self.destination_error(exc, folder, what=f"syncing the folder {folder}") from exc
+                raise self.folder_error(exc, folder, "syncing") from exc
 
     def remove(self, logical: str, kind: str) -> str:
         """Delete a path the restore's plan deletes (a database with its -wal, -shm and -journal)."""
@@ -783,7 +849,7 @@ class FileWriter:
         except FileNotFoundError:
             pass  # a folder on the way is gone already
         except OSError as exc:
-            raise os_error(exc, f"deleting {logical}") from exc
+            raise self.destination_error(exc, logical, what=f"deleting {logical}") from exc
         return "ok"
 
 

@@ -35,6 +35,7 @@ Backups never save such names (sources/files.py).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -152,22 +153,30 @@ def own_folder(path: Path) -> int | None:
     return fd
 
 
-def clean() -> list[str]:
-    """Remove what killed restores left (see the module docstring); return the paths removed."""
+def unremovable(path: Path, exc: OSError) -> str:
+    """The warning for a temporary file a killed restore left at `path` that could not be removed."""
+    return f"{path}, a temporary file a killed restore left, could not be removed ({exc.strerror}); remove it yourself"
+
+
+def clean() -> tuple[list[str], list[str]]:
+    """Remove what killed restores left (see the module docstring): (the paths removed, a warning
+    for each file that could not be removed or folder that could not be searched). Such a file
+    is said once: its journal is deleted as the others are."""
     folder = own_folder(journal_dir())
     if folder is None:
-        return []
+        return [], []
     removed: list[str] = []
+    problems: list[str] = []
     try:
         for name in sorted(os.listdir(folder)):
             with contextlib.suppress(OSError):
-                removed += _clean_one(folder, name)
+                removed += _clean_one(folder, name, problems)
     finally:
         os.close(folder)
-    return removed
+    return removed, problems
 
 
-def _clean_one(folder: int, name: str) -> list[str]:
+def _clean_one(folder: int, name: str, problems: list[str]) -> list[str]:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as f:
         lines = _lines(f)
@@ -188,7 +197,7 @@ def _clean_one(folder: int, name: str) -> list[str]:
                 path = json.loads(line)
                 if isinstance(path, str) and path.startswith("/") and path not in seen:
                     seen.add(path)
-                    removed += _remove_temporaries(Path(path), pid, start)
+                    removed += _remove_temporaries(Path(path), pid, start, problems)
     os.unlink(name, dir_fd=folder)
     return removed
 
@@ -225,10 +234,20 @@ def _header(line: str) -> ProcessTag | None:
     return ProcessTag(host, boot, namespace, time_ns, pid, start)
 
 
-def _remove_temporaries(folder: Path, pid: int, start: int) -> list[str]:
+def _remove_temporaries(folder: Path, pid: int, start: int, problems: list[str]) -> list[str]:
+    """Remove the temporary files of the restore `pid`/`start` in `folder`; the paths removed. A
+    folder gone, not a folder or a symlink holds none; one that cannot be searched, or a file that
+    cannot be removed, is a warning added to `problems`."""
     try:
         dfd = os.open(folder, _DIR_FLAGS)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            problems.append(
+                f"the folder {folder} could not be searched for temporary files a killed restore left "
+                f"({exc.strerror}); any there stay"
+            )
         return []
     removed = []
     try:
@@ -236,12 +255,17 @@ def _remove_temporaries(folder: Path, pid: int, start: int) -> list[str]:
             m = RESTORE_TEMP.match(name)
             if m is None or int(m.group(1)) != pid or int(m.group(2)) != start:
                 continue
-            with contextlib.suppress(FileNotFoundError, PermissionError):
+            try:
                 try:
                     os.unlink(name, dir_fd=dfd)
                 except IsADirectoryError:  # a killed export's temporary folder (ops/export.py)
                     shutil.rmtree(name, dir_fd=dfd)
-                removed.append(str(folder / name))
+            except FileNotFoundError:
+                continue  # removed by another command meanwhile
+            except OSError as exc:
+                problems.append(unremovable(folder / name, exc))
+                continue
+            removed.append(str(folder / name))
     finally:
         os.close(dfd)
     return removed

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.errors import RestoreError, UnsafePath
+from phoenix_backup.errors import PhoenixError, RestoreError, UnsafePath
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.repository import Repository
@@ -108,8 +108,9 @@ def write_copy(
 
 
 def discard_copy(writer: FileWriter, logical: str, copy: Copy) -> None:
-    """Remove a copy `write_copy` wrote that will not be applied."""
-    with contextlib.suppress(OSError), writer.parent_dir(logical, create=False) as (fd, _name):
+    """Remove a copy `write_copy` wrote that will not be applied (a clean-up after another error:
+    failing, it leaves the copy to the next restore's `clean_leftovers`)."""
+    with contextlib.suppress(OSError, PhoenixError), writer.parent_dir(logical, create=False) as (fd, _name):
         discard(fd, copy.name)
 
 

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import os
+import resource
 import shutil
 import stat
 import threading
@@ -158,7 +159,15 @@ def os_error(
     if exc.errno in (errno.EACCES, errno.EPERM):
         # EPERM, not EACCES, is also what an immutable or append-only file or folder answers.
         also = " (an immutable or append-only attribute counts too: `lsattr -d`)" if exc.errno == errno.EPERM else ""
-        return StorageError(f"permission denied while {what}; check the owner and mode of {exc.filename}{also}")
+        # The name an error of a call relative to a folder descriptor carries is relative: the
+        # destination, when there is one, is the path the user can check.
+        check = f"{destination} and of the folder holding it" if destination is not None else exc.filename
+        return StorageError(f"permission denied while {what}; check the owner and mode of {check}{also}")
+    if exc.errno == errno.EMFILE:
+        return StorageError(
+            f"too many open files while {what}: this process may open {_open_files_limit()} (`ulimit -n`); "
+            "raise that limit (`ulimit -n 4096`) and run again"
+        )
     if exc.errno == errno.EFBIG:
         return StorageError(
             f"a file size limit of this process (`ulimit -f`: {_file_size_limit()}) stopped {what}; "
@@ -594,10 +603,14 @@ class _Readers:
                 self._retire(self._open.popitem(last=False)[1])
 
 
+def _open_files_limit() -> str:
+    """How many files this process may open (RLIMIT_NOFILE's soft limit), as `ulimit -n` sets it."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return "any number of files" if soft == resource.RLIM_INFINITY else f"{soft} files"
+
+
 def _file_size_limit() -> str:
     """The file size limit of this process (RLIMIT_FSIZE), as `ulimit -f` sets it, in words."""
-    import resource
-
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     return "none" if limit == resource.RLIM_INFINITY else f"{limit} bytes"
 
