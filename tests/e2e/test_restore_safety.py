@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -244,13 +245,15 @@ def test_a_folder_moved_for_a_link_during_the_restore_fails_it(
         (outside / name.removeprefix("memory/")).write_bytes(b"planted\n")
     real = FileWriter.renamed_into
     swapped = []
+    once = threading.Lock()  # two sync threads may both be the first into the folder
 
     def swap_after_the_first_file(self: FileWriter, folder: str) -> None:
         real(self, folder)
-        if folder == "workspace/memory" and not swapped:
-            os.rename(dest / "workspace" / "memory", moved)
-            os.symlink(outside, dest / "workspace" / "memory")
-            swapped.append(folder)
+        with once:
+            if folder == "workspace/memory" and not swapped:
+                os.rename(dest / "workspace" / "memory", moved)
+                os.symlink(outside, dest / "workspace" / "memory")
+                swapped.append(folder)
 
     monkeypatch.setattr(FileWriter, "renamed_into", swap_after_the_first_file)
     saved = dict(os.environ)
