@@ -9,6 +9,19 @@ from collections.abc import Iterable
 from enum import IntEnum
 
 
+def shown(name: object) -> str:
+    """A file or folder name (or a path) as a message shows it: its control characters (a newline,
+    an ANSI escape from a hostile name) escaped (`\\n`, `\\x1b`), so that the message stays one line
+    and writes nothing to the terminal but text."""
+    text = str(name)
+    if text.isprintable():
+        return text
+    return "".join(_ESCAPES.get(c, f"\\x{ord(c):02x}") if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 class ExitStatus(IntEnum):
     """The exit codes of `phx`, a scripting contract (docs/cli.md, "Exit codes")."""
 

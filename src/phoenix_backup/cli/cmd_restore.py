@@ -19,7 +19,7 @@ from phoenix_backup.cli.app import (
     thaw_option,
 )
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, folder_argument
 
@@ -258,5 +258,5 @@ def _at(
         out.notice(f"warning: {note}")
     out.result(result.to_json(), "\n".join(lines), data=True)
     for e in result.errors:
-        out.problem(f"not restored: {e['path']}: {e['error']}")
+        out.problem(f"not restored: {shown(e['path'])}: {e['error']}")
     return result.exit_status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from phoenix_backup.errors import shown
 from phoenix_backup.units import human_size
 
 if TYPE_CHECKING:  # only annotations: a command imports the use cases it runs, not all of them
@@ -133,7 +134,7 @@ def restore(r: RestoreResult, verbose: bool) -> str:
     if a is not None and a.realigned:
         lines.append(f"  realigned {a.manifest}: new hashes for {', '.join(a.rewritten)} (--realign)")
     for err in r.errors:
-        lines.append(f"  not restored: {err['path']}: {err['error']}")
+        lines.append(f"  not restored: {shown(err['path'])}: {err['error']}")
     if r.phoenix_config:
         lines.append(
             f"  the Phoenix config this backup ran with: {r.phoenix_config} (check its paths, then copy it to "

@@ -813,7 +813,7 @@ def load(envx: Environment, config_path: str | None, location: str | None = None
     removed, problems = leftovers.clean()
     if removed:
         envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
-    for problem in problems:
+    for problem in leftovers.bounded(problems):
         envx.notice(f"warning: {problem}")
     if location is None:
         return remember_append_only(load_config(find_config_path(config_path, envx.env), envx.env), envx.env)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import cast
 
 from phoenix_backup.dirs import make_dirs
-from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath
+from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath, shown
 from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.reader import NodeReader, PackSchedule
 from phoenix_backup.repo.repository import Repository
@@ -505,13 +505,14 @@ class FileWriter:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             return self.not_a_folder(logical)
         return self.destination_error(
-            exc, logical, what=f"{doing} the folder {logical} in the destination ({self._real(logical)})"
+            exc, logical, what=f"{doing} the folder {shown(logical)} in the destination ({shown(self._real(logical))})"
         )
 
     def not_a_folder(self, logical: str) -> UnsafePath:
         """A symlink or a file where the folder `logical` of the destination goes."""
         return UnsafePath(
-            f"the folder {logical} in the destination ({self._real(logical)}) is a symlink or not a folder; Phoenix "
+            f"the folder {shown(logical)} in the destination ({shown(self._real(logical))}) is a symlink or not a "
+            "folder; Phoenix "
             "never writes through links — move it aside and restore again"
         )
 
@@ -576,6 +577,7 @@ class FileWriter:
         that cannot be removed, or a folder opened that cannot be listed, is one warning naming it
         and why (the restore goes on); a folder not there yet, or not a folder, holds none of ours,
         and a file gone already is what was wanted."""
+        problems: list[str] = []
         for logical in folders:
             try:
                 with self.open_dir(logical) as dfd:
@@ -587,7 +589,7 @@ class FileWriter:
                         except FileNotFoundError:
                             continue
                         except OSError as exc:
-                            self.repo.notice(f"warning: {leftovers.unremovable(self._real(logical) / name, exc)}")
+                            problems.append(leftovers.unremovable(self._real(logical) / name, exc))
             except (FileNotFoundError, NotADirectoryError, PhoenixError):
                 # Not there yet, or not a folder (a symlink or a file): nothing of ours in it. A
                 # folder that cannot be opened (PhoenixError, `folder_error`) is the error of the
@@ -596,10 +598,9 @@ class FileWriter:
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     continue
-                self.repo.notice(
-                    f"warning: the folder {self._real(logical)} could not be searched for temporary files killed "
-                    f"restores left ({exc.strerror}); any there stay"
-                )
+                problems.append(leftovers.unsearchable(self._real(logical), exc))
+        for problem in leftovers.bounded(problems):
+            self.repo.notice(f"warning: {problem}")
 
     def directory(self, logical: str, node: Node) -> None:
         if "/" not in logical:

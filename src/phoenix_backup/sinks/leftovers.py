@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO
 
 from phoenix_backup.dirs import make_dirs
+from phoenix_backup.errors import shown
 from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.repo.locks import ProcessTag, own_start_time
 from phoenix_backup.sources.files import RESTORE_TEMP
@@ -153,9 +154,38 @@ def own_folder(path: Path) -> int | None:
     return fd
 
 
+# The warnings of one clean-up said one by one; past them, one line counts the rest (a folder of
+# 10,000 files no one may remove is not 10,000 lines before a command's output).
+SHOWN_PROBLEMS = 3
+
+
 def unremovable(path: Path, exc: OSError) -> str:
     """The warning for a temporary file a killed restore left at `path` that could not be removed."""
-    return f"{path}, a temporary file a killed restore left, could not be removed ({exc.strerror}); remove it yourself"
+    return (
+        f"{shown(path)}, a temporary file a killed restore left, could not be removed ({exc.strerror}); "
+        "remove it yourself"
+    )
+
+
+def unsearchable(folder: Path, exc: OSError) -> str:
+    """The warning for a folder that could not be searched for a killed restore's temporary files."""
+    return (
+        f"the folder {shown(folder)} could not be searched for temporary files killed restores left "
+        f"({exc.strerror}); any there stay"
+    )
+
+
+def bounded(problems: list[str]) -> list[str]:
+    """The warnings of a clean-up as they are said: the first SHOWN_PROBLEMS, then one counting the
+    rest."""
+    if len(problems) <= SHOWN_PROBLEMS + 1:
+        return problems
+    rest = len(problems) - SHOWN_PROBLEMS
+    return [
+        *problems[:SHOWN_PROBLEMS],
+        f"{rest} more temporary files killed restores left could not be removed, or folders holding them "
+        "searched, for the same kinds of reason; remove them yourself",
+    ]
 
 
 def clean() -> tuple[list[str], list[str]]:
@@ -244,10 +274,7 @@ def _remove_temporaries(folder: Path, pid: int, start: int, problems: list[str])
         return []
     except OSError as exc:
         if exc.errno != errno.ELOOP:
-            problems.append(
-                f"the folder {folder} could not be searched for temporary files a killed restore left "
-                f"({exc.strerror}); any there stay"
-            )
+            problems.append(unsearchable(folder, exc))
         return []
     removed = []
     try:

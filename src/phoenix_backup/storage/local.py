@@ -24,6 +24,7 @@ from phoenix_backup.errors import (
     RepositoryExists,
     StorageError,
     UsageError,
+    shown,
 )
 from phoenix_backup.storage.base import (
     CONFIG_TEMP,
@@ -161,7 +162,7 @@ def os_error(
         also = " (an immutable or append-only attribute counts too: `lsattr -d`)" if exc.errno == errno.EPERM else ""
         # The name an error of a call relative to a folder descriptor carries is relative: the
         # destination, when there is one, is the path the user can check.
-        check = f"{destination} and of the folder holding it" if destination is not None else exc.filename
+        check = f"{shown(destination)} and of the folder holding it" if destination is not None else exc.filename
         return StorageError(f"permission denied while {what}; check the owner and mode of {check}{also}")
     if exc.errno == errno.EMFILE:
         return StorageError(

@@ -1,0 +1,113 @@
+"""Attacks on the destination-folder errors and the leftovers' warnings (tests/e2e/
+test_restore_destination_errors.py): many temporary files that cannot be removed are a bounded
+number of warnings, and a hostile folder name in an error is shown escaped, never raw."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox
+
+from phoenix_backup.repo.locks import boot_id, pid_namespace
+
+CAPLESS = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+MANY = 40  # unremovable leftovers: the bound is what is asserted, not the count (10,000 said the same)
+
+
+def _needs_setpriv() -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) runs phx without the capability to ignore file modes")
+
+
+def test_many_leftovers_the_journals_clean_up_cannot_remove_are_a_few_lines(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A killed restore's journal names a folder holding MANY of its temporary files, none
+    removable (the folder 0555, `phx` without the capability to ignore that): a few warnings
+    naming the first and one counting the rest, as text and as JSON lines. Before, one warning
+    line per file: 10,000 files were 10,000 lines before every command's output."""
+    _needs_setpriv()
+    sb = sandbox
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    dead = 2**22 + 13  # above pid_max's default: no such process
+    for i in range(MANY):
+        (folder / f".phx-tmp-{dead}-77-{i:012x}").write_bytes(b"half a file\n")
+    journals = sb.cache / "restore-journal"
+    journals.mkdir(parents=True, exist_ok=True)
+    head = {"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": dead, "start": 77}
+    folder.chmod(0o555)
+    try:
+        sb.prefix = CAPLESS
+        runs = []
+        for args in (["list"], ["--json", "list"]):
+            (journals / f"{dead}-77").write_text("\n".join(json.dumps(x) for x in (head, str(folder))) + "\n")
+            runs.append(sb.phx(*args, check=None))
+    finally:
+        sb.prefix = ()
+        folder.chmod(0o755)
+    text, as_json = runs
+    assert text.code == 0 and as_json.code == 0, runs
+    said = [line for line in text.stderr_lines() if "warning" in line]
+    assert 2 <= len(said) <= 4, said
+    assert said[0].startswith(f"phx: warning: {folder}/.phx-tmp-{dead}-77-"), said
+    assert f"{MANY - len(said) + 1} more" in said[-1], said
+    lines = [json.loads(line) for line in as_json.err.splitlines()]  # each line JSON
+    warned = [d for d in lines if d.get("level") == "warning"]
+    assert len(warned) == len(said), lines
+    assert all(d["type"] == "notice" and isinstance(d["message"], str) for d in warned), lines
+    assert len(list(folder.iterdir())) == MANY  # they stay, said
+
+
+def test_many_leftovers_the_restore_cannot_remove_are_a_few_lines(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The restore's own clean-up of the folders it writes to (`FileWriter.clean_leftovers`): MANY
+    temporary files of a killed restore in a folder it cannot remove them from are a few warnings
+    and a count, the restore goes on (exit 0). Before, one line per file."""
+    _needs_setpriv()
+    sb = sandbox
+    (sb.workspace / "tree").mkdir()
+    (sb.workspace / "tree" / "note.md").write_bytes(b"a note\n")
+    snap = sb.backup()
+    dest = tmp_path / "restored"
+    sb.phx("restore", "--backup", snap["id"], "--to", dest)
+    tree = dest / "workspace" / "tree"
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    for i in range(MANY):
+        (tree / f".phx-tmp-{dead}-12345-{i:012x}").write_bytes(b"half a file\n")
+    tree.chmod(0o555)
+    try:
+        sb.prefix = CAPLESS
+        res = sb.phx("restore", "--backup", snap["id"], "--to", dest, check=None, timeout=120)
+    finally:
+        sb.prefix = ()
+        tree.chmod(0o755)
+    assert res.code == 0, res
+    said = [line for line in res.stderr_lines() if "temporary file" in line]
+    assert 2 <= len(said) <= 4, said
+    assert said[0].startswith(f"phx: warning: {tree}/.phx-tmp-{dead}-12345-"), said
+    assert f"{MANY - len(said) + 1} more" in said[-1], said
+    assert len(list(tree.glob(".phx-tmp-*"))) == MANY
+
+
+def test_a_hostile_folder_name_in_the_error_is_shown_escaped(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A folder whose name holds a newline and an ANSI escape, with a file planted where it goes in
+    the destination: the per-path error (exit 3) names it escaped (`\\n`, `\\x1b`), one line, and
+    never writes the raw escape to the terminal. Before, the name went to stderr as it is: the
+    sentence broke over two lines and the escape cleared the user's screen."""
+    sb = sandbox
+    hostile = "evil\nname\x1b[2J"
+    (sb.workspace / hostile).mkdir()
+    (sb.workspace / hostile / "note.md").write_bytes(b"a note\n")
+    (sb.workspace / "plain.md").write_bytes(b"plain\n")
+    snap = sb.backup()
+    dest = tmp_path / "restored"
+    (dest / "workspace").mkdir(parents=True)
+    (dest / "workspace" / hostile).write_bytes(b"in the way\n")
+    res = sb.phx("restore", "--backup", snap["id"], "--to", dest, check=None, timeout=120)
+    assert res.code == 3, res
+    for stream in (res.out, res.err):
+        assert "\x1b" not in stream and "evil\nname" not in stream, res
+    said = [line for line in res.out.splitlines() if "not restored:" in line]
+    assert len(said) == 2 and all("evil\\nname\\x1b[2J" in line for line in said), res
+    assert (dest / "workspace" / "plain.md").read_bytes() == b"plain\n"
