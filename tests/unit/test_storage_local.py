@@ -467,3 +467,28 @@ def test_a_pack_deleted_while_a_thread_opens_it_is_not_kept_open(
     backend.read_range_into(name, 0, memoryview(buf))
     assert buf == data[:100]
     assert _pack_descriptors(backend.root) == []
+
+
+def test_too_many_open_files_suggests_a_limit_above_the_present_one() -> None:
+    """EMFILE (this process out of descriptors, in a pack read as in a folder) names the soft limit
+    and suggests one above it; ENFILE (the system's table full) is its own sentence. Before, a
+    process allowed 8,192 files was told to "raise that limit (`ulimit -n 4096`)", and ENFILE was
+    the bare strerror."""
+    import errno
+    import re
+    import resource
+
+    from phoenix_backup.storage.local import os_error
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = min(8192, before[1]) if before[1] != resource.RLIM_INFINITY else 8192
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
+    try:
+        said = str(os_error(OSError(errno.EMFILE, "Too many open files"), "reading the pack data/ab/abcd"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+    assert f"while reading the pack data/ab/abcd: this process may open {soft} files (`ulimit -n`)" in said, said
+    suggested = re.search(r"`ulimit -n (\d+)`", said)
+    assert suggested is not None and int(suggested.group(1)) > soft, said
+    system = str(os_error(OSError(errno.ENFILE, "Too many open files in system"), "reading the pack x"))
+    assert "fs.file-max" in system and "while reading the pack x" in system, system

@@ -167,7 +167,12 @@ def os_error(
     if exc.errno == errno.EMFILE:
         return StorageError(
             f"too many open files while {what}: this process may open {_open_files_limit()} (`ulimit -n`); "
-            "raise that limit (`ulimit -n 4096`) and run again"
+            f"raise that limit (`ulimit -n {_more_open_files()}`) and run again"
+        )
+    if exc.errno == errno.ENFILE:
+        return StorageError(
+            f"the system's table of open files is full while {what}; close programs that hold many files, "
+            "or raise the system's limit (`sysctl fs.file-max`), and run again"
         )
     if exc.errno == errno.EFBIG:
         return StorageError(
@@ -608,6 +613,13 @@ def _open_files_limit() -> str:
     """How many files this process may open (RLIMIT_NOFILE's soft limit), as `ulimit -n` sets it."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return "any number of files" if soft == resource.RLIM_INFINITY else f"{soft} files"
+
+
+def _more_open_files() -> int:
+    """A limit of open files to suggest: above the present one (4096 was advice to lower a limit of
+    20,000), 4096 at least."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 4096 if soft == resource.RLIM_INFINITY else max(4096, 2 * soft)
 
 
 def _file_size_limit() -> str:
