@@ -111,3 +111,25 @@ def test_a_hostile_folder_name_in_the_error_is_shown_escaped(sandbox: Sandbox, t
     said = [line for line in res.out.splitlines() if "not restored:" in line]
     assert len(said) == 2 and all("evil\\nname\\x1b[2J" in line for line in said), res
     assert (dest / "workspace" / "plain.md").read_bytes() == b"plain\n"
+
+
+def test_a_removed_leftover_with_a_hostile_name_is_said_escaped(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A killed restore's journal names a folder whose name holds a newline and an ANSI escape; its
+    temporary file there is removed and the notice naming it shows the name escaped, one line.
+    Before, `removed 1 temporary file(s) ... (e.g. PATH)` printed the path raw."""
+    sb = sandbox
+    folder = tmp_path / "evil\nname\x1b[2J"
+    folder.mkdir()
+    dead = 2**22 + 17
+    left = folder / f".phx-tmp-{dead}-77-00aa11bb22cc"
+    left.write_bytes(b"half a file\n")
+    journals = sb.cache / "restore-journal"
+    journals.mkdir(parents=True, exist_ok=True)
+    head = {"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": dead, "start": 77}
+    (journals / f"{dead}-77").write_text("\n".join(json.dumps(x) for x in (head, str(folder))) + "\n")
+    res = sb.phx("list", check=None)
+    assert res.code == 0, res
+    assert not left.exists()
+    assert "\x1b" not in res.err and "evil\nname" not in res.err, res
+    said = [line for line in res.stderr_lines() if "temporary file(s)" in line]
+    assert len(said) == 1 and "evil\\nname\\x1b[2J" in said[0], res

@@ -39,6 +39,7 @@ from phoenix_backup.errors import (
     StorageError,
     UsageError,
     WrongPassphrase,
+    shown,
 )
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.cache import Cache
@@ -812,7 +813,7 @@ def load(envx: Environment, config_path: str | None, location: str | None = None
     First, every command removes what killed restores left in the user's folders."""
     removed, problems = leftovers.clean()
     if removed:
-        envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {removed[0]})")
+        envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {shown(removed[0])})")
     for problem in leftovers.bounded(problems):
         envx.notice(f"warning: {problem}")
     if location is None:
