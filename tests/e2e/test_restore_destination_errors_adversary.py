@@ -5,11 +5,14 @@ number of warnings, and a hostile folder name in an error is shown escaped, neve
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import PHX, Sandbox
 
 from phoenix_backup.repo.locks import boot_id, pid_namespace
 
@@ -133,3 +136,46 @@ def test_a_removed_leftover_with_a_hostile_name_is_said_escaped(sandbox: Sandbox
     assert "\x1b" not in res.err and "evil\nname" not in res.err, res
     said = [line for line in res.stderr_lines() if "temporary file(s)" in line]
     assert len(said) == 1 and "evil\\nname\\x1b[2J" in said[0], res
+
+
+def test_a_destination_removed_while_the_restore_runs_is_one_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The destination's `workspace` folder removed while a restore writes a 16 MiB file into it:
+    exit 1, one sentence saying a folder of the destination is gone, naming it, and what to check,
+    no temporary file left. Before: "No such file or directory while restoring workspace/MEMORY.md",
+    naming neither the folder nor a fix."""
+    sb = sandbox
+    (sb.workspace / "big").mkdir()
+    (sb.workspace / "big" / "a.bin").write_bytes(os.urandom(16 << 20))  # incompressible: written for a while
+    snap = sb.backup()
+    dest = tmp_path / "restored"
+    proc = subprocess.Popen(
+        [PHX, "restore", "--backup", snap["id"], "--to", str(dest)],
+        env=dict(sb.env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        big, deadline = dest / "workspace" / "big", time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if big.is_dir() and any(big.glob(".phx-tmp-*")):
+                for _ in range(100):  # the restore creates entries while they are removed
+                    shutil.rmtree(dest / "workspace", ignore_errors=True)
+                    if not (dest / "workspace").exists():
+                        break
+                break
+            time.sleep(0.001)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode == 0:
+        pytest.skip("the restore finished before its folder could be removed")
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in err and "bug in Phoenix" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("phx: error: ")]
+    assert len(lines) == 1, err
+    assert "a folder of the destination is gone" in lines[0] and "removed or moved" in lines[0], err
+    assert str(dest) in lines[0], err
+    assert [str(p) for p in dest.rglob(".phx-tmp-*")] == []

@@ -439,7 +439,7 @@ class _Restore:
             try:
                 self.write(plan, result)
             except OSError as exc:  # what the writer does not name itself, as in place below
-                raise os_error(exc, f"restoring to {self.to}") from exc
+                raise os_error(exc, f"restoring to {self.to}", destination=self.to) from exc
             result.phoenix_config = self.restored_config(plan, result)
             return result
         stop = self.gateway("stop")

@@ -174,6 +174,12 @@ def os_error(
             f"the system's table of open files is full while {what}; close programs that hold many files, "
             "or raise the system's limit (`sysctl fs.file-max`), and run again"
         )
+    if exc.errno == errno.ENOENT and destination is not None:
+        # A folder the restore opened, or the destination itself, removed or moved while it ran.
+        return StorageError(
+            f"a folder of the destination is gone while {what} ({shown(destination)} or a folder above it was "
+            "removed or moved while the command ran); check that nothing else removes or moves it, and run again"
+        )
     if exc.errno == errno.EFBIG:
         return StorageError(
             f"a file size limit of this process (`ulimit -f`: {_file_size_limit()}) stopped {what}; "
