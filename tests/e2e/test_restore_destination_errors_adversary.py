@@ -140,7 +140,7 @@ def test_a_removed_leftover_with_a_hostile_name_is_said_escaped(sandbox: Sandbox
 
 def test_a_destination_removed_while_the_restore_runs_is_one_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
     """The destination's `workspace` folder removed while a restore writes a 16 MiB file into it:
-    exit 1, one sentence saying a folder of the destination is gone, naming it, and what to check,
+    exit 1, one sentence saying a folder is gone, naming it, and what to check,
     no temporary file left. Before: "No such file or directory while restoring workspace/MEMORY.md",
     naming neither the folder nor a fix."""
     sb = sandbox
@@ -176,6 +176,6 @@ def test_a_destination_removed_while_the_restore_runs_is_one_clear_error(sandbox
     assert "Traceback" not in err and "bug in Phoenix" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("phx: error: ")]
     assert len(lines) == 1, err
-    assert "a folder of the destination is gone" in lines[0] and "removed or moved" in lines[0], err
+    assert "a folder is gone while restoring" in lines[0] and "removed or moved" in lines[0], err
     assert str(dest) in lines[0], err
     assert [str(p) for p in dest.rglob(".phx-tmp-*")] == []

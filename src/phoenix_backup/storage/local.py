@@ -177,7 +177,7 @@ def os_error(
     if exc.errno == errno.ENOENT and destination is not None:
         # A folder the restore opened, or the destination itself, removed or moved while it ran.
         return StorageError(
-            f"a folder of the destination is gone while {what} ({shown(destination)} or a folder above it was "
+            f"a folder is gone while {what} ({shown(destination)} or a folder above it was "
             "removed or moved while the command ran); check that nothing else removes or moves it, and run again"
         )
     if exc.errno == errno.EFBIG:
