@@ -4,25 +4,36 @@ number of warnings, and a hostile folder name in an error is shown escaped, neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_support import PHX, Sandbox
+from test_restore_destination_errors import CAPLESS
 
 from phoenix_backup.repo.locks import boot_id, pid_namespace
 
-CAPLESS = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 MANY = 40  # unremovable leftovers: the bound is what is asserted, not the count (10,000 said the same)
 
 
-def _needs_setpriv() -> None:
+@contextlib.contextmanager
+def _locked_for_phx(sb: Sandbox, folder: Path) -> Iterator[None]:
+    """`folder` mode 0555 and each `phx` of `sb` run without the capability to ignore that."""
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) runs phx without the capability to ignore file modes")
+    folder.chmod(0o555)
+    sb.prefix = CAPLESS
+    try:
+        yield
+    finally:
+        sb.prefix = ()
+        folder.chmod(0o755)
 
 
 def test_many_leftovers_the_journals_clean_up_cannot_remove_are_a_few_lines(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -30,7 +41,6 @@ def test_many_leftovers_the_journals_clean_up_cannot_remove_are_a_few_lines(sand
     removable (the folder 0555, `phx` without the capability to ignore that): a few warnings
     naming the first and one counting the rest, as text and as JSON lines. Before, one warning
     line per file: 10,000 files were 10,000 lines before every command's output."""
-    _needs_setpriv()
     sb = sandbox
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -40,16 +50,11 @@ def test_many_leftovers_the_journals_clean_up_cannot_remove_are_a_few_lines(sand
     journals = sb.cache / "restore-journal"
     journals.mkdir(parents=True, exist_ok=True)
     head = {"bootId": boot_id(), "pidNamespace": pid_namespace(), "pid": dead, "start": 77}
-    folder.chmod(0o555)
-    try:
-        sb.prefix = CAPLESS
-        runs = []
+    runs = []
+    with _locked_for_phx(sb, folder):
         for args in (["list"], ["--json", "list"]):
             (journals / f"{dead}-77").write_text("\n".join(json.dumps(x) for x in (head, str(folder))) + "\n")
             runs.append(sb.phx(*args, check=None))
-    finally:
-        sb.prefix = ()
-        folder.chmod(0o755)
     text, as_json = runs
     assert text.code == 0 and as_json.code == 0, runs
     said = [line for line in text.stderr_lines() if "warning" in line]
@@ -67,7 +72,6 @@ def test_many_leftovers_the_restore_cannot_remove_are_a_few_lines(sandbox: Sandb
     """The restore's own clean-up of the folders it writes to (`FileWriter.clean_leftovers`): MANY
     temporary files of a killed restore in a folder it cannot remove them from are a few warnings
     and a count, the restore goes on (exit 0). Before, one line per file."""
-    _needs_setpriv()
     sb = sandbox
     (sb.workspace / "tree").mkdir()
     (sb.workspace / "tree" / "note.md").write_bytes(b"a note\n")
@@ -78,13 +82,8 @@ def test_many_leftovers_the_restore_cannot_remove_are_a_few_lines(sandbox: Sandb
     dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     for i in range(MANY):
         (tree / f".phx-tmp-{dead}-12345-{i:012x}").write_bytes(b"half a file\n")
-    tree.chmod(0o555)
-    try:
-        sb.prefix = CAPLESS
+    with _locked_for_phx(sb, tree):
         res = sb.phx("restore", "--backup", snap["id"], "--to", dest, check=None, timeout=120)
-    finally:
-        sb.prefix = ()
-        tree.chmod(0o755)
     assert res.code == 0, res
     said = [line for line in res.stderr_lines() if "temporary file" in line]
     assert 2 <= len(said) <= 4, said
