@@ -173,6 +173,7 @@ def test_a_slow_target_keeps_every_second_restorable_under_a_writer(
     print(f"recovery points at random seconds: {', '.join(f'{p:.2f}' for p in points)} s")
 
 
+@pytest.mark.skipif(not HEAVY, reason="a minute of slow writes; PHX_TEST_HEAVY=1 (the default run's time budget)")
 def test_a_kill_while_a_segment_is_written_loses_no_sealed_segment(
     slow_s3: tuple[Sandbox, FaultyProxy, str], moto: MotoServer, tmp_path: Path
 ) -> None:
