@@ -22,6 +22,15 @@ def shown(name: object) -> str:
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+def shown_lines(text: str) -> str:
+    """Text of several lines (a report, a listing, a completion script) as a terminal is given it:
+    each control character `shown` escapes escaped, but its newlines and tabs kept. A name's own
+    newline must be escaped (`shown`) where the name is put into a line."""
+    if text.isprintable():
+        return text
+    return "\n".join("\t".join(shown(part) for part in line.split("\t")) for line in text.split("\n"))
+
+
 class ExitStatus(IntEnum):
     """The exit codes of `phx`, a scripting contract (docs/cli.md, "Exit codes")."""
 

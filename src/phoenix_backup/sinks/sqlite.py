@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.errors import PhoenixError, RestoreError, UnsafePath
+from phoenix_backup.errors import PhoenixError, RestoreError, UnsafePath, shown
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.repository import Repository
@@ -107,11 +107,23 @@ def write_copy(
     return Copy(tmp, {"ran": True, "by": "restore"})
 
 
-def discard_copy(writer: FileWriter, logical: str, copy: Copy) -> None:
-    """Remove a copy `write_copy` wrote that will not be applied (a clean-up after another error:
-    failing, it leaves the copy to the next restore's `clean_leftovers`)."""
-    with contextlib.suppress(OSError, PhoenixError), writer.parent_dir(logical, create=False) as (fd, _name):
-        discard(fd, copy.name)
+def discard_copy(writer: FileWriter, logical: str, copy: Copy) -> str | None:
+    """Remove a copy `write_copy` wrote that will not be applied (a clean-up after another error).
+    One that cannot be removed stays for the next restore's `clean_leftovers`: the warning that
+    says so, naming it, is returned (the caller says it with the others, `leftovers.bounded`). A
+    folder that cannot be opened any more is the error of the restore's own step for it."""
+    with contextlib.suppress(PhoenixError), writer.parent_dir(logical, create=False) as (fd, _name):
+        try:
+            discard(fd, copy.name)
+        except FileNotFoundError:
+            pass  # gone already (applied by rename), as wanted
+        except OSError as exc:
+            path = writer.layout.to_real(logical, writer.to).parent / copy.name
+            return (
+                f"{shown(path)}, a copy of a database this restore wrote and did not apply, could not be removed "
+                f"({exc.strerror}); the next restore into that folder removes it, or remove it yourself"
+            )
+    return None
 
 
 def restore_database(
