@@ -935,13 +935,10 @@ class _Restore:
             pool.shutdown(wait=True, cancel_futures=True)
             with contextlib.suppress(PhoenixError, OSError):
                 writer.sync_dirs()
-            kept = [
-                problem
-                for logical, fut in copies.items()
-                if not fut.cancelled() and fut.exception() is None
-                if (problem := sqlite_sink.discard_copy(writer, logical, fut.result())) is not None
-            ]
-            for problem in leftovers.bounded(kept):
+            for logical, fut in copies.items():
+                if not fut.cancelled() and fut.exception() is None:
+                    sqlite_sink.discard_copy(writer, logical, fut.result())
+            for problem in leftovers.bounded(writer.kept_copies):
                 self.envx.notice(f"warning: {problem}")
             writer.close()
 

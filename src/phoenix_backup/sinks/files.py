@@ -248,6 +248,9 @@ class FileWriter:
         # The folders holding this restore's temporary files, for the next command should it be
         # killed (sinks/leftovers.py).
         self.journal = leftovers.Journal(repo.notice)
+        # A warning for each database copy that could not be removed after another error
+        # (sinks/sqlite.py `discard_copy`): the restore says them at its end, `leftovers.bounded`.
+        self.kept_copies: list[str] = []
         # The restore's small files, read pack by pack for many at once (repo/reader.py); None:
         # each file reads its own blobs.
         self.schedule: PackSchedule | None = None

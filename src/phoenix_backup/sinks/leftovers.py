@@ -209,10 +209,10 @@ def clean() -> tuple[list[str], list[str]]:
     finally:
         os.close(folder)
     if unread:  # one warning for them all: a journal folder of 1,000 such is one line
-        name, exc = unread[0]
+        first, why = unread[0]
         more = f" (and {len(unread) - 1} more there)" if len(unread) > 1 else ""
         problems.append(
-            f"the restore journal {shown(journal_dir() / name)}{more} could not be read ({exc.strerror}), so the "
+            f"the restore journal {shown(journal_dir() / first)}{more} could not be read ({why.strerror}), so the "
             "temporary files of the killed restore it names, if any, stay; it is kept and read again by the next "
             "command: make it readable by this user, or remove it once no restore runs"
         )
