@@ -56,6 +56,9 @@ def test_every_line_said_escapes_control_characters() -> None:
         f"phx: warning: {ESCAPED} was skipped"
     )
     assert stderr_line("error", f"cannot read {shown(HOSTILE)}", as_json=False) == f"phx: error: cannot read {ESCAPED}"
+    # A name that is not UTF-8: its byte 0x9B (a CSI where the terminal is not UTF-8) escaped too.
+    raw = b"caf\xe9\x9b.md".decode("utf-8", "surrogateescape")
+    assert stderr_line("problem", f"not saved: {raw}", as_json=False) == "phx: not saved: caf\udce9\\x9b.md"
     for kind in ("error", "notice", "problem"):
         line = stderr_line(kind, f"warning: {HOSTILE}", as_json=True)
         assert _one_line_each(line) == [line]
