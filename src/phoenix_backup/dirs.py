@@ -195,16 +195,48 @@ def is_mount_point(folder: Path) -> bool:
     if os.path.ismount(folder):
         return True
     real = os.path.realpath(folder)
+    return any(point == real for point, _kind in _mounts())
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """Each mount of /proc/self/mountinfo: (its mount point, its file system type); none where
+    there is no such file (not Linux, no /proc)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
-    except OSError:  # not Linux, or no /proc
-        return False
-    # The 5th field is the mount point; space, tab, new line and backslash are written in octal (\040).
-    points = {
-        _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), line.split(" ")[4]) for line in lines if line.count(" ") > 4
+    except OSError:
+        return []
+    # The 5th field is the mount point; space, tab, new line and backslash are written in octal
+    # (\040). The type is the first field after the " - " separator.
+    return [
+        (_MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), line.split(" ")[4]), line.split(" - ", 1)[1].split(" ")[0])
+        for line in lines
+        if line.count(" ") > 4 and " - " in line
+    ]
+
+
+# File systems the kernel makes of its own state (processes, devices, settings): what is written
+# there is not kept, and a write may change the running system.
+KERNEL_FILE_SYSTEMS = frozenset(
+    {
+        "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts", "devtmpfs",
+        "efivarfs", "fusectl", "mqueue", "nsfs", "proc", "pstore", "securityfs", "selinuxfs", "sysfs", "tracefs",
     }
-    return real in points
+)  # fmt: skip
+
+
+def kernel_file_system(path: Path) -> tuple[str, str] | None:
+    """(its type, its mount point) when `path`, or the nearest folder above it that exists, is on
+    one of KERNEL_FILE_SYSTEMS; else None."""
+    at = Path(os.path.realpath(path))
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    real = str(at)
+    under = [(point, kind) for point, kind in _mounts() if real == point or real.startswith(point.rstrip("/") + "/")]
+    if not under:
+        return None
+    point, kind = max(under, key=lambda m: len(m[0]))
+    return (kind, point) if kind in KERNEL_FILE_SYSTEMS else None
 
 
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")

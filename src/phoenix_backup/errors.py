@@ -11,15 +11,35 @@ from enum import IntEnum
 
 def shown(name: object) -> str:
     """A file or folder name (or a path) as a message shows it: its control characters (a newline,
-    an ANSI escape from a hostile name) escaped (`\\n`, `\\x1b`), so that the message stays one line
-    and writes nothing to the terminal but text."""
+    an ANSI escape from a hostile name; a byte 0x80-0x9F of a name that is not UTF-8) escaped
+    (`\\n`, `\\x1b`, `\\x9b`), so that the message stays one line and writes nothing to the terminal
+    but text."""
     text = str(name)
     if text.isprintable():
         return text
-    return "".join(_ESCAPES.get(c, f"\\x{ord(c):02x}") if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text)
+    return "".join(
+        _ESCAPES.get(c, f"\\x{ord(c) & 0xFF:02x}")
+        if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or _C1_BYTE <= ord(c) < 0xDCA0
+        else c
+        for c in text
+    )
+
+
+# A name's byte that is not UTF-8 is the surrogate U+DC00 + byte (PEP 383): 0x80-0x9F of those
+# are, printed as the bytes they are, the 8-bit control characters of a terminal that is not UTF-8.
+_C1_BYTE = 0xDC80
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown_lines(text: str) -> str:
+    """Text of several lines (a report, a listing, a completion script) as a terminal is given it:
+    each control character `shown` escapes escaped, but its newlines and tabs kept. A name's own
+    newline must be escaped (`shown`) where the name is put into a line."""
+    if text.isprintable():
+        return text
+    return "\n".join("\t".join(shown(part) for part in line.split("\t")) for line in text.split("\n"))
 
 
 class ExitStatus(IntEnum):

@@ -59,8 +59,19 @@ def portable(doc: Any) -> Any:
 
 
 def dumps(doc: Any, **kwargs: Any) -> str:
-    """`json.dumps` of the portable form; non-ASCII text stays readable (ensure_ascii off)."""
-    return json.dumps(portable(doc), ensure_ascii=False, **kwargs)
+    """`json.dumps` of the portable form; non-ASCII text stays readable (ensure_ascii off), but
+    DEL and the C1 control characters (U+0080-U+009F: U+009B starts an escape sequence on some
+    terminals), which JSON may carry raw, are `\\uXXXX` escapes like the C0 ones: the same
+    strings, and nothing but text on a terminal."""
+    return _CONTROL.sub(_escape, json.dumps(portable(doc), ensure_ascii=False, **kwargs))
+
+
+# Outside strings a JSON document holds none of these: every one is inside a string.
+_CONTROL = re.compile("[\x7f-\x9f]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
 
 
 def dumps_exact(doc: Any, **kwargs: Any) -> str:

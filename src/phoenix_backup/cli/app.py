@@ -24,7 +24,15 @@ from phoenix_backup._version import __version__
 from phoenix_backup.cli import INTERRUPTED_MESSAGE
 from phoenix_backup.cli.progress import Progress
 from phoenix_backup.config import Config
-from phoenix_backup.errors import Cancelled, ExitStatus, IdentityRequired, OutputFailed, PhoenixError
+from phoenix_backup.errors import (
+    Cancelled,
+    ExitStatus,
+    IdentityRequired,
+    OutputFailed,
+    PhoenixError,
+    shown,
+    shown_lines,
+)
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.redaction import redact, without_secrets
@@ -180,7 +188,7 @@ class Out:
                 if self.as_json:
                     click.echo(jsontext.dumps(doc, indent=2))
                 elif text and (data or not self.quiet):
-                    click.echo(printable(text))
+                    click.echo(printable(shown_lines(text)))
             except BrokenPipeError:
                 reader_gone()
             except OSError as exc:
@@ -239,9 +247,12 @@ def stderr_line(kind: str, message: str, *, as_json: bool, trace: str | None = N
     """One line for stderr: `phx: MESSAGE` (`phx: error: MESSAGE`), or with `--json` an object
     `{"type": "notice", "level": "info"|"warning"|"problem", "message"}` or `{"type": "error",
     "message"}` (with `traceback` under --verbose; docs/cli.md), so that a program reading stderr
-    parses every line."""
+    parses every line. The one place every error, warning and notice is printed: on a terminal
+    (human output) its control characters are escaped as `shown` escapes a name's (a hostile file
+    name's newline or ANSI escape, whichever message carries it), so the line is one line of text;
+    what `shown` escaped already is plain text and stays as it is. JSON escapes them itself."""
     if not as_json:
-        return printable(f"phx: error: {message}" if kind == "error" else f"phx: {message}")
+        return printable(shown(f"phx: error: {message}" if kind == "error" else f"phx: {message}"))
     if kind == "error":
         return jsontext.dumps({"type": "error", "message": message, **({"traceback": trace} if trace else {})})
     level = "problem" if kind == "problem" else "info"

@@ -16,7 +16,7 @@ from phoenix_backup.cli.app import (
     repo_option,
     target_option,
 )
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown
 from phoenix_backup.ops import diff as diff_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.units import human_size
@@ -61,14 +61,14 @@ def text(r: diff_op.DiffResult, verbose: bool) -> str:
         else:
             size = f"{_delta(f.new_size - f.old_size)} ({human_size(f.old_size)} -> {human_size(f.new_size)})"
         kind = "" if f.type == "file" else f" [{f.type}]"
-        lines.append(f"  {f.change:8} {f.path}{kind}  {size}")
+        lines.append(f"  {f.change:8} {shown(f.path)}{kind}  {size}")  # one line a file (--json: exact)
     for db in r.databases:
-        lines.append(f"rows of {db.path} ({db.change}):")
-        shown = [t for t in db.tables if t.any or verbose]
-        if shown:
+        lines.append(f"rows of {shown(db.path)} ({db.change}):")
+        tables = [t for t in db.tables if t.any or verbose]
+        if tables:
             rows = [
                 [t.table, str(t.rows_before), str(t.rows_after), f"+{t.added}", f"−{t.removed}", str(t.changed)]
-                for t in shown
+                for t in tables
             ]
             table = render.table(["TABLE", "BEFORE", "AFTER", "ADDED", "REMOVED", "CHANGED"], rows)
             lines += ["  " + line for line in table.splitlines()]

@@ -15,7 +15,7 @@ from phoenix_backup.cli.app import (
     repo_option,
     target_option,
 )
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown
 from phoenix_backup.ops import ls as ls_op
 from phoenix_backup.ops.context import Environment
 
@@ -53,9 +53,10 @@ def render(r: ls_op.LsResult) -> str:
         n = e.node
         size = str(n.size) if n.type in ("file", "sqlite") else "-"
         when = ls_op.rfc3339_ns(n.mtime_ns).replace("+00:00", "Z")
-        name = e.path + ("/" if n.type == "dir" else "")
+        # A name's newline or escape shown escaped, as `ls -b` does: one line a file (--json: exact).
+        name = shown(e.path) + ("/" if n.type == "dir" else "")
         if n.type == "symlink":
-            name += f" -> {n.link_target}"
+            name += f" -> {shown(n.link_target)}"
         if n.type == "sqlite":
             name += "  (sqlite)"
         rows.append((permissions(n), size, when, name))

@@ -44,6 +44,7 @@ from phoenix_backup.errors import (
     SourceError,
     UnsafePath,
     UsageError,
+    shown,
 )
 from phoenix_backup.ops import safety
 from phoenix_backup.ops.context import (
@@ -66,8 +67,8 @@ from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
+from phoenix_backup.sinks import leftovers, sqlite_live
 from phoenix_backup.sinks import sqlite as sqlite_sink
-from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, Written, grants_privilege
 from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
@@ -870,8 +871,12 @@ class _Restore:
         report = alignment.AlignmentReport(str(where), True, not mism, mism)
         if mism and self.realign:
             data, changed = alignment.realigned(doc, hashes)
-            mode = stat.S_IMODE(os.lstat(where).st_mode)
-            writer.write_bytes(f"workspace/{alignment.MANIFEST}", data, mode)
+            logical = f"workspace/{alignment.MANIFEST}"
+            try:
+                mode = stat.S_IMODE(os.lstat(where).st_mode)
+            except OSError as exc:  # its folder unsearchable (EACCES), the manifest gone (ENOENT)
+                raise writer.destination_error(exc, logical, what=f"reading the mode of {shown(where)}") from exc
+            writer.write_bytes(logical, data, mode)
             report.realigned = True
             report.rewritten = changed
             report.consistent = True
@@ -933,6 +938,8 @@ class _Restore:
             for logical, fut in copies.items():
                 if not fut.cancelled() and fut.exception() is None:
                     sqlite_sink.discard_copy(writer, logical, fut.result())
+            for problem in leftovers.bounded(writer.kept_copies):
+                self.envx.notice(f"warning: {problem}")
             writer.close()
 
     @staticmethod

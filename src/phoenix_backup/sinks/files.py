@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
-from phoenix_backup.dirs import make_dirs
-from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath, shown
+from phoenix_backup.dirs import kernel_file_system, make_dirs
+from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath, UsageError, shown
 from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.reader import NodeReader, PackSchedule
 from phoenix_backup.repo.repository import Repository
@@ -248,6 +248,9 @@ class FileWriter:
         # The folders holding this restore's temporary files, for the next command should it be
         # killed (sinks/leftovers.py).
         self.journal = leftovers.Journal(repo.notice)
+        # A warning for each database copy that could not be removed after another error
+        # (sinks/sqlite.py `discard_copy`): the restore says them at its end, `leftovers.bounded`.
+        self.kept_copies: list[str] = []
         # The restore's small files, read pack by pack for many at once (repo/reader.py); None:
         # each file reads its own blobs.
         self.schedule: PackSchedule | None = None
@@ -283,6 +286,12 @@ class FileWriter:
                 raise os_error(exc, f"opening the restore destination {base}") from exc
         else:
             # Below --to, the root folder itself must not be a link leading out of DIR.
+            if (kernel := kernel_file_system(self.to)) is not None:
+                raise UsageError(
+                    f"the restore destination {shown(self.to)} is on {kernel[1]}, a {kernel[0]} file system the "
+                    "kernel makes of its own state, not a disk: nothing restored there would be kept; choose a "
+                    "folder on a disk with --to"
+                )
             try:
                 self._make_dirs(self.to)
                 top = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

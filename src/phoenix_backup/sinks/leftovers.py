@@ -197,12 +197,25 @@ def clean() -> tuple[list[str], list[str]]:
         return [], []
     removed: list[str] = []
     problems: list[str] = []
+    unread: list[tuple[str, OSError]] = []
     try:
         for name in sorted(os.listdir(folder)):
-            with contextlib.suppress(OSError):
+            try:
                 removed += _clean_one(folder, name, problems)
+            except FileNotFoundError:
+                continue  # removed meanwhile (another command cleaning up)
+            except OSError as exc:  # kept, and tried again by the next command: nothing is lost
+                unread.append((name, exc))
     finally:
         os.close(folder)
+    if unread:  # one warning for them all: a journal folder of 1,000 such is one line
+        first, why = unread[0]
+        more = f" (and {len(unread) - 1} more there)" if len(unread) > 1 else ""
+        problems.append(
+            f"the restore journal {shown(journal_dir() / first)}{more} could not be read ({why.strerror}), so the "
+            "temporary files of the killed restore it names, if any, stay; it is kept and read again by the next "
+            "command: make it readable by this user, or remove it once no restore runs"
+        )
     return removed, problems
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.errors import PhoenixError, RestoreError, UnsafePath
+from phoenix_backup.errors import PhoenixError, RestoreError, UnsafePath, shown
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.repository import Repository
@@ -108,10 +108,24 @@ def write_copy(
 
 
 def discard_copy(writer: FileWriter, logical: str, copy: Copy) -> None:
-    """Remove a copy `write_copy` wrote that will not be applied (a clean-up after another error:
-    failing, it leaves the copy to the next restore's `clean_leftovers`)."""
-    with contextlib.suppress(OSError, PhoenixError), writer.parent_dir(logical, create=False) as (fd, _name):
-        discard(fd, copy.name)
+    """Remove a copy `write_copy` wrote that will not be applied (a clean-up after another error).
+    A folder that cannot be opened any more is the error of the restore's own step for it."""
+    with contextlib.suppress(PhoenixError), writer.parent_dir(logical, create=False) as (fd, _name):
+        _discard_after_error(writer, fd, logical, copy.name)
+
+
+def _discard_after_error(writer: FileWriter, fd: int, logical: str, tmp: str) -> None:
+    """Remove the copy `tmp` of `logical` (in the folder `fd`) after another error, which is the
+    one said: one that cannot be removed stays for the next restore's `clean_leftovers`, and the
+    warning naming it is noted in `writer.kept_copies` (the restore says them, bounded)."""
+    try:
+        discard(fd, tmp)
+    except OSError as exc:
+        path = writer.layout.to_real(logical, writer.to).parent / tmp
+        writer.kept_copies.append(
+            f"{shown(path)}, a copy of a database this restore wrote and did not apply, could not be removed "
+            f"({exc.strerror}); the next restore into that folder removes it, or remove it yourself"
+        )
 
 
 def restore_database(
@@ -143,11 +157,13 @@ def restore_database(
                 raise writer.destination_error(exc, logical) from exc
             if not applied:
                 rename_over(fd, tmp, name, logical, writer.destination_error)
-        finally:
-            try:
-                discard(fd, tmp)
-            except OSError as exc:
-                raise writer.destination_error(exc, logical) from exc
+        except BaseException:
+            _discard_after_error(writer, fd, logical, tmp)  # the error is this one, not the copy's
+            raise
+        try:
+            discard(fd, tmp)  # the copy left after the backup API applied it
+        except OSError as exc:
+            raise writer.destination_error(exc, logical) from exc
         try:
             os.fsync(fd)  # the rename on disk
         except OSError as exc:

@@ -207,8 +207,21 @@ def os_error(
                 "create what it names or choose another path"
             )
         if blocker is not None:
-            return StorageError(f"{blocker} is a file, not a folder, while {what}; move it away or choose another path")
+            return StorageError(
+                f"{shown(blocker)} is {_kind_of(blocker)}, not a folder, while {what}; "
+                "move it away or choose another path"
+            )
     return StorageError(f"{exc.strerror or exc} while {what}")
+
+
+def _kind_of(path: Path) -> str:
+    """What `path`, which is not a folder, is: "a file", "a FIFO", "a character device"..."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a file"
+    kinds = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+    return kinds.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "a file")
 
 
 class LocalBackend(Backend):
