@@ -23,7 +23,10 @@ rotate` elsewhere, moved under the new key before its commit point), `phx unlock
 
 A holder confirms its lock before it commits (`HeldLock.confirm`): a lock that another process
 removed (`phx unlock`, a prune that judged it dead) means that prune may have run meanwhile, so
-the holder does not commit.
+the holder does not commit. Nor does one whose lock went unrefreshed for LOST_AFTER_SECONDS on
+`holder_clock`, a clock that counts a suspend (the monotonic clock stands still while the machine
+sleeps, the wall clock others judge by does not): another machine may have judged it stale and be
+removing it while the holder commits.
 """
 
 from __future__ import annotations
