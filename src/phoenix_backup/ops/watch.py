@@ -248,7 +248,6 @@ class Watcher:
         self.state_path = state_file(envx, repo.config.id)
         self.target = envx.target or enabled_targets(cfg)[0]  # the one `repo` is (see `open_repository`)
         self.lock: HeldLock | None = None
-        self.lock_taken = 0.0
         self.lock_free_until = 0.0
         # Sealed segments not yet in the first target, in order: in memory (bytes), or in the spool
         # folder (None) once the repository did not take one or QUEUE_MEMORY_BYTES wait.
@@ -1103,9 +1102,11 @@ class Watcher:
         """Hold the shared lock; False (and a notice) while another command holds the repository.
         Taken by whoever writes the segments: the writer thread while `watch` runs."""
         now = time.monotonic()
-        if self.lock is not None and now - self.lock_taken < LEASE_SECONDS:
+        if self._leased():
             return True
         if self.lock is not None:
+            if self.lock.doubt is not None:
+                self.envx.notice(f"{self.lock.doubt}; the watch takes a fresh lock before it writes on")
             self._release()
             self.lock_free_until = now + LEASE_GAP_SECONDS  # segments wait meanwhile
         if now < self.lock_free_until:
@@ -1124,7 +1125,6 @@ class Watcher:
             return False
         self._locked_noticed = False
         self.lock = held if isinstance(held, HeldLock) else None
-        self.lock_taken = time.monotonic()
         self.bases_due = True  # checked once the segments waiting are written (`_write_queue`)
         return True
 
@@ -1139,8 +1139,16 @@ class Watcher:
         return self._leased()
 
     def _leased(self) -> bool:
-        """Does this watch hold its lease now (never taken here: that writes to the target)?"""
-        return self.lock is not None and time.monotonic() - self.lock_taken < LEASE_SECONDS
+        """Does this watch hold its lease now (never taken here: that writes to the target)? The
+        lease runs on the lock's clock that counts a suspend (`HeldLock.held_for`; the monotonic
+        clock stands still while the machine sleeps), and ends at once when the lock went
+        unrefreshed long enough for another machine to judge it stale (`HeldLock.doubt`): the
+        watch then takes a fresh lock, with the usual conflict check, instead of writing on."""
+        lock = self.lock
+        if lock is None:
+            return False
+        lock.unrefreshed_for()
+        return lock.doubt is None and lock.held_for() < LEASE_SECONDS
 
     def check_bases(self) -> None:
         """At each lease: is each database's history still rebuildable from a snapshot the

@@ -23,7 +23,10 @@ rotate` elsewhere, moved under the new key before its commit point), `phx unlock
 
 A holder confirms its lock before it commits (`HeldLock.confirm`): a lock that another process
 removed (`phx unlock`, a prune that judged it dead) means that prune may have run meanwhile, so
-the holder does not commit.
+the holder does not commit. Nor does one whose lock went unrefreshed for LOST_AFTER_SECONDS on
+`holder_clock`, a clock that counts a suspend (the monotonic clock stands still while the machine
+sleeps, the wall clock others judge by does not): another machine may have judged it stale and be
+removing it while the holder commits.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +64,15 @@ REFRESH_SECONDS = 300
 WATCH_LEASE_SECONDS = 60
 
 STALE_SECONDS = 1800
+# A holder whose lock has gone unrefreshed this long on its own suspend-counting clock
+# (`holder_clock`: the machine slept, or the process stalled) may have had it judged stale elsewhere
+# and removed, and a prune run: it commits nothing under it (`HeldLock.confirm`). Two refresh
+# intervals below STALE_SECONDS: a commit confirmed just under it lands well before any judge's verdict.
+LOST_AFTER_SECONDS = STALE_SECONDS - 2 * REFRESH_SECONDS
+# How often the refresh thread looks at `holder_clock` between refreshes: its waits run on the
+# monotonic clock, which stands still while the machine sleeps, so after a resume it refreshes
+# within this long rather than waiting out REFRESH_SECONDS more.
+REFRESH_LOOK_SECONDS = 5.0
 # How long a measurement of the store's clock is used (`LockManager.stale`): `phx watch` runs for
 # days, and a clock can be set, or drift, meanwhile.
 SKEW_MAX_AGE = REFRESH_SECONDS
@@ -354,6 +367,21 @@ def _boot_clock() -> float | None:
         return time.clock_gettime(time.CLOCK_BOOTTIME)
     except (AttributeError, OSError):
         return None
+
+
+def holder_clock() -> float:
+    """Seconds on a clock that counts the time the machine was suspended, by which a lock's holder
+    measures its own gaps (other machines judge its lock by wall time, which a suspend does not
+    stop): Linux's CLOCK_BOOTTIME; on macOS `clock_gettime(CLOCK_MONOTONIC)`, which Apple documents
+    as continuing to increment while the system is asleep (unlike `time.monotonic`, which is
+    mach_absolute_time, and CLOCK_UPTIME_RAW); elsewhere `time.monotonic`, which may stand still
+    across a suspend (docs/reliability.md says so)."""
+    boot = _boot_clock()
+    if boot is not None:
+        return boot
+    if sys.platform == "darwin":
+        return time.clock_gettime(time.CLOCK_MONOTONIC)
+    return time.monotonic()
 
 
 # A sightings file larger than this is not read (it holds one short entry per lock seen this boot).
@@ -725,6 +753,12 @@ class HeldLock:
         self.lost: str | None = None  # why the lock is no longer ours, once a refresh found out
         self.wrote = 0.0  # our time when the store had last taken the lock object (`LockManager.store_skew`)
         self._setting = 0.0  # our clock less the monotonic one then (`wrote_now`)
+        # `holder_clock` when the lock was taken and when the store last took a refresh of it
+        # (read before the write: a gap is never measured short).
+        self.taken = self.refreshed = holder_clock()
+        # Why the lock may be lost though still in the store: it went unrefreshed for
+        # LOST_AFTER_SECONDS (a suspend, a stall), so another machine may have judged it stale.
+        self.doubt: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
@@ -747,6 +781,7 @@ class HeldLock:
             self._write()
 
     def _write(self) -> None:
+        clock = holder_clock()
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
@@ -771,6 +806,22 @@ class HeldLock:
         # write's latency, never hastened; with our time before the write, a slow store looked ahead).
         self.wrote = time.time()
         self._setting = self.wrote - time.monotonic()
+        self.refreshed = clock
+
+    def unrefreshed_for(self) -> float:
+        """Seconds since the store last took a refresh of this lock, on `holder_clock` (a suspend
+        counts); past LOST_AFTER_SECONDS the lock is doubted from then on (`doubt`)."""
+        gap = holder_clock() - self.refreshed
+        if gap > LOST_AFTER_SECONDS and self.doubt is None:
+            self.doubt = (
+                f"this machine slept or stalled for {gap / 60:.0f} min while holding the lock {self.name}; another "
+                f"machine may have judged it stale (after {STALE_SECONDS // 60} min unrefreshed) and pruned"
+            )
+        return gap
+
+    def held_for(self) -> float:
+        """Seconds since the lock was taken, on `holder_clock` (a suspend counts)."""
+        return holder_clock() - self.taken
 
     def wrote_now(self) -> float:
         """`wrote` on our clock as it is now set: a clock set forward an hour since the lock was
@@ -784,8 +835,17 @@ class HeldLock:
         return max(0.0, self._setting - (time.time() - time.monotonic()))
 
     def confirm(self) -> None:
-        """Raise RepositoryError unless the lock is still in the store and still ours: another
-        process that removed it may have pruned meanwhile, so nothing may be committed."""
+        """Raise RepositoryError unless the lock is still in the store and still ours, and was
+        refreshed within LOST_AFTER_SECONDS on `holder_clock`: another process that removed it, or
+        that judged it stale while this machine slept (and may remove it while we commit), may
+        have pruned meanwhile, so nothing may be committed."""
+        self.unrefreshed_for()
+        self._check_present()
+        if self.doubt is not None:
+            raise RepositoryError(f"{self.doubt}; nothing was committed; run the {self.command} again")
+
+    def _check_present(self) -> None:
+        """Raise RepositoryError unless the lock is still in the store and still ours."""
         if self.lost is None:
             try:
                 info = self.manager.read(self.name)
@@ -803,10 +863,19 @@ class HeldLock:
 
     def start_refresh(self) -> None:
         def loop() -> None:
-            while not self._stop.wait(REFRESH_SECONDS):
+            # The waits run on the monotonic clock, which stands still while the machine sleeps:
+            # the refresh is due by `holder_clock`, looked at every REFRESH_LOOK_SECONDS, so that a
+            # resumed holder refreshes at once (a doubted lock too: the holder commits nothing
+            # under it, `confirm`, but others should not judge it stale while it winds down).
+            due = self.refreshed + REFRESH_SECONDS
+            while not self._stop.wait(min(REFRESH_LOOK_SECONDS, max(0.0, due - holder_clock()))):
+                self.unrefreshed_for()  # a gap past LOST_AFTER_SECONDS is noted before the refresh hides it
+                if holder_clock() < due:
+                    continue
+                due = holder_clock() + REFRESH_SECONDS  # a failed refresh is tried again then
                 try:
                     # Never recreate a lock someone removed: the holder must learn it lost it.
-                    self.confirm()
+                    self._check_present()
                     with self._mutex:
                         # Nor one the holder released while the store answered slowly (`release`
                         # waits only so long for this thread): it would outlive its process.

@@ -18,7 +18,7 @@ import queue
 import shutil
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,6 +62,13 @@ INLINE_READ = 1024 * 1024
 COPY_MARGIN = 16 * 1024 * 1024
 
 Opened = dict[bytes, "bytes | PhoenixError"]
+
+
+class NodeMismatch(CorruptObject):
+    """A node's bytes, every blob opened by its tag, do not make its size or SHA-256: a blob's copy
+    may hold other plaintext under a valid tag (`prove_node` looks for one that proves)."""
+
+
 _pool_lock = threading.Lock()
 _pool: _DecodePool | None = None
 
@@ -207,8 +214,17 @@ class _Ahead:
     """A node's blobs, read ahead in coalesced ranges and opened on the decode pool, handed out in
     the order of its extents; blobs needed again later are kept (bounded), others dropped."""
 
-    def __init__(self, repo: Repository, extents: Sequence[Extent], shared: ScheduledNode | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        extents: Sequence[Extent],
+        shared: ScheduledNode | None = None,
+        proven: Mapping[bytes, bytes] | None = None,
+    ) -> None:
         self.repo = repo
+        # Blobs proven by their id after the node failed its SHA-256 (`prove_node`): used instead
+        # of the copy read first, and never read again.
+        self.proven = proven or {}
         # A node of a restore's `PackSchedule`: its blobs were read with those of the nodes around
         # it, pack by pack; this reader plans no read of its own.
         self.shared = shared
@@ -234,7 +250,7 @@ class _Ahead:
         while self.planned < len(self.extents) and budget > 0:
             blob = self.extents.blob(self.planned)
             self.planned += 1
-            if blob in self.kept or blob in self.pending or blob in seen:
+            if blob in self.kept or blob in self.pending or blob in seen or blob in self.proven:
                 continue
             loc = self.repo.index.get(blob)
             if loc is None or loc.type != BlobType.DATA:
@@ -268,6 +284,8 @@ class _Ahead:
         if self.in_flight < READ_AHEAD // 2:
             self.plan()
         blob = self.extents.blob(index)
+        if self.proven and (proven := self.proven.get(blob)) is not None:
+            return proven
         self.uses[blob] -= 1
         data = self.kept.get(blob)
         if data is not None:
@@ -459,14 +477,18 @@ class ScheduledNode:
 
 
 def extent_ranges(
-    repo: Repository, logical: str, extents: Sequence[Extent], shared: ScheduledNode | None = None
+    repo: Repository,
+    logical: str,
+    extents: Sequence[Extent],
+    shared: ScheduledNode | None = None,
+    proven: Mapping[bytes, bytes] | None = None,
 ) -> Iterator[tuple[bytes, int, int]]:
     """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
-    ahead = _Ahead(repo, extents, shared)
+    ahead = _Ahead(repo, extents, shared, proven)
     for i, (_id, offset, length) in enumerate(ahead.extents.records()):
         blob = ahead.get(i)
         if offset + length > len(blob):
-            raise CorruptObject(f"data of {logical} is shorter than the snapshot says (damaged)")
+            raise NodeMismatch(f"data of {logical} is shorter than the snapshot says (damaged)")
         yield blob, offset, offset + length
 
 
@@ -485,11 +507,19 @@ class NodeReader:
     size, naming the path.
     """
 
-    def __init__(self, repo: Repository, logical: str, node: Node, shared: ScheduledNode | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        logical: str,
+        node: Node,
+        shared: ScheduledNode | None = None,
+        proven: Mapping[bytes, bytes] | None = None,
+    ) -> None:
         self.repo = repo
         self.logical = logical
         self.node = node
         self.shared = shared  # the restore's schedule this node's blobs are read by (`PackSchedule.begin`)
+        self.proven = proven  # blobs proven by their id (`prove_node`), used instead of the first copy
         self.digest: Sha256 | BackgroundSha256 = Sha256()
         self._hex: str | None = None  # the digest once read: reading it ends the hashing thread
         self.total = 0
@@ -504,7 +534,7 @@ class NodeReader:
         if self.node.size >= BACKGROUND_HASH:
             self.digest = BackgroundSha256(HASH_BEHIND)  # started here: a reader never read has no thread
         try:
-            for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content, self.shared):
+            for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content, self.shared, self.proven):
                 view = memoryview(blob)[start:end]
                 if isinstance(self.digest, BackgroundSha256) and 2 * (end - start) < len(blob):
                     # A bytes waiting for the hashing thread holds its whole blob: a small part of a
@@ -560,10 +590,32 @@ class NodeReader:
     def finish(self) -> None:
         digest = self._hexdigest()  # read even when the size differs: the hashing thread ends
         if self.total != self.node.size or digest != self.node.sha256:
-            raise CorruptObject(
+            raise NodeMismatch(
                 f"{self.logical} read from the repository does not match its SHA-256 in the snapshot (damaged); "
                 "run `phx verify --read-data` and use another snapshot or target"
             )
+
+
+def prove_node(repo: Repository, logical: str, node: Node, error: NodeMismatch) -> dict[bytes, bytes]:
+    """For a node whose bytes failed their SHA-256 (`error`, from `NodeReader`): its blobs whose
+    first copy does not hash to its id (`read_blobs` opens without that check, for speed), each from
+    a copy that does (`Repository.prove_blob`, which names the packs that failed), to read the node
+    again with. Raises `error` when every first copy proves (the fault is not in a blob), and
+    CorruptObject naming the blob and its packs when one has no copy that proves."""
+    proven: dict[bytes, bytes] = {}
+    for blob in dict.fromkeys(node.blobs()):
+        try:
+            data = repo.prove_blob(BlobType.DATA, blob)
+        except CorruptObject as exc:
+            raise CorruptObject(
+                f"{logical} read from the repository does not match its SHA-256 in the snapshot (damaged): {exc}; "
+                "run `phx verify --read-data` and use another snapshot or target"
+            ) from error
+        if data is not None:
+            proven[blob] = data
+    if not proven:
+        raise error
+    return proven
 
 
 def read_node(repo: Repository, logical: str, node: Node) -> bytes:

@@ -28,7 +28,7 @@ from typing import cast
 from phoenix_backup.dirs import kernel_file_system, make_dirs
 from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath, UsageError, shown
 from phoenix_backup.repo.locks import own_start_time, process_start_time
-from phoenix_backup.repo.reader import NodeReader, PackSchedule
+from phoenix_backup.repo.reader import NodeMismatch, NodeReader, PackSchedule, prove_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node, check_name
 from phoenix_backup.reporting import Reporter
@@ -84,13 +84,25 @@ def write_content(
 ) -> None:
     """Write a node's bytes to the new, empty file `out` (whole zero blocks left as holes),
     checking them against the snapshot's SHA-256; `progress` is told the bytes written. A node of
-    `schedule` takes its blobs from there (read with those of the files around it)."""
+    `schedule` takes its blobs from there (read with those of the files around it).
+
+    Blobs are opened without hashing their plaintext against their ids (for speed: the SHA-256
+    proves the bytes): when the SHA-256 fails, the blobs whose first copy does not hash to its id
+    are taken from another copy that does, and the file is written again and proved anew
+    (`prove_node`); only when no copy proves does it fail, naming the blob and its packs."""
     shared = schedule.begin(logical) if schedule is not None else None
     try:
         _write_node(NodeReader(repo, logical, node, shared), out, progress)
+        return
+    except NodeMismatch as exc:
+        failed = exc
     finally:
         if shared is not None:
             shared.end()
+    proven = prove_node(repo, logical, node, failed)
+    os.ftruncate(out, 0)
+    os.lseek(out, 0, os.SEEK_SET)
+    _write_node(NodeReader(repo, logical, node, proven=proven), out, None)  # its bytes were counted once
 
 
 def _write_node(reader: NodeReader, out: int, progress: Reporter | None) -> None:

@@ -1,0 +1,119 @@
+"""A blob copy whose tag is valid but whose plaintext is not the blob (docs/restore.md,
+docs/security.md): sealed under the repository's key by a key holder or a bug. A restore opens
+blobs without hashing their plaintext against their ids (the file's SHA-256 proves the bytes);
+when that fails, the blobs that do not hash to their ids are taken from another copy that does and
+the file is written again. With no copy that proves, the file alone fails, naming blob and pack.
+
+The planted copy is re-sealed with the repository's key, as the planted-copy attacks of
+tests/e2e/test_write_only.py do."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from e2e_support import Sandbox
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import PackBuilder, blob_aad, pack_name
+from phoenix_backup.repo.walker import Trees
+
+NAME = "planted.bin"
+
+
+def _plant(sb: Sandbox, sid: str, *, good_copy: bool, name: str = NAME) -> tuple[str, str]:
+    """A MAC-valid copy of the first blob of the node `name` with other plaintext in place of the
+    copy a restore reads first; with `good_copy`, a genuine copy in a pack of its own too. Returns
+    the blob id (hex, as messages show it) and the pack holding the bad copy."""
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        trees = Trees(repo)
+        trees.load(repo.find_snapshot(sid).tree)
+        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
+        blob = next(node.blobs())
+        data = repo.load_blob(BlobType.DATA, blob)
+        loc = repo.index.get(blob)
+        assert loc is not None and loc.compression == Compression.NONE, loc
+        if good_copy:
+            packer = PackBuilder(BlobType.DATA)
+            packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
+            pack_id, raw, entries = packer.finish(repo.sealer)
+            repo.backend.write(pack_name(pack_id), raw)
+            repo.write_index({pack_id: entries}, [])
+    finally:
+        repo.close()
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        first = repo.index.get(blob)  # the copy a restore reads first, whichever pack that is
+        assert first is not None and first.compression == Compression.NONE
+        if good_copy:
+            assert len(repo.index.locations(blob)) == 2
+        other = bytes(b ^ 0x5A for b in data)  # other plaintext, same length: a valid tag all the same
+        sealed = repo.sealer.seal(other, blob_aad(BlobType.DATA, blob))
+        assert len(sealed) == first.stored
+        path = sb.repo / pack_name(first.pack_id)
+        with open(path, "r+b") as f:
+            f.seek(first.offset)
+            f.write(sealed)
+        return blob.hex()[:16], pack_name(first.pack_id)
+    finally:
+        repo.close()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.name.startswith(".phx-tmp")]
+
+
+def test_a_copy_with_other_plaintext_falls_back_to_a_good_copy(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before, the file failed its SHA-256 and was not restored (exit 1) although another pack
+    held a good copy: the copy that opened was used, never checked against its id."""
+    sb = sandbox
+    content = os.urandom(6000)
+    (sb.workspace / NAME).write_bytes(content)
+    sid = sb.backup()["id"]
+    blob, bad_pack = _plant(sb, sid, good_copy=True)
+    out = tmp_path / "out"
+    res = sb.phx("restore", "--backup", sid, "--to", out, check=None)
+    assert res.code == 0, res
+    (restored,) = out.rglob(NAME)
+    assert restored.read_bytes() == content
+    assert bad_pack in res.err and blob in res.err, res.err
+    assert not _leftovers(out)
+
+
+def test_with_no_copy_that_proves_the_file_fails_alone_naming_blob_and_pack(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    (sb.workspace / NAME).write_bytes(os.urandom(6000))
+    (sb.workspace / "beside.txt").write_text("restored all the same\n")
+    sid = sb.backup()["id"]
+    blob, bad_pack = _plant(sb, sid, good_copy=False)
+    out = tmp_path / "out"
+    res = sb.phx("restore", "--backup", sid, "--to", out, check=None)
+    assert res.code == 1, res
+    assert NAME in res.err and blob in res.err and bad_pack in res.err, res.err
+    assert not list(out.rglob(NAME)), "a file that proves nothing was restored"
+    (beside,) = out.rglob("beside.txt")
+    assert beside.read_text() == "restored all the same\n"
+    assert not _leftovers(out)
+
+
+def test_a_database_falls_back_to_a_good_copy_too(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A SQLite database is restored through the same writer (sinks/sqlite.py: `write_content`):
+    its page blob with other plaintext is taken from the good copy, the database restored whole."""
+    sb = sandbox
+    sb.write_config(compression=False)  # the planted copy takes the place of the stored bytes, same length
+    db = sb.layout.dashboard_db
+    expected = db.read_bytes()
+    sid = sb.backup()["id"]
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name=db.name)
+    out = tmp_path / "out"
+    res = sb.phx("restore", "--backup", sid, "--to", out, check=None)
+    assert res.code == 0, res
+    (restored,) = out.rglob(db.name)
+    assert restored.read_bytes() == expected
+    assert bad_pack in res.err and blob in res.err, res.err
+    assert not _leftovers(out)
