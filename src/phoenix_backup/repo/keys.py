@@ -316,6 +316,14 @@ def set_malloc_options(*settings: tuple[int, int]) -> None:
         mallopt(param, value)
 
 
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc's `malloc_trim`; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def format_fingerprint(text: str) -> str:
     """`a1b2c3…` (any case, any `:`, `-` or space separators) as `a1b2:c3d4:…`; ValueError when it
     is not 32 hex digits."""
@@ -631,6 +639,12 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     # parameters (B and V), at most 1 GiB and 72 KiB. A Python built without scrypt has no
     # `hashlib.scrypt`; an OpenSSL in FIPS mode, or one that could not allocate, raises
     # ValueError: `cryptography`'s own OpenSSL is asked then.
+    # scrypt's 32 MiB come on top of what the process holds at that moment, which for a command
+    # that derives its key ahead (ops.context.unlock_ahead) is its peak: the C heap's free pages
+    # (about 3 MB freed by start-up and the config's reading) are returned first. The 32 MiB
+    # themselves are mapped on their own (the mmap threshold, `limit_malloc_arenas`) and unmapped
+    # when scrypt returns.
+    trim_heap()
     scrypt = None
     if not _cryptography_loaded():
         import hashlib
