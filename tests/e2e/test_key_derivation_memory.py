@@ -26,10 +26,12 @@ import json, os, sys
 from phoenix_backup.repo import keys
 seen = []
 work = []
+# A command's work, and zstandard (2 MB resident with its library), loaded after the derivation.
+WORK = ("phoenix_backup.ops.backup", "phoenix_backup.ops.restore", "phoenix_backup.ops.verify", "zstandard")
 derive = keys._derive_kek
 def watched(*args):
     seen.append("cryptography" in sys.modules)
-    work.append(sorted(m for m in ("phoenix_backup.ops.backup", "phoenix_backup.ops.restore") if m in sys.modules))
+    work.append(sorted(m for m in WORK if m in sys.modules))
     return derive(*args)
 keys._derive_kek = watched
 from phoenix_backup.cli.main import main
@@ -72,10 +74,11 @@ def test_scrypt_runs_before_cryptography_is_loaded(backed_up: Sandbox, tmp_path:
 
 def test_scrypt_runs_once_before_the_commands_work_is_loaded(backed_up: Sandbox, tmp_path: Path) -> None:
     # Issue 20: the 32 MiB of scrypt come on top of what is loaded at that moment; a backup's and a
-    # restore's modules are loaded after it, and the key is derived once per command.
+    # restore's (and a verify's) modules are loaded after it, zstandard too, and the key is derived
+    # once per command.
     sb = backed_up
     out = tmp_path / "out"
-    for args in (("backup", "--json"), ("restore", "--latest", "--to", str(out), "--yes")):
+    for args in (("backup", "--json"), ("restore", "--latest", "--to", str(out), "--yes"), ("verify",)):
         code, err, loaded = run_watched(sb, tmp_path, *args)
         assert (code, loaded) == (0, [False]), err
         assert json.loads((tmp_path / "watch.json").read_text())["workAtDerivation"] == [[]], args
