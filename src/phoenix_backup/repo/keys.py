@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import random
@@ -316,12 +317,24 @@ def set_malloc_options(*settings: tuple[int, int]) -> None:
         mallopt(param, value)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, looked up once: each `ctypes.CDLL` makes a class of its own, which
+    stays in memory until the next garbage collection (a process that opens its repository again
+    and again, or `phx watch` trimming every second, would pile them up)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError):
+        return None
+
+
 def trim_heap() -> None:
     """Return the C heap's free pages to the system (glibc's `malloc_trim`; elsewhere nothing)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def format_fingerprint(text: str) -> str:
