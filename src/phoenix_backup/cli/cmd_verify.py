@@ -18,7 +18,7 @@ from phoenix_backup.cli.app import (
     thaw_option,
 )
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.ops import verify as verify_op
+from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment
 
 
@@ -61,6 +61,10 @@ def verify(
     check_target(target, cfg, envx)
     envx.thaw_timeout = thaw_timeout
     percent = _percent(subset) if subset is not None else None
+    context.unlock_ahead(cfg, envx)
+    # Loaded after the key is derived: its modules need not be in memory during scrypt.
+    from phoenix_backup.ops import verify as verify_op
+
     result = verify_op.verify(cfg, envx, ref=ref, read_data=read_data, subset=percent)
     out.result(result.to_json(), render.verify(result, out.verbose), data=not result.ok)
     return result.exit_status

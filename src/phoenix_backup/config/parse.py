@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import re
@@ -127,6 +126,8 @@ def _unknown_key(key: object, where: str, known: tuple[str, ...]) -> ConfigError
     name = key if isinstance(key, str) else str(key)
     full = f"{where}.{name}" if where else name
     prefix = f"{where}." if where else ""
+    import difflib  # a mistake's hint only: not loaded by every command (issue 20, peak memory)
+
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:
         return ConfigError(f'unknown key "{full}"; did you mean "{prefix}{close[0]}"?')
@@ -427,6 +428,8 @@ def _targets(section: _Section) -> Targets:
     s3_section = section.section("s3", (*common, "storageClass", "objectLock"))
     storage_class = s3_section.string("storageClass", "STANDARD")
     if storage_class not in _S3_STORAGE_CLASSES:
+        import difflib
+
         close = difflib.get_close_matches(storage_class.upper(), _S3_STORAGE_CLASSES, n=1)
         hint = f'; did you mean "{close[0]}"?' if close else ""
         raise ConfigError(

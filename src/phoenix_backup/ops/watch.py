@@ -33,7 +33,6 @@ changed, else every HEARTBEAT_SECONDS) the records are sealed into one capture s
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import fcntl
@@ -44,7 +43,6 @@ import re
 import shutil
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -80,7 +78,7 @@ from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
 from phoenix_backup.repo.crypto import load_cryptography, same_bytes, sha256_hex
-from phoenix_backup.repo.keys import hide_process_memory
+from phoenix_backup.repo.keys import hide_process_memory, trim_heap
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, ProcessTag
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry, segment_folders
@@ -1634,14 +1632,6 @@ def release_memory(repo: Repository | None = None) -> None:
         repo.close()
     gc.collect()
     trim_heap()
-
-
-def trim_heap() -> None:
-    """Return the C heap's free pages to the system (glibc's `malloc_trim`; elsewhere nothing)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 # -- page hashes ---------------------------------------------------------------------------

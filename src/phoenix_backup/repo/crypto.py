@@ -23,7 +23,6 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import blake3
-import zstandard
 
 from phoenix_backup.errors import CorruptObject, ToolMissing
 
@@ -354,6 +353,8 @@ class Compressor:
             key = f"cctx{self.level}"
             cctx = getattr(_local, key, None)
             if cctx is None:
+                import zstandard
+
                 cctx = zstandard.ZstdCompressor(level=self.level)
                 setattr(_local, key, cctx)
             out = cctx.compress(data)
@@ -371,6 +372,8 @@ def decompress(method: int, data: bytes, raw_length: int, what: str) -> bytes:
     if method == Compression.NONE:
         return data
     if method == Compression.ZSTD:
+        import zstandard  # loaded at the first use: see repo/index.py
+
         # A frame that records its size is decompressed into a buffer of that size whatever
         # `max_output_size` says: check the recorded size first.
         try:

@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import random
@@ -314,6 +315,26 @@ def set_malloc_options(*settings: tuple[int, int]) -> None:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     for param, value in settings:
         mallopt(param, value)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, looked up once: each `ctypes.CDLL` makes a class of its own, which
+    stays in memory until the next garbage collection (a process that opens its repository again
+    and again, or `phx watch` trimming every second, would pile them up)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc's `malloc_trim`; elsewhere nothing)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def format_fingerprint(text: str) -> str:
@@ -631,6 +652,12 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     # parameters (B and V), at most 1 GiB and 72 KiB. A Python built without scrypt has no
     # `hashlib.scrypt`; an OpenSSL in FIPS mode, or one that could not allocate, raises
     # ValueError: `cryptography`'s own OpenSSL is asked then.
+    # scrypt's 32 MiB come on top of what the process holds at that moment, which for a command
+    # that derives its key ahead (ops.context.unlock_ahead) is its peak: the C heap's free pages
+    # (about 3 MB freed by start-up and the config's reading) are returned first. The 32 MiB
+    # themselves are mapped on their own (the mmap threshold, `limit_malloc_arenas`) and unmapped
+    # when scrypt returns.
+    trim_heap()
     scrypt = None
     if not _cryptography_loaded():
         import hashlib

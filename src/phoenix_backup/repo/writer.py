@@ -34,8 +34,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
 from phoenix_backup.dirs import data_dir, read_secret, trustworthy, write_private
 from phoenix_backup.errors import (
     ConfigError,
@@ -180,6 +178,8 @@ class WriterStore:
             files = sorted(self.trees_dir.iterdir())
         except FileNotFoundError:
             return out
+        import zstandard
+
         for path in files:
             try:
                 raw = zstandard.ZstdDecompressor().decompress(path.read_bytes(), max_output_size=MAX_TREE_CACHE)
@@ -198,6 +198,8 @@ class WriterStore:
     def save_trees(self, host: str, scope: str, trees: dict[bytes, bytes]) -> None:
         self._mkdir(self.trees_dir)
         parts = [_TREE_ENTRY.pack(tid, len(data)) + data for tid, data in trees.items()]
+        import zstandard
+
         write_private(self._tree_file(host, scope), zstandard.ZstdCompressor(level=3).compress(b"".join(parts)))
 
     @staticmethod
