@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from phoenix_backup.errors import shown
 from phoenix_backup.units import human_size
 
 # Redraws a second on a terminal: often enough to look alive, rarely enough to cost nothing.
@@ -301,7 +302,8 @@ class _Line:
     def __rich__(self) -> Any:
         from rich.text import Text
 
-        return Text(self.progress.figures().line(), no_wrap=True, overflow="ellipsis")
+        # What the line names (a database's file name) with its control characters escaped.
+        return Text(shown(self.progress.figures().line()), no_wrap=True, overflow="ellipsis")
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -1,0 +1,157 @@
+"""The adversary of errs2 (tests/e2e/test_error_text.py): what still put a raw control character
+on the terminal, and where the kernel-file-system check of `--to` was wrong.
+
+1. `--verbose`'s traceback (the text of every exception of the chain: a name, a library's text)
+   was written raw; now its control characters are escaped as a report's are (`shown_lines`).
+2. The live progress line on a terminal names the database being captured: its file name's
+   escape reached the terminal through rich; now escaped (`shown`).
+3. A question asked on the terminal (an in-place restore names the snapshot and its databases):
+   escaped like a message.
+4. A result's lines keep their newlines (`shown_lines`), so a name's own newline made a line of
+   its own: a tag in `phx list`'s table, a file in a restore's plan. Each is now escaped in its cell
+   or line.
+5. `--to` below a tmpfs mounted over a kernel file system's mount point (same mount point, the
+   tmpfs on top) was refused as the kernel file system; and `--to` that became a link into one
+   after the check was written into. The file system is now the one the path reaches (`st_dev`),
+   checked again on the folder opened.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from e2e_support import Sandbox, assert_error, mount
+
+from phoenix_backup.cli import app
+from phoenix_backup.cli.progress import Progress
+from phoenix_backup.sinks import files
+
+# A newline, an ANSI "clear screen", the 8-bit CSI.
+HOSTILE = "bad\n\x1b[2J\x9bend"
+ESCAPED = "bad\\n\\x1b[2J\\x9bend"
+# Any control character but the newline that ends a line (and a tab).
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def test_a_verbose_traceback_escapes_control_characters(backed_up: Sandbox) -> None:
+    """Before: the traceback held `nope\\x1b[2J` raw (the error line below it was escaped)."""
+    res = backed_up.phx("--verbose", "ls", "latest", f"nope{HOSTILE}", check=2)
+    assert "Traceback" in res.err, res
+    assert CONTROL.search(res.err) is None, repr(res.err)
+    # A traceback is lines, a message's newline among them; its escapes are text.
+    assert "holds no workspace/nopebad\n\\x1b[2J\\x9bend; see" in res.err, res
+
+
+def test_the_progress_line_escapes_a_database_name() -> None:
+    """Before: `capturing bad` then a raw newline, clear-screen and CSI on the terminal."""
+    stream = io.StringIO()
+    progress = Progress(stream, terminal=True)
+    progress.phase("backing up", files=2)
+    progress.working(f"capturing {HOSTILE}.db (1 KiB)")
+    progress.clear()
+    drawn = stream.getvalue()
+    assert f"capturing {ESCAPED}.db" in drawn, repr(drawn)
+    assert "\x1b[2J" not in drawn and "\x9b" not in drawn and "bad\n" not in drawn, repr(drawn)
+
+
+def test_a_question_on_the_terminal_escapes_a_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the question (`Restore NAME ... databases overwritten: FILE`) was printed raw."""
+    monkeypatch.setattr(app, "is_tty", lambda: True)
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    envx = app.make_env(app.Out(as_json=False, verbose=False))
+    assert envx.confirm is not None
+    assert envx.confirm(f"Restore x in place; databases overwritten: {HOSTILE}.db. Continue?") is False
+    asked = capsys.readouterr().err
+    assert f"databases overwritten: {ESCAPED}.db. Continue?" in asked, repr(asked)
+    assert CONTROL.search(asked) is None and "bad\n" not in asked, repr(asked)
+
+
+def test_a_name_in_a_table_or_a_plan_stays_on_its_line(backed_up: Sandbox) -> None:
+    """Before: `phx list` printed the tag's newline raw (`FAKE  local` a line of its own), and a
+    restore's plan did the same with a file's."""
+    sb = backed_up
+    (sb.workspace / f"{HOSTILE}.md").write_bytes(b"x\n")
+    sb.backup("--tag", f"t{HOSTILE}")
+    listed = sb.phx_here("list").out
+    assert CONTROL.search(listed) is None, repr(listed)
+    row = [line for line in listed.splitlines() if f"t{ESCAPED}" in line]
+    assert len(row) == 1 and row[0].endswith("local"), listed
+    assert not any(line.startswith("end") for line in listed.splitlines()), listed
+    plan = sb.phx_here("restore", "--latest", "--to", sb.root / "dest", "--path", f"{HOSTILE}.md", "--dry-run").out
+    assert CONTROL.search(plan) is None, repr(plan)
+    assert any(line.startswith("create") and line.endswith(f"/workspace/{ESCAPED}.md") for line in plan.splitlines())
+    assert not any(line.startswith("end") for line in plan.splitlines()), plan
+
+
+def _mounted(mnt: Path, *args: str) -> None:
+    if not shutil.which("mount") or os.geteuid() != 0:
+        pytest.skip("mounting needs mount(8) and root")
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = mount(*args, str(mnt))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount here: {proc.stderr.strip() or proc.returncode}")
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Path]:
+    """A folder to mount on, every mount on it undone afterwards."""
+    mnt = tmp_path / "mnt"
+    try:
+        yield mnt
+    finally:
+        for _ in range(3):  # the most this file mounts on one folder
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def test_a_tmpfs_over_a_kernel_file_system_is_a_destination(backed_up: Sandbox, mounts: Path) -> None:
+    """Before: a proc mounted, a tmpfs mounted over it at the same point, `--to` below it: "is on
+    ..., a proc file system" (the first of the two mounts, the one hidden), exit 2."""
+    _mounted(mounts, "-t", "proc", "proc")
+    _mounted(mounts, "-t", "tmpfs", "-o", "size=8m", "tmpfs")
+    dest = mounts / "restored"
+    backed_up.phx_here("restore", "--latest", "--to", dest, "--path", "MEMORY.md", "--yes")
+    assert (dest / "workspace" / "MEMORY.md").read_bytes() == (backed_up.workspace / "MEMORY.md").read_bytes()
+
+
+def test_a_destination_become_a_link_into_a_kernel_file_system_is_refused(
+    backed_up: Sandbox, mounts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check of the path passes (a link put at --to after it: the check is made to see none),
+    the folder opened is on a bpf file system of this test's. Before: its `workspace` folder made
+    there (and the files' writes failing one by one); now one usage error, nothing made."""
+    from phoenix_backup.cli.main import cli
+
+    _mounted(mounts, "-t", "bpf", "bpf")
+    before = set(os.listdir(mounts))
+    to = tmp_path / "to"
+    to.symlink_to(mounts)
+    real = files.kernel_file_system
+    monkeypatch.setattr(files, "kernel_file_system", lambda p: None if isinstance(p, Path) else real(p))
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(backed_up.env)
+    try:
+        run = CliRunner().invoke(cli, ["restore", "--latest", "--to", str(to), "--path", "MEMORY.md", "--yes"])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert run.exit_code == 2, run.output
+    assert f"is on {mounts}, a bpf file system the kernel makes of its own state" in run.stderr, run.stderr
+    assert set(os.listdir(mounts)) == before
+
+
+def test_a_special_destination_still_refused(backed_up: Sandbox) -> None:
+    """The device check keeps the path check's cases: below /proc, /proc/self, below /sys."""
+    for to, says in (("/proc/phx-adv-errs2", "on /proc, a proc"), ("/sys/phx-adv-errs2", "on /sys, a sysfs")):
+        res = backed_up.phx("restore", "--latest", "--to", to, "--yes", check=None)
+        assert_error(res, 2, says, "choose a folder on a disk with --to")
