@@ -8,8 +8,8 @@ on the terminal, and where the kernel-file-system check of `--to` was wrong.
 3. A question asked on the terminal (an in-place restore names the snapshot and its databases):
    escaped like a message.
 4. A result's lines keep their newlines (`shown_lines`), so a name's own newline made a line of
-   its own: a tag in `phx list`'s table, a file in a restore's plan. Each is now escaped in its cell
-   or line.
+   its own: a tag in `phx list`'s table, a file in a restore's plan, a check of `phx doctor`. Each
+   is now escaped in its cell or line.
 5. `--to` below a tmpfs mounted over a kernel file system's mount point (same mount point, the
    tmpfs on top) was refused as the kernel file system; and `--to` that became a link into one
    after the check was written into. The file system is now the one the path reaches (`st_dev`),
@@ -91,6 +91,18 @@ def test_a_name_in_a_table_or_a_plan_stays_on_its_line(backed_up: Sandbox) -> No
     assert CONTROL.search(plan) is None, repr(plan)
     assert any(line.startswith("create") and line.endswith(f"/workspace/{ESCAPED}.md") for line in plan.splitlines())
     assert not any(line.startswith("end") for line in plan.splitlines()), plan
+
+
+def test_doctor_says_each_check_on_its_line(sandbox: Sandbox) -> None:
+    """Before: a configured database named `gone` + newline + `end.db` made `end.db: does not exist
+    ...` a line of its own (`✓ ...` it could have been, for a name chosen so)."""
+    sb = sandbox
+    # No `[`: a configured path holding one is a glob. ESC c resets the terminal.
+    sb.write_config(databases={"sqlite": [str(sb.home / "gone\n\x1bc\x9bend.db")]})
+    res = sb.phx("doctor", check=1)
+    assert CONTROL.search(res.out) is None, repr(res.out)
+    assert f"✗ database {sb.home}/gone\\n\\x1bc\\x9bend.db: does not exist — fix: " in res.out, res
+    assert not any(line.startswith("end") for line in res.out.splitlines()), res
 
 
 def _mounted(mnt: Path, *args: str) -> None:
