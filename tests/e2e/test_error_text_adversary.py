@@ -8,7 +8,7 @@ on the terminal, and where the kernel-file-system check of `--to` was wrong.
 3. A question asked on the terminal (an in-place restore names the snapshot and its databases):
    escaped like a message.
 4. A result's lines keep their newlines (`shown_lines`), so a name's own newline made a line of
-   its own: a tag in `phx list`'s table, a file in a restore's plan, a check of `phx doctor`. Each
+   its own: a tag in `phx list`'s table, a file or a database's table in a restore's plan, a check of `phx doctor`. Each
    is now escaped in its cell or line.
 5. `--to` below a tmpfs mounted over a kernel file system's mount point (same mount point, the
    tmpfs on top) was refused as the kernel file system; and `--to` that became a link into one
@@ -18,10 +18,12 @@ on the terminal, and where the kernel-file-system check of `--to` was wrong.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +83,9 @@ def test_a_name_in_a_table_or_a_plan_stays_on_its_line(backed_up: Sandbox) -> No
     restore's plan did the same with a file's."""
     sb = backed_up
     (sb.workspace / f"{HOSTILE}.md").write_bytes(b"x\n")
+    with contextlib.closing(sqlite3.connect(sb.db_path("home/.argentos/memory.db"))) as con, con:
+        con.execute(f'CREATE TABLE "t{HOSTILE}" (a)')
+        con.execute(f'INSERT INTO "t{HOSTILE}" VALUES (1)')
     sb.backup("--tag", f"t{HOSTILE}")
     listed = sb.phx_here("list").out
     assert CONTROL.search(listed) is None, repr(listed)
@@ -91,6 +96,10 @@ def test_a_name_in_a_table_or_a_plan_stays_on_its_line(backed_up: Sandbox) -> No
     assert CONTROL.search(plan) is None, repr(plan)
     assert any(line.startswith("create") and line.endswith(f"/workspace/{ESCAPED}.md") for line in plan.splitlines())
     assert not any(line.startswith("end") for line in plan.splitlines()), plan
+    memory = "home/.argentos/memory.db"
+    plan = sb.phx_here("restore", "--latest", "--to", sb.root / "dest", "--path", memory, "--dry-run").out
+    assert CONTROL.search(plan) is None, repr(plan)
+    assert f"t{ESCAPED} +1 -0 ~0" in plan and not any(line.startswith("end") for line in plan.splitlines()), plan
 
 
 def test_doctor_says_each_check_on_its_line(sandbox: Sandbox) -> None:

@@ -170,7 +170,7 @@ def _row_deltas(db: dict[str, object]) -> str:
     parts = []
     for name, d in tables.items():
         if d["added"] or d["removed"] or d["changed"]:
-            parts.append(f"{name} +{d['added']} -{d['removed']} ~{d['changed']}")
+            parts.append(f"{shown(name)} +{d['added']} -{d['removed']} ~{d['changed']}")  # a table's name: its own
     return ": " + (", ".join(parts) if parts else "no row changes")
 
 
