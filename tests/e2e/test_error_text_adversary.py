@@ -4,7 +4,8 @@ on the terminal, and where the kernel-file-system check of `--to` was wrong.
 1. `--verbose`'s traceback (the text of every exception of the chain: a name, a library's text)
    was written raw; now its control characters are escaped as a report's are (`shown_lines`).
 2. The live progress line on a terminal names the database being captured: its file name's
-   escape reached the terminal through rich; now escaped (`shown`).
+   escape reached the terminal through rich; now escaped (`shown`). Its --json line carried a
+   name that is not UTF-8 as a lone surrogate; now as `jsontext` carries every name.
 3. A question asked on the terminal (an in-place restore names the snapshot and its databases):
    escaped like a message.
 4. A result's lines keep their newlines (`shown_lines`), so a name's own newline made a line of
@@ -21,8 +22,10 @@ on the terminal, and where the kernel-file-system check of `--to` was wrong.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -65,6 +68,21 @@ def test_the_progress_line_escapes_a_database_name() -> None:
     drawn = stream.getvalue()
     assert f"capturing {ESCAPED}.db" in drawn, repr(drawn)
     assert "\x1b[2J" not in drawn and "\x9b" not in drawn and "bad\n" not in drawn, repr(drawn)
+
+
+def test_a_progress_json_line_is_valid_unicode_for_a_name_that_is_not_utf8() -> None:
+    """Before: `"doing": "capturing caf\\udce9.db"`, a lone surrogate no strict JSON parser takes;
+    now the form of every other JSON document (`jsontext`): U+FFFD, and the exact bytes beside."""
+    stream = io.StringIO()
+    progress = Progress(stream, json_lines=True)
+    progress.phase("backing up", files=1)
+    progress.working("capturing caf\udce9\x9b.db")
+    progress.clear()
+    line = stream.getvalue().splitlines()[-1]
+    assert "\\ud" not in line and CONTROL.search(line) is None, line
+    doc = json.loads(line)
+    assert doc["doing"] == "capturing caf\ufffd\x9b.db", doc
+    assert base64.b64decode(doc["doingBytes"]) == b"capturing caf\xe9\xc2\x9b.db", doc
 
 
 def test_a_question_on_the_terminal_escapes_a_name(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from phoenix_backup import jsontext
 from phoenix_backup.errors import shown
 from phoenix_backup.units import human_size
 
@@ -252,7 +252,8 @@ class Progress:
             return
         self._last_json = now
         self._json_pending = False
-        self.stream.write(json.dumps(self._figures(now).to_json()) + "\n")
+        # jsontext: a name that is not UTF-8 (a database's) is valid Unicode there, its bytes beside it.
+        self.stream.write(jsontext.dumps(self._figures(now).to_json()) + "\n")
         self.stream.flush()
 
     def _flush_json(self) -> None:
