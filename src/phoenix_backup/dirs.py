@@ -195,24 +195,30 @@ def is_mount_point(folder: Path) -> bool:
     if os.path.ismount(folder):
         return True
     real = os.path.realpath(folder)
-    return any(point == real for point, _kind in _mounts())
+    return any(point == real for point, _kind, _device in _mounts())
 
 
-def _mounts() -> list[tuple[str, str]]:
-    """Each mount of /proc/self/mountinfo: (its mount point, its file system type); none where
-    there is no such file (not Linux, no /proc)."""
+def _mounts() -> list[tuple[str, str, int]]:
+    """Each mount of /proc/self/mountinfo: (its mount point, its file system type, its device as
+    `st_dev` gives it); none where there is no such file (not Linux, no /proc)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
     except OSError:
         return []
-    # The 5th field is the mount point; space, tab, new line and backslash are written in octal
-    # (\040). The type is the first field after the " - " separator.
-    return [
-        (_MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), line.split(" ")[4]), line.split(" - ", 1)[1].split(" ")[0])
-        for line in lines
-        if line.count(" ") > 4 and " - " in line
-    ]
+    # The 3rd field is the device (major:minor), the 5th the mount point; space, tab, new line and
+    # backslash are written in octal (\040). The type is the first field after the " - " separator.
+    mounts = []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5 or " - " not in line or fields[2].count(":") != 1:
+            continue
+        major, minor = fields[2].split(":")
+        if not (major.isdigit() and minor.isdigit()):
+            continue
+        point = _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4])
+        mounts.append((point, line.split(" - ", 1)[1].split(" ")[0], os.makedev(int(major), int(minor))))
+    return mounts
 
 
 # File systems the kernel makes of its own state (processes, devices, settings): what is written
@@ -225,18 +231,30 @@ KERNEL_FILE_SYSTEMS = frozenset(
 )  # fmt: skip
 
 
-def kernel_file_system(path: Path) -> tuple[str, str] | None:
-    """(its type, its mount point) when `path`, or the nearest folder above it that exists, is on
-    one of KERNEL_FILE_SYSTEMS; else None."""
-    at = Path(os.path.realpath(path))
-    while not at.exists() and at != at.parent:
-        at = at.parent
-    real = str(at)
-    under = [(point, kind) for point, kind in _mounts() if real == point or real.startswith(point.rstrip("/") + "/")]
-    if not under:
-        return None
-    point, kind = max(under, key=lambda m: len(m[0]))
-    return (kind, point) if kind in KERNEL_FILE_SYSTEMS else None
+def kernel_file_system(path: Path | int) -> tuple[str, str] | None:
+    """(its type, its mount point) when `path` (or the nearest folder above it that exists), or
+    the open folder `path`, is on one of KERNEL_FILE_SYSTEMS; else None. The file system is the
+    one the path reaches, its device (`st_dev`) found in /proc/self/mountinfo: a tmpfs mounted over
+    /proc's place is a tmpfs, and a folder opened after a check of its path is checked itself."""
+    if isinstance(path, int):
+        device = os.fstat(path).st_dev
+        with contextlib.suppress(OSError):
+            path = Path(os.readlink(f"/proc/self/fd/{path}"))  # for the mount point said, if it can be known
+    else:
+        path = Path(os.path.realpath(path))
+        while True:
+            try:
+                device = os.stat(path).st_dev
+                break
+            except OSError:
+                if path == path.parent:
+                    return None
+                path = path.parent
+    at = path
+    kernel = [(kind, point) for point, kind, dev in _mounts() if dev == device and kind in KERNEL_FILE_SYSTEMS]
+    # The mount it is under, of those of its device (a bind mount of /proc's /proc/sys is /proc's too).
+    kernel.sort(key=lambda m: -len(m[1]) if isinstance(at, Path) and at.is_relative_to(m[1]) else 0)
+    return kernel[0] if kernel else None
 
 
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")

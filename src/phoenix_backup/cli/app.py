@@ -235,7 +235,7 @@ def say_bug(exc: BaseException, *, verbose: bool, as_json: bool, error: Callable
     line with --json, where stdout also gets the error document. In a command and outside one."""
     trace = redacted(traceback.format_exc()) if verbose else None
     if trace and not as_json:
-        sys.stderr.write(trace)
+        sys.stderr.write(shown_lines(trace))  # a library's text, a name: its escapes escaped
     message = bug_message(exc, verbose)
     error(message, trace if as_json else None)
     if as_json:
@@ -274,13 +274,15 @@ def printable(text: str) -> str:
 def make_env(out: Out) -> Environment:
     tty = is_tty()
 
+    # A question names what it asks about (a snapshot's name, a database's file name): escaped as
+    # a message's are (`stderr_line`).
     def prompt(question: str) -> str:
         with out.progress.aside():
-            return getpass.getpass(question)
+            return getpass.getpass(printable(shown(question)))
 
     def confirm(question: str) -> bool:
         with out.progress.aside():
-            return click.confirm(question, default=False, err=True)
+            return click.confirm(printable(shown(question)), default=False, err=True)
 
     ctx = click.get_current_context(silent=True)
     latest = ctx.meta.get(_LATEST_KEY) if ctx is not None else None
@@ -388,7 +390,7 @@ def common(f: F) -> F:
             trace = redacted(traceback.format_exc()) if verbose else None
             if trace and not as_json:
                 out.progress.clear()
-                sys.stderr.write(trace)
+                sys.stderr.write(shown_lines(trace))  # a message's name, a library's text: escaped
             out.error(message, trace if as_json else None)
             if as_json:
                 with contextlib.suppress(OSError):  # stdout may be what failed (`output_failed`)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from phoenix_backup.cli.app import Out, cli, common
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown
 from phoenix_backup.ops import doctor as doctor_op
 from phoenix_backup.ops.context import Environment
 
@@ -28,9 +28,11 @@ def doctor(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
 def render(r: doctor_op.DoctorResult) -> str:
     lines = []
     for c in r.checks:
-        line = f"{SYMBOLS[c.status]} {c.name}: {c.message}"
+        # One line a check: a name's newline, a server's or a program's words (a PostgreSQL error,
+        # pg_dump's version line) shown escaped, never a line that looks like another check.
+        line = f"{SYMBOLS[c.status]} {shown(c.name)}: {shown(c.message)}"
         if c.fix and c.status != "ok":
-            line += f" — fix: {c.fix}"
+            line += f" — fix: {shown(c.fix)}"
         lines.append(line)
     failed = sum(1 for c in r.checks if c.status == "fail")
     lines.append("all checks passed" if not failed else f"{failed} check(s) failed")

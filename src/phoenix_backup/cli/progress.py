@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -24,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from phoenix_backup import jsontext
+from phoenix_backup.errors import shown
 from phoenix_backup.units import human_size
 
 # Redraws a second on a terminal: often enough to look alive, rarely enough to cost nothing.
@@ -251,7 +252,8 @@ class Progress:
             return
         self._last_json = now
         self._json_pending = False
-        self.stream.write(json.dumps(self._figures(now).to_json()) + "\n")
+        # jsontext: a name that is not UTF-8 (a database's) is valid Unicode there, its bytes beside it.
+        self.stream.write(jsontext.dumps(self._figures(now).to_json()) + "\n")
         self.stream.flush()
 
     def _flush_json(self) -> None:
@@ -301,7 +303,8 @@ class _Line:
     def __rich__(self) -> Any:
         from rich.text import Text
 
-        return Text(self.progress.figures().line(), no_wrap=True, overflow="ellipsis")
+        # What the line names (a database's file name) with its control characters escaped.
+        return Text(shown(self.progress.figures().line()), no_wrap=True, overflow="ellipsis")
 
 
 def _isatty(stream: TextIO) -> bool:

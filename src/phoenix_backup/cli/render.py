@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # only annotations: a command imports the use cases it runs, 
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
+    # A cell's newline or escape (a tag, a name from a planted snapshot) shown escaped: one line a row.
+    rows = [[shown(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -28,19 +30,19 @@ _SHOWN = 12
 
 def backup(r: BackupResult, verbose: bool) -> str:
     if r.dry_run:
-        lines = [f"{p.kind:7} {human_size(p.size):>10}  {p.path}" for p in r.planned] if verbose else []
+        lines = [f"{p.kind:7} {human_size(p.size):>10}  {shown(p.path)}" for p in r.planned] if verbose else []
         for c in r.components:
             if c.name == "include" and not c.paths:
                 continue
             what = "added by `include`" if c.name == "include" else c.name
             line = f"{what}: {len(c.paths)} {'databases' if c.name == 'databases' else 'files'}, {human_size(c.size)}"
             if c.paths and not verbose:
-                shown = [p.split("/", 1)[-1] for p in c.paths[:_SHOWN]]
-                line += f" ({', '.join(shown)}{', ...' if len(c.paths) > _SHOWN else ''})"
+                names = [shown(p.split("/", 1)[-1]) for p in c.paths[:_SHOWN]]
+                line += f" ({', '.join(names)}{', ...' if len(c.paths) > _SHOWN else ''})"
             if c.absent:
                 line += f"; not present here: {', '.join(c.absent)}"
             lines.append(line)
-        lines += [f"NOT SAVED: {i['path']}: {i['error']}" for i in r.incomplete]
+        lines += [f"NOT SAVED: {shown(i['path'])}: {i['error']}" for i in r.incomplete]
         lines.append(f"would back up {r.files} files and databases, {human_size(r.size)} (dry run: nothing written)")
         return "\n".join(lines + [f"warning: {w}" for w in r.warnings])
     # Counted as `phx drill` counts them: SQLite databases apart, a PostgreSQL or Redis dump's files as files.
@@ -60,11 +62,11 @@ def backup(r: BackupResult, verbose: bool) -> str:
         ]
     for db in r.databases:
         rows = sum(db.tables.values())
-        lines.append(f"  database {db.path}: integrity {db.integrity}, {len(db.tables)} tables, {rows} rows")
+        lines.append(f"  database {shown(db.path)}: integrity {db.integrity}, {len(db.tables)} tables, {rows} rows")
     for name, outcome in r.targets.items():
         lines.append(f"  target {name}: {'ok' if outcome.ok else 'FAILED: ' + (outcome.error or '')}")
     for item in r.incomplete:
-        lines.append(f"  not saved: {item['path']}: {item['error']}")
+        lines.append(f"  not saved: {shown(item['path'])}: {item['error']}")
     if r.retention is not None:
         for target, removed in r.retention.removed.items():
             for snap in removed:
@@ -102,13 +104,13 @@ def restore(r: RestoreResult, verbose: bool) -> str:
     counts = r.counts()
     lines = []
     if r.dry_run or verbose:
-        lines += [f"{i.action:9} {i.kind:7} {i.target}" for i in r.items]
+        lines += [f"{i.action:9} {i.kind:7} {shown(i.target)}" for i in r.items]  # one line a file
     summary = ", ".join(
         f"{n} to {a}" if a != "unchanged" else f"{n} unchanged" for a, n in counts.items() if n or a != "delete"
     )
     if r.dry_run:
         for db in r.databases:
-            lines.append(f"  database {db['path']}: {db['action']}{_row_deltas(db)}")
+            lines.append(f"  database {shown(db['path'])}: {db['action']}{_row_deltas(db)}")
         lines.append(f"plan for {r.name} ({r.snapshot[:8]}) {r.destination}: {summary} (dry run: nothing written)")
     else:
         done = f"restored {r.restored} files and databases"
@@ -120,7 +122,7 @@ def restore(r: RestoreResult, verbose: bool) -> str:
             bad = [t for t, m in fts.items() if m != "ok"]
             checks = f", FTS5 {'ok' if not bad else 'FAILED: ' + ', '.join(bad)} ({len(fts)} tables)" if fts else ""
             via = f" via {db['method']}" if db.get("method") else ""
-            lines.append(f"  database {db['path']}{via}: integrity {db['integrity']}{checks}{_copy_check(db)}")
+            lines.append(f"  database {shown(db['path'])}{via}: integrity {db['integrity']}{checks}{_copy_check(db)}")
         for action, step in r.gateway.items():
             state = "ok" if step.ok else "FAILED: " + step.describe()
             lines.append(f"  gateway.{action}: {state}")
@@ -168,7 +170,7 @@ def _row_deltas(db: dict[str, object]) -> str:
     parts = []
     for name, d in tables.items():
         if d["added"] or d["removed"] or d["changed"]:
-            parts.append(f"{name} +{d['added']} -{d['removed']} ~{d['changed']}")
+            parts.append(f"{shown(name)} +{d['added']} -{d['removed']} ~{d['changed']}")  # a table's name: its own
     return ": " + (", ".join(parts) if parts else "no row changes")
 
 

@@ -938,7 +938,7 @@ class _Restore:
             for logical, fut in copies.items():
                 if not fut.cancelled() and fut.exception() is None:
                     sqlite_sink.discard_copy(writer, logical, fut.result())
-            for problem in leftovers.bounded(writer.kept_copies):
+            for problem in leftovers.bounded(writer.kept_copies, leftovers.KEPT_COPIES):
                 self.envx.notice(f"warning: {problem}")
             writer.close()
 

@@ -298,18 +298,15 @@ class FileWriter:
                 raise os_error(exc, f"opening the restore destination {base}") from exc
         else:
             # Below --to, the root folder itself must not be a link leading out of DIR.
-            if (kernel := kernel_file_system(self.to)) is not None:
-                raise UsageError(
-                    f"the restore destination {shown(self.to)} is on {kernel[1]}, a {kernel[0]} file system the "
-                    "kernel makes of its own state, not a disk: nothing restored there would be kept; choose a "
-                    "folder on a disk with --to"
-                )
+            self._not_kernel(kernel_file_system(self.to))  # before a folder is made there
             try:
                 self._make_dirs(self.to)
                 top = os.open(self.to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
                 raise os_error(exc, f"opening the restore destination {self.to}") from exc
             try:
+                # The folder opened, which a link put at --to since the check above may have led elsewhere.
+                self._not_kernel(kernel_file_system(top))
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(root, 0o700, dir_fd=top)
                     if self._durable:
@@ -323,6 +320,15 @@ class FileWriter:
         self._roots[root] = fd
         self._root_ids[root] = (st.st_dev, st.st_ino)
         return fd
+
+    def _not_kernel(self, kernel: tuple[str, str] | None) -> None:
+        """--to on a kernel file system (`kernel_file_system`: its type and mount point): one usage error."""
+        if kernel is not None:
+            raise UsageError(
+                f"the restore destination {shown(self.to)} is on {kernel[1]}, a {kernel[0]} file system the "
+                "kernel makes of its own state, not a disk: nothing restored there would be kept; choose a "
+                "folder on a disk with --to"
+            )
 
     def _reopen_root(self, root: str) -> int:
         """A new descriptor of the root `root` at its path, opened as `_open_base` did (no folder created)."""

@@ -175,17 +175,24 @@ def unsearchable(folder: Path, exc: OSError) -> str:
     )
 
 
-def bounded(problems: list[str]) -> list[str]:
+def bounded(problems: list[str], what: str | None = None) -> list[str]:
     """The warnings of a clean-up as they are said: the first SHOWN_PROBLEMS, then one counting the
-    rest."""
+    rest (`what` they are and what to do, after the count; by default a killed restore's files)."""
     if len(problems) <= SHOWN_PROBLEMS + 1:
         return problems
     rest = len(problems) - SHOWN_PROBLEMS
-    return [
-        *problems[:SHOWN_PROBLEMS],
-        f"{rest} more temporary files killed restores left could not be removed, or folders holding them "
-        "searched, for the same kinds of reason; remove them yourself",
-    ]
+    what = what or (
+        "more temporary files killed restores left could not be removed, or folders holding them searched, for "
+        "the same kinds of reason; remove them yourself"
+    )
+    return [*problems[:SHOWN_PROBLEMS], f"{rest} {what}"]
+
+
+# The count of the database copies a restore could not remove after an error (`bounded`).
+KEPT_COPIES = (
+    "more copies of databases this restore wrote and did not apply could not be removed, for the same kinds of "
+    "reason; the next restore into their folders removes them, or remove them yourself"
+)
 
 
 def clean() -> tuple[list[str], list[str]]:
