@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,3 +141,43 @@ def test_the_watch_takes_a_fresh_lease_after_a_suspend(sandbox: Sandbox, monkeyp
         names = {info.name for info in w.repo.backend.list("locks/")}
         assert names == {w.lock.name}, names
     assert any("slept or stalled for 60 min" in n and "takes a fresh lock" in n for n in notices), notices
+
+
+def test_a_suspend_during_the_refresh_s_read_of_its_lock_is_not_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh thread reads its lock back (`_check_present`), the machine sleeps an hour in that
+    read (a network call: where the thread spends its time), and the refresh then writes. Before,
+    the gap was measured only before that read, and the write moved `refreshed` past the hour:
+    `confirm` found the lock fresh and committed, though another machine had seen it unrefreshed
+    for an hour (and may have removed it and pruned before the write put it back)."""
+    suspend = _sleeping_clock(monkeypatch)
+    monkeypatch.setattr(locks, "REFRESH_SECONDS", 0.2)
+    monkeypatch.setattr(locks, "REFRESH_LOOK_SECONDS", 0.05)
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    notes: list[str] = []
+    repo.locks.notice = notes.append
+    held = repo.lock(False, "backup")
+    real_read = repo.locks.read
+    slept = threading.Event()
+
+    def read_then_sleep(name: str) -> locks.LockInfo:
+        info = real_read(name)
+        if threading.current_thread().name == "phx-lock-refresh" and not slept.is_set():
+            suspend(HOUR)
+            slept.set()
+        return info
+
+    monkeypatch.setattr(repo.locks, "read", read_then_sleep)
+    try:
+        before = repo.backend.read(held.name)
+        for _ in range(60):  # up to 3 s: the suspend, then the refresh's write
+            if slept.is_set() and repo.backend.read(held.name) != before:
+                break
+            time.sleep(0.05)
+        assert slept.is_set() and repo.backend.read(held.name) != before, ("no refresh ran", notes)
+        with pytest.raises(RepositoryError) as caught:
+            held.confirm()
+        assert "slept or stalled for 60 min" in str(caught.value), caught.value
+    finally:
+        held.release()

@@ -782,6 +782,9 @@ class HeldLock:
 
     def _write(self) -> None:
         clock = holder_clock()
+        # A gap that ends now is noted before this write hides it: the refresh thread measured it
+        # before reading the lock back (`_check_present`, a store call a suspend may fall in).
+        self._note_gap(clock - self.refreshed)
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
@@ -812,12 +815,16 @@ class HeldLock:
         """Seconds since the store last took a refresh of this lock, on `holder_clock` (a suspend
         counts); past LOST_AFTER_SECONDS the lock is doubted from then on (`doubt`)."""
         gap = holder_clock() - self.refreshed
+        self._note_gap(gap)
+        return gap
+
+    def _note_gap(self, gap: float) -> None:
+        """Doubt the lock from now on when it went `gap` seconds unrefreshed, past LOST_AFTER_SECONDS."""
         if gap > LOST_AFTER_SECONDS and self.doubt is None:
             self.doubt = (
                 f"this machine slept or stalled for {gap / 60:.0f} min while holding the lock {self.name}; another "
                 f"machine may have judged it stale (after {STALE_SECONDS // 60} min unrefreshed) and pruned"
             )
-        return gap
 
     def held_for(self) -> float:
         """Seconds since the lock was taken, on `holder_clock` (a suspend counts)."""
