@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from e2e_support import Sandbox
+from test_lost_data import lose_a_new_file
 from test_watch_adversary import _commit, _table
 from test_watch_bases import _watcher
 from test_watch_lease import _bases_written
@@ -181,3 +182,33 @@ def test_a_suspend_during_the_refresh_s_read_of_its_lock_is_not_hidden(
         assert "slept or stalled for 60 min" in str(caught.value), caught.value
     finally:
         held.release()
+
+
+def test_repair_snapshots_suspended_before_its_commit_writes_no_copy(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx repair snapshots --rewrite` writes the trees of its copy (unreferenced until the copy is
+    saved: a prune that judged its lock stale deletes them), sleeps an hour, then saves the copy.
+    Before, it never confirmed its lock and committed a copy (exit 0) under a lock another machine
+    had seen unrefreshed for an hour; now every snapshot's commit point confirms (exit 1)."""
+    sb = backed_up
+    _before, snap, _pack = lose_a_new_file(sb)
+    suspend = _sleeping_clock(monkeypatch)
+    real = Repository.flush
+
+    def flush_then_sleep(self: Repository) -> None:
+        real(self)
+        suspend(HOUR)
+
+    monkeypatch.setattr(Repository, "flush", flush_then_sleep)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(sb.env)
+    try:
+        run = CliRunner().invoke(cli, ["repair", "snapshots", "--rewrite"], prog_name="phx")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert run.exit_code == 1, (run.exit_code, run.stdout, run.stderr)
+    assert "slept or stalled for 60 min" in run.stderr and "nothing was committed" in run.stderr, run.stderr
+    assert len(sb.snapshots()) == 2 and snap["id"] in {s["id"] for s in sb.snapshots()}, "a copy was committed"

@@ -1432,6 +1432,11 @@ class Repository:
                 f"({max_object_size('snapshots/'):,} bytes; it lists too many paths that failed or are new); "
                 "nothing was committed; back up or restore fewer paths at once"
             )
+        # The commit point of every command that writes a snapshot (backup, repair snapshots, key
+        # rotate): each lock held here is still in the store, ours, and was refreshed within
+        # LOST_AFTER_SECONDS (`HeldLock.confirm`): had another process removed it or judged it
+        # stale, a prune may have deleted what the snapshot refers to.
+        self.locks.confirm_held()
         self.backend.write(f"snapshots/{sid}", raw)
         self.stats.bytes_added += len(raw)
         if self.pins is not None:
