@@ -10,6 +10,7 @@ tests/e2e/test_write_only.py do."""
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 
 from e2e_support import Sandbox
@@ -18,7 +19,9 @@ from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.crypto import BlobType, Compression
 from phoenix_backup.repo.pack import PackBuilder, blob_aad, pack_name
+from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import Trees
+from phoenix_backup.sinks.files import write_content
 
 NAME = "planted.bin"
 
@@ -117,3 +120,67 @@ def test_a_database_falls_back_to_a_good_copy_too(sandbox: Sandbox, tmp_path: Pa
     assert restored.read_bytes() == expected
     assert bad_pack in res.err and blob in res.err, res.err
     assert not _leftovers(out)
+
+
+def _plant_every_blob(sb: Sandbox, sid: str, name: str) -> tuple[Node, int]:
+    """Every blob of the node `name`: a genuine copy in a new pack, and the copy a restore reads
+    first replaced by other plaintext under a valid tag. Returns the node and how many blobs."""
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        trees = Trees(repo)
+        trees.load(repo.find_snapshot(sid).tree)
+        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
+        blobs = list(dict.fromkeys(node.blobs()))
+        packer = PackBuilder(BlobType.DATA)
+        for blob in blobs:
+            data = repo.load_blob(BlobType.DATA, blob)
+            packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
+        pack_id, raw, entries = packer.finish(repo.sealer)
+        repo.backend.write(pack_name(pack_id), raw)
+        repo.write_index({pack_id: entries}, [])
+    finally:
+        repo.close()
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        for blob in blobs:
+            first = repo.index.get(blob)  # the copy a restore reads first, whichever pack that is
+            assert first is not None and first.compression == Compression.NONE, first
+            assert len(repo.index.locations(blob)) == 2
+            other = repo.sealer.seal(os.urandom(first.raw), blob_aad(BlobType.DATA, blob))
+            assert len(other) == first.stored
+            with open(sb.repo / pack_name(first.pack_id), "r+b") as f:
+                f.seek(first.offset)
+                f.write(other)
+    finally:
+        repo.close()
+    return node, len(blobs)
+
+
+def test_the_copies_proven_are_not_held_all_at_once(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A 24 MiB file every blob of which reads first from a copy with other plaintext: the file is
+    restored from the good copies with a peak of Python memory under the file's size (a blob is at
+    most 8 MiB: one read and opened, and the reading ahead, stay under 24 MiB). Before, `prove_node`
+    held every proven blob's plaintext at once, and each wrong copy, sealed and opened, stayed in a
+    cycle with its error's traceback: 107 MB at the peak for this file (tracemalloc)."""
+    sb = sandbox
+    content = os.urandom(24 << 20)
+    (sb.workspace / NAME).write_bytes(content)
+    sid = sb.backup()["id"]
+    node, count = _plant_every_blob(sb, sid, NAME)
+    assert count >= 8, count
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    out = tmp_path / NAME
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        tracemalloc.start()
+        write_content(repo, fd, NAME, node)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+        repo.close()
+    assert out.read_bytes() == content
+    assert peak < len(content), f"{peak:,} bytes held at the peak for a file of {len(content):,}"

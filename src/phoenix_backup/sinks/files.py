@@ -95,7 +95,7 @@ def write_content(
         _write_node(NodeReader(repo, logical, node, shared), out, progress)
         return
     except NodeMismatch as exc:
-        failed = exc
+        failed = exc.with_traceback(None)  # its frames hold the first reading's blobs
     finally:
         if shared is not None:
             shared.end()
