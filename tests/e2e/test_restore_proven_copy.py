@@ -14,6 +14,7 @@ import tracemalloc
 from pathlib import Path
 
 from e2e_support import Sandbox
+from test_import_merge import MEMORY, damage, rows
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
@@ -184,3 +185,21 @@ def test_the_copies_proven_are_not_held_all_at_once(sandbox: Sandbox, tmp_path: 
         repo.close()
     assert out.read_bytes() == content
     assert peak < len(content), f"{peak:,} bytes held at the peak for a file of {len(content):,}"
+
+
+def test_restore_merge_falls_back_to_a_good_copy_too(sandbox: Sandbox) -> None:
+    """`phx restore --merge` reads the snapshot's copy of a database through `copy_snapshot_database`
+    (and `diff`, `export` too): its page blob with other plaintext is taken from the good copy and
+    the rows merged. Before, only `write_content` fell back: the merge failed (exit 1, "damaged")."""
+    sb = sandbox
+    sb.write_config(compression=False)  # the planted copy takes the place of the stored bytes, same length
+    db = sb.db_path(MEMORY)
+    original = rows(db, "memory_items")
+    sid = sb.backup()["id"]
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name=db.name)
+    deleted, _edited = damage(db)
+    res = sb.phx("restore", "--backup", sid, "--merge", "--yes", check=None)
+    assert res.code == 0, res
+    after = rows(db, "memory_items")
+    assert {i: after[i] for i in deleted} == {i: original[i] for i in deleted}
+    assert bad_pack in res.err and blob in res.err, res.err

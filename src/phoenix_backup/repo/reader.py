@@ -21,6 +21,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from phoenix_backup.errors import CorruptObject, NoSpace, ObjectNotFound, PhoenixError
 from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
@@ -62,6 +63,7 @@ INLINE_READ = 1024 * 1024
 COPY_MARGIN = 16 * 1024 * 1024
 
 Opened = dict[bytes, "bytes | PhoenixError"]
+T = TypeVar("T")
 
 
 class NodeMismatch(CorruptObject):
@@ -622,9 +624,29 @@ def prove_node(repo: Repository, logical: str, node: Node, error: NodeMismatch) 
     return proven
 
 
+def read_proving(
+    repo: Repository,
+    logical: str,
+    node: Node,
+    use: Callable[[NodeReader, bool], T],
+    shared: ScheduledNode | None = None,
+) -> T:
+    """`use(reader, False)` with a reader of the node; when its bytes fail their SHA-256 (a blob's
+    copy with other plaintext under a valid tag), `use(reader, True)` once more with a reader whose
+    wrong copies are taken from copies that prove (`prove_node`): `use` starts its output afresh."""
+    try:
+        return use(NodeReader(repo, logical, node, shared), False)
+    except NodeMismatch as exc:
+        failed = exc.with_traceback(None)  # its frames hold the first reading's blobs
+    finally:
+        if shared is not None:
+            shared.end()
+    return use(NodeReader(repo, logical, node, proven=prove_node(repo, logical, node, failed)), True)
+
+
 def read_node(repo: Repository, logical: str, node: Node) -> bytes:
     """A node's whole content, checked."""
-    return b"".join(NodeReader(repo, logical, node).blocks())
+    return read_proving(repo, logical, node, lambda reader, _again: b"".join(reader.blocks()))
 
 
 def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Path) -> Path:
@@ -636,11 +658,14 @@ def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Pat
             f"not enough free space in {dest.parent} for a copy of {logical} ({node.size // 2**20} MiB); "
             "free some space or set TMPDIR to a larger disk"
         )
-    reader = NodeReader(repo, logical, node)
-    with open(dest, "wb") as f:
-        for chunk in reader.chunks():
-            f.write(chunk)
-    reader.finish()
+
+    def write(reader: NodeReader, _again: bool) -> None:
+        with open(dest, "wb") as f:  # afresh when read again
+            for chunk in reader.chunks():
+                f.write(chunk)
+        reader.finish()
+
+    read_proving(repo, logical, node, write)
     return dest
 
 
