@@ -24,7 +24,7 @@ from test_watch_bases import _watcher
 from test_watch_lease import _bases_written
 
 from phoenix_backup.cli.main import cli
-from phoenix_backup.errors import RepositoryError
+from phoenix_backup.errors import RepositoryError, StorageError
 from phoenix_backup.repo import keys, locks
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
@@ -212,3 +212,38 @@ def test_repair_snapshots_suspended_before_its_commit_writes_no_copy(
     assert run.exit_code == 1, (run.exit_code, run.stdout, run.stderr)
     assert "slept or stalled for 60 min" in run.stderr and "nothing was committed" in run.stderr, run.stderr
     assert len(sb.snapshots()) == 2 and snap["id"] in {s["id"] for s in sb.snapshots()}, "a copy was committed"
+
+
+def test_a_lock_the_store_refused_to_refresh_is_doubted_with_that_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refuses the lock's refreshes (an outage) past the margin, the machine awake: the
+    holder commits nothing, and says why: the refreshes failed. Before, it said "this machine slept
+    or stalled", which it had not: the user looked for a suspend instead of at the store."""
+    monkeypatch.setattr(locks, "REFRESH_SECONDS", 0.1)
+    monkeypatch.setattr(locks, "REFRESH_LOOK_SECONDS", 0.02)
+    monkeypatch.setattr(locks, "LOST_AFTER_SECONDS", 0.5)
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    notes: list[str] = []
+    repo.locks.notice = notes.append
+    held = repo.lock(False, "backup")
+    real_write = repo.backend.write
+
+    def refuse_locks(name: str, data: bytes) -> None:
+        if name.startswith("locks/"):
+            raise StorageError("the store answered 503 Service Unavailable")
+        real_write(name, data)
+
+    monkeypatch.setattr(repo.backend, "write", refuse_locks)
+    try:
+        time.sleep(1.0)  # five refreshes refused, twice the margin
+        assert any("could not refresh the repository lock" in n for n in notes), notes
+        with pytest.raises(RepositoryError) as caught:
+            held.confirm()
+        message = str(caught.value)
+        assert "slept" not in message, message
+        assert "could not be refreshed" in message and "503 Service Unavailable" in message, message
+        assert "nothing was committed" in message, message
+    finally:
+        monkeypatch.setattr(repo.backend, "write", real_write)
+        held.release()
