@@ -27,23 +27,22 @@ from phoenix_backup.sinks.files import write_content
 NAME = "planted.bin"
 
 
-def _plant(sb: Sandbox, sid: str, *, good_copy: bool, name: str = NAME) -> tuple[str, str]:
-    """A MAC-valid copy of the first blob of the node `name` with other plaintext in place of the
-    copy a restore reads first; with `good_copy`, a genuine copy in a pack of its own too. Returns
-    the blob id (hex, as messages show it) and the pack holding the bad copy."""
+def _plant_copies(sb: Sandbox, sid: str, name: str, *, good_copy: bool, every: bool) -> tuple[Node, list[str]]:
+    """A MAC-valid copy with other plaintext in place of the copy a restore reads first, of the
+    first blob of the node `name` (of every blob with `every`); with `good_copy`, a genuine copy of
+    each in a new pack too. Returns the node and the packs holding the bad copies, in blob order."""
     repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
     repo.load_index()
     try:
         trees = Trees(repo)
         trees.load(repo.find_snapshot(sid).tree)
         (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
-        blob = next(node.blobs())
-        data = repo.load_blob(BlobType.DATA, blob)
-        loc = repo.index.get(blob)
-        assert loc is not None and loc.compression == Compression.NONE, loc
+        blobs = list(dict.fromkeys(node.blobs()))[: None if every else 1]
         if good_copy:
             packer = PackBuilder(BlobType.DATA)
-            packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
+            for blob in blobs:
+                data = repo.load_blob(BlobType.DATA, blob)
+                packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
             pack_id, raw, entries = packer.finish(repo.sealer)
             repo.backend.write(pack_name(pack_id), raw)
             repo.write_index({pack_id: entries}, [])
@@ -51,21 +50,28 @@ def _plant(sb: Sandbox, sid: str, *, good_copy: bool, name: str = NAME) -> tuple
         repo.close()
     repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
     repo.load_index()
+    bad: list[str] = []
     try:
-        first = repo.index.get(blob)  # the copy a restore reads first, whichever pack that is
-        assert first is not None and first.compression == Compression.NONE
-        if good_copy:
-            assert len(repo.index.locations(blob)) == 2
-        other = bytes(b ^ 0x5A for b in data)  # other plaintext, same length: a valid tag all the same
-        sealed = repo.sealer.seal(other, blob_aad(BlobType.DATA, blob))
-        assert len(sealed) == first.stored
-        path = sb.repo / pack_name(first.pack_id)
-        with open(path, "r+b") as f:
-            f.seek(first.offset)
-            f.write(sealed)
-        return blob.hex()[:16], pack_name(first.pack_id)
+        for blob in blobs:
+            first = repo.index.get(blob)  # the copy a restore reads first, whichever pack that is
+            assert first is not None and first.compression == Compression.NONE, first
+            assert len(repo.index.locations(blob)) == (2 if good_copy else 1)
+            # Other plaintext, same length: a valid tag all the same.
+            sealed = repo.sealer.seal(os.urandom(first.raw), blob_aad(BlobType.DATA, blob))
+            assert len(sealed) == first.stored
+            with open(sb.repo / pack_name(first.pack_id), "r+b") as f:
+                f.seek(first.offset)
+                f.write(sealed)
+            bad.append(pack_name(first.pack_id))
     finally:
         repo.close()
+    return node, bad
+
+
+def _plant(sb: Sandbox, sid: str, *, good_copy: bool, name: str = NAME) -> tuple[str, str]:
+    """`_plant_copies` of the first blob: its id (hex, as messages show it) and the bad copy's pack."""
+    node, (bad_pack,) = _plant_copies(sb, sid, name, good_copy=good_copy, every=False)
+    return next(node.blobs()).hex()[:16], bad_pack
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -123,42 +129,6 @@ def test_a_database_falls_back_to_a_good_copy_too(sandbox: Sandbox, tmp_path: Pa
     assert not _leftovers(out)
 
 
-def _plant_every_blob(sb: Sandbox, sid: str, name: str) -> tuple[Node, int]:
-    """Every blob of the node `name`: a genuine copy in a new pack, and the copy a restore reads
-    first replaced by other plaintext under a valid tag. Returns the node and how many blobs."""
-    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
-    repo.load_index()
-    try:
-        trees = Trees(repo)
-        trees.load(repo.find_snapshot(sid).tree)
-        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
-        blobs = list(dict.fromkeys(node.blobs()))
-        packer = PackBuilder(BlobType.DATA)
-        for blob in blobs:
-            data = repo.load_blob(BlobType.DATA, blob)
-            packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
-        pack_id, raw, entries = packer.finish(repo.sealer)
-        repo.backend.write(pack_name(pack_id), raw)
-        repo.write_index({pack_id: entries}, [])
-    finally:
-        repo.close()
-    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
-    repo.load_index()
-    try:
-        for blob in blobs:
-            first = repo.index.get(blob)  # the copy a restore reads first, whichever pack that is
-            assert first is not None and first.compression == Compression.NONE, first
-            assert len(repo.index.locations(blob)) == 2
-            other = repo.sealer.seal(os.urandom(first.raw), blob_aad(BlobType.DATA, blob))
-            assert len(other) == first.stored
-            with open(sb.repo / pack_name(first.pack_id), "r+b") as f:
-                f.seek(first.offset)
-                f.write(other)
-    finally:
-        repo.close()
-    return node, len(blobs)
-
-
 def test_the_copies_proven_are_not_held_all_at_once(sandbox: Sandbox, tmp_path: Path) -> None:
     """A 24 MiB file every blob of which reads first from a copy with other plaintext: the file is
     restored from the good copies with a peak of Python memory under the file's size (a blob is at
@@ -169,8 +139,8 @@ def test_the_copies_proven_are_not_held_all_at_once(sandbox: Sandbox, tmp_path: 
     content = os.urandom(24 << 20)
     (sb.workspace / NAME).write_bytes(content)
     sid = sb.backup()["id"]
-    node, count = _plant_every_blob(sb, sid, NAME)
-    assert count >= 8, count
+    node, bad = _plant_copies(sb, sid, NAME, good_copy=True, every=True)
+    assert len(bad) >= 8, bad
     repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
     repo.load_index()
     out = tmp_path / NAME
