@@ -144,6 +144,19 @@ def test_the_watch_takes_a_fresh_lease_after_a_suspend(sandbox: Sandbox, monkeyp
     assert any("slept or stalled for 60 min" in n and "takes a fresh lock" in n for n in notices), notices
 
 
+def _refreshed_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: float
+) -> tuple[Repository, locks.HeldLock, list[str]]:
+    """A new repository and a lock held on it, refreshed every `every` seconds (looked at five
+    times as often), and the list its notices go to."""
+    monkeypatch.setattr(locks, "REFRESH_SECONDS", every)
+    monkeypatch.setattr(locks, "REFRESH_LOOK_SECONDS", every / 5)
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
+    notes: list[str] = []
+    repo.locks.notice = notes.append
+    return repo, repo.lock(False, "backup"), notes
+
+
 def test_a_suspend_during_the_refresh_s_read_of_its_lock_is_not_hidden(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,12 +166,7 @@ def test_a_suspend_during_the_refresh_s_read_of_its_lock_is_not_hidden(
     `confirm` found the lock fresh and committed, though another machine had seen it unrefreshed
     for an hour (and may have removed it and pruned before the write put it back)."""
     suspend = _sleeping_clock(monkeypatch)
-    monkeypatch.setattr(locks, "REFRESH_SECONDS", 0.2)
-    monkeypatch.setattr(locks, "REFRESH_LOOK_SECONDS", 0.05)
-    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
-    notes: list[str] = []
-    repo.locks.notice = notes.append
-    held = repo.lock(False, "backup")
+    repo, held, notes = _refreshed_often(tmp_path, monkeypatch, 0.2)
     real_read = repo.locks.read
     slept = threading.Event()
 
@@ -220,13 +228,8 @@ def test_a_lock_the_store_refused_to_refresh_is_doubted_with_that_cause(
     """The store refuses the lock's refreshes (an outage) past the margin, the machine awake: the
     holder commits nothing, and says why: the refreshes failed. Before, it said "this machine slept
     or stalled", which it had not: the user looked for a suspend instead of at the store."""
-    monkeypatch.setattr(locks, "REFRESH_SECONDS", 0.1)
-    monkeypatch.setattr(locks, "REFRESH_LOOK_SECONDS", 0.02)
     monkeypatch.setattr(locks, "LOST_AFTER_SECONDS", 0.5)
-    repo = Repository.init(LocalBackend(tmp_path / "repo"), keys.wrap_none, False)
-    notes: list[str] = []
-    repo.locks.notice = notes.append
-    held = repo.lock(False, "backup")
+    repo, held, notes = _refreshed_often(tmp_path, monkeypatch, 0.1)
     real_write = repo.backend.write
 
     def refuse_locks(name: str, data: bytes) -> None:
