@@ -1098,9 +1098,9 @@ def _run(
     added = repo.stats.bytes_added
     snap = _with_added(snap, added)
     # The commit point. Before it: every pack the snapshot refers to is still in the store, and
-    # our lock is still there and ours (had another process removed it, a prune may have run).
+    # our lock is still there and ours (`save_snapshot` confirms it: had another process removed
+    # it, a prune may have run).
     repo.confirm_present(trees | {blob for node in nodes.values() for blob in node.blobs()})
-    repo.locks.confirm_held()
     sid = repo.save_snapshot(snap)
     return BackupResult(
         id=sid,

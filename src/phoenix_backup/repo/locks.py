@@ -759,6 +759,9 @@ class HeldLock:
         # Why the lock may be lost though still in the store: it went unrefreshed for
         # LOST_AFTER_SECONDS (a suspend, a stall), so another machine may have judged it stale.
         self.doubt: str | None = None
+        # Why the last refresh failed, until one succeeds: a gap of refreshes the store refused (an
+        # outage) is said as such, not as a suspend.
+        self.refresh_failed: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # a refresh never writes while `rekey` moves the lock
@@ -782,6 +785,9 @@ class HeldLock:
 
     def _write(self) -> None:
         clock = holder_clock()
+        # A gap that ends now is noted before this write hides it: the refresh thread measured it
+        # before reading the lock back (`_check_present`, a store call a suspend may fall in).
+        self._note_gap(clock - self.refreshed)
         doc = {
             "host": socket.gethostname(),
             "bootId": boot_id(),
@@ -812,12 +818,20 @@ class HeldLock:
         """Seconds since the store last took a refresh of this lock, on `holder_clock` (a suspend
         counts); past LOST_AFTER_SECONDS the lock is doubted from then on (`doubt`)."""
         gap = holder_clock() - self.refreshed
-        if gap > LOST_AFTER_SECONDS and self.doubt is None:
-            self.doubt = (
-                f"this machine slept or stalled for {gap / 60:.0f} min while holding the lock {self.name}; another "
-                f"machine may have judged it stale (after {STALE_SECONDS // 60} min unrefreshed) and pruned"
-            )
+        self._note_gap(gap)
         return gap
+
+    def _note_gap(self, gap: float) -> None:
+        """Doubt the lock from now on when it went `gap` seconds unrefreshed, past LOST_AFTER_SECONDS."""
+        if gap > LOST_AFTER_SECONDS and self.doubt is None:
+            if self.refresh_failed is not None:
+                cause = f"the lock {self.name} could not be refreshed for {gap / 60:.0f} min ({self.refresh_failed})"
+            else:
+                cause = f"this machine slept or stalled for {gap / 60:.0f} min while holding the lock {self.name}"
+            self.doubt = (
+                f"{cause}; another machine may have judged it stale (after {STALE_SECONDS // 60} min unrefreshed) "
+                "and pruned"
+            )
 
     def held_for(self) -> float:
         """Seconds since the lock was taken, on `holder_clock` (a suspend counts)."""
@@ -882,10 +896,12 @@ class HeldLock:
                         if self._stop.is_set():
                             return
                         self._write()
+                    self.refresh_failed = None
                 except RepositoryError as exc:
                     self.manager.notice(str(exc))
                     return
                 except Exception as exc:  # a refresh failure must not kill the run
+                    self.refresh_failed = str(exc)
                     self.manager.notice(f"could not refresh the repository lock: {exc}")
 
         self._thread = threading.Thread(target=loop, name="phx-lock-refresh", daemon=True)

@@ -21,6 +21,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from phoenix_backup.errors import CorruptObject, NoSpace, ObjectNotFound, PhoenixError
 from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
@@ -62,6 +63,7 @@ INLINE_READ = 1024 * 1024
 COPY_MARGIN = 16 * 1024 * 1024
 
 Opened = dict[bytes, "bytes | PhoenixError"]
+T = TypeVar("T")
 
 
 class NodeMismatch(CorruptObject):
@@ -219,11 +221,12 @@ class _Ahead:
         repo: Repository,
         extents: Sequence[Extent],
         shared: ScheduledNode | None = None,
-        proven: Mapping[bytes, bytes] | None = None,
+        proven: Mapping[bytes, BlobLocation] | None = None,
     ) -> None:
         self.repo = repo
-        # Blobs proven by their id after the node failed its SHA-256 (`prove_node`): used instead
-        # of the copy read first, and never read again.
+        # Blobs proven by their id after the node failed its SHA-256 (`prove_node`): read from the
+        # location that proved, on their turn (one at a time, kept like any other while needed
+        # again), instead of the copy read first.
         self.proven = proven or {}
         # A node of a restore's `PackSchedule`: its blobs were read with those of the nodes around
         # it, pack by pack; this reader plans no read of its own.
@@ -284,8 +287,6 @@ class _Ahead:
         if self.in_flight < READ_AHEAD // 2:
             self.plan()
         blob = self.extents.blob(index)
-        if self.proven and (proven := self.proven.get(blob)) is not None:
-            return proven
         self.uses[blob] -= 1
         data = self.kept.get(blob)
         if data is not None:
@@ -297,8 +298,12 @@ class _Ahead:
         shared = None if waiting is not None or self.shared is None else self.shared.take(blob)
         if shared is not None:
             data = shared
-        elif waiting is None:  # never planned (not in the index) or dropped from the kept ones
-            data = self.repo.load_blob(BlobType.DATA, blob)
+        elif waiting is None:  # never planned (not in the index, or proven) or dropped from the kept ones
+            proven = self.proven.get(blob)
+            if proven is None:
+                data = self.repo.load_blob(BlobType.DATA, blob)
+            else:
+                data = self.repo.load_proven(BlobType.DATA, blob, proven)
         else:
             fut, raw = waiting
             self.in_flight -= raw
@@ -481,7 +486,7 @@ def extent_ranges(
     logical: str,
     extents: Sequence[Extent],
     shared: ScheduledNode | None = None,
-    proven: Mapping[bytes, bytes] | None = None,
+    proven: Mapping[bytes, BlobLocation] | None = None,
 ) -> Iterator[tuple[bytes, int, int]]:
     """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
     ahead = _Ahead(repo, extents, shared, proven)
@@ -513,7 +518,7 @@ class NodeReader:
         logical: str,
         node: Node,
         shared: ScheduledNode | None = None,
-        proven: Mapping[bytes, bytes] | None = None,
+        proven: Mapping[bytes, BlobLocation] | None = None,
     ) -> None:
         self.repo = repo
         self.logical = logical
@@ -596,31 +601,52 @@ class NodeReader:
             )
 
 
-def prove_node(repo: Repository, logical: str, node: Node, error: NodeMismatch) -> dict[bytes, bytes]:
+def prove_node(repo: Repository, logical: str, node: Node, error: NodeMismatch) -> dict[bytes, BlobLocation]:
     """For a node whose bytes failed their SHA-256 (`error`, from `NodeReader`): its blobs whose
-    first copy does not hash to its id (`read_blobs` opens without that check, for speed), each from
-    a copy that does (`Repository.prove_blob`, which names the packs that failed), to read the node
-    again with. Raises `error` when every first copy proves (the fault is not in a blob), and
-    CorruptObject naming the blob and its packs when one has no copy that proves."""
-    proven: dict[bytes, bytes] = {}
+    first copy does not hash to its id (`read_blobs` opens without that check, for speed), each with
+    the location of a copy that does (`Repository.prove_blob`, which names the packs that failed),
+    to read the node again with (its plaintext is not kept: read again on its turn). Raises `error`
+    when every first copy proves (the fault is not in a blob), and CorruptObject naming the blob and
+    its packs when one has no copy that proves."""
+    proven: dict[bytes, BlobLocation] = {}
     for blob in dict.fromkeys(node.blobs()):
         try:
-            data = repo.prove_blob(BlobType.DATA, blob)
+            loc = repo.prove_blob(BlobType.DATA, blob)
         except CorruptObject as exc:
             raise CorruptObject(
                 f"{logical} read from the repository does not match its SHA-256 in the snapshot (damaged): {exc}; "
                 "run `phx verify --read-data` and use another snapshot or target"
             ) from error
-        if data is not None:
-            proven[blob] = data
+        if loc is not None:
+            proven[blob] = loc
     if not proven:
         raise error
     return proven
 
 
+def read_proving(
+    repo: Repository,
+    logical: str,
+    node: Node,
+    use: Callable[[NodeReader, bool], T],
+    shared: ScheduledNode | None = None,
+) -> T:
+    """`use(reader, False)` with a reader of the node; when its bytes fail their SHA-256 (a blob's
+    copy with other plaintext under a valid tag), `use(reader, True)` once more with a reader whose
+    wrong copies are taken from copies that prove (`prove_node`): `use` starts its output afresh."""
+    try:
+        return use(NodeReader(repo, logical, node, shared), False)
+    except NodeMismatch as exc:
+        failed = exc.with_traceback(None)  # its frames hold the first reading's blobs
+    finally:
+        if shared is not None:
+            shared.end()
+    return use(NodeReader(repo, logical, node, proven=prove_node(repo, logical, node, failed)), True)
+
+
 def read_node(repo: Repository, logical: str, node: Node) -> bytes:
     """A node's whole content, checked."""
-    return b"".join(NodeReader(repo, logical, node).blocks())
+    return read_proving(repo, logical, node, lambda reader, _again: b"".join(reader.blocks()))
 
 
 def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Path) -> Path:
@@ -632,11 +658,14 @@ def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Pat
             f"not enough free space in {dest.parent} for a copy of {logical} ({node.size // 2**20} MiB); "
             "free some space or set TMPDIR to a larger disk"
         )
-    reader = NodeReader(repo, logical, node)
-    with open(dest, "wb") as f:
-        for chunk in reader.chunks():
-            f.write(chunk)
-    reader.finish()
+
+    def write(reader: NodeReader, _again: bool) -> None:
+        with open(dest, "wb") as f:  # afresh when read again
+            for chunk in reader.chunks():
+                f.write(chunk)
+        reader.finish()
+
+    read_proving(repo, logical, node, write)
     return dest
 
 

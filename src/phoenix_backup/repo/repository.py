@@ -1315,33 +1315,40 @@ class Repository:
         self._bad_location(failed, blob_id, error)
         return self._load_from(kind, blob_id, others, error)
 
-    def prove_blob(self, kind: BlobType, blob_id: bytes) -> bytes | None:
+    def prove_blob(self, kind: BlobType, blob_id: bytes) -> BlobLocation | None:
         """For a reader whose bytes failed their SHA-256 (`read_blobs` opens blobs without the id
-        check, for speed): the blob from the first location listed for it that opens and whose
-        plaintext hashes to its id; None when that is the first one listed (the copy a reader takes
-        first proves). The locations before it (a copy whose tag is valid but whose plaintext is
-        not the blob, sealed by a key holder or a bug) are noted and said (`_bad_location`).
+        check, for speed): the first location listed for the blob that opens and whose plaintext
+        hashes to its id (read again on its turn, `load_proven`: a file of a thousand such blobs
+        never holds them all at once); None when that is the first one listed (the copy a reader
+        takes first proves). The locations before it (a copy whose tag is valid but whose plaintext
+        is not the blob, sealed by a key holder or a bug) are noted and said (`_bad_location`).
         CorruptObject naming the blob and every pack tried when no copy proves."""
         tried: list[tuple[BlobLocation, CorruptObject | ObjectNotFound]] = []
         for loc in self.index.locations(blob_id):
             if loc.type != kind:
                 continue
-            what = f"blob {blob_id.hex()[:16]} in pack {loc.pack_id[:16]}"
             try:
-                sealed = self.backend.read_range(pack_name(loc.pack_id), loc.offset, loc.stored)
-                data = self.open_blob(kind, blob_id, loc.compression, sealed, loc.raw, what, check_id=True)
+                self.load_proven(kind, blob_id, loc)
             except (CorruptObject, ObjectNotFound) as exc:
-                tried.append((loc, exc))
+                # Without its traceback: its frames hold the copy's bytes, sealed and opened, and
+                # `tried` the error (a cycle): a file of a thousand wrong blobs held them all.
+                tried.append((loc, exc.with_traceback(None)))
                 continue
             for bad, why in tried:
                 self._bad_location(bad, blob_id, why)
-            return data if tried else None
+            return loc if tried else None
         packs = (
             ", ".join(dict.fromkeys(pack_name(loc.pack_id) for loc, _exc in tried)) or "none: it is not in the index"
         )
         raise CorruptObject(
             f"{kind.name.lower()} blob {blob_id.hex()[:16]} has no copy whose bytes match its id (packs tried: {packs})"
         )
+
+    def load_proven(self, kind: BlobType, blob_id: bytes, loc: BlobLocation) -> bytes:
+        """The blob at `loc`, its plaintext hashed against its id (`prove_blob`)."""
+        sealed = self.backend.read_range(pack_name(loc.pack_id), loc.offset, loc.stored)
+        what = f"blob {blob_id.hex()[:16]} in pack {loc.pack_id[:16]}"
+        return self.open_blob(kind, blob_id, loc.compression, sealed, loc.raw, what, check_id=True)
 
     def _load_from(
         self,
@@ -1432,6 +1439,11 @@ class Repository:
                 f"({max_object_size('snapshots/'):,} bytes; it lists too many paths that failed or are new); "
                 "nothing was committed; back up or restore fewer paths at once"
             )
+        # The commit point of every command that writes a snapshot (backup, repair snapshots, key
+        # rotate): each lock held here is still in the store, ours, and was refreshed within
+        # LOST_AFTER_SECONDS (`HeldLock.confirm`): had another process removed it or judged it
+        # stale, a prune may have deleted what the snapshot refers to.
+        self.locks.confirm_held()
         self.backend.write(f"snapshots/{sid}", raw)
         self.stats.bytes_added += len(raw)
         if self.pins is not None:

@@ -28,7 +28,7 @@ from typing import cast
 from phoenix_backup.dirs import kernel_file_system, make_dirs
 from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath, UsageError, shown
 from phoenix_backup.repo.locks import own_start_time, process_start_time
-from phoenix_backup.repo.reader import NodeMismatch, NodeReader, PackSchedule, prove_node
+from phoenix_backup.repo.reader import NodeReader, PackSchedule, read_proving
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node, check_name
 from phoenix_backup.reporting import Reporter
@@ -89,20 +89,15 @@ def write_content(
     Blobs are opened without hashing their plaintext against their ids (for speed: the SHA-256
     proves the bytes): when the SHA-256 fails, the blobs whose first copy does not hash to its id
     are taken from another copy that does, and the file is written again and proved anew
-    (`prove_node`); only when no copy proves does it fail, naming the blob and its packs."""
-    shared = schedule.begin(logical) if schedule is not None else None
-    try:
-        _write_node(NodeReader(repo, logical, node, shared), out, progress)
-        return
-    except NodeMismatch as exc:
-        failed = exc
-    finally:
-        if shared is not None:
-            shared.end()
-    proven = prove_node(repo, logical, node, failed)
-    os.ftruncate(out, 0)
-    os.lseek(out, 0, os.SEEK_SET)
-    _write_node(NodeReader(repo, logical, node, proven=proven), out, None)  # its bytes were counted once
+    (`read_proving`); only when no copy proves does it fail, naming the blob and its packs."""
+
+    def write(reader: NodeReader, again: bool) -> None:
+        if again:  # its bytes were counted once
+            os.ftruncate(out, 0)
+            os.lseek(out, 0, os.SEEK_SET)
+        _write_node(reader, out, None if again else progress)
+
+    read_proving(repo, logical, node, write, schedule.begin(logical) if schedule is not None else None)
 
 
 def _write_node(reader: NodeReader, out: int, progress: Reporter | None) -> None:
