@@ -234,3 +234,20 @@ def test_the_heaps_free_pages_go_back_before_scrypt_and_its_memory_after() -> No
     proc = subprocess.run([sys.executable, "-c", _FREED_HEAP], capture_output=True, text=True, timeout=60, check=True)
     before, after, _kept = map(int, proc.stdout.split())
     assert after < before - 10_000, (before, after)
+
+
+def test_a_zstandard_that_cannot_be_loaded_is_one_sentence_at_its_first_use(sandbox: Sandbox, tmp_path: Path) -> None:
+    # zstandard is loaded at its first use (issue 20), not at start-up: in a first backup that is on
+    # a writer thread in the middle of the run, in a verify the index's reading. A package that
+    # cannot be loaded (a missing libzstd, a half-done upgrade) is one sentence naming it and the
+    # fix, exit 2, never "unexpected internal error ... a bug in Phoenix"; nothing is committed, and
+    # the next run with it works.
+    sb = sandbox
+    broken = tmp_path / "broken" / "zstandard"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("libzstd.so.1: cannot open shared object file")\n')
+    env = sb.env_with(PYTHONPATH=str(broken.parent))
+    assert_error(sb.phx("backup", env=env, check=None), 2, "package zstandard", "cannot be loaded", "reinstall")
+    first = sb.backup()["id"]
+    assert [s["id"] for s in sb.snapshots()] == [first]  # the failed run committed none
+    assert_error(sb.phx("verify", env=env, check=None), 2, "package zstandard", "cannot be loaded", "reinstall")
