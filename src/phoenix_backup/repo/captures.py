@@ -31,7 +31,7 @@ from pathlib import Path
 
 import blake3
 
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing
 from phoenix_backup.repo.crypto import same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.repository import Repository
 
@@ -449,6 +449,8 @@ def timeline(repo: Repository, cache: Path | None = None) -> Timeline:
             continue
         try:
             seg = load(repo, name)
+        except ToolMissing:
+            raise  # zstandard cannot be loaded (its first use may be here): no segment is to blame
         except (PhoenixError, OSError) as exc:
             problems[name] = str(exc)
             unreadable.append(name)
