@@ -265,3 +265,13 @@ def test_a_watch_whose_zstandard_cannot_be_loaded_stops_at_its_start(sandbox: Sa
     # sentence, exit 2 (as every command failed at start-up before zstandard was loaded lazily).
     res = sandbox.phx("watch", "--duration", "5", "--no-files", env=_broken_zstandard(sandbox, tmp_path), check=None)
     assert_error(res, 2, "package zstandard", "cannot be loaded", "reinstall")
+
+
+def test_the_doctor_finds_a_zstandard_that_cannot_be_loaded(sandbox: Sandbox, tmp_path: Path) -> None:
+    # No command fails at start-up any more when zstandard cannot be loaded: `phx doctor`, which
+    # never compresses, loads it, or it would pass (exit 0) an install on which every backup fails.
+    res = sandbox.phx("doctor", env=_broken_zstandard(sandbox, tmp_path), check=None)
+    assert res.code == 1, res
+    assert "✗ package zstandard: the Python package zstandard, which compresses the repository's data, cannot be" in (
+        res.out + res.err
+    ), res
