@@ -8,6 +8,7 @@ import dataclasses
 import json
 import secrets
 import struct
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import zstandard
 
 from phoenix_backup.config import parse_config
-from phoenix_backup.errors import CorruptObject
+from phoenix_backup.errors import CorruptObject, ToolMissing
 from phoenix_backup.ops import forget, pitr
 from phoenix_backup.ops.context import Environment, captures_cache
 from phoenix_backup.repo import captures, keys
@@ -186,6 +187,18 @@ def test_the_timeline_joins_touching_segments_and_shows_a_missing_one_as_the_end
     tl = captures.timeline(repo)
     assert captures.PREFIX + b in tl.problems
     assert [(r.start, r.end) for r in tl.for_path("home/a.db")] == [(10 * S, 11 * S)]
+
+
+def test_a_zstandard_that_cannot_be_loaded_stops_the_timeline_and_blames_no_segment(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # zstandard is loaded at its first use (issue 20): for `phx list --timeline` that is a
+    # segment's reading, where a segment that cannot be read is listed as unreadable (exit 3). A
+    # package that cannot be loaded is one sentence instead: before, every segment was "unreadable".
+    _write(repo, _segment(secrets.token_hex(16), 0, None, 10 * S, 11 * S, base=True))
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # what `import zstandard` then raises: ImportError
+    with pytest.raises(ToolMissing, match="package zstandard, which compresses the repository's data, cannot be"):
+        captures.timeline(repo)
 
 
 def test_a_forgotten_base_uncovers_its_history(repo: Repository) -> None:

@@ -39,12 +39,14 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryNotFound,
     SourceError,
+    ToolMissing,
     WrongPassphrase,
 )
 from phoenix_backup.ops.context import Environment, given_passphrase, load, open_repository
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.selection import repository_in_workspace, workspace_in_own_folder
+from phoenix_backup.repo.crypto import zstandard_module
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.scope import configured_databases
@@ -439,6 +441,12 @@ def _tools(cfg: Config, envx: Environment, result: DoctorResult) -> None:
                 result.add(f"tool {tool}", "fail", f"{tool} not found ({why})", fix)
             continue
         result.add(f"tool {tool}", "ok", f"{program}: {_version([program, '--version'], envx)}")
+    # zstandard is loaded at its first use (issue 20), not at start-up, where one that cannot be
+    # loaded stopped every command: the doctor loads it, or a broken install would pass.
+    try:
+        zstandard_module()
+    except ToolMissing as exc:
+        result.add("package zstandard", "fail", str(exc))
 
 
 # --------------------------------------------------------------------------------------------

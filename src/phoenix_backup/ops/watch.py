@@ -77,7 +77,7 @@ from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
-from phoenix_backup.repo.crypto import load_cryptography, same_bytes, sha256_hex
+from phoenix_backup.repo.crypto import load_cryptography, same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.keys import hide_process_memory, trim_heap
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, ProcessTag
 from phoenix_backup.repo.repository import Repository
@@ -1555,6 +1555,10 @@ def watch(
     remove_stale_cache_folders()
     guard = -1
     try:
+        # zstandard, which every segment needs, loaded after the scrypt (issue 20) but before any
+        # work: a package that cannot be loaded stops the watch here with one sentence, not at the
+        # first seal, where the chain would be dropped and a base retried every 30 s for ever.
+        zstandard_module()
         guard = _only_watch(state_file(envx, repo.config.id))
         w = Watcher(cfg, envx, repo, files=files)
         w.stop = stop

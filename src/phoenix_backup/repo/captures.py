@@ -31,8 +31,8 @@ from pathlib import Path
 
 import blake3
 
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError
-from phoenix_backup.repo.crypto import same_bytes, sha256_hex
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing
+from phoenix_backup.repo.crypto import same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.repository import Repository
 
 CAPTURE_AAD = b"phoenix v1 capture segment"
@@ -176,8 +176,7 @@ def seal(repo: Repository, segment: Segment) -> tuple[str, bytes]:
     header = segment.header()
     version = VERSION if segment.through is None else MERGED_VERSION
     body = _HEAD.pack(MAGIC, version, len(header)) + header + segment.data
-    import zstandard
-
+    zstandard = zstandard_module()
     raw = repo.sealer.seal(zstandard.ZstdCompressor(level=3).compress(body), CAPTURE_AAD)
     return PREFIX + sha256_hex(raw), raw
 
@@ -188,8 +187,7 @@ def open_segment(repo: Repository, name: str, raw: bytes) -> Segment:
     if sha256_hex(raw) != sid:
         raise CorruptObject(f"{name} does not match its name (damaged)")
     packed = repo.sealer.open(raw, CAPTURE_AAD, name)
-    import zstandard
-
+    zstandard = zstandard_module()
     try:
         if zstandard.frame_content_size(packed) > MAX_SEGMENT_SIZE:
             raise CorruptObject(f"{name} claims to inflate beyond {MAX_SEGMENT_SIZE} bytes (damaged or hostile)")
@@ -451,6 +449,8 @@ def timeline(repo: Repository, cache: Path | None = None) -> Timeline:
             continue
         try:
             seg = load(repo, name)
+        except ToolMissing:
+            raise  # zstandard cannot be loaded (its first use may be here): no segment is to blame
         except (PhoenixError, OSError) as exc:
             problems[name] = str(exc)
             unreadable.append(name)

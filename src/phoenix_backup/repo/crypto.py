@@ -58,13 +58,25 @@ def _cryptography(module: str) -> ModuleType:
     """A module of `cryptography` (9 MB of memory: its own OpenSSL), imported on first use, not
     with this module: a command opening a passphrase slot runs scrypt (32 MiB) before it is
     loaded, so the two do not add up in its peak memory (docs/benchmarks.md)."""
+    return _package(f"cryptography.hazmat.primitives.{module}", "cryptography", "encrypts the repository")
+
+
+def zstandard_module() -> ModuleType:
+    """`zstandard` (2 MB resident with its library), imported at its first use, not with the
+    modules that compress: a command's scrypt (32 MiB) runs without it in memory. That first use
+    may be on a writer thread in the middle of a backup: a package that cannot be loaded is
+    ToolMissing, one sentence, not an internal error."""
+    return _package("zstandard", "zstandard", "compresses the repository's data")
+
+
+def _package(module: str, package: str, role: str) -> ModuleType:
     try:
-        return importlib.import_module(f"cryptography.hazmat.primitives.{module}")
+        return importlib.import_module(module)
     except ImportError as exc:  # first seen here, in the middle of a command, not at its start
         raise ToolMissing(
-            f"the Python package cryptography, which encrypts the repository, cannot be loaded ({exc}); reinstall "
-            "Phoenix with its dependencies (`pipx reinstall phoenix-backup`, or `pip install --force-reinstall "
-            "cryptography` in its environment)"
+            f"the Python package {package}, which {role}, cannot be loaded ({exc}); reinstall Phoenix with its "
+            f"dependencies (`pipx reinstall phoenix-backup`, or `pip install --force-reinstall {package}` in its "
+            "environment)"
         ) from None
 
 
@@ -353,9 +365,7 @@ class Compressor:
             key = f"cctx{self.level}"
             cctx = getattr(_local, key, None)
             if cctx is None:
-                import zstandard
-
-                cctx = zstandard.ZstdCompressor(level=self.level)
+                cctx = zstandard_module().ZstdCompressor(level=self.level)
                 setattr(_local, key, cctx)
             out = cctx.compress(data)
         if len(out) >= len(data) - len(data) // 32:
@@ -372,7 +382,7 @@ def decompress(method: int, data: bytes, raw_length: int, what: str) -> bytes:
     if method == Compression.NONE:
         return data
     if method == Compression.ZSTD:
-        import zstandard  # loaded at the first use: see repo/index.py
+        zstandard = zstandard_module()  # loaded at the first use
 
         # A frame that records its size is decompressed into a buffer of that size whatever
         # `max_output_size` says: check the recorded size first.
@@ -388,9 +398,10 @@ def decompress(method: int, data: bytes, raw_length: int, what: str) -> bytes:
         if dctx is None:
             dctx = _local.dctx = zstandard.ZstdDecompressor()
         try:
-            return dctx.decompress(data, max_output_size=raw_length)
+            plain: bytes = dctx.decompress(data, max_output_size=raw_length)
         except zstandard.ZstdError as exc:
             raise CorruptObject(f"{what} does not decompress: {exc}") from exc
+        return plain
     if method == Compression.GZIP:
         inflater = zlib.decompressobj()
         try:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from phoenix_backup.errors import CorruptObject
-from phoenix_backup.repo.crypto import MAX_BLOB_SIZE, BlobType, Compression
+from phoenix_backup.repo.crypto import MAX_BLOB_SIZE, BlobType, Compression, zstandard_module
 from phoenix_backup.repo.pack import ENTRY, PackEntry
 
 INDEX_MAGIC = b"PHXI"
@@ -56,9 +56,8 @@ def encode_index(packs: dict[str, list[PackEntry]], superseded: Iterable[str] = 
     sup = list(superseded)
     parts.append(struct.pack("<I", len(sup)))
     parts.extend(bytes.fromhex(s) for s in sup)
-    import zstandard
-
-    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+    packed: bytes = zstandard_module().ZstdCompressor(level=3).compress(b"".join(parts))
+    return packed
 
 
 def decode_index_records(blob: bytes, what: str) -> tuple[dict[str, bytes], list[str]]:
@@ -66,8 +65,7 @@ def decode_index_records(blob: bytes, what: str) -> tuple[dict[str, bytes], list
     known types and compressions, no blob larger than any blob holds), and the superseded ids."""
     # zstandard (2 MB resident with its library) is loaded at its first use, not with the module:
     # a command's scrypt (32 MiB, before the index is read) then runs without it in memory.
-    import zstandard
-
+    zstandard = zstandard_module()
     try:
         # A frame that records its size is decompressed into a buffer of that size whatever
         # `max_output_size` says: check the recorded size first.

@@ -46,7 +46,7 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.crypto import BlobType, sha256_hex, zstandard_module
 from phoenix_backup.repo.index import decode_index, encode_index
 from phoenix_backup.repo.pack import MAX_HEADER, PackEntry, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository
@@ -178,8 +178,7 @@ class WriterStore:
             files = sorted(self.trees_dir.iterdir())
         except FileNotFoundError:
             return out
-        import zstandard
-
+        zstandard = zstandard_module()
         for path in files:
             try:
                 raw = zstandard.ZstdDecompressor().decompress(path.read_bytes(), max_output_size=MAX_TREE_CACHE)
@@ -198,8 +197,7 @@ class WriterStore:
     def save_trees(self, host: str, scope: str, trees: dict[bytes, bytes]) -> None:
         self._mkdir(self.trees_dir)
         parts = [_TREE_ENTRY.pack(tid, len(data)) + data for tid, data in trees.items()]
-        import zstandard
-
+        zstandard = zstandard_module()
         write_private(self._tree_file(host, scope), zstandard.ZstdCompressor(level=3).compress(b"".join(parts)))
 
     @staticmethod
