@@ -5,13 +5,14 @@ CPU, peak RSS, pack reads and blob opens of two versions of Phoenix, alternated 
         --nodes 20000 --cap 10000 --rounds 3
 
 The repository (made once in `--workdir`, kept): a tiny workspace backed up with `phx`, then a
-snapshot of `--nodes` distinct file nodes of two extents each, 64 bytes of blob A and 64 of blob Z,
-A in the first pack and Z in the last, 8 MiB of random blobs between them (every node waits the
-whole pass for Z). Each round runs `verify_repository(read_data=True)` with `prover.MAX_WAITING` set
-to `--cap`, in a process of its own per version (`--old`: the other version's `src` folder; the
-installed one is the new), in alternating order, and prints per version the medians of user+system
-CPU seconds and the peak RSS (the child's ru_maxrss), with the counts of one run: data blobs opened,
-pack reads (whole packs and ranges), `checked.files`, `ok`.
+snapshot of `--nodes` distinct file nodes of two extents each, bytes of blob A then 64 of blob Z
+(`--blob-kib` each, 64 by default), A in the first pack and Z in the last, 8 MiB of random blobs
+between them (every node waits the whole pass for Z). Each round runs
+`verify_repository(read_data=True)` with `prover.MAX_WAITING` set to `--cap`, in a process of its
+own per version (`--old`: the other version's `src` folder; the installed one is the new), in
+alternating order, and prints per version the median of user+system CPU seconds, the peak RSS (of
+a run of its own), and the counts of one run: data blobs opened, pack reads (whole packs and
+ranges), `checked.files`, `ok`.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Node
 from phoenix_backup.storage.local import LocalBackend
-
-BLOB = 64 * 1024
 
 RUN = """
 import json, sys
@@ -67,12 +66,12 @@ print(json.dumps({"ok": result.ok, "files": result.checked["files"], **counts}))
 """
 
 
-def make(work: Path, nodes: int, env: dict[str, str]) -> Phoenix:
+def make(work: Path, nodes: int, blob: int, env: dict[str, str]) -> Phoenix:
     """The repository below `work`: a tiny backup, then the planted snapshot of `nodes` nodes."""
     root = work / "sample"
     main = "import sys; sys.argv[0] = 'phx'; from phoenix_backup.cli.main import main; main()"
     tool = Phoenix(root, work, env, [sys.executable, "-c", main])
-    done = work / f"done-{nodes}"
+    done = work / f"done-{nodes}-{blob}"
     if done.exists():
         return tool
     if work.exists():
@@ -86,12 +85,12 @@ def make(work: Path, nodes: int, env: dict[str, str]) -> Phoenix:
     try:
         repo.load_index()
         base = repo.list_snapshots()[0]
-        a = os.urandom(BLOB)
-        z = os.urandom(BLOB)
+        a = os.urandom(blob)
+        z = os.urandom(blob)
         blob_a = repo.save_blob(BlobType.DATA, a)[0]
         repo.flush()
-        for _ in range(8 * 1024 * 1024 // BLOB):
-            repo.save_blob(BlobType.DATA, os.urandom(BLOB))
+        for _ in range(8 * 1024 * 1024 // blob):
+            repo.save_blob(BlobType.DATA, os.urandom(blob))
         repo.flush()
         blob_z = repo.save_blob(BlobType.DATA, z)[0]
         repo.flush()
@@ -99,8 +98,8 @@ def make(work: Path, nodes: int, env: dict[str, str]) -> Phoenix:
         for d in range(0, nodes, 1000):
             files = []
             for i in range(d, min(nodes, d + 1000)):
-                offset = i % (BLOB - 64)
-                length = 1 + i // (BLOB - 64)  # distinct nodes past 65,472 too
+                offset = i % (blob - 64)
+                length = 1 + i // (blob - 64)  # distinct nodes however many
                 data = a[offset : offset + length] + z[offset : offset + 64]
                 content = [Extent(blob_a, offset, length), Extent(blob_z, offset, 64)]
                 files.append(
@@ -138,10 +137,11 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=20_000)
     parser.add_argument("--cap", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--blob-kib", type=int, default=64, help="the size of blobs A and Z")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PHX_", "RESTIC_", "BORG_"))}
     env["LC_ALL"] = "C.UTF-8"
-    tool = make(Path(args.workdir).absolute(), args.nodes, env)
+    tool = make(Path(args.workdir).absolute(), args.nodes, args.blob_kib * 1024, env)
     versions = {"old": str(Path(args.old).absolute()), "new": ""}
     figures: dict[str, list[float]] = {v: [] for v in versions}
     counts: dict[str, dict[str, object]] = {}
