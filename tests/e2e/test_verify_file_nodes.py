@@ -849,8 +849,13 @@ def test_nodes_past_the_cap_are_proved_in_further_passes_each_blob_opened_once_a
 
     def run(damage_after_pass: bool = False) -> tuple[VerifyResult, dict[str, Any]]:
         seen: dict[str, Any] = {"provers": 0, "taken": [], "opened": Counter(), "reads": Counter(), "after": False}
+        seen["added"] = 0  # nodes handed to the further passes' provers
 
         class Watched(prover.NodeProver):
+            def add(self, content: prover.Content) -> bool:
+                seen["added"] += seen["after"]
+                return super().add(content)
+
             def close(self) -> None:
                 seen["provers"] += 1
                 seen["taken"].append(self.taken)
@@ -899,6 +904,7 @@ def test_nodes_past_the_cap_are_proved_in_further_passes_each_blob_opened_once_a
     assert seen["read_back"] == [], seen["read_back"]  # every node proved in a pass
     assert max(seen["taken"]) == 4 and sum(seen["taken"]) == many, seen["taken"]  # under the cap
     further = seen["provers"] - 1
+    assert seen["added"] == many - 4, seen  # each refused node handed to one further pass, once
     assert further == -(-many // 4) - 1, seen
     for name, blob in watched.items():  # once a further pass, not once a node
         assert 1 <= seen["opened"][blob] <= further, (name, seen)

@@ -599,21 +599,24 @@ def _read_pack(
 
 def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content], packs: set[str]) -> None:
     """Prove the nodes the pack pass refused past its cap (MAX_WAITING) in further passes, each a
-    prover under the same cap (those it refuses go on to the next pass) over the packs of the run
-    (`packs`, ids) that hold the blobs its nodes need: each such pack read once a pass, from its
-    first such blob to its last (the copy a restore reads, `_restore_location`), each of those blobs
-    opened once as a restore opens it and fed as the pack pass feeds. The pack pass checked every
-    blob against its id already; a blob that does not open now, or a pack that is gone, leaves its
-    nodes to the restore's reader (`_prove_contents`), which names what fails, as does a node whose
-    bytes do not match. Read back one at a time there instead, 20,000 nodes of two far-apart packs
-    past a cap of 10,000 cost 7.6 times the CPU of one pass with no cap (docs/proving.md)."""
-    while refused:
-        users.prover = prover = NodeProver(
-            repo.index, packs, users.prove, lambda blob, sealed: _reopen(repo, blob, sealed)
-        )
-        for content in refused:
+    prover taking them in turn up to the same cap, over the packs of the run (`packs`, ids) that
+    hold the blobs its nodes need: each such pack read once a pass, from its first such blob to its
+    last (the copy a restore reads, `_restore_location`), each of those blobs opened once as a
+    restore opens it and fed as the pack pass feeds. The pack pass checked every blob against its
+    id already; a blob that does not open now, or a pack that is gone, leaves its nodes to the
+    restore's reader (`_prove_contents`), which names what fails, as does a node whose bytes do not
+    match. (Read back one at a time there instead, 10,000 nodes of two blobs of 512 KiB past the
+    cap cost 2.7 CPU-s more than one pass with no cap: docs/proving.md, bench/verify_cliff.py.)"""
+    pending = iter(refused)  # each pass takes from where the one before stopped: no node added twice
+    while True:
+        prover = NodeProver(repo.index, packs, users.prove, lambda blob, sealed: _reopen(repo, blob, sealed))
+        for content in pending:
             if content in users.contents and not (users.bad and any(b in users.bad for b in content[0].blobs())):
                 prover.add(content)
+            if prover.taken >= prover.cap:
+                break
+        if not prover.taken:  # none left (or a cap of 0): the others go to the restore's reader
+            return
         needed: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
         for blob in prover.waiting:
             loc = _restore_location(repo, blob)
@@ -622,8 +625,6 @@ def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content],
         for name in prover.order(list(needed)):
             _feed_needed(repo, prover, name, sorted(needed[name], key=lambda item: item[1].offset))
         prover.close()
-        users.prover = None
-        refused = prover.past_cap if prover.taken else []  # (a cap of 0 takes none: no endless loop)
 
 
 def _feed_needed(repo: Repository, prover: NodeProver, name: str, needed: list[tuple[bytes, BlobLocation]]) -> None:
