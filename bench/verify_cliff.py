@@ -51,6 +51,11 @@ repo = Repository.open(backend, keys.Credentials(passphrase=sys.argv[3]))
 repo.load_index()
 counts = {"opened": 0, "packReads": 0, "rangeReads": 0}
 real_open, real_read, real_range = repo.open_blob, backend.read, backend.read_range
+real_into = backend.read_range_into
+def into(name, *args, **kwargs):
+    counts["rangeReads"] += name.startswith("data/")
+    return real_into(name, *args, **kwargs)
+backend.read_range_into = into
 def opening(kind, *args, **kwargs):
     counts["opened"] += kind == BlobType.DATA
     return real_open(kind, *args, **kwargs)

@@ -887,6 +887,14 @@ def test_nodes_past_the_cap_are_proved_in_further_passes_each_blob_opened_once_a
             monkeypatch.setattr(repo, "open_blob", opening)
             monkeypatch.setattr(repo.backend, "read", reading)
             monkeypatch.setattr(repo.backend, "read_range", ranging)
+            real_into = repo.backend.read_range_into
+
+            def into(name: str, *args: Any, **kwargs: Any) -> int:
+                if seen["after"] and name in packs:
+                    seen["reads"][packs[name]] += 1
+                return real_into(name, *args, **kwargs)
+
+            monkeypatch.setattr(repo.backend, "read_range_into", into)
             seen["read_back"] = _read_back(monkeypatch)
             return verify_repository(repo, read_data=True), seen
         finally:
