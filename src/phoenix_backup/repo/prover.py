@@ -56,8 +56,8 @@ HOLD_BUDGET = 1024 * 1024
 # The nodes of several extents taken into the pass, at most (each keeps its place, its running
 # SHA-256 and the blobs held for it: a few hundred bytes). Past it `add` refuses: the caller proves
 # the node in a further pass under the same cap, over only the packs those nodes need. (Read back
-# one at a time through the restore's reader instead, 20,000 nodes of two far-apart packs took 8.2
-# CPU-s against 1.08 with no cap: docs/proving.md.)
+# one at a time through the restore's reader instead, 20,000 nodes of two far-apart blobs of 512 KiB
+# took 4.26 CPU-s against 0.87 with no cap; now 0.75: docs/benchmarks.md.)
 MAX_WAITING = 10_000
 
 # A distinct node to prove: its extents, its size and its SHA-256 (the same bytes, proved once).
