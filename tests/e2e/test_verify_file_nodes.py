@@ -528,16 +528,18 @@ def _read_back(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _watch_prover(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """The nodes of several extents the pack pass took (`waiting`) and the most it held at once."""
+    """The most nodes of several extents a pass took (`waiting`: the pack pass, or a further pass of
+    the nodes refused past its cap) and the most it held at once."""
     seen = {"waiting": 0, "held": 0}
 
     class Watched(prover.NodeProver):
         def order(self, names: list[str]) -> list[str]:
-            seen["waiting"] = len({id(n) for ns in self.waiting.values() for n in ns if not isinstance(n, tuple)})
+            waiting = len({id(n) for ns in self.waiting.values() for n in ns if not isinstance(n, tuple)})
+            seen["waiting"] = max(seen["waiting"], waiting)
             return super().order(names)
 
         def close(self) -> None:
-            seen["held"] = self.peak_held
+            seen["held"] = max(seen["held"], self.peak_held)
             super().close()
 
     monkeypatch.setattr(checker, "NodeProver", Watched)
@@ -581,8 +583,9 @@ def test_past_the_cap_of_waiting_nodes_every_node_is_proved_and_a_damaged_blob_n
     backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The nodes of several extents waiting in the pack pass are capped (MAX_WAITING; 2 here, of
-    the six planted shapes and the sample's databases): the rest are read back through the
-    restore's reader after the pass. Every node is still proved (checked.files counts each
+    the six planted shapes and the sample's databases): the rest are proved in further passes, 2
+    at most each (test_nodes_past_the_cap_are_proved_in_further_passes_each_blob_opened_once_a_pass).
+    Every node is still proved (checked.files counts each
     distinct node), and a byte flipped in blob C names C's pack with every path that needs it.
     Before, every node of several extents waited in the pass, however many."""
     sb = backed_up
@@ -768,7 +771,7 @@ def test_subset_runs_with_the_cap_of_waiting_nodes_hit_prove_every_node_and_name
 ) -> None:
     """`--subset` runs with MAX_WAITING hit (1 node of several extents waits in the pass): each run
     proves exactly the distinct nodes whose first blob lies in its packs, those refused by the cap
-    too (read back by the restore's reader); with a byte flipped in blob C, the runs of a cycle
+    too (in further passes); with a byte flipped in blob C, the runs of a cycle
     name C's pack with the paths of the nodes that need C, whichever run proves them."""
     sb = backed_up
     shapes = _Shapes(sb)
@@ -824,3 +827,109 @@ def test_subset_runs_with_the_cap_of_waiting_nodes_hit_prove_every_node_and_name
     assert named == {planted["long"], planted["spans two packs"]}, errors
     assert {e.object for e in errors} == {pack_name(loc.pack_id)}, errors
     assert any((e.path or "").endswith("c.bin") for e in errors), errors
+
+
+def test_nodes_past_the_cap_are_proved_in_further_passes_each_blob_opened_once_a_pass(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 nodes, each of blob C (one pack) then blob A (another), with 4 nodes of several extents
+    waiting at most (MAX_WAITING): the nodes refused past the cap are proved in further passes of
+    at most 4 nodes each, which open A and C once a pass and read each of their packs once a pass;
+    none is read back one at a time through the restore's reader (before: each refused node was,
+    A and C opened again for each). A byte flipped in C names C's pack with every node's snapshot
+    and path, exit 1; and so does C damaged after the pack pass read it, before a further pass
+    (that pass cannot open it: its nodes go to the restore's reader, which names it)."""
+    sb = backed_up
+    shapes = _Shapes(sb)
+    planted = {i: plant(sb, shapes.base, shapes.node([("c", i * 40, 100), ("a", i * 50, 200)])) for i in range(12)}
+    monkeypatch.setattr(prover, "MAX_WAITING", 4)
+    watched = {"a": shapes.blob["a"], "c": shapes.blob["c"]}
+    c_loc = _location(sb, shapes.blob["c"])
+    packs = {pack_name(shapes.pack[name]): name for name in watched}
+
+    def run(damage_after_pass: bool = False) -> tuple[VerifyResult, dict[str, Any]]:
+        seen: dict[str, Any] = {"provers": 0, "taken": [], "opened": Counter(), "reads": Counter(), "after": False}
+        seen["added"] = 0  # nodes handed to the further passes' provers
+
+        class Watched(prover.NodeProver):
+            def add(self, content: prover.Content) -> bool:
+                seen["added"] += seen["after"]
+                return super().add(content)
+
+            def close(self) -> None:
+                seen["provers"] += 1
+                seen["taken"].append(self.taken)
+                super().close()
+                if not seen["after"] and damage_after_pass:
+                    flip_byte(sb.repo / pack_name(c_loc.pack_id), c_loc.offset + c_loc.stored // 2)
+                seen["after"] = True  # the pack pass is over: count what the refused nodes cost
+
+        monkeypatch.setattr(checker, "NodeProver", Watched)
+        repo = _repo(sb)
+        try:
+            real_open, real_read, real_range = repo.open_blob, repo.backend.read, repo.backend.read_range
+
+            def opening(kind: BlobType, blob: bytes, *args: Any, **kwargs: Any) -> bytes:
+                if seen["after"]:
+                    seen["opened"][blob] += 1
+                return real_open(kind, blob, *args, **kwargs)
+
+            def reading(name: str, *args: Any, **kwargs: Any) -> Any:
+                if seen["after"] and name in packs:
+                    seen["reads"][packs[name]] += 1
+                return real_read(name, *args, **kwargs)
+
+            def ranging(name: str, *args: Any, **kwargs: Any) -> bytes:
+                if seen["after"] and name in packs:
+                    seen["reads"][packs[name]] += 1
+                return real_range(name, *args, **kwargs)
+
+            monkeypatch.setattr(repo, "open_blob", opening)
+            monkeypatch.setattr(repo.backend, "read", reading)
+            monkeypatch.setattr(repo.backend, "read_range", ranging)
+            real_into = repo.backend.read_range_into
+
+            def into(name: str, *args: Any, **kwargs: Any) -> int:
+                if seen["after"] and name in packs:
+                    seen["reads"][packs[name]] += 1
+                return real_into(name, *args, **kwargs)
+
+            monkeypatch.setattr(repo.backend, "read_range_into", into)
+            seen["read_back"] = _read_back(monkeypatch)
+            return verify_repository(repo, read_data=True), seen
+        finally:
+            repo.close()
+
+    res, seen = run()
+    assert res.ok, res.errors
+    repo = _repo(sb)
+    try:
+        nodes = _distinct_nodes(repo)
+    finally:
+        repo.close()
+    many = sum(1 for content, _size, _sha in nodes if len(content) > 1)
+    assert res.checked["files"] == len(nodes), res.checked
+    assert seen["read_back"] == [], seen["read_back"]  # every node proved in a pass
+    assert max(seen["taken"]) == 4 and sum(seen["taken"]) == many, seen["taken"]  # under the cap
+    further = seen["provers"] - 1
+    assert seen["added"] == many - 4, seen  # each refused node handed to one further pass, once
+    assert further == -(-many // 4) - 1, seen
+    for name, blob in watched.items():  # once a further pass, not once a node
+        assert 1 <= seen["opened"][blob] <= further, (name, seen)
+        assert 1 <= seen["reads"][name] <= further, (name, seen)
+
+    # C damaged after the pack pass read it whole and found it sound: the nodes the pass took are
+    # proved; a further pass cannot open C, so each of the others is read back and named.
+    res, seen = run(damage_after_pass=True)
+    assert not res.ok and res.exit_status != 0
+    named = {e.snapshot for e in res.errors if (e.path or "").endswith(PLANTED)}
+    assert named <= set(planted.values()) and len(named) >= len(planted) - 4, res.errors
+    assert {e.object for e in res.errors} == {pack_name(shapes.pack["c"])}, res.errors
+    assert len(seen["read_back"]) == len(named), seen["read_back"]
+    # C damaged before: the pack pass names C's pack with every path that needs C.
+    res, seen = run()
+    assert not res.ok and res.exit_status != 0
+    named = {e.snapshot for e in res.errors if (e.path or "").endswith(PLANTED)}
+    assert named == set(planted.values()), res.errors
+    assert {e.object for e in res.errors} == {pack_name(shapes.pack["c"])}, res.errors
+    assert any((e.path or "").endswith("c.bin") for e in res.errors), res.errors

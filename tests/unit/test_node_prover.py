@@ -158,8 +158,10 @@ def test_a_node_whose_held_blobs_exceed_the_budget_reads_them_again_and_is_prove
 
 
 def test_the_nodes_of_several_extents_taken_never_exceed_the_cap() -> None:
-    """Past the cap, `add` refuses a node of several extents (the caller reads it back through the
-    restore's reader); nodes of one extent are always taken (they keep nothing)."""
+    """Past the cap, `add` refuses a node of several extents and keeps it in `past_cap` (the caller
+    proves those in a further pass); nodes of one extent are always taken (they keep nothing), and
+    a node refused for a blob outside the run's packs is not kept there (the restore's reader
+    proves it)."""
     blobs = [b"a" * 10, b"b" * 10]
     index = index_of(blobs, [[0], [1]])
     proved: list[Content] = []
@@ -171,9 +173,12 @@ def test_the_nodes_of_several_extents_taken_never_exceed_the_cap() -> None:
     one = (Extents.of([Extent(blob_id(0), 2, 3)]), 3, hashlib.sha256(b"aaa").hexdigest())
     assert [prover.add(c) for c in many] == [True, True, True, False, False]
     assert prover.add(one) and prover.taken == 3 and prover.refused == 2
+    assert prover.past_cap == many[3:]
     for i in (0, 1):
         prover.feed(blob_id(i), blobs[i], sealed_of(blobs[i]))
     assert set(proved) == {*many[:3], one}
+    further = NodeProver(index, PACKS[1:], proved.append, reopener(blobs), cap=3)  # blob 0's pack not read
+    assert not further.add(many[3]) and further.past_cap == [] and not further.refused
 
 
 def test_packs_are_read_in_the_order_the_largest_nodes_need_them_and_outside_blobs_refuse() -> None:

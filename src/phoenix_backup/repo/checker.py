@@ -242,6 +242,7 @@ def verify_repository(
             report.advance(files=1, size=listed[name])
         prover.close()
         users.prover = None
+        _prove_past_the_cap(repo, users, prover.past_cap, prover.packs)
         result.checked["packs"] = len(packs)
         _prove_contents(repo, users, result, packs_read, report, (trees, walked))
         if next_pack is not None:  # the run is done: the next one goes on from here
@@ -596,6 +597,53 @@ def _read_pack(
             _feed(users, entry.type, entry.id, plain, sealed)
 
 
+def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content], packs: set[str]) -> None:
+    """Prove the nodes the pack pass refused past its cap (MAX_WAITING) in further passes, each a
+    prover taking them in turn up to the same cap, over the packs of the run (`packs`, ids) that
+    hold the blobs its nodes need: each such pack read once a pass, from its first such blob to its
+    last (the copy a restore reads, `_restore_location`), each of those blobs opened once as a
+    restore opens it and fed as the pack pass feeds. The pack pass checked every blob against its
+    id already; a blob that does not open now, or a pack that is gone, leaves its nodes to the
+    restore's reader (`_prove_contents`), which names what fails, as does a node whose bytes do not
+    match. (Read back one at a time there instead, 10,000 nodes of two blobs of 512 KiB past the
+    cap cost 2.7 CPU-s more than one pass with no cap: docs/proving.md, bench/verify_cliff.py.)"""
+    pending = iter(refused)  # each pass takes from where the one before stopped: no node added twice
+    while True:
+        prover = NodeProver(repo.index, packs, users.prove, lambda blob, sealed: _reopen(repo, blob, sealed))
+        for content in pending:
+            if content in users.contents and not (users.bad and any(b in users.bad for b in content[0].blobs())):
+                prover.add(content)
+            if prover.taken >= prover.cap:
+                break
+        if not prover.taken:  # none left (or a cap of 0): the others go to the restore's reader
+            return
+        needed: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
+        for blob in prover.waiting:
+            loc = _restore_location(repo, blob)
+            if loc is not None:  # (a node is taken only when its blobs' packs are the run's)
+                needed[pack_name(loc.pack_id)].append((blob, loc))
+        for name in prover.order(list(needed)):
+            _feed_needed(repo, prover, name, sorted(needed[name], key=lambda item: item[1].offset))
+        prover.close()
+
+
+def _feed_needed(repo: Repository, prover: NodeProver, name: str, needed: list[tuple[bytes, BlobLocation]]) -> None:
+    """Feed `prover` the blobs `needed` of pack `name` (in pack order), read in one range."""
+    start = needed[0][1].offset
+    end = max(loc.offset + loc.stored for _blob, loc in needed)
+    try:
+        data = memoryview(repo.backend.read_range(name, start, end - start))
+    except (CorruptObject, ObjectNotFound):
+        data = memoryview(b"")
+    for blob, loc in needed:
+        sealed = data[loc.offset - start : loc.offset - start + loc.stored]
+        plain = _open_restore_copy(repo, blob, loc, sealed) if len(sealed) == loc.stored else None
+        if plain is None:
+            prover.lost(blob)  # left to the restore's reader, which names what fails
+        else:
+            prover.feed(blob, plain, sealed)
+
+
 def _feed(users: _Users, kind: BlobType, blob: bytes, plain: bytes, sealed: bytes | memoryview) -> None:
     """Hand a data blob's plaintext, just opened from `sealed`, the copy a restore reads
     (`_restore_copy`), and checked against its id, to the nodes the pack pass proves, as the
@@ -609,16 +657,33 @@ def _reopen(repo: Repository, blob: bytes, sealed: bytes | None) -> bytes | None
     opens it (AEAD tag checked, decompressed, its length checked): from `sealed`, the bytes the
     pass read from the copy a restore reads, or with None read again from that copy. None when it
     does not open: the nodes go to the restore's reader, which names what fails."""
-    loc = next((loc for loc in repo.index.locations(blob) if loc.type == BlobType.DATA), None)
+    loc = _restore_location(repo, blob)
     if loc is None:
         return None
-    what = f"blob {blob.hex()[:16]} in {pack_name(loc.pack_id)}"
     try:
         if sealed is None:
             sealed = repo.backend.read_range(pack_name(loc.pack_id), loc.offset, loc.stored)
+    except (CorruptObject, ObjectNotFound):
+        return None
+    return _open_restore_copy(repo, blob, loc, sealed)
+
+
+def _open_restore_copy(repo: Repository, blob: bytes, loc: BlobLocation, sealed: bytes | memoryview) -> bytes | None:
+    """A data blob's plaintext from `sealed`, the bytes of its copy at `loc`, opened as a restore's
+    reader opens it (AEAD tag checked, decompressed, its length checked); None when it does not."""
+    what = f"blob {blob.hex()[:16]} in {pack_name(loc.pack_id)}"
+    try:
         return repo.open_blob(BlobType.DATA, blob, loc.compression, sealed, loc.raw, what, check_id=False)
     except (CorruptObject, ObjectNotFound):
         return None
+
+
+def _restore_location(repo: Repository, blob: bytes) -> BlobLocation | None:
+    """The copy of `blob` a restore's reader opens: the index's first location of it as a data blob."""
+    first = repo.index.get(blob)
+    if first is not None and first.type != BlobType.DATA:
+        first = next((loc for loc in repo.index.locations(blob) if loc.type == BlobType.DATA), None)
+    return first
 
 
 def _restore_copy(repo: Repository, blob: bytes, pack_id: str, offset: int) -> bool:
@@ -626,9 +691,7 @@ def _restore_copy(repo: Repository, blob: bytes, pack_id: str, offset: int) -> b
     index's first location of it as a data blob. Only that copy proves a node: a restore checks
     a copy's AEAD tag, not its id (open_blob), so a copy listed first with other bytes sealed under
     the id (by a key holder) is what it writes, though a copy further on opens and matches."""
-    first = repo.index.get(blob)
-    if first is not None and first.type != BlobType.DATA:
-        first = next((loc for loc in repo.index.locations(blob) if loc.type == BlobType.DATA), None)
+    first = _restore_location(repo, blob)
     return first is not None and first.pack_id == pack_id and first.offset == offset
 
 
