@@ -30,7 +30,7 @@ from phoenix_backup.errors import ThawPending
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo import captures, checker, prover
 from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult, verify_repository
-from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.crypto import BlobType, Compression, sha256_hex
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
@@ -933,3 +933,51 @@ def test_nodes_past_the_cap_are_proved_in_further_passes_each_blob_opened_once_a
     assert named == set(planted.values()), res.errors
     assert {e.object for e in res.errors} == {pack_name(shapes.pack["c"])}, res.errors
     assert any((e.path or "").endswith("c.bin") for e in res.errors), res.errors
+
+
+def test_an_index_entry_at_the_headers_offset_with_other_lengths_is_what_verify_proves_from(
+    backed_up: Sandbox, tmp_path: Path
+) -> None:
+    """The index lists a blob at the very offset its pack's header does, with another sealed length,
+    compression or plaintext length (the only index entry: a write-only repository's index objects
+    come from the machine that backs up). A restore reads what the index lists and fails the file;
+    so `verify --read-data` names each path, exit 1. Before, the pack pass took the header's entry
+    for the copy a restore reads (same pack, same offset), proved the nodes from it and said ok."""
+    sb = backed_up
+    files = {field: os.urandom(2000 + i) for i, field in enumerate(("stored", "compression", "raw"))}
+    for field, data in files.items():
+        (sb.workspace / f"{field}.bin").write_bytes(data)
+    base = sb.backup()["id"]
+    repo = _repo(sb)
+    try:
+        trees = Trees(repo)
+        trees.load(repo.find_snapshot(base).tree)
+        nodes = {n.name: n for ns in trees.nodes.values() for n in ns}
+        blobs = {next(nodes[f"{field}.bin"].blobs()): field for field in files}
+        by_pack = repo.index.by_pack()
+        for entries in by_pack.values():
+            for i, e in enumerate(entries):
+                field = blobs.get(e.id)
+                if field == "stored":
+                    entries[i] = dataclasses.replace(e, stored=e.stored - 1)
+                elif field == "compression":
+                    entries[i] = dataclasses.replace(e, compression=Compression((e.compression + 1) % 2))
+                elif field == "raw":  # one byte more: the node's extent still fits (plain verify passes)
+                    entries[i] = dataclasses.replace(e, raw=e.raw + 1)
+        old = [name.split("/")[-1] for name in repo.index_objects]
+        repo.write_index_parts(by_pack, old)
+        for name in old:
+            repo.backend.delete(f"index/{name}")
+    finally:
+        repo.close()
+    assert sb.verify()["ok"] is True  # the index alone shows nothing
+    repo = _repo(sb)
+    try:
+        res = verify_repository(repo, read_data=True)
+    finally:
+        repo.close()
+    assert not res.ok and res.exit_status != 0
+    named = {(e.path or "").rsplit("/", 1)[-1] for e in res.errors if e.snapshot == base}
+    assert named == {f"{field}.bin" for field in files}, res.errors
+    out = sb.phx("restore", "--backup", base, "--to", tmp_path / "o", "--path", "**/stored.bin", check=None)
+    assert out.code != 0 and "stored.bin" in out.err, out  # what verify names does fail to restore

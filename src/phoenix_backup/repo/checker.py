@@ -576,24 +576,24 @@ def _read_pack(
         result.errors.append(VerifyError(name, None, None, str(exc)))
         return
     for entry, sealed in iter_blobs(data, entries):
+        here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
         try:
             plain = repo.open_blob(
                 entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
             )
         except CorruptObject as exc:
-            here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
             try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
                 repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
             except PhoenixError:
                 _report_blob(result, users, entry.id, name, str(exc))
                 continue
-            if users.prover is not None and _restore_copy(repo, entry.id, pack_id, entry.offset):
+            if users.prover is not None and _restore_copy(repo, entry.id, here):
                 # A restore reads this copy first: other bytes under the blob's id (sealed by a key
                 # holder) it would take as they are, damaged ones it would read elsewhere. Either
                 # way the nodes that need the blob are read back as a restore reads them.
                 users.prover.lost(entry.id)
             continue
-        if _restore_copy(repo, entry.id, pack_id, entry.offset):
+        if _restore_copy(repo, entry.id, here):
             _feed(users, entry.type, entry.id, plain, sealed)
 
 
@@ -686,13 +686,16 @@ def _restore_location(repo: Repository, blob: bytes) -> BlobLocation | None:
     return first
 
 
-def _restore_copy(repo: Repository, blob: bytes, pack_id: str, offset: int) -> bool:
-    """Whether the copy of `blob` at `offset` in `pack_id` is the one a restore's reader opens: the
-    index's first location of it as a data blob. Only that copy proves a node: a restore checks
-    a copy's AEAD tag, not its id (open_blob), so a copy listed first with other bytes sealed under
-    the id (by a key holder) is what it writes, though a copy further on opens and matches."""
-    first = _restore_location(repo, blob)
-    return first is not None and first.pack_id == pack_id and first.offset == offset
+def _restore_copy(repo: Repository, blob: bytes, here: BlobLocation) -> bool:
+    """Whether the copy of `blob` at `here` (a pack header's entry) is the one a restore's reader
+    opens: the index's first location of it as a data blob, every field of it. Only that copy
+    proves a node: a restore checks a copy's AEAD tag, not its id (open_blob), so a copy listed
+    first with other bytes sealed under the id (by a key holder) is what it writes, though a copy
+    further on opens and matches; and it reads the length, compression and plaintext length the
+    index lists, so an index entry at the header's offset with another of those (a write-only
+    repository's index comes from the machine that backs up) fails a restore that the header's
+    entry would pass."""
+    return _restore_location(repo, blob) == here
 
 
 def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation, users: _Users) -> bool:
@@ -701,7 +704,7 @@ def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation, user
         plain = repo.open_blob(BlobType(loc.type), blob, loc.compression, sealed, loc.raw, "blob")
     except CorruptObject:
         return False
-    if _restore_copy(repo, blob, loc.pack_id, loc.offset):
+    if _restore_copy(repo, blob, loc):
         _feed(users, BlobType(loc.type), blob, plain, sealed)
     return True
 
