@@ -33,6 +33,7 @@ from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult
 from phoenix_backup.repo.crypto import BlobType, Compression, sha256_hex
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.reader import READ_GAP, READ_RANGE
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
 from phoenix_backup.repo.walker import Trees
@@ -981,3 +982,73 @@ def test_an_index_entry_at_the_headers_offset_with_other_lengths_is_what_verify_
     assert named == {f"{field}.bin" for field in files}, res.errors
     out = sb.phx("restore", "--backup", base, "--to", tmp_path / "o", "--path", "**/stored.bin", check=None)
     assert out.code != 0 and "stored.bin" in out.err, out  # what verify names does fail to restore
+
+
+def test_further_passes_read_the_blobs_their_nodes_need_not_the_pack_between_them(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100 nodes past the cap (1 here), node i of the i-th blob of a pack and the i-th from its end:
+    each further pass reads its node's two blobs as a restore's reader reads them (ranges of
+    neighbours at most READ_GAP apart, READ_RANGE at most), every node is proved, none read back.
+    Before, each pass read its pack from the first blob it needed to the last: nearly the whole
+    pack for each of the 99 passes, 100 times the bytes the nodes need."""
+    sb = backed_up
+    count = 200
+    datas = {f"f{i:03d}": os.urandom(4096) for i in range(count)}
+    (sb.workspace / "many").mkdir()
+    for name, data in datas.items():
+        (sb.workspace / "many" / name).write_bytes(data)
+    base = sb.backup()["id"]
+    repo = _repo(sb)
+    try:
+        snap = repo.find_snapshot(base)
+        trees = Trees(repo)
+        trees.load(snap.tree)
+        nodes = {n.name: n for ns in trees.nodes.values() for n in ns if n.name in datas}
+        blobs = {name: next(node.blobs()) for name, node in nodes.items()}
+        locs = {name: repo.index.get(blob) for name, blob in blobs.items()}
+        assert len({loc.pack_id for loc in locs.values() if loc is not None}) == 1, locs
+        order = sorted(datas, key=lambda name: locs[name].offset)  # type: ignore[union-attr]
+        planted = []
+        for i in range(count // 2):
+            a, z = order[i], order[-1 - i]
+            content = Extents.of([Extent(blobs[a], 0, 4096), Extent(blobs[z], 0, 4096)])
+            node = dataclasses.replace(nodes[a], name=f"n{i:03d}", content=content, size=content.size)
+            planted.append(dataclasses.replace(node, sha256=sha256_hex(datas[a] + datas[z])))
+        tree, _ = repo.save_tree(planted)
+        repo.flush()
+        repo.save_snapshot(dataclasses.replace(snap, tree=tree, time="2031-01-01T00:00:00+00:00"))
+        needed = sum(locs[a].stored + locs[z].stored for a, z in zip(order, reversed(order), strict=True)) // 2  # type: ignore[union-attr]
+    finally:
+        repo.close()
+    monkeypatch.setattr(prover, "MAX_WAITING", 1)
+    repo = _repo(sb)
+    try:
+        seen = {"after": False, "bytes": 0, "most": 0}
+
+        class Watched(prover.NodeProver):
+            def close(self) -> None:
+                super().close()
+                seen["after"] = True  # the pack pass is over: count what the further passes read
+
+        def counted(real: Callable[..., Any], length: Callable[..., int]) -> Callable[..., Any]:
+            def read(name: str, *args: Any) -> Any:
+                if seen["after"] and name.startswith("data/"):
+                    seen["bytes"] += length(*args)
+                    seen["most"] = max(seen["most"], length(*args))
+                return real(name, *args)
+
+            return read
+
+        monkeypatch.setattr(checker, "NodeProver", Watched)
+        monkeypatch.setattr(repo.backend, "read_range", counted(repo.backend.read_range, lambda _o, n: n))
+        into = counted(repo.backend.read_range_into, lambda _o, buf: len(buf))
+        monkeypatch.setattr(repo.backend, "read_range_into", into)
+        read_back = _read_back(monkeypatch)
+        res = verify_repository(repo, read_data=True)
+        assert res.ok and res.checked["files"] == len(_distinct_nodes(repo)), (res.errors, res.checked)
+    finally:
+        repo.close()
+    assert read_back == [], read_back
+    assert 0 < seen["bytes"] <= needed + (count // 2) * READ_GAP, (seen, needed)  # before: ~20 MB
+    assert seen["most"] <= READ_RANGE, seen

@@ -31,7 +31,7 @@ from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
 from phoenix_backup.repo.prover import Content, NodeProver
-from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack
+from phoenix_backup.repo.reader import NodeReader, _ranges, damage_text, damaged_pack
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.tree import Extents, Node
@@ -600,9 +600,9 @@ def _read_pack(
 def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content], packs: set[str]) -> None:
     """Prove the nodes the pack pass refused past its cap (MAX_WAITING) in further passes, each a
     prover taking them in turn up to the same cap, over the packs of the run (`packs`, ids) that
-    hold the blobs its nodes need: each such pack read once a pass, from its first such blob to its
-    last (the copy a restore reads, `_restore_location`), each of those blobs opened once as a
-    restore opens it and fed as the pack pass feeds. The pack pass checked every blob against its
+    hold the blobs its nodes need: those blobs read once a pass, in the ranges a restore's reader
+    reads (the copy a restore reads, `_restore_location`), each opened once as a restore opens it
+    and fed as the pack pass feeds. The pack pass checked every blob against its
     id already; a blob that does not open now, or a pack that is gone, leaves its nodes to the
     restore's reader (`_prove_contents`), which names what fails, as does a node whose bytes do not
     match. (Read back one at a time there instead, 10,000 nodes of two blobs of 512 KiB past the
@@ -617,18 +617,22 @@ def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content],
                 break
         if not prover.taken:  # none left (or a cap of 0): the others go to the restore's reader
             return
-        needed: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
-        for blob in prover.waiting:
-            loc = _restore_location(repo, blob)
-            if loc is not None:  # (a node is taken only when its blobs' packs are the run's)
-                needed[pack_name(loc.pack_id)].append((blob, loc))
-        for name in prover.order(list(needed)):
-            _feed_needed(repo, prover, name, sorted(needed[name], key=lambda item: item[1].offset))
+        located = [(blob, loc) for blob in prover.waiting if (loc := _restore_location(repo, blob)) is not None]
+        # (a node is taken only when its blobs' packs are the run's) Each pack's blobs in the
+        # ranges a restore's reader reads (`_ranges`: neighbours at most READ_GAP apart, READ_RANGE
+        # at most), not one range from the first to the last: nodes needing both ends of a pack
+        # read the whole of it in every pass, 100 times the bytes they need with a cap of 1.
+        runs: dict[str, list[list[tuple[bytes, BlobLocation]]]] = defaultdict(list)
+        for name, run in _ranges(located):
+            runs[name].append(run)
+        for name in prover.order(list(runs)):
+            for run in runs[name]:
+                _feed_needed(repo, prover, name, run)
         prover.close()
 
 
 def _feed_needed(repo: Repository, prover: NodeProver, name: str, needed: list[tuple[bytes, BlobLocation]]) -> None:
-    """Feed `prover` the blobs `needed` of pack `name` (in pack order), read in one range."""
+    """Feed `prover` the blobs `needed` of pack `name` (neighbours, in pack order), read in one range."""
     start = needed[0][1].offset
     end = max(loc.offset + loc.stored for _blob, loc in needed)
     try:
