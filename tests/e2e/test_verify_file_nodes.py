@@ -48,6 +48,13 @@ def _repo(sb: Sandbox) -> Repository:
     return repo
 
 
+def _nodes_by_name(repo: Repository, sid: str) -> dict[str, Node]:
+    """The nodes of snapshot `sid` by name (the last of a name wins)."""
+    trees = Trees(repo)
+    trees.load(repo.find_snapshot(sid).tree)
+    return {n.name: n for ns in trees.nodes.values() for n in ns}
+
+
 def _rewrite(repo: Repository, tree_id: bytes, change: Callable[[Node], Node]) -> bytes | None:
     """The id of a copy of the tree whose node PLANTED is `change`d (None: not below this tree)."""
     nodes = repo.load_tree(tree_id)
@@ -232,9 +239,7 @@ def test_a_subset_run_names_the_pack_of_the_blob_that_fails_not_the_nodes_first(
     base = sb.backup()["id"]
     repo = _repo(sb)
     try:
-        trees = Trees(repo)
-        trees.load(repo.find_snapshot(base).tree)
-        nodes = {n.name: n for ns in trees.nodes.values() for n in ns}
+        nodes = _nodes_by_name(repo, base)
         blob_a, blob_b = next(nodes["first.bin"].blobs()), next(nodes["second.bin"].blobs())
         loc_a, loc_b = repo.index.get(blob_a), repo.index.get(blob_b)
         assert loc_a is not None and loc_b is not None
@@ -951,9 +956,7 @@ def test_an_index_entry_at_the_headers_offset_with_other_lengths_is_what_verify_
     base = sb.backup()["id"]
     repo = _repo(sb)
     try:
-        trees = Trees(repo)
-        trees.load(repo.find_snapshot(base).tree)
-        nodes = {n.name: n for ns in trees.nodes.values() for n in ns}
+        nodes = _nodes_by_name(repo, base)
         blobs = {next(nodes[f"{field}.bin"].blobs()): field for field in files}
         by_pack = repo.index.by_pack()
         for entries in by_pack.values():
@@ -1002,9 +1005,7 @@ def test_further_passes_read_the_blobs_their_nodes_need_not_the_pack_between_the
     repo = _repo(sb)
     try:
         snap = repo.find_snapshot(base)
-        trees = Trees(repo)
-        trees.load(snap.tree)
-        nodes = {n.name: n for ns in trees.nodes.values() for n in ns if n.name in datas}
+        nodes = {name: node for name, node in _nodes_by_name(repo, base).items() if name in datas}
         blobs = {name: next(node.blobs()) for name, node in nodes.items()}
         locs = {name: repo.index.get(blob) for name, blob in blobs.items()}
         assert len({loc.pack_id for loc in locs.values() if loc is not None}) == 1, locs
