@@ -30,9 +30,10 @@ from phoenix_backup.errors import ThawPending
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo import captures, checker, prover
 from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult, verify_repository
-from phoenix_backup.repo.crypto import BlobType, sha256_hex
+from phoenix_backup.repo.crypto import BlobType, Compression, sha256_hex
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
+from phoenix_backup.repo.reader import READ_GAP, READ_RANGE
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
 from phoenix_backup.repo.walker import Trees
@@ -45,6 +46,13 @@ def _repo(sb: Sandbox) -> Repository:
     repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
     repo.load_index()
     return repo
+
+
+def _nodes_by_name(repo: Repository, sid: str) -> dict[str, Node]:
+    """The nodes of snapshot `sid` by name (the last of a name wins)."""
+    trees = Trees(repo)
+    trees.load(repo.find_snapshot(sid).tree)
+    return {n.name: n for ns in trees.nodes.values() for n in ns}
 
 
 def _rewrite(repo: Repository, tree_id: bytes, change: Callable[[Node], Node]) -> bytes | None:
@@ -231,9 +239,7 @@ def test_a_subset_run_names_the_pack_of_the_blob_that_fails_not_the_nodes_first(
     base = sb.backup()["id"]
     repo = _repo(sb)
     try:
-        trees = Trees(repo)
-        trees.load(repo.find_snapshot(base).tree)
-        nodes = {n.name: n for ns in trees.nodes.values() for n in ns}
+        nodes = _nodes_by_name(repo, base)
         blob_a, blob_b = next(nodes["first.bin"].blobs()), next(nodes["second.bin"].blobs())
         loc_a, loc_b = repo.index.get(blob_a), repo.index.get(blob_b)
         assert loc_a is not None and loc_b is not None
@@ -933,3 +939,117 @@ def test_nodes_past_the_cap_are_proved_in_further_passes_each_blob_opened_once_a
     assert named == set(planted.values()), res.errors
     assert {e.object for e in res.errors} == {pack_name(shapes.pack["c"])}, res.errors
     assert any((e.path or "").endswith("c.bin") for e in res.errors), res.errors
+
+
+def test_an_index_entry_at_the_headers_offset_with_other_lengths_is_what_verify_proves_from(
+    backed_up: Sandbox, tmp_path: Path
+) -> None:
+    """The index lists a blob at the very offset its pack's header does, with another sealed length,
+    compression or plaintext length (the only index entry: a write-only repository's index objects
+    come from the machine that backs up). A restore reads what the index lists and fails the file;
+    so `verify --read-data` names each path, exit 1. Before, the pack pass took the header's entry
+    for the copy a restore reads (same pack, same offset), proved the nodes from it and said ok."""
+    sb = backed_up
+    files = {field: os.urandom(2000 + i) for i, field in enumerate(("stored", "compression", "raw"))}
+    for field, data in files.items():
+        (sb.workspace / f"{field}.bin").write_bytes(data)
+    base = sb.backup()["id"]
+    repo = _repo(sb)
+    try:
+        nodes = _nodes_by_name(repo, base)
+        blobs = {next(nodes[f"{field}.bin"].blobs()): field for field in files}
+        by_pack = repo.index.by_pack()
+        for entries in by_pack.values():
+            for i, e in enumerate(entries):
+                field = blobs.get(e.id)
+                if field == "stored":
+                    entries[i] = dataclasses.replace(e, stored=e.stored - 1)
+                elif field == "compression":
+                    entries[i] = dataclasses.replace(e, compression=Compression((e.compression + 1) % 2))
+                elif field == "raw":  # one byte more: the node's extent still fits (plain verify passes)
+                    entries[i] = dataclasses.replace(e, raw=e.raw + 1)
+        old = [name.split("/")[-1] for name in repo.index_objects]
+        repo.write_index_parts(by_pack, old)
+        for name in old:
+            repo.backend.delete(f"index/{name}")
+    finally:
+        repo.close()
+    assert sb.verify()["ok"] is True  # the index alone shows nothing
+    repo = _repo(sb)
+    try:
+        res = verify_repository(repo, read_data=True)
+    finally:
+        repo.close()
+    assert not res.ok and res.exit_status != 0
+    named = {(e.path or "").rsplit("/", 1)[-1] for e in res.errors if e.snapshot == base}
+    assert named == {f"{field}.bin" for field in files}, res.errors
+    out = sb.phx("restore", "--backup", base, "--to", tmp_path / "o", "--path", "**/stored.bin", check=None)
+    assert out.code != 0 and "stored.bin" in out.err, out  # what verify names does fail to restore
+
+
+def test_further_passes_read_the_blobs_their_nodes_need_not_the_pack_between_them(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100 nodes past the cap (1 here), node i of the i-th blob of a pack and the i-th from its end:
+    each further pass reads its node's two blobs as a restore's reader reads them (ranges of
+    neighbours at most READ_GAP apart, READ_RANGE at most), every node is proved, none read back.
+    Before, each pass read its pack from the first blob it needed to the last: nearly the whole
+    pack for each of the 99 passes, 100 times the bytes the nodes need."""
+    sb = backed_up
+    count = 200
+    datas = {f"f{i:03d}": os.urandom(4096) for i in range(count)}
+    (sb.workspace / "many").mkdir()
+    for name, data in datas.items():
+        (sb.workspace / "many" / name).write_bytes(data)
+    base = sb.backup()["id"]
+    repo = _repo(sb)
+    try:
+        snap = repo.find_snapshot(base)
+        nodes = {name: node for name, node in _nodes_by_name(repo, base).items() if name in datas}
+        blobs = {name: next(node.blobs()) for name, node in nodes.items()}
+        locs = {name: repo.index.get(blob) for name, blob in blobs.items()}
+        assert len({loc.pack_id for loc in locs.values() if loc is not None}) == 1, locs
+        order = sorted(datas, key=lambda name: locs[name].offset)  # type: ignore[union-attr]
+        planted = []
+        for i in range(count // 2):
+            a, z = order[i], order[-1 - i]
+            content = Extents.of([Extent(blobs[a], 0, 4096), Extent(blobs[z], 0, 4096)])
+            node = dataclasses.replace(nodes[a], name=f"n{i:03d}", content=content, size=content.size)
+            planted.append(dataclasses.replace(node, sha256=sha256_hex(datas[a] + datas[z])))
+        tree, _ = repo.save_tree(planted)
+        repo.flush()
+        repo.save_snapshot(dataclasses.replace(snap, tree=tree, time="2031-01-01T00:00:00+00:00"))
+        needed = sum(locs[a].stored + locs[z].stored for a, z in zip(order, reversed(order), strict=True)) // 2  # type: ignore[union-attr]
+    finally:
+        repo.close()
+    monkeypatch.setattr(prover, "MAX_WAITING", 1)
+    repo = _repo(sb)
+    try:
+        seen = {"after": False, "bytes": 0, "most": 0}
+
+        class Watched(prover.NodeProver):
+            def close(self) -> None:
+                super().close()
+                seen["after"] = True  # the pack pass is over: count what the further passes read
+
+        def counted(real: Callable[..., Any], length: Callable[..., int]) -> Callable[..., Any]:
+            def read(name: str, *args: Any) -> Any:
+                if seen["after"] and name.startswith("data/"):
+                    seen["bytes"] += length(*args)
+                    seen["most"] = max(seen["most"], length(*args))
+                return real(name, *args)
+
+            return read
+
+        monkeypatch.setattr(checker, "NodeProver", Watched)
+        monkeypatch.setattr(repo.backend, "read_range", counted(repo.backend.read_range, lambda _o, n: n))
+        into = counted(repo.backend.read_range_into, lambda _o, buf: len(buf))
+        monkeypatch.setattr(repo.backend, "read_range_into", into)
+        read_back = _read_back(monkeypatch)
+        res = verify_repository(repo, read_data=True)
+        assert res.ok and res.checked["files"] == len(_distinct_nodes(repo)), (res.errors, res.checked)
+    finally:
+        repo.close()
+    assert read_back == [], read_back
+    assert 0 < seen["bytes"] <= needed + (count // 2) * READ_GAP, (seen, needed)  # before: ~20 MB
+    assert seen["most"] <= READ_RANGE, seen

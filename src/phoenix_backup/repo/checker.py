@@ -31,7 +31,7 @@ from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
 from phoenix_backup.repo.prover import Content, NodeProver
-from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack
+from phoenix_backup.repo.reader import NodeReader, _ranges, damage_text, damaged_pack
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.tree import Extents, Node
@@ -576,33 +576,33 @@ def _read_pack(
         result.errors.append(VerifyError(name, None, None, str(exc)))
         return
     for entry, sealed in iter_blobs(data, entries):
+        here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
         try:
             plain = repo.open_blob(
                 entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
             )
         except CorruptObject as exc:
-            here = BlobLocation(pack_id, entry.type, entry.compression, entry.offset, entry.stored, entry.raw)
             try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
                 repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
             except PhoenixError:
                 _report_blob(result, users, entry.id, name, str(exc))
                 continue
-            if users.prover is not None and _restore_copy(repo, entry.id, pack_id, entry.offset):
+            if users.prover is not None and _restore_copy(repo, entry.id, here):
                 # A restore reads this copy first: other bytes under the blob's id (sealed by a key
                 # holder) it would take as they are, damaged ones it would read elsewhere. Either
                 # way the nodes that need the blob are read back as a restore reads them.
                 users.prover.lost(entry.id)
             continue
-        if _restore_copy(repo, entry.id, pack_id, entry.offset):
+        if _restore_copy(repo, entry.id, here):
             _feed(users, entry.type, entry.id, plain, sealed)
 
 
 def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content], packs: set[str]) -> None:
     """Prove the nodes the pack pass refused past its cap (MAX_WAITING) in further passes, each a
     prover taking them in turn up to the same cap, over the packs of the run (`packs`, ids) that
-    hold the blobs its nodes need: each such pack read once a pass, from its first such blob to its
-    last (the copy a restore reads, `_restore_location`), each of those blobs opened once as a
-    restore opens it and fed as the pack pass feeds. The pack pass checked every blob against its
+    hold the blobs its nodes need: those blobs read once a pass, in the ranges a restore's reader
+    reads (the copy a restore reads, `_restore_location`), each opened once as a restore opens it
+    and fed as the pack pass feeds. The pack pass checked every blob against its
     id already; a blob that does not open now, or a pack that is gone, leaves its nodes to the
     restore's reader (`_prove_contents`), which names what fails, as does a node whose bytes do not
     match. (Read back one at a time there instead, 10,000 nodes of two blobs of 512 KiB past the
@@ -617,18 +617,22 @@ def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content],
                 break
         if not prover.taken:  # none left (or a cap of 0): the others go to the restore's reader
             return
-        needed: dict[str, list[tuple[bytes, BlobLocation]]] = defaultdict(list)
-        for blob in prover.waiting:
-            loc = _restore_location(repo, blob)
-            if loc is not None:  # (a node is taken only when its blobs' packs are the run's)
-                needed[pack_name(loc.pack_id)].append((blob, loc))
-        for name in prover.order(list(needed)):
-            _feed_needed(repo, prover, name, sorted(needed[name], key=lambda item: item[1].offset))
+        located = [(blob, loc) for blob in prover.waiting if (loc := _restore_location(repo, blob)) is not None]
+        # (a node is taken only when its blobs' packs are the run's) Each pack's blobs in the
+        # ranges a restore's reader reads (`_ranges`: neighbours at most READ_GAP apart, READ_RANGE
+        # at most), not one range from the first to the last: nodes needing both ends of a pack
+        # read the whole of it in every pass, 100 times the bytes they need with a cap of 1.
+        runs: dict[str, list[list[tuple[bytes, BlobLocation]]]] = defaultdict(list)
+        for name, run in _ranges(located):
+            runs[name].append(run)
+        for name in prover.order(list(runs)):
+            for run in runs[name]:
+                _feed_needed(repo, prover, name, run)
         prover.close()
 
 
 def _feed_needed(repo: Repository, prover: NodeProver, name: str, needed: list[tuple[bytes, BlobLocation]]) -> None:
-    """Feed `prover` the blobs `needed` of pack `name` (in pack order), read in one range."""
+    """Feed `prover` the blobs `needed` of pack `name` (neighbours, in pack order), read in one range."""
     start = needed[0][1].offset
     end = max(loc.offset + loc.stored for _blob, loc in needed)
     try:
@@ -686,13 +690,16 @@ def _restore_location(repo: Repository, blob: bytes) -> BlobLocation | None:
     return first
 
 
-def _restore_copy(repo: Repository, blob: bytes, pack_id: str, offset: int) -> bool:
-    """Whether the copy of `blob` at `offset` in `pack_id` is the one a restore's reader opens: the
-    index's first location of it as a data blob. Only that copy proves a node: a restore checks
-    a copy's AEAD tag, not its id (open_blob), so a copy listed first with other bytes sealed under
-    the id (by a key holder) is what it writes, though a copy further on opens and matches."""
-    first = _restore_location(repo, blob)
-    return first is not None and first.pack_id == pack_id and first.offset == offset
+def _restore_copy(repo: Repository, blob: bytes, here: BlobLocation) -> bool:
+    """Whether the copy of `blob` at `here` (a pack header's entry) is the one a restore's reader
+    opens: the index's first location of it as a data blob, every field of it. Only that copy
+    proves a node: a restore checks a copy's AEAD tag, not its id (open_blob), so a copy listed
+    first with other bytes sealed under the id (by a key holder) is what it writes, though a copy
+    further on opens and matches; and it reads the length, compression and plaintext length the
+    index lists, so an index entry at the header's offset with another of those (a write-only
+    repository's index comes from the machine that backs up) fails a restore that the header's
+    entry would pass."""
+    return _restore_location(repo, blob) == here
 
 
 def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation, users: _Users) -> bool:
@@ -701,7 +708,7 @@ def _blob_ok(repo: Repository, pack: bytes, blob: bytes, loc: BlobLocation, user
         plain = repo.open_blob(BlobType(loc.type), blob, loc.compression, sealed, loc.raw, "blob")
     except CorruptObject:
         return False
-    if _restore_copy(repo, blob, loc.pack_id, loc.offset):
+    if _restore_copy(repo, blob, loc):
         _feed(users, BlobType(loc.type), blob, plain, sealed)
     return True
 

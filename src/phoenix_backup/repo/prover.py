@@ -25,7 +25,7 @@ pass for the budget, and nothing held grows with the repository's size.
 The nodes of several extents that wait in the pass are bounded too (MAX_WAITING, their bookkeeping
 a few hundred bytes each): past it, `add` refuses a node and keeps it in `past_cap`. The caller
 proves those in further passes (repo/checker.py `_prove_past_the_cap`), each a new prover under the
-same cap, fed only the blobs its nodes need, each pack holding them read once a pass; a node none
+same cap, fed only the blobs its nodes need, each read once a pass as a restore reads it; a node none
 of them proves is read back through the restore's reader, as every node of several blobs was once.
 
 A node not proved here (its bytes do not match, an extent lies past its blob's end, a blob that
