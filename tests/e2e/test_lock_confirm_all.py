@@ -18,6 +18,7 @@ from e2e_support import Sandbox
 from moto_support import MotoServer
 from test_lock_suspend import HOUR, _sleeping_clock
 from test_lost_data import lose_a_new_file, replicated
+from test_write_only import _age_key
 
 from phoenix_backup.cli.main import cli
 from phoenix_backup.ops import key as key_ops
@@ -265,3 +266,23 @@ def test_repair_objects_copies_nothing_back_after_a_suspend(
     repaired = sb.phx_here("repair", "objects", "--from", "s3", "--json").json()
     assert str(pack) in repaired["copied"], repaired
     assert _verified(sb)
+
+
+def test_a_conversion_to_write_only_does_not_commit_after_a_suspend(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx key add --write-only` writes its age slot, the machine sleeps, then it would write the
+    config (its commit point): the config stays, the repository opens with its passphrase and
+    verifies, and the conversion run again finishes. Before, only the slot's write confirmed."""
+    sb = backed_up
+    config = (sb.repo / "config").read_bytes()
+    suspend = _sleeping_clock(monkeypatch)
+    _after_first(monkeypatch, "write", "keys/", lambda _b: suspend(HOUR))
+    _identity, recipient = _age_key()
+    run = _in_process(sb, "key", "add", "--method", "age", "--write-only", "--recipient", recipient)
+    _stopped(run, SUSPENDED, "nothing was committed")
+    assert (sb.repo / "config").read_bytes() == config, "the config was committed after the suspend"
+    monkeypatch.undo()
+    assert _verified(sb)
+    sb.phx_here("key", "add", "--method", "age", "--write-only", "--recipient", recipient)
+    assert (sb.repo / "config").read_bytes() != config
