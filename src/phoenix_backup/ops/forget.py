@@ -26,7 +26,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops import compact
 from phoenix_backup.ops.context import Environment, captures_cache, open_repository, require_identity, target_names
 from phoenix_backup.repo import captures
-from phoenix_backup.repo.locks import noting_unreleased
+from phoenix_backup.repo.locks import DELETED, noting_unreleased
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import WATCH_SCOPES, Candidate, Plan, Policy, apply_policy, parse_time
 from phoenix_backup.repo.snapshot import Snapshot
@@ -410,6 +410,7 @@ def thin_captures(
     # Then the segments the merged ones stand for.
     for sid in sorted(doomed):
         if not dry_run:
+            repo.confirmer.step(DELETED)
             repo.backend.delete(captures.PREFIX + sid)
     if not dry_run:
         captures.forget_cached(cache, doomed)

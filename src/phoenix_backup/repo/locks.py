@@ -69,6 +69,14 @@ STALE_SECONDS = 1800
 # and removed, and a prune run: it commits nothing under it (`HeldLock.confirm`). Two refresh
 # intervals below STALE_SECONDS: a commit confirmed just under it lands well before any judge's verdict.
 LOST_AFTER_SECONDS = STALE_SECONDS - 2 * REFRESH_SECONDS
+# What a command that stops at a lock it can no longer trust says it did meanwhile (`HeldLock.confirm`).
+COMMITTED = "nothing was committed"
+MORE_COMMITTED = "nothing more was committed"
+DELETED = "nothing more was deleted"
+# A long run of deletions or copies reads its locks back from the store at least this often, in
+# objects and in seconds of `holder_clock` (`Confirmer.step`; the doubt is looked at every object).
+CONFIRM_EVERY = 100
+CONFIRM_SECONDS = 30.0
 # How often the refresh thread looks at `holder_clock` between refreshes: its waits run on the
 # monotonic clock, which stands still while the machine sleeps, so after a resume it refreshes
 # within this long rather than waiting out REFRESH_SECONDS more.
@@ -547,10 +555,16 @@ class LockManager:
         mine = {lock.name for lock in self.held}
         return [info for info in self.all() if info.name not in mine]
 
-    def confirm_held(self) -> None:
-        """Raise unless every lock this process holds here is still in the store and its own."""
+    def confirm_held(self, nothing: str = COMMITTED, *, present: bool = True) -> None:
+        """Raise unless every lock this process holds here is still in the store and its own, and
+        not doubted (`HeldLock.confirm`; `nothing` says what the error's reader lost: nothing).
+        Every commit point and batch of deletions goes through this, or `Confirmer` for a long run."""
         for lock in list(self.held):
-            lock.confirm()
+            lock.confirm(nothing, present=present)
+
+    def confirmer(self) -> Confirmer:
+        """A `Confirmer` of the locks this process holds here."""
+        return Confirmer([self])
 
     def confirm_exclusive(self, command: str) -> None:
         """Raise RepositoryError unless this process holds an exclusive lock here, still in the
@@ -848,19 +862,22 @@ class HeldLock:
         """How far our clock was set back since the lock was last written (never negative)."""
         return max(0.0, self._setting - (time.time() - time.monotonic()))
 
-    def confirm(self) -> None:
+    def confirm(self, nothing: str = COMMITTED, *, present: bool = True) -> None:
         """Raise RepositoryError unless the lock is still in the store and still ours, and was
         refreshed within LOST_AFTER_SECONDS on `holder_clock`: another process that removed it, or
         that judged it stale while this machine slept (and may remove it while we commit), may
-        have pruned meanwhile, so nothing may be committed."""
+        have pruned meanwhile, so nothing may be committed. `nothing` ends the error's cause ("nothing
+        more was deleted"); without `present` the store is not read (`Confirmer.step` between its
+        reads): only the doubt and a loss already found out are."""
         self.unrefreshed_for()
-        self._check_present()
+        self._check_present(nothing, read=present)
         if self.doubt is not None:
-            raise RepositoryError(f"{self.doubt}; nothing was committed; run the {self.command} again")
+            raise RepositoryError(f"{self.doubt}; {nothing}; run the {self.command} again")
 
-    def _check_present(self) -> None:
-        """Raise RepositoryError unless the lock is still in the store and still ours."""
-        if self.lost is None:
+    def _check_present(self, nothing: str = COMMITTED, *, read: bool = True) -> None:
+        """Raise RepositoryError unless the lock is still in the store and still ours (without
+        `read`: unless a refresh or an earlier look found it gone)."""
+        if self.lost is None and read:
             try:
                 info = self.manager.read(self.name)
                 if not info.is_ours():
@@ -871,8 +888,7 @@ class HeldLock:
                 self.lost = f"{self.name} was overwritten with bytes that cannot be decoded"
         if self.lost is not None:
             raise RepositoryError(
-                f"this {self.command}'s repository lock is gone: {self.lost}; nothing was committed; "
-                "run the command again"
+                f"this {self.command}'s repository lock is gone: {self.lost}; {nothing}; run the command again"
             )
 
     def start_refresh(self) -> None:
@@ -942,6 +958,45 @@ class HeldLock:
             self.release()
         else:
             self.release_after_error()
+
+
+class Confirmer:
+    """Confirms the locks a command holds (`LockManager.confirm_held`, on every manager given: a
+    replication holds one on each side) before each commit point (`now`) and before each object of
+    a long run of deletions or copies (`step`). A step reads the store's copy of each lock every
+    CONFIRM_EVERY objects and every CONFIRM_SECONDS of `holder_clock` (the doubt, a clock reading,
+    at every object): a suspend mid-way stops the run at the next object, a lock removed meanwhile
+    within CONFIRM_EVERY objects, long before a refresh interval's worth of work. Thread-safe: the
+    copies of a replication run in parallel."""
+
+    def __init__(self, managers: Sequence[LockManager]) -> None:
+        self.managers = list(managers)
+        self._since = 0  # objects stepped since the store was last read
+        self._read_at: float | None = None  # `holder_clock` then; None: never read
+        self._mutex = threading.Lock()
+
+    def now(self, nothing: str) -> None:
+        """Confirm every lock held, reading the store: right before a commit point. `nothing`
+        says what the error's reader lost ("nothing more was committed")."""
+        with self._mutex:
+            self._confirm(nothing, present=True)
+
+    def step(self, nothing: str) -> None:
+        """Confirm before one more object is deleted or committed ("nothing more was deleted")."""
+        with self._mutex:
+            due = (
+                self._read_at is None
+                or self._since >= CONFIRM_EVERY
+                or holder_clock() - self._read_at >= CONFIRM_SECONDS
+            )
+            self._confirm(nothing, present=due)
+            self._since += 1
+
+    def _confirm(self, nothing: str, *, present: bool) -> None:
+        for manager in self.managers:
+            manager.confirm_held(nothing, present=present)
+        if present:
+            self._since, self._read_at = 0, holder_clock()
 
 
 @contextlib.contextmanager

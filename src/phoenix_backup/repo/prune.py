@@ -63,7 +63,7 @@ from phoenix_backup.errors import (
     RepositoryError,
 )
 from phoenix_backup.repo import checks
-from phoenix_backup.repo.locks import STALE_SECONDS
+from phoenix_backup.repo.locks import DELETED, STALE_SECONDS
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository, index_parts
 from phoenix_backup.repo.tree import Node
@@ -377,21 +377,27 @@ def _prune_locked(
         written = set(repo.write_index_parts(keep, [n.split("/")[-1] for n in old]))
         old = [n for n in old if n not in written]  # never a part just written under that name
     _stop_if_new_snapshots(repo, committed, "before deleting anything; run `phx repair index`, then prune again")
-    # 3. Packs: nothing live refers to them any more.
+    # 3. Packs: nothing live refers to them any more. Each deletion confirms the lock first
+    # (`Confirmer.step`): a suspend or a removed lock mid-way stops here, and the order makes
+    # stopping anywhere safe (the new index no longer lists these packs; the old index objects,
+    # deleted last, are superseded by it).
     progress.phase("deleting packs", files=len(delete) + len(repack) + len(leftovers), unit="packs")
     for u in delete + repack:
         if u.pack_id not in new_packs:  # never a pack a copy has just been written under
+            repo.confirmer.step(DELETED)
             repo.backend.delete(pack_name(u.pack_id))
         progress.advance(files=1)
     for info in leftovers:
         # A repack may have just written the very same bytes as a leftover of an earlier,
         # interrupted prune (same blobs, and in an unencrypted repository the same seals).
         if info.name.split("/")[-1] not in new_packs:
+            repo.confirmer.step(DELETED)
             repo.backend.delete(info.name)
         progress.advance(files=1)
     # 4. The old index objects last: the new one lists everything they list that is still needed,
     # and while they exist they name what a prune stopped before deleting.
     for name in old:
+        repo.confirmer.step(DELETED)
         repo.backend.delete(name)
     for name in temporary:
         with contextlib.suppress(PhoenixError):

@@ -36,6 +36,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED
 from phoenix_backup.repo.pack import PackEntry, PackIds, PackOrigin, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.repo.snapshot import Snapshot, timestamp_name
@@ -103,6 +104,7 @@ def rebuild_index(repo: Repository) -> IndexRepair:
     new = set(repo.write_index_parts(packs, [name.split("/")[-1] for name in present]))
     for name in present:
         if name not in new:
+            repo.confirmer.step(DELETED)
             repo.backend.delete(name)
     report.replaced = len([n for n in present if n not in new])
     repo.reload_index()
@@ -454,10 +456,12 @@ def repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, r
     repo.load_index()
     snapshots = repo.list_snapshots()
     for name in sorted(repo.problems.snapshots):
+        repo.confirmer.step(MORE_COMMITTED)  # a copy into this target commits it
         if _copy_checked(other.backend, repo.backend, name):
             report.copied.append(name)
     damaged_index = sorted(repo.problems.index)
     for name in damaged_index:
+        repo.confirmer.step(MORE_COMMITTED)  # a copy into this target commits it
         if _copy_checked(other.backend, repo.backend, name):
             report.copied.append(name)
     if any(n.startswith(("snapshots/", "index/")) for n in report.copied):
@@ -506,6 +510,7 @@ def repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, r
         wanted[pack_name(loc.pack_id)] = loc.type == BlobType.DATA
     copied_blobs: set[bytes] = set()
     for name, cold in sorted(wanted.items()):
+        repo.confirmer.step(MORE_COMMITTED)  # a copy into this target commits it
         if _copy_checked(other.backend, repo.backend, name, cold=cold, pack_ids=repo.config.pack_ids):
             report.copied.append(name)
             copied_blobs.update(e.id for e in other.read_pack_header(name.split("/")[-1]))
@@ -520,6 +525,7 @@ def repair_data(repo: Repository, other: Repository, report: ObjectsRepair, *, r
         pack_id = name.split("/")[-1]
         needs = [b for b in needed if (loc := repo.index.get(b)) is not None and loc.pack_id == pack_id]
         if all(b in copied_blobs for b in needs):
+            repo.confirmer.step(DELETED)
             repo.backend.delete(name)
             report.deleted.append(name)
     if wanted or report.deleted or damaged_index:

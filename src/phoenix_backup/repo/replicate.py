@@ -49,7 +49,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import BlobType
-from phoenix_backup.repo.locks import LockManager
+from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.reporting import Reporter, Silent
@@ -80,6 +80,8 @@ class TargetReport:
     progress: Reporter = field(default_factory=Silent, repr=False, compare=False)
     # Set when the command stops (Ctrl-C, SIGTERM): no object is copied from then on.
     stopping: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    # The locks held on both sides while copying, confirmed before each object (`Confirmer.step`).
+    confirmer: Confirmer | None = field(default=None, repr=False, compare=False)
 
     @property
     def throughput(self) -> float:
@@ -161,6 +163,9 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         switched = raw != source.read("config")
     locks = LockManager(dest, repo.locks.sealer, notice)
     with locks.acquire(exclusive=False, command="replicate") as held:
+        # Both locks, the first target's and this one's: a prune on either side that judged one
+        # stale (a suspend) or removed it may delete what this copy relies on or is committing.
+        confirm = report.confirmer = Confirmer([repo.locks, locks])
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
         # upload before the listing could lose that upload; it then fails and the next sync
@@ -192,6 +197,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         todo = [*packs, *missing_index]
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
+        confirm.now(MORE_COMMITTED)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         # Those that supersede others after the rest are all written (copies run in parallel): an
         # index written in parts (`write_index_parts`) has only its last part superseding the old
@@ -205,6 +211,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             obj = f"snapshots/{snap.id}"
             if obj in have:
                 continue
+            confirm.now(MORE_COMMITTED)  # each snapshot is a commit point on the replica
             _copy_one(source, dest, obj, False, report)
             report.snapshots += 1
             dest.checkpoint(f"phoenix snapshot {snap.name} ({snap.id[:8]})")
@@ -228,6 +235,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             for obj in sorted(wanted - have_objects):
                 _copy_one(source, dest, obj, False, report)
         if switched:
+            confirm.now(MORE_COMMITTED)
             dest.write("config", source.read("config"))
             report.objects += 1
         if (switched or stale_keys) and repo.config.write_only is None:
@@ -235,6 +243,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             # rotated, and its objects are sealed under many run keys.
             _remove_retired(repo, dest, report)
         for name in stale_keys:
+            confirm.step(DELETED)
             dest.delete(name)
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
@@ -267,6 +276,8 @@ def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> No
         ours = {info.name for info in repo.backend.list(prefix)}
         for info in list(dest.list(prefix)):
             if info.name not in ours and not sealed_with(dest, info.name, repo.sealer):
+                if report.confirmer is not None:
+                    report.confirmer.step(DELETED)
                 dest.delete(info.name)
                 report.retired += 1
 
@@ -316,6 +327,8 @@ def _copy_one(
 ) -> None:
     if report.stopping.is_set():
         raise _Stopped(f"the copy to target {report.name} was stopped; the next `phx sync` copies what it lacks")
+    if report.confirmer is not None:
+        report.confirmer.step(MORE_COMMITTED)
     if name.startswith(checks.PREFIX):
         try:
             data = source.read(name)

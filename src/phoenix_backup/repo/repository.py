@@ -51,7 +51,7 @@ from phoenix_backup.repo.crypto import (
     sha256_hex,
 )
 from phoenix_backup.repo.index import INDEX_AAD, BlobLocation, Index, decode_index_records, encode_index, entries_of
-from phoenix_backup.repo.locks import HeldLock, LockManager
+from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, HeldLock, LockManager
 from phoenix_backup.repo.pack import (
     DATA_PACK_TARGET,
     HEADER_AAD,
@@ -432,6 +432,9 @@ class Repository:
         # objects it left are told from damage (`left_by_rotation`); no data.
         self._rotation_sealers = [Sealer(m.encryption_key) for m in also if config.encrypted]
         self.locks = LockManager(backend, lock_sealer, self.notice, also=self._rotation_sealers)
+        # Before each object a command deletes or copies in (forget, prune, repair): paced
+        # confirmation of the locks held (`Confirmer.step`).
+        self.confirmer = self.locks.confirmer()
         self.opened_with: str | None = None  # the key slot that opened the repository
         self.unindexed_packs: set[str] = set()  # packs known only from their own headers
         # Packs that only index objects superseded by a prune list: a prune that stopped between
@@ -612,6 +615,7 @@ class Repository:
         return slots
 
     def add_key_slot(self, slot: keyslots.KeySlot) -> None:
+        self.locks.confirm_held()
         self.backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
 
     def remove_key_slot(self, slot_id: str) -> None:
@@ -622,6 +626,7 @@ class Repository:
         # A damaged slot may always go; a readable one never when it is the last readable one.
         if len(slots) == 1 and slots[0].id == slot_id:
             raise RepositoryError("refusing to remove the last key slot: the repository could never be opened again")
+        self.locks.confirm_held("nothing was deleted")
         self.backend.delete(f"keys/{slot_id}")
 
     @overload
@@ -872,6 +877,7 @@ class Repository:
         """Forget one snapshot: its data stays until prune finds it unreferenced."""
         if self.pins is not None:  # before: its absence is then never taken for a loss
             self.pins.forgetting(self.config.id, [sid])
+        self.confirmer.step(DELETED)
         self.backend.delete(f"snapshots/{sid}")
 
     def repack(self, blobs: Iterable[tuple[PackEntry, bytes]]) -> dict[str, list[PackEntry]]:
@@ -917,6 +923,9 @@ class Repository:
             # the same list, superseding also an id no object has.
             raw = self.seal_index(packs, [*superseded, os.urandom(32).hex()])
             name = f"index/{sha256_hex(raw)}"
+        # A commit point: the index makes packs live (a backup's flush, a merge, `repair index`),
+        # and a prune that ran while the lock was lost may have deleted them as leftovers.
+        self.locks.confirm_held(MORE_COMMITTED)
         self.backend.write(name, raw)
         self.relied_on.add(name)
         self.stats.bytes_added += len(raw)

@@ -48,6 +48,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType, sha256_hex, zstandard_module
 from phoenix_backup.repo.index import decode_index, encode_index
+from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED
 from phoenix_backup.repo.pack import MAX_HEADER, PackEntry, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -539,6 +540,7 @@ def convert(repo: Repository, recipients: tuple[str, ...], root: Path) -> Conver
     slot = keyslots.wrap_age(master, recipients)
     repo.add_key_slot(slot)
     config = replace(repo.config, write_only=recipients).signed(master)
+    repo.locks.confirm_held()  # the commit point
     repo.backend.write("config", config.to_bytes())
     converted = Repository(repo.backend, config, master, notice=repo.notice)
     converted.opened_with = slot.id
@@ -547,13 +549,17 @@ def convert(repo: Repository, recipients: tuple[str, ...], root: Path) -> Conver
     packs = repo.index.by_pack()
     written: set[str] = set()
     if old or packs:
+        # `converted` holds no lock of its own: the one held is `repo`'s, confirmed before each step.
+        repo.locks.confirm_held(MORE_COMMITTED)
         written = set(converted.write_index_parts(packs, [name.split("/")[-1] for name in old]))
     for name in old:
         if name not in written:  # a part of an interrupted conversion written again, byte for byte
+            repo.confirmer.step(DELETED)
             repo.backend.delete(name)
     removed = []
     for other in Repository.read_key_slots(repo.backend):
         if other.id != slot.id:
+            repo.confirmer.step(DELETED)
             repo.backend.delete(f"keys/{other.id}")
             removed.append(other.id)
     if already is not None:
