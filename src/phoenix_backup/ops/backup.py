@@ -455,6 +455,11 @@ def _is_default_db(cfg: Config, path: str) -> bool:
     return path.endswith(("observations.db", "memory.db", "dashboard.db")) and ".argentos" in path
 
 
+# The SHA-256 of a parent's node held without its extents (`_Run.drop_changed_extents`): no
+# node read has it, so such a node never counts as unchanged.
+_DROPPED = "(extents dropped)"
+
+
 def _read_again(tree_id: bytes, path: str, exc: PhoenixError) -> None:
     """A parent tree that cannot be read only means its files are read again."""
 
@@ -522,6 +527,16 @@ class _Run:
     def count_done(self, _future: Future[Any]) -> None:
         """A file or database read (or failed): one more of the phase's items, as it happens."""
         self.envx.progress.advance(files=1)
+
+    def drop_changed_extents(self, nodes: dict[str, Node]) -> None:
+        """Once every node is read, the parent's are only compared with the new ones (to keep a
+        folder's tree, to count changes). A file's or database's node that differs from its new
+        one is then held without its extents, marked so that it equals no node (its SHA-256
+        cannot be one): memory.db's parent node grows with the history (24,798 extents after 30
+        days of the medium sample, 1.2 MB) and was held beside the new one while trees were written."""
+        for logical, prev in self.parent_nodes.items():
+            if prev.type in ("file", "sqlite") and len(prev.content) and nodes.get(logical) != prev:
+                self.parent_nodes[logical] = dataclasses.replace(prev, content=(), sha256=_DROPPED)
 
     def check_stopping(self) -> None:
         if self.stopping.is_set():
@@ -1063,6 +1078,7 @@ def _run(
     _link_nodes(nodes, links, run.incomplete, lambda logical: run.file_node(sel.entries[logical]))
     for path, message in sel.errors:
         run.incomplete.append({"path": layout.to_logical(Path(path)), "error": message})
+    run.drop_changed_extents(nodes)
     envx.progress.phase("writing trees and index")
     trees: set[bytes] = set()
     dir_kinds: dict[str, str] = {}

@@ -1073,6 +1073,9 @@ class Repository:
         else:
             method, payload = self.compressor.compress(data)
         sealed = self.sealer.seal(payload, blob_aad(kind, bid))
+        # The compressed bytes go before the sealed ones are copied into the pack: a blob is then
+        # held twice at most (its plaintext and its sealed bytes), not three times.
+        del payload
         full: PackBuilder | None = None
         with self._lock:
             packer = self._packers[kind]
