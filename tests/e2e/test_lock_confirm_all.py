@@ -24,7 +24,7 @@ from test_write_only import _age_key
 
 from phoenix_backup.cli.main import cli
 from phoenix_backup.ops import key as key_ops
-from phoenix_backup.repo import captures, locks, repair, replicate
+from phoenix_backup.repo import captures, locks, prune, repair, replicate
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.storage.local import LocalBackend
@@ -340,3 +340,30 @@ def test_forget_writes_no_merged_capture_segment_after_a_suspend(
     _stopped(run, SUSPENDED, "run the forget again")
     assert {p.name for p in (sb.repo / "captures").iterdir()} == before, "a segment was written under the doubted lock"
     assert _verified(sb)
+
+
+def test_prune_deletes_no_check_record_after_a_suspend(
+    three: tuple[Sandbox, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune has deleted its packs and old index objects; the machine sleeps as it lists the check
+    records of the forgotten snapshots: it deletes none and says so. Before, it deleted every one
+    without confirming and exited 0 after the suspend."""
+    sb, (_first, second, third) = three
+    sb.phx_here("forget", second, third)
+    real = prune._forgotten_check_records
+    suspend = _sleeping_clock(monkeypatch)
+
+    def listed_then_sleep(repo: Repository) -> list[str]:
+        names = real(repo)
+        suspend(HOUR)
+        return names
+
+    monkeypatch.setattr(prune, "_forgotten_check_records", listed_then_sleep)
+    records = {o for o in _objects(sb.repo) if o.startswith("checks/")}
+    run = _in_process(sb, "prune")
+    _stopped(run, SUSPENDED, "nothing more was deleted", "run the prune again")
+    assert {o for o in _objects(sb.repo) if o.startswith("checks/")} == records
+    assert _verified(sb)
+    monkeypatch.undo()
+    sb.phx_here("prune")
+    assert len({o for o in _objects(sb.repo) if o.startswith("checks/")}) < len(records)
