@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import test_watch_thinning as thinning
 from click.testing import CliRunner, Result
 from e2e_support import Sandbox
 from moto_support import MotoServer
@@ -22,8 +24,9 @@ from test_write_only import _age_key
 
 from phoenix_backup.cli.main import cli
 from phoenix_backup.ops import key as key_ops
-from phoenix_backup.repo import locks, repair, replicate
+from phoenix_backup.repo import captures, locks, prune, repair, replicate
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.storage.local import LocalBackend
 
 
@@ -286,3 +289,81 @@ def test_a_conversion_to_write_only_does_not_commit_after_a_suspend(
     assert _verified(sb)
     sb.phx_here("key", "add", "--method", "age", "--write-only", "--recipient", recipient)
     assert (sb.repo / "config").read_bytes() != config
+
+
+def test_forget_writes_no_merged_capture_segment_after_a_suspend(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phx forget` thins two capture segments of one hour a day and a half ago into one: the
+    machine sleeps while it seals the merged segment. Nothing is written into captures/. Before,
+    the merged segment was written under the doubted lock (exit 1 only at the deletion after it)."""
+    sb = sandbox
+    sb.write_config(retention={"capturesHourlyWithin": "2d"})
+    con = thinning.new_db(sb)
+    con.execute("INSERT INTO t VALUES (1, 'a')")
+    now = captures.to_us(datetime.now(UTC))
+    hour = (now - 36 * thinning.HOUR) // thinning.HOUR * thinning.HOUR
+    sb.backup("--time", datetime.fromtimestamp((hour - 2 * thinning.HOUR) / 1e6, UTC).isoformat(timespec="seconds"))
+    snap = sb.snapshots()[-1]["id"]
+    db = sb.layout.dashboard_db
+    with thinning._repo(sb) as (repo, _tl):
+        node = next(n for p, n in walk_tree(repo, repo.load_snapshot(snap).tree) if p == thinning.LOGICAL)
+        previous: str | None = None
+        since = hour + thinning.MIN
+        for i in range(2):  # two segments of one commit each, ending 20 and 40 minutes into the hour
+            con.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (2 + i, "x" * 100))
+            cur = db.read_bytes()
+            end = hour + (i + 1) * 20 * thinning.MIN
+            pages = list(range(1, len(cur) // 1024 + 1))
+            commit = captures.Commit(end - thinning.MIN, len(cur) // 1024, tuple(pages))
+            base = captures.Base(snap, str(node.sha256)) if i == 0 else None
+            part = captures.Part(thinning.LOGICAL, 1024, since, end, (commit,), base)
+            seg = captures.build(
+                "c" * 32, i, previous, "host", [(part, [cur[(p - 1) * 1024 : p * 1024] for p in pages])]
+            )
+            name, raw = captures.seal(repo, seg)
+            repo.backend.write(name, raw)
+            os.utime(sb.repo / name, (end / 1e6, end / 1e6))  # written when sealed, as by the watch
+            previous, since = name.removeprefix(captures.PREFIX), end
+    con.close()
+    before = {p.name for p in (sb.repo / "captures").iterdir()}
+    assert len(before) == 2
+    suspend = _sleeping_clock(monkeypatch)
+    real_seal = captures.seal
+
+    def sealing(repo: Repository, segment: captures.Segment) -> tuple[str, bytes]:
+        suspend(HOUR)  # the machine sleeps while the merged segment is sealed
+        return real_seal(repo, segment)
+
+    monkeypatch.setattr(captures, "seal", sealing)
+    run = _in_process(sb, "forget")
+    _stopped(run, SUSPENDED, "run the forget again")
+    assert {p.name for p in (sb.repo / "captures").iterdir()} == before, "a segment was written under the doubted lock"
+    assert _verified(sb)
+
+
+def test_prune_deletes_no_check_record_after_a_suspend(
+    three: tuple[Sandbox, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune has deleted its packs and old index objects; the machine sleeps as it lists the check
+    records of the forgotten snapshots: it deletes none and says so. Before, it deleted every one
+    without confirming and exited 0 after the suspend."""
+    sb, (_first, second, third) = three
+    sb.phx_here("forget", second, third)
+    real = prune._forgotten_check_records
+    suspend = _sleeping_clock(monkeypatch)
+
+    def listed_then_sleep(repo: Repository) -> list[str]:
+        names = real(repo)
+        suspend(HOUR)
+        return names
+
+    monkeypatch.setattr(prune, "_forgotten_check_records", listed_then_sleep)
+    records = {o for o in _objects(sb.repo) if o.startswith("checks/")}
+    run = _in_process(sb, "prune")
+    _stopped(run, SUSPENDED, "nothing more was deleted", "run the prune again")
+    assert {o for o in _objects(sb.repo) if o.startswith("checks/")} == records
+    assert _verified(sb)
+    monkeypatch.undo()
+    sb.phx_here("prune")
+    assert len({o for o in _objects(sb.repo) if o.startswith("checks/")}) < len(records)

@@ -26,7 +26,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops import compact
 from phoenix_backup.ops.context import Environment, captures_cache, open_repository, require_identity, target_names
 from phoenix_backup.repo import captures
-from phoenix_backup.repo.locks import DELETED, noting_unreleased
+from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, noting_unreleased
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import WATCH_SCOPES, Candidate, Plan, Policy, apply_policy, parse_time
 from phoenix_backup.repo.snapshot import Snapshot
@@ -379,6 +379,7 @@ def thin_captures(
             merged = made or captures.merge(segs, loaded)
             name, raw = captures.seal(repo, merged)
             if not dry_run:
+                repo.confirmer.step(MORE_COMMITTED)  # a merged segment is a commit, as each deletion after it
                 repo.backend.write(name, raw)
             written += len(raw)
             merged.id = name.removeprefix(captures.PREFIX)

@@ -404,6 +404,7 @@ def _prune_locked(
             repo.backend.delete_temporary(name)
     # 5. The integrity check records of snapshots that are gone (repo/checks.py).
     for name in _forgotten_check_records(repo):
+        repo.confirmer.step(DELETED)  # outside the try: a lock doubted or gone stops the prune here
         try:
             repo.backend.delete(name)
         except PhoenixError as exc:
