@@ -469,7 +469,7 @@ def test_a_small_node_in_one_range_is_read_in_its_readers_thread_and_damage_stil
     node = Node(
         name="f", type="file", size=len(d1) + len(d2), content=content, sha256=hashlib.sha256(d1 + d2).hexdigest()
     )
-    assert len(reader._ranges([(b, loc) for b in (b1, b2) if (loc := repo.index.get(b)) is not None])) == 1
+    assert len(reader.pack_ranges([(b, loc) for b in (b1, b2) if (loc := repo.index.get(b)) is not None])) == 1
     assert reader.read_node(repo, "workspace/f", node) == d1 + d2
     assert threads == [threading.current_thread().name]
     bad = Node(name="f", type="file", size=node.size, content=content, sha256=hashlib.sha256(d2 + d1).hexdigest())

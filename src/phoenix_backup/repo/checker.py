@@ -31,7 +31,7 @@ from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
 from phoenix_backup.repo.prover import Content, NodeProver
-from phoenix_backup.repo.reader import NodeReader, _ranges, damage_text, damaged_pack
+from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack, pack_ranges
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.tree import Extents, Node
@@ -619,11 +619,11 @@ def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content],
             return
         located = [(blob, loc) for blob in prover.waiting if (loc := _restore_location(repo, blob)) is not None]
         # (a node is taken only when its blobs' packs are the run's) Each pack's blobs in the
-        # ranges a restore's reader reads (`_ranges`: neighbours at most READ_GAP apart, READ_RANGE
+        # ranges a restore's reader reads (`pack_ranges`: neighbours at most READ_GAP apart, READ_RANGE
         # at most), not one range from the first to the last: nodes needing both ends of a pack
         # read the whole of it in every pass, 100 times the bytes they need with a cap of 1.
         runs: dict[str, list[list[tuple[bytes, BlobLocation]]]] = defaultdict(list)
-        for name, run in _ranges(located):
+        for name, run in pack_ranges(located):
             runs[name].append(run)
         for name in prover.order(list(runs)):
             for run in runs[name]:

@@ -185,7 +185,7 @@ def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocatio
     return out
 
 
-def _ranges(
+def pack_ranges(
     located: list[tuple[bytes, BlobLocation]], limit: int | None = None
 ) -> list[tuple[str, list[tuple[bytes, BlobLocation]]]]:
     """Blobs grouped by pack, in offset order, cut into ranges: a new range where the gap to the
@@ -261,7 +261,7 @@ class _Ahead:
             seen.add(blob)
             located.append((blob, loc))
             budget -= loc.raw
-        ranges = _ranges(located, READ_AHEAD // 2)  # two ranges a batch or more: both decoders
+        ranges = pack_ranges(located, READ_AHEAD // 2)  # two ranges a batch or more: both decoders
         # A node read whole in one range (a small file) has nothing to overlap its read with: its
         # writer would only wait for a decoding thread, and the waking of each (with the GIL held
         # by the other threads) cost a workspace file ~3 ms, the 287 files of the medium sample
@@ -410,7 +410,7 @@ class PackSchedule:
             self._owed[logical] = owed
             self._sizes[logical] = weight
             self._held += weight
-        for pack, run in _ranges(located):
+        for pack, run in pack_ranges(located):
             fut = pool.submit(_SCHEDULE_FIRST, functools.partial(read_blobs, self.repo, pack, run))
             for blob, _loc in run:
                 self._blobs[blob].fut = fut
@@ -746,7 +746,7 @@ def check_data(
     if progress is not None:
         progress(0, total)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-check") as pool:
-        for size in pool.map(check, _ranges(located)):
+        for size in pool.map(check, pack_ranges(located)):
             done += size
             if progress is not None:
                 progress(done, total)
