@@ -1,0 +1,87 @@
+"""The lock confirmations test_lock_confirm_all.py's sweep left (docs/reliability.md, Locks): prune's
+deletion of old temporary files and `phx key passwd`'s deletion of the old slot confirm the lock
+first, and `phx sync`'s lock errors name `sync` (the lock's command is "replicate"). A suspend is
+`locks.holder_clock` made to jump an hour."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+from e2e_support import Sandbox
+from moto_support import MotoServer
+from test_lock_confirm_all import SUSPENDED, _after_first, _in_process, _stopped, _verified
+from test_lock_suspend import HOUR, _sleeping_clock
+from test_lost_data import replicated
+
+from phoenix_backup.repo import replicate
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.base import TEMP_MARKER
+from phoenix_backup.storage.local import LocalBackend
+
+
+def test_prune_deletes_no_more_temporary_files_after_a_suspend(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sb = backed_up
+    leftovers = [sb.repo / "data" / f"{TEMP_MARKER}left{i}" for i in range(2)]
+    for path in leftovers:
+        path.write_bytes(b"x")
+        os.utime(path, (0, 0))  # old: a killed write's leftover
+    suspend = _sleeping_clock(monkeypatch)
+    real = LocalBackend.delete_temporary
+    deleted: list[str] = []
+
+    def delete_then_sleep(self: LocalBackend, name: str) -> None:
+        real(self, name)
+        deleted.append(name)
+        if len(deleted) == 1:
+            suspend(HOUR)
+
+    monkeypatch.setattr(LocalBackend, "delete_temporary", delete_then_sleep)
+    run = _in_process(sb, "prune")
+    _stopped(run, SUSPENDED, "nothing more was deleted", "run the prune again")
+    assert len(deleted) == 1, deleted
+    assert sum(p.exists() for p in leftovers) == 1, "a temporary file was deleted after the suspend"
+    monkeypatch.undo()
+    assert _verified(sb)
+
+
+def test_key_passwd_keeps_the_old_slot_after_a_suspend(backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = backed_up
+    slots = sorted(p.name for p in (sb.repo / "keys").iterdir())
+    suspend = _sleeping_clock(monkeypatch)
+    _after_first(monkeypatch, "write", "keys/", lambda _b: suspend(HOUR))
+    monkeypatch.setenv("PHX_NEW_PASSPHRASE", "another passphrase 1234")
+    sb.env["PHX_NEW_PASSPHRASE"] = "another passphrase 1234"
+    run = _in_process(sb, "key", "passwd")
+    _stopped(run, SUSPENDED, "was not deleted (both passphrases open the repository)", "run the key passwd again")
+    after = sorted(p.name for p in (sb.repo / "keys").iterdir())
+    assert set(slots) < set(after) and len(after) == len(slots) + 1, (slots, after)
+    monkeypatch.undo()
+    del sb.env["PHX_NEW_PASSPHRASE"]
+    assert _verified(sb)  # the old passphrase still opens it
+
+
+def test_sync_lock_error_names_sync(
+    make_sandbox: Callable[..., Sandbox], moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sb, _bucket = replicated(make_sandbox, moto)
+    (sb.workspace / "lockleft.bin").write_bytes(os.urandom(50_000))
+    config = sb.write_config()
+    targets = dict(config["targets"])
+    sb.write_config(targets={**targets, "s3": {**targets["s3"], "enabled": False}})
+    sb.phx_here("backup")
+    sb.write_config(targets=targets)
+    suspend = _sleeping_clock(monkeypatch)
+    real_packs = replicate._index_packs
+
+    def packs_then_sleep(repo: Repository, name: str) -> object:
+        suspend(HOUR)
+        return real_packs(repo, name)
+
+    monkeypatch.setattr(replicate, "_index_packs", packs_then_sleep)
+    run = _in_process(sb, "sync")
+    _stopped(run, SUSPENDED, "run the sync again")
+    assert "run the replicate" not in run.stdout + run.stderr
