@@ -490,7 +490,11 @@ class _Run:
         if parent is not None:
             self.parent_started_ns = int(datetime.fromisoformat(parent.started or parent.time).timestamp() * 1e9)
         # Leftovers of killed runs go, and a cache that cannot be written is named at the start.
-        cache.run_dir()
+        # A backup puts nothing in its own run folder: it goes at once, so that no run, failed or
+        # not, leaves an empty one behind (a restore's preview, in the same process, keeps its own
+        # while it holds copies: rmdir removes only an empty folder).
+        with contextlib.suppress(OSError):
+            cache.run_dir().rmdir()
         self.files_read = 0
         self.incomplete: list[dict[str, str]] = []
         self.databases: list[DatabaseInfo] = []
