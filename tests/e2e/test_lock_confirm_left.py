@@ -5,6 +5,7 @@ first, and `phx sync`'s lock errors name `sync` (the lock's command is "replicat
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from test_lock_confirm_all import SUSPENDED, _after_first, _in_process, _stopped
 from test_lock_suspend import HOUR, _sleeping_clock
 from test_lost_data import replicated
 
-from phoenix_backup.repo import replicate
+from phoenix_backup.repo import keys, replicate
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.base import TEMP_MARKER
 from phoenix_backup.storage.local import LocalBackend
@@ -85,3 +86,30 @@ def test_sync_lock_error_names_sync(
     run = _in_process(sb, "sync")
     _stopped(run, SUSPENDED, "run the sync again")
     assert "run the replicate" not in run.stdout + run.stderr
+
+
+def test_an_upgrade_writes_nothing_after_a_suspend_right_after_locking(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A format 1 repository (as an older Phoenix wrote it): the machine sleeps right after the
+    upgrade takes its lock. Nothing is written (the config and slots stay format 1) and the next
+    run upgrades it. Before, the upgrade wrote the slots and the config without confirming."""
+    sb = backed_up
+    doc = json.loads((sb.repo / "config").read_text())
+    doc["version"] = 1
+    del doc["mac"]
+    (sb.repo / "config").write_text(json.dumps(doc, indent=2))
+    for path in (sb.repo / "keys").iterdir():
+        slot = keys.KeySlot.from_json(path.read_bytes())
+        info = keys.SlotInfo("2026-01-01T00:00:00Z", "h", "u", "old", authenticated=False)
+        path.write_bytes(keys.KeySlot(slot.id, slot.type, slot.params, slot.data, info=info, version=1).to_json())
+    before = {p.name: p.read_bytes() for p in [sb.repo / "config", *(sb.repo / "keys").iterdir()]}
+    sb.env["XDG_DATA_HOME"] = str(sb.root / "fresh-data")  # a machine that saw only format 1
+    suspend = _sleeping_clock(monkeypatch)
+    _after_first(monkeypatch, "write", "locks/", lambda _b: suspend(HOUR))
+    run = _in_process(sb, "backup")
+    _stopped(run, SUSPENDED, "nothing was committed")
+    assert {p.name: p.read_bytes() for p in [sb.repo / "config", *(sb.repo / "keys").iterdir()]} == before
+    monkeypatch.undo()
+    assert "upgraded the repository" in sb.phx("backup").err
+    assert _verified(sb)
