@@ -56,3 +56,21 @@ def test_an_escaped_entry_names_the_file(sandbox: Sandbox) -> None:
     sb.write_config(databases={"sqlite": [str(sb.home / "data" / "agent[[]1]" / "*.db")], "integrityCheckEvery": "0h"})
     doc = sb.backup()
     assert "home/data/agent[1]/memory.db" in [d["path"] for d in doc["databases"]], doc["databases"]
+
+
+def test_an_include_holding_a_bracket_is_a_pattern_said_when_it_matches_nothing(sandbox: Sandbox) -> None:
+    """`include` entries are patterns (docs/configuration.md): `notes[1]/` matches `notes1`, not a
+    folder named `notes[1]`. One that matches nothing is said with the escape that names it."""
+    sb = sandbox
+    folder = sb.workspace / "sub" / "notes[1]"
+    folder.mkdir(parents=True)
+    (folder / "a.md").write_text("kept\n")
+    sb.write_config(include=["SOUL.md", "sub/notes[1]/"])
+    res = sb.phx("backup")
+    assert "warning: sub/notes[1]/ does not exist (read as a glob pattern, which matches nothing" in res.out, res.out
+    assert "sub/notes[[]1]/" in res.out, res.out
+    sb.write_config(include=["SOUL.md", "sub/notes[[]1]/"])
+    res = sb.phx("backup")
+    assert "notes[" not in res.out, res.out
+    listed = sb.phx("ls", "latest", "--json")
+    assert "workspace/sub/notes[1]/a.md" in listed.out, listed.out
