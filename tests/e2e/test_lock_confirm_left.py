@@ -5,7 +5,6 @@ first, and `phx sync`'s lock errors name `sync` (the lock's command is "replicat
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 
@@ -15,8 +14,9 @@ from moto_support import MotoServer
 from test_lock_confirm_all import SUSPENDED, _after_first, _in_process, _stopped, _verified
 from test_lock_suspend import HOUR, _sleeping_clock
 from test_lost_data import replicated
+from test_repository_trust import as_format_1
 
-from phoenix_backup.repo import keys, replicate
+from phoenix_backup.repo import replicate
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.base import TEMP_MARKER
 from phoenix_backup.storage.local import LocalBackend
@@ -95,14 +95,7 @@ def test_an_upgrade_writes_nothing_after_a_suspend_right_after_locking(
     upgrade takes its lock. Nothing is written (the config and slots stay format 1) and the next
     run upgrades it. Before, the upgrade wrote the slots and the config without confirming."""
     sb = backed_up
-    doc = json.loads((sb.repo / "config").read_text())
-    doc["version"] = 1
-    del doc["mac"]
-    (sb.repo / "config").write_text(json.dumps(doc, indent=2))
-    for path in (sb.repo / "keys").iterdir():
-        slot = keys.KeySlot.from_json(path.read_bytes())
-        info = keys.SlotInfo("2026-01-01T00:00:00Z", "h", "u", "old", authenticated=False)
-        path.write_bytes(keys.KeySlot(slot.id, slot.type, slot.params, slot.data, info=info, version=1).to_json())
+    as_format_1(sb)
     before = {p.name: p.read_bytes() for p in [sb.repo / "config", *(sb.repo / "keys").iterdir()]}
     sb.env["XDG_DATA_HOME"] = str(sb.root / "fresh-data")  # a machine that saw only format 1
     suspend = _sleeping_clock(monkeypatch)
