@@ -11,9 +11,9 @@ from collections.abc import Callable
 import pytest
 from e2e_support import Sandbox
 from moto_support import MotoServer
+from test_concurrency import s3_target
 from test_lock_confirm_all import SUSPENDED, _after_first, _in_process, _stopped, _verified
 from test_lock_suspend import HOUR, _sleeping_clock
-from test_lost_data import replicated
 from test_repository_trust import as_format_1
 
 from phoenix_backup.repo import replicate
@@ -68,13 +68,12 @@ def test_key_passwd_keeps_the_old_slot_after_a_suspend(backed_up: Sandbox, monke
 def test_sync_lock_error_names_sync(
     make_sandbox: Callable[..., Sandbox], moto: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sb, _bucket = replicated(make_sandbox, moto)
-    (sb.workspace / "lockleft.bin").write_bytes(os.urandom(50_000))
-    config = sb.write_config()
-    targets = dict(config["targets"])
-    sb.write_config(targets={**targets, "s3": {**targets["s3"], "enabled": False}})
-    sb.phx_here("backup")
-    sb.write_config(targets=targets)
+    sb = make_sandbox()
+    (sb.workspace / "lockleft.md").write_text("copied by the sync\n")
+    sb.phx_here("backup")  # to the first target only: the replica is new
+    sb.env["AWS_EC2_METADATA_DISABLED"] = "true"
+    sb.write_config(targets={"local": {"enabled": True}, "s3": s3_target(moto, moto.make_bucket("lockleft"))})
+    sb.config_path.chmod(0o600)
     suspend = _sleeping_clock(monkeypatch)
     real_packs = replicate._index_packs
 
