@@ -57,7 +57,12 @@ def test_key_passwd_keeps_the_old_slot_after_a_suspend(backed_up: Sandbox, monke
     monkeypatch.setenv("PHX_NEW_PASSPHRASE", "another passphrase 1234")
     sb.env["PHX_NEW_PASSPHRASE"] = "another passphrase 1234"
     run = _in_process(sb, "key", "passwd")
-    _stopped(run, SUSPENDED, "was not deleted (both passphrases open the repository)", "run the key passwd again")
+    _stopped(
+        run,
+        SUSPENDED,
+        "was not deleted (both passphrases open the repository; `phx key remove",
+        "run the key passwd again",
+    )
     after = sorted(p.name for p in (sb.repo / "keys").iterdir())
     assert set(slots) < set(after) and len(after) == len(slots) + 1, (slots, after)
     monkeypatch.undo()

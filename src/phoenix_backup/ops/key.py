@@ -285,6 +285,9 @@ def _key_passwd(repo: Repository, envx: Environment) -> KeySlotInfo:
     repo.add_key_slot(slot)
     # Confirmed again before the delete: a suspend or a lock removed while the new slot was
     # written stops here, and both passphrases open the repository (`phx key remove` the old one).
-    repo.confirmer.now(f"the old passphrase's key slot {old.id} was not deleted (both passphrases open the repository)")
+    repo.confirmer.now(
+        f"the old passphrase's key slot {old.id} was not deleted (both passphrases open the repository; "
+        f"`phx key remove {old.id}` removes it)"
+    )
     repo.backend.delete(f"keys/{old.id}")
     return KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, True)
