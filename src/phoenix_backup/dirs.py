@@ -225,10 +225,13 @@ def _mounts() -> list[tuple[str, str, int]]:
 # there is not kept, and a write may change the running system.
 KERNEL_FILE_SYSTEMS = frozenset(
     {
-        "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts", "devtmpfs",
-        "efivarfs", "fusectl", "mqueue", "nsfs", "proc", "pstore", "securityfs", "selinuxfs", "sysfs", "tracefs",
+        "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "cpuset", "debugfs", "devpts",
+        "devtmpfs", "efivarfs", "fusectl", "hugetlbfs", "mqueue", "nfsd", "nsfs", "pipefs", "proc", "pstore",
+        "resctrl", "rpc_pipefs", "securityfs", "selinuxfs", "sockfs", "sysfs", "tracefs",
     }
 )  # fmt: skip
+# Not kernel state, so not above: tmpfs and ramfs (memory, a legitimate scratch destination),
+# overlay (a container's root), fuse (sshfs and the like hold real files).
 
 
 def kernel_file_system(path: Path | int) -> tuple[str, str] | None:

@@ -241,3 +241,40 @@ def test_a_special_destination_still_refused(backed_up: Sandbox) -> None:
     for to, says in (("/proc/phx-adv-errs2", "on /proc, a proc"), ("/sys/phx-adv-errs2", "on /sys, a sysfs")):
         res = backed_up.phx("restore", "--latest", "--to", to, "--yes", check=None)
         assert_error(res, 2, says, "choose a folder on a disk with --to")
+
+
+def test_status_and_verify_lines_and_a_restores_snapshot_name_stay_on_their_lines(backed_up: Sandbox) -> None:
+    """Before: a name holding a newline made `end...` a line of its own in `phx status` (a state
+    file's snapshot name and failed part), in `phx verify`'s error lines (a file whose pack is
+    lost) and in a restore's summary (a planted snapshot's name)."""
+    from test_lost_data import data_packs
+
+    from phoenix_backup.cli import render
+    from phoenix_backup.ops.restore import RestoreResult
+
+    sb = backed_up
+    packs = set(data_packs(sb))
+    (sb.workspace / f"{HOSTILE}.bin").write_bytes(os.urandom(150_000))
+    sb.backup()
+    max(set(data_packs(sb)) - packs, key=lambda p: p.stat().st_size).unlink()
+    verified = sb.phx("verify", check=1).out
+    assert CONTROL.search(verified) is None, repr(verified)
+    assert any(line.startswith("error: ") and ESCAPED in line for line in verified.splitlines()), verified
+    assert not any(line.startswith("end") for line in verified.splitlines()), verified
+
+    state_path = sb.home / ".argentos/backup/.last-backup"
+    state = json.loads(state_path.read_text())
+    state.update(snapshotName=f"s{HOSTILE}", success=False, partial=True)
+    state["failedParts"] = [{"path": f"p{HOSTILE}", "error": f"e{HOSTILE}"}]
+    state_path.write_text(json.dumps(state))
+    status = sb.phx("status", check=1).out
+    assert CONTROL.search(status) is None, repr(status)
+    assert f"snapshot s{ESCAPED}" in status and f"p{ESCAPED}" in status, status
+    assert not any(line.startswith("end") for line in status.splitlines()), status
+
+    for dry in (True, False):
+        result = RestoreResult("0123456789abcdef", f"n{HOSTILE}", str(sb.root / "dest"), [], dry)
+        result.safety_snapshot = {"id": "fedcba9876543210", "name": f"s{HOSTILE}"}
+        text = render.restore(result, verbose=False)
+        assert CONTROL.search(text) is None and f"n{ESCAPED}" in text, repr(text)
+        assert not any(line.startswith("end") for line in text.splitlines()), text

@@ -272,10 +272,9 @@ def test_gpg_slot_names_no_key_and_opens_only_with_the_configured_key(make_sandb
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_a_format_1_repository_is_read_and_upgraded_by_the_next_backup(backed_up: Sandbox, tmp_path: Path) -> None:
-    """A repository as Phoenix wrote it before format 2: config without MAC, key slot with host,
-    user and label in the clear. It still lists and restores; the next backup upgrades it."""
-    sb = backed_up
+def as_format_1(sb: Sandbox) -> None:
+    """The sandbox's repository put back to format 1, as Phoenix wrote it before format 2: config
+    without MAC, key slots with host (old-host), user and label in the clear."""
     doc = json.loads((sb.repo / "config").read_text())
     doc["version"] = 1
     del doc["mac"]
@@ -283,8 +282,15 @@ def test_a_format_1_repository_is_read_and_upgraded_by_the_next_backup(backed_up
     for path in (sb.repo / "keys").iterdir():
         slot = keys.KeySlot.from_json(path.read_bytes())
         info = keys.SlotInfo("2026-01-01T00:00:00Z", "old-host", "old-user", "passphrase", authenticated=False)
-        old = keys.KeySlot(slot.id, slot.type, slot.params, slot.data, info=info, version=1)
-        path.write_bytes(old.to_json())
+        path.write_bytes(keys.KeySlot(slot.id, slot.type, slot.params, slot.data, info=info, version=1).to_json())
+
+
+def test_a_format_1_repository_is_read_and_upgraded_by_the_next_backup(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A repository as Phoenix wrote it before format 2: config without MAC, key slot with host,
+    user and label in the clear. It still lists and restores; the next backup upgrades it."""
+    sb = backed_up
+    as_format_1(sb)
+    for path in (sb.repo / "keys").iterdir():
         assert b"old-host" in path.read_bytes()
     fresh = sb.env_with(XDG_DATA_HOME=str(tmp_path / "data"))
     assert len(sb.phx("list", "--json", env=fresh).json()) == 1

@@ -109,3 +109,15 @@ def test_threads_writing_one_file_leave_one_whole_version(tmp_path: Path) -> Non
     assert errors == []
     assert target.read_bytes() in payloads
     assert [p.name for p in tmp_path.iterdir()] == ["sightings.json"]
+
+
+def test_kernel_file_systems_hold_the_kernels_state_and_not_memory_or_user_file_systems() -> None:
+    """The kernel's own file systems (/proc/filesystems' nodev ones that hold its state: NFS server
+    and RPC state, resource and cpuset control, huge pages) are refused as destinations; tmpfs,
+    ramfs, overlay and fuse hold real files and are not."""
+    from phoenix_backup.dirs import KERNEL_FILE_SYSTEMS
+
+    for kind in ("nfsd", "rpc_pipefs", "resctrl", "cpuset", "hugetlbfs", "sockfs", "pipefs", "proc", "sysfs"):
+        assert kind in KERNEL_FILE_SYSTEMS, kind
+    for kind in ("tmpfs", "ramfs", "overlay", "fuse", "ext4", "nfs", "nfs4"):
+        assert kind not in KERNEL_FILE_SYSTEMS, kind

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from phoenix_backup.cli.app import Out, cli, common, load_config
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown
 from phoenix_backup.ops import status as status_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.units import human_size
@@ -40,7 +40,7 @@ def render(r: status_op.StatusResult) -> str:
     lines = []
     if state:
         outcome = "ok" if state.get("success") else "PARTIAL" if state.get("partial") else "FAILED"
-        snap = f", snapshot {state.get('snapshotName')}" if state.get("snapshotName") else ""
+        snap = f", snapshot {shown(state.get('snapshotName'))}" if state.get("snapshotName") else ""
         lines.append(f"last backup:   {_ago(r.last_run, r.now)}, {outcome}{snap}")
         lines.append(f"last success:  {_ago(r.last_success, r.now)}")
     else:
@@ -57,7 +57,7 @@ def render(r: status_op.StatusResult) -> str:
         if t.dedup_ratio is not None and t.logical is not None:
             parts.append(f"{human_size(t.logical)} in snapshots (deduplication {t.dedup_ratio:.1f}x)")
         lines.append(f"target {name}: " + ", ".join(parts))
-    lines += [f"warning: {w}" for w in r.warnings]
+    lines += [f"warning: {shown(w)}" for w in r.warnings]
     if r.alert:
-        lines.insert(0, f"warning: {r.alert}")
+        lines.insert(0, f"warning: {shown(r.alert)}")
     return "\n".join(lines)

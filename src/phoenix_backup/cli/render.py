@@ -42,14 +42,14 @@ def backup(r: BackupResult, verbose: bool) -> str:
             if c.absent:
                 line += f"; not present here: {', '.join(c.absent)}"
             lines.append(line)
-        lines += [f"NOT SAVED: {shown(i['path'])}: {i['error']}" for i in r.incomplete]
+        lines += [f"NOT SAVED: {shown(i['path'])}: {shown(i['error'])}" for i in r.incomplete]
         lines.append(f"would back up {r.files} files and databases, {human_size(r.size)} (dry run: nothing written)")
-        return "\n".join(lines + [f"warning: {w}" for w in r.warnings])
+        return "\n".join(lines + [f"warning: {shown(w)}" for w in r.warnings])
     # Counted as `phx drill` counts them: SQLite databases apart, a PostgreSQL or Redis dump's files as files.
     sqlite = sum(1 for db in r.databases if db.engine == "sqlite")
     dbs = f", {sqlite} {'database' if sqlite == 1 else 'databases'}" if sqlite else ""
     lines = [
-        f"snapshot {r.id[:8] if r.id else '?'} ({r.name}) saved: {r.files - sqlite} files{dbs}, "
+        f"snapshot {r.id[:8] if r.id else '?'} ({shown(r.name)}) saved: {r.files - sqlite} files{dbs}, "
         f"{human_size(r.size)}, {human_size(r.added)} added, {r.duration:.1f} s"
     ]
     ch = r.changes
@@ -66,14 +66,14 @@ def backup(r: BackupResult, verbose: bool) -> str:
     for name, outcome in r.targets.items():
         lines.append(f"  target {name}: {'ok' if outcome.ok else 'FAILED: ' + (outcome.error or '')}")
     for item in r.incomplete:
-        lines.append(f"  not saved: {shown(item['path'])}: {item['error']}")
+        lines.append(f"  not saved: {shown(item['path'])}: {shown(item['error'])}")
     if r.retention is not None:
         for target, removed in r.retention.removed.items():
             for snap in removed:
-                lines.append(f"  forgot {snap['id'][:8]} ({snap['name']}) on {target}: {snap['why']}")
+                lines.append(f"  forgot {snap['id'][:8]} ({shown(snap['name'])}) on {target}: {snap['why']}")
         lines += [f"  retention not applied: {why}" for why in r.retention.elsewhere.values()]
     lines += [f"  {step.describe()}" for step in r.hooks.values() if not step.ok]
-    lines += [f"  warning: {w}" for w in r.warnings]
+    lines += [f"  warning: {shown(w)}" for w in r.warnings]
     return "\n".join(lines)
 
 
@@ -111,12 +111,14 @@ def restore(r: RestoreResult, verbose: bool) -> str:
     if r.dry_run:
         for db in r.databases:
             lines.append(f"  database {shown(db['path'])}: {db['action']}{_row_deltas(db)}")
-        lines.append(f"plan for {r.name} ({r.snapshot[:8]}) {r.destination}: {summary} (dry run: nothing written)")
+        lines.append(
+            f"plan for {shown(r.name)} ({r.snapshot[:8]}) {r.destination}: {summary} (dry run: nothing written)"
+        )
     else:
         done = f"restored {r.restored} files and databases"
         if r.deleted:
             done += f", deleted {r.deleted}"
-        lines.append(f"{done} from {r.name} ({r.snapshot[:8]}) {_dest(r)}")
+        lines.append(f"{done} from {shown(r.name)} ({r.snapshot[:8]}) {_dest(r)}")
         for db in r.databases:
             fts = db.get("fts") or {}
             bad = [t for t, m in fts.items() if m != "ok"]
@@ -129,20 +131,20 @@ def restore(r: RestoreResult, verbose: bool) -> str:
         if r.safety_snapshot:
             s = r.safety_snapshot
             lines.append(
-                f"  safety snapshot {s['id'][:8]} ({s['name']}, tag pre-restore) holds the previous state; "
+                f"  safety snapshot {s['id'][:8]} ({shown(s['name'])}, tag pre-restore) holds the previous state; "
                 f"undo with: phx restore --backup {s['id'][:8]} --yes"
             )
     a = r.alignment
     if a is not None and a.realigned:
         lines.append(f"  realigned {a.manifest}: new hashes for {', '.join(a.rewritten)} (--realign)")
     for err in r.errors:
-        lines.append(f"  not restored: {shown(err['path'])}: {err['error']}")
+        lines.append(f"  not restored: {shown(err['path'])}: {shown(err['error'])}")
     if r.phoenix_config:
         lines.append(
             f"  the Phoenix config this backup ran with: {r.phoenix_config} (check its paths, then copy it to "
             "~/.argentos/backup.json to back up to this repository again)"
         )
-    lines += [f"  warning: {w}" for w in r.warnings]
+    lines += [f"  warning: {shown(w)}" for w in r.warnings]
     return "\n".join(lines)
 
 
@@ -180,11 +182,11 @@ def _dest(r: RestoreResult) -> str:
 
 def verify(r: VerifyResult, verbose: bool = False) -> str:
     checked = ", ".join(f"{v} {k}" for k, v in r.checked.items())
-    lines = [f"notice: {n}" for n in (r.notices if verbose else grouped_notices(r.notices))]
+    lines = [f"notice: {shown(n)}" for n in (r.notices if verbose else grouped_notices(r.notices))]
     for e in r.errors:
-        path = f", {e.path}" if e.path is not None else ""  # a snapshot that cannot be read has no path
+        path = f", {shown(e.path)}" if e.path is not None else ""  # a snapshot that cannot be read has no path
         where = f" (snapshot {e.snapshot[:8]}{path})" if e.snapshot else ""
-        lines.append(f"error: {e.object}{where}: {e.message}")
+        lines.append(f"error: {shown(e.object)}{where}: {shown(e.message)}")
     read = " and read every byte" if r.read_data else ""
     if r.subset is not None:
         read = f" and read every byte of {r.subset['packs']} of {r.subset['of']} packs ({r.subset['percent']:g}%)"

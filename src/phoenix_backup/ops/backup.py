@@ -64,7 +64,7 @@ from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, database_groups, segment_folders
 from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
-from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, plan_components
+from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, glob_hint, plan_components
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
 from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
 from phoenix_backup.units import human_size
@@ -336,7 +336,7 @@ def _snapshot(
         # asked once); each replica is initialised on first use, and one that fails is only its
         # own outcome (exit 3), never the others' or the snapshot's.
         result.targets = {first: commit_first_target(repo, first, result.id, result.name)}
-        result.targets.update({name: r.outcome() for name, r in replicate_all(repo, cfg, envx).items()})
+        result.targets.update({name: r.outcome() for name, r in replicate_all(repo, cfg, envx, ran="backup").items()})
         # Retention on every target, only when every target has the snapshot (issue 7).
         envx.progress.phase("applying retention")
         result.retention = retention_after_backup(cfg, envx, repo, dict(result.targets), protect=(result.id,))
@@ -351,7 +351,7 @@ def _snapshot(
 
 
 def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope) -> list[str]:
-    out = [f"{p} does not exist (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+    out = [f"{p} does not exist{glob_hint(p)} (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
     inside = repository_in_workspace(cfg, layout.home)
     if inside is not None:
         out.append(inside)
@@ -490,7 +490,11 @@ class _Run:
         if parent is not None:
             self.parent_started_ns = int(datetime.fromisoformat(parent.started or parent.time).timestamp() * 1e9)
         # Leftovers of killed runs go, and a cache that cannot be written is named at the start.
-        cache.run_dir()
+        # A backup puts nothing in its own run folder: it goes at once, so that no run, failed or
+        # not, leaves an empty one behind (a restore's preview, in the same process, keeps its own
+        # while it holds copies: rmdir removes only an empty folder).
+        with contextlib.suppress(OSError):
+            cache.run_dir().rmdir()
         self.files_read = 0
         self.incomplete: list[dict[str, str]] = []
         self.databases: list[DatabaseInfo] = []

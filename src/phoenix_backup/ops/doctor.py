@@ -49,7 +49,7 @@ from phoenix_backup.ops.selection import repository_in_workspace, workspace_in_o
 from phoenix_backup.repo.crypto import zstandard_module
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.sources.scope import configured_databases
+from phoenix_backup.sources.scope import configured_databases, glob_hint
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
 from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 from phoenix_backup.units import human_size
@@ -194,7 +194,10 @@ def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
             # user named is missed.
             if path not in defaults:
                 result.add(
-                    name, "fail", "does not exist", f"create it, or remove it from databases.sqlite in {_where(cfg)}"
+                    name,
+                    "fail",
+                    f"does not exist{glob_hint(str(path))}",
+                    f"create it, or remove it from databases.sqlite in {_where(cfg)}",
                 )
             continue
         try:

@@ -214,7 +214,7 @@ def key_add_write_only(cfg: Config, envx: Environment, recipients: tuple[str, ..
     slot = done.slot
     info = KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, True)
     try:
-        targets = replicate_all(done.repository, cfg, envx)
+        targets = replicate_all(done.repository, cfg, envx, ran="key add --write-only")
     finally:
         done.repository.close()
     return WriteOnlyResult(
@@ -283,5 +283,11 @@ def _key_passwd(repo: Repository, envx: Environment) -> KeySlotInfo:
     slot = keyslots.wrap_passphrase(repo.secrets, new_passphrase(envx))
     # The new slot is durable before the old one goes: a crash in between leaves both.
     repo.add_key_slot(slot)
+    # Confirmed again before the delete: a suspend or a lock removed while the new slot was
+    # written stops here, and both passphrases open the repository (`phx key remove` the old one).
+    repo.confirmer.now(
+        f"the old passphrase's key slot {old.id} was not deleted (both passphrases open the repository; "
+        f"`phx key remove {old.id}` removes it)"
+    )
     repo.backend.delete(f"keys/{old.id}")
     return KeySlotInfo(slot.id, slot.type, slot.label, slot.created, slot.host, slot.username, True)

@@ -113,7 +113,7 @@ def rotate(cfg: Config, envx: Environment) -> RotateResult:
         result = _rotate_first_target(repo, cfg, envx)
         new_repo = Repository.open(repo.backend, credentials(cfg, envx), pins=pins(envx), notice=envx.notice)
         try:
-            result.targets = replicate_all(new_repo, cfg, envx)
+            result.targets = replicate_all(new_repo, cfg, envx, ran="key rotate")
         finally:
             new_repo.close()
     finally:

@@ -35,7 +35,7 @@ class SyncResult:
 
 
 def replicate_all(
-    repo: Repository, cfg: Config, envx: Environment, *, only: str | None = None
+    repo: Repository, cfg: Config, envx: Environment, *, ran: str, only: str | None = None
 ) -> dict[str, TargetReport]:
     """Replicate from `repo` (the first target) to every other enabled target (or `only`), all
     targets in parallel, under a shared lock on the first target so a prune there cannot remove
@@ -54,12 +54,12 @@ def replicate_all(
             reports[name] = TargetReport(name, ok=False, error=str(exc))
     uploads = _Uploads(envx.progress, f"uploading to {', '.join(backends)}")
     try:
-        with repo.lock(exclusive=False, command="replicate"):
+        with repo.lock(exclusive=False, command="replicate", ran=ran):
             repo.load_index()
             stopping = threading.Event()
             with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
                 futures = {
-                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads, stopping)
+                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads, stopping, ran)
                     for name, b in backends.items()
                 }
                 try:
@@ -134,7 +134,7 @@ def sync(cfg: Config, envx: Environment, *, target: str | None = None) -> SyncRe
         target_backend(cfg, envx, target).close()  # UsageError for an unknown or disabled target
     repo = open_repository(cfg, envx, target=first)
     try:
-        reports = replicate_all(repo, cfg, envx, only=target)
+        reports = replicate_all(repo, cfg, envx, ran="sync", only=target)
     finally:
         repo.close()
     return SyncResult(first, reports)

@@ -1411,7 +1411,7 @@ class Watcher:
         from phoenix_backup.ops.sync import replicate_all
 
         for name in names:
-            report = replicate_all(self.repo, self.cfg, self.envx, only=name).get(name)
+            report = replicate_all(self.repo, self.cfg, self.envx, ran="watch", only=name).get(name)
             if report is not None and report.ok:
                 self.lagging.pop(name, None)
             else:

@@ -362,7 +362,7 @@ def _snapshot(request: SnapshotRequest) -> SnapshotOutcome:
                         out.sha256[logical] = node.sha256
             # The snapshot on every replica (a base before any segment names it).
             for name in request.replicas:
-                report = replicate_all(repo, request.cfg, envx, only=name).get(name)
+                report = replicate_all(repo, request.cfg, envx, ran="watch", only=name).get(name)
                 out.replicas[name] = None if report is not None and report.ok else (report.error if report else "")
         finally:
             repo.close()

@@ -486,7 +486,7 @@ class LockManager:
                 )
         return out
 
-    def acquire(self, exclusive: bool, command: str) -> HeldLock:
+    def acquire(self, exclusive: bool, command: str, *, ran: str | None = None) -> HeldLock:
         # `phx watch` holds a shared lock all the time and lets go for a moment at least every
         # WATCH_LEASE_SECONDS: an exclusive command waits for that moment instead of failing.
         deadline = time.monotonic() + WATCH_LEASE_SECONDS + 10
@@ -505,7 +505,7 @@ class LockManager:
                     noticed = True
                 time.sleep(0.5)
         name = f"locks/{os.urandom(16).hex()}"
-        lock = HeldLock(self, name, exclusive, command)
+        lock = HeldLock(self, name, exclusive, command, ran)
         lock.write()
         # Two processes may have passed the check at once: look again after our lock is visible.
         try:
@@ -758,11 +758,14 @@ class LockManager:
 
 
 class HeldLock:
-    def __init__(self, manager: LockManager, name: str, exclusive: bool, command: str) -> None:
+    def __init__(self, manager: LockManager, name: str, exclusive: bool, command: str, ran: str | None = None) -> None:
         self.manager = manager
         self.name = name
         self.exclusive = exclusive
         self.command = command
+        # The command the user ran, which errors tell to run again: `phx sync` holds a lock whose
+        # command is "replicate", and "run the replicate again" names nothing the user can run.
+        self.ran = ran or command
         self.created = time.time()
         self.lost: str | None = None  # why the lock is no longer ours, once a refresh found out
         self.wrote = 0.0  # our time when the store had last taken the lock object (`LockManager.store_skew`)
@@ -872,7 +875,7 @@ class HeldLock:
         self.unrefreshed_for()
         self._check_present(nothing, read=present)
         if self.doubt is not None:
-            raise RepositoryError(f"{self.doubt}; {nothing}; run the {self.command} again")
+            raise RepositoryError(f"{self.doubt}; {nothing}; run the {self.ran} again")
 
     def _check_present(self, nothing: str = COMMITTED, *, read: bool = True) -> None:
         """Raise RepositoryError unless the lock is still in the store and still ours (without
@@ -888,7 +891,7 @@ class HeldLock:
                 self.lost = f"{self.name} was overwritten with bytes that cannot be decoded"
         if self.lost is not None:
             raise RepositoryError(
-                f"this {self.command}'s repository lock is gone: {self.lost}; {nothing}; run the command again"
+                f"this {self.ran}'s repository lock is gone: {self.lost}; {nothing}; run the {self.ran} again"
             )
 
     def start_refresh(self) -> None:

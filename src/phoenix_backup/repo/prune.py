@@ -400,6 +400,7 @@ def _prune_locked(
         repo.confirmer.step(DELETED)
         repo.backend.delete(name)
     for name in temporary:
+        repo.confirmer.step(DELETED)  # outside the suppress: a lock doubted or gone stops the prune here
         with contextlib.suppress(PhoenixError):
             repo.backend.delete_temporary(name)
     # 5. The integrity check records of snapshots that are gone (repo/checks.py).

@@ -124,6 +124,7 @@ def replicate(
     notice: Callable[[str], None],
     progress: Reporter | None = None,
     stopping: threading.Event | None = None,
+    ran: str = "sync",
 ) -> TargetReport:
     """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
     failures: they are the report's error. `progress` is told the packs and index objects to copy
@@ -134,7 +135,7 @@ def replicate(
         report.stopping = stopping
     started = time.monotonic()
     try:
-        _replicate(repo, dest, notice, report)
+        _replicate(repo, dest, notice, report, ran)
     except PhoenixError as exc:
         report.ok, report.error = False, str(exc)
     except OSError as exc:  # e.g. the Git clone's folder cannot be written
@@ -144,7 +145,7 @@ def replicate(
     return report
 
 
-def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], report: TargetReport) -> None:
+def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], report: TargetReport, ran: str) -> None:
     source = repo.backend
     switched = False
     if not dest.exists():
@@ -162,7 +163,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             )
         switched = raw != source.read("config")
     locks = LockManager(dest, repo.locks.sealer, notice)
-    with locks.acquire(exclusive=False, command="replicate") as held:
+    with locks.acquire(exclusive=False, command="replicate", ran=ran) as held:
         # Both locks, the first target's and this one's: a prune on either side that judged one
         # stale (a suspend) or removed it may delete what this copy relies on or is committing.
         confirm = report.confirmer = Confirmer([repo.locks, locks])

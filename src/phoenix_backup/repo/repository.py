@@ -51,7 +51,7 @@ from phoenix_backup.repo.crypto import (
     sha256_hex,
 )
 from phoenix_backup.repo.index import INDEX_AAD, BlobLocation, Index, decode_index_records, encode_index, entries_of
-from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, HeldLock, LockManager
+from phoenix_backup.repo.locks import COMMITTED, DELETED, MORE_COMMITTED, HeldLock, LockManager
 from phoenix_backup.repo.pack import (
     DATA_PACK_TARGET,
     HEADER_AAD,
@@ -630,10 +630,12 @@ class Repository:
         self.backend.delete(f"keys/{slot_id}")
 
     @overload
-    def lock(self, exclusive: Literal[True], command: str) -> HeldLock: ...
+    def lock(self, exclusive: Literal[True], command: str, *, ran: str | None = None) -> HeldLock: ...
     @overload
-    def lock(self, exclusive: bool, command: str) -> HeldLock | contextlib.nullcontext[None]: ...
-    def lock(self, exclusive: bool, command: str) -> HeldLock | contextlib.nullcontext[None]:
+    def lock(
+        self, exclusive: bool, command: str, *, ran: str | None = None
+    ) -> HeldLock | contextlib.nullcontext[None]: ...
+    def lock(self, exclusive: bool, command: str, *, ran: str | None = None) -> HeldLock | contextlib.nullcontext[None]:
         """Take a lock; then check that the config is still the one this process opened: a
         `phx key rotate` (or a format upgrade) that finished between opening and locking would
         otherwise have this process write objects sealed under the retired key.
@@ -643,7 +645,7 @@ class Repository:
         elsewhere makes a read fail, never lie). So it reads without one, saying so; its writes, if
         any, fail with the read-only error."""
         try:
-            held = self.locks.acquire(exclusive, command)
+            held = self.locks.acquire(exclusive, command, ran=ran)
         except ReadOnlyStorage:
             if exclusive:
                 raise
@@ -677,10 +679,15 @@ class Repository:
             return False
         slots = self.read_key_slots(self.backend)
         with self.lock(exclusive=True, command="upgrade"):
+            # Each write confirms the lock first (docs/reliability.md, Locks): a suspend right
+            # after taking it, or a lock removed meanwhile, stops the upgrade before it writes.
+            self.confirmer.now(COMMITTED)
             for slot in slots:
                 if slot.version < 2:
+                    self.confirmer.step(MORE_COMMITTED)
                     self.backend.write(f"keys/{slot.id}", slot.upgraded(self.secrets).to_json())
             config = self.config.signed(self.secrets)
+            self.confirmer.now(MORE_COMMITTED)
             self.backend.write("config", config.to_bytes())
             self.config = config
         self.notice(f"upgraded the repository at {self.backend.location} to format {BASE_FORMAT_VERSION}")

@@ -17,16 +17,33 @@ Scope = Literal["full", "memory", "identity", "databases", "config"]
 SCOPES: tuple[Scope, ...] = ("full", "memory", "identity", "databases", "config")
 
 
+GLOB_CHARACTERS = "*?["
+
+
 def configured_databases(cfg: Config) -> list[Path]:
-    """`databases.sqlite` entries, globs expanded; missing ones are kept so they can be reported."""
+    """`databases.sqlite` entries, globs expanded; missing ones are kept so they can be reported.
+    An entry naming a path that exists is that path, even when its name holds glob characters
+    (`agent[1]/memory.db`); a pattern that matches nothing is kept as written, so that the backup
+    and `phx doctor` say it (with `glob_hint`) instead of leaving the database out unsaid."""
     out: list[Path] = []
     for raw in cfg.databases.sqlite:
         path = raw if os.path.isabs(raw) else str(cfg.workspace / raw)
-        if any(ch in path for ch in "*?["):
-            out.extend(Path(p) for p in sorted(glob.glob(path)))
+        if any(ch in path for ch in GLOB_CHARACTERS) and not os.path.lexists(path):
+            out.extend(Path(p) for p in sorted(glob.glob(path)) or (path,))
         else:
             out.append(Path(path))
     return out
+
+
+def glob_hint(path: str) -> str:
+    """What to add to "does not exist" for a configured path holding glob characters: it was read
+    as a pattern, and how to name such a file literally. Empty for other paths."""
+    if not any(ch in path for ch in GLOB_CHARACTERS):
+        return ""
+    return (
+        " (read as a glob pattern, which matches nothing: `*`, `?` and `[` are glob characters; "
+        f"to name a file whose name holds them, escape each as `[*]`, `[?]`, `[[]`: {glob.escape(path)})"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,76 @@
+"""A configured SQLite path holding glob characters (`agent[1]/memory.db`): a path that exists is
+taken as written, and an entry that matches nothing is said on every backup and by `phx doctor`,
+with the way to escape the characters. Before, `[1]` was read as a character class, matched
+nothing, and the database was left out of every backup unsaid (docs/configuration.md)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from e2e_support import Sandbox
+
+
+def _database(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE t (v TEXT)")
+        con.execute("INSERT INTO t VALUES ('kept')")
+    con.close()
+
+
+def test_an_existing_path_with_brackets_is_backed_up_as_written(sandbox: Sandbox) -> None:
+    sb = sandbox
+    db = sb.home / "data" / "agent[1]" / "memory.db"
+    _database(db)
+    sb.write_config(databases={"sqlite": [str(db)], "integrityCheckEvery": "0h"})
+    doc = sb.backup()
+    assert "home/data/agent[1]/memory.db" in [d["path"] for d in doc["databases"]], doc["databases"]
+    assert not [w for w in doc.get("warnings", []) if "agent[1]" in w], doc.get("warnings")
+    doctor = sb.phx("doctor", "--json", check=None).json()
+    line = next(c for c in doctor["checks"] if "agent[1]" in c["name"])
+    assert line["status"] == "ok", line
+
+
+def test_an_entry_that_matches_nothing_is_said_with_its_escape(sandbox: Sandbox) -> None:
+    sb = sandbox
+    db = sb.home / "data" / "agent[1]" / "memory.db"
+    entry = str(sb.home / "data" / "agent[[]2]" / "memory.db")  # escaped, names a file not there
+    pattern = str(sb.home / "data" / "agent?9" / "*.db")
+    _database(db)
+    sb.write_config(databases={"sqlite": [entry, pattern], "integrityCheckEvery": "0h"})
+    res = sb.phx("backup")
+    for raw in (entry, pattern):
+        assert f"warning: {raw} does not exist (read as a glob pattern, which matches nothing" in res.out, res.out
+    assert "escape each as `[*]`, `[?]`, `[[]`" in res.out
+    doctor = sb.phx("doctor", "--json", check=None).json()
+    for raw in (entry, pattern):
+        line = next(c for c in doctor["checks"] if c["name"] == f"database {raw}")
+        assert line["status"] == "fail" and "read as a glob pattern" in line["message"], line
+
+
+def test_an_escaped_entry_names_the_file(sandbox: Sandbox) -> None:
+    sb = sandbox
+    db = sb.home / "data" / "agent[1]" / "memory.db"
+    _database(db)
+    sb.write_config(databases={"sqlite": [str(sb.home / "data" / "agent[[]1]" / "*.db")], "integrityCheckEvery": "0h"})
+    doc = sb.backup()
+    assert "home/data/agent[1]/memory.db" in [d["path"] for d in doc["databases"]], doc["databases"]
+
+
+def test_an_include_holding_a_bracket_is_a_pattern_said_when_it_matches_nothing(sandbox: Sandbox) -> None:
+    """`include` entries are patterns (docs/configuration.md): `notes[1]/` matches `notes1`, not a
+    folder named `notes[1]`. One that matches nothing is said with the escape that names it."""
+    sb = sandbox
+    folder = sb.workspace / "sub" / "notes[1]"
+    folder.mkdir(parents=True)
+    (folder / "a.md").write_text("kept\n")
+    sb.write_config(include=["SOUL.md", "sub/notes[1]/"])
+    res = sb.phx("backup")
+    assert "warning: sub/notes[1]/ does not exist (read as a glob pattern, which matches nothing" in res.out, res.out
+    assert "sub/notes[[]1]/" in res.out, res.out
+    sb.write_config(include=["SOUL.md", "sub/notes[[]1]/"])
+    res = sb.phx("backup")
+    assert "notes[" not in res.out, res.out
+    listed = sb.phx("ls", "latest", "--json")
+    assert "workspace/sub/notes[1]/a.md" in listed.out, listed.out
