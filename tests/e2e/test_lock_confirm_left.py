@@ -105,7 +105,9 @@ def test_an_upgrade_writes_nothing_after_a_suspend_right_after_locking(
     suspend = _sleeping_clock(monkeypatch)
     _after_first(monkeypatch, "write", "locks/", lambda _b: suspend(HOUR))
     run = _in_process(sb, "backup")
-    _stopped(run, SUSPENDED, "nothing was committed")
+    # The upgrade runs inside the backup: "run the upgrade again" named nothing anyone can run.
+    _stopped(run, SUSPENDED, "nothing was committed", "run the command again")
+    assert "the upgrade again" not in run.stderr + run.stdout, run.stderr
     assert {p.name: p.read_bytes() for p in [sb.repo / "config", *(sb.repo / "keys").iterdir()]} == before
     monkeypatch.undo()
     assert "upgraded the repository" in sb.phx("backup").err
