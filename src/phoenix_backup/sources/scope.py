@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from phoenix_backup.config import Config
+from phoenix_backup.config.defaults import DEFAULT_SQLITE
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.patterns import Include, glob_regex
 
@@ -40,6 +41,12 @@ def configured_databases(cfg: Config) -> list[Path]:
         else:
             out.append(Path(path))
     return out
+
+
+def default_databases(home: Path) -> frozenset[Path]:
+    """The ArgentOS default stores (`DEFAULT_SQLITE`) under `home`: the only configured databases
+    that the backup and `phx doctor` pass over unsaid when missing (matched by path, not name)."""
+    return frozenset(home / p.removeprefix("~/") for p in DEFAULT_SQLITE)
 
 
 def glob_hint(path: str) -> str:
