@@ -74,3 +74,18 @@ def test_an_include_holding_a_bracket_is_a_pattern_said_when_it_matches_nothing(
     assert "notes[" not in res.out, res.out
     listed = sb.phx("ls", "latest", "--json")
     assert "workspace/sub/notes[1]/a.md" in listed.out, listed.out
+
+
+def test_a_named_store_under_argentos_that_is_missing_is_said(sandbox: Sandbox) -> None:
+    """Only the three ArgentOS default stores are skipped unsaid when missing. Before, the backup
+    skipped unsaid any missing `.../.argentos/.../memory.db` (a name test), so the pattern
+    `~/.argentos/agents/agent[1]/memory.db` matching nothing was never warned, while doctor failed it."""
+    sb = sandbox
+    entry = str(sb.home / ".argentos" / "agents" / "agent[1]" / "memory.db")
+    default = sb.home / ".argentos" / "data" / "dashboard.db"  # a default store, missing: unsaid
+    default.unlink(missing_ok=True)
+    sb.write_config(databases={"sqlite": [entry, str(default)], "integrityCheckEvery": "0h"})
+    res = sb.phx("backup", "--json")
+    warnings = res.json()["warnings"]
+    assert [w for w in warnings if w.startswith(f"{entry} does not exist (read as a glob pattern")], warnings
+    assert not [w for w in warnings if "dashboard.db" in w], warnings

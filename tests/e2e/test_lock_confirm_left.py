@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import Sandbox, retention_only
 from moto_support import MotoServer
 from test_concurrency import s3_target
 from test_lock_confirm_all import SUSPENDED, _after_first, _in_process, _stopped, _verified
@@ -105,8 +105,27 @@ def test_an_upgrade_writes_nothing_after_a_suspend_right_after_locking(
     suspend = _sleeping_clock(monkeypatch)
     _after_first(monkeypatch, "write", "locks/", lambda _b: suspend(HOUR))
     run = _in_process(sb, "backup")
-    _stopped(run, SUSPENDED, "nothing was committed")
+    # The upgrade runs inside the backup: "run the upgrade again" named nothing anyone can run.
+    _stopped(run, SUSPENDED, "nothing was committed", "run the command again")
+    assert "the upgrade again" not in run.stderr + run.stdout, run.stderr
     assert {p.name: p.read_bytes() for p in [sb.repo / "config", *(sb.repo / "keys").iterdir()]} == before
     monkeypatch.undo()
     assert "upgraded the repository" in sb.phx("backup").err
     assert _verified(sb)
+
+
+def test_the_retention_after_a_backup_says_run_the_backup_again(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retention after a backup holds a lock whose command is "forget and prune": a suspend
+    while it forgets stops it with "run the backup again" (before: "run the forget and prune
+    again", no command anyone can run)."""
+    sb = backed_up
+    sb.write_config(retention=retention_only(last=1))
+    (sb.home / ".argentos" / "backup" / "prune.json").unlink(missing_ok=True)  # the day's prune is due
+    suspend = _sleeping_clock(monkeypatch)
+    _after_first(monkeypatch, "delete", "snapshots/", lambda _b: suspend(HOUR))
+    run = _in_process(sb, "backup", "--json")
+    said = run.stdout + run.stderr
+    assert SUSPENDED in said and "run the backup again" in said, said
+    assert "forget and prune again" not in said, said

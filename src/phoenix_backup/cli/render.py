@@ -112,7 +112,7 @@ def restore(r: RestoreResult, verbose: bool) -> str:
         for db in r.databases:
             lines.append(f"  database {shown(db['path'])}: {db['action']}{_row_deltas(db)}")
         lines.append(
-            f"plan for {shown(r.name)} ({r.snapshot[:8]}) {r.destination}: {summary} (dry run: nothing written)"
+            f"plan for {shown(r.name)} ({r.snapshot[:8]}) {shown(r.destination)}: {summary} (dry run: nothing written)"
         )
     else:
         done = f"restored {r.restored} files and databases"
@@ -141,7 +141,7 @@ def restore(r: RestoreResult, verbose: bool) -> str:
         lines.append(f"  not restored: {shown(err['path'])}: {shown(err['error'])}")
     if r.phoenix_config:
         lines.append(
-            f"  the Phoenix config this backup ran with: {r.phoenix_config} (check its paths, then copy it to "
+            f"  the Phoenix config this backup ran with: {shown(r.phoenix_config)} (check its paths, then copy it to "
             "~/.argentos/backup.json to back up to this repository again)"
         )
     lines += [f"  warning: {shown(w)}" for w in r.warnings]
@@ -177,7 +177,7 @@ def _row_deltas(db: dict[str, object]) -> str:
 
 
 def _dest(r: RestoreResult) -> str:
-    return "in place" if r.destination == "in place" else f"to {r.destination}"
+    return "in place" if r.destination == "in place" else f"to {shown(r.destination)}"
 
 
 def verify(r: VerifyResult, verbose: bool = False) -> str:

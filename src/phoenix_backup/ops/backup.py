@@ -64,7 +64,14 @@ from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
 from phoenix_backup.sources.files import Entry, Selection, database_groups, segment_folders
 from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
-from phoenix_backup.sources.scope import ComponentPlan, LogicalMatcher, Scope, glob_hint, plan_components
+from phoenix_backup.sources.scope import (
+    ComponentPlan,
+    LogicalMatcher,
+    Scope,
+    default_databases,
+    glob_hint,
+    plan_components,
+)
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
 from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
 from phoenix_backup.units import human_size
@@ -351,7 +358,8 @@ def _snapshot(
 
 
 def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope) -> list[str]:
-    out = [f"{p} does not exist{glob_hint(p)} (skipped)" for p in sel.missing if not _is_default_db(cfg, p)]
+    defaults = default_databases(layout.home)
+    out = [f"{p} does not exist{glob_hint(p)} (skipped)" for p in sel.missing if Path(p) not in defaults]
     inside = repository_in_workspace(cfg, layout.home)
     if inside is not None:
         out.append(inside)
@@ -449,10 +457,6 @@ def check_due(last: IntegrityCheck | None, every: str, now: datetime) -> bool:
     if when.tzinfo is None or when > now:
         return True  # a record from the future: the clock went back, so check
     return now - when >= interval * CHECK_DUE_SHARE
-
-
-def _is_default_db(cfg: Config, path: str) -> bool:
-    return path.endswith(("observations.db", "memory.db", "dashboard.db")) and ".argentos" in path
 
 
 # The SHA-256 of a parent's node held without its extents (`_Run.drop_changed_extents`): no

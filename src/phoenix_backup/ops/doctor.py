@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import platformdirs
 
 from phoenix_backup.config import Config, find_config_path
-from phoenix_backup.config.defaults import DEFAULT_SQLITE
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import (
     ConfigNotAuthenticated,
@@ -49,7 +48,7 @@ from phoenix_backup.ops.selection import repository_in_workspace, workspace_in_o
 from phoenix_backup.repo.crypto import zstandard_module
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.sources.scope import configured_databases, glob_hint
+from phoenix_backup.sources.scope import configured_databases, default_databases, glob_hint
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
 from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 from phoenix_backup.units import human_size
@@ -186,7 +185,7 @@ def _repository_place(cfg: Config, envx: Environment, result: DoctorResult) -> N
 
 
 def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
-    defaults = {envx.home / p.removeprefix("~/") for p in DEFAULT_SQLITE}
+    defaults = default_databases(envx.home)
     for path in configured_databases(cfg):
         name = f"database {path}"
         if not path.exists():

@@ -155,7 +155,9 @@ def retention_after_backup(
             # Forget and the day's prune run under one exclusive lock: one lock written, listed and
             # removed instead of two, and no backup can start in the moment between them (it made
             # the day's prune skip as busy, leaving the forgotten data another day).
-            with repo.lock(exclusive=True, command="forget and prune") if due else contextlib.nullcontext():
+            with (
+                repo.lock(exclusive=True, command="forget and prune", ran="backup") if due else contextlib.nullcontext()
+            ):
                 if not policy.empty:
                     report = TargetForget(name)
                     forget_repository(

@@ -678,7 +678,9 @@ class Repository:
         if self.config.version >= BASE_FORMAT_VERSION:
             return False
         slots = self.read_key_slots(self.backend)
-        with self.lock(exclusive=True, command="upgrade"):
+        # It runs inside whichever command opened the repository (`phx backup`, `phx key rotate`):
+        # its errors say "run the command again", never "the upgrade", which no one can run.
+        with self.lock(exclusive=True, command="upgrade", ran="command"):
             # Each write confirms the lock first (docs/reliability.md, Locks): a suspend right
             # after taking it, or a lock removed meanwhile, stops the upgrade before it writes.
             self.confirmer.now(COMMITTED)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from phoenix_backup.config import Config
+from phoenix_backup.config.defaults import DEFAULT_SQLITE
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.patterns import Include, glob_regex
 
@@ -22,17 +23,30 @@ GLOB_CHARACTERS = "*?["
 
 def configured_databases(cfg: Config) -> list[Path]:
     """`databases.sqlite` entries, globs expanded; missing ones are kept so they can be reported.
-    An entry naming a path that exists is that path, even when its name holds glob characters
-    (`agent[1]/memory.db`); a pattern that matches nothing is kept as written, so that the backup
-    and `phx doctor` say it (with `glob_hint`) instead of leaving the database out unsaid."""
+    An entry holding glob characters is every path it matches as a pattern and, when a path of
+    that very name exists, that path too (`agent[1]/memory.db`): a file literally named `*.db`
+    never hides the databases `/data/*.db` matches. A pattern that matches nothing and names
+    nothing is kept as written, so that the backup and `phx doctor` say it (with `glob_hint`)
+    instead of leaving the database out unsaid. A relative entry is a pattern inside the
+    workspace: the workspace's own path is never read as one (`/srv/agent[1]` + `*.db`)."""
     out: list[Path] = []
     for raw in cfg.databases.sqlite:
         path = raw if os.path.isabs(raw) else str(cfg.workspace / raw)
-        if any(ch in path for ch in GLOB_CHARACTERS) and not os.path.lexists(path):
-            out.extend(Path(p) for p in sorted(glob.glob(path)) or (path,))
+        if any(ch in raw for ch in GLOB_CHARACTERS):
+            pattern = raw if os.path.isabs(raw) else os.path.join(glob.escape(str(cfg.workspace)), raw)
+            found = set(glob.glob(pattern))
+            if os.path.lexists(path):
+                found.add(path)
+            out.extend(Path(p) for p in sorted(found) or (path,))
         else:
             out.append(Path(path))
     return out
+
+
+def default_databases(home: Path) -> frozenset[Path]:
+    """The ArgentOS default stores (`DEFAULT_SQLITE`) under `home`: the only configured databases
+    that the backup and `phx doctor` pass over unsaid when missing (matched by path, not name)."""
+    return frozenset(home / p.removeprefix("~/") for p in DEFAULT_SQLITE)
 
 
 def glob_hint(path: str) -> str:

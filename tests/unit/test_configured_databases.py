@@ -1,0 +1,54 @@
+"""`databases.sqlite` entries holding glob characters (phoenix_backup.sources.scope.configured_databases):
+a file literally named like the pattern never hides what the pattern matches, and the workspace's
+own path is never read as a pattern (adversary of errs3; docs/configuration.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from phoenix_backup.config import parse_config
+from phoenix_backup.sources.scope import configured_databases
+
+
+def _databases(tmp_path: Path, workspace: Path, entries: list[str]) -> list[Path]:
+    cfg = parse_config(
+        {"workspace": str(workspace), "backupDir": str(tmp_path / "b"), "databases": {"sqlite": entries}},
+        env={"HOME": str(tmp_path / "home")},
+    )
+    return configured_databases(cfg)
+
+
+def test_a_file_named_like_the_pattern_does_not_hide_its_matches(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.db", "b.db", "*.db"):
+        (data / name).write_bytes(b"")
+    # Before: the literal `*.db` existed, so the entry was that one file and a.db, b.db were
+    # silently left out of every backup.
+    assert _databases(tmp_path, tmp_path / "w", [str(data / "*.db")]) == [data / n for n in ("*.db", "a.db", "b.db")]
+
+
+def test_an_entry_both_literal_and_a_pattern_is_both(tmp_path: Path) -> None:
+    for name in ("agent[1]", "agent1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "memory.db").write_bytes(b"")
+    got = _databases(tmp_path, tmp_path / "w", [str(tmp_path / "agent[1]" / "memory.db")])
+    assert got == [tmp_path / "agent1" / "memory.db", tmp_path / "agent[1]" / "memory.db"]
+
+
+def test_a_dangling_symlink_named_like_the_entry_is_kept_with_the_matches(tmp_path: Path) -> None:
+    (tmp_path / "x.db").write_bytes(b"")
+    (tmp_path / "?.db").symlink_to(tmp_path / "gone")
+    assert _databases(tmp_path, tmp_path / "w", [str(tmp_path / "?.db")]) == [tmp_path / "?.db", tmp_path / "x.db"]
+
+
+def test_a_relative_pattern_in_a_workspace_whose_path_holds_a_bracket(tmp_path: Path) -> None:
+    workspace = tmp_path / "agent[1]"
+    (workspace / "dbs").mkdir(parents=True)
+    (workspace / "dbs" / "m.db").write_bytes(b"")
+    # Before: `[1]` of the workspace's own path was a class, the pattern matched nothing.
+    assert _databases(tmp_path, workspace, ["dbs/*.db"]) == [workspace / "dbs" / "m.db"]
+
+
+def test_a_pattern_matching_nothing_is_kept_as_written(tmp_path: Path) -> None:
+    assert _databases(tmp_path, tmp_path / "w", ["dbs/*.db"]) == [tmp_path / "w" / "dbs" / "*.db"]
