@@ -4,7 +4,7 @@ block the next backup (it is removed with a notice); the next backup succeeds an
 exactly; the killed run's temporary database copies are cleaned up.
 
 Each trial gets a fresh repository (made by `phx init`), so every killed backup is a full one.
-The delays are seeded, one in each half (PHX_TEST_HEAVY=1: fifth) of the span from 0.05 s to the
+The delays are seeded: one anywhere in the span (PHX_TEST_HEAVY=1: one in each fifth of it) from 0.05 s to the
 measured duration of a whole backup; a kill that comes too late (the backup had finished) is
 retried sooner."""
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from e2e_support import PHX, Sandbox, assert_restored
 
-TRIALS = 5 if os.environ.get("PHX_TEST_HEAVY") == "1" else 2  # a trial costs 10 s of the CI budget
+TRIALS = 5 if os.environ.get("PHX_TEST_HEAVY") == "1" else 1  # a trial costs 10 s of the CI budget
 LOCK_NOTICE = "removed a lock left by a process that no longer runs"
 
 
