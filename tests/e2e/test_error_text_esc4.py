@@ -18,7 +18,7 @@ from e2e_support import Sandbox
 
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import stderr_line
-from phoenix_backup.errors import shown, shown_each
+from phoenix_backup.errors import shown
 
 # A newline, an ANSI "clear screen", a RIGHT-TO-LEFT OVERRIDE.
 HOSTILE = "bad\n\x1b[2J\u202eend"
@@ -44,6 +44,8 @@ def test_bidi_controls_and_line_separators_are_escaped_once() -> None:
         assert stderr_line("error", f"no {c}", as_json=False) == f"phx: error: no \\u{ord(c):04x}"
         assert json.loads(stderr_line("error", f"no {c}", as_json=True))["message"] == f"no {c}"  # exact
     assert shown("日本語 émoji 👩‍👩‍👧 Ω") == "日本語 émoji 👩‍👩‍👧 Ω"  # printable text (and a joiner) as it is
+    from phoenix_backup.errors import shown_each
+
     assert shown_each(["one", f"two{HOSTILE}", "three"]) == f"one\ntwo{ESCAPED}\nthree"
 
 
