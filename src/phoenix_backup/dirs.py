@@ -222,12 +222,16 @@ def _mounts() -> list[tuple[str, str, int]]:
 
 
 # File systems the kernel makes of its own state (processes, devices, settings): what is written
-# there is not kept, and a write may change the running system.
+# there is not kept, and a write may change the running system. Linux's pseudo file systems, by
+# the name /proc/filesystems and /proc/self/mountinfo give them: those a mount can show, and the
+# kernel's internal ones (anon_inodefs, pidfs, ...), which a /proc/PID/fd link can lead to.
 KERNEL_FILE_SYSTEMS = frozenset(
     {
-        "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "cpuset", "debugfs", "devpts",
-        "devtmpfs", "efivarfs", "fusectl", "hugetlbfs", "mqueue", "nfsd", "nsfs", "pipefs", "proc", "pstore",
-        "resctrl", "rpc_pipefs", "securityfs", "selinuxfs", "sockfs", "sysfs", "tracefs",
+        "aio", "anon_inodefs", "autofs", "bdev", "binder", "binfmt_misc", "bpf", "cgroup", "cgroup2",
+        "configfs", "cpuset", "dax", "debugfs", "devpts", "devtmpfs", "dmabuf", "efivarfs", "functionfs",
+        "fusectl", "gadgetfs", "hugetlbfs", "ibmasmfs", "ipathfs", "mqueue", "nfsd", "nsfs", "ocfs2_dlmfs",
+        "openpromfs", "pidfs", "pipefs", "proc", "pstore", "resctrl", "rpc_pipefs", "s390_hypfs",
+        "secretmem", "securityfs", "selinuxfs", "smackfs", "sockfs", "spufs", "sysfs", "tracefs", "xenfs",
     }
 )  # fmt: skip
 # Not kernel state, so not above: tmpfs and ramfs (memory, a legitimate scratch destination),

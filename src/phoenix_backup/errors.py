@@ -12,14 +12,19 @@ from enum import IntEnum
 def shown(name: object) -> str:
     """A file or folder name (or a path) as a message shows it: its control characters (a newline,
     an ANSI escape from a hostile name; a byte 0x80-0x9F of a name that is not UTF-8) escaped
-    (`\\n`, `\\x1b`, `\\x9b`), so that the message stays one line and writes nothing to the terminal
-    but text."""
+    (`\\n`, `\\x1b`, `\\x9b`), and so are Unicode's bidirectional controls and line separators
+    (`\\u202e`: a name holding RIGHT-TO-LEFT OVERRIDE would show as another name, the "Trojan
+    Source" trick), so that the message stays one line, writes nothing to the terminal but text and
+    shows the name's characters in their order. What it escaped is plain text: shown twice is shown
+    once. JSON carries the exact name (`jsontext`)."""
     text = str(name)
     if text.isprintable():
         return text
     return "".join(
         _ESCAPES.get(c, f"\\x{ord(c) & 0xFF:02x}")
         if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or _C1_BYTE <= ord(c) < 0xDCA0
+        else f"\\u{ord(c):04x}"
+        if c in _REORDERING
         else c
         for c in text
     )
@@ -32,14 +37,32 @@ _C1_BYTE = 0xDC80
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
+# What reorders or breaks the text a terminal shows without being a control character: the
+# bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069), the marks
+# (U+200E, U+200F, U+061C), and the line and paragraph separators (U+2028, U+2029). None is
+# printable (`str.isprintable`), so a name without any such character takes the fast path above.
+_REORDERING = frozenset(
+    [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+    + ["\u200e", "\u200f", "\u061c", "\u2028", "\u2029"]
+)
+
 
 def shown_lines(text: str) -> str:
     """Text of several lines (a report, a listing, a completion script) as a terminal is given it:
     each control character `shown` escapes escaped, but its newlines and tabs kept. A name's own
-    newline must be escaped (`shown`) where the name is put into a line."""
+    newline must be escaped (`shown`) where the name is put into a line: or the lines built one by
+    one are given to `shown_each`, which keeps each on its own line whatever it holds."""
     if text.isprintable():
         return text
     return "\n".join("\t".join(shown(part) for part in line.split("\t")) for line in text.split("\n"))
+
+
+def shown_each(lines: Iterable[str]) -> str:
+    """Lines of a report (each a line a renderer built, names and server messages put in it raw or
+    `shown` already) as one text: each line stays one line of text, its own newline, tab or escape
+    shown escaped (`shown`). The one way a plain-text result joins its lines."""
+    return "\n".join(shown(line) for line in lines)
 
 
 class ExitStatus(IntEnum):

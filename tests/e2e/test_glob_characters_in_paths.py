@@ -5,10 +5,13 @@ nothing, and the database was left out of every backup unsaid (docs/configuratio
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
-from e2e_support import Sandbox
+from e2e_support import Sandbox, assert_same_db, db_dump
+
+from phoenix_backup.sample import layout_for
 
 
 def _database(path: Path) -> None:
@@ -89,3 +92,37 @@ def test_a_named_store_under_argentos_that_is_missing_is_said(sandbox: Sandbox) 
     warnings = res.json()["warnings"]
     assert [w for w in warnings if w.startswith(f"{entry} does not exist (read as a glob pattern")], warnings
     assert not [w for w in warnings if "dashboard.db" in w], warnings
+
+
+def test_a_home_and_workspace_holding_glob_characters_are_folders(_backed_up_template: Path, tmp_path: Path) -> None:
+    """HOME and the workspace below `[a]*?` (task esc4): `~` in the default stores, the components
+    and `databases.sqlite`, and the workspace's path written out in an exclude, are those folders,
+    never patterns. Before: `[a]*?` matched the folder `abc` beside it, and its `memory.db`,
+    `argent.json` and `backup.json` (another user's, say) were backed up as `root/…/abc/…`, while the
+    exclude written with the workspace's path excluded nothing."""
+    root = tmp_path / "[a]*?"
+    shutil.copytree(_backed_up_template, root, symlinks=True)
+    sb = Sandbox(root, layout_for(root / "sample"))
+    decoy = tmp_path / "abc" / "sample" / "home" / ".argentos"
+    _database(decoy / "memory.db")
+    for name in ("argent.json", "backup.json"):
+        (decoy / name).write_text('{"not": "yours"}\n')
+    (sb.workspace / "secret.txt").write_text("excluded\n")
+    sb.write_config(exclude=[str(sb.workspace / "secret.txt")])
+    defaults = {"home/.argentos/memory.db", "home/.argentos/observations.db", "home/.argentos/data/dashboard.db"}
+    doc = sb.backup()
+    assert {d["path"] for d in doc["databases"]} == defaults, doc["databases"]
+    paths = [e["path"] for e in sb.phx("ls", doc["id"], "--json").json()["entries"]]
+    assert not [p for p in paths if p.startswith("root") or "secret" in p], paths
+    assert "home/.argentos/backup.json" in paths, paths
+    checks = sb.phx("doctor", "--json", check=None).json()["checks"]
+    assert not [c for c in checks if "abc" in c["name"] + c["message"]], checks
+
+    entries = ["~/.argentos/*.db", "$HOME/.argentos/data/*.db", str(sb.home / ".argentos" / "memory.db")]
+    sb.write_config(databases={"sqlite": entries, "integrityCheckEvery": "0h"})
+    doc = sb.backup()
+    assert {d["path"] for d in doc["databases"]} == defaults, doc["databases"]
+    assert not doc.get("warnings"), doc["warnings"]
+    sb.restore_to(doc["id"], root / "dest", "--path", "home/.argentos/memory.db")
+    restored = root / "dest" / "home" / ".argentos" / "memory.db"
+    assert_same_db(db_dump(sb.home / ".argentos" / "memory.db"), db_dump(restored), "memory.db")

@@ -121,3 +121,39 @@ def test_kernel_file_systems_hold_the_kernels_state_and_not_memory_or_user_file_
         assert kind in KERNEL_FILE_SYSTEMS, kind
     for kind in ("tmpfs", "ramfs", "overlay", "fuse", "ext4", "nfs", "nfs4"):
         assert kind not in KERNEL_FILE_SYSTEMS, kind
+
+
+def test_kernel_file_systems_are_every_pseudo_file_system_of_linux() -> None:
+    """Those esc4 was asked about (all there before), the ones added (binder, smackfs, xenfs,
+    s390_hypfs, openpromfs, ocfs2_dlmfs, ipathfs, spufs, gadgetfs, functionfs, ibmasmfs and the
+    kernel's internal ones), and every `nodev` file system this machine's kernel has but the four
+    that hold real files."""
+    from phoenix_backup.dirs import KERNEL_FILE_SYSTEMS
+
+    asked = "nfsd rpc_pipefs resctrl cpuset hugetlbfs binfmt_misc configfs efivarfs fusectl pstore bpf tracefs"
+    added = "binder smackfs xenfs s390_hypfs openpromfs ocfs2_dlmfs ipathfs spufs gadgetfs functionfs ibmasmfs"
+    internal = "anon_inodefs pidfs dmabuf bdev secretmem aio dax nsfs sockfs pipefs"
+    for kind in f"{asked} debugfs securityfs mqueue {added} {internal}".split():
+        assert kind in KERNEL_FILE_SYSTEMS, kind
+    with open("/proc/filesystems", encoding="ascii") as f:
+        here = {line.split()[1] for line in f if line.startswith("nodev")}
+    assert (
+        here
+        - {
+            "tmpfs",
+            "ramfs",
+            "overlay",
+            "fuse",
+            "rootfs",
+            "nfs",
+            "nfs4",
+            "cifs",
+            "smb3",
+            "9p",
+            "virtiofs",
+            "ceph",
+            "afs",
+            "ecryptfs",
+        }
+        <= KERNEL_FILE_SYSTEMS
+    ), here - KERNEL_FILE_SYSTEMS

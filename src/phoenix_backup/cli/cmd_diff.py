@@ -16,7 +16,7 @@ from phoenix_backup.cli.app import (
     repo_option,
     target_option,
 )
-from phoenix_backup.errors import ExitStatus, shown
+from phoenix_backup.errors import ExitStatus, shown, shown_each
 from phoenix_backup.ops import diff as diff_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.units import human_size
@@ -76,4 +76,4 @@ def text(r: diff_op.DiffResult, verbose: bool) -> str:
             lines.append("  no row changed")
         lines += [f"  note: {n}" for n in db.notes]
     lines.append(f"summary: {r.summary()}")
-    return "\n".join(lines)
+    return shown_each(lines)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from phoenix_backup.cli.app import Out, cli, common
-from phoenix_backup.errors import ExitStatus, shown
+from phoenix_backup.errors import ExitStatus, shown, shown_each
 from phoenix_backup.ops import doctor as doctor_op
 from phoenix_backup.ops.context import Environment
 
@@ -36,4 +36,4 @@ def render(r: doctor_op.DoctorResult) -> str:
         lines.append(line)
     failed = sum(1 for c in r.checks if c.status == "fail")
     lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
-    return "\n".join(lines)
+    return shown_each(lines)

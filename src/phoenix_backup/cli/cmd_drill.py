@@ -17,7 +17,7 @@ from phoenix_backup.cli.app import (
     thaw_option,
 )
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import drill as drill_op
 from phoenix_backup.ops.context import Environment, folder_argument
 
@@ -111,7 +111,7 @@ def render(r: drill_op.DrillResult, verbose: bool) -> str:
         )
     else:
         lines.append("drill passed")
-    return "\n".join(lines)
+    return shown_each(lines)
 
 
 def _file_errors(r: drill_op.DrillResult) -> bool:
@@ -135,5 +135,5 @@ def _at(out: Out, envx: Environment, cfg: Config, at: str) -> ExitStatus:
     for e in result.errors:
         lines.append(f"  ✗ {e['path']}: {e['error']}")
     lines.append("drill passed" if not result.errors else f"drill FAILED: {len(result.errors)} error(s)")
-    out.result(result.to_json(), "\n".join(lines), data=bool(result.errors))
+    out.result(result.to_json(), shown_each(lines), data=bool(result.errors))
     return ExitStatus.FAILURE if result.errors else ExitStatus.OK

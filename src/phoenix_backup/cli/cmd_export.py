@@ -17,7 +17,7 @@ from phoenix_backup.cli.app import (
     repo_option,
     target_option,
 )
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import export as export_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.units import human_size
@@ -100,4 +100,4 @@ def text(r: export_op.ExportResult) -> str:
     if r.sanitized:
         lines.append(f"  {len(r.redactions)} secret(s) redacted; see redactions.json and MIGRATION.md")
     lines.append(f"  checksums.json combined sha256 {r.combined}")
-    return "\n".join(lines)
+    return shown_each(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli.app import Out, cli, common, complete_snapshots, identity_option, load_config
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import forget as forget_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.retention import Candidate, render_plan
@@ -70,4 +70,4 @@ def render(r: forget_op.ForgetResult) -> str:
             )
         if t.thinned is not None:
             lines += [f"  {line}" for line in t.thinned.lines(r.dry_run)]
-    return "\n".join(lines)
+    return shown_each(lines)

@@ -8,7 +8,7 @@ import click
 
 from phoenix_backup.cli import render
 from phoenix_backup.cli.app import Out, cli, common, load_config
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import import_ as import_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.sinks import CONFLICT_MODES, ConflictMode
@@ -100,4 +100,4 @@ def text(r: MergeResult) -> str:
         f"total: {t['restored']} restored, {t['skipped']} skipped, {t['updated']} updated, "
         f"{t['unchanged']} unchanged, {t['failed']} failed" + (" (dry run: nothing written)" if r.dry_run else "")
     )
-    return "\n".join(lines)
+    return shown_each(lines)

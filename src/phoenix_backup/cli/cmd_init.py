@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli.app import Out, cli, common, given_once
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import init as init_op
 from phoenix_backup.ops.context import Environment
 
@@ -98,4 +98,4 @@ def render(r: init_op.InitResult) -> str:
         "  phx schedule install      back up every day at 02:00",
         "  phx drill                 prove that the snapshot restores",
     ]
-    return "\n".join(lines)
+    return shown_each(lines)

@@ -15,7 +15,7 @@ from phoenix_backup.cli.app import (
     load_config,
     target_option,
 )
-from phoenix_backup.errors import ExitStatus, UsageError
+from phoenix_backup.errors import ExitStatus, UsageError, shown, shown_each
 from phoenix_backup.ops import key as key_op
 from phoenix_backup.ops.context import Environment
 
@@ -67,7 +67,7 @@ def key_trust(out: Out, envx: Environment, config_path: str | None, fingerprint:
     before = f" (was {result.previous})" if result.previous and result.previous != result.fingerprint else ""
     out.result(
         result.to_json(),
-        f"trusting key {result.fingerprint}{before} for repository {result.repository} at {result.location}",
+        f"trusting key {result.fingerprint}{before} for repository {result.repository} at {shown(result.location)}",
     )
     return ExitStatus.OK
 
@@ -120,10 +120,10 @@ def key_add(
             )
         for name, report in done.targets.items():
             lines.append(f"target {name}: " + ("ok" if report.ok else f"failed ({report.error}); `phx sync` retries"))
-        out.result(done.to_json(), "\n".join(lines))
+        out.result(done.to_json(), shown_each(lines))
         return ExitStatus.of_targets([True, *(r.ok for r in done.targets.values())])
     slot = key_op.key_add(cfg, envx, method=method, recipients=recipients, key_id=key_id)
-    out.result(slot.to_json(), f"added key slot {slot.id} ({slot.label})")
+    out.result(slot.to_json(), f"added key slot {slot.id} ({shown(slot.label)})")
     return ExitStatus.OK
 
 
@@ -184,6 +184,6 @@ def key_rotate(out: Out, envx: Environment, config_path: str | None) -> ExitStat
         if result.dropped:
             text += f"\ndropped key slot(s) {', '.join(result.dropped)}: add them again with `phx key add`"
     for name, report in result.targets.items():
-        text += f"\ntarget {name}: " + ("ok" if report.ok else f"failed ({report.error}); `phx sync` retries")
+        text += f"\ntarget {name}: " + ("ok" if report.ok else f"failed ({shown(report.error)}); `phx sync` retries")
     out.result(result.to_json(), text)
     return ExitStatus.of_targets([True, *(r.ok for r in result.targets.values())])

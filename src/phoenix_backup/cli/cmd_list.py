@@ -19,7 +19,7 @@ from phoenix_backup.cli.app import (
     target_option,
 )
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, UsageError
+from phoenix_backup.errors import ExitStatus, UsageError, shown_each
 from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.captures import describe, span, to_us
@@ -106,7 +106,7 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
                 lines.append(f"{s.path}: the state seen {s.seen} ({s.page_count} pages){kept}")
             else:
                 lines.append(f"{s.path}: not covered")
-        out.result([s.to_json() for s in states], "\n".join(lines), data=True)
+        out.result([s.to_json() for s in states], shown_each(lines), data=True)
         return ExitStatus.OK
     report = pitr.timeline(cfg, envx)
     lines = []
@@ -130,7 +130,7 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
     lines.append(f"{report.segments} segments, {report.bytes} bytes")
     for name, problem in report.problems.items():
         lines.append(f"unreadable: {name}: {problem}")
-    out.result(report.to_json(), "\n".join(lines), data=True)
+    out.result(report.to_json(), shown_each(lines), data=True)
     return ExitStatus.PARTIAL if report.problems or report.broken else ExitStatus.OK
 
 

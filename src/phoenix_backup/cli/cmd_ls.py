@@ -15,7 +15,7 @@ from phoenix_backup.cli.app import (
     repo_option,
     target_option,
 )
-from phoenix_backup.errors import ExitStatus, shown
+from phoenix_backup.errors import ExitStatus, shown, shown_each
 from phoenix_backup.ops import ls as ls_op
 from phoenix_backup.ops.context import Environment
 
@@ -61,6 +61,6 @@ def render(r: ls_op.LsResult) -> str:
             name += "  (sqlite)"
         rows.append((permissions(n), size, when, name))
     if not rows:
-        return f"{r.path or '/'} is empty in snapshot {r.snapshot.name}"
+        return f"{shown(r.path or '/')} is empty in snapshot {shown(r.snapshot.name)}"
     width = max(len(s) for _p, s, _w, _n in rows)
-    return "\n".join(f"{p}  {s.rjust(width)}  {w}  {n}" for p, s, w, n in rows)
+    return shown_each(f"{p}  {s.rjust(width)}  {w}  {n}" for p, s, w, n in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli.app import Out, cli, common, identity_option, load_config
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import prune as prune_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.units import human_size
@@ -51,4 +51,4 @@ def render(r: prune_op.PruneResult) -> str:
         lines.append(
             f"target {name}: {t.snapshots} snapshots, {t.packs_before} packs, {human_size(t.bytes_before)}; {what}"
         )
-    return "\n".join(lines)
+    return shown_each(lines)

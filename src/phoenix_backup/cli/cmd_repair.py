@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli.app import Out, cli, command_group, common, load_config
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import repair as repair_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.repo.repair import SnapshotRepair
@@ -41,7 +41,7 @@ def repair_index(out: Out, envx: Environment, config_path: str | None) -> ExitSt
     )
     if r.dropped or r.unreadable:
         lines.append("run `phx repair snapshots` to see which snapshots lost data")
-    out.result(r.to_json(), "\n".join(lines))
+    out.result(r.to_json(), shown_each(lines))
     return r.exit_status
 
 
@@ -77,7 +77,7 @@ def render_snapshots(r: SnapshotRepair) -> str:
             "not lost); run `phx repair index` so that every command finds it"
         )
     if not r.damaged:
-        return "\n".join([*lines, f"{r.checked} snapshot(s) checked: none refers to lost data"])
+        return shown_each([*lines, f"{r.checked} snapshot(s) checked: none refers to lost data"])
     for d in r.damaged:
         head = f"snapshot {d.id[:8]} {d.name}"
         if d.unreadable:
@@ -99,7 +99,7 @@ def render_snapshots(r: SnapshotRepair) -> str:
             "`phx repair objects --from TARGET` if another target has it, else run again with --rewrite "
             "(keep what is left) and/or --forget"
         )
-    return "\n".join(lines)
+    return shown_each(lines)
 
 
 @repair.command(name="objects")
@@ -129,5 +129,5 @@ def repair_objects(out: Out, envx: Environment, config_path: str | None, source:
         )
     elif not r.copied and not r.deleted:
         lines.append(f"nothing to repair: target {r.target} holds every object its snapshots need")
-    out.result(r.to_json(), "\n".join(lines))
+    out.result(r.to_json(), shown_each(lines))
     return r.exit_status

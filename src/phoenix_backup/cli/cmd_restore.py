@@ -19,7 +19,7 @@ from phoenix_backup.cli.app import (
     thaw_option,
 )
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ExitStatus, shown
+from phoenix_backup.errors import ExitStatus, shown, shown_each
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, folder_argument
 
@@ -256,7 +256,7 @@ def _at(
         lines.append(f"safety snapshot {sid} (`phx restore --backup {sid}` undoes this restore)")
     for note in result.notices:
         out.notice(f"warning: {note}")
-    out.result(result.to_json(), "\n".join(lines), data=True)
+    out.result(result.to_json(), shown_each(lines), data=True)
     for e in result.errors:
         out.problem(f"not restored: {shown(e['path'])}: {e['error']}")
     return result.exit_status

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from phoenix_backup.cli.app import Out, cli, common, load_config
-from phoenix_backup.errors import ExitStatus, shown
+from phoenix_backup.errors import ExitStatus, shown, shown_each
 from phoenix_backup.ops import status as status_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.units import human_size
@@ -60,4 +60,4 @@ def render(r: status_op.StatusResult) -> str:
     lines += [f"warning: {shown(w)}" for w in r.warnings]
     if r.alert:
         lines.insert(0, f"warning: {shown(r.alert)}")
-    return "\n".join(lines)
+    return shown_each(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from phoenix_backup.cli.app import Out, cli, common, load_config
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import unlock as unlock_op
 from phoenix_backup.ops.context import Environment
 
@@ -22,6 +22,6 @@ def unlock(out: Out, envx: Environment, config_path: str | None, remove_all: boo
     """
     cfg = load_config(out, envx, config_path)
     removed = unlock_op.unlock(cfg, envx, remove_all=remove_all)
-    text = "\n".join(f"removed {info.describe()}" for info in removed) or "no stale locks"
+    text = shown_each(f"removed {info.describe()}" for info in removed) or "no stale locks"
     out.result([{"name": i.name, "description": i.describe()} for i in removed], text)
     return ExitStatus.OK

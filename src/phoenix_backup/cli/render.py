@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from phoenix_backup.errors import shown
+from phoenix_backup.errors import shown, shown_each
 from phoenix_backup.units import human_size
 
 if TYPE_CHECKING:  # only annotations: a command imports the use cases it runs, not all of them
@@ -44,7 +44,7 @@ def backup(r: BackupResult, verbose: bool) -> str:
             lines.append(line)
         lines += [f"NOT SAVED: {shown(i['path'])}: {shown(i['error'])}" for i in r.incomplete]
         lines.append(f"would back up {r.files} files and databases, {human_size(r.size)} (dry run: nothing written)")
-        return "\n".join(lines + [f"warning: {shown(w)}" for w in r.warnings])
+        return shown_each(lines + [f"warning: {shown(w)}" for w in r.warnings])
     # Counted as `phx drill` counts them: SQLite databases apart, a PostgreSQL or Redis dump's files as files.
     sqlite = sum(1 for db in r.databases if db.engine == "sqlite")
     dbs = f", {sqlite} {'database' if sqlite == 1 else 'databases'}" if sqlite else ""
@@ -74,7 +74,7 @@ def backup(r: BackupResult, verbose: bool) -> str:
         lines += [f"  retention not applied: {why}" for why in r.retention.elsewhere.values()]
     lines += [f"  {step.describe()}" for step in r.hooks.values() if not step.ok]
     lines += [f"  warning: {shown(w)}" for w in r.warnings]
-    return "\n".join(lines)
+    return shown_each(lines)
 
 
 def snapshots(items: list[SnapshotSummary]) -> str:
@@ -145,7 +145,7 @@ def restore(r: RestoreResult, verbose: bool) -> str:
             "~/.argentos/backup.json to back up to this repository again)"
         )
     lines += [f"  warning: {shown(w)}" for w in r.warnings]
-    return "\n".join(lines)
+    return shown_each(lines)
 
 
 def _copy_check(db: dict[str, Any]) -> str:
@@ -194,7 +194,7 @@ def verify(r: VerifyResult, verbose: bool = False) -> str:
         lines.append(f"repository ok: checked {checked}{read}")
     else:
         lines.append(f"repository has {len(r.errors)} error(s); checked {checked}")
-    return "\n".join(lines)
+    return shown_each(lines)
 
 
 def sync(r: SyncResult) -> str:
@@ -214,7 +214,7 @@ def sync(r: SyncResult) -> str:
         if t.throughput:
             extra.append(f"{human_size(int(t.throughput))}/s")
         lines.append(f"target {name}: ok, {what}" + (f" ({', '.join(extra)})" if extra else ""))
-    return "\n".join(lines)
+    return shown_each(lines)
 
 
 def grouped_notices(notices: list[str]) -> list[str]:

@@ -159,7 +159,10 @@ class RedisDb:
 
 @dataclass(frozen=True)
 class Databases:
-    sqlite: tuple[str, ...] = ()
+    sqlite: tuple[str, ...] = ()  # each entry as written, `~` and `$NAME` replaced
+    # Each `sqlite` entry as a glob pattern, what `~` and `$NAME` put in escaped (a home folder
+    # named `[a]*?` is that folder); "" for an entry written without a glob character, a path.
+    sqlite_globs: tuple[str, ...] = ()
     postgres: tuple[PostgresDb, ...] = ()
     redis: tuple[RedisDb, ...] = ()
     # How often each SQLite database gets a full `PRAGMA integrity_check` at backup (restic's

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import re
 import shlex
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -141,7 +142,10 @@ class _Context:
     base: Path | None  # the config file's folder: relative paths are relative to it
     warnings: list[str] = field(default_factory=list)
 
-    def expand(self, text: str, where: str) -> str:
+    def expand(self, text: str, where: str, quote: Callable[[str], str] = str) -> str:
+        """`text` with its `$NAME`s and leading `~` replaced; what they put in goes through `quote`
+        (`glob.escape` for a glob pattern: a home folder named `[a]*?` is that folder, no pattern)."""
+
         def substitute(match: re.Match[str]) -> str:
             name = match["braced"] if match["braced"] is not None else match["bare"]
             if not _ENV_NAME.match(name):
@@ -152,13 +156,14 @@ class _Context:
                 raise ConfigError(
                     f"{where} uses ${name}, which is not set in the environment; set it or write the value out"
                 )
-            return self.env[name]
+            return quote(self.env[name])
 
         text = _VAR.sub(substitute, text)
         if text == "~" or text.startswith("~/"):
-            return self.home + text[1:]
+            return quote(self.home) + text[1:]
         if text.startswith("~"):
-            return os.path.expanduser(text)  # ~user: only the password database knows
+            user, sep, rest = text.partition("/")
+            return quote(os.path.expanduser(user)) + sep + rest  # ~user: only the password database knows
         return text
 
     def path(self, text: str, where: str) -> Path:
@@ -346,7 +351,7 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
             ),
         )
     )
-    databases = _databases(root.section("databases", ("sqlite", "postgres", "redis", "integrityCheckEvery")))
+    databases = _databases(root.section("databases", ("sqlite", "postgres", "redis", "integrityCheckEvery")), workspace)
     components = _components(root.section("components", ("identity", "memory", "config", "databases")))
     gateway = _gateway(root.section("gateway", ("stop", "start", "timeoutSeconds")))
     hooks_section = root.section("hooks", ("preBackup", "postBackup", "timeoutSeconds"))
@@ -687,8 +692,23 @@ def _encryption(section: _Section) -> Encryption:
     return encryption
 
 
-def _databases(section: _Section) -> Databases:
+def _sqlite_glob(ctx: _Context, entry: str, folders: list[str]) -> str:
+    """A `databases.sqlite` entry as a glob pattern in which only the glob characters written in
+    it count: what `~` and `$NAME` put in is escaped, and so is the home folder's or workspace's
+    path written out; "" when no glob character is left, for a path taken as written."""
+    literal = ctx.expand(entry, "")
+    pattern = ctx.expand(entry, "", glob.escape)
+    for folder in sorted(folders, key=len, reverse=True):
+        if literal.startswith(folder.rstrip("/") + "/") and pattern.startswith(folder.rstrip("/") + "/"):
+            pattern = glob.escape(folder.rstrip("/")) + pattern[len(folder.rstrip("/")) :]
+            break
+    return "" if pattern == glob.escape(literal) else pattern
+
+
+def _databases(section: _Section, workspace: Path) -> Databases:
     sqlite = section.strings("sqlite", DEFAULT_SQLITE, expand="all")
+    folders = [section.ctx.home, str(workspace)]
+    globs = tuple(_sqlite_glob(section.ctx, entry, folders) for entry in section.strings("sqlite", DEFAULT_SQLITE))
     postgres: list[PostgresDb] = []
     for item in section.sections(
         "postgres",
@@ -755,7 +775,9 @@ def _databases(section: _Section) -> Databases:
             "databases.integrityCheckEvery must be a duration of numbers with units y, m, d or h, "
             f'such as "24h" or "7d" ("0h": at every backup) (got {_got(every)})'
         )
-    return Databases(sqlite=sqlite, postgres=tuple(postgres), redis=tuple(redis), integrity_check_every=every)
+    return Databases(
+        sqlite=sqlite, sqlite_globs=globs, postgres=tuple(postgres), redis=tuple(redis), integrity_check_every=every
+    )
 
 
 def _program(item: _Section, key: str) -> Path | None:

@@ -359,7 +359,9 @@ def _snapshot(
 
 def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope) -> list[str]:
     defaults = default_databases(layout.home)
-    out = [f"{p} does not exist{glob_hint(p)} (skipped)" for p in sel.missing if Path(p) not in defaults]
+    out = [
+        f"{p} does not exist{glob_hint(cfg, layout.home, p)} (skipped)" for p in sel.missing if Path(p) not in defaults
+    ]
     inside = repository_in_workspace(cfg, layout.home)
     if inside is not None:
         out.append(inside)

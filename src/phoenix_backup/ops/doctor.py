@@ -195,7 +195,7 @@ def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
                 result.add(
                     name,
                     "fail",
-                    f"does not exist{glob_hint(str(path))}",
+                    f"does not exist{glob_hint(cfg, envx.home, str(path))}",
                     f"create it, or remove it from databases.sqlite in {_where(cfg)}",
                 )
             continue

@@ -98,7 +98,7 @@ def select(
 
     What exists but cannot be read (a folder without permission) goes into `errors`, never into
     `missing`: "does not exist" is said only of what does not exist."""
-    exclude = ExcludeSet(tuple(excludes), layout.workspace)
+    exclude = ExcludeSet(tuple(excludes), layout.workspace, layout.home)
     sel = Selection({}, [], [])
     db_paths = {Path(p) for p in databases}
     quiet = set(optional)
@@ -107,7 +107,7 @@ def select(
     roots: list[Path] = []
     include_list = list(includes) or [""]
     for raw in include_list:
-        inc = Include.parse(raw, layout.workspace)
+        inc = Include.parse(raw, layout.workspace, layout.home)
         unreadable: list[tuple[str, str]] = []
         found = list(inc.expand(unreadable))
         link = _link_on_the_way(inc)
@@ -299,7 +299,7 @@ def _follow(layout: Layout, link: Path, sel: Selection) -> Path | None:
 def excluded(layout: Layout, excludes: Iterable[str], path: Path) -> bool:
     """Whether the `excludes` patterns leave `path` out: they match it or a folder between its
     logical root (the workspace, the home folder) and it."""
-    return _excluded_on_the_way(layout, ExcludeSet(tuple(excludes), layout.workspace), path)
+    return _excluded_on_the_way(layout, ExcludeSet(tuple(excludes), layout.workspace, layout.home), path)
 
 
 def _excluded_on_the_way(layout: Layout, exclude: ExcludeSet, path: Path) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -64,6 +64,18 @@ def has_magic(segment: str) -> bool:
     return any(ch in segment for ch in "*?[")
 
 
+def below_folder(text: str, folders: Iterable[Path | None]) -> tuple[Path, str] | None:
+    """(the folder, the rest of the pattern) when the absolute pattern `text` lies below one of
+    `folders` (the workspace and the home folder, the deepest first): their paths are folders,
+    never patterns, whatever characters they hold (`~/.argentos/memory.db` with a home named
+    `/tmp/[a]*?` is not `/tmp/abc/.argentos/memory.db`); else None."""
+    for folder in sorted((f for f in folders if f is not None), key=lambda f: -len(str(f))):
+        prefix = str(folder).rstrip("/") + "/"
+        if text.startswith(prefix) and len(text) > len(prefix):
+            return folder, text[len(prefix) :]
+    return None
+
+
 @dataclass(frozen=True)
 class Include:
     base: Path  # absolute folder the pattern is relative to ("/" for absolute patterns)
@@ -71,12 +83,15 @@ class Include:
     dir_only: bool
 
     @classmethod
-    def parse(cls, raw: str, workspace: Path) -> Include:
+    def parse(cls, raw: str, workspace: Path, home: Path | None = None) -> Include:
         if raw in ("", ".", "./"):
             return cls(workspace, "", True)
         dir_only = raw.endswith("/")
         text = raw.rstrip("/") or "/"
         if os.path.isabs(text):
+            below = below_folder(text, (workspace, home))
+            if below is not None:
+                return cls(below[0], below[1], dir_only)
             return cls(Path("/"), text.lstrip("/"), dir_only)
         text = text.removeprefix("./")
         return cls(workspace, text, dir_only)
@@ -150,7 +165,7 @@ class Exclude:
 
 
 class ExcludeSet:
-    def __init__(self, patterns: tuple[str, ...] | list[str], workspace: Path) -> None:
+    def __init__(self, patterns: tuple[str, ...] | list[str], workspace: Path, home: Path | None = None) -> None:
         self.workspace = workspace
         self.rules: list[Exclude] = []
         for raw in patterns:
@@ -160,11 +175,13 @@ class ExcludeSet:
                 continue
             absolute = os.path.isabs(text)
             anchored = "/" in text
-            self.rules.append(
-                Exclude(
-                    glob_regex(text.lstrip("/") if absolute else text.removeprefix("./")), anchored, dir_only, absolute
-                )
-            )
+            below = below_folder(text, (workspace, home)) if absolute else None
+            if below is not None:  # the folder's path as it is, the rest as a pattern
+                folder = str(below[0]).strip("/")
+                regex = re.compile(re.escape(folder + "/") + glob_regex(below[1]).pattern, re.DOTALL)
+            else:
+                regex = glob_regex(text.lstrip("/") if absolute else text.removeprefix("./"))
+            self.rules.append(Exclude(regex, anchored, dir_only, absolute))
 
     def excluded(self, path: Path, is_dir: bool) -> bool:
         name = path.name

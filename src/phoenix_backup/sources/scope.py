@@ -12,7 +12,7 @@ from typing import Literal
 from phoenix_backup.config import Config
 from phoenix_backup.config.defaults import DEFAULT_SQLITE
 from phoenix_backup.sources.layout import Layout
-from phoenix_backup.sources.patterns import Include, glob_regex
+from phoenix_backup.sources.patterns import Include, below_folder, glob_regex
 
 Scope = Literal["full", "memory", "identity", "databases", "config"]
 SCOPES: tuple[Scope, ...] = ("full", "memory", "identity", "databases", "config")
@@ -27,13 +27,15 @@ def configured_databases(cfg: Config) -> list[Path]:
     that very name exists, that path too (`agent[1]/memory.db`): a file literally named `*.db`
     never hides the databases `/data/*.db` matches. A pattern that matches nothing and names
     nothing is kept as written, so that the backup and `phx doctor` say it (with `glob_hint`)
-    instead of leaving the database out unsaid. A relative entry is a pattern inside the
-    workspace: the workspace's own path is never read as one (`/srv/agent[1]` + `*.db`)."""
+    instead of leaving the database out unsaid. Only the characters written in the entry are
+    glob characters: the workspace's path (a relative entry is a pattern inside it), the home
+    folder `~` names and a `$NAME`'s value are never read as one (`/srv/agent[1]` + `*.db`; a
+    home `/tmp/[a]*?` is not `/tmp/abc`, whose databases are not the user's)."""
     out: list[Path] = []
-    for raw in cfg.databases.sqlite:
+    for raw, pattern in _entries(cfg):
         path = raw if os.path.isabs(raw) else str(cfg.workspace / raw)
-        if any(ch in raw for ch in GLOB_CHARACTERS):
-            pattern = raw if os.path.isabs(raw) else os.path.join(glob.escape(str(cfg.workspace)), raw)
+        if pattern:
+            pattern = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(cfg.workspace)), pattern)
             found = set(glob.glob(pattern))
             if os.path.lexists(path):
                 found.add(path)
@@ -43,16 +45,31 @@ def configured_databases(cfg: Config) -> list[Path]:
     return out
 
 
+def _entries(cfg: Config) -> list[tuple[str, str]]:
+    """Each `databases.sqlite` entry and its glob pattern ("" for a path taken as written)."""
+    globs = cfg.databases.sqlite_globs
+    return [(raw, globs[i] if i < len(globs) else "") for i, raw in enumerate(cfg.databases.sqlite)]
+
+
 def default_databases(home: Path) -> frozenset[Path]:
     """The ArgentOS default stores (`DEFAULT_SQLITE`) under `home`: the only configured databases
     that the backup and `phx doctor` pass over unsaid when missing (matched by path, not name)."""
     return frozenset(home / p.removeprefix("~/") for p in DEFAULT_SQLITE)
 
 
-def glob_hint(path: str) -> str:
-    """What to add to "does not exist" for a configured path holding glob characters: it was read
-    as a pattern, and how to name such a file literally. Empty for other paths."""
-    if not any(ch in path for ch in GLOB_CHARACTERS):
+def glob_hint(cfg: Config, home: Path, path: str) -> str:
+    """What to add to "does not exist" for a configured entry (`include`, a component, kept as
+    written since it matched nothing) read as a glob pattern: it was read as one, and how to name
+    such a file literally. Empty for a path taken as written: a `databases.sqlite` entry without
+    a glob character of its own, or one whose only glob characters are the workspace's or the
+    home folder's (`below_folder`)."""
+    sqlite = {raw if os.path.isabs(raw) else str(cfg.workspace / raw): bool(g) for raw, g in _entries(cfg)}
+    if path in sqlite:
+        read_as_glob = sqlite[path]
+    else:
+        below = below_folder(path, (cfg.workspace, home)) if os.path.isabs(path) else None
+        read_as_glob = any(ch in (below[1] if below else path) for ch in GLOB_CHARACTERS)
+    if not read_as_glob:
         return ""
     return (
         " (read as a glob pattern, which matches nothing: `*`, `?` and `[` are glob characters; "
@@ -119,7 +136,7 @@ class LogicalMatcher:
     def for_patterns(cls, patterns: tuple[str, ...] | list[str], layout: Layout) -> LogicalMatcher:
         out = []
         for raw in patterns:
-            inc = Include.parse(raw, layout.workspace)
+            inc = Include.parse(raw, layout.workspace, layout.home)
             absolute = (inc.base / inc.pattern) if inc.pattern else inc.base
             logical = layout.to_logical(Path(os.path.normpath(absolute)))
             out.append((logical, inc.dir_only))
