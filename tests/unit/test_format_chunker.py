@@ -13,7 +13,6 @@ import os
 import random
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,7 @@ from hypothesis import strategies as st
 
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo.cache import Cache
-from phoenix_backup.repo.chunker import (
-    HASH_AHEAD,
-    STREAM_CHUNKER,
-    ExtentMap,
-    PageState,
-    file_chunks,
-    merge_extents,
-    page_runs,
-)
+from phoenix_backup.repo.chunker import STREAM_CHUNKER, ExtentMap, PageState, file_chunks, merge_extents, page_runs
 from phoenix_backup.repo.repository import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, RepoConfig
 from phoenix_backup.repo.tree import Extent
 
@@ -201,70 +192,6 @@ RUN_PAGES = st.integers(4, 64)
 
 def runs(store: Store, data: bytes, page_size: int, run_pages: int, parent=None):
     return page_runs(memoryview(data), page_size, run_pages, PAGE_KEY, store.save, parent)
-
-
-class CountingExecutor(ThreadPoolExecutor):
-    """One hashing thread that records how many of its tasks were submitted and not yet taken."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=1)
-        self.submitted = 0
-        self.most_waiting = 0
-        self.futures: list[Future[bytes]] = []
-
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        fut = super().submit(fn, *args, **kwargs)
-        self.submitted += 1
-        self.futures.append(fut)
-        self.most_waiting = max(self.most_waiting, sum(1 for f in self.futures if not f.done()))
-        return fut
-
-
-@pytest.mark.parametrize("with_parent", [False, True])
-def test_page_runs_with_a_hasher_write_the_same_extents_and_page_hashes(with_parent: bool) -> None:
-    """The page hashes computed beside (a full backup's) reach the sink in region order, and every
-    extent and hash is what the reading thread alone computes."""
-    page_size, run_pages = 512, 8
-    data = bytearray(rand_bytes(7, 200 * page_size))
-    data[5 * 4096 : 9 * 4096] = data[: 4 * 4096]  # whole regions repeated
-    parent, old_store = None, Store()
-    if with_parent:
-        old = bytearray(data)
-        old[3 * page_size : 4 * page_size] = rand_bytes(8, page_size)
-        old_ext, old_state = runs(old_store, bytes(old), page_size, run_pages)
-        parent = (list(old_ext), old_state)
-    alone_store, beside_store = Store(), Store()
-    alone = page_runs(memoryview(bytes(data)), page_size, run_pages, PAGE_KEY, alone_store.save, parent)
-    with CountingExecutor() as hasher:
-        beside = page_runs(
-            memoryview(bytes(data)), page_size, run_pages, PAGE_KEY, beside_store.save, parent, hasher=hasher
-        )
-    assert list(beside[0]) == list(alone[0])
-    assert beside[1].pages == alone[1].pages and beside[1].regions == alone[1].regions
-    beside_store.blobs.update(old_store.blobs)  # the parent's, which unchanged pages reuse
-    assert beside_store.resolve(list(beside[0])) == bytes(data)
-    assert len(alone[1].pages) == -(-len(data) // page_size) * 16
-    # Without a usable parent every region's page hashes go beside, never more than HASH_AHEAD
-    # (plus the one just handed over) waiting; with one, they are needed at once and stay here.
-    assert hasher.submitted == (0 if with_parent else -(-len(data) // (page_size * run_pages)))
-    assert hasher.most_waiting <= HASH_AHEAD + 1
-
-
-def test_page_runs_with_a_hasher_stop_at_an_error_of_save() -> None:
-    """A save that fails ends page_runs with its error; no hashing is left waiting."""
-    calls = 0
-
-    def save(view: memoryview, blob_id: bytes | None = None) -> bytes:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise OSError("disk full")
-        return hashlib.sha256(view).digest()
-
-    with CountingExecutor() as hasher, pytest.raises(OSError, match="disk full"):
-        page_runs(memoryview(rand_bytes(9, 64 * 4096)), 4096, 4, PAGE_KEY, save, None, hasher=hasher)
-    assert hasher.submitted == 3
-    assert all(f.done() for f in hasher.futures)
 
 
 @given(st.integers(0, 2**32), PAGE_SIZES, RUN_PAGES, st.integers(0, 300), st.integers(0, 4095))

@@ -664,9 +664,6 @@ class _Run:
             # The SHA-256 (which `sha256sum` checks a restore against) is computed on the other
             # core from the very regions cut here, not in a pass of its own.
             sha = _Counted(BackgroundSha256(), report, self.check_stopping)
-            # The page hashes that only go to the cache (a full backup's) are computed beside,
-            # while this thread reads and saves the next regions.
-            hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phx-pages")
             try:
                 extents, state = page_runs(
                     image,
@@ -678,11 +675,9 @@ class _Run:
                     region_id=self.data_id,
                     digest=sha,
                     sink=sink,
-                    hasher=hasher,
                 )
                 digest = sha.hexdigest()
             finally:
-                hasher.shutdown(wait=True, cancel_futures=True)
                 sha.digest.close()
                 report.working(f"checking {entry.path.name}")
                 if self.stopping.is_set():

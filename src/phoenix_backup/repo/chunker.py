@@ -15,9 +15,7 @@ import itertools
 import os
 import tempfile
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
@@ -267,7 +265,6 @@ def page_runs(
     region_id: Callable[[memoryview], bytes] | None = None,
     digest: Any = None,
     sink: HashSink | None = None,
-    hasher: Executor | None = None,
 ) -> tuple[Extents, PageState]:
     """Extents for a database copy (packed, merged); `save(bytes)` stores a new blob and returns its id.
 
@@ -276,12 +273,8 @@ def page_runs(
     two. `digest` (a `crypto.Sha256`) is fed every byte, so the copy is read only once. The new
     page hashes go to `sink` (memory by default; `FileSink` keeps memory flat however large the
     database), the parent's are read a region at a time.
-
-    With `hasher` (an executor of one thread), the page hashes of a region that only go to `sink`
-    (every region without a usable parent: a full backup) are computed there while this thread
-    reads, identifies and saves the next regions; at most `HASH_AHEAD` regions wait, and `sink`
-    gets every region's hashes in order, as without it.
     """
+    region_size = page_size * run_pages
     prev_map = ExtentMap(parent[0]) if parent else None
     prev_state = parent[1] if parent else None
     usable = (
@@ -293,73 +286,6 @@ def page_runs(
     extents = ExtentsBuilder()
     regions = bytearray()
     pages: HashSink = sink if sink is not None else MemorySink()
-    # Page hashes on their way to `pages`, in region order: computed by `hasher` or already known.
-    pending: deque[Future[bytes] | bytes] = deque()
-
-    def write_pages(hashes: Future[bytes] | bytes, *, ahead: int = 0) -> None:
-        pending.append(hashes)
-        while len(pending) > ahead:
-            done = pending.popleft()
-            pages.write(done if isinstance(done, bytes) else done.result())
-
-    try:
-        _page_runs_into(
-            data,
-            page_size,
-            run_pages,
-            page_key,
-            save,
-            extents,
-            regions,
-            write_pages,
-            prev_map if usable else None,
-            prev_state if usable else None,
-            region_id=region_id,
-            digest=digest,
-            hasher=hasher,
-        )
-    except BaseException:
-        # An error leaves no hashing behind; the hashes of every region reach `pages` otherwise.
-        for waiting in pending:
-            if not isinstance(waiting, bytes):
-                waiting.cancel()
-        raise
-    while pending:
-        done = pending.popleft()
-        pages.write(done if isinstance(done, bytes) else done.result())
-    state = PageState("", page_size, run_pages, bytes(regions), pages.hashes())
-    return extents.build(), state
-
-
-# Regions whose page hashes may wait for a page_runs `hasher` (256 KiB each with the default run).
-HASH_AHEAD = 4
-
-
-def _page_hashes(raw: bytes, page_size: int, page_key: bytes) -> bytes:
-    return b"".join(
-        blake3.blake3(raw[o : o + page_size], key=page_key).digest(length=HASH_SIZE)
-        for o in range(0, len(raw), page_size)
-    )
-
-
-def _page_runs_into(
-    data: PageData,
-    page_size: int,
-    run_pages: int,
-    page_key: bytes,
-    save: Callable[..., bytes],
-    extents: ExtentsBuilder,
-    regions: bytearray,
-    write_pages: Callable[..., None],
-    prev_map: ExtentMap | None,
-    prev_state: PageState | None,
-    *,
-    region_id: Callable[[memoryview], bytes] | None,
-    digest: Any,
-    hasher: Executor | None,
-) -> None:
-    region_size = page_size * run_pages
-    usable = prev_map is not None and prev_state is not None
     for start in range(0, len(data), region_size):
         region = memoryview(data[start : start + region_size])
         if digest is not None:
@@ -375,22 +301,19 @@ def _page_runs_into(
             if prev_state.region(r) == rhash and start + len(region) <= prev_map.size:
                 prev_map.slice_into(extents, start, len(region))
                 first = r * run_pages * HASH_SIZE
-                write_pages(bytes(prev_state.pages[first : first + (len(region) // page_size) * HASH_SIZE]))
+                pages.write(prev_state.pages[first : first + (len(region) // page_size) * HASH_SIZE])
                 continue
         # Pages sliced from bytes rather than from the view: a third less time a page.
         raw = region.obj if type(region.obj) is bytes and len(region.obj) == len(region) else bytes(region)
+        hashes = [
+            blake3.blake3(raw[o : o + page_size], key=page_key).digest(length=HASH_SIZE)
+            for o in range(0, len(raw), page_size)
+        ]
+        pages.write(b"".join(hashes))
         if not usable:
-            # The hashes only go to the sink: computed beside, while this thread goes on.
-            if hasher is not None:
-                write_pages(hasher.submit(_page_hashes, raw, page_size, page_key), ahead=HASH_AHEAD)
-            else:
-                write_pages(_page_hashes(raw, page_size, page_key))
             bid = save(region, blob_id=full_id) if full_id is not None else save(region)
             extents.add(bid, 0, len(region))
             continue
-        joined = _page_hashes(raw, page_size, page_key)
-        write_pages(joined)
-        hashes = [joined[k : k + HASH_SIZE] for k in range(0, len(joined), HASH_SIZE)]
         assert prev_state is not None and prev_map is not None
         first_page = start // page_size
         # The parent's hashes of this region's pages, read once (they may be in a file).
@@ -411,6 +334,8 @@ def _page_runs_into(
             else:
                 extents.add(save(region[lo:hi]), 0, hi - lo)
             i = j
+    state = PageState("", page_size, run_pages, bytes(regions), pages.hashes())
+    return extents.build(), state
 
 
 # Database streams (PostgreSQL dumps, one agent's rows, Redis record files) change in many small
