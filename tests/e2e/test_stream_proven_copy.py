@@ -186,3 +186,28 @@ def test_redis_restore_with_no_copy_that_proves_writes_no_key(sandbox: Sandbox, 
     (out,) = [d for d in res.json()["databases"] if d["path"] == "redis/hot"]
     assert not out["ok"] and blob in out["error"] and bad_pack in out["error"], out
     assert r.keys("*") == [b"agent:live"], "a key was written"
+
+
+def test_verify_names_a_wrong_copy_as_what_it_is(sandbox: Sandbox) -> None:
+    """A copy that opens but holds other bytes, in a pack whose bytes no longer match its name: not
+    "damaged (fails authentication or its hash)" (before), but a wrong copy of that blob, with the
+    pack of a copy that proves; with none, said so."""
+    sb = sandbox
+    sid, _content = _backed_up(sb, size=6000)
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name=NAME)
+    errors = sb.verify("--read-data", check=1)["errors"]
+    (error,) = [e for e in errors if e["path"] == f"workspace/{NAME}"]
+    assert error["object"] == bad_pack, errors
+    message = error["message"]
+    assert f"{bad_pack} holds a wrong copy of blob {blob}" in message and "holds a copy that proves" in message
+    assert "fails authentication" not in message and "wrong extents" not in message, message
+
+
+def test_verify_says_when_no_copy_of_a_wrong_copy_proves(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sid, _content = _backed_up(sb, size=6000)
+    blob, bad_pack = _plant(sb, sid, good_copy=False, name=NAME)
+    errors = sb.verify("--read-data", check=1)["errors"]
+    (error,) = [e for e in errors if e["path"] == f"workspace/{NAME}"]
+    assert f"{bad_pack} holds a wrong copy of blob {blob}" in error["message"], errors
+    assert "no copy of the blob proves" in error["message"], errors
