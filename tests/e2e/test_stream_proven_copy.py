@@ -211,3 +211,13 @@ def test_verify_says_when_no_copy_of_a_wrong_copy_proves(sandbox: Sandbox) -> No
     (error,) = [e for e in errors if e["path"] == f"workspace/{NAME}"]
     assert f"{bad_pack} holds a wrong copy of blob {blob}" in error["message"], errors
     assert "no copy of the blob proves" in error["message"], errors
+
+
+def test_repair_snapshots_counts_a_blob_whose_other_copy_proves_as_held(sandbox: Sandbox) -> None:
+    """Every reader takes the copy that proves: `phx repair snapshots --read-data` no longer names
+    the file lost (before: "data lost for 1 path(s)", exit 1, and `--rewrite` would drop it)."""
+    sb = sandbox
+    sid, _content = _backed_up(sb, size=6000)
+    _plant(sb, sid, good_copy=True, name=NAME)
+    res = sb.phx("repair", "snapshots", "--read-data", check=None)
+    assert res.code == 0 and NAME not in res.out, res
