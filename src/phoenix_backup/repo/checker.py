@@ -424,8 +424,9 @@ def wrong_copy_text(pack: str, blob: bytes, good: str | None) -> str:
         "(sealed with the repository's key: a key holder or a bug, not damage to the disk)"
     )
     repair = (
-        "`phx repair objects --from TARGET --read-data` replaces the pack from another target only when its bytes "
-        "no longer match its name; otherwise nothing removes the copy: find who holds the repository's key"
+        "`phx repair snapshots --read-data` counts the blob as held while a copy proves; `phx repair objects "
+        "--from TARGET --read-data` replaces the pack from another target only when its bytes no longer match "
+        "its name, and nothing else removes the copy: find what wrote it with the repository's key"
     )
     if good is None:
         return f"{head}; no copy of the blob proves: `phx restore` refuses the files that need it; {repair}"
@@ -584,10 +585,8 @@ def _wrong_copy(repo: Repository, path: str, node: Node, error: NodeMismatch) ->
     blob, good = next(iter(proven.items()))
     first = repo.index.get(blob)
     bad = pack_name(first.pack_id) if first is not None else _first_object(repo, node)
-    return (
-        bad,
-        f"{wrong_copy_text(bad, blob, pack_name(good.pack_id))}; read from the wrong copy, its bytes do not match the SHA-256 the snapshot records",
-    )
+    text = wrong_copy_text(bad, blob, pack_name(good.pack_id))
+    return bad, f"{text}; read from the wrong copy, its bytes do not match the SHA-256 the snapshot records"
 
 
 def _first_object(repo: Repository, node: Node) -> str:
