@@ -36,8 +36,8 @@ def _text(size: int) -> str:
     return os.urandom(size // 2).hex()
 
 
-def _backed_up(sb: Sandbox, name: str = NAME, size: int = 3 << 20) -> tuple[str, str]:
-    """A file of several blobs in the workspace, backed up uncompressed (a planted copy takes the
+def _backed_up(sb: Sandbox, name: str = NAME, size: int = 1 << 20) -> tuple[str, str]:
+    """A file in the workspace, backed up uncompressed (a planted copy takes the
     place of the stored bytes, same length): the snapshot's id and the file's content."""
     sb.write_config(compression=False)
     content = _text(size)
@@ -90,7 +90,7 @@ def test_archive_with_no_copy_that_proves_writes_no_archive(sandbox: Sandbox, tm
 
 def test_export_files_take_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
-    sid, content = _backed_up(sb, "SOUL.md", 1 << 20)
+    sid, content = _backed_up(sb, "SOUL.md", 64 << 10)
     blob, bad_pack = _plant(sb, sid, good_copy=True, name="SOUL.md")
     out = tmp_path / "export"
     res = sb.phx("export", "--backup", sid, "--output", out, check=None)
@@ -102,7 +102,7 @@ def test_export_files_take_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) 
 
 def test_export_with_no_copy_that_proves_writes_no_export(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
-    sid, _content = _backed_up(sb, "SOUL.md", 1 << 20)
+    sid, _content = _backed_up(sb, "SOUL.md", 64 << 10)
     blob, bad_pack = _plant(sb, sid, good_copy=False, name="SOUL.md")
     out = tmp_path / "export"
     assert_error(sb.phx("export", "--backup", sid, "--output", out, check=None), 1, "SOUL.md", blob, bad_pack)
@@ -110,13 +110,13 @@ def test_export_with_no_copy_that_proves_writes_no_export(sandbox: Sandbox, tmp_
 
 
 def _pg_backed_up(sb: Sandbox, pg: PgServer) -> tuple[str, str, dict[str, str]]:
-    """A database of 20,000 rows (its dump several blobs), backed up uncompressed: the database,
+    """A database of 2,000 rows, backed up uncompressed: the database,
     the snapshot's id and the environment with its password."""
     db = pg.create_database("stream")
     pg.sql(
         db,
         "CREATE TABLE notes (id int PRIMARY KEY, body text); "
-        "INSERT INTO notes SELECT i, md5(i::text) || md5((i * 7)::text) FROM generate_series(1, 20000) i;",
+        "INSERT INTO notes SELECT i, md5(i::text) || md5((i * 7)::text) FROM generate_series(1, 2000) i;",
     )
     sb.write_config(compression=False, databases={"postgres": [postgres_entry(pg, db)]})
     env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
@@ -158,7 +158,7 @@ def test_postgres_restore_with_no_copy_that_proves_leaves_the_database_untouched
 def _redis_backed_up(sb: Sandbox, redis: Any) -> tuple[Any, str, dict[bytes, bytes]]:
     r = redis.client(11)
     r.flushdb()
-    r.mset({f"agent:{i}": os.urandom(64).hex() for i in range(3000)})
+    r.mset({f"agent:{i}": os.urandom(64).hex() for i in range(500)})
     sb.write_config(compression=False, databases={"redis": [{"name": "hot", "url": redis.url(11), "match": "agent:*"}]})
     saved = {k: r.get(k) for k in r.keys("agent:*")}
     return r, sb.backup()["id"], saved
