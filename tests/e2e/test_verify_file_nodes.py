@@ -712,6 +712,11 @@ def test_nodes_are_proved_from_the_copy_a_restore_reads_not_a_later_one_that_mat
     for name, sid in planted.items():
         found = _errors(res.json(), sid)
         assert found and all("do not match the SHA-256" in e["message"] for e in found), (name, errors)
+        # Named as what it is: the planted pack's wrong copy of A, with the pack whose copy proves;
+        # not a writer's wrong extents (before: "a writer stored wrong extents or a wrong hash").
+        wrong = f"{pack_name(first.pack_id)} holds a wrong copy of blob {a.hex()[:16]}"
+        assert all(wrong in e["message"] and pack_name(shapes.pack["a"]) in e["message"] for e in found), found
+        assert not any("wrong extents" in e["message"] for e in found), found
     assert any(e["snapshot"] == shapes.base and (e["path"] or "").endswith("a.bin") for e in errors), errors
 
 

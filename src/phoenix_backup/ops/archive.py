@@ -140,7 +140,7 @@ def archive(
                         elif node.type == "symlink":
                             writer.add_symlink(name, node)
                         else:
-                            reader = NodeReader(repo, logical, node)
+                            reader = NodeReader(repo, logical, node, prove=True)  # streamed: each blob proven
                             writer.add_file(name, node, reader)
                             reader.finish()
                 raw.flush()

@@ -75,7 +75,7 @@ def dump(
             note = unchecked_copy_note(logical, node.sqlite.get("integrity") if node.sqlite else None)
             if note:
                 envx.notice(f"warning: {note}")
-        reader = NodeReader(repo, logical, node)
+        reader = NodeReader(repo, logical, node, prove=True)  # each blob proven, a good copy taken
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
             for chunk in reader.chunks():
                 spool.write(chunk)

@@ -50,7 +50,7 @@ from phoenix_backup.ops.context import (
     require_identity,
     scratch_dir,
 )
-from phoenix_backup.repo.reader import NodeReader, copy_snapshot_database
+from phoenix_backup.repo.reader import copy_snapshot_database, stream_blocks
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.sinks.select import link_targets
@@ -221,7 +221,7 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
             elif node.type == "file" and wanted(logical):
 
                 def read(lg: str = logical, nd: Any = node) -> Iterator[bytes]:
-                    yield from NodeReader(repo, lg, nd).blocks()
+                    yield from stream_blocks(repo, lg, nd)
 
                 files.append(SourceFile(logical, node.size, read))
         info = {

@@ -317,7 +317,13 @@ class _Restore:
         nodes = dict(self.selected)
         others = self.other_targets()
         for logical, why in sorted(self.damaged.items()):
-            packs = {pack_name(loc.pack_id) for b in nodes[logical].blobs() if (loc := self.repo.index.get(b))}
+            # A server database (postgres/NAME, redis/NAME) is damaged as a whole: all its nodes.
+            needs = (
+                [nodes[logical]]
+                if logical in nodes
+                else [n for lg, n in self.server_dbs if lg.startswith(f"{logical}/")]
+            )
+            packs = {pack_name(loc.pack_id) for node in needs for b in node.blobs() if (loc := self.repo.index.get(b))}
             holders = [name for name, held in others.items() if packs <= held]
             hint = (
                 f"; target {' or '.join(holders)} may hold it intact: `phx restore --target {holders[0]} "
@@ -648,6 +654,8 @@ class _Restore:
             result.databases.append(outcome.to_json())
             if outcome.ok:
                 result.restored += 1
+            elif outcome.damaged:  # its data has no copy that proves: reported with the damaged files
+                self.damaged[outcome.path] = outcome.error or "its data is damaged"
             else:
                 result.errors.append({"path": outcome.path, "error": outcome.error or "not restored"})
             self.warnings.extend(outcome.warnings)

@@ -31,7 +31,7 @@ from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
 from phoenix_backup.repo.prover import Content, NodeProver
-from phoenix_backup.repo.reader import NodeReader, damage_text, damaged_pack, pack_ranges
+from phoenix_backup.repo.reader import NodeMismatch, NodeReader, damage_text, damaged_pack, pack_ranges, prove_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
 from phoenix_backup.repo.tree import Extents, Node
@@ -415,6 +415,42 @@ _CANNOT_RESTORE = (
 )
 
 
+def wrong_copy_text(pack: str, blob: bytes, good: str | None) -> str:
+    """What verify says of a copy of `blob` in `pack` that opens (its tag is valid) but holds other
+    bytes: not damage to the disk, nor a writer's wrong extents, but a copy sealed with the
+    repository's key (a key holder or a bug); `good`, the pack of a copy that proves, or None."""
+    head = (
+        f"{pack} holds a wrong copy of blob {blob.hex()[:16]}: it opens under the blob's id but holds other bytes "
+        "(sealed with the repository's key: a key holder or a bug, not damage to the disk)"
+    )
+    repair = (
+        "`phx repair snapshots --read-data` counts the blob as held while a copy proves; `phx repair objects "
+        "--from TARGET --read-data` replaces the pack from another target only when its bytes no longer match "
+        "its name, and nothing else removes the copy: find what wrote it with the repository's key"
+    )
+    if good is None:
+        return f"{head}; no copy of the blob proves: `phx restore` refuses the files that need it; {repair}"
+    return (
+        f"{head}; {good} holds a copy that proves, which `phx restore`, `dump`, `archive` and `export` take "
+        f"instead (the data is whole while that pack stays); {repair}"
+    )
+
+
+def _blob_problem(repo: Repository, name: str, blob: bytes, loc: BlobLocation, error: str) -> str:
+    """Why the copy of `blob` at `loc` (in pack `name`) failed its checks: a wrong copy when it opens
+    (`wrong_copy_text`, naming a copy that proves if one does), else `error`."""
+    try:
+        sealed = repo.backend.read_range(name, loc.offset, loc.stored)
+        repo.open_blob(BlobType.DATA, blob, loc.compression, sealed, loc.raw, f"blob {blob.hex()[:16]}", check_id=False)
+    except (CorruptObject, ObjectNotFound):
+        return error  # it does not open: damage
+    try:
+        good, _first, _data = repo.load_proving(BlobType.DATA, blob, (loc, CorruptObject(error)))
+    except CorruptObject:
+        return wrong_copy_text(name, blob, None)
+    return wrong_copy_text(name, blob, pack_name(good.pack_id))
+
+
 def _extents_problem(repo: Repository, content: Extents) -> str | None:
     """Why a node's extents cannot assemble its bytes, from the index alone (no data read): an
     extent reaching past the plaintext length the index records for its blob. (A size that is not
@@ -519,12 +555,38 @@ def _assembly_problem(repo: Repository, path: str, node: Node) -> tuple[str, str
         return damaged_pack(repo, node) or _first_object(repo, node), damage_text(exc)
     try:
         reader.finish()
-    except CorruptObject:
-        return (
+    except NodeMismatch as exc:
+        return _wrong_copy(repo, path, node, exc) or (
             _first_object(repo, node),
             f"its extents assemble bytes that do not match the SHA-256 the snapshot records: {_CANNOT_RESTORE}",
         )
     return None
+
+
+def _wrong_copy(repo: Repository, path: str, node: Node, error: NodeMismatch) -> tuple[str, str] | None:
+    """When a node's bytes fail its SHA-256 because a copy a restore reads first opens but holds
+    other bytes than its blob (sealed with the repository's key: a key holder or a bug), that copy's
+    pack and what it is, with whether another copy proves; None when every copy read first proves
+    (then the writer stored wrong extents or a wrong hash) or the node, read from the copies that
+    prove, still does not match (both: the writer's fault is the one no copy mends)."""
+    try:
+        proven = prove_node(repo, path, node, error)
+    except NodeMismatch:
+        return None  # every first copy proves: the fault is in the node
+    except CorruptObject as exc:  # a blob of it has no copy that proves: named with its packs
+        return _first_object(repo, node), str(exc)
+    reader = NodeReader(repo, path, node, proven=proven)
+    try:
+        for _ in reader.ranges():
+            pass
+        reader.finish()
+    except (CorruptObject, ObjectNotFound):
+        return None
+    blob, good = next(iter(proven.items()))
+    first = repo.index.get(blob)
+    bad = pack_name(first.pack_id) if first is not None else _first_object(repo, node)
+    text = wrong_copy_text(bad, blob, pack_name(good.pack_id))
+    return bad, f"{text}; read from the wrong copy, its bytes do not match the SHA-256 the snapshot records"
 
 
 def _first_object(repo: Repository, node: Node) -> str:
@@ -567,8 +629,10 @@ def _read_pack(
                 )
             except CorruptObject as exc:
                 result.errors.append(VerifyError(name, None, None, str(exc)))
+        locs = dict(in_index)
         for blob in damaged:
-            _report_blob(result, users, blob, name, "blob is damaged (fails authentication or its hash)")
+            why = "blob is damaged (fails authentication or its hash)"
+            _report_blob(result, users, blob, name, _blob_problem(repo, name, blob, locs[blob], why))
         return
     try:
         entries = read_header(data, repo.sealer, name)
@@ -585,7 +649,7 @@ def _read_pack(
             try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
                 repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
             except PhoenixError:
-                _report_blob(result, users, entry.id, name, str(exc))
+                _report_blob(result, users, entry.id, name, _blob_problem(repo, name, entry.id, here, str(exc)))
                 continue
             if users.prover is not None and _restore_copy(repo, entry.id, here):
                 # A restore reads this copy first: other bytes under the blob's id (sealed by a key

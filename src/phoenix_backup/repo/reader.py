@@ -144,12 +144,14 @@ def _range_buffer(length: int) -> memoryview:
     return memoryview(buf)[:length]
 
 
-def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocation]]) -> Opened:
+def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocation]], prove: bool = False) -> Opened:
     """Read `blobs` (neighbours in one pack, in offset order) with one ranged read and open each.
     Each blob gets its bytes or its own error: a damaged blob fails itself, never its neighbours.
     When the range cannot be read whole (a pack cut short or missing), each blob is read on its
     own, so every one ends exactly as a read of that blob alone would; a failing store (a network
-    error) raises, as a read of one blob does."""
+    error) raises, as a read of one blob does. With `prove`, each blob's plaintext is hashed
+    against its id too, and one that does not match is taken from the first copy that does
+    (`Repository.load_proving`), or is its error naming the blob and every pack tried."""
     start = blobs[0][1].offset
     end = max(loc.offset + loc.stored for _b, loc in blobs)
     out: Opened = {}
@@ -166,7 +168,7 @@ def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocatio
     except (CorruptObject, ObjectNotFound):
         for blob, _loc in blobs:
             try:
-                out[blob] = repo.load_blob(BlobType.DATA, blob)
+                out[blob] = load_blob(repo, blob, prove)
             except PhoenixError as exc:
                 out[blob] = exc
         return out
@@ -174,15 +176,26 @@ def read_blobs(repo: Repository, pack: str, blobs: list[tuple[bytes, BlobLocatio
         sealed = view[loc.offset - start : loc.offset - start + loc.stored]
         what = f"blob {blob.hex()[:16]} in pack {loc.pack_id[:16]}"
         try:
-            out[blob] = repo.open_blob(BlobType.DATA, blob, loc.compression, sealed, loc.raw, what, check_id=False)
+            out[blob] = repo.open_blob(BlobType.DATA, blob, loc.compression, sealed, loc.raw, what, check_id=prove)
         except CorruptObject as exc:
             try:  # another pack may hold it whole
-                out[blob] = repo.load_blob_elsewhere(BlobType.DATA, blob, loc, exc)
+                if prove:
+                    out[blob] = repo.load_proving(BlobType.DATA, blob, (loc, exc.with_traceback(None)))[2]
+                else:
+                    out[blob] = repo.load_blob_elsewhere(BlobType.DATA, blob, loc, exc)
             except PhoenixError as again:
                 out[blob] = again
         except PhoenixError as exc:
             out[blob] = exc
     return out
+
+
+def load_blob(repo: Repository, blob: bytes, prove: bool) -> bytes:
+    """A data blob read on its own: with `prove`, from the first copy whose plaintext hashes to its
+    id (`Repository.load_proving`); else the first that opens (`Repository.load_blob`)."""
+    if prove:
+        return repo.load_proving(BlobType.DATA, blob)[2]
+    return repo.load_blob(BlobType.DATA, blob)
 
 
 def pack_ranges(
@@ -222,8 +235,12 @@ class _Ahead:
         extents: Sequence[Extent],
         shared: ScheduledNode | None = None,
         proven: Mapping[bytes, BlobLocation] | None = None,
+        prove: bool = False,
     ) -> None:
         self.repo = repo
+        # Every blob hashed against its id before it is handed out, a copy that does not match
+        # replaced by one that does (`read_blobs`): a streaming reader emits only proven bytes.
+        self.prove = prove
         # Blobs proven by their id after the node failed its SHA-256 (`prove_node`): read from the
         # location that proved, on their turn (one at a time, kept like any other while needed
         # again), instead of the copy read first.
@@ -269,7 +286,7 @@ class _Ahead:
         inline = self.size <= INLINE_READ and self.planned == len(self.extents) and len(ranges) == 1
         pool = None if inline else _decode_pool()
         for pack, run in ranges:
-            call = functools.partial(read_blobs, self.repo, pack, run)
+            call = functools.partial(read_blobs, self.repo, pack, run, self.prove)
             if pool is not None:
                 fut = pool.submit(self.size, call)
             else:
@@ -301,7 +318,7 @@ class _Ahead:
         elif waiting is None:  # never planned (not in the index, or proven) or dropped from the kept ones
             proven = self.proven.get(blob)
             if proven is None:
-                data = self.repo.load_blob(BlobType.DATA, blob)
+                data = load_blob(self.repo, blob, self.prove)
             else:
                 data = self.repo.load_proven(BlobType.DATA, blob, proven)
         else:
@@ -487,9 +504,11 @@ def extent_ranges(
     extents: Sequence[Extent],
     shared: ScheduledNode | None = None,
     proven: Mapping[bytes, BlobLocation] | None = None,
+    prove: bool = False,
 ) -> Iterator[tuple[bytes, int, int]]:
-    """(blob, start, end) of each extent in order: its bytes are blob[start:end]."""
-    ahead = _Ahead(repo, extents, shared, proven)
+    """(blob, start, end) of each extent in order: its bytes are blob[start:end]; with `prove`,
+    from blobs each proven by its id (`_Ahead`)."""
+    ahead = _Ahead(repo, extents, shared, proven, prove)
     for i, (_id, offset, length) in enumerate(ahead.extents.records()):
         blob = ahead.get(i)
         if offset + length > len(blob):
@@ -510,6 +529,14 @@ class NodeReader:
     the bytes; `read` is a file-like read (for tarfile); `blocks` holds back the last block until
     the whole node matched. `finish` raises when the bytes did not match the snapshot's SHA-256 or
     size, naming the path.
+
+    A reader whose bytes go out before `finish` can run (a stream: `phx dump`, `archive`,
+    `export`'s files, the PostgreSQL and Redis restores) is made with `prove=True` (`stream_blocks`):
+    each blob's plaintext is hashed against its id before any of its bytes are handed out, and a
+    copy that opens but holds other bytes is replaced by the first copy that proves, so no byte it
+    hands out is unproven; with no copy that proves, it raises naming the blob and the packs tried
+    before handing out any of that blob. Readers that commit only after `finish` (a restore's files
+    and databases) skip that hash and prove the blobs only when the SHA-256 fails (`read_proving`).
     """
 
     def __init__(
@@ -519,9 +546,12 @@ class NodeReader:
         node: Node,
         shared: ScheduledNode | None = None,
         proven: Mapping[bytes, BlobLocation] | None = None,
+        *,
+        prove: bool = False,
     ) -> None:
         self.repo = repo
         self.logical = logical
+        self.prove = prove  # each blob proven by its id before its bytes are handed out
         self.node = node
         self.shared = shared  # the restore's schedule this node's blobs are read by (`PackSchedule.begin`)
         self.proven = proven  # blobs proven by their id (`prove_node`), used instead of the first copy
@@ -539,7 +569,9 @@ class NodeReader:
         if self.node.size >= BACKGROUND_HASH:
             self.digest = BackgroundSha256(HASH_BEHIND)  # started here: a reader never read has no thread
         try:
-            for blob, start, end in extent_ranges(self.repo, self.logical, self.node.content, self.shared, self.proven):
+            for blob, start, end in extent_ranges(
+                self.repo, self.logical, self.node.content, self.shared, self.proven, self.prove
+            ):
                 view = memoryview(blob)[start:end]
                 if isinstance(self.digest, BackgroundSha256) and 2 * (end - start) < len(blob):
                     # A bytes waiting for the hashing thread holds its whole blob: a small part of a
@@ -550,9 +582,14 @@ class NodeReader:
                     self.digest.update(view)
                 self.total += end - start
                 yield blob, start, end
-        except BaseException:  # damaged data, a failed write or an abandoned reader: the thread ends
+        except BaseException as exc:  # damaged data, a failed write or an abandoned reader: the thread ends
             if isinstance(self.digest, BackgroundSha256):
                 self.digest.close()
+            if self.prove and isinstance(exc, CorruptObject) and not isinstance(exc, NodeMismatch):
+                raise CorruptObject(
+                    f"{self.logical} cannot be read from the repository: {exc}; "
+                    "run `phx verify --read-data` and use another snapshot or target"
+                ) from exc
             raise
         # Every byte handed out: the digest is read now, which ends the hashing thread, whether the
         # consumer then calls `finish` or fails first (a write after the last extent, a size that
@@ -642,6 +679,14 @@ def read_proving(
         if shared is not None:
             shared.end()
     return use(NodeReader(repo, logical, node, proven=prove_node(repo, logical, node, failed)), True)
+
+
+def stream_blocks(repo: Repository, logical: str, node: Node) -> Iterator[bytes]:
+    """A node's bytes for a consumer that passes them on as they come (stdout, an archive, a pipe to
+    pg_restore, a database's loader): every blob proven by its id before any of its bytes is
+    yielded, a copy that does not prove replaced by one that does, and the last block held back
+    until the whole node matched its size and SHA-256 (`NodeReader.blocks`)."""
+    return NodeReader(repo, logical, node, prove=True).blocks()
 
 
 def read_node(repo: Repository, logical: str, node: Node) -> bytes:

@@ -183,7 +183,9 @@ class SnapshotRepair:
 
 class _Present:
     """Whether a blob can still be read: indexed, in a pack the store holds and long enough, and
-    with `read_data` opening and matching its id. One listing of `data/`; results cached."""
+    with `read_data` a copy of it opening and matching its id (the first listed, or another that
+    every reader takes when the first holds other bytes: `Repository.load_proving`). One listing
+    of `data/`; results cached."""
 
     def __init__(self, repo: Repository, read_data: bool) -> None:
         self.repo = repo
@@ -207,9 +209,8 @@ class _Present:
             return False
         if not self.read_data:
             return True
-        try:
-            sealed = self.repo.backend.read_range(name, loc.offset, loc.stored)
-            self.repo.open_blob(loc.type, blob_id, loc.compression, sealed, loc.raw, f"blob in {name}")
+        try:  # any copy that proves: the readers take it when the first holds other bytes
+            self.repo.load_proving(loc.type, blob_id)
         except (CorruptObject, ObjectNotFound):
             return False
         return True

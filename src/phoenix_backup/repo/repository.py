@@ -1344,12 +1344,24 @@ class Repository:
         takes first proves). The locations before it (a copy whose tag is valid but whose plaintext
         is not the blob, sealed by a key holder or a bug) are noted and said (`_bad_location`).
         CorruptObject naming the blob and every pack tried when no copy proves."""
-        tried: list[tuple[BlobLocation, CorruptObject | ObjectNotFound]] = []
+        loc, first, _data = self.load_proving(kind, blob_id)
+        return None if first else loc
+
+    def load_proving(
+        self, kind: BlobType, blob_id: bytes, failed: tuple[BlobLocation, CorruptObject | ObjectNotFound] | None = None
+    ) -> tuple[BlobLocation, bool, bytes]:
+        """The blob from the first location listed for it that opens and whose plaintext hashes to
+        its id: (that location, whether it is the first listed, the plaintext). The one fallback of
+        every reader that proves blobs by their ids (`prove_blob`; a streaming `NodeReader`, which
+        emits no byte it has not proven). `failed`: a location already read that did not prove, and
+        why (not read again). The locations that fail before one proves are noted and said
+        (`_bad_location`). CorruptObject naming the blob and every pack tried when none proves."""
+        tried: list[tuple[BlobLocation, CorruptObject | ObjectNotFound]] = [failed] if failed is not None else []
         for loc in self.index.locations(blob_id):
-            if loc.type != kind:
+            if loc.type != kind or (failed is not None and loc == failed[0]):
                 continue
             try:
-                self.load_proven(kind, blob_id, loc)
+                data = self.load_proven(kind, blob_id, loc)
             except (CorruptObject, ObjectNotFound) as exc:
                 # Without its traceback: its frames hold the copy's bytes, sealed and opened, and
                 # `tried` the error (a cycle): a file of a thousand wrong blobs held them all.
@@ -1357,7 +1369,7 @@ class Repository:
                 continue
             for bad, why in tried:
                 self._bad_location(bad, blob_id, why)
-            return loc if tried else None
+            return loc, not tried, data
         packs = (
             ", ".join(dict.fromkeys(pack_name(loc.pack_id) for loc, _exc in tried)) or "none: it is not in the index"
         )

@@ -70,7 +70,8 @@ def restore_databases(
         except PhoenixError as exc:
             if to_database is not None:
                 raise  # the one database asked for: its error is the command's
-            outcomes.append(DbRestoreOutcome(path, "postgresql" if root == "postgres" else "redis", "", error=str(exc)))
+            engine = "postgresql" if root == "postgres" else "redis"
+            outcomes.append(DbRestoreOutcome(path, engine, "").fail(exc, str(exc)))
     return outcomes
 
 

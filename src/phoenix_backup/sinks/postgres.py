@@ -27,7 +27,7 @@ from psycopg import sql
 
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, UsageError
-from phoenix_backup.repo.reader import NodeReader, read_node
+from phoenix_backup.repo.reader import read_node, stream_blocks
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.shell import child_group, stops_deferred
@@ -220,12 +220,12 @@ def _restore_dump(
         args = [str(restore_tool), "-w", "--single-transaction", "--exit-on-error", f"--dbname={conn.conninfo}"]
         if clean:
             args[1:1] = ["--clean", "--if-exists"]
-        _feed(args, conn.tool_env(), NodeReader(repo, f"{path}/{pg.DUMP}", dump).blocks(), what=f"pg_restore of {path}")
+        _feed(args, conn.tool_env(), stream_blocks(repo, f"{path}/{pg.DUMP}", dump), what=f"pg_restore of {path}")
         with conn.connect() as con:
             outcome.warnings += _analyze(con, None)
             outcome.found = pg.table_counts(con)
     except (PhoenixError, psycopg.Error) as exc:
-        outcome.error = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        outcome.fail(exc, pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc))
         if outcome.stats.get("databaseCreated"):
             _drop_database(conn, conn.database, outcome)  # it did not exist: it is left so
         return outcome
@@ -360,7 +360,7 @@ def restore_agent_rows(
             return outcome
 
     def rows_of(t: pg.AgentTable) -> Iterator[bytes]:
-        return NodeReader(repo, f"{path}/{t.file}", files[t.file]).blocks()
+        return stream_blocks(repo, f"{path}/{t.file}", files[t.file])
 
     try:
         with conn.connect() as con:
@@ -378,11 +378,12 @@ def restore_agent_rows(
                 ]
                 outcome.warnings += _analyze(con, written)
     except (PhoenixError, psycopg.Error) as exc:
-        outcome.error = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
-        outcome.error += (
-            "; the merge would fail (nothing was written)" if drill else "; nothing was changed (one transaction)"
+        reason = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        return outcome.fail(
+            exc,
+            reason
+            + ("; the merge would fail (nothing was written)" if drill else "; nothing was changed (one transaction)"),
         )
-        return outcome
     outcome.stats = {**result.stats, "userTriggers": "not fired" if result.triggers_off else "fired"}
     outcome.found = result.found
     outcome.warnings += result.warnings

@@ -18,7 +18,7 @@ import redis as redis_lib
 
 from phoenix_backup.config.model import RedisDb
 from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, SourceError
-from phoenix_backup.repo.reader import NodeReader
+from phoenix_backup.repo.reader import stream_blocks
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.sinks import ConflictMode
@@ -189,7 +189,7 @@ def restore_redis(
         writer = RedisWriter(client, mode, features)
         # Redis restores key by key, not in one transaction: the record file is checked whole
         # (SHA-256) before the first key is written.
-        for _ in NodeReader(repo, f"{path}/{rds.RECORDS}", node).blocks():
+        for _ in stream_blocks(repo, f"{path}/{rds.RECORDS}", node):
             pass
         header, records = rds.read_records(node_reader(repo, f"{path}/{rds.RECORDS}", node))
         batch: list[rds.Record] = []
@@ -213,8 +213,7 @@ def restore_redis(
         }
     except (PhoenixError, redis_lib.RedisError) as exc:
         outcome.stats = dict(writer.stats) if writer else {}
-        outcome.error = str(exc)
-        return outcome
+        return outcome.fail(exc, str(exc))
     finally:
         client.close()
     failed = writer.failed
@@ -343,8 +342,7 @@ def drill_redis(repo: Repository, path: str, files: dict[str, Node]) -> DbRestor
         outcome.expected = {"keys": int(manifest.get("keys", -1))}
         outcome.found = {"keys": sum(1 for _ in records)}
     except PhoenixError as exc:
-        outcome.error = str(exc)
-        return outcome
+        return outcome.fail(exc, str(exc))
     outcome.ok = outcome.found == outcome.expected
     if not outcome.ok:
         outcome.error = "the record file's key count differs from the manifest"

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from phoenix_backup.config.model import PostgresDb, RedisDb
-from phoenix_backup.errors import CorruptObject, RestoreError
-from phoenix_backup.repo.reader import NodeReader, read_node
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, RestoreError
+from phoenix_backup.repo.reader import read_node, stream_blocks
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.sources.layout import DATABASE_ROOTS
@@ -34,7 +34,16 @@ class DbRestoreOutcome:
     stats: dict[str, Any] = field(default_factory=dict)  # inserted/updated/skipped/fallback...
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # Not restored because its data in the repository is damaged or has no copy that proves (the
+    # restore reports it as damaged data, exit 1, with the targets that may hold it intact).
+    damaged: bool = False
     not_restored: list[dict[str, str]] = field(default_factory=list)  # Redis: {key, error} per key
+
+    def fail(self, exc: BaseException, text: str) -> DbRestoreOutcome:
+        """Not restored because of `exc`, said as `text`; damaged when the repository's data is."""
+        self.error = text
+        self.damaged = isinstance(exc, (CorruptObject, ObjectNotFound))
+        return self
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,7 +63,7 @@ class DbRestoreOutcome:
 
 def node_reader(repo: Repository, logical: str, node: Node) -> BinaryIO:
     """A node's bytes as a buffered file, checked before its last block is read."""
-    return io.BufferedReader(IterReader(NodeReader(repo, logical, node).blocks()), buffer_size=1 << 20)
+    return io.BufferedReader(IterReader(stream_blocks(repo, logical, node)), buffer_size=1 << 20)
 
 
 def group_database_nodes(nodes: Iterable[tuple[str, Node]]) -> dict[str, dict[str, Node]]:

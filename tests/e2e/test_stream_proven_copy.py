@@ -1,0 +1,223 @@
+"""The readers that stream a node's bytes out before its whole SHA-256 can be checked (`phx dump`,
+`phx archive`, `phx export`'s files, the PostgreSQL and Redis restores) against a blob copy whose
+tag is valid but whose plaintext is another blob's (docs/security.md, docs/restore.md): each blob
+is proven by its id before any of its bytes go out (`repo/reader.py` `stream_blocks`), a copy that
+does not prove is replaced by one that does; with none, one error naming the blob and the packs,
+exit 1, nothing emitted and nothing applied. Before, each failed on such a copy (exit 1) although
+another pack held a good one.
+
+The copies are planted as tests/e2e/test_restore_proven_copy.py plants them (re-sealed with the
+repository's key)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from e2e_support import Sandbox, assert_error
+from test_restore_proven_copy import _plant
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import services
+from services import PgServer, postgres_entry
+
+pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
+redis_server = services.redis_server  # the session's Redis server (a fixture)
+
+NAME = "planted.txt"
+
+
+def _text(size: int) -> str:
+    """Text that `phx dump` can hand to a test's str stdout, stored as it is (compression off)."""
+    return os.urandom(size // 2).hex()
+
+
+def _backed_up(sb: Sandbox, name: str = NAME, size: int = 1 << 20) -> tuple[str, str]:
+    """A file in the workspace, backed up uncompressed (a planted copy takes the
+    place of the stored bytes, same length): the snapshot's id and the file's content."""
+    sb.write_config(compression=False)
+    content = _text(size)
+    (sb.workspace / name).write_text(content)
+    return sb.backup()["id"], content
+
+
+def test_dump_takes_a_copy_that_proves(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sid, content = _backed_up(sb)
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name=NAME)
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert res.code == 0, res
+    assert res.out == content
+    assert bad_pack in res.err and blob in res.err, res.err
+
+
+def test_dump_with_no_copy_that_proves_emits_nothing_and_names_blob_and_pack(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sid, _content = _backed_up(sb)
+    blob, bad_pack = _plant(sb, sid, good_copy=False, name=NAME)
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert_error(res, 1, NAME, blob, bad_pack)
+    assert res.out == ""
+
+
+def test_archive_takes_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    sid, content = _backed_up(sb)
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name=NAME)
+    out = tmp_path / "agent.tar.gz"
+    res = sb.phx("archive", sid, "--output", out, check=None)
+    assert res.code == 0, res
+    with tarfile.open(out) as tar:
+        (member,) = [m for m in tar.getmembers() if m.name.endswith(f"workspace/{NAME}")]
+        got = tar.extractfile(member)
+        assert got is not None and got.read().decode() == content
+    assert bad_pack in res.err and blob in res.err, res.err
+
+
+def test_archive_with_no_copy_that_proves_writes_no_archive(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    sid, _content = _backed_up(sb)
+    blob, bad_pack = _plant(sb, sid, good_copy=False, name=NAME)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert_error(sb.phx("archive", sid, "--output", folder / "agent.zip", check=None), 1, NAME, blob, bad_pack)
+    assert not list(folder.iterdir()), "nothing of the archive is left"
+
+
+def test_export_files_take_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    sid, content = _backed_up(sb, "SOUL.md", 64 << 10)
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name="SOUL.md")
+    out = tmp_path / "export"
+    res = sb.phx("export", "--backup", sid, "--output", out, check=None)
+    assert res.code == 0, res
+    (soul,) = (out / "files").rglob("SOUL.md")
+    assert soul.read_text() == content
+    assert bad_pack in res.err and blob in res.err, res.err
+
+
+def test_export_with_no_copy_that_proves_writes_no_export(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    sid, _content = _backed_up(sb, "SOUL.md", 64 << 10)
+    blob, bad_pack = _plant(sb, sid, good_copy=False, name="SOUL.md")
+    out = tmp_path / "export"
+    assert_error(sb.phx("export", "--backup", sid, "--output", out, check=None), 1, "SOUL.md", blob, bad_pack)
+    assert not out.exists() or not list(out.iterdir()), "nothing of the export is left"
+
+
+def _pg_backed_up(sb: Sandbox, pg: PgServer) -> tuple[str, str, dict[str, str]]:
+    """A database of 2,000 rows, backed up uncompressed: the database,
+    the snapshot's id and the environment with its password."""
+    db = pg.create_database("stream")
+    pg.sql(
+        db,
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); "
+        "INSERT INTO notes SELECT i, md5(i::text) || md5((i * 7)::text) FROM generate_series(1, 2000) i;",
+    )
+    sb.write_config(compression=False, databases={"postgres": [postgres_entry(pg, db)]})
+    env = sb.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sid = sb.phx("backup", "--json", env=env).json()["id"]
+    return db, sid, env
+
+
+def _pg_rows(pg: PgServer, db: str) -> list[tuple[Any, ...]]:
+    return pg.query(db, "SELECT id, body FROM notes ORDER BY id")
+
+
+def test_postgres_restore_takes_a_copy_that_proves(sandbox: Sandbox, pg_server: PgServer) -> None:
+    sb, pg = sandbox, pg_server
+    db, sid, env = _pg_backed_up(sb, pg)
+    before = _pg_rows(pg, db)
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name="database.dump")
+    pg.sql(db, "DELETE FROM notes WHERE id % 2 = 0")
+    res = sb.phx("restore", "--backup", sid, "--databases-only", "--yes", "--json", check=None, env=env)
+    assert res.code == 0, res
+    assert _pg_rows(pg, db) == before
+    assert bad_pack in res.err and blob in res.err, res.err
+
+
+def test_postgres_restore_with_no_copy_that_proves_leaves_the_database_untouched(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    sb, pg = sandbox, pg_server
+    db, sid, env = _pg_backed_up(sb, pg)
+    blob, bad_pack = _plant(sb, sid, good_copy=False, name="database.dump")
+    pg.sql(db, "DELETE FROM notes WHERE id % 2 = 0; INSERT INTO notes VALUES (0, 'since the backup')")
+    live = _pg_rows(pg, db)
+    res = sb.phx("restore", "--backup", sid, "--databases-only", "--yes", "--json", check=None, env=env)
+    assert res.code == 1, res
+    (out,) = [d for d in res.json()["databases"] if d["path"] == "postgres/main"]
+    assert not out["ok"] and blob in out["error"] and bad_pack in out["error"], out
+    assert _pg_rows(pg, db) == live, "the database was changed"
+
+
+def _redis_backed_up(sb: Sandbox, redis: Any) -> tuple[Any, str, dict[bytes, bytes]]:
+    r = redis.client(11)
+    r.flushdb()
+    r.mset({f"agent:{i}": os.urandom(64).hex() for i in range(500)})
+    sb.write_config(compression=False, databases={"redis": [{"name": "hot", "url": redis.url(11), "match": "agent:*"}]})
+    saved = {k: r.get(k) for k in r.keys("agent:*")}
+    return r, sb.backup()["id"], saved
+
+
+def test_redis_restore_takes_a_copy_that_proves(sandbox: Sandbox, redis_server: Any) -> None:
+    sb = sandbox
+    r, sid, saved = _redis_backed_up(sb, redis_server)
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name="keys.phxr")
+    r.flushdb()
+    res = sb.phx("restore", "--backup", sid, "--databases-only", "--yes", "--json", check=None)
+    assert res.code == 0, res
+    assert {k: r.get(k) for k in r.keys("agent:*")} == saved
+    assert bad_pack in res.err and blob in res.err, res.err
+
+
+def test_redis_restore_with_no_copy_that_proves_writes_no_key(sandbox: Sandbox, redis_server: Any) -> None:
+    sb = sandbox
+    r, sid, _saved = _redis_backed_up(sb, redis_server)
+    blob, bad_pack = _plant(sb, sid, good_copy=False, name="keys.phxr")
+    r.flushdb()
+    r.set("agent:live", "since the backup")
+    res = sb.phx("restore", "--backup", sid, "--databases-only", "--yes", "--json", check=None)
+    assert res.code == 1, res
+    (out,) = [d for d in res.json()["databases"] if d["path"] == "redis/hot"]
+    assert not out["ok"] and blob in out["error"] and bad_pack in out["error"], out
+    assert r.keys("*") == [b"agent:live"], "a key was written"
+
+
+def test_verify_names_a_wrong_copy_as_what_it_is(sandbox: Sandbox) -> None:
+    """A copy that opens but holds other bytes, in a pack whose bytes no longer match its name: not
+    "damaged (fails authentication or its hash)" (before), but a wrong copy of that blob, with the
+    pack of a copy that proves; with none, said so."""
+    sb = sandbox
+    sid, _content = _backed_up(sb, size=6000)
+    blob, bad_pack = _plant(sb, sid, good_copy=True, name=NAME)
+    errors = sb.verify("--read-data", check=1)["errors"]
+    (error,) = [e for e in errors if e["path"] == f"workspace/{NAME}"]
+    assert error["object"] == bad_pack, errors
+    message = error["message"]
+    assert f"{bad_pack} holds a wrong copy of blob {blob}" in message and "holds a copy that proves" in message
+    assert "fails authentication" not in message and "wrong extents" not in message, message
+
+
+def test_verify_says_when_no_copy_of_a_wrong_copy_proves(sandbox: Sandbox) -> None:
+    sb = sandbox
+    sid, _content = _backed_up(sb, size=6000)
+    blob, bad_pack = _plant(sb, sid, good_copy=False, name=NAME)
+    errors = sb.verify("--read-data", check=1)["errors"]
+    (error,) = [e for e in errors if e["path"] == f"workspace/{NAME}"]
+    assert f"{bad_pack} holds a wrong copy of blob {blob}" in error["message"], errors
+    assert "no copy of the blob proves" in error["message"], errors
+
+
+def test_repair_snapshots_counts_a_blob_whose_other_copy_proves_as_held(sandbox: Sandbox) -> None:
+    """Every reader takes the copy that proves: `phx repair snapshots --read-data` no longer names
+    the file lost (before: "data lost for 1 path(s)", exit 1, and `--rewrite` would drop it)."""
+    sb = sandbox
+    sid, _content = _backed_up(sb, size=6000)
+    _plant(sb, sid, good_copy=True, name=NAME)
+    res = sb.phx("repair", "snapshots", "--read-data", check=None)
+    assert res.code == 0 and NAME not in res.out, res
