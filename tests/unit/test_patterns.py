@@ -199,6 +199,26 @@ def test_empty_and_dot_slash_excludes(ws: Path) -> None:
     assert not ex.excluded(ws / "MEMORY.md", False)
 
 
+@pytest.mark.parametrize("home", ["/", "/home/u"])
+def test_an_absolute_exclude_holds_whatever_the_home_folder(tmp_path: Path, home: str) -> None:
+    """HOME=/ (a container's service user): an absolute exclude lies "below" the home folder `/`,
+    and still leaves its files out; with the home `/` it matched nothing and the keys were saved."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.md").write_text("a")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "id.key").write_text("secret")
+    (keys / "id.pub").write_text("public")
+    layout = Layout(workspace=ws, home=Path(home))
+    sel = select(layout, ["", str(keys)], [str(keys / "*.key"), str(ws / "a.md")], [])
+    paths = {entry.path for entry in sel.entries.values()}
+    assert keys / "id.pub" in paths
+    assert keys / "id.key" not in paths
+    assert ws / "a.md" not in paths
+    assert ExcludeSet(["/etc/ssl/private/**"], ws, Path(home)).excluded(Path("/etc/ssl/private/a.pem"), False)
+
+
 @given(rel_paths, st.booleans())
 def test_unanchored_exclude_matches_the_name_at_any_depth(path: str, is_dir: bool) -> None:
     ws = Path("/w")

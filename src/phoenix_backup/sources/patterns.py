@@ -177,8 +177,11 @@ class ExcludeSet:
             anchored = "/" in text
             below = below_folder(text, (workspace, home)) if absolute else None
             if below is not None:  # the folder's path as it is, the rest as a pattern
+                # Matched against the path without its leading "/": a home folder that is "/"
+                # (HOME=/ in a container) adds nothing, not a "/" that no path starts with.
                 folder = str(below[0]).strip("/")
-                regex = re.compile(re.escape(folder + "/") + glob_regex(below[1]).pattern, re.DOTALL)
+                literal = re.escape(folder + "/") if folder else ""
+                regex = re.compile(literal + glob_regex(below[1]).pattern, re.DOTALL)
             else:
                 regex = glob_regex(text.lstrip("/") if absolute else text.removeprefix("./"))
             self.rules.append(Exclude(regex, anchored, dir_only, absolute))
