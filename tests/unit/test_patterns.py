@@ -243,6 +243,17 @@ def test_the_home_folder_or_workspace_itself_is_that_folder_whatever_its_name(tm
     assert not exclude.excluded(tmp_path / "abc", True) and not exclude.excluded(home / "ws1", True)
 
 
+def test_a_missing_home_folder_included_itself_is_missing(tmp_path: Path) -> None:
+    """`~/` with a home folder that does not exist (HOME=/nonexistent) "does not exist", as before:
+    not a folder that could not be read."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    home = tmp_path / "[gone]"
+    for raw in (f"{home}/", str(home)):
+        sel = select(Layout(workspace=ws, home=home), [raw], [], [])
+        assert (sel.missing, sel.errors, sel.entries) == ([raw], [], {})
+
+
 @given(rel_paths, st.booleans())
 def test_unanchored_exclude_matches_the_name_at_any_depth(path: str, is_dir: bool) -> None:
     ws = Path("/w")

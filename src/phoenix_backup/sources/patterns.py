@@ -93,8 +93,8 @@ class Include:
         text = raw.rstrip("/") or "/"
         if os.path.isabs(text):
             below = below_folder(text, (workspace, home))
-            if below is not None:
-                return cls(below[0], below[1], dir_only)
+            if below is not None:  # the folder itself: ".", so that one missing is said missing
+                return cls(below[0], below[1] or ".", dir_only)
             return cls(Path("/"), text.lstrip("/"), dir_only)
         text = text.removeprefix("./")
         return cls(workspace, text, dir_only)
