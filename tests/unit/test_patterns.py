@@ -199,6 +199,61 @@ def test_empty_and_dot_slash_excludes(ws: Path) -> None:
     assert not ex.excluded(ws / "MEMORY.md", False)
 
 
+@pytest.mark.parametrize("home", ["/", "/home/u"])
+def test_an_absolute_exclude_holds_whatever_the_home_folder(tmp_path: Path, home: str) -> None:
+    """HOME=/ (a container's service user): an absolute exclude lies "below" the home folder `/`,
+    and still leaves its files out; with the home `/` it matched nothing and the keys were saved."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.md").write_text("a")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "id.key").write_text("secret")
+    (keys / "id.pub").write_text("public")
+    layout = Layout(workspace=ws, home=Path(home))
+    sel = select(layout, ["", str(keys)], [str(keys / "*.key"), str(ws / "a.md")], [])
+    paths = {entry.path for entry in sel.entries.values()}
+    assert keys / "id.pub" in paths
+    assert keys / "id.key" not in paths
+    assert ws / "a.md" not in paths
+    assert ExcludeSet(["/etc/ssl/private/**"], ws, Path(home)).excluded(Path("/etc/ssl/private/a.pem"), False)
+
+
+@pytest.mark.parametrize("written", ["{home}", "{home}/", "{ws}/"])
+def test_the_home_folder_or_workspace_itself_is_that_folder_whatever_its_name(tmp_path: Path, written: str) -> None:
+    """`~/` as an include (or the workspace's path written out) with a home named `[a]*?` was a
+    pattern that took `/tmp/abc` (another user's folder) and left the home out; as an exclude, it
+    left out `abc`, not the home."""
+    home = tmp_path / "[a]*?"
+    ws = home / "ws[1]"
+    (ws / "notes").mkdir(parents=True)
+    (ws / "notes" / "n.md").write_text("mine")
+    others = [tmp_path / "abc" / "other.key", home / "ws1" / "other.key"]  # what `[a]*?`, `ws[1]` match
+    for other in others:
+        other.parent.mkdir()
+        other.write_text("not mine")
+    layout = Layout(workspace=ws, home=home)
+    folder = written.format(home=home, ws=ws)
+    paths = {entry.path for entry in select(layout, [folder], [], []).entries.values()}
+    assert ws / "notes" / "n.md" in paths
+    assert others[0] not in paths, sorted(paths)
+    assert (others[1] in paths) == (folder.rstrip("/") == str(home)), sorted(paths)  # in the home, not the ws
+    exclude = ExcludeSet([folder], ws, home)
+    assert exclude.excluded(Path(folder.rstrip("/")), True)
+    assert not exclude.excluded(tmp_path / "abc", True) and not exclude.excluded(home / "ws1", True)
+
+
+def test_a_missing_home_folder_included_itself_is_missing(tmp_path: Path) -> None:
+    """`~/` with a home folder that does not exist (HOME=/nonexistent) "does not exist", as before:
+    not a folder that could not be read."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    home = tmp_path / "[gone]"
+    for raw in (f"{home}/", str(home)):
+        sel = select(Layout(workspace=ws, home=home), [raw], [], [])
+        assert (sel.missing, sel.errors, sel.entries) == ([raw], [], {})
+
+
 @given(rel_paths, st.booleans())
 def test_unanchored_exclude_matches_the_name_at_any_depth(path: str, is_dir: bool) -> None:
     ws = Path("/w")

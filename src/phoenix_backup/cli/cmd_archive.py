@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import click
@@ -19,7 +20,7 @@ from phoenix_backup.cli.app import (
     target_option,
     thaw_option,
 )
-from phoenix_backup.errors import ExitStatus
+from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import archive as archive_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.units import human_size
@@ -63,11 +64,19 @@ def archive(
     result = archive_op.archive(
         cfg, envx, ref=ref, output=Path(os.path.abspath(Path(output).expanduser())), target=target, force=force
     )
-    text = (
-        f"archived {result.name} ({result.snapshot[:8]}) to {result.output}: {result.files} files, "
-        f"{result.databases} databases, {result.symlinks} symlinks, {result.dirs} folders "
-        f"({human_size(result.size)} in, {human_size(result.archive_size)} archive)\n"
-        f"check it after extraction: cd {result.top} && sha256sum -c SHA256SUMS"
-    )
-    out.result(result.to_json(), text)
+    out.result(result.to_json(), text(result))
     return result.exit_status
+
+
+def text(result: archive_op.ArchiveResult) -> str:
+    """What `phx archive` says: the snapshot's name (a planted snapshot's: any text) on its line,
+    and the command to copy quoted as one word, so that a name holding `; cmd` or `$(cmd)` runs
+    nothing."""
+    return shown_each(
+        [
+            f"archived {result.name} ({result.snapshot[:8]}) to {result.output}: {result.files} files, "
+            f"{result.databases} databases, {result.symlinks} symlinks, {result.dirs} folders "
+            f"({human_size(result.size)} in, {human_size(result.archive_size)} archive)",
+            f"check it after extraction: cd {shlex.quote(result.top)} && sha256sum -c SHA256SUMS",
+        ]
+    )

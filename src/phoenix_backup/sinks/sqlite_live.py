@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import re
+import shlex
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ def page_size_problem(logical: str, live: LiveDb, copy_page_size: int, real: str
     return (
         f"{logical} uses {live.page_size}-byte pages in WAL mode but the snapshot's copy has {copy_page_size}-byte "
         "pages, and SQLite cannot overwrite a live WAL database with another page size; stop everything that uses "
-        f"it and run `sqlite3 {real} 'PRAGMA journal_mode=DELETE'` (or move the database aside), then restore again"
+        f"it and run `sqlite3 {shlex.quote(real)} 'PRAGMA journal_mode=DELETE'` (or move the database aside), "
+        "then restore again"
     )
 
 

@@ -65,13 +65,16 @@ def has_magic(segment: str) -> bool:
 
 
 def below_folder(text: str, folders: Iterable[Path | None]) -> tuple[Path, str] | None:
-    """(the folder, the rest of the pattern) when the absolute pattern `text` lies below one of
-    `folders` (the workspace and the home folder, the deepest first): their paths are folders,
-    never patterns, whatever characters they hold (`~/.argentos/memory.db` with a home named
-    `/tmp/[a]*?` is not `/tmp/abc/.argentos/memory.db`); else None."""
+    """(the folder, the rest of the pattern) when the absolute pattern `text` is one of `folders`
+    (the workspace and the home folder, the deepest first; the rest "") or lies below it: their
+    paths are folders, never patterns, whatever characters they hold (`~/.argentos/memory.db`
+    with a home named `/tmp/[a]*?` is not `/tmp/abc/.argentos/memory.db`, and `~/` is that home,
+    not `/tmp/abc`); else None."""
     for folder in sorted((f for f in folders if f is not None), key=lambda f: -len(str(f))):
         prefix = str(folder).rstrip("/") + "/"
-        if text.startswith(prefix) and len(text) > len(prefix):
+        if text.rstrip("/") == prefix.rstrip("/"):
+            return folder, ""
+        if text.startswith(prefix):
             return folder, text[len(prefix) :]
     return None
 
@@ -90,8 +93,8 @@ class Include:
         text = raw.rstrip("/") or "/"
         if os.path.isabs(text):
             below = below_folder(text, (workspace, home))
-            if below is not None:
-                return cls(below[0], below[1], dir_only)
+            if below is not None:  # the folder itself: ".", so that one missing is said missing
+                return cls(below[0], below[1] or ".", dir_only)
             return cls(Path("/"), text.lstrip("/"), dir_only)
         text = text.removeprefix("./")
         return cls(workspace, text, dir_only)
@@ -177,8 +180,14 @@ class ExcludeSet:
             anchored = "/" in text
             below = below_folder(text, (workspace, home)) if absolute else None
             if below is not None:  # the folder's path as it is, the rest as a pattern
+                # Matched against the path without its leading "/": a home folder that is "/"
+                # (HOME=/ in a container) adds nothing, not a "/" that no path starts with.
                 folder = str(below[0]).strip("/")
-                regex = re.compile(re.escape(folder + "/") + glob_regex(below[1]).pattern, re.DOTALL)
+                if not below[1]:  # the folder itself
+                    regex = re.compile(re.escape(folder), re.DOTALL)
+                else:
+                    literal = re.escape(folder + "/") if folder else ""
+                    regex = re.compile(literal + glob_regex(below[1]).pattern, re.DOTALL)
             else:
                 regex = glob_regex(text.lstrip("/") if absolute else text.removeprefix("./"))
             self.rules.append(Exclude(regex, anchored, dir_only, absolute))
