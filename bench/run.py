@@ -26,8 +26,10 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import mmap
 import os
 import platform
+import resource
 import shutil
 import socket
 import sqlite3
@@ -96,6 +98,7 @@ class Measure:
     rss_kb: int
     rc: int
     stdout: str = ""
+    host_touch: float | None = None  # fresh_memory_cost() just before the command
 
     @property
     def cpu(self) -> float:
@@ -109,7 +112,29 @@ class Measure:
             "cpu": round(self.cpu, 3),
             "maxRssKb": self.rss_kb,
             "rc": self.rc,
+            "hostSysPerGiB": self.host_touch,
         }
+
+
+FRESH_PROBE = 64 * 1024 * 1024
+
+
+def fresh_memory_cost() -> float | None:
+    """System CPU-seconds per GiB this process spends touching 64 MiB of new memory, page by page.
+    On a virtual machine whose host takes freed memory back (free page reporting), touching memory
+    again costs whoever touches it system time, and that price moves with the host's load: the same
+    restore's copy into the page cache took 3.80 s at one moment and 0.56 s 10 minutes later
+    (docs/benchmarks.md, 6 December 17:45). Recorded before each step, so that system times are
+    compared only where the host charged alike. None where it cannot be measured."""
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        with mmap.mmap(-1, FRESH_PROBE) as m:
+            for offset in range(0, FRESH_PROBE, mmap.PAGESIZE):
+                m[offset] = 1
+        spent = resource.getrusage(resource.RUSAGE_SELF).ru_stime - before
+    except (OSError, ValueError):
+        return None
+    return round(spent * (1024**3 / FRESH_PROBE), 3)
 
 
 def _parse_time_v(text: str) -> tuple[float, float, int]:
@@ -130,6 +155,7 @@ def measure(cmd: list[str], *, env: dict[str, str], cwd: Path | None, log: Path)
     """Run `cmd` under /usr/bin/time -v; wall time from a monotonic clock around it."""
     timing = log.with_suffix(".time")
     os.sync()  # write-back of the previous step is not charged to this one
+    host_touch = fresh_memory_cost()
     start = time.perf_counter()
     proc = subprocess.run(
         ["/usr/bin/time", "-v", "-o", str(timing), *cmd],
@@ -144,7 +170,7 @@ def measure(cmd: list[str], *, env: dict[str, str], cwd: Path | None, log: Path)
     err = proc.stderr.decode(errors="replace")
     log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
     user, sys_, rss = _parse_time_v(timing.read_text() if timing.exists() else "")
-    return Measure(wall, user, sys_, rss, proc.returncode, out)
+    return Measure(wall, user, sys_, rss, proc.returncode, out, host_touch)
 
 
 def evict_from_page_cache(path: Path) -> None:
@@ -1123,7 +1149,7 @@ def markdown(doc: dict) -> str:
         f"Data set: {ds['workspaceFiles']} workspace files ({_fmt_bytes(ds['workspaceBytes'])}) and three SQLite "
         f"stores ({_fmt_bytes(sum(ds['databaseBytes'].values()))}), {_fmt_bytes(ds['totalBytes'])} in all; "
         f"sample {doc['seed']}, {len(days)} simulated days{_daily_change(doc)}. Host: {doc['cpus']} CPUs, load average "
-        f"{doc['loadavgStart'][0]:.2f} at start, {doc['loadavgEnd'][0]:.2f} at end. "
+        f"{doc['loadavgStart'][0]:.2f} at start, {doc['loadavgEnd'][0]:.2f} at end.{_host_touch_text(doc)} "
         f"Command: `{doc['command']}` ({doc.get('benchSeconds', 0):.0f} s in all)."
     )
     add("")
@@ -1551,6 +1577,29 @@ def update_readme(size: str, table: str) -> bool:
 def _size(text: str) -> str | int:
     """A size name, or a number of bytes."""
     return int(text) if text.isdigit() else text
+
+
+def _host_touch_text(doc: dict) -> str:
+    """The range of the host's price for fresh memory measured before the steps (`fresh_memory_cost`)."""
+
+    def values(node: object) -> Iterable[float]:
+        if isinstance(node, dict):
+            v = node.get("hostSysPerGiB")
+            if isinstance(v, (int, float)):
+                yield float(v)
+            for child in node.values():
+                yield from values(child)
+        elif isinstance(node, list):
+            for child in node:
+                yield from values(child)
+
+    found = list(values(doc.get("results", {}))) + list(values(doc.get("rounds", {})))
+    if not found:
+        return ""
+    return (
+        f" Touching new memory cost {min(found):.2f}–{max(found):.2f} system CPU-s per GiB before the steps "
+        "(`fresh_memory_cost`: the host's price moves system times; compare them where it is alike)."
+    )
 
 
 def _daily_change(doc: dict) -> str:
