@@ -25,6 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import services
 from services import PgServer, postgres_entry
 
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import PackBuilder, blob_aad, pack_name
+from phoenix_backup.repo.walker import Trees
+
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 redis_server = services.redis_server  # the session's Redis server (a fixture)
 
@@ -221,3 +227,54 @@ def test_repair_snapshots_counts_a_blob_whose_other_copy_proves_as_held(sandbox:
     _plant(sb, sid, good_copy=True, name=NAME)
     res = sb.phx("repair", "snapshots", "--read-data", check=None)
     assert res.code == 0 and NAME not in res.out, res
+
+
+def _plant_good_copy_after(sb: Sandbox, sid: str, name: str) -> tuple[str, str, str]:
+    """A genuine copy of the first blob of `name` in a new pack whose name sorts after the pack of
+    the copy a reader takes first, which is then replaced by a copy that opens but holds other bytes
+    (as `_plant` does): prune goes through a blob's packs in name order. Returns the blob (hex, as
+    messages show it), the wrong copy's pack and the good copy's."""
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        trees = Trees(repo)
+        trees.load(repo.find_snapshot(sid).tree)
+        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
+        blob = next(node.blobs())
+        first = repo.index.get(blob)
+        assert first is not None and first.compression == Compression.NONE, first
+        data = repo.load_blob(BlobType.DATA, blob)
+        for _ in range(64):  # each sealing has its own nonce, so its own pack name: 1 in 2 sorts after
+            packer = PackBuilder(BlobType.DATA)
+            packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
+            pack_id, raw, entries = packer.finish(repo.sealer)
+            if pack_id > first.pack_id:
+                break
+        assert pack_id > first.pack_id
+        repo.backend.write(pack_name(pack_id), raw)
+        repo.write_index({pack_id: entries}, [])
+        sealed = repo.sealer.seal(os.urandom(first.raw), blob_aad(BlobType.DATA, blob))  # a valid tag all the same
+        assert len(sealed) == first.stored
+        with open(sb.repo / pack_name(first.pack_id), "r+b") as f:
+            f.seek(first.offset)
+            f.write(sealed)
+    finally:
+        repo.close()
+    return blob.hex()[:16], pack_name(first.pack_id), pack_name(pack_id)
+
+
+def test_prune_keeps_the_copy_that_proves(sandbox: Sandbox) -> None:
+    """A blob held twice, its first copy wrong (it opens, other bytes): `phx verify` says the data is
+    whole while the good copy's pack stays, and every reader takes that copy. Prune keeps one copy
+    of a blob: it must be the one that proves. Before, it kept the first pack in name order whose
+    copy opened, deleted the good copy's pack as unused (exit 0), and the file was lost."""
+    sb = sandbox
+    sid, content = _backed_up(sb, size=6000)
+    blob, bad_pack, good_pack = _plant_good_copy_after(sb, sid, NAME)
+    for pack in (sb.repo / "data").rglob("*"):  # written long enough ago to be deleted
+        if pack.is_file():
+            os.utime(pack, (pack.stat().st_mtime - 7200,) * 2)
+    assert sb.phx("prune", check=None).code == 0
+    assert (sb.repo / good_pack).exists(), "the only copy that proves was deleted"
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert res.code == 0 and res.out == content, res
