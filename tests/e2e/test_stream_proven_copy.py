@@ -278,3 +278,20 @@ def test_prune_keeps_the_copy_that_proves(sandbox: Sandbox) -> None:
     assert (sb.repo / good_pack).exists(), "the only copy that proves was deleted"
     res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
     assert res.code == 0 and res.out == content, res
+
+
+def test_repair_snapshots_counts_a_blob_whose_first_pack_is_gone_as_held(sandbox: Sandbox) -> None:
+    """A blob held twice whose first-listed pack is no longer in the store: every reader takes the
+    other copy (as `phx dump` shows), prune keeps it as the blob's home, so `phx repair snapshots`
+    must count it as held too, with `--read-data` or without. Before, it looked at the first-listed
+    location only: the file was named lost, and `--rewrite` would drop it from the snapshot."""
+    sb = sandbox
+    sid, content = _backed_up(sb, size=6000)
+    _blob, gone, good = _plant_good_copy_after(sb, sid, NAME)
+    (sb.repo / gone).unlink()  # the wrong copy's pack (and every other blob of it) is gone
+    assert (sb.repo / good).exists()
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert res.code == 0 and res.out == content, res
+    for args in ((), ("--read-data",)):
+        res = sb.phx("repair", "snapshots", "--json", *args, check=None)
+        assert NAME not in res.out + res.err, (args, res)
