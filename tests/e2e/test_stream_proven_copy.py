@@ -23,13 +23,12 @@ from test_restore_proven_copy import _plant
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import services
-from services import PgServer, postgres_entry
-
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.crypto import BlobType, Compression
 from phoenix_backup.repo.pack import PackBuilder, blob_aad, pack_name
 from phoenix_backup.repo.walker import Trees
+from services import PgServer, postgres_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 redis_server = services.redis_server  # the session's Redis server (a fixture)
@@ -270,7 +269,7 @@ def test_prune_keeps_the_copy_that_proves(sandbox: Sandbox) -> None:
     copy opened, deleted the good copy's pack as unused (exit 0), and the file was lost."""
     sb = sandbox
     sid, content = _backed_up(sb, size=6000)
-    blob, bad_pack, good_pack = _plant_good_copy_after(sb, sid, NAME)
+    _blob, _bad_pack, good_pack = _plant_good_copy_after(sb, sid, NAME)
     for pack in (sb.repo / "data").rglob("*"):  # written long enough ago to be deleted
         if pack.is_file():
             os.utime(pack, (pack.stat().st_mtime - 7200,) * 2)
