@@ -279,6 +279,34 @@ def test_prune_keeps_the_copy_that_proves(sandbox: Sandbox) -> None:
     assert res.code == 0 and res.out == content, res
 
 
+def _first_pack_of_two(sb: Sandbox, sid: str, name: str) -> tuple[str, str]:
+    """A second genuine copy of the first blob of `name`, in a pack of its own: the pack of the copy
+    the index lists first (whichever of the two that is) and the other's."""
+    config = load_config(sb.config_path, sb.env)
+    repo = open_repository(config, Environment(env=sb.env))
+    repo.load_index()
+    try:
+        trees = Trees(repo)
+        trees.load(repo.find_snapshot(sid).tree)
+        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
+        blob = next(node.blobs())
+        data = repo.load_blob(BlobType.DATA, blob)
+        packer = PackBuilder(BlobType.DATA)
+        packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
+        pack_id, raw, entries = packer.finish(repo.sealer)
+        repo.backend.write(pack_name(pack_id), raw)
+        repo.write_index({pack_id: entries}, [])
+    finally:
+        repo.close()
+    repo = open_repository(config, Environment(env=sb.env))
+    repo.load_index()
+    try:
+        first, other = repo.index.locations(blob)
+    finally:
+        repo.close()
+    return pack_name(first.pack_id), pack_name(other.pack_id)
+
+
 def test_repair_snapshots_counts_a_blob_whose_first_pack_is_gone_as_held(sandbox: Sandbox) -> None:
     """A blob held twice whose first-listed pack is no longer in the store: every reader takes the
     other copy (as `phx dump` shows), prune keeps it as the blob's home, so `phx repair snapshots`
@@ -286,9 +314,9 @@ def test_repair_snapshots_counts_a_blob_whose_first_pack_is_gone_as_held(sandbox
     location only: the file was named lost, and `--rewrite` would drop it from the snapshot."""
     sb = sandbox
     sid, content = _backed_up(sb, size=6000)
-    _blob, gone, good = _plant_good_copy_after(sb, sid, NAME)
-    (sb.repo / gone).unlink()  # the wrong copy's pack (and every other blob of it) is gone
-    assert (sb.repo / good).exists()
+    gone, kept = _first_pack_of_two(sb, sid, NAME)
+    (sb.repo / gone).unlink()
+    assert (sb.repo / kept).exists()
     res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
     assert res.code == 0 and res.out == content, res
     for args in ((), ("--read-data",)):
