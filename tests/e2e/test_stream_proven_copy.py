@@ -322,3 +322,33 @@ def test_repair_snapshots_counts_a_blob_whose_first_pack_is_gone_as_held(sandbox
     for args in ((), ("--read-data",)):
         res = sb.phx("repair", "snapshots", "--json", *args, check=None)
         assert NAME not in res.out + res.err, (args, res)
+
+
+def test_a_streaming_reader_names_why_each_copy_failed(sandbox: Sandbox) -> None:
+    """Ordinary damage through a streaming reader: a byte flipped in the blob's only copy, then its
+    pack gone. The error names the pack and why its copy failed (authentication, missing). Before,
+    both said the pack had "no copy whose bytes match its id", the words for a wrong copy."""
+    sb = sandbox
+    sid, _content = _backed_up(sb, size=6000)
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        trees = Trees(repo)
+        trees.load(repo.find_snapshot(sid).tree)
+        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == NAME]
+        loc = repo.index.get(next(node.blobs()))
+        assert loc is not None
+    finally:
+        repo.close()
+    pack = sb.repo / pack_name(loc.pack_id)
+    with open(pack, "r+b") as f:
+        f.seek(loc.offset + 100)
+        byte = f.read(1)[0]
+        f.seek(loc.offset + 100)
+        f.write(bytes([byte ^ 1]))
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert_error(res, 1, NAME, f"{pack_name(loc.pack_id)}: ", "fails authentication")
+    pack.unlink()
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert_error(res, 1, NAME, f"{pack_name(loc.pack_id)}: ", "is missing")
+    assert res.out == ""
