@@ -11,14 +11,16 @@ repository's key)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from e2e_support import Sandbox, assert_error
-from test_restore_proven_copy import _plant
+from test_restore_proven_copy import _plant, snapshot_node
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,8 +28,8 @@ import services
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.crypto import BlobType, Compression
-from phoenix_backup.repo.pack import PackBuilder, blob_aad, pack_name
-from phoenix_backup.repo.walker import Trees
+from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
+from phoenix_backup.repo.repository import Repository
 from services import PgServer, postgres_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
@@ -228,25 +230,36 @@ def test_repair_snapshots_counts_a_blob_whose_other_copy_proves_as_held(sandbox:
     assert res.code == 0 and NAME not in res.out, res
 
 
+@contextlib.contextmanager
+def _first_blob(sb: Sandbox, sid: str, name: str) -> Iterator[tuple[Repository, bytes]]:
+    """The sandbox's repository, open with its index, and the first blob of the node `name` of
+    snapshot `sid`; closed after the block."""
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        yield repo, next(snapshot_node(repo, sid, name).blobs())
+    finally:
+        repo.close()
+
+
+def _new_pack(repo: Repository, blob: bytes) -> tuple[str, bytes, list[PackEntry]]:
+    """A pack of one genuine copy of `blob` (not written): its id, bytes and entries."""
+    data = repo.load_blob(BlobType.DATA, blob)
+    packer = PackBuilder(BlobType.DATA)
+    packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
+    return packer.finish(repo.sealer)
+
+
 def _plant_good_copy_after(sb: Sandbox, sid: str, name: str) -> tuple[str, str, str]:
     """A genuine copy of the first blob of `name` in a new pack whose name sorts after the pack of
     the copy a reader takes first, which is then replaced by a copy that opens but holds other bytes
     (as `_plant` does): prune goes through a blob's packs in name order. Returns the blob (hex, as
     messages show it), the wrong copy's pack and the good copy's."""
-    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
-    repo.load_index()
-    try:
-        trees = Trees(repo)
-        trees.load(repo.find_snapshot(sid).tree)
-        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
-        blob = next(node.blobs())
+    with _first_blob(sb, sid, name) as (repo, blob):
         first = repo.index.get(blob)
         assert first is not None and first.compression == Compression.NONE, first
-        data = repo.load_blob(BlobType.DATA, blob)
         for _ in range(64):  # each sealing has its own nonce, so its own pack name: 1 in 2 sorts after
-            packer = PackBuilder(BlobType.DATA)
-            packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
-            pack_id, raw, entries = packer.finish(repo.sealer)
+            pack_id, raw, entries = _new_pack(repo, blob)
             if pack_id > first.pack_id:
                 break
         assert pack_id > first.pack_id
@@ -257,8 +270,6 @@ def _plant_good_copy_after(sb: Sandbox, sid: str, name: str) -> tuple[str, str, 
         with open(sb.repo / pack_name(first.pack_id), "r+b") as f:
             f.seek(first.offset)
             f.write(sealed)
-    finally:
-        repo.close()
     return blob.hex()[:16], pack_name(first.pack_id), pack_name(pack_id)
 
 
@@ -282,28 +293,12 @@ def test_prune_keeps_the_copy_that_proves(sandbox: Sandbox) -> None:
 def _first_pack_of_two(sb: Sandbox, sid: str, name: str) -> tuple[str, str]:
     """A second genuine copy of the first blob of `name`, in a pack of its own: the pack of the copy
     the index lists first (whichever of the two that is) and the other's."""
-    config = load_config(sb.config_path, sb.env)
-    repo = open_repository(config, Environment(env=sb.env))
-    repo.load_index()
-    try:
-        trees = Trees(repo)
-        trees.load(repo.find_snapshot(sid).tree)
-        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
-        blob = next(node.blobs())
-        data = repo.load_blob(BlobType.DATA, blob)
-        packer = PackBuilder(BlobType.DATA)
-        packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
-        pack_id, raw, entries = packer.finish(repo.sealer)
+    with _first_blob(sb, sid, name) as (repo, blob):
+        pack_id, raw, entries = _new_pack(repo, blob)
         repo.backend.write(pack_name(pack_id), raw)
         repo.write_index({pack_id: entries}, [])
-    finally:
-        repo.close()
-    repo = open_repository(config, Environment(env=sb.env))
-    repo.load_index()
-    try:
+    with _first_blob(sb, sid, name) as (repo, blob):  # read again: the order of the two index objects
         first, other = repo.index.locations(blob)
-    finally:
-        repo.close()
     return pack_name(first.pack_id), pack_name(other.pack_id)
 
 
@@ -330,16 +325,9 @@ def test_a_streaming_reader_names_why_each_copy_failed(sandbox: Sandbox) -> None
     both said the pack had "no copy whose bytes match its id", the words for a wrong copy."""
     sb = sandbox
     sid, _content = _backed_up(sb, size=6000)
-    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
-    repo.load_index()
-    try:
-        trees = Trees(repo)
-        trees.load(repo.find_snapshot(sid).tree)
-        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == NAME]
-        loc = repo.index.get(next(node.blobs()))
+    with _first_blob(sb, sid, NAME) as (repo, blob):
+        loc = repo.index.get(blob)
         assert loc is not None
-    finally:
-        repo.close()
     pack = sb.repo / pack_name(loc.pack_id)
     with open(pack, "r+b") as f:
         f.seek(loc.offset + 100)

@@ -1372,8 +1372,10 @@ class Repository:
             return loc, not tried, data
         # Each pack with why its copy failed (missing, cut short, failing authentication, other
         # bytes): a pack that is gone is not said to hold a wrong copy.
-        why = {pack_name(loc.pack_id): str(exc) for loc, exc in reversed(tried)}
-        packs = "; ".join(f"{name}: {text}" for name, text in reversed(why.items())) or "none: it is not in the index"
+        reasons: dict[str, str] = {}  # the first failure of each pack, in the order tried
+        for bad, why in tried:
+            reasons.setdefault(pack_name(bad.pack_id), str(why))
+        packs = "; ".join(f"{name}: {text}" for name, text in reasons.items()) or "none: it is not in the index"
         raise CorruptObject(
             f"{kind.name.lower()} blob {blob_id.hex()[:16]} has no copy that can be read and matches its id "
             f"(packs tried: {packs})"
