@@ -52,7 +52,7 @@ def _backed_up(sb: Sandbox, name: str = NAME, size: int = 1 << 20) -> tuple[str,
     return sb.backup()["id"], content
 
 
-def test_dump_takes_a_copy_that_proves(sandbox: Sandbox) -> None:
+def test_dump_takes_a_copy_that_proves_and_with_none_emits_nothing_naming_blob_and_pack(sandbox: Sandbox) -> None:
     sb = sandbox
     sid, content = _backed_up(sb)
     blob, bad_pack = _plant(sb, sid, good_copy=True, name=NAME)
@@ -61,17 +61,13 @@ def test_dump_takes_a_copy_that_proves(sandbox: Sandbox) -> None:
     assert res.out == content
     assert bad_pack in res.err and blob in res.err, res.err
 
-
-def test_dump_with_no_copy_that_proves_emits_nothing_and_names_blob_and_pack(sandbox: Sandbox) -> None:
-    sb = sandbox
-    sid, _content = _backed_up(sb)
-    blob, bad_pack = _plant(sb, sid, good_copy=False, name=NAME)
+    _spoil_the_good_copy(sb, sid, NAME, bad_pack)
     res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
     assert_error(res, 1, NAME, blob, bad_pack)
     assert res.out == ""
 
 
-def test_archive_takes_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_archive_takes_a_copy_that_proves_and_with_none_writes_no_archive(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     sid, content = _backed_up(sb)
     blob, bad_pack = _plant(sb, sid, good_copy=True, name=NAME)
@@ -84,18 +80,14 @@ def test_archive_takes_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> N
         assert got is not None and got.read().decode() == content
     assert bad_pack in res.err and blob in res.err, res.err
 
-
-def test_archive_with_no_copy_that_proves_writes_no_archive(sandbox: Sandbox, tmp_path: Path) -> None:
-    sb = sandbox
-    sid, _content = _backed_up(sb)
-    blob, bad_pack = _plant(sb, sid, good_copy=False, name=NAME)
+    _spoil_the_good_copy(sb, sid, NAME, bad_pack)
     folder = tmp_path / "out"
     folder.mkdir()
     assert_error(sb.phx("archive", sid, "--output", folder / "agent.zip", check=None), 1, NAME, blob, bad_pack)
     assert not list(folder.iterdir()), "nothing of the archive is left"
 
 
-def test_export_files_take_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_export_files_take_a_copy_that_proves_and_with_none_write_no_export(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     sid, content = _backed_up(sb, "SOUL.md", 64 << 10)
     blob, bad_pack = _plant(sb, sid, good_copy=True, name="SOUL.md")
@@ -106,12 +98,8 @@ def test_export_files_take_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) 
     assert soul.read_text() == content
     assert bad_pack in res.err and blob in res.err, res.err
 
-
-def test_export_with_no_copy_that_proves_writes_no_export(sandbox: Sandbox, tmp_path: Path) -> None:
-    sb = sandbox
-    sid, _content = _backed_up(sb, "SOUL.md", 64 << 10)
-    blob, bad_pack = _plant(sb, sid, good_copy=False, name="SOUL.md")
-    out = tmp_path / "export"
+    _spoil_the_good_copy(sb, sid, "SOUL.md", bad_pack)
+    out = tmp_path / "export2"
     assert_error(sb.phx("export", "--backup", sid, "--output", out, check=None), 1, "SOUL.md", blob, bad_pack)
     assert not out.exists() or not list(out.iterdir()), "nothing of the export is left"
 
