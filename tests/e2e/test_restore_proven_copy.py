@@ -20,11 +20,20 @@ from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.crypto import BlobType, Compression
 from phoenix_backup.repo.pack import PackBuilder, blob_aad, pack_name
+from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import Trees
 from phoenix_backup.sinks.files import write_content
 
 NAME = "planted.bin"
+
+
+def snapshot_node(repo: Repository, sid: str, name: str) -> Node:
+    """The one node named `name` in snapshot `sid` of `repo` (its index loaded)."""
+    trees = Trees(repo)
+    trees.load(repo.find_snapshot(sid).tree)
+    (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
+    return node
 
 
 def _plant_copies(sb: Sandbox, sid: str, name: str, *, good_copy: bool, every: bool) -> tuple[Node, list[str]]:
@@ -34,9 +43,7 @@ def _plant_copies(sb: Sandbox, sid: str, name: str, *, good_copy: bool, every: b
     repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
     repo.load_index()
     try:
-        trees = Trees(repo)
-        trees.load(repo.find_snapshot(sid).tree)
-        (node,) = [n for ns in trees.nodes.values() for n in ns if n.name == name]
+        node = snapshot_node(repo, sid, name)
         blobs = list(dict.fromkeys(node.blobs()))[: None if every else 1]
         if good_copy:
             packer = PackBuilder(BlobType.DATA)

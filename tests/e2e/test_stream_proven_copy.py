@@ -11,18 +11,25 @@ repository's key)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from e2e_support import Sandbox, assert_error
-from test_restore_proven_copy import _plant
+from test_restore_proven_copy import _plant, snapshot_node
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import services
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
+from phoenix_backup.repo.repository import Repository
 from services import PgServer, postgres_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
@@ -45,7 +52,7 @@ def _backed_up(sb: Sandbox, name: str = NAME, size: int = 1 << 20) -> tuple[str,
     return sb.backup()["id"], content
 
 
-def test_dump_takes_a_copy_that_proves(sandbox: Sandbox) -> None:
+def test_dump_takes_a_copy_that_proves_and_with_none_emits_nothing_naming_blob_and_pack(sandbox: Sandbox) -> None:
     sb = sandbox
     sid, content = _backed_up(sb)
     blob, bad_pack = _plant(sb, sid, good_copy=True, name=NAME)
@@ -54,17 +61,13 @@ def test_dump_takes_a_copy_that_proves(sandbox: Sandbox) -> None:
     assert res.out == content
     assert bad_pack in res.err and blob in res.err, res.err
 
-
-def test_dump_with_no_copy_that_proves_emits_nothing_and_names_blob_and_pack(sandbox: Sandbox) -> None:
-    sb = sandbox
-    sid, _content = _backed_up(sb)
-    blob, bad_pack = _plant(sb, sid, good_copy=False, name=NAME)
+    _spoil_the_good_copy(sb, sid, NAME, bad_pack)
     res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
     assert_error(res, 1, NAME, blob, bad_pack)
     assert res.out == ""
 
 
-def test_archive_takes_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_archive_takes_a_copy_that_proves_and_with_none_writes_no_archive(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     sid, content = _backed_up(sb)
     blob, bad_pack = _plant(sb, sid, good_copy=True, name=NAME)
@@ -77,18 +80,14 @@ def test_archive_takes_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> N
         assert got is not None and got.read().decode() == content
     assert bad_pack in res.err and blob in res.err, res.err
 
-
-def test_archive_with_no_copy_that_proves_writes_no_archive(sandbox: Sandbox, tmp_path: Path) -> None:
-    sb = sandbox
-    sid, _content = _backed_up(sb)
-    blob, bad_pack = _plant(sb, sid, good_copy=False, name=NAME)
+    _spoil_the_good_copy(sb, sid, NAME, bad_pack)
     folder = tmp_path / "out"
     folder.mkdir()
     assert_error(sb.phx("archive", sid, "--output", folder / "agent.zip", check=None), 1, NAME, blob, bad_pack)
     assert not list(folder.iterdir()), "nothing of the archive is left"
 
 
-def test_export_files_take_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_export_files_take_a_copy_that_proves_and_with_none_write_no_export(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     sid, content = _backed_up(sb, "SOUL.md", 64 << 10)
     blob, bad_pack = _plant(sb, sid, good_copy=True, name="SOUL.md")
@@ -99,12 +98,8 @@ def test_export_files_take_a_copy_that_proves(sandbox: Sandbox, tmp_path: Path) 
     assert soul.read_text() == content
     assert bad_pack in res.err and blob in res.err, res.err
 
-
-def test_export_with_no_copy_that_proves_writes_no_export(sandbox: Sandbox, tmp_path: Path) -> None:
-    sb = sandbox
-    sid, _content = _backed_up(sb, "SOUL.md", 64 << 10)
-    blob, bad_pack = _plant(sb, sid, good_copy=False, name="SOUL.md")
-    out = tmp_path / "export"
+    _spoil_the_good_copy(sb, sid, "SOUL.md", bad_pack)
+    out = tmp_path / "export2"
     assert_error(sb.phx("export", "--backup", sid, "--output", out, check=None), 1, "SOUL.md", blob, bad_pack)
     assert not out.exists() or not list(out.iterdir()), "nothing of the export is left"
 
@@ -128,7 +123,22 @@ def _pg_rows(pg: PgServer, db: str) -> list[tuple[Any, ...]]:
     return pg.query(db, "SELECT id, body FROM notes ORDER BY id")
 
 
-def test_postgres_restore_takes_a_copy_that_proves(sandbox: Sandbox, pg_server: PgServer) -> None:
+def _spoil_the_good_copy(sb: Sandbox, sid: str, name: str, bad_pack: str) -> None:
+    """After `_plant` with a good copy: that copy replaced by one that opens but holds other bytes
+    too, so no copy of the blob proves (the other blobs of its pack stay whole; which of the two
+    packs is the original depends on the order of the index objects). One backup serves both cases."""
+    with _first_blob(sb, sid, name) as (repo, blob):
+        (good,) = [loc for loc in repo.index.locations(blob) if pack_name(loc.pack_id) != bad_pack]
+        sealed = repo.sealer.seal(os.urandom(good.raw), blob_aad(BlobType.DATA, blob))
+        assert len(sealed) == good.stored and good.compression == Compression.NONE
+        with open(sb.repo / pack_name(good.pack_id), "r+b") as f:
+            f.seek(good.offset)
+            f.write(sealed)
+
+
+def test_postgres_restore_takes_a_copy_that_proves_and_with_none_leaves_the_database_untouched(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
     sb, pg = sandbox, pg_server
     db, sid, env = _pg_backed_up(sb, pg)
     before = _pg_rows(pg, db)
@@ -139,13 +149,7 @@ def test_postgres_restore_takes_a_copy_that_proves(sandbox: Sandbox, pg_server: 
     assert _pg_rows(pg, db) == before
     assert bad_pack in res.err and blob in res.err, res.err
 
-
-def test_postgres_restore_with_no_copy_that_proves_leaves_the_database_untouched(
-    sandbox: Sandbox, pg_server: PgServer
-) -> None:
-    sb, pg = sandbox, pg_server
-    db, sid, env = _pg_backed_up(sb, pg)
-    blob, bad_pack = _plant(sb, sid, good_copy=False, name="database.dump")
+    _spoil_the_good_copy(sb, sid, "database.dump", bad_pack)
     pg.sql(db, "DELETE FROM notes WHERE id % 2 = 0; INSERT INTO notes VALUES (0, 'since the backup')")
     live = _pg_rows(pg, db)
     res = sb.phx("restore", "--backup", sid, "--databases-only", "--yes", "--json", check=None, env=env)
@@ -164,7 +168,9 @@ def _redis_backed_up(sb: Sandbox, redis: Any) -> tuple[Any, str, dict[bytes, byt
     return r, sb.backup()["id"], saved
 
 
-def test_redis_restore_takes_a_copy_that_proves(sandbox: Sandbox, redis_server: Any) -> None:
+def test_redis_restore_takes_a_copy_that_proves_and_with_none_writes_no_key(
+    sandbox: Sandbox, redis_server: Any
+) -> None:
     sb = sandbox
     r, sid, saved = _redis_backed_up(sb, redis_server)
     blob, bad_pack = _plant(sb, sid, good_copy=True, name="keys.phxr")
@@ -174,11 +180,7 @@ def test_redis_restore_takes_a_copy_that_proves(sandbox: Sandbox, redis_server: 
     assert {k: r.get(k) for k in r.keys("agent:*")} == saved
     assert bad_pack in res.err and blob in res.err, res.err
 
-
-def test_redis_restore_with_no_copy_that_proves_writes_no_key(sandbox: Sandbox, redis_server: Any) -> None:
-    sb = sandbox
-    r, sid, _saved = _redis_backed_up(sb, redis_server)
-    blob, bad_pack = _plant(sb, sid, good_copy=False, name="keys.phxr")
+    _spoil_the_good_copy(sb, sid, "keys.phxr", bad_pack)
     r.flushdb()
     r.set("agent:live", "since the backup")
     res = sb.phx("restore", "--backup", sid, "--databases-only", "--yes", "--json", check=None)
@@ -221,3 +223,115 @@ def test_repair_snapshots_counts_a_blob_whose_other_copy_proves_as_held(sandbox:
     _plant(sb, sid, good_copy=True, name=NAME)
     res = sb.phx("repair", "snapshots", "--read-data", check=None)
     assert res.code == 0 and NAME not in res.out, res
+
+
+@contextlib.contextmanager
+def _first_blob(sb: Sandbox, sid: str, name: str) -> Iterator[tuple[Repository, bytes]]:
+    """The sandbox's repository, open with its index, and the first blob of the node `name` of
+    snapshot `sid`; closed after the block."""
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        yield repo, next(snapshot_node(repo, sid, name).blobs())
+    finally:
+        repo.close()
+
+
+def _new_pack(repo: Repository, blob: bytes) -> tuple[str, bytes, list[PackEntry]]:
+    """A pack of one genuine copy of `blob` (not written): its id, bytes and entries."""
+    data = repo.load_blob(BlobType.DATA, blob)
+    packer = PackBuilder(BlobType.DATA)
+    packer.add(blob, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, blob)), len(data))
+    return packer.finish(repo.sealer)
+
+
+def _plant_good_copy_after(sb: Sandbox, sid: str, name: str) -> tuple[str, str, str]:
+    """A genuine copy of the first blob of `name` in a new pack whose name sorts after the pack of
+    the copy a reader takes first, which is then replaced by a copy that opens but holds other bytes
+    (as `_plant` does): prune goes through a blob's packs in name order. Returns the blob (hex, as
+    messages show it), the wrong copy's pack and the good copy's."""
+    with _first_blob(sb, sid, name) as (repo, blob):
+        first = repo.index.get(blob)
+        assert first is not None and first.compression == Compression.NONE, first
+        for _ in range(64):  # each sealing has its own nonce, so its own pack name: 1 in 2 sorts after
+            pack_id, raw, entries = _new_pack(repo, blob)
+            if pack_id > first.pack_id:
+                break
+        assert pack_id > first.pack_id
+        repo.backend.write(pack_name(pack_id), raw)
+        repo.write_index({pack_id: entries}, [])
+        sealed = repo.sealer.seal(os.urandom(first.raw), blob_aad(BlobType.DATA, blob))  # a valid tag all the same
+        assert len(sealed) == first.stored
+        with open(sb.repo / pack_name(first.pack_id), "r+b") as f:
+            f.seek(first.offset)
+            f.write(sealed)
+    return blob.hex()[:16], pack_name(first.pack_id), pack_name(pack_id)
+
+
+def test_prune_keeps_the_copy_that_proves(sandbox: Sandbox) -> None:
+    """A blob held twice, its first copy wrong (it opens, other bytes): `phx verify` says the data is
+    whole while the good copy's pack stays, and every reader takes that copy. Prune keeps one copy
+    of a blob: it must be the one that proves. Before, it kept the first pack in name order whose
+    copy opened, deleted the good copy's pack as unused (exit 0), and the file was lost."""
+    sb = sandbox
+    sid, content = _backed_up(sb, size=6000)
+    _blob, _bad_pack, good_pack = _plant_good_copy_after(sb, sid, NAME)
+    for pack in (sb.repo / "data").rglob("*"):  # written long enough ago to be deleted
+        if pack.is_file():
+            os.utime(pack, (pack.stat().st_mtime - 7200,) * 2)
+    assert sb.phx("prune", check=None).code == 0
+    assert (sb.repo / good_pack).exists(), "the only copy that proves was deleted"
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert res.code == 0 and res.out == content, res
+
+
+def _first_pack_of_two(sb: Sandbox, sid: str, name: str) -> tuple[str, str]:
+    """A second genuine copy of the first blob of `name`, in a pack of its own: the pack of the copy
+    the index lists first (whichever of the two that is) and the other's."""
+    with _first_blob(sb, sid, name) as (repo, blob):
+        pack_id, raw, entries = _new_pack(repo, blob)
+        repo.backend.write(pack_name(pack_id), raw)
+        repo.write_index({pack_id: entries}, [])
+    with _first_blob(sb, sid, name) as (repo, blob):  # read again: the order of the two index objects
+        first, other = repo.index.locations(blob)
+    return pack_name(first.pack_id), pack_name(other.pack_id)
+
+
+def test_repair_snapshots_counts_a_blob_whose_first_pack_is_gone_as_held(sandbox: Sandbox) -> None:
+    """A blob held twice whose first-listed pack is no longer in the store: every reader takes the
+    other copy (as `phx dump` shows), prune keeps it as the blob's home, so `phx repair snapshots`
+    must count it as held too, with `--read-data` or without. Before, it looked at the first-listed
+    location only: the file was named lost, and `--rewrite` would drop it from the snapshot."""
+    sb = sandbox
+    sid, content = _backed_up(sb, size=6000)
+    gone, kept = _first_pack_of_two(sb, sid, NAME)
+    (sb.repo / gone).unlink()
+    assert (sb.repo / kept).exists()
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert res.code == 0 and res.out == content, res
+    for args in ((), ("--read-data",)):
+        res = sb.phx("repair", "snapshots", "--json", *args, check=None)
+        assert NAME not in res.out + res.err, (args, res)
+
+
+def test_a_streaming_reader_names_why_each_copy_failed(sandbox: Sandbox) -> None:
+    """Ordinary damage through a streaming reader: a byte flipped in the blob's only copy, then its
+    pack gone. The error names the pack and why its copy failed (authentication, missing). Before,
+    both said the pack had "no copy whose bytes match its id", the words for a wrong copy."""
+    sb = sandbox
+    sid, _content = _backed_up(sb, size=6000)
+    with _first_blob(sb, sid, NAME) as (repo, blob):
+        loc = repo.index.get(blob)
+        assert loc is not None
+    pack = sb.repo / pack_name(loc.pack_id)
+    with open(pack, "r+b") as f:
+        f.seek(loc.offset + 100)
+        byte = f.read(1)[0]
+        f.seek(loc.offset + 100)
+        f.write(bytes([byte ^ 1]))
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert_error(res, 1, NAME, f"{pack_name(loc.pack_id)}: ", "fails authentication")
+    pack.unlink()
+    res = sb.phx("dump", sid, f"workspace/{NAME}", check=None)
+    assert_error(res, 1, NAME, f"{pack_name(loc.pack_id)}: ", "is missing")
+    assert res.out == ""

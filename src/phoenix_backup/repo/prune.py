@@ -504,11 +504,13 @@ def _cannot_repack(u: PackUse, now: float) -> str | None:
 
 
 def _sound_copy(repo: Repository, held: list[tuple[str, PackEntry]]) -> tuple[str, PackEntry]:
-    """Of a blob's copies in several packs, the first that opens and matches its id: in a
-    write-only repository the machine that backs up can seal other bytes under the id of a blob
-    older snapshots hold, and the copy prune keeps is the only one left afterwards."""
-    if repo.config.write_only is None:
-        return held[0]  # the seal binds a blob to its id: every copy that opens is the blob
+    """Of a blob's copies in several packs, the first that opens and whose plaintext hashes to its
+    id: the copy prune keeps is the only one left afterwards. A tag proves the stored bytes were
+    sealed under the blob's id, not that they are the blob: in a write-only repository the machine
+    that backs up seals under its own key, and in any repository a key holder or a bug can seal
+    other bytes under an id (a wrong copy, which every reader passes over for a copy that proves:
+    `Repository.load_proving`; kept first in name order, it left the file with no good copy).
+    Only blobs held more than once are read here."""
     for pack_id, e in held:
         sealed = repo.backend.read_range(pack_name(pack_id), e.offset, e.stored)
         with contextlib.suppress(CorruptObject):

@@ -182,10 +182,10 @@ class SnapshotRepair:
 
 
 class _Present:
-    """Whether a blob can still be read: indexed, in a pack the store holds and long enough, and
-    with `read_data` a copy of it opening and matching its id (the first listed, or another that
-    every reader takes when the first holds other bytes: `Repository.load_proving`). One listing
-    of `data/`; results cached."""
+    """Whether a blob can still be read: indexed, a copy of it in a pack the store holds and long
+    enough, and with `read_data` a copy of it opening and matching its id (the first listed, or
+    another that every reader takes when the first holds other bytes: `Repository.load_proving`).
+    One listing of `data/`; results cached."""
 
     def __init__(self, repo: Repository, read_data: bool) -> None:
         self.repo = repo
@@ -200,17 +200,24 @@ class _Present:
         return ok
 
     def _check(self, blob_id: bytes) -> bool:
-        loc = self.repo.index.get(blob_id)
-        if loc is None:
+        first = self.repo.index.get(blob_id)
+        if first is None:
             return False
-        name = pack_name(loc.pack_id)
-        size = self.sizes.get(name)
-        if size is None or loc.offset + loc.stored > size:
+        # Any location of it, not only the first listed: every reader passes over a copy whose
+        # pack is gone or cut short (`Repository.load_blob`) and prune keeps a copy in the store.
+        stored = [
+            loc
+            for loc in self.repo.index.locations(blob_id)
+            if loc.type == first.type
+            and (size := self.sizes.get(pack_name(loc.pack_id))) is not None
+            and loc.offset + loc.stored <= size
+        ]
+        if not stored:
             return False
         if not self.read_data:
             return True
         try:  # any copy that proves: the readers take it when the first holds other bytes
-            self.repo.load_proving(loc.type, blob_id)
+            self.repo.load_proving(first.type, blob_id)
         except (CorruptObject, ObjectNotFound):
             return False
         return True

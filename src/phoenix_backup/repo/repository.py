@@ -1370,11 +1370,15 @@ class Repository:
             for bad, why in tried:
                 self._bad_location(bad, blob_id, why)
             return loc, not tried, data
-        packs = (
-            ", ".join(dict.fromkeys(pack_name(loc.pack_id) for loc, _exc in tried)) or "none: it is not in the index"
-        )
+        # Each pack with why its copy failed (missing, cut short, failing authentication, other
+        # bytes): a pack that is gone is not said to hold a wrong copy.
+        reasons: dict[str, str] = {}  # the first failure of each pack, in the order tried
+        for bad, why in tried:
+            reasons.setdefault(pack_name(bad.pack_id), str(why))
+        packs = "; ".join(f"{name}: {text}" for name, text in reasons.items()) or "none: it is not in the index"
         raise CorruptObject(
-            f"{kind.name.lower()} blob {blob_id.hex()[:16]} has no copy whose bytes match its id (packs tried: {packs})"
+            f"{kind.name.lower()} blob {blob_id.hex()[:16]} has no copy that can be read and matches its id "
+            f"(packs tried: {packs})"
         )
 
     def load_proven(self, kind: BlobType, blob_id: bytes, loc: BlobLocation) -> bytes:
