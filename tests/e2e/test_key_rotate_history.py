@@ -1,0 +1,201 @@
+"""`phx key rotate` carries the point-in-time history of `phx watch` over (issues 14 and 19): the
+capture segments are re-sealed under the new key, each naming its base snapshot and its
+predecessor by their new ids, so `phx restore --at` gives the same state at every time after a
+rotation as before it, the timeline covers the same ranges, the repository verifies with its data
+read, and the old key opens nothing the rotation wrote. A rotation killed between the segments'
+re-seal and the config switch, or after the switch before the old objects are deleted, leaves
+everything restorable, and a second run finishes it. Before, a rotation left the segments sealed
+under the retired key: no time between snapshots restored, and `verify` failed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox
+from killpoint import run_killed
+from test_watch_thinning import LOGICAL, new_db
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops import pitr
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo import captures
+from phoenix_backup.repo.crypto import Sealer
+from phoenix_backup.repo.repository import Repository, sealed_with
+from phoenix_backup.repo.walker import walk_tree
+
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+SEC = 1_000_000  # µs
+SEGMENTS = 6
+
+
+@contextlib.contextmanager
+def _repo(sb: Sandbox) -> Iterator[Repository]:
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def _rows(db: Path) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT k, v FROM t ORDER BY k").fetchall()
+    finally:
+        con.close()
+
+
+def _history(sb: Sandbox) -> dict[int, list[tuple[object, ...]]]:
+    """A backup (the base), then a watch's chain of segments over the ten minutes before now, one
+    commit each, as `phx watch` seals them; segments 2 and 3 are then merged as a thinning does,
+    and segment 3 is left behind (a thinning cut short), so a merged segment's `link` names a
+    segment that is still stored. Returns the writer's rows at each commit time kept."""
+    db = sb.layout.dashboard_db
+    con = new_db(sb)
+    con.execute("INSERT INTO t VALUES (1, 'before the base')")
+    base_snap = sb.backup()["id"]
+    now = captures.to_us(datetime.now(UTC))
+    rows: dict[int, list[tuple[object, ...]]] = {}
+    chain, previous, prev = "d" * 32, None, db.read_bytes()
+    written: list[captures.Segment] = []
+    with _repo(sb) as repo:
+        repo.load_index()
+        node = next(n for lg, n in walk_tree(repo, repo.load_snapshot(base_snap).tree) if lg == LOGICAL)
+        since = now - 10 * 60 * SEC
+        for k in range(SEGMENTS):
+            at = since + 20 * SEC
+            con.execute("INSERT INTO t VALUES (?, ?)", (k + 10, f"commit {k} " + "x" * 600))
+            cur = db.read_bytes()
+            count = len(cur) // 1024
+            changed = [
+                p for p in range(1, count + 1) if cur[(p - 1) * 1024 : p * 1024] != prev[(p - 1) * 1024 : p * 1024]
+            ]
+            base = captures.Base(base_snap, str(node.sha256)) if k == 0 else None
+            part = captures.Part(
+                LOGICAL,
+                1024,
+                at if k == 0 else since,
+                at + 40 * SEC,
+                (captures.Commit(at, count, tuple(changed)),),
+                base,
+            )
+            seg = captures.build(
+                chain, k, previous, "host", [(part, [cur[(p - 1) * 1024 : p * 1024] for p in changed])]
+            )
+            name, raw = captures.seal(repo, seg)
+            repo.backend.write(name, raw)
+            seg.id = name.removeprefix(captures.PREFIX)
+            written.append(seg)
+            rows[at], prev, previous, since = _rows(db), cur, seg.id, at + 40 * SEC
+        merged = captures.merge(written[2:4])
+        name, raw = captures.seal(repo, merged)
+        repo.backend.write(name, raw)
+        repo.backend.delete(captures.PREFIX + written[2].id)
+    con.close()
+    rows.pop(written[2].parts[0].commits[0].at)  # thinned away by the merge
+    return rows
+
+
+def _times(rows: dict[int, list[tuple[object, ...]]]) -> list[int]:
+    """Each kept commit's time, and a time between it and the next one."""
+    return sorted({t for at in rows for t in (at, at + 5 * SEC)})
+
+
+def _rebuilt(sb: Sandbox, times: list[int], tmp: Path) -> dict[int, bytes]:
+    out = {}
+    with _repo(sb) as repo:
+        tl = captures.timeline(repo)
+        for at in times:
+            dest = tmp / "rebuilt.db"
+            dest.unlink(missing_ok=True)
+            pitr.rebuild(repo, tl, LOGICAL, at, dest)
+            out[at] = dest.read_bytes()
+    return out
+
+
+def _ranges(sb: Sandbox) -> list[tuple[object, ...]]:
+    doc = sb.phx("list", "--timeline", "--json").json()
+    return sorted((r["path"], r["start"], r["end"]) for r in doc["ranges"])
+
+
+def _restored_at(sb: Sandbox, at: int, dest: Path) -> list[tuple[object, ...]]:
+    when = captures.describe(at, exact=True)
+    sb.phx("restore", "--at", when, "--to", dest, "--path", LOGICAL, "--json")
+    found = [p for p in dest.rglob("dashboard.db") if p.is_file()]
+    assert len(found) == 1, found
+    return _rows(found[0])
+
+
+@pytest.fixture
+def history(
+    sandbox: Sandbox, tmp_path: Path
+) -> tuple[Sandbox, dict[int, list[tuple[object, ...]]], dict[int, bytes], list[tuple[object, ...]]]:
+    rows = _history(sandbox)
+    before = _rebuilt(sandbox, _times(rows), tmp_path)
+    return sandbox, rows, before, _ranges(sandbox)
+
+
+def test_a_rotation_keeps_every_point_in_time(history, tmp_path: Path) -> None:
+    sb, rows, before, ranges = history
+    assert len(ranges) == 1, ranges
+    between = sorted(rows)[-2] + 5 * SEC  # after a commit, before the next: no snapshot holds it
+    assert _restored_at(sb, between, tmp_path / "before") == rows[sorted(rows)[-2]]
+    with _repo(sb) as repo:
+        old = Sealer(repo.secrets.encryption_key)
+        old_segments = set(captures.segment_names(repo))
+
+    doc = sb.phx("key", "rotate", "--json").json()
+    assert doc["segments"] == SEGMENTS, doc  # 6 written, 1 merged in, 1 deleted
+
+    assert _ranges(sb) == ranges
+    assert _rebuilt(sb, _times(rows), tmp_path) == before
+    assert _restored_at(sb, between, tmp_path / "after") == rows[sorted(rows)[-2]]
+    for at, want in rows.items():
+        assert _rows_of(before[at], tmp_path) == want, captures.describe(at)
+    verified = sb.verify("--read-data")
+    assert verified["ok"] and verified["errors"] == [] and verified["notices"] == [], verified
+    assert verified["checked"]["segments"] == SEGMENTS, verified
+    with _repo(sb) as repo:
+        now = set(captures.segment_names(repo))
+        assert len(now) == SEGMENTS and not now & old_segments
+        for prefix in ("captures/", "snapshots/", "index/", "data/"):
+            for info in repo.backend.list(prefix):
+                assert not sealed_with(repo.backend, info.name, old), f"the old key opens {info.name}"
+
+
+def _rows_of(data: bytes, tmp: Path) -> list[tuple[object, ...]]:
+    db = tmp / "rows.db"
+    db.write_bytes(data)
+    return _rows(db)
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        "store.write(config",  # every segment re-sealed, the config not switched yet
+        "store.delete(captures/",  # switched; no old object deleted yet
+        *(["store.write(captures/", "store.delete(snapshots/"] if HEAVY else []),
+    ],
+)
+def test_a_rotation_killed_around_its_commit_point_keeps_the_history(history, tmp_path: Path, match: str) -> None:
+    sb, rows, before, ranges = history
+    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=match, PHX_KILL_ONLY="changes")
+    kind, _n, call = run_killed(["key", "rotate"], env, tmp_path / "kill-report")
+    assert kind == "killed", f"the rotation was not killed before {match}"
+    times = _times(rows)
+    assert _ranges(sb) == ranges, call
+    assert _rebuilt(sb, times, tmp_path) == before, call
+    verified = sb.verify()
+    assert verified["ok"], (call, verified)
+    sb.phx("key", "rotate")
+    assert _ranges(sb) == ranges, call
+    assert _rebuilt(sb, times, tmp_path) == before, call
+    verified = sb.verify("--read-data")
+    assert verified["ok"] and verified["notices"] == [], (call, verified)
+    assert verified["checked"]["segments"] == SEGMENTS, verified
