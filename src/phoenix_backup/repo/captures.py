@@ -418,8 +418,8 @@ class Timeline:
     problems: dict[str, str]  # segment name -> why it was not read
     broken: list[str]  # chains cut by a missing or unreadable segment
     unreadable: list[str] = field(default_factory=list)  # names of segments that did not open
-    # Of those, the ones sealed with the other key of this machine's unfinished `phx key rotate`
-    # (its leftovers, not damage: the rotation's re-run removes them).
+    # Segments sealed with the other key of this machine's unfinished `phx key rotate`: its
+    # leftovers (their copies under this key are read), not damage; its re-run removes them.
     rotation: list[str] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)  # ids a merged segment stands for (left by a crash)
     orphaned: list[str] = field(default_factory=list)  # chains none of whose base snapshots is left
@@ -461,10 +461,11 @@ def timeline(repo: Repository, cache: Path | None = None) -> Timeline:
         except ToolMissing:
             raise  # zstandard cannot be loaded (its first use may be here): no segment is to blame
         except (PhoenixError, OSError) as exc:
-            problems[name] = str(exc)
-            unreadable.append(name)
             if repo.left_by_rotation(name):
-                rotation.append(name)
+                rotation.append(name)  # not damage, nor a state lost: the re-sealed copy holds it
+            else:
+                problems[name] = str(exc)
+                unreadable.append(name)
             continue
         if cache is not None:
             cache_header(cache, seg, key)
@@ -548,7 +549,17 @@ def timeline(repo: Repository, cache: Path | None = None) -> Timeline:
                 open_[part.path] = Range(part.path, start, part.until, chain, seg.sequence, points)
         ranges.extend(open_.values())
     ranges.sort(key=lambda r: (r.path, r.start))
-    return Timeline(segments, chains, ranges, problems, broken, unreadable, superseded, orphaned, rotation)
+    return Timeline(
+        segments,
+        chains,
+        ranges,
+        problems,
+        broken,
+        unreadable,
+        superseded=superseded,
+        orphaned=orphaned,
+        rotation=rotation,
+    )
 
 
 # -- thinning -----------------------------------------------------------------------------
