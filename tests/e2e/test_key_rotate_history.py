@@ -122,13 +122,13 @@ def _rebuilt(sb: Sandbox, times: list[int], tmp: Path) -> dict[int, bytes]:
 
 def _ranges(sb: Sandbox) -> dict[str, object]:
     """What `phx list --timeline` says of the databases: ranges, gaps, segments, problems."""
-    doc = sb.phx("list", "--timeline", "--json").json()
+    doc = sb.phx_here("list", "--timeline", "--json").json()
     return {k: doc[k] for k in ("databases", "segments", "problems", "brokenChains")}
 
 
 def _restored_at(sb: Sandbox, at: int, dest: Path) -> list[tuple[object, ...]]:
     when = captures.describe(at, exact=True)
-    sb.phx("restore", "--at", when, "--to", dest, "--path", LOGICAL, "--json")
+    sb.phx_here("restore", "--at", when, "--to", dest, "--path", LOGICAL, "--json")
     found = [p for p in dest.rglob("dashboard.db") if p.is_file()]
     assert len(found) == 1, found
     return _rows(found[0])
@@ -152,7 +152,7 @@ def test_a_rotation_keeps_every_point_in_time(history, tmp_path: Path) -> None:
         old = Sealer(repo.secrets.encryption_key)
         old_segments = set(captures.segment_names(repo))
 
-    doc = sb.phx("key", "rotate", "--json").json()
+    doc = sb.phx_here("key", "rotate", "--json").json()
     assert doc["segments"] == SEGMENTS, doc  # 6 written, 1 merged in, 1 deleted
 
     assert _ranges(sb) == ranges
@@ -160,7 +160,7 @@ def test_a_rotation_keeps_every_point_in_time(history, tmp_path: Path) -> None:
     assert _restored_at(sb, between, tmp_path / "after") == rows[sorted(rows)[-2]]
     for at, want in rows.items():
         assert _rows_of(before[at], tmp_path) == want, captures.describe(at)
-    verified = sb.verify("--read-data")
+    verified = sb.phx_here("verify", "--json", "--read-data").json()
     assert verified["ok"] and verified["errors"] == [] and verified["notices"] == [], verified
     assert verified["checked"]["segments"] == SEGMENTS, verified
     with _repo(sb) as repo:
@@ -193,11 +193,11 @@ def test_a_rotation_killed_around_its_commit_point_keeps_the_history(history, tm
     times = _times(rows)
     assert _ranges(sb) == ranges, call
     assert _rebuilt(sb, times, tmp_path) == before, call
-    verified = sb.verify()
+    verified = sb.phx_here("verify", "--json").json()
     assert verified["ok"], (call, verified)
-    sb.phx("key", "rotate")
+    sb.phx_here("key", "rotate")
     assert _ranges(sb) == ranges, call
     assert _rebuilt(sb, times, tmp_path) == before, call
-    verified = sb.verify("--read-data")
+    verified = sb.phx_here("verify", "--json", "--read-data").json()
     assert verified["ok"] and verified["notices"] == [], (call, verified)
     assert verified["checked"]["segments"] == SEGMENTS, verified
