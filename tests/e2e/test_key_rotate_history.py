@@ -153,11 +153,11 @@ def test_a_rotation_keeps_every_point_in_time(history, tmp_path: Path) -> None:
         old_segments = set(captures.segment_names(repo))
 
     doc = sb.phx_here("key", "rotate", "--json").json()
-    assert doc["segments"] == SEGMENTS, doc  # 6 written, 1 merged in, 1 deleted
 
     assert _ranges(sb) == ranges
-    assert _rebuilt(sb, _times(rows), tmp_path) == before
     assert _restored_at(sb, between, tmp_path / "after") == rows[sorted(rows)[-2]]
+    assert _rebuilt(sb, _times(rows), tmp_path) == before
+    assert doc["segments"] == SEGMENTS, doc  # 6 written, 1 merged in, 1 deleted
     for at, want in rows.items():
         assert _rows_of(before[at], tmp_path) == want, captures.describe(at)
     verified = sb.phx_here("verify", "--json", "--read-data").json()
