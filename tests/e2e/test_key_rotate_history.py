@@ -201,3 +201,44 @@ def test_a_rotation_killed_around_its_commit_point_keeps_the_history(history, tm
     verified = sb.phx_here("verify", "--json", "--read-data").json()
     assert verified["ok"] and verified["notices"] == [], (call, verified)
     assert verified["checked"]["segments"] == SEGMENTS, verified
+
+
+def test_segments_a_watch_sealed_before_a_rotation_are_never_written_after_it(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A watch whose segments waited in its spool (the repository out of reach, or the rotation
+    holding the lock) across a `phx key rotate`: the next watch deletes them, saying why, rather
+    than write segments no key opens."""
+    from test_watch_adversary import _commit, _table
+    from test_watch_bases import _watcher
+
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    segments = sb.repo / "captures"
+    with _watcher(sb, notices) as w:
+        w.poll()
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        segments.rename(tmp_path / "captures-away")  # an outage: the segments wait in the spool
+        segments.write_bytes(b"")
+        for k in (2, 3):
+            _commit(db, k)
+            w.poll()
+            w.flush()
+        assert len(list(w.spool.iterdir())) == 2
+        w.spill_all()
+        w.save_hashes(stopping=True)
+    segments.unlink()
+    (tmp_path / "captures-away").rename(segments)
+    ranges = _ranges(sb)
+    sb.phx_here("key", "rotate")
+    assert _ranges(sb) == ranges  # what was written before the rotation is kept
+    with _watcher(sb, notices) as w:
+        w.poll()
+        w.flush()
+        assert not w.queue and list(w.spool.iterdir()) == []
+    said = [n for n in notices if "retired" in n]
+    assert len(said) == 2 and "stop `phx watch` before rotating the key" in said[0], notices
+    verified = sb.phx_here("verify", "--json", "--read-data").json()
+    assert verified["ok"] and verified["errors"] == [], verified
