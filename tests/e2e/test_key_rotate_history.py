@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import Sandbox, assert_error
 from killpoint import run_killed
 from test_watch_thinning import LOGICAL, new_db
 
@@ -242,3 +242,20 @@ def test_segments_a_watch_sealed_before_a_rotation_are_never_written_after_it(sa
     assert len(said) == 2 and "stop `phx watch` before rotating the key" in said[0], notices
     verified = sb.phx_here("verify", "--json", "--read-data").json()
     assert verified["ok"] and verified["errors"] == [], verified
+
+
+def test_a_damaged_segment_stops_the_rotation_before_it_changes_anything(history, tmp_path: Path) -> None:
+    """A segment that does not open cannot be re-sealed, and another target may hold a good copy
+    that a rotation would retire with the old key: nothing is changed, and the error says what to
+    do (before, the rotation went on and left it under the retired key)."""
+    sb = history[0]
+    damaged = sorted((sb.repo / "captures").iterdir())[0]
+    data = bytearray(damaged.read_bytes())
+    data[40] ^= 1
+    damaged.write_bytes(bytes(data))
+    stored = {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file()}
+    res = sb.phx("key", "rotate", check=None)
+    assert_error(res, 1, "1 capture segment(s)", damaged.name, "nothing was changed", "run `phx key rotate` again")
+    assert {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file() and "locks" not in p.parts} == {
+        p: b for p, b in stored.items() if "locks" not in p.parts
+    }

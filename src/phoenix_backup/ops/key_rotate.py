@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import UsageError
+from phoenix_backup.errors import RepositoryError, UsageError
 from phoenix_backup.ops.context import Environment, credentials, enabled_targets, open_repository, pins
 from phoenix_backup.ops.sync import replicate_all
 from phoenix_backup.repo import captures
@@ -156,13 +156,17 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
         used = snapshot_blobs(repo, snapshots)
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
-        # Every segment is read (and authenticated) now: one that does not open under the old key
-        # (damaged, or planted) is left as it is, and said; it holds nothing a reader could use.
+        # Every segment is read (and authenticated) now: one that does not open (damaged, or
+        # planted) cannot be re-sealed, and another target may hold a good copy that the rotation
+        # would retire with the old key, so nothing is changed (as for a damaged snapshot).
         history = captures.timeline(repo)
-        for name in history.unreadable:
-            envx.notice(
-                f"warning: {name} does not open ({history.problems[name]}), so the rotation cannot re-seal it; it "
-                "is left as it is"
+        if history.unreadable:
+            first = history.unreadable[0]
+            raise RepositoryError(
+                f"{len(history.unreadable)} capture segment(s) of `phx watch` cannot be read (first: "
+                f"{history.problems[first]}); a rotation cannot re-seal the states they hold, so nothing was "
+                "changed; copy a readable one back from another target that holds it (the same name under "
+                "`captures/`), or, to give up those states, delete it from the storage, then run `phx key rotate` again"
             )
 
         new = keyslots.MasterSecrets(os.urandom(keyslots.KEY_LENGTH), old.id_key, old.chunker_seed)
