@@ -31,7 +31,8 @@ from phoenix_backup.repo.walker import walk_tree
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 SEC = 1_000_000  # µs
-SEGMENTS = 6
+SEGMENTS = 8  # sealed by the "watch"
+STORED = 7  # after two merges: 2-3 (3 left behind) and 5-6 (both deleted)
 
 
 @contextlib.contextmanager
@@ -53,9 +54,11 @@ def _rows(db: Path) -> list[tuple[object, ...]]:
 
 def _history(sb: Sandbox) -> dict[int, list[tuple[object, ...]]]:
     """A backup (the base), then a watch's chain of segments over the ten minutes before now, one
-    commit each, as `phx watch` seals them; segments 2 and 3 are then merged as a thinning does,
-    and segment 3 is left behind (a thinning cut short), so a merged segment's `link` names a
-    segment that is still stored. Returns the writer's rows at each commit time kept."""
+    commit each, as `phx watch` seals them; segments 2 and 3, and 5 and 6, are then merged as a
+    thinning does; segments 5 and 6 are deleted, and 3 is left behind (a thinning cut short), so
+    one merged segment's `link` (which the next segment names as its previous) names no stored
+    segment, and the other's names a stored one. Returns the writer's rows at each commit time
+    kept."""
     db = sb.layout.dashboard_db
     con = new_db(sb)
     con.execute("INSERT INTO t VALUES (1, 'before the base')")
@@ -97,8 +100,13 @@ def _history(sb: Sandbox) -> dict[int, list[tuple[object, ...]]]:
         name, raw = captures.seal(repo, merged)
         repo.backend.write(name, raw)
         repo.backend.delete(captures.PREFIX + written[2].id)
+        name, raw = captures.seal(repo, captures.merge(written[5:7]))
+        repo.backend.write(name, raw)
+        for seg in written[5:7]:
+            repo.backend.delete(captures.PREFIX + seg.id)
     con.close()
-    rows.pop(written[2].parts[0].commits[0].at)  # thinned away by the merge
+    for seg in (written[2], written[5]):
+        rows.pop(seg.parts[0].commits[0].at)  # thinned away by the merges
     return rows
 
 
@@ -145,7 +153,13 @@ def history(
 
 def test_a_rotation_keeps_every_point_in_time(history, tmp_path: Path) -> None:
     sb, rows, before, ranges = history
-    assert [r["kind"] for r in ranges["databases"][LOGICAL]] == ["covered", "thinned", "covered"], ranges
+    assert [r["kind"] for r in ranges["databases"][LOGICAL]] == [
+        "covered",
+        "thinned",
+        "covered",
+        "thinned",
+        "covered",
+    ], ranges
     between = sorted(rows)[-2] + 5 * SEC  # after a commit, before the next: no snapshot holds it
     assert _restored_at(sb, between, tmp_path / "before") == rows[sorted(rows)[-2]]
     with _repo(sb) as repo:
@@ -157,15 +171,15 @@ def test_a_rotation_keeps_every_point_in_time(history, tmp_path: Path) -> None:
     assert _ranges(sb) == ranges
     assert _restored_at(sb, between, tmp_path / "after") == rows[sorted(rows)[-2]]
     assert _rebuilt(sb, _times(rows), tmp_path) == before
-    assert doc["segments"] == SEGMENTS, doc  # 6 written, 1 merged in, 1 deleted
+    assert doc["segments"] == STORED, doc
     for at, want in rows.items():
         assert _rows_of(before[at], tmp_path) == want, captures.describe(at)
     verified = sb.phx_here("verify", "--json", "--read-data").json()
     assert verified["ok"] and verified["errors"] == [] and verified["notices"] == [], verified
-    assert verified["checked"]["segments"] == SEGMENTS, verified
+    assert verified["checked"]["segments"] == STORED, verified
     with _repo(sb) as repo:
         now = set(captures.segment_names(repo))
-        assert len(now) == SEGMENTS and not now & old_segments
+        assert len(now) == STORED and not now & old_segments
         for prefix in ("captures/", "snapshots/", "index/", "data/"):
             for info in repo.backend.list(prefix):
                 assert not sealed_with(repo.backend, info.name, old), f"the old key opens {info.name}"
@@ -200,7 +214,7 @@ def test_a_rotation_killed_around_its_commit_point_keeps_the_history(history, tm
     assert _rebuilt(sb, times, tmp_path) == before, call
     verified = sb.phx_here("verify", "--json", "--read-data").json()
     assert verified["ok"] and verified["notices"] == [], (call, verified)
-    assert verified["checked"]["segments"] == SEGMENTS, verified
+    assert verified["checked"]["segments"] == STORED, verified
 
 
 def test_segments_a_watch_sealed_before_a_rotation_are_never_written_after_it(sandbox: Sandbox, tmp_path: Path) -> None:
