@@ -18,18 +18,18 @@ key derive from all the secrets, so they change with the encryption key.
 Crash safety, under the exclusive lock, in this order:
 
 1. objects (segments too) and slots of another key that the owner's credentials open are deleted
-   first: the leftovers of an earlier interrupted rotation (before or after its commit point), or a slot and
-   objects planted under another key;
-   (then every snapshot and every capture segment is read: one that does not open stops the
-   rotation here, with nothing changed, as another target may hold a good copy);
+   first: the leftovers of an earlier interrupted rotation (before or after its commit point), or
+   a slot and objects planted under another key; then every snapshot and capture segment is
+   read: one that does not open stops the rotation here, with nothing changed (another target
+   may hold a good copy);
 2. this user's pin records the new fingerprint as `next` (accepted beside the old one);
 3. new slots, new packs, the new index, the re-sealed snapshots, then the re-sealed segments:
    readers with the old key ignore them (they do not authenticate), so the repository is the old
    one, whole;
 4. the config, authenticated by the new key: from here on the new key is the repository's;
 5. the pin moves to the new fingerprint; the old segments, snapshots, index objects and packs go,
-   the lock moves to the new key, the old slots go last (while one is left, so is the old key: step 1 of a
-   re-run can still find what it sealed).
+   the lock moves to the new key, the old slots go last (while one is left, so is the old key:
+   step 1 of a re-run can still find what it sealed).
 
 A SIGKILL anywhere leaves a repository that opens with the owner's secret and restores every
 snapshot; `phx key rotate` run again finishes (or redoes) the job. A stop (Ctrl-C, SIGTERM, SIGHUP)
