@@ -160,7 +160,8 @@ def key_rotate(out: Out, envx: Environment, config_path: str | None) -> ExitStat
     """Replace the repository's encryption key: old key slots (and copies of them, such as a Git
     target's history) then open nothing written afterwards.
 
-    Every blob a snapshot still needs is re-sealed into new packs, the index and snapshots are
+    Every blob a snapshot still needs is re-sealed into new packs, the index, the snapshots and
+    the capture segments of `phx watch` (so `phx restore --at` keeps every point in time) are
     re-written, and the old objects and slots are deleted, under the exclusive lock; then every
     other target is brought over. Slots whose credential is not known here (other passphrases)
     are dropped and listed: add them again with `phx key add`. Other machines that use the
@@ -177,7 +178,8 @@ def key_rotate(out: Out, envx: Environment, config_path: str | None) -> ExitStat
     else:
         text = (
             f"rotated the key of repository {result.repository} in {result.seconds:.1f} s: {result.snapshots} "
-            f"snapshot(s), {result.blobs} blob(s) re-sealed into {result.packs} pack(s)\n"
+            f"snapshot(s), {result.segments} capture segment(s), {result.blobs} blob(s) re-sealed into "
+            f"{result.packs} pack(s)\n"
             f"new key fingerprint {result.fingerprint} (was {result.previous}); on every other machine that "
             f"uses this repository, check it and run `phx key trust {result.fingerprint}`"
         )

@@ -3,9 +3,11 @@ target's history) open nothing written from now on.
 
 `key passwd` and `key remove` only replace or drop a wrapping of the same secrets: whoever kept an
 old slot (or read it from Git history) still opens everything. Rotation draws a new encryption key,
-re-seals every blob a snapshot still needs into new packs, writes a new index and re-seals the
-snapshots, then makes the config authenticated by the new key: that single atomic write is the
-commit point. Afterwards the old objects and slots are deleted.
+re-seals every blob a snapshot still needs into new packs, writes a new index, re-seals the
+snapshots and the capture segments of `phx watch` (each segment's base snapshot and predecessor
+named by their new ids, so `phx restore --at` keeps every point in time), then makes the config
+authenticated by the new key: that single atomic write is the commit point. Afterwards the old
+objects and slots are deleted.
 
 The id key and the chunker parameter are kept. They only name and cut blobs inside sealed objects,
 so a holder of the old secrets learns nothing from them without the encryption key; keeping them
@@ -15,16 +17,19 @@ key derive from all the secrets, so they change with the encryption key.
 
 Crash safety, under the exclusive lock, in this order:
 
-1. objects and slots of another key that the owner's credentials open are deleted first: the
-   leftovers of an earlier interrupted rotation (before or after its commit point), or a slot and
-   objects planted under another key;
+1. objects (segments too) and slots of another key that the owner's credentials open are deleted
+   first: the leftovers of an earlier interrupted rotation (before or after its commit point), or
+   a slot and objects planted under another key; then every snapshot and capture segment is
+   read: one that does not open stops the rotation here, with nothing changed (another target
+   may hold a good copy);
 2. this user's pin records the new fingerprint as `next` (accepted beside the old one);
-3. new slots, new packs, the new index, the re-sealed snapshots: readers with the old key ignore
-   them (they do not authenticate), so the repository is the old one, whole;
+3. new slots, new packs, the new index, the re-sealed snapshots, then the re-sealed segments:
+   readers with the old key ignore them (they do not authenticate), so the repository is the old
+   one, whole;
 4. the config, authenticated by the new key: from here on the new key is the repository's;
-5. the pin moves to the new fingerprint; the old snapshots, index objects and packs go, the lock
-   moves to the new key, the old slots go last (while one is left, so is the old key: step 1 of a
-   re-run can still find what it sealed).
+5. the pin moves to the new fingerprint; the old segments, snapshots, index objects and packs go,
+   the lock moves to the new key, the old slots go last (while one is left, so is the old key:
+   step 1 of a re-run can still find what it sealed).
 
 A SIGKILL anywhere leaves a repository that opens with the owner's secret and restores every
 snapshot; `phx key rotate` run again finishes (or redoes) the job. A stop (Ctrl-C, SIGTERM, SIGHUP)
@@ -47,9 +52,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import UsageError
+from phoenix_backup.errors import RepositoryError, UsageError
 from phoenix_backup.ops.context import Environment, credentials, enabled_targets, open_repository, pins
 from phoenix_backup.ops.sync import replicate_all
+from phoenix_backup.repo import captures
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
@@ -68,6 +74,7 @@ class RotateResult:
     fingerprint: str  # the new key's
     previous: str
     snapshots: int = 0
+    segments: int = 0  # capture segments re-sealed
     blobs: int = 0
     packs: int = 0
     bytes: int = 0  # bytes of new packs
@@ -84,6 +91,7 @@ class RotateResult:
             "fingerprint": self.fingerprint,
             "previous": self.previous,
             "snapshots": self.snapshots,
+            "segments": self.segments,
             "blobs": self.blobs,
             "packs": self.packs,
             "bytes": self.bytes,
@@ -150,6 +158,18 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
         used = snapshot_blobs(repo, snapshots)
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
+        # Every segment is read (and authenticated) now: one that does not open (damaged, or
+        # planted) cannot be re-sealed, and another target may hold a good copy that the rotation
+        # would retire with the old key, so nothing is changed (as for a damaged snapshot).
+        history = captures.timeline(repo)
+        if history.unreadable:
+            first = history.unreadable[0]
+            raise RepositoryError(
+                f"{len(history.unreadable)} capture segment(s) of `phx watch` cannot be read (first: "
+                f"{history.problems[first]}); a rotation cannot re-seal the states they hold, so nothing was "
+                "changed; copy a readable one back from another target that holds it (the same name under "
+                "`captures/`), or, to give up those states, delete it from the storage, then run `phx key rotate` again"
+            )
 
         new = keyslots.MasterSecrets(os.urandom(keyslots.KEY_LENGTH), old.id_key, old.chunker_seed)
         # Made (not yet written) before the pin names the new key: a slot that cannot be made
@@ -185,6 +205,7 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
                 parent = renamed.get(snap.parent, snap.parent) if snap.parent else None
                 renamed[snap.id] = fresh.save_snapshot(replace(snap, parent=parent))
             result.snapshots = len(snapshots)
+            resealed = _reseal_segments(repo, fresh, history, renamed, result, envx.progress)
 
             # The lock moves to the new key first: whichever key a reader ends up with (this
             # machine's pin accepts both until the end), a killed run's lock stays readable.
@@ -203,7 +224,9 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
 
         def finish() -> None:
             store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
-            for name in old_objects:  # snapshots first: never a snapshot whose data is gone
+            # Segments first (a segment is never left naming a snapshot that is gone), then
+            # snapshots: never a snapshot whose data is gone.
+            for name in [*resealed, *old_objects]:
                 backend.delete(name)
             for slot in sorted(old_slots, key=lambda s: s.id == repo.opened_with):
                 backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
@@ -256,8 +279,8 @@ def _undo(repo: Repository, creds: keyslots.Credentials, store: Pins, old: keysl
 
 def _delete_other_keys(repo: Repository, creds: keyslots.Credentials, *, say: bool = True) -> int:
     """Delete the slots the owner's credentials open to other secrets than the repository's, and
-    every snapshot, index object and pack sealed under those secrets (`say`: and tell the user).
-    Returns how many objects."""
+    every capture segment, snapshot, index object and pack sealed under those secrets (`say`: and
+    tell the user). Returns how many objects."""
     backend = repo.backend
     slots = Repository.read_key_slots(backend)
     others: dict[str, keyslots.MasterSecrets] = {}
@@ -267,7 +290,7 @@ def _delete_other_keys(repo: Repository, creds: keyslots.Credentials, *, say: bo
     deleted = 0
     for master in others.values():
         sealer = Sealer(master.encryption_key)
-        for prefix in ("snapshots/", "index/", "data/"):
+        for prefix in ("captures/", "snapshots/", "index/", "data/"):
             for info in list(backend.list(prefix)):
                 if sealed_with(backend, info.name, sealer):
                     backend.delete(info.name)
@@ -354,3 +377,49 @@ def _resealed(
             done.add(e.id)
             result.blobs += 1
             yield e, sealer.seal(payload, aad)
+
+
+def _reseal_segments(
+    repo: Repository,
+    fresh: Repository,
+    history: captures.Timeline,
+    renamed: dict[str, str],
+    result: RotateResult,
+    report: Reporter,
+) -> list[str]:
+    """Re-seal every segment that opens (`history`: every chain, the superseded leftovers of a
+    thinning cut short and broken chains too, so that what a reader sees is unchanged) under the
+    new key; returns the old names. A segment's name is the SHA-256 of its sealed bytes, so each
+    one's new name differs: each segment names its predecessor (`previous`, and a merged one the
+    last segment it stands for, `link`) by its new name, so the segments are written in chain
+    order, and each base snapshot by the id `renamed` gives it. The chain ids, times, page bytes
+    and each base copy's SHA-256 stay: the timeline and every state rebuilt are the same. One
+    segment's pages are held at a time."""
+    # A segment names only segments of a lower `last_sequence`, or (a merged one's `link`) the
+    # plain segment with its own: plain segments first at each place.
+    order = sorted(history.segments.values(), key=lambda s: (s.chain, s.last_sequence, s.through is not None, s.id))
+    report.phase("resealing capture segments", files=len(order), unit="segments")
+    new_ids: dict[str, str] = {}
+    old_names: list[str] = []
+    for seg in order:
+        full = captures.with_pages(repo, seg)
+        parts = [
+            p
+            if p.base is None
+            else replace(p, base=replace(p.base, snapshot=renamed.get(p.base.snapshot, p.base.snapshot)))
+            for p in full.parts
+        ]
+        moved = replace(
+            full,
+            parts=parts,
+            previous=None if full.previous is None else new_ids.get(full.previous, full.previous),
+            link=None if full.link is None else new_ids.get(full.link, full.link),
+            id="",
+        )
+        name, raw = captures.seal(fresh, moved)
+        fresh.backend.write(name, raw)
+        new_ids[seg.id] = name.removeprefix(captures.PREFIX)
+        old_names.append(captures.PREFIX + seg.id)
+        result.segments += 1
+        report.advance(files=1, size=len(raw))
+    return old_names

@@ -56,6 +56,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.dirs import data_dir, write_private
 from phoenix_backup.errors import (
     ConfigError,
+    CorruptObject,
     IdentityRequired,
     ObjectNotFound,
     PhoenixError,
@@ -427,11 +428,35 @@ class Watcher:
                 self.warn(f"the waiting segment {path} is not one this watch left there (damaged); it is deleted")
                 path.unlink(missing_ok=True)
                 continue
+            if not self._opens(name, raw):
+                # Sealed before a `phx key rotate` (the watch waited for the rotation's lock, then
+                # stopped on the new key): written now, no reader could open it.
+                self.spooled_paths.pop(name)
+                self.warn(
+                    f"the waiting segment {path} was sealed under a key that `phx key rotate` has since retired, so "
+                    "nothing could read it; it is deleted (the states it held are lost; stop `phx watch` before "
+                    "rotating the key)"
+                )
+                path.unlink(missing_ok=True)
+                continue
             out[name] = raw
             self.queue.append((name, None))
         if out:
             self.envx.notice(f"{len(out)} capture segment(s) left waiting in {self.spool} are written first")
         return out
+
+    def _opens(self, name: str, raw: bytes) -> bool:
+        """Whether the spooled segment `name` opens under the repository's key (a machine that
+        backs up a write-only repository cannot tell: it keeps it)."""
+        if not self.repo.can_read:
+            return True
+        try:
+            captures.open_segment(self.repo, name, raw)
+        except IdentityRequired:
+            return True
+        except CorruptObject:
+            return False
+        return True
 
     def _spool_mac(self, name: str, raw: bytes) -> bytes:
         """A spool file's tag: keyed by the repository's key (a write-only machine has it too) and

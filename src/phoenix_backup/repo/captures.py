@@ -33,9 +33,9 @@ import blake3
 
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing
 from phoenix_backup.repo.crypto import same_bytes, sha256_hex, zstandard_module
+from phoenix_backup.repo.repository import CAPTURE_AAD as CAPTURE_AAD  # the seal of a segment
 from phoenix_backup.repo.repository import Repository
 
-CAPTURE_AAD = b"phoenix v1 capture segment"
 MAGIC = b"PHXC"
 VERSION = 1
 MERGED_VERSION = 2  # a segment thinning merged from several (it names `through` and `link`)
@@ -326,9 +326,10 @@ def load(repo: Repository, name: str) -> Segment:
 # A segment never changes (its name is the SHA-256 of its bytes), so the timeline keeps each
 # segment's header in the local cache (`<cache>/<repository id>/captures/<sha256>`) and reads the
 # segment itself only once. An entry is authenticated with a key derived from the repository's
-# secret id key and bound to the segment's name: someone who can write the cache but lacks the
-# repository's key can delete or damage entries (the segment is then read again), never make a
-# reader believe another header. Unencrypted repositories have no secret to key it with (their
+# secret id key and the sealing key's fingerprint, and bound to the segment's name: someone who
+# can write the cache but lacks the repository's key can delete or damage entries (the segment is
+# then read again), never make a reader believe another header; after a key rotation the entries
+# of the segments it re-sealed away no longer count. Unencrypted repositories have no secret to key it with (their
 # segments can be forged in the store too), as with every other object of theirs.
 
 _CACHE_MAGIC = b"PHXH1"
@@ -336,7 +337,11 @@ _CACHE_HEAD = struct.Struct("<5s32sQQ")  # magic, MAC, stored size, page bytes
 
 
 def _cache_key(repo: Repository) -> bytes:
-    return blake3.blake3(b"phoenix v1 capture header cache", key=repo.ids.page_key).digest()
+    """Keyed by the secret id key, and bound to the key the segments are sealed with (its
+    fingerprint): a `phx key rotate` keeps the id key, and the headers of the segments it re-sealed
+    away, cached before, must not stand for segments that no longer open."""
+    context = b"phoenix v1 capture header cache\0" + repo.fingerprint.encode()
+    return blake3.blake3(context, key=repo.ids.page_key).digest()
 
 
 def _cache_mac(key: bytes, name: str, rest: bytes) -> bytes:
@@ -413,6 +418,9 @@ class Timeline:
     problems: dict[str, str]  # segment name -> why it was not read
     broken: list[str]  # chains cut by a missing or unreadable segment
     unreadable: list[str] = field(default_factory=list)  # names of segments that did not open
+    # Segments sealed with the other key of this machine's unfinished `phx key rotate`: its
+    # leftovers (their copies under this key are read), not damage; its re-run removes them.
+    rotation: list[str] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)  # ids a merged segment stands for (left by a crash)
     orphaned: list[str] = field(default_factory=list)  # chains none of whose base snapshots is left
 
@@ -441,6 +449,7 @@ def timeline(repo: Repository, cache: Path | None = None) -> Timeline:
     segments: dict[str, Segment] = {}
     problems: dict[str, str] = {}
     unreadable: list[str] = []
+    rotation: list[str] = []
     key = _cache_key(repo) if cache is not None else b""
     for name in segment_names(repo):
         seg = cached_header(cache, name, key) if cache is not None else None
@@ -452,8 +461,11 @@ def timeline(repo: Repository, cache: Path | None = None) -> Timeline:
         except ToolMissing:
             raise  # zstandard cannot be loaded (its first use may be here): no segment is to blame
         except (PhoenixError, OSError) as exc:
-            problems[name] = str(exc)
-            unreadable.append(name)
+            if repo.left_by_rotation(name):
+                rotation.append(name)  # not damage, nor a state lost: the re-sealed copy holds it
+            else:
+                problems[name] = str(exc)
+                unreadable.append(name)
             continue
         if cache is not None:
             cache_header(cache, seg, key)
@@ -537,7 +549,17 @@ def timeline(repo: Repository, cache: Path | None = None) -> Timeline:
                 open_[part.path] = Range(part.path, start, part.until, chain, seg.sequence, points)
         ranges.extend(open_.values())
     ranges.sort(key=lambda r: (r.path, r.start))
-    return Timeline(segments, chains, ranges, problems, broken, unreadable, superseded, orphaned)
+    return Timeline(
+        segments,
+        chains,
+        ranges,
+        problems,
+        broken,
+        unreadable,
+        superseded=superseded,
+        orphaned=orphaned,
+        rotation=rotation,
+    )
 
 
 # -- thinning -----------------------------------------------------------------------------

@@ -300,6 +300,8 @@ def _check_segments(repo: Repository, result: VerifyResult, cache: Path | None) 
     a second segment of one place in a chain) are notices."""
     tl = captures.timeline(repo, cache)
     result.checked["segments"] = len(tl.segments) + len(tl.unreadable)
+    for name in tl.rotation:
+        result.notices.append(f"{name} {_LEFT_BY_ROTATION}")
     for name in tl.unreadable:
         result.errors.append(
             VerifyError(

@@ -270,10 +270,11 @@ def _add_run_keys(source: Backend, dest: Backend, report: TargetReport) -> None:
 
 
 def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> None:
-    """Delete the replica's packs, index objects and snapshots that the first target lacks and the
-    repository's key does not authenticate: after a key rotation, what the retired key sealed
-    (its snapshots were re-sealed under the new key and copied before)."""
-    for prefix in ("snapshots/", "index/", "data/"):
+    """Delete the replica's capture segments, snapshots, index objects and packs that the first
+    target lacks and the repository's key does not authenticate: after a key rotation, what the
+    retired key sealed (its segments and snapshots were re-sealed under the new key and copied
+    before)."""
+    for prefix in ("captures/", "snapshots/", "index/", "data/"):
         ours = {info.name for info in repo.backend.list(prefix)}
         for info in list(dest.list(prefix)):
             if info.name not in ours and not sealed_with(dest, info.name, repo.sealer):

@@ -873,7 +873,7 @@ class Repository:
         return out
 
     def left_by_rotation(self, name: str) -> bool:
-        """Whether object `name` (a pack, index or snapshot) is sealed with the other key of this
+        """Whether object `name` (a pack, index, snapshot or segment) is sealed with the other key of this
         machine's unfinished `phx key rotate`: its leftover, not damage."""
         return any(sealed_with(self.backend, name, sealer) for sealer in self._rotation_sealers)
 
@@ -1697,11 +1697,15 @@ def _started(snap: Snapshot) -> float:
         return 0.0
 
 
+# A capture segment's seal (repo/captures.py); here so that `sealed_with` can tell a rotation's.
+CAPTURE_AAD = b"phoenix v1 capture segment"
+
+
 def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:
-    """Whether object `name` (a pack, index or snapshot) authenticates under `sealer`: how a key
-    rotation tells the objects of one key from those of another. An index or snapshot object must
-    also be whole under its name: a copy under another name, which anyone who can write the
-    storage can make, is damage, never the rotation's leftover."""
+    """Whether object `name` (a pack, index, snapshot or capture segment) authenticates under
+    `sealer`: how a key rotation tells the objects of one key from those of another. An index,
+    snapshot or segment object must also be whole under its name: a copy under another name,
+    which anyone who can write the storage can make, is damage, never the rotation's leftover."""
     try:
         if name.startswith("data/"):
             info = backend.stat(name)
@@ -1711,11 +1715,12 @@ def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:
             if hlen > min(MAX_HEADER, info.size - 4):
                 return False
             sealer.open(backend.read_range(name, info.size - 4 - hlen, hlen), HEADER_AAD, name)
-        elif name.startswith(("index/", "snapshots/")):
+        elif name.startswith(("index/", "snapshots/", "captures/")):
             raw = backend.read(name)
             if sha256_hex(raw) != name.split("/")[-1]:
                 return False
-            sealer.open(raw, INDEX_AAD if name.startswith("index/") else SNAPSHOT_AAD, name)
+            aad = {"index": INDEX_AAD, "snapshots": SNAPSHOT_AAD, "captures": CAPTURE_AAD}[name.split("/")[0]]
+            sealer.open(raw, aad, name)
         else:
             return False
     except (CorruptObject, ObjectNotFound):
