@@ -1,56 +1,46 @@
-"""A `-wal` planted beside a configured SQLite database by the agent the workspace belongs to
-(docs/security.md, "A compromised or misled agent on the host"): a FIFO, or a symbolic link to a
-secret of the user's, in place of the database's write-ahead log.
+"""A FIFO planted beside a configured SQLite database as its `-journal` or `-wal`, by the agent
+the workspace belongs to (docs/security.md, "A compromised or misled agent on the host").
 
-On the code before, `phx backup` opened the planted `-wal` by name to read its header for the
-skip-if-unchanged shortcut (`sources/sqlite.source_stat`): a FIFO blocked the backup for ever,
-holding (and refreshing) its repository lock, so every later prune and key change was locked out
-too; a link was read through (its target's first 32 bytes) and then refused by SQLite as "unable
-to open database file". Now neither Phoenix nor SQLite opens a companion that is not a regular
-file, and a planted one ends that database's capture in one error naming the file, the rest of
-the backup intact.
+On the code before, `phx backup` blocked for ever on it (SQLite opens a hot journal read-only,
+which waits for a writer of the FIFO; Phoenix read the `-wal`'s header the same way), holding and
+refreshing its repository lock, so every later prune and key change was locked out too; and
+`phx restore` in place, the command run after an agent wrecked its store, blocked the same way on
+the live database it was to replace. Now the backup saves everything else and names the file (exit
+3, no lock left), and the restore replaces the database, the FIFO removed with its companions.
+(tests/unit/test_planted_companions.py: the symbolic-link case, a dry run's row deltas.)
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
-from e2e_support import DATABASES, Sandbox
+import pytest
+from e2e_support import DATABASES, Sandbox, db_dump
 
 from phoenix_backup.sample import generate_workspace
 
-SECRET = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
 
-
-def _sandbox(tmp_path: Path) -> tuple[Sandbox, Path]:
+@pytest.mark.parametrize("suffix", ["-journal", "-wal"])
+def test_a_fifo_planted_beside_a_database_hangs_neither_a_backup_nor_a_restore(tmp_path: Path, suffix: str) -> None:
     sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=11))
+    sb.backup()
     db = sb.db_path(DATABASES[0])
-    for suffix in ("-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    return sb, db
-
-
-def test_a_fifo_planted_as_a_databases_wal_does_not_hang_the_backup(tmp_path: Path) -> None:
-    sb, db = _sandbox(tmp_path)
-    os.mkfifo(str(db) + "-wal")
-    # Bounded: on the code before, the backup blocked in open() of the FIFO until this timeout.
-    res = sb.phx("backup", "--json", check=False, timeout=30)
-    assert res.code != 0, res
-    assert f"{db}-wal" in res.err, res
-    assert "not a regular file" in res.err, res
-    # Nothing was left locked: an exclusive command runs at once.
-    sb.phx("unlock", check=True, timeout=60)
+    saved = db_dump(db)
+    con = sqlite3.connect(db)
+    table = con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 1").fetchone()[0]
+    con.execute(f'DELETE FROM "{table}"')
+    con.commit()
+    con.close()
+    for companion in ("-wal", "-shm", "-journal"):
+        Path(f"{db}{companion}").unlink(missing_ok=True)
+    fifo = Path(f"{db}{suffix}")
+    os.mkfifo(fifo)
+    # Bounded: on the code before, both commands blocked until these timeouts.
+    res = sb.phx("backup", check=3, timeout=30)
+    assert f"{fifo} is not a regular file" in res.err, res
     assert not list((sb.repo / "locks").iterdir())
-
-
-def test_a_link_to_a_secret_planted_as_a_databases_wal_is_not_read(tmp_path: Path) -> None:
-    sb, db = _sandbox(tmp_path)
-    secret = tmp_path / "id_ed25519"
-    secret.write_bytes(SECRET)
-    os.symlink(secret, str(db) + "-wal")
-    res = sb.phx("backup", "--json", check=False, timeout=60)
-    assert res.code != 0, res
-    assert f"{db}-wal" in res.err, res
-    assert "link" in res.err, res
-    assert secret.read_bytes() == SECRET
+    sb.phx("restore", "--latest", "--yes", check=0, timeout=30)
+    assert db_dump(db) == saved
+    assert not fifo.exists()
