@@ -47,7 +47,7 @@ def _bounded(call: Callable[[], Any], fifo: Path) -> tuple[Any, BaseException | 
     def run() -> None:
         try:
             out[0] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:  # handed to the test
             out[1] = exc
 
     thread = threading.Thread(target=run, daemon=True)
