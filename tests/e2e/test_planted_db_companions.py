@@ -44,3 +44,21 @@ def test_a_fifo_planted_beside_a_database_hangs_neither_a_backup_nor_a_restore(t
     sb.phx("restore", "--latest", "--yes", check=0, timeout=30)
     assert db_dump(db) == saved
     assert not fifo.exists()
+
+
+def test_a_fifo_named_like_a_database_beside_a_wal_does_not_hang_the_scan(tmp_path: Path) -> None:
+    """A file named `*-wal` makes the scan look at the database it would belong to before that
+    one's type is known: on the code before, a FIFO there (or a link to one) blocked every backup
+    for ever in its scan."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=12))
+    os.mkfifo(sb.workspace / "notes.db")
+    (sb.workspace / "notes.db-wal").write_bytes(b"x" * 32)
+    os.mkfifo(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", sb.workspace / "linked.db")
+    (sb.workspace / "linked.db-journal").write_bytes(b"y" * 32)
+    res = sb.phx("backup", check=0, timeout=30)
+    assert "not saved: workspace/notes.db (a named pipe holds no data to back up)" in res.out, res
+    sb.restore_to("latest", tmp_path / "back")
+    back = tmp_path / "back" / "workspace"
+    assert (back / "notes.db-wal").read_bytes() == b"x" * 32
+    assert os.readlink(back / "linked.db") == str(tmp_path / "elsewhere")
