@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from phoenix_backup.errors import SourceError
+from phoenix_backup.errors import MergeFailed, SourceError
 from phoenix_backup.sinks import sqlite_live
+from phoenix_backup.sinks.sqlite_merge import SqliteRowSource, merge_database
 from phoenix_backup.sources.sqlite import source_stat
 from phoenix_backup.sources.sqlite_capture import CaptureError, SqliteCapture
 
@@ -116,3 +117,19 @@ def test_a_restore_replaces_a_database_beside_a_planted_fifo_and_a_dry_run_compa
     deltas, exc = _bounded(lambda: sqlite_live.row_deltas(str(copy), str(live)), fifo)
     assert exc is None
     assert deltas["t"].to_json() == {"added": 0, "removed": 5, "changed": 0}
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_merge_into_a_store_beside_a_planted_fifo_is_refused(tmp_path: Path, dry_run: bool) -> None:
+    """`phx merge` and `phx import` write into the live store (or read it, in a dry run): on the
+    code before, SQLite blocked for ever on the FIFO."""
+    live = _database(tmp_path / "memory.db", "delete")
+    copy = _database(tmp_path / "copy.db", "delete")
+    before = live.read_bytes()
+    fifo = Path(f"{live}-journal")
+    os.mkfifo(fifo)
+    source = SqliteRowSource(copy)
+    _, exc = _bounded(lambda: merge_database(source, "memory.db", live, mode="skip", dry_run=dry_run), fifo)
+    assert isinstance(exc, MergeFailed)
+    assert f"memory.db was not merged: {fifo} is not a regular file" in str(exc)
+    assert live.read_bytes() == before

@@ -90,7 +90,7 @@ def planted_companion(real: str | Path) -> str | None:
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
             return (
                 f"{real}{suffix} is {kind}, which SQLite never makes: the database is not opened; "
-                "remove it and back up again"
+                "remove it and try again"
             )
     return None
 
