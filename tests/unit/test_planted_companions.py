@@ -121,7 +121,7 @@ def test_a_restore_replaces_a_database_beside_a_planted_fifo_and_a_dry_run_compa
 
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_a_merge_into_a_store_beside_a_planted_fifo_is_refused(tmp_path: Path, dry_run: bool) -> None:
-    """`phx merge` and `phx import` write into the live store (or read it, in a dry run): on the
+    """`phx restore --merge` and `phx import` write into the live store (or read it, in a dry run): on the
     code before, SQLite blocked for ever on the FIFO."""
     live = _database(tmp_path / "memory.db", "delete")
     copy = _database(tmp_path / "copy.db", "delete")
