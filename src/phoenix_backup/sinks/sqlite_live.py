@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from phoenix_backup.errors import RestoreError
-from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, sqlite_uri
+from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, planted_companion, sqlite_uri
 from phoenix_backup.sql import quote, sqlite_error_text
 
 SQLITE_MAGIC = b"SQLite format 3\0"
@@ -64,6 +64,9 @@ def probe(path: str) -> LiveDb:
     raw = int.from_bytes(header[16:18], "big")
     page_size = 65536 if raw == 1 else raw
     wal = header[18] == 2 and header[19] == 2
+    planted = planted_companion(os.path.realpath(path))
+    if planted is not None:  # SQLite would block for ever opening a FIFO: replaced by rename
+        return LiveDb(True, False, planted, page_size, wal)
     try:
         con = sqlite3.connect(sqlite_uri(path, "mode=ro" if _has_companion(path) else "mode=ro&immutable=1"), uri=True)
         try:
@@ -232,7 +235,9 @@ def row_deltas(snapshot_copy: str, live: str) -> dict[str, TableDelta]:
     """
     con = sqlite3.connect(sqlite_uri(snapshot_copy, "mode=ro&immutable=1"), uri=True)
     try:
-        query = "mode=ro" if _has_companion(live) else "mode=ro&immutable=1"
+        # A companion planted that is not a file (a FIFO SQLite would block on) is not read.
+        planted = planted_companion(os.path.realpath(live)) is not None
+        query = "mode=ro" if _has_companion(live) and not planted else "mode=ro&immutable=1"
         con.execute("ATTACH DATABASE ? AS live", (sqlite_uri(live, query),))
         snap_tables = _tables(con, "main")
         live_tables = _tables(con, "live")

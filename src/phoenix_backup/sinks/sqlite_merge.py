@@ -23,6 +23,7 @@ store is exactly as before. `dry_run` opens the store read-only and counts what 
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +36,7 @@ from phoenix_backup.errors import ExitStatus, MergeFailed
 from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sinks import ConflictMode
-from phoenix_backup.sources.sqlite import sqlite_uri
+from phoenix_backup.sources.sqlite import planted_companion, sqlite_uri
 from phoenix_backup.sql import quote
 
 BUSY_TIMEOUT_S = 30.0
@@ -174,6 +175,10 @@ def merge_database(
 ) -> DatabaseMerge:
     """Merge every data table of `source` into the store at `target` (created when missing)."""
     result = DatabaseMerge(logical, str(target), created=not target.exists())
+    # SQLite would block for ever opening a FIFO planted as the store's -journal or -wal.
+    planted = None if result.created else planted_companion(os.path.realpath(target))
+    if planted is not None:
+        raise MergeFailed(f"{logical} was not merged: {planted}")
     if dry_run:
         if result.created:
             for table in source.tables:

@@ -68,10 +68,17 @@ def is_sqlite_file(path: Path) -> bool:
     if not path.name.endswith(SQLITE_SUFFIXES):
         return False
     try:
-        with open(path, "rb") as f:
-            return f.read(16) == SQLITE_MAGIC
+        # Never blocks: a FIFO named like a database (beside a planted `-wal`, this is asked of
+        # it before its type is known) is no database, and its open must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 16, 0) == SQLITE_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def select(
@@ -343,8 +350,8 @@ def _is_companion(path: Path) -> bool:
 def _unreadable(path: Path) -> bool:
     """Whether `path` exists but this user may not read it (mode 000, say)."""
     try:
-        with open(path, "rb"):
-            return False
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))  # a FIFO's open never waits
+        return False
     except OSError as exc:
         return exc.errno in (errno.EACCES, errno.EPERM)
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from phoenix_backup.errors import SourceError
 from phoenix_backup.repo.snapshot import NOT_CHECKED
+from phoenix_backup.sources.files import COMPANIONS
 from phoenix_backup.sql import quote, sqlite_error_text
 
 BUSY_TIMEOUT_MS = 30_000
@@ -72,16 +74,48 @@ class SourceStat:
         return max(self.mtime_ns, self.ctime_ns, self.wal_mtime_ns, self.wal_ctime_ns)
 
 
+def planted_companion(real: str | Path) -> str | None:
+    """Why the database whose resolved path is `real` must not be opened, or None: a `-wal`,
+    `-shm` or `-journal` beside it that is not a regular file (a FIFO, a device, a folder, a
+    symbolic link). SQLite never makes one; someone who can write the folder planted it, and
+    SQLite would block for ever opening a FIFO (or read through the link)."""
+    for suffix in COMPANIONS:
+        try:
+            mode = os.lstat(f"{real}{suffix}").st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"{real}{suffix} cannot be examined ({exc.strerror or exc})"
+        if not stat.S_ISREG(mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+            return (
+                f"{real}{suffix} is {kind}, which SQLite never makes: the database is not opened; "
+                "remove it and try again"
+            )
+    return None
+
+
 def source_stat(path: Path) -> SourceStat:
     st = os.stat(path)
-    wal = Path(str(path) + "-wal")
+    real = os.path.realpath(path)
+    problem = planted_companion(real)
+    if problem is not None:
+        raise SourceError(problem)
+    wal = real + "-wal"
     try:
-        wst = os.stat(wal)
-        with open(wal, "rb") as f:
-            header = f.read(32).hex()
-        w = (wst.st_size, wst.st_mtime_ns, wst.st_ctime_ns, wst.st_ino)
+        # Never a FIFO's open, which blocks until someone writes to it.
+        fd = os.open(wal, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         header, w = "", (0, 0, 0, 0)
+    except OSError as exc:
+        raise SourceError(f"{wal} cannot be read ({exc.strerror or exc})") from exc
+    else:
+        with os.fdopen(fd, "rb") as f:
+            wst = os.fstat(f.fileno())
+            if not stat.S_ISREG(wst.st_mode):
+                raise SourceError(f"{wal} is not a regular file, which SQLite never makes; remove it and back up again")
+            header = f.read(32).hex()
+        w = (wst.st_size, wst.st_mtime_ns, wst.st_ctime_ns, wst.st_ino)
     return SourceStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, *w, header)
 
 

@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.errors import NoSpace, SourceError
-from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, FREE_SPACE_MARGIN, sqlite_uri
+from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, FREE_SPACE_MARGIN, planted_companion, sqlite_uri
 from phoenix_backup.sources.sqlite_wal import (
     FRAME_HEADER_SIZE,
     INDEX_READ_SIZE,
@@ -199,7 +199,8 @@ class _OpenFiles:
         self.parked: dict[tuple[int, int], list[int]] = {}
 
     def open(self, path: str) -> int:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO swapped in for a file does not block the open (its type is checked).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         st = os.fstat(fd)
         with self.lock:
             key = (st.st_dev, st.st_ino)
@@ -443,6 +444,11 @@ class SqliteCapture:
         if not stat.S_ISREG(os.fstat(self._db_fd).st_mode):
             self.close()
             raise CaptureError(f"{self.path} is not a regular file")
+        # SQLite opens the companions by name and would block for ever on a planted FIFO.
+        problem = planted_companion(self._real)
+        if problem is not None:
+            self.close()
+            raise CaptureError(problem)
         self._con = self._connect(BUSY_TIMEOUT_MS)
 
     def _begin(self) -> None:

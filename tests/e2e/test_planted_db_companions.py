@@ -1,0 +1,64 @@
+"""A FIFO planted beside a configured SQLite database as its `-journal` or `-wal`, by the agent
+the workspace belongs to (docs/security.md, "A compromised or misled agent on the host").
+
+On the code before, `phx backup` blocked for ever on it (SQLite opens a hot journal read-only,
+which waits for a writer of the FIFO; Phoenix read the `-wal`'s header the same way), holding and
+refreshing its repository lock, so every later prune and key change was locked out too; and
+`phx restore` in place, the command run after an agent wrecked its store, blocked the same way on
+the live database it was to replace. Now the backup saves everything else and names the file (exit
+3, no lock left), and the restore replaces the database, the FIFO removed with its companions.
+(tests/unit/test_planted_companions.py: the symbolic-link case, a dry run's row deltas.)
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from e2e_support import DATABASES, Sandbox, db_dump
+
+from phoenix_backup.sample import generate_workspace
+
+
+@pytest.mark.parametrize("suffix", ["-journal", "-wal"])
+def test_a_fifo_planted_beside_a_database_hangs_neither_a_backup_nor_a_restore(tmp_path: Path, suffix: str) -> None:
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=11))
+    sb.backup()
+    db = sb.db_path(DATABASES[0])
+    saved = db_dump(db)
+    con = sqlite3.connect(db)
+    table = con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 1").fetchone()[0]
+    con.execute(f'DELETE FROM "{table}"')
+    con.commit()
+    con.close()
+    for companion in ("-wal", "-shm", "-journal"):
+        Path(f"{db}{companion}").unlink(missing_ok=True)
+    fifo = Path(f"{db}{suffix}")
+    os.mkfifo(fifo)
+    # Bounded: on the code before, both commands blocked until these timeouts.
+    res = sb.phx("backup", check=3, timeout=30)
+    assert f"{fifo} is not a regular file" in res.err, res
+    assert not list((sb.repo / "locks").iterdir())
+    sb.phx("restore", "--latest", "--yes", check=0, timeout=30)
+    assert db_dump(db) == saved
+    assert not fifo.exists()
+
+
+def test_a_fifo_named_like_a_database_beside_a_wal_does_not_hang_the_scan(tmp_path: Path) -> None:
+    """A file named `*-wal` makes the scan look at the database it would belong to before that
+    one's type is known: on the code before, a FIFO there (or a link to one) blocked every backup
+    for ever in its scan."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=12))
+    os.mkfifo(sb.workspace / "notes.db")
+    (sb.workspace / "notes.db-wal").write_bytes(b"x" * 32)
+    os.mkfifo(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", sb.workspace / "linked.db")
+    (sb.workspace / "linked.db-journal").write_bytes(b"y" * 32)
+    res = sb.phx("backup", check=0, timeout=30)
+    assert "not saved: workspace/notes.db (a named pipe holds no data to back up)" in res.out, res
+    sb.restore_to("latest", tmp_path / "back")
+    back = tmp_path / "back" / "workspace"
+    assert (back / "notes.db-wal").read_bytes() == b"x" * 32
+    assert os.readlink(back / "linked.db") == str(tmp_path / "elsewhere")

@@ -1,0 +1,135 @@
+"""A `-wal` or `-journal` planted beside a live SQLite database that is not a regular file: a FIFO
+(SQLite opens a hot journal read-only, which blocks on a FIFO until someone writes to it; Phoenix
+read the `-wal`'s header the same way) or a symbolic link (docs/security.md, "A compromised or
+misled agent on the host").
+
+On the code before, each call below blocked for ever on the FIFO: the backup's skip-if-unchanged
+look (`source_stat`), the capture every backup and `phx watch` make, the restore's look at the
+live database it replaces (`probe`) and a dry run's row deltas. Each runs in a thread here; one
+still blocked after BOUND seconds is released (the FIFO opened for writing) and the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phoenix_backup.errors import MergeFailed, SourceError
+from phoenix_backup.sinks import sqlite_live
+from phoenix_backup.sinks.sqlite_merge import SqliteRowSource, merge_database
+from phoenix_backup.sources.sqlite import source_stat
+from phoenix_backup.sources.sqlite_capture import CaptureError, SqliteCapture
+
+BOUND = 5.0
+
+
+def _database(path: Path, journal: str) -> Path:
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA journal_mode={journal}")
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    con.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}",) for i in range(20)])
+    con.commit()
+    con.close()
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path
+
+
+def _bounded(call: Callable[[], Any], fifo: Path) -> tuple[Any, BaseException | None]:
+    """`call()`'s result or exception, failing the test when it is still blocked after BOUND s."""
+    out: list[Any] = [None, None]
+
+    def run() -> None:
+        try:
+            out[0] = call()
+        except BaseException as exc:  # handed to the test
+            out[1] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(BOUND)
+    blocked = thread.is_alive()
+    if blocked:  # release it: a writer opens the FIFO, then closes it (the reader sees its end)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(BOUND)
+    assert not blocked, f"blocked on the FIFO {fifo.name} for {BOUND} s"
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-journal"])
+def test_the_backups_look_at_a_database_refuses_a_planted_fifo(tmp_path: Path, suffix: str) -> None:
+    db = _database(tmp_path / "memory.db", "wal")
+    os.mkfifo(f"{db}{suffix}")
+    _, exc = _bounded(lambda: source_stat(db), Path(f"{db}{suffix}"))
+    assert isinstance(exc, SourceError)
+    assert f"{db}{suffix} is not a regular file" in str(exc)
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_a_capture_refuses_a_fifo_planted_as_a_hot_journal(tmp_path: Path, journal: str) -> None:
+    db = _database(tmp_path / "memory.db", journal)
+    fifo = Path(f"{db}-journal")
+    os.mkfifo(fifo)
+
+    def capture() -> None:
+        with SqliteCapture(db) as cap:
+            cap.capture()
+
+    _, exc = _bounded(capture, fifo)
+    assert isinstance(exc, CaptureError)
+    assert f"{fifo} is not a regular file" in str(exc)
+    assert fifo.exists()  # a backup deletes nothing in the workspace
+
+
+def test_a_symbolic_link_planted_as_a_wal_is_not_read(tmp_path: Path) -> None:
+    db = _database(tmp_path / "memory.db", "wal")
+    secret = tmp_path / "id_ed25519"
+    secret.write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    os.symlink(secret, f"{db}-wal")
+    with pytest.raises(SourceError, match="-wal is a symbolic link"):
+        source_stat(db)
+    with pytest.raises(CaptureError, match="-wal is a symbolic link"), SqliteCapture(db) as cap:
+        cap.capture()
+    assert secret.read_bytes() == b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
+
+
+def test_a_restore_replaces_a_database_beside_a_planted_fifo_and_a_dry_run_compares_it(tmp_path: Path) -> None:
+    live = _database(tmp_path / "memory.db", "delete")
+    copy = _database(tmp_path / "copy.db", "delete")
+    con = sqlite3.connect(copy)
+    con.execute("DELETE FROM t WHERE id <= 5")
+    con.commit()
+    con.close()
+    fifo = Path(f"{live}-journal")
+    os.mkfifo(fifo)
+    state, exc = _bounded(lambda: sqlite_live.probe(str(live)), fifo)
+    assert exc is None
+    # Not readable through SQLite: the restore replaces it by rename and removes the FIFO with the
+    # other companions of the file it replaces.
+    assert state.exists and not state.readable
+    assert "-journal is not a regular file" in state.reason
+    deltas, exc = _bounded(lambda: sqlite_live.row_deltas(str(copy), str(live)), fifo)
+    assert exc is None
+    assert deltas["t"].to_json() == {"added": 0, "removed": 5, "changed": 0}
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_merge_into_a_store_beside_a_planted_fifo_is_refused(tmp_path: Path, dry_run: bool) -> None:
+    """`phx restore --merge` and `phx import` write into the live store (or read it, in a dry run): on the
+    code before, SQLite blocked for ever on the FIFO."""
+    live = _database(tmp_path / "memory.db", "delete")
+    copy = _database(tmp_path / "copy.db", "delete")
+    before = live.read_bytes()
+    fifo = Path(f"{live}-journal")
+    os.mkfifo(fifo)
+    source = SqliteRowSource(copy)
+    _, exc = _bounded(lambda: merge_database(source, "memory.db", live, mode="skip", dry_run=dry_run), fifo)
+    assert isinstance(exc, MergeFailed)
+    assert f"memory.db was not merged: {fifo} is not a regular file" in str(exc)
+    assert live.read_bytes() == before
