@@ -16,13 +16,16 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from phoenix_backup.errors import MergeFailed, SourceError
+from phoenix_backup.ops.backup import _Run
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.sqlite_merge import SqliteRowSource, merge_database
+from phoenix_backup.sources.files import Entry
 from phoenix_backup.sources.sqlite import source_stat
 from phoenix_backup.sources.sqlite_capture import CaptureError, SqliteCapture
 
@@ -133,3 +136,17 @@ def test_a_merge_into_a_store_beside_a_planted_fifo_is_refused(tmp_path: Path, d
     assert isinstance(exc, MergeFailed)
     assert f"memory.db was not merged: {fifo} is not a regular file" in str(exc)
     assert live.read_bytes() == before
+
+
+def test_a_workspace_file_swapped_for_a_fifo_after_the_scan_is_not_waited_on(tmp_path: Path) -> None:
+    """The scan saw a regular file; before the backup reads it, an agent puts a FIFO in its place.
+    The read's open blocked on it (the backup then holding its lock for ever); now it is refused."""
+    path = tmp_path / "notes.md"
+    path.write_text("a note\n")
+    entry = Entry("workspace/notes.md", path, "file", path.stat())
+    path.unlink()
+    os.mkfifo(path)
+    run = SimpleNamespace(parent_nodes={}, unchanged=lambda *_args: False)
+    _, exc = _bounded(lambda: _Run.file_node(run, entry), path)  # type: ignore[arg-type]
+    assert isinstance(exc, SourceError), exc
+    assert f"{path} is no longer a regular file" in str(exc)

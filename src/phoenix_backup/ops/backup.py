@@ -584,7 +584,9 @@ class _Run:
             assert prev is not None
             self.envx.progress.advance(size=st.st_size)
             return _renamed(prev, entry.path.name)
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO put in the file's place since the scan is not waited on (the check
+        # below refuses it); a regular file's reads are not changed by it.
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:
             # A file written while it is read may hold a mix of old and new bytes: it is read
             # again (what was already stored costs space, nothing else), and saved with a
