@@ -273,3 +273,26 @@ def test_a_damaged_segment_stops_the_rotation_before_it_changes_anything(history
     assert {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file() and "locks" not in p.parts} == {
         p: b for p, b in stored.items() if "locks" not in p.parts
     }
+
+
+def test_a_chain_with_a_missing_segment_stops_the_rotation_before_it_changes_anything(
+    history, tmp_path: Path
+) -> None:
+    """A segment gone from the first target's chain: another target may hold it, and after a
+    rotation replication deletes that copy (the old key sealed it), so the states after the gap
+    would be lost on every target. Nothing is changed, and the error says what to do; deleting
+    the later segments (which no reader reaches) gives them up, and the rotation then runs
+    (before, it went on, exit 0, and the next `phx sync` deleted a replica's good copy)."""
+    sb, _rows, _before, ranges = history
+    with _repo(sb) as repo:
+        chain = captures.timeline(repo).chains["d" * 32]
+    gone = sb.repo / captures.PREFIX / chain[1].id
+    kept = gone.read_bytes()
+    gone.unlink()
+    stored = {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file() and "locks" not in p.parts}
+    res = sb.phx("key", "rotate", check=None)
+    assert_error(res, 1, "segment 1 of chain dddddddd", "nothing was changed", "run `phx key rotate` again")
+    assert {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file() and "locks" not in p.parts} == stored
+    (sb.repo / captures.PREFIX / chain[1].id).write_bytes(kept)  # copied back from another target
+    sb.phx_here("key", "rotate")
+    assert _ranges(sb) == ranges
