@@ -275,9 +275,7 @@ def test_a_damaged_segment_stops_the_rotation_before_it_changes_anything(history
     }
 
 
-def test_a_chain_with_a_missing_segment_stops_the_rotation_before_it_changes_anything(
-    history, tmp_path: Path
-) -> None:
+def test_a_chain_with_a_missing_segment_stops_the_rotation_before_it_changes_anything(history) -> None:
     """A segment gone from the first target's chain: another target may hold it, and after a
     rotation replication deletes that copy (the old key sealed it), so the states after the gap
     would be lost on every target. Nothing is changed, and the error says what to do; deleting
