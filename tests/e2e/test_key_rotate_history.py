@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -273,3 +275,54 @@ def test_a_damaged_segment_stops_the_rotation_before_it_changes_anything(history
     assert {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file() and "locks" not in p.parts} == {
         p: b for p, b in stored.items() if "locks" not in p.parts
     }
+
+
+def test_a_chain_with_a_missing_segment_stops_the_rotation_before_it_changes_anything(history) -> None:
+    """A segment gone from the first target's chain: another target may hold it, and after a
+    rotation replication deletes that copy (the old key sealed it), so the states after the gap
+    would be lost on every target. Nothing is changed, and the error says what to do; deleting
+    the later segments (which no reader reaches) gives them up, and the rotation then runs
+    (before, it went on, exit 0, and the next `phx sync` deleted a replica's good copy)."""
+    sb, _rows, _before, ranges = history
+    with _repo(sb) as repo:
+        chain = captures.timeline(repo).chains["d" * 32]
+    gone = sb.repo / captures.PREFIX / chain[1].id
+    kept = gone.read_bytes()
+    gone.unlink()
+    stored = {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file() and "locks" not in p.parts}
+    res = sb.phx("key", "rotate", check=None)
+    assert_error(res, 1, "segment 1 of chain dddddddd", "nothing was changed", "run `phx key rotate` again")
+    assert {p: p.read_bytes() for p in sb.repo.rglob("*") if p.is_file() and "locks" not in p.parts} == stored
+    (sb.repo / captures.PREFIX / chain[1].id).write_bytes(kept)  # copied back from another target
+    sb.phx_here("key", "rotate")
+    assert _ranges(sb) == ranges
+
+
+@pytest.mark.skipif(not HEAVY or shutil.which("git") is None, reason="heavy (PHX_TEST_HEAVY=1), with git")
+def test_a_replica_keeps_the_segment_the_first_target_lost_across_a_rotation(history) -> None:
+    """The case the refusal above is for: the first target lost a segment a Git replica holds.
+    The rotation refuses, the next `phx sync` keeps the replica's copy, and once it is copied
+    back the rotation runs and both targets give every state (before, the rotation went on and
+    that sync deleted the replica's copy: the chain was broken on every target)."""
+    sb, _rows, _before, ranges = history
+    remote = sb.root / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
+    git = {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True}
+    sb.write_config(targets={"local": {"enabled": True}, "git": git})
+    sb.phx("sync")
+    with _repo(sb) as repo:
+        lost = captures.PREFIX + captures.timeline(repo).chains["d" * 32][1].id
+    kept = (sb.repo / lost).read_bytes()
+    (sb.repo / lost).unlink()
+    assert sb.phx("key", "rotate", check=None).code == 1
+    sb.phx("sync")
+    tree = subprocess.run(
+        ["git", "--git-dir", str(remote), "show", f"main:{lost}"], capture_output=True, check=True
+    ).stdout
+    assert tree == kept  # the replica's copy is still there
+    (sb.repo / lost).write_bytes(tree)
+    sb.phx_here("key", "rotate")
+    assert _ranges(sb) == ranges
+    doc = sb.phx_here("list", "--timeline", "--json", "--target", "git").json()
+    assert {k: doc[k] for k in ranges} == ranges

@@ -20,8 +20,8 @@ Crash safety, under the exclusive lock, in this order:
 1. objects (segments too) and slots of another key that the owner's credentials open are deleted
    first: the leftovers of an earlier interrupted rotation (before or after its commit point), or
    a slot and objects planted under another key; then every snapshot and capture segment is
-   read: one that does not open stops the rotation here, with nothing changed (another target
-   may hold a good copy);
+   read: one that does not open, or a chain of segments with one missing, stops the rotation
+   here, with nothing changed (another target may hold a good copy);
 2. this user's pin records the new fingerprint as `next` (accepted beside the old one);
 3. new slots, new packs, the new index, the re-sealed snapshots, then the re-sealed segments:
    readers with the old key ignore them (they do not authenticate), so the repository is the old
@@ -169,6 +169,21 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
                 f"{history.problems[first]}); a rotation cannot re-seal the states they hold, so nothing was "
                 "changed; copy a readable one back from another target that holds it (the same name under "
                 "`captures/`), or, to give up those states, delete it from the storage, then run `phx key rotate` again"
+            )
+        if history.broken:
+            # A chain cut by a missing segment: another target may hold it, and the rotation would
+            # retire that copy there with the old key (replication deletes what the old key
+            # sealed), losing every state after the gap on every target.
+            chain = history.broken[0]
+            later = sorted(captures.PREFIX + s.id for s in history.after_gap(chain))
+            raise RepositoryError(
+                f"{len(history.broken)} chain(s) of capture segments of `phx watch` have a segment missing (first: "
+                f"segment {history.gap(chain)} of chain {chain[:8]}, before {len(later)} later segment(s)); the "
+                "rotation would retire another target's copy of it with the old key, so nothing was changed; copy "
+                "it back from a target whose chain is whole (`phx list --timeline --target NAME` shows it; the same "
+                "name under `captures/`), or, to give up the states after the gap (no reader reaches them now), "
+                f"delete the later segments from the storage (first: {later[0] if later else 'none'}), then run "
+                "`phx key rotate` again"
             )
 
         new = keyslots.MasterSecrets(os.urandom(keyslots.KEY_LENGTH), old.id_key, old.chunker_seed)

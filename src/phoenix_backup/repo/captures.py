@@ -424,6 +424,16 @@ class Timeline:
     superseded: list[str] = field(default_factory=list)  # ids a merged segment stands for (left by a crash)
     orphaned: list[str] = field(default_factory=list)  # chains none of whose base snapshots is left
 
+    def gap(self, chain: str) -> int:
+        """The place of the first segment missing (or unreadable) in the broken `chain`."""
+        held = self.chains.get(chain, [])
+        return held[-1].last_sequence + 1 if held else 0
+
+    def after_gap(self, chain: str) -> list[Segment]:
+        """The segments of the broken `chain` past its gap: no reader reaches them."""
+        start = self.gap(chain)
+        return [s for s in self.segments.values() if s.chain == chain and s.sequence >= start]
+
     def for_path(self, path: str) -> list[Range]:
         return [r for r in self.ranges if r.path == path]
 

@@ -315,7 +315,7 @@ def _check_segments(repo: Repository, result: VerifyResult, cache: Path | None) 
         )
     for chain in tl.broken:
         held = tl.chains.get(chain, [])
-        missing = held[-1].last_sequence + 1 if held else 0
+        missing = tl.gap(chain)
         after = f" (after {captures.describe(max(p.until for p in held[-1].parts))})" if held and held[-1].parts else ""
         result.errors.append(
             VerifyError(
