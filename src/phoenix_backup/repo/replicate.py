@@ -167,6 +167,11 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         # Both locks, the first target's and this one's: a prune on either side that judged one
         # stale (a suspend) or removed it may delete what this copy relies on or is committing.
         confirm = report.confirmer = Confirmer([repo.locks, locks])
+        if switched and repo.config.write_only is None:
+            # Before anything is copied: an old snapshot or segment here that no rotation retired
+            # is the only copy left. The replica stays as it is (its old key opens all it holds,
+            # and no object of the new key there reads as damage under it); the sync says so.
+            _refuse_unretired(repo, dest, report.name)
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
         # upload before the listing could lose that upload; it then fails and the next sync
@@ -235,11 +240,8 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             }
             for obj in sorted(wanted - have_objects):
                 _copy_one(source, dest, obj, False, report)
-        if (switched or stale_keys) and repo.config.write_only is None:
-            # Before the switch: an old snapshot or segment here that the rotation did not retire
-            # is the only copy left; the replica keeps its old key (and every object) so it stays
-            # readable, and the sync says so (raises).
-            _refuse_unretired(repo, dest, report.name)
+        if stale_keys and not switched and repo.config.write_only is None:
+            _refuse_unretired(repo, dest, report.name)  # switched by a run that stopped before the removal
         if switched:
             confirm.now(MORE_COMMITTED)
             dest.write("config", source.read("config"))
