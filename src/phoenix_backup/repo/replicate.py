@@ -305,9 +305,10 @@ def _refuse_unretired(repo: Repository, dest: Backend, name: str) -> None:
         f"target {name} holds {snaps} snapshot(s) and {len(kept) - snaps} capture segment(s) that the first target "
         f"lacks and that a key rotation did not re-seal (first: {kept[0]}): lost on the first target before the "
         "rotation, or written there by someone else; so as not to delete the only copy, this target keeps its old "
-        f"key and every object; restore what you need from it with its old key (`phx restore SNAPSHOT --target "
-        f"{name}` on a machine that never used the new key, e.g. with PHX_DATA_DIR set to an empty folder), then "
-        "delete those objects from it and run `phx sync` to bring it over to the new key"
+        f"key and every object; restore what you need from it with its old key (`phx restore --backup NAME --target "
+        f"{name} --to DIR` with PHX_DATA_DIR set to an empty folder: this machine refuses a key it rotated away "
+        "from), then delete from it the snapshots and segments the first target lacks and run `phx sync` to bring "
+        "it over to the new key"
     )
 
 
