@@ -5,32 +5,24 @@ target); an ordinary rotation still leaves nothing the old key opens on the repl
 
 from __future__ import annotations
 
-import contextlib
+import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from attack_support import restored
 from e2e_support import Sandbox
 from killpoint import run_killed
+from moto_support import bare_repo, git
+from test_key_rotate_history import _repo
 
-from phoenix_backup.config import load_config
-from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.repo.replicate import TargetReport, replicate
-from phoenix_backup.repo.repository import Repository, sealed_with
+from phoenix_backup.repo.repository import sealed_with
 from phoenix_backup.storage.local import LocalBackend
 
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 PREFIXES = ("captures/", "snapshots/", "index/", "data/", "retired/")
-
-
-@contextlib.contextmanager
-def _repo(sb: Sandbox) -> Iterator[Repository]:
-    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
-    try:
-        yield repo
-    finally:
-        repo.close()
 
 
 def _objects(root: Path) -> set[str]:
@@ -115,3 +107,26 @@ def test_a_rotation_killed_between_its_record_and_the_deletions(make_sandbox, tm
     assert _objects(replica) == _objects(sb.repo)
     assert not [n for n in _objects(replica) if sealed_with(LocalBackend(replica), n, old)]
     shutil.rmtree(replica)
+
+
+@pytest.mark.skipif(not HEAVY or shutil.which("git") is None, reason="heavy (PHX_TEST_HEAVY=1), with git")
+def test_a_git_replica_keeps_the_snapshot_the_first_target_lost(make_sandbox, tmp_path: Path) -> None:
+    """The same through the commands, with a Git replica: `phx key rotate` and `phx sync` say the
+    target kept its old key, the replica's copy stays in its tree, and it restores from there."""
+    sb: Sandbox = make_sandbox()
+    remote = bare_repo(sb.root / "remote.git")
+    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
+    sb.backup()
+    (sb.workspace / "MEMORY.md").write_text("# Memory\nsomething new the agent learned\n")
+    sb.backup()
+    lost = sb.snapshots()[0]
+    expected = restored(sb, lost["name"], tmp_path / "before")
+    obj = f"snapshots/{lost['id']}"
+    (sb.repo / obj).unlink()
+    for args in (("key", "rotate"), ("sync",)):
+        res = sb.phx(*args, check=None)
+        assert res.code != 0 and "did not re-seal" in res.out + res.err and obj in res.out + res.err, res
+    assert obj in git("ls-tree", "-r", "--name-only", "main", cwd=remote).split()
+    fresh = sb.env_with(PHX_DATA_DIR=str(tmp_path / "fresh-data"))
+    assert restored(sb, lost["name"], tmp_path / "after", "--target", "git", env=fresh) == expected
