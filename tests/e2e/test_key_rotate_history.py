@@ -28,8 +28,10 @@ from phoenix_backup.ops import pitr
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.crypto import Sealer
+from phoenix_backup.repo.replicate import replicate
 from phoenix_backup.repo.repository import Repository, sealed_with
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.storage.local import LocalBackend
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 SEC = 1_000_000  # µs
@@ -325,4 +327,29 @@ def test_a_replica_keeps_the_segment_the_first_target_lost_across_a_rotation(his
     sb.phx_here("key", "rotate")
     assert _ranges(sb) == ranges
     doc = sb.phx_here("list", "--timeline", "--json", "--target", "git").json()
+    assert {k: doc[k] for k in ranges} == ranges
+
+
+def test_a_replica_keeps_the_last_segment_the_first_target_lost_across_a_rotation(history, tmp_path: Path) -> None:
+    """The end of a chain lost on the first target only: its timeline still looks whole, so the
+    rotation runs (exit 0), but it did not re-seal that segment and its record does not name it:
+    the sync keeps the replica's copy (and the replica's old key, which opens it) and says so;
+    that replica still gives every state (before, the sync deleted the copy: the last states of
+    the chain were lost on every target)."""
+    sb, _rows, _before, ranges = history
+    replica = tmp_path / "replica"
+    with _repo(sb) as repo:
+        assert replicate(repo, "replica", LocalBackend(replica), print).ok
+        lost = captures.PREFIX + captures.timeline(repo).chains["d" * 32][-1].id
+    kept = (replica / lost).read_bytes()
+    (sb.repo / lost).unlink()
+    sb.phx_here("key", "rotate")
+    with _repo(sb) as repo:
+        report = replicate(repo, "replica", LocalBackend(replica), print)
+    assert (replica / lost).exists(), report  # before: deleted
+    assert (replica / lost).read_bytes() == kept
+    assert not report.ok and report.error is not None and "0 snapshot(s) and 1 capture segment(s)" in report.error
+    sb.write_config(targets={"local": {"enabled": True, "path": str(replica)}})
+    fresh = sb.env_with(PHX_DATA_DIR=str(tmp_path / "fresh-data"))
+    doc = sb.phx("list", "--timeline", "--json", env=fresh).json()
     assert {k: doc[k] for k in ranges} == ranges

@@ -23,9 +23,9 @@ Crash safety, under the exclusive lock, in this order:
    read: one that does not open, or a chain of segments with one missing, stops the rotation
    here, with nothing changed (another target may hold a good copy);
 2. this user's pin records the new fingerprint as `next` (accepted beside the old one);
-3. new slots, new packs, the new index, the re-sealed snapshots, then the re-sealed segments:
-   readers with the old key ignore them (they do not authenticate), so the repository is the old
-   one, whole;
+3. new slots, new packs, the new index, the re-sealed snapshots, the re-sealed segments, then
+   the record naming every old object retired (repo/retired.py): readers with the old key ignore
+   them (they do not authenticate), so the repository is the old one, whole;
 4. the config, authenticated by the new key: from here on the new key is the repository's;
 5. the pin moves to the new fingerprint; the old segments, snapshots, index objects and packs go,
    the lock moves to the new key, the old slots go last (while one is left, so is the old key:
@@ -39,7 +39,9 @@ second signal ends it at once, as a kill does.
 
 Other targets: replication (at the end of the rotation, and on every later backup or `phx sync`)
 copies the new slots and objects to each replica first, then its config (the replica's commit
-point), then deletes what there is sealed under the old key and the old slots. A replica that
+point), then deletes the old objects the rotation's record names and the old slots. A replica
+holding an old snapshot or segment the record does not name (the first target had lost it before
+the rotation) is not switched: it keeps its old key and every object, and the sync says so. A replica that
 was down keeps the old key until then: its old slots still open its old objects, and nothing
 written later.
 """
@@ -55,7 +57,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import RepositoryError, UsageError
 from phoenix_backup.ops.context import Environment, credentials, enabled_targets, open_repository, pins
 from phoenix_backup.ops.sync import replicate_all
-from phoenix_backup.repo import captures
+from phoenix_backup.repo import captures, retired
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
@@ -158,6 +160,11 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
         used = snapshot_blobs(repo, snapshots)
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
+        # The records of earlier rotations (their names are carried into this one's, then they go).
+        carried = retired.named(repo)
+        old_records = [
+            info.name for info in backend.list(retired.PREFIX) if sealed_with(backend, info.name, repo.sealer)
+        ]
         # Every segment is read (and authenticated) now: one that does not open (damaged, or
         # planted) cannot be re-sealed, and another target may hold a good copy that the rotation
         # would retire with the old key, so nothing is changed (as for a damaged snapshot).
@@ -221,6 +228,10 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
                 renamed[snap.id] = fresh.save_snapshot(replace(snap, parent=parent))
             result.snapshots = len(snapshots)
             resealed = _reseal_segments(repo, fresh, history, renamed, result, envx.progress)
+            # The record of what this rotation retires, before the commit point (so before every
+            # deletion it licenses): a replica deletes its copy of an old object only when a
+            # record names it, and keeps one the first target had lost (the only copy left).
+            retired.write(fresh, carried | {*resealed, *old_objects, *old_records})
 
             # The lock moves to the new key first: whichever key a reader ends up with (this
             # machine's pin accepts both until the end), a killed run's lock stays readable.
@@ -241,7 +252,7 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
             store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
             # Segments first (a segment is never left naming a snapshot that is gone), then
             # snapshots: never a snapshot whose data is gone.
-            for name in [*resealed, *old_objects]:
+            for name in [*resealed, *old_objects, *old_records]:
                 backend.delete(name)
             for slot in sorted(old_slots, key=lambda s: s.id == repo.opened_with):
                 backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
@@ -305,7 +316,7 @@ def _delete_other_keys(repo: Repository, creds: keyslots.Credentials, *, say: bo
     deleted = 0
     for master in others.values():
         sealer = Sealer(master.encryption_key)
-        for prefix in ("captures/", "snapshots/", "index/", "data/"):
+        for prefix in ("captures/", "snapshots/", "index/", "data/", retired.PREFIX):
             for info in list(backend.list(prefix)):
                 if sealed_with(backend, info.name, sealer):
                     backend.delete(info.name)

@@ -47,7 +47,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryError,
 )
-from phoenix_backup.repo import checks
+from phoenix_backup.repo import checks, retired
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
@@ -167,6 +167,11 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         # Both locks, the first target's and this one's: a prune on either side that judged one
         # stale (a suspend) or removed it may delete what this copy relies on or is committing.
         confirm = report.confirmer = Confirmer([repo.locks, locks])
+        if switched and repo.config.write_only is None:
+            # Before anything is copied: an old snapshot or segment here that no rotation retired
+            # is the only copy left. The replica stays as it is (its old key opens all it holds,
+            # and no object of the new key there reads as damage under it); the sync says so.
+            _refuse_unretired(repo, dest, report.name)
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
         # upload before the listing could lose that upload; it then fails and the next sync
@@ -225,7 +230,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
                 report.snapshots += 1
         # The capture segments of `phx watch` and the integrity check records (they name snapshots,
         # copied above).
-        for prefix in ("captures/", "checks/"):
+        for prefix in ("captures/", "checks/", retired.PREFIX):
             have_objects = {info.name for info in dest.list(prefix)}
             # An object under checks/ too large for a record is not read (nor copied).
             wanted = {
@@ -235,6 +240,8 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             }
             for obj in sorted(wanted - have_objects):
                 _copy_one(source, dest, obj, False, report)
+        if stale_keys and not switched and repo.config.write_only is None:
+            _refuse_unretired(repo, dest, report.name)  # switched by a run that stopped before the removal
         if switched:
             confirm.now(MORE_COMMITTED)
             dest.write("config", source.read("config"))
@@ -269,19 +276,52 @@ def _add_run_keys(source: Backend, dest: Backend, report: TargetReport) -> None:
     _copy_all(source, dest, [(info.name, False) for info in source.list("runkeys/") if info.name not in theirs], report)
 
 
-def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> None:
-    """Delete the replica's capture segments, snapshots, index objects and packs that the first
-    target lacks and the repository's key does not authenticate: after a key rotation, what the
-    retired key sealed (its segments and snapshots were re-sealed under the new key and copied
-    before)."""
-    for prefix in ("captures/", "snapshots/", "index/", "data/"):
+def _old_objects(repo: Repository, dest: Backend, prefixes: tuple[str, ...]) -> list[str]:
+    """The replica's objects under `prefixes` that the first target lacks and the repository's
+    key does not authenticate (sealed under a retired key, or damaged or planted there)."""
+    out = []
+    for prefix in prefixes:
         ours = {info.name for info in repo.backend.list(prefix)}
-        for info in list(dest.list(prefix)):
-            if info.name not in ours and not sealed_with(dest, info.name, repo.sealer):
-                if report.confirmer is not None:
-                    report.confirmer.step(DELETED)
-                dest.delete(info.name)
-                report.retired += 1
+        out += [
+            info.name
+            for info in dest.list(prefix)
+            if info.name not in ours and not sealed_with(dest, info.name, repo.sealer)
+        ]
+    return out
+
+
+def _refuse_unretired(repo: Repository, dest: Backend, name: str) -> None:
+    """Raise when the replica holds a snapshot or capture segment that the first target lacks, that
+    the repository's key does not authenticate, and that no rotation record names: a key rotation
+    did not re-seal it (the first target had lost it before), so the replica's copy is the only
+    one, readable only with the old key. Switching the replica would have its copy deleted (and its
+    old slots, the only wrapping of that key there), so the replica is left as it is."""
+    named = retired.named(repo)
+    kept = [n for n in _old_objects(repo, dest, ("snapshots/", "captures/")) if n not in named]
+    if not kept:
+        return
+    snaps = sum(n.startswith("snapshots/") for n in kept)
+    raise RepositoryError(
+        f"target {name} holds {snaps} snapshot(s) and {len(kept) - snaps} capture segment(s) that the first target "
+        f"lacks and that a key rotation did not re-seal (first: {kept[0]}): lost on the first target before the "
+        "rotation, or written there by someone else; so as not to delete the only copy, this target keeps its old "
+        f"key and every object; restore what you need from it with its old key (`phx restore --backup NAME --target "
+        f"{name} --to DIR` with PHX_DATA_DIR set to an empty folder: this machine refuses a key it rotated away "
+        "from), then delete from it the snapshots and segments the first target lacks and run `phx sync` to bring "
+        "it over to the new key"
+    )
+
+
+def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> None:
+    """Delete the replica's capture segments, snapshots, index objects, packs and rotation records
+    that the first target lacks and the repository's key does not authenticate: after a key
+    rotation, what the retired key sealed. Its segments and snapshots were re-sealed under the new
+    key and copied before; `_refuse_unretired` has checked that a rotation's record names each."""
+    for obj in _old_objects(repo, dest, ("captures/", "snapshots/", "index/", "data/", retired.PREFIX)):
+        if report.confirmer is not None:
+            report.confirmer.step(DELETED)
+        dest.delete(obj)
+        report.retired += 1
 
 
 def _index_packs(repo: Repository, name: str) -> tuple[dict[str, list[PackEntry]], list[str]]:
@@ -340,7 +380,9 @@ def _copy_one(
             return  # not a record (planted or damaged): every reader drops it, so it is not copied
     else:
         data = source.read(name)
-    if (name.startswith(("data/", "index/", "snapshots/", "captures/"))) and not names_content(name, data, pack_ids):
+    if (name.startswith(("data/", "index/", "snapshots/", "captures/", retired.PREFIX))) and not names_content(
+        name, data, pack_ids
+    ):
         raise CorruptObject(f"{name} on the first target does not match its name (damaged); run `phx verify`")
     dest.write(name, data, cold=cold)
     with _COUNT_LOCK:

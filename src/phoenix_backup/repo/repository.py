@@ -1699,10 +1699,12 @@ def _started(snap: Snapshot) -> float:
 
 # A capture segment's seal (repo/captures.py); here so that `sealed_with` can tell a rotation's.
 CAPTURE_AAD = b"phoenix v1 capture segment"
+# The seal of a key rotation's record of the objects it retired (repo/retired.py).
+RETIRED_AAD = b"phoenix v1 retired objects"
 
 
 def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:
-    """Whether object `name` (a pack, index, snapshot or capture segment) authenticates under
+    """Whether object `name` (a pack, index, snapshot, capture segment or rotation record) authenticates under
     `sealer`: how a key rotation tells the objects of one key from those of another. An index,
     snapshot or segment object must also be whole under its name: a copy under another name,
     which anyone who can write the storage can make, is damage, never the rotation's leftover."""
@@ -1715,11 +1717,13 @@ def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:
             if hlen > min(MAX_HEADER, info.size - 4):
                 return False
             sealer.open(backend.read_range(name, info.size - 4 - hlen, hlen), HEADER_AAD, name)
-        elif name.startswith(("index/", "snapshots/", "captures/")):
+        elif name.startswith(("index/", "snapshots/", "captures/", "retired/")):
             raw = backend.read(name)
             if sha256_hex(raw) != name.split("/")[-1]:
                 return False
-            aad = {"index": INDEX_AAD, "snapshots": SNAPSHOT_AAD, "captures": CAPTURE_AAD}[name.split("/")[0]]
+            aad = {"index": INDEX_AAD, "snapshots": SNAPSHOT_AAD, "captures": CAPTURE_AAD, "retired": RETIRED_AAD}[
+                name.split("/")[0]
+            ]
             sealer.open(raw, aad, name)
         else:
             return False

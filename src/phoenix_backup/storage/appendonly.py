@@ -23,7 +23,7 @@ from phoenix_backup.errors import AppendOnlyRefused, ObjectExists
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.wrappers import WrappedBackend
 
-_CONTENT_ADDRESSED = ("data/", "index/", "snapshots/", "captures/", "checks/")
+_CONTENT_ADDRESSED = ("data/", "index/", "snapshots/", "captures/", "checks/", "retired/")
 
 
 def refusal(target: str, what: str) -> str:

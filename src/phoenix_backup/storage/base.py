@@ -2,7 +2,7 @@
 
 Object names are relative, slash-separated and fixed by the repository format: `config`,
 `keys/<id>`, `runkeys/<16 hex>`, `data/<2 hex>/<64 hex>`, `index/<64 hex>`, `snapshots/<64 hex>`,
-`captures/<64 hex>`, `checks/<64 hex>`, `locks/<id>`.
+`captures/<64 hex>`, `checks/<64 hex>`, `retired/<64 hex>`, `locks/<id>`.
 Every backend stores the same objects under the same names below its prefix, so any target can
 serve a restore on its own. Behaviour every backend needs (retries, a concurrency limit) wraps a
 backend instead of living inside it (storage/wrappers.py).
@@ -22,7 +22,7 @@ from phoenix_backup.errors import CorruptObject, StorageError
 # path, or a key outside the repository's prefix.
 _NAME = re.compile(
     r"^(config|(keys|locks|index|snapshots)/[0-9a-f]{8,64}|runkeys/[0-9a-f]{16}|data/[0-9a-f]{2}/[0-9a-f]{64}"
-    r"|(captures|checks)/[0-9a-f]{64})$"
+    r"|(captures|checks|retired)/[0-9a-f]{64})$"
 )
 TEMP_MARKER = ".tmp-"
 # The config's temporary file before its rename (local disk and a Git clone): what an `init` killed
@@ -31,8 +31,9 @@ CONFIG_TEMP = f"{TEMP_MARKER}config."
 # The folders of the format, in the order replication fills them (config and keys first, so a
 # half-copied target is already a valid, openable repository; the run keys of a write-only
 # repository before the objects sealed under them; snapshots last: the commit point; then the
-# capture segments of `phx watch`, which name snapshots; the integrity check records, which do too).
-FOLDERS = ("keys", "runkeys", "data", "index", "snapshots", "captures", "checks", "locks")
+# capture segments of `phx watch`, which name snapshots; the integrity check records, which do too;
+# the records of key rotations, which name retired objects).
+FOLDERS = ("keys", "runkeys", "data", "index", "snapshots", "captures", "checks", "retired", "locks")
 
 
 def validate_name(name: str) -> str:
@@ -65,6 +66,8 @@ MAX_OBJECT_SIZE = {
     "index": 2 * (2048 * _MiB) + _MiB,
     "data": 512 * _MiB,
     "captures": 2048 * _MiB,
+    # A key rotation's record: the names of the old objects it retired (~75 bytes each).
+    "retired": 256 * _MiB,
 }
 
 
