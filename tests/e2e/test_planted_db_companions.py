@@ -62,3 +62,18 @@ def test_a_fifo_named_like_a_database_beside_a_wal_does_not_hang_the_scan(tmp_pa
     back = tmp_path / "back" / "workspace"
     assert (back / "notes.db-wal").read_bytes() == b"x" * 32
     assert os.readlink(back / "linked.db") == str(tmp_path / "elsewhere")
+
+
+def test_a_fifo_in_a_configured_databases_place_hangs_neither_doctor_nor_a_backup(tmp_path: Path) -> None:
+    """The agent replaces its store by a FIFO: on the code before, `phx doctor` (the command run
+    to find out what is wrong) blocked for ever reading the database's header."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=13))
+    db = sb.db_path(DATABASES[0])
+    db.unlink()
+    os.mkfifo(db)
+    res = sb.phx("doctor", check=1, timeout=30)
+    assert "is not a regular file (a named pipe, a device or a folder), so it is no SQLite database" in res.out, res
+    res = sb.phx("backup", check=0, timeout=30)
+    assert f"not saved: {DATABASES[0]} (a named pipe holds no data to back up)" in res.out, res
+    assert not list((sb.repo / "locks").iterdir())
+
