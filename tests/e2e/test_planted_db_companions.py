@@ -76,4 +76,3 @@ def test_a_fifo_in_a_configured_databases_place_hangs_neither_doctor_nor_a_backu
     res = sb.phx("backup", check=0, timeout=30)
     assert f"not saved: {DATABASES[0]} (a named pipe holds no data to back up)" in res.out, res
     assert not list((sb.repo / "locks").iterdir())
-
