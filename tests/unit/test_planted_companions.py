@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from phoenix_backup.errors import MergeFailed, SourceError
+from phoenix_backup.errors import ExportError, MergeFailed, SourceError
 from phoenix_backup.ops.backup import _Run
+from phoenix_backup.ops.export import _file_reader
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.sqlite_merge import SqliteRowSource, merge_database
 from phoenix_backup.sources.files import Entry
@@ -230,4 +231,18 @@ def test_a_workspace_file_swapped_for_a_fifo_after_the_scan_is_not_waited_on(tmp
     run = SimpleNamespace(parent_nodes={}, unchanged=lambda *_args: False)
     _, exc = _bounded(lambda: _Run.file_node(run, entry), path)  # type: ignore[arg-type]
     assert isinstance(exc, SourceError), exc
+    assert f"{path} is no longer a regular file" in str(exc)
+
+
+def test_an_exported_file_swapped_for_a_fifo_after_the_listing_is_not_waited_on(tmp_path: Path) -> None:
+    """`phx export` of the live workspace lists its files, then reads them: on the code before, a
+    FIFO an agent put in a listed file's place blocked that read for ever."""
+    path = tmp_path / "MEMORY.md"
+    path.write_text("a note\n")
+    read = _file_reader(path)
+    assert b"".join(read()) == b"a note\n"
+    path.unlink()
+    os.mkfifo(path)
+    _, exc = _bounded(lambda: b"".join(read()), path)
+    assert isinstance(exc, ExportError), exc
     assert f"{path} is no longer a regular file" in str(exc)
