@@ -114,3 +114,16 @@ def test_a_planted_journal_naming_a_file_neither_deletes_it_nor_hangs_a_backup(t
     assert db_dump(db) == saved
     assert not journal.exists()
     assert secret.read_bytes() == b"key\n"
+
+
+def test_doctor_names_a_planted_companion_the_backup_refuses(tmp_path: Path) -> None:
+    """On the code before, `phx doctor` called a database beside a FIFO `-wal` a "readable SQLite
+    database" while every backup refused it (exit 3)."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=16))
+    db = sb.db_path(DATABASES[0])
+    for companion in ("-wal", "-shm", "-journal"):
+        Path(f"{db}{companion}").unlink(missing_ok=True)
+    os.mkfifo(f"{db}-wal")
+    res = sb.phx("doctor", check=1, timeout=30)
+    assert f"{db}-wal is not a regular file, which SQLite never makes: the database is not opened" in res.out, res
+    assert f"{db}: readable SQLite database" not in res.out, res

@@ -50,7 +50,7 @@ from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import regular_head
 from phoenix_backup.sources.scope import configured_databases, default_databases, glob_hint
-from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
+from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN, planted_companion
 from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 from phoenix_backup.units import human_size
 
@@ -215,6 +215,10 @@ def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
             continue
         if header != b"SQLite format 3\x00" and path.stat().st_size > 0:
             result.add(name, "fail", "is not a SQLite database", f"fix the path in databases.sqlite in {_where(cfg)}")
+            continue
+        planted = planted_companion(os.path.realpath(path))
+        if planted is not None:  # the backup refuses it the same way
+            result.add(name, "fail", planted)
             continue
         result.add(name, "ok", f"readable SQLite database ({human_size(path.stat().st_size)})")
 
