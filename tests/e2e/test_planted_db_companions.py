@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,67 @@ def test_a_fifo_named_like_a_database_beside_a_wal_does_not_hang_the_scan(tmp_pa
     back = tmp_path / "back" / "workspace"
     assert (back / "notes.db-wal").read_bytes() == b"x" * 32
     assert os.readlink(back / "linked.db") == str(tmp_path / "elsewhere")
+
+
+def test_a_fifo_in_a_configured_databases_place_hangs_neither_doctor_nor_a_backup(tmp_path: Path) -> None:
+    """The agent replaces its store by a FIFO: on the code before, `phx doctor` (the command run
+    to find out what is wrong) blocked for ever reading the database's header."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=13))
+    db = sb.db_path(DATABASES[0])
+    db.unlink()
+    os.mkfifo(db)
+    res = sb.phx("doctor", check=1, timeout=30)
+    assert "is not a regular file (a named pipe, a device or a folder), so it is no SQLite database" in res.out, res
+    res = sb.phx("backup", check=0, timeout=30)
+    assert f"not saved: {DATABASES[0]} (a named pipe holds no data to back up)" in res.out, res
+    assert not list((sb.repo / "locks").iterdir())
+
+
+def test_a_planted_journal_naming_a_file_neither_deletes_it_nor_hangs_a_backup(tmp_path: Path) -> None:
+    """A regular `-journal` planted beside a configured database, naming a file outside the
+    workspace as its super-journal: on the code before, the backup's capture (which opens the
+    database to write) let SQLite roll it back and delete that file; naming a FIFO, it blocked."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=15))
+    sb.backup()
+    db = sb.db_path(DATABASES[0])
+    saved = db_dump(db)
+    con = sqlite3.connect(db)  # changed since: the next backup captures it
+    table = con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 1").fetchone()[0]
+    con.execute(f'DELETE FROM "{table}"')
+    con.commit()
+    con.close()
+    for companion in ("-wal", "-shm"):
+        Path(f"{db}{companion}").unlink(missing_ok=True)
+    secret = tmp_path / "id_ed25519"
+    secret.write_bytes(b"key\n")
+    raw = int.from_bytes(db.read_bytes()[16:18], "big")
+    page_size = 65536 if raw == 1 else raw
+    magic = bytes.fromhex("d9d505f920a163d7")
+    header = magic + struct.pack(">IIIII", 0, 1, db.stat().st_size // page_size, 512, page_size)
+    name = os.fsencode(secret)
+    trailer = struct.pack(">I", 0x40000000 // page_size + 1) + name
+    trailer += struct.pack(">II", len(name), sum(name) & 0xFFFFFFFF) + magic
+    journal = Path(f"{db}-journal")
+    journal.write_bytes(header.ljust(512, b"\0") + trailer)
+    res = sb.phx("backup", check=None, timeout=30)
+    assert secret.read_bytes() == b"key\n"
+    assert res.code == 3, res
+    assert f"{journal} names '{secret}' as its super-journal, which SQLite never made" in res.err, res
+    assert not list((sb.repo / "locks").iterdir())
+    sb.phx("restore", "--latest", "--yes", check=0, timeout=30)
+    assert db_dump(db) == saved
+    assert not journal.exists()
+    assert secret.read_bytes() == b"key\n"
+
+
+def test_doctor_names_a_planted_companion_the_backup_refuses(tmp_path: Path) -> None:
+    """On the code before, `phx doctor` called a database beside a FIFO `-wal` a "readable SQLite
+    database" while every backup refused it (exit 3)."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=16))
+    db = sb.db_path(DATABASES[0])
+    for companion in ("-wal", "-shm", "-journal"):
+        Path(f"{db}{companion}").unlink(missing_ok=True)
+    os.mkfifo(f"{db}-wal")
+    res = sb.phx("doctor", check=1, timeout=30)
+    assert f"{db}-wal is not a regular file, which SQLite never makes: the database is not opened" in res.out, res
+    assert f"{db}: readable SQLite database" not in res.out, res

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +22,13 @@ from typing import Any
 
 import pytest
 
-from phoenix_backup.errors import MergeFailed, SourceError
+from phoenix_backup.errors import ExportError, MergeFailed, SourceError
 from phoenix_backup.ops.backup import _Run
+from phoenix_backup.ops.export import _file_reader
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.sqlite_merge import SqliteRowSource, merge_database
 from phoenix_backup.sources.files import Entry
-from phoenix_backup.sources.sqlite import source_stat
+from phoenix_backup.sources.sqlite import planted_companion, source_stat
 from phoenix_backup.sources.sqlite_capture import CaptureError, SqliteCapture
 
 BOUND = 5.0
@@ -138,6 +140,86 @@ def test_a_merge_into_a_store_beside_a_planted_fifo_is_refused(tmp_path: Path, d
     assert live.read_bytes() == before
 
 
+def _hot_journal_naming(db: Path, super_journal: Path) -> None:
+    """A `-journal` beside `db` as SQLite leaves one after a crash in a commit to several
+    databases: a header (the database's own page size and count) with no page records, then the
+    super-journal's name (pager.c's layout)."""
+    raw = int.from_bytes(db.read_bytes()[16:18], "big")
+    page_size = 65536 if raw == 1 else raw
+    magic = bytes.fromhex("d9d505f920a163d7")
+    pages = db.stat().st_size // page_size
+    header = (magic + struct.pack(">IIIII", 0, 12345, pages, 512, page_size)).ljust(512, b"\0")
+    name = os.fsencode(super_journal)
+    trailer = struct.pack(">I", 0x40000000 // page_size + 1) + name
+    trailer += struct.pack(">II", len(name), sum(name) & 0xFFFFFFFF) + magic
+    Path(f"{db}-journal").write_bytes(header + trailer)
+
+
+def test_a_capture_refuses_a_planted_journal_that_names_another_file(tmp_path: Path) -> None:
+    """Every backup and `phx watch` capture opens the database to write (SQLite may need to), so
+    SQLite rolled a planted journal back: on the code before, a FIFO it named as its
+    super-journal blocked the backup for ever, and a regular file it named was deleted."""
+    db = _database(tmp_path / "memory.db", "delete")
+    fifo = tmp_path / "memory.db-mjABCDEF901"
+    os.mkfifo(fifo)
+    _hot_journal_naming(db, fifo)
+
+    def capture() -> None:
+        with SqliteCapture(db) as cap:
+            cap.capture()
+
+    _, exc = _bounded(capture, fifo)
+    assert isinstance(exc, CaptureError), exc
+    assert f"names '{fifo}' as its super-journal, which SQLite never made" in str(exc)
+    secret = tmp_path / "id_ed25519"
+    secret.write_bytes(b"key\n")
+    _hot_journal_naming(db, secret)
+    _, exc = _bounded(capture, secret)
+    assert secret.read_bytes() == b"key\n"
+    assert isinstance(exc, CaptureError), exc
+
+
+def test_a_merge_refuses_a_planted_journal_that_names_a_fifo_as_its_super_journal(tmp_path: Path) -> None:
+    """A regular `-journal`, planted, naming a FIFO as its super-journal: SQLite, opening the store
+    to write, rolls the journal back and then opens the FIFO, for ever (on the code before,
+    `phx restore --merge` and `phx import` blocked there)."""
+    live = _database(tmp_path / "memory.db", "delete")
+    copy = _database(tmp_path / "copy.db", "delete")
+    before = live.read_bytes()
+    fifo = tmp_path / "memory.db-mjABCDEF901"
+    os.mkfifo(fifo)
+    _hot_journal_naming(live, fifo)
+    source = SqliteRowSource(copy)
+    _, exc = _bounded(lambda: merge_database(source, "memory.db", live, mode="skip", dry_run=False), fifo)
+    assert isinstance(exc, MergeFailed), exc
+    assert f"names '{fifo}' as its super-journal, which SQLite never made" in str(exc)
+    assert live.read_bytes() == before
+
+
+def test_a_planted_journal_cannot_make_sqlite_delete_the_file_it_names(tmp_path: Path) -> None:
+    """The same journal naming a regular file: SQLite, finding no journal that file lists pointing
+    back at it, deletes it after the rollback. On the code before, a merge deleted the file named
+    (here a private key); now the store is refused and the file kept. SQLite's own super-journal
+    (named after its database, `-mj` and 9 hex digits) is still rolled back as SQLite does."""
+    live = _database(tmp_path / "memory.db", "delete")
+    copy = _database(tmp_path / "copy.db", "delete")
+    secret = tmp_path / "id_ed25519"
+    secret.write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    _hot_journal_naming(live, secret)
+    # The source is opened in the thread that reads it (SQLite's connections stay in theirs).
+    call = lambda: merge_database(SqliteRowSource(copy), "memory.db", live, mode="skip", dry_run=False)  # noqa: E731
+    _, exc = _bounded(call, secret)
+    assert secret.read_bytes() == b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    assert isinstance(exc, MergeFailed), exc
+    assert f"names '{secret}' as its super-journal" in str(exc)
+    own = tmp_path / "memory.db-mj0A1B2C93D"
+    own.write_bytes(b"")
+    _hot_journal_naming(live, own)
+    assert planted_companion(live) is None
+    merge_database(SqliteRowSource(copy), "memory.db", live, mode="skip", dry_run=False)
+    assert not Path(f"{live}-journal").exists()
+
+
 def test_a_workspace_file_swapped_for_a_fifo_after_the_scan_is_not_waited_on(tmp_path: Path) -> None:
     """The scan saw a regular file; before the backup reads it, an agent puts a FIFO in its place.
     The read's open blocked on it (the backup then holding its lock for ever); now it is refused."""
@@ -149,4 +231,18 @@ def test_a_workspace_file_swapped_for_a_fifo_after_the_scan_is_not_waited_on(tmp
     run = SimpleNamespace(parent_nodes={}, unchanged=lambda *_args: False)
     _, exc = _bounded(lambda: _Run.file_node(run, entry), path)  # type: ignore[arg-type]
     assert isinstance(exc, SourceError), exc
+    assert f"{path} is no longer a regular file" in str(exc)
+
+
+def test_an_exported_file_swapped_for_a_fifo_after_the_listing_is_not_waited_on(tmp_path: Path) -> None:
+    """`phx export` of the live workspace lists its files, then reads them: on the code before, a
+    FIFO an agent put in a listed file's place blocked that read for ever."""
+    path = tmp_path / "MEMORY.md"
+    path.write_text("a note\n")
+    read = _file_reader(path)
+    assert b"".join(read()) == b"a note\n"
+    path.unlink()
+    os.mkfifo(path)
+    _, exc = _bounded(lambda: b"".join(read()), path)
+    assert isinstance(exc, ExportError), exc
     assert f"{path} is no longer a regular file" in str(exc)

@@ -48,8 +48,9 @@ from phoenix_backup.ops.selection import repository_in_workspace, workspace_in_o
 from phoenix_backup.repo.crypto import zstandard_module
 from phoenix_backup.repo.locks import HeldLock
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sources.files import regular_head
 from phoenix_backup.sources.scope import configured_databases, default_databases, glob_hint
-from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN
+from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN, planted_companion
 from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
 from phoenix_backup.units import human_size
 
@@ -200,13 +201,24 @@ def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:
                 )
             continue
         try:
-            with open(path, "rb") as f:
-                header = f.read(16)
+            header = regular_head(path, 16)  # never waits on a FIFO planted in the database's place
         except OSError as exc:
             result.add(name, "fail", f"cannot be read ({exc.strerror})", f"check the owner and mode of {path}")
             continue
+        if header is None:
+            result.add(
+                name,
+                "fail",
+                "is not a regular file (a named pipe, a device or a folder), so it is no SQLite database",
+                f"remove it and put the database back, or fix the path in databases.sqlite in {_where(cfg)}",
+            )
+            continue
         if header != b"SQLite format 3\x00" and path.stat().st_size > 0:
             result.add(name, "fail", "is not a SQLite database", f"fix the path in databases.sqlite in {_where(cfg)}")
+            continue
+        planted = planted_companion(os.path.realpath(path))
+        if planted is not None:  # the backup refuses it the same way
+            result.add(name, "fail", planted)
             continue
         result.add(name, "ok", f"readable SQLite database ({human_size(path.stat().st_size)})")
 

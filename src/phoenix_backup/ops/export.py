@@ -175,7 +175,13 @@ def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
 
 def _file_reader(path: Path) -> Callable[[], Iterator[bytes]]:
     def read() -> Iterator[bytes]:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: a FIFO an agent put in the file's place since the scan is refused, not
+        # waited on for ever; a regular file's reads are not changed by it.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ExportError(
+                    f"{path} is no longer a regular file (it was replaced since it was listed); export again"
+                )
             while block := f.read(1 << 20):
                 yield block
 

@@ -64,21 +64,26 @@ def _special_kind(mode: int) -> str:
     return "special file"
 
 
+def regular_head(path: Path, size: int) -> bytes | None:
+    """The first `size` bytes of the file at `path` (a link followed), or None when it is no
+    regular file (OSError when it cannot be opened or read). Never blocks: the workspace's writer
+    may have put a FIFO in a file's place, and an ordinary open of one waits for a writer for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, size, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)
+
+
 def is_sqlite_file(path: Path) -> bool:
     if not path.name.endswith(SQLITE_SUFFIXES):
         return False
     try:
-        # Never blocks: a FIFO named like a database (beside a planted `-wal`, this is asked of
-        # it before its type is known) is no database, and its open must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # A FIFO named like a database (beside a planted `-wal`, this is asked of it before its
+        # type is known) is no database.
+        return regular_head(path, 16) == SQLITE_MAGIC
     except OSError:
         return False
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 16, 0) == SQLITE_MAGIC
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def select(

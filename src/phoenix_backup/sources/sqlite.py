@@ -92,7 +92,53 @@ def planted_companion(real: str | Path) -> str | None:
                 f"{real}{suffix} is {kind}, which SQLite never makes: the database is not opened; "
                 "remove it and try again"
             )
-    return None
+    return _planted_super_journal(f"{real}-journal")
+
+
+# A rollback journal's last bytes when it names a super-journal (SQLite's pager.c): the name's
+# length, its checksum, then the journal's magic. SQLite reads at most a path's length of name.
+_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+_MAX_SUPER_NAME = 512
+# The name SQLite gives a super-journal: its main database's path, "-mj" and 9 hex digits.
+_SUPER_JOURNAL_NAME = re.compile(rb"-mj[0-9A-F]{6}9[0-9A-F]{2}\Z")
+
+
+def _planted_super_journal(journal: str) -> str | None:
+    """Why a regular `-journal` must not be rolled back, or None: it names a super-journal that
+    exists and is not one SQLite made. A connection that may write rolls a hot journal back, then
+    opens the super-journal it names (for ever on a FIFO) and deletes it when no journal it lists
+    points back (any file this user may delete, named by whoever wrote the journal)."""
+    try:
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{journal} cannot be examined ({exc.strerror or exc})"
+    try:
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, 16, size - 16) if size >= 16 else b""
+        length = int.from_bytes(tail[:4], "big") if len(tail) == 16 else 0
+        if tail[8:] != _JOURNAL_MAGIC or not 0 < length <= min(_MAX_SUPER_NAME, size - 16):
+            return None
+        name = os.pread(fd, length, size - 16 - length).split(b"\0", 1)[0]
+    except OSError as exc:
+        return f"{journal} cannot be examined ({exc.strerror or exc})"
+    finally:
+        os.close(fd)
+    try:
+        mode = os.stat(name).st_mode  # SQLite follows a link there
+    except FileNotFoundError:
+        return None  # SQLite neither opens nor deletes a super-journal that does not exist
+    except OSError as exc:
+        return f"{journal} names a super-journal that cannot be examined ({exc.strerror or exc})"
+    if stat.S_ISREG(mode) and _SUPER_JOURNAL_NAME.search(name):
+        return None
+    shown = os.fsdecode(name)
+    return (
+        f"{journal} names {shown!r} as its super-journal, which SQLite never made (rolling the journal back "
+        "would open that file, and delete it): the database is not opened; check that file, remove the "
+        "journal and try again"
+    )
 
 
 def source_stat(path: Path) -> SourceStat:
