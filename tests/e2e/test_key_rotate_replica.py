@@ -148,6 +148,7 @@ def test_a_replica_keeps_its_old_snapshot_when_the_resealed_copy_is_lost(
     sb, replica, names, _old = _setup(make_sandbox, tmp_path)
     obj = f"snapshots/{sb.snapshots()[0]['id']}"
     kept = (replica / obj).read_bytes()
+    expected = restored(sb, names[0], tmp_path / "before")
     sb.phx("key", "rotate")
     _lose_resealed(sb, names[0])
     if rotations == 2:
@@ -157,3 +158,15 @@ def test_a_replica_keeps_its_old_snapshot_when_the_resealed_copy_is_lost(
     assert (replica / obj).read_bytes() == kept
     assert not report.ok and report.error is not None and obj in report.error, report.error
     assert "1 snapshot(s) and 0 capture segment(s)" in report.error, report.error
+    # Restored from the replica with its old key as the message says; then, with the snapshots the
+    # first target lacks deleted there, the next sync brings it over.
+    sb.write_config(targets={"local": {"enabled": True, "path": str(replica)}})
+    fresh = sb.env_with(PHX_DATA_DIR=str(tmp_path / "fresh-data"))
+    assert restored(sb, names[0], tmp_path / "after", env=fresh) == expected
+    sb.write_config(targets={"local": {"enabled": True}})
+    for snap in (replica / "snapshots").iterdir():
+        if not (sb.repo / "snapshots" / snap.name).exists():
+            snap.unlink()
+    report, _said = _sync(sb, replica)
+    assert report.ok, report.error
+    assert _objects(replica) == _objects(sb.repo)

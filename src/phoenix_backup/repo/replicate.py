@@ -315,11 +315,12 @@ def _refuse_unretired(repo: Repository, dest: Backend, name: str) -> None:
     raise RepositoryError(
         f"target {name} holds {snaps} snapshot(s) and {len(kept) - snaps} capture segment(s) that the first "
         f"target lacks and that a key rotation did not re-seal, or whose re-sealed copy is gone (first: "
-        f"{kept[0]}): lost on the first target, or written there by someone else; so as not to delete the "
-        "only copy, this target keeps its old key and every object; restore what you need from it with its "
-        f"old key (`phx restore --backup NAME --target {name} --to DIR` with PHX_DATA_DIR set to an empty "
-        "folder: this machine refuses a key it rotated away from), then delete from it the snapshots and "
-        "segments the first target lacks and run `phx sync` to bring it over to the new key"
+        f"{kept[0]}): lost, forgotten or merged on the first target while this target was not synced, or "
+        "written here by someone else; so as not to delete what may be the only copy, this target keeps its "
+        "old key and every object; restore what you need from it with its old key (`phx restore --backup "
+        f"NAME --target {name} --to DIR` with PHX_DATA_DIR set to an empty folder: this machine refuses a "
+        "key it rotated away from), then delete from it the snapshots and segments the first target lacks "
+        "and run `phx sync` to bring it over to the new key"
     )
 
 
