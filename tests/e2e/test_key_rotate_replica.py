@@ -158,6 +158,8 @@ def test_a_replica_keeps_its_old_snapshot_when_the_resealed_copy_is_lost(
     assert (replica / obj).read_bytes() == kept
     assert not report.ok and report.error is not None and obj in report.error, report.error
     assert "1 snapshot(s) and 0 capture segment(s)" in report.error, report.error
+    if rotations == 1:
+        return  # the recovery, once (under 2 s each)
     # Restored from the replica with its old key as the message says; then, with the snapshots the
     # first target lacks deleted there, the next sync brings it over.
     sb.write_config(targets={"local": {"enabled": True, "path": str(replica)}})
