@@ -130,3 +130,45 @@ def test_a_git_replica_keeps_the_snapshot_the_first_target_lost(make_sandbox, tm
     assert obj in git("ls-tree", "-r", "--name-only", "main", cwd=remote).split()
     fresh = sb.env_with(PHX_DATA_DIR=str(tmp_path / "fresh-data"))
     assert restored(sb, lost["name"], tmp_path / "after", "--target", "git", env=fresh) == expected
+
+
+def _lose_resealed(sb: Sandbox, name: str) -> None:
+    """Delete, on the first target only, the current copy of snapshot `name` (re-sealed by a rotation)."""
+    (sb.repo / f"snapshots/{next(s['id'] for s in sb.snapshots() if s['name'] == name)}").unlink()
+
+
+@pytest.mark.parametrize("rotations", [1, 2])
+def test_a_replica_keeps_its_old_snapshot_when_the_resealed_copy_is_lost(
+    make_sandbox, tmp_path: Path, rotations: int
+) -> None:
+    """A replica that missed the rotation(s) holds the old copy of a snapshot whose re-sealed copy
+    the first target lost afterwards (before a second rotation, or before the replica's sync):
+    the record names the old copy, but its copy is now the only one, so the replica keeps it
+    (before, the sync deleted it: lost on every target)."""
+    sb, replica, names, _old = _setup(make_sandbox, tmp_path)
+    obj = f"snapshots/{sb.snapshots()[0]['id']}"
+    kept = (replica / obj).read_bytes()
+    expected = restored(sb, names[0], tmp_path / "before")
+    sb.phx("key", "rotate")
+    _lose_resealed(sb, names[0])
+    if rotations == 2:
+        sb.phx("key", "rotate")
+    report, _said = _sync(sb, replica)
+    assert (replica / obj).exists(), report
+    assert (replica / obj).read_bytes() == kept
+    assert not report.ok and report.error is not None and obj in report.error, report.error
+    assert "1 snapshot(s) and 0 capture segment(s)" in report.error, report.error
+    if rotations == 1:
+        return  # the recovery, once (under 2 s each)
+    # Restored from the replica with its old key as the message says; then, with the snapshots the
+    # first target lacks deleted there, the next sync brings it over.
+    sb.write_config(targets={"local": {"enabled": True, "path": str(replica)}})
+    fresh = sb.env_with(PHX_DATA_DIR=str(tmp_path / "fresh-data"))
+    assert restored(sb, names[0], tmp_path / "after", env=fresh) == expected
+    sb.write_config(targets={"local": {"enabled": True}})
+    for snap in (replica / "snapshots").iterdir():
+        if not (sb.repo / "snapshots" / snap.name).exists():
+            snap.unlink()
+    report, _said = _sync(sb, replica)
+    assert report.ok, report.error
+    assert _objects(replica) == _objects(sb.repo)

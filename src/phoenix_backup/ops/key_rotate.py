@@ -161,7 +161,7 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
         # The records of earlier rotations (their names are carried into this one's, then they go).
-        carried = retired.named(repo)
+        carried, carried_moved = retired.load(repo)
         old_records = [
             info.name for info in backend.list(retired.PREFIX) if sealed_with(backend, info.name, repo.sealer)
         ]
@@ -231,7 +231,9 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
             # The record of what this rotation retires, before the commit point (so before every
             # deletion it licenses): a replica deletes its copy of an old object only when a
             # record names it, and keeps one the first target had lost (the only copy left).
-            retired.write(fresh, carried | {*resealed, *old_objects, *old_records})
+            now = {f"snapshots/{o}": f"snapshots/{n}" for o, n in renamed.items()} | resealed
+            names, moved = retired.carry(carried, carried_moved, now)
+            retired.write(fresh, names | {*resealed, *old_objects, *old_records}, moved | now)
 
             # The lock moves to the new key first: whichever key a reader ends up with (this
             # machine's pin accepts both until the end), a killed run's lock stays readable.
@@ -412,10 +414,10 @@ def _reseal_segments(
     renamed: dict[str, str],
     result: RotateResult,
     report: Reporter,
-) -> list[str]:
+) -> dict[str, str]:
     """Re-seal every segment that opens (`history`: every chain, the superseded leftovers of a
     thinning cut short and broken chains too, so that what a reader sees is unchanged) under the
-    new key; returns the old names. A segment's name is the SHA-256 of its sealed bytes, so each
+    new key; returns the old names, each with its new one. A segment's name is the SHA-256 of its sealed bytes, so each
     one's new name differs: each segment names its predecessor (`previous`, and a merged one the
     last segment it stands for, `link`) by its new name, so the segments are written in chain
     order, and each base snapshot by the id `renamed` gives it. The chain ids, times, page bytes
@@ -426,7 +428,7 @@ def _reseal_segments(
     order = sorted(history.segments.values(), key=lambda s: (s.chain, s.last_sequence, s.through is not None, s.id))
     report.phase("resealing capture segments", files=len(order), unit="segments")
     new_ids: dict[str, str] = {}
-    old_names: list[str] = []
+    old_names: dict[str, str] = {}
     for seg in order:
         full = captures.with_pages(repo, seg)
         parts = [
@@ -445,7 +447,7 @@ def _reseal_segments(
         name, raw = captures.seal(fresh, moved)
         fresh.backend.write(name, raw)
         new_ids[seg.id] = name.removeprefix(captures.PREFIX)
-        old_names.append(captures.PREFIX + seg.id)
+        old_names[captures.PREFIX + seg.id] = name
         result.segments += 1
         report.advance(files=1, size=len(raw))
     return old_names

@@ -292,23 +292,35 @@ def _old_objects(repo: Repository, dest: Backend, prefixes: tuple[str, ...]) -> 
 
 def _refuse_unretired(repo: Repository, dest: Backend, name: str) -> None:
     """Raise when the replica holds a snapshot or capture segment that the first target lacks, that
-    the repository's key does not authenticate, and that no rotation record names: a key rotation
-    did not re-seal it (the first target had lost it before), so the replica's copy is the only
-    one, readable only with the old key. Switching the replica would have its copy deleted (and its
-    old slots, the only wrapping of that key there), so the replica is left as it is."""
-    named = retired.named(repo)
-    kept = [n for n in _old_objects(repo, dest, ("snapshots/", "captures/")) if n not in named]
+    the repository's key does not authenticate, and that no rotation record names, or whose
+    re-sealed successor (the record's `moved`) is on neither side: a key rotation did not re-seal
+    it (the first target had lost it before), or the re-sealed copy was lost since (before a later
+    rotation, or before this sync), so the replica's copy is the only one, readable only with the
+    old key. Switching the replica would have its copy deleted (and its old slots, the only
+    wrapping of that key there), so the replica is left as it is."""
+    names, moved = retired.load(repo)
+    prefixes = ("snapshots/", "captures/")
+    ours = {info.name for p in prefixes for info in repo.backend.list(p)}
+    # A successor only the replica holds counts when it is whole under the key (not a name planted there).
+    present = ours | {
+        info.name
+        for p in prefixes
+        for info in dest.list(p)
+        if info.name not in ours and info.name in moved.values() and sealed_with(dest, info.name, repo.sealer)
+    }
+    kept = retired.unsafe(names, moved, _old_objects(repo, dest, prefixes), present)
     if not kept:
         return
     snaps = sum(n.startswith("snapshots/") for n in kept)
     raise RepositoryError(
-        f"target {name} holds {snaps} snapshot(s) and {len(kept) - snaps} capture segment(s) that the first target "
-        f"lacks and that a key rotation did not re-seal (first: {kept[0]}): lost on the first target before the "
-        "rotation, or written there by someone else; so as not to delete the only copy, this target keeps its old "
-        f"key and every object; restore what you need from it with its old key (`phx restore --backup NAME --target "
-        f"{name} --to DIR` with PHX_DATA_DIR set to an empty folder: this machine refuses a key it rotated away "
-        "from), then delete from it the snapshots and segments the first target lacks and run `phx sync` to bring "
-        "it over to the new key"
+        f"target {name} holds {snaps} snapshot(s) and {len(kept) - snaps} capture segment(s) that the first "
+        f"target lacks and that a key rotation did not re-seal, or whose re-sealed copy is gone (first: "
+        f"{kept[0]}): lost, forgotten or merged on the first target while this target was not synced, or "
+        "written here by someone else; so as not to delete what may be the only copy, this target keeps its "
+        "old key and every object; restore what you need from it with its old key (`phx restore --backup "
+        f"NAME --target {name} --to DIR` with PHX_DATA_DIR set to an empty folder: this machine refuses a "
+        "key it rotated away from), then delete from it the snapshots and segments the first target lacks "
+        "and run `phx sync` to bring it over to the new key"
     )
 
 

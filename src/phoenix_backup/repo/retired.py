@@ -10,7 +10,15 @@ those the records of earlier rotations name, so a replica that missed several ro
 brought over). Only the owner's key authenticates it: whoever can write the storage cannot forge
 one to make a replica delete an object.
 
-Stored as `retired/<SHA-256 of the sealed bytes>`: JSON `{"version": 1, "names": [...]}`.
+A snapshot or segment is re-sealed under a new name; `moved` maps each old one the record names to
+its re-sealed successor on the first target (for a name carried from an earlier record, the
+successor's successor). A replica deletes its copy only while that successor is there: one lost on
+the first target after it was re-sealed (before a later rotation, or before the replica's sync)
+leaves the replica's old copy the only one, so it is kept. A later rotation does not carry a name
+whose successor it did not re-seal.
+
+Stored as `retired/<SHA-256 of the sealed bytes>`: JSON `{"version": 1, "names": [...], "moved":
+{old: new}}`.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ PREFIX = "retired/"
 VERSION = 1
 
 
-def write(repo: Repository, names: set[str]) -> str:
-    """Seal the record naming `names` under `repo`'s key and store it; returns its object name."""
-    body = json.dumps({"version": VERSION, "names": sorted(names)}, separators=(",", ":")).encode()
+def write(repo: Repository, names: set[str], moved: dict[str, str]) -> str:
+    """Seal the record naming `names` (and the successors `moved` of its snapshots and segments)
+    under `repo`'s key and store it; returns its object name."""
+    doc = {"version": VERSION, "names": sorted(names), "moved": dict(sorted(moved.items()))}
+    body = json.dumps(doc, separators=(",", ":")).encode()
     raw = repo.sealer.seal(body, RETIRED_AAD)
     name = PREFIX + sha256_hex(raw)
     repo.backend.write(name, raw)
@@ -37,7 +47,14 @@ def write(repo: Repository, names: set[str]) -> str:
 def named(repo: Repository) -> set[str]:
     """Every object name the records of `repo` that its key authenticates list. A record that does
     not open (another key's, damaged or planted) names nothing: what it would name is kept."""
+    return load(repo)[0]
+
+
+def load(repo: Repository) -> tuple[set[str], dict[str, str]]:
+    """The names the records of `repo` that its key authenticates list, and the successors they
+    give their snapshots and segments (`moved`)."""
     out: set[str] = set()
+    moved: dict[str, str] = {}
     for info in repo.backend.list(PREFIX):
         try:
             raw = repo.backend.read(info.name)
@@ -49,4 +66,22 @@ def named(repo: Repository) -> set[str]:
         names = doc.get("names") if isinstance(doc, dict) and doc.get("version") == VERSION else None
         if isinstance(names, list):
             out.update(n for n in names if isinstance(n, str))
-    return out
+        succ = doc.get("moved") if isinstance(doc, dict) else None
+        if isinstance(succ, dict):
+            moved.update((k, v) for k, v in succ.items() if isinstance(k, str) and isinstance(v, str))
+    return out, moved
+
+
+def carry(names: set[str], moved: dict[str, str], now: dict[str, str]) -> tuple[set[str], dict[str, str]]:
+    """The names and successors of earlier records that a rotation re-sealing `now` (old name ->
+    new name) carries into its own: a snapshot or segment whose successor this rotation did not
+    re-seal (lost or deleted on the first target since) is dropped, so a replica's copy of it is
+    kept as the only one."""
+    kept = {n for n in names if n not in moved or moved[n] in now}
+    return kept, {n: now[m] for n, m in moved.items() if n in kept and m in now}
+
+
+def unsafe(names: set[str], moved: dict[str, str], old: list[str], present: set[str]) -> list[str]:
+    """Those of a replica's `old` snapshots and segments (sealed under a retired key) that it must
+    keep: no record names them, or their re-sealed successor is in none of `present`."""
+    return [n for n in old if n not in names or (n in moved and moved[n] not in present)]
