@@ -225,21 +225,12 @@ def test_segments_a_watch_sealed_before_a_rotation_are_never_written_after_it(sa
     """A watch whose segments waited in its spool (the repository out of reach, or the rotation
     holding the lock) across a `phx key rotate`: the next watch deletes them, saying why, rather
     than write segments no key opens."""
-    from test_watch_adversary import _commit, _table
-    from test_watch_bases import _watcher
+    from test_watch_adversary import _commit
+    from test_watch_bases import _watcher, cut_off_watcher
 
     sb = sandbox
-    db = sb.layout.dashboard_db
-    _table(db)
     notices: list[str] = []
-    segments = sb.repo / "captures"
-    with _watcher(sb, notices) as w:
-        w.poll()
-        _commit(db, 1)
-        w.poll()
-        w.flush()
-        segments.rename(tmp_path / "captures-away")  # an outage: the segments wait in the spool
-        segments.write_bytes(b"")
+    with cut_off_watcher(sb, tmp_path, notices) as (w, db, segments):  # the segments wait in the spool
         for k in (2, 3):
             _commit(db, k)
             w.poll()

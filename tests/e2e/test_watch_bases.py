@@ -337,13 +337,14 @@ def test_segments_beyond_the_memory_bound_wait_on_disk_in_their_order(sandbox: S
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3, 4]
 
 
-def test_a_file_planted_in_the_spool_is_never_written_to_the_repository(sandbox: Sandbox, tmp_path: Path) -> None:
-    # An attacker who can write the cache folder (not the repository, not its key) plants files
-    # in the spool named by their own SHA-256: bytes of their choosing.
-    sb = sandbox
+@contextlib.contextmanager
+def cut_off_watcher(sb: Sandbox, tmp_path: Path, notices: list[str]) -> Iterator[tuple[Watcher, Path, Path]]:
+    """A watch of the dashboard store (its table made) with one commit captured and its segment
+    written, then the repository's `captures/` out of reach (moved to `captures-away`, a file in
+    its place: an outage): what the watch seals next waits in its spool. Yields the watcher, the
+    database and the `captures/` path."""
     db = sb.layout.dashboard_db
     _table(db)
-    notices: list[str] = []
     segments = sb.repo / "captures"
     with _watcher(sb, notices) as w:
         w.poll()
@@ -352,6 +353,15 @@ def test_a_file_planted_in_the_spool_is_never_written_to_the_repository(sandbox:
         w.flush()
         segments.rename(tmp_path / "captures-away")
         segments.write_bytes(b"")
+        yield w, db, segments
+
+
+def test_a_file_planted_in_the_spool_is_never_written_to_the_repository(sandbox: Sandbox, tmp_path: Path) -> None:
+    # An attacker who can write the cache folder (not the repository, not its key) plants files
+    # in the spool named by their own SHA-256: bytes of their choosing.
+    sb = sandbox
+    notices: list[str] = []
+    with cut_off_watcher(sb, tmp_path, notices) as (w, db, segments):
         _commit(db, 2)
         w.poll()
         w.flush()
