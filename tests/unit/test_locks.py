@@ -110,6 +110,29 @@ def test_an_unreadable_lock_ages_by_its_object_time_and_unlock_removes_it(tmp_pa
     repo.lock(True, "prune").release()
 
 
+def test_an_unreadable_lock_dated_in_the_future_is_said_to_need_unlock_all(tmp_path: Path) -> None:
+    """An unreadable lock whose object's time on the store lies in the future (a time planted by
+    whoever can write the storage: `touch -d 2100`) never grows old enough to be judged stale; every
+    command said it blocked "until it is 30 minutes old", which it never is. Now every command,
+    `phx unlock` and its notice name the time ahead and `phx unlock --all`, which removes it."""
+    notices: list[str] = []
+    repo = new_repo(tmp_path / "repo", notices)
+    name = f"locks/{secrets.token_hex(16)}"
+    repo.backend.write(name, os.urandom(300))
+    ahead = time.time() + 3 * 3600
+    os.utime(tmp_path / "repo" / name, (ahead, ahead))
+    with pytest.raises(RepositoryLocked) as blocked:
+        repo.lock(False, "backup")
+    said = str(blocked.value)
+    assert f"unreadable lock {name}" in said and "minutes ahead of this machine's clock" in said, said
+    assert "phx unlock --all" in said and "minutes old" not in said, said
+    assert repo.locks.unlock() == [] and lock_names(repo) == {name}
+    assert len(notices) == 1 and "ahead" in notices[0] and "minutes old" not in notices[0], notices
+    (removed,) = repo.locks.unlock(remove_all=True)
+    assert removed.name == name
+    repo.lock(True, "prune").release()
+
+
 def test_unlock_keeps_a_fresh_unreadable_lock_until_it_is_stale(tmp_path: Path) -> None:
     """A fresh unreadable lock may be live (a `phx key rotate` elsewhere moved its lock under the
     new key): `phx unlock` says so and keeps it; `--all` removes it."""

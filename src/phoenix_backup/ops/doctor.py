@@ -46,7 +46,7 @@ from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.selection import repository_in_workspace, workspace_in_own_folder
 from phoenix_backup.repo.crypto import zstandard_module
-from phoenix_backup.repo.locks import HeldLock
+from phoenix_backup.repo.locks import HeldLock, unreadable_lock_fix
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import regular_head
 from phoenix_backup.sources.scope import configured_databases, default_databases, glob_hint
@@ -667,12 +667,7 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
     stale = [lk for lk in locks if not lk.readable or lk.process_gone() or lk.name in old]
     for lk in stale:
         if not lk.readable:  # it blocks every command until it is removed
-            fix = (
-                "`phx unlock` removes it"
-                if lk.name in old
-                else "it may be the live lock of a `phx key rotate` elsewhere: `phx unlock` removes it once "
-                "30 minutes old, `phx unlock --all` now (only if no Phoenix runs anywhere on this repository)"
-            )
+            fix = "`phx unlock` removes it" if lk.name in old else unreadable_lock_fix(lk, now)
             result.add("locks", "fail", lk.describe(), fix)
             continue
         result.add(

@@ -420,6 +420,25 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def unreadable_lock_fix(info: LockInfo, now: float) -> str:
+    """What removes an unreadable lock (another key's, damaged or planted), said the same by every
+    command, `phx unlock` and `phx doctor`. Its age is its object's time on the store: one in the
+    future (a store's clock set ahead, or a time planted by whoever can write the storage) never
+    grows old enough to be judged stale, so only `phx unlock --all` removes it."""
+    ahead = info.time - now
+    if ahead > MAX_CLOCK_AHEAD:
+        return (
+            f"its time on the store is {ahead / 60:.0f} minutes ahead of this machine's clock, so it never grows "
+            "old enough to be judged stale; if no Phoenix runs anywhere on this repository, `phx unlock --all` "
+            "removes it now"
+        )
+    return (
+        f"it may be the live lock of a `phx key rotate` running elsewhere; `phx unlock` removes it once "
+        f"{STALE_SECONDS // 60} minutes old, and if no Phoenix runs anywhere on this repository, "
+        "`phx unlock --all` removes it now"
+    )
+
+
 class LockManager:
     def __init__(
         self, backend: Backend, sealer: Sealer, notice: Callable[[str], None], also: Sequence[Sealer] = ()
@@ -539,12 +558,8 @@ class LockManager:
                     "remove it with `phx unlock`"
                 )
             if not info.readable:
-                raise RepositoryLocked(
-                    f"the repository has an {info.describe()}; it blocks every command until it is "
-                    f"{STALE_SECONDS // 60} minutes old, then `phx unlock` removes it (it may be the live lock of "
-                    "a `phx key rotate` running elsewhere); if no Phoenix runs anywhere on this repository, "
-                    "`phx unlock --all` removes it now"
-                )
+                fix = unreadable_lock_fix(info, now)
+                raise RepositoryLocked(f"the repository has an {info.describe()}; it blocks every command: {fix}")
             raise RepositoryLocked(
                 f"the repository is locked: {info.describe()}{self.watch_note(info, now, frozen_only=True)}; wait for "
                 "it to finish and try again"
@@ -749,11 +764,7 @@ class LockManager:
                     "(only if no Phoenix runs anywhere on this repository)"
                 )
             elif not info.readable:
-                self.notice(
-                    f"kept the {info.describe()}: it may be a live lock under another key (a `phx key rotate` "
-                    f"running elsewhere); `phx unlock` removes it once {STALE_SECONDS // 60} minutes old, "
-                    "`phx unlock --all` now (only if no Phoenix runs anywhere on this repository)"
-                )
+                self.notice(f"kept the {info.describe()}: {unreadable_lock_fix(info, now)}")
         return removed
 
 
