@@ -14,24 +14,19 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from phoenix_backup.errors import ExportError, MergeFailed, SourceError
-from phoenix_backup.ops.backup import _Run
 from phoenix_backup.ops.export import _file_reader
 from phoenix_backup.sinks import sqlite_live
 from phoenix_backup.sinks.sqlite_merge import SqliteRowSource, merge_database
 from phoenix_backup.sources.files import Entry
 from phoenix_backup.sources.sqlite import planted_companion, source_stat
 from phoenix_backup.sources.sqlite_capture import CaptureError, SqliteCapture
-
-BOUND = 5.0
+from planted import backup_run
+from planted import bounded as _bounded
 
 
 def _database(path: Path, journal: str) -> Path:
@@ -44,27 +39,6 @@ def _database(path: Path, journal: str) -> Path:
     for suffix in ("-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return path
-
-
-def _bounded(call: Callable[[], Any], fifo: Path) -> tuple[Any, BaseException | None]:
-    """`call()`'s result or exception, failing the test when it is still blocked after BOUND s."""
-    out: list[Any] = [None, None]
-
-    def run() -> None:
-        try:
-            out[0] = call()
-        except BaseException as exc:  # handed to the test
-            out[1] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(BOUND)
-    blocked = thread.is_alive()
-    if blocked:  # release it: a writer opens the FIFO, then closes it (the reader sees its end)
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(BOUND)
-    assert not blocked, f"blocked on the FIFO {fifo.name} for {BOUND} s"
-    return out[0], out[1]
 
 
 @pytest.mark.parametrize("suffix", ["-wal", "-journal"])
@@ -228,8 +202,8 @@ def test_a_workspace_file_swapped_for_a_fifo_after_the_scan_is_not_waited_on(tmp
     entry = Entry("workspace/notes.md", path, "file", path.stat())
     path.unlink()
     os.mkfifo(path)
-    run = SimpleNamespace(parent_nodes={}, unchanged=lambda *_args: False)
-    _, exc = _bounded(lambda: _Run.file_node(run, entry), path)  # type: ignore[arg-type]
+    run = backup_run(tmp_path)
+    _, exc = _bounded(lambda: run.file_node(entry), path)
     assert isinstance(exc, SourceError), exc
     assert f"{path} is no longer a regular file" in str(exc)
 

@@ -62,7 +62,7 @@ from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
-from phoenix_backup.sources.files import Entry, Selection, database_groups, segment_folders
+from phoenix_backup.sources.files import Entry, Selection, database_groups, open_regular, segment_folders
 from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
 from phoenix_backup.sources.scope import (
     ComponentPlan,
@@ -584,9 +584,11 @@ class _Run:
             assert prev is not None
             self.envx.progress.advance(size=st.st_size)
             return _renamed(prev, entry.path.name)
-        # O_NONBLOCK: a FIFO put in the file's place since the scan is not waited on (the check
-        # below refuses it); a regular file's reads are not changed by it.
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        # A FIFO, a folder or a link put in the file's place since the scan is refused, not waited on.
+        opened = open_regular(entry.path, follow_links=False)
+        if opened is None:
+            raise SourceError(f"{entry.path} is no longer a regular file")
+        fd, fst = opened
         with os.fdopen(fd, "rb") as f:
             # A file written while it is read may hold a mix of old and new bytes: it is read
             # again (what was already stored costs space, nothing else), and saved with a
@@ -597,9 +599,8 @@ class _Run:
             # space, never the whole disk.
             cap: int | None = None
             for attempt in range(1, READ_ATTEMPTS + 1):
-                fst = os.fstat(f.fileno())
-                if not stat.S_ISREG(fst.st_mode):
-                    raise SourceError(f"{entry.path} is no longer a regular file")
+                if attempt > 1:
+                    fst = os.fstat(f.fileno())  # the same open file: still a regular one
                 f.seek(0)
                 extents = ExtentsBuilder(merge=False)  # held packed, as a parent's are
                 size = 0

@@ -54,7 +54,7 @@ from phoenix_backup.repo.reader import copy_snapshot_database, stream_blocks
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.sinks.select import link_targets
-from phoenix_backup.sources.files import Entry, select
+from phoenix_backup.sources.files import Entry, open_regular, select
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
@@ -175,13 +175,11 @@ def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
 
 def _file_reader(path: Path) -> Callable[[], Iterator[bytes]]:
     def read() -> Iterator[bytes]:
-        # O_NONBLOCK: a FIFO an agent put in the file's place since the scan is refused, not
-        # waited on for ever; a regular file's reads are not changed by it.
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ExportError(
-                    f"{path} is no longer a regular file (it was replaced since it was listed); export again"
-                )
+        # A FIFO an agent put in the file's place since the scan is refused, not waited on for ever.
+        opened = open_regular(path, follow_links=True)
+        if opened is None:
+            raise ExportError(f"{path} is no longer a regular file (it was replaced since it was listed); export again")
+        with os.fdopen(opened[0], "rb") as f:
             while block := f.read(1 << 20):
                 yield block
 

@@ -64,13 +64,36 @@ def _special_kind(mode: int) -> str:
     return "special file"
 
 
+def open_regular(path: Path | str, *, follow_links: bool) -> tuple[int, os.stat_result] | None:
+    """The file at `path` opened for reading, and its status: (descriptor, stat), the caller's to
+    close; or None when it is no regular file (a named pipe, a socket, a device, a folder), closed
+    again. OSError when it cannot be opened (with `follow_links=False`, ELOOP when it is a symbolic
+    link). One open and one fstat, nothing more (a backup reads each file through it). Never blocks:
+    the workspace's writer may have put a FIFO in a file's place since it was listed, and an
+    ordinary open of one waits for a writer for ever; a regular file's reads are not changed by
+    O_NONBLOCK. The one way Phoenix opens a file it then reads as a regular file's bytes."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(st.st_mode):
+        return fd, st
+    os.close(fd)
+    return None
+
+
 def regular_head(path: Path, size: int) -> bytes | None:
     """The first `size` bytes of the file at `path` (a link followed), or None when it is no
-    regular file (OSError when it cannot be opened or read). Never blocks: the workspace's writer
-    may have put a FIFO in a file's place, and an ordinary open of one waits for a writer for ever."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    regular file (OSError when it cannot be opened or read). Never blocks (`open_regular`)."""
+    opened = open_regular(path, follow_links=True)
+    if opened is None:
+        return None
+    fd, _ = opened
     try:
-        return os.pread(fd, size, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        return os.pread(fd, size, 0)
     finally:
         os.close(fd)
 

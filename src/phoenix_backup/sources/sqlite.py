@@ -21,7 +21,7 @@ from typing import Any
 
 from phoenix_backup.errors import SourceError
 from phoenix_backup.repo.snapshot import NOT_CHECKED
-from phoenix_backup.sources.files import COMPANIONS
+from phoenix_backup.sources.files import COMPANIONS, open_regular
 from phoenix_backup.sql import quote, sqlite_error_text
 
 BUSY_TIMEOUT_MS = 30_000
@@ -149,17 +149,16 @@ def source_stat(path: Path) -> SourceStat:
         raise SourceError(problem)
     wal = real + "-wal"
     try:
-        # Never a FIFO's open, which blocks until someone writes to it.
-        fd = os.open(wal, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        opened = open_regular(wal, follow_links=False)  # never a FIFO's open, which blocks
     except FileNotFoundError:
         header, w = "", (0, 0, 0, 0)
     except OSError as exc:
         raise SourceError(f"{wal} cannot be read ({exc.strerror or exc})") from exc
     else:
+        if opened is None:
+            raise SourceError(f"{wal} is not a regular file, which SQLite never makes; remove it and back up again")
+        fd, wst = opened
         with os.fdopen(fd, "rb") as f:
-            wst = os.fstat(f.fileno())
-            if not stat.S_ISREG(wst.st_mode):
-                raise SourceError(f"{wal} is not a regular file, which SQLite never makes; remove it and back up again")
             header = f.read(32).hex()
         w = (wst.st_size, wst.st_mtime_ns, wst.st_ctime_ns, wst.st_ino)
     return SourceStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, *w, header)
