@@ -601,9 +601,10 @@ class LockManager:
         clock says the lock is stale or it is dated ahead of our clock (`undated`), and again once
         the measurement is SKEW_MAX_AGE old or our clock was set since: `phx watch` runs for days;
         a stale verdict is never given on a measurement older than SKEW_CONFIRM: a verdict can be
-        delayed, never hastened). A store whose clock cannot be read (it takes no write) leaves the lock live: our clock alone may be
-        ahead (`unjudged` tells). A lock no clock can date (`undated`) is stale once watched
-        unchanged for STALE_SECONDS, unless its process provably runs here."""
+        delayed, never hastened). A store whose clock cannot be read (it takes no write) leaves
+        the lock live: our clock alone may be ahead (`unjudged` tells). A lock no clock can date
+        (`undated`) is stale once watched unchanged for STALE_SECONDS, unless its process
+        provably runs here."""
         if not info.is_stale(now):
             # No clock can date it: only the watch can tell (a live holder's refreshes change its bytes).
             return self.undated(info, now) and not info.process_runs() and self.unchanged_for(info) > STALE_SECONDS
