@@ -652,11 +652,11 @@ class LockManager:
         """What happens to an `undated` lock, and when (it is not stale yet)."""
         way_out = "if no Phoenix runs anywhere on this repository, `phx unlock --all` removes it now"
         # A readable lock's description says already how far ahead its time is.
-        ahead = "" if info.readable else f" ({(info.time - now) / 60:.0f} minutes ahead of this machine's clock)"
+        ahead = "ahead of" if info.readable else f"{(info.time - now) / 60:.0f} minutes ahead of"
         store = "ahead of the store's clock" if info.written is not None else "not given by the store"
         dated = (
-            f"no clock can tell how long ago it was written: its time is ahead of this machine's clock{ahead}, "
-            f"its object's time {store}"
+            f"no clock can tell how long ago it was written: its time is {ahead} this machine's clock, its object's "
+            f"time {store}"
         )
         if info.process_state():
             return (
