@@ -165,14 +165,17 @@ def plant_dated_2100(repo: Repository, readable: bool, **changes: object) -> str
 
 
 @pytest.mark.parametrize(
-    ("readable", "times"), [(True, True), (False, True), (True, False)], ids=["readable", "unreadable", "no-store-time"]
+    ("readable", "times"),
+    [(True, True), (False, True), (True, False), (False, False)],
+    ids=["readable", "unreadable", "no-store-time", "unreadable-no-store-time"],
 )
 def test_a_lock_dated_ahead_of_every_clock_goes_once_watched_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readable: bool, times: bool
 ) -> None:
     """A lock dated 2100 by its own time and by its object's time on the store (or on a store that
     gives no time: planted by whoever can write the storage, or a dead host's whose clock was
-    years ahead) was never stale: no clock ages it, so every backup, prune and key change was
+    years ahead; or unreadable on a store that gives no time, which the listing dated "now") was
+    never stale: no clock ages it, so every backup, prune and key change was
     refused until a human ran `phx unlock --all`. It is now watched like a lock on a store whose
     times never advance: seen unchanged for 30 minutes on this machine's boot clock, it is stale
     (the next backup says so, `phx unlock` removes it); one dated the same whose holder refreshes

@@ -274,6 +274,8 @@ class LockInfo:
     def describe(self) -> str:
         when = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="seconds")
         if not self.readable:
+            if self.written is None:
+                return f"unreadable lock {self.name} ({self.problem}), its time not given by the store"
             return f"unreadable lock {self.name} ({self.problem}), written {when}"
         kind = "exclusive" if self.exclusive else "shared"
         ahead = self.time - time.time()
@@ -485,8 +487,8 @@ class LockManager:
                 continue  # released while we listed
             except CorruptObject:
                 # A lock we cannot read still blocks, as an exclusive one, but it ages by the time
-                # the store gives its object (a store that gives none: now, so it never goes stale
-                # by itself and `phx unlock` is the way out).
+                # the store gives its object (a store that gives none: its time is now, and no
+                # clock can date it: `undated`).
                 written = info.modified if info.modified is not None else time.time()
                 problem = "empty" if info.size == 0 else f"{info.size} bytes that cannot be decoded"
                 out.append(
@@ -501,7 +503,7 @@ class LockManager:
                         written,
                         "unknown",
                         problem=problem,
-                        written=written,
+                        written=info.modified,
                         digest=digest,
                     )
                 )
@@ -637,10 +639,13 @@ class LockManager:
         """Whether no clock can date `info`: its own time lies more than MAX_CLOCK_AHEAD ahead of
         our clock (so it is not believed), and its object's time on the store is unknown or lies
         more than MAX_CLOCK_AHEAD ahead of the store's clock (our clock when the store's cannot be
-        read). Such a lock never ages (a lock planted dated 2100 by whoever can write the storage,
-        a dead host's whose clock was years ahead): `stale` judges it by `unchanged_for` alone,
-        which needs no clock but this machine's boot clock. Measures the store's clock only for a
-        lock dated ahead of ours that the store gives a time."""
+        read); or it is unreadable and the store gives its object no time. Such a lock never ages
+        (a lock planted dated 2100 by whoever can write the storage, a dead host's whose clock was
+        years ahead): `stale` judges it by `unchanged_for` alone, which needs no clock but this
+        machine's boot clock. Measures the store's clock only for a lock dated ahead of ours that
+        the store gives a time."""
+        if not info.readable and info.written is None:
+            return True  # its time is our clock's now, for want of any
         if info.time <= now + MAX_CLOCK_AHEAD:
             return False
         if info.written is None:
@@ -654,9 +659,10 @@ class LockManager:
         # A readable lock's description says already how far ahead its time is.
         ahead = "ahead of" if info.readable else f"{(info.time - now) / 60:.0f} minutes ahead of"
         store = "ahead of the store's clock" if info.written is not None else "not given by the store"
-        dated = (
-            f"no clock can tell how long ago it was written: its time is {ahead} this machine's clock, its object's "
-            f"time {store}"
+        dated = "no clock can tell how long ago it was written: " + (
+            "the store gives its object no time"
+            if not info.readable and info.written is None
+            else f"its time is {ahead} this machine's clock, its object's time {store}"
         )
         if info.process_state():
             return (
