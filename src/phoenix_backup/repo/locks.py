@@ -400,7 +400,7 @@ def holder_clock() -> float:
 # A sightings file larger than this is not read (it holds one short entry per lock watched).
 MAX_SIGHTINGS_BYTES = 4 << 20
 # At most this many locks are watched at once (`LockManager.unchanged_for`): past it, the notes of
-# the locks seen longest ago are dropped, which only delays their verdicts (~150 bytes each).
+# the locks seen longest ago are dropped, which only delays their verdicts (~300 bytes each).
 MAX_SIGHTINGS = 4096
 
 
