@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -114,7 +115,9 @@ def test_an_unreadable_lock_dated_in_the_future_is_said_to_need_unlock_all(tmp_p
     """An unreadable lock whose object's time on the store lies in the future (a time planted by
     whoever can write the storage: `touch -d 2100`) never grows old enough to be judged stale; every
     command said it blocked "until it is 30 minutes old", which it never is. Now every command,
-    `phx unlock` and its notice name the time ahead and `phx unlock --all`, which removes it."""
+    `phx unlock` and its notice name the time ahead, when it will be stale (watched unchanged for 30
+    minutes, `test_a_lock_dated_ahead_of_every_clock_goes_once_watched_unchanged`) and `phx unlock
+    --all`, which removes it now."""
     notices: list[str] = []
     repo = new_repo(tmp_path / "repo", notices)
     name = f"locks/{secrets.token_hex(16)}"
@@ -131,6 +134,131 @@ def test_an_unreadable_lock_dated_in_the_future_is_said_to_need_unlock_all(tmp_p
     (removed,) = repo.locks.unlock(remove_all=True)
     assert removed.name == name
     repo.lock(True, "prune").release()
+
+
+# 2100-01-01: a time planted on a lock and on its object by whoever can write the storage.
+YEAR_2100 = 4_102_444_800.0
+
+
+class NoTimes(LocalBackend):
+    """The real local backend on a store that gives its objects no time."""
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        info = super().stat(name)
+        return None if info is None else replace(info, modified=None)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for info in super().list(prefix):
+            yield replace(info, modified=None)
+
+
+def plant_dated_2100(repo: Repository, readable: bool, **changes: object) -> str:
+    """A lock dated 2100 by its own time and (where the store gives one) its object's time."""
+    if readable:
+        name = plant_lock(repo, **{"host": "elsewhere", "time": YEAR_2100, "created": YEAR_2100, **changes})
+    else:
+        name = f"locks/{secrets.token_hex(16)}"
+        repo.backend.write(name, os.urandom(300))
+    if isinstance(repo.backend, LocalBackend) and not isinstance(repo.backend, NoTimes):
+        age_lock(repo, name, YEAR_2100)
+    return name
+
+
+@pytest.mark.parametrize(
+    ("readable", "times"),
+    [(True, True), (False, True), (True, False), (False, False)],
+    ids=["readable", "unreadable", "no-store-time", "unreadable-no-store-time"],
+)
+def test_a_lock_dated_ahead_of_every_clock_goes_once_watched_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readable: bool, times: bool
+) -> None:
+    """A lock dated 2100 by its own time and by its object's time on the store (or on a store that
+    gives no time: planted by whoever can write the storage, or a dead host's whose clock was
+    years ahead; or unreadable on a store that gives no time, which the listing dated "now") was
+    never stale: no clock ages it, so every backup, prune and key change was
+    refused until a human ran `phx unlock --all`. It is now watched like a lock on a store whose
+    times never advance: seen unchanged for 30 minutes on this machine's boot clock, it is stale
+    (the next backup says so, `phx unlock` removes it); one dated the same whose holder refreshes
+    it (its bytes change every 5 minutes) never is."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    notices: list[str] = []
+    new_repo(tmp_path / "repo")
+    backend = LocalBackend(tmp_path / "repo") if times else NoTimes(tmp_path / "repo")
+    repo = Repository.open(backend, keys.Credentials(passphrase=None), notice=notices.append)
+    dead = plant_dated_2100(repo, readable, exclusive=True)
+    live = plant_dated_2100(repo, True, host="ahead")  # shared: a backup is not refused by it
+    with pytest.raises(RepositoryLocked) as first:
+        repo.lock(False, "backup")
+    said = str(first.value)
+    assert (dead if not readable else "exclusive lock by backup (pid") in said, said
+    assert "no clock can tell how long ago it was written" in said, said
+    assert "seen it unchanged for 30 minutes (0 so far)" in said and "`phx unlock --all` removes it now" in said, said
+    assert repo.locks.unlock() == [] and lock_names(repo) == {dead, live}
+    assert any(f"kept the {'exclusive' if readable else 'unreadable'} lock" in n and "(0 so far)" in n for n in notices)
+    boot = locks._boot_clock()
+    assert boot is not None
+    for minutes in (5, 10, 15, 20, 25, 29):  # the live holder refreshes (its clock still ahead)
+        refresh(repo, live, YEAR_2100 + minutes * 60)
+        if times:  # its object's time as planted again: a store whose clock is far ahead
+            age_lock(repo, live, YEAR_2100)
+        monkeypatch.setattr(locks, "_boot_clock", lambda m=minutes: boot + m * 60)
+        assert repo.locks.unlock() == [], f"a lock removed after {minutes} minutes"
+    monkeypatch.setattr(locks, "_boot_clock", lambda: boot + STALE_SECONDS + 60)
+    with pytest.raises(RepositoryLocked, match="the repository has a stale") as later:
+        repo.lock(False, "backup")
+    assert (dead if not readable else "on elsewhere") in str(later.value)
+    assert [i.name for i in repo.locks.unlock()] == [dead], "watched unchanged for 31 minutes: stale"
+    assert lock_names(repo) == {live}, "refreshed meanwhile: live"
+    repo.lock(False, "backup").release()
+
+
+@needs_proc
+def test_a_lock_dated_ahead_whose_process_runs_here_is_never_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock dated 2100 naming a process that runs here (this very test's, its start time
+    included) is never judged stale, however long it is watched unchanged: a holder stopped here
+    resumes and writes on. Every message says so and names `phx unlock --all`."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    notices: list[str] = []
+    repo = new_repo(tmp_path / "repo", notices)
+    # This process's host, boot, namespaces, pid and start time (`plant_lock`'s defaults).
+    planted = plant_dated_2100(repo, True, host=socket.gethostname(), exclusive=True)
+    boot = locks._boot_clock()
+    assert boot is not None
+    for minutes in (0, 31, 24 * 60):
+        monkeypatch.setattr(locks, "_boot_clock", lambda m=minutes: boot + m * 60)
+        notices.clear()
+        assert repo.locks.unlock() == []
+        assert len(notices) == 1 and "runs on this machine, so it is never judged stale" in notices[0], notices
+        with pytest.raises(RepositoryLocked, match=r"never judged stale while that process runs.*unlock --all"):
+            repo.lock(False, "backup")
+    assert lock_names(repo) == {planted}
+
+
+def test_the_sightings_note_keeps_only_locks_that_exist_and_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note of locks watched unchanged (`lock-sightings.json`) kept an entry for every lock
+    seen on this boot, removed or not: on a store whose times never advance (or with locks dated
+    ahead of every clock), every `phx watch` lease (a new lock each minute) added one for good.
+    Now a note drops the locks of its store that the listing no longer gives, and holds at most
+    MAX_SIGHTINGS entries (the locks seen longest ago go: their verdicts are only delayed)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PHX_CACHE_DIR", str(cache))
+    repo = on_frozen_store(tmp_path)
+    then = time.time() - 7200
+    for _ in range(5):  # five leases of a watch on a host whose clock is 2 hours behind, one after another
+        lease = plant_lock(repo, host="behind", exclusive=True, time=then, created=then)
+        assert repo.locks.unlock() == []
+        repo.backend.delete(lease)
+    (only,) = json.loads((cache / locks.SIGHTINGS).read_text())  # one sighting per lock ever seen, before
+    assert only == f"{repo.backend.location} {lease}"
+    monkeypatch.setattr(locks, "MAX_SIGHTINGS", 3)
+    present = [plant_lock(repo, host="behind", exclusive=True, time=then, created=then) for _ in range(5)]
+    assert repo.locks.unlock() == []
+    noted = json.loads((cache / locks.SIGHTINGS).read_text())
+    assert len(noted) == 3 and {key.split(" ")[-1] for key in noted} <= set(present), noted
 
 
 def test_unlock_keeps_a_fresh_unreadable_lock_until_it_is_stale(tmp_path: Path) -> None:

@@ -667,7 +667,12 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
     stale = [lk for lk in locks if not lk.readable or lk.process_gone() or lk.name in old]
     for lk in stale:
         if not lk.readable:  # it blocks every command until it is removed
-            fix = "`phx unlock` removes it" if lk.name in old else unreadable_lock_fix(lk, now)
+            if lk.name in old:
+                fix = "`phx unlock` removes it"
+            elif repo.locks.undated(lk, now):
+                fix = repo.locks.undated_reason(lk, now)
+            else:
+                fix = unreadable_lock_fix(lk)
             result.add("locks", "fail", lk.describe(), fix)
             continue
         result.add(
@@ -685,6 +690,9 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
                 f"`phx unlock --all` removes it now, only if no Phoenix runs on {lk.host} or anywhere else on "
                 "this repository",
             )
+        elif lk not in stale and repo.locks.undated(lk, now):
+            # Never stale by any clock: it blocks prune until watched unchanged for STALE_SECONDS.
+            result.add("locks", "warn", lk.describe(), repo.locks.undated_reason(lk, now))
         elif lk not in stale and lk.process_runs() and (note := repo.locks.watch_note(lk, now)):
             # Never judged stale (it runs here), so no other check names it: it blocks prune until it ends.
             result.add(

@@ -10,7 +10,10 @@ refreshes, one whose clock is ahead does not block for ever once it stops, and a
 clock is ahead does not take a live lock for stale. A store whose clock cannot be read (it takes
 no write) leaves no lock judged stale on our clock alone; a lock stale by our clock but not by the
 store's (a store whose times never advance) is stale once watched unchanged for STALE_SECONDS
-(`LockManager.unchanged_for`). A lock whose
+(`LockManager.unchanged_for`). So is a lock no clock can date (`LockManager.undated`: its own
+time ahead of ours, its object's time unknown or ahead of the store's clock: a lock planted dated
+2100, or a dead host's whose clock was years ahead), which no age ever made stale before; never
+while its process provably runs here. A lock whose
 process is provably gone is removed with a notice; any other stale lock is reported with the
 command that removes it, never broken silently.
 
@@ -271,6 +274,8 @@ class LockInfo:
     def describe(self) -> str:
         when = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="seconds")
         if not self.readable:
+            if self.written is None:
+                return f"unreadable lock {self.name} ({self.problem}), its time not given by the store"
             return f"unreadable lock {self.name} ({self.problem}), written {when}"
         kind = "exclusive" if self.exclusive else "shared"
         ahead = self.time - time.time()
@@ -392,8 +397,11 @@ def holder_clock() -> float:
     return time.monotonic()
 
 
-# A sightings file larger than this is not read (it holds one short entry per lock seen this boot).
+# A sightings file larger than this is not read (it holds one short entry per lock watched).
 MAX_SIGHTINGS_BYTES = 4 << 20
+# At most this many locks are watched at once (`LockManager.unchanged_for`): past it, the notes of
+# the locks seen longest ago are dropped, which only delays their verdicts (~300 bytes each).
+MAX_SIGHTINGS = 4096
 
 
 def _read_sightings(path: Path) -> dict[str, object]:
@@ -420,21 +428,13 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def unreadable_lock_fix(info: LockInfo, now: float) -> str:
-    """What removes an unreadable lock (another key's, damaged or planted), said the same by every
-    command, `phx unlock` and `phx doctor`. Its age is its object's time on the store: one in the
-    future (a store's clock set ahead, or a time planted by whoever can write the storage) never
-    grows old enough to be judged stale, so only `phx unlock --all` removes it."""
-    ahead = info.time - now
-    if ahead > MAX_CLOCK_AHEAD:
-        return (
-            f"its time on the store is {ahead / 60:.0f} minutes ahead of this machine's clock, so it never grows "
-            "old enough to be judged stale; if no Phoenix runs anywhere on this repository, `phx unlock --all` "
-            "removes it now"
-        )
+def unreadable_lock_fix(info: LockInfo) -> str:
+    """What removes an unreadable lock (another key's, damaged or planted) that no clock leaves
+    undated (`LockManager.undated_reason` says what happens to one that is), said the same by every
+    command, `phx unlock` and `phx doctor`. Its age is its object's time on the store."""
     return (
         f"it may be the live lock of a `phx key rotate` running elsewhere; `phx unlock` removes it once "
-        f"{STALE_SECONDS // 60} minutes old, and if no Phoenix runs anywhere on this repository, "
+        f"{STALE_SECONDS // 60} minutes old by the store's clock, and if no Phoenix runs anywhere on this repository, "
         "`phx unlock --all` removes it now"
     )
 
@@ -458,6 +458,8 @@ class LockManager:
         self.clock_problem: str | None = None
         # Why this process cannot watch a lock unchanged (`unchanged_for`), for the messages.
         self.watch_problem: str | None = None
+        # The names the last listing of `locks/` gave (`all`): the sightings of others are dropped.
+        self._listed: set[str] | None = None
 
     def read(self, name: str) -> LockInfo:
         return self._decode(self.backend.read(name), name)
@@ -473,7 +475,9 @@ class LockManager:
 
     def all(self) -> list[LockInfo]:
         out = []
-        for info in self.backend.list("locks/"):
+        listed = list(self.backend.list("locks/"))
+        self._listed = {info.name for info in listed}
+        for info in listed:
             digest = ""
             try:
                 sealed = self.backend.read(info.name)
@@ -483,8 +487,8 @@ class LockManager:
                 continue  # released while we listed
             except CorruptObject:
                 # A lock we cannot read still blocks, as an exclusive one, but it ages by the time
-                # the store gives its object (a store that gives none: now, so it never goes stale
-                # by itself and `phx unlock` is the way out).
+                # the store gives its object (a store that gives none: its time is now, and no
+                # clock can date it: `undated`).
                 written = info.modified if info.modified is not None else time.time()
                 problem = "empty" if info.size == 0 else f"{info.size} bytes that cannot be decoded"
                 out.append(
@@ -499,7 +503,7 @@ class LockManager:
                         written,
                         "unknown",
                         problem=problem,
-                        written=written,
+                        written=info.modified,
                         digest=digest,
                     )
                 )
@@ -557,8 +561,10 @@ class LockManager:
                     f"the repository has a stale {info.describe()}; if no Phoenix runs there, "
                     "remove it with `phx unlock`"
                 )
+            if self.undated(info, now):
+                raise RepositoryLocked(f"the repository is locked: {info.describe()}; {self.undated_reason(info, now)}")
             if not info.readable:
-                fix = unreadable_lock_fix(info, now)
+                fix = unreadable_lock_fix(info)
                 raise RepositoryLocked(f"the repository has an {info.describe()}; it blocks every command: {fix}")
             raise RepositoryLocked(
                 f"the repository is locked: {info.describe()}{self.watch_note(info, now, frozen_only=True)}; wait for "
@@ -594,17 +600,21 @@ class LockManager:
 
     def stale(self, info: LockInfo, now: float) -> bool:
         """`info.is_stale`, its object's age read on the store's clock (measured only when our
-        clock says the lock is stale, and again once the measurement is SKEW_MAX_AGE old or our clock
-        was set since: `phx watch` runs for days; a stale verdict is never given on a measurement
-        older than SKEW_CONFIRM: a verdict can be delayed, never hastened). A store
-        whose clock cannot be read (it takes no write) leaves the lock live: our clock alone may be
-        ahead (`unjudged` tells)."""
-        if not info.is_stale(now) or info.process_runs():
+        clock says the lock is stale or it is dated ahead of our clock (`undated`), and again once
+        the measurement is SKEW_MAX_AGE old or our clock was set since: `phx watch` runs for days;
+        a stale verdict is never given on a measurement older than SKEW_CONFIRM: a verdict can be
+        delayed, never hastened). A store whose clock cannot be read (it takes no write) leaves
+        the lock live: our clock alone may be ahead (`unjudged` tells). A lock no clock can date
+        (`undated`) is stale once watched unchanged for STALE_SECONDS, unless its process
+        provably runs here."""
+        if not info.is_stale(now):
+            # No clock can date it: only the watch can tell (a live holder's refreshes change its bytes).
+            return self.undated(info, now) and not info.process_runs() and self.unchanged_for(info) > STALE_SECONDS
+        if info.process_runs():
             return False  # a holder that runs here was stopped, not lost: it resumes and writes on
         mono, wall = time.monotonic(), time.time()
-        if self._skew is None or mono - self._skew[1] > SKEW_MAX_AGE or abs(wall - mono - self._skew[2]) > 1:
-            self._skew = (self.store_skew("lock check"), mono, wall - mono)
-        skew = self._skew[0]
+        skew = self._skew_now(mono, wall)
+        assert self._skew is not None
         # Our clock set back since the caller read `now` (once for all the locks it judges): the
         # measurement is against the new setting, and the old `now` with it would age every lock.
         now = min(now, time.time())
@@ -617,6 +627,54 @@ class LockManager:
         # The store's clock says it is young, or cannot be read: stale only once watched unchanged
         # for STALE_SECONDS (a store whose times do not advance, a FUSE mount giving one time).
         return self.unchanged_for(info) > STALE_SECONDS
+
+    def _skew_now(self, mono: float, wall: float) -> float | None:
+        """`store_skew`, measured again once SKEW_MAX_AGE old or when our clock was set since
+        (`mono` and `wall`: the monotonic clock and ours, read now)."""
+        if self._skew is None or mono - self._skew[1] > SKEW_MAX_AGE or abs(wall - mono - self._skew[2]) > 1:
+            self._skew = (self.store_skew("lock check"), mono, wall - mono)
+        return self._skew[0]
+
+    def undated(self, info: LockInfo, now: float) -> bool:
+        """Whether no clock can date `info`: its own time lies more than MAX_CLOCK_AHEAD ahead of
+        our clock (so it is not believed), and its object's time on the store is unknown or lies
+        more than MAX_CLOCK_AHEAD ahead of the store's clock (our clock when the store's cannot be
+        read); or it is unreadable and the store gives its object no time. Such a lock never ages
+        (a lock planted dated 2100 by whoever can write the storage, a dead host's whose clock was
+        years ahead): `stale` judges it by `unchanged_for` alone, which needs no clock but this
+        machine's boot clock. Measures the store's clock only for a lock dated ahead of ours that
+        the store gives a time."""
+        if not info.readable and info.written is None:
+            return True  # its time is our clock's now, for want of any
+        if info.time <= now + MAX_CLOCK_AHEAD:
+            return False
+        if info.written is None:
+            return True
+        skew = self._skew_now(time.monotonic(), time.time())
+        return info.written > now + (skew or 0.0) + MAX_CLOCK_AHEAD
+
+    def undated_reason(self, info: LockInfo, now: float) -> str:
+        """What happens to an `undated` lock, and when (it is not stale yet)."""
+        way_out = "if no Phoenix runs anywhere on this repository, `phx unlock --all` removes it now"
+        # A readable lock's description says already how far ahead its time is.
+        ahead = "ahead of" if info.readable else f"{(info.time - now) / 60:.0f} minutes ahead of"
+        store = "ahead of the store's clock" if info.written is not None else "not given by the store"
+        dated = "no clock can tell how long ago it was written: " + (
+            "the store gives its object no time"
+            if not info.readable and info.written is None
+            else f"its time is {ahead} this machine's clock, its object's time {store}"
+        )
+        if info.process_state():
+            return (
+                f"{dated}; its process (pid {info.pid}) runs on this machine, so it is never judged stale while "
+                f"that process runs; if pid {info.pid} is not a Phoenix, {way_out}"
+            )
+        minutes = self.unchanged_for(info) / 60
+        return (
+            f"{dated}; once this user's processes on this machine have seen it unchanged for {STALE_SECONDS // 60} "
+            f"minutes ({minutes:.0f} so far{self._watch_problem()}) it is stale and `phx unlock` removes it "
+            f"(a live holder rewrites it every {REFRESH_SECONDS // 60} minutes); {way_out}"
+        )
 
     def unchanged_for(self, info: LockInfo) -> float:
         """Seconds for which this user's processes on this boot have seen `info`'s bytes unchanged
@@ -642,12 +700,21 @@ class LockManager:
             if isinstance(since, int | float) and not isinstance(since, bool) and 0 <= since <= clock:
                 self.watch_problem = None
                 return clock - since
+        # Only this boot's notes, and of this store only the locks its last listing gave (a `phx
+        # watch` takes a new lock every minute): the note stays as small as the locks watched.
+        listed, store = self._listed, self.backend.location
         kept = {
             k: v
             for k, v in seen.items()
-            if isinstance(v, dict) and v.get("boot") == clock_id and isinstance(v.get("since"), int | float)
+            if isinstance(v, dict)
+            and v.get("boot") == clock_id
+            and isinstance(v.get("since"), int | float)
+            and not (listed is not None and v.get("store") == store and v.get("name") not in listed)
         }
-        kept[key] = {"digest": info.digest, "boot": clock_id, "since": clock}
+        kept[key] = {"digest": info.digest, "boot": clock_id, "since": clock, "store": store, "name": info.name}
+        if len(kept) > MAX_SIGHTINGS:
+            newest = sorted(kept, key=lambda k: kept[k]["since"], reverse=True)[:MAX_SIGHTINGS]
+            kept = {k: kept[k] for k in newest}
         try:
             make_dirs(path.parent)
             write_private(path, json.dumps(kept).encode())
@@ -660,6 +727,8 @@ class LockManager:
         """For a lock stale by our clock but not judged so: how long it has been watched. With
         `frozen_only`, only when the store gives its object the time it gives one written now (to
         the second): the sign of a store whose times do not advance (or of a refresh this instant)."""
+        if self.undated(info, now) and not self.stale(info, now):
+            return f" ({self.undated_reason(info, now)})"
         if not info.is_stale(now) or self.stale(info, now) or self.unjudged(info, now):
             return ""
         if state := info.process_state():
@@ -764,7 +833,7 @@ class LockManager:
                     "(only if no Phoenix runs anywhere on this repository)"
                 )
             elif not info.readable:
-                self.notice(f"kept the {info.describe()}: {unreadable_lock_fix(info, now)}")
+                self.notice(f"kept the {info.describe()}: {unreadable_lock_fix(info)}")
         return removed
 
 
