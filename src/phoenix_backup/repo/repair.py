@@ -2,7 +2,12 @@
 
 - `repair index` rebuilds the index from the packs' own headers: one new index object lists
   every pack the store holds whose header can be read, and supersedes every index object present.
-  Index entries of packs that are gone disappear, so later backups store that data again.
+  Index entries of packs that are gone disappear, so later backups store that data again. With
+  `--read-data`, every pack is read and every copy of every blob checked against its id: a copy
+  that does not prove (a wrong copy: it opens under the blob's id but holds other bytes; or a
+  damaged one) is left out of the new index while another copy proves, so every reader and `verify` take the copy that proves
+  and `phx prune` deletes or repacks what is left of its pack. When no copy proves, every copy is
+  kept and the blob is named as damaged. `--dry-run` says what it would do and writes nothing.
 - `repair snapshots` names the snapshots that refer to data the repository no longer holds (a
   pack missing, shorter than the index says, or with `--read-data` a blob that fails its checks),
   with the paths affected. On request it forgets them (`--forget`), or writes a repaired copy of
@@ -36,6 +41,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED
 from phoenix_backup.repo.pack import PackEntry, PackIds, PackOrigin, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository
@@ -51,37 +57,61 @@ REPAIRED_TAG = "repaired"
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LeftOutCopy:
+    """A copy of a blob that does not prove, left out of the index because `proving` holds one that does."""
+
+    pack: str
+    blob: str  # hex, as messages show it
+    why: str
+    proving: str  # the pack of a copy that proves
+
+    def to_json(self) -> dict[str, str]:
+        return {"pack": self.pack, "blob": self.blob, "why": self.why, "proving": self.proving}
+
+
 @dataclass
 class IndexRepair:
     packs: int = 0  # packs the new index lists
     blobs: int = 0
-    replaced: int = 0  # index objects superseded and deleted
+    replaced: int = 0  # index objects superseded and deleted (with dry_run: that would be)
     dropped: int = 0  # blobs the old index listed that no readable pack holds
     unreadable: dict[str, str] = field(default_factory=dict)  # pack -> why its header cannot be read
     kept: dict[str, int] = field(default_factory=dict)  # unreadable pack -> blobs kept from the old index
+    read_data: bool = False
+    dry_run: bool = False
+    left_out: list[LeftOutCopy] = field(default_factory=list)  # copies that do not prove (--read-data)
+    damaged: dict[str, str] = field(default_factory=dict)  # blob (hex) -> why no copy of it proves; all kept
 
     @property
     def exit_status(self) -> ExitStatus:
-        return ExitStatus.OK
+        # A blob no copy of which proves is a finding, as `verify` says it: nothing mends it here.
+        return ExitStatus.FAILURE if self.damaged else ExitStatus.OK
 
     def to_json(self) -> dict[str, object]:
         return {
-            "ok": True,
+            "ok": self.exit_status == ExitStatus.OK,
+            "dryRun": self.dry_run,
+            "readData": self.read_data,
             "packs": self.packs,
             "blobs": self.blobs,
             "indexesReplaced": self.replaced,
             "blobsDropped": self.dropped,
             "unreadablePacks": self.unreadable,
             "keptFromOldIndex": self.kept,
+            "copiesLeftOut": [c.to_json() for c in self.left_out],
+            "damagedBlobs": self.damaged,
         }
 
 
-def rebuild_index(repo: Repository) -> IndexRepair:
+def rebuild_index(repo: Repository, *, read_data: bool = False, dry_run: bool = False) -> IndexRepair:
     """Replace every index object by one built from the packs' headers (the caller holds an
-    exclusive lock). A pack whose header cannot be read is named; the entries the old index
-    objects list in it (within its length) are kept, since its blobs may well be intact (each is
-    checked when read), and are its only map. A pack neither lists is left out."""
-    report = IndexRepair()
+    exclusive lock; a shared one is enough with `dry_run`, which writes and deletes nothing). A
+    pack whose header cannot be read is named; the entries the old index objects list in it
+    (within its length) are kept, since its blobs may well be intact (each is checked when read),
+    and are its only map. A pack neither lists is left out. With `read_data`, the copies that do
+    not prove of a blob held more than once are left out while one proves (`_prove_copies`)."""
+    report = IndexRepair(read_data=read_data, dry_run=dry_run)
     old = repo.read_index_objects()
     present = sorted(info.name for info in repo.backend.list("index/"))  # damaged ones too
     packs: dict[str, list[PackEntry]] = {}
@@ -95,9 +125,14 @@ def rebuild_index(repo: Repository) -> IndexRepair:
             if known:
                 packs[pack_id] = known
                 report.kept[info.name] = len(known)
+    if read_data:
+        _prove_copies(repo, packs, report)
     held = {e.id for entries in packs.values() for e in entries}
     listed = {e.id for listing, _sup in old.values() for entries in listing.values() for e in entries}
     report.packs, report.blobs, report.dropped = len(packs), len(held), len(listed - held)
+    if dry_run:
+        report.replaced = len(present)
+        return report
     # The new index first (superseding every object present, damaged ones included: their names
     # are their ids), then the old objects: at every step one complete index is live. In parts
     # as a merge writes it (repo/repository.py `write_index_parts`), none of them deleted.
@@ -109,6 +144,49 @@ def rebuild_index(repo: Repository) -> IndexRepair:
     report.replaced = len([n for n in present if n not in new])
     repo.reload_index()
     return report
+
+
+def _prove_copies(repo: Repository, packs: dict[str, list[PackEntry]], report: IndexRepair) -> None:
+    """Read every pack of `packs` once and check each copy of each blob against its id; leave out
+    of `packs` the copies that do not prove (they open under the blob's id but hold other bytes,
+    or do not open) of a blob another copy of which proves: every reader would pass over them for
+    it (`Repository.load_proving`). When none proves, every copy stays and the blob is named in
+    `report.damaged`: the only copies there are are never dropped."""
+    repo.backend.prepare_read([pack_name(p) for p in packs])
+    proving: dict[tuple[BlobType, bytes], str] = {}
+    failed: dict[tuple[BlobType, bytes], list[tuple[str, PackEntry, str]]] = {}
+    for pack_id, entries in packs.items():
+        name = pack_name(pack_id)
+        try:
+            data = memoryview(repo.backend.read(name))
+        except ObjectNotFound as exc:
+            for e in entries:
+                failed.setdefault((e.type, e.id), []).append((pack_id, e, str(exc)))
+            continue
+        for e in entries:
+            what = f"blob {e.id.hex()[:16]} in {name}"
+            try:
+                sealed = data[e.offset : e.offset + e.stored]
+                if len(sealed) != e.stored:
+                    raise CorruptObject(f"{what} lies past the pack's end (cut short)")
+                repo.open_blob(e.type, e.id, e.compression, sealed, e.raw, what, check_id=True)
+            except CorruptObject as exc:
+                failed.setdefault((e.type, e.id), []).append((pack_id, e, str(exc)))
+            else:
+                proving.setdefault((e.type, e.id), name)
+    left_out: set[tuple[str, PackEntry]] = set()
+    for (_kind, blob), copies in failed.items():
+        good = proving.get((_kind, blob))
+        if good is None:
+            report.damaged[blob.hex()[:16]] = "; ".join(f"{pack_name(p)}: {why}" for p, _e, why in copies)
+            continue
+        for pack_id, e, why in copies:
+            left_out.add((pack_id, e))
+            report.left_out.append(LeftOutCopy(pack_name(pack_id), blob.hex()[:16], why, good))
+    for pack_id in {p for p, _e in left_out}:
+        # The pack stays listed, without the copies left out: `phx prune` deletes it once it holds
+        # nothing a snapshot uses, or repacks the rest.
+        packs[pack_id] = [e for e in packs[pack_id] if (pack_id, e) not in left_out]
 
 
 def _listed_in(

@@ -1,0 +1,151 @@
+"""`phx repair index --read-data` and a wrong copy of a blob in a correctly named pack: one that
+opens under the blob's id (its tag is valid, sealed with the repository's key) but holds other
+bytes, listed first in the index. `phx verify --read-data` names it (exit 1); the repair leaves it
+out of the index while another copy proves, so that verify is clean afterwards and `phx prune`
+deletes the pack; its dry run says so and changes nothing. When no copy proves, every copy is
+kept and the blob is named as damaged (docs/reliability.md). Before, no repair removed such a
+copy: verify reported it for ever and the index listed it first."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from e2e_support import Sandbox
+from test_restore_proven_copy import snapshot_node
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
+from phoenix_backup.repo.prune import LEFTOVER_MIN_AGE
+
+NAME = "planted.bin"
+
+
+def _plant_wrong_pack(sb: Sandbox, sid: str) -> tuple[bytes, str]:
+    """A new, correctly named pack holding a wrong copy of the first blob of `NAME` (other bytes of
+    its length, sealed under its id), listed first: one index object lists it before every pack the
+    old ones listed, and supersedes them. Returns the blob's id and the new pack's name."""
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        blob = next(snapshot_node(repo, sid, NAME).blobs())
+        first = repo.index.get(blob)
+        assert first is not None
+        packer = PackBuilder(BlobType.DATA)
+        other = os.urandom(first.raw)
+        packer.add(blob, Compression.NONE, repo.sealer.seal(other, blob_aad(BlobType.DATA, blob)), len(other))
+        pack_id, raw, entries = packer.finish(repo.sealer)
+        repo.backend.write(pack_name(pack_id), raw)
+        objects = repo.read_index_objects()
+        listing: dict[str, list[PackEntry]] = {pack_id: entries}
+        for _name, (packs, _sup) in sorted(objects.items()):
+            for p, es in packs.items():
+                listing.setdefault(p, []).extend(es)
+        repo.write_index(listing, [name.split("/")[-1] for name in objects])
+        for name in objects:
+            repo.backend.delete(name)
+    finally:
+        repo.close()
+    return blob, pack_name(pack_id)
+
+
+def _locations(sb: Sandbox, blob: bytes) -> list[str]:
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        return [pack_name(loc.pack_id) for loc in repo.index.locations(blob)]
+    finally:
+        repo.close()
+
+
+def _backed_up(sb: Sandbox) -> tuple[str, bytes]:
+    sb.write_config(compression=False)
+    content = os.urandom(200_000)
+    (sb.workspace / NAME).write_bytes(content)
+    (sb.workspace / "beside.txt").write_text("restored all the same\n")
+    return sb.backup()["id"], content
+
+
+def test_repair_index_leaves_a_wrong_copy_out_and_verify_is_clean(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    sid, content = _backed_up(sb)
+    blob, wrong = _plant_wrong_pack(sb, sid)
+    short = blob.hex()[:16]
+    assert _locations(sb, blob)[0] == wrong
+
+    before = sb.phx("verify", "--read-data", check=None)
+    assert before.code == 1, before
+    assert f"{wrong} holds a wrong copy of blob {short}" in before.out + before.err, before
+    assert "phx repair index --read-data" in before.out + before.err, before
+
+    dry = sb.phx("repair", "index", "--read-data", "--dry-run", check=None)
+    assert dry.code == 0, dry
+    assert f"would leave out the copy of blob {short} in {wrong}" in dry.out, dry
+    assert "nothing was written" in dry.out, dry
+    assert _locations(sb, blob)[0] == wrong, "a dry run changed the index"
+    assert sb.phx("verify", "--read-data", check=None).code == 1
+
+    res = sb.phx("repair", "index", "--read-data", "--json", check=None)
+    assert res.code == 0, res
+    (left,) = res.json()["copiesLeftOut"]
+    assert left["pack"] == wrong and left["blob"] == short and left["proving"] != wrong, left
+    assert wrong not in _locations(sb, blob) and len(_locations(sb, blob)) == 1
+
+    after = sb.phx("verify", "--read-data", check=None)
+    assert after.code == 0, after
+    out = tmp_path / "out"
+    sb.restore_to(sid, out)
+    (restored,) = out.rglob(NAME)
+    assert restored.read_bytes() == content
+    (beside,) = out.rglob("beside.txt")
+    assert beside.read_text() == "restored all the same\n"
+
+    # The pack holds nothing a snapshot uses now: prune deletes it once it is old enough.
+    old = time.time() - LEFTOVER_MIN_AGE - 600
+    os.utime(sb.repo / wrong, (old, old))
+    sb.phx("prune")
+    assert not (sb.repo / wrong).exists()
+    assert sb.phx("verify", "--read-data", check=None).code == 0
+    out2 = tmp_path / "out2"
+    sb.restore_to(sid, out2)
+    (restored,) = out2.rglob(NAME)
+    assert restored.read_bytes() == content
+
+
+def test_with_no_copy_that_proves_repair_keeps_every_copy_and_names_the_blob(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    sid, _content = _backed_up(sb)
+    blob, wrong = _plant_wrong_pack(sb, sid)
+    short = blob.hex()[:16]
+    (_wrong, original) = _locations(sb, blob)
+    # The original copy spoiled too (other bytes under the blob's id): no copy proves.
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        (loc,) = [loc for loc in repo.index.locations(blob) if pack_name(loc.pack_id) == original]
+        sealed = repo.sealer.seal(os.urandom(loc.raw), blob_aad(BlobType.DATA, blob))
+        assert len(sealed) == loc.stored
+        with open(sb.repo / original, "r+b") as f:
+            f.seek(loc.offset)
+            f.write(sealed)
+    finally:
+        repo.close()
+    assert sb.phx("verify", "--read-data", check=None).code == 1
+
+    res = sb.phx("repair", "index", "--read-data", check=None)
+    assert res.code == 1, res
+    assert f"blob {short} is damaged: no copy of it proves" in res.out, res
+    assert wrong in res.out and original in res.out, res
+    assert "left out" not in res.out, res
+    assert sorted(_locations(sb, blob)) == sorted([wrong, original]), "a copy was dropped"
+    assert (sb.repo / wrong).exists() and (sb.repo / original).exists()
+
+    assert sb.phx("verify", "--read-data", check=None).code == 1
+    out = tmp_path / "out"
+    res = sb.phx("restore", "--backup", sid, "--to", out, check=None)
+    assert res.code == 1 and short in res.err, res
+    (beside,) = out.rglob("beside.txt")
+    assert beside.read_text() == "restored all the same\n"
