@@ -74,8 +74,15 @@ def test_a_fifo_in_a_configured_databases_place_hangs_neither_doctor_nor_a_backu
     os.mkfifo(db)
     res = sb.phx("doctor", check=1, timeout=30)
     assert "is not a regular file (a named pipe, a device or a folder), so it is no SQLite database" in res.out, res
-    res = sb.phx("backup", check=0, timeout=30)
-    assert f"not saved: {DATABASES[0]} (a named pipe holds no data to back up)" in res.out, res
+    # A configured database that could not be saved is a partial backup (exit 3), as a planted
+    # companion makes it; before, it was said in passing like a special file (exit 0).
+    res = sb.phx("backup", "--json", check=3, timeout=30)
+    assert (
+        f"not saved: {DATABASES[0]}: the configured SQLite database is a named pipe now, which holds no data "
+        "to back up; put the database file back at this path, or remove it from the config's `databases`"
+    ) in res.err, res
+    assert {i["path"] for i in res.json()["incomplete"]} == {DATABASES[0]}, res
+    assert DATABASES[1] in {d["path"] for d in res.json()["databases"]}, res
     assert not list((sb.repo / "locks").iterdir())
 
 
