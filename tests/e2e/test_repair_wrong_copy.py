@@ -1,15 +1,14 @@
 """`phx repair index --read-data` and a wrong copy of a blob in a correctly named pack: one that
 opens under the blob's id (its tag is valid, sealed with the repository's key) but holds other
 bytes, listed first in the index. `phx verify --read-data` names it (exit 1); the repair leaves it
-out of the index while another copy proves, so that verify is clean afterwards and `phx prune`
-deletes the pack; its dry run says so and changes nothing. When no copy proves, every copy is
+out of the index while another copy proves and replaces its pack by one holding its other blobs,
+so that verify is clean afterwards; its dry run says so and changes nothing. When no copy proves, every copy is
 kept and the blob is named as damaged (docs/reliability.md). Before, no repair removed such a
 copy: verify reported it for ever and the index listed it first."""
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from e2e_support import Sandbox
@@ -19,15 +18,15 @@ from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.crypto import BlobType, Compression
 from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
-from phoenix_backup.repo.prune import LEFTOVER_MIN_AGE
 
 NAME = "planted.bin"
 
 
 def _plant_wrong_pack(sb: Sandbox, sid: str) -> tuple[bytes, str]:
     """A new, correctly named pack holding a wrong copy of the first blob of `NAME` (other bytes of
-    its length, sealed under its id), listed first: one index object lists it before every pack the
-    old ones listed, and supersedes them. Returns the blob's id and the new pack's name."""
+    its length, sealed under its id) and a genuine copy of `beside.txt`'s, listed first: one index
+    object lists it before every pack the old ones listed, and supersedes them. Returns the blob's
+    id and the new pack's name."""
     repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
     repo.load_index()
     try:
@@ -37,6 +36,10 @@ def _plant_wrong_pack(sb: Sandbox, sid: str) -> tuple[bytes, str]:
         packer = PackBuilder(BlobType.DATA)
         other = os.urandom(first.raw)
         packer.add(blob, Compression.NONE, repo.sealer.seal(other, blob_aad(BlobType.DATA, blob)), len(other))
+        # Beside it a genuine copy of another blob, which the repair must keep.
+        beside = next(snapshot_node(repo, sid, "beside.txt").blobs())
+        data = repo.load_blob(BlobType.DATA, beside)
+        packer.add(beside, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, beside)), len(data))
         pack_id, raw, entries = packer.finish(repo.sealer)
         repo.backend.write(pack_name(pack_id), raw)
         objects = repo.read_index_objects()
@@ -87,10 +90,15 @@ def test_repair_index_leaves_a_wrong_copy_out_and_verify_is_clean(sandbox: Sandb
     assert _locations(sb, blob)[0] == wrong, "a dry run changed the index"
     assert sb.phx("verify", "--read-data", check=None).code == 1
 
+    assert f"would remove {wrong}, its other blobs copied into a new pack first" in dry.out, dry
+    assert (sb.repo / wrong).exists()
+
     res = sb.phx_here("repair", "index", "--read-data", "--json")
     (left,) = res.json()["copiesLeftOut"]
     assert left["pack"] == wrong and left["blob"] == short and left["proving"] != wrong, left
-    assert wrong not in _locations(sb, blob) and len(_locations(sb, blob)) == 1
+    assert res.json()["packsRemoved"] == [wrong], res
+    assert _locations(sb, blob) == [left["proving"]]
+    assert not (sb.repo / wrong).exists(), "the wrong copy's bytes are still in the store"
 
     sb.phx_here("verify", "--read-data")
     out = tmp_path / "out"
@@ -99,17 +107,6 @@ def test_repair_index_leaves_a_wrong_copy_out_and_verify_is_clean(sandbox: Sandb
     assert restored.read_bytes() == content
     (beside,) = out.rglob("beside.txt")
     assert beside.read_text() == "restored all the same\n"
-
-    # The pack holds nothing a snapshot uses now: prune deletes it once it is old enough.
-    old = time.time() - LEFTOVER_MIN_AGE - 600
-    os.utime(sb.repo / wrong, (old, old))
-    sb.phx_here("prune")
-    assert not (sb.repo / wrong).exists()
-    sb.phx_here("verify", "--read-data")
-    out2 = tmp_path / "out2"
-    sb.phx_here("restore", "--backup", sid, "--to", str(out2))
-    (restored,) = out2.rglob(NAME)
-    assert restored.read_bytes() == content
 
 
 def test_with_no_copy_that_proves_repair_keeps_every_copy_and_names_the_blob(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -137,6 +134,7 @@ def test_with_no_copy_that_proves_repair_keeps_every_copy_and_names_the_blob(san
     assert f"blob {short} is damaged: no copy of it proves" in res.out, res
     assert wrong in res.out and original in res.out, res
     assert "left out" not in res.out, res
+    assert f"notice: {wrong} stays" not in res.out, res  # nothing of it was left out: it stays whole
     assert sorted(_locations(sb, blob)) == sorted([wrong, original]), "a copy was dropped"
     assert (sb.repo / wrong).exists() and (sb.repo / original).exists()
 

@@ -32,10 +32,10 @@ def repair() -> None:
 def repair_index(out: Out, envx: Environment, config_path: str | None, read_data: bool, dry_run: bool) -> ExitStatus:
     """Rebuild the index from the packs' own headers (after index objects or packs were lost).
 
-    With --read-data, a wrong copy of a blob (it opens under the blob's id but holds other bytes,
-    as `phx verify --read-data` names it) is left out of the index while another copy proves;
-    `phx prune` then deletes or repacks its pack. A blob no copy of which proves keeps every
-    copy and is named as damaged (exit 1).
+    With --read-data, every pack is read: a wrong copy of a blob (it opens under the blob's id
+    but holds other bytes, as `phx verify --read-data` names it) is left out of the index while
+    another copy proves, and its pack replaced by one holding its other blobs. A blob no copy of
+    which proves keeps every copy and is named as damaged (exit 1).
 
     Example: phx repair index --read-data --dry-run
     """
@@ -49,13 +49,25 @@ def render_index(r: IndexRepair) -> str:
     would = "would " if r.dry_run else ""
     lines = [
         f"notice: {name}: {why}; "
-        + (f"{would}keep the {r.kept[name]} blob(s) the old index listed in it" if name in r.kept else f"{would}leave it out")
+        + (
+            f"{would}keep the {r.kept[name]} blob(s) the old index listed in it"
+            if name in r.kept
+            else f"{would}leave it out"
+        )
         for name, why in sorted(r.unreadable.items())
     ]
     lines += [
         f"{'would leave' if r.dry_run else 'left'} out the copy of blob {c.blob} in {c.pack}: it does not prove "
         f"({c.why}); {c.proving} holds a copy that proves"
         for c in r.left_out
+    ]
+    lines += [
+        f"{'would remove' if r.dry_run else 'removed'} {name}, its other blobs copied into a new pack first"
+        for name in r.removed
+    ]
+    lines += [
+        f"notice: {name} stays: it also holds a copy of a blob no copy of which proves (kept, as every copy of it)"
+        for name in r.kept_packs
     ]
     lines += [
         f"blob {blob} is damaged: no copy of it proves ({why}); every copy {'would be' if r.dry_run else 'was'} kept; "
@@ -73,8 +85,6 @@ def render_index(r: IndexRepair) -> str:
             f"index rebuilt from {r.packs} packs ({r.blobs} blobs), replacing {r.replaced} index object(s)"
             + (f"; {r.dropped} blob(s) the old index listed are in no pack" if r.dropped else "")
         )
-    if r.left_out and not r.dry_run:
-        lines.append("run `phx prune` to delete or repack the packs whose copies were left out")
     if r.dropped or r.unreadable:
         lines.append("run `phx repair snapshots` to see which snapshots lost data")
     return shown_each(lines)

@@ -27,7 +27,8 @@ def repair_index(cfg: Config, envx: Environment, *, read_data: bool = False, dry
         )
     repo = open_repository(cfg, envx)
     try:
-        with repo.lock(exclusive=not dry_run, command="repair index"):
+        # `--read-data` may write packs: a run that fails removes those no index names.
+        with repo.lock(exclusive=not dry_run, command="repair index"), repo.removing_unindexed():
             return rebuild_index(repo, read_data=read_data, dry_run=dry_run)
     finally:
         repo.close()

@@ -428,14 +428,13 @@ def wrong_copy_text(pack: str, blob: bytes, good: str | None) -> str:
     if good is None:
         return (
             f"{head}; no copy of the blob proves: `phx restore` refuses the files that need it, `phx repair index "
-            "--read-data` keeps every copy and names the blob damaged; copy its data back with `phx repair objects "
-            "--from TARGET --read-data` if another target holds it, and find what wrote it with the repository's key"
+            "--read-data` keeps every copy and names the blob damaged, `phx repair snapshots --read-data` names the "
+            "snapshots that lost it; find what wrote it with the repository's key"
         )
     return (
         f"{head}; {good} holds a copy that proves, which `phx restore`, `dump`, `archive` and `export` take "
-        "instead (the data is whole while that pack stays); `phx repair index --read-data` leaves the wrong copy "
-        "out of the index and `phx prune` then deletes or repacks its pack; find what wrote it with the "
-        "repository's key"
+        "instead (the data is whole while that pack stays); `phx repair index --read-data` removes the wrong copy "
+        "(the pack's other blobs copied into a new pack); find what wrote it with the repository's key"
     )
 
 
@@ -649,10 +648,6 @@ def _read_pack(
                 entry.type, entry.id, entry.compression, sealed, entry.raw, f"blob {entry.id.hex()[:16]} in {name}"
             )
         except CorruptObject as exc:
-            left_out = _left_out_copy(repo, name, entry.type, entry.id, here, exc)
-            if left_out is not None:
-                result.notices.append(left_out)
-                continue
             try:  # another pack holds it whole: no snapshot is affected (the pack is reported below)
                 repo.load_blob_elsewhere(entry.type, entry.id, here, exc)
             except PhoenixError:
@@ -666,27 +661,6 @@ def _read_pack(
             continue
         if _restore_copy(repo, entry.id, here):
             _feed(users, entry.type, entry.id, plain, sealed)
-
-
-def _left_out_copy(
-    repo: Repository, name: str, kind: BlobType, blob: bytes, here: BlobLocation, error: CorruptObject
-) -> str | None:
-    """What to say of a copy in a correctly named pack (`name`) that does not prove and that the
-    index does not list, while the copy the index lists first proves: `phx repair index
-    --read-data` left it out, no reader takes it, and `phx prune` deletes the pack once it holds
-    nothing used, so it is a notice, not damage. None otherwise (the caller reports it as ever);
-    `repair index` without `--read-data` lists such a copy again, and verify reports it again."""
-    if here in repo.index.locations(blob):
-        return None
-    try:
-        good, _first, _data = repo.load_proving(kind, blob)
-    except (CorruptObject, ObjectNotFound):
-        return None
-    return (
-        f"{name} holds a copy of blob {blob.hex()[:16]} that does not prove ({error}), which the index leaves out "
-        f"(`phx repair index --read-data`); {pack_name(good.pack_id)} holds one that proves; `phx prune` deletes "
-        "the pack once it holds nothing a snapshot uses"
-    )
 
 
 def _prove_past_the_cap(repo: Repository, users: _Users, refused: list[Content], packs: set[str]) -> None:
