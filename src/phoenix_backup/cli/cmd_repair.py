@@ -46,14 +46,10 @@ def repair_index(out: Out, envx: Environment, config_path: str | None, read_data
 
 
 def render_index(r: IndexRepair) -> str:
-    would = "would " if r.dry_run else ""
+    keep, leave = ("would keep", "would be left out") if r.dry_run else ("kept", "left out")
     lines = [
         f"notice: {name}: {why}; "
-        + (
-            f"{would}keep the {r.kept[name]} blob(s) the old index listed in it"
-            if name in r.kept
-            else f"{would}leave it out"
-        )
+        + (f"{keep} the {r.kept[name]} blob(s) the old index listed in it" if name in r.kept else leave)
         for name, why in sorted(r.unreadable.items())
     ]
     lines += [
