@@ -67,8 +67,8 @@ def _special_kind(mode: int) -> str:
 def unsaved_database(kind: str) -> str:
     """Why a configured SQLite database of `kind` (a named pipe, socket or device) was not saved."""
     return (
-        f"the configured SQLite database is a {kind} now, which holds no data to back up; put the "
-        "database file back at this path, or remove it from the config's `databases`"
+        f"the configured SQLite database is a {kind} now, which holds no data to back up; remove it and put "
+        "the database back, or fix the path in databases.sqlite in the config"
     )
 
 
