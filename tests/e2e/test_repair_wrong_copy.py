@@ -79,19 +79,17 @@ def test_repair_index_leaves_a_wrong_copy_out_and_verify_is_clean(sandbox: Sandb
     short = blob.hex()[:16]
     assert _locations(sb, blob)[0] == wrong
 
-    before = sb.phx("verify", "--read-data", check=None)
-    assert before.code == 1, before
+    before = sb.phx_here("verify", "--read-data", code=1)
     assert f"{wrong} holds a wrong copy of blob {short}" in before.out + before.err, before
     assert "phx repair index --read-data" in before.out + before.err, before
 
     dry = sb.phx_here("repair", "index", "--read-data", "--dry-run")
     assert f"would leave out the copy of blob {short} in {wrong}" in dry.out, dry
     assert "nothing was written" in dry.out, dry
-    assert _locations(sb, blob)[0] == wrong, "a dry run changed the index"
-    assert sb.phx("verify", "--read-data", check=None).code == 1
-
     assert f"would remove {wrong}, its other blobs copied into a new pack first" in dry.out, dry
     assert (sb.repo / wrong).exists()
+    assert _locations(sb, blob)[0] == wrong, "a dry run changed the index"
+    sb.phx_here("verify", "--read-data", code=1)
 
     res = sb.phx_here("repair", "index", "--read-data", "--json")
     (left,) = res.json()["copiesLeftOut"]
@@ -127,10 +125,9 @@ def test_with_no_copy_that_proves_repair_keeps_every_copy_and_names_the_blob(san
             f.write(sealed)
     finally:
         repo.close()
-    assert sb.phx("verify", "--read-data", check=None).code == 1
+    sb.phx_here("verify", "--read-data", code=1)
 
-    res = sb.phx("repair", "index", "--read-data", check=None)
-    assert res.code == 1, res
+    res = sb.phx_here("repair", "index", "--read-data", code=1)
     assert f"blob {short} is damaged: no copy of it proves" in res.out, res
     assert wrong in res.out and original in res.out, res
     assert "left out" not in res.out, res
@@ -138,9 +135,9 @@ def test_with_no_copy_that_proves_repair_keeps_every_copy_and_names_the_blob(san
     assert sorted(_locations(sb, blob)) == sorted([wrong, original]), "a copy was dropped"
     assert (sb.repo / wrong).exists() and (sb.repo / original).exists()
 
-    assert sb.phx("verify", "--read-data", check=None).code == 1
+    sb.phx_here("verify", "--read-data", code=1)
     out = tmp_path / "out"
-    res = sb.phx("restore", "--backup", sid, "--to", out, check=None)
-    assert res.code == 1 and short in res.err, res
+    res = sb.phx_here("restore", "--backup", sid, "--to", str(out), code=1)
+    assert short in res.err, res
     (beside,) = out.rglob("beside.txt")
     assert beside.read_text() == "restored all the same\n"
