@@ -111,12 +111,13 @@ def run_phx(
     return res
 
 
-def run_phx_here(args: Iterable[str], env: Mapping[str, str]) -> Result:
+def run_phx_here(args: Iterable[str], env: Mapping[str, str], code: int = 0) -> Result:
     """`phx ARGS` in this process (click's runner), with exactly `env` as the environment for the
     call, expected to exit 0 with no traceback. For the many commands of a test whose point is the
     repository they read, not the process boundary (start-up, signals, exit codes of a failure:
     those run the real `phx` through `run_phx`): a restore of each of 34 snapshots costs the
-    interpreter's start and the imports once, not 34 times (docs/development.md)."""
+    interpreter's start and the imports once, not 34 times (docs/development.md). `code`: the exit
+    status expected (a finding such as verify's exit 1 needs no process of its own either)."""
     from click.testing import CliRunner
 
     from phoenix_backup.cli.main import cli
@@ -133,7 +134,7 @@ def run_phx_here(args: Iterable[str], env: Mapping[str, str]) -> Result:
     res = Result(run.exit_code, run.stdout, run.stderr, ["phx", *args])
     assert run.exception is None or isinstance(run.exception, SystemExit), f"{run.exception!r}\n{res}"
     assert "Traceback" not in res.out + res.err, f"traceback in the output:\n{res}"
-    assert res.code == 0, f"expected exit 0:\n{res}"
+    assert res.code == code, f"expected exit {code}:\n{res}"
     return res
 
 
@@ -259,10 +260,10 @@ class Sandbox:
             [str(a) for a in args], self.env if env is None else env, check=check, prefix=self.prefix, timeout=timeout
         )
 
-    def phx_here(self, *args: str | Path) -> Result:
-        """`phx ARGS` in this process (`run_phx_here`): exit 0 expected, no wrapper (`prefix`)."""
+    def phx_here(self, *args: str | Path, code: int = 0) -> Result:
+        """`phx ARGS` in this process (`run_phx_here`): exit `code` expected, no wrapper (`prefix`)."""
         assert not self.prefix, "a command run as another user needs its own process"
-        return run_phx_here([str(a) for a in args], self.env)
+        return run_phx_here([str(a) for a in args], self.env, code)
 
     def env_with(self, **changes: str | None) -> dict[str, str]:
         env = dict(self.env)

@@ -67,16 +67,28 @@ def test_a_fifo_named_like_a_database_beside_a_wal_does_not_hang_the_scan(tmp_pa
 
 def test_a_fifo_in_a_configured_databases_place_hangs_neither_doctor_nor_a_backup(tmp_path: Path) -> None:
     """The agent replaces its store by a FIFO: on the code before, `phx doctor` (the command run
-    to find out what is wrong) blocked for ever reading the database's header."""
+    to find out what is wrong) blocked for ever reading the database's header. The backup saves the
+    rest and exits 3 naming it (before: a warning, exit 0, as for a FIFO of the workspace), and
+    `phx watch` names it too."""
     sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=13))
     db = sb.db_path(DATABASES[0])
     db.unlink()
     os.mkfifo(db)
     res = sb.phx("doctor", check=1, timeout=30)
     assert "is not a regular file (a named pipe, a device or a folder), so it is no SQLite database" in res.out, res
-    res = sb.phx("backup", check=0, timeout=30)
-    assert f"not saved: {DATABASES[0]} (a named pipe holds no data to back up)" in res.out, res
+    # A configured database that could not be saved is a partial backup (exit 3), as a planted
+    # companion makes it; before, it was said in passing like a special file (exit 0).
+    res = sb.phx("backup", "--json", check=3, timeout=30)
+    assert (
+        f"not saved: {DATABASES[0]}: the configured SQLite database is a named pipe now, which holds no data "
+        "to back up; remove it and put the database back, or fix the path in databases.sqlite in the config"
+    ) in res.err, res
+    assert {i["path"] for i in res.json()["incomplete"]} == {DATABASES[0]}, res
+    assert DATABASES[1] in {d["path"] for d in res.json()["databases"]}, res
     assert not list((sb.repo / "locks").iterdir())
+    # `phx watch` says the same of it (before, it followed the other databases without a word).
+    res = sb.phx("watch", "--duration", "1", "--no-files", "--json", check=0, timeout=30)
+    assert f"not followed: {DATABASES[0]}: the configured SQLite database is a named pipe now" in res.out, res
 
 
 def test_a_planted_journal_naming_a_file_neither_deletes_it_nor_hangs_a_backup(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -526,3 +527,25 @@ def test_all_ancestors_of_a_chain_thousands_deep_is_linear() -> None:
     chain = ["workspace/" + "/".join(["d"] * n) for n in range(1, 3001)]
     found = all_ancestors(chain)
     assert len(found) == 3000 and found[0] == "workspace" and found[-1] == chain[-2]
+
+
+def test_a_configured_database_that_is_a_socket_or_a_fifo_is_a_part_not_saved(tmp_path: Path) -> None:
+    """A configured SQLite database replaced by a socket or a FIFO: an error of the selection
+    (the backup's part not saved, exit 3), not a special file said in passing. Before, it was
+    listed as special (`not saved ... holds no data`, exit 0) like a FIFO of the workspace."""
+    ws, home = tmp_path / "ws", tmp_path / "home"
+    ws.mkdir()
+    home.mkdir()
+    fifo, sock_path, plain = home / "memory.db", home / "s.db", ws / "agent.pipe"
+    os.mkfifo(fifo)
+    os.mkfifo(plain)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(sock_path))
+        sel = select(Layout(workspace=ws, home=home), [""], [], [fifo, sock_path])
+    finally:
+        sock.close()
+    why = dict(sel.errors)
+    assert "is a named pipe now" in why[str(fifo)] and "is a socket now" in why[str(sock_path)], sel.errors
+    assert "put the database back" in why[str(fifo)]
+    assert [kind for _path, kind in sel.special] == ["named pipe"], sel.special  # the workspace's FIFO

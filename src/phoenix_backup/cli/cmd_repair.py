@@ -8,7 +8,7 @@ from phoenix_backup.cli.app import Out, cli, command_group, common, load_config
 from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import repair as repair_op
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.repo.repair import SnapshotRepair
+from phoenix_backup.repo.repair import IndexRepair, SnapshotRepair
 
 
 @cli.group()
@@ -22,27 +22,68 @@ def repair() -> None:
 
 
 @repair.command(name="index")
+@click.option(
+    "--read-data",
+    is_flag=True,
+    help="Also read every pack; leave out of the index the copies of a blob that do not prove while one does.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be done; write and delete nothing.")
 @common
-def repair_index(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
+def repair_index(out: Out, envx: Environment, config_path: str | None, read_data: bool, dry_run: bool) -> ExitStatus:
     """Rebuild the index from the packs' own headers (after index objects or packs were lost).
 
-    Example: phx repair index
+    With --read-data, every pack is read: a wrong copy of a blob (it opens under the blob's id
+    but holds other bytes, as `phx verify --read-data` names it) is left out of the index while
+    another copy proves, and its pack replaced by one holding its other blobs. A blob no copy of
+    which proves keeps every copy and is named as damaged (exit 1).
+
+    Example: phx repair index --read-data --dry-run
     """
     cfg = load_config(out, envx, config_path)
-    r = repair_op.repair_index(cfg, envx)
+    r = repair_op.repair_index(cfg, envx, read_data=read_data, dry_run=dry_run)
+    out.result(r.to_json(), render_index(r))
+    return r.exit_status
+
+
+def render_index(r: IndexRepair) -> str:
+    keep, leave = ("would keep", "would be left out") if r.dry_run else ("kept", "left out")
     lines = [
         f"notice: {name}: {why}; "
-        + (f"kept the {r.kept[name]} blob(s) the old index listed in it" if name in r.kept else "left out")
+        + (f"{keep} the {r.kept[name]} blob(s) the old index listed in it" if name in r.kept else leave)
         for name, why in sorted(r.unreadable.items())
     ]
-    lines.append(
-        f"index rebuilt from {r.packs} packs ({r.blobs} blobs), replacing {r.replaced} index object(s)"
-        + (f"; {r.dropped} blob(s) the old index listed are in no pack" if r.dropped else "")
-    )
+    lines += [
+        f"{'would leave' if r.dry_run else 'left'} out the copy of blob {c.blob} in {c.pack}: it does not prove "
+        f"({c.why}); {c.proving} holds a copy that proves"
+        for c in r.left_out
+    ]
+    lines += [
+        f"{'would remove' if r.dry_run else 'removed'} {name}, its other blobs copied into a new pack first"
+        for name in r.removed
+    ]
+    lines += [
+        f"notice: {name} stays: it also holds a copy of a blob no copy of which proves (kept, as every copy of it)"
+        for name in r.kept_packs
+    ]
+    lines += [
+        f"blob {blob} is damaged: no copy of it proves ({why}); every copy {'would be' if r.dry_run else 'was'} kept; "
+        "run `phx repair snapshots --read-data` to see which snapshots lost data"
+        for blob, why in sorted(r.damaged.items())
+    ]
+    if r.dry_run:
+        lines.append(
+            f"dry run: the index would be rebuilt from {r.packs} packs ({r.blobs} blobs), replacing {r.replaced} "
+            "index object(s); nothing was written"
+            + (f"; {r.dropped} blob(s) the old index listed are in no pack" if r.dropped else "")
+        )
+    else:
+        lines.append(
+            f"index rebuilt from {r.packs} packs ({r.blobs} blobs), replacing {r.replaced} index object(s)"
+            + (f"; {r.dropped} blob(s) the old index listed are in no pack" if r.dropped else "")
+        )
     if r.dropped or r.unreadable:
         lines.append("run `phx repair snapshots` to see which snapshots lost data")
-    out.result(r.to_json(), shown_each(lines))
-    return r.exit_status
+    return shown_each(lines)
 
 
 @repair.command(name="snapshots")

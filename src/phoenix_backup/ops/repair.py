@@ -20,12 +20,16 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.targets import refuse_append_only
 
 
-def repair_index(cfg: Config, envx: Environment) -> IndexRepair:
-    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx repair index` (it deletes the index objects it replaces)")
+def repair_index(cfg: Config, envx: Environment, *, read_data: bool = False, dry_run: bool = False) -> IndexRepair:
+    if not dry_run:
+        refuse_append_only(
+            cfg, enabled_targets(cfg)[:1], "`phx repair index` (it deletes the index objects it replaces)"
+        )
     repo = open_repository(cfg, envx)
     try:
-        with repo.lock(exclusive=True, command="repair index"):
-            return rebuild_index(repo)
+        # `--read-data` may write packs: a run that fails removes those no index names.
+        with repo.lock(exclusive=not dry_run, command="repair index"), repo.removing_unindexed():
+            return rebuild_index(repo, read_data=read_data, dry_run=dry_run)
     finally:
         repo.close()
 

@@ -318,7 +318,11 @@ class Watcher:
             self.chain = ""
         if not self.chain:
             self.chain, self.sequence, self.previous = os.urandom(16).hex(), -1, None
-        _layout, sel = select_sources(cfg, "databases", envx)
+        layout, sel = select_sources(cfg, "databases", envx)
+        # A configured database that cannot be followed (a FIFO, socket or device in its place, or
+        # unreadable) is said as `phx backup` says it (there: not saved, a partial backup).
+        for path, message in sel.errors:
+            self.warn(f"not followed: {layout.to_logical(Path(path))}: {message}")
         entries = sorted((e for e in sel.entries.values() if e.kind == "sqlite"), key=lambda e: e.logical)
         if not entries:
             raise ConfigError(

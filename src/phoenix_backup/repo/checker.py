@@ -425,16 +425,16 @@ def wrong_copy_text(pack: str, blob: bytes, good: str | None) -> str:
         f"{pack} holds a wrong copy of blob {blob.hex()[:16]}: it opens under the blob's id but holds other bytes "
         "(sealed with the repository's key: a key holder or a bug, not damage to the disk)"
     )
-    repair = (
-        "`phx repair snapshots --read-data` counts the blob as held while a copy proves; `phx repair objects "
-        "--from TARGET --read-data` replaces the pack from another target only when its bytes no longer match "
-        "its name, and nothing else removes the copy: find what wrote it with the repository's key"
-    )
     if good is None:
-        return f"{head}; no copy of the blob proves: `phx restore` refuses the files that need it; {repair}"
+        return (
+            f"{head}; no copy of the blob proves: `phx restore` refuses the files that need it, `phx repair index "
+            "--read-data` keeps every copy and names the blob damaged, `phx repair snapshots --read-data` names the "
+            "snapshots that lost it; find what wrote it with the repository's key"
+        )
     return (
         f"{head}; {good} holds a copy that proves, which `phx restore`, `dump`, `archive` and `export` take "
-        f"instead (the data is whole while that pack stays); {repair}"
+        "instead (the data is whole while that pack stays); `phx repair index --read-data` removes the wrong copy "
+        "(the pack's other blobs copied into a new pack); find what wrote it with the repository's key"
     )
 
 

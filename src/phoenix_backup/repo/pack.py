@@ -53,7 +53,7 @@ class PackOrigin(IntEnum):
 
     BACKUP = 1
     PRUNE = 2  # a repack: the used blobs of mostly unused packs, copied still sealed
-    REPAIR = 3  # `phx repair snapshots --rewrite`: the trees of repaired snapshots
+    REPAIR = 3  # `phx repair snapshots --rewrite`: repaired trees; `repair index --read-data`: blobs moved
 
     def describe(self) -> str:
         return {1: "a backup", 2: "a prune (repacked blobs)", 3: "a repair"}[int(self)]

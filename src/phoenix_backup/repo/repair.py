@@ -2,7 +2,13 @@
 
 - `repair index` rebuilds the index from the packs' own headers: one new index object lists
   every pack the store holds whose header can be read, and supersedes every index object present.
-  Index entries of packs that are gone disappear, so later backups store that data again.
+  Index entries of packs that are gone disappear, so later backups store that data again. With
+  `--read-data`, every pack is read and every copy of every blob checked against its id: a copy
+  that does not prove (a wrong copy: it opens under the blob's id but holds other bytes; or a
+  damaged one) is left out of the new index while another copy proves, and its pack is replaced:
+  its other blobs copied, still sealed, into new packs (as prune repacks), then it is deleted.
+  When no copy proves, every copy (and its pack) is kept and the blob is named as damaged.
+  `--dry-run` says what it would do and writes nothing.
 - `repair snapshots` names the snapshots that refer to data the repository no longer holds (a
   pack missing, shorter than the index says, or with `--read-data` a blob that fails its checks),
   with the paths affected. On request it forgets them (`--forget`), or writes a repaired copy of
@@ -24,7 +30,7 @@ step: copies and new objects first, then the new index (superseding the old ones
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from phoenix_backup.errors import (
@@ -51,37 +57,66 @@ REPAIRED_TAG = "repaired"
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LeftOutCopy:
+    """A copy of a blob that does not prove, left out of the index because `proving` holds one that does."""
+
+    pack: str
+    blob: str  # hex, as messages show it
+    why: str
+    proving: str  # the pack of a copy that proves
+
+    def to_json(self) -> dict[str, str]:
+        return {"pack": self.pack, "blob": self.blob, "why": self.why, "proving": self.proving}
+
+
 @dataclass
 class IndexRepair:
     packs: int = 0  # packs the new index lists
     blobs: int = 0
-    replaced: int = 0  # index objects superseded and deleted
+    replaced: int = 0  # index objects superseded and deleted (with dry_run: that would be)
     dropped: int = 0  # blobs the old index listed that no readable pack holds
     unreadable: dict[str, str] = field(default_factory=dict)  # pack -> why its header cannot be read
     kept: dict[str, int] = field(default_factory=dict)  # unreadable pack -> blobs kept from the old index
+    read_data: bool = False
+    dry_run: bool = False
+    left_out: list[LeftOutCopy] = field(default_factory=list)  # copies that do not prove (--read-data)
+    damaged: dict[str, str] = field(default_factory=dict)  # blob (hex) -> why no copy of it proves; all kept
+    removed: list[str] = field(default_factory=list)  # packs of copies left out, their other blobs copied first
+    kept_packs: list[str] = field(default_factory=list)  # packs of copies left out that also hold unproven copies
 
     @property
     def exit_status(self) -> ExitStatus:
-        return ExitStatus.OK
+        # A blob no copy of which proves is a finding, as `verify` says it: nothing mends it here.
+        return ExitStatus.FAILURE if self.damaged else ExitStatus.OK
 
     def to_json(self) -> dict[str, object]:
         return {
-            "ok": True,
+            "ok": self.exit_status == ExitStatus.OK,
+            "dryRun": self.dry_run,
+            "readData": self.read_data,
             "packs": self.packs,
             "blobs": self.blobs,
             "indexesReplaced": self.replaced,
             "blobsDropped": self.dropped,
             "unreadablePacks": self.unreadable,
             "keptFromOldIndex": self.kept,
+            "copiesLeftOut": [c.to_json() for c in self.left_out],
+            "damagedBlobs": self.damaged,
+            "packsRemoved": self.removed,
+            "packsKept": self.kept_packs,
         }
 
 
-def rebuild_index(repo: Repository) -> IndexRepair:
+def rebuild_index(repo: Repository, *, read_data: bool = False, dry_run: bool = False) -> IndexRepair:
     """Replace every index object by one built from the packs' headers (the caller holds an
-    exclusive lock). A pack whose header cannot be read is named; the entries the old index
-    objects list in it (within its length) are kept, since its blobs may well be intact (each is
-    checked when read), and are its only map. A pack neither lists is left out."""
-    report = IndexRepair()
+    exclusive lock; a shared one is enough with `dry_run`, which writes and deletes nothing). A
+    pack whose header cannot be read is named; the entries the old index objects list in it
+    (within its length) are kept, since its blobs may well be intact (each is checked when read),
+    and are its only map. A pack neither lists is left out. With `read_data`, the copies that do
+    not prove of a blob another copy of which proves are left out (`_prove_copies`), and their
+    packs replaced by new ones holding their other blobs, then deleted."""
+    report = IndexRepair(read_data=read_data, dry_run=dry_run)
     old = repo.read_index_objects()
     present = sorted(info.name for info in repo.backend.list("index/"))  # damaged ones too
     packs: dict[str, list[PackEntry]] = {}
@@ -95,13 +130,26 @@ def rebuild_index(repo: Repository) -> IndexRepair:
             if known:
                 packs[pack_id] = known
                 report.kept[info.name] = len(known)
-    held = {e.id for entries in packs.values() for e in entries}
-    listed = {e.id for listing, _sup in old.values() for entries in listing.values() for e in entries}
-    report.packs, report.blobs, report.dropped = len(packs), len(held), len(listed - held)
+    spoiled = _prove_copies(repo, packs, report) if read_data else []
+    if dry_run:
+        _count(report, old, packs)
+        report.replaced = len(present)
+        return report
+    # A pack of a copy left out goes, its other blobs (each proven) copied into new packs first,
+    # still sealed, as prune repacks: the wrong copy's bytes leave the store.
+    new_packs = repo.repack(_sealed_rest(repo, packs, spoiled), PackOrigin.REPAIR) if spoiled else {}
+    for pack_id in spoiled:
+        del packs[pack_id]
+    packs.update(new_packs)
+    _count(report, old, packs)
     # The new index first (superseding every object present, damaged ones included: their names
     # are their ids), then the old objects: at every step one complete index is live. In parts
     # as a merge writes it (repo/repository.py `write_index_parts`), none of them deleted.
     new = set(repo.write_index_parts(packs, [name.split("/")[-1] for name in present]))
+    for pack_id in spoiled:  # listed by no live index now
+        if pack_id not in new_packs:  # never a pack a copy has just been written under
+            repo.confirmer.step(DELETED)
+            repo.backend.delete(pack_name(pack_id))
     for name in present:
         if name not in new:
             repo.confirmer.step(DELETED)
@@ -109,6 +157,84 @@ def rebuild_index(repo: Repository) -> IndexRepair:
     report.replaced = len([n for n in present if n not in new])
     repo.reload_index()
     return report
+
+
+def _count(
+    report: IndexRepair,
+    old: dict[str, tuple[dict[str, list[PackEntry]], list[str]]],
+    packs: dict[str, list[PackEntry]],
+) -> None:
+    held = {e.id for entries in packs.values() for e in entries}
+    listed = {e.id for listing, _sup in old.values() for entries in listing.values() for e in entries}
+    report.packs, report.blobs, report.dropped = len(packs), len(held), len(listed - held)
+
+
+def _sealed_rest(
+    repo: Repository, packs: dict[str, list[PackEntry]], spoiled: list[str]
+) -> Iterator[tuple[PackEntry, bytes]]:
+    """The blobs `packs` still lists in each pack of `spoiled`, still sealed (each proved by
+    `_prove_copies`, read again here one pack at a time)."""
+    for pack_id in spoiled:
+        if not packs[pack_id]:
+            continue  # it held only copies left out: nothing to read
+        data = repo.backend.read(pack_name(pack_id))
+        for e in sorted(packs[pack_id], key=lambda e: e.offset):
+            sealed = data[e.offset : e.offset + e.stored]
+            # Proven again as it is copied: bytes that changed since fail the repair before anything is deleted.
+            repo.open_blob(
+                e.type, e.id, e.compression, sealed, e.raw, f"blob {e.id.hex()[:16]} in {pack_name(pack_id)}"
+            )
+            yield e, sealed
+
+
+def _prove_copies(repo: Repository, packs: dict[str, list[PackEntry]], report: IndexRepair) -> list[str]:
+    """Read every pack of `packs` once and check each copy of each blob against its id; leave out
+    of `packs` the copies that do not prove (they open under the blob's id but hold other bytes,
+    or do not open) of a blob another copy of which proves: every reader would pass over them for
+    it (`Repository.load_proving`). When none proves, every copy stays and the blob is named in
+    `report.damaged`: the only copies there are are never dropped. Returns the packs of copies
+    left out whose other copies all prove (`rebuild_index` moves those and deletes the pack);
+    one that also holds a copy that does not prove and is kept stays whole (`report.kept_packs`),
+    so that what is there of that blob stays where `repair objects` and `verify` find it."""
+    repo.backend.prepare_read([pack_name(p) for p in packs])
+    proving: dict[tuple[BlobType, bytes], str] = {}
+    failed: dict[tuple[BlobType, bytes], list[tuple[str, PackEntry, str]]] = {}
+    for pack_id, entries in packs.items():
+        name = pack_name(pack_id)
+        try:
+            data = memoryview(repo.backend.read(name))
+        except ObjectNotFound as exc:
+            for e in entries:
+                failed.setdefault((e.type, e.id), []).append((pack_id, e, str(exc)))
+            continue
+        for e in entries:
+            what = f"blob {e.id.hex()[:16]} in {name}"
+            try:
+                sealed = data[e.offset : e.offset + e.stored]
+                if len(sealed) != e.stored:
+                    raise CorruptObject(f"{what} lies past the pack's end (cut short)")
+                repo.open_blob(e.type, e.id, e.compression, sealed, e.raw, what, check_id=True)
+            except CorruptObject as exc:
+                failed.setdefault((e.type, e.id), []).append((pack_id, e, str(exc)))
+            else:
+                proving.setdefault((e.type, e.id), name)
+    left_out: set[tuple[str, PackEntry]] = set()
+    for (_kind, blob), copies in failed.items():
+        good = proving.get((_kind, blob))
+        if good is None:
+            report.damaged[blob.hex()[:16]] = "; ".join(f"{pack_name(p)}: {why}" for p, _e, why in copies)
+            continue
+        for pack_id, e, why in copies:
+            left_out.add((pack_id, e))
+            report.left_out.append(LeftOutCopy(pack_name(pack_id), blob.hex()[:16], why, good))
+    touched = sorted({p for p, _e in left_out})
+    for pack_id in touched:
+        packs[pack_id] = [e for e in packs[pack_id] if (pack_id, e) not in left_out]
+    # A pack still holding a copy that does not prove (kept: no other copy of its blob proves).
+    kept = {p for copies in failed.values() for p, e, _why in copies if (p, e) not in left_out}
+    report.kept_packs = [pack_name(p) for p in touched if p in kept]
+    report.removed = [pack_name(p) for p in touched if p not in kept]
+    return [p for p in touched if p not in kept]
 
 
 def _listed_in(

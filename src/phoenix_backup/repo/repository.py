@@ -889,15 +889,18 @@ class Repository:
         self.confirmer.step(DELETED)
         self.backend.delete(f"snapshots/{sid}")
 
-    def repack(self, blobs: Iterable[tuple[PackEntry, bytes]]) -> dict[str, list[PackEntry]]:
-        """Write sealed blobs, copied as they are, into new packs; return the new packs' entries.
+    def repack(
+        self, blobs: Iterable[tuple[PackEntry, bytes]], origin: PackOrigin = PackOrigin.PRUNE
+    ) -> dict[str, list[PackEntry]]:
+        """Write sealed blobs, copied as they are, into new packs (written by `origin`); return the
+        new packs' entries.
 
         A seal binds a blob to its type and id, not to its pack, so copying needs no decryption.
         The packs are durable when this returns but listed in no index until `write_index`:
         a crash before that leaves unreferenced leftovers, never a dangling reference. They are
         this run's packs until then: a failure inside `removing_unindexed` removes them, as it
         removes a backup's."""
-        packers = {t: PackBuilder(t, PackOrigin.PRUNE, self.sealer) for t in BlobType}
+        packers = {t: PackBuilder(t, origin, self.sealer) for t in BlobType}
         written: dict[str, list[PackEntry]] = {}
 
         def put(kind: BlobType) -> None:
@@ -906,7 +909,7 @@ class Repository:
             written[pack_id] = entries
             with self._lock:  # this run's pack, no index names it yet (`remove_unindexed`)
                 self._new_packs[pack_id] = entries
-            packers[kind] = PackBuilder(kind, PackOrigin.PRUNE, self.sealer)
+            packers[kind] = PackBuilder(kind, origin, self.sealer)
 
         for entry, sealed in blobs:
             packer = packers[entry.type]

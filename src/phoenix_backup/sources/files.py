@@ -85,6 +85,14 @@ def open_regular(path: Path | str, *, follow_links: bool) -> tuple[int, os.stat_
     return None
 
 
+def unsaved_database(kind: str) -> str:
+    """Why a configured SQLite database of `kind` (a named pipe, socket or device) was not saved."""
+    return (
+        f"the configured SQLite database is a {kind} now, which holds no data to back up; remove it and put "
+        "the database back, or fix the path in databases.sqlite in the config"
+    )
+
+
 def regular_head(path: Path, size: int) -> bytes | None:
     """The first `size` bytes of the file at `path` (a link followed), or None when it is no
     regular file (OSError when it cannot be opened or read). Never blocks (`open_regular`)."""
@@ -202,6 +210,12 @@ def select(
                 db_paths.add(path)
             else:
                 kind = "file"
+        elif path in db_paths:
+            # A configured database replaced by a FIFO, socket or device: a database that was not
+            # saved, so a partial backup (exit 3) as a planted companion makes it, not a special
+            # file of the workspace said in passing (exit 0).
+            sel.errors.append((str(path), unsaved_database(_special_kind(st.st_mode))))
+            return
         else:
             sel.special.append((layout.to_logical(path), _special_kind(st.st_mode)))
             return

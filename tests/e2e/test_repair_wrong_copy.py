@@ -1,0 +1,143 @@
+"""`phx repair index --read-data` and a wrong copy of a blob in a correctly named pack: one that
+opens under the blob's id (its tag is valid, sealed with the repository's key) but holds other
+bytes, listed first in the index. `phx verify --read-data` names it (exit 1); the repair leaves it
+out of the index while another copy proves and replaces its pack by one holding its other blobs,
+so that verify is clean afterwards; its dry run says so and changes nothing. When no copy proves, every copy is
+kept and the blob is named as damaged (docs/reliability.md). Before, no repair removed such a
+copy: verify reported it for ever and the index listed it first."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from e2e_support import Sandbox
+from test_restore_proven_copy import snapshot_node
+
+from phoenix_backup.config import load_config
+from phoenix_backup.ops.context import Environment, open_repository
+from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
+
+NAME = "planted.bin"
+
+
+def _plant_wrong_pack(sb: Sandbox, sid: str) -> tuple[bytes, str]:
+    """A new, correctly named pack holding a wrong copy of the first blob of `NAME` (other bytes of
+    its length, sealed under its id) and a genuine copy of `beside.txt`'s, listed first: one index
+    object lists it before every pack the old ones listed, and supersedes them. Returns the blob's
+    id and the new pack's name."""
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        blob = next(snapshot_node(repo, sid, NAME).blobs())
+        first = repo.index.get(blob)
+        assert first is not None
+        packer = PackBuilder(BlobType.DATA)
+        other = os.urandom(first.raw)
+        packer.add(blob, Compression.NONE, repo.sealer.seal(other, blob_aad(BlobType.DATA, blob)), len(other))
+        # Beside it a genuine copy of another blob, which the repair must keep.
+        beside = next(snapshot_node(repo, sid, "beside.txt").blobs())
+        data = repo.load_blob(BlobType.DATA, beside)
+        packer.add(beside, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, beside)), len(data))
+        pack_id, raw, entries = packer.finish(repo.sealer)
+        repo.backend.write(pack_name(pack_id), raw)
+        objects = repo.read_index_objects()
+        listing: dict[str, list[PackEntry]] = {pack_id: entries}
+        for _name, (packs, _sup) in sorted(objects.items()):
+            for p, es in packs.items():
+                listing.setdefault(p, []).extend(es)
+        repo.write_index(listing, [name.split("/")[-1] for name in objects])
+        for name in objects:
+            repo.backend.delete(name)
+    finally:
+        repo.close()
+    return blob, pack_name(pack_id)
+
+
+def _locations(sb: Sandbox, blob: bytes) -> list[str]:
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        return [pack_name(loc.pack_id) for loc in repo.index.locations(blob)]
+    finally:
+        repo.close()
+
+
+def _backed_up(sb: Sandbox) -> tuple[str, bytes]:
+    sb.write_config(compression=False)
+    content = os.urandom(200_000)
+    (sb.workspace / NAME).write_bytes(content)
+    (sb.workspace / "beside.txt").write_text("restored all the same\n")
+    return sb.backup()["id"], content
+
+
+def test_repair_index_leaves_a_wrong_copy_out_and_verify_is_clean(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    sid, content = _backed_up(sb)
+    blob, wrong = _plant_wrong_pack(sb, sid)
+    short = blob.hex()[:16]
+    assert _locations(sb, blob)[0] == wrong
+
+    before = sb.phx_here("verify", "--read-data", code=1)
+    assert f"{wrong} holds a wrong copy of blob {short}" in before.out + before.err, before
+    assert "phx repair index --read-data" in before.out + before.err, before
+
+    dry = sb.phx_here("repair", "index", "--read-data", "--dry-run")
+    assert f"would leave out the copy of blob {short} in {wrong}" in dry.out, dry
+    assert "nothing was written" in dry.out, dry
+    assert f"would remove {wrong}, its other blobs copied into a new pack first" in dry.out, dry
+    assert (sb.repo / wrong).exists()
+    assert _locations(sb, blob)[0] == wrong, "a dry run changed the index"
+    sb.phx_here("verify", "--read-data", code=1)
+
+    res = sb.phx_here("repair", "index", "--read-data", "--json")
+    (left,) = res.json()["copiesLeftOut"]
+    assert left["pack"] == wrong and left["blob"] == short and left["proving"] != wrong, left
+    assert res.json()["packsRemoved"] == [wrong], res
+    assert _locations(sb, blob) == [left["proving"]]
+    assert not (sb.repo / wrong).exists(), "the wrong copy's bytes are still in the store"
+
+    sb.phx_here("verify", "--read-data")
+    out = tmp_path / "out"
+    sb.phx_here("restore", "--backup", sid, "--to", str(out))
+    (restored,) = out.rglob(NAME)
+    assert restored.read_bytes() == content
+    (beside,) = out.rglob("beside.txt")
+    assert beside.read_text() == "restored all the same\n"
+
+
+def test_with_no_copy_that_proves_repair_keeps_every_copy_and_names_the_blob(sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = sandbox
+    sid, _content = _backed_up(sb)
+    blob, wrong = _plant_wrong_pack(sb, sid)
+    short = blob.hex()[:16]
+    (_wrong, original) = _locations(sb, blob)
+    # The original copy spoiled too (other bytes under the blob's id): no copy proves.
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        (loc,) = [loc for loc in repo.index.locations(blob) if pack_name(loc.pack_id) == original]
+        sealed = repo.sealer.seal(os.urandom(loc.raw), blob_aad(BlobType.DATA, blob))
+        assert len(sealed) == loc.stored
+        with open(sb.repo / original, "r+b") as f:
+            f.seek(loc.offset)
+            f.write(sealed)
+    finally:
+        repo.close()
+    sb.phx_here("verify", "--read-data", code=1)
+
+    res = sb.phx_here("repair", "index", "--read-data", code=1)
+    assert f"blob {short} is damaged: no copy of it proves" in res.out, res
+    assert wrong in res.out and original in res.out, res
+    assert "left out" not in res.out, res
+    assert f"notice: {wrong} stays" not in res.out, res  # nothing of it was left out: it stays whole
+    assert sorted(_locations(sb, blob)) == sorted([wrong, original]), "a copy was dropped"
+    assert (sb.repo / wrong).exists() and (sb.repo / original).exists()
+
+    sb.phx_here("verify", "--read-data", code=1)
+    out = tmp_path / "out"
+    res = sb.phx_here("restore", "--backup", sid, "--to", str(out), code=1)
+    assert short in res.err, res
+    (beside,) = out.rglob("beside.txt")
+    assert beside.read_text() == "restored all the same\n"
