@@ -243,7 +243,8 @@ def test_the_sightings_note_keeps_only_locks_that_exist_and_is_bounded(
     seen on this boot, removed or not: on a store whose times never advance (or with locks dated
     ahead of every clock), every `phx watch` lease (a new lock each minute) added one for good.
     Now a note drops the locks of its store that the listing no longer gives, and holds at most
-    MAX_SIGHTINGS entries (the locks seen longest ago go: their verdicts are only delayed)."""
+    MAX_SIGHTINGS entries (the locks seen last wait: their verdicts are only delayed,
+    `test_more_planted_locks_than_the_note_holds_still_go_once_watched_unchanged`)."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("PHX_CACHE_DIR", str(cache))
     repo = on_frozen_store(tmp_path)
@@ -259,6 +260,37 @@ def test_the_sightings_note_keeps_only_locks_that_exist_and_is_bounded(
     assert repo.locks.unlock() == []
     noted = json.loads((cache / locks.SIGHTINGS).read_text())
     assert len(noted) == 3 and {key.split(" ")[-1] for key in noted} <= set(present), noted
+
+
+def test_more_planted_locks_than_the_note_holds_still_go_once_watched_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More undated locks than the note of sightings holds (MAX_SIGHTINGS, planted by whoever can
+    write the storage) never went stale: each new sighting pushed out the one seen longest ago, so
+    at every `phx unlock` each lock in turn found its note gone and was watched from 0 again, and
+    none was ever seen unchanged for 30 minutes (messages promising it would be). Now the locks
+    watched longest stay noted: they go stale, `phx unlock` removes them, and the rest are watched
+    next; the messages of a lock left out say why."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(locks, "MAX_SIGHTINGS", 3)
+    notices: list[str] = []
+    new_repo(tmp_path / "repo")
+    repo = Repository.open(NoTimes(tmp_path / "repo"), keys.Credentials(passphrase=None), notice=notices.append)
+    planted = {plant_dated_2100(repo, True, exclusive=True) for _ in range(4)}
+    boot = locks._boot_clock()
+    assert boot is not None
+    ticks = iter(range(10_000))  # the boot clock advances between two looks, as it does
+    minutes = 0
+    monkeypatch.setattr(locks, "_boot_clock", lambda: boot + minutes * 60 + next(ticks) / 1000)
+    assert repo.locks.unlock() == []
+    assert sum("it will stay 0: this machine already watches 3 other locks" in n for n in notices) == 1, notices
+    minutes = 31
+    first = {info.name for info in repo.locks.unlock()}
+    assert len(first) == 3 and first < planted, "the three watched longest are stale"
+    assert repo.locks.unlock() == []  # the fourth is watched from now
+    minutes = 62
+    assert {info.name for info in repo.locks.unlock()} == planted - first
+    assert lock_names(repo) == set()
 
 
 def test_unlock_keeps_a_fresh_unreadable_lock_until_it_is_stale(tmp_path: Path) -> None:
