@@ -397,6 +397,34 @@ def test_a_store_that_takes_no_write_never_lets_our_clock_alone_judge(
     assert [i.name for i in ok.locks.unlock()] == [live]
 
 
+def test_a_lock_ahead_of_our_clock_on_a_store_that_takes_no_write_is_not_said_ahead_of_the_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live lock of another host, written now, met by a machine whose clock is an hour behind on
+    a store that takes no write (a full disk): its time and its object's are an hour ahead of our
+    clock, and the store's clock cannot be read. Every message said "its object's time ahead of the
+    store's clock", which no one measured (our clock was the one behind). Now they say the store's
+    clock cannot be read, and why; the lock is kept (only a watch of 30 minutes unchanged judges it)."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "repo"
+    repo = new_repo(path)
+    real = time.time
+    live = plant_lock(repo, host="elsewhere", exclusive=True, time=real(), created=real())
+    monkeypatch.setattr(locks.time, "time", lambda: real() - 3600)
+    notices: list[str] = []
+    full = Repository.open(FullDisk(path), keys.Credentials(passphrase=None), notice=notices.append)
+    with pytest.raises(RepositoryLocked) as refused:
+        full.lock(False, "backup")
+    assert full.locks.unlock() == [] and lock_names(repo) == {live}
+    result = DoctorResult()
+    _locks(full, result)
+    said = [str(refused.value), *notices, *(f"{c.message} {c.fix}" for c in result.checks if c.status == "warn")]
+    assert len(said) == 3, said
+    for text in said:
+        assert "the store's clock cannot be read (it takes no write: no space left" in text, text
+        assert "ahead of the store's clock" not in text, text
+
+
 class ShiftedClock(LocalBackend):
     """The real local backend, its store's clock `shift` seconds ahead of the machine's."""
 

@@ -659,7 +659,16 @@ class LockManager:
         way_out = "if no Phoenix runs anywhere on this repository, `phx unlock --all` removes it now"
         # A readable lock's description says already how far ahead its time is.
         ahead = "ahead of" if info.readable else f"{(info.time - now) / 60:.0f} minutes ahead of"
-        store = "ahead of the store's clock" if info.written is not None else "not given by the store"
+        if info.written is None:
+            store = "not given by the store"
+        elif self._skew is not None and self._skew[0] is None:
+            # Judged on our clock alone (`undated`): ours may be the one behind.
+            store = (
+                f"ahead of this machine's clock too, and the store's clock cannot be read ({self.clock_problem}), "
+                "so this machine's clock may be the one behind"
+            )
+        else:
+            store = "ahead of the store's clock"
         dated = "no clock can tell how long ago it was written: " + (
             "the store gives its object no time"
             if not info.readable and info.written is None
