@@ -270,7 +270,7 @@ def test_more_planted_locks_than_the_note_holds_still_go_once_watched_unchanged(
     at every `phx unlock` each lock in turn found its note gone and was watched from 0 again, and
     none was ever seen unchanged for 30 minutes (messages promising it would be). Now the locks
     watched longest stay noted: they go stale, `phx unlock` removes them, and the rest are watched
-    next; the messages of a lock left out say why."""
+    next; the messages of a lock left out say why, and a full note is not written again for it."""
     monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(locks, "MAX_SIGHTINGS", 3)
     notices: list[str] = []
@@ -284,6 +284,11 @@ def test_more_planted_locks_than_the_note_holds_still_go_once_watched_unchanged(
     monkeypatch.setattr(locks, "_boot_clock", lambda: boot + minutes * 60 + next(ticks) / 1000)
     assert repo.locks.unlock() == []
     assert sum("it will stay 0: this machine already watches 3 other locks" in n for n in notices) == 1, notices
+    note = tmp_path / "cache" / locks.SIGHTINGS
+    written = note.stat().st_ino
+    minutes = 1
+    assert repo.locks.unlock() == []
+    assert note.stat().st_ino == written, "a full note left as it was is not written again (one write per lock)"
     minutes = 31
     first = {info.name for info in repo.locks.unlock()}
     assert len(first) == 3 and first < planted, "the three watched longest are stale"

@@ -735,8 +735,9 @@ class LockManager:
                     "`phx unlock` has removed some of them)"
                 )
         try:
-            make_dirs(path.parent)
-            write_private(path, json.dumps(kept).encode())
+            if kept != seen:  # a full note left as it was is not written again (thousands of planted locks)
+                make_dirs(path.parent)
+                write_private(path, json.dumps(kept).encode())
             self.watch_problem = full
         except OSError as exc:
             self.watch_problem = f"the note of it cannot be kept in {path.parent} ({exc.strerror or exc})"
