@@ -243,7 +243,8 @@ def test_the_sightings_note_keeps_only_locks_that_exist_and_is_bounded(
     seen on this boot, removed or not: on a store whose times never advance (or with locks dated
     ahead of every clock), every `phx watch` lease (a new lock each minute) added one for good.
     Now a note drops the locks of its store that the listing no longer gives, and holds at most
-    MAX_SIGHTINGS entries (the locks seen longest ago go: their verdicts are only delayed)."""
+    MAX_SIGHTINGS entries (the locks seen last wait: their verdicts are only delayed,
+    `test_more_planted_locks_than_the_note_holds_still_go_once_watched_unchanged`)."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("PHX_CACHE_DIR", str(cache))
     repo = on_frozen_store(tmp_path)
@@ -259,6 +260,42 @@ def test_the_sightings_note_keeps_only_locks_that_exist_and_is_bounded(
     assert repo.locks.unlock() == []
     noted = json.loads((cache / locks.SIGHTINGS).read_text())
     assert len(noted) == 3 and {key.split(" ")[-1] for key in noted} <= set(present), noted
+
+
+def test_more_planted_locks_than_the_note_holds_still_go_once_watched_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More undated locks than the note of sightings holds (MAX_SIGHTINGS, planted by whoever can
+    write the storage) never went stale: each new sighting pushed out the one seen longest ago, so
+    at every `phx unlock` each lock in turn found its note gone and was watched from 0 again, and
+    none was ever seen unchanged for 30 minutes (messages promising it would be). Now the locks
+    watched longest stay noted: they go stale, `phx unlock` removes them, and the rest are watched
+    next; the messages of a lock left out say why, and a full note is not written again for it."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(locks, "MAX_SIGHTINGS", 3)
+    notices: list[str] = []
+    new_repo(tmp_path / "repo")
+    repo = Repository.open(NoTimes(tmp_path / "repo"), keys.Credentials(passphrase=None), notice=notices.append)
+    planted = {plant_dated_2100(repo, True, exclusive=True) for _ in range(4)}
+    boot = locks._boot_clock()
+    assert boot is not None
+    ticks = iter(range(10_000))  # the boot clock advances between two looks, as it does
+    minutes = 0
+    monkeypatch.setattr(locks, "_boot_clock", lambda: boot + minutes * 60 + next(ticks) / 1000)
+    assert repo.locks.unlock() == []
+    assert sum("it will stay 0: this machine already watches 3 other locks" in n for n in notices) == 1, notices
+    note = tmp_path / "cache" / locks.SIGHTINGS
+    written = note.stat().st_ino
+    minutes = 1
+    assert repo.locks.unlock() == []
+    assert note.stat().st_ino == written, "a full note left as it was is not written again (one write per lock)"
+    minutes = 31
+    first = {info.name for info in repo.locks.unlock()}
+    assert len(first) == 3 and first < planted, "the three watched longest are stale"
+    assert repo.locks.unlock() == []  # the fourth is watched from now
+    minutes = 62
+    assert {info.name for info in repo.locks.unlock()} == planted - first
+    assert lock_names(repo) == set()
 
 
 def test_unlock_keeps_a_fresh_unreadable_lock_until_it_is_stale(tmp_path: Path) -> None:
@@ -363,6 +400,34 @@ def test_a_store_that_takes_no_write_never_lets_our_clock_alone_judge(
     age_lock(repo, live, real() - 7200)  # its holder stopped: stale by every clock
     ok = Repository.open(LocalBackend(path), keys.Credentials(passphrase=None))
     assert [i.name for i in ok.locks.unlock()] == [live]
+
+
+def test_a_lock_ahead_of_our_clock_on_a_store_that_takes_no_write_is_not_said_ahead_of_the_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live lock of another host, written now, met by a machine whose clock is an hour behind on
+    a store that takes no write (a full disk): its time and its object's are an hour ahead of our
+    clock, and the store's clock cannot be read. Every message said "its object's time ahead of the
+    store's clock", which no one measured (our clock was the one behind). Now they say the store's
+    clock cannot be read, and why; the lock is kept (only a watch of 30 minutes unchanged judges it)."""
+    monkeypatch.setenv("PHX_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "repo"
+    repo = new_repo(path)
+    real = time.time
+    live = plant_lock(repo, host="elsewhere", exclusive=True, time=real(), created=real())
+    monkeypatch.setattr(locks.time, "time", lambda: real() - 3600)
+    notices: list[str] = []
+    full = Repository.open(FullDisk(path), keys.Credentials(passphrase=None), notice=notices.append)
+    with pytest.raises(RepositoryLocked) as refused:
+        full.lock(False, "backup")
+    assert full.locks.unlock() == [] and lock_names(repo) == {live}
+    result = DoctorResult()
+    _locks(full, result)
+    said = [str(refused.value), *notices, *(f"{c.message} {c.fix}" for c in result.checks if c.status == "warn")]
+    assert len(said) == 3, said
+    for text in said:
+        assert "the store's clock cannot be read (it takes no write: no space left" in text, text
+        assert "ahead of the store's clock" not in text, text
 
 
 class ShiftedClock(LocalBackend):

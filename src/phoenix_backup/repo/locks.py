@@ -399,8 +399,9 @@ def holder_clock() -> float:
 
 # A sightings file larger than this is not read (it holds one short entry per lock watched).
 MAX_SIGHTINGS_BYTES = 4 << 20
-# At most this many locks are watched at once (`LockManager.unchanged_for`): past it, the notes of
-# the locks seen longest ago are dropped, which only delays their verdicts (~300 bytes each).
+# At most this many locks are watched at once (`LockManager.unchanged_for`): past it, the locks
+# seen last are not noted until some of those watched go, which only delays their verdicts
+# (~300 bytes each).
 MAX_SIGHTINGS = 4096
 
 
@@ -658,7 +659,16 @@ class LockManager:
         way_out = "if no Phoenix runs anywhere on this repository, `phx unlock --all` removes it now"
         # A readable lock's description says already how far ahead its time is.
         ahead = "ahead of" if info.readable else f"{(info.time - now) / 60:.0f} minutes ahead of"
-        store = "ahead of the store's clock" if info.written is not None else "not given by the store"
+        if info.written is None:
+            store = "not given by the store"
+        elif self._skew is not None and self._skew[0] is None:
+            # Judged on our clock alone (`undated`): ours may be the one behind.
+            store = (
+                f"ahead of this machine's clock too, and the store's clock cannot be read ({self.clock_problem}), "
+                "so this machine's clock may be the one behind"
+            )
+        else:
+            store = "ahead of the store's clock"
         dated = "no clock can tell how long ago it was written: " + (
             "the store gives its object no time"
             if not info.readable and info.written is None
@@ -712,13 +722,23 @@ class LockManager:
             and not (listed is not None and v.get("store") == store and v.get("name") not in listed)
         }
         kept[key] = {"digest": info.digest, "boot": clock_id, "since": clock, "store": store, "name": info.name}
+        full = None
         if len(kept) > MAX_SIGHTINGS:
-            newest = sorted(kept, key=lambda k: kept[k]["since"], reverse=True)[:MAX_SIGHTINGS]
-            kept = {k: kept[k] for k in newest}
+            # The locks watched longest stay noted, so that they go stale and `phx unlock` removes
+            # them; pushing them out for newer ones instead (more locks than the note holds, planted
+            # by whoever can write the storage) watched each from 0 again at every look, for ever.
+            oldest = sorted(kept, key=lambda k: kept[k]["since"])[:MAX_SIGHTINGS]
+            kept = {k: kept[k] for k in oldest}
+            if key not in kept:
+                full = (
+                    f"this machine already watches {MAX_SIGHTINGS} other locks, the most it notes (it is watched once "
+                    "`phx unlock` has removed some of them)"
+                )
         try:
-            make_dirs(path.parent)
-            write_private(path, json.dumps(kept).encode())
-            self.watch_problem = None
+            if kept != seen:  # a full note left as it was is not written again (thousands of planted locks)
+                make_dirs(path.parent)
+                write_private(path, json.dumps(kept).encode())
+            self.watch_problem = full
         except OSError as exc:
             self.watch_problem = f"the note of it cannot be kept in {path.parent} ({exc.strerror or exc})"
         return 0.0
