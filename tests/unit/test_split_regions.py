@@ -223,17 +223,17 @@ def test_a_live_wal_image_reads_the_same_from_four_threads_as_from_one(tmp_path:
     con.execute("PRAGMA journal_mode=wal")
     con.execute("PRAGMA wal_autocheckpoint=0")  # the changes stay in WAL frames
     con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
-    con.executemany("INSERT INTO t (body) VALUES (?)", [(os.urandom(1500),) for _ in range(600)])
+    con.executemany("INSERT INTO t (body) VALUES (?)", [(os.urandom(1500),) for _ in range(300)])
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    con.executemany("UPDATE t SET body = ? WHERE id = ?", [(os.urandom(1500), i) for i in range(1, 600, 7)])
+    con.executemany("UPDATE t SET body = ? WHERE id = ?", [(os.urandom(1500), i) for i in range(1, 300, 7)])
     stop = threading.Event()
 
     def write() -> None:
         w = sqlite3.connect(path, timeout=30, isolation_level=None)
-        for _ in range(2000):  # bounded
+        for _ in range(300):  # bounded
             if stop.is_set():
                 break
-            w.execute("UPDATE t SET body = ? WHERE id = ?", (os.urandom(1500), random.randrange(1, 600)))
+            w.execute("UPDATE t SET body = ? WHERE id = ?", (os.urandom(1500), random.randrange(1, 300)))
         w.close()
 
     writer = threading.Thread(target=write)
