@@ -505,10 +505,6 @@ class _Run:
         self.incomplete: list[dict[str, str]] = []
         self.databases: list[DatabaseInfo] = []
         self.aux = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phx-check")
-        # The reader pool, once reading starts: a database's regions are offered to its threads
-        # that have nothing else to read (`offer_readers`).
-        self.readers: ThreadPoolExecutor | None = None
-        self.reader_count = 0
         # A safety snapshot leaves the page hashes of the regular backups' chain in the cache.
         self.keep_page_state = True
         # Set when the run stops (Ctrl-C): the reads under way end at their next piece.
@@ -555,19 +551,6 @@ class _Run:
     def check_stopping(self) -> None:
         if self.stopping.is_set():
             raise _Stopped("the backup was stopped")
-
-    def offer_readers(self, job: Callable[[], None]) -> None:
-        """Queue `job` once for each other reader thread: it runs on those that are idle once
-        every file and database queued before it has started (a database's share of regions,
-        `page_runs`), or not at all when the pool is shutting down."""
-        pool = self.readers
-        if pool is None:
-            return
-        for _ in range(self.reader_count - 1):
-            try:
-                pool.submit(job)
-            except RuntimeError:  # shut down (the run is stopping): the caller's thread does the rest
-                return
 
     def save_data(self, data: memoryview | bytes, blob_id: bytes | None = None) -> bytes:
         return self.repo.save_blob_async(BlobType.DATA, data, blob_id)
@@ -696,7 +679,6 @@ class _Run:
                     region_id=self.data_id,
                     digest=sha,
                     sink=sink,
-                    helpers=self.offer_readers,
                 )
                 digest = sha.hexdigest()
             finally:
@@ -1041,7 +1023,6 @@ def _run(
     envx.progress.phase("reading files", files=total, size=total_size)
     workers = max(2, min(8, (os.cpu_count() or 2) + 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool, run.stop_on_error(pool):
-        run.readers, run.reader_count = pool, workers
         futures: dict[str, Future[Node]] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
         # A chromadb store (its database and the index files beside it) is read as one state.

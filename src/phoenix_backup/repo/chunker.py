@@ -14,7 +14,6 @@ import bisect
 import itertools
 import os
 import tempfile
-import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -255,11 +254,6 @@ class PageData(Protocol):
     def __getitem__(self, item: slice, /) -> bytes | memoryview: ...
 
 
-# How many bytes of regions a split database's readers may hold ahead of the one the SHA-256 is
-# fed next (`page_runs` with helpers): the reorder buffer's bound. 8 regions of the default 256 KiB.
-SPLIT_AHEAD_BYTES = 2 * 1024 * 1024
-
-
 def page_runs(
     data: PageData,
     page_size: int,
@@ -271,7 +265,6 @@ def page_runs(
     region_id: Callable[[memoryview], bytes] | None = None,
     digest: Any = None,
     sink: HashSink | None = None,
-    helpers: Callable[[Callable[[], None]], object] | None = None,
 ) -> tuple[Extents, PageState]:
     """Extents for a database copy (packed, merged); `save(bytes)` stores a new blob and returns its id.
 
@@ -280,16 +273,6 @@ def page_runs(
     two. `digest` (a `crypto.Sha256`) is fed every byte, so the copy is read only once. The new
     page hashes go to `sink` (memory by default; `FileSink` keeps memory flat however large the
     database), the parent's are read a region at a time.
-
-    `helpers(job)` offers `job` to idle threads (it may run it on any number of them, late, or
-    never): each one that runs reads, hashes and saves regions beside the caller's thread, which
-    does whatever they leave. Regions are independent (each compares against the parent's same
-    region), so only their outcomes are put in order: the digest, the page hashes, the region
-    hashes and the extents get them as one thread would give them, so the result is the same
-    whatever thread did what. At most `SPLIT_AHEAD_BYTES` of regions (and never fewer than two)
-    wait for the one before them. `data[a:b]` and `save` must be safe to call from several
-    threads (a captured image reads with `pread`; the repository's saves are). The first error
-    any thread meets is raised here, once every thread has stopped using `data`.
     """
     region_size = page_size * run_pages
     prev_map = ExtentMap(parent[0]) if parent else None
@@ -300,32 +283,37 @@ def page_runs(
         and prev_state.page_size == page_size
         and prev_state.run_pages == run_pages
     )
-
-    def cut(start: int) -> _Region:
+    extents = ExtentsBuilder()
+    regions = bytearray()
+    pages: HashSink = sink if sink is not None else MemorySink()
+    for start in range(0, len(data), region_size):
         region = memoryview(data[start : start + region_size])
+        if digest is not None:
+            digest.update(region)
         full_id = region_id(region) if region_id is not None else None
         rhash = (
             full_id[:HASH_SIZE] if full_id is not None else blake3.blake3(region, key=page_key).digest(length=HASH_SIZE)
         )
-        out = ExtentsBuilder(merge=False)
+        regions += rhash
         r = start // region_size
         if usable:
             assert prev_state is not None and prev_map is not None
             if prev_state.region(r) == rhash and start + len(region) <= prev_map.size:
-                prev_map.slice_into(out, start, len(region))
+                prev_map.slice_into(extents, start, len(region))
                 first = r * run_pages * HASH_SIZE
-                pages = prev_state.pages[first : first + (len(region) // page_size) * HASH_SIZE]
-                return _Region(region, rhash, pages, out.build())
+                pages.write(prev_state.pages[first : first + (len(region) // page_size) * HASH_SIZE])
+                continue
         # Pages sliced from bytes rather than from the view: a third less time a page.
         raw = region.obj if type(region.obj) is bytes and len(region.obj) == len(region) else bytes(region)
         hashes = [
             blake3.blake3(raw[o : o + page_size], key=page_key).digest(length=HASH_SIZE)
             for o in range(0, len(raw), page_size)
         ]
+        pages.write(b"".join(hashes))
         if not usable:
             bid = save(region, blob_id=full_id) if full_id is not None else save(region)
-            out.add(bid, 0, len(region))
-            return _Region(region, rhash, b"".join(hashes), out.build())
+            extents.add(bid, 0, len(region))
+            continue
         assert prev_state is not None and prev_map is not None
         first_page = start // page_size
         # The parent's hashes of this region's pages, read once (they may be in a file).
@@ -342,125 +330,12 @@ def page_runs(
                 j += 1
             lo, hi = i * page_size, min(j * page_size, len(region))
             if same:
-                prev_map.slice_into(out, start + lo, hi - lo)
+                prev_map.slice_into(extents, start + lo, hi - lo)
             else:
-                out.add(save(region[lo:hi]), 0, hi - lo)
+                extents.add(save(region[lo:hi]), 0, hi - lo)
             i = j
-        return _Region(region, rhash, b"".join(hashes), out.build())
-
-    extents = ExtentsBuilder()
-    regions = bytearray()
-    pages: HashSink = sink if sink is not None else MemorySink()
-
-    def put(done: _Region) -> None:
-        if digest is not None:
-            digest.update(done.data)
-        regions.extend(done.rhash)
-        pages.write(done.pages)
-        extents.extend(done.extents)
-
-    split = _Split(-(-len(data) // region_size), max(2, SPLIT_AHEAD_BYTES // region_size), cut, region_size, put)
-    if helpers is not None and split.count > 1:
-        helpers(split.work)
-    split.run()
     state = PageState("", page_size, run_pages, bytes(regions), pages.hashes())
     return extents.build(), state
-
-
-@dataclass
-class _Region:
-    """One region's outcome, waiting for its turn: its bytes (for the digest), its hash, its
-    pages' hashes and its extents."""
-
-    data: memoryview
-    rhash: bytes
-    pages: bytes
-    extents: Extents
-
-
-class _Split:
-    """`count` regions cut by any number of threads (`work`), their outcomes put in order by one
-    thread at a time; a thread claims a region only while fewer than `ahead` regions are between
-    it and the next to be put (the reorder buffer's bound)."""
-
-    def __init__(
-        self, count: int, ahead: int, cut: Callable[[int], _Region], size: int, put: Callable[[_Region], None]
-    ) -> None:
-        self.count, self.ahead, self.cut, self.size, self.put = count, ahead, cut, size, put
-        self.cond = threading.Condition()
-        self.claimed = 0  # regions handed out
-        self.emitted = 0  # regions put in order
-        self.waiting: dict[int, _Region] = {}
-        self.putting = False  # a thread is putting outcomes in order
-        self.active = 0  # threads between a claim and its outcome
-        self.closed = False  # the caller is done: late helpers do nothing
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        """The caller's share; returns (or raises the first error) once no thread works any more."""
-        try:
-            self.work()
-        finally:
-            with self.cond:
-                self.closed = True
-                while self.active:
-                    self.cond.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.emitted == self.count, (self.emitted, self.count)
-
-    def work(self) -> None:
-        while True:
-            with self.cond:
-                while (
-                    not self.closed
-                    and self.error is None
-                    and self.claimed < self.count
-                    and self.claimed >= self.emitted + self.ahead
-                ):
-                    self.cond.wait()
-                if self.closed or self.error is not None or self.claimed >= self.count:
-                    return
-                r = self.claimed
-                self.claimed += 1
-                self.active += 1
-            try:
-                done = self.cut(r * self.size)
-                with self.cond:
-                    self.waiting[r] = done
-                self.put_ready()
-            except BaseException as exc:
-                with self.cond:
-                    if self.error is None:
-                        self.error = exc
-                    self.waiting.clear()
-                return
-            finally:
-                with self.cond:
-                    self.active -= 1
-                    self.cond.notify_all()
-
-    def put_ready(self) -> None:
-        """Put the outcomes that are next in order, unless another thread is doing it."""
-        with self.cond:
-            if self.putting:
-                return
-            self.putting = True
-        try:
-            while True:
-                with self.cond:
-                    done = self.waiting.pop(self.emitted, None) if self.error is None else None
-                    if done is None:
-                        self.putting = False
-                        return
-                self.put(done)
-                with self.cond:
-                    self.emitted += 1
-                    self.cond.notify_all()
-        except BaseException:
-            with self.cond:
-                self.putting = False
-            raise
 
 
 # Database streams (PostgreSQL dumps, one agent's rows, Redis record files) change in many small

@@ -258,10 +258,7 @@ class SqliteCapture:
     the image is consumed (the next capture compares every page anyway).
 
     Not thread-safe: one thread calls its methods, though `connection` may be used by another
-    thread (an integrity check) while the first one reads the image, and the image may be read
-    by several threads at once (a full backup splits a large database's regions across its
-    readers): a read is `os.pread` of descriptors and a frame map that stay as they are until that
-    thread's next call, so every thread reads the same pinned state.
+    thread (an integrity check) while the first one reads the image.
     """
 
     def __init__(self, path: Path | str, position: Position | None = None) -> None:
