@@ -49,7 +49,9 @@ def _stored(root: Path) -> dict[Path, bytes]:
 
 
 @needs_git
-def test_a_rotation_refuses_while_a_replica_holds_snapshots_the_first_target_lacks(make_sandbox, tmp_path: Path) -> None:
+def test_a_rotation_refuses_while_a_replica_holds_snapshots_the_first_target_lacks(
+    make_sandbox, tmp_path: Path
+) -> None:
     """Before: exit 0, and every later sync kept the Git replica on the old key ("did not
     re-seal"). Now: exit 1 before anything changes, naming the snapshot and the way out
     (*heavy*: followed, the way out gives a rotation that reaches the replica, and the snapshot
@@ -214,7 +216,9 @@ def test_a_replica_gets_the_resealed_records_and_loses_the_old_ones(make_sandbox
     with _repo(sb) as repo:
         report: TargetReport = replicate(repo, "replica", LocalBackend(replica), print, creds=_creds(sb))
     assert report.ok, report.error
-    assert sorted(p.name for p in (replica / "checks").iterdir()) == sorted(p.name for p in (sb.repo / "checks").iterdir())
+    assert sorted(p.name for p in (replica / "checks").iterdir()) == sorted(
+        p.name for p in (sb.repo / "checks").iterdir()
+    )
     with _repo(sb) as repo:
         there = repo.sibling(LocalBackend(replica))
         try:

@@ -37,13 +37,21 @@ does better: before the commit point it removes what it wrote under the new key 
 the old one, and verifies), after it it finishes step 5 first (the new one, and verifies); a
 second signal ends it at once, as a kill does.
 
-Other targets: replication (at the end of the rotation, and on every later backup or `phx sync`)
-copies the new slots and objects to each replica first, then its config (the replica's commit
-point), then deletes the old objects the rotation's record names and the old slots. A replica
-holding an old snapshot or segment the record does not name (the first target had lost it before
-the rotation) is not switched: it keeps its old key and every object, and the sync says so. A replica that
-was down keeps the old key until then: its old slots still open its old objects, and nothing
-written later.
+Other targets: before anything changes, every reachable replica is looked at: one holding a
+snapshot or segment that the first target lacks and the current key opens stops the rotation
+(the rotation could not re-seal it, so that replica would keep the old key), naming the steps to
+copy them back or give them up; one out of reach is said. Replication (at the end of the
+rotation, and on every later backup or `phx sync`) copies the new slots and objects to each
+replica first, then its config (the replica's commit point), then deletes the old objects (the
+check records too), and the old slots. A replica holding an old snapshot or segment the record
+does not name (the first target lost it later, or the replica was out of reach) is not switched:
+it keeps its old key and every object, and the sync says so; junk there that no key opens does
+not count (repo/replicate.py). A replica that was down keeps the old key until then: its old
+slots still open its old objects, and nothing written later.
+
+The integrity check records (`checks/`, repo/checks.py) are re-sealed with the snapshots (each
+naming its snapshot's new id) and their old copies deleted first after the commit point; step 1
+deletes those of another key as it deletes its objects.
 """
 
 from __future__ import annotations

@@ -21,7 +21,11 @@ the same objects under the same names. For each replica, in its own thread:
 7. when the first target's config differs (after `phx key rotate`, or a format upgrade), copy it:
    the replica's commit point. Then (and whenever the replica still holds slots the first target
    does not) delete the replica's packs, index objects and snapshots that the first target lacks
-   and that the current key does not authenticate: what the retired key sealed;
+   and that the current key does not authenticate: what the retired key sealed (and the check
+   records the retired key opens). Under `snapshots/` and `captures/`, what no key opens (neither
+   the current one nor a retired one the owner's credentials find in the replica's old slots and a
+   rotation record names) is junk: it keeps nothing from being brought over, and it is named
+   (`TargetReport.junk`) and left in place;
 8. delete the key slots the first target no longer has (a slot removed with `phx key
    remove/passwd/rotate` must stop opening replicas); then publish (Git: push).
 
