@@ -25,9 +25,9 @@ import pytest
 from attack_support import restored
 from e2e_support import Sandbox, assert_error
 from killpoint import run_killed
-from moto_support import bare_repo, git
+from moto_support import git
 from test_key_rotate_history import _repo
-from test_key_rotate_replica import _objects, _setup
+from test_key_rotate_replica import _objects, _setup, git_replica_ahead
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, credentials
@@ -56,17 +56,7 @@ def test_a_rotation_refuses_while_a_replica_holds_snapshots_the_first_target_lac
     re-seal"). Now: exit 1 before anything changes, naming the snapshot and the way out
     (*heavy*: followed, the way out gives a rotation that reaches the replica, and the snapshot
     restores the same)."""
-    sb: Sandbox = make_sandbox()
-    remote = bare_repo(sb.root / "remote.git")
-    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
-    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
-    sb.backup()
-    (sb.workspace / "MEMORY.md").write_text("# Memory\nsomething new the agent learned\n")
-    sb.backup()
-    lost = sb.snapshots()[0]
-    expected = restored(sb, lost["name"], tmp_path / "before")
-    obj = f"snapshots/{lost['id']}"
-    (sb.repo / obj).unlink()  # lost on the first target only
+    sb, remote, lost, obj, expected = git_replica_ahead(make_sandbox, tmp_path)
     here, there = _stored(sb.repo), git("rev-parse", "main", cwd=remote)
     res = sb.phx("key", "rotate", check=None)
     assert_error(res, 1, "target git", "1 snapshot(s)", obj, "nothing was changed", "phx repair objects --from git")
