@@ -29,8 +29,6 @@ from moto_support import git
 from test_key_rotate_history import _repo
 from test_key_rotate_replica import _objects, _setup, git_replica_ahead
 
-from phoenix_backup.config import load_config
-from phoenix_backup.ops.context import Environment, credentials
 from phoenix_backup.repo import checks, retired
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.replicate import TargetReport, replicate
@@ -91,10 +89,6 @@ def test_a_replica_out_of_reach_is_said_and_does_not_stop_the_rotation(make_sand
 # (b) junk on a replica
 
 
-def _creds(sb: Sandbox):
-    return credentials(load_config(sb.config_path, sb.env), Environment(env=sb.env))
-
-
 def test_junk_on_a_replica_does_not_keep_it_on_the_old_key(make_sandbox, tmp_path: Path) -> None:
     """Bytes no key opens, planted under snapshots/ and captures/ of a replica: before, every sync
     after the rotation refused the replica ("1 snapshot(s) and 1 capture segment(s)"), which kept
@@ -109,7 +103,7 @@ def test_junk_on_a_replica_does_not_keep_it_on_the_old_key(make_sandbox, tmp_pat
     sb.phx("key", "rotate")
     said: list[str] = []
     with _repo(sb) as repo:
-        report = replicate(repo, "replica", LocalBackend(replica), said.append, creds=_creds(sb))
+        report = replicate(repo, "replica", LocalBackend(replica), said.append)
     assert report.ok, report.error
     assert sorted(report.junk) == sorted(planted), report
     assert [n for n in said if "neither the current key nor the key a rotation retired opens" in n], said
@@ -125,6 +119,7 @@ def test_without_the_owners_credentials_junk_still_keeps_the_old_key(make_sandbo
     (replica / "snapshots" / sha256_hex(raw)).write_bytes(raw)
     sb.phx("key", "rotate")
     with _repo(sb) as repo:
+        repo.credentials = None  # as a machine without them
         report = replicate(repo, "replica", LocalBackend(replica), print)
     assert not report.ok and "1 snapshot(s)" in (report.error or ""), report
     assert (replica / "config").read_bytes() != (sb.repo / "config").read_bytes()
@@ -204,7 +199,7 @@ def test_a_replica_gets_the_resealed_records_and_loses_the_old_ones(make_sandbox
         assert replicate(repo, "replica", LocalBackend(replica), print).ok
     sb.phx("key", "rotate")
     with _repo(sb) as repo:
-        report: TargetReport = replicate(repo, "replica", LocalBackend(replica), print, creds=_creds(sb))
+        report: TargetReport = replicate(repo, "replica", LocalBackend(replica), print)
     assert report.ok, report.error
     assert sorted(p.name for p in (replica / "checks").iterdir()) == sorted(
         p.name for p in (sb.repo / "checks").iterdir()

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
-from phoenix_backup.ops.context import Environment, credentials, enabled_targets, open_repository, target_backend
-from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo.replicate import TargetReport, replicate
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.reporting import Reporter
@@ -54,21 +53,13 @@ def replicate_all(
         except PhoenixError as exc:
             reports[name] = TargetReport(name, ok=False, error=str(exc))
     uploads = _Uploads(envx.progress, f"uploading to {', '.join(backends)}")
-    # The owner's credentials open a replica's old slots after a key rotation (what the retired
-    # key sealed is told from junk); a machine without the master secrets has none to give.
-    creds: keyslots.Credentials | None = None
-    if repo.config.write_only is None and repo.config.encrypted:
-        try:
-            creds = credentials(cfg, envx)
-        except PhoenixError:
-            creds = None
     try:
         with repo.lock(exclusive=False, command="replicate", ran=ran):
             repo.load_index()
             stopping = threading.Event()
             with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
                 futures = {
-                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads, stopping, ran, creds)
+                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads, stopping, ran)
                     for name, b in backends.items()
                 }
                 try:

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from phoenix_backup.errors import (
     CorruptObject,
@@ -135,20 +135,20 @@ def replicate(
     progress: Reporter | None = None,
     stopping: threading.Event | None = None,
     ran: str = "sync",
-    creds: keyslots.Credentials | None = None,
 ) -> TargetReport:
     """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
     failures: they are the report's error. `progress` is told the packs and index objects to copy
     (a phase `uploading`), then each object copied. Once `stopping` is set, the copy ends after
     the objects under way, as a failure does: nothing published, the next run copies the rest.
-    `creds` (the owner's) open the replica's old slots after a key rotation: what the retired key
-    sealed is told from junk no key opens (without them, everything is taken for the former)."""
+    The credentials that opened `repo` open the replica's old slots after a key rotation: what the
+    retired key sealed is told from junk no key opens (without them, everything is taken for the
+    former)."""
     report = TargetReport(name, dest.location, progress=progress if progress is not None else Silent())
     if stopping is not None:
         report.stopping = stopping
     started = time.monotonic()
     try:
-        _replicate(repo, dest, notice, report, ran, creds)
+        _replicate(repo, dest, notice, report, ran)
     except PhoenixError as exc:
         report.ok, report.error = False, str(exc)
     except OSError as exc:  # e.g. the Git clone's folder cannot be written
@@ -164,7 +164,6 @@ def _replicate(
     notice: Callable[[str], None],
     report: TargetReport,
     ran: str,
-    creds: keyslots.Credentials | None,
 ) -> None:
     source = repo.backend
     switched = False
@@ -192,7 +191,7 @@ def _replicate(
             # Before anything is copied: an old snapshot or segment here that no rotation retired
             # is the only copy left. The replica stays as it is (its old key opens all it holds,
             # and no object of the new key there reads as damage under it); the sync says so.
-            old = _retired_keys(repo, dest, creds)
+            old = _retired_keys(repo, dest)
             _refuse_unretired(repo, dest, report, old)
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
@@ -263,7 +262,7 @@ def _replicate(
             for obj in sorted(wanted - have_objects):
                 _copy_one(source, dest, obj, False, report)
         if stale_keys and not switched and repo.config.write_only is None:
-            old = _retired_keys(repo, dest, creds)
+            old = _retired_keys(repo, dest)
             _refuse_unretired(repo, dest, report, old)  # switched by a run that stopped before the removal
         if switched:
             confirm.now(MORE_COMMITTED)
@@ -320,20 +319,20 @@ def _old_objects(repo: Repository, dest: Backend, prefixes: tuple[str, ...]) -> 
     return out
 
 
-def _retired_keys(
-    repo: Repository, dest: Backend, creds: keyslots.Credentials | None
-) -> list[keyslots.MasterSecrets] | None:
-    """The keys a rotation retired that the replica's slots hold: those the owner's `creds` open
-    there and that a rotation record names (a slot planted there, say to the owner's age
+def _retired_keys(repo: Repository, dest: Backend) -> list[keyslots.MasterSecrets] | None:
+    """The keys a rotation retired that the replica's slots hold: those the credentials that
+    opened `repo` open there and that a rotation record names (a slot planted there, say to the owner's age
     recipient, wraps a key no record names). None when none is found (no credentials, or a
     record from before the records named keys): then no object there can be told from junk."""
+    creds = repo.credentials
     if creds is None or not repo.config.encrypted:
         return None
     named = retired.load(repo).keys
     try:
         found = {
             master.fingerprint: master
-            for _slot, master in keyslots.open_slots(Repository.read_key_slots(dest), creds)
+            # A budget of its own: the replica's slots do not spend the first target's opening's.
+            for _slot, master in keyslots.open_slots(Repository.read_key_slots(dest), replace(creds, budget=None))
             if master.fingerprint in named and master.fingerprint != repo.secrets.fingerprint
         }
     except PhoenixError:
