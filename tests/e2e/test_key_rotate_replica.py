@@ -129,12 +129,14 @@ def git_replica_ahead(make_sandbox, tmp_path: Path) -> tuple[Sandbox, Path, dict
 
 @pytest.mark.skipif(not HEAVY or shutil.which("git") is None, reason="heavy (PHX_TEST_HEAVY=1), with git")
 def test_a_git_replica_keeps_the_snapshot_the_first_target_lost(make_sandbox, tmp_path: Path) -> None:
-    """The same through the commands, with a Git replica: `phx key rotate` and `phx sync` say the
-    target kept its old key, the replica's copy stays in its tree, and it restores from there."""
+    """The same through the commands, with a Git replica: `phx key rotate` refuses before it
+    changes anything, naming the snapshot (it used to rotate, and every sync after it kept the
+    replica on the old key); a sync then keeps the replica's copy in its tree, and it restores
+    from there."""
     sb, remote, lost, obj, expected = git_replica_ahead(make_sandbox, tmp_path)
-    for args in (("key", "rotate"), ("sync",)):
-        res = sb.phx(*args, check=None)
-        assert res.code != 0 and "re-seal" in res.out + res.err and obj in res.out + res.err, res
+    res = sb.phx("key", "rotate", check=None)
+    assert res.code == 1 and "re-seal" in res.out + res.err and obj in res.out + res.err, res
+    sb.phx("sync")
     assert obj in git("ls-tree", "-r", "--name-only", "main", cwd=remote).split()
     fresh = sb.env_with(PHX_DATA_DIR=str(tmp_path / "fresh-data"))
     assert restored(sb, lost["name"], tmp_path / "after", "--target", "git", env=fresh) == expected
