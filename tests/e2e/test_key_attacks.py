@@ -21,12 +21,13 @@ import pytest
 from attack_support import age_sandbox, assert_rotation_recovers, restored
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from e2e_support import Sandbox, assert_error, run_phx
+from test_key_rotate_history import _repo
 
 from phoenix_backup.config import load_config
 from phoenix_backup.errors import RepositoryError
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.ops.prune import _replica
-from phoenix_backup.repo import keys
+from phoenix_backup.repo import checks, keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, closed_port
@@ -81,11 +82,21 @@ class _Store:
 
 # Every change `phx key rotate` makes, in order, on the tiny sample with two snapshots and two
 # passphrase slots (killpoint's changes: renames, links, unlinks, rmdirs and the target's object
-# writes and deletes), on local disk and on S3; test_rotation_changes_are_counted keeps it true.
+# writes and deletes), on local disk and on S3, with no integrity check record; each record adds
+# its re-sealed copy's write and its old copy's delete (PER_RECORD). The sample's backups record a
+# check of each of its 3 databases at least once (RECORDS; the second backup's checks, when they
+# are recorded, add 3 more): the heavy kills walk the changes there are then, and
+# test_rotation_changes_are_counted keeps the count true for the records it finds.
 ROTATE_CHANGES = {"local": 48, "s3": 25}
-KILLS = [("local", 23)]  # every new object written and the lock moved to the new key; the config not yet
+PER_RECORD = {"local": 4, "s3": 2}
+RECORDS = 3
+KILLS = [("local", 23)]  # new packs, index and snapshots written, a check record being re-sealed; no config yet
 if HEAVY:
-    KILLS = [(where, point) for where, count in ROTATE_CHANGES.items() for point in range(1, count + 1)]
+    KILLS = [
+        (where, point)
+        for where, count in ROTATE_CHANGES.items()
+        for point in range(1, count + PER_RECORD[where] * RECORDS + 1)
+    ]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"] if HEAVY else ["local"])
@@ -97,10 +108,13 @@ def test_rotation_changes_are_counted(make_sandbox, request: pytest.FixtureReque
     sb.phx("key", "add", "--method", "passphrase", env=sb.env_with(PHX_NEW_PASSPHRASE=LEAKED))
     (sb.workspace / "MEMORY.md").write_text("# Memory\nsecond\n")
     sb.backup()
+    with _repo(sb) as repo:
+        records = len(list(repo.backend.list(checks.PREFIX)))
     report = tmp_path / "count"
     res = _phx_killed_at(sb, 0, "key", "rotate", report=report)
     assert res.returncode == 0, res.stderr
-    assert killpoint.read_report(report)[:2] == ("calls", ROTATE_CHANGES[where])
+    assert killpoint.read_report(report)[:2] == ("calls", ROTATE_CHANGES[where] + PER_RECORD[where] * records)
+    assert records >= RECORDS, records  # the heavy kills walk the changes of that many
 
 
 @pytest.mark.parametrize(("where", "point"), KILLS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from attack_support import restored
@@ -109,10 +110,9 @@ def test_a_rotation_killed_between_its_record_and_the_deletions(make_sandbox, tm
     shutil.rmtree(replica)
 
 
-@pytest.mark.skipif(not HEAVY or shutil.which("git") is None, reason="heavy (PHX_TEST_HEAVY=1), with git")
-def test_a_git_replica_keeps_the_snapshot_the_first_target_lost(make_sandbox, tmp_path: Path) -> None:
-    """The same through the commands, with a Git replica: `phx key rotate` and `phx sync` say the
-    target kept its old key, the replica's copy stays in its tree, and it restores from there."""
+def git_replica_ahead(make_sandbox, tmp_path: Path) -> tuple[Sandbox, Path, dict[str, Any], str, dict[str, Any]]:
+    """Two backups replicated to a Git target, then the first deleted from the first target only:
+    the sandbox, the remote, that snapshot, its object name and what it restored before."""
     sb: Sandbox = make_sandbox()
     remote = bare_repo(sb.root / "remote.git")
     sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
@@ -123,10 +123,20 @@ def test_a_git_replica_keeps_the_snapshot_the_first_target_lost(make_sandbox, tm
     lost = sb.snapshots()[0]
     expected = restored(sb, lost["name"], tmp_path / "before")
     obj = f"snapshots/{lost['id']}"
-    (sb.repo / obj).unlink()
-    for args in (("key", "rotate"), ("sync",)):
-        res = sb.phx(*args, check=None)
-        assert res.code != 0 and "did not re-seal" in res.out + res.err and obj in res.out + res.err, res
+    (sb.repo / obj).unlink()  # lost on the first target only
+    return sb, remote, lost, obj, expected
+
+
+@pytest.mark.skipif(not HEAVY or shutil.which("git") is None, reason="heavy (PHX_TEST_HEAVY=1), with git")
+def test_a_git_replica_keeps_the_snapshot_the_first_target_lost(make_sandbox, tmp_path: Path) -> None:
+    """The same through the commands, with a Git replica: `phx key rotate` refuses before it
+    changes anything, naming the snapshot (it used to rotate, and every sync after it kept the
+    replica on the old key); a sync then keeps the replica's copy in its tree, and it restores
+    from there."""
+    sb, remote, lost, obj, expected = git_replica_ahead(make_sandbox, tmp_path)
+    res = sb.phx("key", "rotate", check=None)
+    assert res.code == 1 and "re-seal" in res.out + res.err and obj in res.out + res.err, res
+    sb.phx("sync")
     assert obj in git("ls-tree", "-r", "--name-only", "main", cwd=remote).split()
     fresh = sb.env_with(PHX_DATA_DIR=str(tmp_path / "fresh-data"))
     assert restored(sb, lost["name"], tmp_path / "after", "--target", "git", env=fresh) == expected

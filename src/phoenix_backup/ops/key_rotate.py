@@ -37,34 +37,50 @@ does better: before the commit point it removes what it wrote under the new key 
 the old one, and verifies), after it it finishes step 5 first (the new one, and verifies); a
 second signal ends it at once, as a kill does.
 
-Other targets: replication (at the end of the rotation, and on every later backup or `phx sync`)
-copies the new slots and objects to each replica first, then its config (the replica's commit
-point), then deletes the old objects the rotation's record names and the old slots. A replica
-holding an old snapshot or segment the record does not name (the first target had lost it before
-the rotation) is not switched: it keeps its old key and every object, and the sync says so. A replica that
-was down keeps the old key until then: its old slots still open its old objects, and nothing
-written later.
+Other targets: before anything changes, every reachable replica is looked at: one holding a
+snapshot or segment that the first target lacks and the current key opens stops the rotation
+(the rotation could not re-seal it, so that replica would keep the old key), naming the steps to
+copy them back or give them up; one out of reach is said. Replication (at the end of the
+rotation, and on every later backup or `phx sync`) copies the new slots and objects to each
+replica first, then its config (the replica's commit point), then deletes the old objects (the
+check records too), and the old slots. A replica holding an old snapshot or segment the record
+does not name (the first target lost it later, or the replica was out of reach) is not switched:
+it keeps its old key and every object, and the sync says so; junk there that no key opens does
+not count (repo/replicate.py). A replica that was down keeps the old key until then: its old
+slots still open its old objects, and nothing written later.
+
+The integrity check records (`checks/`, repo/checks.py) are re-sealed with the snapshots (each
+naming its snapshot's new id) and their old copies deleted first after the commit point; step 1
+deletes those of another key as it deletes its objects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import RepositoryError, UsageError
-from phoenix_backup.ops.context import Environment, credentials, enabled_targets, open_repository, pins
+from phoenix_backup.errors import PhoenixError, RepositoryError, UsageError
+from phoenix_backup.ops.context import (
+    Environment,
+    credentials,
+    enabled_targets,
+    open_repository,
+    pins,
+    target_backend,
+)
 from phoenix_backup.ops.sync import replicate_all
-from phoenix_backup.repo import captures, retired
+from phoenix_backup.repo import captures, checks, retired
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
 from phoenix_backup.repo.pack import PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.prune import refuse_if_damaged, snapshot_blobs
 from phoenix_backup.repo.replicate import TargetReport
-from phoenix_backup.repo.repository import Repository, sealed_with
+from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.targets import refuse_append_only
@@ -77,6 +93,7 @@ class RotateResult:
     previous: str
     snapshots: int = 0
     segments: int = 0  # capture segments re-sealed
+    checks: int = 0  # integrity check records re-sealed
     blobs: int = 0
     packs: int = 0
     bytes: int = 0  # bytes of new packs
@@ -94,6 +111,7 @@ class RotateResult:
             "previous": self.previous,
             "snapshots": self.snapshots,
             "segments": self.segments,
+            "checks": self.checks,
             "blobs": self.blobs,
             "packs": self.packs,
             "bytes": self.bytes,
@@ -161,7 +179,7 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
         old_slots = [s.with_info(old) for s in Repository.read_key_slots(backend)]
         old_objects = [info.name for prefix in ("snapshots/", "index/", "data/") for info in backend.list(prefix)]
         # The records of earlier rotations (their names are carried into this one's, then they go).
-        carried, carried_moved = retired.load(repo)
+        carried = retired.load(repo)
         old_records = [
             info.name for info in backend.list(retired.PREFIX) if sealed_with(backend, info.name, repo.sealer)
         ]
@@ -192,6 +210,15 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
                 f"delete the later segments from the storage (first: {later[0] if later else 'none'}), then run "
                 "`phx key rotate` again"
             )
+        # A replica holding snapshots or segments the first target lacks would keep the old key
+        # at its next sync (the rotation cannot re-seal them): said now, before anything changes.
+        _refuse_replicas_ahead(repo, cfg, envx)
+        # The integrity check records (`checks/`) are keyed to the repository id and key: each one
+        # that opens is re-sealed (naming its snapshot's new id), so restores keep their verdicts.
+        old_checks: list[tuple[str, checks.CheckRecord]] = []
+        for info in backend.list(checks.PREFIX):
+            with contextlib.suppress(PhoenixError):  # not a record of this key: left as it is
+                old_checks.append((info.name, checks.read_record(repo, info)))
 
         new = keyslots.MasterSecrets(os.urandom(keyslots.KEY_LENGTH), old.id_key, old.chunker_seed)
         # Made (not yet written) before the pin names the new key: a slot that cannot be made
@@ -228,12 +255,14 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
                 renamed[snap.id] = fresh.save_snapshot(replace(snap, parent=parent))
             result.snapshots = len(snapshots)
             resealed = _reseal_segments(repo, fresh, history, renamed, result, envx.progress)
+            checks.write(fresh, [replace(r, snapshot=renamed.get(r.snapshot, r.snapshot)) for _n, r in old_checks])
+            result.checks = len(old_checks)
             # The record of what this rotation retires, before the commit point (so before every
             # deletion it licenses): a replica deletes its copy of an old object only when a
             # record names it, and keeps one the first target had lost (the only copy left).
             now = {f"snapshots/{o}": f"snapshots/{n}" for o, n in renamed.items()} | resealed
-            names, moved = retired.carry(carried, carried_moved, now)
-            retired.write(fresh, names | {*resealed, *old_objects, *old_records}, moved | now)
+            names, moved = retired.carry(carried.names, carried.moved, now)
+            retired.write(fresh, names | set(now), moved | now, carried.keys | {old.fingerprint})
 
             # The lock moves to the new key first: whichever key a reader ends up with (this
             # machine's pin accepts both until the end), a killed run's lock stays readable.
@@ -252,9 +281,9 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
 
         def finish() -> None:
             store.record(repo.config.id, backend.location, new.fingerprint, format=config.version, next=new.fingerprint)
-            # Segments first (a segment is never left naming a snapshot that is gone), then
-            # snapshots: never a snapshot whose data is gone.
-            for name in [*resealed, *old_objects, *old_records]:
+            # Check records and segments first (neither is ever left naming a snapshot that is
+            # gone), then snapshots: never a snapshot whose data is gone.
+            for name in [*(n for n, _rec in old_checks), *resealed, *old_objects, *old_records]:
                 backend.delete(name)
             for slot in sorted(old_slots, key=lambda s: s.id == repo.opened_with):
                 backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
@@ -282,6 +311,52 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
     backend.checkpoint(f"phoenix: key rotated to {new.fingerprint}")
     backend.publish()
     return result
+
+
+def _refuse_replicas_ahead(repo: Repository, cfg: Config, envx: Environment) -> None:
+    """Raise, before the rotation changes anything, when a reachable replica holds snapshots or
+    capture segments that the first target lacks and that the current key opens: the rotation
+    cannot re-seal them, so the replica's next sync would keep it on the old key (the only key
+    that opens them there), and a revocation after a leak would leave that replica under the
+    leaked key. A replica that cannot be reached is said: it is brought over at its next sync."""
+    prefixes = ("snapshots/", "captures/")
+    ours = {info.name for p in prefixes for info in repo.backend.list(p)}
+    ahead: dict[str, list[str]] = {}
+    for name in enabled_targets(cfg)[1:]:
+        try:
+            dest = target_backend(cfg, envx, name)
+            try:
+                if not dest.exists() or RepoConfig.from_bytes(dest.read("config"), dest.location).id != repo.config.id:
+                    continue  # initialised by its next sync, or another repository (its sync says so)
+                extra = sorted(
+                    info.name
+                    for p in prefixes
+                    for info in dest.list(p)
+                    if info.name not in ours and sealed_with(dest, info.name, repo.sealer)
+                )
+            finally:
+                dest.close()
+        except (PhoenixError, OSError) as exc:
+            envx.notice(
+                f"target {name} could not be reached ({exc}); it keeps the old key until its next `phx sync` "
+                "(or backup) brings it over, unless it holds snapshots or capture segments the first target lacks"
+            )
+            continue
+        if extra:
+            ahead[name] = extra
+    if not ahead:
+        return
+    name, extra = next(iter(ahead.items()))
+    snaps = sum(n.startswith("snapshots/") for n in extra)
+    others = f" (and targets {', '.join(list(ahead)[1:])})" if len(ahead) > 1 else ""
+    raise RepositoryError(
+        f"target {name}{others} holds {snaps} snapshot(s) and {len(extra) - snaps} capture segment(s) that the "
+        f"first target lacks (first: {extra[0]}); the rotation cannot re-seal them, so that target would keep "
+        "the old key, and nothing was changed; no command copies them back: copy each from target "
+        f"{name}'s storage into the first target's under the same name, run `phx repair objects --from {name}` "
+        f"(it copies back the data they need), then run `phx key rotate` again; or, to give them up, delete "
+        f"them from target {name}'s storage and run `phx key rotate` again"
+    )
 
 
 def _config_is(backend: Backend, data: bytes) -> bool | None:
@@ -323,6 +398,11 @@ def _delete_other_keys(repo: Repository, creds: keyslots.Credentials, *, say: bo
                 if sealed_with(backend, info.name, sealer):
                     backend.delete(info.name)
                     deleted += 1
+        other = Repository(backend, repo.config, master, notice=repo.notice)
+        for info in list(backend.list(checks.PREFIX)):
+            if checks.opens(other, info):
+                backend.delete(info.name)
+                deleted += 1
         for slot in slots:
             if slot.version >= 2 and slot.with_info(master).info is not None:
                 backend.delete(f"keys/{slot.id}")

@@ -114,6 +114,16 @@ def _key(repo: Repository) -> AESGCM:
     return aead(repo.secrets.derive(KEY_CONTEXT))
 
 
+def opens(repo: Repository, info: ObjectInfo) -> bool:
+    """Whether the object listed as `info` is a record `repo`'s key opens (how a key rotation tells
+    the records of one key from those of another)."""
+    try:
+        read_record(repo, info)
+    except PhoenixError:
+        return False
+    return True
+
+
 def _aad(repo: Repository) -> bytes:
     return AAD + repo.config.id.encode("ascii")
 

@@ -21,7 +21,11 @@ the same objects under the same names. For each replica, in its own thread:
 7. when the first target's config differs (after `phx key rotate`, or a format upgrade), copy it:
    the replica's commit point. Then (and whenever the replica still holds slots the first target
    does not) delete the replica's packs, index objects and snapshots that the first target lacks
-   and that the current key does not authenticate: what the retired key sealed;
+   and that the current key does not authenticate: what the retired key sealed (and the check
+   records the retired key opens). Under `snapshots/` and `captures/`, what no key opens (neither
+   the current one nor a retired one the owner's credentials find in the replica's old slots and a
+   rotation record names) is junk: it keeps nothing from being brought over, and it is named
+   (`TargetReport.junk`) and left in place;
 8. delete the key slots the first target no longer has (a slot removed with `phx key
    remove/passwd/rotate` must stop opening replicas); then publish (Git: push).
 
@@ -38,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from phoenix_backup.errors import (
     CorruptObject,
@@ -48,13 +52,17 @@ from phoenix_backup.errors import (
     RepositoryError,
 )
 from phoenix_backup.repo import checks, retired
-from phoenix_backup.repo.crypto import BlobType
+from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo.crypto import BlobType, Sealer
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend
+
+# The keys a rotation retired that a replica's old slots hold (`_retired_keys`); None: not known.
+RetiredKeys = list[keyslots.MasterSecrets] | None
 
 # Objects copied at once to one replica (each a pack of up to ~24 MiB in memory).
 COPY_WORKERS = 4
@@ -74,6 +82,7 @@ class TargetReport:
     snapshots: int = 0  # snapshot objects copied
     keys_removed: int = 0
     retired: int = 0  # objects of a retired key deleted (after `phx key rotate`)
+    junk: list[str] = field(default_factory=list)  # objects there no key opens (left in place, said)
     uploads_aborted: int = 0
     seconds: float = 0.0
     # Told of the objects to copy and of each one copied (not part of the report itself).
@@ -102,6 +111,7 @@ class TargetReport:
             "snapshots": self.snapshots,
             "keysRemoved": self.keys_removed,
             "retired": self.retired,
+            "junk": self.junk,
             "uploadsAborted": self.uploads_aborted,
             "seconds": round(self.seconds, 3),
             "bytesPerSecond": round(self.throughput),
@@ -129,7 +139,10 @@ def replicate(
     """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
     failures: they are the report's error. `progress` is told the packs and index objects to copy
     (a phase `uploading`), then each object copied. Once `stopping` is set, the copy ends after
-    the objects under way, as a failure does: nothing published, the next run copies the rest."""
+    the objects under way, as a failure does: nothing published, the next run copies the rest.
+    The credentials that opened `repo` open the replica's old slots after a key rotation: what the
+    retired key sealed is told from junk no key opens (without them, everything is taken for the
+    former)."""
     report = TargetReport(name, dest.location, progress=progress if progress is not None else Silent())
     if stopping is not None:
         report.stopping = stopping
@@ -145,7 +158,13 @@ def replicate(
     return report
 
 
-def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], report: TargetReport, ran: str) -> None:
+def _replicate(
+    repo: Repository,
+    dest: Backend,
+    notice: Callable[[str], None],
+    report: TargetReport,
+    ran: str,
+) -> None:
     source = repo.backend
     switched = False
     if not dest.exists():
@@ -162,6 +181,7 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
                 f"point targets.{report.name} at an empty location or empty it"
             )
         switched = raw != source.read("config")
+    old: RetiredKeys = None  # the retired keys there, once looked for
     locks = LockManager(dest, repo.locks.sealer, notice)
     with locks.acquire(exclusive=False, command="replicate", ran=ran) as held:
         # Both locks, the first target's and this one's: a prune on either side that judged one
@@ -171,7 +191,8 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             # Before anything is copied: an old snapshot or segment here that no rotation retired
             # is the only copy left. The replica stays as it is (its old key opens all it holds,
             # and no object of the new key there reads as damage under it); the sync says so.
-            _refuse_unretired(repo, dest, report.name)
+            old = _retired_keys(repo, dest)
+            _refuse_unretired(repo, dest, report, old)
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
         # upload before the listing could lose that upload; it then fails and the next sync
@@ -241,7 +262,8 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
             for obj in sorted(wanted - have_objects):
                 _copy_one(source, dest, obj, False, report)
         if stale_keys and not switched and repo.config.write_only is None:
-            _refuse_unretired(repo, dest, report.name)  # switched by a run that stopped before the removal
+            old = _retired_keys(repo, dest)
+            _refuse_unretired(repo, dest, report, old)  # switched by a run that stopped before the removal
         if switched:
             confirm.now(MORE_COMMITTED)
             dest.write("config", source.read("config"))
@@ -249,7 +271,14 @@ def _replicate(repo: Repository, dest: Backend, notice: Callable[[str], None], r
         if (switched or stale_keys) and repo.config.write_only is None:
             # What a retired key sealed (after a rotation). A write-only repository is never
             # rotated, and its objects are sealed under many run keys.
-            _remove_retired(repo, dest, report)
+            _remove_retired(repo, dest, report, old)
+            if report.junk:
+                notice(
+                    f"target {report.name} holds {len(report.junk)} object(s) under snapshots/ or captures/ that "
+                    f"neither the current key nor the key a rotation retired opens (first: {report.junk[0]}): damaged "
+                    "or planted, not a snapshot or segment of this repository; they were left in place, and did "
+                    "not keep the target on its old key; delete them from the target's storage"
+                )
         for name in stale_keys:
             confirm.step(DELETED)
             dest.delete(name)
@@ -290,15 +319,49 @@ def _old_objects(repo: Repository, dest: Backend, prefixes: tuple[str, ...]) -> 
     return out
 
 
-def _refuse_unretired(repo: Repository, dest: Backend, name: str) -> None:
+def _retired_keys(repo: Repository, dest: Backend) -> list[keyslots.MasterSecrets] | None:
+    """The keys a rotation retired that the replica's slots hold: those the credentials that
+    opened `repo` open there and that a rotation record names (a slot planted there, say to the owner's age
+    recipient, wraps a key no record names). None when none is found (no credentials, or a
+    record from before the records named keys): then no object there can be told from junk."""
+    creds = repo.credentials
+    if creds is None or not repo.config.encrypted:
+        return None
+    named = retired.load(repo).keys
+    try:
+        found = {
+            master.fingerprint: master
+            # A budget of its own: the replica's slots do not spend the first target's opening's.
+            for _slot, master in keyslots.open_slots(Repository.read_key_slots(dest), replace(creds, budget=None))
+            if master.fingerprint in named and master.fingerprint != repo.secrets.fingerprint
+        }
+    except PhoenixError:
+        return None
+    return list(found.values()) or None
+
+
+def _split_junk(dest: Backend, names: list[str], old: RetiredKeys) -> tuple[list[str], list[str]]:
+    """`names` (objects the current key does not open) split into those a retired key `old` opens
+    and the junk no key opens; with `old` unknown, all are taken for the former."""
+    if old is None:
+        return names, []
+    sealers = [Sealer(m.encryption_key) for m in old]
+    ok = [n for n in names if any(sealed_with(dest, n, sealer) for sealer in sealers)]
+    return ok, [n for n in names if n not in ok]
+
+
+def _refuse_unretired(repo: Repository, dest: Backend, report: TargetReport, old: RetiredKeys) -> None:
     """Raise when the replica holds a snapshot or capture segment that the first target lacks, that
     the repository's key does not authenticate, and that no rotation record names, or whose
     re-sealed successor (the record's `moved`) is on neither side: a key rotation did not re-seal
     it (the first target had lost it before), or the re-sealed copy was lost since (before a later
     rotation, or before this sync), so the replica's copy is the only one, readable only with the
     old key. Switching the replica would have its copy deleted (and its old slots, the only
-    wrapping of that key there), so the replica is left as it is."""
-    names, moved = retired.load(repo)
+    wrapping of that key there), so the replica is left as it is. An object that neither the current
+    key nor a retired key `old` opens is junk (damaged or planted): it keeps nothing, and goes to
+    `report.junk` (left in place, said)."""
+    name = report.name
+    names, moved, _keys = retired.load(repo)
     prefixes = ("snapshots/", "captures/")
     ours = {info.name for p in prefixes for info in repo.backend.list(p)}
     # A successor only the replica holds counts when it is whole under the key (not a name planted there).
@@ -308,7 +371,8 @@ def _refuse_unretired(repo: Repository, dest: Backend, name: str) -> None:
         for info in dest.list(p)
         if info.name not in ours and info.name in moved.values() and sealed_with(dest, info.name, repo.sealer)
     }
-    kept = retired.unsafe(names, moved, _old_objects(repo, dest, prefixes), present)
+    sealed, report.junk = _split_junk(dest, _old_objects(repo, dest, prefixes), old)
+    kept = retired.unsafe(names, moved, sealed, present)
     if not kept:
         return
     snaps = sum(n.startswith("snapshots/") for n in kept)
@@ -324,12 +388,23 @@ def _refuse_unretired(repo: Repository, dest: Backend, name: str) -> None:
     )
 
 
-def _remove_retired(repo: Repository, dest: Backend, report: TargetReport) -> None:
+def _remove_retired(repo: Repository, dest: Backend, report: TargetReport, old: RetiredKeys) -> None:
     """Delete the replica's capture segments, snapshots, index objects, packs and rotation records
     that the first target lacks and the repository's key does not authenticate: after a key
     rotation, what the retired key sealed. Its segments and snapshots were re-sealed under the new
-    key and copied before; `_refuse_unretired` has checked that a rotation's record names each."""
-    for obj in _old_objects(repo, dest, ("captures/", "snapshots/", "index/", "data/", retired.PREFIX)):
+    key and copied before; `_refuse_unretired` has checked that a rotation's record names each.
+    The junk it found (`report.junk`, no key opens it) is left in place. With the retired keys `old`
+    known, so are the integrity check records they open (the rotation re-sealed them)."""
+    junk = set(report.junk)
+    prefixes = ("captures/", "snapshots/", "index/", "data/", retired.PREFIX)
+    doomed = [n for n in _old_objects(repo, dest, prefixes) if n not in junk]
+    if old is not None:
+        ours = {info.name for info in repo.backend.list(checks.PREFIX)}
+        retired_repos = [Repository(dest, repo.config, m, notice=repo.notice) for m in old]
+        for info in dest.list(checks.PREFIX):
+            if info.name not in ours and any(checks.opens(r, info) for r in retired_repos):
+                doomed.append(info.name)
+    for obj in doomed:
         if report.confirmer is not None:
             report.confirmer.step(DELETED)
         dest.delete(obj)

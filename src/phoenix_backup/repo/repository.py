@@ -436,6 +436,9 @@ class Repository:
         # confirmation of the locks held (`Confirmer.step`).
         self.confirmer = self.locks.confirmer()
         self.opened_with: str | None = None  # the key slot that opened the repository
+        # The credentials that opened it (`open`): replication opens a replica's old slots with
+        # them after a key rotation, without asking for a passphrase again.
+        self.credentials: keyslots.Credentials | None = None
         self.unindexed_packs: set[str] = set()  # packs known only from their own headers
         # Packs that only index objects superseded by a prune list: a prune that stopped between
         # writing its new index and deleting them left them (they are garbage).
@@ -582,6 +585,7 @@ class Repository:
         slot, master, also = _choose_secrets(backend.location, config, slots, creds, pins, notice, expect)
         repo = cls(backend, config, master, also=also, identities=creds.age_identities, **kwargs)
         repo.opened_with = slot.id
+        repo.credentials = creds
         if expect is None:
             repo.pins = pins
         return repo
