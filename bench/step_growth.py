@@ -22,16 +22,13 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
-from extents_ab import digest, newest_nodes
-from run import Phoenix
+from extents_ab import STATE, bench_phoenix, digest, newest_nodes
 
 from phoenix_backup.sample import generate_workspace, simulate_day
 from phoenix_backup.sample.workspace import layout_for
 
-STATE = ("phoenix-repo", "phoenix-cache", "sample/home/.local/share/phoenix", "sample/home/.argentos/backup")
 STEPS = ("full", "restore", "daily")
 
 
@@ -74,10 +71,7 @@ def main() -> int:
     parser.add_argument("--steps", default=",".join(STEPS))
     args = parser.parse_args()
     work = Path(args.workdir).absolute()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PHX_", "RESTIC_", "BORG_", "PYTHONPATH"))}
-    env["LC_ALL"] = "C.UTF-8"
-    phx = [sys.executable, "-c", "import sys; sys.argv[0] = 'phx'; from phoenix_backup.cli.main import main; main()"]
-    tool = Phoenix(work / "sample", work, env, phx)
+    tool = bench_phoenix(work)
     srcs = {"old": str(Path(args.old).absolute()), "new": str(Path(args.new).absolute())}
     if not (work / "aside-init").exists():
         work.mkdir(parents=True, exist_ok=True)
