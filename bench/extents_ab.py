@@ -52,6 +52,15 @@ def newest_nodes(repo_path: Path) -> tuple[str, dict[str, dict[str, object]]]:
     return root.hex(), nodes
 
 
+def bench_phoenix(work: Path) -> Phoenix:
+    """bench/run.py's Phoenix on `work` (its sample, repository and cache), run by this Python with
+    no PYTHONPATH of its own: each run names the `src` folder of the version it runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PHX_", "RESTIC_", "BORG_", "PYTHONPATH"))}
+    env["LC_ALL"] = "C.UTF-8"
+    phx = [sys.executable, "-c", "import sys; sys.argv[0] = 'phx'; from phoenix_backup.cli.main import main; main()"]
+    return Phoenix(work / "sample", work, env, phx)
+
+
 def digest(nodes: dict[str, dict[str, object]]) -> str:
     return hashlib.sha256(json.dumps(nodes, sort_keys=True).encode()).hexdigest()
 
@@ -66,10 +75,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(args.workdir).absolute()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PHX_", "RESTIC_", "BORG_", "PYTHONPATH"))}
-    env["LC_ALL"] = "C.UTF-8"
-    phx = [sys.executable, "-c", "import sys; sys.argv[0] = 'phx'; from phoenix_backup.cli.main import main; main()"]
-    tool = Phoenix(work / "sample", work, env, phx)
+    tool = bench_phoenix(work)
     aside = work / "ab-aside"
     if not aside.exists():  # a second run of this script compares again from the same state
         simulate_day(layout_for(work / "sample"), args.day, seed=args.seed)

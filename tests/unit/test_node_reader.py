@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import threading
+import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from phoenix_backup.repo import keys, reader
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.tree import Extent
+from phoenix_backup.repo.tree import Extent, Extents, ExtentsBuilder
 from phoenix_backup.storage.local import LocalBackend
 
 KIB = 1024
@@ -495,3 +497,51 @@ def test_a_store_failing_under_a_small_node_read_in_line_raises_from_the_reader(
     node = Node(name="g", type="file", size=len(d1), content=[Extent(b1, 0, len(d1))], sha256="0" * 64)
     with pytest.raises(StorageError, match="the store went away"):
         reader.read_node(repo, "workspace/g", node)
+
+
+def _distinct_extents(count: int, seed: int) -> Extents:
+    """A database node as a full backup writes it: each region its own blob."""
+    rng = random.Random(seed)
+    out = ExtentsBuilder(merge=False)
+    for _ in range(count):
+        out.add(rng.randbytes(32), 0, 256 * KIB)
+    return out.build()
+
+
+def _reader_holds(repo: Repository, extents: Extents) -> int:
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        ahead = reader._Ahead(repo, extents)
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert len(ahead.extents) == len(extents)
+    return held
+
+
+def test_a_node_reader_holds_no_more_for_a_database_twice_as_large(
+    stored: tuple[Repository, list[tuple[bytes, bytes]]],
+) -> None:
+    """What a restore's reader of a database holds beside the node's own extents does not grow with
+    the node: it counted every blob's uses (a dict entry and a key an extent: 1.9 MB for the
+    smaller node here), now only those of blobs named more than once."""
+    repo, _ = stored
+    small = _reader_holds(repo, _distinct_extents(20_000, 1))
+    large = _reader_holds(repo, _distinct_extents(40_000, 2))
+    assert small < 64 * KIB and large < 64 * KIB, (small, large)
+
+
+def test_the_blobs_a_node_names_again_are_counted_exactly() -> None:
+    """Every blob named more than once gets its number of uses, including ids whose first bytes
+    are the same (a tree may name any ids); a blob named once is left out (used once)."""
+    rng = random.Random(5)
+    ids = [rng.randbytes(32) for _ in range(300)]
+    ids += [ids[0][:8] + rng.randbytes(24) for _ in range(50)]  # the same bucket, other blobs
+    out = ExtentsBuilder(merge=False)
+    names = [rng.choice(ids) for _ in range(2_000)] + ids
+    for bid in names:
+        out.add(bid, 0, KIB)
+    expected = {bid: k for bid, k in Counter(names).items() if k > 1}
+    assert reader.repeated_blobs(out.build()) == expected
+    assert reader.repeated_blobs(_distinct_extents(1_000, 3)) == {}
