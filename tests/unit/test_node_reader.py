@@ -8,6 +8,7 @@ import random
 import threading
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -545,3 +546,43 @@ def test_the_blobs_a_node_names_again_are_counted_exactly() -> None:
     expected = {bid: k for bid, k in Counter(names).items() if k > 1}
     assert reader.repeated_blobs(out.build()) == expected
     assert reader.repeated_blobs(_distinct_extents(1_000, 3)) == {}
+
+
+def _peak(count: Callable[[Extents], dict[bytes, int]], extents: Extents) -> tuple[dict[bytes, int], int, int]:
+    """`count(extents)`, and what it held at its peak and after (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = count(extents)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return out, peak - base, held - base
+
+
+@pytest.mark.parametrize("kind", ["each blob named twice", "ids alike in their first bytes"])
+def test_finding_the_blobs_named_again_peaks_no_higher_than_counting_every_blob(kind: str) -> None:
+    """The count of repeats is made before a node's first byte is read; at its peak it held each
+    candidate id twice (a set of the first pass's ids, a Counter of the second's) and a dict of the
+    repeated besides: 2.7 times what a count of every blob held here for a node whose every blob
+    is named twice (a repeated page pattern), 2.8 times for distinct ids whose first bytes are
+    alike (a tree may name any ids). It may hold at most the bitmap (two bytes an extent) or the list of
+    the candidates it drops (eight) more: a count of every blob is ~95 bytes a distinct blob."""
+    rng = random.Random(7)
+    if kind == "each blob named twice":
+        half = [rng.randbytes(32) for _ in range(10_000)]
+        ids = half + half
+        rng.shuffle(ids)
+    else:
+        prefix = rng.randbytes(8)
+        ids = [prefix + rng.randbytes(24) for _ in range(20_000)]
+    out = ExtentsBuilder(merge=False)
+    for bid in ids:
+        out.add(bid, 0, 4 * KIB)
+    extents = out.build()
+    every, every_peak, _ = _peak(lambda e: Counter(e.blobs()), extents)
+    repeated, peak, held = _peak(reader.repeated_blobs, extents)
+    assert repeated == {bid: k for bid, k in every.items() if k > 1}
+    assert peak <= every_peak + 10 * len(extents) + 16 * KIB, (peak, every_peak)
+    if not repeated:  # what it keeps after: no table sized for the candidates it dropped
+        assert held < 4 * KIB, held

@@ -240,19 +240,27 @@ def repeated_blobs(extents: Extents) -> dict[bytes, int]:
         return {}
     buckets = n * _REPEAT_BUCKETS
     seen = bytearray((buckets + 7) // 8)
-    maybe: set[bytes] = set()
+    counts: Counter[bytes] = Counter()  # the ids whose bucket an earlier id had set, then their uses
     for blob in extents.blobs():
         h = int.from_bytes(blob[:8], "little") % buckets
         bit = 1 << (h & 7)
         if seen[h >> 3] & bit:
-            maybe.add(blob)
+            counts[blob] = 0
         else:
             seen[h >> 3] |= bit
     del seen
-    if not maybe:
+    if not counts:
         return {}
-    counts = Counter(blob for blob in extents.blobs() if blob in maybe)
-    return {blob: k for blob, k in counts.items() if k > 1}
+    # Counted and pruned in place, keyed by the first pass's ids: a set of them, a Counter of the
+    # second pass's ids and a dict of those named twice held twice as much at their peak as a
+    # count of every blob did, for a node whose every blob is named twice (14.6 MB against 6.8 MB
+    # at 91,000 extents, tracemalloc; tests/unit/test_node_reader.py).
+    counts.update(filter(counts.__contains__, extents.blobs()))
+    candidates = len(counts)
+    for blob in [blob for blob, k in counts.items() if k < 2]:
+        del counts[blob]
+    # A dict keeps its table when entries go: one left with fewer than half of them is copied.
+    return counts if 2 * len(counts) >= candidates else dict(counts)
 
 
 class _Ahead:
