@@ -10,6 +10,7 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +25,7 @@ from phoenix_backup.repo.tree import Extent, Extents, ExtentsBuilder
 from phoenix_backup.storage.local import LocalBackend
 
 KIB = 1024
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -509,14 +511,20 @@ def _distinct_extents(count: int, seed: int) -> Extents:
     return out.build()
 
 
-def _reader_holds(repo: Repository, extents: Extents) -> int:
+def _peak(make: Callable[[Extents], T], extents: Extents) -> tuple[T, int, int]:
+    """`make(extents)`, and what it held at its peak and after (tracemalloc)."""
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        ahead = reader._Ahead(repo, extents)
-        held = tracemalloc.get_traced_memory()[0] - base
+        out = make(extents)
+        held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    return out, peak - base, held - base
+
+
+def _reader_holds(repo: Repository, extents: Extents) -> int:
+    ahead, _peak_bytes, held = _peak(lambda e: reader._Ahead(repo, e), extents)
     assert len(ahead.extents) == len(extents)
     return held
 
@@ -546,18 +554,6 @@ def test_the_blobs_a_node_names_again_are_counted_exactly() -> None:
     expected = {bid: k for bid, k in Counter(names).items() if k > 1}
     assert reader.repeated_blobs(out.build()) == expected
     assert reader.repeated_blobs(_distinct_extents(1_000, 3)) == {}
-
-
-def _peak(count: Callable[[Extents], dict[bytes, int]], extents: Extents) -> tuple[dict[bytes, int], int, int]:
-    """`count(extents)`, and what it held at its peak and after (tracemalloc)."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        out = count(extents)
-        held, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return out, peak - base, held - base
 
 
 @pytest.mark.parametrize("kind", ["each blob named twice", "ids alike in their first bytes"])
