@@ -204,6 +204,11 @@ def select(
             kind = "symlink"
         elif stat.S_ISDIR(st.st_mode):
             kind = "dir"
+            if path in db_paths:
+                # A configured database replaced by a folder: no database saved under its path, a
+                # partial backup as for a FIFO in its place (`phx doctor` fails on it); the folder's
+                # files are saved all the same.
+                sel.errors.append((str(path), unsaved_database("folder")))
         elif stat.S_ISREG(st.st_mode):
             if path in db_paths or (detect_databases and is_sqlite_file(path)):
                 kind = "sqlite"
