@@ -169,6 +169,8 @@ def test_a_replica_given_the_wrong_copy_by_sync_is_repaired_with_target(sandbox:
     sb.phx_here("sync")
     res = sb.phx_here("verify", "--target", "s3", "--read-data", code=1)
     assert blob.hex()[:16] in res.out + res.err, res
+    # The fix it names is the one that works (before: "`phx prune` here drops the failing entry").
+    assert "`phx repair index --read-data` (with `--target NAME` on a replica)" in res.out + res.err, res
     sb.phx_here("prune", "--target", "s3")
     sb.phx_here("verify", "--target", "s3", "--read-data", code=1)  # prune leaves it
 
