@@ -155,6 +155,41 @@ def test_a_folder_in_a_configured_databases_place_is_a_part_not_saved(tmp_path: 
     assert inside.read_text() == "kept all the same\n"
 
 
+HEAVY = pytest.mark.skipif(os.environ.get("PHX_TEST_HEAVY") != "1", reason="the same path: PHX_TEST_HEAVY=1")
+
+
+@pytest.mark.parametrize(
+    "points_to", ["fifo", pytest.param("folder", marks=HEAVY), pytest.param("device", marks=HEAVY)]
+)
+def test_a_link_in_a_configured_databases_place_to_no_regular_file_is_a_part_not_saved(
+    tmp_path: Path, points_to: str
+) -> None:
+    """A symbolic link to a FIFO, a folder or a device in the database's place: `phx doctor` fails
+    it; on the code before, the backup saved the link and said nothing (exit 0) and the watch said
+    nothing either. Now the backup names it as a part not saved (exit 3) and the watch too; no
+    command blocks on the FIFO behind the link."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=19))
+    db = sb.db_path(DATABASES[0])
+    db.unlink()
+    behind = tmp_path / "behind"
+    if points_to == "fifo":
+        os.mkfifo(behind)
+    elif points_to == "folder":
+        behind.mkdir()
+    else:
+        behind = Path("/dev/null")
+    db.symlink_to(behind)
+    kind = {"fifo": "named pipe", "folder": "folder", "device": "device"}[points_to]
+    with released_after(behind if points_to == "fifo" else tmp_path / "none") as released:
+        res = sb.phx_here("doctor", code=1)
+        assert "is not a regular file (a named pipe, a device or a folder)" in res.out, res
+        res = sb.phx_here("backup", "--json", code=3)
+        assert f"not saved: {DATABASES[0]}: the configured SQLite database is a {kind} now" in res.err, res
+        res = sb.phx_here("watch", "--duration", "0", "--no-files", "--json")
+        assert f"not followed: {DATABASES[0]}: the configured SQLite database is a {kind} now" in res.out, res
+    assert not released, "blocked on the FIFO behind the link"
+
+
 def test_a_planted_journal_naming_a_file_neither_deletes_it_nor_hangs_a_backup(tmp_path: Path) -> None:
     """A regular `-journal` planted beside a configured database, naming a file outside the
     workspace as its super-journal: on the code before, the backup's capture (which opens the
