@@ -15,12 +15,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from e2e_support import DATABASES, Sandbox, db_dump
+from e2e_support import DATABASES, Result, Sandbox, db_dump
 
 from phoenix_backup.sample import generate_workspace
+from planted import BOUND
 
 
 @pytest.mark.parametrize("suffix", ["-journal", "-wal"])
@@ -65,20 +69,53 @@ def test_a_fifo_named_like_a_database_beside_a_wal_does_not_hang_the_scan(tmp_pa
     assert os.readlink(back / "linked.db") == str(tmp_path / "elsewhere")
 
 
+@contextmanager
+def released_after(fifo: Path) -> Iterator[list[bool]]:
+    """Run the block in this process (the main thread: `phx backup` and `phx watch` set signal
+    handlers); a command still blocked on `fifo` after BOUND s is released (a writer opens the FIFO
+    and closes it, the reader sees its end) and the block's `[True]` says so, failing the test."""
+    released: list[bool] = []
+
+    def release() -> None:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            return  # no reader waits on it (ENXIO), or it is gone
+        released.append(True)
+
+    timer = threading.Timer(BOUND, release)
+    timer.start()
+    try:
+        yield released
+    finally:
+        timer.cancel()
+
+
 def test_a_fifo_in_a_configured_databases_place_hangs_neither_doctor_nor_a_backup(tmp_path: Path) -> None:
     """The agent replaces its store by a FIFO: on the code before, `phx doctor` (the command run
     to find out what is wrong) blocked for ever reading the database's header. The backup saves the
     rest and exits 3 naming it (before: a warning, exit 0, as for a FIFO of the workspace), and
-    `phx watch` names it too."""
+    `phx watch` names it too. Each command runs in this process (a blocked one is released after
+    BOUND s and fails the test); PHX_TEST_HEAVY=1 runs them as processes, the watch for 1 s."""
     sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=13))
     db = sb.db_path(DATABASES[0])
     db.unlink()
     os.mkfifo(db)
-    res = sb.phx("doctor", check=1, timeout=30)
+    heavy = os.environ.get("PHX_TEST_HEAVY") == "1"
+
+    def run(*args: str, code: int) -> Result:
+        if heavy:
+            return sb.phx(*args, check=code, timeout=30)
+        with released_after(db) as released:
+            res = sb.phx_here(*args, code=code)
+        assert not released, f"phx {args[0]} blocked on the FIFO for {BOUND} s"
+        return res
+
+    res = run("doctor", code=1)
     assert "is not a regular file (a named pipe, a device or a folder), so it is no SQLite database" in res.out, res
     # A configured database that could not be saved is a partial backup (exit 3), as a planted
     # companion makes it; before, it was said in passing like a special file (exit 0).
-    res = sb.phx("backup", "--json", check=3, timeout=30)
+    res = run("backup", "--json", code=3)
     assert (
         f"not saved: {DATABASES[0]}: the configured SQLite database is a named pipe now, which holds no data "
         "to back up; remove it and put the database back, or fix the path in databases.sqlite in the config"
@@ -87,8 +124,70 @@ def test_a_fifo_in_a_configured_databases_place_hangs_neither_doctor_nor_a_backu
     assert DATABASES[1] in {d["path"] for d in res.json()["databases"]}, res
     assert not list((sb.repo / "locks").iterdir())
     # `phx watch` says the same of it (before, it followed the other databases without a word).
-    res = sb.phx("watch", "--duration", "1", "--no-files", "--json", check=0, timeout=30)
+    res = run("watch", "--duration", "1" if heavy else "0", "--no-files", "--json", code=0)
     assert f"not followed: {DATABASES[0]}: the configured SQLite database is a named pipe now" in res.out, res
+
+
+def test_a_folder_in_a_configured_databases_place_is_a_part_not_saved(tmp_path: Path) -> None:
+    """The agent replaces its store by a folder: no database is saved under that path. On the code
+    before, the backup walked it as a folder and said nothing (exit 0) while `phx doctor` failed on
+    it; now the folder's files are saved all the same and the backup names the database as a part
+    not saved (exit 3), as for a FIFO in its place, and `phx watch` names it too."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=17))
+    db = sb.db_path(DATABASES[0])
+    db.unlink()
+    db.mkdir()
+    (db / "inside.txt").write_text("kept all the same\n")
+    res = sb.phx_here("doctor", code=1)
+    assert "is not a regular file (a named pipe, a device or a folder), so it is no SQLite database" in res.out, res
+    res = sb.phx_here("backup", "--json", code=3)
+    assert (
+        f"not saved: {DATABASES[0]}: the configured SQLite database is a folder now, which holds no data "
+        "to back up; remove it and put the database back, or fix the path in databases.sqlite in the config"
+    ) in res.err, res
+    assert {i["path"] for i in res.json()["incomplete"]} == {DATABASES[0]}, res
+    sid = res.json()["id"]
+    res = sb.phx_here("watch", "--duration", "0", "--no-files", "--json")
+    assert f"not followed: {DATABASES[0]}: the configured SQLite database is a folder now" in res.out, res
+    out = tmp_path / "out"
+    sb.phx_here("restore", "--backup", sid, "--to", str(out))
+    (inside,) = out.rglob("inside.txt")
+    assert inside.read_text() == "kept all the same\n"
+
+
+HEAVY = pytest.mark.skipif(os.environ.get("PHX_TEST_HEAVY") != "1", reason="the same path: PHX_TEST_HEAVY=1")
+
+
+@pytest.mark.parametrize(
+    "points_to", ["fifo", pytest.param("folder", marks=HEAVY), pytest.param("device", marks=HEAVY)]
+)
+def test_a_link_in_a_configured_databases_place_to_no_regular_file_is_a_part_not_saved(
+    tmp_path: Path, points_to: str
+) -> None:
+    """A symbolic link to a FIFO, a folder or a device in the database's place: `phx doctor` fails
+    it; on the code before, the backup saved the link and said nothing (exit 0) and the watch said
+    nothing either. Now the backup names it as a part not saved (exit 3) and the watch too; no
+    command blocks on the FIFO behind the link."""
+    sb = Sandbox(tmp_path, generate_workspace(tmp_path / "sample", size="tiny", seed=19))
+    db = sb.db_path(DATABASES[0])
+    db.unlink()
+    behind = tmp_path / "behind"
+    if points_to == "fifo":
+        os.mkfifo(behind)
+    elif points_to == "folder":
+        behind.mkdir()
+    else:
+        behind = Path("/dev/null")
+    db.symlink_to(behind)
+    kind = {"fifo": "named pipe", "folder": "folder", "device": "device"}[points_to]
+    with released_after(behind if points_to == "fifo" else tmp_path / "none") as released:
+        res = sb.phx_here("doctor", code=1)
+        assert "is not a regular file (a named pipe, a device or a folder)" in res.out, res
+        res = sb.phx_here("backup", "--json", code=3)
+        assert f"not saved: {DATABASES[0]}: the configured SQLite database is a {kind} now" in res.err, res
+        res = sb.phx_here("watch", "--duration", "0", "--no-files", "--json")
+        assert f"not followed: {DATABASES[0]}: the configured SQLite database is a {kind} now" in res.out, res
+    assert not released, "blocked on the FIFO behind the link"
 
 
 def test_a_planted_journal_naming_a_file_neither_deletes_it_nor_hangs_a_backup(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from phoenix_backup.cli.app import Out, cli, command_group, common, load_config
+from phoenix_backup.cli.app import Out, check_target, cli, command_group, common, load_config, target_option
 from phoenix_backup.errors import ExitStatus, shown_each
 from phoenix_backup.ops import repair as repair_op
 from phoenix_backup.ops.context import Environment
@@ -28,8 +28,11 @@ def repair() -> None:
     help="Also read every pack; leave out of the index the copies of a blob that do not prove while one does.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be done; write and delete nothing.")
+@target_option
 @common
-def repair_index(out: Out, envx: Environment, config_path: str | None, read_data: bool, dry_run: bool) -> ExitStatus:
+def repair_index(
+    out: Out, envx: Environment, config_path: str | None, read_data: bool, dry_run: bool, target: str | None
+) -> ExitStatus:
     """Rebuild the index from the packs' own headers (after index objects or packs were lost).
 
     With --read-data, every pack is read: a wrong copy of a blob (it opens under the blob's id
@@ -37,9 +40,13 @@ def repair_index(out: Out, envx: Environment, config_path: str | None, read_data
     another copy proves, and its pack replaced by one holding its other blobs. A blob no copy of
     which proves keeps every copy and is named as damaged (exit 1).
 
+    A replica keeps the wrong copy `phx sync` gave it (sync never deletes a pack a replica holds
+    that the first target lost): repair it with --target NAME.
+
     Example: phx repair index --read-data --dry-run
     """
     cfg = load_config(out, envx, config_path)
+    check_target(target, cfg, envx)
     r = repair_op.repair_index(cfg, envx, read_data=read_data, dry_run=dry_run)
     out.result(r.to_json(), render_index(r))
     return r.exit_status

@@ -21,9 +21,11 @@ from phoenix_backup.storage.targets import refuse_append_only
 
 
 def repair_index(cfg: Config, envx: Environment, *, read_data: bool = False, dry_run: bool = False) -> IndexRepair:
-    if not dry_run:
+    if not dry_run:  # the target repaired: `--target` (envx.target), else the first
         refuse_append_only(
-            cfg, enabled_targets(cfg)[:1], "`phx repair index` (it deletes the index objects it replaces)"
+            cfg,
+            [envx.target or enabled_targets(cfg)[0]],
+            "`phx repair index` (it deletes the index objects it replaces)",
         )
     repo = open_repository(cfg, envx)
     try:

@@ -256,7 +256,8 @@ def verify_repository(
                     None,
                     f"{message}; another location holds the blob whole and was read instead (damaged, or a wrong "
                     "index entry or other bytes sealed by someone holding the write key: the machine that backs up); "
-                    "`phx prune` here drops the failing entry, and the pack once no snapshot needs it",
+                    "`phx repair index --read-data` (with `--target NAME` on a replica) leaves the failing copy out "
+                    "of the index and replaces its pack",
                 )
             )
     return result

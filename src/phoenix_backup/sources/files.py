@@ -93,6 +93,20 @@ def unsaved_database(kind: str) -> str:
     )
 
 
+def _unsaved_behind_link(path: Path) -> str | None:
+    """Why a configured SQLite database that is a symbolic link to a named pipe, socket, device or
+    folder was not saved (`phx doctor` fails it, as when that is in its place); None when the link
+    points to a regular file or to nothing (said as before). A stat, never an open: a FIFO's open
+    would block."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return unsaved_database("folder" if stat.S_ISDIR(st.st_mode) else _special_kind(st.st_mode))
+
+
 def regular_head(path: Path, size: int) -> bytes | None:
     """The first `size` bytes of the file at `path` (a link followed), or None when it is no
     regular file (OSError when it cannot be opened or read). Never blocks (`open_regular`)."""
@@ -202,8 +216,15 @@ def select(
         kind: EntryKind
         if stat.S_ISLNK(st.st_mode):
             kind = "symlink"
+            if path in db_paths and (why := _unsaved_behind_link(path)) is not None:
+                sel.errors.append((str(path), why))  # the link is saved all the same
         elif stat.S_ISDIR(st.st_mode):
             kind = "dir"
+            if path in db_paths:
+                # A configured database replaced by a folder: no database saved under its path, a
+                # partial backup as for a FIFO in its place (`phx doctor` fails on it); the folder's
+                # files are saved all the same.
+                sel.errors.append((str(path), unsaved_database("folder")))
         elif stat.S_ISREG(st.st_mode):
             if path in db_paths or (detect_databases and is_sqlite_file(path)):
                 kind = "sqlite"
