@@ -52,3 +52,11 @@ def test_a_relative_pattern_in_a_workspace_whose_path_holds_a_bracket(tmp_path: 
 
 def test_a_pattern_matching_nothing_is_kept_as_written(tmp_path: Path) -> None:
     assert _databases(tmp_path, tmp_path / "w", ["dbs/*.db"]) == [tmp_path / "w" / "dbs" / "*.db"]
+
+
+def test_a_folder_a_pattern_matches_is_no_database(tmp_path: Path) -> None:
+    (tmp_path / "a.db").write_bytes(b"")
+    (tmp_path / "store.db").mkdir()  # a store's folder named like a database: walked as files
+    (tmp_path / "link.db").symlink_to(tmp_path / "store.db")
+    # Before: both were configured databases, and the backup said each a database not saved (exit 3).
+    assert _databases(tmp_path, tmp_path / "w", [str(tmp_path / "*.db")]) == [tmp_path / "a.db"]

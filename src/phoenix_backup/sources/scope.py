@@ -36,7 +36,9 @@ def configured_databases(cfg: Config) -> list[Path]:
         path = raw if os.path.isabs(raw) else str(cfg.workspace / raw)
         if pattern:
             pattern = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(cfg.workspace)), pattern)
-            found = set(glob.glob(pattern))
+            # A folder the pattern matches (`*.db` and a store's folder `index.db/`) is no database
+            # the user named: it is walked as files, never said to be a database not saved.
+            found = {p for p in glob.glob(pattern) if not os.path.isdir(p)}
             if os.path.lexists(path):
                 found.add(path)
             out.extend(Path(p) for p in sorted(found) or (path,))
