@@ -102,7 +102,10 @@ def test_no_command_deletes_or_replaces_on_an_append_only_target(sandbox: Sandbo
     ]
     env = sb.env_with(PHX_NEW_PASSPHRASE="another passphrase")
     for args in deleting:
-        assert_error(sb.phx(*args, env=env, check=False), 2, "append-only", "another machine")
+        res = sb.phx(*args, env=env, check=False)
+        assert_error(res, 2, "append-only", "another machine")
+        # The command named once, as typed (it read "`phx `phx key rotate` (...)`").
+        assert f"so `phx {' '.join(args[:2])}" in res.err and "`phx `phx" not in res.err, res.err
     # --repo naming the same storage: only the commands that read take it.
     for args in (("forget", first["id"]), ("prune",), ("key", "remove", slot)):
         assert_error(sb.phx("--repo", sb.repo, *args, check=False), 2, "does not take --repo")

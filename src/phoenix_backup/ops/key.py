@@ -198,7 +198,7 @@ def key_add_write_only(cfg: Config, envx: Environment, recipients: tuple[str, ..
     if not recipients:
         raise UsageError("give the recipients that will read the repository: --recipient age1... (repeatable)")
     keyslots.wrap_age(keyslots.MasterSecrets.generate(), recipients)  # each recipient is checked first
-    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx key add --write-only` (it replaces the config)")
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "key add --write-only", "it replaces the config")
     with locked_exclusively(cfg, envx, "key add --write-only") as repo:
         if not repo.config.encrypted:
             raise UsageError("the repository is not encrypted; start a write-only one with `phx init --write-only`")
@@ -257,7 +257,7 @@ def _key_add(
 
 
 def key_remove(cfg: Config, envx: Environment, slot_id: str) -> None:
-    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx key remove` (it deletes a key slot)")
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "key remove", "it deletes a key slot")
     # Under the exclusive lock the count of slots cannot change between the last-slot check
     # and the delete: two removals at once can never leave `keys/` empty.
     with locked_exclusively(cfg, envx, "key remove") as repo:
@@ -266,7 +266,7 @@ def key_remove(cfg: Config, envx: Environment, slot_id: str) -> None:
 
 def key_passwd(cfg: Config, envx: Environment) -> KeySlotInfo:
     """Replace the passphrase slot that opened the repository with one for a new passphrase."""
-    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx key passwd` (it deletes the old key slot)")
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "key passwd", "it deletes the old key slot")
     with locked_exclusively(cfg, envx, "key passwd") as repo:
         return _key_passwd(repo, envx)
 

@@ -125,7 +125,7 @@ class RotateResult:
 
 
 def rotate(cfg: Config, envx: Environment) -> RotateResult:
-    refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx key rotate` (it replaces every object)")
+    refuse_append_only(cfg, enabled_targets(cfg)[:1], "key rotate", "it replaces every object")
     started = time.monotonic()
     repo = open_repository(cfg, envx)
     try:

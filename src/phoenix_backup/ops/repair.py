@@ -25,7 +25,8 @@ def repair_index(cfg: Config, envx: Environment, *, read_data: bool = False, dry
         refuse_append_only(
             cfg,
             [envx.target or enabled_targets(cfg)[0]],
-            "`phx repair index` (it deletes the index objects it replaces)",
+            "repair index",
+            "it deletes the index objects it replaces",
         )
     repo = open_repository(cfg, envx)
     try:
@@ -41,7 +42,7 @@ def repair_snapshots(
 ) -> SnapshotRepair:
     changing = rewrite or forget
     if changing:
-        refuse_append_only(cfg, enabled_targets(cfg)[:1], "`phx repair snapshots --rewrite/--forget` (it deletes)")
+        refuse_append_only(cfg, enabled_targets(cfg)[:1], "repair snapshots --rewrite/--forget", "it deletes")
     repo = open_repository(cfg, envx)
     try:
         # `--rewrite` writes trees: a run that fails removes those no index names.
@@ -59,7 +60,7 @@ def repair_objects(cfg: Config, envx: Environment, *, source: str, read_data: bo
         raise UsageError(
             f"--from names the target to copy from: an enabled target other than {first} (enabled replicas: {others})"
         )
-    refuse_append_only(cfg, [first], "`phx repair objects` (it replaces damaged objects)")
+    refuse_append_only(cfg, [first], "repair objects", "it replaces damaged objects")
     src = target_backend(cfg, envx, source)
     dest = target_backend(cfg, envx, first)
     try:

@@ -244,11 +244,12 @@ def _append_only(cfg: Config, names: list[str]) -> Config:
     return dataclasses.replace(cfg, targets=targets)
 
 
-def refuse_append_only(cfg: Config, names: list[str], command: str) -> dict[str, str]:
-    """`command` (forget, prune: commands that delete) must not run against an append-only target:
-    saying so first beats failing half-way. Returns {target: why} for those of `names` that refuse;
-    raises AppendOnlyRefused when every one does."""
-    refused = {name: refusal(name, f"`phx {command}`") for name in names if cfg.targets.append_only(name)}
+def refuse_append_only(cfg: Config, names: list[str], command: str, why: str = "") -> dict[str, str]:
+    """`phx COMMAND` (forget, prune: commands that delete; `why` says what it deletes or replaces)
+    must not run against an append-only target: saying so first beats failing half-way. Returns
+    {target: why} for those of `names` that refuse; raises AppendOnlyRefused when every one does."""
+    named = f"`phx {command}`" + (f" ({why})" if why else "")
+    refused = {name: refusal(name, named) for name in names if cfg.targets.append_only(name)}
     if refused and len(refused) == len(names):
         raise AppendOnlyRefused(next(iter(refused.values())))
     return refused
