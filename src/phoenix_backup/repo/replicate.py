@@ -200,6 +200,15 @@ def _replicate(
         alone = all(info.name == held.name for info in locks.all())
         report.uploads_aborted = dest.abort_abandoned_uploads(everything=alone)
         stale_keys = _add_keys(source, dest, report)
+        # A slot of the current key that the first target no longer has (`phx key remove`, `phx
+        # key passwd`) wraps no retired key: it goes now, whatever else the replica holds (a
+        # refusal below must not leave a removed, maybe leaked, credential opening the replica).
+        removed = _current_key_slots(repo, dest, stale_keys)
+        for name in removed:
+            confirm.step(DELETED)
+            dest.delete(name)
+            report.keys_removed += 1
+        stale_keys = [n for n in stale_keys if n not in removed]
         _add_run_keys(source, dest, report)
         present = {info.name for info in dest.list("data/")}
         present_index = {info.name for info in dest.list("index/")}
@@ -297,6 +306,19 @@ def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]
         if name not in theirs or dest.read(name) != source.read(name):
             _copy_one(source, dest, name, False, report)
     return sorted(theirs - ours) if ours else []
+
+
+def _current_key_slots(repo: Repository, dest: Backend, names: list[str]) -> set[str]:
+    """Those of the replica's slots `names` whose sealed metadata the repository's current key
+    authenticates: they wrap that key, so removing them loses no wrapping of a retired key."""
+    if not names or not repo.config.encrypted or repo.config.write_only is not None:
+        return set()
+    wanted = set(names)
+    return {
+        f"keys/{slot.id}"
+        for slot in Repository.read_key_slots(dest)
+        if f"keys/{slot.id}" in wanted and slot.version >= 2 and slot.with_info(repo.secrets).info is not None
+    }
 
 
 def _add_run_keys(source: Backend, dest: Backend, report: TargetReport) -> None:
