@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from e2e_support import Sandbox
-from test_key_rotate_replica import _objects, _sync
+from test_key_rotate_replica import _objects, _setup, _sync
 
 from phoenix_backup.repo.crypto import sha256_hex
 
@@ -39,3 +39,23 @@ def test_junk_on_a_replica_does_not_keep_a_removed_slot_there(make_sandbox, tmp_
     assert sorted(p.name for p in (replica / "keys").iterdir()) == sorted(p.name for p in (sb.repo / "keys").iterdir())
     assert report.keys_removed == 1
     assert _objects(sb.repo) <= _objects(replica)
+
+
+def test_junk_under_keys_and_snapshots_does_not_fail_every_sync_after_a_rotation(make_sandbox, tmp_path: Path) -> None:
+    """A replica brought over to the new key (its old slots gone). Whoever can write its storage
+    plants bytes under keys/ and snapshots/, no key needed. Before, the slot-like junk (a stale
+    slot) made each sync look for the retired key's objects, none was found, so the junk snapshot
+    was taken for one of them: every sync failed ("this target keeps its old key and every object",
+    untrue: its config is the new key's). Now junk under keys/ is no slot (it wraps no key) and
+    goes; the junk snapshot is no retired key's object and keeps nothing."""
+    sb, replica, _names, _old = _setup(make_sandbox, tmp_path)
+    sb.phx("key", "rotate")
+    assert _sync(sb, replica)[0].ok
+    for prefix in ("keys", "snapshots"):
+        raw = os.urandom(300)
+        (replica / prefix / sha256_hex(raw)).write_bytes(raw)
+    for _ in range(2):
+        report, _said = _sync(sb, replica)
+        assert report.ok, report.error  # before: "holds 1 snapshot(s) and 0 capture segment(s) ..."
+    assert sorted(p.name for p in (replica / "keys").iterdir()) == sorted(p.name for p in (sb.repo / "keys").iterdir())
+    assert (replica / "config").read_bytes() == (sb.repo / "config").read_bytes()

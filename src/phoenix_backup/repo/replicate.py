@@ -27,7 +27,8 @@ the same objects under the same names. For each replica, in its own thread:
    rotation record names) is junk: it keeps nothing from being brought over, and it is named
    (`TargetReport.junk`) and left in place;
 8. delete the key slots the first target no longer has (a slot removed with `phx key
-   remove/passwd/rotate` must stop opening replicas); then publish (Git: push).
+   remove/passwd/rotate` must stop opening replicas; those that can wrap no retired key, the
+   current key's and junk under keys/, go before step 7 judges anything); then publish (Git: push).
 
 A crash or a failure at any step therefore leaves no replica holding a snapshot whose data is
 missing, and the next run (or `phx sync`) copies what is still missing. Every copied object is
@@ -50,6 +51,7 @@ from phoenix_backup.errors import (
     ObjectNotFound,
     PhoenixError,
     RepositoryError,
+    UnsupportedFormat,
 )
 from phoenix_backup.repo import checks, retired
 from phoenix_backup.repo import keys as keyslots
@@ -201,9 +203,10 @@ def _replicate(
         report.uploads_aborted = dest.abort_abandoned_uploads(everything=alone)
         stale_keys = _add_keys(source, dest, report)
         # A slot of the current key that the first target no longer has (`phx key remove`, `phx
-        # key passwd`) wraps no retired key: it goes now, whatever else the replica holds (a
-        # refusal below must not leave a removed, maybe leaked, credential opening the replica).
-        removed = _current_key_slots(repo, dest, stale_keys)
+        # key passwd`), or junk under keys/, wraps no retired key: it goes now, whatever else the
+        # replica holds (a refusal below must not leave a removed, maybe leaked, credential opening
+        # the replica, and junk there must not make each sync look for a retired key's objects).
+        removed = _wrapping_no_retired_key(repo, dest, stale_keys)
         for name in removed:
             confirm.step(DELETED)
             dest.delete(name)
@@ -308,17 +311,25 @@ def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]
     return sorted(theirs - ours) if ours else []
 
 
-def _current_key_slots(repo: Repository, dest: Backend, names: list[str]) -> set[str]:
-    """Those of the replica's slots `names` whose sealed metadata the repository's current key
-    authenticates: they wrap that key, so removing them loses no wrapping of a retired key."""
-    if not names or not repo.config.encrypted or repo.config.write_only is not None:
-        return set()
-    wanted = set(names)
-    return {
-        f"keys/{slot.id}"
-        for slot in Repository.read_key_slots(dest)
-        if f"keys/{slot.id}" in wanted and slot.version >= 2 and slot.with_info(repo.secrets).info is not None
-    }
+def _wrapping_no_retired_key(repo: Repository, dest: Backend, names: list[str]) -> list[str]:
+    """Those of the replica's slots `names` (the first target lacks them) that can wrap no key a
+    rotation retired: one of the current key (its sealed metadata that key authenticates), and an
+    object under keys/ that is no slot (bytes that do not parse, or a slot stored under another
+    slot's id: no opening uses it). Removing them loses no way to open the replica's old objects."""
+    if not repo.config.encrypted or repo.config.write_only is not None:
+        return []
+    out = []
+    for name in names:
+        try:
+            slot = keyslots.KeySlot.from_json(dest.read(name))
+        except CorruptObject:
+            out.append(name)  # junk, not a slot
+            continue
+        except (UnsupportedFormat, ObjectNotFound):
+            continue  # a newer Phoenix's slot: it may wrap a retired key
+        if name != f"keys/{slot.id}" or (slot.version >= 2 and slot.with_info(repo.secrets).info is not None):
+            out.append(name)
+    return out
 
 
 def _add_run_keys(source: Backend, dest: Backend, report: TargetReport) -> None:
