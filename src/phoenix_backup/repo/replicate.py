@@ -194,7 +194,7 @@ def _replicate(
             # is the only copy left. The replica stays as it is (its old key opens all it holds,
             # and no object of the new key there reads as damage under it); the sync says so.
             old = _retired_keys(repo, dest)
-            _refuse_unretired(repo, dest, report, old)
+            _refuse_unretired(repo, dest, report, old, brought_over=False)
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
         # upload before the listing could lose that upload; it then fails and the next sync
@@ -275,7 +275,8 @@ def _replicate(
                 _copy_one(source, dest, obj, False, report)
         if stale_keys and not switched and repo.config.write_only is None:
             old = _retired_keys(repo, dest)
-            _refuse_unretired(repo, dest, report, old)  # switched by a run that stopped before the removal
+            # Switched by a run that stopped before the removal (or slots planted since).
+            _refuse_unretired(repo, dest, report, old, brought_over=True)
         if switched:
             confirm.now(MORE_COMMITTED)
             dest.write("config", source.read("config"))
@@ -287,9 +288,10 @@ def _replicate(
             if report.junk:
                 notice(
                     f"target {report.name} holds {len(report.junk)} object(s) under snapshots/ or captures/ that "
-                    f"neither the current key nor the key a rotation retired opens (first: {report.junk[0]}): damaged "
-                    "or planted, not a snapshot or segment of this repository; they were left in place, and did "
-                    "not keep the target on its old key; delete them from the target's storage"
+                    f"neither the current key nor the key a rotation retired opens, or that the retired key sealed "
+                    f"after this target was brought over to the new key (first: {report.junk[0]}): damaged or "
+                    "planted, not a snapshot or segment of this repository; they were left in place, and did not "
+                    "keep the target on its old key; delete them from the target's storage"
                 )
         for name in stale_keys:
             confirm.step(DELETED)
@@ -383,7 +385,9 @@ def _split_junk(dest: Backend, names: list[str], old: RetiredKeys) -> tuple[list
     return ok, [n for n in names if n not in ok]
 
 
-def _refuse_unretired(repo: Repository, dest: Backend, report: TargetReport, old: RetiredKeys) -> None:
+def _refuse_unretired(
+    repo: Repository, dest: Backend, report: TargetReport, old: RetiredKeys, *, brought_over: bool
+) -> None:
     """Raise when the replica holds a snapshot or capture segment that the first target lacks, that
     the repository's key does not authenticate, and that no rotation record names, or whose
     re-sealed successor (the record's `moved`) is on neither side: a key rotation did not re-seal
@@ -392,7 +396,10 @@ def _refuse_unretired(repo: Repository, dest: Backend, report: TargetReport, old
     old key. Switching the replica would have its copy deleted (and its old slots, the only
     wrapping of that key there), so the replica is left as it is. An object that neither the current
     key nor a retired key `old` opens is junk (damaged or planted): it keeps nothing, and goes to
-    `report.junk` (left in place, said)."""
+    `report.junk` (left in place, said). So does, on a replica already `brought_over` to the new key
+    (its config is the first target's), an old snapshot or segment that no record names: the sync
+    that switched it found none there first, so it came later, written by a holder of the retired
+    key (the owner writes nothing under it since)."""
     name = report.name
     names, moved, _keys = retired.load(repo)
     prefixes = ("snapshots/", "captures/")
@@ -406,6 +413,9 @@ def _refuse_unretired(repo: Repository, dest: Backend, report: TargetReport, old
     }
     sealed, report.junk = _split_junk(dest, _old_objects(repo, dest, prefixes), old)
     kept = retired.unsafe(names, moved, sealed, present)
+    if brought_over:
+        report.junk += [n for n in kept if n not in names]
+        kept = [n for n in kept if n in names]
     if not kept:
         return
     snaps = sum(n.startswith("snapshots/") for n in kept)
