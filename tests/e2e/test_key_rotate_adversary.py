@@ -65,9 +65,7 @@ def test_junk_under_keys_and_snapshots_does_not_fail_every_sync_after_a_rotation
     assert (replica / "config").read_bytes() == (sb.repo / "config").read_bytes()
 
 
-def test_a_slot_to_the_retired_key_planted_on_a_replica_brought_over_fails_no_sync(
-    make_sandbox, tmp_path: Path
-) -> None:
+def test_a_retired_key_slot_planted_on_a_replica_brought_over_fails_no_sync(make_sandbox, tmp_path: Path) -> None:
     """The old key leaked. The replica was brought over to the new key (its old slots gone); the
     attacker plants there a slot wrapping the OLD key to the owner's public age recipient (the
     owner's identity opens it, and a rotation record names its key as retired) and a snapshot
