@@ -28,11 +28,11 @@ def test_junk_on_a_replica_does_not_keep_a_removed_slot_there(make_sandbox, tmp_
     sb.backup()
     replica = tmp_path / "replica"
     sb.phx("key", "add", "--method", "passphrase", env=sb.env_with(PHX_NEW_PASSPHRASE="leaked one"))
-    slots = sb.phx("key", "list", "--json").json()
+    slots = sb.phx_here("key", "list", "--json").json()
     assert len(slots) == 2
     assert _sync(sb, replica)[0].ok
     assert len(list((replica / "keys").iterdir())) == 2
-    sb.phx("key", "remove", next(s["id"] for s in slots if not s.get("current")))
+    sb.phx_here("key", "remove", next(s["id"] for s in slots if not s.get("current")))
     raw = os.urandom(300)
     (replica / "snapshots" / sha256_hex(raw)).write_bytes(raw)  # planted by the holder of the leaked passphrase
     (sb.workspace / "MEMORY.md").write_text("# Memory\nwritten after the removal\n")
@@ -53,7 +53,7 @@ def test_junk_under_keys_and_snapshots_does_not_fail_every_sync_after_a_rotation
     untrue: its config is the new key's). Now junk under keys/ is no slot (it wraps no key) and
     goes; the junk snapshot is no retired key's object and keeps nothing."""
     sb, replica, _names, _old = _setup(make_sandbox, tmp_path)
-    sb.phx("key", "rotate")
+    sb.phx_here("key", "rotate")
     assert _sync(sb, replica)[0].ok
     for prefix in ("keys", "snapshots"):
         raw = os.urandom(300)
@@ -78,7 +78,7 @@ def test_a_retired_key_slot_planted_on_a_replica_brought_over_fails_no_sync(make
     with _repo(sb) as repo:
         leaked = repo.secrets
     assert _sync(sb, replica)[0].ok
-    sb.phx("key", "rotate")
+    sb.phx_here("key", "rotate")
     assert _sync(sb, replica)[0].ok
     slot_id = "0123456789abcdef"
     (replica / "keys" / slot_id).write_bytes(_forged_slot(leaked, recipient, slot_id))
