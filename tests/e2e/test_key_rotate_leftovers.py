@@ -56,7 +56,7 @@ def test_a_rotation_refuses_while_a_replica_holds_snapshots_the_first_target_lac
     restores the same)."""
     sb, remote, lost, obj, expected = git_replica_ahead(make_sandbox, tmp_path)
     here, there = _stored(sb.repo), git("rev-parse", "main", cwd=remote)
-    res = sb.phx("key", "rotate", check=None)
+    res = sb.phx_here("key", "rotate", code=1)
     assert_error(res, 1, "target git", "1 snapshot(s)", obj, "nothing was changed", "phx repair objects --from git")
     assert _stored(sb.repo) == here and git("rev-parse", "main", cwd=remote) == there
     if not HEAVY:
@@ -100,7 +100,7 @@ def test_junk_on_a_replica_does_not_keep_it_on_the_old_key(make_sandbox, tmp_pat
         (replica / prefix).mkdir(exist_ok=True)
         (replica / prefix / sha256_hex(raw)).write_bytes(raw)
         planted.append(f"{prefix}/{sha256_hex(raw)}")
-    sb.phx("key", "rotate")
+    sb.phx_here("key", "rotate")
     said: list[str] = []
     with _repo(sb) as repo:
         report = replicate(repo, "replica", LocalBackend(replica), said.append)
@@ -117,7 +117,7 @@ def test_without_the_owners_credentials_junk_still_keeps_the_old_key(make_sandbo
     sb, replica, _names, _old = _setup(make_sandbox, tmp_path)
     raw = os.urandom(300)
     (replica / "snapshots" / sha256_hex(raw)).write_bytes(raw)
-    sb.phx("key", "rotate")
+    sb.phx_here("key", "rotate")
     with _repo(sb) as repo:
         repo.credentials = None  # as a machine without them
         report = replicate(repo, "replica", LocalBackend(replica), print)
@@ -197,7 +197,7 @@ def test_a_replica_gets_the_resealed_records_and_loses_the_old_ones(make_sandbox
     with _repo(sb) as repo:
         checks.write(repo, [checks.record("cd" * 32, 8192, "ok", "restore", snap, "memory/x.db", "3.45.0")])
         assert replicate(repo, "replica", LocalBackend(replica), print).ok
-    sb.phx("key", "rotate")
+    sb.phx_here("key", "rotate")
     with _repo(sb) as repo:
         report: TargetReport = replicate(repo, "replica", LocalBackend(replica), print)
     assert report.ok, report.error

@@ -27,7 +27,8 @@ the same objects under the same names. For each replica, in its own thread:
    rotation record names) is junk: it keeps nothing from being brought over, and it is named
    (`TargetReport.junk`) and left in place;
 8. delete the key slots the first target no longer has (a slot removed with `phx key
-   remove/passwd/rotate` must stop opening replicas); then publish (Git: push).
+   remove/passwd/rotate` must stop opening replicas; those that can wrap no retired key, the
+   current key's and junk under keys/, go before step 7 judges anything); then publish (Git: push).
 
 A crash or a failure at any step therefore leaves no replica holding a snapshot whose data is
 missing, and the next run (or `phx sync`) copies what is still missing. Every copied object is
@@ -50,6 +51,7 @@ from phoenix_backup.errors import (
     ObjectNotFound,
     PhoenixError,
     RepositoryError,
+    UnsupportedFormat,
 )
 from phoenix_backup.repo import checks, retired
 from phoenix_backup.repo import keys as keyslots
@@ -192,7 +194,7 @@ def _replicate(
             # is the only copy left. The replica stays as it is (its old key opens all it holds,
             # and no object of the new key there reads as damage under it); the sync says so.
             old = _retired_keys(repo, dest)
-            _refuse_unretired(repo, dest, report, old)
+            _refuse_unretired(repo, dest, report, old, brought_over=False)
         # Every writer holds a lock: with no other lock present, every unfinished upload is a
         # leftover of a killed run. (A writer locking right after this check and starting an
         # upload before the listing could lose that upload; it then fails and the next sync
@@ -200,6 +202,16 @@ def _replicate(
         alone = all(info.name == held.name for info in locks.all())
         report.uploads_aborted = dest.abort_abandoned_uploads(everything=alone)
         stale_keys = _add_keys(source, dest, report)
+        # A slot of the current key that the first target no longer has (`phx key remove`, `phx
+        # key passwd`), or junk under keys/, wraps no retired key: it goes now, whatever else the
+        # replica holds (a refusal below must not leave a removed, maybe leaked, credential opening
+        # the replica, and junk there must not make each sync look for a retired key's objects).
+        removed = _wrapping_no_retired_key(repo, dest, stale_keys)
+        for name in removed:
+            confirm.step(DELETED)
+            dest.delete(name)
+            report.keys_removed += 1
+        stale_keys = [n for n in stale_keys if n not in removed]
         _add_run_keys(source, dest, report)
         present = {info.name for info in dest.list("data/")}
         present_index = {info.name for info in dest.list("index/")}
@@ -263,7 +275,8 @@ def _replicate(
                 _copy_one(source, dest, obj, False, report)
         if stale_keys and not switched and repo.config.write_only is None:
             old = _retired_keys(repo, dest)
-            _refuse_unretired(repo, dest, report, old)  # switched by a run that stopped before the removal
+            # Switched by a run that stopped before the removal (or slots planted since).
+            _refuse_unretired(repo, dest, report, old, brought_over=True)
         if switched:
             confirm.now(MORE_COMMITTED)
             dest.write("config", source.read("config"))
@@ -275,9 +288,10 @@ def _replicate(
             if report.junk:
                 notice(
                     f"target {report.name} holds {len(report.junk)} object(s) under snapshots/ or captures/ that "
-                    f"neither the current key nor the key a rotation retired opens (first: {report.junk[0]}): damaged "
-                    "or planted, not a snapshot or segment of this repository; they were left in place, and did "
-                    "not keep the target on its old key; delete them from the target's storage"
+                    f"neither the current key nor the key a rotation retired opens, or that the retired key sealed "
+                    f"after this target was brought over to the new key (first: {report.junk[0]}): damaged or "
+                    "planted, not a snapshot or segment of this repository; they were left in place, and did not "
+                    "keep the target on its old key; delete them from the target's storage"
                 )
         for name in stale_keys:
             confirm.step(DELETED)
@@ -297,6 +311,27 @@ def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]
         if name not in theirs or dest.read(name) != source.read(name):
             _copy_one(source, dest, name, False, report)
     return sorted(theirs - ours) if ours else []
+
+
+def _wrapping_no_retired_key(repo: Repository, dest: Backend, names: list[str]) -> list[str]:
+    """Those of the replica's slots `names` (the first target lacks them) that can wrap no key a
+    rotation retired: one of the current key (its sealed metadata that key authenticates), and an
+    object under keys/ that is no slot (bytes that do not parse, or a slot stored under another
+    slot's id: no opening uses it). Removing them loses no way to open the replica's old objects."""
+    if not repo.config.encrypted or repo.config.write_only is not None:
+        return []
+    out = []
+    for name in names:
+        try:
+            slot = keyslots.KeySlot.from_json(dest.read(name))
+        except CorruptObject:
+            out.append(name)  # junk, not a slot
+            continue
+        except (UnsupportedFormat, ObjectNotFound):
+            continue  # a newer Phoenix's slot: it may wrap a retired key
+        if name != f"keys/{slot.id}" or (slot.version >= 2 and slot.with_info(repo.secrets).info is not None):
+            out.append(name)
+    return out
 
 
 def _add_run_keys(source: Backend, dest: Backend, report: TargetReport) -> None:
@@ -350,7 +385,9 @@ def _split_junk(dest: Backend, names: list[str], old: RetiredKeys) -> tuple[list
     return ok, [n for n in names if n not in ok]
 
 
-def _refuse_unretired(repo: Repository, dest: Backend, report: TargetReport, old: RetiredKeys) -> None:
+def _refuse_unretired(
+    repo: Repository, dest: Backend, report: TargetReport, old: RetiredKeys, *, brought_over: bool
+) -> None:
     """Raise when the replica holds a snapshot or capture segment that the first target lacks, that
     the repository's key does not authenticate, and that no rotation record names, or whose
     re-sealed successor (the record's `moved`) is on neither side: a key rotation did not re-seal
@@ -359,7 +396,10 @@ def _refuse_unretired(repo: Repository, dest: Backend, report: TargetReport, old
     old key. Switching the replica would have its copy deleted (and its old slots, the only
     wrapping of that key there), so the replica is left as it is. An object that neither the current
     key nor a retired key `old` opens is junk (damaged or planted): it keeps nothing, and goes to
-    `report.junk` (left in place, said)."""
+    `report.junk` (left in place, said). So does, on a replica already `brought_over` to the new key
+    (its config is the first target's), an old snapshot or segment that no record names: the sync
+    that switched it found none there first, so it came later, written by a holder of the retired
+    key (the owner writes nothing under it since)."""
     name = report.name
     names, moved, _keys = retired.load(repo)
     prefixes = ("snapshots/", "captures/")
@@ -373,6 +413,9 @@ def _refuse_unretired(repo: Repository, dest: Backend, report: TargetReport, old
     }
     sealed, report.junk = _split_junk(dest, _old_objects(repo, dest, prefixes), old)
     kept = retired.unsafe(names, moved, sealed, present)
+    if brought_over:
+        report.junk += [n for n in kept if n not in names]
+        kept = [n for n in kept if n in names]
     if not kept:
         return
     snaps = sum(n.startswith("snapshots/") for n in kept)
