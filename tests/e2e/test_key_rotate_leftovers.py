@@ -57,7 +57,17 @@ def test_a_rotation_refuses_while_a_replica_holds_snapshots_the_first_target_lac
     sb, remote, lost, obj, expected = git_replica_ahead(make_sandbox, tmp_path)
     here, there = _stored(sb.repo), git("rev-parse", "main", cwd=remote)
     res = sb.phx_here("key", "rotate", code=1)
-    assert_error(res, 1, "target git", "1 snapshot(s)", obj, "nothing was changed", "phx repair objects --from git")
+    assert_error(
+        res,
+        1,
+        "target git",
+        "1 snapshot(s)",
+        obj,
+        "nothing was changed",
+        "phx repair objects --from git",
+        "phx list --target git",
+        "planted",
+    )
     assert _stored(sb.repo) == here and git("rev-parse", "main", cwd=remote) == there
     if not HEAVY:
         return

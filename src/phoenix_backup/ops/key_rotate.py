@@ -352,10 +352,12 @@ def _refuse_replicas_ahead(repo: Repository, cfg: Config, envx: Environment) -> 
     raise RepositoryError(
         f"target {name}{others} holds {snaps} snapshot(s) and {len(extra) - snaps} capture segment(s) that the "
         f"first target lacks (first: {extra[0]}); the rotation cannot re-seal them, so that target would keep "
-        "the old key, and nothing was changed; no command copies them back: copy each from target "
-        f"{name}'s storage into the first target's under the same name, run `phx repair objects --from {name}` "
-        f"(it copies back the data they need), then run `phx key rotate` again; or, to give them up, delete "
-        f"them from target {name}'s storage and run `phx key rotate` again"
+        "the old key, and nothing was changed; they open under the current key, so they are either yours (lost "
+        "from the first target) or planted by whoever holds a leaked key: look at them first (`phx list --target "
+        f"{name}`: their times, hosts and paths); if they are yours, copy each from target {name}'s storage into "
+        f"the first target's under the same name, run `phx repair objects --from {name}` (it copies back the data "
+        "they need), then run `phx key rotate` again (no command copies them back); if they are not, delete them "
+        f"from target {name}'s storage (or disable it: targets.{name}.enabled false) and run `phx key rotate` again"
     )
 
 
