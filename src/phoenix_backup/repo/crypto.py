@@ -88,33 +88,25 @@ def load_cryptography() -> None:
 
 
 class Sha256:
-    """EXPERIMENT shaexp (not for landing): the whole-file digest is BLAKE3 (unkeyed, 32 bytes)
-    of the same bytes, in place of SHA-256, with the same interface. SHAEXP_B3_THREADS=N (N > 1)
-    lets one `update` use N threads (BLAKE3's tree mode); 0 means AUTO; default 1."""
+    """SHA-256 through `cryptography`'s OpenSSL, with hashlib's interface (`update`, `digest`,
+    `hexdigest`, the last two as often as wanted). `update` releases the GIL. One thread at a time:
+    unlike hashlib's object, which locks, a second thread's call meanwhile raises RuntimeError
+    (`BackgroundSha256` is how a second thread hashes)."""
 
     __slots__ = ("_hash",)
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
-        self._hash = _new_b3()
+        self._hash = _new_sha256()
         self.update(data)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(_as_bytes(data))
 
     def digest(self) -> bytes:
-        return bytes(self._hash.digest())
+        return self._hash.copy().finalize()
 
     def hexdigest(self) -> str:
         return self.digest().hex()
-
-
-_B3_THREADS = int(os.environ.get("SHAEXP_B3_THREADS", "1"))
-
-
-def _new_b3() -> blake3.blake3:
-    if _B3_THREADS == 1:
-        return blake3.blake3()
-    return blake3.blake3(max_threads=blake3.blake3.AUTO if _B3_THREADS == 0 else _B3_THREADS)
 
 
 _sha256: tuple[type[Hash], SHA256] | None = None
@@ -141,9 +133,9 @@ def _as_bytes(data: bytes | bytearray | memoryview) -> memoryview:
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
-    context = _new_b3()
+    context = _new_sha256()
     context.update(_as_bytes(data))
-    return str(context.hexdigest())
+    return context.finalize().hex()
 
 
 FILE_BLOCK = 64 * 1024
