@@ -10,9 +10,11 @@ import json
 import os
 import random
 import sqlite3
+import tarfile
+from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, scan_for
+from e2e_support import PASSPHRASE, Sandbox, scan_for
 
 CONTENT = b"PHOENIX-CANARY-7f3a"
 FILE_NAME = "canary-name-91bd.md"
@@ -65,3 +67,27 @@ def test_control_unencrypted_repository_shows_the_canaries(make_sandbox) -> None
     hits = scan_for(sb.repo, (CONTENT, ROW.encode()))
     assert any(repr(CONTENT) in h for h in hits), hits
     assert any(repr(ROW.encode()) in h for h in hits), hits
+
+
+def test_a_key_file_inside_the_workspace_is_never_saved(sandbox: Sandbox, tmp_path: Path) -> None:
+    """PHX_PASSPHRASE_FILE inside the workspace was saved in every snapshot, and `phx archive`
+    of one snapshot then handed out the passphrase to all of them: it is left out, with a
+    warning in the backup and in `phx doctor` naming it and the fix."""
+    sb = sandbox
+    key = sb.workspace / "secrets" / "phx-passphrase"
+    key.parent.mkdir()
+    key.write_text(PASSPHRASE + "\n")
+    key.chmod(0o600)
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(key))
+    doc = sb.phx("backup", "--json", env=env).json()
+    said = [w for w in doc["warnings"] if str(key) in w]
+    assert len(said) == 1 and "left out of every backup" in said[0] and "move it outside the workspace" in said[0]
+    listed = sb.phx("ls", "latest", env=env).out
+    assert "workspace/secrets" in listed and "phx-passphrase" not in listed
+    archive = tmp_path / "one-snapshot.tar.gz"
+    sb.phx("archive", "latest", "--output", archive, env=env)
+    with tarfile.open(archive) as tar:
+        held = b"".join(f.read() for m in tar.getmembers() if m.isfile() and (f := tar.extractfile(m)) is not None)
+    assert PASSPHRASE.encode() not in held
+    checks = sb.phx("doctor", "--json", env=env, check=False).json()["checks"]
+    assert any(c["name"] == "key file" and c["status"] == "warn" and str(key) in c["message"] for c in checks)
