@@ -10,11 +10,13 @@ import json
 import os
 import random
 import sqlite3
+import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-from e2e_support import PASSPHRASE, Sandbox, scan_for
+from e2e_support import PASSPHRASE, PHX, Sandbox, scan_for
 
 CONTENT = b"PHOENIX-CANARY-7f3a"
 FILE_NAME = "canary-name-91bd.md"
@@ -91,3 +93,22 @@ def test_a_key_file_inside_the_workspace_is_never_saved(sandbox: Sandbox, tmp_pa
     assert PASSPHRASE.encode() not in held
     checks = sb.phx("doctor", "--json", env=env, check=False).json()["checks"]
     assert any(c["name"] == "key file" and c["status"] == "warn" and str(key) in c["message"] for c in checks)
+
+
+def test_what_a_backup_writes_in_the_data_folder_is_private_under_umask_000(sandbox: Sandbox) -> None:
+    """The data folder may be older than Phoenix and open to others (`~/.argentos/backup`, mode
+    0755): under umask 000, the state file and the prune record were written mode 0666, for any
+    user to change (a state file claiming a fresh integrity check, say). Each file is 0600."""
+    sb = sandbox
+    data = sb.home / ".argentos" / "backup"
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o755)
+
+    def no_umask() -> None:
+        os.umask(0)
+
+    res = subprocess.run([PHX, "backup"], env=sb.env, capture_output=True, text=True, preexec_fn=no_umask)
+    assert res.returncode == 0, res
+    written = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert {".last-backup", "prune.json"} <= set(written)
+    assert {name: oct(mode) for name, mode in written.items() if mode & 0o077} == {}
