@@ -119,7 +119,7 @@ def key_files_in_workspace(cfg: Config, env: Mapping[str, str]) -> list[tuple[Pa
     """The files and folders that open the repository (PHX_PASSPHRASE_FILE, PHX_IDENTITY_FILE,
     `encryption.identityFile`, GNUPGHOME) that lie inside the workspace, each with the warning a
     backup gives of it. A backup never saves them: a snapshot would hand the key to every
-    snapshot to whoever is given one snapshot's files (`phx archive`, `phx export`, `restore
+    snapshot to whoever is given one snapshot's files (`phx archive`, `restore
     --to`), and it opens nothing a restore needs, being sealed under itself."""
     named = [
         (env.get("PHX_PASSPHRASE_FILE"), "the passphrase file (PHX_PASSPHRASE_FILE)"),
