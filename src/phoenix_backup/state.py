@@ -156,7 +156,12 @@ def _write(target: Path, doc: dict[str, Any]) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = target.with_name(f".last-backup.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        # Mode 0600 whatever the umask: the folder may be another program's (ArgentOS's), open to
+        # others, and under umask 000 the file was writable by every user (a leaf: no `dirs`).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # a temp file a killed run left, with its mode
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, indent=2) + "\n")
         os.replace(tmp, target)
     except OSError:
         pass

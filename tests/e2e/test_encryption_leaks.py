@@ -10,9 +10,13 @@ import json
 import os
 import random
 import sqlite3
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox, scan_for
+from e2e_support import PASSPHRASE, PHX, Sandbox, scan_for
 
 CONTENT = b"PHOENIX-CANARY-7f3a"
 FILE_NAME = "canary-name-91bd.md"
@@ -65,3 +69,46 @@ def test_control_unencrypted_repository_shows_the_canaries(make_sandbox) -> None
     hits = scan_for(sb.repo, (CONTENT, ROW.encode()))
     assert any(repr(CONTENT) in h for h in hits), hits
     assert any(repr(ROW.encode()) in h for h in hits), hits
+
+
+def test_a_key_file_inside_the_workspace_is_never_saved(sandbox: Sandbox, tmp_path: Path) -> None:
+    """PHX_PASSPHRASE_FILE inside the workspace was saved in every snapshot, and `phx archive`
+    of one snapshot then handed out the passphrase to all of them: it is left out, with a
+    warning in the backup and in `phx doctor` naming it and the fix."""
+    sb = sandbox
+    key = sb.workspace / "secrets" / "phx-passphrase"
+    key.parent.mkdir()
+    key.write_text(PASSPHRASE + "\n")
+    key.chmod(0o600)
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(key))
+    doc = sb.phx("backup", "--json", env=env).json()
+    said = [w for w in doc["warnings"] if str(key) in w]
+    assert len(said) == 1 and "left out of every backup" in said[0] and "move it outside the workspace" in said[0]
+    listed = sb.phx("ls", "latest", env=env).out
+    assert "workspace/secrets" in listed and "phx-passphrase" not in listed
+    archive = tmp_path / "one-snapshot.tar.gz"
+    sb.phx("archive", "latest", "--output", archive, env=env)
+    with tarfile.open(archive) as tar:
+        held = b"".join(f.read() for m in tar.getmembers() if m.isfile() and (f := tar.extractfile(m)) is not None)
+    assert PASSPHRASE.encode() not in held
+    checks = sb.phx("doctor", "--json", env=env, check=False).json()["checks"]
+    assert any(c["name"] == "key file" and c["status"] == "warn" and str(key) in c["message"] for c in checks)
+
+
+def test_what_a_backup_writes_in_the_data_folder_is_private_under_umask_000(sandbox: Sandbox) -> None:
+    """The data folder may be older than Phoenix and open to others (`~/.argentos/backup`, mode
+    0755): under umask 000, the state file and the prune record were written mode 0666, for any
+    user to change (a state file claiming a fresh integrity check, say). Each file is 0600."""
+    sb = sandbox
+    data = sb.home / ".argentos" / "backup"
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o755)
+
+    def no_umask() -> None:
+        os.umask(0)
+
+    res = subprocess.run([PHX, "backup"], env=sb.env, capture_output=True, text=True, preexec_fn=no_umask)
+    assert res.returncode == 0, res
+    written = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert {".last-backup", "prune.json"} <= set(written)
+    assert {name: oct(mode) for name, mode in written.items() if mode & 0o077} == {}

@@ -378,3 +378,25 @@ def test_a_backup_keeps_its_memory_and_environment_from_other_processes(sandbox:
     res = subprocess.run([*prefix, PHX, "backup"], env=sb.env, capture_output=True, text=True)
     assert res.returncode == 0, res
     assert seen.read_text().strip() == "hidden"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_CORE and prctl are Linux's here")
+def test_a_backup_runs_with_no_core_size_whatever_it_was_started_with(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Not dumpable alone still writes a core where `fs.suid_dumpable` is 1 or 2: `phx` started
+    with an unlimited core size (`ulimit -c unlimited`) holds its secrets with a core size of 0,
+    which its hook inherits and shows."""
+    import resource
+
+    sb = sandbox
+    seen = tmp_path / "seen"
+    sb.write_config(hooks={"preBackup": f"ulimit -c > {seen}"})
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    if hard == 0:
+        pytest.skip("the hard core size limit is 0 here: nothing to lower")
+
+    def raise_core_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+
+    res = subprocess.run([PHX, "backup"], env=sb.env, capture_output=True, text=True, preexec_fn=raise_core_limit)
+    assert res.returncode == 0, res
+    assert seen.read_text().strip() == "0"

@@ -97,8 +97,10 @@ def test_the_launchd_plist_is_written_durably(tmp_path: Path, monkeypatch: pytes
     launchd.install(ScheduleSpec.parse("daily", "03:00"), job)
     path = launchd.plist_path(job.home, job.name)
     assert path.exists() and seen.count(str(path.parent)) == 1, seen
-    # Its content before the rename: a temporary file beside it.
-    assert [Path(s).parent for s in seen if s != str(path.parent)] == [path.parent], seen
+    # Its content before the rename: a temporary file beside it (the folders made for it are each
+    # made durable too, `make_dirs`: their parents fsynced).
+    made = {str(p) for p in path.parent.parents}
+    assert [Path(s).parent for s in seen if s != str(path.parent) and s not in made] == [path.parent], seen
 
 
 def test_a_job_two_schedulers_run_is_said_by_status_and_doctor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,3 +131,27 @@ def test_a_job_two_schedulers_run_is_said_by_status_and_doctor(tmp_path: Path, m
     # One scheduler: nothing said.
     monkeypatch.setattr(cron, "installed", lambda env, name: None)
     assert "warning" not in _status_text(schedule.status(ENV, home), "backup")
+
+
+def test_the_units_and_their_folders_are_private_under_umask_000(tmp_path: Path) -> None:
+    """Under umask 000 the `phx watch` service was written mode 0666, and the folders made for the
+    units (~/.config/systemd/user) 0777: any user could replace a unit, whose ExecStart runs as
+    you. Each folder made is 0700 and each unit 0600, for the backup's units and the watch's."""
+    from phoenix_backup.errors import SchedulerUnavailable
+    from phoenix_backup.schedule import service
+
+    job, spec = _job(tmp_path), ScheduleSpec.parse("daily", "03:00")
+    old = os.umask(0)
+    try:
+        systemd.write_units(spec, job, ENV)
+        with pytest.raises(SchedulerUnavailable):  # no systemctl here: the file is written all the same
+            service.install(tmp_path / "backup.json", ENV, job.home, "systemd")
+    finally:
+        os.umask(old)
+    made = [job.home, *job.home.rglob("*")]
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in made}
+    assert {
+        "home/.config/systemd/user/phoenix-backup.service",
+        "home/.config/systemd/user/phoenix-watch.service",
+    } <= set(modes), modes
+    assert {p: m for p, m in modes.items() if int(m, 8) & 0o077} == {}

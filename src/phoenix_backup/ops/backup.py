@@ -365,6 +365,7 @@ def _missing_warnings(cfg: Config, sel: Selection, layout: Layout, scope: Scope)
     inside = repository_in_workspace(cfg, layout.home)
     if inside is not None:
         out.append(inside)
+    out += sel.left_out
     identity = LogicalMatcher.for_patterns(cfg.components.identity, layout)
     if scope in ("full", "identity") and not any(identity.matches(logical) for logical in sel.entries):
         # Each identity file may be absent on its own; none at all is a workspace set wrong.

@@ -44,7 +44,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops.context import Environment, given_passphrase, load, open_repository
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
-from phoenix_backup.ops.selection import repository_in_workspace, workspace_in_own_folder
+from phoenix_backup.ops.selection import key_files_in_workspace, repository_in_workspace, workspace_in_own_folder
 from phoenix_backup.repo.crypto import zstandard_module
 from phoenix_backup.repo.locks import HeldLock, unreadable_lock_fix
 from phoenix_backup.repo.repository import Repository
@@ -183,6 +183,9 @@ def _repository_place(cfg: Config, envx: Environment, result: DoctorResult) -> N
     if inside is not None:
         message, _, fix = inside.rpartition("; ")
         result.add("repository", "warn", message, fix)
+    for _path, warning in key_files_in_workspace(cfg, envx.env):
+        message, _, fix = warning.rpartition("; ")
+        result.add("key file", "warn", message, fix)
 
 
 def _sqlite(cfg: Config, envx: Environment, result: DoctorResult) -> None:

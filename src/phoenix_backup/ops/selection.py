@@ -32,7 +32,8 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
     holder = workspace_in_own_folder(cfg, envx.env)
     if holder is not None:
         raise SourceError(holder)
-    own = [p for p, _what, _fix in _own_folders(cfg, envx.env)]
+    keys = key_files_in_workspace(cfg, envx.env)
+    own = [*(p for p, _what, _fix in _own_folders(cfg, envx.env)), *(p for p, _warning in keys)]
     own = [
         *(p for p in own if real_path(Path(os.path.abspath(p.expanduser()))) == real_path(p)),
         *(real_path(p) for p in own),
@@ -51,6 +52,7 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             if v.kind == "sqlite"
             or any(e.logical.startswith(k + "/") and e.kind == "sqlite" for e in sel.entries.values())
         }
+    sel.left_out = [warning for _p, warning in keys]
     empty = not sel.errors and not any(e.kind != "dir" for e in sel.entries.values())
     if scope != "full" and empty and not db_backup.database_jobs(cfg, scope):
         # An empty snapshot would become `latest` of its scope and prove nothing.
@@ -108,6 +110,36 @@ def _own_folders(cfg: Config, env: Mapping[str, str]) -> list[tuple[Path, str, s
                 cfg.repository_path,
                 "the local target's repository",
                 f"or move the repository (targets.local.path in {where})",
+            )
+        )
+    return out
+
+
+def key_files_in_workspace(cfg: Config, env: Mapping[str, str]) -> list[tuple[Path, str]]:
+    """The files and folders that open the repository (PHX_PASSPHRASE_FILE, PHX_IDENTITY_FILE,
+    `encryption.identityFile`, GNUPGHOME) that lie inside the workspace, each with the warning a
+    backup gives of it. A backup never saves them: a snapshot would hand the key to every
+    snapshot to whoever is given one snapshot's files (`phx archive`, `restore
+    --to`), and it opens nothing a restore needs, being sealed under itself."""
+    named = [
+        (env.get("PHX_PASSPHRASE_FILE"), "the passphrase file (PHX_PASSPHRASE_FILE)"),
+        (env.get("PHX_IDENTITY_FILE"), "the age identity file (PHX_IDENTITY_FILE)"),
+        (str(cfg.encryption.identity_file or ""), "the age identity file (encryption.identityFile)"),
+        (env.get("GNUPGHOME"), "the GnuPG home (GNUPGHOME)"),
+    ]
+    out: list[tuple[Path, str]] = []
+    for given, what in named:
+        if not given:
+            continue
+        path = Path(os.path.abspath(Path(given).expanduser()))
+        if in_workspace(cfg.workspace, path) is None:
+            continue
+        out.append(
+            (
+                path,
+                f"{what} {path} is inside the workspace {cfg.workspace}, where the agent can read it: it is left "
+                "out of every backup (a snapshot must not carry the key to every snapshot); move it outside "
+                "the workspace",
             )
         )
     return out

@@ -263,8 +263,19 @@ def hide_process_memory() -> None:
     watch` and its snapshot child for weeks): no core dump of it, and no other process of the
     same user may read its memory (/proc/PID/mem, /proc/PID/environ, ptrace) without
     CAP_SYS_PTRACE: prctl(PR_SET_DUMPABLE, 0). An exec resets it, so each such process sets it
-    itself (`set_process_option`)."""
+    itself (`set_process_option`).
+
+    Not dumpable alone still leaves a core where `fs.suid_dumpable` is 1 (owned by the user, in
+    the working folder) or 2 (a root-owned core, or the core pattern's handler), and elsewhere
+    than Linux: the core size limit is set to 0 too (the hard limit is kept, so a hook may raise
+    its own again)."""
     set_process_option(_PR_SET_DUMPABLE, 0)
+    try:
+        import resource
+    except ImportError:  # not on this platform: nothing to lower
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
 def set_process_option(option: int, value: int) -> None:

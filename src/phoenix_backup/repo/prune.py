@@ -50,12 +50,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phoenix_backup.dirs import write_private
 from phoenix_backup.errors import (
     CorruptObject,
     ObjectNotFound,
@@ -191,9 +191,9 @@ class PruneState:
     def save(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.path.with_name(f".prune.json.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, self.path)
+            write_private(
+                self.path, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode()
+            )  # 0600, any umask
         except OSError:
             pass  # only an accelerator of leftover removal and of the daily rhythm
 

@@ -8,7 +8,7 @@ import plistlib
 import subprocess
 from pathlib import Path
 
-from phoenix_backup.dirs import fsync_dir, write_private
+from phoenix_backup.dirs import fsync_dir, make_dirs, write_private
 from phoenix_backup.errors import SchedulerUnavailable
 from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
@@ -51,7 +51,7 @@ def launchctl(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 def install(spec: ScheduleSpec, job: Job) -> str:
     path = plist_path(job.home, job.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)  # 0700, whatever the umask: a folder others could write is theirs to plant a job in
     domain = f"gui/{os.getuid()}"
     launchctl(["bootout", domain, str(path)])  # an older version, if loaded
     write_private(path, render(spec, job))  # atomic and durable: never a half-written plist

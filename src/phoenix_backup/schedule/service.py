@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from phoenix_backup.dirs import make_dirs, write_private
 from phoenix_backup.errors import SchedulerUnavailable, UsageError
 from phoenix_backup.schedule import launchd, systemd
 from phoenix_backup.schedule.job import PASS_THROUGH
@@ -75,10 +76,10 @@ def install(config_path: Path, env: Mapping[str, str], home: Path, scheduler: st
         )
     if scheduler == "launchd":
         path = launchd.plist_path(home, NAME)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         domain = f"gui/{os.getuid()}"
         launchd.launchctl(["bootout", domain, str(path)])
-        path.write_bytes(render_launchd(config_path, env))
+        write_private(path, render_launchd(config_path, env))
         proc = launchd.launchctl(["bootstrap", domain, str(path)])
         if proc.returncode != 0:
             raise SchedulerUnavailable(
@@ -87,11 +88,9 @@ def install(config_path: Path, env: Mapping[str, str], home: Path, scheduler: st
             )
         return path
     folder = systemd.unit_dir(env, home)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)  # as the backup's units (`systemd.write_units`): 0700 folders, a 0600 file, any umask
     path = folder / systemd.service_name(NAME)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_systemd(config_path, env))
-    tmp.replace(path)
+    write_private(path, render_systemd(config_path, env).encode())
     for args in (["daemon-reload"], ["enable", "--now", path.name]):
         proc = systemd.systemctl(args, env)
         if proc.returncode != 0:

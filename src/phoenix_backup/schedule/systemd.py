@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from phoenix_backup.dirs import fsync_dir, write_private
+from phoenix_backup.dirs import fsync_dir, make_dirs, write_private
 from phoenix_backup.errors import SchedulerUnavailable
 from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
@@ -96,7 +96,9 @@ def write_units(spec: ScheduleSpec, job: Job, env: Mapping[str, str]) -> list[Pa
     a stop or a crash between the two leaves a service no timer starts (not installed; the next
     install writes both), never a timer whose service is missing or half-written."""
     folder = unit_dir(env, job.home)
-    folder.mkdir(parents=True, exist_ok=True)
+    # 0700, whatever the umask: under umask 000 a folder others could write let them replace a unit
+    # (its ExecStart runs as you).
+    make_dirs(folder)
     written = []
     for name, text in render(spec, job).items():  # the service first
         path = folder / name

@@ -52,6 +52,8 @@ class Selection:
     # Named pipes, sockets and devices met: (logical path, what it is). They hold no data to back
     # up, so they are said as not saved, never recorded as a failure (the run is not partial).
     special: list[tuple[str, str]] = field(default_factory=list)
+    # What the caller left out of the walk and must say (a key file inside the workspace): warnings.
+    left_out: list[str] = field(default_factory=list)
 
 
 def _special_kind(mode: int) -> str:
