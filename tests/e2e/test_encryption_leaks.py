@@ -95,6 +95,18 @@ def test_a_key_file_inside_the_workspace_is_never_saved(sandbox: Sandbox, tmp_pa
     assert any(c["name"] == "key file" and c["status"] == "warn" and str(key) in c["message"] for c in checks)
 
 
+def test_a_key_folder_that_is_the_workspace_itself_leaves_nothing_out(sandbox: Sandbox) -> None:
+    """GNUPGHOME set to the workspace itself (or a link to it) is no key file below it: leaving it
+    out would leave the whole workspace out of every backup."""
+    sb = sandbox
+    link = sb.home / "gnupg-link"
+    link.symlink_to(sb.workspace)
+    for home in (sb.workspace, link):
+        doc = sb.phx("backup", "--json", env=sb.env_with(GNUPGHOME=str(home))).json()
+        assert not [w for w in doc["warnings"] if "left out of every backup" in w], doc["warnings"]
+        assert "workspace/MEMORY.md" in sb.phx("ls", "latest").out
+
+
 def test_what_a_backup_writes_in_the_data_folder_is_private_under_umask_000(sandbox: Sandbox) -> None:
     """The data folder may be older than Phoenix and open to others (`~/.argentos/backup`, mode
     0755): under umask 000, the state file and the prune record were written mode 0666, for any

@@ -132,7 +132,10 @@ def key_files_in_workspace(cfg: Config, env: Mapping[str, str]) -> list[tuple[Pa
         if not given:
             continue
         path = Path(os.path.abspath(Path(given).expanduser()))
-        if in_workspace(cfg.workspace, path) is None:
+        inside = in_workspace(cfg.workspace, path)
+        # Only what lies below the workspace: GNUPGHOME set to the workspace itself must not leave
+        # the whole workspace out of every backup (doctor's and the backup's other checks say it).
+        if inside is None or inside == cfg.workspace:
             continue
         out.append(
             (
