@@ -5,6 +5,7 @@ that fails it instead of hanging the suite."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import signal
 import socket
@@ -19,8 +20,10 @@ from moto_support import bare_repo
 from storage_support import require_git
 
 import phoenix_backup.storage.git as git_storage
-from phoenix_backup.errors import TargetUnreachable
+from phoenix_backup.errors import StorageError, TargetUnreachable, TransientStorageError
 from phoenix_backup.storage.git import GitBackend
+from phoenix_backup.storage.s3 import S3Backend, S3Settings
+from phoenix_backup.storage.wrappers import RetryingBackend
 
 T = TypeVar("T")
 
@@ -32,7 +35,7 @@ def bounded(fn: Callable[[], T], seconds: float) -> tuple[T | None, BaseExceptio
     def run() -> None:
         try:
             out[0] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+        except BaseException as exc:  # handed back to the test
             out[1] = exc
 
     start = time.monotonic()
@@ -115,3 +118,89 @@ def test_an_http_git_remote_that_never_answers_fails_at_the_stall_limit(
     assert "cannot reach the Git remote" in str(error) and "Operation too slow" in str(error), error
     assert "check the network" in str(error)
     assert took < 5, f"took {took:.1f} s"
+
+
+class _Listing(http.server.BaseHTTPRequestHandler):
+    """A bucket listing from a hostile S3 service: `pages(n)` gives page n as (keys, next token);
+    a token of None ends the listing."""
+
+    protocol_version = "HTTP/1.1"
+    pages: Callable[[int], tuple[list[str], str | None]]
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        n = len(self.served)
+        self.served.append(self.path)
+        keys, token = self.pages(n) if n < 200 else ([], None)  # the bound of the test
+        contents = "".join(f"<Contents><Key>{k}</Key><Size>5</Size></Contents>" for k in keys)
+        more = f"<IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken>"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>'
+            f"{more if token else '<IsTruncated>false</IsTruncated>'}{contents}</ListBucketResult>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _list_from(pages: Callable[[int], tuple[list[str], str | None]]) -> tuple[object, BaseException | None, list[str]]:
+    served: list[str] = []
+    handler = type("Handler", (_Listing,), {"pages": staticmethod(pages), "served": served})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # a kept-alive connection never holds up the end of the test
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = S3Settings(
+        target="s3",
+        bucket="b",
+        prefix="p",
+        endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+        region="us-east-1",
+        access_key_id="AKIAHOSTILE",
+        secret_access_key="hostile-secret",
+    )
+    backend = RetryingBackend(S3Backend(settings), sleep=lambda _s: None)
+    try:
+        found, error, _ = bounded(lambda: [info.name for info in backend.list("snapshots/")], 5.0)
+    finally:
+        backend.close()
+        server.shutdown()
+        server.server_close()
+    return found, error, served
+
+
+SNAP_KEY = "p/snapshots/" + "a" * 64
+
+
+def test_an_s3_listing_that_never_advances_fails_at_once() -> None:
+    """A service whose listing gives the same keys under a fresh continuation token for ever:
+    the listing fails at the second page with one error naming the endpoint, not retried (it
+    would go the same way). Before, it looped for ever, keeping every page in memory (botocore
+    stops only a token that repeats, which the next test shows)."""
+    _, error, served = _list_from(lambda n: ([SNAP_KEY], f"token-{n}"))
+    assert isinstance(error, StorageError) and not isinstance(error, TransientStorageError), error
+    assert "does not advance" in str(error) and "targets.s3.endpoint" in str(error), error
+    assert len(served) == 2, served
+
+
+def test_an_s3_listing_that_repeats_its_token_fails_after_the_retries() -> None:
+    """Held: the same continuation token twice (the keys advancing) is botocore's PaginationError,
+    a transient error retried at most 5 times (the backoff skipped here), then one error naming
+    the endpoint."""
+    _, error, served = _list_from(lambda n: ([f"p/snapshots/{n:064x}"], "same"))
+    assert isinstance(error, TransientStorageError), error
+    assert "PaginationError" in str(error) and "targets.s3.endpoint" in str(error), error
+    assert len(served) <= 10, len(served)
+
+
+def test_an_s3_listing_of_names_phoenix_never_writes_yields_none_of_them() -> None:
+    """Held: keys with `../`, absolute paths, empty parts or foreign names below the prefix are
+    left out of the listing; only a name Phoenix writes comes back."""
+    odd = ["p/snapshots/../config", "p/snapshots//etc/passwd", "p/snapshots/x", "p/snapshots/" + "A" * 64]
+    found, error, _ = _list_from(lambda n: (sorted([*odd, SNAP_KEY]), None))
+    assert error is None, error
+    assert found == ["snapshots/" + "a" * 64]
