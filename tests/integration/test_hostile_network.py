@@ -204,3 +204,53 @@ def test_an_s3_listing_of_names_phoenix_never_writes_yields_none_of_them() -> No
     found, error, _ = _list_from(lambda n: (sorted([*odd, SNAP_KEY]), None))
     assert error is None, error
     assert found == ["snapshots/" + "a" * 64]
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    """Every request is sent elsewhere (307, or 301 without S3's error body)."""
+
+    protocol_version = "HTTP/1.1"
+    status = 307
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        self.served.append(self.path)
+        self.send_response(self.status)
+        self.send_header("Location", "http://127.0.0.2:9/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.mark.parametrize("status", [301, 307])
+def test_an_s3_redirect_to_another_host_is_not_followed_and_names_the_fix(status: int) -> None:
+    """A redirect to another host is not followed and not retried; the one error says the bucket
+    is elsewhere and names the settings to fix. Before: "... answered 307 while ...", no fix."""
+    served: list[str] = []
+    handler = type("Handler", (_Redirect,), {"status": status, "served": served})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = S3Settings(
+        target="r2",
+        bucket="b",
+        prefix="p",
+        endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+        region="auto",
+        access_key_id="AKIAHOSTILE",
+        secret_access_key="hostile-secret",
+    )
+    backend = RetryingBackend(S3Backend(settings), sleep=lambda _s: None)
+    try:
+        _, error, _ = bounded(lambda: backend.read("snapshots/" + "a" * 64), 5.0)
+    finally:
+        backend.close()
+        server.shutdown()
+        server.server_close()
+    assert isinstance(error, StorageError) and not isinstance(error, TransientStorageError), error
+    text = str(error)
+    assert f"redirected the request ({status})" in text, text
+    assert "targets.r2.region" in text and "targets.r2.endpoint" in text, text
+    assert len(served) == 1, served

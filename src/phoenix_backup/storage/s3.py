@@ -226,6 +226,12 @@ class S3Backend(Backend):
                     f"{where} refused an object with Object Lock retention while {what} (InvalidRequest): the bucket "
                     f"{self.bucket} has no Object Lock; enable it on the bucket, or remove {self.field}.objectLock"
                 )
+            if 300 <= status < 400 or code in ("PermanentRedirect", "TemporaryRedirect", "301", "307"):
+                # Phoenix never follows a redirect: it could send the request, signed, elsewhere.
+                return StorageError(
+                    f"{where} redirected the request ({code or status}) while {what}; the bucket is in another "
+                    f"region or the endpoint is not its own: fix {self.field}.region or {self.field}.endpoint"
+                )
             if code in _TRANSIENT_CODES or status >= 500 or status == 429:
                 return TransientStorageError(f"{where} answered {code or status} while {what}")
             return StorageError(f"{where} answered {code or status} while {what}")
