@@ -11,7 +11,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -148,14 +148,14 @@ class _Listing(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _list_from(pages: Callable[[int], tuple[list[str], str | None]]) -> tuple[object, BaseException | None, list[str]]:
-    served: list[str] = []
-    handler = type("Handler", (_Listing,), {"pages": staticmethod(pages), "served": served})
+@contextlib.contextmanager
+def _s3_behind(handler: type[http.server.BaseHTTPRequestHandler], target: str = "s3") -> Iterator[RetryingBackend]:
+    """An S3 backend (retries without their backoff) whose endpoint is `handler` on loopback."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True  # a kept-alive connection never holds up the end of the test
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings = S3Settings(
-        target="s3",
+        target=target,
         bucket="b",
         prefix="p",
         endpoint=f"http://127.0.0.1:{server.server_address[1]}",
@@ -165,11 +165,18 @@ def _list_from(pages: Callable[[int], tuple[list[str], str | None]]) -> tuple[ob
     )
     backend = RetryingBackend(S3Backend(settings), sleep=lambda _s: None)
     try:
-        found, error, _ = bounded(lambda: [info.name for info in backend.list("snapshots/")], 5.0)
+        yield backend
     finally:
         backend.close()
         server.shutdown()
         server.server_close()
+
+
+def _list_from(pages: Callable[[int], tuple[list[str], str | None]]) -> tuple[object, BaseException | None, list[str]]:
+    served: list[str] = []
+    handler = type("Handler", (_Listing,), {"pages": staticmethod(pages), "served": served})
+    with _s3_behind(handler) as backend:
+        found, error, _ = bounded(lambda: [info.name for info in backend.list("snapshots/")], 5.0)
     return found, error, served
 
 
@@ -230,25 +237,8 @@ def test_an_s3_redirect_to_another_host_is_not_followed_and_names_the_fix(status
     is elsewhere and names the settings to fix. Before: "... answered 307 while ...", no fix."""
     served: list[str] = []
     handler = type("Handler", (_Redirect,), {"status": status, "served": served})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    settings = S3Settings(
-        target="r2",
-        bucket="b",
-        prefix="p",
-        endpoint=f"http://127.0.0.1:{server.server_address[1]}",
-        region="auto",
-        access_key_id="AKIAHOSTILE",
-        secret_access_key="hostile-secret",
-    )
-    backend = RetryingBackend(S3Backend(settings), sleep=lambda _s: None)
-    try:
+    with _s3_behind(handler, "r2") as backend:
         _, error, _ = bounded(lambda: backend.read("snapshots/" + "a" * 64), 5.0)
-    finally:
-        backend.close()
-        server.shutdown()
-        server.server_close()
     assert isinstance(error, StorageError) and not isinstance(error, TransientStorageError), error
     text = str(error)
     assert f"redirected the request ({status})" in text, text
