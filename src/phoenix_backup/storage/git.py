@@ -58,6 +58,7 @@ from phoenix_backup.errors import (
     ToolMissing,
 )
 from phoenix_backup.redaction import redact, redact_url
+from phoenix_backup.shell import kill_with_descendants
 from phoenix_backup.storage.base import CONFIG_TEMP, FOLDERS, Backend, ObjectInfo, Protection
 from phoenix_backup.storage.local import LocalBackend
 
@@ -66,6 +67,10 @@ MAX_OBJECT = 50 * 1000 * 1000
 GIT_EMAIL = "phx@phoenix.invalid"  # RFC 2606: a name that can never be anyone's address
 NETWORK_TIMEOUT = 1800  # seconds for one fetch or push of a large first commit
 LOCAL_TIMEOUT = 600
+# Seconds an HTTP(S) transfer may stay below 1 byte/s before git gives up (git's
+# GIT_HTTP_LOW_SPEED_TIME, which the environment may set).
+HTTP_STALL_SECONDS = 60
+_GIT_ENV_KEPT = ("GIT_SSH_COMMAND", "GIT_SSH", "GIT_HTTP_LOW_SPEED_LIMIT", "GIT_HTTP_LOW_SPEED_TIME")
 
 GITATTRIBUTES = """\
 # Written by Phoenix (phx). Every object is compressed and encrypted and never changes, so Git's
@@ -336,19 +341,30 @@ class GitBackend(Backend):
         self, *args: str, network: bool = False, check: bool = True, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         try:
-            proc = subprocess.run(
+            child = subprocess.Popen(
                 ["git", *args],
                 cwd=cwd or self.workdir,
                 env=self._env,
-                capture_output=True,
-                text=True,
                 stdin=subprocess.DEVNULL,
-                timeout=NETWORK_TIMEOUT if network else LOCAL_TIMEOUT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
         except FileNotFoundError as exc:
             raise ToolMissing("git is not installed; install it (apt-get install git) or disable targets.git") from exc
+        try:
+            out, err = child.communicate(timeout=NETWORK_TIMEOUT if network else LOCAL_TIMEOUT)
         except subprocess.TimeoutExpired as exc:
+            # git with what it started (`ssh`, `git-remote-https`): killing git alone left a hung
+            # transport running, orphaned, for as long as it hung.
+            kill_with_descendants(child)
+            child.communicate()
             raise TargetUnreachable(f"git {args[0]} timed out for {self.location}; check the network") from exc
+        except BaseException:
+            kill_with_descendants(child)
+            raise
+        proc = subprocess.CompletedProcess(
+            child.args, child.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        )
         if check and proc.returncode != 0:
             raise self._error(args[0], proc.stderr)
         return proc
@@ -386,6 +402,7 @@ class GitBackend(Backend):
             "network is unreachable",
             "no route to host",
             "failed to connect",
+            "operation too slow",  # the HTTP stall limit (GIT_HTTP_LOW_SPEED_TIME)
         )
         if any(m in low for m in unreachable_markers):
             return TargetUnreachable(f"cannot reach the Git remote {where} ({_reason(text)}); check the network")
@@ -637,7 +654,7 @@ class GitBackend(Backend):
 
 
 def _git_env(env: Mapping[str, str]) -> dict[str, str]:
-    out = {k: v for k, v in env.items() if not k.startswith("GIT_") or k in ("GIT_SSH_COMMAND", "GIT_SSH")}
+    out = {k: v for k, v in env.items() if not k.startswith("GIT_") or k in _GIT_ENV_KEPT}
     out.update(
         {
             "GIT_TERMINAL_PROMPT": "0",
@@ -651,6 +668,10 @@ def _git_env(env: Mapping[str, str]) -> dict[str, str]:
         }
     )
     out.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10")
+    # An HTTP(S) remote that accepts the connection and then sends nothing (or drips) ends the
+    # transfer after a minute below 1 byte/s, instead of hanging until NETWORK_TIMEOUT.
+    out.setdefault("GIT_HTTP_LOW_SPEED_LIMIT", "1")
+    out.setdefault("GIT_HTTP_LOW_SPEED_TIME", str(HTTP_STALL_SECONDS))
     out.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
     return out
 

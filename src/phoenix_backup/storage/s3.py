@@ -226,6 +226,12 @@ class S3Backend(Backend):
                     f"{where} refused an object with Object Lock retention while {what} (InvalidRequest): the bucket "
                     f"{self.bucket} has no Object Lock; enable it on the bucket, or remove {self.field}.objectLock"
                 )
+            if 300 <= status < 400 or code in ("PermanentRedirect", "TemporaryRedirect", "301", "307"):
+                # Phoenix never follows a redirect: it could send the request, signed, elsewhere.
+                return StorageError(
+                    f"{where} redirected the request ({code or status}) while {what}; the bucket is in another "
+                    f"region or the endpoint is not its own: fix {self.field}.region or {self.field}.endpoint"
+                )
             if code in _TRANSIENT_CODES or status >= 500 or status == 429:
                 return TransientStorageError(f"{where} answered {code or status} while {what}")
             return StorageError(f"{where} answered {code or status} while {what}")
@@ -585,10 +591,21 @@ class S3Backend(Backend):
     def _list_raw(self, key_prefix: str, limit: int | None = None) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
         count = 0
+        last = ""  # the greatest key listed so far: every page must start after it
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=key_prefix):
-                for obj in page.get("Contents", []):
+                contents = page.get("Contents", [])
+                if contents and last and contents[0]["Key"] <= last:
+                    # S3 lists in key order and each page continues after the last: a page that
+                    # goes back (the same keys under a fresh token) would make the listing endless.
+                    raise StorageError(
+                        f"{self.location} listed {contents[0]['Key']} again after {last} while listing "
+                        f"{key_prefix or 'the bucket'}: its listing does not advance (not a conforming S3 "
+                        f"service); check {self.field}.endpoint"
+                    )
+                for obj in contents:
                     key = obj["Key"]
+                    last = max(last, key)
                     modified = obj.get("LastModified")
                     yield ObjectInfo(
                         key[len(self.prefix) :],

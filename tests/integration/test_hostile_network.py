@@ -1,0 +1,246 @@
+"""Hostile networks between Phoenix and its remote targets (red team 8): a Git remote whose
+transport hangs, and an S3 service whose listing never ends. Every test is bounded by a thread
+that fails it instead of hanging the suite."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from moto_support import bare_repo
+from storage_support import require_git
+
+import phoenix_backup.storage.git as git_storage
+from phoenix_backup.errors import StorageError, TargetUnreachable, TransientStorageError
+from phoenix_backup.storage.git import GitBackend
+from phoenix_backup.storage.s3 import S3Backend, S3Settings
+from phoenix_backup.storage.wrappers import RetryingBackend
+
+T = TypeVar("T")
+
+
+def bounded(fn: Callable[[], T], seconds: float) -> tuple[T | None, BaseException | None, float]:
+    """Run `fn` in a daemon thread; fail the test if it has not ended after `seconds`."""
+    out: list[object] = [None, None]
+
+    def run() -> None:
+        try:
+            out[0] = fn()
+        except BaseException as exc:  # handed back to the test
+            out[1] = exc
+
+    start = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    took = time.monotonic() - start
+    if thread.is_alive():
+        pytest.fail(f"still running after {took:.1f} s")
+    return out[0], out[1], took  # type: ignore[return-value]
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has ended (a zombie waiting for its new parent counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_git_transport_that_hangs_is_ended_with_git_at_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An `ssh` that connects and never answers (here a GIT_SSH_COMMAND that sleeps) fails the
+    target at the network timeout with one error, and is ended with git: before, git alone was
+    killed and the hung `ssh` ran on, orphaned, for as long as it hung."""
+    require_git()
+    remote = bare_repo(tmp_path / "remote.git")
+    pidfile = tmp_path / "ssh.pid"
+    hang = tmp_path / "hang-ssh"
+    hang.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 30\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(git_storage, "NETWORK_TIMEOUT", 0.5)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_SSH_COMMAND": str(hang)}
+    b = GitBackend(f"ssh://git@example.invalid{remote}", "main", True, tmp_path / "clone", env)
+    try:
+        _, error, took = bounded(b.exists, 5.0)
+        assert isinstance(error, TargetUnreachable), error
+        assert "git ls-remote timed out" in str(error) and "check the network" in str(error)
+        assert took < 3, f"took {took:.1f} s"
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + 1
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _gone(pid), "the hung ssh still runs after git timed out"
+    finally:
+        if pidfile.exists() and not _gone(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_an_http_git_remote_that_never_answers_fails_at_the_stall_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTP(S) Git remote that accepts the connection and sends nothing (a blackhole) fails the
+    target once the transfer has been below 1 byte/s for GIT_HTTP_LOW_SPEED_TIME (60 s by default,
+    1 s here), as unreachable, naming the cause: before, git waited for the 30-minute network
+    timeout, once per git command."""
+    require_git()
+    monkeypatch.setattr(git_storage, "NETWORK_TIMEOUT", 4)  # the bound of the test, never reached
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while len(held) < 20:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = server.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_HTTP_LOW_SPEED_TIME": "1"}
+    b = GitBackend(f"http://127.0.0.1:{port}/remote.git", "main", True, tmp_path / "clone", env)
+    try:
+        _, error, took = bounded(b.exists, 8.0)
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    assert isinstance(error, TargetUnreachable), error
+    assert "cannot reach the Git remote" in str(error) and "Operation too slow" in str(error), error
+    assert "check the network" in str(error)
+    assert took < 5, f"took {took:.1f} s"
+
+
+class _Listing(http.server.BaseHTTPRequestHandler):
+    """A bucket listing from a hostile S3 service: `pages(n)` gives page n as (keys, next token);
+    a token of None ends the listing."""
+
+    protocol_version = "HTTP/1.1"
+    pages: Callable[[int], tuple[list[str], str | None]]
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        n = len(self.served)
+        self.served.append(self.path)
+        keys, token = self.pages(n) if n < 200 else ([], None)  # the bound of the test
+        contents = "".join(f"<Contents><Key>{k}</Key><Size>5</Size></Contents>" for k in keys)
+        more = f"<IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken>"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>'
+            f"{more if token else '<IsTruncated>false</IsTruncated>'}{contents}</ListBucketResult>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def _s3_behind(handler: type[http.server.BaseHTTPRequestHandler], target: str = "s3") -> Iterator[RetryingBackend]:
+    """An S3 backend (retries without their backoff) whose endpoint is `handler` on loopback."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # a kept-alive connection never holds up the end of the test
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = S3Settings(
+        target=target,
+        bucket="b",
+        prefix="p",
+        endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+        region="us-east-1",
+        access_key_id="AKIAHOSTILE",
+        secret_access_key="hostile-secret",
+    )
+    backend = RetryingBackend(S3Backend(settings), sleep=lambda _s: None)
+    try:
+        yield backend
+    finally:
+        backend.close()
+        server.shutdown()
+        server.server_close()
+
+
+def _list_from(pages: Callable[[int], tuple[list[str], str | None]]) -> tuple[object, BaseException | None, list[str]]:
+    served: list[str] = []
+    handler = type("Handler", (_Listing,), {"pages": staticmethod(pages), "served": served})
+    with _s3_behind(handler) as backend:
+        found, error, _ = bounded(lambda: [info.name for info in backend.list("snapshots/")], 5.0)
+    return found, error, served
+
+
+SNAP_KEY = "p/snapshots/" + "a" * 64
+
+
+def test_an_s3_listing_that_never_advances_fails_at_once() -> None:
+    """A service whose listing gives the same keys under a fresh continuation token for ever:
+    the listing fails at the second page with one error naming the endpoint, not retried (it
+    would go the same way). Before, it looped for ever, keeping every page in memory (botocore
+    stops only a token that repeats, which the next test shows)."""
+    _, error, served = _list_from(lambda n: ([SNAP_KEY], f"token-{n}"))
+    assert isinstance(error, StorageError) and not isinstance(error, TransientStorageError), error
+    assert "does not advance" in str(error) and "targets.s3.endpoint" in str(error), error
+    assert len(served) == 2, served
+
+
+def test_an_s3_listing_that_repeats_its_token_fails_after_the_retries() -> None:
+    """Held: the same continuation token twice (the keys advancing) is botocore's PaginationError,
+    a transient error retried at most 5 times (the backoff skipped here), then one error naming
+    the endpoint."""
+    _, error, served = _list_from(lambda n: ([f"p/snapshots/{n:064x}"], "same"))
+    assert isinstance(error, TransientStorageError), error
+    assert "PaginationError" in str(error) and "targets.s3.endpoint" in str(error), error
+    assert len(served) <= 10, len(served)
+
+
+def test_an_s3_listing_of_names_phoenix_never_writes_yields_none_of_them() -> None:
+    """Held: keys with `../`, absolute paths, empty parts or foreign names below the prefix are
+    left out of the listing; only a name Phoenix writes comes back."""
+    odd = ["p/snapshots/../config", "p/snapshots//etc/passwd", "p/snapshots/x", "p/snapshots/" + "A" * 64]
+    found, error, _ = _list_from(lambda n: (sorted([*odd, SNAP_KEY]), None))
+    assert error is None, error
+    assert found == ["snapshots/" + "a" * 64]
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    """Every request is sent elsewhere (307, or 301 without S3's error body)."""
+
+    protocol_version = "HTTP/1.1"
+    status = 307
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        self.served.append(self.path)
+        self.send_response(self.status)
+        self.send_header("Location", "http://127.0.0.2:9/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.mark.parametrize("status", [301, 307])
+def test_an_s3_redirect_to_another_host_is_not_followed_and_names_the_fix(status: int) -> None:
+    """A redirect to another host is not followed and not retried; the one error says the bucket
+    is elsewhere and names the settings to fix. Before: "... answered 307 while ...", no fix."""
+    served: list[str] = []
+    handler = type("Handler", (_Redirect,), {"status": status, "served": served})
+    with _s3_behind(handler, "r2") as backend:
+        _, error, _ = bounded(lambda: backend.read("snapshots/" + "a" * 64), 5.0)
+    assert isinstance(error, StorageError) and not isinstance(error, TransientStorageError), error
+    text = str(error)
+    assert f"redirected the request ({status})" in text, text
+    assert "targets.r2.region" in text and "targets.r2.endpoint" in text, text
+    assert len(served) == 1, served
