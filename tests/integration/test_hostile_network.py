@@ -320,3 +320,26 @@ def test_an_s3_body_that_progresses_slowly_is_read_whole(monkeypatch: pytest.Mon
     assert error is None, error
     assert data == b"x" * 20
     assert took >= 0.9, f"took {took:.1f} s"
+
+
+@pytest.mark.parametrize(
+    "pages",
+    [
+        # S3 orders keys by their UTF-8 bytes: U+FFFD (EF BF BD) before U+10000 (F0 90 80 80),
+        # where UTF-16 would put them the other way; Python compares code points, the same order.
+        [["p/snapshots/\ufffd"], ["p/snapshots/\U00010000", "p/snapshots/" + "a" * 64]],
+        # Empty pages that say more follows (a service filtering a page out, or a prefix-only page).
+        [["p/snapshots/0"], [], [], ["p/snapshots/" + "a" * 64]],
+        # The first page empty.
+        [[], ["p/snapshots/" + "a" * 64]],
+    ],
+    ids=["utf8-order", "empty-pages", "empty-first"],
+)
+def test_a_conforming_listing_in_utf8_order_or_with_empty_pages_is_listed_whole(pages: list[list[str]]) -> None:
+    """Held: the advance rule (each page starts after the greatest key so far) accepts what a
+    conforming service sends: keys whose UTF-8 byte order differs from UTF-16's, and empty pages
+    with IsTruncated."""
+    found, error, served = _list_from(lambda n: (pages[n], f"t{n}" if n + 1 < len(pages) else None))
+    assert error is None, error
+    assert found == ["snapshots/" + "a" * 64]
+    assert len(served) == len(pages)
