@@ -301,7 +301,7 @@ def _read_dripped(**drip: object) -> tuple[object, BaseException | None, float]:
 
 def test_an_s3_body_that_drips_is_cut_after_the_stall_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """A service that sends an object's body a byte at a time, each just inside the read timeout,
-    is cut once no 64 KiB chunk has arrived for BODY_STALL_SECONDS (60 s; 0.5 s here): one
+    is cut once no 256 KiB chunk has arrived for BODY_STALL_SECONDS (60 s; 0.5 s here): one
     transient error naming the target, which the retries handle. Before, such a body was read
     for as long as the service went on (a byte every 59 s: for ever)."""
     monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5, raising=False)  # none before the fix

@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -70,10 +71,10 @@ T = TypeVar("T")
 # objects take the multipart path; both are parameters so tests can exercise multipart cheaply.
 MULTIPART_THRESHOLD = 32 * 1024 * 1024
 # An object's body is read BODY_CHUNK at a time and cut when no chunk arrived for
-# BODY_STALL_SECONDS: a link that brings 64 KiB a minute (about 1.1 KiB/s) is never cut, however
+# BODY_STALL_SECONDS: a link that brings 256 KiB a minute (about 4.3 KiB/s, 35 kbit/s) is never cut, however
 # large the object; a service that drips (a byte now and then, inside the 60 s read timeout)
 # is cut after at most a minute, a transient error the retries handle.
-BODY_CHUNK = 64 * 1024
+BODY_CHUNK = 256 * 1024
 BODY_STALL_SECONDS = 60.0
 PART_SIZE = 16 * 1024 * 1024
 # Storage classes whose objects cannot be read before a restore (thaw).
@@ -320,10 +321,9 @@ class S3Backend(Backend):
                 # A reply may have no Content-Length (chunked): never read past the limit. The
                 # last, empty read is where botocore checks a Content-Length it was given.
                 limit = max_object_size(name)
-                chunks = self._read_body(body, name, limit + 1)
-                got = sum(len(c) for c in chunks)
-                refuse_oversized(name, got, self.location)
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                data = self._read_body(body, name, limit + 1)
+                refuse_oversized(name, len(data), self.location)
+                return data
             finally:
                 body.close()
 
@@ -338,8 +338,7 @@ class S3Backend(Backend):
             resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")
             body = resp["Body"]
             try:
-                chunks = self._read_body(body, name, length + 1)
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return self._read_body(body, name, length + 1)
             finally:
                 body.close()
 
@@ -348,11 +347,13 @@ class S3Backend(Backend):
             raise ObjectNotFound(f"object {name} in {self.location} is shorter than the index says")
         return data
 
-    def _read_body(self, body: Any, name: str, most: int) -> list[bytes]:
-        """At most `most` bytes of `body`, in chunks of BODY_CHUNK: a body that brings less than
-        one chunk in BODY_STALL_SECONDS (a service dripping a byte now and then, each just inside
-        the read timeout, which would be read for ever) is cut there, a transient error."""
-        chunks: list[bytes] = []
+    def _read_body(self, body: Any, name: str, most: int) -> bytes:
+        """At most `most` bytes of `body`, read BODY_CHUNK at a time: a body that brings less than
+        one chunk in BODY_STALL_SECONDS (a service dripping a byte now and then, each inside the
+        read timeout, which would be read for ever) is cut there, a transient error. The chunks
+        go into one buffer whose bytes are handed back without a copy (a list joined at the end
+        held the object twice)."""
+        out = io.BytesIO()
         got = 0
         with _StallGuard(body) as guard:
             while got < most:
@@ -364,7 +365,7 @@ class S3Backend(Backend):
                     raise
                 if not chunk:
                     break
-                chunks.append(chunk)
+                out.write(chunk)
                 got += len(chunk)
                 guard.progress += 1
         if guard.cut:
@@ -372,7 +373,7 @@ class S3Backend(Backend):
                 f"{self.location} sent {name} at less than {BODY_CHUNK // 1024} KiB in {BODY_STALL_SECONDS:g} s "
                 "(the read was cut there); check the network or the service"
             )
-        return chunks
+        return out.getvalue()
 
     def _read_thawing(self, name: str, get: Callable[[], bytes]) -> bytes:
         try:
