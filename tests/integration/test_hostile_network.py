@@ -343,3 +343,44 @@ def test_a_conforming_listing_in_utf8_order_or_with_empty_pages_is_listed_whole(
     assert error is None, error
     assert found == ["snapshots/" + "a" * 64]
     assert len(served) == len(pages)
+
+
+class _RegionRedirect(http.server.BaseHTTPRequestHandler):
+    """S3's answer to a request signed for the wrong region: 301 PermanentRedirect naming the
+    bucket's region (x-amz-bucket-region); the object when the request is signed for that one."""
+
+    protocol_version = "HTTP/1.1"
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization", "")
+        self.served.append(auth.split("Credential=")[-1].split(",")[0])
+        if "/eu-west-1/s3/" in auth:
+            body = b"the object"
+            self.send_response(200)
+        else:
+            body = (
+                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>PermanentRedirect</Code>'
+                b"<Message>use the bucket's region</Message><Bucket>b</Bucket></Error>"
+            )
+            self.send_response(301)
+            self.send_header("x-amz-bucket-region", "eu-west-1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_region_redirect_botocore_follows_itself_still_reads() -> None:
+    """Held: a 301 that names the bucket's region is followed by botocore itself (the request
+    signed again for that region, to the same host) before Phoenix sees an error: the read
+    succeeds; the redirect rule meets only a redirect botocore gave up on."""
+    served: list[str] = []
+    handler = type("Handler", (_RegionRedirect,), {"served": served})
+    with _s3_behind(handler) as backend:
+        data, error, _ = bounded(lambda: backend.read("config"), 5.0)
+    assert error is None, error
+    assert data == b"the object"
+    assert [s.split("/")[2] for s in served] == ["us-east-1", "eu-west-1"], served
