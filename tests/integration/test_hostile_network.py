@@ -20,6 +20,7 @@ from moto_support import bare_repo
 from storage_support import require_git
 
 import phoenix_backup.storage.git as git_storage
+import phoenix_backup.storage.s3 as s3_storage
 from phoenix_backup.errors import StorageError, TargetUnreachable, TransientStorageError
 from phoenix_backup.storage.git import GitBackend
 from phoenix_backup.storage.s3 import S3Backend, S3Settings
@@ -94,6 +95,13 @@ def test_an_http_git_remote_that_never_answers_fails_at_the_stall_limit(
     target once the transfer has been below 1 byte/s for GIT_HTTP_LOW_SPEED_TIME (60 s by default,
     1 s here), as unreachable, naming the cause: before, git waited for the 30-minute network
     timeout, once per git command."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_HTTP_LOW_SPEED_TIME": "1"}
+    _git_blackhole_fails_fast(tmp_path, monkeypatch, env)
+
+
+def _git_blackhole_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """A Git backend (environment `env`) on an HTTP remote that accepts and never answers fails as
+    unreachable with git's "Operation too slow" before the 4 s network timeout of the test."""
     require_git()
     monkeypatch.setattr(git_storage, "NETWORK_TIMEOUT", 4)  # the bound of the test, never reached
     server = socket.create_server(("127.0.0.1", 0))
@@ -106,7 +114,6 @@ def test_an_http_git_remote_that_never_answers_fails_at_the_stall_limit(
 
     threading.Thread(target=accept, daemon=True).start()
     port = server.getsockname()[1]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_HTTP_LOW_SPEED_TIME": "1"}
     b = GitBackend(f"http://127.0.0.1:{port}/remote.git", "main", True, tmp_path / "clone", env)
     try:
         _, error, took = bounded(b.exists, 8.0)
@@ -117,7 +124,17 @@ def test_an_http_git_remote_that_never_answers_fails_at_the_stall_limit(
     assert isinstance(error, TargetUnreachable), error
     assert "cannot reach the Git remote" in str(error) and "Operation too slow" in str(error), error
     assert "check the network" in str(error)
-    assert took < 5, f"took {took:.1f} s"
+    assert took < 3.5, f"took {took:.1f} s"
+
+
+def test_a_users_own_git_stall_limit_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.lowSpeedLimit/lowSpeedTime in the user's git configuration (1 s here) is the limit:
+    Phoenix's default (1 byte/s for 60 s) is set only when the user chose none. Before, the
+    default went in the environment, which git puts above its configuration: a user's own limit
+    (a longer one for a slow link, or a shorter one) was silently replaced, and here git hung on
+    to the network timeout."""
+    (tmp_path / ".gitconfig").write_text("[http]\n\tlowSpeedLimit = 1\n\tlowSpeedTime = 1\n")
+    _git_blackhole_fails_fast(tmp_path, monkeypatch, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
 
 
 class _Listing(http.server.BaseHTTPRequestHandler):
@@ -244,3 +261,126 @@ def test_an_s3_redirect_to_another_host_is_not_followed_and_names_the_fix(status
     assert f"redirected the request ({status})" in text, text
     assert "targets.r2.region" in text and "targets.r2.endpoint" in text, text
     assert len(served) == 1, served
+
+
+class _Drip(http.server.BaseHTTPRequestHandler):
+    """An object of `size` bytes sent `step` bytes every `pause` seconds (each pause well inside
+    the read timeout), at most `most` bytes in all (the bound of the test)."""
+
+    protocol_version = "HTTP/1.1"
+    size = 1000
+    step = 1
+    pause = 0.1
+    most = 60
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        self.served.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.size))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            sent = 0
+            while sent < min(self.size, self.most):
+                self.wfile.write(b"x" * self.step)
+                self.wfile.flush()
+                sent += self.step
+                time.sleep(self.pause)
+
+
+def _read_dripped(**drip: object) -> tuple[object, BaseException | None, float]:
+    served: list[str] = []
+    handler = type("Handler", (_Drip,), {"served": served, **drip})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        return bounded(lambda: inner.read("snapshots/" + "a" * 64), 5.0)
+
+
+def test_an_s3_body_that_drips_is_cut_after_the_stall_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that sends an object's body a byte at a time, each just inside the read timeout,
+    is cut once no 256 KiB chunk has arrived for BODY_STALL_SECONDS (60 s; 0.5 s here): one
+    transient error naming the target, which the retries handle. Before, such a body was read
+    for as long as the service went on (a byte every 59 s: for ever)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5, raising=False)  # none before the fix
+    _, error, took = _read_dripped()
+    assert isinstance(error, TransientStorageError), error
+    assert "s3://b/p/" in str(error) and "the read was cut there" in str(error), error
+    assert took < 3, f"took {took:.1f} s"
+
+
+def test_an_s3_body_that_progresses_slowly_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held: a body that brings a chunk in every window is read whole, however long the read
+    takes in all (here 1 s, twice the 0.5 s window; chunks of 4 bytes, one every 0.2 s)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    monkeypatch.setattr(s3_storage, "BODY_CHUNK", 4)
+    data, error, took = _read_dripped(size=20, step=1, pause=0.05)
+    assert error is None, error
+    assert data == b"x" * 20
+    assert took >= 0.9, f"took {took:.1f} s"
+
+
+@pytest.mark.parametrize(
+    "pages",
+    [
+        # S3 orders keys by their UTF-8 bytes: U+FFFD (EF BF BD) before U+10000 (F0 90 80 80),
+        # where UTF-16 would put them the other way; Python compares code points, the same order.
+        [["p/snapshots/\ufffd"], ["p/snapshots/\U00010000", "p/snapshots/" + "a" * 64]],
+        # Empty pages that say more follows (a service filtering a page out, or a prefix-only page).
+        [["p/snapshots/0"], [], [], ["p/snapshots/" + "a" * 64]],
+        # The first page empty.
+        [[], ["p/snapshots/" + "a" * 64]],
+    ],
+    ids=["utf8-order", "empty-pages", "empty-first"],
+)
+def test_a_conforming_listing_in_utf8_order_or_with_empty_pages_is_listed_whole(pages: list[list[str]]) -> None:
+    """Held: the advance rule (each page starts after the greatest key so far) accepts what a
+    conforming service sends: keys whose UTF-8 byte order differs from UTF-16's, and empty pages
+    with IsTruncated."""
+    found, error, served = _list_from(lambda n: (pages[n], f"t{n}" if n + 1 < len(pages) else None))
+    assert error is None, error
+    assert found == ["snapshots/" + "a" * 64]
+    assert len(served) == len(pages)
+
+
+class _RegionRedirect(http.server.BaseHTTPRequestHandler):
+    """S3's answer to a request signed for the wrong region: 301 PermanentRedirect naming the
+    bucket's region (x-amz-bucket-region); the object when the request is signed for that one."""
+
+    protocol_version = "HTTP/1.1"
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization", "")
+        self.served.append(auth.split("Credential=")[-1].split(",")[0])
+        if "/eu-west-1/s3/" in auth:
+            body = b"the object"
+            self.send_response(200)
+        else:
+            body = (
+                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>PermanentRedirect</Code>'
+                b"<Message>use the bucket's region</Message><Bucket>b</Bucket></Error>"
+            )
+            self.send_response(301)
+            self.send_header("x-amz-bucket-region", "eu-west-1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_region_redirect_botocore_follows_itself_still_reads() -> None:
+    """Held: a 301 that names the bucket's region is followed by botocore itself (the request
+    signed again for that region, to the same host) before Phoenix sees an error: the read
+    succeeds; the redirect rule meets only a redirect botocore gave up on."""
+    served: list[str] = []
+    handler = type("Handler", (_RegionRedirect,), {"served": served})
+    with _s3_behind(handler) as backend:
+        data, error, _ = bounded(lambda: backend.read("config"), 5.0)
+    assert error is None, error
+    assert data == b"the object"
+    assert [s.split("/")[2] for s in served] == ["us-east-1", "eu-west-1"], served

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from phoenix_backup.errors import ObjectExists, ObjectNotFound, TargetAuthError, TransientStorageError
+from phoenix_backup.storage import wrappers
 from phoenix_backup.storage.local import LocalBackend
 from phoenix_backup.storage.wrappers import LimitedBackend, RetryingBackend
 
@@ -79,6 +80,40 @@ def test_never_past_sixty_seconds(tmp_path: Path) -> None:
     with pytest.raises(TransientStorageError):
         backend.write(SNAP, b"x")
     assert inner.calls == 1, "the first backoff would pass the time budget"
+
+
+class Slow(Flaky):
+    """Every write takes `seconds` and then fails (a request that times out); `starts` records
+    when each attempt began."""
+
+    def __init__(self, root: Path, seconds: float) -> None:
+        super().__init__(root, 99, TransientStorageError("timed out"))
+        self.seconds = seconds
+        self.starts: list[float] = []
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        self.starts.append(time.monotonic())
+        time.sleep(self.seconds)
+        super().write(name, data, exclusive=exclusive, cold=cold)
+
+
+def test_the_time_budget_bounds_when_a_retry_starts_not_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget (60 s; 0.1 s here) is checked before each backoff: no retry starts past it, but
+    the last one started runs to its own end (an S3 request's 60 s read timeout, a Git command's
+    own limit). A request therefore gives up within the budget plus one attempt, the bound
+    docs/targets.md states."""
+    monkeypatch.setattr(wrappers, "TRANSIENT_BACKOFF", 0.001)
+    inner = Slow(tmp_path, 0.04)
+    backend = RetryingBackend(inner, max_seconds=0.1, sleep=lambda s: None)
+    start = time.monotonic()
+    with pytest.raises(TransientStorageError, match="gave up"):
+        backend.write(SNAP, b"x")
+    took = time.monotonic() - start
+    assert len(inner.starts) >= 2
+    assert all(t - start <= 0.1 for t in inner.starts), [t - start for t in inner.starts]
+    assert took > 0.1 or len(inner.starts) == 5, "the last attempt ran past the budget"
 
 
 @pytest.mark.parametrize("error", [TargetAuthError("denied"), ObjectNotFound("gone")])

@@ -70,7 +70,8 @@ LOCAL_TIMEOUT = 600
 # Seconds an HTTP(S) transfer may stay below 1 byte/s before git gives up (git's
 # GIT_HTTP_LOW_SPEED_TIME, which the environment may set).
 HTTP_STALL_SECONDS = 60
-_GIT_ENV_KEPT = ("GIT_SSH_COMMAND", "GIT_SSH", "GIT_HTTP_LOW_SPEED_LIMIT", "GIT_HTTP_LOW_SPEED_TIME")
+_GIT_LOW_SPEED = ("GIT_HTTP_LOW_SPEED_LIMIT", "GIT_HTTP_LOW_SPEED_TIME")
+_GIT_ENV_KEPT = ("GIT_SSH_COMMAND", "GIT_SSH", *_GIT_LOW_SPEED)
 
 GITATTRIBUTES = """\
 # Written by Phoenix (phx). Every object is compressed and encrypted and never changes, so Git's
@@ -327,6 +328,7 @@ class GitBackend(Backend):
         self.files = LocalBackend(self.workdir)
         self.notice = notice or (lambda _m: None)
         self._env = {**_git_env(env), **credentials}
+        _stall_limit(self._env, self.remote)
         self._secrets = [v for k, v in credentials.items() if k in ("PHX_GIT_USERNAME", "PHX_GIT_PASSWORD")]
         self._ready = False
         self._mutex = threading.RLock()
@@ -668,12 +670,34 @@ def _git_env(env: Mapping[str, str]) -> dict[str, str]:
         }
     )
     out.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10")
-    # An HTTP(S) remote that accepts the connection and then sends nothing (or drips) ends the
-    # transfer after a minute below 1 byte/s, instead of hanging until NETWORK_TIMEOUT.
-    out.setdefault("GIT_HTTP_LOW_SPEED_LIMIT", "1")
-    out.setdefault("GIT_HTTP_LOW_SPEED_TIME", str(HTTP_STALL_SECONDS))
     out.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
     return out
+
+
+def _stall_limit(env: dict[str, str], remote: str) -> None:
+    """An HTTP(S) remote that accepts the connection and then sends nothing (or drips) ends the
+    transfer after a minute below 1 byte/s, instead of hanging until NETWORK_TIMEOUT: set in `env`
+    unless the user chose a limit, in the environment or in git's configuration
+    (http.lowSpeedLimit/lowSpeedTime, for every URL or this one), which the environment would
+    override."""
+    if not remote.lower().startswith(("http://", "https://")) or all(k in env for k in _GIT_LOW_SPEED):
+        return
+    try:
+        chosen = subprocess.run(
+            ["git", "config", "--get-urlmatch", "http", remote],
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=LOCAL_TIMEOUT,
+        ).stdout.lower()
+    except (OSError, subprocess.SubprocessError):
+        chosen = ""  # no git (said at its first use) or no answer: Phoenix's limit
+    defaults = {"lowspeedlimit": "1", "lowspeedtime": str(HTTP_STALL_SECONDS)}
+    for name, (setting, default) in zip(_GIT_LOW_SPEED, defaults.items(), strict=True):
+        if f"http.{setting}" not in chosen:
+            env.setdefault(name, default)
 
 
 def _reason(stderr: str) -> str:

@@ -26,6 +26,8 @@
 
 from __future__ import annotations
 
+import io
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -68,6 +70,12 @@ T = TypeVar("T")
 # 8 MiB (plus at most one 8 MiB chunk), so ordinary packs are one PUT and only unusually large
 # objects take the multipart path; both are parameters so tests can exercise multipart cheaply.
 MULTIPART_THRESHOLD = 32 * 1024 * 1024
+# An object's body is read BODY_CHUNK at a time and cut when no chunk arrived for
+# BODY_STALL_SECONDS: a link that brings 256 KiB a minute (about 4.3 KiB/s, 35 kbit/s) is never cut, however
+# large the object; a service that drips (a byte now and then, inside the 60 s read timeout)
+# is cut after at most a minute, a transient error the retries handle.
+BODY_CHUNK = 256 * 1024
+BODY_STALL_SECONDS = 60.0
 PART_SIZE = 16 * 1024 * 1024
 # Storage classes whose objects cannot be read before a restore (thaw).
 COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
@@ -313,13 +321,9 @@ class S3Backend(Backend):
                 # A reply may have no Content-Length (chunked): never read past the limit. The
                 # last, empty read is where botocore checks a Content-Length it was given.
                 limit = max_object_size(name)
-                chunks: list[bytes] = []
-                got = 0
-                while got <= limit and (chunk := body.read(limit + 1 - got)):
-                    chunks.append(chunk)
-                    got += len(chunk)
-                refuse_oversized(name, got, self.location)
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                data = self._read_body(body, name, limit + 1)
+                refuse_oversized(name, len(data), self.location)
+                return data
             finally:
                 body.close()
 
@@ -334,7 +338,7 @@ class S3Backend(Backend):
             resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")
             body = resp["Body"]
             try:
-                return body.read()
+                return self._read_body(body, name, length + 1)
             finally:
                 body.close()
 
@@ -342,6 +346,34 @@ class S3Backend(Backend):
         if len(data) != length:
             raise ObjectNotFound(f"object {name} in {self.location} is shorter than the index says")
         return data
+
+    def _read_body(self, body: Any, name: str, most: int) -> bytes:
+        """At most `most` bytes of `body`, read BODY_CHUNK at a time: a body that brings less than
+        one chunk in BODY_STALL_SECONDS (a service dripping a byte now and then, each inside the
+        read timeout, which would be read for ever) is cut there, a transient error. The chunks
+        go into one buffer whose bytes are handed back without a copy (a list joined at the end
+        held the object twice)."""
+        out = io.BytesIO()
+        got = 0
+        with _StallGuard(body) as guard:
+            while got < most:
+                try:
+                    chunk = body.read(min(BODY_CHUNK, most - got))
+                except (bex.BotoCoreError, ConnectionError, TimeoutError, OSError, ValueError):
+                    if guard.cut:
+                        break
+                    raise
+                if not chunk:
+                    break
+                out.write(chunk)
+                got += len(chunk)
+                guard.progress += 1
+        if guard.cut:
+            raise TransientStorageError(
+                f"{self.location} sent {name} at less than {BODY_CHUNK // 1024} KiB in {BODY_STALL_SECONDS:g} s "
+                "(the read was cut there); check the network or the service"
+            )
+        return out.getvalue()
 
     def _read_thawing(self, name: str, get: Callable[[], bytes]) -> bytes:
         try:
@@ -621,6 +653,38 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self.client.close()
+
+
+class _StallGuard:
+    """Cuts `body` from another thread (urllib3's shutdown of the socket, which ends a read
+    blocked in it) when `progress` has not moved for BODY_STALL_SECONDS."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self._done = threading.Event()
+        self.progress = 0
+        self.cut = False
+        self._thread = threading.Thread(target=self._watch, name="phx-s3-stall-guard", daemon=True)
+
+    def __enter__(self) -> _StallGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        seen = 0
+        while not self._done.wait(BODY_STALL_SECONDS):
+            if self.progress == seen:
+                self.cut = True
+                raw = getattr(self._body, "_raw_stream", None)
+                stop = getattr(raw, "shutdown", None) or getattr(raw, "close", None)
+                if stop is not None:
+                    stop()
+                return
+            seen = self.progress
 
 
 def _restored(head: dict[str, Any]) -> bool:

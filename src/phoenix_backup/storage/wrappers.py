@@ -2,7 +2,8 @@
 backoff on transient errors only, and a limit on concurrent requests.
 
 Retry policy (DESIGN §8): a transient error (timeout, dropped connection, 5xx, throttling) is
-retried with exponential backoff and jitter, at most 5 attempts and never past 60 s. A refused
+retried with exponential backoff and jitter, at most 5 attempts, none started past 60 s (the one
+under way then runs to its own end: a request gives up within 60 s plus one attempt). A refused
 connection is retried on a shorter schedule so that a target that is down fails within 10 s; after
 that the wrapper remembers the target is down and fails every later call at once, so a backup
 does not spend 10 s per object on a dead target. Permanent errors (missing object, bad
