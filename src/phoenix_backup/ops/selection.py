@@ -33,12 +33,7 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
     if holder is not None:
         raise SourceError(holder)
     keys = key_files_in_workspace(cfg, envx.env)
-    own = [*(p for p, _what, _fix in _own_folders(cfg, envx.env)), *(p for p, _warning in keys)]
-    own = [
-        *(p for p in own if real_path(Path(os.path.abspath(p.expanduser()))) == real_path(p)),
-        *(real_path(p) for p in own),
-        *(spelled for p in own if (spelled := in_workspace(cfg.workspace, p)) is not None),
-    ]
+    own = never_saved(cfg, [*(p for p, _what, _fix in _own_folders(cfg, envx.env)), *(p for p, _warning in keys)])
     if plan.walk_files:
         sel = select(
             layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional, skip=own
@@ -64,6 +59,16 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             f"fix {fix} in {cfg.source or 'the config'}, or run a full backup"
         )
     return layout, sel
+
+
+def never_saved(cfg: Config, paths: list[Path]) -> list[Path]:
+    """`paths` (Phoenix's own folders, key files) spelled every way a walk of the workspace may meet
+    them, for `select`'s `skip`."""
+    return [
+        *(p for p in paths if real_path(Path(os.path.abspath(p.expanduser()))) == real_path(p)),
+        *(real_path(p) for p in paths),
+        *(spelled for p in paths if (spelled := in_workspace(cfg.workspace, p)) is not None),
+    ]
 
 
 def in_workspace(workspace: Path, path: Path) -> Path | None:
