@@ -163,3 +163,20 @@ def test_an_export_of_the_live_workspace_leaves_the_key_file_out(sandbox: Sandbo
     run_phx_here(["export", "--format", "markdown", "--output", str(out)], env)
     assert scan_for(out, (PASSPHRASE.encode(),)) == []
     assert any(p.is_file() for p in out.rglob("*"))
+
+
+def test_a_key_path_through_a_link_and_dot_dot_leaves_out_no_workspace_file(sandbox: Sandbox) -> None:
+    """`ws/vault/../key` with `vault` a link to a folder outside names a key outside the workspace
+    (the system follows the link, then `..`), but the rule cut `..` off first (`abspath`) and left
+    the user's own `ws/key` out of every backup, with a warning naming a file not in it."""
+    sb = sandbox
+    outside = sb.home / "private" / "sub"
+    outside.mkdir(parents=True)
+    (outside.parent / "key").write_text(PASSPHRASE + "\n")
+    (sb.workspace / "vault").symlink_to(outside)
+    (sb.workspace / "key").write_text("the agent's notes on keys, not a key\n")
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=f"{sb.workspace}/vault/../key")
+    doc = json.loads(run_phx_here(["backup", "--json"], env).out)
+    assert not [w for w in doc["warnings"] if "left out of every backup" in w], doc["warnings"]
+    listed = run_phx_here(["ls", "latest"], env).out.split()
+    assert "workspace/key" in listed, listed

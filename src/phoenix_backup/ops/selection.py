@@ -136,7 +136,9 @@ def key_files_in_workspace(cfg: Config, env: Mapping[str, str]) -> list[tuple[Pa
     for given, what in named:
         if not given:
             continue
-        path = Path(os.path.abspath(Path(given).expanduser()))
+        # Made absolute with its `..` kept: `ws/link/../key` is where the link leads, then up, as
+        # the file is opened (abspath would cut `..` first and name the workspace's `ws/key`).
+        path = Path(given).expanduser().absolute()
         inside = in_workspace(cfg.workspace, path)
         # Only what lies below the workspace: GNUPGHOME set to the workspace itself must not leave
         # the whole workspace out of every backup (doctor's and the backup's other checks say it).
