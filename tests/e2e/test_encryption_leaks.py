@@ -180,3 +180,21 @@ def test_a_key_path_through_a_link_and_dot_dot_leaves_out_no_workspace_file(sand
     assert not [w for w in doc["warnings"] if "left out of every backup" in w], doc["warnings"]
     listed = run_phx_here(["ls", "latest"], env).out.split()
     assert "workspace/key" in listed, listed
+
+
+def test_a_hard_link_to_the_key_file_in_the_workspace_is_left_out_too(sandbox: Sandbox) -> None:
+    """The key file was left out by its path only: a hard link to it elsewhere in the workspace
+    (`ln secrets/key notes/key`) was saved, and the key with it. Every name of it is left out, each
+    said."""
+    sb = sandbox
+    key = sb.workspace / "secrets" / "phx-passphrase"
+    key.parent.mkdir()
+    key.write_text(PASSPHRASE + "\n")
+    key.chmod(0o600)
+    other = sb.workspace / "memory" / "notes-on-keys.md"
+    os.link(key, other)
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(key))
+    doc = json.loads(run_phx_here(["backup", "--json"], env).out)
+    assert [w for w in doc["warnings"] if f"{other} is another name (a hard link) of the key file {key}" in w]
+    listed = run_phx_here(["ls", doc["id"]], env).out
+    assert "workspace/memory/" in listed and "notes-on-keys.md" not in listed

@@ -50,7 +50,7 @@ from phoenix_backup.ops.context import (
     require_identity,
     scratch_dir,
 )
-from phoenix_backup.ops.selection import key_files_in_workspace, never_saved
+from phoenix_backup.ops.selection import drop_key_links, key_files_in_workspace, never_saved
 from phoenix_backup.repo.reader import copy_snapshot_database, stream_blocks
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
@@ -193,8 +193,9 @@ def _live_files(cfg: Config, layout: Layout, env: Mapping[str, str]) -> list[Ent
     is a symbolic link is followed, no database or database companion is a file here, and a key
     file in the workspace is left out as a backup leaves it out (`key_files_in_workspace`)."""
     patterns = _component_patterns(cfg)
-    keys = never_saved(cfg, [p for p, _warning in key_files_in_workspace(cfg, env)])
-    sel = select(layout, patterns, cfg.exclude, (), optional=patterns, keep=patterns, skip=keys)
+    keys = [p for p, _warning in key_files_in_workspace(cfg, env)]
+    sel = select(layout, patterns, cfg.exclude, (), optional=patterns, keep=patterns, skip=never_saved(cfg, keys))
+    drop_key_links(sel, keys)
     return sorted((e for e in sel.entries.values() if e.kind == "file"), key=lambda e: e.logical)
 
 

@@ -5,6 +5,7 @@ does not load it (docs/continuous.md)."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             or any(e.logical.startswith(k + "/") and e.kind == "sqlite" for e in sel.entries.values())
         }
     sel.left_out = [warning for _p, warning in keys]
+    sel.left_out += drop_key_links(sel, [p for p, _warning in keys])
     empty = not sel.errors and not any(e.kind != "dir" for e in sel.entries.values())
     if scope != "full" and empty and not db_backup.database_jobs(cfg, scope):
         # An empty snapshot would become `latest` of its scope and prove nothing.
@@ -59,6 +61,31 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             f"fix {fix} in {cfg.source or 'the config'}, or run a full backup"
         )
     return layout, sel
+
+
+def drop_key_links(sel: Selection, keys: list[Path]) -> list[str]:
+    """Take out of `sel` every other name (a hard link) of a key file that is left out: one warning
+    each. The walk leaves the key out by its path; the same file under another name is the key."""
+    files: dict[tuple[int, int], Path] = {}
+    for key in keys:
+        try:
+            st = os.stat(key)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            files[(st.st_dev, st.st_ino)] = key
+    if not files:
+        return []
+    out = []
+    for logical, entry in list(sel.entries.items()):
+        key = files.get((entry.st.st_dev, entry.st.st_ino)) if entry.kind == "file" else None
+        if key is not None:
+            del sel.entries[logical]
+            out.append(
+                f"{entry.path} is another name (a hard link) of the key file {key}: it is left out of every backup "
+                f"too; remove it (`rm {entry.path}`)"
+            )
+    return out
 
 
 def never_saved(cfg: Config, paths: list[Path]) -> list[Path]:
