@@ -67,13 +67,13 @@ def drop_key_links(sel: Selection, keys: list[Path]) -> list[str]:
     """Take out of `sel` every other name (a hard link) of a key file that is left out: one warning
     each. The walk leaves the key out by its path; the same file under another name is the key."""
     files: dict[tuple[int, int], Path] = {}
-    for key in keys:
+    for path in keys:
         try:
-            st = os.stat(key)
+            st = os.stat(path)
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            files[(st.st_dev, st.st_ino)] = key
+            files[(st.st_dev, st.st_ino)] = path
     if not files:
         return []
     out = []
