@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from e2e_support import PASSPHRASE, PHX, Sandbox, scan_for
+from e2e_support import PASSPHRASE, PHX, Sandbox, run_phx_here, scan_for
 
 CONTENT = b"PHOENIX-CANARY-7f3a"
 FILE_NAME = "canary-name-91bd.md"
@@ -124,3 +124,77 @@ def test_what_a_backup_writes_in_the_data_folder_is_private_under_umask_000(sand
     written = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.rglob("*") if p.is_file() and not p.is_symlink()}
     assert {".last-backup", "prune.json"} <= set(written)
     assert {name: oct(mode) for name, mode in written.items() if mode & 0o077} == {}
+
+
+def test_a_restore_in_place_never_replaces_the_live_key_file(sandbox: Sandbox) -> None:
+    """A snapshot taken before the key file was named (PHX_PASSPHRASE set, the file an ordinary
+    workspace file then) holds an old copy of it: a restore in place wrote that copy over the live
+    key file (the passphrase that opens the repository lost) and its safety snapshot saved the
+    live key. In place, the key file is left as it is, as the config file in use is, and said."""
+    sb = sandbox
+    key = sb.workspace / "secrets" / "phx-passphrase"
+    key.parent.mkdir()
+    key.write_text("an-old-passphrase\n")
+    sb.phx_here("backup")
+    (old,) = (s["id"] for s in json.loads(sb.phx_here("list", "--json").out))
+    key.write_text(PASSPHRASE + "\n")
+    key.chmod(0o600)
+    (sb.workspace / "MEMORY.md").write_text("changed since\n")  # something to restore
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(key))
+    res = run_phx_here(["restore", "--backup", old, "--yes"], env)
+    assert key.read_text() == PASSPHRASE + "\n"
+    assert f"the key file in use ({key}) is not restored in place" in res.err
+    snaps = json.loads(run_phx_here(["list", "--json"], env).out)
+    safety = [s["id"] for s in snaps if s["id"] != old]
+    assert len(safety) == 1
+    assert "phx-passphrase" not in run_phx_here(["ls", safety[0]], env).out
+
+
+def test_an_export_of_the_live_workspace_leaves_the_key_file_out(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx export` reads the live components (config/ among them) with its own walk, which did not
+    leave out a key file a backup leaves out: a passphrase file in config/ was in the export."""
+    sb = sandbox
+    key = sb.workspace / "config" / "phx-passphrase"
+    key.parent.mkdir(exist_ok=True)
+    key.write_text(PASSPHRASE + "\n")
+    key.chmod(0o600)
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(key))
+    out = tmp_path / "export"
+    run_phx_here(["export", "--format", "markdown", "--output", str(out)], env)
+    assert scan_for(out, (PASSPHRASE.encode(),)) == []
+    assert any(p.is_file() for p in out.rglob("*"))
+
+
+def test_a_key_path_through_a_link_and_dot_dot_leaves_out_no_workspace_file(sandbox: Sandbox) -> None:
+    """`ws/vault/../key` with `vault` a link to a folder outside names a key outside the workspace
+    (the system follows the link, then `..`), but the rule cut `..` off first (`abspath`) and left
+    the user's own `ws/key` out of every backup, with a warning naming a file not in it."""
+    sb = sandbox
+    outside = sb.home / "private" / "sub"
+    outside.mkdir(parents=True)
+    (outside.parent / "key").write_text(PASSPHRASE + "\n")
+    (sb.workspace / "vault").symlink_to(outside)
+    (sb.workspace / "key").write_text("the agent's notes on keys, not a key\n")
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=f"{sb.workspace}/vault/../key")
+    doc = json.loads(run_phx_here(["backup", "--json"], env).out)
+    assert not [w for w in doc["warnings"] if "left out of every backup" in w], doc["warnings"]
+    listed = run_phx_here(["ls", "latest"], env).out.split()
+    assert "workspace/key" in listed, listed
+
+
+def test_a_hard_link_to_the_key_file_in_the_workspace_is_left_out_too(sandbox: Sandbox) -> None:
+    """The key file was left out by its path only: a hard link to it elsewhere in the workspace
+    (`ln secrets/key notes/key`) was saved, and the key with it. Every name of it is left out, each
+    said."""
+    sb = sandbox
+    key = sb.workspace / "secrets" / "phx-passphrase"
+    key.parent.mkdir()
+    key.write_text(PASSPHRASE + "\n")
+    key.chmod(0o600)
+    other = sb.workspace / "memory" / "notes-on-keys.md"
+    os.link(key, other)
+    env = sb.env_with(PHX_PASSPHRASE=None, PHX_PASSPHRASE_FILE=str(key))
+    doc = json.loads(run_phx_here(["backup", "--json"], env).out)
+    assert [w for w in doc["warnings"] if f"{other} is another name (a hard link) of the key file {key}" in w]
+    listed = run_phx_here(["ls", doc["id"]], env).out
+    assert "workspace/memory/" in listed and "notes-on-keys.md" not in listed

@@ -5,6 +5,8 @@ recipients were swapped, and a machine that backs up reading what it wrote."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -201,3 +203,20 @@ def test_write_key_fingerprint_and_replace_are_stable() -> None:
     wk = _write_key()
     assert wk.fingerprint == WriteKey(wk.id_key, wk.chunker_seed).fingerprint
     assert replace(wk, chunker_seed=wk.chunker_seed + 1).fingerprint != wk.fingerprint
+
+
+def test_the_write_key_folder_and_its_parents_are_private_under_umask_000(tmp_path: Path) -> None:
+    """The write key's folder was made 0700 but its missing parents (the data folder, `write-only/`)
+    with the umask's mode: 0777 under umask 000, where any user could rename the 0700 folder away
+    and put a write key of theirs in its place. Every folder made is 0700."""
+    from phoenix_backup.repo.writer import WriterStore
+
+    root = tmp_path / "data" / "write-only"
+    old = os.umask(0)
+    try:
+        WriterStore(root, "0123abcd").save_key(_write_key())
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "data", root, root / "0123abcd"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE((root / "0123abcd" / "write.key").stat().st_mode) == 0o600

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from phoenix_backup import jsontext
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import write_private
+from phoenix_backup.dirs import make_dirs, write_private
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo import checks
@@ -657,7 +657,7 @@ def _write_reports(result: DrillResult, folder: Path, envx: Environment) -> None
     md, js = base.with_suffix(".md"), base.with_suffix(".json")
     result.report_markdown, result.report_json = str(md), str(js)
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(folder)
         write_private(js, (jsontext.dumps(result.to_json(), indent=2) + "\n").encode())
         write_private(md, markdown(result).encode())
     except OSError as exc:

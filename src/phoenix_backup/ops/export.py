@@ -26,7 +26,7 @@ import os
 import shutil
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +50,7 @@ from phoenix_backup.ops.context import (
     require_identity,
     scratch_dir,
 )
+from phoenix_backup.ops.selection import drop_key_links, key_files_in_workspace, never_saved
 from phoenix_backup.repo.reader import copy_snapshot_database, stream_blocks
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
@@ -168,7 +169,7 @@ def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
             copy = scratch / f"{i}.db"
             copy_database(path, copy)
             dbs.append(SourceDatabase(layout.to_logical(path), copy, check_database(copy).integrity))
-        files = [SourceFile(e.logical, e.st.st_size, _file_reader(e.path)) for e in _live_files(cfg, layout)]
+        files = [SourceFile(e.logical, e.st.st_size, _file_reader(e.path)) for e in _live_files(cfg, layout, envx.env)]
         info = {"kind": "live", "workspace": str(cfg.workspace), "home": str(envx.home)}
         yield Source("live", dbs, files, info)
 
@@ -186,12 +187,15 @@ def _file_reader(path: Path) -> Callable[[], Iterator[bytes]]:
     return read
 
 
-def _live_files(cfg: Config, layout: Layout) -> list[Entry]:
+def _live_files(cfg: Config, layout: Layout, env: Mapping[str, str]) -> list[Entry]:
     """The regular files of the identity, memory and config components, walked as a full backup
     walks them (sources/files.py): a component is kept whatever `exclude` says, a component that
-    is a symbolic link is followed, and no database or database companion is a file here."""
+    is a symbolic link is followed, no database or database companion is a file here, and a key
+    file in the workspace is left out as a backup leaves it out (`key_files_in_workspace`)."""
     patterns = _component_patterns(cfg)
-    sel = select(layout, patterns, cfg.exclude, (), optional=patterns, keep=patterns)
+    keys = [p for p, _warning in key_files_in_workspace(cfg, env)]
+    sel = select(layout, patterns, cfg.exclude, (), optional=patterns, keep=patterns, skip=never_saved(cfg, keys))
+    drop_key_links(sel, keys)
     return sorted((e for e in sel.entries.values() if e.kind == "file"), key=lambda e: e.logical)
 
 

@@ -56,7 +56,7 @@ from phoenix_backup.ops.context import (
     require_identity,
     target_backend,
 )
-from phoenix_backup.ops.selection import select_sources
+from phoenix_backup.ops.selection import in_workspace, key_files_in_workspace, select_sources
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.crypto import sha256_file, sha256_hex
 from phoenix_backup.repo.pack import pack_name
@@ -297,17 +297,32 @@ class _Restore:
 
     def _without_live_config(self, selected: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
         """In place, the config file this restore runs with is never overwritten: it says where the
-        repository is. Its copy in the snapshot (a full backup saves it) is there for `--to DIR`."""
-        if self.cfg.source is None:
-            return selected
-        live = self.layout.to_logical(self.cfg.source.absolute())
-        kept = [(lg, n) for lg, n in selected if lg != live]
-        if len(kept) != len(selected) and self.plan_item(live, dict(selected)[live]).action != "unchanged":
-            self.envx.notice(
-                f"the config file in use ({self.cfg.source}) is not restored in place; the snapshot's copy: "
-                f"`phx dump {self.snap.id[:8]} {live}`"
-            )
-        return kept
+        repository is. Its copy in the snapshot (a full backup saves it) is there for `--to DIR`.
+        Nor is a key file in the workspace (`key_files_in_workspace`, which backups leave out): an
+        older snapshot's copy of it written over it would lose the key that opens the repository,
+        and the safety snapshot would save the live key."""
+        if self.cfg.source is not None:
+            live = self.layout.to_logical(self.cfg.source.absolute())
+            kept = [(lg, n) for lg, n in selected if lg != live]
+            if len(kept) != len(selected) and self.plan_item(live, dict(selected)[live]).action != "unchanged":
+                self.envx.notice(
+                    f"the config file in use ({self.cfg.source}) is not restored in place; the snapshot's copy: "
+                    f"`phx dump {self.snap.id[:8]} {live}`"
+                )
+            selected = kept
+        for path, _warning in key_files_in_workspace(self.cfg, self.envx.env):
+            spelled = in_workspace(self.cfg.workspace, path)
+            if spelled is None:
+                continue
+            key = self.layout.to_logical(spelled)
+            kept = [(lg, n) for lg, n in selected if lg != key and not lg.startswith(key + "/")]
+            if len(kept) != len(selected):
+                self.envx.notice(
+                    f"the key file in use ({path}) is not restored in place; the snapshot's copy: "
+                    f"`phx dump {self.snap.id[:8]} {key}`"
+                )
+            selected = kept
+        return selected
 
     def report_damage(self, result: RestoreResult) -> None:
         """One error per file or database whose data is damaged or missing, naming the other

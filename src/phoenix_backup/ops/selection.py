@@ -5,6 +5,7 @@ does not load it (docs/continuous.md)."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,12 +34,7 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
     if holder is not None:
         raise SourceError(holder)
     keys = key_files_in_workspace(cfg, envx.env)
-    own = [*(p for p, _what, _fix in _own_folders(cfg, envx.env)), *(p for p, _warning in keys)]
-    own = [
-        *(p for p in own if real_path(Path(os.path.abspath(p.expanduser()))) == real_path(p)),
-        *(real_path(p) for p in own),
-        *(spelled for p in own if (spelled := in_workspace(cfg.workspace, p)) is not None),
-    ]
+    own = never_saved(cfg, [*(p for p, _what, _fix in _own_folders(cfg, envx.env)), *(p for p, _warning in keys)])
     if plan.walk_files:
         sel = select(
             layout, plan.includes, cfg.exclude, plan.databases, optional=plan.optional, keep=plan.optional, skip=own
@@ -53,6 +49,7 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             or any(e.logical.startswith(k + "/") and e.kind == "sqlite" for e in sel.entries.values())
         }
     sel.left_out = [warning for _p, warning in keys]
+    sel.left_out += drop_key_links(sel, [p for p, _warning in keys])
     empty = not sel.errors and not any(e.kind != "dir" for e in sel.entries.values())
     if scope != "full" and empty and not db_backup.database_jobs(cfg, scope):
         # An empty snapshot would become `latest` of its scope and prove nothing.
@@ -64,6 +61,41 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             f"fix {fix} in {cfg.source or 'the config'}, or run a full backup"
         )
     return layout, sel
+
+
+def drop_key_links(sel: Selection, keys: list[Path]) -> list[str]:
+    """Take out of `sel` every other name (a hard link) of a key file that is left out: one warning
+    each. The walk leaves the key out by its path; the same file under another name is the key."""
+    files: dict[tuple[int, int], Path] = {}
+    for path in keys:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            files[(st.st_dev, st.st_ino)] = path
+    if not files:
+        return []
+    out = []
+    for logical, entry in list(sel.entries.items()):
+        key = files.get((entry.st.st_dev, entry.st.st_ino)) if entry.kind == "file" else None
+        if key is not None:
+            del sel.entries[logical]
+            out.append(
+                f"{entry.path} is another name (a hard link) of the key file {key}: it is left out of every backup "
+                f"too; remove it (`rm {entry.path}`)"
+            )
+    return out
+
+
+def never_saved(cfg: Config, paths: list[Path]) -> list[Path]:
+    """`paths` (Phoenix's own folders, key files) spelled every way a walk of the workspace may meet
+    them, for `select`'s `skip`."""
+    return [
+        *(p for p in paths if real_path(Path(os.path.abspath(p.expanduser()))) == real_path(p)),
+        *(real_path(p) for p in paths),
+        *(spelled for p in paths if (spelled := in_workspace(cfg.workspace, p)) is not None),
+    ]
 
 
 def in_workspace(workspace: Path, path: Path) -> Path | None:
@@ -131,7 +163,9 @@ def key_files_in_workspace(cfg: Config, env: Mapping[str, str]) -> list[tuple[Pa
     for given, what in named:
         if not given:
             continue
-        path = Path(os.path.abspath(Path(given).expanduser()))
+        # Made absolute with its `..` kept: `ws/link/../key` is where the link leads, then up, as
+        # the file is opened (abspath would cut `..` first and name the workspace's `ws/key`).
+        path = Path(given).expanduser().absolute()
         inside = in_workspace(cfg.workspace, path)
         # Only what lies below the workspace: GNUPGHOME set to the workspace itself must not leave
         # the whole workspace out of every backup (doctor's and the backup's other checks say it).

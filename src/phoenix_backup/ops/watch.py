@@ -53,7 +53,7 @@ from typing import Any
 import blake3
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import data_dir, write_private
+from phoenix_backup.dirs import data_dir, make_dirs, write_private
 from phoenix_backup.errors import (
     ConfigError,
     CorruptObject,
@@ -821,7 +821,7 @@ class Watcher:
         or None: it takes a file of CACHE_PROBE_BYTES."""
         folder = self.cache_dir / self.repo.config.id
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(folder)
             with tempfile.TemporaryFile(dir=folder) as f:
                 if os.write(f.fileno(), bytes(CACHE_PROBE_BYTES)) != CACHE_PROBE_BYTES:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -1066,7 +1066,7 @@ class Watcher:
         when it was sealed, `_to_spool`)."""
         path = self.spool / f"{order:020d}-{name.removeprefix(captures.PREFIX)}"
         try:
-            self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(self.spool)
             write_private(path, self._spool_mac(name, raw) + raw)
         except OSError as exc:
             waiting = len(self.queue) + 1
@@ -1117,7 +1117,7 @@ class Watcher:
             "spoolOrder": self.last_order,  # of the last segment's spool file (`_load_spool`)
         }
         try:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(self.state_path.parent)
             write_private(self.state_path, json.dumps(doc, sort_keys=True).encode())
         except OSError as exc:
             raise SourceError(
@@ -1637,7 +1637,7 @@ def _only_watch(state: Path) -> int:
     saved position and fork it, and a reader follows no chain past a fork."""
     path = state.with_suffix(".lock")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise SourceError(f"cannot open {path} ({exc.strerror or exc}); fix its folder's permissions") from exc
@@ -1688,7 +1688,7 @@ class WorkingHashes(SpilledHashes):
         self.memory: bytearray | None = None
         self.failure: OSError | None = None
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(folder)
             with tempfile.TemporaryFile(dir=folder) as f:
                 self.fd = os.dup(f.fileno())
         except OSError as exc:

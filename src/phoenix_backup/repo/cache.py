@@ -14,6 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
+from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import StorageError
 from phoenix_backup.repo.chunker import HASH_SIZE, FileSink, MemorySink, PageState, SpilledHashes
 from phoenix_backup.repo.crypto import sha256_hex
@@ -32,7 +33,7 @@ def cache_root() -> Path:
 class Cache:
     def __init__(self, repo_id: str, root: Path | None = None) -> None:
         self.dir = (root or cache_root()) / repo_id
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(self.dir)
 
     # -- temporary copies ----------------------------------------------------------------
 

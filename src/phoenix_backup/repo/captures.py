@@ -31,6 +31,7 @@ from pathlib import Path
 
 import blake3
 
+from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing
 from phoenix_backup.repo.crypto import same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.repository import CAPTURE_AAD as CAPTURE_AAD  # the seal of a segment
@@ -375,7 +376,7 @@ def cache_header(folder: Path, seg: Segment, key: bytes) -> None:
     rest = struct.pack("<QQ", seg.stored_size, len(seg.data)) + seg.header()
     entry = _CACHE_HEAD.pack(_CACHE_MAGIC, _cache_mac(key, name, rest), 0, 0)[: _CACHE_HEAD.size - 16] + rest
     with contextlib.suppress(OSError):
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(folder)
         tmp = folder / f".{seg.id}.{os.getpid()}.tmp"
         tmp.write_bytes(entry)
         os.replace(tmp, folder / seg.id)

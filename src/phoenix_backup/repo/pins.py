@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.dirs import data_dir, trustworthy, write_private
+from phoenix_backup.dirs import data_dir, make_dirs, trustworthy, write_private
 from phoenix_backup.errors import ConfigError, KeyChanged, NoSpace
 from phoenix_backup.repo.snapshot import FUTURE_SLACK
 
@@ -183,7 +183,7 @@ class Pins:
         lock = folder / ".pins.lock"
         try:
             failed = f"the pin file's folder {folder}"
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(folder)
             failed = f"the pin file's lock {lock}"
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:

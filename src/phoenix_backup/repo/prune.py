@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.dirs import write_private
+from phoenix_backup.dirs import make_dirs, write_private
 from phoenix_backup.errors import (
     CorruptObject,
     ObjectNotFound,
@@ -190,7 +190,7 @@ class PruneState:
 
     def save(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(self.path.parent)
             write_private(
                 self.path, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode()
             )  # 0600, any umask

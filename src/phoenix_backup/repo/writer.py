@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.dirs import data_dir, read_secret, trustworthy, write_private
+from phoenix_backup.dirs import data_dir, make_dirs, read_secret, trustworthy, write_private
 from phoenix_backup.errors import (
     ConfigError,
     ConfigNotAuthenticated,
@@ -203,7 +203,9 @@ class WriterStore:
 
     @staticmethod
     def _mkdir(path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Each missing parent 0700 too (mkdir(parents=True) gives them the umask's mode: 0777 under
+        # umask 000, where anyone could rename the key's folder away and plant a write key).
+        make_dirs(path)
 
 
 def no_write_key(location: str, path: Path | None) -> MissingCredentials:

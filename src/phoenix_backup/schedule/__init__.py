@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import write_private
+from phoenix_backup.dirs import make_dirs, write_private
 from phoenix_backup.errors import SchedulerUnavailable, UsageError
 from phoenix_backup.schedule import cron, launchd, systemd
 from phoenix_backup.schedule.job import KINDS, Job, job_name
@@ -157,7 +157,7 @@ def install(
     # refused, no user manager) leaves the old schedule running instead of none.
     _remove_job(env, home, kind, keep=chosen)
     _write_record(home, kind, record)
-    log_dir(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(log_dir(home))
     return InstallResult(
         chosen, spec, list(job.argv), spec.next_after(datetime.now().astimezone()), log_dir(home), warnings, kind
     )
@@ -165,7 +165,7 @@ def install(
 
 def _write_record(home: Path, kind: str, record: Mapping[str, object]) -> None:
     path = record_path(home, kind)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(path.parent)
     write_private(path, (json.dumps(record, indent=2) + "\n").encode())
 
 

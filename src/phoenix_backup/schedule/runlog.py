@@ -9,6 +9,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from phoenix_backup.dirs import make_dirs
+
 LOG_NAME = "backup.log"
 DRILL_LOG_NAME = "drill.log"
 MAX_BYTES = 1024 * 1024
@@ -31,7 +33,7 @@ class RunLog:
         self.path = folder / name
         self.max_bytes = max_bytes
         self.keep = keep
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(folder)
         self.rotate_if_needed()
 
     def rotate_if_needed(self) -> bool:

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from phoenix_backup.dirs import data_dir
+from phoenix_backup.dirs import data_dir, make_dirs
 from phoenix_backup.errors import (
     ConfigError,
     RepositoryExists,
@@ -418,7 +418,7 @@ class GitBackend(Backend):
     def _exclusive(self) -> Iterator[None]:
         """Serialise git commands on this clone across threads and processes."""
         with self._mutex:
-            self.workdir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(self.workdir.parent)
             lock_path = self.workdir.parent / f"{self.workdir.name}.lock"
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import data_dir, write_private
+from phoenix_backup.dirs import data_dir, make_dirs, write_private
 from phoenix_backup.errors import AppendOnlyRefused, ConfigError, UsageError
 from phoenix_backup.storage.appendonly import AppendOnlyBackend, refusal
 from phoenix_backup.storage.base import Backend
@@ -211,7 +211,7 @@ def remember_append_only(cfg: Config, env: Mapping[str, str]) -> Config:
     if new:
         # Only a reminder: a read-only data dir loses nothing; a record damaged meanwhile stays as it is.
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError, RecursionError):
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(path.parent)
             _add_marks(path, new)
     return _append_only(cfg, [n for n in names if known.intersection(keys[n])])
 
