@@ -47,7 +47,8 @@ def timed(cmd: list[str], env: dict[str, str], chrt: bool) -> dict[str, float]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode(errors='replace')[-2000:]}")
     _ = out
-    return {"wall": wall, "user": ru.ru_utime, "sys": ru.ru_stime, "cpu": ru.ru_utime + ru.ru_stime, "load": load}
+    cpu = ru.ru_utime + ru.ru_stime
+    return {"wall": wall, "user": ru.ru_utime, "sys": ru.ru_stime, "cpu": cpu, "rss": ru.ru_maxrss / 1024, "load": load}
 
 
 def check_restore(phx: list[str], env: dict[str, str], config: Path, dest: Path, check_cmd: str) -> int:
@@ -70,6 +71,29 @@ def check_restore(phx: list[str], env: dict[str, str], config: Path, dest: Path,
     if not checked:
         raise SystemExit("no restored file was checked")
     return checked
+
+
+def new_repository(phx: list[str], env: dict[str, str], sample: Path, work: Path) -> None:
+    """`phx init` of WORK/repo for the sample's workspace, and WORK/phoenix.json to back it up with
+    (the sample's three databases, compression, the passphrase); nothing backed up yet."""
+    repo = work / "repo"
+    databases = ["~/.argentos/observations.db", "~/.argentos/memory.db", "~/.argentos/data/dashboard.db"]
+    doc = {
+        "workspace": str(sample / "workspace"),
+        "backupDir": str(repo),
+        "targets": {"local": {"enabled": True, "path": str(repo)}},
+        "include": [],
+        "exclude": list(EXCLUDES),
+        "compression": True,
+        "encryption": {"enabled": True, "method": "passphrase"},
+        "databases": {"sqlite": databases},
+        "retention": {"last": -1},
+    }
+    (work / "phoenix.json").write_text(json.dumps(doc))
+    init = ["init", "--config", str(work / "init.json"), "--workspace", str(sample / "workspace")]
+    subprocess.run(
+        [*phx, *init, "--repo", str(repo), "--encryption", "passphrase"], env=env, check=True, capture_output=True
+    )
 
 
 def other_tool(name: str, sample: Path, base: dict[str, str], work: Path, chrt: bool) -> dict[str, dict[str, float]]:
@@ -117,44 +141,7 @@ def main() -> int:
             shutil.rmtree(args.work, ignore_errors=True)
             args.work.mkdir(parents=True)
             repo, config, dest = args.work / "repo", args.work / "phoenix.json", args.work / "restored"
-            config.write_text(
-                json.dumps(
-                    {
-                        "workspace": str(sample / "workspace"),
-                        "backupDir": str(repo),
-                        "targets": {"local": {"enabled": True, "path": str(repo)}},
-                        "include": [],
-                        "exclude": list(EXCLUDES),
-                        "compression": True,
-                        "encryption": {"enabled": True, "method": "passphrase"},
-                        "databases": {
-                            "sqlite": [
-                                "~/.argentos/observations.db",
-                                "~/.argentos/memory.db",
-                                "~/.argentos/data/dashboard.db",
-                            ]
-                        },
-                        "retention": {"last": -1},
-                    }
-                )
-            )
-            subprocess.run(
-                [
-                    *phx,
-                    "init",
-                    "--config",
-                    str(args.work / "init.json"),
-                    "--workspace",
-                    str(sample / "workspace"),
-                    "--repo",
-                    str(repo),
-                    "--encryption",
-                    "passphrase",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            new_repository(phx, env, sample, args.work)
             step: dict[str, dict[str, float]] = {}
             step["backup"] = timed([*phx, "backup", "--config", str(config), "--json"], env, args.chrt)
             evict_from_page_cache(repo)

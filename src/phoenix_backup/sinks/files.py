@@ -64,8 +64,11 @@ def kept_folders() -> int:
 # systems; a smaller run of zeros costs a block anyway.
 _HOLE = 4096
 _ZERO_BLOCK = bytes(_HOLE)
-# Written pages are handed to the disk every this many bytes (see write_content).
-WRITEBACK = 8 * 1024 * 1024
+# Written pages are handed to the disk every this many bytes (see write_content). The restore's
+# reads of packs and its writes share one disk: every 2 MiB instead of 8, the medium restore's
+# writes go out in smaller pieces beside the decoders' reads, 0.03-0.09 s shorter (paired medians
+# of 52 alternated cold restores, faster in 40), for the same CPU (docs/benchmarks.md).
+WRITEBACK = 2 * 1024 * 1024
 # Extents gathered into one writev (see _Pending): at most this many bytes and views. Eight views
 # is what Linux copies without an allocation (UIO_FASTIOV); with 64 the system time of writing
 # memory.db of the medium benchmark rose (0.40-0.55 -> 0.56-0.65 s, bench/restore_writes.py).
