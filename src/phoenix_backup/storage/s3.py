@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
@@ -738,10 +739,8 @@ class _HeadersBound:
     def _phx_stop(self) -> None:
         sock = self.sock  # read when the guard fires: the socket the read waits on
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # closed already: the read it would end is over
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # closed already: the read it would end is over
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
         self._phx_arm()
