@@ -482,3 +482,76 @@ def test_s3_response_headers_inside_the_limit_are_read(monkeypatch: pytest.Monke
         data, error, _ = bounded(lambda: [backend.read("snapshots/" + "a" * 64) for _ in range(3)], 5.0)
     assert error is None, error
     assert data == [b"0123456789"] * 3
+
+
+@pytest.mark.parametrize(
+    ("chosen", "alive"),
+    [
+        ("nothing", "-o ServerAliveInterval=15 -o ServerAliveCountMax=4"),
+        ("GIT_SSH_COMMAND", None),
+        ("GIT_SSH", None),
+        ("core.sshCommand", None),
+        ("ssh config interval", None),
+        ("ssh config count", "-o ServerAliveInterval=15"),
+    ],
+)
+def test_git_over_ssh_gets_keepalives_unless_the_user_chose_the_ssh_command_or_its_own(
+    tmp_path: Path, chosen: str, alive: str | None
+) -> None:
+    """With no ssh command of the user's, git runs ssh with keepalives (15 s x 4: a peer silent
+    after the handshake ends the command after a minute, not the 30-minute network timeout),
+    besides BatchMode and the connect timeout. A user's GIT_SSH_COMMAND, GIT_SSH or
+    core.sshCommand is git's ssh unchanged (before, Phoenix's own GIT_SSH_COMMAND overrode the
+    latter two), and keepalives set in the user's ssh config (what `ssh -G` says) are not
+    overridden on the command line. The ssh here is a stand-in that records its arguments."""
+    require_git()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "ssh-argv.log"
+    interval, count = {"ssh config interval": ("30", "3"), "ssh config count": ("0", "9")}.get(chosen, ("0", "3"))
+    fake_ssh = bin_dir / "ssh"
+    fake_ssh.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = -G ]; then printf "serveraliveinterval {interval}\\nserveralivecountmax {count}\\n"; exit 0; fi\n'
+        f'printf "%s\\n" "$*" >> {log}\nexit 255\n'
+    )
+    fake_ssh.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    if chosen == "GIT_SSH_COMMAND":
+        env["GIT_SSH_COMMAND"] = "ssh -o User=mine"
+    elif chosen == "GIT_SSH":
+        env["GIT_SSH"] = str(fake_ssh)
+    elif chosen == "core.sshCommand":
+        (tmp_path / ".gitconfig").write_text("[core]\n\tsshCommand = ssh -o User=mine\n")
+    backend = GitBackend("ssh://git@127.0.0.1:2222/r.git", "main", True, tmp_path / "clone", env)
+    _, error, _ = bounded(backend.exists, 10.0)
+    assert error is not None  # the stand-in never connects
+    argv = log.read_text()
+    assert "git@127.0.0.1" in argv, argv
+    if alive is None:
+        assert "ServerAliveInterval=15" not in argv and "ServerAliveCountMax" not in argv, argv
+    else:
+        assert alive in argv and "-o BatchMode=yes -o ConnectTimeout=10" in argv, argv
+    if chosen == "ssh config count":
+        assert "ServerAliveCountMax" not in argv, argv
+    if chosen in ("GIT_SSH_COMMAND", "core.sshCommand"):
+        assert "-o User=mine" in argv and "BatchMode" not in argv, argv
+    if chosen == "GIT_SSH":
+        assert "BatchMode" not in argv, argv  # the user's program, called as git calls it
+
+
+@pytest.mark.parametrize(
+    ("remote", "destination"),
+    [
+        ("ssh://git@host.example:2222/r.git", ["-p", "2222", "git@host.example"]),
+        ("git+ssh://host.example/r.git", ["host.example"]),
+        ("git@host.example:team/r.git", ["git@host.example"]),
+        ("[host.example:2200]:r.git", ["-p", "2200", "host.example"]),
+        ("[::1]:r.git", ["::1"]),
+        ("https://host.example/r.git", None),
+        ("/srv/r.git", None),
+        ("ssh://-oProxyCommand=x/r.git", None),
+    ],
+)
+def test_the_ssh_destination_is_read_as_git_reads_the_remote(remote: str, destination: list[str] | None) -> None:
+    assert git_storage._ssh_destination(remote) == destination
