@@ -46,6 +46,22 @@ def data_dir(env: Mapping[str, str]) -> Path:
     return path
 
 
+def env_path(env: Mapping[str, str], name: str) -> Path | None:
+    """The path the environment variable `name` (PHX_PASSPHRASE_FILE, PHX_IDENTITY_FILE, GNUPGHOME)
+    names, None when unset or empty: a leading `~` or `~/` is the HOME of `env`, as a shell would
+    have expanded it (a value written in quotes keeps it literal). Every reader of these variables
+    and the backup's selection, which leaves the key files out of the workspace, use this one
+    reading: where one expanded and the other did not, a backup could save the key file and then
+    fail to read the literal path."""
+    given = env.get(name)
+    if not given:
+        return None
+    if given == "~" or given.startswith("~/"):
+        home = env.get("HOME") or os.path.expanduser("~")
+        return Path(home + given[1:])
+    return Path(os.path.expanduser(given))
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Replace `path` atomically by a file of `data` only its owner can read (mode 0600): a temp
     file beside it, fsynced, renamed, and the folder fsynced. The temp's name is new each time and

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import os
 import signal
 import socket
@@ -384,3 +385,173 @@ def test_a_region_redirect_botocore_follows_itself_still_reads() -> None:
     assert error is None, error
     assert data == b"the object"
     assert [s.split("/")[2] for s in served] == ["us-east-1", "eu-west-1"], served
+
+
+class _HeaderDrip(http.server.BaseHTTPRequestHandler):
+    """An S3 service that accepts a request and sends its status line and headers one byte per
+    `pause` (each well inside the read timeout), `most` bytes in all (the bound of the test);
+    with `interim`, it drips the `100 Continue` a PUT that asks for one waits on instead."""
+
+    protocol_version = "HTTP/1.1"
+    pause = 0.1
+    most = 80
+    interim = False
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def _drip(self, head: bytes) -> None:
+        self.served.append(f"{self.command} {self.path}")
+        with contextlib.suppress(OSError):
+            for byte in head[: self.most]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(self.pause)
+        self.close_connection = True
+
+    def handle_expect_100(self) -> bool:
+        if self.interim:
+            self._drip(b"HTTP/1.1 100 Continue\r\n" + b"X-Pad: " + b"p" * 200 + b"\r\n\r\n")
+            return False
+        return super().handle_expect_100()
+
+    def _answer(self) -> None:
+        self._drip(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 200 + b"\r\nContent-Length: 0\r\n\r\n")
+
+    do_GET = do_HEAD = do_PUT = _answer
+
+
+@pytest.mark.parametrize("operation", ["read", "stat", "list", "write", "write-100-continue"])
+def test_s3_response_headers_that_drip_are_cut_at_the_response_limit(
+    operation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service that sends a response's status line and headers a byte at a time, each inside
+    the read timeout, is cut RESPONSE_SECONDS (120 s; 0.5 s here) after the request was sent:
+    one transient error naming the target and the cause, which the retries handle. Every kind of
+    request: an object's GET (whose body has its own limit only once the headers are in), a HEAD,
+    a listing, a PUT, and the `100 Continue` a large PUT waits on before sending its body. Before,
+    each was waited on for as long as the service dripped (here 8 s, past the test's bound)."""
+    monkeypatch.setattr(s3_storage, "RESPONSE_SECONDS", 0.5, raising=False)  # none before the fix
+    served: list[str] = []
+    handler = type("Handler", (_HeaderDrip,), {"served": served, "interim": operation == "write-100-continue"})
+    name = "snapshots/" + "a" * 64
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        calls: dict[str, Callable[[], object]] = {
+            "read": lambda: inner.read(name),
+            "stat": lambda: inner.stat(name),
+            "list": lambda: list(inner.list("snapshots/")),
+            "write": lambda: inner.write(name, b"x" * 10),
+            "write-100-continue": lambda: inner.client.put_object(Bucket="b", Key="p/" + name, Body=io.BytesIO(b"x")),
+        }
+        call = calls[operation]
+        if operation == "write-100-continue":
+            call = _mapped(inner, call)
+        _, error, took = bounded(call, 5.0)
+    assert isinstance(error, TransientStorageError), error
+    assert "s3://b/p/" in str(error) and "sent no complete response headers in 0.5 s" in str(error), error
+    assert took < 3, f"took {took:.1f} s"
+    assert len(served) == 1, served
+
+
+def _mapped(inner: S3Backend, call: Callable[[], object]) -> Callable[[], object]:
+    """`call`, its botocore error mapped as the backend maps every one (`S3Backend._do`)."""
+    return lambda: inner._do("writing the test object", call)
+
+
+class _HeadersThenBody(http.server.BaseHTTPRequestHandler):
+    """Held: headers that arrive whole, each line slowly but well inside the limit, then a body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        for line in (b"HTTP/1.1 200 OK\r\n", b"Content-Length: 10\r\n", b"\r\n"):
+            self.wfile.write(line)
+            self.wfile.flush()
+            time.sleep(0.05)
+        self.wfile.write(b"0123456789")
+
+
+def test_s3_response_headers_inside_the_limit_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3_storage, "RESPONSE_SECONDS", 0.5, raising=False)
+    with _s3_behind(_HeadersThenBody) as backend:
+        data, error, _ = bounded(lambda: [backend.read("snapshots/" + "a" * 64) for _ in range(3)], 5.0)
+    assert error is None, error
+    assert data == [b"0123456789"] * 3
+
+
+@pytest.mark.parametrize(
+    ("chosen", "alive"),
+    [
+        ("nothing", "-o ServerAliveInterval=15 -o ServerAliveCountMax=4"),
+        ("GIT_SSH_COMMAND", None),
+        ("GIT_SSH", None),
+        ("core.sshCommand", None),
+        ("ssh config interval", None),
+        ("ssh config count", "-o ServerAliveInterval=15"),
+    ],
+)
+def test_git_over_ssh_gets_keepalives_unless_the_user_chose_the_ssh_command_or_its_own(
+    tmp_path: Path, chosen: str, alive: str | None
+) -> None:
+    """With no ssh command of the user's, git runs ssh with keepalives (15 s x 4: a peer silent
+    after the handshake ends the command after a minute, not the 30-minute network timeout),
+    besides BatchMode and the connect timeout. A user's GIT_SSH_COMMAND, GIT_SSH or
+    core.sshCommand is git's ssh unchanged (before, Phoenix's own GIT_SSH_COMMAND overrode the
+    latter two), and keepalives set in the user's ssh config (what `ssh -G` says) are not
+    overridden on the command line. The ssh here is a stand-in that records its arguments."""
+    require_git()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "ssh-argv.log"
+    interval, count = {"ssh config interval": ("30", "3"), "ssh config count": ("0", "9")}.get(chosen, ("0", "3"))
+    fake_ssh = bin_dir / "ssh"
+    fake_ssh.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = -G ]; then printf "serveraliveinterval {interval}\\nserveralivecountmax {count}\\n"; exit 0; fi\n'
+        f'printf "%s\\n" "$*" >> {log}\nexit 255\n'
+    )
+    fake_ssh.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    if chosen == "GIT_SSH_COMMAND":
+        env["GIT_SSH_COMMAND"] = "ssh -o User=mine"
+    elif chosen == "GIT_SSH":
+        env["GIT_SSH"] = str(fake_ssh)
+    elif chosen == "core.sshCommand":
+        (tmp_path / ".gitconfig").write_text("[core]\n\tsshCommand = ssh -o User=mine\n")
+    backend = GitBackend("ssh://git@127.0.0.1:2222/r.git", "main", True, tmp_path / "clone", env)
+    _, error, _ = bounded(backend.exists, 10.0)
+    assert error is not None  # the stand-in never connects
+    argv = log.read_text()
+    assert "git@127.0.0.1" in argv, argv
+    if alive is None:
+        assert "ServerAliveInterval=15" not in argv and "ServerAliveCountMax" not in argv, argv
+    else:
+        assert alive in argv and "-o BatchMode=yes -o ConnectTimeout=10" in argv, argv
+    if chosen == "ssh config count":
+        assert "ServerAliveCountMax" not in argv, argv
+    if chosen in ("GIT_SSH_COMMAND", "core.sshCommand"):
+        assert "-o User=mine" in argv and "BatchMode" not in argv, argv
+    if chosen == "GIT_SSH":
+        assert "BatchMode" not in argv, argv  # the user's program, called as git calls it
+
+
+@pytest.mark.parametrize(
+    ("remote", "destination"),
+    [
+        ("ssh://git@host.example:2222/r.git", ["-p", "2222", "git@host.example"]),
+        ("git+ssh://host.example/r.git", ["host.example"]),
+        ("git@host.example:team/r.git", ["git@host.example"]),
+        ("[host.example:2200]:r.git", ["-p", "2200", "host.example"]),
+        ("[::1]:r.git", ["::1"]),
+        ("https://host.example/r.git", None),
+        ("/srv/r.git", None),
+        ("ssh://-oProxyCommand=x/r.git", None),
+    ],
+)
+def test_the_ssh_destination_is_read_as_git_reads_the_remote(remote: str, destination: list[str] | None) -> None:
+    assert git_storage._ssh_destination(remote) == destination

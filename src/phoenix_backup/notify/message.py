@@ -5,10 +5,15 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import PASSPHRASE_COMMAND_SECRET, passphrase_text, remembered_secret, secret_file_again
+from phoenix_backup.dirs import (
+    PASSPHRASE_COMMAND_SECRET,
+    env_path,
+    passphrase_text,
+    remembered_secret,
+    secret_file_again,
+)
 from phoenix_backup.redaction import redact
 from phoenix_backup.units import human_size
 
@@ -66,10 +71,10 @@ def env_secrets(env: Mapping[str, str]) -> list[str]:
     # Each passphrase as given, as an earlier Phoenix used it (line breaks left out) and as
     # Phoenix uses it now (`passphrase_text`: the byte-order mark it may start with left out too).
     passphrases = [env.get(name, "") for name in ("PHX_PASSPHRASE", "PHX_NEW_PASSPHRASE")]
-    file = env.get("PHX_PASSPHRASE_FILE")
-    if file:
+    file = env_path(env, "PHX_PASSPHRASE_FILE")
+    if file is not None:
         # A file that cannot be read or is too large gives no passphrase to the run either.
-        raw = secret_file_again(Path(file))
+        raw = secret_file_again(file)
         if raw is not None:
             passphrases.append(raw.decode("utf-8", "surrogateescape"))
     given = remembered_secret(PASSPHRASE_COMMAND_SECRET)  # the config's command, once it ran

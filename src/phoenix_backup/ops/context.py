@@ -23,6 +23,7 @@ from phoenix_backup.config import Config, find_config_path, load_config
 from phoenix_backup.dirs import (
     BOM,
     PASSPHRASE_COMMAND_SECRET,
+    env_path,
     passphrase_text,
     read_secret,
     read_secret_file,
@@ -178,9 +179,8 @@ def given_passphrase(
     (its writer gives the secret once), no command, no prompt; None when the source that decides
     is one of those."""
     env = envx.env
-    from_file = (
-        _passphrase_file(Path(env["PHX_PASSPHRASE_FILE"]), ahead=ahead) if env.get("PHX_PASSPHRASE_FILE") else None
-    )
+    file = env_path(env, "PHX_PASSPHRASE_FILE")
+    from_file = _passphrase_file(file, ahead=ahead) if file is not None else None
     if env.get("PHX_PASSPHRASE"):
         given = as_passphrase(env["PHX_PASSPHRASE"], "PHX_PASSPHRASE")
         if env.get("PHX_PASSPHRASE_FILE"):
@@ -336,9 +336,9 @@ def _credentials(
     # An identity given for this run (--identity FILE, PHX_IDENTITY_FILE) is the user's choice,
     # as a passphrase in the environment is: age slots may open then too (the config's MAC and
     # the pin still decide which secrets are the repository's).
-    given = envx.env.get("PHX_IDENTITY_FILE")
-    if given:
-        identities = keyslots.load_age_identities(Path(given))
+    given = env_path(envx.env, "PHX_IDENTITY_FILE")
+    if given is not None:
+        identities = keyslots.load_age_identities(given)
     elif enc.identity_file is not None:
         identities = keyslots.load_age_identities(enc.identity_file)
     gnupg = envx.env.get("GNUPGHOME")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import data_dir
+from phoenix_backup.dirs import data_dir, env_path
 from phoenix_backup.errors import SourceError
 from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, require_workspace
@@ -154,10 +154,10 @@ def key_files_in_workspace(cfg: Config, env: Mapping[str, str]) -> list[tuple[Pa
     snapshot to whoever is given one snapshot's files (`phx archive`, `restore
     --to`), and it opens nothing a restore needs, being sealed under itself."""
     named = [
-        (env.get("PHX_PASSPHRASE_FILE"), "the passphrase file (PHX_PASSPHRASE_FILE)"),
-        (env.get("PHX_IDENTITY_FILE"), "the age identity file (PHX_IDENTITY_FILE)"),
-        (str(cfg.encryption.identity_file or ""), "the age identity file (encryption.identityFile)"),
-        (env.get("GNUPGHOME"), "the GnuPG home (GNUPGHOME)"),
+        (env_path(env, "PHX_PASSPHRASE_FILE"), "the passphrase file (PHX_PASSPHRASE_FILE)"),
+        (env_path(env, "PHX_IDENTITY_FILE"), "the age identity file (PHX_IDENTITY_FILE)"),
+        (cfg.encryption.identity_file, "the age identity file (encryption.identityFile)"),
+        (env_path(env, "GNUPGHOME"), "the GnuPG home (GNUPGHOME)"),
     ]
     out: list[tuple[Path, str]] = []
     for given, what in named:
@@ -165,7 +165,7 @@ def key_files_in_workspace(cfg: Config, env: Mapping[str, str]) -> list[tuple[Pa
             continue
         # Made absolute with its `..` kept: `ws/link/../key` is where the link leads, then up, as
         # the file is opened (abspath would cut `..` first and name the workspace's `ws/key`).
-        path = Path(given).expanduser().absolute()
+        path = given.absolute()
         inside = in_workspace(cfg.workspace, path)
         # Only what lies below the workspace: GNUPGHOME set to the workspace itself must not leave
         # the whole workspace out of every backup (doctor's and the backup's other checks say it).

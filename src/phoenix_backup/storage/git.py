@@ -71,6 +71,14 @@ LOCAL_TIMEOUT = 600
 # GIT_HTTP_LOW_SPEED_TIME, which the environment may set).
 HTTP_STALL_SECONDS = 60
 _GIT_LOW_SPEED = ("GIT_HTTP_LOW_SPEED_LIMIT", "GIT_HTTP_LOW_SPEED_TIME")
+# An ssh remote that goes silent after the handshake is given up after SSH_ALIVE_SECONDS x
+# SSH_ALIVE_COUNT (a minute) of unanswered keepalives, instead of holding the git command until
+# NETWORK_TIMEOUT: ssh's ServerAliveInterval/ServerAliveCountMax, set only where the user chose
+# no ssh command (GIT_SSH_COMMAND, GIT_SSH, core.sshCommand) and no keepalive in the ssh config.
+SSH_ALIVE_SECONDS = 15
+SSH_ALIVE_COUNT = 4
+_SSH_DEFAULT = "ssh -o BatchMode=yes -o ConnectTimeout=10"
+_SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")
 _GIT_ENV_KEPT = ("GIT_SSH_COMMAND", "GIT_SSH", *_GIT_LOW_SPEED)
 
 GITATTRIBUTES = """\
@@ -329,6 +337,7 @@ class GitBackend(Backend):
         self.notice = notice or (lambda _m: None)
         self._env = {**_git_env(env), **credentials}
         _stall_limit(self._env, self.remote)
+        _ssh_command(self._env, self.remote)
         self._secrets = [v for k, v in credentials.items() if k in ("PHX_GIT_USERNAME", "PHX_GIT_PASSWORD")]
         self._ready = False
         self._mutex = threading.RLock()
@@ -669,7 +678,6 @@ def _git_env(env: Mapping[str, str]) -> dict[str, str]:
             "GIT_COMMITTER_EMAIL": GIT_EMAIL,
         }
     )
-    out.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10")
     out.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
     return out
 
@@ -682,22 +690,75 @@ def _stall_limit(env: dict[str, str], remote: str) -> None:
     override."""
     if not remote.lower().startswith(("http://", "https://")) or all(k in env for k in _GIT_LOW_SPEED):
         return
-    try:
-        chosen = subprocess.run(
-            ["git", "config", "--get-urlmatch", "http", remote],
-            env=env,
-            cwd="/",
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=LOCAL_TIMEOUT,
-        ).stdout.lower()
-    except (OSError, subprocess.SubprocessError):
-        chosen = ""  # no git (said at its first use) or no answer: Phoenix's limit
+    # No git (said at its first use) or no answer: Phoenix's limit.
+    chosen = (_run_quietly(["git", "config", "--get-urlmatch", "http", remote], env) or "").lower()
     defaults = {"lowspeedlimit": "1", "lowspeedtime": str(HTTP_STALL_SECONDS)}
     for name, (setting, default) in zip(_GIT_LOW_SPEED, defaults.items(), strict=True):
         if f"http.{setting}" not in chosen:
             env.setdefault(name, default)
+
+
+def _ssh_command(env: dict[str, str], remote: str) -> None:
+    """For an ssh remote, Phoenix's ssh command in `env` (GIT_SSH_COMMAND: no prompt, a 10 s
+    connect timeout, and keepalives: SSH_ALIVE_SECONDS x SSH_ALIVE_COUNT of silence ends it)
+    unless the user chose one: GIT_SSH_COMMAND or GIT_SSH in the environment, or core.sshCommand
+    in git's configuration (which the environment would override). The keepalives are left out
+    where the user's ssh configuration sets its own for this host (`ssh -G`: the command line's
+    options would override it)."""
+    if env.get("GIT_SSH_COMMAND") or env.get("GIT_SSH"):
+        return
+    destination = _ssh_destination(remote)
+    if destination is None:
+        return
+    chosen = _run_quietly(["git", "config", "--get", "core.sshCommand"], env)
+    if chosen is not None and chosen.strip():
+        return
+    command = _SSH_DEFAULT
+    effective = _run_quietly(["ssh", "-G", *destination], env) or ""
+    settings = dict(line.partition(" ")[::2] for line in effective.lower().splitlines())
+    if settings.get("serveraliveinterval", "0").strip() == "0":
+        command += f" -o ServerAliveInterval={SSH_ALIVE_SECONDS}"
+        if settings.get("serveralivecountmax", "3").strip() == "3":  # ssh's default: not the user's
+            command += f" -o ServerAliveCountMax={SSH_ALIVE_COUNT}"
+    env["GIT_SSH_COMMAND"] = command
+
+
+def _ssh_destination(remote: str) -> list[str] | None:
+    """ssh's arguments naming the host of an ssh remote (`[-p PORT] [USER@]HOST`, as git gives
+    them), None for any other remote or a host git itself refuses (one starting with `-`)."""
+    text = _TRANSPORT_PREFIX.sub("", remote.strip())
+    port: int | None = None
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+            host, user, port = parts.hostname or "", parts.username, parts.port
+        except ValueError:
+            return None
+        if parts.scheme.lower() not in _SSH_SCHEMES:
+            return None
+    else:
+        scp = _SCP.match(text)
+        if scp is None:
+            return None
+        user = text.partition("@")[0] if "@" in text.partition(":")[0] else None
+        host = scp.group(1).strip("[]")
+        if ":" in host and not _ip_address(host):  # scp's `[host:port]:path`
+            host, _, number = host.rpartition(":")
+            port = int(number) if number.isdigit() else None
+    if not host or host.startswith("-") or (user or "").startswith("-"):
+        return None
+    return [*(["-p", str(port)] if port else []), f"{user}@{host}" if user else host]
+
+
+def _run_quietly(argv: list[str], env: Mapping[str, str]) -> str | None:
+    """`argv`'s output, None when it cannot run, fails or gives no answer in 10 s."""
+    try:
+        proc = subprocess.run(
+            argv, env=env, cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def _reason(stderr: str) -> str:

@@ -26,7 +26,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 import botocore.exceptions as bex
+from botocore.awsrequest import AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection, AWSHTTPSConnectionPool
 from botocore.config import Config as BotoConfig
 
 from phoenix_backup.errors import (
@@ -76,6 +79,12 @@ MULTIPART_THRESHOLD = 32 * 1024 * 1024
 # is cut after at most a minute, a transient error the retries handle.
 BODY_CHUNK = 256 * 1024
 BODY_STALL_SECONDS = 60.0
+# Every request's status line and headers must be in within RESPONSE_SECONDS of the request
+# having been sent: the read timeout bounds each wait for a byte, not the whole, so a service
+# dripping its headers a byte now and then would be waited on for ever. The request is cut there,
+# a transient error the retries handle. S3 answers in well under a second; a CopyObject or a
+# CompleteMultipartUpload sends its status line at once and its result later (in the body).
+RESPONSE_SECONDS = 120.0
 PART_SIZE = 16 * 1024 * 1024
 # Storage classes whose objects cannot be read before a restore (thaw).
 COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
@@ -187,6 +196,7 @@ class S3Backend(Backend):
             user_agent_extra="phoenix-backup",
         )
         self.client: S3Client = session.client("s3", endpoint_url=settings.endpoint, config=config)
+        _bound_response_headers(self.client)
 
     # -- naming ----------------------------------------------------------------------------
 
@@ -204,6 +214,12 @@ class S3Backend(Backend):
 
     def _error(self, exc: Exception, what: str) -> StorageError:
         where = self.location
+        if _RESPONSE.cut:
+            _RESPONSE.cut = False
+            return TransientStorageError(
+                f"{where} sent no complete response headers in {RESPONSE_SECONDS:g} s while {what} (the request was "
+                "cut there); check the network or the service"
+            )
         if isinstance(exc, bex.ConnectTimeoutError | bex.EndpointConnectionError):
             return TargetUnreachable(
                 f"cannot connect to {where} while {what}; check {self.field}.endpoint and that the service is up"
@@ -355,7 +371,8 @@ class S3Backend(Backend):
         held the object twice)."""
         out = io.BytesIO()
         got = 0
-        with _StallGuard(body) as guard:
+        raw = getattr(body, "_raw_stream", None)
+        with _StallGuard(getattr(raw, "shutdown", None) or getattr(raw, "close", None), BODY_STALL_SECONDS) as guard:
             while got < most:
                 try:
                     chunk = body.read(min(BODY_CHUNK, most - got))
@@ -656,11 +673,13 @@ class S3Backend(Backend):
 
 
 class _StallGuard:
-    """Cuts `body` from another thread (urllib3's shutdown of the socket, which ends a read
-    blocked in it) when `progress` has not moved for BODY_STALL_SECONDS."""
+    """Calls `stop` from another thread (a socket's shutdown, which ends a read blocked in it)
+    when `progress` has not moved for `seconds`; with no progress counted, `seconds` after the
+    start. `cut` says whether it did."""
 
-    def __init__(self, body: Any) -> None:
-        self._body = body
+    def __init__(self, stop: Callable[[], object] | None, seconds: float) -> None:
+        self._stop = stop
+        self._seconds = seconds
         self._done = threading.Event()
         self.progress = 0
         self.cut = False
@@ -676,15 +695,101 @@ class _StallGuard:
 
     def _watch(self) -> None:
         seen = 0
-        while not self._done.wait(BODY_STALL_SECONDS):
+        while not self._done.wait(self._seconds):
             if self.progress == seen:
                 self.cut = True
-                raw = getattr(self._body, "_raw_stream", None)
-                stop = getattr(raw, "shutdown", None) or getattr(raw, "close", None)
-                if stop is not None:
-                    stop()
+                if self._stop is not None:
+                    self._stop()
                 return
             seen = self.progress
+
+
+class _ResponseCut(threading.local):
+    """Whether this thread's last request was cut for its headers (`_error` names that cause)."""
+
+    cut = False
+
+
+_RESPONSE = _ResponseCut()
+
+
+class _HeadersBound:
+    """The status line and headers of a response read within RESPONSE_SECONDS of the request
+    having been sent: the final response's (`getresponse`) and, for a request that asked
+    `Expect: 100-continue` (botocore asks it for large PUTs), the interim one's, read before the
+    body is sent (its sending is not timed: a slow link may take long). The connection is this
+    request's alone while it reads them, so the cut can reach no other request."""
+
+    sock: socket.socket | None
+    _phx_guard: _StallGuard | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _RESPONSE.cut = False  # a new request: the last one's cut is said (or not) already
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def _phx_arm(self) -> None:
+        self._phx_guard = _StallGuard(self._phx_stop, RESPONSE_SECONDS).__enter__()
+
+    def _phx_disarm(self) -> None:
+        guard, self._phx_guard = self._phx_guard, None
+        if guard is not None:
+            guard.__exit__()
+            _RESPONSE.cut = _RESPONSE.cut or guard.cut
+
+    def _phx_stop(self) -> None:
+        sock = self.sock  # read when the guard fires: the socket the read waits on
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed already: the read it would end is over
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        self._phx_arm()
+        try:
+            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._phx_disarm()
+
+    def _handle_expect_response(self, message_body: Any) -> None:
+        self._phx_arm()
+        try:
+            super()._handle_expect_response(message_body)  # type: ignore[misc]
+        finally:
+            self._phx_disarm()
+
+    def _send_message_body(self, message_body: Any) -> None:
+        self._phx_disarm()  # the 100 Continue is in: the body's sending is not timed
+        super()._send_message_body(message_body)  # type: ignore[misc]
+
+
+class _BoundHTTPConnection(_HeadersBound, AWSHTTPConnection):  # type: ignore[misc]  # botocore-stubs
+    pass
+
+
+class _BoundHTTPSConnection(_HeadersBound, AWSHTTPSConnection):  # type: ignore[misc]  # botocore-stubs
+    pass
+
+
+class _BoundHTTPConnectionPool(AWSHTTPConnectionPool):
+    ConnectionCls = _BoundHTTPConnection
+
+
+class _BoundHTTPSConnectionPool(AWSHTTPSConnectionPool):
+    ConnectionCls = _BoundHTTPSConnection
+
+
+def _bound_response_headers(client: Any) -> None:
+    """Have every request of `client` read its response headers within RESPONSE_SECONDS. botocore
+    has no such bound (its read_timeout is the socket's, per read) and no public way to choose
+    the connection class: its HTTP session's pool classes, which it creates connections from
+    lazily, are replaced by ones whose connections bound `getresponse`. A botocore whose session
+    has no such table stops here, rather than running unbounded."""
+    pools = getattr(getattr(client._endpoint, "http_session", None), "_pool_classes_by_scheme", None)
+    if not isinstance(pools, dict) or set(pools) != {"http", "https"}:
+        raise StorageError(
+            "this botocore's HTTP session cannot bound the wait for a response's headers; install a botocore "
+            "Phoenix supports (reinstall Phoenix with its dependencies)"
+        )
+    pools.update({"http": _BoundHTTPConnectionPool, "https": _BoundHTTPSConnectionPool})
 
 
 def _restored(head: dict[str, Any]) -> bool:
