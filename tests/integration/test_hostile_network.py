@@ -555,3 +555,41 @@ def test_git_over_ssh_gets_keepalives_unless_the_user_chose_the_ssh_command_or_i
 )
 def test_the_ssh_destination_is_read_as_git_reads_the_remote(remote: str, destination: list[str] | None) -> None:
     assert git_storage._ssh_destination(remote) == destination
+
+
+class _PartDrip(_HeaderDrip):
+    """A multipart upload whose start and abort are answered at once and whose part's headers
+    drip (`_HeaderDrip`)."""
+
+    def do_POST(self) -> None:
+        self.served.append(f"POST {self.path}")
+        body = b"<InitiateMultipartUploadResult><UploadId>u1</UploadId></InitiateMultipartUploadResult>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_DELETE(self) -> None:
+        self.served.append(f"DELETE {self.path}")
+        self.send_response(204)
+        self.end_headers()
+
+
+def test_a_multipart_part_cut_for_its_headers_is_said_so_after_the_abort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part whose headers drip past RESPONSE_SECONDS is cut; the upload is then aborted (a
+    request of its own, answered) and the error is the cut's: transient, naming the cause.
+    Before, the abort's request cleared the cut this thread had seen, and the cut part was
+    reported as a failed connection ("check that targets.s3.endpoint is an S3 service that
+    answers"): the wrong cause and the wrong fix."""
+    monkeypatch.setattr(s3_storage, "RESPONSE_SECONDS", 0.5)
+    served: list[str] = []
+    handler = type("Handler", (_PartDrip,), {"served": served})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        assert isinstance(inner, S3Backend)
+        inner.settings.multipart_threshold = inner.settings.part_size = 4
+        _, error, took = bounded(lambda: inner.write("snapshots/" + "a" * 64, b"x" * 10), 5.0)
+    assert isinstance(error, TransientStorageError), error
+    assert "sent no complete response headers in 0.5 s" in str(error), error
+    assert [s.split(" ")[0] for s in served] == ["POST", "PUT", "DELETE"], served
+    assert took < 3, f"took {took:.1f} s"

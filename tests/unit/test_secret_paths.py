@@ -38,3 +38,27 @@ def test_a_path_that_only_starts_with_a_tilde_is_kept_as_written(tmp_path: Path)
     (tmp_path / "~x").write_text("s\n")
     given = given_passphrase(None, Environment(env=env))
     assert given is not None and given.secret == "s"
+
+
+def test_a_literal_tilde_gnupghome_is_the_home_the_backup_leaves_out(tmp_path: Path) -> None:
+    """`GNUPGHOME="~/gnupg"` (quoted), the run's HOME not the process's: the selection leaves
+    HOME/gnupg out of the workspace, and gpg is handed that same folder (`--homedir`). Before, the
+    readers passed `~/gnupg` as written and gpg expanded it with its own (the process's) HOME: a
+    GnuPG home other than the one the selection left out."""
+    from phoenix_backup.ops.context import credentials
+
+    home = tmp_path / "home"
+    workspace = home / "ws"
+    (workspace / "gnupg").mkdir(parents=True)
+    env = {"HOME": str(home), "GNUPGHOME": "~/ws/gnupg", "PATH": "/usr/bin:/bin"}
+    cfg = parse_config(
+        {
+            "workspace": str(workspace),
+            "backupDir": str(tmp_path / "backup"),
+            "encryption": {"method": "gpg", "keyId": "ABCDEF0123456789"},
+        },
+        env=env,
+    )
+    left_out = [path for path, _warning in key_files_in_workspace(cfg, env)]
+    assert left_out == [workspace / "gnupg"]
+    assert credentials(cfg, Environment(env=env)).gpg_homedir == workspace / "gnupg"

@@ -341,7 +341,7 @@ def _credentials(
         identities = keyslots.load_age_identities(given)
     elif enc.identity_file is not None:
         identities = keyslots.load_age_identities(enc.identity_file)
-    gnupg = envx.env.get("GNUPGHOME")
+    gnupg = env_path(envx.env, "GNUPGHOME")
     needs_passphrase = not enc.enabled or enc.method == "passphrase"
     found = given_passphrase(cfg, envx) if needs_passphrase and enc.enabled and not given else None
     held = found if found is not None else _env_passphrase(envx)
@@ -354,7 +354,7 @@ def _credentials(
     creds = keyslots.Credentials(
         passphrase=secret,
         age_identities=identities,
-        gpg_homedir=Path(gnupg) if gnupg else None,
+        gpg_homedir=gnupg,
         gpg_key_ids=(enc.key_id,) if enc.enabled and enc.method == "gpg" and enc.key_id else (),
         methods=frozenset(methods),
         write_keys=store_root(envx.env),
@@ -453,8 +453,8 @@ def new_key_slot(
             )
         return (lambda m: keyslots.wrap_age(m, recipients)), True
     key_id = enc.key_id or ""
-    gnupg = envx.env.get("GNUPGHOME")
-    return (lambda m: keyslots.wrap_gpg(m, key_id, homedir=Path(gnupg) if gnupg else None)), True
+    gnupg = env_path(envx.env, "GNUPGHOME")
+    return (lambda m: keyslots.wrap_gpg(m, key_id, homedir=gnupg)), True
 
 
 def compressor_for(cfg: Config) -> Compressor:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import env_path
 from phoenix_backup.errors import KeyChanged, MissingCredentials, RepositoryError, UsageError
 from phoenix_backup.ops.context import Environment, as_passphrase, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
@@ -248,8 +249,8 @@ def _key_add(
     elif method == "gpg":
         if not key_id:
             raise UsageError("give the GPG key with --key-id KEYID")
-        gnupg = envx.env.get("GNUPGHOME")
-        slot = keyslots.wrap_gpg(repo.secrets, key_id, homedir=Path(gnupg) if gnupg else None)
+        gnupg = env_path(envx.env, "GNUPGHOME")
+        slot = keyslots.wrap_gpg(repo.secrets, key_id, homedir=gnupg)
     else:
         raise UsageError(f"unknown key method {method!r}; use passphrase, age or gpg")
     repo.add_key_slot(slot)

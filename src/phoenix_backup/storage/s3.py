@@ -528,10 +528,13 @@ class S3Backend(Backend):
                 **conditional,  # type: ignore[arg-type]
             )
         except BaseException:
+            cut = _RESPONSE.cut  # the abort's request clears it: the error raised is the part's
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             except (bex.BotoCoreError, bex.ClientError, ConnectionError, TimeoutError):
                 self.notice(f"could not abort the multipart upload of {name}; a later run cleans it up")
+            finally:
+                _RESPONSE.cut = cut
             raise
 
     def abort_abandoned_uploads(self, *, everything: bool) -> int:
