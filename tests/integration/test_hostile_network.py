@@ -593,3 +593,22 @@ def test_a_multipart_part_cut_for_its_headers_is_said_so_after_the_abort(monkeyp
     assert "sent no complete response headers in 0.5 s" in str(error), error
     assert [s.split(" ")[0] for s in served] == ["POST", "PUT", "DELETE"], served
     assert took < 3, f"took {took:.1f} s"
+
+
+def test_a_core_ssh_command_the_user_sets_for_this_remote_alone_is_left_to_git(tmp_path: Path) -> None:
+    """A core.sshCommand the user's git config includes only for repositories with this remote
+    (`includeIf "hasconfig:remote.*.url:..."`, a common way to choose the ssh key per host) is
+    the ssh git runs in Phoenix's clone, whose remote this is: Phoenix sets no ssh command of its
+    own over it. Before, the check ran outside any repository, did not see it, and Phoenix's
+    GIT_SSH_COMMAND overrode it (the wrong key, a refused push)."""
+    require_git()
+    (tmp_path / "work.inc").write_text("[core]\n\tsshCommand = ssh -i ~/.ssh/work_key\n")
+    (tmp_path / ".gitconfig").write_text(
+        f'[includeIf "hasconfig:remote.*.url:git@work.example:*/**"]\n\tpath = {tmp_path / "work.inc"}\n'
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    git_storage._ssh_command(env, "git@work.example:team/r.git")
+    assert "GIT_SSH_COMMAND" not in env, env
+    elsewhere = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    git_storage._ssh_command(elsewhere, "git@other.example:team/r.git")
+    assert "BatchMode=yes" in elsewhere["GIT_SSH_COMMAND"], elsewhere

@@ -710,7 +710,9 @@ def _ssh_command(env: dict[str, str], remote: str) -> None:
     destination = _ssh_destination(remote)
     if destination is None:
         return
-    chosen = _run_quietly(["git", "config", "--get", "core.sshCommand"], env)
+    # With this remote as a remote's URL, as in the clone: a core.sshCommand the user's config
+    # includes for it alone (`includeIf "hasconfig:remote.*.url:..."`) is the user's choice too.
+    chosen = _run_quietly(["git", "-c", f"remote.origin.url={remote}", "config", "--get", "core.sshCommand"], env)
     if chosen is not None and chosen.strip():
         return
     command = _SSH_DEFAULT
