@@ -484,6 +484,44 @@ def test_s3_response_headers_inside_the_limit_are_read(monkeypatch: pytest.Monke
     assert data == [b"0123456789"] * 3
 
 
+def test_a_botocore_without_the_pool_table_still_makes_an_s3_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A botocore release whose HTTP session has no pool table keeps its own behaviour (each read
+    timed, each body stall-limited) instead of every S3 target failing at the upgrade; with the
+    table, the bounded connection classes are set."""
+    monkeypatch.setattr(s3_storage, "_bound_response_headers", _no_table(s3_storage._bound_response_headers))
+    with _s3_behind(_HeadersThenBody) as backend:
+        data, error, _ = bounded(lambda: backend.read("snapshots/" + "a" * 64), 5.0)
+    assert error is None, error
+    assert data == b"0123456789"
+    monkeypatch.undo()
+    settings = S3Settings(
+        target="s3",
+        bucket="b",
+        endpoint="http://127.0.0.1:9",
+        region="us-east-1",
+        access_key_id="AKIAHOSTILE",
+        secret_access_key="hostile-secret",
+    )
+    client = S3Backend(settings).client
+    pools = client._endpoint.http_session._pool_classes_by_scheme
+    assert pools["http"].ConnectionCls.__name__ == "_BoundHTTPConnection"
+
+
+def _no_table(bound: Callable[[object], None]) -> Callable[[object], None]:
+    """`bound` given a client whose HTTP session has no pool table (as a later botocore's may)."""
+
+    def call(client: object) -> None:
+        session = client._endpoint.http_session  # type: ignore[attr-defined]
+        table = session._pool_classes_by_scheme
+        del session._pool_classes_by_scheme
+        try:
+            bound(client)
+        finally:
+            session._pool_classes_by_scheme = table
+
+    return call
+
+
 @pytest.mark.parametrize(
     ("chosen", "alive"),
     [

@@ -788,7 +788,8 @@ def _bound_response_headers(client: Any) -> None:
     has no such table (a later release) keeps its own behaviour: every read still has its timeout
     and every body its stall limit, only a response's headers are not bounded as a whole — a
     backup tool that stopped working for every S3 user at a botocore upgrade would lose far more
-    (docs/targets.md says so; `tests/integration/test_hostile_network.py` fails here first)."""
+    (docs/targets.md says so; the header tests of `tests/integration/test_hostile_network.py` fail
+    first, and `::test_a_botocore_without_the_pool_table_still_makes_an_s3_backend` keeps the fallback)."""
     pools = getattr(getattr(getattr(client, "_endpoint", None), "http_session", None), "_pool_classes_by_scheme", None)
     if isinstance(pools, dict) and set(pools) == {"http", "https"}:
         pools.update({"http": _BoundHTTPConnectionPool, "https": _BoundHTTPSConnectionPool})
