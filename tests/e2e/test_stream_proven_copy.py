@@ -253,7 +253,11 @@ def _plant_good_copy_after(sb: Sandbox, sid: str, name: str) -> tuple[str, str, 
     with _first_blob(sb, sid, name) as (repo, blob):
         first = repo.index.get(blob)
         assert first is not None and first.compression == Compression.NONE, first
-        for _ in range(64):  # each sealing has its own nonce, so its own pack name: 1 in 2 sorts after
+        # Each sealing has its own nonce, so its own pack name, after the first pack's with the odds
+        # 1 - x where x is that name's place in [0, 1): tries until one sorts after, as many as
+        # leave 1 run in 65,537 failing (the chance a first name leaves no room; about 10 tries on
+        # average, a second at worst).
+        for _ in range(1 << 16):
             pack_id, raw, entries = _new_pack(repo, blob)
             if pack_id > first.pack_id:
                 break
