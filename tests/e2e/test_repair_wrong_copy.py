@@ -24,11 +24,11 @@ from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
 NAME = "planted.bin"
 
 
-def _plant_wrong_pack(sb: Sandbox, sid: str) -> tuple[bytes, str]:
+def _plant_wrong_pack(sb: Sandbox, sid: str, *, beside_wrong: bool = False) -> tuple[bytes, str]:
     """A new, correctly named pack holding a wrong copy of the first blob of `NAME` (other bytes of
-    its length, sealed under its id) and a genuine copy of `beside.txt`'s, listed first: one index
-    object lists it before every pack the old ones listed, and supersedes them. Returns the blob's
-    id and the new pack's name."""
+    its length, sealed under its id) and a genuine copy of `beside.txt`'s (with `beside_wrong`, a
+    wrong one too), listed first: one index object lists it before every pack the old ones listed,
+    and supersedes them. Returns the blob's id and the new pack's name."""
     repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
     repo.load_index()
     try:
@@ -41,6 +41,8 @@ def _plant_wrong_pack(sb: Sandbox, sid: str) -> tuple[bytes, str]:
         # Beside it a genuine copy of another blob, which the repair must keep.
         beside = next(snapshot_node(repo, sid, "beside.txt").blobs())
         data = repo.load_blob(BlobType.DATA, beside)
+        if beside_wrong:
+            data = bytes(b ^ 0x20 for b in data)
         packer.add(beside, Compression.NONE, repo.sealer.seal(data, blob_aad(BlobType.DATA, beside)), len(data))
         pack_id, raw, entries = packer.finish(repo.sealer)
         repo.backend.write(pack_name(pack_id), raw)
@@ -55,6 +57,21 @@ def _plant_wrong_pack(sb: Sandbox, sid: str) -> tuple[bytes, str]:
     finally:
         repo.close()
     return blob, pack_name(pack_id)
+
+
+def _spoil(sb: Sandbox, blob: bytes, pack: str) -> None:
+    """The copy of `blob` in `pack` replaced by other bytes of its length, sealed under its id."""
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        (loc,) = [loc for loc in repo.index.locations(blob) if pack_name(loc.pack_id) == pack]
+        sealed = repo.sealer.seal(os.urandom(loc.raw), blob_aad(BlobType.DATA, blob))
+        assert len(sealed) == loc.stored
+        with open(sb.repo / pack, "r+b") as f:
+            f.seek(loc.offset)
+            f.write(sealed)
+    finally:
+        repo.close()
 
 
 def _locations(sb: Sandbox, blob: bytes) -> list[str]:
@@ -115,18 +132,7 @@ def test_with_no_copy_that_proves_repair_keeps_every_copy_and_names_the_blob(san
     blob, wrong = _plant_wrong_pack(sb, sid)
     short = blob.hex()[:16]
     (_wrong, original) = _locations(sb, blob)
-    # The original copy spoiled too (other bytes under the blob's id): no copy proves.
-    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
-    repo.load_index()
-    try:
-        (loc,) = [loc for loc in repo.index.locations(blob) if pack_name(loc.pack_id) == original]
-        sealed = repo.sealer.seal(os.urandom(loc.raw), blob_aad(BlobType.DATA, blob))
-        assert len(sealed) == loc.stored
-        with open(sb.repo / original, "r+b") as f:
-            f.seek(loc.offset)
-            f.write(sealed)
-    finally:
-        repo.close()
+    _spoil(sb, blob, original)  # the original copy spoiled too: no copy proves
     sb.phx_here("verify", "--read-data", code=1)
 
     res = sb.phx_here("repair", "index", "--read-data", code=1)
@@ -146,6 +152,46 @@ def test_with_no_copy_that_proves_repair_keeps_every_copy_and_names_the_blob(san
 
 
 @pytest.mark.skipif(os.environ.get("PHX_TEST_HEAVY") != "1", reason="an S3 replica round trip: PHX_TEST_HEAVY=1")
+def test_a_pack_with_a_copy_left_out_and_the_only_copies_of_another_blob_stays_whole(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """One planted pack holds a wrong copy of a blob another copy of which proves, and a wrong copy
+    of a second blob no copy of which proves. The first copy leaves the index; the pack stays
+    whole (the second blob's copies are all kept where `repair objects` and verify find them), and
+    every other file still restores."""
+    sb = sandbox
+    sid, content = _backed_up(sb)
+    blob, wrong = _plant_wrong_pack(sb, sid, beside_wrong=True)
+    beside = _first_blob_of(sb, sid, "beside.txt")
+    (_planted, original) = _locations(sb, beside)
+    _spoil(sb, beside, original)  # no copy of beside.txt's blob proves now
+
+    res = sb.phx_here("repair", "index", "--read-data", "--json", code=1)
+    report = res.json()
+    assert [c["blob"] for c in report["copiesLeftOut"]] == [blob.hex()[:16]], report
+    assert report["packsKept"] == [wrong] and report["packsRemoved"] == [], report
+    assert list(report["damagedBlobs"]) == [beside.hex()[:16]], report
+    assert (sb.repo / wrong).exists(), "the pack of the only copies of a blob was deleted"
+    assert wrong not in _locations(sb, blob), "the wrong copy is still indexed"
+    assert sorted(_locations(sb, beside)) == sorted([wrong, original]), "a copy of the damaged blob was dropped"
+
+    ver = sb.phx_here("verify", "--read-data", code=1)
+    assert beside.hex()[:16] in ver.out + ver.err and blob.hex()[:16] not in ver.out + ver.err, ver
+    out = tmp_path / "out"
+    sb.phx_here("restore", "--backup", sid, "--to", str(out), "--path", NAME)
+    (restored,) = out.rglob(NAME)
+    assert restored.read_bytes() == content
+
+
+def _first_blob_of(sb: Sandbox, sid: str, name: str) -> bytes:
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    repo.load_index()
+    try:
+        return next(snapshot_node(repo, sid, name).blobs())
+    finally:
+        repo.close()
+
+
 def test_a_replica_given_the_wrong_copy_by_sync_is_repaired_with_target(sandbox: Sandbox, moto: MotoServer) -> None:
     """`phx sync` gave an S3 replica the wrong copy before the first target was repaired; syncing
     after the repair never deletes a pack the replica holds, so its index goes on listing the copy
