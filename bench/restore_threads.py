@@ -3,6 +3,7 @@
     .venv/bin/python bench/restore_threads.py --sample /tmp/X/sample --work /tmp/X/work timeline --runs 3
     .venv/bin/python bench/restore_threads.py --sample /tmp/X/sample --work /tmp/X/work \\
         ab --rounds 10 main=/tmp/main/src 'shm=/tmp/main/src,DEST=/dev/shm/X-restored'
+    .venv/bin/python bench/restore_threads.py --sample /tmp/X/sample --work /tmp/X/work floor --rounds 10
 
 `--sample` is a workspace as `bench/run.py` generates it (`workspace` and `home`). The first call
 makes a repository in `--work` (`phx init`, one full backup, kept: later calls restore it again).
@@ -15,6 +16,11 @@ sleeping, D waiting for the disk) are sampled every 5 ms; threads are named by a
 put first on `PYTHONPATH` (Python does not give its threads' names to the kernel). Prints the
 start-up (until the first decoding thread), the data phase's CPU-seconds per thread and the
 cores it kept busy on average, and each thread's share of samples per state.
+
+`floor`: the kept repository restored cold (`--src`) alternated with the `tar | zstd` floor of
+`bench/run.py` and with that floor followed by an fsync of every file and folder it wrote
+(`sync FILE...`), each from a cold page cache and after an untimed `sync`; the medians and
+Phoenix's wall time against each floor, round by round.
 
 `ab`: copies `LABEL=SRC[,VAR=VALUE...]` (each `VAR` set in that copy's environment; `DEST` is its
 restore folder instead of `WORK/restored`) restored one after the other each round, the order
@@ -193,6 +199,52 @@ def ab(args: argparse.Namespace) -> None:
         )
 
 
+def floor(args: argparse.Namespace) -> None:
+    """Cold restores of the kept repository alternated with `tar | zstd` (bench/run.py's floor) and
+    with the same floor followed by an fsync of every file and folder it wrote (`sync FILE...`: the
+    floor made as durable as a Phoenix restore). A `sync` (not timed) before each step, so that no
+    step inherits the dirty pages of the one before it (`tar` fsyncs nothing)."""
+    repo, config = prepare(args.sample, args.work, args.src)
+    archive_dir = args.work / "floor"
+    archive = archive_dir / "sample.tar.zst"
+    if not archive.exists():
+        archive_dir.mkdir(parents=True, exist_ok=True)
+        pack = f"tar cf - -C '{args.sample}' workspace home | zstd -T2 -3 -q -c > '{archive}'"
+        subprocess.run(["sh", "-c", pack], check=True)
+    dest = args.work / "restored"
+    unpack = f"zstd -dc -q '{archive}' | tar xf - -C '{dest}'"
+    steps: dict[str, tuple[list[str], Path, dict[str, str]]] = {
+        "phoenix": (restore_cmd(config, dest), repo, environment(args.sample, args.work, args.src)),
+        "tar|zstd": (["sh", "-c", unpack], archive_dir, dict(os.environ)),
+        "tar|zstd, fsynced": (
+            ["sh", "-c", f"{unpack} && find '{dest}' -print0 | xargs -0 sync"],
+            archive_dir,
+            dict(os.environ),
+        ),
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in steps}
+    for r in range(args.rounds):
+        for name in list(steps) if r % 2 == 0 else list(steps)[::-1]:
+            cmd, source, env = steps[name]
+            fresh(dest, source)
+            subprocess.run(["sync"], check=True)
+            run = timed(cmd, env, chrt=True)
+            runs[name].append(run)
+            print(json.dumps({"round": r, "step": name, **{k: round(v, 3) for k, v in run.items()}}), flush=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    print("| step | wall | CPU-s (user + sys) | load | Phoenix against it, per round: median (range) |")
+    print("|---|---|---|---|---|")
+    for name, got in runs.items():
+        ratios = [p["wall"] / x["wall"] for p, x in zip(runs["phoenix"], got, strict=True)]
+        against = "" if name == "phoenix" else f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f})"
+        loads = [x["load"] for x in got]
+        print(
+            f"| {name} | {statistics.median(x['wall'] for x in got):.2f} s "
+            f"| {statistics.median(x['cpu'] for x in got):.2f} ({statistics.median(x['user'] for x in got):.2f} + "
+            f"{statistics.median(x['sys'] for x in got):.2f}) | {min(loads):.1f}–{max(loads):.1f} | {against} |"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", required=True, type=Path)
@@ -206,6 +258,10 @@ def main() -> int:
     alt.add_argument("--rounds", type=int, default=10)
     alt.add_argument("copies", nargs="+", help="LABEL=SRC[,VAR=VALUE...]")
     alt.set_defaults(func=ab)
+    fl = sub.add_parser("floor")
+    fl.add_argument("--rounds", type=int, default=10)
+    fl.add_argument("--src", default=str(Path(__file__).resolve().parent.parent / "src"))
+    fl.set_defaults(func=floor)
     args = parser.parse_args()
     args.sample, args.work = args.sample.resolve(), args.work.resolve()
     args.func(args)
