@@ -381,3 +381,26 @@ def test_sequences_are_moved_past_the_restored_rows_never_back(sandbox: Sandbox,
     assert new == [(6,)]  # before: duplicate key (id)=(1)
     assert pg.query(db, f"INSERT INTO notes (agent_id) VALUES ('{AGENT_A}') RETURNING id") == [(101,)]  # not moved back
     pg.drop_database(db)
+
+
+def test_two_tables_whose_dotted_names_are_the_same_are_refused_not_one_lost(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    """ "a.b".c and a."b.c" were both saved as rows/a.b.c.csv: the backup and the restore said ok,
+    and the restore brought back one table's rows and none of the other's."""
+    pg = pg_server
+    db = pg.create_database("twins")
+    pg.sql(
+        db,
+        f"""CREATE SCHEMA "a.b"; CREATE SCHEMA a;
+        CREATE TABLE "a.b".c (id int PRIMARY KEY, agent_id text NOT NULL, v text);
+        CREATE TABLE a."b.c" (id int PRIMARY KEY, agent_id text NOT NULL, w int);
+        INSERT INTO "a.b".c SELECT i, '{AGENT_A}', 'x' FROM generate_series(1, 3) i;
+        INSERT INTO a."b.c" SELECT i, '{AGENT_A}', i FROM generate_series(1, 5) i;""",
+    )
+    env = _config(sandbox, pg, db)
+    res = sandbox.phx("backup", env=env, check=3)
+    assert 'tables "a"."b.c" and "a.b"."c" would both be saved as rows/a.b.c.csv' in res.err, res.err
+    snap = sandbox.phx("list", "--json", env=env).json()[-1]["id"]
+    assert "postgres/main" not in sandbox.phx("ls", snap, env=env).out
+    pg.drop_database(db)
