@@ -404,3 +404,24 @@ def test_two_tables_whose_dotted_names_are_the_same_are_refused_not_one_lost(
     snap = sandbox.phx("list", "--json", env=env).json()[-1]["id"]
     assert "postgres/main" not in sandbox.phx("ls", snap, env=env).out
     pg.drop_database(db)
+
+
+def test_a_table_name_that_makes_an_unsafe_path_is_refused_and_the_snapshot_restores(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    """A table named "../../c" was saved as rows/<schema>.../../c.csv: the snapshot held the name
+    `..`, and its restore refused everything in it, the workspace's files too (exit 1)."""
+    pg = pg_server
+    db = pg.create_database("dotdot")
+    pg.sql(
+        db,
+        f"""CREATE SCHEMA "a/b";
+        CREATE TABLE "a/b"."../../c" (id int PRIMARY KEY, agent_id text NOT NULL);
+        INSERT INTO "a/b"."../../c" VALUES (1, '{AGENT_A}');""",
+    )
+    env = _config(sandbox, pg, db)
+    res = sandbox.phx("backup", env=env, check=3)
+    assert 'table "a/b"."../../c" would be saved as rows/a/b.../../c.csv, a path no snapshot may hold' in res.err
+    snap = sandbox.phx("list", "--json", env=env).json()[-1]["id"]
+    sandbox.phx("restore", "--backup", snap, "--to", sandbox.root / "out", "--yes", env=env)
+    pg.drop_database(db)
