@@ -364,7 +364,9 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
         owned = con.execute(
             # pg_sequences.last_value: NULL before the first nextval (or without USAGE or SELECT).
             "SELECT a.attname, d.objid::regclass::text, p.increment_by, "
-            "COALESCE(p.last_value + p.increment_by, p.start_value), has_sequence_privilege(d.objid, 'UPDATE') "
+            "COALESCE(p.last_value::numeric + p.increment_by, p.start_value), "
+            # Read (pg_sequences shows last_value only then) and set.
+            "has_sequence_privilege(d.objid, 'USAGE, SELECT') AND has_sequence_privilege(d.objid, 'UPDATE') "
             "FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
             "JOIN pg_class c ON c.oid = d.objid JOIN pg_namespace n ON n.oid = c.relnamespace "
             "JOIN pg_sequences p ON p.schemaname = n.nspname AND p.sequencename = c.relname "
@@ -382,15 +384,20 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
             value = None if row is None else row[0]
             if value is None or (value < following if increment > 0 else value > following):
                 continue
-            if allowed:  # never backwards, were another session's nextval to come in between
-                pick = sql.SQL("GREATEST" if increment > 0 else "LEAST")
+            if allowed:
+                # Checked again in the statement that sets it, so never moved back; is_called false
+                # (the next nextval gives value + increment) leaves no currval on the session.
                 con.execute(
-                    sql.SQL("SELECT setval(%s::regclass, {}(nextval(%s::regclass), %s))").format(pick),
-                    (seq, seq, value),
+                    "SELECT setval(%(seq)s::regclass, (%(v)s::numeric + p.increment_by)::bigint, false) "
+                    "FROM pg_sequences p WHERE format('%%I.%%I', p.schemaname, p.sequencename)::regclass "
+                    "= %(seq)s::regclass AND %(v)s::numeric + p.increment_by BETWEEN p.min_value AND p.max_value "
+                    "AND sign(p.increment_by) * (%(v)s::numeric + p.increment_by "
+                    "- COALESCE(p.last_value::numeric + p.increment_by, p.start_value)) > 0",
+                    {"seq": seq, "v": value},
                 )
                 continue
             result.warnings.append(
-                f"sequence {seq} of {key}.{column} is behind the restored rows (up to {value}) and role "
+                f"sequence {seq} of {key}.{column} may be behind the restored rows (up to {value}) and role "
                 f"{_role(con)} may not set it: the next insert may fail on a duplicate key; as a role that may, "
                 f"run SELECT setval('{seq}', {value})"
             )
