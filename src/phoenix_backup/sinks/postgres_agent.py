@@ -351,7 +351,56 @@ def merge(
         if orphans:
             raise RestoreError(_named("; ".join(orphans), names))
     _check(con, saved, agent, mode, result)
+    if not drill:  # a sequence is not rolled back: the drill's would move the live ones
+        _advance_sequences(con, saved, result)
     return result
+
+
+def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], result: MergeResult) -> None:
+    """Move each sequence of a written column (serial, identity) past the saved values, as pg_dump's
+    setval does for a whole database: rows restored into a table whose sequence is behind them (a new
+    machine's empty tables) made the application's next insert fail on a duplicate key."""
+    for key, s in saved.items():
+        owned = con.execute(
+            # pg_sequences.last_value: NULL before the first nextval (or without USAGE or SELECT).
+            "SELECT a.attname, d.objid::regclass::text, p.increment_by, "
+            "COALESCE(p.last_value::numeric + p.increment_by, p.start_value), "
+            # Read (pg_sequences shows last_value only then) and set.
+            "has_sequence_privilege(d.objid, 'USAGE, SELECT') AND has_sequence_privilege(d.objid, 'UPDATE') "
+            "FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+            "JOIN pg_class c ON c.oid = d.objid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_sequences p ON p.schemaname = n.nspname AND p.sequencename = c.relname "
+            "WHERE d.refobjid = %s::regclass AND d.classid = 'pg_class'::regclass "
+            "AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')",
+            (s.live.as_string(con),),
+        ).fetchall()
+        for column, seq, increment, following, allowed in owned:
+            if column not in s.table.columns:
+                continue
+            edge = sql.SQL("max" if increment > 0 else "min")
+            row = con.execute(
+                sql.SQL("SELECT {}({})::bigint FROM {}").format(edge, sql.Identifier(column), s.staged)
+            ).fetchone()
+            value = None if row is None else row[0]
+            if value is None or (value < following if increment > 0 else value > following):
+                continue
+            if allowed:
+                # Checked again in the statement that sets it, so never moved back; is_called false
+                # (the next nextval gives value + increment) leaves no currval on the session.
+                con.execute(
+                    "SELECT setval(%(seq)s::regclass, (%(v)s::numeric + p.increment_by)::bigint, false) "
+                    "FROM pg_sequences p WHERE format('%%I.%%I', p.schemaname, p.sequencename)::regclass "
+                    "= %(seq)s::regclass AND %(v)s::numeric + p.increment_by BETWEEN p.min_value AND p.max_value "
+                    "AND sign(p.increment_by) * (%(v)s::numeric + p.increment_by "
+                    "- COALESCE(p.last_value::numeric + p.increment_by, p.start_value)) > 0",
+                    {"seq": seq, "v": value},
+                )
+                continue
+            result.warnings.append(
+                f"sequence {seq} of {key}.{column} may be behind the restored rows (up to {value}) and role "
+                f"{_role(con)} may not set it: the next insert may fail on a duplicate key; as a role that may, "
+                f"run SELECT setval('{seq}', {value})"
+            )
 
 
 def _named(text: str, names: dict[str, str]) -> str:

@@ -878,6 +878,25 @@ class AgentRows(_Reader):
         row = con.execute("SELECT current_database()").fetchone()
         assert row is not None
         self.tables = agent_tables(con)
+        saved_as: dict[str, AgentTable] = {}
+        for t in self.tables:
+            # Two tables whose schema and table names joined by a dot are the same ("a.b".c and
+            # a."b.c") would share one file of rows, and one table's rows were lost without a word.
+            if any(part in ("", ".", "..") for part in t.file.split("/")):
+                # A snapshot holding such a name restores nothing at all, not even the files.
+                name = sql.Identifier(t.schema, t.table).as_string(con)
+                raise SourceError(
+                    f"PostgreSQL database `{self.entry.name}`: table {name} "
+                    f"would be saved as {t.file}, a path no snapshot may hold, so nothing of it was saved; "
+                    "rename it (ALTER TABLE ... RENAME) or its schema"
+                )
+            other = saved_as.setdefault(t.file, t)
+            if other is not t:
+                names = " and ".join(sql.Identifier(x.schema, x.table).as_string(con) for x in (other, t))
+                raise SourceError(
+                    f"PostgreSQL database `{self.entry.name}`: tables {names} would both be saved as {t.file}, "
+                    "so nothing of it was saved; rename one of them (ALTER TABLE ... RENAME) or its schema"
+                )
         self.summary = PgSummary(str(row[0]), version, num, extensions(con), {})
         if not self.tables:
             self.summary.warnings.append(
