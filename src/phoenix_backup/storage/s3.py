@@ -27,7 +27,10 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
+import itertools
+import os
 import socket
 import threading
 import time
@@ -676,35 +679,112 @@ class S3Backend(Backend):
 
 
 class _StallGuard:
-    """Calls `stop` from another thread (a socket's shutdown, which ends a read blocked in it)
-    when `progress` has not moved for `seconds`; with no progress counted, `seconds` after the
-    start. `cut` says whether it did."""
+    """Calls `stop` (a socket's shutdown, which ends a read or a send blocked in it) from the
+    process's one watcher thread when `progress` has moved by less than `least` in `seconds`;
+    with no progress counted, `seconds` after the start. `cut` says whether it did. Arming and
+    disarming is a lock and a heap push, no thread of its own; leaving the block waits for a stop
+    that is running, and no stop starts after it: a stop never reaches a connection that was
+    handed on to the next request."""
 
-    def __init__(self, stop: Callable[[], object] | None, seconds: float) -> None:
+    def __init__(self, stop: Callable[[], object] | None, seconds: float, least: int = 1) -> None:
         self._stop = stop
         self._seconds = seconds
-        self._done = threading.Event()
+        self._least = least
+        self._seen = 0
+        self._armed = False
+        self._stopping = False
+        self._watcher = _WATCHER
         self.progress = 0
         self.cut = False
-        self._thread = threading.Thread(target=self._watch, name="phx-s3-stall-guard", daemon=True)
 
     def __enter__(self) -> _StallGuard:
-        self._thread.start()
+        self._watcher = _WATCHER
+        self._watcher.arm(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
+        self._watcher.disarm(self)
 
-    def _watch(self) -> None:
-        seen = 0
-        while not self._done.wait(self._seconds):
-            if self.progress == seen:
-                self.cut = True
-                if self._stop is not None:
-                    self._stop()
-                return
-            seen = self.progress
+
+class _Watcher:
+    """The one thread per process that cuts stalled guards: it sleeps until the earliest deadline
+    of the armed guards, then cuts a guard whose progress fell short or sets its next deadline.
+    A disarmed guard's entry is dropped when it comes up (or when such entries outnumber the
+    armed ones), so disarming costs no heap search."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _StallGuard]] = []
+        self._order = itertools.count()
+        self._armed = 0
+        self._until = 0.0  # the deadline the thread sleeps to (0: it is awake)
+        self._thread: threading.Thread | None = None
+
+    def arm(self, guard: _StallGuard) -> None:
+        deadline = time.monotonic() + guard._seconds
+        with self._cond:
+            guard._armed = True
+            self._armed += 1
+            heapq.heappush(self._heap, (deadline, next(self._order), guard))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="phx-s3-stall-watcher", daemon=True)
+                self._thread.start()
+            elif self._until and deadline < self._until:
+                self._cond.notify()
+
+    def disarm(self, guard: _StallGuard) -> None:
+        with self._cond:
+            while guard._stopping:  # the stop is running: the connection is not handed on before it ends
+                self._cond.wait()
+            if guard._armed:
+                guard._armed = False
+                self._armed -= 1
+            if len(self._heap) > 64 and len(self._heap) > 4 * self._armed:
+                self._heap = [entry for entry in self._heap if entry[2]._armed]
+                heapq.heapify(self._heap)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and not self._heap[0][2]._armed:
+                    heapq.heappop(self._heap)
+                now = time.monotonic()
+                if not self._heap or self._heap[0][0] > now:
+                    self._until = self._heap[0][0] if self._heap else float("inf")
+                    self._cond.wait(self._until - now if self._heap else None)
+                    self._until = 0.0
+                    continue
+                _, _, guard = heapq.heappop(self._heap)
+                if guard.progress - guard._seen >= guard._least:
+                    guard._seen = guard.progress
+                    heapq.heappush(self._heap, (now + guard._seconds, next(self._order), guard))
+                    continue
+                guard.cut = True
+                guard._armed = False
+                self._armed -= 1
+                guard._stopping = True
+                self._cond.release()
+                try:
+                    if guard._stop is not None:
+                        with contextlib.suppress(Exception):
+                            guard._stop()
+                finally:
+                    self._cond.acquire()
+                    guard._stopping = False
+                    self._cond.notify_all()
+
+
+_WATCHER = _Watcher()
+
+
+def _new_watcher() -> None:
+    """A forked child has none of its parent's threads: it starts its own watcher when needed."""
+    global _WATCHER
+    _WATCHER = _Watcher()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_watcher)
 
 
 class _ResponseCut(threading.local):
