@@ -650,3 +650,90 @@ def test_a_core_ssh_command_the_user_sets_for_this_remote_alone_is_left_to_git(t
     elsewhere = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     git_storage._ssh_command(elsewhere, "git@other.example:team/r.git")
     assert "BatchMode=yes" in elsewhere["GIT_SSH_COMMAND"], elsewhere
+
+
+class _SlowTaker(http.server.BaseHTTPRequestHandler):
+    """A service that takes an upload's body a byte every 10 ms (each read far inside the read
+    timeout), at most `most` bytes (6 s: the bound of the test)."""
+
+    protocol_version = "HTTP/1.1"
+    most = 600
+    served: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_PUT(self) -> None:
+        self.served.append(f"PUT {self.path}")
+        with contextlib.suppress(OSError):
+            for _ in range(self.most):
+                if not self.rfile.read(1):
+                    break
+                time.sleep(0.01)
+        self.close_connection = True
+
+
+def test_an_s3_upload_whose_body_is_taken_a_byte_at_a_time_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that takes a PUT's body a byte now and then, each inside the read timeout, is cut
+    once it took less than 256 KiB in BODY_STALL_SECONDS (60 s; 0.5 s here): one transient error
+    naming the target and the cause, which the retries handle. Before, the body was sent for as
+    long as the service went on taking it (the socket's timeout bounds each send, not the whole)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    served: list[str] = []
+    handler = type("Handler", (_SlowTaker,), {"served": served})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        assert isinstance(inner, S3Backend)
+        # 12 MiB: more than the kernel's buffers on both ends hold (4 MiB each at most here).
+        _, error, took = bounded(lambda: inner.write("snapshots/" + "a" * 64, b"x" * (12 << 20)), 5.0)
+    assert isinstance(error, TransientStorageError), error
+    text = str(error)
+    assert "s3://b/p/" in text and "took less than 256 KiB of the request's body in 0.5 s" in text, text
+    assert took < 4, f"took {took:.1f} s"
+
+
+class _BodyDrip(http.server.BaseHTTPRequestHandler):
+    """A listing, or an error, whose headers come whole and whose XML body comes a byte every
+    50 ms (each far inside the read timeout; 200 bytes at most, the bound of the test)."""
+
+    protocol_version = "HTTP/1.1"
+    status = 200
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        body = (b'<?xml version="1.0" encoding="UTF-8"?>' + b" " * 400)[:200]
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", "400")
+        self.end_headers()
+        self.wfile.flush()
+        with contextlib.suppress(OSError):
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.05)
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("answer", ["listing", "error"])
+def test_an_s3_response_body_botocore_reads_itself_that_drips_is_cut(
+    answer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing's XML, or an error's (a 503 to an object's GET), read by botocore in one read
+    outside Phoenix's body reader, dripped a byte at a time, is cut once less than 256 KiB came in
+    BODY_STALL_SECONDS (60 s; 0.5 s here): one transient error naming the target and the cause.
+    Before, it was read for as long as the service dripped (here 10 s, past the test's bound)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    handler = type("Handler", (_BodyDrip,), {"status": 200 if answer == "listing" else 503})
+    name = "snapshots/" + "a" * 64
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        call = (lambda: list(inner.list("snapshots/"))) if answer == "listing" else (lambda: inner.read(name))
+        _, error, took = bounded(call, 5.0)
+    assert isinstance(error, TransientStorageError), error
+    text = str(error)
+    assert "s3://b/p/" in text and "less than 256 KiB of the response's body in 0.5 s" in text, text
+    assert "the read was cut there" in text, text
+    assert took < 3, f"took {took:.1f} s"
