@@ -854,6 +854,7 @@ class _HeadersBound:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        self._phx_sent()  # sent by now, whatever path sent it (a proxy's CONNECT, say)
         self._phx_arm()
         try:
             return super().getresponse(*args, **kwargs)  # type: ignore[misc]
