@@ -653,11 +653,13 @@ def test_a_core_ssh_command_the_user_sets_for_this_remote_alone_is_left_to_git(t
 
 
 class _SlowTaker(http.server.BaseHTTPRequestHandler):
-    """A service that takes an upload's body a byte every 10 ms (each read far inside the read
-    timeout), at most `most` bytes (6 s: the bound of the test)."""
+    """A service that takes an upload's body 64 KiB every 0.5 s: each block urllib3 sends goes
+    out well inside the socket's timeout (3 s while sending), below 256 KiB a window of 0.5 s;
+    `most` reads at most (30 s: past the bound of the test)."""
 
     protocol_version = "HTTP/1.1"
-    most = 600
+    rbufsize = 0  # each read takes its bytes from the socket, not from a buffer filled at once
+    most = 60
     served: list[str]
 
     def log_message(self, format: str, *args: object) -> None:  # the base's argument names
@@ -667,14 +669,14 @@ class _SlowTaker(http.server.BaseHTTPRequestHandler):
         self.served.append(f"PUT {self.path}")
         with contextlib.suppress(OSError):
             for _ in range(self.most):
-                if not self.rfile.read(1):
+                if not self.rfile.read(65536):
                     break
-                time.sleep(0.01)
+                time.sleep(0.5)
         self.close_connection = True
 
 
-def test_an_s3_upload_whose_body_is_taken_a_byte_at_a_time_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A service that takes a PUT's body a byte now and then, each inside the read timeout, is cut
+def test_an_s3_upload_whose_body_is_taken_slowly_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that takes a PUT's body slowly, each block inside the socket's timeout, is cut
     once it took less than 256 KiB in BODY_STALL_SECONDS (60 s; 0.5 s here): one transient error
     naming the target and the cause, which the retries handle. Before, the body was sent for as
     long as the service went on taking it (the socket's timeout bounds each send, not the whole)."""
