@@ -27,7 +27,10 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
+import itertools
+import os
 import socket
 import threading
 import time
@@ -38,7 +41,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 import botocore.exceptions as bex
-from botocore.awsrequest import AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection, AWSHTTPSConnectionPool
+from botocore.awsrequest import (
+    AWSHTTPConnection,
+    AWSHTTPConnectionPool,
+    AWSHTTPResponse,
+    AWSHTTPSConnection,
+    AWSHTTPSConnectionPool,
+)
 from botocore.config import Config as BotoConfig
 
 from phoenix_backup.errors import (
@@ -214,12 +223,9 @@ class S3Backend(Backend):
 
     def _error(self, exc: Exception, what: str) -> StorageError:
         where = self.location
-        if _RESPONSE.cut:
-            _RESPONSE.cut = False
-            return TransientStorageError(
-                f"{where} sent no complete response headers in {RESPONSE_SECONDS:g} s while {what} (the request was "
-                "cut there); check the network or the service"
-            )
+        cut, _RESPONSE.cut = _RESPONSE.cut, ""
+        if cut:
+            return TransientStorageError(_cut_message(cut, where, what))
         if isinstance(exc, bex.ConnectTimeoutError | bex.EndpointConnectionError):
             return TargetUnreachable(
                 f"cannot connect to {where} while {what}; check {self.field}.endpoint and that the service is up"
@@ -386,10 +392,7 @@ class S3Backend(Backend):
                 got += len(chunk)
                 guard.progress += 1
         if guard.cut:
-            raise TransientStorageError(
-                f"{self.location} sent {name} at less than {BODY_CHUNK // 1024} KiB in {BODY_STALL_SECONDS:g} s "
-                "(the read was cut there); check the network or the service"
-            )
+            raise TransientStorageError(_cut_message("body", self.location, name))
         return out.getvalue()
 
     def _read_thawing(self, name: str, get: Callable[[], bytes]) -> bytes:
@@ -676,41 +679,137 @@ class S3Backend(Backend):
 
 
 class _StallGuard:
-    """Calls `stop` from another thread (a socket's shutdown, which ends a read blocked in it)
-    when `progress` has not moved for `seconds`; with no progress counted, `seconds` after the
-    start. `cut` says whether it did."""
+    """Calls `stop` (a socket's shutdown, which ends a read or a send blocked in it) from the
+    process's one watcher thread when `progress` has moved by less than `least` in `seconds`;
+    with no progress counted, `seconds` after the start. `cut` says whether it did. Arming and
+    disarming is a lock and a heap push, no thread of its own; leaving the block waits for a stop
+    that is running, and no stop starts after it: a stop never reaches a connection that was
+    handed on to the next request."""
 
-    def __init__(self, stop: Callable[[], object] | None, seconds: float) -> None:
+    def __init__(self, stop: Callable[[], object] | None, seconds: float, least: int = 1) -> None:
         self._stop = stop
         self._seconds = seconds
-        self._done = threading.Event()
+        self._least = least
+        self._seen = 0
+        self._armed = False
+        self._stopping = False
+        self._watcher = _WATCHER
         self.progress = 0
         self.cut = False
-        self._thread = threading.Thread(target=self._watch, name="phx-s3-stall-guard", daemon=True)
 
     def __enter__(self) -> _StallGuard:
-        self._thread.start()
+        self._watcher = _WATCHER
+        self._watcher.arm(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
+        self._watcher.disarm(self)
 
-    def _watch(self) -> None:
-        seen = 0
-        while not self._done.wait(self._seconds):
-            if self.progress == seen:
-                self.cut = True
-                if self._stop is not None:
-                    self._stop()
-                return
-            seen = self.progress
+
+class _Watcher:
+    """The one thread per process that cuts stalled guards: it sleeps until the earliest deadline
+    of the armed guards, then cuts a guard whose progress fell short or sets its next deadline.
+    A disarmed guard's entry is dropped when it comes up (or when such entries outnumber the
+    armed ones), so disarming costs no heap search."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _StallGuard]] = []
+        self._order = itertools.count()
+        self._armed = 0
+        self._until = 0.0  # the deadline the thread sleeps to (0: it is awake)
+        self._thread: threading.Thread | None = None
+
+    def arm(self, guard: _StallGuard) -> None:
+        deadline = time.monotonic() + guard._seconds
+        with self._cond:
+            guard._armed = True
+            self._armed += 1
+            heapq.heappush(self._heap, (deadline, next(self._order), guard))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="phx-s3-stall-watcher", daemon=True)
+                self._thread.start()
+            elif self._until and deadline < self._until:
+                self._cond.notify()
+
+    def disarm(self, guard: _StallGuard) -> None:
+        with self._cond:
+            while guard._stopping:  # the stop is running: the connection is not handed on before it ends
+                self._cond.wait()
+            if guard._armed:
+                guard._armed = False
+                self._armed -= 1
+            if len(self._heap) > 64 and len(self._heap) > 4 * self._armed:
+                self._heap = [entry for entry in self._heap if entry[2]._armed]
+                heapq.heapify(self._heap)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and not self._heap[0][2]._armed:
+                    heapq.heappop(self._heap)
+                now = time.monotonic()
+                if not self._heap or self._heap[0][0] > now:
+                    self._until = self._heap[0][0] if self._heap else float("inf")
+                    self._cond.wait(self._until - now if self._heap else None)
+                    self._until = 0.0
+                    continue
+                _, _, guard = heapq.heappop(self._heap)
+                if guard.progress - guard._seen >= guard._least:
+                    guard._seen = guard.progress
+                    heapq.heappush(self._heap, (now + guard._seconds, next(self._order), guard))
+                    continue
+                guard.cut = True
+                guard._armed = False
+                self._armed -= 1
+                guard._stopping = True
+                self._cond.release()
+                try:
+                    if guard._stop is not None:
+                        with contextlib.suppress(Exception):
+                            guard._stop()
+                finally:
+                    self._cond.acquire()
+                    guard._stopping = False
+                    self._cond.notify_all()
+
+
+_WATCHER = _Watcher()
+
+
+def _new_watcher() -> None:
+    """A forked child has none of its parent's threads: it starts its own watcher when needed."""
+    global _WATCHER
+    _WATCHER = _Watcher()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_watcher)
 
 
 class _ResponseCut(threading.local):
-    """Whether this thread's last request was cut for its headers (`_error` names that cause)."""
+    """What this thread's last request was cut for, if it was (`_cut_message` names that cause):
+    "headers", "upload" (its body's sending) or "body" (its response's body)."""
 
-    cut = False
+    cut = ""
+
+
+def _cut_message(cut: str, where: str, what: str) -> str:
+    """The one sentence of a request cut by a stall guard: the cause, where, and the fix."""
+    if cut == "headers":
+        return (
+            f"{where} sent no complete response headers in {RESPONSE_SECONDS:g} s while {what} (the request was "
+            "cut there); check the network or the service"
+        )
+    if cut == "upload":
+        return (
+            f"{where} took less than {BODY_CHUNK // 1024} KiB of the request's body in {BODY_STALL_SECONDS:g} s "
+            f"while {what} (the request was cut there); check the network or the service"
+        )
+    return (
+        f"{where} sent less than {BODY_CHUNK // 1024} KiB of the response's body in {BODY_STALL_SECONDS:g} s "
+        f"while {what} (the read was cut there); check the network or the service"
+    )
 
 
 _RESPONSE = _ResponseCut()
@@ -720,15 +819,23 @@ class _HeadersBound:
     """The status line and headers of a response read within RESPONSE_SECONDS of the request
     having been sent: the final response's (`getresponse`) and, for a request that asked
     `Expect: 100-continue` (botocore asks it for large PUTs), the interim one's, read before the
-    body is sent (its sending is not timed: a slow link may take long). The connection is this
-    request's alone while it reads them, so the cut can reach no other request."""
+    body is sent (its sending has the body's bound, `send`, not this one: a slow link may take
+    long). The connection is this request's alone while it sends and reads them, and leaving a
+    guard waits for its cut, so the cut can reach no other request."""
 
     sock: socket.socket | None
     _phx_guard: _StallGuard | None = None
+    _phx_send_guard: _StallGuard | None = None
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _RESPONSE.cut = False  # a new request: the last one's cut is said (or not) already
-        super().request(*args, **kwargs)  # type: ignore[misc]
+        """The request sent with at least BODY_CHUNK bytes taken by the peer in every
+        BODY_STALL_SECONDS (the socket's timeout bounds each send, not the whole: a peer taking an
+        upload's body a byte now and then would be sent to for ever); cut there otherwise."""
+        _RESPONSE.cut = ""  # a new request: the last one's cut is said (or not) already
+        try:
+            super().request(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._phx_sent()
 
     def _phx_arm(self) -> None:
         self._phx_guard = _StallGuard(self._phx_stop, RESPONSE_SECONDS).__enter__()
@@ -737,7 +844,8 @@ class _HeadersBound:
         guard, self._phx_guard = self._phx_guard, None
         if guard is not None:
             guard.__exit__()
-            _RESPONSE.cut = _RESPONSE.cut or guard.cut
+            if guard.cut:
+                _RESPONSE.cut = "headers"
 
     def _phx_stop(self) -> None:
         sock = self.sock  # read when the guard fires: the socket the read waits on
@@ -746,6 +854,7 @@ class _HeadersBound:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        self._phx_sent()  # sent by now, whatever path sent it (a proxy's CONNECT, say)
         self._phx_arm()
         try:
             return super().getresponse(*args, **kwargs)  # type: ignore[misc]
@@ -753,6 +862,7 @@ class _HeadersBound:
             self._phx_disarm()
 
     def _handle_expect_response(self, message_body: Any) -> None:
+        self._phx_sent()
         self._phx_arm()
         try:
             super()._handle_expect_response(message_body)  # type: ignore[misc]
@@ -760,16 +870,145 @@ class _HeadersBound:
             self._phx_disarm()
 
     def _send_message_body(self, message_body: Any) -> None:
-        self._phx_disarm()  # the 100 Continue is in: the body's sending is not timed
+        self._phx_disarm()  # the 100 Continue is in: the body's sending has its own bound (`send`)
         super()._send_message_body(message_body)  # type: ignore[misc]
+
+    def send(self, data: Any) -> None:
+        """A piece of the request (its headers, its body or a block of it) counted as the progress
+        of the request's sending (`_phx_send_guard`)."""
+        guard = self._phx_send_guard
+        if guard is None:
+            guard = self._phx_send_guard = _StallGuard(self._phx_stop, BODY_STALL_SECONDS, least=BODY_CHUNK).__enter__()
+        if hasattr(data, "read"):
+            super().send(_CountedReader(data, guard))  # type: ignore[misc]
+        elif isinstance(data, bytes | bytearray | memoryview):
+            view = memoryview(data).cast("B")
+            for start in range(0, len(view), BODY_CHUNK):
+                part = view[start : start + BODY_CHUNK]
+                super().send(part)  # type: ignore[misc]
+                guard.progress += len(part)
+        else:
+            super().send(data)  # type: ignore[misc]
+
+    def _phx_sent(self) -> None:
+        """The request's sending is over (or waits on a `100 Continue`, whose wait has its own bound)."""
+        guard, self._phx_send_guard = self._phx_send_guard, None
+        if guard is not None:
+            guard.__exit__()
+            if guard.cut:
+                _RESPONSE.cut = "upload"
+
+
+class _CountedReader:
+    """A request body's file whose reads count as the progress of `guard` (http.client reads a
+    block, then sends it whole before it reads the next)."""
+
+    def __init__(self, inner: Any, guard: _StallGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def read(self, size: int = -1) -> Any:
+        block = self._inner.read(size)
+        self._guard.progress += len(block)
+        return block
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _BoundReader:
+    """A response's socket file whose every read brings at least BODY_CHUNK bytes in
+    BODY_STALL_SECONDS, or is cut (the socket shut down, the read failed): a body botocore reads
+    itself (a listing, an error) is bounded as an object's is."""
+
+    def __init__(self, inner: Any, sock: socket.socket) -> None:
+        self._inner = inner
+        self._sock = sock
+
+    def _stop(self) -> None:
+        with contextlib.suppress(OSError):  # closed already: the read it would end is over
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _bounded(self, step: Callable[[int], int], size: int | None, once: bool = False) -> None:
+        """`step(n)` (a read of at most n bytes, giving how many it got) BODY_CHUNK at a time up to
+        `size` (None: to the end), or `once`; each step counts as progress."""
+        with _StallGuard(self._stop, BODY_STALL_SECONDS) as guard:
+            try:
+                left = size
+                while left is None or left > 0:
+                    want = BODY_CHUNK if left is None else min(left, BODY_CHUNK)
+                    got = step(want)
+                    guard.progress += 1
+                    if left is not None:
+                        left -= got
+                    if once or got < want:
+                        break
+            finally:
+                if guard.cut:
+                    _RESPONSE.cut = "body"
+        if guard.cut:  # the shutdown may end the read as if the body had ended
+            # botocore's own error, no OSError: urllib3 passes it on as it is (an OSError it would
+            # wrap in its own, which escapes botocore where botocore reads a body itself); every
+            # caller maps it, and `_error` names the cut.
+            raise bex.ConnectionClosedError(endpoint_url="the S3 service (the read was cut)")
+
+    def _collect(self, read: Callable[[int], bytes], size: int | None, once: bool = False) -> bytes:
+        parts: list[bytes] = []
+
+        def step(want: int) -> int:
+            parts.append(read(want))
+            return len(parts[-1])
+
+        self._bounded(step, size, once)
+        return b"".join(parts)
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._collect(self._inner.read, None if size is None or size < 0 else size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._collect(self._inner.read1, BODY_CHUNK if size < 0 else size, once=True)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._collect(lambda _want: self._inner.readline(size), 1, once=True)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+
+        def step(want: int) -> int:
+            nonlocal done
+            got = int(self._inner.readinto(view[done : done + want]) or 0)
+            done += got
+            return got
+
+        self._bounded(step, len(view))
+        return done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _BoundResponse(AWSHTTPResponse):
+    """A response whose body is read through `_BoundReader` once its headers are in (they have
+    their own bound, RESPONSE_SECONDS as a whole)."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("status_tuple", None)  # botocore's own status line, read from the socket
+        super().__init__(sock, *args, **kwargs)
+        self._phx_sock = sock
+
+    def begin(self) -> None:
+        super().begin()
+        if self.fp is not None:
+            self.fp = _BoundReader(self.fp, self._phx_sock)  # type: ignore[assignment]
 
 
 class _BoundHTTPConnection(_HeadersBound, AWSHTTPConnection):  # type: ignore[misc]  # botocore-stubs
-    pass
+    response_class = _BoundResponse
 
 
 class _BoundHTTPSConnection(_HeadersBound, AWSHTTPSConnection):  # type: ignore[misc]  # botocore-stubs
-    pass
+    response_class = _BoundResponse
 
 
 class _BoundHTTPConnectionPool(AWSHTTPConnectionPool):
@@ -784,7 +1023,8 @@ def _bound_response_headers(client: Any) -> None:
     """Have every request of `client` read its response headers within RESPONSE_SECONDS. botocore
     has no such bound (its read_timeout is the socket's, per read) and no public way to choose
     the connection class: its HTTP session's pool classes, which it creates connections from
-    lazily, are replaced by ones whose connections bound `getresponse`. A botocore whose session
+    lazily, are replaced by ones whose connections bound `getresponse`, the sending (`send`) and
+    every read of a response's body (`_BoundResponse`). A botocore whose session
     has no such table (a later release) keeps its own behaviour: every read still has its timeout
     and every body its stall limit, only a response's headers are not bounded as a whole — a
     backup tool that stopped working for every S3 user at a botocore upgrade would lose far more
