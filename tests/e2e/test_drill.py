@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e_support import DATABASES, HOME_CONFIG_FILES, Sandbox, assert_error, flip_byte
+from killpoint import run_killed
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
@@ -91,6 +92,22 @@ def test_drill_passes_on_a_good_snapshot(backed_up: Sandbox, tmp_path: Path) -> 
     # Plain text: one line per database, and the verdict.
     out = sb.phx("drill", "--scratch", tmp_path / "scratch").out
     assert "drill passed" in out and all(f"✓ {logical}: integrity ok" in out for logical in DATABASES), out
+
+
+def test_the_next_drill_removes_a_killed_drills_scratch_folder(backed_up: Sandbox, tmp_path: Path) -> None:
+    """Before, a drill killed while it restored left its scratch folder (`phx-drill-…`: plain copies
+    of the snapshot's files and databases) in the temporary folder for good; the next drill removes
+    it now, as its process is provably gone, and passes."""
+    sb = backed_up
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = sb.env_with(TMPDIR=str(scratch), PHX_KILL_AT="5", PHX_KILL_MATCH="fsync(*/phx-drill-*")
+    kind, _n, call = run_killed(["drill"], env, tmp_path / "report")
+    assert kind == "killed", "the drill was not killed"
+    assert len(list(scratch.iterdir())) == 1, f"no scratch folder after the kill at {call}"
+    res = sb.phx("drill", "--json", env=sb.env_with(TMPDIR=str(scratch)))
+    assert res.json()["ok"] is True
+    assert list(scratch.iterdir()) == [], f"the killed drill (at {call}) left {list(scratch.iterdir())}"
 
 
 def test_drill_names_the_file_when_a_byte_of_its_data_pack_is_flipped(backed_up: Sandbox, tmp_path: Path) -> None:

@@ -227,6 +227,23 @@ def test_the_next_command_removes_a_killed_exports_temporary_folder(sandbox: San
     assert (out / "checksums.json").is_file() and [p.name for p in out.parent.iterdir()] == ["memory"]
 
 
+def test_the_next_command_removes_a_killed_archives_temporary_file(backed_up: Sandbox, tmp_path: Path) -> None:
+    """Before, `phx archive` killed before the rename of its archive left `.NAME.tmp-…` beside
+    `--output` for good: a hidden file as large as the snapshot, holding plain copies of its files.
+    It is journalled now, as an export's temporary folder is, and the next command removes it."""
+    sb = backed_up
+    out = tmp_path / "archives" / "agent.tar.gz"
+    out.parent.mkdir()
+    env = sb.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH="fsync(*/archives/.*tmp-*")
+    kind, _n, call = run_killed(["archive", "latest", "--output", str(out)], env, tmp_path / "report")
+    assert kind == "killed", "the archive was not killed"
+    assert list(out.parent.iterdir()) != [], f"nothing to clean up after the kill at {call}"
+    sb.phx("list")  # any command that loads the config
+    assert list(out.parent.iterdir()) == [], f"the killed archive (at {call}) left {list(out.parent.iterdir())}"
+    sb.phx("archive", "latest", "--output", out)
+    assert [p.name for p in out.parent.iterdir()] == ["agent.tar.gz"]
+
+
 def test_the_next_command_removes_a_killed_exports_folder_reached_through_a_symlink(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ permitted, the test is skipped with the reason, never faked."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +66,38 @@ def test_data_folder_on_a_full_disk(backed_up: Sandbox, tmpfs: Callable[[str], P
     assert_error(res, 1, "No space left on device", str(data), "free space", "PHX_DATA_DIR")
     assert [p.name for p in data.rglob("*") if p.name.endswith(".tmp")] == []
     assert len(sb.snapshots()) == before
+
+
+def test_a_full_cache_disk_does_not_keep_a_changed_database_from_being_saved(
+    backed_up: Sandbox, tmpfs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The cache folder (PHX_CACHE_DIR) on a full disk: a changed database is still saved, exit 0,
+    and restores with its new rows; only its page hashes for the next backup are not kept. Before,
+    closing the file those hashes went to flushed them again, and the ENOSPC made the database
+    "not saved: ...: No space left on device", exit 3."""
+    sb = backed_up
+    small_fs = tmpfs("1m")
+    cache = small_fs / "cache"
+    cache.mkdir()
+    try:  # fill the file system to the last block
+        with open(small_fs / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+    except OSError:
+        pass
+    with sqlite3.connect(sb.db_path("home/.argentos/memory.db")) as con:
+        con.execute("CREATE TABLE full_cache (n INTEGER)")
+        con.executemany("INSERT INTO full_cache VALUES (?)", [(n,) for n in range(500)])
+    con.close()
+    state = sb.state()
+    res = sb.phx("backup", "--json", env=sb.env_with(PHX_CACHE_DIR=str(cache)), check=None)
+    assert res.code == 0, res
+    doc = res.json()
+    assert doc["incomplete"] == [], res
+    dest = tmp_path / "restored"
+    sb.restore_to(doc["id"], dest)
+    assert_restored(state, dest, "a backup whose cache disk was full")
 
 
 def _packs(repo: Path) -> set[str]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from phoenix_backup.errors import ObjectNotFound, RepositoryExists, StorageError
 from phoenix_backup.repo import keys
-from phoenix_backup.repo.replicate import TargetReport, replicate
+from phoenix_backup.repo.replicate import TargetReport, replicate, seed_repository
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.base import TEMP_MARKER, ObjectInfo, validate_name
 from phoenix_backup.storage.local import LocalBackend
@@ -287,6 +287,29 @@ def test_sync_is_not_failed_by_folders_and_pipes_planted_under_object_names(tmp_
     assert outcome, "sync waits forever on a planted pipe"
     assert outcome[0].ok, outcome[0].error
     assert sorted(i.name for p in ("captures/", "snapshots/", "checks/", "data/") for i in replica.list(p)) == []
+
+
+def test_a_replica_another_sync_initialises_meanwhile_is_copied_to(tmp_path: Path) -> None:
+    """Two `phx sync` to a new target at once: both find it empty, and the second to write its
+    `config` used to fail with "object config already exists in …", exit 1. It now takes the
+    replica the other made (the same repository) and copies what it lacks."""
+    repo = Repository.init(
+        LocalBackend(tmp_path / "r"),
+        lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
+        True,
+    )
+
+    class Racing(LocalBackend):
+        def exists(self) -> bool:
+            found = super().exists()
+            if not found:  # the other sync seeds it between this look and this sync's own seeding
+                seed_repository(repo.backend, LocalBackend(self.root))
+            return found
+
+    report = replicate(repo, "replica", Racing(tmp_path / "replica"), print)
+    assert report.ok, report.error
+    again = Repository.open(LocalBackend(tmp_path / "replica"), keys.Credentials(passphrase="pw"))
+    assert again.config.id == repo.config.id
 
 
 def _resident_pages(path: Path) -> tuple[int, int]:

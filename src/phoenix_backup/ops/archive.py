@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import stat
 import struct
 import tarfile
@@ -38,6 +37,7 @@ from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.snapshot import Snapshot, unchecked_copy_note
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.local import os_error
 
 MANIFEST = "phoenix-manifest.json"
@@ -117,11 +117,16 @@ def archive(
         top = f"phoenix-{snap.name}"
         if fmt == "zip":
             _zip_names(top, nodes)
-        # Private by default: an agent's memory and config may hold secrets.
-        tmp = output.with_name(f".{output.name}.tmp-{secrets.token_hex(4)}")
+        # Named and journalled as a restore's temporary files are, so that the next command removes
+        # the file of an archive that was killed (sinks/leftovers.py); backups never save it.
+        journal = leftovers.Journal(envx.notice)
+        tmp = output.parent / f".phx-tmp-{journal.name}"
+        journal.record(output.parent)
         try:
+            # Private by default: an agent's memory and config may hold secrets.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            journal.close()
             raise os_error(exc, f"creating {output}") from exc
         try:
             with os.fdopen(fd, "wb") as raw:
@@ -152,6 +157,8 @@ def archive(
             if isinstance(exc, OSError):
                 raise os_error(exc, f"writing {output}") from exc
             raise
+        finally:
+            journal.close()
     counts = {t: sum(1 for _lg, n in nodes if n.type == t) for t in ("file", "dir", "symlink", "sqlite")}
     return ArchiveResult(
         snapshot=snap.id,

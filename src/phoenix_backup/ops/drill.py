@@ -40,6 +40,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.dirs import make_dirs, write_private
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
+from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.checker import VerifyError
 from phoenix_backup.repo.crypto import Sha256
@@ -393,8 +394,9 @@ def drill(
             # Nothing to restore proves nothing: such a drill must not count as a passed one.
             result.error("snapshot", None, "the snapshot holds no files or databases, so a restore cannot be proven")
         base = scratch if scratch is not None else Path(tempfile.gettempdir())
+        remove_stale_cache_folders(base)  # a killed drill's scratch folder: a plain copy of a snapshot
         _check_space(base, snap)
-        folder = Path(tempfile.mkdtemp(prefix="phx-drill-", dir=base))
+        folder = Path(tempfile.mkdtemp(prefix=temp_cache_prefix("drill"), dir=base))
         envx.notice(f"drill: restoring {snap.name} ({snap.id[:8]}) into {folder}")
         try:
             written = _restore(repo, cfg, envx, folder, nodes, result)

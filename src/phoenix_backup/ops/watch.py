@@ -1513,9 +1513,10 @@ class Watcher:
 # machines share (a home on NFS), where another boot id is another machine's, not a reboot. A watch
 # killed (SIGKILL, a power cut) leaves it; the next watch on that host removes it once its process
 # is provably gone. An older watch's name has no time namespace (nor the dot: mkdtemp's random part
-# has none): its start time is then not compared.
+# has none): its start time is then not compared. `phx drill`'s scratch folder (phx-drill-..., a
+# plain copy of a snapshot) is named and removed alike, by the next drill or watch.
 _TEMP_CACHE = re.compile(
-    r"phx-watch-cache-([0-9a-f]{8})-((?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})?)-(\d+)-(\d+)-(\d+)-"
+    r"phx-(?:watch-cache|drill)-([0-9a-f]{8})-((?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})?)-(\d+)-(\d+)-(\d+)-"
     r"(?:(\d+)\.)?.+"
 )
 
@@ -1524,17 +1525,19 @@ def _host_tag() -> str:
     return sha256_hex(socket.gethostname().encode("utf-8", "surrogateescape"))[:8]
 
 
-def temp_cache_prefix() -> str:
-    """The start of the name of a temporary cache folder this process makes (`_TEMP_CACHE`)."""
+def temp_cache_prefix(kind: str = "watch-cache") -> str:
+    """The start of the name of a temporary cache folder (`kind` "drill": a drill's scratch folder)
+    this process makes (`_TEMP_CACHE`)."""
     me = ProcessTag.current()
-    return f"phx-watch-cache-{_host_tag()}-{me.boot_id}-{me.pid_ns}-{me.pid}-{me.start}-{me.time_ns}."
+    return f"phx-{kind}-{_host_tag()}-{me.boot_id}-{me.pid_ns}-{me.pid}-{me.start}-{me.time_ns}."
 
 
 def remove_stale_cache_folders(tmp: Path | None = None) -> list[Path]:
-    """Remove the temporary cache folders that watches of this user left in `tmp` (TMPDIR) when
-    killed: only names of that shape, folders (not symlinks) owned by this user, whose process
-    provably no longer runs (`ProcessTag.gone`); a live watch's, another user's,
-    another host's or one that cannot be told apart is left alone. Returns the folders removed."""
+    """Remove the temporary cache folders that watches (and the scratch folders that drills) of
+    this user left in `tmp` (TMPDIR) when killed: only names of that shape, folders (not
+    symlinks) owned by this user, whose process provably no longer runs (`ProcessTag.gone`); a
+    live watch's, another user's, another host's or one that cannot be told apart is left alone.
+    Returns the folders removed."""
     tmp = tmp if tmp is not None else Path(tempfile.gettempdir())
     try:
         names = os.listdir(tmp)

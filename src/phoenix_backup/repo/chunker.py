@@ -11,6 +11,7 @@ stored whole, which costs space, never correctness.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import os
 import tempfile
@@ -182,7 +183,11 @@ class FileSink:
         return b""
 
     def close(self) -> None:
-        self._file.close()
+        # Closing flushes the buffer again: on a full disk that raises the ENOSPC `write` and
+        # `hashes` took in their stride, and the database would be "not saved". The file is closed
+        # all the same; its hashes are not kept.
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 @dataclass

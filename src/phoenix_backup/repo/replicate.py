@@ -48,9 +48,11 @@ from dataclasses import dataclass, field, replace
 from phoenix_backup.errors import (
     CorruptObject,
     IdentityRequired,
+    ObjectExists,
     ObjectNotFound,
     PhoenixError,
     RepositoryError,
+    RepositoryExists,
     UnsupportedFormat,
 )
 from phoenix_backup.repo import checks, retired
@@ -169,8 +171,14 @@ def _replicate(
 ) -> None:
     source = repo.backend
     switched = False
+    seeded = False
     if not dest.exists():
-        seed_repository(source, dest)
+        try:
+            seed_repository(source, dest)
+            seeded = True
+        except (RepositoryExists, ObjectExists):
+            pass  # another run (a second sync, a backup's replication) made it meanwhile: checked below
+    if seeded:
         report.initialised = True
         report.objects += 2
         notice(f"initialised target {report.name} at {dest.location}")
