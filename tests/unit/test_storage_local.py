@@ -515,3 +515,20 @@ def test_too_many_open_files_suggests_a_limit_above_the_present_one() -> None:
     assert suggested is not None and int(suggested.group(1)) > soft, said
     system = str(os_error(OSError(errno.ENFILE, "Too many open files in system"), "reading the pack x"))
     assert "fs.file-max" in system and "while reading the pack x" in system, system
+
+
+def test_a_sync_to_a_folder_of_other_files_says_so(tmp_path: Path) -> None:
+    """A target pointed at a folder that holds other files, and no repository: the sync refuses
+    with the reason and the fix, not "object config is missing" (what it said once a failed
+    initialisation was taken for another sync's)."""
+    repo = Repository.init(
+        LocalBackend(tmp_path / "r"),
+        lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
+        True,
+    )
+    (tmp_path / "replica").mkdir()
+    (tmp_path / "replica" / "notes.txt").write_text("mine")
+    report = replicate(repo, "replica", LocalBackend(tmp_path / "replica"), print)
+    assert not report.ok
+    assert "is not empty and holds no Phoenix repository; choose an empty or new folder" in (report.error or "")
+    assert (tmp_path / "replica" / "notes.txt").read_text() == "mine"

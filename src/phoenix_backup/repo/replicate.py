@@ -177,7 +177,10 @@ def _replicate(
             seed_repository(source, dest)
             seeded = True
         except (RepositoryExists, ObjectExists):
-            pass  # another run (a second sync, a backup's replication) made it meanwhile: checked below
+            # Another run (a second sync, a backup's replication) made it meanwhile: checked below.
+            # With no config there, it is no replica at all (a folder of other files): said as such.
+            if not dest.exists():
+                raise
     if seeded:
         report.initialised = True
         report.objects += 2
