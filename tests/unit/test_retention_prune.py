@@ -569,3 +569,22 @@ def test_an_old_temporary_file_dated_at_the_epoch_is_deleted(pristine, tmp_path:
     assert report.temporary_files == 1
     assert not (path / "data" / "zz" / ".tmp-interrupted").exists()
     assert contents(open_fresh(path)[0]) == expected
+
+
+def test_verify_says_when_prune_removes_a_temporary_file(pristine, tmp_path: Path) -> None:
+    """A backup killed at its lock's temporary file leaves `locks/.tmp-…`. Verify said "prune
+    removes it", yet a prune within 30 minutes keeps it as young; it says when now, and prune
+    then does."""
+    src, _expected, _old = pristine
+    path = tmp_path / "repo"
+    shutil.copytree(src, path)
+    (path / "locks" / ".tmp-0123abcd").write_bytes(b"{")
+    os.utime(path / "locks" / ".tmp-0123abcd", (T0, T0))
+    (notice,) = [n for n in verify_repository(open_fresh(path)[0]).notices if ".tmp-" in n]
+    when = f"once it is {LEFTOVER_MIN_AGE // 60} minutes old"
+    assert notice == f"locks/.tmp-0123abcd is a leftover temporary file (prune removes it {when})"
+    state = PruneState(tmp_path / "prune.json")
+    run_prune(path, state, T0 + 60)
+    assert (path / "locks" / ".tmp-0123abcd").exists(), "a minute old: kept, as the notice says"
+    run_prune(path, state, T0 + LEFTOVER_MIN_AGE + 1)
+    assert not (path / "locks" / ".tmp-0123abcd").exists()

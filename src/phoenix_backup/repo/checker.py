@@ -29,6 +29,7 @@ from phoenix_backup.repo import captures
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import BlobType
 from phoenix_backup.repo.index import BlobLocation
+from phoenix_backup.repo.locks import STALE_SECONDS
 from phoenix_backup.repo.pack import PackOrigin, iter_blobs, names_content, pack_name, read_header
 from phoenix_backup.repo.prover import Content, NodeProver
 from phoenix_backup.repo.reader import NodeMismatch, NodeReader, damage_text, damaged_pack, pack_ranges, prove_node
@@ -205,7 +206,10 @@ def verify_repository(
             "prune removes it)"
         )
     for tmp in repo.backend.list_temporary():
-        result.notices.append(f"{tmp.name} is a leftover temporary file (prune removes it)")
+        # Prune keeps one younger than the lock stale age (a write may still be under way there).
+        result.notices.append(
+            f"{tmp.name} is a leftover temporary file (prune removes it once it is {STALE_SECONDS // 60} minutes old)"
+        )
 
     _report_write_only(repo, result)
     if ref is None:
