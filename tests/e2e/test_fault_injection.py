@@ -15,6 +15,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,20 @@ def test_the_next_command_removes_a_killed_archives_temporary_file(backed_up: Sa
     assert list(out.parent.iterdir()) == [], f"the killed archive (at {call}) left {list(out.parent.iterdir())}"
     sb.phx("archive", "latest", "--output", out)
     assert [p.name for p in out.parent.iterdir()] == ["agent.tar.gz"]
+
+
+def test_an_archive_makes_its_rename_durable(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`phx archive` renamed its file into place and ended, its folder never synced (an export
+    syncs it): a power cut right after could lose the archive the command said it wrote. Killed
+    at the folder's sync, the archive is already whole under its name."""
+    out = tmp_path / "archives" / "agent.tar.gz"
+    out.parent.mkdir()
+    env = backed_up.env_with(PHX_KILL_AT="1", PHX_KILL_MATCH=f"fsync({out.parent})")
+    kind, _n, call = run_killed(["archive", "latest", "--output", str(out)], env, tmp_path / "report")
+    assert kind == "killed", "the folder of the archive was never synced after its rename"
+    assert [p.name for p in out.parent.iterdir()] == ["agent.tar.gz"], call
+    with tarfile.open(out) as tar:
+        assert any(n.endswith("/workspace/MEMORY.md") for n in tar.getnames())
 
 
 def test_the_next_command_removes_a_killed_exports_folder_reached_through_a_symlink(

@@ -31,6 +31,7 @@ from typing import Any
 from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
+from phoenix_backup.dirs import fsync_dir
 from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.repo.reader import NodeReader
@@ -151,6 +152,7 @@ def archive(
                 raw.flush()
                 os.fsync(raw.fileno())
             os.replace(tmp, output)
+            fsync_dir(output.parent)  # and the rename itself, as an export does
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
