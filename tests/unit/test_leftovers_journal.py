@@ -271,3 +271,44 @@ def test_a_folder_recorded_again_after_close_is_in_a_journal_again(tmp_path: Pat
         assert journal.path.read_text().splitlines()[1:] == [json.dumps(str(folder))]
     finally:
         journal.close()
+
+
+def _stale_drill_copy_removed() -> bool:
+    """In the current folder: a killed drill's scratch folder holding a 0500 folder with a file;
+    whether the clean-up removed it whole."""
+    from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix  # imported by the caller
+
+    me = ProcessTag.current()
+    name = temp_cache_prefix("drill").replace(f"-{me.pid}-", f"-{2**64}-") + "deadbeef"
+    locked = Path(name) / "workspace" / "keep"
+    locked.mkdir(parents=True)
+    (locked / "notes.md").write_text("a plain copy of the snapshot's file")
+    locked.chmod(0o500)
+    return [p.name for p in remove_stale_cache_folders(Path("."))] == [name] and os.listdir(".") == []
+
+
+@pytest.mark.skipif(not boot_id() or not pid_namespace(), reason="no /proc boot id or PID namespace")
+def test_a_killed_drills_copy_of_a_read_only_folder_is_removed(tmp_path: Path) -> None:
+    """A drill restores a snapshot's folders with their modes: killed, its scratch folder can hold
+    a 0500 folder, whose files a plain rmtree cannot remove. The drill's own removal makes them
+    writable first; the next drill's clean-up of a killed one's did not, and left it for good.
+    (Run as an ordinary user: root removes such files all the same.)"""
+    import phoenix_backup.ops.watch  # noqa: F401 - before the child becomes a user who may not read the modules
+
+    if os.geteuid() != 0:
+        os.chdir(tmp_path)
+        assert _stale_drill_copy_removed()
+        return
+    os.chown(tmp_path, 65534, 65534)
+    pid = os.fork()
+    if pid == 0:  # the child, as `nobody`, in the folder (its parents are root's 0700)
+        code = 1
+        try:
+            os.chdir(tmp_path)
+            os.setgid(65534)
+            os.setuid(65534)
+            code = 0 if _stale_drill_copy_removed() else 2
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the killed drill's copy of a 0500 folder stayed"

@@ -17,7 +17,6 @@ The scratch space is removed afterwards, whatever happened. A report goes to
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -37,7 +36,7 @@ from typing import Any, Protocol
 
 from phoenix_backup import jsontext
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import make_dirs, write_private
+from phoenix_backup.dirs import make_dirs, remove_tree, write_private
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix
@@ -406,7 +405,7 @@ def drill(
             if _private(folder):
                 _record_in_repository(repo, snap, nodes, written, result)
         finally:
-            _remove(folder)
+            remove_tree(folder)
     _record_checks(result, snap, envx)
     result.duration = time.monotonic() - clock
     _write_reports(result, reports if reports is not None else drills_dir(envx.home), envx)
@@ -631,21 +630,6 @@ def _check_databases(ctx: DrillContext, nodes: list[tuple[str, Node]], written: 
         for obj, message in report.problems:
             result.error(obj, logical, message)
         result.notices += [f"{logical}: {note}" for note in report.notes]
-
-
-def _remove(folder: Path) -> None:
-    """Remove the scratch folder, also where restored modes (a 0500 folder) would stand in the way."""
-
-    def fix(func: Callable[..., object], path: str, _exc: object) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(path), 0o700)
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, 0o700)
-            func(path)
-
-    shutil.rmtree(folder, onerror=fix)
-    if folder.exists():
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

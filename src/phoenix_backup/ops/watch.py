@@ -40,7 +40,6 @@ import gc
 import json
 import os
 import re
-import shutil
 import socket
 import stat
 import tempfile
@@ -53,7 +52,7 @@ from typing import Any
 import blake3
 
 from phoenix_backup.config import Config
-from phoenix_backup.dirs import data_dir, make_dirs, write_private
+from phoenix_backup.dirs import data_dir, make_dirs, remove_tree, write_private
 from phoenix_backup.errors import (
     ConfigError,
     CorruptObject,
@@ -1560,7 +1559,7 @@ def remove_stale_cache_folders(tmp: Path | None = None) -> list[Path]:
         numbers = int(m.group(3)), int(m.group(6) or 0), int(m.group(4)), int(m.group(5))
         if not ProcessTag(socket.gethostname(), m.group(2), *numbers).gone(reboot_proves=True):
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)  # a drill's copy may hold a restored 0500 folder
         if not path.exists():
             removed.append(path)
     return removed
