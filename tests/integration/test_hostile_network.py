@@ -778,3 +778,91 @@ def test_a_cut_never_reaches_the_next_request_on_the_connection(monkeypatch: pyt
         _, error, _ = bounded(run, 20.0)
     assert error is None, error
     assert set(outcomes) <= {"read", "cut"}, outcomes
+
+
+class _EarlyAnswer(_BodyDrip):
+    """A service that answers a PUT asking `Expect: 100-continue` at once with its final 503
+    (no `100 Continue`, its body never taken), whose XML body then drips (`_BodyDrip`)."""
+
+    def handle_expect_100(self) -> bool:
+        return True  # no interim answer: the final one follows at once
+
+    do_PUT = _BodyDrip.do_GET
+
+
+def test_an_early_answer_to_an_upload_whose_body_drips_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final answer a service gives a large PUT before its body (instead of `100 Continue`:
+    an error, as S3 does for a bad signature) has its body bounded as every response's is: cut
+    once less than 256 KiB came in BODY_STALL_SECONDS (60 s; 0.5 s here), one transient error
+    naming the cause. Before, botocore read such an answer with its own response class, not
+    Phoenix's, and the body was read for as long as the service dripped it (10 s here)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    handler = type("Handler", (_EarlyAnswer,), {"status": 503})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        assert isinstance(inner, S3Backend)
+        put = _mapped(inner, lambda: inner.client.put_object(Bucket="b", Key="p/o", Body=io.BytesIO(b"x" * 10)))
+        _, error, took = bounded(put, 5.0)
+    assert isinstance(error, TransientStorageError), error
+    assert "s3://b/p/" in str(error) and "less than 256 KiB of the response's body in 0.5 s" in str(error), error
+    assert took < 3, f"took {took:.1f} s"
+
+
+class _ChunkDrip(http.server.BaseHTTPRequestHandler):
+    """A listing sent chunked, one byte a chunk, a chunk every 20 ms (each far inside the read
+    timeout and the stall window; 250 chunks at most, the bound of the test)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        with contextlib.suppress(OSError):
+            for byte in (b'<?xml version="1.0" encoding="UTF-8"?>' + b" " * 400)[:250]:
+                self.wfile.write(b"1\r\n" + bytes([byte]) + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.02)
+        self.close_connection = True
+
+
+def test_a_chunked_response_body_that_drips_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing sent in chunks of a byte, each chunk quick but the whole far below 256 KiB in
+    BODY_STALL_SECONDS (60 s; 0.5 s here), is cut there: one transient error naming the cause.
+    Before, each read of a chunk (its size line, its byte) had a window of its own and none was
+    ever cut: the listing was read for as long as the service went on (5 s here)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    with _s3_behind(_ChunkDrip) as backend:
+        inner = backend.unwrap()
+        _, error, took = bounded(lambda: list(inner.list("snapshots/")), 8.0)
+    assert isinstance(error, TransientStorageError), error
+    assert "less than 256 KiB of the response's body in 0.5 s" in str(error), error
+    assert took < 3, f"took {took:.1f} s"
+
+
+def test_a_body_its_reader_takes_slowly_is_not_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held: the stall window counts the time spent waiting on the network inside reads, never
+    the reader's own between them. A body that came whole at once, read a byte every 0.1 s
+    (1.2 s in all, more than two windows of 0.5 s, far less than 256 KiB), is read whole."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    handler = type("Handler", (_Drip,), {"served": [], "size": 12, "step": 12, "pause": 0.0})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        assert isinstance(inner, S3Backend)
+
+        def read_slowly() -> bytes:
+            body = inner.client.get_object(Bucket="b", Key="p/o")["Body"]
+            got = b""
+            while part := body.read(1):
+                got += part
+                time.sleep(0.1)
+            return got
+
+        data, error, _ = bounded(read_slowly, 8.0)
+    assert error is None, error
+    assert data == b"x" * 12
