@@ -866,3 +866,30 @@ def test_a_body_its_reader_takes_slowly_is_not_cut(monkeypatch: pytest.MonkeyPat
         data, error, _ = bounded(read_slowly, 8.0)
     assert error is None, error
     assert data == b"x" * 12
+
+
+@pytest.mark.parametrize("table", ["pool table", "no pool table"])
+def test_a_body_that_drips_is_cut_with_a_urllib3_that_cannot_shut_a_response_down(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a urllib3 whose responses have no `shutdown` (before 2.3; boto3 allows 1.26), a
+    dripping object's body is still cut at the stall limit (60 s; 0.5 s here), and the watcher
+    goes on cutting: a second such read is cut too. Before, the cut closed the response instead,
+    which waits for the read blocked in it: the one watcher thread of the process hung there,
+    and neither read was ever cut (each went on for as long as the service dripped). The same
+    with a botocore without the pool table (`_bound_response_headers`), where Phoenix's own
+    reader is the body's only bound."""
+    import urllib3.response
+
+    if table == "no pool table":
+        monkeypatch.setattr(s3_storage, "_bound_response_headers", _no_table(s3_storage._bound_response_headers))
+
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    for cls in urllib3.response.HTTPResponse.__mro__:
+        if "shutdown" in vars(cls):
+            monkeypatch.delattr(cls, "shutdown")
+    for _ in range(2):
+        _, error, took = _read_dripped(most=200)
+        assert isinstance(error, TransientStorageError), error
+        assert "the read was cut there" in str(error), error
+        assert took < 3, f"took {took:.1f} s"

@@ -379,7 +379,11 @@ class S3Backend(Backend):
         out = io.BytesIO()
         got = 0
         raw = getattr(body, "_raw_stream", None)
-        with _StallGuard(getattr(raw, "shutdown", None) or getattr(raw, "close", None), BODY_STALL_SECONDS) as guard:
+        guard = _StallGuard(_shutdown_of(raw), BODY_STALL_SECONDS)
+        # A response of ours bounds every read of its body itself (`_BoundReader`, the same limit);
+        # only one botocore made without our classes (`_bound_response_headers`) is bounded here.
+        bound = isinstance(getattr(raw, "_fp", None), _BoundResponse)
+        with contextlib.nullcontext(guard) if bound else guard:
             while got < most:
                 try:
                     chunk = body.read(min(BODY_CHUNK, most - got))
@@ -677,6 +681,19 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _shutdown_of(raw: Any) -> Callable[[], None]:
+    """What ends a read blocked in `raw` (a urllib3 response) from the watcher: a shutdown of its
+    connection's socket while the response holds it, never a close (a close waits for the read
+    blocked in it, and would hold up the one watcher thread, every later cut with it)."""
+
+    def stop() -> None:
+        sock = getattr(getattr(raw, "_connection", None), "sock", None)  # None once back in the pool
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    return stop
 
 
 class _StallGuard:
