@@ -893,3 +893,56 @@ def test_a_body_that_drips_is_cut_with_a_urllib3_that_cannot_shut_a_response_dow
         assert isinstance(error, TransientStorageError), error
         assert "the read was cut there" in str(error), error
         assert took < 3, f"took {took:.1f} s"
+
+
+class _SteadyTaker(http.server.BaseHTTPRequestHandler):
+    """A service on a slow but steady link: it takes a PUT's body 16 KiB every 50 ms (320 KiB/s)
+    through a 4 KiB receive buffer, then answers 200."""
+
+    protocol_version = "HTTP/1.1"
+    rbufsize = 0
+    taken: list[int]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def setup(self) -> None:
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        super().setup()
+
+    def do_PUT(self) -> None:
+        left = int(self.headers.get("Content-Length", "0"))
+        with contextlib.suppress(OSError):
+            while left > 0:
+                block = self.rfile.read(min(16384, left))
+                if not block:
+                    break
+                left -= len(block)
+                time.sleep(0.05)
+        self.taken.append(left)
+        self.send_response(200)
+        self.send_header("ETag", '"e"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_an_upload_on_a_slow_steady_link_is_not_cut_by_the_sending_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held since the fix: an upload on a link far above the stall limit's rate (4.3 KiB/s) but
+    below what the socket's sending timeout allows for one send (urllib3 sends with the connect
+    timeout, 3 s, and Python's `sendall` applies it to the whole call; 0.3 s here) is sent whole:
+    the body goes out in blocks small enough for that timeout at the stall limit's rate. Before,
+    it went out 256 KiB a send (the whole 128 KiB body here in one), which needs 85 KiB/s at 3 s
+    (427 KiB/s here at 0.3 s: the 320 KiB/s link failed with a bare timeout, no cause named)."""
+    import urllib3
+
+    taken: list[int] = []
+    handler = type("Handler", (_SteadyTaker,), {"taken": taken})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        assert isinstance(inner, S3Backend)
+        session = inner.client._endpoint.http_session  # type: ignore[attr-defined]
+        session._manager.connection_pool_kw["timeout"] = urllib3.Timeout(connect=0.3, read=60)
+        session._manager.connection_pool_kw["socket_options"] = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)]
+        _, error, _ = bounded(lambda: inner.write("snapshots/" + "a" * 64, b"x" * (128 << 10)), 8.0)
+    assert error is None, error
+    assert taken == [0], taken

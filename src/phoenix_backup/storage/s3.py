@@ -95,6 +95,11 @@ BODY_STALL_SECONDS = 60.0
 # a transient error the retries handle. S3 answers in well under a second; a CopyObject or a
 # CompleteMultipartUpload sends its status line at once and its result later (in the body).
 RESPONSE_SECONDS = 120.0
+# A request's body is handed to the socket SEND_BLOCK at a time: urllib3 sends with the connect
+# timeout (3 s) as the socket's, and Python applies it to a whole `sendall`, so a send of 256 KiB
+# would need 85 KiB/s; 8 KiB needs 2.7 KiB/s, below the body's limit above (4.3 KiB/s), which
+# then decides alone how slow an upload may be.
+SEND_BLOCK = 8 * 1024
 PART_SIZE = 16 * 1024 * 1024
 # Storage classes whose objects cannot be read before a restore (thaw).
 COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
@@ -910,8 +915,8 @@ class _HeadersBound:
             super().send(_CountedReader(data, guard))  # type: ignore[misc]
         elif isinstance(data, bytes | bytearray | memoryview):
             view = memoryview(data).cast("B")
-            for start in range(0, len(view), BODY_CHUNK):
-                part = view[start : start + BODY_CHUNK]
+            for start in range(0, len(view), SEND_BLOCK):
+                part = view[start : start + SEND_BLOCK]
                 super().send(part)  # type: ignore[misc]
                 guard.progress += len(part)
         else:
