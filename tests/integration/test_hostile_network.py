@@ -778,3 +778,171 @@ def test_a_cut_never_reaches_the_next_request_on_the_connection(monkeypatch: pyt
         _, error, _ = bounded(run, 20.0)
     assert error is None, error
     assert set(outcomes) <= {"read", "cut"}, outcomes
+
+
+class _EarlyAnswer(_BodyDrip):
+    """A service that answers a PUT asking `Expect: 100-continue` at once with its final 503
+    (no `100 Continue`, its body never taken), whose XML body then drips (`_BodyDrip`)."""
+
+    def handle_expect_100(self) -> bool:
+        return True  # no interim answer: the final one follows at once
+
+    do_PUT = _BodyDrip.do_GET
+
+
+def test_an_early_answer_to_an_upload_whose_body_drips_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final answer a service gives a large PUT before its body (instead of `100 Continue`:
+    an error, as S3 does for a bad signature) has its body bounded as every response's is: cut
+    once less than 256 KiB came in BODY_STALL_SECONDS (60 s; 0.5 s here), one transient error
+    naming the cause. Before, botocore read such an answer with its own response class, not
+    Phoenix's, and the body was read for as long as the service dripped it (10 s here)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    handler = type("Handler", (_EarlyAnswer,), {"status": 503})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        assert isinstance(inner, S3Backend)
+        put = _mapped(inner, lambda: inner.client.put_object(Bucket="b", Key="p/o", Body=io.BytesIO(b"x" * 10)))
+        _, error, took = bounded(put, 5.0)
+    assert isinstance(error, TransientStorageError), error
+    assert "s3://b/p/" in str(error) and "less than 256 KiB of the response's body in 0.5 s" in str(error), error
+    assert took < 3, f"took {took:.1f} s"
+
+
+class _ChunkDrip(http.server.BaseHTTPRequestHandler):
+    """A listing sent chunked, one byte a chunk, a chunk every 20 ms (each far inside the read
+    timeout and the stall window; 250 chunks at most, the bound of the test)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        with contextlib.suppress(OSError):
+            for byte in (b'<?xml version="1.0" encoding="UTF-8"?>' + b" " * 400)[:250]:
+                self.wfile.write(b"1\r\n" + bytes([byte]) + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.02)
+        self.close_connection = True
+
+
+def test_a_chunked_response_body_that_drips_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing sent in chunks of a byte, each chunk quick but the whole far below 256 KiB in
+    BODY_STALL_SECONDS (60 s; 0.5 s here), is cut there: one transient error naming the cause.
+    Before, each read of a chunk (its size line, its byte) had a window of its own and none was
+    ever cut: the listing was read for as long as the service went on (5 s here)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    with _s3_behind(_ChunkDrip) as backend:
+        inner = backend.unwrap()
+        _, error, took = bounded(lambda: list(inner.list("snapshots/")), 8.0)
+    assert isinstance(error, TransientStorageError), error
+    assert "less than 256 KiB of the response's body in 0.5 s" in str(error), error
+    assert took < 3, f"took {took:.1f} s"
+
+
+def test_a_body_its_reader_takes_slowly_is_not_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held: the stall window counts the time spent waiting on the network inside reads, never
+    the reader's own between them. A body that came whole at once, read a byte every 0.1 s
+    (1.2 s in all, more than two windows of 0.5 s, far less than 256 KiB), is read whole."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    handler = type("Handler", (_Drip,), {"served": [], "size": 12, "step": 12, "pause": 0.0})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        assert isinstance(inner, S3Backend)
+
+        def read_slowly() -> bytes:
+            body = inner.client.get_object(Bucket="b", Key="p/o")["Body"]
+            got = b""
+            while part := body.read(1):
+                got += part
+                time.sleep(0.1)
+            return got
+
+        data, error, _ = bounded(read_slowly, 8.0)
+    assert error is None, error
+    assert data == b"x" * 12
+
+
+@pytest.mark.parametrize("table", ["pool table", "no pool table"])
+def test_a_body_that_drips_is_cut_with_a_urllib3_that_cannot_shut_a_response_down(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a urllib3 whose responses have no `shutdown` (before 2.3; boto3 allows 1.26), a
+    dripping object's body is still cut at the stall limit (60 s; 0.5 s here), and the watcher
+    goes on cutting: a second such read is cut too. Before, the cut closed the response instead,
+    which waits for the read blocked in it: the one watcher thread of the process hung there,
+    and neither read was ever cut (each went on for as long as the service dripped). The same
+    with a botocore without the pool table (`_bound_response_headers`), where Phoenix's own
+    reader is the body's only bound."""
+    import urllib3.response
+
+    if table == "no pool table":
+        monkeypatch.setattr(s3_storage, "_bound_response_headers", _no_table(s3_storage._bound_response_headers))
+
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.5)
+    for cls in urllib3.response.HTTPResponse.__mro__:
+        if "shutdown" in vars(cls):
+            monkeypatch.delattr(cls, "shutdown")
+    for _ in range(2):
+        _, error, took = _read_dripped(most=200)
+        assert isinstance(error, TransientStorageError), error
+        assert "the read was cut there" in str(error), error
+        assert took < 3, f"took {took:.1f} s"
+
+
+class _SteadyTaker(http.server.BaseHTTPRequestHandler):
+    """A service on a slow but steady link: it takes a PUT's body 16 KiB every 50 ms (320 KiB/s)
+    through a 4 KiB receive buffer, then answers 200."""
+
+    protocol_version = "HTTP/1.1"
+    rbufsize = 0
+    taken: list[int]
+
+    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
+        pass
+
+    def setup(self) -> None:
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        super().setup()
+
+    def do_PUT(self) -> None:
+        left = int(self.headers.get("Content-Length", "0"))
+        with contextlib.suppress(OSError):
+            while left > 0:
+                block = self.rfile.read(min(16384, left))
+                if not block:
+                    break
+                left -= len(block)
+                time.sleep(0.05)
+        self.taken.append(left)
+        self.send_response(200)
+        self.send_header("ETag", '"e"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_an_upload_on_a_slow_steady_link_is_not_cut_by_the_sending_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held since the fix: an upload on a link far above the stall limit's rate (4.3 KiB/s) but
+    below what the socket's sending timeout allows for one send (urllib3 sends with the connect
+    timeout, 3 s, and Python's `sendall` applies it to the whole call; 0.3 s here) is sent whole:
+    the body goes out in blocks small enough for that timeout at the stall limit's rate. Before,
+    it went out 256 KiB a send (the whole 128 KiB body here in one), which needs 85 KiB/s at 3 s
+    (427 KiB/s here at 0.3 s: the 320 KiB/s link failed with a bare timeout, no cause named)."""
+    import urllib3
+
+    taken: list[int] = []
+    handler = type("Handler", (_SteadyTaker,), {"taken": taken})
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        assert isinstance(inner, S3Backend)
+        session = inner.client._endpoint.http_session  # type: ignore[attr-defined]
+        session._manager.connection_pool_kw["timeout"] = urllib3.Timeout(connect=0.3, read=60)
+        session._manager.connection_pool_kw["socket_options"] = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)]
+        _, error, _ = bounded(lambda: inner.write("snapshots/" + "a" * 64, b"x" * (128 << 10)), 8.0)
+    assert error is None, error
+    assert taken == [0], taken

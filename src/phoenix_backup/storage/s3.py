@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import io
 import itertools
@@ -94,6 +95,11 @@ BODY_STALL_SECONDS = 60.0
 # a transient error the retries handle. S3 answers in well under a second; a CopyObject or a
 # CompleteMultipartUpload sends its status line at once and its result later (in the body).
 RESPONSE_SECONDS = 120.0
+# A request's body is handed to the socket SEND_BLOCK at a time: urllib3 sends with the connect
+# timeout (3 s) as the socket's, and Python applies it to a whole `sendall`, so a send of 256 KiB
+# would need 85 KiB/s; 8 KiB needs 2.7 KiB/s, below the body's limit above (4.3 KiB/s), which
+# then decides alone how slow an upload may be.
+SEND_BLOCK = 8 * 1024
 PART_SIZE = 16 * 1024 * 1024
 # Storage classes whose objects cannot be read before a restore (thaw).
 COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
@@ -378,7 +384,11 @@ class S3Backend(Backend):
         out = io.BytesIO()
         got = 0
         raw = getattr(body, "_raw_stream", None)
-        with _StallGuard(getattr(raw, "shutdown", None) or getattr(raw, "close", None), BODY_STALL_SECONDS) as guard:
+        guard = _StallGuard(_shutdown_of(raw), BODY_STALL_SECONDS)
+        # A response of ours bounds every read of its body itself (`_BoundReader`, the same limit);
+        # only one botocore made without our classes (`_bound_response_headers`) is bounded here.
+        bound = isinstance(getattr(raw, "_fp", None), _BoundResponse)
+        with contextlib.nullcontext(guard) if bound else guard:
             while got < most:
                 try:
                     chunk = body.read(min(BODY_CHUNK, most - got))
@@ -678,17 +688,33 @@ class S3Backend(Backend):
         self.client.close()
 
 
+def _shutdown_of(raw: Any) -> Callable[[], None]:
+    """What ends a read blocked in `raw` (a urllib3 response) from the watcher: a shutdown of its
+    connection's socket while the response holds it, never a close (a close waits for the read
+    blocked in it, and would hold up the one watcher thread, every later cut with it)."""
+
+    def stop() -> None:
+        sock = getattr(getattr(raw, "_connection", None), "sock", None)  # None once back in the pool
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    return stop
+
+
 class _StallGuard:
     """Calls `stop` (a socket's shutdown, which ends a read or a send blocked in it) from the
-    process's one watcher thread when `progress` has moved by less than `least` in `seconds`;
-    with no progress counted, `seconds` after the start. `cut` says whether it did. Arming and
-    disarming is a lock and a heap push, no thread of its own; leaving the block waits for a stop
-    that is running, and no stop starts after it: a stop never reaches a connection that was
-    handed on to the next request."""
+    process's one watcher thread when `progress` has moved by less than `least` in `seconds`
+    (the first window `first` long, if given); with no progress counted, that long after the
+    start. `cut` says whether it did. Arming and disarming is a lock and a heap push, no thread of
+    its own; leaving the block waits for a stop that is running, and no stop starts after it: a
+    stop never reaches a connection that was handed on to the next request."""
 
-    def __init__(self, stop: Callable[[], object] | None, seconds: float, least: int = 1) -> None:
+    def __init__(
+        self, stop: Callable[[], object] | None, seconds: float, least: int = 1, first: float | None = None
+    ) -> None:
         self._stop = stop
         self._seconds = seconds
+        self._first = seconds if first is None else first  # the first window's length
         self._least = least
         self._seen = 0
         self._armed = False
@@ -721,7 +747,7 @@ class _Watcher:
         self._thread: threading.Thread | None = None
 
     def arm(self, guard: _StallGuard) -> None:
-        deadline = time.monotonic() + guard._seconds
+        deadline = time.monotonic() + guard._first
         with self._cond:
             guard._armed = True
             self._armed += 1
@@ -824,6 +850,7 @@ class _HeadersBound:
     guard waits for its cut, so the cut can reach no other request."""
 
     sock: socket.socket | None
+    response_class: Any
     _phx_guard: _StallGuard | None = None
     _phx_send_guard: _StallGuard | None = None
 
@@ -868,6 +895,11 @@ class _HeadersBound:
             super()._handle_expect_response(message_body)  # type: ignore[misc]
         finally:
             self._phx_disarm()
+        # A final answer instead of `100 Continue`: botocore reads it with its own response class
+        # (the status line given), whose body would not be bounded; it is read with ours.
+        status = getattr(self.response_class, "keywords", {}).get("status_tuple")
+        if status is not None:
+            self.response_class = functools.partial(_BoundResponse, status_tuple=status)
 
     def _send_message_body(self, message_body: Any) -> None:
         self._phx_disarm()  # the 100 Continue is in: the body's sending has its own bound (`send`)
@@ -883,8 +915,8 @@ class _HeadersBound:
             super().send(_CountedReader(data, guard))  # type: ignore[misc]
         elif isinstance(data, bytes | bytearray | memoryview):
             view = memoryview(data).cast("B")
-            for start in range(0, len(view), BODY_CHUNK):
-                part = view[start : start + BODY_CHUNK]
+            for start in range(0, len(view), SEND_BLOCK):
+                part = view[start : start + SEND_BLOCK]
                 super().send(part)  # type: ignore[misc]
                 guard.progress += len(part)
         else:
@@ -924,6 +956,8 @@ class _BoundReader:
     def __init__(self, inner: Any, sock: socket.socket) -> None:
         self._inner = inner
         self._sock = sock
+        self._moved = 0  # bytes read since the window began
+        self._waited = 0.0  # seconds spent inside reads since then (never the caller's own between them)
 
     def _stop(self) -> None:
         with contextlib.suppress(OSError):  # closed already: the read it would end is over
@@ -931,18 +965,31 @@ class _BoundReader:
 
     def _bounded(self, step: Callable[[int], int], size: int | None, once: bool = False) -> None:
         """`step(n)` (a read of at most n bytes, giving how many it got) BODY_CHUNK at a time up to
-        `size` (None: to the end), or `once`; each step counts as progress."""
-        with _StallGuard(self._stop, BODY_STALL_SECONDS) as guard:
+        `size` (None: to the end), or `once`; each step counts as progress. The window is the
+        body's, not the call's: the time spent inside this response's reads since its last
+        BODY_CHUNK bytes came, so a body read in many small reads (a chunked one's size lines and
+        chunks of a byte) is cut as one read in one call is; the caller's own time between reads
+        (a slow consumer) is never counted."""
+        start = time.monotonic()
+        first = max(0.0, BODY_STALL_SECONDS - self._waited)
+        with _StallGuard(self._stop, BODY_STALL_SECONDS, first=first) as guard:
             try:
-                left = size
+                left, got = size, 0
                 while left is None or left > 0:
                     want = BODY_CHUNK if left is None else min(left, BODY_CHUNK)
                     got = step(want)
                     guard.progress += 1
+                    self._moved += got
+                    if self._moved >= BODY_CHUNK:
+                        self._moved, self._waited, start = 0, 0.0, time.monotonic()
                     if left is not None:
                         left -= got
                     if once or got < want:
                         break
+                self._waited += time.monotonic() - start
+                if not guard.cut and self._waited >= BODY_STALL_SECONDS and (got or self._moved):
+                    guard.cut = True  # small reads, each quick, too few bytes in all: this request's own cut
+                    self._stop()
             finally:
                 if guard.cut:
                     _RESPONSE.cut = "body"
