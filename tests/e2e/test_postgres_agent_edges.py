@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Sandbox
+from e2e_support import Sandbox, run_phx_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -424,4 +424,31 @@ def test_a_table_name_that_makes_an_unsafe_path_is_refused_and_the_snapshot_rest
     assert 'table "a/b"."../../c" would be saved as rows/a/b.../../c.csv, a path no snapshot may hold' in res.err
     snap = sandbox.phx("list", "--json", env=env).json()[-1]["id"]
     sandbox.phx("restore", "--backup", snap, "--to", sandbox.root / "out", "--yes", env=env)
+    pg.drop_database(db)
+
+
+def test_a_table_saved_as_a_file_and_another_below_it_as_a_folder_is_refused(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    """p.q is saved as rows/p.q.csv and p."q.csv/r" as rows/p.q.csv/r.csv: the tree of rows/ held
+    the name p.q.csv twice (a file and a folder), and the snapshot could not be read at all: its
+    restore failed, the workspace's files too, and prune refused the repository as damaged."""
+    pg = pg_server
+    db = pg.create_database("fileandfolder")
+    pg.sql(
+        db,
+        f"""CREATE SCHEMA p;
+        CREATE TABLE p.q (id int PRIMARY KEY, agent_id text NOT NULL);
+        CREATE TABLE p."q.csv/r" (id int PRIMARY KEY, agent_id text NOT NULL);
+        INSERT INTO p.q VALUES (1, '{AGENT_A}'); INSERT INTO p."q.csv/r" VALUES (2, '{AGENT_A}');""",
+    )
+    env = _config(sandbox, pg, db)
+    (sandbox.workspace / "MEMORY.md").write_text("kept\n")
+    res = run_phx_here(["backup"], env, code=3)
+    assert "postgres/main: rows/p.q.csv would be both a file and a folder, so nothing of postgres/main" in res.err
+    snap = run_phx_here(["list", "--json"], env).json()[-1]["id"]
+    out = sandbox.root / "out"
+    run_phx_here(["restore", "--backup", snap, "--to", str(out), "--yes"], env)
+    assert (out / "workspace" / "MEMORY.md").read_text() == "kept\n"
+    assert not (out / "postgres").exists()
     pg.drop_database(db)
