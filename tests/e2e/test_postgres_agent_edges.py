@@ -452,3 +452,44 @@ def test_a_table_saved_as_a_file_and_another_below_it_as_a_folder_is_refused(
     assert (out / "workspace" / "MEMORY.md").read_text() == "kept\n"
     assert not (out / "postgres").exists()
     pg.drop_database(db)
+
+
+def test_sequences_of_defaults_and_shared_ones_are_moved_and_a_text_column_one_is_left(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    """Only sequences owned by a column were moved: one a DEFAULT nextval() uses (made apart, shared
+    by two tables, inherited by a child table, counting down) stayed behind the restored rows; a
+    sequence two tables share was moved back by the second (its state read from pg_sequences, which
+    shows none after a setval(..., false)); and a sequence owned by a text column failed the whole
+    restore ("invalid input syntax for type bigint")."""
+    pg = pg_server
+    db = pg.create_database("seqdefaults")
+    schema = """
+        CREATE SEQUENCE shared; CREATE SEQUENCE "o'down" INCREMENT -1 MAXVALUE -1;
+        CREATE TABLE one (id int PRIMARY KEY DEFAULT nextval('shared'), agent_id text NOT NULL);
+        CREATE TABLE two (id bigint PRIMARY KEY DEFAULT nextval('shared'), agent_id text NOT NULL,
+            down int UNIQUE DEFAULT nextval('"o''down"'));
+        CREATE TABLE old_two (PRIMARY KEY (id)) INHERITS (two);
+        CREATE TABLE tags (id int PRIMARY KEY, agent_id text NOT NULL, code text);
+        CREATE SEQUENCE code_seq OWNED BY tags.code;
+        CREATE TABLE far (id serial PRIMARY KEY, agent_id text NOT NULL);
+        ALTER SEQUENCE far_id_seq RESTART WITH 1000;
+        """
+    pg.sql(
+        db,
+        schema
+        + f"""INSERT INTO one VALUES (5, '{AGENT_A}'); INSERT INTO two VALUES (9, '{AGENT_A}', -4);
+        INSERT INTO old_two VALUES (12, '{AGENT_A}', -7); INSERT INTO tags VALUES (1, '{AGENT_A}', 'T-1');
+        INSERT INTO far VALUES (3, '{AGENT_A}');""",
+    )
+    env = _config(sandbox, pg, db)
+    run_phx_here(["backup"], env)
+    pg.sql(db, 'DROP TABLE one, two, tags, far CASCADE; DROP SEQUENCE shared, "o\'down";' + schema)
+    res = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--json"], env)
+    out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
+    assert out["ok"] and not out["warnings"], out
+    new = pg.query(db, f"INSERT INTO two (agent_id) VALUES ('{AGENT_A}') RETURNING id, down")
+    assert new == [(13, -8)]  # before: 1 and -1, the next inserts' duplicate keys
+    # A sequence restarted ahead of the rows (is_called false: pg_sequences shows no last_value) stays.
+    assert pg.query(db, f"INSERT INTO far (agent_id) VALUES ('{AGENT_A}') RETURNING id") == [(1000,)]
+    pg.drop_database(db)
