@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_postgres_agent_merge import _agent_config, _restore
 
 import services
+from phoenix_backup.sources import postgres as pg_source
 from services import AGENT_A, AGENT_B, ROLE_PASSWORD, PgServer
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
@@ -492,4 +493,30 @@ def test_sequences_of_defaults_and_shared_ones_are_moved_and_a_text_column_one_i
     assert new == [(13, -8)]  # before: 1 and -1, the next inserts' duplicate keys
     # A sequence restarted ahead of the rows (is_called false: pg_sequences shows no last_value) stays.
     assert pg.query(db, f"INSERT INTO far (agent_id) VALUES ('{AGENT_A}') RETURNING id") == [(1000,)]
+    pg.drop_database(db)
+
+
+def test_a_whole_database_counts_two_tables_whose_dotted_names_are_the_same_each(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    """The manifest of a whole database keyed its row counts schema.table: "a.b".c and a."b.c" were
+    both a.b.c, so the listing showed one table and the restore's check counted one of the two."""
+    pg = pg_server
+    db = pg.create_database("wholetwins")
+    pg.sql(
+        db,
+        'CREATE SCHEMA "a.b"; CREATE SCHEMA a; CREATE TABLE "a.b".c (id int); CREATE TABLE a."b.c" (id int);'
+        'CREATE TABLE a."q""" (id int); INSERT INTO "a.b".c SELECT generate_series(1, 3);'
+        'INSERT INTO a."b.c" SELECT generate_series(1, 5);',
+    )
+    sandbox.write_config(databases={"postgres": [services.postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    doc = run_phx_here(["backup", "--json"], env).json()
+    info = next(d for d in doc["databases"] if d["path"] == "postgres/main")
+    assert info["tables"] == {'"a.b".c': 3, 'a."b.c"': 5, 'a."q"""': 0}, info["tables"]
+    drill = services.drill(sandbox, env, doc["id"], "postgres/main", "unused")
+    assert drill.ok and drill.found == info["tables"], drill
+    # A manifest written before (keys a.b.c, a.q") is checked against the counts keyed as it keys them.
+    old = pg_source.counts_as_recorded(drill.found, {"a.b.c": 5, 'a.q"': 0})
+    assert old.keys() == {"a.b.c", 'a.q"'} and old['a.q"'] == 0 and old["a.b.c"] in (3, 5), old  # one, as before
     pg.drop_database(db)
