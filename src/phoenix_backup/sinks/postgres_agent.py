@@ -365,8 +365,8 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
             # pg_sequences.last_value: NULL before the first nextval (or without USAGE or SELECT).
             "SELECT a.attname, s.oid::regclass::text, n.nspname, s.relname, p.increment_by, "
             "COALESCE(p.last_value::numeric + p.increment_by, p.start_value), "
-            # Read (pg_sequences shows last_value only then) and set.
-            "has_sequence_privilege(s.oid, 'USAGE, SELECT') AND has_sequence_privilege(s.oid, 'UPDATE') "
+            # Read (its last_value and is_called, below) and set.
+            "has_sequence_privilege(s.oid, 'SELECT') AND has_sequence_privilege(s.oid, 'UPDATE') "
             "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
             "JOIN pg_class s ON s.relkind = 'S' JOIN pg_namespace n ON n.oid = s.relnamespace "
             "JOIN pg_sequences p ON p.schemaname = n.nspname AND p.sequencename = s.relname "
