@@ -363,7 +363,7 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
     for key, s in saved.items():
         owned = con.execute(
             # pg_sequences.last_value: NULL before the first nextval (or without USAGE or SELECT).
-            "SELECT a.attname, s.oid::regclass::text, n.nspname, s.relname, p.increment_by, "
+            "SELECT a.attname, s.oid::regclass::text, n.nspname, s.relname, p.increment_by, p.min_value, p.max_value, "
             "COALESCE(p.last_value::numeric + p.increment_by, p.start_value), "
             # Read (its last_value and is_called, below) and set.
             "has_sequence_privilege(s.oid, 'SELECT') AND has_sequence_privilege(s.oid, 'UPDATE') "
@@ -383,7 +383,7 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
             "AND pg_get_expr(ad.adbin, ad.adrelid) = format('nextval(%%L::regclass)', s.oid::regclass::text)))",
             (s.live.as_string(con),),
         ).fetchall()
-        for column, seq, seq_schema, seq_name, increment, following, allowed in owned:
+        for column, seq, seq_schema, seq_name, increment, low, high, following, allowed in owned:
             if column not in s.table.columns:
                 continue
             edge = sql.SQL("max" if increment > 0 else "min")
@@ -392,6 +392,13 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
             ).fetchone()
             value = None if row is None else row[0]
             if value is None or (value < following if increment > 0 else value > following):
+                continue
+            if not low <= value + increment <= high:
+                result.warnings.append(
+                    f"sequence {seq} of {key}.{column} cannot go past the restored rows (up to {value}): it ends at "
+                    f"{high if increment > 0 else low}; the next insert may fail (or, CYCLE, take a restored key); "
+                    f"widen it with ALTER SEQUENCE {seq} {'MAXVALUE' if increment > 0 else 'MINVALUE'} ..."
+                )
                 continue
             if allowed:
                 # Checked again in the statement that sets it, so never moved back; is_called false
