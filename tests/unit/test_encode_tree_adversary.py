@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phoenix_backup.repo.tree import TREE_VERSION, Extent, Extents, Node, encode_tree
+from phoenix_backup.repo.tree import TREE_VERSION, Extent, Extents, Node, TreePaths, encode_tree
 
 _any_text = st.text(max_size=10)  # lone surrogates, controls, quotes, backslashes, non-ASCII
 _u64 = st.integers(0, 2**64 - 1)
@@ -68,3 +68,23 @@ def _old_encode_tree(nodes: list[Node]) -> bytes:
 @given(st.lists(_node(), max_size=5))
 def test_encode_tree_is_the_old_encoders_bytes(nodes: list[Node]) -> None:
     assert encode_tree(nodes) == _old_encode_tree(nodes)
+
+
+def test_the_paths_a_source_adds_are_refused_where_a_restore_would_refuse_the_tree() -> None:
+    """Names a database source makes from what its server holds (a table "a/.."), each refused
+    before it is saved: a snapshot holding one was refused whole by every restore."""
+    paths = TreePaths()
+    assert paths.problem("rows/p.q.csv") is None
+    for bad, why in (
+        ("rows/../x.csv", "holds the name '..'"),
+        ("rows/./x.csv", "holds the name '.'"),
+        ("rows//x.csv", "holds the name ''"),
+        ("rows/a\0b.csv", "holds the name 'a\\x00b.csv'"),
+        ("rows/" + "x" * 256, "longer than 255 bytes"),
+        ("rows/\ud800.csv", "not text a file system takes"),
+        ("rows/p.q.csv/r.csv", "rows/p.q.csv would be both a file and a folder"),
+        ("rows", "rows would be both a file and a folder"),
+        ("rows/p.q.csv", "rows/p.q.csv would be saved twice"),
+    ):
+        assert why in (paths.problem(bad) or ""), bad
+    assert paths.problem("rows/p.q.csv.d/r.csv") is None

@@ -19,11 +19,11 @@ from typing import Any
 
 from phoenix_backup.config import Config
 from phoenix_backup.config.model import PostgresDb, RedisDb
-from phoenix_backup.errors import ConfigError
+from phoenix_backup.errors import ConfigError, SourceError
 from phoenix_backup.repo.chunker import stream_chunks
 from phoenix_backup.repo.crypto import Sha256
 from phoenix_backup.repo.snapshot import DatabaseInfo
-from phoenix_backup.repo.tree import ExtentsBuilder, Node
+from phoenix_backup.repo.tree import ExtentsBuilder, Node, TreePaths
 from phoenix_backup.shell import StopScope
 from phoenix_backup.sources.streams import Stream
 
@@ -99,7 +99,15 @@ def _save_all(
 ) -> dict[str, Node]:
     when_ns = time.time_ns()
     nodes: dict[str, Node] = {}
+    paths = TreePaths()
     for stream in streams:
+        problem = paths.problem(stream.name)
+        if problem is not None:
+            # Saved, it would make the whole snapshot unrestorable, the files too.
+            stream.reader.close()
+            raise SourceError(
+                f"{logical}: {problem}, so nothing of {logical} was saved; rename the table (or schema) it comes from"
+            )
         nodes[f"{logical}/{stream.name}"] = save_stream(stream, seed, save, when_ns)
     return nodes
 

@@ -225,6 +225,39 @@ def check_name(name: str) -> str:
     return name
 
 
+class TreePaths:
+    """The paths of the files one source adds to a snapshot, checked as they come, so that no
+    snapshot is written that a restore would refuse whole: a part `..`, `.` or empty, or holding
+    NUL or longer than a name may be (a restore refuses every tree holding one), or a name that
+    would be a file and a folder at once (a tree holding one name twice cannot be read)."""
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+
+    def problem(self, path: str) -> str | None:
+        """Why the file `path` (parts joined by `/`) may not be added; None (and recorded) if it may."""
+        parts = path.split("/")
+        for part in parts:
+            if part in ("", ".", "..") or "\0" in part:
+                return f"{path!r} holds the name {part!r}, which no snapshot may hold"
+            try:
+                too_long = len(os.fsencode(part)) > NAME_MAX
+            except UnicodeEncodeError:
+                return f"{path!r} holds a name that is not text a file system takes"
+            if too_long:
+                return f"{path!r} holds a name longer than {NAME_MAX} bytes, which no file system takes"
+        above = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        clash = path if path in self.folders else next((p for p in above if p in self.files), None)
+        if clash is not None:
+            return f"{clash} would be both a file and a folder"
+        if path in self.files:
+            return f"{path} would be saved twice"
+        self.files.add(path)
+        self.folders.update(above)
+        return None
+
+
 @dataclass
 class Node:
     name: str

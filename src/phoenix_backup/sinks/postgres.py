@@ -223,7 +223,7 @@ def _restore_dump(
         _feed(args, conn.tool_env(), stream_blocks(repo, f"{path}/{pg.DUMP}", dump), what=f"pg_restore of {path}")
         with conn.connect() as con:
             outcome.warnings += _analyze(con, None)
-            outcome.found = pg.table_counts(con)
+            outcome.found = pg.counts_as_recorded(pg.table_counts(con), outcome.expected)
     except (PhoenixError, psycopg.Error) as exc:
         outcome.fail(exc, pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc))
         if outcome.stats.get("databaseCreated"):
@@ -454,7 +454,7 @@ def absence(conn: pg.PgConn) -> str | None:
 def live_rows(conn: pg.PgConn, manifest: dict[str, Any]) -> dict[str, int]:
     with conn.connect() as con:
         if manifest.get("kind") != "agent-rows":
-            return pg.table_counts(con)
+            return pg.counts_as_recorded(pg.table_counts(con), manifest.get("tables", {}))
         agent = str(manifest["agentId"])
         out: dict[str, int] = {}
         with con.transaction():  # the agent is set for this transaction only

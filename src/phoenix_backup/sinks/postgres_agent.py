@@ -363,18 +363,27 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
     for key, s in saved.items():
         owned = con.execute(
             # pg_sequences.last_value: NULL before the first nextval (or without USAGE or SELECT).
-            "SELECT a.attname, d.objid::regclass::text, p.increment_by, "
+            "SELECT a.attname, s.oid::regclass::text, n.nspname, s.relname, p.increment_by, p.min_value, p.max_value, "
             "COALESCE(p.last_value::numeric + p.increment_by, p.start_value), "
-            # Read (pg_sequences shows last_value only then) and set.
-            "has_sequence_privilege(d.objid, 'USAGE, SELECT') AND has_sequence_privilege(d.objid, 'UPDATE') "
-            "FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-            "JOIN pg_class c ON c.oid = d.objid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_sequences p ON p.schemaname = n.nspname AND p.sequencename = c.relname "
-            "WHERE d.refobjid = %s::regclass AND d.classid = 'pg_class'::regclass "
-            "AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')",
+            # Read (its last_value and is_called, below) and set.
+            "has_sequence_privilege(s.oid, 'SELECT') AND has_sequence_privilege(s.oid, 'UPDATE') "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "JOIN pg_class s ON s.relkind = 'S' JOIN pg_namespace n ON n.oid = s.relnamespace "
+            "JOIN pg_sequences p ON p.schemaname = n.nspname AND p.sequencename = s.relname "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+            # Integer columns only: a sequence may be owned by a text column, whose max() is no number.
+            "AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END) "
+            "IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) AND ("
+            # Owned by the column (serial, identity, OWNED BY) ...
+            "EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid "
+            "AND d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum "
+            "AND d.deptype IN ('a', 'i')) "
+            # ... or the column's default is its nextval (a sequence of its own, one shared, an inherited default).
+            "OR EXISTS (SELECT FROM pg_attrdef ad WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum "
+            "AND pg_get_expr(ad.adbin, ad.adrelid) = format('nextval(%%L::regclass)', s.oid::regclass::text)))",
             (s.live.as_string(con),),
         ).fetchall()
-        for column, seq, increment, following, allowed in owned:
+        for column, seq, seq_schema, seq_name, increment, low, high, following, allowed in owned:
             if column not in s.table.columns:
                 continue
             edge = sql.SQL("max" if increment > 0 else "min")
@@ -384,22 +393,34 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
             value = None if row is None else row[0]
             if value is None or (value < following if increment > 0 else value > following):
                 continue
+            if not low <= value + increment <= high:
+                result.warnings.append(
+                    f"sequence {seq} of {key}.{column} cannot go past the restored rows (up to {value}): it ends at "
+                    f"{high if increment > 0 else low}; the next insert may fail (or, CYCLE, take a restored key); "
+                    f"widen it with ALTER SEQUENCE {seq} {'MAXVALUE' if increment > 0 else 'MINVALUE'} ..."
+                )
+                continue
             if allowed:
                 # Checked again in the statement that sets it, so never moved back; is_called false
                 # (the next nextval gives value + increment) leaves no currval on the session.
                 con.execute(
-                    "SELECT setval(%(seq)s::regclass, (%(v)s::numeric + p.increment_by)::bigint, false) "
-                    "FROM pg_sequences p WHERE format('%%I.%%I', p.schemaname, p.sequencename)::regclass "
-                    "= %(seq)s::regclass AND %(v)s::numeric + p.increment_by BETWEEN p.min_value AND p.max_value "
-                    "AND sign(p.increment_by) * (%(v)s::numeric + p.increment_by "
-                    "- COALESCE(p.last_value::numeric + p.increment_by, p.start_value)) > 0",
-                    {"seq": seq, "v": value},
+                    # Its state read from the sequence itself: pg_sequences shows no last_value after a
+                    # setval(..., false) or ALTER SEQUENCE RESTART, and a sequence two tables share (or a
+                    # child table inherits) was moved back by the second table, a restarted one below it.
+                    sql.SQL(
+                        "SELECT setval(%(seq)s::regclass, (%(v)s::numeric + p.increment_by)::bigint, false) "
+                        "FROM {} q, pg_sequences p WHERE p.schemaname = %(schema)s AND p.sequencename = %(name)s "
+                        "AND %(v)s::numeric + p.increment_by BETWEEN p.min_value AND p.max_value "
+                        "AND sign(p.increment_by) * (%(v)s::numeric + p.increment_by - q.last_value "
+                        "- CASE WHEN q.is_called THEN p.increment_by ELSE 0 END) > 0"
+                    ).format(sql.Identifier(seq_schema, seq_name)),
+                    {"seq": seq, "v": value, "schema": seq_schema, "name": seq_name},
                 )
                 continue
             result.warnings.append(
                 f"sequence {seq} of {key}.{column} may be behind the restored rows (up to {value}) and role "
                 f"{_role(con)} may not set it: the next insert may fail on a duplicate key; as a role that may, "
-                f"run SELECT setval('{seq}', {value})"
+                f"run SELECT setval({sql.Literal(seq).as_string(con)}, {value})"
             )
 
 

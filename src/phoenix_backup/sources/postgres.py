@@ -356,13 +356,63 @@ def database_settings(con: psycopg.Connection[Any]) -> dict[str, str]:
     return out
 
 
+def table_key(schema: str, table: str) -> str:
+    """A table's key in a manifest's row counts: `schema.table`, a part holding `.` or `"` quoted
+    as SQL quotes it (`"a.b".c`, `a."b.c"`), so two tables never share one key (both were `a.b.c`,
+    and the count of one was never checked)."""
+
+    def part(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"' if "." in name or '"' in name else name
+
+    return f"{part(schema)}.{part(table)}"
+
+
+def legacy_key(key: str) -> str:
+    """The key a manifest written before `table_key` quoted gave the table `key` names: `a.b.c`."""
+    parts: list[str] = []
+    i = 0
+    while i <= len(key):
+        if key.startswith('"', i):
+            j = i + 1
+            text = ""
+            while j < len(key):
+                if key[j] == '"':
+                    if key.startswith('""', j):
+                        text += '"'
+                        j += 2
+                        continue
+                    break
+                text += key[j]
+                j += 1
+            parts.append(text)
+            i = j + 2  # past the closing quote and the dot
+        else:
+            end = key.find(".", i)
+            end = len(key) if end < 0 or len(parts) else end
+            parts.append(key[i:end])
+            i = end + 1
+    return ".".join(parts)
+
+
+def counts_as_recorded(found: dict[str, int], recorded: Mapping[str, int]) -> dict[str, int]:
+    """`found` keyed as the manifest `recorded` keys its tables: an old one's keys (`a.b.c`) stand
+    for a table whose new key is quoted."""
+    if all(k in found for k in recorded):
+        return found
+    out: dict[str, int] = {}
+    for key, n in found.items():
+        old = legacy_key(key)
+        out[old if key not in recorded and old in recorded else key] = n
+    return out
+
+
 def count_rows(con: psycopg.Connection[Any], tables: list[tuple[str, str]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for schema, table in tables:
         row = con.execute(
             sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         ).fetchone()
-        out[f"{schema}.{table}"] = int(row[0]) if row else 0
+        out[table_key(schema, table)] = int(row[0]) if row else 0
     return out
 
 
