@@ -142,9 +142,9 @@ def test_verify_reads_many_tiny_packs_in_time_linear_in_their_number(forger: For
         path.write_bytes(raw)
         packs[pack_id] = entries
     repo.write_index(packs, [])
-    started = time.monotonic()
+    started = time.process_time()  # CPU time, every thread's: a loaded machine stretches wall time only
     result = verify_repository(Repository.open(repo.backend, keys.Credentials()), read_data=True)
-    assert time.monotonic() - started < 3  # 10 s before, growing with the square of the count
+    assert time.process_time() - started < 3  # 10 s before, growing with the square of the count
     assert result.ok and result.checked["packs"] == 2500
 
 
