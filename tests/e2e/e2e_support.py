@@ -166,6 +166,13 @@ HOME_CONFIG_FILES = ("home/.argentos/argent.json", "home/.argentos/backup.json")
 RACY_WAIT = 1.1
 
 
+# Whether the sandboxes' helpers (`backup`, `restore_to`, `verify`, `snapshots`) run `phx` in this
+# process (`run_phx_here`) rather than as a subprocess: set for the tests of a file marked
+# `pytestmark = pytest.mark.phx_in_process` (tests/e2e/conftest.py). A helper called with
+# `check=None`/`False`, or for a sandbox with a wrapper (`prefix`), still starts a process.
+HELPERS_IN_PROCESS = False
+
+
 class Sandbox:
     """One test's world. Layout below `root`:
 
@@ -274,23 +281,30 @@ class Sandbox:
                 env[k] = v
         return env
 
+    def _helper(self, *args: str | Path, check: bool | int | None) -> Result:
+        """A helper's command: in this process for a file marked `phx_in_process` (HELPERS_IN_PROCESS)
+        when the exit code is known and no wrapper is set, else a real `phx` process."""
+        if HELPERS_IN_PROCESS and not self.prefix and check is not None and check is not False:
+            return self.phx_here(*args, code=0 if check is True else check)
+        return self.phx(*args, check=check)
+
     def backup(self, *args: str, check: bool | int | None = True) -> dict[str, Any]:
-        res = self.phx("backup", "--json", *args, check=check)
+        res = self._helper("backup", "--json", *args, check=check)
         doc: dict[str, Any] = res.json()
         return doc
 
     def restore_to(self, ref: str, dest: Path, *args: str, check: bool | int | None = True) -> dict[str, Any]:
-        res = self.phx("restore", "--backup", ref, "--to", dest, "--json", *args, check=check)
+        res = self._helper("restore", "--backup", ref, "--to", dest, "--json", *args, check=check)
         doc: dict[str, Any] = res.json()
         return doc
 
     def verify(self, *args: str, check: bool | int | None = True) -> dict[str, Any]:
-        res = self.phx("verify", "--json", *args, check=check)
+        res = self._helper("verify", "--json", *args, check=check)
         doc: dict[str, Any] = res.json()
         return doc
 
     def snapshots(self) -> list[dict[str, Any]]:
-        doc: list[dict[str, Any]] = self.phx("list", "--json").json()
+        doc: list[dict[str, Any]] = self._helper("list", "--json", check=True).json()
         return doc
 
     # -- the state a restore must reproduce -------------------------------------------
