@@ -30,6 +30,16 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`new_sandbox` copies the tiny samples it generated once in this session (e2e_support.SAMPLE_CACHE)."""
+    e2e_support.SAMPLE_CACHE = tmp_path_factory.mktemp("samples")
+    try:
+        yield
+    finally:
+        e2e_support.SAMPLE_CACHE = None
+
+
 @pytest.fixture(autouse=True)
 def _helpers_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
     """`e2e_support.HELPERS_IN_PROCESS` for the test: set for a test (file) marked `phx_in_process`."""

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.sample import SampleLayout, generate_workspace
+from phoenix_backup.sample import SampleLayout, generate_workspace, layout_for
 from phoenix_backup.shell import proc_stat
 
 # The `phx` of the interpreter running the tests (the project's venv), else the one on PATH.
@@ -734,7 +734,28 @@ class Receiver:
         self.server.server_close()
 
 
+# Where `new_sandbox` keeps the tiny samples it generated, one per seed, to copy for the next
+# sandbox (tests/e2e/conftest.py sets it to a folder of the session): a sample is the same bytes
+# wherever it is generated, and a copy costs a twentieth of generating it again.
+SAMPLE_CACHE: Path | None = None
+
+
+def generated_sample(dest: Path, size: str | int, seed: int) -> SampleLayout:
+    """`generate_workspace(dest, size, seed)`; a tiny one at a new `dest` copied from SAMPLE_CACHE
+    (the copy's files and folders are new, as a generated sample's: modified now)."""
+    if SAMPLE_CACHE is None or size != "tiny" or dest.exists():
+        return generate_workspace(dest, size=size, seed=seed)
+    template = SAMPLE_CACHE / f"tiny-{seed}"
+    if not template.exists():
+        generate_workspace(template.with_name(template.name + ".new"), size=size, seed=seed)
+        template.with_name(template.name + ".new").rename(template)
+    shutil.copytree(template, dest, symlinks=True, copy_function=shutil.copy)
+    for folder, _dirs, _files in os.walk(dest):
+        os.utime(folder)
+    return layout_for(dest)
+
+
 def new_sandbox(root: Path, size: str | int = "tiny", seed: int = 7, encryption: bool = True) -> Sandbox:
     """A sandbox at `root` with a generated sample (the `sandbox` fixtures' maker, for a fixture of
     wider scope)."""
-    return Sandbox(root, generate_workspace(root / "sample", size=size, seed=seed), encryption)
+    return Sandbox(root, generated_sample(root / "sample", size, seed), encryption)
