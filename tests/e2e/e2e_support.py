@@ -169,7 +169,7 @@ RACY_WAIT = 1.1
 # Whether the sandboxes' helpers (`backup`, `restore_to`, `verify`, `snapshots`) run `phx` in this
 # process (`run_phx_here`) rather than as a subprocess: set for the tests of a file marked
 # `pytestmark = pytest.mark.phx_in_process` (tests/e2e/conftest.py). A helper called with
-# `check=None`/`False`, or for a sandbox with a wrapper (`prefix`), still starts a process.
+# `check=None`/`False`/`2`, or for a sandbox with a wrapper (`prefix`), still starts a process.
 HELPERS_IN_PROCESS = False
 
 
@@ -283,8 +283,9 @@ class Sandbox:
 
     def _helper(self, *args: str | Path, check: bool | int | None) -> Result:
         """A helper's command: in this process for a file marked `phx_in_process` (HELPERS_IN_PROCESS)
-        when the exit code is known and no wrapper is set, else a real `phx` process."""
-        if HELPERS_IN_PROCESS and not self.prefix and check is not None and check is not False:
+        when the exit code is known and no wrapper is set, else a real `phx` process (also for exit
+        2: a usage error is said by the entry point, `cli.main.main`, which click's runner skips)."""
+        if HELPERS_IN_PROCESS and not self.prefix and check is not None and check is not False and check != 2:
             return self.phx_here(*args, code=0 if check is True else check)
         return self.phx(*args, check=check)
 

@@ -77,7 +77,7 @@ def test_tags_and_time_are_recorded_exactly(make_sandbox: Callable[..., Sandbox]
     snap = sb.snapshots()[0]
     assert snap["id"] == doc["id"] and snap["tags"] == ["nightly", "pre-upgrade"]
     assert snap["time"] == "2026-03-15T14:30:00+01:00" and snap["name"] == "2026-03-15-14-30"
-    assert_error(sb.phx_here("backup", "--time", "2026-03-15 14:30", code=2), 2, "offset")
+    assert_error(sb.phx("backup", "--time", "2026-03-15 14:30", check=2), 2, "offset")
 
 
 def test_state_file_records_success_and_failure(make_sandbox: Callable[..., Sandbox]) -> None:

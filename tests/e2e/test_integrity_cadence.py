@@ -207,7 +207,7 @@ def test_every_backup_checks_with_a_zero_interval(cadenced: Sandbox) -> None:
 def test_a_bad_interval_is_a_config_error(cadenced: Sandbox) -> None:
     sb = cadenced
     sb.write_config(databases={"sqlite": [], "integrityCheckEvery": "every day"})
-    res = sb.phx_here("backup", code=2)
+    res = sb.phx("backup", check=2)
     assert "databases.integrityCheckEvery must be a duration" in res.err
     assert "Traceback" not in res.err
 

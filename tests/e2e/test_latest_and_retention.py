@@ -67,7 +67,7 @@ def test_latest_is_the_newest_complete_full_snapshot_for_every_command(backed_up
     assert snapshot_of(sb, "ls", "latest", "--scope", "identity") == identity["id"]
     assert snapshot_of(sb, "ls", "latest", "--scope", "pre-restore") == safety
     assert snapshot_of(sb, "ls", "latest", "--tag", "nightly") == tagged["id"]
-    res = sb.phx_here("ls", "latest", "--host", "another-machine", code=2)
+    res = sb.phx("ls", "latest", "--host", "another-machine", check=2)
     assert_error(res, 2, "another-machine", "--backup")
     assert full["id"] != want
 
