@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import e2e_support
 import pytest
 from e2e_support import Receiver, Sandbox, new_sandbox, tmpfs_at
 
@@ -20,6 +21,33 @@ from phoenix_backup.sample import layout_for
 # The S3 API server (moto), one per session, shared with the integration tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import moto  # noqa: F401
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "phx_in_process: the sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process",
+    )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`new_sandbox` copies the tiny samples it generated once in this session (e2e_support.SAMPLE_CACHE)."""
+    e2e_support.SAMPLE_CACHE = tmp_path_factory.mktemp("samples")
+    try:
+        yield
+    finally:
+        e2e_support.SAMPLE_CACHE = None
+
+
+@pytest.fixture(autouse=True)
+def _helpers_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """`e2e_support.HELPERS_IN_PROCESS` for the test: set for a test (file) marked `phx_in_process`."""
+    e2e_support.HELPERS_IN_PROCESS = request.node.get_closest_marker("phx_in_process") is not None
+    try:
+        yield
+    finally:
+        e2e_support.HELPERS_IN_PROCESS = False
 
 
 @pytest.fixture

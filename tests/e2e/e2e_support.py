@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.sample import SampleLayout, generate_workspace
+from phoenix_backup.sample import SampleLayout, generate_workspace, layout_for
 from phoenix_backup.shell import proc_stat
 
 # The `phx` of the interpreter running the tests (the project's venv), else the one on PATH.
@@ -166,6 +166,13 @@ HOME_CONFIG_FILES = ("home/.argentos/argent.json", "home/.argentos/backup.json")
 RACY_WAIT = 1.1
 
 
+# Whether the sandboxes' helpers (`backup`, `restore_to`, `verify`, `snapshots`) run `phx` in this
+# process (`run_phx_here`) rather than as a subprocess: set for the tests of a file marked
+# `pytestmark = pytest.mark.phx_in_process` (tests/e2e/conftest.py). A helper called with
+# `check=None`/`False`/`2`, or for a sandbox with a wrapper (`prefix`), still starts a process.
+HELPERS_IN_PROCESS = False
+
+
 class Sandbox:
     """One test's world. Layout below `root`:
 
@@ -274,23 +281,31 @@ class Sandbox:
                 env[k] = v
         return env
 
+    def _helper(self, *args: str | Path, check: bool | int | None) -> Result:
+        """A helper's command: in this process for a file marked `phx_in_process` (HELPERS_IN_PROCESS)
+        when the exit code is known and no wrapper is set, else a real `phx` process (also for exit
+        2: a usage error is said by the entry point, `cli.main.main`, which click's runner skips)."""
+        if HELPERS_IN_PROCESS and not self.prefix and check is not None and check is not False and check != 2:
+            return self.phx_here(*args, code=0 if check is True else check)
+        return self.phx(*args, check=check)
+
     def backup(self, *args: str, check: bool | int | None = True) -> dict[str, Any]:
-        res = self.phx("backup", "--json", *args, check=check)
+        res = self._helper("backup", "--json", *args, check=check)
         doc: dict[str, Any] = res.json()
         return doc
 
     def restore_to(self, ref: str, dest: Path, *args: str, check: bool | int | None = True) -> dict[str, Any]:
-        res = self.phx("restore", "--backup", ref, "--to", dest, "--json", *args, check=check)
+        res = self._helper("restore", "--backup", ref, "--to", dest, "--json", *args, check=check)
         doc: dict[str, Any] = res.json()
         return doc
 
     def verify(self, *args: str, check: bool | int | None = True) -> dict[str, Any]:
-        res = self.phx("verify", "--json", *args, check=check)
+        res = self._helper("verify", "--json", *args, check=check)
         doc: dict[str, Any] = res.json()
         return doc
 
     def snapshots(self) -> list[dict[str, Any]]:
-        doc: list[dict[str, Any]] = self.phx("list", "--json").json()
+        doc: list[dict[str, Any]] = self._helper("list", "--json", check=True).json()
         return doc
 
     # -- the state a restore must reproduce -------------------------------------------
@@ -720,7 +735,28 @@ class Receiver:
         self.server.server_close()
 
 
+# Where `new_sandbox` keeps the tiny samples it generated, one per seed, to copy for the next
+# sandbox (tests/e2e/conftest.py sets it to a folder of the session): a sample is the same bytes
+# wherever it is generated, and a copy costs a twentieth of generating it again.
+SAMPLE_CACHE: Path | None = None
+
+
+def generated_sample(dest: Path, size: str | int, seed: int) -> SampleLayout:
+    """`generate_workspace(dest, size, seed)`; a tiny one at a new `dest` copied from SAMPLE_CACHE
+    (the copy's files and folders are new, as a generated sample's: modified now)."""
+    if SAMPLE_CACHE is None or size != "tiny" or dest.exists():
+        return generate_workspace(dest, size=size, seed=seed)
+    template = SAMPLE_CACHE / f"tiny-{seed}"
+    if not template.exists():
+        generate_workspace(template.with_name(template.name + ".new"), size=size, seed=seed)
+        template.with_name(template.name + ".new").rename(template)
+    shutil.copytree(template, dest, symlinks=True, copy_function=shutil.copy)
+    for folder, _dirs, _files in os.walk(dest):
+        os.utime(folder)
+    return layout_for(dest)
+
+
 def new_sandbox(root: Path, size: str | int = "tiny", seed: int = 7, encryption: bool = True) -> Sandbox:
     """A sandbox at `root` with a generated sample (the `sandbox` fixtures' maker, for a fixture of
     wider scope)."""
-    return Sandbox(root, generate_workspace(root / "sample", size=size, seed=seed), encryption)
+    return Sandbox(root, generated_sample(root / "sample", size, seed), encryption)

@@ -29,6 +29,10 @@ from phoenix_backup.errors import AppendOnlyRefused, ObjectExists
 from phoenix_backup.ops.context import Environment, target_backend
 from phoenix_backup.storage.git import clone_dir
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 PREFIX = "argent/"
 
 
@@ -60,7 +64,7 @@ def test_an_append_only_local_target_keeps_every_object(sandbox: Sandbox) -> Non
     assert_error(res, 2, "append-only", "`phx prune`", "another machine")
     res = sb.phx("forget", first["id"], check=False)
     assert_error(res, 2, "append-only")
-    sb.phx("forget", "--dry-run")  # a dry run deletes nothing: allowed
+    sb.phx_here("forget", "--dry-run")  # a dry run deletes nothing: allowed
     assert _names(sb) == before
 
     # Through the library, as a careless caller would: no delete, no overwrite, same bytes again ok.
@@ -92,7 +96,7 @@ def test_no_command_deletes_or_replaces_on_an_append_only_target(sandbox: Sandbo
     first = sb.backup()
     sb.backup()
     before = _names(sb)
-    slot = json.loads(sb.phx("key", "list", "--json").out)[0]["id"]
+    slot = json.loads(sb.phx_here("key", "list", "--json").out)[0]["id"]
     deleting = [
         ("key", "remove", slot),
         ("key", "passwd"),
@@ -117,10 +121,10 @@ def test_no_command_deletes_or_replaces_on_an_append_only_target(sandbox: Sandbo
         assert_error(sb.phx("--config", other_path, *args, check=False), 2, "append-only", "append-only.json")
     # What only adds, or only touches locks.
     sb.phx("key", "add", "--method", "passphrase", env=env)
-    sb.phx("unlock", "--all", "--config", other_path)
+    sb.phx_here("unlock", "--all", "--config", other_path)
     # `init --force` writes a new config (the ArgentOS defaults, without appendOnly) and leaves the
     # repository as it is; the storage stays append-only for this machine.
-    sb.phx("init", "--force", "--workspace", sb.workspace, "--repo", sb.repo)
+    sb.phx_here("init", "--force", "--workspace", sb.workspace, "--repo", sb.repo)
     assert "appendOnly" not in sb.config_path.read_text()
     assert_error(sb.phx("forget", first["id"], check=False), 2, "append-only")
     after = _names(sb)
@@ -151,7 +155,7 @@ def test_a_damaged_append_only_record_keeps_every_target_append_only(
     other_path.write_text(json.dumps(dict(sb.config, targets={"local": {"enabled": True}})))
     for args in (("forget", first["id"]), ("prune",)):
         assert_error(sb.phx("--config", other_path, *args, check=False), 2, "append-only", "append-only.json")
-    sb.phx("--config", other_path, "backup")
+    sb.phx_here("--config", other_path, "backup")
     after = _names(sb)
     assert {k: after.get(k) for k in before} == before, "an object was deleted or replaced"
     assert (marks.read_text() if marks.is_file() else None) == kept
@@ -198,7 +202,7 @@ def test_object_lock_keeps_every_object_from_the_writers_credentials(
     sb.env.pop("PHX_PASSPHRASE")
     recipient = str(identity.to_public())
     sb.write_config(encryption={"enabled": True, "method": "age", "recipients": [recipient], "writeOnly": True})
-    sb.phx("init")
+    sb.phx_here("init")
     state = sb.state()
     sb.backup()
     sb.backup()
@@ -274,7 +278,7 @@ def test_the_same_bucket_as_r2_or_as_s3_stays_append_only(sandbox: Sandbox, moto
     sb.env.update(AWS_EC2_METADATA_DISABLED="true")
     sb.write_config(targets={"local": {"enabled": False}, "r2": {**where, "appendOnly": True}})
     sb.config_path.chmod(0o600)
-    sb.phx("init")
+    sb.phx_here("init")
     first = sb.backup()
     before = moto.keys(bucket, PREFIX)
     other_path = tmp_path / "handed-over.json"
@@ -295,7 +299,7 @@ def test_governance_retention_and_doctor_on_a_bucket_phoenix_does_not_lock(sandb
     sb = sandbox
     bucket = _locked_bucket(moto)
     _s3_only(sb, moto, bucket, {"mode": "governance", "days": 2})
-    sb.phx("init")
+    sb.phx_here("init")
     s3 = moto.client()
     snapshot = [k for k in moto.keys(bucket, PREFIX) if "/keys/" in k or k.endswith("/config")]
     for key in snapshot:

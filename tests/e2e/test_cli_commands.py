@@ -7,9 +7,14 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from e2e_support import DATABASES, Sandbox, assert_error
 
 from phoenix_backup.cli.main import cli
+
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
 
 
 def test_key_add_passwd_remove(make_sandbox: Callable[..., Sandbox]) -> None:
@@ -18,7 +23,7 @@ def test_key_add_passwd_remove(make_sandbox: Callable[..., Sandbox]) -> None:
     added = sb.phx(
         "key", "add", "--method", "passphrase", "--json", env=sb.env_with(PHX_NEW_PASSPHRASE="second")
     ).json()
-    slots = sb.phx("key", "list", "--json").json()
+    slots = sb.phx_here("key", "list", "--json").json()
     assert {s["id"] for s in slots} >= {added["id"]} and len(slots) == 2
     # Either passphrase opens the same repository.
     assert len(sb.phx("list", "--json", env=sb.env_with(PHX_PASSPHRASE="second")).json()) == 1
@@ -27,12 +32,12 @@ def test_key_add_passwd_remove(make_sandbox: Callable[..., Sandbox]) -> None:
     assert_error(sb.phx("list", env=sb.env_with(PHX_PASSPHRASE="second"), check=1), 1, "passphrase")
     assert len(sb.phx("list", "--json", env=sb.env_with(PHX_PASSPHRASE="third")).json()) == 1
     # The last slots can go one by one, but never the very last.
-    remaining = sb.phx("key", "list", "--json").json()
+    remaining = sb.phx_here("key", "list", "--json").json()
     assert len(remaining) == 2
     other = next(s["id"] for s in remaining if not s["current"])
     sb.phx("key", "remove", other, env=sb.env_with(PHX_PASSPHRASE=sb.env["PHX_PASSPHRASE"]))
-    last = sb.phx("key", "list", "--json").json()[0]["id"]
-    assert_error(sb.phx("key", "remove", last, check=1), 1, "last key slot")
+    last = sb.phx_here("key", "list", "--json").json()[0]["id"]
+    assert_error(sb.phx_here("key", "remove", last, code=1), 1, "last key slot")
     assert sb.verify("--read-data")["ok"]
 
 

@@ -24,6 +24,10 @@ from pause_support import Paused, can_unshare_pid
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 NO_UNSHARE = can_unshare_pid()
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 

@@ -15,6 +15,10 @@ from e2e_support import DATABASES, Sandbox, assert_error, flip_byte
 
 from phoenix_backup.sample import generate_workspace, layout_for, simulate_day
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:

@@ -37,6 +37,10 @@ from phoenix_backup.sample import generate_workspace, layout_for, simulate_day
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 KINDS = ("config", "key", "data-pack", "tree-pack", "index", "snapshot", "lock")
 DAMAGES = ("flip", "truncate", "delete")

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e_support import Sandbox, assert_error, assert_restored, retention_only, run_phx, sha256_file
 from test_defaults import as_init_writes_it, state_file
 from test_notify import Receiver
@@ -31,6 +32,10 @@ from test_prune_forget import day
 from test_unreadable_file import unprivileged
 
 from phoenix_backup.config.defaults import DEFAULT_EXCLUDE, DEFAULT_IDENTITY, DEFAULT_INCLUDE
+
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
 
 IDENTITY = DEFAULT_IDENTITY
 
@@ -53,7 +58,7 @@ def locked_away(sb: Sandbox, public_tmp: Path, *paths: Path) -> Iterator[None]:
 
 
 def saved_paths(sb: Sandbox, ref: str) -> dict[str, dict[str, Any]]:
-    return {e["path"]: e for e in sb.phx("ls", ref, "--json").json()["entries"]}
+    return {e["path"]: e for e in sb.phx_here("ls", ref, "--json").json()["entries"]}
 
 
 def memory_notes(sb: Sandbox, folder: Path | None = None) -> dict[str, str]:
@@ -73,15 +78,15 @@ def test_an_exclude_never_drops_a_component(sandbox: Sandbox, tmp_path: Path) ->
     notes = memory_notes(sb)
     assert notes
 
-    dry = sb.phx("backup", "--dry-run", "--json").json()
+    dry = sb.phx_here("backup", "--dry-run", "--json").json()
     components = dry["components"]
     assert components["identity"]["absent"] == [], components["identity"]
     assert components["identity"]["count"] == len(IDENTITY)
     assert {f"workspace/memory/{n}" for n in notes} <= set(components["memory"]["paths"])
-    text = sb.phx("backup", "--dry-run").out
+    text = sb.phx_here("backup", "--dry-run").out
     assert "not present here" not in text, text
 
-    res = sb.phx("backup", "--json")
+    res = sb.phx_here("backup", "--json")
     doc = res.json()
     saved = saved_paths(sb, doc["id"])
     for name in IDENTITY:
@@ -118,7 +123,7 @@ def test_a_workspace_that_is_a_symlink_is_saved_whole(sandbox: Sandbox, tmp_path
     sb.workspace.rename(real)
     sb.workspace.symlink_to(real)
 
-    dry = sb.phx("backup", "--dry-run", "--json").json()
+    dry = sb.phx_here("backup", "--dry-run", "--json").json()
     assert dry["components"]["identity"]["count"] == len(IDENTITY), dry["components"]["identity"]
     doc = sb.backup()
     saved = saved_paths(sb, doc["id"])
@@ -147,13 +152,13 @@ def test_a_component_that_is_a_symlink_saves_what_it_points_to(sandbox: Sandbox,
     (sb.workspace / "SOUL.md").rename(elsewhere / "SOUL.md")
     (sb.workspace / "SOUL.md").symlink_to(Path("..", "..", "synced", "SOUL.md"))  # relative
 
-    dry = sb.phx("backup", "--dry-run", "--json")
+    dry = sb.phx_here("backup", "--dry-run", "--json")
     memory = dry.json()["components"]["memory"]
     assert "memory/" not in memory["absent"], memory
     target = "root" + (elsewhere / "memory").as_posix()
     assert {f"{target}/{n}" for n in notes} <= set(memory["paths"]), memory["paths"]
 
-    res = sb.phx("backup", "--json")
+    res = sb.phx_here("backup", "--json")
     doc = res.json()
     assert not [w for w in doc["warnings"] if "does not exist" in w], doc["warnings"]
     saved = saved_paths(sb, doc["id"])
@@ -173,10 +178,10 @@ def test_a_component_that_is_a_symlink_saves_what_it_points_to(sandbox: Sandbox,
     # same link, and so does SOUL.md.
     lost = sorted(notes)[0]
     (elsewhere / "memory" / lost).unlink()
-    sb.phx("restore", "--latest", "--memory-only", "--yes")
+    sb.phx_here("restore", "--latest", "--memory-only", "--yes")
     assert memory_notes(sb) == notes and (sb.workspace / "memory").is_symlink()
     (elsewhere / "SOUL.md").write_text("overwritten by mistake\n")
-    sb.phx("restore", "--latest", "--identity-only", "--yes")
+    sb.phx_here("restore", "--latest", "--identity-only", "--yes")
     assert (sb.workspace / "SOUL.md").read_bytes() == soul and (sb.workspace / "SOUL.md").is_symlink()
 
 
@@ -187,7 +192,7 @@ def test_a_broken_or_looping_component_link_is_named(sandbox: Sandbox) -> None:
     (sb.workspace / "TOOLS.md").symlink_to(sb.root / "unmounted" / "TOOLS.md")
     (sb.workspace / "HEARTBEAT.md").unlink()
     (sb.workspace / "HEARTBEAT.md").symlink_to("HEARTBEAT.md")  # points at itself: ELOOP
-    res = sb.phx("backup", "--json", check=3)
+    res = sb.phx_here("backup", "--json", code=3)
     doc = res.json()
     incomplete = {i["path"]: i["error"] for i in doc["incomplete"]}
     assert set(incomplete) == {"workspace/HEARTBEAT.md"}, incomplete
@@ -205,7 +210,7 @@ def test_include_behind_a_link_is_not_called_missing(sandbox: Sandbox) -> None:
     (sb.workspace / "scripts").rename(elsewhere)
     (sb.workspace / "scripts").symlink_to(elsewhere)
     as_init_writes_it(sb, include=[*DEFAULT_INCLUDE, "scripts/*.sh"])
-    res = sb.phx("backup")
+    res = sb.phx_here("backup")
     assert "does not exist" not in res.out, res
     assert "scripts/*.sh" in res.out and "symlink" in res.out, res
 
@@ -232,9 +237,9 @@ def test_a_narrower_backup_does_not_turn_status_green(make_sandbox: Callable[...
     assert state_file(sb)["lastFull"]["partial"] is True
 
     # A good full backup, and only that, turns it green.
-    sb.phx("backup", "--memory-only")
-    assert sb.phx("status", "--json", check=1).json()["ok"] is False
-    sb.phx("backup")
+    sb.phx_here("backup", "--memory-only")
+    assert sb.phx_here("status", "--json", code=1).json()["ok"] is False
+    sb.phx_here("backup")
     assert sb.phx("status", "--json", check=None).json()["ok"] is True
 
 
@@ -245,13 +250,13 @@ def test_a_dry_run_writes_no_state_and_sends_nothing(backed_up: Sandbox) -> None
     receiver = Receiver()
     try:
         sb.write_config(notifications={"enabled": True, "urls": [receiver.url()]})
-        sb.phx("backup")
+        sb.phx_here("backup")
         before = state_file(sb)
         sent = len(receiver.received)
         moved = sb.workspace.with_name("moved")
         sb.workspace.rename(moved)
         try:
-            res = sb.phx("backup", "--dry-run", check=1)
+            res = sb.phx_here("backup", "--dry-run", code=1)
         finally:
             moved.rename(sb.workspace)
         assert "does not exist" in res.err
@@ -299,14 +304,14 @@ def test_latest_is_never_a_snapshot_from_the_future(backed_up: Sandbox, tmp_path
     present = sb.backup()
 
     for args in (("ls", "latest"), ("restore", "--latest", "--dry-run"), ("drill", "--scratch", tmp_path)):
-        res = sb.phx(*args, "--json")
+        res = sb.phx_here(*args, "--json")
         doc = res.json()
         got = doc["snapshot"] if isinstance(doc["snapshot"], str) else doc["snapshot"]["id"]
         assert got == present["id"], f"`latest` of {args[0]} is {got[:8]}, not the newest of the present"
         assert stale["id"][:8] in res.err and "ahead of this clock" in res.err, res
-    assert sb.phx("dump", "latest", "MEMORY.md").out == "written after the clock was fixed\n"
+    assert sb.phx_here("dump", "latest", "MEMORY.md").out == "written after the clock was fixed\n"
     # Named, it is still there.
-    assert sb.phx("ls", stale["id"], "--json").json()["snapshot"] == stale["id"]
+    assert sb.phx_here("ls", stale["id"], "--json").json()["snapshot"] == stale["id"]
 
 
 # -- retention ---------------------------------------------------------------------------------
@@ -326,11 +331,11 @@ def test_retention_keeps_the_newest_complete_snapshot(make_sandbox: Callable[...
     kept = [s["id"] for s in sb.snapshots()]
     assert good["id"] in kept, "retention forgot the only snapshot holding the memory notes"
     assert len(kept) == 3, kept  # the good one, and the two daily ones
-    plan = sb.phx("forget", "--dry-run", "--json").json()["targets"]["local"]["snapshots"]
+    plan = sb.phx_here("forget", "--dry-run", "--json").json()["targets"]["local"]["snapshots"]
     reasons = next(s for s in plan if s["id"] == good["id"])["reasons"]
     assert [r["rule"] for r in reasons] == ["complete"], reasons
-    assert "newest complete" in sb.phx("forget", "--dry-run").out
-    res = sb.phx("restore", "--latest", "--dry-run", "--json").json()
+    assert "newest complete" in sb.phx_here("forget", "--dry-run").out
+    res = sb.phx_here("restore", "--latest", "--dry-run", "--json").json()
     assert res["snapshot"] == good["id"]
 
     # Once a complete backup is newer, the old one goes by the rules again.
@@ -348,8 +353,8 @@ def test_status_and_doctor_never_advise_a_repository_on_the_root_disk(sandbox: S
     sb = sandbox
     repo = tmp_path / "media" / "usb" / "argent"
     sb.write_config(backupDir=str(repo))
-    status = sb.phx("status", "--json", check=1).json()["targets"]["local"]["error"]
-    checks = sb.phx("doctor", "--json", check=1).json()["checks"]
+    status = sb.phx_here("status", "--json", code=1).json()["targets"]["local"]["error"]
+    checks = sb.phx_here("doctor", "--json", code=1).json()["checks"]
     doctor = next(c for c in checks if c["name"] == "target local")
     for said in (status, doctor["message"] + " " + (doctor.get("fix") or "")):
         assert "not mounted" in said and str(repo) in said and "phx init" in said, said
@@ -388,11 +393,11 @@ def test_a_workspace_without_any_identity_file_is_warned_about(sandbox: Sandbox,
     empty.mkdir()
     sb.write_config(workspace=str(empty))
     for args in (("backup", "--dry-run"), ("backup",)):
-        res = sb.phx(*args)
+        res = sb.phx_here(*args)
         said = [line for line in res.out.splitlines() if "identity" in line and "warning" in line]
         assert said and str(empty) in said[0] and "SOUL.md" in said[0] and "workspace" in said[0], res
     assert_error(sb.phx("backup", "--identity-only", check=None), 1, str(empty), "SOUL.md", "`workspace`")
-    assert "identity" not in sb.phx("backup", "--memory-only").out
+    assert "identity" not in sb.phx_here("backup", "--memory-only").out
 
 
 def test_an_unreadable_database_never_has_its_journal_saved_as_files(
@@ -449,4 +454,4 @@ def test_a_narrow_backup_that_finds_nothing_is_an_error(sandbox: Sandbox) -> Non
     assert_error(sb.phx("backup", "--identity-only", check=None), 1, "--identity-only", "SOUL.md")
     assert sb.snapshots() == [], "an empty snapshot was made"
     assert state_file(sb)["success"] is False
-    assert len(sb.phx("backup", "--memory-only", "--json").json()["id"]) == 64
+    assert len(sb.phx_here("backup", "--memory-only", "--json").json()["id"]) == 64

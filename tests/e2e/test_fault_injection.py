@@ -24,6 +24,10 @@ import pytest
 from e2e_support import DATABASES, Result, Sandbox, assert_error, db_dump, mount, run_phx, tmpfs_at
 from killpoint import run_killed
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 
 def _rotate_killed_at(sb: Sandbox, match: str) -> str:
     """`phx key rotate`, SIGKILLed just before its first store call whose description holds

@@ -29,6 +29,10 @@ from e2e_support import PHX, Sandbox, assert_error
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hostile import Forger, dir_node
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 MIB = 1024 * 1024
 
 
@@ -61,7 +65,7 @@ def test_setuid_and_setgid_survive_a_restore_as_root(sandbox: Sandbox, tmp_path:
             suid.chmod(0o755)
             os.chown(suid, 0, 0)
             shared.chmod(0o775)
-            sb.phx("restore", "--backup", doc["id"], "--yes")
+            sb.phx_here("restore", "--backup", doc["id"], "--yes")
             base = sb.workspace
         else:
             sb.restore_to(doc["id"], dest)
@@ -128,7 +132,7 @@ def test_a_setuid_file_is_never_granted_to_a_users_own_inode(
                 break
             time.sleep(0.02)
         assert ready.exists(), "the user's process did not map the file"
-        sb.phx("restore", "--backup", doc["id"], "--yes")
+        sb.phx_here("restore", "--backup", doc["id"], "--yes")
     finally:
         go.touch()
         holder.wait(timeout=30)
@@ -168,12 +172,12 @@ def test_a_forged_setuid_root_file_is_not_restored_setuid(make_sandbox: Callable
     os.chown(helper, 4321, 4321)
     helper.chmod(0o4755)
     own = sb.backup()
-    doc = sb.phx("restore", "--backup", own["id"], "--yes", "--json").json()
+    doc = sb.phx_here("restore", "--backup", own["id"], "--yes", "--json").json()
     assert stat.S_IMODE(helper.lstat().st_mode) == 0o4755
     assert not any("setuid/setgid" in w for w in doc["warnings"]), doc["warnings"]
     helper.write_bytes(b"changed since\n")
     helper.chmod(0o4755)
-    doc = sb.phx("restore", "--backup", own["id"], "--yes", "--json").json()
+    doc = sb.phx_here("restore", "--backup", own["id"], "--yes", "--json").json()
     assert helper.read_bytes() == payload and stat.S_IMODE(helper.lstat().st_mode) == 0o755
     assert any("1 file(s) restored without their setuid/setgid bits" in w for w in doc["warnings"]), doc["warnings"]
 
@@ -208,7 +212,7 @@ def test_hard_links_come_back_as_links(sandbox: Sandbox, tmp_path: Path) -> None
     (ws / "b" / "log-link.md").unlink()
     (ws / "b" / "log-link.md").write_bytes(first.read_bytes())
     (ws / "a" / "same-folder.md").unlink()
-    sb.phx("restore", "--backup", doc["id"], "--yes")
+    sb.phx_here("restore", "--backup", doc["id"], "--yes")
     assert len({inode(ws / "a" / "log.md"), inode(ws / "b" / "log-link.md"), inode(ws / "a" / "same-folder.md")}) == 1
     assert inode(ws / "a" / "copy.md") != inode(ws / "a" / "log.md")
 
@@ -339,7 +343,7 @@ def test_a_sparse_file_comes_back_sparse(sandbox: Sandbox, tmp_path: Path) -> No
     assert allocated <= 64 * 1024, f"{allocated} bytes allocated: the holes were written as zeros"
 
     image.write_bytes(b"changed")  # in place too
-    sb.phx("restore", "--backup", doc["id"], "--yes")
+    sb.phx_here("restore", "--backup", doc["id"], "--yes")
     assert image.read_bytes() == expected
     assert image.stat().st_blocks * 512 <= 64 * 1024
 
@@ -426,7 +430,7 @@ def test_odd_names_survive_every_output(sandbox: Sandbox, tmp_path: Path) -> Non
 
     # An archive: a tar.gz keeps the names' bytes; a zip cannot, and says so.
     tar = tmp_path / "a.tar.gz"
-    sb.phx("archive", doc["id"], "--output", tar)
+    sb.phx_here("archive", doc["id"], "--output", tar)
     top = f"phoenix-{doc['name']}".encode()
     with tarfile.open(tar, encoding="utf-8", errors="surrogateescape") as t:
         members = {os.fsencode(m.name) for m in t.getmembers()}
@@ -441,11 +445,11 @@ def test_odd_names_survive_every_output(sandbox: Sandbox, tmp_path: Path) -> Non
 
     # An export: its metadata.json and checksums.json are valid UTF-8 and read back exactly.
     export = tmp_path / "export"
-    sb.phx("export", "--format", "json", "--output", export)
+    sb.phx_here("export", "--format", "json", "--output", export)
     _strict_json((export / "metadata.json").read_bytes())
     files = _strict_json((export / "checksums.json").read_bytes())["files"]
     assert {b"files/" + n for n in expect} <= {os.fsencode(k) for k in files}
-    sb.phx("import", export, "--dry-run", "--force")
+    sb.phx_here("import", export, "--dry-run", "--force")
 
 
 def test_pipes_sockets_and_devices_are_said_as_not_saved(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -465,12 +469,12 @@ def test_pipes_sockets_and_devices_are_said_as_not_saved(sandbox: Sandbox, tmp_p
     if os.geteuid() == 0:
         os.mknod(sb.workspace / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
         expected["null"] = "device"
-    res = sb.phx("backup", check=0)
+    res = sb.phx_here("backup", code=0)
     doc = sb.backup()
     for name, kind in expected.items():
         line = f"not saved: workspace/{name} (a {kind} holds no data to back up)"
         assert line in res.out + res.err, f"{line!r} not said:\n{res}"
         assert line in doc["warnings"], doc["warnings"]
     assert doc["incomplete"] == []
-    listing = sb.phx("ls", doc["id"], "--json").json()
+    listing = sb.phx_here("ls", doc["id"], "--json").json()
     assert not any(name in json.dumps(listing) for name in expected)

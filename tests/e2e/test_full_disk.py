@@ -12,8 +12,13 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from e2e_support import Sandbox, assert_error, assert_restored, mount
 from moto_support import MotoServer
+
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
 
 
 def test_backup_to_a_full_disk(sandbox: Sandbox, tmpfs: Callable[[str], Path], tmp_path: Path) -> None:

@@ -32,6 +32,10 @@ from phoenix_backup.sample import generate_workspace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hostile import Forger, deflate_bomb, dir_node, extents, file_node
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 MB = 1024 * 1024
 
 
@@ -145,7 +149,7 @@ def test_verify_names_every_bad_snapshot_and_checks_the_good_one(hostile: dict[s
 def test_import_writes_only_into_the_configured_stores(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     export = tmp_path / "export"
-    sb.phx("export", "--format", "json", "--output", export)
+    sb.phx_here("export", "--format", "json", "--output", export)
     # The attacker moves a store to a path of their choosing and recomputes the unkeyed checksums.
     meta_path = export / "metadata.json"
     meta = json.loads(meta_path.read_text())
@@ -158,7 +162,7 @@ def test_import_writes_only_into_the_configured_stores(sandbox: Sandbox, tmp_pat
     assert not victim.exists() and not victim.parent.exists()
     # With --to DIR the same export lands below DIR, and nowhere else.
     dest = tmp_path / "dest"
-    sb.phx("import", export, "--force", "--to", dest)
+    sb.phx_here("import", export, "--force", "--to", dest)
     assert (dest / "root" / str(victim).lstrip("/")).is_file()
     assert not victim.exists()
 
@@ -169,7 +173,7 @@ def test_import_to_a_folder_never_writes_through_a_link_in_it(sandbox: Sandbox, 
     # may be able to write there. A store path through one must not lead the import out of DIR.
     sb = sandbox
     export = tmp_path / "export"
-    sb.phx("export", "--format", "json", "--output", export)
+    sb.phx_here("export", "--format", "json", "--output", export)
     store = json.loads((export / "metadata.json").read_text())["databases"][0]["path"]
     assert store.startswith("home/.argentos/"), store
     outside = tmp_path / "outside"
@@ -192,9 +196,9 @@ def test_a_lone_surrogate_in_a_snapshot_or_tree_is_one_clean_error(make_sandbox:
     forger.snapshot(forger.tree(dir_node("workspace", tree)), name="host", host="h\ud800", tags=["t\ud800"])
     link = {"name": "link", "type": "symlink", "mode": 0o777, "mtimeNs": 0, "linkTarget": "a\ud800b"}
     sid = forger.snapshot(forger.tree(dir_node("workspace", forger.tree(link))), name="link")
-    listed = sb.phx("list", "--json").json()
+    listed = sb.phx_here("list", "--json").json()
     assert {s["id"] for s in listed} == {good, sid}  # the snapshot with the bad host is left out
-    sb.phx("forget", "--dry-run")
+    sb.phx_here("forget", "--dry-run")
     for args in (
         ("ls", sid),
         ("restore", "--backup", sid, "--to", tmp_path / "out"),
@@ -210,7 +214,7 @@ def test_an_export_with_a_lone_surrogate_is_imported_without_a_traceback(sandbox
     # name made `import` end in a UnicodeEncodeError traceback when it printed its table.
     sb = sandbox
     export = tmp_path / "export"
-    sb.phx("export", "--format", "json", "--output", export)
+    sb.phx_here("export", "--format", "json", "--output", export)
     meta = json.loads((export / "metadata.json").read_text())
     meta["time"] = "2026\ud800"
     meta["databases"][0]["tableFiles"][0]["name"] = "notes\ud800"

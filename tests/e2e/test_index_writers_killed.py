@@ -26,6 +26,10 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sample import layout_for
 from phoenix_backup.storage.local import LocalBackend
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 SEED = 20261206
 PART = 4

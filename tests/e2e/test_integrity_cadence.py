@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 from e2e_support import PHX, Receiver, Sandbox, retention_only
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 LOGICAL = "home/.argentos/cadence.db"
 ROWS = 2000
 
@@ -100,7 +104,7 @@ def test_damage_between_full_checks_is_caught_alerted_and_the_last_good_snapshot
     assert {s["id"] for s in sb.snapshots()} == {good["id"], unchecked["id"]}
 
     age_last_check(sb, 23)  # 23 h >= 90 % of 24 h: due
-    res = sb.phx("backup", "--json", check=3)
+    res = sb.phx_here("backup", "--json", code=3)
     caught = res.json()
     problem = integrity_of(caught)
     assert problem not in ("ok", "not checked") and "t_v" in problem, problem
@@ -115,14 +119,14 @@ def test_damage_between_full_checks_is_caught_alerted_and_the_last_good_snapshot
     kept = {s["id"] for s in sb.snapshots()}
     assert good["id"] in kept, "retention forgot the last snapshot whose database passed a full check"
     assert unchecked["id"] not in kept and caught["id"] in kept
-    plan = sb.phx("forget", "--dry-run", "--json").json()
+    plan = sb.phx_here("forget", "--dry-run", "--json").json()
     decisions = [s for t in plan["targets"].values() for s in t["snapshots"] if s["id"] == good["id"]]
     reasons = [r for s in decisions for r in s["reasons"]]
     assert [r["rule"] for r in reasons] == ["checked"], reasons
 
     # The next backup alerts again: checked again (the last check failed) or, unchanged, the same
     # bytes with the same result.
-    again = sb.phx("backup", "--json", check=3).json()
+    again = sb.phx_here("backup", "--json", code=3).json()
     assert integrity_of(again) == problem
     assert len(receiver.received) == 2
     assert good["id"] in {s["id"] for s in sb.snapshots()}
@@ -160,7 +164,7 @@ def test_drill_always_checks_and_records_it(cadenced: Sandbox, tmp_path: Path) -
     damage_index(sb.db_path(LOGICAL))
     bad = sb.backup()
     assert integrity_of(bad) == "not checked"
-    res = sb.phx("drill", "--json", "--scratch", tmp_path, check=1)
+    res = sb.phx_here("drill", "--json", "--scratch", tmp_path, code=1)
     doc = res.json()
     report = {d["path"]: d for d in doc["databases"]}[LOGICAL]
     assert report["integrity"] not in ("ok", "not checked") and "t_v" in report["integrity"], report
@@ -169,13 +173,13 @@ def test_drill_always_checks_and_records_it(cadenced: Sandbox, tmp_path: Path) -
     record = state["integrityChecks"][LOGICAL]
     assert record["by"] == "drill" and record["snapshotId"] == bad["id"] and record["result"] == report["integrity"]
     # `phx status` names it and exits 1 (`phx status || alert`), though the last backup succeeded.
-    res = sb.phx("status", "--json", check=1)
+    res = sb.phx_here("status", "--json", code=1)
     status = res.json()
     assert status["lastBackup"]["success"] is True and status["ok"] is False
     assert status["integrityChecks"][LOGICAL]["result"] == report["integrity"]
     assert any(w.startswith(f"{LOGICAL} failed its last full integrity check (drill") for w in status["warnings"])
     # The drill's failure makes the next backup check in full (and find the damage) at once.
-    after = sb.phx("backup", "--json", check=3).json()
+    after = sb.phx_here("backup", "--json", code=3).json()
     assert after["integrityChecked"].get(LOGICAL) == integrity_of(after)
 
 
@@ -196,7 +200,7 @@ def test_every_backup_checks_with_a_zero_interval(cadenced: Sandbox) -> None:
     sb.write_config(databases={"sqlite": [str(sb.db_path(LOGICAL))], "integrityCheckEvery": "0h"})
     sb.backup()
     damage_index(sb.db_path(LOGICAL))
-    res = sb.phx("backup", "--json", check=3)
+    res = sb.phx_here("backup", "--json", code=3)
     assert "t_v" in integrity_of(res.json())
 
 
@@ -222,7 +226,7 @@ def test_a_check_recorded_for_another_repository_does_not_skip_this_ones(cadence
     damage_index(sb.db_path(LOGICAL))
     assert integrity_of(sb.backup()) == "not checked"
     age_last_check(sb, 23)
-    sb.phx("backup", "--json", check=3)
+    sb.phx_here("backup", "--json", code=3)
     assert first["id"] in {s["id"] for s in sb.snapshots()}, "only damaged and unchecked copies are left"
 
 
@@ -267,9 +271,9 @@ def test_dump_and_archive_say_a_copy_was_not_checked(cadenced: Sandbox, tmp_path
     data, err = dump(bad["id"])
     assert warning in err and data.startswith(b"SQLite format 3\0"), err
     assert warning not in dump(good["id"])[1]
-    res = sb.phx("archive", bad["id"], "--output", tmp_path / "bad.tar.gz")
+    res = sb.phx_here("archive", bad["id"], "--output", tmp_path / "bad.tar.gz")
     assert warning in res.err, res.err
-    assert warning not in sb.phx("archive", good["id"], "--output", tmp_path / "good.tar.gz").err
+    assert warning not in sb.phx_here("archive", good["id"], "--output", tmp_path / "good.tar.gz").err
 
 
 def test_a_watch_base_that_runs_the_full_check_records_it_and_warns_on_a_failure(cadenced: Sandbox) -> None:
@@ -287,7 +291,7 @@ def test_a_watch_base_that_runs_the_full_check_records_it_and_warns_on_a_failure
     state = json.loads((sb.home / ".argentos/backup/.last-backup").read_text())
     record = state["integrityChecks"][LOGICAL]
     assert record["result"] not in ("ok", "not checked") and "t_v" in record["result"], record
-    sb.phx("status", "--json", check=1)
+    sb.phx_here("status", "--json", code=1)
 
 
 def test_a_passing_drill_does_not_postpone_the_backups_full_check(cadenced: Sandbox, tmp_path: Path) -> None:
@@ -301,7 +305,7 @@ def test_a_passing_drill_does_not_postpone_the_backups_full_check(cadenced: Sand
     drilled = sb.backup()
     assert integrity_of(drilled) == "not checked"
     age_last_check(sb, 23)  # the backup's full check is due
-    sb.phx("drill", "--json", "--scratch", tmp_path)  # passes
+    sb.phx_here("drill", "--json", "--scratch", tmp_path)  # passes
     damage_index(sb.db_path(LOGICAL))
-    res = sb.phx("backup", "--json", check=3)
+    res = sb.phx_here("backup", "--json", code=3)
     assert "t_v" in integrity_of(res.json())

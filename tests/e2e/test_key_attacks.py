@@ -32,6 +32,10 @@ from phoenix_backup.repo import checks, keys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, closed_port
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 LEAKED = "the old passphrase that leaked"
 

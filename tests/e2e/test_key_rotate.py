@@ -22,6 +22,10 @@ from e2e_support import PHX, Sandbox, assert_error
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import bare_repo, git
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 LEAKED = "the old passphrase that leaked"
 

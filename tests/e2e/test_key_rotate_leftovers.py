@@ -35,6 +35,10 @@ from phoenix_backup.repo.replicate import TargetReport, replicate
 from phoenix_backup.repo.repository import RETIRED_AAD, sealed_with
 from phoenix_backup.storage.local import LocalBackend
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 

@@ -40,6 +40,10 @@ from safe_restore_support import assert_state
 
 from phoenix_backup.sample import generate_workspace, layout_for, simulate_day
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 TRIALS_DEFAULT = 1
 TRIALS_HEAVY = 20

@@ -11,16 +11,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e_support import Sandbox, assert_error, retention_only
 from test_prune_forget import day
 
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 
 def snapshot_of(sb: Sandbox, *args: str) -> str:
     """The id of the snapshot a command resolved `latest` (or a name) to."""
-    doc: dict[str, Any] = sb.phx(*args, "--json").json()
+    doc: dict[str, Any] = sb.phx_here(*args, "--json").json()
     return str(doc["snapshot"] if isinstance(doc["snapshot"], str) else doc["snapshot"]["id"])
 
 
@@ -42,7 +47,7 @@ def test_latest_is_the_newest_complete_full_snapshot_for_every_command(backed_up
     sb.write_config(databases={})
     # An in-place restore that only creates a file: its safety snapshot holds no file at all.
     (sb.workspace / "MEMORY.md").unlink()
-    restored = sb.phx("restore", "--latest", "--yes", "--path", "MEMORY.md", "--json").json()
+    restored = sb.phx_here("restore", "--latest", "--yes", "--path", "MEMORY.md", "--json").json()
     safety = restored["safetySnapshot"]["id"]
     listed = [s["id"] for s in sb.snapshots()]
     assert listed[-1] == safety and listed[-2] == partial["id"], "the safety snapshot is the newest"
@@ -53,10 +58,10 @@ def test_latest_is_the_newest_complete_full_snapshot_for_every_command(backed_up
     assert snapshot_of(sb, "drill", "--scratch", tmp_path) == want
     assert snapshot_of(sb, "restore", "--latest", "--dry-run") == want
     assert snapshot_of(sb, "archive", "latest", "--output", tmp_path / "a.zip") == want
-    diff = sb.phx("diff", tagged["id"], "latest", "--json").json()
+    diff = sb.phx_here("diff", tagged["id"], "latest", "--json").json()
     assert diff["to"]["id"] == want and diff["files"] == {"added": [], "removed": [], "changed": []}, diff
-    dumped = sb.phx("dump", "latest", "MEMORY.md").out
-    assert dumped == sb.phx("dump", tagged["id"], "MEMORY.md").out
+    dumped = sb.phx_here("dump", "latest", "MEMORY.md").out
+    assert dumped == sb.phx_here("dump", tagged["id"], "MEMORY.md").out
 
     # --scope, --tag and --host select others; safety snapshots only when asked for.
     assert snapshot_of(sb, "ls", "latest", "--scope", "identity") == identity["id"]
@@ -67,7 +72,7 @@ def test_latest_is_the_newest_complete_full_snapshot_for_every_command(backed_up
     assert full["id"] != want
 
     # A drill of the snapshot that holds no file fails; doctor does not count it as a drill.
-    bad = sb.phx("drill", "--backup", safety, "--scratch", tmp_path, "--json", check=1).json()
+    bad = sb.phx_here("drill", "--backup", safety, "--scratch", tmp_path, "--json", code=1).json()
     assert bad["ok"] is False and "holds no files" in bad["errors"][0]["message"], bad
     checks = {c["name"]: c for c in sb.phx("doctor", "--json", check=None).json()["checks"]}
     assert checks["last drill"]["status"] == "ok" and tagged["name"] in checks["last drill"]["message"]
@@ -114,18 +119,20 @@ def test_a_snapshot_tagged_by_hand_is_forgotten_only_by_name(sandbox: Sandbox) -
     fourth = sb.backup("--time", day(4))
     # Every automatic forget is printed, in plain text, with its reason.
     for when, gone in ((day(3), later), (day(2), fourth)):
-        res = sb.phx("backup", "--time", when)
+        res = sb.phx_here("backup", "--time", when)
         lines = [line.strip() for line in res.out.splitlines() if line.strip().startswith("forgot ")]
         assert lines == [f"forgot {gone['id'][:8]} ({gone['name']}) on local: beyond the 2 latest snapshots kept"], res
     kept = {s["id"]: s for s in sb.snapshots()}
     assert tagged["id"] in kept and later["id"] not in kept
-    plan = sb.phx("forget", "--dry-run", "--json").json()["targets"]["local"]["snapshots"]
+    plan = sb.phx_here("forget", "--dry-run", "--json").json()["targets"]["local"]["snapshots"]
     reason = next(s for s in plan if s["id"] == tagged["id"])["reasons"]
     assert [r["rule"] for r in reason] == ["tag"], reason
-    assert any("removed only by `phx forget ID`" in line for line in sb.phx("forget", "--dry-run").out.splitlines())
+    assert any(
+        "removed only by `phx forget ID`" in line for line in sb.phx_here("forget", "--dry-run").out.splitlines()
+    )
 
     assert_error(sb.phx("forget", "no-such-snapshot", check=None), 2, "no-such-snapshot")
-    res = sb.phx("forget", tagged["id"][:8])
+    res = sb.phx_here("forget", tagged["id"][:8])
     assert f"removed {tagged['id'][:8]}" in res.out
     assert tagged["id"] not in {s["id"] for s in sb.snapshots()}
     assert len(sb.snapshots()) == 2
@@ -134,7 +141,7 @@ def test_a_snapshot_tagged_by_hand_is_forgotten_only_by_name(sandbox: Sandbox) -
 def test_the_defaults_apply_when_the_config_says_nothing(sandbox: Sandbox) -> None:
     sb = sandbox
     assert "retention" not in json.loads(sb.config_path.read_text())
-    plan = sb.phx("forget", "--dry-run", "--json").json()
+    plan = sb.phx_here("forget", "--dry-run", "--json").json()
     assert plan["policy"] == {
         "last": 10, "hourly": 0, "daily": 7, "weekly": 4, "monthly": 12, "yearly": 0, "within": "1d",
         "keepSafetyDays": 7, "capturesWithin": "1d", "capturesHourlyWithin": "7d",
@@ -152,11 +159,11 @@ def test_a_snapshot_from_the_future_never_pushes_out_the_present(sandbox: Sandbo
     sb.write_config(retention=retention_only(last=1))
     ahead = (datetime.now().astimezone() + timedelta(days=365)).replace(microsecond=0)
     future = sb.backup("--time", ahead.isoformat())
-    res = sb.phx("backup", "--json")
+    res = sb.phx_here("backup", "--json")
     now = res.json()
     assert {s["id"] for s in sb.snapshots()} == {future["id"], now["id"]}, "the new snapshot was forgotten"
     assert any("ahead of this clock" in w and future["id"][:8] in w for w in now["warnings"]), now["warnings"]
-    text = sb.phx("backup")
+    text = sb.phx_here("backup")
     assert "ahead of this clock" in text.out and f"phx forget {future['id'][:8]}" in text.out
     # last 1 keeps the newest of the present; the one from the future stays, reported, uncounted.
     present = [s for s in sb.snapshots() if s["id"] != future["id"]]

@@ -25,6 +25,10 @@ from e2e_support import Sandbox, integrity, row_count
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlite_states import Simulation, checkpointed_bytes, create_schema, logged, start_writer
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 # Inserts observations (with their FTS trigger) one transaction at a time until STOP exists;
 # checkpoints often so the WAL is reset and the .db rewritten while the backup reads.
 WRITER = textwrap.dedent(

@@ -22,6 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import MotoServer
 from test_concurrency import s3_target
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 
 def data_packs(sb: Sandbox) -> list[Path]:
     """Pack files, largest first (the largest holds the databases' data)."""
@@ -47,7 +51,7 @@ def test_a_backup_after_a_lost_pack_stores_its_data_again(backed_up: Sandbox, tm
     data_packs(sb)[0].unlink()
     assert not sb.verify(check=1)["ok"]
     expected = sb.state()
-    res = sb.phx("backup", "--json")
+    res = sb.phx_here("backup", "--json")
     new = res.json()
     sb.restore_to(new["id"], tmp_path / "out")
     assert_restored(expected, tmp_path / "out", "the backup taken after a pack was lost")
@@ -92,14 +96,14 @@ def test_repair_snapshots_names_rewrites_and_forgets(backed_up: Sandbox, tmp_pat
     assert {(e["snapshot"], e["path"]) for e in doc["errors"]} == {(snap["id"], "workspace/notes/new.md")}, doc
 
     # repair snapshots: names it, changes nothing without a flag (exit 1).
-    report = sb.phx("repair", "snapshots", "--json", check=1).json()
+    report = sb.phx_here("repair", "snapshots", "--json", code=1).json()
     (damaged,) = report["damaged"]
     assert damaged["id"] == snap["id"] and damaged["lost"] == ["workspace/notes/new.md"], damaged
-    assert "workspace/notes/new.md" in sb.phx("repair", "snapshots", check=1).out
+    assert "workspace/notes/new.md" in sb.phx_here("repair", "snapshots", code=1).out
     assert len(sb.snapshots()) == 3
 
     # --rewrite --forget: a copy without the lost file replaces the original; all is whole again.
-    done = sb.phx("repair", "snapshots", "--rewrite", "--forget", "--json").json()
+    done = sb.phx_here("repair", "snapshots", "--rewrite", "--forget", "--json").json()
     (fixed,) = done["damaged"]
     assert fixed["forgotten"] and fixed["repairedAs"], fixed
     listed = {s["id"]: s for s in sb.snapshots()}
@@ -112,7 +116,7 @@ def test_repair_snapshots_names_rewrites_and_forgets(backed_up: Sandbox, tmp_pat
     # Everything but the lost file; its folder stays, empty.
     assert_restored(before, tmp_path / "repaired", "the repaired copy", ignore=["notes"])
     assert list((tmp_path / "repaired" / "workspace" / "notes").iterdir()) == []
-    assert sb.phx("repair", "snapshots", "--json").json()["damaged"] == []
+    assert sb.phx_here("repair", "snapshots", "--json").json()["damaged"] == []
 
 
 def test_repair_index_rebuilds_it_from_the_packs(backed_up: Sandbox, tmp_path: Path) -> None:
@@ -123,7 +127,7 @@ def test_repair_index_rebuilds_it_from_the_packs(backed_up: Sandbox, tmp_path: P
     for index in (sb.repo / "index").iterdir():
         index.unlink()  # every index object lost; the packs are intact
     assert not sb.verify(check=1)["ok"]
-    doc = sb.phx("repair", "index", "--json").json()
+    doc = sb.phx_here("repair", "index", "--json").json()
     assert doc["packs"] == len(data_packs(sb)) and doc["blobsDropped"] == 0 and doc["unreadablePacks"] == {}
     assert len(list((sb.repo / "index").iterdir())) == 1
     verified = sb.verify("--read-data")
@@ -140,7 +144,7 @@ def test_repair_index_after_a_lost_pack_lets_backups_heal(backed_up: Sandbox, tm
     the next backup stores that data again."""
     sb = backed_up
     data_packs(sb)[0].unlink()
-    doc = sb.phx("repair", "index", "--json").json()
+    doc = sb.phx_here("repair", "index", "--json").json()
     assert doc["blobsDropped"] > 0, doc
     expected = sb.state()
     new = sb.backup()
@@ -153,7 +157,7 @@ def test_repair_snapshots_rewrite_keeps_the_original_until_forget(backed_up: San
     rewrite rebuilt the index without the lost pack, so `repair index` lists it again)."""
     sb = backed_up
     _before, snap, pack = lose_a_new_file(sb)
-    done = sb.phx("repair", "snapshots", "--rewrite", "--json").json()
+    done = sb.phx_here("repair", "snapshots", "--rewrite", "--json").json()
     (fixed,) = done["damaged"]
     assert not fixed["forgotten"] and fixed["repairedAs"]
     listed = {s["id"]: s for s in sb.snapshots()}
@@ -161,7 +165,7 @@ def test_repair_snapshots_rewrite_keeps_the_original_until_forget(backed_up: San
     assert listed[snap["id"]]["name"] != listed[fixed["repairedAs"]]["name"], "the copy gets a name of its own"
     assert not sb.verify(check=1)["ok"]
     shutil.copy2(sb.root / "saved-pack", sb.repo / pack)  # the pack came back (say from another target)
-    sb.phx("repair", "index")
+    sb.phx_here("repair", "index")
     assert sb.verify("--read-data")["ok"]
 
 
@@ -175,12 +179,12 @@ def test_repair_index_keeps_the_blobs_of_a_pack_whose_header_is_damaged(backed_u
     pack = data_packs(sb)[0]
     flip_byte(pack, pack.stat().st_size - 10)  # inside the sealed header, before its length
     sb.restore_to(snap["id"], tmp_path / "before")
-    doc = sb.phx("repair", "index", "--json").json()
+    doc = sb.phx_here("repair", "index", "--json").json()
     sb.restore_to(snap["id"], tmp_path / "after")
     assert_restored(expected, tmp_path / "after", "the snapshot after repair index")
     name = pack.relative_to(sb.repo).as_posix()
     assert name in doc["unreadablePacks"] and doc["keptFromOldIndex"][name] > 0, doc
-    assert f"{name}: " in (out := sb.phx("repair", "index").out) and "kept the" in out, out
+    assert f"{name}: " in (out := sb.phx_here("repair", "index").out) and "kept the" in out, out
 
 
 def test_repair_snapshots_does_not_take_unindexed_data_for_lost(backed_up: Sandbox) -> None:
@@ -190,12 +194,12 @@ def test_repair_snapshots_does_not_take_unindexed_data_for_lost(backed_up: Sandb
     (snap,) = sb.snapshots()
     for index in (sb.repo / "index").iterdir():
         index.unlink()
-    doc = sb.phx("repair", "snapshots", "--forget", "--json").json()
+    doc = sb.phx_here("repair", "snapshots", "--forget", "--json").json()
     assert [s["id"] for s in sb.snapshots()] == [snap["id"]]
     assert doc["damaged"] == [] and doc["unindexedPacks"] == len(data_packs(sb)), doc
-    named = sb.phx("repair", "snapshots")
+    named = sb.phx_here("repair", "snapshots")
     assert "phx repair index" in named.out and "none refers to lost data" in named.out, named
-    sb.phx("repair", "index")
+    sb.phx_here("repair", "index")
     assert sb.verify("--read-data")["ok"]
 
 
@@ -217,7 +221,7 @@ def test_a_repaired_copy_never_reuses_a_tree_of_a_lost_pack(backed_up: Sandbox, 
     lost_data = pack_holding(sb, set(data_packs(sb)) - packs, BlobType.DATA)
     lost_trees.unlink()
     lost_data.unlink()
-    done = sb.phx("repair", "snapshots", "--rewrite", "--forget", "--json").json()
+    done = sb.phx_here("repair", "snapshots", "--rewrite", "--forget", "--json").json()
     copy = next(d["repairedAs"] for d in done["damaged"] if d["id"] == second["id"])
     assert copy, done
     assert sb.verify("--read-data")["ok"]
@@ -236,11 +240,11 @@ def test_a_snapshot_of_which_nothing_can_be_read_is_not_rewritten_quietly(backed
     (snap,) = sb.snapshots()
     for pack in data_packs(sb):
         pack.unlink()
-    res = sb.phx("repair", "snapshots", "--rewrite", "--json", check=1)
+    res = sb.phx_here("repair", "snapshots", "--rewrite", "--json", code=1)
     (damaged,) = res.json()["damaged"]
     assert damaged["id"] == snap["id"] and damaged["lost"] == ["/"] and not damaged["repairedAs"], damaged
-    assert "no copy was written" in sb.phx("repair", "snapshots", "--rewrite", check=1).out
-    forgotten = sb.phx("repair", "snapshots", "--rewrite", "--forget", "--json").json()
+    assert "no copy was written" in sb.phx_here("repair", "snapshots", "--rewrite", code=1).out
+    forgotten = sb.phx_here("repair", "snapshots", "--rewrite", "--forget", "--json").json()
     assert forgotten["damaged"][0]["forgotten"]
     assert sb.snapshots() == []
 
@@ -318,6 +322,6 @@ def test_repair_objects_from_a_target_holding_another_repository_copies_nothing(
     assert_error(refused, 1, "does not open the repository", "not kept")
     assert not (sb.repo / "config").exists()
     sb.write_config(targets={"local": {"enabled": True}, "s3": {**s3, "bucket": ours}})
-    repaired = sb.phx("repair", "objects", "--from", "s3", "--json").json()
+    repaired = sb.phx_here("repair", "objects", "--from", "s3", "--json").json()
     assert repaired["copied"] == ["config"], repaired
     sb.restore_to(snap["id"], tmp_path / "out")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import blake3
+import pytest
 from e2e_support import PASSPHRASE, TEST_KDF, Sandbox, assert_restored
 
 from phoenix_backup.dirs import data_dir
@@ -17,6 +18,10 @@ from phoenix_backup.repo.pack import PackIds
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
+
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
 
 
 def _packs(sb: Sandbox) -> list[Path]:

@@ -19,6 +19,10 @@ from typing import Any
 import pytest
 from e2e_support import Sandbox, assert_restored, retention_only
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 MB = 1024 * 1024
 
 
@@ -67,28 +71,28 @@ def test_forget_and_prune_free_space_and_the_rest_restores(
 
     sb.write_config(retention=retention_only(daily=2, prune=False))
     # Dry run: every snapshot with its decision and reasons; nothing removed.
-    plan = sb.phx("forget", "--dry-run", "--json").json()
+    plan = sb.phx_here("forget", "--dry-run", "--json").json()
     decisions = {s["id"]: s for s in plan["targets"]["local"]["snapshots"]}
     assert set(decisions) == {a["id"], b["id"], c["id"], d["id"]}
     assert [decisions[x["id"]]["keep"] for x in (a, b, c, d)] == [False, False, True, True]
     assert decisions[d["id"]]["reasons"][0]["rule"] == "daily"
     assert decisions[a["id"]]["reasons"] == []
-    text = sb.phx("forget", "--dry-run").out
+    text = sb.phx_here("forget", "--dry-run").out
     assert "would remove 2 of 4" in text and "daily" in text
     assert len(sb.snapshots()) == 4
 
-    sb.phx("forget")
+    sb.phx_here("forget")
     assert {s["id"] for s in sb.snapshots()} == {c["id"], d["id"]}
 
     # Fresh packs are kept: a running backup may still commit them.
-    young = sb.phx("prune", "--dry-run", "--json").json()
+    young = sb.phx_here("prune", "--dry-run", "--json").json()
     assert young["freed"] == 0 and young["targets"]["local"]["packs"]["youngUnusedKept"] > 0, young
     age_packs(sb.repo)  # the nightly backups were taken days ago
     before = data_bytes(sb.repo)
-    dry = sb.phx("prune", "--dry-run", "--json").json()
+    dry = sb.phx_here("prune", "--dry-run", "--json").json()
     assert dry["dryRun"] and dry["freed"] > 5 * MB, dry
     assert data_bytes(sb.repo) == before, "a dry run changes nothing"
-    done = sb.phx("prune", "--json").json()
+    done = sb.phx_here("prune", "--json").json()
     assert done["ok"] and done["freed"] > 5 * MB
     after = data_bytes(sb.repo)
     assert before - after > 5 * MB, (before, after)
@@ -101,7 +105,7 @@ def test_forget_and_prune_free_space_and_the_rest_restores(
         sb.restore_to(snap["id"], dest)
         assert_restored(states[key], dest, f"snapshot {key} after prune")
     # A second prune has nothing left to do.
-    again = sb.phx("prune", "--json").json()["targets"]["local"]
+    again = sb.phx_here("prune", "--json").json()["targets"]["local"]
     assert again["packs"]["deleted"] == again["packs"]["repacked"] == 0
 
 
@@ -147,7 +151,7 @@ def test_pre_restore_snapshots_are_kept_keep_safety_days(make_sandbox: Callable[
     kept = {s["id"] for s in sb.snapshots()}
     assert kept == {recent_safety["id"], newest_safety["id"], regular["id"]}
     assert old_safety["id"] not in kept
-    plan = sb.phx("forget", "--dry-run", "--json").json()["targets"]["local"]["snapshots"]
+    plan = sb.phx_here("forget", "--dry-run", "--json").json()["targets"]["local"]["snapshots"]
     reasons = {s["id"]: [r["rule"] for r in s["reasons"]] for s in plan}
     assert reasons[recent_safety["id"]] == ["safety"]
     assert reasons[newest_safety["id"]] == ["safety", "last"]
@@ -172,12 +176,12 @@ def test_retention_applies_on_every_target(make_sandbox: Callable[..., Sandbox])
     assert set(last["targets"]) == {"local", "git"} and all(t["ok"] for t in last["targets"].values())
     assert last["retention"]["forgotten"] == {"local": 1, "git": 1}
     for target in ("local", "git"):
-        listed = sb.phx("list", "--target", target, "--json").json()
+        listed = sb.phx_here("list", "--target", target, "--json").json()
         assert [s["id"] for s in listed] == [ids[2], last["id"]], target
-    forget = sb.phx("forget", "--dry-run", "--json").json()
+    forget = sb.phx_here("forget", "--dry-run", "--json").json()
     assert set(forget["targets"]) == {"local", "git"}
     assert all(t["remove"] == 0 for t in forget["targets"].values())
-    pruned = sb.phx("prune", "--target", "git", "--json").json()
+    pruned = sb.phx_here("prune", "--target", "git", "--json").json()
     assert set(pruned["targets"]) == {"git"} and pruned["ok"]
     assert sb.verify("--target", "git", "--read-data")["ok"]
 

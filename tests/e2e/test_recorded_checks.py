@@ -24,6 +24,10 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.storage.local import LocalBackend
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 
 @pytest.fixture
 def cadenced(make_sandbox: Callable[..., Sandbox], receiver: Receiver) -> Sandbox:
@@ -57,7 +61,7 @@ def open_repo(path: Path, passphrase: str = PASSPHRASE) -> Repository:
 
 def node_of(sb: Sandbox, snapshot: str) -> tuple[str, int]:
     """The SHA-256 and size of the snapshot's copy of the database (as `phx ls --json` gives them)."""
-    listing = sb.phx("ls", snapshot, "--json").json()
+    listing = sb.phx_here("ls", snapshot, "--json").json()
     entries = listing if isinstance(listing, list) else listing["entries"]
     node = next(e for e in entries if e["path"] == LOGICAL)
     return str(node["sha256"]), int(node["size"])
@@ -96,7 +100,7 @@ def test_a_restore_records_its_check_and_the_next_restore_of_those_bytes_skips_i
     assert con.execute("SELECT v FROM t WHERE id = 7").fetchone()[0] == "changed"
     assert con.execute("SELECT COUNT(*) FROM t").fetchone()[0] == ROWS
     con.close()
-    text = sb.phx("restore", "--backup", daily["id"], "--to", tmp_path / "d").out
+    text = sb.phx_here("restore", "--backup", daily["id"], "--to", tmp_path / "d").out
     assert "passed integrity_check in a restore at" in text and "not run again" in text, text
 
 
@@ -129,13 +133,13 @@ def test_a_drill_records_its_checks_for_the_restores_after_it(cadenced: Sandbox,
     change_a_row(sb)
     daily = sb.backup()
     assert integrity_of(daily) == "not checked"
-    sb.phx("drill", "--json", "--scratch", tmp_path, check=0)
+    sb.phx_here("drill", "--json", "--scratch", tmp_path, code=0)
     assert [(r.by, r.result, r.snapshot) for r in recorded(sb)] == [("drill", "ok", daily["id"])]
     assert [r.checks for r in recorded(sb)] == [("integrity_check", "fts5_integrity_check")]
     check = copy_check(sb.restore_to(daily["id"], tmp_path / "r"))
     assert check["ran"] is False and check["by"] == "drill", check
     # The drill itself always checks (it is the proof): a second drill still runs every check.
-    doc = sb.phx("drill", "--json", "--scratch", tmp_path, check=0).json()
+    doc = sb.phx_here("drill", "--json", "--scratch", tmp_path, code=0).json()
     assert {d["path"]: d for d in doc["databases"]}[LOGICAL]["integrity"] == "ok"
 
 
@@ -190,15 +194,15 @@ def test_prune_deletes_the_records_of_forgotten_snapshots(cadenced: Sandbox, tmp
     assert [r.snapshot for r in kept_before] == [first["id"]]  # the first backup's own check
     before = len(records(sb))
     (sb.repo / "checks" / ("f" * 64)).write_bytes(os.urandom(200))  # planted: opens with no key
-    kept = sb.phx("prune", "--dry-run", "--json").json()
+    kept = sb.phx_here("prune", "--dry-run", "--json").json()
     assert [t["checkRecords"] for t in kept["targets"].values()] == [1], kept  # the planted one
     assert len(records(sb)) == before + 1  # a dry run deletes nothing
-    sb.phx("forget", daily["id"], "--json")
-    sb.phx("prune", "--json")
+    sb.phx_here("forget", daily["id"], "--json")
+    sb.phx_here("prune", "--json")
     assert recorded(sb) == []  # the restore's record of the forgotten snapshot went
     assert recorded(sb, by_backups=True) == kept_before  # the kept snapshot's stays
-    sb.phx("forget", first["id"], "--json")
-    sb.phx("prune", "--json")
+    sb.phx_here("forget", first["id"], "--json")
+    sb.phx_here("prune", "--json")
     assert records(sb) == []
 
 
@@ -261,7 +265,7 @@ def test_a_drill_records_no_pass_when_a_check_it_names_did_not_run(
     them) or could not run (no tokenizer)."""
     sb = cadenced
     damage(sb.db_path(LOGICAL))
-    sb.phx("backup", "--json", check=0)
+    sb.phx_here("backup", "--json", code=0)
     snap = sb.snapshots()[-1]["id"]
     sb.phx("drill", "--json", "--scratch", tmp_path, check=None)
     sha, _size = node_of(sb, snap)

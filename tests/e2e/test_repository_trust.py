@@ -33,6 +33,10 @@ from phoenix_backup.storage.local import LocalBackend
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import bare_repo, git
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 PLANTED = b"ssh-ed25519 AAAA attacker@evil\n"
 
 
@@ -102,7 +106,7 @@ def test_an_age_slot_to_the_owners_recipient_does_not_win(make_sandbox, tmp_path
         write_slot(sb.repo, json.loads(keys.wrap_age(attacker, [recipient]).to_json()))
     planted, keep = _chain(sb, attacker)
     _assert_not_taken_over(sb, planted, keep, owner_latest)
-    listing = sb.phx("key", "list", "--json").json()
+    listing = sb.phx_here("key", "list", "--json").json()
     assert sorted(s["status"] for s in listing) == ["ok"] + ["other key"] * 4, listing
 
 
@@ -130,7 +134,7 @@ def test_a_replaced_config_is_a_changed_key(make_sandbox, tmp_path: Path) -> Non
 def test_a_whole_new_repository_at_a_pinned_location_is_refused(backed_up: Sandbox, tmp_path: Path) -> None:
     sb = backed_up
     old_id = Repository.read_config(LocalBackend(sb.repo)).id
-    sb.phx("list")  # used here: this location is pinned
+    sb.phx_here("list")  # used here: this location is pinned
     shutil.rmtree(sb.repo)
     # The attacker's own repository, opened by the same passphrase (as if they had guessed it).
     Repository.init(LocalBackend(sb.repo), lambda m: keys.wrap_passphrase(m, sb.env["PHX_PASSPHRASE"]), True)
@@ -139,14 +143,14 @@ def test_a_whole_new_repository_at_a_pinned_location_is_refused(backed_up: Sandb
     fingerprint = Repository.open(
         LocalBackend(sb.repo), keys.Credentials(passphrase=sb.env["PHX_PASSPHRASE"])
     ).secrets.fingerprint
-    res = sb.phx("key", "trust", fingerprint.replace(":", "").upper())
+    res = sb.phx_here("key", "trust", fingerprint.replace(":", "").upper())
     assert fingerprint in res.out
-    assert sb.phx("list", "--json").json() == []
+    assert sb.phx_here("list", "--json").json() == []
 
 
 def test_a_new_machine_trusts_on_first_use_and_can_check_first(backed_up: Sandbox, tmp_path: Path) -> None:
     sb = backed_up
-    listing = sb.phx("key", "list", "--json").json()
+    listing = sb.phx_here("key", "list", "--json").json()
     fingerprint = listing[0]["fingerprint"]
     assert re.fullmatch(r"([0-9a-f]{4}:){7}[0-9a-f]{4}", fingerprint), listing
     # A new machine: nothing but the config and the passphrase (no pin file, no cache).
@@ -225,7 +229,7 @@ def test_key_slots_keep_no_identity_in_the_clear(make_sandbox, tmp_path: Path) -
         assert set(doc["params"]) <= {"kdf", "n", "r", "p", "salt"}, doc
         assert scan_for(slot.parent, [recipient.encode(), recipient[4:20].encode()]) == []
     # ...while the owner still sees them.
-    listing = sb.phx("key", "list").out
+    listing = sb.phx_here("key", "list").out
     assert socket.gethostname() in listing and "age age1" in listing
 
 

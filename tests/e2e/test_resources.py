@@ -33,6 +33,10 @@ from e2e_support import (
 )
 from pause_support import Paused
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 MIB = 1024 * 1024
 

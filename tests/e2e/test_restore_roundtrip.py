@@ -8,9 +8,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from e2e_support import DATABASES, Sandbox, assert_restored
 
 from phoenix_backup.sample import simulate_day
+
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
 
 
 def change_workspace(sb: Sandbox) -> None:
@@ -113,7 +118,7 @@ def test_same_second_snapshots_keep_their_order(sandbox: Sandbox, tmp_path: Path
     assert [s["name"] for s in listed] == [t["name"] for t in taken], "list is not in the order taken"
     assert [s["id"] for s in listed] == [t["id"] for t in taken]
     dest = tmp_path / "latest"
-    doc = sb.phx("restore", "--latest", "--to", dest, "--json").json()
+    doc = sb.phx_here("restore", "--latest", "--to", dest, "--json").json()
     assert doc["snapshot"] == taken[-1]["id"], f"--latest restored {doc['name']}, not {taken[-1]['name']}"
     assert (dest / "workspace" / "MEMORY.md").read_text() == "version 3\n"
 

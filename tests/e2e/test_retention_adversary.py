@@ -40,6 +40,10 @@ from test_restore_durability import _FD, STRACE, traced_phx
 
 from phoenix_backup.sample import layout_for
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 # A path in a traced call, in full: a local repository names its objects relative to a folder
 # descriptor (`renameat2(5</repo/data/ab>, ".tmp-…", 5</repo/data/ab>, "…", 0)`).
 _AT_PATH = re.compile(r'(?:-?\d+<(?P<dir>[^>]*)>, )?"(?P<s>[^"]*)"')
@@ -217,9 +221,9 @@ def _hooked_backup(sb: Sandbox, kill_at: int, **hook: str) -> tuple[str, int, st
 def _clean_bytes(sb: Sandbox) -> int:
     """What a later prune leaves: every pack old, the prune due; then nothing is left to do."""
     _make_prune_due(sb)
-    pruned = sb.phx("prune", "--json").json()["targets"]["local"]
+    pruned = sb.phx_here("prune", "--json").json()["targets"]["local"]
     assert pruned["ok"], pruned
-    again = sb.phx("prune", "--dry-run", "--json").json()["targets"]["local"]
+    again = sb.phx_here("prune", "--dry-run", "--json").json()["targets"]["local"]
     packs = again["packs"]
     assert (packs["deleted"], packs["repacked"], packs["leftovers"], packs["youngLeftoversKept"]) == (0, 0, 0, 0), again
     assert again["indexesReplaced"] == 0 and again["temporaryFiles"] == 0, again
@@ -254,7 +258,7 @@ def test_killed_during_the_retention_leaves_a_valid_repository(
             assert restored["errors"] == [], f"{what}: {restored}"
             shutil.rmtree(tmp_path / "second")
         # The next forget finishes what was cut short; a later prune removes every leftover.
-        sb.phx("forget")
+        sb.phx_here("forget")
         assert [s["id"] for s in sb.snapshots()] == new, what
         # Packs are cut differently on the two paths (a few bytes of headers); the freed file is 2 MiB.
         assert abs(_clean_bytes(sb) - clean) < 64 * 1024, f"{what}: a later prune leaves more than a clean run"
@@ -313,7 +317,7 @@ def test_every_object_a_backup_and_its_retention_write_is_fsynced_before_its_ren
             assert synced[src] < dropped[src], f"{dst} left the page cache before it was fsynced"
     big = [dst for _i, src, dst in placed if src in dropped]
     assert big and all(Path(dst).parts[-3] == "data" for dst in big), f"dropped from the page cache: {big}"
-    doc = json.loads(sb.phx("list", "--json").out)
+    doc = json.loads(sb.phx_here("list", "--json").out)
     assert len(doc) == 1 and sb.verify("--read-data")["ok"]
 
 
@@ -359,14 +363,14 @@ def test_retention_on_three_targets_skips_only_the_busy_one(
     assert retention["busy"] == ["s3"] and retention["errors"] == [], retention
     assert retention["forgotten"] == {"local": 1, "git": 1}, retention
     assert set(retention["pruned"]) == {"local", "git"} and retention["pruned"]["local"] > MB, retention
-    listed = {t: [s["id"] for s in sb.phx("list", "--target", t, "--json").json()] for t in ("local", "s3", "git")}
+    listed = {t: [s["id"] for s in sb.phx_here("list", "--target", t, "--json").json()] for t in ("local", "s3", "git")}
     assert listed == {"local": [third["id"]], "s3": [second, third["id"]], "git": [third["id"]]}, listed
     fourth = sb.backup()
     retention = fourth["retention"]
     assert retention["busy"] == [] and retention["errors"] == [], retention
     assert retention["forgotten"]["s3"] == 2 and "s3" in retention["pruned"], retention
     for target in ("local", "s3", "git"):
-        assert [s["id"] for s in sb.phx("list", "--target", target, "--json").json()] == [fourth["id"]], target
+        assert [s["id"] for s in sb.phx_here("list", "--target", target, "--json").json()] == [fourth["id"]], target
         assert sb.verify("--target", target, "--read-data")["ok"], target
 
 
@@ -385,7 +389,7 @@ def test_a_retention_whose_lock_was_removed_deletes_nothing_more(
     before = _data_bytes(sb.repo)
     with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at=PAUSES["between-forget-and-prune"]) as run:
         run.wait_paused()
-        removed = sb.phx("unlock", "--all", "--json").json()
+        removed = sb.phx_here("unlock", "--all", "--json").json()
         assert len(removed) == 1 and "exclusive lock by forget and prune" in removed[0]["description"], removed
         code = run.finish()
     doc = json.loads(run.out)
@@ -433,7 +437,7 @@ def test_forget_and_prune_told_they_hold_a_lock_they_do_not_hold_delete_nothing(
                     repo, policy, TargetForget("local"), dry_run=False, now=datetime.now(UTC), locked=True
                 )
         assert sorted(p.name for p in (sb.repo / "snapshots").iterdir()) == held
-        sb.phx("forget")  # snapshot 2 goes: its 2 MiB file is garbage now
+        sb.phx_here("forget")  # snapshot 2 goes: its 2 MiB file is garbage now
         before = _data_bytes(sb.repo)
         state = PruneState.for_home(sb.home)
         for shared in (False, True):

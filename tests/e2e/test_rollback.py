@@ -14,7 +14,12 @@ from pathlib import Path
 from e2e_support import Result, Sandbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+import pytest
 from moto_support import MotoServer
+
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
 
 WARNING = "no longer holds snapshot"
 
@@ -28,7 +33,7 @@ def _warnings(res: Result) -> list[str]:
 
 
 def _fingerprint(sb: Sandbox) -> str:
-    fingerprint: str = sb.phx("key", "list", "--json").json()[0]["fingerprint"]
+    fingerprint: str = sb.phx_here("key", "list", "--json").json()[0]["fingerprint"]
     return fingerprint
 
 
@@ -41,27 +46,27 @@ def test_an_older_copy_put_back_is_named_and_prune_waits_for_the_owner(make_sand
     shutil.rmtree(sb.repo)
     shutil.copytree(kept, sb.repo)  # the backup disk restored from an older image
 
-    res = sb.phx("list", "--json")  # what it lists is there: exit 0, with the warning
+    res = sb.phx_here("list", "--json")  # what it lists is there: exit 0, with the warning
     assert [s["id"] for s in res.json()] == [old]
     (line,) = _warnings(res)
     for needle in (newer[0][:8], newer[1][:8], "rolled back", "phx forget", "phx verify", "phx key trust"):
         assert needle in line, line
-    assert len(_warnings(sb.phx("restore", "--latest", "--to", tmp_path / "out", "--json"))) == 1
-    assert len(_warnings(sb.phx("verify", "--json"))) == 1
+    assert len(_warnings(sb.phx_here("restore", "--latest", "--to", tmp_path / "out", "--json"))) == 1
+    assert len(_warnings(sb.phx_here("verify", "--json"))) == 1
 
-    res = sb.phx("prune", check=1)  # a target's failure, reported as prune reports each target's
+    res = sb.phx_here("prune", code=1)  # a target's failure, reported as prune reports each target's
     assert "prune refused" in res.out and newer[1][:8] in res.out and "phx key trust" in res.out, res
-    res = sb.phx("forget", old, check=1)
+    res = sb.phx_here("forget", old, code=1)
     assert "forget refused" in res.out and old in [s["id"] for s in sb.snapshots()], res
     # A backup on top of the rollback is taken (it loses nothing), but its retention is refused.
     top = sb.backup("--time", _hours_ago(0.5), check=3)
     assert "forget refused" in str(top["retention"]), top
-    assert "prune refused" in sb.phx("prune", check=1).out
+    assert "prune refused" in sb.phx_here("prune", code=1).out
 
     # The owner checked and accepts the repository as it is: no warning, prune runs.
-    sb.phx("key", "trust", _fingerprint(sb))
-    res = sb.phx("prune")
-    assert not _warnings(res) and not _warnings(sb.phx("list")), res
+    sb.phx_here("key", "trust", _fingerprint(sb))
+    res = sb.phx_here("prune")
+    assert not _warnings(res) and not _warnings(sb.phx_here("list")), res
 
 
 def test_the_newest_copy_put_forward_again_clears_the_alarm(make_sandbox, tmp_path: Path) -> None:
@@ -72,10 +77,10 @@ def test_the_newest_copy_put_forward_again_clears_the_alarm(make_sandbox, tmp_pa
     sb.backup("--time", _hours_ago(1))
     shutil.move(sb.repo, new)
     shutil.copytree(old, sb.repo)
-    assert len(_warnings(sb.phx("list"))) == 1
+    assert len(_warnings(sb.phx_here("list"))) == 1
     shutil.rmtree(sb.repo)
     shutil.move(new, sb.repo)
-    res = sb.phx("prune")
+    res = sb.phx_here("prune")
     assert not _warnings(res), res
 
 
@@ -85,18 +90,18 @@ def test_a_forget_on_another_machine_is_no_false_alarm(make_sandbox, tmp_path: P
     other = sb.env_with(XDG_DATA_HOME=str(tmp_path / "other-data"), PHX_CACHE_DIR=str(tmp_path / "other-cache"))
     # Another machine forgets an older snapshot: the newest is still there, so no alarm here.
     sb.phx("forget", ids[0], env=other)
-    res = sb.phx("prune")
+    res = sb.phx_here("prune")
     assert not _warnings(res), res
     # It forgets the newest: from here that cannot be told from a rollback, until the owner says so.
     sb.phx("forget", ids[2], env=other)
-    assert len(_warnings(sb.phx("list"))) == 1
-    assert "prune refused" in sb.phx("prune", check=1).out
-    sb.phx("key", "trust", _fingerprint(sb))
-    res = sb.phx("prune")
-    assert not _warnings(res) and not _warnings(sb.phx("list")), res
+    assert len(_warnings(sb.phx_here("list"))) == 1
+    assert "prune refused" in sb.phx_here("prune", code=1).out
+    sb.phx_here("key", "trust", _fingerprint(sb))
+    res = sb.phx_here("prune")
+    assert not _warnings(res) and not _warnings(sb.phx_here("list")), res
     # What this machine forgets itself is never an alarm.
-    sb.phx("forget", ids[1])
-    res = sb.phx("list", "--json")
+    sb.phx_here("forget", ids[1])
+    res = sb.phx_here("list", "--json")
     assert res.json() == [] and not _warnings(res), res
 
 
@@ -110,11 +115,11 @@ def test_a_rolled_back_replica_is_the_target_named(make_sandbox, moto: MotoServe
     sb.config_path.chmod(0o600)
     ids = [sb.backup("--time", _hours_ago(h))["id"] for h in (2, 1)]
     moto.client().delete_object(Bucket=bucket, Key=f"argent/snapshots/{ids[1]}")
-    (line,) = _warnings(sb.phx("list"))
+    (line,) = _warnings(sb.phx_here("list"))
     assert "target s3" in line and ids[1][:8] in line and str(sb.repo) not in line, line
-    assert "prune refused" in sb.phx("prune", "--target", "s3", check=1).out
-    sb.phx("sync")
-    res = sb.phx("list", "--json")
+    assert "prune refused" in sb.phx_here("prune", "--target", "s3", code=1).out
+    sb.phx_here("sync")
+    res = sb.phx_here("list", "--json")
     assert not _warnings(res) and res.json()[-1]["targets"] == ["local", "s3"], res
 
 
@@ -124,10 +129,10 @@ def test_a_snapshot_dated_ahead_forgotten_on_its_machine_is_no_false_alarm(make_
     sb: Sandbox = make_sandbox()
     sb.backup("--time", _hours_ago(2))
     ahead = sb.backup("--time", _hours_ago(-24))["id"]
-    sb.phx("list")  # this machine saw it
+    sb.phx_here("list")  # this machine saw it
     other = sb.env_with(XDG_DATA_HOME=str(tmp_path / "other-data"), PHX_CACHE_DIR=str(tmp_path / "other-cache"))
     sb.phx("forget", ahead, env=other)
-    res = sb.phx("prune")
+    res = sb.phx_here("prune")
     assert not _warnings(res), res
 
 
@@ -141,6 +146,6 @@ def test_a_pin_file_that_cannot_be_written_does_not_stop_a_restore(make_sandbox,
     lock = Path(sb.env["XDG_DATA_HOME"]) / "phoenix" / ".pins.lock"
     lock.unlink()
     lock.mkdir()
-    res = sb.phx("restore", "--latest", "--to", tmp_path / "out")
+    res = sb.phx_here("restore", "--latest", "--to", tmp_path / "out")
     (line,) = [x for x in res.stderr_lines() if "cannot write the pin file" in x]
     assert "PHX_DATA_DIR" in line and (tmp_path / "out").is_dir(), res

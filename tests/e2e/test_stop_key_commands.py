@@ -20,6 +20,10 @@ from test_stop_signals import SLOW
 
 from phoenix_backup.repo.pins import Pins
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 
 

@@ -40,6 +40,10 @@ from services import PgServer, make_memory_db, postgres_entry
 HEAVY_ONLY = pytest.mark.skipif(os.environ.get("PHX_TEST_HEAVY") != "1", reason="PHX_TEST_HEAVY=1: the budget")
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 SLOW = """
 import os, time
 _below = os.environ["SLOW_BELOW"]

@@ -20,6 +20,10 @@ from moto_support import bare_repo, git
 from phoenix_backup.storage.base import ObjectInfo
 from phoenix_backup.storage.git import clone_dir
 
+# The sandboxes' helpers (the backups that set a test up, the checks after) run phx in this process;
+# the commands under test stay real `phx` processes (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 GiB = 1 << 30
 # Address space for each `phx` run: far above what these commands need, far below 64 GiB.
 LIMITED = ["prlimit", f"--as={4 * GiB}", "--"]

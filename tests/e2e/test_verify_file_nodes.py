@@ -38,6 +38,10 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extent, Extents, Node
 from phoenix_backup.repo.walker import Trees
 
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
+
 PLANTED = "planted.txt"
 TEXT = b"hello, world"  # one blob: extents (b, 0, 7) and (b, 7, 5) are "hello, " and "world"
 
@@ -131,7 +135,7 @@ def test_verify_refuses_file_nodes_that_do_not_assemble_their_sha256(backed_up: 
         assert _errors(deep.json(), sid), (case, errors)
     assert {e["snapshot"] for e in errors} == set(planted.values()), errors  # the base snapshot is clean
 
-    ok = sb.phx("restore", "--backup", base, "--to", tmp_path / "base", "--path", f"**/{PLANTED}", "--json")
+    ok = sb.phx_here("restore", "--backup", base, "--to", tmp_path / "base", "--path", f"**/{PLANTED}", "--json")
     assert [p.read_bytes() for p in (tmp_path / "base").rglob(PLANTED)] == [TEXT], ok
     for case, sid in planted.items():
         out = tmp_path / sid[:12]
@@ -212,13 +216,13 @@ def test_verify_reads_the_capture_segments_that_restore_at_rebuilds_from(sandbox
     middle = sb.repo / "captures" / chain[1].id
     kept = middle.read_bytes()
     flip_byte(middle)  # a header in the cache does not stand for the segment in the store
-    res = sb.phx("verify", "--read-data", "--json", check=1)
+    res = sb.phx_here("verify", "--read-data", "--json", code=1)
     objects = {e["object"] for e in res.json()["errors"]}
     assert f"captures/{chain[1].id}" in objects and f"chain {chain[1].chain[:8]}" in objects, res
     assert "phx restore --at" in res.out, res
 
     middle.unlink()
-    res = sb.phx("verify", "--json", check=1)
+    res = sb.phx_here("verify", "--json", code=1)
     errors = res.json()["errors"]
     assert [e["object"] for e in errors] == [f"chain {chain[1].chain[:8]}"], errors
     assert "segment 1 of this watch's chain" in errors[0]["message"], errors
@@ -258,7 +262,7 @@ def test_a_subset_run_names_the_pack_of_the_blob_that_fails_not_the_nodes_first(
     sb.phx("verify", "--subset", "1", check=None)  # leaves its cursor in the cache
     (cursor,) = sb.cache.rglob(SUBSET_CURSOR)
     cursor.write_text(json.dumps({"all": pack_a}))  # the next run reads the pack of the first blob alone
-    res = sb.phx("verify", "--subset", "1", "--json", check=1)
+    res = sb.phx_here("verify", "--subset", "1", "--json", code=1)
     assert res.json()["subset"]["packs"] == 1 and res.json()["subset"]["first"] == pack_a, res
     errors = [e for e in res.json()["errors"] if e["snapshot"] == sid and e["path"].endswith(PLANTED)]
     assert errors and {e["object"] for e in errors} == {pack_b}, res.json()["errors"]
@@ -278,7 +282,7 @@ def test_a_failing_node_is_named_in_every_snapshot_sharing_its_tree(backed_up: S
         shared = repo.save_snapshot(dataclasses.replace(snap, time="2030-01-01T00:00:00+00:00"))  # the same tree
     finally:
         repo.close()
-    res = sb.phx("verify", "--read-data", "--json", check=1)
+    res = sb.phx_here("verify", "--read-data", "--json", code=1)
     named = {e["snapshot"] for e in res.json()["errors"] if (e["path"] or "").endswith(PLANTED)}
     assert named == {bad, shared}, res.json()["errors"]
     out = sb.phx("restore", "--backup", shared, "--to", tmp_path / "out", "--path", f"**/{PLANTED}", check=None)
@@ -338,7 +342,7 @@ def test_a_one_extent_node_of_another_blob_of_the_right_length_fails(backed_up: 
     wrong = plant(sb, base, lambda n: dataclasses.replace(n, content=Extents.of(other.content)))
     tail = plant(sb, base, lambda n: dataclasses.replace(with_extents(n, (7, 5)), sha256=sha256_hex(TEXT[7:])))
     assert sb.verify()["ok"] is True
-    res = sb.phx("verify", "--read-data", "--json", check=1)
+    res = sb.phx_here("verify", "--read-data", "--json", code=1)
     assert {e["snapshot"] for e in res.json()["errors"]} == {wrong}, res.json()["errors"]
     assert "do not match the SHA-256" in _errors(res.json(), wrong)[0]["message"]
     bad = sb.phx("restore", "--backup", wrong, "--to", tmp_path / "w", "--path", f"**/{PLANTED}", check=None)
@@ -494,7 +498,7 @@ def test_nodes_of_many_blobs_that_do_not_match_are_each_named(backed_up: Sandbox
             bad[name] = plant(sb, shapes.base, shapes.node(shifted, sha_of=records))
         else:
             bad[name] = plant(sb, shapes.base, shapes.node(records, sha_of=[*records[:-2], records[-1], records[-2]]))
-    res = sb.phx("verify", "--read-data", "--json", check=1)
+    res = sb.phx_here("verify", "--read-data", "--json", code=1)
     errors = res.json()["errors"]
     for name, sid in bad.items():
         found = _errors(res.json(), sid)
@@ -512,7 +516,7 @@ def test_a_damaged_blob_in_the_middle_of_a_long_node_names_every_node_that_needs
     planted = {name: plant(sb, shapes.base, shapes.node(records)) for name, records in shapes.shapes.items()}
     loc = _location(sb, shapes.blob["c"])
     flip_byte(sb.repo / pack_name(loc.pack_id), loc.offset + loc.stored // 2)
-    res = sb.phx("verify", "--read-data", "--json", check=1)
+    res = sb.phx_here("verify", "--read-data", "--json", code=1)
     errors = res.json()["errors"]
     named = {e["snapshot"] for e in errors if (e["path"] or "").endswith(PLANTED)}
     assert named == {planted["long"], planted["spans two packs"]}, errors
@@ -701,13 +705,13 @@ def test_nodes_are_proved_from_the_copy_a_restore_reads_not_a_later_one_that_mat
     finally:
         repo.close()
     assert first is not None and first.pack_id != shapes.pack["a"], "the index lists the planted copy first"
-    restored = sb.phx(
-        "restore", "--backup", planted["long"], "--to", sb.root / "long", "--path", f"**/{PLANTED}", check=0
+    restored = sb.phx_here(
+        "restore", "--backup", planted["long"], "--to", sb.root / "long", "--path", f"**/{PLANTED}", code=0
     )
     assert pack_name(first.pack_id) in restored.err, restored.err
     (copy,) = (sb.root / "long").rglob(PLANTED)
     assert copy.read_bytes() == shapes.bytes_of(shapes.shapes["long"])
-    res = sb.phx("verify", "--read-data", "--json", check=1)
+    res = sb.phx_here("verify", "--read-data", "--json", code=1)
     errors = res.json()["errors"]
     for name, sid in planted.items():
         found = _errors(res.json(), sid)

@@ -26,7 +26,7 @@ import pytest
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from e2e_support import Sandbox, assert_error, assert_restored, retention_only, wait_past_racy_window
+from e2e_support import Sandbox, assert_error, assert_restored, retention_only, run_phx_here, wait_past_racy_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from moto_support import bare_repo
@@ -39,6 +39,10 @@ from phoenix_backup.repo.index import INDEX_AAD, decode_index
 from phoenix_backup.repo.pack import HEADER_AAD, blob_aad
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD
 from phoenix_backup.repo.writeonly import RunKey, WriteKey, uncover_index
+
+# The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
+# in this process (tests/e2e/conftest.py).
+pytestmark = pytest.mark.phx_in_process
 
 READING = ("age identity", "--identity FILE", "PHX_IDENTITY_FILE")
 # The attacker's harvest takes the 32-byte runs of Phoenix's binary files at every byte with
@@ -83,6 +87,10 @@ class Reader:
         self.config_path.write_text(json.dumps(config))
 
     def phx(self, *args: str | Path, check: bool | int | None = True) -> Any:
+        """`phx ARGS` on this machine: in this process when the exit code is known (the repository it
+        reads is the point), else a real `phx` process."""
+        if check is not None and check is not False and check != 2:  # exit 2: said by the entry point
+            return run_phx_here([str(a) for a in args], self.env, 0 if check is True else check)
         return self.sb.phx(*args, env=self.env, check=check)
 
 
@@ -131,7 +139,7 @@ def test_backup_with_recipients_only_restores_on_another_machine(make_sandbox: A
     # What the writer can do without the identity: list (its record), status, verify the structure.
     listed = sb.snapshots()
     assert [s["id"] for s in listed] == [first["id"], second["id"]]
-    sb.phx("status")
+    sb.phx_here("status")
     doc = sb.verify()
     assert doc["ok"] and doc["checked"]["snapshots"] == 2, doc
     # What it cannot: every command that reads data says exactly what it needs.
@@ -253,7 +261,7 @@ def test_nothing_on_the_writers_disk_opens_any_object(make_sandbox: Any, tmp_pat
         sb = make_sandbox()
         sb.backup()
         identity, recipient = _age_key()
-        sb.phx("key", "add", "--method", "age", "--write-only", "--recipient", recipient)
+        sb.phx_here("key", "add", "--method", "age", "--write-only", "--recipient", recipient)
     sb.backup()
     _change(sb)
     sb.backup()
@@ -330,7 +338,7 @@ def test_a_passphrase_repository_becomes_write_only_without_uploading_its_data(
     packs = {p.relative_to(sb.repo).as_posix(): p.read_bytes() for p in (sb.repo / "data").rglob("*") if p.is_file()}
     identity, recipient = _age_key()
 
-    res = sb.phx("key", "add", "--method", "age", "--write-only", "--recipient", recipient, "--json")
+    res = sb.phx_here("key", "add", "--method", "age", "--write-only", "--recipient", recipient, "--json")
     done = res.json()
     assert len(done["removed"]) == 1 and done["writeKey"], done  # the passphrase slot
     after = {p.relative_to(sb.repo).as_posix(): p.read_bytes() for p in (sb.repo / "data").rglob("*") if p.is_file()}
