@@ -138,16 +138,21 @@ def test_a_users_own_git_stall_limit_is_kept(tmp_path: Path, monkeypatch: pytest
     _git_blackhole_fails_fast(tmp_path, monkeypatch, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
 
 
-class _Listing(http.server.BaseHTTPRequestHandler):
-    """A bucket listing from a hostile S3 service: `pages(n)` gives page n as (keys, next token);
-    a token of None ends the listing."""
+class _Service(http.server.BaseHTTPRequestHandler):
+    """A hostile local service's handler: HTTP/1.1 (kept-alive connections, as S3's), no log lines."""
 
     protocol_version = "HTTP/1.1"
-    pages: Callable[[int], tuple[list[str], str | None]]
-    served: list[str]
 
     def log_message(self, format: str, *args: object) -> None:  # the base's argument names
         pass
+
+
+class _Listing(_Service):
+    """A bucket listing from a hostile S3 service: `pages(n)` gives page n as (keys, next token);
+    a token of None ends the listing."""
+
+    pages: Callable[[int], tuple[list[str], str | None]]
+    served: list[str]
 
     def do_GET(self) -> None:
         n = len(self.served)
@@ -231,15 +236,11 @@ def test_an_s3_listing_of_names_phoenix_never_writes_yields_none_of_them() -> No
     assert found == ["snapshots/" + "a" * 64]
 
 
-class _Redirect(http.server.BaseHTTPRequestHandler):
+class _Redirect(_Service):
     """Every request is sent elsewhere (307, or 301 without S3's error body)."""
 
-    protocol_version = "HTTP/1.1"
     status = 307
     served: list[str]
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def do_GET(self) -> None:
         self.served.append(self.path)
@@ -264,19 +265,15 @@ def test_an_s3_redirect_to_another_host_is_not_followed_and_names_the_fix(status
     assert len(served) == 1, served
 
 
-class _Drip(http.server.BaseHTTPRequestHandler):
+class _Drip(_Service):
     """An object of `size` bytes sent `step` bytes every `pause` seconds (each pause well inside
     the read timeout), at most `most` bytes in all (the bound of the test)."""
 
-    protocol_version = "HTTP/1.1"
     size = 1000
     step = 1
     pause = 0.1
     most = 60
     served: list[str]
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def do_GET(self) -> None:
         self.served.append(self.path)
@@ -346,15 +343,11 @@ def test_a_conforming_listing_in_utf8_order_or_with_empty_pages_is_listed_whole(
     assert len(served) == len(pages)
 
 
-class _RegionRedirect(http.server.BaseHTTPRequestHandler):
+class _RegionRedirect(_Service):
     """S3's answer to a request signed for the wrong region: 301 PermanentRedirect naming the
     bucket's region (x-amz-bucket-region); the object when the request is signed for that one."""
 
-    protocol_version = "HTTP/1.1"
     served: list[str]
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def do_GET(self) -> None:
         auth = self.headers.get("Authorization", "")
@@ -387,19 +380,15 @@ def test_a_region_redirect_botocore_follows_itself_still_reads() -> None:
     assert [s.split("/")[2] for s in served] == ["us-east-1", "eu-west-1"], served
 
 
-class _HeaderDrip(http.server.BaseHTTPRequestHandler):
+class _HeaderDrip(_Service):
     """An S3 service that accepts a request and sends its status line and headers one byte per
     `pause` (each well inside the read timeout), `most` bytes in all (the bound of the test);
     with `interim`, it drips the `100 Continue` a PUT that asks for one waits on instead."""
 
-    protocol_version = "HTTP/1.1"
     pause = 0.1
     most = 80
     interim = False
     served: list[str]
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def _drip(self, head: bytes) -> None:
         self.served.append(f"{self.command} {self.path}")
@@ -460,13 +449,8 @@ def _mapped(inner: S3Backend, call: Callable[[], object]) -> Callable[[], object
     return lambda: inner._do("writing the test object", call)
 
 
-class _HeadersThenBody(http.server.BaseHTTPRequestHandler):
+class _HeadersThenBody(_Service):
     """Held: headers that arrive whole, each line slowly but well inside the limit, then a body."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def do_GET(self) -> None:
         for line in (b"HTTP/1.1 200 OK\r\n", b"Content-Length: 10\r\n", b"\r\n"):
@@ -652,18 +636,14 @@ def test_a_core_ssh_command_the_user_sets_for_this_remote_alone_is_left_to_git(t
     assert "BatchMode=yes" in elsewhere["GIT_SSH_COMMAND"], elsewhere
 
 
-class _SlowTaker(http.server.BaseHTTPRequestHandler):
+class _SlowTaker(_Service):
     """A service that takes an upload's body 64 KiB every 0.5 s: each block urllib3 sends goes
     out well inside the socket's timeout (3 s while sending), below 256 KiB a window of 0.5 s;
     `most` reads at most (30 s: past the bound of the test)."""
 
-    protocol_version = "HTTP/1.1"
     rbufsize = 0  # each read takes its bytes from the socket, not from a buffer filled at once
     most = 60
     served: list[str]
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def do_PUT(self) -> None:
         self.served.append(f"PUT {self.path}")
@@ -694,15 +674,11 @@ def test_an_s3_upload_whose_body_is_taken_slowly_is_cut(monkeypatch: pytest.Monk
     assert took < 4, f"took {took:.1f} s"
 
 
-class _BodyDrip(http.server.BaseHTTPRequestHandler):
+class _BodyDrip(_Service):
     """A listing, or an error, whose headers come whole and whose XML body comes a byte every
     50 ms (each far inside the read timeout; 200 bytes at most, the bound of the test)."""
 
-    protocol_version = "HTTP/1.1"
     status = 200
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def do_GET(self) -> None:
         body = (b'<?xml version="1.0" encoding="UTF-8"?>' + b" " * 400)[:200]
@@ -741,14 +717,10 @@ def test_an_s3_response_body_botocore_reads_itself_that_drips_is_cut(
     assert took < 3, f"took {took:.1f} s"
 
 
-class _Quick(http.server.BaseHTTPRequestHandler):
+class _Quick(_Service):
     """Answers every HEAD at once, kept alive."""
 
-    protocol_version = "HTTP/1.1"
     wbufsize = 65536  # the status line and headers in one write
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def do_HEAD(self) -> None:
         self.send_response(200)
@@ -808,14 +780,9 @@ def test_an_early_answer_to_an_upload_whose_body_drips_is_cut(monkeypatch: pytes
     assert took < 3, f"took {took:.1f} s"
 
 
-class _ChunkDrip(http.server.BaseHTTPRequestHandler):
+class _ChunkDrip(_Service):
     """A listing sent chunked, one byte a chunk, a chunk every 20 ms (each far inside the read
     timeout and the stall window; 250 chunks at most, the bound of the test)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def do_GET(self) -> None:
         self.send_response(200)
@@ -895,16 +862,12 @@ def test_a_body_that_drips_is_cut_with_a_urllib3_that_cannot_shut_a_response_dow
         assert took < 3, f"took {took:.1f} s"
 
 
-class _SteadyTaker(http.server.BaseHTTPRequestHandler):
+class _SteadyTaker(_Service):
     """A service on a slow but steady link: it takes a PUT's body 16 KiB every 50 ms (320 KiB/s)
     through a 4 KiB receive buffer, then answers 200."""
 
-    protocol_version = "HTTP/1.1"
     rbufsize = 0
     taken: list[int]
-
-    def log_message(self, format: str, *args: object) -> None:  # the base's argument names
-        pass
 
     def setup(self) -> None:
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
