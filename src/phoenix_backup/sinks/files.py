@@ -739,7 +739,7 @@ class FileWriter:
                 if grants_privilege(node, os.fstat(f)):  # swapped in since the plan saw it
                     raise UnsafePath(
                         f"{logical} in the destination changed since this restore planned it, and it would have "
-                        "been given the setuid/setgid bits; it was left alone: restore again"
+                        "been given to another owner or the setuid/setgid bits; it was left alone: restore again"
                     )
                 set_owner_mode(f, node)
                 os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
@@ -1039,8 +1039,14 @@ def grants_privilege(node: Node, st: os.stat_result) -> bool:
     """Whether restoring `node`'s owner and mode onto the existing file `st` (as root) would give it
     setuid or setgid rights it does not have now. Such a file is written anew, never changed in
     place: whoever could write the old inode (its owner; a writable mapping outlives a chown, and
-    writes through it keep the bits) would own a program running with another's rights."""
-    if os.geteuid() != 0 or not node.mode & (stat.S_ISUID | stat.S_ISGID):
+    writes through it keep the bits) would own a program running with another's rights. The same
+    for a file of one user that would be given to another (root, say): its old owner could keep it
+    open for writing, and write a file its new owner trusts as their own."""
+    if os.geteuid() != 0:
+        return False
+    if st.st_uid not in (0, node.uid):
+        return True
+    if not node.mode & (stat.S_ISUID | stat.S_ISGID):
         return False
     return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, node.mode)
 
