@@ -69,7 +69,7 @@ from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
 from phoenix_backup.sinks import leftovers, sqlite_live
 from phoenix_backup.sinks import sqlite as sqlite_sink
-from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, Written, grants_privilege
+from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, LiveState, Written, grants_privilege, live_state
 from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
@@ -278,6 +278,7 @@ class _Restore:
         self.keyless: KeylessMode = "add"
         self.warnings: list[str] = []
         self.undo_hint = ""
+        self.before: dict[str, LiveState] | None = None  # FileWriter.before
         self.damaged: dict[str, str] = {}  # logical -> why its data could not be read (not restored)
         self.untrusted_modes: dict[str, int] = {}  # file -> the mode with bits not restored
         if not repo.config.encrypted or repo.config.write_only is not None:
@@ -474,6 +475,14 @@ class _Restore:
             plan = self.plan()
             result.items = plan.items
             if safety_snapshot:
+                # What is replaced or deleted, as it is before the snapshot reads it: a path the
+                # agent writes after that is left alone (its bytes would be in no snapshot). A
+                # database is not compared: the snapshot's own read may checkpoint it.
+                self.before = {
+                    i.path: live_state(Path(i.target))
+                    for i in plan.items
+                    if i.action in ("create", "overwrite", "delete") and i.kind != "sqlite"
+                }
                 result.safety_snapshot = self.take_safety_snapshot(plan)
             else:
                 self.warnings.append(
@@ -911,6 +920,7 @@ class _Restore:
 
     def write(self, plan: _Plan, result: RestoreResult) -> None:
         writer = FileWriter(self.repo, self.layout, self.to, self.envx.progress)
+        writer.before = self.before
         # One writer per core: the largest database keeps a core to itself instead of sharing it
         # with a third writer (measured 2.59 -> 2.51 s median on the 7-day benchmark repository).
         pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="phx-restore")

@@ -221,6 +221,24 @@ def _leftover(name: str) -> bool:
     return start is None or (start != 0 and str(start) != m.group(2))
 
 
+LiveState = tuple[int, int, int, int, int] | None  # (device, inode, type and mode, size, mtime)
+
+
+def _state(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    # Not the ctime: the restore's own rename over one name of a hard-linked file changes the
+    # inode's link count, and so its ctime, under its other names.
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns)
+
+
+def live_state(path: Path) -> LiveState:
+    """What is at `path` now (never following a link), to compare with what a restore finds
+    there just before it replaces or deletes it (`FileWriter.unchanged_since_planned`)."""
+    try:
+        return _state(os.lstat(path))
+    except OSError:  # absent, or not reachable (what the restore meets there is its own error)
+        return None
+
+
 class FileWriter:
     def __init__(
         self,
@@ -264,6 +282,27 @@ class FileWriter:
         # The restore's small files, read pack by pack for many at once (repo/reader.py); None:
         # each file reads its own blobs.
         self.schedule: PackSchedule | None = None
+        # In place, what each path the restore replaces or deletes was just before the safety
+        # snapshot read it (`live_state`; None: absent): a path changed since (the agent wrote it)
+        # is left alone, as an error, for its new bytes are in no snapshot. None: not checked.
+        self.before: dict[str, LiveState] | None = None
+
+    def unchanged_since_planned(self, fd: int, name: str, logical: str) -> None:
+        """Raise UnsafePath when `logical` (`name` in the folder `fd`) is not what it was before
+        the safety snapshot: replacing or deleting it would lose what no snapshot holds."""
+        if self.before is None or logical not in self.before:
+            return
+        try:
+            now: LiveState = _state(os.stat(name, dir_fd=fd, follow_symlinks=False))
+        except FileNotFoundError:
+            now = None
+        except OSError:
+            return  # what the rename or unlink meets there is its own error
+        if now != self.before[logical]:
+            raise UnsafePath(
+                f"{logical} changed since the safety snapshot was taken (the agent wrote it?) and was left as it is, "
+                "so nothing is lost; stop the agent (the gateway) and restore again"
+            )
 
     def _temp_name(self, logical: str) -> str:
         """A new temporary name for `logical`'s folder, noted in the journal first."""
@@ -675,6 +714,11 @@ class FileWriter:
                 os.symlink(node.link_target, tmp, dir_fd=fd)
             except OSError as exc:  # the folder takes no new entry (its mode, an immutable attribute, a full disk)
                 raise unsafe_or_error(exc, logical, self.destination_error) from exc
+            try:
+                self.unchanged_since_planned(fd, name, logical)
+            except BaseException:
+                _drop_temp(fd, tmp)
+                raise
             rename_over(fd, tmp, name, logical, self.destination_error)
             self._put_in(logical.rpartition("/")[0])
             with contextlib.suppress(OSError, NotImplementedError):
@@ -695,7 +739,7 @@ class FileWriter:
                 if grants_privilege(node, os.fstat(f)):  # swapped in since the plan saw it
                     raise UnsafePath(
                         f"{logical} in the destination changed since this restore planned it, and it would have "
-                        "been given the setuid/setgid bits; it was left alone: restore again"
+                        "been given to another owner or the setuid/setgid bits; it was left alone: restore again"
                     )
                 set_owner_mode(f, node)
                 os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
@@ -722,6 +766,11 @@ class FileWriter:
                     if (st.st_dev, st.st_ino) != inode:
                         discard(fd, tmp)  # `first` was swapped since it was written: copy instead
                     else:
+                        try:
+                            self.unchanged_since_planned(fd, name, logical)
+                        except BaseException:
+                            _drop_temp(fd, tmp)
+                            raise
                         rename_over(fd, tmp, name, logical, self.destination_error)
                         os.fsync(fd)
                         self._put_in(logical.rpartition("/")[0])
@@ -867,6 +916,7 @@ class FileWriter:
                         raise
                     self._forget_folder(logical)
                 else:
+                    self.unchanged_since_planned(fd, name, logical)
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name, dir_fd=fd)
                     if kind == "sqlite":
@@ -896,6 +946,11 @@ class Written:
             except OSError as exc:
                 _drop_temp(self.dfd, self.tmp)
                 raise self.writer.destination_error(exc, self.logical) from exc
+            try:
+                self.writer.unchanged_since_planned(self.dfd, self.name, self.logical)
+            except BaseException:
+                _drop_temp(self.dfd, self.tmp)
+                raise
             rename_over(self.dfd, self.tmp, self.name, self.logical, self.writer.destination_error)
             self.writer.renamed_into(self.logical.rpartition("/")[0])
         finally:
@@ -984,8 +1039,14 @@ def grants_privilege(node: Node, st: os.stat_result) -> bool:
     """Whether restoring `node`'s owner and mode onto the existing file `st` (as root) would give it
     setuid or setgid rights it does not have now. Such a file is written anew, never changed in
     place: whoever could write the old inode (its owner; a writable mapping outlives a chown, and
-    writes through it keep the bits) would own a program running with another's rights."""
-    if os.geteuid() != 0 or not node.mode & (stat.S_ISUID | stat.S_ISGID):
+    writes through it keep the bits) would own a program running with another's rights. The same
+    for a file of one user that would be given to another (root, say): its old owner could keep it
+    open for writing, and write a file its new owner trusts as their own."""
+    if os.geteuid() != 0:
+        return False
+    if st.st_uid not in (0, node.uid):
+        return True
+    if not node.mode & (stat.S_ISUID | stat.S_ISGID):
         return False
     return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, node.mode)
 

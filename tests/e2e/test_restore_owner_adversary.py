@@ -1,0 +1,41 @@
+"""An in-place restore as root never gives a user's own inode to another owner. In a folder the
+user (uid 4321) controls, the workspace holds a root-owned file; the user puts their own file with
+the same content in its place and keeps it open for writing. Root's restore chowned that very
+inode to root: a root-owned file whose bytes the user still writes through the descriptor. It is
+now written anew, and the user's inode is left as it was."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring ownership needs root")
+def test_a_users_own_inode_is_never_given_to_root(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:
+    sb = make_sandbox()
+    tools = sb.workspace / "tools"
+    tools.mkdir()
+    trusted = tools / "trusted.conf"
+    content = b"allow = root-only\n"
+    trusted.write_bytes(content)
+    os.chown(tools, 4321, 4321)
+    doc = sb.phx_here("backup", "--json").json()
+
+    planted = tools / "mine"
+    planted.write_bytes(content)
+    os.chown(planted, 4321, 4321)
+    planted.chmod(0o644)
+    held = os.open(planted, os.O_WRONLY)  # the user's descriptor, opened while the file is theirs
+    try:
+        os.replace(planted, trusted)
+        sb.phx_here("restore", "--backup", doc["id"], "--yes")
+        os.write(held, b"allow = everyone\n")
+    finally:
+        os.close(held)
+    st = trusted.lstat()
+    assert st.st_uid == 0
+    assert trusted.read_bytes() == content, "a root-owned file holds what the user wrote"
