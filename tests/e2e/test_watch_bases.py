@@ -237,7 +237,8 @@ def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_the
         segments.write_bytes(b"")
         for k in range(2, 7):
             step(w, k)
-        after_six = datetime.now(UTC).isoformat()
+        # The poll that saw the sixth commit (a time after it lies in the restart's gap).
+        after_six = captures.describe(next(d for d in w.dbs if d.logical == LOGICAL).until, exact=True)
         spooled = sorted(w.spool.iterdir())
         assert len(spooled) == len(w.queue) == 5, "every waiting segment is on disk, none only in memory"
         assert w.queue_bytes == 0
@@ -828,3 +829,33 @@ def test_the_writer_publishes_nothing_while_another_command_holds_the_repository
             assert commits, "the due publish never came once the repository was free"
     finally:
         other.close()
+
+
+def test_a_watch_restarted_within_two_seconds_leaves_a_gap_not_coverage_of_the_old_state(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A watch stopped and started again at once (a service's restart, kill -9 and a quick start):
+    the time between its last segment and the restarted watch's first poll is a gap, however short.
+    Before, a restart within the timeline's 2 s tolerance joined the two into one covered range, and
+    a restore at a second between them gave the old state without a commit made before that second."""
+    sb = sandbox
+    db = sb.layout.dashboard_db
+    _table(db)
+    with _watcher(sb, []) as w:
+        w.poll()  # the base
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        w.save_hashes(stopping=True)  # a clean stop
+    _commit(db, 2)  # while no watch runs
+    between = datetime.now(UTC)
+    with _watcher(sb, []) as w:
+        w.poll()  # resumes the chain from the page hashes it saved
+        w.flush()
+        assert w.result.bases == 0 and LOGICAL in w.result.resumed, w.result
+    ranges = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
+    assert [r["kind"] for r in ranges] == ["covered", "gap", "covered"], ranges
+    gone = sb.phx("restore", "--at", between.isoformat(), "--to", tmp_path / "between", "--path", LOGICAL, check=2)
+    assert "no capture covers" in gone.err, gone
+    assert not (tmp_path / "between").exists()
+    assert _restored(sb, ranges[-1]["to"], tmp_path / "after") == [0, 1, 2]

@@ -241,6 +241,13 @@ def test_at_takes_every_rfc_3339_spelling_of_a_time(text: str) -> None:
     assert pitr.parse_at(text) == captures.to_us(datetime(2026, 12, 5, 14, 3, 7, 250_000, tzinfo=UTC))
 
 
+@pytest.mark.parametrize("text", ["2016-12-31T23:59:60Z", "2017-01-01T00:59:60.5+01:00", "2016-12-31t23:59:60z"])
+def test_at_takes_a_leap_second_as_the_end_of_the_second_before_it(text: str) -> None:
+    """RFC 3339 (§5.6) allows a leap second, `23:59:60`, which a datetime cannot hold: it is the last
+    microsecond of the second before it (before: "is not RFC 3339", exit 2)."""
+    assert pitr.parse_at(text) == captures.to_us(datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+
+
 # -- the header cache ---------------------------------------------------------------------------
 
 

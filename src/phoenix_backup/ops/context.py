@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import select
 import shutil
 import stat
@@ -713,9 +714,15 @@ def parse_time(text: str | None, option: str = "--time") -> datetime:
     """`option`'s RFC 3339 time with a UTC offset (now when None); UsageError naming it otherwise."""
     if text is None:
         return datetime.now().astimezone().replace(microsecond=0)
+    iso = text
+    # RFC 3339 allows a leap second (`23:59:60`), which a datetime cannot hold: it is taken as the
+    # last microsecond of the second before it (the clocks that stamp captures repeat that second).
+    leap = re.fullmatch(r"(.{10}[Tt ]\d\d:\d\d:)60(?:\.\d+)?([Zz]|[+-]\d\d:\d\d)", text)
+    if leap:
+        iso = f"{leap[1]}59.999999{leap[2]}"
     try:
         # RFC 3339 allows a lower-case `z` (as `t`, which fromisoformat takes already).
-        when = datetime.fromisoformat(text[:-1] + "Z" if text.endswith("z") else text)
+        when = datetime.fromisoformat(iso[:-1] + "Z" if iso.endswith("z") else iso)
     except ValueError as exc:
         raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
     if when.tzinfo is None:

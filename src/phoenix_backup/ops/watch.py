@@ -496,7 +496,10 @@ class Watcher:
             return None  # a write-only repository: this machine cannot read what it wrote
         except PhoenixError as exc:
             return f"cannot be read ({exc})"
-        self.clock = max((p.until for p in last.parts), default=0)
+        # The seconds between the chain's last segment and the first poll of this watch are a gap,
+        # however soon it started again: the timeline joins parts within TOUCH_US (a clock step),
+        # so the first poll is recorded past that (at most 2 s ahead of the clock, see `now`).
+        self.clock = max((p.until for p in last.parts), default=0) + captures.TOUCH_US + 1
         return None
 
     def now(self) -> int:
