@@ -286,6 +286,9 @@ class FileWriter:
         # snapshot read it (`live_state`; None: absent): a path changed since (the agent wrote it)
         # is left alone, as an error, for its new bytes are in no snapshot. None: not checked.
         self.before: dict[str, LiveState] | None = None
+        # In place, each database the restore overwrites as `sqlite_live.fingerprint` found it
+        # just before the safety snapshot read it; compared under the write lock the restore takes.
+        self.db_before: dict[str, str] = {}
 
     def unchanged_since_planned(self, fd: int, name: str, logical: str) -> None:
         """Raise UnsafePath when `logical` (`name` in the folder `fd`) is not what it was before
