@@ -83,3 +83,31 @@ def test_a_row_the_agent_commits_after_the_safety_snapshot_is_never_lost(
     assert [e["path"] for e in doc["errors"]] == ["home/.argentos/memory.db"], doc
     assert "changed since the safety snapshot" in doc["errors"][0]["error"]
     assert _rows(db) == [("after the safety snapshot",), ("before the restore",)]
+
+
+def test_a_database_the_agent_commits_to_after_the_safety_snapshot_is_never_deleted(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database the snapshot lacks is deleted by `restore --delete`: a row committed into it after the
+    safety snapshot read it was deleted with it (exit 0), in no snapshot. Now it is left, named."""
+    sb = backed_up
+    db = sb.workspace / "scratch.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE phx_agent(name TEXT)")
+        con.execute("INSERT INTO phx_agent VALUES ('before the restore')")
+        con.commit()
+    real_take = safety.take
+
+    def take_then_agent_commits(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            con.execute("INSERT INTO phx_agent VALUES ('after the safety snapshot')")
+            con.commit()
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_commits)
+    doc = sb.phx_here("restore", "--latest", "--delete", "--yes", "--json", code=3).json()
+    assert [e["path"] for e in doc["errors"]] == ["workspace/scratch.db"], doc
+    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+    assert _rows(db) == [("after the safety snapshot",), ("before the restore",)]

@@ -488,7 +488,7 @@ class _Restore:
                 self.db_before = {
                     i.path: sqlite_live.fingerprint(i.target)
                     for i in plan.items
-                    if i.kind == "sqlite" and i.action == "overwrite"
+                    if i.kind == "sqlite" and i.action in ("overwrite", "delete")
                 }
                 result.safety_snapshot = self.take_safety_snapshot(plan)
             else:

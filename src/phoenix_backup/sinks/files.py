@@ -32,7 +32,7 @@ from phoenix_backup.repo.reader import NodeReader, PackSchedule, read_proving
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node, check_name
 from phoenix_backup.reporting import Reporter
-from phoenix_backup.sinks import leftovers, sqlite_live
+from phoenix_backup.sinks import leftovers, sqlite_folder, sqlite_live
 from phoenix_backup.sources.files import RESTORE_TEMP
 from phoenix_backup.sources.layout import Layout, split_logical
 from phoenix_backup.storage.local import os_error
@@ -286,8 +286,9 @@ class FileWriter:
         # snapshot read it (`live_state`; None: absent): a path changed since (the agent wrote it)
         # is left alone, as an error, for its new bytes are in no snapshot. None: not checked.
         self.before: dict[str, LiveState] | None = None
-        # In place, each database the restore overwrites as `sqlite_live.fingerprint` found it
-        # just before the safety snapshot read it; compared under the write lock the restore takes.
+        # In place, each database the restore overwrites or deletes as `sqlite_live.fingerprint`
+        # found it just before the safety snapshot read it: compared under the write lock the
+        # restore takes to write into it, or just before it is deleted.
         self.db_before: dict[str, str] = {}
 
     def unchanged_since_planned(self, fd: int, name: str, logical: str) -> None:
@@ -920,6 +921,9 @@ class FileWriter:
                     self._forget_folder(logical)
                 else:
                     self.unchanged_since_planned(fd, name, logical)
+                    expected = self.db_before.get(logical) if kind == "sqlite" else None
+                    if expected is not None and sqlite_folder.run(fd, "fingerprint", [name]) != expected:
+                        raise UnsafePath(sqlite_live.changed_since_text(logical))
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name, dir_fd=fd)
                     if kind == "sqlite":
