@@ -111,3 +111,30 @@ def test_a_database_the_agent_commits_to_after_the_safety_snapshot_is_never_dele
     assert [e["path"] for e in doc["errors"]] == ["workspace/scratch.db"], doc
     assert "changed since the safety snapshot" in doc["errors"][0]["error"]
     assert _rows(db) == [("after the safety snapshot",), ("before the restore",)]
+
+
+def test_a_database_the_agent_creates_after_the_safety_snapshot_is_never_written_over(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """memory.db is absent, so the restore creates it; the agent creates it first, after the safety
+    snapshot (which had none). Before, the restore wrote the snapshot's copy into the agent's new
+    database through the backup API (exit 0), and its rows were in no snapshot."""
+    sb = backed_up
+    db = sb.layout.memory_db
+    for companion in ("", "-wal", "-shm"):
+        Path(f"{db}{companion}").unlink(missing_ok=True)
+    real_take = safety.take
+
+    def take_then_agent_creates(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            con.execute("CREATE TABLE phx_agent(name TEXT)")
+            con.execute("INSERT INTO phx_agent VALUES ('after the safety snapshot')")
+            con.commit()
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_creates)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    assert [e["path"] for e in doc["errors"]] == ["home/.argentos/memory.db"], doc
+    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+    assert _rows(db) == [("after the safety snapshot",)]

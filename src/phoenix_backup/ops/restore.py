@@ -486,9 +486,9 @@ class _Restore:
                     if i.action in ("create", "overwrite", "delete") and (i.kind != "sqlite" or i.action == "create")
                 }
                 self.db_before = {
-                    i.path: sqlite_live.fingerprint(i.target)
+                    i.path: sqlite_live.ABSENT if i.action == "create" else sqlite_live.fingerprint(i.target)
                     for i in plan.items
-                    if i.kind == "sqlite" and i.action in ("overwrite", "delete")
+                    if i.kind == "sqlite" and i.action in ("create", "overwrite", "delete")
                 }
                 result.safety_snapshot = self.take_safety_snapshot(plan)
             else:

@@ -141,6 +141,7 @@ def apply_if_readable(copy: str, live: str, logical: str, shown: str, expected: 
 
 
 READ_TAGS = ("wal:", "rollback:")  # how a `fingerprint` of a database that could be read starts
+ABSENT = "absent"  # what a restore notes for a database it creates: any found there since is another's
 
 
 class ChangedSince(RestoreError):
