@@ -165,12 +165,17 @@ def fingerprint(path: str) -> str:
         return ""
     digest = hashlib.sha256()
     try:
-        query = "mode=ro" if _has_companion(path) else "mode=ro&immutable=1"
+        # Unlocked (immutable) only for a WAL database no one has open (no -wal: nothing to read
+        # there, and read-only SQLite could not create it); in rollback-journal mode the shared
+        # lock keeps commits out while the rows and the change counter are read.
+        idle_wal = _journal_tag(path) == "wal:" and not _has_companion(path)
+        query = "mode=ro&immutable=1" if idle_wal else "mode=ro"
         con = sqlite3.connect(sqlite_uri(path, query), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             con.text_factory = bytes
             con.execute("BEGIN")
             digest.update(repr(con.execute("PRAGMA user_version").fetchone()).encode())
+            tag = _journal_tag(path)  # under the transaction's shared lock
             schema = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
             for kind, name, sql in schema:
                 digest.update(repr((kind, name, sql)).encode())
@@ -182,7 +187,7 @@ def fingerprint(path: str) -> str:
             con.close()
     except (sqlite3.Error, UnicodeDecodeError) as exc:
         return f"unreadable: {sqlite_error_text(exc)}"
-    return f"{_journal_tag(path)}{digest.hexdigest()}"
+    return f"{tag}{digest.hexdigest()}"
 
 
 def _journal_tag(path: str) -> str:
