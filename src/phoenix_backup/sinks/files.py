@@ -1048,10 +1048,13 @@ def grants_privilege(node: Node, st: os.stat_result) -> bool:
     place: whoever could write the old inode (its owner; a writable mapping outlives a chown, and
     writes through it keep the bits) would own a program running with another's rights. The same
     for a file of one user that would be given to another (root, say): its old owner could keep it
-    open for writing, and write a file its new owner trusts as their own."""
+    open for writing, and write a file its new owner trusts as their own; and for a file whose group
+    or others could write it and would not any more (any of them could hold it open)."""
     if os.geteuid() != 0:
         return False
     if st.st_uid not in (0, node.uid):
+        return True
+    if st.st_mode & ~node.mode & (stat.S_IWGRP | stat.S_IWOTH) or (st.st_mode & stat.S_IWGRP and st.st_gid != node.gid):
         return True
     if not node.mode & (stat.S_ISUID | stat.S_ISGID):
         return False
