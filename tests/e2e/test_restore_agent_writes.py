@@ -6,6 +6,9 @@ snapshot at all."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,3 +48,93 @@ def test_what_the_agent_writes_after_the_safety_snapshot_is_never_replaced(
     sb.phx_here("restore", "--backup", again["safetySnapshot"]["id"], "--yes")
     assert soul.read_bytes() == b"the agent's work, written after the safety snapshot\n"
     assert note.read_bytes() == b"a note the agent wrote after the safety snapshot\n"
+
+
+def _rows(db: Path) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        return con.execute("SELECT name FROM phx_agent ORDER BY name").fetchall()
+
+
+def test_a_row_the_agent_commits_after_the_safety_snapshot_is_never_lost(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race for a database: a row the agent commits into memory.db (WAL mode) between the
+    safety snapshot and the restore's write into it. Before, the restore wrote the snapshot's copy
+    over it (exit 0) and the row was in no snapshot: after the undo it was gone for good. Now the
+    database is left as it is, named (exit 3): the next restore's safety snapshot holds the row."""
+    sb = backed_up
+    db = sb.layout.memory_db
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        con.execute("CREATE TABLE phx_agent(name TEXT)")
+        con.execute("INSERT INTO phx_agent VALUES ('before the restore')")
+        con.commit()
+    real_take = safety.take
+
+    def take_then_agent_commits(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            con.execute("INSERT INTO phx_agent VALUES ('after the safety snapshot')")
+            con.commit()
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_commits)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    assert [e["path"] for e in doc["errors"]] == ["home/.argentos/memory.db"], doc
+    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+    assert _rows(db) == [("after the safety snapshot",), ("before the restore",)]
+
+
+def test_a_database_the_agent_commits_to_after_the_safety_snapshot_is_never_deleted(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database the snapshot lacks is deleted by `restore --delete`: a row committed into it after the
+    safety snapshot read it was deleted with it (exit 0), in no snapshot. Now it is left, named."""
+    sb = backed_up
+    db = sb.workspace / "scratch.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE phx_agent(name TEXT)")
+        con.execute("INSERT INTO phx_agent VALUES ('before the restore')")
+        con.commit()
+    real_take = safety.take
+
+    def take_then_agent_commits(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            con.execute("INSERT INTO phx_agent VALUES ('after the safety snapshot')")
+            con.commit()
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_commits)
+    doc = sb.phx_here("restore", "--latest", "--delete", "--yes", "--json", code=3).json()
+    assert [e["path"] for e in doc["errors"]] == ["workspace/scratch.db"], doc
+    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+    assert _rows(db) == [("after the safety snapshot",), ("before the restore",)]
+
+
+def test_a_database_the_agent_creates_after_the_safety_snapshot_is_never_written_over(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """memory.db is absent, so the restore creates it; the agent creates it first, after the safety
+    snapshot (which had none). Before, the restore wrote the snapshot's copy into the agent's new
+    database through the backup API (exit 0), and its rows were in no snapshot."""
+    sb = backed_up
+    db = sb.layout.memory_db
+    for companion in ("", "-wal", "-shm"):
+        Path(f"{db}{companion}").unlink(missing_ok=True)
+    real_take = safety.take
+
+    def take_then_agent_creates(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            con.execute("CREATE TABLE phx_agent(name TEXT)")
+            con.execute("INSERT INTO phx_agent VALUES ('after the safety snapshot')")
+            con.commit()
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_creates)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    assert [e["path"] for e in doc["errors"]] == ["home/.argentos/memory.db"], doc
+    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+    assert _rows(db) == [("after the safety snapshot",)]

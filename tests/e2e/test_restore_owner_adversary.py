@@ -39,3 +39,25 @@ def test_a_users_own_inode_is_never_given_to_root(make_sandbox: Callable[..., Sa
     st = trusted.lstat()
     assert st.st_uid == 0
     assert trusted.read_bytes() == content, "a root-owned file holds what the user wrote"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring ownership needs root")
+def test_a_file_anyone_could_open_for_writing_is_written_anew(make_sandbox: Callable[..., Sandbox]) -> None:
+    """The snapshot's root-owned 0644 file is found world-writable (same content): a user opened it
+    for writing then. Root's restore made that very inode 0644 again, and the user's descriptor
+    still wrote into the file root trusts; it is now written anew."""
+    sb = make_sandbox()
+    trusted = sb.workspace / "trusted.conf"
+    content = b"allow = root-only\n"
+    trusted.write_bytes(content)
+    trusted.chmod(0o644)
+    doc = sb.phx_here("backup", "--json").json()
+    trusted.chmod(0o666)
+    held = os.open(trusted, os.O_WRONLY)  # the user's descriptor, opened while anyone could write it
+    try:
+        sb.phx_here("restore", "--backup", doc["id"], "--yes")
+        os.write(held, b"allow = everyone\n")
+    finally:
+        os.close(held)
+    assert trusted.stat().st_mode & 0o777 == 0o644
+    assert trusted.read_bytes() == content, "a root-only file holds what a user wrote"

@@ -279,6 +279,7 @@ class _Restore:
         self.warnings: list[str] = []
         self.undo_hint = ""
         self.before: dict[str, LiveState] | None = None  # FileWriter.before
+        self.db_before: dict[str, str] = {}  # FileWriter.db_before
         self.damaged: dict[str, str] = {}  # logical -> why its data could not be read (not restored)
         self.untrusted_modes: dict[str, int] = {}  # file -> the mode with bits not restored
         if not repo.config.encrypted or repo.config.write_only is not None:
@@ -477,11 +478,17 @@ class _Restore:
             if safety_snapshot:
                 # What is replaced or deleted, as it is before the snapshot reads it: a path the
                 # agent writes after that is left alone (its bytes would be in no snapshot). A
-                # database is not compared: the snapshot's own read may checkpoint it.
+                # database is compared by what it holds (the snapshot's own read may checkpoint
+                # it), under the lock its restore takes (sqlite_live.apply_copy).
                 self.before = {
                     i.path: live_state(Path(i.target))
                     for i in plan.items
-                    if i.action in ("create", "overwrite", "delete") and i.kind != "sqlite"
+                    if i.action in ("create", "overwrite", "delete") and (i.kind != "sqlite" or i.action == "create")
+                }
+                self.db_before = {
+                    i.path: sqlite_live.ABSENT if i.action == "create" else sqlite_live.fingerprint(i.target)
+                    for i in plan.items
+                    if i.kind == "sqlite" and i.action in ("create", "overwrite", "delete")
                 }
                 result.safety_snapshot = self.take_safety_snapshot(plan)
             else:
@@ -921,6 +928,7 @@ class _Restore:
     def write(self, plan: _Plan, result: RestoreResult) -> None:
         writer = FileWriter(self.repo, self.layout, self.to, self.envx.progress)
         writer.before = self.before
+        writer.db_before = self.db_before
         # One writer per core: the largest database keeps a core to itself instead of sharing it
         # with a third writer (measured 2.59 -> 2.51 s median on the 7-day benchmark repository).
         pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="phx-restore")

@@ -32,7 +32,7 @@ from phoenix_backup.repo.reader import NodeReader, PackSchedule, read_proving
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node, check_name
 from phoenix_backup.reporting import Reporter
-from phoenix_backup.sinks import leftovers, sqlite_live
+from phoenix_backup.sinks import leftovers, sqlite_folder, sqlite_live
 from phoenix_backup.sources.files import RESTORE_TEMP
 from phoenix_backup.sources.layout import Layout, split_logical
 from phoenix_backup.storage.local import os_error
@@ -286,6 +286,10 @@ class FileWriter:
         # snapshot read it (`live_state`; None: absent): a path changed since (the agent wrote it)
         # is left alone, as an error, for its new bytes are in no snapshot. None: not checked.
         self.before: dict[str, LiveState] | None = None
+        # In place, each database the restore overwrites or deletes as `sqlite_live.fingerprint`
+        # found it just before the safety snapshot read it: compared under the write lock the
+        # restore takes to write into it, or just before it is deleted.
+        self.db_before: dict[str, str] = {}
 
     def unchanged_since_planned(self, fd: int, name: str, logical: str) -> None:
         """Raise UnsafePath when `logical` (`name` in the folder `fd`) is not what it was before
@@ -917,6 +921,9 @@ class FileWriter:
                     self._forget_folder(logical)
                 else:
                     self.unchanged_since_planned(fd, name, logical)
+                    expected = self.db_before.get(logical) if kind == "sqlite" else None
+                    if expected is not None and sqlite_folder.run(fd, "fingerprint", [name]) != expected:
+                        raise UnsafePath(sqlite_live.changed_since_text(logical))
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name, dir_fd=fd)
                     if kind == "sqlite":
@@ -1041,10 +1048,13 @@ def grants_privilege(node: Node, st: os.stat_result) -> bool:
     place: whoever could write the old inode (its owner; a writable mapping outlives a chown, and
     writes through it keep the bits) would own a program running with another's rights. The same
     for a file of one user that would be given to another (root, say): its old owner could keep it
-    open for writing, and write a file its new owner trusts as their own."""
+    open for writing, and write a file its new owner trusts as their own; and for a file whose group
+    or others could write it and would not any more (any of them could hold it open)."""
     if os.geteuid() != 0:
         return False
     if st.st_uid not in (0, node.uid):
+        return True
+    if st.st_mode & ~node.mode & (stat.S_IWGRP | stat.S_IWOTH) or (st.st_mode & stat.S_IWGRP and st.st_gid != node.gid):
         return True
     if not node.mode & (stat.S_ISUID | stat.S_ISGID):
         return False

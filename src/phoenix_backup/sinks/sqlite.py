@@ -141,7 +141,8 @@ def restore_database(
         try:
             shown = str(writer.layout.to_real(logical, writer.to))
             try:
-                applied = in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown)
+                expected = writer.db_before.get(logical, "")
+                applied = in_place and sqlite_folder.run(fd, "apply_if_readable", [tmp, name], logical, shown, expected)
             except OSError as exc:  # a full or failing disk under the live database (sqlite_live.apply_copy)
                 raise writer.destination_error(exc, logical, node.size) from exc
             try:
@@ -150,7 +151,11 @@ def restore_database(
                     method = "backup-api"
                 else:
                     # Absent or unreadable: the new file replaces it, and journals of the old one go
-                    # first (SQLite would replay a stale -wal into the new file).
+                    # first (SQLite would replay a stale -wal into the new file). One the agent
+                    # created since the safety snapshot, or that it could read then, is left.
+                    if writer.db_before.get(logical, "").startswith(sqlite_live.READ_TAGS):
+                        raise UnsafePath(sqlite_live.changed_since_text(logical))
+                    writer.unchanged_since_planned(fd, name, logical)
                     sqlite_live.remove_companions(fd, name)
                     method = "rename"
             except OSError as exc:  # its fchmod, fsync or unlink: the destination's disk

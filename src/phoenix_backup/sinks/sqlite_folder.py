@@ -45,6 +45,7 @@ _OPS: dict[str, Callable[..., Any]] = {
     "integrity": sqlite_live.integrity,
     "apply_if_readable": sqlite_live.apply_if_readable,
     "check_live": sqlite_live.check_live,
+    "fingerprint": sqlite_live.fingerprint,
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shlex
@@ -124,18 +125,96 @@ def integrity(path: str) -> str:
     return "ok" if rows == ["ok"] else "; ".join(rows[:5])
 
 
-def apply_if_readable(copy: str, live: str, logical: str, shown: str) -> bool:
+def apply_if_readable(copy: str, live: str, logical: str, shown: str, expected: str = "") -> bool:
     """Write the checked `copy` into the live database through the backup API when there is one
     SQLite can read (True). False when there is none, or it cannot be read: the caller replaces it
-    by rename. `shown` is the live database's path as the user knows it, for messages."""
+    by rename. `shown` is the live database's path as the user knows it, for messages. `expected`:
+    the database's `fingerprint` before the safety snapshot ("": not compared)."""
     state = probe(live)
     if not state.readable:
         return False
     problem = page_size_problem(logical, state, page_size_of(copy), shown)
     if problem:
         raise RestoreError(problem)
-    apply_copy(copy, live, logical)
+    apply_copy(copy, live, logical, expected)
     return True
+
+
+READ_TAGS = ("wal:", "rollback:")  # how a `fingerprint` of a database that could be read starts
+ABSENT = "absent"  # what a restore notes for a database it creates: any found there since is another's
+
+
+class ChangedSince(RestoreError):
+    """The live database is not what the safety snapshot read: it was left as it is."""
+
+
+def changed_since_text(logical: str) -> str:
+    return (
+        f"{logical} changed since the safety snapshot was taken (the agent wrote it?) and was left as it is, "
+        "so nothing is lost; stop the agent (the gateway) and restore again"
+    )
+
+
+def fingerprint(path: str) -> str:
+    """What the database at `path` holds, committed: a digest of its schema, user_version and every
+    table's rows, read in one transaction, after "rollback:N:" (N: the header's change counter,
+    which each commit in rollback-journal mode raises) or "wal:"; "" when it cannot be read. Equal
+    before and after a checkpoint or a reader; different after any commit that changed a row.
+    Never follows a link to the database itself (`probe`)."""
+    if not probe(path).readable:
+        return ""
+    digest = hashlib.sha256()
+    try:
+        # Unlocked (immutable) only for a WAL database no one has open (no -wal: nothing to read
+        # there, and read-only SQLite could not create it); in rollback-journal mode the shared
+        # lock keeps commits out while the rows and the change counter are read.
+        idle_wal = _journal_tag(path) == "wal:" and not _has_companion(path)
+        query = "mode=ro&immutable=1" if idle_wal else "mode=ro"
+        con = sqlite3.connect(sqlite_uri(path, query), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            con.text_factory = bytes
+            con.execute("BEGIN")
+            digest.update(repr(con.execute("PRAGMA user_version").fetchone()).encode())
+            tag = _journal_tag(path)  # under the transaction's shared lock
+            schema = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+            for kind, name, sql in schema:
+                digest.update(repr((kind, name, sql)).encode())
+                if kind != b"table" or _VIRTUAL.match((sql or b"").decode("utf-8", "replace").lstrip()):
+                    continue  # a virtual table's rows are those of its shadow tables, digested too
+                for row in con.execute(f"SELECT * FROM {quote(name.decode('utf-8', 'surrogateescape'))}"):
+                    digest.update(repr(row).encode())
+        finally:
+            con.close()
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        return f"unreadable: {sqlite_error_text(exc)}"
+    return f"{tag}{digest.hexdigest()}"
+
+
+def _journal_tag(path: str) -> str:
+    """ "wal:", or "rollback:N:" with the header's change counter N ("" if the header cannot be read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            header = os.pread(fd, 100, 0)
+        finally:
+            os.close(fd)
+    except OSError:
+        return ""
+    if len(header) < 100:
+        return ""
+    if header[18] == 2 and header[19] == 2:
+        return "wal:"
+    return f"rollback:{int.from_bytes(header[24:28], 'big')}:"
+
+
+def _unchanged_while_locked(path: str, expected: str) -> bool:
+    """Whether the live database the backup API holds locked (its first step done, nothing of it
+    written yet) is still what `expected` describes. In rollback-journal mode that lock keeps
+    readers out too: the header's change counter, which every commit raises, is compared."""
+    tag = _journal_tag(path)
+    if tag.startswith("rollback:"):
+        return expected.startswith(tag)
+    return fingerprint(path) == expected
 
 
 # SQLite's result codes for a write the disk refused (SQLITE_FULL: no space; SQLITE_IOERR and its
@@ -143,23 +222,40 @@ def apply_if_readable(copy: str, live: str, logical: str, shown: str) -> bool:
 _DISK_ERRORS = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_IOERR: errno.EIO}
 
 
-def apply_copy(copy: str, live: str, logical: str) -> None:
-    """Copy the checked restored copy into the live database through the backup API."""
+def apply_copy(copy: str, live: str, logical: str, expected: str = "") -> None:
+    """Copy the checked restored copy into the live database through the backup API. With
+    `expected` (its `fingerprint` before the safety snapshot), the live database is compared while
+    the backup holds its write lock, before any page of it is written: a commit made since (in no
+    snapshot) leaves it as it is (ChangedSince). The agent waits (busy timeout) as for any write."""
+    if expected and fingerprint(live) != expected:
+        raise ChangedSince(changed_since_text(logical))
     src = sqlite3.connect(sqlite_uri(copy, "mode=ro&immutable=1"), uri=True)
     try:
         dst = sqlite3.connect(live, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             dst.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            compared = not expected
 
-            def progress(_status: int, _remaining: int, _total: int) -> None:
+            def progress(_status: int, remaining: int, _total: int) -> None:
+                nonlocal compared
+                # After the first step the backup holds the live database's write lock (until its
+                # last step commits) and has written no page to it: what is committed now is
+                # what is replaced. (A one-page copy is done in one step: compared just before.)
+                if not compared and remaining > 0:
+                    compared = True
+                    if not _unchanged_while_locked(live, expected):
+                        raise ChangedSince(changed_since_text(logical))
                 # Python retries a busy step forever; a writer that never lets go must not hang us.
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{logical} stayed locked by another process")
 
-            src.backup(dst, pages=-1, progress=progress)
+            # One page a step when compared (Python's backup cannot change the step's size).
+            src.backup(dst, pages=1 if expected else -1, progress=progress)
         finally:
             dst.close()
+    except ChangedSince:
+        raise
     except (sqlite3.Error, TimeoutError) as exc:
         failed = _DISK_ERRORS.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
         if failed is not None:  # the destination's disk, full or failing: the caller names it
