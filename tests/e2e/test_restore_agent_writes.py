@@ -55,6 +55,33 @@ def _rows(db: Path) -> list[tuple[Any, ...]]:
         return con.execute("SELECT name FROM phx_agent ORDER BY name").fetchall()
 
 
+def _commit(db: Path, *sql: str) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        for statement in sql:
+            con.execute(statement)
+        con.commit()
+
+
+def _agent_commits_after_the_safety_snapshot(monkeypatch: pytest.MonkeyPatch, db: Path, *sql: str) -> None:
+    """The restore's safety snapshot, then at once the agent's commit of `sql` into `db`."""
+    real_take = safety.take
+
+    def take_then_agent_commits(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        _commit(db, *sql)
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_commits)
+
+
+def _left_and_named(doc: dict[str, Any], path: str) -> None:
+    assert [e["path"] for e in doc["errors"]] == [path], doc
+    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+
+
+AFTER = "INSERT INTO phx_agent VALUES ('after the safety snapshot')"
+
+
 def test_a_row_the_agent_commits_after_the_safety_snapshot_is_never_lost(
     backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,22 +93,9 @@ def test_a_row_the_agent_commits_after_the_safety_snapshot_is_never_lost(
     db = sb.layout.memory_db
     with contextlib.closing(sqlite3.connect(db)) as con:
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        con.execute("CREATE TABLE phx_agent(name TEXT)")
-        con.execute("INSERT INTO phx_agent VALUES ('before the restore')")
-        con.commit()
-    real_take = safety.take
-
-    def take_then_agent_commits(*args: Any, **kwargs: Any) -> Any:
-        taken = real_take(*args, **kwargs)
-        with contextlib.closing(sqlite3.connect(db)) as con:
-            con.execute("INSERT INTO phx_agent VALUES ('after the safety snapshot')")
-            con.commit()
-        return taken
-
-    monkeypatch.setattr(safety, "take", take_then_agent_commits)
-    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
-    assert [e["path"] for e in doc["errors"]] == ["home/.argentos/memory.db"], doc
-    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+    _commit(db, "CREATE TABLE phx_agent(name TEXT)", "INSERT INTO phx_agent VALUES ('before the restore')")
+    _agent_commits_after_the_safety_snapshot(monkeypatch, db, AFTER)
+    _left_and_named(sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json(), "home/.argentos/memory.db")
     assert _rows(db) == [("after the safety snapshot",), ("before the restore",)]
 
 
@@ -92,24 +106,15 @@ def test_a_database_the_agent_commits_to_after_the_safety_snapshot_is_never_dele
     safety snapshot read it was deleted with it (exit 0), in no snapshot. Now it is left, named."""
     sb = backed_up
     db = sb.workspace / "scratch.db"
-    with contextlib.closing(sqlite3.connect(db)) as con:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("CREATE TABLE phx_agent(name TEXT)")
-        con.execute("INSERT INTO phx_agent VALUES ('before the restore')")
-        con.commit()
-    real_take = safety.take
-
-    def take_then_agent_commits(*args: Any, **kwargs: Any) -> Any:
-        taken = real_take(*args, **kwargs)
-        with contextlib.closing(sqlite3.connect(db)) as con:
-            con.execute("INSERT INTO phx_agent VALUES ('after the safety snapshot')")
-            con.commit()
-        return taken
-
-    monkeypatch.setattr(safety, "take", take_then_agent_commits)
+    _commit(
+        db,
+        "PRAGMA journal_mode=WAL",
+        "CREATE TABLE phx_agent(name TEXT)",
+        "INSERT INTO phx_agent VALUES ('before the restore')",
+    )
+    _agent_commits_after_the_safety_snapshot(monkeypatch, db, AFTER)
     doc = sb.phx_here("restore", "--latest", "--delete", "--yes", "--json", code=3).json()
-    assert [e["path"] for e in doc["errors"]] == ["workspace/scratch.db"], doc
-    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+    _left_and_named(doc, "workspace/scratch.db")
     assert _rows(db) == [("after the safety snapshot",), ("before the restore",)]
 
 
@@ -123,18 +128,6 @@ def test_a_database_the_agent_creates_after_the_safety_snapshot_is_never_written
     db = sb.layout.memory_db
     for companion in ("", "-wal", "-shm"):
         Path(f"{db}{companion}").unlink(missing_ok=True)
-    real_take = safety.take
-
-    def take_then_agent_creates(*args: Any, **kwargs: Any) -> Any:
-        taken = real_take(*args, **kwargs)
-        with contextlib.closing(sqlite3.connect(db)) as con:
-            con.execute("CREATE TABLE phx_agent(name TEXT)")
-            con.execute("INSERT INTO phx_agent VALUES ('after the safety snapshot')")
-            con.commit()
-        return taken
-
-    monkeypatch.setattr(safety, "take", take_then_agent_creates)
-    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
-    assert [e["path"] for e in doc["errors"]] == ["home/.argentos/memory.db"], doc
-    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+    _agent_commits_after_the_safety_snapshot(monkeypatch, db, "CREATE TABLE phx_agent(name TEXT)", AFTER)
+    _left_and_named(sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json(), "home/.argentos/memory.db")
     assert _rows(db) == [("after the safety snapshot",)]
