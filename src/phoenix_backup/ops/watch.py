@@ -306,6 +306,9 @@ class Watcher:
             positions, changed_in = {}, {}
         if not isinstance(bases, dict):
             bases = {}
+        # The chain's last segment's end (µs), for a machine that cannot read that segment (`_resume_clock`).
+        until = saved.get("until") if self.chain else None
+        self.last_until = until if type(until) is int and until > 0 else 0
         self.spooled_paths: dict[str, Path] = {}
         order = saved.get("spoolOrder") if self.chain else None
         self.last_order = self.spool_order = order if type(order) is int and order > 0 else 0
@@ -493,14 +496,21 @@ class Watcher:
         except ObjectNotFound:
             return "is not in the repository"
         except IdentityRequired:
-            return None  # a write-only repository: this machine cannot read what it wrote
+            # A write-only repository: this machine cannot read what it wrote; its saved state
+            # keeps the last segment's end.
+            self._resume_clock(self.last_until)
+            return None
         except PhoenixError as exc:
             return f"cannot be read ({exc})"
-        # The seconds between the chain's last segment and the first poll of this watch are a gap,
-        # however soon it started again: the timeline joins parts within TOUCH_US (a clock step),
-        # so the first poll is recorded past that (at most 2 s ahead of the clock, see `now`).
-        self.clock = max((p.until for p in last.parts), default=0) + captures.TOUCH_US + 1
+        self._resume_clock(max((p.until for p in last.parts), default=0))
         return None
+
+    def _resume_clock(self, until: int) -> None:
+        """The seconds between the chain's last segment (ending at `until`) and the first poll of
+        this watch are a gap, however soon it started again: the timeline joins parts within
+        TOUCH_US (a clock step), so the first poll is recorded past that (at most 2 s ahead of the
+        clock, see `now`)."""
+        self.clock = until + captures.TOUCH_US + 1
 
     def now(self) -> int:
         """The wall clock in µs, but never before a time the chain already records: a clock set
@@ -953,6 +963,7 @@ class Watcher:
             # the state does not name yet (`_load_spool`: it would fork the chain).
             keep = self._to_spool(name, raw, replaced)
             self.previous = name.removeprefix(captures.PREFIX)
+            self.last_until = max(self.last_until, max(p.until for p, _pages in parts))
             now = time.monotonic()
             for db in self.dbs:
                 if replaced is not None and db.changed_in == replaced.removeprefix(captures.PREFIX):
@@ -1117,6 +1128,7 @@ class Watcher:
             "changedIn": {db.logical: db.changed_in for db in self.dbs if db.changed_in and not db.need_base},
             "bases": {db.logical: db.base_id for db in self.dbs if db.base_id and not db.need_base},
             "spoolOrder": self.last_order,  # of the last segment's spool file (`_load_spool`)
+            "until": self.last_until,  # the last segment's end (`_resume_clock`)
         }
         try:
             make_dirs(self.state_path.parent)
