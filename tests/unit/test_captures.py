@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from phoenix_backup.config import parse_config
-from phoenix_backup.errors import CorruptObject, ToolMissing
+from phoenix_backup.errors import CorruptObject, ToolMissing, UsageError
 from phoenix_backup.ops import forget, pitr
 from phoenix_backup.ops.context import Environment, captures_cache
 from phoenix_backup.repo import captures, keys
@@ -246,6 +246,13 @@ def test_at_takes_a_leap_second_as_the_end_of_the_second_before_it(text: str) ->
     """RFC 3339 (§5.6) allows a leap second, `23:59:60`, which a datetime cannot hold: it is the last
     microsecond of the second before it (before: "is not RFC 3339", exit 2)."""
     assert pitr.parse_at(text) == captures.to_us(datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+
+
+def test_a_leap_second_without_an_offset_is_refused_for_its_missing_offset() -> None:
+    """`23:59:60` without a UTC offset is refused as any time without one is, naming the fix (before:
+    "is not RFC 3339", which hid that only the offset was missing)."""
+    with pytest.raises(UsageError, match=r"has no UTC offset; add one, e\.g\. 2016-12-31T23:59:60\+00:00"):
+        pitr.parse_at("2016-12-31T23:59:60")
 
 
 # -- the header cache ---------------------------------------------------------------------------
