@@ -533,3 +533,23 @@ def test_pages_are_never_read_through_a_cached_header_other_than_the_segments_ow
     assert tl.segments[a].parts[0].commits[0].pages == (1, 5), "the forged entry authenticates"
     with pytest.raises(CorruptObject, match="cache"):
         captures.with_pages(repo, tl.segments[a])
+
+
+def test_a_restarted_watch_says_how_far_the_clock_went_back_not_counting_its_gap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A watch restarted after the clock was set back 30 s records its first polls more than 2 s
+    after its chain's last segment (the restart's gap) and says that the clock went back 30 s (before:
+    32 s, the gap counted in); a clock 1 s behind it says nothing, as in a running watch."""
+    from phoenix_backup.ops import watch
+
+    last = captures.to_us(datetime(2026, 12, 7, 1, 0, 0, tzinfo=UTC))
+    for back, said in ((30, ["the clock went back 30 s"]), (1, [])):
+        w = object.__new__(watch.Watcher)
+        warned: list[str] = []
+        w.clock, w.clock_warned, w.clock_ahead = 0, False, 0
+        monkeypatch.setattr(w, "warn", warned.append, raising=False)
+        w._resume_clock(last)
+        monkeypatch.setattr(watch, "now_us", lambda back=back: last - back * 1_000_000)
+        assert w.now() == last + captures.TOUCH_US + 1
+        assert [m.split(";")[0] for m in warned] == said, warned

@@ -287,6 +287,7 @@ class Watcher:
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
         self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
         self.clock_warned = False
+        self.clock_ahead = 0  # µs `clock` was set past the chain's last time at the start (`_resume_clock`)
         self.write_failed = False
         self.bases_due = False  # a lease was taken since the bases were last checked
         self.stop = threading.Event()  # set: the watch is stopping (a hung child is not waited for)
@@ -510,7 +511,8 @@ class Watcher:
         this watch are a gap, however soon it started again: the timeline joins parts within
         TOUCH_US (a clock step), so the first poll is recorded past that (at most 2 s ahead of the
         clock, see `now`)."""
-        self.clock = until + captures.TOUCH_US + 1
+        self.clock_ahead = captures.TOUCH_US + 1
+        self.clock = until + self.clock_ahead
 
     def now(self) -> int:
         """The wall clock in µs, but never before a time the chain already records: a clock set
@@ -519,13 +521,15 @@ class Watcher:
         up, states are recorded at the latest time reached, in their order."""
         now = now_us()
         if now >= self.clock:
-            self.clock = now
+            self.clock, self.clock_ahead = now, 0
             return now
-        if not self.clock_warned and self.clock - now > captures.TOUCH_US:
+        # How far the clock went back: from the chain's last time, not from the restart's gap after it.
+        back = self.clock - self.clock_ahead - now
+        if not self.clock_warned and back > captures.TOUCH_US:
             self.clock_warned = True
             self.warn(
-                f"the clock went back {(self.clock - now) / 1e6:.0f} s; until it reaches "
-                f"{captures.describe(self.clock)} again, captures are recorded at that time"
+                f"the clock went back {back / 1e6:.0f} s; until it reaches "
+                f"{captures.describe(self.clock)}, captures are recorded at that time"
             )
         return self.clock
 
