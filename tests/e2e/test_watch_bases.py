@@ -859,3 +859,35 @@ def test_a_watch_restarted_within_two_seconds_leaves_a_gap_not_coverage_of_the_o
     assert "no capture covers" in gone.err, gone
     assert not (tmp_path / "between").exists()
     assert _restored(sb, ranges[-1]["to"], tmp_path / "after") == [0, 1, 2]
+
+
+def test_a_write_only_watch_restarted_within_two_seconds_leaves_a_gap_too(make_sandbox: Any, tmp_path: Path) -> None:
+    """The machine that backs up a write-only repository cannot read its chain's last segment, so
+    it cannot tell its time from it: the watch's saved state keeps that time. Before, such a watch
+    started again at once recorded its first poll at the clock, within 2 s of its last segment, and
+    the reading machine's timeline joined the two runs: a restore between them gave the state
+    before the stop without the commit made meanwhile."""
+    from test_write_only import Reader, writer
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    db = sb.layout.dashboard_db
+    _table(db)
+    with _watcher(sb, []) as w:
+        assert not w.repo.can_read
+        w.poll()  # the base
+        _commit(db, 1)
+        w.poll()
+        w.flush()
+        w.save_hashes(stopping=True)  # a clean stop
+    _commit(db, 2)  # while no watch runs
+    between = datetime.now(UTC)
+    with _watcher(sb, []) as w:
+        w.poll()  # resumes the chain from the page hashes it saved
+        w.flush()
+        assert w.result.bases == 0 and LOGICAL in w.result.resumed, w.result
+    reader = Reader(sb, tmp_path / "reader", identity)
+    ranges = reader.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
+    assert [r["kind"] for r in ranges] == ["covered", "gap", "covered"], ranges
+    gone = reader.phx("restore", "--at", between.isoformat(), "--to", tmp_path / "between", "--path", LOGICAL, check=2)
+    assert "no capture covers" in gone.err, gone
+    assert not (tmp_path / "between").exists()

@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from phoenix_backup.config import parse_config
-from phoenix_backup.errors import CorruptObject, ToolMissing
+from phoenix_backup.errors import CorruptObject, ToolMissing, UsageError
 from phoenix_backup.ops import forget, pitr
 from phoenix_backup.ops.context import Environment, captures_cache
 from phoenix_backup.repo import captures, keys
@@ -246,6 +246,13 @@ def test_at_takes_a_leap_second_as_the_end_of_the_second_before_it(text: str) ->
     """RFC 3339 (§5.6) allows a leap second, `23:59:60`, which a datetime cannot hold: it is the last
     microsecond of the second before it (before: "is not RFC 3339", exit 2)."""
     assert pitr.parse_at(text) == captures.to_us(datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+
+
+def test_a_leap_second_without_an_offset_is_refused_for_its_missing_offset() -> None:
+    """`23:59:60` without a UTC offset is refused as any time without one is, naming the fix (before:
+    "is not RFC 3339", which hid that only the offset was missing)."""
+    with pytest.raises(UsageError, match=r"has no UTC offset; add one, e\.g\. 2016-12-31T23:59:60\+00:00"):
+        pitr.parse_at("2016-12-31T23:59:60")
 
 
 # -- the header cache ---------------------------------------------------------------------------
@@ -526,3 +533,23 @@ def test_pages_are_never_read_through_a_cached_header_other_than_the_segments_ow
     assert tl.segments[a].parts[0].commits[0].pages == (1, 5), "the forged entry authenticates"
     with pytest.raises(CorruptObject, match="cache"):
         captures.with_pages(repo, tl.segments[a])
+
+
+def test_a_restarted_watch_says_how_far_the_clock_went_back_not_counting_its_gap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A watch restarted after the clock was set back 30 s records its first polls more than 2 s
+    after its chain's last segment (the restart's gap) and says that the clock went back 30 s (before:
+    32 s, the gap counted in); a clock 1 s behind it says nothing, as in a running watch."""
+    from phoenix_backup.ops import watch
+
+    last = captures.to_us(datetime(2026, 12, 7, 1, 0, 0, tzinfo=UTC))
+    for back, said in ((30, ["the clock went back 30 s"]), (1, [])):
+        w = object.__new__(watch.Watcher)
+        warned: list[str] = []
+        w.clock, w.clock_warned, w.clock_ahead = 0, False, 0
+        monkeypatch.setattr(w, "warn", warned.append, raising=False)
+        w._resume_clock(last)
+        monkeypatch.setattr(watch, "now_us", lambda back=back: last - back * 1_000_000)
+        assert w.now() == last + captures.TOUCH_US + 1
+        assert [m.split(";")[0] for m in warned] == said, warned

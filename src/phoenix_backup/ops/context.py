@@ -717,9 +717,10 @@ def parse_time(text: str | None, option: str = "--time") -> datetime:
     iso = text
     # RFC 3339 allows a leap second (`23:59:60`), which a datetime cannot hold: it is taken as the
     # last microsecond of the second before it (the clocks that stamp captures repeat that second).
-    leap = re.fullmatch(r"(.{10}[Tt ]\d\d:\d\d:)60(?:\.\d+)?([Zz]|[+-]\d\d:\d\d)", text)
+    # Without an offset it is refused below for that, as any time is.
+    leap = re.fullmatch(r"(.{10}[Tt ]\d\d:\d\d:)60(?:\.\d+)?([Zz]|[+-]\d\d:\d\d)?", text)
     if leap:
-        iso = f"{leap[1]}59.999999{leap[2]}"
+        iso = f"{leap[1]}59.999999{leap[2] or ''}"
     try:
         # RFC 3339 allows a lower-case `z` (as `t`, which fromisoformat takes already).
         when = datetime.fromisoformat(iso[:-1] + "Z" if iso.endswith("z") else iso)

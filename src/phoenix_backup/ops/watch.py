@@ -287,6 +287,7 @@ class Watcher:
         self.next_base = 0.0  # after a failed base snapshot, not before this (monotonic)
         self.clock = 0  # µs: the latest time recorded in the chain (see `now`)
         self.clock_warned = False
+        self.clock_ahead = 0  # µs `clock` was set past the chain's last time at the start (`_resume_clock`)
         self.write_failed = False
         self.bases_due = False  # a lease was taken since the bases were last checked
         self.stop = threading.Event()  # set: the watch is stopping (a hung child is not waited for)
@@ -306,6 +307,9 @@ class Watcher:
             positions, changed_in = {}, {}
         if not isinstance(bases, dict):
             bases = {}
+        # The chain's last segment's end (µs), for a machine that cannot read that segment (`_resume_clock`).
+        until = saved.get("until") if self.chain else None
+        self.last_until = until if type(until) is int and until > 0 else 0
         self.spooled_paths: dict[str, Path] = {}
         order = saved.get("spoolOrder") if self.chain else None
         self.last_order = self.spool_order = order if type(order) is int and order > 0 else 0
@@ -493,14 +497,22 @@ class Watcher:
         except ObjectNotFound:
             return "is not in the repository"
         except IdentityRequired:
-            return None  # a write-only repository: this machine cannot read what it wrote
+            # A write-only repository: this machine cannot read what it wrote; its saved state
+            # keeps the last segment's end.
+            self._resume_clock(self.last_until)
+            return None
         except PhoenixError as exc:
             return f"cannot be read ({exc})"
-        # The seconds between the chain's last segment and the first poll of this watch are a gap,
-        # however soon it started again: the timeline joins parts within TOUCH_US (a clock step),
-        # so the first poll is recorded past that (at most 2 s ahead of the clock, see `now`).
-        self.clock = max((p.until for p in last.parts), default=0) + captures.TOUCH_US + 1
+        self._resume_clock(max((p.until for p in last.parts), default=0))
         return None
+
+    def _resume_clock(self, until: int) -> None:
+        """The seconds between the chain's last segment (ending at `until`) and the first poll of
+        this watch are a gap, however soon it started again: the timeline joins parts within
+        TOUCH_US (a clock step), so the first poll is recorded past that (at most 2 s ahead of the
+        clock, see `now`)."""
+        self.clock_ahead = captures.TOUCH_US + 1
+        self.clock = until + self.clock_ahead
 
     def now(self) -> int:
         """The wall clock in µs, but never before a time the chain already records: a clock set
@@ -509,13 +521,15 @@ class Watcher:
         up, states are recorded at the latest time reached, in their order."""
         now = now_us()
         if now >= self.clock:
-            self.clock = now
+            self.clock, self.clock_ahead = now, 0
             return now
-        if not self.clock_warned and self.clock - now > captures.TOUCH_US:
+        # How far the clock went back: from the chain's last time, not from the restart's gap after it.
+        back = self.clock - self.clock_ahead - now
+        if not self.clock_warned and back > captures.TOUCH_US:
             self.clock_warned = True
             self.warn(
-                f"the clock went back {(self.clock - now) / 1e6:.0f} s; until it reaches "
-                f"{captures.describe(self.clock)} again, captures are recorded at that time"
+                f"the clock went back {back / 1e6:.0f} s; until it reaches "
+                f"{captures.describe(self.clock)}, captures are recorded at that time"
             )
         return self.clock
 
@@ -953,6 +967,7 @@ class Watcher:
             # the state does not name yet (`_load_spool`: it would fork the chain).
             keep = self._to_spool(name, raw, replaced)
             self.previous = name.removeprefix(captures.PREFIX)
+            self.last_until = max(self.last_until, max(p.until for p, _pages in parts))
             now = time.monotonic()
             for db in self.dbs:
                 if replaced is not None and db.changed_in == replaced.removeprefix(captures.PREFIX):
@@ -1117,6 +1132,7 @@ class Watcher:
             "changedIn": {db.logical: db.changed_in for db in self.dbs if db.changed_in and not db.need_base},
             "bases": {db.logical: db.base_id for db in self.dbs if db.base_id and not db.need_base},
             "spoolOrder": self.last_order,  # of the last segment's spool file (`_load_spool`)
+            "until": self.last_until,  # the last segment's end (`_resume_clock`)
         }
         try:
             make_dirs(self.state_path.parent)
