@@ -26,7 +26,7 @@ from phoenix_backup.ops.context import Environment
 @click.option("--no-files", "no_files", is_flag=True, help="Capture the SQLite databases only, not the files.")
 @common
 def watch(out: Out, envx: Environment, config_path: str | None, duration: float | None, no_files: bool) -> ExitStatus:
-    """Capture every configured SQLite database within a second of each commit, and the files
+    """Capture every configured SQLite database within about a second of each commit, and the files
     within seconds of a change, until stopped.
 
     Each second in which something was committed becomes one sealed capture segment in every
