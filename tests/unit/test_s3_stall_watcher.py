@@ -4,8 +4,12 @@ stalled request, and a cut never reaches a connection after its guard was disarm
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
+
+import botocore.exceptions as bex
+import pytest
 
 import phoenix_backup.storage.s3 as s3_storage
 
@@ -70,3 +74,28 @@ def test_a_running_stop_holds_up_the_disarm_and_none_starts_after_it() -> None:
     with s3_storage._StallGuard(slow_stop, 0.05) as guard:
         assert started.wait(3)
     assert ended.is_set() and guard.cut
+
+
+class _ResetOnShutdown:
+    """A response's socket file whose read waits until the socket is shut down, then fails as a
+    peer's reset does (the service wrote on after the cut, and its bytes drew a reset)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def read(self, _size: int) -> bytes:
+        self.sock.recv(1)  # returns b"" once the cut shuts the socket down
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def test_a_cut_read_that_ends_in_a_reset_is_the_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body read cut by its guard may end in a reset rather than an end of stream. It is the cut
+    all the same: botocore's ConnectionClosedError, which every caller maps and `_error` names.
+    Before, the reset escaped as it was, which urllib3 wraps in a ProtocolError no caller maps
+    (the `[error]` case of the hostile-network drip test failed so, once in a CI run)."""
+    monkeypatch.setattr(s3_storage, "BODY_STALL_SECONDS", 0.2)
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        reader = s3_storage._BoundReader(_ResetOnShutdown(ours), ours)
+        with pytest.raises(bex.ConnectionClosedError):
+            reader.read(100)

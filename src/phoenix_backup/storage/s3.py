@@ -990,6 +990,11 @@ class _BoundReader:
                 if not guard.cut and self._waited >= BODY_STALL_SECONDS and (got or self._moved):
                     guard.cut = True  # small reads, each quick, too few bytes in all: this request's own cut
                     self._stop()
+            except OSError:
+                if not guard.cut:
+                    raise
+                # Cut: the read may end in the peer's reset (its writes after the shutdown drew one)
+                # rather than an end of stream; it is the cut all the same (below).
             finally:
                 if guard.cut:
                     _RESPONSE.cut = "body"
