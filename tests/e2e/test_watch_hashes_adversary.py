@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import blake3
@@ -148,10 +149,21 @@ def test_bases_are_taken_while_the_cache_folder_is_read_only_or_full(
 
 
 def _until_covered_from_now(sb: Sandbox) -> None:
-    """Until the history covers a time from now on (a new base takes a moment), at most 60 s."""
-    started = _iso(time.time())
+    """Until one covered range of the history holds both a time from now on and the present (a new
+    base takes a moment; a watch restarted within 2 s of the last one's end stamps its first looks
+    up to 2 s ahead, and the seconds before them are a gap), at most 60 s."""
+    started = time.time()
     deadline = time.monotonic() + 60
-    while _last_covered(sb) < started and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        rows = sb.phx("list", "--timeline", "--json").json()["databases"].get(LOGICAL, [])
+        now = time.time()
+        if any(
+            r["kind"] == "covered"
+            and datetime.fromisoformat(r["from"]).timestamp() <= now
+            and datetime.fromisoformat(r["to"]).timestamp() >= started
+            for r in rows
+        ):
+            return
         time.sleep(0.5)
 
 
