@@ -831,17 +831,13 @@ def test_the_writer_publishes_nothing_while_another_command_holds_the_repository
         other.close()
 
 
-def test_a_watch_restarted_within_two_seconds_leaves_a_gap_not_coverage_of_the_old_state(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
-    """A watch stopped and started again at once (a service's restart, kill -9 and a quick start):
-    the time between its last segment and the restarted watch's first poll is a gap, however short.
-    Before, a restart within the timeline's 2 s tolerance joined the two into one covered range, and
-    a restore at a second between them gave the old state without a commit made before that second."""
-    sb = sandbox
+def _stopped_and_restarted_at_once(sb: Sandbox, *, readable: bool) -> datetime:
+    """A watch that saves a base and one commit and stops cleanly; a commit while no watch runs; a
+    watch started again at once that resumes the chain. Returns a time between the two runs."""
     db = sb.layout.dashboard_db
     _table(db)
     with _watcher(sb, []) as w:
+        assert w.repo.can_read == readable
         w.poll()  # the base
         _commit(db, 1)
         w.poll()
@@ -853,6 +849,18 @@ def test_a_watch_restarted_within_two_seconds_leaves_a_gap_not_coverage_of_the_o
         w.poll()  # resumes the chain from the page hashes it saved
         w.flush()
         assert w.result.bases == 0 and LOGICAL in w.result.resumed, w.result
+    return between
+
+
+def test_a_watch_restarted_within_two_seconds_leaves_a_gap_not_coverage_of_the_old_state(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A watch stopped and started again at once (a service's restart, kill -9 and a quick start):
+    the time between its last segment and the restarted watch's first poll is a gap, however short.
+    Before, a restart within the timeline's 2 s tolerance joined the two into one covered range, and
+    a restore at a second between them gave the old state without a commit made before that second."""
+    sb = sandbox
+    between = _stopped_and_restarted_at_once(sb, readable=True)
     ranges = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
     assert [r["kind"] for r in ranges] == ["covered", "gap", "covered"], ranges
     gone = sb.phx("restore", "--at", between.isoformat(), "--to", tmp_path / "between", "--path", LOGICAL, check=2)
@@ -870,21 +878,7 @@ def test_a_write_only_watch_restarted_within_two_seconds_leaves_a_gap_too(make_s
     from test_write_only import Reader, writer
 
     sb, identity = writer(make_sandbox, tmp_path)
-    db = sb.layout.dashboard_db
-    _table(db)
-    with _watcher(sb, []) as w:
-        assert not w.repo.can_read
-        w.poll()  # the base
-        _commit(db, 1)
-        w.poll()
-        w.flush()
-        w.save_hashes(stopping=True)  # a clean stop
-    _commit(db, 2)  # while no watch runs
-    between = datetime.now(UTC)
-    with _watcher(sb, []) as w:
-        w.poll()  # resumes the chain from the page hashes it saved
-        w.flush()
-        assert w.result.bases == 0 and LOGICAL in w.result.resumed, w.result
+    between = _stopped_and_restarted_at_once(sb, readable=False)
     reader = Reader(sb, tmp_path / "reader", identity)
     ranges = reader.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
     assert [r["kind"] for r in ranges] == ["covered", "gap", "covered"], ranges
