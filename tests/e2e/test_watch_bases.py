@@ -863,8 +863,10 @@ def test_a_watch_restarted_within_two_seconds_leaves_a_gap_not_coverage_of_the_o
     between = _stopped_and_restarted_at_once(sb, readable=True)
     ranges = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
     assert [r["kind"] for r in ranges] == ["covered", "gap", "covered"], ranges
-    gone = sb.phx("restore", "--at", between.isoformat(), "--to", tmp_path / "between", "--path", LOGICAL, check=2)
-    assert "no capture covers" in gone.err, gone
+    asked = between.replace(microsecond=between.microsecond | 1)  # a time that is no whole millisecond
+    gone = sb.phx("restore", "--at", asked.isoformat(), "--to", tmp_path / "between", "--path", LOGICAL, check=2)
+    # The time asked, as precise as asked (not cut to a second a range shown in milliseconds holds).
+    assert f"no capture covers {asked.astimezone().isoformat(timespec='microseconds')};" in gone.err, gone.err
     assert not (tmp_path / "between").exists()
     assert _restored(sb, ranges[-1]["to"], tmp_path / "after") == [0, 1, 2]
 

@@ -70,7 +70,7 @@ def file_snapshots(snapshots: list[Snapshot]) -> list[tuple[int, Snapshot]]:
 def _no_files_note(snapshots: list[Snapshot], at: int) -> str:
     """Why no files are restored at `at` (no snapshot of the files was complete by then: the time
     lies before the first one a watch took), and where the files of that time are."""
-    when = captures.describe(at)
+    when = captures.asked(at)
     older = [
         (as_of, snap)
         for snap in snapshots
@@ -219,7 +219,7 @@ def list_at(cfg: Config, envx: Environment, at_text: str) -> list[StateAt]:
         tl = captures.timeline(repo, captures_cache(repo, envx))
         states = states_at(tl, at)
         if not any(s.covered for s in states):
-            raise UsageError(f"no capture covers {captures.describe(at)}; covered: {ranges_text(tl)}")
+            raise UsageError(f"no capture covers {captures.asked(at)}; covered: {ranges_text(tl)}")
         return states
     finally:
         repo.close()
@@ -241,7 +241,7 @@ def rebuild(
     that is placed)."""
     rng = tl.at(path, at, chain)
     if rng is None:
-        raise UsageError(f"no capture covers {path} at {captures.describe(at)}; covered: {ranges_text(tl, path)}")
+        raise UsageError(f"no capture covers {path} at {captures.asked(at)}; covered: {ranges_text(tl, path)}")
     base, parts = captures.lineage(tl, rng, at)
     snap = repo.load_snapshot(base.snapshot)
     node = next((n for logical, n in walk_tree(repo, snap.tree) if logical == path), None)
@@ -269,7 +269,7 @@ def rebuild(
                 os.pwrite(fd, seg.page(part, commit, i), (page - 1) * part.page_size)
             last, page_size = commit, part.page_size
         if last is None:
-            raise CorruptObject(f"the segments of {path} hold no state at {captures.describe(at)}")
+            raise CorruptObject(f"the segments of {path} hold no state at {captures.asked(at)}")
         os.ftruncate(fd, last.page_count * page_size)
         if sync:
             os.fsync(fd)
@@ -348,7 +348,7 @@ def restore_at(
     at = parse_at(at_text)
     if to is not None:
         refuse_plain_copies_in_repository(cfg, to, "--to")
-    result = AtResult(captures.describe(at), str(to) if to else None, dry_run)
+    result = AtResult(captures.asked(at), str(to) if to else None, dry_run)
     files: Snapshot | None = None
     repo = open_repository(cfg, envx)
     try:
@@ -373,7 +373,7 @@ def restore_at(
                     captured = ", ".join(tl.paths()) or "none"
                     raise UsageError(f"--path {' '.join(paths)} names no database the watch captured ({captured})")
                 raise UsageError(
-                    f"no capture covers {captures.describe(at)}; covered: "
+                    f"no capture covers {captures.asked(at)}; covered: "
                     f"{'; '.join(ranges_text(tl, p) for p in chosen) if chosen else ranges_text(tl)}"
                 )
             for p in chosen:

@@ -749,6 +749,14 @@ def describe(us: int, *, up: bool = False, exact: bool = False) -> str:
     return from_us(us).isoformat(timespec="seconds")
 
 
+def asked(us: int) -> str:
+    """A time the user gave (`--at`), as precise as it was given: whole seconds, milliseconds or
+    microseconds. Cut to whole seconds, 12:00:05.5 read as 12:00:05 beside a range shown as
+    12:00:05.300 to 12:00:05.900, which holds it."""
+    spec = "seconds" if not us % 1_000_000 else "milliseconds" if not us % 1_000 else "microseconds"
+    return from_us(us).isoformat(timespec=spec)
+
+
 def span(start: int, end: int) -> str:
     """A covered range for people: the whole seconds it covers, or to the millisecond when it
     covers less than one whole second."""
