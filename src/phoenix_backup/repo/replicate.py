@@ -125,9 +125,10 @@ class TargetReport:
 def seed_repository(source: Backend, dest: Backend) -> None:
     """Make an empty `dest` hold the repository of `source`: key slots first, `config` last, so
     `dest` counts as a repository only once it can be opened."""
-    dest.create()
-    for info in source.list("keys/"):
-        dest.write(info.name, source.read(info.name))
+    slots = {info.name: source.read(info.name) for info in source.list("keys/")}
+    dest.create(slots)
+    for name, data in slots.items():
+        dest.write(name, data)
     dest.write("config", source.read("config"), exclusive=True)
 
 
