@@ -14,7 +14,10 @@ the same objects under the same names. For each replica, in its own thread:
    lacks (several uploads in flight; data packs marked cold for S3's storage class), then those
    index objects. One that supersedes index objects the replica holds (a prune's, or a backup's
    that found packs lost on the first target) is preceded by an index object of the replica's
-   own listing the packs the replica holds that would otherwise be listed by no index there;
+   own listing the packs the replica holds that would otherwise be listed by no index there.
+   One that an index object of the replica's own supersedes (the replica's prune dropped its
+   packs, which no snapshot there used yet) is not read there: one of the replica's own lists its
+   packs too;
 6. only when all of that succeeded, copy the snapshot objects it lacks, oldest first, each
    followed by a checkpoint (Git: one commit naming the snapshot), then the capture segments
    (`phx watch`, repo/captures.py) it lacks;
@@ -227,7 +230,12 @@ def _replicate(
         _add_run_keys(source, dest, report)
         present = {info.name for info in dest.list("data/")}
         present_index = {info.name for info in dest.list("index/")}
-        missing_index = sorted({info.name for info in source.list("index/")} - present_index)
+        source_index = {info.name for info in source.list("index/")}
+        missing_index = sorted(source_index - present_index)
+        # Those a replica's own index object supersedes (its prune dropped their packs, used by
+        # no snapshot there yet): copied again they would not be read there.
+        revived = _superseded_there(repo, dest, sorted(present_index - source_index), missing_index)
+        revive: dict[str, list[PackEntry]] = {}
         packs: dict[str, bool] = {}  # pack object name -> is a data pack (may go cold)
         listed: set[bytes] = set()  # blobs the copied index objects list
         superseded: set[str] = set()  # index objects they supersede
@@ -239,6 +247,8 @@ def _replicate(
                 superseding.add(index_name)
             for pack_id, entries in listing.items():
                 listed.update(e.id for e in entries)
+                if index_name in revived and entries:
+                    revive.setdefault(pack_id, entries)
                 obj = pack_name(pack_id)
                 if obj not in present:
                     # Entries unknown (a write-only repository's machine that backs up reads only
@@ -250,6 +260,10 @@ def _replicate(
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
         confirm.now(MORE_COMMITTED)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
+        if revive:  # an index object of the replica's own lists them (it supersedes nothing)
+            written = repo.sibling(dest).write_index_parts(revive, [])
+            with _COUNT_LOCK:
+                report.objects += len(written)
         # Those that supersede others after the rest are all written (copies run in parallel): an
         # index written in parts (`write_index_parts`) has only its last part superseding the old
         # objects, and the replica must not retire them before it holds every part (a replication
@@ -473,6 +487,22 @@ def _index_packs(repo: Repository, name: str) -> tuple[dict[str, list[PackEntry]
         return repo.read_index_object(name)
     except CorruptObject as exc:
         raise CorruptObject(f"the first target's {exc}; run `phx verify`") from exc
+
+
+def _superseded_there(repo: Repository, dest: Backend, own: list[str], missing: list[str]) -> set[str]:
+    """Those of the index objects `missing` (the replica lacks them) that an index object `own` to
+    the replica (its own prune's) supersedes. Read only when some are missing."""
+    if not missing or not own:
+        return set()
+    replica = repo.sibling(dest)
+    out: set[str] = set()
+    for name in own:
+        try:
+            _listing, sup = replica.read_index_object(name)
+        except (CorruptObject, ObjectNotFound, IdentityRequired):
+            continue  # damaged (verify names it), a retired key's, or not readable on this machine
+        out.update(f"index/{s}" for s in sup)
+    return out & set(missing)
 
 
 def _keep_indexed(
