@@ -23,6 +23,16 @@ def test_packs_a_replicas_prune_dropped_are_usable_there_after_the_next_sync(tmp
     the backup's index object and packs again and then the snapshot, exit 0; but a superseded
     index object is not read, so the snapshot's data was listed by no index there: not restorable
     from the replica (and its next prune deleted the packs again)."""
+    first = pruned_replica(tmp_path)
+    report = replicate(first, "x", LocalBackend(tmp_path / "x"), print)
+    assert report.ok, report.error
+    again = Repository.open(LocalBackend(tmp_path / "x"), keys.Credentials(passphrase=None))
+    assert contents(again) == contents(first)
+
+
+def pruned_replica(tmp_path: Path) -> Repository:
+    """The first target, and a replica `x` whose prune dropped the packs of a backup whose
+    replication stopped before its snapshot."""
     first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
     take_snapshot(first, {"a.bin": os.urandom(40 * KB)}, "2026-03-01T02:00:00+00:00")
     assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
@@ -39,7 +49,27 @@ def test_packs_a_replicas_prune_dropped_are_usable_there_after_the_next_sync(tmp
     replica = Repository.open(LocalBackend(tmp_path / "x"), keys.Credentials(passphrase=None))
     prune_repository(replica, TargetPrune("x"), dry_run=False, state=PruneState(tmp_path / "state"), now=T0)
     replica.close()
-    report = replicate(first, "x", LocalBackend(tmp_path / "x"), print)
-    assert report.ok, report.error
+    return first
+
+
+def test_syncs_after_a_replicas_prune_do_not_read_its_index_again(tmp_path: Path) -> None:
+    """Each sync after a prune of the replica looked for the index objects the replica's own
+    supersede: it read every one of them (after a prune, the replica's whole index, twice) at each
+    backup. What an index object supersedes never changes (its name is its hash): it is read once."""
+    first = pruned_replica(tmp_path)
+    read: list[str] = []
+
+    class Counting(LocalBackend):
+        def read(self, name: str) -> bytes:
+            read.append(name)
+            return super().read(name)
+
+    assert replicate(first, "x", Counting(tmp_path / "x"), print).ok
+    for when in ("2026-03-03T02:00:00+00:00", "2026-03-04T02:00:00+00:00"):
+        take_snapshot(first, {f"{when}.bin": os.urandom(4 * KB)}, when)
+        read.clear()
+        report = replicate(first, "x", Counting(tmp_path / "x"), print)
+        assert report.ok, report.error
+        assert [name for name in read if name.startswith("index/")] == []
     again = Repository.open(LocalBackend(tmp_path / "x"), keys.Credentials(passphrase=None))
     assert contents(again) == contents(first)

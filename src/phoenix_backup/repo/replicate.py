@@ -42,12 +42,18 @@ copied. A failing replica never stops the others: its error is its outcome.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import blake3
+
+from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import (
     CorruptObject,
     IdentityRequired,
@@ -56,17 +62,19 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryError,
     RepositoryExists,
+    StorageError,
     UnsupportedFormat,
 )
 from phoenix_backup.repo import checks, retired
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import BlobType, Sealer
+from phoenix_backup.repo.cache import Cache
+from phoenix_backup.repo.crypto import BlobType, Sealer, same_bytes
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
-from phoenix_backup.storage.base import Backend
+from phoenix_backup.storage.base import Backend, is_valid_name
 
 # The keys a rotation retired that a replica's old slots hold (`_retired_keys`); None: not known.
 RetiredKeys = list[keyslots.MasterSecrets] | None
@@ -262,6 +270,10 @@ def _replicate(
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         if revive:  # an index object of the replica's own lists them (it supersedes nothing)
             written = repo.sibling(dest).write_index_parts(revive, [])
+            folder, key = _superseded_cache(repo)
+            if folder is not None:  # it supersedes nothing (unsealed: maybe an id no object has)
+                for name in written:
+                    _cache_superseded(folder, key, name, [])
             with _COUNT_LOCK:
                 report.objects += len(written)
         # Those that supersede others after the rest are all written (copies run in parallel): an
@@ -491,18 +503,64 @@ def _index_packs(repo: Repository, name: str) -> tuple[dict[str, list[PackEntry]
 
 def _superseded_there(repo: Repository, dest: Backend, own: list[str], missing: list[str]) -> set[str]:
     """Those of the index objects `missing` (the replica lacks them) that an index object `own` to
-    the replica (its own prune's) supersedes. Read only when some are missing."""
+    the replica (its own prune's) supersedes. Read only when some are missing; what each one
+    supersedes is kept in the local cache, so that each sync after a prune of the replica does not
+    read its whole index again."""
     if not missing or not own:
         return set()
     replica = repo.sibling(dest)
+    folder, key = _superseded_cache(repo)
     out: set[str] = set()
     for name in own:
-        try:
-            _listing, sup = replica.read_index_object(name)
-        except (CorruptObject, ObjectNotFound, IdentityRequired):
-            continue  # damaged (verify names it), a retired key's, or not readable on this machine
+        sup = _cached_superseded(folder, key, name) if folder is not None else None
+        if sup is None:
+            try:
+                _listing, sup = replica.read_index_object(name)
+            except (CorruptObject, ObjectNotFound, IdentityRequired):
+                continue  # damaged (verify names it), a retired key's, or not readable on this machine
+            if folder is not None:
+                _cache_superseded(folder, key, name, sup)
         out.update(f"index/{s}" for s in sup)
     return out & set(missing)
+
+
+def _superseded_cache(repo: Repository) -> tuple[Path | None, bytes]:
+    """The cache folder of what index objects supersede, with the key its entries are MACed with:
+    the secret id key, bound to the sealing key's fingerprint (after a `phx key rotate` an object
+    the old key sealed no longer opens). None in a write-only repository (what an object supersedes
+    there depends on who reads it) or without a writable cache."""
+    if repo.config.write_only is not None:
+        return None, b""
+    try:
+        folder = Cache(repo.config.id).dir / "superseded"
+    except (StorageError, OSError):
+        return None, b""
+    context = b"phoenix v1 superseded index cache\0" + repo.fingerprint.encode()
+    return folder, blake3.blake3(context, key=repo.ids.page_key).digest()
+
+
+def _cached_superseded(folder: Path, key: bytes, name: str) -> list[str] | None:
+    """What index object `name` supersedes (bare ids), from the cache; None without an entry that
+    authenticates. An index object's name is the hash of its bytes: an entry never goes stale."""
+    try:
+        raw = (folder / name.removeprefix("index/")).read_bytes()
+    except OSError:
+        return None
+    mac, rest = raw[:32], raw[32:]
+    if not same_bytes(mac, blake3.blake3(name.encode() + b"\0" + rest, key=key).digest()):
+        return None
+    sup = rest.decode("ascii", "replace").split()
+    return sup if all(is_valid_name(f"index/{s}") for s in sup) else None
+
+
+def _cache_superseded(folder: Path, key: bytes, name: str, sup: list[str]) -> None:
+    rest = " ".join(sup).encode()
+    with contextlib.suppress(OSError):
+        make_dirs(folder)
+        bare = name.removeprefix("index/")
+        tmp = folder / f".{bare}.{os.getpid()}.tmp"
+        tmp.write_bytes(blake3.blake3(name.encode() + b"\0" + rest, key=key).digest() + rest)
+        os.replace(tmp, folder / bare)
 
 
 def _keep_indexed(
