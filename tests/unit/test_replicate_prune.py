@@ -73,3 +73,31 @@ def test_syncs_after_a_replicas_prune_do_not_read_its_index_again(tmp_path: Path
         assert [name for name in read if name.startswith("index/")] == []
     again = Repository.open(LocalBackend(tmp_path / "x"), keys.Credentials(passphrase=None))
     assert contents(again) == contents(first)
+
+
+def test_a_sync_stopped_again_and_a_second_prune_of_the_replica_lose_nothing_there(tmp_path: Path) -> None:
+    """The sync after the replica's prune stopped too, before the snapshot, having listed the
+    packs again in an index object of the replica's own; a second prune of the replica dropped
+    them again, superseding that object. The next sync listed them again in an object of the very
+    same bytes, so the same name (an unencrypted repository), which the second prune's
+    supersedes: the snapshot copied then had its data listed by no index there (prune: "tree
+    blob … is not in the index")."""
+    first = pruned_replica(tmp_path)
+
+    class Down(LocalBackend):
+        def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+            if name.startswith("snapshots/"):
+                raise StorageError(f"{self.location} went down")
+            super().write(name, data, exclusive=exclusive, cold=cold)
+
+    assert not replicate(first, "x", Down(tmp_path / "x"), print).ok
+    for now in (T0 + 3600, T0 + 7200):
+        age_packs(tmp_path / "x", now - 7200)
+        replica = Repository.open(LocalBackend(tmp_path / "x"), keys.Credentials(passphrase=None))
+        pruned = prune_repository(replica, TargetPrune("x"), dry_run=False, state=PruneState(tmp_path / "s"), now=now)
+        replica.close()
+        assert pruned.ok, pruned.error
+        report = replicate(first, "x", LocalBackend(tmp_path / "x"), print)
+        assert report.ok, report.error
+    again = Repository.open(LocalBackend(tmp_path / "x"), keys.Credentials(passphrase=None))
+    assert contents(again) == contents(first)

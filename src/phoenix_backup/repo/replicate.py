@@ -71,7 +71,7 @@ from phoenix_backup.repo.cache import Cache
 from phoenix_backup.repo.crypto import BlobType, Sealer, same_bytes
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
-from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
+from phoenix_backup.repo.repository import RepoConfig, Repository, index_parts, sealed_with
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend, is_valid_name
@@ -268,12 +268,18 @@ def _replicate(
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
         confirm.now(MORE_COMMITTED)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
-        if revive:  # an index object of the replica's own lists them (it supersedes nothing)
-            written = repo.sibling(dest).write_index_parts(revive, [])
-            folder, key = _superseded_cache(repo)
-            if folder is not None:  # it supersedes nothing (unsealed: maybe an id no object has)
-                for name in written:
-                    _cache_superseded(folder, key, name, [])
+        if revive:  # an index object of the replica's own lists them
+            replica, (folder, key) = repo.sibling(dest), _superseded_cache(repo)
+            written = []
+            for part in index_parts(revive):
+                # Each supersedes an id no object has: unsealed, a name follows from what the
+                # object lists, and an earlier sync's (stopped before the snapshot) listing these
+                # very packs may since be superseded by a prune of the replica, hiding this one too.
+                nonce = os.urandom(32).hex()
+                for name in replica.write_index_parts(part, [nonce]):
+                    written.append(name)
+                    if folder is not None:  # the next sync need not read it
+                        _cache_superseded(folder, key, name, [nonce])
             with _COUNT_LOCK:
                 report.objects += len(written)
         # Those that supersede others after the rest are all written (copies run in parallel): an
