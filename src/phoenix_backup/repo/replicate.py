@@ -272,14 +272,16 @@ def _replicate(
             replica, (folder, key) = repo.sibling(dest), _superseded_cache(repo)
             written = []
             for part in index_parts(revive):
-                # Each supersedes an id no object has: unsealed, a name follows from what the
-                # object lists, and an earlier sync's (stopped before the snapshot) listing these
-                # very packs may since be superseded by a prune of the replica, hiding this one too.
-                nonce = os.urandom(32).hex()
-                for name in replica.write_index_parts(part, [nonce]):
+                # Unsealed, a name follows from what the object lists, and an earlier sync's
+                # (stopped before the snapshot) listing these very packs may since be superseded
+                # by a prune of the replica, hiding this one too: each supersedes an id no object
+                # has. (Sealed, a name is new each time; a write-only repository's machine that
+                # backs up could not claim to supersede anything.)
+                sup = [] if repo.config.encrypted else [os.urandom(32).hex()]
+                for name in replica.write_index_parts(part, sup):
                     written.append(name)
                     if folder is not None:  # the next sync need not read it
-                        _cache_superseded(folder, key, name, [nonce])
+                        _cache_superseded(folder, key, name, sup)
             with _COUNT_LOCK:
                 report.objects += len(written)
         # Those that supersede others after the rest are all written (copies run in parallel): an
