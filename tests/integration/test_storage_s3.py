@@ -101,6 +101,20 @@ def test_exclusive_create_uses_if_none_match(moto: MotoServer, make_backend: Cal
     assert b.read("config") == b"one"
 
 
+def test_create_over_an_interrupted_init_keeps_the_slots_of_the_repository_copied_there(
+    moto: MotoServer, make_backend: Callable[..., Backend]
+) -> None:
+    """A prefix holding only key slots is an interrupted init's, started over; but a slot whose
+    bytes are the repository's being copied there is a racing sync's, which may have written its
+    config since: it stays (deleted, the replica would hold a repository no slot opens)."""
+    b = make_backend("s3")
+    b.create()
+    b.write("keys/" + "a" * 16, b"the repository's own slot")
+    b.write("keys/" + "b" * 16, b"another init's slot")
+    b.create({"keys/" + "a" * 16: b"the repository's own slot", "keys/" + "b" * 16: b"not these bytes"})
+    assert [i.name for i in b.list("keys/")] == ["keys/" + "a" * 16]
+
+
 def test_doctor_finds_a_service_that_does_not_honour_conditional_writes(
     moto: MotoServer, make_backend: Callable[..., Backend]
 ) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -65,8 +65,8 @@ class CrashingBackend(Backend):
     def exists(self) -> bool:
         return self.inner.exists()
 
-    def create(self) -> None:
-        self.inner.create()
+    def create(self, slots: Mapping[str, bytes] | None = None) -> None:
+        self.inner.create(slots)
 
     def read(self, name: str) -> bytes:
         return self.inner.read(name)

@@ -312,6 +312,42 @@ def test_a_replica_another_sync_initialises_meanwhile_is_copied_to(tmp_path: Pat
     assert again.config.id == repo.config.id
 
 
+def test_a_sync_racing_to_initialise_a_target_leaves_it_openable_if_killed(tmp_path: Path) -> None:
+    """Two `phx sync` to a new target at once: the second found the first's key slots and no
+    `config` yet, took them for an interrupted init's and deleted them, while the first wrote its
+    `config`; killed before writing the slots again, it left a target holding the repository that
+    nothing opens (until a sync from the first target, maybe lost by then). A slot whose bytes are
+    the repository's own is now left in place."""
+    repo = Repository.init(
+        LocalBackend(tmp_path / "r"),
+        lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
+        True,
+    )
+
+    class Killed(BaseException):
+        pass
+
+    first = LocalBackend(tmp_path / "replica")
+    first.create()
+    for info in repo.backend.list("keys/"):  # the first sync wrote its slots, not yet its config
+        first.write(info.name, repo.backend.read(info.name))
+
+    class Second(LocalBackend):
+        def _interrupted_init(self) -> bool:
+            found = super()._interrupted_init()
+            # The first sync writes its config right now, after the second looked for one.
+            first.write("config", repo.backend.read("config"), exclusive=True)
+            return found
+
+        def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+            raise Killed  # the second sync is killed before it writes a slot again
+
+    with contextlib.suppress(Killed):
+        replicate(repo, "replica", Second(tmp_path / "replica"), print)
+    alone = Repository.open(LocalBackend(tmp_path / "replica"), keys.Credentials(passphrase="pw"))
+    assert alone.config.id == repo.config.id
+
+
 def _resident_pages(path: Path) -> tuple[int, int]:
     """(pages of `path` in the page cache, pages of `path`), by mincore(2) on a mapping of it."""
     import ctypes

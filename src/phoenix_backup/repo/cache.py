@@ -3,6 +3,7 @@ deduplication), never data; anything read from it is checked before it is truste
 
     <cache>/<repo id>/sqlite/<hash of logical path>.pages   page hashes of the last copy
     <cache>/<repo id>/tmp/run-<pid>-<start>/                 temporary database copies (0700)
+    <cache>/<repo id>/superseded/<index id>                  what an index object of a replica supersedes
 """
 
 from __future__ import annotations

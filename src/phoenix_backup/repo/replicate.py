@@ -14,7 +14,10 @@ the same objects under the same names. For each replica, in its own thread:
    lacks (several uploads in flight; data packs marked cold for S3's storage class), then those
    index objects. One that supersedes index objects the replica holds (a prune's, or a backup's
    that found packs lost on the first target) is preceded by an index object of the replica's
-   own listing the packs the replica holds that would otherwise be listed by no index there;
+   own listing the packs the replica holds that would otherwise be listed by no index there.
+   One that an index object of the replica's own supersedes (the replica's prune dropped its
+   packs, which no snapshot there used yet) is not read there: one of the replica's own lists its
+   packs too;
 6. only when all of that succeeded, copy the snapshot objects it lacks, oldest first, each
    followed by a checkpoint (Git: one commit naming the snapshot), then the capture segments
    (`phx watch`, repo/captures.py) it lacks;
@@ -39,12 +42,18 @@ copied. A failing replica never stops the others: its error is its outcome.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import blake3
+
+from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import (
     CorruptObject,
     IdentityRequired,
@@ -53,17 +62,19 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryError,
     RepositoryExists,
+    StorageError,
     UnsupportedFormat,
 )
 from phoenix_backup.repo import checks, retired
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import BlobType, Sealer
+from phoenix_backup.repo.cache import Cache
+from phoenix_backup.repo.crypto import BlobType, Sealer, same_bytes
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
-from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
+from phoenix_backup.repo.repository import RepoConfig, Repository, index_parts, sealed_with
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
-from phoenix_backup.storage.base import Backend
+from phoenix_backup.storage.base import Backend, is_valid_name
 
 # The keys a rotation retired that a replica's old slots hold (`_retired_keys`); None: not known.
 RetiredKeys = list[keyslots.MasterSecrets] | None
@@ -125,9 +136,10 @@ class TargetReport:
 def seed_repository(source: Backend, dest: Backend) -> None:
     """Make an empty `dest` hold the repository of `source`: key slots first, `config` last, so
     `dest` counts as a repository only once it can be opened."""
-    dest.create()
-    for info in source.list("keys/"):
-        dest.write(info.name, source.read(info.name))
+    slots = {info.name: source.read(info.name) for info in source.list("keys/")}
+    dest.create(slots)
+    for name, data in slots.items():
+        dest.write(name, data)
     dest.write("config", source.read("config"), exclusive=True)
 
 
@@ -226,7 +238,12 @@ def _replicate(
         _add_run_keys(source, dest, report)
         present = {info.name for info in dest.list("data/")}
         present_index = {info.name for info in dest.list("index/")}
-        missing_index = sorted({info.name for info in source.list("index/")} - present_index)
+        source_index = {info.name for info in source.list("index/")}
+        missing_index = sorted(source_index - present_index)
+        # Those a replica's own index object supersedes (its prune dropped their packs, used by
+        # no snapshot there yet): copied again they would not be read there.
+        revived = _superseded_there(repo, dest, sorted(present_index - source_index), missing_index)
+        revive: dict[str, list[PackEntry]] = {}
         packs: dict[str, bool] = {}  # pack object name -> is a data pack (may go cold)
         listed: set[bytes] = set()  # blobs the copied index objects list
         superseded: set[str] = set()  # index objects they supersede
@@ -238,6 +255,8 @@ def _replicate(
                 superseding.add(index_name)
             for pack_id, entries in listing.items():
                 listed.update(e.id for e in entries)
+                if index_name in revived and entries:
+                    revive.setdefault(pack_id, entries)
                 obj = pack_name(pack_id)
                 if obj not in present:
                     # Entries unknown (a write-only repository's machine that backs up reads only
@@ -249,6 +268,22 @@ def _replicate(
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
         confirm.now(MORE_COMMITTED)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
+        if revive:  # an index object of the replica's own lists them
+            replica, (folder, key) = repo.sibling(dest), _superseded_cache(repo)
+            written = []
+            for part in index_parts(revive):
+                # Unsealed, a name follows from what the object lists, and an earlier sync's
+                # (stopped before the snapshot) listing these very packs may since be superseded
+                # by a prune of the replica, hiding this one too: each supersedes an id no object
+                # has. (Sealed, a name is new each time; a write-only repository's machine that
+                # backs up could not claim to supersede anything.)
+                sup = [] if repo.config.encrypted else [os.urandom(32).hex()]
+                for name in replica.write_index_parts(part, sup):
+                    written.append(name)
+                    if folder is not None:  # the next sync need not read it
+                        _cache_superseded(folder, key, name, sup)
+            with _COUNT_LOCK:
+                report.objects += len(written)
         # Those that supersede others after the rest are all written (copies run in parallel): an
         # index written in parts (`write_index_parts`) has only its last part superseding the old
         # objects, and the replica must not retire them before it holds every part (a replication
@@ -472,6 +507,68 @@ def _index_packs(repo: Repository, name: str) -> tuple[dict[str, list[PackEntry]
         return repo.read_index_object(name)
     except CorruptObject as exc:
         raise CorruptObject(f"the first target's {exc}; run `phx verify`") from exc
+
+
+def _superseded_there(repo: Repository, dest: Backend, own: list[str], missing: list[str]) -> set[str]:
+    """Those of the index objects `missing` (the replica lacks them) that an index object `own` to
+    the replica (its own prune's) supersedes. Read only when some are missing; what each one
+    supersedes is kept in the local cache, so that each sync after a prune of the replica does not
+    read its whole index again."""
+    if not missing or not own:
+        return set()
+    replica = repo.sibling(dest)
+    folder, key = _superseded_cache(repo)
+    out: set[str] = set()
+    for name in own:
+        sup = _cached_superseded(folder, key, name) if folder is not None else None
+        if sup is None:
+            try:
+                _listing, sup = replica.read_index_object(name)
+            except (CorruptObject, ObjectNotFound, IdentityRequired):
+                continue  # damaged (verify names it), a retired key's, or not readable on this machine
+            if folder is not None:
+                _cache_superseded(folder, key, name, sup)
+        out.update(f"index/{s}" for s in sup)
+    return out & set(missing)
+
+
+def _superseded_cache(repo: Repository) -> tuple[Path | None, bytes]:
+    """The cache folder of what index objects supersede, with the key its entries are MACed with:
+    the secret id key, bound to the sealing key's fingerprint (after a `phx key rotate` an object
+    the old key sealed no longer opens). None in a write-only repository (what an object supersedes
+    there depends on who reads it) or without a writable cache."""
+    if repo.config.write_only is not None:
+        return None, b""
+    try:
+        folder = Cache(repo.config.id).dir / "superseded"
+    except (StorageError, OSError):
+        return None, b""
+    context = b"phoenix v1 superseded index cache\0" + repo.fingerprint.encode()
+    return folder, blake3.blake3(context, key=repo.ids.page_key).digest()
+
+
+def _cached_superseded(folder: Path, key: bytes, name: str) -> list[str] | None:
+    """What index object `name` supersedes (bare ids), from the cache; None without an entry that
+    authenticates. An index object's name is the hash of its bytes: an entry never goes stale."""
+    try:
+        raw = (folder / name.removeprefix("index/")).read_bytes()
+    except OSError:
+        return None
+    mac, rest = raw[:32], raw[32:]
+    if not same_bytes(mac, blake3.blake3(name.encode() + b"\0" + rest, key=key).digest()):
+        return None
+    sup = rest.decode("ascii", "replace").split()
+    return sup if all(is_valid_name(f"index/{s}") for s in sup) else None
+
+
+def _cache_superseded(folder: Path, key: bytes, name: str, sup: list[str]) -> None:
+    rest = " ".join(sup).encode()
+    with contextlib.suppress(OSError):
+        make_dirs(folder)
+        bare = name.removeprefix("index/")
+        tmp = folder / f".{bare}.{os.getpid()}.tmp"
+        tmp.write_bytes(blake3.blake3(name.encode() + b"\0" + rest, key=key).digest() + rest)
+        os.replace(tmp, folder / bare)
 
 
 def _keep_indexed(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from phoenix_backup.errors import CorruptObject, StorageError
@@ -86,6 +86,16 @@ def refuse_oversized(name: str, size: int, where: str) -> None:
         )
 
 
+def is_slot_of(slots: Mapping[str, bytes] | None, name: str, read: Callable[[str], bytes]) -> bool:
+    """Whether the key slot `name` a store holds has the bytes `slots` gives it (`Backend.create`)."""
+    if not slots or name not in slots:
+        return False
+    try:
+        return read(name) == slots[name]
+    except StorageError:
+        return False  # gone meanwhile, or unreadable: nothing to keep
+
+
 @dataclass(frozen=True)
 class Protection:
     """What keeps the objects of a store from being deleted or overwritten by whoever holds the
@@ -126,8 +136,11 @@ class Backend(ABC):
         """Whether the store holds a repository (its `config` object)."""
 
     @abstractmethod
-    def create(self) -> None:
-        """Prepare an empty store (folders, bucket prefix); fails if a repository is already there."""
+    def create(self, slots: Mapping[str, bytes] | None = None) -> None:
+        """Prepare an empty store (folders, bucket prefix); fails if a repository is already there.
+        The key slots an interrupted init left are deleted, except those whose bytes are `slots`'
+        (the repository being copied there): another copy racing this one wrote them, and may
+        have written its `config` since (deleted, they would leave it a repository nothing opens)."""
 
     @abstractmethod
     def read(self, name: str) -> bytes: ...

@@ -59,7 +59,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.redaction import redact, redact_url
 from phoenix_backup.shell import kill_with_descendants
-from phoenix_backup.storage.base import CONFIG_TEMP, FOLDERS, Backend, ObjectInfo, Protection
+from phoenix_backup.storage.base import CONFIG_TEMP, FOLDERS, Backend, ObjectInfo, Protection, is_slot_of
 from phoenix_backup.storage.local import LocalBackend
 
 # Git hosts warn above 50 MB per file and GitHub refuses above 100 MB.
@@ -553,7 +553,7 @@ class GitBackend(Backend):
         self._ensure()
         return self.files.exists()
 
-    def create(self) -> None:
+    def create(self, slots: Mapping[str, bytes] | None = None) -> None:
         self._ensure()
         if self.files.exists():
             raise RepositoryExists(f"a repository already exists at {self.location}; it was left untouched")
@@ -564,8 +564,9 @@ class GitBackend(Backend):
                 f"the Git repository {redact_url(self.url)} (branch {self.branch}) already holds other files "
                 f"({', '.join(foreign[:3]) or 'objects without a config'}); use an empty repository or another branch"
             )
-        for name in self.files.list("keys/"):
-            self.files.delete(name.name)  # an interrupted init's unused key slots
+        for info in self.files.list("keys/"):
+            if not is_slot_of(slots, info.name, self.files.read):  # else this repository's, a racing copy's
+                self.files.delete(info.name)  # an interrupted init's unused key slots
         for path in leftover:
             os.unlink(path)  # and its config's temporary file
         for folder in FOLDERS:

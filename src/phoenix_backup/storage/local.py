@@ -12,7 +12,7 @@ import stat
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from phoenix_backup.dirs import make_dirs
@@ -32,6 +32,7 @@ from phoenix_backup.storage.base import (
     TEMP_MARKER,
     Backend,
     ObjectInfo,
+    is_slot_of,
     is_valid_name,
     refuse_oversized,
     validate_name,
@@ -292,7 +293,7 @@ class LocalBackend(Backend):
     def exists(self) -> bool:
         return (self.root / "config").is_file()
 
-    def create(self) -> None:
+    def create(self, slots: Mapping[str, bytes] | None = None) -> None:
         if self.exists():
             raise RepositoryExists(f"a repository already exists at {self.root}; it was left untouched")
         try:
@@ -308,6 +309,8 @@ class LocalBackend(Backend):
                 for parts in (["keys"], []):
                     with self._folder(parts) as fd:
                         for entry in list(os.scandir(fd)):
+                            if parts and is_slot_of(slots, f"keys/{entry.name}", self.read):
+                                continue  # a racing copy of the same repository wrote it
                             if parts or entry.name.startswith(CONFIG_TEMP):
                                 os.unlink(entry.name, dir_fd=fd)
             for folder in _FOLDERS:

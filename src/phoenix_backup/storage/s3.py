@@ -35,7 +35,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -66,6 +66,7 @@ from phoenix_backup.storage.base import (
     Backend,
     ObjectInfo,
     Protection,
+    is_slot_of,
     is_valid_name,
     max_object_size,
     refuse_oversized,
@@ -311,7 +312,7 @@ class S3Backend(Backend):
             raise self._error(exc, name) from None
         return dict(head)
 
-    def create(self) -> None:
+    def create(self, slots: Mapping[str, bytes] | None = None) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except bex.ClientError as exc:
@@ -329,7 +330,8 @@ class S3Backend(Backend):
         if all(name.startswith("keys/") for name in found) and len(found) < 100:
             # An init killed before it wrote `config`: its key slots wrap secrets nobody used.
             for name in found:
-                self.delete(name)
+                if not is_slot_of(slots, name, self.read):  # else a racing copy of the same repository wrote it
+                    self.delete(name)
             return
         raise RepositoryExists(
             f"{self.location} is not empty and holds no Phoenix repository; choose an empty prefix "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
 from phoenix_backup.errors import ObjectExists, TargetUnreachable, TransientStorageError
@@ -52,8 +52,8 @@ class WrappedBackend(Backend):
     def exists(self) -> bool:
         return self._call(self.inner.exists)
 
-    def create(self) -> None:
-        self._call(self.inner.create)
+    def create(self, slots: Mapping[str, bytes] | None = None) -> None:
+        self._call(lambda: self.inner.create(slots))
 
     def read(self, name: str) -> bytes:
         return self._call(lambda: self.inner.read(name))
