@@ -16,6 +16,15 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
 
 
+class Down(LocalBackend):
+    """A replica that goes down when its sync reaches the snapshots (packs and index copied)."""
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
+        if name.startswith("snapshots/"):
+            raise StorageError(f"{self.location} went down")
+        super().write(name, data, exclusive=exclusive, cold=cold)
+
+
 def test_packs_a_replicas_prune_dropped_are_usable_there_after_the_next_sync(tmp_path: Path) -> None:
     """A replication stopped after copying a backup's packs and index object, before its
     snapshot; a prune of the replica half an hour later found those packs used by no snapshot
@@ -37,12 +46,6 @@ def pruned_replica(tmp_path: Path) -> Repository:
     take_snapshot(first, {"a.bin": os.urandom(40 * KB)}, "2026-03-01T02:00:00+00:00")
     assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
     take_snapshot(first, {"b.bin": os.urandom(40 * KB)}, "2026-03-02T02:00:00+00:00")
-
-    class Down(LocalBackend):
-        def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
-            if name.startswith("snapshots/"):
-                raise StorageError(f"{self.location} went down")
-            super().write(name, data, exclusive=exclusive, cold=cold)
 
     assert not replicate(first, "x", Down(tmp_path / "x"), print).ok
     age_packs(tmp_path / "x", T0 - 7200)
@@ -83,12 +86,6 @@ def test_a_sync_stopped_again_and_a_second_prune_of_the_replica_lose_nothing_the
     supersedes: the snapshot copied then had its data listed by no index there (prune: "tree
     blob … is not in the index")."""
     first = pruned_replica(tmp_path)
-
-    class Down(LocalBackend):
-        def write(self, name: str, data: bytes, *, exclusive: bool = False, cold: bool = False) -> None:
-            if name.startswith("snapshots/"):
-                raise StorageError(f"{self.location} went down")
-            super().write(name, data, exclusive=exclusive, cold=cold)
 
     assert not replicate(first, "x", Down(tmp_path / "x"), print).ok
     for now in (T0 + 3600, T0 + 7200):
