@@ -7,6 +7,7 @@ snapshot at all."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,31 @@ def test_a_database_the_agent_creates_after_the_safety_snapshot_is_never_written
     _agent_commits_after_the_safety_snapshot(monkeypatch, db, "CREATE TABLE phx_agent(name TEXT)", AFTER)
     _left_and_named(sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json(), "home/.argentos/memory.db")
     assert _rows(db) == [("after the safety snapshot",)]
+
+
+def test_a_same_size_rewrite_that_keeps_the_old_mtime_is_never_replaced(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent rewrites SOUL.md after the safety snapshot with as many bytes, and its mtime is
+    the old one (`os.utime` back to it, or a write within one tick of a coarse clock: many file
+    systems stamp in jiffies). Before, the check compared only inode, mode, size and mtime: the
+    restore replaced the agent's bytes (exit 0), which were in no snapshot. Now a small file's
+    bytes are compared too (and any file's ctime): it is left and named (exit 3)."""
+    sb = backed_up
+    soul = sb.workspace / "SOUL.md"
+    soul.write_bytes(b"B" * 40)
+    real_take = safety.take
+
+    def take_then_agent_rewrites(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        st = soul.stat()
+        with soul.open("r+b") as f:  # in place: the same inode
+            f.write(b"A" * 40)
+        os.utime(soul, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_rewrites)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    assert soul.read_bytes() == b"A" * 40
+    assert [e["path"] for e in doc["errors"]] == ["workspace/SOUL.md"], doc
+    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
