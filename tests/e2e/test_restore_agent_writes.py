@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from e2e_support import Sandbox
 
+from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.ops import safety
 
 
@@ -160,3 +161,48 @@ def test_a_same_size_rewrite_that_keeps_the_old_mtime_is_never_replaced(
     assert soul.read_bytes() == b"A" * 40
     assert [e["path"] for e in doc["errors"]] == ["workspace/SOUL.md"], doc
     assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+
+
+def test_the_database_noted_before_the_safety_snapshot_is_never_read_through_a_swapped_link(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What memory.db holds is noted before the safety snapshot; whoever can change a folder on its
+    path (another local user, a root restore's workspace owner) swaps that folder for a link to
+    another folder just then. Before, the note was read through the link by path: the restore's
+    SQLite opened the other folder's WAL database and created its -shm there (as root: a root-owned
+    file in a folder of the other user's choosing). Now it is read through the folders the restore
+    opens one by one without following links (sinks/sqlite_folder.py): the link is never followed,
+    and memory.db is left as it is, named (exit 3)."""
+    sb = backed_up
+    home = sb.layout.memory_db.parent
+    (sb.workspace / "SOUL.md").write_bytes(b"changed before the restore\n")
+    _commit(sb.layout.memory_db, "CREATE TABLE phx_agent(name TEXT)")
+    decoy = home.parent / "decoy"
+    decoy.mkdir()
+    with contextlib.closing(sqlite3.connect(decoy / "memory.db")) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE t(x)")
+        con.commit()
+    (decoy / "memory.db-wal").write_bytes(b"")  # a -wal and no -shm: a reader creates the -shm
+    assert not (decoy / "memory.db-shm").exists()
+    real = home.with_name(home.name + "-real")
+    real_live_state = restore_op.live_state
+    real_take = safety.take
+
+    def swap_then_note(path: Path) -> Any:
+        if not real.exists():
+            home.rename(real)
+            home.symlink_to(decoy)
+        return real_live_state(path)
+
+    def swap_back_then_take(*args: Any, **kwargs: Any) -> Any:
+        home.unlink()
+        real.rename(home)
+        return real_take(*args, **kwargs)
+
+    monkeypatch.setattr(restore_op, "live_state", swap_then_note)
+    monkeypatch.setattr(safety, "take", swap_back_then_take)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    assert not (decoy / "memory.db-shm").exists()
+    _left_and_named(doc, "home/.argentos/memory.db")
+    assert _rows(sb.layout.memory_db) == []

@@ -67,7 +67,7 @@ from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
-from phoenix_backup.sinks import leftovers, sqlite_live
+from phoenix_backup.sinks import leftovers, sqlite_folder, sqlite_live
 from phoenix_backup.sinks import sqlite as sqlite_sink
 from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, LiveState, Written, grants_privilege, live_state
 from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
@@ -485,11 +485,9 @@ class _Restore:
                     for i in plan.items
                     if i.action in ("create", "overwrite", "delete") and (i.kind != "sqlite" or i.action == "create")
                 }
-                self.db_before = {
-                    i.path: sqlite_live.ABSENT if i.action == "create" else sqlite_live.fingerprint(i.target)
-                    for i in plan.items
-                    if i.kind == "sqlite" and i.action in ("create", "overwrite", "delete")
-                }
+                self.db_before = self.fingerprints(
+                    [i for i in plan.items if i.kind == "sqlite" and i.action in ("create", "overwrite", "delete")]
+                )
                 result.safety_snapshot = self.take_safety_snapshot(plan)
             else:
                 self.warnings.append(
@@ -761,6 +759,28 @@ class _Restore:
             f"{stop.describe()}, so nothing was restored{after}; fix gateway.stop or stop the agent yourself, then "
             "restore again"
         )
+
+    def fingerprints(self, items: list[PlanItem]) -> dict[str, str]:
+        """`sqlite_live.fingerprint` of each database (ABSENT for one the restore creates), read
+        through folders opened one by one without following links and handed to SQLite only when
+        safe (sinks/sqlite_folder.py), as the restore's own reads of it: a link another user swaps
+        into its path is never followed. One that cannot be reached so is noted as unreadable: never
+        equal to what the restore finds later, so it is left as changed."""
+        out: dict[str, str] = {}
+        reader = FileWriter(self.repo, self.layout, None)
+        try:
+            for item in items:
+                if item.action == "create":
+                    out[item.path] = sqlite_live.ABSENT
+                    continue
+                try:
+                    with reader.parent_dir(item.path, create=False) as (fd, name):
+                        out[item.path] = sqlite_folder.run(fd, "fingerprint", [name])
+                except (OSError, PhoenixError) as exc:
+                    out[item.path] = f"unreadable: {exc}"
+        finally:
+            reader.close()
+        return out
 
     def take_safety_snapshot(self, plan: _Plan) -> dict[str, Any]:
         wanted: dict[str, str] = {}
