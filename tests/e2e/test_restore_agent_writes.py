@@ -163,6 +163,18 @@ def test_a_same_size_rewrite_that_keeps_the_old_mtime_is_never_replaced(
     assert "changed since the safety snapshot" in doc["errors"][0]["error"]
 
 
+def _decoy(folder: Path) -> Path:
+    """`folder` with a WAL database memory.db, a -wal and no -shm: a reader creates the -shm."""
+    folder.mkdir()
+    with contextlib.closing(sqlite3.connect(folder / "memory.db")) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE t(x)")
+        con.commit()
+    (folder / "memory.db-wal").write_bytes(b"")
+    assert not (folder / "memory.db-shm").exists()
+    return folder
+
+
 def test_the_database_noted_before_the_safety_snapshot_is_never_read_through_a_swapped_link(
     backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,14 +189,7 @@ def test_the_database_noted_before_the_safety_snapshot_is_never_read_through_a_s
     home = sb.layout.memory_db.parent
     (sb.workspace / "SOUL.md").write_bytes(b"changed before the restore\n")
     _commit(sb.layout.memory_db, "CREATE TABLE phx_agent(name TEXT)")
-    decoy = home.parent / "decoy"
-    decoy.mkdir()
-    with contextlib.closing(sqlite3.connect(decoy / "memory.db")) as con:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("CREATE TABLE t(x)")
-        con.commit()
-    (decoy / "memory.db-wal").write_bytes(b"")  # a -wal and no -shm: a reader creates the -shm
-    assert not (decoy / "memory.db-shm").exists()
+    decoy = _decoy(home.parent / "decoy")
     real = home.with_name(home.name + "-real")
     real_live_state = restore_op.live_state
     real_take = safety.take
@@ -206,3 +211,37 @@ def test_the_database_noted_before_the_safety_snapshot_is_never_read_through_a_s
     assert not (decoy / "memory.db-shm").exists()
     _left_and_named(doc, "home/.argentos/memory.db")
     assert _rows(sb.layout.memory_db) == []
+
+
+def test_the_plans_first_look_at_a_database_is_never_through_a_swapped_link(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan looks at each database it overwrites first (can the backup API write it: its page
+    size, WAL mode), and a dry run previews its rows; whoever can change a folder on its path swaps
+    it for a link to another folder just then. Before, that look opened the database by path: SQLite
+    followed the link and created the other folder's -shm (as root: a root-owned file where another
+    user chose). Now it goes through the folders the restore opens without following links, as the
+    restore's writes do: nothing is created there, and the restore then goes on as usual."""
+    sb = backed_up
+    home = sb.layout.memory_db.parent
+    _commit(sb.layout.memory_db, "CREATE TABLE phx_agent(name TEXT)")
+    decoy = _decoy(home.parent / "decoy")
+    real = home.with_name(home.name + "-real")
+    real_problems = restore_op._Restore.database_problems
+
+    def problems_through_a_swapped_link(self: Any, plan: Any) -> Any:
+        home.rename(real)
+        home.symlink_to(decoy)
+        try:
+            return real_problems(self, plan)
+        finally:
+            home.unlink()
+            real.rename(home)
+
+    monkeypatch.setattr(restore_op._Restore, "database_problems", problems_through_a_swapped_link)
+    doc = sb.phx_here("restore", "--latest", "--dry-run", "--json").json()
+    assert not (decoy / "memory.db-shm").exists(), doc
+    sb.phx_here("restore", "--latest", "--yes")
+    assert not (decoy / "memory.db-shm").exists()
+    with pytest.raises(sqlite3.OperationalError):
+        _rows(sb.layout.memory_db)  # restored: the table committed since the backup is gone
