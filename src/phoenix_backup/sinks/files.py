@@ -265,9 +265,13 @@ def _digest_at(fd: int | None, name: str | Path, st: os.stat_result) -> str:
         got = os.fstat(f)
         if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
             return "?"
+        # At most one byte more than the lstat's size: a file the agent keeps growing while it is
+        # read differs by that byte (or by size), and is never read for ever.
         h = hashlib.sha256()
-        while chunk := os.read(f, 1 << 20):
+        left = st.st_size + 1
+        while left > 0 and (chunk := os.read(f, min(left, 1 << 20))):
             h.update(chunk)
+            left -= len(chunk)
         return h.hexdigest()
     except OSError:
         return "?"
