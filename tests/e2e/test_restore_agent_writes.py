@@ -245,3 +245,39 @@ def test_the_plans_first_look_at_a_database_is_never_through_a_swapped_link(
     assert not (decoy / "memory.db-shm").exists()
     with pytest.raises(sqlite3.OperationalError):
         _rows(sb.layout.memory_db)  # restored: the table committed since the backup is gone
+
+
+def test_an_atomic_save_while_the_check_reads_the_file_is_never_replaced(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent saves SOUL.md the usual way (a new file renamed over it) while the restore's last
+    check, just before its own rename, reads the old bytes to hash them. Before, the check took the
+    path's state before reading: the old file was unchanged, the restore renamed over the agent's
+    save (exit 0) and its bytes were in no snapshot. Now the state is taken again after the read:
+    the new inode shows, SOUL.md is left and named (exit 3)."""
+    sb = backed_up
+    soul = sb.workspace / "SOUL.md"
+    soul.write_bytes(b"changed before the restore\n")
+    real_take, real_read = safety.take, os.read
+    armed: list[bool] = []
+
+    def take_then_arm(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        armed.append(True)
+        return taken
+
+    def read_then_agent_saves(fd: int, n: int) -> bytes:
+        got = real_read(fd, n)
+        if armed and os.readlink(f"/proc/self/fd/{fd}") == str(soul):
+            armed.clear()
+            new = soul.with_name(".SOUL.md.tmp")
+            new.write_bytes(b"the agent's save, mid-check\n")
+            new.rename(soul)
+        return got
+
+    monkeypatch.setattr(safety, "take", take_then_arm)
+    monkeypatch.setattr(os, "read", read_then_agent_saves)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    monkeypatch.undo()
+    assert soul.read_bytes() == b"the agent's save, mid-check\n"
+    _left_and_named(doc, "workspace/SOUL.md")

@@ -231,18 +231,20 @@ CHECKED_BYTES = 1024 * 1024
 LiveState = tuple[int, int, int, int, int, int, int, str] | None
 
 
-def _state(st: os.stat_result, digest: Callable[[], str]) -> tuple[int, int, int, int, int, int, int, str]:
-    small = stat.S_ISREG(st.st_mode) and st.st_size <= CHECKED_BYTES
-    return (
-        st.st_dev,
-        st.st_ino,
-        st.st_mode,
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-        st.st_nlink,
-        digest() if small else "",
-    )
+def _state(st: os.stat_result, digest: str) -> tuple[int, int, int, int, int, int, int, str]:
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, digest)
+
+
+def _state_at(fd: int | None, name: str | Path) -> LiveState:
+    """The state of `name` in the folder `fd` (never following a link); raises OSError from lstat.
+    A small file's is taken by a second lstat after its bytes were hashed: a write or a rename over
+    it while they were read shows in its times or inode, so what is lost between the check and
+    the rename is only what lands after that last lstat, as without the hash."""
+    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    if not (stat.S_ISREG(st.st_mode) and st.st_size <= CHECKED_BYTES):
+        return _state(st, "")
+    digest = _digest_at(fd, name, st)
+    return _state(os.stat(name, dir_fd=fd, follow_symlinks=False), digest)
 
 
 def _same_state(before: LiveState, now: LiveState) -> bool:
@@ -283,10 +285,9 @@ def live_state(path: Path) -> LiveState:
     """What is at `path` now (never following a link), to compare with what a restore finds
     there just before it replaces or deletes it (`FileWriter.unchanged_since_planned`)."""
     try:
-        st = os.lstat(path)
+        return _state_at(None, path)
     except OSError:  # absent, or not reachable (what the restore meets there is its own error)
         return None
-    return _state(st, lambda: _digest_at(None, path, st))
 
 
 class FileWriter:
@@ -347,13 +348,11 @@ class FileWriter:
         if self.before is None or logical not in self.before:
             return
         try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            now = _state_at(fd, name)
         except FileNotFoundError:
-            now: LiveState = None
+            now = None
         except OSError:
             return  # what the rename or unlink meets there is its own error
-        else:
-            now = _state(st, lambda: _digest_at(fd, name, st))
         if not _same_state(self.before[logical], now):
             raise UnsafePath(
                 f"{logical} changed since the safety snapshot was taken (the agent wrote it?) and was left as it is, "
