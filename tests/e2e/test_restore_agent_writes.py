@@ -7,6 +7,7 @@ snapshot at all."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from e2e_support import Sandbox
 
+from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.ops import safety
 
 
@@ -131,3 +133,151 @@ def test_a_database_the_agent_creates_after_the_safety_snapshot_is_never_written
     _agent_commits_after_the_safety_snapshot(monkeypatch, db, "CREATE TABLE phx_agent(name TEXT)", AFTER)
     _left_and_named(sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json(), "home/.argentos/memory.db")
     assert _rows(db) == [("after the safety snapshot",)]
+
+
+def test_a_same_size_rewrite_that_keeps_the_old_mtime_is_never_replaced(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent rewrites SOUL.md after the safety snapshot with as many bytes, and its mtime is
+    the old one (`os.utime` back to it, or a write within one tick of a coarse clock: many file
+    systems stamp in jiffies). Before, the check compared only inode, mode, size and mtime: the
+    restore replaced the agent's bytes (exit 0), which were in no snapshot. Now a small file's
+    bytes are compared too (and any file's ctime): it is left and named (exit 3)."""
+    sb = backed_up
+    soul = sb.workspace / "SOUL.md"
+    soul.write_bytes(b"B" * 40)
+    real_take = safety.take
+
+    def take_then_agent_rewrites(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        st = soul.stat()
+        with soul.open("r+b") as f:  # in place: the same inode
+            f.write(b"A" * 40)
+        os.utime(soul, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_rewrites)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    assert soul.read_bytes() == b"A" * 40
+    assert [e["path"] for e in doc["errors"]] == ["workspace/SOUL.md"], doc
+    assert "changed since the safety snapshot" in doc["errors"][0]["error"]
+
+
+def _decoy(folder: Path) -> Path:
+    """`folder` with a WAL database memory.db, a -wal and no -shm: a reader creates the -shm."""
+    folder.mkdir()
+    with contextlib.closing(sqlite3.connect(folder / "memory.db")) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE t(x)")
+        con.commit()
+    (folder / "memory.db-wal").write_bytes(b"")
+    assert not (folder / "memory.db-shm").exists()
+    return folder
+
+
+def test_the_database_noted_before_the_safety_snapshot_is_never_read_through_a_swapped_link(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What memory.db holds is noted before the safety snapshot; whoever can change a folder on its
+    path (another local user, a root restore's workspace owner) swaps that folder for a link to
+    another folder just then. Before, the note was read through the link by path: the restore's
+    SQLite opened the other folder's WAL database and created its -shm there (as root: a root-owned
+    file in a folder of the other user's choosing). Now it is read through the folders the restore
+    opens one by one without following links (sinks/sqlite_folder.py): the link is never followed,
+    and memory.db is left as it is, named (exit 3)."""
+    sb = backed_up
+    home = sb.layout.memory_db.parent
+    (sb.workspace / "SOUL.md").write_bytes(b"changed before the restore\n")
+    _commit(sb.layout.memory_db, "CREATE TABLE phx_agent(name TEXT)")
+    decoy = _decoy(home.parent / "decoy")
+    real = home.with_name(home.name + "-real")
+    real_live_state = restore_op.live_state
+    real_take = safety.take
+
+    def swap_then_note(path: Path) -> Any:
+        if not real.exists():
+            home.rename(real)
+            home.symlink_to(decoy)
+        return real_live_state(path)
+
+    def swap_back_then_take(*args: Any, **kwargs: Any) -> Any:
+        home.unlink()
+        real.rename(home)
+        return real_take(*args, **kwargs)
+
+    monkeypatch.setattr(restore_op, "live_state", swap_then_note)
+    monkeypatch.setattr(safety, "take", swap_back_then_take)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    assert not (decoy / "memory.db-shm").exists()
+    _left_and_named(doc, "home/.argentos/memory.db")
+    assert _rows(sb.layout.memory_db) == []
+
+
+def test_the_plans_first_look_at_a_database_is_never_through_a_swapped_link(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan looks at each database it overwrites first (can the backup API write it: its page
+    size, WAL mode), and a dry run previews its rows; whoever can change a folder on its path swaps
+    it for a link to another folder just then. Before, that look opened the database by path: SQLite
+    followed the link and created the other folder's -shm (as root: a root-owned file where another
+    user chose). Now it goes through the folders the restore opens without following links, as the
+    restore's writes do: nothing is created there, and the restore then goes on as usual."""
+    sb = backed_up
+    home = sb.layout.memory_db.parent
+    _commit(sb.layout.memory_db, "CREATE TABLE phx_agent(name TEXT)")
+    decoy = _decoy(home.parent / "decoy")
+    real = home.with_name(home.name + "-real")
+    real_problems = restore_op._Restore.database_problems
+
+    def problems_through_a_swapped_link(self: Any, plan: Any) -> Any:
+        home.rename(real)
+        home.symlink_to(decoy)
+        try:
+            return real_problems(self, plan)
+        finally:
+            home.unlink()
+            real.rename(home)
+
+    monkeypatch.setattr(restore_op._Restore, "database_problems", problems_through_a_swapped_link)
+    doc = sb.phx_here("restore", "--latest", "--dry-run", "--json").json()
+    assert not (decoy / "memory.db-shm").exists(), doc
+    sb.phx_here("restore", "--latest", "--yes")
+    assert not (decoy / "memory.db-shm").exists()
+    with pytest.raises(sqlite3.OperationalError):
+        _rows(sb.layout.memory_db)  # restored: the table committed since the backup is gone
+
+
+def test_an_atomic_save_while_the_check_reads_the_file_is_never_replaced(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent saves SOUL.md the usual way (a new file renamed over it) while the restore's last
+    check, just before its own rename, reads the old bytes to hash them. Before, the check took the
+    path's state before reading: the old file was unchanged, the restore renamed over the agent's
+    save (exit 0) and its bytes were in no snapshot. Now the state is taken again after the read:
+    the new inode shows, SOUL.md is left and named (exit 3)."""
+    sb = backed_up
+    soul = sb.workspace / "SOUL.md"
+    soul.write_bytes(b"changed before the restore\n")
+    real_take, real_read = safety.take, os.read
+    armed: list[bool] = []
+
+    def take_then_arm(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        armed.append(True)
+        return taken
+
+    def read_then_agent_saves(fd: int, n: int) -> bytes:
+        got = real_read(fd, n)
+        if armed and os.readlink(f"/proc/self/fd/{fd}") == str(soul):
+            armed.clear()
+            new = soul.with_name(".SOUL.md.tmp")
+            new.write_bytes(b"the agent's save, mid-check\n")
+            new.rename(soul)
+        return got
+
+    monkeypatch.setattr(safety, "take", take_then_arm)
+    monkeypatch.setattr(os, "read", read_then_agent_saves)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    monkeypatch.undo()
+    assert soul.read_bytes() == b"the agent's save, mid-check\n"
+    _left_and_named(doc, "workspace/SOUL.md")

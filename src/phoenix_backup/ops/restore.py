@@ -67,7 +67,7 @@ from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
-from phoenix_backup.sinks import leftovers, sqlite_live
+from phoenix_backup.sinks import leftovers, sqlite_folder, sqlite_live
 from phoenix_backup.sinks import sqlite as sqlite_sink
 from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, LiveState, Written, grants_privilege, live_state
 from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
@@ -485,11 +485,9 @@ class _Restore:
                     for i in plan.items
                     if i.action in ("create", "overwrite", "delete") and (i.kind != "sqlite" or i.action == "create")
                 }
-                self.db_before = {
-                    i.path: sqlite_live.ABSENT if i.action == "create" else sqlite_live.fingerprint(i.target)
-                    for i in plan.items
-                    if i.kind == "sqlite" and i.action in ("create", "overwrite", "delete")
-                }
+                self.db_before = self.fingerprints(
+                    [i for i in plan.items if i.kind == "sqlite" and i.action in ("create", "overwrite", "delete")]
+                )
                 result.safety_snapshot = self.take_safety_snapshot(plan)
             else:
                 self.warnings.append(
@@ -607,7 +605,7 @@ class _Restore:
             kind = "dir"
         elif stat.S_ISLNK(st.st_mode):
             kind = "symlink"
-        elif target.name.endswith(SQLITE_SUFFIXES) and sqlite_live.probe(str(target)).exists:
+        elif stat.S_ISREG(st.st_mode) and target.name.endswith(SQLITE_SUFFIXES):
             kind = "sqlite" if sqlite_sink.has_magic(target) else "file"
         else:
             kind = "file"
@@ -730,16 +728,20 @@ class _Restore:
     def database_problems(self, plan: _Plan) -> list[str]:
         """Live databases the backup API cannot overwrite (a WAL database of another page size)."""
         problems = []
-        for item in plan.items:
-            if item.kind != "sqlite" or item.action != "overwrite":
-                continue
-            node = plan.nodes[item.path]
-            live = sqlite_live.probe(item.target)
-            problem = sqlite_live.page_size_problem(
-                item.path, live, sqlite_sink.page_size(node, self.snap, item.path), item.target
-            )
-            if problem:
-                problems.append(problem)
+        reader = FileWriter(self.repo, self.layout, self.to)
+        try:
+            for item in plan.items:
+                if item.kind != "sqlite" or item.action != "overwrite":
+                    continue
+                node = plan.nodes[item.path]
+                live = self.probe(reader, item)
+                problem = sqlite_live.page_size_problem(
+                    item.path, live, sqlite_sink.page_size(node, self.snap, item.path), item.target
+                )
+                if problem:
+                    problems.append(problem)
+        finally:
+            reader.close()
         return problems
 
     def gateway(self, action: str) -> ShellStep | None:
@@ -761,6 +763,42 @@ class _Restore:
             f"{stop.describe()}, so nothing was restored{after}; fix gateway.stop or stop the agent yourself, then "
             "restore again"
         )
+
+    def probe(self, reader: FileWriter, item: PlanItem) -> sqlite_live.LiveDb:
+        """`sqlite_live.probe` of the database at `item`, through folders opened one by one without
+        following links and handed to SQLite only when safe (sinks/sqlite_folder.py), as the
+        restore's writes: a link another user swaps into its path is never followed (SQLite would
+        create the -shm of the database it led to). One not reachable so is unreadable."""
+        try:
+            with reader.parent_dir(item.path, create=False) as (fd, name):
+                live: sqlite_live.LiveDb = sqlite_folder.run(fd, "probe", [name])
+                return live
+        except FileNotFoundError:
+            return sqlite_live.LiveDb(False, False, "absent")
+        except (OSError, PhoenixError) as exc:
+            return sqlite_live.LiveDb(True, False, str(exc))
+
+    def fingerprints(self, items: list[PlanItem]) -> dict[str, str]:
+        """`sqlite_live.fingerprint` of each database (ABSENT for one the restore creates), read
+        through folders opened one by one without following links and handed to SQLite only when
+        safe (sinks/sqlite_folder.py), as the restore's own reads of it: a link another user swaps
+        into its path is never followed. One that cannot be reached so is noted as unreadable: never
+        equal to what the restore finds later, so it is left as changed."""
+        out: dict[str, str] = {}
+        reader = FileWriter(self.repo, self.layout, None)
+        try:
+            for item in items:
+                if item.action == "create":
+                    out[item.path] = sqlite_live.ABSENT
+                    continue
+                try:
+                    with reader.parent_dir(item.path, create=False) as (fd, name):
+                        out[item.path] = sqlite_folder.run(fd, "fingerprint", [name])
+                except (OSError, PhoenixError) as exc:
+                    out[item.path] = f"unreadable: {exc}"
+        finally:
+            reader.close()
+        return out
 
     def take_safety_snapshot(self, plan: _Plan) -> dict[str, Any]:
         wanted: dict[str, str] = {}
@@ -818,6 +856,7 @@ class _Restore:
     def preview(self, plan: _Plan, result: RestoreResult) -> None:
         """Row deltas per database table against the live database, and the alignment outcome."""
         copies: Path | None = None
+        reader = FileWriter(self.repo, self.layout, self.to)
         try:
             for item in plan.items:
                 if item.kind != "sqlite":
@@ -828,7 +867,7 @@ class _Restore:
                     tables = info.tables if info else {}
                     entry["tables"] = {t: {"added": n, "removed": 0, "changed": 0} for t, n in sorted(tables.items())}
                 elif item.action == "overwrite":
-                    live = sqlite_live.probe(item.target)
+                    live = self.probe(reader, item)
                     if not live.readable:
                         entry["error"] = f"the live database cannot be read ({live.reason}); it would be replaced"
                     else:
@@ -841,6 +880,7 @@ class _Restore:
                     entry["tables"] = {}
                 result.databases.append(entry)
         finally:
+            reader.close()
             if copies is not None:
                 with contextlib.suppress(OSError):
                     for leftover in copies.iterdir():

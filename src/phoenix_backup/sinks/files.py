@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import hashlib
 import os
 import resource
 import secrets
@@ -221,20 +222,70 @@ def _leftover(name: str) -> bool:
     return start is None or (start != 0 and str(start) != m.group(2))
 
 
-LiveState = tuple[int, int, int, int, int] | None  # (device, inode, type and mode, size, mtime)
+# Regular files up to this size are compared by their bytes too (`live_state`): a rewrite with as
+# many bytes inside one tick of the file system's clock (most stamp in jiffies) keeps size, mtime
+# and ctime. Larger ones are compared by ctime (which `os.utime` cannot set back) when not linked.
+CHECKED_BYTES = 1024 * 1024
+
+# (device, inode, type and mode, size, mtime, ctime, link count, SHA-256 of a small regular file or "")
+LiveState = tuple[int, int, int, int, int, int, int, str] | None
 
 
-def _state(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    # Not the ctime: the restore's own rename over one name of a hard-linked file changes the
-    # inode's link count, and so its ctime, under its other names.
-    return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns)
+def _state(st: os.stat_result, digest: str) -> tuple[int, int, int, int, int, int, int, str]:
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, digest)
+
+
+def _state_at(fd: int | None, name: str | Path) -> LiveState:
+    """The state of `name` in the folder `fd` (never following a link); raises OSError from lstat.
+    A small file's is taken by a second lstat after its bytes were hashed: a write or a rename over
+    it while they were read shows in its times or inode, so what is lost between the check and
+    the rename is only what lands after that last lstat, as without the hash."""
+    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    if not (stat.S_ISREG(st.st_mode) and st.st_size <= CHECKED_BYTES):
+        return _state(st, "")
+    digest = _digest_at(fd, name, st)
+    return _state(os.stat(name, dir_fd=fd, follow_symlinks=False), digest)
+
+
+def _same_state(before: LiveState, now: LiveState) -> bool:
+    if before is None or now is None:
+        return before == now
+    # The ctime only of a file with one name: the restore's own rename over one name of a
+    # hard-linked file changes the inode's link count, and so its ctime, under its other names.
+    ctime = before[6] == 1
+    return before[:5] == now[:5] and before[7] == now[7] and (not ctime or before[5] == now[5])
+
+
+def _digest_at(fd: int | None, name: str | Path, st: os.stat_result) -> str:
+    """The SHA-256 of the regular file `name` (in the folder `fd`) whose lstat is `st`; "?" when it
+    cannot be read or is another file by now (then a second look differs: left as changed)."""
+    try:
+        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:
+        return "?"
+    try:
+        got = os.fstat(f)
+        if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+            return "?"
+        # At most one byte more than the lstat's size: a file the agent keeps growing while it is
+        # read differs by that byte (or by size), and is never read for ever.
+        h = hashlib.sha256()
+        left = st.st_size + 1
+        while left > 0 and (chunk := os.read(f, min(left, 1 << 20))):
+            h.update(chunk)
+            left -= len(chunk)
+        return h.hexdigest()
+    except OSError:
+        return "?"
+    finally:
+        os.close(f)
 
 
 def live_state(path: Path) -> LiveState:
     """What is at `path` now (never following a link), to compare with what a restore finds
     there just before it replaces or deletes it (`FileWriter.unchanged_since_planned`)."""
     try:
-        return _state(os.lstat(path))
+        return _state_at(None, path)
     except OSError:  # absent, or not reachable (what the restore meets there is its own error)
         return None
 
@@ -297,12 +348,12 @@ class FileWriter:
         if self.before is None or logical not in self.before:
             return
         try:
-            now: LiveState = _state(os.stat(name, dir_fd=fd, follow_symlinks=False))
+            now = _state_at(fd, name)
         except FileNotFoundError:
             now = None
         except OSError:
             return  # what the rename or unlink meets there is its own error
-        if now != self.before[logical]:
+        if not _same_state(self.before[logical], now):
             raise UnsafePath(
                 f"{logical} changed since the safety snapshot was taken (the agent wrote it?) and was left as it is, "
                 "so nothing is lost; stop the agent (the gateway) and restore again"

@@ -238,8 +238,15 @@ def pending_journal(path: Path) -> bool:
 
 
 def has_magic(path: Path) -> bool:
+    """Whether the regular file at `path` starts as an SQLite database does; never follows a link
+    to it, never waits on a FIFO swapped in."""
     try:
-        with open(path, "rb") as f:
-            return f.read(16) == sqlite_live.SQLITE_MAGIC
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 16, 0) == sqlite_live.SQLITE_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

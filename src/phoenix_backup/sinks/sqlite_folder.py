@@ -46,7 +46,10 @@ _OPS: dict[str, Callable[..., Any]] = {
     "apply_if_readable": sqlite_live.apply_if_readable,
     "check_live": sqlite_live.check_live,
     "fingerprint": sqlite_live.fingerprint,
+    "probe": sqlite_live.probe,
 }
+# The operations whose answer is a dataclass, rebuilt from the child's JSON.
+_RESULTS: dict[str, Callable[..., Any]] = {"check_live": sqlite_live.LiveCheck, "probe": sqlite_live.LiveDb}
 
 
 def run(dir_fd: int, op: str, names: list[str], *extra: str) -> Any:
@@ -155,7 +158,7 @@ def _confined(dir_fd: int, op: str, names: list[str], extra: tuple[str, ...]) ->
         raise RestoreError(str(answer["error"]))
     result = answer["result"]
     if isinstance(result, dict):
-        return sqlite_live.LiveCheck(**result)
+        return _RESULTS[op](**result)
     return result
 
 
@@ -195,7 +198,7 @@ def _serve() -> None:
     try:
         confine(request["fd"])
         result = _OPS[request["op"]](*("/" + n for n in request["names"]), *request["extra"])
-        out = {"result": dataclasses.asdict(result) if isinstance(result, sqlite_live.LiveCheck) else result}
+        out = {"result": dataclasses.asdict(result) if request["op"] in _RESULTS else result}
     except RestoreError as exc:
         out = {"error": str(exc)}
     except (OSError, sqlite3.Error) as exc:

@@ -1,0 +1,56 @@
+"""The state an in-place restore notes of a path before its safety snapshot (sinks/files.py
+`live_state`), which the restore compares again before it replaces or deletes the path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from phoenix_backup.sinks import files
+
+
+def test_a_file_that_keeps_growing_while_it_is_hashed_is_read_a_bounded_amount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file the agent appends to faster than the restore hashes it. Before, the hash read
+    to the end of the file, which never came: the restore hung (here: the 100 MiB stand-in for
+    "for ever" ran out). Now it reads at most one byte past the size it saw, and the state it
+    notes differs from the settled file's, so the restore leaves that file as changed."""
+    path = tmp_path / "log.txt"
+    path.write_bytes(b"0123456789")
+    settled = files.live_state(path)
+    real_read = os.read
+    calls = 0
+
+    def growing(fd: int, n: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls > 100:
+            raise RuntimeError("read 100 chunks of a 10-byte file: it never ends")
+        got = real_read(fd, n)
+        return got + b"+" * (n - len(got))  # the agent's appended bytes, always more
+
+    monkeypatch.setattr(os, "read", growing)
+    growing_state = files.live_state(path)
+    monkeypatch.undo()
+    assert growing_state is not None and settled is not None
+    assert growing_state[:5] == settled[:5] and growing_state[7] != settled[7]
+
+
+@pytest.mark.parametrize("size", [files.CHECKED_BYTES, files.CHECKED_BYTES + 1])
+def test_a_rewrite_keeping_size_and_times_is_seen_up_to_the_boundary_and_not_past_it(tmp_path: Path, size: int) -> None:
+    """A same-size rewrite with mtime and ctime unchanged (a coarse clock's tick): seen by its
+    bytes at exactly CHECKED_BYTES, not one byte past it (as docs/restore.md says)."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"A" * size)
+    before = files.live_state(path)
+    assert before is not None
+    with path.open("r+b") as f:
+        f.write(b"B")
+    now = files.live_state(path)
+    assert now is not None
+    # The clock's tick, as the test cannot wait for one: the times and inode of before.
+    now = (*before[:7], now[7])
+    assert files._same_state(before, now) is (size > files.CHECKED_BYTES)
