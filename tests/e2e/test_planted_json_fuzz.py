@@ -1,0 +1,158 @@
+"""Fuzzing the objects a writer of the repository's storage can change without the key: the key
+slots and the config (plain JSON), and a lock. Each is mutated (truncated, extended, a byte flipped,
+or one value replaced by what `json.loads` handles badly: a number of 5,000 digits, NaN, 1e999, an
+array nested 50,000 deep, duplicate keys, bytes that are no UTF-8) and `phx list` runs in this
+process. The property: no internal error; a slot planted beside the owner's is skipped (exit 0, the
+snapshot listed); damage to the owner's only slot or to the config is one error naming it (exit 1).
+
+A small budget in the default run, a large one with PHX_TEST_HEAVY=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.phx_in_process
+
+HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
+FUZZ = settings(
+    max_examples=400 if HEAVY else 12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+# Raw JSON tokens json.loads turns into a plain ValueError, a RecursionError, a float no field
+# takes, or something that is not text at all.
+TOKENS = [
+    b"1" * 5000,
+    b"-" + b"9" * 4301,
+    b"NaN",
+    b"-Infinity",
+    b"1e999",
+    b"-0",
+    b"[" * 50000 + b"]" * 50000,
+    b'"\xff\xfe"',
+    b'"\\ud800"',
+    b'{"a":1,"a":[]}',
+    b"true",
+    b"null",
+    b'"' + b"A" * 100000 + b'"',
+]
+_HOLE = "\u0000phx-fuzz-hole"
+
+
+def mutations(original: bytes) -> st.SearchStrategy[bytes]:
+    doc = json.loads(original)
+    keys = sorted(doc)
+
+    def replace(key: str, token: bytes) -> bytes:
+        return json.dumps({**doc, key: _HOLE}).encode().replace(json.dumps(_HOLE).encode(), token)
+
+    def flip(at: int, bit: int) -> bytes:
+        data = bytearray(original)
+        data[at % len(data)] ^= 1 << bit
+        return bytes(data)
+
+    return st.one_of(
+        st.builds(replace, st.sampled_from(keys), st.sampled_from(TOKENS)),
+        st.builds(
+            lambda key, token: original[:-1] + b',"' + key.encode() + b'":' + token + b"}",
+            st.sampled_from(keys),
+            st.sampled_from(TOKENS),
+        ),
+        st.builds(lambda n: original[:n], st.integers(0, len(original) - 1)),
+        st.builds(lambda tail: original + tail, st.binary(min_size=1, max_size=64)),
+        st.builds(flip, st.integers(0, len(original) - 1), st.integers(0, 7)),
+        st.sampled_from(TOKENS),
+    )
+
+
+def list_snapshots(sb: Sandbox) -> tuple[int, str]:
+    """`phx list` in this process: its exit status and output, with no internal error (which
+    `run_phx_here` refuses as an exception)."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(sb.env)
+    try:
+        run = CliRunner().invoke(cli, ["list"], prog_name="phx")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    text = run.stdout + run.stderr
+    assert run.exception is None or isinstance(run.exception, SystemExit), f"{run.exception!r}\n{text}"
+    assert "internal error" not in text and "Traceback" not in text, text
+    return run.exit_code, text
+
+
+def owner_slot(sb: Sandbox) -> Path:
+    (slot,) = (sb.repo / "keys").iterdir()
+    return slot
+
+
+def test_a_planted_key_slot_with_a_5000_digit_number_is_skipped(backed_up: Sandbox) -> None:
+    # Before: json.loads's plain ValueError ("Exceeds the limit (4300 digits)") escaped the slot
+    # reader, and every command that opens the repository failed as an internal error.
+    planted = backed_up.repo / "keys" / secrets.token_hex(8)
+    planted.write_bytes(b'{"version":' + b"1" * 5000 + b"}")
+    code, out = list_snapshots(backed_up)
+    assert code == 0 and "full" in out, out
+    verify = backed_up.phx_here("verify", code=1)
+    assert f"keys/{planted.name}" in verify.out + verify.err
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_key_slot_planted_beside_the_owners_is_skipped(backed_up: Sandbox, data: st.DataObject) -> None:
+    original = owner_slot(backed_up).read_bytes()
+    planted = backed_up.repo / "keys" / secrets.token_hex(8)
+    planted.write_bytes(data.draw(mutations(original)))
+    try:
+        code, out = list_snapshots(backed_up)
+        assert code == 0 and "full" in out, out
+    finally:
+        planted.unlink()
+
+
+@FUZZ
+@given(data=st.data())
+def test_the_owners_only_key_slot_changed_is_one_error_naming_it(backed_up: Sandbox, data: st.DataObject) -> None:
+    slot = owner_slot(backed_up)
+    original = slot.read_bytes()
+    mutated = data.draw(mutations(original))
+    slot.write_bytes(mutated)
+    try:
+        code, out = list_snapshots(backed_up)
+        if code == 0:  # still the same slot (a key order or white space changed): it opens
+            assert "full" in out
+        else:
+            assert code == 1 and "key slot" in out, out
+    finally:
+        slot.write_bytes(original)
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_changed_config_is_one_error_naming_it(backed_up: Sandbox, data: st.DataObject) -> None:
+    config = backed_up.repo / "config"
+    original = config.read_bytes()
+    config.write_bytes(data.draw(mutations(original)))
+    try:
+        code, out = list_snapshots(backed_up)
+        if code == 0:
+            assert "full" in out
+        else:
+            assert code == 1 and "config" in out, out
+    finally:
+        config.write_bytes(original)
