@@ -10,15 +10,25 @@ A small budget in the default run, a large one with PHX_TEST_HEAVY=1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zstandard
 from e2e_support import Sandbox
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from phoenix_backup.repo import captures, retired
+from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo.crypto import Sealer
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.local import LocalBackend
 
 pytestmark = pytest.mark.phx_in_process
 
@@ -156,3 +166,53 @@ def test_a_changed_config_is_one_error_naming_it(backed_up: Sandbox, data: st.Da
             assert code == 1 and "config" in out, out
     finally:
         config.write_bytes(original)
+
+
+def run_here(sb: Sandbox, *args: str) -> tuple[int, str]:
+    """`phx ARGS` in this process: exit status and output, with no internal error."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(sb.env)
+    try:
+        run = CliRunner().invoke(cli, list(args), prog_name="phx")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    text = run.stdout + run.stderr
+    assert run.exception is None or isinstance(run.exception, SystemExit), f"{run.exception!r}\n{text}"
+    assert "internal error" not in text and "Traceback" not in text, text
+    return run.exit_code, text
+
+
+def test_a_capture_segment_nested_50000_deep_is_one_clean_error(make_sandbox: Any) -> None:
+    # An unencrypted repository: its writer can plant objects whose names match their bytes. Before,
+    # json.loads's RecursionError escaped the capture segment reader (only ValueError and its like
+    # were caught): `phx verify` failed as an internal error.
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    deep = b"[" * 50000 + b"]" * 50000
+    body = struct.pack("<4sBI", captures.MAGIC, captures.VERSION, len(deep)) + deep
+    plain = Sealer(None)  # an unencrypted repository's checksum: no key needed
+    segment = plain.seal(zstandard.ZstdCompressor().compress(body), captures.CAPTURE_AAD)
+    name = f"captures/{hashlib.sha256(segment).hexdigest()}"
+    (sb.repo / "captures").mkdir(exist_ok=True)
+    (sb.repo / name).write_bytes(segment)
+    code, out = run_here(sb, "verify")
+    assert code == 1 and name in out, out
+    code, out = run_here(sb, "status")
+    assert "Traceback" not in out
+    code, out = run_here(sb, "list")
+    assert code == 0 and "full" in out, out
+
+
+def test_a_retired_keys_object_nested_50000_deep_is_skipped(tmp_path: Path) -> None:
+    # `phx sync` and `phx key rotate` read the retired/ objects; one that does not parse is skipped
+    # (before, its RecursionError escaped as an internal error).
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), keyslots.wrap_none, False)
+    planted = Sealer(None).seal(b"[" * 50000 + b"]" * 50000, retired.RETIRED_AAD)
+    repo.backend.write(f"retired/{hashlib.sha256(planted).hexdigest()}", planted)
+    assert retired.load(repo) == retired.load(Repository.init(LocalBackend(tmp_path / "b"), keyslots.wrap_none, False))

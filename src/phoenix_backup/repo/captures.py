@@ -216,7 +216,7 @@ def decode(body: bytes, name: str) -> Segment:
         if doc["version"] != version:
             raise ValueError(f"version {doc['version']!r} in a version {version} body")
         seg = _from_json(doc, data, name)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise CorruptObject(f"{name} is malformed ({exc})") from exc
     return seg
 
