@@ -34,7 +34,7 @@ pytestmark = pytest.mark.phx_in_process
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
 FUZZ = settings(
-    max_examples=400 if HEAVY else 12,
+    max_examples=400 if HEAVY else 30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
