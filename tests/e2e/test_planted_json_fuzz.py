@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import struct
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,29 @@ def test_a_retired_keys_object_nested_50000_deep_is_skipped(tmp_path: Path) -> N
     planted = Sealer(None).seal(b"[" * 50000 + b"]" * 50000, retired.RETIRED_AAD)
     repo.backend.write(f"retired/{hashlib.sha256(planted).hexdigest()}", planted)
     assert retired.load(repo) == retired.load(Repository.init(LocalBackend(tmp_path / "b"), keyslots.wrap_none, False))
+
+
+@pytest.mark.parametrize("path", ["root", "/tmp/phx-planted-capture.db"])
+def test_a_capture_segment_naming_a_root_or_an_absolute_path_is_damaged(make_sandbox: Any, path: str) -> None:
+    # A capture segment planted in an unencrypted repository (its name matches its bytes), naming
+    # as its database a path no snapshot tree may hold, on the repository's own base snapshot.
+    # Before, `root` failed `phx restore --at` in place as an internal error (the copy was to be
+    # rebuilt beside `/`), and an absolute path stopped every `restore --at` with an unsafe path.
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    base = next((sb.repo / "snapshots").iterdir()).name
+    now = captures.to_us(datetime.now(UTC)) - 5_000_000
+    part = captures.Part(path, 512, now, now + 1000, (captures.Commit(now, 1, (1,)),), captures.Base(base, "b" * 64))
+    seg = captures.build(secrets.token_hex(16), 0, None, "host", [(part, [b"\0" * 512])])
+    header = seg.header()
+    body = struct.pack("<4sBI", captures.MAGIC, captures.VERSION, len(header)) + header + seg.data
+    raw = Sealer(None).seal(zstandard.ZstdCompressor().compress(body), captures.CAPTURE_AAD)
+    name = f"captures/{hashlib.sha256(raw).hexdigest()}"
+    (sb.repo / "captures").mkdir(exist_ok=True)
+    (sb.repo / name).write_bytes(raw)
+    at = captures.from_us(now + 500).isoformat()
+    code, out = run_here(sb, "restore", "--at", at, "--yes", "--no-safety-snapshot")
+    assert code == 2 and "no capture covers" in out, out
+    code, out = run_here(sb, "verify")
+    assert code == 1 and name in out and "database path" in out, out
+    assert not Path(path).exists()

@@ -32,10 +32,11 @@ from pathlib import Path
 import blake3
 
 from phoenix_backup.dirs import make_dirs
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing, UnsafePath
 from phoenix_backup.repo.crypto import same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.repository import CAPTURE_AAD as CAPTURE_AAD  # the seal of a segment
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import check_name
 
 MAGIC = b"PHXC"
 VERSION = 1
@@ -233,6 +234,22 @@ def _hex(v: object, n: int) -> str:
     return v
 
 
+def _logical_file(path: object) -> bool:
+    """Whether `path` is a database's path as a snapshot tree holds one: a root and names below
+    it, each one `check_name` accepts. Never absolute, `..`, `.`, empty or a root alone: a segment
+    planted in an unencrypted repository naming `root` failed a restore in place as an internal
+    error, and one naming an absolute path stopped every `restore --at`."""
+    if not isinstance(path, str):
+        return False
+    names = path.split("/")
+    try:
+        for name in names:
+            check_name(name)
+    except UnsafePath:
+        return False
+    return len(names) >= 2
+
+
 def _from_json(doc: dict[str, object], data: bytes, name: str, data_len: int | None = None) -> Segment:
     version = doc["version"]
     if version not in (VERSION, MERGED_VERSION):
@@ -256,7 +273,7 @@ def _from_json(doc: dict[str, object], data: bytes, name: str, data_len: int | N
     seen: set[str] = set()
     for p in raw_parts:
         path = p["path"]
-        if not isinstance(path, str) or not path or path in seen or ".." in path.split("/"):
+        if not _logical_file(path) or path in seen:
             raise ValueError(f"database path {path!r}")
         seen.add(path)
         page_size = _int(p["pageSize"], 512, 65536)
