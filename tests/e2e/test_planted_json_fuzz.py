@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import secrets
+import sqlite3
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from e2e_support import Sandbox
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.repo import captures, retired
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.crypto import Sealer
@@ -243,3 +245,38 @@ def test_a_capture_segment_naming_a_root_or_an_absolute_path_is_damaged(make_san
     code, out = run_here(sb, "verify")
     assert code == 1 and name in out and "database path" in out, out
     assert not Path(path).exists()
+
+
+@pytest.mark.parametrize("planted", ["checksums nested", "row nested", "row NaN"])
+def test_a_hostile_export_is_one_error_and_imports_nothing(make_sandbox: Any, tmp_path: Path, planted: str) -> None:
+    # An export is plain files: whoever hands one over can change a table file and write its
+    # checksums.json anew. Before, a row or a checksums.json nesting 50,000 deep failed
+    # `phx import` as an internal error (RecursionError), and a row holding NaN was imported.
+    sb = make_sandbox()
+    export = tmp_path / "export"
+    assert run_here(sb, "export", "--output", str(export))[0] == 0
+    deep = "[" * 50000 + "]" * 50000
+    if planted == "checksums nested":
+        (export / "checksums.json").write_text(deep)
+    else:
+        table = export / "databases" / "dashboard" / "tasks.json"  # the last store imported
+        lines = table.read_text().splitlines()
+        row = json.loads(lines[-2].removesuffix(","))
+        lines[-2] = json.dumps(row).replace(": ", ": " + (deep if planted == "row nested" else "NaN") + ', "x": ', 1)
+        table.write_text("\n".join(lines) + "\n")
+        write_checksums(export)
+    db = sb.db_path("home/.argentos/memory.db")
+    con = sqlite3.connect(db)
+    try:
+        con.execute("DELETE FROM memory_items WHERE id IN (SELECT id FROM memory_items LIMIT 3)")
+        con.commit()
+        before = con.execute("SELECT count(*) FROM memory_items").fetchone()
+    finally:
+        con.close()
+    code, out = run_here(sb, "import", str(export), "--force")
+    assert code in (1, 2) and ("checksums.json" in out or "tasks.json" in out), out
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT count(*) FROM memory_items").fetchone() == before
+    finally:
+        con.close()
