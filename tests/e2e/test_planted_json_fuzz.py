@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.repo import captures, retired
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.crypto import Sealer
+from phoenix_backup.repo.crypto import Sealer, aead
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.local import LocalBackend
 
@@ -280,3 +280,31 @@ def test_a_hostile_export_is_one_error_and_imports_nothing(make_sandbox: Any, tm
         assert con.execute("SELECT count(*) FROM memory_items").fetchone() == before
     finally:
         con.close()
+
+
+def test_a_check_record_nested_5000_deep_is_skipped(make_sandbox: Any) -> None:
+    # An unencrypted repository keeps its secrets in the clear, so its storage's writer can seal a
+    # checks/ record. Before, one nesting 5,000 deep (64 KiB at most is read) failed `phx drill` as
+    # an internal error (json.loads's RecursionError escaped the record reader).
+    from phoenix_backup.config import load_config
+    from phoenix_backup.ops.context import Environment, open_repository
+    from phoenix_backup.repo import checks
+    from phoenix_backup.repo.walker import walk_tree
+
+    sb = make_sandbox(encryption=False)
+    sb.backup()
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env))
+    try:
+        repo.load_index()
+        snap = repo.load_snapshot(repo.list_snapshots()[0].id)
+        key = aead(repo.secrets.derive(checks.KEY_CONTEXT))
+        aad = checks.AAD + repo.config.id.encode()
+        for logical, node in walk_tree(repo, snap.tree):
+            if logical.endswith(".db") and node.sha256:
+                nonce = secrets.token_bytes(checks.NONCE_SIZE)
+                raw = nonce + key.encrypt(nonce, b"[" * 5000 + b"]" * 5000, aad)
+                repo.backend.write(checks.name_of(node.sha256, raw), raw)
+    finally:
+        repo.close()
+    code, out = run_here(sb, "drill")
+    assert code == 0 and "drill passed" in out, out
