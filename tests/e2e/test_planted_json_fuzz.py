@@ -221,17 +221,25 @@ def test_a_retired_keys_object_nested_50000_deep_is_skipped(tmp_path: Path) -> N
     assert retired.load(repo) == retired.load(Repository.init(LocalBackend(tmp_path / "b"), keyslots.wrap_none, False))
 
 
-@pytest.mark.parametrize("path", ["root", "/tmp/phx-planted-capture.db"])
-def test_a_capture_segment_naming_a_root_or_an_absolute_path_is_damaged(make_sandbox: Any, path: str) -> None:
-    # A capture segment planted in an unencrypted repository (its name matches its bytes), naming
-    # as its database a path no snapshot tree may hold, on the repository's own base snapshot.
-    # Before, `root` failed `phx restore --at` in place as an internal error (the copy was to be
-    # rebuilt beside `/`), and an absolute path stopped every `restore --at` with an unsafe path.
+@pytest.mark.parametrize(
+    ("path", "far"),
+    [("root", False), ("/tmp/phx-planted-capture.db", False), ("workspace/planted.db", True)],
+)
+def test_a_capture_segment_naming_an_unsafe_path_or_time_is_damaged(make_sandbox: Any, path: str, far: bool) -> None:
+    # A capture segment planted in an unencrypted repository (its name matches its bytes), on the
+    # repository's own base snapshot, naming as its database a path no snapshot tree may hold, or
+    # covering a time past the year 9999. Before, `root` failed `phx restore --at` in place as an
+    # internal error (the copy was to be rebuilt beside `/`), an absolute path stopped every
+    # `restore --at` with an unsafe path, and the far time failed `restore --at` and `drill --at`
+    # as an internal error (OverflowError showing the covered ranges).
     sb = make_sandbox(encryption=False)
     sb.backup()
     base = next((sb.repo / "snapshots").iterdir()).name
     now = captures.to_us(datetime.now(UTC)) - 5_000_000
-    part = captures.Part(path, 512, now, now + 1000, (captures.Commit(now, 1, (1,)),), captures.Base(base, "b" * 64))
+    start = (1 << 62) - 2000 if far else now
+    part = captures.Part(
+        path, 512, start, start + 1000, (captures.Commit(start, 1, (1,)),), captures.Base(base, "b" * 64)
+    )
     seg = captures.build(secrets.token_hex(16), 0, None, "host", [(part, [b"\0" * 512])])
     header = seg.header()
     body = struct.pack("<4sBI", captures.MAGIC, captures.VERSION, len(header)) + header + seg.data
@@ -242,8 +250,10 @@ def test_a_capture_segment_naming_a_root_or_an_absolute_path_is_damaged(make_san
     at = captures.from_us(now + 500).isoformat()
     code, out = run_here(sb, "restore", "--at", at, "--yes", "--no-safety-snapshot")
     assert code == 2 and "no capture covers" in out, out
+    code, out = run_here(sb, "drill", "--at", at)
+    assert code == 2 and "no capture covers" in out, out
     code, out = run_here(sb, "verify")
-    assert code == 1 and name in out and "database path" in out, out
+    assert code == 1 and name in out and "malformed" in out, out
     assert not Path(path).exists()
 
 

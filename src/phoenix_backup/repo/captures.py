@@ -228,6 +228,11 @@ def _int(v: object, lo: int = 0, hi: int = 1 << 62) -> int:
     return v
 
 
+# 9999-01-01 UTC in µs: a later time cannot be shown (a datetime ends with the year 9999), and a
+# planted segment with one failed `restore --at` and `drill --at` as an internal error.
+_LAST_US = 253_370_764_800_000_000
+
+
 def _hex(v: object, n: int) -> str:
     if not isinstance(v, str) or len(v) != n or not set(v) <= _HEX:
         raise ValueError(f"{v!r} is not {n} hex digits")
@@ -279,7 +284,7 @@ def _from_json(doc: dict[str, object], data: bytes, name: str, data_len: int | N
         page_size = _int(p["pageSize"], 512, 65536)
         if page_size & (page_size - 1):
             raise ValueError(f"page size {page_size}")
-        since, until = _int(p["since"]), _int(p["until"])
+        since, until = _int(p["since"], 0, _LAST_US), _int(p["until"], 0, _LAST_US)
         if until < since:
             raise ValueError(f"{path}: until before since")
         commits = []
