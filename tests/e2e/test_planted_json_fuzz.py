@@ -318,3 +318,16 @@ def test_a_check_record_nested_5000_deep_is_skipped(make_sandbox: Any) -> None:
         repo.close()
     code, out = run_here(sb, "drill")
     assert code == 0 and "drill passed" in out, out
+
+
+def test_an_alignment_manifest_nested_50000_deep_is_unreadable_not_an_internal_error(make_sandbox: Any) -> None:
+    # The workspace's alignment manifest is a file anything writing the workspace can change, and a
+    # backup keeps it. Before, one nesting 50,000 deep failed `phx restore` as an internal error
+    # (json.loads's RecursionError escaped the manifest reader).
+    sb = make_sandbox()
+    (sb.workspace / ".argent-alignment-integrity.json").write_text("[" * 50000 + "]" * 50000)
+    sb.backup()
+    (sb.workspace / ".argent-alignment-integrity.json").unlink()
+    code, out = run_here(sb, "restore", "--latest", "--yes", "--no-safety-snapshot")
+    assert code in (0, 3), out
+    assert (sb.workspace / ".argent-alignment-integrity.json").read_text().startswith("[[[")
