@@ -927,3 +927,13 @@ def test_the_shared_storage_refusal_names_the_endpoint_with_its_port(
     }
     message = config_error({"workspace": "/w", "backupDir": "/b", "targets": targets})
     assert shown in message and "CANARY" not in message, message
+
+
+@pytest.mark.parametrize("text", ['{"retention": ' + "1" * 5000 + "}", "[" * 50000 + "]" * 50000])
+def test_a_config_with_a_5000_digit_number_or_nested_50000_deep_is_one_error(tmp_path: Path, text: str) -> None:
+    # Before, json.loads's plain ValueError (more than 4,300 digits) and RecursionError escaped:
+    # every command failed as an internal error.
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        load_config(path, {})

@@ -57,7 +57,7 @@ def parse(data: bytes) -> dict[str, Any] | None:
     """The manifest's JSON, or None when it is not a manifest Phoenix understands."""
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a workspace file nesting too deep
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
         return None

@@ -85,6 +85,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         ) from None
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+    except (ValueError, RecursionError) as error:  # a number of over 4,300 digits; nesting too deep
+        raise ConfigError(f"config file {path} is not valid JSON ({error}); fix it") from None
     try:
         return parse_config(data, source=path, env=env)
     except ConfigError as error:

@@ -71,7 +71,7 @@ def verify_checksums(root: Path) -> ChecksumReport:
     except FileNotFoundError:
         report.problems.append(f"{CHECKSUMS} is missing")
         return report
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         report.problems.append(f"{CHECKSUMS} is unreadable ({exc})")
         return report
     listed = {str(k): str(v) for k, v in files.items()}

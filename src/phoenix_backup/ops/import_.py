@@ -11,6 +11,7 @@ can be imported: CSV cannot tell NULL from an empty string and Markdown is for p
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -87,7 +88,7 @@ class ExportRowSource:
         try:
             for obj in _json_objects(path):
                 yield tuple(from_json(obj.get(c)) for c in columns)
-        except (ValueError, AttributeError, TypeError) as exc:
+        except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             raise NotAnExport(f"{path.name} of the export cannot be read ({exc}); export again") from exc
 
 
@@ -98,7 +99,7 @@ def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
         first = f.readline()
         if first.strip() != "[":
             f.seek(0)
-            doc = json.load(f)
+            doc = json.load(f, parse_constant=_no_constant)
             if not isinstance(doc, list):
                 raise ValueError("a table file must hold a JSON array")
             yield from doc
@@ -108,12 +109,20 @@ def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
             if text in ("", "]"):
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, parse_constant=_no_constant)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"line {number}: {exc.msg}") from exc
+            except (ValueError, RecursionError) as exc:  # a number of over 4,300 digits; nesting too deep
+                raise ValueError(f"line {number}: {exc}") from exc
             if not isinstance(obj, dict):
                 raise ValueError(f"line {number} is not a row object")
             yield obj
+
+
+def _no_constant(name: str) -> object:
+    """NaN and Infinity, which `phx export` never writes (a non-finite REAL is `{"$real": "inf"}`):
+    json.loads would take them, and SQLite stores a NaN as NULL."""
+    raise ValueError(f"{name} is not a value `phx export` writes")
 
 
 def _list(value: object) -> list[Any]:
@@ -233,6 +242,11 @@ def import_export(
                 "databases.sqlite"
             )
         targets.append(target)
+    # Every row is read once before any store changes: a table file of a later store that cannot
+    # be read failed the import after the stores before it were merged.
+    for src in sources:
+        for table in src.tables:
+            collections.deque(src.rows(table), maxlen=0)
     if not dry_run and not force and sources:
         rows = sum(int(t.get("rows", 0)) for db in meta.get("databases", []) for t in db.get("tableFiles", []))
         confirm_merge(

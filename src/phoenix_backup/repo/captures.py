@@ -32,10 +32,11 @@ from pathlib import Path
 import blake3
 
 from phoenix_backup.dirs import make_dirs
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing
+from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing, UnsafePath
 from phoenix_backup.repo.crypto import same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.repository import CAPTURE_AAD as CAPTURE_AAD  # the seal of a segment
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.tree import check_name
 
 MAGIC = b"PHXC"
 VERSION = 1
@@ -216,7 +217,7 @@ def decode(body: bytes, name: str) -> Segment:
         if doc["version"] != version:
             raise ValueError(f"version {doc['version']!r} in a version {version} body")
         seg = _from_json(doc, data, name)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise CorruptObject(f"{name} is malformed ({exc})") from exc
     return seg
 
@@ -227,10 +228,31 @@ def _int(v: object, lo: int = 0, hi: int = 1 << 62) -> int:
     return v
 
 
+# 9999-01-01 UTC in µs: a later time cannot be shown (a datetime ends with the year 9999), and a
+# planted segment with one failed `restore --at` and `drill --at` as an internal error.
+_LAST_US = 253_370_764_800_000_000
+
+
 def _hex(v: object, n: int) -> str:
     if not isinstance(v, str) or len(v) != n or not set(v) <= _HEX:
         raise ValueError(f"{v!r} is not {n} hex digits")
     return v
+
+
+def _logical_file(path: object) -> bool:
+    """Whether `path` is a database's path as a snapshot tree holds one: a root and names below
+    it, each one `check_name` accepts. Never absolute, `..`, `.`, empty or a root alone: a segment
+    planted in an unencrypted repository naming `root` failed a restore in place as an internal
+    error, and one naming an absolute path stopped every `restore --at`."""
+    if not isinstance(path, str):
+        return False
+    names = path.split("/")
+    try:
+        for name in names:
+            check_name(name)
+    except UnsafePath:
+        return False
+    return len(names) >= 2
 
 
 def _from_json(doc: dict[str, object], data: bytes, name: str, data_len: int | None = None) -> Segment:
@@ -256,13 +278,13 @@ def _from_json(doc: dict[str, object], data: bytes, name: str, data_len: int | N
     seen: set[str] = set()
     for p in raw_parts:
         path = p["path"]
-        if not isinstance(path, str) or not path or path in seen or ".." in path.split("/"):
+        if not _logical_file(path) or path in seen:
             raise ValueError(f"database path {path!r}")
         seen.add(path)
         page_size = _int(p["pageSize"], 512, 65536)
         if page_size & (page_size - 1):
             raise ValueError(f"page size {page_size}")
-        since, until = _int(p["since"]), _int(p["until"])
+        since, until = _int(p["since"], 0, _LAST_US), _int(p["until"], 0, _LAST_US)
         if until < since:
             raise ValueError(f"{path}: until before since")
         commits = []

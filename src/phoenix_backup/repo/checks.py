@@ -149,7 +149,7 @@ def open_record(repo: Repository, name: str, raw: bytes) -> CheckRecord:
     try:
         plain = key.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], _aad(repo))
         d = json.loads(plain)
-    except (crypto.InvalidTag, ValueError) as exc:
+    except (crypto.InvalidTag, ValueError, RecursionError) as exc:
         raise CorruptObject(f"{name} does not authenticate as an integrity check record of this repository") from exc
     if (
         not isinstance(d, dict)

@@ -147,7 +147,9 @@ def _is_int(value: object) -> bool:
 def _load_json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         loaded = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    # ValueError: also a number of more than 4,300 digits, which json.loads refuses with a plain
+    # ValueError (JSONDecodeError and UnicodeDecodeError are ValueErrors too).
+    except (ValueError, RecursionError):
         raise CorruptObject(
             f"{what} is not valid UTF-8 JSON; it is damaged, open the repository with another key "
             "slot or restore the keys/ object from another target"

@@ -89,7 +89,7 @@ def load(repo: Repository) -> Retired:
             if sha256_hex(raw) != info.name.removeprefix(PREFIX):
                 continue
             doc = json.loads(repo.sealer.open(raw, RETIRED_AAD, info.name))
-        except (CorruptObject, ObjectNotFound, ValueError):
+        except (CorruptObject, ObjectNotFound, ValueError, RecursionError):
             continue
         names = doc.get("names") if isinstance(doc, dict) and doc.get("version") == VERSION else None
         if isinstance(names, list):
