@@ -88,9 +88,8 @@ def mutations(original: bytes) -> st.SearchStrategy[bytes]:
     )
 
 
-def list_snapshots(sb: Sandbox) -> tuple[int, str]:
-    """`phx list` in this process: its exit status and output, with no internal error (which
-    `run_phx_here` refuses as an exception)."""
+def run_here(sb: Sandbox, *args: str) -> tuple[int, str]:
+    """`phx ARGS` in this process: exit status and output, with no internal error."""
     from click.testing import CliRunner
 
     from phoenix_backup.cli.main import cli
@@ -99,7 +98,7 @@ def list_snapshots(sb: Sandbox) -> tuple[int, str]:
     os.environ.clear()
     os.environ.update(sb.env)
     try:
-        run = CliRunner().invoke(cli, ["list"], prog_name="phx")
+        run = CliRunner().invoke(cli, list(args), prog_name="phx")
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -119,7 +118,7 @@ def test_a_planted_key_slot_with_a_5000_digit_number_is_skipped(backed_up: Sandb
     # reader, and every command that opens the repository failed as an internal error.
     planted = backed_up.repo / "keys" / secrets.token_hex(8)
     planted.write_bytes(b'{"version":' + b"1" * 5000 + b"}")
-    code, out = list_snapshots(backed_up)
+    code, out = run_here(backed_up, "list")
     assert code == 0 and "full" in out, out
     verify = backed_up.phx_here("verify", code=1)
     assert f"keys/{planted.name}" in verify.out + verify.err
@@ -132,7 +131,7 @@ def test_a_key_slot_planted_beside_the_owners_is_skipped(backed_up: Sandbox, dat
     planted = backed_up.repo / "keys" / secrets.token_hex(8)
     planted.write_bytes(data.draw(mutations(original)))
     try:
-        code, out = list_snapshots(backed_up)
+        code, out = run_here(backed_up, "list")
         assert code == 0 and "full" in out, out
     finally:
         planted.unlink()
@@ -146,7 +145,7 @@ def test_the_owners_only_key_slot_changed_is_one_error_naming_it(backed_up: Sand
     mutated = data.draw(mutations(original))
     slot.write_bytes(mutated)
     try:
-        code, out = list_snapshots(backed_up)
+        code, out = run_here(backed_up, "list")
         if code == 0:  # still the same slot (a key order or white space changed): it opens
             assert "full" in out
         else:
@@ -162,33 +161,13 @@ def test_a_changed_config_is_one_error_naming_it(backed_up: Sandbox, data: st.Da
     original = config.read_bytes()
     config.write_bytes(data.draw(mutations(original)))
     try:
-        code, out = list_snapshots(backed_up)
+        code, out = run_here(backed_up, "list")
         if code == 0:
             assert "full" in out
         else:
             assert code == 1 and "config" in out, out
     finally:
         config.write_bytes(original)
-
-
-def run_here(sb: Sandbox, *args: str) -> tuple[int, str]:
-    """`phx ARGS` in this process: exit status and output, with no internal error."""
-    from click.testing import CliRunner
-
-    from phoenix_backup.cli.main import cli
-
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(sb.env)
-    try:
-        run = CliRunner().invoke(cli, list(args), prog_name="phx")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    text = run.stdout + run.stderr
-    assert run.exception is None or isinstance(run.exception, SystemExit), f"{run.exception!r}\n{text}"
-    assert "internal error" not in text and "Traceback" not in text, text
-    return run.exit_code, text
 
 
 def test_a_capture_segment_nested_50000_deep_is_one_clean_error(make_sandbox: Any) -> None:
