@@ -18,7 +18,7 @@ import sqlite3
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import zstandard
@@ -310,3 +310,19 @@ def test_an_alignment_manifest_nested_50000_deep_is_unreadable_not_an_internal_e
     code, out = run_here(sb, "restore", "--latest", "--yes", "--no-safety-snapshot")
     assert code in (0, 3), out
     assert (sb.workspace / ".argent-alignment-integrity.json").read_text().startswith("[[[")
+
+
+@pytest.mark.parametrize("planted", [b"[" * 50000 + b"]" * 50000, b'{"v":' + b"1" * 5000 + b"}"])
+def test_a_database_streams_manifest_nested_deep_or_with_a_long_number_is_damaged(
+    planted: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest.json a PostgreSQL or Redis entry keeps in the snapshot (written by anyone who
+    can write an unencrypted repository's storage): nested 50,000 deep, json's RecursionError
+    escaped its reader, an internal error at a restore into the server."""
+    from phoenix_backup.errors import CorruptObject
+    from phoenix_backup.repo.tree import Node
+    from phoenix_backup.sinks import streams
+
+    monkeypatch.setattr(streams, "read_node", lambda repo, path, node: planted)
+    with pytest.raises(CorruptObject, match=r"manifest\.json is not valid JSON"):
+        streams.read_manifest(cast(Any, None), "databases/postgres/agent", {streams.MANIFEST: cast(Node, object())})

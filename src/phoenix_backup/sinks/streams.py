@@ -93,7 +93,7 @@ def read_manifest(repo: Repository, path: str, files: dict[str, Node]) -> dict[s
         raise CorruptObject(f"{path} has no manifest.json in the snapshot; it cannot be restored into a server")
     try:
         doc = json.loads(read_node(repo, f"{path}/{MANIFEST}", node))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can read
         raise CorruptObject(f"{path}/manifest.json is not valid JSON") from exc
     if not isinstance(doc, dict):
         raise CorruptObject(f"{path}/manifest.json is not a JSON object")
