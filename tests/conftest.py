@@ -18,34 +18,44 @@ def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         yield cache
 
 
-# The longest files (junit times of a whole run, summed per file; 2026-12-07 00:37, the files that
-# run their helpers in process scaled by the CPU time they saved, measured file by file), first: with
-# `--dist loadfile` a worker takes a whole file, and a long one taken last leaves the other workers
-# idle at the end (the load of a run fell to about one busy worker for its last minute). The order
-# of the tests inside a file, and of every other file, is kept.
+# The longest files (junit times of a whole run on a quiet machine, summed per file: 2026-12-07
+# 03:05, 1,000 s of pytest on three workers; the files that now run phx in process scaled by the
+# wall time that saved, measured file by file), first: with `--dist loadfile` a worker takes a
+# whole file, and a long one taken last leaves the other workers idle at the end (the load of a
+# run fell to about one busy worker for its last minute). Every file of 24 s or more is listed, so
+# the files a worker takes last are short. The order of the tests inside a file, and of every
+# other file, is kept.
 LONGEST_FIRST = (
-    "e2e/test_cli_conventions.py",
     "e2e/test_fault_injection.py",
-    "e2e/test_watch_bases.py",
+    "e2e/test_targets.py",
+    "e2e/test_watch_adversary.py",
+    "e2e/test_cli_conventions.py",
+    "e2e/test_watch_slow_target.py",
+    "e2e/test_kill_points.py",
     "e2e/test_write_only.py",
     "e2e/test_stop_child_processes.py",
+    "e2e/test_key_attacks.py",
+    "e2e/test_watch_bases.py",
     "e2e/test_stop_signals.py",
-    "e2e/test_targets.py",
-    "e2e/test_bad_input.py",
+    "e2e/test_watch.py",
+    "e2e/test_index_merge_kill.py",
+    "e2e/test_watch_thinning.py",
+    "e2e/test_watch_child_adversary.py",
     "e2e/test_concurrency.py",
     "e2e/test_safe_restore.py",
-    "e2e/test_watch_child_adversary.py",
+    "integration/test_hostile_network.py",
+    "e2e/test_bad_input.py",
+    "e2e/test_faulty_network.py",
     "e2e/test_hostile_input.py",
-    "e2e/test_index_merge_kill.py",
-    "e2e/test_verify_file_nodes.py",
+    "e2e/test_append_only.py",
+    "e2e/test_watch_hashes_adversary.py",
+    "e2e/test_lost_data.py",
+    "e2e/test_restore_sync_adversary.py",
+    "e2e/test_doctor.py",
+    "e2e/test_restore_destination_errors.py",
     "e2e/test_defaults_adversary.py",
-    "e2e/test_postgres_agent_merge.py",
-    "e2e/test_repository_trust.py",
-    "e2e/test_watch_thinning.py",
-    "e2e/test_watch_adversary.py",
-    "e2e/test_key_attacks.py",
-    "e2e/test_watch.py",
-    "e2e/test_postgres_failures.py",
+    "e2e/test_stream_proven_copy.py",
+    "e2e/test_passphrase_sources.py",
 )
 
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from e2e_support import PHX, Sandbox, assert_error
 
+# The sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process
+pytestmark = pytest.mark.phx_in_process
+
 
 def repository_files(sb: Sandbox) -> dict[str, bytes]:
     return {p.relative_to(sb.repo).as_posix(): p.read_bytes() for p in sb.repo.rglob("*") if p.is_file()}

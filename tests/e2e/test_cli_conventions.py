@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from e2e_support import PASSPHRASE, PHX, Sandbox, assert_error, on_a_terminal, run_phx
 
+# The sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process
+pytestmark = pytest.mark.phx_in_process
+
 # -- 5. global options anywhere -------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from e2e_support import Sandbox, run_phx_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test_postgres_agent_merge import _agent_config, _restore
+from test_postgres_agent_merge import _agent_config, _phx, _restore
 
 import services
 from phoenix_backup.sources import postgres as pg_source
@@ -32,7 +32,7 @@ def _config(sandbox: Sandbox, pg: PgServer, db: str, role: str | None = None) ->
 
 def _drill(sandbox: Sandbox, env: dict[str, str], snap: str, scratch: Path, check: int = 0) -> dict[str, Any]:
     scratch.mkdir(exist_ok=True)
-    res = sandbox.phx("drill", "--json", "--backup", snap, "--scratch", scratch, env=env, check=check)
+    res = _phx(env, "drill", "--json", "--backup", snap, "--scratch", scratch, code=check)
     return next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
 
 
@@ -57,7 +57,7 @@ def test_schema_and_table_names_holding_dots(sandbox: Sandbox, pg_server: PgServ
     )
     tables = ('"app.core"."we""ird.parents"', '"my.space".kids')
     env = _config(sandbox, pg, db)
-    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+    snap = _phx(env, "backup", "--json").json()["id"]
     saved = _rows(pg, db, *tables)
     pg.sql(db, f"""DELETE FROM "app.core"."we""ird.parents" WHERE agent_id = '{AGENT_A}'""")  # the kids go too
 
@@ -103,7 +103,7 @@ def test_partitioned_tables_identity_and_types_without_equality(sandbox: Sandbox
     )
     tables = ("parted", "parted_log", "notes", "steps")
     env = _config(sandbox, pg, db, ROLE)
-    sandbox.phx("backup", env=env)
+    _phx(env, "backup")
     saved = _rows(pg, db, *tables)
     hits = pg.query(db, "SELECT count(*) FROM hits")[0][0]
     pg.sql(
@@ -150,7 +150,7 @@ def test_inherited_tables_are_saved_and_merged_each_on_its_own(sandbox: Sandbox,
     tables = ("notes", "events")  # each with the rows of the table inheriting from it
     env = _config(sandbox, pg, db)
     saved = _rows(pg, db, *tables)
-    sandbox.phx("backup", env=env)
+    _phx(env, "backup")
     pg.sql(db, "UPDATE old_notes SET body = 'edited' WHERE id = 3; DELETE FROM ONLY notes WHERE id = 1")
 
     out = _restore(sandbox, env)
@@ -218,7 +218,7 @@ def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server:
         """,
     )
     env = _config(sandbox, pg, db)
-    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+    snap = _phx(env, "backup", "--json").json()["id"]
     before = _rows(pg, db, "metrics", "notes")
 
     def inject(doc: dict[str, Any]) -> dict[str, Any]:
@@ -227,9 +227,7 @@ def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server:
         return doc
 
     crafted = _craft_manifest(sandbox, env, inject, snap)
-    res = sandbox.phx(
-        "restore", "--backup", crafted, "--databases-only", "--yes", "--json", "--keyless", "replace", env=env
-    )
+    res = _phx(env, "restore", "--backup", crafted, "--databases-only", "--yes", "--json", "--keyless", "replace")
     out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
     assert out["ok"], out
     assert _rows(pg, db, "metrics", "notes") == before
@@ -242,11 +240,13 @@ def test_a_tampered_manifest_reaches_no_other_agent(sandbox: Sandbox, pg_server:
         ({"agentSetting": "search_path"}, "names the setting 'search_path' for the agent"),
     ):
         crafted = _craft_manifest(sandbox, env, lambda doc, edit=edit: doc | edit, snap)
-        for args in (["restore", "--databases-only", "--yes"], ["drill", "--scratch", str(sandbox.root)]):
-            res = sandbox.phx(*args, "--backup", crafted, "--json", env=env, check=None)
+        # A restore that refuses a database is a partial result (3), a drill that fails one a finding (1).
+        scratch = str(sandbox.root)
+        for code, args in ((3, ["restore", "--databases-only", "--yes"]), (1, ["drill", "--scratch", scratch])):
+            res = _phx(env, *args, "--backup", crafted, "--json", code=code)
             out = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
             message = out.get("error") or out["problems"][0]["message"]
-            assert res.code != 0 and needle in message, res
+            assert needle in message, res
     assert _rows(pg, db, "metrics", "notes") == before
     pg.drop_database(db)
 
@@ -269,7 +269,7 @@ def test_keyless_replace_never_reaches_rows_that_reference_it(sandbox: Sandbox, 
     tables = ("notes", "shares")
     # A role whose ON DELETE actions fire (the check is the same with triggers off).
     env = _config(sandbox, pg, db, ROLE)
-    sandbox.phx("backup", env=env)
+    _phx(env, "backup")
     before = _rows(pg, db, *tables)
     # Nothing changed: nothing is deleted (agent_b's shares of agent_a's notes stay).
     out = _restore(sandbox, env, "--keyless", "replace")
@@ -315,7 +315,7 @@ def test_the_drill_fails_on_every_unique_rule_the_restore_fails_on(
         """,
     )
     env = _config(sandbox, pg, db)
-    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+    snap = _phx(env, "backup", "--json").json()["id"]
     for change, rule in (
         (f"DELETE FROM pages WHERE id = 1; INSERT INTO pages VALUES (3, '{AGENT_A}', 'HOME')", "pages_live_slug"),
         ("UPDATE pages SET gone = true WHERE id = 3; UPDATE slots SET id = 2, span = '[3,8)'", "exclusion"),
@@ -349,7 +349,7 @@ def test_values_come_back_exact_whatever_the_sessions_text_settings(sandbox: San
     env = _config(sandbox, pg, db)
     before = _rows(pg, db, "events")
     settings = {"PGDATESTYLE": "SQL, DMY", "PGTZ": "Asia/Kolkata", "PGOPTIONS": "-c IntervalStyle=sql_standard"}
-    sandbox.phx("backup", env={**env, **settings, "PGOPTIONS": settings["PGOPTIONS"] + " -c extra_float_digits=0"})
+    _phx({**env, **settings, "PGOPTIONS": settings["PGOPTIONS"] + " -c extra_float_digits=0"}, "backup")
     pg.sql(db, "DELETE FROM events")
     out = _restore(sandbox, env)
     assert out["ok"] and out["stats"]["public.events"]["inserted"] == 2, out
@@ -373,7 +373,7 @@ def test_sequences_are_moved_past_the_restored_rows_never_back(sandbox: Sandbox,
         INSERT INTO notes (agent_id) SELECT '{AGENT_A}' FROM generate_series(1, 3);""",
     )
     env = _config(sandbox, pg, db)
-    sandbox.phx("backup", env=env)
+    _phx(env, "backup")
     pg.sql(db, 'DROP TABLE "we""ird tasks", notes;' + schema + "SELECT setval('notes_id_seq', 100)")
 
     out = _restore(sandbox, env)
@@ -400,10 +400,10 @@ def test_two_tables_whose_dotted_names_are_the_same_are_refused_not_one_lost(
         INSERT INTO a."b.c" SELECT i, '{AGENT_A}', i FROM generate_series(1, 5) i;""",
     )
     env = _config(sandbox, pg, db)
-    res = sandbox.phx("backup", env=env, check=3)
+    res = _phx(env, "backup", code=3)
     assert 'tables "a"."b.c" and "a.b"."c" would both be saved as rows/a.b.c.csv' in res.err, res.err
-    snap = sandbox.phx("list", "--json", env=env).json()[-1]["id"]
-    assert "postgres/main" not in sandbox.phx("ls", snap, env=env).out
+    snap = _phx(env, "list", "--json").json()[-1]["id"]
+    assert "postgres/main" not in _phx(env, "ls", snap).out
     pg.drop_database(db)
 
 
@@ -421,10 +421,10 @@ def test_a_table_name_that_makes_an_unsafe_path_is_refused_and_the_snapshot_rest
         INSERT INTO "a/b"."../../c" VALUES (1, '{AGENT_A}');""",
     )
     env = _config(sandbox, pg, db)
-    res = sandbox.phx("backup", env=env, check=3)
+    res = _phx(env, "backup", code=3)
     assert 'table "a/b"."../../c" would be saved as rows/a/b.../../c.csv, a path no snapshot may hold' in res.err
-    snap = sandbox.phx("list", "--json", env=env).json()[-1]["id"]
-    sandbox.phx("restore", "--backup", snap, "--to", sandbox.root / "out", "--yes", env=env)
+    snap = _phx(env, "list", "--json").json()[-1]["id"]
+    _phx(env, "restore", "--backup", snap, "--to", sandbox.root / "out", "--yes")
     pg.drop_database(db)
 
 

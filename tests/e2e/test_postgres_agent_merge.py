@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from e2e_support import Sandbox
+from e2e_support import Result, Sandbox, run_phx_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,8 +32,14 @@ def _agent_config(sandbox: Sandbox, pg: PgServer, db: str, role: str | None = AG
     return env
 
 
+def _phx(env: dict[str, str], *args: str | Path, code: int = 0) -> Result:
+    """`phx ARGS` with `env`, in this process (exit `code` expected): these tests are about the rows
+    a restore writes, not the process (docs/development.md)."""
+    return run_phx_here([str(a) for a in args], env, code)
+
+
 def _restore(sandbox: Sandbox, env: dict[str, str], *extra: str, check: int = 0) -> dict[str, Any]:
-    res = sandbox.phx("restore", "--latest", "--databases-only", "--yes", "--json", *extra, env=env, check=check)
+    res = _phx(env, "restore", "--latest", "--databases-only", "--yes", "--json", *extra, code=check)
     return next(d for d in res.json()["databases"] if d["path"] == "postgres/main")
 
 
@@ -43,7 +49,7 @@ def test_deleted_parents_come_back_with_their_children(sandbox: Sandbox, pg_serv
     env = _agent_config(sandbox, pg, db)
     saved = argentos_rows(pg, db, AGENT_A)
     other = argentos_rows(pg, db, AGENT_B)
-    sandbox.phx("backup", env=env)
+    _phx(env, "backup")
     # agent_a deletes 20 tasks without subtasks: 60 events and 20 tool calls go with them.
     with pg.connect(db, AGENT_ROLES[AGENT_A], ROLE_PASSWORD) as con:
         con.execute("SELECT set_config('app.agent_id', %s, false)", (AGENT_A,))
@@ -94,7 +100,7 @@ def test_merge_rewrites_only_changed_rows_and_fires_no_trigger(sandbox: Sandbox,
     db = make_argentos_db(pg)
     env = _agent_config(sandbox, pg, db, role=None)  # a superuser: may turn user triggers off
     saved = argentos_rows(pg, db, AGENT_A)
-    sandbox.phx("backup", env=env)
+    _phx(env, "backup")
     _edit_tasks(pg, db)
     other = argentos_rows(pg, db, AGENT_B)
     audit = _audit_rows(pg, db)
@@ -134,7 +140,7 @@ def test_merge_rewrites_only_changed_rows_and_fires_no_trigger(sandbox: Sandbox,
     res = sandbox.phx("restore", "--latest", "--databases-only", env=env, check=2)
     for needle in ("tasks_bump_version (BEFORE UPDATE)", "tasks_audit (AFTER INSERT OR UPDATE)", role, "--yes"):
         assert needle in res.err, res
-    plan = sandbox.phx("restore", "--latest", "--databases-only", "--dry-run", env=env)
+    plan = _phx(env, "restore", "--latest", "--databases-only", "--dry-run")
     assert "memory_audit" in plan.out and "session_replication_role" in plan.out, plan
     out = _restore(sandbox, env)
     assert out["ok"] and out["stats"]["userTriggers"] == "fired", out
@@ -154,7 +160,7 @@ def test_a_table_without_primary_key_is_counted_truthfully_and_can_be_replaced(
     env = _agent_config(sandbox, pg, db, role=None)
     saved = argentos_rows(pg, db, AGENT_A)["agent_metrics"]
     other = argentos_rows(pg, db, AGENT_B)
-    sandbox.phx("backup", env=env)
+    _phx(env, "backup")
     pg.sql(
         db,
         f"""
@@ -191,11 +197,11 @@ def test_the_drill_runs_the_merge_and_fails_where_the_restore_would(
     pg = pg_server
     db = make_argentos_db(pg)
     env = _agent_config(sandbox, pg, db)
-    snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+    snap = _phx(env, "backup", "--json").json()["id"]
     pg.sql(db, f"DELETE FROM tasks WHERE agent_id = '{AGENT_A}' AND id % 6 = 1")
     before = argentos_rows(pg, db, AGENT_A)
 
-    drill = sandbox.phx("drill", "--json", "--backup", snap, "--scratch", tmp_path, env=env).json()
+    drill = _phx(env, "drill", "--json", "--backup", snap, "--scratch", tmp_path).json()
     report = next(d for d in drill["databases"] if d["path"] == "postgres/main")
     assert report["ok"] and report["tables"]["public.tasks"] == {"recorded": 60, "restored": 60}, report
     assert argentos_rows(pg, db, AGENT_A) == before  # the drill wrote nothing to the shared tables
@@ -206,7 +212,7 @@ def test_the_drill_runs_the_merge_and_fails_where_the_restore_would(
     before = argentos_rows(pg, db, AGENT_A)
     out = _restore(sandbox, env, check=3)
     assert not out["ok"] and "owner" in out["error"] and "nothing was changed" in out["error"], out
-    drill = sandbox.phx("drill", "--json", "--backup", snap, "--scratch", tmp_path, env=env, check=1).json()
+    drill = _phx(env, "drill", "--json", "--backup", snap, "--scratch", tmp_path, code=1).json()
     report = next(d for d in drill["databases"] if d["path"] == "postgres/main")
     message = report["problems"][0]["message"]
     assert not report["ok"] and "owner" in message and "public.tasks" in message, report
@@ -241,7 +247,7 @@ def test_tables_referencing_each_other(sandbox: Sandbox, pg_server: PgServer, tm
     for deferrable in (True, False):
         db = _cycle_db(pg, deferrable)
         env = _agent_config(sandbox, pg, db)
-        snap = sandbox.phx("backup", "--json", env=env).json()["id"]
+        snap = _phx(env, "backup", "--json").json()["id"]
         saved = pg.query(db, "SELECT a.*, b.* FROM a JOIN b ON b.id = a.b_id ORDER BY a.id")
         pg.sql(db, "UPDATE a SET b_id = NULL; DELETE FROM b; DELETE FROM a")
         if deferrable:
@@ -253,7 +259,7 @@ def test_tables_referencing_each_other(sandbox: Sandbox, pg_server: PgServer, tm
             for needle in ("public.a -> public.b -> public.a", "a_b_fkey", "b_a_id_fkey", "DEFERRABLE", "nothing"):
                 assert needle in out["error"], out
             assert pg.query(db, "SELECT count(*) FROM a") == [(0,)]
-            drill = sandbox.phx("drill", "--json", "--backup", snap, "--scratch", tmp_path, env=env, check=1).json()
+            drill = _phx(env, "drill", "--json", "--backup", snap, "--scratch", tmp_path, code=1).json()
             report = next(d for d in drill["databases"] if d["path"] == "postgres/main")
             assert "public.a -> public.b -> public.a" in report["problems"][0]["message"], report
         pg.drop_database(db)

@@ -24,6 +24,9 @@ from e2e_support import Sandbox, assert_error, mount
 
 from phoenix_backup.repo.locks import boot_id, pid_namespace
 
+# The sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process
+pytestmark = pytest.mark.phx_in_process
+
 CAPLESS = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 NOTE = b"a note three folders down\n" * 40
 

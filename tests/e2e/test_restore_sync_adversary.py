@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 from e2e_support import PHX, Sandbox, numbered_notes
 
+# The sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process
+pytestmark = pytest.mark.phx_in_process
+
 FAULTS = """
 import atexit, errno, json, os, resource, stat, threading, time
 _dest = os.environ["FAULT_BELOW"]

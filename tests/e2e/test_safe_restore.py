@@ -43,6 +43,10 @@ from phoenix_backup.sample import write_alignment_manifest
 
 MANIFEST = ".argent-alignment-integrity.json"
 
+# The restores whose exit code is known, and the sandboxes' helpers, run phx in this process: the
+# gateway's commands and the reader holding a database open are processes of their own still.
+pytestmark = pytest.mark.phx_in_process
+
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -78,7 +82,7 @@ def test_in_place_restore_is_exact_and_undoable(sb: Sandbox, tmp_path: Path) -> 
     reader = Reader(sb.layout.observations_db)
     try:
         assert reader.first == prior_rows
-        doc = sb.phx("restore", "--latest", "--yes", "--delete", "--json").json()
+        doc = sb.phx_here("restore", "--latest", "--yes", "--delete", "--json").json()
         # The same connection, never reopened, sees the restored rows.
         assert reader.summary() == snapshot_rows, "a connection held open does not see the restored database"
 
@@ -110,11 +114,11 @@ def test_in_place_restore_is_exact_and_undoable(sb: Sandbox, tmp_path: Path) -> 
         listed = safety_snapshots(sb)
         assert [s["id"] for s in listed] == [safety["id"]]
         assert listed[0]["scope"] == "pre-restore" and listed[0]["tags"] == ["pre-restore"]
-        text = sb.phx("list").out
+        text = sb.phx_here("list").out
         assert "pre-restore" in text and safety["id"][:8] in text
 
         # Restoring it brings back exactly the state before, for the reader too.
-        undo = sb.phx("restore", "--backup", safety["id"], "--yes", "--json").json()
+        undo = sb.phx_here("restore", "--backup", safety["id"], "--yes", "--json").json()
         assert undo["errors"] == [], undo
         assert_state(prior, sb.state(), "after restoring the safety snapshot")
         assert reader.summary() == prior_rows
@@ -156,7 +160,7 @@ def test_failed_gateway_start_is_reported(sb: Sandbox, tmp_path: Path) -> None:
     log = tmp_path / "gateway.log"
     install_gateway(sb, log, start="echo port 18789 in use >&2; exit 7")
     change_workspace(sb)
-    res = sb.phx("restore", "--latest", "--yes", "--delete", "--json", check=3)
+    res = sb.phx_here("restore", "--latest", "--yes", "--delete", "--json", code=3)
     doc = res.json()
     assert doc["gateway"]["start"]["ok"] is False and doc["gateway"]["start"]["exitCode"] == 7
     assert any("gateway.start exited with 7" in w and "port 18789 in use" in w for w in doc["warnings"]), doc
@@ -208,7 +212,7 @@ def test_dry_run_shows_files_and_row_deltas_and_writes_nothing(sb: Sandbox, tmp_
     everything = file_manifest(sb.root / "sample", skip_databases=False)
     snapshots = sb.snapshots()
 
-    doc = sb.phx("restore", "--latest", "--dry-run", "--delete", "--json").json()
+    doc = sb.phx_here("restore", "--latest", "--dry-run", "--delete", "--json").json()
     assert file_manifest(sb.root / "sample", skip_databases=False) == everything, "--dry-run changed something"
     assert sb.snapshots() == snapshots and gateway_calls(log) == []
     assert doc["dryRun"] is True and doc["destination"] == "in place"
@@ -226,7 +230,7 @@ def test_dry_run_shows_files_and_row_deltas_and_writes_nothing(sb: Sandbox, tmp_
     for other in ("home/.argentos/memory.db", "home/.argentos/observations.db"):
         assert all(d == {"added": 0, "removed": 0, "changed": 0} for d in dbs[other].get("tables", {}).values())
 
-    text = sb.phx("restore", "--latest", "--dry-run", "--delete").out
+    text = sb.phx_here("restore", "--latest", "--dry-run", "--delete").out
     assert "tasks +3 -1 ~2" in text and "dry run" in text
     assert "delete    file" in text and "1 to delete" in text
 
@@ -269,7 +273,7 @@ def test_never_writes_through_a_symlink_in_the_workspace(sb: Sandbox, tmp_path: 
     os.symlink(outside, sb.workspace / "private")
     (sb.workspace / "SOUL.md").write_text("changed\n")
 
-    res = sb.phx("restore", "--latest", "--yes", "--json", check=3)
+    res = sb.phx_here("restore", "--latest", "--yes", "--json", code=3)
     doc = res.json()
     assert list(outside.iterdir()) == [], "the restore wrote through a symlink"
     assert (sb.workspace / "private").is_symlink()
@@ -289,14 +293,14 @@ def test_unreadable_live_database_is_replaced_and_comes_back_on_undo(sb: Sandbox
     con.commit()
     con.close()
 
-    doc = sb.phx("restore", "--latest", "--databases-only", "--yes", "--json").json()
+    doc = sb.phx_here("restore", "--latest", "--databases-only", "--yes", "--json").json()
     methods = {d["path"]: d["method"] for d in doc["databases"]}
     assert methods["home/.argentos/memory.db"] == "rename", doc["databases"]
     assert methods["home/.argentos/observations.db"] == "backup-api"
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
     assert db_rows(sb) == snapshot_rows
 
-    sb.phx("restore", "--backup", doc["safetySnapshot"]["id"], "--yes")
+    sb.phx_here("restore", "--backup", doc["safetySnapshot"]["id"], "--yes")
     assert db.read_bytes() == garbage, "the undo gives back the unreadable file byte for byte"
 
 
@@ -318,14 +322,14 @@ def test_page_size_mismatch_in_wal_mode_says_what_to_do(sb: Sandbox, tmp_path: P
     assert_error(res, 1, "8192", "WAL", "journal_mode=DELETE", "nothing was restored")
     assert gateway_calls(log) == [], "the check comes before the gateway stops"
     assert_state(before, sb.state(), "after the page-size refusal")
-    dry = sb.phx("restore", "--latest", "--dry-run", "--json").json()
+    dry = sb.phx_here("restore", "--latest", "--dry-run", "--json").json()
     assert any("journal_mode=DELETE" in w for w in dry["warnings"]), dry["warnings"]
 
     # Following the advice works.
     con = sqlite3.connect(db, isolation_level=None)
     con.execute("PRAGMA journal_mode=DELETE")
     con.close()
-    sb.phx("restore", "--latest", "--yes")
+    sb.phx_here("restore", "--latest", "--yes")
     assert db_rows(sb) == snapshot_rows
 
 
@@ -340,29 +344,29 @@ def test_alignment_manifest_partial_restore_and_realign(sb: Sandbox) -> None:
     write_alignment_manifest(ws)
     agent_manifest = (ws / MANIFEST).read_bytes()
 
-    doc = sb.phx("restore", "--latest", "--path", "SOUL.md", "--yes", "--json").json()
+    doc = sb.phx_here("restore", "--latest", "--path", "SOUL.md", "--yes", "--json").json()
     assert [i["path"] for i in doc["items"]] == ["workspace/SOUL.md"]
     assert doc["alignment"]["consistent"] is False and doc["alignment"]["mismatched"] == ["SOUL.md"]
     assert any(MANIFEST in w and "--realign" in w for w in doc["warnings"]), doc["warnings"]
     assert (ws / MANIFEST).read_bytes() == agent_manifest, "the manifest was changed without --realign"
-    text = sb.phx("restore", "--latest", "--path", "SOUL.md", "--dry-run").out
+    text = sb.phx_here("restore", "--latest", "--path", "SOUL.md", "--dry-run").out
     assert MANIFEST in text and "--realign" in text
 
-    doc = sb.phx("restore", "--latest", "--path", "SOUL.md", "--realign", "--yes", "--json").json()
+    doc = sb.phx_here("restore", "--latest", "--path", "SOUL.md", "--realign", "--yes", "--json").json()
     assert doc["alignment"]["realigned"] is True and doc["alignment"]["rewritten"] == ["SOUL.md"]
     import json
 
     files = json.loads((ws / MANIFEST).read_text())["files"]
     assert files["SOUL.md"] == sha256(ws / "SOUL.md")
     assert files == {**json.loads(agent_manifest)["files"], "SOUL.md": files["SOUL.md"]}
-    text = sb.phx("list").out
+    text = sb.phx_here("list").out
     assert "pre-restore" in text
     # The realignment is undoable like any restore.
-    sb.phx("restore", "--backup", doc["safetySnapshot"]["id"], "--yes")
+    sb.phx_here("restore", "--backup", doc["safetySnapshot"]["id"], "--yes")
     assert (ws / MANIFEST).read_bytes() == agent_manifest
 
     # --identity-only restores the manifest with the identity files: consistent again.
-    doc = sb.phx("restore", "--latest", "--identity-only", "--yes", "--json").json()
+    doc = sb.phx_here("restore", "--latest", "--identity-only", "--yes", "--json").json()
     assert doc["alignment"]["consistent"] is True and doc["warnings"] == []
     assert (ws / MANIFEST).read_bytes() == snapshot_manifest
 
@@ -378,7 +382,7 @@ def test_partial_flags_and_path_compose_in_place(sb: Sandbox) -> None:
     (sb.workspace / "memory" / "extra.md").write_text("extra\n")
     before = sb.state()
 
-    doc = sb.phx("restore", "--latest", "--memory-only", "--path", "memory/*.md", "--delete", "--yes", "--json")
+    doc = sb.phx_here("restore", "--latest", "--memory-only", "--path", "memory/*.md", "--delete", "--yes", "--json")
     items = doc.json()["items"]
     assert items and all(i["path"].startswith("workspace/memory/") and i["path"].endswith(".md") for i in items)
     after = sb.state()

@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import services
 from services import PgServer, db_state, make_memory_db, postgres_entry, reader_entry
 
+# The sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process
+pytestmark = pytest.mark.phx_in_process
+
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"

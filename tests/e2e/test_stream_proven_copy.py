@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e_support import Sandbox, assert_error
 from test_restore_proven_copy import _plant, snapshot_node
 
@@ -31,6 +32,9 @@ from phoenix_backup.repo.crypto import BlobType, Compression
 from phoenix_backup.repo.pack import PackBuilder, PackEntry, blob_aad, pack_name
 from phoenix_backup.repo.repository import Repository
 from services import PgServer, postgres_entry
+
+# The sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process
+pytestmark = pytest.mark.phx_in_process
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 redis_server = services.redis_server  # the session's Redis server (a fixture)

@@ -169,14 +169,14 @@ def test_a_target_that_is_down_fails_alone_and_sync_catches_it_up(targets: Targe
     text = sb.phx("backup", check=3)
     assert "target s3: FAILED: cannot connect" in text.out
 
-    assert [s["targets"] for s in sb.phx("list", "--json").json()] == [["local", "git", "r2"]] * 2
-    sync_down = sb.phx("sync", "--target", "s3", "--json", check=1).json()
+    assert [s["targets"] for s in sb.phx_here("list", "--json").json()] == [["local", "git", "r2"]] * 2
+    sync_down = sb.phx_here("sync", "--target", "s3", "--json", code=1).json()
     assert sync_down["targets"]["s3"]["ok"] is False
 
     # The endpoint is back: sync copies what s3 lacks, and s3 alone verifies every byte.
     targets.targets["s3"]["endpoint"] = good_endpoint
     targets.write()
-    res = sb.phx("sync", "--json")
+    res = sb.phx_here("sync", "--json")
     synced = res.json()
     # Progress: one phase for every replica, counting the packs and index objects copied.
     uploads = [json.loads(line) for line in res.err.splitlines() if '"uploading to git, s3, r2"' in line]
@@ -189,7 +189,7 @@ def test_a_target_that_is_down_fails_alone_and_sync_catches_it_up(targets: Targe
     assert verified["ok"] and verified["checked"]["snapshots"] == 2
     assert targets.objects("s3") == targets.objects("local")
     assert [s["targets"] for s in sb.phx_here("list", "--json").json()] == [["local", "git", "s3", "r2"]] * 2
-    assert sb.phx("sync").out.count("already up to date") == 3
+    assert sb.phx_here("sync").out.count("already up to date") == 3
 
 
 def test_storage_class_applies_to_data_packs_only(sandbox: Sandbox, moto: MotoServer, tmp_path: Path) -> None:
@@ -221,7 +221,7 @@ def test_storage_class_applies_to_data_packs_only(sandbox: Sandbox, moto: MotoSe
     assert sb.phx_here("verify", "--target", "s3", "--json").json()["ok"]
     # ... and reading data requests a thaw and waits, saying so (moto thaws at once).
     dest = tmp_path / "thawed"
-    res = sb.phx("restore", "--target", "s3", "--latest", "--to", dest, "--thaw-timeout", "60", "--json")
+    res = sb.phx_here("restore", "--target", "s3", "--latest", "--to", dest, "--thaw-timeout", "60", "--json")
     assert "cold storage class" in res.err and "--thaw-timeout" in res.err
     assert_restored(state, dest, "restore --target s3 from GLACIER")
 
@@ -300,7 +300,7 @@ def test_a_remote_first_target_is_written_directly(sandbox: Sandbox, moto: MotoS
     assert _outcomes(doc) == {"git": True, "s3": True}, doc
     assert not sb.repo.exists()
     assert t.objects("git") == t.objects("s3")
-    sb.phx("restore", "--latest", "--to", tmp_path / "r", "--json")  # from s3, the first target
+    sb.phx_here("restore", "--latest", "--to", tmp_path / "r", "--json")  # from s3, the first target
     assert_restored(state, tmp_path / "r", "restore from s3 as the first target")
 
 

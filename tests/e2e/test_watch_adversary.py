@@ -71,7 +71,7 @@ def _commit(db: Path, k: int) -> None:
 
 
 def _restored(sb: Sandbox, at: str, dest: Path) -> list[int]:
-    doc = sb.phx("restore", "--at", at, "--to", dest, "--path", LOGICAL, "--json").json()
+    doc = sb.phx_here("restore", "--at", at, "--to", dest, "--path", LOGICAL, "--json").json()
     assert not doc["errors"], doc
     con = sqlite3.connect(f"file:{dest / LOGICAL}?immutable=1", uri=True)
     try:
@@ -86,7 +86,7 @@ def _iso(ts: float) -> str:
 
 
 def _last_covered(sb: Sandbox) -> str:
-    doc = sb.phx("list", "--timeline", "--json").json()
+    doc = sb.phx_here("list", "--timeline", "--json").json()
     assert not doc["problems"], doc["problems"]
     return str([r for r in doc["databases"][LOGICAL] if r["kind"] == "covered"][-1]["to"])
 
@@ -97,7 +97,7 @@ def _wait_covered(sb: Sandbox, watch: subprocess.Popen[bytes], after: float, log
     than a quiet one to start a watch)."""
     deadline = time.monotonic() + 120
     while True:
-        rows = sb.phx("list", "--timeline", "--json").json()["databases"].get(LOGICAL, [])
+        rows = sb.phx_here("list", "--timeline", "--json").json()["databases"].get(LOGICAL, [])
         if any(r["kind"] == "covered" and datetime.fromisoformat(r["to"]).timestamp() > after for r in rows):
             return
         assert watch.poll() is None, log.read_text()
@@ -288,7 +288,8 @@ def _assert_a_gap(
     res = sb.phx("restore", "--at", _iso(two + 4), "--to", tmp_path / "mid", "--path", LOGICAL, check=2)
     assert "no capture covers" in res.err, res
     assert not (tmp_path / "mid").exists()
-    covered = [r for r in sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL] if r["kind"] == "covered"]
+    rows = sb.phx_here("list", "--timeline", "--json").json()["databases"][LOGICAL]
+    covered = [r for r in rows if r["kind"] == "covered"]
     assert len(covered) == 2 and datetime.fromisoformat(covered[0]["to"]).timestamp() <= before, (covered, log)
     assert _restored(sb, covered[0]["to"], tmp_path / "before") == [0, 1]
     assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]

@@ -254,7 +254,7 @@ def test_segments_wait_on_disk_during_an_outage_and_a_restarted_watch_writes_the
         step(w, 7)
         assert not w.queue and list(w.spool.iterdir()) == []
         assert w.result.bases == 0, "the chain went on from the segments that waited: no new base"
-    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    latest = sb.phx_here("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
     assert latest["kind"] == "covered", latest
     for k, at in ((6, after_six), (7, latest["to"])):
         assert _restored(sb, at, tmp_path / f"at-{k}") == list(range(k + 1))
@@ -291,7 +291,7 @@ def test_a_slow_target_leaves_no_gap_on_a_database_nobody_wrote_to(
         _commit(db, 2)
         w.poll()
         w.flush()
-    ranges = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
+    ranges = sb.phx_here("list", "--timeline", "--json").json()["databases"][LOGICAL]
     assert [r["kind"] for r in ranges] == ["covered"], ranges
     assert _restored(sb, during.isoformat(), tmp_path / "during") == [0, 1]
 
@@ -334,7 +334,7 @@ def test_segments_beyond_the_memory_bound_wait_on_disk_in_their_order(sandbox: S
         w.lock_free_until = 0.0
         w._write_queue()
         assert not w.queue and list(w.spool.iterdir()) == []
-    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    latest = sb.phx_here("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3, 4]
 
 
@@ -385,7 +385,7 @@ def test_a_file_planted_in_the_spool_is_never_written_to_the_repository(sandbox:
     assert not written & set(planted), "a planted spool file was written to the repository as a segment"
     said = [n for n in notices if "waiting segment" in n and "not one this watch" in n]
     assert len(said) == 2, notices
-    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    latest = sb.phx_here("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
 
 
@@ -415,7 +415,7 @@ def test_segments_waiting_for_a_long_command_are_on_disk_so_a_kill_loses_none(sa
             assert not w.queue and list(w.spool.iterdir()) == []
     finally:
         other.close()
-    latest = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
+    latest = sb.phx_here("list", "--timeline", "--json").json()["databases"][LOGICAL][-1]
     assert _restored(sb, latest["to"], tmp_path / "at") == [0, 1, 2, 3]
 
 
@@ -547,6 +547,7 @@ def test_a_restore_at_before_any_snapshot_of_the_files_lists_the_snapshots_once(
         _commit(sb.layout.dashboard_db, 1)
         w.poll()
         w.flush()
+    at = _last_covered(sb)  # before the count: the listing of the timeline reads too
     reads: list[str] = []
     real_read = LocalBackend.read
 
@@ -556,7 +557,7 @@ def test_a_restore_at_before_any_snapshot_of_the_files_lists_the_snapshots_once(
 
     monkeypatch.setattr(LocalBackend, "read", counted)
     cfg = load_config(sb.config_path, sb.env)
-    result = pitr.restore_at(cfg, Environment(env=sb.env), _last_covered(sb), to=tmp_path / "at")
+    result = pitr.restore_at(cfg, Environment(env=sb.env), at, to=tmp_path / "at")
     assert [n for n in result.notices if f"phx restore --backup {backup['id'][:8]}" in n], result
     assert reads.count(f"snapshots/{backup['id']}") == 1, reads  # the backup's, which only the listing reads
 
@@ -861,7 +862,7 @@ def test_a_watch_restarted_within_two_seconds_leaves_a_gap_not_coverage_of_the_o
     a restore at a second between them gave the old state without a commit made before that second."""
     sb = sandbox
     between = _stopped_and_restarted_at_once(sb, readable=True)
-    ranges = sb.phx("list", "--timeline", "--json").json()["databases"][LOGICAL]
+    ranges = sb.phx_here("list", "--timeline", "--json").json()["databases"][LOGICAL]
     assert [r["kind"] for r in ranges] == ["covered", "gap", "covered"], ranges
     asked = between.replace(microsecond=between.microsecond | 1)  # a time that is no whole millisecond
     gone = sb.phx("restore", "--at", asked.isoformat(), "--to", tmp_path / "between", "--path", LOGICAL, check=2)

@@ -155,7 +155,7 @@ def _until_covered_from_now(sb: Sandbox) -> None:
     started = time.time()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        rows = sb.phx("list", "--timeline", "--json").json()["databases"].get(LOGICAL, [])
+        rows = sb.phx_here("list", "--timeline", "--json").json()["databases"].get(LOGICAL, [])
         now = time.time()
         if any(
             r["kind"] == "covered"
