@@ -15,7 +15,8 @@ from phoenix_backup.errors import MergeFailed
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sample import generate_workspace
-from phoenix_backup.sinks.sqlite_merge import SqliteRowSource, merge_database
+from phoenix_backup.sinks import ConflictMode
+from phoenix_backup.sinks.sqlite_merge import DatabaseMerge, SqliteRowSource, merge_database
 
 
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
@@ -123,3 +124,86 @@ def test_keyless_tables_and_own_content_fts(tmp_path: Path) -> None:
         assert con.execute("SELECT rowid FROM notes WHERE notes MATCH 'gamma'").fetchall() == [(2,)]
     finally:
         con.close()
+
+
+def store(path: Path, sql: str, rows: dict[str, list[tuple[object, ...]]]) -> Path:
+    con = sqlite3.connect(path)
+    con.executescript(sql)
+    for table, values in rows.items():
+        for row in values:
+            con.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
+    con.commit()
+    con.close()
+    return path
+
+
+def merged(src_path: Path, dst_path: Path, *, mode: ConflictMode = "skip", dry_run: bool = False) -> DatabaseMerge:
+    src = SqliteRowSource(src_path)
+    try:
+        return merge_database(src, "x", dst_path, mode=mode, dry_run=dry_run)
+    finally:
+        src.close()
+
+
+def counts(result: DatabaseMerge) -> dict[str, tuple[int, int, int, int, int]]:
+    return {t.table: (t.restored, t.skipped, t.updated, t.unchanged, t.failed) for t in result.tables}
+
+
+def test_a_dry_run_counts_what_the_real_run_does(tmp_path: Path) -> None:
+    """The live table gained a NOT NULL column without default and a UNIQUE index since the
+    snapshot: the real run fails those rows, and the dry run must say so, not "restored"."""
+    src = store(
+        tmp_path / "src.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE u (id INTEGER PRIMARY KEY, tag TEXT);",
+        {"t": [(1, "a"), (2, "b")], "u": [(1, "x"), (2, "x"), (3, "y")]},
+    )
+    dst = store(
+        tmp_path / "dst.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, owner TEXT NOT NULL);"
+        "CREATE TABLE u (id INTEGER PRIMARY KEY, tag TEXT UNIQUE);",
+        {"t": [(1, "a", "me")]},
+    )
+    before = dump(dst)
+    dry = merged(src, dst, mode="update", dry_run=True)
+    assert dump(dst) == before
+    real = merged(src, dst, mode="update")
+    assert counts(dry) == counts(real) == {"t": (0, 0, 0, 1, 1), "u": (2, 0, 0, 0, 1)}
+    assert dry.warnings == real.warnings and dry.integrity == real.integrity == "ok"
+
+
+def test_live_triggers_do_not_write_twice_what_the_snapshot_holds(tmp_path: Path) -> None:
+    """An audit trigger on the live store fires on every insert; the snapshot already holds the
+    audit rows of the rows it restores, so the trigger must not add them a second time."""
+    schema = (
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT, mid INTEGER);"
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT);"
+        "CREATE TRIGGER m_ai AFTER INSERT ON m BEGIN INSERT INTO audit (what, mid) VALUES ('ins', new.id); END;"
+    )
+    src = tmp_path / "src.db"
+    dst = tmp_path / "dst.db"
+    for path, ids in ((src, (1, 2)), (dst, (1,))):
+        con = sqlite3.connect(path)
+        con.executescript(schema)
+        con.executemany("INSERT INTO m VALUES (?, 'body')", [(i,) for i in ids])
+        con.commit()
+        con.close()
+    result = merged(src, dst)
+    assert counts(result)["m"] == (1, 0, 0, 1, 0)
+    assert dump(dst)["audit"] == [(1, "ins", 1), (2, "ins", 2)]
+    con = sqlite3.connect(dst)
+    try:  # the trigger is still there and still fires
+        con.execute("INSERT INTO m VALUES (3, 'new')")
+        assert con.execute("SELECT what, mid FROM audit WHERE id = 3").fetchall() == [("ins", 3)]
+    finally:
+        con.close()
+
+
+def test_rows_with_a_null_key_are_not_inserted_again(tmp_path: Path) -> None:
+    """A rowid table's TEXT PRIMARY KEY may hold NULLs; such a row equal to a live one is
+    unchanged, so merging the same snapshot twice adds nothing."""
+    schema = "CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT);"
+    src = store(tmp_path / "src.db", schema, {"t": [(None, "x"), (None, "y"), ("a", "z")]})
+    dst = store(tmp_path / "dst.db", schema, {"t": [(None, "x")]})
+    assert counts(merged(src, dst)) == {"t": (2, 0, 0, 1, 0)}
+    assert counts(merged(src, dst)) == {"t": (0, 0, 0, 3, 0)}
+    assert dump(dst)["t"] == sorted([(None, "x"), (None, "y"), ("a", "z")], key=repr)

@@ -11,20 +11,25 @@ For each data table of the source (an export's JSON files, or a snapshot's copy 
 - a row that breaks another constraint of the live table (a UNIQUE column) is **failed**, named
   in a warning, and the merge goes on.
 
-Tables without a primary key are merged as multisets: a source row counts as present when an
-equal row exists. Tables, indexes, virtual tables, views and triggers missing from the live store
+Tables without a primary key, and rows whose key holds a NULL, are merged as multisets: a source
+row counts as present when an equal row exists. A live trigger whose body names a table the merge
+fills is dropped for the rows and created again after them (the source holds what it wrote).
+Tables, indexes, virtual tables, views and triggers missing from the live store
 are created from the source's schema first (triggers and views after the rows). Everything for
 one store happens in one transaction: after the rows, external-content FTS indexes are rebuilt
 (`INSERT INTO fts(fts) VALUES('rebuild')`), FTS5 `integrity-check` and `PRAGMA integrity_check`
 run, and only when both pass is the transaction committed; otherwise it is rolled back and the
-store is exactly as before. `dry_run` opens the store read-only and counts what would happen.
+store is exactly as before. `dry_run` runs the same merge on a private copy of the store (read
+from it read-only with the backup API) and throws the copy away.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -180,43 +185,51 @@ def merge_database(
     if planted is not None:
         raise MergeFailed(f"{logical} was not merged: {planted}")
     if dry_run:
-        if result.created:
-            for table in source.tables:
-                result.tables.append(TableMerge(table.name, restored=sum(1 for _ in source.rows(table)), created=True))
-            return result
-        con = sqlite3.connect(sqlite_uri(target, "mode=ro"), uri=True, timeout=BUSY_TIMEOUT_S)
-        try:
-            _merge_all(con, source, result, mode=mode, write=False)
-        finally:
-            con.close()
+        # The real merge, on a private copy of the store that is then thrown away: the counts,
+        # failures and checks are exactly those of the real run.
+        with tempfile.TemporaryDirectory(prefix="phx-merge-dry-run-") as scratch:
+            copy = Path(scratch) / "store.db"
+            if not result.created:
+                live = sqlite3.connect(sqlite_uri(target, "mode=ro"), uri=True, timeout=BUSY_TIMEOUT_S)
+                dest = sqlite3.connect(copy)
+                try:
+                    live.backup(dest)
+                finally:
+                    dest.close()
+                    live.close()
+            _merge_in_transaction(copy, source, result, mode=mode, commit=False)
         return result
-
     target.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    _merge_in_transaction(target, source, result, mode=mode, commit=True)
+    return result
+
+
+def _merge_in_transaction(
+    path: Path, source: RowSource, result: DatabaseMerge, *, mode: ConflictMode, commit: bool
+) -> None:
+    """Merge, rebuild and check in one transaction; commit it, or (a dry run's copy) roll it back."""
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         con.execute("BEGIN IMMEDIATE")
         try:
-            _merge_all(con, source, result, mode=mode, write=True)
+            _merge_all(con, source, result, mode=mode)
             _rebuild_and_check(con, result)
         except BaseException:
             if con.in_transaction:  # SQLite may already have rolled back (a full disk, say)
                 con.execute("ROLLBACK")
             raise
-        con.execute("COMMIT")
+        con.execute("COMMIT" if commit else "ROLLBACK")
     except sqlite3.Error as exc:
         raise MergeFailed(
-            f"merging into {target} failed ({exc}); the transaction was rolled back and the store is unchanged — "
-            "check that the file is a writable SQLite database and try again"
+            f"merging into {result.target} failed ({exc}); the transaction was rolled back and the store is "
+            "unchanged — check that the file is a writable SQLite database and try again"
         ) from exc
     finally:
         con.close()
-    return result
 
 
-def _merge_all(
-    con: sqlite3.Connection, source: RowSource, result: DatabaseMerge, *, mode: ConflictMode, write: bool
-) -> None:
+def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge, *, mode: ConflictMode) -> None:
     existing = {str(r[0]) for r in con.execute("SELECT name FROM sqlite_master")}
     missing = [s for s in source.statements if s.name not in existing]
     late = [s for s in missing if s.type in ("view", "trigger")]
@@ -224,34 +237,44 @@ def _merge_all(
     for stmt in missing:
         if stmt.type in ("view", "trigger"):
             continue
-        if not write:
-            if stmt.type == "table":
-                created_tables.add(stmt.name)
-            continue
         try:
             con.execute(stmt.sql)
             if stmt.type == "table":
                 created_tables.add(stmt.name)
         except sqlite3.OperationalError as exc:
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc}); its rows were not merged")
+    # A live trigger that writes into a table the merge also fills would write twice what the
+    # source already holds (an audit row, say): it is dropped for the rows and created again.
+    merged = {t.name for t in source.tables}
+    quiet = [
+        (str(name), str(sql))
+        for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+        if _trigger_touches(str(sql), merged)
+    ]
+    for name, _sql in quiet:
+        con.execute(f"DROP TRIGGER {quote(name)}")
     target = inspect(con, detect_vectors=False)
     for table in source.tables:
         tm = TableMerge(table.name, created=table.name in created_tables)
         result.tables.append(tm)
         live = target.table(table.name)
         if live is None:
-            if not write and table.name in created_tables:
-                tm.restored = sum(1 for _ in source.rows(table))
-            else:
-                result.warnings.append(f"table {table.name} is not in the live store and could not be created")
+            result.warnings.append(f"table {table.name} is not in the live store and could not be created")
             continue
-        _merge_table(con, table, live, source.rows(table), tm, result, mode=mode, write=write)
-    if write:
-        for stmt in late:
-            try:
-                con.execute(stmt.sql)
-            except sqlite3.OperationalError as exc:
-                result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
+        _merge_table(con, table, live, source.rows(table), tm, result, mode=mode)
+    for _name, sql in quiet:
+        con.execute(sql)
+    for stmt in late:
+        try:
+            con.execute(stmt.sql)
+        except sqlite3.OperationalError as exc:
+            result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
+
+
+def _trigger_touches(sql: str, tables: set[str]) -> bool:
+    """Whether a trigger's body (after BEGIN) names one of `tables`."""
+    body = re.split(r"\bBEGIN\b", sql, maxsplit=1, flags=re.IGNORECASE)[-1]
+    return any(re.search(rf"(?<![\w$]){re.escape(t)}(?![\w$])", body, re.IGNORECASE) for t in tables)
 
 
 def _merge_table(
@@ -263,7 +286,6 @@ def _merge_table(
     result: DatabaseMerge,
     *,
     mode: ConflictMode,
-    write: bool,
 ) -> None:
     live_cols = set(live.columns) | {"rowid"}
     positions = [i for i, c in enumerate(table.columns) if c in live_cols]
@@ -283,9 +305,6 @@ def _merge_table(
 
     def insert(values: tuple[SqlValue, ...]) -> None:
         nonlocal warned
-        if not write:
-            tm.restored += 1
-            return
         try:
             con.execute(insert_sql, values)
             tm.restored += 1
@@ -306,10 +325,16 @@ def _merge_table(
     update_sql = (
         f"UPDATE {q} SET {', '.join(quote(common[i]) + ' = ?' for i in value_idx)} WHERE {where}" if value_idx else ""
     )
+    # A NULL never equals a key, and a (legacy) rowid table's key may hold NULLs, as many as it
+    # likes: those rows are merged as whole rows against the live rows with a NULL key.
+    null_keyed: list[tuple[SqlValue, ...]] = []
     for batch in _batched(projected, _BATCH):
         existing = _existing(con, q, col_sql, key, key_idx, batch)
         for values in batch:
             k = tuple(values[i] for i in key_idx)
+            if None in k:
+                null_keyed.append(values)
+                continue
             old = existing.get(k)
             if old is None:
                 insert(values)
@@ -318,7 +343,7 @@ def _merge_table(
             elif mode == "skip":
                 tm.skipped += 1
             else:
-                if write and update_sql:
+                if update_sql:
                     try:
                         con.execute(update_sql, [values[i] for i in value_idx] + list(k))
                     except sqlite3.IntegrityError as exc:
@@ -328,6 +353,9 @@ def _merge_table(
                             result.warnings.append(f"{table.name}: a row could not be updated ({exc})")
                         continue
                 tm.updated += 1
+    if null_keyed:
+        null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
+        _merge_multiset(con, table.name, common, null_keyed, tm, insert, where=null_where)
 
 
 def _existing(
@@ -368,9 +396,12 @@ def _merge_multiset(
     rows: Iterable[tuple[SqlValue, ...]],
     tm: TableMerge,
     insert: Any,
+    *,
+    where: str = "",
 ) -> None:
     cols = ", ".join(quote(c) for c in common)
-    live: Counter[bytes] = Counter(_row_hash(r) for r in con.execute(f"SELECT {cols} FROM {quote(name)}"))
+    sql = f"SELECT {cols} FROM {quote(name)}" + (f" WHERE {where}" if where else "")
+    live: Counter[bytes] = Counter(_row_hash(r) for r in con.execute(sql))
     for values in rows:
         h = _row_hash(values)
         if live[h] > 0:
