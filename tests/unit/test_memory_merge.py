@@ -207,3 +207,18 @@ def test_rows_with_a_null_key_are_not_inserted_again(tmp_path: Path) -> None:
     assert counts(merged(src, dst)) == {"t": (2, 0, 0, 1, 0)}
     assert counts(merged(src, dst)) == {"t": (0, 0, 0, 3, 0)}
     assert dump(dst)["t"] == sorted([(None, "x"), (None, "y"), ("a", "z")], key=repr)
+
+
+def test_a_unique_index_the_live_rows_break_is_left_out_and_the_rows_merged(tmp_path: Path) -> None:
+    """The snapshot has a UNIQUE index the live store dropped and whose rule its rows now break:
+    the index is named in a warning and not created; the rows are merged all the same."""
+    src = store(
+        tmp_path / "src.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); CREATE UNIQUE INDEX t_name ON t (name);",
+        {"t": [(1, "a"), (3, "c")]},
+    )
+    dst = store(tmp_path / "dst.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);", {"t": [(1, "a"), (2, "a")]})
+    result = merged(src, dst)
+    assert counts(result) == {"t": (1, 0, 0, 1, 0)}
+    assert result.warnings == ["could not create index t_name (UNIQUE constraint failed: t.name)"]
+    assert dump(dst)["t"] == [(1, "a"), (2, "a"), (3, "c")]

@@ -241,8 +241,9 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
             con.execute(stmt.sql)
             if stmt.type == "table":
                 created_tables.add(stmt.name)
-        except sqlite3.OperationalError as exc:
-            result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc}); its rows were not merged")
+        except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:  # a UNIQUE index the live rows break
+            lost = "; its rows were not merged" if stmt.type == "table" else ""
+            result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc}){lost}")
     # A live trigger that writes into a table the merge also fills would write twice what the
     # source already holds (an audit row, say): it is dropped for the rows and created again.
     merged = {t.name for t in source.tables}
