@@ -15,7 +15,7 @@ from phoenix_backup.errors import MergeFailed
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sample import generate_workspace
-from phoenix_backup.sinks import ConflictMode
+from phoenix_backup.sinks import ConflictMode, sqlite_merge
 from phoenix_backup.sinks.sqlite_merge import DatabaseMerge, SqliteRowSource, merge_database
 
 
@@ -222,3 +222,22 @@ def test_a_unique_index_the_live_rows_break_is_left_out_and_the_rows_merged(tmp_
     assert counts(result) == {"t": (1, 0, 0, 1, 0)}
     assert result.warnings == ["could not create index t_name (UNIQUE constraint failed: t.name)"]
     assert dump(dst)["t"] == [(1, "a"), (2, "a"), (3, "c")]
+
+
+def test_a_store_the_agent_keeps_locked_names_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent holds a write transaction past the busy timeout: the merge waits, then stops
+    with the store unchanged, naming the lock (not "a writable SQLite database")."""
+    monkeypatch.setattr(sqlite_merge, "BUSY_TIMEOUT_S", 0.2)
+    schema = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
+    src = store(tmp_path / "src.db", schema, {"t": [(1, "a"), (2, "b")]})
+    dst = store(tmp_path / "dst.db", schema, {"t": [(1, "a")]})
+    agent = sqlite3.connect(dst, isolation_level=None)
+    try:
+        agent.execute("BEGIN IMMEDIATE")
+        agent.execute("INSERT INTO t VALUES (9, 'live')")
+        with pytest.raises(MergeFailed, match=r"kept it locked for 0.2 s; try again when it is idle"):
+            merged(src, dst)
+        agent.execute("COMMIT")
+    finally:
+        agent.close()
+    assert dump(dst)["t"] == [(1, "a"), (9, "live")]

@@ -221,9 +221,14 @@ def _merge_in_transaction(
             raise
         con.execute("COMMIT" if commit else "ROLLBACK")
     except sqlite3.Error as exc:
+        fix = (
+            f"another process (the agent?) kept it locked for {BUSY_TIMEOUT_S:g} s; try again when it is idle"
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            else "check that the file is a writable SQLite database and try again"
+        )
         raise MergeFailed(
             f"merging into {result.target} failed ({exc}); the transaction was rolled back and the store is "
-            "unchanged — check that the file is a writable SQLite database and try again"
+            f"unchanged — {fix}"
         ) from exc
     finally:
         con.close()
@@ -275,7 +280,7 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
 def _trigger_touches(sql: str, tables: set[str]) -> bool:
     """Whether a trigger's body (after BEGIN) names one of `tables`."""
     body = re.split(r"\bBEGIN\b", sql, maxsplit=1, flags=re.IGNORECASE)[-1]
-    return any(re.search(rf"(?<![\w$]){re.escape(t)}(?![\w$])", body, re.IGNORECASE) for t in tables)
+    return any(re.search(rf"(?<![\w$.]){re.escape(t)}(?![\w$])", body, re.IGNORECASE) for t in tables)
 
 
 def _merge_table(
