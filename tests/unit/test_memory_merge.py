@@ -241,3 +241,30 @@ def test_a_store_the_agent_keeps_locked_names_the_lock(tmp_path: Path, monkeypat
     finally:
         agent.close()
     assert dump(dst)["t"] == [(1, "a"), (9, "live")]
+
+
+def test_no_row_goes_in_without_its_parent_row(tmp_path: Path) -> None:
+    """A child row whose parent row failed (a UNIQUE name the live store already has) is not
+    inserted dangling; children merged before their parents (the child table first, a reply
+    before the message it answers) still go in."""
+    schema = (
+        "CREATE TABLE link (id INTEGER PRIMARY KEY, pid INTEGER NOT NULL REFERENCES p (id) ON DELETE CASCADE);"
+        "CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT UNIQUE, reply_to INTEGER REFERENCES p (id));"
+    )
+    src = store(
+        tmp_path / "src.db",
+        schema,
+        {"p": [(1, "dup", None), (2, "b", 3), (3, "c", None)], "link": [(10, 1), (20, 2)]},
+    )
+    dst = store(tmp_path / "dst.db", schema, {"p": [(5, "dup", None)]})
+    result = merged(src, dst)
+    assert counts(result) == {"link": (1, 0, 0, 0, 1), "p": (2, 0, 0, 0, 1)}
+    assert dump(dst) == {"link": [(20, 2)], "p": [(2, "b", 3), (3, "c", None), (5, "dup", None)]}
+    assert "link: a row could not be inserted (FOREIGN KEY constraint failed: its parent row is not in the store)" in (
+        result.warnings
+    )
+    con = sqlite3.connect(dst)
+    try:
+        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        con.close()

@@ -8,8 +8,9 @@ For each data table of the source (an export's JSON files, or a snapshot's copy 
 - a row whose key is present with other values is kept as it is with `skip` (**skipped**) or
   overwritten with `update` (**updated**; only the columns the source has are written, so an
   export made with `--no-vectors` never blanks an embedding);
-- a row that breaks another constraint of the live table (a UNIQUE column) is **failed**, named
-  in a warning, and the merge goes on.
+- a row that breaks another constraint of the live table (a UNIQUE column, a foreign key whose
+  parent row is not there) is **failed**, named in a warning, and the merge goes on. Foreign
+  keys are enforced; a row refused for want of its parent is written again after all the others.
 
 Tables without a primary key, and rows whose key holds a NULL, are merged as multisets: a source
 row counts as present when an equal row exists. A live trigger whose body names a table the merge
@@ -211,6 +212,7 @@ def _merge_in_transaction(
     con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        con.execute("PRAGMA foreign_keys = ON")  # no row goes in whose parent row is not there
         con.execute("BEGIN IMMEDIATE")
         try:
             _merge_all(con, source, result, mode=mode)
@@ -260,6 +262,7 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
     for name, _sql in quiet:
         con.execute(f"DROP TRIGGER {quote(name)}")
     target = inspect(con, detect_vectors=False)
+    waiting: list[_Waiting] = []
     for table in source.tables:
         tm = TableMerge(table.name, created=table.name in created_tables)
         result.tables.append(tm)
@@ -267,7 +270,8 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
         if live is None:
             result.warnings.append(f"table {table.name} is not in the live store and could not be created")
             continue
-        _merge_table(con, table, live, source.rows(table), tm, result, mode=mode)
+        _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode)
+    _retry_waiting(con, waiting, result)
     for _name, sql in quiet:
         con.execute(sql)
     for stmt in late:
@@ -290,6 +294,7 @@ def _merge_table(
     rows: Iterable[tuple[SqlValue, ...]],
     tm: TableMerge,
     result: DatabaseMerge,
+    waiting: list[_Waiting],
     *,
     mode: ConflictMode,
 ) -> None:
@@ -315,6 +320,9 @@ def _merge_table(
             con.execute(insert_sql, values)
             tm.restored += 1
         except sqlite3.IntegrityError as exc:
+            if _FOREIGN_KEY in str(exc):
+                waiting.append(_Waiting(tm, "inserted", insert_sql, values))
+                return
             tm.failed += 1
             if warned < _MAX_WARNINGS_PER_TABLE:
                 warned += 1
@@ -350,9 +358,13 @@ def _merge_table(
                 tm.skipped += 1
             else:
                 if update_sql:
+                    params = (*(values[i] for i in value_idx), *k)
                     try:
-                        con.execute(update_sql, [values[i] for i in value_idx] + list(k))
+                        con.execute(update_sql, params)
                     except sqlite3.IntegrityError as exc:
+                        if _FOREIGN_KEY in str(exc):
+                            waiting.append(_Waiting(tm, "updated", update_sql, params))
+                            continue
                         tm.failed += 1
                         if warned < _MAX_WARNINGS_PER_TABLE:
                             warned += 1
@@ -362,6 +374,47 @@ def _merge_table(
     if null_keyed:
         null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
         _merge_multiset(con, table.name, common, null_keyed, tm, insert, where=null_where)
+
+
+_FOREIGN_KEY = "FOREIGN KEY constraint failed"
+
+
+@dataclass
+class _Waiting:
+    """A row whose parent row was not in the store yet when it was written."""
+
+    tm: TableMerge
+    verb: Literal["inserted", "updated"]
+    sql: str
+    params: tuple[SqlValue, ...]
+
+
+def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: DatabaseMerge) -> None:
+    """Write again the rows a foreign key refused (a table merged before its parent table, a row
+    before its parent in the same table) until no more goes in; the rest failed."""
+    while waiting:
+        left = []
+        for w in waiting:
+            try:
+                con.execute(w.sql, w.params)
+            except sqlite3.IntegrityError:
+                left.append(w)
+                continue
+            if w.verb == "inserted":
+                w.tm.restored += 1
+            else:
+                w.tm.updated += 1
+        if len(left) == len(waiting):
+            break
+        waiting = left
+    warned: Counter[str] = Counter()
+    for w in waiting:
+        w.tm.failed += 1
+        if warned[w.tm.table] < _MAX_WARNINGS_PER_TABLE:
+            warned[w.tm.table] += 1
+            result.warnings.append(
+                f"{w.tm.table}: a row could not be {w.verb} ({_FOREIGN_KEY}: its parent row is not in the store)"
+            )
 
 
 def _existing(
