@@ -268,3 +268,19 @@ def test_no_row_goes_in_without_its_parent_row(tmp_path: Path) -> None:
         assert con.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:
         con.close()
+
+
+def test_a_live_trigger_that_only_reads_the_merged_tables_goes_on_guarding(tmp_path: Path) -> None:
+    """A guard trigger reads a table the merge fills and refuses a row: it is not dropped with
+    the triggers that write (only those would write twice), so the row it refuses fails."""
+    schema = "CREATE TABLE banned (word TEXT PRIMARY KEY); CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT);"
+    src = store(tmp_path / "src.db", schema, {"banned": [("bad",)], "m": [(1, "ok"), (2, "bad")]})
+    dst = store(
+        tmp_path / "dst.db",
+        schema + "CREATE TRIGGER m_guard BEFORE INSERT ON m BEGIN "
+        "SELECT RAISE(ABORT, 'banned word') WHERE EXISTS (SELECT 1 FROM banned WHERE word = new.body); END;",
+        {},
+    )
+    result = merged(src, dst)
+    assert counts(result) == {"banned": (1, 0, 0, 0, 0), "m": (1, 0, 0, 0, 1)}
+    assert dump(dst)["m"] == [(1, "ok")]

@@ -13,7 +13,7 @@ For each data table of the source (an export's JSON files, or a snapshot's copy 
   keys are enforced; a row refused for want of its parent is written again after all the others.
 
 Tables without a primary key, and rows whose key holds a NULL, are merged as multisets: a source
-row counts as present when an equal row exists. A live trigger whose body names a table the merge
+row counts as present when an equal row exists. A live trigger that writes into a table the merge
 fills is dropped for the rows and created again after them (the source holds what it wrote).
 Tables, indexes, virtual tables, views and triggers missing from the live store
 are created from the source's schema first (triggers and views after the rows). Everything for
@@ -253,6 +253,7 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc}){lost}")
     # A live trigger that writes into a table the merge also fills would write twice what the
     # source already holds (an audit row, say): it is dropped for the rows and created again.
+    # One that only reads them (a guard) goes on firing.
     merged = {t.name for t in source.tables}
     quiet = [
         (str(name), str(sql))
@@ -282,9 +283,11 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
 
 
 def _trigger_touches(sql: str, tables: set[str]) -> bool:
-    """Whether a trigger's body (after BEGIN) names one of `tables`."""
+    """Whether a trigger's body (after BEGIN) writes into one of `tables` (a trigger that only
+    reads them, a guard, goes on firing)."""
     body = re.split(r"\bBEGIN\b", sql, maxsplit=1, flags=re.IGNORECASE)[-1]
-    return any(re.search(rf"(?<![\w$.]){re.escape(t)}(?![\w$])", body, re.IGNORECASE) for t in tables)
+    write = r"(?:\bINTO|\bUPDATE(?:\s+OR\s+\w+)?|\bDELETE\s+FROM)\s+[\"`\[]?"
+    return any(re.search(rf"{write}{re.escape(t)}(?![\w$])", body, re.IGNORECASE) for t in tables)
 
 
 def _merge_table(
