@@ -284,3 +284,13 @@ def test_a_live_trigger_that_only_reads_the_merged_tables_goes_on_guarding(tmp_p
     result = merged(src, dst)
     assert counts(result) == {"banned": (1, 0, 0, 0, 0), "m": (1, 0, 0, 0, 1)}
     assert dump(dst)["m"] == [(1, "ok")]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_live_store_that_is_not_a_database_is_named(tmp_path: Path, dry_run: bool) -> None:
+    src = store(tmp_path / "src.db", "CREATE TABLE t (id INTEGER PRIMARY KEY);", {"t": [(1,)]})
+    junk = tmp_path / "memory.db"
+    junk.write_bytes(b"not a database, " * 512)
+    with pytest.raises(MergeFailed, match="check that the file is"):
+        merged(src, junk, dry_run=dry_run)
+    assert junk.read_bytes() == b"not a database, " * 512

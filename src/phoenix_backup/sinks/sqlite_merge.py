@@ -195,6 +195,11 @@ def merge_database(
                 dest = sqlite3.connect(copy)
                 try:
                     live.backup(dest)
+                except sqlite3.Error as exc:
+                    raise MergeFailed(
+                        f"cannot read {target} for a dry run ({exc}); nothing was changed — check that the file "
+                        "is an SQLite database and try again"
+                    ) from exc
                 finally:
                     dest.close()
                     live.close()
