@@ -294,3 +294,18 @@ def test_a_live_store_that_is_not_a_database_is_named(tmp_path: Path, dry_run: b
     with pytest.raises(MergeFailed, match="check that the file is"):
         merged(src, junk, dry_run=dry_run)
     assert junk.read_bytes() == b"not a database, " * 512
+
+
+@pytest.mark.parametrize("mode", ["skip", "update"])
+def test_a_table_s_on_conflict_replace_never_deletes_a_live_row(tmp_path: Path, mode: ConflictMode) -> None:
+    """`UNIQUE ON CONFLICT REPLACE` in the live schema: a merged row whose name another live row
+    has fails; it never deletes that row (nor, through ON DELETE CASCADE, its children)."""
+    schema = (
+        "CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT UNIQUE ON CONFLICT REPLACE);"
+        "CREATE TABLE ch (id INTEGER PRIMARY KEY, pid INTEGER REFERENCES p (id) ON DELETE CASCADE);"
+    )
+    src = store(tmp_path / "src.db", schema, {"p": [(1, "n"), (3, "m")]})
+    dst = store(tmp_path / "dst.db", schema, {"p": [(2, "n"), (3, "x"), (4, "m")], "ch": [(1, 2), (2, 4)]})
+    result = merged(src, dst, mode=mode)
+    assert dump(dst) == {"ch": [(1, 2), (2, 4)], "p": [(2, "n"), (3, "x"), (4, "m")]}
+    assert counts(result)["p"] == ((0, 0, 0, 0, 2) if mode == "update" else (0, 1, 0, 0, 1))

@@ -319,7 +319,9 @@ def _merge_table(
         result.warnings.append(f"{table.name}: the live table lacks key column(s); rows were merged as whole rows")
     q = quote(table.name)
     col_sql = ", ".join("rowid" if c == "rowid" else quote(c) for c in common)
-    insert_sql = f"INSERT INTO {q} ({col_sql}) VALUES ({', '.join('?' * len(common))})"
+    # OR ABORT overrides a table's own ON CONFLICT REPLACE, which would delete the live row that
+    # is in the way (and cascade to its children) instead of failing the merged one.
+    insert_sql = f"INSERT OR ABORT INTO {q} ({col_sql}) VALUES ({', '.join('?' * len(common))})"
     warned = 0
 
     def insert(values: tuple[SqlValue, ...]) -> None:
@@ -344,9 +346,8 @@ def _merge_table(
     key_idx = [common.index(k) for k in key]
     value_idx = [i for i, c in enumerate(common) if c not in key]
     where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
-    update_sql = (
-        f"UPDATE {q} SET {', '.join(quote(common[i]) + ' = ?' for i in value_idx)} WHERE {where}" if value_idx else ""
-    )
+    sets = ", ".join(quote(common[i]) + " = ?" for i in value_idx)
+    update_sql = f"UPDATE OR ABORT {q} SET {sets} WHERE {where}" if value_idx else ""
     # A NULL never equals a key, and a (legacy) rowid table's key may hold NULLs, as many as it
     # likes: those rows are merged as whole rows against the live rows with a NULL key.
     null_keyed: list[tuple[SqlValue, ...]] = []
