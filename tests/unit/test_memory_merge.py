@@ -309,3 +309,45 @@ def test_a_table_s_on_conflict_replace_never_deletes_a_live_row(tmp_path: Path, 
     result = merged(src, dst, mode=mode)
     assert dump(dst) == {"ch": [(1, 2), (2, 4)], "p": [(2, "n"), (3, "x"), (4, "m")]}
     assert counts(result)["p"] == ((0, 0, 0, 0, 2) if mode == "update" else (0, 1, 0, 0, 1))
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_trigger_s_raise_rollback_stops_the_merge_with_the_store_unchanged(tmp_path: Path, dry_run: bool) -> None:
+    """A live guard trigger refuses a row with RAISE(ROLLBACK), which ends the merge's whole
+    transaction: the merge stops there; no row after it is committed on its own, the triggers
+    are not left doubled, and the error says the store is unchanged (it is)."""
+    schema = (
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, mid INTEGER);"
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT);"
+    )
+    src = store(tmp_path / "src.db", schema, {"m": [(1, "ok"), (2, "bad"), (3, "late")]})
+    dst = store(
+        tmp_path / "dst.db",
+        schema + "CREATE TRIGGER m_guard BEFORE INSERT ON m BEGIN "
+        "SELECT RAISE(ROLLBACK, 'banned word') WHERE new.body = 'bad'; END;"
+        "CREATE TRIGGER m_ai AFTER INSERT ON m BEGIN INSERT INTO audit (mid) VALUES (new.id); END;",
+        {},
+    )
+    before = dump(dst)
+    with pytest.raises(MergeFailed, match=r"RAISE\(ROLLBACK\) \(banned word\).*the store is unchanged"):
+        merged(src, dst, dry_run=dry_run)
+    assert dump(dst) == before
+
+
+def test_a_deferred_foreign_key_fails_the_dry_run_as_the_real_run(tmp_path: Path) -> None:
+    """A DEFERRABLE INITIALLY DEFERRED foreign key lets a child row in whose parent row failed
+    (a UNIQUE name): only the COMMIT refuses it. The dry run must fail as the real run does,
+    naming the row, and a live violation that was there before is not blamed on the merge."""
+    schema = (
+        "CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT UNIQUE);"
+        "CREATE TABLE c (id INTEGER PRIMARY KEY, pid INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    src = store(tmp_path / "src.db", schema, {"p": [(1, "dup"), (2, "ok")], "c": [(10, 1), (20, 2)]})
+    dst = store(tmp_path / "dst.db", schema, {"p": [(5, "dup")], "c": [(30, 99)]})  # 30: dangling already
+    before = dump(dst)
+    for dry_run in (True, False):
+        with pytest.raises(MergeFailed, match=r"row 10 of table c .* parent row in p .* unchanged"):
+            merged(src, dst, dry_run=dry_run)
+        assert dump(dst) == before
+    ok = store(tmp_path / "ok.db", schema, {"p": [(2, "ok")], "c": [(20, 2)]})
+    assert counts(merged(ok, dst)) == {"p": (1, 0, 0, 0, 0), "c": (1, 0, 0, 0, 0)}

@@ -220,13 +220,21 @@ def _merge_in_transaction(
         con.execute("PRAGMA foreign_keys = ON")  # no row goes in whose parent row is not there
         con.execute("BEGIN IMMEDIATE")
         try:
+            dangling = _deferred_violations(con)
             _merge_all(con, source, result, mode=mode)
+            _check_deferred_keys(con, result, dangling)
             _rebuild_and_check(con, result)
         except BaseException:
             if con.in_transaction:  # SQLite may already have rolled back (a full disk, say)
                 con.execute("ROLLBACK")
             raise
         con.execute("COMMIT" if commit else "ROLLBACK")
+    except _RolledBack as exc:
+        raise MergeFailed(
+            f"a trigger of {result.target} refused a merged row with RAISE(ROLLBACK) ({exc.__cause__}), which "
+            "ends the whole transaction; the merge was rolled back and the store is unchanged — change that "
+            "trigger to RAISE(ABORT) so that only the rows it refuses fail, then merge again"
+        ) from exc.__cause__
     except sqlite3.Error as exc:
         fix = (
             f"another process (the agent?) kept it locked for {BUSY_TIMEOUT_S:g} s; try again when it is idle"
@@ -287,6 +295,44 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
 
 
+class _RolledBack(Exception):
+    """A live trigger's RAISE(ROLLBACK) ended the merge's transaction: nothing written after it
+    may go on (it would be committed row by row)."""
+
+
+def _write(con: sqlite3.Connection, sql: str, params: Sequence[SqlValue]) -> None:
+    """One merged row's INSERT or UPDATE; an IntegrityError that ended the transaction stops the merge."""
+    try:
+        con.execute(sql, params)
+    except sqlite3.IntegrityError as exc:
+        if not con.in_transaction:
+            raise _RolledBack() from exc
+        raise
+
+
+def _deferred_violations(con: sqlite3.Connection) -> set[tuple[Any, ...]]:
+    """The foreign-key violations of the store, when a table declares a deferred foreign key
+    (checked only at COMMIT); an empty set otherwise, cheaply."""
+    deferred = con.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND sql LIKE '%DEFERRED%' LIMIT 1"
+    ).fetchone()
+    return {tuple(r) for r in con.execute("PRAGMA foreign_key_check")} if deferred else set()
+
+
+def _check_deferred_keys(con: sqlite3.Connection, result: DatabaseMerge, before: set[tuple[Any, ...]]) -> None:
+    """A row left without its parent under a DEFERRABLE INITIALLY DEFERRED foreign key goes in
+    without an error and makes the COMMIT fail: say so now, the same in a dry run."""
+    new = sorted(_deferred_violations(con) - before, key=repr)
+    if new:
+        table, rowid, parent = new[0][:3]
+        more = f" and {len(new) - 1} more" if len(new) > 1 else ""
+        raise MergeFailed(
+            f"row {rowid} of table {table} in {result.target}{more} would be left without its parent row in "
+            f"{parent} (a deferred foreign key, checked only when the merge commits); the merge was rolled back "
+            "and the store is unchanged — restore the snapshot in place, or add the missing parent rows and merge again"
+        )
+
+
 def _trigger_touches(sql: str, tables: set[str]) -> bool:
     """Whether a trigger's body (after BEGIN) writes into one of `tables` (a trigger that only
     reads them, a guard, goes on firing)."""
@@ -327,7 +373,7 @@ def _merge_table(
     def insert(values: tuple[SqlValue, ...]) -> None:
         nonlocal warned
         try:
-            con.execute(insert_sql, values)
+            _write(con, insert_sql, values)
             tm.restored += 1
         except sqlite3.IntegrityError as exc:
             if _FOREIGN_KEY in str(exc):
@@ -369,7 +415,7 @@ def _merge_table(
                 if update_sql:
                     params = (*(values[i] for i in value_idx), *k)
                     try:
-                        con.execute(update_sql, params)
+                        _write(con, update_sql, params)
                     except sqlite3.IntegrityError as exc:
                         if _FOREIGN_KEY in str(exc):
                             waiting.append(_Waiting(tm, "updated", update_sql, params))
@@ -405,7 +451,7 @@ def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: Dat
         left = []
         for w in waiting:
             try:
-                con.execute(w.sql, w.params)
+                _write(con, w.sql, w.params)
             except sqlite3.IntegrityError:
                 left.append(w)
                 continue
