@@ -8,6 +8,7 @@ import hashlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -351,3 +352,20 @@ def test_a_deferred_foreign_key_fails_the_dry_run_as_the_real_run(tmp_path: Path
         assert dump(dst) == before
     ok = store(tmp_path / "ok.db", schema, {"p": [(2, "ok")], "c": [(20, 2)]})
     assert counts(merged(ok, dst)) == {"p": (1, 0, 0, 0, 0), "c": (1, 0, 0, 0, 0)}
+
+
+def test_a_dry_run_without_room_for_its_copy_names_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dry run's private copy does not fit in the temporary folder: one error names the
+    folder, the room needed and TMPDIR, before anything is copied (it said to check that the
+    live store is an SQLite database)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(sqlite_merge.tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(sqlite_merge.shutil, "disk_usage", lambda _p: SimpleNamespace(free=1000))
+    schema = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
+    src = store(tmp_path / "src.db", schema, {"t": [(2, "b")]})
+    dst = store(tmp_path / "dst.db", schema, {"t": [(1, "a" * 5000)]})
+    expected = rf"in the temporary folder {scratch}, which needs [0-9.]+ KiB for a copy of it, 1000 B free.* TMPDIR"
+    with pytest.raises(MergeFailed, match=expected):
+        merged(src, dst, dry_run=True)
+    assert list(scratch.iterdir()) == []

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
 from collections import Counter
@@ -44,6 +45,7 @@ from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sources.sqlite import planted_companion, sqlite_uri
 from phoenix_backup.sql import quote
+from phoenix_backup.units import human_size
 
 BUSY_TIMEOUT_S = 30.0
 _BATCH = 500
@@ -188,26 +190,47 @@ def merge_database(
     if dry_run:
         # The real merge, on a private copy of the store that is then thrown away: the counts,
         # failures and checks are exactly those of the real run.
+        folder = tempfile.gettempdir()
+        size = sum(os.path.getsize(p) for p in (target, Path(f"{target}-wal")) if p.is_file())
+        room = shutil.disk_usage(folder).free
+        if size > room:
+            need = f"needs {human_size(size)} for a copy of it, {human_size(room)} free"
+            raise MergeFailed(_no_room(target, folder, need))
         with tempfile.TemporaryDirectory(prefix="phx-merge-dry-run-") as scratch:
             copy = Path(scratch) / "store.db"
-            if not result.created:
-                live = sqlite3.connect(sqlite_uri(target, "mode=ro"), uri=True, timeout=BUSY_TIMEOUT_S)
-                dest = sqlite3.connect(copy)
-                try:
-                    live.backup(dest)
-                except sqlite3.Error as exc:
-                    raise MergeFailed(
-                        f"cannot read {target} for a dry run ({exc}); nothing was changed — check that the file "
-                        "is an SQLite database and try again"
-                    ) from exc
-                finally:
-                    dest.close()
-                    live.close()
-            _merge_in_transaction(copy, source, result, mode=mode, commit=False)
+            try:
+                if not result.created:
+                    live = sqlite3.connect(sqlite_uri(target, "mode=ro"), uri=True, timeout=BUSY_TIMEOUT_S)
+                    dest = sqlite3.connect(copy)
+                    try:
+                        live.backup(dest)
+                    except sqlite3.Error as exc:
+                        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                            raise
+                        raise MergeFailed(
+                            f"cannot read {target} for a dry run ({exc}); nothing was changed — check that the file "
+                            "is an SQLite database and try again"
+                        ) from exc
+                    finally:
+                        dest.close()
+                        live.close()
+                _merge_in_transaction(copy, source, result, mode=mode, commit=False)
+            except (sqlite3.Error, MergeFailed) as exc:
+                cause = exc if isinstance(exc, sqlite3.Error) else exc.__cause__
+                if getattr(cause, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                raise MergeFailed(_no_room(target, folder, "filled up while the copy was merged")) from exc
         return result
     target.parent.mkdir(parents=True, exist_ok=True)
     _merge_in_transaction(target, source, result, mode=mode, commit=True)
     return result
+
+
+def _no_room(target: Path, folder: str, what: str) -> str:
+    return (
+        f"a dry run merges into a private copy of {target} in the temporary folder {folder}, which {what}; "
+        "nothing was changed — free some room there, or set TMPDIR to a folder with room, and try again"
+    )
 
 
 def _merge_in_transaction(
