@@ -369,3 +369,20 @@ def test_a_dry_run_without_room_for_its_copy_names_the_folder(tmp_path: Path, mo
     with pytest.raises(MergeFailed, match=expected):
         merged(src, dst, dry_run=True)
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("into", ["'audit'", "/* the log */ audit", "-- the log\n  audit"])
+def test_a_live_trigger_that_writes_with_a_comment_or_quoted_name_does_not_write_twice(
+    tmp_path: Path, into: str
+) -> None:
+    """The audit trigger spells its table 'audit' (SQLite takes it) or puts a comment before the
+    name: it still writes into a merged table and must not add the restored row's audit row twice."""
+    schema = (
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT, mid INTEGER);"
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT);"
+        f"CREATE TRIGGER m_ai AFTER INSERT ON m BEGIN INSERT INTO {into} (what, mid) VALUES ('ins', new.id); END;"
+    )
+    src = store(tmp_path / "src.db", schema, {"m": [(1, "body"), (2, "body")]})
+    dst = store(tmp_path / "dst.db", schema, {"m": [(1, "body")]})
+    assert counts(merged(src, dst)) == {"audit": (1, 0, 0, 1, 0), "m": (1, 0, 0, 1, 0)}
+    assert dump(dst)["audit"] == [(1, "ins", 1), (2, "ins", 2)]

@@ -359,8 +359,10 @@ def _check_deferred_keys(con: sqlite3.Connection, result: DatabaseMerge, before:
 def _trigger_touches(sql: str, tables: set[str]) -> bool:
     """Whether a trigger's body (after BEGIN) writes into one of `tables` (a trigger that only
     reads them, a guard, goes on firing)."""
+    # Comments may stand anywhere (`INSERT INTO /* log */ audit`), and SQLite takes a 'quoted' name.
+    sql = re.sub(r"/\*.*?(?:\*/|$)|--[^\n]*", " ", sql, flags=re.DOTALL)
     body = re.split(r"\bBEGIN\b", sql, maxsplit=1, flags=re.IGNORECASE)[-1]
-    write = r"(?:\bINTO|\bUPDATE(?:\s+OR\s+\w+)?|\bDELETE\s+FROM)\s+[\"`\[]?"
+    write = r"(?:\bINTO|\bUPDATE(?:\s+OR\s+\w+)?|\bDELETE\s+FROM)\s+[\"`'\[]?"
     return any(re.search(rf"{write}{re.escape(t)}(?![\w$])", body, re.IGNORECASE) for t in tables)
 
 
