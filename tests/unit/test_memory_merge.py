@@ -386,3 +386,20 @@ def test_a_live_trigger_that_writes_with_a_comment_or_quoted_name_does_not_write
     dst = store(tmp_path / "dst.db", schema, {"m": [(1, "body")]})
     assert counts(merged(src, dst)) == {"audit": (1, 0, 0, 1, 0), "m": (1, 0, 0, 1, 0)}
     assert dump(dst)["audit"] == [(1, "ins", 1), (2, "ins", 2)]
+
+
+@pytest.mark.parametrize("fk", ["REFERENCES p (name) DEFERRABLE INITIALLY DEFERRED", "REFERENCES gone (id)"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_foreign_key_sqlite_cannot_enforce_does_not_refuse_the_store(tmp_path: Path, fk: str, dry_run: bool) -> None:
+    """SQLite leaves foreign keys off by default, so a store may declare one it cannot enforce (a
+    parent column that is not UNIQUE, a parent table that is gone). Enforcing it refused the whole
+    store, saying to check that the file is writable: its rows are merged, with a warning."""
+    schema = (
+        f"CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE c (id INTEGER PRIMARY KEY, pn TEXT {fk});"
+    )
+    src = store(tmp_path / "src.db", schema, {"p": [(1, "a")], "c": [(10, "a"), (11, "b")]})
+    dst = store(tmp_path / "dst.db", schema, {"c": [(11, "b")]})
+    result = merged(src, dst, dry_run=dry_run)
+    assert counts(result) == {"p": (1, 0, 0, 0, 0), "c": (1, 0, 0, 1, 0)}
+    assert any("table c declares a foreign key SQLite cannot enforce" in w for w in result.warnings), result.warnings
+    assert dump(dst)["c"] == ([(11, "b")] if dry_run else [(10, "a"), (11, "b")])
