@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -403,3 +404,17 @@ def test_a_foreign_key_sqlite_cannot_enforce_does_not_refuse_the_store(tmp_path:
     assert counts(result) == {"p": (1, 0, 0, 0, 0), "c": (1, 0, 0, 1, 0)}
     assert any("table c declares a foreign key SQLite cannot enforce" in w for w in result.warnings), result.warnings
     assert dump(dst)["c"] == ([(11, "b")] if dry_run else [(10, "a"), (11, "b")])
+
+
+def test_a_chain_of_rows_each_pointing_to_the_next_goes_in_at_once(tmp_path: Path) -> None:
+    """Each row points to the next one (`next`, `superseded_by`): in key order every row but the
+    last waits for its parent. Retried in one direction, one row went in per pass (3,000 rows:
+    about 30 s); all go in, quickly, and the chain is whole."""
+    n = 3000
+    schema = "CREATE TABLE m (id INTEGER PRIMARY KEY, next INTEGER REFERENCES m (id));"
+    src = store(tmp_path / "src.db", schema, {"m": [(i, i + 1 if i < n else None) for i in range(1, n + 1)]})
+    dst = store(tmp_path / "dst.db", schema, {})
+    started = time.monotonic()
+    assert counts(merged(src, dst)) == {"m": (n, 0, 0, 0, 0)}
+    assert time.monotonic() - started < 5  # about 0.1 s; the one-way retry took 30 s
+    assert len(dump(dst)["m"]) == n
