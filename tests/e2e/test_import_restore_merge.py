@@ -3,6 +3,7 @@ from a snapshot's copies of the stores, with a safety snapshot that undoes it.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from e2e_support import Sandbox, assert_error
@@ -43,3 +44,19 @@ def test_restore_merge_from_a_snapshot(backed_up: Sandbox, tmp_path: Path) -> No
     dest = tmp_path / "undo"
     sb.restore_to(safety, dest, "--databases-only")
     assert rows(dest / MEMORY, "memory_items") == damaged
+
+
+def test_a_store_that_fails_names_the_stores_merged_before_it(backed_up: Sandbox) -> None:
+    """Each store is merged in a transaction of its own: when a later one fails, the error says
+    which stores this merge did change, and the safety snapshot that undoes them."""
+    sb = backed_up
+    snap = sb.snapshots()[0]["id"]
+    paths = [
+        d["path"]
+        for d in sb.phx_here("restore", "--backup", snap, "--merge", "--dry-run", "--json").json()["databases"]
+    ]
+    assert len(paths) >= 2
+    os.mkfifo(f"{sb.db_path(paths[-1])}-journal")  # the last store cannot be merged
+    res = sb.phx_here("restore", "--backup", snap, "--merge", "--yes", code=1)
+    safety = next(s for s in sb.snapshots() if s["id"] != snap)["id"]
+    assert_error(res, 1, f"{paths[-1]} was not merged", f"{paths[0]}", "had been merged before it", safety[:8])

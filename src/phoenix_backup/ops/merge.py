@@ -7,7 +7,7 @@ from __future__ import annotations
 import fnmatch
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import Cancelled, ConfirmationRequired
+from phoenix_backup.errors import Cancelled, ConfirmationRequired, MergeFailed
 from phoenix_backup.ops.context import Environment, open_repository, require_config_file, require_identity, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
@@ -91,6 +91,14 @@ def merge_snapshot(
                 try:
                     live = layout.to_real(logical)
                     result.databases.append(merge_database(source, logical, live, mode=conflict_mode, dry_run=dry_run))
+                except MergeFailed as exc:
+                    if dry_run or not result.databases:
+                        raise
+                    # Each store is its own transaction: say which ones this merge did change.
+                    done = ", ".join(db.path for db in result.databases)
+                    safety_id = result.safety_snapshot
+                    undo = f"; restore safety snapshot {safety_id[:8]} to undo" if safety_id else ""
+                    raise MergeFailed(f"{exc}; {done} had been merged before it{undo}") from exc
                 finally:
                     source.close()
                     copy.unlink(missing_ok=True)
