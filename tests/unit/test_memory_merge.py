@@ -413,8 +413,6 @@ def test_a_chain_of_rows_each_pointing_to_the_next_goes_in_at_once(
     last waits for its parent. Retried in one direction, one row went in per pass, so the writes
     grew with the square of the rows (3,000 rows: about 30 s); all go in with a few writes a row,
     and the chain is whole."""
-    from phoenix_backup.sinks import sqlite_merge
-
     writes = 0
     write = sqlite_merge._write
 
