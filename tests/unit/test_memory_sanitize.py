@@ -4,8 +4,13 @@ and nothing else in the file changes."""
 from __future__ import annotations
 
 import json
+import time
+import tomllib
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phoenix_backup.memory.sanitize import REDACTED, is_config_or_env, sanitize_text, secret_key
 
@@ -130,7 +135,99 @@ def test_secret_key_names(key: str, secret: bool) -> None:
 
 
 def test_which_files_are_config_or_env() -> None:
-    yes = ["workspace/config/models.json", "workspace/.env", "workspace/.env.local", "home/prod.env", "a/b.yaml"]
+    yes = [
+        "workspace/config/models.json",
+        "workspace/.env",
+        "workspace/.env.local",
+        "workspace/.envrc",
+        "home/prod.env",
+    ]
+    yes += ["a/b.yaml", "a/B.YML"]
     no = ["workspace/SOUL.md", "workspace/.argent-alignment-integrity.json", "workspace/scripts/run.sh"]
     assert all(is_config_or_env(p) for p in yes)
     assert not any(is_config_or_env(p) for p in no)
+
+
+def test_a_quoted_value_keeps_its_quotes_and_every_other_byte() -> None:
+    # A quoted value with a comment after it stays quoted (bare REDACTED is no TOML value), a CRLF
+    # file keeps its `\r`, and the first line of a file with a byte order mark is read like the rest.
+    toml = f'password = "{DB_PASSWORD}" # set by the installer\r\nport = 5433\r\n'
+    cleaned, _ = sanitize_text(toml, "a.toml")
+    assert cleaned == f'password = "{REDACTED}" # set by the installer\r\nport = 5433\r\n'
+    assert tomllib.loads(cleaned) == {"password": REDACTED, "port": 5433}
+    env = f"\ufeffAPI_KEY={DB_PASSWORD}\r\nLOG_LEVEL=debug\r\n"
+    assert sanitize_text(env, ".env")[0] == f"\ufeffAPI_KEY={REDACTED}\r\nLOG_LEVEL=debug\r\n"
+
+
+def test_a_value_over_several_lines_is_redacted_whole() -> None:
+    # YAML block scalars, a dotenv value quoted over lines (a PEM body), TOML multi-line strings, a
+    # YAML anchor: each value goes whole, and the file still parses.
+    body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"
+    yaml_text = (
+        f"gateway:\n  token: |\n    {body}\n    {DB_PASSWORD}\n\n  port: 18789\n"
+        f"  secret: >-\n    {DB_PASSWORD}\n  password: &pw {PLAIN_PASSWORD}\n"
+        f'  apiKey: "{DB_PASSWORD}\n    more"\n  model: gpt\n'
+    )
+    cleaned, found = sanitize_text(yaml_text, "a.yaml")
+    assert yaml.safe_load(cleaned) == {
+        "gateway": {
+            "token": f"{REDACTED}\n",
+            "port": 18789,
+            "secret": REDACTED,
+            "password": REDACTED,
+            "apiKey": REDACTED,
+            "model": "gpt",
+        }
+    }
+    assert [(r.line, r.key) for r in found] == [(2, "token"), (7, "secret"), (9, "password"), (10, "apiKey")]
+    env = f'PRIVATE_KEY="-----BEGIN KEY-----\n{body}\n-----END KEY-----"\nNEXT=1\n'
+    assert sanitize_text(env, ".env")[0] == f'PRIVATE_KEY="{REDACTED}"\nNEXT=1\n'
+    toml = f"password = \"\"\"\n{DB_PASSWORD}\n\"\"\"\ntoken = '''\n{body}'''\nport = 1\n"
+    cleaned, _ = sanitize_text(toml, "a.toml")
+    assert tomllib.loads(cleaned) == {"password": REDACTED, "token": REDACTED, "port": 1}
+    assert DB_PASSWORD not in cleaned and body not in cleaned
+
+
+def test_a_json_key_spelled_with_escapes_or_its_value_on_the_next_line() -> None:
+    text = '{\n  "\\u0061piKey": "' + DB_PASSWORD + '",\n  "token":\n    "' + PLAIN_PASSWORD + '"\n}\n'
+    cleaned, found = sanitize_text(text, "a.json")
+    assert json.loads(cleaned) == {"apiKey": REDACTED, "token": REDACTED}
+    assert [(r.line, r.key) for r in found] == [(2, "apiKey"), (4, "token")]
+
+
+def test_a_url_password_after_an_empty_user_or_holding_an_at_sign() -> None:
+    text = f"redis: redis://:{DB_PASSWORD}@cache:6379/0\npg: postgres://argent:p@ss{DB_PASSWORD}@db/argentos\n"
+    cleaned, _ = sanitize_text(text, "a.yaml")
+    assert cleaned == f"redis: redis://:{REDACTED}@cache:6379/0\npg: postgres://argent:{REDACTED}@db/argentos\n"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        '{"note": "' + '\\"' * 15_000,  # one JSON string left open: every `"` in it began a new scan
+        "-----BEGIN PRIVATE KEY-----\n" * 3_600,  # PEM blocks with no END: each scanned the rest
+        'TOKEN="' + '\\"' * 50_000,  # a quoted value left open, full of escaped quotes
+    ],
+)
+def test_hostile_input_costs_linear_time(hostile: str) -> None:
+    # 30-100 KB; before, the first took ~13 s and the second ~8 s on this 2-core machine.
+    start = time.perf_counter()
+    sanitize_text(hostile, "a.json")
+    assert time.perf_counter() - start < 2.0
+
+
+_PLAIN = st.text(st.characters(blacklist_characters="-_.:/@$", blacklist_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["apiKey", "password", "maxTokens", "tokenFile", "model", "note"]), _PLAIN),
+    st.booleans(),
+    st.booleans(),
+)
+def test_json_stays_json_and_loses_exactly_the_named_values(doc: dict[str, str], indent: bool, ascii_: bool) -> None:
+    text = json.dumps({"cfg": doc, "list": [doc]}, indent=2 if indent else None, ensure_ascii=ascii_)
+    cleaned, found = sanitize_text(text, "a.json")
+    named = {k: (REDACTED if secret_key(k) and v else v) for k, v in doc.items()}
+    assert json.loads(cleaned) == {"cfg": named, "list": [named]}
+    assert all(r.key in ("apiKey", "password") for r in found)

@@ -5,9 +5,10 @@ Two rules, applied to the text so the file keeps its format (JSON stays valid JS
 1. **By key name**: a string value whose key names a secret (`apiKey`, `token`, `password`,
    `secret`, `passphrase`, `privateKey`, `accessKey`, `clientSecret`, `credentials`, `dsn`,
    `webhook`…) in JSON (`"apiKey": "…"`) or in env/YAML/TOML/INI lines (`API_KEY=…`,
-   `token: …`, `password = "…"`). Keys that only name where a secret lives (`passwordEnv`,
-   `tokenFile`, `passphraseCommand`), counts and limits (`maxTokens`), and values that are
-   references (`${VAR}`, `$VAR`) or empty are left alone.
+   `token: …`, `password = "…"`); a value over several lines (`token: |`, a TOML multi-line
+   string) goes whole. Keys that only name where a secret lives (`passwordEnv`, `tokenFile`,
+   `passphraseCommand`), counts and limits (`maxTokens`), and values that are references
+   (`${VAR}`, `$VAR`) or empty are left alone.
 2. **By shape**, anywhere in those files: `sk-…` (OpenAI, Anthropic), `sk_live_…`/`rk_live_…`
    (Stripe), `ghp_…`/`gho_…`/`ghs_…`/`github_pat_…` (GitHub), `glpat-…` (GitLab), `xoxb-…`/
    `xoxp-…` (Slack) and Slack webhook URLs, `AKIA…`/`ASIA…` (AWS), `AIza…` (Google), `hf_…`
@@ -20,6 +21,8 @@ Each redaction is recorded as (file, line, key, kind) — never the value. The v
 
 from __future__ import annotations
 
+import bisect
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,11 +45,11 @@ class Redaction:
 
 
 def is_config_or_env(path: str) -> bool:
-    """Config and env files by name: `.env`, `.env.local`, `prod.env`, `*.json`, `*.yaml`, …"""
+    """Config and env files by name: `.env`, `.env.local`, `.envrc`, `prod.env`, `*.json`, `*.yaml`, …"""
     name = PurePosixPath(path).name.lower()
     if name == ".argent-alignment-integrity.json":
         return False  # hashes of the identity files, no secrets, and a tamper check that must stay
-    return name == ".env" or name.startswith(".env.") or name.endswith(CONFIG_SUFFIXES)
+    return name.startswith(".env") or name.endswith(CONFIG_SUFFIXES)
 
 
 _SECRET_KEY = re.compile(
@@ -74,7 +77,9 @@ def secret_key(key: str) -> bool:
 TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     (
         "PEM private key",
-        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+        # the body holds no `-----`: a BEGIN with no END costs the text up to the next line of dashes,
+        # not the rest of the file (thousands of them were seconds each 100 KB)
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:(?!-----)[\s\S])*+-----END [A-Z ]*PRIVATE KEY-----"),
         0,
     ),
     ("OpenAI/Anthropic-style API key (sk-…)", re.compile(r"(?<![A-Za-z0-9_\-])sk-[A-Za-z0-9_\-]{16,}"), 0),
@@ -90,61 +95,159 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("Bearer token", re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/\-]{16,}=*)"), 1),
     ("Telegram bot token", re.compile(r"\b\d{8,10}:AA[A-Za-z0-9_\-]{33}\b"), 0),
     ("age secret key", re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]{58}"), 0),
-    ("password in a URL", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@\"'<>]+:([^\s@/\"'<>]+)@"), 1),
+    ("password in a URL", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@\"'<>]*:([^\s/\"'<>]+)@"), 1),
 )
 
-_JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
+# A JSON string never spans lines; one left open runs to the end of its line. Each string is
+# read once, possessively, so hostile input (`"\"\"\"…` on one line) costs linear time.
+_JSON_STRING = r'"(?:[^"\\\n]|\\.)*+"'
+_JSON_PAIR = re.compile(rf'({_JSON_STRING})(\s*:\s*)({_JSON_STRING})|"(?:[^"\\\n]|\\.)*+"?')
 _LINE_PAIR = re.compile(
-    r"^(?P<lead>\s*(?:export\s+|-\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[:=]\s*)(?P<val>.*?)\s*$"
+    r"^(?P<lead>\ufeff?\s*(?:export\s+|-\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[:=]\s*)(?P<val>.*)$"
 )
+# A YAML block scalar's header (`token: |`, `key: >-`) and a YAML anchor or tag before a value.
+_BLOCK_HEADER = re.compile(r"[|>][+\-0-9]*")
+_ANCHOR_OR_TAG = re.compile(r"(?:[&!][^\s]*\s+)+")
 
 
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
+class _Lines:
+    """Line numbers of positions in one text, found by bisection (a redaction each costs log n)."""
+
+    def __init__(self, text: str) -> None:
+        self.starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def of(self, pos: int) -> int:
+        return bisect.bisect_right(self.starts, pos)
 
 
 def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     """`text` with its secrets replaced by `REDACTED`, and what was redacted where."""
     found: list[Redaction] = []
+    text = _json_pairs(text, file, found)
     lines = text.split("\n")
-    for i, line in enumerate(lines):
-        lines[i] = _by_key(line, i + 1, file, found)
-    text = "\n".join(lines)
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        i = _by_key(lines, i, out, file, found)
+    text = "\n".join(out)
     for kind, rx, group in TOKEN_SHAPES:
         text = _by_shape(text, kind, rx, group, file, found)
     found.sort(key=lambda r: (r.line, r.kind))
     return text, found
 
 
-def _by_key(line: str, number: int, file: str, found: list[Redaction]) -> str:
-    def json_pair(m: re.Match[str]) -> str:
-        key, sep, value = m.group(1), m.group(2), m.group(3)
-        if not secret_key(key) or _REFERENCE.match(value):
-            return m.group(0)
-        found.append(Redaction(file, number, key, "secret named by its key"))
-        return f'"{key}"{sep}"{REDACTED}"'
+def _json_key(literal: str) -> str:
+    """The name a JSON key literal spells, escapes decoded (`"\\u0061piKey"` is `apiKey`)."""
+    try:
+        name = json.loads(literal)
+    except ValueError:
+        return literal[1:-1]
+    return name if isinstance(name, str) else literal[1:-1]
 
-    out = _JSON_PAIR.sub(json_pair, line)
-    if out != line or line.lstrip().startswith(('"', "{", "[", "#", ";")):
-        return out
+
+def _json_pairs(text: str, file: str, found: list[Redaction]) -> str:
+    lines = _Lines(text)
+
+    def json_pair(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return m.group(0)  # a string that is not a key with a string value
+        key, sep, value = m.group(1), m.group(2), m.group(3)
+        name = _json_key(key)
+        if not secret_key(name) or _REFERENCE.match(value[1:-1]):
+            return m.group(0)
+        found.append(Redaction(file, lines.of(m.start(3)), name, "secret named by its key"))
+        return f'{key}{sep}"{REDACTED}"'
+
+    return _JSON_PAIR.sub(json_pair, text)
+
+
+def _closing(body: str, quote: str, start: int) -> int:
+    """Where the quote that closes a value is in `body`, from `start`, or -1 (`\\"` is escaped)."""
+    i = start
+    while (i := body.find(quote, i)) >= 0:
+        k = i
+        while quote[0] == '"' and k > start and body[k - 1] == "\\":
+            k -= 1
+        if (i - k) % 2 == 0:
+            return i
+        i += 1
+    return -1
+
+
+def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Redaction]) -> int:
+    """Line `i` onto `out`, its value redacted if its key names a secret; the index of the next line.
+
+    A value may cover the lines below: a quoted value left open on its line (a dotenv PEM, a TOML
+    `\"\"\"` string) up to the line that closes it, a YAML block scalar (`token: |`) the more
+    indented lines below; they all become one `REDACTED`."""
+    line = lines[i]
+    keep = i + 1
+    if line.lstrip("\ufeff \t").startswith(('"', "{", "[", "#", ";")):
+        out.append(line)
+        return keep
     m = _LINE_PAIR.match(line)
     if not m or not secret_key(m.group("key")):
-        return line
-    raw = m.group("val")
-    quote = raw[:1] if raw[:1] in ("'", '"') and raw.endswith(raw[:1]) and len(raw) >= 2 else ""
-    core = raw[1:-1] if quote else raw.split(" #", 1)[0].rstrip()
-    if not core or _REFERENCE.match(core) or core[:1] in ("{", "[", "|", ">", "&", "*"):
-        return line
-    rest = "" if quote else raw[len(core) :]
-    found.append(Redaction(file, number, m.group("key"), "secret named by its key"))
-    return f"{m.group('lead')}{m.group('key')}{m.group('sep')}{quote}{REDACTED}{quote}{rest}"
+        out.append(line)
+        return keep
+    key = m.group("key")
+    body = m.group("val").rstrip()
+    tail = m.group("val")[len(body) :]  # trailing blanks and a CRLF file's `\r` keep their bytes
+    prefix = _ANCHOR_OR_TAG.match(body)
+    anchor = prefix.group(0) if prefix else ""
+    body = body[len(anchor) :]
+    head = f"{m.group('lead')}{key}{m.group('sep')}{anchor}"
+    quote = body[:3] if body[:3] in ('"""', "'''") else body[:1] if body[:1] in ('"', "'") else ""
+    if quote:
+        close = _closing(body, quote, len(quote))
+        if close < 0:  # a quoted value over several lines: up to the line that closes it
+            for j in range(i + 1, len(lines)):
+                at = _closing(lines[j], quote, 0)
+                if at >= 0:
+                    found.append(Redaction(file, i + 1, key, "secret named by its key"))
+                    out.append(f"{head}{quote}{REDACTED}{lines[j][at:]}")
+                    return j + 1
+            out.append(line)  # never closed: not a value this rule can read
+            return keep
+        core, after = body[len(quote) : close], body[close:]
+    else:
+        core = body.split(" #", 1)[0].rstrip()
+        after = body[len(core) :]
+        if _BLOCK_HEADER.fullmatch(core):
+            return _block_scalar(lines, i, out, file, found, key)
+    if not core or _REFERENCE.match(core) or (not quote and core[:1] in ("{", "[", "*", "|", ">")):
+        out.append(line)
+        return keep
+    found.append(Redaction(file, i + 1, key, "secret named by its key"))
+    out.append(f"{head}{quote}{REDACTED}{after}{tail}")
+    return keep
+
+
+def _block_scalar(lines: list[str], i: int, out: list[str], file: str, found: list[Redaction], key: str) -> int:
+    """A YAML block scalar's header line `i`, then one `REDACTED` line in place of its content."""
+    indent = len(lines[i]) - len(lines[i].lstrip("\ufeff \t"))
+    j = i + 1
+    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip(" \t")) > indent):
+        j += 1
+    while j > i + 1 and not lines[j - 1].strip():
+        j -= 1  # the blank lines after the block are not part of it
+    out.append(lines[i])
+    if j == i + 1:
+        return j  # an empty block
+    first = lines[i + 1]
+    pad = first[: len(first) - len(first.lstrip(" \t"))]
+    cr = "\r" if lines[j - 1].endswith("\r") else ""
+    found.append(Redaction(file, i + 1, key, "secret named by its key"))
+    out.append(f"{pad}{REDACTED}{cr}")
+    return j
 
 
 def _by_shape(text: str, kind: str, rx: re.Pattern[str], group: int, file: str, found: list[Redaction]) -> str:
+    lines = _Lines(text)
+
     def replace(m: re.Match[str]) -> str:
         if m.group(group) == REDACTED:
             return m.group(0)
-        found.append(Redaction(file, _line_of(text, m.start()), None, kind))
+        found.append(Redaction(file, lines.of(m.start()), None, kind))
         if group == 0:
             return REDACTED
         start, end = m.span(group)
