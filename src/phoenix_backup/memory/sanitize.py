@@ -101,9 +101,12 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
 # A JSON string never spans lines; one left open runs to the end of its line. Each string is
 # read once, possessively, so hostile input (`"\"\"\"…` on one line) costs linear time.
 _JSON_STRING = r'"(?:[^"\\\n]|\\.)*+"'
-_JSON_PAIR = re.compile(rf'({_JSON_STRING})(\s*:\s*)({_JSON_STRING})|"(?:[^"\\\n]|\\.)*+"?')
+# A value is a string not followed by `:` (that is the next key, when `"cfg":` ends its line).
+_JSON_PAIR = re.compile(rf'({_JSON_STRING})(\s*:\s*)({_JSON_STRING})(?!\s*:)|"(?:[^"\\\n]|\\.)*+"?')
 _LINE_PAIR = re.compile(
-    r"^(?P<lead>\ufeff?\s*(?:export\s+|-\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[:=]\s*)(?P<val>.*)$"
+    r"^(?P<lead>\ufeff?\s*(?:export\s+|-\s+)?)"
+    r"""(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*|"[^"\n]*"|'[^'\n]*')"""
+    r"(?P<sep>\s*[:=]\s*)(?P<val>.*)$"
 )
 # A YAML block scalar's header (`token: |`, `key: >-`) and a YAML anchor or tag before a value.
 _BLOCK_HEADER = re.compile(r"[|>][+\-0-9]*")
@@ -161,10 +164,13 @@ def _json_pairs(text: str, file: str, found: list[Redaction]) -> str:
     return _JSON_PAIR.sub(json_pair, text)
 
 
-def _closing(body: str, quote: str, start: int) -> int:
-    """Where the quote that closes a value is in `body`, from `start`, or -1 (`\\"` is escaped)."""
+def _closing(body: str, quote: str, start: int, toml: bool) -> int:
+    """Where the quote that closes a value is in `body`, from `start`, or -1 (`\\"` and `''` are escaped)."""
     i = start
     while (i := body.find(quote, i)) >= 0:
+        if quote == "'" and body[i + 1 : i + 2] == "'" and not toml:
+            i += 2  # YAML's `''` is one quote inside the value
+            continue
         k = i
         while quote[0] == '"' and k > start and body[k - 1] == "\\":
             k -= 1
@@ -182,26 +188,32 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
     indented lines below; they all become one `REDACTED`."""
     line = lines[i]
     keep = i + 1
-    if line.lstrip("\ufeff \t").startswith(('"', "{", "[", "#", ";")):
+    if line.lstrip("\ufeff \t").startswith(("{", "[", "#", ";")):
         out.append(line)
         return keep
     m = _LINE_PAIR.match(line)
     if not m or not secret_key(m.group("key")):
         out.append(line)
         return keep
-    key = m.group("key")
+    key = m.group("key").strip("\"'")
+    if key != m.group("key") and not m.group("val").startswith(('"', "'", "|", ">")):
+        out.append(line)  # `"token": 12,` is JSON (its strings were read above) or a YAML non-string
+        return keep
     body = m.group("val").rstrip()
     tail = m.group("val")[len(body) :]  # trailing blanks and a CRLF file's `\r` keep their bytes
     prefix = _ANCHOR_OR_TAG.match(body)
     anchor = prefix.group(0) if prefix else ""
     body = body[len(anchor) :]
-    head = f"{m.group('lead')}{key}{m.group('sep')}{anchor}"
-    quote = body[:3] if body[:3] in ('"""', "'''") else body[:1] if body[:1] in ('"', "'") else ""
+    head = f"{m.group('lead')}{m.group('key')}{m.group('sep')}{anchor}"
+    # `'''` opens a TOML literal string; in YAML `''''` is one quote, quoted.
+    toml = file.lower().endswith(".toml")
+    triple = ('"""', "'''") if toml else ('"""',)
+    quote = body[:3] if body[:3] in triple else body[:1] if body[:1] in ('"', "'") else ""
     if quote:
-        close = _closing(body, quote, len(quote))
+        close = _closing(body, quote, len(quote), toml)
         if close < 0:  # a quoted value over several lines: up to the line that closes it
             for j in range(i + 1, len(lines)):
-                at = _closing(lines[j], quote, 0)
+                at = _closing(lines[j], quote, 0, toml)
                 if at >= 0:
                     found.append(Redaction(file, i + 1, key, "secret named by its key"))
                     out.append(f"{head}{quote}{REDACTED}{lines[j][at:]}")
@@ -212,8 +224,24 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
     else:
         core = body.split(" #", 1)[0].rstrip()
         after = body[len(core) :]
+        # A YAML block scalar (`token: |`) or a plain value that goes on over the lines below
+        # (YAML folds them, an INI file continues it): the lines indented more than the key.
+        below = _below(lines, i, len(m.group("lead").lstrip("\ufeff")))
         if _BLOCK_HEADER.fullmatch(core):
-            return _block_scalar(lines, i, out, file, found, key)
+            if below == keep:
+                out.append(line)  # an empty block
+                return keep
+            first = next(x for x in lines[keep:below] if x.strip())  # its indent: the block's
+            cr = "\r" if lines[below - 1].endswith("\r") else ""
+            found.append(Redaction(file, i + 1, key, "secret named by its key"))
+            pad = first[: len(first) - len(first.lstrip(" \t"))]
+            out.extend([line, f"{pad}{REDACTED}{cr}"])
+            return below
+        if below > keep and core and core[:1] not in ("{", "[", "*", "|", ">") and not _REFERENCE.match(core):
+            cr = "\r" if lines[below - 1].endswith("\r") else ""
+            found.append(Redaction(file, i + 1, key, "secret named by its key"))
+            out.append(f"{head}{REDACTED}{cr}")
+            return below
     if not core or _REFERENCE.match(core) or (not quote and core[:1] in ("{", "[", "*", "|", ">")):
         out.append(line)
         return keep
@@ -222,22 +250,13 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
     return keep
 
 
-def _block_scalar(lines: list[str], i: int, out: list[str], file: str, found: list[Redaction], key: str) -> int:
-    """A YAML block scalar's header line `i`, then one `REDACTED` line in place of its content."""
-    indent = len(lines[i]) - len(lines[i].lstrip("\ufeff \t"))
+def _below(lines: list[str], i: int, column: int) -> int:
+    """The end of the lines below line `i` indented more than `column` (blank ones inside them too)."""
     j = i + 1
-    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip(" \t")) > indent):
+    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip(" \t")) > column):
         j += 1
     while j > i + 1 and not lines[j - 1].strip():
-        j -= 1  # the blank lines after the block are not part of it
-    out.append(lines[i])
-    if j == i + 1:
-        return j  # an empty block
-    first = lines[i + 1]
-    pad = first[: len(first) - len(first.lstrip(" \t"))]
-    cr = "\r" if lines[j - 1].endswith("\r") else ""
-    found.append(Redaction(file, i + 1, key, "secret named by its key"))
-    out.append(f"{pad}{REDACTED}{cr}")
+        j -= 1  # the blank lines after them are not theirs
     return j
 
 
