@@ -255,3 +255,21 @@ def test_yaml_stays_yaml_and_loses_exactly_the_named_values(doc: dict[str, str],
             assert loaded[k] in (v, REDACTED), (text, cleaned)
         else:
             assert loaded[k] == v, (text, cleaned)
+
+
+def test_a_secret_written_with_escapes_or_in_a_string_that_holds_json() -> None:
+    # What a JSON string spells is read: a token with an escaped letter, a Slack hook written with
+    # `\/` (as PHP writes every `/`), and JSON kept as a string (an MCP server's env, say).
+    inner = json.dumps({"env": {"apiKey": DB_PASSWORD, "model": "gpt"}})
+    escaped = OPENAI.replace("p", "\\u0070", 1)
+    hook = "https:\\/\\/hooks.slack.com\\/services\\/T000\\/B000\\/XXXXXXXXXXXXXXXX"
+    text = json.dumps({"server": inner, "note": "x"})[:-1] + f', "k": "{escaped}", "h": "{hook}"}}'
+    cleaned, found = sanitize_text(text, "a.json")
+    doc = json.loads(cleaned)
+    assert json.loads(doc["server"]) == {"env": {"apiKey": REDACTED, "model": "gpt"}}
+    assert (doc["note"], doc["k"], doc["h"]) == ("x", REDACTED, REDACTED)
+    assert sorted(r.kind for r in found) == [
+        "OpenAI/Anthropic-style API key (sk-…)",
+        "Slack webhook URL",
+        "secret named by its key",
+    ]

@@ -153,15 +153,42 @@ def _json_pairs(text: str, file: str, found: list[Redaction]) -> str:
 
     def json_pair(m: re.Match[str]) -> str:
         if m.group(1) is None:
-            return m.group(0)  # a string that is not a key with a string value
+            return _escaped(m.group(0), file, lines.of(m.start()), found)  # not a key with a string value
         key, sep, value = m.group(1), m.group(2), m.group(3)
         name = _json_key(key)
-        if not secret_key(name) or _REFERENCE.match(value[1:-1]):
+        if not secret_key(name):
+            return f"{key}{sep}{_escaped(value, file, lines.of(m.start(3)), found)}"
+        if _REFERENCE.match(value[1:-1]):
             return m.group(0)
         found.append(Redaction(file, lines.of(m.start(3)), name, "secret named by its key"))
         return f'{key}{sep}"{REDACTED}"'
 
     return _JSON_PAIR.sub(json_pair, text)
+
+
+def _escaped(literal: str, file: str, line: int, found: list[Redaction]) -> str:
+    """A JSON string literal with escapes, its secrets read in what it spells: a token written with
+    escapes (`sk-\\u0050…`) and, in a string that holds JSON, the secrets in that JSON. Written
+    again only when something was redacted."""
+    if "\\" not in literal or len(literal) < 2 or not literal.endswith('"'):
+        return literal
+    try:
+        inner = json.loads(literal)
+    except ValueError:
+        return literal
+    if not isinstance(inner, str):
+        return literal
+    mine: list[Redaction] = []
+    if inner.lstrip()[:1] in ("{", "["):
+        cleaned, mine = sanitize_text(inner, file)
+    else:
+        cleaned = inner
+        for kind, rx, group in TOKEN_SHAPES:
+            cleaned = _by_shape(cleaned, kind, rx, group, file, mine)
+    if not mine:
+        return literal
+    found.extend(Redaction(file, line, r.key, r.kind) for r in mine)
+    return json.dumps(cleaned, ensure_ascii=False)
 
 
 def _closing(body: str, quote: str, start: int, toml: bool) -> int:
