@@ -273,3 +273,10 @@ def test_a_secret_written_with_escapes_or_in_a_string_that_holds_json() -> None:
         "Slack webhook URL",
         "secret named by its key",
     ]
+
+
+def test_a_plain_value_goes_on_below_in_yaml_and_ini_but_not_in_an_env_file() -> None:
+    cont = f"password = {DB_PASSWORD}\n  {PLAIN_PASSWORD}\nport = 1\n"
+    assert sanitize_text(f"[db]\n{cont}", "a.ini")[0] == f"[db]\npassword = {REDACTED}\nport = 1\n"
+    env = f"API_KEY={DB_PASSWORD}\n  LOG_LEVEL=debug\n"  # an indented line of its own
+    assert sanitize_text(env, "prod.env")[0] == f"API_KEY={REDACTED}\n  LOG_LEVEL=debug\n"

@@ -252,8 +252,11 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
         core = body.split(" #", 1)[0].rstrip()
         after = body[len(core) :]
         # A YAML block scalar (`token: |`) or a plain value that goes on over the lines below
-        # (YAML folds them, an INI file continues it): the lines indented more than the key.
-        below = _below(lines, i, len(m.group("lead").lstrip("\ufeff")))
+        # (YAML folds them, an INI file continues it): the lines indented more than the key. An env
+        # file has neither: its next line is its own, however indented.
+        name = PurePosixPath(file).name.lower()
+        env = name.startswith(".env") or name.endswith(".env")
+        below = keep if env else _below(lines, i, len(m.group("lead").lstrip("\ufeff")))
         if _BLOCK_HEADER.fullmatch(core):
             if below == keep:
                 out.append(line)  # an empty block
