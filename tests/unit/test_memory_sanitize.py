@@ -280,3 +280,9 @@ def test_a_plain_value_goes_on_below_in_yaml_and_ini_but_not_in_an_env_file() ->
     assert sanitize_text(f"[db]\n{cont}", "a.ini")[0] == f"[db]\npassword = {REDACTED}\nport = 1\n"
     env = f"API_KEY={DB_PASSWORD}\n  LOG_LEVEL=debug\n"  # an indented line of its own
     assert sanitize_text(env, "prod.env")[0] == f"API_KEY={REDACTED}\n  LOG_LEVEL=debug\n"
+
+
+def test_a_quoted_yaml_key_with_a_plain_value() -> None:
+    text = f'"password": {DB_PASSWORD}\n\'apiKey\': {PLAIN_PASSWORD}\n"port": 1\n'
+    cleaned, _ = sanitize_text(text, "a.yaml")
+    assert yaml.safe_load(cleaned) == {"password": REDACTED, "apiKey": REDACTED, "port": 1}

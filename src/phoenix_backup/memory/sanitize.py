@@ -223,8 +223,9 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
         out.append(line)
         return keep
     key = m.group("key").strip("\"'")
-    if key != m.group("key") and not m.group("val").startswith(('"', "'", "|", ">")):
-        out.append(line)  # `"token": 12,` is JSON (its strings were read above) or a YAML non-string
+    yaml = file.lower().endswith((".yaml", ".yml"))
+    if key != m.group("key") and not yaml and not m.group("val").startswith(('"', "'", "|", ">")):
+        out.append(line)  # `"token": 12,` is JSON (its strings were read above), a TOML non-string
         return keep
     body = m.group("val").rstrip()
     tail = m.group("val")[len(body) :]  # trailing blanks and a CRLF file's `\r` keep their bytes
