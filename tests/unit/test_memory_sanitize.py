@@ -207,10 +207,14 @@ def test_a_url_password_after_an_empty_user_or_holding_an_at_sign() -> None:
         '{"note": "' + '\\"' * 15_000,  # one JSON string left open: every `"` in it began a new scan
         "-----BEGIN PRIVATE KEY-----\n" * 3_600,  # PEM blocks with no END: each scanned the rest
         'TOKEN="' + '\\"' * 50_000,  # a quoted value left open, full of escaped quotes
+        "eyJ-" * 25_000,  # a JSON Web Token's header was read to the end of its run from every `eyJ`
+        "a." * 50_000,  # a URL's scheme was read to the end of its run from every letter
+        "".join(" " * k + "token:\n" for k in range(1_200)),  # `token:` over a map over a map...
     ],
 )
 def test_hostile_input_costs_linear_time(hostile: str) -> None:
-    # 30-100 KB; before, the first took ~13 s and the second ~8 s on this 2-core machine.
+    # 30-720 KB; before, the first took ~13 s and the second ~8 s on this 2-core machine, the
+    # JSON Web Token run ~9 s, the URL scheme run ~10 s, the 1,200 levels of `token:` ~8 s.
     start = time.perf_counter()
     sanitize_text(hostile, "a.json")
     assert time.perf_counter() - start < 2.0
@@ -286,3 +290,29 @@ def test_a_quoted_yaml_key_with_a_plain_value() -> None:
     text = f'"password": {DB_PASSWORD}\n\'apiKey\': {PLAIN_PASSWORD}\n"port": 1\n'
     cleaned, _ = sanitize_text(text, "a.yaml")
     assert yaml.safe_load(cleaned) == {"password": REDACTED, "apiKey": REDACTED, "port": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("a.yaml", f"token: |\n  abc\n  def\n  ghi\nnote: {OPENAI}\n"),
+        ("a.toml", f'password = """\nabc\ndef\n"""\nnote = "{OPENAI}"\n'),
+        (".env", f'PASSWORD="abc\ndef\nghi"\nNOTE=x\nX={OPENAI}\n'),
+        (
+            "a.yaml",
+            "k: |\n  -----BEGIN RSA PRIVATE KEY-----\n  abc\n  -----END RSA PRIVATE KEY-----\n"
+            f"b: {OPENAI}\ntoken: hunter22\n",
+        ),
+        ("a.yaml", f"cert: -----BEGIN PRIVATE KEY-----\n  abc\n  -----END PRIVATE KEY-----\nb: {OPENAI}\n"),
+    ],
+)
+def test_a_token_below_a_value_over_several_lines_is_reported_on_its_own_line(name: str, text: str) -> None:
+    # The value over several lines becomes one line; a token below it was reported lines too high.
+    cleaned, found = sanitize_text(text, name)
+    assert OPENAI not in cleaned
+    lines = text.split("\n")
+    assert [r.line for r in found if r.kind.startswith("OpenAI")] == [
+        n for n, line in enumerate(lines, 1) if OPENAI in line
+    ]
+    for r in found:  # every other redaction on the line its key or its block begins on
+        assert (r.key or "-----BEGIN") in lines[r.line - 1] or r.kind.startswith("OpenAI"), r

@@ -91,11 +91,22 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), 0),
     ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"), 0),
     ("Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{30,}"), 0),
-    ("JSON Web Token", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"), 0),
+    (
+        "JSON Web Token",
+        # read from where a run of token characters starts, once: from every `eyJ` inside the run
+        # (`eyJ-eyJ-…`) it was read to its end again (1 MB: minutes); the header is any such run
+        re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{11,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+"),
+        0,
+    ),
     ("Bearer token", re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/\-]{16,}=*)"), 1),
     ("Telegram bot token", re.compile(r"\b\d{8,10}:AA[A-Za-z0-9_\-]{33}\b"), 0),
     ("age secret key", re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]{58}"), 0),
-    ("password in a URL", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@\"'<>]*:([^\s/\"'<>]+)@"), 1),
+    (
+        "password in a URL",
+        # the scheme is read once from where its run starts (`a.a.a.…` was read again from each letter)
+        re.compile(r"(?<![a-zA-Z0-9+.\-])[a-zA-Z0-9+.\-]*+://[^\s:/@\"'<>]*:([^\s/\"'<>]+)@"),
+        1,
+    ),
 )
 
 # A JSON string never spans lines; one left open runs to the end of its line. Each string is
@@ -129,12 +140,17 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     text = _json_pairs(text, file, found)
     lines = text.split("\n")
     out: list[str] = []
+    # the file's line number of each line of `out`: a value over several lines became one line,
+    # and a shape found below it is reported on the line it was on
+    origin: list[int] = []
     i = 0
     while i < len(lines):
+        start, first = len(out), i
         i = _by_key(lines, i, out, file, found)
+        origin.extend(range(first + 1, first + 1 + len(out) - start))
     text = "\n".join(out)
     for kind, rx, group in TOKEN_SHAPES:
-        text = _by_shape(text, kind, rx, group, file, found)
+        text = _by_shape(text, kind, rx, group, file, found, origin)
     found.sort(key=lambda r: (r.line, r.kind))
     return text, found
 
@@ -257,8 +273,12 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
         # file has neither: its next line is its own, however indented.
         name = PurePosixPath(file).name.lower()
         env = name.startswith(".env") or name.endswith(".env")
-        below = keep if env else _below(lines, i, len(m.group("lead").lstrip("\ufeff")))
-        if _BLOCK_HEADER.fullmatch(core):
+        # Only a value that then goes whole looks below: a key with nothing after it (`token:`
+        # over a nested map) read the rest of its map again on every level (1,000 levels: 5 s)
+        block = _BLOCK_HEADER.fullmatch(core) is not None
+        plain = core[:1] not in ("", "{", "[", "*", "|", ">") and not _REFERENCE.match(core)
+        below = keep if env or not (block or plain) else _below(lines, i, len(m.group("lead").lstrip("\ufeff")))
+        if block:
             if below == keep:
                 out.append(line)  # an empty block
                 return keep
@@ -268,7 +288,7 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
             pad = first[: len(first) - len(first.lstrip(" \t"))]
             out.extend([line, f"{pad}{REDACTED}{cr}"])
             return below
-        if below > keep and core and core[:1] not in ("{", "[", "*", "|", ">") and not _REFERENCE.match(core):
+        if below > keep and plain:
             cr = "\r" if lines[below - 1].endswith("\r") else ""
             found.append(Redaction(file, i + 1, key, "secret named by its key"))
             out.append(f"{head}{REDACTED}{cr}")
@@ -291,17 +311,37 @@ def _below(lines: list[str], i: int, column: int) -> int:
     return j
 
 
-def _by_shape(text: str, kind: str, rx: re.Pattern[str], group: int, file: str, found: list[Redaction]) -> str:
-    lines = _Lines(text)
+def _by_shape(
+    text: str,
+    kind: str,
+    rx: re.Pattern[str],
+    group: int,
+    file: str,
+    found: list[Redaction],
+    origin: list[int] | None = None,
+) -> str:
+    """`text` with the secrets of one shape redacted. `origin`, when given, holds the file's line
+    number of each line of `text` and is kept so when a redaction (a PEM block) joins lines."""
+    lines: list[_Lines] = []  # built at the first match: most texts have none of most shapes
+    joined: list[tuple[int, int]] = []  # (index of a line, how many lines after it a redaction took)
 
     def replace(m: re.Match[str]) -> str:
         if m.group(group) == REDACTED:
             return m.group(0)
-        found.append(Redaction(file, lines.of(m.start()), None, kind))
+        if not lines:
+            lines.append(_Lines(text))
+        start, end = m.span(group)
+        at = lines[0].of(m.start())
+        found.append(Redaction(file, origin[at - 1] if origin else at, None, kind))
+        if "\n" in m.group(group):
+            joined.append((lines[0].of(start), m.group(group).count("\n")))
         if group == 0:
             return REDACTED
-        start, end = m.span(group)
         return m.group(0)[: start - m.start()] + REDACTED + m.group(0)[end - m.start() :]
 
     sub: Callable[[re.Match[str]], str] = replace
-    return rx.sub(sub, text)
+    text = rx.sub(sub, text)
+    if origin is not None:
+        for line, taken in reversed(joined):
+            del origin[line : line + taken]
+    return text
