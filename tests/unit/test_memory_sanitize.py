@@ -316,3 +316,22 @@ def test_a_token_below_a_value_over_several_lines_is_reported_on_its_own_line(na
     ]
     for r in found:  # every other redaction on the line its key or its block begins on
         assert (r.key or "-----BEGIN") in lines[r.line - 1] or r.kind.startswith("OpenAI"), r
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (".env", 'PASSWORD="abc"hunter22\n', "PASSWORD=REDACTED\n"),  # a shell reads abchunter22
+        (".env", 'PASSWORD="a\\\\"hunter22\r\n', "PASSWORD=REDACTED\r\n"),  # the `\\` is one backslash
+        (".envrc", "export TOKEN='abc'hunter22\n", "export TOKEN=REDACTED\n"),
+        ("a.ini", '[s]\npassword = "abc" hunter22\n', "[s]\npassword = REDACTED\n"),  # INI keeps it all
+        (".env", 'PASSWORD="abc\ndef"hunter22\nX=1\n', "PASSWORD=REDACTED\nX=1\n"),
+        (".env", 'PASSWORD="abc" # a comment\n', f'PASSWORD="{REDACTED}" # a comment\n'),
+        ("a.yaml", 'password: "abc",  # c\n', f'password: "{REDACTED}",  # c\n'),
+    ],
+)
+def test_a_value_going_on_after_its_closing_quote_is_redacted_whole(name: str, text: str, expected: str) -> None:
+    # red17 redacted only what was inside the quotes and exported the rest of the value.
+    cleaned, found = sanitize_text(text, name)
+    assert cleaned == expected
+    assert len(found) == 1

@@ -260,11 +260,18 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
                 at = _closing(lines[j], quote, 0, toml)
                 if at >= 0:
                     found.append(Redaction(file, i + 1, key, "secret named by its key"))
-                    out.append(f"{head}{quote}{REDACTED}{lines[j][at:]}")
+                    rest = lines[j][at:]
+                    if _goes_on(rest[len(quote) :].rstrip("\r")):
+                        rest = "\r" if rest.endswith("\r") else ""
+                        out.append(f"{head}{REDACTED}{rest}")
+                        return j + 1
+                    out.append(f"{head}{quote}{REDACTED}{rest}")
                     return j + 1
             out.append(line)  # never closed: not a value this rule can read
             return keep
         core, after = body[len(quote) : close], body[close:]
+        if _goes_on(after[len(quote) :]):  # `"abc"def` is `abcdef` to a shell, all of it to INI
+            quote, core, after = "", body, ""
     else:
         core = body.split(" #", 1)[0].rstrip()
         after = body[len(core) :]
@@ -299,6 +306,13 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
     found.append(Redaction(file, i + 1, key, "secret named by its key"))
     out.append(f"{head}{quote}{REDACTED}{after}{tail}")
     return keep
+
+
+def _goes_on(rest: str) -> bool:
+    """Whether the value goes on after its closing quote: `rest` is more than blanks, a `,` and a
+    comment (`#` or `;` after a blank)."""
+    rest = rest.removeprefix(",")
+    return bool(rest.strip()) and not (rest[:1] in (" ", "\t") and rest.lstrip(" \t")[:1] in ("#", ";"))
 
 
 def _below(lines: list[str], i: int, column: int) -> int:
