@@ -335,3 +335,16 @@ def test_a_value_going_on_after_its_closing_quote_is_redacted_whole(name: str, t
     cleaned, found = sanitize_text(text, name)
     assert cleaned == expected
     assert len(found) == 1
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\u007f", "\\u0085", "\\u2028", "\\ufeff"])
+def test_a_string_written_again_keeps_escaped_what_cannot_be_written_raw(escape: str) -> None:
+    # red17 wrote these raw: a lone surrogate has no UTF-8 (the export failed), and PyYAML refuses
+    # U+007F, U+FEFF or reads U+0085 and U+2028 as a line break.
+    value = f"{escape} {OPENAI}"
+    as_json, _ = sanitize_text(f'{{"note": "{value}"}}\n', "a.json")
+    as_json.encode("utf-8")
+    assert json.loads(as_json) == {"note": json.loads(f'"{escape}"') + f" {REDACTED}"}
+    if escape != "\\ud800":  # PyYAML reads no lone surrogate
+        as_yaml, _ = sanitize_text(f'note: "{value}"\n', "a.yaml")
+        assert yaml.safe_load(as_yaml) == {"note": json.loads(f'"{escape}"') + f" {REDACTED}"}

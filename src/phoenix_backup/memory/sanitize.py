@@ -124,6 +124,9 @@ _BLOCK_HEADER = re.compile(r"[|>][+\-0-9]*")
 _ANCHOR_OR_TAG = re.compile(r"(?:[&!][^\s]*\s+)+")
 
 
+_WRITE_ESCAPED = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
+
+
 class _Lines:
     """Line numbers of positions in one text, found by bisection (a redaction each costs log n)."""
 
@@ -204,7 +207,10 @@ def _escaped(literal: str, file: str, line: int, found: list[Redaction]) -> str:
     if not mine:
         return literal
     found.extend(Redaction(file, line, r.key, r.kind) for r in mine)
-    return json.dumps(cleaned, ensure_ascii=False)
+    written = json.dumps(cleaned, ensure_ascii=False)
+    # what it held escaped stays escaped when written raw it cannot be: a lone surrogate (no UTF-8
+    # for it: the export failed), or a character YAML refuses or reads as a line break
+    return json.dumps(cleaned) if _WRITE_ESCAPED.search(written) else written
 
 
 def _closing(body: str, quote: str, start: int, toml: bool) -> int:
