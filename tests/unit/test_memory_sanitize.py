@@ -348,3 +348,15 @@ def test_a_string_written_again_keeps_escaped_what_cannot_be_written_raw(escape:
     if escape != "\\ud800":  # PyYAML reads no lone surrogate
         as_yaml, _ = sanitize_text(f'note: "{value}"\n', "a.yaml")
         assert yaml.safe_load(as_yaml) == {"note": json.loads(f'"{escape}"') + f" {REDACTED}"}
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("a.yaml", f'"token {GITHUB}": hunter22\n'), ("a.json", f'{{"token {GITHUB}": "hunter22"}}')],
+)
+def test_a_token_in_a_key_is_redacted_in_the_list_of_redactions_too(name: str, text: str) -> None:
+    # red17 redacted the token in the file and wrote it whole as the key in redactions.json.
+    cleaned, found = sanitize_text(text, name)
+    listed = json.dumps([r.to_json() for r in found])
+    assert GITHUB not in cleaned and GITHUB not in listed and "hunter22" not in cleaned + listed
+    assert f"token {REDACTED}" in listed

@@ -25,7 +25,7 @@ import bisect
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 REDACTED = "REDACTED"
@@ -154,8 +154,16 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     text = "\n".join(out)
     for kind, rx, group in TOKEN_SHAPES:
         text = _by_shape(text, kind, rx, group, file, found, origin)
+    # a key may hold a token itself (`"token ghp_…": x`): it is redacted in the list as in the file
+    found = [replace(r, key=_masked(r.key, file)) if r.key else r for r in found]
     found.sort(key=lambda r: (r.line, r.kind))
     return text, found
+
+
+def _masked(key: str, file: str) -> str:
+    for kind, rx, group in TOKEN_SHAPES:
+        key = _by_shape(key, kind, rx, group, file, [])
+    return key
 
 
 def _json_key(literal: str) -> str:
