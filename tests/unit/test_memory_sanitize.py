@@ -360,3 +360,12 @@ def test_a_token_in_a_key_is_redacted_in_the_list_of_redactions_too(name: str, t
     listed = json.dumps([r.to_json() for r in found])
     assert GITHUB not in cleaned and GITHUB not in listed and "hunter22" not in cleaned + listed
     assert f"token {REDACTED}" in listed
+
+
+def test_a_toml_value_that_was_no_string_becomes_a_quoted_string() -> None:
+    # int and red17 wrote `token = REDACTED`, which is no TOML.
+    text = 'token = 12345678  # c\npassword = true\n[db]\npassword = """\nhunter22\n"""\n'
+    cleaned, found = sanitize_text(text, "a.toml")
+    assert tomllib.loads(cleaned) == {"token": REDACTED, "password": REDACTED, "db": {"password": REDACTED}}
+    assert cleaned.startswith(f'token = "{REDACTED}"  # c\n')
+    assert len(found) == 3

@@ -16,7 +16,8 @@ Two rules, applied to the text so the file keeps its format (JSON stays valid JS
    private key blocks, and the password in `scheme://user:password@host` URLs.
 
 Each redaction is recorded as (file, line, key, kind) — never the value. The value becomes
-`REDACTED`, a word that is valid unquoted in every one of these formats.
+`REDACTED`, a word that is valid unquoted in every one of these formats but TOML, where a value
+that was not a string (`token = 8`) becomes the string `"REDACTED"`.
 """
 
 from __future__ import annotations
@@ -266,6 +267,7 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
     # `'''` opens a TOML literal string; in YAML `''''` is one quote, quoted.
     toml = file.lower().endswith(".toml")
     triple = ('"""', "'''") if toml else ('"""',)
+    bare = f'"{REDACTED}"' if toml else REDACTED  # TOML has no unquoted string: `token = 8` stays TOML
     quote = body[:3] if body[:3] in triple else body[:1] if body[:1] in ('"', "'") else ""
     if quote:
         close = _closing(body, quote, len(quote), toml)
@@ -277,7 +279,7 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
                     rest = lines[j][at:]
                     if _goes_on(rest[len(quote) :].rstrip("\r")):
                         rest = "\r" if rest.endswith("\r") else ""
-                        out.append(f"{head}{REDACTED}{rest}")
+                        out.append(f"{head}{bare}{rest}")
                         return j + 1
                     out.append(f"{head}{quote}{REDACTED}{rest}")
                     return j + 1
@@ -312,13 +314,13 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
         if below > keep and plain:
             cr = "\r" if lines[below - 1].endswith("\r") else ""
             found.append(Redaction(file, i + 1, key, "secret named by its key"))
-            out.append(f"{head}{REDACTED}{cr}")
+            out.append(f"{head}{bare}{cr}")
             return below
     if not core or _REFERENCE.match(core) or (not quote and core[:1] in ("{", "[", "*", "|", ">")):
         out.append(line)
         return keep
     found.append(Redaction(file, i + 1, key, "secret named by its key"))
-    out.append(f"{head}{quote}{REDACTED}{after}{tail}")
+    out.append(f"{head}{quote}{REDACTED if quote else bare}{after}{tail}")
     return keep
 
 
