@@ -23,6 +23,7 @@ that was not a string (`token = 8`) becomes the string `"REDACTED"`.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -156,14 +157,15 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     for kind, rx, group in TOKEN_SHAPES:
         text = _by_shape(text, kind, rx, group, file, found, origin)
     # a key may hold a token itself (`"token ghp_…": x`): it is redacted in the list as in the file
-    found = [replace(r, key=_masked(r.key, file)) if r.key else r for r in found]
+    found = [replace(r, key=_masked(r.key)) if r.key else r for r in found]
     found.sort(key=lambda r: (r.line, r.kind))
     return text, found
 
 
-def _masked(key: str, file: str) -> str:
+@functools.lru_cache(maxsize=1024)  # a file names the same keys again and again
+def _masked(key: str) -> str:
     for kind, rx, group in TOKEN_SHAPES:
-        key = _by_shape(key, kind, rx, group, file, [])
+        key = _by_shape(key, kind, rx, group, "", [])
     return key
 
 
