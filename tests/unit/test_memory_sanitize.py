@@ -4,8 +4,13 @@ and nothing else in the file changes."""
 from __future__ import annotations
 
 import json
+import time
+import tomllib
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phoenix_backup.memory.sanitize import REDACTED, is_config_or_env, sanitize_text, secret_key
 
@@ -130,7 +135,237 @@ def test_secret_key_names(key: str, secret: bool) -> None:
 
 
 def test_which_files_are_config_or_env() -> None:
-    yes = ["workspace/config/models.json", "workspace/.env", "workspace/.env.local", "home/prod.env", "a/b.yaml"]
+    yes = [
+        "workspace/config/models.json",
+        "workspace/.env",
+        "workspace/.env.local",
+        "workspace/.envrc",
+        "home/prod.env",
+    ]
+    yes += ["a/b.yaml", "a/B.YML"]
     no = ["workspace/SOUL.md", "workspace/.argent-alignment-integrity.json", "workspace/scripts/run.sh"]
     assert all(is_config_or_env(p) for p in yes)
     assert not any(is_config_or_env(p) for p in no)
+
+
+def test_a_quoted_value_keeps_its_quotes_and_every_other_byte() -> None:
+    # A quoted value with a comment after it stays quoted (bare REDACTED is no TOML value), a CRLF
+    # file keeps its `\r`, and the first line of a file with a byte order mark is read like the rest.
+    toml = f'password = "{DB_PASSWORD}" # set by the installer\r\nport = 5433\r\n'
+    cleaned, _ = sanitize_text(toml, "a.toml")
+    assert cleaned == f'password = "{REDACTED}" # set by the installer\r\nport = 5433\r\n'
+    assert tomllib.loads(cleaned) == {"password": REDACTED, "port": 5433}
+    env = f"\ufeffAPI_KEY={DB_PASSWORD}\r\nLOG_LEVEL=debug\r\n"
+    assert sanitize_text(env, ".env")[0] == f"\ufeffAPI_KEY={REDACTED}\r\nLOG_LEVEL=debug\r\n"
+
+
+def test_a_value_over_several_lines_is_redacted_whole() -> None:
+    # YAML block scalars, a dotenv value quoted over lines (a PEM body), TOML multi-line strings, a
+    # YAML anchor: each value goes whole, and the file still parses.
+    body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"
+    yaml_text = (
+        f"gateway:\n  token: |\n    {body}\n    {DB_PASSWORD}\n\n  port: 18789\n"
+        f"  secret: >-\n    {DB_PASSWORD}\n  password: &pw {PLAIN_PASSWORD}\n"
+        f'  apiKey: "{DB_PASSWORD}\n    more"\n  model: gpt\n'
+    )
+    cleaned, found = sanitize_text(yaml_text, "a.yaml")
+    assert yaml.safe_load(cleaned) == {
+        "gateway": {
+            "token": f"{REDACTED}\n",
+            "port": 18789,
+            "secret": REDACTED,
+            "password": REDACTED,
+            "apiKey": REDACTED,
+            "model": "gpt",
+        }
+    }
+    assert [(r.line, r.key) for r in found] == [(2, "token"), (7, "secret"), (9, "password"), (10, "apiKey")]
+    env = f'PRIVATE_KEY="-----BEGIN KEY-----\n{body}\n-----END KEY-----"\nNEXT=1\n'
+    assert sanitize_text(env, ".env")[0] == f'PRIVATE_KEY="{REDACTED}"\nNEXT=1\n'
+    toml = f"password = \"\"\"\n{DB_PASSWORD}\n\"\"\"\ntoken = '''\n{body}'''\nport = 1\n"
+    cleaned, _ = sanitize_text(toml, "a.toml")
+    assert tomllib.loads(cleaned) == {"password": REDACTED, "token": REDACTED, "port": 1}
+    assert DB_PASSWORD not in cleaned and body not in cleaned
+
+
+def test_a_json_key_spelled_with_escapes_or_its_value_on_the_next_line() -> None:
+    text = '{\n  "\\u0061piKey": "' + DB_PASSWORD + '",\n  "token":\n    "' + PLAIN_PASSWORD + '"\n}\n'
+    cleaned, found = sanitize_text(text, "a.json")
+    assert json.loads(cleaned) == {"apiKey": REDACTED, "token": REDACTED}
+    assert [(r.line, r.key) for r in found] == [(2, "apiKey"), (4, "token")]
+
+
+def test_a_url_password_after_an_empty_user_or_holding_an_at_sign() -> None:
+    text = f"redis: redis://:{DB_PASSWORD}@cache:6379/0\npg: postgres://argent:p@ss{DB_PASSWORD}@db/argentos\n"
+    cleaned, _ = sanitize_text(text, "a.yaml")
+    assert cleaned == f"redis: redis://:{REDACTED}@cache:6379/0\npg: postgres://argent:{REDACTED}@db/argentos\n"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        '{"note": "' + '\\"' * 15_000,  # one JSON string left open: every `"` in it began a new scan
+        "-----BEGIN PRIVATE KEY-----\n" * 3_600,  # PEM blocks with no END: each scanned the rest
+        'TOKEN="' + '\\"' * 50_000,  # a quoted value left open, full of escaped quotes
+        "eyJ-" * 25_000,  # a JSON Web Token's header was read to the end of its run from every `eyJ`
+        "a." * 50_000,  # a URL's scheme was read to the end of its run from every letter
+        "".join(" " * k + "token:\n" for k in range(1_200)),  # `token:` over a map over a map...
+    ],
+)
+def test_hostile_input_costs_linear_time(hostile: str) -> None:
+    # 30-720 KB; before, the first took ~13 s and the second ~8 s on this 2-core machine, the
+    # JSON Web Token run ~9 s, the URL scheme run ~10 s, the 1,200 levels of `token:` ~8 s.
+    start = time.perf_counter()
+    sanitize_text(hostile, "a.json")
+    assert time.perf_counter() - start < 2.0
+
+
+# NEL and the Unicode line and paragraph separators end a line in YAML, not in this line reader.
+_PLAIN = st.text(
+    st.characters(blacklist_characters="-_.:/@$\x85\u2028\u2029", blacklist_categories=("Cs",)), max_size=30
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["apiKey", "password", "maxTokens", "tokenFile", "model", "note"]), _PLAIN),
+    st.booleans(),
+    st.booleans(),
+)
+def test_json_stays_json_and_loses_exactly_the_named_values(doc: dict[str, str], indent: bool, ascii_: bool) -> None:
+    text = json.dumps({"cfg": doc, "list": [doc]}, indent=2 if indent else None, ensure_ascii=ascii_)
+    cleaned, found = sanitize_text(text, "a.json")
+    named = {k: (REDACTED if secret_key(k) and v else v) for k, v in doc.items()}
+    assert json.loads(cleaned) == {"cfg": named, "list": [named]}
+    assert all(r.key in ("apiKey", "password") for r in found)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["apiKey", "password", "maxTokens", "tokenFile", "model", "note"]), _PLAIN),
+    st.sampled_from([None, '"', "'", "|", ">"]),
+    st.integers(min_value=8, max_value=80),
+)
+def test_yaml_stays_yaml_and_loses_exactly_the_named_values(doc: dict[str, str], style: str | None, width: int) -> None:
+    # Every way PyYAML writes a string: plain, quoted either way (folded over lines when long),
+    # literal and folded blocks.
+    text = yaml.safe_dump({"cfg": doc}, default_style=style, width=width, allow_unicode=True)
+    cleaned, _ = sanitize_text(text, "a.yaml")
+    loaded = yaml.safe_load(cleaned)["cfg"]
+    for k, v in doc.items():
+        if secret_key(k) and v.strip():
+            assert loaded[k].strip() == REDACTED, (text, cleaned)
+        elif secret_key(k):  # blanks only: redacting them or not loses nothing
+            assert loaded[k] in (v, REDACTED), (text, cleaned)
+        else:
+            assert loaded[k] == v, (text, cleaned)
+
+
+def test_a_secret_written_with_escapes_or_in_a_string_that_holds_json() -> None:
+    # What a JSON string spells is read: a token with an escaped letter, a Slack hook written with
+    # `\/` (as PHP writes every `/`), and JSON kept as a string (an MCP server's env, say).
+    inner = json.dumps({"env": {"apiKey": DB_PASSWORD, "model": "gpt"}})
+    escaped = OPENAI.replace("p", "\\u0070", 1)
+    hook = "https:\\/\\/hooks.slack.com\\/services\\/T000\\/B000\\/XXXXXXXXXXXXXXXX"
+    text = json.dumps({"server": inner, "note": "x"})[:-1] + f', "k": "{escaped}", "h": "{hook}"}}'
+    cleaned, found = sanitize_text(text, "a.json")
+    doc = json.loads(cleaned)
+    assert json.loads(doc["server"]) == {"env": {"apiKey": REDACTED, "model": "gpt"}}
+    assert (doc["note"], doc["k"], doc["h"]) == ("x", REDACTED, REDACTED)
+    assert sorted(r.kind for r in found) == [
+        "OpenAI/Anthropic-style API key (sk-…)",
+        "Slack webhook URL",
+        "secret named by its key",
+    ]
+
+
+def test_a_plain_value_goes_on_below_in_yaml_and_ini_but_not_in_an_env_file() -> None:
+    cont = f"password = {DB_PASSWORD}\n  {PLAIN_PASSWORD}\nport = 1\n"
+    assert sanitize_text(f"[db]\n{cont}", "a.ini")[0] == f"[db]\npassword = {REDACTED}\nport = 1\n"
+    env = f"API_KEY={DB_PASSWORD}\n  LOG_LEVEL=debug\n"  # an indented line of its own
+    assert sanitize_text(env, "prod.env")[0] == f"API_KEY={REDACTED}\n  LOG_LEVEL=debug\n"
+
+
+def test_a_quoted_yaml_key_with_a_plain_value() -> None:
+    text = f'"password": {DB_PASSWORD}\n\'apiKey\': {PLAIN_PASSWORD}\n"port": 1\n'
+    cleaned, _ = sanitize_text(text, "a.yaml")
+    assert yaml.safe_load(cleaned) == {"password": REDACTED, "apiKey": REDACTED, "port": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("a.yaml", f"token: |\n  abc\n  def\n  ghi\nnote: {OPENAI}\n"),
+        ("a.toml", f'password = """\nabc\ndef\n"""\nnote = "{OPENAI}"\n'),
+        (".env", f'PASSWORD="abc\ndef\nghi"\nNOTE=x\nX={OPENAI}\n'),
+        (
+            "a.yaml",
+            "k: |\n  -----BEGIN RSA PRIVATE KEY-----\n  abc\n  -----END RSA PRIVATE KEY-----\n"
+            f"b: {OPENAI}\ntoken: hunter22\n",
+        ),
+        ("a.yaml", f"cert: -----BEGIN PRIVATE KEY-----\n  abc\n  -----END PRIVATE KEY-----\nb: {OPENAI}\n"),
+    ],
+)
+def test_a_token_below_a_value_over_several_lines_is_reported_on_its_own_line(name: str, text: str) -> None:
+    # The value over several lines becomes one line; a token below it was reported lines too high.
+    cleaned, found = sanitize_text(text, name)
+    assert OPENAI not in cleaned
+    lines = text.split("\n")
+    assert [r.line for r in found if r.kind.startswith("OpenAI")] == [
+        n for n, line in enumerate(lines, 1) if OPENAI in line
+    ]
+    for r in found:  # every other redaction on the line its key or its block begins on
+        assert (r.key or "-----BEGIN") in lines[r.line - 1] or r.kind.startswith("OpenAI"), r
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (".env", 'PASSWORD="abc"hunter22\n', "PASSWORD=REDACTED\n"),  # a shell reads abchunter22
+        (".env", 'PASSWORD="a\\\\"hunter22\r\n', "PASSWORD=REDACTED\r\n"),  # the `\\` is one backslash
+        (".envrc", "export TOKEN='abc'hunter22\n", "export TOKEN=REDACTED\n"),
+        ("a.ini", '[s]\npassword = "abc" hunter22\n', "[s]\npassword = REDACTED\n"),  # INI keeps it all
+        (".env", 'PASSWORD="abc\ndef"hunter22\nX=1\n', "PASSWORD=REDACTED\nX=1\n"),
+        (".env", 'PASSWORD="abc" # a comment\n', f'PASSWORD="{REDACTED}" # a comment\n'),
+        ("a.yaml", 'password: "abc",  # c\n', f'password: "{REDACTED}",  # c\n'),
+    ],
+)
+def test_a_value_going_on_after_its_closing_quote_is_redacted_whole(name: str, text: str, expected: str) -> None:
+    # red17 redacted only what was inside the quotes and exported the rest of the value.
+    cleaned, found = sanitize_text(text, name)
+    assert cleaned == expected
+    assert len(found) == 1
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\u007f", "\\u0085", "\\u2028", "\\ufeff"])
+def test_a_string_written_again_keeps_escaped_what_cannot_be_written_raw(escape: str) -> None:
+    # red17 wrote these raw: a lone surrogate has no UTF-8 (the export failed), and PyYAML refuses
+    # U+007F, U+FEFF or reads U+0085 and U+2028 as a line break.
+    value = f"{escape} {OPENAI}"
+    as_json, _ = sanitize_text(f'{{"note": "{value}"}}\n', "a.json")
+    as_json.encode("utf-8")
+    assert json.loads(as_json) == {"note": json.loads(f'"{escape}"') + f" {REDACTED}"}
+    if escape != "\\ud800":  # PyYAML reads no lone surrogate
+        as_yaml, _ = sanitize_text(f'note: "{value}"\n', "a.yaml")
+        assert yaml.safe_load(as_yaml) == {"note": json.loads(f'"{escape}"') + f" {REDACTED}"}
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("a.yaml", f'"token {GITHUB}": hunter22\n'), ("a.json", f'{{"token {GITHUB}": "hunter22"}}')],
+)
+def test_a_token_in_a_key_is_redacted_in_the_list_of_redactions_too(name: str, text: str) -> None:
+    # red17 redacted the token in the file and wrote it whole as the key in redactions.json.
+    cleaned, found = sanitize_text(text, name)
+    listed = json.dumps([r.to_json() for r in found])
+    assert GITHUB not in cleaned and GITHUB not in listed and "hunter22" not in cleaned + listed
+    assert f"token {REDACTED}" in listed
+
+
+def test_a_toml_value_that_was_no_string_becomes_a_quoted_string() -> None:
+    # int and red17 wrote `token = REDACTED`, which is no TOML.
+    text = 'token = 12345678  # c\npassword = true\n[db]\npassword = """\nhunter22\n"""\n'
+    cleaned, found = sanitize_text(text, "a.toml")
+    assert tomllib.loads(cleaned) == {"token": REDACTED, "password": REDACTED, "db": {"password": REDACTED}}
+    assert cleaned.startswith(f'token = "{REDACTED}"  # c\n')
+    assert len(found) == 3

@@ -5,9 +5,10 @@ Two rules, applied to the text so the file keeps its format (JSON stays valid JS
 1. **By key name**: a string value whose key names a secret (`apiKey`, `token`, `password`,
    `secret`, `passphrase`, `privateKey`, `accessKey`, `clientSecret`, `credentials`, `dsn`,
    `webhook`…) in JSON (`"apiKey": "…"`) or in env/YAML/TOML/INI lines (`API_KEY=…`,
-   `token: …`, `password = "…"`). Keys that only name where a secret lives (`passwordEnv`,
-   `tokenFile`, `passphraseCommand`), counts and limits (`maxTokens`), and values that are
-   references (`${VAR}`, `$VAR`) or empty are left alone.
+   `token: …`, `password = "…"`); a value over several lines (`token: |`, a TOML multi-line
+   string) goes whole. Keys that only name where a secret lives (`passwordEnv`, `tokenFile`,
+   `passphraseCommand`), counts and limits (`maxTokens`), and values that are references
+   (`${VAR}`, `$VAR`) or empty are left alone.
 2. **By shape**, anywhere in those files: `sk-…` (OpenAI, Anthropic), `sk_live_…`/`rk_live_…`
    (Stripe), `ghp_…`/`gho_…`/`ghs_…`/`github_pat_…` (GitHub), `glpat-…` (GitLab), `xoxb-…`/
    `xoxp-…` (Slack) and Slack webhook URLs, `AKIA…`/`ASIA…` (AWS), `AIza…` (Google), `hf_…`
@@ -15,14 +16,18 @@ Two rules, applied to the text so the file keeps its format (JSON stays valid JS
    private key blocks, and the password in `scheme://user:password@host` URLs.
 
 Each redaction is recorded as (file, line, key, kind) — never the value. The value becomes
-`REDACTED`, a word that is valid unquoted in every one of these formats.
+`REDACTED`, a word that is valid unquoted in every one of these formats but TOML, where a value
+that was not a string (`token = 8`) becomes the string `"REDACTED"`.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 REDACTED = "REDACTED"
@@ -42,11 +47,11 @@ class Redaction:
 
 
 def is_config_or_env(path: str) -> bool:
-    """Config and env files by name: `.env`, `.env.local`, `prod.env`, `*.json`, `*.yaml`, …"""
+    """Config and env files by name: `.env`, `.env.local`, `.envrc`, `prod.env`, `*.json`, `*.yaml`, …"""
     name = PurePosixPath(path).name.lower()
     if name == ".argent-alignment-integrity.json":
         return False  # hashes of the identity files, no secrets, and a tamper check that must stay
-    return name == ".env" or name.startswith(".env.") or name.endswith(CONFIG_SUFFIXES)
+    return name.startswith(".env") or name.endswith(CONFIG_SUFFIXES)
 
 
 _SECRET_KEY = re.compile(
@@ -74,7 +79,9 @@ def secret_key(key: str) -> bool:
 TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     (
         "PEM private key",
-        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+        # the body holds no `-----`: a BEGIN with no END costs the text up to the next line of dashes,
+        # not the rest of the file (thousands of them were seconds each 100 KB)
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:(?!-----)[\s\S])*+-----END [A-Z ]*PRIVATE KEY-----"),
         0,
     ),
     ("OpenAI/Anthropic-style API key (sk-…)", re.compile(r"(?<![A-Za-z0-9_\-])sk-[A-Za-z0-9_\-]{16,}"), 0),
@@ -86,69 +93,287 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), 0),
     ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"), 0),
     ("Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{30,}"), 0),
-    ("JSON Web Token", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"), 0),
+    (
+        "JSON Web Token",
+        # read from where a run of token characters starts, once: from every `eyJ` inside the run
+        # (`eyJ-eyJ-…`) it was read to its end again (1 MB: minutes); the header is any such run
+        re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{11,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+"),
+        0,
+    ),
     ("Bearer token", re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/\-]{16,}=*)"), 1),
     ("Telegram bot token", re.compile(r"\b\d{8,10}:AA[A-Za-z0-9_\-]{33}\b"), 0),
     ("age secret key", re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]{58}"), 0),
-    ("password in a URL", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@\"'<>]+:([^\s@/\"'<>]+)@"), 1),
+    (
+        "password in a URL",
+        # the scheme is read once from where its run starts (`a.a.a.…` was read again from each letter)
+        re.compile(r"(?<![a-zA-Z0-9+.\-])[a-zA-Z0-9+.\-]*+://[^\s:/@\"'<>]*:([^\s/\"'<>]+)@"),
+        1,
+    ),
 )
 
-_JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
+# A JSON string never spans lines; one left open runs to the end of its line. Each string is
+# read once, possessively, so hostile input (`"\"\"\"…` on one line) costs linear time.
+_JSON_STRING = r'"(?:[^"\\\n]|\\.)*+"'
+# A value is a string not followed by `:` (that is the next key, when `"cfg":` ends its line).
+_JSON_PAIR = re.compile(rf'({_JSON_STRING})(\s*:\s*)({_JSON_STRING})(?!\s*:)|"(?:[^"\\\n]|\\.)*+"?')
 _LINE_PAIR = re.compile(
-    r"^(?P<lead>\s*(?:export\s+|-\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[:=]\s*)(?P<val>.*?)\s*$"
+    r"^(?P<lead>\ufeff?\s*(?:export\s+|-\s+)?)"
+    r"""(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*|"[^"\n]*"|'[^'\n]*')"""
+    r"(?P<sep>\s*[:=]\s*)(?P<val>.*)$"
 )
+# A YAML block scalar's header (`token: |`, `key: >-`) and a YAML anchor or tag before a value.
+_BLOCK_HEADER = re.compile(r"[|>][+\-0-9]*")
+_ANCHOR_OR_TAG = re.compile(r"(?:[&!][^\s]*\s+)+")
 
 
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
+_WRITE_ESCAPED = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
+
+
+class _Lines:
+    """Line numbers of positions in one text, found by bisection (a redaction each costs log n)."""
+
+    def __init__(self, text: str) -> None:
+        self.starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def of(self, pos: int) -> int:
+        return bisect.bisect_right(self.starts, pos)
 
 
 def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     """`text` with its secrets replaced by `REDACTED`, and what was redacted where."""
     found: list[Redaction] = []
+    text = _json_pairs(text, file, found)
     lines = text.split("\n")
-    for i, line in enumerate(lines):
-        lines[i] = _by_key(line, i + 1, file, found)
-    text = "\n".join(lines)
+    out: list[str] = []
+    # the file's line number of each line of `out`: a value over several lines became one line,
+    # and a shape found below it is reported on the line it was on
+    origin: list[int] = []
+    i = 0
+    while i < len(lines):
+        start, first = len(out), i
+        i = _by_key(lines, i, out, file, found)
+        origin.extend(range(first + 1, first + 1 + len(out) - start))
+    text = "\n".join(out)
     for kind, rx, group in TOKEN_SHAPES:
-        text = _by_shape(text, kind, rx, group, file, found)
+        text = _by_shape(text, kind, rx, group, file, found, origin)
+    # a key may hold a token itself (`"token ghp_…": x`): it is redacted in the list as in the file
+    found = [replace(r, key=_masked(r.key)) if r.key else r for r in found]
     found.sort(key=lambda r: (r.line, r.kind))
     return text, found
 
 
-def _by_key(line: str, number: int, file: str, found: list[Redaction]) -> str:
-    def json_pair(m: re.Match[str]) -> str:
-        key, sep, value = m.group(1), m.group(2), m.group(3)
-        if not secret_key(key) or _REFERENCE.match(value):
-            return m.group(0)
-        found.append(Redaction(file, number, key, "secret named by its key"))
-        return f'"{key}"{sep}"{REDACTED}"'
+@functools.lru_cache(maxsize=1024)  # a file names the same keys again and again
+def _masked(key: str) -> str:
+    for kind, rx, group in TOKEN_SHAPES:
+        key = _by_shape(key, kind, rx, group, "", [])
+    return key
 
-    out = _JSON_PAIR.sub(json_pair, line)
-    if out != line or line.lstrip().startswith(('"', "{", "[", "#", ";")):
-        return out
+
+def _json_key(literal: str) -> str:
+    """The name a JSON key literal spells, escapes decoded (`"\\u0061piKey"` is `apiKey`)."""
+    try:
+        name = json.loads(literal)
+    except ValueError:
+        return literal[1:-1]
+    return name if isinstance(name, str) else literal[1:-1]
+
+
+def _json_pairs(text: str, file: str, found: list[Redaction]) -> str:
+    lines = _Lines(text)
+
+    def json_pair(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return _escaped(m.group(0), file, lines.of(m.start()), found)  # not a key with a string value
+        key, sep, value = m.group(1), m.group(2), m.group(3)
+        name = _json_key(key)
+        if not secret_key(name):
+            return f"{key}{sep}{_escaped(value, file, lines.of(m.start(3)), found)}"
+        if _REFERENCE.match(value[1:-1]):
+            return m.group(0)
+        found.append(Redaction(file, lines.of(m.start(3)), name, "secret named by its key"))
+        return f'{key}{sep}"{REDACTED}"'
+
+    return _JSON_PAIR.sub(json_pair, text)
+
+
+def _escaped(literal: str, file: str, line: int, found: list[Redaction]) -> str:
+    """A JSON string literal with escapes, its secrets read in what it spells: a token written with
+    escapes (`sk-\\u0050…`) and, in a string that holds JSON, the secrets in that JSON. Written
+    again only when something was redacted."""
+    if "\\" not in literal or len(literal) < 2 or not literal.endswith('"'):
+        return literal
+    try:
+        inner = json.loads(literal)
+    except ValueError:
+        return literal
+    if not isinstance(inner, str):
+        return literal
+    mine: list[Redaction] = []
+    if inner.lstrip()[:1] in ("{", "["):
+        cleaned, mine = sanitize_text(inner, file)
+    else:
+        cleaned = inner
+        for kind, rx, group in TOKEN_SHAPES:
+            cleaned = _by_shape(cleaned, kind, rx, group, file, mine)
+    if not mine:
+        return literal
+    found.extend(Redaction(file, line, r.key, r.kind) for r in mine)
+    written = json.dumps(cleaned, ensure_ascii=False)
+    # what it held escaped stays escaped when written raw it cannot be: a lone surrogate (no UTF-8
+    # for it: the export failed), or a character YAML refuses or reads as a line break
+    return json.dumps(cleaned) if _WRITE_ESCAPED.search(written) else written
+
+
+def _closing(body: str, quote: str, start: int, toml: bool) -> int:
+    """Where the quote that closes a value is in `body`, from `start`, or -1 (`\\"` and `''` are escaped)."""
+    i = start
+    while (i := body.find(quote, i)) >= 0:
+        if quote == "'" and body[i + 1 : i + 2] == "'" and not toml:
+            i += 2  # YAML's `''` is one quote inside the value
+            continue
+        k = i
+        while quote[0] == '"' and k > start and body[k - 1] == "\\":
+            k -= 1
+        if (i - k) % 2 == 0:
+            return i
+        i += 1
+    return -1
+
+
+def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Redaction]) -> int:
+    """Line `i` onto `out`, its value redacted if its key names a secret; the index of the next line.
+
+    A value may cover the lines below: a quoted value left open on its line (a dotenv PEM, a TOML
+    `\"\"\"` string) up to the line that closes it, a YAML block scalar (`token: |`) the more
+    indented lines below; they all become one `REDACTED`."""
+    line = lines[i]
+    keep = i + 1
+    if line.lstrip("\ufeff \t").startswith(("{", "[", "#", ";")):
+        out.append(line)
+        return keep
     m = _LINE_PAIR.match(line)
     if not m or not secret_key(m.group("key")):
-        return line
-    raw = m.group("val")
-    quote = raw[:1] if raw[:1] in ("'", '"') and raw.endswith(raw[:1]) and len(raw) >= 2 else ""
-    core = raw[1:-1] if quote else raw.split(" #", 1)[0].rstrip()
-    if not core or _REFERENCE.match(core) or core[:1] in ("{", "[", "|", ">", "&", "*"):
-        return line
-    rest = "" if quote else raw[len(core) :]
-    found.append(Redaction(file, number, m.group("key"), "secret named by its key"))
-    return f"{m.group('lead')}{m.group('key')}{m.group('sep')}{quote}{REDACTED}{quote}{rest}"
+        out.append(line)
+        return keep
+    key = m.group("key").strip("\"'")
+    yaml = file.lower().endswith((".yaml", ".yml"))
+    if key != m.group("key") and not yaml and not m.group("val").startswith(('"', "'", "|", ">")):
+        out.append(line)  # `"token": 12,` is JSON (its strings were read above), a TOML non-string
+        return keep
+    body = m.group("val").rstrip()
+    tail = m.group("val")[len(body) :]  # trailing blanks and a CRLF file's `\r` keep their bytes
+    prefix = _ANCHOR_OR_TAG.match(body)
+    anchor = prefix.group(0) if prefix else ""
+    body = body[len(anchor) :]
+    head = f"{m.group('lead')}{m.group('key')}{m.group('sep')}{anchor}"
+    # `'''` opens a TOML literal string; in YAML `''''` is one quote, quoted.
+    toml = file.lower().endswith(".toml")
+    triple = ('"""', "'''") if toml else ('"""',)
+    bare = f'"{REDACTED}"' if toml else REDACTED  # TOML has no unquoted string: `token = 8` stays TOML
+    quote = body[:3] if body[:3] in triple else body[:1] if body[:1] in ('"', "'") else ""
+    if quote:
+        close = _closing(body, quote, len(quote), toml)
+        if close < 0:  # a quoted value over several lines: up to the line that closes it
+            for j in range(i + 1, len(lines)):
+                at = _closing(lines[j], quote, 0, toml)
+                if at >= 0:
+                    found.append(Redaction(file, i + 1, key, "secret named by its key"))
+                    rest = lines[j][at:]
+                    if _goes_on(rest[len(quote) :].rstrip("\r")):
+                        rest = "\r" if rest.endswith("\r") else ""
+                        out.append(f"{head}{bare}{rest}")
+                        return j + 1
+                    out.append(f"{head}{quote}{REDACTED}{rest}")
+                    return j + 1
+            out.append(line)  # never closed: not a value this rule can read
+            return keep
+        core, after = body[len(quote) : close], body[close:]
+        if _goes_on(after[len(quote) :]):  # `"abc"def` is `abcdef` to a shell, all of it to INI
+            quote, core, after = "", body, ""
+    else:
+        core = body.split(" #", 1)[0].rstrip()
+        after = body[len(core) :]
+        # A YAML block scalar (`token: |`) or a plain value that goes on over the lines below
+        # (YAML folds them, an INI file continues it): the lines indented more than the key. An env
+        # file has neither: its next line is its own, however indented.
+        name = PurePosixPath(file).name.lower()
+        env = name.startswith(".env") or name.endswith(".env")
+        # Only a value that then goes whole looks below: a key with nothing after it (`token:`
+        # over a nested map) read the rest of its map again on every level (1,000 levels: 5 s)
+        block = _BLOCK_HEADER.fullmatch(core) is not None
+        plain = core[:1] not in ("", "{", "[", "*", "|", ">") and not _REFERENCE.match(core)
+        below = keep if env or not (block or plain) else _below(lines, i, len(m.group("lead").lstrip("\ufeff")))
+        if block:
+            if below == keep:
+                out.append(line)  # an empty block
+                return keep
+            first = next(x for x in lines[keep:below] if x.strip())  # its indent: the block's
+            cr = "\r" if lines[below - 1].endswith("\r") else ""
+            found.append(Redaction(file, i + 1, key, "secret named by its key"))
+            pad = first[: len(first) - len(first.lstrip(" \t"))]
+            out.extend([line, f"{pad}{REDACTED}{cr}"])
+            return below
+        if below > keep and plain:
+            cr = "\r" if lines[below - 1].endswith("\r") else ""
+            found.append(Redaction(file, i + 1, key, "secret named by its key"))
+            out.append(f"{head}{bare}{cr}")
+            return below
+    if not core or _REFERENCE.match(core) or (not quote and core[:1] in ("{", "[", "*", "|", ">")):
+        out.append(line)
+        return keep
+    found.append(Redaction(file, i + 1, key, "secret named by its key"))
+    out.append(f"{head}{quote}{REDACTED if quote else bare}{after}{tail}")
+    return keep
 
 
-def _by_shape(text: str, kind: str, rx: re.Pattern[str], group: int, file: str, found: list[Redaction]) -> str:
+def _goes_on(rest: str) -> bool:
+    """Whether the value goes on after its closing quote: `rest` is more than blanks, a `,` and a
+    comment (`#` or `;` after a blank)."""
+    rest = rest.removeprefix(",")
+    return bool(rest.strip()) and not (rest[:1] in (" ", "\t") and rest.lstrip(" \t")[:1] in ("#", ";"))
+
+
+def _below(lines: list[str], i: int, column: int) -> int:
+    """The end of the lines below line `i` indented more than `column` (blank ones inside them too)."""
+    j = i + 1
+    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip(" \t")) > column):
+        j += 1
+    while j > i + 1 and not lines[j - 1].strip():
+        j -= 1  # the blank lines after them are not theirs
+    return j
+
+
+def _by_shape(
+    text: str,
+    kind: str,
+    rx: re.Pattern[str],
+    group: int,
+    file: str,
+    found: list[Redaction],
+    origin: list[int] | None = None,
+) -> str:
+    """`text` with the secrets of one shape redacted. `origin`, when given, holds the file's line
+    number of each line of `text` and is kept so when a redaction (a PEM block) joins lines."""
+    lines: list[_Lines] = []  # built at the first match: most texts have none of most shapes
+    joined: list[tuple[int, int]] = []  # (index of a line, how many lines after it a redaction took)
+
     def replace(m: re.Match[str]) -> str:
         if m.group(group) == REDACTED:
             return m.group(0)
-        found.append(Redaction(file, _line_of(text, m.start()), None, kind))
+        if not lines:
+            lines.append(_Lines(text))
+        start, end = m.span(group)
+        at = lines[0].of(m.start())
+        found.append(Redaction(file, origin[at - 1] if origin else at, None, kind))
+        if "\n" in m.group(group):
+            joined.append((lines[0].of(start), m.group(group).count("\n")))
         if group == 0:
             return REDACTED
-        start, end = m.span(group)
         return m.group(0)[: start - m.start()] + REDACTED + m.group(0)[end - m.start() :]
 
     sub: Callable[[re.Match[str]], str] = replace
-    return rx.sub(sub, text)
+    text = rx.sub(sub, text)
+    if origin is not None:
+        for line, taken in reversed(joined):
+            del origin[line : line + taken]
+    return text
