@@ -39,7 +39,10 @@ def test_a_damaged_key_slot_on_the_first_target_is_not_copied_over_the_replicas(
     first = Repository.open(LocalBackend(tmp_path / "first"), keys.Credentials(passphrase=None))
     try:
         assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
+        assert replicate(first, "y", LocalBackend(tmp_path / "y"), print).ok  # a new replica
     finally:
         first.close()
     assert (tmp_path / "x" / "keys" / victim.name).read_bytes() == good
     assert not (tmp_path / "x" / "keys" / planted.name).exists()
+    new = tmp_path / "y" / "keys"
+    assert not (new / planted.name).exists() and not (new / victim.name).exists(), "a new replica got them"

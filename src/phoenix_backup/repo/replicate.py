@@ -137,6 +137,7 @@ def seed_repository(source: Backend, dest: Backend) -> None:
     """Make an empty `dest` hold the repository of `source`: key slots first, `config` last, so
     `dest` counts as a repository only once it can be opened."""
     slots = {info.name: source.read(info.name) for info in source.list("keys/")}
+    slots = {name: data for name, data in slots.items() if _is_slot(data)}  # no damaged or planted one
     dest.create(slots)
     for name, data in slots.items():
         dest.write(name, data)
