@@ -46,7 +46,7 @@ class TargetOutcome:
 def read_state(path: Path | None = None) -> dict[str, Any] | None:
     try:
         data = json.loads((path or state_path()).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

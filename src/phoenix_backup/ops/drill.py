@@ -731,7 +731,7 @@ def latest_reports(folder: Path) -> list[dict[str, Any]]:
     for path in names:
         try:
             doc = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(doc, dict) and "ok" in doc and "started" in doc:
             doc["_path"] = str(path)

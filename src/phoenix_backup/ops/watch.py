@@ -227,7 +227,7 @@ def _is_hex(value: object, n: int) -> bool:
 def _load_state(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}
 

@@ -825,7 +825,7 @@ def _read_cursor(cursor: Path | None) -> dict[str, object]:
         return {}
     try:
         doc = json.loads(cursor.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}  # the cache is only an accelerator: a lost cursor means a random start
     return doc if isinstance(doc, dict) else {}
 

@@ -170,7 +170,7 @@ class PruneState:
         self.path = path
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             data = {}
         self.data: dict[str, Any] = data if isinstance(data, dict) else {}
 

@@ -137,6 +137,7 @@ def seed_repository(source: Backend, dest: Backend) -> None:
     """Make an empty `dest` hold the repository of `source`: key slots first, `config` last, so
     `dest` counts as a repository only once it can be opened."""
     slots = {info.name: source.read(info.name) for info in source.list("keys/")}
+    slots = {name: data for name, data in slots.items() if _is_slot(data)}  # no damaged or planted one
     dest.create(slots)
     for name, data in slots.items():
         dest.write(name, data)
@@ -618,6 +619,8 @@ def _copy_one(
             return  # not a record (planted or damaged): every reader drops it, so it is not copied
     else:
         data = source.read(name)
+    if name.startswith("keys/") and not _is_slot(data):
+        return  # damaged or planted: no opening uses it, and the replica's copy (good) stays
     if (name.startswith(("data/", "index/", "snapshots/", "captures/", retired.PREFIX))) and not names_content(
         name, data, pack_ids
     ):
@@ -628,6 +631,17 @@ def _copy_one(
         report.bytes += len(data)
     if name.startswith(("data/", "index/")):  # what the phase counts (keys and snapshots are small)
         report.progress.advance(files=1, size=len(data))
+
+
+def _is_slot(data: bytes) -> bool:
+    """Whether `data` is a key slot this Phoenix reads, or one of a newer Phoenix."""
+    try:
+        keyslots.KeySlot.from_json(data)
+    except CorruptObject:
+        return False
+    except UnsupportedFormat:
+        pass
+    return True
 
 
 _COUNT_LOCK = threading.Lock()

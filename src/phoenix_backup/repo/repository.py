@@ -271,7 +271,12 @@ class RepoConfig:
                 raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
             return config
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
-            raise CorruptObject(f"the repository config at {where} is malformed: {exc}") from exc
+            # json.loads's own words would send the user to sys.set_int_max_str_digits() or speak of recursion.
+            why = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
+            why = "a number too long to read" if "sys.set_int_max_str_digits" in why else why
+            raise CorruptObject(
+                f"the repository config at {where} is malformed ({why}); restore the config object from another target"
+            ) from exc
 
 
 def _int(value: object) -> int:

@@ -146,7 +146,7 @@ class WriterStore:
         with self._locked():
             try:
                 known = json.loads(self.record_path.read_bytes()).get("snapshots", {})
-            except (FileNotFoundError, ValueError, AttributeError):
+            except (FileNotFoundError, ValueError, AttributeError, RecursionError):
                 known = {}
             for sid, snap in snapshots.items():
                 known[sid] = json.loads(snap.to_json_bytes())

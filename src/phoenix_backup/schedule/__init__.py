@@ -57,7 +57,7 @@ def record_path(home: Path, kind: str = "backup") -> Path:
 def read_record(home: Path, kind: str = "backup") -> dict[str, Any] | None:
     try:
         data = json.loads(record_path(home, kind).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

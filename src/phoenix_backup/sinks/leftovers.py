@@ -243,7 +243,7 @@ def _clean_one(folder: int, name: str, problems: list[str]) -> list[str]:
         removed = []
         seen: set[str] = set()
         for line in lines:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 path = json.loads(line)
                 if isinstance(path, str) and path.startswith("/") and path not in seen:
                     seen.add(path)
@@ -268,7 +268,7 @@ def _header(line: str) -> ProcessTag | None:
     this machine's, and only a pid that no longer runs proves its death (ProcessTag.gone)."""
     try:
         head = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(head, dict):
         return None
