@@ -13,7 +13,7 @@ import pytest
 from moto_support import bare_repo, git
 from storage_support import require_git
 
-from phoenix_backup.errors import StorageError, TargetAuthError
+from phoenix_backup.errors import StorageError, TargetAuthError, TargetUnreachable
 from phoenix_backup.storage.git import GITATTRIBUTES, GitBackend, clone_dir
 
 PACK = "data/ab/" + "ab" * 32
@@ -180,3 +180,38 @@ def test_authentication_failure_is_a_clear_error(tmp_path: Path, auth_host: str,
     message = str(err.value)
     assert "SSH key, a credential helper or a token" in message
     assert "wr0ng-pa55w0rd" not in message and auth_host in message
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind", "words"),
+    [
+        # A port holding 403: a remote that stalled was named as refusing authentication (a CI run).
+        (
+            "fatal: unable to access 'http://127.0.0.1:40365/remote.git/': Operation too slow. "
+            "Less than 1 bytes/sec transferred the last 1 seconds",
+            TargetUnreachable,
+            "cannot reach the Git remote",
+        ),
+        (
+            "remote: Repository not found.\nfatal: repository 'https://git.example/team4011/agent.git/' not found",
+            StorageError,
+            "there is no Git repository",
+        ),
+        (
+            "fatal: unable to access 'https://git.example/me/agent.git/': The requested URL returned error: 403",
+            TargetAuthError,
+            "refused authentication",
+        ),
+        (
+            "fatal: Authentication failed for 'https://git.example/me/agent.git/'",
+            TargetAuthError,
+            "refused authentication",
+        ),
+    ],
+)
+def test_a_failure_is_named_by_what_git_says_not_by_digits_in_the_url(
+    tmp_path: Path, stderr: str, kind: type[StorageError], words: str
+) -> None:
+    b = GitBackend("https://git.example/me/agent.git", "main", True, tmp_path / "c", {"PATH": "/usr/bin:/bin"})
+    error = b._error("fetch", stderr)
+    assert type(error) is kind and words in str(error), error

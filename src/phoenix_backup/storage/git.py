@@ -313,6 +313,12 @@ def clone_dir(env: Mapping[str, str], url: str, branch: str) -> Path:
     return data_dir(env) / "git" / digest[:16]
 
 
+# A URL in git's messages (`unable to access 'http://host:40365/r.git/'`), and an HTTP status that
+# refuses credentials (`The requested URL returned error: 403`) standing alone.
+_URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.\-]*://[^\s'\"]*")
+_AUTH_STATUS = re.compile(r"(?<![\d.:/])40[13](?![\d.])")
+
+
 class GitBackend(Backend):
     kind = "git"
 
@@ -398,10 +404,11 @@ class GitBackend(Backend):
             "terminal prompts disabled",
             "access denied",
             "invalid username or password",
-            "403",
-            "401",
         )
-        if any(m in low for m in auth_markers):
+        # Read without the URLs git quotes: a port or path holding 401 or 403 (`:40365`) is no
+        # HTTP status, and named a stalled remote's failure an authentication one.
+        said = _URL_IN_TEXT.sub("", low)
+        if any(m in said for m in auth_markers) or _AUTH_STATUS.search(said):
             return TargetAuthError(
                 f"the Git remote {where} refused authentication ({_reason(text)}); set up an SSH key, a "
                 "credential helper or a token for it, or fix targets.git.repo"
