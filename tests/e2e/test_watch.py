@@ -238,6 +238,7 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     note = sb.workspace / "MEMORY.md"
     before = note.read_bytes()
     covered = _timeline(sb, "home/.argentos/memory.db")
+    started = time.time()
     proc = subprocess.Popen([PHX, "watch", "--json"], env=sb.env, stdout=subprocess.PIPE, text=True)
     # The edit comes once the run covers time (its start takes seconds on a busy machine), seconds
     # into it, and the run ends once a snapshot of the files holds the edit (`--at` reads whole
@@ -246,7 +247,10 @@ def test_restart_resumes_without_uploading_the_database_again(sandbox: Sandbox, 
     # ...and once the run's first snapshot of the files (what changed while none ran) is taken: a
     # time before it has no snapshot of the files (the notice that says so is tested below).
     # The times restored below go by when a snapshot had read the files, not by when it began.
-    first_ready = _wait_for(lambda: _files_ready(sb, after=begun[0] - 1), proc)[0][1]
+    # Looked for from the run's start, not its first covered second: a watch restarted within 2 s
+    # of the last one's end stamps its first looks up to 2 s ahead (the seconds before them a gap),
+    # so its first snapshot of the files may begin before them (it did once in CI: never found).
+    first_ready = _wait_for(lambda: _files_ready(sb, after=started - 1), proc)[0][1]
     time.sleep(max(0.0, begun[0] + 2.5 - time.time(), first_ready + 2.5 - time.time()))
     changed_at = time.time()
     note.write_bytes(before + b"\nwritten while phx watch runs\n")
