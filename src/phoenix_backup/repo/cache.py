@@ -8,11 +8,13 @@ deduplication), never data; anything read from it is checked before it is truste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
 
+import blake3
 import platformdirs
 
 from phoenix_backup.dirs import make_dirs
@@ -25,6 +27,29 @@ from phoenix_backup.repo.locks import process_start_time
 MAX_PAGES_HEADER = 4096
 # Page hashes are copied into the cache file this many bytes at a time.
 _COPY_BLOCK = 1 << 20
+
+
+def entry_key(page_key: bytes, fingerprint: str, purpose: str) -> bytes:
+    """The key that authenticates a cache's entries of what objects read from the store said (a
+    capture segment's header, what an index object supersedes), one per `purpose`: the secret id
+    key, bound to the sealing key's fingerprint (`phx key rotate` keeps the id key, and an entry of
+    an object sealed with the old key must not stand for one that no longer opens)."""
+    return blake3.blake3(f"phoenix v1 {purpose}\0".encode() + fingerprint.encode(), key=page_key).digest()
+
+
+def entry_mac(key: bytes, name: str, rest: bytes) -> bytes:
+    """The MAC of a cache entry holding `rest` for the object `name`."""
+    return blake3.blake3(name.encode() + b"\0" + rest, key=key).digest()
+
+
+def write_entry(folder: Path, file: str, data: bytes) -> None:
+    """Write a cache entry whole or not at all; a cache that cannot be written only means the
+    object is read from the store again next time."""
+    with contextlib.suppress(OSError):
+        make_dirs(folder)
+        tmp = folder / f".{file}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / file)
 
 
 def cache_root() -> Path:

@@ -22,17 +22,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import blake3
-
-from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, ToolMissing, UnsafePath
+from phoenix_backup.repo.cache import entry_key, entry_mac, write_entry
 from phoenix_backup.repo.crypto import same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.repository import CAPTURE_AAD as CAPTURE_AAD  # the seal of a segment
 from phoenix_backup.repo.repository import Repository
@@ -363,12 +360,7 @@ def _cache_key(repo: Repository) -> bytes:
     """Keyed by the secret id key, and bound to the key the segments are sealed with (its
     fingerprint): a `phx key rotate` keeps the id key, and the headers of the segments it re-sealed
     away, cached before, must not stand for segments that no longer open."""
-    context = b"phoenix v1 capture header cache\0" + repo.fingerprint.encode()
-    return blake3.blake3(context, key=repo.ids.page_key).digest()
-
-
-def _cache_mac(key: bytes, name: str, rest: bytes) -> bytes:
-    return blake3.blake3(name.encode() + b"\0" + rest, key=key).digest()
+    return entry_key(repo.ids.page_key, repo.fingerprint, "capture header cache")
 
 
 def cached_header(folder: Path, name: str, key: bytes) -> Segment | None:
@@ -381,7 +373,7 @@ def cached_header(folder: Path, name: str, key: bytes) -> Segment | None:
     except (OSError, struct.error):
         return None
     rest = raw[_CACHE_HEAD.size - 16 :]
-    if magic != _CACHE_MAGIC or not same_bytes(mac, _cache_mac(key, name, rest)):
+    if magic != _CACHE_MAGIC or not same_bytes(mac, entry_mac(key, name, rest)):
         return None
     try:
         seg = _from_json(json.loads(raw[_CACHE_HEAD.size :]), b"", name, data_len)
@@ -396,12 +388,8 @@ def cache_header(folder: Path, seg: Segment, key: bytes) -> None:
     only means the segment is read again next time."""
     name = PREFIX + seg.id
     rest = struct.pack("<QQ", seg.stored_size, len(seg.data)) + seg.header()
-    entry = _CACHE_HEAD.pack(_CACHE_MAGIC, _cache_mac(key, name, rest), 0, 0)[: _CACHE_HEAD.size - 16] + rest
-    with contextlib.suppress(OSError):
-        make_dirs(folder)
-        tmp = folder / f".{seg.id}.{os.getpid()}.tmp"
-        tmp.write_bytes(entry)
-        os.replace(tmp, folder / seg.id)
+    entry = _CACHE_HEAD.pack(_CACHE_MAGIC, entry_mac(key, name, rest), 0, 0)[: _CACHE_HEAD.size - 16] + rest
+    write_entry(folder, seg.id, entry)
 
 
 def forget_cached(folder: Path | None, names: Iterable[str]) -> None:

@@ -42,7 +42,6 @@ copied. A failing replica never stops the others: its error is its outcome.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -51,9 +50,6 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import blake3
-
-from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import (
     CorruptObject,
     IdentityRequired,
@@ -67,7 +63,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.repo import checks, retired
 from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.cache import Cache
+from phoenix_backup.repo.cache import Cache, entry_key, entry_mac, write_entry
 from phoenix_backup.repo.crypto import BlobType, Sealer, same_bytes
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
@@ -544,8 +540,7 @@ def _superseded_cache(repo: Repository) -> tuple[Path | None, bytes]:
         folder = Cache(repo.config.id).dir / "superseded"
     except (StorageError, OSError):
         return None, b""
-    context = b"phoenix v1 superseded index cache\0" + repo.fingerprint.encode()
-    return folder, blake3.blake3(context, key=repo.ids.page_key).digest()
+    return folder, entry_key(repo.ids.page_key, repo.fingerprint, "superseded index cache")
 
 
 def _cached_superseded(folder: Path, key: bytes, name: str) -> list[str] | None:
@@ -556,7 +551,7 @@ def _cached_superseded(folder: Path, key: bytes, name: str) -> list[str] | None:
     except OSError:
         return None
     mac, rest = raw[:32], raw[32:]
-    if not same_bytes(mac, blake3.blake3(name.encode() + b"\0" + rest, key=key).digest()):
+    if not same_bytes(mac, entry_mac(key, name, rest)):
         return None
     sup = rest.decode("ascii", "replace").split()
     return sup if all(is_valid_name(f"index/{s}") for s in sup) else None
@@ -564,12 +559,7 @@ def _cached_superseded(folder: Path, key: bytes, name: str) -> list[str] | None:
 
 def _cache_superseded(folder: Path, key: bytes, name: str, sup: list[str]) -> None:
     rest = " ".join(sup).encode()
-    with contextlib.suppress(OSError):
-        make_dirs(folder)
-        bare = name.removeprefix("index/")
-        tmp = folder / f".{bare}.{os.getpid()}.tmp"
-        tmp.write_bytes(blake3.blake3(name.encode() + b"\0" + rest, key=key).digest() + rest)
-        os.replace(tmp, folder / bare)
+    write_entry(folder, name.removeprefix("index/"), entry_mac(key, name, rest) + rest)
 
 
 def _keep_indexed(
