@@ -231,6 +231,13 @@ class _Plan:
     links: dict[str, str] = field(default_factory=dict)
 
 
+def _in_folder(reader: FileWriter, path: str, op: str) -> Any:
+    """`sqlite_folder`'s `op` on the database at the snapshot path `path`, through folders opened one
+    by one without following links (as the restore's writes reach it)."""
+    with reader.parent_dir(path, create=False) as (fd, name):
+        return sqlite_folder.run(fd, op, [name])
+
+
 class _Restore:
     """One restore run: the plan, then (unless a dry run) the checks, the gateway and the writes."""
 
@@ -770,9 +777,8 @@ class _Restore:
         restore's writes: a link another user swaps into its path is never followed (SQLite would
         create the -shm of the database it led to). One not reachable so is unreadable."""
         try:
-            with reader.parent_dir(item.path, create=False) as (fd, name):
-                live: sqlite_live.LiveDb = sqlite_folder.run(fd, "probe", [name])
-                return live
+            live: sqlite_live.LiveDb = _in_folder(reader, item.path, "probe")
+            return live
         except FileNotFoundError:
             return sqlite_live.LiveDb(False, False, "absent")
         except (OSError, PhoenixError) as exc:
@@ -792,8 +798,7 @@ class _Restore:
                     out[item.path] = sqlite_live.ABSENT
                     continue
                 try:
-                    with reader.parent_dir(item.path, create=False) as (fd, name):
-                        out[item.path] = sqlite_folder.run(fd, "fingerprint", [name])
+                    out[item.path] = _in_folder(reader, item.path, "fingerprint")
                 except (OSError, PhoenixError) as exc:
                     out[item.path] = f"unreadable: {exc}"
         finally:
