@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import errno
 import functools
-import hashlib
 import os
 import resource
 import secrets
@@ -28,6 +27,7 @@ from typing import cast
 
 from phoenix_backup.dirs import kernel_file_system, make_dirs
 from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath, UsageError, shown
+from phoenix_backup.repo.crypto import Sha256
 from phoenix_backup.repo.locks import own_start_time, process_start_time
 from phoenix_backup.repo.reader import NodeReader, PackSchedule, read_proving
 from phoenix_backup.repo.repository import Repository
@@ -269,7 +269,7 @@ def _digest_at(fd: int | None, name: str | Path, st: os.stat_result) -> str:
             return "?"
         # At most one byte more than the lstat's size: a file the agent keeps growing while it is
         # read differs by that byte (or by size), and is never read for ever.
-        h = hashlib.sha256()
+        h = Sha256()  # the SHA-256 every digest of Phoenix uses (repo/crypto.py), not a second one
         left = st.st_size + 1
         while left > 0 and (chunk := os.read(f, min(left, 1 << 20))):
             h.update(chunk)
