@@ -101,3 +101,21 @@ def test_every_passphrase_source_is_redacted_as_given_and_as_phoenix_uses_it(tmp
     secrets = secrets_of(load_config(config, env), env)
     shown = redact("opened with CANARY-store.", secrets)
     assert "CANARY" not in shown, shown
+
+
+def test_a_file_name_forges_no_line_of_a_notification_nor_reaches_its_reader_raw() -> None:
+    """A backup's alert lists what was not saved by name: a file named with a newline wrote a line
+    of its own ("Targets OK: ...") into the alert, and its escape sequence or RIGHT-TO-LEFT
+    OVERRIDE reached whatever shows it. Each line of the alert is one line of text, its controls
+    escaped, and secrets are still redacted."""
+    from phoenix_backup.notify.message import BackupEvent, compose
+
+    error = "not saved: workspace/x\nTargets OK: all, nothing failed\x1b]0;owned\x07\u202egpj.exe: denied s3cret"
+    event = BackupEvent(ok=False, host="h\x1b[2J", snapshot_id="a" * 64, snapshot_name="n", errors=(error,))
+    title, body = compose(event, ["s3cret"])
+    assert body.splitlines() == [
+        "Snapshot: n (aaaaaaaa), scope full",
+        "Errors:",
+        "  not saved: workspace/x\\nTargets OK: all, nothing failed\\x1b]0;owned\\x07\\u202egpj.exe: denied ***",
+    ], body
+    assert title == "Phoenix backup INCOMPLETE on h\\x1b[2J"

@@ -118,3 +118,19 @@ def test_an_fts5_check_sqlite_cannot_run_is_reported_as_not_run_never_as_damage(
     result = DrillResult("0" * 64, "n", "t", "h", "local", "2026-01-01T00:00:00+00:00", databases=[report])
     assert result.ok and result.exit_status == ExitStatus.PARTIAL
     assert result.to_json()["unchecked"] == [f"home/notes.db: {report.unchecked[0]}"]
+
+
+def test_the_drill_report_shows_a_planted_host_and_a_hostile_name_escaped() -> None:
+    """The drill's Markdown report (which a user `cat`s) put a planted snapshot's host and a file's
+    name in raw: an escape sequence drove the reader's terminal, a carriage return hid the line and
+    a RIGHT-TO-LEFT OVERRIDE showed one name as another. They are shown escaped, as on a terminal."""
+    from phoenix_backup.ops.drill import DrillError, markdown
+
+    hostile = "evil\x1b]0;owned\x07\r\u202eok|x"
+    result = DrillResult(
+        snapshot="a" * 64, name="n", time="2026-01-01T00:00:00+00:00", host=hostile, target="local", started="s"
+    )
+    result.errors.append(DrillError("data/ab", "a" * 64, f"workspace/{hostile}", f"{hostile} differs"))
+    report = markdown(result)
+    assert not any(c in report for c in "\x1b\x07\r\u202e"), report
+    assert "evil\\x1b]0;owned\\x07\\r\\u202eok\\|x" in report

@@ -155,3 +155,64 @@ def test_the_units_and_their_folders_are_private_under_umask_000(tmp_path: Path)
         "home/.config/systemd/user/phoenix-watch.service",
     } <= set(modes), modes
     assert {p: m for p, m in modes.items() if int(m, 8) & 0o077} == {}
+
+
+def test_a_path_a_scheduler_line_cannot_carry_is_refused_not_written(tmp_path: Path) -> None:
+    """A config path (or a passed-through variable) holding a newline cut the crontab line and the
+    systemd unit line: the rest became a crontab entry of its own (`* * * * * cmd`, run as you) or
+    a unit setting. Such a path is refused with one error naming it, for every scheduler and for
+    the watch service; nothing is written."""
+    from phoenix_backup.errors import UsageError
+    from phoenix_backup.schedule import service
+
+    hostile = tmp_path / "x\n* * * * * touch /tmp/red19-pwned #" / "backup.json"
+    with pytest.raises(UsageError, match="control character"):
+        Job.for_config(hostile, {}, tmp_path / "home")
+    with pytest.raises(UsageError, match="PYTHONPATH"):
+        Job.for_config(tmp_path / "backup.json", {"PYTHONPATH": "/src\nExecStartPre=/bin/sh"}, tmp_path / "home")
+    with pytest.raises(UsageError, match="control character"):
+        service.render_systemd(hostile, {})
+    with pytest.raises(UsageError, match="control character"):
+        service.render_launchd(tmp_path / "a\x1b[2J" / "backup.json", {})
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_dollar_in_the_config_path_reaches_the_systemd_job_as_it_is(tmp_path: Path) -> None:
+    """systemd expands `$NAME` in ExecStart= even inside quotes: a config at `/srv/a$HOME/backup.json`
+    ran the job on another file. Read back as systemd reads the line (words unquoted, `$$` a `$`,
+    `$NAME` expanded), the job's and the watch's ExecStart name the exact path; `%` and spaces too."""
+    import re
+    import shlex
+
+    from phoenix_backup.schedule import service
+
+    config = tmp_path / "a$HOME b%h ${USER}" / "backup.json"
+    job = Job.for_config(config, {}, tmp_path / "home")
+    units = [
+        systemd.render(ScheduleSpec.parse("daily", "03:00"), job)["phoenix-backup.service"],
+        service.render_systemd(config, {}),
+    ]
+    for unit in units:
+        line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+        words = shlex.split(line.removeprefix("ExecStart="))
+        expanded = [
+            re.sub(r"\$\$|\$\{\w+\}|\$\w+|%%|%\w", lambda m: {"$$": "$", "%%": "%"}.get(m.group(), "EXPANDED"), w)
+            for w in words
+        ]
+        assert expanded[-1] == str(config), line
+
+
+def test_a_name_in_a_scheduled_runs_message_forges_no_line_of_its_log(tmp_path: Path) -> None:
+    """A scheduled run logs its notices; a file name holding a newline wrote a line of its own,
+    such as a forged "scheduled backup starting" that `phx status` took for the last scheduled run
+    (hiding a schedule that no longer runs), and an escape sequence reached whoever reads the log.
+    Each message is one line, its controls escaped; a report's own lines stay lines."""
+    from phoenix_backup.schedule import last_scheduled_run
+    from phoenix_backup.schedule.runlog import RunLog
+
+    log = RunLog(tmp_path)
+    log.write("phx: warning: not saved: workspace/x\n2026-01-01T03:00:00+00:00 scheduled backup starting\x1b[2J")
+    log.write("line one\nline two", report=True)
+    text = log.path.read_text()
+    assert last_scheduled_run(log.path) is None, text
+    assert "\x1b" not in text and len(text.splitlines()) == 3, text

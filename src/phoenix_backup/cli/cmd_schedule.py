@@ -240,7 +240,7 @@ def run(out: Out, envx: Environment, config_path: str | None, drill: bool) -> Ex
         log.write(f"phx: error: unexpected {type(exc).__name__}: {exc}")
         log.write(f"scheduled {kind} finished: exit {int(ExitStatus.FAILURE)}")
         return ExitStatus.FAILURE
-    log.write(text)
+    log.write(text, report=True)
     log.write(f"scheduled {kind} finished: exit {int(status)}")
     if out.as_json:
         out.result(doc, "")

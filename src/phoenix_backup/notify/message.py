@@ -14,6 +14,7 @@ from phoenix_backup.dirs import (
     remembered_secret,
     secret_file_again,
 )
+from phoenix_backup.errors import shown, shown_each
 from phoenix_backup.redaction import redact
 from phoenix_backup.units import human_size
 
@@ -36,7 +37,9 @@ class BackupEvent:
 
 
 def compose(event: BackupEvent, secrets: Iterable[str] = ()) -> tuple[str, str]:
-    """(title, body) of the message, redacted."""
+    """(title, body) of the message, redacted; each line one line of text (`shown_each`): a file
+    name's newline would forge a line of its own ("Targets OK: ...") in the alert, its escape
+    sequence or bidi override would reach whatever shows the message."""
     if event.ok:
         title = f"Phoenix backup OK on {event.host}"
     elif event.snapshot_id:
@@ -61,7 +64,8 @@ def compose(event: BackupEvent, secrets: Iterable[str] = ()) -> tuple[str, str]:
         lines.append("Errors:")
         lines += [f"  {error}" for error in event.errors]
     secret_list = list(secrets)
-    return redact(title, secret_list), redact("\n".join(lines), secret_list)
+    # Redacted first: a secret is found as it is, before its characters are escaped.
+    return shown(redact(title, secret_list)), shown_each(redact(line, secret_list) for line in lines)
 
 
 def env_secrets(env: Mapping[str, str]) -> list[str]:

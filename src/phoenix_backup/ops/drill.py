@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import make_dirs, remove_tree, write_private
-from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError
+from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError, shown
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix
 from phoenix_backup.repo import checks
@@ -653,7 +653,10 @@ def _write_reports(result: DrillResult, folder: Path, envx: Environment) -> None
 
 
 def _md(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A name or message in the report, one table cell or line: its controls, newline and bidi
+    overrides shown escaped (`shown`: a planted snapshot's host or a file name would otherwise
+    drive the terminal that `cat`s the report), and `|` escaped for the table."""
+    return shown(text).replace("|", "\\|")
 
 
 def markdown(r: DrillResult) -> str:

@@ -282,14 +282,16 @@ def status(env: Mapping[str, str], home: Path, kind: str = "backup") -> Schedule
 
 def last_scheduled_run(log: Path, kind: str = "backup") -> datetime | None:
     """When the last scheduled run of the job started, from its log (and the newest rotated one)."""
-    marker = f" scheduled {kind} starting"
+    # The line's own words, after its time stamp: a message naming a file (a notice, shown escaped
+    # on one line) may hold the same words anywhere else in its line.
+    marker = f"scheduled {kind} starting"
     for path in (log, log.with_name(f"{log.name}.1")):
         try:
             lines = path.read_text(errors="replace").splitlines()
         except OSError:
             continue
         for line in reversed(lines):
-            if marker in line:
+            if line.partition(" ")[2].startswith(marker):
                 try:
                     return datetime.fromisoformat(line.split(" ", 1)[0])
                 except ValueError:

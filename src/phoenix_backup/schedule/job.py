@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from phoenix_backup.errors import UsageError, shown
+
 # Passed through to scheduled runs when set at install time. Never a passphrase itself: a
 # crontab or unit file is no place for a secret (PHX_PASSPHRASE_FILE names a file instead).
 # PYTHONPATH too: a Phoenix run from a source tree must find itself again under the scheduler.
@@ -23,6 +25,21 @@ PASS_THROUGH = (
 )
 # The scheduled jobs: a backup, and a restore drill of the latest snapshot (`phx drill`).
 KINDS = ("backup", "drill")
+
+
+def schedulable(text: str, what: str) -> str:
+    """`text` (a config path, the Python's path, a passed-through variable), unchanged, as a
+    scheduler's file may carry it: a crontab line ends at a newline, a systemd unit line too, a
+    plist takes no control character, and none takes bytes that are not UTF-8. Such a name would
+    cut the line and make the rest another crontab entry or unit setting (a command run as you), so
+    it is refused with one error instead."""
+    bad = any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in text)
+    if bad:
+        raise UsageError(
+            f"{what} {shown(text)} holds a control character or a byte that is not UTF-8, which a crontab line, "
+            "systemd unit or launchd plist cannot carry exactly; rename it (or move the config) and install again"
+        )
+    return text
 
 
 def job_name(kind: str) -> str:
@@ -50,7 +67,8 @@ class Job:
             "--config",
             str(config_path),
         )
-        passed = tuple((k, env[k]) for k in PASS_THROUGH if env.get(k))
+        argv = tuple(schedulable(a, "the path") for a in argv)
+        passed = tuple((k, schedulable(env[k], k)) for k in PASS_THROUGH if env.get(k))
         return cls(argv, passed, home, kind)
 
     @property

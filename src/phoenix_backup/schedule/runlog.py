@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from phoenix_backup.dirs import make_dirs
+from phoenix_backup.errors import shown
 
 LOG_NAME = "backup.log"
 DRILL_LOG_NAME = "drill.log"
@@ -50,9 +51,13 @@ class RunLog:
         os.replace(self.path, self.folder / f"{self.name}.1")
         return True
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, *, report: bool = False) -> None:
+        """One message (a notice, an error) as one line, its newline, tab or escape shown escaped
+        (`shown`): a file name's newline would forge a line of the log, such as the "scheduled
+        backup starting" that `phx status` reads as the last scheduled run. `report`: a result's
+        text, whose lines (names already shown escaped) each stay a line."""
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-        lines = text.splitlines() or [""]
+        lines = [shown(line) for line in (text.split("\n") if report else [text])]
         # O_APPEND keeps concurrent writers' lines whole; 0600 because errors may name paths.
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as f:

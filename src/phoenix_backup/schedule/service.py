@@ -13,7 +13,7 @@ from pathlib import Path
 from phoenix_backup.dirs import make_dirs, write_private
 from phoenix_backup.errors import SchedulerUnavailable, UsageError
 from phoenix_backup.schedule import launchd, systemd
-from phoenix_backup.schedule.job import PASS_THROUGH
+from phoenix_backup.schedule.job import PASS_THROUGH, schedulable
 
 NAME = "phoenix-watch"
 # systemd waits this long for the last segment after SIGTERM before it kills the watch.
@@ -21,11 +21,12 @@ STOP_SECONDS = 60
 
 
 def argv(config_path: Path) -> tuple[str, ...]:
-    return (sys.executable, "-m", "phoenix_backup.cli.main", "watch", "--config", str(config_path))
+    words = (sys.executable, "-m", "phoenix_backup.cli.main", "watch", "--config", str(config_path))
+    return tuple(schedulable(w, "the path") for w in words)
 
 
 def _env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: env[k] for k in PASS_THROUGH if env.get(k)}
+    return {k: schedulable(env[k], k) for k in PASS_THROUGH if env.get(k)}
 
 
 def render_systemd(config_path: Path, env: Mapping[str, str]) -> str:
@@ -38,7 +39,7 @@ def render_systemd(config_path: Path, env: Mapping[str, str]) -> str:
         "[Service]\n"
         "Type=simple\n"
         f"{env_lines}"
-        f"ExecStart={' '.join(systemd.quote(a) for a in argv(config_path))}\n"
+        f"ExecStart={systemd.command_line(argv(config_path))}\n"
         "Restart=always\n"
         "RestartSec=5\n"
         "KillSignal=SIGTERM\n"

@@ -55,6 +55,13 @@ def quote(arg: str) -> str:
     return text
 
 
+def command_line(argv: tuple[str, ...]) -> str:
+    """An ExecStart= value running exactly `argv`: systemd expands `$NAME` and `${NAME}` in its
+    words, quoted or not (a config path `/srv/a$HOME/backup.json` would name another file), and `$$`
+    is its literal `$`. (Environment= expands nothing: its values are `quote`d alone.)"""
+    return " ".join(quote(a.replace("$", "$$")) for a in argv)
+
+
 def render(spec: ScheduleSpec, job: Job) -> dict[str, str]:
     """The two unit files, by name."""
     service_file, timer_file = service_name(job.name), timer_name(job.name)
@@ -67,7 +74,7 @@ def render(spec: ScheduleSpec, job: Job) -> dict[str, str]:
         "[Service]\n"
         "Type=oneshot\n"
         f"{env_lines}"
-        f"ExecStart={' '.join(quote(a) for a in job.argv)}\n"
+        f"ExecStart={command_line(job.argv)}\n"
         # A backup is background work: it should not make the agent feel slow.
         "Nice=10\n"
         "IOSchedulingClass=idle\n"
