@@ -347,3 +347,25 @@ def test_an_immutable_empty_output_folder_names_the_attribute(sandbox: Sandbox, 
         assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=False, capture_output=True)
+
+
+def test_two_tables_whose_names_once_made_one_file_export_each_whole(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A table's file name was %XX of each code point: `é0` and U+0E90 were both `%E90.json`, so
+    the second table's rows were written over the first's, and the metadata named one file for
+    both (an import restored one table's rows into the other). Each table has a file of its own."""
+    memory_db = sandbox.db_path(STORES["memory"])
+    with sqlite3.connect(memory_db) as con:
+        con.execute('CREATE TABLE "é0" (v TEXT)')
+        con.execute('CREATE TABLE "\u0e90" (v TEXT)')
+        con.executemany('INSERT INTO "é0" VALUES (?)', [("first",), ("second",)])
+        con.execute("INSERT INTO \"\u0e90\" VALUES ('other')")
+    con.close()
+    out = tmp_path / "export"
+    sandbox.phx_here("export", "--format", "json", "--output", out, "--json")
+    meta = json.loads((out / "metadata.json").read_text())
+    files = {
+        t["name"]: t["file"] for db in meta["databases"] if db["path"] == STORES["memory"] for t in db["tableFiles"]
+    }
+    assert files["é0"] != files["\u0e90"], files
+    assert [r["v"] for r in json.loads((out / files["é0"]).read_text())] == ["first", "second"]
+    assert [r["v"] for r in json.loads((out / files["\u0e90"]).read_text())] == ["other"]

@@ -361,8 +361,14 @@ def _store_names(databases: list[SourceDatabase]) -> list[str]:
 
 
 def _safe_name(name: str) -> str:
-    """A file name for a table or store: letters, digits, `_`, `-`, `.`; anything else %XX."""
-    out = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_-.") else f"%{ord(ch):02X}" for ch in name)
+    """A file name for a table or store: ASCII letters, digits, `_`, `-`, `.`; every other byte of
+    the name's UTF-8 %XX. One name, one file: %XX of a code point (`é0` and U+0E90 were both
+    `%E90`) gave two tables one file, the second written over the first."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")  # a store's file name that is not UTF-8
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogatepass")
+    out = "".join(chr(b) if (chr(b).isalnum() and b < 0x80) or chr(b) in "_-." else f"%{b:02X}" for b in raw)
     return out if out not in ("", ".", "..") else out.replace(".", "%2E") or "_"
 
 
