@@ -216,3 +216,40 @@ def test_a_name_in_a_scheduled_runs_message_forges_no_line_of_its_log(tmp_path: 
     text = log.path.read_text()
     assert last_scheduled_run(log.path) is None, text
     assert "\x1b" not in text and len(text.splitlines()) == 3, text
+
+
+def _as_cron_runs(line: str) -> list[str]:
+    """The words `sh` is given for a crontab line, after cron's own `%` handling (cronie's and
+    Vixie's loop: `\\%` is a `%`, an unescaped `%` ends the command)."""
+    import shlex
+
+    command, out, escaped = line.split(" ", 5)[5], [], False
+    for ch in command:
+        if escaped:
+            if ch == "%":
+                out[-1] = "%"
+            else:
+                out.append(ch)
+            escaped = False
+            continue
+        if ch == "%":
+            break
+        out.append(ch)
+        escaped = ch == "\\"
+    return shlex.split("".join(out))
+
+
+def test_a_percent_in_the_config_path_reaches_cron_as_it_is_or_is_refused(tmp_path: Path) -> None:
+    """`%` ends a cron command unless escaped: a config path holding a backslash before a `%`
+    cut the command inside its quotes (the job failed at every run, saying nothing). A path cron
+    can carry comes back exact; that one is refused with one error, nothing written."""
+    from phoenix_backup.errors import UsageError
+    from phoenix_backup.schedule import cron
+
+    spec = ScheduleSpec.parse("daily", "03:00")
+    for name in ("a%b", "50% 'off' $HOME", "back\\slash"):
+        config = tmp_path / name / "backup.json"
+        words = _as_cron_runs(cron.line(spec, Job.for_config(config, {}, tmp_path / "home")))
+        assert words[-3:] == [str(config), ">/dev/null", "2>&1"], words
+    with pytest.raises(UsageError, match="backslash before a `%`"):
+        cron.line(spec, Job.for_config(tmp_path / "a\\%b" / "backup.json", {}, tmp_path / "home"))

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from phoenix_backup.errors import SchedulerUnavailable
+from phoenix_backup.errors import SchedulerUnavailable, UsageError, shown
 from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
 
@@ -41,7 +41,13 @@ def line(spec: ScheduleSpec, job: Job) -> str:
     parts += [shlex.quote(a) for a in job.argv]
     # Output goes to Phoenix's own rotated log; cron would otherwise mail it (or drop it).
     command = " ".join(parts) + " >/dev/null 2>&1"
-    # `%` ends a cron command (the rest becomes stdin) unless escaped.
+    # `%` ends a cron command (the rest becomes stdin) unless escaped as `\%`. A backslash before
+    # it cannot be written: cron reads `\\%` as a kept backslash and an unescaped `%`.
+    if "\\%" in command:
+        raise UsageError(
+            f"{shown(job.argv[-1])} (or a passed-through variable) holds a backslash before a `%`, which a crontab "
+            "line cannot carry; rename it or use systemd (--scheduler systemd)"
+        )
     return f"{spec.cron()} {command.replace('%', chr(92) + '%')}"
 
 
