@@ -82,3 +82,18 @@ def test_a_replica_pack_listed_but_not_whole_is_copied_again(tmp_path: Path) -> 
     report = replicate(first, "x", LocalBackend(tmp_path / "x"), print)
     assert report.ok, report.error
     assert contents(opened(tmp_path / "x")) == contents(opened(tmp_path / "first"))
+
+
+def test_a_pack_damaged_on_the_first_target_never_replaces_a_replicas_whole_copy(tmp_path: Path) -> None:
+    """The sizes differ the other way round: the first target's copy is the truncated one. The
+    replica keeps its whole copy (the one `phx repair objects --from` brings back), and the sync
+    names the first target's pack instead of exiting 0."""
+    first = first_target(tmp_path)
+    assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
+    pack = sorted(info.name for info in first.backend.list("data/"))[0]
+    whole = stored(tmp_path / "x", pack).read_bytes()
+    stored(tmp_path / "first", pack).write_bytes(whole[:100])
+    report = replicate(first, "x", LocalBackend(tmp_path / "x"), print)
+    assert (report.ok, report.damaged) == (False, [pack])
+    assert report.error is not None and "phx repair objects --from" in report.error
+    assert stored(tmp_path / "x", pack).read_bytes() == whole

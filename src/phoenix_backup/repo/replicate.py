@@ -385,8 +385,8 @@ def _replicate(
         report.error = (
             f"{len(report.damaged)} object(s) on the first target are damaged or are no object of this repository "
             f"(first: {report.damaged[0]}) and were not copied to target {report.name}; everything else was; "
-            "run `phx verify` to see what they affect, and delete them from the first target's storage if they "
-            "were planted there"
+            "run `phx verify` to see what they affect: `phx repair objects --from TARGET` brings back a whole "
+            "copy a replica holds, and what was planted there is deleted from the first target's storage"
         )
 
 
