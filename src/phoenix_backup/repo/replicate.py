@@ -33,6 +33,10 @@ the same objects under the same names. For each replica, in its own thread:
    remove/passwd/rotate` must stop opening replicas; those that can wrap no retired key, the
    current key's and junk under keys/, go before step 7 judges anything); then publish (Git: push).
 
+An index object of the first target that does not decode is skipped and named (`TargetReport.damaged`,
+the target's error) rather than stopping the copy, and a pack or index object the replica lists at
+another size than the first target's is copied again.
+
 A crash or a failure at any step therefore leaves no replica holding a snapshot whose data is
 missing, and the next run (or `phx sync`) copies what is still missing. Every copied object is
 checked against its name (SHA-256) first, so damage on the first target is never replicated.
@@ -94,6 +98,7 @@ class TargetReport:
     keys_removed: int = 0
     retired: int = 0  # objects of a retired key deleted (after `phx key rotate`)
     junk: list[str] = field(default_factory=list)  # objects there no key opens (left in place, said)
+    damaged: list[str] = field(default_factory=list)  # the first target's objects skipped as damaged
     uploads_aborted: int = 0
     seconds: float = 0.0
     # Told of the objects to copy and of each one copied (not part of the report itself).
@@ -123,6 +128,7 @@ class TargetReport:
             "keysRemoved": self.keys_removed,
             "retired": self.retired,
             "junk": self.junk,
+            "damaged": self.damaged,
             "uploadsAborted": self.uploads_aborted,
             "seconds": round(self.seconds, 3),
             "bytesPerSecond": round(self.throughput),
@@ -233,10 +239,26 @@ def _replicate(
             report.keys_removed += 1
         stale_keys = [n for n in stale_keys if n not in removed]
         _add_run_keys(source, dest, report)
-        present = {info.name for info in dest.list("data/")}
-        present_index = {info.name for info in dest.list("index/")}
-        source_index = {info.name for info in source.list("index/")}
+        sizes = {info.name: info.size for prefix in ("data/", "index/") for info in source.list(prefix)}
+        there = {info.name: info.size for info in dest.list("data/")}
+        # A pack the replica lists at another size than the first target's (truncated, a 0-byte
+        # object) is not held there: it is copied again, or its backups would not restore there.
+        present = {name for name, size in there.items() if sizes.get(name, size) == size}
+        # So is an index object (copied again below, as one the replica lacks).
+        present_index = {info.name for info in dest.list("index/") if sizes.get(info.name, info.size) == info.size}
+        source_index = {name for name in sizes if name.startswith("index/")}
         missing_index = sorted(source_index - present_index)
+        # An index object of the first target that does not decode (damaged, or planted by anyone
+        # who can write that storage) is skipped and named: it must not keep every replica from
+        # new backups. The packs the first target knows only from their headers (those a damaged
+        # index object listed) are copied, listed by an index object of the replica's own.
+        readable: dict[str, tuple[dict[str, list[PackEntry]], list[str]]] = {}
+        for index_name in missing_index:
+            try:
+                readable[index_name] = _index_packs(repo, index_name)
+            except CorruptObject:
+                report.damaged.append(index_name)
+        missing_index = [n for n in missing_index if n in readable]
         # Those a replica's own index object supersedes (its prune dropped their packs, used by
         # no snapshot there yet): copied again they would not be read there.
         revived = _superseded_there(repo, dest, sorted(present_index - source_index), missing_index)
@@ -246,7 +268,7 @@ def _replicate(
         superseded: set[str] = set()  # index objects they supersede
         superseding: set[str] = set()  # those of them that supersede others
         for index_name in missing_index:
-            listing, sup = _index_packs(repo, index_name)
+            listing, sup = readable[index_name]
             superseded.update(f"index/{s}" for s in sup)
             if sup:
                 superseding.add(index_name)
@@ -259,10 +281,26 @@ def _replicate(
                     # Entries unknown (a write-only repository's machine that backs up reads only
                     # the covers of others' index objects): stays readable at once.
                     packs[obj] = bool(entries) and entries[0].type == BlobType.DATA
-        sizes = {info.name: info.size for prefix in ("data/", "index/") for info in source.list(prefix)}
-        todo = [*packs, *missing_index]
+        # (Those the replica holds already came with an index object that lists them there.)
+        unindexed = _unindexed(repo, listed, present) if report.damaged else {}
+        for pack_id, entries in unindexed.items():
+            packs[pack_name(pack_id)] = entries[0].type == BlobType.DATA
+        # Those the replica holds damaged that no copied index object lists (theirs are listed there).
+        recopy = sorted(name for name in there if name not in present and name not in packs)
+        todo = [*packs, *recopy, *missing_index]
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
+        for name in recopy:  # one at a time: rare, and a damaged copy on the first target is skipped
+            try:
+                _copy_one(source, dest, name, False, report, repo.config.pack_ids)
+            except CorruptObject:
+                report.damaged.append(name)  # the replica's copy stays; `phx verify` tells which is whole
+            else:
+                present.add(name)
+        if unindexed:  # before any snapshot that needs them
+            written = repo.sibling(dest).write_index_parts(unindexed, [])
+            with _COUNT_LOCK:
+                report.objects += len(written)
         confirm.now(MORE_COMMITTED)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         if revive:  # an index object of the replica's own lists them
@@ -342,6 +380,14 @@ def _replicate(
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
     dest.publish()
+    if report.damaged:
+        report.ok = False
+        report.error = (
+            f"{len(report.damaged)} object(s) on the first target are damaged or are no object of this repository "
+            f"(first: {report.damaged[0]}) and were not copied to target {report.name}; everything else was; "
+            "run `phx verify` to see what they affect: `phx repair objects --from TARGET` brings back a whole "
+            "copy a replica holds, and what was planted there is deleted from the first target's storage"
+        )
 
 
 def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]:
@@ -504,6 +550,20 @@ def _index_packs(repo: Repository, name: str) -> tuple[dict[str, list[PackEntry]
         return repo.read_index_object(name)
     except CorruptObject as exc:
         raise CorruptObject(f"the first target's {exc}; run `phx verify`") from exc
+
+
+def _unindexed(repo: Repository, listed: set[bytes], present: set[str]) -> dict[str, list[PackEntry]]:
+    """The packs the first target knows only from their own headers (no readable index object
+    there lists them: a damaged one did) that the replica lacks (`present`: those it holds), with
+    their entries that the copied index objects do not list."""
+    repo.load_index()
+    out: dict[str, list[PackEntry]] = {}
+    for pack_id, entries in repo.index.by_pack().items():
+        if pack_id in repo.unindexed_packs and pack_name(pack_id) not in present:
+            kept = [e for e in entries if e.id not in listed]
+            if kept:
+                out[pack_id] = kept
+    return out
 
 
 def _superseded_there(repo: Repository, dest: Backend, own: list[str], missing: list[str]) -> set[str]:

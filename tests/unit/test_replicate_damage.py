@@ -1,0 +1,101 @@
+"""Damage on either side of a sync: an index object of the first target that does not decode
+(planted by anyone who can write that storage, or damaged) must not keep every replica from new
+backups, and a replica that lists a pack it no longer holds whole must not count as holding the
+backups that need it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from test_retention_prune import KB, contents, take_snapshot
+
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.replicate import replicate
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.local import LocalBackend
+
+
+def stored(root: Path, name: str) -> Path:
+    """The file of object `name` (say `index/<id>`) in a local target at `root`."""
+    prefix, _, obj = name.partition("/")
+    (found,) = [p for p in (root / prefix).rglob(obj) if p.is_file()]
+    return found
+
+
+def opened(path: Path) -> Repository:
+    return Repository.open(LocalBackend(path), keys.Credentials(passphrase=None))
+
+
+def first_target(tmp_path: Path) -> Repository:
+    first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
+    take_snapshot(first, {"a.bin": os.urandom(40 * KB)}, "2026-03-01T02:00:00+00:00")
+    return first
+
+
+def test_junk_under_the_first_targets_index_does_not_stop_the_sync(tmp_path: Path) -> None:
+    """A planted object under index/ of the first target (a valid name, bytes that do not decode)
+    made every sync fail before any snapshot was copied: no replica got a new backup. It is
+    skipped and named, the rest is copied, and the target's outcome says so."""
+    first = first_target(tmp_path)
+    assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
+    junk = "index/" + "ab" * 32
+    first.backend.write(junk, b"not an index object")
+    take_snapshot(first, {"b.bin": os.urandom(40 * KB)}, "2026-03-02T02:00:00+00:00")
+    report = replicate(first, "x", LocalBackend(tmp_path / "x"), print)
+    assert not report.ok
+    assert report.error is not None and junk in report.error
+    assert report.snapshots == 1
+    assert contents(opened(tmp_path / "x")) == contents(opened(tmp_path / "first"))
+
+
+def test_a_damaged_index_object_of_the_first_target_still_replicates_its_packs(tmp_path: Path) -> None:
+    """The first target's index object of a backup is damaged: the first target reads its packs'
+    headers instead; the replica gets those packs too, listed by an index object of its own, so
+    every snapshot copied there restores."""
+    first = first_target(tmp_path)
+    before = {info.name for info in first.backend.list("index/")}
+    take_snapshot(first, {"b.bin": os.urandom(40 * KB)}, "2026-03-02T02:00:00+00:00")
+    (damaged,) = {info.name for info in first.backend.list("index/")} - before
+    path = stored(tmp_path / "first", damaged)
+    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    reopened = opened(tmp_path / "first")
+    report = replicate(reopened, "x", LocalBackend(tmp_path / "x"), print)
+    assert not report.ok and report.error is not None and damaged in report.error
+    assert report.snapshots == 2
+    assert contents(opened(tmp_path / "x")) == contents(opened(tmp_path / "first"))
+    again = replicate(reopened, "x", LocalBackend(tmp_path / "x"), print)
+    # Nothing rewritten; said again, unless the replica's own index object has the damaged one's
+    # name (unencrypted, a name follows from what the object lists: then it is a whole copy of it).
+    assert again.objects == 0 and again.damaged in ([], [damaged]) and again.ok is not bool(again.damaged)
+
+
+def test_a_replica_pack_listed_but_not_whole_is_copied_again(tmp_path: Path) -> None:
+    """A replica that lists a pack truncated there (or as a 0-byte object) was taken for holding
+    it: the sync never copied it again, and the replica's backups needing it did not restore. A
+    pack whose size there is not the first target's is copied again."""
+    first = first_target(tmp_path)
+    assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
+    packs = sorted(info.name for info in first.backend.list("data/"))
+    stored(tmp_path / "x", packs[0]).write_bytes(b"")
+    damaged = stored(tmp_path / "x", packs[-1])
+    damaged.write_bytes(damaged.read_bytes()[:-1])
+    take_snapshot(first, {"b.bin": os.urandom(4 * KB)}, "2026-03-02T02:00:00+00:00")
+    report = replicate(first, "x", LocalBackend(tmp_path / "x"), print)
+    assert report.ok, report.error
+    assert contents(opened(tmp_path / "x")) == contents(opened(tmp_path / "first"))
+
+
+def test_a_pack_damaged_on_the_first_target_never_replaces_a_replicas_whole_copy(tmp_path: Path) -> None:
+    """The sizes differ the other way round: the first target's copy is the truncated one. The
+    replica keeps its whole copy (the one `phx repair objects --from` brings back), and the sync
+    names the first target's pack instead of exiting 0."""
+    first = first_target(tmp_path)
+    assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
+    pack = sorted(info.name for info in first.backend.list("data/"))[0]
+    whole = stored(tmp_path / "x", pack).read_bytes()
+    stored(tmp_path / "first", pack).write_bytes(whole[:-1])
+    report = replicate(first, "x", LocalBackend(tmp_path / "x"), print)
+    assert (report.ok, report.damaged) == (False, [pack])
+    assert report.error is not None and "phx repair objects --from" in report.error
+    assert stored(tmp_path / "x", pack).read_bytes() == whole
