@@ -473,6 +473,8 @@ def test_credentials_in_headers_url_queries_and_more_key_shapes(text: str, secre
         "note: desk-0123456789abcdefghij and the task-0123456789abcdefghij list\n",
         "url: https://example.com/search?q=monkey&keyword=x&page=2&turkey=y\n",
         "note: AKIAIOSFODNN7EXAMPLE0 is too long to be a key id\n",
+        "      with: {token: ${{ secrets.GH_TOKEN }}, x: 1}\n",  # references in flow maps stay
+        "x: {password: ${PW}, user: argent}\n",
     ],
 )
 def test_prose_and_ordinary_values_stay_as_they_are(text: str) -> None:

@@ -66,6 +66,7 @@ _NOT_SECRET_KEY = re.compile(
 _REFERENCE = re.compile(r"^(\$\{[^}]+\}|\$[A-Za-z_][A-Za-z0-9_]*|env:[A-Za-z_][A-Za-z0-9_]*|REDACTED|)$")
 
 
+@functools.lru_cache(maxsize=4096)  # a file names the same keys again and again
 def secret_key(key: str) -> bool:
     norm = re.sub(r"[^a-z0-9]", "", key.lower())
     if not _SECRET_KEY.search(norm):
@@ -168,12 +169,13 @@ _ANCHOR_OR_TAG = re.compile(r"(?:[&!][^\s]*\s+)+")
 # A pair inside a flow map on one line: YAML's `{password: x, token: y}`, a TOML inline table
 # `{ password = "x" }`, JSON5's `{password: 'x'}`; and a list of values under a key that names a
 # secret (`"passwords": ["x", "y"]`, YAML `tokens: [a, b]`). A match starts only at a line's
-# start, a `{` or a `,`, and each string in it ends at its line: linear time.
+# start, a `{` or a `,`, and each string in it ends at its line: linear time. A plain value
+# that runs into a `{` is a reference (`${{ secrets.TOKEN }}`, `${PW}`) or no value: left whole.
 _FLOW_PAIR = re.compile(
     r"""(?P<pre>(?:^|[{,])[ \t]*)"""
     r"""(?P<key>"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[A-Za-z_][A-Za-z0-9_.\-]*+)"""
     r"""(?P<sep>[ \t]*[:=][ \t]*)"""
-    r"""(?P<val>\[[^\[\]\n]*\]|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[^\s,{}\[\]"'#][^,{}\[\]\n]*)""",
+    r"""(?P<val>\[[^\[\]\n]*\]|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[^\s,{}\[\]"'#][^,{}\[\]\n]*+(?![{\[]))""",
     re.MULTILINE,
 )
 _CLOSERS = re.compile(r"[\s,}\]]*")
@@ -241,11 +243,14 @@ def _json_pairs(text: str, file: str, found: list[Redaction]) -> str:
     lines = _Lines(text)
 
     def json_pair(m: re.Match[str]) -> str:
-        if m.group(1) is None:
-            return _escaped(m.group(0), file, lines.of(m.start()), found)  # not a key with a string value
+        if m.group(1) is None:  # not a key with a string value
+            literal = m.group(0)
+            return _escaped(literal, file, lines.of(m.start()), found) if "\\" in literal else literal
         key, sep, value = m.group(1), m.group(2) or m.group(3), m.group(4)
         name = _json_key(key)
         if not secret_key(name):
+            if "\\" not in value:  # the line is looked up only for a string `_escaped` reads
+                return m.group(0)
             return f"{key}{sep}{_escaped(value, file, lines.of(m.start(4)), found)}"
         if _REFERENCE.match(value[1:-1]):
             return m.group(0)
