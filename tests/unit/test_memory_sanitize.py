@@ -397,6 +397,21 @@ def test_almost_json_loses_its_named_values_as_before(name: str, text: str, expe
 
 
 @pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (".env", 'PASSWORD="hunter22\nX=1\n', "PASSWORD=REDACTED\nX=1\n"),
+        (".env", "export TOKEN='hunter22 \n", "export TOKEN=REDACTED \n"),
+        ("a.yaml", "password: 'hunter22\r\nx: 1\r\n", "password: REDACTED\r\nx: 1\r\n"),
+        ("a.toml", 'password = "hunter22\n', f'password = "{REDACTED}"\n'),
+    ],
+)
+def test_a_quoted_value_never_closed_goes_with_the_rest_of_its_line(name: str, text: str, expected: str) -> None:
+    # main left such a line whole (the code before the rewrite, 399a817, redacted it).
+    cleaned, found = sanitize_text(text, name)
+    assert (cleaned, len(found)) == (expected, 1)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         f"x: token_{GITHUB}\n",

@@ -395,7 +395,9 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
                         return j + 1
                     out.append(f"{head}{quote}{REDACTED}{rest}")
                     return j + 1
-            out.append(line)  # never closed: not a value this rule can read
+            # never closed (a typo, a cut file): the rest of its line is the value (main exported it)
+            found.append(Redaction(file, i + 1, key, "secret named by its key"))
+            out.append(f"{head}{bare}{tail}")
             return keep
         core, after = body[len(quote) : close], body[close:]
         # `"abc"def` is `abcdef` to a shell, all of it to INI; after a quoted key the `}` or `]` that
