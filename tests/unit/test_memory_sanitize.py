@@ -494,3 +494,20 @@ def test_credentials_in_headers_url_queries_and_more_key_shapes(text: str, secre
 )
 def test_prose_and_ordinary_values_stay_as_they_are(text: str) -> None:
     assert sanitize_text(text, "a.yaml") == (text, [])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["apiKey", "password", "maxTokens", "tokenFile", "model", "note"]), _PLAIN),
+    st.sampled_from([None, '"', "'"]),
+)
+def test_flow_maps_stay_yaml_and_toml_and_lose_exactly_the_named_values(doc: dict[str, str], style: str | None) -> None:
+    as_yaml = yaml.safe_dump({"cfg": doc}, default_flow_style=True, default_style=style, width=10**6)
+    loaded = yaml.safe_load(sanitize_text(as_yaml, "a.yaml")[0])["cfg"]
+    quoted = {k: json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f") for k, v in doc.items()}
+    inline = ", ".join(f"{k} = {q}" for k, q in quoted.items())
+    as_toml = tomllib.loads(sanitize_text(f"cfg = {{ {inline} }}\n", "a.toml")[0])["cfg"]
+    for k, v in doc.items():
+        expected = REDACTED if secret_key(k) and v.strip() else v
+        assert loaded[k] in ((expected, v) if secret_key(k) and not v.strip() else (expected,)), (as_yaml, loaded)
+        assert as_toml[k] in ((REDACTED, v) if secret_key(k) else (v,)), (inline, as_toml)
