@@ -210,6 +210,11 @@ def test_a_url_password_after_an_empty_user_or_holding_an_at_sign() -> None:
         "eyJ-" * 25_000,  # a JSON Web Token's header was read to the end of its run from every `eyJ`
         "a." * 50_000,  # a URL's scheme was read to the end of its run from every letter
         "".join(" " * k + "token:\n" for k in range(1_200)),  # `token:` over a map over a map...
+        "{a: [" * 100_000,  # flow maps and lists: a pair starts only at a line's start, `{` or `,`
+        ',"\\"' * 100_000,  # strings in flow maps left open
+        "?" + "a_" * 150_000,  # a query parameter's name is a bounded run of words
+        ("&" + "a-" * 10) * 15_000,
+        '"password": "x" :' * 20_000,  # a value followed by `:` on its key's line
     ],
 )
 def test_hostile_input_costs_linear_time(hostile: str) -> None:
@@ -369,3 +374,140 @@ def test_a_toml_value_that_was_no_string_becomes_a_quoted_string() -> None:
     assert tomllib.loads(cleaned) == {"token": REDACTED, "password": REDACTED, "db": {"password": REDACTED}}
     assert cleaned.startswith(f'token = "{REDACTED}"  # c\n')
     assert len(found) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("a.json", '{"password": "hunter22" : 1}', f'{{"password": "{REDACTED}" : 1}}'),
+        ("a.json", '{"password": "hunter22":}', f'{{"password": "{REDACTED}":}}'),
+        ("a.json", '"apiKey" : "hunter22" ::\n', f'"apiKey" : {REDACTED}\n'),  # it goes on: all of it goes
+        # on the next line a string followed by `:` is the next key, and that key's value goes
+        ("a.json", '{"cfg":\n  "apiKey": "hunter22"}', f'{{"cfg":\n  "apiKey": "{REDACTED}"}}'),
+        # and the `}` closing the map on the value's line stays (main wrote `"apiKey": REDACTED`: no JSON)
+        ("a.json", '{"a": 1,\n "apiKey": "hunter22"}\n', f'{{"a": 1,\n "apiKey": "{REDACTED}"}}\n'),
+        ("a.json", '[{"a": 1,\n "apiKey": "hunter22"}],\n', f'[{{"a": 1,\n "apiKey": "{REDACTED}"}}],\n'),
+    ],
+)
+def test_almost_json_loses_its_named_values_as_before(name: str, text: str, expected: str) -> None:
+    # the linear-time rewrite (main) exported these whole; the code before it (399a817) redacted them.
+    cleaned, found = sanitize_text(text, name)
+    assert cleaned == expected
+    assert found
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (".env", 'PASSWORD="hunter22\nX=1\n', "PASSWORD=REDACTED\nX=1\n"),
+        (".env", "export TOKEN='hunter22 \n", "export TOKEN=REDACTED \n"),
+        ("a.yaml", "password: 'hunter22\r\nx: 1\r\n", "password: REDACTED\r\nx: 1\r\n"),
+        ("a.toml", 'password = "hunter22\n', f'password = "{REDACTED}"\n'),
+    ],
+)
+def test_a_quoted_value_never_closed_goes_with_the_rest_of_its_line(name: str, text: str, expected: str) -> None:
+    # main left such a line whole (the code before the rewrite, 399a817, redacted it).
+    cleaned, found = sanitize_text(text, name)
+    assert (cleaned, len(found)) == (expected, 1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"x: token_{GITHUB}\n",
+        f"x: key_{AWS}\n",
+        f"x: {AWS}extra\n",
+        f"x: abc_{OPENAI}\n",
+        "x: token_sk_live_AbCdEfGhIjKlMnOpQrStUvWx\n",
+        "x: my_github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuv\n",
+        "x: ci_glpat-AbCdEfGhIjKlMnOpQrSt\n",
+        "x: key_AIzaSyA-0123456789abcdefghijklmnopqrstu\n",
+        "x: my_hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345\n",
+        f"x: bot_{SLACK}\n",
+    ],
+)
+def test_a_token_glued_to_a_word_is_redacted(text: str) -> None:
+    # main read a token only after a word boundary, and `_` is a word character: `token_ghp_…` went out whole.
+    cleaned, found = sanitize_text(text, "a.yaml")
+    secret = text.split("_", 1)[1] if "extra" not in text else AWS
+    assert secret.strip()[-12:] not in cleaned, cleaned
+    assert found and REDACTED in cleaned
+
+
+def test_flow_maps_inline_tables_single_quotes_and_lists_lose_their_secrets() -> None:
+    # main read none of these (docs/memory.md listed them as not read).
+    as_yaml, found = sanitize_text("db: {password: hunter22, user: argent}\n- {token: 'hunter23'}\n", "a.yaml")
+    assert as_yaml == f"db: {{password: {REDACTED}, user: argent}}\n- {{token: '{REDACTED}'}}\n"
+    assert len(found) == 2
+    as_toml, _ = sanitize_text('db = { password = "hunter22", port = 5432 }\nx = { token = 42 }\n', "a.toml")
+    assert tomllib.loads(as_toml) == {"db": {"password": REDACTED, "port": 5432}, "x": {"token": REDACTED}}
+    as_json5, _ = sanitize_text("{password: 'hunter22', 'apiKey': \"hunter23\", model: 'x'}\n", "a.json")
+    assert as_json5 == f"{{password: '{REDACTED}', 'apiKey': \"{REDACTED}\", model: 'x'}}\n"
+    listed = '{\n  "passwords": ["hunter22", "hunter23"],\n  "apiKey": ["hunter24", "$REF"],\n  "models": ["a"]\n}\n'
+    as_json, found = sanitize_text(listed, "a.json")
+    assert json.loads(as_json) == {"passwords": [REDACTED, REDACTED], "apiKey": [REDACTED, "$REF"], "models": ["a"]}
+    assert [r.line for r in found] == [2, 3]
+    as_yaml, _ = sanitize_text("tokens: [hunter22, hunter23]\nnames: [a, b]\n", "a.yaml")
+    assert yaml.safe_load(as_yaml) == {"tokens": [REDACTED, REDACTED], "names": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("x: 'Authorization: Basic dXNlcjpodW50ZXIyMg=='\n", "dXNlcjpodW50ZXIyMg=="),
+        ("x: curl -H 'Authorization: Token hunter22hunter22'\n", "hunter22hunter22"),
+        (f"x: 'BEARER {BEARER}'\n", BEARER),
+        ("x: curl -H 'X-Api-Key: hunter22hunter22'\n", "hunter22hunter22"),
+        ("url: https://api.example.com/v1?access_token=hunter22&page=2\n", "hunter22"),
+        ("url: https://acct.blob.core.windows.net/c/b?sv=2022-11-02&sig=hunter22%2Bx%3D&se=1\n", "hunter22"),
+        ("url: https://b.s3.amazonaws.com/k?X-Amz-Credential=a&X-Amz-Signature=hunter22beef\n", "hunter22beef"),
+        ("url: https://x.example/hook?api_key=hunter22\n", "hunter22"),
+        (
+            "k: -----BEGIN PGP PRIVATE KEY BLOCK-----\n\n  lQOYBGhunter22\n  -----END PGP PRIVATE KEY BLOCK-----\n",
+            "hunter22",
+        ),
+        ("x: whsec_AbCdEfGhIjKlMnOpQrStUvWxYz01\n", "whsec_"),
+        ("x: xapp-1-A0123456789-1234567890123-abcdef0123456789\n", "abcdef0123456789"),
+        ("x: ya29.a0AfH6SMBhunter22hunter22hunter22\n", "hunter22"),
+        ("x: GOCSPX-hunter22hunter22hunter22ab\n", "hunter22"),
+        ("x: DefaultEndpointsProtocol=https;AccountName=a;AccountKey=aHVudGVyMjJodW50ZXIyMmh1bnRlcjIy==\n", "aHVud"),
+    ],
+)
+def test_credentials_in_headers_url_queries_and_more_key_shapes(text: str, secret: str) -> None:
+    # main exported each of these whole.
+    cleaned, found = sanitize_text(text, "a.yaml")
+    assert secret not in cleaned, cleaned
+    assert found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "note: Authorization: required for every call, see `?password=` in the docs.\n",
+        "note: first, token: see the vault; then {the} rest, password: ask\n",
+        "note: desk-0123456789abcdefghij and the task-0123456789abcdefghij list\n",
+        "url: https://example.com/search?q=monkey&keyword=x&page=2&turkey=y\n",
+        "note: AKIAIOSFODNN7EXAMPLE0 is too long to be a key id\n",
+        "      with: {token: ${{ secrets.GH_TOKEN }}, x: 1}\n",  # references in flow maps stay
+        "x: {password: ${PW}, user: argent}\n",
+    ],
+)
+def test_prose_and_ordinary_values_stay_as_they_are(text: str) -> None:
+    assert sanitize_text(text, "a.yaml") == (text, [])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["apiKey", "password", "maxTokens", "tokenFile", "model", "note"]), _PLAIN),
+    st.sampled_from([None, '"', "'"]),
+)
+def test_flow_maps_stay_yaml_and_toml_and_lose_exactly_the_named_values(doc: dict[str, str], style: str | None) -> None:
+    as_yaml = yaml.safe_dump({"cfg": doc}, default_flow_style=True, default_style=style, width=10**6)
+    loaded = yaml.safe_load(sanitize_text(as_yaml, "a.yaml")[0])["cfg"]
+    quoted = {k: json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f") for k, v in doc.items()}
+    inline = ", ".join(f"{k} = {q}" for k, q in quoted.items())
+    as_toml = tomllib.loads(sanitize_text(f"cfg = {{ {inline} }}\n", "a.toml")[0])["cfg"]
+    for k, v in doc.items():
+        expected = REDACTED if secret_key(k) and v.strip() else v
+        assert loaded[k] in ((expected, v) if secret_key(k) and not v.strip() else (expected,)), (as_yaml, loaded)
+        assert as_toml[k] in ((REDACTED, v) if secret_key(k) else (v,)), (inline, as_toml)

@@ -66,6 +66,7 @@ _NOT_SECRET_KEY = re.compile(
 _REFERENCE = re.compile(r"^(\$\{[^}]+\}|\$[A-Za-z_][A-Za-z0-9_]*|env:[A-Za-z_][A-Za-z0-9_]*|REDACTED|)$")
 
 
+@functools.lru_cache(maxsize=4096)  # a file names the same keys again and again
 def secret_key(key: str) -> bool:
     norm = re.sub(r"[^a-z0-9]", "", key.lower())
     if not _SECRET_KEY.search(norm):
@@ -81,18 +82,27 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
         "PEM private key",
         # the body holds no `-----`: a BEGIN with no END costs the text up to the next line of dashes,
         # not the rest of the file (thousands of them were seconds each 100 KB)
-        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:(?!-----)[\s\S])*+-----END [A-Z ]*PRIVATE KEY-----"),
+        re.compile(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----(?:(?!-----)[\s\S])*+"
+            r"-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----"
+        ),
         0,
     ),
-    ("OpenAI/Anthropic-style API key (sk-…)", re.compile(r"(?<![A-Za-z0-9_\-])sk-[A-Za-z0-9_\-]{16,}"), 0),
-    ("Stripe secret key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"), 0),
-    ("GitHub token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"), 0),
-    ("GitLab token", re.compile(r"\bglpat-[A-Za-z0-9_\-]{20,}"), 0),
-    ("Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), 0),
+    ("OpenAI/Anthropic-style API key (sk-…)", re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}"), 0),
+    (
+        "Stripe secret key",
+        re.compile(r"(?<![A-Za-z0-9])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"),
+        0,
+    ),
+    ("GitHub token", re.compile(r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"), 0),
+    ("GitLab token", re.compile(r"glpat-[A-Za-z0-9_\-]{20,}"), 0),
+    ("Slack token", re.compile(r"(?<![A-Za-z0-9])(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{10,}"), 0),
     ("Slack webhook URL", re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+"), 0),
-    ("AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), 0),
-    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"), 0),
-    ("Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{30,}"), 0),
+    ("AWS access key id", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])"), 0),
+    ("Google API key", re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}"), 0),
+    ("Google OAuth token or client secret", re.compile(r"(?<![A-Za-z0-9])(?:ya29\.|GOCSPX-)[A-Za-z0-9_\-]{20,}"), 0),
+    ("Azure storage key", re.compile(r"(?i:\b(?:Account|SharedAccess)Key=)([A-Za-z0-9+/]{20,}=*)"), 1),
+    ("Hugging Face token", re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}"), 0),
     (
         "JSON Web Token",
         # read from where a run of token characters starts, once: from every `eyJ` inside the run
@@ -100,9 +110,35 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
         re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{11,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+"),
         0,
     ),
-    ("Bearer token", re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/\-]{16,}=*)"), 1),
+    ("Bearer token", re.compile(r"(?i:\bbearer)\s+([A-Za-z0-9._~+/\-]{16,}=*)"), 1),
+    (
+        "Authorization header",
+        # `Authorization: Basic …`, `Token …`: the scheme is named, so prose (`Authorization: required`) stays
+        re.compile(
+            r"(?i:\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:basic|token|digest|apikey|key|sso-key)\s+)"
+            r"([A-Za-z0-9._~+/\-]{8,}=*)"
+        ),
+        1,
+    ),
+    (
+        "API key header",
+        re.compile(
+            r"(?i:\bx-(?:api-key|auth-token|access-token|token|key)[\"']?\s*:\s*[\"']?)([A-Za-z0-9._~+/\-]{8,}=*)"
+        ),
+        1,
+    ),
     ("Telegram bot token", re.compile(r"\b\d{8,10}:AA[A-Za-z0-9_\-]{33}\b"), 0),
     ("age secret key", re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]{58}"), 0),
+    (
+        "credential in a URL's query",
+        # `?access_token=…`, `&sig=…`, `X-Amz-Signature=…`: a parameter whose name ends in a secret's
+        # word; the name's words are bounded, so each `?` or `&` costs the same however long the text
+        re.compile(
+            r"[?&](?:[A-Za-z0-9]{1,20}[_.\-]){0,3}"
+            r"(?i:token|apikey|key|secret|password|passwd|pwd|sig|signature|auth|credential)=([A-Za-z0-9%_.~+/=:*!$\-]+)"
+        ),
+        1,
+    ),
     (
         "password in a URL",
         # the scheme is read once from where its run starts (`a.a.a.…` was read again from each letter)
@@ -114,8 +150,12 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
 # A JSON string never spans lines; one left open runs to the end of its line. Each string is
 # read once, possessively, so hostile input (`"\"\"\"…` on one line) costs linear time.
 _JSON_STRING = r'"(?:[^"\\\n]|\\.)*+"'
-# A value is a string not followed by `:` (that is the next key, when `"cfg":` ends its line).
-_JSON_PAIR = re.compile(rf'({_JSON_STRING})(\s*:\s*)({_JSON_STRING})(?!\s*:)|"(?:[^"\\\n]|\\.)*+"?')
+# A value on its key's line is a value whatever follows it (`{"password": "x" : 1}` is not JSON,
+# its value goes all the same); on the next line, a string followed by `:` is the next key (when
+# `"cfg":` ends its line), not a value.
+_JSON_PAIR = re.compile(
+    rf'({_JSON_STRING})(?:([ \t\r]*:[ \t\r]*)|(\s*:\s*))({_JSON_STRING})(?(2)|(?!\s*:))|"(?:[^"\\\n]|\\.)*+"?'
+)
 _LINE_PAIR = re.compile(
     r"^(?P<lead>\ufeff?\s*(?:export\s+|-\s+)?)"
     r"""(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*|"[^"\n]*"|'[^'\n]*')"""
@@ -124,6 +164,24 @@ _LINE_PAIR = re.compile(
 # A YAML block scalar's header (`token: |`, `key: >-`) and a YAML anchor or tag before a value.
 _BLOCK_HEADER = re.compile(r"[|>][+\-0-9]*")
 _ANCHOR_OR_TAG = re.compile(r"(?:[&!][^\s]*\s+)+")
+
+
+# A pair inside a flow map on one line: YAML's `{password: x, token: y}`, a TOML inline table
+# `{ password = "x" }`, JSON5's `{password: 'x'}`; and a list of values under a key that names a
+# secret (`"passwords": ["x", "y"]`, YAML `tokens: [a, b]`). A match starts only at a line's
+# start, a `{` or a `,`, and each string in it ends at its line: linear time. A plain value
+# that runs into a `{` is a reference (`${{ secrets.TOKEN }}`, `${PW}`) or no value: left whole.
+_FLOW_PAIR = re.compile(
+    r"""(?P<pre>(?:^|[{,])[ \t]*)"""
+    r"""(?P<key>"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[A-Za-z_][A-Za-z0-9_.\-]*+)"""
+    r"""(?P<sep>[ \t]*[:=][ \t]*)"""
+    r"""(?P<val>\[[^\[\]\n]*\]|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[^\s,{}\[\]"'#][^,{}\[\]\n]*+(?![{\[]))""",
+    re.MULTILINE,
+)
+_CLOSERS = re.compile(r"[\s,}\]]*")
+_FLOW_ITEM = re.compile(r"""(?P<q>"(?:[^"\\\n]|\\.)*+"|'[^'\n]*')|[^\s,\[\]"']+""")
+# Keys a list may follow that name no single secret but hold them (`credentials`, `passwords`).
+_SECRET_LIST = re.compile(r"(tokens|passwords|secrets|keys|apikeys|credentials)$")
 
 
 _WRITE_ESCAPED = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
@@ -144,6 +202,9 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     found: list[Redaction] = []
     text = _json_pairs(text, file, found)
     lines = text.split("\n")
+    for n, line in enumerate(lines):
+        if "{" in line or "[" in line:
+            lines[n] = _flow_pairs(line, n + 1, file, found)
     out: list[str] = []
     # the file's line number of each line of `out`: a value over several lines became one line,
     # and a shape found below it is reported on the line it was on
@@ -182,18 +243,67 @@ def _json_pairs(text: str, file: str, found: list[Redaction]) -> str:
     lines = _Lines(text)
 
     def json_pair(m: re.Match[str]) -> str:
-        if m.group(1) is None:
-            return _escaped(m.group(0), file, lines.of(m.start()), found)  # not a key with a string value
-        key, sep, value = m.group(1), m.group(2), m.group(3)
+        if m.group(1) is None:  # not a key with a string value
+            literal = m.group(0)
+            return _escaped(literal, file, lines.of(m.start()), found) if "\\" in literal else literal
+        key, sep, value = m.group(1), m.group(2) or m.group(3), m.group(4)
         name = _json_key(key)
         if not secret_key(name):
-            return f"{key}{sep}{_escaped(value, file, lines.of(m.start(3)), found)}"
+            if "\\" not in value:  # the line is looked up only for a string `_escaped` reads
+                return m.group(0)
+            return f"{key}{sep}{_escaped(value, file, lines.of(m.start(4)), found)}"
         if _REFERENCE.match(value[1:-1]):
             return m.group(0)
-        found.append(Redaction(file, lines.of(m.start(3)), name, "secret named by its key"))
+        found.append(Redaction(file, lines.of(m.start(4)), name, "secret named by its key"))
         return f'{key}{sep}"{REDACTED}"'
 
     return _JSON_PAIR.sub(json_pair, text)
+
+
+def _flow_pairs(line: str, number: int, file: str, found: list[Redaction]) -> str:
+    """One line's pairs in flow maps and lists under secret keys, redacted (see `_FLOW_PAIR`)."""
+    lower = file.lower()
+    toml = lower.endswith(".toml")
+    bare = f'"{REDACTED}"' if toml or lower.endswith(".json") else REDACTED
+    # a plain value only inside a `{`: after a `,` in prose (`first, token: see the vault`) it is no
+    # pair. How deep in `{` each match is, counted from the last one's start: each byte read once.
+    depth = [0, 0]  # the depth at position depth[1]
+
+    def pair(m: re.Match[str]) -> str:
+        key, val = m.group("key"), m.group("val")
+        name = _json_key(key) if key[:1] == '"' else key.strip("'")
+        norm = re.sub(r"[^a-z0-9]", "", name.lower())
+        listed = val[:1] == "["
+        if not (secret_key(name) or (listed and _SECRET_LIST.search(norm))):
+            return m.group(0)
+        if listed:
+            items: list[str] = []
+
+            def item(i: re.Match[str]) -> str:
+                inner = i.group(0)[1:-1] if i.group("q") else i.group(0)
+                if _REFERENCE.match(inner):
+                    return i.group(0)
+                items.append(inner)
+                return f"{i.group(0)[0]}{REDACTED}{i.group(0)[0]}" if i.group("q") else bare
+
+            written = "[" + _FLOW_ITEM.sub(item, val[1:-1]) + "]"
+            if items:
+                found.append(Redaction(file, number, name, "secret named by its key"))
+            return f"{m.group('pre')}{key}{m.group('sep')}{written}"
+        seen = line[depth[1] : m.start() + 1]
+        depth[0] = max(0, depth[0] + seen.count("{") - seen.count("}"))
+        depth[1] = m.start() + 1
+        if depth[0] == 0:
+            return m.group(0)  # a pair at a line's start (`_by_key` reads it) or in prose
+        quoted = val[:1] in ('"', "'")
+        core = val[1:-1] if quoted else val.rstrip()
+        if _REFERENCE.match(core) or (quoted and val[-1:] != val[:1]):
+            return m.group(0)
+        found.append(Redaction(file, number, name, "secret named by its key"))
+        written = f"{val[0]}{REDACTED}{val[0]}" if quoted else bare + val[len(core) :]
+        return f"{m.group('pre')}{key}{m.group('sep')}{written}"
+
+    return _FLOW_PAIR.sub(pair, line)
 
 
 def _escaped(literal: str, file: str, line: int, found: list[Redaction]) -> str:
@@ -285,10 +395,15 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
                         return j + 1
                     out.append(f"{head}{quote}{REDACTED}{rest}")
                     return j + 1
-            out.append(line)  # never closed: not a value this rule can read
+            # never closed (a typo, a cut file): the rest of its line is the value (main exported it)
+            found.append(Redaction(file, i + 1, key, "secret named by its key"))
+            out.append(f"{head}{bare}{tail}")
             return keep
         core, after = body[len(quote) : close], body[close:]
-        if _goes_on(after[len(quote) :]):  # `"abc"def` is `abcdef` to a shell, all of it to INI
+        # `"abc"def` is `abcdef` to a shell, all of it to INI; after a quoted key the `}` or `]` that
+        # closes a JSON or flow map on the same line is no part of the value (main dropped it: no JSON)
+        closes = key != m.group("key") and _CLOSERS.fullmatch(after[len(quote) :]) is not None
+        if _goes_on(after[len(quote) :]) and not closes:
             quote, core, after = "", body, ""
     else:
         core = body.split(" #", 1)[0].rstrip()
