@@ -220,9 +220,10 @@ def test_a_url_password_after_an_empty_user_or_holding_an_at_sign() -> None:
 def test_hostile_input_costs_linear_time(hostile: str) -> None:
     # 30-720 KB; before, the first took ~13 s and the second ~8 s on this 2-core machine, the
     # JSON Web Token run ~9 s, the URL scheme run ~10 s, the 1,200 levels of `token:` ~8 s.
-    start = time.perf_counter()
+    # CPU time of this process, not wall time: the bound stays meaningful on a loaded machine.
+    start = time.process_time()
     sanitize_text(hostile, "a.json")
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
 
 
 # NEL and the Unicode line and paragraph separators end a line in YAML, not in this line reader.
@@ -509,5 +510,6 @@ def test_flow_maps_stay_yaml_and_toml_and_lose_exactly_the_named_values(doc: dic
     as_toml = tomllib.loads(sanitize_text(f"cfg = {{ {inline} }}\n", "a.toml")[0])["cfg"]
     for k, v in doc.items():
         expected = REDACTED if secret_key(k) and v.strip() else v
-        assert loaded[k] in ((expected, v) if secret_key(k) and not v.strip() else (expected,)), (as_yaml, loaded)
+        # A value of white space alone under a secret key may go or stay (YAML reads some quoted forms as empty).
+        assert loaded[k] in ((REDACTED, v) if secret_key(k) and not v.strip() else (expected,)), (as_yaml, loaded)
         assert as_toml[k] in ((REDACTED, v) if secret_key(k) else (v,)), (inline, as_toml)
