@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hostile import cpu_seconds
 from phoenix_backup.errors import (
     CorruptObject,
     KdfBudgetExceeded,
@@ -578,9 +578,9 @@ def test_an_age_slot_naming_hundreds_of_recipients_is_skipped_unread(secrets: Ma
     identity = pyrage.x25519.Identity.generate()
     own = wrap_age(secrets, [str(identity.to_public())])
     planted = replace(own, id="0" * 16, data=_age_to_strangers(600))
-    started = time.monotonic()
+    started = cpu_seconds()
     assert open_any([planted, own], Credentials(age_identities=(str(identity),))) == (own, secrets)
-    assert time.monotonic() - started < 1  # 5 s before
+    assert cpu_seconds() - started < 1  # 5 s before
     with pytest.raises(UsageError, match="at most 32"):
         wrap_age(secrets, [str(pyrage.x25519.Identity.generate().to_public()) for _ in range(33)])
 
@@ -591,10 +591,10 @@ def test_a_pile_of_planted_age_slots_costs_a_second_not_minutes(secrets: MasterS
     data = _age_to_strangers(32)  # each try costs 25 ms
     pile = [replace(own, id=f"{i:016x}", data=data) for i in range(300)]
     creds = Credentials(age_identities=(str(identity),))
-    started = time.monotonic()
+    started = cpu_seconds()
     with pytest.raises(KdfBudgetExceeded, match="delete the keys/ objects you did not create"):
         open_any([*pile, own], creds)
-    assert time.monotonic() - started < 3  # 8 s before
+    assert cpu_seconds() - started < 3  # 8 s before
     assert open_any([*pile[:5], own], creds) == (own, secrets)
 
 
@@ -713,10 +713,10 @@ def test_a_pile_of_planted_gpg_slots_costs_a_second_not_minutes(
     pile = [replace(foreign_gpg_slot, id=f"{i:016x}") for i in range(300)]
     own = wrap_gpg(secrets, GPG_EMAIL, homedir=gpg_home)
     creds = Credentials(gpg_homedir=gpg_home)
-    started = time.monotonic()
+    started = cpu_seconds()
     with pytest.raises(KdfBudgetExceeded, match="delete the keys/ objects you did not create"):
         open_any([*pile, own], creds)
-    assert time.monotonic() - started < 3  # 4 s before, and 14 s for a thousand
+    assert cpu_seconds() - started < 3  # 4 s before, and 14 s for a thousand
     assert open_any([*pile[:5], own], creds) == (own, secrets)
 
 
@@ -732,9 +732,9 @@ def test_a_gpg_slot_of_hundreds_of_session_keys_is_skipped_unread(
     first = 1 + size + int.from_bytes(data[1 : 1 + size], "big")
     planted = replace(foreign_gpg_slot, id="0" * 16, data=data[:first] * 1000 + data[first:])
     own = wrap_gpg(secrets, GPG_EMAIL, homedir=gpg_home)
-    started = time.monotonic()
+    started = cpu_seconds()
     assert open_any([planted, own], Credentials(gpg_homedir=gpg_home)) == (own, secrets)
-    assert time.monotonic() - started < 1.5  # 4 s before
+    assert cpu_seconds() - started < 1.5  # 4 s before
 
 
 @pytest.mark.parametrize("key_id", ["", "   ", "--armor", "a\nb"])
