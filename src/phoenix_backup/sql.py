@@ -1,6 +1,7 @@
 """SQL identifiers in the statements Phoenix writes itself (SQLite and PostgreSQL alike), and
 SQLite's error messages as text."""
 
+import re
 import sqlite3
 
 
@@ -8,6 +9,30 @@ def quote(name: str) -> str:
     """An SQL identifier, quoted: a table or column name is never text to interpret, whatever it
     holds (quotes, spaces, keywords)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+# What SQLite reads as one piece of a statement: a quoted name or string ("..", `..`, [..], '..',
+# each possibly cut short), a comment (dropped), a word, or any other character.
+_TOKEN = re.compile(
+    r"""\"(?:[^"]|\"\")*\"?|`(?:[^`]|``)*`?|\[[^\]]*\]?|'(?:[^']|'')*'?|/\*.*?(?:\*/|$)|--[^\n]*|[\w$]+|\S""",
+    re.DOTALL,
+)
+_CLOSE = {'"': '"', "`": "`", "'": "'", "[": "]"}
+
+
+def tokens(text: str) -> list[str]:
+    """An SQLite statement's tokens, comments left out: a quote, `--` or `/*` inside a quoted name
+    is part of the name, never the start of a string or a comment."""
+    return [t for t in _TOKEN.findall(text) if not t.startswith(("--", "/*"))]
+
+
+def unquote(token: str) -> str:
+    """The name a token stands for: quotes taken off (doubled ones made single), any spelling."""
+    close = _CLOSE.get(token[:1])
+    if close is None:
+        return token
+    inner = token[1:-1] if len(token) > 1 and token.endswith(close) else token[1:]
+    return inner if close == "]" else inner.replace(close * 2, close)
 
 
 def sqlite_error_text(exc: sqlite3.Error | UnicodeDecodeError) -> str:
