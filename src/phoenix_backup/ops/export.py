@@ -361,8 +361,15 @@ def _store_names(databases: list[SourceDatabase]) -> list[str]:
 
 
 def _safe_name(name: str) -> str:
-    """A file name for a table or store: letters, digits, `_`, `-`, `.`; anything else %XX."""
-    out = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_-.") else f"%{ord(ch):02X}" for ch in name)
+    """A file name for a table or store: ASCII letters, digits, `_`, `-`, `.`; each UTF-8 byte of
+    anything else %XX. One name, one file: `%{code point}` gave `ā` (U+0101) and `\\x10` + `1`
+    the same file, and one table's rows were lost in the export and written into the other by import."""
+    out = "".join(
+        ch
+        if ch.isascii() and (ch.isalnum() or ch in "_-.")
+        else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        for ch in name
+    )
     return out if out not in ("", ".", "..") else out.replace(".", "%2E") or "_"
 
 
