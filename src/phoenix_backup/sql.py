@@ -35,6 +35,26 @@ def unquote(token: str) -> str:
     return inner if close == "]" else inner.replace(close * 2, close)
 
 
+# A piece of a PostgreSQL script (standard_conforming_strings on, as pg_dumpall writes it): a
+# quoted name, a string, a comment, an end of statement, anything else.
+_PG_PIECE = re.compile(r"""\"(?:[^"]|\"\")*\"?|'(?:[^']|'')*'?|--[^\n]*|;|[^"';-]+|-""")
+
+
+def pg_statements(text: str) -> list[str]:
+    """A PostgreSQL script's statements, each ending with `;`, comments left out: a newline or a
+    `;` inside a quoted name (a role named `a<newline>GRANT ... TO me;`) stays in that name."""
+    out: list[str] = []
+    now: list[str] = []
+    for piece in _PG_PIECE.findall(text):
+        if piece.startswith("--"):
+            continue
+        now.append(piece)
+        if piece == ";":
+            out.append("".join(now).strip())
+            now = []
+    return out
+
+
 def sqlite_error_text(exc: sqlite3.Error | UnicodeDecodeError) -> str:
     """SQLite's message. Python raises UnicodeDecodeError instead of an error whose message quotes
     a name that is not UTF-8 (a damaged schema): that message, decoded leniently."""
