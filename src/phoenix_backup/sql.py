@@ -35,6 +35,19 @@ def unquote(token: str) -> str:
     return inner if close == "]" else inner.replace(close * 2, close)
 
 
+def virtual_table(text: str | None) -> tuple[str, list[str]] | None:
+    """The module (lower-cased, "?" when unnamed) and the tokens after it of a `CREATE VIRTUAL
+    TABLE` statement; None for other statements. Token by token: a table or column named
+    `x USING vec0` or `n(, content='')` is a name, never the module or an option."""
+    words = tokens(text or "")
+    if [w.upper() for w in words[:3]] != ["CREATE", "VIRTUAL", "TABLE"]:
+        return None
+    at = next((i for i, w in enumerate(words) if w.upper() == "USING"), len(words))
+    if at + 1 >= len(words):
+        return "?", []
+    return unquote(words[at + 1]).lower(), words[at + 2 :]
+
+
 # A piece of a PostgreSQL script (standard_conforming_strings on, as pg_dumpall writes it): a
 # quoted name, a string, a comment, an end of statement, anything else.
 _PG_PIECE = re.compile(r"""\"(?:[^"]|\"\")*\"?|'(?:[^']|'')*'?|--[^\n]*|;|[^"';-]+|-""")

@@ -455,3 +455,31 @@ def test_a_live_trigger_writing_into_a_table_with_a_hostile_name_does_not_write_
     dst = store(tmp_path / "dst.db", schema, {"m": [(1, "body")]})
     assert counts(merged(src, dst)) == {table: (1, 0, 0, 1, 0), "m": (1, 0, 0, 1, 0)}
     assert dump(dst)[table] == [(1, "ins", 1), (2, "ins", 2)]
+
+
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [("notes(, content='')", "body"), ("x USING vec0", "body"), ("y", "\"a, content=''\", body")],
+)
+def test_an_fts_table_keeping_its_own_rows_is_merged_whatever_its_names_hold(
+    tmp_path: Path, table: str, columns: str
+) -> None:
+    """An FTS5 table that stores its own rows, whose name or column name reads like an option
+    (`content=''`) or a module (`USING vec0`): its rows are merged. Before, it was taken for a
+    contentless index or a vector index and its rows were left out without a word (and the
+    shadow tables of one taken for vec0 were merged as tables of their own)."""
+    schema = f"CREATE VIRTUAL TABLE {sql_quote(table)} USING fts5({columns});"
+    src = store(tmp_path / "src.db", schema, {})
+    con = sqlite3.connect(src)
+    con.executemany(f"INSERT INTO {sql_quote(table)} (rowid, body) VALUES (?, ?)", [(1, "one"), (2, "zebrafish")])
+    con.commit()
+    con.close()
+    dst = store(tmp_path / "dst.db", schema, {})
+    result = merged(src, dst)
+    assert counts(result) == {table: (2, 0, 0, 0, 0)}
+    con = sqlite3.connect(dst)
+    try:
+        hits = con.execute(f"SELECT rowid FROM {sql_quote(table)} WHERE {sql_quote(table)} MATCH 'zebrafish'")
+        assert hits.fetchall() == [(2,)]
+    finally:
+        con.close()
