@@ -1,6 +1,7 @@
 """SQL identifiers in the statements Phoenix writes itself (SQLite and PostgreSQL alike), and
 SQLite's error messages as text."""
 
+import re
 import sqlite3
 
 
@@ -8,6 +9,63 @@ def quote(name: str) -> str:
     """An SQL identifier, quoted: a table or column name is never text to interpret, whatever it
     holds (quotes, spaces, keywords)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+# What SQLite reads as one piece of a statement: a quoted name or string ("..", `..`, [..], '..',
+# each possibly cut short), a comment (dropped), a word, or any other character.
+_TOKEN = re.compile(
+    r"""\"(?:[^"]|\"\")*\"?|`(?:[^`]|``)*`?|\[[^\]]*\]?|'(?:[^']|'')*'?|/\*.*?(?:\*/|$)|--[^\n]*|[\w$]+|\S""",
+    re.DOTALL,
+)
+_CLOSE = {'"': '"', "`": "`", "'": "'", "[": "]"}
+
+
+def tokens(text: str) -> list[str]:
+    """An SQLite statement's tokens, comments left out: a quote, `--` or `/*` inside a quoted name
+    is part of the name, never the start of a string or a comment."""
+    return [t for t in _TOKEN.findall(text) if not t.startswith(("--", "/*"))]
+
+
+def unquote(token: str) -> str:
+    """The name a token stands for: quotes taken off (doubled ones made single), any spelling."""
+    close = _CLOSE.get(token[:1])
+    if close is None:
+        return token
+    inner = token[1:-1] if len(token) > 1 and token.endswith(close) else token[1:]
+    return inner if close == "]" else inner.replace(close * 2, close)
+
+
+def virtual_table(text: str | None) -> tuple[str, list[str]] | None:
+    """The module (lower-cased, "?" when unnamed) and the tokens after it of a `CREATE VIRTUAL
+    TABLE` statement; None for other statements. Token by token: a table or column named
+    `x USING vec0` or `n(, content='')` is a name, never the module or an option."""
+    words = tokens(text or "")
+    if [w.upper() for w in words[:3]] != ["CREATE", "VIRTUAL", "TABLE"]:
+        return None
+    at = next((i for i, w in enumerate(words) if w.upper() == "USING"), len(words))
+    if at + 1 >= len(words):
+        return "?", []
+    return unquote(words[at + 1]).lower(), words[at + 2 :]
+
+
+# A piece of a PostgreSQL script (standard_conforming_strings on, as pg_dumpall writes it): a
+# quoted name, a string, a comment, an end of statement, anything else.
+_PG_PIECE = re.compile(r"""\"(?:[^"]|\"\")*\"?|'(?:[^']|'')*'?|--[^\n]*|;|[^"';-]+|-""")
+
+
+def pg_statements(text: str) -> list[str]:
+    """A PostgreSQL script's statements, each ending with `;`, comments left out: a newline or a
+    `;` inside a quoted name (a role named `a<newline>GRANT ... TO me;`) stays in that name."""
+    out: list[str] = []
+    now: list[str] = []
+    for piece in _PG_PIECE.findall(text):
+        if piece.startswith("--"):
+            continue
+        now.append(piece)
+        if piece == ";":
+            out.append("".join(now).strip())
+            now = []
+    return out
 
 
 def sqlite_error_text(exc: sqlite3.Error | UnicodeDecodeError) -> str:

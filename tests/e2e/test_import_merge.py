@@ -10,6 +10,8 @@ from typing import Any
 
 from e2e_support import Sandbox, assert_error, integrity
 
+from phoenix_backup.sql import quote
+
 MEMORY = "home/.argentos/memory.db"
 
 
@@ -196,3 +198,27 @@ def test_a_row_that_breaks_a_constraint_is_reported(sandbox: Sandbox, tmp_path: 
     assert mem["tables"]["categories"]["failed"] == 1
     assert any("UNIQUE" in w for w in mem["warnings"])
     assert "categories" in res.err
+
+
+def test_tables_with_hostile_names_each_export_and_import_into_themselves(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Tables the agent named `ā` (U+0101) and `\\x10` + `1`, `%41` and `A`, `..`, a slash, quotes:
+    each its own file in the export and its own rows back on import. Before, `ā` and `\\x101`
+    shared one file: one table's rows were lost and the other's imported into it."""
+    sb = sandbox
+    db = sb.db_path(MEMORY)
+    names = ["\x101", "ā", "%41", "A", "..", "a/../b", "we\"ird]`'", "\U0001f642"]
+    con = sqlite3.connect(db)
+    for i, name in enumerate(names):
+        con.execute(f"CREATE TABLE {quote(name)} (id INTEGER PRIMARY KEY, v{i} TEXT)")
+        con.execute(f"INSERT INTO {quote(name)} VALUES (?, ?)", (i, name))
+    con.commit()
+    export = tmp_path / "export"
+    sb.phx_here("export", "--output", export, "--json")
+    for name in names:
+        con.execute(f"DELETE FROM {quote(name)}")
+    con.commit()
+    sb.phx_here("import", export, "--force", "--json")
+    assert {n: con.execute(f"SELECT * FROM {quote(n)}").fetchall() for n in names} == {
+        n: [(i, n)] for i, n in enumerate(names)
+    }
+    con.close()

@@ -534,3 +534,53 @@ def test_a_whole_database_counts_two_tables_whose_dotted_names_are_the_same_each
     old = pg_source.counts_as_recorded(drill.found, {"a.b.c": 5, 'a.q"': 0})
     assert old.keys() == {"a.b.c", 'a.q"'} and old['a.q"'] == 0 and old["a.b.c"] in (3, 5), old  # one, as before
     pg.drop_database(db)
+
+
+def test_hostile_identifiers_round_trip_and_fail_with_one_clear_error(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """A schema, table, columns, sequence, index and foreign key named with quotes, `;`, `--`,
+    `$$`, a backslash, a newline, upper case, Unicode, a keyword and 63 bytes: agent_a's rows
+    come back exact, nothing else is touched, and a restore the live table refuses fails with
+    one message naming it (a backslash in the name stopped the message with a traceback)."""
+    pg = pg_server
+    db = pg.create_database("hostile")
+
+    def q(*parts: str) -> str:
+        return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+    schema, table, kids = "Sch \"x';--$$ Ünï", 'T\\d "q"; DROP TABLE victim;--', "k\\g<0>\nids"
+    col, long_col = 'select "c"\n;--', "é" * 31 + "x"  # 63 bytes
+    parent, child = q(schema, table), q(schema, kids)
+    index, fk, text = q("ix $$;--'"), q('fk "\\1'), "E'a\\'b\"c;--$$\\n'"
+    pg.sql(
+        db,
+        f"""
+        CREATE SCHEMA {q(schema)};
+        CREATE TABLE victim (id int PRIMARY KEY);  INSERT INTO victim VALUES (1);
+        CREATE TABLE {parent} ({q("I d")} serial PRIMARY KEY, agent_id text NOT NULL, {q(col)} text, {q(long_col)} int);
+        CREATE UNIQUE INDEX {index} ON {parent} ({q(col)});
+        CREATE TABLE {child} (id int PRIMARY KEY, agent_id text NOT NULL,
+            p int CONSTRAINT {fk} REFERENCES {parent} ON DELETE CASCADE);
+        INSERT INTO {parent} (agent_id, {q(col)}, {q(long_col)}) VALUES
+            ('{AGENT_A}', {text}, 1), ('{AGENT_A}', 'two', 2), ('{AGENT_B}', 'b', 3);
+        INSERT INTO {child} VALUES (1, '{AGENT_A}', 1), (2, '{AGENT_A}', 2), (3, '{AGENT_B}', 3);
+        """,
+    )
+    env = _config(sandbox, pg, db)
+    snap = _phx(env, "backup", "--json").json()["id"]
+    saved = _rows(pg, db, parent, child, "victim")
+    pg.sql(db, f"DELETE FROM {parent} WHERE agent_id = '{AGENT_A}'")  # the kids go too
+    out = _restore(sandbox, env)
+    assert out["ok"] and out["stats"][f"{schema}.{kids}"]["inserted"] == 2, out
+    assert _rows(pg, db, parent, child, "victim") == saved
+
+    pg.sql(db, f"DELETE FROM {parent} WHERE agent_id = '{AGENT_A}'")
+    pg.sql(db, f"ALTER TABLE {parent} ADD COLUMN owner text NOT NULL DEFAULT 'x'")
+    pg.sql(db, f"ALTER TABLE {parent} ALTER COLUMN owner DROP DEFAULT")
+    out = _restore(sandbox, env, check=3)
+    assert f"{schema}.{table}" in out["error"] and "owner" in out["error"], out
+    report = _drill(sandbox, env, snap, tmp_path / "scratch", check=1)
+    assert f"{schema}.{table}" in report["problems"][0]["message"], report
+    assert _rows(pg, db, "victim") == {"victim": saved["victim"]}
+    pg.drop_database(db)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from e2e_support import Sandbox, assert_error
+from e2e_support import Sandbox, assert_error, run_phx_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -127,3 +127,38 @@ def test_doctor_passes_a_reachable_whole_database_entry(sandbox: Sandbox, pg_ser
     assert len(entry) == 1 and entry[0]["status"] == "ok", entry
     assert "reachable" in entry[0]["message"], entry
     pg_server.drop_database(db)
+
+
+def test_a_role_named_with_a_newline_restores_as_a_name_never_as_statements(
+    sandbox: Sandbox, pg_server: PgServer
+) -> None:
+    """A role (one the agent could create) whose name holds a newline and a line
+    `GRANT pg_read_server_files TO <another role>;`: pg_dumpall writes the name as it is, and the
+    restore creating the missing roles ran that line as a statement of its own, as the restoring
+    superuser. Now the role comes back with its exact name and no other role gains anything."""
+    pg = pg_server
+    db = pg.create_database("roles")
+    gainer = f"g{db[-8:]}"
+    hostile = f"r{db[-8:]}\nGRANT pg_read_server_files TO {gainer};\n"  # 50 bytes: names stop at 63
+    quoted = '"' + hostile.replace('"', '""') + '"'
+    plain = f"p{db[-8:]}"
+    pg.sql("postgres", f"CREATE ROLE {gainer}; CREATE ROLE {plain}; CREATE ROLE {quoted}; GRANT {quoted} TO {gainer}")
+    pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO {quoted}")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    pg.sql(db, f"REVOKE ALL ON t FROM {quoted}")
+    # As on a fresh server: the roles are missing (the one gaining is made again, as the agent could).
+    pg.sql("postgres", f"DROP ROLE {quoted}; DROP ROLE {plain}; DROP ROLE {gainer}; CREATE ROLE {gainer}")
+    try:
+        run_phx_here(["restore", "--latest", "--to-database", f"{db}_copy", "--json"], env)
+        members = (
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s"
+        )
+        assert pg.query("postgres", members, (gainer,)) == [(hostile,)]
+        assert pg.query(f"{db}_copy", "SELECT has_table_privilege(%s, 't', 'SELECT')", (hostile,)) == [(True,)]
+    finally:
+        pg.drop_database(f"{db}_copy")
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {quoted}; DROP ROLE IF EXISTS {plain}; DROP ROLE IF EXISTS {gainer}")

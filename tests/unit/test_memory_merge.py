@@ -19,13 +19,14 @@ from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sample import generate_workspace
 from phoenix_backup.sinks import ConflictMode, sqlite_merge
 from phoenix_backup.sinks.sqlite_merge import DatabaseMerge, SqliteRowSource, merge_database
+from phoenix_backup.sql import quote as sql_quote
 
 
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
     con = sqlite3.connect(path)
     try:
         names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {n: sorted(con.execute(f'SELECT * FROM "{n}"'), key=repr) for n in names}
+        return {n: sorted(con.execute(f"SELECT * FROM {sql_quote(n)}"), key=repr) for n in names}
     finally:
         con.close()
 
@@ -429,3 +430,56 @@ def test_a_chain_of_rows_each_pointing_to_the_next_goes_in_at_once(
     assert counts(merged(src, dst)) == {"m": (n, 0, 0, 0, 0)}
     assert writes <= 3 * n, writes  # one direction: n * (n + 1) / 2 = 45,150
     assert len(dump(dst)["m"]) == n
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    ['"au""dit"', '"au--dit"', '"au/*dit"', "`au``dit`", '"AU""DIT"'],
+)
+def test_a_live_trigger_writing_into_a_table_with_a_hostile_name_does_not_write_twice(
+    tmp_path: Path, spelled: str
+) -> None:
+    """The audit table's name holds a quote, `--`, `/*`, a space or a backtick (the agent chose
+    it): the trigger writing into it is still seen, and the restored row's audit row is not
+    added a second time (nor a comment-looking piece of the name taken for a comment)."""
+    name = {'"': '"', "[": "]", "`": "`", "'": "'"}
+    close = name[spelled[0]]
+    table = spelled[1:-1].replace(close * 2, close).lower()
+    quoted = sql_quote(table)
+    schema = (
+        f"CREATE TABLE {quoted} (id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT, mid INTEGER);"
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT);"
+        f"CREATE TRIGGER m_ai AFTER INSERT ON m BEGIN INSERT INTO {spelled} (what, mid) VALUES ('ins', new.id); END;"
+    )
+    src = store(tmp_path / "src.db", schema, {"m": [(1, "body"), (2, "body")]})
+    dst = store(tmp_path / "dst.db", schema, {"m": [(1, "body")]})
+    assert counts(merged(src, dst)) == {table: (1, 0, 0, 1, 0), "m": (1, 0, 0, 1, 0)}
+    assert dump(dst)[table] == [(1, "ins", 1), (2, "ins", 2)]
+
+
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [("notes(, content='')", "body"), ("x USING vec0", "body"), ("y", "\"a, content=''\", body")],
+)
+def test_an_fts_table_keeping_its_own_rows_is_merged_whatever_its_names_hold(
+    tmp_path: Path, table: str, columns: str
+) -> None:
+    """An FTS5 table that stores its own rows, whose name or column name reads like an option
+    (`content=''`) or a module (`USING vec0`): its rows are merged. Before, it was taken for a
+    contentless index or a vector index and its rows were left out without a word (and the
+    shadow tables of one taken for vec0 were merged as tables of their own)."""
+    schema = f"CREATE VIRTUAL TABLE {sql_quote(table)} USING fts5({columns});"
+    src = store(tmp_path / "src.db", schema, {})
+    con = sqlite3.connect(src)
+    con.executemany(f"INSERT INTO {sql_quote(table)} (rowid, body) VALUES (?, ?)", [(1, "one"), (2, "zebrafish")])
+    con.commit()
+    con.close()
+    dst = store(tmp_path / "dst.db", schema, {})
+    result = merged(src, dst)
+    assert counts(result) == {table: (2, 0, 0, 0, 0)}
+    con = sqlite3.connect(dst)
+    try:
+        hits = con.execute(f"SELECT rowid FROM {sql_quote(table)} WHERE {sql_quote(table)} MATCH 'zebrafish'")
+        assert hits.fetchall() == [(2,)]
+    finally:
+        con.close()

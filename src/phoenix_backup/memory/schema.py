@@ -23,7 +23,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from phoenix_backup.sql import quote
+from phoenix_backup.sql import quote, unquote, virtual_table
 
 MIN_VECTOR_DIM = 64
 
@@ -63,11 +63,6 @@ _SHADOW_SUFFIXES: dict[str, re.Pattern[str]] = {
     "geopoly": re.compile(r"(node|rowid|parent)"),
 }
 
-_VIRTUAL = re.compile(r"^\s*CREATE\s+VIRTUAL\s+TABLE\b", re.IGNORECASE)
-_USING = re.compile(r"\bUSING\s+([A-Za-z0-9_]+)", re.IGNORECASE)
-_CONTENT_OPTION = re.compile(
-    r"[(,]\s*content\s*=\s*(?:'((?:[^']|'')*)'|\"((?:[^\"]|\"\")*)\"|([A-Za-z_][A-Za-z0-9_]*))", re.IGNORECASE
-)
 _VECTOR_NAME = re.compile(r"embed|vector", re.IGNORECASE)
 
 
@@ -148,23 +143,19 @@ class DatabaseSchema:
 
 def virtual_module(sql: str | None) -> str | None:
     """The module of a `CREATE VIRTUAL TABLE` statement, lower-cased; None for other statements."""
-    if not sql or not _VIRTUAL.match(sql):
-        return None
-    m = _USING.search(sql)
-    return m.group(1).lower() if m else "?"
+    using = virtual_table(sql)
+    return None if using is None else using[0]
 
 
 def fts_content_option(sql: str) -> str | None:
     """The `content=` option of an FTS table: None when absent (it stores its own content), ""
     for a contentless table, else the external content table's name."""
-    m = _CONTENT_OPTION.search(sql)
-    if not m:
-        return None
-    if m.group(1) is not None:
-        return m.group(1).replace("''", "'")
-    if m.group(2) is not None:
-        return m.group(2).replace('""', '"')
-    return m.group(3)
+    using = virtual_table(sql)
+    args = using[1] if using else []
+    for i in range(len(args) - 3):
+        if args[i] in ("(", ",") and args[i + 1].lower() == "content" and args[i + 2] == "=":
+            return unquote(args[i + 3])
+    return None
 
 
 def _is_shadow(name: str, vtab: str, module: str) -> bool:

@@ -363,7 +363,8 @@ def _store_names(databases: list[SourceDatabase]) -> list[str]:
 def _safe_name(name: str) -> str:
     """A file name for a table or store: ASCII letters, digits, `_`, `-`, `.`; every other byte of
     the name's UTF-8 %XX. One name, one file: %XX of a code point (`é0` and U+0E90 were both
-    `%E90`) gave two tables one file, the second written over the first."""
+    `%E90`, `ā` and `\\x10` + `1` both `%101`) gave two tables one file, the second written over
+    the first, and import wrote one table's rows into the other."""
     try:
         raw = name.encode("utf-8", "surrogateescape")  # a store's file name that is not UTF-8
     except UnicodeEncodeError:

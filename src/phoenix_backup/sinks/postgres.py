@@ -38,6 +38,7 @@ from phoenix_backup.sinks.streams import (
     read_manifest,
 )
 from phoenix_backup.sources import postgres as pg
+from phoenix_backup.sql import pg_statements
 
 
 def restore_postgres(
@@ -286,7 +287,7 @@ def _last_line(text: str) -> str:
 
 _CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
 _ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) WITH ')
-_GRANT = re.compile(r"^GRANT .+ TO .+;$")
+_GRANT = re.compile(r"^GRANT .+ TO .+;$", re.DOTALL)
 
 
 def _role_name(token: str) -> str:
@@ -297,7 +298,9 @@ def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, out
     """Create the roles of `globals.sql` that the server lacks, with their attributes, and their
     memberships. Existing roles are left exactly as they are (their passwords included)."""
     text = read_node(repo, f"{path}/{pg.GLOBALS}", node).decode("utf-8", "replace")
-    lines = [ln.strip() for ln in text.splitlines()]
+    # Statement by statement, never line by line: a role's name may hold a newline, and a line of
+    # it (`GRANT pg_read_server_files TO me;`) was run as a statement of its own by the restoring role.
+    lines = pg_statements(text)
     created: list[str] = []
     with conn.connect_server() as con:
         existing = {str(r[0]) for r in con.execute("SELECT rolname FROM pg_roles")}

@@ -426,9 +426,12 @@ def _advance_sequences(con: psycopg.Connection[Any], saved: dict[str, _Saved], r
 
 def _named(text: str, names: dict[str, str]) -> str:
     """A server message about a scratch copy, naming the live table instead."""
-    for scratch, live in names.items():
-        text = re.sub(rf'"?\b{re.escape(scratch)}\b"?', live, text)
-    return text
+    if not names:
+        return text
+    # One pass, with a function rather than a template: a live name is put in as it is (one
+    # holding `\d` or `\g<0>` stopped the message; one holding another scratch name was renamed again).
+    scratch = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.sub(rf'"?\b({scratch})\b"?', lambda m: names[m.group(1)], text)
 
 
 def live_tables(con: psycopg.Connection[Any], tables: list[pg.AgentTable]) -> list[pg.AgentTable]:

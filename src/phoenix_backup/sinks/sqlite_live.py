@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 from phoenix_backup.errors import RestoreError
 from phoenix_backup.sources.sqlite import BUSY_TIMEOUT_MS, planted_companion, sqlite_uri
-from phoenix_backup.sql import quote, sqlite_error_text
+from phoenix_backup.sql import quote, sqlite_error_text, virtual_table
 
 SQLITE_MAGIC = b"SQLite format 3\0"
 COMPANIONS = ("-wal", "-shm", "-journal")
 _VIRTUAL = re.compile(r"CREATE\s+VIRTUAL\s+TABLE\b", re.IGNORECASE)
-_USING = re.compile(r"\bUSING\s+([A-Za-z0-9_]+)", re.IGNORECASE)
 _WITHOUT_ROWID = re.compile(r"\bWITHOUT\s+ROWID\b", re.IGNORECASE)
 
 
@@ -286,7 +285,8 @@ def check_live(path: str) -> LiveCheck:
         fts: dict[str, str] = {}
         for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type='table'").fetchall():
             text = (sql or "").lstrip()
-            if not _VIRTUAL.match(text) or _module(text) != "fts5":
+            using = virtual_table(text)
+            if using is None or using[0] != "fts5":
                 continue
             q = quote(name)
             try:
@@ -402,8 +402,3 @@ def _count(con: sqlite3.Connection, table: str) -> int:
 
 def _scalar(con: sqlite3.Connection, sql: str) -> int:
     return int(con.execute(sql).fetchone()[0])
-
-
-def _module(sql: str) -> str:
-    m = _USING.search(sql)
-    return m.group(1).lower() if m else "?"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -44,7 +43,7 @@ from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableI
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sources.sqlite import planted_companion, sqlite_uri
-from phoenix_backup.sql import quote
+from phoenix_backup.sql import quote, tokens, unquote
 from phoenix_backup.units import human_size
 
 BUSY_TIMEOUT_S = 30.0
@@ -379,14 +378,31 @@ def _check_deferred_keys(con: sqlite3.Connection, result: DatabaseMerge, before:
         )
 
 
-def _trigger_touches(sql: str, tables: set[str]) -> bool:
+def _trigger_touches(text: str, tables: set[str]) -> bool:
     """Whether a trigger's body (after BEGIN) writes into one of `tables` (a trigger that only
-    reads them, a guard, goes on firing)."""
-    # Comments may stand anywhere (`INSERT INTO /* log */ audit`), and SQLite takes a 'quoted' name.
-    sql = re.sub(r"/\*.*?(?:\*/|$)|--[^\n]*", " ", sql, flags=re.DOTALL)
-    body = re.split(r"\bBEGIN\b", sql, maxsplit=1, flags=re.IGNORECASE)[-1]
-    write = r"(?:\bINTO|\bUPDATE(?:\s+OR\s+\w+)?|\bDELETE\s+FROM)\s+[\"`'\[]?"
-    return any(re.search(rf"{write}{re.escape(t)}(?![\w$])", body, re.IGNORECASE) for t in tables)
+    reads them, a guard, goes on firing). Read token by token: comments may stand anywhere
+    (`INSERT INTO /* log */ audit`), SQLite takes a name in any quotes ('audit' too), and a name
+    may hold a quote, `--` or `/*` (`"au""dit"`, `"au--dit"`)."""
+    words = tokens(text)
+    upper = [w.upper() for w in words]
+    start = upper.index("BEGIN") + 1 if "BEGIN" in upper else len(words)
+    wanted = {_fold(t) for t in tables}
+    for i in range(start, len(words)):
+        at = i + 1
+        if upper[i] == "UPDATE" and at + 1 < len(words) and upper[at] == "OR":
+            at += 2  # UPDATE OR REPLACE name
+        elif upper[i] == "DELETE" and at < len(words) and upper[at] == "FROM":
+            at += 1
+        elif upper[i] not in ("INTO", "UPDATE"):
+            continue
+        if at < len(words) and _fold(unquote(words[at])) in wanted:
+            return True
+    return False
+
+
+def _fold(name: str) -> str:
+    """A name as SQLite compares names: ASCII letters in any case."""
+    return "".join(c.lower() if c.isascii() else c for c in name)
 
 
 def _merge_table(

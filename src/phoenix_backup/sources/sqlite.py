@@ -22,7 +22,7 @@ from typing import Any
 from phoenix_backup.errors import SourceError
 from phoenix_backup.repo.snapshot import NOT_CHECKED
 from phoenix_backup.sources.files import COMPANIONS, open_regular
-from phoenix_backup.sql import quote, sqlite_error_text
+from phoenix_backup.sql import quote, sqlite_error_text, virtual_table
 
 BUSY_TIMEOUT_MS = 30_000
 # Room kept free beyond the copy itself, so a backup never fills the cache's disk to the brim.
@@ -256,8 +256,9 @@ def count_rows(con: sqlite3.Connection) -> tuple[dict[str, int], dict[str, str],
     ).fetchall()
     for name, sql in rows:
         text = (sql or "").lstrip()
-        if _VIRTUAL.match(text):
-            virtual[name] = _module_of(text)
+        using = virtual_table(text)
+        if using is not None:
+            virtual[name] = using[0]
             continue
         quoted = quote(name)
         try:
@@ -265,12 +266,3 @@ def count_rows(con: sqlite3.Connection) -> tuple[dict[str, int], dict[str, str],
         except sqlite3.DatabaseError:
             unreadable.append(name)
     return tables, virtual, unreadable
-
-
-_VIRTUAL = re.compile(r"CREATE\s+VIRTUAL\s+TABLE\b", re.IGNORECASE)
-_USING = re.compile(r"\bUSING\s+([A-Za-z0-9_]+)", re.IGNORECASE)
-
-
-def _module_of(sql: str) -> str:
-    m = _USING.search(sql)
-    return m.group(1).lower() if m else "?"
