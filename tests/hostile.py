@@ -342,6 +342,16 @@ def crafted() -> dict[str, dict[str, bytes]]:
             ),
             "table-file-number": export_meta(export_db(tableFiles=[table_file(file=5)])),
             "table-files-not-list": export_meta(export_db(tableFiles="t.json")),
+            # An export by a phx that named `é0` and U+0E90 (or `` and `_`) both `%E90.json`: one
+            # table's rows were written over the other's, and import put them in both.
+            "two-tables-one-file": export_meta(
+                export_db(
+                    tableFiles=[
+                        table_file(name="\u00e90", file="%E90.json"),
+                        table_file(name="\u0e90", file="%E90.json"),
+                    ]
+                )
+            ),
             "columns-not-list": export_meta(export_db(tableFiles=[table_file(columns=5)])),
             "rows-string": export_meta(
                 export_db(

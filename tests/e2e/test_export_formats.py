@@ -352,13 +352,16 @@ def test_an_immutable_empty_output_folder_names_the_attribute(sandbox: Sandbox, 
 def test_two_tables_whose_names_once_made_one_file_export_each_whole(sandbox: Sandbox, tmp_path: Path) -> None:
     """A table's file name was %XX of each code point: `é0` and U+0E90 were both `%E90.json`, so
     the second table's rows were written over the first's, and the metadata named one file for
-    both (an import restored one table's rows into the other). Each table has a file of its own."""
+    both (an import restored one table's rows into the other). The empty name and `_` were both
+    `_.json`. A 40-character CJK name, %XX of its 120 bytes, was too long for a file name and the
+    export failed. Each table has a file of its own, its name at most 255 bytes."""
+    long_name = "\u8a18" * 40
+    tables = {"é0": ["first", "second"], "\u0e90": ["other"], "": ["empty"], "_": ["underscore"], long_name: ["long"]}
     memory_db = sandbox.db_path(STORES["memory"])
     with sqlite3.connect(memory_db) as con:
-        con.execute('CREATE TABLE "é0" (v TEXT)')
-        con.execute('CREATE TABLE "\u0e90" (v TEXT)')
-        con.executemany('INSERT INTO "é0" VALUES (?)', [("first",), ("second",)])
-        con.execute("INSERT INTO \"\u0e90\" VALUES ('other')")
+        for name, values in tables.items():
+            con.execute(f'CREATE TABLE "{name}" (v TEXT)')
+            con.executemany(f'INSERT INTO "{name}" VALUES (?)', [(v,) for v in values])
     con.close()
     out = tmp_path / "export"
     sandbox.phx_here("export", "--format", "json", "--output", out, "--json")
@@ -366,6 +369,7 @@ def test_two_tables_whose_names_once_made_one_file_export_each_whole(sandbox: Sa
     files = {
         t["name"]: t["file"] for db in meta["databases"] if db["path"] == STORES["memory"] for t in db["tableFiles"]
     }
-    assert files["é0"] != files["\u0e90"], files
-    assert [r["v"] for r in json.loads((out / files["é0"]).read_text())] == ["first", "second"]
-    assert [r["v"] for r in json.loads((out / files["\u0e90"]).read_text())] == ["other"]
+    assert len({files[name] for name in tables}) == len(tables), files
+    for name, values in tables.items():
+        assert [r["v"] for r in json.loads((out / files[name]).read_text())] == values, name
+        assert len(Path(files[name]).name.encode()) <= 255

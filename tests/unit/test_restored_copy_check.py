@@ -133,4 +133,43 @@ def test_the_drill_report_shows_a_planted_host_and_a_hostile_name_escaped() -> N
     result.errors.append(DrillError("data/ab", "a" * 64, f"workspace/{hostile}", f"{hostile} differs"))
     report = markdown(result)
     assert not any(c in report for c in "\x1b\x07\r\u202e"), report
-    assert "evil\\x1b]0;owned\\x07\\r\\u202eok\\|x" in report
+    assert r"evil\\x1b\]0;owned\\x07\\r\\u202eok\|x" in report
+
+
+def _markdown_acting(line: str) -> tuple[int, str]:
+    """What GFM makes of a report line: its cell separators (a `|` no backslash escapes) and the
+    characters that would open a link, an image, a code span or HTML (`[`, `` ` ``, `<`) unescaped."""
+    cells, acting, i = 0, "", 0
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        cells += line[i] == "|"
+        acting += line[i] if line[i] in "[`<" else ""
+        i += 1
+    return cells, acting
+
+
+def test_a_name_forges_no_cell_link_nor_html_in_the_drill_report() -> None:
+    """`\\|` in a name came out as `\\\\|`: an escaped backslash, then a cell separator. A table
+    named `t\\| 9 \\| 9 \\|` showed rows recorded 9 and restored 9, the real counts and
+    **differs** pushed out past the last column; a name holding `![x](https://…)` or `<img>` was
+    an image fetched, or HTML, when the report was rendered. Each is text in its cell."""
+    from phoenix_backup.ops.drill import DrillError, markdown
+
+    hostile = "t\\| 9 \\| 9 \\|![x](https://example.invalid/p.png)<img src=x>`"
+    result = DrillResult(
+        snapshot="a" * 64, name="n", time="2026-01-01T00:00:00+00:00", host=hostile, target="local", started="s"
+    )
+    result.databases.append(DatabaseReport(path=f"workspace/{hostile}.db", engine="sqlite", integrity="ok"))
+    result.databases[0].tables[hostile] = (9, 7)
+    result.errors.append(DrillError(f"workspace/{hostile}", "a" * 64, f"workspace/{hostile}", f"{hostile} differs"))
+    result.lacking.append({"path": f"workspace/{hostile}", "error": hostile})
+    report = markdown(result)
+    rows = {line.split(" ", 2)[1]: line for line in report.splitlines() if line.startswith("| ")}
+    assert _markdown_acting(rows["taken"]) == (3, ""), rows["taken"]
+    table_row = next(line for line in report.splitlines() if line.startswith("| t") and "differs" in line)
+    assert _markdown_acting(table_row) == (4, ""), table_row
+    for line in report.splitlines():
+        if line.startswith("- ") or line.startswith("### "):
+            assert _markdown_acting(line) == (0, ""), line

@@ -218,6 +218,22 @@ def test_a_name_in_a_scheduled_runs_message_forges_no_line_of_its_log(tmp_path: 
     assert "\x1b" not in text and len(text.splitlines()) == 3, text
 
 
+def test_a_name_that_is_not_utf8_is_logged_as_its_bytes_not_a_crash(tmp_path: Path) -> None:
+    """A scheduled run's notice or error naming a file whose name is not UTF-8 (`café` in
+    Latin-1) raised UnicodeEncodeError in the log's strict UTF-8 writer: the run stopped with a
+    traceback and no "finished" line. The log holds the name's bytes, as a terminal gets them."""
+    from phoenix_backup.schedule import last_scheduled_run
+    from phoenix_backup.schedule.runlog import RunLog
+
+    log = RunLog(tmp_path)
+    log.write("scheduled backup starting (config default)")
+    name = os.fsdecode(b"workspace/caf\xe9\xff.md")
+    log.write(f"phx: error: cannot read {name}")
+    raw = log.path.read_bytes()
+    assert b"workspace/caf\xe9\xff.md\n" in raw, raw
+    assert last_scheduled_run(log.path) is not None
+
+
 def _as_cron_runs(line: str) -> list[str]:
     """The words `sh` is given for a crontab line, after cron's own `%` handling (cronie's and
     Vixie's loop: `\\%` is a `%`, an unescaped `%` ends the command)."""

@@ -655,8 +655,14 @@ def _write_reports(result: DrillResult, folder: Path, envx: Environment) -> None
 def _md(text: object) -> str:
     """A name or message in the report, one table cell or line: its controls, newline and bidi
     overrides shown escaped (`shown`: a planted snapshot's host or a file name would otherwise
-    drive the terminal that `cat`s the report), and `|` escaped for the table."""
-    return shown(text).replace("|", "\\|")
+    drive the terminal that `cat`s the report), and the Markdown that would act backslash-escaped:
+    `|` (a cell), `\\` (which made `\\|` a cell again: a name `x\\| 9 |` showed a table's rows as
+    matching, the real ones pushed out of the row), `` ` ``, `[`, `]`, `<`, `>` (a link, an image
+    fetched from a name's URL when the report is rendered, raw HTML)."""
+    return "".join(f"\\{c}" if c in _MARKDOWN else c for c in shown(text))
+
+
+_MARKDOWN = frozenset("\\|`[]<>")
 
 
 def markdown(r: DrillResult) -> str:
@@ -705,7 +711,7 @@ def markdown(r: DrillResult) -> str:
     else:
         lines.append("No database was checked.")
     lines += ["", "## Errors", ""]
-    lines += [f"- `{_md(e.path or '-')}` ({_md(e.object)}): {_md(e.message)}" for e in r.errors] or ["None."]
+    lines += [f"- {_md(e.path or '-')} ({_md(e.object)}): {_md(e.message)}" for e in r.errors] or ["None."]
     if r.lacking:
         lines += [
             "",
@@ -714,7 +720,7 @@ def markdown(r: DrillResult) -> str:
             "Its backup could not save these parts, so no drill can prove them:",
             "",
         ]
-        lines += [f"- `{_md(i['path'])}`: {_md(i['error'])}" for i in r.lacking]
+        lines += [f"- {_md(i['path'])}: {_md(i['error'])}" for i in r.lacking]
     if r.unchecked:
         lines += ["", "## Checks that could not run", "", "They prove nothing either way:", ""]
         lines += [f"- {_md(u)}" for u in r.unchecked]

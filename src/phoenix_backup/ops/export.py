@@ -51,6 +51,7 @@ from phoenix_backup.ops.context import (
     scratch_dir,
 )
 from phoenix_backup.ops.selection import drop_key_links, key_files_in_workspace, never_saved
+from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.reader import copy_snapshot_database, stream_blocks
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
@@ -360,6 +361,10 @@ def _store_names(databases: list[SourceDatabase]) -> list[str]:
     return names
 
 
+# The longest table or store file name: 255 bytes, less room for `-NN` and `.json`/`.csv`.
+_NAME_LENGTH = 200
+
+
 def _safe_name(name: str) -> str:
     """A file name for a table or store: ASCII letters, digits, `_`, `-`, `.`; every other byte of
     the name's UTF-8 %XX. One name, one file: %XX of a code point (`é0` and U+0E90 were both
@@ -370,7 +375,15 @@ def _safe_name(name: str) -> str:
     except UnicodeEncodeError:
         raw = name.encode("utf-8", "surrogatepass")
     out = "".join(chr(b) if (chr(b).isalnum() and b < 0x80) or chr(b) in "_-." else f"%{b:02X}" for b in raw)
-    return out if out not in ("", ".", "..") else out.replace(".", "%2E") or "_"
+    if out in ("", ".", ".."):  # `%` alone is no escape's: the empty name was `_`, a table `_`'s file too
+        return out.replace(".", "%2E") or "%"
+    if len(out) <= _NAME_LENGTH:
+        return out
+    # A file name holds 255 bytes, and %XX triples a byte: a 28-character CJK name was too long,
+    # and the export failed. Its head, then `~` (never kept by the escaping) and its SHA-256.
+    head = out[: _NAME_LENGTH - 33]
+    head = head[: head.rindex("%")] if "%" in head[-2:] else head
+    return f"{head}~{sha256_hex(raw)[:32]}"
 
 
 def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config, envx: Environment) -> None:

@@ -71,6 +71,11 @@ class ExportRowSource:
             path = (folder / t["file"]).resolve()
             if not path.is_relative_to(folder.resolve()):
                 raise NotAnExport(f"the export names a table file outside its folder ({t['file']}); import refused")
+            if path in self._files.values():  # an older export's `é0` and U+0E90, `` and `_`: one file
+                raise NotAnExport(
+                    f"the export names one file for two tables of {self.logical} ({t['file']}): one table's rows "
+                    "were written over the other's by an older phx; export again with this version"
+                )
             self._tables.append(info)
             self._files[info.name] = path
 

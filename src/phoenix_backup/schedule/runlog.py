@@ -60,5 +60,7 @@ class RunLog:
         lines = [shown(line) for line in (text.split("\n") if report else [text])]
         # O_APPEND keeps concurrent writers' lines whole; 0600 because errors may name paths.
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a") as f:
+        # A name that is not UTF-8 as its bytes, as a terminal gets it (surrogateescape): strict
+        # UTF-8 raised, and a notice naming such a file stopped the scheduled run it reported on.
+        with os.fdopen(fd, "a", encoding="utf-8", errors="surrogateescape") as f:
             f.write("".join(f"{stamp} {line}\n" for line in lines))
