@@ -483,3 +483,41 @@ def test_an_fts_table_keeping_its_own_rows_is_merged_whatever_its_names_hold(
         assert hits.fetchall() == [(2,)]
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("table", ["au€dit", "a\u0301udit"])
+def test_a_live_trigger_writing_into_an_unquoted_name_beyond_ascii_does_not_write_twice(
+    tmp_path: Path, table: str
+) -> None:
+    """SQLite takes every character beyond ASCII (`€`, a no-break space, a combining accent, an
+    emoji) into an unquoted name: the trigger writing into `au€dit` unquoted is seen, and the
+    restored row's audit row is not added a second time. Before, the name was read as `au`."""
+    schema = (
+        f"CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT, mid INTEGER);"
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT);"
+        f"CREATE TRIGGER m_ai AFTER INSERT ON m BEGIN INSERT INTO {table} (what, mid) VALUES ('ins', new.id); END;"
+    )
+    src = store(tmp_path / "src.db", schema, {"m": [(1, "body"), (2, "body")]})
+    dst = store(tmp_path / "dst.db", schema, {"m": [(1, "body")]})
+    assert counts(merged(src, dst)) == {table: (1, 0, 0, 1, 0), "m": (1, 0, 0, 1, 0)}
+    assert dump(dst)[table] == [(1, "ins", 1), (2, "ins", 2)]
+
+
+def test_an_fts_table_whose_unquoted_name_ends_in_using_is_merged(tmp_path: Path) -> None:
+    """An FTS5 table named `n€USING` unquoted (SQLite reads `€` as part of the name): its module
+    is fts5 and its rows are merged. Before, the `USING` inside its name was taken for the
+    keyword, the table for one of an unknown module `using`."""
+    table = "n€USING"
+    schema = f"CREATE VIRTUAL TABLE {table} USING fts5(body);"
+    src = store(tmp_path / "src.db", schema, {})
+    con = sqlite3.connect(src)
+    con.executemany(f"INSERT INTO {table} (rowid, body) VALUES (?, ?)", [(1, "one"), (2, "zebrafish")])
+    con.commit()
+    con.close()
+    dst = store(tmp_path / "dst.db", schema, {})
+    assert counts(merged(src, dst)) == {table: (2, 0, 0, 0, 0)}
+    con = sqlite3.connect(dst)
+    try:
+        assert con.execute(f"SELECT rowid FROM {table} WHERE {table} MATCH 'zebrafish'").fetchall() == [(2,)]
+    finally:
+        con.close()
