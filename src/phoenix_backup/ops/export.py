@@ -51,6 +51,7 @@ from phoenix_backup.ops.context import (
     scratch_dir,
 )
 from phoenix_backup.ops.selection import drop_key_links, key_files_in_workspace, never_saved
+from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.reader import copy_snapshot_database, stream_blocks
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
@@ -370,7 +371,18 @@ def _safe_name(name: str) -> str:
         else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
         for ch in name
     )
-    return out if out not in ("", ".", "..") else out.replace(".", "%2E") or "_"
+    out = out if out not in ("", ".", "..") else out.replace(".", "%2E") or "_"
+    if len(out) <= _NAME_ROOM:
+        return out
+    # A file name holds 255 bytes, and a name SQLite takes need not fit (40 `€` are 360 written
+    # %XX): its start, then `~` (which no written name holds) and a digest of the whole name.
+    start = out[: _NAME_ROOM - 17]
+    start = start[: start.rfind("%")] if "%" in start[-2:] else start
+    return f"{start}~{sha256_hex(name.encode('utf-8', 'surrogatepass'))[:16]}"
+
+
+# Room for a table's or a store's file name, leaving some for `.jsonl` or `-2` after it.
+_NAME_ROOM = 200
 
 
 def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config, envx: Environment) -> None:
