@@ -12,9 +12,12 @@ def quote(name: str) -> str:
 
 
 # What SQLite reads as one piece of a statement: a quoted name or string ("..", `..`, [..], '..',
-# each possibly cut short), a comment (dropped), a word, or any other character.
+# each possibly cut short), a comment (dropped), a word, or any other character. A word is what
+# SQLite takes for one: ASCII letters, digits, `_`, `$` and every character beyond ASCII (`au€dit`,
+# a no-break space, an emoji, a combining accent are all inside one unquoted name).
 _TOKEN = re.compile(
-    r"""\"(?:[^"]|\"\")*\"?|`(?:[^`]|``)*`?|\[[^\]]*\]?|'(?:[^']|'')*'?|/\*.*?(?:\*/|$)|--[^\n]*|[\w$]+|\S""",
+    r"""\"(?:[^"]|\"\")*\"?|`(?:[^`]|``)*`?|\[[^\]]*\]?|'(?:[^']|'')*'?|/\*.*?(?:\*/|$)|--[^\n]*"""
+    r"""|[A-Za-z0-9_$\u0080-\U0010ffff]+|\S""",
     re.DOTALL,
 )
 _CLOSE = {'"': '"', "`": "`", "'": "'", "[": "]"}

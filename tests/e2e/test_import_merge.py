@@ -201,12 +201,15 @@ def test_a_row_that_breaks_a_constraint_is_reported(sandbox: Sandbox, tmp_path: 
 
 
 def test_tables_with_hostile_names_each_export_and_import_into_themselves(sandbox: Sandbox, tmp_path: Path) -> None:
-    """Tables the agent named `ā` (U+0101) and `\\x10` + `1`, `%41` and `A`, `..`, a slash, quotes:
+    """Tables the agent named `ā` (U+0101) and `\\x10` + `1`, `%41` and `A`, `..`, a slash, quotes,
+    names too long for a file name:
     each its own file in the export and its own rows back on import. Before, `ā` and `\\x101`
     shared one file: one table's rows were lost and the other's imported into it."""
     sb = sandbox
     db = sb.db_path(MEMORY)
-    names = ["\x101", "ā", "%41", "A", "..", "a/../b", "we\"ird]`'", "\U0001f642"]
+    # Names longer than a file name may be (40 `€` are 360 bytes written %XX; 300 letters): each
+    # still its own file. Before, the export stopped with "File name too long".
+    names = ["\x101", "ā", "%41", "A", "..", "a/../b", "we\"ird]`'", "\U0001f642", "€" * 40, "x" * 300, "x" * 300 + "y"]
     con = sqlite3.connect(db)
     for i, name in enumerate(names):
         con.execute(f"CREATE TABLE {quote(name)} (id INTEGER PRIMARY KEY, v{i} TEXT)")

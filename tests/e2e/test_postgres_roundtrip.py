@@ -162,3 +162,62 @@ def test_a_role_named_with_a_newline_restores_as_a_name_never_as_statements(
         pg.drop_database(f"{db}_copy")
         pg.drop_database(db)
         pg.sql("postgres", f"DROP ROLE IF EXISTS {quoted}; DROP ROLE IF EXISTS {plain}; DROP ROLE IF EXISTS {gainer}")
+
+
+def _old_pg_dumpall(folder: Path, pg: PgServer) -> Path:
+    """pg_dump and a pg_dumpall writing as those before 17.6, 16.10, 15.14, 14.19 and 13.22 did:
+    no `\\restrict` line, and a role's name as it is, line breaks included, in its comment line
+    `-- User Config "<name>"`. Returns the pg_dump to configure (pg_dumpall is found beside it)."""
+    folder.mkdir()
+    for name in ("pg_dump", "pg_restore", "psql"):
+        (folder / name).write_text(f'#!/bin/sh\nexec "{pg.tool(name)}" "$@"\n')
+    (folder / "pg_dumpall").write_text(
+        f"#!{sys.executable}\n"
+        "import re, subprocess, sys\n"
+        f"res = subprocess.run([{str(pg.tool('pg_dumpall'))!r}, *sys.argv[1:]], capture_output=True, text=True)\n"
+        "sys.stderr.write(res.stderr)\n"
+        "text = re.sub(r'^\\\\(un)?restrict .*\\n', '', res.stdout, flags=re.M)\n"
+        'names = re.findall(r\'^CREATE ROLE "((?:[^"]|"")*)";$\', text, flags=re.M)\n'
+        "for name in (n.replace('\"\"', '\"') for n in names):\n"
+        '    text = text.replace(f\'-- User Config "{name.replace(chr(10), " ")}"\', f\'-- User Config "{name}"\')\n'
+        "sys.stdout.write(text)\n"
+        "sys.exit(res.returncode)\n"
+    )
+    for tool in folder.iterdir():
+        tool.chmod(0o755)
+    return folder / "pg_dump"
+
+
+def test_a_role_named_with_a_newline_in_an_old_pg_dumpall_comment_runs_nothing(
+    sandbox: Sandbox, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """A pg_dumpall older than 17.6 (16.10, 15.14, ...) writes a role's name raw in the comment
+    line `-- User Config "<name>"` above its settings: a name's second line
+    `GRANT pg_read_server_files TO <another role>;` stands outside the comment. The restore
+    creating the missing roles ran it as the restoring superuser; now it restores no roles from
+    that script and says why, and the database itself comes back."""
+    pg = pg_server
+    db = pg.create_database("oldda")
+    gainer = f"g{db[-8:]}"
+    hostile = f"r{db[-8:]}\nGRANT pg_read_server_files TO {gainer};\n"
+    quoted = '"' + hostile.replace('"', '""') + '"'
+    pg.sql("postgres", f"CREATE ROLE {gainer}; CREATE ROLE {quoted}; ALTER ROLE {quoted} SET work_mem = '2MB'")
+    pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    entry = postgres_entry(pg, db, pgDump=str(_old_pg_dumpall(tmp_path / "tools", pg)))
+    sandbox.write_config(databases={"postgres": [entry]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    pg.sql("postgres", f"DROP ROLE {quoted}")  # as on a fresh server: the role is missing
+    try:
+        out = run_phx_here(["restore", "--latest", "--to-database", f"{db}_copy", "--json"], env)
+        members = (
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s"
+        )
+        assert pg.query("postgres", members, (gainer,)) == []
+        assert "roles and memberships were not restored" in out.out, out.out
+        assert pg.query(f"{db}_copy", "SELECT id FROM t") == [(1,)]
+    finally:
+        pg.drop_database(f"{db}_copy")
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {quoted}; DROP ROLE IF EXISTS {gainer}")

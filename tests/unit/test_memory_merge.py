@@ -12,6 +12,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phoenix_backup.errors import MergeFailed
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
@@ -20,6 +22,7 @@ from phoenix_backup.sample import generate_workspace
 from phoenix_backup.sinks import ConflictMode, sqlite_merge
 from phoenix_backup.sinks.sqlite_merge import DatabaseMerge, SqliteRowSource, merge_database
 from phoenix_backup.sql import quote as sql_quote
+from phoenix_backup.sql import tokens, unquote, virtual_table
 
 
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
@@ -483,3 +486,68 @@ def test_an_fts_table_keeping_its_own_rows_is_merged_whatever_its_names_hold(
         assert hits.fetchall() == [(2,)]
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("table", ["au€dit", "a\u0301udit"])
+def test_a_live_trigger_writing_into_an_unquoted_name_beyond_ascii_does_not_write_twice(
+    tmp_path: Path, table: str
+) -> None:
+    """SQLite takes every character beyond ASCII (`€`, a no-break space, a combining accent, an
+    emoji) into an unquoted name: the trigger writing into `au€dit` unquoted is seen, and the
+    restored row's audit row is not added a second time. Before, the name was read as `au`."""
+    schema = (
+        f"CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT, mid INTEGER);"
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT);"
+        f"CREATE TRIGGER m_ai AFTER INSERT ON m BEGIN INSERT INTO {table} (what, mid) VALUES ('ins', new.id); END;"
+    )
+    src = store(tmp_path / "src.db", schema, {"m": [(1, "body"), (2, "body")]})
+    dst = store(tmp_path / "dst.db", schema, {"m": [(1, "body")]})
+    assert counts(merged(src, dst)) == {table: (1, 0, 0, 1, 0), "m": (1, 0, 0, 1, 0)}
+    assert dump(dst)[table] == [(1, "ins", 1), (2, "ins", 2)]
+
+
+def test_an_fts_table_whose_unquoted_name_ends_in_using_is_merged(tmp_path: Path) -> None:
+    """An FTS5 table named `n€USING` unquoted (SQLite reads `€` as part of the name): its module
+    is fts5 and its rows are merged. Before, the `USING` inside its name was taken for the
+    keyword, the table for one of an unknown module `using`."""
+    table = "n€USING"
+    schema = f"CREATE VIRTUAL TABLE {table} USING fts5(body);"
+    src = store(tmp_path / "src.db", schema, {})
+    con = sqlite3.connect(src)
+    con.executemany(f"INSERT INTO {table} (rowid, body) VALUES (?, ?)", [(1, "one"), (2, "zebrafish")])
+    con.commit()
+    con.close()
+    dst = store(tmp_path / "dst.db", schema, {})
+    assert counts(merged(src, dst)) == {table: (2, 0, 0, 0, 0)}
+    con = sqlite3.connect(dst)
+    try:
+        assert con.execute(f"SELECT rowid FROM {table} WHERE {table} MATCH 'zebrafish'").fetchall() == [(2,)]
+    finally:
+        con.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8))
+def test_any_name_sqlite_accepts_is_read_back_as_that_name(name: str) -> None:
+    """For any name, in each spelling SQLite accepts ("..", `..`, [..], '..', bare): the token
+    after INTO in a trigger's body is the table SQLite made, and a virtual table so named is fts5."""
+    quoted = [
+        '"' + name.replace('"', '""') + '"',
+        "`" + name.replace("`", "``") + "`",
+        "'" + name.replace("'", "''") + "'",
+    ]
+    for spelled in [*quoted, *([] if "]" in name else [f"[{name}]"]), name]:
+        con = sqlite3.connect(":memory:")
+        try:
+            con.execute(
+                f"CREATE VIRTUAL TABLE {spelled} USING fts5(body)" if spelled == name else f"CREATE TABLE {spelled} (x)"
+            )
+            made = con.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.Error:
+            continue  # not a spelling SQLite takes
+        finally:
+            con.close()
+        words = tokens(f"CREATE TRIGGER g AFTER INSERT ON m BEGIN INSERT INTO {spelled} VALUES (1); END")
+        assert unquote(words[words.index("INTO") + 1]) == made[0][0], (spelled, words)
+        if spelled == name:
+            assert virtual_table(f"CREATE VIRTUAL TABLE {name} USING fts5(body)") == ("fts5", ["(", "body", ")"])

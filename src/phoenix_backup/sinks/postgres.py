@@ -294,6 +294,25 @@ def _role_name(token: str) -> str:
     return token[1:-1].replace('""', '"') if token.startswith('"') else token
 
 
+# The first line of a pg_dumpall of 17.6, 16.10, 15.14, 14.19, 13.22 or later, the releases that stopped
+# writing a name's line breaks into comment lines (`-- User Config "<name>"`).
+_SANITIZING_DUMPALL = re.compile(r"(?:--[^\n]*\n|\s)*\\restrict ")
+
+
+def _raw_role_name(text: str, statements: list[str]) -> str | None:
+    """A role name holding a line break in `globals.sql` of a pg_dumpall that wrote names raw in
+    comment lines: past that name's comment, the script cannot be read as the server would run it
+    (the name's second line stands outside the comment). None when the script is safe to read."""
+    if _SANITIZING_DUMPALL.match(text):
+        return None
+    # The role's CREATE ROLE comes before any comment naming it, so it is read right.
+    for statement in statements:
+        m = _CREATE_ROLE.match(statement)
+        if m and any(c in _role_name(m.group(1)) for c in "\r\n"):
+            return _role_name(m.group(1))
+    return None
+
+
 def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, outcome: DbRestoreOutcome) -> list[str]:
     """Create the roles of `globals.sql` that the server lacks, with their attributes, and their
     memberships. Existing roles are left exactly as they are (their passwords included)."""
@@ -301,6 +320,14 @@ def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, out
     # Statement by statement, never line by line: a role's name may hold a newline, and a line of
     # it (`GRANT pg_read_server_files TO me;`) was run as a statement of its own by the restoring role.
     lines = pg_statements(text)
+    raw = _raw_role_name(text, lines)
+    if raw is not None:
+        outcome.warnings.append(
+            f"roles and memberships were not restored: role {raw!r} holds a line break, and the pg_dumpall that "
+            "saved them (older than 17.6, 16.10, 15.14, 14.19, 13.22) wrote role names as they are in comment "
+            "lines of globals.sql, where such a name can hide statements; create the roles by hand"
+        )
+        return []
     created: list[str] = []
     with conn.connect_server() as con:
         existing = {str(r[0]) for r in con.execute("SELECT rolname FROM pg_roles")}
