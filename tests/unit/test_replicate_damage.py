@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pytest import MonkeyPatch
 from test_retention_prune import KB, contents, take_snapshot
 
 from phoenix_backup.repo import keys
@@ -99,3 +100,45 @@ def test_a_pack_damaged_on_the_first_target_never_replaces_a_replicas_whole_copy
     assert (report.ok, report.damaged) == (False, [pack])
     assert report.error is not None and "phx repair objects --from" in report.error
     assert stored(tmp_path / "x", pack).read_bytes() == whole
+
+
+def test_an_index_object_of_another_repository_does_not_stop_the_sync(tmp_path: Path) -> None:
+    """An index object of another repository planted under the first target's index/ decodes
+    (and, unencrypted, matches its name), but none of the packs it lists is there: the copy of
+    the first one failed ("is missing"), so every sync failed before any snapshot, for good. It is
+    skipped and named, and the rest is copied."""
+    first = first_target(tmp_path)
+    assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
+    other = Repository.init(LocalBackend(tmp_path / "other"), keys.wrap_none, False)
+    take_snapshot(other, {"z.bin": os.urandom(4 * KB)}, "2026-03-01T02:00:00+00:00")
+    (planted,) = [info.name for info in other.backend.list("index/")]
+    first.backend.write(planted, other.backend.read(planted))
+    take_snapshot(first, {"b.bin": os.urandom(4 * KB)}, "2026-03-02T02:00:00+00:00")
+    report = replicate(opened(tmp_path / "first"), "x", LocalBackend(tmp_path / "x"), print)
+    assert (report.ok, report.damaged, report.snapshots) == (False, [planted], 1)
+    assert report.error is not None and planted in report.error
+    assert contents(opened(tmp_path / "x")) == contents(opened(tmp_path / "first"))
+
+
+def test_each_sync_after_junk_under_index_reads_only_that_object(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    """With junk under the first target's index/ and a replica holding every pack, each sync read
+    every index object of the first target (the whole index, looking for packs known only from
+    their headers). It reads the junk alone."""
+    first = first_target(tmp_path)
+    take_snapshot(first, {"b.bin": os.urandom(4 * KB)}, "2026-03-02T02:00:00+00:00")
+    assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
+    junk = "index/" + "ab" * 32
+    first.backend.write(junk, b"not an index object")
+    read: list[str] = []
+    real = LocalBackend.read
+
+    def counted(self: LocalBackend, name: str) -> bytes:
+        read.append(name)
+        return real(self, name)
+
+    monkeypatch.setattr(LocalBackend, "read", counted)
+    for _ in range(2):
+        read.clear()
+        report = replicate(opened(tmp_path / "first"), "x", LocalBackend(tmp_path / "x"), print)
+        assert (report.ok, report.damaged, report.objects) == (False, [junk], 0)
+        assert [n for n in read if n.startswith("index/")] == [junk]

@@ -258,6 +258,17 @@ def _replicate(
                 readable[index_name] = _index_packs(repo, index_name)
             except CorruptObject:
                 report.damaged.append(index_name)
+        # Packs they list that the first target does not hold (asked by name: a listing may lag)
+        # are not copied but named: one index object of another repository planted there (it
+        # decodes, and passes its checksum unencrypted) stopped every sync before any snapshot.
+        # An index object none of whose packs the first target holds is not copied either.
+        absent = _absent_packs(source, readable, sizes, set(there))
+        for index_name in list(readable):
+            kept = [p for p in readable[index_name][0] if pack_name(p) not in absent]
+            if readable[index_name][0] and not kept:
+                del readable[index_name]
+                report.damaged.append(index_name)
+        report.damaged.extend(sorted({pack_name(p) for r in readable.values() for p in r[0]} & absent))
         missing_index = [n for n in missing_index if n in readable]
         # Those a replica's own index object supersedes (its prune dropped their packs, used by
         # no snapshot there yet): copied again they would not be read there.
@@ -277,12 +288,15 @@ def _replicate(
                 if index_name in revived and entries:
                     revive.setdefault(pack_id, entries)
                 obj = pack_name(pack_id)
-                if obj not in present:
+                if obj not in present and obj not in absent:
                     # Entries unknown (a write-only repository's machine that backs up reads only
                     # the covers of others' index objects): stays readable at once.
                     packs[obj] = bool(entries) and entries[0].type == BlobType.DATA
         # (Those the replica holds already came with an index object that lists them there.)
-        unindexed = _unindexed(repo, listed, present) if report.damaged else {}
+        # Only when the first target lists a pack the replica lacks that no copied index object
+        # lists: the whole index is read then, and each sync after a damaged object stays cheap.
+        lacking = {n for n in sizes if n.startswith("data/")} - present - packs.keys()
+        unindexed = _unindexed(repo, listed, present) if report.damaged and lacking else {}
         for pack_id, entries in unindexed.items():
             packs[pack_name(pack_id)] = entries[0].type == BlobType.DATA
         # Those the replica holds damaged that no copied index object lists (theirs are listed there).
@@ -383,7 +397,8 @@ def _replicate(
     if report.damaged:
         report.ok = False
         report.error = (
-            f"{len(report.damaged)} object(s) on the first target are damaged or are no object of this repository "
+            f"{len(report.damaged)} object(s) on the first target are damaged, missing there, or no object of "
+            "this repository "
             f"(first: {report.damaged[0]}) and were not copied to target {report.name}; everything else was; "
             "run `phx verify` to see what they affect: `phx repair objects --from TARGET` brings back a whole "
             "copy a replica holds, and what was planted there is deleted from the first target's storage"
@@ -564,6 +579,18 @@ def _unindexed(repo: Repository, listed: set[bytes], present: set[str]) -> dict[
             if kept:
                 out[pack_id] = kept
     return out
+
+
+def _absent_packs(
+    source: Backend,
+    readable: dict[str, tuple[dict[str, list[PackEntry]], list[str]]],
+    sizes: dict[str, int],
+    there: set[str],
+) -> set[str]:
+    """The packs the index objects `readable` list that neither the first target (its listing
+    `sizes`, then asked by name) nor the replica (`there`, its listing) holds."""
+    wanted = {pack_name(p) for listing, _ in readable.values() for p in listing}
+    return {n for n in sorted(wanted - sizes.keys() - there) if source.stat(n) is None}
 
 
 def _superseded_there(repo: Repository, dest: Backend, own: list[str], missing: list[str]) -> set[str]:
