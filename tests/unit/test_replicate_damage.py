@@ -14,6 +14,7 @@ from test_retention_prune import KB, contents, take_snapshot
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.replicate import replicate
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.appendonly import AppendOnlyBackend
 from phoenix_backup.storage.local import LocalBackend
 
 
@@ -142,3 +143,24 @@ def test_each_sync_after_junk_under_index_reads_only_that_object(tmp_path: Path,
         report = replicate(opened(tmp_path / "first"), "x", LocalBackend(tmp_path / "x"), print)
         assert (report.ok, report.damaged, report.objects) == (False, [junk], 0)
         assert [n for n in read if n.startswith("index/")] == [junk]
+
+
+def test_a_short_pack_on_an_append_only_replica_does_not_stop_its_syncs(tmp_path: Path) -> None:
+    """An append-only replica refuses the copy of a pack it lists at another size (truncated
+    there, or a listing that gives another size): that refusal stopped every sync there before
+    any new snapshot was copied. The rest is copied, and the target fails naming the refusal."""
+    first = first_target(tmp_path)
+
+    def replica() -> AppendOnlyBackend:
+        return AppendOnlyBackend(LocalBackend(tmp_path / "x"), "x")
+
+    assert replicate(first, "x", replica(), print).ok
+    pack = sorted(info.name for info in first.backend.list("data/"))[-1]
+    short = stored(tmp_path / "x", pack)
+    short.write_bytes(short.read_bytes()[:-1])
+    take_snapshot(first, {"b.bin": os.urandom(4 * KB)}, "2026-03-02T02:00:00+00:00")
+    report = replicate(first, "x", replica(), print)
+    assert (report.ok, report.snapshots) == (False, 1)
+    assert report.error is not None and pack in report.error and "append-only" in report.error
+    snapshots = {info.name for info in first.backend.list("snapshots/")}
+    assert {info.name for info in replica().list("snapshots/")} == snapshots

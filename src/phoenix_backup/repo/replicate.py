@@ -55,6 +55,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from phoenix_backup.errors import (
+    AppendOnlyRefused,
     CorruptObject,
     IdentityRequired,
     ObjectExists,
@@ -304,11 +305,16 @@ def _replicate(
         todo = [*packs, *recopy, *missing_index]
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
+        refused: list[str] = []  # the first refusal of an append-only target, said once the rest is copied
         for name in recopy:  # one at a time: rare, and a damaged copy on the first target is skipped
             try:
                 _copy_one(source, dest, name, False, report, repo.config.pack_ids)
             except CorruptObject:
                 report.damaged.append(name)  # the replica's copy stays; `phx verify` tells which is whole
+            except AppendOnlyRefused as exc:
+                # Not a reason to keep every new backup from an append-only replica (one pack
+                # truncated there, or a listing giving another size, stopped every sync there).
+                refused.append(str(exc))
             else:
                 present.add(name)
         if unindexed:  # before any snapshot that needs them
@@ -394,6 +400,12 @@ def _replicate(
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
     dest.publish()
+    if refused:
+        report.ok = False
+        report.error = (
+            f"target {report.name} lists {len(refused)} object(s) at another size than the first target's and "
+            f"everything else was copied; {refused[0]}"
+        )
     if report.damaged:
         report.ok = False
         report.error = (
