@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from pytest import MonkeyPatch
 from test_retention_prune import KB, contents, take_snapshot
 
@@ -164,3 +165,33 @@ def test_a_short_pack_on_an_append_only_replica_does_not_stop_its_syncs(tmp_path
     assert report.error is not None and pack in report.error and "append-only" in report.error
     snapshots = {info.name for info in first.backend.list("snapshots/")}
     assert {info.name for info in replica().list("snapshots/")} == snapshots
+
+
+def test_a_sync_stopped_before_the_replicas_own_index_object_leaves_no_snapshot_unindexed(
+    tmp_path: Path, monkeypatch: MonkeyPatch
+) -> None:
+    """The first target's index object of a backup is damaged. A sync stopped after copying the
+    packs it listed but before the replica's own index object listing them left the replica
+    holding those packs with no index object: the next sync took them for held and indexed, and
+    copied the snapshot that needs them, which did not restore there ("not in the index")."""
+    first = first_target(tmp_path)
+    before = {info.name for info in first.backend.list("index/")}
+    take_snapshot(first, {"b.bin": os.urandom(4 * KB)}, "2026-03-02T02:00:00+00:00")
+    (damaged,) = {info.name for info in first.backend.list("index/")} - before
+    path = stored(tmp_path / "first", damaged)
+    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    real = LocalBackend.write
+
+    def stopped(self: LocalBackend, name: str, data: bytes, **kw: bool) -> None:
+        if name.startswith("index/") and self.root == tmp_path / "x":
+            raise KeyboardInterrupt("stopped")
+        real(self, name, data, **kw)
+
+    monkeypatch.setattr(LocalBackend, "write", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        replicate(opened(tmp_path / "first"), "x", LocalBackend(tmp_path / "x"), print)
+    monkeypatch.setattr(LocalBackend, "write", real)
+    assert not LocalBackend(tmp_path / "x").stat("snapshots/" + opened(tmp_path / "first").list_snapshots()[0].id)
+    report = replicate(opened(tmp_path / "first"), "x", LocalBackend(tmp_path / "x"), print)
+    assert report.snapshots == 2 and report.damaged == [damaged]
+    assert contents(opened(tmp_path / "x")) == contents(opened(tmp_path / "first"))

@@ -304,6 +304,17 @@ def _replicate(
         recopy = sorted(name for name in there if name not in present and name not in packs)
         todo = [*packs, *recopy, *missing_index]
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
+        if unindexed:
+            # Before the packs: a replica that held them and no index object listing them (a run
+            # stopped between the two) was no longer given one, and the next sync copied the
+            # snapshots needing them ("not in the index"). Stopped before the packs, the next
+            # sync copies them and writes this again. Unsealed, it supersedes an id no object has:
+            # it must not take the damaged object's name (what it lists), which a replica holding
+            # it takes for holding that object's packs.
+            sup = [] if repo.config.encrypted else [os.urandom(32).hex()]
+            written = repo.sibling(dest).write_index_parts(unindexed, sup)
+            with _COUNT_LOCK:
+                report.objects += len(written)
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
         refused: list[str] = []  # the first refusal of an append-only target, said once the rest is copied
         for name in recopy:  # one at a time: rare, and a damaged copy on the first target is skipped
@@ -317,10 +328,6 @@ def _replicate(
                 refused.append(str(exc))
             else:
                 present.add(name)
-        if unindexed:  # before any snapshot that needs them
-            written = repo.sibling(dest).write_index_parts(unindexed, [])
-            with _COUNT_LOCK:
-                report.objects += len(written)
         confirm.now(MORE_COMMITTED)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         if revive:  # an index object of the replica's own lists them
