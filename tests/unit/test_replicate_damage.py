@@ -13,6 +13,8 @@ from pytest import MonkeyPatch
 from test_retention_prune import KB, contents, take_snapshot
 
 from phoenix_backup.repo import keys
+from phoenix_backup.repo.crypto import BlobType, Compression
+from phoenix_backup.repo.pack import PackBuilder, pack_name
 from phoenix_backup.repo.replicate import replicate
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.appendonly import AppendOnlyBackend
@@ -195,3 +197,33 @@ def test_a_sync_stopped_before_the_replicas_own_index_object_leaves_no_snapshot_
     report = replicate(opened(tmp_path / "first"), "x", LocalBackend(tmp_path / "x"), print)
     assert report.snapshots == 2 and report.damaged == [damaged]
     assert contents(opened(tmp_path / "x")) == contents(opened(tmp_path / "first"))
+
+
+def test_a_planted_pack_claiming_the_blobs_of_a_damaged_index_object_does_not_hide_them(tmp_path: Path) -> None:
+    """The first target's index object of a backup is damaged, and packs are planted whose headers
+    claim every blob of that backup (other bytes). The first target still restores (each blob's
+    other location); the replica got only the first location of each blob, often the planted
+    one: the genuine packs were never copied, and the backup did not restore there."""
+    first = first_target(tmp_path)
+    before = {info.name for info in first.backend.list("index/")}
+    take_snapshot(first, {"b.bin": os.urandom(4 * KB)}, "2026-03-02T02:00:00+00:00")
+    (damaged,) = {info.name for info in first.backend.list("index/")} - before
+    first.load_index()
+    claimed = [e for entries in first.index.by_pack().values() for e in entries]
+    path = stored(tmp_path / "first", damaged)
+    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    genuine = min(first.index.by_pack())
+    for kind in BlobType:
+        entries = [e for e in claimed if e.type == kind]
+        for salt in range(200):  # one that sorts before the genuine packs (read first)
+            builder = PackBuilder(kind, None, first.sealer)
+            for entry in entries:
+                builder.add(entry.id, Compression.NONE, os.urandom(64 + salt), 64 + salt)
+            pack_id, data, _ = builder.finish(first.sealer, first.config.pack_ids)
+            if pack_id < genuine:
+                first.backend.write(pack_name(pack_id), bytes(data))
+                break
+    expected = contents(opened(tmp_path / "first"))
+    report = replicate(opened(tmp_path / "first"), "x", LocalBackend(tmp_path / "x"), print)
+    assert (report.snapshots, report.damaged) == (2, [damaged])
+    assert contents(opened(tmp_path / "x")) == expected

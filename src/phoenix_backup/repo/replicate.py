@@ -592,8 +592,14 @@ def _unindexed(repo: Repository, listed: set[bytes], present: set[str]) -> dict[
     their entries that the copied index objects do not list."""
     repo.load_index()
     out: dict[str, list[PackEntry]] = {}
-    for pack_id, entries in repo.index.by_pack().items():
-        if pack_id in repo.unindexed_packs and pack_name(pack_id) not in present:
+    # Each one's header again, not the index's first location of each blob: a pack planted with
+    # a header claiming a pack's blobs, listed first, kept the genuine pack from the replica.
+    for pack_id in sorted(repo.unindexed_packs):
+        if pack_name(pack_id) not in present:
+            try:
+                entries = repo.read_pack_header(pack_id)
+            except (CorruptObject, ObjectNotFound):
+                continue  # gone or damaged since the index was read: copied, it would fail too
             kept = [e for e in entries if e.id not in listed]
             if kept:
                 out[pack_id] = kept
