@@ -55,6 +55,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from phoenix_backup.errors import (
+    AppendOnlyRefused,
     CorruptObject,
     IdentityRequired,
     ObjectExists,
@@ -258,6 +259,17 @@ def _replicate(
                 readable[index_name] = _index_packs(repo, index_name)
             except CorruptObject:
                 report.damaged.append(index_name)
+        # Packs they list that the first target does not hold (asked by name: a listing may lag)
+        # are not copied but named: one index object of another repository planted there (it
+        # decodes, and passes its checksum unencrypted) stopped every sync before any snapshot.
+        # An index object none of whose packs the first target holds is not copied either.
+        absent = _absent_packs(source, readable, sizes, set(there))
+        for index_name in list(readable):
+            kept = [p for p in readable[index_name][0] if pack_name(p) not in absent]
+            if readable[index_name][0] and not kept:
+                del readable[index_name]
+                report.damaged.append(index_name)
+        report.damaged.extend(sorted({pack_name(p) for r in readable.values() for p in r[0]} & absent))
         missing_index = [n for n in missing_index if n in readable]
         # Those a replica's own index object supersedes (its prune dropped their packs, used by
         # no snapshot there yet): copied again they would not be read there.
@@ -277,30 +289,45 @@ def _replicate(
                 if index_name in revived and entries:
                     revive.setdefault(pack_id, entries)
                 obj = pack_name(pack_id)
-                if obj not in present:
+                if obj not in present and obj not in absent:
                     # Entries unknown (a write-only repository's machine that backs up reads only
                     # the covers of others' index objects): stays readable at once.
                     packs[obj] = bool(entries) and entries[0].type == BlobType.DATA
         # (Those the replica holds already came with an index object that lists them there.)
-        unindexed = _unindexed(repo, listed, present) if report.damaged else {}
+        # Only when the first target lists a pack the replica lacks that no copied index object
+        # lists: the whole index is read then, and each sync after a damaged object stays cheap.
+        lacking = {n for n in sizes if n.startswith("data/")} - present - packs.keys()
+        unindexed = _unindexed(repo, listed, present) if report.damaged and lacking else {}
         for pack_id, entries in unindexed.items():
             packs[pack_name(pack_id)] = entries[0].type == BlobType.DATA
         # Those the replica holds damaged that no copied index object lists (theirs are listed there).
         recopy = sorted(name for name in there if name not in present and name not in packs)
         todo = [*packs, *recopy, *missing_index]
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
+        if unindexed:
+            # Before the packs: a replica that held them and no index object listing them (a run
+            # stopped between the two) was no longer given one, and the next sync copied the
+            # snapshots needing them ("not in the index"). Stopped before the packs, the next
+            # sync copies them and writes this again. Unsealed, it supersedes an id no object has:
+            # it must not take the damaged object's name (what it lists), which a replica holding
+            # it takes for holding that object's packs.
+            sup = [] if repo.config.encrypted else [os.urandom(32).hex()]
+            written = repo.sibling(dest).write_index_parts(unindexed, sup)
+            with _COUNT_LOCK:
+                report.objects += len(written)
         _copy_all(source, dest, [(n, cold) for n, cold in sorted(packs.items())], report, repo.config.pack_ids)
+        refused: list[str] = []  # the first refusal of an append-only target, said once the rest is copied
         for name in recopy:  # one at a time: rare, and a damaged copy on the first target is skipped
             try:
                 _copy_one(source, dest, name, False, report, repo.config.pack_ids)
             except CorruptObject:
                 report.damaged.append(name)  # the replica's copy stays; `phx verify` tells which is whole
+            except AppendOnlyRefused as exc:
+                # Not a reason to keep every new backup from an append-only replica (one pack
+                # truncated there, or a listing giving another size, stopped every sync there).
+                refused.append(str(exc))
             else:
                 present.add(name)
-        if unindexed:  # before any snapshot that needs them
-            written = repo.sibling(dest).write_index_parts(unindexed, [])
-            with _COUNT_LOCK:
-                report.objects += len(written)
         confirm.now(MORE_COMMITTED)
         _keep_indexed(repo, dest, sorted(superseded & present_index), listed, present, report)
         if revive:  # an index object of the replica's own lists them
@@ -380,10 +407,17 @@ def _replicate(
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
     dest.publish()
+    if refused:
+        report.ok = False
+        report.error = (
+            f"target {report.name} lists {len(refused)} object(s) at another size than the first target's and "
+            f"everything else was copied; {refused[0]}"
+        )
     if report.damaged:
         report.ok = False
         report.error = (
-            f"{len(report.damaged)} object(s) on the first target are damaged or are no object of this repository "
+            f"{len(report.damaged)} object(s) on the first target are damaged, missing there, or no object of "
+            "this repository "
             f"(first: {report.damaged[0]}) and were not copied to target {report.name}; everything else was; "
             "run `phx verify` to see what they affect: `phx repair objects --from TARGET` brings back a whole "
             "copy a replica holds, and what was planted there is deleted from the first target's storage"
@@ -558,12 +592,30 @@ def _unindexed(repo: Repository, listed: set[bytes], present: set[str]) -> dict[
     their entries that the copied index objects do not list."""
     repo.load_index()
     out: dict[str, list[PackEntry]] = {}
-    for pack_id, entries in repo.index.by_pack().items():
-        if pack_id in repo.unindexed_packs and pack_name(pack_id) not in present:
+    # Each one's header again, not the index's first location of each blob: a pack planted with
+    # a header claiming a pack's blobs, listed first, kept the genuine pack from the replica.
+    for pack_id in sorted(repo.unindexed_packs):
+        if pack_name(pack_id) not in present:
+            try:
+                entries = repo.read_pack_header(pack_id)
+            except (CorruptObject, ObjectNotFound):
+                continue  # gone or damaged since the index was read: copied, it would fail too
             kept = [e for e in entries if e.id not in listed]
             if kept:
                 out[pack_id] = kept
     return out
+
+
+def _absent_packs(
+    source: Backend,
+    readable: dict[str, tuple[dict[str, list[PackEntry]], list[str]]],
+    sizes: dict[str, int],
+    there: set[str],
+) -> set[str]:
+    """The packs the index objects `readable` list that neither the first target (its listing
+    `sizes`, then asked by name) nor the replica (`there`, its listing) holds."""
+    wanted = {pack_name(p) for listing, _ in readable.values() for p in listing}
+    return {n for n in sorted(wanted - sizes.keys() - there) if source.stat(n) is None}
 
 
 def _superseded_there(repo: Repository, dest: Backend, own: list[str], missing: list[str]) -> set[str]:
