@@ -38,6 +38,20 @@ def first_target(tmp_path: Path) -> Repository:
     return first
 
 
+def backup_index_object(first: Repository, size: int) -> str:
+    """A new backup of a `size`-byte file on `first`; the name of the index object it wrote."""
+    before = {info.name for info in first.backend.list("index/")}
+    take_snapshot(first, {"b.bin": os.urandom(size)}, "2026-03-02T02:00:00+00:00")
+    (written,) = {info.name for info in first.backend.list("index/")} - before
+    return written
+
+
+def damage(root: Path, name: str) -> None:
+    """Object `name` of the local target at `root`, its last bytes replaced."""
+    path = stored(root, name)
+    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+
+
 def test_junk_under_the_first_targets_index_does_not_stop_the_sync(tmp_path: Path) -> None:
     """A planted object under index/ of the first target (a valid name, bytes that do not decode)
     made every sync fail before any snapshot was copied: no replica got a new backup. It is
@@ -59,11 +73,8 @@ def test_a_damaged_index_object_of_the_first_target_still_replicates_its_packs(t
     headers instead; the replica gets those packs too, listed by an index object of its own, so
     every snapshot copied there restores."""
     first = first_target(tmp_path)
-    before = {info.name for info in first.backend.list("index/")}
-    take_snapshot(first, {"b.bin": os.urandom(40 * KB)}, "2026-03-02T02:00:00+00:00")
-    (damaged,) = {info.name for info in first.backend.list("index/")} - before
-    path = stored(tmp_path / "first", damaged)
-    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    damaged = backup_index_object(first, 40 * KB)
+    damage(tmp_path / "first", damaged)
     reopened = opened(tmp_path / "first")
     report = replicate(reopened, "x", LocalBackend(tmp_path / "x"), print)
     assert not report.ok and report.error is not None and damaged in report.error
@@ -177,11 +188,8 @@ def test_a_sync_stopped_before_the_replicas_own_index_object_leaves_no_snapshot_
     holding those packs with no index object: the next sync took them for held and indexed, and
     copied the snapshot that needs them, which did not restore there ("not in the index")."""
     first = first_target(tmp_path)
-    before = {info.name for info in first.backend.list("index/")}
-    take_snapshot(first, {"b.bin": os.urandom(4 * KB)}, "2026-03-02T02:00:00+00:00")
-    (damaged,) = {info.name for info in first.backend.list("index/")} - before
-    path = stored(tmp_path / "first", damaged)
-    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    damaged = backup_index_object(first, 4 * KB)
+    damage(tmp_path / "first", damaged)
     real = LocalBackend.write
 
     def stopped(self: LocalBackend, name: str, data: bytes, **kw: bool) -> None:
@@ -205,13 +213,10 @@ def test_a_planted_pack_claiming_the_blobs_of_a_damaged_index_object_does_not_hi
     other location); the replica got only the first location of each blob, often the planted
     one: the genuine packs were never copied, and the backup did not restore there."""
     first = first_target(tmp_path)
-    before = {info.name for info in first.backend.list("index/")}
-    take_snapshot(first, {"b.bin": os.urandom(4 * KB)}, "2026-03-02T02:00:00+00:00")
-    (damaged,) = {info.name for info in first.backend.list("index/")} - before
+    damaged = backup_index_object(first, 4 * KB)
     first.load_index()
     claimed = [e for entries in first.index.by_pack().values() for e in entries]
-    path = stored(tmp_path / "first", damaged)
-    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    damage(tmp_path / "first", damaged)
     genuine = min(first.index.by_pack())
     for kind in BlobType:
         entries = [e for e in claimed if e.type == kind]
