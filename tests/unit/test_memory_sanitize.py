@@ -560,3 +560,22 @@ def test_short_keys_spaced_pairs_shell_declarations_and_values_below_their_key_g
 )
 def test_keys_naming_no_secret_and_maps_below_a_secret_key_stay(file: str, text: str) -> None:
     assert sanitize_text(text, file) == (text, [])
+
+
+_KEYS = st.sampled_from(["key", "pass", "password", "secrets", "tokens", "note", "keyboard", "private_key_id", "cfg"])
+_TREES = st.recursive(
+    st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=3)),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(_KEYS, _TREES, max_size=4), st.sampled_from([None, '"', "'", ">"]), st.booleans())
+def test_nested_yaml_and_json_stay_yaml_and_json(doc: dict[str, object], style: str | None, flow: bool) -> None:
+    # Flow maps over several lines (`{cfg: {password: x,` … `tokens: true}, note: 1}`) and tagged
+    # values (`!!bool >-` then `false`): red21 wrote `password: REDACTED` without the `}` or `,`
+    # after it, and `!!bool REDACTED`, neither of them YAML (adv21; 1 in 12 documents).
+    text = yaml.safe_dump(doc, default_style=style, default_flow_style=flow, width=40, allow_unicode=True)
+    yaml.safe_load(sanitize_text(text, "a.yaml")[0])
+    json.loads(sanitize_text(json.dumps(doc, indent=2), "a.json")[0])

@@ -174,6 +174,8 @@ _SPACED = (".properties", ".conf")
 # A YAML block scalar's header (`token: |`, `key: >-`) and a YAML anchor or tag before a value.
 _BLOCK_HEADER = re.compile(r"[|>][+\-0-9]*")
 _ANCHOR_OR_TAG = re.compile(r"(?:[&!][^\s]*\s+)+")
+_TAG = re.compile(r"![^\s]*\s+")
+_FLOW_END = re.compile(r"[,{}\[\]]")
 
 
 # A pair inside a flow map on one line: YAML's `{password: x, token: y}`, a TOML inline table
@@ -185,7 +187,7 @@ _FLOW_PAIR = re.compile(
     r"""(?P<pre>(?:^|[{,])[ \t]*)"""
     r"""(?P<key>"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[A-Za-z_][A-Za-z0-9_.\-]*+)"""
     r"""(?P<sep>[ \t]*[:=][ \t]*)"""
-    r"""(?P<val>\[[^\[\]\n]*\]|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[^\s,{}\[\]"'#][^,{}\[\]\n]*+(?![{\[])"""
+    r"""(?P<val>\[(?:[^\[\]{}\n"']|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')*+\]|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[^\s,{}\[\]"'#][^,{}\[\]\n]*+(?![{\[])"""
     r"""|"(?:[^"\\\n]|\\.)*+$|'[^'\n]*+$)""",
     re.MULTILINE,
 )
@@ -431,6 +433,8 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
     prefix = _ANCHOR_OR_TAG.match(body)
     anchor = prefix.group(0) if prefix else ""
     body = body[len(anchor) :]
+    # a tag (`!!bool`, `!!int`) would not read `REDACTED`: the value goes with it, an anchor stays
+    anchor = _TAG.sub("", anchor)
     head = f"{m.group('lead')}{m.group('key')}{m.group('sep')}{anchor}"
     # `'''` opens a TOML literal string; in YAML `''''` is one quote, quoted.
     toml = file.lower().endswith(".toml")
@@ -445,7 +449,8 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
                 if at >= 0:
                     found.append(Redaction(file, i + 1, key, "secret named by its key"))
                     rest = lines[j][at:]
-                    if _goes_on(rest[len(quote) :].rstrip("\r")):
+                    mapped = inflow[i] and rest[len(quote) :].lstrip(" \t")[:1] in (",", "}", "]")
+                    if _goes_on(rest[len(quote) :].rstrip("\r")) and not mapped:
                         rest = "\r" if rest.endswith("\r") else ""
                         out.append(f"{head}{bare}{rest}")
                         return j + 1
@@ -459,12 +464,14 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
         # `"abc"def` is `abcdef` to a shell, all of it to INI; after a quoted key the `}` or `]` that
         # closes a JSON or flow map on the same line is no part of the value (main dropped it: no JSON)
         closes = key != m.group("key") and _CLOSERS.fullmatch(after[len(quote) :]) is not None
+        # in a flow map over several lines a `,`, `}` or `]` after the quote is the map's
+        closes = closes or (inflow[i] and after[len(quote) :].lstrip(" \t")[:1] in ("", ",", "}", "]", "#"))
         if _goes_on(after[len(quote) :]) and not closes:
             quote, core, after = "", body, ""
     else:
         core = body.split(" #", 1)[0].rstrip()
-        if core.endswith(",") and inflow[i]:
-            core = core[:-1].rstrip()  # in a flow map over several lines the `,` is the map's
+        if inflow[i]:  # in a flow map over several lines a plain value ends at a `,`, `}` or `]`
+            core = _FLOW_END.split(core, 1)[0].rstrip()
         after = body[len(core) :]
         # A YAML block scalar (`token: |`) or a plain value that goes on over the lines below
         # (YAML folds them, an INI file continues it): the lines indented more than the key. An env
@@ -475,7 +482,7 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
         block = _BLOCK_HEADER.fullmatch(core) is not None
         plain = core[:1] not in ("", "{", "[", "*", "|", ">") and not _REFERENCE.match(core)
         column = len(m.group("lead").lstrip("\ufeff"))
-        if not core and not env:
+        if not body and not env and not inflow[i]:
             under = _value_below(lines, i, column)
             if under is not None:
                 end, items = under
@@ -483,7 +490,7 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
                 out.append(line)
                 out.extend(items)
                 return end
-        below = keep if env or not (block or plain) else _below(lines, i, column)
+        below = keep if env or inflow[i] or not (block or plain) else _below(lines, i, column)
         if block:
             if below == keep:
                 out.append(line)  # an empty block
@@ -492,7 +499,7 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
             cr = "\r" if lines[below - 1].endswith("\r") else ""
             found.append(Redaction(file, i + 1, key, "secret named by its key"))
             pad = first[: len(first) - len(first.lstrip(" \t"))]
-            out.extend([line, f"{pad}{REDACTED}{cr}"])
+            out.extend([f"{head}{body}{tail}", f"{pad}{REDACTED}{cr}"])
             return below
         if below > keep and plain:
             cr = "\r" if lines[below - 1].endswith("\r") else ""
