@@ -97,18 +97,18 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("OpenAI/Anthropic-style API key (sk-…)", re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}"), 0),
     (
         "Stripe secret key",
-        re.compile(r"(?<![A-Za-z0-9])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"),
+        re.compile(r"(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"),
         0,
     ),
     ("GitHub token", re.compile(r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"), 0),
     ("GitLab token", re.compile(r"glpat-[A-Za-z0-9_\-]{20,}"), 0),
-    ("Slack token", re.compile(r"(?<![A-Za-z0-9])(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{10,}"), 0),
+    ("Slack token", re.compile(r"(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{10,}"), 0),
     ("Slack webhook URL", re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+"), 0),
     ("AWS access key id", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])"), 0),
-    ("Google API key", re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}"), 0),
-    ("Google OAuth token or client secret", re.compile(r"(?<![A-Za-z0-9])(?:ya29\.|GOCSPX-)[A-Za-z0-9_\-]{20,}"), 0),
+    ("Google API key", re.compile(r"AIza[0-9A-Za-z_\-]{35}"), 0),
+    ("Google OAuth token or client secret", re.compile(r"(?:ya29\.|GOCSPX-)[A-Za-z0-9_\-]{20,}"), 0),
     ("Azure storage key", re.compile(r"(?i:\b(?:Account|SharedAccess)Key=)([A-Za-z0-9+/]{20,}=*)"), 1),
-    ("Hugging Face token", re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}"), 0),
+    ("Hugging Face token", re.compile(r"hf_[A-Za-z0-9]{30,}"), 0),
     (
         "JSON Web Token",
         # read from where a run of token characters starts, once: from every `eyJ` inside the run
