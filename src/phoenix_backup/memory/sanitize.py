@@ -63,12 +63,18 @@ _NOT_SECRET_KEY = re.compile(
     r"(tokens|tokenizer|limit|budget|^max|^min|(count|env|file|path|command|cmd|ttl|type|name|id|ids|enabled"
     r"|method|provider|length|size|url|endpoint|header|prefix)$)"
 )
+# Keys that name a secret only when they are the whole name: `key`, `pass`, `auth` (`keyboard`,
+# `bypass` and `author` are no secrets), Redis's `requirepass`/`masterauth`, and a GCP service
+# account's `private_key_id` (an `id` else names no secret).
+_SECRET_NAMES = frozenset({"key", "pass", "auth", "pw", "requirepass", "masterauth", "privatekeyid"})
 _REFERENCE = re.compile(r"^(\$\{[^}]+\}|\$[A-Za-z_][A-Za-z0-9_]*|env:[A-Za-z_][A-Za-z0-9_]*|REDACTED|)$")
 
 
 @functools.lru_cache(maxsize=4096)  # a file names the same keys again and again
 def secret_key(key: str) -> bool:
     norm = re.sub(r"[^a-z0-9]", "", key.lower())
+    if norm in _SECRET_NAMES:
+        return True
     if not _SECRET_KEY.search(norm):
         return False
     if "webhook" in norm and not norm.endswith(("env", "file", "path", "enabled")):
@@ -91,18 +97,18 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("OpenAI/Anthropic-style API key (sk-…)", re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}"), 0),
     (
         "Stripe secret key",
-        re.compile(r"(?<![A-Za-z0-9])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"),
+        re.compile(r"(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"),
         0,
     ),
     ("GitHub token", re.compile(r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"), 0),
     ("GitLab token", re.compile(r"glpat-[A-Za-z0-9_\-]{20,}"), 0),
-    ("Slack token", re.compile(r"(?<![A-Za-z0-9])(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{10,}"), 0),
+    ("Slack token", re.compile(r"(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{10,}"), 0),
     ("Slack webhook URL", re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+"), 0),
     ("AWS access key id", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])"), 0),
-    ("Google API key", re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}"), 0),
-    ("Google OAuth token or client secret", re.compile(r"(?<![A-Za-z0-9])(?:ya29\.|GOCSPX-)[A-Za-z0-9_\-]{20,}"), 0),
+    ("Google API key", re.compile(r"AIza[0-9A-Za-z_\-]{35}"), 0),
+    ("Google OAuth token or client secret", re.compile(r"(?:ya29\.|GOCSPX-)[A-Za-z0-9_\-]{20,}"), 0),
     ("Azure storage key", re.compile(r"(?i:\b(?:Account|SharedAccess)Key=)([A-Za-z0-9+/]{20,}=*)"), 1),
-    ("Hugging Face token", re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}"), 0),
+    ("Hugging Face token", re.compile(r"hf_[A-Za-z0-9]{30,}"), 0),
     (
         "JSON Web Token",
         # read from where a run of token characters starts, once: from every `eyJ` inside the run
@@ -157,13 +163,19 @@ _JSON_PAIR = re.compile(
     rf'({_JSON_STRING})(?:([ \t\r]*:[ \t\r]*)|(\s*:\s*))({_JSON_STRING})(?(2)|(?!\s*:))|"(?:[^"\\\n]|\\.)*+"?'
 )
 _LINE_PAIR = re.compile(
-    r"^(?P<lead>\ufeff?\s*(?:export\s+|-\s+)?)"
+    r"^(?P<lead>\ufeff?\s*(?:export\s+|(?:declare|typeset|local|readonly)\s+(?:-[A-Za-z]+\s+)*|set\s+|-\s+)?)"
     r"""(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*|"[^"\n]*"|'[^'\n]*')"""
     r"(?P<sep>\s*[:=]\s*)(?P<val>.*)$"
 )
+# A `.properties` or `.conf` pair with blanks for its separator (`db.password hunter2`,
+# Redis's `requirepass hunter2`), and an env file's csh `setenv PASSWORD hunter2`.
+_SPACE_PAIR = re.compile(r"^(?P<lead>\s*(?:setenv\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>[ \t]+)(?P<val>.*)$")
+_SPACED = (".properties", ".conf")
 # A YAML block scalar's header (`token: |`, `key: >-`) and a YAML anchor or tag before a value.
 _BLOCK_HEADER = re.compile(r"[|>][+\-0-9]*")
 _ANCHOR_OR_TAG = re.compile(r"(?:[&!][^\s]*\s+)+")
+_TAG = re.compile(r"![^\s]*\s+")
+_FLOW_END = re.compile(r"[,{}\[\]]")
 
 
 # A pair inside a flow map on one line: YAML's `{password: x, token: y}`, a TOML inline table
@@ -175,7 +187,8 @@ _FLOW_PAIR = re.compile(
     r"""(?P<pre>(?:^|[{,])[ \t]*)"""
     r"""(?P<key>"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[A-Za-z_][A-Za-z0-9_.\-]*+)"""
     r"""(?P<sep>[ \t]*[:=][ \t]*)"""
-    r"""(?P<val>\[[^\[\]\n]*\]|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[^\s,{}\[\]"'#][^,{}\[\]\n]*+(?![{\[]))""",
+    r"""(?P<val>\[(?:[^\[\]{}\n"']|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')*+\]|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[^\s,{}\[\]"'#][^,{}\[\]\n]*+(?![{\[])"""
+    r"""|"(?:[^"\\\n]|\\.)*+$|'[^'\n]*+$)""",
     re.MULTILINE,
 )
 _CLOSERS = re.compile(r"[\s,}\]]*")
@@ -202,9 +215,33 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     found: list[Redaction] = []
     text = _json_pairs(text, file, found)
     lines = text.split("\n")
-    for n, line in enumerate(lines):
-        if "{" in line or "[" in line:
-            lines[n] = _flow_pairs(line, n + 1, file, found)
+    yaml = file.lower().endswith((".yaml", ".yml"))
+    unclosed: dict[str, int] = {}  # a quote no line closes from this line on: not looked for again
+    n, carried = 0, False
+    while n < len(lines):
+        line = lines[n]
+        if "{" in line or "[" in line or carried:
+            lines[n], opened = _flow_pairs(line, n + 1, file, found, carried)
+            carried = False
+            # a YAML quoted value in a flow map over several lines (PyYAML writes `{apiKey: '0` then
+            # `'}}` for "0\n"): its lines below go up to its closing quote, which ends the value
+            j = n + 1
+            if opened and yaml and unclosed.get(opened, len(lines)) > n:
+                while j < len(lines) and (at := _closing(lines[j], opened, 0, False)) < 0:
+                    j += 1
+                if j < len(lines):
+                    lines[n + 1 : j + 1] = [""] * (j - n - 1) + [lines[j][at + 1 :]]
+                    n, carried = j, True  # the rest of that line is still in the flow map
+                    continue
+                unclosed[opened] = n
+        n += 1
+    # whether each line starts inside a `{` opened on a line above (a flow map over several lines)
+    inflow: list[bool] = []
+    depth = 0
+    for line in lines:
+        inflow.append(depth > 0)
+        if "{" in line or "}" in line:
+            depth = max(0, depth + line.count("{") - line.count("}"))
     out: list[str] = []
     # the file's line number of each line of `out`: a value over several lines became one line,
     # and a shape found below it is reported on the line it was on
@@ -212,7 +249,7 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     i = 0
     while i < len(lines):
         start, first = len(out), i
-        i = _by_key(lines, i, out, file, found)
+        i = _by_key(lines, i, out, file, found, inflow)
         origin.extend(range(first + 1, first + 1 + len(out) - start))
     text = "\n".join(out)
     for kind, rx, group in TOKEN_SHAPES:
@@ -260,14 +297,15 @@ def _json_pairs(text: str, file: str, found: list[Redaction]) -> str:
     return _JSON_PAIR.sub(json_pair, text)
 
 
-def _flow_pairs(line: str, number: int, file: str, found: list[Redaction]) -> str:
-    """One line's pairs in flow maps and lists under secret keys, redacted (see `_FLOW_PAIR`)."""
+def _flow_pairs(line: str, number: int, file: str, found: list[Redaction], inside: bool = False) -> tuple[str, str]:
+    """One line's pairs in flow maps and lists under secret keys, redacted (see `_FLOW_PAIR`), and
+    the quote of a redacted value its line does not close ("" when none: the lines below hold the rest)."""
     lower = file.lower()
     toml = lower.endswith(".toml")
     bare = f'"{REDACTED}"' if toml or lower.endswith(".json") else REDACTED
     # a plain value only inside a `{`: after a `,` in prose (`first, token: see the vault`) it is no
     # pair. How deep in `{` each match is, counted from the last one's start: each byte read once.
-    depth = [0, 0]  # the depth at position depth[1]
+    depth = [int(inside), 0]  # the depth at position depth[1]; `inside`: the line goes on a flow map
 
     def pair(m: re.Match[str]) -> str:
         key, val = m.group("key"), m.group("val")
@@ -297,13 +335,18 @@ def _flow_pairs(line: str, number: int, file: str, found: list[Redaction]) -> st
             return m.group(0)  # a pair at a line's start (`_by_key` reads it) or in prose
         quoted = val[:1] in ('"', "'")
         core = val[1:-1] if quoted else val.rstrip()
-        if _REFERENCE.match(core) or (quoted and val[-1:] != val[:1]):
+        if quoted and (len(val) == 1 or val[-1:] != val[:1] or (val[-2:-1] == "\\" and val[:1] == '"')):
+            opened.append(val[0])  # closed on a line below, if any: written closed here
+            found.append(Redaction(file, number, name, "secret named by its key"))
+            return f"{m.group('pre')}{key}{m.group('sep')}{val[0]}{REDACTED}{val[0]}"
+        if _REFERENCE.match(core):
             return m.group(0)
         found.append(Redaction(file, number, name, "secret named by its key"))
         written = f"{val[0]}{REDACTED}{val[0]}" if quoted else bare + val[len(core) :]
         return f"{m.group('pre')}{key}{m.group('sep')}{written}"
 
-    return _FLOW_PAIR.sub(pair, line)
+    opened: list[str] = []
+    return _FLOW_PAIR.sub(pair, line), "".join(opened[-1:])
 
 
 def _escaped(literal: str, file: str, line: int, found: list[Redaction]) -> str:
@@ -350,7 +393,7 @@ def _closing(body: str, quote: str, start: int, toml: bool) -> int:
     return -1
 
 
-def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Redaction]) -> int:
+def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Redaction], inflow: list[bool]) -> int:
     """Line `i` onto `out`, its value redacted if its key names a secret; the index of the next line.
 
     A value may cover the lines below: a quoted value left open on its line (a dotenv PEM, a TOML
@@ -362,7 +405,22 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
         out.append(line)
         return keep
     m = _LINE_PAIR.match(line)
-    if not m or not secret_key(m.group("key")):
+    if not m:
+        name = PurePosixPath(file).name.lower()
+        if name.endswith(_SPACED) or (line.lstrip().startswith("setenv") and _env_name(name)):
+            m = _SPACE_PAIR.match(line)
+    if m and not secret_key(m.group("key")):
+        # a list under a key that holds secrets (`tokens:` then `- a`) goes item by item
+        listed = _SECRET_LIST.search(re.sub(r"[^a-z0-9]", "", m.group("key").lower()))
+        if listed and not m.group("val").strip() and not _env_name(PurePosixPath(file).name.lower()):
+            under = _value_below(lines, i, len(m.group("lead").lstrip("\ufeff")), lists_only=True)
+            if under is not None:
+                found.append(Redaction(file, i + 1, m.group("key").strip("\"'"), "secret named by its key"))
+                out.append(line)
+                out.extend(under[1])
+                return under[0]
+        m = None
+    if not m:
         out.append(line)
         return keep
     key = m.group("key").strip("\"'")
@@ -375,6 +433,8 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
     prefix = _ANCHOR_OR_TAG.match(body)
     anchor = prefix.group(0) if prefix else ""
     body = body[len(anchor) :]
+    # a tag (`!!bool`, `!!int`) would not read `REDACTED`: the value goes with it, an anchor stays
+    anchor = _TAG.sub("", anchor)
     head = f"{m.group('lead')}{m.group('key')}{m.group('sep')}{anchor}"
     # `'''` opens a TOML literal string; in YAML `''''` is one quote, quoted.
     toml = file.lower().endswith(".toml")
@@ -389,7 +449,8 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
                 if at >= 0:
                     found.append(Redaction(file, i + 1, key, "secret named by its key"))
                     rest = lines[j][at:]
-                    if _goes_on(rest[len(quote) :].rstrip("\r")):
+                    mapped = inflow[i] and rest[len(quote) :].lstrip(" \t")[:1] in (",", "}", "]")
+                    if _goes_on(rest[len(quote) :].rstrip("\r")) and not mapped:
                         rest = "\r" if rest.endswith("\r") else ""
                         out.append(f"{head}{bare}{rest}")
                         return j + 1
@@ -403,21 +464,33 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
         # `"abc"def` is `abcdef` to a shell, all of it to INI; after a quoted key the `}` or `]` that
         # closes a JSON or flow map on the same line is no part of the value (main dropped it: no JSON)
         closes = key != m.group("key") and _CLOSERS.fullmatch(after[len(quote) :]) is not None
+        # in a flow map over several lines a `,`, `}` or `]` after the quote is the map's
+        closes = closes or (inflow[i] and after[len(quote) :].lstrip(" \t")[:1] in ("", ",", "}", "]", "#"))
         if _goes_on(after[len(quote) :]) and not closes:
             quote, core, after = "", body, ""
     else:
         core = body.split(" #", 1)[0].rstrip()
+        if inflow[i]:  # in a flow map over several lines a plain value ends at a `,`, `}` or `]`
+            core = _FLOW_END.split(core, 1)[0].rstrip()
         after = body[len(core) :]
         # A YAML block scalar (`token: |`) or a plain value that goes on over the lines below
         # (YAML folds them, an INI file continues it): the lines indented more than the key. An env
         # file has neither: its next line is its own, however indented.
-        name = PurePosixPath(file).name.lower()
-        env = name.startswith(".env") or name.endswith(".env")
+        env = _env_name(PurePosixPath(file).name.lower())
         # Only a value that then goes whole looks below: a key with nothing after it (`token:`
         # over a nested map) read the rest of its map again on every level (1,000 levels: 5 s)
         block = _BLOCK_HEADER.fullmatch(core) is not None
         plain = core[:1] not in ("", "{", "[", "*", "|", ">") and not _REFERENCE.match(core)
-        below = keep if env or not (block or plain) else _below(lines, i, len(m.group("lead").lstrip("\ufeff")))
+        column = len(m.group("lead").lstrip("\ufeff"))
+        if not body and not env and not inflow[i]:
+            under = _value_below(lines, i, column)
+            if under is not None:
+                end, items = under
+                found.append(Redaction(file, i + 1, key, "secret named by its key"))
+                out.append(line)
+                out.extend(items)
+                return end
+        below = keep if env or inflow[i] or not (block or plain) else _below(lines, i, column)
         if block:
             if below == keep:
                 out.append(line)  # an empty block
@@ -426,7 +499,7 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
             cr = "\r" if lines[below - 1].endswith("\r") else ""
             found.append(Redaction(file, i + 1, key, "secret named by its key"))
             pad = first[: len(first) - len(first.lstrip(" \t"))]
-            out.extend([line, f"{pad}{REDACTED}{cr}"])
+            out.extend([f"{head}{body}{tail}", f"{pad}{REDACTED}{cr}"])
             return below
         if below > keep and plain:
             cr = "\r" if lines[below - 1].endswith("\r") else ""
@@ -439,6 +512,50 @@ def _by_key(lines: list[str], i: int, out: list[str], file: str, found: list[Red
     found.append(Redaction(file, i + 1, key, "secret named by its key"))
     out.append(f"{head}{quote}{REDACTED if quote else bare}{after}{tail}")
     return keep
+
+
+def _env_name(name: str) -> bool:
+    """An env file by its name: `.env`, `.env.local`, `prod.env`."""
+    return name.startswith(".env") or name.endswith(".env")
+
+
+_ITEM = re.compile(r"(?P<lead>[ \t]*-[ \t]+)(?P<val>.*)")
+_PLAIN_BELOW = re.compile(r"[^\s\-#{\[|>&!*?'\"%@`]")
+
+
+def _value_below(lines: list[str], i: int, column: int, lists_only: bool = False) -> tuple[int, list[str]] | None:
+    """A YAML value on the lines below a key with nothing after it (`password:` then an indented
+    `hunter2`), or the items of a list there (`passwords:` then `- a`, `- b`): the index after it
+    and its lines redacted; None when the lines below are a map, a nested list or nothing. Only the
+    lines it takes are read, and they are not read again: linear time."""
+    j = i + 1
+    while j < len(lines) and not lines[j].strip():
+        j += 1
+    if j == len(lines):
+        return None
+    first = lines[j]
+    indent = len(first) - len(first.lstrip(" \t"))
+    body = first[indent:].rstrip("\r")
+    cr = "\r" if first.endswith("\r") else ""
+    if indent > column and not lists_only and _PLAIN_BELOW.match(body) and not _LINE_PAIR.match(first):
+        end = _below(lines, i, column)  # a plain scalar over one line or more: no map can start in it
+        return end, [f"{first[:indent]}{REDACTED}{cr}"]
+    if not body.startswith("- ") or indent < column:
+        return None
+    items: list[str] = []
+    while j < len(lines):
+        m = _ITEM.fullmatch(lines[j].rstrip("\r"))
+        here = len(lines[j]) - len(lines[j].lstrip(" \t"))
+        if not m or here != indent or _LINE_PAIR.match(m.group("val")) or not _PLAIN_BELOW.match(m.group("val")):
+            break
+        value = m.group("val").split(" #", 1)[0].rstrip()
+        if _REFERENCE.match(value):
+            items.append(lines[j])
+        else:
+            cr = "\r" if lines[j].endswith("\r") else ""
+            items.append(f"{m.group('lead')}{REDACTED}{m.group('val')[len(value) :]}{cr}")
+        j += 1
+    return (j, items) if items else None
 
 
 def _goes_on(rest: str) -> bool:
