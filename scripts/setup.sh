@@ -31,6 +31,9 @@ apt_get_install() {
 }
 
 ensure_venv() {
+  # ensure_venv EXTRAS [PIP_OPTIONS...]: Phoenix with EXTRAS (say "[test,docs]") installed in .venv.
+  local extras="$1"
+  shift
   if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
     echo "phx setup: Python 3.11 or newer is needed ($PYTHON is older)" >&2; return 1
   fi
@@ -43,5 +46,5 @@ ensure_venv() {
     fi
   fi
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q -e "$ROOT$1"
+  "$VENV/bin/python" -m pip install -q "$@" -e "$ROOT$extras"
 }
