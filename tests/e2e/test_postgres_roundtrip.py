@@ -304,3 +304,45 @@ def test_a_bare_name_in_another_case_never_reaches_the_role_it_folds_to(
         assert pg.query("postgres", members, (victim, made)) == [(made, "pg_write_server_files")]
     finally:
         pg.sql("postgres", f'DROP ROLE {victim}; DROP ROLE IF EXISTS "{made}"')
+
+
+def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_dumpall writes every attribute of a role, NOSUPERUSER included, and only a superuser may
+    give SUPERUSER, REPLICATION or BYPASSRLS or say their NO (CREATEDB needs CREATEDB): a
+    restoring role with CREATEROLE only created the roles bare, without LOGIN or password, and said
+    `permission denied`. Now they get all but those attributes, and the restore names what was left out."""
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sinks.streams import DbRestoreOutcome
+
+    pg = pg_server
+    tag = services.free_port()
+    restorer, su, plain = f"restorer{tag}", f"su{tag}", f"plain{tag}"
+    script = (
+        f'CREATE ROLE "{su}";\nALTER ROLE "{su}" WITH SUPERUSER INHERIT NOCREATEROLE CREATEDB LOGIN REPLICATION '
+        f'BYPASSRLS PASSWORD \'pw1\';\nCREATE ROLE "{plain}";\nALTER ROLE "{plain}" WITH NOSUPERUSER INHERIT '
+        "NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD 'pw2';\n"
+    )
+    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
+    server = type("Server", (), {"connect_server": lambda _: pg.connect(user=restorer, password="rpw")})()
+    pg.sql("postgres", f"CREATE ROLE {restorer} LOGIN CREATEROLE PASSWORD 'rpw'")
+    outcome = DbRestoreOutcome("postgres/x", "postgresql", "here")
+    try:
+        sink._apply_globals(None, server, "postgres/x", None, outcome)  # type: ignore[arg-type]
+        roles = (
+            "SELECT rolname, rolsuper, rolreplication, rolbypassrls, rolcanlogin, rolconnlimit FROM pg_roles "
+            "WHERE rolname IN (%s, %s) ORDER BY 1"
+        )
+        assert pg.query("postgres", roles, (plain, su)) == [
+            (plain, False, False, False, True, 5),
+            (su,) + (False,) * 3 + (True, -1),
+        ]
+        assert outcome.warnings == [
+            f"role {su} was created without SUPERUSER, CREATEDB, REPLICATION, BYPASSRLS: "
+            "the restoring role may not give them"
+        ]
+        with pg.connect(user=su, password="pw1") as con:
+            assert con.execute("SELECT current_user").fetchone() == (su,)
+    finally:
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {su}; DROP ROLE IF EXISTS {plain}; DROP ROLE {restorer}")

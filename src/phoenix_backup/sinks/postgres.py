@@ -290,7 +290,10 @@ def _last_line(text: str) -> str:
 _NAME = r'"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*'
 _NOT_A_NAME = frozenset({"all", "current_role", "current_user", "group", "none", "public", "session_user", "user"})
 _CREATE_ROLE = re.compile(rf"^CREATE ROLE ({_NAME});$")
-_ALTER_ROLE = re.compile(rf"^ALTER ROLE ({_NAME}) WITH ")
+# `ALTER ROLE name WITH` its attribute words, then the rest (` 5 PASSWORD '…';`, `;`).
+_ALTER_ROLE = re.compile(rf"^ALTER ROLE ({_NAME}) WITH((?: [A-Z]+)+)(.*)$", re.DOTALL)
+# The attributes only a superuser may give or take (NOSUPERUSER too); CREATEDB needs CREATEDB.
+_SUPERUSER_ONLY = ("SUPERUSER", "REPLICATION", "BYPASSRLS")
 _ROLE_SETTING = re.compile(rf"^ALTER ROLE ({_NAME}) (?:IN DATABASE (?:{_NAME}) )?SET ")
 # A membership, as pg_dumpall writes it (`WITH ADMIN OPTION` before 16, `WITH INHERIT TRUE, ...` since).
 _OPTION = r"(?:ADMIN|INHERIT|SET) (?:OPTION|TRUE|FALSE)"
@@ -367,13 +370,13 @@ def _run_for_created(con: psycopg.Connection[Any], lines: list[str], created: se
     as session_preload_libraries loads a library at the role's next login), comment or label."""
     warnings: list[str] = []
     settings: set[str] = set()
+    me = "SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+    su, createdb = con.execute(me).fetchone() or (False, False)
+    cannot = frozenset(() if su else (*_SUPERUSER_ONLY, *(() if createdb else ("CREATEDB",))))
     for ln in lines:
         alter, grant = _ALTER_ROLE.match(ln), _GRANT_ROLE.match(ln)
         if alter and _role_name(alter.group(1)) in created:
-            try:
-                con.execute(ln.encode())
-            except psycopg.Error as exc:
-                warnings.append(f"role {_role_name(alter.group(1))}: {pg.pg_reason(exc)}")
+            warnings += _alter_created(con, alter, cannot)
         elif grant and _role_name(grant.group(2)) in created and _role_name(grant.group(1)) is not None:
             try:
                 con.execute(ln.encode())  # a membership that exists already is only a notice
@@ -391,6 +394,21 @@ def _run_for_created(con: psycopg.Connection[Any], lines: list[str], created: se
             "set the ones you need by hand"
         )
     return warnings
+
+
+def _alter_created(con: psycopg.Connection[Any], alter: re.Match[str], cannot: frozenset[str]) -> list[str]:
+    """Give a role created now its attributes, all but those the restoring role may not give
+    (`cannot`; their NO forms go too, the defaults of a new role): the role then has less than it
+    had, never more, and LOGIN, its password and the rest still come. The warnings."""
+    role = _role_name(alter.group(1))
+    words = alter.group(2).split()
+    kept = " ".join(w for w in words if w.removeprefix("NO") not in cannot)
+    try:
+        con.execute(f"ALTER ROLE {alter.group(1)} WITH {kept}{alter.group(3)}".encode())
+    except psycopg.Error as exc:
+        return [f"role {role}: {pg.pg_reason(exc)}"]
+    left = [w for w in words if w in cannot]
+    return [f"role {role} was created without {', '.join(left)}: the restoring role may not give them"] if left else []
 
 
 def restore_agent_rows(
