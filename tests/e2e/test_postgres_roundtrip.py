@@ -280,7 +280,8 @@ def test_a_bare_name_in_another_case_never_reaches_the_role_it_folds_to(
     """A `globals.sql` creating `"Victim"` (another role than `victim`) and then altering and
     granting to bare `Victim`: the server folds that to `victim`, a role that exists here, and the
     restore took it for the created one, making `victim` a superuser. pg_dumpall quotes such a name;
-    a bare word not in lower case, or a keyword such as `public`, is not read as a role now."""
+    a bare word not in lower case, or a keyword such as `public`, is not read as a role now. Nor is
+    a tablespace's grant run (`GRANT CREATE ON TABLESPACE … TO` an existing role)."""
     from phoenix_backup.sinks import postgres as sink
     from phoenix_backup.sinks.streams import DbRestoreOutcome
 
@@ -290,6 +291,7 @@ def test_a_bare_name_in_another_case_never_reaches_the_role_it_folds_to(
     script = (
         f'CREATE ROLE "{made}";\nALTER ROLE {made} WITH SUPERUSER;\nGRANT pg_read_server_files TO {made};\n'
         f'GRANT pg_write_server_files TO "{made}" WITH ADMIN OPTION;\n'
+        f"GRANT CREATE ON TABLESPACE pg_default TO {victim};\n"
     )
     monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
     server = type("Server", (), {"connect_server": lambda _: pg.connect()})()
@@ -302,8 +304,11 @@ def test_a_bare_name_in_another_case_never_reaches_the_role_it_folds_to(
             "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname IN (%s, %s) ORDER BY 1, 2"
         )
         assert pg.query("postgres", members, (victim, made)) == [(made, "pg_write_server_files")]
+        tablespace = "SELECT has_tablespace_privilege(%s, 'pg_default', 'CREATE')"
+        assert pg.query("postgres", tablespace, (victim,)) == [(False,)]  # a tablespace's grants are not run
     finally:
-        pg.sql("postgres", f'DROP ROLE {victim}; DROP ROLE IF EXISTS "{made}"')
+        pg.sql("postgres", f"REVOKE ALL ON TABLESPACE pg_default FROM {victim}; DROP ROLE {victim}")
+        pg.sql("postgres", f'DROP ROLE IF EXISTS "{made}"')
 
 
 def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
