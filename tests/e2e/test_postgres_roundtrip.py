@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from e2e_support import Sandbox, assert_error, run_phx_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -135,7 +136,8 @@ def test_a_role_named_with_a_newline_restores_as_a_name_never_as_statements(
     """A role (one the agent could create) whose name holds a newline and a line
     `GRANT pg_read_server_files TO <another role>;`: pg_dumpall writes the name as it is, and the
     restore creating the missing roles ran that line as a statement of its own, as the restoring
-    superuser. Now the role comes back with its exact name and no other role gains anything."""
+    superuser. Now the role comes back with its exact name and no other role gains anything (nor
+    the membership of it the snapshot had: that role exists here and is left as it is)."""
     pg = pg_server
     db = pg.create_database("roles")
     gainer = f"g{db[-8:]}"
@@ -156,12 +158,61 @@ def test_a_role_named_with_a_newline_restores_as_a_name_never_as_statements(
             "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
             "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s"
         )
-        assert pg.query("postgres", members, (gainer,)) == [(hostile,)]
+        # `gainer` was here before the restore: it is left as it was, gaining neither role.
+        assert pg.query("postgres", members, (gainer,)) == []
         assert pg.query(f"{db}_copy", "SELECT has_table_privilege(%s, 't', 'SELECT')", (hostile,)) == [(True,)]
     finally:
         pg.drop_database(f"{db}_copy")
         pg.drop_database(db)
         pg.sql("postgres", f"DROP ROLE IF EXISTS {quoted}; DROP ROLE IF EXISTS {plain}; DROP ROLE IF EXISTS {gainer}")
+
+
+def test_a_whole_database_restore_changes_no_role_that_exists_here(sandbox: Sandbox, pg_server: PgServer) -> None:
+    """Once one role of `globals.sql` was missing and created, every GRANT of the script ran: an
+    existing login role became again a member of the privileged role it had been removed from,
+    took a role the restore created, and got back a parameter privilege. Now only the memberships
+    of the roles the restore created are restored; roles that exist here are left as they are."""
+    pg = pg_server
+    db = pg.create_database("grants")
+    victim, boss, made = (f"{p}{db[-8:]}" for p in ("v", "b", "n"))
+    pg.sql(
+        "postgres",
+        f"CREATE ROLE {victim} LOGIN; CREATE ROLE {boss}; CREATE ROLE {made}; GRANT {boss} TO {victim};"
+        f"GRANT {boss} TO {made} WITH ADMIN OPTION, INHERIT FALSE; GRANT {made} TO {victim};"
+        f"GRANT ALTER SYSTEM ON PARAMETER work_mem TO {victim}; ALTER ROLE {made} SET session_preload_libraries = 'x'",
+    )
+    pg.sql(db, "CREATE TABLE t (id int)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    # Here the administrator took the privileges back, and one role of the snapshot is missing.
+    pg.sql(
+        "postgres",
+        f"REVOKE {boss} FROM {victim}; REVOKE ALTER SYSTEM ON PARAMETER work_mem FROM {victim}; DROP ROLE {made}",
+    )
+    members = (
+        "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s ORDER BY 1"
+    )
+    try:
+        run_phx_here(["restore", "--latest", "--to-database", f"{db}_copy", "--json"], env)
+        assert pg.query("postgres", members, (victim,)) == []
+        assert pg.query("postgres", "SELECT has_parameter_privilege(%s, 'work_mem', 'ALTER SYSTEM')", (victim,)) == [
+            (False,)
+        ]
+        assert pg.query("postgres", members, (made,)) == [(boss,)]  # the created role's own membership
+        settings = (
+            "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = %s"
+        )
+        assert pg.query("postgres", settings, (made,)) == []  # a library loaded at its next login: not restored
+    finally:
+        pg.drop_database(f"{db}_copy")
+        pg.drop_database(db)
+        pg.sql(
+            "postgres",
+            f"REVOKE ALL ON PARAMETER work_mem FROM {victim}; DROP ROLE IF EXISTS {made}; "
+            f"DROP ROLE IF EXISTS {victim}; DROP ROLE IF EXISTS {boss}",
+        )
 
 
 def _old_pg_dumpall(folder: Path, pg: PgServer) -> Path:
@@ -221,3 +272,82 @@ def test_a_role_named_with_a_newline_in_an_old_pg_dumpall_comment_runs_nothing(
         pg.drop_database(f"{db}_copy")
         pg.drop_database(db)
         pg.sql("postgres", f"DROP ROLE IF EXISTS {quoted}; DROP ROLE IF EXISTS {gainer}")
+
+
+def test_a_bare_name_in_another_case_never_reaches_the_role_it_folds_to(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `globals.sql` creating `"Victim"` (another role than `victim`) and then altering and
+    granting to bare `Victim`: the server folds that to `victim`, a role that exists here, and the
+    restore took it for the created one, making `victim` a superuser. pg_dumpall quotes such a name;
+    a bare word not in lower case, or a keyword such as `public`, is not read as a role now. Nor is
+    a tablespace's grant run (`GRANT CREATE ON TABLESPACE … TO` an existing role)."""
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sinks.streams import DbRestoreOutcome
+
+    pg = pg_server
+    victim = f"v{services.free_port()}"
+    made = victim.capitalize()
+    script = (
+        f'CREATE ROLE "{made}";\nALTER ROLE {made} WITH SUPERUSER;\nGRANT pg_read_server_files TO {made};\n'
+        f'GRANT pg_write_server_files TO "{made}" WITH ADMIN OPTION;\n'
+        f"GRANT CREATE ON TABLESPACE pg_default TO {victim};\n"
+    )
+    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
+    server = type("Server", (), {"connect_server": lambda _: pg.connect()})()
+    pg.sql("postgres", f"CREATE ROLE {victim}")
+    try:
+        sink._apply_globals(None, server, "postgres/x", None, DbRestoreOutcome("postgres/x", "postgresql", "here"))  # type: ignore[arg-type]
+        assert pg.query("postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (victim,)) == [(False,)]
+        members = (
+            "SELECT u.rolname, r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname IN (%s, %s) ORDER BY 1, 2"
+        )
+        assert pg.query("postgres", members, (victim, made)) == [(made, "pg_write_server_files")]
+        tablespace = "SELECT has_tablespace_privilege(%s, 'pg_default', 'CREATE')"
+        assert pg.query("postgres", tablespace, (victim,)) == [(False,)]  # a tablespace's grants are not run
+    finally:
+        pg.sql("postgres", f"REVOKE ALL ON TABLESPACE pg_default FROM {victim}; DROP ROLE {victim}")
+        pg.sql("postgres", f'DROP ROLE IF EXISTS "{made}"')
+
+
+def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_dumpall writes every attribute of a role, NOSUPERUSER included, and only a superuser may
+    give SUPERUSER, REPLICATION or BYPASSRLS or say their NO (CREATEDB needs CREATEDB): a
+    restoring role with CREATEROLE only created the roles bare, without LOGIN or password, and said
+    `permission denied`. Now they get all but those attributes, and the restore names what was left out."""
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sinks.streams import DbRestoreOutcome
+
+    pg = pg_server
+    tag = services.free_port()
+    restorer, su, plain = f"restorer{tag}", f"su{tag}", f"plain{tag}"
+    script = (
+        f'CREATE ROLE "{su}";\nALTER ROLE "{su}" WITH SUPERUSER INHERIT NOCREATEROLE CREATEDB LOGIN REPLICATION '
+        f'BYPASSRLS PASSWORD \'pw1\';\nCREATE ROLE "{plain}";\nALTER ROLE "{plain}" WITH NOSUPERUSER INHERIT '
+        "NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD 'pw2';\n"
+    )
+    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
+    server = type("Server", (), {"connect_server": lambda _: pg.connect(user=restorer, password="rpw")})()
+    pg.sql("postgres", f"CREATE ROLE {restorer} LOGIN CREATEROLE PASSWORD 'rpw'")
+    outcome = DbRestoreOutcome("postgres/x", "postgresql", "here")
+    try:
+        sink._apply_globals(None, server, "postgres/x", None, outcome)  # type: ignore[arg-type]
+        roles = (
+            "SELECT rolname, rolsuper, rolreplication, rolbypassrls, rolcanlogin, rolconnlimit FROM pg_roles "
+            "WHERE rolname IN (%s, %s) ORDER BY 1"
+        )
+        assert pg.query("postgres", roles, (plain, su)) == [
+            (plain, False, False, False, True, 5),
+            (su,) + (False,) * 3 + (True, -1),
+        ]
+        assert outcome.warnings == [
+            f"role {su} was created without SUPERUSER, CREATEDB, REPLICATION, BYPASSRLS: "
+            "the restoring role may not give them"
+        ]
+        with pg.connect(user=su, password="pw1") as con:
+            assert con.execute("SELECT current_user").fetchone() == (su,)
+    finally:
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {su}; DROP ROLE IF EXISTS {plain}; DROP ROLE {restorer}")

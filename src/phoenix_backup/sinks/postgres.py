@@ -15,7 +15,6 @@ Agent-scoped: each table's rows go through a temporary table into the shared tab
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 import threading
@@ -285,13 +284,29 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-_CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
-_ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) WITH ')
-_GRANT = re.compile(r"^GRANT .+ TO .+;$", re.DOTALL)
+# A role's name as pg_dumpall writes it: quoted, or bare when it is lower case and no keyword. A
+# bare name in any other form (`Victim`, `U&"..."`, `current_user`, `public`) is not read as a role
+# of the script: the server would take it for another role (`Victim` is `victim`) or for many.
+_NAME = r'"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*'
+_NOT_A_NAME = frozenset({"all", "current_role", "current_user", "group", "none", "public", "session_user", "user"})
+_CREATE_ROLE = re.compile(rf"^CREATE ROLE ({_NAME});$")
+# `ALTER ROLE name WITH` its attribute words, then the rest (` 5 PASSWORD '…';`, `;`).
+_ALTER_ROLE = re.compile(rf"^ALTER ROLE ({_NAME}) WITH((?: [A-Z]+)+)(.*)$", re.DOTALL)
+# The attributes only a superuser may give or take (NOSUPERUSER too); CREATEDB needs CREATEDB.
+_SUPERUSER_ONLY = ("SUPERUSER", "REPLICATION", "BYPASSRLS")
+_ROLE_SETTING = re.compile(rf"^ALTER ROLE ({_NAME}) (?:IN DATABASE (?:{_NAME}) )?SET ")
+# A membership, as pg_dumpall writes it (`WITH ADMIN OPTION` before 16, `WITH INHERIT TRUE, ...` since).
+_OPTION = r"(?:ADMIN|INHERIT|SET) (?:OPTION|TRUE|FALSE)"
+_GRANT_ROLE = re.compile(
+    rf"^GRANT ({_NAME}) TO ({_NAME})(?: WITH {_OPTION}(?:, {_OPTION})*)?(?: GRANTED BY ({_NAME}))?;$"
+)
 
 
-def _role_name(token: str) -> str:
-    return token[1:-1].replace('""', '"') if token.startswith('"') else token
+def _role_name(token: str) -> str | None:
+    """The role a name of `globals.sql` stands for; None for a bare word that names no single role."""
+    if token.startswith('"'):
+        return token[1:-1].replace('""', '"')
+    return None if token in _NOT_A_NAME else token
 
 
 # The first line of a pg_dumpall of 17.6, 16.10, 15.14, 14.19, 13.22 or later, the releases that stopped
@@ -308,14 +323,16 @@ def _raw_role_name(text: str, statements: list[str]) -> str | None:
     # The role's CREATE ROLE comes before any comment naming it, so it is read right.
     for statement in statements:
         m = _CREATE_ROLE.match(statement)
-        if m and any(c in _role_name(m.group(1)) for c in "\r\n"):
-            return _role_name(m.group(1))
+        name = _role_name(m.group(1)) if m else None
+        if name is not None and any(c in name for c in "\r\n"):
+            return name
     return None
 
 
 def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, outcome: DbRestoreOutcome) -> list[str]:
     """Create the roles of `globals.sql` that the server lacks, with their attributes, and their
-    memberships. Existing roles are left exactly as they are (their passwords included)."""
+    memberships. Existing roles are left exactly as they are: no membership, attribute, password,
+    setting or comment of theirs changes (docs/databases.md)."""
     text = read_node(repo, f"{path}/{pg.GLOBALS}", node).decode("utf-8", "replace")
     # Statement by statement, never line by line: a role's name may hold a newline, and a line of
     # it (`GRANT pg_read_server_files TO me;`) was run as a statement of its own by the restoring role.
@@ -333,24 +350,65 @@ def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, out
         existing = {str(r[0]) for r in con.execute("SELECT rolname FROM pg_roles")}
         for ln in lines:
             m = _CREATE_ROLE.match(ln)
-            if m and _role_name(m.group(1)) not in existing:
-                role = _role_name(m.group(1))
+            role = _role_name(m.group(1)) if m else None
+            if role is not None and role not in existing:
                 try:
                     con.execute(ln.encode())
                     created.append(role)
                 except psycopg.Error as exc:
                     outcome.warnings.append(f"role {role} could not be created: {pg.pg_reason(exc)}")
-        for ln in lines:
-            m = _ALTER_ROLE.match(ln)
-            if m and _role_name(m.group(1)) in created:
-                try:
-                    con.execute(ln.encode())
-                except psycopg.Error as exc:
-                    outcome.warnings.append(f"role {_role_name(m.group(1))}: {pg.pg_reason(exc)}")
-            elif created and _GRANT.match(ln):
-                with contextlib.suppress(psycopg.Error):
-                    con.execute(ln.encode())  # memberships that exist already are only a notice
+        if created:
+            outcome.warnings += _run_for_created(con, lines, set(created))
     return created
+
+
+def _run_for_created(con: psycopg.Connection[Any], lines: list[str], created: set[str]) -> list[str]:
+    """Run the statements of `globals.sql` that give a role created now its attributes
+    (`ALTER ROLE … WITH`) and its memberships (`GRANT role TO it`); the warnings. Nothing else
+    runs: not a membership of a role that was here (`GRANT new TO old` changes `old`), not a
+    privilege on a parameter or a tablespace, not a role's settings (`ALTER ROLE … SET`: one such
+    as session_preload_libraries loads a library at the role's next login), comment or label."""
+    warnings: list[str] = []
+    settings: set[str] = set()
+    me = "SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+    su, createdb = con.execute(me).fetchone() or (False, False)
+    cannot = frozenset(() if su else (*_SUPERUSER_ONLY, *(() if createdb else ("CREATEDB",))))
+    for ln in lines:
+        alter, grant = _ALTER_ROLE.match(ln), _GRANT_ROLE.match(ln)
+        if alter and _role_name(alter.group(1)) in created:
+            warnings += _alter_created(con, alter, cannot)
+        elif grant and _role_name(grant.group(2)) in created and _role_name(grant.group(1)) is not None:
+            try:
+                con.execute(ln.encode())  # a membership that exists already is only a notice
+            except psycopg.Error as exc:
+                warnings.append(
+                    f"role {_role_name(grant.group(2))} was not made a member of {_role_name(grant.group(1))}: "
+                    f"{pg.pg_reason(exc)}"
+                )
+        elif (setting := _ROLE_SETTING.match(ln)) and _role_name(setting.group(1)) in created:
+            settings.add(str(_role_name(setting.group(1))))
+    if settings:
+        warnings.append(
+            f"the settings of role(s) {', '.join(sorted(settings))} (ALTER ROLE … SET in globals.sql) were not "
+            "restored, as a setting such as session_preload_libraries loads a library at the role's next login; "
+            "set the ones you need by hand"
+        )
+    return warnings
+
+
+def _alter_created(con: psycopg.Connection[Any], alter: re.Match[str], cannot: frozenset[str]) -> list[str]:
+    """Give a role created now its attributes, all but those the restoring role may not give
+    (`cannot`; their NO forms go too, the defaults of a new role): the role then has less than it
+    had, never more, and LOGIN, its password and the rest still come. The warnings."""
+    role = _role_name(alter.group(1))
+    words = alter.group(2).split()
+    kept = " ".join(w for w in words if w.removeprefix("NO") not in cannot)
+    try:
+        con.execute(f"ALTER ROLE {alter.group(1)} WITH {kept}{alter.group(3)}".encode())
+    except psycopg.Error as exc:
+        return [f"role {role}: {pg.pg_reason(exc)}"]
+    left = [w for w in words if w in cannot]
+    return [f"role {role} was created without {', '.join(left)}: the restoring role may not give them"] if left else []
 
 
 def restore_agent_rows(
