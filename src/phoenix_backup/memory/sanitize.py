@@ -260,11 +260,81 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     return text, found
 
 
+def sanitize_shapes(text: str, file: str) -> tuple[str, list[Redaction]]:
+    """`text` with the secrets that need no key name (`TOKEN_SHAPES`: PEM private key blocks, API
+    tokens, JSON Web Tokens, URL passwords) replaced by `REDACTED`: what any text, not only a
+    config file, loses in a sanitized export."""
+    found: list[Redaction] = []
+    for kind, rx, group in TOKEN_SHAPES:
+        text = _by_shape(text, kind, rx, group, file, found)
+    return text, found
+
+
 @functools.lru_cache(maxsize=1024)  # a file names the same keys again and again
 def _masked(key: str) -> str:
-    for kind, rx, group in TOKEN_SHAPES:
-        key = _by_shape(key, kind, rx, group, "", [])
-    return key
+    return sanitize_shapes(key, "")[0]
+
+
+# Files that are credentials by their name: copies of them are left out of a sanitized export
+# (most are formats `sanitize_text` does not read, and none is of use on another machine).
+_CREDENTIAL_NAMES = {
+    ".netrc": "a .netrc file (machine passwords)",
+    "_netrc": "a .netrc file (machine passwords)",
+    ".npmrc": "an npm config (registry tokens)",
+    ".pypirc": "a PyPI config (upload passwords and tokens)",
+    ".pgpass": "a PostgreSQL password file",
+    ".git-credentials": "a git credential store",
+    ".htpasswd": "an htpasswd file (password hashes)",
+    "credentials": "a credentials file (AWS or another tool's keys)",
+    "application_default_credentials.json": "Google Cloud application default credentials",
+    "id_rsa": "an SSH private key",
+    "id_dsa": "an SSH private key",
+    "id_ecdsa": "an SSH private key",
+    "id_ecdsa_sk": "an SSH private key",
+    "id_ed25519": "an SSH private key",
+    "id_ed25519_sk": "an SSH private key",
+    "kubeconfig": "a Kubernetes config (cluster credentials)",
+}
+_CREDENTIAL_SUFFIXES = {
+    ".pem": "a PEM key or certificate file",
+    ".key": "a private key file",
+    ".p12": "a PKCS #12 key store",
+    ".pfx": "a PKCS #12 key store",
+    ".ppk": "a PuTTY private key",
+    ".jks": "a Java key store",
+    ".keystore": "a key store",
+}
+# (folder, name): a file whose name alone says nothing
+_CREDENTIAL_PLACES = {
+    (".aws", "config"): "an AWS config (it may hold keys)",
+    (".kube", "config"): "a Kubernetes config (cluster credentials)",
+    (".docker", "config.json"): "a Docker config (registry logins)",
+}
+_AWS_SECRET_LINE = re.compile(r"(?im)^[ \t]*aws_secret_access_key[ \t]*[=:]")
+_NETRC_ENTRY = re.compile(r"(?:^|\s)machine\s+\S+(?:\s+(?:login|account|port)\s+\S+)*\s+password\s+\S")
+_PEM_KEY_FILE = re.compile(r"\s*-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----")
+
+
+def credential_file(path: str, text: str | None) -> str | None:
+    """Why the file at `path` (its text, when it is UTF-8) is a credential file, or None: by its
+    name (`.netrc`, `.npmrc`, `.pgpass`, `.git-credentials`, `credentials`, `id_rsa`, `*.pem`,
+    `*.key`, `*.p12`, `.aws/config`, `.docker/config.json`, `.kube/config`, ...) or, unless it is a
+    config or env file (which `sanitize_text` reads), by what it holds: a PEM private key first, an
+    AWS secret access key, a `.netrc` entry with a password."""
+    parts = PurePosixPath(path).parts
+    name = parts[-1].lower() if parts else ""
+    folder = parts[-2].lower() if len(parts) > 1 else ""
+    reason = _CREDENTIAL_NAMES.get(name) or _CREDENTIAL_PLACES.get((folder, name))
+    reason = reason or next((r for suffix, r in _CREDENTIAL_SUFFIXES.items() if name.endswith(suffix)), None)
+    if reason or text is None or is_config_or_env(path):
+        return reason
+    if _PEM_KEY_FILE.match(text):
+        return "a private key (its text is a PEM private key)"
+    if _AWS_SECRET_LINE.search(text):
+        return "AWS credentials (it holds an aws_secret_access_key)"
+    if _NETRC_ENTRY.search(text):
+        return "machine passwords (it holds a .netrc entry with a password)"
+    return None
 
 
 def _json_key(literal: str) -> str:
@@ -365,9 +435,7 @@ def _escaped(literal: str, file: str, line: int, found: list[Redaction]) -> str:
     if inner.lstrip()[:1] in ("{", "["):
         cleaned, mine = sanitize_text(inner, file)
     else:
-        cleaned = inner
-        for kind, rx, group in TOKEN_SHAPES:
-            cleaned = _by_shape(cleaned, kind, rx, group, file, mine)
+        cleaned, mine = sanitize_shapes(inner, file)
     if not mine:
         return literal
     found.extend(Redaction(file, line, r.key, r.kind) for r in mine)
