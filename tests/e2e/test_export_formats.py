@@ -42,6 +42,7 @@ def assert_checksums(export: Path) -> dict[str, Any]:
 
 
 def test_json_export_is_complete_and_checksummed(sandbox: Sandbox, tmp_path: Path) -> None:
+    (sandbox.workspace / "config" / ".netrc").write_text("machine example.com login me password pw\n")
     out = tmp_path / "export-json"
     res = sandbox.phx("export", "--format", "json", "--output", out, "--json")
     doc = res.json()
@@ -85,8 +86,11 @@ def test_json_export_is_complete_and_checksummed(sandbox: Sandbox, tmp_path: Pat
         assert (out / rel).is_file(), rel
     assert (out / "files/workspace/SOUL.md").read_bytes() == (sandbox.workspace / "SOUL.md").read_bytes()
     assert not (out / "files/workspace/debug.log").exists()  # not part of identity, memory or config
-    # Not sanitized: the sample's fake API key is exported as it is, and the user is told.
+    # Not sanitized: the sample's fake API key and a credential file are exported as they are,
+    # and the user is told.
     assert "--sanitize" in res.err
+    assert (out / "files/workspace/config/.netrc").is_file()
+    assert "credential file(s) files/workspace/config/.netrc were exported as they are" in res.err
 
 
 def test_no_vectors_is_at_most_half_the_size(sandbox: Sandbox, tmp_path: Path) -> None:
