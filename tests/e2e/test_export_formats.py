@@ -400,6 +400,7 @@ CREDENTIAL_FILES = {
     # by what it holds: a file of another name
     "config/backup-notes.txt": "[backup]\naws_secret_access_key = secret-awsnotes-0013\n",
     "config/hosts": "machine db.example.com\n  login me\n  password secret-netrcnamed-0014\n",
+    "config/registry-login": "//npm.example.com/:_authToken=secret-npmlogin-0019\n",
     "config/deploy-key": "-----BEGIN RSA PRIVATE KEY-----\nsecret-rsa-0015\n-----END RSA PRIVATE KEY-----\n",
 }
 

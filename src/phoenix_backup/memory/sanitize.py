@@ -12,8 +12,9 @@ Two rules, applied to the text so the file keeps its format (JSON stays valid JS
 2. **By shape**, anywhere in those files: `sk-…` (OpenAI, Anthropic), `sk_live_…`/`rk_live_…`
    (Stripe), `ghp_…`/`gho_…`/`ghs_…`/`github_pat_…` (GitHub), `glpat-…` (GitLab), `xoxb-…`/
    `xoxp-…` (Slack) and Slack webhook URLs, `AKIA…`/`ASIA…` (AWS), `AIza…` (Google), `hf_…`
-   (Hugging Face), JSON Web Tokens, `Bearer …`, Telegram bot tokens, age secret keys, PEM
-   private key blocks, and the password in `scheme://user:password@host` URLs.
+   (Hugging Face), `npm_…` (npm), `pypi-AgE…` (PyPI), JSON Web Tokens, `Bearer …`, Telegram bot
+   tokens, age secret keys, PEM private key blocks, and the password in
+   `scheme://user:password@host` URLs. Any other text of an export loses these (`sanitize_shapes`).
 
 Each redaction is recorded as (file, line, key, kind) — never the value. The value becomes
 `REDACTED`, a word that is valid unquoted in every one of these formats but TOML, where a value
@@ -109,6 +110,8 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("Google OAuth token or client secret", re.compile(r"(?:ya29\.|GOCSPX-)[A-Za-z0-9_\-]{20,}"), 0),
     ("Azure storage key", re.compile(r"(?i:\b(?:Account|SharedAccess)Key=)([A-Za-z0-9+/]{20,}=*)"), 1),
     ("Hugging Face token", re.compile(r"hf_[A-Za-z0-9]{30,}"), 0),
+    ("npm token", re.compile(r"npm_[A-Za-z0-9]{36}"), 0),
+    ("PyPI token", re.compile(r"pypi-AgE[A-Za-z0-9_\-]{40,}"), 0),
     (
         "JSON Web Token",
         # read from where a run of token characters starts, once: from every `eyJ` inside the run
@@ -310,6 +313,7 @@ _CREDENTIAL_PLACES = {
     (".kube", "config"): "a Kubernetes config (cluster credentials)",
     (".docker", "config.json"): "a Docker config (registry logins)",
 }
+_NPMRC_AUTH = re.compile(r"(?m)^[ \t]*(?:\S*:)?_(?:authToken|auth|password)[ \t]*=")
 _AWS_SECRET_LINE = re.compile(r"(?im)^[ \t]*aws_secret_access_key[ \t]*[=:]")
 _NETRC_ENTRY = re.compile(r"(?:^|\s)machine\s+\S+(?:\s+(?:login|account|port)\s+\S+)*\s+password\s+\S")
 _PEM_KEY_FILE = re.compile(r"\s*-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----")
@@ -320,7 +324,7 @@ def credential_file(path: str, text: str | None) -> str | None:
     name (`.netrc`, `.npmrc`, `.pgpass`, `.git-credentials`, `credentials`, `id_rsa`, `*.pem`,
     `*.key`, `*.p12`, `.aws/config`, `.docker/config.json`, `.kube/config`, ...) or, unless it is a
     config or env file (which `sanitize_text` reads), by what it holds: a PEM private key first, an
-    AWS secret access key, a `.netrc` entry with a password."""
+    AWS secret access key, an npm registry login, a `.netrc` entry with a password."""
     parts = PurePosixPath(path).parts
     name = parts[-1].lower() if parts else ""
     folder = parts[-2].lower() if len(parts) > 1 else ""
@@ -332,6 +336,8 @@ def credential_file(path: str, text: str | None) -> str | None:
         return "a private key (its text is a PEM private key)"
     if _AWS_SECRET_LINE.search(text):
         return "AWS credentials (it holds an aws_secret_access_key)"
+    if _NPMRC_AUTH.search(text):
+        return "registry logins (it holds an npm `_authToken`, `_auth` or `_password` line)"
     if _NETRC_ENTRY.search(text):
         return "machine passwords (it holds a .netrc entry with a password)"
     return None
