@@ -400,6 +400,9 @@ CREDENTIAL_FILES = {
     # by what it holds: a file of another name
     "config/backup-notes.txt": "[backup]\naws_secret_access_key = secret-awsnotes-0013\n",
     "config/hosts": "machine db.example.com\n  login me\n  password secret-netrcnamed-0014\n",
+    "config/.my.cnf": "[client]\nuser = me\npassword = secret-mycnf-0020\n",
+    "config/.s3cfg": "[default]\nsecret_key = secret-s3cfg-0021\n",
+    "config/.vault-token": "hvs.secret-vault-0022\n",
     "config/registry-login": "//npm.example.com/:_authToken=secret-npmlogin-0019\n",
     "config/deploy-key": "-----BEGIN RSA PRIVATE KEY-----\nsecret-rsa-0015\n-----END RSA PRIVATE KEY-----\n",
 }
@@ -414,6 +417,7 @@ def test_sanitize_leaves_out_credential_files_and_redacts_tokens_in_any_text(san
     (ws / "config/blob.bin").write_bytes(b"\x00\xffsecret-binary-0017")
     png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
     (ws / "memory/diagram.png").write_bytes(png)
+    (ws / "config/k3s.yaml").write_text("users:\n- name: me\n  user:\n    client-key-data: secret-k3s-0023\n")
     (ws / "config/.env.production").write_text("DB_PASSWORD=secret-envprod-0018\nLOG=info\n")
     (ws / "config/deploy.sh").write_text(f"#!/bin/sh\nexport OPENAI_API_KEY={PLANTED['openai']}\necho deploy\n")
     (ws / "memory/2026-10-01.md").write_text(f"# Keys\nrotate {PLANTED['github']} and {PLANTED['slack']} soon\n")

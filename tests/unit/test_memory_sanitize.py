@@ -122,6 +122,8 @@ def test_yaml_keeps_comments() -> None:
         ("client_secret", True),
         ("adminPassword", True),
         ("slackWebhookUrl", True),
+        ("client-key-data", True),  # a kubeconfig's private key (red23: exported)
+        ("client-certificate-data", False),
         ("passwordEnv", False),
         ("tokenFile", False),
         ("maxTokens", False),

@@ -4,7 +4,7 @@ Two rules, applied to the text so the file keeps its format (JSON stays valid JS
 
 1. **By key name**: a string value whose key names a secret (`apiKey`, `token`, `password`,
    `secret`, `passphrase`, `privateKey`, `accessKey`, `clientSecret`, `credentials`, `dsn`,
-   `webhook`…) in JSON (`"apiKey": "…"`) or in env/YAML/TOML/INI lines (`API_KEY=…`,
+   `webhook`, `client-key-data`…) in JSON (`"apiKey": "…"`) or in env/YAML/TOML/INI lines (`API_KEY=…`,
    `token: …`, `password = "…"`); a value over several lines (`token: |`, a TOML multi-line
    string) goes whole. Keys that only name where a secret lives (`passwordEnv`, `tokenFile`,
    `passphraseCommand`), counts and limits (`maxTokens`), and values that are references
@@ -57,7 +57,7 @@ def is_config_or_env(path: str) -> bool:
 
 _SECRET_KEY = re.compile(
     r"(apikey|secret|token|password|passwd|passphrase|pwd|privatekey|accesskey|authkey|credential"
-    r"|sessionkey|signingkey|encryptionkey|masterkey|webhook|bearer|cookie|dsn|connectionstring|authorization)"
+    r"|sessionkey|signingkey|encryptionkey|masterkey|keydata|webhook|bearer|cookie|dsn|connectionstring|authorization)"
 )
 # Keys that name where a secret is, or hold counts: never redacted.
 _NOT_SECRET_KEY = re.compile(
@@ -297,6 +297,12 @@ _CREDENTIAL_NAMES = {
     "id_ed25519": "an SSH private key",
     "id_ed25519_sk": "an SSH private key",
     "kubeconfig": "a Kubernetes config (cluster credentials)",
+    ".my.cnf": "a MySQL client config (its password)",
+    ".s3cfg": "an s3cmd config (AWS keys)",
+    ".boto": "a boto config (AWS keys)",
+    ".passwd-s3fs": "an s3fs password file",
+    ".dockercfg": "a Docker config (registry logins)",
+    ".vault-token": "a HashiCorp Vault token",
 }
 _CREDENTIAL_SUFFIXES = {
     ".pem": "a PEM key or certificate file",
