@@ -404,6 +404,7 @@ CREDENTIAL_FILES = {
     "config/.s3cfg": "[default]\nsecret_key = secret-s3cfg-0021\n",
     "config/.vault-token": "hvs.secret-vault-0022\n",
     "config/registry-login": "//npm.example.com/:_authToken=secret-npmlogin-0019\n",
+    "config/ftp.conf": "machine ftp.example.com login me password secret-netrcconf-0024\n",
     "config/deploy-key": "-----BEGIN RSA PRIVATE KEY-----\nsecret-rsa-0015\n-----END RSA PRIVATE KEY-----\n",
 }
 

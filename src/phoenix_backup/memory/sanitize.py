@@ -328,24 +328,27 @@ _PEM_KEY_FILE = re.compile(r"\s*-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----")
 def credential_file(path: str, text: str | None) -> str | None:
     """Why the file at `path` (its text, when it is UTF-8) is a credential file, or None: by its
     name (`.netrc`, `.npmrc`, `.pgpass`, `.git-credentials`, `credentials`, `id_rsa`, `*.pem`,
-    `*.key`, `*.p12`, `.aws/config`, `.docker/config.json`, `.kube/config`, ...) or, unless it is a
-    config or env file (which `sanitize_text` reads), by what it holds: a PEM private key first, an
-    AWS secret access key, an npm registry login, a `.netrc` entry with a password."""
+    `*.key`, `*.p12`, `.aws/config`, `.docker/config.json`, `.kube/config`, ...) or by what it
+    holds: an npm registry login or a `.netrc` entry with a password (formats `sanitize_text` does
+    not read, whatever the file's name), and, unless it is a config or env file (which
+    `sanitize_text` reads), a PEM private key first or an AWS secret access key."""
     parts = PurePosixPath(path).parts
     name = parts[-1].lower() if parts else ""
     folder = parts[-2].lower() if len(parts) > 1 else ""
     reason = _CREDENTIAL_NAMES.get(name) or _CREDENTIAL_PLACES.get((folder, name))
     reason = reason or next((r for suffix, r in _CREDENTIAL_SUFFIXES.items() if name.endswith(suffix)), None)
-    if reason or text is None or is_config_or_env(path):
+    if reason or text is None:
         return reason
-    if _PEM_KEY_FILE.match(text):
-        return "a private key (its text is a PEM private key)"
-    if _AWS_SECRET_LINE.search(text):
-        return "AWS credentials (it holds an aws_secret_access_key)"
     if _NPMRC_AUTH.search(text):
         return "registry logins (it holds an npm `_authToken`, `_auth` or `_password` line)"
     if _NETRC_ENTRY.search(text):
         return "machine passwords (it holds a .netrc entry with a password)"
+    if is_config_or_env(path):
+        return None
+    if _PEM_KEY_FILE.match(text):
+        return "a private key (its text is a PEM private key)"
+    if _AWS_SECRET_LINE.search(text):
+        return "AWS credentials (it holds an aws_secret_access_key)"
     return None
 
 
