@@ -42,6 +42,7 @@ def assert_checksums(export: Path) -> dict[str, Any]:
 
 
 def test_json_export_is_complete_and_checksummed(sandbox: Sandbox, tmp_path: Path) -> None:
+    (sandbox.workspace / "config" / ".netrc").write_text("machine example.com login me password pw\n")
     out = tmp_path / "export-json"
     res = sandbox.phx("export", "--format", "json", "--output", out, "--json")
     doc = res.json()
@@ -85,8 +86,11 @@ def test_json_export_is_complete_and_checksummed(sandbox: Sandbox, tmp_path: Pat
         assert (out / rel).is_file(), rel
     assert (out / "files/workspace/SOUL.md").read_bytes() == (sandbox.workspace / "SOUL.md").read_bytes()
     assert not (out / "files/workspace/debug.log").exists()  # not part of identity, memory or config
-    # Not sanitized: the sample's fake API key is exported as it is, and the user is told.
+    # Not sanitized: the sample's fake API key and a credential file are exported as they are,
+    # and the user is told.
     assert "--sanitize" in res.err
+    assert (out / "files/workspace/config/.netrc").is_file()
+    assert "credential file(s) files/workspace/config/.netrc were exported as they are" in res.err
 
 
 def test_no_vectors_is_at_most_half_the_size(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -226,7 +230,7 @@ def test_sanitize_removes_planted_secrets_and_nothing_else(sandbox: Sandbox, tmp
     (ws / "config" / "http.json").write_text(
         json.dumps({"headers": {"X-Debug": f"Bearer {PLANTED['bearer']}"}, "session": PLANTED["jwt"], "retries": 3})
     )
-    # The same token in a memory note is not a config or env file: it is exported as it is.
+    # The same token in a memory note goes too: any text loses the tokens of a known shape.
     (ws / "memory" / "2026-09-30.md").write_text(f"note: rotate {PLANTED['github']} soon\n")
     out = tmp_path / "migrate"
     doc = sandbox.phx("export", "--sanitize", "--no-vectors", "--output", out, "--json").json()
@@ -244,10 +248,11 @@ def test_sanitize_removes_planted_secrets_and_nothing_else(sandbox: Sandbox, tmp
         for secret in PLANTED.values():
             expected = expected.replace(secret, "REDACTED")
         assert path.read_text() == expected, path
-    assert PLANTED["github"] in (out / "files/workspace/memory/2026-09-30.md").read_text()
+    assert (out / "files/workspace/memory/2026-09-30.md").read_text() == "note: rotate REDACTED soon\n"
     report = json.loads((out / "redactions.json").read_text())
-    assert report["count"] == len(doc["redactions"]) == 8  # the seven planted + the sample's apiKey
+    assert report["count"] == len(doc["redactions"]) == 9  # the seven planted, the note's + the sample's apiKey
     assert {r["file"] for r in report["redactions"]} == {
+        "files/workspace/memory/2026-09-30.md",
         "files/workspace/config/secrets.env",
         "files/workspace/config/providers.yaml",
         "files/workspace/config/http.json",
@@ -373,3 +378,71 @@ def test_two_tables_whose_names_once_made_one_file_export_each_whole(sandbox: Sa
     for name, values in tables.items():
         assert [r["v"] for r in json.loads((out / files[name]).read_text())] == values, name
         assert len(Path(files[name]).name.encode()) <= 255
+
+
+# Each credential file a workspace may hold, and a secret in it that no key name or token shape
+# gives away: a sanitized export leaves the file out (red23: every one was copied as it was).
+CREDENTIAL_FILES = {
+    "config/.npmrc": "//registry.npmjs.org/:_authToken=npm-secret-npmrc-0001\n",
+    "config/.netrc": "machine api.example.com login me password secret-netrc-0002\n",
+    "config/.pgpass": "db.example.com:5432:*:me:secret-pgpass-0003\n",
+    "config/.git-credentials": "https://me:secret-gitcred-0004@github.com\n",
+    "config/.aws/credentials": "[default]\naws_access_key_id = AKIAYYYYYYYYYYYYYYYY\n"
+    "aws_secret_access_key = secret-aws-0005\n",
+    "config/.aws/config": "[default]\nregion = eu-west-1\naws_secret_access_key = secret-awsconfig-0006\n",
+    "config/.ssh/id_ed25519": "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-ssh-0007\n"
+    "-----END OPENSSH PRIVATE KEY-----\n",
+    "config/tls.pem": "-----BEGIN CERTIFICATE-----\nsecret-pem-0008\n-----END CERTIFICATE-----\n",
+    "config/server.key": "secret-key-0009\n",
+    "config/.docker/config.json": '{"auths": {"ghcr.io": {"identitytoken": "x", "email": "secret-docker-0010"}}}\n',
+    "config/.kube/config": "users:\n- name: me\n  user:\n    client-key-data: secret-kube-0011\n",
+    "config/gcloud/application_default_credentials.json": '{"type": "authorized_user", "x": "secret-adc-0012"}\n',
+    # by what it holds: a file of another name
+    "config/backup-notes.txt": "[backup]\naws_secret_access_key = secret-awsnotes-0013\n",
+    "config/hosts": "machine db.example.com\n  login me\n  password secret-netrcnamed-0014\n",
+    "config/.my.cnf": "[client]\nuser = me\npassword = secret-mycnf-0020\n",
+    "config/.s3cfg": "[default]\nsecret_key = secret-s3cfg-0021\n",
+    "config/.vault-token": "hvs.secret-vault-0022\n",
+    "config/registry-login": "//npm.example.com/:_authToken=secret-npmlogin-0019\n",
+    "config/ftp.conf": "machine ftp.example.com login me password secret-netrcconf-0024\n",
+    "config/deploy-key": "-----BEGIN RSA PRIVATE KEY-----\nsecret-rsa-0015\n-----END RSA PRIVATE KEY-----\n",
+}
+
+
+def test_sanitize_leaves_out_credential_files_and_redacts_tokens_in_any_text(sandbox: Sandbox, tmp_path: Path) -> None:
+    ws = sandbox.workspace
+    for rel, text in CREDENTIAL_FILES.items():
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_text(text)
+    (ws / "config/cert.p12").write_bytes(b"\x30\x82\x01\x00secret-p12-0016\xff")
+    (ws / "config/blob.bin").write_bytes(b"\x00\xffsecret-binary-0017")
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
+    (ws / "memory/diagram.png").write_bytes(png)
+    (ws / "config/k3s.yaml").write_text("users:\n- name: me\n  user:\n    client-key-data: secret-k3s-0023\n")
+    (ws / "config/.env.production").write_text("DB_PASSWORD=secret-envprod-0018\nLOG=info\n")
+    (ws / "config/deploy.sh").write_text(f"#!/bin/sh\nexport OPENAI_API_KEY={PLANTED['openai']}\necho deploy\n")
+    (ws / "memory/2026-10-01.md").write_text(f"# Keys\nrotate {PLANTED['github']} and {PLANTED['slack']} soon\n")
+    out = tmp_path / "export"
+    doc = sandbox.phx_here("export", "--sanitize", "--no-vectors", "--output", out, "--json").json()
+    assert_checksums(out)
+    exported = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert b"secret-" not in exported and PLANTED["openai"].encode() not in exported
+    assert PLANTED["github"].encode() not in exported and PLANTED["slack"].encode() not in exported
+    # Left out, each listed with its reason in the result, redactions.json and MIGRATION.md.
+    gone = {f"files/workspace/{rel}" for rel in [*CREDENTIAL_FILES, "config/cert.p12", "config/blob.bin"]}
+    assert {x["file"] for x in doc["leftOut"]} == gone
+    assert {x["file"] for x in json.loads((out / "redactions.json").read_text())["leftOut"]} == gone
+    migration = (out / "MIGRATION.md").read_text()
+    assert all(f"`{f}`" in migration for f in gone) and "not UTF-8" in migration
+    assert not any((out / f).exists() for f in gone)
+    assert all(any(f.split("/")[-1] in w for w in doc["warnings"]) for f in gone)
+    # Kept: an image, a script and a note lose their tokens and keep every other line.
+    assert (out / "files/workspace/memory/diagram.png").read_bytes() == png
+    assert (
+        out / "files/workspace/config/deploy.sh"
+    ).read_text() == "#!/bin/sh\nexport OPENAI_API_KEY=REDACTED\necho deploy\n"
+    assert (out / "files/workspace/memory/2026-10-01.md").read_text() == "# Keys\nrotate REDACTED and REDACTED soon\n"
+    assert (out / "files/workspace/config/.env.production").read_text() == "DB_PASSWORD=REDACTED\nLOG=info\n"
+    assert {"files/workspace/config/deploy.sh", "files/workspace/memory/2026-10-01.md"} <= {
+        r["file"] for r in doc["redactions"]
+    }

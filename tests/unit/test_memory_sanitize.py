@@ -122,6 +122,8 @@ def test_yaml_keeps_comments() -> None:
         ("client_secret", True),
         ("adminPassword", True),
         ("slackWebhookUrl", True),
+        ("client-key-data", True),  # a kubeconfig's private key (red23: exported)
+        ("client-certificate-data", False),
         ("passwordEnv", False),
         ("tokenFile", False),
         ("maxTokens", False),
@@ -471,6 +473,8 @@ def test_flow_maps_inline_tables_single_quotes_and_lists_lose_their_secrets() ->
         ("x: ya29.a0AfH6SMBhunter22hunter22hunter22\n", "hunter22"),
         ("x: GOCSPX-hunter22hunter22hunter22ab\n", "hunter22"),
         ("x: DefaultEndpointsProtocol=https;AccountName=a;AccountKey=aHVudGVyMjJodW50ZXIyMmh1bnRlcjIy==\n", "aHVud"),
+        ("x: //registry.npmjs.org/:_authToken=npm_hunter22hunter22hunter22hunter22hunt\n", "hunter22"),
+        ("x: pypi-AgEIcHlwaS5vcmcCJGh1bnRlcjIyaHVudGVyMjJodW50ZXIyMmh1bnRlcjIy\n", "aHVud"),
     ],
 )
 def test_credentials_in_headers_url_queries_and_more_key_shapes(text: str, secret: str) -> None:

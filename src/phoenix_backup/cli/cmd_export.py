@@ -40,7 +40,7 @@ from phoenix_backup.units import human_size
     shell_complete=complete_snapshots,
 )
 @click.option("--no-vectors", is_flag=True, help="Leave embedding vectors out (a much smaller export).")
-@click.option("--sanitize", is_flag=True, help="Redact secrets in config and env files; add MIGRATION.md.")
+@click.option("--sanitize", is_flag=True, help="Redact secrets, leave credential files out; add MIGRATION.md.")
 @click.option("--output", "output", required=True, type=click.Path(file_okay=False), help="A new (or empty) folder.")
 @target_option
 @latest_options
@@ -98,6 +98,7 @@ def text(r: export_op.ExportResult) -> str:
     if r.format != "markdown":
         lines.append(f"  vectors: {'included' if r.vectors else 'left out'}")
     if r.sanitized:
-        lines.append(f"  {len(r.redactions)} secret(s) redacted; see redactions.json and MIGRATION.md")
+        left = f", {len(r.left_out)} credential or non-text file(s) left out" if r.left_out else ""
+        lines.append(f"  {len(r.redactions)} secret(s) redacted{left}; see redactions.json and MIGRATION.md")
     lines.append(f"  checksums.json combined sha256 {r.combined}")
     return shown_each(lines)

@@ -4,7 +4,7 @@ Two rules, applied to the text so the file keeps its format (JSON stays valid JS
 
 1. **By key name**: a string value whose key names a secret (`apiKey`, `token`, `password`,
    `secret`, `passphrase`, `privateKey`, `accessKey`, `clientSecret`, `credentials`, `dsn`,
-   `webhook`…) in JSON (`"apiKey": "…"`) or in env/YAML/TOML/INI lines (`API_KEY=…`,
+   `webhook`, `client-key-data`…) in JSON (`"apiKey": "…"`) or in env/YAML/TOML/INI lines (`API_KEY=…`,
    `token: …`, `password = "…"`); a value over several lines (`token: |`, a TOML multi-line
    string) goes whole. Keys that only name where a secret lives (`passwordEnv`, `tokenFile`,
    `passphraseCommand`), counts and limits (`maxTokens`), and values that are references
@@ -12,8 +12,9 @@ Two rules, applied to the text so the file keeps its format (JSON stays valid JS
 2. **By shape**, anywhere in those files: `sk-…` (OpenAI, Anthropic), `sk_live_…`/`rk_live_…`
    (Stripe), `ghp_…`/`gho_…`/`ghs_…`/`github_pat_…` (GitHub), `glpat-…` (GitLab), `xoxb-…`/
    `xoxp-…` (Slack) and Slack webhook URLs, `AKIA…`/`ASIA…` (AWS), `AIza…` (Google), `hf_…`
-   (Hugging Face), JSON Web Tokens, `Bearer …`, Telegram bot tokens, age secret keys, PEM
-   private key blocks, and the password in `scheme://user:password@host` URLs.
+   (Hugging Face), `npm_…` (npm), `pypi-AgE…` (PyPI), JSON Web Tokens, `Bearer …`, Telegram bot
+   tokens, age secret keys, PEM private key blocks, and the password in
+   `scheme://user:password@host` URLs. Any other text of an export loses these (`sanitize_shapes`).
 
 Each redaction is recorded as (file, line, key, kind) — never the value. The value becomes
 `REDACTED`, a word that is valid unquoted in every one of these formats but TOML, where a value
@@ -56,7 +57,7 @@ def is_config_or_env(path: str) -> bool:
 
 _SECRET_KEY = re.compile(
     r"(apikey|secret|token|password|passwd|passphrase|pwd|privatekey|accesskey|authkey|credential"
-    r"|sessionkey|signingkey|encryptionkey|masterkey|webhook|bearer|cookie|dsn|connectionstring|authorization)"
+    r"|sessionkey|signingkey|encryptionkey|masterkey|keydata|webhook|bearer|cookie|dsn|connectionstring|authorization)"
 )
 # Keys that name where a secret is, or hold counts: never redacted.
 _NOT_SECRET_KEY = re.compile(
@@ -109,6 +110,8 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("Google OAuth token or client secret", re.compile(r"(?:ya29\.|GOCSPX-)[A-Za-z0-9_\-]{20,}"), 0),
     ("Azure storage key", re.compile(r"(?i:\b(?:Account|SharedAccess)Key=)([A-Za-z0-9+/]{20,}=*)"), 1),
     ("Hugging Face token", re.compile(r"hf_[A-Za-z0-9]{30,}"), 0),
+    ("npm token", re.compile(r"npm_[A-Za-z0-9]{36}"), 0),
+    ("PyPI token", re.compile(r"pypi-AgE[A-Za-z0-9_\-]{40,}"), 0),
     (
         "JSON Web Token",
         # read from where a run of token characters starts, once: from every `eyJ` inside the run
@@ -260,11 +263,93 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
     return text, found
 
 
+def sanitize_shapes(text: str, file: str) -> tuple[str, list[Redaction]]:
+    """`text` with the secrets that need no key name (`TOKEN_SHAPES`: PEM private key blocks, API
+    tokens, JSON Web Tokens, URL passwords) replaced by `REDACTED`: what any text, not only a
+    config file, loses in a sanitized export."""
+    found: list[Redaction] = []
+    for kind, rx, group in TOKEN_SHAPES:
+        text = _by_shape(text, kind, rx, group, file, found)
+    return text, found
+
+
 @functools.lru_cache(maxsize=1024)  # a file names the same keys again and again
 def _masked(key: str) -> str:
-    for kind, rx, group in TOKEN_SHAPES:
-        key = _by_shape(key, kind, rx, group, "", [])
-    return key
+    return sanitize_shapes(key, "")[0]
+
+
+# Files that are credentials by their name: copies of them are left out of a sanitized export
+# (most are formats `sanitize_text` does not read, and none is of use on another machine).
+_CREDENTIAL_NAMES = {
+    ".netrc": "a .netrc file (machine passwords)",
+    "_netrc": "a .netrc file (machine passwords)",
+    ".npmrc": "an npm config (registry tokens)",
+    ".pypirc": "a PyPI config (upload passwords and tokens)",
+    ".pgpass": "a PostgreSQL password file",
+    ".git-credentials": "a git credential store",
+    ".htpasswd": "an htpasswd file (password hashes)",
+    "credentials": "a credentials file (AWS or another tool's keys)",
+    "application_default_credentials.json": "Google Cloud application default credentials",
+    "id_rsa": "an SSH private key",
+    "id_dsa": "an SSH private key",
+    "id_ecdsa": "an SSH private key",
+    "id_ecdsa_sk": "an SSH private key",
+    "id_ed25519": "an SSH private key",
+    "id_ed25519_sk": "an SSH private key",
+    "kubeconfig": "a Kubernetes config (cluster credentials)",
+    ".my.cnf": "a MySQL client config (its password)",
+    ".s3cfg": "an s3cmd config (AWS keys)",
+    ".boto": "a boto config (AWS keys)",
+    ".passwd-s3fs": "an s3fs password file",
+    ".dockercfg": "a Docker config (registry logins)",
+    ".vault-token": "a HashiCorp Vault token",
+}
+_CREDENTIAL_SUFFIXES = {
+    ".pem": "a PEM key or certificate file",
+    ".key": "a private key file",
+    ".p12": "a PKCS #12 key store",
+    ".pfx": "a PKCS #12 key store",
+    ".ppk": "a PuTTY private key",
+    ".jks": "a Java key store",
+    ".keystore": "a key store",
+}
+# (folder, name): a file whose name alone says nothing
+_CREDENTIAL_PLACES = {
+    (".aws", "config"): "an AWS config (it may hold keys)",
+    (".kube", "config"): "a Kubernetes config (cluster credentials)",
+    (".docker", "config.json"): "a Docker config (registry logins)",
+}
+_NPMRC_AUTH = re.compile(r"(?m)^[ \t]*(?:\S*:)?_(?:authToken|auth|password)[ \t]*=")
+_AWS_SECRET_LINE = re.compile(r"(?im)^[ \t]*aws_secret_access_key[ \t]*[=:]")
+_NETRC_ENTRY = re.compile(r"(?:^|\s)machine\s+\S+(?:\s+(?:login|account|port)\s+\S+)*\s+password\s+\S")
+_PEM_KEY_FILE = re.compile(r"\s*-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----")
+
+
+def credential_file(path: str, text: str | None) -> str | None:
+    """Why the file at `path` (its text, when it is UTF-8) is a credential file, or None: by its
+    name (`.netrc`, `.npmrc`, `.pgpass`, `.git-credentials`, `credentials`, `id_rsa`, `*.pem`,
+    `*.key`, `*.p12`, `.aws/config`, `.docker/config.json`, `.kube/config`, ...) or by what it
+    holds: an npm registry login or a `.netrc` entry with a password (formats `sanitize_text` does
+    not read, whatever the file's name), and, unless it is a config or env file (which
+    `sanitize_text` reads), a PEM private key first or an AWS secret access key."""
+    parts = PurePosixPath(path).parts
+    name = parts[-1].lower() if parts else ""
+    folder = parts[-2].lower() if len(parts) > 1 else ""
+    reason = _CREDENTIAL_NAMES.get(name) or _CREDENTIAL_PLACES.get((folder, name))
+    reason = reason or next((r for suffix, r in _CREDENTIAL_SUFFIXES.items() if name.endswith(suffix)), None)
+    if reason or text is None:
+        return reason
+    if _NPMRC_AUTH.search(text):
+        return "registry logins (it holds an npm `_authToken`, `_auth` or `_password` line)"
+    if _NETRC_ENTRY.search(text):
+        return "machine passwords (it holds a .netrc entry with a password)"
+    if is_config_or_env(path):
+        return None
+    if _PEM_KEY_FILE.match(text):
+        return "a private key (its text is a PEM private key)"
+    if _AWS_SECRET_LINE.search(text):
+        return "AWS credentials (it holds an aws_secret_access_key)"
+    return None
 
 
 def _json_key(literal: str) -> str:
@@ -365,9 +450,7 @@ def _escaped(literal: str, file: str, line: int, found: list[Redaction]) -> str:
     if inner.lstrip()[:1] in ("{", "["):
         cleaned, mine = sanitize_text(inner, file)
     else:
-        cleaned = inner
-        for kind, rx, group in TOKEN_SHAPES:
-            cleaned = _by_shape(cleaned, kind, rx, group, file, mine)
+        cleaned, mine = sanitize_shapes(inner, file)
     if not mine:
         return literal
     found.extend(Redaction(file, line, r.key, r.kind) for r in mine)

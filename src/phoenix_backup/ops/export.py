@@ -39,7 +39,13 @@ from phoenix_backup.dirs import fsync_dir, fsync_tree, is_mount_point
 from phoenix_backup.errors import ExitStatus, ExportError, UsageError
 from phoenix_backup.memory import markdown
 from phoenix_backup.memory.checksums import write_checksums
-from phoenix_backup.memory.sanitize import Redaction, is_config_or_env, sanitize_text
+from phoenix_backup.memory.sanitize import (
+    Redaction,
+    credential_file,
+    is_config_or_env,
+    sanitize_shapes,
+    sanitize_text,
+)
 from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect
 from phoenix_backup.memory.values import csv_value, json_value
 from phoenix_backup.ops.context import (
@@ -115,6 +121,17 @@ class ExportedDatabase:
         }
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """A file a sanitized export left out, and why (never what it held)."""
+
+    file: str  # path it would have had inside the export
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"file": self.file, "reason": self.reason}
+
+
 @dataclass
 class ExportResult:
     output: str
@@ -125,6 +142,7 @@ class ExportResult:
     databases: list[ExportedDatabase] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # copied files, relative to the export
     redactions: list[Redaction] = field(default_factory=list)
+    left_out: list[LeftOut] = field(default_factory=list)  # --sanitize: credential and unreadable files
     combined: str = ""
     size: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -143,6 +161,7 @@ class ExportResult:
             "databases": [d.to_json() for d in self.databases],
             "files": self.files,
             "redactions": [r.to_json() for r in self.redactions],
+            "leftOut": [x.to_json() for x in self.left_out],
             "checksums": {"algorithm": "sha256", "combined": self.combined},
             "size": self.size,
             "warnings": self.warnings,
@@ -442,25 +461,23 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
     identity = LogicalMatcher.for_patterns(cfg.components.identity, Layout(cfg.workspace, envx.home))
     identity_files: list[tuple[str, bytes]] = []
     unsanitized: list[Redaction] = []
+    credentials: list[str] = []
     for f in source.files:
         rel = f"files/{f.logical}"
+        data = b"".join(f.read())
+        if result.sanitized:
+            kept = _sanitized(f.logical, rel, data, result)
+            if kept is None:
+                continue
+            data = kept
+        elif is_config_or_env(f.logical) or credential_file(f.logical, None):
+            text = data.decode("utf-8", errors="replace")
+            if credential_file(f.logical, text):
+                credentials.append(rel)
+            elif is_config_or_env(f.logical):
+                unsanitized.extend(sanitize_text(text, rel)[1])
         dest = work / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        data = b"".join(f.read())
-        if is_config_or_env(f.logical):
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-                if result.sanitized:
-                    result.warnings.append(f"{f.logical} is not UTF-8 text; it was not checked for secrets")
-            if text is not None:
-                cleaned, found = sanitize_text(text, rel)
-                if result.sanitized:
-                    data = cleaned.encode("utf-8")
-                    result.redactions.extend(found)
-                else:
-                    unsanitized.extend(found)
         dest.write_bytes(data)
         result.files.append(rel)
         if identity.matches(f.logical):
@@ -470,6 +487,11 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
         result.warnings.append(
             f"{len(unsanitized)} secret(s) in {', '.join(where)} were exported as they are; "
             "export with --sanitize before the export leaves this machine"
+        )
+    if credentials:
+        result.warnings.append(
+            f"the credential file(s) {', '.join(credentials)} were exported as they are; "
+            "export with --sanitize (which leaves them out) before the export leaves this machine"
         )
     if fmt == "markdown":
         _identity_markdown(work / "identity.md", identity_files)
@@ -491,11 +513,49 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
     # Read back by `phx import`: a name that is not UTF-8 must come back exact (jsontext.dumps_exact).
     (work / "metadata.json").write_text(jsontext.dumps_exact(metadata, indent=2) + "\n", encoding="utf-8")
     if result.sanitized:
-        redactions = {"count": len(result.redactions), "redactions": [r.to_json() for r in result.redactions]}
+        redactions = {
+            "count": len(result.redactions),
+            "redactions": [r.to_json() for r in result.redactions],
+            "leftOut": [x.to_json() for x in result.left_out],
+        }
         (work / "redactions.json").write_text(json.dumps(redactions, indent=2) + "\n", encoding="utf-8")
         (work / "MIGRATION.md").write_text(migration_guide(result, source), encoding="utf-8")
     checksums = write_checksums(work)
     result.combined = str(checksums["combined"])
+
+
+# Binary files a sanitized export keeps, by their first bytes: images a memory note shows (PNG,
+# JPEG, GIF, WebP). Any other file that is not UTF-8 cannot be read for secrets and is left out.
+_KEPT_BINARY = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+
+
+def _kept_binary(data: bytes) -> bool:
+    return data.startswith(_KEPT_BINARY) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _sanitized(logical: str, rel: str, data: bytes, result: ExportResult) -> bytes | None:
+    """A file's bytes as a sanitized export holds them, or None when it is left out: a credential
+    file (by name, or by what a file of another name holds) and a file that is not UTF-8 text
+    (but a known image) are left out, each listed with its reason; a config or env file loses its
+    secrets by key name and by shape (`sanitize_text`), any other text the secrets of a known
+    shape (`sanitize_shapes`)."""
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    reason = credential_file(logical, text)
+    if reason is None and text is None:
+        if _kept_binary(data):
+            return data
+        reason = "not UTF-8 text, so it could not be read for secrets"
+    if reason is not None or text is None:
+        why = reason or "not UTF-8 text"
+        result.left_out.append(LeftOut(rel, why))
+        result.warnings.append(f"{logical} was left out of the sanitized export: {why}")
+        return None
+    cleaned, found = (sanitize_text if is_config_or_env(logical) else sanitize_shapes)(text, rel)
+    result.redactions.extend(found)
+    return cleaned.encode("utf-8") if found else data
 
 
 def _markdown_name(schema: DatabaseSchema, store: str, taken: dict[str, str]) -> str:
@@ -595,7 +655,17 @@ def migration_guide(result: ExportResult, source: Source) -> str:
         for r in result.redactions:
             lines.append(f"| `{r.file}` | {r.line} | {('`' + r.key + '`') if r.key else '—'} | {r.kind} |")
     else:
-        lines.append("No secrets were found in the config and env files.")
+        lines.append("No secrets were found in the files.")
+    if result.left_out:
+        lines += ["", "## Files that were left out", ""]
+        lines.append(
+            "These files were not exported: copy each one to the new machine yourself, or set it up again there."
+        )
+        lines.append("")
+        lines.append("| file | why |")
+        lines.append("|---|---|")
+        for x in result.left_out:
+            lines.append(f"| `{x.file}` | {x.reason} |")
     lines += [
         "",
         "## Steps",
