@@ -351,3 +351,52 @@ def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
             assert con.execute("SELECT current_user").fetchone() == (su,)
     finally:
         pg.sql("postgres", f"DROP ROLE IF EXISTS {su}; DROP ROLE IF EXISTS {plain}; DROP ROLE {restorer}")
+
+
+def test_an_alter_role_of_a_created_role_runs_its_attributes_and_nothing_more(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ALTER ROLE new WITH …` of a role the restore created ran with the rest of its line as it
+    was: `USER victim` (ALTER GROUP's form) made an existing role a member of the new one, and a
+    `/* ' */` comment or an `E'\\''` string, which the statement splitter reads otherwise than the
+    server, hid a second statement run by the restoring role (`GRANT pg_execute_server_program TO
+    victim`). Now only the attributes pg_dumpall writes run; VALID UNTIL, CONNECTION LIMIT and
+    PASSWORD NULL among them."""
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sinks.streams import DbRestoreOutcome
+
+    pg = pg_server
+    tag = "".join(chr(97 + int(d)) for d in str(services.free_port()))
+    victim, new = f"victim{tag}", [f"n{i}{tag}" for i in range(4)]
+    script = (
+        "".join(f'CREATE ROLE "{n}";\n' for n in new)
+        + f'ALTER ROLE "{new[0]}" WITH LOGIN USER {victim.upper()};\n'
+        + f"ALTER ROLE \"{new[1]}\" WITH LOGIN /* ' */; GRANT pg_execute_server_program TO {victim}; -- ';\n"
+        + f"ALTER ROLE \"{new[2]}\" WITH LOGIN PASSWORD E'\\'';GRANT pg_read_server_files TO {victim};--';\n"
+        + f"ALTER ROLE \"{new[3]}\" WITH NOSUPERUSER LOGIN CONNECTION LIMIT 3 PASSWORD NULL VALID UNTIL 'infinity';\n"
+    )
+    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
+    server = type("Server", (), {"connect_server": lambda _: pg.connect()})()
+    pg.sql("postgres", f"CREATE ROLE {victim} LOGIN")
+    outcome = DbRestoreOutcome("postgres/x", "postgresql", "here")
+    try:
+        sink._apply_globals(None, server, "postgres/x", None, outcome)  # type: ignore[arg-type]
+        members = (
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s"
+        )
+        assert pg.query("postgres", members, (victim,)) == []
+        logins = (
+            "SELECT rolname, rolcanlogin, rolconnlimit, rolvaliduntil IS NULL FROM pg_roles WHERE rolname = ANY(%s)"
+        )
+        assert sorted(pg.query("postgres", logins, (new,))) == [
+            (new[0], False, -1, True),
+            (new[1], False, -1, True),
+            (new[2], False, -1, True),
+            (new[3], True, 3, False),
+        ]
+        assert [w.split(":")[0] for w in outcome.warnings] == [
+            f"role {n}'s attributes were not restored" for n in new[:3]
+        ]
+    finally:
+        pg.sql("postgres", f"DROP ROLE {victim}; " + "; ".join(f'DROP ROLE IF EXISTS "{n}"' for n in new))
