@@ -328,6 +328,8 @@ def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
         f'CREATE ROLE "{su}";\nALTER ROLE "{su}" WITH SUPERUSER INHERIT NOCREATEROLE CREATEDB LOGIN REPLICATION '
         f'BYPASSRLS PASSWORD \'pw1\';\nCREATE ROLE "{plain}";\nALTER ROLE "{plain}" WITH NOSUPERUSER INHERIT '
         "NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD 'pw2';\n"
+        f'GRANT pg_read_server_files TO "{plain}";\nGRANT pg_execute_server_program TO "{plain}" WITH ADMIN OPTION;\n'
+        f'GRANT {services.PG_SUPERUSER} TO "{su}";\n'
     )
     monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
     server = type("Server", (), {"connect_server": lambda _: pg.connect(user=restorer, password="rpw")})()
@@ -343,10 +345,16 @@ def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
             (plain, False, False, False, True, 5),
             (su,) + (False,) * 3 + (True, -1),
         ]
-        assert outcome.warnings == [
+        # Nor a privileged role's membership (a superuser restoring gives them, as it gives SUPERUSER).
+        members = "SELECT count(*) FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = ANY(%s)"
+        assert pg.query("postgres", members, ([plain, su],)) == [(0,)]
+        assert outcome.warnings[:2] == [
             f"role {su} was created without SUPERUSER, CREATEDB, REPLICATION, BYPASSRLS: "
-            "the restoring role may not give them"
+            "the restoring role may not give them",
+            f"role {plain} was not made a member of pg_read_server_files: permission denied to grant role "
+            '"pg_read_server_files"',
         ]
+        assert len(outcome.warnings) == 4
         with pg.connect(user=su, password="pw1") as con:
             assert con.execute("SELECT current_user").fetchone() == (su,)
     finally:
