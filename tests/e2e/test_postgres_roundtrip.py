@@ -328,6 +328,8 @@ def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
         f'CREATE ROLE "{su}";\nALTER ROLE "{su}" WITH SUPERUSER INHERIT NOCREATEROLE CREATEDB LOGIN REPLICATION '
         f'BYPASSRLS PASSWORD \'pw1\';\nCREATE ROLE "{plain}";\nALTER ROLE "{plain}" WITH NOSUPERUSER INHERIT '
         "NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD 'pw2';\n"
+        f'GRANT pg_read_server_files TO "{plain}";\nGRANT pg_execute_server_program TO "{plain}" WITH ADMIN OPTION;\n'
+        f'GRANT {services.PG_SUPERUSER} TO "{su}";\n'
     )
     monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
     server = type("Server", (), {"connect_server": lambda _: pg.connect(user=restorer, password="rpw")})()
@@ -343,11 +345,66 @@ def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
             (plain, False, False, False, True, 5),
             (su,) + (False,) * 3 + (True, -1),
         ]
-        assert outcome.warnings == [
+        # Nor a privileged role's membership (a superuser restoring gives them, as it gives SUPERUSER).
+        members = "SELECT count(*) FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = ANY(%s)"
+        assert pg.query("postgres", members, ([plain, su],)) == [(0,)]
+        assert outcome.warnings[:2] == [
             f"role {su} was created without SUPERUSER, CREATEDB, REPLICATION, BYPASSRLS: "
-            "the restoring role may not give them"
+            "the restoring role may not give them",
+            f"role {plain} was not made a member of pg_read_server_files: permission denied to grant role "
+            '"pg_read_server_files"',
         ]
+        assert len(outcome.warnings) == 4
         with pg.connect(user=su, password="pw1") as con:
             assert con.execute("SELECT current_user").fetchone() == (su,)
     finally:
         pg.sql("postgres", f"DROP ROLE IF EXISTS {su}; DROP ROLE IF EXISTS {plain}; DROP ROLE {restorer}")
+
+
+def test_an_alter_role_of_a_created_role_runs_its_attributes_and_nothing_more(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ALTER ROLE new WITH …` of a role the restore created ran with the rest of its line as it
+    was: `USER victim` (ALTER GROUP's form) made an existing role a member of the new one, and a
+    `/* ' */` comment or an `E'\\''` string, which the statement splitter reads otherwise than the
+    server, hid a second statement run by the restoring role (`GRANT pg_execute_server_program TO
+    victim`). Now only the attributes pg_dumpall writes run; VALID UNTIL, CONNECTION LIMIT and
+    PASSWORD NULL among them."""
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sinks.streams import DbRestoreOutcome
+
+    pg = pg_server
+    tag = "".join(chr(97 + int(d)) for d in str(services.free_port()))
+    victim, new = f"victim{tag}", [f"n{i}{tag}" for i in range(4)]
+    script = (
+        "".join(f'CREATE ROLE "{n}";\n' for n in new)
+        + f'ALTER ROLE "{new[0]}" WITH LOGIN USER {victim.upper()};\n'
+        + f"ALTER ROLE \"{new[1]}\" WITH LOGIN /* ' */; GRANT pg_execute_server_program TO {victim}; -- ';\n"
+        + f"ALTER ROLE \"{new[2]}\" WITH LOGIN PASSWORD E'\\'';GRANT pg_read_server_files TO {victim};--';\n"
+        + f"ALTER ROLE \"{new[3]}\" WITH NOSUPERUSER LOGIN CONNECTION LIMIT 3 PASSWORD NULL VALID UNTIL 'infinity';\n"
+    )
+    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
+    server = type("Server", (), {"connect_server": lambda _: pg.connect()})()
+    pg.sql("postgres", f"CREATE ROLE {victim} LOGIN")
+    outcome = DbRestoreOutcome("postgres/x", "postgresql", "here")
+    try:
+        sink._apply_globals(None, server, "postgres/x", None, outcome)  # type: ignore[arg-type]
+        members = (
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s"
+        )
+        assert pg.query("postgres", members, (victim,)) == []
+        logins = (
+            "SELECT rolname, rolcanlogin, rolconnlimit, rolvaliduntil IS NULL FROM pg_roles WHERE rolname = ANY(%s)"
+        )
+        assert sorted(pg.query("postgres", logins, (new,))) == [
+            (new[0], False, -1, True),
+            (new[1], False, -1, True),
+            (new[2], False, -1, True),
+            (new[3], True, 3, False),
+        ]
+        assert [w.split(":")[0] for w in outcome.warnings] == [
+            f"role {n}'s attributes were not restored" for n in new[:3]
+        ]
+    finally:
+        pg.sql("postgres", f"DROP ROLE {victim}; " + "; ".join(f'DROP ROLE IF EXISTS "{n}"' for n in new))

@@ -290,8 +290,17 @@ def _last_line(text: str) -> str:
 _NAME = r'"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*'
 _NOT_A_NAME = frozenset({"all", "current_role", "current_user", "group", "none", "public", "session_user", "user"})
 _CREATE_ROLE = re.compile(rf"^CREATE ROLE ({_NAME});$")
-# `ALTER ROLE name WITH` its attribute words, then the rest (` 5 PASSWORD '…';`, `;`).
-_ALTER_ROLE = re.compile(rf"^ALTER ROLE ({_NAME}) WITH((?: [A-Z]+)+)(.*)$", re.DOTALL)
+# `ALTER ROLE name WITH` and the attributes pg_dumpall writes, nothing else: the statement is run as
+# it is, and the rest of a line was once more than attributes (`USER victim` makes `victim` a member;
+# a `/* ' */` or `E'\''` that the splitter reads otherwise than the server hid a second statement).
+# A string holds no backslash, so it reads the same whatever standard_conforming_strings says.
+_STRING = r"'(?:[^'\\]|'')*'"
+_ATTRIBUTE = (
+    r"(?:NO)?(?:SUPERUSER|INHERIT|CREATEROLE|CREATEDB|LOGIN|REPLICATION|BYPASSRLS)"
+    rf"|CONNECTION LIMIT -?[0-9]+|PASSWORD (?:NULL|{_STRING})|VALID UNTIL {_STRING}"
+)
+_ALTER_ROLE = re.compile(rf"^ALTER ROLE ({_NAME}) WITH((?: (?:{_ATTRIBUTE}))+);$")
+_ANY_ALTER_ROLE = re.compile(rf"^ALTER ROLE ({_NAME}) WITH\b")
 # The attributes only a superuser may give or take (NOSUPERUSER too); CREATEDB needs CREATEDB.
 _SUPERUSER_ONLY = ("SUPERUSER", "REPLICATION", "BYPASSRLS")
 _ROLE_SETTING = re.compile(rf"^ALTER ROLE ({_NAME}) (?:IN DATABASE (?:{_NAME}) )?SET ")
@@ -377,6 +386,11 @@ def _run_for_created(con: psycopg.Connection[Any], lines: list[str], created: se
         alter, grant = _ALTER_ROLE.match(ln), _GRANT_ROLE.match(ln)
         if alter and _role_name(alter.group(1)) in created:
             warnings += _alter_created(con, alter, cannot)
+        elif (odd := _ANY_ALTER_ROLE.match(ln)) and _role_name(odd.group(1)) in created:
+            warnings.append(
+                f"role {_role_name(odd.group(1))}'s attributes were not restored: its ALTER ROLE in globals.sql "
+                "holds more than the attributes pg_dumpall writes; give the role its attributes by hand"
+            )
         elif grant and _role_name(grant.group(2)) in created and _role_name(grant.group(1)) is not None:
             try:
                 con.execute(ln.encode())  # a membership that exists already is only a notice
@@ -401,10 +415,11 @@ def _alter_created(con: psycopg.Connection[Any], alter: re.Match[str], cannot: f
     (`cannot`; their NO forms go too, the defaults of a new role): the role then has less than it
     had, never more, and LOGIN, its password and the rest still come. The warnings."""
     role = _role_name(alter.group(1))
-    words = alter.group(2).split()
+    words = re.findall(rf" ({_ATTRIBUTE})(?= |$)", alter.group(2))
     kept = " ".join(w for w in words if w.removeprefix("NO") not in cannot)
     try:
-        con.execute(f"ALTER ROLE {alter.group(1)} WITH {kept}{alter.group(3)}".encode())
+        if kept:
+            con.execute(f"ALTER ROLE {alter.group(1)} WITH {kept};".encode())
     except psycopg.Error as exc:
         return [f"role {role}: {pg.pg_reason(exc)}"]
     left = [w for w in words if w in cannot]
