@@ -58,7 +58,12 @@ _PG_PIECE = re.compile(r"""\"(?:[^"]|\"\")*\"?|'(?:[^']|'')*'?|--[^\n]*|;|[^"';-
 
 def pg_statements(text: str) -> list[str]:
     """A PostgreSQL script's statements, each ending with `;`, comments left out: a newline or a
-    `;` inside a quoted name (a role named `a<newline>GRANT ... TO me;`) stays in that name."""
+    `;` inside a quoted name (a role named `a<newline>GRANT ... TO me;`) stays in that name.
+
+    It reads what `pg_dumpall --globals-only` writes: quoted names, standard strings, `--`
+    comments. It does not know block comments, `E''` strings or dollar quotes, so a crafted script
+    can hide a `;` from it: a caller runs only statements it rebuilt from pieces it checked
+    (`sinks/postgres.py`), never a piece as it came."""
     out: list[str] = []
     now: list[str] = []
     for piece in _PG_PIECE.findall(text):
