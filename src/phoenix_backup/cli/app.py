@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
@@ -23,7 +23,6 @@ from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.cli import INTERRUPTED_MESSAGE
 from phoenix_backup.cli.progress import Progress
-from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     Cancelled,
     ExitStatus,
@@ -38,6 +37,9 @@ from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.redaction import redact, without_secrets
 from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.shell import end_child_groups
+
+if TYPE_CHECKING:  # the config is imported by the commands that load one, not by `phx --version`
+    from phoenix_backup.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -215,6 +217,7 @@ def known_secrets() -> list[str]:
     """The secrets this run knows: the environment's (passphrases, AWS keys, a Git password), and
     once the command loaded its config (`load_config`) the config's too (keys, DSNs, the
     notification URLs)."""
+    from phoenix_backup.config import Config
     from phoenix_backup.notify.message import env_secrets, secrets_of  # only on this rare path
 
     ctx = click.get_current_context(silent=True)

@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
-from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory, limit_malloc_arenas, set_process_option
+from phoenix_backup.process import hide_process_memory, limit_malloc_arenas, set_process_option
+from phoenix_backup.repo.keys import MasterSecrets
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.shell import kill_group
 from phoenix_backup.sources.files import Entry
