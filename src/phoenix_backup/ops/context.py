@@ -335,7 +335,7 @@ def _credentials(
     PHX_PASSPHRASE alone or none), and the passphrase they hold as given whatever the method (the
     configured one, or PHX_PASSPHRASE beside another method: its `exact` is tried too)."""
     from phoenix_backup.repo import keys as keyslots
-    from phoenix_backup.repo.writer import store_root
+    from phoenix_backup.repo.writeonly import store_root
 
     enc = cfg.encryption
     identities: tuple[str, ...] = ()
@@ -534,7 +534,7 @@ def open_repository(
     keys), so replication carries on after the local disk was lost. With `upgrade` (a backup), a
     format 1 repository is brought to the current format."""
     from phoenix_backup.repo.repository import Repository
-    from phoenix_backup.repo.writer import WriterStore, store_root
+    from phoenix_backup.repo.writeonly import store_root
 
     names = enabled_targets(cfg)
     name = target or envx.target or names[0]
@@ -560,6 +560,8 @@ def open_repository(
         )
         # Not said here: `phx init`'s report says it, the demo's names its folder (it was said twice).
         if write_only is not None:
+            from phoenix_backup.repo.writer import WriterStore
+
             store = WriterStore(store_root(envx.env), repo.config.id)
             store.save_key(repo.write_key)
             envx.notice(

@@ -290,7 +290,8 @@ def _open(request: SnapshotRequest, notices: list[str]) -> Repository:
     """The watch's repository, opened with the secrets it was given (no passphrase asked again):
     only while its config is still the one the watch opened (else a `phx key rotate` ran)."""
     from phoenix_backup.ops.context import Environment, compressor_for, target_backend
-    from phoenix_backup.repo.writer import WriterRepository, store_root
+    from phoenix_backup.repo.writeonly import store_root
+    from phoenix_backup.repo.writer import WriterRepository
 
     envx = Environment(env=request.env, notice=notices.append)
     backend = target_backend(request.cfg, envx, request.target)
