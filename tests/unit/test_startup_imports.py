@@ -26,8 +26,7 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 
 _NOT_AT_START = (
     "phoenix_backup.config",
-    "phoenix_backup.repo.keys",
-    "phoenix_backup.repo.repository",
+    "phoenix_backup.repo.",
     "phoenix_backup.storage",
     "phoenix_backup.sinks",
     "phoenix_backup.sources",

@@ -35,11 +35,11 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.redaction import redact, without_secrets
-from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.shell import end_child_groups
 
-if TYPE_CHECKING:  # the config is imported by the commands that load one, not by `phx --version`
+if TYPE_CHECKING:  # imported by the commands that use them, not by `phx --version`
     from phoenix_backup.config import Config
+    from phoenix_backup.repo.snapshot import Latest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -293,6 +293,8 @@ def make_env(out: Out) -> Environment:
     identity = ctx.meta.get(_IDENTITY_KEY) if ctx is not None else None
     if isinstance(identity, str):
         env["PHX_IDENTITY_FILE"] = identity  # --identity FILE: one way in for the ops layer
+    from phoenix_backup.repo.snapshot import Latest  # a command that runs: not at every start
+
     return Environment(
         env=env,
         interactive=tty,
@@ -680,6 +682,8 @@ def latest_options(f: F) -> F:
     ]
 
     def build(v: dict[str, Any]) -> Latest:
+        from phoenix_backup.repo.snapshot import Latest
+
         return Latest(host=v["latest_host"], scope=v["latest_scope"] or "full", tags=tuple(v["latest_tags"]))
 
     return _stash(f, _LATEST_KEY, build, options)

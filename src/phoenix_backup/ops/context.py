@@ -42,7 +42,6 @@ from phoenix_backup.errors import (
     WrongPassphrase,
     shown,
 )
-from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.shell import kill_with_descendants, stops_deferred
 
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
     from phoenix_backup.repo.crypto import Compressor
     from phoenix_backup.repo.pins import Pins
     from phoenix_backup.repo.repository import Repository
+    from phoenix_backup.repo.snapshot import Latest
     from phoenix_backup.storage.base import Backend
     from phoenix_backup.storage.local import LocalBackend
 
@@ -84,6 +84,13 @@ def _no_notice(_message: str) -> None:
     pass
 
 
+def _any_latest() -> Latest:
+    """`Environment.latest`'s default: the newest snapshot of any host, scope and tags."""
+    from phoenix_backup.repo.snapshot import Latest
+
+    return Latest()
+
+
 @dataclass
 class Environment:
     """The caller's world: environment variables, whether a person can be asked, where notices go.
@@ -100,7 +107,7 @@ class Environment:
     # The target that read commands work from (`--target NAME`); None means the first enabled one.
     target: str | None = None
     # What `latest` selects for this command (`--scope`, `--tag`, `--host`; DESIGN §2).
-    latest: Latest = field(default_factory=Latest)
+    latest: Latest = field(default_factory=_any_latest)
     # Seconds a read may wait for packs in a cold S3 storage class to thaw (`--thaw-timeout`);
     # 0 requests the thaw and fails at once, saying to run again later.
     thaw_timeout: float = 0.0
@@ -758,6 +765,8 @@ def parse_time(text: str | None, option: str = "--time") -> datetime:
         raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
     if when.tzinfo is None:
         raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
+    from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR
+
     if not MIN_YEAR <= when.year <= MAX_YEAR:
         raise UsageError(f"{option} {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
     return when
