@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
-import platformdirs
-
 from phoenix_backup.errors import ConfigError, UsageError
 
 # The most a file holding a secret (a passphrase, age identities, a write key) may hold: hundreds
@@ -35,6 +33,8 @@ def data_dir(env: Mapping[str, str]) -> Path:
     elif Path(xdg).is_absolute():
         path = Path(xdg) / "phoenix"
     else:
+        import platformdirs  # here: every `phx` imports this module, few look the folder up this way
+
         try:
             path = Path(platformdirs.user_data_dir("phoenix"))
         except RuntimeError:  # no HOME and no passwd entry: platformdirs cannot tell

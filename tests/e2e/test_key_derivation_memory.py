@@ -211,7 +211,8 @@ def test_a_passphrase_that_is_not_utf8_is_one_sentence(backed_up: Sandbox, tmp_p
 _FREED_HEAP = """
 import os, sys
 from phoenix_backup.repo import keys
-keys.limit_malloc_arenas()
+from phoenix_backup.process import limit_malloc_arenas
+limit_malloc_arenas()
 def rss():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

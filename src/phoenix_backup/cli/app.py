@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
@@ -23,7 +23,6 @@ from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.cli import INTERRUPTED_MESSAGE
 from phoenix_backup.cli.progress import Progress
-from phoenix_backup.config import Config
 from phoenix_backup.errors import (
     Cancelled,
     ExitStatus,
@@ -36,8 +35,11 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
 from phoenix_backup.redaction import redact, without_secrets
-from phoenix_backup.repo.snapshot import Latest
 from phoenix_backup.shell import end_child_groups
+
+if TYPE_CHECKING:  # imported by the commands that use them, not by `phx --version`
+    from phoenix_backup.config import Config
+    from phoenix_backup.repo.snapshot import Latest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -215,6 +217,7 @@ def known_secrets() -> list[str]:
     """The secrets this run knows: the environment's (passphrases, AWS keys, a Git password), and
     once the command loaded its config (`load_config`) the config's too (keys, DSNs, the
     notification URLs)."""
+    from phoenix_backup.config import Config
     from phoenix_backup.notify.message import env_secrets, secrets_of  # only on this rare path
 
     ctx = click.get_current_context(silent=True)
@@ -290,6 +293,8 @@ def make_env(out: Out) -> Environment:
     identity = ctx.meta.get(_IDENTITY_KEY) if ctx is not None else None
     if isinstance(identity, str):
         env["PHX_IDENTITY_FILE"] = identity  # --identity FILE: one way in for the ops layer
+    from phoenix_backup.repo.snapshot import Latest  # a command that runs: not at every start
+
     return Environment(
         env=env,
         interactive=tty,
@@ -677,6 +682,8 @@ def latest_options(f: F) -> F:
     ]
 
     def build(v: dict[str, Any]) -> Latest:
+        from phoenix_backup.repo.snapshot import Latest
+
         return Latest(host=v["latest_host"], scope=v["latest_scope"] or "full", tags=tuple(v["latest_tags"]))
 
     return _stash(f, _LATEST_KEY, build, options)

@@ -22,9 +22,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, UsageError, shown_each
 from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops.context import Environment
-from phoenix_backup.repo.captures import describe, span, to_us
-from phoenix_backup.repo.retention import WATCH_SCOPES
-from phoenix_backup.repo.snapshot import Selection
+from phoenix_backup.repo.snapshot import WATCH_SCOPES, Selection
 
 
 @cli.command(name="list")
@@ -94,6 +92,7 @@ def list_cmd(
 def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str | None) -> ExitStatus:
     """`--timeline` and `--at TIME`: what the capture segments of `phx watch` cover."""
     from phoenix_backup.ops import pitr
+    from phoenix_backup.repo.captures import describe, span
 
     if timeline and at is not None:
         raise UsageError("give --timeline or --at TIME, not both")
@@ -135,4 +134,6 @@ def _captures(out: Out, envx: Environment, cfg: Config, timeline: bool, at: str 
 
 
 def _us(text: str) -> int:
+    from phoenix_backup.repo.captures import to_us  # `--timeline` and `--at` only
+
     return to_us(datetime.fromisoformat(text))

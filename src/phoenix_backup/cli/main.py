@@ -22,14 +22,14 @@ from phoenix_backup.cli.app import (
     stop_on_signals,
 )
 from phoenix_backup.errors import ExitStatus
-from phoenix_backup.repo.keys import hide_process_memory, set_malloc_options
-from phoenix_backup.repo.keys import limit_malloc_arenas as _limit_malloc_arenas
+from phoenix_backup.process import hide_process_memory, set_malloc_options
+from phoenix_backup.process import limit_malloc_arenas as _limit_malloc_arenas
 
 __all__ = ["cli", "main"]
 
 
 # glibc's mallopt parameter of the heap a process keeps freed (`keep_freed_heap`); the arena and
-# mmap settings every process makes are `repo.keys.limit_malloc_arenas`.
+# mmap settings every process makes are `process.limit_malloc_arenas`.
 _M_TRIM_THRESHOLD = -1
 RESTORE_TRIM_THRESHOLD = 8 << 20
 BACKUP_TRIM_THRESHOLD = 2 << 20

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from phoenix_backup.config import Config, find_config_path, load_config
 from phoenix_backup.dirs import (
     BOM,
     PASSPHRASE_COMMAND_SECRET,
@@ -43,19 +42,22 @@ from phoenix_backup.errors import (
     WrongPassphrase,
     shown,
 )
-from phoenix_backup.repo import keys as keyslots
-from phoenix_backup.repo.cache import Cache
-from phoenix_backup.repo.crypto import Compressor
-from phoenix_backup.repo.pins import Pins
-from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR, Latest
-from phoenix_backup.repo.writer import WriterStore, store_root
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.shell import kill_with_descendants, stops_deferred
-from phoenix_backup.sinks import leftovers
-from phoenix_backup.storage.base import Backend
-from phoenix_backup.storage.local import LocalBackend, is_inside, refuse_inside, repository_above
-from phoenix_backup.storage.targets import remember_append_only
+
+# The config, the repository, its keys and the storage are imported where they are used: every
+# `phx` imports this module (`cli.app`), and `phx --version`, `phx --help` or a command's `--help`
+# use none of them (their import was most of a start's CPU).
+if TYPE_CHECKING:
+    from phoenix_backup.config import Config
+    from phoenix_backup.repo import keys as keyslots
+    from phoenix_backup.repo.cache import Cache
+    from phoenix_backup.repo.crypto import Compressor
+    from phoenix_backup.repo.pins import Pins
+    from phoenix_backup.repo.repository import Repository
+    from phoenix_backup.repo.snapshot import Latest
+    from phoenix_backup.storage.base import Backend
+    from phoenix_backup.storage.local import LocalBackend
 
 
 def folder_argument(text: str) -> Path:
@@ -82,6 +84,13 @@ def _no_notice(_message: str) -> None:
     pass
 
 
+def _any_latest() -> Latest:
+    """`Environment.latest`'s default: the newest snapshot of any host, scope and tags."""
+    from phoenix_backup.repo.snapshot import Latest
+
+    return Latest()
+
+
 @dataclass
 class Environment:
     """The caller's world: environment variables, whether a person can be asked, where notices go.
@@ -98,7 +107,7 @@ class Environment:
     # The target that read commands work from (`--target NAME`); None means the first enabled one.
     target: str | None = None
     # What `latest` selects for this command (`--scope`, `--tag`, `--host`; DESIGN §2).
-    latest: Latest = field(default_factory=Latest)
+    latest: Latest = field(default_factory=_any_latest)
     # Seconds a read may wait for packs in a cold S3 storage class to thaw (`--thaw-timeout`);
     # 0 requests the thaw and fails at once, saying to run again later.
     thaw_timeout: float = 0.0
@@ -332,6 +341,9 @@ def _credentials(
     """`credentials`, the configured passphrase they hold as given (None for one from
     PHX_PASSPHRASE alone or none), and the passphrase they hold as given whatever the method (the
     configured one, or PHX_PASSPHRASE beside another method: its `exact` is tried too)."""
+    from phoenix_backup.repo import keys as keyslots
+    from phoenix_backup.repo.writeonly import store_root
+
     enc = cfg.encryption
     identities: tuple[str, ...] = ()
     # An identity given for this run (--identity FILE, PHX_IDENTITY_FILE) is the user's choice,
@@ -367,6 +379,8 @@ def _credentials(
 def ask_identity(envx: Environment) -> tuple[str, ...]:
     """The age identity of a write-only repository, asked on the terminal: the key itself or the
     path of its file."""
+    from phoenix_backup.repo import keys as keyslots
+
     assert envx.prompt is not None
     answer = envx.prompt("Age identity of the write-only repository (AGE-SECRET-KEY-1..., or its file): ").strip()
     if answer.upper().startswith("AGE-SECRET-KEY-"):
@@ -390,6 +404,9 @@ def unlock_ahead(cfg: Config, envx: Environment, target: str | None = None) -> N
     PHX_PASSPHRASE_FILE; not a pipe read once, a command or a prompt that must run once). Whatever
     goes wrong here is left to `open_repository`, which says it (no repository yet, a wrong
     passphrase, a damaged slot)."""
+    from phoenix_backup.repo import keys as keyslots
+    from phoenix_backup.repo.repository import Repository
+
     enc = cfg.encryption
     if not enc.enabled or enc.method != "passphrase" or envx.env.get("PHX_IDENTITY_FILE"):
         return
@@ -428,6 +445,8 @@ def new_key_slot(
     cfg: Config, envx: Environment, kdf_params: Mapping[str, int] | None = None
 ) -> tuple[Callable[[keyslots.MasterSecrets], keyslots.KeySlot], bool]:
     """How the first key slot of a new repository is made, and whether it is encrypted."""
+    from phoenix_backup.repo import keys as keyslots
+
     enc = cfg.encryption
     if not enc.enabled:
         return keyslots.wrap_none, False
@@ -459,11 +478,15 @@ def new_key_slot(
 
 
 def compressor_for(cfg: Config) -> Compressor:
+    from phoenix_backup.repo.crypto import Compressor
+
     c = cfg.compression
     return Compressor(c.enabled, c.level, c.algorithm)
 
 
 def local_backend(cfg: Config) -> LocalBackend:
+    from phoenix_backup.storage.local import LocalBackend
+
     if not cfg.targets.local.enabled:
         raise ConfigError(
             "targets.local is disabled and this Phoenix writes to local targets only; "
@@ -517,6 +540,9 @@ def open_repository(
     initialise it; a new first target adopts the repository a replica already holds (same id and
     keys), so replication carries on after the local disk was lost. With `upgrade` (a backup), a
     format 1 repository is brought to the current format."""
+    from phoenix_backup.repo.repository import Repository
+    from phoenix_backup.repo.writeonly import store_root
+
     names = enabled_targets(cfg)
     name = target or envx.target or names[0]
     backend = target_backend(cfg, envx, name)
@@ -541,6 +567,8 @@ def open_repository(
         )
         # Not said here: `phx init`'s report says it, the demo's names its folder (it was said twice).
         if write_only is not None:
+            from phoenix_backup.repo.writer import WriterStore
+
             store = WriterStore(store_root(envx.env), repo.config.id)
             store.save_key(repo.write_key)
             envx.notice(
@@ -562,6 +590,8 @@ def require_identity(repo: Repository, reading: str = "the trees and data of its
 
 def pins(envx: Environment) -> Pins:
     """This user's pins of repository keys (in the data dir)."""
+    from phoenix_backup.repo.pins import Pins
+
     return Pins.for_env(envx.env)
 
 
@@ -585,6 +615,9 @@ PROMPT_TRIES = 3
 def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository:
     """`Repository.open`; a wrong passphrase typed at the prompt (not one from the environment or
     a command) may be typed again, up to PROMPT_TRIES times in all."""
+    from phoenix_backup.repo import keys as keyslots
+    from phoenix_backup.repo.repository import Repository
+
     asked = 0
     prompt = envx.prompt
     if prompt is not None:
@@ -634,6 +667,8 @@ def open_as_given(cfg: Config, envx: Environment, backend: Backend, *, store: Pi
     when that differs and the first is wrong: for an opening outside `open_repository` (`phx key
     trust`: its pin `store` and the fingerprint it `expect`s), so that a repository an earlier
     Phoenix set that way opens there too."""
+    from phoenix_backup.repo.repository import Repository
+
     creds, _given, held = _credentials(cfg, envx)
     try:
         return Repository.open(backend, creds, pins=store, expect=expect, notice=envx.notice)
@@ -658,6 +693,8 @@ def _open_exact(
     value ends with, included. Says how to leave them behind; WrongPassphrase as any opening.
     `cfg`: its compression for the repository's writes; `store` (the pins) and `expect` as
     `Repository.open`'s."""
+    from phoenix_backup.repo.repository import Repository
+
     compression = compressor_for(cfg) if cfg is not None else None
     store = pins(envx) if store is None else store
     repo = Repository.open(backend, creds, pins=store, expect=expect, compression=compression, notice=envx.notice)
@@ -728,6 +765,8 @@ def parse_time(text: str | None, option: str = "--time") -> datetime:
         raise UsageError(f"{option} {text!r} is not RFC 3339; use e.g. 2026-03-15T14:30:00+01:00") from exc
     if when.tzinfo is None:
         raise UsageError(f"{option} {text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z")
+    from phoenix_backup.repo.snapshot import MAX_YEAR, MIN_YEAR
+
     if not MIN_YEAR <= when.year <= MAX_YEAR:
         raise UsageError(f"{option} {text!r} is outside the years {MIN_YEAR} to {MAX_YEAR}; give a time in that range")
     return when
@@ -760,6 +799,8 @@ def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> N
     the local target's repository: the same rule for every command that writes plain copies,
     whichever target it reads from (storage/local.py `refuse_inside`); and any local repository
     above `folder` alike, the config file's own when `--repo` names another to read."""
+    from phoenix_backup.storage.local import refuse_inside, repository_above
+
     if "local" in cfg.targets.enabled_names():
         refuse_inside(cfg.repository_path, folder, what)
     found = repository_above(folder)
@@ -772,6 +813,8 @@ def refuse_export_in_workspace(cfg: Config, folder: Path) -> None:
     export in (the secrets it holds unless `--sanitize`, and a copy of every store), and the
     agent would find it among its files. The same rule, and the same comparison, as
     `refuse_plain_copies_in_repository`."""
+    from phoenix_backup.storage.local import is_inside
+
     known = cfg.source is not None or cfg.location is None  # a config from `--repo` alone knows no workspace
     if known and is_inside(cfg.workspace, folder):
         raise UsageError(
@@ -791,6 +834,8 @@ def require_config_file(cfg: Config, what: str) -> None:
 
 
 def cache_for(repo: Repository, envx: Environment) -> Cache:
+    from phoenix_backup.repo.cache import Cache
+
     root = envx.env.get("PHX_CACHE_DIR")
     return Cache(repo.config.id, Path(root) if root else None)
 
@@ -819,6 +864,10 @@ def load(envx: Environment, config_path: str | None, location: str | None = None
     """The config; with `location` (`--repo`, `PHX_REPOSITORY`) reading from that repository alone,
     from the config file when there is one, else from the ArgentOS defaults (a new machine).
     First, every command removes what killed restores left in the user's folders."""
+    from phoenix_backup.config import find_config_path, load_config
+    from phoenix_backup.sinks import leftovers
+    from phoenix_backup.storage.targets import remember_append_only
+
     removed, problems = leftovers.clean()
     if removed:
         envx.notice(f"removed {len(removed)} temporary file(s) a killed restore left behind (e.g. {shown(removed[0])})")

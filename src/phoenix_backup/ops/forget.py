@@ -28,8 +28,8 @@ from phoenix_backup.ops.context import Environment, captures_cache, open_reposit
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, noting_unreleased
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.retention import WATCH_SCOPES, Candidate, Plan, Policy, apply_policy, parse_time
-from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy, parse_time
+from phoenix_backup.repo.snapshot import WATCH_SCOPES, Snapshot
 from phoenix_backup.storage.targets import refuse_append_only
 
 # -- results ------------------------------------------------------------------------------

@@ -194,7 +194,8 @@ def key_add_write_only(cfg: Config, envx: Environment, recipients: tuple[str, ..
     other targets follow at once (as `phx sync` would)."""
     from phoenix_backup.ops.context import credentials
     from phoenix_backup.ops.sync import replicate_all
-    from phoenix_backup.repo.writer import convert, store_root
+    from phoenix_backup.repo.writeonly import store_root
+    from phoenix_backup.repo.writer import convert
 
     if not recipients:
         raise UsageError("give the recipients that will read the repository: --recipient age1... (repeatable)")

@@ -20,7 +20,7 @@ from phoenix_backup import schedule
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
 from phoenix_backup.ops.context import Environment, enabled_targets, no_repository, open_repository, target_backend
-from phoenix_backup.repo import captures, checks, retired
+from phoenix_backup.repo.repository import CAPTURES_PREFIX, CHECKS_PREFIX, RETIRED_PREFIX
 from phoenix_backup.schedule.spec import ScheduleSpec
 from phoenix_backup.state import (
     IntegrityCheck,
@@ -37,7 +37,7 @@ MAX_GRACE = timedelta(hours=1)
 
 # Every kind of object a repository stores but its locks (docs/repository-format.md §1): the size
 # a target holds (a watch's capture segments and the check records too).
-STORED = ("data/", "index/", "snapshots/", "keys/", "runkeys/", captures.PREFIX, checks.PREFIX, retired.PREFIX)
+STORED = ("data/", "index/", "snapshots/", "keys/", "runkeys/", CAPTURES_PREFIX, CHECKS_PREFIX, RETIRED_PREFIX)
 
 
 @dataclass

@@ -74,11 +74,11 @@ from phoenix_backup.ops.context import (
     target_backend,
 )
 from phoenix_backup.ops.selection import select_sources
+from phoenix_backup.process import hide_process_memory, trim_heap
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
 from phoenix_backup.repo.crypto import load_cryptography, same_bytes, sha256_hex, zstandard_module
-from phoenix_backup.repo.keys import hide_process_memory, trim_heap
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, ProcessTag
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import Entry, segment_folders

@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, SourceError
-from phoenix_backup.repo.keys import MasterSecrets, hide_process_memory, limit_malloc_arenas, set_process_option
+from phoenix_backup.process import hide_process_memory, limit_malloc_arenas, set_process_option
+from phoenix_backup.repo.keys import MasterSecrets
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.shell import kill_group
 from phoenix_backup.sources.files import Entry
@@ -289,7 +290,8 @@ def _open(request: SnapshotRequest, notices: list[str]) -> Repository:
     """The watch's repository, opened with the secrets it was given (no passphrase asked again):
     only while its config is still the one the watch opened (else a `phx key rotate` ran)."""
     from phoenix_backup.ops.context import Environment, compressor_for, target_backend
-    from phoenix_backup.repo.writer import WriterRepository, store_root
+    from phoenix_backup.repo.writeonly import store_root
+    from phoenix_backup.repo.writer import WriterRepository
 
     envx = Environment(env=request.env, notice=notices.append)
     backend = target_backend(request.cfg, envx, request.target)

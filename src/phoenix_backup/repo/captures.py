@@ -32,7 +32,7 @@ from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, T
 from phoenix_backup.repo.cache import entry_key, entry_mac, write_entry
 from phoenix_backup.repo.crypto import same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.repository import CAPTURE_AAD as CAPTURE_AAD  # the seal of a segment
-from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.repository import CAPTURES_PREFIX, Repository
 from phoenix_backup.repo.tree import check_name
 
 MAGIC = b"PHXC"
@@ -43,7 +43,7 @@ _HEAD = struct.Struct("<4sBI")
 # changes), and a reader never inflates a hostile one beyond it.
 MAX_SEGMENT_SIZE = 1 << 30
 MAX_HEADER_SIZE = 64 << 20
-PREFIX = "captures/"
+PREFIX = CAPTURES_PREFIX
 _HEX = frozenset("0123456789abcdef")
 
 

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 from phoenix_backup.errors import CorruptObject, PhoenixError, StorageError
 from phoenix_backup.repo import crypto
 from phoenix_backup.repo.crypto import NONCE_SIZE, aead, sha256_hex
-from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.repository import CHECKS_PREFIX, Repository
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.storage.base import ObjectInfo
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-PREFIX = "checks/"
+PREFIX = CHECKS_PREFIX
 VERSION = 1
 KEY_CONTEXT = "phoenix v1 integrity check record key"
 AAD = b"phoenix v1 integrity check "

@@ -1713,6 +1713,12 @@ def _started(snap: Snapshot) -> float:
 CAPTURE_AAD = b"phoenix v1 capture segment"
 # The seal of a key rotation's record of the objects it retired (repo/retired.py).
 RETIRED_AAD = b"phoenix v1 retired objects"
+# Where a watch's capture segments (repo/captures.py), the check records (repo/checks.py) and a
+# rotation's records of retired objects (repo/retired.py) are stored; here so that `phx status`
+# sums a target's size without importing those modules.
+CAPTURES_PREFIX = "captures/"
+CHECKS_PREFIX = "checks/"
+RETIRED_PREFIX = "retired/"
 
 
 def sealed_with(backend: Backend, name: str, sealer: Sealer) -> bool:

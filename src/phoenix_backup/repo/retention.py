@@ -41,7 +41,7 @@ from typing import Protocol
 
 from phoenix_backup.config import Retention
 from phoenix_backup.errors import ConfigError, RetentionRefused
-from phoenix_backup.repo.snapshot import FUTURE_SLACK
+from phoenix_backup.repo.snapshot import CAPTURE_SCOPES, FUTURE_SLACK
 
 SAFETY_TAG = "pre-restore"
 # The rules that count periods, in restic's order (which is also the order reasons are listed in).
@@ -357,13 +357,6 @@ def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime, 
         plan.decisions.extend(decisions)
         plan.notices += [_future_notice(d.snapshot, now) for d in decisions if _is_future(d.snapshot, now)]
     return plan
-
-
-# The snapshots of the files that `phx watch` takes within seconds of each change (ops/watch_files.py).
-CAPTURE_SCOPES = ("watch-files",)
-# Every scope `phx watch` writes: its base snapshots (ops/watch.py) and those of the files. `phx
-# list` hides them unless asked; thinning does not count them as the policy's oldest snapshot.
-WATCH_SCOPES = ("watch", *CAPTURE_SCOPES)
 
 
 def capture_policy(policy: Policy) -> Policy:

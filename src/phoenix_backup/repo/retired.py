@@ -38,9 +38,9 @@ from typing import NamedTuple
 
 from phoenix_backup.errors import CorruptObject, ObjectNotFound
 from phoenix_backup.repo.crypto import sha256_hex
-from phoenix_backup.repo.repository import RETIRED_AAD, Repository
+from phoenix_backup.repo.repository import RETIRED_AAD, RETIRED_PREFIX, Repository
 
-PREFIX = "retired/"
+PREFIX = RETIRED_PREFIX
 VERSION = 1
 # What a record names: the objects replication checks against it (`unsafe`).
 KEPT = ("snapshots/", "captures/")

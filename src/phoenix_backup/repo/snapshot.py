@@ -325,6 +325,13 @@ class Selection:
         return found[len(found) - self.last :] if self.last is not None and self.last < len(found) else found
 
 
+# The snapshots of the files that `phx watch` takes within seconds of each change (ops/watch_files.py).
+CAPTURE_SCOPES = ("watch-files",)
+# Every scope `phx watch` writes: its base snapshots (ops/watch.py) and those of the files. `phx
+# list` hides them unless asked; thinning does not count them as the policy's oldest snapshot.
+WATCH_SCOPES = ("watch", *CAPTURE_SCOPES)
+
+
 # How far ahead of the clock a snapshot may be dated before it counts as "from the future" (a
 # clock set wrong on one run, or `--time`): clocks of one host drift by seconds, not minutes.
 FUTURE_SLACK = timedelta(minutes=5)

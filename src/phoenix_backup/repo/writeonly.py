@@ -36,10 +36,12 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from phoenix_backup.dirs import data_dir
 from phoenix_backup.errors import CorruptObject, IdentityRequired, ObjectNotFound, UsageError
 from phoenix_backup.repo import crypto
 from phoenix_backup.repo import keys as keyslots
@@ -48,6 +50,17 @@ from phoenix_backup.storage.base import Backend
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+# The folder, in the data dir, of the write keys and records of the write-only repositories this
+# user backs up (repo/writer.py): here, so that opening a repository (`ops.context`) finds it
+# without importing the writer.
+FOLDER = "write-only"
+
+
+def store_root(env: dict[str, str] | Any) -> Path:
+    """Where this user keeps the write keys and records of the write-only repositories it backs up."""
+    return data_dir(env) / FOLDER
+
 
 WRITE_KEY_VERSION = 1
 RUN_KEY_MAGIC = b"PHXK"

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from phoenix_backup.dirs import data_dir, make_dirs, read_secret, trustworthy, write_private
+from phoenix_backup.dirs import make_dirs, read_secret, trustworthy, write_private
 from phoenix_backup.errors import (
     ConfigError,
     ConfigNotAuthenticated,
@@ -58,16 +58,10 @@ from phoenix_backup.repo.walker import Trees
 from phoenix_backup.repo.writeonly import RUN_KEY_ID_LENGTH, RunKey, WriteKey, run_key_name, uncover_index
 from phoenix_backup.storage.base import Backend
 
-FOLDER = "write-only"
 RECORD_VERSION = 1
 _TREE_ENTRY = struct.Struct("<32sI")
 # A tree cache file holds the trees of one snapshot: far below this for any workspace.
 MAX_TREE_CACHE = 1 << 30
-
-
-def store_root(env: dict[str, str] | Any) -> Path:
-    """Where this user keeps the write keys and records of the write-only repositories it backs up."""
-    return data_dir(env) / FOLDER
 
 
 class WriterStore:

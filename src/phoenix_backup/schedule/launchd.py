@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import plistlib
 import subprocess
 from pathlib import Path
 
@@ -39,6 +38,8 @@ def render(spec: ScheduleSpec, job: Job) -> bytes:
     }
     if not job.env:
         del doc["EnvironmentVariables"]
+    import plistlib  # macOS's install only: not at every `phx status` (it loads an XML parser)
+
     return plistlib.dumps(doc)
 
 

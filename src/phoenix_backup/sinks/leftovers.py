@@ -47,9 +47,7 @@ from typing import IO
 
 from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import shown
-from phoenix_backup.repo.cache import cache_root
 from phoenix_backup.repo.locks import ProcessTag, own_start_time
-from phoenix_backup.sources.files import RESTORE_TEMP
 from phoenix_backup.storage.local import os_error
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -62,6 +60,8 @@ _WRITING = 60
 def journal_dir() -> Path:
     """In the cache folder: losing it costs at most some leftover files, never data, and the user's
     folders (which an undo must be able to empty) stay free of it."""
+    from phoenix_backup.repo.cache import cache_root  # not at import: every command imports this module
+
     return cache_root() / "restore-journal"
 
 
@@ -288,6 +288,8 @@ def _remove_temporaries(folder: Path, pid: int, start: int, problems: list[str])
     """Remove the temporary files of the restore `pid`/`start` in `folder`; the paths removed. A
     folder gone, not a folder or a symlink holds none; one that cannot be searched, or a file that
     cannot be removed, is a warning added to `problems`."""
+    from phoenix_backup.sources.files import RESTORE_TEMP  # only when a killed restore left a journal
+
     try:
         dfd = os.open(folder, _DIR_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
