@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import Sandbox, assert_error, run_phx_here
@@ -19,6 +21,7 @@ from e2e_support import Sandbox, assert_error, run_phx_here
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import services
+from phoenix_backup.sinks.streams import DbRestoreOutcome
 from services import (
     PgServer,
     db_state,
@@ -274,6 +277,18 @@ def test_a_role_named_with_a_newline_in_an_old_pg_dumpall_comment_runs_nothing(
         pg.sql("postgres", f"DROP ROLE IF EXISTS {quoted}; DROP ROLE IF EXISTS {gainer}")
 
 
+def _apply_globals(monkeypatch: pytest.MonkeyPatch, script: str, connect: Callable[[], Any]) -> DbRestoreOutcome:
+    """The whole-database restore's step that applies a backup's `globals.sql`, given `script` as
+    that file and `connect` as the connection to the server it restores onto: its outcome."""
+    from phoenix_backup.sinks import postgres as sink
+
+    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
+    server = type("Server", (), {"connect_server": lambda _: connect()})()
+    outcome = DbRestoreOutcome("postgres/x", "postgresql", "here")
+    sink._apply_globals(None, server, "postgres/x", None, outcome)  # type: ignore[arg-type]
+    return outcome
+
+
 def test_a_bare_name_in_another_case_never_reaches_the_role_it_folds_to(
     pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -282,9 +297,6 @@ def test_a_bare_name_in_another_case_never_reaches_the_role_it_folds_to(
     restore took it for the created one, making `victim` a superuser. pg_dumpall quotes such a name;
     a bare word not in lower case, or a keyword such as `public`, is not read as a role now. Nor is
     a tablespace's grant run (`GRANT CREATE ON TABLESPACE … TO` an existing role)."""
-    from phoenix_backup.sinks import postgres as sink
-    from phoenix_backup.sinks.streams import DbRestoreOutcome
-
     pg = pg_server
     victim = f"v{services.free_port()}"
     made = victim.capitalize()
@@ -293,11 +305,9 @@ def test_a_bare_name_in_another_case_never_reaches_the_role_it_folds_to(
         f'GRANT pg_write_server_files TO "{made}" WITH ADMIN OPTION;\n'
         f"GRANT CREATE ON TABLESPACE pg_default TO {victim};\n"
     )
-    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
-    server = type("Server", (), {"connect_server": lambda _: pg.connect()})()
     pg.sql("postgres", f"CREATE ROLE {victim}")
     try:
-        sink._apply_globals(None, server, "postgres/x", None, DbRestoreOutcome("postgres/x", "postgresql", "here"))  # type: ignore[arg-type]
+        _apply_globals(monkeypatch, script, pg.connect)
         assert pg.query("postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (victim,)) == [(False,)]
         members = (
             "SELECT u.rolname, r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
@@ -318,9 +328,6 @@ def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
     give SUPERUSER, REPLICATION or BYPASSRLS or say their NO (CREATEDB needs CREATEDB): a
     restoring role with CREATEROLE only created the roles bare, without LOGIN or password, and said
     `permission denied`. Now they get all but those attributes, and the restore names what was left out."""
-    from phoenix_backup.sinks import postgres as sink
-    from phoenix_backup.sinks.streams import DbRestoreOutcome
-
     pg = pg_server
     tag = services.free_port()
     restorer, su, plain = f"restorer{tag}", f"su{tag}", f"plain{tag}"
@@ -331,12 +338,9 @@ def test_a_restoring_role_that_is_no_superuser_gives_a_new_role_all_it_may(
         f'GRANT pg_read_server_files TO "{plain}";\nGRANT pg_execute_server_program TO "{plain}" WITH ADMIN OPTION;\n'
         f'GRANT {services.PG_SUPERUSER} TO "{su}";\n'
     )
-    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
-    server = type("Server", (), {"connect_server": lambda _: pg.connect(user=restorer, password="rpw")})()
     pg.sql("postgres", f"CREATE ROLE {restorer} LOGIN CREATEROLE PASSWORD 'rpw'")
-    outcome = DbRestoreOutcome("postgres/x", "postgresql", "here")
     try:
-        sink._apply_globals(None, server, "postgres/x", None, outcome)  # type: ignore[arg-type]
+        outcome = _apply_globals(monkeypatch, script, lambda: pg.connect(user=restorer, password="rpw"))
         roles = (
             "SELECT rolname, rolsuper, rolreplication, rolbypassrls, rolcanlogin, rolconnlimit FROM pg_roles "
             "WHERE rolname IN (%s, %s) ORDER BY 1"
@@ -370,9 +374,6 @@ def test_an_alter_role_of_a_created_role_runs_its_attributes_and_nothing_more(
     server, hid a second statement run by the restoring role (`GRANT pg_execute_server_program TO
     victim`). Now only the attributes pg_dumpall writes run; VALID UNTIL, CONNECTION LIMIT and
     PASSWORD NULL among them."""
-    from phoenix_backup.sinks import postgres as sink
-    from phoenix_backup.sinks.streams import DbRestoreOutcome
-
     pg = pg_server
     tag = "".join(chr(97 + int(d)) for d in str(services.free_port()))
     victim, new = f"victim{tag}", [f"n{i}{tag}" for i in range(4)]
@@ -383,12 +384,9 @@ def test_an_alter_role_of_a_created_role_runs_its_attributes_and_nothing_more(
         + f"ALTER ROLE \"{new[2]}\" WITH LOGIN PASSWORD E'\\'';GRANT pg_read_server_files TO {victim};--';\n"
         + f"ALTER ROLE \"{new[3]}\" WITH NOSUPERUSER LOGIN CONNECTION LIMIT 3 PASSWORD NULL VALID UNTIL 'infinity';\n"
     )
-    monkeypatch.setattr(sink, "read_node", lambda *_: script.encode())
-    server = type("Server", (), {"connect_server": lambda _: pg.connect()})()
     pg.sql("postgres", f"CREATE ROLE {victim} LOGIN")
-    outcome = DbRestoreOutcome("postgres/x", "postgresql", "here")
     try:
-        sink._apply_globals(None, server, "postgres/x", None, outcome)  # type: ignore[arg-type]
+        outcome = _apply_globals(monkeypatch, script, pg.connect)
         members = (
             "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
             "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s"
