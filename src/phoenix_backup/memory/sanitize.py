@@ -47,9 +47,23 @@ class Redaction:
         return {"file": self.file, "line": self.line, "key": self.key, "kind": self.kind}
 
 
-def is_config_or_env(path: str) -> bool:
-    """Config and env files by name: `.env`, `.env.local`, `.envrc`, `prod.env`, `*.json`, `*.yaml`, …"""
+# What editors and careful users add to a copy: `.pgpass~`, `#.netrc#`, `id_rsa.bak`,
+# `credentials.old`, `prod.env.orig`. The copy holds what the file held, and is read as the file.
+_COPY_SUFFIX = re.compile(r"(?:~|\.(?:bak|backup|old|orig|save|sav|prev|tmp|copy|swp|\d{1,3}))+$")
+
+
+def _file_name(path: str) -> str:
+    """The file's name in lower case, without the marks of a copy (`_COPY_SUFFIX`, emacs's `#…#`)."""
     name = PurePosixPath(path).name.lower()
+    if len(name) > 2 and name.startswith("#") and name.endswith("#"):
+        name = name[1:-1]
+    return _COPY_SUFFIX.sub("", name) or name
+
+
+def is_config_or_env(path: str) -> bool:
+    """Config and env files by name: `.env`, `.env.local`, `.envrc`, `prod.env`, `*.json`, `*.yaml`, …
+    and their copies (`config.json.bak`, `.env~`)."""
+    name = _file_name(path)
     if name == ".argent-alignment-integrity.json":
         return False  # hashes of the identity files, no secrets, and a tamper check that must stay
     return name.startswith(".env") or name.endswith(CONFIG_SUFFIXES)
@@ -92,6 +106,16 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
         re.compile(
             r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----(?:(?!-----)[\s\S])*+"
             r"-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----"
+        ),
+        0,
+    ),
+    (
+        "base64 of a PEM private key",
+        # a kubeconfig's client-key-data, `base64 id_rsa` pasted in a note: `-----BEGIN `, then
+        # `PRIVATE KEY` at any of its three alignments, then the rest of the base64 (wrapped or not)
+        re.compile(
+            r"LS0tLS1CRUdJTi[A-Za-z0-9+/]{0,40}?(?:UFJJVkFURSBLRV|BSSVZBVEUgS0VZ|QUklWQVRFIEtFW)"
+            r"[A-Za-z0-9+/]*+(?:(?:\r?\n|\\r\\n|\\n)(?=[A-Za-z0-9+/]{2}[A-Za-z0-9+/=]{2})[A-Za-z0-9+/]++)*+=*"
         ),
         0,
     ),
@@ -333,7 +357,7 @@ def credential_file(path: str, text: str | None) -> str | None:
     not read, whatever the file's name), and, unless it is a config or env file (which
     `sanitize_text` reads), a PEM private key first or an AWS secret access key."""
     parts = PurePosixPath(path).parts
-    name = parts[-1].lower() if parts else ""
+    name = _file_name(path) if parts else ""
     folder = parts[-2].lower() if len(parts) > 1 else ""
     reason = _CREDENTIAL_NAMES.get(name) or _CREDENTIAL_PLACES.get((folder, name))
     reason = reason or next((r for suffix, r in _CREDENTIAL_SUFFIXES.items() if name.endswith(suffix)), None)
