@@ -476,6 +476,11 @@ def test_flow_maps_inline_tables_single_quotes_and_lists_lose_their_secrets() ->
         ("x: DefaultEndpointsProtocol=https;AccountName=a;AccountKey=aHVudGVyMjJodW50ZXIyMmh1bnRlcjIy==\n", "aHVud"),
         ("x: //registry.npmjs.org/:_authToken=npm_hunter22hunter22hunter22hunter22hunt\n", "hunter22"),
         ("x: pypi-AgEIcHlwaS5vcmcCJGh1bnRlcjIyaHVudGVyMjJodW50ZXIyMmh1bnRlcjIy\n", "aHVud"),
+        # a PEM private key cut short (no END line): its base64 lines and headers go all the same
+        (
+            "x: |\n  -----BEGIN RSA PRIVATE KEY-----\n  Proc-Type: 4,ENCRYPTED\n\n  MIIEpAIBAAKCAQEAhunter22\n",
+            "hunter22",
+        ),
         # a PEM private key in base64 (`PRIVATE KEY` at each of its three alignments), as a
         # kubeconfig's client-key-data or `base64 id_rsa` hold it
         ("x: LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQpNSUlodW50ZXIyMgo=\n", "dW50ZXIyMgo="),

@@ -102,10 +102,13 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     (
         "PEM private key",
         # the body holds no `-----`: a BEGIN with no END costs the text up to the next line of dashes,
-        # not the rest of the file (thousands of them were seconds each 100 KB)
+        # not the rest of the file (thousands of them were seconds each 100 KB). With no END (a key
+        # cut short when pasted, `head id_rsa`), the lines of base64 and `Name: value` headers that
+        # follow the BEGIN go with it (they were kept).
         re.compile(
-            r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----(?:(?!-----)[\s\S])*+"
+            r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----(?:(?:(?!-----)[\s\S])*+"
             r"-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----"
+            r"|(?:(?:\r?\n|\\r\\n|\\n){1,2}[ \t]*(?:[A-Za-z0-9+/=]{16,}+|[A-Z][A-Za-z\-]*+: [^\r\n\\]*+))*+)"
         ),
         0,
     ),
