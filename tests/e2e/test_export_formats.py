@@ -413,6 +413,9 @@ CREDENTIAL_FILES = {
     "config/.vault-token.bak": "hvs.secret-vaultcopy-0026\n",
     "memory/Credentials.OLD": "[default]\ntoken = secret-credcopy-0027\n",
     "config/#.my.cnf#": "[client]\npassword = secret-mycnfcopy-0028\n",
+    # .pgpass entries under another name: Windows's pgpass.conf, a hard link or copy in the notes
+    "config/pgpass.conf": "localhost:5432:*:postgres:secret-pgpassconf-0032\n",
+    "memory/db-access.txt": "# prod\ndb.example.com:*:app:me:secret-pgpassnamed-0033\n",
 }
 
 

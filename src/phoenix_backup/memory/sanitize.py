@@ -349,6 +349,9 @@ _CREDENTIAL_PLACES = {
 _NPMRC_AUTH = re.compile(r"(?m)^[ \t]*(?:\S*:)?_(?:authToken|auth|password)[ \t]*=")
 _AWS_SECRET_LINE = re.compile(r"(?im)^[ \t]*aws_secret_access_key[ \t]*[=:]")
 _NETRC_ENTRY = re.compile(r"(?:^|\s)machine\s+\S+(?:\s+(?:login|account|port)\s+\S+)*\s+password\s+\S")
+# host:port:database:user:password, the port a number or `*` (a .pgpass entry; Windows names the
+# file pgpass.conf, which the config reader read as `host: …` and kept whole)
+_PGPASS_ENTRY = re.compile(r"(?m)^[ \t]*[^\s:#]++:(?:\d{1,5}|\*):[^\s:]++:[^\s:]++:\S")
 _PEM_KEY_FILE = re.compile(r"\s*-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----")
 
 
@@ -356,7 +359,7 @@ def credential_file(path: str, text: str | None) -> str | None:
     """Why the file at `path` (its text, when it is UTF-8) is a credential file, or None: by its
     name (`.netrc`, `.npmrc`, `.pgpass`, `.git-credentials`, `credentials`, `id_rsa`, `*.pem`,
     `*.key`, `*.p12`, `.aws/config`, `.docker/config.json`, `.kube/config`, ...) or by what it
-    holds: an npm registry login or a `.netrc` entry with a password (formats `sanitize_text` does
+    holds: an npm registry login, a `.netrc` entry with a password or a `.pgpass` entry (formats `sanitize_text` does
     not read, whatever the file's name), and, unless it is a config or env file (which
     `sanitize_text` reads), a PEM private key first or an AWS secret access key."""
     parts = PurePosixPath(path).parts
@@ -370,6 +373,8 @@ def credential_file(path: str, text: str | None) -> str | None:
         return "registry logins (it holds an npm `_authToken`, `_auth` or `_password` line)"
     if _NETRC_ENTRY.search(text):
         return "machine passwords (it holds a .netrc entry with a password)"
+    if _PGPASS_ENTRY.search(text):
+        return "database passwords (it holds a PostgreSQL .pgpass entry)"
     if is_config_or_env(path):
         return None
     if _PEM_KEY_FILE.match(text):
