@@ -5,6 +5,7 @@ person can read (categories, heat indicators, a Mermaid graph, reflections, less
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import json
@@ -12,6 +13,7 @@ import os
 import sqlite3
 import struct
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -406,7 +408,22 @@ CREDENTIAL_FILES = {
     "config/registry-login": "//npm.example.com/:_authToken=secret-npmlogin-0019\n",
     "config/ftp.conf": "machine ftp.example.com login me password secret-netrcconf-0024\n",
     "config/deploy-key": "-----BEGIN RSA PRIVATE KEY-----\nsecret-rsa-0015\n-----END RSA PRIVATE KEY-----\n",
+    # a copy keeps what the file held: by the name it was copied from
+    "config/.pgpass~": "db.example.com:5432:*:me:secret-pgpasscopy-0025\n",
+    "config/.vault-token.bak": "hvs.secret-vaultcopy-0026\n",
+    "memory/Credentials.OLD": "[default]\ntoken = secret-credcopy-0027\n",
+    "config/#.my.cnf#": "[client]\npassword = secret-mycnfcopy-0028\n",
+    # .pgpass entries under another name: Windows's pgpass.conf, a hard link or copy in the notes
+    "config/pgpass.conf": "localhost:5432:*:postgres:secret-pgpassconf-0032\n",
+    "memory/db-access.txt": "# prod\ndb.example.com:*:app:me:secret-pgpassnamed-0033\n",
 }
+
+
+def png(*chunks: tuple[bytes, bytes]) -> bytes:
+    body = b"".join(
+        len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big") for kind, data in chunks
+    )
+    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def test_sanitize_leaves_out_credential_files_and_redacts_tokens_in_any_text(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -416,8 +433,17 @@ def test_sanitize_leaves_out_credential_files_and_redacts_tokens_in_any_text(san
         (ws / rel).write_text(text)
     (ws / "config/cert.p12").write_bytes(b"\x30\x82\x01\x00secret-p12-0016\xff")
     (ws / "config/blob.bin").write_bytes(b"\x00\xffsecret-binary-0017")
-    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
-    (ws / "memory/diagram.png").write_bytes(png)
+    image = png((b"IHDR", bytes(13)), (b"IDAT", bytes(range(256))), (b"IEND", b""))
+    (ws / "memory/diagram.png").write_bytes(image)
+    (ws / "memory/screenshot.png").write_bytes(image + b"aws_secret_access_key = secret-afteriend-0029\n")
+    # a key's base64 (a kubeconfig's client-key-data, `base64 id_rsa`) in a note, wrapped or not
+    key64 = base64.b64encode(b"-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-keyb64-0030\n" + bytes(60)).decode()
+    wrapped = "\n".join(key64[i : i + 76] for i in range(0, len(key64), 76))
+    (ws / "memory/2026-10-02.md").write_text(f"client-key-data {key64}\n\n{wrapped}\nend\n")
+    # a PEM key after a comment line, inside JSON with `\n` escapes, with CRLF line ends
+    pem = "-----BEGIN EC PRIVATE KEY-----\nsecret-pemlater-0031\n-----END EC PRIVATE KEY-----"
+    crlf = pem.replace("\n", "\r\n")
+    (ws / "memory/keys.txt").write_text(f"# deploy\n{pem}\n{json.dumps({'k': pem})}\n{crlf}\n")
     (ws / "config/k3s.yaml").write_text("users:\n- name: me\n  user:\n    client-key-data: secret-k3s-0023\n")
     (ws / "config/.env.production").write_text("DB_PASSWORD=secret-envprod-0018\nLOG=info\n")
     (ws / "config/deploy.sh").write_text(f"#!/bin/sh\nexport OPENAI_API_KEY={PLANTED['openai']}\necho deploy\n")
@@ -429,7 +455,10 @@ def test_sanitize_leaves_out_credential_files_and_redacts_tokens_in_any_text(san
     assert b"secret-" not in exported and PLANTED["openai"].encode() not in exported
     assert PLANTED["github"].encode() not in exported and PLANTED["slack"].encode() not in exported
     # Left out, each listed with its reason in the result, redactions.json and MIGRATION.md.
-    gone = {f"files/workspace/{rel}" for rel in [*CREDENTIAL_FILES, "config/cert.p12", "config/blob.bin"]}
+    gone = {
+        f"files/workspace/{rel}"
+        for rel in [*CREDENTIAL_FILES, "config/cert.p12", "config/blob.bin", "memory/screenshot.png"]
+    }
     assert {x["file"] for x in doc["leftOut"]} == gone
     assert {x["file"] for x in json.loads((out / "redactions.json").read_text())["leftOut"]} == gone
     migration = (out / "MIGRATION.md").read_text()
@@ -437,7 +466,8 @@ def test_sanitize_leaves_out_credential_files_and_redacts_tokens_in_any_text(san
     assert not any((out / f).exists() for f in gone)
     assert all(any(f.split("/")[-1] in w for w in doc["warnings"]) for f in gone)
     # Kept: an image, a script and a note lose their tokens and keep every other line.
-    assert (out / "files/workspace/memory/diagram.png").read_bytes() == png
+    assert (out / "files/workspace/memory/diagram.png").read_bytes() == image
+    assert (out / "files/workspace/memory/2026-10-02.md").read_text() == "client-key-data REDACTED\n\nREDACTED\nend\n"
     assert (
         out / "files/workspace/config/deploy.sh"
     ).read_text() == "#!/bin/sh\nexport OPENAI_API_KEY=REDACTED\necho deploy\n"

@@ -144,7 +144,7 @@ def test_which_files_are_config_or_env() -> None:
         "workspace/.envrc",
         "home/prod.env",
     ]
-    yes += ["a/b.yaml", "a/B.YML"]
+    yes += ["a/b.yaml", "a/B.YML", "a/prod.env.bak", "a/config.json~", "a/#settings.yaml#"]  # and copies
     no = ["workspace/SOUL.md", "workspace/.argent-alignment-integrity.json", "workspace/scripts/run.sh"]
     assert all(is_config_or_env(p) for p in yes)
     assert not any(is_config_or_env(p) for p in no)
@@ -217,6 +217,7 @@ def test_a_url_password_after_an_empty_user_or_holding_an_at_sign() -> None:
         "?" + "a_" * 150_000,  # a query parameter's name is a bounded run of words
         ("&" + "a-" * 10) * 15_000,
         '"password": "x" :' * 20_000,  # a value followed by `:` on its key's line
+        "LS0tLS1CRUdJTi" * 50_000,  # base64 of `-----BEGIN ` looks ahead a bounded way for `PRIVATE KEY`
     ],
 )
 def test_hostile_input_costs_linear_time(hostile: str) -> None:
@@ -475,6 +476,16 @@ def test_flow_maps_inline_tables_single_quotes_and_lists_lose_their_secrets() ->
         ("x: DefaultEndpointsProtocol=https;AccountName=a;AccountKey=aHVudGVyMjJodW50ZXIyMmh1bnRlcjIy==\n", "aHVud"),
         ("x: //registry.npmjs.org/:_authToken=npm_hunter22hunter22hunter22hunter22hunt\n", "hunter22"),
         ("x: pypi-AgEIcHlwaS5vcmcCJGh1bnRlcjIyaHVudGVyMjJodW50ZXIyMmh1bnRlcjIy\n", "aHVud"),
+        # a PEM private key cut short (no END line): its base64 lines and headers go all the same
+        (
+            "x: |\n  -----BEGIN RSA PRIVATE KEY-----\n  Proc-Type: 4,ENCRYPTED\n\n  MIIEpAIBAAKCAQEAhunter22\n",
+            "hunter22",
+        ),
+        # a PEM private key in base64 (`PRIVATE KEY` at each of its three alignments), as a
+        # kubeconfig's client-key-data or `base64 id_rsa` hold it
+        ("x: LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQpNSUlodW50ZXIyMgo=\n", "dW50ZXIyMgo="),
+        ("x: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCk1JSWh1bnRlcjIyCg==\n", "bnRlcjIyCg=="),
+        ("x: LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0tCk1JSWh1bnRlcjIyCg==\n", "bnRlcjIyCg=="),
     ],
 )
 def test_credentials_in_headers_url_queries_and_more_key_shapes(text: str, secret: str) -> None:

@@ -47,9 +47,23 @@ class Redaction:
         return {"file": self.file, "line": self.line, "key": self.key, "kind": self.kind}
 
 
-def is_config_or_env(path: str) -> bool:
-    """Config and env files by name: `.env`, `.env.local`, `.envrc`, `prod.env`, `*.json`, `*.yaml`, …"""
+# What editors and careful users add to a copy: `.pgpass~`, `#.netrc#`, `id_rsa.bak`,
+# `credentials.old`, `prod.env.orig`. The copy holds what the file held, and is read as the file.
+_COPY_SUFFIX = re.compile(r"(?:~|\.(?:bak|backup|old|orig|save|sav|prev|tmp|copy|swp|\d{1,3}))+$")
+
+
+def _file_name(path: str) -> str:
+    """The file's name in lower case, without the marks of a copy (`_COPY_SUFFIX`, emacs's `#…#`)."""
     name = PurePosixPath(path).name.lower()
+    if len(name) > 2 and name.startswith("#") and name.endswith("#"):
+        name = name[1:-1]
+    return _COPY_SUFFIX.sub("", name) or name
+
+
+def is_config_or_env(path: str) -> bool:
+    """Config and env files by name: `.env`, `.env.local`, `.envrc`, `prod.env`, `*.json`, `*.yaml`, …
+    and their copies (`config.json.bak`, `.env~`)."""
+    name = _file_name(path)
     if name == ".argent-alignment-integrity.json":
         return False  # hashes of the identity files, no secrets, and a tamper check that must stay
     return name.startswith(".env") or name.endswith(CONFIG_SUFFIXES)
@@ -88,10 +102,23 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
     (
         "PEM private key",
         # the body holds no `-----`: a BEGIN with no END costs the text up to the next line of dashes,
-        # not the rest of the file (thousands of them were seconds each 100 KB)
+        # not the rest of the file (thousands of them were seconds each 100 KB). With no END (a key
+        # cut short when pasted, `head id_rsa`), the lines of base64 and `Name: value` headers that
+        # follow the BEGIN go with it (they were kept).
         re.compile(
-            r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----(?:(?!-----)[\s\S])*+"
+            r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----(?:(?:(?!-----)[\s\S])*+"
             r"-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----"
+            r"|(?:(?:\r?\n|\\r\\n|\\n){1,2}[ \t]*(?:[A-Za-z0-9+/=]{16,}+|[A-Z][A-Za-z\-]*+: [^\r\n\\]*+))*+)"
+        ),
+        0,
+    ),
+    (
+        "base64 of a PEM private key",
+        # a kubeconfig's client-key-data, `base64 id_rsa` pasted in a note: `-----BEGIN `, then
+        # `PRIVATE KEY` at any of its three alignments, then the rest of the base64 (wrapped or not)
+        re.compile(
+            r"LS0tLS1CRUdJTi[A-Za-z0-9+/]{0,40}?(?:UFJJVkFURSBLRV|BSSVZBVEUgS0VZ|QUklWQVRFIEtFW)"
+            r"[A-Za-z0-9+/]*+(?:(?:\r?\n|\\r\\n|\\n)(?=[A-Za-z0-9+/]{2}[A-Za-z0-9+/=]{2})[A-Za-z0-9+/]++)*+=*"
         ),
         0,
     ),
@@ -322,6 +349,9 @@ _CREDENTIAL_PLACES = {
 _NPMRC_AUTH = re.compile(r"(?m)^[ \t]*(?:\S*:)?_(?:authToken|auth|password)[ \t]*=")
 _AWS_SECRET_LINE = re.compile(r"(?im)^[ \t]*aws_secret_access_key[ \t]*[=:]")
 _NETRC_ENTRY = re.compile(r"(?:^|\s)machine\s+\S+(?:\s+(?:login|account|port)\s+\S+)*\s+password\s+\S")
+# host:port:database:user:password, the port a number or `*` (a .pgpass entry; Windows names the
+# file pgpass.conf, which the config reader read as `host: …` and kept whole)
+_PGPASS_ENTRY = re.compile(r"(?m)^[ \t]*[^\s:#]++:(?:\d{1,5}|\*):[^\s:]++:[^\s:]++:\S")
 _PEM_KEY_FILE = re.compile(r"\s*-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----")
 
 
@@ -329,11 +359,11 @@ def credential_file(path: str, text: str | None) -> str | None:
     """Why the file at `path` (its text, when it is UTF-8) is a credential file, or None: by its
     name (`.netrc`, `.npmrc`, `.pgpass`, `.git-credentials`, `credentials`, `id_rsa`, `*.pem`,
     `*.key`, `*.p12`, `.aws/config`, `.docker/config.json`, `.kube/config`, ...) or by what it
-    holds: an npm registry login or a `.netrc` entry with a password (formats `sanitize_text` does
+    holds: an npm registry login, a `.netrc` entry with a password or a `.pgpass` entry (formats `sanitize_text` does
     not read, whatever the file's name), and, unless it is a config or env file (which
     `sanitize_text` reads), a PEM private key first or an AWS secret access key."""
     parts = PurePosixPath(path).parts
-    name = parts[-1].lower() if parts else ""
+    name = _file_name(path) if parts else ""
     folder = parts[-2].lower() if len(parts) > 1 else ""
     reason = _CREDENTIAL_NAMES.get(name) or _CREDENTIAL_PLACES.get((folder, name))
     reason = reason or next((r for suffix, r in _CREDENTIAL_SUFFIXES.items() if name.endswith(suffix)), None)
@@ -343,6 +373,8 @@ def credential_file(path: str, text: str | None) -> str | None:
         return "registry logins (it holds an npm `_authToken`, `_auth` or `_password` line)"
     if _NETRC_ENTRY.search(text):
         return "machine passwords (it holds a .netrc entry with a password)"
+    if _PGPASS_ENTRY.search(text):
+        return "database passwords (it holds a PostgreSQL .pgpass entry)"
     if is_config_or_env(path):
         return None
     if _PEM_KEY_FILE.match(text):

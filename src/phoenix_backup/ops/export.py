@@ -525,12 +525,29 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
 
 
 # Binary files a sanitized export keeps, by their first bytes: images a memory note shows (PNG,
-# JPEG, GIF, WebP). Any other file that is not UTF-8 cannot be read for secrets and is left out.
-_KEPT_BINARY = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+# JPEG, GIF, WebP), when they also end where an image ends (text appended after a PNG's IEND
+# chunk was kept with it). Any other file that is not UTF-8 cannot be read for secrets and is left out.
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _kept_binary(data: bytes) -> bool:
-    return data.startswith(_KEPT_BINARY) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+def _image(data: bytes) -> bool | None:
+    """None when `data` is no PNG, JPEG, GIF or WebP by its first bytes; else whether it ends
+    where the image ends, with nothing after it (a PNG's chunks are walked to its IEND)."""
+    if data.startswith(_PNG):
+        at = len(_PNG)
+        while at + 12 <= len(data):
+            size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+            at += 12 + size
+            if kind == b"IEND":
+                return at == len(data)
+        return False
+    if data.startswith(b"\xff\xd8\xff"):
+        return data.endswith(b"\xff\xd9")
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return data.endswith(b"\x3b")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return int.from_bytes(data[4:8], "little") + 8 == len(data)
+    return None
 
 
 def _sanitized(logical: str, rel: str, data: bytes, result: ExportResult) -> bytes | None:
@@ -545,9 +562,14 @@ def _sanitized(logical: str, rel: str, data: bytes, result: ExportResult) -> byt
         text = None
     reason = credential_file(logical, text)
     if reason is None and text is None:
-        if _kept_binary(data):
+        image = _image(data)
+        if image:
             return data
-        reason = "not UTF-8 text, so it could not be read for secrets"
+        reason = (
+            "not UTF-8 text, so it could not be read for secrets"
+            if image is None
+            else "an image with bytes after its end, which could not be read for secrets"
+        )
     if reason is not None or text is None:
         why = reason or "not UTF-8 text"
         result.left_out.append(LeftOut(rel, why))

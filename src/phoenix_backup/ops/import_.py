@@ -228,7 +228,10 @@ def import_export(
             "this export holds no embedding vectors: restored rows have none, existing rows keep theirs"
         )
     if meta.get("sanitized"):
-        result.warnings.append("this export was sanitized: config files in it hold REDACTED in place of secrets")
+        result.warnings.append(
+            "this export was sanitized: its files hold REDACTED in place of secrets, and credential files "
+            "were left out (its MIGRATION.md lists them)"
+        )
     sources = [ExportRowSource(folder, db) for db in meta.get("databases", [])]
     layout = Layout(cfg.workspace, envx.home)
     targets: list[Path] = []
