@@ -217,6 +217,8 @@ def test_a_url_password_after_an_empty_user_or_holding_an_at_sign() -> None:
         "?" + "a_" * 150_000,  # a query parameter's name is a bounded run of words
         ("&" + "a-" * 10) * 15_000,
         '"password": "x" :' * 20_000,  # a value followed by `:` on its key's line
+        "a: !x " * 50_000,  # tags after every `: `: a block scalar's header is looked for once a line
+        "- " * 100_000 + "a: " * 100_000,  # where a flow map would start is looked for once a line
         "LS0tLS1CRUdJTi" * 50_000,  # base64 of `-----BEGIN ` looks ahead a bounded way for `PRIVATE KEY`
     ],
 )
@@ -547,6 +549,12 @@ def test_flow_maps_stay_yaml_and_toml_and_lose_exactly_the_named_values(doc: dic
         ("a.yaml", "password:\n  hunter22x\n  hunter22y\nnext: 1\n", "hunter22"),
         ("a.yaml", "secrets:\n  - hunter22x\n  - hunter22y\ntokens:\n- hunter22z\n", "hunter22"),
         ("a.yaml", "cfg: {\n  password: hunter22x,\n  token: hunter22y\n}\n", "hunter22"),
+        # a brace in a block scalar or a quoted string opens no flow map for the lines below
+        ("a.yaml", "a: |-\n  {\npassword: |-\n  hunter22x\n", "hunter22"),
+        ("a.yaml", 'note: "look { here"\npassword: |-\n  hunter22x\n', "hunter22"),
+        ("a.yaml", "apiKey: 0{\npassword: hunter22x{\n", "hunter22x{"),
+        ("a.yaml", "{cfg: {note: '}', password: 'hunter22x'}}\n", "hunter22"),  # a quoted brace is text
+        ("a.yaml", "{cfg: {apiKey: 'a''hunter22x'}}\n", "hunter22"),  # YAML's '' in a quoted value
         ("a.yaml", "{cfg: {apiKey: 'hunter22x\n\n    hunter22y', n: q, token: 'a\n\n    hunter22z'}}\n", "hunter22"),
     ],
 )

@@ -206,6 +206,11 @@ _BLOCK_HEADER = re.compile(r"[|>][+\-0-9]*")
 _ANCHOR_OR_TAG = re.compile(r"(?:[&!][^\s]*\s+)+")
 _TAG = re.compile(r"![^\s]*\s+")
 _FLOW_END = re.compile(r"[,{}\[\]]")
+# A YAML line whose value is a block scalar (`key: |-`, `- >`, with an anchor or tag before it),
+# and a string quoted on one line (its braces are text).
+_YAML_BLOCK_LINE = re.compile(r"^[ \t]*(?:-[ \t]+|[^#\n]*?:[ \t]+)(?:[&!][^\s]*[ \t]+)*[|>][+\-0-9]*[ \t]*(?:#.*)?\r?$")
+_YAML_FLOW_START = re.compile(r"[ \t]*(?:-[ \t]+)*(?:[^#\n{\[]*?:[ \t]+)?(?:[&!][^\s]*[ \t]+)*(?=[{\[])")
+_QUOTED_ON_LINE = re.compile(r"\"(?:[^\"\\\n]|\\.)*(?:\"|$)|'(?:[^'\n]|'')*(?:'|$)")  # one left open: to the end
 
 
 # A pair inside a flow map on one line: YAML's `{password: x, token: y}`, a TOML inline table
@@ -215,14 +220,14 @@ _FLOW_END = re.compile(r"[,{}\[\]]")
 # that runs into a `{` is a reference (`${{ secrets.TOKEN }}`, `${PW}`) or no value: left whole.
 _FLOW_PAIR = re.compile(
     r"""(?P<pre>(?:^|[{,])[ \t]*)"""
-    r"""(?P<key>"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[A-Za-z_][A-Za-z0-9_.\-]*+)"""
+    r"""(?P<key>"(?:[^"\\\n]|\\.)*+"|'(?:[^'\n]|'')*+'|[A-Za-z_][A-Za-z0-9_.\-]*+)"""
     r"""(?P<sep>[ \t]*[:=][ \t]*)"""
-    r"""(?P<val>\[(?:[^\[\]{}\n"']|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')*+\]|"(?:[^"\\\n]|\\.)*+"|'[^'\n]*'|[^\s,{}\[\]"'#][^,{}\[\]\n]*+(?![{\[])"""
-    r"""|"(?:[^"\\\n]|\\.)*+$|'[^'\n]*+$)""",
+    r"""(?P<val>\[(?:[^\[\]{}\n"']|"(?:[^"\\\n]|\\.)*+"|'(?:[^'\n]|'')*+')*+\]|"(?:[^"\\\n]|\\.)*+"|'(?:[^'\n]|'')*+'|[^\s,{}\[\]"'#][^,{}\[\]\n]*+(?![{\[])"""
+    r"""|"(?:[^"\\\n]|\\.)*+$|'(?:[^'\n]|'')*+$)""",
     re.MULTILINE,
 )
 _CLOSERS = re.compile(r"[\s,}\]]*")
-_FLOW_ITEM = re.compile(r"""(?P<q>"(?:[^"\\\n]|\\.)*+"|'[^'\n]*')|[^\s,\[\]"']+""")
+_FLOW_ITEM = re.compile(r"""(?P<q>"(?:[^"\\\n]|\\.)*+"|'(?:[^'\n]|'')*+')|[^\s,\[\]"']+""")
 # Keys a list may follow that name no single secret but hold them (`credentials`, `passwords`).
 _SECRET_LIST = re.compile(r"(tokens|passwords|secrets|keys|apikeys|credentials)$")
 
@@ -265,13 +270,26 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
                     continue
                 unclosed[opened] = n
         n += 1
-    # whether each line starts inside a `{` opened on a line above (a flow map over several lines)
+    # whether each line starts inside a `{` opened on a line above (a flow map over several lines);
+    # a brace inside a quoted string, a YAML block scalar (`a: |-` then `  {`) or a YAML plain value
+    # (`a: 0{`) opens none: it made the lines below read as a flow map, where a block under a
+    # secret key was kept and a plain value cut at its `{`
     inflow: list[bool] = []
-    depth = 0
-    for line in lines:
-        inflow.append(depth > 0)
+    depth, block_end = 0, 0
+    for at, line in enumerate(lines):
+        inflow.append(depth > 0 and at >= block_end)
+        if at < block_end:
+            continue
+        if yaml and depth == 0:  # a flow map opens only where a value starts: `0{` is plain text
+            if _YAML_BLOCK_LINE.match(line):
+                block_end = _below(lines, at, len(line) - len(line.lstrip(" \t")))
+            start = _YAML_FLOW_START.match(line)
+            if start is None:
+                continue
+            line = line[start.end() :]
         if "{" in line or "}" in line:
-            depth = max(0, depth + line.count("{") - line.count("}"))
+            bare = _QUOTED_ON_LINE.sub("", line)
+            depth = max(0, depth + bare.count("{") - bare.count("}"))
     out: list[str] = []
     # the file's line number of each line of `out`: a value over several lines became one line,
     # and a shape found below it is reported on the line it was on
@@ -445,7 +463,7 @@ def _flow_pairs(line: str, number: int, file: str, found: list[Redaction], insid
             if items:
                 found.append(Redaction(file, number, name, "secret named by its key"))
             return f"{m.group('pre')}{key}{m.group('sep')}{written}"
-        seen = line[depth[1] : m.start() + 1]
+        seen = _QUOTED_ON_LINE.sub("", line[depth[1] : m.start() + 1])  # `{note: '}', …`: text
         depth[0] = max(0, depth[0] + seen.count("{") - seen.count("}"))
         depth[1] = m.start() + 1
         if depth[0] == 0:
