@@ -552,8 +552,8 @@ def test_flow_maps_stay_yaml_and_toml_and_lose_exactly_the_named_values(doc: dic
         # a brace in a block scalar or a quoted string opens no flow map for the lines below
         ("a.yaml", "a: |-\n  {\npassword: |-\n  hunter22x\n", "hunter22"),
         ("a.yaml", 'note: "look { here"\npassword: |-\n  hunter22x\n', "hunter22"),
-        ("a.yaml", "apiKey: 0{\npassword: hunter22x{\n", "hunter22x{"),
-        ("a.yaml", "{cfg: {note: '}', password: 'hunter22x'}}\n", "hunter22"),  # a quoted brace is text
+        ("a.yaml", "apiKey: 0{\npassword: x{hunter22x\n", "hunter22"),  # `0{` is a plain value
+        ("a.yaml", "{cfg: {a: '}', b: '}', password: 'hunter22x'}}\n", "hunter22"),  # a quoted brace is text
         ("a.yaml", "{cfg: {apiKey: 'a''hunter22x'}}\n", "hunter22"),  # YAML's '' in a quoted value
         ("a.yaml", "{cfg: {apiKey: 'hunter22x\n\n    hunter22y', n: q, token: 'a\n\n    hunter22z'}}\n", "hunter22"),
     ],
