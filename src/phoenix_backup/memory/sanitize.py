@@ -283,10 +283,10 @@ def sanitize_text(text: str, file: str) -> tuple[str, list[Redaction]]:
         if yaml and depth == 0:  # a flow map opens only where a value starts: `0{` is plain text
             if _YAML_BLOCK_LINE.match(line):
                 block_end = _below(lines, at, len(line) - len(line.lstrip(" \t")))
-            start = _YAML_FLOW_START.match(line)
-            if start is None:
+            opening = _YAML_FLOW_START.match(line)
+            if opening is None:
                 continue
-            line = line[start.end() :]
+            line = line[opening.end() :]
         if "{" in line or "}" in line:
             bare = _QUOTED_ON_LINE.sub("", line)
             depth = max(0, depth + bare.count("{") - bare.count("}"))

@@ -407,21 +407,23 @@ def _replicate(
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
     dest.publish()
+    errors: list[str] = []  # both said when both happen
     if refused:
-        report.ok = False
-        report.error = (
+        errors.append(
             f"target {report.name} lists {len(refused)} object(s) at another size than the first target's and "
             f"everything else was copied; {refused[0]}"
         )
     if report.damaged:
-        report.ok = False
-        report.error = (
+        errors.append(
             f"{len(report.damaged)} object(s) on the first target are damaged, missing there, or no object of "
             "this repository "
             f"(first: {report.damaged[0]}) and were not copied to target {report.name}; everything else was; "
             "run `phx verify` to see what they affect: `phx repair objects --from TARGET` brings back a whole "
             "copy a replica holds, and what was planted there is deleted from the first target's storage"
         )
+    if errors:
+        report.ok = False
+        report.error = "; also, ".join(errors)
 
 
 def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]:
