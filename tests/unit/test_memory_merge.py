@@ -530,22 +530,29 @@ def test_any_name_sqlite_accepts_is_read_back_as_that_name(name: str) -> None:
             assert virtual_table(f"CREATE VIRTUAL TABLE {name} USING fts5(body)") == ("fts5", ["(", "body", ")"])
 
 
-def test_a_trigger_s_raise_fail_leaves_nothing_of_the_row_it_refuses(tmp_path: Path) -> None:
+def test_a_row_a_trigger_refuses_leaves_nothing_and_is_failed_for_its_reason(tmp_path: Path) -> None:
     """RAISE(FAIL) keeps what its statement wrote before it (unlike ABORT): the refused row and
-    the trigger's write elsewhere stayed in the store while the row was counted as failed."""
-    src = store(
-        tmp_path / "src.db", "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT);", {"m": [(1, "ok"), (2, "bad")]}
-    )
+    the trigger's write elsewhere stayed in the store while the row was counted as failed. A row
+    RAISE(IGNORE) leaves out was counted as restored; one refused when written again after its
+    parent was said to lack its parent."""
+    schema = "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT, up INTEGER REFERENCES m (id));"
+    rows = [(1, "ok", None), (2, "bad", 4), (3, "skip", None), (4, "ok", None)]
+    src = store(tmp_path / "src.db", schema, {"m": rows})
     dst = store(
         tmp_path / "dst.db",
-        "CREATE TABLE m (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE side (mid INTEGER);"
+        schema + "CREATE TABLE side (mid INTEGER);"
         "CREATE TRIGGER t AFTER INSERT ON m BEGIN INSERT INTO side VALUES (new.id); "
-        "SELECT RAISE(FAIL, 'refused') WHERE new.body = 'bad'; END;",
+        "SELECT RAISE(FAIL, 'refused') WHERE new.body = 'bad'; END;"
+        "CREATE TRIGGER i BEFORE INSERT ON m BEGIN SELECT RAISE(IGNORE) WHERE new.body = 'skip'; END;",
         {},
     )
     result = merged(src, dst)
-    assert counts(result) == {"m": (1, 0, 0, 0, 1)}
-    assert dump(dst) == {"m": [(1, "ok")], "side": [(1,)]}
+    assert counts(result) == {"m": (2, 0, 0, 0, 2)}
+    assert dump(dst) == {"m": [(1, "ok", None), (4, "ok", None)], "side": [(1,), (4,)]}
+    assert result.warnings == [
+        "m: a row could not be inserted (a trigger of the live store left it out with RAISE(IGNORE))",
+        "m: a row could not be inserted (refused)",
+    ]
 
 
 def test_a_live_counter_trigger_that_did_not_fire_is_named(tmp_path: Path) -> None:

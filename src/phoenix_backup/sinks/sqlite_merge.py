@@ -375,8 +375,9 @@ class _RolledBack(Exception):
     may go on (it would be committed row by row)."""
 
 
-def _write(con: sqlite3.Connection, sql: str, params: Sequence[SqlValue], *, undo: bool = False) -> None:
+def _write(con: sqlite3.Connection, sql: str, params: Sequence[SqlValue], *, undo: bool = False) -> bool:
     """One merged row's INSERT or UPDATE; an IntegrityError that ended the transaction stops the merge.
+    False when a live trigger's `RAISE(IGNORE)` left the row out without an error.
 
     With `undo` (a live trigger may `RAISE(FAIL)`, which keeps what the statement wrote before it:
     the row itself, a trigger's writes elsewhere) the write runs in a savepoint, rolled back when it
@@ -384,7 +385,7 @@ def _write(con: sqlite3.Connection, sql: str, params: Sequence[SqlValue], *, und
     if undo:
         con.execute("SAVEPOINT phx_row")
     try:
-        con.execute(sql, params)
+        written = con.execute(sql, params).rowcount != 0
     except sqlite3.IntegrityError as exc:
         if not con.in_transaction:
             raise _RolledBack() from exc
@@ -394,6 +395,10 @@ def _write(con: sqlite3.Connection, sql: str, params: Sequence[SqlValue], *, und
         raise
     if undo:
         con.execute("RELEASE phx_row")
+    return written
+
+
+_IGNORED = "a trigger of the live store left it out with RAISE(IGNORE)"
 
 
 def _raises_fail(con: sqlite3.Connection) -> bool:
@@ -490,16 +495,19 @@ def _merge_table(
     def insert(values: tuple[SqlValue, ...]) -> None:
         nonlocal warned
         try:
-            _write(con, insert_sql, values, undo=undo)
-            tm.restored += 1
+            if _write(con, insert_sql, values, undo=undo):
+                tm.restored += 1
+                return
+            why = _IGNORED
         except sqlite3.IntegrityError as exc:
             if _FOREIGN_KEY in str(exc):
                 waiting.append(_Waiting(tm, "inserted", insert_sql, values, common))
                 return
-            tm.failed += 1
-            if warned < _MAX_WARNINGS_PER_TABLE:
-                warned += 1
-                result.warnings.append(f"{table.name}: a row could not be inserted ({exc})")
+            why = str(exc)
+        tm.failed += 1
+        if warned < _MAX_WARNINGS_PER_TABLE:
+            warned += 1
+            result.warnings.append(f"{table.name}: a row could not be inserted ({why})")
 
     projected = (tuple(row[i] for i in positions) for row in rows)
     if not key:
@@ -532,15 +540,17 @@ def _merge_table(
                 if update_sql:
                     params = (*(values[i] for i in value_idx), *k)
                     try:
-                        _write(con, update_sql, params, undo=undo)
+                        why = "" if _write(con, update_sql, params, undo=undo) else _IGNORED
                     except sqlite3.IntegrityError as exc:
                         if _FOREIGN_KEY in str(exc):
                             waiting.append(_Waiting(tm, "updated", update_sql, params))
                             continue
+                        why = str(exc)
+                    if why:
                         tm.failed += 1
                         if warned < _MAX_WARNINGS_PER_TABLE:
                             warned += 1
-                            result.warnings.append(f"{table.name}: a row could not be updated ({exc})")
+                            result.warnings.append(f"{table.name}: a row could not be updated ({why})")
                         continue
                 tm.updated += 1
     if null_keyed:
@@ -549,6 +559,7 @@ def _merge_table(
 
 
 _FOREIGN_KEY = "FOREIGN KEY constraint failed"
+_NO_PARENT = f"{_FOREIGN_KEY}: its parent row is not in the store"
 
 
 @dataclass
@@ -560,6 +571,7 @@ class _Waiting:
     sql: str
     params: tuple[SqlValue, ...]
     columns: tuple[str, ...] = ()  # an insert's, in `params` order
+    why: str = _NO_PARENT  # why it failed
 
 
 def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: DatabaseMerge, *, undo: bool) -> None:
@@ -574,15 +586,21 @@ def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: Dat
     spelled otherwise)."""
     waiting = _parents_first(con, waiting)
     backwards = False
+    failed: list[_Waiting] = []
     while waiting:
         left = []
         for w in reversed(waiting) if backwards else waiting:
             try:
-                _write(con, w.sql, w.params, undo=undo)
-            except sqlite3.IntegrityError:
+                written = _write(con, w.sql, w.params, undo=undo)
+            except sqlite3.IntegrityError as exc:
+                # its parent may be in by now, and a trigger or another constraint refuse it
+                w.why = _NO_PARENT if _FOREIGN_KEY in str(exc) else str(exc)
                 left.append(w)
                 continue
-            if w.verb == "inserted":
+            if not written:
+                w.why = _IGNORED
+                failed.append(w)
+            elif w.verb == "inserted":
                 w.tm.restored += 1
             else:
                 w.tm.updated += 1
@@ -593,13 +611,11 @@ def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: Dat
         waiting = left
         backwards = not backwards
     warned: Counter[str] = Counter()
-    for w in waiting:
+    for w in failed + waiting:
         w.tm.failed += 1
         if warned[w.tm.table] < _MAX_WARNINGS_PER_TABLE:
             warned[w.tm.table] += 1
-            result.warnings.append(
-                f"{w.tm.table}: a row could not be {w.verb} ({_FOREIGN_KEY}: its parent row is not in the store)"
-            )
+            result.warnings.append(f"{w.tm.table}: a row could not be {w.verb} ({w.why})")
 
 
 def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Waiting]:
