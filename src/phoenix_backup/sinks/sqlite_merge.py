@@ -578,7 +578,7 @@ def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: Dat
     """Write again the rows a foreign key refused (a table merged before its parent table, a row
     before its parent in the same table) until no more goes in; the rest failed.
 
-    The passes go backwards, then forwards, and so on: a chain of rows each pointing to the next
+    The passes go one way, then back, and so on: a chain of rows each pointing to the next
     (`next`, `superseded_by`) goes in in one pass whichever way it is ordered, where passes in one
     direction wrote one row of it per pass (2,000 rows: 14.6 s). The inserts are first put parents
     first (by the values of their foreign keys), so that a chain in any order, shuffled too, goes
