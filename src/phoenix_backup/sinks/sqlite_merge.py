@@ -14,7 +14,10 @@ For each data table of the source (an export's JSON files, or a snapshot's copy 
 
 Tables without a primary key, and rows whose key holds a NULL, are merged as multisets: a source
 row counts as present when an equal row exists. A live trigger that writes into a table the merge
-fills is dropped for the rows and created again after them (the source holds what it wrote).
+fills is dropped for the rows and created again after them (the source holds what it wrote; one
+that updates such a table, a counter, is named in a warning: it did not count the merged rows).
+When a live trigger may RAISE(FAIL), each row is written in a savepoint, so a refused row leaves
+nothing behind.
 Tables, indexes, virtual tables, views and triggers missing from the live store
 are created from the source's schema first (triggers and views after the rows). Everything for
 one store happens in one transaction: after the rows, external-content FTS indexes are rebuilt
@@ -240,7 +243,7 @@ def _merge_in_transaction(
     try:
         con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         con.execute("PRAGMA foreign_keys = ON")  # no row goes in whose parent row is not there
-        unenforceable = _unenforceable_foreign_key(con)
+        unenforceable = _unenforceable_foreign_key(con, source)
         if unenforceable:
             # SQLite leaves foreign keys off by default, so a store can declare one it cannot check
             # (a parent column that is not UNIQUE, a parent table that is gone); enforcing it
@@ -306,6 +309,7 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
     for name, _sql in quiet:
         con.execute(f"DROP TRIGGER {quote(name)}")
     target = inspect(con, detect_vectors=False)
+    undo = _raises_fail(con)
     waiting: list[_Waiting] = []
     for table in source.tables:
         tm = TableMerge(table.name, created=table.name in created_tables)
@@ -314,10 +318,17 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
         if live is None:
             result.warnings.append(f"table {table.name} is not in the live store and could not be created")
             continue
-        _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode)
-    _retry_waiting(con, waiting, result)
-    for _name, sql in quiet:
+        _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode, undo=undo)
+    _retry_waiting(con, waiting, result, undo=undo)
+    written = any(t.restored or t.updated for t in result.tables)
+    for name, sql in quiet:
         con.execute(sql)
+        if written and _trigger_touches(sql, merged, verbs=("UPDATE", "DELETE")):
+            result.warnings.append(
+                f"the live trigger {name} did not fire for the merged rows: the rows it updates come from the "
+                "source as they are, so a value it keeps (a counter, a total) does not count the rows merged "
+                "now — recompute it if the agent relies on it"
+            )
     for stmt in late:
         try:
             con.execute(stmt.sql)
@@ -325,9 +336,28 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
 
 
-def _unenforceable_foreign_key(con: sqlite3.Connection) -> str:
-    """The first foreign key of the live store that SQLite cannot enforce (with foreign_keys on),
-    named with SQLite's error; empty when all can be."""
+def _unenforceable_foreign_key(con: sqlite3.Connection, source: RowSource) -> str:
+    """The first foreign key of the live store, or of a table the merge will create in it, that
+    SQLite cannot enforce (with foreign_keys on), named with SQLite's error; empty when all can be.
+    The missing tables are created in a transaction rolled back at once: foreign_keys can only be
+    turned off outside one."""
+    existing = {str(r[0]) for r in con.execute("SELECT name FROM sqlite_master")}
+    missing = [s for s in source.statements if s.type == "table" and s.name not in existing]
+    if not missing:
+        return _first_unenforceable(con)
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in missing:
+            try:
+                con.execute(stmt.sql)
+            except sqlite3.Error:
+                continue  # the merge names it when it cannot create it
+        return _first_unenforceable(con)
+    finally:
+        con.execute("ROLLBACK")
+
+
+def _first_unenforceable(con: sqlite3.Connection) -> str:
     children = con.execute(
         "SELECT m.name FROM sqlite_master AS m WHERE m.type = 'table' "
         "AND EXISTS (SELECT 1 FROM pragma_foreign_key_list(m.name))"
@@ -345,14 +375,39 @@ class _RolledBack(Exception):
     may go on (it would be committed row by row)."""
 
 
-def _write(con: sqlite3.Connection, sql: str, params: Sequence[SqlValue]) -> None:
-    """One merged row's INSERT or UPDATE; an IntegrityError that ended the transaction stops the merge."""
+def _write(con: sqlite3.Connection, sql: str, params: Sequence[SqlValue], *, undo: bool = False) -> bool:
+    """One merged row's INSERT or UPDATE; an IntegrityError that ended the transaction stops the merge.
+    False when a live trigger's `RAISE(IGNORE)` left the row out without an error.
+
+    With `undo` (a live trigger may `RAISE(FAIL)`, which keeps what the statement wrote before it:
+    the row itself, a trigger's writes elsewhere) the write runs in a savepoint, rolled back when it
+    fails, so a row counted as failed leaves nothing behind."""
+    if undo:
+        con.execute("SAVEPOINT phx_row")
     try:
-        con.execute(sql, params)
+        written = con.execute(sql, params).rowcount != 0
     except sqlite3.IntegrityError as exc:
         if not con.in_transaction:
             raise _RolledBack() from exc
+        if undo:
+            con.execute("ROLLBACK TO phx_row")
+            con.execute("RELEASE phx_row")
         raise
+    if undo:
+        con.execute("RELEASE phx_row")
+    return written
+
+
+_IGNORED = "a trigger of the live store left it out with RAISE(IGNORE)"
+
+
+def _raises_fail(con: sqlite3.Connection) -> bool:
+    """Whether a trigger of the store may `RAISE(FAIL, ...)`."""
+    for (sql,) in con.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger'"):
+        words = [w.upper() for w in tokens(str(sql or ""))]
+        if any(words[i : i + 3] == ["RAISE", "(", "FAIL"] for i in range(len(words) - 2)):
+            return True
+    return False
 
 
 def _deferred_violations(con: sqlite3.Connection) -> set[tuple[Any, ...]]:
@@ -378,23 +433,25 @@ def _check_deferred_keys(con: sqlite3.Connection, result: DatabaseMerge, before:
         )
 
 
-def _trigger_touches(text: str, tables: set[str]) -> bool:
+def _trigger_touches(text: str, tables: set[str], verbs: tuple[str, ...] = ("INTO", "UPDATE", "DELETE")) -> bool:
     """Whether a trigger's body (after BEGIN) writes into one of `tables` (a trigger that only
-    reads them, a guard, goes on firing). Read token by token: comments may stand anywhere
-    (`INSERT INTO /* log */ audit`), SQLite takes a name in any quotes ('audit' too), and a name
-    may hold a quote, `--` or `/*` (`"au""dit"`, `"au--dit"`)."""
+    reads them, a guard, goes on firing), with one of `verbs` (INTO: an insert). Read token by
+    token: comments may stand anywhere (`INSERT INTO /* log */ audit`), SQLite takes a name in any
+    quotes ('audit' too), and a name may hold a quote, `--` or `/*` (`"au""dit"`, `"au--dit"`)."""
     words = tokens(text)
     upper = [w.upper() for w in words]
     start = upper.index("BEGIN") + 1 if "BEGIN" in upper else len(words)
     wanted = {_fold(t) for t in tables}
     for i in range(start, len(words)):
         at = i + 1
+        if upper[i] not in verbs:
+            continue
         if upper[i] == "UPDATE" and at + 1 < len(words) and upper[at] == "OR":
             at += 2  # UPDATE OR REPLACE name
-        elif upper[i] == "DELETE" and at < len(words) and upper[at] == "FROM":
+        elif upper[i] == "DELETE":
+            if at >= len(words) or upper[at] != "FROM":
+                continue
             at += 1
-        elif upper[i] not in ("INTO", "UPDATE"):
-            continue
         if at < len(words) and _fold(unquote(words[at])) in wanted:
             return True
     return False
@@ -415,6 +472,7 @@ def _merge_table(
     waiting: list[_Waiting],
     *,
     mode: ConflictMode,
+    undo: bool,
 ) -> None:
     live_cols = set(live.columns) | {"rowid"}
     positions = [i for i, c in enumerate(table.columns) if c in live_cols]
@@ -437,16 +495,19 @@ def _merge_table(
     def insert(values: tuple[SqlValue, ...]) -> None:
         nonlocal warned
         try:
-            _write(con, insert_sql, values)
-            tm.restored += 1
+            if _write(con, insert_sql, values, undo=undo):
+                tm.restored += 1
+                return
+            why = _IGNORED
         except sqlite3.IntegrityError as exc:
             if _FOREIGN_KEY in str(exc):
-                waiting.append(_Waiting(tm, "inserted", insert_sql, values))
+                waiting.append(_Waiting(tm, "inserted", insert_sql, values, common))
                 return
-            tm.failed += 1
-            if warned < _MAX_WARNINGS_PER_TABLE:
-                warned += 1
-                result.warnings.append(f"{table.name}: a row could not be inserted ({exc})")
+            why = str(exc)
+        tm.failed += 1
+        if warned < _MAX_WARNINGS_PER_TABLE:
+            warned += 1
+            result.warnings.append(f"{table.name}: a row could not be inserted ({why})")
 
     projected = (tuple(row[i] for i in positions) for row in rows)
     if not key:
@@ -479,15 +540,17 @@ def _merge_table(
                 if update_sql:
                     params = (*(values[i] for i in value_idx), *k)
                     try:
-                        _write(con, update_sql, params)
+                        why = "" if _write(con, update_sql, params, undo=undo) else _IGNORED
                     except sqlite3.IntegrityError as exc:
                         if _FOREIGN_KEY in str(exc):
                             waiting.append(_Waiting(tm, "updated", update_sql, params))
                             continue
+                        why = str(exc)
+                    if why:
                         tm.failed += 1
                         if warned < _MAX_WARNINGS_PER_TABLE:
                             warned += 1
-                            result.warnings.append(f"{table.name}: a row could not be updated ({exc})")
+                            result.warnings.append(f"{table.name}: a row could not be updated ({why})")
                         continue
                 tm.updated += 1
     if null_keyed:
@@ -496,6 +559,7 @@ def _merge_table(
 
 
 _FOREIGN_KEY = "FOREIGN KEY constraint failed"
+_NO_PARENT = f"{_FOREIGN_KEY}: its parent row is not in the store"
 
 
 @dataclass
@@ -506,25 +570,37 @@ class _Waiting:
     verb: Literal["inserted", "updated"]
     sql: str
     params: tuple[SqlValue, ...]
+    columns: tuple[str, ...] = ()  # an insert's, in `params` order
+    why: str = _NO_PARENT  # why it failed
 
 
-def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: DatabaseMerge) -> None:
+def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: DatabaseMerge, *, undo: bool) -> None:
     """Write again the rows a foreign key refused (a table merged before its parent table, a row
     before its parent in the same table) until no more goes in; the rest failed.
 
-    The passes go backwards, then forwards, and so on: a chain of rows each pointing to the next
+    The passes go one way, then back, and so on: a chain of rows each pointing to the next
     (`next`, `superseded_by`) goes in in one pass whichever way it is ordered, where passes in one
-    direction wrote one row of it per pass (2,000 rows: 14.6 s)."""
-    backwards = True
+    direction wrote one row of it per pass (2,000 rows: 14.6 s). The inserts are first put parents
+    first (by the values of their foreign keys), so that a chain in any order, shuffled too, goes
+    in in the first pass; the passes after it catch what that order misses (an update, a value
+    spelled otherwise)."""
+    waiting = _parents_first(con, waiting)
+    backwards = False
+    failed: list[_Waiting] = []
     while waiting:
         left = []
         for w in reversed(waiting) if backwards else waiting:
             try:
-                _write(con, w.sql, w.params)
-            except sqlite3.IntegrityError:
+                written = _write(con, w.sql, w.params, undo=undo)
+            except sqlite3.IntegrityError as exc:
+                # its parent may be in by now, and a trigger or another constraint refuse it
+                w.why = _NO_PARENT if _FOREIGN_KEY in str(exc) else str(exc)
                 left.append(w)
                 continue
-            if w.verb == "inserted":
+            if not written:
+                w.why = _IGNORED
+                failed.append(w)
+            elif w.verb == "inserted":
                 w.tm.restored += 1
             else:
                 w.tm.updated += 1
@@ -535,13 +611,63 @@ def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: Dat
         waiting = left
         backwards = not backwards
     warned: Counter[str] = Counter()
-    for w in waiting:
+    for w in failed + waiting:
         w.tm.failed += 1
         if warned[w.tm.table] < _MAX_WARNINGS_PER_TABLE:
             warned[w.tm.table] += 1
-            result.warnings.append(
-                f"{w.tm.table}: a row could not be {w.verb} ({_FOREIGN_KEY}: its parent row is not in the store)"
-            )
+            result.warnings.append(f"{w.tm.table}: a row could not be {w.verb} ({w.why})")
+
+
+def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Waiting]:
+    """The waiting rows, each insert after the waiting inserts holding the parent keys it refers
+    to (a depth-first walk, so linear in the rows); a cycle is cut anywhere."""
+    fks: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {}  # child -> (parent, from, to)
+    for table in {w.tm.table for w in waiting}:
+        groups: dict[int, list[tuple[str, str, str | None]]] = {}
+        for row in con.execute('SELECT id, "table", "from", "to" FROM pragma_foreign_key_list(?)', (table,)):
+            groups.setdefault(int(row[0]), []).append((str(row[1]), str(row[2]), row[3]))
+        for cols in groups.values():
+            parent = cols[0][0]
+            parent_cols = [str(c[2]) for c in cols]
+            if any(c[2] is None for c in cols):  # the parent's primary key
+                pk = sorted((int(r[5]), str(r[1])) for r in con.execute("PRAGMA table_info(" + quote(parent) + ")"))
+                parent_cols = [name for n, name in pk if n]
+            if len(parent_cols) == len(cols):
+                fks.setdefault(_fold(table), []).append((_fold(parent), tuple(c[1] for c in cols), tuple(parent_cols)))
+    if not fks:
+        return waiting
+    referenced = {(parent, to) for refs in fks.values() for parent, _from, to in refs}
+    holders: dict[tuple[Any, ...], list[int]] = {}
+    for i, w in enumerate(waiting):
+        table = _fold(w.tm.table)
+        for parent, to in referenced:
+            if parent == table and all(c in w.columns for c in to):
+                holders.setdefault((parent, to, *(w.params[w.columns.index(c)] for c in to)), []).append(i)
+    needs: list[list[int]] = []
+    for i, w in enumerate(waiting):
+        found: list[int] = []
+        for parent, frm, to in fks.get(_fold(w.tm.table), []):
+            if all(c in w.columns for c in frm):
+                found += holders.get((parent, to, *(w.params[w.columns.index(c)] for c in frm)), [])
+        needs.append([j for j in found if j != i])
+    state = [0] * len(waiting)  # 0 not seen, 1 on the walk, 2 placed
+    order: list[int] = []
+    for start in range(len(waiting)):
+        if state[start]:
+            continue
+        state[start] = 1
+        stack = [(start, iter(needs[start]))]
+        while stack:
+            at, rest = stack[-1]
+            nxt = next(rest, None)
+            if nxt is None:
+                stack.pop()
+                state[at] = 2
+                order.append(at)
+            elif not state[nxt]:
+                state[nxt] = 1
+                stack.append((nxt, iter(needs[nxt])))
+    return [waiting[i] for i in order]
 
 
 def _existing(
