@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,6 +45,30 @@ def configured_databases(cfg: Config) -> list[Path]:
         else:
             out.append(Path(path))
     return out
+
+
+def configured_store(cfg: Config, layout: Layout) -> Callable[[str], bool]:
+    """Whether a logical path is one of the configured SQLite stores (`databases.sqlite`): a path
+    `configured_databases` gives here, or one an entry's glob pattern matches, so that a snapshot's
+    store this machine no longer holds is still one. `phx export` takes these as databases, from
+    the live workspace and from a snapshot alike; any other SQLite file is no store of the agent's
+    (a cache, a tool's database) and is exported as a file, its bytes, or not at all."""
+    named = {layout.to_logical(p) for p in configured_databases(cfg)}
+    regexes = [
+        glob_regex(p if os.path.isabs(p) else os.path.join(glob.escape(str(cfg.workspace)), p))
+        for _raw, p in _entries(cfg)
+        if p
+    ]
+
+    def matches(logical: str) -> bool:
+        if logical in named:
+            return True
+        if not regexes or logical.split("/", 1)[0] not in ("workspace", "home", "root"):
+            return False
+        real = str(layout.to_real(logical))
+        return any(rx.fullmatch(real) for rx in regexes)
+
+    return matches
 
 
 def _entries(cfg: Config) -> list[tuple[str, str]]:
