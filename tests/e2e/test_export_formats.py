@@ -498,6 +498,11 @@ def test_live_and_snapshot_exports_take_the_same_databases_and_files(sandbox: Sa
         con.execute("INSERT INTO t VALUES ('secret-cache-0040')")
         con.commit()
         con.close()
+    # A store kept elsewhere behind a link is exported under the link's path from both.
+    home = Path(sandbox.env["HOME"])
+    (home / "elsewhere").mkdir()
+    (home / ".argentos/observations.db").rename(home / "elsewhere/observations.db")
+    (home / ".argentos/observations.db").symlink_to(home / "elsewhere/observations.db")
     sandbox.backup()
     docs = {}
     for kind, extra in (("snapshot", ("--backup", "latest")), ("live", ())):
@@ -512,4 +517,5 @@ def test_live_and_snapshot_exports_take_the_same_databases_and_files(sandbox: Sa
     stores = [(d["path"], d["name"]) for d in live["databases"]]
     assert stores == [(d["path"], d["name"]) for d in snap["databases"]]
     assert [p for p, _name in stores if p.startswith("workspace/")] == ["workspace/agents/memory.db"]
+    assert "home/.argentos/observations.db" in dict(stores) and "home/elsewhere/observations.db" not in dict(stores)
     assert live["files"] == snap["files"] and live["redactions"] == snap["redactions"]

@@ -260,15 +260,24 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
         # A component that is a symlink was saved with what it points to (as a full backup saves
         # it): that is exported with it.
         targets = link_targets(snap, [(lg, n) for lg, n in nodes if n.type == "symlink" and matcher.matches(lg)])
+        # A configured store that is a link was saved with what it points to: that copy is the
+        # store, exported under the link's path as from the live workspace.
+        store_links: dict[str, list[str]] = {}
+        for lg, n in nodes:
+            if n.type == "symlink" and is_store(lg):
+                for t in link_targets(snap, [(lg, n)]):
+                    store_links.setdefault(t, []).append(lg)
 
         def wanted(logical: str) -> bool:
             return matcher.matches(logical) or any(logical == t or logical.startswith(t + "/") for t in targets)
 
         for i, (logical, node) in enumerate(nodes):
-            if node.type == "sqlite" and is_store(logical):
+            stores = store_links.get(logical) or ([logical] if is_store(logical) else [])
+            if node.type == "sqlite" and stores:
                 envx.progress.working(f"copying {logical.rsplit('/', 1)[-1]} ({human_size(node.size)})")
                 copy = copy_snapshot_database(repo, logical, node, scratch / f"{i}.db")
-                dbs.append(SourceDatabase(logical, copy, check_database(copy).integrity))
+                integrity = check_database(copy).integrity
+                dbs.extend(SourceDatabase(store, copy, integrity) for store in stores)
             elif node.type in ("file", "sqlite") and wanted(logical):
 
                 def read(lg: str = logical, nd: Any = node) -> Iterator[bytes]:
