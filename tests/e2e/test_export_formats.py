@@ -518,4 +518,9 @@ def test_live_and_snapshot_exports_take_the_same_databases_and_files(sandbox: Sa
     assert stores == [(d["path"], d["name"]) for d in snap["databases"]]
     assert [p for p, _name in stores if p.startswith("workspace/")] == ["workspace/agents/memory.db"]
     assert "home/.argentos/observations.db" in dict(stores) and "home/elsewhere/observations.db" not in dict(stores)
+    # A SQLite file SQLite cannot read is a file all the same: its bytes, the export not failed.
+    damaged = b"SQLite format 3\0" + bytes(range(256)) * 8
+    (ws / "memory/damaged.db").write_bytes(damaged)
+    sandbox.phx_here("export", "--no-vectors", "--output", tmp_path / "damaged")
+    assert (tmp_path / "damaged/files/workspace/memory/damaged.db").read_bytes() == damaged
     assert live["files"] == snap["files"] and live["redactions"] == snap["redactions"]

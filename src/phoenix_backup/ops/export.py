@@ -66,7 +66,7 @@ from phoenix_backup.sources.files import Entry, open_regular, select
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import LogicalMatcher, configured_databases, configured_store
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
-from phoenix_backup.sources.sqlite_capture import copy_database
+from phoenix_backup.sources.sqlite_capture import CaptureError, copy_database
 from phoenix_backup.sql import quote
 from phoenix_backup.storage.local import os_error
 from phoenix_backup.units import human_size
@@ -202,16 +202,21 @@ def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
 
 def _file_reader(path: Path, copy: Path | None = None) -> Callable[[], Iterator[bytes]]:
     """A file's bytes; with `copy`, those of one committed state of the SQLite file at `path`,
-    written there first (a live database's file alone may lack what its WAL holds)."""
+    written there first (a live database's file alone may lack what its WAL holds), or its bytes
+    as they are when SQLite cannot read it (a damaged cache fails no export)."""
 
     def read() -> Iterator[bytes]:
         if copy is not None:
-            copy_database(path, copy)
-            with open(copy, "rb") as f:
-                while block := f.read(1 << 20):
-                    yield block
-            copy.unlink()
-            return
+            try:
+                copy_database(path, copy)
+            except CaptureError:
+                pass
+            else:
+                with open(copy, "rb") as f:
+                    while block := f.read(1 << 20):
+                        yield block
+                copy.unlink()
+                return
         # A FIFO an agent put in the file's place since the scan is refused, not waited on for ever.
         opened = open_regular(path, follow_links=True)
         if opened is None:
