@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from e2e_support import Sandbox, assert_error, mount, row_count
 
+from phoenix_backup.config.defaults import DEFAULT_SQLITE
+
 STORES = {"memory": "home/.argentos/memory.db", "observations": "home/.argentos/observations.db"}
 
 
@@ -476,3 +478,49 @@ def test_sanitize_leaves_out_credential_files_and_redacts_tokens_in_any_text(san
     assert {"files/workspace/config/deploy.sh", "files/workspace/memory/2026-10-01.md"} <= {
         r["file"] for r in doc["redactions"]
     }
+
+
+@pytest.mark.phx_in_process
+def test_live_and_snapshot_exports_take_the_same_databases_and_files(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Only the configured stores are exported as databases, from the live workspace and from a
+    snapshot alike: any other SQLite file (a cache in the memory folder, a tool's database outside
+    the components) is a file, its bytes, which --sanitize leaves out and lists as not UTF-8 text.
+    A snapshot exported every SQLite file it held as rows (a cache's secret came out); the live
+    export left the cache out unsaid."""
+    ws = sandbox.workspace
+    # A configured store named as another is (memory.db), listed first: each export names the
+    # stores' folders in the same order, so `databases/memory/` is the same store in both.
+    sandbox.write_config(databases={"sqlite": ["agent[s]/memory.db", *DEFAULT_SQLITE]})
+    for rel in ("memory/cache.sqlite", "tools/state.db", "agents/memory.db"):
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(ws / rel)
+        con.execute("CREATE TABLE t (k TEXT)")
+        con.execute("INSERT INTO t VALUES ('secret-cache-0040')")
+        con.commit()
+        con.close()
+    # A store kept elsewhere behind a link is exported under the link's path from both.
+    home = Path(sandbox.env["HOME"])
+    (home / "elsewhere").mkdir()
+    (home / ".argentos/observations.db").rename(home / "elsewhere/observations.db")
+    (home / ".argentos/observations.db").symlink_to(home / "elsewhere/observations.db")
+    sandbox.backup()
+    docs = {}
+    for kind, extra in (("snapshot", ("--backup", "latest")), ("live", ())):
+        out = tmp_path / kind
+        docs[kind] = sandbox.phx_here("export", "--sanitize", "--no-vectors", *extra, "--output", out, "--json").json()
+        exported = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+        assert exported.count(b"secret-cache") == 1, kind  # the configured store's row only
+        assert {x["file"]: x["reason"] for x in docs[kind]["leftOut"]} == {
+            "files/workspace/memory/cache.sqlite": "not UTF-8 text, so it could not be read for secrets"
+        }, kind
+    live, snap = docs["live"], docs["snapshot"]
+    stores = [(d["path"], d["name"]) for d in live["databases"]]
+    assert stores == [(d["path"], d["name"]) for d in snap["databases"]]
+    assert [p for p, _name in stores if p.startswith("workspace/")] == ["workspace/agents/memory.db"]
+    assert "home/.argentos/observations.db" in dict(stores) and "home/elsewhere/observations.db" not in dict(stores)
+    # A SQLite file SQLite cannot read is a file all the same: its bytes, the export not failed.
+    damaged = b"SQLite format 3\0" + bytes(range(256)) * 8
+    (ws / "memory/damaged.db").write_bytes(damaged)
+    sandbox.phx_here("export", "--no-vectors", "--output", tmp_path / "damaged")
+    assert (tmp_path / "damaged/files/workspace/memory/damaged.db").read_bytes() == damaged
+    assert live["files"] == snap["files"] and live["redactions"] == snap["redactions"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from phoenix_backup.config import parse_config
-from phoenix_backup.sources.scope import configured_databases
+from phoenix_backup.sources.layout import Layout
+from phoenix_backup.sources.scope import configured_databases, configured_store
 
 
 def _databases(tmp_path: Path, workspace: Path, entries: list[str]) -> list[Path]:
@@ -60,3 +61,38 @@ def test_a_folder_a_pattern_matches_is_no_database(tmp_path: Path) -> None:
     (tmp_path / "link.db").symlink_to(tmp_path / "store.db")
     # Before: both were configured databases, and the backup said each a database not saved (exit 3).
     assert _databases(tmp_path, tmp_path / "w", [str(tmp_path / "*.db")]) == [tmp_path / "a.db"]
+
+
+def test_a_store_is_what_the_entries_name_whether_or_not_it_is_here(tmp_path: Path) -> None:
+    """`configured_store` (which stores `phx export` takes, live and from a snapshot) answers as
+    `glob.glob` would for a path that is not here (a snapshot's store since removed): `*` within
+    one name, a hidden name only by a pattern's hidden name, `**` as one name; no other file."""
+    workspace = tmp_path / "agent[1]"
+    (workspace / "agents" / "a").mkdir(parents=True)
+    for rel in ("agents/a/memory.db", "agents/.b/memory.db"):
+        (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / rel).write_bytes(b"")
+    cfg = parse_config(
+        {
+            "workspace": str(workspace),
+            "backupDir": str(tmp_path / "b"),
+            "databases": {"sqlite": ["agents/*/memory.db", "deep/**/x.db", "~/.argentos/memory.db"]},
+        },
+        env={"HOME": str(tmp_path / "home")},
+    )
+    is_store = configured_store(cfg, Layout(workspace, tmp_path / "home"))
+    found = {str(p.relative_to(workspace)) for p in configured_databases(cfg) if p.exists()}
+    assert found == {"agents/a/memory.db"}  # glob's answer here
+    for logical, want in {
+        "workspace/agents/a/memory.db": True,
+        "workspace/agents/gone/memory.db": True,  # in a snapshot only
+        "workspace/agents/.b/memory.db": False,  # glob skips the hidden folder
+        "workspace/agents/a/b/memory.db": False,
+        "workspace/deep/one/x.db": True,
+        "workspace/deep/one/two/x.db": False,  # `**` is one name without recursive
+        "home/.argentos/memory.db": True,
+        "home/.argentos/other.db": False,
+        "workspace/memory/cache.sqlite": False,
+        "postgres/main/dump": False,
+    }.items():
+        assert is_store(logical) is want, logical

@@ -64,9 +64,9 @@ from phoenix_backup.sinks import leftovers
 from phoenix_backup.sinks.select import link_targets
 from phoenix_backup.sources.files import Entry, open_regular, select
 from phoenix_backup.sources.layout import Layout
-from phoenix_backup.sources.scope import LogicalMatcher, configured_databases
+from phoenix_backup.sources.scope import LogicalMatcher, configured_databases, configured_store
 from phoenix_backup.sources.sqlite import check_database, sqlite_uri
-from phoenix_backup.sources.sqlite_capture import copy_database
+from phoenix_backup.sources.sqlite_capture import CaptureError, copy_database
 from phoenix_backup.sql import quote
 from phoenix_backup.storage.local import os_error
 from phoenix_backup.units import human_size
@@ -181,7 +181,8 @@ def _component_patterns(cfg: Config) -> tuple[str, ...]:
 @contextlib.contextmanager
 def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
     """The configured SQLite stores (each one committed state, written to a private copy) and the
-    identity, memory and config files, chosen as a full backup chooses them."""
+    identity, memory and config files, chosen as a full backup chooses them: any other SQLite file
+    among them is a file (`configured_store`), its bytes one committed state as a backup saves it."""
     layout = Layout(cfg.workspace, envx.home)
     with scratch_dir("phx-export-") as scratch:
         dbs: list[SourceDatabase] = []
@@ -189,13 +190,33 @@ def live_source(cfg: Config, envx: Environment) -> Iterator[Source]:
             copy = scratch / f"{i}.db"
             copy_database(path, copy)
             dbs.append(SourceDatabase(layout.to_logical(path), copy, check_database(copy).integrity))
-        files = [SourceFile(e.logical, e.st.st_size, _file_reader(e.path)) for e in _live_files(cfg, layout, envx.env)]
+        files = [
+            SourceFile(
+                e.logical, e.st.st_size, _file_reader(e.path, scratch / f"file-{i}.db" if e.kind == "sqlite" else None)
+            )
+            for i, e in enumerate(_live_files(cfg, layout, envx.env))
+        ]
         info = {"kind": "live", "workspace": str(cfg.workspace), "home": str(envx.home)}
         yield Source("live", dbs, files, info)
 
 
-def _file_reader(path: Path) -> Callable[[], Iterator[bytes]]:
+def _file_reader(path: Path, copy: Path | None = None) -> Callable[[], Iterator[bytes]]:
+    """A file's bytes; with `copy`, those of one committed state of the SQLite file at `path`,
+    written there first (a live database's file alone may lack what its WAL holds), or its bytes
+    as they are when SQLite cannot read it (a damaged cache fails no export)."""
+
     def read() -> Iterator[bytes]:
+        if copy is not None:
+            try:
+                copy_database(path, copy)
+            except CaptureError:
+                pass
+            else:
+                with open(copy, "rb") as f:
+                    while block := f.read(1 << 20):
+                        yield block
+                copy.unlink()
+                return
         # A FIFO an agent put in the file's place since the scan is refused, not waited on for ever.
         opened = open_regular(path, follow_links=True)
         if opened is None:
@@ -210,23 +231,30 @@ def _file_reader(path: Path) -> Callable[[], Iterator[bytes]]:
 def _live_files(cfg: Config, layout: Layout, env: Mapping[str, str]) -> list[Entry]:
     """The regular files of the identity, memory and config components, walked as a full backup
     walks them (sources/files.py): a component is kept whatever `exclude` says, a component that
-    is a symbolic link is followed, no database or database companion is a file here, and a key
-    file in the workspace is left out as a backup leaves it out (`key_files_in_workspace`)."""
+    is a symbolic link is followed, no configured store (`configured_store`) or database companion
+    is a file here (any other SQLite file is: its entry keeps kind "sqlite"), and a key file in the
+    workspace is left out as a backup leaves it out (`key_files_in_workspace`)."""
     patterns = _component_patterns(cfg)
     keys = [p for p, _warning in key_files_in_workspace(cfg, env)]
     sel = select(layout, patterns, cfg.exclude, (), optional=patterns, keep=patterns, skip=never_saved(cfg, keys))
     drop_key_links(sel, keys)
-    return sorted((e for e in sel.entries.values() if e.kind == "file"), key=lambda e: e.logical)
+    is_store = configured_store(cfg, layout)
+    return sorted(
+        (e for e in sel.entries.values() if e.kind == "file" or (e.kind == "sqlite" and not is_store(e.logical))),
+        key=lambda e: e.logical,
+    )
 
 
 @contextlib.contextmanager
 def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None) -> Iterator[Source]:
-    """A snapshot's databases (copies checked against their SHA-256) and component files."""
+    """A snapshot's configured stores (copies checked against their SHA-256) and component files:
+    any other SQLite file it holds is a file, as from the live workspace (`configured_store`)."""
 
     repo = open_repository(cfg, envx, target=target)
     require_identity(repo)
     layout = Layout(cfg.workspace, envx.home)
     matcher = LogicalMatcher.for_patterns(_component_patterns(cfg), layout)
+    is_store = configured_store(cfg, layout)
     with repo.lock(exclusive=False, command="export"), scratch_dir("phx-export-") as scratch:
         repo.load_index()
         snap = repo.find_snapshot(ref, latest=envx.latest)
@@ -237,16 +265,25 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
         # A component that is a symlink was saved with what it points to (as a full backup saves
         # it): that is exported with it.
         targets = link_targets(snap, [(lg, n) for lg, n in nodes if n.type == "symlink" and matcher.matches(lg)])
+        # A configured store that is a link was saved with what it points to: that copy is the
+        # store, exported under the link's path as from the live workspace.
+        store_links: dict[str, list[str]] = {}
+        for lg, n in nodes:
+            if n.type == "symlink" and is_store(lg):
+                for t in link_targets(snap, [(lg, n)]):
+                    store_links.setdefault(t, []).append(lg)
 
         def wanted(logical: str) -> bool:
             return matcher.matches(logical) or any(logical == t or logical.startswith(t + "/") for t in targets)
 
         for i, (logical, node) in enumerate(nodes):
-            if node.type == "sqlite":
+            stores = store_links.get(logical) or ([logical] if is_store(logical) else [])
+            if node.type == "sqlite" and stores:
                 envx.progress.working(f"copying {logical.rsplit('/', 1)[-1]} ({human_size(node.size)})")
                 copy = copy_snapshot_database(repo, logical, node, scratch / f"{i}.db")
-                dbs.append(SourceDatabase(logical, copy, check_database(copy).integrity))
-            elif node.type == "file" and wanted(logical):
+                integrity = check_database(copy).integrity
+                dbs.extend(SourceDatabase(store, copy, integrity) for store in stores)
+            elif node.type in ("file", "sqlite") and wanted(logical):
 
                 def read(lg: str = logical, nd: Any = node) -> Iterator[bytes]:
                     yield from stream_blocks(repo, lg, nd)
@@ -408,10 +445,14 @@ def _safe_name(name: str) -> str:
 def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config, envx: Environment) -> None:
     fmt = result.format
     metadata_dbs: list[dict[str, Any]] = []
-    names = _store_names(source.databases)
+    # By logical path, from the live stores and a snapshot alike: two stores of one file name get
+    # their folders (`memory`, `memory-2`) in the same order from both (the config's order and the
+    # snapshot's gave one store's rows the other's folder).
+    databases = sorted(source.databases, key=lambda d: d.logical)
+    names = _store_names(databases)
     rendered: dict[str, str] = {}
     envx.progress.phase("exporting databases", files=len(names), unit="databases")
-    for db, name in zip(source.databases, names, strict=True):
+    for db, name in zip(databases, names, strict=True):
         envx.progress.working(f"exporting {name}")
         envx.progress.advance(files=1)
         con = sqlite3.connect(sqlite_uri(db.copy, "mode=ro&immutable=1"), uri=True)

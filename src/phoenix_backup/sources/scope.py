@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from phoenix_backup.config import Config
 from phoenix_backup.config.defaults import DEFAULT_SQLITE
-from phoenix_backup.sources.layout import Layout
-from phoenix_backup.sources.patterns import Include, below_folder, glob_regex
+from phoenix_backup.sources.layout import FILE_ROOTS, Layout
+from phoenix_backup.sources.patterns import Include, below_folder, glob_regex, has_magic
 
 Scope = Literal["full", "memory", "identity", "databases", "config"]
 SCOPES: tuple[Scope, ...] = ("full", "memory", "identity", "databases", "config")
@@ -35,7 +36,7 @@ def configured_databases(cfg: Config) -> list[Path]:
     for raw, pattern in _entries(cfg):
         path = raw if os.path.isabs(raw) else str(cfg.workspace / raw)
         if pattern:
-            pattern = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(cfg.workspace)), pattern)
+            pattern = _absolute_pattern(cfg, pattern)
             # A folder the pattern matches (`*.db` and a store's folder `index.db/`) is no database
             # the user named: it is walked as files, never said to be a database not saved.
             found = {p for p in glob.glob(pattern) if not os.path.isdir(p)}
@@ -45,6 +46,52 @@ def configured_databases(cfg: Config) -> list[Path]:
         else:
             out.append(Path(path))
     return out
+
+
+def configured_store(cfg: Config, layout: Layout) -> Callable[[str], bool]:
+    """Whether a logical path is one of the configured SQLite stores (`databases.sqlite`): a path
+    `configured_databases` gives here, or one an entry's glob pattern matches, so that a snapshot's
+    store this machine no longer holds is still one. `phx export` takes these as databases, from
+    the live workspace and from a snapshot alike; any other SQLite file is no store of the agent's
+    (a cache, a tool's database) and is exported as a file, its bytes, or not at all."""
+    paths = configured_databases(cfg)
+    # A store kept elsewhere behind a link is the store, at the link's path and at its own.
+    named = {layout.to_logical(p) for p in paths} | {
+        layout.to_logical(Path(os.path.realpath(p))) for p in paths if p.is_symlink()
+    }
+    patterns = [_absolute_pattern(cfg, p) for _raw, p in _entries(cfg) if p]
+
+    def matches(logical: str) -> bool:
+        if logical in named:
+            return True
+        if logical.split("/", 1)[0] not in FILE_ROOTS:
+            return False
+        real = str(layout.to_real(logical))
+        return any(_glob_matches(p, real) for p in patterns)
+
+    return matches
+
+
+def _absolute_pattern(cfg: Config, pattern: str) -> str:
+    """An entry's glob pattern as an absolute one: a relative one lies in the workspace, whose
+    path is never read as a pattern."""
+    return pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(cfg.workspace)), pattern)
+
+
+def _glob_matches(pattern: str, path: str) -> bool:
+    """Whether `glob.glob(pattern)` would list `path` were it there: name by name, `*`, `?` and
+    `[...]` within one name (`**` too, as glob reads it without `recursive`), and a name starting
+    with `.` only where the pattern's name does (the same paths `configured_databases` finds)."""
+    names, parts = pattern.split("/"), path.split("/")
+    if len(names) != len(parts):
+        return False
+    for name, part in zip(names, parts, strict=True):
+        if not has_magic(name):
+            if name != part:
+                return False
+        elif (part.startswith(".") and not name.startswith(".")) or not fnmatch.fnmatchcase(part, name):
+            return False
+    return True
 
 
 def _entries(cfg: Config) -> list[tuple[str, str]]:
