@@ -524,3 +524,37 @@ def test_live_and_snapshot_exports_take_the_same_databases_and_files(sandbox: Sa
     sandbox.phx_here("export", "--no-vectors", "--output", tmp_path / "damaged")
     assert (tmp_path / "damaged/files/workspace/memory/damaged.db").read_bytes() == damaged
     assert live["files"] == snap["files"] and live["redactions"] == snap["redactions"]
+
+
+@pytest.mark.phx_in_process
+def test_a_configured_store_behind_a_link_outside_the_components_is_saved(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A configured store named by a link (`~/dbs/agent.db -> ~/disk/agent.db`, a database kept on
+    another disk) is saved as the database it is, at the target's path, the link kept: restored
+    with its rows and exported. Only the link was saved (exit 0, no warning: the database in no
+    backup). A link to no database is one warning, the run not failed."""
+    home = Path(sandbox.env["HOME"])
+    (home / "disk").mkdir()
+    (home / "dbs").mkdir()
+    con = sqlite3.connect(home / "disk/agent.db")
+    con.execute("CREATE TABLE t (k TEXT)")
+    con.execute("INSERT INTO t VALUES ('kept-on-another-disk')")
+    con.commit()
+    con.close()
+    (home / "dbs/agent.db").symlink_to(home / "disk/agent.db")
+    (home / "disk/notes.txt").write_text("no database\n")
+    (home / "dbs/notes.db").symlink_to(home / "disk/notes.txt")
+    sandbox.write_config(databases={"sqlite": [*DEFAULT_SQLITE, "~/dbs/agent.db", "~/dbs/notes.db"]})
+    doc = sandbox.backup()
+    assert "home/disk/agent.db" in {d["path"] for d in doc["databases"]}
+    assert [w for w in doc["warnings"] if "dbs/" in w] == [
+        f"{home}/dbs/notes.db in databases.sqlite is a symbolic link to {home}/disk/notes.txt, which is no "
+        "SQLite database: only the link is saved; fix the path in databases.sqlite in the config"
+    ]
+    sandbox.restore_to("latest", tmp_path / "r")
+    assert os.readlink(tmp_path / "r/home/dbs/agent.db") == str(home / "disk/agent.db")
+    restored = sqlite3.connect(tmp_path / "r/home/disk/agent.db")
+    assert restored.execute("SELECT k FROM t").fetchall() == [("kept-on-another-disk",)]
+    restored.close()
+    out = tmp_path / "export"
+    exported = sandbox.phx_here("export", "--no-vectors", "--backup", "latest", "--output", out, "--json").json()
+    assert "home/dbs/agent.db" in {d["path"] for d in exported["databases"]}

@@ -48,7 +48,7 @@ def select_sources(cfg: Config, scope: Scope, envx: Environment) -> tuple[Layout
             if v.kind == "sqlite"
             or any(e.logical.startswith(k + "/") and e.kind == "sqlite" for e in sel.entries.values())
         }
-    sel.left_out = [warning for _p, warning in keys]
+    sel.left_out += [warning for _p, warning in keys]
     sel.left_out += drop_key_links(sel, [p for p, _warning in keys])
     empty = not sel.errors and not any(e.kind != "dir" for e in sel.entries.values())
     if scope != "full" and empty and not db_backup.database_jobs(cfg, scope):

@@ -197,7 +197,7 @@ def select(
         roots.extend(p for p in found if p in kept or not _excluded_between(exclude, literal, p))
     for db in sorted(db_paths):
         try:
-            os.lstat(db)
+            st = os.lstat(db)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 sel.missing.append(str(db))
@@ -205,6 +205,11 @@ def select(
                 sel.errors.append((str(db), exc.strerror or str(exc)))
             continue
         roots.append(db)
+        if stat.S_ISLNK(st.st_mode):
+            target = _linked_database(layout, db, sel)
+            if target is not None:
+                db_paths.add(target)
+                roots.append(target)
     # A followed component link is saved with what it points to: nothing behind it is skipped.
     sel.behind_links = [(raw, link) for raw, link in sel.behind_links if Path(link) not in kept]
     never = {Path(os.path.abspath(p)) for p in skip}
@@ -350,6 +355,33 @@ def _link_on_the_way(inc: Include) -> Path | None:
         path = path / part
         if path.is_symlink():
             return path
+    return None
+
+
+def _linked_database(layout: Layout, link: Path, sel: Selection) -> Path | None:
+    """What a configured database that is a symbolic link points to, followed as a component's link
+    is (`_follow`: the link saved as a link, the database at its own path, a dangling link said as
+    missing), when that is a SQLite database; a regular file that is none is said as not saved
+    (one warning, as for a missing store). A folder, FIFO or device there is `_unsaved_behind_link`'s."""
+    try:
+        st = os.stat(link)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return None
+    target = _follow(layout, link, sel)
+    if target is None or st is None:
+        return target
+    try:
+        if st.st_size == 0 or regular_head(target, len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+            return target
+    except OSError:
+        return target  # unreadable: the backup says so, as of any database it cannot read
+    del sel.followed[layout.to_logical(link)]
+    sel.left_out.append(
+        f"{link} in databases.sqlite is a symbolic link to {target}, which is no SQLite database: only the "
+        "link is saved; fix the path in databases.sqlite in the config"
+    )
     return None
 
 
