@@ -57,6 +57,23 @@ def test_empty_remote_then_one_commit_per_checkpoint_pushed(tmp_path: Path) -> N
     assert git("check-attr", "delta", "--", PACK, cwd=b.workdir).strip().endswith("delta: unset")
 
 
+def test_git_lock_files_a_killed_git_left_stop_no_later_commit(tmp_path: Path) -> None:
+    """A backup killed (SIGKILL, with its git) during `git add` left `.git/index.lock` in the clone:
+    every later backup and sync to the target failed ("index.lock: File exists"). The clone's lock,
+    which every git run there holds, is taken first; git's lock files found then are stale."""
+    remote = bare_repo(tmp_path / "remote.git")
+    b = _backend(tmp_path, remote)
+    b.create()
+    b.write("config", b"{}", exclusive=True)
+    assert b.checkpoint("first")
+    for stale in (".git/index.lock", ".git/HEAD.lock", ".git/refs/heads/main.lock"):
+        (b.workdir / stale).write_bytes(b"")
+    b.write(SNAP, b"snap")
+    assert b.checkpoint("second")
+    b.publish()
+    assert git("log", "--format=%s", "main", cwd=remote).splitlines() == ["second", "first"]
+
+
 def test_create_again_in_a_clone_where_init_was_killed_while_it_wrote_the_config(tmp_path: Path) -> None:
     """`phx init` of a Git first target killed before the config's temporary file was renamed:
     init again starts over in that clone (its key slot unused), as after a kill at any other point."""

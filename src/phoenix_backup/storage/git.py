@@ -347,6 +347,7 @@ class GitBackend(Backend):
         self._secrets = [v for k, v in credentials.items() if k in ("PHX_GIT_USERNAME", "PHX_GIT_PASSWORD")]
         self._ready = False
         self._mutex = threading.RLock()
+        self._lock_fd: int | None = None  # the clone's lock while this process holds it (`_exclusive`)
 
     @property
     def location(self) -> str:
@@ -365,6 +366,8 @@ class GitBackend(Backend):
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                # git holds the clone's lock too: one outliving a killed phx keeps it until it ends
+                pass_fds=() if self._lock_fd is None else (self._lock_fd,),
             )
         except FileNotFoundError as exc:
             raise ToolMissing("git is not installed; install it (apt-get install git) or disable targets.git") from exc
@@ -432,16 +435,34 @@ class GitBackend(Backend):
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """Serialise git commands on this clone across threads and processes."""
+        """Serialise git commands on this clone across threads and processes. Every git run here
+        holds the lock with this process (`_git` passes its descriptor on), so git's own lock files
+        found once it is taken belong to no running git: they are cleared (`_clear_stale_git_locks`)."""
         with self._mutex:
             make_dirs(self.workdir.parent)
             lock_path = self.workdir.parent / f"{self.workdir.name}.lock"
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                self._lock_fd = fd
+                self._clear_stale_git_locks()
                 yield
             finally:
+                self._lock_fd = None
                 os.close(fd)
+
+    def _clear_stale_git_locks(self) -> None:
+        """git's lock files in this clone (`.git/index.lock`, `HEAD.lock`, a ref's), left by a git
+        killed with the phx that ran it: a backup stopped with SIGKILL during `git add` left
+        `index.lock`, and every later backup and sync to this target failed ("File exists") until
+        someone deleted it by hand. Called with the clone's lock taken, which any git still running
+        here would hold (its descriptor is inherited), so none of them is in use."""
+        git = self.workdir / ".git"
+        if not git.is_dir():
+            return
+        for lock in [*git.glob("*.lock"), *(git / "refs").rglob("*.lock")]:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
 
     # -- the working clone ------------------------------------------------------------------
 
