@@ -5,7 +5,9 @@ reading what was pushed, and clear errors for a missing remote and a rejected pu
 from __future__ import annotations
 
 import http.server
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +74,38 @@ def test_git_lock_files_a_killed_git_left_stop_no_later_commit(tmp_path: Path) -
     assert b.checkpoint("second")
     b.publish()
     assert git("log", "--format=%s", "main", cwd=remote).splitlines() == ["second", "first"]
+
+
+def test_a_git_lock_file_a_running_git_of_another_process_holds_is_left(tmp_path: Path) -> None:
+    """A git someone else runs in the clone (`git commit -a` waiting in its editor holds
+    `.git/index.lock`) does not hold Phoenix's lock: its lock file is no stale one. It was deleted,
+    Phoenix's commit went ahead under it and the other git then renamed its index over Phoenix's.
+    Now the checkpoint fails naming the lock file and leaves it; the other git finishes."""
+    remote = bare_repo(tmp_path / "remote.git")
+    b = _backend(tmp_path, remote)
+    b.create()
+    b.write("config", b"{}", exclusive=True)
+    assert b.checkpoint("first")
+    (b.workdir / "config").write_bytes(b'{"a": 1}')
+    stop = tmp_path / "stop"
+    editor = f"sh -c 'while [ ! -e {stop} ]; do sleep 0.02; done; echo theirs > \"$1\"' -"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_EDITOR": editor}
+    theirs = subprocess.Popen(["git", "commit", "-qa"], cwd=b.workdir, env=env)
+    try:
+        lock = b.workdir / ".git/index.lock"
+        for _ in range(250):
+            if lock.exists():
+                break
+            time.sleep(0.02)
+        assert lock.exists()
+        b.write(SNAP, b"snap")
+        with pytest.raises(StorageError, match=r"index\.lock"):
+            b.checkpoint("second")
+        assert lock.exists()
+    finally:
+        stop.touch()
+        assert theirs.wait(10) == 0
+    assert git("log", "--format=%s", cwd=b.workdir).splitlines() == ["theirs", "first"]
 
 
 def test_create_again_in_a_clone_where_init_was_killed_while_it_wrote_the_config(tmp_path: Path) -> None:

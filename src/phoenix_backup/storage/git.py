@@ -460,7 +460,10 @@ class GitBackend(Backend):
         git = self.workdir / ".git"
         if not git.is_dir():
             return
-        for lock in [*git.glob("*.lock"), *(git / "refs").rglob("*.lock")]:
+        locks = [*git.glob("*.lock"), *(git / "refs").rglob("*.lock")]
+        if not locks or _someone_else_works_in(self.workdir):
+            return  # a git not run by Phoenix (a user's) holds none of our lock: its files are left
+        for lock in locks:
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
 
@@ -691,6 +694,26 @@ class GitBackend(Backend):
         if proc.returncode != 0:
             proc = self._git("rev-list", "--count", "HEAD", check=False)
         return int(proc.stdout.strip() or 0) if proc.returncode == 0 else 0
+
+
+def _someone_else_works_in(folder: Path) -> bool:
+    """Whether a process other than this one has its working folder in `folder` (a git runs at the
+    top of its work tree): a user's `git commit` there holds `.git/index.lock` without Phoenix's
+    lock. Where /proc cannot say (not Linux), no one is assumed, as before this check."""
+    me = str(os.getpid())
+    top = os.path.realpath(folder)
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and p != me]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue  # gone, or another user's (whose git could not write our clone)
+        if cwd == top or cwd.startswith(top + os.sep):
+            return True
+    return False
 
 
 def _git_env(env: Mapping[str, str]) -> dict[str, str]:
