@@ -4,7 +4,11 @@ reading what was pushed, and clear errors for a missing remote and a rejected pu
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.server
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -106,6 +110,47 @@ def test_a_git_lock_file_a_running_git_of_another_process_holds_is_left(tmp_path
         stop.touch()
         assert theirs.wait(10) == 0
     assert git("log", "--format=%s", cwd=b.workdir).splitlines() == ["theirs", "first"]
+
+
+def test_a_git_run_outside_the_clone_lock_does_not_take_it_on(tmp_path: Path) -> None:
+    """Only a git run under the clone's lock inherits it: `unpublished` runs its git without it,
+    and while another thread's commit held it that git got the holder's descriptor, so a process
+    it left (as a detached `git gc`) kept the clone locked after the commit, and every later
+    backup waited for it (or git got a descriptor closed meanwhile, or reused for another file)."""
+    remote = bare_repo(tmp_path / "remote.git")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stop, inside, left = tmp_path / "stop", tmp_path / "inside", tmp_path / "left.pid"
+    (bin_dir / "git").write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *rev-list*) sleep 3 </dev/null >/dev/null 2>&1 & echo $! > {left};; esac\n'
+        f'case "$*" in "commit -q"*) touch {inside}; while [ ! -e {stop} ]; do sleep 0.02; done;; esac\n'
+        'exec /usr/bin/git "$@"\n'
+    )
+    (bin_dir / "git").chmod(0o755)
+    b = GitBackend(
+        str(remote), "main", True, tmp_path / "clone", {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    )
+    b.create()
+    b.write("config", b"{}", exclusive=True)
+    commit = threading.Thread(target=b.checkpoint, args=("first",))
+    commit.start()
+    try:
+        for _ in range(250):
+            if inside.exists():
+                break
+            time.sleep(0.02)
+        assert b.unpublished() >= 0
+    finally:
+        stop.touch()
+        commit.join(10)
+    fd = os.open(b.workdir.parent / f"{b.workdir.name}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: the process left holds it
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(left.read_text()), signal.SIGKILL)
 
 
 def test_create_again_in_a_clone_where_init_was_killed_while_it_wrote_the_config(tmp_path: Path) -> None:

@@ -348,6 +348,7 @@ class GitBackend(Backend):
         self._ready = False
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None  # the clone's lock while this process holds it (`_exclusive`)
+        self._lock_owner: int | None = None  # the thread holding it: only its gits inherit it
 
     @property
     def location(self) -> str:
@@ -367,7 +368,9 @@ class GitBackend(Backend):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 # git holds the clone's lock too: one outliving a killed phx keeps it until it ends
-                pass_fds=() if self._lock_fd is None else (self._lock_fd,),
+                # (only a git run under the lock: one run outside it by another thread, as `unpublished`,
+                # kept it after it was released, through any process it left, or got a closed descriptor)
+                pass_fds=self._inherited_fds(),
             )
         except FileNotFoundError as exc:
             raise ToolMissing("git is not installed; install it (apt-get install git) or disable targets.git") from exc
@@ -445,11 +448,17 @@ class GitBackend(Backend):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._lock_fd = fd
+                self._lock_owner = threading.get_ident()
                 self._clear_stale_git_locks()
                 yield
             finally:
-                self._lock_fd = None
+                self._lock_fd = self._lock_owner = None
                 os.close(fd)
+
+    def _inherited_fds(self) -> tuple[int, ...]:
+        """The clone's lock descriptor when this thread holds it (`_exclusive`), else none."""
+        fd = self._lock_fd
+        return (fd,) if fd is not None and self._lock_owner == threading.get_ident() else ()
 
     def _clear_stale_git_locks(self) -> None:
         """git's lock files in this clone (`.git/index.lock`, `HEAD.lock`, a ref's), left by a git
