@@ -269,3 +269,28 @@ def test_a_percent_in_the_config_path_reaches_cron_as_it_is_or_is_refused(tmp_pa
         assert words[-3:] == [str(config), ">/dev/null", "2>&1"], words
     with pytest.raises(UsageError, match="backslash before a `%`"):
         cron.line(spec, Job.for_config(tmp_path / "a\\%b" / "backup.json", {}, tmp_path / "home"))
+
+
+def test_a_command_longer_than_cron_keeps_is_refused_not_cut(tmp_path: Path) -> None:
+    """Vixie cron keeps 999 bytes of a line's command and drops the rest silently: a long
+    PYTHONPATH or config path left a job whose `--config` path (or its quote) was cut, so it failed
+    at every run. Such a command is refused at install with one error; the longest one cron keeps
+    whole is written as it is."""
+    from phoenix_backup.errors import UsageError
+    from phoenix_backup.schedule import cron
+
+    spec = ScheduleSpec.parse("daily", "03:00")
+    home = tmp_path / "home"
+    short = cron.line(spec, Job.for_config(tmp_path / "backup.json", {}, home))
+    room = cron.MAX_COMMAND_BYTES - len(short.split(" ", 5)[5].encode())
+    fits = {"PYTHONPATH": "/" + "p" * (room - len(" PYTHONPATH=/"))}
+    line = cron.line(spec, Job.for_config(tmp_path / "backup.json", fits, home))
+    assert len(line.split(" ", 5)[5].encode()) == cron.MAX_COMMAND_BYTES
+    assert _as_cron_runs(line)[-3:] == [str(tmp_path / "backup.json"), ">/dev/null", "2>&1"]
+    for env, config in (
+        ({"PYTHONPATH": fits["PYTHONPATH"] + "p"}, tmp_path / "backup.json"),
+        ({}, tmp_path / ("d" * 250) / ("e" * 250) / ("f" * 250) / ("g" * 250) / "backup.json"),
+        ({}, tmp_path / ("%" * 450) / "backup.json"),
+    ):
+        with pytest.raises(UsageError, match="cron keeps only the first 999"):
+            cron.line(spec, Job.for_config(config, env, home))

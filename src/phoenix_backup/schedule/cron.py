@@ -15,6 +15,10 @@ from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
 
 _TIMEOUT = 20
+# Vixie cron (Debian's, busybox's alike) reads a line's command into a 1,000-byte buffer and drops
+# the rest without a word: the `--config` path or its closing quote cut, the job then fails at every
+# run (or runs another config). A longer command is refused at install instead.
+MAX_COMMAND_BYTES = 999
 
 
 def begin(name: str) -> str:
@@ -48,7 +52,16 @@ def line(spec: ScheduleSpec, job: Job) -> str:
             f"{shown(job.argv[-1])} (or a passed-through variable) holds a backslash before a `%`, which a crontab "
             "line cannot carry; rename it or use systemd (--scheduler systemd)"
         )
-    return f"{spec.cron()} {command.replace('%', chr(92) + '%')}"
+    command = command.replace("%", chr(92) + "%")
+    size = len(command.encode("utf-8", "surrogateescape"))
+    if size > MAX_COMMAND_BYTES:
+        raise UsageError(
+            f"the crontab command would be {size} bytes and cron keeps only the first {MAX_COMMAND_BYTES} "
+            "(the rest, the config path included, would be cut without a word); shorten the config's path, "
+            "the Python's path or PYTHONPATH and the other passed-through variables, or use systemd "
+            "(--scheduler systemd)"
+        )
+    return f"{spec.cron()} {command}"
 
 
 def block(spec: ScheduleSpec, job: Job) -> list[str]:
