@@ -26,7 +26,6 @@ import os
 import shutil
 import sqlite3
 import stat
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,6 +61,7 @@ from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.reader import copy_snapshot_database, stream_blocks
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
+from phoenix_backup.sinks.files import fold_name
 from phoenix_backup.sinks.select import link_targets
 from phoenix_backup.sources.files import Entry, open_regular, select
 from phoenix_backup.sources.layout import Layout
@@ -407,23 +407,16 @@ def _take_on(work: Path, old: os.stat_result, output: Path, envx: Environment) -
         )
 
 
-def _folded(name: str) -> str:
-    """`name` as a file system that ignores case and Unicode normal form compares it (macOS,
-    vfat/exFAT on a USB stick): two names folded alike are one file there, the second written
-    over the first. An export is carried to such machines, so its names differ folded."""
-    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
-
-
 def _store_names(databases: list[SourceDatabase]) -> list[str]:
     names: list[str] = []
     taken: set[str] = set()
     for db in databases:
         stem = _safe_name(db.logical.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "store")
         name, n = stem, 2
-        while _folded(name) in taken:  # `Memory` and `memory` are one folder on macOS
+        while fold_name(name) in taken:  # `Memory` and `memory` are one folder on macOS
             name, n = f"{stem}-{n}", n + 1
         names.append(name)
-        taken.add(_folded(name))
+        taken.add(fold_name(name))
     return names
 
 
@@ -445,7 +438,7 @@ def _file_paths(logicals: list[str]) -> dict[str, str]:
                 continue
             stem, dot, ext = part.rpartition(".") if i == len(parts) - 1 and "." in part[1:] else (part, "", "")
             name, n = part, 2
-            while owner.setdefault(_folded(f"{at}/{name}"), prefix) != prefix:
+            while owner.setdefault(fold_name(f"{at}/{name}"), prefix) != prefix:
                 name, n = f"{stem}~{n}{dot}{ext}", n + 1
             at = placed[prefix] = f"{at}/{name}" if at else name
         out[logical] = at
@@ -671,8 +664,8 @@ def _markdown_name(schema: DatabaseSchema, store: str, taken: dict[str, str]) ->
         "argentos-dashboard": "dashboard",
     }.get(schema.kind, store)
     name, n = f"{base}.md", 2
-    folded = {_folded(t) for t in (*taken, "identity.md", "MIGRATION.md")}
-    while _folded(name) in folded:  # `Identity.md` is `identity.md` on macOS
+    folded = {fold_name(t) for t in (*taken, "identity.md", "MIGRATION.md")}
+    while fold_name(name) in folded:  # `Identity.md` is `identity.md` on macOS
         name, n = f"{base}-{n}.md", n + 1
     return name
 

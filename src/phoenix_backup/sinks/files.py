@@ -21,6 +21,7 @@ import secrets
 import stat
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,6 +213,32 @@ class _Pending:
 
 def _tmp_name() -> str:
     return f"{TMP_PREFIX}{os.getpid()}-{own_start_time()}-{secrets.token_hex(6)}"
+
+
+def fold_name(name: str) -> str:
+    """`name` as a file system that ignores case and Unicode normal form compares it (macOS,
+    vfat/exFAT on a USB stick): two names folded alike are one file there, the second written
+    over the first."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def folds_names(folder: Path) -> bool:
+    """Whether the file system of `folder` (an existing folder) ignores case: a probe file is looked
+    up in upper case, then removed. One that ignores case is taken to ignore Unicode normal form
+    too (macOS does both; `fold_name`)."""
+    probe = _tmp_name()  # lowercase, and a restore's temporary name: the next restore clears one a kill left
+    f = os.open(folder / probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(f)
+        try:
+            seen = os.lstat(folder / probe.upper())
+        except OSError:
+            return False
+        return (seen.st_dev, seen.st_ino) == (st.st_dev, st.st_ino)
+    finally:
+        os.close(f)
+        with contextlib.suppress(OSError):
+            os.unlink(folder / probe)
 
 
 def _leftover(name: str) -> bool:
