@@ -6,6 +6,7 @@ person can read (categories, heat indicators, a Mermaid graph, reflections, less
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import hashlib
 import json
@@ -13,6 +14,7 @@ import os
 import sqlite3
 import struct
 import subprocess
+import unicodedata
 import zlib
 from pathlib import Path
 from typing import Any
@@ -382,6 +384,45 @@ def test_two_tables_whose_names_once_made_one_file_export_each_whole(sandbox: Sa
     for name, values in tables.items():
         assert [r["v"] for r in json.loads((out / files[name]).read_text())] == values, name
         assert len(Path(files[name]).name.encode()) <= 255
+
+
+@pytest.mark.phx_in_process
+def test_names_differing_only_in_case_or_normal_form_are_separate_files_of_the_export(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """An export is carried to macOS or a USB stick, whose file systems take `Memory` and `memory`,
+    or `café` in NFC and NFD, for one name. Before, stores `a/Memory.db` and `b/memory.db` were
+    exported to `databases/Memory` and `databases/memory` (one folder there: the second store's
+    tables over the first's), notes `memory/Note.md` and `memory/note.md` to two such files, and a
+    store `Identity` to `Identity.md` beside `identity.md`. Now every name differs folded."""
+    ws = sandbox.workspace
+    for rel in ("a/Memory.db", "b/memory.db", "c/Identity.db"):
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(ws / rel)) as con:
+            con.execute("CREATE TABLE t (k TEXT)")
+            con.execute("INSERT INTO t VALUES (?)", (rel,))
+            con.commit()
+    sandbox.write_config(databases={"sqlite": [*DEFAULT_SQLITE, "a/Memory.db", "b/memory.db", "c/Identity.db"]})
+    notes = {"Note.md": b"upper\n", "note.md": b"lower\n", "caf\u00e9.md": b"nfc\n", "cafe\u0301.md": b"nfd\n"}
+    for name, data in notes.items():
+        (ws / "memory" / name).write_bytes(data)
+    for fmt in ("json", "markdown"):
+        out = tmp_path / fmt
+        doc = sandbox.phx_here("export", "--format", fmt, "--no-vectors", "--output", out, "--json").json()
+        everything = [str(p.relative_to(out)) for p in out.rglob("*")]
+        folded = [unicodedata.normalize("NFD", unicodedata.normalize("NFD", p).casefold()) for p in everything]
+        assert len(set(folded)) == len(folded), sorted(everything)
+        kept = sorted(p.read_bytes() for p in (out / "files/workspace/memory").iterdir() if p.suffix == ".md")
+        assert [b for b in kept if b in notes.values()] == sorted(notes.values())
+        assert sum("only in case or Unicode form" in w for w in doc["warnings"]) == 2, doc["warnings"]
+        if fmt == "json":
+            rows = sorted(
+                json.loads((out / t["file"]).read_text())[0]["k"]
+                for db in json.loads((out / "metadata.json").read_text())["databases"]
+                if db["path"].startswith("workspace/")
+                for t in db["tableFiles"]
+            )
+            assert rows == ["a/Memory.db", "b/memory.db", "c/Identity.db"]
 
 
 # Each credential file a workspace may hold, and a secret in it that no key name or token shape

@@ -163,6 +163,38 @@ def test_a_same_size_rewrite_that_keeps_the_old_mtime_is_never_replaced(
     assert "changed since the safety snapshot" in doc["errors"][0]["error"]
 
 
+def test_a_large_hard_linked_file_rewritten_with_its_mtime_set_back_is_never_replaced(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file over 1 MiB with two names, rewritten in place by the agent after the safety snapshot
+    with as many bytes, its mtime set back. Its ctime is not compared (the restore's own rename
+    over one name changes the other's), and before, its bytes were not either: the restore
+    replaced both names (exit 0) and the agent's bytes were in no snapshot. Now a file with
+    several names is compared by its bytes: both are left and named (exit 3)."""
+    sb = backed_up
+    size = 1024 * 1024 + 1
+    big, other = sb.workspace / "big.bin", sb.workspace / "big-link.bin"
+    big.write_bytes(b"A" * size)
+    os.link(big, other)
+    sb.phx_here("backup")
+    with big.open("r+b") as f:
+        f.write(b"B" * size)
+    real_take = safety.take
+
+    def take_then_agent_rewrites(*args: Any, **kwargs: Any) -> Any:
+        taken = real_take(*args, **kwargs)
+        st = big.stat()
+        with big.open("r+b") as f:
+            f.write(b"C" * size)
+        os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return taken
+
+    monkeypatch.setattr(safety, "take", take_then_agent_rewrites)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json", code=3).json()
+    assert big.read_bytes() == other.read_bytes() == b"C" * size
+    assert sorted(e["path"] for e in doc["errors"]) == ["workspace/big-link.bin", "workspace/big.bin"], doc
+
+
 def _decoy(folder: Path) -> Path:
     """`folder` with a WAL database memory.db, a -wal and no -shm: a reader creates the -shm."""
     folder.mkdir()

@@ -17,7 +17,9 @@ import pytest
 from e2e_support import PHX, Sandbox
 from test_restore_destination_errors import CAPLESS
 
+from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.repo.locks import boot_id, pid_namespace
+from phoenix_backup.sinks import files
 
 MANY = 40  # unremovable leftovers: the bound is what is asserted, not the count (10,000 said the same)
 
@@ -178,3 +180,27 @@ def test_a_destination_removed_while_the_restore_runs_is_one_clear_error(sandbox
     assert "a folder is gone while restoring" in lines[0] and "removed or moved" in lines[0], err
     assert str(dest) in lines[0], err
     assert [str(p) for p in dest.rglob(".phx-tmp-*")] == []
+
+
+@pytest.mark.phx_in_process
+def test_two_paths_one_name_on_a_case_insensitive_destination_restore_nothing(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot made on Linux holds `memory/Note.md` and `memory/note.md`; restored onto a file
+    system that ignores case (macOS, a USB stick; simulated: the probe's answer, as no such file
+    system mounts here), the second was written over the first and both were said restored
+    (exit 0). Now the restore refuses before writing anything and names both paths. On a file
+    system that tells them apart (this one, probed for real) both are restored."""
+    sb = backed_up
+    (sb.workspace / "memory/Note.md").write_bytes(b"upper\n")
+    (sb.workspace / "memory/note.md").write_bytes(b"lower\n")
+    sb.phx_here("backup")
+    monkeypatch.setattr(restore_op, "folds_names", lambda folder: True, raising=False)
+    res = sb.phx_here("restore", "--latest", "--to", tmp_path / "folding", "--json", code=1)
+    assert "workspace/memory/Note.md and workspace/memory/note.md differ only in case" in res.json()["error"]
+    assert not (tmp_path / "folding").exists() or not any((tmp_path / "folding").rglob("*.md"))
+    monkeypatch.undo()
+    assert not files.folds_names(tmp_path)
+    sb.phx_here("restore", "--latest", "--to", tmp_path / "sensitive")
+    assert (tmp_path / "sensitive/workspace/memory/Note.md").read_bytes() == b"upper\n"
+    assert (tmp_path / "sensitive/workspace/memory/note.md").read_bytes() == b"lower\n"

@@ -5,10 +5,16 @@ held `memory` twice (as the link and as a folder of the outside files): it could
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 
+import pytest
 from e2e_support import Sandbox
+
+from phoenix_backup.config.defaults import DEFAULT_SQLITE
 
 
 def test_a_symlinked_folder_is_saved_as_a_link_and_not_followed(backed_up: Sandbox, tmp_path: Path) -> None:
@@ -43,3 +49,35 @@ def test_a_symlinked_folder_is_saved_as_a_link_and_not_followed(backed_up: Sandb
     undo = sb.phx("restore", "--backup", safety, "--yes", "--json", check=None)
     assert undo.code == 0, undo
     assert memory.is_symlink() and (outside / names[0]).read_text() == secret
+
+
+@pytest.mark.phx_in_process
+def test_a_chain_of_links_to_a_database_or_a_component_is_restored_so_that_it_resolves(sandbox: Sandbox) -> None:
+    """A configured database `~/dbs/chain.db -> ~/mid/mid.db -> ~/disk/agent.db` and a component
+    `workspace/memory -> ~/mid/memory -> ~/disk/memory`, the machine then lost. Before, only the
+    first link and the end were saved: the restore put back `chain.db` and `memory` as links to
+    paths in no snapshot (dangling: the database did not open, the notes were not there). Now the
+    links in between are saved as links too, and the restored chain resolves."""
+    home, ws = Path(sandbox.env["HOME"]), sandbox.workspace
+    for folder in ("dbs", "mid", "disk"):
+        (home / folder).mkdir()
+    with contextlib.closing(sqlite3.connect(home / "disk/agent.db")) as con:
+        con.execute("CREATE TABLE t (k TEXT)")
+        con.execute("INSERT INTO t VALUES ('at the end of the chain')")
+        con.commit()
+    (home / "mid/mid.db").symlink_to("../disk/agent.db")
+    (home / "dbs/chain.db").symlink_to(home / "mid/mid.db")
+    shutil.move(ws / "memory", home / "disk/memory")
+    (home / "mid/memory").symlink_to(home / "disk/memory")
+    (ws / "memory").symlink_to(home / "mid/memory")
+    notes = {p.name: p.read_bytes() for p in (home / "disk/memory").iterdir() if p.is_file()}
+    sandbox.write_config(databases={"sqlite": [*DEFAULT_SQLITE, "~/dbs/chain.db"]})
+    sandbox.backup()
+    for gone in ("dbs", "mid", "disk"):
+        shutil.rmtree(home / gone)
+    (ws / "memory").unlink()
+    sandbox.phx_here("restore", "--latest", "--yes", "--no-safety-snapshot")
+    assert os.readlink(home / "mid/mid.db") == "../disk/agent.db"
+    with contextlib.closing(sqlite3.connect(f"file:{home / 'dbs/chain.db'}?mode=ro", uri=True)) as con:
+        assert con.execute("SELECT k FROM t").fetchall() == [("at the end of the chain",)]
+    assert {p.name: p.read_bytes() for p in (ws / "memory").iterdir() if p.is_file()} == notes

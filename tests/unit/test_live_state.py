@@ -40,17 +40,74 @@ def test_a_file_that_keeps_growing_while_it_is_hashed_is_read_a_bounded_amount(
 
 
 @pytest.mark.parametrize("size", [files.CHECKED_BYTES, files.CHECKED_BYTES + 1])
-def test_a_rewrite_keeping_size_and_times_is_seen_up_to_the_boundary_and_not_past_it(tmp_path: Path, size: int) -> None:
+def test_a_rewrite_keeping_size_and_times_is_seen_up_to_the_boundary_and_not_past_it(
+    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A same-size rewrite with mtime and ctime unchanged (a coarse clock's tick): seen by its
-    bytes at exactly CHECKED_BYTES, not one byte past it (as docs/restore.md says)."""
+    bytes at exactly CHECKED_BYTES, not one byte past it (as docs/restore.md says) when the file's
+    ctime was older than RECENT_NS when noted (then a real write always moves its ctime)."""
     path = tmp_path / "big.bin"
     path.write_bytes(b"A" * size)
+    later = path.stat().st_ctime_ns + files.RECENT_NS + 1
+    monkeypatch.setattr(files.time, "time_ns", lambda: later)
     before = files.live_state(path)
     assert before is not None
     with path.open("r+b") as f:
         f.write(b"B")
-    now = files.live_state(path)
+    now = files._state_at(None, path, hashed=before[7] != "")  # as the restore looks again
     assert now is not None
     # The clock's tick, as the test cannot wait for one: the times and inode of before.
     now = (*before[:7], now[7])
     assert files._same_state(before, now) is (size > files.CHECKED_BYTES)
+
+
+def test_a_large_file_written_within_the_last_ticks_is_compared_by_its_bytes(tmp_path: Path) -> None:
+    """A file over CHECKED_BYTES the agent has just written, then rewrites with as many bytes in
+    the same tick of the file system's clock (size, mtime and ctime as noted). Before, a file that
+    large was compared by stat only: the restore took it for unchanged and replaced the agent's
+    latest bytes, which were in no snapshot. Now its ctime is recent when noted, so its bytes are
+    hashed too, and again at the second look: the rewrite is seen."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"A" * (files.CHECKED_BYTES + 1))
+    before = files.live_state(path)
+    assert before is not None and before[7] != ""
+    with path.open("r+b") as f:
+        f.write(b"B")
+    now = files._state_at(None, path, hashed=True)
+    assert now is not None
+    now = (*before[:7], now[7])  # the same tick: the times and inode of before
+    assert not files._same_state(before, now)
+
+
+def test_a_large_file_untouched_for_longer_than_a_tick_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cost stays where it was: a large file with one name and an old ctime is compared by
+    stat (its ctime, which a later write always moves past), its bytes never read."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"A" * (files.CHECKED_BYTES + 1))
+    later = path.stat().st_ctime_ns + files.RECENT_NS + 1
+    monkeypatch.setattr(files.time, "time_ns", lambda: later)
+    monkeypatch.setattr(files, "_digest_at", lambda *a: pytest.fail("read a large file with an old ctime"))
+    before = files.live_state(path)
+    assert before is not None and before[7] == ""
+
+
+def test_a_large_file_with_several_names_is_compared_by_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its ctime is not compared (the restore's rename over another name moves it), so an old
+    ctime does not spare reading it: a rewrite with its mtime set back is seen by its bytes."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"A" * (files.CHECKED_BYTES + 1))
+    os.link(path, tmp_path / "other.bin")
+    later = path.stat().st_ctime_ns + files.RECENT_NS + 1
+    monkeypatch.setattr(files.time, "time_ns", lambda: later)
+    before = files.live_state(path)
+    assert before is not None and before[7] != ""
+    st = path.stat()
+    with path.open("r+b") as f:
+        f.write(b"B")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = files._state_at(None, path, hashed=True)
+    assert not files._same_state(before, now)

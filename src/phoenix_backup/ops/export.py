@@ -61,6 +61,7 @@ from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.reader import copy_snapshot_database, stream_blocks
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
+from phoenix_backup.sinks.files import fold_name
 from phoenix_backup.sinks.select import link_targets
 from phoenix_backup.sources.files import Entry, open_regular, select
 from phoenix_backup.sources.layout import Layout
@@ -408,13 +409,40 @@ def _take_on(work: Path, old: os.stat_result, output: Path, envx: Environment) -
 
 def _store_names(databases: list[SourceDatabase]) -> list[str]:
     names: list[str] = []
+    taken: set[str] = set()
     for db in databases:
         stem = _safe_name(db.logical.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "store")
         name, n = stem, 2
-        while name in names:
+        while fold_name(name) in taken:  # `Memory` and `memory` are one folder on macOS
             name, n = f"{stem}-{n}", n + 1
         names.append(name)
+        taken.add(fold_name(name))
     return names
+
+
+def _file_paths(logicals: list[str]) -> dict[str, str]:
+    """Each logical path's path below `files/`: itself, unless a folder or file name on its way
+    differs only in case or Unicode normal form (`_folded`) from one an earlier path put in the
+    same folder; that name then gets `~2` (`soul~2.md`), and everything below a renamed folder
+    goes into it."""
+    out: dict[str, str] = {}
+    placed: dict[str, str] = {}  # logical prefix -> its path in the export
+    owner: dict[str, str] = {}  # folded path in the export -> the logical prefix it holds
+    for logical in logicals:
+        parts = logical.split("/")
+        at = ""
+        for i, part in enumerate(parts):
+            prefix = "/".join(parts[: i + 1])
+            if prefix in placed:
+                at = placed[prefix]
+                continue
+            stem, dot, ext = part.rpartition(".") if i == len(parts) - 1 and "." in part[1:] else (part, "", "")
+            name, n = part, 2
+            while owner.setdefault(fold_name(f"{at}/{name}"), prefix) != prefix:
+                name, n = f"{stem}~{n}{dot}{ext}", n + 1
+            at = placed[prefix] = f"{at}/{name}" if at else name
+        out[logical] = at
+    return out
 
 
 # The longest table or store file name: 255 bytes, less room for `-NN` and `.json`/`.csv`.
@@ -503,8 +531,16 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
     identity_files: list[tuple[str, bytes]] = []
     unsanitized: list[Redaction] = []
     credentials: list[str] = []
+    paths = _file_paths([f.logical for f in source.files])
+    for logical, path in paths.items():
+        if path != logical:
+            result.warnings.append(
+                f"files/{logical} is exported as files/{path}: its name differs from another's only in case or "
+                "Unicode form, which macOS and a USB stick's file system take for one file; rename it when you "
+                "copy it back"
+            )
     for f in source.files:
-        rel = f"files/{f.logical}"
+        rel = f"files/{paths[f.logical]}"
         data = b"".join(f.read())
         if result.sanitized:
             kept = _sanitized(f.logical, rel, data, result)
@@ -522,7 +558,7 @@ def _write_export(work: Path, source: Source, result: ExportResult, cfg: Config,
         dest.write_bytes(data)
         result.files.append(rel)
         if identity.matches(f.logical):
-            identity_files.append((f.logical, data))
+            identity_files.append((paths[f.logical], data))
     if unsanitized:
         where = sorted({r.file for r in unsanitized})
         result.warnings.append(
@@ -628,7 +664,8 @@ def _markdown_name(schema: DatabaseSchema, store: str, taken: dict[str, str]) ->
         "argentos-dashboard": "dashboard",
     }.get(schema.kind, store)
     name, n = f"{base}.md", 2
-    while name in taken or name in ("identity.md", "MIGRATION.md"):
+    folded = {fold_name(t) for t in (*taken, "identity.md", "MIGRATION.md")}
+    while fold_name(name) in folded:  # `Identity.md` is `identity.md` on macOS
         name, n = f"{base}-{n}.md", n + 1
     return name
 

@@ -69,7 +69,16 @@ from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
 from phoenix_backup.sinks import leftovers, sqlite_folder, sqlite_live
 from phoenix_backup.sinks import sqlite as sqlite_sink
-from phoenix_backup.sinks.files import TMP_PREFIX, FileWriter, LiveState, Written, grants_privilege, live_state
+from phoenix_backup.sinks.files import (
+    TMP_PREFIX,
+    FileWriter,
+    LiveState,
+    Written,
+    fold_name,
+    folds_names,
+    grants_privilege,
+    live_state,
+)
 from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
 from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
@@ -444,6 +453,7 @@ class _Restore:
                     for notice in databases.server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs):
                         self.warn(notice)
             return result
+        _refuse_folded_names(plan.items)
         if self.in_place:
             self.confirm(plan)
         if self.in_place or any(i.action == "overwrite" for i in plan.items):
@@ -1187,6 +1197,35 @@ def _same_inode(a: str, b: str) -> bool:
     except OSError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _refuse_folded_names(items: list[PlanItem]) -> None:
+    """RestoreError, before anything is written, when two paths the restore puts back differ only
+    in case or Unicode normal form (`fold_name`) and the destination's file system takes them for
+    one (macOS, vfat: `folds_names`): the second would be written over the first, both said restored."""
+    groups: dict[str, list[PlanItem]] = {}
+    for item in items:
+        if item.action != "delete":
+            groups.setdefault(fold_name(item.target), []).append(item)
+    probed: dict[Path, bool] = {}
+    for same in groups.values():
+        if len({i.target for i in same}) < 2:
+            continue
+        folder = Path(same[0].target).parent
+        while not folder.is_dir() and folder != folder.parent:
+            folder = folder.parent
+        if folder not in probed:
+            try:
+                probed[folder] = folds_names(folder)
+            except OSError:
+                probed[folder] = False  # a folder that takes no file: the write itself says why
+        if probed[folder]:
+            first, second = sorted(i.path for i in same)[:2]
+            raise RestoreError(
+                f"{first} and {second} differ only in case or Unicode form, and the file system of {folder} "
+                "takes them for one name: one would be written over the other; nothing was restored — restore "
+                "to a folder on a file system that tells them apart (--to DIR), or one of them at a time (--path)"
+            )
 
 
 def _writes_content(item: PlanItem) -> bool:

@@ -20,6 +20,8 @@ import resource
 import secrets
 import stat
 import threading
+import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -213,6 +215,32 @@ def _tmp_name() -> str:
     return f"{TMP_PREFIX}{os.getpid()}-{own_start_time()}-{secrets.token_hex(6)}"
 
 
+def fold_name(name: str) -> str:
+    """`name` as a file system that ignores case and Unicode normal form compares it (macOS,
+    vfat/exFAT on a USB stick): two names folded alike are one file there, the second written
+    over the first."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def folds_names(folder: Path) -> bool:
+    """Whether the file system of `folder` (an existing folder) ignores case: a probe file is looked
+    up in upper case, then removed. One that ignores case is taken to ignore Unicode normal form
+    too (macOS does both; `fold_name`)."""
+    probe = _tmp_name()  # lowercase, and a restore's temporary name: the next restore clears one a kill left
+    f = os.open(folder / probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(f)
+        try:
+            seen = os.lstat(folder / probe.upper())
+        except OSError:
+            return False
+        return (seen.st_dev, seen.st_ino) == (st.st_dev, st.st_ino)
+    finally:
+        os.close(f)
+        with contextlib.suppress(OSError):
+            os.unlink(folder / probe)
+
+
 def _leftover(name: str) -> bool:
     """A temporary file of a restore whose process no longer runs."""
     m = RESTORE_TEMP.match(name)
@@ -224,10 +252,15 @@ def _leftover(name: str) -> bool:
 
 # Regular files up to this size are compared by their bytes too (`live_state`): a rewrite with as
 # many bytes inside one tick of the file system's clock (most stamp in jiffies) keeps size, mtime
-# and ctime. Larger ones are compared by ctime (which `os.utime` cannot set back) when not linked.
+# and ctime. Larger ones are compared by ctime (which `os.utime` cannot set back), and by their
+# bytes too when the ctime cannot tell: a file with several names (the restore's own rename over
+# one of them changes the ctime of the others, so it is not compared), or one whose ctime is within
+# RECENT_NS of the clock when it was noted (a write in that same tick would keep it).
 CHECKED_BYTES = 1024 * 1024
+# Wider than any file system's tick (jiffies; 1 s on ext3/HFS+, 2 s on FAT), as git's racy check.
+RECENT_NS = 3_000_000_000
 
-# (device, inode, type and mode, size, mtime, ctime, link count, SHA-256 of a small regular file or "")
+# (device, inode, type and mode, size, mtime, ctime, link count, SHA-256 of a regular file or "")
 LiveState = tuple[int, int, int, int, int, int, int, str] | None
 
 
@@ -235,13 +268,20 @@ def _state(st: os.stat_result, digest: str) -> tuple[int, int, int, int, int, in
     return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, digest)
 
 
-def _state_at(fd: int | None, name: str | Path) -> LiveState:
+def _hashed(st: os.stat_result) -> bool:
+    """Whether `live_state` compares this regular file by its bytes (see CHECKED_BYTES)."""
+    return st.st_size <= CHECKED_BYTES or st.st_nlink > 1 or st.st_ctime_ns >= time.time_ns() - RECENT_NS
+
+
+def _state_at(fd: int | None, name: str | Path, hashed: bool | None = None) -> LiveState:
     """The state of `name` in the folder `fd` (never following a link); raises OSError from lstat.
-    A small file's is taken by a second lstat after its bytes were hashed: a write or a rename over
-    it while they were read shows in its times or inode, so what is lost between the check and
-    the rename is only what lands after that last lstat, as without the hash."""
+    `hashed`: whether a regular file's bytes are hashed (None: as `_hashed` says; a second look
+    hashes when the first did, so both states compare alike).
+    A hashed file's state is taken by a second lstat after its bytes were hashed: a write or a
+    rename over it while they were read shows in its times or inode, so what is lost between the
+    check and the rename is only what lands after that last lstat, as without the hash."""
     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-    if not (stat.S_ISREG(st.st_mode) and st.st_size <= CHECKED_BYTES):
+    if not stat.S_ISREG(st.st_mode) or not (_hashed(st) if hashed is None else hashed):
         return _state(st, "")
     digest = _digest_at(fd, name, st)
     return _state(os.stat(name, dir_fd=fd, follow_symlinks=False), digest)
@@ -251,7 +291,8 @@ def _same_state(before: LiveState, now: LiveState) -> bool:
     if before is None or now is None:
         return before == now
     # The ctime only of a file with one name: the restore's own rename over one name of a
-    # hard-linked file changes the inode's link count, and so its ctime, under its other names.
+    # hard-linked file changes the inode's link count, and so its ctime, under its other names
+    # (whose bytes are compared instead, `_hashed`).
     ctime = before[6] == 1
     return before[:5] == now[:5] and before[7] == now[7] and (not ctime or before[5] == now[5])
 
@@ -347,13 +388,14 @@ class FileWriter:
         the safety snapshot: replacing or deleting it would lose what no snapshot holds."""
         if self.before is None or logical not in self.before:
             return
+        before = self.before[logical]
         try:
-            now = _state_at(fd, name)
+            now = _state_at(fd, name, hashed=None if before is None else before[7] != "")
         except FileNotFoundError:
             now = None
         except OSError:
             return  # what the rename or unlink meets there is its own error
-        if not _same_state(self.before[logical], now):
+        if not _same_state(before, now):
             raise UnsafePath(
                 f"{logical} changed since the safety snapshot was taken (the agent wrote it?) and was left as it is, "
                 "so nothing is lost; stop the agent (the gateway) and restore again"

@@ -183,8 +183,9 @@ def select(
                 if path.is_symlink():
                     target = _follow(layout, path, sel)
                     if target is not None:
-                        kept.add(target)
-                        found = [*found, target]
+                        hops = _hops(path)
+                        kept.update([*hops, target])
+                        found = [*found, *hops, target]
         elif not found and raw and not unreadable and raw not in quiet:
             if link is not None:
                 sel.behind_links.append((raw, str(link)))
@@ -208,8 +209,10 @@ def select(
         if stat.S_ISLNK(st.st_mode):
             target = _linked_database(layout, db, sel)
             if target is not None:
+                hops = _hops(db)
+                kept.update(hops)
                 db_paths.add(target)
-                roots.append(target)
+                roots.extend([*hops, target])
     # A followed component link is saved with what it points to: nothing behind it is skipped.
     sel.behind_links = [(raw, link) for raw, link in sel.behind_links if Path(link) not in kept]
     never = {Path(os.path.abspath(p)) for p in skip}
@@ -398,6 +401,29 @@ def _follow(layout: Layout, link: Path, sel: Selection) -> Path | None:
         return None
     sel.followed[layout.to_logical(link)] = layout.to_logical(target)
     return target
+
+
+def _hops(link: Path) -> list[Path]:
+    """The links a followed link leads through before what it points to (`chain.db -> mid.db ->
+    agent.db`: mid.db), each at the path its folder really has: saved as links beside the first,
+    so that a restore puts back a chain that resolves (not `chain.db` to a `mid.db` in no snapshot).
+    A link in a folder's part of a target (`dir/mid.db` with `dir` a link) is resolved, not saved."""
+    out: list[Path] = []
+    path = link
+    for _ in range(40):  # the system's own bound on links followed (ELOOP)
+        try:
+            text = os.readlink(path)
+        except OSError:
+            break
+        nxt = Path(os.path.realpath(path.parent)) / text
+        if nxt.name in ("", ".", ".."):
+            break  # a folder: what the chain points to, no link
+        nxt = Path(os.path.realpath(nxt.parent)) / nxt.name
+        if not nxt.is_symlink() or nxt in out:
+            break
+        out.append(nxt)
+        path = nxt
+    return out
 
 
 def excluded(layout: Layout, excludes: Iterable[str], path: Path) -> bool:
