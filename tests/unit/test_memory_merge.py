@@ -587,3 +587,53 @@ def test_a_table_the_merge_creates_with_a_foreign_key_sqlite_cannot_enforce_is_m
     assert counts(result) == {"p": (1, 0, 0, 0, 0), "c": (1, 0, 0, 0, 0)}
     assert any("table c declares a foreign key SQLite cannot enforce" in w for w in result.warnings), result.warnings
     assert dump(dst) == {"p": [(1, "a")], "c": [(10, "a")]}
+
+
+@pytest.mark.parametrize("without_rowid", ["", " WITHOUT ROWID"])
+@pytest.mark.parametrize("mode", ["skip", "update"])
+def test_a_key_the_live_table_compares_without_case_is_the_live_row(
+    tmp_path: Path, without_rowid: str, mode: ConflictMode
+) -> None:
+    """A key declared COLLATE NOCASE: the snapshot's 'Alice' is the live 'alice' (the table's
+    UNIQUE index says so). It was taken for a new row, whose insert failed ('UNIQUE constraint
+    failed', exit 3): an unchanged row counted failed, an update never made."""
+    sql = f"CREATE TABLE t (k TEXT COLLATE NOCASE PRIMARY KEY, v TEXT){without_rowid};"
+    src = store(tmp_path / "src.db", sql, {"t": [("Alice", "1"), ("Bob", "new"), ("carol", "c")]})
+    dst = store(tmp_path / "dst.db", sql, {"t": [("alice", "1"), ("BOB", "old")]})
+    result = merged(src, dst, mode=mode)
+    assert counts(result) == {"t": (1, 1, 0, 1, 0) if mode == "skip" else (1, 0, 1, 1, 0)}
+    assert result.warnings == []
+    bob = "old" if mode == "skip" else "new"
+    assert dump(dst)["t"] == [("BOB", bob), ("alice", "1"), ("carol", "c")]
+
+
+def test_a_table_named_in_another_case_is_the_live_table(tmp_path: Path) -> None:
+    """SQLite's names are ASCII letters in any case: the snapshot's table `Notes` is the live
+    `notes`. Creating it again failed, its rows were not merged and none was counted failed (exit 0)."""
+    src = store(
+        tmp_path / "src.db",
+        "CREATE TABLE Notes (id INTEGER PRIMARY KEY, body TEXT); CREATE INDEX Notes_Body ON Notes (body);",
+        {"Notes": [(1, "a"), (2, "b")]},
+    )
+    dst = store(
+        tmp_path / "dst.db",
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); CREATE INDEX notes_body ON notes (body);",
+        {"notes": [(1, "a")]},
+    )
+    result = merged(src, dst)
+    assert counts(result) == {"Notes": (1, 0, 0, 1, 0)}
+    assert result.warnings == []
+    assert dump(dst)["notes"] == [(1, "a"), (2, "b")]
+
+
+def test_rows_of_a_table_that_cannot_be_created_are_counted_failed(tmp_path: Path) -> None:
+    """The live store holds a view where the snapshot has a table: its rows cannot be merged, and
+    they are counted failed (exit 3), not left out of every count (exit 0)."""
+    sql = "CREATE TABLE log (id INTEGER PRIMARY KEY, m TEXT);"
+    src = store(tmp_path / "src.db", sql, {"log": [(1, "a"), (2, "b")]})
+    dst = store(tmp_path / "dst.db", "CREATE TABLE t (x); CREATE VIEW log AS SELECT x FROM t;", {})
+    result = merged(src, dst)
+    assert counts(result) == {"log": (0, 0, 0, 0, 2)}
+    assert result.warnings[-1] == (
+        "table log is not in the live store and could not be created; its 2 row(s) were not merged"
+    )

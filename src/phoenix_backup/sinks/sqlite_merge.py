@@ -283,8 +283,7 @@ def _merge_in_transaction(
 
 
 def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge, *, mode: ConflictMode) -> None:
-    existing = {str(r[0]) for r in con.execute("SELECT name FROM sqlite_master")}
-    missing = [s for s in source.statements if s.name not in existing]
+    missing = _missing(con, source)
     late = [s for s in missing if s.type in ("view", "trigger")]
     created_tables: set[str] = set()
     for stmt in missing:
@@ -314,9 +313,14 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
     for table in source.tables:
         tm = TableMerge(table.name, created=table.name in created_tables)
         result.tables.append(tm)
-        live = target.table(table.name)
+        # SQLite's names are ASCII letters in any case: the live `notes` is the source's `Notes`.
+        live = next((t for t in target.tables if _fold(t.name) == _fold(table.name)), None)
         if live is None:
-            result.warnings.append(f"table {table.name} is not in the live store and could not be created")
+            tm.failed = sum(1 for _row in source.rows(table))
+            result.warnings.append(
+                f"table {table.name} is not in the live store and could not be created; its {tm.failed} row(s) "
+                "were not merged"
+            )
             continue
         _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode, undo=undo)
     _retry_waiting(con, waiting, result, undo=undo)
@@ -341,8 +345,7 @@ def _unenforceable_foreign_key(con: sqlite3.Connection, source: RowSource) -> st
     SQLite cannot enforce (with foreign_keys on), named with SQLite's error; empty when all can be.
     The missing tables are created in a transaction rolled back at once: foreign_keys can only be
     turned off outside one."""
-    existing = {str(r[0]) for r in con.execute("SELECT name FROM sqlite_master")}
-    missing = [s for s in source.statements if s.type == "table" and s.name not in existing]
+    missing = [s for s in _missing(con, source) if s.type == "table"]
     if not missing:
         return _first_unenforceable(con)
     con.execute("BEGIN IMMEDIATE")
@@ -355,6 +358,13 @@ def _unenforceable_foreign_key(con: sqlite3.Connection, source: RowSource) -> st
         return _first_unenforceable(con)
     finally:
         con.execute("ROLLBACK")
+
+
+def _missing(con: sqlite3.Connection, source: RowSource) -> list[SchemaStatement]:
+    """The source's statements whose name the live store lacks, names compared as SQLite compares
+    them (a live `notes` is the source's `Notes`: creating it again failed and its rows went unmerged)."""
+    existing = {_fold(str(r[0])) for r in con.execute("SELECT name FROM sqlite_master")}
+    return [s for s in source.statements if _fold(s.name) not in existing]
 
 
 def _first_unenforceable(con: sqlite3.Connection) -> str:
@@ -523,7 +533,7 @@ def _merge_table(
     # likes: those rows are merged as whole rows against the live rows with a NULL key.
     null_keyed: list[tuple[SqlValue, ...]] = []
     for batch in _batched(projected, _BATCH):
-        existing = _existing(con, q, col_sql, key, key_idx, batch)
+        existing = _existing(con, q, common, key, key_idx, batch)
         for values in batch:
             k = tuple(values[i] for i in key_idx)
             if None in k:
@@ -532,7 +542,7 @@ def _merge_table(
             old = existing.get(k)
             if old is None:
                 insert(values)
-            elif old == values:
+            elif all(old[i] == values[i] for i in value_idx):  # the key equal as the live table compares it
                 tm.unchanged += 1
             elif mode == "skip":
                 tm.skipped += 1
@@ -673,22 +683,29 @@ def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Wa
 def _existing(
     con: sqlite3.Connection,
     q: str,
-    col_sql: str,
+    common: tuple[str, ...],
     key: tuple[str, ...],
     key_idx: list[int],
     batch: Sequence[tuple[SqlValue, ...]],
 ) -> dict[tuple[SqlValue, ...], tuple[SqlValue, ...]]:
-    """The live rows (common columns) of a batch's keys."""
+    """The live rows (common columns) of a batch's keys, each under the source's key: the live
+    key columns' collation and affinity decide which live row a source key is, as the table's
+    UNIQUE index does (a NOCASE key's 'Alice' is the live 'alice'; read back by its own value,
+    such a row was taken for a new one, whose insert then failed the UNIQUE constraint)."""
     found: dict[tuple[SqlValue, ...], tuple[SqlValue, ...]] = {}
+    cols = ", ".join("t.rowid" if c == "rowid" else f"t.{quote(c)}" for c in common)
     if len(key) == 1:
-        col = "rowid" if key[0] == "rowid" else quote(key[0])
+        col = "t.rowid" if key[0] == "rowid" else f"t.{quote(key[0])}"
         keys = [v[key_idx[0]] for v in batch]
-        sql = f"SELECT {col_sql} FROM {q} WHERE {col} IN ({', '.join('?' * len(keys))})"
-        for row in con.execute(sql, keys):
-            found[(row[key_idx[0]],)] = tuple(row)
+        sql = (
+            f"WITH phx_k(phx_i, phx_v) AS (VALUES {', '.join(['(?, ?)'] * len(keys))}) "
+            f"SELECT phx_k.phx_i, {cols} FROM phx_k JOIN {q} AS t ON {col} = phx_k.phx_v"
+        )
+        for at, *row in con.execute(sql, [x for i, k in enumerate(keys) for x in (i, k)]):
+            found[(keys[at],)] = tuple(row)
         return found
-    where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
-    sql = f"SELECT {col_sql} FROM {q} WHERE {where}"
+    where = " AND ".join(f"{'t.rowid' if k == 'rowid' else f't.{quote(k)}'} = ?" for k in key)
+    sql = f"SELECT {cols} FROM {q} AS t WHERE {where}"
     for values in batch:
         k = tuple(values[i] for i in key_idx)
         row = con.execute(sql, k).fetchone()
