@@ -637,3 +637,30 @@ def test_rows_of_a_table_that_cannot_be_created_are_counted_failed(tmp_path: Pat
     assert result.warnings[-1] == (
         "table log is not in the live store and could not be created; its 2 row(s) were not merged"
     )
+
+
+@pytest.mark.parametrize("clause", ["OR REPLACE", "OR IGNORE"])
+@pytest.mark.parametrize("mode", ["skip", "update"])
+def test_a_live_trigger_s_own_conflict_clause_is_kept(tmp_path: Path, clause: str, mode: ConflictMode) -> None:
+    """A live trigger keeps a table the merge does not fill (added since the snapshot) with
+    `INSERT OR REPLACE` / `INSERT OR IGNORE`. The merge's `INSERT OR ABORT` overrode that clause,
+    so every merged row failed ('UNIQUE constraint failed: stats.k', exit 3)."""
+    schema = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);"
+    src = store(tmp_path / "src.db", schema, {"notes": [(1, "a"), (2, "b"), (3, "c"), (4, "d")]})
+    dst = store(
+        tmp_path / "dst.db",
+        schema + "CREATE TABLE stats (k TEXT PRIMARY KEY, n INTEGER);",
+        {"notes": [(1, "a"), (2, "x")], "stats": [("last", 2), ("edit", 0)]},
+    )
+    store(
+        dst,
+        f"CREATE TRIGGER last_note AFTER INSERT ON notes BEGIN INSERT {clause} INTO stats VALUES ('last', NEW.id); END;"
+        f"CREATE TRIGGER edited AFTER UPDATE ON notes BEGIN INSERT {clause} INTO stats VALUES ('edit', NEW.id); END;",
+        {},
+    )
+    result = merged(src, dst, mode=mode)
+    assert counts(result) == {"notes": (2, 1, 0, 1, 0) if mode == "skip" else (2, 0, 1, 1, 0)}
+    assert [r[0] for r in dump(dst)["notes"]] == [1, 2, 3, 4]
+    last = 4 if clause == "OR REPLACE" else 2
+    edit = 2 if clause == "OR REPLACE" and mode == "update" else 0
+    assert dump(dst)["stats"] == [("edit", edit), ("last", last)]

@@ -467,6 +467,12 @@ def _trigger_touches(text: str, tables: set[str], verbs: tuple[str, ...] = ("INT
     return False
 
 
+def _declares_on_conflict(sql: str) -> bool:
+    """Whether a table's declaration gives a constraint an ON CONFLICT clause."""
+    words = [w.upper() for w in tokens(sql)]
+    return any(words[i : i + 2] == ["ON", "CONFLICT"] for i in range(len(words) - 1))
+
+
 def _fold(name: str) -> str:
     """A name as SQLite compares names: ASCII letters in any case."""
     return "".join(c.lower() if c.isascii() else c for c in name)
@@ -498,8 +504,12 @@ def _merge_table(
     q = quote(table.name)
     col_sql = ", ".join("rowid" if c == "rowid" else quote(c) for c in common)
     # OR ABORT overrides a table's own ON CONFLICT REPLACE, which would delete the live row that
-    # is in the way (and cascade to its children) instead of failing the merged one.
-    insert_sql = f"INSERT OR ABORT INTO {q} ({col_sql}) VALUES ({', '.join('?' * len(common))})"
+    # is in the way (and cascade to its children) instead of failing the merged one. It also
+    # overrides the conflict clause of every statement a live trigger runs for the row, so it is
+    # written only for a table that declares one: a trigger's `INSERT OR REPLACE INTO stats` (a
+    # table the merge does not fill) then failed every merged row.
+    abort = " OR ABORT" if _declares_on_conflict(live.sql) else ""
+    insert_sql = f"INSERT{abort} INTO {q} ({col_sql}) VALUES ({', '.join('?' * len(common))})"
     warned = 0
 
     def insert(values: tuple[SqlValue, ...]) -> None:
@@ -528,7 +538,7 @@ def _merge_table(
     value_idx = [i for i, c in enumerate(common) if c not in key]
     where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
     sets = ", ".join(quote(common[i]) + " = ?" for i in value_idx)
-    update_sql = f"UPDATE OR ABORT {q} SET {sets} WHERE {where}" if value_idx else ""
+    update_sql = f"UPDATE{abort} {q} SET {sets} WHERE {where}" if value_idx else ""
     # A NULL never equals a key, and a (legacy) rowid table's key may hold NULLs, as many as it
     # likes: those rows are merged as whole rows against the live rows with a NULL key.
     null_keyed: list[tuple[SqlValue, ...]] = []
