@@ -664,3 +664,40 @@ def test_a_live_trigger_s_own_conflict_clause_is_kept(tmp_path: Path, clause: st
     last = 4 if clause == "OR REPLACE" else 2
     edit = 2 if clause == "OR REPLACE" and mode == "update" else 0
     assert dump(dst)["stats"] == [("edit", edit), ("last", last)]
+
+
+@pytest.mark.parametrize("mode", ["skip", "update"])
+def test_a_live_trigger_keeping_a_sqlite_vec_index_does_not_fail_the_store(tmp_path: Path, mode: ConflictMode) -> None:
+    """A store made with sqlite-vec keeps its vec0 index in step with a trigger; Phoenix's SQLite
+    cannot load vec0. The trigger fired for the first merged row and the whole store failed ('no
+    such module: vec0 ... check that the file is a writable SQLite database'). Now it is left out
+    for the rows, created again, and named with the index to re-index."""
+    paths = []
+    for name, rows in (("src.db", [(1, "a"), (2, "b")]), ("dst.db", [(1, "old")])):
+        path = store(tmp_path / name, "CREATE TABLE mem (id INTEGER PRIMARY KEY, body TEXT);", {"mem": rows})
+        con = sqlite3.connect(path)  # what `CREATE VIRTUAL TABLE ... USING vec0` writes, without sqlite-vec here
+        con.execute("PRAGMA writable_schema = ON")
+        con.execute(
+            "INSERT INTO sqlite_master VALUES "
+            "('table', 'mem_vec', 'mem_vec', 0, 'CREATE VIRTUAL TABLE mem_vec USING vec0(embedding float[4])')"
+        )
+        con.commit()
+        con.close()
+        paths.append(path)
+    src, dst = paths
+    trigger = (
+        "CREATE TRIGGER mem_vec_{0} AFTER {0} ON mem BEGIN "
+        "INSERT INTO mem_vec (rowid, embedding) VALUES (NEW.id, NEW.body); END;"
+    )
+    store(dst, trigger.format("INSERT") + trigger.format("UPDATE"), {})
+    result = merged(src, dst, mode=mode)
+    assert counts(result) == {"mem": (1, 1, 0, 0, 0) if mode == "skip" else (1, 0, 1, 0, 0)}
+    con = sqlite3.connect(dst)
+    assert con.execute("SELECT * FROM mem").fetchall() == [(1, "old" if mode == "skip" else "a"), (2, "b")]
+    assert {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")} == {
+        "mem_vec_INSERT",
+        "mem_vec_UPDATE",
+    }
+    con.close()
+    named = [w for w in result.warnings if w.startswith("the live trigger mem_vec_")]
+    assert len(named) == 2 and all("mem_vec, a virtual table of module vec0" in w for w in named)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from phoenix_backup.errors import ExitStatus, MergeFailed
-from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect
+from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect, virtual_module
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sources.sqlite import planted_companion, sqlite_uri
@@ -300,10 +300,14 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
     # source already holds (an audit row, say): it is dropped for the rows and created again.
     # One that only reads them (a guard) goes on firing.
     merged = {t.name for t in source.tables}
+    # One that writes into a virtual table whose module Phoenix cannot load (a sqlite-vec index
+    # kept in step with its rows) failed the whole store, 'no such module: vec0': it is dropped
+    # for the rows too, and the index named to be re-indexed.
+    unloadable = _unloadable_virtual_tables(con)
     quiet = [
         (str(name), str(sql))
         for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
-        if _trigger_touches(str(sql), merged)
+        if _trigger_touches(str(sql), merged | set(unloadable))
     ]
     for name, _sql in quiet:
         con.execute(f"DROP TRIGGER {quote(name)}")
@@ -327,6 +331,13 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
     written = any(t.restored or t.updated for t in result.tables)
     for name, sql in quiet:
         con.execute(sql)
+        skipped = [v for v in sorted(unloadable) if _trigger_touches(sql, {v})]
+        if written and skipped:
+            result.warnings.append(
+                f"the live trigger {name} did not fire for the merged rows: it writes into {', '.join(skipped)}, "
+                f"a virtual table of module {unloadable[skipped[0]]} that Phoenix cannot load — let the agent "
+                "re-index it after the merge"
+            )
         if written and _trigger_touches(sql, merged, verbs=("UPDATE", "DELETE")):
             result.warnings.append(
                 f"the live trigger {name} did not fire for the merged rows: the rows it updates come from the "
@@ -338,6 +349,21 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
             con.execute(stmt.sql)
         except sqlite3.OperationalError as exc:
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
+
+
+def _unloadable_virtual_tables(con: sqlite3.Connection) -> dict[str, str]:
+    """The virtual tables of the store whose module this SQLite cannot load (`vec0` without
+    sqlite-vec), with their module."""
+    out: dict[str, str] = {}
+    for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"):
+        module = virtual_module(str(sql or ""))
+        if module is None:
+            continue
+        try:
+            con.execute(f"SELECT 1 FROM {quote(str(name))} LIMIT 0").fetchall()
+        except sqlite3.OperationalError:
+            out[str(name)] = module
+    return out
 
 
 def _unenforceable_foreign_key(con: sqlite3.Connection, source: RowSource) -> str:
