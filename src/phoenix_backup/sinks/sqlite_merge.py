@@ -656,12 +656,53 @@ def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: Dat
             break
         waiting = left
         backwards = not backwards
+    if waiting and all(w.why == _NO_PARENT for w in waiting) and _write_together(con, waiting, undo=undo):
+        waiting = []
     warned: Counter[str] = Counter()
     for w in failed + waiting:
         w.tm.failed += 1
         if warned[w.tm.table] < _MAX_WARNINGS_PER_TABLE:
             warned[w.tm.table] += 1
             result.warnings.append(f"{w.tm.table}: a row could not be {w.verb} ({w.why})")
+
+
+def _write_together(con: sqlite3.Connection, waiting: list[_Waiting], *, undo: bool) -> bool:
+    """Write the rows no pass could write, with the foreign keys checked once all are in: rows
+    that are each other's parents (two notes pointing to each other, a longer cycle) go in only
+    together. They were failed as lacking a parent the source held. In a savepoint, rolled back
+    unless every one goes in and no row is left without its parent; counted when kept."""
+    tables = sorted({w.tm.table for w in waiting} | {str(r[2]) for w in waiting for r in _fk_list(con, w.tm.table)})
+    before = _fk_violations(con, tables)
+    con.execute("SAVEPOINT phx_together")
+    con.execute("PRAGMA defer_foreign_keys = ON")
+    kept = False
+    try:
+        kept = all(_write(con, w.sql, w.params, undo=undo) for w in waiting)
+        kept = kept and not (_fk_violations(con, tables) - before)
+    except sqlite3.IntegrityError:
+        kept = False
+    finally:
+        if con.in_transaction:
+            if not kept:
+                con.execute("ROLLBACK TO phx_together")
+            con.execute("RELEASE phx_together")
+            con.execute("PRAGMA defer_foreign_keys = OFF")
+    if kept:
+        for w in waiting:
+            if w.verb == "inserted":
+                w.tm.restored += 1
+            else:
+                w.tm.updated += 1
+    return kept
+
+
+def _fk_list(con: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in con.execute("SELECT * FROM pragma_foreign_key_list(?)", (table,))]
+
+
+def _fk_violations(con: sqlite3.Connection, tables: list[str]) -> Counter[tuple[Any, ...]]:
+    """The foreign-key violations of `tables`, counted (a WITHOUT ROWID table's have no rowid)."""
+    return Counter(tuple(r) for t in tables for r in con.execute(f"PRAGMA foreign_key_check({quote(t)})"))
 
 
 def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Waiting]:
