@@ -568,6 +568,38 @@ def test_live_and_snapshot_exports_take_the_same_databases_and_files(sandbox: Sa
 
 
 @pytest.mark.phx_in_process
+def test_a_store_named_through_dot_dot_or_twice_is_one_store(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`databases.sqlite` naming a store through `..` (`memory/../cache.sqlite`) put a name `..` in
+    the snapshot: the backup exited 3 (retention: 'unsafe name ..') and no command could read that
+    snapshot again, while the live export took the store as `workspace/memory/../cache.sqlite`. A
+    store named twice (relative and absolute) was exported twice live (`memory-2`, `memory-3`) and
+    once from the snapshot. Now each is the file it names, once, and both exports agree."""
+    ws = sandbox.workspace
+    entries = ["memory/../cache.sqlite", "agents/memory.db", str(ws / "agents/memory.db")]
+    sandbox.write_config(databases={"sqlite": [*entries, *DEFAULT_SQLITE]})
+    for rel in ("cache.sqlite", "agents/memory.db"):
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(ws / rel)
+        con.execute("CREATE TABLE t (k TEXT)")
+        con.execute("INSERT INTO t VALUES (?)", (rel,))
+        con.commit()
+        con.close()
+    sandbox.phx_here("backup")
+    stores = {}
+    for kind, extra in (("snapshot", ("--backup", "latest")), ("live", ())):
+        doc = sandbox.phx_here("export", "--no-vectors", *extra, "--output", tmp_path / kind, "--json").json()
+        stores[kind] = [(d["path"], d["name"]) for d in doc["databases"] if d["path"].startswith("workspace/")]
+    assert (
+        stores["live"]
+        == stores["snapshot"]
+        == [
+            ("workspace/agents/memory.db", "memory-2"),
+            ("workspace/cache.sqlite", "cache"),
+        ]
+    )
+
+
+@pytest.mark.phx_in_process
 def test_a_configured_store_behind_a_link_outside_the_components_is_saved(sandbox: Sandbox, tmp_path: Path) -> None:
     """A configured store named by a link (`~/dbs/agent.db -> ~/disk/agent.db`, a database kept on
     another disk) is saved as the database it is, at the target's path, the link kept: restored

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from phoenix_backup.errors import ExitStatus, MergeFailed
-from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect
+from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableInfo, inspect, virtual_module
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sources.sqlite import planted_companion, sqlite_uri
@@ -283,8 +283,7 @@ def _merge_in_transaction(
 
 
 def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge, *, mode: ConflictMode) -> None:
-    existing = {str(r[0]) for r in con.execute("SELECT name FROM sqlite_master")}
-    missing = [s for s in source.statements if s.name not in existing]
+    missing = _missing(con, source)
     late = [s for s in missing if s.type in ("view", "trigger")]
     created_tables: set[str] = set()
     for stmt in missing:
@@ -301,10 +300,14 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
     # source already holds (an audit row, say): it is dropped for the rows and created again.
     # One that only reads them (a guard) goes on firing.
     merged = {t.name for t in source.tables}
+    # One that writes into a virtual table whose module Phoenix cannot load (a sqlite-vec index
+    # kept in step with its rows) failed the whole store, 'no such module: vec0': it is dropped
+    # for the rows too, and the index named to be re-indexed.
+    unloadable = _unloadable_virtual_tables(con)
     quiet = [
         (str(name), str(sql))
         for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
-        if _trigger_touches(str(sql), merged)
+        if _trigger_touches(str(sql), merged | set(unloadable))
     ]
     for name, _sql in quiet:
         con.execute(f"DROP TRIGGER {quote(name)}")
@@ -314,15 +317,27 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
     for table in source.tables:
         tm = TableMerge(table.name, created=table.name in created_tables)
         result.tables.append(tm)
-        live = target.table(table.name)
+        # SQLite's names are ASCII letters in any case: the live `notes` is the source's `Notes`.
+        live = next((t for t in target.tables if _fold(t.name) == _fold(table.name)), None)
         if live is None:
-            result.warnings.append(f"table {table.name} is not in the live store and could not be created")
+            tm.failed = sum(1 for _row in source.rows(table))
+            result.warnings.append(
+                f"table {table.name} is not in the live store and could not be created; its {tm.failed} row(s) "
+                "were not merged"
+            )
             continue
         _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode, undo=undo)
     _retry_waiting(con, waiting, result, undo=undo)
     written = any(t.restored or t.updated for t in result.tables)
     for name, sql in quiet:
         con.execute(sql)
+        skipped = [v for v in sorted(unloadable) if _trigger_touches(sql, {v})]
+        if written and skipped:
+            result.warnings.append(
+                f"the live trigger {name} did not fire for the merged rows: it writes into {', '.join(skipped)}, "
+                f"a virtual table of module {unloadable[skipped[0]]} that Phoenix cannot load — let the agent "
+                "re-index it after the merge"
+            )
         if written and _trigger_touches(sql, merged, verbs=("UPDATE", "DELETE")):
             result.warnings.append(
                 f"the live trigger {name} did not fire for the merged rows: the rows it updates come from the "
@@ -336,13 +351,27 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
 
 
+def _unloadable_virtual_tables(con: sqlite3.Connection) -> dict[str, str]:
+    """The virtual tables of the store whose module this SQLite cannot load (`vec0` without
+    sqlite-vec), with their module."""
+    out: dict[str, str] = {}
+    for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"):
+        module = virtual_module(str(sql or ""))
+        if module is None:
+            continue
+        try:
+            con.execute(f"SELECT 1 FROM {quote(str(name))} LIMIT 0").fetchall()
+        except sqlite3.OperationalError:
+            out[str(name)] = module
+    return out
+
+
 def _unenforceable_foreign_key(con: sqlite3.Connection, source: RowSource) -> str:
     """The first foreign key of the live store, or of a table the merge will create in it, that
     SQLite cannot enforce (with foreign_keys on), named with SQLite's error; empty when all can be.
     The missing tables are created in a transaction rolled back at once: foreign_keys can only be
     turned off outside one."""
-    existing = {str(r[0]) for r in con.execute("SELECT name FROM sqlite_master")}
-    missing = [s for s in source.statements if s.type == "table" and s.name not in existing]
+    missing = [s for s in _missing(con, source) if s.type == "table"]
     if not missing:
         return _first_unenforceable(con)
     con.execute("BEGIN IMMEDIATE")
@@ -355,6 +384,13 @@ def _unenforceable_foreign_key(con: sqlite3.Connection, source: RowSource) -> st
         return _first_unenforceable(con)
     finally:
         con.execute("ROLLBACK")
+
+
+def _missing(con: sqlite3.Connection, source: RowSource) -> list[SchemaStatement]:
+    """The source's statements whose name the live store lacks, names compared as SQLite compares
+    them (a live `notes` is the source's `Notes`: creating it again failed and its rows went unmerged)."""
+    existing = {_fold(str(r[0])) for r in con.execute("SELECT name FROM sqlite_master")}
+    return [s for s in source.statements if _fold(s.name) not in existing]
 
 
 def _first_unenforceable(con: sqlite3.Connection) -> str:
@@ -457,6 +493,12 @@ def _trigger_touches(text: str, tables: set[str], verbs: tuple[str, ...] = ("INT
     return False
 
 
+def _declares_on_conflict(sql: str) -> bool:
+    """Whether a table's declaration gives a constraint an ON CONFLICT clause."""
+    words = [w.upper() for w in tokens(sql)]
+    return any(words[i : i + 2] == ["ON", "CONFLICT"] for i in range(len(words) - 1))
+
+
 def _fold(name: str) -> str:
     """A name as SQLite compares names: ASCII letters in any case."""
     return "".join(c.lower() if c.isascii() else c for c in name)
@@ -488,8 +530,12 @@ def _merge_table(
     q = quote(table.name)
     col_sql = ", ".join("rowid" if c == "rowid" else quote(c) for c in common)
     # OR ABORT overrides a table's own ON CONFLICT REPLACE, which would delete the live row that
-    # is in the way (and cascade to its children) instead of failing the merged one.
-    insert_sql = f"INSERT OR ABORT INTO {q} ({col_sql}) VALUES ({', '.join('?' * len(common))})"
+    # is in the way (and cascade to its children) instead of failing the merged one. It also
+    # overrides the conflict clause of every statement a live trigger runs for the row, so it is
+    # written only for a table that declares one: a trigger's `INSERT OR REPLACE INTO stats` (a
+    # table the merge does not fill) then failed every merged row.
+    abort = " OR ABORT" if _declares_on_conflict(live.sql) else ""
+    insert_sql = f"INSERT{abort} INTO {q} ({col_sql}) VALUES ({', '.join('?' * len(common))})"
     warned = 0
 
     def insert(values: tuple[SqlValue, ...]) -> None:
@@ -518,12 +564,12 @@ def _merge_table(
     value_idx = [i for i, c in enumerate(common) if c not in key]
     where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
     sets = ", ".join(quote(common[i]) + " = ?" for i in value_idx)
-    update_sql = f"UPDATE OR ABORT {q} SET {sets} WHERE {where}" if value_idx else ""
+    update_sql = f"UPDATE{abort} {q} SET {sets} WHERE {where}" if value_idx else ""
     # A NULL never equals a key, and a (legacy) rowid table's key may hold NULLs, as many as it
     # likes: those rows are merged as whole rows against the live rows with a NULL key.
     null_keyed: list[tuple[SqlValue, ...]] = []
     for batch in _batched(projected, _BATCH):
-        existing = _existing(con, q, col_sql, key, key_idx, batch)
+        existing = _existing(con, q, common, key, key_idx, batch)
         for values in batch:
             k = tuple(values[i] for i in key_idx)
             if None in k:
@@ -532,7 +578,7 @@ def _merge_table(
             old = existing.get(k)
             if old is None:
                 insert(values)
-            elif old == values:
+            elif all(old[i] == values[i] for i in value_idx):  # the key equal as the live table compares it
                 tm.unchanged += 1
             elif mode == "skip":
                 tm.skipped += 1
@@ -610,12 +656,53 @@ def _retry_waiting(con: sqlite3.Connection, waiting: list[_Waiting], result: Dat
             break
         waiting = left
         backwards = not backwards
+    if waiting and all(w.why == _NO_PARENT for w in waiting) and _write_together(con, waiting, undo=undo):
+        waiting = []
     warned: Counter[str] = Counter()
     for w in failed + waiting:
         w.tm.failed += 1
         if warned[w.tm.table] < _MAX_WARNINGS_PER_TABLE:
             warned[w.tm.table] += 1
             result.warnings.append(f"{w.tm.table}: a row could not be {w.verb} ({w.why})")
+
+
+def _write_together(con: sqlite3.Connection, waiting: list[_Waiting], *, undo: bool) -> bool:
+    """Write the rows no pass could write, with the foreign keys checked once all are in: rows
+    that are each other's parents (two notes pointing to each other, a longer cycle) go in only
+    together. They were failed as lacking a parent the source held. In a savepoint, rolled back
+    unless every one goes in and no row is left without its parent; counted when kept."""
+    tables = sorted({w.tm.table for w in waiting} | {str(r[2]) for w in waiting for r in _fk_list(con, w.tm.table)})
+    before = _fk_violations(con, tables)
+    con.execute("SAVEPOINT phx_together")
+    con.execute("PRAGMA defer_foreign_keys = ON")
+    kept = False
+    try:
+        kept = all(_write(con, w.sql, w.params, undo=undo) for w in waiting)
+        kept = kept and not (_fk_violations(con, tables) - before)
+    except sqlite3.IntegrityError:
+        kept = False
+    finally:
+        if con.in_transaction:
+            if not kept:
+                con.execute("ROLLBACK TO phx_together")
+            con.execute("RELEASE phx_together")
+            con.execute("PRAGMA defer_foreign_keys = OFF")
+    if kept:
+        for w in waiting:
+            if w.verb == "inserted":
+                w.tm.restored += 1
+            else:
+                w.tm.updated += 1
+    return kept
+
+
+def _fk_list(con: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in con.execute("SELECT * FROM pragma_foreign_key_list(?)", (table,))]
+
+
+def _fk_violations(con: sqlite3.Connection, tables: list[str]) -> Counter[tuple[Any, ...]]:
+    """The foreign-key violations of `tables`, counted (a WITHOUT ROWID table's have no rowid)."""
+    return Counter(tuple(r) for t in tables for r in con.execute(f"PRAGMA foreign_key_check({quote(t)})"))
 
 
 def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Waiting]:
@@ -673,22 +760,29 @@ def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Wa
 def _existing(
     con: sqlite3.Connection,
     q: str,
-    col_sql: str,
+    common: tuple[str, ...],
     key: tuple[str, ...],
     key_idx: list[int],
     batch: Sequence[tuple[SqlValue, ...]],
 ) -> dict[tuple[SqlValue, ...], tuple[SqlValue, ...]]:
-    """The live rows (common columns) of a batch's keys."""
+    """The live rows (common columns) of a batch's keys, each under the source's key: the live
+    key columns' collation and affinity decide which live row a source key is, as the table's
+    UNIQUE index does (a NOCASE key's 'Alice' is the live 'alice'; read back by its own value,
+    such a row was taken for a new one, whose insert then failed the UNIQUE constraint)."""
     found: dict[tuple[SqlValue, ...], tuple[SqlValue, ...]] = {}
+    cols = ", ".join("t.rowid" if c == "rowid" else f"t.{quote(c)}" for c in common)
     if len(key) == 1:
-        col = "rowid" if key[0] == "rowid" else quote(key[0])
+        col = "t.rowid" if key[0] == "rowid" else f"t.{quote(key[0])}"
         keys = [v[key_idx[0]] for v in batch]
-        sql = f"SELECT {col_sql} FROM {q} WHERE {col} IN ({', '.join('?' * len(keys))})"
-        for row in con.execute(sql, keys):
-            found[(row[key_idx[0]],)] = tuple(row)
+        sql = (
+            f"WITH phx_k(phx_i, phx_v) AS (VALUES {', '.join(['(?, ?)'] * len(keys))}) "
+            f"SELECT phx_k.phx_i, {cols} FROM phx_k JOIN {q} AS t ON {col} = phx_k.phx_v"
+        )
+        for at, *row in con.execute(sql, [x for i, k in enumerate(keys) for x in (i, k)]):
+            found[(keys[at],)] = tuple(row)
         return found
-    where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
-    sql = f"SELECT {col_sql} FROM {q} WHERE {where}"
+    where = " AND ".join(f"{'t.rowid' if k == 'rowid' else f't.{quote(k)}'} = ?" for k in key)
+    sql = f"SELECT {cols} FROM {q} AS t WHERE {where}"
     for values in batch:
         k = tuple(values[i] for i in key_idx)
         row = con.execute(sql, k).fetchone()
@@ -698,7 +792,15 @@ def _existing(
 
 
 def _row_hash(values: Sequence[SqlValue]) -> bytes:
-    return hashlib.blake2b(repr(tuple(values)).encode(), digest_size=16).digest()
+    """A whole row's digest (a keyless table's rows are compared by it): a BLOB's bytes as they
+    are, any other value by its repr (1 and 1.0 differ). The repr of a 40 MiB embedding blob was
+    a 160 MiB string, and its bytes another, for each row."""
+    h = hashlib.blake2b(digest_size=16)
+    for v in values:
+        data = v if isinstance(v, bytes) else repr(v).encode()
+        h.update(b"%c%d:" % (98 if isinstance(v, bytes) else 114, len(data)))
+        h.update(data)
+    return h.digest()
 
 
 def _merge_multiset(

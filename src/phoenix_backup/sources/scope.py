@@ -34,18 +34,30 @@ def configured_databases(cfg: Config) -> list[Path]:
     home `/tmp/[a]*?` is not `/tmp/abc`, whose databases are not the user's)."""
     out: list[Path] = []
     for raw, pattern in _entries(cfg):
-        path = raw if os.path.isabs(raw) else str(cfg.workspace / raw)
+        path = _without_dots(raw if os.path.isabs(raw) else str(cfg.workspace / raw))
         if pattern:
             pattern = _absolute_pattern(cfg, pattern)
             # A folder the pattern matches (`*.db` and a store's folder `index.db/`) is no database
             # the user named: it is walked as files, never said to be a database not saved.
-            found = {p for p in glob.glob(pattern) if not os.path.isdir(p)}
+            found = {_without_dots(p) for p in glob.glob(pattern) if not os.path.isdir(p)}
             if os.path.lexists(path):
                 found.add(path)
             out.extend(Path(p) for p in sorted(found) or (path,))
         else:
             out.append(Path(path))
-    return out
+    # One store named twice (`agents/memory.db` and its absolute path) is one store: the live
+    # export wrote it twice (`memory-2`, `memory-3`), the snapshot's once.
+    return list(dict.fromkeys(out))
+
+
+def _without_dots(path: str) -> str:
+    """A path holding `..` (`memory/../cache.sqlite`) as the file it names, its folder resolved as
+    the system resolves it (through links): its `..` went into the snapshot as a name, and no
+    command could read that snapshot again ('unsafe name ..'). Any other path as written."""
+    if ".." not in path.split("/"):
+        return path
+    head, name = os.path.split(path)
+    return os.path.realpath(path) if name in ("", ".", "..") else os.path.join(os.path.realpath(head), name)
 
 
 def configured_store(cfg: Config, layout: Layout) -> Callable[[str], bool]:
