@@ -88,3 +88,35 @@ def test_the_paths_a_source_adds_are_refused_where_a_restore_would_refuse_the_tr
     ):
         assert why in (paths.problem(bad) or ""), bad
     assert paths.problem("rows/p.q.csv.d/r.csv") is None
+
+
+def test_a_node_name_no_snapshot_may_hold_stops_the_backup_before_any_tree_is_written(tmp_path: Any) -> None:
+    """The last guard of "no snapshot a restore refuses whole": a configured `memory/../x.db` once
+    reached the tree writer as a name `..`, the snapshot was written, and every later command
+    failed on it. Whatever source lets such a name through, the backup now stops with one error
+    naming the path, and no tree is written."""
+    import pytest
+
+    from phoenix_backup.errors import SourceError
+    from phoenix_backup.ops.backup import _write_trees
+    from phoenix_backup.sources.files import Selection
+    from phoenix_backup.sources.layout import Layout
+
+    class Trees:
+        saved: list[list[Node]] = []
+
+        def has_blob(self, blob_id: bytes) -> bool:
+            return False
+
+        def save_tree(self, nodes: list[Node]) -> tuple[bytes, int]:
+            self.saved.append(nodes)
+            return bytes(32), 0
+
+    for name in ("..", ".", "", "a/b", "a\0b", "x" * 256):
+        repo = Trees()
+        sel = Selection(entries={}, missing=[], errors=[])
+        nodes = {"memory.db": Node(name="memory.db", type="file"), "bad": Node(name=name, type="sqlite")}
+        with pytest.raises(SourceError, match="no snapshot|file system takes") as err:
+            _write_trees(repo, Layout(tmp_path, tmp_path), sel, nodes)  # type: ignore[arg-type]
+        assert "nothing was saved" in str(err.value)
+        assert repo.saved == []

@@ -35,6 +35,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     SourceError,
     UnsafePath,
+    shown,
 )
 from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
 from phoenix_backup.ops import db_backup
@@ -57,7 +58,7 @@ from phoenix_backup.repo.snapshot import (
     SnapshotStats,
     timestamp_name,
 )
-from phoenix_backup.repo.tree import Extent, ExtentsBuilder, Node, NodeType
+from phoenix_backup.repo.tree import Extent, ExtentsBuilder, Node, NodeType, name_problem
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
@@ -1278,6 +1279,17 @@ def _write_trees(
         before.setdefault(_parent_of(logical), []).append(node)
 
     def save(logical: str, kids: list[Node]) -> bytes:
+        for kid in kids:
+            # The last guard of "no snapshot a restore refuses whole": each source checks its
+            # paths (a configured `memory/../x.db` once reached here as a name `..`, and every
+            # later command failed on the snapshot).
+            bad = name_problem(kid.name)
+            if bad is not None:
+                path = f"{logical}/{kid.name}" if logical else kid.name
+                raise SourceError(
+                    f"{shown(path)} {bad}: nothing was saved, so that no snapshot is written that a restore "
+                    "would refuse; rename it or leave it out (`exclude`) and back up again"
+                )
         tree_id = reuse(logical, kids)
         if tree_id is None or not repo.has_blob(tree_id):
             tree_id = repo.save_tree(kids)[0]

@@ -225,6 +225,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be one node's name (what a restore refuses, so no snapshot may hold it),
+    as the end of a sentence about the path holding it; None when it can."""
+    if name in ("", ".", "..") or "\0" in name or "/" in name:
+        return f"holds the name {name!r}, which no snapshot may hold"
+    try:
+        too_long = len(os.fsencode(name)) > NAME_MAX
+    except UnicodeEncodeError:
+        return "holds a name that is not text a file system takes"
+    if too_long:
+        return f"holds a name longer than {NAME_MAX} bytes, which no file system takes"
+    return None
+
+
 class TreePaths:
     """The paths of the files one source adds to a snapshot, checked as they come, so that no
     snapshot is written that a restore would refuse whole: a part `..`, `.` or empty, or holding
@@ -239,14 +253,9 @@ class TreePaths:
         """Why the file `path` (parts joined by `/`) may not be added; None (and recorded) if it may."""
         parts = path.split("/")
         for part in parts:
-            if part in ("", ".", "..") or "\0" in part:
-                return f"{path!r} holds the name {part!r}, which no snapshot may hold"
-            try:
-                too_long = len(os.fsencode(part)) > NAME_MAX
-            except UnicodeEncodeError:
-                return f"{path!r} holds a name that is not text a file system takes"
-            if too_long:
-                return f"{path!r} holds a name longer than {NAME_MAX} bytes, which no file system takes"
+            bad = name_problem(part)
+            if bad is not None:
+                return f"{path!r} {bad}"
         above = ["/".join(parts[:i]) for i in range(1, len(parts))]
         clash = path if path in self.folders else next((p for p in above if p in self.files), None)
         if clash is not None:
