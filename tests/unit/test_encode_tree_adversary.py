@@ -103,7 +103,8 @@ def test_a_node_name_no_snapshot_may_hold_stops_the_backup_before_any_tree_is_wr
     from phoenix_backup.sources.layout import Layout
 
     class Trees:
-        saved: list[list[Node]] = []
+        def __init__(self) -> None:
+            self.saved: list[list[Node]] = []
 
         def has_blob(self, blob_id: bytes) -> bool:
             return False
@@ -116,7 +117,7 @@ def test_a_node_name_no_snapshot_may_hold_stops_the_backup_before_any_tree_is_wr
         repo = Trees()
         sel = Selection(entries={}, missing=[], errors=[])
         nodes = {"memory.db": Node(name="memory.db", type="file"), "bad": Node(name=name, type="sqlite")}
-        with pytest.raises(SourceError, match="no snapshot|file system takes") as err:
+        with pytest.raises(SourceError, match=r"no snapshot|file system takes") as err:
             _write_trees(repo, Layout(tmp_path, tmp_path), sel, nodes)  # type: ignore[arg-type]
         assert "nothing was saved" in str(err.value)
         assert repo.saved == []
