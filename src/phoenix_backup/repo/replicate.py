@@ -72,7 +72,8 @@ from phoenix_backup.repo.cache import Cache, entry_key, entry_mac, write_entry
 from phoenix_backup.repo.crypto import BlobType, Sealer, same_bytes
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
-from phoenix_backup.repo.repository import RepoConfig, Repository, index_parts, sealed_with
+from phoenix_backup.repo.repository import RepoConfig, Repository, index_parts, sealed_with, snapshot_order
+from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend, is_valid_name
@@ -168,7 +169,26 @@ def replicate(
         report.stopping = stopping
     started = time.monotonic()
     try:
-        _replicate(repo, dest, notice, report, ran)
+        lost = _replicate(repo, dest, notice, report, ran)
+        if lost:
+            # A commit pushed on top of the remote (another clone's, or anyone's with push access)
+            # deleted snapshots that the first target holds, and the merge before the push took
+            # that deletion: the remote lacked them, and the sync said nothing. A `phx forget`
+            # deletes on the first target too, so these were not forgotten: copied again, and said.
+            notice(
+                f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted "
+                f"{len(lost)} snapshot(s) that the first target holds (first: {lost[0]}); not a `phx "
+                "forget` (it deletes on every target); they were copied there again: look at the remote's "
+                "history for who deletes there"
+            )
+            report.damaged.clear()
+            again = _replicate(repo, dest, notice, report, ran)
+            if again:
+                raise RepositoryError(
+                    f"target {name} lost {len(again)} snapshot(s) that the first target holds (first: {again[0]}) "
+                    f"again to a commit pushed to {dest.location} meanwhile; they are missing there; look at the "
+                    "remote's history for who deletes there, then run `phx sync`"
+                )
     except PhoenixError as exc:
         report.ok, report.error = False, str(exc)
     except OSError as exc:  # e.g. the Git clone's folder cannot be written
@@ -184,7 +204,9 @@ def _replicate(
     notice: Callable[[str], None],
     report: TargetReport,
     ran: str,
-) -> None:
+) -> list[str]:
+    """Copy what `dest` lacks; return the snapshots the first target holds that `dest` lost to
+    others' commits merged before its publish (Git), oldest name first."""
     source = repo.backend
     switched = False
     seeded = False
@@ -353,7 +375,7 @@ def _replicate(
         _copy_all(source, dest, [(n, False) for n in missing_index if n not in superseding], report)
         _copy_all(source, dest, [(n, False) for n in missing_index if n in superseding], report)
         have = {info.name for info in dest.list("snapshots/")}
-        snapshots = repo.list_snapshots()
+        snapshots = _lacking_snapshots(repo, have)
         for snap in snapshots:  # oldest first
             obj = f"snapshots/{snap.id}"
             if obj in have:
@@ -406,7 +428,12 @@ def _replicate(
             dest.delete(name)
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
-    dest.publish()
+        held_snapshots = {info.name for info in dest.list("snapshots/")}
+    lost: list[str] = []
+    if dest.publish():
+        gone = held_snapshots - {info.name for info in dest.list("snapshots/")}
+        if gone:  # those the first target no longer holds were forgotten (on every target)
+            lost = sorted(gone & {info.name for info in source.list("snapshots/")})
     errors: list[str] = []  # both said when both happen
     if refused:
         errors.append(
@@ -424,6 +451,24 @@ def _replicate(
     if errors:
         report.ok = False
         report.error = "; also, ".join(errors)
+    return lost
+
+
+def _lacking_snapshots(repo: Repository, have: set[str]) -> list[Snapshot]:
+    """The readable snapshots of the first target that the replica (`have`: its listing) lacks,
+    oldest first (the order of `Repository.list_snapshots`). Only those are read: each sync read
+    every snapshot of the first target (21 reads with 20 backups, for each replica, with nothing to
+    copy). One unreadable (damaged, gone since the listing, another machine's in a write-only
+    repository) is left out, as the listing leaves it out."""
+    out = []
+    for info in repo.backend.list("snapshots/"):
+        if info.name in have:
+            continue
+        try:
+            out.append(repo.load_snapshot(info.name.removeprefix("snapshots/")))
+        except (CorruptObject, ObjectNotFound, IdentityRequired):
+            continue
+    return sorted(out, key=snapshot_order)
 
 
 def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]:

@@ -660,19 +660,20 @@ class GitBackend(Backend):
             self._git("commit", "-q", "--no-verify", "-m", message)
             return True
 
-    def publish(self) -> None:
+    def publish(self) -> bool:
         """Push when autoCommit is on. A remote that moved on (another clone pushed) is merged
         first: objects are content-addressed, so the merge never conflicts and nothing is
-        rewritten."""
+        rewritten; but a commit of theirs that deleted objects deletes them here too (True is
+        returned then: the caller checks what it relies on)."""
         if not self.auto_commit:
-            return
+            return False
         self._ensure()
         with self._exclusive():
             if self._git("rev-parse", "-q", "--verify", "HEAD", check=False).returncode != 0:
-                return  # nothing committed yet
+                return False  # nothing committed yet
             push = self._git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", network=True, check=False)
             if push.returncode == 0:
-                return
+                return False
             low = push.stderr.lower()
             if "fetch first" in low or "non-fast-forward" in low:
                 # What this clone last pushed, read before the fetch moves the tracking branch.
@@ -683,7 +684,7 @@ class GitBackend(Backend):
                 self._git("merge", "-q", "--no-edit", "FETCH_HEAD")
                 push = self._git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", network=True, check=False)
                 if push.returncode == 0:
-                    return
+                    return True
             raise self._error("push", push.stderr)
 
     def _refuse_rewritten_history(self, pushed: str) -> None:

@@ -1,0 +1,100 @@
+"""A replica's storage written by someone else, and what a sync costs: a Git remote whose history
+deleted the snapshots (a junk commit pushed on top), and each sync reading every snapshot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_retention_prune import KB, take_snapshot
+
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.replicate import replicate
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.git import GitBackend
+from phoenix_backup.storage.local import LocalBackend
+
+ENV = {
+    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "someone",
+    "GIT_AUTHOR_EMAIL": "someone@example.invalid",
+    "GIT_COMMITTER_NAME": "someone",
+    "GIT_COMMITTER_EMAIL": "someone@example.invalid",
+}
+
+
+def _git(*args: str, cwd: Path) -> str:
+    env = {**ENV, "HOME": str(cwd)}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def _remote_snapshots(remote: Path) -> set[str]:
+    return set(_git("ls-tree", "-r", "--name-only", "main", "snapshots/", cwd=remote).split())
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_commit_pushed_on_top_deleting_the_snapshots_does_not_leave_the_remote_without_them(tmp_path: Path) -> None:
+    """Someone with push access committed the deletion of `snapshots/` on top of the remote. The
+    next sync (nothing to copy but a new backup's objects) merged that commit when its push was
+    refused and pushed: exit 0, and a remote without the snapshots the first target holds (and
+    Phoenix wrote there), until the sync after it copied them again."""
+    first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
+    take_snapshot(first, {"a.bin": os.urandom(8 * KB)}, "2026-03-01T02:00:00+00:00")
+    remote = tmp_path / "remote.git"
+    (tmp_path / "home").mkdir()
+    _git("init", "-q", "--bare", str(remote), cwd=tmp_path)
+
+    def backend() -> GitBackend:
+        return GitBackend(str(remote), "main", True, tmp_path / "clone", {**ENV, "HOME": str(tmp_path / "home")})
+
+    assert replicate(first, "git", backend(), print).ok
+    assert len(_remote_snapshots(remote)) == 1
+    other = tmp_path / "other"
+    _git("clone", "-q", "-b", "main", str(remote), str(other), cwd=tmp_path)
+    _git("rm", "-q", "-r", "snapshots", cwd=other)
+    _git("commit", "-q", "-m", "cleanup", cwd=other)
+    _git("push", "-q", "origin", "main", cwd=other)
+    assert _remote_snapshots(remote) == set()
+
+    take_snapshot(first, {"b.bin": os.urandom(8 * KB)}, "2026-03-02T02:00:00+00:00")
+    said: list[str] = []
+    report = replicate(first, "git", backend(), said.append)
+    ours = {info.name for info in first.backend.list("snapshots/")}
+    assert _remote_snapshots(remote) == ours, report
+    assert report.ok, report.error
+    assert any("1 snapshot(s)" in s and "deleted" in s for s in said), said
+
+
+def test_a_sync_with_nothing_new_reads_no_snapshot(tmp_path: Path) -> None:
+    """Each sync (each backup's replication) read every snapshot of the first target, to know the
+    order to copy them in: 21 reads with 20 backups, with nothing to copy. Only those the replica
+    lacks are read now."""
+    first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
+    for day in range(1, 6):
+        take_snapshot(first, {f"{day}.bin": os.urandom(KB)}, f"2026-03-0{day}T02:00:00+00:00")
+    assert replicate(first, "x", LocalBackend(tmp_path / "x"), print).ok
+    read: list[str] = []
+
+    class Counting(LocalBackend):
+        def read(self, name: str) -> bytes:
+            read.append(name)
+            return super().read(name)
+
+    again = Repository.open(Counting(tmp_path / "first"), keys.Credentials(passphrase=None))
+    report = replicate(again, "x", LocalBackend(tmp_path / "x"), print)
+    assert report.ok, report.error
+    assert [n for n in read if n.startswith("snapshots/")] == []
+
+    take_snapshot(again, {"6.bin": os.urandom(KB)}, "2026-03-06T02:00:00+00:00")
+    shutil.rmtree(tmp_path / "x" / "snapshots")  # all gone there: copied oldest first
+    read.clear()
+    report = replicate(again, "x", LocalBackend(tmp_path / "x"), print)
+    assert report.ok, report.error
+    assert report.snapshots == 6
+    assert len([n for n in read if n.startswith("snapshots/")]) == 12  # each read to order it, then copied
+    replica = Repository.open(LocalBackend(tmp_path / "x"), keys.Credentials(passphrase=None))
+    assert [s.name for s in replica.list_snapshots()] == [s.name for s in again.list_snapshots()]
