@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_retention_prune import KB, take_snapshot
+from test_retention_prune import KB, contents, take_snapshot
 
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.replicate import replicate
@@ -98,3 +98,25 @@ def test_a_sync_with_nothing_new_reads_no_snapshot(tmp_path: Path) -> None:
     assert len([n for n in read if n.startswith("snapshots/")]) == 12  # each read to order it, then copied
     replica = Repository.open(LocalBackend(tmp_path / "x"), keys.Credentials(passphrase=None))
     assert [s.name for s in replica.list_snapshots()] == [s.name for s in again.list_snapshots()]
+
+
+def test_a_pack_the_first_target_lost_is_taken_from_another_replica_that_holds_it(tmp_path: Path) -> None:
+    """The first target lost a pack that replica `y` holds. A sync to a new replica `z` copied
+    the snapshots needing it without it (exit 3, naming the pack): restoring them from `z` failed
+    ("not found") though the repository's other target held the pack. It is taken from `y` now
+    (checked against its name), so `z` restores everything; the sync still fails for the first
+    target's loss, naming the target that holds a copy for `phx repair objects --from`."""
+    first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
+    take_snapshot(first, {"a.bin": os.urandom(8 * KB)}, "2026-03-01T02:00:00+00:00")
+    take_snapshot(first, {"b.bin": os.urandom(8 * KB)}, "2026-03-02T02:00:00+00:00")
+    whole = contents(first)
+    assert replicate(first, "y", LocalBackend(tmp_path / "y"), print).ok
+    lost = sorted(info.name for info in first.backend.list("data/"))[0]
+    first.backend.delete(lost)
+
+    others = {"y": LocalBackend(tmp_path / "y")}
+    report = replicate(first, "z", LocalBackend(tmp_path / "z"), print, others=others)
+    assert not report.ok
+    assert lost in (report.error or "") and "target y holds a copy" in (report.error or ""), report.error
+    replica = Repository.open(LocalBackend(tmp_path / "z"), keys.Credentials(passphrase=None))
+    assert contents(replica) == whole

@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -101,6 +101,8 @@ class TargetReport:
     retired: int = 0  # objects of a retired key deleted (after `phx key rotate`)
     junk: list[str] = field(default_factory=list)  # objects there no key opens (left in place, said)
     damaged: list[str] = field(default_factory=list)  # the first target's objects skipped as damaged
+    # Packs the first target lost that were copied from another target: (pack, that target).
+    recovered: list[tuple[str, str]] = field(default_factory=list)
     uploads_aborted: int = 0
     seconds: float = 0.0
     # Told of the objects to copy and of each one copied (not part of the report itself).
@@ -131,6 +133,7 @@ class TargetReport:
             "retired": self.retired,
             "junk": self.junk,
             "damaged": self.damaged,
+            "recovered": {obj: holder for obj, holder in self.recovered},
             "uploadsAborted": self.uploads_aborted,
             "seconds": round(self.seconds, 3),
             "bytesPerSecond": round(self.throughput),
@@ -156,6 +159,7 @@ def replicate(
     progress: Reporter | None = None,
     stopping: threading.Event | None = None,
     ran: str = "sync",
+    others: Mapping[str, Backend] | None = None,
 ) -> TargetReport:
     """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
     failures: they are the report's error. `progress` is told the packs and index objects to copy
@@ -163,13 +167,14 @@ def replicate(
     the objects under way, as a failure does: nothing published, the next run copies the rest.
     The credentials that opened `repo` open the replica's old slots after a key rotation: what the
     retired key sealed is told from junk no key opens (without them, everything is taken for the
-    former)."""
+    former). A pack the first target lost that one of the `others` (the repository's other
+    targets) holds whole is copied from there."""
     report = TargetReport(name, dest.location, progress=progress if progress is not None else Silent())
     if stopping is not None:
         report.stopping = stopping
     started = time.monotonic()
     try:
-        lost = _replicate(repo, dest, notice, report, ran)
+        lost = _replicate(repo, dest, notice, report, ran, others or {})
         if lost:
             # A commit pushed on top of the remote (another clone's, or anyone's with push access)
             # deleted snapshots that the first target holds, and the merge before the push took
@@ -182,7 +187,8 @@ def replicate(
                 "history for who deletes there"
             )
             report.damaged.clear()
-            again = _replicate(repo, dest, notice, report, ran)
+            report.recovered.clear()
+            again = _replicate(repo, dest, notice, report, ran, others or {})
             if again:
                 raise RepositoryError(
                     f"target {name} lost {len(again)} snapshot(s) that the first target holds (first: {again[0]}) "
@@ -204,6 +210,7 @@ def _replicate(
     notice: Callable[[str], None],
     report: TargetReport,
     ran: str,
+    others: Mapping[str, Backend],
 ) -> list[str]:
     """Copy what `dest` lacks; return the snapshots the first target holds that `dest` lost to
     others' commits merged before its publish (Git), oldest name first."""
@@ -286,6 +293,17 @@ def _replicate(
         # decodes, and passes its checksum unencrypted) stopped every sync before any snapshot.
         # An index object none of whose packs the first target holds is not copied either.
         absent = _absent_packs(source, readable, sizes, set(there))
+        # One the repository's other targets hold is taken from there (the first target lost it:
+        # snapshots copied without it would not restore from this replica either).
+        data_packs = {
+            pack_name(p): bool(e) and e[0].type == BlobType.DATA for r in readable.values() for p, e in r[0].items()
+        }
+        for obj in sorted(absent):
+            holder = _copy_from_others(others, dest, obj, data_packs.get(obj, False), report, repo.config.pack_ids)
+            if holder is not None:
+                absent.discard(obj)
+                present.add(obj)
+                report.recovered.append((obj, holder))
         for index_name in list(readable):
             kept = [p for p in readable[index_name][0] if pack_name(p) not in absent]
             if readable[index_name][0] and not kept:
@@ -439,6 +457,13 @@ def _replicate(
         errors.append(
             f"target {report.name} lists {len(refused)} object(s) at another size than the first target's and "
             f"everything else was copied; {refused[0]}"
+        )
+    if report.recovered:
+        obj, holder = report.recovered[0]
+        errors.append(
+            f"{len(report.recovered)} pack(s) the first target's index lists are missing there (first: {obj}); "
+            f"target {holder} holds a copy, copied from there to target {report.name}, which is whole; bring it "
+            f"back to the first target with `phx repair objects --from {holder}`"
         )
     if report.damaged:
         errors.append(
@@ -663,6 +688,30 @@ def _absent_packs(
     `sizes`, then asked by name) nor the replica (`there`, its listing) holds."""
     wanted = {pack_name(p) for listing, _ in readable.values() for p in listing}
     return {n for n in sorted(wanted - sizes.keys() - there) if source.stat(n) is None}
+
+
+def _copy_from_others(
+    others: Mapping[str, Backend], dest: Backend, name: str, cold: bool, report: TargetReport, pack_ids: PackIds
+) -> str | None:
+    """Copy pack `name` (the first target lacks it) to `dest` from the first of `others` that holds
+    it whole (checked against its name); return that target's name, or None when none does."""
+    for other, backend in sorted(others.items()):
+        if other == report.name:
+            continue
+        try:
+            data = backend.read(name)
+        except PhoenixError:
+            continue  # not there, or that target is down: the others are asked
+        if not names_content(name, data, pack_ids):
+            continue  # damaged there too
+        if report.confirmer is not None:
+            report.confirmer.step(MORE_COMMITTED)
+        dest.write(name, data, cold=cold)
+        with _COUNT_LOCK:
+            report.objects += 1
+            report.bytes += len(data)
+        return other
+    return None
 
 
 def _superseded_there(repo: Repository, dest: Backend, own: list[str], missing: list[str]) -> set[str]:
