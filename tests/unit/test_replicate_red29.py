@@ -120,3 +120,16 @@ def test_a_pack_the_first_target_lost_is_taken_from_another_replica_that_holds_i
     assert lost in (report.error or "") and "target y holds a copy" in (report.error or ""), report.error
     replica = Repository.open(LocalBackend(tmp_path / "z"), keys.Credentials(passphrase=None))
     assert contents(replica) == whole
+
+
+def test_the_sync_output_says_what_it_did_not_read_back() -> None:
+    """`phx sync` said "ok, already up to date" for a replica holding a pack of the right size with
+    other bytes (or one its listing names that it answers "not found" for): a sync takes what a
+    replica holds from its listing. The output says so, and how to read it back."""
+    from phoenix_backup.cli import render
+    from phoenix_backup.ops.sync import SyncResult
+    from phoenix_backup.repo.replicate import TargetReport
+
+    text = render.sync(SyncResult("local", {"s3": TargetReport("s3")}))
+    assert "target s3: ok, already up to date" in text
+    assert "not read back" in text and "phx verify --target NAME --read-data" in text
