@@ -68,6 +68,22 @@ def test_a_commit_pushed_on_top_deleting_the_snapshots_does_not_leave_the_remote
     assert report.ok, report.error
     assert any("1 snapshot(s)" in s and "deleted" in s for s in said), said
 
+    # A `phx forget` of another machine deletes on every target, the first one too: no warning,
+    # and the snapshot is not brought back.
+    forgotten = sorted(ours)[0]
+    _git("pull", "-q", "origin", "main", cwd=other)
+    _git("rm", "-q", forgotten, cwd=other)
+    _git("commit", "-q", "-m", "phoenix forget", cwd=other)
+    _git("push", "-q", "origin", "main", cwd=other)
+    first.backend.delete(forgotten)
+    take_snapshot(first, {"c.bin": os.urandom(8 * KB)}, "2026-03-03T02:00:00+00:00")
+    said.clear()
+    report = replicate(first, "git", backend(), said.append)
+    assert report.ok, report.error
+    assert _remote_snapshots(remote) == {info.name for info in first.backend.list("snapshots/")}
+    assert forgotten not in _remote_snapshots(remote)
+    assert not [s for s in said if "deleted" in s], said
+
 
 def test_a_sync_with_nothing_new_reads_no_snapshot(tmp_path: Path) -> None:
     """Each sync (each backup's replication) read every snapshot of the first target, to know the
