@@ -183,7 +183,7 @@ def replicate(
             notice(
                 f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted "
                 f"{len(lost)} snapshot(s) that the first target holds (first: {lost[0]}); not a `phx "
-                "forget` (it deletes on every target); they were copied there again: look at the remote's "
+                "forget` (it deletes on every target); copying them there again: look at the remote's "
                 "history for who deletes there"
             )
             report.damaged.clear()
