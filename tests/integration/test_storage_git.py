@@ -226,6 +226,31 @@ def test_rejected_push_is_a_clear_error(tmp_path: Path) -> None:
     assert "never force-pushes" in str(err.value)
 
 
+def test_a_push_losing_the_race_to_another_clones_push_is_merged_and_pushed_again(tmp_path: Path) -> None:
+    """Two machines syncing to one remote at the same moment: the push whose ref update lost the
+    race is refused with "cannot lock ref 'refs/heads/main': is at X but expected Y" (seen with two
+    syncs at once, 3 of 4 rounds). It failed the sync, blaming branch protection and write access;
+    the remote moved on, like "fetch first": merged, pushed again."""
+    remote = bare_repo(tmp_path / "remote.git")
+    b = _backend(tmp_path, remote)
+    b.create()
+    b.write(SNAP, b"one")
+    b.checkpoint("first")
+    b.publish()
+    hook = remote / "hooks" / "pre-receive"
+    once = tmp_path / "raced"
+    hook.write_text(
+        f"#!/bin/sh\nif [ ! -e {once} ]; then touch {once}; echo \"error: cannot lock ref 'refs/heads/main': "
+        'is at 37a9802e784f2fc8b3c489d4da0617225423d072 but expected bbc26ea17adfbeb2b0278bea257af556cbfb109e" >&2; '
+        "exit 1; fi\n"
+    )
+    hook.chmod(0o755)
+    b.write(PACK, b"two")
+    b.checkpoint("second")
+    b.publish()
+    assert git("log", "--format=%s", "main", cwd=remote).splitlines() == ["second", "first"]
+
+
 def test_credentials_in_the_url_are_never_shown(tmp_path: Path) -> None:
     url = "https://phx-user:s3cr3t-t0ken@127.0.0.1:9/agent-backup.git"
     b = GitBackend(url, "main", True, tmp_path / "c", {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})

@@ -214,6 +214,12 @@ def sync(r: SyncResult) -> str:
         if t.throughput:
             extra.append(f"{human_size(int(t.throughput))}/s")
         lines.append(f"target {name}: ok, {what}" + (f" ({', '.join(extra)})" if extra else ""))
+    if any(t.ok for t in r.targets.values()):
+        # What a sync proves (docs/targets.md): a replica's objects are taken from its listing.
+        lines.append(
+            "(what a replica already held was checked by its listing, names and sizes, not read back: "
+            "`phx verify --target NAME --read-data` reads it)"
+        )
     return shown_each(lines)
 
 

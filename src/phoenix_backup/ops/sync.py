@@ -3,6 +3,7 @@ repository copied to every other enabled target in parallel, each by repo/replic
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,9 +41,8 @@ def replicate_all(
     """Replicate from `repo` (the first target) to every other enabled target (or `only`), all
     targets in parallel, under a shared lock on the first target so a prune there cannot remove
     what is being copied."""
-    names = enabled_targets(cfg)[1:]
-    if only is not None:
-        names = [n for n in names if n == only]
+    replicas = enabled_targets(cfg)[1:]
+    names = [n for n in replicas if only is None or n == only]
     if not names:
         return {}
     reports: dict[str, TargetReport] = {}
@@ -52,6 +52,13 @@ def replicate_all(
             backends[name] = target_backend(cfg, envx, name)
         except PhoenixError as exc:
             reports[name] = TargetReport(name, ok=False, error=str(exc))
+    # Where a pack the first target lost may be found (each replica's own thread asks the others
+    # only then; with `only`, the others are opened for that alone).
+    others = dict(backends)
+    for name in replicas:
+        if name not in others:
+            with contextlib.suppress(PhoenixError):
+                others[name] = target_backend(cfg, envx, name)
     uploads = _Uploads(envx.progress, f"uploading to {', '.join(backends)}")
     try:
         with repo.lock(exclusive=False, command="replicate", ran=ran):
@@ -59,7 +66,7 @@ def replicate_all(
             stopping = threading.Event()
             with ThreadPoolExecutor(max_workers=len(backends) or 1, thread_name_prefix="phx-replicate") as pool:
                 futures = {
-                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads, stopping, ran)
+                    name: pool.submit(replicate, repo, name, b, envx.notice, uploads, stopping, ran, others)
                     for name, b in backends.items()
                 }
                 try:
@@ -77,7 +84,7 @@ def replicate_all(
             if name not in reports:
                 reports[name] = TargetReport(name, backends[name].location, ok=False, error=str(exc))
     finally:
-        for b in backends.values():
+        for b in others.values():
             b.close()
     return {name: reports[name] for name in names}
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,7 +72,8 @@ from phoenix_backup.repo.cache import Cache, entry_key, entry_mac, write_entry
 from phoenix_backup.repo.crypto import BlobType, Sealer, same_bytes
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, Confirmer, LockManager
 from phoenix_backup.repo.pack import PackEntry, PackIds, names_content, pack_name
-from phoenix_backup.repo.repository import RepoConfig, Repository, index_parts, sealed_with
+from phoenix_backup.repo.repository import RepoConfig, Repository, index_parts, sealed_with, snapshot_order
+from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.reporting import Reporter, Silent
 from phoenix_backup.state import TargetOutcome
 from phoenix_backup.storage.base import Backend, is_valid_name
@@ -100,6 +101,8 @@ class TargetReport:
     retired: int = 0  # objects of a retired key deleted (after `phx key rotate`)
     junk: list[str] = field(default_factory=list)  # objects there no key opens (left in place, said)
     damaged: list[str] = field(default_factory=list)  # the first target's objects skipped as damaged
+    # Packs the first target lost that were copied from another target: (pack, that target).
+    recovered: list[tuple[str, str]] = field(default_factory=list)
     uploads_aborted: int = 0
     seconds: float = 0.0
     # Told of the objects to copy and of each one copied (not part of the report itself).
@@ -130,6 +133,7 @@ class TargetReport:
             "retired": self.retired,
             "junk": self.junk,
             "damaged": self.damaged,
+            "recovered": {obj: holder for obj, holder in self.recovered},
             "uploadsAborted": self.uploads_aborted,
             "seconds": round(self.seconds, 3),
             "bytesPerSecond": round(self.throughput),
@@ -155,6 +159,7 @@ def replicate(
     progress: Reporter | None = None,
     stopping: threading.Event | None = None,
     ran: str = "sync",
+    others: Mapping[str, Backend] | None = None,
 ) -> TargetReport:
     """Copy what `dest` lacks from `repo` (the first target). Never raises for the target's own
     failures: they are the report's error. `progress` is told the packs and index objects to copy
@@ -162,13 +167,34 @@ def replicate(
     the objects under way, as a failure does: nothing published, the next run copies the rest.
     The credentials that opened `repo` open the replica's old slots after a key rotation: what the
     retired key sealed is told from junk no key opens (without them, everything is taken for the
-    former)."""
+    former). A pack the first target lost that one of the `others` (the repository's other
+    targets) holds whole is copied from there."""
     report = TargetReport(name, dest.location, progress=progress if progress is not None else Silent())
     if stopping is not None:
         report.stopping = stopping
     started = time.monotonic()
     try:
-        _replicate(repo, dest, notice, report, ran)
+        lost = _replicate(repo, dest, notice, report, ran, others or {})
+        if lost:
+            # A commit pushed on top of the remote (another clone's, or anyone's with push access)
+            # deleted snapshots that the first target holds, and the merge before the push took
+            # that deletion: the remote lacked them, and the sync said nothing. A `phx forget`
+            # deletes on the first target too, so these were not forgotten: copied again, and said.
+            notice(
+                f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted "
+                f"{len(lost)} snapshot(s) that the first target holds (first: {lost[0]}); not a `phx "
+                "forget` (it deletes on every target); copying them there again: look at the remote's "
+                "history for who deletes there"
+            )
+            report.damaged.clear()
+            report.recovered.clear()
+            again = _replicate(repo, dest, notice, report, ran, others or {})
+            if again:
+                raise RepositoryError(
+                    f"target {name} lost {len(again)} snapshot(s) that the first target holds (first: {again[0]}) "
+                    f"again to a commit pushed to {dest.location} meanwhile; they are missing there; look at the "
+                    "remote's history for who deletes there, then run `phx sync`"
+                )
     except PhoenixError as exc:
         report.ok, report.error = False, str(exc)
     except OSError as exc:  # e.g. the Git clone's folder cannot be written
@@ -184,7 +210,10 @@ def _replicate(
     notice: Callable[[str], None],
     report: TargetReport,
     ran: str,
-) -> None:
+    others: Mapping[str, Backend],
+) -> list[str]:
+    """Copy what `dest` lacks; return the snapshots the first target holds that `dest` lost to
+    others' commits merged before its publish (Git), oldest name first."""
     source = repo.backend
     switched = False
     seeded = False
@@ -264,6 +293,17 @@ def _replicate(
         # decodes, and passes its checksum unencrypted) stopped every sync before any snapshot.
         # An index object none of whose packs the first target holds is not copied either.
         absent = _absent_packs(source, readable, sizes, set(there))
+        # One the repository's other targets hold is taken from there (the first target lost it:
+        # snapshots copied without it would not restore from this replica either).
+        data_packs = {
+            pack_name(p): bool(e) and e[0].type == BlobType.DATA for r in readable.values() for p, e in r[0].items()
+        }
+        for obj in sorted(absent):
+            holder = _copy_from_others(others, dest, obj, data_packs.get(obj, False), report, repo.config.pack_ids)
+            if holder is not None:
+                absent.discard(obj)
+                present.add(obj)
+                report.recovered.append((obj, holder))
         for index_name in list(readable):
             kept = [p for p in readable[index_name][0] if pack_name(p) not in absent]
             if readable[index_name][0] and not kept:
@@ -353,7 +393,7 @@ def _replicate(
         _copy_all(source, dest, [(n, False) for n in missing_index if n not in superseding], report)
         _copy_all(source, dest, [(n, False) for n in missing_index if n in superseding], report)
         have = {info.name for info in dest.list("snapshots/")}
-        snapshots = repo.list_snapshots()
+        snapshots = _lacking_snapshots(repo, have)
         for snap in snapshots:  # oldest first
             obj = f"snapshots/{snap.id}"
             if obj in have:
@@ -406,12 +446,24 @@ def _replicate(
             dest.delete(name)
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
-    dest.publish()
+        held_snapshots = {info.name for info in dest.list("snapshots/")}
+    lost: list[str] = []
+    if dest.publish():
+        gone = held_snapshots - {info.name for info in dest.list("snapshots/")}
+        if gone:  # those the first target no longer holds were forgotten (on every target)
+            lost = sorted(gone & {info.name for info in source.list("snapshots/")})
     errors: list[str] = []  # both said when both happen
     if refused:
         errors.append(
             f"target {report.name} lists {len(refused)} object(s) at another size than the first target's and "
             f"everything else was copied; {refused[0]}"
+        )
+    if report.recovered:
+        obj, holder = report.recovered[0]
+        errors.append(
+            f"{len(report.recovered)} pack(s) the first target's index lists are missing there (first: {obj}); "
+            f"target {holder} holds a copy, copied from there to target {report.name}, which is whole; bring it "
+            f"back to the first target with `phx repair objects --from {holder}`"
         )
     if report.damaged:
         errors.append(
@@ -424,6 +476,24 @@ def _replicate(
     if errors:
         report.ok = False
         report.error = "; also, ".join(errors)
+    return lost
+
+
+def _lacking_snapshots(repo: Repository, have: set[str]) -> list[Snapshot]:
+    """The readable snapshots of the first target that the replica (`have`: its listing) lacks,
+    oldest first (the order of `Repository.list_snapshots`). Only those are read: each sync read
+    every snapshot of the first target (21 reads with 20 backups, for each replica, with nothing to
+    copy). One unreadable (damaged, gone since the listing, another machine's in a write-only
+    repository) is left out, as the listing leaves it out."""
+    out = []
+    for info in repo.backend.list("snapshots/"):
+        if info.name in have:
+            continue
+        try:
+            out.append(repo.load_snapshot(info.name.removeprefix("snapshots/")))
+        except (CorruptObject, ObjectNotFound, IdentityRequired):
+            continue
+    return sorted(out, key=snapshot_order)
 
 
 def _add_keys(source: Backend, dest: Backend, report: TargetReport) -> list[str]:
@@ -618,6 +688,30 @@ def _absent_packs(
     `sizes`, then asked by name) nor the replica (`there`, its listing) holds."""
     wanted = {pack_name(p) for listing, _ in readable.values() for p in listing}
     return {n for n in sorted(wanted - sizes.keys() - there) if source.stat(n) is None}
+
+
+def _copy_from_others(
+    others: Mapping[str, Backend], dest: Backend, name: str, cold: bool, report: TargetReport, pack_ids: PackIds
+) -> str | None:
+    """Copy pack `name` (the first target lacks it) to `dest` from the first of `others` that holds
+    it whole (checked against its name); return that target's name, or None when none does."""
+    for other, backend in sorted(others.items()):
+        if other == report.name:
+            continue
+        try:
+            data = backend.read(name)
+        except PhoenixError:
+            continue  # not there, or that target is down: the others are asked
+        if not names_content(name, data, pack_ids):
+            continue  # damaged there too
+        if report.confirmer is not None:
+            report.confirmer.step(MORE_COMMITTED)
+        dest.write(name, data, cold=cold)
+        with _COUNT_LOCK:
+            report.objects += 1
+            report.bytes += len(data)
+        return other
+    return None
 
 
 def _superseded_there(repo: Repository, dest: Backend, own: list[str], missing: list[str]) -> set[str]:

@@ -1528,7 +1528,7 @@ class Repository:
         self._confirm_gone()
         # Equal recorded times (whole seconds, or the same --time) keep the order they were
         # taken in: `started` has microseconds.
-        out.sort(key=lambda s: (s.datetime.timestamp(), _started(s), s.name, s.id))
+        out.sort(key=snapshot_order)
         present: dict[str, str | None] = {s.id: s.time for s in out}
         # There, though unreadable (not those gone since the listing: the next listing lacks them too).
         present |= {
@@ -1700,6 +1700,12 @@ def _owned(data: bytes | memoryview) -> bytes:
     if type(obj) is bytes and data.c_contiguous and data.nbytes == len(obj):
         return obj
     return bytes(data)
+
+
+def snapshot_order(snap: Snapshot) -> tuple[float, float, str, str]:
+    """The key snapshots are listed oldest first by: equal recorded times (whole seconds, or the
+    same --time) keep the order they were taken in (`started` has microseconds)."""
+    return (snap.datetime.timestamp(), _started(snap), snap.name, snap.id)
 
 
 def _started(snap: Snapshot) -> float:

@@ -192,8 +192,11 @@ class Backend(ABC):
         something was recorded. Stores whose writes are final at once do nothing."""
         return False
 
-    def publish(self) -> None:  # noqa: B027 - optional hook
-        """Send recorded units to where they are meant to live (Git: push when autoCommit)."""
+    def publish(self) -> bool:
+        """Send recorded units to where they are meant to live (Git: push when autoCommit).
+        True when what others published meanwhile was merged first (Git: another clone pushed):
+        the store may then lack objects it held before (a commit of theirs deleted them)."""
+        return False
 
     def prepare_read(self, names: Iterable[str]) -> None:  # noqa: B027 - optional hook
         """A hint that `names` will be read soon: a cold store requests their thaw in one go."""

@@ -319,6 +319,10 @@ _URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.\-]*://[^\s'\"]*")
 _AUTH_STATUS = re.compile(r"(?<![\d.:/])40[13](?![\d.])")
 
 
+# Pushes tried by one publish while the remote keeps moving on (other clones pushing meanwhile).
+PUSH_ATTEMPTS = 4
+
+
 class GitBackend(Backend):
     kind = "git"
 
@@ -660,30 +664,36 @@ class GitBackend(Backend):
             self._git("commit", "-q", "--no-verify", "-m", message)
             return True
 
-    def publish(self) -> None:
+    def publish(self) -> bool:
         """Push when autoCommit is on. A remote that moved on (another clone pushed) is merged
         first: objects are content-addressed, so the merge never conflicts and nothing is
-        rewritten."""
+        rewritten; but a commit of theirs that deleted objects deletes them here too (True is
+        returned then: the caller checks what it relies on)."""
         if not self.auto_commit:
-            return
+            return False
         self._ensure()
         with self._exclusive():
             if self._git("rev-parse", "-q", "--verify", "HEAD", check=False).returncode != 0:
-                return  # nothing committed yet
-            push = self._git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", network=True, check=False)
-            if push.returncode == 0:
-                return
-            low = push.stderr.lower()
-            if "fetch first" in low or "non-fast-forward" in low:
+                return False  # nothing committed yet
+            merged = False
+            # The remote moved on: another clone pushed first ("fetch first", "non-fast-forward"),
+            # or at the same moment ("cannot lock ref": its ref update won the race, which two
+            # machines syncing at once met as a failed sync blaming branch protection). Merged and
+            # pushed again, a few times: each push races the other clones' anew.
+            for _attempt in range(PUSH_ATTEMPTS):
+                push = self._git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", network=True, check=False)
+                if push.returncode == 0:
+                    return merged
+                low = push.stderr.lower()
+                if not any(m in low for m in ("fetch first", "non-fast-forward", "cannot lock ref")):
+                    break
                 # What this clone last pushed, read before the fetch moves the tracking branch.
                 pushed = self._git("rev-parse", "-q", "--verify", f"refs/remotes/origin/{self.branch}", check=False)
                 self._git("fetch", "-q", "origin", self.branch, network=True)
                 if self.guarded and pushed.returncode == 0:
                     self._refuse_rewritten_history(pushed.stdout.strip())
                 self._git("merge", "-q", "--no-edit", "FETCH_HEAD")
-                push = self._git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", network=True, check=False)
-                if push.returncode == 0:
-                    return
+                merged = True
             raise self._error("push", push.stderr)
 
     def _refuse_rewritten_history(self, pushed: str) -> None:

@@ -87,8 +87,8 @@ class WrappedBackend(Backend):
     def checkpoint(self, message: str) -> bool:
         return self._call(lambda: self.inner.checkpoint(message))
 
-    def publish(self) -> None:
-        self._call(self.inner.publish)
+    def publish(self) -> bool:
+        return self._call(self.inner.publish)
 
     def prepare_read(self, names: Iterable[str]) -> None:
         wanted = list(names)
