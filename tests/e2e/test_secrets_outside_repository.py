@@ -6,7 +6,9 @@ hostile name, is put where a writer used to take it unredacted (docs/security.md
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,3 +91,25 @@ def test_an_alert_is_sent_as_plain_text_that_no_service_renders_as_markdown(monk
     assert outcome.sent == 1, outcome
     assert got and "](https://" not in got[0] and "![" not in got[0], got
     assert "\\!\\[x\\]" in got[0], got
+
+
+def test_an_archive_says_it_carries_phoenixs_config_with_its_credentials(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """A full backup saves Phoenix's own config file (a new machine gets it back from the
+    encrypted snapshot with `restore --to`); `phx archive` writes the snapshot as plain files to
+    carry, and so carried that file with its alert token, S3 keys and DSN without a word. The
+    archive still holds it (the plain copy of the whole snapshot, mode 0600), and says so, naming
+    the file."""
+    sb = make_sandbox()
+    sb.write_config(
+        notifications={"enabled": True, "onFailure": "silent", "urls": [f"json://127.0.0.1:1/h?token={TOKEN}"]}
+    )
+    sb.backup()
+    out = tmp_path / "a.tar.gz"
+    res = sb.phx_here("archive", "latest", "-o", out, "--config", sb.config_path)
+    logical = "home/.argentos/backup.json"
+    assert f"holds Phoenix's config file ({logical}) as plain text" in res.err, res.err
+    with tarfile.open(out) as tar:
+        assert any(name.endswith("/" + logical) for name in tar.getnames())
+    assert TOKEN not in res.err + res.out
