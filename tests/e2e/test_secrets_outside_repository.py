@@ -113,3 +113,25 @@ def test_an_archive_says_it_carries_phoenixs_config_with_its_credentials(
     with tarfile.open(out) as tar:
         assert any(name.endswith("/" + logical) for name in tar.getnames())
     assert TOKEN not in res.err + res.out
+
+
+def test_a_hooks_output_quoting_a_secret_reaches_neither_the_terminal_nor_json(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    """A hook's output is text Phoenix never vetted (a `pg_dump` or `curl` error may quote the
+    credentials it was given): `backup --json` printed it whole in `hooks.*.output`, and the
+    warning of a failing `postBackup` quoted its last line, secret and all, to the terminal and
+    whatever collects it (journald, a CI log). Every line of stdout and stderr is now written
+    without the secrets the run knows."""
+    sb = make_sandbox()
+    secrets = _with_secrets(sb)
+    sb.write_config(hooks={"postBackup": f'echo "using {S3_SECRET} and $PHX_PASSPHRASE"; echo "as {DSN}"; exit 1'})
+    text = sb.phx_here("backup", "--config", sb.config_path, code=3)
+    assert "hooks.postBackup exited with 1 (as ***)" in text.out, text.out
+    assert not any(secret in text.out + text.err for secret in secrets), text.out + text.err
+    res = sb.phx_here("backup", "--json", "--config", sb.config_path, code=3)
+    doc = json.loads(res.out)
+    assert doc["hooks"]["hooks.postBackup"]["exitCode"] == 1
+    assert "using ***" in doc["hooks"]["hooks.postBackup"]["output"], doc["hooks"]
+    for secret in secrets:
+        assert secret not in res.out + res.err, (secret, res.out, res.err)

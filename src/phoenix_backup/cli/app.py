@@ -188,9 +188,9 @@ class Out:
                 raise OutputFailed("stdout is closed")
             try:
                 if self.as_json:
-                    click.echo(jsontext.dumps(doc, indent=2))
+                    click.echo(said_json(jsontext.dumps(doc, indent=2)))
                 elif text and (data or not self.quiet):
-                    click.echo(printable(shown_lines(text)))
+                    click.echo(printable(shown_lines(said(text))))
             except BrokenPipeError:
                 reader_gone()
             except OSError as exc:
@@ -198,7 +198,21 @@ class Out:
 
     def _say(self, kind: str, message: str, trace: str | None = None) -> None:
         with self.progress.aside():
-            click.echo(stderr_line(kind, message, as_json=self.as_json, trace=trace), err=True)
+            click.echo(stderr_line(kind, said(message), as_json=self.as_json, trace=trace), err=True)
+
+
+def said(text: str) -> str:
+    """`text` as every line of stdout and stderr is written: without the secrets this run knows
+    (`known_secrets`). A result or notice quotes text Phoenix never vetted (a hook's output, a
+    library's error), and a secret in it reached the terminal, `--json` and whatever collects them
+    (journald, a CI log). URLs are left as they are: Phoenix shows its own redacted already."""
+    return without_secrets(text, known_secrets())
+
+
+def said_json(document: str) -> str:
+    """A JSON document as `said`: each secret also as JSON spells it inside a string."""
+    secrets = known_secrets()
+    return without_secrets(document, [*secrets, *(jsontext.dumps(s)[1:-1] for s in secrets)])
 
 
 def bug_message(exc: BaseException, verbose: bool) -> str:
