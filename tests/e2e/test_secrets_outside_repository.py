@@ -135,3 +135,15 @@ def test_a_hooks_output_quoting_a_secret_reaches_neither_the_terminal_nor_json(
     assert "using ***" in doc["hooks"]["hooks.postBackup"]["output"], doc["hooks"]
     for secret in secrets:
         assert secret not in res.out + res.err, (secret, res.out, res.err)
+
+
+def test_a_secret_spelled_as_a_json_word_leaves_the_json_document_valid(make_sandbox: Callable[..., Sandbox]) -> None:
+    """A known secret is taken out of a `--json` document's strings only: a key that reads `true`
+    (or a PIN that reads as a number) turned every `true` of the document into `***`, and the
+    document into invalid JSON."""
+    sb = make_sandbox()
+    s3 = {"enabled": False, "bucket": "red28-bucket", "accessKeyId": "true", "secretAccessKey": "S3SECRET-red28"}
+    sb.write_config(targets={**sb.config.get("targets", {}), "s3": s3})
+    res = sb.phx_here("backup", "--json", "--config", sb.config_path)
+    doc = json.loads(res.out)
+    assert ": true" in res.out and doc["id"], res.out

@@ -34,7 +34,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
-from phoenix_backup.redaction import redact, without_secrets
+from phoenix_backup.redaction import redact, without_secrets, without_secrets_in
 from phoenix_backup.shell import end_child_groups
 
 if TYPE_CHECKING:  # imported by the commands that use them, not by `phx --version`
@@ -188,7 +188,7 @@ class Out:
                 raise OutputFailed("stdout is closed")
             try:
                 if self.as_json:
-                    click.echo(said_json(jsontext.dumps(doc, indent=2)))
+                    click.echo(said_json(doc))
                 elif text and (data or not self.quiet):
                     click.echo(printable(shown_lines(said(text))))
             except BrokenPipeError:
@@ -209,10 +209,14 @@ def said(text: str) -> str:
     return without_secrets(text, known_secrets())
 
 
-def said_json(document: str) -> str:
-    """A JSON document as `said`: each secret also as JSON spells it inside a string."""
+def said_json(doc: object) -> str:
+    """A JSON document as `said`: without the known secrets in any of its strings. A document
+    none of whose text holds one (the usual case) is written as it is, found in one scan."""
+    document = jsontext.dumps(doc, indent=2)
     secrets = known_secrets()
-    return without_secrets(document, [*secrets, *(jsontext.dumps(s)[1:-1] for s in secrets)])
+    if not any(s in document or jsontext.dumps(s)[1:-1] in document for s in secrets):
+        return document
+    return jsontext.dumps(without_secrets_in(jsontext.portable(doc), secrets), indent=2)
 
 
 def bug_message(exc: BaseException, verbose: bool) -> str:
