@@ -95,6 +95,24 @@ def without_secrets(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def without_secrets_in(doc: object, secrets: Iterable[str]) -> object:
+    """A JSON-like document with `without_secrets` applied to each string value (its keys, names
+    Phoenix chose, and its numbers, `true`, `false` and `null` left as they are: a passphrase
+    `1234` must not turn a size into invalid JSON). Only a document holding a secret is walked."""
+    known = [s for s in secrets if s and len(s) >= _MIN_SECRET]
+
+    def walk(value: object) -> object:
+        if isinstance(value, str):
+            return without_secrets(value, known)
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(item) for item in value]
+        return value
+
+    return walk(doc) if known else doc
+
+
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
 
 

@@ -119,3 +119,29 @@ def test_a_file_name_forges_no_line_of_a_notification_nor_reaches_its_reader_raw
         "  not saved: workspace/x\\nTargets OK: all, nothing failed\\x1b]0;owned\\x07\\u202egpj.exe: denied ***",
     ], body
     assert title == "Phoenix backup INCOMPLETE on h\\x1b[2J"
+
+
+def test_a_password_of_a_configured_url_is_a_secret_alone_too(tmp_path: Path) -> None:
+    """A Git remote's token, a DSN's or a Redis URL's password quoted alone (a hook's output, a
+    library's message: `authentication failed for TOKEN`) was shown: only the whole URL was a
+    known secret (the Git URL not even that). Each URL's password is one, as written and decoded."""
+    from phoenix_backup.config import load_config
+    from phoenix_backup.notify.message import secrets_of
+
+    config = tmp_path / "config.json"
+    doc = {
+        "workspace": str(tmp_path),
+        "backupDir": str(tmp_path / "repo"),
+        "targets": {"git": {"enabled": True, "repo": "https://me:GITTOKEN-canary@git.example/r.git"}},
+        "databases": {
+            "postgres": [{"name": "pg", "dsn": "postgresql://u:PG%40PASS-canary@db.example/x"}],
+            "redis": [{"name": "rd", "url": "redis://:REDISPASS-canary@cache.example:6379/0"}],
+        },
+    }
+    config.write_text(json.dumps(doc))
+    env = {"HOME": str(tmp_path)}
+    secrets = secrets_of(load_config(config, env), env)
+    from phoenix_backup.redaction import without_secrets
+
+    shown = without_secrets("token GITTOKEN-canary, PG@PASS-canary and REDISPASS-canary refused", secrets)
+    assert "canary" not in shown, shown

@@ -34,7 +34,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.ops import context
 from phoenix_backup.ops.context import Environment, is_tty
-from phoenix_backup.redaction import redact, without_secrets
+from phoenix_backup.redaction import redact, without_secrets, without_secrets_in
 from phoenix_backup.shell import end_child_groups
 
 if TYPE_CHECKING:  # imported by the commands that use them, not by `phx --version`
@@ -188,9 +188,9 @@ class Out:
                 raise OutputFailed("stdout is closed")
             try:
                 if self.as_json:
-                    click.echo(jsontext.dumps(doc, indent=2))
+                    click.echo(said_json(doc))
                 elif text and (data or not self.quiet):
-                    click.echo(printable(shown_lines(text)))
+                    click.echo(printable(shown_lines(said(text))))
             except BrokenPipeError:
                 reader_gone()
             except OSError as exc:
@@ -198,7 +198,25 @@ class Out:
 
     def _say(self, kind: str, message: str, trace: str | None = None) -> None:
         with self.progress.aside():
-            click.echo(stderr_line(kind, message, as_json=self.as_json, trace=trace), err=True)
+            click.echo(stderr_line(kind, said(message), as_json=self.as_json, trace=trace), err=True)
+
+
+def said(text: str) -> str:
+    """`text` as every line of stdout and stderr is written: without the secrets this run knows
+    (`known_secrets`). A result or notice quotes text Phoenix never vetted (a hook's output, a
+    library's error), and a secret in it reached the terminal, `--json` and whatever collects them
+    (journald, a CI log). URLs are left as they are: Phoenix shows its own redacted already."""
+    return without_secrets(text, known_secrets())
+
+
+def said_json(doc: object) -> str:
+    """A JSON document as `said`: without the known secrets in any of its strings. A document
+    none of whose text holds one (the usual case) is written as it is, found in one scan."""
+    document = jsontext.dumps(doc, indent=2)
+    secrets = known_secrets()
+    if not any(s in document or jsontext.dumps(s)[1:-1] in document for s in secrets):
+        return document
+    return jsontext.dumps(without_secrets_in(jsontext.portable(doc), secrets), indent=2)
 
 
 def bug_message(exc: BaseException, verbose: bool) -> str:

@@ -9,7 +9,7 @@ import click
 
 from phoenix_backup import schedule as schedule_lib
 from phoenix_backup.cli import render
-from phoenix_backup.cli.app import Out, cli, command_group, common, load_config
+from phoenix_backup.cli.app import Out, cli, command_group, common, known_secrets, load_config, redacted
 from phoenix_backup.cli.cmd_drill import render as render_drill
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError, UsageError
@@ -201,7 +201,7 @@ def run(out: Out, envx: Environment, config_path: str | None, drill: bool) -> Ex
     Example: phx schedule run --config ~/.argentos/backup.json
     """
     kind = "drill" if drill else "backup"
-    log = RunLog(log_dir(envx.home), name=log_name(kind))
+    log = RunLog(log_dir(envx.home), name=log_name(kind), secrets=known_secrets)
     # No terminal: notices and the result go to the log; the exit code tells the scheduler.
     envx.interactive = False
     envx.prompt = None
@@ -224,7 +224,7 @@ def run(out: Out, envx: Environment, config_path: str | None, drill: bool) -> Ex
                 success=False,
                 snapshot_id=None,
                 snapshot_name=None,
-                error=str(exc),
+                error=redacted(str(exc)),
                 targets={},
                 scope="full",
                 path=state_path(envx.home),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import (
@@ -103,11 +104,21 @@ def secrets_of(cfg: Config, env: Mapping[str, str]) -> list[str]:
         out += _forms(env.get(enc.passphrase_env, ""))
     for target in (cfg.targets.s3, cfg.targets.r2):
         out += [target.secret_access_key or "", target.access_key_id or ""]
+    out += _url_credentials(cfg.targets.git.repo)  # a token quoted alone (a hook's or git's text)
     for db in cfg.databases.postgres:
-        out.append(db.dsn or "")
+        out += [db.dsn or "", *_url_credentials(db.dsn or "")]
         if db.password_env:
             out.append(env.get(db.password_env, ""))
     for rdb in cfg.databases.redis:
-        out.append(rdb.url)
+        out += [rdb.url, *_url_credentials(rdb.url)]
     out += list(cfg.notifications.urls)
     return [s for s in out if s]
+
+
+def _url_credentials(url: str) -> list[str]:
+    """The password of a URL's user info, as written and decoded (`https://user:TOKEN@host`)."""
+    try:
+        password = urlsplit(url).password if "@" in url else None
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []

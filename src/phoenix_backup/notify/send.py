@@ -45,7 +45,10 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
                 if not ap.add(url):
                     outcome.problems.append(f"{where} is not a URL Apprise understands; fix it")
                     continue
-                if ap.notify(title=title, body=body, notify_type=kind):
+                # Plain text, said as such: Apprise escapes it for a service that renders Markdown
+                # or HTML (Telegram, Discord, Slack, e-mail), so a file name's `![x](https://...)` or
+                # `<img>` in an error line is shown as written, never fetched nor made a link.
+                if ap.notify(title=title, body=body, notify_type=kind, body_format=apprise.NotifyFormat.TEXT):
                     outcome.sent += 1
                 else:
                     outcome.problems.append(f"{where} could not be reached or refused the message")

@@ -39,6 +39,7 @@ from phoenix_backup.repo.snapshot import Snapshot, unchecked_copy_note
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import walk_tree
 from phoenix_backup.sinks import leftovers
+from phoenix_backup.sources.layout import Layout
 from phoenix_backup.storage.local import os_error
 
 MANIFEST = "phoenix-manifest.json"
@@ -115,6 +116,13 @@ def archive(
             note = unchecked_copy_note(d.path, d.integrity) if d.engine == "sqlite" else None
             if note:
                 envx.notice(f"warning: {note}")
+        own = _phoenix_config(snap, nodes)
+        if own is not None:
+            envx.notice(
+                f"warning: the archive holds Phoenix's config file ({own}) as plain text, with the "
+                "credentials it names (target keys, database passwords, alert URLs); keep the archive "
+                "as private as that file, or delete it from the archive before it leaves the machine"
+            )
         top = f"phoenix-{snap.name}"
         if fmt == "zip":
             _zip_names(top, nodes)
@@ -175,6 +183,16 @@ def archive(
         size=sum(n.size for _lg, n in nodes if n.type in ("file", "sqlite")),
         archive_size=output.stat().st_size,
     )
+
+
+def _phoenix_config(snap: Snapshot, nodes: list[tuple[str, Node]]) -> str | None:
+    """The logical path of Phoenix's own config file (a full backup saves it, recorded in the
+    snapshot's sources) when the archive holds it, else None."""
+    recorded, workspace, home = (snap.sources.get(k) for k in ("config", "workspace", "home"))
+    if not recorded or not workspace or not home:
+        return None
+    logical = Layout(Path(workspace), Path(home)).to_logical(Path(recorded))
+    return logical if any(lg == logical and n.type == "file" for lg, n in nodes) else None
 
 
 def _zip_names(top: str, nodes: list[tuple[str, Node]]) -> None:

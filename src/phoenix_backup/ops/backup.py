@@ -37,7 +37,7 @@ from phoenix_backup.errors import (
     UnsafePath,
     shown,
 )
-from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event
+from phoenix_backup.notify import BackupEvent, NotifyOutcome, notify_event, redact, secrets_of
 from phoenix_backup.ops import db_backup
 from phoenix_backup.ops.context import Environment, cache_for, enabled_targets, open_repository, parse_time
 from phoenix_backup.ops.hooks import BackupHooks
@@ -412,6 +412,12 @@ def _record_state(
     else:
         targets = {name: TargetOutcome(False, str(error)) for name in cfg.targets.enabled_names()}
         message = str(error)
+    # The state file is plain text `phx status` and `doctor` show: its errors are redacted as an
+    # alert's are (a bug's message, a library's text, may quote a secret the run knows).
+    known = secrets_of(cfg, envx.env)
+    message = redact(message, known) if message is not None else None
+    targets = {name: TargetOutcome(t.ok, redact(t.error, known) if t.error else t.error) for name, t in targets.items()}
+    parts = [{**p, "error": redact(p["error"], known)} for p in parts]
     write_state(
         timestamp=started,
         backup_path=str(cfg.repository_path),

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
 from phoenix_backup.dirs import make_dirs
 from phoenix_backup.errors import shown
+from phoenix_backup.redaction import redact
 
 LOG_NAME = "backup.log"
 DRILL_LOG_NAME = "drill.log"
@@ -28,8 +30,22 @@ def log_name(kind: str) -> str:
 
 
 class RunLog:
-    def __init__(self, folder: Path, *, name: str = LOG_NAME, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
+    """A scheduled run's log. `secrets` gives the secrets the run knows at each write (the
+    environment's, then the config's once it is read): every line is redacted as a terminal's error
+    is (`redact`), since the log is a plain file the scheduled run's messages and a library's error
+    text (a bug's) go to unseen."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        name: str = LOG_NAME,
+        max_bytes: int = MAX_BYTES,
+        keep: int = KEEP,
+        secrets: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
         self.folder = folder
+        self.secrets = secrets
         self.name = name
         self.path = folder / name
         self.max_bytes = max_bytes
@@ -57,7 +73,9 @@ class RunLog:
         backup starting" that `phx status` reads as the last scheduled run. `report`: a result's
         text, whose lines (names already shown escaped) each stay a line."""
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-        lines = [shown(line) for line in (text.split("\n") if report else [text])]
+        known = list(self.secrets())
+        # Redacted first: a secret is found as it is, before its characters are escaped.
+        lines = [shown(redact(line, known)) for line in (text.split("\n") if report else [text])]
         # O_APPEND keeps concurrent writers' lines whole; 0600 because errors may name paths.
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         # A name that is not UTF-8 as its bytes, as a terminal gets it (surrogateescape): strict
