@@ -13,11 +13,14 @@ from e2e_support import Sandbox, run_phx_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import test_postgres_session_settings
+
 import services
 from phoenix_backup.sinks.streams import DbRestoreOutcome
 from services import PgServer, postgres_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
+pgbouncer = test_postgres_session_settings.pgbouncer  # pgbouncer in front of it, pool_mode=transaction
 
 
 def test_roles_a_failed_restore_created_are_dropped_again(sandbox: Sandbox, pg_server: PgServer) -> None:
@@ -167,5 +170,40 @@ def test_a_restore_behind_another_sessions_lock_fails_with_the_cause_not_waits_f
             assert "pg_stat_activity" in error and "run the restore again" in error, error
             assert pg.query(db, "SELECT count(*) FROM t") == [(0,)]  # nothing changed
             pg.sql(db, "INSERT INTO t VALUES (1, 'agent_a')")
+    finally:
+        pg.drop_database(db)
+
+
+def test_a_whole_database_through_a_transaction_pooler_is_refused_naming_it(
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
+) -> None:
+    """Through pgbouncer (pool_mode=transaction) a whole-database restore ran, and pg_restore's
+    plain SETs stayed on the pooled server session: the next client got `search_path = ''`,
+    `row_security = off`, `check_function_bodies = off`. The backup failed with pgbouncer's words
+    only (`unsupported startup parameter: options`). Now both fail naming the pooler and the fix,
+    the restore before it changes anything, and the next client gets a clean session."""
+    pg = pg_server
+    db = pg.create_database("pooled")
+    pg.sql(db, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    run_phx_here(["backup", "--json"], env)
+    pg.sql(db, "DELETE FROM t WHERE id = 2")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db, port=pgbouncer)]})
+    fix = "a connection pooler such as pgbouncer is in between"
+    try:
+        backup = run_phx_here(["backup"], env, code=3).out
+        assert fix in backup and "point the entry at the PostgreSQL server itself" in backup, backup
+        args = ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"]
+        restore = run_phx_here(args, env, code=3)
+        assert f"{fix}: a whole-database restore needs a server session of its own" in restore.out, restore.out
+        assert pg.query(db, "SELECT id FROM t") == [(1,)]
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=pgbouncer, dbname=db, user="postgres", password=pg.password, autocommit=True
+        ) as con:
+            settings = "SELECT current_setting('search_path'), current_setting('row_security')"
+            assert con.execute(settings).fetchone() == ('"$user", public', "on")
     finally:
         pg.drop_database(db)

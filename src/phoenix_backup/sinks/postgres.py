@@ -230,7 +230,7 @@ def _restore_dump(
         what = f"pg_restore of {path}"
         with _LockWatch(conn, name) as watch:
             try:
-                _feed(args, conn.tool_env(), stream_blocks(repo, f"{path}/{pg.DUMP}", dump), what=what)
+                _feed(args, _restore_env(conn), stream_blocks(repo, f"{path}/{pg.DUMP}", dump), what=what)
             except RestoreError as exc:
                 if watch.cancelled:
                     raise RestoreError(_lock_wait_error(what)) from exc
@@ -321,25 +321,47 @@ class _LockWatch:
         self._thread = threading.Thread(target=self._run, name="phx-pg-lock-watch", daemon=True)
 
     def __enter__(self) -> _LockWatch:
-        self._thread.start()
+        # Connected here, not in the thread: a server that does not answer is waited for once
+        # (as pg_restore would wait for it), and no connect outlives the restore in a thread.
+        try:
+            self._con: psycopg.Connection[Any] | None = self.conn.connect_server()
+        except PhoenixError:
+            self._con = None  # no watch: pg_restore's own connect says what is wrong
+        else:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
-        self._thread.join()
+        if self._con is not None:
+            self._thread.join(5)
+            if self._thread.is_alive():  # its query waits on a server that stopped answering
+                pg.hang_up(self._con)
+                self._thread.join()
+            self._con.close()
 
     def _run(self) -> None:
+        assert self._con is not None
         query = (
             "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
             "WHERE a.application_name = %s AND NOT l.granted AND l.waitstart < now() - make_interval(secs => %s)"
         )
         try:
-            with self.conn.connect_server() as con:
-                while not self._done.wait(self.POLL_S):
-                    if con.execute(query, (self.name, float(pg.LOCK_WAIT_S))).fetchall():
-                        self.cancelled = True
-        except (psycopg.Error, PhoenixError):
-            pass  # no watch: the restore goes on as before (a server gone fails the restore itself)
+            while not self._done.wait(self.POLL_S):
+                if self._con.execute(query, (self.name, float(pg.LOCK_WAIT_S))).fetchall():
+                    self.cancelled = True
+        except psycopg.Error:
+            pass  # no watch from here on (a server older than 14 has no waitstart; one gone fails pg_restore)
+
+
+def _restore_env(conn: pg.PgConn) -> dict[str, str]:
+    """pg_restore's environment: with a startup setting (`statement_timeout = 0`, which pg_restore
+    sets anyway) that a transaction pooler (pgbouncer) refuses: through one, pg_restore's plain
+    `SET`s (`search_path` empty, `row_security = off`) stayed on the pooled server session for
+    its next client; now the restore fails before it starts, naming the cause (`_feed`)."""
+    env = conn.tool_env()
+    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c statement_timeout=0".strip()
+    return env
 
 
 def _lock_wait_error(what: str) -> str:
@@ -379,7 +401,8 @@ def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what
     drain.join(10)
     if code != 0:
         text = b"".join(errors).decode("utf-8", "replace")
-        raise RestoreError(f"{what} failed (exit {code}): {_last_line(text)}; the database was left as it was")
+        reason = pg.pooler_fix(_last_line(text), "restore")
+        raise RestoreError(f"{what} failed (exit {code}): {reason}; the database was left as it was")
 
 
 def _last_line(text: str) -> str:
