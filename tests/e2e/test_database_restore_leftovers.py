@@ -1,12 +1,15 @@
 """Whole-database PostgreSQL restores that fail or skip part of globals.sql, against the real server
 of tests/services.py: the roles a failed restore created are dropped again, every statement of
-globals.sql that is not run is named, and a restore waiting for another session's lock ends."""
+globals.sql that is not run is named, a restore waiting for another session's lock ends, and one
+through a transaction pooler is refused; and a Redis Cluster node is refused, naming the cluster."""
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import Sandbox, run_phx_here
@@ -20,6 +23,7 @@ from phoenix_backup.sinks.streams import DbRestoreOutcome
 from services import PgServer, postgres_entry
 
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
+redis_server = services.redis_server  # the session's standalone Redis (a fixture)
 pgbouncer = test_postgres_session_settings.pgbouncer  # pgbouncer in front of it, pool_mode=transaction
 
 
@@ -207,3 +211,82 @@ def test_a_whole_database_through_a_transaction_pooler_is_refused_naming_it(
             assert con.execute(settings).fetchone() == ('"$user", public', "on")
     finally:
         pg.drop_database(db)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[int]:
+    """Three redis-server nodes on loopback made one Redis Cluster (`redis-cli --cluster create`);
+    the first node's port."""
+    import shutil
+    import subprocess
+
+    exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if exe is None or cli is None:
+        pytest.skip("redis-server and redis-cli are not installed (Debian package redis-server)")
+    ports: list[int] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        # A port (or its cluster bus port, port + 10000) taken meanwhile: another is tried.
+        for _ in range(15):
+            if len(ports) == 3:
+                break
+            port = services.free_port()
+            if port >= 55000:
+                continue
+            folder = tmp_path / str(port)
+            folder.mkdir()
+            argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--save", ""]
+            proc = subprocess.Popen(
+                [*argv, "--appendonly", "no", "--dir", str(folder)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(proc)
+            if services._wait_port(port, 10) and proc.poll() is None:
+                ports.append(port)
+        assert len(ports) == 3, "the cluster's nodes did not start"
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        yield ports[0]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_redis_cluster_node_is_refused_naming_the_cluster(
+    sandbox: Sandbox, redis_cluster: int, redis_server: Any
+) -> None:
+    """A url naming a node of a Redis Cluster (three nodes, for real): the backup failed midway
+    with Redis's words only (`Keys in request don't hash to the same slot`); a node holds only its
+    slots' keys, so nothing of Phoenix's standalone reads and writes (SCAN, a restore's temporary
+    key renamed onto the key) fits it. Now backup and restore refuse at once, naming the cluster
+    and the fix, and the restore writes nothing."""
+    import redis
+
+    live = redis.RedisCluster(host="127.0.0.1", port=redis_cluster)
+    for i in range(30):
+        live.set(f"agent:k{i}", b"v")
+    hot = {"name": "hot", "url": f"redis://127.0.0.1:{redis_cluster}/0", "match": "agent:*"}
+    sandbox.write_config(databases={"redis": [hot]})
+    env = sandbox.env_with()
+    cause = "is a node of a Redis Cluster (cluster_enabled:1)"
+    out = run_phx_here(["backup"], env, code=3).out
+    assert cause in out and "redis-cli --cluster backup" in out, out
+    # A snapshot of a standalone Redis, restored onto the cluster's node.
+    redis_server.client(13).set(b"agent:solo", b"1")
+    sandbox.write_config(databases={"redis": [dict(hot, url=redis_server.url(13))]})
+    snapshot = run_phx_here(["backup", "--json"], env).json()["id"]
+    for i in range(30):
+        live.delete(f"agent:k{i}")
+    sandbox.write_config(databases={"redis": [hot]})
+    args = ["restore", "--backup", snapshot, "--databases-only", "--yes", "--no-safety-snapshot"]
+    out = run_phx_here(args, env, code=3).out
+    assert cause in out, out
+    assert live.get("agent:solo") is None
+    live.close()
