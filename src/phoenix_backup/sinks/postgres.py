@@ -16,6 +16,7 @@ Agent-scoped: each table's rows go through a temporary table into the shared tab
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from phoenix_backup.config.model import PostgresDb
 from phoenix_backup.errors import CorruptObject, PhoenixError, RestoreError, UsageError
@@ -196,6 +198,7 @@ def _restore_dump(
     """pg_restore the dump into `conn`'s database, creating it first when the server lacks it
     (after the roles of globals.sql, so its owner can be one of them); then ANALYZE and count."""
     outcome = DbRestoreOutcome(path, "postgresql", conn.where, expected=dict(manifest.get("tables", {})))
+    created: dict[str, int] = {}
     dump = files.get(pg.DUMP)
     if dump is None:
         outcome.error = f"{path} has no {pg.DUMP} in the snapshot"
@@ -214,13 +217,24 @@ def _restore_dump(
         else:
             restore_tool = pg.find_pg_tool("pg_restore", path, need, conn.base_env, None).path
         if pg.GLOBALS in files:
-            outcome.stats["rolesCreated"] = _apply_globals(repo, conn, path, files[pg.GLOBALS], outcome)
+            created = _apply_globals(repo, conn, path, files[pg.GLOBALS], outcome)
+            outcome.stats["rolesCreated"] = list(created)
         if not exists:
             _create_database(conn, manifest, outcome, as_original=as_original)
-        args = [str(restore_tool), "-w", "--single-transaction", "--exit-on-error", f"--dbname={conn.conninfo}"]
+        # Its session's name: the lock watch finds it by that.
+        name = f"phoenix-restore-{secrets.token_hex(8)}"
+        dbname = make_conninfo(conn.conninfo, application_name=name)
+        args = [str(restore_tool), "-w", "--single-transaction", "--exit-on-error", f"--dbname={dbname}"]
         if clean:
             args[1:1] = ["--clean", "--if-exists"]
-        _feed(args, conn.tool_env(), stream_blocks(repo, f"{path}/{pg.DUMP}", dump), what=f"pg_restore of {path}")
+        what = f"pg_restore of {path}"
+        with _LockWatch(conn, name) as watch:
+            try:
+                _feed(args, _restore_env(conn), stream_blocks(repo, f"{path}/{pg.DUMP}", dump), what=what)
+            except RestoreError as exc:
+                if watch.cancelled:
+                    raise RestoreError(_lock_wait_error(what)) from exc
+                raise
         with conn.connect() as con:
             outcome.warnings += _analyze(con, None)
             outcome.found = pg.counts_as_recorded(pg.table_counts(con), outcome.expected)
@@ -228,12 +242,15 @@ def _restore_dump(
         outcome.fail(exc, pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc))
         if outcome.stats.get("databaseCreated"):
             _drop_database(conn, conn.database, outcome)  # it did not exist: it is left so
+        _drop_created_roles(conn, created, outcome)
         return outcome
     except BaseException:
         # A stop (Ctrl-C, SIGTERM, SIGHUP): pg_restore was ended (`_feed`), its transaction rolled
-        # back; a database this restore created is dropped again, never one that was there.
+        # back; a database this restore created is dropped again, never one that was there, and
+        # so are the roles it created.
         if outcome.stats.get("databaseCreated"):
             _drop_database(conn, conn.database, outcome)
+        _drop_created_roles(conn, created, outcome)
         raise
     wrong = {t: (n, outcome.found.get(t)) for t, n in outcome.expected.items() if outcome.found.get(t) != n}
     if wrong:
@@ -242,6 +259,117 @@ def _restore_dump(
         return outcome
     outcome.ok = True
     return outcome
+
+
+def _drop_created_roles(conn: pg.PgConn, created: dict[str, int], outcome: DbRestoreOutcome) -> None:
+    """After a restore that failed (its pg_restore rolled back), drop the roles this restore
+    created from globals.sql (`created`: name to oid), so the server is left as it was found. A
+    role is dropped only while it is still the one created (same oid), no role outside those was
+    made its member meanwhile, and nothing depends on it in any database (DROP ROLE refuses a role
+    that owns or was granted anything); otherwise it stays and a warning names it."""
+    if not created:
+        return
+    outcome.stats["rolesCreated"] = []
+    kept: list[str] = []
+    try:
+        with conn.connect_server() as con:
+            for role, oid in sorted(created.items()):
+                try:
+                    with con.transaction():
+                        row = con.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                        if row is None:
+                            continue  # dropped meanwhile
+                        if int(row[0]) != oid:
+                            kept.append(f"{role} (another role of that name exists now)")
+                            continue
+                        others = con.execute(
+                            "SELECT count(*) FROM pg_auth_members WHERE roleid = %s AND member <> ALL(%s)",
+                            (oid, list(created.values())),
+                        ).fetchone()
+                        if others and others[0]:
+                            kept.append(f"{role} (it was granted to another role meanwhile)")
+                            continue
+                        con.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+                except psycopg.Error as exc:
+                    kept.append(f"{role} ({pg.pg_reason(exc)})")
+    except (psycopg.Error, PhoenixError) as exc:
+        outcome.warnings.append(
+            f"the roles this restore created from globals.sql ({', '.join(sorted(created))}) could not be dropped "
+            f"after it failed: {exc}; drop those you do not want by hand"
+        )
+        return
+    if kept:
+        outcome.warnings.append(
+            f"role(s) this restore created from globals.sql were left after it failed, as something depends on "
+            f"them: {'; '.join(kept)}"
+        )
+
+
+class _LockWatch:
+    """While pg_restore runs (its session named `name`), cancel its statement once it has waited
+    for a lock another session holds for more than pg.LOCK_WAIT_S (a DROP TABLE of --clean behind
+    an open transaction that read the table): it would otherwise wait for as long as that session
+    lives. lock_timeout cannot bound it: pg_restore sets `lock_timeout = 0` itself. `cancelled`
+    says whether it did."""
+
+    POLL_S = 0.5
+
+    def __init__(self, conn: pg.PgConn, name: str) -> None:
+        self.conn, self.name = conn, name
+        self.cancelled = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="phx-pg-lock-watch", daemon=True)
+
+    def __enter__(self) -> _LockWatch:
+        # Connected here, not in the thread: a server that does not answer is waited for once
+        # (as pg_restore would wait for it), and no connect outlives the restore in a thread.
+        try:
+            self._con: psycopg.Connection[Any] | None = self.conn.connect_server()
+        except PhoenixError:
+            self._con = None  # no watch: pg_restore's own connect says what is wrong
+        else:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._con is not None:
+            self._thread.join(5)
+            if self._thread.is_alive():  # its query waits on a server that stopped answering
+                pg.hang_up(self._con)
+                self._thread.join()
+            self._con.close()
+
+    def _run(self) -> None:
+        assert self._con is not None
+        query = (
+            "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+            "WHERE a.application_name = %s AND NOT l.granted AND l.waitstart < now() - make_interval(secs => %s)"
+        )
+        try:
+            while not self._done.wait(self.POLL_S):
+                if self._con.execute(query, (self.name, float(pg.LOCK_WAIT_S))).fetchall():
+                    self.cancelled = True
+        except psycopg.Error:
+            pass  # no watch from here on (a server older than 14 has no waitstart; one gone fails pg_restore)
+
+
+def _restore_env(conn: pg.PgConn) -> dict[str, str]:
+    """pg_restore's environment: with a startup setting (`statement_timeout = 0`, which pg_restore
+    sets anyway) that a transaction pooler (pgbouncer) refuses: through one, pg_restore's plain
+    `SET`s (`search_path` empty, `row_security = off`) stayed on the pooled server session for
+    its next client; now the restore fails before it starts, naming the cause (`_feed`)."""
+    env = conn.tool_env()
+    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c statement_timeout=0".strip()
+    return env
+
+
+def _lock_wait_error(what: str) -> str:
+    return (
+        f"{what} failed: another session held a lock on a table it replaces for more than {pg.LOCK_WAIT_S} s "
+        "(lock timeout); nothing was changed; end that session's transaction (its pid is in pg_locks, its query "
+        "in pg_stat_activity) and run the restore again"
+    )
 
 
 def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what: str) -> None:
@@ -273,7 +401,8 @@ def _feed(args: list[str], env: dict[str, str], blocks: Iterator[bytes], *, what
     drain.join(10)
     if code != 0:
         text = b"".join(errors).decode("utf-8", "replace")
-        raise RestoreError(f"{what} failed (exit {code}): {_last_line(text)}; the database was left as it was")
+        reason = pg.pooler_fix(_last_line(text), "restore")
+        raise RestoreError(f"{what} failed (exit {code}): {reason}; the database was left as it was")
 
 
 def _last_line(text: str) -> str:
@@ -338,10 +467,13 @@ def _raw_role_name(text: str, statements: list[str]) -> str | None:
     return None
 
 
-def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, outcome: DbRestoreOutcome) -> list[str]:
+def _apply_globals(
+    repo: Repository, conn: pg.PgConn, path: str, node: Node, outcome: DbRestoreOutcome
+) -> dict[str, int]:
     """Create the roles of `globals.sql` that the server lacks, with their attributes, and their
     memberships. Existing roles are left exactly as they are: no membership, attribute, password,
-    setting or comment of theirs changes (docs/databases.md)."""
+    setting or comment of theirs changes (docs/databases.md). Every other statement not run is
+    named in one warning. The roles created: name to oid."""
     text = read_node(repo, f"{path}/{pg.GLOBALS}", node).decode("utf-8", "replace")
     # Statement by statement, never line by line: a role's name may hold a newline, and a line of
     # it (`GRANT pg_read_server_files TO me;`) was run as a statement of its own by the restoring role.
@@ -353,45 +485,97 @@ def _apply_globals(repo: Repository, conn: pg.PgConn, path: str, node: Node, out
             "saved them (older than 17.6, 16.10, 15.14, 14.19, 13.22) wrote role names as they are in comment "
             "lines of globals.sql, where such a name can hide statements; create the roles by hand"
         )
-        return []
-    created: list[str] = []
+        return {}
+    created: dict[str, int] = {}
+    handled: set[int] = set()
     with conn.connect_server() as con:
         existing = {str(r[0]) for r in con.execute("SELECT rolname FROM pg_roles")}
-        for ln in lines:
+        for i, ln in enumerate(lines):
             m = _CREATE_ROLE.match(ln)
             role = _role_name(m.group(1)) if m else None
             if role is not None and role not in existing:
+                handled.add(i)
                 try:
-                    con.execute(ln.encode())
-                    created.append(role)
+                    with con.transaction():
+                        con.execute(ln.encode())
+                        row = con.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                    created[role] = int(row[0]) if row else 0
                 except psycopg.Error as exc:
                     outcome.warnings.append(f"role {role} could not be created: {pg.pg_reason(exc)}")
-        if created:
-            outcome.warnings += _run_for_created(con, lines, set(created))
+        outcome.warnings += _run_for_created(con, lines, set(created), handled)
+    skipped = [ln for i, ln in enumerate(lines) if i not in handled and not _by_design(ln, existing)]
+    if skipped:
+        shown = "; ".join(_shown_statement(ln) for ln in skipped[:20])
+        more = f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        outcome.warnings.append(
+            f"{len(skipped)} statement(s) of globals.sql were not run (Phoenix runs only the CREATE ROLE, ALTER ROLE "
+            f"… WITH and GRANT role TO role that pg_dumpall writes for a role it creates): {shown}{more}; run by hand "
+            "those you need"
+        )
     return created
 
 
-def _run_for_created(con: psycopg.Connection[Any], lines: list[str], created: set[str]) -> list[str]:
+# A statement of globals.sql about one role: when that role existed before the restore, it is not
+# run by design (an existing role is left as it is) and needs no warning.
+_ROLE_STATEMENTS = (
+    _CREATE_ROLE,
+    _ANY_ALTER_ROLE,
+    _ROLE_SETTING,
+    re.compile(rf"^COMMENT ON ROLE ({_NAME}) IS "),
+    re.compile(rf"^GRANT (?:{_NAME}) TO ({_NAME})[ ;]"),
+)
+# pg_dumpall's session settings at the top (after psql's `\restrict` line), nothing to restore.
+_SESSION_SET = re.compile(r"^(?:\\[^\n]*\n\s*)*SET [a-z_]+ = [^;]*;$")
+_PASSWORD = re.compile(r"(PASSWORD\s+)(?:E?'(?:[^']|'')*'?|\S+)", re.IGNORECASE)
+
+
+def _by_design(statement: str, existing: set[str]) -> bool:
+    """A statement that is left out without a warning: a session setting, or one about a role that
+    was there before the restore."""
+    if _SESSION_SET.match(statement):
+        return True
+    for pattern in _ROLE_STATEMENTS:
+        m = pattern.match(statement)
+        if m and _role_name(m.group(1)) in existing:
+            return True
+    return False
+
+
+def _shown_statement(statement: str) -> str:
+    """A statement not run, as a warning shows it: a password it holds left out, line breaks and
+    other control characters escaped, at most 200 characters."""
+    text = _PASSWORD.sub(r"\1'…'", statement)
+    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _run_for_created(con: psycopg.Connection[Any], lines: list[str], created: set[str], handled: set[int]) -> list[str]:
     """Run the statements of `globals.sql` that give a role created now its attributes
     (`ALTER ROLE … WITH`) and its memberships (`GRANT role TO it`); the warnings. Nothing else
     runs: not a membership of a role that was here (`GRANT new TO old` changes `old`), not a
     privilege on a parameter or a tablespace, not a role's settings (`ALTER ROLE … SET`: one such
-    as session_preload_libraries loads a library at the role's next login), comment or label."""
+    as session_preload_libraries loads a library at the role's next login), comment or label.
+    The statements dealt with (run, or named in a warning of their own) are added to `handled`."""
     warnings: list[str] = []
     settings: set[str] = set()
+    if not created:
+        return warnings
     me = "SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user"
     su, createdb = con.execute(me).fetchone() or (False, False)
     cannot = frozenset(() if su else (*_SUPERUSER_ONLY, *(() if createdb else ("CREATEDB",))))
-    for ln in lines:
+    for i, ln in enumerate(lines):
         alter, grant = _ALTER_ROLE.match(ln), _GRANT_ROLE.match(ln)
         if alter and _role_name(alter.group(1)) in created:
+            handled.add(i)
             warnings += _alter_created(con, alter, cannot)
         elif (odd := _ANY_ALTER_ROLE.match(ln)) and _role_name(odd.group(1)) in created:
+            handled.add(i)
             warnings.append(
                 f"role {_role_name(odd.group(1))}'s attributes were not restored: its ALTER ROLE in globals.sql "
                 "holds more than the attributes pg_dumpall writes; give the role its attributes by hand"
             )
         elif grant and _role_name(grant.group(2)) in created and _role_name(grant.group(1)) is not None:
+            handled.add(i)
             try:
                 con.execute(ln.encode())  # a membership that exists already is only a notice
             except psycopg.Error as exc:
@@ -400,6 +584,7 @@ def _run_for_created(con: psycopg.Connection[Any], lines: list[str], created: se
                     f"{pg.pg_reason(exc)}"
                 )
         elif (setting := _ROLE_SETTING.match(ln)) and _role_name(setting.group(1)) in created:
+            handled.add(i)
             settings.add(str(_role_name(setting.group(1))))
     if settings:
         warnings.append(
@@ -471,6 +656,7 @@ def restore_agent_rows(
                 # For the merge's transaction only: never left on the session for a pooler to
                 # hand to another client.
                 con.execute("SELECT set_config(%s, %s, true)", (setting, agent))
+                pg.bound_lock_wait(con)  # a table another session holds locked: an error, no endless wait
                 pg.exact_text(con)
                 result = postgres_agent.merge(con, tables, rows_of, agent, mode=mode, keyless=keyless, drill=drill)
             if not drill:
@@ -481,6 +667,10 @@ def restore_agent_rows(
                 ]
                 outcome.warnings += _analyze(con, written)
     except (PhoenixError, psycopg.Error) as exc:
+        if isinstance(exc, psycopg.errors.LockNotAvailable) or isinstance(
+            exc.__cause__, psycopg.errors.LockNotAvailable
+        ):
+            return outcome.fail(exc, _lock_wait_error(f"the {'drill' if drill else 'merge'} of agent {agent}'s rows"))
         reason = pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
         return outcome.fail(
             exc,

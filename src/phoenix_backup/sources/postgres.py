@@ -187,6 +187,23 @@ _STATEMENT_POOL_FIX = (
 )
 
 
+# A transaction pooler (pgbouncer) refuses the startup parameter `options` (PGOPTIONS) that pg_dump
+# and pg_restore are given: a whole-database backup or restore needs a server session of its own.
+_POOLER_REFUSAL = "unsupported startup parameter: options"
+
+
+def pooler_fix(text: str, what: str) -> str:
+    """`text` (a client program's last error line) followed by the cause and the fix when it is a
+    connection pooler's refusal of `options`; `text` as it is otherwise."""
+    if _POOLER_REFUSAL not in text:
+        return text
+    return (
+        f"{text} (a connection pooler such as pgbouncer is in between: a whole-database {what} needs a server "
+        "session of its own; point the entry at the PostgreSQL server itself, usually port 5432, or at a pool in "
+        "session mode)"
+    )
+
+
 def pg_reason(exc: BaseException) -> str:
     """The server's or libpq's own words, on one line, without psycopg's preamble (and, where
     they do not say it, what to do about a pooler in statement mode)."""
@@ -708,6 +725,7 @@ class PostgresDump(_Reader):
                     con.execute("COMMIT")
                 if code != 0:
                     text = tail.text()
+                    last = _last_error(text)
                     # --lock-wait-timeout ends pg_dump's LOCK TABLE with a statement timeout.
                     waited = (
                         f"another session held a lock on a table it reads for more than {LOCK_WAIT_S} s ("
@@ -716,7 +734,7 @@ class PostgresDump(_Reader):
                     )
                     raise SourceError(
                         f"pg_dump of PostgreSQL database `{self.entry.name}` failed (exit {code}): "
-                        + (f"{waited}{_last_error(text)}); " if waited else f"{_last_error(text)}; ")
+                        + (f"{waited}{_last_error(text)}); " if waited else f"{pooler_fix(last, 'backup')}; ")
                         + "nothing of it was kept in this snapshot"
                         + (
                             "; end that session's transaction (its pid is in pg_locks, its query in "

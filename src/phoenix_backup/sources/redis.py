@@ -212,6 +212,10 @@ def connect(entry: RedisDb, stopped: threading.Event | None = None) -> redis_lib
         )
         client.response_callbacks.clear()
         command(client, "PING")
+        try:
+            cluster = bytes(command(client, "INFO", "cluster") or b"")
+        except redis_lib.ResponseError:
+            cluster = b""  # a proxy or a server that refuses INFO: nothing said of a cluster
         client.set_retry(Retry(_Backoff(stopped or threading.Event()), 3))
     except redis_lib.RedisError as exc:
         raise SourceError(
@@ -222,6 +226,18 @@ def connect(entry: RedisDb, stopped: threading.Event | None = None) -> redis_lib
         raise SourceError(
             f"the url of Redis database `{entry.name}` is malformed ({redact_quoted(str(exc))}); fix it"
         ) from None
+    if b"cluster_enabled:1" in cluster:
+        # A node of a cluster holds the keys of its slots only: a backup of it held part of the
+        # keys (or failed on a multi-key command, "don't hash to the same slot"), a restore's
+        # writes of other slots' keys were refused (MOVED) and its temporary keys could not be
+        # renamed onto keys of another slot.
+        client.close()
+        raise SourceError(
+            f"Redis database `{entry.name}` ({where(entry.url)}) is a node of a Redis Cluster (cluster_enabled:1), "
+            "which holds only the keys of its own slots, and Phoenix reads and restores a standalone Redis only; "
+            "point the url at a standalone server (or a replica of one), or back the cluster up with "
+            "`redis-cli --cluster backup`"
+        )
     return client
 
 
