@@ -204,3 +204,24 @@ def test_two_paths_one_name_on_a_case_insensitive_destination_restore_nothing(
     sb.phx_here("restore", "--latest", "--to", tmp_path / "sensitive")
     assert (tmp_path / "sensitive/workspace/memory/Note.md").read_bytes() == b"upper\n"
     assert (tmp_path / "sensitive/workspace/memory/note.md").read_bytes() == b"lower\n"
+
+
+@pytest.mark.phx_in_process
+def test_a_file_renamed_in_case_is_not_deleted_by_restore_delete_on_a_case_insensitive_file_system(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot holds `memory/Note.md`, renamed `note.md` since. On a file system that ignores
+    case (macOS, a USB stick; simulated: the probe's answer) `Note.md` is that very file, found
+    unchanged or written over, and `restore --delete` then deleted `note.md`, which there is the
+    same file: the restore ended with neither name, exit 0 (adv27). Now that delete is not done,
+    and a warning says why."""
+    sb = backed_up
+    memory = sb.workspace / "memory"
+    (memory / "Note.md").write_bytes(b"upper\n")
+    sb.phx_here("backup")
+    (memory / "Note.md").rename(memory / "note.md")
+    monkeypatch.setattr(restore_op, "folds_names", lambda folder: True, raising=False)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--delete", "--json").json()
+    assert (memory / "note.md").read_bytes() == b"upper\n"
+    assert "workspace/memory/note.md" not in [i["path"] for i in doc["items"] if i["action"] == "delete"]
+    assert any("workspace/memory/note.md is not deleted" in w for w in doc["warnings"]), doc["warnings"]
