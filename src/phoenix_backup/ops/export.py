@@ -265,13 +265,16 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
         nodes = list(walk_tree(repo, snap.tree))
         # A component that is a symlink was saved with what it points to (as a full backup saves
         # it): that is exported with it.
-        targets = link_targets(snap, [(lg, n) for lg, n in nodes if n.type == "symlink" and matcher.matches(lg)])
+        by_path = dict(nodes)
+        targets = link_targets(
+            snap, [(lg, n) for lg, n in nodes if n.type == "symlink" and matcher.matches(lg)], by_path
+        )
         # A configured store that is a link was saved with what it points to: that copy is the
         # store, exported under the link's path as from the live workspace.
         store_links: dict[str, list[str]] = {}
         for lg, n in nodes:
             if n.type == "symlink" and is_store(lg):
-                for t in link_targets(snap, [(lg, n)]):
+                for t in link_targets(snap, [(lg, n)], by_path):
                     store_links.setdefault(t, []).append(lg)
 
         def wanted(logical: str) -> bool:
