@@ -21,6 +21,7 @@ import os
 import resource
 import stat
 import threading
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ from phoenix_backup.sinks.files import (
     LiveState,
     Written,
     fold_name,
+    folds_forms,
     folds_names,
     grants_privilege,
     live_state,
@@ -538,7 +540,7 @@ class _Restore:
             for item in same:
                 self.warn(
                     f"{item.path} is not deleted: on the file system of {Path(item.target).parent}, which takes "
-                    "names differing only in case for one, it is a path this restore puts back"
+                    "names differing only in case or Unicode form for one, it is a path this restore puts back"
                 )
 
     def plan(self) -> _Plan:
@@ -1215,7 +1217,8 @@ def _same_inode(a: str, b: str) -> bool:
 def _refuse_folded_names(items: list[PlanItem]) -> list[PlanItem]:
     """RestoreError, before anything is written, when two paths the restore puts back differ only
     in case or Unicode normal form (`fold_name`) and the destination's file system takes them for
-    one (macOS, vfat: `folds_names`): the second would be written over the first, both said restored.
+    one (macOS, vfat: `folds_names`; APFS formatted case-sensitive, ZFS with normalization, for
+    normal form only: `folds_forms`): the second would be written over the first, both said restored.
     Returned: the deletions that are, there, a path the restore puts back (or a folder on its way)
     under another case (`note.md` found beside the snapshot's `Note.md`, renamed since): they are
     not done, for the delete, run after the writes, removed the file just restored or kept."""
@@ -1223,18 +1226,24 @@ def _refuse_folded_names(items: list[PlanItem]) -> list[PlanItem]:
     for item in items:
         if item.action != "delete":
             groups.setdefault(fold_name(item.target), []).append(item)
-    probed: dict[Path, bool] = {}
+    probed: dict[Path, tuple[Path, Callable[[str], str] | None]] = {}
     for same in groups.values():
         if len({i.target for i in same}) < 2:
             continue
-        folder = _folds_at(Path(same[0].target).parent, probed)
-        if folder is not None:
-            first, second = sorted(i.path for i in same)[:2]
-            raise RestoreError(
-                f"{first} and {second} differ only in case or Unicode form, and the file system of {folder} "
-                "takes them for one name: one would be written over the other; nothing was restored — restore "
-                "to a folder on a file system that tells them apart (--to DIR), or one of them at a time (--path)"
-            )
+        folder, fold = _folds_at(Path(same[0].target).parent, probed)
+        if fold is None:
+            continue
+        one: dict[str, list[PlanItem]] = {}
+        for item in same:
+            one.setdefault(fold(item.target), []).append(item)
+        for clash in one.values():
+            if len({i.target for i in clash}) > 1:
+                first, second = sorted(i.path for i in clash)[:2]
+                raise RestoreError(
+                    f"{first} and {second} differ only in case or Unicode form, and the file system of {folder} "
+                    "takes them for one name: one would be written over the other; nothing was restored — restore "
+                    "to a folder on a file system that tells them apart (--to DIR), or one of them at a time (--path)"
+                )
     deletes = [i for i in items if i.action == "delete"]
     if not deletes:
         return []
@@ -1242,25 +1251,44 @@ def _refuse_folded_names(items: list[PlanItem]) -> list[PlanItem]:
     for item in items:
         if item.action != "delete":
             exact.update(str(p) for p in (Path(item.target), *Path(item.target).parents))
-    put = {fold_name(p) for p in exact}
-    return [
-        i
-        for i in deletes
-        if i.target not in exact and fold_name(i.target) in put and _folds_at(Path(i.target).parent, probed)
-    ]
+    put: dict[str, list[str]] = {}
+    for p in exact:
+        put.setdefault(fold_name(p), []).append(p)
+    out = []
+    for i in deletes:
+        if i.target in exact or fold_name(i.target) not in put:
+            continue
+        fold = _folds_at(Path(i.target).parent, probed)[1]
+        if fold is not None and fold(i.target) in {fold(p) for p in put[fold_name(i.target)]}:
+            out.append(i)
+    return out
 
 
-def _folds_at(folder: Path, probed: dict[Path, bool]) -> Path | None:
-    """The folder probed (`folder`, or its nearest existing parent) when its file system takes names
-    differing only in case for one (`folds_names`), else None; `probed` keeps each answer."""
+def _nfd(name: str) -> str:
+    return unicodedata.normalize("NFD", name)
+
+
+def _folds_at(
+    folder: Path, probed: dict[Path, tuple[Path, Callable[[str], str] | None]]
+) -> tuple[Path, Callable[[str], str] | None]:
+    """The folder probed (`folder`, or its nearest existing parent) and how its file system compares
+    names: `fold_name` when it ignores case (`folds_names`), NFD when it ignores Unicode normal form
+    only (`folds_forms`), None when it tells them all apart; `probed` keeps each answer."""
+    start = folder
+    if start in probed:
+        return probed[start]
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent
-    if folder not in probed:
-        try:
-            probed[folder] = folds_names(folder)
-        except OSError:
-            probed[folder] = False  # a folder that takes no file: the write itself says why
-    return folder if probed[folder] else None
+    fold: Callable[[str], str] | None = None
+    try:
+        if folds_names(folder):
+            fold = fold_name
+        elif folds_forms(folder):
+            fold = _nfd
+    except OSError:
+        pass  # a folder that takes no file: the write itself says why
+    probed[start] = (folder, fold)
+    return probed[start]
 
 
 def _writes_content(item: PlanItem) -> bool:
