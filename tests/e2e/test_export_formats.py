@@ -425,6 +425,22 @@ def test_names_differing_only_in_case_or_normal_form_are_separate_files_of_the_e
             assert rows == ["a/Memory.db", "b/memory.db", "c/Identity.db"]
 
 
+@pytest.mark.phx_in_process
+def test_a_longest_name_differing_only_in_case_is_shortened_not_too_long(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Notes of 255 bytes (the most a file name holds) differing only in case: the second was
+    exported as `...~2.md`, 257 bytes, and the export failed with File name too long (adv27)."""
+    names = ["N" * 252 + ".md", "n" * 252 + ".md", "n" * 250 + "~2.md"]
+    for i, name in enumerate(names):
+        (sandbox.workspace / "memory" / name).write_bytes(b"note %d\n" % i)
+    out = tmp_path / "out"
+    sandbox.phx_here("export", "--format", "json", "--no-vectors", "--output", out, "--json").json()
+    notes = [p for p in (out / "files/workspace/memory").iterdir() if p.name not in ("MEMORY.md",)]
+    got = sorted(p.read_bytes() for p in notes if p.read_bytes().startswith(b"note "))
+    assert got == [b"note 0\n", b"note 1\n", b"note 2\n"], sorted(p.name for p in notes)
+    folded = [unicodedata.normalize("NFD", unicodedata.normalize("NFD", p.name).casefold()) for p in notes]
+    assert len(set(folded)) == len(folded) and all(len(p.name.encode()) <= 255 for p in notes)
+
+
 # Each credential file a workspace may hold, and a secret in it that no key name or token shape
 # gives away: a sanitized export leaves the file out (red23: every one was copied as it was).
 CREDENTIAL_FILES = {

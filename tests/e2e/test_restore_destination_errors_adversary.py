@@ -10,8 +10,10 @@ import os
 import shutil
 import subprocess
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import PHX, Sandbox
@@ -204,3 +206,52 @@ def test_two_paths_one_name_on_a_case_insensitive_destination_restore_nothing(
     sb.phx_here("restore", "--latest", "--to", tmp_path / "sensitive")
     assert (tmp_path / "sensitive/workspace/memory/Note.md").read_bytes() == b"upper\n"
     assert (tmp_path / "sensitive/workspace/memory/note.md").read_bytes() == b"lower\n"
+
+
+@pytest.mark.phx_in_process
+def test_a_file_renamed_in_case_is_not_deleted_by_restore_delete_on_a_case_insensitive_file_system(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot holds `memory/Note.md`, renamed `note.md` since. On a file system that ignores
+    case (macOS, a USB stick; simulated: the probe's answer) `Note.md` is that very file, found
+    unchanged or written over, and `restore --delete` then deleted `note.md`, which there is the
+    same file: the restore ended with neither name, exit 0 (adv27). Now that delete is not done,
+    and a warning says why."""
+    sb = backed_up
+    memory = sb.workspace / "memory"
+    (memory / "Note.md").write_bytes(b"upper\n")
+    sb.phx_here("backup")
+    (memory / "Note.md").rename(memory / "note.md")
+    monkeypatch.setattr(restore_op, "folds_names", lambda folder: True, raising=False)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--delete", "--json").json()
+    assert (memory / "note.md").read_bytes() == b"upper\n"
+    assert "workspace/memory/note.md" not in [i["path"] for i in doc["items"] if i["action"] == "delete"]
+    assert any("workspace/memory/note.md is not deleted" in w for w in doc["warnings"]), doc["warnings"]
+
+
+@pytest.mark.phx_in_process
+def test_two_paths_in_nfc_and_nfd_on_a_normalizing_case_sensitive_destination_restore_nothing(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`memory/café.md` in NFC and in NFD, restored onto a file system that tells case apart but
+    not Unicode normal form (APFS formatted case-sensitive, ZFS with normalization; simulated: the
+    probe's lookup answers as there). The probe looked up case only, so the second was written over
+    the first, both said restored (adv27). Now the normal form is probed too."""
+    sb = backed_up
+    (sb.workspace / "memory/caf\u00e9.md").write_bytes(b"nfc\n")
+    (sb.workspace / "memory/cafe\u0301.md").write_bytes(b"nfd\n")
+    sb.phx_here("backup")
+    real_lstat = os.lstat
+
+    def normalizing(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        p = Path(path)
+        if p.name.startswith(".phx-tmp-") and not p.name.isascii():
+            path = p.parent / unicodedata.normalize("NFC", p.name)
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", normalizing)
+    res = sb.phx_here("restore", "--latest", "--to", tmp_path / "apfs", "--json", code=1)
+    assert "differ only in case or Unicode form" in res.json()["error"], res.json()
+    assert not any((tmp_path / "apfs").rglob("caf*.md"))
+    monkeypatch.undo()
+    assert not files.folds_forms(tmp_path) and not list(tmp_path.glob(".phx-tmp-*"))

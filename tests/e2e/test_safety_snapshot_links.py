@@ -6,6 +6,7 @@ held `memory` twice (as the link and as a folder of the outside files): it could
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
@@ -80,4 +81,40 @@ def test_a_chain_of_links_to_a_database_or_a_component_is_restored_so_that_it_re
     assert os.readlink(home / "mid/mid.db") == "../disk/agent.db"
     with contextlib.closing(sqlite3.connect(f"file:{home / 'dbs/chain.db'}?mode=ro", uri=True)) as con:
         assert con.execute("SELECT k FROM t").fetchall() == [("at the end of the chain",)]
+    assert {p.name: p.read_bytes() for p in (ws / "memory").iterdir() if p.is_file()} == notes
+
+
+@pytest.mark.phx_in_process
+def test_a_chain_of_links_is_followed_to_its_end_by_a_restore_of_one_path_and_a_snapshot_export(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`workspace/memory -> ~/mid/memory -> ~/disk/memory` and a store `~/dbs/chain.db -> ~/mid/mid.db
+    -> ~/disk/agent.db`, saved with every link of the chain. What a snapshot's link points to was
+    followed one link only: `restore --path workspace/memory` put back the two links and not the
+    notes at the end (dangling once the disk was lost, exit 0), and an export of the snapshot left
+    out the notes and the store that the live export takes (adv27). Now the chain is followed."""
+    home, ws = Path(sandbox.env["HOME"]), sandbox.workspace
+    for folder in ("dbs", "mid", "disk"):
+        (home / folder).mkdir()
+    with contextlib.closing(sqlite3.connect(home / "disk/agent.db")) as con:
+        con.execute("CREATE TABLE t (k TEXT)")
+        con.execute("INSERT INTO t VALUES ('at the end of the chain')")
+        con.commit()
+    (home / "mid/mid.db").symlink_to("../disk/agent.db")
+    (home / "dbs/chain.db").symlink_to(home / "mid/mid.db")
+    shutil.move(ws / "memory", home / "disk/memory")
+    (home / "mid/memory").symlink_to("../disk/memory")
+    (ws / "memory").symlink_to(home / "mid/memory")
+    notes = {p.name: p.read_bytes() for p in (home / "disk/memory").iterdir() if p.is_file()}
+    sandbox.write_config(databases={"sqlite": [*DEFAULT_SQLITE, "~/dbs/chain.db"]})
+    sandbox.backup()
+    live = sandbox.phx_here("export", "--no-vectors", "--output", tmp_path / "live", "--json").json()
+    snap = sandbox.phx_here("export", "--no-vectors", "--backup", "latest", "--output", tmp_path / "snap", "--json")
+    assert sorted(snap.json()["files"]) == sorted(live["files"])
+    stores = [json.loads((tmp_path / d / "metadata.json").read_text())["databases"] for d in ("live", "snap")]
+    assert sorted(db["path"] for db in stores[1]) == sorted(db["path"] for db in stores[0])
+    for gone in ("mid", "disk"):
+        shutil.rmtree(home / gone)
+    (ws / "memory").unlink()
+    sandbox.phx_here("restore", "--latest", "--yes", "--no-safety-snapshot", "--path", "workspace/memory")
     assert {p.name: p.read_bytes() for p in (ws / "memory").iterdir() if p.is_file()} == notes

@@ -265,13 +265,16 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
         nodes = list(walk_tree(repo, snap.tree))
         # A component that is a symlink was saved with what it points to (as a full backup saves
         # it): that is exported with it.
-        targets = link_targets(snap, [(lg, n) for lg, n in nodes if n.type == "symlink" and matcher.matches(lg)])
+        by_path = dict(nodes)
+        targets = link_targets(
+            snap, [(lg, n) for lg, n in nodes if n.type == "symlink" and matcher.matches(lg)], by_path
+        )
         # A configured store that is a link was saved with what it points to: that copy is the
         # store, exported under the link's path as from the live workspace.
         store_links: dict[str, list[str]] = {}
         for lg, n in nodes:
             if n.type == "symlink" and is_store(lg):
-                for t in link_targets(snap, [(lg, n)]):
+                for t in link_targets(snap, [(lg, n)], by_path):
                     store_links.setdefault(t, []).append(lg)
 
         def wanted(logical: str) -> bool:
@@ -420,11 +423,26 @@ def _store_names(databases: list[SourceDatabase]) -> list[str]:
     return names
 
 
+# The longest file name ext4, APFS and exFAT take, in bytes of UTF-8.
+_FILE_NAME_BYTES = 255
+
+
+def _numbered(stem: str, tail: str) -> str:
+    """`stem` + `tail` (`~2.md`), `stem` shortened so that the name stays a name a file system
+    takes: a note of 255 bytes with `~2` was 257, and the export failed (File name too long)."""
+    while len(os.fsencode(stem + tail)) > _FILE_NAME_BYTES and stem:
+        stem = stem[:-1]
+    name = stem + tail
+    while len(os.fsencode(name)) > _FILE_NAME_BYTES:  # an extension of 250 bytes
+        name = name[:-1]
+    return name
+
+
 def _file_paths(logicals: list[str]) -> dict[str, str]:
     """Each logical path's path below `files/`: itself, unless a folder or file name on its way
     differs only in case or Unicode normal form (`_folded`) from one an earlier path put in the
-    same folder; that name then gets `~2` (`soul~2.md`), and everything below a renamed folder
-    goes into it."""
+    same folder; that name then gets `~2` (`soul~2.md`; its stem shortened when the name would be
+    over 255 bytes), and everything below a renamed folder goes into it."""
     out: dict[str, str] = {}
     placed: dict[str, str] = {}  # logical prefix -> its path in the export
     owner: dict[str, str] = {}  # folded path in the export -> the logical prefix it holds
@@ -439,7 +457,7 @@ def _file_paths(logicals: list[str]) -> dict[str, str]:
             stem, dot, ext = part.rpartition(".") if i == len(parts) - 1 and "." in part[1:] else (part, "", "")
             name, n = part, 2
             while owner.setdefault(fold_name(f"{at}/{name}"), prefix) != prefix:
-                name, n = f"{stem}~{n}{dot}{ext}", n + 1
+                name, n = _numbered(stem, f"~{n}{dot}{ext}"), n + 1
             at = placed[prefix] = f"{at}/{name}" if at else name
         out[logical] = at
     return out

@@ -21,6 +21,7 @@ import os
 import resource
 import stat
 import threading
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ from phoenix_backup.sinks.files import (
     LiveState,
     Written,
     fold_name,
+    folds_forms,
     folds_names,
     grants_privilege,
     live_state,
@@ -453,7 +455,7 @@ class _Restore:
                     for notice in databases.server_warnings(self.repo, self.cfg, dict(self.envx.env), self.server_dbs):
                         self.warn(notice)
             return result
-        _refuse_folded_names(plan.items)
+        self.folded_names(plan)
         if self.in_place:
             self.confirm(plan)
         if self.in_place or any(i.action == "overwrite" for i in plan.items):
@@ -469,6 +471,7 @@ class _Restore:
             )
             if self.damaged:
                 plan = self.plan()
+                self.folded_names(plan)
                 result.items = plan.items
         if self.in_place:
             for problem in self.database_problems(plan):
@@ -491,6 +494,7 @@ class _Restore:
         try:
             # The agent may have written since the plan was made: plan again now that it is stopped.
             plan = self.plan()
+            self.folded_names(plan)
             result.items = plan.items
             if safety_snapshot:
                 # What is replaced or deleted, as it is before the snapshot reads it: a path the
@@ -527,6 +531,17 @@ class _Restore:
         return result
 
     # -- planning ----------------------------------------------------------------------
+
+    def folded_names(self, plan: _Plan) -> None:
+        """`_refuse_folded_names`; the deletions it finds are the paths put back under another case
+        there: they are taken out of `plan` (and the result listing it), each said in a warning."""
+        if same := _refuse_folded_names(plan.items):
+            plan.items[:] = [i for i in plan.items if i not in same]
+            for item in same:
+                self.warn(
+                    f"{item.path} is not deleted: on the file system of {Path(item.target).parent}, which takes "
+                    "names differing only in case or Unicode form for one, it is a path this restore puts back"
+                )
 
     def plan(self) -> _Plan:
         items: list[PlanItem] = []
@@ -1199,33 +1214,81 @@ def _same_inode(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _refuse_folded_names(items: list[PlanItem]) -> None:
+def _refuse_folded_names(items: list[PlanItem]) -> list[PlanItem]:
     """RestoreError, before anything is written, when two paths the restore puts back differ only
     in case or Unicode normal form (`fold_name`) and the destination's file system takes them for
-    one (macOS, vfat: `folds_names`): the second would be written over the first, both said restored."""
+    one (macOS, vfat: `folds_names`; APFS formatted case-sensitive, ZFS with normalization, for
+    normal form only: `folds_forms`): the second would be written over the first, both said restored.
+    Returned: the deletions that are, there, a path the restore puts back (or a folder on its way)
+    under another case (`note.md` found beside the snapshot's `Note.md`, renamed since): they are
+    not done, for the delete, run after the writes, removed the file just restored or kept."""
     groups: dict[str, list[PlanItem]] = {}
     for item in items:
         if item.action != "delete":
             groups.setdefault(fold_name(item.target), []).append(item)
-    probed: dict[Path, bool] = {}
+    probed: dict[Path, tuple[Path, Callable[[str], str] | None]] = {}
     for same in groups.values():
         if len({i.target for i in same}) < 2:
             continue
-        folder = Path(same[0].target).parent
-        while not folder.is_dir() and folder != folder.parent:
-            folder = folder.parent
-        if folder not in probed:
-            try:
-                probed[folder] = folds_names(folder)
-            except OSError:
-                probed[folder] = False  # a folder that takes no file: the write itself says why
-        if probed[folder]:
-            first, second = sorted(i.path for i in same)[:2]
-            raise RestoreError(
-                f"{first} and {second} differ only in case or Unicode form, and the file system of {folder} "
-                "takes them for one name: one would be written over the other; nothing was restored — restore "
-                "to a folder on a file system that tells them apart (--to DIR), or one of them at a time (--path)"
-            )
+        folder, fold = _folds_at(Path(same[0].target).parent, probed)
+        if fold is None:
+            continue
+        one: dict[str, list[PlanItem]] = {}
+        for item in same:
+            one.setdefault(fold(item.target), []).append(item)
+        for clash in one.values():
+            if len({i.target for i in clash}) > 1:
+                first, second = sorted(i.path for i in clash)[:2]
+                raise RestoreError(
+                    f"{first} and {second} differ only in case or Unicode form, and the file system of {folder} "
+                    "takes them for one name: one would be written over the other; nothing was restored — restore "
+                    "to a folder on a file system that tells them apart (--to DIR), or one of them at a time (--path)"
+                )
+    deletes = [i for i in items if i.action == "delete"]
+    if not deletes:
+        return []
+    exact: set[str] = set()
+    for item in items:
+        if item.action != "delete":
+            exact.update(str(p) for p in (Path(item.target), *Path(item.target).parents))
+    put: dict[str, list[str]] = {}
+    for p in exact:
+        put.setdefault(fold_name(p), []).append(p)
+    out = []
+    for i in deletes:
+        if i.target in exact or fold_name(i.target) not in put:
+            continue
+        fold = _folds_at(Path(i.target).parent, probed)[1]
+        if fold is not None and fold(i.target) in {fold(p) for p in put[fold_name(i.target)]}:
+            out.append(i)
+    return out
+
+
+def _nfd(name: str) -> str:
+    return unicodedata.normalize("NFD", name)
+
+
+def _folds_at(
+    folder: Path, probed: dict[Path, tuple[Path, Callable[[str], str] | None]]
+) -> tuple[Path, Callable[[str], str] | None]:
+    """The folder probed (`folder`, or its nearest existing parent) and how its file system compares
+    names: `fold_name` when it ignores case (`folds_names`), NFD when it ignores Unicode normal form
+    only (`folds_forms`), None when it tells them all apart; `probed` keeps each answer."""
+    start = folder
+    if start in probed:
+        return probed[start]
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    fold: Callable[[str], str] | None = None
+    try:
+        if folds_names(folder):
+            fold = fold_name
+        elif folds_forms(folder):
+            fold = _nfd
+    except OSError:
+        pass  # a folder that takes no file: the write itself says why
+    probed[start] = (folder, fold)
+    return probed[start]
 
 
 def _writes_content(item: PlanItem) -> bool:

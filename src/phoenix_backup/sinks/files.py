@@ -227,11 +227,24 @@ def folds_names(folder: Path) -> bool:
     up in upper case, then removed. One that ignores case is taken to ignore Unicode normal form
     too (macOS does both; `fold_name`)."""
     probe = _tmp_name()  # lowercase, and a restore's temporary name: the next restore clears one a kill left
+    return _same_file(folder, probe, probe.upper())
+
+
+def folds_forms(folder: Path) -> bool:
+    """Whether the file system of `folder` (an existing folder) ignores Unicode normal form, case
+    or not (APFS formatted case-sensitive, ZFS with normalization): a probe named with `é` in
+    NFC is looked up in NFD, then removed."""
+    probe = f"{_tmp_name()}-\u00e9"  # still a restore's temporary name (RESTORE_TEMP)
+    return _same_file(folder, probe, unicodedata.normalize("NFD", probe))
+
+
+def _same_file(folder: Path, probe: str, other: str) -> bool:
+    """Whether `other` names the file `probe`, made new in `folder` (then removed)."""
     f = os.open(folder / probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         st = os.fstat(f)
         try:
-            seen = os.lstat(folder / probe.upper())
+            seen = os.lstat(folder / other)
         except OSError:
             return False
         return (seen.st_dev, seen.st_ino) == (st.st_dev, st.st_ino)

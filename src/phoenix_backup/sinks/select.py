@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from phoenix_backup.config import Config
@@ -67,7 +68,7 @@ def select_nodes(
         else:
             wanted.append((logical, node))
     # A component that is a symlink was saved with what it points to: restored with it.
-    targets = link_targets(snap, [(lg, n) for lg, n in wanted if n.type == "symlink"])
+    targets = link_targets(snap, [(lg, n) for lg, n in wanted if n.type == "symlink"], dict(all_nodes))
     if targets:
         chosen = wanted_dirs | {lg for lg, _ in wanted}
         for logical, node in all_nodes:
@@ -82,9 +83,11 @@ def select_nodes(
     return dirs + wanted
 
 
-def link_targets(snap: Snapshot, links: list[tuple[str, Node]]) -> set[str]:
+def link_targets(snap: Snapshot, links: list[tuple[str, Node]], nodes: Mapping[str, Node]) -> set[str]:
     """The logical paths `links` point to, read as the backup that saved them did (its workspace
-    and home): where a backup put what a component's symlink points to."""
+    and home): where a backup put what a component's symlink points to. A target that is a link
+    of the snapshot (`nodes`) is followed in turn, as the backup saved the chain (`memory ->
+    ~/mid/memory -> ~/disk/memory`: both the link in between and its end), at most 40 links."""
     workspace, home = snap.sources.get("workspace"), snap.sources.get("home")
     if not links or not workspace or not home:
         return set()
@@ -93,8 +96,16 @@ def link_targets(snap: Snapshot, links: list[tuple[str, Node]]) -> set[str]:
     for logical, node in links:
         if node.link_target is None or is_database_path(logical):
             continue
-        real = layout.to_real(logical)
-        out.add(layout.to_logical(Path(os.path.normpath(real.parent / node.link_target))))
+        link = node.link_target
+        for _ in range(40):  # the system's own bound on links followed (ELOOP)
+            real = layout.to_real(logical)
+            target = layout.to_logical(Path(os.path.normpath(real.parent / link)))
+            nxt = nodes.get(target)
+            if target in out or nxt is None or nxt.type != "symlink" or nxt.link_target is None:
+                out.add(target)
+                break
+            out.add(target)
+            logical, link = target, nxt.link_target
     return out
 
 

@@ -24,7 +24,9 @@ EntryKind = Literal["dir", "file", "symlink", "sqlite"]
 # A restore's temporary file: .phx-tmp-<pid>-<process start>-<random>, and SQLite's companions of
 # a temporary database copy. Never saved (a killed restore's leftover is not the user's data);
 # sinks/leftovers.py removes those of dead processes.
-RESTORE_TEMP = re.compile(r"^\.phx-tmp-(\d+)-(\d+)-[0-9a-f]+(?:-wal|-shm|-journal)?$")
+# `-é` (in NFC, or NFD as a file system that normalizes lists it): a restore's probe of whether a
+# file system ignores Unicode normal form (sinks/files.py `folds_forms`).
+RESTORE_TEMP = re.compile(r"^\.phx-tmp-(\d+)-(\d+)-[0-9a-f]+(?:-wal|-shm|-journal|-\u00e9|-e\u0301)?$")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_MAGIC = b"SQLite format 3\0"
 COMPANIONS = ("-wal", "-shm", "-journal")
