@@ -52,13 +52,9 @@ def test_a_symlinked_folder_is_saved_as_a_link_and_not_followed(backed_up: Sandb
     assert memory.is_symlink() and (outside / names[0]).read_text() == secret
 
 
-@pytest.mark.phx_in_process
-def test_a_chain_of_links_to_a_database_or_a_component_is_restored_so_that_it_resolves(sandbox: Sandbox) -> None:
-    """A configured database `~/dbs/chain.db -> ~/mid/mid.db -> ~/disk/agent.db` and a component
-    `workspace/memory -> ~/mid/memory -> ~/disk/memory`, the machine then lost. Before, only the
-    first link and the end were saved: the restore put back `chain.db` and `memory` as links to
-    paths in no snapshot (dangling: the database did not open, the notes were not there). Now the
-    links in between are saved as links too, and the restored chain resolves."""
+def _chains_backed_up(sandbox: Sandbox, *, memory_link: Path | str) -> dict[str, bytes]:
+    """A configured store `~/dbs/chain.db -> ~/mid/mid.db -> ~/disk/agent.db` and the component
+    `workspace/memory -> ~/mid/memory -> (memory_link) ~/disk/memory`, backed up: the notes' bytes."""
     home, ws = Path(sandbox.env["HOME"]), sandbox.workspace
     for folder in ("dbs", "mid", "disk"):
         (home / folder).mkdir()
@@ -69,11 +65,23 @@ def test_a_chain_of_links_to_a_database_or_a_component_is_restored_so_that_it_re
     (home / "mid/mid.db").symlink_to("../disk/agent.db")
     (home / "dbs/chain.db").symlink_to(home / "mid/mid.db")
     shutil.move(ws / "memory", home / "disk/memory")
-    (home / "mid/memory").symlink_to(home / "disk/memory")
+    (home / "mid/memory").symlink_to(memory_link)
     (ws / "memory").symlink_to(home / "mid/memory")
     notes = {p.name: p.read_bytes() for p in (home / "disk/memory").iterdir() if p.is_file()}
     sandbox.write_config(databases={"sqlite": [*DEFAULT_SQLITE, "~/dbs/chain.db"]})
     sandbox.backup()
+    return notes
+
+
+@pytest.mark.phx_in_process
+def test_a_chain_of_links_to_a_database_or_a_component_is_restored_so_that_it_resolves(sandbox: Sandbox) -> None:
+    """A configured database `~/dbs/chain.db -> ~/mid/mid.db -> ~/disk/agent.db` and a component
+    `workspace/memory -> ~/mid/memory -> ~/disk/memory`, the machine then lost. Before, only the
+    first link and the end were saved: the restore put back `chain.db` and `memory` as links to
+    paths in no snapshot (dangling: the database did not open, the notes were not there). Now the
+    links in between are saved as links too, and the restored chain resolves."""
+    home, ws = Path(sandbox.env["HOME"]), sandbox.workspace
+    notes = _chains_backed_up(sandbox, memory_link=home / "disk/memory")
     for gone in ("dbs", "mid", "disk"):
         shutil.rmtree(home / gone)
     (ws / "memory").unlink()
@@ -94,20 +102,7 @@ def test_a_chain_of_links_is_followed_to_its_end_by_a_restore_of_one_path_and_a_
     notes at the end (dangling once the disk was lost, exit 0), and an export of the snapshot left
     out the notes and the store that the live export takes (adv27). Now the chain is followed."""
     home, ws = Path(sandbox.env["HOME"]), sandbox.workspace
-    for folder in ("dbs", "mid", "disk"):
-        (home / folder).mkdir()
-    with contextlib.closing(sqlite3.connect(home / "disk/agent.db")) as con:
-        con.execute("CREATE TABLE t (k TEXT)")
-        con.execute("INSERT INTO t VALUES ('at the end of the chain')")
-        con.commit()
-    (home / "mid/mid.db").symlink_to("../disk/agent.db")
-    (home / "dbs/chain.db").symlink_to(home / "mid/mid.db")
-    shutil.move(ws / "memory", home / "disk/memory")
-    (home / "mid/memory").symlink_to("../disk/memory")
-    (ws / "memory").symlink_to(home / "mid/memory")
-    notes = {p.name: p.read_bytes() for p in (home / "disk/memory").iterdir() if p.is_file()}
-    sandbox.write_config(databases={"sqlite": [*DEFAULT_SQLITE, "~/dbs/chain.db"]})
-    sandbox.backup()
+    notes = _chains_backed_up(sandbox, memory_link="../disk/memory")
     live = sandbox.phx_here("export", "--no-vectors", "--output", tmp_path / "live", "--json").json()
     snap = sandbox.phx_here("export", "--no-vectors", "--backup", "latest", "--output", tmp_path / "snap", "--json")
     assert sorted(snap.json()["files"]) == sorted(live["files"])
