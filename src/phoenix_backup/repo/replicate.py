@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,23 +177,24 @@ def replicate(
         lost = _replicate(repo, dest, notice, report, ran, others or {})
         if lost:
             # A commit pushed on top of the remote (another clone's, or anyone's with push access)
-            # deleted snapshots that the first target holds, and the merge before the push took
-            # that deletion: the remote lacked them, and the sync said nothing. A `phx forget`
-            # deletes on the first target too, so these were not forgotten: copied again, and said.
+            # deleted snapshots, packs or index objects that the first target holds, and the merge
+            # before the push took that deletion: the remote lacked them, and the sync said nothing.
+            # A `phx forget` deletes on the first target too, so these were not forgotten (nor
+            # pruned: a prune of the replica is not merged): copied again, and said.
             notice(
                 f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted "
-                f"{len(lost)} snapshot(s) that the first target holds (first: {lost[0]}); not a `phx "
-                "forget` (it deletes on every target); copying them there again: look at the remote's "
-                "history for who deletes there"
+                f"{len(lost)} object(s) that the first target holds ({_lost_kinds(lost)}; first: {lost[0]}); "
+                "not a `phx forget` (it deletes on every target); copying them there again: look at the "
+                "remote's history for who deletes there"
             )
             report.damaged.clear()
             report.recovered.clear()
-            again = _replicate(repo, dest, notice, report, ran, others or {})
+            again = _replicate(repo, dest, notice, report, ran, others or {}, lost)
             if again:
                 raise RepositoryError(
-                    f"target {name} lost {len(again)} snapshot(s) that the first target holds (first: {again[0]}) "
-                    f"again to a commit pushed to {dest.location} meanwhile; they are missing there; look at the "
-                    "remote's history for who deletes there, then run `phx sync`"
+                    f"target {name} lost {len(again)} object(s) that the first target holds ({_lost_kinds(again)}; "
+                    f"first: {again[0]}) again to a commit pushed to {dest.location} meanwhile; they are missing "
+                    "there; look at the remote's history for who deletes there, then run `phx sync`"
                 )
     except PhoenixError as exc:
         report.ok, report.error = False, str(exc)
@@ -211,9 +212,11 @@ def _replicate(
     report: TargetReport,
     ran: str,
     others: Mapping[str, Backend],
+    again: Collection[str] = (),
 ) -> list[str]:
-    """Copy what `dest` lacks; return the snapshots the first target holds that `dest` lost to
-    others' commits merged before its publish (Git), oldest name first."""
+    """Copy what `dest` lacks (and the packs `again`, lost there to others' commits, though an
+    index object there lists them); return the objects (snapshots, packs, index objects) the
+    first target holds that `dest` lost to others' commits merged before its publish (Git), by name."""
     source = repo.backend
     switched = False
     seeded = False
@@ -342,6 +345,9 @@ def _replicate(
             packs[pack_name(pack_id)] = entries[0].type == BlobType.DATA
         # Those the replica holds damaged that no copied index object lists (theirs are listed there).
         recopy = sorted(name for name in there if name not in present and name not in packs)
+        # A pack a commit merged into the replica deleted (its index object still there): the
+        # replica's listing lacks it, and no index object it lacks lists it.
+        recopy += sorted(n for n in again if n.startswith("data/") and n in sizes and n not in there and n not in packs)
         todo = [*packs, *recopy, *missing_index]
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
         if unindexed:
@@ -446,12 +452,14 @@ def _replicate(
             dest.delete(name)
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
-        held_snapshots = {info.name for info in dest.list("snapshots/")}
+        # Listed only where a publish may merge (a Git clone's working tree): S3 would be listed
+        # whole at each sync.
+        before = _listed(dest) if dest.merges_on_publish else set()
     lost: list[str] = []
-    if dest.publish():
-        gone = held_snapshots - {info.name for info in dest.list("snapshots/")}
-        if gone:  # those the first target no longer holds were forgotten (on every target)
-            lost = sorted(gone & {info.name for info in source.list("snapshots/")})
+    if dest.publish() and before:
+        gone = before - _listed(dest)
+        if gone:  # those the first target no longer holds were forgotten (on every target) or pruned
+            lost = sorted(gone & _listed(source))
     errors: list[str] = []  # both said when both happen
     if refused:
         errors.append(
@@ -477,6 +485,20 @@ def _replicate(
         report.ok = False
         report.error = "; also, ".join(errors)
     return lost
+
+
+_MERGED_PREFIXES = ("data/", "index/", "snapshots/")
+
+
+def _listed(backend: Backend) -> set[str]:
+    """The packs, index objects and snapshots `backend` lists (a Git clone's: its working tree)."""
+    return {info.name for prefix in _MERGED_PREFIXES for info in backend.list(prefix)}
+
+
+def _lost_kinds(names: list[str]) -> str:
+    """How many of `names` are snapshots, packs, index objects (said in a warning)."""
+    counts = {prefix: sum(n.startswith(prefix) for n in names) for prefix in _MERGED_PREFIXES}
+    return f"{counts['snapshots/']} snapshot(s), {counts['data/']} pack(s), {counts['index/']} index object(s)"
 
 
 def _lacking_snapshots(repo: Repository, have: set[str]) -> list[Snapshot]:

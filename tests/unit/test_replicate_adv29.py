@@ -1,0 +1,61 @@
+"""The adversary of red29's sync changes: a commit pushed on top of a Git remote deleting the data
+a replica's snapshots need (not the snapshots themselves)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_replicate_red29 import ENV, _git
+from test_retention_prune import KB, contents, take_snapshot
+
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.replicate import replicate
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.git import GitBackend
+from phoenix_backup.storage.local import LocalBackend
+
+
+def _remote_objects(remote: Path) -> set[str]:
+    names = _git("ls-tree", "-r", "--name-only", "main", cwd=remote).split()
+    return {n for n in names if n.split("/")[0] in ("data", "index", "snapshots")}
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_commit_pushed_on_top_deleting_a_pack_is_repaired_by_the_sync(tmp_path: Path) -> None:
+    """Someone with push access committed the deletion of a pack on top of the remote (the
+    snapshots and index objects left in place). The next sync merged that commit before its push:
+    exit 0, and a remote whose snapshot no longer restored (the pack missing), with every sync
+    after it saying "ok" too (a sync copies the packs of the index objects a replica lacks, and
+    the replica still held the pack's index object). It is copied again now, and said."""
+    first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
+    take_snapshot(first, {"a.bin": os.urandom(8 * KB)}, "2026-03-01T02:00:00+00:00")
+    take_snapshot(first, {"b.bin": os.urandom(8 * KB)}, "2026-03-02T02:00:00+00:00")
+    remote = tmp_path / "remote.git"
+    (tmp_path / "home").mkdir()
+    _git("init", "-q", "--bare", str(remote), cwd=tmp_path)
+
+    def backend() -> GitBackend:
+        return GitBackend(str(remote), "main", True, tmp_path / "clone", {**ENV, "HOME": str(tmp_path / "home")})
+
+    assert replicate(first, "git", backend(), print).ok
+    other = tmp_path / "other"
+    _git("clone", "-q", "-b", "main", str(remote), str(other), cwd=tmp_path)
+    pack = sorted(n for n in _remote_objects(remote) if n.startswith("data/"))[0]
+    _git("rm", "-q", pack, cwd=other)
+    _git("commit", "-q", "-m", "cleanup", cwd=other)
+    _git("push", "-q", "origin", "main", cwd=other)
+
+    take_snapshot(first, {"c.bin": os.urandom(8 * KB)}, "2026-03-03T02:00:00+00:00")
+    said: list[str] = []
+    report = replicate(first, "git", backend(), said.append)
+    ours = {info.name for p in ("data/", "index/", "snapshots/") for info in first.backend.list(p)}
+    assert pack in _remote_objects(remote), report
+    assert _remote_objects(remote) == ours
+    assert report.ok, report.error
+    assert any("deleted 1 object(s)" in s and pack in s for s in said), said
+    _git("clone", "-q", "-b", "main", str(remote), str(tmp_path / "check"), cwd=tmp_path)
+    replica = Repository.open(LocalBackend(tmp_path / "check"), keys.Credentials(passphrase=None))
+    assert contents(replica) == contents(first)
