@@ -11,7 +11,9 @@ import pytest
 from test_replicate_red29 import ENV, _git
 from test_retention_prune import KB, contents, take_snapshot
 
+from phoenix_backup.errors import RepositoryError
 from phoenix_backup.repo import keys
+from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.replicate import replicate
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.git import GitBackend
@@ -59,3 +61,35 @@ def test_a_commit_pushed_on_top_deleting_a_pack_is_repaired_by_the_sync(tmp_path
     _git("clone", "-q", "-b", "main", str(remote), str(tmp_path / "check"), cwd=tmp_path)
     replica = Repository.open(LocalBackend(tmp_path / "check"), keys.Credentials(passphrase=None))
     assert contents(replica) == contents(first)
+
+
+def test_the_rollback_check_of_a_sync_reads_no_snapshot_unless_one_seen_is_gone(tmp_path: Path) -> None:
+    """`phx sync` looks for an older copy of the first target put back from its listing: the
+    snapshots are read only when one this machine saw there is not listed any more."""
+    pins = Pins(tmp_path / "pins.json")
+    first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False, pins=pins)
+    for day in range(1, 6):
+        take_snapshot(first, {f"{day}.bin": os.urandom(KB)}, f"2026-03-0{day}T02:00:00+00:00")
+    read: list[str] = []
+
+    class Counting(LocalBackend):
+        def read(self, name: str) -> bytes:
+            read.append(name)
+            return super().read(name)
+
+    def opened() -> Repository:
+        return Repository.open(Counting(tmp_path / "first"), keys.Credentials(passphrase=None), pins=pins)
+
+    opened().list_snapshots()  # what a backup or `phx list` of this machine records
+    again = opened()
+    read.clear()
+    again.check_rollback_listed()
+    again.refuse_if_rolled_back("copying to the replicas")
+    assert read == []
+    (tmp_path / "first" / "snapshots" / first.list_snapshots()[-1].id).unlink()  # an older copy put back
+    again = opened()
+    read.clear()
+    again.check_rollback_listed()
+    assert len([n for n in read if n.startswith("snapshots/")]) == 4
+    with pytest.raises(RepositoryError, match="copying to the replicas refused"):
+        again.refuse_if_rolled_back("copying to the replicas")
