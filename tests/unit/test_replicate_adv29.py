@@ -13,6 +13,7 @@ from test_retention_prune import KB, contents, take_snapshot
 
 from phoenix_backup.errors import RepositoryError
 from phoenix_backup.repo import keys
+from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.replicate import replicate
 from phoenix_backup.repo.repository import Repository
@@ -62,6 +63,20 @@ def test_a_commit_pushed_on_top_deleting_a_pack_is_repaired_by_the_sync(tmp_path
     replica = Repository.open(LocalBackend(tmp_path / "check"), keys.Credentials(passphrase=None))
     assert contents(replica) == contents(first)
 
+    # A pack no index object there lists any more (with its index object: a prune of that target
+    # by another machine drops them so) is no alarm: the next sync copies the index object again.
+    _git("pull", "-q", "origin", "main", cwd=other)
+    index = sorted(n for n in _remote_objects(remote) if n.startswith("index/"))[0]
+    listed = [pack_name(p) for p in first.read_index_object(index)[0]]
+    _git("rm", "-q", index, *listed, cwd=other)
+    _git("commit", "-q", "-m", "phoenix prune", cwd=other)
+    _git("push", "-q", "origin", "main", cwd=other)
+    take_snapshot(first, {"d.bin": os.urandom(8 * KB)}, "2026-03-04T02:00:00+00:00")
+    said.clear()
+    report = replicate(first, "git", backend(), said.append)
+    assert report.ok, report.error
+    assert not [s for s in said if "deleted" in s], said
+
 
 def test_the_rollback_check_of_a_sync_reads_no_snapshot_unless_one_seen_is_gone(tmp_path: Path) -> None:
     """`phx sync` looks for an older copy of the first target put back from its listing: the
@@ -93,3 +108,20 @@ def test_the_rollback_check_of_a_sync_reads_no_snapshot_unless_one_seen_is_gone(
     assert len([n for n in read if n.startswith("snapshots/")]) == 4
     with pytest.raises(RepositoryError, match="copying to the replicas refused"):
         again.refuse_if_rolled_back("copying to the replicas")
+
+
+def test_a_damaged_snapshot_on_the_first_target_is_named_not_passed_over(tmp_path: Path) -> None:
+    """A snapshot damaged on the first target was left out of a new replica and the sync said
+    "ok" (exit 0): the replica lacked a backup and nothing said so. It is named now (the target
+    fails, pointing at `phx verify` and `phx repair objects --from`); the rest is copied."""
+    first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
+    take_snapshot(first, {"a.bin": os.urandom(8 * KB)}, "2026-03-01T02:00:00+00:00")
+    sid = take_snapshot(first, {"b.bin": os.urandom(8 * KB)}, "2026-03-02T02:00:00+00:00")
+    damaged = tmp_path / "first" / "snapshots" / sid
+    raw = bytearray(damaged.read_bytes())
+    raw[-3] ^= 1
+    damaged.write_bytes(bytes(raw))
+    report = replicate(first, "z", LocalBackend(tmp_path / "z"), print)
+    assert not report.ok
+    assert f"snapshots/{sid}" in (report.error or "") and "phx repair objects" in (report.error or ""), report.error
+    assert report.snapshots == 1

@@ -177,10 +177,10 @@ def replicate(
         lost = _replicate(repo, dest, notice, report, ran, others or {})
         if lost:
             # A commit pushed on top of the remote (another clone's, or anyone's with push access)
-            # deleted snapshots, packs or index objects that the first target holds, and the merge
-            # before the push took that deletion: the remote lacked them, and the sync said nothing.
-            # A `phx forget` deletes on the first target too, so these were not forgotten (nor
-            # pruned: a prune of the replica is not merged): copied again, and said.
+            # deleted snapshots, or packs an index object there lists, that the first target holds,
+            # and the merge before the push took that deletion: the remote lacked them, and the
+            # sync said nothing. A `phx forget` deletes on the first target too, and a prune there
+            # drops a pack from its index objects first, so these were neither: copied again, said.
             notice(
                 f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted "
                 f"{len(lost)} object(s) that the first target holds ({_lost_kinds(lost)}; first: {lost[0]}); "
@@ -215,8 +215,9 @@ def _replicate(
     again: Collection[str] = (),
 ) -> list[str]:
     """Copy what `dest` lacks (and the packs `again`, lost there to others' commits, though an
-    index object there lists them); return the objects (snapshots, packs, index objects) the
-    first target holds that `dest` lost to others' commits merged before its publish (Git), by name."""
+    index object there lists them); return the snapshots and the packs an index object there lists
+    that the first target holds and `dest` lost to others' commits merged before its publish (Git),
+    by name."""
     source = repo.backend
     switched = False
     seeded = False
@@ -399,7 +400,7 @@ def _replicate(
         _copy_all(source, dest, [(n, False) for n in missing_index if n not in superseding], report)
         _copy_all(source, dest, [(n, False) for n in missing_index if n in superseding], report)
         have = {info.name for info in dest.list("snapshots/")}
-        snapshots = _lacking_snapshots(repo, have)
+        snapshots = _lacking_snapshots(repo, have, report)
         for snap in snapshots:  # oldest first
             obj = f"snapshots/{snap.id}"
             if obj in have:
@@ -459,7 +460,7 @@ def _replicate(
     if dest.publish() and before:
         gone = before - _listed(dest)
         if gone:  # those the first target no longer holds were forgotten (on every target) or pruned
-            lost = sorted(gone & _listed(source))
+            lost = _needed_there(repo, dest, sorted(gone & _listed(source)))
     errors: list[str] = []  # both said when both happen
     if refused:
         errors.append(
@@ -487,33 +488,55 @@ def _replicate(
     return lost
 
 
-_MERGED_PREFIXES = ("data/", "index/", "snapshots/")
+_MERGED_PREFIXES = ("data/", "snapshots/")
 
 
 def _listed(backend: Backend) -> set[str]:
-    """The packs, index objects and snapshots `backend` lists (a Git clone's: its working tree)."""
+    """The packs and snapshots `backend` lists (a Git clone's: its working tree)."""
     return {info.name for prefix in _MERGED_PREFIXES for info in backend.list(prefix)}
 
 
+def _needed_there(repo: Repository, dest: Backend, gone: list[str]) -> list[str]:
+    """Those of `gone` (deleted at `dest` by others' commits, held by the first target) whose
+    absence there loses something: a snapshot, or a pack a live index object there still lists.
+    A pack no index object there lists any more went with a prune of that target (another
+    machine's `phx prune`), and so did an index object (one of its own supersedes it, or the next
+    sync copies it again with its packs)."""
+    packs = [n for n in gone if n.startswith("data/")]
+    listed: set[str] = set()
+    if packs:  # the replica's index objects read only then (a Git clone's: local files)
+        indexes = repo.sibling(dest).read_index_objects()
+        superseded = {f"index/{s}" for _listing, sup in indexes.values() for s in sup}
+        listed = {pack_name(p) for name, (listing, _s) in indexes.items() if name not in superseded for p in listing}
+    return [n for n in gone if n.startswith("snapshots/") or n in listed]
+
+
 def _lost_kinds(names: list[str]) -> str:
-    """How many of `names` are snapshots, packs, index objects (said in a warning)."""
+    """How many of `names` are snapshots and packs (said in a warning)."""
     counts = {prefix: sum(n.startswith(prefix) for n in names) for prefix in _MERGED_PREFIXES}
-    return f"{counts['snapshots/']} snapshot(s), {counts['data/']} pack(s), {counts['index/']} index object(s)"
+    return f"{counts['snapshots/']} snapshot(s), {counts['data/']} pack(s)"
 
 
-def _lacking_snapshots(repo: Repository, have: set[str]) -> list[Snapshot]:
+def _lacking_snapshots(repo: Repository, have: set[str], report: TargetReport) -> list[Snapshot]:
     """The readable snapshots of the first target that the replica (`have`: its listing) lacks,
     oldest first (the order of `Repository.list_snapshots`). Only those are read: each sync read
     every snapshot of the first target (21 reads with 20 backups, for each replica, with nothing to
-    copy). One unreadable (damaged, gone since the listing, another machine's in a write-only
-    repository) is left out, as the listing leaves it out."""
+    copy). One unreadable is left out: gone since the listing (a forget elsewhere), or another
+    machine's in a write-only repository (copied by name); a damaged one (or one still listed
+    that its storage answers "not found" for) is named in `report.damaged`: the sync said "ok"
+    for a replica that never received it."""
     out = []
     for info in repo.backend.list("snapshots/"):
         if info.name in have:
             continue
         try:
             out.append(repo.load_snapshot(info.name.removeprefix("snapshots/")))
-        except (CorruptObject, ObjectNotFound, IdentityRequired):
+        except CorruptObject:
+            report.damaged.append(info.name)
+        except ObjectNotFound:
+            if repo.backend.stat(info.name) is not None:
+                report.damaged.append(info.name)
+        except IdentityRequired:
             continue
     return sorted(out, key=snapshot_order)
 
