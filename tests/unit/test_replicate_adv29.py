@@ -27,7 +27,7 @@ def _remote_objects(remote: Path) -> set[str]:
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-def test_a_commit_pushed_on_top_deleting_a_pack_is_repaired_by_the_sync(tmp_path: Path) -> None:
+def test_a_commit_pushed_on_top_deleting_a_pack_or_changing_a_snapshot_is_repaired(tmp_path: Path) -> None:
     """Someone with push access committed the deletion of a pack on top of the remote (the
     snapshots and index objects left in place). The next sync merged that commit before its push:
     exit 0, and a remote whose snapshot no longer restored (the pack missing), with every sync
@@ -58,7 +58,7 @@ def test_a_commit_pushed_on_top_deleting_a_pack_is_repaired_by_the_sync(tmp_path
     assert pack in _remote_objects(remote), report
     assert _remote_objects(remote) == ours
     assert report.ok, report.error
-    assert any("deleted 1 object(s)" in s and pack in s for s in said), said
+    assert any("deleted or changed 1 object(s)" in s and pack in s for s in said), said
     _git("clone", "-q", "-b", "main", str(remote), str(tmp_path / "check"), cwd=tmp_path)
     replica = Repository.open(LocalBackend(tmp_path / "check"), keys.Credentials(passphrase=None))
     assert contents(replica) == contents(first)
@@ -76,6 +76,19 @@ def test_a_commit_pushed_on_top_deleting_a_pack_is_repaired_by_the_sync(tmp_path
     report = replicate(first, "git", backend(), said.append)
     assert report.ok, report.error
     assert not [s for s in said if "deleted" in s], said
+
+    # A snapshot changed there (other bytes of another size): no sync looked at it again.
+    _git("pull", "-q", "origin", "main", cwd=other)
+    snap = sorted(n for n in _remote_objects(remote) if n.startswith("snapshots/"))[0]
+    (other / snap).write_bytes(b"planted")
+    _git("commit", "-q", "-a", "-m", "tidy", cwd=other)
+    _git("push", "-q", "origin", "main", cwd=other)
+    take_snapshot(first, {"e.bin": os.urandom(8 * KB)}, "2026-03-05T02:00:00+00:00")
+    said.clear()
+    report = replicate(first, "git", backend(), said.append)
+    assert report.ok, report.error
+    assert any("deleted or changed 1 object(s)" in s and snap in s for s in said), said
+    assert _git("cat-file", "-s", f"main:{snap}", cwd=remote).strip() == str(first.backend.stat(snap).size)
 
 
 def test_the_rollback_check_of_a_sync_reads_no_snapshot_unless_one_seen_is_gone(tmp_path: Path) -> None:

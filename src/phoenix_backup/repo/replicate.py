@@ -182,7 +182,7 @@ def replicate(
             # sync said nothing. A `phx forget` deletes on the first target too, and a prune there
             # drops a pack from its index objects first, so these were neither: copied again, said.
             notice(
-                f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted "
+                f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted or changed "
                 f"{len(lost)} object(s) that the first target holds ({_lost_kinds(lost)}; first: {lost[0]}); "
                 "not a `phx forget` (it deletes on every target); copying them there again: look at the "
                 "remote's history for who deletes there"
@@ -399,7 +399,8 @@ def _replicate(
         # stopped between them left blobs listed by no live index object there).
         _copy_all(source, dest, [(n, False) for n in missing_index if n not in superseding], report)
         _copy_all(source, dest, [(n, False) for n in missing_index if n in superseding], report)
-        have = {info.name for info in dest.list("snapshots/")}
+        # (Those a merged commit changed there are copied again over theirs.)
+        have = {info.name for info in dest.list("snapshots/")} - set(again)
         snapshots = _lacking_snapshots(repo, have, report)
         for snap in snapshots:  # oldest first
             obj = f"snapshots/{snap.id}"
@@ -455,12 +456,14 @@ def _replicate(
         dest.checkpoint("phoenix: sync repository objects")
         # Listed only where a publish may merge (a Git clone's working tree): S3 would be listed
         # whole at each sync.
-        before = _listed(dest) if dest.merges_on_publish else set()
+        before = _listed(dest) if dest.merges_on_publish else {}
     lost: list[str] = []
     if dest.publish() and before:
-        gone = before - _listed(dest)
+        after = _listed(dest)
+        # Deleted, or changed to another size (a snapshot, which no size check guards, stayed so).
+        gone = {name for name, size in before.items() if after.get(name) != size}
         if gone:  # those the first target no longer holds were forgotten (on every target) or pruned
-            lost = _needed_there(repo, dest, sorted(gone & _listed(source)))
+            lost = _needed_there(repo, dest, sorted(gone & _listed(source).keys()))
     errors: list[str] = []  # both said when both happen
     if refused:
         errors.append(
@@ -491,9 +494,9 @@ def _replicate(
 _MERGED_PREFIXES = ("data/", "snapshots/")
 
 
-def _listed(backend: Backend) -> set[str]:
-    """The packs and snapshots `backend` lists (a Git clone's: its working tree)."""
-    return {info.name for prefix in _MERGED_PREFIXES for info in backend.list(prefix)}
+def _listed(backend: Backend) -> dict[str, int]:
+    """The packs and snapshots `backend` lists, with their sizes (a Git clone's: its working tree)."""
+    return {info.name: info.size for prefix in _MERGED_PREFIXES for info in backend.list(prefix)}
 
 
 def _needed_there(repo: Repository, dest: Backend, gone: list[str]) -> list[str]:
