@@ -11,11 +11,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from e2e_support import Result, Sandbox
+from e2e_support import Result, Sandbox, run_phx_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 import pytest
-from moto_support import MotoServer
+from moto_support import MotoServer, bare_repo
 
 # The repositories the commands leave are the point, not the process: the sandboxes' helpers run phx
 # in this process (tests/e2e/conftest.py).
@@ -149,3 +149,33 @@ def test_a_pin_file_that_cannot_be_written_does_not_stop_a_restore(make_sandbox,
     res = sb.phx_here("restore", "--latest", "--to", tmp_path / "out")
     (line,) = [x for x in res.stderr_lines() if "cannot write the pin file" in x]
     assert "PHX_DATA_DIR" in line and (tmp_path / "out").is_dir(), res
+
+
+def test_a_sync_from_an_older_copy_put_back_leaves_the_replicas_alone(make_sandbox, tmp_path: Path) -> None:
+    """The first target's storage put back from before a `phx key add` and two backups. `phx sync`
+    no longer read the first target's snapshots (only those a replica lacks), so it ran without a
+    word and deleted the new key slot from the Git replica (a slot the first target lacks, wrapping
+    the current key): the new passphrase then opened no target (a backup's replication did the
+    same, after its warning). Both now refuse to copy, naming the snapshot gone, and the replica
+    keeps what it holds."""
+    sb: Sandbox = make_sandbox()
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
+    sb.backup("--time", _hours_ago(3))
+    kept = tmp_path / "kept"
+    shutil.copytree(sb.repo, kept)
+    sb.env.update(PHX_NEW_PASSPHRASE="second")
+    sb.phx_here("key", "add", "--method", "passphrase")
+    newer = [sb.backup("--time", _hours_ago(h))["id"] for h in (2, 1)]
+    second = sb.env_with(PHX_PASSPHRASE="second")
+    assert len(run_phx_here(["list", "--target", "git", "--json"], second).json()) == 3
+    shutil.rmtree(sb.repo)
+    shutil.copytree(kept, sb.repo)  # the backup disk restored from an older image
+
+    res = sb.phx_here("sync", code=1)
+    assert "copying to the replicas refused" in res.out and newer[1][:8] in res.out, res
+    assert "key slots" in res.out and "phx key trust" in res.out, res
+    res = sb.phx_here("backup", "--json", code=3)  # its snapshot is written (that loses nothing)
+    assert "copying to the replicas refused" in res.json()["targets"]["git"]["error"], res
+    listed = run_phx_here(["list", "--target", "git", "--json"], second).json()
+    assert newer[1] in [s["id"] for s in listed]

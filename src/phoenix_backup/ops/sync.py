@@ -45,6 +45,13 @@ def replicate_all(
     names = [n for n in replicas if only is None or n == only]
     if not names:
         return {}
+    try:
+        # An older copy of the first target put back (found by the listing this command made):
+        # copied from, the replicas lost what is newer there and the first target lacks (the key
+        # slots added since were deleted as removed ones: the new passphrase opened no target).
+        repo.refuse_if_rolled_back("copying to the replicas", "would delete from them the key slots added since")
+    except PhoenixError as exc:
+        return {name: TargetReport(name, ok=False, error=str(exc)) for name in names}
     reports: dict[str, TargetReport] = {}
     backends: dict[str, Backend] = {}
     for name in names:
@@ -141,6 +148,10 @@ def sync(cfg: Config, envx: Environment, *, target: str | None = None) -> SyncRe
         target_backend(cfg, envx, target).close()  # UsageError for an unknown or disabled target
     repo = open_repository(cfg, envx, target=first)
     try:
+        # A sync reads only the snapshots a replica lacks: an older copy of the first target put
+        # back is looked for in its listing (all read only when a snapshot this machine saw there
+        # is gone), and refused by replicate_all.
+        repo.check_rollback_listed()
         reports = replicate_all(repo, cfg, envx, ran="sync", only=target)
     finally:
         repo.close()

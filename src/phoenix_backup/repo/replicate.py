@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,23 +177,24 @@ def replicate(
         lost = _replicate(repo, dest, notice, report, ran, others or {})
         if lost:
             # A commit pushed on top of the remote (another clone's, or anyone's with push access)
-            # deleted snapshots that the first target holds, and the merge before the push took
-            # that deletion: the remote lacked them, and the sync said nothing. A `phx forget`
-            # deletes on the first target too, so these were not forgotten: copied again, and said.
+            # deleted snapshots, or packs an index object there lists, that the first target holds,
+            # and the merge before the push took that deletion: the remote lacked them, and the
+            # sync said nothing. A `phx forget` deletes on the first target too, and a prune there
+            # drops a pack from its index objects first, so these were neither: copied again, said.
             notice(
-                f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted "
-                f"{len(lost)} snapshot(s) that the first target holds (first: {lost[0]}); not a `phx "
-                "forget` (it deletes on every target); copying them there again: look at the remote's "
-                "history for who deletes there"
+                f"warning: target {name}: a commit pushed to {dest.location} by someone else deleted or changed "
+                f"{len(lost)} object(s) that the first target holds ({_lost_kinds(lost)}; first: {lost[0]}); "
+                "not a `phx forget` (it deletes on every target); copying them there again: look at the "
+                "remote's history for who deletes there"
             )
             report.damaged.clear()
             report.recovered.clear()
-            again = _replicate(repo, dest, notice, report, ran, others or {})
+            again = _replicate(repo, dest, notice, report, ran, others or {}, lost)
             if again:
                 raise RepositoryError(
-                    f"target {name} lost {len(again)} snapshot(s) that the first target holds (first: {again[0]}) "
-                    f"again to a commit pushed to {dest.location} meanwhile; they are missing there; look at the "
-                    "remote's history for who deletes there, then run `phx sync`"
+                    f"target {name} lost {len(again)} object(s) that the first target holds ({_lost_kinds(again)}; "
+                    f"first: {again[0]}) again to a commit pushed to {dest.location} meanwhile; they are missing "
+                    "there; look at the remote's history for who deletes there, then run `phx sync`"
                 )
     except PhoenixError as exc:
         report.ok, report.error = False, str(exc)
@@ -211,9 +212,12 @@ def _replicate(
     report: TargetReport,
     ran: str,
     others: Mapping[str, Backend],
+    again: Collection[str] = (),
 ) -> list[str]:
-    """Copy what `dest` lacks; return the snapshots the first target holds that `dest` lost to
-    others' commits merged before its publish (Git), oldest name first."""
+    """Copy what `dest` lacks (and the packs `again`, lost there to others' commits, though an
+    index object there lists them); return the snapshots and the packs an index object there lists
+    that the first target holds and `dest` lost to others' commits merged before its publish (Git),
+    by name."""
     source = repo.backend
     switched = False
     seeded = False
@@ -342,6 +346,9 @@ def _replicate(
             packs[pack_name(pack_id)] = entries[0].type == BlobType.DATA
         # Those the replica holds damaged that no copied index object lists (theirs are listed there).
         recopy = sorted(name for name in there if name not in present and name not in packs)
+        # A pack a commit merged into the replica deleted (its index object still there): the
+        # replica's listing lacks it, and no index object it lacks lists it.
+        recopy += sorted(n for n in again if n.startswith("data/") and n in sizes and n not in there and n not in packs)
         todo = [*packs, *recopy, *missing_index]
         report.progress.phase("uploading", files=len(todo), size=sum(sizes.get(n, 0) for n in todo), unit="objects")
         if unindexed:
@@ -392,8 +399,9 @@ def _replicate(
         # stopped between them left blobs listed by no live index object there).
         _copy_all(source, dest, [(n, False) for n in missing_index if n not in superseding], report)
         _copy_all(source, dest, [(n, False) for n in missing_index if n in superseding], report)
-        have = {info.name for info in dest.list("snapshots/")}
-        snapshots = _lacking_snapshots(repo, have)
+        # (Those a merged commit changed there are copied again over theirs.)
+        have = {info.name for info in dest.list("snapshots/")} - set(again)
+        snapshots = _lacking_snapshots(repo, have, report)
         for snap in snapshots:  # oldest first
             obj = f"snapshots/{snap.id}"
             if obj in have:
@@ -446,12 +454,16 @@ def _replicate(
             dest.delete(name)
             report.keys_removed += 1
         dest.checkpoint("phoenix: sync repository objects")
-        held_snapshots = {info.name for info in dest.list("snapshots/")}
+        # Listed only where a publish may merge (a Git clone's working tree): S3 would be listed
+        # whole at each sync.
+        before = _listed(dest) if dest.merges_on_publish else {}
     lost: list[str] = []
-    if dest.publish():
-        gone = held_snapshots - {info.name for info in dest.list("snapshots/")}
-        if gone:  # those the first target no longer holds were forgotten (on every target)
-            lost = sorted(gone & {info.name for info in source.list("snapshots/")})
+    if dest.publish() and before:
+        after = _listed(dest)
+        # Deleted, or changed to another size (a snapshot, which no size check guards, stayed so).
+        gone = {name for name, size in before.items() if after.get(name) != size}
+        if gone:  # those the first target no longer holds were forgotten (on every target) or pruned
+            lost = _needed_there(repo, dest, sorted(gone & _listed(source).keys()))
     errors: list[str] = []  # both said when both happen
     if refused:
         errors.append(
@@ -479,19 +491,55 @@ def _replicate(
     return lost
 
 
-def _lacking_snapshots(repo: Repository, have: set[str]) -> list[Snapshot]:
+_MERGED_PREFIXES = ("data/", "snapshots/")
+
+
+def _listed(backend: Backend) -> dict[str, int]:
+    """The packs and snapshots `backend` lists, with their sizes (a Git clone's: its working tree)."""
+    return {info.name: info.size for prefix in _MERGED_PREFIXES for info in backend.list(prefix)}
+
+
+def _needed_there(repo: Repository, dest: Backend, gone: list[str]) -> list[str]:
+    """Those of `gone` (deleted at `dest` by others' commits, held by the first target) whose
+    absence there loses something: a snapshot, or a pack a live index object there still lists.
+    A pack no index object there lists any more went with a prune of that target (another
+    machine's `phx prune`), and so did an index object (one of its own supersedes it, or the next
+    sync copies it again with its packs)."""
+    packs = [n for n in gone if n.startswith("data/")]
+    listed: set[str] = set()
+    if packs:  # the replica's index objects read only then (a Git clone's: local files)
+        indexes = repo.sibling(dest).read_index_objects()
+        superseded = {f"index/{s}" for _listing, sup in indexes.values() for s in sup}
+        listed = {pack_name(p) for name, (listing, _s) in indexes.items() if name not in superseded for p in listing}
+    return [n for n in gone if n.startswith("snapshots/") or n in listed]
+
+
+def _lost_kinds(names: list[str]) -> str:
+    """How many of `names` are snapshots and packs (said in a warning)."""
+    counts = {prefix: sum(n.startswith(prefix) for n in names) for prefix in _MERGED_PREFIXES}
+    return f"{counts['snapshots/']} snapshot(s), {counts['data/']} pack(s)"
+
+
+def _lacking_snapshots(repo: Repository, have: set[str], report: TargetReport) -> list[Snapshot]:
     """The readable snapshots of the first target that the replica (`have`: its listing) lacks,
     oldest first (the order of `Repository.list_snapshots`). Only those are read: each sync read
     every snapshot of the first target (21 reads with 20 backups, for each replica, with nothing to
-    copy). One unreadable (damaged, gone since the listing, another machine's in a write-only
-    repository) is left out, as the listing leaves it out."""
+    copy). One unreadable is left out: gone since the listing (a forget elsewhere), or another
+    machine's in a write-only repository (copied by name); a damaged one (or one still listed
+    that its storage answers "not found" for) is named in `report.damaged`: the sync said "ok"
+    for a replica that never received it."""
     out = []
     for info in repo.backend.list("snapshots/"):
         if info.name in have:
             continue
         try:
             out.append(repo.load_snapshot(info.name.removeprefix("snapshots/")))
-        except (CorruptObject, ObjectNotFound, IdentityRequired):
+        except CorruptObject:
+            report.damaged.append(info.name)
+        except ObjectNotFound:
+            if repo.backend.stat(info.name) is not None:
+                report.damaged.append(info.name)
+        except IdentityRequired:
             continue
     return sorted(out, key=snapshot_order)
 

@@ -1567,6 +1567,19 @@ class Repository:
             self._rollback_said = True
             self.notice(f"warning: {rollback_warning(self.backend.location, self.lost_snapshots, self.fingerprint)}")
 
+    def check_rollback_listed(self) -> None:
+        """`check_rollback` at the cost of one listing (`phx sync`, which reads only the snapshots
+        a replica lacks): the snapshots are read (`list_snapshots`) only when one this machine saw
+        here is not listed, or one was found lost here before."""
+        pin = self.pins.get(self.config.id) if self.pins is not None else None
+        if pin is None:
+            return
+        where = self.backend.location
+        listed = {info.name.rsplit("/", 1)[-1] for info in self.backend.list("snapshots/")}
+        gone = [sid for sid, _t in pin.seen.get(where, []) if sid not in listed and sid not in pin.forgot]
+        if gone or pin.lost.get(where):
+            self.list_snapshots()
+
     def _unrecorded_notice(self) -> None:
         """Said once: the pin file could not be written, so what this machine sees is not recorded
         (the command goes on: a listing or a restore needs no record)."""
@@ -1574,16 +1587,16 @@ class Repository:
             self._unrecorded_said = True
             self.notice(f"warning: {self.pins.unwritable} (until then a rolled-back repository may go unnoticed)")
 
-    def refuse_if_rolled_back(self, command: str) -> None:
+    def refuse_if_rolled_back(self, command: str, harm: str = "could delete data that snapshot needs") -> None:
         """`phx forget` and `phx prune` on a repository that lost snapshots it should hold: the
         data only they use looks unused, and deleting it loses them for good once the newest copy
-        of the storage is put back."""
+        of the storage is put back. (`phx sync`: the replicas' newer key slots would go.)"""
         if self.lost_snapshots:
             newest = self.lost_snapshots[0]
             raise RepositoryError(
                 f"{command} refused: the repository at {self.backend.location} no longer holds snapshot "
                 f"{newest[0][:8]} ({newest[1]}) this machine saw there, so it may be an older copy put back, and "
-                f"{command} could delete data that snapshot needs; put the newest copy of the storage back, or, if "
+                f"{command} {harm}; put the newest copy of the storage back, or, if "
                 f"another machine forgot it, accept the repository as it is with `phx key trust {self.fingerprint}`"
             )
 

@@ -125,6 +125,9 @@ class Backend(ABC):
     kind: str = "local"
     #: Phoenix never deletes or overwrites objects here, locks aside (storage/appendonly.py)
     append_only: bool = False
+    #: `publish` may merge others' commits, which may delete objects here (Git): a replication
+    #: lists what it relies on before and after (a listing of the local clone)
+    merges_on_publish: bool = False
 
     @property
     @abstractmethod

@@ -325,6 +325,7 @@ PUSH_ATTEMPTS = 4
 
 class GitBackend(Backend):
     kind = "git"
+    merges_on_publish = True
 
     def __init__(
         self,

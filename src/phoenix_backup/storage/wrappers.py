@@ -41,6 +41,7 @@ class WrappedBackend(Backend):
         self.inner = inner
         self.kind = inner.kind
         self.append_only = inner.append_only
+        self.merges_on_publish = inner.merges_on_publish
 
     def _call(self, fn: Callable[[], T]) -> T:
         return fn()
