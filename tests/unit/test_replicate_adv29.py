@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_replicate_red29 import ENV, _git
+from test_replicate_red29 import _git, git_replica
 from test_retention_prune import KB, contents, take_snapshot
 
 from phoenix_backup.errors import RepositoryError
@@ -17,7 +17,6 @@ from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.replicate import replicate
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.storage.git import GitBackend
 from phoenix_backup.storage.local import LocalBackend
 
 
@@ -36,13 +35,7 @@ def test_a_commit_pushed_on_top_deleting_a_pack_or_changing_a_snapshot_is_repair
     first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
     take_snapshot(first, {"a.bin": os.urandom(8 * KB)}, "2026-03-01T02:00:00+00:00")
     take_snapshot(first, {"b.bin": os.urandom(8 * KB)}, "2026-03-02T02:00:00+00:00")
-    remote = tmp_path / "remote.git"
-    (tmp_path / "home").mkdir()
-    _git("init", "-q", "--bare", str(remote), cwd=tmp_path)
-
-    def backend() -> GitBackend:
-        return GitBackend(str(remote), "main", True, tmp_path / "clone", {**ENV, "HOME": str(tmp_path / "home")})
-
+    remote, backend = git_replica(tmp_path)
     assert replicate(first, "git", backend(), print).ok
     other = tmp_path / "other"
     _git("clone", "-q", "-b", "main", str(remote), str(other), cwd=tmp_path)

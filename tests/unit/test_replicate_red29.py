@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,18 @@ def _git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
 
 
+def git_replica(tmp_path: Path) -> tuple[Path, Callable[[], GitBackend]]:
+    """A bare Git remote and a maker of the Git target that syncs to it (a clone of its own)."""
+    remote = tmp_path / "remote.git"
+    (tmp_path / "home").mkdir()
+    _git("init", "-q", "--bare", str(remote), cwd=tmp_path)
+
+    def backend() -> GitBackend:
+        return GitBackend(str(remote), "main", True, tmp_path / "clone", {**ENV, "HOME": str(tmp_path / "home")})
+
+    return remote, backend
+
+
 def _remote_snapshots(remote: Path) -> set[str]:
     return set(_git("ls-tree", "-r", "--name-only", "main", "snapshots/", cwd=remote).split())
 
@@ -44,13 +57,7 @@ def test_a_commit_pushed_on_top_deleting_the_snapshots_does_not_leave_the_remote
     Phoenix wrote there), until the sync after it copied them again."""
     first = Repository.init(LocalBackend(tmp_path / "first"), keys.wrap_none, False)
     take_snapshot(first, {"a.bin": os.urandom(8 * KB)}, "2026-03-01T02:00:00+00:00")
-    remote = tmp_path / "remote.git"
-    (tmp_path / "home").mkdir()
-    _git("init", "-q", "--bare", str(remote), cwd=tmp_path)
-
-    def backend() -> GitBackend:
-        return GitBackend(str(remote), "main", True, tmp_path / "clone", {**ENV, "HOME": str(tmp_path / "home")})
-
+    remote, backend = git_replica(tmp_path)
     assert replicate(first, "git", backend(), print).ok
     assert len(_remote_snapshots(remote)) == 1
     other = tmp_path / "other"
