@@ -17,6 +17,7 @@ from phoenix_backup.cli.app import (
     cli,
     drop_unwritable_output,
     interrupted_status,
+    no_repo_option,
     say_bug,
     stderr_line,
     stop_on_signals,
@@ -75,6 +76,8 @@ def main() -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         sys.exit(int(ExitStatus.USAGE))
     except click.UsageError as exc:
+        if isinstance(exc, click.NoSuchOption) and exc.option_name.split("=")[0] == "--repo" and exc.ctx:
+            exc = click.UsageError(no_repo_option(exc.ctx.command_path), exc.ctx)  # not "Did you mean '--help'?"
         # One line in Phoenix's error format instead of click's usage block.
         hint = f"; see `{exc.ctx.command_path if exc.ctx else _read_command_line(argv)[0]} --help`"
         message = f"{exc.format_message().rstrip('.')}{hint}"
