@@ -86,6 +86,21 @@ def test_dump_writes_the_exact_bytes_of_a_file_and_a_database(backed_up: Sandbox
 
     assert_error(sb.phx("dump", "latest", "memory", check=None), 2, "folder")
     assert_error(sb.phx("dump", "latest", "nothing-here.md", check=None), 2, "nothing-here.md")
+    # A home folder's path as `backup --dry-run` shows it (`.argentos/memory.db`) is read as the
+    # workspace's: the error names the path the snapshot holds (before: only `see phx ls`).
+    assert_error(
+        sb.phx("dump", "latest", ".argentos/memory.db", check=None),
+        2,
+        "holds no workspace/.argentos/memory.db, but it holds home/.argentos/memory.db",
+        "~/.argentos/memory.db",
+    )
+
+
+def test_restore_path_takes_the_home_folder_as_dump_does(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`phx dump latest ~/.argentos/memory.db` worked, `phx restore --path ~/.argentos/memory.db`
+    matched nothing (exit 2): the same path is the same file for both now (docs/concepts.md)."""
+    doc = backed_up.restore_to("latest", tmp_path / "dest", "--path", "~/.argentos/memory.db", "--dry-run")
+    assert {i["path"] for i in doc["items"]} == {"home/.argentos/memory.db"}, doc["items"]
 
 
 def test_dump_gives_an_older_version_of_a_file(backed_up: Sandbox) -> None:

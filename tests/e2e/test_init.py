@@ -99,3 +99,15 @@ def test_init_refuses_a_non_empty_folder_that_is_no_repository(sandbox: Sandbox,
     assert sorted(p.name for p in folder.iterdir()) == ["precious.txt"]
     assert (folder / "precious.txt").read_text() == "keep me\n"
     assert not config.exists(), "a failed init left a config pointing at a folder that is no repository"
+
+
+def test_init_with_age_or_gpg_and_no_key_names_the_option_to_give(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx init --encryption age` without `--recipient` said `encryption.recipients is required`
+    (a key of a config file init had not written); the error names the option now, and nothing
+    is written."""
+    config, repo = tmp_path / "c.json", tmp_path / "repo"
+    for method, option in (("age", "--recipient age1"), ("gpg", "--key-id KEYID")):
+        res = sandbox.phx_here("init", "--config", config, "--repo", repo, "--encryption", method, code=2)
+        line = res.err.strip()
+        assert line.startswith(f"phx: error: --encryption {method} needs {option}"), res
+        assert not config.exists() and not repo.exists(), res

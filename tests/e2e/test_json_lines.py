@@ -112,6 +112,27 @@ def test_text_mode_is_unchanged(backed_up: Sandbox) -> None:
     assert res.err.startswith("phx: error: "), res
 
 
+def test_a_missing_option_value_names_the_help_of_its_command(sandbox: Sandbox) -> None:
+    """click says `Option '--to' requires an argument` without the command it parsed: the hint
+    pointed at `phx --help`, which does not list `--to`. It names the command's own help now, with
+    `--json` and global options before it too (docs/cli.md, usage errors)."""
+    res = sandbox.phx("restore", "--latest", "--to", check=2)
+    assert res.err.strip() == "phx: error: Option '--to' requires an argument; see `phx restore --help`", res
+    res = sandbox.phx("--json", "--config", "x.json", "schedule", "install", "--every", check=2)
+    assert res.json()["error"] == "Option '--every' requires an argument; see `phx schedule install --help`", res
+
+
+def test_repo_after_a_command_that_does_not_take_it_says_so(sandbox: Sandbox) -> None:
+    """Options of `phx` go before or after the command, but `phx backup --repo X` said `No such
+    option '--repo'. Did you mean '--help'?` where `phx --repo X backup` said what to do; both say
+    it now (docs/troubleshooting.md, "does not take --repo")."""
+    for args in (("--repo", "/tmp/r", "backup"), ("backup", "--repo", "/tmp/r")):
+        res = sandbox.phx(*args, check=2)
+        assert res.err.strip().startswith("phx: error: `phx backup` does not take --repo: it works on the config's"), (
+            res
+        )
+
+
 def test_verbose_and_a_missing_command_keep_every_line_json(backed_up: Sandbox) -> None:
     """`--verbose` used to print its traceback as plain lines, and a group run without its command
     (`phx --json key`) its help text: a program reading stderr line by line met lines that do not

@@ -448,11 +448,16 @@ def _check_globals(given: GlobalOptions, config_path: str | None, verbose: bool,
     if verbose and quiet:
         raise click.UsageError("--quiet and --verbose cannot be used together; choose one", ctx)
     if given.repo and not any(p.name == "repo_location" for p in ctx.command.params):
-        raise click.UsageError(
-            f"`{ctx.command_path}` does not take --repo: it works on the config's targets; "
-            "drop --repo (or give a config with --config)",
-            ctx,
-        )
+        raise click.UsageError(no_repo_option(ctx.command_path), ctx)
+
+
+def no_repo_option(command_path: str) -> str:
+    """The error of `--repo` given to a command that works on the config's targets (before or
+    after the command's name: `phx --repo X backup`, `phx backup --repo X`)."""
+    return (
+        f"`{command_path}` does not take --repo: it works on the config's targets; "
+        "drop --repo (or give a config with --config)"
+    )
 
 
 def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:

@@ -17,6 +17,7 @@ from phoenix_backup.cli.app import (
     cli,
     drop_unwritable_output,
     interrupted_status,
+    no_repo_option,
     say_bug,
     stderr_line,
     stop_on_signals,
@@ -75,8 +76,10 @@ def main() -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         sys.exit(int(ExitStatus.USAGE))
     except click.UsageError as exc:
+        if isinstance(exc, click.NoSuchOption) and exc.option_name.split("=")[0] == "--repo" and exc.ctx:
+            exc = click.UsageError(no_repo_option(exc.ctx.command_path), exc.ctx)  # not "Did you mean '--help'?"
         # One line in Phoenix's error format instead of click's usage block.
-        hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else "; see `phx --help`"
+        hint = f"; see `{exc.ctx.command_path if exc.ctx else _read_command_line(argv)[0]} --help`"
         message = f"{exc.format_message().rstrip('.')}{hint}"
         if wants_json(argv, exc.ctx):
             _usage_error(message)
@@ -110,23 +113,32 @@ def wants_json(argv: list[str], ctx: click.Context | None) -> bool:
         if at.params.get("as_json"):
             return True
         at = at.parent
+    return _read_command_line(argv)[1]
+
+
+def _read_command_line(argv: list[str]) -> tuple[str, bool]:
+    """(the path of the command the tokens name, `phx restore` say; whether `--json` is given as
+    an option), read the way `wants_json` says, for an error click raised before it knew the
+    command (`Option '--to' requires an argument` comes without its context)."""
     command: click.Command = cli
+    path = ["phx"]
     takes_value = _value_options(command)
-    value_next = False
+    value_next = as_json = False
     for token in argv:
         if value_next:
             value_next = False
         elif token == "--":
-            return False
+            break
         elif token == "--json":
-            return True
+            as_json = True
         elif token.startswith("-"):
             value_next = token in takes_value
         elif isinstance(command, click.Group):
             sub = command.get_command(click.Context(command), token)
             if sub is not None:
                 command, takes_value = sub, _value_options(sub)
-    return False
+                path.append(token)
+    return " ".join(path), as_json
 
 
 def _value_options(command: click.Command) -> set[str]:

@@ -83,6 +83,12 @@ def init(
         cfg = load_config(target, envx.env)
         return _init_repository(cfg, envx, target, False, _method(cfg), kdf_params)
     method = encryption or "passphrase"
+    # Said in the options' words: the config's (`encryption.recipients is required`) name a file
+    # this command has not written yet.
+    if method == "age" and not recipients:
+        raise UsageError("--encryption age needs --recipient age1... (the public key of an age identity: `age-keygen`)")
+    if method == "gpg" and not key_id:
+        raise UsageError("--encryption gpg needs --key-id KEYID (your GPG key's id or fingerprint: `gpg --list-keys`)")
     # Paths typed on the command line are relative to where it runs; a config reads relative paths
     # from its own folder, so they are written out whole (`cd ~ && phx init --workspace argent`).
     workspace, repo, identity_file = (_from_here(p) for p in (workspace, repo, identity_file))

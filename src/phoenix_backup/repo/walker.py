@@ -226,6 +226,13 @@ def node_at(repo: Repository, snap: Snapshot, logical: str) -> Node:
     """The node at `logical`; a UsageError naming the snapshot when it holds no such path."""
     node = find_node(repo, snap, logical)
     if node is None:
+        # A path below the home folder written as `backup --dry-run` shows it (`.argentos/memory.db`)
+        # is read as the workspace's: name the home folder's path when the snapshot holds that.
+        home = "home/" + logical.removeprefix("workspace/")
+        if logical.startswith("workspace/") and find_node(repo, snap, home) is not None:
+            raise UsageError(
+                f"snapshot {snap.name} holds no {logical}, but it holds {home}: name that (or ~/{home[5:]})"
+            )
         raise UsageError(f"snapshot {snap.name} holds no {logical}; see `phx ls {snap.id[:8]}` for its paths")
     return node
 

@@ -27,7 +27,8 @@ class ScopeFilter:
             "config": cfg.components.config,
         }.get(scope)
         self.matcher = LogicalMatcher.for_patterns(patterns, layout) if patterns is not None else None
-        self.path_rx = [glob_regex(p.strip("/")) for p in paths]
+        # `~/…` is the home folder's, as `phx dump` and `phx ls` read it (sources/layout.py).
+        self.path_rx = [glob_regex(("home/" + p[2:] if p.startswith("~/") else p).strip("/")) for p in paths]
 
     def matches(self, logical: str, is_database: bool) -> bool:
         if self.databases_only and not is_database:
