@@ -147,3 +147,39 @@ def test_a_secret_spelled_as_a_json_word_leaves_the_json_document_valid(make_san
     res = sb.phx_here("backup", "--json", "--config", sb.config_path)
     doc = json.loads(res.out)
     assert ": true" in res.out and doc["id"], res.out
+
+
+def test_a_drills_reports_hold_no_secret_a_database_error_quoted(
+    make_sandbox: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A drill writes its report as plain JSON and Markdown files beside the state file, quoting
+    each database's error as the engine gave it: a driver's text quoting the DSN, the S3 key and the
+    passphrase went into both as it was, while the terminal hid them. Both are now written
+    without the secrets the run knows, in the Markdown also as it escapes them (a `[`)."""
+    from phoenix_backup.ops import drill
+
+    sb = make_sandbox()
+    sb.backup()
+    secrets = _with_secrets(sb)
+    bracketed = "PG[PASS]-adv28-xyz"  # escaped `\[` in the Markdown
+    monkeypatch.setenv("PHX_NEW_PASSPHRASE", bracketed)
+    sb.env["PHX_NEW_PASSPHRASE"] = bracketed
+    checker = drill.ENGINES["sqlite"]
+
+    class Quoting:
+        def check(self, ctx: Any, info: Any, restored: Path) -> Any:
+            report = checker.check(ctx, info, restored)
+            report.problems.append(("database", f"driver said: cannot use {DSN} with {S3_SECRET}, {secrets[-1]}"))
+            report.notes.append(f"driver noted {bracketed}")
+            return report
+
+    monkeypatch.setitem(drill.ENGINES, "sqlite", Quoting())
+    sb.phx_here("drill", "--scratch", tmp_path, "--config", sb.config_path, code=1)
+    reports = list((sb.home / ".argentos" / "backup" / "drills").iterdir())
+    assert {p.suffix for p in reports} == {".json", ".md"}, reports
+    for report in reports:
+        text = report.read_text()
+        assert "driver said: cannot use" in text, text
+        for secret in [*secrets, bracketed, bracketed.replace("[", "\\[").replace("]", "\\]")]:
+            assert secret not in text, (report.name, secret, text)
+    json.loads(next(p for p in reports if p.suffix == ".json").read_text())
