@@ -183,3 +183,19 @@ def test_a_drills_reports_hold_no_secret_a_database_error_quoted(
         for secret in [*secrets, bracketed, bracketed.replace("[", "\\[").replace("]", "\\]")]:
             assert secret not in text, (report.name, secret, text)
     json.loads(next(p for p in reports if p.suffix == ".json").read_text())
+
+
+def test_a_short_password_masks_no_path_a_user_copies(make_sandbox: Callable[..., Sandbox]) -> None:
+    """Every line of stdout goes through the run's known secrets, and a password of 4 characters
+    was one: a Redis URL's password `data` showed `phx ls` and `list --json` with every
+    `home/.argentos/data/` as `home/.argentos/***/`, a path that restores nothing when copied
+    into `restore --include`. A secret shorter than 8 characters is not searched for (docs/security.md)."""
+    sb = make_sandbox()
+    sb.backup()
+    sb.write_config(
+        databases={**sb.config.get("databases", {}), "redis": [{"name": "r", "url": "redis://:data@127.0.0.1:1/0"}]}
+    )
+    listing = sb.phx_here("ls", "latest", "--config", sb.config_path).out
+    assert "home/.argentos/data/dashboard.db" in listing and "***" not in listing, listing
+    snaps = sb.phx_here("list", "--json", "--config", sb.config_path).json()
+    assert "home/.argentos/data/dashboard.db" in snaps[0]["databases"], snaps

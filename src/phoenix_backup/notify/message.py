@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import (
@@ -116,9 +117,20 @@ def secrets_of(cfg: Config, env: Mapping[str, str]) -> list[str]:
 
 
 def _url_credentials(url: str) -> list[str]:
-    """The password of a URL's user info, as written and decoded (`https://user:TOKEN@host`)."""
+    """The password of a URL's user info (`https://user:TOKEN@host`), as written, decoded, and
+    encoded as a library writes it again: every byte but letters, digits and `-._~` encoded, in
+    upper or lower hex (`p%2fss` quoted back as `p%2Fss`, `p@ss` as `p%40ss`)."""
     try:
         password = urlsplit(url).password if "@" in url else None
     except ValueError:
         return []
-    return [password, unquote(password)] if password else []
+    if not password:
+        return []
+    decoded = unquote(password)
+    encoded = [password, quote(decoded, safe="")]
+    hexes = [_PERCENT.sub(lambda m: m.group(0).lower(), f) for f in encoded]
+    hexes += [_PERCENT.sub(lambda m: m.group(0).upper(), f) for f in encoded]
+    return list(dict.fromkeys([decoded, *encoded, *hexes]))
+
+
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
