@@ -93,6 +93,20 @@ def test_an_alert_is_sent_as_plain_text_that_no_service_renders_as_markdown(monk
     assert "\\!\\[x\\]" in got[0], got
 
 
+def test_the_apprise_phoenix_requires_escapes_plain_text_for_markdown() -> None:
+    """The alert is said to be plain text for Apprise to escape, but only Apprise 2.0 and later
+    escape plain text for a Markdown service: 1.6 to 1.13, which Phoenix allowed, have no such
+    conversion and passed a file name's `![x](https://...)` to Discord or Telegram as it was. The
+    floor is 2.0."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    (apprise,) = [Requirement(d) for d in deps if Requirement(d).name == "apprise"]
+    assert "1.13.1" not in apprise.specifier and "2.0.0" in apprise.specifier, apprise
+
+
 def test_an_archive_says_it_carries_phoenixs_config_with_its_credentials(
     make_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
